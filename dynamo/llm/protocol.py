@@ -1,0 +1,87 @@
+"""Frontend <-> worker wire messages: the preprocessed request a worker receives and
+the engine outputs it streams back. Field names follow NVIDIA Dynamo's
+`PreprocessedRequest` / `LLMEngineOutput`; encoded with msgpack on the request plane.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class StopConditions(msgspec.Struct, omit_defaults=True, kw_only=True):
+    max_tokens: int | None = None
+    # Stop strings are matched and hidden by the frontend; workers see them for information.
+    stop: list[str] | None = None
+    # Token ids that end generation and are not shown (in addition to eos_token_ids).
+    stop_token_ids_hidden: list[int] | None = None
+    min_tokens: int | None = None
+    ignore_eos: bool = False
+
+
+class SamplingOptions(msgspec.Struct, omit_defaults=True, kw_only=True):
+    n: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+
+
+class OutputOptions(msgspec.Struct, omit_defaults=True, kw_only=True):
+    logprobs: int | None = None
+    skip_special_tokens: bool = True
+
+
+class RoutingHints(msgspec.Struct, omit_defaults=True, kw_only=True):
+    backend_instance_id: int | None = None
+    prefill_worker_id: int | None = None
+    decode_worker_id: int | None = None
+    dp_rank: int | None = None
+
+
+class PreprocessedRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
+    request_id: str
+    model: str
+    token_ids: list[int]
+    stop_conditions: StopConditions = msgspec.field(default_factory=StopConditions)
+    sampling_options: SamplingOptions = msgspec.field(default_factory=SamplingOptions)
+    output_options: OutputOptions = msgspec.field(default_factory=OutputOptions)
+    eos_token_ids: list[int] = msgspec.field(default_factory=list)
+    routing: RoutingHints | None = None
+    # Disaggregation: transfer parameters returned by a prefill worker, passed to decode.
+    disaggregated_params: dict[str, Any] | None = None
+    # Set on a request sent to a prefill worker (the backend's transfer marker).
+    prefill_only: bool = False
+    extra_args: dict[str, Any] | None = None
+
+
+class FinishReason:
+    """Finish reasons as strings on the wire (OpenAI names are derived in the frontend)."""
+
+    EOS = "eos"
+    LENGTH = "length"
+    STOP = "stop"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+
+class LLMEngineOutput(msgspec.Struct, omit_defaults=True, kw_only=True, gc=False):
+    """One streamed delta: the new token ids since the previous message (disjoint)."""
+
+    token_ids: list[int] = msgspec.field(default_factory=list)
+    finish_reason: str | None = None
+    # Prompt tokens served from the prefix cache; sent once, on the first message.
+    cached_tokens: int | None = None
+    log_probs: list[float] | None = None
+    disaggregated_params: dict[str, Any] | None = None
+    error: str | None = None
+
+
+request_encoder = msgspec.msgpack.Encoder()
+request_decoder = msgspec.msgpack.Decoder(PreprocessedRequest)
+output_decoder = msgspec.msgpack.Decoder(LLMEngineOutput)

@@ -1,0 +1,162 @@
+"""Typed component configuration: one dataclass per component is the single source
+of every setting; its CLI flags and their `DYN_*` environment twins are generated
+from it, and the effective config can be dumped as JSON.
+
+A field is declared with `setting(default, help, env=..., flag=..., choices=...)`.
+Precedence: command line > environment > default (as in NVIDIA Dynamo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import typing
+from typing import Any, Mapping, Sequence, TypeVar
+
+T = TypeVar("T")
+
+_MISSING = dataclasses.MISSING
+
+
+def setting(
+    default: Any = _MISSING,
+    help: str = "",
+    *,
+    env: str | None | bool = None,
+    flag: str | Sequence[str] | None = None,
+    choices: Sequence[Any] | None = None,
+    metavar: str | None = None,
+) -> Any:
+    """Declare a config field. `env=None` derives `DYN_<NAME>`; `env=False` means no env twin."""
+    meta = {"help": help, "env": env, "flag": flag, "choices": choices, "metavar": metavar}
+    if isinstance(default, (list, dict)):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def env_name(field: dataclasses.Field) -> str | None:
+    env = field.metadata.get("env")
+    if env is False:
+        return None
+    if isinstance(env, str):
+        return env
+    return "DYN_" + field.name.upper()
+
+
+def flag_names(field: dataclasses.Field) -> list[str]:
+    flag = field.metadata.get("flag")
+    if flag is None:
+        return ["--" + field.name.replace("_", "-")]
+    return [flag] if isinstance(flag, str) else list(flag)
+
+
+def _base_type(cls: type, field: dataclasses.Field) -> type:
+    hint = typing.get_type_hints(cls)[field.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
+        hint = args[0]
+    return typing.get_origin(hint) or hint
+
+
+def _convert(kind: type, raw: str) -> Any:
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"not a boolean: {raw!r}")
+    if kind is list:
+        return [item for item in raw.replace(",", " ").split() if item]
+    if kind is dict:
+        return json.loads(raw)
+    return kind(raw)
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default is not _MISSING:
+        return field.default
+    if field.default_factory is not _MISSING:  # type: ignore[misc]
+        return field.default_factory()  # type: ignore[misc]
+    return None
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one flag per field of `cls`; defaults stay unset so env can fill them in."""
+    for field in dataclasses.fields(cls):
+        kind = _base_type(cls, field)
+        env = env_name(field)
+        help_text = field.metadata.get("help", "")
+        default = _default(field)
+        suffix = f" [env {env}]" if env else ""
+        kwargs: dict[str, Any] = {
+            "dest": field.name,
+            "default": argparse.SUPPRESS,
+            "help": f"{help_text} (default: {default!r}){suffix}",
+        }
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind is list:
+            kwargs["nargs"] = "*"
+        else:
+            kwargs["type"] = (lambda k: (lambda raw: _convert(k, raw)))(kind)
+            if field.metadata.get("choices"):
+                kwargs["choices"] = field.metadata["choices"]
+            if field.metadata.get("metavar"):
+                kwargs["metavar"] = field.metadata["metavar"]
+        parser.add_argument(*flag_names(field), **kwargs)
+
+
+def from_namespace(cls: type[T], ns: argparse.Namespace, environ: Mapping[str, str] | None = None) -> T:
+    """Build `cls` from parsed flags, filling unset fields from the environment, then defaults."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        if hasattr(ns, field.name):
+            values[field.name] = getattr(ns, field.name)
+            continue
+        env = env_name(field)
+        if env and environ.get(env) not in (None, ""):
+            kind = _base_type(cls, field)
+            try:
+                value = _convert(kind, environ[env])
+            except (ValueError, json.JSONDecodeError) as exc:
+                raise SystemExit(f"invalid value for {env}: {exc}") from None
+            choices = field.metadata.get("choices")
+            if choices and value not in choices:
+                raise SystemExit(f"invalid value for {env}: {value!r} (choose from {list(choices)})")
+            values[field.name] = value
+    return cls(**values)
+
+
+def parse_config(
+    cls: type[T],
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str | None = None,
+    description: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> T:
+    parser = build_parser(cls, prog=prog, description=description)
+    ns = parser.parse_args(argv)
+    config = from_namespace(cls, ns, environ)
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except ValueError as exc:
+            parser.error(str(exc))
+    return config
+
+
+def build_parser(cls: type, *, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip())
+    add_arguments(parser, cls)
+    return parser
+
+
+def dump_config(config: Any) -> str:
+    return json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True, default=str)
