@@ -1,0 +1,82 @@
+"""`python -m dynamo.frontend`: the OpenAI-compatible HTTP frontend."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+
+from dynamo.frontend.config import FrontendConfig
+from dynamo.frontend.dispatch import Dispatcher, RandomRouter, RoundRobinRouter
+from dynamo.frontend.http_app import FrontendApp
+from dynamo.frontend.metrics import FrontendMetrics
+from dynamo.frontend.model_manager import ModelManager
+from dynamo.runtime.asgi import EmbeddedHttpServer
+from dynamo.runtime.config import parse_config
+from dynamo.runtime.distributed import DistributedRuntime
+from dynamo.runtime.process import run_main
+
+log = logging.getLogger("dynamo.frontend")
+
+
+def make_router(config: FrontendConfig):
+    if config.router_mode == "random":
+        return RandomRouter()
+    if config.router_mode == "kv":
+        from dynamo.frontend.kv_routing import KvRoutingPolicy  # noqa: PLC0415 - optional heavy import
+
+        return KvRoutingPolicy(config)
+    return RoundRobinRouter()
+
+
+async def serve(config: FrontendConfig, stop: asyncio.Event) -> int:
+    runtime = await DistributedRuntime.create(config.discovery_backend, config.namespace or "dynamo")
+    metrics = FrontendMetrics(config.metrics_prefix)
+    router = make_router(config)
+    models = ModelManager(runtime.store, config.namespace, on_change=getattr(router, "on_model_change", None))
+    if hasattr(router, "attach"):
+        await router.attach(runtime, models, metrics)
+    dispatcher = Dispatcher(runtime.client, router, config.migration_limit, metrics)
+    body_limit = int(float(os.environ.get("DYN_HTTP_BODY_LIMIT_MB", "192")) * 1024 * 1024)
+    app = FrontendApp(models, dispatcher, metrics, body_limit=body_limit,
+                      concurrency_limit=config.rejection_frontend_request_concurrency_limit,
+                      overload_status=int(os.environ.get("DYN_HTTP_OVERLOAD_STATUS_CODE", "529")),
+                      health_extra=getattr(router, "health", None))
+    tls = {}
+    if config.tls_cert_path:
+        tls = {"ssl_certfile": config.tls_cert_path, "ssl_keyfile": config.tls_key_path}
+    http = EmbeddedHttpServer(app, config.http_host, config.http_port, **tls)
+    await models.start()
+    if config.router_min_initial_workers:
+        want = config.router_min_initial_workers
+        log.info("waiting for %d worker(s)", want)
+        await models.wait_for(lambda: sum(len(e.decode_workers()) for e in models.models.values()) >= want
+                              or stop.is_set(), timeout=float("inf"))
+    try:
+        await http.start()
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", config.http_host, config.http_port, exc)
+        await models.stop()
+        await runtime.shutdown()
+        return 1
+    scheme = "https" if tls else "http"
+    log.info("frontend ready on %s://%s:%d (router %s, discovery %s)", scheme, config.http_host, http.port,
+             config.router_mode, config.discovery_backend)
+    await stop.wait()
+    grace = float(os.environ.get("DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS", "5"))
+    await http.stop(timeout=grace)
+    if hasattr(router, "close"):
+        await router.close()
+    await models.stop()
+    await runtime.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(FrontendConfig, argv, prog="python -m dynamo.frontend")
+    return run_main(lambda stop: serve(config, stop))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Frontend configuration: Dynamo's flag names with `DYN_*` env twins."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dynamo.runtime.config import setting
+
+
+@dataclass
+class FrontendConfig:
+    """OpenAI-compatible HTTP frontend: discovers workers, tokenizes, routes, detokenizes."""
+
+    http_host: str = setting("0.0.0.0", "HTTP listen address")
+    http_port: int = setting(8000, "HTTP listen port")
+    tls_cert_path: str | None = setting(None, "TLS certificate (PEM); needs --tls-key-path")
+    tls_key_path: str | None = setting(None, "TLS private key (PEM); needs --tls-cert-path")
+    namespace: str | None = setting(None, "Serve only workers of this namespace (default: all)")
+    router_mode: str = setting("round-robin", "Worker selection", choices=["round-robin", "random", "kv"])
+    discovery_backend: str = setting("file", "Discovery backend", choices=["file", "etcd", "mem"])
+    request_plane: str = setting("tcp", "Request plane (direct TCP)", choices=["tcp"])
+    event_plane: str | None = setting(None, "Event plane for KV events (default: zmq, or nats when NATS_SERVER "
+                                            "is set with etcd)", choices=["zmq", "nats"])
+    kv_cache_block_size: int | None = setting(None, "Override the KV block size from the model card")
+    migration_limit: int = setting(0, "Times a request may move to another worker when its worker fails")
+    model_name: str | None = setting(None, "Accepted for compatibility (models come from discovery)")
+    model_path: str | None = setting(None, "Accepted for compatibility (models come from discovery)")
+    metrics_prefix: str = setting("dynamo_frontend", "Prefix of the frontend's metric names")
+    router_min_initial_workers: int = setting(0, "Wait for this many workers before serving")
+    rejection_frontend_request_concurrency_limit: int = setting(
+        0, "Refuse requests beyond this many in flight (0: no limit)")
+
+    def validate(self) -> None:
+        if bool(self.tls_cert_path) != bool(self.tls_key_path):
+            raise ValueError("--tls-cert-path and --tls-key-path must be given together")
+        if self.migration_limit < 0:
+            raise ValueError("--migration-limit must be >= 0")
+        if self.kv_cache_block_size is not None and self.kv_cache_block_size <= 0:
+            raise ValueError("--kv-cache-block-size must be positive")

@@ -1,0 +1,179 @@
+"""Sends a preprocessed request to a worker and streams its outputs back, with
+worker selection (round-robin / random / kv), cancellation, and migration: when a
+worker's stream breaks without its end marker, the request continues on another
+worker with the tokens generated so far appended to the prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+from typing import AsyncIterator, Protocol
+
+import msgspec
+
+from dynamo.frontend.metrics import FrontendMetrics
+from dynamo.frontend.model_manager import ModelEntry, WorkerInfo
+from dynamo.frontend.openai import ApiError
+from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest, output_decoder, request_encoder
+from dynamo.runtime.rp_client import CannotConnect, Disconnected, RequestPlaneClient, ResponseStream, StreamError
+
+log = logging.getLogger(__name__)
+
+_decode_output = output_decoder.decode
+
+
+class Router(Protocol):
+    """Chooses a worker; `book`/`prefill_done`/`free` track load for load-aware policies."""
+
+    def select(self, entry: ModelEntry, request: PreprocessedRequest, exclude: set[int]) -> WorkerInfo: ...
+    def first_token(self, request_id: str) -> None: ...
+    def free(self, request_id: str) -> None: ...
+
+
+def no_workers(entry: ModelEntry) -> ApiError:
+    return ApiError(503, f"No workers are available for model {entry.name!r}; retry later",
+                    "service_unavailable", None, "no_workers")
+
+
+class RoundRobinRouter:
+    def __init__(self) -> None:
+        self._counter = itertools.count()
+
+    def select(self, entry: ModelEntry, request: PreprocessedRequest, exclude: set[int]) -> WorkerInfo:
+        workers = [w for w in entry.decode_workers() if w.instance_id not in exclude]
+        if not workers:
+            raise no_workers(entry)
+        workers.sort(key=lambda w: w.instance_id)
+        return workers[next(self._counter) % len(workers)]
+
+    def first_token(self, request_id: str) -> None:
+        pass
+
+    def free(self, request_id: str) -> None:
+        pass
+
+
+class RandomRouter(RoundRobinRouter):
+    def __init__(self, rng: random.Random | None = None) -> None:
+        super().__init__()
+        self._rng = rng or random.Random()
+
+    def select(self, entry: ModelEntry, request: PreprocessedRequest, exclude: set[int]) -> WorkerInfo:
+        workers = [w for w in entry.decode_workers() if w.instance_id not in exclude]
+        if not workers:
+            raise no_workers(entry)
+        return self._rng.choice(workers)
+
+
+class RequestHandle:
+    """Lets the HTTP layer cancel whatever worker stream the request is on now."""
+
+    __slots__ = ("stream", "cancelled", "worker_id")
+
+    def __init__(self) -> None:
+        self.stream: ResponseStream | None = None
+        self.cancelled = False
+        self.worker_id: int | None = None
+
+    def cancel(self) -> None:
+        """The client went away: stop the worker and end quietly."""
+        self.cancelled = True
+        self.stop_worker()
+
+    def stop_worker(self) -> None:
+        """We have what we need (e.g. a stop string matched): let the worker stop generating."""
+        if self.stream is not None:
+            self.stream.cancel()
+
+
+def _error_for(exc: StreamError) -> ApiError:
+    if exc.code == "overloaded":
+        return ApiError(529, f"Worker overloaded: {exc}", "overloaded_error", None, "overloaded")
+    if exc.code in ("bad_request", "invalid_request"):
+        return ApiError(400, str(exc), "invalid_request_error", None, "invalid_request")
+    if exc.code == "busy":
+        return ApiError(503, str(exc), "service_unavailable", None, "all_workers_busy")
+    return ApiError(500, f"Worker failed: {exc}", "internal_error", None, exc.code)
+
+
+class Dispatcher:
+    def __init__(self, client: RequestPlaneClient, router: Router, migration_limit: int,
+                 metrics: FrontendMetrics) -> None:
+        self.client = client
+        self.router = router
+        self.migration_limit = migration_limit
+        self.metrics = metrics
+
+    async def stream(self, entry: ModelEntry, request: PreprocessedRequest,
+                     handle: RequestHandle) -> AsyncIterator[list[LLMEngineOutput]]:
+        """Yields batches of engine outputs (everything that arrived together)."""
+        exclude: set[int] = set()
+        migrations = 0
+        generated: list[int] = []
+        original_prompt = request.token_ids
+        original_max = request.stop_conditions.max_tokens
+        while True:
+            worker = self.router.select(entry, request, exclude)
+            handle.worker_id = worker.instance_id
+            try:
+                stream = await self.client.open_stream(worker.address or "", worker.endpoint.endpoint,
+                                                       request_encoder.encode(request))
+            except CannotConnect as exc:
+                self.router.free(request.request_id)
+                exclude.add(worker.instance_id)
+                log.warning("worker %x unreachable (%s); trying another", worker.instance_id, exc)
+                self.metrics.migration(entry.name, "new_request")
+                continue
+            handle.stream = stream
+            if handle.cancelled:
+                stream.cancel()
+            first = True
+            try:
+                while True:
+                    payloads = await stream.next_batch()
+                    if not payloads:
+                        return
+                    outputs = [_decode_output(p) for p in payloads]
+                    if first:
+                        first = False
+                        self.router.first_token(request.request_id)
+                    for out in outputs:
+                        generated.extend(out.token_ids)
+                    yield outputs
+            except Disconnected:
+                if handle.cancelled or migrations >= self.migration_limit:
+                    raise ApiError(502, f"worker {worker.instance_id:x} disconnected mid-stream",
+                                   "internal_error", None, "worker_disconnected") from None
+                migrations += 1
+                exclude.add(worker.instance_id)
+                self.metrics.migration(entry.name, "ongoing_request")
+                log.warning("worker %x disconnected mid-stream; migrating request %s (%d/%d)",
+                            worker.instance_id, request.request_id, migrations, self.migration_limit)
+                request = _continued(request, original_prompt, original_max, generated)
+                if request.stop_conditions.max_tokens == 0:
+                    return
+            except StreamError as exc:
+                if handle.cancelled or exc.code == "cancelled":
+                    return
+                raise _error_for(exc) from None
+            finally:
+                self.router.free(request.request_id)
+                if not stream.done:
+                    stream.cancel()
+
+
+def _continued(request: PreprocessedRequest, prompt: list[int], max_tokens: int | None,
+               generated: list[int]) -> PreprocessedRequest:
+    remaining = None if max_tokens is None else max(0, max_tokens - len(generated))
+    stop = msgspec.structs.replace(request.stop_conditions, max_tokens=remaining)
+    return msgspec.structs.replace(request, token_ids=prompt + generated, stop_conditions=stop)
+
+
+async def aclose_quietly(gen) -> None:
+    try:
+        await gen.aclose()
+    except (Exception, asyncio.CancelledError):
+        pass

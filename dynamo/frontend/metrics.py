@@ -1,0 +1,49 @@
+"""Frontend Prometheus metrics with NVIDIA Dynamo's names (`dynamo_frontend_*`,
+prefix configurable with `--metrics-prefix`)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_ITL = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1)
+_TOKENS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
+
+
+class FrontendMetrics:
+    def __init__(self, prefix: str = "dynamo_frontend", registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        p = prefix
+        self.requests = Counter(f"{p}_requests", "HTTP requests by outcome",
+                                ("model", "endpoint", "request_type", "status"), registry=r)
+        self.inflight = Gauge(f"{p}_inflight_requests", "Requests being served", ("model",), registry=r)
+        self.ttft = Histogram(f"{p}_time_to_first_token_seconds", "Time to first token", ("model",),
+                              buckets=_LATENCY, registry=r)
+        self.itl = Histogram(f"{p}_inter_token_latency_seconds", "Inter-token latency", ("model",),
+                             buckets=_ITL, registry=r)
+        self.duration = Histogram(f"{p}_request_duration_seconds", "Request duration", ("model",),
+                                  buckets=_LATENCY, registry=r)
+        self.isl = Histogram(f"{p}_input_sequence_tokens", "Prompt tokens", ("model",), buckets=_TOKENS,
+                             registry=r)
+        self.osl = Histogram(f"{p}_output_sequence_tokens", "Completion tokens", ("model",), buckets=_TOKENS,
+                             registry=r)
+        self.cached = Histogram(f"{p}_cached_tokens", "Prompt tokens served from the prefix cache", ("model",),
+                                buckets=_TOKENS, registry=r)
+        self.disconnects = Counter(f"{p}_disconnected_clients", "Clients that went away mid-request",
+                                   registry=r)
+        self.cancellations = Counter(f"{p}_model_cancellation", "Requests cancelled", ("model", "request_type"),
+                                     registry=r)
+        self.migrations = Counter(f"{p}_model_migration", "Requests moved to another worker",
+                                  ("model", "migration_type"), registry=r)
+        self.rejections = Counter(f"{p}_model_rejection", "Requests refused (overload, no workers)",
+                                  ("model", "reason"), registry=r)
+        self.workers = Gauge(f"{p}_model_workers", "Serving workers per model", ("model",), registry=r)
+        self.context_length = Gauge(f"{p}_model_context_length", "Model context length", ("model",), registry=r)
+        self.block_size = Gauge(f"{p}_model_kv_cache_block_size", "KV block size", ("model",), registry=r)
+        self.total_kv_blocks = Gauge(f"{p}_model_total_kv_blocks", "KV blocks across workers", ("model",),
+                                     registry=r)
+        self.migration_limit = Gauge(f"{p}_model_migration_limit", "Migration limit", ("model",), registry=r)
+
+    def migration(self, model: str, kind: str) -> None:
+        self.migrations.labels(model, kind).inc()

@@ -1,0 +1,192 @@
+"""Tracks which models can be served, from discovery: model cards under `v1/mdc/`
+and serving instances under `v1/instances/`. A model is listed only while at least
+one worker has both its card and a live endpoint instance (so it is routable the
+moment it appears: NVIDIA Dynamo lists models before they are routable)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+from dynamo.llm.model_card import ModelDeploymentCard, card_decoder
+from dynamo.llm.preprocessor import ModelPipeline
+from dynamo.runtime import records
+from dynamo.runtime.discovery.base import KeyValueStore, WatchEvent
+from dynamo.runtime.records import EndpointId, InstanceRecord
+
+log = logging.getLogger(__name__)
+
+
+class WorkerInfo:
+    __slots__ = ("instance_id", "endpoint", "card", "address")
+
+    def __init__(self, instance_id: int, endpoint: EndpointId, card: ModelDeploymentCard) -> None:
+        self.instance_id = instance_id
+        self.endpoint = endpoint
+        self.card = card
+        self.address: str | None = None
+
+
+class ModelEntry:
+    """One served model name: its pipeline and its workers, by worker type."""
+
+    def __init__(self, name: str, pipeline: ModelPipeline, card: ModelDeploymentCard) -> None:
+        self.name = name
+        self.pipeline = pipeline
+        self.card = card
+        self.created = int(time.time())
+        self.workers: dict[int, WorkerInfo] = {}
+        self.version = 0  # bumped whenever the worker set changes (routers rebuild views)
+
+    def serving(self, worker_type: str | None = None) -> list[WorkerInfo]:
+        return [w for w in self.workers.values() if w.address is not None
+                and (worker_type is None or w.card.worker_type == worker_type)]
+
+    def decode_workers(self) -> list[WorkerInfo]:
+        """Workers that can answer a request end to end (aggregated or decode)."""
+        return [w for w in self.workers.values() if w.address is not None and w.card.worker_type != "prefill"]
+
+    def prefill_workers(self) -> list[WorkerInfo]:
+        return self.serving("prefill")
+
+
+class ModelManager:
+    def __init__(self, store: KeyValueStore, namespace: str | None,
+                 on_change: Callable[[ModelEntry], None] | None = None) -> None:
+        self.store = store
+        self.namespace = namespace
+        self.models: dict[str, ModelEntry] = {}
+        self._cards: dict[tuple[EndpointId, int], ModelDeploymentCard] = {}
+        self._instances: dict[tuple[EndpointId, int], InstanceRecord] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._on_change = on_change
+        self._changed = asyncio.Event()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._watch(records.MDC, self._on_card)))
+        self._tasks.append(loop.create_task(self._watch(records.INSTANCES, self._on_instance)))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except BaseException:
+                pass
+        self._tasks.clear()
+
+    async def _watch(self, bucket: str, apply: Callable[[WatchEvent, EndpointId, int], object]) -> None:
+        prefix = records.namespace_prefix(bucket, self.namespace)
+        while True:
+            try:
+                async for event in self.store.watch_prefix(prefix):
+                    try:
+                        eid, iid = records.split_key(bucket, event.key)
+                    except ValueError:
+                        continue
+                    result = apply(event, eid, iid)
+                    if asyncio.iscoroutine(result):
+                        await result
+                    self._changed.set()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a broken watch must not stop discovery for good
+                log.warning("watch %s failed (%s); retrying", prefix, exc)
+                await asyncio.sleep(1.0)
+
+    async def _on_card(self, event: WatchEvent, eid: EndpointId, iid: int) -> None:
+        key = (eid, iid)
+        if event.kind == "delete":
+            card = self._cards.pop(key, None)
+            if card is not None:
+                self._drop_worker(card.display_name, iid)
+            return
+        try:
+            card = card_decoder.decode(event.value or b"")
+        except Exception as exc:
+            log.warning("ignoring malformed model card at %s: %s", event.key, exc)
+            return
+        self._cards[key] = card
+        entry = self.models.get(card.display_name)
+        if entry is None:
+            try:
+                pipeline = await asyncio.get_running_loop().run_in_executor(None, ModelPipeline, card)
+            except Exception as exc:
+                log.error("cannot load tokenizer/template for model %r: %s", card.display_name, exc)
+                return
+            entry = self.models.get(card.display_name)
+            if entry is None:
+                entry = ModelEntry(card.display_name, pipeline, card)
+                self.models[card.display_name] = entry
+                log.info("model %r discovered (context %d, block size %d)", card.display_name,
+                         card.context_length, card.kv_cache_block_size)
+        elif card.mdcsum and entry.card.mdcsum and card.mdcsum != entry.card.mdcsum:
+            log.error("worker %x serves %r with a different model card (checksum %s != %s); not routing to it",
+                      iid, card.display_name, card.mdcsum, entry.card.mdcsum)
+            return
+        worker = WorkerInfo(iid, eid, card)
+        record = self._instances.get(key)
+        worker.address = record.address if record else None
+        entry.workers[iid] = worker
+        self._bump(entry)
+
+    def _on_instance(self, event: WatchEvent, eid: EndpointId, iid: int) -> None:
+        key = (eid, iid)
+        if event.kind == "delete":
+            self._instances.pop(key, None)
+            address = None
+        else:
+            try:
+                record = records.instance_decoder.decode(event.value or b"")
+            except Exception as exc:
+                log.warning("ignoring malformed instance record at %s: %s", event.key, exc)
+                return
+            self._instances[key] = record
+            address = record.address
+        card = self._cards.get(key)
+        if card is None:
+            return
+        entry = self.models.get(card.display_name)
+        if entry is not None and iid in entry.workers:
+            entry.workers[iid].address = address
+            self._bump(entry)
+
+    def _drop_worker(self, name: str, iid: int) -> None:
+        entry = self.models.get(name)
+        if entry is None:
+            return
+        entry.workers.pop(iid, None)
+        self._bump(entry)
+        if not entry.workers:
+            del self.models[name]
+            log.info("model %r has no workers left; no longer listed", name)
+
+    def _bump(self, entry: ModelEntry) -> None:
+        entry.version += 1
+        if self._on_change is not None:
+            self._on_change(entry)
+
+    def get(self, name: str) -> ModelEntry | None:
+        return self.models.get(name)
+
+    def listed(self) -> list[ModelEntry]:
+        return [entry for entry in self.models.values() if entry.decode_workers()]
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                return predicate()
+        return True

@@ -1,0 +1,148 @@
+"""Mocker configuration: NVIDIA Dynamo's `python -m dynamo.mocker` flags and defaults.
+
+`MockerArgs` is the single source of every mocker setting; flags and their `DYN_*`
+environment twins are generated from it by `dynamo.runtime.config`. Values that
+depend on the model (`--kv-bytes-per-token`, `--context-length`) stay None until
+`resolved()` fills them from the model's `config.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from dynamo.runtime.config import setting
+
+log = logging.getLogger(__name__)
+
+MODES = ("agg", "prefill", "decode")
+# Fallbacks when the model has no readable config.json (Llama-3-8B-like shape).
+FALLBACK_CONTEXT_LENGTH = 8192
+FALLBACK_KV_BYTES_PER_TOKEN = 32 * 2 * 8 * 128 * 2
+
+
+@dataclass
+class MockerArgs:
+    """GPU-less engine emulator with vLLM-style flags (NVIDIA Dynamo mocker)."""
+
+    model_path: str | None = setting(None, "Model directory or HF id (tokenizer and config.json source)")
+    model_name: str | None = setting(None, "Served model name (default: derived from --model-path)")
+    endpoint: str | None = setting(
+        None, "Endpoint dyn://namespace.component.endpoint (default: backend.generate, prefill: prefill.generate)"
+    )
+    num_gpu_blocks_override: int = setting(16384, "KV cache capacity in blocks")
+    block_size: int = setting(64, "Tokens per KV block")
+    max_num_seqs: int = setting(256, "Maximum running sequences per step")
+    max_num_batched_tokens: int = setting(8192, "Per-step token budget (prefill chunks + decode tokens)")
+    enable_prefix_caching: bool = setting(True, "Reuse cached prompt blocks across requests")
+    enable_chunked_prefill: bool = setting(True, "Split long prompts over several steps")
+    watermark: float = setting(0.01, "Admit only while active blocks <= (1 - watermark) x capacity")
+    speedup_ratio: float = setting(1.0, "Simulated durations are divided by this; 0 means no delays")
+    data_parallel_size: int = setting(1, "Data-parallel ranks (only 1 is simulated per engine for now)")
+    startup_time: float | None = setting(None, "Simulated model load delay in seconds")
+    disaggregation_mode: str = setting("agg", "Worker role", choices=MODES)
+    is_prefill_worker: bool = setting(False, "Legacy: same as --disaggregation-mode prefill")
+    is_decode_worker: bool = setting(False, "Legacy: same as --disaggregation-mode decode")
+    kv_transfer_bandwidth: float = setting(64.0, "Simulated KV transfer bandwidth in GB/s (disaggregation)")
+    kv_bytes_per_token: int | None = setting(None, "KV bytes per token (default: derived from config.json)")
+    context_length: int | None = setting(None, "Max context length (default: config.json max_position_embeddings)")
+    namespace: str = setting("dynamo", "Dynamo namespace", env="DYN_NAMESPACE")
+    discovery_backend: str = setting("file", "Discovery backend", env="DYN_DISCOVERY_BACKEND")
+    migration_limit: int = setting(0, "Times a request may migrate to another worker on failure")
+
+    def validate(self) -> None:
+        positive = ("num_gpu_blocks_override", "block_size", "max_num_seqs", "max_num_batched_tokens")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.watermark < 1.0:
+            raise ValueError(f"--watermark must be in [0, 1), got {self.watermark}")
+        if self.speedup_ratio < 0:
+            raise ValueError(f"--speedup-ratio must be >= 0, got {self.speedup_ratio}")
+        if self.kv_transfer_bandwidth <= 0:
+            raise ValueError(f"--kv-transfer-bandwidth must be > 0, got {self.kv_transfer_bandwidth}")
+        if self.data_parallel_size < 1:
+            raise ValueError(f"--data-parallel-size must be >= 1, got {self.data_parallel_size}")
+        if self.disaggregation_mode not in MODES:
+            raise ValueError(f"--disaggregation-mode must be one of {MODES}")
+        if self.is_prefill_worker and self.is_decode_worker:
+            raise ValueError("--is-prefill-worker and --is-decode-worker are mutually exclusive")
+        legacy = "prefill" if self.is_prefill_worker else "decode" if self.is_decode_worker else None
+        if legacy and self.disaggregation_mode not in ("agg", legacy):
+            raise ValueError(f"--is-{legacy}-worker conflicts with --disaggregation-mode {self.disaggregation_mode}")
+        for name in ("kv_bytes_per_token", "context_length"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+
+    @property
+    def mode(self) -> str:
+        """Effective role: the legacy booleans win over the default `agg`."""
+        if self.is_prefill_worker:
+            return "prefill"
+        if self.is_decode_worker:
+            return "decode"
+        return self.disaggregation_mode
+
+    def default_endpoint(self) -> str:
+        component = "prefill" if self.mode == "prefill" else "backend"
+        return self.endpoint or f"dyn://{self.namespace}.{component}.generate"
+
+    def resolved(self, model_config: dict[str, Any] | None = None) -> "MockerArgs":
+        """Copy with `kv_bytes_per_token` / `context_length` filled from `model_config`
+        (default: the config.json under `model_path`), falling back loudly."""
+        cfg = read_model_config(self.model_path) if model_config is None else model_config
+        kv_bytes = self.kv_bytes_per_token or kv_bytes_per_token_from_config(cfg)
+        if kv_bytes is None:
+            log.warning("cannot derive kv_bytes_per_token from config.json; using %d", FALLBACK_KV_BYTES_PER_TOKEN)
+            kv_bytes = FALLBACK_KV_BYTES_PER_TOKEN
+        context = self.context_length or context_length_from_config(cfg)
+        if context is None:
+            log.warning("no max_position_embeddings in config.json; context length %d", FALLBACK_CONTEXT_LENGTH)
+            context = FALLBACK_CONTEXT_LENGTH
+        return dataclasses.replace(self, kv_bytes_per_token=kv_bytes, context_length=context)
+
+
+def read_model_config(model_path: str | None) -> dict[str, Any]:
+    """The model's config.json as a dict, or {} when there is none to read."""
+    if not model_path:
+        return {}
+    path = os.path.join(model_path, "config.json") if os.path.isdir(model_path) else model_path
+    if not (os.path.isfile(path) and path.endswith(".json")):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        log.warning("unreadable model config %s: %s", path, exc)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _text_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    # Multimodal configs nest the language model's shape under text_config.
+    inner = cfg.get("text_config")
+    return {**cfg, **inner} if isinstance(inner, dict) else cfg
+
+
+def kv_bytes_per_token_from_config(cfg: dict[str, Any], dtype_bytes: int = 2) -> int | None:
+    """layers x 2 (K and V) x kv_heads x head_dim x dtype bytes; None if the shape is unknown."""
+    cfg = _text_config(cfg)
+    layers = cfg.get("num_hidden_layers")
+    heads = cfg.get("num_attention_heads")
+    kv_heads = cfg.get("num_key_value_heads") or heads
+    head_dim = cfg.get("head_dim")
+    if not head_dim and cfg.get("hidden_size") and heads:
+        head_dim = cfg["hidden_size"] // heads
+    if not (layers and kv_heads and head_dim):
+        return None
+    return int(layers) * 2 * int(kv_heads) * int(head_dim) * dtype_bytes
+
+
+def context_length_from_config(cfg: dict[str, Any]) -> int | None:
+    value = _text_config(cfg).get("max_position_embeddings")
+    return int(value) if value else None

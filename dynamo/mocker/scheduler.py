@@ -1,0 +1,299 @@
+"""Continuous batching for the mocker, vLLM style.
+
+Each step: running sequences get their next chunk (1 token when decoding, a
+budget-limited chunk while prefilling), then waiting sequences are admitted FIFO
+while blocks (below the watermark), `max_num_seqs` and the step's token budget
+allow. Cached prefix tokens cost nothing. When a decoding sequence needs a block
+and none is free, the most recently admitted sequence is preempted (recompute:
+blocks freed, pushed back to the front of the queue). The step sleeps the
+simulated duration, then every scheduled sequence that finished its chunk samples
+one token, which is handed to its consumer (`Sequence.pending` + a waiter future).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from dynamo.llm.protocol import FinishReason
+from dynamo.mocker.args import MockerArgs
+from dynamo.mocker.kv_manager import KvManager, chain_hash, hash_blocks
+from dynamo.mocker.timing import TimingModel
+from dynamo.mocker.tokens import LCG_INC, LCG_MUL, MASK64, TokenSampler
+from dynamo.router.hashing import block_hashes
+
+# Sleep only once simulated time runs this far ahead of the wall clock: the event
+# loop's timers are millisecond-grained, so shorter steps are paced in aggregate.
+_MIN_SLEEP_S = 0.002
+
+
+class Sequence:
+    """One request's state inside the scheduler."""
+
+    __slots__ = (
+        "request_id", "tokens", "prompt_len", "max_tokens", "sampler", "rng", "skip_prefill",
+        "num_computed", "num_generated", "prefilling", "held", "has_partial", "cached_tokens",
+        "pending", "finish_reason", "error", "waiter", "done", "_hashed_len", "_locals", "_seqs",
+    )  # fmt: skip
+
+    def __init__(
+        self, request_id: str, prompt: list[int], max_tokens: int, sampler: TokenSampler, rng: int,
+        *, skip_prefill: bool = False,
+    ) -> None:  # fmt: skip
+        self.request_id = request_id
+        self.tokens = list(prompt)
+        self.prompt_len = len(prompt)
+        self.max_tokens = max_tokens
+        self.sampler = sampler
+        self.rng = rng
+        self.skip_prefill = skip_prefill  # disaggregated decode: KV arrives by transfer
+        self.num_computed = 0  # tokens whose KV is computed
+        self.num_generated = 0
+        self.prefilling = True
+        self.held: list[int] = []  # SequenceHashes of the full blocks it references
+        self.has_partial = False
+        self.cached_tokens: int | None = None
+        self.pending: list[int] = []  # sampled, not yet taken by the consumer
+        self.finish_reason: str | None = None
+        self.error: str | None = None
+        self.waiter: asyncio.Future | None = None
+        self.done = False
+        self._hashed_len = -1
+
+    def full_block_hashes(self, block_size: int) -> tuple[list[int], list[int]]:
+        """(local, sequence) hashes of the current full blocks, cached between admission tries."""
+        if self._hashed_len != len(self.tokens):
+            self._locals, self._seqs = hash_blocks(self.tokens, block_size)
+            self._hashed_len = len(self.tokens)
+        return self._locals, self._seqs
+
+    def notify(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class Scheduler:
+    def __init__(self, args: MockerArgs, kv: KvManager, timing: TimingModel) -> None:
+        self.kv = kv
+        self.timing = timing
+        self.block_size = args.block_size
+        self.max_num_seqs = args.max_num_seqs
+        self.max_batched = args.max_num_batched_tokens
+        self.chunked = args.enable_chunked_prefill
+        self.watermark_limit = int((1.0 - args.watermark) * kv.capacity)
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self._wake = asyncio.Event()
+        # Counters (cumulative since start).
+        self.num_preemptions = 0
+        self.num_steps = 0
+        self.generated_tokens = 0
+        self.admitted_prompt_tokens = 0
+        self.admitted_cached_tokens = 0
+
+    # ---- request lifecycle --------------------------------------------------------
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+        self._wake.set()
+
+    def abort(self, seq: Sequence) -> None:
+        """Remove a sequence wherever it is and free its blocks now (client went away)."""
+        if seq.done:
+            return
+        if seq in self.running:
+            self.running.remove(seq)
+        else:
+            try:
+                self.waiting.remove(seq)
+            except ValueError:
+                pass
+        self._release(seq)
+        seq.done = True
+
+    def fail_all(self, message: str) -> None:
+        for seq in [*self.running, *self.waiting]:
+            self._finish(seq, FinishReason.ERROR, message)
+        self.running.clear()
+        self.waiting.clear()
+
+    # ---- the step loop ------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        clock = loop.time()
+        while True:
+            if not self.running and not self.waiting:
+                self._wake.clear()
+                await self._wake.wait()
+                clock = loop.time()
+                continue
+            batch, seconds = self.schedule()
+            if not batch:  # nothing runnable (should not happen): back off instead of spinning
+                await asyncio.sleep(_MIN_SLEEP_S)
+                continue
+            now = loop.time()
+            clock = max(clock, now - _MIN_SLEEP_S) + seconds
+            await asyncio.sleep(clock - now if clock - now >= _MIN_SLEEP_S else 0)
+            self.complete(batch)
+
+    def schedule(self) -> tuple[list[tuple[Sequence, int]], float]:
+        """Pick this step's work: [(sequence, tokens to compute)] and its simulated duration."""
+        batch: list[tuple[Sequence, int]] = []
+        budget, prefill_tokens, decoding = self.max_batched, 0, False
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            remaining = len(seq.tokens) - seq.num_computed
+            if not seq.prefilling:
+                if not self._reserve_slot(seq):
+                    continue  # `seq` itself was preempted (or finished): the list shifted
+                batch.append((seq, 1))
+                budget -= 1
+                decoding = True
+            else:
+                chunk = min(remaining, budget)
+                batch.append((seq, chunk))
+                budget -= chunk
+                prefill_tokens += chunk
+            i += 1
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            admitted = self._admit(self.waiting[0], budget)
+            if admitted is None:
+                break
+            seq, chunk, is_prefill = admitted
+            batch.append((seq, chunk))
+            budget -= chunk
+            if is_prefill:
+                prefill_tokens += chunk
+            else:
+                decoding = True
+        seconds = self.timing.step_seconds(prefill_tokens, decoding, self.kv.num_active_blocks / self.kv.capacity)
+        return batch, seconds
+
+    def complete(self, batch: list[tuple[Sequence, int]]) -> None:
+        """Apply a finished step: advance computed tokens, sample, finish, wake consumers."""
+        self.num_steps += 1
+        bs = self.block_size
+        finished = False
+        produced = 0
+        for seq, n in batch:
+            if seq.done:  # aborted while the step ran
+                continue
+            computed = seq.num_computed + n
+            seq.num_computed = computed
+            if seq.has_partial and computed == (len(seq.held) + 1) * bs:
+                self._promote(seq)
+            if computed < len(seq.tokens):
+                continue  # mid-prefill chunk
+            seq.prefilling = False
+            state = (seq.rng * LCG_MUL + LCG_INC) & MASK64
+            token = (state >> 33) % seq.sampler.vocab_size
+            if token in seq.sampler.forbidden:
+                state, token = seq.sampler.redraw(state)
+            seq.rng = state
+            seq.tokens.append(token)
+            seq.pending.append(token)
+            seq.num_generated += 1
+            produced += 1
+            if seq.num_generated >= seq.max_tokens:
+                self._finish(seq, FinishReason.LENGTH)
+                finished = True
+            else:
+                seq.notify()
+        self.generated_tokens += produced
+        if finished:
+            self.running = [s for s in self.running if not s.done]
+
+    # ---- helpers ------------------------------------------------------------------
+
+    def _admit(self, seq: Sequence, budget: int) -> tuple[Sequence, int, bool] | None:
+        """Move the head of the queue to running if it fits; returns (seq, chunk, is_prefill)."""
+        kv, bs = self.kv, self.block_size
+        local, seqs = seq.full_block_hashes(bs)
+        partial = 1 if len(seq.tokens) % bs else 0
+        needed = kv.blocks_to_activate(seqs) + partial
+        limit = self.watermark_limit if self.running else kv.capacity
+        if kv.num_active_blocks + needed > limit:
+            if not self.running and needed > kv.capacity:
+                self.waiting.popleft()
+                self._finish(seq, FinishReason.ERROR, f"request needs {needed} KV blocks, capacity is {kv.capacity}")
+                return self._admit(self.waiting[0], budget) if self.waiting else None
+            return None
+        total = len(seq.tokens)
+        hit_tokens = kv.cached_prefix(seqs) * bs
+        computed = total - 1 if seq.skip_prefill else min(hit_tokens, total - 1)
+        todo = total - computed
+        if not self.chunked and todo > budget and budget < self.max_batched:
+            return None  # whole-prompt prefill must wait for a fresh step budget
+        chunk = min(todo, budget) if self.chunked else todo
+        kv.acquire(seqs, local)
+        if partial:
+            kv.alloc_partial()
+        self.waiting.popleft()
+        self.running.append(seq)
+        seq.held = list(seqs)
+        seq.has_partial = bool(partial)
+        seq.num_computed = computed
+        seq.prefilling = not seq.skip_prefill
+        if seq.num_generated == 0:
+            seq.cached_tokens = min(hit_tokens, total - 1)
+            self.admitted_prompt_tokens += total
+            self.admitted_cached_tokens += min(seq.cached_tokens, total)
+        return seq, chunk, seq.prefilling
+
+    def _reserve_slot(self, seq: Sequence) -> bool:
+        """Make room in `seq`'s blocks for its next token, preempting LIFO when out of blocks.
+        False if `seq` was itself preempted or could not grow at all (then finished)."""
+        bs = self.block_size
+        if seq.has_partial or len(seq.held) * bs >= len(seq.tokens):
+            return True
+        while not self.kv.alloc_partial():
+            victim = self.running[-1]
+            if victim is seq and self.running[0] is seq:  # alone and the cache is full of it
+                self.running.pop()
+                self._finish(seq, FinishReason.LENGTH)
+                return False
+            self._preempt(victim)
+            if victim is seq:
+                return False
+        seq.has_partial = True
+        return True
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self._release(seq)
+        seq.num_computed = 0
+        seq.prefilling = True
+        seq.skip_prefill = False  # its transferred KV is gone: recompute locally
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def _promote(self, seq: Sequence) -> None:
+        bs = self.block_size
+        start = len(seq.held) * bs
+        local = block_hashes(seq.tokens[start : start + bs], bs)[0]
+        parent = seq.held[-1] if seq.held else None
+        seq_hash = chain_hash(parent, local)
+        self.kv.promote(parent, seq_hash, local)
+        seq.held.append(seq_hash)
+        seq.has_partial = False
+
+    def _release(self, seq: Sequence) -> None:
+        if seq.held:
+            self.kv.release(seq.held)
+            seq.held = []
+        if seq.has_partial:
+            self.kv.free_partial()
+            seq.has_partial = False
+
+    def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
+        """Mark finished and free blocks; the caller removes it from `running`/`waiting`."""
+        self._release(seq)
+        seq.finish_reason = reason
+        seq.error = error
+        seq.done = True
+        seq.notify()

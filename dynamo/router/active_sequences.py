@@ -1,0 +1,199 @@
+"""Active-sequence (load) tracking per (worker, dp_rank), as in NVIDIA Dynamo.
+
+For each in-flight request the router remembers the SequenceHashes of its prompt blocks
+and its pending prefill tokens. A worker's decode load is the number of *unique* active
+blocks (refcounted, so a prefix shared by several requests counts once when
+`assume_kv_reuse`); its prefill load is the sum of `isl - overlap*block_size` over
+requests that have not produced their first token.
+
+Lifecycle: `add_request` (when the request is sent) -> `mark_prefill_completed` (first
+token) -> `free` (finished or cancelled; idempotent).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Sequence
+
+WorkerKey = tuple[int, int]
+
+
+class _Request:
+    __slots__ = ("key", "seq_hashes", "prefill_tokens", "private_blocks")
+
+    def __init__(self, key: WorkerKey, seq_hashes: Sequence[int], prefill_tokens: int, private_blocks: int) -> None:
+        self.key = key
+        self.seq_hashes = seq_hashes
+        self.prefill_tokens = prefill_tokens
+        self.private_blocks = private_blocks
+
+
+class _WorkerLoad:
+    __slots__ = ("block_refs", "private_blocks", "prefill_tokens", "requests")
+
+    def __init__(self) -> None:
+        self.block_refs: dict[int, int] = {}  # seq_hash -> number of active requests using it
+        self.private_blocks = 0  # blocks of requests booked without reuse (assume_kv_reuse=False)
+        self.prefill_tokens = 0
+        self.requests = 0
+
+    @property
+    def active_blocks(self) -> int:
+        return len(self.block_refs) + self.private_blocks
+
+    def new_blocks(self, seq_hashes: Sequence[int]) -> int:
+        """Blocks of `seq_hashes` not active here.
+
+        Every booked request contributes a full prefix chain of sequence hashes, so the
+        active ones among `seq_hashes` form a prefix: binary search for its length.
+        """
+        refs = self.block_refs
+        lo, hi = 0, len(seq_hashes)
+        if not refs or hi == 0 or seq_hashes[0] not in refs:
+            return hi
+        if seq_hashes[hi - 1] in refs:
+            return 0
+        lo, hi = 1, hi - 1
+        while lo < hi:  # first inactive index lies in [lo, hi]; seq[hi] is inactive
+            mid = (lo + hi) // 2
+            if seq_hashes[mid] in refs:
+                lo = mid + 1
+            else:
+                hi = mid
+        return len(seq_hashes) - lo
+
+
+class ActiveSequences:
+    def __init__(
+        self,
+        block_size: int,
+        *,
+        assume_kv_reuse: bool = True,
+        track_active_blocks: bool = True,
+        track_prefill_tokens: bool = True,
+    ) -> None:
+        self.block_size = block_size
+        self.assume_kv_reuse = assume_kv_reuse
+        self.track_active_blocks = track_active_blocks
+        self.track_prefill_tokens = track_prefill_tokens
+        self._workers: dict[WorkerKey, _WorkerLoad] = {}
+        self._requests: dict[str, _Request] = {}
+
+    # -- workers -------------------------------------------------------------------------
+    def add_worker(self, key: WorkerKey) -> None:
+        self._workers.setdefault(key, _WorkerLoad())
+
+    def remove_worker(self, worker_id: int) -> list[str]:
+        """Forget a worker and its requests; returns the dropped request ids."""
+        dropped = [rid for rid, req in self._requests.items() if req.key[0] == worker_id]
+        for rid in dropped:
+            del self._requests[rid]
+        for key in [k for k in self._workers if k[0] == worker_id]:
+            del self._workers[key]
+        return dropped
+
+    def workers(self) -> list[WorkerKey]:
+        return list(self._workers)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def prefill_tokens_for(self, isl: int, overlap_blocks: int) -> int:
+        if not self.track_prefill_tokens:
+            return 0
+        return max(isl - overlap_blocks * self.block_size, 0)
+
+    def add_request(
+        self, key: WorkerKey, request_id: str, seq_hashes: Sequence[int], isl: int, overlap_blocks: int
+    ) -> None:
+        if request_id in self._requests:
+            raise ValueError(f"request {request_id!r} is already active")
+        load = self._workers.setdefault(key, _WorkerLoad())
+        tokens = self.prefill_tokens_for(isl, overlap_blocks)
+        private = 0
+        if not self.track_active_blocks:
+            seq_hashes = ()
+        elif not self.assume_kv_reuse:
+            private, seq_hashes = len(seq_hashes), ()
+        refs = load.block_refs
+        for seq_hash in seq_hashes:
+            refs[seq_hash] = refs.get(seq_hash, 0) + 1
+        load.private_blocks += private
+        load.prefill_tokens += tokens
+        load.requests += 1
+        self._requests[request_id] = _Request(key, seq_hashes, tokens, private)
+
+    def mark_prefill_completed(self, request_id: str) -> bool:
+        req = self._requests.get(request_id)
+        if req is None or req.prefill_tokens == 0:
+            return False
+        load = self._workers.get(req.key)
+        if load is not None:
+            load.prefill_tokens -= req.prefill_tokens
+        req.prefill_tokens = 0
+        return True
+
+    def free(self, request_id: str) -> bool:
+        """Release everything the request booked; False if unknown (already freed)."""
+        req = self._requests.pop(request_id, None)
+        if req is None:
+            return False
+        load = self._workers.get(req.key)
+        if load is None:
+            return True
+        refs = load.block_refs
+        for seq_hash in req.seq_hashes:
+            count = refs[seq_hash] - 1
+            if count:
+                refs[seq_hash] = count
+            else:
+                del refs[seq_hash]
+        load.private_blocks -= req.private_blocks
+        load.prefill_tokens -= req.prefill_tokens
+        load.requests -= 1
+        return True
+
+    def worker_of(self, request_id: str) -> WorkerKey | None:
+        req = self._requests.get(request_id)
+        return None if req is None else req.key
+
+    # -- projections and metrics ---------------------------------------------------------
+    def potential_blocks_and_tokens(
+        self,
+        seq_hashes: Sequence[int],
+        isl: int,
+        overlaps: Mapping[WorkerKey, int],
+        keys: Iterable[WorkerKey] | None = None,
+    ) -> dict[WorkerKey, tuple[int, int]]:
+        """Load each worker would have if this request were booked on it (nothing booked)."""
+        out: dict[WorkerKey, tuple[int, int]] = {}
+        n = len(seq_hashes)
+        workers = self._workers
+        for key in (workers if keys is None else keys):
+            load = workers.get(key)
+            tokens = self.prefill_tokens_for(isl, overlaps.get(key, 0))
+            if load is None:
+                out[key] = (n if self.track_active_blocks else 0, tokens)
+                continue
+            if not self.track_active_blocks:
+                new = 0
+            elif self.assume_kv_reuse:
+                new = load.new_blocks(seq_hashes)
+            else:
+                new = n
+            out[key] = (load.active_blocks + new, load.prefill_tokens + tokens)
+        return out
+
+    def active_blocks(self, key: WorkerKey) -> int:
+        load = self._workers.get(key)
+        return 0 if load is None else load.active_blocks
+
+    def active_prefill_tokens(self, key: WorkerKey) -> int:
+        load = self._workers.get(key)
+        return 0 if load is None else load.prefill_tokens
+
+    def loads(self) -> dict[WorkerKey, dict[str, int]]:
+        return {
+            key: {"active_blocks": w.active_blocks, "active_prefill_tokens": w.prefill_tokens, "requests": w.requests}
+            for key, w in self._workers.items()
+        }
+
+    def __len__(self) -> int:
+        return len(self._requests)

@@ -1,0 +1,83 @@
+"""KV-router configuration: the single source of every router setting.
+
+Flag names and `DYN_*` env twins follow NVIDIA Dynamo (current `--router-*` names plus
+the classic aliases). The frontend and the standalone `dynamo.router` service embed this
+dataclass and add its flags with `dynamo.runtime.config.add_arguments(parser, KvRouterConfig)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dynamo.runtime.config import setting
+
+
+@dataclass
+class KvRouterConfig:
+    """KV-cache-aware routing settings."""
+
+    overlap_score_weight: float = setting(
+        1.0,
+        "Weight of prefill blocks in the cost (0 = pure load balancing, no indexer)",
+        env="DYN_OVERLAP_SCORE_WEIGHT",
+        flag=["--kv-overlap-score-weight", "--router-kv-overlap-score-weight"],
+    )
+    router_temperature: float = setting(
+        0.0, "Softmax sampling temperature over worker costs (0 = argmin)", env="DYN_ROUTER_TEMPERATURE"
+    )
+    use_kv_events: bool = setting(
+        True,
+        "Index KV events from workers; off = approximate mode (predict caches from routing decisions)",
+        env="DYN_ROUTER_USE_KV_EVENTS",
+        flag=["--router-kv-events", "--kv-events"],
+    )
+    router_ttl_secs: float = setting(120.0, "Block TTL in approximate mode (seconds)")
+    router_max_tree_size: int = setting(2**20, "Max radix-tree nodes in approximate mode before pruning")
+    router_prune_target_ratio: float = setting(0.8, "Prune the approximate tree down to this fraction of max size")
+    router_replica_sync: bool = setting(False, "Share active-sequence events between router replicas")
+    router_track_active_blocks: bool = setting(
+        True, "Track decode load (active blocks) per worker", flag=["--router-track-active-blocks", "--track-active-blocks"]
+    )
+    router_assume_kv_reuse: bool = setting(True, "Count identical blocks across active requests once")
+    router_track_prefill_tokens: bool = setting(True, "Include pending prompt tokens in the load")
+    active_decode_blocks_threshold: float | None = setting(
+        None, "Worker busy when active blocks / total KV blocks exceeds this (0..1; unset = off)"
+    )
+    active_prefill_tokens_threshold: int | None = setting(
+        None, "Worker busy when active prefill tokens exceed this (unset = off)"
+    )
+    active_prefill_tokens_threshold_frac: float | None = setting(
+        None, "Worker busy when active prefill tokens exceed frac x max_num_batched_tokens (unset = off)"
+    )
+
+    def validate(self) -> None:
+        if self.overlap_score_weight < 0:
+            raise ValueError("--kv-overlap-score-weight must be >= 0")
+        if self.router_temperature < 0:
+            raise ValueError("--router-temperature must be >= 0")
+        if self.router_ttl_secs <= 0:
+            raise ValueError("--router-ttl-secs must be > 0")
+        if self.router_max_tree_size < 1:
+            raise ValueError("--router-max-tree-size must be >= 1")
+        if not 0 < self.router_prune_target_ratio <= 1:
+            raise ValueError("--router-prune-target-ratio must be in (0, 1]")
+        for name in ("active_decode_blocks_threshold", "active_prefill_tokens_threshold",
+                     "active_prefill_tokens_threshold_frac"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
+
+    @property
+    def mode(self) -> str:
+        """"events" | "approximate" | "load-only" (overlap weight 0 disables the indexer)."""
+        if self.overlap_score_weight == 0:
+            return "load-only"
+        return "events" if self.use_kv_events else "approximate"
+
+
+@dataclass
+class RouterConfigOverride:
+    """Per-request overrides (Dynamo's `RouterConfigOverride`); None keeps the router's value."""
+
+    overlap_score_weight: float | None = None
+    router_temperature: float | None = None

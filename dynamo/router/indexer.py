@@ -1,0 +1,307 @@
+"""KV-cache indexer: which (worker, dp_rank) holds which prefix of which prompt.
+
+Owns the radix tree built from `RouterEvent`s (see `dynamo.router.protocol`). The tree is
+walked by LocalBlockHash (content hash of one block); the engine's external block hashes
+are only per-worker ids kept in a lookup table, so engines may use any hash algorithm.
+
+Speed notes (pure Python): every (worker, dp_rank) gets a small integer *slot*, and a
+node's worker set is an int bitmask over slots. `find_matches` then costs one dict lookup
+and one big-int AND per block; a worker leaves the match at the first depth whose mask
+lacks its bit, and only then do we touch Python objects for it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Iterable, Sequence
+
+from dynamo.router.protocol import KvCacheEvent, KvCleared, KvRemoved, KvStored, RouterEvent
+
+WorkerKey = tuple[int, int]  # (worker_id, dp_rank)
+
+OK = "ok"
+GAP = "gap"
+PARENT_NOT_FOUND = "parent_not_found"
+BLOCK_NOT_FOUND = "block_not_found"
+UNSUPPORTED_TIER = "unsupported_tier"
+
+
+class Node:
+    __slots__ = ("children", "mask", "parent", "local_hash")
+
+    def __init__(self, parent: Node | None, local_hash: int) -> None:
+        self.children: dict[int, Node] = {}
+        self.mask = 0  # bit i set <=> slot i holds this block
+        self.parent = parent
+        self.local_hash = local_hash
+
+
+class OverlapScores:
+    """`scores[(worker, dp)]` = consecutive leading blocks cached; `tree_sizes` = blocks held."""
+
+    __slots__ = ("scores", "tree_sizes")
+
+    def __init__(self, scores: dict[WorkerKey, int], tree_sizes: dict[WorkerKey, int]) -> None:
+        self.scores = scores
+        self.tree_sizes = tree_sizes
+
+    def __repr__(self) -> str:
+        return f"OverlapScores(scores={self.scores}, tree_sizes={self.tree_sizes})"
+
+
+class RadixTree:
+    """Radix tree keyed by LocalBlockHash with per-slot {external hash -> node} lookups."""
+
+    def __init__(self) -> None:
+        self.root = Node(None, 0)
+        self.node_count = 0  # excluding the root
+        self._slot_of: dict[WorkerKey, int] = {}
+        self._keys: list[WorkerKey | None] = []
+        self._free_slots: list[int] = []
+        self._lookup: list[dict[int, Node] | None] = []
+
+    # -- slots ---------------------------------------------------------------------------
+    def slot(self, key: WorkerKey) -> int:
+        slot = self._slot_of.get(key)
+        if slot is None:
+            slot = self._free_slots.pop() if self._free_slots else len(self._keys)
+            if slot == len(self._keys):
+                self._keys.append(key)
+                self._lookup.append({})
+            else:
+                self._keys[slot] = key
+                self._lookup[slot] = {}
+            self._slot_of[key] = slot
+        return slot
+
+    def keys(self) -> list[WorkerKey]:
+        return list(self._slot_of)
+
+    def tree_size(self, key: WorkerKey) -> int:
+        slot = self._slot_of.get(key)
+        return 0 if slot is None else len(self._lookup[slot])  # type: ignore[arg-type]
+
+    def tree_sizes(self) -> dict[WorkerKey, int]:
+        return {key: len(self._lookup[slot]) for key, slot in self._slot_of.items()}  # type: ignore[arg-type]
+
+    def has(self, key: WorkerKey, block_hash: int) -> bool:
+        slot = self._slot_of.get(key)
+        return slot is not None and block_hash in self._lookup[slot]  # type: ignore[operator]
+
+    # -- mutation ------------------------------------------------------------------------
+    def store(self, key: WorkerKey, parent_hash: int | None, blocks: Iterable[tuple[int, int]]) -> bool:
+        """Insert (external_hash, local_hash) blocks under `parent_hash`; False if parent unknown."""
+        slot = self.slot(key)
+        lookup = self._lookup[slot]
+        if parent_hash is None:
+            node = self.root
+        else:
+            node = lookup.get(parent_hash)  # type: ignore[union-attr]
+            if node is None:
+                return False
+        bit = 1 << slot
+        for block_hash, local_hash in blocks:
+            child = node.children.get(local_hash)
+            if child is None:
+                child = Node(node, local_hash)
+                node.children[local_hash] = child
+                self.node_count += 1
+            child.mask |= bit
+            old = lookup.get(block_hash)  # type: ignore[union-attr]
+            lookup[block_hash] = child  # type: ignore[index]
+            if old is not None and old is not child:  # external hash now names other content
+                self._drop_bit(old, bit)
+            node = child
+        return True
+
+    def remove(self, key: WorkerKey, block_hashes: Iterable[int]) -> int:
+        """Remove blocks by external hash; returns how many were unknown."""
+        slot = self._slot_of.get(key)
+        if slot is None:
+            return sum(1 for _ in block_hashes)
+        lookup = self._lookup[slot]
+        bit = 1 << slot
+        missing = 0
+        for block_hash in block_hashes:
+            node = lookup.pop(block_hash, None)  # type: ignore[union-attr]
+            if node is None:
+                missing += 1
+            else:
+                self._drop_bit(node, bit)
+        return missing
+
+    def clear(self, key: WorkerKey) -> None:
+        """Drop everything `key` holds but keep its slot."""
+        slot = self._slot_of.get(key)
+        if slot is None:
+            return
+        bit = 1 << slot
+        lookup = self._lookup[slot]
+        for node in lookup.values():  # type: ignore[union-attr]
+            self._drop_bit(node, bit)
+        self._lookup[slot] = {}
+
+    def remove_key(self, key: WorkerKey) -> None:
+        """Forget `key` entirely and recycle its slot."""
+        if key not in self._slot_of:
+            return
+        self.clear(key)
+        slot = self._slot_of.pop(key)
+        self._keys[slot] = None
+        self._lookup[slot] = None
+        self._free_slots.append(slot)
+
+    def _drop_bit(self, node: Node, bit: int) -> None:
+        node.mask &= ~bit
+        # Prune upward while nodes are empty leaves; a guard on identity keeps a detached
+        # node (already pruned) from removing a live sibling with the same hash.
+        while node.mask == 0 and not node.children and node.parent is not None:
+            parent = node.parent
+            if parent.children.get(node.local_hash) is node:
+                del parent.children[node.local_hash]
+                self.node_count -= 1
+            node.parent = None
+            node = parent
+
+    # -- queries -------------------------------------------------------------------------
+    def find_matches(self, local_hashes: Sequence[int], early_exit: bool = False) -> OverlapScores:
+        scores: dict[WorkerKey, int] = {}
+        keys = self._keys
+        node = self.root
+        active = 0
+        depth = 0
+        for local_hash in local_hashes:
+            child = node.children.get(local_hash)
+            if child is None:
+                break
+            mask = child.mask
+            if depth == 0:
+                active = mask
+            else:
+                lost = active & ~mask
+                if lost:
+                    active &= mask
+                    while lost:  # record workers that stop matching at this depth
+                        low = lost & -lost
+                        scores[keys[low.bit_length() - 1]] = depth  # type: ignore[index]
+                        lost ^= low
+            if not active:
+                break
+            depth += 1
+            if early_exit and active & (active - 1) == 0:
+                break  # a single worker left: its score is a lower bound
+            node = child
+        while active:
+            low = active & -active
+            scores[keys[low.bit_length() - 1]] = depth  # type: ignore[index]
+            active ^= low
+        lookups = self._lookup
+        slot_of = self._slot_of
+        sizes = {key: len(lookups[slot_of[key]]) for key in scores}  # type: ignore[arg-type]
+        return OverlapScores(scores, sizes)
+
+
+class KvIndexer:
+    """Applies `RouterEvent`s to a `RadixTree`, tracking event ids and apply counts."""
+
+    def __init__(self) -> None:
+        self.tree = RadixTree()
+        self._last_event_id: dict[WorkerKey, int] = {}
+        self.workers_needing_resync: set[WorkerKey] = set()
+        self.counts: Counter[tuple[str, str]] = Counter()  # (event_type, status) -> n
+
+    def apply_event(self, event: RouterEvent) -> str:
+        kv = event.event
+        kind = _event_type(kv)
+        if event.storage_tier != "device":
+            self.counts[(kind, UNSUPPORTED_TIER)] += 1
+            return UNSUPPORTED_TIER
+        key = (event.worker_id, kv.dp_rank)
+        gap = self._check_event_id(key, kv.event_id)
+        status = self._apply(key, kv)
+        if status == PARENT_NOT_FOUND:
+            self.workers_needing_resync.add(key)  # the router missed state for this worker
+        elif gap:
+            status = GAP
+        self.counts[(kind, status)] += 1
+        return status
+
+    def _check_event_id(self, key: WorkerKey, event_id: int) -> bool:
+        last = self._last_event_id.get(key)
+        if last is not None and event_id <= last:
+            return False  # same batch (ids may repeat) or a re-delivery: not a gap
+        self._last_event_id[key] = event_id
+        if last is not None and event_id > last + 1:
+            self.workers_needing_resync.add(key)
+            return True
+        return False
+
+    def _apply(self, key: WorkerKey, kv: KvCacheEvent) -> str:
+        data = kv.data
+        if isinstance(data, KvStored):
+            pairs = [(b.block_hash, b.tokens_hash) for b in data.blocks]
+            return OK if self.tree.store(key, data.parent_hash, pairs) else PARENT_NOT_FOUND
+        if isinstance(data, KvRemoved):
+            return BLOCK_NOT_FOUND if self.tree.remove(key, data.block_hashes) else OK
+        self.tree.clear(key)
+        return OK
+
+    def remove_worker(self, worker_id: int) -> None:
+        for key in [k for k in self.tree.keys() if k[0] == worker_id]:
+            self.tree.remove_key(key)
+        for key in [k for k in self._last_event_id if k[0] == worker_id]:
+            del self._last_event_id[key]
+        self.workers_needing_resync = {k for k in self.workers_needing_resync if k[0] != worker_id}
+
+    def resync_worker(
+        self, worker_id: int, dp_rank: int, stored_events: Iterable[KvCacheEvent | RouterEvent | KvStored]
+    ) -> int:
+        """Replace (worker, dp_rank)'s state with a full dump of stored events.
+
+        Order-tolerant: events whose parent is not yet known are retried until no progress.
+        Returns the number of events that could not be applied.
+        """
+        key = (worker_id, dp_rank)
+        self.tree.clear(key)
+        pending: list[KvStored] = []
+        last_id = None
+        for item in stored_events:
+            if isinstance(item, RouterEvent):
+                item = item.event
+            if isinstance(item, KvCacheEvent):
+                last_id = item.event_id if last_id is None else max(last_id, item.event_id)
+                item = item.data
+            if isinstance(item, KvStored):
+                pending.append(item)
+        while pending:
+            retry = [s for s in pending if not self.tree.store(key, s.parent_hash, _pairs(s))]
+            if len(retry) == len(pending):
+                break
+            pending = retry
+        if last_id is not None:
+            self._last_event_id[key] = last_id
+        self.workers_needing_resync.discard(key)
+        self.counts[("resync", OK if not pending else PARENT_NOT_FOUND)] += 1
+        return len(pending)
+
+    def find_matches(self, local_hashes: Sequence[int], early_exit: bool = False) -> OverlapScores:
+        return self.tree.find_matches(local_hashes, early_exit)
+
+    def tree_sizes(self) -> dict[WorkerKey, int]:
+        return self.tree.tree_sizes()
+
+    def last_event_id(self, worker_id: int, dp_rank: int = 0) -> int | None:
+        return self._last_event_id.get((worker_id, dp_rank))
+
+
+def _pairs(stored: KvStored) -> list[tuple[int, int]]:
+    return [(b.block_hash, b.tokens_hash) for b in stored.blocks]
+
+
+def _event_type(kv: KvCacheEvent) -> str:
+    data = kv.data
+    if isinstance(data, KvStored):
+        return "stored"
+    if isinstance(data, KvRemoved):
+        return "removed"
+    return "cleared" if isinstance(data, KvCleared) else type(data).__name__

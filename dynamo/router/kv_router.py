@@ -1,0 +1,257 @@
+"""KvRouter: the KV-cache-aware routing library shared by the frontend, the standalone
+`dynamo.router` service and anything else that picks workers.
+
+Pure and network-free: the caller feeds worker membership (`add_worker`/`remove_worker`),
+KV events (`apply_event`) and optional load reports (`update_metrics`), and drives each
+request through `select` -> `add_request` -> `mark_prefill_complete` -> `free`.
+`select` books nothing (Dynamo's `best_worker`); load is booked by `add_request` when the
+request is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Collection, Mapping, Sequence
+
+from dynamo.router.active_sequences import ActiveSequences
+from dynamo.router.approx import ApproxIndexer
+from dynamo.router.config import KvRouterConfig, RouterConfigOverride
+from dynamo.router.hashing import block_hashes, sequence_hashes
+from dynamo.router.indexer import KvIndexer, WorkerKey
+from dynamo.router.protocol import LoadMetrics, RouterEvent
+from dynamo.router.selector import (
+    AllWorkersBusy,
+    BusyThresholds,
+    NoWorkers,
+    Selector,
+    WorkerCapacity,
+    compute_logits,
+    is_busy,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["KvRouter", "Selection", "NoWorkers", "AllWorkersBusy"]
+
+_HASH_CACHE_SIZE = 4096
+
+
+@dataclass
+class Selection:
+    worker_id: int
+    dp_rank: int
+    overlap_blocks: int
+    required_blocks: int  # ceil(isl / block_size): blocks the request needs in total
+    logits: dict[WorkerKey, float] = field(default_factory=dict)
+
+
+class KvRouter:
+    def __init__(
+        self,
+        block_size: int,
+        config: KvRouterConfig | None = None,
+        *,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if block_size < 1:
+            raise ValueError("block_size must be >= 1")
+        self.block_size = block_size
+        self.config = config or KvRouterConfig()
+        self.config.validate()
+        cfg = self.config
+        self.indexer = KvIndexer()
+        self.approx = ApproxIndexer(
+            cfg.router_ttl_secs, cfg.router_max_tree_size, cfg.router_prune_target_ratio, clock or time.monotonic
+        )
+        self.active = ActiveSequences(
+            block_size,
+            assume_kv_reuse=cfg.router_assume_kv_reuse,
+            track_active_blocks=cfg.router_track_active_blocks,
+            track_prefill_tokens=cfg.router_track_prefill_tokens,
+        )
+        self.selector = Selector(rng)
+        self.thresholds = BusyThresholds(
+            cfg.active_decode_blocks_threshold,
+            cfg.active_prefill_tokens_threshold,
+            cfg.active_prefill_tokens_threshold_frac,
+        )
+        self._workers: dict[int, list[WorkerKey]] = {}
+        self._capacity: dict[int, WorkerCapacity] = {}
+        self._reported: dict[WorkerKey, LoadMetrics] = {}
+        self._hashes: OrderedDict[str, tuple[int, list[int], list[int]]] = OrderedDict()
+        self._stats = {"requests": 0, "prompt_blocks": 0, "overlap_blocks": 0, "last_decision_us": 0.0,
+                       "busy_rejections": 0, "ignored_events": 0}
+        if self.mode == "approximate":
+            log.warning("KV router in approximate mode: caches are predicted from routing decisions "
+                        "(TTL %.0fs), not from worker KV events", cfg.router_ttl_secs)
+        else:
+            log.info("KV router mode: %s (block_size=%d)", self.mode, block_size)
+
+    @property
+    def mode(self) -> str:
+        return self.config.mode
+
+    # -- membership and inputs -----------------------------------------------------------
+    def add_worker(
+        self, worker_id: int, dp_size: int = 1, total_kv_blocks: int | None = None,
+        max_num_batched_tokens: int | None = None,
+    ) -> None:
+        keys = [(worker_id, rank) for rank in range(max(dp_size, 1))]
+        self._workers[worker_id] = keys
+        self._capacity[worker_id] = WorkerCapacity(total_kv_blocks, max_num_batched_tokens)
+        for key in keys:
+            self.active.add_worker(key)
+
+    def remove_worker(self, worker_id: int) -> list[str]:
+        """Forget a worker; returns the ids of its in-flight requests (now untracked)."""
+        self._workers.pop(worker_id, None)
+        self._capacity.pop(worker_id, None)
+        self._reported = {k: v for k, v in self._reported.items() if k[0] != worker_id}
+        self.indexer.remove_worker(worker_id)
+        self.approx.remove_worker(worker_id)
+        return self.active.remove_worker(worker_id)
+
+    def workers(self) -> dict[int, int]:
+        """worker_id -> dp_size."""
+        return {w: len(keys) for w, keys in self._workers.items()}
+
+    def apply_event(self, event: RouterEvent) -> str:
+        if self.mode != "events":
+            self._stats["ignored_events"] += 1
+            return "ignored"
+        return self.indexer.apply_event(event)
+
+    def update_metrics(self, metrics: LoadMetrics) -> None:
+        """Worker-reported load; its KV usage takes precedence for busy detection."""
+        self._reported[(metrics.worker_id, metrics.dp_rank)] = metrics
+
+    # -- routing -------------------------------------------------------------------------
+    def _hash(self, token_ids: Sequence[int], request_id: str | None, lora_name: str | None):
+        if request_id is not None:
+            cached = self._hashes.get(request_id)
+            if cached is not None and cached[0] == len(token_ids):
+                return cached
+        local = block_hashes(token_ids, self.block_size, lora_name)
+        entry = (len(token_ids), local, sequence_hashes(local))
+        if request_id is not None:
+            self._hashes[request_id] = entry
+            if len(self._hashes) > _HASH_CACHE_SIZE:
+                self._hashes.popitem(last=False)
+        return entry
+
+    def _candidates(self, allowed: Collection[int] | None) -> list[WorkerKey]:
+        if allowed is None:
+            return [key for keys in self._workers.values() for key in keys]
+        return [key for w in allowed for key in self._workers.get(w, ())]
+
+    def overlap_scores(self, token_ids: Sequence[int], lora_name: str | None = None) -> dict[WorkerKey, int]:
+        _, local, _ = self._hash(token_ids, None, lora_name)
+        return dict(self._find(local).scores) if self.mode != "load-only" else {}
+
+    def _find(self, local: Sequence[int]):
+        return (self.indexer if self.mode == "events" else self.approx).find_matches(local)
+
+    def select(
+        self,
+        token_ids: Sequence[int],
+        *,
+        request_id: str | None = None,
+        lora_name: str | None = None,
+        allowed: Collection[int] | None = None,
+        override: RouterConfigOverride | Mapping[str, Any] | None = None,
+    ) -> Selection:
+        """Best (worker, dp_rank) for this prompt; books nothing."""
+        start = time.perf_counter()
+        weight, temperature = self._effective(override)
+        candidates = self._candidates(allowed)
+        if not candidates:
+            raise NoWorkers("no workers available" if allowed is None else "no allowed workers available")
+        isl, local, seq = self._hash(token_ids, request_id, lora_name)
+        overlaps: dict[WorkerKey, int] = {} if self.mode == "load-only" else self._find(local).scores
+        potentials = self.active.potential_blocks_and_tokens(seq, isl, overlaps, candidates)
+        if self.thresholds.enabled:
+            candidates = [k for k in candidates if not self._busy(k)]
+            if not candidates:
+                self._stats["busy_rejections"] += 1
+                raise AllWorkersBusy("All workers are busy, please retry later")
+            potentials = {k: potentials[k] for k in candidates}
+        logits = compute_logits(potentials, self.block_size, weight)
+        worker_id, dp_rank = self.selector.select(logits, temperature, self._tree_size)
+        self._stats["last_decision_us"] = (time.perf_counter() - start) * 1e6
+        return Selection(worker_id, dp_rank, overlaps.get((worker_id, dp_rank), 0),
+                         math.ceil(isl / self.block_size), logits)
+
+    def _effective(self, override: RouterConfigOverride | Mapping[str, Any] | None) -> tuple[float, float]:
+        weight, temperature = self.config.overlap_score_weight, self.config.router_temperature
+        if override is None:
+            return weight, temperature
+        get = override.get if isinstance(override, Mapping) else (lambda n: getattr(override, n, None))
+        w, t = get("overlap_score_weight"), get("router_temperature")
+        return (weight if w is None else float(w)), (temperature if t is None else float(t))
+
+    def _tree_size(self, key: WorkerKey) -> int:
+        return (self.indexer if self.mode == "events" else self.approx).tree.tree_size(key)
+
+    def _tree_sizes(self) -> dict[WorkerKey, int]:
+        return (self.indexer if self.mode == "events" else self.approx).tree_sizes()
+
+    def _busy(self, key: WorkerKey) -> bool:
+        capacity = self._capacity.get(key[0])
+        blocks = self.active.active_blocks(key)
+        reported = self._reported.get(key)
+        if reported is not None and reported.kv_total_blocks:
+            capacity = WorkerCapacity(reported.kv_total_blocks,
+                                      capacity.max_num_batched_tokens if capacity else None)
+            blocks = reported.kv_active_blocks
+        return is_busy(blocks, self.active.active_prefill_tokens(key), capacity, self.thresholds)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def add_request(
+        self, request_id: str, selection: Selection, token_ids: Sequence[int], lora_name: str | None = None
+    ) -> None:
+        """Book the request's load on the selected worker (call when the request is sent)."""
+        isl, local, seq = self._hash(token_ids, request_id, lora_name)
+        self._hashes.pop(request_id, None)
+        key = (selection.worker_id, selection.dp_rank)
+        self.active.add_request(key, request_id, seq, isl, selection.overlap_blocks)
+        if self.mode == "approximate":
+            self.approx.record(key, local, seq)
+        stats = self._stats
+        stats["requests"] += 1
+        stats["prompt_blocks"] += len(local)
+        stats["overlap_blocks"] += selection.overlap_blocks
+
+    def mark_prefill_complete(self, request_id: str) -> bool:
+        return self.active.mark_prefill_completed(request_id)
+
+    def free(self, request_id: str) -> bool:
+        self._hashes.pop(request_id, None)
+        return self.active.free(request_id)
+
+    # -- observability -------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        s = self._stats
+        events: dict[str, dict[str, int]] = {}
+        for (kind, status), n in self.indexer.counts.items():
+            events.setdefault(kind, {})[status] = n
+        return {
+            "mode": self.mode,
+            "events_applied": events,
+            "ignored_events": s["ignored_events"],
+            "workers_needing_resync": sorted(self.indexer.workers_needing_resync),
+            "requests": s["requests"],
+            "prompt_blocks": s["prompt_blocks"],
+            "overlap_blocks": s["overlap_blocks"],
+            "kv_hit_rate": s["overlap_blocks"] / s["prompt_blocks"] if s["prompt_blocks"] else 0.0,
+            "last_decision_us": s["last_decision_us"],
+            "busy_rejections": s["busy_rejections"],
+            "workers": {f"{w}:{r}": v for (w, r), v in self.active.loads().items()},
+            "tree_sizes": {f"{w}:{r}": v for (w, r), v in self._tree_sizes().items()},
+            "approx": {"expired_blocks": self.approx.expired_blocks, "pruned_blocks": self.approx.pruned_blocks},
+        }

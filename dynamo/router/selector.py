@@ -1,0 +1,103 @@
+"""Worker selection: Dynamo's classic cost function, busy filtering and sampling.
+
+Per (worker, dp_rank), lower is better:
+    prefill_blocks = potential_prefill_tokens / block_size
+    decode_blocks  = potential_active_blocks
+    logit          = overlap_score_weight * prefill_blocks + decode_blocks
+Temperature 0 picks the argmin (ties: smaller cached tree, then random); temperature > 0
+samples with p ~ exp(-normalized_logit / T), logits normalized to [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence, Union
+
+WorkerKey = tuple[int, int]
+TreeSizes = Union[Mapping[WorkerKey, int], Callable[[WorkerKey], int]]
+
+
+class NoWorkers(RuntimeError):
+    """No worker is registered (or allowed) for this request."""
+
+
+class AllWorkersBusy(RuntimeError):
+    """Every candidate is above a busy threshold (HTTP 503 in the frontend)."""
+
+
+@dataclass
+class WorkerCapacity:
+    total_kv_blocks: int | None = None
+    max_num_batched_tokens: int | None = None
+
+
+@dataclass
+class BusyThresholds:
+    active_decode_blocks: float | None = None  # fraction of total KV blocks
+    active_prefill_tokens: int | None = None
+    active_prefill_tokens_frac: float | None = None  # fraction of max_num_batched_tokens
+
+    @property
+    def enabled(self) -> bool:
+        return any(v is not None for v in (self.active_decode_blocks, self.active_prefill_tokens,
+                                           self.active_prefill_tokens_frac))
+
+
+def is_busy(active_blocks: int, prefill_tokens: int, capacity: WorkerCapacity | None, t: BusyThresholds) -> bool:
+    total = capacity.total_kv_blocks if capacity else None
+    if t.active_decode_blocks is not None and total and active_blocks / total > t.active_decode_blocks:
+        return True
+    if t.active_prefill_tokens is not None and prefill_tokens > t.active_prefill_tokens:
+        return True
+    batch = capacity.max_num_batched_tokens if capacity else None
+    frac = t.active_prefill_tokens_frac
+    return frac is not None and batch is not None and prefill_tokens > frac * batch
+
+
+def compute_logits(
+    potentials: Mapping[WorkerKey, tuple[int, int]], block_size: int, overlap_score_weight: float
+) -> dict[WorkerKey, float]:
+    """`potentials[key] = (potential_blocks, potential_prefill_tokens)` -> cost per worker."""
+    return {
+        key: overlap_score_weight * (tokens / block_size) + blocks for key, (blocks, tokens) in potentials.items()
+    }
+
+
+class Selector:
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self.rng = rng or random.Random()
+
+    def select(
+        self,
+        logits: Mapping[WorkerKey, float],
+        temperature: float = 0.0,
+        tree_sizes: TreeSizes | None = None,
+    ) -> WorkerKey:
+        """`tree_sizes` (blocks cached per worker) breaks argmin ties; a mapping or a function."""
+        if not logits:
+            raise NoWorkers("no workers to select from")
+        if temperature <= 0:
+            return self._argmin(logits, tree_sizes or {})
+        return self._sample(logits, temperature)
+
+    def _argmin(self, logits: Mapping[WorkerKey, float], tree_sizes: TreeSizes) -> WorkerKey:
+        best = min(logits.values())
+        tied = [k for k, v in logits.items() if v == best]
+        if len(tied) > 1:
+            size = tree_sizes if callable(tree_sizes) else (lambda k: tree_sizes.get(k, 0))
+            sizes = {k: size(k) for k in tied}
+            smallest = min(sizes.values())
+            tied = [k for k in tied if sizes[k] == smallest]
+        return tied[0] if len(tied) == 1 else self.rng.choice(tied)
+
+    def _sample(self, logits: Mapping[WorkerKey, float], temperature: float) -> WorkerKey:
+        keys: Sequence[WorkerKey] = list(logits)
+        values = [logits[k] for k in keys]
+        lo, hi = min(values), max(values)
+        if hi == lo:
+            return self.rng.choice(keys)
+        span = hi - lo
+        weights = [math.exp(-((v - lo) / span) / temperature) for v in values]
+        return self.rng.choices(keys, weights=weights, k=1)[0]

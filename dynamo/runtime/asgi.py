@@ -1,0 +1,113 @@
+"""Minimal ASGI helpers shared by the frontend and the worker system server. The
+hot paths avoid framework layers (see shared/reference/python-http-streaming.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Awaitable, Callable
+
+import msgspec
+import uvicorn
+
+json_encode = msgspec.json.Encoder().encode
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+TEXT_HEADERS = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
+
+
+async def send_bytes(send: Callable, status: int, body: bytes, headers: list | None = None) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers or JSON_HEADERS})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(send: Callable, status: int, obj: Any) -> None:
+    await send_bytes(send, status, json_encode(obj))
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(receive: Callable, limit: int) -> bytes:
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionError("client disconnected")
+        body = message.get("body", b"")
+        size += len(body)
+        if size > limit:
+            raise BodyTooLarge()
+        chunks.append(body)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def header(scope: dict, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value
+    return None
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn server that leaves signal handling to its owning process."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[override]
+        yield
+
+
+class EmbeddedHttpServer:
+    """Runs an ASGI app on uvicorn inside the current event loop, owned as a task."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], host: str, port: int, **options: Any) -> None:
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            lifespan="off",
+            access_log=False,
+            log_level=options.pop("log_level", "warning"),
+            loop="none",
+            http="httptools",
+            **options,
+        )
+        self.server = _EmbeddedServer(config)
+        self.task: asyncio.Task | None = None
+
+    async def start(self, deadline: float = 30.0) -> None:
+        self.task = asyncio.get_running_loop().create_task(self.server.serve())
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline
+        while not self.server.started:
+            if self.task.done():
+                self.task.result()  # raises the bind error
+                raise RuntimeError("HTTP server exited during startup")
+            if loop.time() > end:
+                raise TimeoutError("HTTP server did not start in time")
+            await asyncio.sleep(0.01)
+
+    @property
+    def port(self) -> int:
+        for server in self.server.servers:
+            for sock in server.sockets:
+                return sock.getsockname()[1]
+        return self.server.config.port
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        if self.task is None:
+            return
+        self.server.should_exit = True
+        try:
+            await asyncio.wait_for(self.task, timeout)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            self.server.force_exit = True
+            self.task.cancel()
+            with contextlib.suppress(BaseException):
+                await self.task
+        except Exception as exc:  # pragma: no cover - shutdown noise
+            logging.getLogger(__name__).debug("http server stop: %s", exc)

@@ -1,0 +1,219 @@
+"""Discovery on a real etcd (3.4+) through its JSON gRPC-gateway (see `etcd_gateway`:
+aiohttp only, no grpc/protobuf, which avoids the protobuf conflicts users hit with the
+etcd3 packages).
+
+Endpoints: `endpoints` option, else ETCD_ENDPOINTS (comma-separated), else
+`http://localhost:2379`; the next one is tried when one fails.
+
+Lease: granted with TTL = ceil(ttl) s and renewed every ttl/3. When a renewal finds the
+lease gone (expired during a stall, revoked, etcd restarted with fresh data) the store
+grants a lease again, asking for the *same* id so the instance id stays stable, falls
+back to a fresh id (and calls `on_lease_change`) if that is refused, and re-puts every
+leased key it wrote. NVIDIA Dynamo never recovers from lease loss; this does.
+
+Watch: range at a revision, then watch from revision + 1 (no gap). If the stream breaks
+(etcd restart, compaction), it re-lists and emits the difference from what it had
+reported, then watches again. Watch streams carry no read deadline (they are quiet when
+nothing changes); a dead peer is noticed through the keep-alive loop and TCP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+from typing import AsyncIterator
+
+from dynamo.runtime.discovery.base import DEFAULT_TTL, KeyValueStore, WatchEvent, diff_events, wait_closed_or
+from dynamo.runtime.discovery.etcd_gateway import (
+    EtcdError,
+    EtcdUnavailable,
+    Gateway,
+    b64,
+    parse_endpoints,
+    prefix_range_end,
+    unb64,
+)
+
+log = logging.getLogger(__name__)
+
+LEASE_NOT_FOUND = 5  # grpc NOT_FOUND, as returned for an unknown lease
+RETRY_DELAY = 0.5
+
+
+class EtcdStore(KeyValueStore):
+    backend = "etcd"
+
+    def __init__(
+        self, *, ttl: float = DEFAULT_TTL, endpoints: str | list[str] | None = None, timeout: float = 5.0
+    ) -> None:
+        super().__init__(ttl=ttl)
+        self.endpoints = parse_endpoints(endpoints or os.environ.get("ETCD_ENDPOINTS"))
+        self._gw = Gateway(self.endpoints, timeout)
+        self._recover_lock = asyncio.Lock()
+
+    # ----- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        try:
+            self._lease_id = await self._grant()
+        except BaseException:
+            await self._gw.close()
+            raise
+        self._started = True
+        self._spawn(self._keep_alive(), "keepalive")
+
+    async def close(self) -> None:
+        """Revoke the lease so our keys vanish at once; best effort if etcd is gone."""
+        if self._closed:
+            return
+        self._mark_closed()
+        await self._cancel_tasks()
+        if self._lease_id:
+            try:
+                await self._gw.call("/v3/lease/revoke", {"ID": str(self._lease_id)})
+            except (EtcdError, EtcdUnavailable) as exc:
+                log.debug("etcd lease revoke failed (keys expire with the TTL): %s", exc)
+        await self._gw.close()
+
+    async def _grant(self, lease_id: int = 0) -> int:
+        body: dict = {"TTL": max(1, math.ceil(self.ttl))}
+        if lease_id:
+            body["ID"] = str(lease_id)
+        return int((await self._gw.call("/v3/lease/grant", body))["ID"])
+
+    async def _keep_alive(self) -> None:
+        outage = False
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            try:
+                reply = await self._gw.call("/v3/lease/keepalive", {"ID": str(self._lease_id)})
+                if outage:
+                    log.warning("etcd reachable again at %s", self.endpoints)
+                    outage = False
+                if int(reply.get("result", {}).get("TTL", 0)) <= 0:
+                    await self._recover()
+            except (EtcdError, EtcdUnavailable) as exc:
+                if not outage:
+                    log.warning("etcd lease %x keep-alive failed: %s", self._lease_id, exc)
+                outage = True
+
+    async def _recover(self) -> None:
+        """Lease is gone: take one again (same id if etcd allows) and re-put our keys."""
+        async with self._recover_lock:
+            old = self._lease_id
+            try:
+                new = await self._grant(old)
+            except EtcdError as exc:
+                log.warning("etcd refused lease id %x again (%s); granting a new one", old, exc)
+                new = await self._grant()
+            self._lease_id = new
+            log.warning("etcd lease %x was lost; now %x, re-registering %d keys", old, new, len(self._leased))
+            for key, value in list(self._leased.items()):
+                await self._put_raw(key, value, True)
+        if new != old:
+            self._fire_lease_change(old, new)
+
+    # ----- data ------------------------------------------------------------------------
+
+    async def _put_raw(self, key: str, value: bytes, leased: bool) -> None:
+        body = {"key": b64(key), "value": b64(value)}
+        if leased:
+            body["lease"] = str(self._lease_id)
+        await self._gw.call("/v3/kv/put", body)
+
+    async def put(self, key: str, value: bytes, *, leased: bool = True) -> None:
+        self._check_open()
+        value = bytes(value)
+        try:
+            await self._put_raw(key, value, leased)
+        except EtcdError as exc:
+            if not leased or exc.code != LEASE_NOT_FOUND:
+                raise
+            self._remember(key, value, leased)
+            await self._recover()  # re-puts this key too
+            return
+        self._remember(key, value, leased)
+
+    async def delete(self, key: str) -> None:
+        self._check_open()
+        self._leased.pop(key, None)
+        await self._gw.call("/v3/kv/deleterange", {"key": b64(key)})
+
+    async def get(self, key: str) -> bytes | None:
+        self._check_open()
+        kvs = (await self._gw.call("/v3/kv/range", {"key": b64(key)})).get("kvs") or []
+        return unb64(kvs[0].get("value", "")) if kvs else None
+
+    async def get_prefix(self, prefix: str) -> dict[str, bytes]:
+        self._check_open()
+        return (await self._range_prefix(prefix))[0]
+
+    async def _range_prefix(self, prefix: str) -> tuple[dict[str, bytes], int]:
+        """All keys under prefix and the revision they were read at."""
+        raw = prefix.encode() or b"\0"
+        body = {"key": b64(raw), "range_end": b64(prefix_range_end(prefix.encode()))}
+        reply = await self._gw.call("/v3/kv/range", body)
+        items = {unb64(kv["key"]).decode(): unb64(kv.get("value", "")) for kv in reply.get("kvs") or []}
+        return items, int(reply["header"]["revision"])
+
+    async def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]:  # type: ignore[override]
+        self._check_open()
+        closed = self._closed_signal()
+        known: dict[str, bytes] = {}
+        while not self._closed:
+            try:
+                snapshot, revision = await self._range_prefix(prefix)
+                for event in diff_events(known, snapshot):
+                    yield event
+                known = snapshot
+                async for event in self._watch_from(prefix, revision + 1):
+                    _apply(known, event)
+                    yield event
+            except (EtcdError, EtcdUnavailable, OSError, asyncio.TimeoutError) as exc:
+                if self._closed:
+                    return
+                log.warning("etcd watch on %r broke (%s); re-listing", prefix, exc)
+            stopped, _ = await wait_closed_or(closed, asyncio.sleep(RETRY_DELAY))
+            if stopped:
+                return
+
+    async def _watch_from(self, prefix: str, revision: int) -> AsyncIterator[WatchEvent]:
+        """Events of one watch stream; returns when etcd cancels it (e.g. compaction)."""
+        request = {
+            "key": b64(prefix.encode() or b"\0"),
+            "range_end": b64(prefix_range_end(prefix.encode())),
+            "start_revision": str(revision),
+        }
+        try:
+            async for message in self._gw.stream("/v3/watch", {"create_request": request}):
+                result = message.get("result", {})
+                for raw in result.get("events") or []:
+                    yield _to_event(raw)
+                if result.get("canceled"):
+                    log.info("etcd watch on %r canceled: %s", prefix, result.get("cancel_reason", "compacted"))
+                    return
+        except Exception as exc:  # aiohttp errors when the session closes under us
+            if self._closed:
+                return
+            if isinstance(exc, (EtcdError, EtcdUnavailable)):
+                raise
+            raise EtcdUnavailable(f"watch stream failed: {exc!r}") from exc
+
+
+def _to_event(raw: dict) -> WatchEvent:
+    kv = raw.get("kv", {})
+    key = unb64(kv.get("key", "")).decode()
+    if raw.get("type") == "DELETE":
+        return WatchEvent("delete", key)
+    return WatchEvent("put", key, unb64(kv.get("value", "")))
+
+
+def _apply(known: dict[str, bytes], event: WatchEvent) -> None:
+    if event.kind == "put":
+        known[event.key] = event.value or b""
+    else:
+        known.pop(event.key, None)

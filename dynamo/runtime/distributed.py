@@ -1,0 +1,180 @@
+"""DistributedRuntime: one per process. It owns the discovery store (and so the
+process's lease, whose id is the instance id), the request-plane server and client,
+the component metrics and the optional system server.
+
+Workers call `serve_endpoint()`; callers use `watch_instances()` + `open_stream()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from typing import AsyncIterator, Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from dynamo.runtime import records
+from dynamo.runtime.discovery.base import KeyValueStore, WatchEvent
+from dynamo.runtime.discovery.base import store_from_env
+from dynamo.runtime.records import EndpointId, InstanceRecord
+from dynamo.runtime.rp_client import RequestPlaneClient, ResponseStream
+from dynamo.runtime.rp_server import Handler, RequestPlaneServer
+from dynamo.runtime.system_server import HealthState, SystemServer, system_port_from_env
+
+log = logging.getLogger(__name__)
+
+
+def advertise_host(backend: str) -> tuple[str, str]:
+    """(bind host, advertised host) for the request plane."""
+    explicit = os.environ.get("DYN_TCP_RPC_HOST")
+    if explicit:
+        return explicit, explicit
+    if backend in ("file", "mem"):
+        return "127.0.0.1", "127.0.0.1"
+    pod_ip = os.environ.get("POD_IP")
+    if pod_ip:
+        return "0.0.0.0", pod_ip
+    try:
+        return "0.0.0.0", socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "0.0.0.0", "127.0.0.1"
+
+
+class ComponentMetrics:
+    """`dynamo_component_*` metrics of the endpoints this process serves."""
+
+    LABELS = ("dynamo_namespace", "dynamo_component", "dynamo_endpoint")
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("dynamo_component_requests", "Requests handled", self.LABELS + ("status",),
+                                registry=registry)
+        self.inflight = Gauge("dynamo_component_inflight_requests", "Requests in flight", self.LABELS,
+                              registry=registry)
+        self.duration = Histogram("dynamo_component_request_duration_seconds", "Request duration", self.LABELS,
+                                  registry=registry,
+                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+        self.uptime = Gauge("dynamo_component_uptime_seconds", "Process uptime", registry=registry)
+        self.uptime.set_function(_uptime())
+        self._labels: dict[str, tuple[str, str, str]] = {}
+
+    def bind(self, eid: EndpointId) -> None:
+        self._labels[eid.endpoint] = (eid.namespace, eid.component, eid.endpoint)
+        self.inflight.labels(*self._labels[eid.endpoint]).set(0)
+
+    def start(self, endpoint: str) -> None:
+        labels = self._labels.get(endpoint)
+        if labels:
+            self.inflight.labels(*labels).inc()
+
+    def end(self, endpoint: str, status: str, seconds: float) -> None:
+        labels = self._labels.get(endpoint)
+        if labels:
+            self.inflight.labels(*labels).dec()
+            self.requests.labels(*labels, status).inc()
+            self.duration.labels(*labels).observe(seconds)
+
+
+def _uptime() -> Callable[[], float]:
+    import time
+
+    started = time.monotonic()
+    return lambda: time.monotonic() - started
+
+
+class DistributedRuntime:
+    def __init__(self, store: KeyValueStore, namespace: str = records.DEFAULT_NAMESPACE) -> None:
+        self.store = store
+        self.namespace = namespace
+        self.registry = CollectorRegistry()
+        self.metrics = ComponentMetrics(self.registry)
+        self.health = HealthState()
+        self.server: RequestPlaneServer | None = None
+        self.client = RequestPlaneClient()
+        self.system: SystemServer | None = None
+        self._registered: list[str] = []
+
+    @classmethod
+    async def create(cls, discovery_backend: str | None = None, namespace: str = records.DEFAULT_NAMESPACE,
+                     ttl: float = 10.0) -> "DistributedRuntime":
+        store = store_from_env(discovery_backend, ttl=ttl)
+        await store.start()
+        return cls(store, namespace)
+
+    @property
+    def instance_id(self) -> int:
+        return self.store.lease_id
+
+    def endpoint_id(self, text: str) -> EndpointId:
+        return records.parse_endpoint(text, self.namespace)
+
+    async def start_system_server(self, extra_metrics: Callable[[], bytes] | None = None) -> int | None:
+        port = system_port_from_env()
+        if port is None:
+            return None
+        host = os.environ.get("DYN_SYSTEM_HOST", "0.0.0.0")
+        self.system = SystemServer(self.registry, self.health, host, port, extra_metrics)
+        await self.system.start()
+        log.info("system server on %s:%d (/live /health /metrics)", host, self.system.port)
+        return self.system.port
+
+    async def _ensure_server(self) -> RequestPlaneServer:
+        if self.server is None:
+            bind, advertised = advertise_host(self.store.backend)
+            port = int(os.environ.get("DYN_TCP_RPC_PORT", "0") or 0)
+            server = RequestPlaneServer(bind, port)
+            server.on_request_start = self.metrics.start
+            server.on_request_end = self.metrics.end
+            await server.start()
+            server.advertised = f"{advertised}:{server.port}"  # type: ignore[attr-defined]
+            self.server = server
+        return self.server
+
+    async def serve_endpoint(self, eid: EndpointId, handler: Handler, *, card_json: bytes | None = None) -> None:
+        """Start serving `eid` and register it (then its model card) under the lease."""
+        server = await self._ensure_server()
+        server.add_handler(eid.endpoint, handler)
+        self.metrics.bind(eid)
+        record = InstanceRecord(namespace=eid.namespace, component=eid.component, endpoint=eid.endpoint,
+                                instance_id=self.instance_id, transport={"tcp": server.advertised})  # type: ignore
+        key = records.instance_key(eid, self.instance_id)
+        await self.store.put(key, records.instance_encoder.encode(record))
+        self._registered.append(key)
+        if card_json is not None:
+            mdc = records.mdc_key(eid, self.instance_id)
+            await self.store.put(mdc, card_json)
+            self._registered.append(mdc)
+        self.health.endpoints[str(eid)] = "ready"
+        log.info("serving %s as instance %x at %s", eid, self.instance_id, server.advertised)  # type: ignore
+
+    async def unregister(self) -> None:
+        """Leave discovery (callers stop sending new requests) without closing connections."""
+        for key in self._registered:
+            try:
+                await self.store.delete(key)
+            except Exception as exc:  # best effort: the lease expiry removes them anyway
+                log.debug("unregister %s: %s", key, exc)
+        self._registered.clear()
+        for name in self.health.endpoints:
+            self.health.endpoints[name] = "notready"
+
+    async def open_stream(self, address: str, endpoint: str, payload: bytes,
+                          headers: dict[str, str] | None = None) -> ResponseStream:
+        return await self.client.open_stream(address, endpoint, payload, headers)
+
+    def watch(self, prefix: str) -> AsyncIterator[WatchEvent]:
+        return self.store.watch_prefix(prefix)
+
+    async def shutdown(self, grace: float = 0.0) -> None:
+        """Unregister, let in-flight requests finish within `grace`, then close everything."""
+        await self.unregister()
+        if self.server is not None:
+            await self.server.stop_accepting()
+            if grace > 0:
+                await self.server.drain(grace)
+            await self.server.close()
+        await self.client.close()
+        if self.system is not None:
+            await self.system.stop()
+        await self.store.close()

@@ -1,0 +1,69 @@
+"""Process plumbing shared by every `python -m dynamo.*` entry point: logging from
+`DYN_LOG`, uvloop, and a stop event set by SIGTERM/SIGINT for graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Awaitable, Callable
+
+_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+           "warning": logging.WARNING, "error": logging.ERROR, "off": logging.CRITICAL + 10}
+
+
+def log_level_from_env(default: str = "info") -> int:
+    """`DYN_LOG` uses RUST_LOG syntax (`info`, `dynamo=debug,warn`): take the bare level if any."""
+    spec = os.environ.get("DYN_LOG", default)
+    level = default
+    for part in spec.split(","):
+        part = part.strip().lower()
+        if part and "=" not in part:
+            level = part
+        elif part.startswith("dynamo=") or part.startswith("dynamo::"):
+            level = part.split("=", 1)[-1]
+    return _LEVELS.get(level, logging.INFO)
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=log_level_from_env(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _loop_factory():
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop
+    except ImportError:  # pragma: no cover
+        return asyncio.new_event_loop
+
+
+def run_main(main: Callable[[asyncio.Event], Awaitable[int | None]]) -> int:
+    """Run `main(stop_event)` on uvloop; SIGTERM/SIGINT set the event (twice: exit now)."""
+    configure_logging()
+
+    async def runner() -> int | None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        hits = {"n": 0}
+
+        def on_signal(signum: int) -> None:
+            hits["n"] += 1
+            if hits["n"] > 1:
+                os._exit(128 + signum)
+            logging.getLogger("dynamo").info("received %s: shutting down", signal.Signals(signum).name)
+            stop.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        return await main(stop)
+
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner_ctx:
+        code = runner_ctx.run(runner())
+    return int(code or 0)

@@ -1,0 +1,246 @@
+"""Request-plane client (caller side): one multiplexed TCP connection per worker
+address, reused by every concurrent request to it.
+
+`open_stream()` sends a request and returns a `ResponseStream`; the connection's
+single reader (its protocol callbacks) pushes frames into the right stream, so no
+task exists per token. A stream that ends without `End`/`Error` raises
+`Disconnected`, which callers use to migrate requests; `CannotConnect` means the
+request never reached the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+from collections import deque
+from typing import Any
+
+from dynamo.runtime import wire
+
+
+class StreamError(Exception):
+    def __init__(self, message: str, code: str = "internal") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Disconnected(StreamError):
+    def __init__(self, message: str = "stream ended without its end-of-stream marker") -> None:
+        super().__init__(message, "disconnected")
+
+
+class CannotConnect(StreamError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "cannot_connect")
+
+
+class ResponseStream:
+    """Items of one response; `next_batch()` hands over everything that has arrived."""
+
+    __slots__ = ("_conn", "sid", "_items", "_waiter", "done", "_error")
+
+    def __init__(self, conn: "_ClientConnection", sid: int) -> None:
+        self._conn = conn
+        self.sid = sid
+        self._items: deque[bytes] = deque()
+        self._waiter: asyncio.Future | None = None
+        self.done = False
+        self._error: StreamError | None = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _push(self, payload: bytes) -> None:
+        self._items.append(payload)
+        self._wake()
+
+    def _finish(self, error: StreamError | None = None) -> None:
+        if not self.done:
+            self.done = True
+            self._error = error
+            self._wake()
+
+    async def next_batch(self) -> list[bytes]:
+        """All items received so far (waiting for at least one); [] at the normal end."""
+        while not self._items:
+            if self.done:
+                if self._error is not None:
+                    raise self._error
+                return []
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+    def __aiter__(self) -> "ResponseStream":
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._items:
+            if self.done:
+                if self._error is not None:
+                    raise self._error
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+    def cancel(self) -> None:
+        """Tell the worker to stop (the handler sees CancelledError); idempotent."""
+        if not self.done:
+            self._finish(StreamError("cancelled", "cancelled"))
+            self._conn.forget(self.sid)
+            self._conn.send(wire.Cancel(self.sid))
+
+
+class _ClientConnection(asyncio.Protocol):
+    def __init__(self, address: str, on_lost) -> None:
+        self.address = address
+        self.streams: dict[int, ResponseStream] = {}
+        self.reader = wire.FrameReader()
+        self.transport: asyncio.Transport | None = None
+        self.pending: list[bytes] = []
+        self.flush_scheduled = False
+        self.closed = False
+        self._on_lost = on_lost
+        self._ids = itertools.count(1)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.reader.feed(data)
+        except Exception:
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        streams = self.streams
+        for frame in frames:
+            stream = streams.get(frame.sid)
+            if stream is None:
+                continue
+            kind = type(frame)
+            if kind is wire.Data:
+                stream._push(frame.payload)
+            elif kind is wire.End:
+                del streams[frame.sid]
+                stream._finish()
+            elif kind is wire.Error:
+                del streams[frame.sid]
+                stream._finish(StreamError(frame.message, frame.code))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream._finish(Disconnected(f"connection to {self.address} lost"))
+        self._on_lost(self)
+
+    def open(self, endpoint: str, payload: bytes, headers: dict[str, str] | None) -> ResponseStream:
+        if self.closed:
+            raise CannotConnect(f"connection to {self.address} is closed")
+        sid = next(self._ids)
+        stream = ResponseStream(self, sid)
+        self.streams[sid] = stream
+        self.send(wire.Request(sid, endpoint, payload, headers))
+        return stream
+
+    def forget(self, sid: int) -> None:
+        self.streams.pop(sid, None)
+
+    def send(self, frame: Any) -> None:
+        if self.closed:
+            return
+        self.pending.append(wire.encode(frame))
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        if self.closed or not self.pending:
+            self.pending.clear()
+            return
+        data = b"".join(self.pending)
+        self.pending.clear()
+        self.transport.write(data)  # type: ignore[union-attr]
+
+
+def _connect_timeout() -> float:
+    return float(os.environ.get("DYN_TCP_CONNECT_TIMEOUT", "3"))
+
+
+class RequestPlaneClient:
+    """Connection pool keyed by worker address ("host:port")."""
+
+    def __init__(self, connect_timeout: float | None = None) -> None:
+        self.connect_timeout = connect_timeout if connect_timeout is not None else _connect_timeout()
+        self._conns: dict[str, _ClientConnection] = {}
+        self._connecting: dict[str, asyncio.Future] = {}
+
+    async def open_stream(
+        self, address: str, endpoint: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> ResponseStream:
+        conn = self._conns.get(address)
+        if conn is None or conn.closed:
+            conn = await self._connect(address)
+        return conn.open(endpoint, payload, headers)
+
+    async def _connect(self, address: str) -> _ClientConnection:
+        pending = self._connecting.get(address)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future = asyncio.get_running_loop().create_future()
+        self._connecting[address] = future
+        try:
+            conn = await self._dial(address)
+            self._conns[address] = conn
+            future.set_result(conn)
+            return conn
+        except BaseException as exc:
+            future.set_exception(exc if isinstance(exc, Exception) else CannotConnect(str(exc)))
+            future.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            self._connecting.pop(address, None)
+
+    async def _dial(self, address: str) -> _ClientConnection:
+        host, _, port = address.rpartition(":")
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: _ClientConnection(address, self._lost), host.strip("[]"), int(port)),
+                self.connect_timeout,
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise CannotConnect(f"cannot connect to worker at {address}: {exc or 'timed out'}") from None
+        return conn
+
+    def _lost(self, conn: _ClientConnection) -> None:
+        if self._conns.get(conn.address) is conn:
+            del self._conns[conn.address]
+
+    def drop(self, address: str) -> None:
+        conn = self._conns.pop(address, None)
+        if conn is not None and conn.transport is not None:
+            conn.transport.close()
+
+    async def close(self) -> None:
+        for conn in list(self._conns.values()):
+            if conn.transport is not None:
+                conn.transport.close()
+        self._conns.clear()

@@ -1,0 +1,203 @@
+"""Request-plane server (worker side): accepts direct TCP connections, runs one
+task per request that drives the endpoint handler's async generator, and streams
+its items back as `Data` frames closed by `End` or `Error`.
+
+A `Cancel` frame or a dropped connection cancels the request's task, which raises
+CancelledError inside the handler: that is how a client disconnect reaches the
+engine. Frames produced in one event-loop iteration are written with one syscall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import Any, AsyncIterator, Callable
+
+import msgspec
+
+from dynamo.runtime import wire
+
+log = logging.getLogger(__name__)
+
+_encode_item = msgspec.msgpack.Encoder().encode
+
+
+class HandlerError(Exception):
+    """Raised by a handler to end a stream with a typed error (code travels to the caller)."""
+
+    def __init__(self, message: str, code: str = "internal") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RequestContext:
+    """Per-request state visible to handlers."""
+
+    __slots__ = ("sid", "endpoint", "headers", "_stopped")
+
+    def __init__(self, sid: int, endpoint: str, headers: dict[str, str] | None) -> None:
+        self.sid = sid
+        self.endpoint = endpoint
+        self.headers = headers or {}
+        self._stopped = False
+
+    def is_stopped(self) -> bool:
+        return self._stopped
+
+
+Handler = Callable[[bytes, RequestContext], AsyncIterator[Any]]
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: "RequestPlaneServer") -> None:
+        self.server = server
+        self.reader = wire.FrameReader()
+        self.transport: asyncio.Transport | None = None
+        self.tasks: dict[int, tuple[asyncio.Task, RequestContext]] = {}
+        self.pending: list[bytes] = []
+        self.flush_scheduled = False
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.reader.feed(data)
+        except Exception as exc:  # malformed peer: drop the connection, not the worker
+            log.warning("request plane: bad frame from peer: %s", exc)
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        for frame in frames:
+            if type(frame) is wire.Request:
+                self._start(frame)
+            elif type(frame) is wire.Cancel:
+                self._cancel(frame.sid)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        for sid in list(self.tasks):
+            self._cancel(sid)
+
+    def _start(self, frame: wire.Request) -> None:
+        handler = self.server.handlers.get(frame.endpoint)
+        if handler is None:
+            self.send(wire.Error(frame.sid, f"no endpoint {frame.endpoint!r} on this worker", "not_found"))
+            return
+        ctx = RequestContext(frame.sid, frame.endpoint, frame.headers)
+        task = asyncio.get_running_loop().create_task(self._run(handler, frame, ctx))
+        self.tasks[frame.sid] = (task, ctx)
+
+    def _cancel(self, sid: int) -> None:
+        entry = self.tasks.get(sid)
+        if entry is not None:
+            entry[1]._stopped = True
+            entry[0].cancel()
+
+    async def _run(self, handler: Handler, frame: wire.Request, ctx: RequestContext) -> None:
+        sid = frame.sid
+        server = self.server
+        server.on_request_start(frame.endpoint)
+        started = time.monotonic()
+        status = "success"
+        try:
+            gen = handler(frame.payload, ctx)
+            try:
+                async for item in gen:
+                    if self.closed:
+                        break
+                    payload = item if type(item) is bytes else _encode_item(item)
+                    self.send(wire.Data(sid, payload))
+            finally:
+                await gen.aclose()
+            if not self.closed and not ctx._stopped:
+                self.send(wire.End(sid))
+        except asyncio.CancelledError:
+            status = "cancelled"
+        except HandlerError as exc:
+            status = "error"
+            self.send(wire.Error(sid, str(exc), exc.code))
+        except Exception as exc:
+            status = "error"
+            log.exception("handler for %s failed", frame.endpoint)
+            self.send(wire.Error(sid, f"{type(exc).__name__}: {exc}", "internal"))
+        finally:
+            self.tasks.pop(sid, None)
+            server.on_request_end(frame.endpoint, status, time.monotonic() - started)
+
+    def send(self, frame: Any) -> None:
+        if self.closed:
+            return
+        self.pending.append(wire.encode(frame))
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        if self.closed or not self.pending:
+            self.pending.clear()
+            return
+        data = b"".join(self.pending)
+        self.pending.clear()
+        self.transport.write(data)  # type: ignore[union-attr]
+
+
+class RequestPlaneServer:
+    """One TCP listener per process; endpoints register handlers by name."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self.handlers: dict[str, Handler] = {}
+        self.connections: set[_Connection] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self.on_request_start: Callable[[str], None] = lambda endpoint: None
+        self.on_request_end: Callable[[str, str, float], None] = lambda endpoint, status, seconds: None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def add_handler(self, endpoint: str, handler: Handler) -> None:
+        self.handlers[endpoint] = handler
+
+    def inflight(self) -> int:
+        return sum(len(conn.tasks) for conn in self.connections)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Connection(self), self.host, self.port, backlog=1024)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait up to `timeout` for in-flight requests to finish; True if all did."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.inflight() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        return self.inflight() == 0
+
+    async def close(self) -> None:
+        await self.stop_accepting()
+        for conn in list(self.connections):
+            for sid in list(conn.tasks):
+                conn._cancel(sid)
+            if conn.transport is not None:
+                conn.transport.close()
+        if self._server is not None:
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            except (asyncio.TimeoutError, Exception):
+                pass
+

@@ -1,0 +1,80 @@
+"""Worker system server on `DYN_SYSTEM_PORT`: `/live`, `/health` (503 until the
+worker's endpoints serve, and again once its engine dies) and `/metrics`
+(Prometheus text, including `dynamo_component_*`)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from dynamo.runtime.asgi import TEXT_HEADERS, EmbeddedHttpServer, send_bytes, send_json
+
+
+def system_port_from_env() -> int | None:
+    """DYN_SYSTEM_PORT enables the server; DYN_SYSTEM_ENABLED=true alone uses 8081."""
+    enabled = os.environ.get("DYN_SYSTEM_ENABLED", "").strip().lower()
+    port = os.environ.get("DYN_SYSTEM_PORT", "").strip()
+    if enabled in ("0", "false", "no", "off"):
+        return None
+    if port:
+        return int(port)
+    if enabled in ("1", "true", "yes", "on"):
+        return 8081
+    return None
+
+
+class HealthState:
+    def __init__(self) -> None:
+        self.endpoints: dict[str, str] = {}  # "dyn://ns.comp.ep" -> "ready" | "notready"
+        self.engine_ok = True
+        self.started = time.monotonic()
+
+    def ready(self) -> bool:
+        return self.engine_ok and bool(self.endpoints) and all(v == "ready" for v in self.endpoints.values())
+
+    def body(self) -> dict:
+        return {
+            "status": "ready" if self.ready() else "notready",
+            "endpoints": dict(self.endpoints),
+            "uptime": round(time.monotonic() - self.started, 3),
+        }
+
+
+class SystemServer:
+    def __init__(self, registry: CollectorRegistry, health: HealthState, host: str, port: int,
+                 extra_metrics: Callable[[], bytes] | None = None) -> None:
+        self.registry = registry
+        self.health = health
+        self.extra_metrics = extra_metrics
+        self.http = EmbeddedHttpServer(self.app, host, port)
+
+    async def app(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        if path == "/live":
+            await send_json(send, 200, {"status": "live", "message": "Service is live"})
+        elif path == "/health":
+            body = self.health.body()
+            await send_json(send, 200 if self.health.ready() else 503, body)
+        elif path == "/metrics":
+            data = generate_latest(self.registry)
+            if self.extra_metrics is not None:
+                data += self.extra_metrics()
+            await send_bytes(send, 200, data, TEXT_HEADERS)
+        else:
+            await send_json(send, 404, {"error": {"message": f"no route {path}", "type": "not_found_error",
+                                                  "param": None, "code": "not_found"}})
+
+    async def start(self) -> None:
+        await self.http.start()
+
+    @property
+    def port(self) -> int:
+        return self.http.port
+
+    async def stop(self) -> None:
+        await self.http.stop()

@@ -1,0 +1,90 @@
+"""Request-plane framing: the messages that travel on the direct TCP connection
+between a caller (frontend, router) and a worker.
+
+Every frame is `u32 big-endian length | msgpack(Frame)`. Many requests share one
+connection; each has a stream id chosen by the caller. A response stream is a
+sequence of `Data` frames closed by exactly one `End` (Dynamo's `complete_final`)
+or `Error`. A stream whose connection breaks before either is *disconnected*:
+the caller can tell it apart from a normal end and migrate the request.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgspec
+
+HEADER = struct.Struct(">I")
+MAX_FRAME = 32 * 1024 * 1024  # DYN_TCP_MAX_MESSAGE_SIZE default in Dynamo
+
+
+class Request(msgspec.Struct, tag="req", array_like=True, gc=False):
+    sid: int
+    endpoint: str
+    payload: bytes
+    headers: dict[str, str] | None = None
+
+
+class Cancel(msgspec.Struct, tag="cancel", array_like=True, gc=False):
+    sid: int
+
+
+class Data(msgspec.Struct, tag="data", array_like=True, gc=False):
+    sid: int
+    payload: bytes
+
+
+class End(msgspec.Struct, tag="end", array_like=True, gc=False):
+    sid: int
+
+
+class Error(msgspec.Struct, tag="err", array_like=True, gc=False):
+    sid: int
+    message: str
+    code: str = "internal"
+
+
+Frame = Request | Cancel | Data | End | Error
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Frame)
+
+
+def encode(frame: Any) -> bytes:
+    body = _encoder.encode(frame)
+    return HEADER.pack(len(body)) + body
+
+
+class FrameTooLarge(Exception):
+    pass
+
+
+class FrameReader:
+    """Incremental parser: feed bytes as they arrive, get whole frames out."""
+
+    __slots__ = ("_buf", "max_frame")
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self.max_frame = max_frame
+
+    def feed(self, data: bytes) -> list[Any]:
+        buf = self._buf
+        buf += data
+        frames = []
+        offset = 0
+        size = len(buf)
+        with memoryview(buf) as view:
+            while size - offset >= 4:
+                (length,) = HEADER.unpack_from(buf, offset)
+                if length > self.max_frame:
+                    raise FrameTooLarge(f"frame of {length} bytes exceeds {self.max_frame}")
+                end = offset + 4 + length
+                if end > size:
+                    break
+                frames.append(_decoder.decode(view[offset + 4 : end]))
+                offset = end
+        if offset:
+            del buf[:offset]
+        return frames

@@ -1,0 +1,136 @@
+"""Scheduler steps driven by hand (no event loop task): schedule() then complete()."""
+
+import pytest
+
+from dynamo.mocker.args import MockerArgs
+from dynamo.mocker.kv_manager import KvManager
+from dynamo.mocker.scheduler import Scheduler, Sequence
+from dynamo.mocker.timing import TimingModel, decode_ms, prefill_ms
+from dynamo.mocker.tokens import TokenSampler
+from dynamo.router.protocol import KvStored
+
+BS = 4
+
+
+def make(capacity=64, speedup=1.0, **kw):
+    args = MockerArgs(block_size=BS, num_gpu_blocks_override=capacity, speedup_ratio=speedup, **kw)
+    events = []
+    kv = KvManager(capacity, BS, enable_prefix_caching=args.enable_prefix_caching, on_event=events.append)
+    return Scheduler(args, kv, TimingModel(speedup_ratio=speedup)), events
+
+
+def seq(rid, prompt, max_tokens=4):
+    return Sequence(str(rid), list(prompt), max_tokens, TokenSampler(100, {0}), rng=rid)
+
+
+def step(sched):
+    batch, seconds = sched.schedule()
+    sched.complete(batch)
+    return [(s.request_id, n) for s, n in batch], seconds
+
+
+def test_chunked_prefill_spreads_a_long_prompt():
+    sched, _ = make(max_num_batched_tokens=8)
+    a = seq(1, range(10, 30))  # 20 tokens
+    sched.add(a)
+    assert step(sched)[0] == [("1", 8)]
+    assert step(sched)[0] == [("1", 8)]
+    assert not a.pending
+    batch, seconds = step(sched)
+    assert batch == [("1", 4)] and len(a.pending) == 1
+    assert seconds == pytest.approx(prefill_ms(4) / 1e3)
+    batch, seconds = step(sched)  # now decoding
+    assert batch == [("1", 1)] and len(a.pending) == 2
+    assert seconds == pytest.approx(decode_ms(sched.kv.num_active_blocks / 64) / 1e3)
+
+
+def test_budget_shared_between_decode_and_new_prefill():
+    sched, _ = make(max_num_batched_tokens=8)
+    sched.add(seq(1, range(10, 14)))
+    step(sched)
+    sched.add(seq(2, range(20, 40)))
+    batch, seconds = step(sched)
+    assert batch == [("1", 1), ("2", 7)]
+    kv_usage = sched.kv.num_active_blocks / 64
+    assert seconds == pytest.approx((prefill_ms(7) + decode_ms(kv_usage)) / 1e3)
+
+
+def test_without_chunking_a_prompt_waits_for_a_fresh_budget():
+    sched, _ = make(max_num_batched_tokens=8, enable_chunked_prefill=False)
+    sched.add(seq(1, range(10, 14)))
+    step(sched)
+    sched.add(seq(2, range(20, 40)))  # 20 tokens > budget
+    assert step(sched)[0] == [("1", 1)]  # not admitted next to a decode
+    sched2, _ = make(max_num_batched_tokens=8, enable_chunked_prefill=False)
+    sched2.add(seq(3, range(20, 40)))
+    assert step(sched2)[0] == [("3", 20)]  # alone: admitted whole
+
+
+def test_cached_prefix_costs_nothing():
+    sched, _ = make()
+    prompt = list(range(10, 22))  # 3 full blocks
+    sched.add(seq(1, prompt, max_tokens=1))
+    step(sched)
+    b = seq(2, prompt + [50, 51], max_tokens=1)
+    sched.add(b)
+    assert step(sched)[0] == [("2", 2)]
+    assert b.cached_tokens == 12
+    c = seq(3, prompt, max_tokens=1)  # fully cached: the last token is still recomputed
+    sched.add(c)
+    assert step(sched)[0] == [("3", 1)] and c.cached_tokens == 11
+
+
+def test_admission_stops_at_watermark():
+    sched, _ = make(capacity=10, watermark=0.25)  # limit: 7 blocks
+    for i in range(3):
+        sched.add(seq(i, [i + 10] * 12, max_tokens=100))  # 3 blocks each
+    batch, _ = step(sched)
+    assert [rid for rid, _ in batch] == ["0", "1"]
+    assert sched.kv.num_active_blocks == 6 and len(sched.waiting) == 1
+
+
+def test_max_num_seqs_caps_running():
+    sched, _ = make(max_num_seqs=2)
+    for i in range(4):
+        sched.add(seq(i, [i + 10] * 3))
+    step(sched)
+    assert len(sched.running) == 2 and len(sched.waiting) == 2
+
+
+def test_decode_stores_blocks_as_they_fill():
+    sched, events = make()
+    # 1 full block + 2 tail tokens; 11 generated: KV exists for 16 tokens (never for the last one)
+    s = seq(1, range(10, 16), max_tokens=11)
+    sched.add(s)
+    while not s.done:
+        step(sched)
+    stored = [b for e in events if isinstance(e.data, KvStored) for b in e.data.blocks]
+    assert len(stored) == 16 // BS
+    assert sched.kv.num_active_blocks == 0 and sched.kv.num_cached_blocks == 4
+
+
+def test_preemption_is_lifo_and_requeues_at_front():
+    sched, _ = make(capacity=4, watermark=0.0)
+    a, b = seq(1, [11] * 8, max_tokens=8), seq(2, [12] * 8, max_tokens=8)
+    sched.add(a)
+    sched.add(b)
+    step(sched)  # both admitted: 4 blocks, cache full
+    step(sched)  # both need a new block for their first decode token: b is preempted
+    assert sched.num_preemptions == 1
+    assert sched.running == [a] and list(sched.waiting) == [b] and not b.held
+    while not a.done:
+        step(sched)
+    while not b.done:
+        step(sched)
+    assert a.num_generated == 8 and b.num_generated == 8
+
+
+def test_abort_frees_everything():
+    sched, _ = make()
+    a, b = seq(1, range(10, 30)), seq(2, range(40, 50))
+    sched.add(a)
+    step(sched)
+    sched.add(b)
+    sched.abort(a)
+    sched.abort(b)
+    assert sched.kv.num_active_blocks == 0 and not sched.running and not sched.waiting

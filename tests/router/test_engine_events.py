@@ -1,0 +1,87 @@
+"""vLLM / SGLang ZMQ KV-event decoding, array-like and map shapes."""
+
+import msgspec
+import pytest
+import xxhash
+
+from dynamo.router.engine_events import EngineEventDecoder, EngineEventError, external_hash
+from dynamo.router.hashing import block_hashes
+from dynamo.router.indexer import KvIndexer
+from dynamo.router.protocol import KvCleared, KvRemoved, KvStored
+
+TOKENS = list(range(8))
+
+
+def frames(seq, payload, topic=b"kv"):
+    return [topic, seq.to_bytes(8, "big"), msgspec.msgpack.encode(payload)]
+
+
+def test_array_like_batch():
+    events = [
+        ["BlockStored", [-5, 6], None, TOKENS, 4, None, "GPU"],
+        ["BlockRemoved", [6], "GPU"],
+        ["AllBlocksCleared"],
+    ]
+    out = EngineEventDecoder(worker_id=7, block_size=4).decode(frames(3, [1.5, events, 2]))
+    assert [type(e.event.data) for e in out] == [KvStored, KvRemoved, KvCleared]
+    assert all(e.worker_id == 7 and e.event.event_id == 3 and e.event.dp_rank == 2 for e in out)
+    stored = out[0].event.data
+    assert stored.parent_hash is None
+    assert [b.block_hash for b in stored.blocks] == [2**64 - 5, 6]
+    assert [b.tokens_hash for b in stored.blocks] == block_hashes(TOKENS, 4)
+    assert out[1].event.data.block_hashes == [6]
+    assert out[0].storage_tier == "device"
+
+
+def test_map_shape_with_bytes_hashes_lora_and_tiers():
+    h1, h2 = b"\x01" * 32, b"\x02" * 32
+    events = [
+        {"type": "BlockStored", "block_hashes": [h1, h2], "parent_block_hash": b"\x00" * 32,
+         "token_ids": TOKENS + [99], "block_size": 4, "lora_id": 3, "medium": "CPU"},
+        {"type": "BlockStored", "block_hashes": [1], "parent_block_hash": 7, "token_ids": TOKENS[:4],
+         "block_size": 4, "lora_id": 3},
+        {"type": "BlockRemoved", "block_hashes": [h1]},
+        {"type": "AllBlocksCleared"},
+        {"type": "SomethingNew"},
+    ]
+    dec = EngineEventDecoder(worker_id=1, block_size=4, lora_names={3: "adapter"})
+    out = dec.decode(frames(0, {"ts": 0.0, "events": events}))
+    assert len(out) == 4 and dec.skipped == 1
+    first = out[0].event.data
+    assert first.parent_hash == xxhash.xxh3_64_intdigest(b"\x00" * 32)
+    assert [b.block_hash for b in first.blocks] == [external_hash(h1), external_hash(h2)]
+    assert [b.tokens_hash for b in first.blocks] == block_hashes(TOKENS, 4, "adapter")
+    assert out[0].storage_tier == "host_pinned" and out[1].storage_tier == "device"
+    assert out[1].event.data.parent_hash == 7
+    assert out[2].event.data.block_hashes == [external_hash(h1)]
+    assert out[0].event.dp_rank == 0
+
+
+def test_lora_name_field_and_other_kv_groups():
+    events = [
+        ["BlockStored", [1], None, TOKENS[:4], 4, 9, "GPU", "named"],
+        {"type": "BlockStored", "block_hashes": [2], "parent_block_hash": None, "token_ids": TOKENS[:4],
+         "block_size": 4, "lora_id": None, "group_idx": 1},
+    ]
+    out = EngineEventDecoder(1, 4).decode(frames(0, [0.0, events]))
+    assert len(out) == 1
+    assert out[0].event.data.blocks[0].tokens_hash == block_hashes(TOKENS[:4], 4, "named")[0]
+
+
+def test_decoded_events_feed_indexer_and_gap():
+    dec, idx = EngineEventDecoder(1, 4), KvIndexer()
+    first = [["BlockStored", [11], None, TOKENS[:4], 4, None, None]]
+    second = [["BlockStored", [12], 11, TOKENS[4:], 4, None, None]]
+    assert [idx.apply_event(e) for e in dec.decode(frames(0, [0.0, first, 0]))] == ["ok"]
+    assert [idx.apply_event(e) for e in dec.decode(frames(2, [0.0, second, 0]))] == ["gap"]
+    assert idx.find_matches(block_hashes(TOKENS, 4)).scores == {(1, 0): 2}
+
+
+def test_bad_messages():
+    dec = EngineEventDecoder(1, 4)
+    with pytest.raises(EngineEventError):
+        dec.decode([b"only-one"])
+    with pytest.raises(EngineEventError):
+        dec.decode([b"t", (0).to_bytes(8, "big"), b"\xc1"])
+    with pytest.raises(EngineEventError):
+        dec.decode(frames(0, 5))

@@ -1,0 +1,173 @@
+"""KvRouter end to end: events mode, approximate mode, load-only, busy, config."""
+
+import argparse
+import random
+
+import pytest
+
+from dynamo.router.config import KvRouterConfig, RouterConfigOverride
+from dynamo.router.hashing import block_hashes, sequence_hashes
+from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers
+from dynamo.router.protocol import KvCacheEvent, KvStored, LoadMetrics, RouterEvent, StoredBlock
+from dynamo.runtime.config import add_arguments, from_namespace
+
+BS = 4
+PROMPT = list(range(32))  # 8 blocks
+
+
+def store_prompt(router, worker, tokens, event_id=0, dp=0):
+    local = block_hashes(tokens, BS)
+    ext = sequence_hashes(local)  # any deterministic engine hash will do
+    data = KvStored(parent_hash=None, blocks=[StoredBlock(block_hash=e, tokens_hash=h) for e, h in zip(ext, local)])
+    return router.apply_event(RouterEvent(worker_id=worker, event=KvCacheEvent(event_id=event_id, data=data,
+                                                                                 dp_rank=dp)))
+
+
+def make(**cfg):
+    clock = cfg.pop("clock", None)
+    return KvRouter(BS, KvRouterConfig(**cfg), rng=random.Random(7), clock=clock)
+
+
+def test_events_mode_lifecycle():
+    r = make()
+    assert r.mode == "events"
+    for w in (1, 2, 3):
+        r.add_worker(w)
+    assert store_prompt(r, 2, PROMPT[:24]) == "ok"
+    assert r.overlap_scores(PROMPT) == {(2, 0): 6}
+    sel = r.select(PROMPT, request_id="a")
+    assert (sel.worker_id, sel.dp_rank, sel.overlap_blocks, sel.required_blocks) == (2, 0, 6, 8)
+    assert sel.logits[(2, 0)] == 8 + (32 - 24) / BS  # 8 new active blocks + 2 prefill blocks
+    assert sel.logits[(1, 0)] == 8 + 32 / BS
+    r.add_request("a", sel, PROMPT)
+    stats = r.stats()
+    assert stats["workers"]["2:0"] == {"active_blocks": 8, "active_prefill_tokens": 8, "requests": 1}
+    assert stats["kv_hit_rate"] == 6 / 8
+    assert stats["events_applied"] == {"stored": {"ok": 1}}
+    assert stats["last_decision_us"] > 0
+    assert r.mark_prefill_complete("a")
+    assert r.stats()["workers"]["2:0"]["active_prefill_tokens"] == 0
+    assert r.free("a") and not r.free("a")
+    assert r.stats()["workers"]["2:0"]["active_blocks"] == 0
+
+
+def test_load_spreads_identical_prompts_without_cache():
+    r = make()
+    for w in (1, 2):
+        r.add_worker(w)
+    chosen = []
+    for i in range(4):
+        tokens = [1000 * i + t for t in range(16)]
+        sel = r.select(tokens, request_id=str(i))
+        r.add_request(str(i), sel, tokens)
+        chosen.append(sel.worker_id)
+    assert sorted(chosen) == [1, 1, 2, 2]
+
+
+def test_allowed_override_and_errors():
+    r = make()
+    with pytest.raises(NoWorkers):
+        r.select(PROMPT)
+    r.add_worker(1)
+    r.add_worker(2, dp_size=2)
+    store_prompt(r, 1, PROMPT)
+    assert r.select(PROMPT).worker_id == 1
+    assert r.select(PROMPT, allowed=[2]).worker_id == 2
+    with pytest.raises(NoWorkers):
+        r.select(PROMPT, allowed=[9])
+    sel = r.select(PROMPT, override=RouterConfigOverride(overlap_score_weight=0.0))
+    assert sel.logits[(1, 0)] == sel.logits[(2, 1)] == 8
+    sel = r.select(PROMPT, override={"router_temperature": 1.0})
+    assert sel.worker_id in (1, 2)
+
+
+def test_dp_ranks_are_separate_candidates():
+    r = make()
+    r.add_worker(5, dp_size=2)
+    store_prompt(r, 5, PROMPT, dp=1)
+    sel = r.select(PROMPT)
+    assert (sel.worker_id, sel.dp_rank, sel.overlap_blocks) == (5, 1, 8)
+
+
+def test_busy_thresholds_reject_and_reported_metrics():
+    r = make(active_prefill_tokens_threshold=40)
+    r.add_worker(1)
+    r.add_worker(2)
+    for rid in ("a", "b", "c"):
+        sel = r.select(PROMPT, request_id=rid)
+        r.add_request(rid, sel, PROMPT)
+    assert r.select(PROMPT).worker_id == sel.worker_id ^ 3  # the one at 32 tokens is not busy
+    r.add_request("d", r.select(PROMPT, request_id="d"), PROMPT)  # both at 64 > 40 tokens
+    with pytest.raises(AllWorkersBusy):
+        r.select(PROMPT)
+    assert r.stats()["busy_rejections"] == 1
+    r.mark_prefill_complete("a")
+    r.mark_prefill_complete("b")
+    r.mark_prefill_complete("c")
+    r.mark_prefill_complete("d")
+    r.select(PROMPT)
+    r2 = make(active_decode_blocks_threshold=0.5)
+    r2.add_worker(1, total_kv_blocks=1000)
+    r2.update_metrics(LoadMetrics(worker_id=1, kv_active_blocks=900, kv_total_blocks=1000))
+    with pytest.raises(AllWorkersBusy):
+        r2.select(PROMPT)
+
+
+def test_approximate_mode_learns_from_decisions_and_expires():
+    now = [0.0]
+    r = make(use_kv_events=False, router_ttl_secs=60, clock=lambda: now[0])
+    assert r.mode == "approximate"
+    r.add_worker(1)
+    r.add_worker(2)
+    sel = r.select(PROMPT, request_id="a")
+    r.add_request("a", sel, PROMPT)
+    r.free("a")
+    assert r.overlap_scores(PROMPT) == {(sel.worker_id, 0): 8}
+    again = r.select(PROMPT, request_id="b")
+    assert (again.worker_id, again.overlap_blocks) == (sel.worker_id, 8)
+    assert store_prompt(r, 2, PROMPT) == "ignored"
+    now[0] = 61
+    assert r.overlap_scores(PROMPT) == {}
+
+
+def test_load_only_mode_ignores_cache():
+    r = make(overlap_score_weight=0.0)
+    assert r.mode == "load-only"
+    r.add_worker(1)
+    assert store_prompt(r, 1, PROMPT) == "ignored"
+    assert r.select(PROMPT).overlap_blocks == 0
+
+
+def test_remove_worker_returns_inflight():
+    r = make()
+    r.add_worker(1)
+    store_prompt(r, 1, PROMPT)
+    r.add_request("a", r.select(PROMPT, request_id="a"), PROMPT)
+    assert r.remove_worker(1) == ["a"]
+    assert r.overlap_scores(PROMPT) == {}
+    with pytest.raises(NoWorkers):
+        r.select(PROMPT)
+
+
+def test_lora_prompts_do_not_share_cache():
+    r = make()
+    r.add_worker(1)
+    store_prompt(r, 1, PROMPT)
+    assert r.select(PROMPT, lora_name="adapter").overlap_blocks == 0
+
+
+def test_config_flags_env_and_aliases():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, KvRouterConfig)
+    cfg = from_namespace(KvRouterConfig, parser.parse_args([]), {})
+    assert cfg == KvRouterConfig() and cfg.router_max_tree_size == 2**20 and cfg.mode == "events"
+    ns = parser.parse_args(["--router-kv-overlap-score-weight", "0.5", "--no-kv-events",
+                            "--active-decode-blocks-threshold", "0.9", "--router-temperature", "0.3"])
+    cfg = from_namespace(KvRouterConfig, ns, {})
+    assert (cfg.overlap_score_weight, cfg.use_kv_events, cfg.active_decode_blocks_threshold) == (0.5, False, 0.9)
+    assert cfg.mode == "approximate"
+    env = {"DYN_OVERLAP_SCORE_WEIGHT": "0", "DYN_ROUTER_USE_KV_EVENTS": "false", "DYN_ROUTER_TEMPERATURE": "0.7"}
+    cfg = from_namespace(KvRouterConfig, parser.parse_args(["--router-kv-events"]), env)
+    assert (cfg.overlap_score_weight, cfg.use_kv_events, cfg.router_temperature) == (0.0, True, 0.7)
+    with pytest.raises(ValueError):
+        KvRouterConfig(router_prune_target_ratio=0).validate()
