@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import gc
 import random
-import resource
 import statistics
 import time
 
@@ -95,6 +94,15 @@ def baseline_find(root: SetNode, hashes) -> dict[int, int]:
     return scores
 
 
+def rss_mb() -> float:
+    """Current resident set size (Linux), not the high-water mark."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096 / 2**20
+    except OSError:  # pragma: no cover - non-Linux
+        return float("nan")
+
+
 def percentiles(samples_ns: list[int]) -> tuple[float, float]:
     samples = sorted(samples_ns)
     return samples[len(samples) // 2] / 1e3, samples[int(len(samples) * 0.99)] / 1e3
@@ -117,13 +125,13 @@ def bench_indexer(total_blocks: int, workers: int, n_queries: int) -> dict:
     queries = [rng.choice(chains) + [rng.getrandbits(64) for _ in range(4)] for _ in range(n_queries)]
     gc.collect()
     gc.disable()  # the tree is long-lived; measure the indexer, not the cyclic GC
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss0 = rss_mb()
     idx = KvIndexer()
     t0 = time.perf_counter()
     for ev in events:
         idx.apply_event(ev)
     elapsed = time.perf_counter() - t0
-    rss_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    tree_mb = rss_mb() - rss0
     p50, p99 = time_calls(idx.find_matches, queries)
     base = baseline_tree(chains, owners)
     b50, b99 = time_calls(lambda q: baseline_find(base, q), queries)
@@ -131,7 +139,7 @@ def bench_indexer(total_blocks: int, workers: int, n_queries: int) -> dict:
     gc.enable()
     return {"blocks": total_blocks, "workers": workers, "nodes": idx.tree.node_count,
             "events_s": len(events) / elapsed, "blocks_s": total_blocks / elapsed,
-            "p50": p50, "p99": p99, "base_p50": b50, "base_p99": b99, "depth": matched, "rss_mb": rss_mb}
+            "p50": p50, "p99": p99, "base_p50": b50, "base_p99": b99, "depth": matched, "tree_mb": tree_mb}
 
 
 def bench_select(workers: int, block_size: int, isl: int, inflight: int, n: int) -> dict:
@@ -168,13 +176,13 @@ def main() -> None:
     sizes = [10**5] if args.quick else [10**5, 10**6]
     print("## Indexer (bitmask radix tree) vs baseline (set per node), find_matches on 68-block prompts")
     print(f"{'blocks':>8} {'workers':>7} {'nodes':>8} {'events/s':>10} {'blocks/s':>10} "
-          f"{'p50 us':>7} {'p99 us':>7} {'base p50':>8} {'base p99':>8} {'depth':>5} {'rss MB':>7}")
+          f"{'p50 us':>7} {'p99 us':>7} {'base p50':>8} {'base p99':>8} {'depth':>5} {'tree MB':>7}")
     for total in sizes:
         for workers in (8, 64):
             r = bench_indexer(total, workers, args.queries)
             print(f"{r['blocks']:>8} {r['workers']:>7} {r['nodes']:>8} {r['events_s']:>10,.0f} "
                   f"{r['blocks_s']:>10,.0f} {r['p50']:>7.1f} {r['p99']:>7.1f} {r['base_p50']:>8.1f} "
-                  f"{r['base_p99']:>8.1f} {r['depth']:>5.1f} {r['rss_mb']:>7.0f}")
+                  f"{r['base_p99']:>8.1f} {r['depth']:>5.1f} {r['tree_mb']:>7.0f}")
             gc.collect()
     print()
     print("## KvRouter.select() per request (hashing + find_matches + load projection + cost), block_size 16")

@@ -160,6 +160,10 @@ class FrontendApp:
 
     def _entry(self, name: str):
         entry = self.models.get(name)
+        if entry is None and name in self.models.retired:
+            self.metrics.rejections.labels(name, "no_workers").inc()
+            raise ApiError(503, f"No workers are available for model {name!r}; retry later",
+                           "service_unavailable", None, "no_workers")
         if entry is None:
             raise ApiError(404, f"The model `{name}` does not exist.", "invalid_request_error", "model",
                            "model_not_found")

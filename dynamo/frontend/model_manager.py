@@ -58,6 +58,8 @@ class ModelManager:
         self.store = store
         self.namespace = namespace
         self.models: dict[str, ModelEntry] = {}
+        # Models that had workers and lost them all: requests get 503 (retry later), not 404.
+        self.retired: set[str] = set()
         self._cards: dict[tuple[EndpointId, int], ModelDeploymentCard] = {}
         self._instances: dict[tuple[EndpointId, int], InstanceRecord] = {}
         self._tasks: list[asyncio.Task] = []
@@ -123,6 +125,7 @@ class ModelManager:
             if entry is None:
                 entry = ModelEntry(card.display_name, pipeline, card)
                 self.models[card.display_name] = entry
+                self.retired.discard(card.display_name)
                 log.info("model %r discovered (context %d, block size %d)", card.display_name,
                          card.context_length, card.kv_cache_block_size)
         elif card.mdcsum and entry.card.mdcsum and card.mdcsum != entry.card.mdcsum:
@@ -164,6 +167,7 @@ class ModelManager:
         self._bump(entry)
         if not entry.workers:
             del self.models[name]
+            self.retired.add(name)
             log.info("model %r has no workers left; no longer listed", name)
 
     def _bump(self, entry: ModelEntry) -> None:

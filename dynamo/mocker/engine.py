@@ -67,10 +67,9 @@ class MockEngine:
     # ---- lifecycle ----------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start the step loop (`--startup-time` is the worker's to simulate, not the engine's)."""
         if self._task is not None:
             return
-        if self.args.startup_time:
-            await asyncio.sleep(self.args.startup_time)
         self._task = asyncio.create_task(self.scheduler.run(), name=f"mocker-scheduler-{self.dp_rank}")
 
     async def stop(self) -> None:
@@ -101,12 +100,14 @@ class MockEngine:
         self.scheduler.add(seq)
         loop = asyncio.get_running_loop()
         first = True
+        sent = seq.prompt_len  # seq.tokens[sent:] are sampled tokens not yet streamed
         try:
             while True:
-                if not seq.pending and seq.finish_reason is None:
+                if len(seq.tokens) == sent and seq.finish_reason is None:
                     seq.waiter = loop.create_future()
                     await seq.waiter
-                tokens, seq.pending = seq.pending, []
+                tokens = seq.tokens[sent:]
+                sent += len(tokens)
                 finish = seq.finish_reason
                 out = LLMEngineOutput(token_ids=tokens, finish_reason=finish, error=seq.error)
                 if first:

@@ -7,7 +7,7 @@ allow. Cached prefix tokens cost nothing. When a decoding sequence needs a block
 and none is free, the most recently admitted sequence is preempted (recompute:
 blocks freed, pushed back to the front of the queue). The step sleeps the
 simulated duration, then every scheduled sequence that finished its chunk samples
-one token, which is handed to its consumer (`Sequence.pending` + a waiter future).
+one token, appended to `Sequence.tokens`; its consumer is woken through a future.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Sequence:
     __slots__ = (
         "request_id", "tokens", "prompt_len", "max_tokens", "sampler", "rng", "skip_prefill",
         "num_computed", "num_generated", "prefilling", "held", "has_partial", "cached_tokens",
-        "pending", "finish_reason", "error", "waiter", "done", "_hashed_len", "_locals", "_seqs",
+        "finish_reason", "error", "waiter", "done", "_hashed_len", "_locals", "_seqs",
     )  # fmt: skip
 
     def __init__(
@@ -41,7 +41,7 @@ class Sequence:
         *, skip_prefill: bool = False,
     ) -> None:  # fmt: skip
         self.request_id = request_id
-        self.tokens = list(prompt)
+        self.tokens = list(prompt)  # prompt, then every sampled token (the consumer reads the tail)
         self.prompt_len = len(prompt)
         self.max_tokens = max_tokens
         self.sampler = sampler
@@ -53,7 +53,6 @@ class Sequence:
         self.held: list[int] = []  # SequenceHashes of the full blocks it references
         self.has_partial = False
         self.cached_tokens: int | None = None
-        self.pending: list[int] = []  # sampled, not yet taken by the consumer
         self.finish_reason: str | None = None
         self.error: str | None = None
         self.waiter: asyncio.Future | None = None
@@ -90,6 +89,7 @@ class Scheduler:
         # Counters (cumulative since start).
         self.num_preemptions = 0
         self.num_steps = 0
+        self.simulated_seconds = 0.0  # sum of scaled step durations
         self.generated_tokens = 0
         self.admitted_prompt_tokens = 0
         self.admitted_cached_tokens = 0
@@ -135,6 +135,7 @@ class Scheduler:
             if not batch:  # nothing runnable (should not happen): back off instead of spinning
                 await asyncio.sleep(_MIN_SLEEP_S)
                 continue
+            self.simulated_seconds += seconds
             now = loop.time()
             clock = max(clock, now - _MIN_SLEEP_S) + seconds
             await asyncio.sleep(clock - now if clock - now >= _MIN_SLEEP_S else 0)
@@ -144,6 +145,7 @@ class Scheduler:
         """Pick this step's work: [(sequence, tokens to compute)] and its simulated duration."""
         batch: list[tuple[Sequence, int]] = []
         budget, prefill_tokens, decoding = self.max_batched, 0, False
+        preemptions = self.num_preemptions
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
@@ -160,7 +162,9 @@ class Scheduler:
                 budget -= chunk
                 prefill_tokens += chunk
             i += 1
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+        # After a preemption the cache is full: admitting now would only thrash (as vLLM).
+        admit = self.num_preemptions == preemptions
+        while admit and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             admitted = self._admit(self.waiting[0], budget)
             if admitted is None:
                 break
@@ -175,9 +179,10 @@ class Scheduler:
         return batch, seconds
 
     def complete(self, batch: list[tuple[Sequence, int]]) -> None:
-        """Apply a finished step: advance computed tokens, sample, finish, wake consumers."""
+        """Apply a finished step: advance computed tokens, sample, finish, wake consumers.
+        The hot loop of the mocker: one pass, locals only, no per-token allocations."""
         self.num_steps += 1
-        bs = self.block_size
+        bs, mul, inc, mask = self.block_size, LCG_MUL, LCG_INC, MASK64
         finished = False
         produced = 0
         for seq, n in batch:
@@ -187,23 +192,28 @@ class Scheduler:
             seq.num_computed = computed
             if seq.has_partial and computed == (len(seq.held) + 1) * bs:
                 self._promote(seq)
-            if computed < len(seq.tokens):
+            tokens = seq.tokens
+            if computed < len(tokens):
                 continue  # mid-prefill chunk
             seq.prefilling = False
-            state = (seq.rng * LCG_MUL + LCG_INC) & MASK64
-            token = (state >> 33) % seq.sampler.vocab_size
-            if token in seq.sampler.forbidden:
-                state, token = seq.sampler.redraw(state)
+            sampler = seq.sampler
+            state = (seq.rng * mul + inc) & mask
+            token = (state >> 33) % sampler.vocab_size
+            if token in sampler.forbidden:
+                state, token = sampler.redraw(state)
             seq.rng = state
-            seq.tokens.append(token)
-            seq.pending.append(token)
-            seq.num_generated += 1
+            tokens.append(token)
             produced += 1
+            seq.num_generated += 1
             if seq.num_generated >= seq.max_tokens:
                 self._finish(seq, FinishReason.LENGTH)
                 finished = True
-            else:
-                seq.notify()
+                continue
+            waiter = seq.waiter
+            if waiter is not None:
+                seq.waiter = None
+                if not waiter.done():
+                    waiter.set_result(None)
         self.generated_tokens += produced
         if finished:
             self.running = [s for s in self.running if not s.done]

@@ -165,20 +165,27 @@ class ActiveSequences:
         """Load each worker would have if this request were booked on it (nothing booked)."""
         out: dict[WorkerKey, tuple[int, int]] = {}
         n = len(seq_hashes)
+        first, last = (seq_hashes[0], seq_hashes[-1]) if n else (None, None)
+        no_overlap_tokens = self.prefill_tokens_for(isl, 0)
+        mode = 0 if not self.track_active_blocks else 1 if not self.assume_kv_reuse else 2
         workers = self._workers
         for key in (workers if keys is None else keys):
+            overlap = overlaps.get(key)
+            tokens = self.prefill_tokens_for(isl, overlap) if overlap else no_overlap_tokens
             load = workers.get(key)
-            tokens = self.prefill_tokens_for(isl, overlaps.get(key, 0))
             if load is None:
-                out[key] = (n if self.track_active_blocks else 0, tokens)
+                out[key] = (n if mode else 0, tokens)
                 continue
-            if not self.track_active_blocks:
+            refs = load.block_refs
+            if mode == 0:
                 new = 0
-            elif self.assume_kv_reuse:
-                new = load.new_blocks(seq_hashes)
+            elif mode == 1 or not n or first not in refs:
+                new = n  # hot path: nothing of this prompt is active here
+            elif last in refs:
+                new = 0
             else:
-                new = n
-            out[key] = (load.active_blocks + new, load.prefill_tokens + tokens)
+                new = load.new_blocks(seq_hashes)
+            out[key] = (len(refs) + load.private_blocks + new, load.prefill_tokens + tokens)
         return out
 
     def active_blocks(self, key: WorkerKey) -> int:

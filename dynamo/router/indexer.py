@@ -37,13 +37,22 @@ class Node:
 
 
 class OverlapScores:
-    """`scores[(worker, dp)]` = consecutive leading blocks cached; `tree_sizes` = blocks held."""
+    """`scores[(worker, dp)]` = consecutive leading blocks cached; `tree_sizes` = blocks held
+    by each scored worker (computed on first access: the hot path rarely needs it)."""
 
-    __slots__ = ("scores", "tree_sizes")
+    __slots__ = ("scores", "_tree", "_sizes")
 
-    def __init__(self, scores: dict[WorkerKey, int], tree_sizes: dict[WorkerKey, int]) -> None:
+    def __init__(self, scores: dict[WorkerKey, int], tree: RadixTree | None = None) -> None:
         self.scores = scores
-        self.tree_sizes = tree_sizes
+        self._tree = tree
+        self._sizes: dict[WorkerKey, int] | None = None
+
+    @property
+    def tree_sizes(self) -> dict[WorkerKey, int]:
+        if self._sizes is None:
+            tree = self._tree
+            self._sizes = {key: tree.tree_size(key) if tree else 0 for key in self.scores}
+        return self._sizes
 
     def __repr__(self) -> str:
         return f"OverlapScores(scores={self.scores}, tree_sizes={self.tree_sizes})"
@@ -177,7 +186,7 @@ class RadixTree:
             mask = child.mask
             if depth == 0:
                 active = mask
-            else:
+            elif mask != active:
                 lost = active & ~mask
                 if lost:
                     active &= mask
@@ -195,10 +204,7 @@ class RadixTree:
             low = active & -active
             scores[keys[low.bit_length() - 1]] = depth  # type: ignore[index]
             active ^= low
-        lookups = self._lookup
-        slot_of = self._slot_of
-        sizes = {key: len(lookups[slot_of[key]]) for key in scores}  # type: ignore[arg-type]
-        return OverlapScores(scores, sizes)
+        return OverlapScores(scores, self)
 
 
 class KvIndexer:

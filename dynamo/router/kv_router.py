@@ -84,7 +84,8 @@ class KvRouter:
         self._workers: dict[int, list[WorkerKey]] = {}
         self._capacity: dict[int, WorkerCapacity] = {}
         self._reported: dict[WorkerKey, LoadMetrics] = {}
-        self._hashes: OrderedDict[str, tuple[int, list[int], list[int]]] = OrderedDict()
+        # request_id -> (isl, local hashes, sequence hashes, lora): hashed once per select/add pair
+        self._hashes: OrderedDict[str, tuple[int, list[int], list[int], str | None]] = OrderedDict()
         self._stats = {"requests": 0, "prompt_blocks": 0, "overlap_blocks": 0, "last_decision_us": 0.0,
                        "busy_rejections": 0, "ignored_events": 0}
         if self.mode == "approximate":
@@ -135,12 +136,12 @@ class KvRouter:
     def _hash(self, token_ids: Sequence[int], request_id: str | None, lora_name: str | None):
         if request_id is not None:
             cached = self._hashes.get(request_id)
-            if cached is not None and cached[0] == len(token_ids):
-                return cached
+            if cached is not None and cached[0] == len(token_ids) and cached[3] == lora_name:
+                return cached[:3]
         local = block_hashes(token_ids, self.block_size, lora_name)
         entry = (len(token_ids), local, sequence_hashes(local))
         if request_id is not None:
-            self._hashes[request_id] = entry
+            self._hashes[request_id] = (*entry, lora_name)
             if len(self._hashes) > _HASH_CACHE_SIZE:
                 self._hashes.popitem(last=False)
         return entry
@@ -154,8 +155,11 @@ class KvRouter:
         _, local, _ = self._hash(token_ids, None, lora_name)
         return dict(self._find(local).scores) if self.mode != "load-only" else {}
 
+    def _index(self) -> KvIndexer | ApproxIndexer:
+        return self.indexer if self.mode == "events" else self.approx
+
     def _find(self, local: Sequence[int]):
-        return (self.indexer if self.mode == "events" else self.approx).find_matches(local)
+        return self._index().find_matches(local)
 
     def select(
         self,
@@ -182,7 +186,7 @@ class KvRouter:
                 raise AllWorkersBusy("All workers are busy, please retry later")
             potentials = {k: potentials[k] for k in candidates}
         logits = compute_logits(potentials, self.block_size, weight)
-        worker_id, dp_rank = self.selector.select(logits, temperature, self._tree_size)
+        worker_id, dp_rank = self.selector.select(logits, temperature, self._index().tree.tree_size)
         self._stats["last_decision_us"] = (time.perf_counter() - start) * 1e6
         return Selection(worker_id, dp_rank, overlaps.get((worker_id, dp_rank), 0),
                          math.ceil(isl / self.block_size), logits)
@@ -195,11 +199,8 @@ class KvRouter:
         w, t = get("overlap_score_weight"), get("router_temperature")
         return (weight if w is None else float(w)), (temperature if t is None else float(t))
 
-    def _tree_size(self, key: WorkerKey) -> int:
-        return (self.indexer if self.mode == "events" else self.approx).tree.tree_size(key)
-
     def _tree_sizes(self) -> dict[WorkerKey, int]:
-        return (self.indexer if self.mode == "events" else self.approx).tree_sizes()
+        return self._index().tree_sizes()
 
     def _busy(self, key: WorkerKey) -> bool:
         capacity = self._capacity.get(key[0])

@@ -18,7 +18,8 @@ TEXT_HEADERS = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
 
 
 async def send_bytes(send: Callable, status: int, body: bytes, headers: list | None = None) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers or JSON_HEADERS})
+    headers = [*(headers or JSON_HEADERS), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -70,6 +71,10 @@ class EmbeddedHttpServer:
             host=host,
             port=port,
             lifespan="off",
+            interface="asgi3",
+            proxy_headers=False,
+            server_header=False,
+            date_header=False,
             access_log=False,
             log_level=options.pop("log_level", "warning"),
             loop="none",

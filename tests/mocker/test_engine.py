@@ -187,3 +187,27 @@ async def test_stop_fails_inflight_streams(make_engine):
     rest = [out async for out in gen]
     assert rest[-1].finish_reason == "error" and rest[-1].error == "engine stopped"
     assert engine.metrics().kv_active_blocks == 0
+
+
+async def test_not_started_engine_answers_with_an_error():
+    args = MockerArgs(speedup_ratio=0, block_size=4)
+    engine = MockEngine(args, vocab_size=VOCAB, context_length=64, eos_token_ids=[2])
+    outs = await collect(engine, request(1, range(10, 20)))
+    assert outs[0].finish_reason == "error" and "not running" in outs[0].error
+
+
+async def test_metrics_shape_while_busy(make_engine):
+    engine = await make_engine(speedup_ratio=1.0, max_num_seqs=3)
+    gens = [engine.generate(request(i, range(10 + i, 30 + i), max_tokens=1000)) for i in range(5)]
+    tasks = [asyncio.create_task(g.__anext__()) for g in gens]
+    await asyncio.gather(*tasks[:3])
+    m = engine.metrics(worker_id=7)
+    assert (m.worker_id, m.request_active_slots, m.request_total_slots) == (7, 3, 3)
+    assert m.num_requests_waiting == 2 and m.kv_total_blocks == 16384
+    assert m.kv_active_blocks > 0 and m.gpu_cache_usage_perc == m.kv_active_blocks / 16384
+    for t in tasks[3:]:
+        t.cancel()
+    await asyncio.gather(*tasks[3:], return_exceptions=True)
+    for g in gens:
+        await g.aclose()
+    assert engine.metrics().kv_active_blocks == 0 and engine.num_waiting == 0

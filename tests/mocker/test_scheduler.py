@@ -3,10 +3,11 @@
 import pytest
 
 from dynamo.mocker.args import MockerArgs
-from dynamo.mocker.kv_manager import KvManager
+from dynamo.mocker.kv_manager import KvManager, hash_blocks
 from dynamo.mocker.scheduler import Scheduler, Sequence
 from dynamo.mocker.timing import TimingModel, decode_ms, prefill_ms
 from dynamo.mocker.tokens import TokenSampler
+from dynamo.router.hashing import to_i64
 from dynamo.router.protocol import KvStored
 
 BS = 4
@@ -35,12 +36,12 @@ def test_chunked_prefill_spreads_a_long_prompt():
     sched.add(a)
     assert step(sched)[0] == [("1", 8)]
     assert step(sched)[0] == [("1", 8)]
-    assert not a.pending
+    assert a.num_generated == 0
     batch, seconds = step(sched)
-    assert batch == [("1", 4)] and len(a.pending) == 1
+    assert batch == [("1", 4)] and a.num_generated == 1
     assert seconds == pytest.approx(prefill_ms(4) / 1e3)
     batch, seconds = step(sched)  # now decoding
-    assert batch == [("1", 1)] and len(a.pending) == 2
+    assert batch == [("1", 1)] and a.num_generated == 2
     assert seconds == pytest.approx(decode_ms(sched.kv.num_active_blocks / 64) / 1e3)
 
 
@@ -106,6 +107,10 @@ def test_decode_stores_blocks_as_they_fill():
         step(sched)
     stored = [b for e in events if isinstance(e.data, KvStored) for b in e.data.blocks]
     assert len(stored) == 16 // BS
+    _, expected = hash_blocks(s.tokens[:16], BS)
+    assert [b.block_hash for b in stored] == [to_i64(h) for h in expected]
+    parents = [e.data.parent_hash for e in events if isinstance(e.data, KvStored)]
+    assert parents == [None] + [to_i64(h) for h in expected[:3]]  # prompt block, then one per fill
     assert sched.kv.num_active_blocks == 0 and sched.kv.num_cached_blocks == 4
 
 

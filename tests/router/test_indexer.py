@@ -161,3 +161,45 @@ def test_many_workers_bitmask():
     scores = idx.find_matches(list(range(1, 12))).scores
     assert len(scores) == 200
     assert all(scores[(w, 0)] == 1 + w % 10 for w in range(200))
+
+
+def test_randomized_against_brute_force_model():
+    import random
+
+    rng = random.Random(11)
+    idx = KvIndexer()
+    held: dict[tuple[int, int], dict[int, tuple]] = {}  # key -> {ext: path}
+    ext_of = lambda key, path: hash((key, path)) & (2**63 - 1)  # noqa: E731
+    for step in range(3000):
+        key = (rng.randrange(5), rng.randrange(2))
+        op = rng.random()
+        if op < 0.6:
+            path = tuple(rng.randrange(3) for _ in range(rng.randint(1, 6)))
+            cut = rng.randint(0, len(path) - 1)  # store the tail under the (maybe unknown) parent
+            parent = ext_of(key, path[:cut]) if cut else None
+            known = parent is None or parent in held.get(key, {})
+            event = stored(key[0], step, list(path[cut:]), parent=parent, dp=key[1],
+                           ext=[ext_of(key, path[:i]) for i in range(cut + 1, len(path) + 1)])
+            idx.apply_event(event)
+            if known:
+                held.setdefault(key, {}).update({ext_of(key, path[:i]): path[:i] for i in range(cut + 1, len(path) + 1)})
+        elif op < 0.95:
+            mine = list(held.get(key, {}))
+            gone = rng.sample(mine, min(len(mine), rng.randint(1, 3)))
+            idx.apply_event(removed(key[0], step, gone, dp=key[1]))
+            for e in gone:
+                del held[key][e]
+        else:
+            idx.apply_event(cleared(key[0], step, dp=key[1]))
+            held[key] = {}
+        query = [rng.randrange(3) for _ in range(6)]
+        expect = {}
+        for k, blocks in held.items():
+            paths = set(blocks.values())
+            depth = 0
+            while depth < len(query) and tuple(query[: depth + 1]) in paths:
+                depth += 1
+            if depth:
+                expect[k] = depth
+        assert idx.find_matches(query).scores == expect, step
+        assert all(idx.tree.tree_size(k) == len(v) for k, v in held.items())

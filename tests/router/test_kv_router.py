@@ -171,3 +171,19 @@ def test_config_flags_env_and_aliases():
     assert (cfg.overlap_score_weight, cfg.use_kv_events, cfg.router_temperature) == (0.0, True, 0.7)
     with pytest.raises(ValueError):
         KvRouterConfig(router_prune_target_ratio=0).validate()
+
+
+def test_prompt_hashed_once_per_select_add_pair(monkeypatch):
+    import dynamo.router.kv_router as kv
+
+    calls = []
+    real = kv.block_hashes
+    monkeypatch.setattr(kv, "block_hashes", lambda *a: calls.append(a) or real(*a))
+    r = make()
+    r.add_worker(1)
+    sel = r.select(PROMPT, request_id="a")
+    r.add_request("a", sel, PROMPT)
+    assert len(calls) == 1
+    r.select(PROMPT, request_id="b")
+    r.select(PROMPT, request_id="b", lora_name="x")  # different namespace: rehash
+    assert len(calls) == 3

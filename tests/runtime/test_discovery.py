@@ -17,6 +17,7 @@ import pytest
 from dynamo.runtime.discovery import mem
 from dynamo.runtime.discovery.base import KeyValueStore, WatchEvent, diff_events, make_store, store_from_env
 from dynamo.runtime.discovery.file_layout import LEASE_DIR, decode_segment, encode_segment
+from tests.fixtures.servers import EtcdServer, free_port
 from tests.fixtures.servers import etcd_server  # noqa: F401  (pytest fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -241,6 +242,59 @@ async def test_etcd_recovers_revoked_lease(stores, etcd_server):
     await watch.aclose()
     await owner.close()
     assert await watcher.get(key) is None  # the recovered key is on the live lease
+
+
+def apply_events(state: dict[str, bytes], events: list[WatchEvent]) -> dict[str, bytes]:
+    state = dict(state)
+    for event in events:
+        if event.kind == "put":
+            state[event.key] = event.value
+        else:
+            state.pop(event.key, None)
+    return state
+
+
+async def test_etcd_restart_with_data_loss_resyncs_and_recovers(tmp_path):
+    """etcd comes back empty: watches re-list and emit the diff; the owner re-registers."""
+    server = EtcdServer(str(tmp_path))
+    url = server.start()
+    owner = make_store("etcd", ttl=SHORT_TTL, endpoints=url, timeout=2.0)
+    watcher = make_store("etcd", ttl=5.0, endpoints=url, timeout=2.0)
+    try:
+        await owner.start()
+        await watcher.start()
+        lease, p = owner.lease_id, unique_prefix()
+        await owner.put(p + "instance", b"me")
+        await watcher.put(p + "stale", b"s", leased=False)  # lost with the data
+        watch = watcher.watch_prefix(p)
+        before = apply_events({}, await events_until(watch, lambda s: len(s) >= 2))
+        server.stop()
+        server.start(wipe=True)
+        wanted = {p + "instance": b"me"}
+        seen = await events_until(watch, lambda s: apply_events(before, s) == wanted)
+        assert WatchEvent("delete", p + "stale") in seen
+        assert owner.lease_id == lease and await watcher.get(p + "instance") == b"me"
+        await owner.put(p + "after", b"a")  # the new watch stream is live
+        assert await next_event(watch) == WatchEvent("put", p + "after", b"a")
+        await watch.aclose()
+    finally:
+        await owner.close()
+        await watcher.close()
+        server.stop()
+
+
+async def test_etcd_endpoint_failover(etcd_server):
+    dead = f"http://127.0.0.1:{free_port()}"
+    store = make_store("etcd", endpoints=f"{dead},{etcd_server}", timeout=2.0)
+    await store.start()
+    key = unique_prefix() + "k"
+    await store.put(key, b"v")
+    assert await store.get(key) == b"v"
+    await store.close()
+    unreachable = make_store("etcd", endpoints=dead, timeout=1.0)
+    with pytest.raises(ConnectionError):
+        await unreachable.start()
+    await unreachable.close()
 
 
 async def test_file_recovers_removed_heartbeat(stores):

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 LEASE_NOT_FOUND = 5  # grpc NOT_FOUND, as returned for an unknown lease
 RETRY_DELAY = 0.5
+MAX_RETRY_DELAY = 4.0
 
 
 class EtcdStore(KeyValueStore):
@@ -164,9 +165,11 @@ class EtcdStore(KeyValueStore):
         self._check_open()
         closed = self._closed_signal()
         known: dict[str, bytes] = {}
+        failures = 0
         while not self._closed:
             try:
                 snapshot, revision = await self._range_prefix(prefix)
+                failures = 0
                 for event in diff_events(known, snapshot):
                     yield event
                 known = snapshot
@@ -176,8 +179,11 @@ class EtcdStore(KeyValueStore):
             except (EtcdError, EtcdUnavailable, OSError, asyncio.TimeoutError) as exc:
                 if self._closed:
                     return
-                log.warning("etcd watch on %r broke (%s); re-listing", prefix, exc)
-            stopped, _ = await wait_closed_or(closed, asyncio.sleep(RETRY_DELAY))
+                failures += 1
+                level = logging.WARNING if failures == 1 else logging.DEBUG
+                log.log(level, "etcd watch on %r broke (%s); will re-list", prefix, exc)
+            delay = min(RETRY_DELAY * 2 ** max(failures - 1, 0), MAX_RETRY_DELAY)
+            stopped, _ = await wait_closed_or(closed, asyncio.sleep(delay))
             if stopped:
                 return
 

@@ -1,0 +1,147 @@
+"""The event-plane boundary: fire-and-forget publish/subscribe of opaque byte payloads
+on a topic scoped to a namespace and component (KV events, load metrics, router sync).
+
+Delivery is at-most-once: a publisher never waits for subscribers, a full send buffer
+drops (and counts) the event, and a subscriber that joins late misses what was sent
+before it connected. Consumers that need completeness (the KV router) detect gaps from
+their own event ids; each message also carries the publisher's sequence number so the
+subscriber counts gaps it can see (`missed`).
+
+Transports register by name (`zmq`, `nats`) and are imported lazily.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
+
+if TYPE_CHECKING:
+    from dynamo.runtime.discovery.base import KeyValueStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUFFER = 4096  # events held per publisher before publish() starts dropping
+CLOSE_FLUSH_TIMEOUT = 1.0
+
+
+def channel_prefix(namespace: str, component: str, topic: str) -> str:
+    """Discovery prefix under which ZMQ publishers advertise (Dynamo's layout)."""
+    return f"v1/event_channels/{namespace}/{component}/{topic}/"
+
+
+def nats_subject(namespace: str, component: str, topic: str) -> str:
+    return f"namespace.{namespace}.component.{component}.{topic}"
+
+
+class EventPublisher(ABC):
+    """Publishes to one topic; `published`/`dropped` count what publish() accepted/refused."""
+
+    published: int = 0
+    dropped: int = 0
+
+    @abstractmethod
+    async def publish(self, payload: bytes) -> None:
+        """Queue the payload; never waits on the network, drops when the buffer is full."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+class EventSubscriber(ABC):
+    """Receives a topic from every publisher; iterate for (publisher_instance_id, payload)."""
+
+    missed: int = 0  # sequence gaps observed (events lost in transit or dropped at source)
+
+    @abstractmethod
+    def __aiter__(self) -> AsyncIterator[tuple[int, bytes]]: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+class SendQueue:
+    """Bounded buffer plus one sender task: decouples publish() from the socket.
+
+    `send(seq, payload)` is called in order. Sequence numbers are assigned on offer, so
+    a dropped event leaves a gap subscribers can count.
+    """
+
+    def __init__(self, send: Callable[[int, bytes], Awaitable[None]], name: str, maxsize: int = DEFAULT_BUFFER):
+        self._send = send
+        self._name = name
+        self._queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue(maxsize)
+        self._seq = 0
+        self.accepted = 0
+        self.dropped = 0
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"event-send-{name}")
+
+    def offer(self, payload: bytes) -> bool:
+        self._seq += 1
+        try:
+            self._queue.put_nowait((self._seq, bytes(payload)))
+        except asyncio.QueueFull:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("event publisher %s: buffer full, %d events dropped so far", self._name, self.dropped)
+            return False
+        self.accepted += 1
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            seq, payload = await self._queue.get()
+            try:
+                await self._send(seq, payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # one failed send must not stop the publisher
+                log.warning("event publisher %s: send failed: %s", self._name, exc)
+            finally:
+                self._queue.task_done()
+
+    async def close(self, flush_timeout: float = CLOSE_FLUSH_TIMEOUT) -> None:
+        """Give queued events a moment to go out, then stop the sender."""
+        try:
+            await asyncio.wait_for(self._queue.join(), flush_timeout)
+        except asyncio.TimeoutError:
+            pass
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+_PLANES: dict[str, str] = {
+    "zmq": "dynamo.runtime.event_plane.zmq_plane",
+    "nats": "dynamo.runtime.event_plane.nats_plane",
+}
+
+
+def resolve_kind(kind: str | None, store_backend: str) -> str:
+    """Explicit kind, else DYN_EVENT_PLANE, else nats for etcd when NATS_SERVER is set, else zmq."""
+    chosen = (kind or os.environ.get("DYN_EVENT_PLANE") or "").strip().lower()
+    if not chosen:
+        chosen = "nats" if store_backend == "etcd" and os.environ.get("NATS_SERVER") else "zmq"
+    if chosen not in _PLANES:
+        raise ValueError(f"unknown event plane {chosen!r}; choose from {sorted(_PLANES)}")
+    return chosen
+
+
+def _module(kind: str | None, store: "KeyValueStore"):
+    return importlib.import_module(_PLANES[resolve_kind(kind, store.backend)])
+
+
+async def create_publisher(
+    kind: str | None, store: "KeyValueStore", namespace: str, component: str, topic: str, instance_id: int
+) -> EventPublisher:
+    """Start a publisher of `topic` for this instance (ZMQ advertises itself in `store`)."""
+    return await _module(kind, store).create_publisher(store, namespace, component, topic, instance_id)
+
+
+async def create_subscriber(
+    kind: str | None, store: "KeyValueStore", namespace: str, component: str, topic: str
+) -> EventSubscriber:
+    """Start a subscriber of `topic` from every publisher in namespace/component."""
+    return await _module(kind, store).create_subscriber(store, namespace, component, topic)

@@ -1,0 +1,138 @@
+"""Event plane over a NATS server (core NATS, at-most-once), via nats-py.
+
+Server: NATS_SERVER (default `nats://localhost:4222`; credentials may be embedded in
+the URL). Subject: `namespace.{ns}.component.{comp}.{topic}`, as NVIDIA Dynamo uses.
+The payload travels untouched; the publisher's instance id and sequence number ride in
+the `Dyn-Instance-Id` / `Dyn-Seq` headers (NATS >= 2.2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from dynamo.runtime.discovery.base import KeyValueStore
+from dynamo.runtime.event_plane.base import DEFAULT_BUFFER, EventPublisher, EventSubscriber, SendQueue, nats_subject
+
+log = logging.getLogger(__name__)
+
+INSTANCE_HEADER = "Dyn-Instance-Id"
+SEQ_HEADER = "Dyn-Seq"
+CONNECT_TIMEOUT = 5.0
+RECEIVE_BUFFER = 4096
+
+
+def server_url() -> str:
+    return os.environ.get("NATS_SERVER") or "nats://localhost:4222"
+
+
+async def connect(name: str) -> Client:
+    """One connection per publisher/subscriber; reconnects forever once established."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats %s: %s", name, exc)
+
+    servers = [s.strip() for s in server_url().split(",") if s.strip()]
+    return await nats.connect(
+        servers=servers,
+        name=name,
+        connect_timeout=CONNECT_TIMEOUT,
+        max_reconnect_attempts=-1,
+        error_cb=on_error,
+    )
+
+
+class NatsPublisher(EventPublisher):
+    def __init__(self, namespace: str, component: str, topic: str, instance_id: int):
+        self.subject = nats_subject(namespace, component, topic)
+        self.instance_id = instance_id
+        self._nc: Client | None = None
+        self._sender: SendQueue | None = None
+
+    async def start(self, buffer: int = DEFAULT_BUFFER) -> None:
+        self._nc = await connect(f"dynamo-pub-{self.instance_id:x}")
+        self._sender = SendQueue(self._send, f"nats:{self.subject}", buffer)
+
+    async def _send(self, seq: int, payload: bytes) -> None:
+        headers = {INSTANCE_HEADER: str(self.instance_id), SEQ_HEADER: str(seq)}
+        await self._nc.publish(self.subject, payload, headers=headers)
+
+    async def publish(self, payload: bytes) -> None:
+        if self._sender is None:
+            raise RuntimeError("publisher closed or not started")
+        self._sender.offer(payload)
+        self.published, self.dropped = self._sender.accepted, self._sender.dropped
+
+    async def close(self) -> None:
+        sender, self._sender = self._sender, None
+        if sender is None:
+            return
+        await sender.close()
+        try:
+            await asyncio.wait_for(self._nc.drain(), CONNECT_TIMEOUT)  # flushes what was sent
+        except Exception as exc:
+            log.debug("nats drain failed: %s", exc)
+            await self._nc.close()
+
+
+class NatsSubscriber(EventSubscriber):
+    def __init__(self, namespace: str, component: str, topic: str):
+        self.subject = nats_subject(namespace, component, topic)
+        self._nc: Client | None = None
+        self._queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue(RECEIVE_BUFFER)
+        self._last_seq: dict[int, int] = {}
+        self._closed = False
+
+    async def start(self) -> None:
+        self._nc = await connect(f"dynamo-sub-{self.subject}")
+        await self._nc.subscribe(self.subject, cb=self._on_message)
+        await self._nc.flush(CONNECT_TIMEOUT)  # the subscription is live on return
+
+    async def _on_message(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        try:
+            instance_id = int(headers.get(INSTANCE_HEADER, "0"))
+            seq = int(headers.get(SEQ_HEADER, "0"))
+        except ValueError:
+            log.warning("ignoring event with malformed headers on %s", self.subject)
+            return
+        last = self._last_seq.get(instance_id)
+        if seq and last is not None and seq > last + 1:
+            self.missed += seq - last - 1
+        self._last_seq[instance_id] = seq
+        await self._queue.put((instance_id, msg.data))  # backpressure to nats' pending limits
+
+    async def __aiter__(self):
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                self._queue.put_nowait(None)  # let other iterators end too
+                return
+            yield item
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._nc is not None:
+            await self._nc.close()
+        while not self._queue.empty():  # make room for the end marker
+            self._queue.get_nowait()
+        self._queue.put_nowait(None)
+
+
+async def create_publisher(store: KeyValueStore, namespace: str, component: str, topic: str, instance_id: int):
+    publisher = NatsPublisher(namespace, component, topic, instance_id)
+    await publisher.start()
+    return publisher
+
+
+async def create_subscriber(store: KeyValueStore, namespace: str, component: str, topic: str):
+    subscriber = NatsSubscriber(namespace, component, topic)
+    await subscriber.start()
+    return subscriber

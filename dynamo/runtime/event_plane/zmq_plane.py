@@ -1,0 +1,222 @@
+"""Brokerless event plane over ZMQ PUB/SUB (the default).
+
+Each publisher binds a PUB socket on `tcp://{DYN_EVENT_PLANE_HOST or 127.0.0.1}:0` and
+advertises the address under its lease at
+`v1/event_channels/{ns}/{component}/{topic}/{instance_id:x}`; subscribers watch that
+prefix and connect one SUB socket to every advertised publisher, disconnecting when an
+advert disappears (clean close, or lease expiry after a crash).
+
+Frames: `[topic, instance_id u64 BE, seq u64 BE, payload]`.
+
+Slow joiners: ZMQ PUB drops everything sent before a subscriber's connection is up
+(discovery latency plus the TCP handshake). Events published in that window are lost,
+by design of the transport; the KV router detects the gap from event ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import struct
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from dynamo.runtime.discovery.base import KeyValueStore
+from dynamo.runtime.event_plane.base import (
+    DEFAULT_BUFFER,
+    EventPublisher,
+    EventSubscriber,
+    SendQueue,
+    channel_prefix,
+)
+
+log = logging.getLogger(__name__)
+
+_U64 = struct.Struct(">Q")
+RECEIVE_BUFFER = 4096
+
+
+class EventChannel(msgspec.Struct):
+    """The discovery record advertising one ZMQ publisher."""
+
+    transport: str
+    address: str
+    instance_id: int
+    topic: str
+
+
+def _advertised_host() -> tuple[str, str]:
+    """(bind host, host others should connect to)."""
+    host = os.environ.get("DYN_EVENT_PLANE_HOST") or "127.0.0.1"
+    if host in ("0.0.0.0", "*"):
+        return "*", socket.gethostbyname(socket.gethostname())
+    return host, host
+
+
+class ZmqPublisher(EventPublisher):
+    def __init__(self, store: KeyValueStore, namespace: str, component: str, topic: str, instance_id: int):
+        self.store = store
+        self.topic = topic
+        self.instance_id = instance_id
+        self.key = f"{channel_prefix(namespace, component, topic)}{instance_id:x}"
+        self.address = ""
+        self._topic = topic.encode()
+        self._instance = _U64.pack(instance_id)
+        self._sock: zmq.asyncio.Socket | None = None
+        self._sender: SendQueue | None = None
+
+    async def start(self, buffer: int = DEFAULT_BUFFER) -> None:
+        bind_host, public_host = _advertised_host()
+        sock = zmq.asyncio.Context.instance().socket(zmq.PUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, buffer)
+        sock.bind(f"tcp://{bind_host}:0")
+        port = sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1]
+        self._sock = sock
+        self.address = f"tcp://{public_host}:{port}"
+        self._sender = SendQueue(self._send, f"zmq:{self.topic}", buffer)
+        advert = EventChannel("zmq", self.address, self.instance_id, self.topic)
+        await self.store.put(self.key, msgspec.json.encode(advert))
+
+    async def _send(self, seq: int, payload: bytes) -> None:
+        frames = [self._topic, self._instance, _U64.pack(seq), payload]
+        await self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+
+    async def publish(self, payload: bytes) -> None:
+        if self._sender is None:
+            raise RuntimeError("publisher closed or not started")
+        self._sender.offer(payload)
+        self.published, self.dropped = self._sender.accepted, self._sender.dropped
+
+    async def close(self) -> None:
+        """Withdraw the advert first so subscribers disconnect, then stop sending."""
+        sender, self._sender = self._sender, None
+        if sender is None:
+            return
+        if not self.store.closed:
+            try:
+                await self.store.delete(self.key)
+            except Exception as exc:  # the lease expiry removes it anyway
+                log.debug("could not withdraw event channel %s: %s", self.key, exc)
+        await sender.close()
+        self._sock.close(linger=0)
+
+
+class ZmqSubscriber(EventSubscriber):
+    def __init__(self, store: KeyValueStore, namespace: str, component: str, topic: str):
+        self.store = store
+        self.topic = topic
+        self.prefix = channel_prefix(namespace, component, topic)
+        self._topic = topic.encode()
+        self._sock: zmq.asyncio.Socket | None = None
+        self._queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue(RECEIVE_BUFFER)
+        self._connected: dict[str, tuple[int, str]] = {}  # advert key -> (instance id, address)
+        self._last_seq: dict[int, int] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._closed = False
+
+    @property
+    def publishers(self) -> dict[int, str]:
+        """Instance id -> address of every publisher currently connected."""
+        return {iid: address for iid, address in self._connected.values()}
+
+    async def start(self) -> None:
+        sock = zmq.asyncio.Context.instance().socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, self._topic)
+        self._sock = sock
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._follow_adverts(), name=f"zmq-sub-watch-{self.topic}"),
+            loop.create_task(self._receive(), name=f"zmq-sub-recv-{self.topic}"),
+        ]
+
+    async def _follow_adverts(self) -> None:
+        """Connect to publishers as adverts appear; disconnect as they vanish."""
+        try:
+            async for event in self.store.watch_prefix(self.prefix):
+                if event.kind == "put":
+                    self._connect(event.key, event.value or b"")
+                else:
+                    self._disconnect(event.key)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # say so: without the watch no new publisher is ever joined
+            log.exception("event plane: discovery watch on %s failed", self.prefix)
+
+    def _connect(self, key: str, value: bytes) -> None:
+        try:
+            advert = msgspec.json.decode(value, type=EventChannel)
+        except msgspec.DecodeError:
+            log.warning("ignoring malformed event channel advert %s", key)
+            return
+        self._disconnect(key)
+        try:
+            self._sock.connect(advert.address)
+        except zmq.ZMQError as exc:
+            log.warning("event plane: cannot connect to %s (%s): %s", advert.address, key, exc)
+            return
+        self._connected[key] = (advert.instance_id, advert.address)
+        log.debug("event plane: %s connected to %s", self.topic, advert.address)
+
+    def _disconnect(self, key: str) -> None:
+        entry = self._connected.pop(key, None)
+        if entry is None:
+            return
+        self._last_seq.pop(entry[0], None)
+        try:
+            self._sock.disconnect(entry[1])
+        except zmq.ZMQError:
+            pass
+
+    async def _receive(self) -> None:
+        while True:
+            frames = await self._sock.recv_multipart()
+            if len(frames) != 4 or frames[0] != self._topic:
+                continue  # another topic sharing our prefix, or a foreign sender
+            instance_id, seq = _U64.unpack(frames[1])[0], _U64.unpack(frames[2])[0]
+            self._count_gap(instance_id, seq)
+            await self._queue.put((instance_id, frames[3]))  # backpressure to the SUB HWM
+
+    def _count_gap(self, instance_id: int, seq: int) -> None:
+        last = self._last_seq.get(instance_id)
+        if last is not None and seq > last + 1:
+            self.missed += seq - last - 1
+        self._last_seq[instance_id] = seq
+
+    async def __aiter__(self):
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                self._queue.put_nowait(None)  # let other iterators end too
+                return
+            yield item
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._sock is not None:
+            self._sock.close(linger=0)
+        while not self._queue.empty():  # make room for the end marker
+            self._queue.get_nowait()
+        self._queue.put_nowait(None)
+
+
+async def create_publisher(store: KeyValueStore, namespace: str, component: str, topic: str, instance_id: int):
+    publisher = ZmqPublisher(store, namespace, component, topic, instance_id)
+    await publisher.start()
+    return publisher
+
+
+async def create_subscriber(store: KeyValueStore, namespace: str, component: str, topic: str):
+    subscriber = ZmqSubscriber(store, namespace, component, topic)
+    await subscriber.start()
+    return subscriber

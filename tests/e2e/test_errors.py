@@ -1,0 +1,139 @@
+"""Bad input and overload get OpenAI-shaped errors with the right status, never a
+500, a hang or a crash (checked with raw HTTP so the exact status and body show)."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import httpx
+import pytest
+
+from tests.fixtures.procs import Cluster
+
+MODEL = "tiny"
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model, tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("errors"), tiny_model, "file", {"DYN_HTTP_BODY_LIMIT_MB": "1"})
+    try:
+        c.mocker("--speedup-ratio", "100")
+        c.frontend()
+        c.wait_workers(MODEL, 1)
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture()
+def http(cluster):
+    with httpx.Client(base_url=cluster.base_url, timeout=30) as client:
+        yield client
+
+
+def assert_error(resp: httpx.Response, status: int, param: str | None = None) -> dict:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    error = body["error"]
+    assert set(error) >= {"message", "type", "param", "code"}
+    assert error["message"]
+    if param is not None:
+        assert error["param"] == param
+    return error
+
+
+def chat(**overrides):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    body.update(overrides)
+    return body
+
+
+def test_malformed_json(http):
+    resp = http.post("/v1/chat/completions", content=b'{"model": "tiny", "messages": [', headers={
+        "content-type": "application/json"})
+    assert assert_error(resp, 400)["code"] == "invalid_json"
+
+
+def test_missing_messages(http):
+    resp = http.post("/v1/chat/completions", json={"model": MODEL})
+    assert_error(resp, 400, "messages")
+
+
+def test_ill_typed_field(http):
+    resp = http.post("/v1/chat/completions", json=chat(max_tokens="ten"))
+    assert_error(resp, 400, "max_tokens")
+
+
+@pytest.mark.parametrize("value", [-1, 0])
+def test_non_positive_max_tokens(http, value):
+    assert_error(http.post("/v1/chat/completions", json=chat(max_tokens=value)), 400, "max_tokens")
+
+
+def test_temperature_out_of_range(http):
+    assert_error(http.post("/v1/chat/completions", json=chat(temperature=3.5)), 400, "temperature")
+
+
+def test_unknown_model_is_404(http):
+    error = assert_error(http.post("/v1/chat/completions", json=chat(model="no-such-model")), 404, "model")
+    assert error["code"] == "model_not_found"
+
+
+def test_prompt_over_context_is_400(http):
+    resp = http.post("/v1/completions", json={"model": MODEL, "prompt": "word " * 5000, "max_tokens": 1})
+    assert assert_error(resp, 400)["code"] == "context_length_exceeded"
+
+
+def test_max_tokens_over_remaining_context_is_400(http):
+    resp = http.post("/v1/completions", json={"model": MODEL, "prompt": "hello", "max_tokens": 100000})
+    assert assert_error(resp, 400, "max_tokens")["code"] == "context_length_exceeded"
+
+
+def test_n_greater_than_one_is_refused(http):
+    assert_error(http.post("/v1/chat/completions", json=chat(n=2)), 400, "n")
+
+
+def test_batched_prompts_refused(http):
+    resp = http.post("/v1/completions", json={"model": MODEL, "prompt": ["a", "b"], "max_tokens": 2})
+    assert_error(resp, 400, "prompt")
+
+
+def test_wrong_prompt_type(http):
+    resp = http.post("/v1/completions", json={"model": MODEL, "prompt": [{"x": 1}], "max_tokens": 2})
+    assert_error(resp, 400, "prompt")
+
+
+def test_token_ids_out_of_vocab(http):
+    resp = http.post("/v1/completions", json={"model": MODEL, "prompt": [1, 999999], "max_tokens": 2})
+    assert_error(resp, 400, "prompt")
+
+
+def test_unknown_route_and_method(http):
+    assert_error(http.get("/v1/nothing"), 404)
+    assert_error(http.get("/v1/chat/completions"), 405)
+
+
+def test_body_over_limit_is_413_without_reading_it(cluster):
+    """Declare a 50 MB body but send only the headers: the answer must come at once."""
+    with socket.create_connection(("127.0.0.1", cluster.http_port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 52428800\r\n\r\n")
+        data = sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), head
+    assert json.loads(body)["error"]["code"] == "request_too_large"
+
+
+def test_chunked_body_over_limit_is_413(http):
+    def gen():
+        for _ in range(40):
+            yield b"x" * 65536
+
+    resp = http.post("/v1/chat/completions", content=gen(), headers={"content-type": "application/json"})
+    assert_error(resp, 413)
+
+
+def test_server_still_serves_after_bad_input(http):
+    resp = http.post("/v1/chat/completions", json=chat())
+    assert resp.status_code == 200
+    assert resp.json()["usage"]["completion_tokens"] == 4
