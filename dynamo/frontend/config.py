@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dynamo.router.config import KvRouterConfig
 from dynamo.runtime.config import setting
 
 
 @dataclass
-class FrontendConfig:
+class FrontendConfig(KvRouterConfig):
     """OpenAI-compatible HTTP frontend: discovers workers, tokenizes, routes, detokenizes."""
 
     http_host: str = setting("0.0.0.0", "HTTP listen address")
@@ -31,6 +32,7 @@ class FrontendConfig:
         0, "Refuse requests beyond this many in flight (0: no limit)")
 
     def validate(self) -> None:
+        super().validate()
         if bool(self.tls_cert_path) != bool(self.tls_key_path):
             raise ValueError("--tls-cert-path and --tls-key-path must be given together")
         if self.migration_limit < 0:

