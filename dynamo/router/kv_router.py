@@ -215,8 +215,9 @@ class KvRouter:
     # -- lifecycle -----------------------------------------------------------------------
     def add_request(
         self, request_id: str, selection: Selection, token_ids: Sequence[int], lora_name: str | None = None
-    ) -> None:
-        """Book the request's load on the selected worker (call when the request is sent)."""
+    ) -> list[int]:
+        """Book the request's load on the selected worker (call when the request is sent).
+        Returns the prompt's sequence hashes (what router replicas share)."""
         isl, local, seq = self._hash(token_ids, request_id, lora_name)
         self._hashes.pop(request_id, None)
         key = (selection.worker_id, selection.dp_rank)
@@ -227,6 +228,7 @@ class KvRouter:
         stats["requests"] += 1
         stats["prompt_blocks"] += len(local)
         stats["overlap_blocks"] += selection.overlap_blocks
+        return seq
 
     def mark_prefill_complete(self, request_id: str) -> bool:
         return self.active.mark_prefill_completed(request_id)

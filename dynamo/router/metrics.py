@@ -1,0 +1,80 @@
+"""Prometheus metrics of KV routers, shared by the frontend and the `dynamo.router`
+service. Per-request figures (decision time, overlap) are observed on the hot path;
+everything that is state (mode, hit rate, per-worker load, events applied) is read from
+the routers at scrape time by a collector, so routing pays nothing for it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from dynamo.router.kv_router import KvRouter
+
+MODES = ("kv-events", "approximate", "load-only")
+_DECISION = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+_BLOCKS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)
+
+
+class RouterMetrics:
+    """`routers()` yields (model, KvRouter, mode in effect) at scrape time."""
+
+    def __init__(self, registry: CollectorRegistry, prefix: str,
+                 routers: Callable[[], Iterable[tuple[str, KvRouter, str]]],
+                 extra_counts: Callable[[], dict[str, int]] | None = None) -> None:
+        self.decision = Histogram(f"{prefix}_router_decision_seconds", "Time to pick a worker (hash, match, cost)",
+                                  ("model",), buckets=_DECISION, registry=registry)
+        self.overlap = Histogram(f"{prefix}_router_overlap_blocks", "Cached prefix blocks on the chosen worker",
+                                 ("model",), buckets=_BLOCKS, registry=registry)
+        self.collector = _RouterCollector(prefix, routers, extra_counts or dict)
+        registry.register(self.collector)
+
+
+class _RouterCollector:
+    def __init__(self, prefix: str, routers, extra_counts) -> None:
+        self.prefix = prefix
+        self.routers = routers
+        self.extra_counts = extra_counts
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        p = self.prefix
+        mode = GaugeMetricFamily(f"{p}_router_mode", "1 for the routing mode in effect per model",
+                                 labels=("model", "mode"))
+        hit = GaugeMetricFamily(f"{p}_router_kv_hit_rate", "Overlap blocks / prompt blocks of routed requests",
+                                labels=("model",))
+        routed = CounterMetricFamily(f"{p}_router_requests", "Requests routed", labels=("model",))
+        blocks = GaugeMetricFamily(f"{p}_worker_active_decode_blocks", "Active KV blocks booked per worker",
+                                   labels=("model", "worker_id", "dp_rank"))
+        prefill = GaugeMetricFamily(f"{p}_worker_active_prefill_tokens", "Prompt tokens awaiting prefill per worker",
+                                    labels=("model", "worker_id", "dp_rank"))
+        tree = GaugeMetricFamily(f"{p}_router_indexed_blocks", "Blocks indexed per worker", labels=("model", "worker_id",
+                                                                                                   "dp_rank"))
+        events = CounterMetricFamily("dynamo_component_kv_cache_events_applied", "KV events applied by the router",
+                                     labels=("event_type", "status"))
+        totals: dict[tuple[str, str], int] = {}
+        for model, router, effective in self.routers():
+            for m in MODES:
+                mode.add_metric((model, m), 1.0 if m == effective else 0.0)
+            stats = router._stats
+            hit.add_metric((model,), stats["overlap_blocks"] / stats["prompt_blocks"] if stats["prompt_blocks"] else 0.0)
+            routed.add_metric((model,), stats["requests"])
+            for (w, r), load in router.active.loads().items():
+                blocks.add_metric((model, str(w), str(r)), load.get("active_blocks", 0))
+                prefill.add_metric((model, str(w), str(r)), load.get("active_prefill_tokens", 0))
+            for (w, r), size in router._tree_sizes().items():
+                tree.add_metric((model, str(w), str(r)), size)
+            for key, n in router.indexer.counts.items():
+                totals[key] = totals.get(key, 0) + n
+        for (kind, status), n in sorted(totals.items()):
+            events.add_metric((kind, status), n)
+        resyncs = CounterMetricFamily(f"{p}_router_kv_resyncs", "Worker KV state re-syncs after lost events",
+                                      labels=("status",))
+        extra = self.extra_counts()
+        for status in ("ok", "failed"):
+            resyncs.add_metric((status,), extra.get(f"resync_{status}", 0))
+        yield from (mode, hit, routed, blocks, prefill, tree, events, resyncs)
