@@ -1,0 +1,1 @@
+"""Deployment: DynamoGraphDeployment manifests validated, run locally, rendered for Kubernetes."""

@@ -1,0 +1,64 @@
+"""`python -m dynamo.deploy {validate,run,render,scale}`: one DGD manifest, checked, run on
+this machine as supervised processes, or rendered to plain Kubernetes objects."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m dynamo.deploy", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    v = sub.add_parser("validate", help="check DGD manifests against the schema and our CLIs")
+    v.add_argument("files", nargs="+")
+    v.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    v.add_argument("-q", "--quiet", action="store_true", help="print findings only")
+
+    r = sub.add_parser("run", help="run a DGD on this machine without Kubernetes")
+    r.add_argument("file")
+    r.add_argument("--frontend-port", type=int, default=8000, help="HTTP port of the (first) frontend")
+    r.add_argument("--model", default=None, help="local model dir replacing every worker's model")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="SVC.replicas=N",
+                   help="override a service's replicas (repeatable)")
+    r.add_argument("--namespace", default=None, help="Kubernetes namespace to emulate (default: manifest's)")
+    r.add_argument("--control-port", type=int, default=0,
+                   help="port of the control endpoint (GET /status, POST /scale); 0 picks a free one")
+    r.add_argument("--log-dir", default=None, help="also write each replica's output to DIR/<replica>.log")
+    r.add_argument("--grace", type=float, default=15.0, help="seconds between SIGTERM and SIGKILL on shutdown")
+    r.add_argument("--no-status", action="store_true", help="do not print the status table")
+
+    k = sub.add_parser("render", help="print plain Kubernetes objects (Deployments, Services, ConfigMaps)")
+    k.add_argument("file")
+    k.add_argument("--namespace", default=None, help="Kubernetes namespace (default: manifest's, else default)")
+    k.add_argument("--etcd-endpoints", default="http://etcd:2379", help="discovery for the rendered graph")
+    k.add_argument("--include-etcd", action="store_true", help="also render a single-node etcd")
+
+    s = sub.add_parser("scale", help="change a service's replicas in a running `run`")
+    s.add_argument("control", help="control URL printed by `run` (http://127.0.0.1:PORT)")
+    s.add_argument("assignment", nargs="?", help="SERVICE=REPLICAS; omit to print the status")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.cmd == "validate":
+        from dynamo.deploy.validate import main as validate_main
+
+        return validate_main(args.files, strict=args.strict, quiet=args.quiet)
+    if args.cmd == "run":
+        from dynamo.deploy.run import main as run_main
+
+        return run_main(args)
+    if args.cmd == "render":
+        from dynamo.deploy.render import main as render_main
+
+        return render_main(args)
+    from dynamo.deploy.control import scale_main
+
+    return scale_main(args.control, args.assignment)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

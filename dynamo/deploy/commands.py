@@ -1,0 +1,148 @@
+"""A container's command line as a list of `python -m dynamo.X ARGS` invocations.
+
+Two forms appear in DGD manifests: exec form (`command: [python3, -m, dynamo.vllm]`,
+`args: [--model, ...]`) and shell form (`command: [/bin/sh, -c]`, `args: ["python3 -m
+dynamo.vllm --model ... 2>&1 | tee log"]`). Both parse into `Invocation`s that can be
+checked against our argument parsers and rewritten (model swap, local ports), then turned
+back into an argv that runs the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+
+SHELLS = {"sh", "bash", "dash", "zsh"}
+_PYTHON = re.compile(r"^python(\d+(\.\d+)?)?$")
+_OPERATOR = re.compile(r"^[;&|<>()]+$")
+_BARE_SHELL_WORD = re.compile(r"^[\w$/{}.:=,@%+\-]+$")
+
+
+@dataclass
+class Invocation:
+    """One `python -m dynamo.X` found in a command line; `args` are the module's flags."""
+
+    module: str
+    args: list[str]
+    start: int  # index of the first arg in the token list it came from
+    end: int  # one past the last arg
+
+
+@dataclass
+class CommandLine:
+    """argv = command + args of a container, with the dynamo invocations found in it."""
+
+    argv: list[str]
+    shell: bool = False  # argv is [sh, -c, script]
+    tokens: list[str] = field(default_factory=list)  # script tokens (shell) or argv (exec)
+    invocations: list[Invocation] = field(default_factory=list)
+
+    def render(self) -> list[str]:
+        """The argv to execute, reflecting any edits made to `invocations`' args."""
+        tokens = list(self.tokens)
+        for inv in sorted(self.invocations, key=lambda i: i.start, reverse=True):
+            tokens[inv.start:inv.end] = inv.args
+        if not self.shell:
+            return tokens
+        return [*self.argv[:-1], " ".join(_shell_word(t) for t in tokens)]
+
+
+def _shell_word(token: str) -> str:
+    if _OPERATOR.match(token) or re.fullmatch(r"\d?>&?\d?|\d>", token):
+        return token
+    if "$" in token and _BARE_SHELL_WORD.match(token):
+        return token  # keep `$VAR` expansion working
+    return shlex.quote(token)
+
+
+def _is_python(token: str) -> bool:
+    return bool(_PYTHON.match(os.path.basename(token)))
+
+
+def _find_invocations(tokens: list[str]) -> list[Invocation]:
+    found = []
+    i = 0
+    while i < len(tokens):
+        if not _is_python(tokens[i]):
+            i += 1
+            continue
+        j = i + 1
+        while j < len(tokens) and tokens[j].startswith("-") and tokens[j] != "-m":
+            j += 1  # interpreter options such as -u
+        if j + 1 < len(tokens) and tokens[j] == "-m" and tokens[j + 1].startswith("dynamo."):
+            start = end = j + 2
+            while end < len(tokens) and not _OPERATOR.match(tokens[end]):
+                end += 1
+            if end > start and end < len(tokens) and tokens[end - 1].isdigit() and tokens[end].startswith(">"):
+                end -= 1  # `2>&1`: the fd number belongs to the redirect
+            found.append(Invocation(tokens[j + 1], list(tokens[start:end]), start, end))
+            i = end
+        else:
+            i = j
+    return found
+
+
+def parse_command(command: list[str] | None, args: list[str] | None) -> CommandLine:
+    argv = [*(command or []), *(args or [])]
+    if len(argv) >= 3 and os.path.basename(argv[0]) in SHELLS and argv[1] == "-c":
+        script = argv[2]
+        lexer = shlex.shlex(script, posix=True, punctuation_chars=";&|<>()")
+        lexer.whitespace_split = True
+        try:
+            tokens = list(lexer)
+        except ValueError:
+            tokens = []
+        line = CommandLine(argv=argv[:3], shell=True, tokens=tokens)
+    else:
+        line = CommandLine(argv=argv, tokens=list(argv))
+    line.invocations = _find_invocations(line.tokens)
+    return line
+
+
+# ----- argument edits --------------------------------------------------------------------
+
+def flag_value(args: list[str], names: tuple[str, ...]) -> str | None:
+    for i, arg in enumerate(args):
+        for name in names:
+            if arg == name and i + 1 < len(args):
+                return args[i + 1]
+            if arg.startswith(name + "="):
+                return arg.split("=", 1)[1]
+    return None
+
+
+def set_flag(args: list[str], names: tuple[str, ...], value: str) -> list[str]:
+    """Replace the value of the first of `names` present, else append `names[0] value`."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        for name in names:
+            if arg == name and i + 1 < len(out):
+                out[i + 1] = value
+                return out
+            if arg.startswith(name + "="):
+                out[i] = f"{name}={value}"
+                return out
+    return [*out, names[0], value]
+
+
+# Flags naming the model and the served name, per worker module.
+MODEL_FLAGS = {
+    "dynamo.mocker": (("--model-path",), ("--model-name",)),
+    "dynamo.vllm": (("--model",), ("--served-model-name",)),
+    "dynamo.sglang": (("--model-path", "--model"), ("--served-model-name",)),
+    "dynamo.trtllm": (("--model", "--model-path"), ("--served-model-name",)),
+}
+
+
+def swap_model(inv: Invocation, path: str) -> None:
+    """Point a worker at a local model dir, keeping the served name the manifest implies."""
+    flags = MODEL_FLAGS.get(inv.module)
+    if flags is None:
+        return
+    model_flags, name_flags = flags
+    original = flag_value(inv.args, model_flags)
+    if flag_value(inv.args, name_flags) is None and original and original != path:
+        inv.args = [*inv.args, name_flags[0], original]
+    inv.args = set_flag(inv.args, model_flags, path)

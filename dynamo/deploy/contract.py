@@ -1,0 +1,107 @@
+"""The Dynamo operator's contract with a service's pods, shared by `run` and `render`:
+the environment it injects and the probes it defaults to.
+
+Injected env: `DYN_NAMESPACE` = `{k8s namespace}-{DGD name}`, `DYN_PARENT_DGD_K8S_NAME`,
+`DYN_DISCOVERY_BACKEND`, `DYN_SYSTEM_ENABLED` + `DYN_SYSTEM_PORT` (9090) for workers,
+`DYNAMO_PORT` (the frontend's HTTP port), `POD_NAME` / `POD_NAMESPACE` (downward API).
+Probes: frontend liveness GET `/health` on the HTTP port and readiness "`/health` says
+healthy"; workers liveness `/live`, readiness `/health`, startup `/live` on the system port.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from dynamo.deploy.model import EnvVar, Graph, Probe, Service
+
+FRONTEND_PORT = 8000
+K8S_SYSTEM_PORT = 9090
+TERMINATION_GRACE_SECONDS = 60
+FS_GROUP = 1000
+SHARED_MEMORY = "8Gi"
+
+# Readiness of a frontend: /health answers and reports a model with workers. Python rather
+# than curl|jq so it works in our image.
+FRONTEND_READY_SCRIPT = (
+    "import json,sys,urllib.request as u; "
+    "sys.exit(json.load(u.urlopen('http://127.0.0.1:{port}/health', timeout=5)).get('status') != 'healthy')"
+)
+
+
+def dynamo_namespace(graph: Graph, k8s_namespace: str | None = None) -> str:
+    ns = k8s_namespace or graph.metadata.namespace or "default"
+    return f"{ns}-{graph.metadata.name}"
+
+
+def is_frontend(svc: Service) -> bool:
+    return svc.componentType == "frontend"
+
+
+def has_system_port(svc: Service) -> bool:
+    return svc.componentType in ("worker", "planner", "main", None) and not is_frontend(svc)
+
+
+def injected_env(graph: Graph, svc: Service, *, k8s_namespace: str | None, discovery: str,
+                 system_port: int = K8S_SYSTEM_PORT, http_port: int = FRONTEND_PORT) -> dict[str, str]:
+    env = {
+        "DYN_NAMESPACE": svc.dynamoNamespace or dynamo_namespace(graph, k8s_namespace),
+        "DYN_PARENT_DGD_K8S_NAME": graph.metadata.name,
+        "DYN_DISCOVERY_BACKEND": discovery,
+    }
+    if is_frontend(svc):
+        env["DYNAMO_PORT"] = str(http_port)
+        env["DYN_HTTP_PORT"] = str(http_port)
+    if has_system_port(svc):
+        env["DYN_SYSTEM_ENABLED"] = "true"
+        env["DYN_SYSTEM_PORT"] = str(system_port)
+    return env
+
+
+def env_list(envs: list[EnvVar] | None) -> dict[str, str]:
+    """Plain `value` envs as a dict (valueFrom entries are Kubernetes-only)."""
+    return {e.name: e.value or "" for e in envs or [] if e.valueFrom is None}
+
+
+def _http(path: str, port: int | str) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": port}}
+
+
+def default_probes(svc: Service, http_port: int | str = FRONTEND_PORT,
+                   system_port: int | str = K8S_SYSTEM_PORT) -> dict[str, dict[str, Any]]:
+    """{liveness,readiness,startup} -> Kubernetes probe dicts, manifest overrides applied."""
+    if is_frontend(svc):
+        probes = {
+            "liveness": {**_http("/health", http_port), "initialDelaySeconds": 60, "periodSeconds": 60,
+                         "timeoutSeconds": 30, "failureThreshold": 10},
+            "readiness": {"exec": {"command": ["python3", "-c", FRONTEND_READY_SCRIPT.format(port=http_port)]},
+                          "initialDelaySeconds": 10, "periodSeconds": 10, "timeoutSeconds": 10,
+                          "failureThreshold": 3},
+        }
+    elif has_system_port(svc):
+        probes = {
+            "liveness": {**_http("/live", system_port), "periodSeconds": 5, "timeoutSeconds": 30,
+                         "failureThreshold": 1},
+            "readiness": {**_http("/health", system_port), "periodSeconds": 10, "timeoutSeconds": 30,
+                          "failureThreshold": 60},
+            "startup": {**_http("/live", system_port), "periodSeconds": 10, "timeoutSeconds": 5,
+                        "failureThreshold": 720},
+        }
+    else:
+        probes = {}
+    for key, override in (("liveness", svc.livenessProbe), ("readiness", svc.readinessProbe)):
+        if override is not None:
+            probes[key] = probe_dict(override)
+    return probes
+
+
+def probe_dict(probe: Probe) -> dict[str, Any]:
+    import msgspec
+
+    return msgspec.to_builtins(probe)
+
+
+def k8s_name(*parts: str) -> str:
+    """A DNS-1123 name from the given parts (lowercase, dashes, at most 63 chars)."""
+    name = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+    return name[:63].rstrip("-") or "x"

@@ -1,0 +1,318 @@
+"""Typed model of the DynamoGraphDeployment (`nvidia.com/v1alpha1`) fields we support.
+
+`check(raw)` walks a parsed YAML document against these structs and returns *every*
+problem with its path (`spec.services.Worker.replicas: expected int, got str`), unknown
+fields included; `load(raw)` then converts a clean document into the structs. Fields of
+Kubernetes core types that we only pass through (affinity, volumes, ...) are `Any`.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any, Literal, Union
+
+import msgspec
+
+API_VERSION = "nvidia.com/v1alpha1"
+KIND = "DynamoGraphDeployment"
+MAX_SERVICES = 25
+
+
+class Base(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    pass
+
+
+class EnvVar(Base):
+    name: str
+    value: Union[str, None] = None
+    valueFrom: Union[dict[str, Any], None] = None
+
+
+class Quantities(Base, rename={"ephemeral_storage": "ephemeral-storage"}):
+    cpu: Union[str, int, float, None] = None
+    memory: Union[str, int, None] = None
+    gpu: Union[str, int, None] = None
+    gpuType: Union[str, None] = None
+    ephemeral_storage: Union[str, int, None] = None
+    custom: Union[dict[str, Union[str, int]], None] = None
+
+
+class Resources(Base):
+    requests: Union[Quantities, None] = None
+    limits: Union[Quantities, None] = None
+    claims: Union[list[Any], None] = None
+
+
+class HTTPGet(Base):
+    path: str = "/"
+    port: Union[int, str] = 80
+    host: Union[str, None] = None
+    scheme: Union[Literal["HTTP", "HTTPS"], None] = None
+    httpHeaders: Union[list[Any], None] = None
+
+
+class Probe(Base):
+    httpGet: Union[HTTPGet, None] = None
+    exec: Union[dict[str, list[str]], None] = None
+    tcpSocket: Union[dict[str, Any], None] = None
+    grpc: Union[dict[str, Any], None] = None
+    initialDelaySeconds: Union[int, None] = None
+    periodSeconds: Union[int, None] = None
+    timeoutSeconds: Union[int, None] = None
+    failureThreshold: Union[int, None] = None
+    successThreshold: Union[int, None] = None
+    terminationGracePeriodSeconds: Union[int, None] = None
+
+
+class Container(Base):
+    name: Union[str, None] = None
+    image: Union[str, None] = None
+    command: Union[list[str], None] = None
+    args: Union[list[str], None] = None
+    workingDir: Union[str, None] = None
+    env: Union[list[EnvVar], None] = None
+    envFrom: Union[list[Any], None] = None
+    ports: Union[list[Any], None] = None
+    resources: Union[dict[str, Any], None] = None
+    volumeMounts: Union[list[Any], None] = None
+    securityContext: Union[dict[str, Any], None] = None
+    imagePullPolicy: Union[Literal["Always", "IfNotPresent", "Never"], None] = None
+    livenessProbe: Union[Probe, None] = None
+    readinessProbe: Union[Probe, None] = None
+    startupProbe: Union[Probe, None] = None
+    lifecycle: Union[dict[str, Any], None] = None
+    stdin: Union[bool, None] = None
+    tty: Union[bool, None] = None
+
+
+class ExtraPodSpec(Base):
+    """A PodSpec whose main container is `mainContainer`; the rest passes through."""
+
+    mainContainer: Union[Container, None] = None
+    containers: Union[list[Any], None] = None
+    initContainers: Union[list[Any], None] = None
+    volumes: Union[list[Any], None] = None
+    nodeSelector: Union[dict[str, str], None] = None
+    tolerations: Union[list[Any], None] = None
+    affinity: Union[dict[str, Any], None] = None
+    imagePullSecrets: Union[list[Any], None] = None
+    serviceAccountName: Union[str, None] = None
+    securityContext: Union[dict[str, Any], None] = None
+    terminationGracePeriodSeconds: Union[int, None] = None
+    priorityClassName: Union[str, None] = None
+    runtimeClassName: Union[str, None] = None
+    schedulerName: Union[str, None] = None
+    hostNetwork: Union[bool, None] = None
+    hostIPC: Union[bool, None] = None
+    dnsPolicy: Union[str, None] = None
+    shareProcessNamespace: Union[bool, None] = None
+    topologySpreadConstraints: Union[list[Any], None] = None
+
+
+class PodMetadata(Base):
+    annotations: Union[dict[str, str], None] = None
+    labels: Union[dict[str, str], None] = None
+
+
+class Multinode(Base):
+    nodeCount: int = 1
+
+
+class SharedMemory(Base):
+    disabled: bool = False
+    size: Union[str, None] = None
+
+
+class VolumeMount(Base):
+    name: str
+    mountPoint: Union[str, None] = None
+    useAsCompilationCache: Union[bool, None] = None
+
+
+class ScalingAdapter(Base):
+    disable: bool = False
+
+
+class Service(Base):
+    """DynamoComponentDeploymentSharedSpec: one entry of `spec.services`."""
+
+    componentType: Union[Literal["frontend", "worker", "planner", "main", "epp"], None] = None
+    subComponentType: Union[Literal["prefill", "decode"], None] = None
+    replicas: Union[int, None] = None
+    resources: Union[Resources, None] = None
+    envs: Union[list[EnvVar], None] = None
+    envFromSecret: Union[str, None] = None
+    extraPodSpec: Union[ExtraPodSpec, None] = None
+    extraPodMetadata: Union[PodMetadata, None] = None
+    annotations: Union[dict[str, str], None] = None
+    labels: Union[dict[str, str], None] = None
+    dynamoNamespace: Union[str, None] = None
+    globalDynamoNamespace: Union[bool, None] = None
+    multinode: Union[Multinode, None] = None
+    sharedMemory: Union[SharedMemory, None] = None
+    livenessProbe: Union[Probe, None] = None
+    readinessProbe: Union[Probe, None] = None
+    volumeMounts: Union[list[VolumeMount], None] = None
+    ingress: Union[dict[str, Any], None] = None
+    modelRef: Union[dict[str, Any], None] = None
+    scalingAdapter: Union[ScalingAdapter, None] = None
+    autoscaling: Union[dict[str, Any], None] = None
+
+    @property
+    def container(self) -> Container:
+        pod = self.extraPodSpec
+        return (pod.mainContainer if pod else None) or Container()
+
+    @property
+    def replica_count(self) -> int:
+        return 1 if self.replicas is None else self.replicas
+
+    def gpus(self) -> int:
+        limits = self.resources.limits if self.resources else None
+        value = limits.gpu if limits else None
+        return int(value) if value not in (None, "") else 0
+
+
+class Pvc(Base):
+    name: str
+    create: Union[bool, None] = None
+    storageClass: Union[str, None] = None
+    size: Union[str, None] = None
+    volumeAccessMode: Union[str, None] = None
+
+
+class Spec(Base):
+    services: dict[str, Service]
+    envs: Union[list[EnvVar], None] = None
+    pvcs: Union[list[Pvc], None] = None
+    backendFramework: Union[Literal["sglang", "vllm", "trtllm"], None] = None
+
+
+class Metadata(Base):
+    name: str
+    namespace: Union[str, None] = None
+    labels: Union[dict[str, str], None] = None
+    annotations: Union[dict[str, str], None] = None
+
+
+class Graph(Base):
+    apiVersion: str
+    kind: str
+    metadata: Metadata
+    spec: Spec
+    status: Union[dict[str, Any], None] = None
+
+
+# ----- checking ------------------------------------------------------------------------
+
+_JSON_NAMES = {str: "str", int: "int", float: "float", bool: "bool", type(None): "null", dict: "object",
+               list: "list"}
+
+
+def _kind(value: Any) -> str:
+    return _JSON_NAMES.get(type(value), type(value).__name__)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (list, dict):
+        return _JSON_NAMES[origin]
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        return "object"
+    return _JSON_NAMES.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}[{key}]" if isinstance(key, int) else (f"{path}.{key}" if path else str(key))
+
+
+def _check_value(value: Any, tp: Any, path: str, errors: list[tuple[str, str]]) -> None:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return
+    if origin is Union:
+        members = typing.get_args(tp)
+        if value is None and type(None) in members:
+            return
+        real = [m for m in members if m is not type(None)]
+        structs = [m for m in real if isinstance(m, type) and issubclass(m, msgspec.Struct)]
+        if len(real) == 1 or (structs and isinstance(value, dict)):
+            _check_value(value, structs[0] if structs else real[0], path, errors)
+            return
+        for member in real:
+            probe: list[tuple[str, str]] = []
+            _check_value(value, member, path, probe)
+            if not probe:
+                return
+        errors.append((path, f"expected {_type_name(tp)}, got {_kind(value)}"))
+    elif origin is Literal:
+        if value not in typing.get_args(tp):
+            errors.append((path, f"expected {_type_name(tp)}, got {value!r}"))
+    elif isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        _check_struct(value, tp, path, errors)
+    elif origin is list:
+        if not isinstance(value, list):
+            errors.append((path, f"expected list, got {_kind(value)}"))
+            return
+        (item,) = typing.get_args(tp) or (Any,)
+        for i, entry in enumerate(value):
+            _check_value(entry, item, _join(path, i), errors)
+    elif origin is dict:
+        if not isinstance(value, dict):
+            errors.append((path, f"expected object, got {_kind(value)}"))
+            return
+        _, item = typing.get_args(tp) or (str, Any)
+        for key, entry in value.items():
+            _check_value(entry, item, _join(path, key), errors)
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            errors.append((path, f"expected float, got {_kind(value)}"))
+    elif type(value) is not tp:  # bool is not int here: YAML `replicas: true` is a mistake
+        errors.append((path, f"expected {_type_name(tp)}, got {_kind(value)}"))
+
+
+def _check_struct(value: Any, cls: type[msgspec.Struct], path: str, errors: list[tuple[str, str]]) -> None:
+    if not isinstance(value, dict):
+        errors.append((path, f"expected object, got {_kind(value)}"))
+        return
+    fields = {f.encode_name: f for f in msgspec.structs.fields(cls)}
+    for key in value:
+        if key not in fields:
+            errors.append((_join(path, key), "unknown field"))
+    for name, field in fields.items():
+        if name in value:
+            _check_value(value[name], field.type, _join(path, name), errors)
+        elif field.required:
+            errors.append((_join(path, name), "required field missing"))
+
+
+def check(raw: Any) -> list[tuple[str, str]]:
+    """Every schema problem of one parsed document as (path, message)."""
+    errors: list[tuple[str, str]] = []
+    _check_struct(raw, Graph, "", errors)
+    if not isinstance(raw, dict):
+        return errors
+    if raw.get("apiVersion") not in (None, API_VERSION) and isinstance(raw.get("apiVersion"), str):
+        errors.append(("apiVersion", f"expected {API_VERSION!r}, got {raw['apiVersion']!r}"))
+    if raw.get("kind") not in (None, KIND) and isinstance(raw.get("kind"), str):
+        errors.append(("kind", f"expected {KIND!r}, got {raw['kind']!r}"))
+    services = (raw.get("spec") or {}).get("services") if isinstance(raw.get("spec"), dict) else None
+    if isinstance(services, dict):
+        if not services:
+            errors.append(("spec.services", "at least one service is required"))
+        if len(services) > MAX_SERVICES:
+            errors.append(("spec.services", f"at most {MAX_SERVICES} services, got {len(services)}"))
+        for name, svc in services.items():
+            replicas = svc.get("replicas") if isinstance(svc, dict) else None
+            if type(replicas) is int and replicas < 0:
+                errors.append((f"spec.services.{name}.replicas", f"must be >= 0, got {replicas}"))
+    return errors
+
+
+def load(raw: Any) -> Graph:
+    """Convert a document that `check` found clean."""
+    return msgspec.convert(raw, Graph)

@@ -1,0 +1,107 @@
+"""Registry {module name -> argument parser factory} used to check manifest command lines
+against the real CLIs of this image, and the check itself.
+
+Factories are lazy `"module:attr"` paths so that checking a mocker graph never imports
+vLLM. A module whose parser cannot be imported is reported as "flags not checked"; a
+`dynamo.X` module this image does not contain at all is reported as not provided.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable
+
+ParserFactory = Callable[[], argparse.ArgumentParser]
+
+
+def _config_parser(path: str) -> ParserFactory:
+    def factory() -> argparse.ArgumentParser:
+        from dynamo.runtime.config import build_parser
+
+        module, _, attr = path.partition(":")
+        return build_parser(getattr(importlib.import_module(module), attr))
+
+    return factory
+
+
+_PARSERS: dict[str, str | ParserFactory] = {
+    "dynamo.frontend": _config_parser("dynamo.frontend.config:FrontendConfig"),
+    "dynamo.mocker": _config_parser("dynamo.mocker.args:MockerArgs"),
+    "dynamo.vllm": "dynamo.vllm.args:build_parser",
+    "dynamo.router": "dynamo.router.__main__:build_parser",
+    "dynamo.planner": "dynamo.planner.__main__:build_parser",
+}
+
+# Helper modules of this package that manifests may run directly (no flags to check).
+_UNCHECKED = {"dynamo.llm.tiny_model", "dynamo.deploy"}
+
+
+def register_parser(module: str, factory: str | ParserFactory) -> None:
+    _PARSERS[module] = factory
+
+
+class ArgError(Exception):
+    pass
+
+
+@dataclass
+class FlagCheck:
+    """Outcome for one invocation: `errors` fail validation, `warnings` do not."""
+
+    errors: list[str]
+    warnings: list[str]
+
+
+def module_available(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def load_parser(module: str) -> argparse.ArgumentParser | str:
+    """The module's parser, or a reason why there is none."""
+    factory = _PARSERS.get(module)
+    if factory is None:
+        return "no argument parser registered"
+    try:
+        if isinstance(factory, str):
+            mod, _, attr = factory.partition(":")
+            factory = getattr(importlib.import_module(mod), attr)
+        return factory()
+    except Exception as exc:  # ImportError, AttributeError, or a broken parser: not a manifest error
+        return f"its argument parser could not be loaded ({type(exc).__name__}: {exc})"
+
+
+def _raise(message: str):
+    raise ArgError(message)
+
+
+def check_args(module: str, args: list[str]) -> FlagCheck:
+    if module in _UNCHECKED:
+        return FlagCheck([], [])
+    if not module_available(module):
+        return FlagCheck([], [f"module {module} is not provided by this image"])
+    parser = load_parser(module)
+    if isinstance(parser, str):
+        return FlagCheck([], [f"flags of {module} not checked: {parser}"])
+    parser.error = _raise  # type: ignore[method-assign]  # collect instead of exiting
+    for action in parser._actions:  # sub-parsers would exit too
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.error = _raise  # type: ignore[method-assign]
+    # Values filled in by the shell or by Kubernetes (`$(VAR)`) are unknown here: use a
+    # neutral stand-in that passes int, float and str flags.
+    concrete = ["0" if "$" in a and not a.startswith("-") else a for a in args]
+    try:
+        _, unknown = parser.parse_known_args(concrete)
+    except ArgError as exc:
+        return FlagCheck([f"{module}: {exc}"], [])
+    except SystemExit:  # --help / --version
+        return FlagCheck([f"{module}: arguments make the program exit (--help?)"], [])
+    errors = [f"{module}: unknown flag {a}" if a.startswith("-") else f"{module}: unexpected argument {a!r}"
+              for a in unknown]
+    return FlagCheck(errors, [])

@@ -1,0 +1,83 @@
+"""Frontend features beyond the basic flow: metrics names, namespace scoping, TLS."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+
+import httpx
+import openai
+import pytest
+
+from tests.fixtures.procs import Cluster, free_port, http_get, metric_value, wait_until
+
+MODEL = "tiny"
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model, tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("extras"), tiny_model, "file")
+    try:
+        c.mocker("--speedup-ratio", "100")
+        c.mocker("--speedup-ratio", "100", model_name="elsewhere", env={"DYN_NAMESPACE": "other"})
+        c.frontend("--namespace", "dynamo")
+        c.wait_workers(MODEL, 1)
+        yield c
+    finally:
+        c.stop()
+
+
+def test_metrics_use_dynamo_names(cluster):
+    client = openai.OpenAI(base_url=cluster.base_url + "/v1", api_key="x", max_retries=0)
+    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+    list(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=5,
+                                        stream=True))
+    status, body = http_get(cluster.base_url + "/metrics")
+    text = body.decode()
+    assert status == 200
+    assert metric_value(text, "dynamo_frontend_requests_total", {"model": MODEL, "status": "success"}) >= 2
+    assert metric_value(text, "dynamo_frontend_requests_total", {"request_type": "stream"}) >= 1
+    assert metric_value(text, "dynamo_frontend_inflight_requests", {"model": MODEL}) == 0
+    for name in ("dynamo_frontend_time_to_first_token_seconds_count", "dynamo_frontend_inter_token_latency_seconds_count",
+                 "dynamo_frontend_request_duration_seconds_count", "dynamo_frontend_input_sequence_tokens_count",
+                 "dynamo_frontend_output_sequence_tokens_sum"):
+        assert metric_value(text, name, {"model": MODEL}) > 0, name
+    assert metric_value(text, "dynamo_frontend_model_workers", {"model": MODEL}) == 1
+
+
+def test_namespace_scopes_discovery(cluster):
+    wait_until(lambda: cluster.models() == [MODEL], 20, "models list")
+    resp = httpx.post(cluster.base_url + "/v1/completions", json={"model": "elsewhere", "prompt": "x"}, timeout=30)
+    assert resp.status_code == 404
+
+
+def test_health_lists_instances(cluster):
+    status, body = http_get(cluster.base_url + "/health")
+    import json
+
+    data = json.loads(body)
+    assert status == 200 and data["status"] == "healthy"
+    assert data["endpoints"] == ["dyn://dynamo.backend.generate"]
+    assert len(data["instances"]) == 1
+
+
+def test_tls(tiny_model, tmp_path, cluster):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    port = free_port()
+    proc = cluster.start("dynamo.frontend", ["--http-host", "127.0.0.1", "--http-port", str(port),
+                                             "--tls-cert-path", str(cert), "--tls-key-path", str(key)])
+    url = f"https://127.0.0.1:{port}"
+    wait_until(lambda: httpx.get(url + "/v1/models", verify=False).json()["data"], 60, "TLS frontend with model")
+    client = openai.OpenAI(base_url=url + "/v1", api_key="x", http_client=httpx.Client(verify=ssl.create_default_context(cafile=str(cert))))
+    resp = client.completions.create(model=MODEL, prompt="secure", max_tokens=3)
+    assert resp.usage.completion_tokens == 3
+    proc.stop()
+
+
+def test_tls_flags_must_come_together(tmp_path):
+    result = subprocess.run([__import__("sys").executable, "-m", "dynamo.frontend", "--tls-cert-path", "x.pem"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "must be given together" in result.stderr

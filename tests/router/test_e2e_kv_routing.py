@@ -1,0 +1,122 @@
+"""KV-aware routing in the frontend, end to end: a frontend `--router-mode kv` and mockers
+with small KV caches as real processes on the brokerless (ZMQ) event plane."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from tests.fixtures.procs import Cluster, metric_value, wait_until
+from tests.router.e2e_helpers import (
+    BLOCK,
+    MODEL,
+    SMALL_KV,
+    cached_tokens,
+    complete,
+    health,
+    metrics,
+    route_info,
+    tokens,
+    wait_indexed,
+    worker_requests,
+)
+
+PREFIX_BLOCKS = 8
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model, tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("kv-routing"), tiny_model, "file")
+    try:
+        c.workers = [c.mocker(*SMALL_KV) for _ in range(3)]  # type: ignore[attr-defined]
+        c.noev = c.mocker(*SMALL_KV, "--no-enable-prefix-caching", model_name="noev")  # type: ignore[attr-defined]
+        c.frontend("--router-mode", "kv")
+        c.wait_workers(MODEL, 3)
+        c.wait_workers("noev", 1)
+        yield c
+    finally:
+        c.stop()
+
+
+def _holder(cluster, before: list[float]) -> list[int]:
+    return [i for i, w in enumerate(cluster.workers) if worker_requests(w) > before[i]]
+
+
+def test_shared_prefix_goes_to_the_worker_that_holds_it(cluster):
+    prefix = tokens(1, PREFIX_BLOCKS * BLOCK)
+    before = [worker_requests(w) for w in cluster.workers]
+    first = complete(cluster.base_url, prefix + tokens(100, 10))
+    assert cached_tokens(first) == 0
+    holder = _holder(cluster, before)
+    assert len(holder) == 1
+    wait_indexed(cluster.base_url, PREFIX_BLOCKS)
+    before = [worker_requests(w) for w in cluster.workers]
+    for i in range(4):
+        body = complete(cluster.base_url, prefix + tokens(200 + i, 10))
+        assert cached_tokens(body) >= PREFIX_BLOCKS * BLOCK
+    after = [worker_requests(w) for w in cluster.workers]
+    assert [a - b for a, b in zip(after, before)] == [4.0 if i == holder[0] else 0.0 for i in range(3)]
+    # A different prefix is free to go elsewhere, and then sticks there too.
+    other = tokens(2, PREFIX_BLOCKS * BLOCK)
+    complete(cluster.base_url, other + tokens(300, 10))
+    wait_until(lambda: sum(route_info(cluster.base_url)["indexed_blocks"].values()) >= 2 * PREFIX_BLOCKS, 20,
+               "second prefix indexed")
+    assert cached_tokens(complete(cluster.base_url, other + tokens(301, 10))) >= PREFIX_BLOCKS * BLOCK
+
+
+def test_health_and_metrics_say_kv_events_mode(cluster):
+    info = route_info(cluster.base_url)
+    assert info["mode"] == "kv-events", info
+    assert "publish KV events" in info["reason"]
+    text = metrics(cluster.base_url)
+    assert metric_value(text, "dynamo_frontend_router_mode", {"model": MODEL, "mode": "kv-events"}) == 1.0
+    assert metric_value(text, "dynamo_frontend_router_mode", {"model": MODEL, "mode": "approximate"}) == 0.0
+    assert metric_value(text, "dynamo_component_kv_cache_events_applied_total",
+                        {"event_type": "stored", "status": "ok"}) > 0
+    assert metric_value(text, "dynamo_frontend_router_kv_hit_rate", {"model": MODEL}) > 0
+    assert metric_value(text, "dynamo_frontend_router_decision_seconds_count", {"model": MODEL}) >= 1
+    assert metric_value(text, "dynamo_frontend_router_overlap_blocks_sum", {"model": MODEL}) >= PREFIX_BLOCKS
+    assert metric_value(text, "dynamo_frontend_worker_active_decode_blocks", {"model": MODEL}) is not None
+    assert metric_value(text, "dynamo_frontend_worker_active_prefill_tokens", {"model": MODEL}) is not None
+
+
+def test_no_events_reports_approximate_mode(cluster):
+    info = route_info(cluster.base_url, "noev")
+    assert info["mode"] == "approximate"
+    assert "publishes KV events" in info["reason"]
+    text = metrics(cluster.base_url)
+    assert metric_value(text, "dynamo_frontend_router_mode", {"model": "noev", "mode": "approximate"}) == 1.0
+    assert metric_value(text, "dynamo_frontend_router_mode", {"model": "noev", "mode": "kv-events"}) == 0.0
+    frontend_log = cluster.procs[-1].log_path.read_text()
+    assert "WARNING" in frontend_log and "KV routing mode approximate" in frontend_log
+    # Approximate mode still routes (and remembers its own decisions).
+    body = complete(cluster.base_url, tokens(5, 64), model="noev")
+    assert body["usage"]["prompt_tokens"] == 64
+
+
+def test_worker_that_leaves_is_dropped_from_the_index(cluster):
+    prefix = tokens(3, PREFIX_BLOCKS * BLOCK)
+    before = [worker_requests(w) for w in cluster.workers]
+    complete(cluster.base_url, prefix + tokens(400, 10))
+    (holder,) = _holder(cluster, before)
+    gone = cluster.workers[holder]
+    wait_indexed(cluster.base_url, PREFIX_BLOCKS)
+    gone_id = _instance_of(gone)
+    gone.kill(signal.SIGTERM)
+    wait_until(lambda: gone_id not in route_info(cluster.base_url)["workers"], 30, "worker dropped from the router")
+    info = route_info(cluster.base_url)
+    assert not any(key.startswith(f"{gone_id}:") for key in info["indexed_blocks"])
+    assert all(i["instance_id"] != gone_id for i in health(cluster.base_url)["instances"])
+    survivors = [w for w in cluster.workers if w is not gone]
+    before = [worker_requests(w) for w in survivors]
+    for i in range(3):
+        complete(cluster.base_url, prefix + tokens(500 + i, 10))
+    assert sum(worker_requests(w) for w in survivors) - sum(before) == 3
+
+
+def _instance_of(proc) -> int:
+    """A mocker's instance id, from its log line "serving ns.backend.generate as instance <hex>"."""
+    marker = " as instance "
+    line = next(line for line in proc.log_path.read_text().splitlines() if marker in line and ".generate" in line)
+    return int(line.split(marker)[1].split()[0], 16)
