@@ -28,6 +28,8 @@ class Invocation:
     args: list[str]
     start: int  # index of the first arg in the token list it came from
     end: int  # one past the last arg
+    python_index: int = -1  # token naming the interpreter
+    interpreter: str | None = None  # set to run under another interpreter
 
 
 @dataclass
@@ -44,6 +46,8 @@ class CommandLine:
         tokens = list(self.tokens)
         for inv in sorted(self.invocations, key=lambda i: i.start, reverse=True):
             tokens[inv.start:inv.end] = inv.args
+            if inv.interpreter:
+                tokens[inv.python_index] = inv.interpreter
         if not self.shell:
             return tokens
         return [*self.argv[:-1], " ".join(_shell_word(t) for t in tokens)]
@@ -77,7 +81,7 @@ def _find_invocations(tokens: list[str]) -> list[Invocation]:
                 end += 1
             if end > start and end < len(tokens) and tokens[end - 1].isdigit() and tokens[end].startswith(">"):
                 end -= 1  # `2>&1`: the fd number belongs to the redirect
-            found.append(Invocation(tokens[j + 1], list(tokens[start:end]), start, end))
+            found.append(Invocation(tokens[j + 1], list(tokens[start:end]), start, end, python_index=i))
             i = end
         else:
             i = j

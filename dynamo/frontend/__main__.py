@@ -8,6 +8,7 @@ import os
 import sys
 
 from dynamo.frontend.config import FrontendConfig
+from dynamo.frontend.disagg import DisaggMetrics, DisaggPolicy, PrefillOrchestrator
 from dynamo.frontend.dispatch import Dispatcher, RandomRouter, RoundRobinRouter
 from dynamo.frontend.http_app import FrontendApp
 from dynamo.frontend.metrics import FrontendMetrics
@@ -37,7 +38,14 @@ async def serve(config: FrontendConfig, stop: asyncio.Event) -> int:
     models = ModelManager(runtime.store, config.namespace, on_change=getattr(router, "on_model_change", None))
     if hasattr(router, "attach"):
         await router.attach(runtime, models, metrics)
-    dispatcher = Dispatcher(runtime.client, router, config.migration_limit, metrics)
+    policy = DisaggPolicy.from_config(config.enforce_disagg, config.router_conditional_disagg,
+                                      config.router_conditional_disagg_config)
+    prefill_router = make_router(config)
+    if hasattr(prefill_router, "attach"):
+        await prefill_router.attach(runtime, models, metrics)
+    orchestrator = PrefillOrchestrator(runtime.client, prefill_router, policy,
+                                       DisaggMetrics(metrics.registry, config.metrics_prefix))
+    dispatcher = Dispatcher(runtime.client, router, config.migration_limit, metrics, orchestrator)
     body_limit = int(float(os.environ.get("DYN_HTTP_BODY_LIMIT_MB", "192")) * 1024 * 1024)
     app = FrontendApp(models, dispatcher, metrics, body_limit=body_limit,
                       concurrency_limit=config.rejection_frontend_request_concurrency_limit,
@@ -66,8 +74,9 @@ async def serve(config: FrontendConfig, stop: asyncio.Event) -> int:
     await stop.wait()
     grace = float(os.environ.get("DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS", "5"))
     await http.stop(timeout=grace)
-    if hasattr(router, "close"):
-        await router.close()
+    for policy_router in (router, prefill_router):
+        if hasattr(policy_router, "close"):
+            await policy_router.close()
     await models.stop()
     await runtime.shutdown()
     return 0

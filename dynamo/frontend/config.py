@@ -28,6 +28,12 @@ class FrontendConfig(KvRouterConfig):
     model_path: str | None = setting(None, "Accepted for compatibility (models come from discovery)")
     metrics_prefix: str = setting("dynamo_frontend", "Prefix of the frontend's metric names")
     router_min_initial_workers: int = setting(0, "Wait for this many workers before serving")
+    enforce_disagg: bool = setting(False, "Fail requests (503) instead of prefilling locally when prefill "
+                                          "workers are unavailable")
+    router_conditional_disagg: bool = setting(False, "Prefill locally when the prompt is short or the prefill "
+                                                     "pool is saturated")
+    router_conditional_disagg_config: dict | None = setting(
+        None, 'JSON policy, e.g. {"eff_isl_threshold": 2048, "max_inflight_prefills_per_worker": 4}')
     rejection_frontend_request_concurrency_limit: int = setting(
         0, "Refuse requests beyond this many in flight (0: no limit)")
 

@@ -101,11 +101,12 @@ def _error_for(exc: StreamError) -> ApiError:
 
 class Dispatcher:
     def __init__(self, client: RequestPlaneClient, router: Router, migration_limit: int,
-                 metrics: FrontendMetrics) -> None:
+                 metrics: FrontendMetrics, prefill=None) -> None:
         self.client = client
         self.router = router
         self.migration_limit = migration_limit
         self.metrics = metrics
+        self.prefill = prefill  # PrefillOrchestrator: disaggregated serving when prefill workers exist
 
     async def stream(self, entry: ModelEntry, request: PreprocessedRequest,
                      handle: RequestHandle) -> AsyncIterator[list[LLMEngineOutput]]:
@@ -115,6 +116,15 @@ class Dispatcher:
         generated: list[int] = []
         original_prompt = request.token_ids
         original_max = request.stop_conditions.max_tokens
+        if self.prefill is not None and request.disaggregated_params is None:
+            try:
+                params = await self.prefill.prefill(entry, request, handle)
+            except StreamError:
+                return  # cancelled by the client during prefill
+            if handle.cancelled:
+                return
+            if params is not None:
+                request = msgspec.structs.replace(request, disaggregated_params=params)
         while True:
             worker = self.router.select(entry, request, exclude)
             handle.worker_id = worker.instance_id
@@ -169,7 +179,9 @@ def _continued(request: PreprocessedRequest, prompt: list[int], max_tokens: int 
                generated: list[int]) -> PreprocessedRequest:
     remaining = None if max_tokens is None else max(0, max_tokens - len(generated))
     stop = msgspec.structs.replace(request.stop_conditions, max_tokens=remaining)
-    return msgspec.structs.replace(request, token_ids=prompt + generated, stop_conditions=stop)
+    # The new worker prefills prompt + generated tokens itself: no transfer to pull.
+    return msgspec.structs.replace(request, token_ids=prompt + generated, stop_conditions=stop,
+                                   disaggregated_params=None)
 
 
 async def aclose_quietly(gen) -> None:

@@ -14,7 +14,6 @@ WARNING, in `/health` (`router.models[name]`) and in `dynamo_frontend_router_mod
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 import uuid
@@ -27,7 +26,7 @@ from dynamo.llm.protocol import PreprocessedRequest, RoutingHints
 from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers
 from dynamo.router.metrics import RouterMetrics
 from dynamo.router.replica_sync import ReplicaSync
-from dynamo.router.subscriber import KvEventFeeds
+from dynamo.router.subscriber import KvEventFeeds, apply_mode, effective_mode
 
 log = logging.getLogger(__name__)
 
@@ -127,29 +126,16 @@ class KvRoutingPolicy:
                 self._spawn(self.sync.join(eid.namespace, eid.component))
 
     def _update_mode(self, route: ModelRoute) -> None:
-        configured = self.config.mode
-        if configured == "load-only":
-            mode, reason = "load-only", "--kv-overlap-score-weight 0: load balancing only"
-        elif configured == "approximate":
-            mode, reason = "approximate", "--no-router-kv-events: caches predicted from routing decisions"
-        elif not route.workers:
+        if not route.workers and self.config.mode == "events":
             return  # keep what we had until workers come back
-        else:
-            publishing = sum(1 for w in route.workers.values() if w.card.runtime_config.publishes_kv_events)
-            total = len(route.workers)
-            if publishing == 0:
-                mode, reason = "approximate", (f"none of the {total} worker(s) publishes KV events (prefix caching "
-                                               "off?): caches predicted from routing decisions")
-            elif publishing < total:
-                mode, reason = "kv-events", f"only {publishing} of {total} workers publish KV events"
-            else:
-                mode, reason = "kv-events", f"all {total} worker(s) publish KV events"
-        use_events = mode == "kv-events"
-        if route.router.config.use_kv_events != use_events and configured == "events":
-            route.router.config = dataclasses.replace(route.router.config, use_kv_events=use_events)
-        if mode != route.mode or reason != route.reason:
-            level = logging.WARNING if (mode != _MODE_NAMES[configured] or "only" in reason) else logging.INFO
-            log.log(level, "model %r: KV routing mode %s (%s)", route.name, mode, reason)
+        publishing = sum(1 for w in route.workers.values() if w.card.runtime_config.publishes_kv_events)
+        mode, reason = effective_mode(self.config.mode, publishing, len(route.workers))
+        if self.config.mode == "events":
+            apply_mode(route.router, mode)
+        if (mode, reason) != (route.mode, route.reason):
+            degraded = mode != _MODE_NAMES[self.config.mode] or reason.startswith("only")
+            log.log(logging.WARNING if degraded else logging.INFO, "model %r: KV routing mode %s (%s)",
+                    route.name, mode, reason)
         route.mode, route.reason = mode, reason
 
     # -- the Router protocol ---------------------------------------------------------------

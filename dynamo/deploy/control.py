@@ -1,0 +1,90 @@
+"""Control endpoint of a running `python -m dynamo.deploy run` (127.0.0.1 only):
+
+    GET  /status                       -> {"graph", "services": {name: replicas}, "replicas": [...]}
+    POST /scale {"service": S, "replicas": N}  -> 200 with the new status; 404 unknown service
+
+`python -m dynamo.deploy scale URL SERVICE=N` is its client; the planner's local
+connector can call the same route.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+import msgspec
+
+from dynamo.deploy.supervisor import Supervisor
+from dynamo.runtime.asgi import EmbeddedHttpServer, read_body, send_json
+
+
+class ScaleRequest(msgspec.Struct, forbid_unknown_fields=True):
+    service: str
+    replicas: int
+
+
+class ControlServer:
+    def __init__(self, supervisor: Supervisor, graph_name: str, port: int = 0) -> None:
+        self.supervisor = supervisor
+        self.graph_name = graph_name
+        self.http = EmbeddedHttpServer(self.app, "127.0.0.1", port)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"graph": self.graph_name,
+                "services": {name: plan.replicas for name, plan in self.supervisor.plans.items()},
+                "replicas": self.supervisor.status()}
+
+    async def app(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        route = (scope["method"], scope["path"])
+        if route == ("GET", "/status"):
+            await send_json(send, 200, self.snapshot())
+        elif route == ("POST", "/scale"):
+            try:
+                req = msgspec.json.decode(await read_body(receive, 65536), type=ScaleRequest)
+                self.supervisor.scale(req.service, req.replicas)
+            except KeyError as exc:
+                await send_json(send, 404, {"error": str(exc.args[0])})
+                return
+            except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+                await send_json(send, 400, {"error": str(exc)})
+                return
+            await send_json(send, 200, self.snapshot())
+        else:
+            await send_json(send, 404, {"error": f"no route {scope['method']} {scope['path']}"})
+
+    async def start(self) -> int:
+        await self.http.start()
+        return self.http.port
+
+    async def stop(self) -> None:
+        await self.http.stop()
+
+
+def scale_main(url: str, assignment: str | None) -> int:
+    url = url.rstrip("/")
+    try:
+        if assignment is None:
+            with urllib.request.urlopen(url + "/status", timeout=10) as resp:
+                print(json.dumps(json.load(resp), indent=2))
+            return 0
+        service, sep, value = assignment.partition("=")
+        if not sep or not value.strip().isdigit():
+            print("expected SERVICE=REPLICAS", file=sys.stderr)
+            return 2
+        body = json.dumps({"service": service, "replicas": int(value)}).encode()
+        req = urllib.request.Request(url + "/scale", data=body, method="POST",
+                                     headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            print(json.dumps(json.load(resp)["services"]))
+        return 0
+    except urllib.error.HTTPError as exc:
+        print(f"error {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"cannot reach {url}: {exc}", file=sys.stderr)
+        return 1

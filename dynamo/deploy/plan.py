@@ -1,0 +1,186 @@
+"""What `run` starts for each service replica: argv, environment, working dir, ports and
+probes, derived from the manifest plus what the operator would inject, adapted to one
+machine (free ports instead of 9090/8000, a private file discovery dir, local paths)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dynamo.deploy import contract
+from dynamo.deploy.commands import CommandLine, parse_command, set_flag, swap_model
+from dynamo.deploy.model import Graph, Service
+
+REPO = Path(__file__).resolve().parents[2]
+WORKER_MODULES = ("dynamo.mocker", "dynamo.vllm", "dynamo.sglang", "dynamo.trtllm")
+_ZMQ_PORT = re.compile(r"^(tcp://[^:]+):(\d+)$")
+
+
+@dataclass
+class Launch:
+    """Everything needed to (re)start one replica."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    http_port: int | None = None
+    system_port: int | None = None
+    probes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class RunOptions:
+    frontend_port: int = 8000
+    model: str | None = None
+    namespace: str | None = None
+    state_dir: str = ""
+    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def local_workdir(path: str | None) -> str:
+    """The manifest's workingDir if it exists here, its repo-relative twin, else the repo."""
+    if path and os.path.isdir(path):
+        return path
+    if path and path.startswith("/workspace/") and (REPO / path[len("/workspace/"):]).is_dir():
+        return str(REPO / path[len("/workspace/"):])
+    return str(REPO)
+
+
+def detect_gpus() -> list[str]:
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def discovery_env(graph: Graph, opts: RunOptions) -> dict[str, str]:
+    """etcd when the manifest or the local environment names one, else a private file store."""
+    manifest = contract.env_list(graph.spec.envs)
+    etcd = manifest.get("ETCD_ENDPOINTS") or opts.environ.get("ETCD_ENDPOINTS")
+    if etcd:
+        return {"DYN_DISCOVERY_BACKEND": "etcd", "ETCD_ENDPOINTS": etcd}
+    return {"DYN_DISCOVERY_BACKEND": "file", "DYN_FILE_KV": os.path.join(opts.state_dir, "kv")}
+
+
+def _local_kv_events(args: list[str]) -> list[str]:
+    """Give each replica its own ZMQ KV-event port (pods each have their own network)."""
+    out = list(args)
+    for i, arg in enumerate(out[:-1]):
+        if arg != "--kv-events-config":
+            continue
+        try:
+            cfg = json.loads(out[i + 1])
+        except ValueError:
+            continue
+        match = _ZMQ_PORT.match(str(cfg.get("endpoint", "")))
+        if match:
+            cfg["endpoint"] = f"{match.group(1)}:{free_port()}"
+            out[i + 1] = json.dumps(cfg, separators=(",", ":"))
+    return out
+
+
+class ServicePlan:
+    """A service's launch template; `launch(index)` makes one replica's `Launch`."""
+
+    def __init__(self, graph: Graph, name: str, svc: Service, opts: RunOptions, discovery: dict[str, str]) -> None:
+        self.graph, self.name, self.svc, self.opts = graph, name, svc, opts
+        self.replicas = svc.replica_count
+        self.frontend = contract.is_frontend(svc)
+        self.gpus = svc.gpus()
+        self.discovery = discovery
+        self.line: CommandLine = parse_command(svc.container.command, svc.container.args)
+        self.ports: dict[int, tuple[int | None, int | None]] = {}
+
+    @property
+    def modules(self) -> list[str]:
+        return [inv.module for inv in self.line.invocations]
+
+    def _ports(self, index: int) -> tuple[int | None, int | None]:
+        if index not in self.ports:  # stable across restarts of the same replica
+            http = (self.opts.frontend_port if index == 0 else free_port()) if self.frontend else None
+            system = free_port() if contract.has_system_port(self.svc) else None
+            self.ports[index] = (http, system)
+        return self.ports[index]
+
+    def _argv(self, http: int | None) -> list[str]:
+        line = parse_command(self.svc.container.command, self.svc.container.args)
+        for inv in line.invocations:
+            inv.interpreter = sys.executable  # `python3` in the image is this venv's python here
+            if self.opts.model and inv.module in WORKER_MODULES:
+                swap_model(inv, self.opts.model)
+            if inv.module == "dynamo.frontend" and http is not None:
+                inv.args = set_flag(inv.args, ("--http-port",), str(http))
+            inv.args = _local_kv_events(inv.args)
+        return line.render()
+
+    def launch(self, index: int) -> Launch:
+        http, system = self._ports(index)
+        env = dict(self.opts.environ)
+        env.update(contract.env_list(self.graph.spec.envs))
+        env.update(contract.env_list(self.svc.envs))
+        env.update(contract.env_list(self.svc.container.env))
+        injected = contract.injected_env(self.graph, self.svc, k8s_namespace=self.opts.namespace,
+                                         discovery=self.discovery["DYN_DISCOVERY_BACKEND"],
+                                         system_port=system or contract.K8S_SYSTEM_PORT,
+                                         http_port=http or contract.FRONTEND_PORT)
+        user_ns = env.get("DYN_NAMESPACE") if "DYN_NAMESPACE" in contract.env_list(self.svc.envs) else None
+        env.update(injected)
+        env.update(self.discovery)
+        if user_ns:
+            env["DYN_NAMESPACE"] = user_ns
+        env["POD_NAME"] = contract.k8s_name(self.graph.metadata.name, self.name, str(index))
+        env["POD_NAMESPACE"] = self.opts.namespace or self.graph.metadata.namespace or "default"
+        env["PYTHONUNBUFFERED"] = "1"
+        if "dynamo.vllm" in self.modules:
+            env["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(free_port())
+        return Launch(argv=self._argv(http), env=env, cwd=local_workdir(self.svc.container.workingDir),
+                      http_port=http, system_port=system,
+                      probes=contract.default_probes(self.svc, http or 0, system or 0))
+
+    def map_probe_port(self, port: int | str, launch: Launch) -> int | None:
+        """A probe's Kubernetes port (8000 / 9090 / name) as this replica's local port."""
+        if port in (contract.FRONTEND_PORT, "http") or (self.frontend and port == launch.http_port):
+            return launch.http_port
+        if port in (contract.K8S_SYSTEM_PORT, "system"):
+            return launch.system_port
+        return int(port) if isinstance(port, int) or str(port).isdigit() else None
+
+
+def build_plans(graph: Graph, opts: RunOptions, overrides: dict[str, int]) -> dict[str, ServicePlan]:
+    discovery = discovery_env(graph, opts)
+    plans = {name: ServicePlan(graph, name, svc, opts, discovery) for name, svc in graph.spec.services.items()}
+    for name, count in overrides.items():
+        if name not in plans:
+            raise ValueError(f"--set: no service {name!r} (have {', '.join(plans)})")
+        plans[name].replicas = count
+    return plans
+
+
+def parse_overrides(items: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        svc, dot, attr = key.rpartition(".")
+        if not sep or not dot or attr != "replicas" or not value.strip().isdigit():
+            raise ValueError(f"--set expects SERVICE.replicas=N, got {item!r}")
+        out[svc] = int(value)
+    return out

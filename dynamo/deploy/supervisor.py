@@ -1,0 +1,294 @@
+"""Supervised replicas: each one is a child process in its own process group, with
+prefixed output, probe-driven state, restart with exponential backoff when it exits, and
+a shutdown that signals whole process groups and reaps every child (no orphans).
+
+States: starting -> live (liveness/startup probe answers) -> ready (readiness probe);
+exited -> backoff -> starting; stopping -> stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from dynamo.deploy.plan import Launch, ServicePlan
+
+log = logging.getLogger("dynamo.deploy")
+
+BACKOFF_MAX = 30.0
+STABLE_AFTER = 30.0  # a replica that ran this long restarts without backoff
+
+
+def _die_with_parent() -> None:  # runs in the child before exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Replica:
+    service: str
+    index: int
+    launch: Launch
+    proc: asyncio.subprocess.Process | None = None
+    state: str = "starting"
+    restarts: int = 0
+    failures: int = 0  # consecutive short runs, for backoff
+    started: float = 0.0
+    exit_code: int | None = None
+    restart_at: float = 0.0
+    stopping: bool = False
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.service}-{self.index}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def info(self) -> dict[str, Any]:
+        return {"service": self.service, "replica": self.index, "pid": self.pid, "state": self.state,
+                "http_port": self.launch.http_port, "system_port": self.launch.system_port,
+                "restarts": self.restarts, "exit_code": self.exit_code,
+                "uptime_s": round(time.monotonic() - self.started, 1) if self.proc and self.started else 0.0}
+
+
+async def http_get(port: int, path: str, timeout: float = 3.0) -> tuple[int, bytes]:
+    """Minimal GET to 127.0.0.1 (probes need no client library)."""
+    async def fetch() -> tuple[int, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+            await writer.drain()
+            data = await reader.read()
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split(b" ", 2)[1]), body
+
+    return await asyncio.wait_for(fetch(), timeout)
+
+
+class Supervisor:
+    def __init__(self, plans: dict[str, ServicePlan], out: IO[str] | None = None, log_dir: str | None = None,
+                 grace: float = 15.0) -> None:
+        self.plans = plans
+        self.out = out or sys.stdout
+        self.log_dir = log_dir
+        self.grace = grace
+        self.replicas: dict[tuple[str, int], Replica] = {}
+        self.stopping = False
+        self.version = 0  # bumped on every state change (the status table watches it)
+        self._scale_requested = asyncio.Event()
+
+    def _touch(self) -> None:
+        self.version += 1
+
+    # ----- desired state --------------------------------------------------------------
+
+    def scale(self, service: str, replicas: int) -> None:
+        if service not in self.plans:
+            raise KeyError(f"no service {service!r}")
+        if replicas < 0:
+            raise ValueError("replicas must be >= 0")
+        self.plans[service].replicas = replicas
+        log.info("scale %s to %d replica(s)", service, replicas)
+        self._scale_requested.set()
+
+    def status(self) -> list[dict[str, Any]]:
+        return [r.info() for _, r in sorted(self.replicas.items())]
+
+    async def reconcile(self) -> None:
+        for name, plan in self.plans.items():
+            mine = sorted(i for (svc, i) in self.replicas if svc == name)
+            for index in [i for i in mine if i >= plan.replicas]:
+                await self._retire(self.replicas[(name, index)])
+            for index in range(plan.replicas):
+                if (name, index) not in self.replicas:
+                    await self._start(Replica(name, index, plan.launch(index)))
+
+    # ----- one replica ----------------------------------------------------------------
+
+    async def _start(self, rep: Replica) -> None:
+        self.replicas[(rep.service, rep.index)] = rep
+        rep.state, rep.exit_code, rep.started = "starting", None, time.monotonic()
+        try:
+            rep.proc = await asyncio.create_subprocess_exec(
+                *rep.launch.argv, env=rep.launch.env, cwd=rep.launch.cwd, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        except OSError as exc:
+            self._print(f"[{rep.name}] cannot start {rep.launch.argv[0]}: {exc}")
+            rep.state, rep.exit_code = "exited", 127
+            self._schedule_restart(rep)
+            return
+        rep.tasks = [asyncio.create_task(self._pump(rep, rep.proc)), asyncio.create_task(self._watch(rep, rep.proc)),
+                     asyncio.create_task(self._probe(rep, rep.proc))]
+        self._touch()
+
+    async def _pump(self, rep: Replica, proc: asyncio.subprocess.Process) -> None:
+        sink = open(os.path.join(self.log_dir, f"{rep.name}.log"), "ab") if self.log_dir else None
+        try:
+            assert proc.stdout is not None
+            async for line in proc.stdout:
+                self._print(f"[{rep.name}] {line.decode(errors='replace').rstrip()}")
+                if sink:
+                    sink.write(line)
+                    sink.flush()
+        finally:
+            if sink:
+                sink.close()
+
+    async def _watch(self, rep: Replica, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        rep.exit_code = code
+        _kill_group(proc.pid, signal.SIGKILL)  # leftovers of a crashed shell pipeline
+        if rep.stopping or self.stopping:
+            rep.state = "stopped"
+        else:
+            rep.state = "exited"
+            self._print(f"[{rep.name}] exited with code {code}")
+            self._schedule_restart(rep)
+        self._touch()
+
+    def _schedule_restart(self, rep: Replica) -> None:
+        ran = time.monotonic() - rep.started
+        rep.failures = 0 if ran >= STABLE_AFTER else rep.failures + 1
+        delay = min(BACKOFF_MAX, 2.0 ** max(rep.failures - 1, 0)) if rep.failures else 0.5
+        rep.restart_at = time.monotonic() + delay
+        rep.state = "backoff"
+        self._print(f"[{rep.name}] restarting in {delay:.1f}s")
+
+    async def _restart_due(self) -> None:
+        now = time.monotonic()
+        for rep in list(self.replicas.values()):
+            if rep.state == "backoff" and now >= rep.restart_at and not self.stopping:
+                plan = self.plans[rep.service]
+                if rep.index >= plan.replicas:
+                    self.replicas.pop((rep.service, rep.index), None)
+                    continue
+                restarted = Replica(rep.service, rep.index, plan.launch(rep.index), restarts=rep.restarts + 1,
+                                    failures=rep.failures)
+                await self._start(restarted)
+
+    async def _probe(self, rep: Replica, proc: asyncio.subprocess.Process) -> None:
+        plan = self.plans[rep.service]
+        probes = rep.launch.probes
+        while proc.returncode is None and not rep.stopping:
+            live = await self._check(plan, rep, probes.get("startup") or probes.get("liveness"))
+            ready = live and await self._check(plan, rep, probes.get("readiness"))
+            state = "ready" if ready else "live" if live else "starting"
+            if proc.returncode is None and not rep.stopping and state != rep.state:
+                rep.state = state
+                self._touch()
+            await asyncio.sleep(1.0)
+
+    async def _check(self, plan: ServicePlan, rep: Replica, probe: dict[str, Any] | None) -> bool:
+        if not probe:
+            return True  # no probe: running counts
+        try:
+            if "httpGet" in probe:
+                port = plan.map_probe_port(probe["httpGet"].get("port", 80), rep.launch)
+                status, _ = await http_get(port or 0, probe["httpGet"].get("path", "/"))
+                return 200 <= status < 400
+            if "exec" in probe:
+                command = _local_exec(probe["exec"]["command"], rep)
+                child = await asyncio.create_subprocess_exec(*command, env=rep.launch.env, cwd=rep.launch.cwd,
+                                                             stdout=asyncio.subprocess.DEVNULL,
+                                                             stderr=asyncio.subprocess.DEVNULL)
+                try:
+                    return await asyncio.wait_for(child.wait(), 10) == 0
+                except asyncio.TimeoutError:
+                    child.kill()
+                    await child.wait()
+                    return False
+            if "tcpSocket" in probe:
+                port = plan.map_probe_port(probe["tcpSocket"].get("port", 0), rep.launch)
+                _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port or 0), 3)
+                writer.close()
+                return True
+        except (OSError, asyncio.TimeoutError, ValueError, IndexError):
+            return False
+        return True
+
+    async def _retire(self, rep: Replica) -> None:
+        rep.stopping = True
+        rep.state = "stopping"
+        self._touch()
+        if rep.proc is not None and rep.proc.returncode is None:
+            await _terminate(rep.proc, self.grace)
+        await self._drain_tasks(rep)
+        self.replicas.pop((rep.service, rep.index), None)
+        self._touch()
+
+    async def _drain_tasks(self, rep: Replica) -> None:
+        for task in rep.tasks:
+            if not task.done():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(task), 5)
+                task.cancel()
+        await asyncio.gather(*rep.tasks, return_exceptions=True)
+
+    # ----- whole graph ----------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.reconcile()
+        while not stop.is_set():
+            await self._restart_due()
+            if self._scale_requested.is_set():
+                self._scale_requested.clear()
+                await self.reconcile()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.25)
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        self.stopping = True
+        reps = list(self.replicas.values())
+        for rep in reps:
+            rep.stopping = True
+            rep.state = "stopping"
+        await asyncio.gather(*(_terminate(r.proc, self.grace) for r in reps if r.proc is not None))
+        for rep in reps:
+            await self._drain_tasks(rep)
+            rep.state = "stopped"
+
+    def _print(self, text: str) -> None:
+        try:
+            self.out.write(text + "\n")
+            self.out.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def _local_exec(command: list[str], rep: Replica) -> list[str]:
+    if command and command[0] in ("python3", "python"):
+        return [sys.executable, *command[1:]]
+    return list(command)
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM the process group, SIGKILL it after `grace`, and reap the leader."""
+    _kill_group(proc.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), grace)
+    except asyncio.TimeoutError:
+        log.warning("pid %d did not stop within %.0fs: killing its process group", proc.pid, grace)
+    _kill_group(proc.pid, signal.SIGKILL)
+    await proc.wait()

@@ -1,0 +1,178 @@
+"""Disaggregated prefill/decode, orchestrated by the frontend.
+
+When prefill workers serve a model, a request first goes to a prefill worker (its own
+router over the prefill pool) with `prefill_only` and `max_tokens=1`; the transfer
+parameters it returns (`disaggregated_params`, backend-specific: vLLM's
+`kv_transfer_params`, the mocker's simulated transfer) travel with the request to a
+decode worker, which pulls the KV cache and streams the answer. The client sees one
+ordinary stream.
+
+Fallbacks: no prefill worker, a failed prefill, a short uncached prompt or a saturated
+prefill pool (conditional disaggregation) all mean the decode worker prefills locally,
+unless `--enforce-disagg`, which answers 503 instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import msgspec
+from prometheus_client import Counter, Histogram
+
+from dynamo.frontend.openai import ApiError
+from dynamo.llm.protocol import PreprocessedRequest, output_decoder, request_encoder
+from dynamo.runtime.rp_client import RequestPlaneClient, StreamError
+
+log = logging.getLogger(__name__)
+
+
+class PrefillPool:
+    """A model entry seen through its prefill workers, so any Router can choose among them."""
+
+    def __init__(self, entry) -> None:
+        self.entry = entry
+        self.name = f"{entry.name}/prefill"
+        self.card = entry.card
+        self.pipeline = entry.pipeline
+
+    @property
+    def workers(self) -> dict:
+        return {w.instance_id: w for w in self.entry.prefill_workers()}
+
+    @property
+    def version(self) -> int:
+        return self.entry.version
+
+    def decode_workers(self) -> list:
+        return self.entry.prefill_workers()
+
+    def serving(self, worker_type: str | None = None) -> list:
+        return self.entry.prefill_workers()
+
+
+class DisaggPolicy(msgspec.Struct, kw_only=True):
+    enforce: bool = False
+    conditional: bool = False
+    # Conditional disaggregation: prefill locally when fewer uncached prompt tokens than this...
+    eff_isl_threshold: int = 2048
+    # ...or when every prefill worker already has this many prefills in flight (0: no limit).
+    max_inflight_prefills_per_worker: int = 0
+
+    @classmethod
+    def from_config(cls, enforce: bool, conditional: bool, raw: dict[str, Any] | None) -> "DisaggPolicy":
+        policy = msgspec.convert({**(raw or {}), "enforce": enforce, "conditional": conditional}, cls)
+        if policy.eff_isl_threshold < 0 or policy.max_inflight_prefills_per_worker < 0:
+            raise ValueError("conditional disaggregation thresholds must be >= 0")
+        return policy
+
+
+class DisaggMetrics:
+    def __init__(self, registry, prefix: str) -> None:
+        self.remote = Counter(f"{prefix}_remote_prefills", "Requests prefilled on a prefill worker", ("model",),
+                              registry=registry)
+        self.local = Counter(f"{prefix}_local_prefills", "Requests prefilled on the decode worker although "
+                             "prefill workers exist", ("model", "reason"), registry=registry)
+        self.kv_bytes = Counter(f"{prefix}_kv_transfer_bytes", "KV cache bytes moved prefill -> decode",
+                                ("model", "transport"), registry=registry)
+        self.transfer = Histogram(f"{prefix}_kv_transfer_seconds", "KV transfer time reported by the backend",
+                                  ("model", "transport"), registry=registry,
+                                  buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.prefill = Histogram(f"{prefix}_remote_prefill_seconds", "Remote prefill round trip", ("model",),
+                                 registry=registry, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+
+
+class PrefillOrchestrator:
+    def __init__(self, client: RequestPlaneClient, router, policy: DisaggPolicy, metrics: DisaggMetrics) -> None:
+        self.client = client
+        self.router = router
+        self.policy = policy
+        self.metrics = metrics
+        self.inflight: dict[int, int] = {}
+
+    def _skip_reason(self, pool: PrefillPool, request: PreprocessedRequest) -> str | None:
+        workers = pool.decode_workers()
+        if not workers:
+            return "no_prefill_workers"
+        if not self.policy.conditional:
+            return None
+        if len(request.token_ids) < self.policy.eff_isl_threshold:
+            return "short_prompt"
+        limit = self.policy.max_inflight_prefills_per_worker
+        if limit and all(self.inflight.get(w.instance_id, 0) >= limit for w in workers):
+            return "prefill_pool_busy"
+        return None
+
+    async def prefill(self, entry, request: PreprocessedRequest, handle) -> dict[str, Any] | None:
+        """Transfer parameters for the decode worker, or None to prefill locally."""
+        pool = PrefillPool(entry)
+        reason = self._skip_reason(pool, request)
+        if reason is not None:
+            if reason == "no_prefill_workers" and not self.policy.enforce:
+                return None  # plain aggregated serving: nothing to report
+            return self._local(entry, reason)
+        sub = msgspec.structs.replace(
+            request, request_id=request.request_id + ":prefill", prefill_only=True,
+            stop_conditions=msgspec.structs.replace(request.stop_conditions, max_tokens=1, min_tokens=None))
+        try:
+            worker = self.router.select(pool, sub, set())
+        except ApiError:
+            return self._local(entry, "prefill_pool_busy")
+        started = time.monotonic()
+        self.inflight[worker.instance_id] = self.inflight.get(worker.instance_id, 0) + 1
+        try:
+            params = await self._run(worker, sub, handle)
+        except StreamError as exc:
+            if handle.cancelled:
+                raise
+            log.warning("prefill on worker %x failed (%s); prefilling on the decode worker", worker.instance_id, exc)
+            return self._local(entry, "prefill_failed")
+        finally:
+            self.inflight[worker.instance_id] -= 1
+            self.router.free(sub.request_id)
+        if params is None:
+            return self._local(entry, "no_transfer_params")
+        self._observe(entry.name, params, time.monotonic() - started)
+        return params
+
+    async def _run(self, worker, sub: PreprocessedRequest, handle) -> dict[str, Any] | None:
+        stream = await self.client.open_stream(worker.address or "", worker.endpoint.endpoint,
+                                               request_encoder.encode(sub))
+        handle.stream = stream
+        if handle.cancelled:
+            stream.cancel()
+        params = None
+        try:
+            while True:
+                batch = await stream.next_batch()
+                if not batch:
+                    return params
+                for payload in batch:
+                    out = output_decoder.decode(payload)
+                    if out.error is not None:
+                        raise StreamError(out.error, "engine_error")
+                    if out.disaggregated_params is not None:
+                        params = out.disaggregated_params
+        finally:
+            handle.stream = None
+            if not stream.done:
+                stream.cancel()
+            self.router.first_token(sub.request_id)
+
+    def _local(self, entry, reason: str) -> None:
+        if self.policy.enforce:
+            raise ApiError(503, f"disaggregated serving is enforced but prefill is unavailable ({reason})",
+                           "service_unavailable", None, "prefill_unavailable")
+        self.metrics.local.labels(entry.name, reason).inc()
+        return None
+
+    def _observe(self, model: str, params: dict[str, Any], seconds: float) -> None:
+        m = self.metrics
+        m.remote.labels(model).inc()
+        m.prefill.labels(model).observe(seconds)
+        transport = str(params.get("transport") or params.get("transfer") or "unknown")
+        if isinstance(params.get("kv_bytes"), (int, float)):
+            m.kv_bytes.labels(model, transport).inc(params["kv_bytes"])
+        if isinstance(params.get("transfer_seconds"), (int, float)):
+            m.transfer.labels(model, transport).observe(params["transfer_seconds"])

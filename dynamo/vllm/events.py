@@ -1,0 +1,141 @@
+"""vLLM -> Dynamo event relays: KV-cache events and engine load.
+
+KV events: vLLM's engine core publishes its native ZMQ KV-event batches
+(`KVEventsConfig(publisher="zmq")`); `KvEventRelay` subscribes in-process, decodes them
+with `EngineEventDecoder` and pushes them to our event plane (`KvEventPublisher`), so a
+`--router-mode kv` frontend sees exact block events with no extra flags.
+
+Load: `EngineStats` is a vLLM stat logger (a `StatLoggerBase` subclass, called on the
+event loop for every engine step's stats); it keeps the latest scheduler snapshot that
+`LoadPublisher` and the worker's /metrics read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable
+
+import zmq
+import zmq.asyncio
+
+from dynamo.llm.kv_publisher import KvEventPublisher
+from dynamo.router.engine_events import EngineEventDecoder, EngineEventError
+from dynamo.router.protocol import LoadMetrics
+
+log = logging.getLogger(__name__)
+
+
+def is_bind_endpoint(endpoint: str) -> bool:
+    """vLLM's rule: it binds wildcard/ipc/inproc endpoints and connects to the rest."""
+    return "*" in endpoint or "::" in endpoint or endpoint.startswith(("ipc://", "inproc://"))
+
+
+def subscriber_address(endpoint: str) -> str:
+    """Where this process reaches a publisher bound at `endpoint` (same host)."""
+    return endpoint.replace("*", "127.0.0.1")
+
+
+class KvEventRelay:
+    """One ZMQ SUB socket per engine (DP rank) publisher; one task relays all of them."""
+
+    def __init__(self, endpoints: dict[int, str], topic: str, decoder: EngineEventDecoder,
+                 publisher: KvEventPublisher) -> None:
+        self.endpoints = endpoints
+        self.topic = topic
+        self.decoder = decoder
+        self.publisher = publisher
+        self.relayed = 0
+        self._ctx = zmq.asyncio.Context()
+        self._sockets: list[zmq.asyncio.Socket] = []
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        poller = zmq.asyncio.Poller()
+        for rank, endpoint in sorted(self.endpoints.items()):
+            sock = self._ctx.socket(zmq.SUB)
+            sock.setsockopt(zmq.RCVHWM, 100_000)
+            sock.setsockopt_string(zmq.SUBSCRIBE, self.topic)
+            if is_bind_endpoint(endpoint):
+                sock.connect(subscriber_address(endpoint))
+            else:  # vLLM connects out to this address: we are the bound side
+                sock.bind(endpoint)
+            poller.register(sock, zmq.POLLIN)
+            self._sockets.append(sock)
+            log.info("relaying vLLM KV events (dp rank %d) from %s", rank, endpoint)
+        self._task = asyncio.get_running_loop().create_task(self._run(poller), name="vllm-kv-event-relay")
+
+    async def _run(self, poller: zmq.asyncio.Poller) -> None:
+        while True:
+            for sock, _ in await poller.poll():
+                frames = await sock.recv_multipart()
+                try:
+                    events = self.decoder.decode(frames)
+                except EngineEventError as exc:
+                    log.warning("dropping undecodable KV event message: %s", exc)
+                    continue
+                for event in events:
+                    self.publisher.push(event.event)
+                self.relayed += len(events)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for sock in self._sockets:
+            sock.close(linger=0)
+        self._ctx.term()
+
+
+class EngineStats:
+    """Latest engine scheduler snapshot, fed by `stat_logger_factory()` loggers."""
+
+    def __init__(self, total_slots: int) -> None:
+        self.total_slots = total_slots
+        self.total_blocks = 0
+        self.running = 0
+        self.waiting = 0
+        self.kv_usage = 0.0
+        self.prefix_queries = 0
+        self.prefix_hits = 0
+        self.records = 0
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        return self.prefix_hits / self.prefix_queries if self.prefix_queries else 0.0
+
+    def update(self, scheduler_stats: Any) -> None:
+        self.records += 1
+        self.running = scheduler_stats.num_running_reqs
+        self.waiting = scheduler_stats.num_waiting_reqs
+        self.kv_usage = scheduler_stats.kv_cache_usage
+        cache = scheduler_stats.prefix_cache_stats
+        if cache is not None:
+            self.prefix_queries += cache.queries
+            self.prefix_hits += cache.hits
+
+    def load_metrics(self, worker_id: int) -> LoadMetrics:
+        return LoadMetrics(worker_id=worker_id, request_active_slots=self.running,
+                           request_total_slots=self.total_slots,
+                           kv_active_blocks=round(self.kv_usage * self.total_blocks),
+                           kv_total_blocks=self.total_blocks, num_requests_waiting=self.waiting,
+                           gpu_cache_usage_perc=self.kv_usage, gpu_prefix_cache_hit_rate=self.prefix_hit_rate)
+
+
+def stat_logger_factory(stats: EngineStats) -> Callable[..., Any]:
+    """A vLLM per-engine StatLoggerFactory whose loggers feed `stats`."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class DynamoStatLogger(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            self.engine_index = engine_index
+
+        def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
+                   engine_idx: int = 0) -> None:
+            if scheduler_stats is not None:
+                stats.update(scheduler_stats)
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return DynamoStatLogger

@@ -1,0 +1,156 @@
+"""Frontend request -> vLLM request -> streamed token deltas.
+
+`to_sampling_params` owns the mapping of our wire `PreprocessedRequest` onto vLLM's
+`SamplingParams` (token ids in, DELTA outputs, no detokenization: the frontend
+detokenizes and matches stop strings). `RequestHandler` drives `AsyncLLM.generate` per
+request and turns each `RequestOutput` into an `LLMEngineOutput`; a cancelled or closed
+request aborts the engine request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any, AsyncIterator
+
+from dynamo.llm.protocol import FinishReason, LLMEngineOutput, PreprocessedRequest, request_decoder
+from dynamo.runtime.rp_server import HandlerError, RequestContext
+
+log = logging.getLogger(__name__)
+
+
+def to_sampling_params(request: PreprocessedRequest, max_model_len: int, mode: str = "agg") -> Any:
+    """vLLM SamplingParams for `request` (greedy when temperature is 0)."""
+    from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+    so, sc = request.sampling_options, request.stop_conditions
+    kwargs: dict[str, Any] = {}
+    for name in ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty",
+                 "repetition_penalty"):
+        value = getattr(so, name)
+        if value is not None:
+            kwargs[name] = value
+    if kwargs.get("top_k") is not None and kwargs["top_k"] <= 0:
+        kwargs["top_k"] = 0  # OpenAI-style "no limit" (vLLM: 0 or -1)
+    max_tokens = sc.max_tokens
+    if max_tokens is None:  # Dynamo: the rest of the context
+        max_tokens = max(1, max_model_len - len(request.token_ids))
+    stop_ids = list(sc.stop_token_ids_hidden or [])
+    if not sc.ignore_eos:  # ignore_eos must not be undone by listing EOS as a stop token
+        stop_ids += [t for t in request.eos_token_ids if t not in stop_ids]
+    extra_args = dict(request.extra_args or {})
+    if mode == "prefill" or request.prefill_only:
+        max_tokens = 1
+        extra_args["kv_transfer_params"] = {"do_remote_decode": True, "do_remote_prefill": False,
+                                            "remote_engine_id": None, "remote_block_ids": None,
+                                            "remote_host": None, "remote_port": None}
+    elif request.disaggregated_params:
+        extra_args["kv_transfer_params"] = request.disaggregated_params
+    return SamplingParams(
+        **kwargs,
+        max_tokens=max_tokens,
+        min_tokens=sc.min_tokens or 0,
+        ignore_eos=sc.ignore_eos,
+        stop_token_ids=stop_ids or None,
+        logprobs=request.output_options.logprobs,
+        detokenize=False,
+        skip_special_tokens=request.output_options.skip_special_tokens,
+        output_kind=RequestOutputKind.DELTA,
+        extra_args=extra_args or None,
+    )
+
+
+def finish_reason(completion: Any, eos_ids: set[int]) -> str | None:
+    """vLLM's finish reason -> ours: a stop on EOS (or an EOS id) is `eos`."""
+    reason = completion.finish_reason
+    if reason is None:
+        return None
+    if reason == "stop":
+        stop = completion.stop_reason
+        return FinishReason.EOS if stop is None or stop in eos_ids else FinishReason.STOP
+    if reason == "length":
+        return FinishReason.LENGTH
+    if reason == "abort":
+        return FinishReason.CANCELLED
+    return FinishReason.ERROR
+
+
+def _handler_error(exc: Exception) -> Exception:
+    """vLLM's request errors as typed HandlerErrors; anything else unchanged (-> internal)."""
+    from vllm.exceptions import GracefulHTTPError, VLLMClientError
+
+    if isinstance(exc, (VLLMClientError, ValueError)):  # validation: prompt too long, bad params
+        return HandlerError(str(exc), "bad_request")
+    if isinstance(exc, GracefulHTTPError):  # vLLM's own admission control
+        return HandlerError(str(exc), "overloaded")
+    return exc
+
+
+class RequestHandler:
+    """The worker's `generate` endpoint over one AsyncLLM."""
+
+    def __init__(self, engine: Any, max_model_len: int, mode: str = "agg", request_limit: int = 0) -> None:
+        self.engine = engine
+        self.max_model_len = max_model_len
+        self.mode = mode
+        self.request_limit = request_limit
+        self.inflight = 0
+        self._ids = itertools.count()
+
+    async def generate(self, payload: bytes, ctx: RequestContext) -> AsyncIterator[LLMEngineOutput]:
+        try:
+            request = request_decoder.decode(payload)
+        except Exception as exc:
+            raise HandlerError(f"malformed request: {exc}", "bad_request") from None
+        if self.request_limit and self.inflight >= self.request_limit:
+            raise HandlerError(f"Server overloaded: {self.inflight} requests in flight "
+                               f"(--engine-request-limit {self.request_limit})", "overloaded")
+        try:
+            params = to_sampling_params(request, self.max_model_len, self.mode)
+        except (ValueError, TypeError) as exc:
+            raise HandlerError(f"invalid sampling options: {exc}", "bad_request") from None
+        # Unique per attempt: a migrated request reuses its id on another (or this) worker.
+        request_id = f"{request.request_id}-{next(self._ids)}"
+        self.inflight += 1
+        try:
+            async for out in self._stream(request, params, request_id):
+                yield out
+        finally:
+            self.inflight -= 1
+
+    async def _stream(self, request: PreprocessedRequest, params: Any,
+                      request_id: str) -> AsyncIterator[LLMEngineOutput]:
+        from vllm.inputs import TokensPrompt
+
+        eos_ids = set(request.eos_token_ids)
+        finished = False
+        first = True
+        stream = self.engine.generate(TokensPrompt(prompt_token_ids=request.token_ids), params, request_id)
+        try:
+            async for result in stream:
+                completion = result.outputs[0]
+                out = LLMEngineOutput(token_ids=list(completion.token_ids))
+                if first:
+                    out.cached_tokens = result.num_cached_tokens or 0
+                    first = False
+                if completion.logprobs:
+                    out.log_probs = [lp[t].logprob for t, lp in zip(completion.token_ids, completion.logprobs)]
+                if result.finished:
+                    finished = True
+                    out.finish_reason = finish_reason(completion, eos_ids)
+                    if result.kv_transfer_params:
+                        out.disaggregated_params = result.kv_transfer_params
+                yield out
+        except Exception as exc:
+            raise _handler_error(exc) from None
+        finally:
+            if not finished:  # client went away (CancelledError / GeneratorExit) or an error
+                await asyncio.shield(self._abort(request_id))
+            await stream.aclose()
+
+    async def _abort(self, request_id: str) -> None:
+        try:
+            await self.engine.abort(request_id)
+        except Exception as exc:  # engine already dead: nothing left to free
+            log.debug("abort %s: %s", request_id, exc)

@@ -1,0 +1,148 @@
+"""The router's other faces, end to end: `python -m dynamo.router` as a service
+(best_worker_id / get_overlap_scores / generate over the request plane) and two
+frontends sharing their bookings with `--router-replica-sync`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import msgspec
+import pytest
+
+from dynamo.llm.protocol import PreprocessedRequest, StopConditions, output_decoder, request_encoder
+from dynamo.router.service import OverlapScores, BestWorker, RouteQuery
+from dynamo.runtime.discovery.base import make_store
+from dynamo.runtime.rp_client import RequestPlaneClient
+from tests.fixtures.procs import Cluster, metric_value, wait_until
+from tests.router.e2e_helpers import (
+    BLOCK,
+    MODEL,
+    SMALL_KV,
+    cached_tokens,
+    complete,
+    health,
+    metrics,
+    tokens,
+    wait_indexed,
+    worker_requests,
+)
+
+PREFIX_BLOCKS = 6
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model, tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("router-service"), tiny_model, "file")
+    try:
+        c.workers = [c.mocker(*SMALL_KV) for _ in range(2)]  # type: ignore[attr-defined]
+        c.fe = []  # type: ignore[attr-defined]
+        for _ in range(2):
+            c.frontend("--router-mode", "kv", "--router-replica-sync")
+            c.wait_workers(MODEL, 2)
+            c.fe.append(c.base_url)
+        c.router = c.start("dynamo.router", ["--endpoint", "dynamo.backend.generate",  # type: ignore[attr-defined]
+                                             "--router-block-size", str(BLOCK)], name="router")
+        c.kv_root = str(c.tmp / "kv")  # type: ignore[attr-defined]
+        yield c
+    finally:
+        c.stop()
+
+
+async def _call(cluster, endpoint: str, payload: bytes) -> list[bytes]:
+    store = make_store("file", root=cluster.kv_root)
+    await store.start()
+    client = RequestPlaneClient()
+    try:
+        prefix = f"v1/instances/dynamo/kv-router/{endpoint}/"
+        for _ in range(100):
+            found = await store.get_prefix(prefix)
+            if found:
+                break
+            await asyncio.sleep(0.2)
+        assert found, f"router service endpoint {endpoint} not registered:\n{cluster.router.log()}"
+        address = msgspec.json.decode(next(iter(found.values())))["transport"]["tcp"]
+        stream = await client.open_stream(address, endpoint, payload)
+        return [p async for p in stream]
+    finally:
+        await client.close()
+        await store.close()
+
+
+def call(cluster, endpoint: str, payload: bytes) -> list[bytes]:
+    return asyncio.run(_call(cluster, endpoint, payload))
+
+
+def overlap_scores(cluster, prompt: list[int]) -> OverlapScores:
+    (raw,) = call(cluster, "get_overlap_scores", msgspec.msgpack.encode(RouteQuery(token_ids=prompt)))
+    return msgspec.msgpack.decode(raw, type=OverlapScores)
+
+
+def best_worker(cluster, prompt: list[int]) -> BestWorker:
+    (raw,) = call(cluster, "best_worker_id", msgspec.msgpack.encode(RouteQuery(token_ids=prompt)))
+    return msgspec.msgpack.decode(raw, type=BestWorker)
+
+
+def test_service_answers_best_worker_and_overlap_scores_consistently(cluster):
+    prefix = tokens(11, PREFIX_BLOCKS * BLOCK)
+    complete(cluster.fe[0], prefix + tokens(12, 8))
+    wait_indexed(cluster.fe[0], PREFIX_BLOCKS)
+    prompt = prefix + tokens(13, 40)
+    wait_until(lambda: max(s.overlap_blocks for s in overlap_scores(cluster, prompt).scores) >= PREFIX_BLOCKS, 30,
+               "the service to index the prefix")
+    scores = overlap_scores(cluster, prompt)
+    assert scores.block_size == BLOCK and len(scores.scores) == 2
+    holder = max(scores.scores, key=lambda s: s.overlap_blocks)
+    assert holder.overlap_blocks == PREFIX_BLOCKS
+    assert sorted(s.overlap_blocks for s in scores.scores)[0] == 0
+    # The frontend's index agrees on who holds it.
+    indexed = health(cluster.fe[0])["router"]["models"][MODEL]["indexed_blocks"]
+    assert indexed.get(f"{holder.worker_id}:0", 0) >= PREFIX_BLOCKS
+    for _ in range(3):  # best_worker_id books nothing: asking again gives the same answer
+        best = best_worker(cluster, prompt)
+        assert (best.worker_id, best.overlap_blocks) == (holder.worker_id, PREFIX_BLOCKS)
+
+
+def test_service_generate_routes_and_streams(cluster):
+    prefix = tokens(21, PREFIX_BLOCKS * BLOCK)
+    complete(cluster.fe[0], prefix + tokens(22, 8))
+    prompt = prefix + tokens(23, 20)
+    wait_until(lambda: max(s.overlap_blocks for s in overlap_scores(cluster, prompt).scores) >= PREFIX_BLOCKS, 30,
+               "the service to index the prefix")
+    request = PreprocessedRequest(request_id=uuid.uuid4().hex, model=MODEL, token_ids=prompt,
+                                  stop_conditions=StopConditions(max_tokens=5, ignore_eos=True))
+    outputs = [output_decoder.decode(p) for p in call(cluster, "generate", request_encoder.encode(request))]
+    assert sum(len(o.token_ids) for o in outputs) == 5
+    assert outputs[0].cached_tokens >= PREFIX_BLOCKS * BLOCK
+
+
+def _active_blocks(base_url: str) -> float:
+    return metric_value(metrics(base_url), "dynamo_frontend_worker_active_decode_blocks", {"model": MODEL}) or 0.0
+
+
+def test_replicas_see_each_others_load(cluster):
+    fe1, fe2 = cluster.fe
+    assert _active_blocks(fe2) == 0
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(complete, fe1, tokens(30 + i, 10 * BLOCK), MODEL, 400) for i in range(2)]
+        # fe2 routed nothing, yet it sees fe1's bookings.
+        wait_until(lambda: _active_blocks(fe2) >= 20, 20, "fe1's bookings to reach fe2")
+        assert health(fe2)["router"]["replica_events_applied"] >= 2
+        for f in futures:
+            f.result()
+    wait_until(lambda: _active_blocks(fe2) == 0, 20, "fe1's frees to reach fe2")
+
+
+def test_concurrent_long_requests_through_two_frontends_spread_over_workers(cluster):
+    before = [worker_requests(w) for w in cluster.workers]
+    with ThreadPoolExecutor(4) as pool:
+        futures = []
+        for i in range(4):
+            futures.append(pool.submit(complete, cluster.fe[i % 2], tokens(40 + i, 10 * BLOCK), MODEL, 300))
+            time.sleep(0.3)  # let each booking reach the other replica
+        bodies = [f.result() for f in futures]
+    assert all(cached_tokens(b) == 0 for b in bodies)
+    deltas = [worker_requests(w) - b for w, b in zip(cluster.workers, before)]
+    assert deltas == [2.0, 2.0], deltas
