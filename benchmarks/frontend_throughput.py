@@ -1,10 +1,15 @@
-"""Frontend throughput and latency against a fast mocker (speedup 1000).
+"""Frontend throughput and latency against a fast mocker (speedup 1000 by default).
 
 Starts `python -m dynamo.frontend` + `python -m dynamo.mocker` as real processes on
 embedded file discovery, then streams chat completions (~124-token prompts, 64 output
 tokens, like the anchor measurement in shared/reference/anchor-dynamo.md) at each
 concurrency level and prints a table: requests/s, output tokens/s, TTFT and ITL
-p50/p99, and frontend / mocker CPU time per request (from /proc).
+p50/p99, frontend / mocker CPU time per request (from /proc), SSE events per request.
+
+A fast mocker produces tokens faster than one SSE event each can be written; the
+frontend then sends what has arrived together in one event (like vLLM's
+stream interval), which the SSE-events column shows. Use `--speedup 5` to see the
+one-token-per-event cost.
 
     .venv/bin/python benchmarks/frontend_throughput.py [--concurrency 1 16 64 256] [--requests 400]
 """
@@ -13,88 +18,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.loadgen import cpu_seconds, pct, print_table, run_load  # noqa: E402
 from dynamo.llm.tiny_model import build_tiny_model  # noqa: E402
 from tests.fixtures.procs import Cluster  # noqa: E402
 
 PROMPT = ("You are a helpful assistant. Summarize the following notes about distributed inference serving, "
           "prefix caching, KV-aware routing and disaggregated prefill in a few sentences. ") * 3
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
-
-
-async def one_request(session: aiohttp.ClientSession, url: str, max_tokens: int) -> tuple[float, list[float], int, int]:
-    body = {"model": "tiny", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": max_tokens,
-            "stream": True, "stream_options": {"include_usage": True}}
-    start = time.perf_counter()
-    ttft = None
-    arrivals: list[float] = []
-    tokens = 0
-    async with session.post(url, json=body) as resp:
-        assert resp.status == 200, await resp.text()
-        async for raw in resp.content:
-            line = raw.strip()
-            if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-            if chunk.get("choices") and chunk["choices"][0].get("delta", {}).get("content"):
-                now = time.perf_counter()
-                if ttft is None:
-                    ttft = now - start
-                arrivals.append(now)
-    itls = []
-    if tokens > 1 and len(arrivals) > 1:
-        itls = [(arrivals[-1] - arrivals[0]) / (tokens - 1)]
-    return ttft or float("nan"), itls, tokens, len(arrivals)
-
-
-async def run_level(url: str, concurrency: int, total: int, max_tokens: int, fresh: bool) -> dict:
-    ttfts: list[float] = []
-    itls: list[float] = []
-    tokens = 0
-    events = 0
-    queue = list(range(total))
-    connector = aiohttp.TCPConnector(limit=0, force_close=fresh)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        await one_request(session, url, 4)  # warm the connection / model
-
-        async def worker():
-            nonlocal tokens, events
-            while queue:
-                queue.pop()
-                ttft, itl, count, chunks = await one_request(session, url, max_tokens)
-                ttfts.append(ttft)
-                itls.extend(itl)
-                tokens += count
-                events += chunks
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    return {"elapsed": elapsed, "requests": total, "tokens": tokens, "ttft": ttfts, "itl": itls,
-            "events": events / total}
 
 
 def main() -> None:
@@ -107,33 +42,27 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="dynamo-bench-"))
     model = build_tiny_model(tmp / "tiny", weights=False)
     cluster = Cluster(tmp, model, "file", {"DYN_LOG": "warn"})
+    body = {"model": "tiny", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": args.max_tokens}
     try:
         mocker = cluster.mocker("--speedup-ratio", args.speedup, system_port=False)
         frontend = cluster.frontend()
         cluster.wait_workers("tiny", 1)
         url = cluster.base_url + "/v1/chat/completions"
         rows = []
-        levels = [(1, True)] + [(c, False) for c in args.concurrency]
-        for concurrency, fresh in levels:
-            total = max(args.requests, 4 * concurrency)
-            if concurrency == 1:
-                total = min(total, 200)
+        for concurrency, fresh in [(1, True), (1, False)] + [(c, False) for c in args.concurrency if c > 1]:
+            total = max(args.requests, 4 * concurrency) if concurrency > 1 else min(args.requests, 200)
             fe0, mo0 = cpu_seconds(frontend.pid), cpu_seconds(mocker.pid)
-            res = asyncio.run(run_level(url, concurrency, total, args.max_tokens, fresh))
+            res = asyncio.run(run_load(url, lambda i: body, total, concurrency, fresh, warmup=body))
             fe1, mo1 = cpu_seconds(frontend.pid), cpu_seconds(mocker.pid)
-            rows.append((f"{concurrency}{' new-conn' if fresh else ' keep-alive'}", res["requests"] / res["elapsed"],
-                         res["tokens"] / res["elapsed"], pct(res["ttft"], 0.5) * 1e3, pct(res["ttft"], 0.99) * 1e3,
-                         pct(res["itl"], 0.5) * 1e3, pct(res["itl"], 0.99) * 1e3,
-                         (fe1 - fe0) / res["requests"] * 1e3, (mo1 - mo0) / res["requests"] * 1e3,
-                         res["events"]))
-        print(f"\nfrontend + mocker (speedup {args.speedup}), streaming chat, ~124-token prompt, "
-              f"{args.max_tokens} output tokens, Python aiohttp client on the same 2 cores\n")
-        head = ("concurrency", "req/s", "out tok/s", "TTFT p50 ms", "TTFT p99 ms", "ITL p50 ms", "ITL p99 ms",
-                "frontend CPU ms/req", "mocker CPU ms/req", "SSE events/req")
-        print(" | ".join(head))
-        print(" | ".join("---" for _ in head))
-        for row in rows:
-            print(" | ".join([row[0]] + [f"{v:.1f}" if v >= 10 else f"{v:.2f}" for v in row[1:]]))
+            n = max(res.requests, 1)
+            rows.append((f"{concurrency} {'new conn' if fresh else 'keep-alive'}", n / res.elapsed,
+                         res.tokens / res.elapsed, pct(res.ttft, 0.5) * 1e3, pct(res.ttft, 0.99) * 1e3,
+                         pct(res.itl, 0.5) * 1e3, pct(res.itl, 0.99) * 1e3, (fe1 - fe0) / n * 1e3,
+                         (mo1 - mo0) / n * 1e3, res.events / n, res.errors))
+        print_table(f"frontend + mocker (speedup {args.speedup}), streaming chat, ~124-token prompt, "
+                    f"{args.max_tokens} output tokens, Python aiohttp client on the same machine",
+                    ("concurrency", "req/s", "out tok/s", "TTFT p50 ms", "TTFT p99 ms", "ITL p50 ms", "ITL p99 ms",
+                     "frontend CPU ms/req", "mocker CPU ms/req", "SSE events/req", "errors"), rows)
     finally:
         cluster.stop()
 

@@ -109,6 +109,7 @@ class ServicePlan:
         self.discovery = discovery
         self.line: CommandLine = parse_command(svc.container.command, svc.container.args)
         self.ports: dict[int, tuple[int | None, int | None]] = {}
+        self.devices: list[str] | None = None  # GPUs on this machine; None: leave CUDA env alone
 
     @property
     def modules(self) -> list[str]:
@@ -150,11 +151,23 @@ class ServicePlan:
         env["POD_NAME"] = contract.k8s_name(self.graph.metadata.name, self.name, str(index))
         env["POD_NAMESPACE"] = self.opts.namespace or self.graph.metadata.namespace or "default"
         env["PYTHONUNBUFFERED"] = "1"
+        if self.devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpu_slice(index))
         if "dynamo.vllm" in self.modules:
             env["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(free_port())
         return Launch(argv=self._argv(http), env=env, cwd=local_workdir(self.svc.container.workingDir),
                       http_port=http, system_port=system,
                       probes=contract.default_probes(self.svc, http or 0, system or 0))
+
+    def gpu_slice(self, index: int) -> list[str]:
+        """`resources.limits.gpu` devices for replica `index` (shared round-robin when short)."""
+        devices = self.devices or []
+        if not self.gpus or not devices:
+            return []
+        start = (self.gpu_offset + index * self.gpus) % len(devices)
+        return [devices[(start + k) % len(devices)] for k in range(min(self.gpus, len(devices)))]
+
+    gpu_offset = 0
 
     def map_probe_port(self, port: int | str, launch: Launch) -> int | None:
         """A probe's Kubernetes port (8000 / 9090 / name) as this replica's local port."""
@@ -165,13 +178,20 @@ class ServicePlan:
         return int(port) if isinstance(port, int) or str(port).isdigit() else None
 
 
-def build_plans(graph: Graph, opts: RunOptions, overrides: dict[str, int]) -> dict[str, ServicePlan]:
+def build_plans(graph: Graph, opts: RunOptions, overrides: dict[str, int],
+                devices: list[str] | None = None) -> dict[str, ServicePlan]:
+    """One plan per service; `devices` (default: nvidia-smi) are handed out in service order."""
     discovery = discovery_env(graph, opts)
     plans = {name: ServicePlan(graph, name, svc, opts, discovery) for name, svc in graph.spec.services.items()}
     for name, count in overrides.items():
         if name not in plans:
             raise ValueError(f"--set: no service {name!r} (have {', '.join(plans)})")
         plans[name].replicas = count
+    devices = detect_gpus() if devices is None else devices
+    offset = 0
+    for plan in plans.values():
+        plan.devices, plan.gpu_offset = (devices or None), offset
+        offset += plan.gpus * plan.replicas
     return plans
 
 

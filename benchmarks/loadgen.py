@@ -1,0 +1,104 @@
+"""Shared load generator for the benchmarks: streaming OpenAI requests over aiohttp,
+measuring TTFT, inter-token latency and tokens from the real SSE stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import aiohttp
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+class Result:
+    def __init__(self) -> None:
+        self.ttft: list[float] = []
+        self.itl: list[float] = []
+        self.tokens = 0
+        self.prompt_tokens = 0
+        self.cached_tokens = 0
+        self.events = 0
+        self.requests = 0
+        self.errors = 0
+        self.elapsed = 0.0
+
+
+async def stream_one(session: aiohttp.ClientSession, url: str, body: dict, result: Result) -> None:
+    body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    first = last = None
+    events = 0
+    usage = None
+    async with session.post(url, json=body) as resp:
+        if resp.status != 200:
+            result.errors += 1
+            await resp.read()
+            return
+        async for raw in resp.content:
+            line = raw.strip()
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            choices = chunk.get("choices") or []
+            if choices and (choices[0].get("delta", {}).get("content") or choices[0].get("text")):
+                last = time.perf_counter()
+                if first is None:
+                    first = last
+                events += 1
+    result.requests += 1
+    result.events += events
+    if first is not None:
+        result.ttft.append(first - start)
+    if usage:
+        result.tokens += usage["completion_tokens"]
+        result.prompt_tokens += usage["prompt_tokens"]
+        result.cached_tokens += (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        if usage["completion_tokens"] > 1 and first is not None:
+            result.itl.append((last - first) / (usage["completion_tokens"] - 1))
+
+
+async def run_load(url: str, make_body: Callable[[int], dict], total: int, concurrency: int,
+                   fresh_connections: bool = False, warmup: dict | None = None) -> Result:
+    result = Result()
+    next_index = iter(range(total))
+    connector = aiohttp.TCPConnector(limit=0, force_close=fresh_connections)
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        if warmup is not None:
+            await stream_one(session, url, warmup, Result())
+
+        async def worker() -> None:
+            for index in next_index:
+                await stream_one(session, url, make_body(index), result)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        result.elapsed = time.perf_counter() - start
+    return result
+
+
+def print_table(title: str, head: tuple[str, ...], rows: list[tuple]) -> None:
+    print(f"\n{title}\n")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---" for _ in head) + "|")
+    for row in rows:
+        cells = [row[0]] + [f"{v:.1f}" if isinstance(v, float) and abs(v) >= 10 else
+                            f"{v:.2f}" if isinstance(v, float) else str(v) for v in row[1:]]
+        print("| " + " | ".join(cells) + " |")
