@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.loadgen import cpu_seconds, pct, print_table, run_load  # noqa: E402
 from dynamo.llm.tiny_model import build_tiny_model  # noqa: E402
-from tests.fixtures.procs import Cluster  # noqa: E402
+from tests.fixtures.procs import Cluster, wait_until  # noqa: E402
 
 PROMPT = ("You are a helpful assistant. Summarize the following notes about distributed inference serving, "
           "prefix caching, KV-aware routing and disaggregated prefill in a few sentences. ") * 3
@@ -38,15 +38,23 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400, help="requests per level (at least 4x concurrency)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--speedup", default="1000")
+    parser.add_argument("--anchor", action="store_true",
+                        help="run NVIDIA Dynamo 1.6.1 from .venv-anchor instead (scripts/install_anchor_dynamo.sh)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="dynamo-bench-"))
     model = build_tiny_model(tmp / "tiny", weights=False)
-    cluster = Cluster(tmp, model, "file", {"DYN_LOG": "warn"})
+    env = {"DYN_LOG": "warn"}
+    python = None
+    if args.anchor:
+        python = str(Path(__file__).resolve().parents[1] / ".venv-anchor/bin/python")
+        env.update(DYN_TCP_RPC_HOST="127.0.0.1", DYN_EVENT_PLANE_HOST="127.0.0.1",
+                   DYN_TCP_RESPONSE_STREAM_HOST="127.0.0.1", DYN_SYSTEM_HOST="127.0.0.1", DYN_REQUEST_PLANE="tcp")
+    cluster = Cluster(tmp, model, "file", env, python=python)
     body = {"model": "tiny", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": args.max_tokens}
     try:
         mocker = cluster.mocker("--speedup-ratio", args.speedup, system_port=False)
         frontend = cluster.frontend()
-        cluster.wait_workers("tiny", 1)
+        wait_until(lambda: cluster.models() == ["tiny"], 120, "model listed")
         url = cluster.base_url + "/v1/chat/completions"
         rows = []
         for concurrency, fresh in [(1, True), (1, False)] + [(c, False) for c in args.concurrency if c > 1]:
@@ -59,7 +67,8 @@ def main() -> None:
                          res.tokens / res.elapsed, pct(res.ttft, 0.5) * 1e3, pct(res.ttft, 0.99) * 1e3,
                          pct(res.itl, 0.5) * 1e3, pct(res.itl, 0.99) * 1e3, (fe1 - fe0) / n * 1e3,
                          (mo1 - mo0) / n * 1e3, res.events / n, res.errors))
-        print_table(f"frontend + mocker (speedup {args.speedup}), streaming chat, ~124-token prompt, "
+        who = "NVIDIA Dynamo 1.6.1" if args.anchor else "ours"
+        print_table(f"{who}: frontend + mocker (speedup {args.speedup}), streaming chat, ~124-token prompt, "
                     f"{args.max_tokens} output tokens, Python aiohttp client on the same machine",
                     ("concurrency", "req/s", "out tok/s", "TTFT p50 ms", "TTFT p99 ms", "ITL p50 ms", "ITL p99 ms",
                      "frontend CPU ms/req", "mocker CPU ms/req", "SSE events/req", "errors"), rows)

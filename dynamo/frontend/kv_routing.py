@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 
 from dynamo.frontend.config import FrontendConfig
 from dynamo.frontend.dispatch import no_workers
@@ -64,12 +63,16 @@ class KvRoutingPolicy:
     async def attach(self, runtime, models, metrics) -> None:
         self.feeds = KvEventFeeds(runtime.store, runtime.client, self.config.event_plane)
         if self.config.router_replica_sync:
-            self.sync = ReplicaSync(runtime.store, self.config.event_plane, uuid.uuid4().hex, runtime.instance_id,
-                                    lambda model: self.routes[model].router if model in self.routes else None)
-        self.metrics = RouterMetrics(metrics.registry, self.config.metrics_prefix, self._rows,
+            self.sync = ReplicaSync.shared(runtime.store, self.config.event_plane, runtime.instance_id,
+                                           self._router_for)
+        self.metrics = RouterMetrics.attach(metrics.registry, self.config.metrics_prefix, self._rows,
                                      lambda: dict(self.feeds.counts) if self.feeds else {})
         for entry in list(models.models.values()):
             self.on_model_change(entry)
+
+    def _router_for(self, model: str) -> KvRouter | None:
+        route = self.routes.get(model)
+        return route.router if route is not None else None
 
     async def close(self) -> None:
         for task in list(self._tasks):

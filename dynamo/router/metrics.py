@@ -6,6 +6,7 @@ the routers at scrape time by a collector, so routing pays nothing for it.
 
 from __future__ import annotations
 
+import weakref
 from typing import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -19,24 +20,45 @@ _BLOCKS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)
 
 
 class RouterMetrics:
-    """`routers()` yields (model, KvRouter, mode in effect) at scrape time."""
+    """Per-registry singleton (several routing policies in one process share the families);
+    each source's `rows()` yields (model, KvRouter, mode in effect) at scrape time."""
 
-    def __init__(self, registry: CollectorRegistry, prefix: str,
-                 routers: Callable[[], Iterable[tuple[str, KvRouter, str]]],
-                 extra_counts: Callable[[], dict[str, int]] | None = None) -> None:
+    _shared: "weakref.WeakKeyDictionary[CollectorRegistry, RouterMetrics]" = weakref.WeakKeyDictionary()
+
+    def __init__(self, registry: CollectorRegistry, prefix: str) -> None:
         self.decision = Histogram(f"{prefix}_router_decision_seconds", "Time to pick a worker (hash, match, cost)",
                                   ("model",), buckets=_DECISION, registry=registry)
         self.overlap = Histogram(f"{prefix}_router_overlap_blocks", "Cached prefix blocks on the chosen worker",
                                  ("model",), buckets=_BLOCKS, registry=registry)
-        self.collector = _RouterCollector(prefix, routers, extra_counts or dict)
+        self.collector = _RouterCollector(prefix)
         registry.register(self.collector)
+
+    @classmethod
+    def attach(cls, registry: CollectorRegistry, prefix: str,
+               rows: Callable[[], Iterable[tuple[str, KvRouter, str]]],
+               counts: Callable[[], dict[str, int]] | None = None) -> "RouterMetrics":
+        metrics = cls._shared.get(registry)
+        if metrics is None:
+            metrics = cls._shared[registry] = cls(registry, prefix)
+        metrics.collector.sources.append((rows, counts or dict))
+        return metrics
 
 
 class _RouterCollector:
-    def __init__(self, prefix: str, routers, extra_counts) -> None:
+    def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        self.routers = routers
-        self.extra_counts = extra_counts
+        self.sources: list[tuple[Callable, Callable]] = []
+
+    def _rows(self):
+        for rows, _ in self.sources:
+            yield from rows()
+
+    def _counts(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for _, counts in self.sources:
+            for key, n in counts().items():
+                total[key] = total.get(key, 0) + n
+        return total
 
     def describe(self):
         return []
@@ -57,7 +79,7 @@ class _RouterCollector:
         events = CounterMetricFamily("dynamo_component_kv_cache_events_applied", "KV events applied by the router",
                                      labels=("event_type", "status"))
         totals: dict[tuple[str, str], int] = {}
-        for model, router, effective in self.routers():
+        for model, router, effective in self._rows():
             for m in MODES:
                 mode.add_metric((model, m), 1.0 if m == effective else 0.0)
             stats = router._stats
@@ -74,7 +96,7 @@ class _RouterCollector:
             events.add_metric((kind, status), n)
         resyncs = CounterMetricFamily(f"{p}_router_kv_resyncs", "Worker KV state re-syncs after lost events",
                                       labels=("status",))
-        extra = self.extra_counts()
+        extra = self._counts()
         for status in ("ok", "failed"):
             resyncs.add_metric((status,), extra.get(f"resync_{status}", 0))
         yield from (mode, hit, routed, blocks, prefill, tree, events, resyncs)

@@ -92,7 +92,7 @@ class RouterService:
         self.cards: dict[int, ModelDeploymentCard] = {}
         self.mode, self.reason = "", ""
         self._tracked: dict[int, str] = {}
-        self.metrics = RouterMetrics(runtime.registry, "dynamo_component", self._rows, lambda: dict(self.feeds.counts))
+        self.metrics = RouterMetrics.attach(runtime.registry, "dynamo_component", self._rows, lambda: dict(self.feeds.counts))
         self._tasks: list[asyncio.Task] = []
 
     def _rows(self):

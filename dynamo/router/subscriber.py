@@ -28,7 +28,7 @@ from dynamo.llm.kv_publisher import KV_EVENTS_TOPIC, KV_METRICS_TOPIC
 from dynamo.router.kv_router import KvRouter
 from dynamo.router.protocol import KvCacheEvent, KvRemoved, KvStored, StoredBlock, load_metrics_decoder, \
     router_event_decoder
-from dynamo.runtime.event_plane.base import EventSubscriber, create_subscriber
+from dynamo.runtime.event_plane.base import EventSubscriber, create_subscriber, resolve_kind
 from dynamo.runtime.rp_client import RequestPlaneClient, StreamError
 from dynamo.runtime.rp_server import RequestContext
 
@@ -138,7 +138,8 @@ class ComponentFeed:
             sub = await create_subscriber(f.kind, f.store, self.namespace, self.component, topic)
             self._subs.append(sub)
             self._tasks.append(asyncio.get_running_loop().create_task(consume(sub), name=f"kv-feed-{topic}"))
-        log.info("subscribed to %s/%s KV events and load metrics", self.namespace, self.component)
+        log.info("subscribed to %s/%s KV events and load metrics over %s", self.namespace, self.component,
+                 resolve_kind(f.kind, f.store.backend))
 
     async def _consume_events(self, sub: EventSubscriber) -> None:
         decode = router_event_decoder.decode

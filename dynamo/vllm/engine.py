@@ -110,16 +110,24 @@ def local_model_dir(model: str, tokenizer: str | None, revision: str | None) -> 
                              allow_patterns=["*.json", "*.jinja", "tokenizer*", "*.model"])
 
 
-def kv_event_endpoints(engine: Any, engine_args: Any) -> dict[int, str]:
-    """The KV-event publisher address of each engine (DP rank), as vLLM bound it."""
+def kv_event_endpoints(engine: Any, engine_args: Any) -> dict[int, tuple[str, bool]]:
+    """Per engine (DP rank): (address, whether this process binds it).
+
+    vLLM binds wildcard endpoints (and reports the address it bound: we connect there);
+    to any other endpoint it connects out, so the subscriber must bind it."""
+    from dynamo.vllm.events import is_bind_endpoint, subscriber_address
+
+    configured = engine_args.kv_events_config.endpoint
+    if not is_bind_endpoint(configured):
+        return {0: (configured, True)}
     sources = {}
     try:
         sources = {rank: cfg.endpoint for rank, cfg in engine.get_kv_event_sources().items()}
     except Exception as exc:  # older vLLM without the query
         log.debug("get_kv_event_sources: %s", exc)
     if not sources:
-        sources = {0: engine_args.kv_events_config.endpoint}
+        sources = {0: configured}
     if any(ep.endswith(":0") for ep in sources.values()):
         raise RuntimeError(f"vLLM did not report its KV-event port ({sources}); pass --kv-events-config with "
                            "an explicit endpoint")
-    return sources
+    return {rank: (subscriber_address(ep), False) for rank, ep in sources.items()}

@@ -32,14 +32,18 @@ def is_bind_endpoint(endpoint: str) -> bool:
 
 
 def subscriber_address(endpoint: str) -> str:
-    """Where this process reaches a publisher bound at `endpoint` (same host)."""
-    return endpoint.replace("*", "127.0.0.1")
+    """Where this process reaches a publisher bound at `endpoint` (same host, so loopback)."""
+    scheme, _, rest = endpoint.partition("://")
+    if scheme != "tcp":
+        return endpoint
+    port = rest.rpartition(":")[2]
+    return f"tcp://127.0.0.1:{port}"
 
 
 class KvEventRelay:
     """One ZMQ SUB socket per engine (DP rank) publisher; one task relays all of them."""
 
-    def __init__(self, endpoints: dict[int, str], topic: str, decoder: EngineEventDecoder,
+    def __init__(self, endpoints: dict[int, tuple[str, bool]], topic: str, decoder: EngineEventDecoder,
                  publisher: KvEventPublisher) -> None:
         self.endpoints = endpoints
         self.topic = topic
@@ -52,14 +56,14 @@ class KvEventRelay:
 
     def start(self) -> None:
         poller = zmq.asyncio.Poller()
-        for rank, endpoint in sorted(self.endpoints.items()):
+        for rank, (endpoint, bind) in sorted(self.endpoints.items()):
             sock = self._ctx.socket(zmq.SUB)
             sock.setsockopt(zmq.RCVHWM, 100_000)
             sock.setsockopt_string(zmq.SUBSCRIBE, self.topic)
-            if is_bind_endpoint(endpoint):
-                sock.connect(subscriber_address(endpoint))
-            else:  # vLLM connects out to this address: we are the bound side
+            if bind:  # vLLM was given a connect-style endpoint: it connects out to us
                 sock.bind(endpoint)
+            else:
+                sock.connect(endpoint)
             poller.register(sock, zmq.POLLIN)
             self._sockets.append(sock)
             log.info("relaying vLLM KV events (dp rank %d) from %s", rank, endpoint)

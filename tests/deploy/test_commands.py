@@ -1,0 +1,47 @@
+"""Command lines of manifests: exec and shell forms, model swap, re-rendering."""
+
+from __future__ import annotations
+
+import shlex
+
+from dynamo.deploy.commands import parse_command, swap_model
+
+
+def test_exec_form_split_between_command_and_args():
+    line = parse_command(["python3", "-m", "dynamo.vllm"], ["--model", "Qwen/Qwen3-0.6B"])
+    (inv,) = line.invocations
+    assert (inv.module, inv.args) == ("dynamo.vllm", ["--model", "Qwen/Qwen3-0.6B"])
+    line = parse_command(["python3"], ["-u", "-m", "dynamo.frontend", "--http-port", "8000"])
+    assert [i.module for i in line.invocations] == ["dynamo.frontend"]
+    assert line.invocations[0].args == ["--http-port", "8000"]
+
+
+def test_shell_form_with_pipes_redirects_and_two_programs():
+    script = ("python3 -m dynamo.frontend --http-port 8000 & "
+              "exec python3 -m dynamo.vllm --model m --kv-transfer-config '{\"kv_role\":\"kv_both\"}' 2>&1 | tee log")
+    line = parse_command(["/bin/sh", "-c"], [script])
+    assert line.shell
+    assert [(i.module, i.args) for i in line.invocations] == [
+        ("dynamo.frontend", ["--http-port", "8000"]),
+        ("dynamo.vllm", ["--model", "m", "--kv-transfer-config", '{"kv_role":"kv_both"}']),
+    ]
+
+
+def test_model_swap_keeps_served_name_and_renders_shell_form():
+    line = parse_command(["/bin/sh", "-c"], ["exec python3 -m dynamo.vllm --model Qwen/Qwen3-0.6B --x '$HOME'"])
+    inv = line.invocations[0]
+    swap_model(inv, "/models/tiny")
+    inv.interpreter = "/venv/bin/python"
+    argv = line.render()
+    assert argv[:2] == ["/bin/sh", "-c"]
+    assert shlex.split(argv[2]) == ["exec", "/venv/bin/python", "-m", "dynamo.vllm", "--model", "/models/tiny",
+                                    "--x", "$HOME", "--served-model-name", "Qwen/Qwen3-0.6B"]
+
+
+def test_model_swap_respects_explicit_served_name_and_adds_missing_model():
+    line = parse_command(["python3", "-m", "dynamo.mocker"], ["--model-name", "tiny"])
+    swap_model(line.invocations[0], "/m")
+    assert line.render() == ["python3", "-m", "dynamo.mocker", "--model-name", "tiny", "--model-path", "/m"]
+    line = parse_command(["python3", "-m", "dynamo.frontend"], [])
+    swap_model(line.invocations[0], "/m")
+    assert line.render() == ["python3", "-m", "dynamo.frontend"]

@@ -1,0 +1,140 @@
+"""`validate`: every example passes; broken manifests fail naming the service and field."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dynamo.deploy.validate import validate_file
+from tests.fixtures.procs import REPO
+
+EXAMPLES = sorted((REPO / "examples/backends").glob("*/deploy/*.yaml"))
+BASE = REPO / "examples/backends/mocker/deploy/disagg.yaml"
+
+
+def test_examples_exist_for_every_backend_and_variant():
+    names = {(p.parts[-3], p.stem) for p in EXAMPLES}
+    for backend in ("mocker", "vllm", "sglang", "trtllm"):
+        for variant in ("agg", "agg_router", "disagg", "disagg_router"):
+            assert (backend, variant) in names
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: f"{p.parts[-3]}/{p.stem}")
+def test_every_example_validates(path):
+    report = validate_file(path)
+    assert report.errors == []
+    assert len(report.graphs) == 1
+    backend = path.parts[-3]
+    if backend in ("sglang", "trtllm"):
+        assert any(f"module dynamo.{backend} is not provided by this image" in w for w in report.warnings)
+    else:
+        assert not any("not provided" in w for w in report.warnings), report.warnings
+
+
+def broken(tmp_path: Path, mutate) -> list[str]:
+    doc = yaml.safe_load(BASE.read_text())
+    mutate(doc)
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    report = validate_file(path)
+    assert not report.ok
+    return report.errors
+
+
+def svc(doc, name="MockerDecodeWorker"):
+    return doc["spec"]["services"][name]
+
+
+def main_container(doc, name="MockerDecodeWorker"):
+    return svc(doc, name)["extraPodSpec"]["mainContainer"]
+
+
+def test_wrong_types_name_their_path(tmp_path):
+    def mutate(doc):
+        svc(doc)["replicas"] = "two"
+        svc(doc)["envs"] = {"DYN_LOG": "debug"}
+        svc(doc, "MockerPrefillWorker")["subComponentType"] = "middle"
+        main_container(doc)["args"] = "--is-decode-worker"
+    errors = broken(tmp_path, mutate)
+    assert "spec.services.MockerDecodeWorker.replicas: expected int, got str" in errors
+    assert "spec.services.MockerDecodeWorker.envs: expected list, got object" in errors
+    assert any(e.startswith("spec.services.MockerPrefillWorker.subComponentType: expected one of") for e in errors)
+    assert "spec.services.MockerDecodeWorker.extraPodSpec.mainContainer.args: expected list, got str" in errors
+
+
+def test_bool_is_not_an_int_and_negative_replicas_fail(tmp_path):
+    errors = broken(tmp_path, lambda d: svc(d).update(replicas=True))
+    assert "spec.services.MockerDecodeWorker.replicas: expected int, got bool" in errors
+    errors = broken(tmp_path, lambda d: svc(d).update(replicas=-1))
+    assert "spec.services.MockerDecodeWorker.replicas: must be >= 0, got -1" in errors
+
+
+def test_unknown_fields_are_reported(tmp_path):
+    def mutate(doc):
+        svc(doc)["replica"] = 2
+        main_container(doc)["workdir"] = "/tmp"
+        doc["spec"]["extra"] = 1
+    errors = broken(tmp_path, mutate)
+    assert "spec.services.MockerDecodeWorker.replica: unknown field" in errors
+    assert "spec.services.MockerDecodeWorker.extraPodSpec.mainContainer.workdir: unknown field" in errors
+    assert "spec.extra: unknown field" in errors
+
+
+def test_unknown_flag_names_service_and_flag(tmp_path):
+    errors = broken(tmp_path, lambda d: main_container(d)["args"].append("--no-such-flag"))
+    assert any("service MockerDecodeWorker" in e and "unknown flag --no-such-flag" in e for e in errors), errors
+
+
+def test_unknown_flag_in_shell_form(tmp_path):
+    def mutate(doc):
+        main_container(doc, "Frontend").update(
+            command=["/bin/sh", "-c"], args=["python3 -m dynamo.frontend --http-port 8000 --bogus 1 2>&1 | tee /tmp/x"])
+    errors = broken(tmp_path, mutate)
+    assert any("service Frontend" in e and "unknown flag --bogus" in e for e in errors), errors
+
+
+def test_bad_flag_value_and_missing_image(tmp_path):
+    def mutate(doc):
+        main_container(doc)["args"] += ["--block-size", "big"]
+        del main_container(doc, "MockerPrefillWorker")["image"]
+    errors = broken(tmp_path, mutate)
+    assert any("service MockerDecodeWorker" in e and "--block-size" in e for e in errors), errors
+    assert any("MockerPrefillWorker.extraPodSpec.mainContainer.image: required" in e for e in errors), errors
+
+
+def test_wrong_kind_and_missing_name(tmp_path):
+    def mutate(doc):
+        doc["apiVersion"] = "nvidia.com/v1beta1"
+        del doc["metadata"]["name"]
+    errors = broken(tmp_path, mutate)
+    assert "metadata.name: required field missing" in errors
+    assert any(e.startswith("apiVersion: expected 'nvidia.com/v1alpha1'") for e in errors)
+
+
+def test_unloadable_parser_is_a_warning_not_an_error(tmp_path, monkeypatch):
+    from dynamo.deploy import parsers
+
+    monkeypatch.setitem(parsers._PARSERS, "dynamo.mocker", "dynamo.mocker.no_such_module:build_parser")
+    report = validate_file(BASE)
+    assert report.ok
+    assert any("flags of dynamo.mocker not checked" in w for w in report.warnings)
+
+
+def test_cli_exit_codes(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BASE.read_text().replace("replicas: 1", "replicas: one", 1))
+    run = lambda *files: subprocess.run([sys.executable, "-m", "dynamo.deploy", "validate", *map(str, files)],
+                                        cwd=REPO, capture_output=True, text=True, timeout=60)
+    ok = run(*EXAMPLES[:4])
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    failed = run(BASE, bad)
+    assert failed.returncode == 1
+    assert "replicas: expected int, got str" in failed.stdout
+    strict = subprocess.run([sys.executable, "-m", "dynamo.deploy", "validate", "--strict",
+                             str(REPO / "examples/backends/sglang/deploy/agg.yaml")], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert strict.returncode == 1
