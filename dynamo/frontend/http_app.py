@@ -216,6 +216,7 @@ class _Run:
         self.cached_tokens = 0
         self.finish: str | None = None
         self.last_time = started
+        self._observe_itl = app.metrics.itl.labels(model).observe
 
     async def execute(self, entry, receive, send, request_type: str) -> str:
         app = self.app
@@ -279,9 +280,9 @@ class _Run:
         count = sum(len(out.token_ids) for out in outputs)
         if count:
             gap = (now - self.last_time) / count
-            itl = self.app.metrics.itl.labels(self.model)
+            observe = self._observe_itl
             for _ in range(count):
-                itl.observe(gap)
+                observe(gap)
         self.last_time = now
         return text
 

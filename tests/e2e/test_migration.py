@@ -1,0 +1,61 @@
+"""Request migration: a worker killed mid-stream does not lose the request when the
+frontend runs with --migration-limit; the client sees one seamless stream."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.fixtures.procs import Cluster, http_get, metric_value
+
+MODEL = "tiny"
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model, tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("migration"), tiny_model, "file")
+    try:
+        c.workers = [c.mocker("--speedup-ratio", "2"), c.mocker("--speedup-ratio", "2")]
+        c.frontend("--migration-limit", "2")
+        c.wait_workers(MODEL, 2)
+        yield c
+    finally:
+        c.stop()
+
+
+def inflight(proc) -> float:
+    return metric_value(http_get(f"http://127.0.0.1:{proc.system_port}/metrics")[1].decode(),
+                        "dynamo_component_inflight_requests") or 0.0
+
+
+def test_worker_killed_mid_stream_is_migrated(cluster):
+    body = {"model": MODEL, "prompt": "migrate me please", "max_tokens": 300, "stream": True,
+            "stream_options": {"include_usage": True}}
+    text, finish, usage, killed = [], [], None, None
+    with httpx.Client(timeout=120) as client, client.stream("POST", cluster.base_url + "/v1/completions",
+                                                            json=body) as resp:
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            assert "error" not in chunk, chunk
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            for choice in chunk.get("choices", []):
+                text.append(choice["text"])
+                if choice["finish_reason"]:
+                    finish.append(choice["finish_reason"])
+            if killed is None and len(text) >= 10:
+                killed = next(w for w in cluster.workers if inflight(w) == 1)
+                killed.kill()
+    assert killed is not None
+    assert finish == ["length"]
+    assert usage["completion_tokens"] == 300
+    survivor = next(w for w in cluster.workers if w is not killed)
+    text_metrics = http_get(cluster.base_url + "/metrics")[1].decode()
+    assert metric_value(text_metrics, "dynamo_frontend_model_migration_total",
+                        {"migration_type": "ongoing_request"}) == 1
+    assert survivor.alive()
