@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.loadgen import pct, print_table, run_load  # noqa: E402
 from dynamo.llm.tiny_model import build_tiny_model  # noqa: E402
-from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until  # noqa: E402
+from tests.fixtures.procs import Cluster, http_get, metric_value  # noqa: E402
 
 
 def workload(groups: int, prefix_len: int, suffix_len: int, total: int, seed: int = 0) -> list[list[int]]:
@@ -34,13 +34,23 @@ def workload(groups: int, prefix_len: int, suffix_len: int, total: int, seed: in
             for _ in range(total)]
 
 
-def run_mode(mode: str, model: Path, prompts: list[list[int]], args) -> tuple:
+def _served(proc) -> str:
+    try:
+        text = http_get(f"http://127.0.0.1:{proc.system_port}/metrics")[1].decode()
+    except OSError:
+        return "?"
+    return str(int(metric_value(text, "dynamo_component_requests_total", {"dynamo_endpoint": "generate"}) or 0))
+
+
+def run_mode(spec: str, model: Path, prompts: list[list[int]], args) -> tuple:
+    """`spec` is a router mode, optionally with extra frontend flags: "kv:--kv-overlap-score-weight 2"."""
+    mode, _, extra = spec.partition(":")
     tmp = Path(tempfile.mkdtemp(prefix=f"routing-{mode}-"))
     cluster = Cluster(tmp, model, "file", {"DYN_LOG": "warn"})
     try:
         workers = [cluster.mocker("--speedup-ratio", args.speedup, "--num-gpu-blocks-override", str(args.blocks),
                                   "--block-size", str(args.block_size)) for _ in range(2)]
-        cluster.frontend("--router-mode", mode)
+        cluster.frontend("--router-mode", mode, *extra.split())
         cluster.wait_workers("tiny", 2, timeout=120)
         url = cluster.base_url + "/v1/completions"
 
@@ -49,22 +59,22 @@ def run_mode(mode: str, model: Path, prompts: list[list[int]], args) -> tuple:
 
         warmup = {"model": "tiny", "prompt": [7] * 40, "max_tokens": 2}
         res = asyncio.run(run_load(url, body, len(prompts), args.concurrency, warmup=warmup))
-        served = [metric_value(http_get(f"http://127.0.0.1:{w.system_port}/metrics")[1].decode(),
-                               "dynamo_component_requests_total", {"dynamo_endpoint": "generate"}) or 0 for w in workers]
+        served = "/".join(_served(w) for w in workers)
         hit = None
         if mode == "kv":
             text = http_get(cluster.base_url + "/metrics")[1].decode()
             hit = metric_value(text, "dynamo_frontend_router_kv_hit_rate", {"model": "tiny"})
-        return (mode, pct(res.ttft, 0.5) * 1e3, pct(res.ttft, 0.99) * 1e3,
+        return (spec, pct(res.ttft, 0.5) * 1e3, pct(res.ttft, 0.99) * 1e3,
                 res.cached_tokens / max(res.prompt_tokens, 1), res.requests / res.elapsed,
-                "/".join(str(int(s)) for s in served), "-" if hit is None else f"{hit:.2f}", res.errors)
+                served, "-" if hit is None else f"{hit:.2f}", res.errors)
     finally:
         cluster.stop()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--modes", nargs="+", default=["kv", "round-robin", "random"])
+    parser.add_argument("--modes", nargs="+", default=["kv", "round-robin", "random"],
+                        help='router modes, each optionally with frontend flags: "kv:--kv-overlap-score-weight 2"')
     parser.add_argument("--requests", type=int, default=160)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--groups", type=int, default=16)

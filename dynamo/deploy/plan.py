@@ -41,6 +41,7 @@ class RunOptions:
     model: str | None = None
     namespace: str | None = None
     state_dir: str = ""
+    append_args: dict[str, list[str]] = field(default_factory=dict)  # service -> extra flags
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
@@ -130,7 +131,7 @@ class ServicePlan:
                 swap_model(inv, self.opts.model)
             if inv.module == "dynamo.frontend" and http is not None:
                 inv.args = set_flag(inv.args, ("--http-port",), str(http))
-            inv.args = _local_kv_events(inv.args)
+            inv.args = _local_kv_events(inv.args) + self.opts.append_args.get(self.name, [])
         return line.render()
 
     def launch(self, index: int) -> Launch:
@@ -151,6 +152,8 @@ class ServicePlan:
         env["POD_NAME"] = contract.k8s_name(self.graph.metadata.name, self.name, str(index))
         env["POD_NAMESPACE"] = self.opts.namespace or self.graph.metadata.namespace or "default"
         env["PYTHONUNBUFFERED"] = "1"
+        # The image has the project installed; here the manifest's workingDir maps into this checkout.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
         if self.devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpu_slice(index))
         if "dynamo.vllm" in self.modules:
@@ -187,12 +190,27 @@ def build_plans(graph: Graph, opts: RunOptions, overrides: dict[str, int],
         if name not in plans:
             raise ValueError(f"--set: no service {name!r} (have {', '.join(plans)})")
         plans[name].replicas = count
+    for name in opts.append_args:
+        if name not in plans:
+            raise ValueError(f"--append-args: no service {name!r} (have {', '.join(plans)})")
     devices = detect_gpus() if devices is None else devices
     offset = 0
     for plan in plans.values():
         plan.devices, plan.gpu_offset = (devices or None), offset
         offset += plan.gpus * plan.replicas
     return plans
+
+
+def parse_append_args(items: list[str]) -> dict[str, list[str]]:
+    import shlex
+
+    out: dict[str, list[str]] = {}
+    for item in items:
+        svc, sep, text = item.partition("=")
+        if not sep or not svc:
+            raise ValueError(f"--append-args expects SERVICE=ARGS, got {item!r}")
+        out.setdefault(svc, []).extend(shlex.split(text))
+    return out
 
 
 def parse_overrides(items: list[str]) -> dict[str, int]:

@@ -74,6 +74,13 @@ start_worker() {
   NEXT_SYSTEM_PORT=$((NEXT_SYSTEM_PORT + 1))
 }
 
+# start_gpu_worker NAME MODULE ARGS...: start_worker pinned to the next GPU (0, 1, 2, ...).
+NEXT_GPU=${FIRST_GPU:-0}
+start_gpu_worker() {
+  CUDA_VISIBLE_DEVICES=$NEXT_GPU start_worker "$@"
+  NEXT_GPU=$((NEXT_GPU + 1))
+}
+
 # wait_any: return when any process of the graph exits (the EXIT trap stops the rest).
 wait_any() {
   wait -n "${_PIDS[@]}"

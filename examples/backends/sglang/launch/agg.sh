@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# SGLang, aggregated (../deploy/agg.yaml).
+set -euo pipefail
+source "$(dirname "$0")/../../../common/launch_lib.sh"
+# dynamo.sglang is not part of this image yet (see ../README.md): this script documents the graph.
+MODEL=${MODEL:-Qwen/Qwen3-0.6B}
+ARGS=(--model-path "$MODEL" --served-model-name "$MODEL" --page-size 16 --tp 1 --trust-remote-code)
+dis() { echo --disaggregation-mode "$1" --disaggregation-transfer-backend nixl --disaggregation-bootstrap-port "$2" --host 0.0.0.0; }
+events() { echo "{\"publisher\":\"zmq\",\"endpoint\":\"tcp://*:$1\"}"; }
+
+start_frontend
+start_gpu_worker SglangDecodeWorker-0 dynamo.sglang "${ARGS[@]}"
+wait_any

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# SGLang, aggregated with KV routing (../deploy/agg_router.yaml).
+set -euo pipefail
+source "$(dirname "$0")/../../../common/launch_lib.sh"
+# dynamo.sglang is not part of this image yet (see ../README.md): this script documents the graph.
+MODEL=${MODEL:-Qwen/Qwen3-0.6B}
+ARGS=(--model-path "$MODEL" --served-model-name "$MODEL" --page-size 16 --tp 1 --trust-remote-code)
+dis() { echo --disaggregation-mode "$1" --disaggregation-transfer-backend nixl --disaggregation-bootstrap-port "$2" --host 0.0.0.0; }
+events() { echo "{\"publisher\":\"zmq\",\"endpoint\":\"tcp://*:$1\"}"; }
+
+DYN_ROUTER_MODE=kv start_frontend
+for i in 0 1; do
+  start_gpu_worker "SglangDecodeWorker-$i" dynamo.sglang "${ARGS[@]}" --kv-events-config "$(events $((5557 + i)))"
+done
+wait_any

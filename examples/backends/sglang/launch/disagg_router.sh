@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# SGLang, disaggregated with KV routing (../deploy/disagg_router.yaml): KV events on all workers.
+set -euo pipefail
+source "$(dirname "$0")/../../../common/launch_lib.sh"
+# dynamo.sglang is not part of this image yet (see ../README.md): this script documents the graph.
+MODEL=${MODEL:-Qwen/Qwen3-0.6B}
+ARGS=(--model-path "$MODEL" --served-model-name "$MODEL" --page-size 16 --tp 1 --trust-remote-code)
+dis() { echo --disaggregation-mode "$1" --disaggregation-transfer-backend nixl --disaggregation-bootstrap-port "$2" --host 0.0.0.0; }
+events() { echo "{\"publisher\":\"zmq\",\"endpoint\":\"tcp://*:$1\"}"; }
+
+DYN_ROUTER_MODE=kv start_frontend
+for i in 0 1; do
+  start_gpu_worker "SglangDecodeWorker-$i" dynamo.sglang "${ARGS[@]}" $(dis decode $((12345 + i))) --kv-events-config "$(events $((5557 + i)))"
+  start_gpu_worker "SglangPrefillWorker-$i" dynamo.sglang "${ARGS[@]}" $(dis prefill $((12345 + i))) --kv-events-config "$(events $((5567 + i)))"
+done
+wait_any

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# TensorRT-LLM, disaggregated with KV routing (../deploy/disagg_router.yaml).
+set -euo pipefail
+source "$(dirname "$0")/../../../common/launch_lib.sh"
+# dynamo.trtllm is not part of this image yet (see ../README.md): this script documents the graph.
+MODEL=${MODEL:-Qwen/Qwen3-0.6B}
+ARGS=(--model "$MODEL" --served-model-name "$MODEL")
+
+DYN_ROUTER_MODE=kv start_frontend
+for i in 0 1; do
+  start_gpu_worker "TrtllmDecodeWorker-$i" dynamo.trtllm "${ARGS[@]}" --disaggregation-mode decode
+  start_gpu_worker "TrtllmPrefillWorker-$i" dynamo.trtllm "${ARGS[@]}" --disaggregation-mode prefill --publish-kv-events
+done
+wait_any

