@@ -18,13 +18,14 @@ import asyncio
 import random
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.loadgen import pct, print_table, run_load  # noqa: E402
 from dynamo.llm.tiny_model import build_tiny_model  # noqa: E402
-from tests.fixtures.procs import Cluster, http_get, metric_value  # noqa: E402
+from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until  # noqa: E402
 
 
 def workload(groups: int, prefix_len: int, suffix_len: int, total: int, seed: int = 0) -> list[list[int]]:
@@ -46,12 +47,21 @@ def run_mode(spec: str, model: Path, prompts: list[list[int]], args) -> tuple:
     """`spec` is a router mode, optionally with extra frontend flags: "kv:--kv-overlap-score-weight 2"."""
     mode, _, extra = spec.partition(":")
     tmp = Path(tempfile.mkdtemp(prefix=f"routing-{mode}-"))
-    cluster = Cluster(tmp, model, "file", {"DYN_LOG": "warn"})
+    env, python = {"DYN_LOG": "warn"}, None
+    if args.anchor:
+        python = str(Path(__file__).resolve().parents[1] / ".venv-anchor/bin/python")
+        env.update(DYN_TCP_RPC_HOST="127.0.0.1", DYN_EVENT_PLANE_HOST="127.0.0.1",
+                   DYN_TCP_RESPONSE_STREAM_HOST="127.0.0.1", DYN_SYSTEM_HOST="127.0.0.1", DYN_REQUEST_PLANE="tcp")
+    cluster = Cluster(tmp, model, "file", env, python=python)
     try:
         workers = [cluster.mocker("--speedup-ratio", args.speedup, "--num-gpu-blocks-override", str(args.blocks),
                                   "--block-size", str(args.block_size)) for _ in range(2)]
         cluster.frontend("--router-mode", mode, *extra.split())
-        cluster.wait_workers("tiny", 2, timeout=120)
+        if args.anchor:  # its /health does not name models: wait for the listing, then both workers warm
+            wait_until(lambda: cluster.models() == ["tiny"], 120, "model listed")
+            time.sleep(3)
+        else:
+            cluster.wait_workers("tiny", 2, timeout=120)
         url = cluster.base_url + "/v1/completions"
 
         def body(i: int) -> dict:
@@ -61,7 +71,7 @@ def run_mode(spec: str, model: Path, prompts: list[list[int]], args) -> tuple:
         res = asyncio.run(run_load(url, body, len(prompts), args.concurrency, warmup=warmup))
         served = "/".join(_served(w) for w in workers)
         hit = None
-        if mode == "kv":
+        if mode == "kv" and not args.anchor:
             text = http_get(cluster.base_url + "/metrics")[1].decode()
             hit = metric_value(text, "dynamo_frontend_router_kv_hit_rate", {"model": "tiny"})
         return (spec, pct(res.ttft, 0.5) * 1e3, pct(res.ttft, 0.99) * 1e3,
@@ -84,11 +94,14 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=200)
     parser.add_argument("--block-size", type=int, default=64)
     parser.add_argument("--speedup", default="1")
+    parser.add_argument("--anchor", action="store_true",
+                        help="run NVIDIA Dynamo 1.6.1 from .venv-anchor instead (scripts/install_anchor_dynamo.sh)")
     args = parser.parse_args()
     model = build_tiny_model(Path(tempfile.mkdtemp(prefix="routing-model-")) / "tiny", weights=False)
     prompts = workload(args.groups, args.prefix_tokens, args.suffix_tokens, args.requests)
     rows = [run_mode(mode, model, prompts, args) for mode in args.modes]
-    print_table(f"Routing quality: {args.requests} streaming completions, {args.groups} groups x "
+    who = "NVIDIA Dynamo 1.6.1" if args.anchor else "ours"
+    print_table(f"{who}: routing quality: {args.requests} streaming completions, {args.groups} groups x "
                 f"{args.prefix_tokens}-token prefixes + {args.suffix_tokens}-token suffixes, {args.max_tokens} output "
                 f"tokens, concurrency {args.concurrency}, 2 mockers x {args.blocks} blocks of {args.block_size} "
                 f"(speedup {args.speedup})",

@@ -33,10 +33,13 @@ WORKER_TYPES = {"agg": "aggregated", "prefill": "prefill", "decode": "decode"}
 ENGINE_POLL_SECONDS = 1.0
 
 
-def engine_gauges(runtime: DistributedRuntime, engine, stats: EngineStats, handler: RequestHandler) -> None:
+def engine_gauges(runtime: DistributedRuntime, engine, stats: EngineStats, handler: RequestHandler,
+                  relay: KvEventRelay | None) -> None:
     """Engine state on the worker's /metrics, read at scrape time."""
     reg = runtime.registry
     for name, doc, fn in (
+        ("dynamo_vllm_kv_events_relayed", "KV events relayed from vLLM to the event plane (-1: publishing off)",
+         lambda: relay.relayed if relay is not None else -1),
         ("dynamo_vllm_unfinished_requests", "Requests vLLM's output processor still tracks",
          engine.get_num_unfinished_requests),
         ("dynamo_vllm_running_requests", "Running requests (vLLM scheduler stats)", lambda: stats.running),
@@ -94,6 +97,7 @@ async def serve(config: DynamoVllmArgs, engine_args, stop: asyncio.Event) -> int
     try:
         facts = engine_facts(engine, engine_args)
         stats.total_slots, stats.total_blocks = facts.max_num_seqs, facts.num_blocks
+        relay = None
         if publishes:
             kv_pub = await KvEventPublisher.create(config.event_plane, runtime.store, eid.namespace, eid.component,
                                                    runtime.instance_id)
@@ -105,7 +109,7 @@ async def serve(config: DynamoVllmArgs, engine_args, stop: asyncio.Event) -> int
                                           runtime.instance_id, lambda: stats.load_metrics(runtime.instance_id))
         closers.append(load.close)
         handler = RequestHandler(engine, facts.max_model_len, config.mode, config.engine_request_limit)
-        engine_gauges(runtime, engine, stats, handler)
+        engine_gauges(runtime, engine, stats, handler, relay)
         await runtime.serve_endpoint(eid, handler.generate, card_json=model_card(config, facts, publishes))
         log.info("vLLM worker ready: model %r (%s), %d KV blocks of %d tokens, max_num_seqs %d, context %d, "
                  "mode %s, KV events %s", facts.served_name, facts.model, facts.num_blocks, facts.block_size,

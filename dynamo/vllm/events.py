@@ -32,12 +32,10 @@ def is_bind_endpoint(endpoint: str) -> bool:
 
 
 def subscriber_address(endpoint: str) -> str:
-    """Where this process reaches a publisher bound at `endpoint` (same host, so loopback)."""
-    scheme, _, rest = endpoint.partition("://")
-    if scheme != "tcp":
-        return endpoint
-    port = rest.rpartition(":")[2]
-    return f"tcp://127.0.0.1:{port}"
+    """Where this process reaches a publisher bound at `endpoint`: a wildcard bind is
+    reached on loopback; a concrete address (vLLM reports `tcp://*:0` as the node IP and
+    port it bound) is used as is."""
+    return endpoint.replace("://*:", "://127.0.0.1:")
 
 
 class KvEventRelay:

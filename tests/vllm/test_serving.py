@@ -141,12 +141,14 @@ def test_cancelled_stream_aborts_the_engine_request(env):
                          json={"model": MODEL, "prompt": ids(10, 4), "max_tokens": MAX_MODEL_LEN - 20,
                                "ignore_eos": True, "stream": True}) as resp:
             assert resp.status_code == 200
+            lines = resp.iter_lines()  # keep the iterator: dropping it closes the response
             seen = 0
-            for line in resp.iter_lines():
-                seen += line.startswith("data: ")
-                if seen == 3:  # still reading: the request is running in vLLM
-                    assert metric_value(metrics(worker), "dynamo_vllm_unfinished_requests") == 1
-                    break  # leaving iter_lines closes the connection mid-stream
+            while seen < 3:
+                seen += next(lines).startswith("data: ")
+            text = metrics(worker)
+            assert metric_value(text, "dynamo_vllm_handler_inflight_requests") == 1, text
+            assert metric_value(text, "dynamo_vllm_unfinished_requests") == 1, text  # running in vLLM
+        # leaving the block closes the connection mid-stream
     # The client is gone: the worker's handler and vLLM itself both drop the request.
     wait_until(lambda: metric_value(metrics(worker), "dynamo_component_inflight_requests") == 0, 15,
                "worker in-flight back to 0")
@@ -167,13 +169,14 @@ def test_requests_beyond_engine_request_limit_are_overloaded(env):
                 for _ in range(REQUEST_LIMIT):
                     ctx = http.stream("POST", "/v1/completions", json=body)
                     resp = await ctx.__aenter__()
-                    streams.append(ctx)
                     assert resp.status_code == 200
-                    await resp.aiter_lines().__anext__()  # the worker holds it now
+                    lines = resp.aiter_lines()  # kept alive: a dropped iterator closes the response
+                    streams.append((ctx, lines))
+                    await lines.__anext__()  # the worker holds it now
                 extra = await http.post("/v1/completions", json={**body, "stream": False, "max_tokens": 2})
                 return extra.status_code, extra.json()
             finally:
-                for ctx in streams:
+                for ctx, _ in streams:
                     await ctx.__aexit__(None, None, None)
 
     status, body = asyncio.run(run())
