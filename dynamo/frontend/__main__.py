@@ -83,6 +83,8 @@ async def serve(config: FrontendConfig, stop: asyncio.Event) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "DYN_HTTP_PORT" not in os.environ and os.environ.get("DYNAMO_PORT"):
+        os.environ["DYN_HTTP_PORT"] = os.environ["DYNAMO_PORT"]  # injected by the Dynamo operator
     config = parse_config(FrontendConfig, argv, prog="python -m dynamo.frontend")
     return run_main(lambda stop: serve(config, stop))
 

@@ -18,7 +18,7 @@ class FrontendConfig(KvRouterConfig):
     tls_key_path: str | None = setting(None, "TLS private key (PEM); needs --tls-cert-path")
     namespace: str | None = setting(None, "Serve only workers of this namespace (default: all)")
     router_mode: str = setting("round-robin", "Worker selection", choices=["round-robin", "random", "kv"])
-    discovery_backend: str = setting("file", "Discovery backend", choices=["file", "etcd", "mem"])
+    discovery_backend: str = setting("file", "Discovery backend", choices=["file", "etcd", "mem", "kubernetes"])
     request_plane: str = setting("tcp", "Request plane (direct TCP)", choices=["tcp"])
     event_plane: str | None = setting(None, "Event plane for KV events (default: zmq, or nats when NATS_SERVER "
                                             "is set with etcd)", choices=["zmq", "nats"])

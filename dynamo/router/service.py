@@ -45,7 +45,7 @@ class RouterServiceConfig(KvRouterConfig):
     endpoint: str | None = setting(None, "Workers to route to: namespace.component.endpoint (required)")
     router_block_size: int = setting(128, "KV block size in tokens (not read from model cards)",
                                      flag=["--router-block-size", "--block-size"])
-    discovery_backend: str = setting("file", "Discovery backend", choices=["file", "etcd", "mem"])
+    discovery_backend: str = setting("file", "Discovery backend", choices=["file", "etcd", "mem", "kubernetes"])
     event_plane: str | None = setting(None, "Event plane (default: zmq, or nats when NATS_SERVER is set with "
                                             "etcd)", choices=["zmq", "nats"])
 

@@ -230,5 +230,12 @@ def store_from_env(backend: str | None = None, ttl: float = DEFAULT_TTL) -> KeyV
 
     Backend options come from their own env vars (DYN_FILE_KV, ETCD_ENDPOINTS).
     """
-    name = backend or os.environ.get("DYN_DISCOVERY_BACKEND") or "file"
-    return make_store(name.strip().lower(), ttl=ttl)
+    name = (backend or os.environ.get("DYN_DISCOVERY_BACKEND") or "file").strip().lower()
+    if name == "kubernetes":
+        # Newer Dynamo operators inject DYN_DISCOVERY_BACKEND=kubernetes (CRD + EndpointSlice discovery),
+        # which this runtime does not implement; the operator also deploys etcd (ETCD_ENDPOINTS).
+        logging.getLogger(__name__).warning(
+            "discovery backend 'kubernetes' is not implemented; using etcd at %s",
+            os.environ.get("ETCD_ENDPOINTS", "http://localhost:2379"))
+        name = "etcd"
+    return make_store(name, ttl=ttl)
