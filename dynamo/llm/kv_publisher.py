@@ -55,12 +55,7 @@ class KvEventPublisher:
                     log.warning("KV event publish failed: %s", exc)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except BaseException:
-                pass
+        await _cancel(self._task)
         await self.publisher.close()
 
 
@@ -92,10 +87,14 @@ class LoadPublisher:
                 log.debug("load metrics publish failed: %s", exc)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except BaseException:
-                pass
+        await _cancel(self._task)
         await self.publisher.close()
+
+
+async def _cancel(task: asyncio.Task | None) -> None:
+    if task is not None:
+        task.cancel()
+        try:
+            await task
+        except BaseException:
+            pass

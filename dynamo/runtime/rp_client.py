@@ -13,9 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import socket
 from collections import deque
-from typing import Any
 
 from dynamo.runtime import wire
 
@@ -104,30 +102,15 @@ class ResponseStream:
             self._conn.send(wire.Cancel(self.sid))
 
 
-class _ClientConnection(asyncio.Protocol):
+class _ClientConnection(wire.FramedProtocol):
     def __init__(self, address: str, on_lost) -> None:
+        super().__init__()
         self.address = address
         self.streams: dict[int, ResponseStream] = {}
-        self.reader = wire.FrameReader()
-        self.transport: asyncio.Transport | None = None
-        self.pending: list[bytes] = []
-        self.flush_scheduled = False
-        self.closed = False
         self._on_lost = on_lost
         self._ids = itertools.count(1)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            frames = self.reader.feed(data)
-        except Exception:
-            self.transport.close()  # type: ignore[union-attr]
-            return
+    def on_frames(self, frames: list) -> None:
         streams = self.streams
         for frame in frames:
             stream = streams.get(frame.sid)
@@ -161,23 +144,6 @@ class _ClientConnection(asyncio.Protocol):
 
     def forget(self, sid: int) -> None:
         self.streams.pop(sid, None)
-
-    def send(self, frame: Any) -> None:
-        if self.closed:
-            return
-        self.pending.append(wire.encode(frame))
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self.flush_scheduled = False
-        if self.closed or not self.pending:
-            self.pending.clear()
-            return
-        data = b"".join(self.pending)
-        self.pending.clear()
-        self.transport.write(data)  # type: ignore[union-attr]
 
 
 def _connect_timeout() -> float:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from typing import Any, AsyncIterator, Callable
 
@@ -50,30 +49,20 @@ class RequestContext:
 Handler = Callable[[bytes, RequestContext], AsyncIterator[Any]]
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(wire.FramedProtocol):
     def __init__(self, server: "RequestPlaneServer") -> None:
+        super().__init__()
         self.server = server
-        self.reader = wire.FrameReader()
-        self.transport: asyncio.Transport | None = None
         self.tasks: dict[int, tuple[asyncio.Task, RequestContext]] = {}
-        self.pending: list[bytes] = []
-        self.flush_scheduled = False
-        self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().connection_made(transport)
         self.server.connections.add(self)
 
-    def data_received(self, data: bytes) -> None:
-        try:
-            frames = self.reader.feed(data)
-        except Exception as exc:  # malformed peer: drop the connection, not the worker
-            log.warning("request plane: bad frame from peer: %s", exc)
-            self.transport.close()  # type: ignore[union-attr]
-            return
+    def on_bad_frame(self, exc: Exception) -> None:
+        log.warning("request plane: bad frame from peer: %s", exc)
+
+    def on_frames(self, frames: list) -> None:
         for frame in frames:
             if type(frame) is wire.Request:
                 self._start(frame)
@@ -131,23 +120,6 @@ class _Connection(asyncio.Protocol):
         finally:
             self.tasks.pop(sid, None)
             server.on_request_end(frame.endpoint, status, time.monotonic() - started)
-
-    def send(self, frame: Any) -> None:
-        if self.closed:
-            return
-        self.pending.append(wire.encode(frame))
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self.flush_scheduled = False
-        if self.closed or not self.pending:
-            self.pending.clear()
-            return
-        data = b"".join(self.pending)
-        self.pending.clear()
-        self.transport.write(data)  # type: ignore[union-attr]
 
 
 class RequestPlaneServer:

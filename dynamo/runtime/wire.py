@@ -10,6 +10,8 @@ the caller can tell it apart from a normal end and migrate the request.
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import struct
 from typing import Any
 
@@ -88,3 +90,54 @@ class FrameReader:
         if offset:
             del buf[:offset]
         return frames
+
+
+class FramedProtocol(asyncio.Protocol):
+    """Both ends of a request-plane connection: frame parsing, TCP_NODELAY, and writes
+    coalesced per event-loop iteration (all frames produced in one iteration, e.g. every
+    sequence's token of one engine step, leave in one syscall)."""
+
+    def __init__(self) -> None:
+        self.reader = FrameReader()
+        self.transport: asyncio.Transport | None = None
+        self.pending: list[bytes] = []
+        self.flush_scheduled = False
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.reader.feed(data)
+        except Exception as exc:  # a malformed peer loses its connection, nothing more
+            self.on_bad_frame(exc)
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        self.on_frames(frames)
+
+    def on_frames(self, frames: list[Any]) -> None:
+        raise NotImplementedError
+
+    def on_bad_frame(self, exc: Exception) -> None:
+        pass
+
+    def send(self, frame: Any) -> None:
+        if self.closed:
+            return
+        self.pending.append(encode(frame))
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        if self.closed or not self.pending:
+            self.pending.clear()
+            return
+        data = b"".join(self.pending)
+        self.pending.clear()
+        self.transport.write(data)  # type: ignore[union-attr]

@@ -142,12 +142,15 @@ def test_cancelled_stream_aborts_the_engine_request(env):
                                "ignore_eos": True, "stream": True}) as resp:
             assert resp.status_code == 200
             lines = resp.iter_lines()  # keep the iterator: dropping it closes the response
-            seen = 0
+            seen, started, got = 0, time.monotonic(), []
             while seen < 3:
-                seen += next(lines).startswith("data: ")
+                line = next(lines)
+                got.append((round(time.monotonic() - started, 3), line[:120]))
+                seen += line.startswith("data: ")
             text = metrics(worker)
-            assert metric_value(text, "dynamo_vllm_handler_inflight_requests") == 1, text
-            assert metric_value(text, "dynamo_vllm_unfinished_requests") == 1, text  # running in vLLM
+            running = {name: metric_value(text, name) for name in (
+                "dynamo_vllm_handler_inflight_requests", "dynamo_vllm_unfinished_requests")}
+            assert running == dict.fromkeys(running, 1), (running, got)  # running in vLLM
         # leaving the block closes the connection mid-stream
     # The client is gone: the worker's handler and vLLM itself both drop the request.
     wait_until(lambda: metric_value(metrics(worker), "dynamo_component_inflight_requests") == 0, 15,
@@ -173,8 +176,10 @@ def test_requests_beyond_engine_request_limit_are_overloaded(env):
                     lines = resp.aiter_lines()  # kept alive: a dropped iterator closes the response
                     streams.append((ctx, lines))
                     await lines.__anext__()  # the worker holds it now
+                held = metric_value(await asyncio.to_thread(metrics, env["worker"]),
+                                    "dynamo_vllm_handler_inflight_requests")
                 extra = await http.post("/v1/completions", json={**body, "stream": False, "max_tokens": 2})
-                return extra.status_code, extra.json()
+                return extra.status_code, {"held": held, **extra.json()}
             finally:
                 for ctx, _ in streams:
                     await ctx.__aexit__(None, None, None)

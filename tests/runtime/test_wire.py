@@ -1,0 +1,47 @@
+"""Request-plane framing and the frontend<->worker messages round-trip exactly."""
+
+from __future__ import annotations
+
+import pytest
+
+from dynamo.llm.protocol import (
+    LLMEngineOutput,
+    PreprocessedRequest,
+    SamplingOptions,
+    StopConditions,
+    output_decoder,
+    request_decoder,
+    request_encoder,
+)
+from dynamo.runtime import wire
+
+
+def test_frames_round_trip_across_arbitrary_splits():
+    frames = [wire.Request(1, "generate", b"\x00payload", {"trace": "x"}), wire.Data(1, b"abc"), wire.End(1),
+              wire.Error(2, "boom", "overloaded"), wire.Cancel(3)]
+    data = b"".join(wire.encode(f) for f in frames)
+    for step in (1, 3, 7, len(data)):
+        reader = wire.FrameReader()
+        got = []
+        for i in range(0, len(data), step):
+            got.extend(reader.feed(data[i : i + step]))
+        assert got == frames
+
+
+def test_oversized_frame_is_refused():
+    reader = wire.FrameReader(max_frame=16)
+    with pytest.raises(wire.FrameTooLarge):
+        reader.feed(wire.encode(wire.Data(1, b"x" * 64)))
+
+
+def test_preprocessed_request_round_trip():
+    req = PreprocessedRequest(request_id="r1", model="m", token_ids=[1, 2, 3],
+                              stop_conditions=StopConditions(max_tokens=5, stop=["x"], ignore_eos=True),
+                              sampling_options=SamplingOptions(temperature=0.5, seed=3), eos_token_ids=[5],
+                              disaggregated_params={"k": [1, 2]}, prefill_only=True)
+    assert request_decoder.decode(request_encoder.encode(req)) == req
+
+
+def test_engine_output_round_trip():
+    out = LLMEngineOutput(token_ids=[7, 8], finish_reason="length", cached_tokens=32)
+    assert output_decoder.decode(request_encoder.encode(out)) == out
