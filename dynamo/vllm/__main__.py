@@ -22,6 +22,7 @@ from dynamo.llm.model_card import RuntimeConfig, build_card, card_encoder
 from dynamo.router.engine_events import EngineEventDecoder
 from dynamo.runtime.distributed import DistributedRuntime
 from dynamo.runtime.process import run_main
+from dynamo.vllm import disagg
 from dynamo.vllm.args import DynamoVllmArgs, parse_args
 from dynamo.vllm.engine import EngineFacts, apply_dynamo_defaults, engine_facts, kv_event_endpoints, start_engine
 from dynamo.vllm.events import EngineStats, KvEventRelay, stat_logger_factory
@@ -85,10 +86,11 @@ async def serve(config: DynamoVllmArgs, engine_args, stop: asyncio.Event) -> int
     runtime = await DistributedRuntime.create(config.discovery_backend, config.namespace)
     await runtime.start_system_server()  # /health answers 503 while the engine loads
     eid = runtime.endpoint_id(config.default_endpoint())
+    xfer = disagg.setup_worker(engine_args, config, runtime.registry)
     publishes = apply_dynamo_defaults(engine_args, config)
     stats = EngineStats(total_slots=0)
     try:
-        engine = await start_engine(engine_args, [stat_logger_factory(stats)])
+        engine = await start_engine(engine_args, [stat_logger_factory(stats), *disagg.stat_loggers(xfer)])
     except Exception:
         log.exception("vLLM engine failed to start")
         await runtime.shutdown()
@@ -108,7 +110,8 @@ async def serve(config: DynamoVllmArgs, engine_args, stop: asyncio.Event) -> int
         load = await LoadPublisher.create(config.event_plane, runtime.store, eid.namespace, eid.component,
                                           runtime.instance_id, lambda: stats.load_metrics(runtime.instance_id))
         closers.append(load.close)
-        handler = RequestHandler(engine, facts.max_model_len, config.mode, config.engine_request_limit)
+        handler = RequestHandler(engine, facts.max_model_len, config.mode, config.engine_request_limit,
+                                 disagg.params_hook(xfer, engine, config.mode))
         engine_gauges(runtime, engine, stats, handler, relay)
         await runtime.serve_endpoint(eid, handler.generate, card_json=model_card(config, facts, publishes))
         log.info("vLLM worker ready: model %r (%s), %d KV blocks of %d tokens, max_num_seqs %d, context %d, "

@@ -44,6 +44,10 @@ class DynamoVllmArgs:
                                       env="DYN_VLLM_IS_PREFILL_WORKER")
     is_decode_worker: bool = setting(False, "Deprecated: same as --disaggregation-mode decode",
                                      env="DYN_VLLM_IS_DECODE_WORKER")
+    kv_transfer_backend: str = setting("auto", "KV transport between prefill and decode workers: nixl (vLLM's "
+                                               "NixlConnector), tcp (Dynamo's TCP fallback) or auto (nixl when it "
+                                               "works, else tcp); ignored with --kv-transfer-config",
+                                       env="DYN_KV_TRANSFER_BACKEND", choices=["nixl", "tcp", "auto"])
     migration_limit: int = setting(0, "Times a request may migrate to another worker (stored in the model card)")
     engine_request_limit: int = setting(0, "Requests in flight beyond which new ones are refused as overloaded "
                                            "(0: no limit)")

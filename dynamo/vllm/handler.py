@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from dynamo.llm.protocol import FinishReason, LLMEngineOutput, PreprocessedRequest, request_decoder
 from dynamo.runtime.rp_server import HandlerError, RequestContext
@@ -90,8 +90,10 @@ def _handler_error(exc: Exception) -> Exception:
 class RequestHandler:
     """The worker's `generate` endpoint over one AsyncLLM."""
 
-    def __init__(self, engine: Any, max_model_len: int, mode: str = "agg", request_limit: int = 0) -> None:
+    def __init__(self, engine: Any, max_model_len: int, mode: str = "agg", request_limit: int = 0,
+                 params_hook: Callable[[dict], dict] | None = None) -> None:
         self.engine = engine
+        self.params_hook = params_hook  # prefill: annotates the KV transfer params (dynamo.vllm.disagg)
         self.max_model_len = max_model_len
         self.mode = mode
         self.request_limit = request_limit
@@ -140,7 +142,8 @@ class RequestHandler:
                     finished = True
                     out.finish_reason = finish_reason(completion, eos_ids)
                     if result.kv_transfer_params:
-                        out.disaggregated_params = result.kv_transfer_params
+                        params = result.kv_transfer_params
+                        out.disaggregated_params = self.params_hook(params) if self.params_hook else params
                 yield out
         except Exception as exc:
             raise _handler_error(exc) from None

@@ -21,7 +21,7 @@ VLLM_VENV = Path(os.environ.get("DYN_VLLM_VENV", REPO / ".venv-vllm"))
 VLLM_PYTHON = VLLM_VENV / "bin" / "python"
 MODEL = "tiny"
 BLOCK_SIZE = 32
-MAX_MODEL_LEN = 1024
+MAX_MODEL_LEN = 2048  # the tiny model's max_position_embeddings
 # Quiet, offline, small KV cache; see shared/reference/engines-on-cpu.md.
 ENGINE_ENV = {"DO_NOT_TRACK": "1", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
               "TOKENIZERS_PARALLELISM": "false"}
