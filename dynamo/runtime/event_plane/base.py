@@ -63,6 +63,39 @@ class EventSubscriber(ABC):
     async def close(self) -> None: ...
 
 
+RECEIVE_BUFFER = 4096
+
+
+class QueuedSubscriber(EventSubscriber):
+    """Transport callbacks feed one bounded queue (backpressure to the transport's own
+    buffers); iterating drains it. Sequence gaps per publisher are counted in `missed`."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue(RECEIVE_BUFFER)
+        self._last_seq: dict[int, int] = {}
+        self._closed = False
+        self.missed = 0
+
+    def _count_gap(self, instance_id: int, seq: int) -> None:
+        last = self._last_seq.get(instance_id)
+        if seq and last is not None and seq > last + 1:
+            self.missed += seq - last - 1
+        self._last_seq[instance_id] = seq
+
+    async def __aiter__(self):
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                self._queue.put_nowait(None)  # let other iterators end too
+                return
+            yield item
+
+    def _end(self) -> None:
+        while not self._queue.empty():  # make room for the end marker
+            self._queue.get_nowait()
+        self._queue.put_nowait(None)
+
+
 class SendQueue:
     """Bounded buffer plus one sender task: decouples publish() from the socket.
 

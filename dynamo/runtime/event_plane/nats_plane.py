@@ -17,14 +17,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from dynamo.runtime.discovery.base import KeyValueStore
-from dynamo.runtime.event_plane.base import DEFAULT_BUFFER, EventPublisher, EventSubscriber, SendQueue, nats_subject
+from dynamo.runtime.event_plane.base import DEFAULT_BUFFER, EventPublisher, QueuedSubscriber, SendQueue, nats_subject
 
 log = logging.getLogger(__name__)
 
 INSTANCE_HEADER = "Dyn-Instance-Id"
 SEQ_HEADER = "Dyn-Seq"
 CONNECT_TIMEOUT = 5.0
-RECEIVE_BUFFER = 4096
 
 
 def server_url() -> str:
@@ -80,13 +79,11 @@ class NatsPublisher(EventPublisher):
             await self._nc.close()
 
 
-class NatsSubscriber(EventSubscriber):
+class NatsSubscriber(QueuedSubscriber):
     def __init__(self, namespace: str, component: str, topic: str):
+        super().__init__()
         self.subject = nats_subject(namespace, component, topic)
         self._nc: Client | None = None
-        self._queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue(RECEIVE_BUFFER)
-        self._last_seq: dict[int, int] = {}
-        self._closed = False
 
     async def start(self) -> None:
         self._nc = await connect(f"dynamo-sub-{self.subject}")
@@ -101,19 +98,8 @@ class NatsSubscriber(EventSubscriber):
         except ValueError:
             log.warning("ignoring event with malformed headers on %s", self.subject)
             return
-        last = self._last_seq.get(instance_id)
-        if seq and last is not None and seq > last + 1:
-            self.missed += seq - last - 1
-        self._last_seq[instance_id] = seq
+        self._count_gap(instance_id, seq)
         await self._queue.put((instance_id, msg.data))  # backpressure to nats' pending limits
-
-    async def __aiter__(self):
-        while True:
-            item = await self._queue.get()
-            if item is None:
-                self._queue.put_nowait(None)  # let other iterators end too
-                return
-            yield item
 
     async def close(self) -> None:
         if self._closed:
@@ -121,9 +107,7 @@ class NatsSubscriber(EventSubscriber):
         self._closed = True
         if self._nc is not None:
             await self._nc.close()
-        while not self._queue.empty():  # make room for the end marker
-            self._queue.get_nowait()
-        self._queue.put_nowait(None)
+        self._end()
 
 
 async def create_publisher(store: KeyValueStore, namespace: str, component: str, topic: str, instance_id: int):

@@ -29,7 +29,7 @@ from dynamo.runtime.discovery.base import KeyValueStore
 from dynamo.runtime.event_plane.base import (
     DEFAULT_BUFFER,
     EventPublisher,
-    EventSubscriber,
+    QueuedSubscriber,
     SendQueue,
     channel_prefix,
 )
@@ -37,7 +37,6 @@ from dynamo.runtime.event_plane.base import (
 log = logging.getLogger(__name__)
 
 _U64 = struct.Struct(">Q")
-RECEIVE_BUFFER = 4096
 
 
 class EventChannel(msgspec.Struct):
@@ -106,18 +105,16 @@ class ZmqPublisher(EventPublisher):
         self._sock.close(linger=0)
 
 
-class ZmqSubscriber(EventSubscriber):
+class ZmqSubscriber(QueuedSubscriber):
     def __init__(self, store: KeyValueStore, namespace: str, component: str, topic: str):
+        super().__init__()
         self.store = store
         self.topic = topic
         self.prefix = channel_prefix(namespace, component, topic)
         self._topic = topic.encode()
         self._sock: zmq.asyncio.Socket | None = None
-        self._queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue(RECEIVE_BUFFER)
         self._connected: dict[str, tuple[int, str]] = {}  # advert key -> (instance id, address)
-        self._last_seq: dict[int, int] = {}
         self._tasks: list[asyncio.Task] = []
-        self._closed = False
 
     @property
     def publishers(self) -> dict[int, str]:
@@ -182,20 +179,6 @@ class ZmqSubscriber(EventSubscriber):
             self._count_gap(instance_id, seq)
             await self._queue.put((instance_id, frames[3]))  # backpressure to the SUB HWM
 
-    def _count_gap(self, instance_id: int, seq: int) -> None:
-        last = self._last_seq.get(instance_id)
-        if last is not None and seq > last + 1:
-            self.missed += seq - last - 1
-        self._last_seq[instance_id] = seq
-
-    async def __aiter__(self):
-        while True:
-            item = await self._queue.get()
-            if item is None:
-                self._queue.put_nowait(None)  # let other iterators end too
-                return
-            yield item
-
     async def close(self) -> None:
         if self._closed:
             return
@@ -205,9 +188,7 @@ class ZmqSubscriber(EventSubscriber):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._sock is not None:
             self._sock.close(linger=0)
-        while not self._queue.empty():  # make room for the end marker
-            self._queue.get_nowait()
-        self._queue.put_nowait(None)
+        self._end()
 
 
 async def create_publisher(store: KeyValueStore, namespace: str, component: str, topic: str, instance_id: int):
