@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fixtures.procs import Cluster, metric_value
+from tests.fixtures.procs import Cluster, metric_value, wait_until
 from tests.fixtures.servers import etcd_server, nats_server  # noqa: F401 - fixtures
 from tests.router.e2e_helpers import (
     BLOCK,
@@ -38,7 +38,8 @@ def cluster(tiny_model, tmp_path_factory, etcd_server, nats_server):  # noqa: F8
 
 def test_kv_events_over_nats_route_shared_prefixes_to_their_holder(cluster):
     assert route_info(cluster.base_url)["mode"] == "kv-events"
-    assert "KV events and load metrics over nats" in cluster.procs[-1].log_path.read_text()
+    wait_until(lambda: "KV events and load metrics over nats" in cluster.procs[-1].log_path.read_text(), 30,
+               "the frontend to log its nats subscription")
     prefix = tokens(7, PREFIX_BLOCKS * BLOCK)
     before = [worker_requests(w) for w in cluster.workers]
     complete(cluster.base_url, prefix + tokens(70, 10))
