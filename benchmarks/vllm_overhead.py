@@ -56,7 +56,11 @@ def stop(procs: list[subprocess.Popen]) -> None:
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
+            pass
+        try:  # the process group: vLLM's engine-core/worker children included
             os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def wait_ready(url: str, procs: list[subprocess.Popen], timeout: float = 300) -> None:

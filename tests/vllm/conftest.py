@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,15 @@ class VllmCluster(Cluster):
             wait_healthy(proc)
         return proc
 
+    def stop(self) -> None:
+        groups = [p.pid for p in self.procs if isinstance(p, VenvProc)]
+        super().stop()
+        for pgid in groups:  # vLLM's engine-core/worker children, whatever state the worker left them in
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
 
 def health(proc: Proc) -> int:
     try:
@@ -117,10 +127,16 @@ def offline_reference(python: Path, model_dir: Path, prompts: list[list[int]], m
     args = [str(python), str(Path(__file__).with_name("offline_reference.py")), str(model_dir), json.dumps(prompts),
             str(max_tokens), str(BLOCK_SIZE), str(MAX_MODEL_LEN)]
     with open(log_path, "wb") as log:
-        return subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=log)
+        return subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
 
 
 def reference_result(proc: subprocess.Popen, timeout: float = 240) -> list[list[int]]:
-    out, _ = proc.communicate(timeout=timeout)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        try:  # vLLM's engine/worker children can outlive the script: reap the whole group
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     assert proc.returncode == 0, f"offline reference failed (rc {proc.returncode})"
     return json.loads(out.decode().strip().splitlines()[-1])
