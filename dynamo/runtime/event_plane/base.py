@@ -66,6 +66,18 @@ class EventSubscriber(ABC):
 RECEIVE_BUFFER = 4096
 
 
+class QueuedPublisher(EventPublisher):
+    """publish() only offers the payload to a `SendQueue` (set up by `start()`), never the network."""
+
+    _sender: "SendQueue | None" = None
+
+    async def publish(self, payload: bytes) -> None:
+        if self._sender is None:
+            raise RuntimeError("publisher closed or not started")
+        self._sender.offer(payload)
+        self.published, self.dropped = self._sender.accepted, self._sender.dropped
+
+
 class QueuedSubscriber(EventSubscriber):
     """Transport callbacks feed one bounded queue (backpressure to the transport's own
     buffers); iterating drains it. Sequence gaps per publisher are counted in `missed`."""

@@ -17,7 +17,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from dynamo.runtime.discovery.base import KeyValueStore
-from dynamo.runtime.event_plane.base import DEFAULT_BUFFER, EventPublisher, QueuedSubscriber, SendQueue, nats_subject
+from dynamo.runtime.event_plane.base import DEFAULT_BUFFER, QueuedPublisher, QueuedSubscriber, SendQueue, nats_subject
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ async def connect(name: str) -> Client:
     )
 
 
-class NatsPublisher(EventPublisher):
+class NatsPublisher(QueuedPublisher):
     def __init__(self, namespace: str, component: str, topic: str, instance_id: int):
         self.subject = nats_subject(namespace, component, topic)
         self.instance_id = instance_id
@@ -60,12 +60,6 @@ class NatsPublisher(EventPublisher):
     async def _send(self, seq: int, payload: bytes) -> None:
         headers = {INSTANCE_HEADER: str(self.instance_id), SEQ_HEADER: str(seq)}
         await self._nc.publish(self.subject, payload, headers=headers)
-
-    async def publish(self, payload: bytes) -> None:
-        if self._sender is None:
-            raise RuntimeError("publisher closed or not started")
-        self._sender.offer(payload)
-        self.published, self.dropped = self._sender.accepted, self._sender.dropped
 
     async def close(self) -> None:
         sender, self._sender = self._sender, None

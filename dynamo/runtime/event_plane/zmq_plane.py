@@ -28,7 +28,7 @@ import zmq.asyncio
 from dynamo.runtime.discovery.base import KeyValueStore
 from dynamo.runtime.event_plane.base import (
     DEFAULT_BUFFER,
-    EventPublisher,
+    QueuedPublisher,
     QueuedSubscriber,
     SendQueue,
     channel_prefix,
@@ -56,7 +56,7 @@ def _advertised_host() -> tuple[str, str]:
     return host, host
 
 
-class ZmqPublisher(EventPublisher):
+class ZmqPublisher(QueuedPublisher):
     def __init__(self, store: KeyValueStore, namespace: str, component: str, topic: str, instance_id: int):
         self.store = store
         self.topic = topic
@@ -84,12 +84,6 @@ class ZmqPublisher(EventPublisher):
     async def _send(self, seq: int, payload: bytes) -> None:
         frames = [self._topic, self._instance, _U64.pack(seq), payload]
         await self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-
-    async def publish(self, payload: bytes) -> None:
-        if self._sender is None:
-            raise RuntimeError("publisher closed or not started")
-        self._sender.offer(payload)
-        self.published, self.dropped = self._sender.accepted, self._sender.dropped
 
     async def close(self) -> None:
         """Withdraw the advert first so subscribers disconnect, then stop sending."""
