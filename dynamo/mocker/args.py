@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from dynamo.llm.model_card import disaggregation_role
 from dynamo.runtime.config import setting
 
 log = logging.getLogger(__name__)
@@ -82,11 +83,7 @@ class MockerArgs:
     @property
     def mode(self) -> str:
         """Effective role: the legacy booleans win over the default `agg`."""
-        if self.is_prefill_worker:
-            return "prefill"
-        if self.is_decode_worker:
-            return "decode"
-        return self.disaggregation_mode
+        return disaggregation_role(self.disaggregation_mode, self.is_prefill_worker, self.is_decode_worker)
 
     def default_endpoint(self) -> str:
         component = "prefill" if self.mode == "prefill" else "backend"

@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from dynamo.llm.model_card import disaggregation_role
 from dynamo.runtime.config import add_arguments, from_namespace, setting
 
 MODES = ("agg", "prefill", "decode")
@@ -76,11 +77,7 @@ class DynamoVllmArgs:
     @property
     def mode(self) -> str:
         """Effective role: the legacy booleans win over the default `agg`."""
-        if self.is_prefill_worker:
-            return "prefill"
-        if self.is_decode_worker:
-            return "decode"
-        return self.mode_flag
+        return disaggregation_role(self.mode_flag, self.is_prefill_worker, self.is_decode_worker)
 
     @property
     def model_types(self) -> list[str]:
