@@ -129,7 +129,7 @@ class KvRouter:
         return self.indexer.apply_event(event)
 
     def update_metrics(self, metrics: LoadMetrics) -> None:
-        """Worker-reported load; its KV usage takes precedence for busy detection."""
+        """Worker-reported load: its KV capacity and usage feed busy detection (with our own bookings)."""
         self._reported[(metrics.worker_id, metrics.dp_rank)] = metrics
 
     # -- routing -------------------------------------------------------------------------
@@ -209,7 +209,8 @@ class KvRouter:
         if reported is not None and reported.kv_total_blocks:
             capacity = WorkerCapacity(reported.kv_total_blocks,
                                       capacity.max_num_batched_tokens if capacity else None)
-            blocks = reported.kv_active_blocks
+            # Reports lag by up to a publish interval; our own bookings are immediate.
+            blocks = max(blocks, reported.kv_active_blocks)
         return is_busy(blocks, self.active.active_prefill_tokens(key), capacity, self.thresholds)
 
     # -- lifecycle -----------------------------------------------------------------------
