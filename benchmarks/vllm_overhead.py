@@ -27,19 +27,14 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dynamo.runtime.net import free_port  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 ENGINE_ENV = {"DO_NOT_TRACK": "1", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
               "PYTHONUNBUFFERED": "1"}
 ENGINE_ARGS = ["--served-model-name", "tiny", "--enforce-eager", "--dtype", "float32", "--block-size", "32",
                "--max-model-len", "1024", "--distributed-executor-backend", "uni", "--seed", "0"]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:

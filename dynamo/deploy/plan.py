@@ -17,6 +17,7 @@ from typing import Any
 from dynamo.deploy import contract
 from dynamo.deploy.commands import CommandLine, parse_command, set_flag, swap_model
 from dynamo.deploy.model import Graph, Service
+from dynamo.runtime.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER_MODULES = ("dynamo.mocker", "dynamo.vllm", "dynamo.sglang", "dynamo.trtllm")
@@ -43,14 +44,6 @@ class RunOptions:
     state_dir: str = ""
     append_args: dict[str, list[str]] = field(default_factory=dict)  # service -> extra flags
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def local_workdir(path: str | None) -> str:

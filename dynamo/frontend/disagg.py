@@ -137,11 +137,8 @@ class PrefillOrchestrator:
         return params
 
     async def _run(self, worker, sub: PreprocessedRequest, handle) -> dict[str, Any] | None:
-        stream = await self.client.open_stream(worker.address or "", worker.endpoint.endpoint,
-                                               request_encoder.encode(sub))
-        handle.stream = stream
-        if handle.cancelled:
-            stream.cancel()
+        stream = handle.attach(await self.client.open_stream(worker.address or "", worker.endpoint.endpoint,
+                                                             request_encoder.encode(sub)))
         params = None
         try:
             while True:

@@ -83,6 +83,13 @@ class RequestHandle:
         self.cancelled = True
         self.stop_worker()
 
+    def attach(self, stream: ResponseStream) -> ResponseStream:
+        """Make `stream` the one cancel() reaches; a cancel that came first applies at once."""
+        self.stream = stream
+        if self.cancelled:
+            stream.cancel()
+        return stream
+
     def stop_worker(self) -> None:
         """We have what we need (e.g. a stop string matched): let the worker stop generating."""
         if self.stream is not None:
@@ -137,9 +144,7 @@ class Dispatcher:
                 log.warning("worker %x unreachable (%s); trying another", worker.instance_id, exc)
                 self.metrics.migration(entry.name, "new_request")
                 continue
-            handle.stream = stream
-            if handle.cancelled:
-                stream.cancel()
+            handle.attach(stream)
             first = True
             try:
                 while True:

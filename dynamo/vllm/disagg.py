@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any, Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from dynamo.runtime.distributed import advertise_host
+from dynamo.runtime.net import free_port
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,6 @@ class DisaggSetup:
     transport: str  # nixl | tcp | <connector name> for a user connector
     connector: str
     reason: str
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def nixl_works(timeout: float = 60.0) -> tuple[bool, str]:
