@@ -191,7 +191,7 @@ class FrontendApp:
         self.metrics.inflight.labels(entry.name).inc()
         status = "error"
         try:
-            run = _Run(self, entry.name, req, preq, is_chat, started)
+            run = _Run(self, entry, req, preq, is_chat, started)
             status = await run.execute(entry, receive, send, request_type)
         finally:
             self.inflight -= 1
@@ -202,16 +202,16 @@ class FrontendApp:
 class _Run:
     """One generation request from its first worker call to its last byte."""
 
-    def __init__(self, app: FrontendApp, model: str, req, preq, is_chat: bool, started: float) -> None:
+    def __init__(self, app: FrontendApp, entry, req, preq, is_chat: bool, started: float) -> None:
         self.app = app
-        self.model = model
+        self.model = model = entry.name
         self.req = req
         self.preq = preq
         self.started = started
         self.created = int(time.time())
         self.chunks = (ChatChunks if is_chat else CompletionChunks)(preq.request_id, model, self.created)
         self.is_chat = is_chat
-        self.assembler = app.models.get(model).pipeline.assembler(stop_list(req.stop))  # type: ignore[union-attr]
+        self.assembler = entry.pipeline.assembler(stop_list(req.stop))
         self.handle = RequestHandle()
         self.cached_tokens = 0
         self.finish: str | None = None
