@@ -118,10 +118,26 @@ def test_body_over_limit_is_413_without_reading_it(cluster):
     with socket.create_connection(("127.0.0.1", cluster.http_port), timeout=10) as sock:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 52428800\r\n\r\n")
-        data = sock.recv(65536)
+        data = _read_response(sock)
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413"), head
     assert json.loads(body)["error"]["code"] == "request_too_large"
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    """Headers and body may arrive in separate segments: read until Content-Length is satisfied."""
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if sep:
+            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            if len(body) >= length:
+                return data
 
 
 def test_chunked_body_over_limit_is_413(http):
