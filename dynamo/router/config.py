@@ -49,12 +49,19 @@ class KvRouterConfig:
     active_prefill_tokens_threshold_frac: float | None = setting(
         None, "Worker busy when active prefill tokens exceed frac x max_num_batched_tokens (unset = off)"
     )
+    router_queue_max_requests: int = setting(
+        1024, "When every worker is busy, hold up to this many requests in the router queue instead of "
+        "answering 503 at once (0: no queue)")
+    router_queue_timeout_secs: float = setting(
+        10.0, "Longest a request waits in the router queue before it is answered 503")
 
     def validate(self) -> None:
         if self.overlap_score_weight < 0:
             raise ValueError("--kv-overlap-score-weight must be >= 0")
         if self.router_temperature < 0:
             raise ValueError("--router-temperature must be >= 0")
+        if self.router_queue_max_requests < 0 or self.router_queue_timeout_secs < 0:
+            raise ValueError("--router-queue-max-requests and --router-queue-timeout-secs must be >= 0")
         if self.router_ttl_secs <= 0:
             raise ValueError("--router-ttl-secs must be > 0")
         if self.router_max_tree_size < 1:
