@@ -196,6 +196,10 @@ class ActiveSequences:
         load = self._workers.get(key)
         return 0 if load is None else load.prefill_tokens
 
+    def requests(self, key: WorkerKey) -> int:
+        load = self._workers.get(key)
+        return 0 if load is None else load.requests
+
     def loads(self) -> dict[WorkerKey, dict[str, int]]:
         return {
             key: {"active_blocks": w.active_blocks, "active_prefill_tokens": w.prefill_tokens, "requests": w.requests}

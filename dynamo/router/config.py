@@ -22,6 +22,10 @@ class KvRouterConfig:
         env="DYN_OVERLAP_SCORE_WEIGHT",
         flag=["--kv-overlap-score-weight", "--router-kv-overlap-score-weight"],
     )
+    router_cost_model: str = setting(
+        "ttft", "Worker cost: 'ttft' = predicted time to first token (queued prefill, new prefill after cache "
+        "hits, decode load), fitted online to observed TTFTs; 'dynamo' = NVIDIA Dynamo's classic "
+        "overlap_score_weight * prefill_blocks + decode_blocks", choices=["ttft", "dynamo"])
     router_temperature: float = setting(
         0.0, "Softmax sampling temperature over worker costs (0 = argmin)", env="DYN_ROUTER_TEMPERATURE"
     )
