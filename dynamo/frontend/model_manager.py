@@ -51,7 +51,8 @@ class ModelEntry:
         if pool is None or pool.version != self.version:
             workers = self.prefill_workers() if role is Role.PREFILL else self.decode_workers()
             pool = self._pools[role] = WorkerPool(self.name, role, self.version, self.block_size,
-                                                  tuple(sorted(workers, key=lambda w: w.instance_id)))
+                                                  tuple(sorted(workers, key=lambda w: w.instance_id)),
+                                                  lora_name=self.card.lora_name)
         return pool
 
 

@@ -101,8 +101,11 @@ class ActiveSequences:
         return max(isl - overlap_blocks * self.block_size, 0)
 
     def add_request(
-        self, key: WorkerKey, request_id: str, seq_hashes: Sequence[int], isl: int, overlap_blocks: int
+        self, key: WorkerKey, request_id: str, seq_hashes: Sequence[int], isl: int, overlap_blocks: int,
+        output_blocks: int = 0,
     ) -> None:
+        """`output_blocks`: blocks the request's answer will fill (output-block tracking), held
+        privately until it ends."""
         if request_id in self._requests:
             raise ValueError(f"request {request_id!r} is already active")
         load = self._workers.setdefault(key, _WorkerLoad())
@@ -112,6 +115,8 @@ class ActiveSequences:
             seq_hashes = ()
         elif not self.assume_kv_reuse:
             private, seq_hashes = len(seq_hashes), ()
+        if self.track_active_blocks:
+            private += output_blocks
         refs = load.block_refs
         for seq_hash in seq_hashes:
             refs[seq_hash] = refs.get(seq_hash, 0) + 1

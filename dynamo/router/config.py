@@ -42,6 +42,11 @@ class KvRouterConfig:
     router_track_active_blocks: bool = setting(
         True, "Track decode load (active blocks) per worker", flag=["--router-track-active-blocks", "--track-active-blocks"]
     )
+    router_track_output_blocks: bool = setting(
+        True, "Count the blocks a request's answer will fill (from its max_tokens when given, capped "
+        "at --router-output-blocks-horizon tokens) in its worker's decode load")
+    router_output_blocks_horizon: int = setting(
+        1024, "Most output tokens a request is assumed to generate for output-block tracking")
     router_assume_kv_reuse: bool = setting(True, "Count identical blocks across active requests once")
     router_track_prefill_tokens: bool = setting(True, "Include pending prompt tokens in the load")
     active_decode_blocks_threshold: float | None = setting(
@@ -66,6 +71,8 @@ class KvRouterConfig:
             raise ValueError("--router-temperature must be >= 0")
         if self.router_queue_max_requests < 0 or self.router_queue_timeout_secs < 0:
             raise ValueError("--router-queue-max-requests and --router-queue-timeout-secs must be >= 0")
+        if self.router_output_blocks_horizon < 0:
+            raise ValueError("--router-output-blocks-horizon must be >= 0")
         if self.router_ttl_secs <= 0:
             raise ValueError("--router-ttl-secs must be > 0")
         if self.router_max_tree_size < 1:

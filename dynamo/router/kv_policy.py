@@ -194,7 +194,7 @@ class KvPolicy:
         selection = router.select(request.token_ids, request_id=rid, allowed=allowed, lora_name=lora)
         if rid in self._inflight:  # a retry that was not freed: never double-book
             self.free(rid)
-        seq = router.add_request(rid, selection, request.token_ids, lora)
+        seq = router.add_request(rid, selection, request.token_ids, lora, request.stop_conditions.max_tokens)
         self._inflight[rid] = route
         if self.metrics is not None:
             self.metrics.decision.labels(route.name).observe(time.perf_counter() - started)

@@ -241,14 +241,16 @@ class KvRouter:
 
     # -- lifecycle -----------------------------------------------------------------------
     def add_request(
-        self, request_id: str, selection: Selection, token_ids: Sequence[int], lora_name: str | None = None
+        self, request_id: str, selection: Selection, token_ids: Sequence[int], lora_name: str | None = None,
+        max_tokens: int | None = None,
     ) -> list[int]:
         """Book the request's load on the selected worker (call when the request is sent).
         Returns the prompt's sequence hashes (what router replicas share)."""
         isl, local, seq = self._hash(token_ids, request_id, lora_name)
         self._hashes.pop(request_id, None)
         key = (selection.worker_id, selection.dp_rank)
-        self.active.add_request(key, request_id, seq, isl, selection.overlap_blocks)
+        self.active.add_request(key, request_id, seq, isl, selection.overlap_blocks,
+                                self._output_blocks(isl, max_tokens))
         if selection.features is not None:
             self._booked[request_id] = (self._clock(), selection.features)
         if self.mode == "approximate":
@@ -258,6 +260,15 @@ class KvRouter:
         stats["prompt_blocks"] += len(local)
         stats["overlap_blocks"] += selection.overlap_blocks
         return seq
+
+    def _output_blocks(self, isl: int, max_tokens: int | None) -> int:
+        """Blocks the answer will newly fill: the partial last prompt block absorbs the first tokens."""
+        cfg = self.config
+        if not cfg.router_track_output_blocks or not max_tokens:
+            return 0  # unknown answer length: nothing to assume
+        expected = min(max_tokens, cfg.router_output_blocks_horizon)
+        bs = self.block_size
+        return (isl + expected) // bs - isl // bs
 
     def mark_prefill_complete(self, request_id: str) -> bool:
         booked = self._booked.pop(request_id, None)

@@ -152,3 +152,27 @@ async def test_router_queue_is_bounded():
     off = RouterQueue(KvRouterConfig(router_queue_max_requests=0))
     with pytest.raises(AllWorkersBusy):
         await off.wait(off.enter())
+
+
+async def test_lora_pool_hashes_in_the_adapter_namespace():
+    from dynamo.llm.kv_events.hashing import block_hashes, sequence_hashes
+    from dynamo.llm.kv_events.protocol import KvCacheEvent, KvStored, RouterEvent, StoredBlock
+
+    tokens = list(range(32))
+    policy = KvPolicy(KvRouterConfig(router_cost_model="dynamo"))
+    lora = WorkerPool("m-lora", Role.DECODE, 1, BS, pool(1, 2).workers, lora_name="adapter")
+    policy.on_membership_change(lora)
+    router = policy.routes["m-lora"].router
+
+    def stored(worker: int, lora_name: str | None, event_id: int) -> None:
+        local = block_hashes(tokens, BS, lora_name)  # what the engine reports for the adapter's blocks
+        blocks = [StoredBlock(block_hash=e, tokens_hash=h) for e, h in zip(sequence_hashes(local), local)]
+        router.apply_event(RouterEvent(worker_id=worker, event=KvCacheEvent(
+            event_id=event_id, data=KvStored(parent_hash=None, blocks=blocks))))
+
+    stored(1, None, 0)  # base-model blocks of the same tokens on worker 1: no use to the adapter
+    assert (await policy.select(lora, req("a", tokens), set())).overlap_blocks == 0
+    policy.free("a")
+    stored(2, "adapter", 0)  # the adapter's own blocks on worker 2
+    choice = await policy.select(lora, req("b", tokens), set())
+    assert (choice.worker.instance_id, choice.overlap_blocks) == (2, 8)
