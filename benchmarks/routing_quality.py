@@ -11,7 +11,11 @@ Workloads (`--workload`; each sets defaults the flags can override):
 - `multi-turn`: conversations that grow: every user runs conversations one turn at a
   time, each turn's prompt = the previous turn's prompt + its answer + a new message, so a
   conversation's next turn finds its history cached only where the last turn ran;
-- `mixed`: half `groups` traffic, half unique prompts (nothing to reuse).
+- `mixed`: half `groups` traffic, half unique prompts (nothing to reuse);
+- `vllm-prefix` with `--engine vllm`: two real `dynamo.vllm` workers (vLLM's CPU build, the
+  tiny random-weight Llama, prefix caching and KV events on) behind our frontend, 16 groups
+  of 1,500-token prefixes (the model's context is 2,048); needs the vLLM venv
+  (scripts/install_vllm_cpu.sh, `DYN_VLLM_VENV`). Ours only: the anchor has no CPU vLLM.
 Streaming completions through the frontend against 2 real-time mockers (`--speedup-ratio
 1`); every run gets fresh processes (cold caches) and the same requests. `--stacks ours
 anchor` runs NVIDIA Dynamo 1.6.1 (.venv-anchor, scripts/install_anchor_dynamo.sh) in the same
@@ -28,6 +32,7 @@ import asyncio
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +53,8 @@ WORKLOADS = {
     "rag": dict(groups=12, prefix_tokens=6000, suffix_tokens=60, concurrency=16, blocks=560, requests=128),
     "multi-turn": dict(groups=24, prefix_tokens=800, suffix_tokens=120, concurrency=12, blocks=240, requests=144),
     "mixed": dict(groups=16, prefix_tokens=1150, suffix_tokens=30, concurrency=16, blocks=200, requests=160),
+    # Two real vLLM CPU workers (tiny model, context 2,048): shared prefixes as long as it allows.
+    "vllm-prefix": dict(groups=16, prefix_tokens=1500, suffix_tokens=40, concurrency=4, blocks=0, requests=64),
 }
 
 
@@ -116,6 +123,23 @@ def anchor_python() -> str:
     raise SystemExit("NVIDIA Dynamo is not installed: run scripts/install_anchor_dynamo.sh")
 
 
+def _vllm_cluster(tmp: Path, args):
+    from tests.vllm.conftest import BLOCK_SIZE, VllmCluster, require_vllm_venv  # noqa: PLC0415
+
+    python = require_vllm_venv()
+    if getattr(args, "vllm_model", None) is None:  # built once per invocation
+        args.vllm_model = tmp / "tiny-llama"
+        subprocess.run([str(python), "-m", "dynamo.llm.tiny_model", "--out", str(args.vllm_model), "--weights"],
+                       cwd=ROOT, check=True, capture_output=True, timeout=300)
+    cluster = VllmCluster(tmp, args.vllm_model, python)
+    workers = [cluster.vllm_worker("--enable-prefix-caching", wait=False) for _ in range(2)]
+    from tests.vllm.conftest import wait_healthy  # noqa: PLC0415
+    for worker in workers:
+        wait_healthy(worker, timeout=600)
+    args.block_size = BLOCK_SIZE
+    return cluster, workers
+
+
 def run_once(stack: str, spec: str, model: Path, plan, args) -> dict:
     """`spec` is a router mode, optionally with extra frontend flags: "kv:--kv-overlap-score-weight 2"."""
     mode, _, extra = spec.partition(":")
@@ -126,10 +150,14 @@ def run_once(stack: str, spec: str, model: Path, plan, args) -> dict:
         env.update(PYTHONPATH="",  # its own `dynamo` package, not this checkout's
                    DYN_TCP_RPC_HOST="127.0.0.1", DYN_EVENT_PLANE_HOST="127.0.0.1",
                    DYN_TCP_RESPONSE_STREAM_HOST="127.0.0.1", DYN_SYSTEM_HOST="127.0.0.1", DYN_REQUEST_PLANE="tcp")
-    cluster = Cluster(tmp, model, "file", env, python=python)
+    if args.engine == "vllm":
+        cluster, workers = _vllm_cluster(tmp, args)
+    else:
+        cluster = Cluster(tmp, model, "file", env, python=python)
     try:
-        workers = [cluster.mocker("--speedup-ratio", args.speedup, "--num-gpu-blocks-override", str(args.blocks),
-                                  "--block-size", str(args.block_size)) for _ in range(2)]
+        if args.engine == "mocker":
+            workers = [cluster.mocker("--speedup-ratio", args.speedup, "--num-gpu-blocks-override",
+                                      str(args.blocks), "--block-size", str(args.block_size)) for _ in range(2)]
         cluster.frontend("--router-mode", mode, *extra.split())
         if stack == "anchor":  # its /health does not name models: wait for the listing, then both workers warm
             wait_until(lambda: cluster.models() == ["tiny"], 120, "model listed")
@@ -165,6 +193,7 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=64)
     parser.add_argument("--speedup", default="1")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--engine", choices=["mocker", "vllm"], default="mocker")
     args = parser.parse_args()
     for key, value in WORKLOADS[args.workload].items():
         if getattr(args, key) is None:
@@ -186,8 +215,10 @@ def main() -> None:
     n = sum(len(p) for p in plan)
     print_table(f"routing quality, workload {args.workload}: {n} streaming completions x {args.rounds} round(s), "
                 f"{args.groups} groups x {args.prefix_tokens}-token prefixes + {args.suffix_tokens}-token suffixes, "
-                f"{args.max_tokens} output tokens, {args.concurrency} users, 2 mockers x {args.blocks} blocks of "
-                f"{args.block_size} (speedup {args.speedup}); median [min-max] over rounds",
+                f"{args.max_tokens} output tokens, {args.concurrency} users, "
+                + (f"2 vLLM CPU workers (block size {args.block_size})" if args.engine == "vllm" else
+                   f"2 mockers x {args.blocks} blocks of {args.block_size} (speedup {args.speedup})")
+                + "; median [min-max] over rounds",
                 ("router", "TTFT p50 ms", "TTFT p99 ms", "cached fraction", "req/s", "requests per worker",
                  "errors"), rows)
 
