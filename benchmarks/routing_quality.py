@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import statistics
@@ -49,7 +50,7 @@ from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until  # 
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOADS = {
     "groups": dict(groups=16, prefix_tokens=1150, suffix_tokens=30, concurrency=16, blocks=200, requests=160),
-    "long-prefix": dict(groups=8, prefix_tokens=5000, suffix_tokens=30, concurrency=24, blocks=360, requests=144),
+    "long-prefix": dict(groups=8, prefix_tokens=5000, suffix_tokens=30, concurrency=24, blocks=480, requests=144),
     "rag": dict(groups=12, prefix_tokens=6000, suffix_tokens=60, concurrency=16, blocks=560, requests=128),
     "multi-turn": dict(groups=24, prefix_tokens=800, suffix_tokens=120, concurrency=12, blocks=240, requests=144),
     "mixed": dict(groups=16, prefix_tokens=1150, suffix_tokens=30, concurrency=16, blocks=200, requests=160),
@@ -106,6 +107,16 @@ async def run_users(url: str, plan: list[list[list[int]]], max_tokens: int) -> R
         await asyncio.gather(*(user(p) for p in plan))
         result.elapsed = time.perf_counter() - start
     return result
+
+
+def long_context(model: Path, tokens: int = 32768) -> Path:
+    """The weightless tiny model with a context that fits 8k-token documents (mockers only)."""
+    for name, key in (("config.json", "max_position_embeddings"), ("tokenizer_config.json", "model_max_length")):
+        path = model / name
+        data = json.loads(path.read_text())
+        data[key] = tokens
+        path.write_text(json.dumps(data))
+    return model
 
 
 def _served(proc) -> str:
@@ -199,7 +210,7 @@ def main() -> None:
         if getattr(args, key) is None:
             setattr(args, key, value)
     stacks = ["anchor"] if args.anchor else args.stacks
-    model = build_tiny_model(Path(tempfile.mkdtemp(prefix="routing-model-")) / "tiny", weights=False)
+    model = long_context(build_tiny_model(Path(tempfile.mkdtemp(prefix="routing-model-")) / "tiny", weights=False))
     plan = users(args)
     runs: dict[tuple[str, str], list[dict]] = {}
     for r in range(args.rounds):
