@@ -244,6 +244,8 @@ class KvPolicy:
                 "kv_hit_rate": round(stats["kv_hit_rate"], 4),
                 "workers_needing_resync": stats["workers_needing_resync"],
                 "indexed_blocks": stats["tree_sizes"],
+                "cost_model": stats["cost_model"], "ttft_coefficients": stats["ttft_coefficients"],
+                "ttft_observations": stats["ttft_observations"],
             }
         body = {"router_mode": "kv", "replica_sync": self.sync is not None, "models": models,
                 "queue": self.queue.stats()}

@@ -213,7 +213,7 @@ class KvRouter:
             if reported is not None and reported.kv_total_blocks:
                 total = reported.kv_total_blocks
                 blocks = max(blocks, reported.kv_active_blocks)
-            usage = min(blocks / total, 1.0) if total else 0.0
+            usage = blocks / total if total else 0.0  # over 1: the request waits for blocks to free
             return features(tokens, usage, self.active.requests(key))
         return x_of
 
