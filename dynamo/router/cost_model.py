@@ -3,6 +3,7 @@ request would see there, predicted from what dominates TTFT under load:
 
     ttft ~ c0 + c_prefill * (queued prefill tokens + this request's uncached tokens)
               + c_decode * KV usage after booking + c_batch * running requests
+    cost = ttft + c_prefill * this request's uncached tokens  (the wait it adds for later requests)
 
 The prefill term is the work ahead of the request on that worker plus its own new prefill
 after cache hits; the decode terms are the step time every scheduled prefill shares with
@@ -45,10 +46,15 @@ class TtftModel:
     def predict(self, x: Sequence[float]) -> float:
         return sum(c * v for c, v in zip(self.coef, x))
 
-    def costs(self, candidates: Mapping, x_of) -> dict:
-        """Predicted TTFT (seconds) per candidate key; `x_of(key)` gives its features."""
+    def costs(self, candidates: Mapping, x_of, own_tokens) -> dict:
+        """Cost per candidate key: the request's predicted TTFT there plus the prefill time its own
+        new tokens add to the queue of every later request on that worker (so that, of two
+        equally fast choices, the one that computes less wins: a shared prefix is computed once).
+        `x_of(key)` gives the features, `own_tokens(key)` the request's own new prefill tokens."""
         coef = self.coef
-        return {key: sum(c * v for c, v in zip(coef, x_of(key))) for key in candidates}
+        per_token = coef[1] / TOKENS_PER_UNIT
+        return {key: sum(c * v for c, v in zip(coef, x_of(key))) + per_token * own_tokens(key)
+                for key in candidates}
 
     def observe(self, x: Sequence[float], ttft: float) -> None:
         if not 0 <= ttft < 600:

@@ -50,6 +50,7 @@ class Selection:
     required_blocks: int  # ceil(isl / block_size): blocks the request needs in total
     logits: dict[WorkerKey, float] = field(default_factory=dict)
     features: tuple[float, ...] | None = None  # the ttft model's view of the chosen worker
+    prefill_tokens: int | None = None  # its own new prefill there, when in-flight prefixes were credited
 
 
 class KvRouter:
@@ -183,7 +184,8 @@ class KvRouter:
             raise NoWorkers("no workers available" if allowed is None else "no allowed workers available")
         isl, local, seq = self._hash(token_ids, request_id, lora_name)
         overlaps: dict[WorkerKey, int] = {} if self.mode == "load-only" else self._find(local).scores
-        potentials = self.active.potential_blocks_and_tokens(seq, isl, overlaps, candidates)
+        credit = self.config.router_inflight_prefix_credit
+        potentials = self.active.potential_blocks_and_tokens(seq, isl, overlaps, candidates, credit)
         if self.thresholds.enabled:
             candidates = [k for k in candidates if not self._busy(k)]
             if not candidates:
@@ -193,14 +195,17 @@ class KvRouter:
         ttft = self.config.router_cost_model == "ttft" and override is None  # overrides speak Dynamo's cost
         if ttft:
             x_of = self._features(potentials)
-            logits = self.ttft.costs(potentials, x_of)
+            active = self.active
+            logits = self.ttft.costs(potentials, x_of, lambda k: potentials[k][1] - active.active_prefill_tokens(k))
         else:
             logits = compute_logits(potentials, self.block_size, weight)
         worker_id, dp_rank = self.selector.select(logits, temperature, self._index().tree.tree_size)
         self._stats["last_decision_us"] = (time.perf_counter() - start) * 1e6
         chosen = (worker_id, dp_rank)
         x = x_of(chosen) if ttft else None
-        return Selection(worker_id, dp_rank, overlaps.get(chosen, 0), math.ceil(isl / self.block_size), logits, x)
+        own = potentials[chosen][1] - self.active.active_prefill_tokens(chosen) if credit else None
+        return Selection(worker_id, dp_rank, overlaps.get(chosen, 0), math.ceil(isl / self.block_size), logits, x,
+                         own)
 
     def _features(self, potentials: Mapping[WorkerKey, tuple[int, int]]):
         """Features of the ttft cost model per candidate: prefill tokens queued + new, KV usage after
@@ -250,7 +255,7 @@ class KvRouter:
         self._hashes.pop(request_id, None)
         key = (selection.worker_id, selection.dp_rank)
         self.active.add_request(key, request_id, seq, isl, selection.overlap_blocks,
-                                self._output_blocks(isl, max_tokens))
+                                self._output_blocks(isl, max_tokens), selection.prefill_tokens)
         if selection.features is not None:
             self._booked[request_id] = (self._clock(), selection.features)
         if self.mode == "approximate":

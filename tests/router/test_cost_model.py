@@ -79,3 +79,18 @@ def test_output_blocks_are_booked_from_max_tokens_and_released():
     off.add_worker(1)
     off.add_request("b", off.select(LONG), LONG, max_tokens=40)
     assert off.active.active_blocks((1, 0)) == 100
+
+
+def test_a_burst_of_one_prefix_stays_together_before_any_kv_event():
+    r = make_router()
+    burst = [LONG + [9000 + i] * 4 for i in range(4)]  # one system prompt, nothing indexed yet
+    first = r.select(burst[0], request_id="b0")
+    r.add_request("b0", first, burst[0])
+    second = r.select(burst[1], request_id="b1")
+    # the prefix is being prefilled on the first worker: joining it costs 4 tokens, not 404
+    assert second.worker_id == first.worker_id and second.prefill_tokens == 4
+    classic = KvRouter(BS, KvRouterConfig(router_inflight_prefix_credit=False), rng=random.Random(3))
+    classic.add_worker(1, total_kv_blocks=1000)
+    classic.add_worker(2, total_kv_blocks=1000)
+    classic.add_request("b0", classic.select(burst[0], request_id="b0"), burst[0])
+    assert classic.select(burst[1]).prefill_tokens is None
