@@ -22,12 +22,13 @@ from typing import Mapping, Sequence
 TOKENS_PER_UNIT = 1000.0
 REQUESTS_PER_UNIT = 16.0
 # Priors in seconds per unit: 0.0152 ms/token prefill, ~28 ms decode step from empty to full
-# cache (the mocker's polynomials), nothing per running request.
-PRIOR = (0.02, 0.0152, 0.028, 0.0)
+# cache (the mocker's polynomials), 5 ms per 16 running requests (batch size slows real engines'
+# steps; it also keeps equal choices load-balanced).
+PRIOR = (0.02, 0.0152, 0.028, 0.005)
 PRIOR_WEIGHT = 4.0  # pseudo-observations holding the fit to the prior until data says otherwise
 DECAY = 0.995  # per observation: about the last 200 requests count
 REFIT_EVERY = 8
-MIN_SLOPE = 1e-6  # a fitted slope never turns negative (more work is never faster)
+MIN_SLOPE_FRACTION = 0.1  # a fitted slope stays above this share of its prior: more work is never faster
 
 
 def features(prefill_tokens: int, usage: float, requests: int) -> tuple[float, float, float, float]:
@@ -76,7 +77,7 @@ class TtftModel:
         b = [self._xy[i] + PRIOR_WEIGHT * self.prior[i] for i in range(n)]
         solved = _solve(a, b)
         if solved is not None:
-            self.coef = [solved[0]] + [max(c, MIN_SLOPE) for c in solved[1:]]
+            self.coef = [solved[0]] + [max(c, MIN_SLOPE_FRACTION * p) for c, p in zip(solved[1:], self.prior[1:])]
 
 
 def _solve(a: list[list[float]], b: list[float]) -> list[float] | None:
