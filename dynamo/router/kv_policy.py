@@ -117,6 +117,8 @@ class KvPolicy:
     def on_membership_change(self, pool: WorkerPool) -> None:
         route = self.routes.get(pool.name)
         if route is None:
+            if not pool.workers:
+                return  # e.g. the prefill pool of an aggregated model: nothing to route yet
             route = self.routes[pool.name] = PoolRoute(pool, KvRouter(pool.block_size, self.config))
         before = {w.instance_id for w in route.pool.workers}
         current = {w.instance_id: w for w in pool.workers}
@@ -161,11 +163,11 @@ class KvPolicy:
                     route.name, report.mode, report.reason)
         route.report = report
 
-    def _route(self, pool: WorkerPool) -> PoolRoute:
+    def _route(self, pool: WorkerPool) -> PoolRoute | None:
         route = self.routes.get(pool.name)
         if route is None or route.pool.version != pool.version:
             self.on_membership_change(pool)
-            route = self.routes[pool.name]
+            route = self.routes.get(pool.name)
         return route
 
     # -- per request ---------------------------------------------------------------------
@@ -184,8 +186,8 @@ class KvPolicy:
 
     def _select_now(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
         route = self._route(pool)
-        allowed = [w.instance_id for w in candidates(route.pool, request, exclude)]
-        if not allowed:
+        allowed = [w.instance_id for w in candidates(route.pool, request, exclude)] if route else []
+        if route is None or not allowed:
             raise NoWorkers(pool.model)
         started = time.perf_counter()
         router = route.router

@@ -176,3 +176,11 @@ async def test_lora_pool_hashes_in_the_adapter_namespace():
     stored(2, "adapter", 0)  # the adapter's own blocks on worker 2
     choice = await policy.select(lora, req("b", tokens), set())
     assert (choice.worker.instance_id, choice.overlap_blocks) == (2, 8)
+
+
+async def test_an_empty_pool_gets_no_router():
+    policy = KvPolicy(KvRouterConfig())
+    policy.on_membership_change(pool(role=Role.PREFILL))
+    assert policy.routes == {}
+    with pytest.raises(NoWorkers):
+        await policy.select(pool(role=Role.PREFILL), req("a", [1, 2, 3]), set())
