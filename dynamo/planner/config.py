@@ -38,6 +38,7 @@ class PlannerArgs:
     dgd_name: str | None = setting(None, "Kubernetes: the DGD to scale (the operator injects it)",
                                    env="DYN_PARENT_DGD_K8S_NAME")
     kube_namespace: str | None = setting(None, "Kubernetes namespace of the DGD", env="POD_NAMESPACE")
+    kubeconfig: str | None = setting(None, "Kubeconfig file when not in a cluster", env="KUBECONFIG")
 
 
 class Scheduling(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -111,6 +112,7 @@ class PlannerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     decode_component: str | None = None
     dgd_name: str | None = None  # kubernetes: $DYN_PARENT_DGD_K8S_NAME
     kube_namespace: str | None = None  # kubernetes: $POD_NAMESPACE
+    kubeconfig: str | None = None  # kubernetes, outside a cluster: $KUBECONFIG
     replica_ready_timeout_seconds: float = 600.0
     fpm_stale_seconds: float = 10.0
 
@@ -197,7 +199,7 @@ def load_config(text: str, args: PlannerArgs | None = None) -> PlannerConfig:
         raw.setdefault("prometheus_endpoint", args.prometheus_endpoint)
         if args.namespace:
             raw.setdefault("namespace", args.namespace)
-        for name in ("dgd_name", "kube_namespace"):
+        for name in ("dgd_name", "kube_namespace", "kubeconfig"):
             if getattr(args, name):
                 raw.setdefault(name, getattr(args, name))
         if args.prometheus_port:

@@ -10,7 +10,7 @@
 - readiness: the DGD's condition `Ready=True`.
 
 The DGD is read as `nvidia.com/v1beta1` and, if the server has no such version, as
-`v1alpha1`. Client configuration: in-cluster, else `$KUBECONFIG`/~/.kube/config. The
+`v1alpha1`. Client configuration: in-cluster, else `kubeconfig` (`$KUBECONFIG`), else ~/.kube/config. The
 client is synchronous; calls run in a worker thread so the planner loop never blocks.
 """
 
@@ -54,11 +54,13 @@ class KubernetesConnector(Connector):
         from kubernetes import client, config  # the `planner` extra
 
         self._client = client
-        if api_client is None:
+        if api_client is None:  # a client of our own: never the library's process-wide default
             try:
-                config.load_incluster_config()
+                conf = client.Configuration()
+                config.load_incluster_config(client_configuration=conf)
+                api_client = client.ApiClient(conf)
             except config.ConfigException:
-                config.load_kube_config()
+                api_client = config.new_client_from_config(config_file=cfg.kubeconfig)
         self.api = client.CustomObjectsApi(api_client)
         self.dgd = cfg.dgd_name
         self.k8s_ns = cfg.kube_namespace or "default"
@@ -127,5 +129,11 @@ class KubernetesConnector(Connector):
             # v1alpha1 services are keyed by name: the path itself names the component
             path = f"/spec/services/{name.replace('~', '~0').replace('/', '~1')}"
             patch = [{"op": "add", "path": f"{path}/replicas", "value": replicas}]
-        await self._call(self.api.patch_namespaced_custom_object, GROUP, self.version, self.k8s_ns, DGD_PLURAL,
-                         self.dgd, patch)
+        # The client's patch_namespaced_custom_object always sends merge-patch (client 32.x), which
+        # would make the server read this list as a merge document: send it as a JSON Patch.
+        await self._call(self.api.api_client.call_api, "/apis/{group}/{version}/namespaces/{namespace}/{plural}/{name}",
+                         "PATCH", path_params={"group": GROUP, "version": self.version, "namespace": self.k8s_ns,
+                                               "plural": DGD_PLURAL, "name": self.dgd},
+                         header_params={"Content-Type": "application/json-patch+json", "Accept": "application/json"},
+                         body=patch, response_type="object", auth_settings=["BearerToken"],
+                         _return_http_data_only=True)
