@@ -118,7 +118,10 @@ class DecodeProfile:
                                 steps: int = 200) -> tuple[float, float, float]:
         """(throughput/GPU, KV usage, ITL) of the busiest load whose ITL meets the target, within
         the measured load range; the lightest load's figures when even that misses it."""
-        top = max(self.kv_usage)
+        # Stay within the measured concurrency: the least any context length was driven to.
+        groups = self._groups(self.itl_ms)
+        top_conc = min(max(xs) * self.max_kv_tokens / y for y, xs, _ in groups)
+        top = top_conc * max(context_length, 1.0) / self.max_kv_tokens
         best = None
         for i in range(steps + 1):
             x = top * i / steps

@@ -35,7 +35,14 @@ class AicUnsupported(RuntimeError):
     """AIConfigurator ran but does not cover this model / SKU / backend."""
 
 
-def aic_command(req: Request, save_dir: Path) -> list[str]:
+class AicInfeasible(RuntimeError):
+    """AIConfigurator covers the model but no configuration meets the SLA."""
+
+INFEASIBLE = "no SLA-feasible configuration"
+RELAXED_MS = 1e7  # an SLA loose enough that every configuration qualifies: the search then shows what is achievable
+
+
+def aic_command(req: Request, save_dir: Path, relaxed: bool = False) -> list[str]:
     s = req.spec
     hw, wl = s.hardware, s.workload
     ttft, itl = s.sla.targets
@@ -43,7 +50,9 @@ def aic_command(req: Request, save_dir: Path) -> list[str]:
            "--system", hw.gpuSku or "h200_sxm", "--backend", s.backend if s.backend != "auto" else "vllm",
            "--total-gpus", str(hw.totalGpus or 8), "--isl", str(wl.isl), "--osl", str(wl.osl),
            "--save-dir", str(save_dir), "--top-n", "3", "--no-color"]
-    if s.sla.e2eLatency is not None:
+    if relaxed:
+        cmd += ["--ttft", str(RELAXED_MS), "--tpot", str(RELAXED_MS)]
+    elif s.sla.e2eLatency is not None:
         cmd += ["--request-latency", str(s.sla.e2eLatency)]
     else:
         cmd += ["--ttft", str(ttft), "--tpot", str(itl)]
@@ -55,23 +64,26 @@ def aic_command(req: Request, save_dir: Path) -> list[str]:
     return cmd
 
 
-def run_aic(req: Request, work: Path) -> dict[str, list[dict[str, str]]]:
-    """Run AIConfigurator; the ranked rows of each experiment (`agg`, `disagg`)."""
+def run_aic(req: Request, work: Path, relaxed: bool = False,
+            table: str = "best_config_topn.csv") -> dict[str, list[dict[str, str]]]:
+    """Run AIConfigurator; the ranked rows of each experiment (`agg`, `disagg`) from `table`."""
     try:
         import aiconfigurator  # noqa: F401
     except ImportError:
         raise AicUnavailable(f"rapid profiling needs AIConfigurator: {EXTRA_HINT}") from None
     work.mkdir(parents=True, exist_ok=True)
-    cmd = aic_command(req, work / "aic")
+    cmd = aic_command(req, work / "aic", relaxed)
     log.info("rapid: %s", " ".join(cmd[1:]))
     with open(work / "aiconfigurator.log", "wb") as out:
         rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=AIC_TIMEOUT_S).returncode
     text = (work / "aiconfigurator.log").read_text(errors="replace")
     if rc != 0:
+        if INFEASIBLE in text:
+            raise AicInfeasible(next(line for line in text.splitlines() if INFEASIBLE in line).strip())
         errors = [line for line in text.splitlines() if "error" in line.lower()]
         raise AicUnsupported((errors[-1] if errors else f"aiconfigurator exited {rc}").strip())
     results: dict[str, list[dict[str, str]]] = {}
-    for csv_path in sorted((work / "aic").rglob("best_config_topn.csv")):
+    for csv_path in sorted((work / "aic").rglob(table)):
         with open(csv_path, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
         if rows:
@@ -164,9 +176,28 @@ def memory_fit(req: Request, model_dir: str | None, reason: str) -> Choice:
     return Choice("agg", [WorkerChoice("agg", tp, replicas=replicas)], "memory-fit", {}, sla_met=None, notes=notes)
 
 
+def best_effort(req: Request, work: Path, why: str) -> Choice:
+    """The SLA cannot be met: the lowest-latency configuration AIConfigurator knows, reported as
+    missing the SLA with the best achievable figures (never a silently relaxed target)."""
+    results = run_aic(req, work / "relaxed", relaxed=True, table="pareto.csv")
+    rows = [(m, r) for m, rs in results.items() for r in rs]
+    best_ttft = min(_f(r, "ttft") for _, r in rows)
+    best_itl = min(_f(r, "tpot") for _, r in rows)
+    ttft_t, itl_t = req.spec.sla.targets
+    key = "tpot" if best_itl > itl_t else "ttft"
+    mode, row = min(rows, key=lambda mr: (_f(mr[1], key), -_f(mr[1], "tokens/s/gpu")))
+    choice = choice_from_rows(req, {mode: [row]})
+    choice.sla_met = False
+    choice.notes.insert(0, f"SLA CANNOT BE MET ({why}): best achievable TTFT {best_ttft:.1f} ms (target "
+                           f"{ttft_t:g}), ITL {best_itl:.2f} ms (target {itl_t:g}); the DGD is the lowest-{key} config")
+    return choice
+
+
 def rapid(req: Request, work: Path, model_dir: str | None) -> Choice:
     try:
         return choice_from_rows(req, run_aic(req, work))
+    except AicInfeasible as exc:
+        return best_effort(req, work, str(exc).split("] ")[-1])
     except AicUnsupported as exc:
         log.warning("AIConfigurator does not cover %s on %s: %s", req.spec.model, req.spec.hardware.gpuSku, exc)
         return memory_fit(req, model_dir, f"AIConfigurator does not cover this model/SKU ({exc})")

@@ -46,6 +46,8 @@ def test_decode_surface_interpolates_and_finds_best_load():
     assert d.itl_at_tokens(2400, 500) == pytest.approx(d.itl(0.3, 500))
     thpt, x, itl = d.best_throughput_per_gpu(30.0, 1500)
     assert itl <= 30.0 and x == pytest.approx(0.25, abs=0.01)
+    _, x_top, _ = d.best_throughput_per_gpu(1e9, 500)  # never past the least-driven context's concurrency
+    assert x_top == pytest.approx(0.9 * 500 / 2500)
     thpt_lo, x_lo, itl_lo = d.best_throughput_per_gpu(1.0, 1500)  # unmeetable: lightest measured load
     assert x_lo == 0.1 and itl_lo > 1.0
 
