@@ -152,10 +152,9 @@ def parse(raw: Any) -> Request:
     """A validated request from parsed YAML/JSON; ValueError listing every problem otherwise."""
     if not isinstance(raw, dict):
         raise ValueError(f"a {KIND} must be a mapping, got {type(raw).__name__}")
-    raw = {"apiVersion": API_VERSION, "kind": KIND, **raw}
     if "spec" not in raw and "model" in raw:  # a bare spec, as Dynamo's --config takes it
-        raw = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "dgdr"}, "spec": raw}
-    raw.setdefault("metadata", {"name": "dgdr"})
+        raw = {"metadata": {"name": "dgdr"}, "spec": raw}
+    raw = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "dgdr"}, **raw}
     try:
         req = msgspec.convert(raw, Request, strict=True)
     except msgspec.ValidationError as exc:

@@ -170,3 +170,35 @@ async def run(req: dgdr.Request, opts: Options) -> int:
     if opts.apply if opts.apply is not None else req.spec.autoApply:
         return await deploy(req, final, opts, status)
     return 0
+
+
+def is_request(path: str | Path) -> bool:
+    """Whether `path` holds a DynamoGraphDeploymentRequest (for `dynamo.deploy run|render`)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return any(isinstance(d, dict) and d.get("kind") == dgdr.KIND for d in yaml.safe_load_all(fh))
+    except (OSError, yaml.YAMLError):
+        return False
+
+
+def deploy_main(cmd: str, args: Any) -> int:
+    """`dynamo.deploy run|render DGDR.yaml`: profile (or reuse the result in
+    `profiling_results/<name>`), then run it when autoApply, or render its DGD."""
+    from dynamo.runtime.process import configure_logging
+
+    configure_logging()
+    logging.getLogger("dynamo.profiler").setLevel(logging.INFO)
+    try:
+        req = load_request(args.file)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=__import__("sys").stderr)
+        return 2
+    opts = Options(output_dir=Path("profiling_results") / req.metadata.name, model_dir=getattr(args, "model", None),
+                   apply=False if cmd == "render" else None, frontend_port=getattr(args, "frontend_port", 8000))
+    rc = asyncio.run(run(req, opts))
+    if rc != 0 or cmd != "render":
+        return rc
+    from dynamo.deploy.render import main as render_main
+
+    args.file = str(opts.output_dir / FINAL)
+    return render_main(args)
