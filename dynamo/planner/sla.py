@@ -61,15 +61,17 @@ def sla_decode_decision(cfg: PlannerConfig, model: PerfModel, engines: list[tupl
     sla, sens = cfg.itl_ms, cfg.load_scaling_down_sensitivity / 100.0
     accept = 1.0 + cfg.speculative_nextn
     kv = [f.scheduled_requests.sum_decode_kv_tokens + f.queued_requests.sum_decode_kv_tokens for f, _ in engines]
-    ests = [decode_itl_ms(model, w.num_decode, k, w, accept) for k in kv]
+    # Each engine's own batch with its own KV: requests and KV tokens move together, and the
+    # model's two features are nearly collinear, so mixing a pool average with one engine's KV misleads.
+    reqs = [f.scheduled_requests.num_decode_requests + f.queued_requests.num_decode_requests for f, _ in engines]
+    ests = [decode_itl_ms(model, n, k, w, accept) for n, k in zip(reqs, kv)]
     shown = f"sla decode: est ITL [{', '.join(f'{e:.1f}' for e in ests)}] ms vs {sla:g} ms"
     if ests and all(e > sla for e in ests):
         target = min(current + cfg.load_scaling_step, cfg.max_for(role))
         return Decision(role, current, max(target, current), f"{shown}: every engine over the SLA")
     if ests and current > max(1, cfg.min_for(role)):
         scale = current / (current - 1)
-        for (f, lim), k in zip(engines, kv):
-            n = f.scheduled_requests.num_decode_requests + f.queued_requests.num_decode_requests
+        for (f, lim), k, n in zip(engines, kv, reqs):
             if k * scale >= lim.max_kv_tokens or decode_itl_ms(model, n * scale, k * scale, w, accept) >= sla * sens:
                 return Decision(role, current, current, f"{shown}: one replica fewer would break the SLA, hold")
         return Decision(role, current, current - 1, f"{shown}: one replica fewer keeps the SLA")

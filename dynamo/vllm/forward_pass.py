@@ -12,7 +12,8 @@ What vLLM reports, and how each field is filled:
   per-request lengths; the variances are left 0);
 - queued prefill: waiting requests, tokens estimated with the running average prompt
   length of finished requests.
-`record` runs on the engine's output task; the FPM is handed to the relay on the loop
+vLLM reports nothing while idle, so a record showing no running or waiting request is
+followed by the all-zero heartbeat (which the relay repeats). `record` runs on the engine's output task; the FPM is handed to the relay on the loop
 that created the logger (thread-safe).
 """
 
@@ -35,6 +36,11 @@ class FpmDeriver:
         self.counter = 0
         self.avg_prompt = 0.0
         self._last = time.monotonic()
+
+    def heartbeat(self) -> ForwardPassMetrics:
+        """The all-zero message Dynamo sends when the engine goes idle."""
+        self.counter += 1
+        return ForwardPassMetrics(worker_id=self.worker_id, dp_rank=self.dp_rank, counter_id=self.counter)
 
     def derive(self, sched: Any, it: Any) -> ForwardPassMetrics:
         now = time.monotonic()
@@ -79,6 +85,9 @@ def fpm_stat_logger_factory(push: Callable[[ForwardPassMetrics], None], worker_i
             if scheduler_stats is None:
                 return
             loop.call_soon_threadsafe(push, self.deriver.derive(scheduler_stats, iteration_stats))
+            if not (scheduler_stats.num_running_reqs or scheduler_stats.num_waiting_reqs):
+                # vLLM stops reporting when idle: say so once, the relay repeats it
+                loop.call_soon_threadsafe(push, self.deriver.heartbeat())
 
         def log_engine_initialized(self) -> None:
             pass
