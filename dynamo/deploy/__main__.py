@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a service's replicas (repeatable)")
     r.add_argument("--append-args", action="append", default=[], metavar="SVC=ARGS",
                    help="append flags to a service's dynamo command (e.g. CPU-only engine flags; repeatable)")
+    r.add_argument("--volume", dest="volumes", action="append", default=[], metavar="PVC=DIR",
+                   help="serve PVC's mount point from a local directory (repeatable)")
     r.add_argument("--namespace", default=None, help="Kubernetes namespace to emulate (default: manifest's)")
     r.add_argument("--control-port", type=int, default=0,
                    help="port of the control endpoint (GET /status, POST /scale); 0 picks a free one")

@@ -41,6 +41,10 @@ class CommandLine:
     tokens: list[str] = field(default_factory=list)  # script tokens (shell) or argv (exec)
     invocations: list[Invocation] = field(default_factory=list)
 
+    @property
+    def modules(self) -> list[str]:
+        return [inv.module for inv in self.invocations]
+
     def render(self) -> list[str]:
         """The argv to execute, reflecting any edits made to `invocations`' args."""
         tokens = list(self.tokens)
@@ -103,6 +107,15 @@ def parse_command(command: list[str] | None, args: list[str] | None) -> CommandL
         line = CommandLine(argv=argv, tokens=list(argv))
     line.invocations = _find_invocations(line.tokens)
     return line
+
+
+_TMP_PATH = re.compile(r"(?<![\w./-])/tmp/[^\s'\"|;&<>()]+")
+
+
+def probe_files(probe: dict) -> list[str]:
+    """Files under /tmp an exec probe reads (pod-local paths a command must write)."""
+    command = (probe.get("exec") or {}).get("command") or []
+    return sorted({m.group(0) for part in command for m in _TMP_PATH.finditer(str(part))})
 
 
 # ----- argument edits --------------------------------------------------------------------

@@ -17,7 +17,7 @@ import time
 from dynamo.deploy.control import ControlServer
 from dynamo.deploy.model import Graph
 from dynamo.deploy.parsers import module_available
-from dynamo.deploy.plan import RunOptions, build_plans, parse_append_args, parse_overrides
+from dynamo.deploy.plan import RunOptions, build_plans, parse_append_args, parse_overrides, parse_volumes
 from dynamo.deploy.supervisor import Supervisor
 from dynamo.deploy.validate import validate_file
 from dynamo.runtime.process import configure_logging
@@ -61,7 +61,8 @@ async def print_status(sup: Supervisor, stop: asyncio.Event, every: float = 30.0
 async def serve(args: argparse.Namespace, graph: Graph, state_dir: str) -> int:
     try:
         opts = RunOptions(frontend_port=args.frontend_port, model=args.model, namespace=args.namespace,
-                          state_dir=state_dir, append_args=parse_append_args(args.append_args))
+                          state_dir=state_dir, append_args=parse_append_args(args.append_args),
+                          volumes=parse_volumes(args.volumes))
         plans = build_plans(graph, opts, parse_overrides(args.overrides))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
