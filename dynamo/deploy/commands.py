@@ -54,7 +54,22 @@ class CommandLine:
                 tokens[inv.python_index] = inv.interpreter
         if not self.shell:
             return tokens
-        return [*self.argv[:-1], " ".join(_shell_word(t) for t in tokens)]
+        return [*self.argv[:-1], _join_script(tokens)]
+
+
+def _join_script(tokens: list[str]) -> str:
+    """Tokens back into a script; a redirect keeps its fd and target attached (`2>&1`)."""
+    out = ""
+    for i, token in enumerate(tokens):
+        word = _shell_word(token)
+        attached = i > 0 and ((token[:1] in "<>" and len(tokens[i - 1]) == 1 and tokens[i - 1].isdigit() and _attached_fd(tokens, i - 1))
+                              or tokens[i - 1].endswith("&") and tokens[i - 1][:1] in "<>" and token.isdigit())
+        out += word if attached or not out else " " + word
+    return out
+
+
+def _attached_fd(tokens: list[str], i: int) -> bool:
+    return i + 1 < len(tokens) and tokens[i + 1][:1] in "<>"
 
 
 def _shell_word(token: str) -> str:
