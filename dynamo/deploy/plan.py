@@ -44,6 +44,7 @@ class RunOptions:
     state_dir: str = ""
     append_args: dict[str, list[str]] = field(default_factory=dict)  # service -> extra flags
     volumes: dict[str, str] = field(default_factory=dict)  # PVC name -> local directory
+    pods_dir: str = ""  # per-replica private /tmp dirs (default: STATE/pods); short: unix socket paths live there
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
@@ -155,7 +156,7 @@ class ServicePlan:
 
     def launch(self, index: int) -> Launch:
         http, system = self._ports(index)
-        tmp_dir = os.path.join(self.opts.state_dir, "pods", f"{self.name}-{index}", "tmp")
+        tmp_dir = os.path.join(self.opts.pods_dir or os.path.join(self.opts.state_dir, "pods"), f"{self.name}-{index}")
         os.makedirs(tmp_dir, exist_ok=True)
         env = dict(self.opts.environ)
         manifest_env = {**contract.env_list(self.graph.spec.envs), **contract.env_list(self.svc.envs),

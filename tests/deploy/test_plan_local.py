@@ -34,7 +34,7 @@ def test_each_replica_has_its_own_tmp_for_command_and_probe(tmp_path):
     worker = plans["MockerWorker"]
     first, second = worker.launch(0), worker.launch(1)
     for index, launch in enumerate((first, second)):
-        tmp = tmp_path / "state" / "pods" / f"MockerWorker-{index}" / "tmp"
+        tmp = tmp_path / "state" / "pods" / f"MockerWorker-{index}"
         assert tmp.is_dir() and launch.env["TMPDIR"] == str(tmp)
         assert launch.argv[:2] == ["/bin/sh", "-c"]
         assert launch.argv[2].endswith(f"2>&1 | tee {tmp}/worker.log")

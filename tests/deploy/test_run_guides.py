@@ -26,8 +26,8 @@ DEPLOY = REPO / "examples/backends"
 SNAPSHOT = "models--Qwen--Qwen3-0.6B/snapshots/0123456789abcdef0123456789abcdef01234567"
 
 
-def state_dir(run: DeployRun) -> Path:
-    match = re.search(r"; state (\S+)", run.log_path.read_text(errors="replace"))
+def pods_dir(run: DeployRun) -> Path:
+    match = re.search(r"; pods' /tmp (\S+)/<replica>", run.log_path.read_text(errors="replace"))
     assert match, run.log()
     return Path(match.group(1))
 
@@ -41,8 +41,8 @@ def test_guide_template_runs_unchanged_and_its_log_probe_passes(tmp_path, tiny_m
         run.wait_workers("tiny-llama", 2)
         reply = chat(run.port, "tiny-llama", "hello from the guide")
         assert reply["choices"][0]["message"]["role"] == "assistant"
-        pods = state_dir(run) / "pods"
-        logs = [(pods / f"MockerWorker-{i}" / "tmp" / "worker.log").read_text() for i in range(2)]
+        pods = pods_dir(run)
+        logs = [(pods / f"MockerWorker-{i}" / "worker.log").read_text() for i in range(2)]
         ids = [re.search(r"Worker mocker-guide\.backend\.generate initialized \(instance ([0-9a-f]+)\)", log)
                for log in logs]
         assert all(ids), logs
