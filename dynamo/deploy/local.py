@@ -23,7 +23,8 @@ from dynamo.deploy.model import Service
 
 log = logging.getLogger("dynamo.deploy")
 
-_POD_TMP = re.compile(r"(?<![\w./-])/tmp(/[^\s'\"|;&<>()]*)?")
+# /tmp at the start of a word, or of a URL's path (`ipc:///tmp/kv`), not inside another path.
+_POD_TMP = re.compile(r"(?:(?<=://)|(?<![\w./-]))/tmp(/[^\s'\"|;&<>(),]*)?")
 _HF_SNAPSHOT = re.compile(r"(?:^|/)(models--[^/]+)/snapshots/([^/]+)(/.*)?$")
 HF_ENV = ("HF_HOME", "HF_HUB_CACHE", "TRANSFORMERS_CACHE")
 

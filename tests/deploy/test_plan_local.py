@@ -105,3 +105,11 @@ def test_shell_script_round_trips_with_redirects_attached(script):
     rendered = parse_command(["/bin/sh", "-c"], [script]).render()[2]
     assert rendered.replace(" ", "") == script.replace(" ", "")
     assert "2>" in rendered and " 2 >" not in rendered  # the fd stays on its redirect
+
+
+def test_private_tmp_rewrites_pod_paths_only():
+    from dynamo.deploy.local import private_tmp
+
+    assert private_tmp("tee /tmp/worker.log", "/P") == "tee /P/worker.log"
+    assert private_tmp('{"endpoint":"ipc:///tmp/kv"}', "/P") == '{"endpoint":"ipc:///P/kv"}'
+    assert private_tmp("cd /tmp && ls /data/tmp/x http://h/tmp/y", "/P") == "cd /P && ls /data/tmp/x http://h/tmp/y"
