@@ -157,7 +157,8 @@ class ServicePlan:
     def launch(self, index: int) -> Launch:
         http, system = self._ports(index)
         tmp_dir = os.path.join(self.opts.pods_dir or os.path.join(self.opts.state_dir, "pods"), f"{self.name}-{index}")
-        os.makedirs(tmp_dir, exist_ok=True)
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # a restarted container starts with an empty /tmp
+        os.makedirs(tmp_dir)
         env = dict(self.opts.environ)
         manifest_env = {**contract.env_list(self.graph.spec.envs), **contract.env_list(self.svc.envs),
                         **contract.env_list(self.svc.container.env)}
@@ -211,21 +212,27 @@ class ServicePlan:
         return int(port) if isinstance(port, int) or str(port).isdigit() else None
 
 
+def refuse_multinode(name: str, svc: Service) -> None:
+    """One replica spanning several nodes cannot run here: say so before starting anything."""
+    nodes = svc.multinode.nodeCount if svc.multinode else 1
+    if nodes > 1:
+        engine = ", ".join(parse_command(*contract.command_of(svc)[:2]).modules) or "its engine"
+        raise ValueError(f"service {name} spans {nodes} nodes per replica (multinode.nodeCount); {engine} cannot "
+                         "span processes on this machine. Set multinode.nodeCount to 1 (with the parallelism "
+                         "that fits one node) to run it here, or deploy it with `render` / the operator")
+
+
 def build_plans(graph: Graph, opts: RunOptions, overrides: dict[str, int],
                 devices: list[str] | None = None) -> dict[str, ServicePlan]:
     """One plan per service; `devices` (default: nvidia-smi) are handed out in service order."""
     discovery = discovery_env(graph, opts)
     for name, svc in graph.spec.services.items():
-        nodes = svc.multinode.nodeCount if svc.multinode else 1
-        if nodes > 1:
-            engine = ", ".join(parse_command(*contract.command_of(svc)[:2]).modules) or "its engine"
-            raise ValueError(f"service {name} spans {nodes} nodes per replica (multinode.nodeCount); {engine} cannot "
-                             "span processes on this machine. Set multinode.nodeCount to 1 (with the parallelism "
-                             "that fits one node) to run it here, or deploy it with `render` / the operator")
+        refuse_multinode(name, svc)
     plans = {name: ServicePlan(graph, name, svc, opts, discovery) for name, svc in graph.spec.services.items()}
     known = {pvc for plan in plans.values() for pvc in opts.volumes if local.mount_points(plan.svc, pvc)}
-    for pvc in sorted(set(opts.volumes) - known):
-        raise ValueError(f"--volume: no service mounts a volume named {pvc!r}")
+    unknown = sorted(set(opts.volumes) - known)
+    if unknown:
+        raise ValueError(f"--volume: no service mounts a volume named {unknown[0]!r}")
     for plan in plans.values():
         plan.check_model()
     for name, count in overrides.items():

@@ -41,6 +41,10 @@ def test_each_replica_has_its_own_tmp_for_command_and_probe(tmp_path):
         assert launch.probes["readiness"]["exec"]["command"][-1] == f'grep "Worker.*initialized" {tmp}/worker.log'
         assert launch.env["PATH"].split(":")[0] == str(Path(__import__("sys").executable).parent)
     assert plans["Frontend"].launch(0).argv[1:4] == ["-m", "dynamo.frontend", "--http-port"]
+    stale = Path(first.env["TMPDIR"]) / "worker.log"
+    stale.write_text("Worker x.y.z initialized (instance 1)\n")
+    worker.launch(0)  # a restart: like a new container, it starts with an empty /tmp
+    assert not stale.exists()
 
 
 def test_hf_snapshot_path_resolves_in_the_local_cache(tmp_path, tiny_model):
