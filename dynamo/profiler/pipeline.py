@@ -81,7 +81,7 @@ async def thorough(req: dgdr.Request, opts: Options, status: Status) -> tuple[Ch
 def write_final(req: dgdr.Request, choice: Choice, profile: Profile | None, out: Path) -> Path:
     docs: list[dict[str, Any]] = []
     configmap = None
-    if profile is not None and req.spec.mocker:
+    if profile is not None and (req.spec.mocker or req.spec.planner):
         cm = profile_configmap(req.metadata.name, out)
         docs.append(cm)
         configmap = cm["metadata"]["name"]
