@@ -37,6 +37,10 @@ class ProfilerArgs:
     mocker_speedup_ratio: float = setting(1.0, "Mocker candidates run this much faster; figures are scaled back",
                                           env=False)
     append_args: dict = setting({}, 'Extra flags per candidate service, JSON {"Service": "--flag v"}', env=False)
+    service_env: dict = setting({}, 'Extra env per candidate service, JSON {"Service": {"NAME": "value"}}',
+                                env=False)
+    deployment_timeout: float = setting(3600.0, "Seconds a candidate deployment may take to become ready",
+                                        env=False)
 
 
 def options(args: ProfilerArgs) -> Options:
@@ -45,7 +49,9 @@ def options(args: ProfilerArgs) -> Options:
                          concurrency_points=args.concurrency_points, max_concurrency=args.max_concurrency,
                          max_context=args.max_context_length, speedup_ratio=args.mocker_speedup_ratio,
                          tp_sizes=[int(t) for t in args.tp_sizes],
-                         append_args={k: str(v).split() for k, v in args.append_args.items()})
+                         append_args={k: str(v).split() for k, v in args.append_args.items()},
+                         service_env={k: {n: str(v) for n, v in e.items()} for k, e in args.service_env.items()},
+                         ready_timeout=args.deployment_timeout)
     return Options(output_dir=Path(args.output_dir), model_dir=args.model, dry_run=args.dry_run, apply=args.apply,
                    accept_unmet_sla=args.accept_unmet_sla, sweep=sweep, frontend_port=args.frontend_port)
 

@@ -37,6 +37,8 @@ class SweepOptions:
     prefill_requests: int = 3
     speedup_ratio: float = 1.0  # mocker candidates run this much faster; measurements are scaled back
     append_args: dict[str, list[str]] = field(default_factory=dict)
+    service_env: dict[str, dict[str, str]] = field(default_factory=dict)  # e.g. CPU core binding per engine
+    ready_timeout: float = 3600.0  # Dynamo's --deployment-timeout
     tp_sizes: list[int] = field(default_factory=lambda: [1])
     vocab_size: int | None = None
 
@@ -109,7 +111,10 @@ async def measure_candidate(req: Request, tp: int, opts: SweepOptions, work: Pat
     if req.spec.mocker:
         for svc in ("MockerPrefillWorker", "MockerDecodeWorker"):
             append.setdefault(svc, []).extend(["--speedup-ratio", str(opts.speedup_ratio)])
-    async with LocalDeployment(dgd, work, opts.model_dir, req.spec.model, append) as dep:
+    for svc, env in opts.service_env.items():
+        if svc in dgd["spec"]["services"]:
+            dgd["spec"]["services"][svc].setdefault("envs", []).extend({"name": k, "value": v} for k, v in env.items())
+    async with LocalDeployment(dgd, work, opts.model_dir, req.spec.model, append, opts.ready_timeout) as dep:
         phase("SweepingPrefill")
         prefill = await sweep_prefill(dep, req, opts, tp)
         phase("SweepingDecode")
