@@ -17,7 +17,8 @@ from dynamo.runtime.process import configure_logging
 
 @dataclass
 class ProfilerArgs:
-    """Profile a DGDR (rapid: AIConfigurator; thorough: measured local deployments)."""
+    """Profile a DGDR (rapid: AIConfigurator; thorough: measured local deployments). Sweep settings
+    also read `DYN_PROFILER_*`, which is how `dynamo.deploy run|render DGDR.yaml` takes them."""
 
     config: str | None = setting(None, "DGDR (v1beta1) YAML/JSON file, or its bare spec", env=False)
     output_dir: str = setting("profiling_results", "Where results, plots and final_config.yaml go", env=False)
@@ -27,20 +28,26 @@ class ProfilerArgs:
     apply: bool | None = setting(None, "Deploy the result here (default: the request's autoApply)", env=False)
     accept_unmet_sla: bool = setting(False, "Deploy even when the SLA cannot be met", env=False)
     frontend_port: int = setting(8000, "HTTP port of the deployed frontend (autoApply)", env=False)
-    prefill_interpolation_granularity: int = setting(16, "ISL points of the prefill sweep", env=False)
-    decode_interpolation_granularity: int = setting(6, "Context lengths of the decode sweep", env=False)
-    decode_osl: int = setting(500, "OSL of the decode sweep (Dynamo: 500)", env=False)
-    concurrency_points: int = setting(6, "Concurrency points per context length in the decode sweep", env=False)
-    max_concurrency: int = setting(MAX_DECODE_CONCURRENCY, "Cap on decode sweep concurrency", env=False)
-    max_context_length: int = setting(1 << 30, "Cap on swept context (default: the model's)", env=False)
-    tp_sizes: list = setting([1], "Candidate tensor-parallel sizes (thorough)", env=False)
+    prefill_interpolation_granularity: int = setting(16, "ISL points of the prefill sweep",
+                                                     env="DYN_PROFILER_PREFILL_INTERPOLATION_GRANULARITY")
+    decode_interpolation_granularity: int = setting(6, "Context lengths of the decode sweep",
+                                                    env="DYN_PROFILER_DECODE_INTERPOLATION_GRANULARITY")
+    decode_osl: int = setting(500, "OSL of the decode sweep (Dynamo: 500)", env="DYN_PROFILER_DECODE_OSL")
+    concurrency_points: int = setting(6, "Concurrency points per context length in the decode sweep",
+                                      env="DYN_PROFILER_CONCURRENCY_POINTS")
+    max_concurrency: int = setting(MAX_DECODE_CONCURRENCY, "Cap on decode sweep concurrency",
+                                   env="DYN_PROFILER_MAX_CONCURRENCY")
+    max_context_length: int = setting(1 << 30, "Cap on swept context (default: the model's)",
+                                      env="DYN_PROFILER_MAX_CONTEXT_LENGTH")
+    tp_sizes: list = setting([1], "Candidate tensor-parallel sizes (thorough)", env="DYN_PROFILER_TP_SIZES")
     mocker_speedup_ratio: float = setting(1.0, "Mocker candidates run this much faster; figures are scaled back",
-                                          env=False)
-    append_args: dict = setting({}, 'Extra flags per candidate service, JSON {"Service": "--flag v"}', env=False)
+                                          env="DYN_PROFILER_MOCKER_SPEEDUP_RATIO")
+    append_args: dict = setting({}, 'Extra flags per candidate service, JSON {"Service": "--flag v"}',
+                                env="DYN_PROFILER_APPEND_ARGS")
     service_env: dict = setting({}, 'Extra env per candidate service, JSON {"Service": {"NAME": "value"}}',
-                                env=False)
+                                env="DYN_PROFILER_SERVICE_ENV")
     deployment_timeout: float = setting(3600.0, "Seconds a candidate deployment may take to become ready",
-                                        env=False)
+                                        env="DYN_PROFILER_DEPLOYMENT_TIMEOUT")
 
 
 def options(args: ProfilerArgs) -> Options:

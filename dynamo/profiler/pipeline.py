@@ -193,8 +193,14 @@ def deploy_main(cmd: str, args: Any) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=__import__("sys").stderr)
         return 2
-    opts = Options(output_dir=Path("profiling_results") / req.metadata.name, model_dir=getattr(args, "model", None),
-                   apply=False if cmd == "render" else None, frontend_port=getattr(args, "frontend_port", 8000))
+    from dynamo.profiler.__main__ import ProfilerArgs, options
+    from dynamo.runtime.config import parse_config
+
+    opts = options(parse_config(ProfilerArgs, [], prog="dynamo.deploy"))  # sweep settings from DYN_PROFILER_*
+    opts.output_dir = Path("profiling_results") / req.metadata.name
+    opts.model_dir = getattr(args, "model", None)
+    opts.apply = False if cmd == "render" else None
+    opts.frontend_port = getattr(args, "frontend_port", 8000)
     rc = asyncio.run(run(req, opts))
     if rc != 0 or cmd != "render":
         return rc
