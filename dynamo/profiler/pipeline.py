@@ -169,6 +169,7 @@ async def run(req: dgdr.Request, opts: Options) -> int:
         return 3
     if opts.apply if opts.apply is not None else req.spec.autoApply:
         return await deploy(req, final, opts, status)
+    status.set(message=f"DGD ready: {final} (not applied; `python -m dynamo.deploy run {final}` deploys it)")
     return 0
 
 
