@@ -46,6 +46,8 @@ class ProfilerArgs:
                                 env="DYN_PROFILER_APPEND_ARGS")
     service_env: dict = setting({}, 'Extra env per candidate service, JSON {"Service": {"NAME": "value"}}',
                                 env="DYN_PROFILER_SERVICE_ENV")
+    deploy_python: str | None = setting(None, "Python that runs `dynamo.deploy run` for candidates and the result "
+                                        "(e.g. a vLLM venv; default: this one)", env="DYN_PROFILER_DEPLOY_PYTHON")
     deployment_timeout: float = setting(3600.0, "Seconds a candidate deployment may take to become ready",
                                         env="DYN_PROFILER_DEPLOYMENT_TIMEOUT")
 
@@ -58,7 +60,7 @@ def options(args: ProfilerArgs) -> Options:
                          tp_sizes=[int(t) for t in args.tp_sizes],
                          append_args={k: str(v).split() for k, v in args.append_args.items()},
                          service_env={k: {n: str(v) for n, v in e.items()} for k, e in args.service_env.items()},
-                         ready_timeout=args.deployment_timeout)
+                         ready_timeout=args.deployment_timeout, deploy_python=args.deploy_python)
     return Options(output_dir=Path(args.output_dir), model_dir=args.model, dry_run=args.dry_run, apply=args.apply,
                    accept_unmet_sla=args.accept_unmet_sla, sweep=sweep, frontend_port=args.frontend_port)
 
