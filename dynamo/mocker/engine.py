@@ -23,7 +23,7 @@ from dynamo.mocker.scheduler import Scheduler, Sequence
 from dynamo.llm.perf_data import load_profile
 from dynamo.mocker.timing import TimingModel
 from dynamo.mocker.tokens import TokenSampler, seed_for
-from dynamo.router.protocol import KvCacheEvent, LoadMetrics
+from dynamo.llm.kv_events.protocol import KvCacheEvent, LoadMetrics
 
 log = logging.getLogger(__name__)
 
