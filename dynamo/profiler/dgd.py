@@ -140,6 +140,8 @@ def build_dgd(req: Request, choice: Choice, image: str = IMAGE, profile_dir: Pat
             pod["volumes"] = [{"name": "profile-data", "configMap": {"name": configmap}}]
             pod["mainContainer"]["volumeMounts"] = [{"name": "profile-data", "mountPath": pdir}]
         services[_service_name(backend, w.role)] = svc
+    if req.spec.planner:
+        services["Planner"] = planner_service(req, backend, image, profile_dir, configmap)
     longest = max(len(s) for s in services)
     if len(name) + longest > MAX_NAME:
         raise ValueError(f"DGD name {name!r} is too long: with component {longest} characters it exceeds {MAX_NAME} "
@@ -156,6 +158,22 @@ def build_dgd(req: Request, choice: Choice, image: str = IMAGE, profile_dir: Pat
         dgd["spec"]["pvcs"] = [{"name": mounts[0]["name"], "create": False}]
     override = req.spec.overrides.dgd if req.spec.overrides else None
     return merge(dgd, override) if override else dgd
+
+
+def planner_service(req: Request, backend: str, image: str, profile_dir: Path | None,
+                    configmap: str | None) -> dict[str, Any]:
+    """The SLA planner, with the request's PlannerConfig passed through and pointed at the profile."""
+    config = {"backend": backend, **(req.spec.features.planner or {})}
+    svc: dict[str, Any] = {"componentType": "planner", "replicas": 1, "extraPodSpec": {}}
+    if profile_dir is not None:
+        config["profile_results_dir"] = str(profile_dir.resolve())
+        if configmap:
+            svc["extraPodSpec"]["volumes"] = [{"name": "profile-data", "configMap": {"name": configmap}}]
+    container = _container(image, "dynamo.planner", ["--config", json.dumps(config, sort_keys=True)])
+    if profile_dir is not None and configmap:
+        container["volumeMounts"] = [{"name": "profile-data", "mountPath": config["profile_results_dir"]}]
+    svc["extraPodSpec"]["mainContainer"] = container
+    return svc
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

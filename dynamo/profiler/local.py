@@ -31,10 +31,12 @@ class LocalDeployment:
     """`async with LocalDeployment(dgd, work, model_dir) as dep:` → frontend at `dep.url`."""
 
     def __init__(self, dgd: dict[str, Any], work: Path, model_dir: str | None, served_model: str,
-                 append_args: dict[str, list[str]] | None = None, ready_timeout: float = READY_TIMEOUT_S) -> None:
+                 append_args: dict[str, list[str]] | None = None, ready_timeout: float = READY_TIMEOUT_S,
+                 python: str | None = None) -> None:
         self.dgd, self.work, self.model_dir, self.served_model = dgd, work, model_dir, served_model
         self.append_args = append_args or {}
         self.ready_timeout = ready_timeout
+        self.python = python or sys.executable  # the engines' environment (e.g. a vLLM venv)
         self.port = free_port()
         self.control_port = free_port()
         self.proc: subprocess.Popen | None = None
@@ -45,7 +47,7 @@ class LocalDeployment:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self, manifest: Path) -> list[str]:
-        cmd = [sys.executable, "-m", "dynamo.deploy", "run", str(manifest), "--frontend-port", str(self.port),
+        cmd = [self.python, "-m", "dynamo.deploy", "run", str(manifest), "--frontend-port", str(self.port),
                "--control-port", str(self.control_port), "--log-dir", str(self.work / "logs"), "--grace", "10",
                "--no-status"]
         if self.model_dir:

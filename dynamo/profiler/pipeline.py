@@ -16,11 +16,10 @@ import yaml
 from dynamo.llm.perf_data import Profile, write_profile
 from dynamo.profiler import dgdr
 from dynamo.profiler.dgd import Choice, build_dgd, profile_configmap
-from dynamo.profiler.local import LocalDeployment
 from dynamo.profiler.plots import plot_decode, plot_prefill
 from dynamo.profiler.rapid import rapid
 from dynamo.profiler.status import Status
-from dynamo.profiler.thorough import SweepOptions, measure_candidate, select
+from dynamo.profiler.thorough import SweepOptions, local_deployment, measure_candidate, select
 
 log = logging.getLogger("dynamo.profiler")
 FINAL = "final_config.yaml"
@@ -71,17 +70,21 @@ async def thorough(req: dgdr.Request, opts: Options, status: Status) -> tuple[Ch
     profile = Profile(pm.profile.prefill, dm.profile.decode)
     write_profile(out, profile)
     ttft_t, itl_t = req.spec.sla.targets if req.spec.sla.e2eLatency is None else (None, None)
-    plot_prefill(profile.prefill, out / "selected_prefill_interpolation" / "prefill_ttft_isl.png", ttft_t,
-                 f"{req.spec.model}: prefill TP{pm.tp}")
-    plot_decode(profile.decode, out / "selected_decode_interpolation" / "decode_itl_load.png", itl_t,
-                f"{req.spec.model}: decode TP{dm.tp}")
+    try:
+        plot_prefill(profile.prefill, out / "selected_prefill_interpolation" / "prefill_ttft_isl.png", ttft_t,
+                     f"{req.spec.model}: prefill TP{pm.tp}")
+        plot_decode(profile.decode, out / "selected_decode_interpolation" / "decode_itl_load.png", itl_t,
+                    f"{req.spec.model}: decode TP{dm.tp}")
+    except RuntimeError as exc:  # the measurements stand without their pictures
+        log.warning("NO PLOTS: %s", exc)
+        choice.notes.append(f"no plots: {exc}")
     return choice, profile
 
 
 def write_final(req: dgdr.Request, choice: Choice, profile: Profile | None, out: Path) -> Path:
     docs: list[dict[str, Any]] = []
     configmap = None
-    if profile is not None and req.spec.mocker:
+    if profile is not None and (req.spec.mocker or req.spec.planner):
         cm = profile_configmap(req.metadata.name, out)
         docs.append(cm)
         configmap = cm["metadata"]["name"]
@@ -137,7 +140,8 @@ async def deploy(req: dgdr.Request, final: Path, opts: Options, status: Status) 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    dep = LocalDeployment(docs[0], opts.output_dir / "deployment", opts.model_dir, req.spec.model)
+    opts.sweep.model_dir = opts.model_dir
+    dep = local_deployment(docs[0], opts.output_dir / "deployment", req, opts.sweep)
     dep.port = opts.frontend_port
     try:
         async with dep:
@@ -169,6 +173,7 @@ async def run(req: dgdr.Request, opts: Options) -> int:
         return 3
     if opts.apply if opts.apply is not None else req.spec.autoApply:
         return await deploy(req, final, opts, status)
+    status.set(message=f"DGD ready: {final} (not applied; `python -m dynamo.deploy run {final}` deploys it)")
     return 0
 
 
@@ -193,8 +198,14 @@ def deploy_main(cmd: str, args: Any) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=__import__("sys").stderr)
         return 2
-    opts = Options(output_dir=Path("profiling_results") / req.metadata.name, model_dir=getattr(args, "model", None),
-                   apply=False if cmd == "render" else None, frontend_port=getattr(args, "frontend_port", 8000))
+    from dynamo.profiler.__main__ import ProfilerArgs, options
+    from dynamo.runtime.config import parse_config
+
+    opts = options(parse_config(ProfilerArgs, [], prog="dynamo.deploy"))  # sweep settings from DYN_PROFILER_*
+    opts.output_dir = Path("profiling_results") / req.metadata.name
+    opts.model_dir = getattr(args, "model", None)
+    opts.apply = False if cmd == "render" else None
+    opts.frontend_port = getattr(args, "frontend_port", 8000)
     rc = asyncio.run(run(req, opts))
     if rc != 0 or cmd != "render":
         return rc

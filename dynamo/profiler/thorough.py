@@ -6,6 +6,7 @@ interpolation files for the selected engines, per-candidate data, and the chosen
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import re
@@ -37,6 +38,9 @@ class SweepOptions:
     prefill_requests: int = 3
     speedup_ratio: float = 1.0  # mocker candidates run this much faster; measurements are scaled back
     append_args: dict[str, list[str]] = field(default_factory=dict)
+    service_env: dict[str, dict[str, str]] = field(default_factory=dict)  # e.g. CPU core binding per engine
+    ready_timeout: float = 3600.0  # Dynamo's --deployment-timeout
+    deploy_python: str | None = None  # interpreter for `dynamo.deploy run` (default: this one)
     tp_sizes: list[int] = field(default_factory=lambda: [1])
     vocab_size: int | None = None
 
@@ -100,6 +104,18 @@ async def sweep_decode(dep: LocalDeployment, req: Request, opts: SweepOptions, g
     return DecodeProfile(xs, ys, zs, ts, max_kv_tokens=max_kv)
 
 
+def local_deployment(dgd: dict[str, Any], work: Path, req: Request, opts: SweepOptions,
+                     append: dict[str, list[str]] | None = None) -> LocalDeployment:
+    """`dgd` deployed here with the machine-specific extras (engine flags, env such as CPU binding)
+    added to a local copy only: the DGD handed to the user stays clean."""
+    dgd = copy.deepcopy(dgd)
+    for svc, env in opts.service_env.items():
+        if svc in dgd["spec"]["services"]:
+            dgd["spec"]["services"][svc].setdefault("envs", []).extend({"name": k, "value": v} for k, v in env.items())
+    return LocalDeployment(dgd, work, opts.model_dir, req.spec.model, opts.append_args if append is None else append,
+                           opts.ready_timeout, opts.deploy_python)
+
+
 async def measure_candidate(req: Request, tp: int, opts: SweepOptions, work: Path,
                             phase: Callable[[str], None]) -> Measured:
     pair = Choice("disagg", [WorkerChoice("prefill", tp), WorkerChoice("decode", tp)], "measured")
@@ -109,7 +125,7 @@ async def measure_candidate(req: Request, tp: int, opts: SweepOptions, work: Pat
     if req.spec.mocker:
         for svc in ("MockerPrefillWorker", "MockerDecodeWorker"):
             append.setdefault(svc, []).extend(["--speedup-ratio", str(opts.speedup_ratio)])
-    async with LocalDeployment(dgd, work, opts.model_dir, req.spec.model, append) as dep:
+    async with local_deployment(dgd, work, req, opts, append) as dep:
         phase("SweepingPrefill")
         prefill = await sweep_prefill(dep, req, opts, tp)
         phase("SweepingDecode")

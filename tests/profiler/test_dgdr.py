@@ -150,3 +150,20 @@ def test_spec_is_immutable_once_profiling_starts(tmp_path):
         Status(tmp_path, "r1", dgdr.spec_digest(b)).claim()
     saved = yaml.safe_load((tmp_path / "profiler_status.yaml").read_text())
     assert saved["status"] == "running" and saved["phase"] == "Profiling"
+
+
+def test_planner_feature_adds_the_planner_pointed_at_the_profile(tmp_path):
+    import json
+
+    req = request(backend="vllm", features={"planner": {"optimization_target": "sla", "ttft": 500}})
+    dgd = build_dgd(req, Choice("disagg", [WorkerChoice("prefill", 1), WorkerChoice("decode", 1)], "measured"),
+                    profile_dir=tmp_path, configmap="planner-profile-data-1234")
+    planner = dgd["spec"]["services"]["Planner"]
+    assert planner["componentType"] == "planner"
+    container = planner["extraPodSpec"]["mainContainer"]
+    assert container["command"] == ["python3", "-m", "dynamo.planner"]
+    config = json.loads(container["args"][1])
+    assert config == {"backend": "vllm", "optimization_target": "sla", "ttft": 500,
+                      "profile_results_dir": str(tmp_path.resolve())}
+    assert container["volumeMounts"][0]["mountPath"] == str(tmp_path.resolve())
+    write_and_validate(tmp_path, dgd)

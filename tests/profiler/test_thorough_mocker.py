@@ -1,5 +1,5 @@
-"""Deploy by intent, end to end with no GPU: a DGDR with `features.mocker` goes through thorough
-profiling on mocker candidates deployed by `dynamo.deploy run`, writes Dynamo's interpolation
+"""Deploy by intent, end to end with no GPU: `dynamo.deploy run` of a DGDR with `features.mocker`
+goes through thorough profiling on mocker candidates (each deployed by `dynamo.deploy run`), writes Dynamo's interpolation
 files and plots, produces a DGD that validates, deploys it (autoApply) with mockers replaying the
 profiled timings, and that deployment serves the stated load within the SLA."""
 
@@ -53,18 +53,18 @@ def processes_mentioning(text: str) -> list[int]:
 
 @pytest.fixture
 def profiled(tmp_path, tiny_model):
-    out = tmp_path / "out"
-    spec = tmp_path / "dgdr.yaml"
-    spec.write_text(yaml.safe_dump(dgdr("tiny-llama")))
+    """`python -m dynamo.deploy run dgdr.yaml`, small sweeps set through `DYN_PROFILER_*`."""
+    out = tmp_path / "profiling_results" / "tiny-sla"
+    (tmp_path / "dgdr.yaml").write_text(yaml.safe_dump(dgdr("tiny-llama")))
     port = free_port()
     log = open(tmp_path / "profiler.log", "wb")
+    sweep = {"PREFILL_INTERPOLATION_GRANULARITY": "4", "DECODE_INTERPOLATION_GRANULARITY": "2", "DECODE_OSL": "32",
+             "CONCURRENCY_POINTS": "3", "MAX_CONCURRENCY": "8", "MAX_CONTEXT_LENGTH": "1024"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **{f"DYN_PROFILER_{k}": v for k, v in sweep.items()},
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dynamo.profiler", "--config", str(spec), "--output-dir", str(out), "--model",
-         str(tiny_model), "--frontend-port", str(port), "--prefill-interpolation-granularity", "4",
-         "--decode-interpolation-granularity", "2", "--decode-osl", "32", "--concurrency-points", "3",
-         "--max-concurrency", "8", "--max-context-length", "1024"],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        start_new_session=True)
+        [sys.executable, "-m", "dynamo.deploy", "run", "dgdr.yaml", "--model", str(tiny_model), "--frontend-port",
+         str(port)], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     text = lambda: (tmp_path / "profiler.log").read_text(errors="replace")  # noqa: E731
     try:
         def deployed() -> bool:
@@ -99,7 +99,8 @@ def test_thorough_mocker_dgdr_profiles_deploys_and_serves_within_sla(profiled):
     assert set(pre.files) == {"prefill_isl", "prefill_ttft", "prefill_thpt_per_gpu"} and len(pre["prefill_isl"]) >= 3
     assert set(dec.files) == {"x_kv_usage", "y_context_length", "z_itl", "z_thpt_per_gpu", "max_kv_tokens"}
     assert len(set(dec["y_context_length"])) == 2 and (dec["z_itl"] > 0).all()
-    for png in ("selected_prefill_interpolation/prefill_ttft_isl.png", "selected_decode_interpolation/decode_itl_load.png"):
+    for png in ("selected_prefill_interpolation/prefill_ttft_isl.png",
+                "selected_decode_interpolation/decode_itl_load.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = validate_file(out / "final_config.yaml")
     assert report.ok, report.lines()
