@@ -35,6 +35,7 @@ from benchmarks.loadgen import pct, print_table  # noqa: E402
 from dynamo.llm.tiny_model import build_tiny_model  # noqa: E402
 from tests.deploy.helpers import DeployRun  # noqa: E402
 from tests.fixtures.procs import Proc  # noqa: E402
+from tests.planner.helpers import deploy_kv_dir  # noqa: E402
 from tests.planner.prometheus_server import PrometheusServer  # noqa: E402
 
 MANIFEST = Path(__file__).resolve().parents[1] / "examples/backends/mocker/deploy/disagg.yaml"
@@ -141,9 +142,9 @@ def run_config(name: str, replicas: tuple[int, int], planner: bool, model: Path,
         run.wait_workers(MODEL, sum(replicas), timeout=120)
         if planner:
             prom = PrometheusServer(tmp / "prometheus", [f"127.0.0.1:{run.port}"], NAMESPACE)
+            env = {"DYN_FILE_KV": deploy_kv_dir(run.log_path), "DYN_DISCOVERY_BACKEND": "file", "DYN_LOG": "info"}
             planner_proc = Proc("dynamo.planner", ["--config", json.dumps(planner_config(run.control, prom.url, args))],
-                                {"DYN_FILE_KV": kv_dir(run), "DYN_DISCOVERY_BACKEND": "file", "DYN_LOG": "info"},
-                                tmp, "planner")
+                                env, tmp, "planner")
         warm = asyncio.run(drive_warmup(run.port, args))  # creates the frontend's metric series
 
         async def sample(start: float) -> None:
@@ -184,13 +185,6 @@ def planner_config(control: str, prom_url: str, args) -> dict:
             "throughput_adjustment_interval_seconds": args.throughput_interval,
             "min_endpoint": 1, "max_endpoint": args.max_replicas, "max_gpu_budget": args.budget,
             "replica_ready_timeout_seconds": 120}
-
-
-def kv_dir(run: DeployRun) -> str:
-    for line in run.log_path.read_text().splitlines():
-        if "; state " in line:
-            return str(Path(line.rsplit("; state ", 1)[1].strip()) / "kv")
-    raise RuntimeError("deploy run did not print its state dir")
 
 
 def summarize(name: str, records: list[dict], timeline, args, warm: int, tmp: Path) -> dict:

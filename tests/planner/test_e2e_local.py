@@ -14,6 +14,7 @@ import pytest
 
 from tests.deploy.helpers import DeployRun, chat
 from tests.fixtures.procs import REPO, Proc, free_port, http_get, metric_value, wait_until
+from tests.planner.helpers import deploy_kv_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 MODEL = "tiny-llama"
@@ -75,7 +76,7 @@ def test_planner_scales_local_graph_up_and_down_without_failures(tmp_path: Path,
         metrics_port = free_port()
         cfg = planner_config(run.control, metrics_port)
         planner = Proc("dynamo.planner", ["--config", json.dumps(cfg)],
-                       {"DYN_FILE_KV": _state_kv(run), "DYN_DISCOVERY_BACKEND": "file", "DYN_LOG": "info"},
+                       {"DYN_FILE_KV": deploy_kv_dir(run.log_path), "DYN_DISCOVERY_BACKEND": "file", "DYN_LOG": "info"},
                        tmp_path, "planner")
         trickle = Load(run.port, 1, 8, prompt_words=20)
         burst = Load(run.port, 10, 60)
@@ -100,10 +101,3 @@ def test_planner_scales_local_graph_up_and_down_without_failures(tmp_path: Path,
             planner.stop()
         run.stop()
 
-
-def _state_kv(run: DeployRun) -> str:
-    """The private file store of the `deploy run` (its state dir is printed at start)."""
-    for line in run.log_path.read_text().splitlines():
-        if "; state " in line:
-            return str(Path(line.rsplit("; state ", 1)[1].strip()) / "kv")
-    raise AssertionError("deploy run did not print its state dir")
