@@ -23,7 +23,7 @@ from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.router.config import KvRouterConfig
 from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers
 from dynamo.router.metrics import RouterMetrics
-from dynamo.router.policy import Choice, PolicyHost, WorkerInfo, WorkerPool, candidates, register
+from dynamo.router.policy import Choice, PolicyHost, Role, WorkerInfo, WorkerPool, candidates, register
 from dynamo.router.replica_sync import ReplicaSync
 from dynamo.router.router_queue import RouterQueue
 from dynamo.router.subscriber import KvEventFeeds
@@ -117,8 +117,8 @@ class KvPolicy:
     def on_membership_change(self, pool: WorkerPool) -> None:
         route = self.routes.get(pool.name)
         if route is None:
-            if not pool.workers:
-                return  # e.g. the prefill pool of an aggregated model: nothing to route yet
+            if not pool.workers and pool.role is Role.PREFILL:
+                return  # the prefill pool of an aggregated model: nothing to route, nothing to report
             route = self.routes[pool.name] = PoolRoute(pool, KvRouter(pool.block_size, self.config))
         before = {w.instance_id for w in route.pool.workers}
         current = {w.instance_id: w for w in pool.workers}
