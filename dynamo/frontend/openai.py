@@ -12,7 +12,10 @@ from typing import Any, Literal
 
 import msgspec
 
-from dynamo.llm.protocol import OutputOptions, SamplingOptions, StopConditions
+from dynamo.llm.protocol import OutputOptions, PreprocessedRequest, SamplingOptions, StopConditions
+
+MAX_N = 128
+MAX_TOP_LOGPROBS = 20
 
 
 class ApiError(Exception):
@@ -70,6 +73,40 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
     user: str | None = None
     nvext: dict[str, Any] | None = None
 
+    # Which request field holds the prompt (named in prompt errors).
+    prompt_param = "prompt"
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def choices(self) -> int:
+        return self.n or 1
+
+    def top_logprobs_wanted(self) -> int | None:
+        """None: no logprobs; k >= 0: the sampled token's logprob plus the k most likely."""
+        if self.logprobs is None or self.logprobs is False:
+            return None
+        return 0 if self.logprobs is True else int(self.logprobs)
+
+    def to_request(self, token_ids: list[int], request_id: str, model: str, max_tokens: int,
+                   eos_token_ids: list[int]) -> PreprocessedRequest:
+        """The wire request for the worker; the request owns this conversion."""
+        return PreprocessedRequest(
+            request_id=request_id, model=model, token_ids=token_ids,
+            stop_conditions=StopConditions(max_tokens=max_tokens, stop=stop_list(self.stop) or None,
+                                           min_tokens=self.min_tokens, ignore_eos=bool(self.ignore_eos)),
+            sampling_options=SamplingOptions(
+                n=None, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
+                seed=self.seed, presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+                repetition_penalty=self.repetition_penalty),
+            output_options=OutputOptions(logprobs=self.top_logprobs_wanted()),
+            eos_token_ids=eos_token_ids,
+            extra_args=self.guided_decoding(),
+        )
+
+    def guided_decoding(self) -> dict[str, Any] | None:
+        return None
+
 
 class ChatCompletionRequest(_Common, kw_only=True, omit_defaults=True):
     messages: list[ChatMessage]
@@ -77,8 +114,37 @@ class ChatCompletionRequest(_Common, kw_only=True, omit_defaults=True):
     top_logprobs: int | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+
+    prompt_param = "messages"
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def top_logprobs_wanted(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def message_dicts(self) -> list[dict]:
+        return [message_dict(m) for m in self.messages]
+
+    def template_tools(self) -> list[dict] | None:
+        """Tools the chat template sees: none when the client forbids calling them."""
+        return None if self.tool_choice == "none" else self.tools
+
+    def tool_choice_mode(self) -> str:
+        """"none" | "auto" | "required" | "named" (named: `named_tool()` is the function)."""
+        if not self.tools or self.tool_choice == "none":
+            return "none"
+        if isinstance(self.tool_choice, dict):
+            return "named"
+        return self.tool_choice or "auto"
+
+    def named_tool(self) -> str | None:
+        if isinstance(self.tool_choice, dict):
+            return (self.tool_choice.get("function") or {}).get("name")
+        return None
 
 
 class CompletionRequest(_Common, kw_only=True, omit_defaults=True):
@@ -87,6 +153,9 @@ class CompletionRequest(_Common, kw_only=True, omit_defaults=True):
     echo: bool = False
     best_of: int | None = None
     suffix: str | None = None
+
+    def prompt_input(self) -> str | list:
+        return self.prompt
 
 
 chat_decoder = msgspec.json.Decoder(ChatCompletionRequest)
@@ -130,12 +199,13 @@ def validate_common(req: _Common) -> None:
         raise bad_request("`repetition_penalty` must be > 0", "repetition_penalty")
     if req.top_k is not None and req.top_k < -1:
         raise bad_request("`top_k` must be -1 (disabled) or positive", "top_k")
-    if req.n is not None and req.n != 1:
-        raise bad_request("`n` other than 1 is not supported: send separate requests", "n", "unsupported_value")
+    if req.n is not None and not 1 <= req.n <= MAX_N:
+        raise bad_request(f"`n` must be in [1, {MAX_N}], got {req.n}", "n")
+    if (req.n or 1) > 1 and req.temperature == 0:
+        # Dynamo's rule: n identical greedy samples are a client mistake, not a request.
+        raise bad_request("When n > 1, temperature must be greater than 0", "temperature")
     if req.min_tokens is not None and req.min_tokens < 0:
         raise bad_request("`min_tokens` must be >= 0", "min_tokens")
-    if req.logprobs not in (None, False, 0):
-        raise bad_request("`logprobs` is not supported by this server", "logprobs", "unsupported_parameter")
     stops = stop_list(req.stop)
     if len(stops) > 16:
         raise bad_request("at most 16 stop sequences are supported", "stop")
@@ -149,15 +219,22 @@ def validate_chat(req: ChatCompletionRequest) -> None:
         raise bad_request("`messages` must contain at least one message", "messages")
     if req.max_completion_tokens is not None and req.max_completion_tokens < 1:
         raise bad_request("`max_completion_tokens` must be at least 1", "max_completion_tokens")
-    if req.tools and req.tool_choice not in (None, "none"):
-        # Tool-call parsing is not implemented: refusing beats returning unparsed calls.
-        raise bad_request("tool calling is not supported by this server", "tools", "unsupported_parameter")
+    if req.logprobs not in (None, True, False):
+        raise bad_request("`logprobs` must be a boolean for chat completions", "logprobs", "invalid_type")
+    if req.top_logprobs is not None:
+        if not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise bad_request(f"`top_logprobs` must be in [0, {MAX_TOP_LOGPROBS}]", "top_logprobs")
+        if not req.logprobs:
+            raise bad_request("`top_logprobs` requires `logprobs: true`", "top_logprobs")
+    validate_tools(req)
 
 
 def validate_completion(req: CompletionRequest) -> None:
     validate_common(req)
     if req.echo:
         raise bad_request("`echo` is not supported", "echo", "unsupported_parameter")
+    if req.logprobs is not None and (not _is_int(req.logprobs) or not 0 <= req.logprobs <= 5):
+        raise bad_request("`logprobs` must be an integer in [0, 5] for completions", "logprobs")
     if req.best_of not in (None, 1):
         raise bad_request("`best_of` other than 1 is not supported", "best_of", "unsupported_value")
     if req.suffix:
@@ -190,19 +267,51 @@ def stop_list(stop: str | list[str] | None) -> list[str]:
     return [stop] if isinstance(stop, str) else list(stop)
 
 
-def sampling_of(req: _Common) -> SamplingOptions:
-    return SamplingOptions(
-        n=None, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p, seed=req.seed,
-        presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
-        repetition_penalty=req.repetition_penalty,
-    )
+def message_dict(message: ChatMessage) -> dict:
+    out: dict[str, Any] = {"role": message.role, "content": message.content if message.content is not None else ""}
+    for field in ("name", "tool_calls", "tool_call_id", "reasoning_content"):
+        value = getattr(message, field)
+        if value is not None:
+            out[field] = value
+    if message.tool_calls:
+        # HF templates expect arguments as an object (they tojson it); OpenAI sends a JSON string.
+        out["tool_calls"] = [_template_call(c) for c in message.tool_calls]
+    return out
 
 
-def stop_conditions_of(req: _Common, max_tokens: int | None) -> StopConditions:
-    stops = stop_list(req.stop)
-    return StopConditions(max_tokens=max_tokens, stop=stops or None, min_tokens=req.min_tokens,
-                          ignore_eos=bool(req.ignore_eos))
+def _template_call(call: dict) -> dict:
+    fn = dict(call.get("function") or {})
+    args = fn.get("arguments")
+    if isinstance(args, str):
+        try:
+            fn["arguments"] = msgspec.json.decode(args) if args.strip() else {}
+        except msgspec.DecodeError:
+            pass  # leave it as sent: the template renders the string
+    return {**call, "function": fn}
 
 
-def output_options_of(req: _Common) -> OutputOptions:
-    return OutputOptions()
+def validate_tools(req: ChatCompletionRequest) -> None:
+    names = []
+    for i, tool in enumerate(req.tools or []):
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function" or not isinstance(fn, dict) \
+                or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise bad_request("each tool must be {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                              f"tools[{i}]", "invalid_type")
+        names.append(fn["name"])
+    choice = req.tool_choice
+    if choice is None or choice in ("none", "auto"):
+        return
+    if choice == "required":
+        if not names:
+            raise bad_request("`tool_choice: required` needs at least one tool", "tool_choice")
+        return
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name") if isinstance(choice.get("function"), dict) else None
+        if choice.get("type", "function") != "function" or not isinstance(name, str):
+            raise bad_request("`tool_choice` object must be {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                              "tool_choice", "invalid_type")
+        if name not in names:
+            raise bad_request(f"`tool_choice` names function {name!r}, which is not in `tools`", "tool_choice")
+        return
+    raise bad_request("`tool_choice` must be \"none\", \"auto\", \"required\" or a named function", "tool_choice")
