@@ -50,7 +50,8 @@ async def serve(config: FrontendConfig, stop: asyncio.Event) -> int:
     app = FrontendApp(models, dispatcher, metrics, body_limit=body_limit,
                       concurrency_limit=config.rejection_frontend_request_concurrency_limit,
                       overload_status=int(os.environ.get("DYN_HTTP_OVERLOAD_STATUS_CODE", "529")),
-                      health_extra=getattr(router, "health", None))
+                      health_extra=getattr(router, "health", None),
+                      reasoning_field=config.reasoning_field_name)
     tls = {}
     if config.tls_cert_path:
         tls = {"ssl_certfile": config.tls_cert_path, "ssl_keyfile": config.tls_key_path}

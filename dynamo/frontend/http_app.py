@@ -2,22 +2,22 @@
 per-token path). Routes: POST /v1/chat/completions, /v1/completions; GET /v1/models,
 /health, /live, /metrics.
 
-The response status is decided after the first batch of tokens arrives, so failures
-before any output (no worker, overload, bad prompt) get a real HTTP error instead
-of a 200 with an error event.
+Requests are decoded, validated and converted here; the generation itself (fan-out,
+output stage, framing) is `generation.GenerationRun`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import random
 import time
 import uuid
 from typing import Any, Callable
 
 from prometheus_client import generate_latest
 
-from dynamo.frontend.dispatch import Dispatcher, RequestHandle, aclose_quietly
+from dynamo.frontend.dispatch import Dispatcher
+from dynamo.frontend.generation import GenerationRun
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.model_manager import ModelManager
 from dynamo.frontend.openai import (
@@ -29,27 +29,18 @@ from dynamo.frontend.openai import (
     validate_chat,
     validate_completion,
 )
-from dynamo.frontend.sse import (
-    DONE,
-    ChatChunks,
-    CompletionChunks,
-    chat_response,
-    completion_response,
-    error_event,
-    openai_finish_reason,
-    usage_dict,
-)
+from dynamo.frontend.output import OutputSpec
+from dynamo.llm.preprocessor import PreprocessError
 from dynamo.runtime.asgi import TEXT_HEADERS, BodyTooLarge, header, read_body, send_bytes, send_json
 
 log = logging.getLogger(__name__)
-
-SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
 class FrontendApp:
     def __init__(self, models: ModelManager, dispatcher: Dispatcher, metrics: FrontendMetrics, *,
                  body_limit: int, concurrency_limit: int = 0, overload_status: int = 529,
-                 health_extra: Callable[[], dict] | None = None) -> None:
+                 health_extra: Callable[[], dict] | None = None,
+                 reasoning_field: str = "reasoning_content") -> None:
         self.models = models
         self.dispatcher = dispatcher
         self.metrics = metrics
@@ -57,6 +48,7 @@ class FrontendApp:
         self.concurrency_limit = concurrency_limit
         self.overload_status = overload_status
         self.health_extra = health_extra
+        self.reasoning_field = reasoning_field
         self.inflight = 0
         self.routes: dict[tuple[str, str], Callable] = {
             ("POST", "/v1/chat/completions"): self.chat,
@@ -176,12 +168,8 @@ class FrontendApp:
     async def _generate(self, req, endpoint: str, receive, send) -> None:
         started = time.monotonic()
         entry = self._entry(req.model)
-        pipeline = entry.pipeline
         is_chat = isinstance(req, ChatCompletionRequest)
-        ids = pipeline.chat_prompt_ids(req) if is_chat else pipeline.completion_prompt_ids(req)
-        prefix = "chatcmpl-" if is_chat else "cmpl-"
-        request_id = prefix + uuid.uuid4().hex
-        preq = pipeline.build_request(req, ids, request_id)
+        preqs = self._requests(entry.pipeline, req, is_chat)
         if self.concurrency_limit and self.inflight >= self.concurrency_limit:
             self.metrics.rejections.labels(entry.name, "overloaded").inc()
             raise ApiError(self.overload_status, "Too many requests in flight; retry later", "overloaded_error",
@@ -191,147 +179,45 @@ class FrontendApp:
         self.metrics.inflight.labels(entry.name).inc()
         status = "error"
         try:
-            run = _Run(self, entry, req, preq, is_chat, started)
+            run = GenerationRun(self, entry, req, preqs, is_chat, started, output_spec(entry, req, is_chat),
+                                self.reasoning_field)
             status = await run.execute(entry, receive, send, request_type)
         finally:
             self.inflight -= 1
             self.metrics.inflight.labels(entry.name).dec()
             self.metrics.requests.labels(entry.name, endpoint, request_type, status).inc()
 
-
-class _Run:
-    """One generation request from its first worker call to its last byte."""
-
-    def __init__(self, app: FrontendApp, entry, req, preq, is_chat: bool, started: float) -> None:
-        self.app = app
-        self.model = model = entry.name
-        self.req = req
-        self.preq = preq
-        self.started = started
-        self.created = int(time.time())
-        self.chunks = (ChatChunks if is_chat else CompletionChunks)(preq.request_id, model, self.created)
-        self.is_chat = is_chat
-        self.assembler = entry.pipeline.assembler(stop_list(req.stop))
-        self.handle = RequestHandle()
-        self.cached_tokens = 0
-        self.finish: str | None = None
-        self.last_time = started
-        self._observe_itl = app.metrics.itl.labels(model).observe
-
-    async def execute(self, entry, receive, send, request_type: str) -> str:
-        app = self.app
-        gen = app.dispatcher.stream(entry, self.preq, self.handle)
-        watcher = asyncio.ensure_future(receive())
-        watcher.add_done_callback(self._on_receive)
+    @staticmethod
+    def _requests(pipeline, req, is_chat: bool) -> list:
+        """Tokenize once; one wire request per choice (`n`), each with its own seed so the
+        choices are independent samples."""
         try:
-            try:
-                first = await gen.__anext__()
-            except StopAsyncIteration:
-                first = []
-            if self.handle.cancelled:
-                return "cancelled"
-            app.metrics.ttft.labels(self.model).observe(time.monotonic() - self.started)
-            self.last_time = time.monotonic()
-            if self.req.stream:
-                await self._stream(gen, first, send)
+            if is_chat:
+                ids = pipeline.chat_prompt_ids(req.message_dicts(), req.template_tools(), req.chat_template_kwargs)
             else:
-                await self._unary(gen, first, send)
-            return "cancelled" if self.handle.cancelled else "success"
-        finally:
-            watcher.remove_done_callback(self._on_receive)
-            watcher.cancel()
-            await aclose_quietly(gen)
-            self._observe_end()
+                ids = pipeline.completion_prompt_ids(req.prompt_input())
+            max_tokens = pipeline.max_tokens_for(ids, req.requested_max_tokens(), req.prompt_param)
+        except PreprocessError as exc:
+            raise bad_request(exc.message, exc.param, exc.code) from None
+        request_id = ("chatcmpl-" if is_chat else "cmpl-") + uuid.uuid4().hex
+        n = req.choices()
+        if n == 1:
+            return [req.to_request(ids, request_id, pipeline.name, max_tokens, pipeline.eos_token_ids)]
+        base = req.seed if req.seed is not None else random.getrandbits(31)
+        out = []
+        for i in range(n):
+            preq = req.to_request(list(ids), f"{request_id}-{i}", pipeline.name, max_tokens, pipeline.eos_token_ids)
+            preq.sampling_options.seed = base + i
+            out.append(preq)
+        return out
 
-    def _on_receive(self, task: asyncio.Future) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None or task.result().get("type") == "http.disconnect":
-            self.app.metrics.disconnects.inc()
-            self.app.metrics.cancellations.labels(self.model, "stream" if self.req.stream else "unary").inc()
-            self.handle.cancel()
 
-    def _observe_end(self) -> None:
-        m = self.app.metrics
-        m.duration.labels(self.model).observe(time.monotonic() - self.started)
-        m.isl.labels(self.model).observe(len(self.preq.token_ids))
-        m.osl.labels(self.model).observe(self.assembler.completion_tokens)
-        m.cached.labels(self.model).observe(self.cached_tokens)
-
-    def _absorb(self, outputs) -> str:
-        """Fold a batch of engine outputs into visible text; sets `finish` when done."""
-        text = ""
-        assembler = self.assembler
-        for out in outputs:
-            if out.cached_tokens is not None:
-                self.cached_tokens = out.cached_tokens
-            if out.error is not None:
-                raise ApiError(500, f"engine error: {out.error}", "internal_error", None, "engine_error")
-            if out.token_ids:
-                text += assembler.add(out.token_ids)
-            if assembler.stopped:
-                self.finish = "stop"
-                self.handle.stop_worker()
-                break
-            if out.finish_reason is not None:
-                self.finish = openai_finish_reason(out.finish_reason)
-        now = time.monotonic()
-        count = sum(len(out.token_ids) for out in outputs)
-        if count:
-            gap = (now - self.last_time) / count
-            observe = self._observe_itl
-            for _ in range(count):
-                observe(gap)
-        self.last_time = now
-        return text
-
-    def _usage(self) -> dict:
-        return usage_dict(len(self.preq.token_ids), self.assembler.completion_tokens, self.cached_tokens)
-
-    async def _batches(self, gen, first):
-        if first:
-            yield first
-        if self.finish is not None:
-            return
-        async for outputs in gen:
-            yield outputs
-
-    async def _stream(self, gen, first, send) -> None:
-        chunks = self.chunks
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-        sent_first = False
-        try:
-            async for outputs in self._batches(gen, first):
-                text = self._absorb(outputs)
-                if text:
-                    await send({"type": "http.response.body", "body": chunks.content(text, not sent_first),
-                                "more_body": True})
-                    sent_first = True
-                if self.finish is not None:
-                    break
-            tail = self.assembler.finish()
-            body = chunks.content(tail, not sent_first) if tail else b""
-            sent_first = sent_first or bool(tail)
-            body += chunks.finish(self.finish or "stop", not sent_first)
-            if self.req.stream_options is not None and self.req.stream_options.include_usage:
-                body += chunks.usage(self._usage())
-            await send({"type": "http.response.body", "body": body + DONE, "more_body": False})
-        except ApiError as exc:
-            if self.handle.cancelled:
-                return
-            await send({"type": "http.response.body", "body": error_event(exc.body()) + DONE, "more_body": False})
-
-    async def _unary(self, gen, first, send) -> None:
-        parts = []
-        async for outputs in self._batches(gen, first):
-            parts.append(self._absorb(outputs))
-            if self.finish is not None:
-                break
-        if self.handle.cancelled and self.finish is None:
-            return
-        parts.append(self.assembler.finish())
-        text = "".join(parts)
-        build = chat_response if self.is_chat else completion_response
-        body = build(self.preq.request_id, self.model, self.created, text, self.finish or "stop", self._usage())
-        await send_bytes(send, 200, body)
+def output_spec(entry, req, is_chat: bool) -> OutputSpec:
+    """What the output stage runs for this request: parsers from the worker's card."""
+    stops = stop_list(req.stop)
+    if not is_chat:
+        return OutputSpec(stops)
+    rc = entry.card.runtime_config
+    return OutputSpec(stops, tool_parser=rc.tool_call_parser, reasoning_parser=rc.reasoning_parser, tools=req.tools,
+                      tool_mode=req.tool_choice_mode(), named_tool=req.named_tool(),
+                      parallel_tool_calls=req.parallel_tool_calls is not False)

@@ -33,6 +33,7 @@ class SamplingOptions(msgspec.Struct, omit_defaults=True, kw_only=True):
 
 
 class OutputOptions(msgspec.Struct, omit_defaults=True, kw_only=True):
+    # None: no logprobs; k >= 0: each sampled token's logprob plus the k most likely.
     logprobs: int | None = None
     skip_special_tokens: bool = True
 
@@ -77,7 +78,10 @@ class LLMEngineOutput(msgspec.Struct, omit_defaults=True, kw_only=True, gc=False
     finish_reason: str | None = None
     # Prompt tokens served from the prefix cache; sent once, on the first message.
     cached_tokens: int | None = None
+    # Logprob of each of `token_ids`; with `output_options.logprobs = k > 0`, also the k most
+    # likely (token id, logprob) pairs at each position, most likely first.
     log_probs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
     disaggregated_params: dict[str, Any] | None = None
     error: str | None = None
 

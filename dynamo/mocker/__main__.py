@@ -17,6 +17,7 @@ from dynamo.llm.protocol import request_decoder
 from dynamo.llm.tokenizer import Tokenizer
 from dynamo.mocker.args import MockerArgs
 from dynamo.mocker.engine import MockEngine
+from dynamo.mocker.replay import Replay
 from dynamo.router.subscriber import KV_QUERY_ENDPOINT, LocalKvState
 from dynamo.runtime.config import parse_config
 from dynamo.runtime.distributed import DistributedRuntime
@@ -59,9 +60,10 @@ async def serve(args: MockerArgs, stop: asyncio.Event) -> int:
         local_kv.observe(event)
         kv_events.push(event)
 
+    replay = Replay.from_file(args.replay_file, tokenizer) if args.replay_file else None
     engine = MockEngine(args, vocab_size=tokenizer.vocab_size, context_length=args.context_length,
                         eos_token_ids=tokenizer.eos_token_ids, special_ids=tokenizer.special_ids,
-                        on_kv_event=on_kv_event)
+                        on_kv_event=on_kv_event, script_for=replay.script_for if replay else None)
     if args.startup_time:
         await asyncio.sleep(args.startup_time)
     await engine.start()
@@ -85,7 +87,9 @@ async def serve(args: MockerArgs, stop: asyncio.Event) -> int:
                                                    max_num_seqs=args.max_num_seqs,
                                                    max_num_batched_tokens=args.max_num_batched_tokens,
                                                    publishes_kv_events=args.enable_prefix_caching,
-                                                   enable_local_indexer=args.enable_prefix_caching))
+                                                   enable_local_indexer=args.enable_prefix_caching,
+                                                   tool_call_parser=args.tool_call_parser,
+                                                   reasoning_parser=args.reasoning_parser))
     await runtime.serve_endpoint(runtime.endpoint_id(f"{eid.namespace}.{eid.component}.{KV_QUERY_ENDPOINT}"),
                                  local_kv.handler)
     await runtime.serve_endpoint(eid, generate, card_json=card_encoder.encode(card))

@@ -64,6 +64,8 @@ def model_card(config: DynamoVllmArgs, facts: EngineFacts, publishes_kv_events: 
                                                    max_num_batched_tokens=facts.max_num_batched_tokens,
                                                    data_parallel_size=facts.data_parallel_size,
                                                    publishes_kv_events=publishes_kv_events,
+                                                   tool_call_parser=config.tool_call_parser,
+                                                   reasoning_parser=config.reasoning_parser,
                                                    runtime_data={"engine": "vllm"}))
     return card_encoder.encode(card)
 

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from dynamo.llm.model_card import disaggregation_role
+from dynamo.llm.model_card import check_parser_names, disaggregation_role
 from dynamo.runtime.config import add_arguments, from_namespace, setting
 
 MODES = ("agg", "prefill", "decode")
@@ -50,6 +50,13 @@ class DynamoVllmArgs:
                                                "works, else tcp); ignored with --kv-transfer-config",
                                        env="DYN_KV_TRANSFER_BACKEND", choices=["nixl", "tcp", "auto"])
     migration_limit: int = setting(0, "Times a request may migrate to another worker (stored in the model card)")
+    tool_call_parser: str | None = setting(None, "Tool-call format the frontend parses from this model's output "
+                                                 "(hermes, llama3_json, mistral, pythonic, qwen3_coder, deepseek_v3, "
+                                                 "harmony, default)", env="DYN_TOOL_CALL_PARSER",
+                                           flag="--dyn-tool-call-parser")
+    reasoning_parser: str | None = setting(None, "Reasoning format the frontend splits into reasoning_content "
+                                                 "(basic, qwen3, deepseek_r1, gpt_oss, ...)", env="DYN_REASONING_PARSER",
+                                           flag="--dyn-reasoning-parser")
     engine_request_limit: int = setting(0, "Requests in flight beyond which new ones are refused as overloaded "
                                            "(0: no limit)")
     endpoint_types: str = setting("chat,completions", "OpenAI endpoints to expose for this model "
@@ -59,6 +66,7 @@ class DynamoVllmArgs:
                                       env="DYN_VLLM_PUBLISH_KV_EVENTS")
 
     def validate(self) -> None:
+        check_parser_names(self.tool_call_parser, self.reasoning_parser)
         if self.is_prefill_worker and self.is_decode_worker:
             raise ValueError("--is-prefill-worker and --is-decode-worker are mutually exclusive")
         legacy = "prefill" if self.is_prefill_worker else "decode" if self.is_decode_worker else None

@@ -106,3 +106,13 @@ class DeepSeekV3Parser(MarkedToolParser):
 
     def make_inner(self, marker: str, first_index: int) -> Inner:
         return HeaderCalls(first_index, _DS_HEADER, _DS_TRAILER)
+
+
+class JsonListParser(MarkedToolParser):
+    """`tool_choice: required` with no format parser: the engine was asked (structured
+    output) for a JSON list of `{"name", "parameters"}` objects, as vLLM does."""
+
+    bare_starts = ("[", "{")
+
+    def make_inner(self, marker: str, first_index: int) -> Inner:
+        return JsonCalls(first_index)
