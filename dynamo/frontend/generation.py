@@ -65,7 +65,8 @@ class GenerationRun:
         self.cached_tokens = 0
         self.last_time = started
         self._observe_itl = app.metrics.itl.labels(self.model).observe
-        self._token_text = self.pipeline.tokenizer.decode
+        decode = self.pipeline.tokenizer.decode
+        self._token_text = lambda token_id: decode([token_id], skip_special_tokens=False)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def execute(self, entry, receive, send, request_type: str) -> str:
