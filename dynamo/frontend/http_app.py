@@ -1,6 +1,6 @@
 """The OpenAI-compatible HTTP surface as a raw ASGI app (no framework on the
 per-token path). Routes: POST /v1/chat/completions, /v1/completions; GET /v1/models,
-/health, /live, /metrics.
+/health, /live, /metrics; POST /v1/responses.
 
 Requests are decoded, validated and converted here; the generation itself (fan-out,
 output stage, framing) is `generation.GenerationRun`.
@@ -30,6 +30,7 @@ from dynamo.frontend.openai import (
     validate_completion,
 )
 from dynamo.frontend.output import OutputSpec
+from dynamo.frontend.responses import ResponsesRun, decode_responses
 from dynamo.llm.preprocessor import PreprocessError
 from dynamo.runtime.asgi import TEXT_HEADERS, BodyTooLarge, header, read_body, send_bytes, send_json
 
@@ -53,6 +54,7 @@ class FrontendApp:
         self.routes: dict[tuple[str, str], Callable] = {
             ("POST", "/v1/chat/completions"): self.chat,
             ("POST", "/v1/completions"): self.completions,
+            ("POST", "/v1/responses"): self.responses,
             ("GET", "/v1/models"): self.list_models,
             ("GET", "/health"): self.health,
             ("GET", "/live"): self.live,
@@ -150,6 +152,13 @@ class FrontendApp:
         validate_completion(req)
         await self._generate(req, "completions", receive, send)
 
+    async def responses(self, scope, receive, send) -> None:
+        body = await self._body(scope, receive)
+        rreq = decode_responses(body)
+        req = rreq.to_chat()
+        validate_chat(req)
+        await self._generate(req, "responses", receive, send, ResponsesRun, responses_req=rreq)
+
     def _entry(self, name: str):
         entry = self.models.get(name)
         if entry is None and name in self.models.retired:
@@ -165,7 +174,7 @@ class FrontendApp:
                            "service_unavailable", None, "no_workers")
         return entry
 
-    async def _generate(self, req, endpoint: str, receive, send) -> None:
+    async def _generate(self, req, endpoint: str, receive, send, run_cls=GenerationRun, **run_kw) -> None:
         started = time.monotonic()
         entry = self._entry(req.model)
         is_chat = isinstance(req, ChatCompletionRequest)
@@ -179,8 +188,8 @@ class FrontendApp:
         self.metrics.inflight.labels(entry.name).inc()
         status = "error"
         try:
-            run = GenerationRun(self, entry, req, preqs, is_chat, started, output_spec(entry, req, is_chat),
-                                self.reasoning_field)
+            run = run_cls(self, entry, req, preqs, is_chat, started, output_spec(entry, req, is_chat),
+                          self.reasoning_field, **run_kw)
             status = await run.execute(entry, receive, send, request_type)
         finally:
             self.inflight -= 1
@@ -201,12 +210,14 @@ class FrontendApp:
             raise bad_request(exc.message, exc.param, exc.code) from None
         request_id = ("chatcmpl-" if is_chat else "cmpl-") + uuid.uuid4().hex
         n = req.choices()
+        parser = pipeline.card.runtime_config.tool_call_parser
         if n == 1:
-            return [req.to_request(ids, request_id, pipeline.name, max_tokens, pipeline.eos_token_ids)]
+            return [req.to_request(ids, request_id, pipeline.name, max_tokens, pipeline.eos_token_ids, parser)]
         base = req.seed if req.seed is not None else random.getrandbits(31)
         out = []
         for i in range(n):
-            preq = req.to_request(list(ids), f"{request_id}-{i}", pipeline.name, max_tokens, pipeline.eos_token_ids)
+            preq = req.to_request(list(ids), f"{request_id}-{i}", pipeline.name, max_tokens, pipeline.eos_token_ids,
+                                  parser)
             preq.sampling_options.seed = base + i
             out.append(preq)
         return out

@@ -12,7 +12,9 @@ from typing import Any, Literal
 
 import msgspec
 
-from dynamo.llm.protocol import OutputOptions, PreprocessedRequest, SamplingOptions, StopConditions
+from dynamo.llm.protocol import (
+    GuidedDecodingOptions, OutputOptions, PreprocessedRequest, SamplingOptions, StopConditions,
+)
 
 MAX_N = 128
 MAX_TOP_LOGPROBS = 20
@@ -72,6 +74,12 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
     logprobs: Any = None
     user: str | None = None
     nvext: dict[str, Any] | None = None
+    # vLLM-style structured-output extras (also accepted inside `nvext`).
+    guided_json: Any = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_decoding_backend: str | None = None
 
     # Which request field holds the prompt (named in prompt errors).
     prompt_param = "prompt"
@@ -89,7 +97,7 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
         return 0 if self.logprobs is True else int(self.logprobs)
 
     def to_request(self, token_ids: list[int], request_id: str, model: str, max_tokens: int,
-                   eos_token_ids: list[int]) -> PreprocessedRequest:
+                   eos_token_ids: list[int], tool_parser: str | None = None) -> PreprocessedRequest:
         """The wire request for the worker; the request owns this conversion."""
         return PreprocessedRequest(
             request_id=request_id, model=model, token_ids=token_ids,
@@ -98,14 +106,19 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
             sampling_options=SamplingOptions(
                 n=None, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
                 seed=self.seed, presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
-                repetition_penalty=self.repetition_penalty),
+                repetition_penalty=self.repetition_penalty, guided_decoding=self.guided_decoding(tool_parser)),
             output_options=OutputOptions(logprobs=self.top_logprobs_wanted()),
             eos_token_ids=eos_token_ids,
-            extra_args=self.guided_decoding(),
         )
 
-    def guided_decoding(self) -> dict[str, Any] | None:
-        return None
+    def guided_decoding(self, tool_parser: str | None = None) -> GuidedDecodingOptions | None:
+        """The structured-output constraint for the engine, from the guided_* extras."""
+        ext = self.nvext or {}
+        get = lambda name: getattr(self, name) if getattr(self, name) is not None else ext.get(name)  # noqa: E731
+        options = GuidedDecodingOptions(json=get("guided_json"), regex=get("guided_regex"),
+                                        choice=get("guided_choice"), grammar=get("guided_grammar"),
+                                        backend=get("guided_decoding_backend"))
+        return options if (options.json is not None or options.regex or options.choice or options.grammar) else None
 
 
 class ChatCompletionRequest(_Common, kw_only=True, omit_defaults=True):
@@ -119,6 +132,33 @@ class ChatCompletionRequest(_Common, kw_only=True, omit_defaults=True):
     chat_template_kwargs: dict[str, Any] | None = None
 
     prompt_param = "messages"
+
+    def guided_decoding(self, tool_parser: str | None = None) -> GuidedDecodingOptions | None:
+        fmt = self.response_format or {}
+        if fmt.get("type") == "json_object":
+            return GuidedDecodingOptions(json_object=True)
+        if fmt.get("type") == "json_schema":
+            return GuidedDecodingOptions(json=(fmt.get("json_schema") or {}).get("schema") or {"type": "object"})
+        guided = super().guided_decoding(tool_parser)
+        if guided is None and tool_parser is None:
+            guided = self._tool_guidance()
+        return guided
+
+    def _tool_guidance(self) -> GuidedDecodingOptions | None:
+        """With no format parser on the worker, `required` / a named function is enforced
+        the way vLLM does: the engine must emit the arguments (named) or a JSON list of
+        `{"name", "parameters"}` calls (required)."""
+        mode = self.tool_choice_mode()
+        functions = [t["function"] for t in self.tools or []]
+        if mode == "named":
+            fn = next(f for f in functions if f["name"] == self.named_tool())
+            return GuidedDecodingOptions(json=fn.get("parameters") or {"type": "object"})
+        if mode == "required":
+            items = [{"type": "object", "properties": {"name": {"enum": [f["name"]]},
+                                                         "parameters": f.get("parameters") or {"type": "object"}},
+                      "required": ["name", "parameters"]} for f in functions]
+            return GuidedDecodingOptions(json={"type": "array", "minItems": 1, "items": {"anyOf": items}})
+        return None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -227,6 +267,7 @@ def validate_chat(req: ChatCompletionRequest) -> None:
         if not req.logprobs:
             raise bad_request("`top_logprobs` requires `logprobs: true`", "top_logprobs")
     validate_tools(req)
+    validate_response_format(req.response_format)
 
 
 def validate_completion(req: CompletionRequest) -> None:
@@ -288,6 +329,19 @@ def _template_call(call: dict) -> dict:
         except msgspec.DecodeError:
             pass  # leave it as sent: the template renders the string
     return {**call, "function": fn}
+
+
+def validate_response_format(fmt: dict[str, Any] | None) -> None:
+    if fmt is None:
+        return
+    kind = fmt.get("type")
+    if kind not in ("text", "json_object", "json_schema"):
+        raise bad_request("`response_format.type` must be text, json_object or json_schema", "response_format.type")
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+            raise bad_request("`response_format.json_schema` must be an object with a `schema` object",
+                              "response_format.json_schema")
 
 
 def validate_tools(req: ChatCompletionRequest) -> None:

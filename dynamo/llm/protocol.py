@@ -20,6 +20,17 @@ class StopConditions(msgspec.Struct, omit_defaults=True, kw_only=True):
     ignore_eos: bool = False
 
 
+class GuidedDecodingOptions(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """Structured output (Dynamo's `guided_decoding`): at most one constraint is set."""
+
+    json: Any = None  # a JSON schema (dict)
+    json_object: bool = False  # any JSON object
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    backend: str | None = None
+
+
 class SamplingOptions(msgspec.Struct, omit_defaults=True, kw_only=True):
     n: int | None = None
     temperature: float | None = None
@@ -30,6 +41,7 @@ class SamplingOptions(msgspec.Struct, omit_defaults=True, kw_only=True):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
+    guided_decoding: GuidedDecodingOptions | None = None
 
 
 class OutputOptions(msgspec.Struct, omit_defaults=True, kw_only=True):

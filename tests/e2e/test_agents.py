@@ -218,3 +218,52 @@ def test_plain_answer_with_tools_offered(client):
     for parser in CALLS:
         resp = ask(client, parser, "case:plain", tools=TOOLS).choices[0]
         assert (resp.message.content, resp.finish_reason) == ("Just text, no tools.", "stop"), parser
+
+
+RESPONSE_TOOLS = [{"type": "function", "name": t["function"]["name"], "parameters": t["function"]["parameters"]}
+                  for t in TOOLS]
+
+
+def test_responses_unary_and_incomplete(client):
+    resp = client.responses.create(model="hermes", input="case:plain")
+    assert resp.status == "completed" and resp.output_text == "Just text, no tools."
+    assert resp.usage.output_tokens > 0 and resp.usage.input_tokens > 0
+    cut = client.responses.create(model="hermes", input="case:plain", max_output_tokens=2)
+    assert cut.status == "incomplete" and cut.incomplete_details.reason == "max_output_tokens"
+    assert cut.usage.output_tokens == 2
+
+
+def test_responses_stream_event_order(client):
+    events = list(client.responses.create(model="hermes", input=[{"role": "user", "content": "case:plain"}],
+                                          stream=True))
+    kinds = [e.type for e in events]
+    deltas = [k for k in kinds if k == "response.output_text.delta"]
+    assert kinds == ["response.created", "response.in_progress", "response.output_item.added",
+                     "response.content_part.added", *deltas, "response.output_text.done",
+                     "response.content_part.done", "response.output_item.done", "response.completed"]
+    assert len(deltas) >= 1
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "Just text, no tools."
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[-1].response.output_text == "Just text, no tools."
+    cut = list(client.responses.create(model="hermes", input="case:plain", max_output_tokens=2, stream=True))
+    assert cut[-1].type == "response.incomplete"
+    assert cut[-1].response.incomplete_details.reason == "max_output_tokens"
+
+
+def test_responses_function_calls_and_reasoning(client):
+    resp = client.responses.create(model="hermes", input="case:hermes", tools=RESPONSE_TOOLS)
+    calls = [o for o in resp.output if o.type == "function_call"]
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", WEATHER), ("get_time", {})]
+    assert all(c.call_id.startswith("call_") for c in calls)
+    events = list(client.responses.create(model="qwen3", input="case:think-then-call", tools=RESPONSE_TOOLS,
+                                          stream=True))
+    final = events[-1].response
+    assert [o.type for o in final.output] == ["reasoning", "function_call"]
+    args = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    assert json.loads(args) == {"city": "Paris"} == json.loads(final.output[1].arguments)
+    # The call's result goes back as input items and the template renders it.
+    follow = client.responses.create(model="hermes", tools=RESPONSE_TOOLS, input=[
+        {"role": "user", "content": "case:hermes"},
+        *[{"type": "function_call", "call_id": c.call_id, "name": c.name, "arguments": c.arguments} for c in calls],
+        *[{"type": "function_call_output", "call_id": c.call_id, "output": "sunny, 21C"} for c in calls]])
+    assert follow.output_text == "It is sunny in Paris, 21C."
