@@ -1,6 +1,6 @@
 """The OpenAI-compatible HTTP surface as a raw ASGI app (no framework on the
 per-token path). Routes: POST /v1/chat/completions, /v1/completions; GET /v1/models,
-/health, /live, /metrics; POST /v1/responses.
+/health, /live, /metrics; POST /v1/responses, /v1/embeddings.
 
 Requests are decoded, validated and converted here; the generation itself (fan-out,
 output stage, framing) is `generation.GenerationRun`.
@@ -29,6 +29,7 @@ from dynamo.frontend.openai import (
     validate_chat,
     validate_completion,
 )
+from dynamo.frontend.embeddings import decode_embeddings, embed
 from dynamo.frontend.output import OutputSpec
 from dynamo.frontend.responses import ResponsesRun, decode_responses
 from dynamo.llm.preprocessor import PreprocessError
@@ -55,6 +56,7 @@ class FrontendApp:
             ("POST", "/v1/chat/completions"): self.chat,
             ("POST", "/v1/completions"): self.completions,
             ("POST", "/v1/responses"): self.responses,
+            ("POST", "/v1/embeddings"): self.embeddings,
             ("GET", "/v1/models"): self.list_models,
             ("GET", "/health"): self.health,
             ("GET", "/live"): self.live,
@@ -159,6 +161,23 @@ class FrontendApp:
         validate_chat(req)
         await self._generate(req, "responses", receive, send, ResponsesRun, responses_req=rreq)
 
+    async def embeddings(self, scope, receive, send) -> None:
+        req = decode_embeddings(await self._body(scope, receive))
+        req.validate()
+        entry = self._entry(req.model)
+        if "embedding" not in entry.card.model_type:
+            raise ApiError(404, f"Model not found: `{req.model}` serves no embeddings", "invalid_request_error",
+                           "model", "model_not_found")
+        started = time.monotonic()
+        status = "error"
+        try:
+            body = await embed(self.dispatcher, entry, req)
+            status = "success"
+        finally:
+            self.metrics.requests.labels(entry.name, "embeddings", "unary", status).inc()
+            self.metrics.duration.labels(entry.name).observe(time.monotonic() - started)
+        await send_json(send, 200, body)
+
     def _entry(self, name: str):
         entry = self.models.get(name)
         if entry is None and name in self.models.retired:
@@ -178,6 +197,9 @@ class FrontendApp:
         started = time.monotonic()
         entry = self._entry(req.model)
         is_chat = isinstance(req, ChatCompletionRequest)
+        kind = "chat" if is_chat else "completions"
+        if kind not in entry.card.model_type:
+            raise bad_request(f"model {entry.name!r} does not serve {kind}", "model", "unsupported_model")
         preqs = self._requests(entry.pipeline, req, is_chat)
         if self.concurrency_limit and self.inflight >= self.concurrency_limit:
             self.metrics.rejections.labels(entry.name, "overloaded").inc()

@@ -70,6 +70,8 @@ class PreprocessedRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     disaggregated_params: dict[str, Any] | None = None
     # Set on a request sent to a prefill worker (the backend's transfer marker).
     prefill_only: bool = False
+    # "embed": a pooling request (one input); the answer is one output carrying `embedding`.
+    task: str | None = None
     extra_args: dict[str, Any] | None = None
 
 
@@ -95,6 +97,7 @@ class LLMEngineOutput(msgspec.Struct, omit_defaults=True, kw_only=True, gc=False
     log_probs: list[float] | None = None
     top_logprobs: list[list[tuple[int, float]]] | None = None
     disaggregated_params: dict[str, Any] | None = None
+    embedding: list[float] | None = None
     error: str | None = None
 
 

@@ -139,6 +139,10 @@ class RequestHandler:
         if self.request_limit and self.inflight >= self.request_limit:
             raise HandlerError(f"Server overloaded: {self.inflight} requests in flight "
                                f"(--engine-request-limit {self.request_limit})", "overloaded")
+        if request.task == "embed":
+            async for out in self._embed(request, f"{request.request_id}-{next(self._ids)}"):
+                yield out
+            return
         try:
             params = to_sampling_params(request, self.max_model_len, self.mode)
         except (ValueError, TypeError) as exc:
@@ -181,6 +185,28 @@ class RequestHandler:
             raise _handler_error(exc) from None
         finally:
             if not finished:  # client went away (CancelledError / GeneratorExit) or an error
+                await asyncio.shield(self._abort(request_id))
+            await stream.aclose()
+
+    async def _embed(self, request: PreprocessedRequest, request_id: str) -> AsyncIterator[LLMEngineOutput]:
+        """A pooling request: vLLM's `encode` with the embed task; one output, the vector."""
+        from vllm import PoolingParams
+        from vllm.inputs import TokensPrompt
+
+        finished = False
+        self.inflight += 1
+        stream = self.engine.encode(TokensPrompt(prompt_token_ids=request.token_ids), PoolingParams(task="embed"),
+                                    request_id)
+        try:
+            async for result in stream:
+                if result.finished:
+                    finished = True
+                    yield LLMEngineOutput(embedding=result.outputs.data.tolist(), finish_reason=FinishReason.STOP)
+        except Exception as exc:
+            raise _handler_error(exc) from None
+        finally:
+            self.inflight -= 1
+            if not finished:
                 await asyncio.shield(self._abort(request_id))
             await stream.aclose()
 

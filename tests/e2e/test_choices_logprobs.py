@@ -110,3 +110,8 @@ def test_completions_logprobs(client):
     assert "".join(lp.tokens) == resp.choices[0].text
     assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(8)]
     assert all(len(top) == 2 and max(top.values()) == p for top, p in zip(lp.top_logprobs, lp.token_logprobs))
+
+
+def test_embeddings_on_a_generation_model_is_404(client):
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model=MODEL, input="hello")
