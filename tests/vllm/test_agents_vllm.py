@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -37,14 +38,17 @@ def offline_logprobs(python: Path, model: Path, log_path: Path) -> subprocess.Po
 def env(vllm_python, vllm_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("vllm-agents")
     cluster = VllmCluster(tmp, vllm_model, vllm_python)
+    reference = None
     try:
-        worker = cluster.vllm_worker("--structured-outputs-config", '{"disable_any_whitespace": true}', wait=False)
+        worker = cluster.vllm_worker("--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}', wait=False)
         reference = offline_logprobs(vllm_python, vllm_model, tmp / "reference.log")
         cluster.frontend()
         wait_healthy(worker)
         cluster.wait_workers(MODEL, 1)
         yield {"cluster": cluster, "reference": reference_result(reference)[0]}
     finally:
+        if reference is not None and reference.poll() is None:  # failed before reading it: reap its group
+            os.killpg(reference.pid, signal.SIGKILL)
         cluster.stop()
 
 

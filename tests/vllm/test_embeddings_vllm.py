@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import struct
 import subprocess
 from pathlib import Path
@@ -35,6 +36,7 @@ def offline_embeddings(python: Path, model: Path, log_path: Path) -> subprocess.
 def env(vllm_python, vllm_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("vllm-embed")
     cluster = VllmCluster(tmp, vllm_model, vllm_python)
+    reference = None
     try:
         worker = cluster.vllm_worker("--runner", "pooling", "--convert", "embed", wait=False)
         reference = offline_embeddings(vllm_python, vllm_model, tmp / "reference.log")
@@ -43,6 +45,8 @@ def env(vllm_python, vllm_model, tmp_path_factory):
         cluster.wait_workers(MODEL, 1)
         yield {"cluster": cluster, "reference": reference_result(reference)}
     finally:
+        if reference is not None and reference.poll() is None:  # failed before reading it: reap its group
+            os.killpg(reference.pid, signal.SIGKILL)
         cluster.stop()
 
 
