@@ -115,3 +115,25 @@ def test_completions_logprobs(client):
 def test_embeddings_on_a_generation_model_is_404(client):
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model=MODEL, input="hello")
+
+
+def test_n_choices_with_a_stop_string(client):
+    """Each choice stops on its own; the others keep going and the request completes."""
+    unstopped = client.chat.completions.create(model=MODEL, messages=MESSAGES, n=3, max_tokens=30, seed=9)
+    stop = "e"
+    assert all(stop in c.message.content for c in unstopped.choices)
+    for stream in (False, True):
+        resp = client.chat.completions.create(model=MODEL, messages=MESSAGES, n=3, max_tokens=30, seed=9,
+                                              stop=[stop], stream=stream)
+        if stream:
+            texts, finishes = {}, {}
+            for chunk in resp:
+                for ch in chunk.choices:
+                    texts[ch.index] = texts.get(ch.index, "") + (ch.delta.content or "")
+                    if ch.finish_reason:
+                        finishes[ch.index] = ch.finish_reason
+        else:
+            texts = {c.index: c.message.content for c in resp.choices}
+            finishes = {c.index: c.finish_reason for c in resp.choices}
+        assert finishes == {0: "stop", 1: "stop", 2: "stop"}
+        assert texts == {c.index: c.message.content.split(stop)[0] for c in unstopped.choices}
