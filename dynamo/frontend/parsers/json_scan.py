@@ -69,27 +69,88 @@ def loads_or_none(text: str) -> Any:
         return None
 
 
+class ValueScanner:
+    """`value_end` for a buffer that only grows: each character is scanned once, so a
+    long streamed value costs O(length), not O(length^2)."""
+
+    __slots__ = ("start", "end", "_i", "_depth", "_in_str", "_esc", "_kind")
+
+    def __init__(self, start: int) -> None:
+        self.start = start  # first character of the value (after whitespace) once known
+        self.end: int | None = None
+        self._i = start
+        self._depth = 0
+        self._in_str = False
+        self._esc = False
+        self._kind = ""
+
+    def scan(self, text: str) -> int | None:
+        if self.end is not None:
+            return self.end
+        if not self._kind:
+            i = skip_ws(text, self._i)
+            if i >= len(text):
+                self._i = i
+                return None
+            self.start, self._i = i, i
+            c = text[i]
+            self._kind = "container" if c in "{[" else "string" if c == '"' else "scalar"
+        if self._kind == "scalar":
+            self.end = value_end(text, self.start)
+            return self.end
+        i, n = self._i, len(text)
+        depth, in_str, esc = self._depth, self._in_str, self._esc
+        string_only = self._kind == "string"
+        while i < n:
+            c = text[i]
+            i += 1
+            if in_str:
+                if esc:
+                    esc = False
+                elif c == "\\":
+                    esc = True
+                elif c == '"':
+                    in_str = False
+                    if string_only:
+                        self.end = i
+                        break
+            elif c == '"':
+                in_str = True
+            elif c in "{[":
+                depth += 1
+            elif c in "}]":
+                depth -= 1
+                if depth == 0:
+                    self.end = i
+                    break
+        self._i, self._depth, self._in_str, self._esc = i, depth, in_str, esc
+        return self.end
+
+
 class ArgsCursor:
     """Streams the raw text of one JSON arguments value that starts at `start` in a
     growing buffer. Objects and arrays stream as they arrive; a value sent as a JSON
     string (some models double-encode) is released decoded, once complete."""
 
-    __slots__ = ("start", "sent", "done")
+    __slots__ = ("sent", "done", "_scan")
 
     def __init__(self, start: int) -> None:
-        self.start = start
         self.sent = 0
         self.done = False
+        self._scan = ValueScanner(start)
+
+    @property
+    def start(self) -> int:
+        return self._scan.start
 
     def advance(self, buf: str) -> str:
         """New argument text available in `buf` (which only grows)."""
         if self.done:
             return ""
-        begin = skip_ws(buf, self.start)
-        if begin >= len(buf):
+        end = self._scan.scan(buf)
+        begin = self._scan.start
+        if begin >= len(buf) or buf[begin] in " \t\r\n":
             return ""
-        self.start = begin
-        end = value_end(buf, begin)
         if buf[begin] not in "{[":
             if end is None:
                 return ""
@@ -104,4 +165,4 @@ class ArgsCursor:
         return out
 
     def end(self, buf: str) -> int | None:
-        return value_end(buf, self.start)
+        return self._scan.scan(buf)

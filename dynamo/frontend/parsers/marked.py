@@ -14,7 +14,7 @@ import re
 from typing import Protocol
 
 from dynamo.frontend.parsers.base import ToolCallDelta, find_first, new_call_id, partial_suffix
-from dynamo.frontend.parsers.json_scan import ArgsCursor, loads_or_none, skip_ws, value_end
+from dynamo.frontend.parsers.json_scan import ArgsCursor, ValueScanner, loads_or_none, skip_ws
 
 
 class Inner(Protocol):
@@ -167,6 +167,7 @@ class JsonCalls:
         self._buf = ""
         self._pos = 0  # where the current (or next) object starts
         self._obj: int | None = None
+        self._obj_scan: ValueScanner | None = None
         self._named = False
         self._args: ArgsCursor | None = None
         self.failed = False
@@ -194,6 +195,7 @@ class JsonCalls:
                 self.failed = True
                 return False
             self._obj, self._named, self._args = i, False, None
+            self._obj_scan = ValueScanner(i)
         obj = self._obj
         if not self._named or self._args is None:
             m = self._HEAD.match(buf, obj)
@@ -209,7 +211,7 @@ class JsonCalls:
             piece = self._args.advance(buf)
             if piece:
                 out.append(ToolCallDelta(self._index(), arguments=piece))
-        end = value_end(buf, obj)
+        end = self._obj_scan.scan(buf)
         if end is None:
             return False
         self._finish_object(buf[obj:end], out)

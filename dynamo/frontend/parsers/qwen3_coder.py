@@ -25,6 +25,7 @@ from dynamo.frontend.parsers.marked import MarkedToolParser
 _FUNCTION = re.compile(r"<function=([^>\n]+)>")
 _PARAM = re.compile(r"<parameter=([^>\n]+)>\n?(.*?)\n?</parameter>", re.DOTALL)
 _FUNCTION_END = "</function>"
+_PARAM_END = "</parameter>"
 
 
 def _schema_types(tools: list[dict]) -> dict[str, dict[str, str]]:
@@ -46,6 +47,7 @@ class _Qwen3CoderInner:
         self._pos = 0
         self._name: str | None = None
         self._params = 0
+        self._searched = 0
 
     def _index(self) -> int:
         return self._first + self.emitted - 1
@@ -61,11 +63,22 @@ class _Qwen3CoderInner:
                 self._name, self._params, self._pos = m.group(1).strip(), 0, m.end()
                 self.emitted += 1
                 out.append(ToolCallDelta(self._index(), new_call_id(), self._name, ""))
-            end = self._buf.find(_FUNCTION_END, self._pos)
+            # Only text past what was already searched can hold a closing tag (long values stay O(n)).
+            from_ = max(self._pos, self._searched - len(_FUNCTION_END))
+            end = self._buf.find(_FUNCTION_END, from_)
             limit = end if end != -1 else len(self._buf)
-            for m in _PARAM.finditer(self._buf, self._pos, limit):
+            while True:
+                close = self._buf.find(_PARAM_END, max(self._pos, self._searched - len(_PARAM_END)), limit)
+                if close == -1:
+                    break
+                opening = self._buf.find("<parameter=", self._pos, close)
+                m = _PARAM.match(self._buf, opening, close + len(_PARAM_END)) if opening != -1 else None
+                if m is None:  # stray closing tag: skip it
+                    self._pos = close + len(_PARAM_END)
+                    continue
                 out.append(ToolCallDelta(self._index(), arguments=self._member(m.group(1).strip(), m.group(2))))
                 self._pos = m.end()
+            self._searched = len(self._buf)
             if end == -1:
                 return out
             out.append(ToolCallDelta(self._index(), arguments="}" if self._params else "{}"))
