@@ -43,7 +43,7 @@ def env(vllm_python, vllm_model, tmp_path_factory):
         worker = cluster.vllm_worker("--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}', wait=False)
         reference = offline_logprobs(vllm_python, vllm_model, tmp / "reference.log")
         cluster.frontend()
-        wait_healthy(worker)
+        wait_healthy(worker, timeout=600)  # a loaded 2-core box can take minutes to start vLLM
         cluster.wait_workers(MODEL, 1)
         yield {"cluster": cluster, "reference": reference_result(reference)[0]}
     finally:

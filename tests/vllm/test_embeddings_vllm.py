@@ -41,7 +41,7 @@ def env(vllm_python, vllm_model, tmp_path_factory):
         worker = cluster.vllm_worker("--runner", "pooling", "--convert", "embed", wait=False)
         reference = offline_embeddings(vllm_python, vllm_model, tmp / "reference.log")
         cluster.frontend()
-        wait_healthy(worker)
+        wait_healthy(worker, timeout=600)  # a loaded 2-core box can take minutes to start vLLM
         cluster.wait_workers(MODEL, 1)
         yield {"cluster": cluster, "reference": reference_result(reference)}
     finally:
