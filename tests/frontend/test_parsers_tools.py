@@ -120,3 +120,19 @@ def test_truncated_call_keeps_what_arrived():
 def test_unknown_parser_is_an_error():
     with pytest.raises(ValueError, match="unknown tool-call parser"):
         make_tool_parser("nope")
+
+
+@pytest.mark.parametrize("name,text,content,calls", [
+    ("pythonic", '<|python_start|>[get_weather(city="Paris", unit="celsius")]<|python_end|>', "",
+     [("get_weather", WEATHER)]),
+    ("default", '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris", "unit": "celsius"}}', "",
+     [("get_weather", WEATHER)]),
+    ("harmony", "<|start|>assistant<|channel|>final<|message|>It is sunny.<|return|>", "It is sunny.", []),
+    ("hermes", '<tool_call>{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}</tool_call>', "",
+     [("get_weather", {"city": "Paris"})]),
+])
+@pytest.mark.parametrize("step", [None, 1])
+def test_other_documented_forms(name, text, content, calls, step):
+    got_content, got = run(name, text, step)
+    assert got_content == content
+    assert [(c["name"], json.loads(c["arguments"])) for c in got] == calls
