@@ -16,7 +16,7 @@ import pytest
 from tests.fixtures.procs import REPO
 from tests.vllm.conftest import BLOCK_SIZE, ENGINE_ENV, MAX_MODEL_LEN, MODEL, VllmCluster, reference_result, wait_healthy
 
-pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 PROMPT = [6 + (i * 53) % 4000 for i in range(24)]
 MAX_TOKENS = 12
