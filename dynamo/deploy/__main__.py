@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.cmd in ("run", "render"):
+        from dynamo.profiler.pipeline import deploy_main, is_request
+
+        if is_request(args.file):  # a DGDR: profile it into a DGD first
+            return deploy_main(args.cmd, args)
     if args.cmd == "validate":
         from dynamo.deploy.validate import main as validate_main
 
