@@ -50,7 +50,7 @@ class EmbeddingRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
         if self.dimensions is not None:
             raise bad_request("`dimensions` is not supported: the model's full embedding is returned",
                               "dimensions", "unsupported_parameter")
-        if isinstance(self.input, list) and len(self.input) > MAX_INPUTS and not isinstance(self.input[0], int):
+        if len(self.inputs()) > MAX_INPUTS:
             raise bad_request(f"at most {MAX_INPUTS} inputs per request", "input")
 
     def to_requests(self, pipeline, request_id: str) -> list[PreprocessedRequest]:

@@ -321,7 +321,9 @@ def message_dict(message: ChatMessage) -> dict:
 
 
 def _template_call(call: dict) -> dict:
-    fn = dict(call.get("function") or {})
+    if not isinstance(call.get("function"), dict):
+        return call  # malformed history: the template decides (and may refuse with a 400)
+    fn = dict(call["function"])
     args = fn.get("arguments")
     if isinstance(args, str):
         try:

@@ -98,6 +98,8 @@ def _text(content: Any, i: int) -> str:
     if isinstance(content, list):
         parts = []
         for part in content:
+            if not isinstance(part, dict):
+                raise bad_request("content parts must be objects", f"input[{i}].content")
             if part.get("type") not in ("input_text", "output_text", "text"):
                 raise bad_request(f"unsupported content part {part.get('type')!r}: text only", f"input[{i}].content")
             parts.append(part.get("text", ""))

@@ -267,3 +267,24 @@ def test_responses_function_calls_and_reasoning(client):
         *[{"type": "function_call", "call_id": c.call_id, "name": c.name, "arguments": c.arguments} for c in calls],
         *[{"type": "function_call_output", "call_id": c.call_id, "output": "sunny, 21C"} for c in calls]])
     assert follow.output_text == "It is sunny in Paris, 21C."
+
+
+@pytest.mark.parametrize("path,body,param", [
+    ("/v1/responses", {"model": "hermes", "input": []}, "input"),
+    ("/v1/responses", {"model": "hermes", "input": [{"type": "image_generation_call"}]}, "input[0].type"),
+    ("/v1/responses", {"model": "hermes", "input": [{"role": "user", "content": [1]}]}, "input[0].content"),
+    ("/v1/responses", {"model": "hermes", "input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
+    ("/v1/chat/completions", {"model": "hermes", "messages": [{"role": "user", "content": "x"}],
+                              "response_format": {"type": "yaml"}}, "response_format.type"),
+    ("/v1/chat/completions", {"model": "hermes", "messages": [
+        {"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [{"function": "oops"}]}]}, None),
+    ("/v1/embeddings", {"model": "hermes", "input": "x", "dimensions": 8}, "dimensions"),
+    ("/v1/embeddings", {"model": "hermes", "input": [1.5]}, "input"),
+])
+def test_bad_agent_requests_are_400(cluster, path, body, param):
+    import httpx
+
+    resp = httpx.post(cluster.base_url + path, json=body, timeout=60)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["type"] == "invalid_request_error" and (param is None or error["param"] == param)
