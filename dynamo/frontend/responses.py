@@ -43,9 +43,19 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     seed: int | None = None
     user: str | None = None
     metadata: dict[str, Any] | None = None
+    # Server-side conversation state is not kept: these would change the answer, so they are refused.
+    previous_response_id: str | None = None
+    conversation: Any = None
+    background: bool = False
 
     def to_chat(self) -> ChatCompletionRequest:
         """The equivalent chat request; the Responses request owns this conversion."""
+        for name in ("previous_response_id", "conversation"):
+            if getattr(self, name) is not None:
+                raise bad_request(f"`{name}` is not supported: responses are not stored; send the full input",
+                                  name, "unsupported_parameter")
+        if self.background:
+            raise bad_request("`background` is not supported", "background", "unsupported_parameter")
         if self.max_output_tokens is not None and self.max_output_tokens < 1:
             raise bad_request("`max_output_tokens` must be at least 1", "max_output_tokens")
         messages = [ChatMessage(role="system", content=self.instructions)] if self.instructions else []

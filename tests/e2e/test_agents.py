@@ -274,6 +274,7 @@ def test_responses_function_calls_and_reasoning(client):
     ("/v1/responses", {"model": "hermes", "input": [{"type": "image_generation_call"}]}, "input[0].type"),
     ("/v1/responses", {"model": "hermes", "input": [{"role": "user", "content": [1]}]}, "input[0].content"),
     ("/v1/responses", {"model": "hermes", "input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
+    ("/v1/responses", {"model": "hermes", "input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
     ("/v1/chat/completions", {"model": "hermes", "messages": [{"role": "user", "content": "x"}],
                               "response_format": {"type": "yaml"}}, "response_format.type"),
     ("/v1/chat/completions", {"model": "hermes", "messages": [
