@@ -66,7 +66,20 @@ class GenerationRun:
         self.last_time = started
         self._observe_itl = app.metrics.itl.labels(self.model).observe
         decode = self.pipeline.tokenizer.decode
+        self.echo = self._echo_text(req, preqs[0].token_ids, decode)
         self._token_text = lambda token_id: decode([token_id], skip_special_tokens=False)
+
+    @staticmethod
+    def _echo_text(req, prompt_ids: list[int], decode) -> str:
+        """Completions `echo`: the prompt as the client sent it, before the completion."""
+        if not getattr(req, "echo", False):
+            return ""
+        prompt = req.prompt
+        if isinstance(prompt, str):
+            return prompt
+        if prompt and isinstance(prompt[0], str):
+            return prompt[0]
+        return decode(prompt_ids, skip_special_tokens=False)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def execute(self, entry, receive, send, request_type: str) -> str:
@@ -203,6 +216,9 @@ class GenerationRun:
     # -- streaming -----------------------------------------------------------------------------
     def _delta_bytes(self, choice: Choice, d: ChoiceDelta) -> bytes:
         if not self.is_chat:
+            if self.echo and not choice.started:
+                choice.started = True
+                d.content = self.echo + d.content
             if not d.content and not d.logprobs:
                 return b""
             lp = None
@@ -298,7 +314,7 @@ class GenerationRun:
 
     def _completion_choice(self, choice: Choice) -> dict:
         lp = completion_logprobs(choice.logprobs, self._token_text, 0) if self.want_logprobs else None
-        return {"index": choice.index, "text": "".join(choice.content), "logprobs": lp,
+        return {"index": choice.index, "text": self.echo + "".join(choice.content), "logprobs": lp,
                 "finish_reason": choice.stage.finish_reason(choice.finish)}
 
 

@@ -272,8 +272,9 @@ def validate_chat(req: ChatCompletionRequest) -> None:
 
 def validate_completion(req: CompletionRequest) -> None:
     validate_common(req)
-    if req.echo:
-        raise bad_request("`echo` is not supported", "echo", "unsupported_parameter")
+    if req.echo and req.logprobs is not None:
+        # Echoed prompt tokens would need prompt logprobs, which workers do not return.
+        raise bad_request("`echo` with `logprobs` is not supported", "echo", "unsupported_parameter")
     if req.logprobs is not None and (not _is_int(req.logprobs) or not 0 <= req.logprobs <= 5):
         raise bad_request("`logprobs` must be an integer in [0, 5] for completions", "logprobs")
     if req.best_of not in (None, 1):

@@ -137,3 +137,14 @@ def test_n_choices_with_a_stop_string(client):
             finishes = {c.index: c.finish_reason for c in resp.choices}
         assert finishes == {0: "stop", 1: "stop", 2: "stop"}
         assert texts == {c.index: c.message.content.split(stop)[0] for c in unstopped.choices}
+
+
+def test_completions_echo(client):
+    plain = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=6, seed=2)
+    echoed = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=6, seed=2, echo=True)
+    assert echoed.choices[0].text == "Once upon a time" + plain.choices[0].text
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model=MODEL, prompt="Once upon a time", max_tokens=6, seed=2, echo=True, stream=True) if c.choices)
+    assert streamed == echoed.choices[0].text
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=6, echo=True, logprobs=1)
