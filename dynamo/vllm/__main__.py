@@ -61,7 +61,8 @@ def engine_gauges(runtime: DistributedRuntime, engine, stats: EngineStats, handl
 def model_card(config: DynamoVllmArgs, facts: EngineFacts, publishes_kv_events: bool) -> bytes:
     card = build_card(facts.model_dir, name=facts.served_name, block_size=facts.block_size,
                       context_length=facts.max_model_len, worker_type=WORKER_TYPES[config.mode],
-                      migration_limit=config.migration_limit, model_type=["embedding"] if facts.pooling else config.model_types,
+                      migration_limit=config.migration_limit,
+                      model_type=["embedding"] if facts.pooling else config.model_types,
                       runtime_config=RuntimeConfig(total_kv_blocks=facts.num_blocks, max_num_seqs=facts.max_num_seqs,
                                                    max_num_batched_tokens=facts.max_num_batched_tokens,
                                                    data_parallel_size=facts.data_parallel_size,
