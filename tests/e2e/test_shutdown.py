@@ -12,33 +12,12 @@ import threading
 import httpx
 import pytest
 
-from tests.fixtures.procs import Cluster, http_get, wait_until
+from tests.fixtures.load import Load, stream_completion
+from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
 
 pytestmark = pytest.mark.e2e
 
 MODEL = "tiny"
-
-
-def stream_completion(base_url: str, max_tokens: int, on_chunk=None) -> tuple[list[str], dict | None]:
-    body = {"model": MODEL, "prompt": "drain me", "max_tokens": max_tokens, "stream": True,
-            "stream_options": {"include_usage": True}}
-    finish, usage = [], None
-    with httpx.Client(timeout=120) as client, client.stream("POST", base_url + "/v1/completions", json=body) as resp:
-        assert resp.status_code == 200, resp.read()
-        seen = 0
-        for line in resp.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            assert "error" not in chunk, chunk
-            usage = chunk.get("usage") or usage
-            for choice in chunk.get("choices", []):
-                seen += 1
-                if choice["finish_reason"]:
-                    finish.append(choice["finish_reason"])
-            if on_chunk is not None:
-                on_chunk(seen)
-    return finish, usage
 
 
 @pytest.fixture()
@@ -100,39 +79,8 @@ def test_frontend_drain_is_bounded(cluster):
 
 
 def _inflight(cluster) -> float:
-    from tests.fixtures.procs import metric_value
     text = http_get(cluster.base_url + "/metrics")[1].decode()
     return metric_value(text, "dynamo_frontend_inflight_requests") or 0.0
-
-
-class Load(threading.Thread):
-    """Short streams back to back from 4 clients; every one must finish whole."""
-
-    def __init__(self, base_url: str, clients: int = 4) -> None:
-        super().__init__(daemon=True)
-        self.base_url, self.clients = base_url, clients
-        self.stop, self.ok, self.failures = threading.Event(), 0, []
-        self.lock = threading.Lock()
-
-    def one_client(self) -> None:
-        while not self.stop.is_set():
-            try:
-                finish, usage = stream_completion(self.base_url, 24)
-                good = finish == ["length"] and usage["completion_tokens"] == 24
-            except Exception as exc:  # noqa: BLE001 - every failure is recorded
-                good, finish = False, repr(exc)
-            with self.lock:
-                if good:
-                    self.ok += 1
-                else:
-                    self.failures.append(finish)
-
-    def run(self) -> None:
-        threads = [threading.Thread(target=self.one_client, daemon=True) for _ in range(self.clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(180)
 
 
 def test_worker_sigterm_under_load_loses_no_request(cluster):
@@ -140,7 +88,7 @@ def test_worker_sigterm_under_load_loses_no_request(cluster):
     workers = [cluster.mocker("--speedup-ratio", "5"), cluster.mocker("--speedup-ratio", "5")]
     cluster.frontend()
     cluster.wait_workers(MODEL, 2)
-    load = Load(cluster.base_url)
+    load = Load(cluster.base_url, clients=4, max_tokens=24, pause=0)
     load.start()
     try:
         wait_until(lambda: load.ok >= 8, 120, "load running")
@@ -150,7 +98,6 @@ def test_worker_sigterm_under_load_loses_no_request(cluster):
         before = load.ok
         wait_until(lambda: load.ok >= before + 8, 120, "load continues on the survivor")
     finally:
-        load.stop.set()
-        load.join(180)
+        load.finish()
     assert workers[0].popen.returncode == 0, workers[0].log()
     assert load.failures == [], load.failures
