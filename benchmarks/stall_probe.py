@@ -207,7 +207,8 @@ def main() -> None:
         if not Path(python).exists():
             python = "/work/main/.venv-anchor/bin/python"
         env.update(DYN_TCP_RPC_HOST="127.0.0.1", DYN_EVENT_PLANE_HOST="127.0.0.1",
-                   DYN_TCP_RESPONSE_STREAM_HOST="127.0.0.1", DYN_SYSTEM_HOST="127.0.0.1", DYN_REQUEST_PLANE="tcp")
+                   DYN_TCP_RESPONSE_STREAM_HOST="127.0.0.1", DYN_SYSTEM_HOST="127.0.0.1", DYN_REQUEST_PLANE="tcp",
+                   PYTHONPATH="")  # its own `dynamo` package, not this checkout's
     who = "NVIDIA Dynamo 1.6.1" if args.anchor else "ours"
     cluster = Cluster(tmp, model, "file", env, python=python)
     try:
