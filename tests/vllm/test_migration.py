@@ -15,7 +15,7 @@ import pytest
 from tests.fixtures.procs import http_get, metric_value, wait_until
 from tests.vllm.conftest import MODEL, VllmCluster, metrics, wait_healthy
 
-pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 STREAMS = 32
 MAX_TOKENS = 48
