@@ -6,6 +6,7 @@ uninterrupted run produced."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,10 +29,12 @@ def cluster(vllm_python, vllm_model, tmp_path_factory):
     try:
         c.frontend("--migration-limit", "3")
         # The grace is shorter than a stream: a SIGTERMed worker cuts its streams at the deadline.
-        env = {"DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "1"}
-        c.workers = [c.vllm_worker(env=env, wait=False) for _ in range(3)]
+        # Each engine pins its OpenMP threads; spread them over the cores instead of all on core 0.
+        cores = os.cpu_count() or 1
+        c.workers = [c.vllm_worker(env={"DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "1",
+                                        "VLLM_CPU_OMP_THREADS_BIND": str(i % cores)}, wait=False) for i in range(3)]
         for w in c.workers:
-            wait_healthy(w)
+            wait_healthy(w, timeout=900)
         c.wait_workers(MODEL, 3, timeout=120)
         c.reference = run_streams(c.base_url)
         yield c
