@@ -89,6 +89,7 @@ async def serve(args: MockerArgs, stop: asyncio.Event) -> int:
     await runtime.serve_endpoint(runtime.endpoint_id(f"{eid.namespace}.{eid.component}.{KV_QUERY_ENDPOINT}"),
                                  local_kv.handler)
     await runtime.serve_endpoint(eid, generate, card_json=card_encoder.encode(card))
+    log.info("Worker %s initialized (instance %x)", eid.path, runtime.instance_id)  # guides' readiness grep
     log.info("mocker ready: model %r, %d KV blocks of %d tokens, speedup %g, mode %s", card.display_name,
              args.num_gpu_blocks_override, args.block_size, args.speedup_ratio, args.mode)
     await stop.wait()

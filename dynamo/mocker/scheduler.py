@@ -175,7 +175,8 @@ class Scheduler:
                 prefill_tokens += chunk
             else:
                 decoding = True
-        seconds = self.timing.step_seconds(prefill_tokens, decoding, self.kv.num_active_blocks / self.kv.capacity)
+        seconds = self.timing.step_seconds(prefill_tokens, decoding, self.kv.num_active_blocks / self.kv.capacity,
+                                           self.kv.num_active_blocks * self.block_size, len(self.running))
         return batch, seconds
 
     def complete(self, batch: list[tuple[Sequence, int]]) -> None:

@@ -114,6 +114,7 @@ async def serve(config: DynamoVllmArgs, engine_args, stop: asyncio.Event) -> int
                                  disagg.params_hook(xfer, engine, config.mode))
         engine_gauges(runtime, engine, stats, handler, relay)
         await runtime.serve_endpoint(eid, handler.generate, card_json=model_card(config, facts, publishes))
+        log.info("Worker %s initialized (instance %x)", eid.path, runtime.instance_id)  # guides' readiness grep
         log.info("vLLM worker ready: model %r (%s), %d KV blocks of %d tokens, max_num_seqs %d, context %d, "
                  "mode %s, KV events %s", facts.served_name, facts.model, facts.num_blocks, facts.block_size,
                  facts.max_num_seqs, facts.max_model_len, config.mode, "on" if publishes else "off")
