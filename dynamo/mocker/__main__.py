@@ -11,6 +11,7 @@ import sys
 
 from prometheus_client import Gauge
 
+from dynamo.llm.forward_pass import start_fpm_relay
 from dynamo.llm.kv_events.publisher import KvEventPublisher, LoadPublisher
 from dynamo.llm.model_card import RuntimeConfig, build_card, card_encoder
 from dynamo.llm.protocol import request_decoder
@@ -64,6 +65,8 @@ async def serve(args: MockerArgs, stop: asyncio.Event) -> int:
                         on_kv_event=on_kv_event)
     if args.startup_time:
         await asyncio.sleep(args.startup_time)
+    fpm = await start_fpm_relay(runtime, eid.namespace, eid.component)
+    engine.publish_forward_passes(fpm.push, f"{runtime.instance_id:x}")
     await engine.start()
     load = await LoadPublisher.create(None, runtime.store, eid.namespace, eid.component, runtime.instance_id,
                                       lambda: engine.metrics(runtime.instance_id))
@@ -100,6 +103,7 @@ async def serve(args: MockerArgs, stop: asyncio.Event) -> int:
         await runtime.server.drain(grace)
     await engine.stop()
     await load.close()
+    await fpm.close()
     await kv_events.close()
     await runtime.shutdown()
     return 0
