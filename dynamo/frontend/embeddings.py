@@ -57,7 +57,7 @@ class EmbeddingRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
         out = []
         for i, item in enumerate(self.inputs()):
             try:
-                ids = pipeline.completion_prompt_ids(item)
+                ids = pipeline.completion_prompt_ids(item, "input")
                 pipeline.max_tokens_for(ids, 1, "input")
             except PreprocessError as exc:
                 raise bad_request(exc.message, "input", exc.code) from None

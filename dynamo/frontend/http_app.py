@@ -1,22 +1,26 @@
 """The OpenAI-compatible HTTP surface as a raw ASGI app (no framework on the
-per-token path). Routes: POST /v1/chat/completions, /v1/completions; GET /v1/models,
-/health, /live, /metrics; POST /v1/responses, /v1/embeddings.
+per-token path). Routes: POST /v1/chat/completions, /v1/completions, /v1/responses,
+/v1/embeddings; GET /v1/models, /health, /live, /metrics.
 
-Requests are decoded, validated and converted here; the generation itself (fan-out,
+Requests are read, decoded, validated and converted here; the generation itself (fan-out,
 output stage, framing) is `generation.GenerationRun`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from prometheus_client import generate_latest
 
+from dynamo.frontend.intake import early_refusal, read_body
 from dynamo.frontend.dispatch import Dispatcher
+from dynamo.frontend.embeddings import decode_embeddings, embed
 from dynamo.frontend.generation import GenerationRun
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.model_manager import ModelManager
@@ -29,13 +33,28 @@ from dynamo.frontend.openai import (
     validate_chat,
     validate_completion,
 )
-from dynamo.frontend.embeddings import decode_embeddings, embed
 from dynamo.frontend.output import OutputSpec
 from dynamo.frontend.responses import ResponsesRun, decode_responses
 from dynamo.llm.preprocessor import PreprocessError
-from dynamo.runtime.asgi import TEXT_HEADERS, BodyTooLarge, header, read_body, send_bytes, send_json
+from dynamo.runtime.memory import trim_heap
+from dynamo.runtime.asgi import (
+    JSON_HEADERS,
+    TEXT_HEADERS,
+    BodyTooLarge,
+    header,
+    json_encode,
+    send_bytes,
+    send_json,
+)
 
 log = logging.getLogger(__name__)
+
+# Bodies up to this size are templated and tokenized inline (well under a millisecond);
+# bigger ones on `prep_pool`, so that no request's size shows in another's latency.
+PREP_INLINE_BYTES = 8192
+PREP_THREADS = 2
+TRIM_AFTER_BYTES = 1 << 20
+CLOSE_HEADERS = [*JSON_HEADERS, (b"connection", b"close")]
 
 
 class FrontendApp:
@@ -52,6 +71,11 @@ class FrontendApp:
         self.health_extra = health_extra
         self.reasoning_field = reasoning_field
         self.inflight = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.prep_pool = ThreadPoolExecutor(max_workers=PREP_THREADS, thread_name_prefix="dyn-prep")
+        self._trim_pending = False
         self.routes: dict[tuple[str, str], Callable] = {
             ("POST", "/v1/chat/completions"): self.chat,
             ("POST", "/v1/completions"): self.completions,
@@ -72,7 +96,14 @@ class FrontendApp:
                 raise self._no_route(scope)
             await route(scope, receive, send)
         except ApiError as exc:
-            await send_json(send, exc.status, exc.body())
+            # The traceback's frames hold the request body (up to the body limit) in a cycle that
+            # only a full GC would free: drop them now.
+            exc.__traceback__ = None
+            if exc.status == 413:
+                # The rest of the body is unread: close instead of reading and discarding it.
+                await send_bytes(send, 413, json_encode(exc.body()), CLOSE_HEADERS)
+            else:
+                await send_json(send, exc.status, exc.body())
         except ConnectionError:
             pass
 
@@ -82,6 +113,22 @@ class FrontendApp:
             return ApiError(405, f"method {scope['method']} not allowed on {scope['path']}",
                             "invalid_request_error", None, "method_not_allowed")
         return ApiError(404, f"no route {scope['path']}", "not_found_error", None, "not_found")
+
+    # -- shutdown ------------------------------------------------------------------------------
+    def begin_drain(self) -> None:
+        """From now on /health says 503 and new generation requests get 503; admitted ones run on."""
+        self.draining = True
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait (bounded) until no generation request is in flight."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def close(self) -> None:
+        self.prep_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- simple routes ---------------------------------------------------------------------------
     async def live(self, scope, receive, send) -> None:
@@ -103,6 +150,10 @@ class FrontendApp:
         }
         if self.health_extra is not None:
             body.update(self.health_extra())
+        if self.draining:
+            body.update(status="draining", message="shutting down: not accepting new requests")
+            await send_json(send, 503, body)
+            return
         # 200 either way: Kubernetes liveness must not restart a frontend whose workers are down.
         await send_json(send, 200, body)
 
@@ -123,7 +174,7 @@ class FrontendApp:
         await send_bytes(send, 200, generate_latest(self.metrics.registry), TEXT_HEADERS)
 
     # -- generation ---------------------------------------------------------------------------
-    async def _body(self, scope, receive) -> bytes:
+    async def _body(self, scope, receive) -> bytes | bytearray:
         length = header(scope, b"content-length")
         if length is not None:
             try:
@@ -142,39 +193,82 @@ class FrontendApp:
         return ApiError(413, f"request body{got} exceeds the limit of {self.body_limit} bytes",
                         "invalid_request_error", None, "request_too_large")
 
+    def _refuse_if_draining(self) -> None:
+        if self.draining:
+            raise ApiError(503, "The server is shutting down; retry on another instance", "service_unavailable",
+                           None, "shutting_down")
+
+    async def _refuse_early(self, body, kind: str) -> None:
+        refusal = await early_refusal(body, kind, self._pipeline_of)
+        if refusal is not None:
+            raise refusal
+
+    def _pipeline_of(self, name: str):
+        entry = self.models.get(name)
+        return entry.pipeline if entry is not None else None
+
     async def chat(self, scope, receive, send) -> None:
-        body = await self._body(scope, receive)
-        req = decode_request(body, "chat")
-        validate_chat(req)
-        await self._generate(req, "chat_completions", receive, send)
+        await self._handle(scope, receive, send, "chat")
 
     async def completions(self, scope, receive, send) -> None:
+        await self._handle(scope, receive, send, "completion")
+
+    async def _handle(self, scope, receive, send, kind: str) -> None:
+        self._refuse_if_draining()
         body = await self._body(scope, receive)
-        req = decode_request(body, "completion")
-        validate_completion(req)
-        await self._generate(req, "completions", receive, send)
+        size = len(body)
+        try:
+            await self._refuse_early(body, kind)
+            req = decode_request(body, kind)  # type: ignore[arg-type]
+            del body
+            (validate_chat if kind == "chat" else validate_completion)(req)
+            await self._generate(req, "chat_completions" if kind == "chat" else "completions", size, receive, send)
+        finally:
+            if size >= TRIM_AFTER_BYTES:
+                self._schedule_trim()
+
+    def _schedule_trim(self) -> None:
+        """After big bodies, return the freed heap to the OS (at most once a second, off the loop)."""
+        if self._trim_pending:
+            return
+        self._trim_pending = True
+
+        def run() -> None:
+            self._trim_pending = False
+            self.prep_pool.submit(trim_heap)
+
+        asyncio.get_running_loop().call_later(1.0, run)
+
+    async def _prompt_ids(self, pipeline, req, body_size: int) -> list[int]:
+        if body_size <= PREP_INLINE_BYTES:
+            return prompt_ids(pipeline, req)
+        return await asyncio.get_running_loop().run_in_executor(self.prep_pool, prompt_ids, pipeline, req)
 
     async def responses(self, scope, receive, send) -> None:
+        self._refuse_if_draining()
         body = await self._body(scope, receive)
         rreq = decode_responses(body)
         req = rreq.to_chat()
         validate_chat(req)
-        await self._generate(req, "responses", receive, send, ResponsesRun, responses_req=rreq)
+        await self._generate(req, "responses", len(body), receive, send, ResponsesRun, responses_req=rreq)
 
     async def embeddings(self, scope, receive, send) -> None:
+        self._refuse_if_draining()
         req = decode_embeddings(await self._body(scope, receive))
         req.validate()
         entry = self._entry(req.model)
         if "embedding" not in entry.card.model_type:
             raise ApiError(404, f"Model not found: `{req.model}` serves no embeddings", "invalid_request_error",
                            "model", "model_not_found")
+        self._refuse_if_overloaded(entry.name)
         started = time.monotonic()
         status = "error"
+        self._admit(entry.name)
         try:
             body = await embed(self.dispatcher, entry, req)
             status = "success"
         finally:
-            self.metrics.requests.labels(entry.name, "embeddings", "unary", status).inc()
+            self._release(entry.name, "embeddings", "unary", status)
             self.metrics.duration.labels(entry.name).observe(time.monotonic() - started)
         await send_json(send, 200, body)
 
@@ -193,56 +287,78 @@ class FrontendApp:
                            "service_unavailable", None, "no_workers")
         return entry
 
-    async def _generate(self, req, endpoint: str, receive, send, run_cls=GenerationRun, **run_kw) -> None:
+    def _refuse_if_overloaded(self, model: str) -> None:
+        if self.concurrency_limit and self.inflight >= self.concurrency_limit:
+            self.metrics.rejections.labels(model, "overloaded").inc()
+            raise ApiError(self.overload_status, "Too many requests in flight; retry later", "overloaded_error",
+                           None, "overloaded")
+
+    async def _generate(self, req, endpoint: str, body_size: int, receive, send, run_cls=GenerationRun,
+                        **run_kw) -> None:
         started = time.monotonic()
         entry = self._entry(req.model)
+        self._refuse_if_overloaded(entry.name)
         is_chat = isinstance(req, ChatCompletionRequest)
         kind = "chat" if is_chat else "completions"
         if kind not in entry.card.model_type:
             raise bad_request(f"model {entry.name!r} does not serve {kind}", "model", "unsupported_model")
-        preqs = self._requests(entry.pipeline, req, is_chat)
-        if self.concurrency_limit and self.inflight >= self.concurrency_limit:
-            self.metrics.rejections.labels(entry.name, "overloaded").inc()
-            raise ApiError(self.overload_status, "Too many requests in flight; retry later", "overloaded_error",
-                           None, "overloaded")
+        try:
+            ids = await self._prompt_ids(entry.pipeline, req, body_size)
+        except PreprocessError as exc:
+            raise bad_request(exc.message, exc.param, exc.code) from None
+        preqs = wire_requests(entry.pipeline, req, ids, is_chat)
+        self._refuse_if_overloaded(entry.name)
+        self._refuse_if_draining()
         request_type = "stream" if req.stream else "unary"
-        self.inflight += 1
-        self.metrics.inflight.labels(entry.name).inc()
+        self._admit(entry.name)
         status = "error"
         try:
             run = run_cls(self, entry, req, preqs, is_chat, started, output_spec(entry, req, is_chat),
                           self.reasoning_field, **run_kw)
             status = await run.execute(entry, receive, send, request_type)
         finally:
-            self.inflight -= 1
-            self.metrics.inflight.labels(entry.name).dec()
-            self.metrics.requests.labels(entry.name, endpoint, request_type, status).inc()
+            self._release(entry.name, endpoint, request_type, status)
 
-    @staticmethod
-    def _requests(pipeline, req, is_chat: bool) -> list:
-        """Tokenize once; one wire request per choice (`n`), each with its own seed so the
-        choices are independent samples."""
-        try:
-            if is_chat:
-                ids = pipeline.chat_prompt_ids(req.message_dicts(), req.template_tools(), req.chat_template_kwargs)
-            else:
-                ids = pipeline.completion_prompt_ids(req.prompt_input())
-            max_tokens = pipeline.max_tokens_for(ids, req.requested_max_tokens(), req.prompt_param)
-        except PreprocessError as exc:
-            raise bad_request(exc.message, exc.param, exc.code) from None
-        request_id = ("chatcmpl-" if is_chat else "cmpl-") + uuid.uuid4().hex
-        n = req.choices()
-        parser = pipeline.card.runtime_config.tool_call_parser
-        if n == 1:
-            return [req.to_request(ids, request_id, pipeline.name, max_tokens, pipeline.eos_token_ids, parser)]
-        base = req.seed if req.seed is not None else random.getrandbits(31)
-        out = []
-        for i in range(n):
-            preq = req.to_request(list(ids), f"{request_id}-{i}", pipeline.name, max_tokens, pipeline.eos_token_ids,
-                                  parser)
-            preq.sampling_options.seed = base + i
-            out.append(preq)
-        return out
+    def _admit(self, model: str) -> None:
+        self.inflight += 1
+        self._idle.clear()
+        self.metrics.inflight.labels(model).inc()
+
+    def _release(self, model: str, endpoint: str, request_type: str, status: str) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self._idle.set()
+        self.metrics.inflight.labels(model).dec()
+        self.metrics.requests.labels(model, endpoint, request_type, status).inc()
+
+
+def prompt_ids(pipeline, req) -> list[int]:
+    """Template + tokenize (may run on the prep pool); PreprocessError on a bad prompt."""
+    if isinstance(req, ChatCompletionRequest):
+        return pipeline.chat_prompt_ids(req.message_dicts(), req.template_tools(), req.chat_template_kwargs)
+    return pipeline.completion_prompt_ids(req.prompt_input())
+
+
+def wire_requests(pipeline, req, ids: list[int], is_chat: bool) -> list:
+    """One wire request per choice (`n`), each with its own seed so the choices are
+    independent samples."""
+    try:
+        max_tokens = pipeline.max_tokens_for(ids, req.requested_max_tokens(), req.prompt_param)
+    except PreprocessError as exc:
+        raise bad_request(exc.message, exc.param, exc.code) from None
+    request_id = ("chatcmpl-" if is_chat else "cmpl-") + uuid.uuid4().hex
+    parser = pipeline.card.runtime_config.tool_call_parser
+    n = req.choices()
+    if n == 1:
+        return [req.to_request(ids, request_id, pipeline.name, max_tokens, pipeline.eos_token_ids, parser)]
+    base = req.seed if req.seed is not None else random.getrandbits(31)
+    out = []
+    for i in range(n):
+        preq = req.to_request(list(ids), f"{request_id}-{i}", pipeline.name, max_tokens, pipeline.eos_token_ids,
+                              parser)
+        preq.sampling_options.seed = base + i
+        out.append(preq)
+    return out
 
 
 def output_spec(entry, req, is_chat: bool) -> OutputSpec:

@@ -3,7 +3,12 @@ prompt-length budget against the model's context. It knows nothing of HTTP or of
 OpenAI schema: the OpenAI request models convert themselves to the wire request
 (`dynamo.frontend.openai`), and failures here are `PreprocessError`s that the frontend
 maps to 400s. Post-processing of the stream (detokenize, stop strings) is `TextAssembler`;
-the frontend's output stage (`dynamo.frontend.output`) stacks the parsers on top of it."""
+the frontend's output stage (`dynamo.frontend.output`) stacks the parsers on top of it.
+
+Prompt building is synchronous and may take long on a big input; the frontend runs it off
+the event loop for big bodies. A prompt that cannot fit the model's context is refused from
+a length bound (`PromptBound`) before templating and again before tokenization, and a
+tokenized prompt over the context never becomes a Python list."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from typing import Any
 from dynamo.llm.chat_template import ChatTemplate, ChatTemplateError
 from dynamo.llm.detokenizer import IncrementalDetokenizer
 from dynamo.llm.model_card import ModelDeploymentCard, card_model_dir
+from dynamo.llm.prompt_bound import PromptBound
 from dynamo.llm.stop import StopMatcher
 from dynamo.llm.tokenizer import Tokenizer
 
@@ -41,30 +47,53 @@ class ModelPipeline:
             self.template = None  # completions-only model
         self.context_length = card.context_length
         self.eos_token_ids = list(self.tokenizer.eos_token_ids)
+        self.bound = PromptBound.from_backend(self.tokenizer.backend)
 
     # -- prompts ---------------------------------------------------------------------------
+    def _check_bound(self, n_chars: int, param: str) -> None:
+        """Refuse from the text's length alone when it surely needs more tokens than fit."""
+        at_least = self.bound.min_tokens(n_chars)
+        if at_least >= self.context_length:
+            raise PreprocessError(
+                f"This model's maximum context length is {self.context_length} tokens. However, your prompt is "
+                f"at least {at_least} tokens long ({n_chars} characters), leaving no room for output.",
+                param, "context_length_exceeded")
+
+    def _encode(self, text: str, param: str) -> list[int]:
+        count, ids = self.tokenizer.encode_capped(text, self.context_length)
+        if ids is None:
+            raise _too_long(self.context_length, count, param)
+        return ids
+
     def chat_prompt_ids(self, messages: list[dict], tools: list | None = None,
                         template_kwargs: dict[str, Any] | None = None) -> list[int]:
         if self.template is None:
             raise PreprocessError(f"model {self.name!r} has no chat template; use /v1/completions", "messages",
                                   "no_chat_template")
+        # Every chat template renders the user turns, so their text alone bounds the prompt.
+        self._check_bound(sum(_text_chars(m.get("content")) for m in messages if m.get("role") == "user"),
+                          "messages")
         try:
             extra = {k: v for k, v in (template_kwargs or {}).items()
                      if k not in ("messages", "tools", "add_generation_prompt")}
             text = self.template.render(messages, add_generation_prompt=True, tools=tools, **extra)
         except ChatTemplateError as exc:
             raise PreprocessError(f"chat template failed: {exc}", "messages", "invalid_messages") from None
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        self._check_bound(len(text), "messages")
+        return self._encode(text, "messages")
 
-    def completion_prompt_ids(self, prompt: str | list) -> list[int]:
+    def completion_prompt_ids(self, prompt: str | list, param: str = "prompt") -> list[int]:
+        if prompt and isinstance(prompt, list) and isinstance(prompt[0], str):
+            prompt = prompt[0]
         if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt, add_special_tokens=False)
-        if prompt and isinstance(prompt[0], str):
-            return self.tokenizer.encode(prompt[0], add_special_tokens=False)
+            self._check_bound(len(prompt), param)
+            return self._encode(prompt, param)
         ids = prompt[0] if prompt and isinstance(prompt[0], list) else prompt
+        if len(ids) >= self.context_length:
+            raise _too_long(self.context_length, len(ids), param)
         vocab = self.tokenizer.vocab_size
         if any((not isinstance(t, int)) or t < 0 or t >= vocab for t in ids):
-            raise PreprocessError(f"token ids in `prompt` must be in [0, {vocab})", "prompt")
+            raise PreprocessError(f"token ids in `{param}` must be in [0, {vocab})", param)
         return list(ids)
 
     # -- the budget ------------------------------------------------------------------------
@@ -75,9 +104,7 @@ class ModelPipeline:
         if prompt_len == 0:
             raise PreprocessError("the prompt is empty after tokenization", param)
         if prompt_len >= self.context_length:
-            raise PreprocessError(
-                f"This model's maximum context length is {self.context_length} tokens. However, your prompt is "
-                f"{prompt_len} tokens long, leaving no room for output.", param, "context_length_exceeded")
+            raise _too_long(self.context_length, prompt_len, param)
         room = self.context_length - prompt_len
         if requested is None:
             return room
@@ -90,6 +117,21 @@ class ModelPipeline:
 
     def assembler(self, stops: list[str] | None, skip_special_tokens: bool = True) -> "TextAssembler":
         return TextAssembler(self.tokenizer, stops or [], skip_special_tokens)
+
+
+def _too_long(context_length: int, prompt_len: int, param: str) -> PreprocessError:
+    return PreprocessError(
+        f"This model's maximum context length is {context_length} tokens. However, your prompt is "
+        f"{prompt_len} tokens long, leaving no room for output.", param, "context_length_exceeded")
+
+
+def _text_chars(content) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(p["text"]) for p in content
+                   if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str))
+    return 0
 
 
 class TextAssembler:
