@@ -15,7 +15,7 @@ from tests.fixtures.procs import REPO, wait_until
 
 MOCKER = REPO / "examples/backends/mocker/deploy"
 MODEL = "tiny-llama"
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 
 def send(run: DeployRun, n: int, tag: str) -> None:

@@ -10,6 +10,8 @@ import pytest
 
 from tests.fixtures.procs import Cluster, free_port, http_get, metric_value, wait_until
 
+pytestmark = pytest.mark.e2e
+
 MODEL = "tiny"
 
 

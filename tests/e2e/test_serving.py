@@ -11,6 +11,8 @@ import pytest
 from tests.fixtures.procs import Cluster
 from tests.fixtures.servers import etcd_server  # noqa: F401 - fixture
 
+pytestmark = pytest.mark.e2e
+
 MODEL = "tiny"
 
 

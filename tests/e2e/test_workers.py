@@ -12,6 +12,8 @@ import pytest
 
 from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
 
+pytestmark = pytest.mark.e2e
+
 MODEL = "tiny"
 
 

@@ -80,6 +80,7 @@ def test_explicit_weights_without_torch_fails(tmp_path, monkeypatch):
         build_tiny_model(tmp_path / "m", weights=True)
 
 
+@pytest.mark.e2e  # runs the CLI as a process
 def test_cli(tmp_path):
     out = tmp_path / "cli"
     proc = subprocess.run([sys.executable, "-m", "dynamo.llm.tiny_model", "--out", str(out), "--no-weights"],

@@ -15,6 +15,8 @@ import pytest
 from tests.fixtures.procs import wait_until
 from tests.vllm.conftest import MODEL, VllmCluster, health, wait_healthy
 
+pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow]
+
 
 @pytest.fixture(scope="module")
 def cluster(vllm_python, vllm_model, tmp_path_factory):

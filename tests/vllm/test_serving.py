@@ -26,6 +26,8 @@ from tests.fixtures.procs import http_get, metric_value, wait_until
 from tests.vllm.conftest import (BLOCK_SIZE, MAX_MODEL_LEN, MODEL, VllmCluster, metrics, offline_reference,
                                  reference_result, wait_healthy)
 
+pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow]
+
 MAX_TOKENS = 24
 REQUEST_LIMIT = 10
 # Long enough (seconds) that a request is still running when the test looks at it, even on a busy box.
