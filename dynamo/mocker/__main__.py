@@ -11,13 +11,13 @@ import sys
 
 from prometheus_client import Gauge
 
-from dynamo.llm.kv_publisher import KvEventPublisher, LoadPublisher
+from dynamo.llm.kv_events.publisher import KvEventPublisher, LoadPublisher
 from dynamo.llm.model_card import RuntimeConfig, build_card, card_encoder
 from dynamo.llm.protocol import request_decoder
 from dynamo.llm.tokenizer import Tokenizer
 from dynamo.mocker.args import MockerArgs
 from dynamo.mocker.engine import MockEngine
-from dynamo.router.subscriber import KV_QUERY_ENDPOINT, LocalKvState
+from dynamo.llm.kv_events.local_state import KV_QUERY_ENDPOINT, LocalKvState
 from dynamo.runtime.config import parse_config
 from dynamo.runtime.distributed import DistributedRuntime
 from dynamo.runtime.process import run_main

@@ -17,9 +17,9 @@ import sys
 
 from prometheus_client import Gauge
 
-from dynamo.llm.kv_publisher import KvEventPublisher, LoadPublisher
+from dynamo.llm.kv_events.publisher import KvEventPublisher, LoadPublisher
 from dynamo.llm.model_card import RuntimeConfig, build_card, card_encoder
-from dynamo.router.engine_events import EngineEventDecoder
+from dynamo.llm.kv_events.engine_decoder import EngineEventDecoder
 from dynamo.runtime.distributed import DistributedRuntime
 from dynamo.runtime.process import run_main
 from dynamo.vllm import disagg

@@ -19,9 +19,9 @@ from typing import Any, Callable
 import zmq
 import zmq.asyncio
 
-from dynamo.llm.kv_publisher import KvEventPublisher
-from dynamo.router.engine_events import EngineEventDecoder, EngineEventError
-from dynamo.router.protocol import LoadMetrics
+from dynamo.llm.kv_events.publisher import KvEventPublisher
+from dynamo.llm.kv_events.engine_decoder import EngineEventDecoder, EngineEventError
+from dynamo.llm.kv_events.protocol import LoadMetrics
 
 log = logging.getLogger(__name__)
 
