@@ -19,7 +19,7 @@ from pathlib import Path
 import msgspec
 
 from dynamo.llm.model_card import build_card
-from dynamo.router.hashing import block_hashes, sequence_hashes
+from dynamo.llm.kv_events.hashing import block_hashes, sequence_hashes
 
 HERE = Path(__file__).resolve().parent
 VECTORS = HERE / "vectors"
