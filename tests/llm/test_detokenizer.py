@@ -86,7 +86,11 @@ def test_random_ids_match_full_decode(tok, concat):
 
 
 def test_long_stream_window_stays_small(tok):
-    text = Path("/usr/share/common-licenses/GPL-3").read_text()
+    # A long text shipped with the repository (not a host file): the README and this module,
+    # plus the multilingual samples above: over 10k characters, thousands of tokens.
+    repo = Path(__file__).resolve().parents[2]
+    text = (repo / "README.md").read_text() + Path(__file__).read_text() + "".join(TEXTS) * 20
+    assert len(text) > 10_000
     ids = tok.encode(text)
     d = IncrementalDetokenizer(tok)
     out = []
