@@ -86,10 +86,11 @@ def test_random_ids_match_full_decode(tok, concat):
 
 
 def test_long_stream_window_stays_small(tok):
-    # A long text shipped with the repository (not a host file): the README and this module,
-    # plus the multilingual samples above: over 10k characters, thousands of tokens.
+    # A long text shipped with the repository (not a host file): the READMEs plus the
+    # multilingual samples above: over 10k characters, thousands of tokens.
     repo = Path(__file__).resolve().parents[2]
-    text = (repo / "README.md").read_text() + Path(__file__).read_text() + "".join(TEXTS) * 20
+    readmes = [repo / "README.md", *sorted((repo / "dynamo").glob("*/README.md"))]
+    text = "".join(p.read_text() for p in readmes) + "".join(TEXTS) * 20
     assert len(text) > 10_000
     ids = tok.encode(text)
     d = IncrementalDetokenizer(tok)
