@@ -17,12 +17,12 @@ or binary still skips (and `-rsx` lists it).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from dynamo.llm.tiny_model import build_tiny_model
 
 # The process classes a module uses (a bare `subprocess` call needs its own mark: the guard says so).
 PROCESS_NAMES = {"Cluster", "Proc", "VllmCluster", "VenvProc", "EtcdServer", "DeployRun"}
@@ -33,9 +33,21 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
+TINY_MODEL = Path(__file__).resolve().parent / "fixtures" / "tiny-model"
+
+
+def copy_tiny_model(dest: Path) -> Path:
+    """The tokenizer/config-only tiny model shipped in tests/fixtures/tiny-model (what
+    `python -m dynamo.llm.tiny_model --no-weights` builds; shipped so every host tests the
+    same bytes and no test trains a tokenizer), copied so a test may write next to it."""
+    if not (dest / "tokenizer.json").is_file():
+        shutil.copytree(TINY_MODEL, dest, dirs_exist_ok=True)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama", preset="tiny", weights=False)
+    return copy_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 def _uses_process_helpers(module) -> bool:

@@ -5,7 +5,7 @@ tests, which only read the committed JSON):
 
     .venv-anchor/bin/python tests/compat/generate_vectors.py MODEL_DIR
 
-MODEL_DIR is the repository's own fixture model (`tests/compat/model/`), so the tests can
+MODEL_DIR is the repository's own fixture model (`tests/fixtures/tiny-model/`), so the tests can
 rebuild the same card from the same bytes. What it records, and from which Dynamo code:
 - hashes.json: `dynamo.llm.compute_block_hash_for_seq` (LocalBlockHash per full block).
 - kv_event.json: the raw ZMQ frames of Dynamo's KV-event publisher, as emitted by the
@@ -131,7 +131,7 @@ def cluster_vectors(model_dir: str) -> tuple[dict, dict]:
                     "block_size": BLOCK, "prompt_token_ids": PROMPT,
                     "channel_key": os.path.relpath(channel[0], kv_dir), "channel_record": advert,
                     "frames_b64": [base64.b64encode(f).decode() for f in frames]}
-        card = {"provenance": {**provenance(), "writer": "python -m dynamo.mocker --model-path tests/compat/model "
+        card = {"provenance": {**provenance(), "writer": "python -m dynamo.mocker --model-path tests/fixtures/tiny-model "
                                f"--model-name tiny --block-size {BLOCK} (register_model, file discovery store)"},
                 "key": os.path.relpath(card_file, kv_dir), "record": json.loads(Path(card_file).read_text()),
                 "instance_key": os.path.relpath(instance_file, kv_dir),

@@ -23,7 +23,7 @@ from dynamo.llm.kv_events.hashing import block_hashes, sequence_hashes
 
 HERE = Path(__file__).resolve().parent
 VECTORS = HERE / "vectors"
-MODEL = HERE / "model"
+MODEL = HERE.parent / "fixtures" / "tiny-model"
 
 
 def load(name: str) -> dict:
