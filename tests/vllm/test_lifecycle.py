@@ -46,7 +46,8 @@ def children(pid: int) -> list[int]:
 
 
 def test_health_then_graceful_sigterm_finishes_the_request_in_flight(cluster):
-    worker = cluster.vllm_worker(env={"DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "20"}, wait=False)
+    # A grace period longer than the request can take on a loaded box: the drain, not the abort, ends it.
+    worker = cluster.vllm_worker(env={"DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "180"}, wait=False)
     seen = set()
     wait_until(lambda: seen.add(health(worker)) or 200 in seen or not worker.alive(), 240, "worker health 200",
                interval=0.2)
@@ -58,7 +59,7 @@ def test_health_then_graceful_sigterm_finishes_the_request_in_flight(cluster):
     result: dict = {"at": []}
 
     def stream() -> None:
-        parts = client(cluster).completions.create(model=MODEL, prompt="A long story", max_tokens=400,
+        parts = client(cluster).completions.create(model=MODEL, prompt="A long story", max_tokens=1500,
                                                    stream=True, extra_body={"ignore_eos": True})
         chunks = []
         for chunk in parts:
@@ -71,16 +72,30 @@ def test_health_then_graceful_sigterm_finishes_the_request_in_flight(cluster):
     thread.start()
     # In flight for real (the handler holds it and tokens are flowing) before the signal.
     wait_until(lambda: metric_value(metrics(worker), "dynamo_vllm_handler_inflight_requests") == 1
-               and len(result["at"]) >= 3, 60, "the request to be streaming")
+               and len(result["at"]) >= 1, 120, "the request to be streaming")
     signalled = time.monotonic()
     worker.popen.send_signal(signal.SIGTERM)
     # Deregistered at once: well inside the 10 s lease TTL, and while the request still runs.
     wait_until(lambda: not any(k.exists() for k in keys), 5, "worker's instance keys withdrawn")
     assert MODEL not in cluster.models()
-    thread.join(120)
+    thread.join(240)
     assert result.get("finish") == ["length"], result  # the request in flight was finished, not cut
     assert sum(t > signalled for t in result["at"]) >= 1  # and it kept streaming after SIGTERM
     assert worker.popen.wait(60) == 0
+
+
+@pytest.fixture(autouse=True)
+def no_worker_left(cluster):
+    """Each test starts its own worker; whatever happens, none outlives the test."""
+    yield
+    for proc in [p for p in cluster.procs if p.name.startswith("vllm")]:
+        proc.stop()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # engine-core children too
+        except ProcessLookupError:
+            pass
+        cluster.procs.remove(proc)
+    wait_until(lambda: MODEL not in cluster.models(), 30, "no worker left at the frontend")
 
 
 def test_engine_death_leaves_discovery_and_exits_nonzero(cluster):
