@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.fixtures.procs import metric_value, wait_until
-from tests.vllm.conftest import MODEL, VllmCluster, health, metrics, wait_healthy
+from tests.vllm.conftest import ENGINE_START_TIMEOUT, MODEL, VllmCluster, health, metrics, wait_healthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow]
 
@@ -49,7 +49,8 @@ def test_health_then_graceful_sigterm_finishes_the_request_in_flight(cluster):
     # A grace period longer than the request can take on a loaded box: the drain, not the abort, ends it.
     worker = cluster.vllm_worker(env={"DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "180"}, wait=False)
     seen = set()
-    wait_until(lambda: seen.add(health(worker)) or 200 in seen or not worker.alive(), 240, "worker health 200",
+    wait_until(lambda: seen.add(health(worker)) or 200 in seen or not worker.alive(), ENGINE_START_TIMEOUT,
+               "worker health 200",
                interval=0.2)
     assert 503 in seen and 200 in seen, seen  # 503 while the engine loads, then 200
     cluster.wait_workers(MODEL, 1)
