@@ -33,6 +33,11 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
+# Nothing under test may reach a model hub: this machine (and CI) has no network beyond package
+# registries, and a lookup for an unknown model id must fail at once, not try a remote host.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
 TINY_MODEL = Path(__file__).resolve().parent / "fixtures" / "tiny-model"
 
 

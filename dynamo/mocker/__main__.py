@@ -11,6 +11,7 @@ import sys
 
 from prometheus_client import Gauge
 
+from dynamo.llm.forward_pass import start_fpm_relay
 from dynamo.llm.kv_events.publisher import KvEventPublisher, LoadPublisher
 from dynamo.llm.model_card import RuntimeConfig, build_card, card_encoder
 from dynamo.llm.protocol import request_decoder
@@ -64,6 +65,8 @@ async def serve(args: MockerArgs, stop: asyncio.Event) -> int:
                         on_kv_event=on_kv_event)
     if args.startup_time:
         await asyncio.sleep(args.startup_time)
+    fpm = await start_fpm_relay(runtime, eid.namespace, eid.component)
+    engine.publish_forward_passes(fpm.push, f"{runtime.instance_id:x}")
     await engine.start()
     load = await LoadPublisher.create(None, runtime.store, eid.namespace, eid.component, runtime.instance_id,
                                       lambda: engine.metrics(runtime.instance_id))
@@ -89,6 +92,7 @@ async def serve(args: MockerArgs, stop: asyncio.Event) -> int:
     await runtime.serve_endpoint(runtime.endpoint_id(f"{eid.namespace}.{eid.component}.{KV_QUERY_ENDPOINT}"),
                                  local_kv.handler)
     await runtime.serve_endpoint(eid, generate, card_json=card_encoder.encode(card))
+    log.info("Worker %s initialized (instance %x)", eid.path, runtime.instance_id)  # guides' readiness grep
     log.info("mocker ready: model %r, %d KV blocks of %d tokens, speedup %g, mode %s", card.display_name,
              args.num_gpu_blocks_override, args.block_size, args.speedup_ratio, args.mode)
     await stop.wait()
@@ -99,6 +103,7 @@ async def serve(args: MockerArgs, stop: asyncio.Event) -> int:
         await runtime.server.drain(grace)
     await engine.stop()
     await load.close()
+    await fpm.close()
     await kv_events.close()
     await runtime.shutdown()
     return 0

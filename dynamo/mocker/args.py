@@ -54,6 +54,9 @@ class MockerArgs:
     namespace: str = setting("dynamo", "Dynamo namespace", env="DYN_NAMESPACE")
     discovery_backend: str = setting("file", "Discovery backend", env="DYN_DISCOVERY_BACKEND")
     migration_limit: int = setting(0, "Times a request may migrate to another worker on failure")
+    planner_profile_data: str | None = setting(
+        None, "Profiler results (dir with selected_*_interpolation/raw_data.npz or *_raw_data.json, or a "
+        "mocker .npz): step timings follow the measured TTFT/ITL instead of the polynomial model")
 
     def validate(self) -> None:
         positive = ("num_gpu_blocks_override", "block_size", "max_num_seqs", "max_num_batched_tokens")
@@ -75,6 +78,8 @@ class MockerArgs:
         legacy = "prefill" if self.is_prefill_worker else "decode" if self.is_decode_worker else None
         if legacy and self.disaggregation_mode not in ("agg", legacy):
             raise ValueError(f"--is-{legacy}-worker conflicts with --disaggregation-mode {self.disaggregation_mode}")
+        if self.planner_profile_data is not None and not os.path.exists(self.planner_profile_data):
+            raise ValueError(f"--planner-profile-data {self.planner_profile_data}: no such file or directory")
         for name in ("kv_bytes_per_token", "context_length"):
             value = getattr(self, name)
             if value is not None and value <= 0:

@@ -17,6 +17,7 @@ import sys
 
 from prometheus_client import Gauge
 
+from dynamo.llm.forward_pass import start_fpm_relay
 from dynamo.llm.kv_events.publisher import KvEventPublisher, LoadPublisher
 from dynamo.llm.model_card import RuntimeConfig, build_card, card_encoder
 from dynamo.llm.kv_events.engine_decoder import EngineEventDecoder
@@ -24,6 +25,7 @@ from dynamo.runtime.distributed import DistributedRuntime
 from dynamo.runtime.process import run_main
 from dynamo.vllm import disagg
 from dynamo.vllm.args import DynamoVllmArgs, parse_args
+from dynamo.vllm.forward_pass import fpm_stat_logger_factory
 from dynamo.vllm.engine import EngineFacts, apply_dynamo_defaults, engine_facts, kv_event_endpoints, start_engine
 from dynamo.vllm.events import EngineStats, KvEventRelay, stat_logger_factory
 from dynamo.vllm.handler import RequestHandler
@@ -89,15 +91,20 @@ async def serve(config: DynamoVllmArgs, engine_args, stop: asyncio.Event) -> int
     xfer = disagg.setup_worker(engine_args, config, runtime.registry)
     publishes = apply_dynamo_defaults(engine_args, config)
     stats = EngineStats(total_slots=0)
+    fpm, kv_tokens = await start_fpm_relay(runtime, eid.namespace, eid.component), [0]  # forward-pass metrics
     try:
-        engine = await start_engine(engine_args, [stat_logger_factory(stats), *disagg.stat_loggers(xfer)])
+        engine = await start_engine(engine_args, [stat_logger_factory(stats), *disagg.stat_loggers(xfer),
+                                                  fpm_stat_logger_factory(fpm.push, f"{runtime.instance_id:x}",
+                                                                          lambda: kv_tokens[0])])
     except Exception:
         log.exception("vLLM engine failed to start")
+        await fpm.close()
         await runtime.shutdown()
         return 1
-    closers = []
+    closers = [fpm.close]
     try:
         facts = engine_facts(engine, engine_args)
+        kv_tokens[0] = facts.num_blocks * facts.block_size
         stats.total_slots, stats.total_blocks = facts.max_num_seqs, facts.num_blocks
         relay = None
         if publishes:
@@ -114,6 +121,7 @@ async def serve(config: DynamoVllmArgs, engine_args, stop: asyncio.Event) -> int
                                  disagg.params_hook(xfer, engine, config.mode))
         engine_gauges(runtime, engine, stats, handler, relay)
         await runtime.serve_endpoint(eid, handler.generate, card_json=model_card(config, facts, publishes))
+        log.info("Worker %s initialized (instance %x)", eid.path, runtime.instance_id)  # guides' readiness grep
         log.info("vLLM worker ready: model %r (%s), %d KV blocks of %d tokens, max_num_seqs %d, context %d, "
                  "mode %s, KV events %s", facts.served_name, facts.model, facts.num_blocks, facts.block_size,
                  facts.max_num_seqs, facts.max_model_len, config.mode, "on" if publishes else "off")
