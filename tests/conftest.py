@@ -2,12 +2,12 @@
 
 Markers (registered in pyproject.toml, `--strict-markers`):
 - `e2e`: the test starts real processes (workers, frontends, etcd, NATS, scripts). Besides
-  the module-level `pytestmark`, a test is marked automatically when its module uses the
-  process fixtures (tests/fixtures/procs.py, servers.py, tests/vllm/conftest.py). A test
-  without the mark that starts a process anyway fails (`_no_processes`), so
-  `pytest -m "not e2e"` never starts one.
+  the module-level `pytestmark`, a test is marked automatically when its module holds one of
+  the process classes (`PROCESS_NAMES`) or it uses the etcd/NATS/vLLM fixtures. A test
+  without the mark that starts a process anyway fails (the `pytest_runtest_protocol` guard),
+  so `pytest -m "not e2e"` never starts one.
 - `vllm`: needs the vLLM CPU venv (added to every test using its `vllm_python` fixture).
-- `slow`: a long end-to-end test.
+- `slow`: a long test (end to end, or pure but seconds-to-minutes, e.g. tokenizer training).
 
 Under CI (env `CI` set, `.ci/run` exports it) any skip or xfail is a failure: a test
 that cannot run there is a broken install, not a pass. Locally, a missing optional venv
@@ -22,7 +22,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 
 # The process classes a module uses (a bare `subprocess` call needs its own mark: the guard says so).
 PROCESS_NAMES = {"Cluster", "Proc", "VllmCluster", "VenvProc", "EtcdServer", "DeployRun"}
