@@ -46,8 +46,15 @@ class MockerAdapter:
             summary=f"{args.num_gpu_blocks_override} KV blocks of {args.block_size} tokens, "
                     f"speedup {args.speedup_ratio:g}")
 
-    def generate(self, request: PreprocessedRequest, request_id: str) -> AsyncIterator[LLMEngineOutput]:
-        return self.engine.generate(request)
+    async def generate(self, request: PreprocessedRequest, request_id: str) -> AsyncIterator[LLMEngineOutput]:
+        first = True
+        async for out in self.engine.generate(request):
+            if first and out.error is not None and not out.token_ids and self.engine.running:
+                # Admission refusal (empty prompt, prompt beyond the context): the request's fault,
+                # reported like every other engine's validation error.
+                raise ValueError(out.error)
+            first = False
+            yield out
 
     async def abort(self, request_id: str) -> None:
         """Nothing to do: closing `MockEngine.generate` aborts the sequence and frees its blocks."""
