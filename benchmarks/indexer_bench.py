@@ -23,7 +23,7 @@ import time
 from dynamo.router.config import KvRouterConfig
 from dynamo.router.indexer import KvIndexer
 from dynamo.router.kv_router import KvRouter
-from dynamo.router.protocol import KvCacheEvent, KvStored, RouterEvent, StoredBlock
+from dynamo.llm.kv_events.protocol import KvCacheEvent, KvStored, RouterEvent, StoredBlock
 
 CHAIN = 64
 EVENT_BLOCKS = 16

@@ -14,7 +14,7 @@ from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
 from dynamo.llm.tokenizer import Tokenizer
 from dynamo.mocker.args import MockerArgs
 from dynamo.mocker.engine import MockEngine
-from dynamo.router.protocol import LoadMetrics
+from dynamo.llm.kv_events.protocol import LoadMetrics
 from dynamo.worker.adapter import EngineContext, EngineInfo, Gauges
 
 

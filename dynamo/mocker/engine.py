@@ -22,7 +22,7 @@ from dynamo.mocker.kv_manager import KvManager
 from dynamo.mocker.scheduler import Scheduler, Sequence
 from dynamo.mocker.timing import TimingModel
 from dynamo.mocker.tokens import TokenSampler, seed_for
-from dynamo.router.protocol import KvCacheEvent, LoadMetrics
+from dynamo.llm.kv_events.protocol import KvCacheEvent, LoadMetrics
 
 log = logging.getLogger(__name__)
 

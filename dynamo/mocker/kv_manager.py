@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Callable, Sequence
 
-from dynamo.router.hashing import block_hashes, sequence_hashes, to_i64
-from dynamo.router.protocol import KvCacheEvent, KvCleared, KvRemoved, KvStored, StoredBlock
+from dynamo.llm.kv_events.hashing import block_hashes, sequence_hashes, to_i64
+from dynamo.llm.kv_events.protocol import KvCacheEvent, KvCleared, KvRemoved, KvStored, StoredBlock
 
 EventSink = Callable[[KvCacheEvent], None]
 

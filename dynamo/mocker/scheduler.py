@@ -20,7 +20,7 @@ from dynamo.mocker.args import MockerArgs
 from dynamo.mocker.kv_manager import KvManager, chain_hash, hash_blocks
 from dynamo.mocker.timing import TimingModel
 from dynamo.mocker.tokens import LCG_INC, LCG_MUL, MASK64, TokenSampler
-from dynamo.router.hashing import block_hashes
+from dynamo.llm.kv_events.hashing import block_hashes
 
 # Sleep only once simulated time runs this far ahead of the wall clock: the event
 # loop's timers are millisecond-grained, so shorter steps are paced in aggregate.

@@ -1,6 +1,6 @@
 """KV-cache indexer: which (worker, dp_rank) holds which prefix of which prompt.
 
-Owns the radix tree built from `RouterEvent`s (see `dynamo.router.protocol`). The tree is
+Owns the radix tree built from `RouterEvent`s (see `dynamo.llm.kv_events.protocol`). The tree is
 walked by LocalBlockHash (content hash of one block); the engine's external block hashes
 are only per-worker ids kept in a lookup table, so engines may use any hash algorithm.
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Iterable, Sequence
 
-from dynamo.router.protocol import KvCacheEvent, KvCleared, KvRemoved, KvStored, RouterEvent
+from dynamo.llm.kv_events.protocol import KvCacheEvent, KvCleared, KvRemoved, KvStored, RouterEvent
 
 WorkerKey = tuple[int, int]  # (worker_id, dp_rank)
 

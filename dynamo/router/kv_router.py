@@ -21,9 +21,9 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 from dynamo.router.active_sequences import ActiveSequences
 from dynamo.router.approx import ApproxIndexer
 from dynamo.router.config import KvRouterConfig, RouterConfigOverride
-from dynamo.router.hashing import block_hashes, sequence_hashes
+from dynamo.llm.kv_events.hashing import block_hashes, sequence_hashes
 from dynamo.router.indexer import KvIndexer, WorkerKey
-from dynamo.router.protocol import LoadMetrics, RouterEvent
+from dynamo.llm.kv_events.protocol import LoadMetrics, RouterEvent
 from dynamo.router.selector import (
     AllWorkersBusy,
     BusyThresholds,

@@ -2,12 +2,10 @@
 components and feeds the KvRouter that owns each worker; recovers lost events by asking
 the worker for its full KV state.
 
-Both ends of the re-sync protocol live here:
-- worker side, `LocalKvState`: mirrors the blocks a worker has announced (fed by the same
-  events it publishes) and answers the request-plane endpoint `worker_kv_indexer_query`
-  with a `KvStateDump`;
-- router side, `KvEventFeeds`: one subscription per (namespace, component) shared by every
-  router; when an indexer reports an event-id gap or an unknown parent (events were lost:
+The worker's half of re-sync (`LocalKvState`, answering `worker_kv_indexer_query` with a
+`KvStateDump`) lives in `dynamo.llm.kv_events.local_state`. Here, the router's half:
+`KvEventFeeds` keeps one subscription per (namespace, component) shared by every
+router; when an indexer reports an event-id gap or an unknown parent (events were lost:
   at-most-once event plane, slow joiners), the worker is re-synced from its dump. A newly
   tracked worker is re-synced at once, so a router that starts late sees existing caches.
 Workers that do not serve the endpoint stay flagged; the gap counts stay visible in the
@@ -20,21 +18,18 @@ import asyncio
 import dataclasses
 import logging
 from collections import Counter
-from typing import AsyncIterator
 
 import msgspec
 
-from dynamo.llm.kv_publisher import KV_EVENTS_TOPIC, KV_METRICS_TOPIC
+from dynamo.llm.kv_events.local_state import KV_QUERY_ENDPOINT, KvStateDump, dump_decoder
+from dynamo.llm.kv_events.protocol import KV_EVENTS_TOPIC, KV_METRICS_TOPIC, KvCacheEvent, KvRemoved, \
+    load_metrics_decoder, router_event_decoder
 from dynamo.router.kv_router import KvRouter
-from dynamo.router.protocol import KvCacheEvent, KvRemoved, KvStored, StoredBlock, load_metrics_decoder, \
-    router_event_decoder
 from dynamo.runtime.event_plane.base import EventSubscriber, create_subscriber, resolve_kind
 from dynamo.runtime.rp_client import RequestPlaneClient, StreamError
-from dynamo.runtime.rp_server import RequestContext
 
 log = logging.getLogger(__name__)
 
-KV_QUERY_ENDPOINT = "worker_kv_indexer_query"
 RESYNC_TIMEOUT = 5.0
 RESYNC_MIN_INTERVAL = 0.5  # seconds between two re-syncs of one worker
 
@@ -59,55 +54,6 @@ def apply_mode(router: KvRouter, mode: str) -> None:
     use_events = mode == "kv-events"
     if router.config.mode in ("events", "approximate") and router.config.use_kv_events != use_events:
         router.config = dataclasses.replace(router.config, use_kv_events=use_events)
-
-
-class KvStateDump(msgspec.Struct, kw_only=True):
-    """A worker's whole announced KV state: one `stored` event per block, parents first."""
-
-    worker_id: int
-    last_event_id: int | None
-    events: list[KvCacheEvent]
-
-
-dump_encoder = msgspec.msgpack.Encoder()
-dump_decoder = msgspec.msgpack.Decoder(KvStateDump)
-
-
-class LocalKvState:
-    """Worker side: the blocks this worker announced, per dp_rank, in store order."""
-
-    def __init__(self, worker_id: int) -> None:
-        self.worker_id = worker_id
-        # dp_rank -> {external block hash -> (parent hash, tokens hash)}
-        self._blocks: dict[int, dict[int, tuple[int | None, int]]] = {}
-        self._last_event_id: int | None = None
-
-    def observe(self, event: KvCacheEvent) -> None:
-        blocks = self._blocks.setdefault(event.dp_rank, {})
-        data = event.data
-        if isinstance(data, KvStored):
-            parent = data.parent_hash
-            for block in data.blocks:
-                blocks[block.block_hash] = (parent, block.tokens_hash)
-                parent = block.block_hash
-        elif isinstance(data, KvRemoved):
-            for h in data.block_hashes:
-                blocks.pop(h, None)
-        else:
-            blocks.clear()
-        self._last_event_id = event.event_id
-
-    def dump(self) -> KvStateDump:
-        events = []
-        for dp_rank, blocks in self._blocks.items():
-            for block_hash, (parent, tokens_hash) in blocks.items():
-                stored = KvStored(parent_hash=parent, blocks=[StoredBlock(block_hash=block_hash, tokens_hash=tokens_hash)])
-                events.append(KvCacheEvent(event_id=self._last_event_id or 0, data=stored, dp_rank=dp_rank))
-        return KvStateDump(worker_id=self.worker_id, last_event_id=self._last_event_id, events=events)
-
-    async def handler(self, payload: bytes, ctx: RequestContext) -> AsyncIterator[bytes]:
-        """The `worker_kv_indexer_query` endpoint: one message, the full dump."""
-        yield dump_encoder.encode(self.dump())
 
 
 class _Worker:

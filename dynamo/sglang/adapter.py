@@ -24,8 +24,8 @@ import signal
 from typing import Any, AsyncIterator, Callable
 
 from dynamo.llm.protocol import FinishReason, LLMEngineOutput, PreprocessedRequest
-from dynamo.router.engine_events import EngineEventDecoder
-from dynamo.router.protocol import LoadMetrics
+from dynamo.llm.kv_events.engine_decoder import EngineEventDecoder
+from dynamo.llm.kv_events.protocol import LoadMetrics
 from dynamo.runtime.net import free_port
 from dynamo.sglang.args import DynamoSglangArgs, role_of
 from dynamo.sglang.request import bootstrap_of, sampling_params, to_output

@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator
 
 from dynamo.llm.model_card import context_length_of
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
-from dynamo.router.protocol import LoadMetrics
+from dynamo.llm.kv_events.protocol import LoadMetrics
 from dynamo.trtllm.args import DynamoTrtllmArgs
 from dynamo.trtllm.events import TrtllmKvEventSource, poll_stats
 from dynamo.trtllm.request import (disagg_from_wire, disagg_to_wire, finish_reason, load_from_stats,

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from dynamo.router.engine_events import EngineEventDecoder, EngineEventError
+from dynamo.llm.kv_events.engine_decoder import EngineEventDecoder, EngineEventError
 from dynamo.trtllm.request import kv_event_batch
 from dynamo.worker.adapter import KvEmit
 

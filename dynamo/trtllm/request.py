@@ -16,7 +16,7 @@ import dataclasses
 from typing import Any
 
 from dynamo.llm.protocol import FinishReason, PreprocessedRequest
-from dynamo.router.protocol import LoadMetrics
+from dynamo.llm.kv_events.protocol import LoadMetrics
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty",
                  "repetition_penalty")

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any, AsyncIterator
 
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
-from dynamo.router.engine_events import EngineEventDecoder
-from dynamo.router.protocol import LoadMetrics
+from dynamo.llm.kv_events.engine_decoder import EngineEventDecoder
+from dynamo.llm.kv_events.protocol import LoadMetrics
 from dynamo.vllm import disagg
 from dynamo.vllm.args import DynamoVllmArgs
 from dynamo.vllm.engine import apply_dynamo_defaults, engine_facts, kv_event_endpoints, start_engine

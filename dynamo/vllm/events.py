@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from dynamo.router.protocol import LoadMetrics
+from dynamo.llm.kv_events.protocol import LoadMetrics
 
 
 def is_bind_endpoint(endpoint: str) -> bool:

@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator, Callable, Protocol
 from prometheus_client import CollectorRegistry
 
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
-from dynamo.router.protocol import KvCacheEvent, LoadMetrics
+from dynamo.llm.kv_events.protocol import KvCacheEvent, LoadMetrics
 from dynamo.worker.role import WorkerRole
 
 KvEmit = Callable[[KvCacheEvent], None]

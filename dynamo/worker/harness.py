@@ -24,10 +24,10 @@ from typing import Awaitable, Callable
 
 from prometheus_client import Gauge
 
-from dynamo.llm.kv_publisher import KvEventPublisher, LoadPublisher
+from dynamo.llm.kv_events.publisher import KvEventPublisher, LoadPublisher
 from dynamo.llm.model_card import RuntimeConfig, build_card, card_encoder
 from dynamo.llm.protocol import PreprocessedRequest
-from dynamo.router.subscriber import KV_QUERY_ENDPOINT
+from dynamo.llm.kv_events.local_state import KV_QUERY_ENDPOINT
 from dynamo.runtime.config import from_namespace, setting
 from dynamo.runtime.distributed import DistributedRuntime, advertise_host
 from dynamo.runtime.records import EndpointId

@@ -17,10 +17,10 @@ import logging
 import zmq
 import zmq.asyncio
 
-from dynamo.llm.kv_publisher import KvEventPublisher
-from dynamo.router.engine_events import EngineEventDecoder, EngineEventError
-from dynamo.router.protocol import KvCacheEvent
-from dynamo.router.subscriber import LocalKvState
+from dynamo.llm.kv_events.publisher import KvEventPublisher
+from dynamo.llm.kv_events.engine_decoder import EngineEventDecoder, EngineEventError
+from dynamo.llm.kv_events.protocol import KvCacheEvent
+from dynamo.llm.kv_events.local_state import LocalKvState
 from dynamo.worker.adapter import KvEmit
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ import pytest
 from dynamo.llm.protocol import PreprocessedRequest, StopConditions
 from dynamo.mocker.args import MockerArgs
 from dynamo.mocker.engine import MockEngine
-from dynamo.router.hashing import to_i64
-from dynamo.router.protocol import KvCleared, KvRemoved, KvStored
+from dynamo.llm.kv_events.hashing import to_i64
+from dynamo.llm.kv_events.protocol import KvCleared, KvRemoved, KvStored
 
 
 class EventReplayer:

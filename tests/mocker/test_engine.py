@@ -5,7 +5,7 @@ import pytest
 from dynamo.llm.protocol import PreprocessedRequest, SamplingOptions, StopConditions
 from dynamo.mocker.args import MockerArgs
 from dynamo.mocker.engine import MockEngine
-from dynamo.router.protocol import KvRemoved, KvStored
+from dynamo.llm.kv_events.protocol import KvRemoved, KvStored
 
 SPECIAL = frozenset({0, 1, 2, 3})
 VOCAB = 50

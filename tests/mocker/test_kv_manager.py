@@ -1,8 +1,8 @@
 import pytest
 
 from dynamo.mocker.kv_manager import KvManager, chain_hash, hash_blocks
-from dynamo.router.hashing import block_hashes, sequence_hashes, to_i64
-from dynamo.router.protocol import KvCleared, KvRemoved, KvStored
+from dynamo.llm.kv_events.hashing import block_hashes, sequence_hashes, to_i64
+from dynamo.llm.kv_events.protocol import KvCleared, KvRemoved, KvStored
 
 BS = 4
 

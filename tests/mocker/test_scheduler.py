@@ -7,8 +7,8 @@ from dynamo.mocker.kv_manager import KvManager, hash_blocks
 from dynamo.mocker.scheduler import Scheduler, Sequence
 from dynamo.mocker.timing import TimingModel, decode_ms, prefill_ms
 from dynamo.mocker.tokens import TokenSampler
-from dynamo.router.hashing import to_i64
-from dynamo.router.protocol import KvStored
+from dynamo.llm.kv_events.hashing import to_i64
+from dynamo.llm.kv_events.protocol import KvStored
 
 BS = 4
 

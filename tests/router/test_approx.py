@@ -1,7 +1,7 @@
 """Approximate indexer: TTL expiry, refresh, size-bounded pruning."""
 
 from dynamo.router.approx import ApproxIndexer
-from dynamo.router.hashing import block_hashes, sequence_hashes
+from dynamo.llm.kv_events.hashing import block_hashes, sequence_hashes
 
 
 class Clock:

@@ -1,7 +1,7 @@
 """Radix-tree indexer: store/remove/clear, parent lookups, gaps, resync, matches."""
 
 from dynamo.router.indexer import KvIndexer
-from dynamo.router.protocol import KvCacheEvent, KvCleared, KvRemoved, KvStored, RouterEvent, StoredBlock
+from dynamo.llm.kv_events.protocol import KvCacheEvent, KvCleared, KvRemoved, KvStored, RouterEvent, StoredBlock
 
 
 def stored(worker, event_id, locals_, parent=None, dp=0, ext=None, tier="device"):

@@ -6,9 +6,9 @@ import random
 import pytest
 
 from dynamo.router.config import KvRouterConfig, RouterConfigOverride
-from dynamo.router.hashing import block_hashes, sequence_hashes
+from dynamo.llm.kv_events.hashing import block_hashes, sequence_hashes
 from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers
-from dynamo.router.protocol import KvCacheEvent, KvStored, LoadMetrics, RouterEvent, StoredBlock
+from dynamo.llm.kv_events.protocol import KvCacheEvent, KvStored, LoadMetrics, RouterEvent, StoredBlock
 from dynamo.runtime.config import add_arguments, from_namespace
 
 BS = 4

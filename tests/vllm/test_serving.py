@@ -16,9 +16,9 @@ import pytest
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest, SamplingOptions, StopConditions
 from dynamo.llm.protocol import request_encoder
 from dynamo.llm.tokenizer import Tokenizer
-from dynamo.router.hashing import block_hashes
+from dynamo.llm.kv_events.hashing import block_hashes
 from dynamo.router.indexer import KvIndexer
-from dynamo.router.protocol import router_event_decoder
+from dynamo.llm.kv_events.protocol import router_event_decoder
 from dynamo.runtime.discovery.base import make_store
 from dynamo.runtime.event_plane.base import create_subscriber
 from dynamo.runtime.rp_client import RequestPlaneClient, StreamError

@@ -18,8 +18,8 @@ import pytest
 import pytest_asyncio
 
 from dynamo.llm.protocol import PreprocessedRequest, StopConditions
-from dynamo.router.hashing import block_hashes
-from dynamo.router.protocol import KvStored
+from dynamo.llm.kv_events.hashing import block_hashes
+from dynamo.llm.kv_events.protocol import KvStored
 from dynamo.runtime.rp_server import HandlerError
 from dynamo.worker.role import WorkerRole
 from tests.worker.subjects import ENGINES, INSTANCE_ID, ROLES, Subjects

@@ -4,7 +4,7 @@ import struct
 
 import xxhash
 
-from dynamo.router.hashing import block_hashes, lora_seed, sequence_hashes, to_i64, to_u64
+from dynamo.llm.kv_events.hashing import block_hashes, lora_seed, sequence_hashes, to_i64, to_u64
 
 TOKENS = list(range(1, 9))  # two blocks of 4
 

@@ -11,13 +11,11 @@ import asyncio
 import logging
 from collections import deque
 
-from dynamo.router.protocol import KvCacheEvent, LoadMetrics, RouterEvent, router_event_encoder
+from dynamo.llm.kv_events.protocol import KV_EVENTS_TOPIC, KV_METRICS_TOPIC, KvCacheEvent, LoadMetrics, \
+    RouterEvent, router_event_encoder
 from dynamo.runtime.event_plane.base import EventPublisher, create_publisher
 
 log = logging.getLogger(__name__)
-
-KV_EVENTS_TOPIC = "kv-events"
-KV_METRICS_TOPIC = "kv_metrics"
 
 
 class KvEventPublisher:

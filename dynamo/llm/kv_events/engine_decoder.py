@@ -27,8 +27,8 @@ from typing import Any, Mapping
 import msgspec
 import xxhash
 
-from dynamo.router.hashing import block_hashes, to_u64
-from dynamo.router.protocol import KvCacheEvent, KvCleared, KvRemoved, KvStored, RouterEvent, StoredBlock
+from dynamo.llm.kv_events.hashing import block_hashes, to_u64
+from dynamo.llm.kv_events.protocol import KvCacheEvent, KvCleared, KvRemoved, KvStored, RouterEvent, StoredBlock
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 publish on the event plane topic `kv-events`, and the load metrics on `kv_metrics`.
 
 `stored` carries, per block, the engine's own (external) block hash and the
-LocalBlockHash of its tokens (see `dynamo.router.hashing`); the router walks its
+LocalBlockHash of its tokens (see `dynamo.llm.kv_events.hashing`); the router walks its
 radix tree by the LocalBlockHash and uses external hashes only as per-worker ids.
 """
 
@@ -11,6 +11,9 @@ from __future__ import annotations
 from typing import Literal
 
 import msgspec
+
+KV_EVENTS_TOPIC = "kv-events"
+KV_METRICS_TOPIC = "kv_metrics"
 
 
 class StoredBlock(msgspec.Struct, kw_only=True):

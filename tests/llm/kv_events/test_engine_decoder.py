@@ -4,10 +4,10 @@ import msgspec
 import pytest
 import xxhash
 
-from dynamo.router.engine_events import EngineEventDecoder, EngineEventError, external_hash
-from dynamo.router.hashing import block_hashes
+from dynamo.llm.kv_events.engine_decoder import EngineEventDecoder, EngineEventError, external_hash
+from dynamo.llm.kv_events.hashing import block_hashes
 from dynamo.router.indexer import KvIndexer
-from dynamo.router.protocol import KvCleared, KvRemoved, KvStored
+from dynamo.llm.kv_events.protocol import KvCleared, KvRemoved, KvStored
 
 TOKENS = list(range(8))
 
