@@ -103,11 +103,11 @@ def vllm(role: WorkerRole, model: str) -> Subject:
     from dynamo.vllm.adapter import VllmAdapter
     from dynamo.vllm.args import parse_args
 
-    config, engine_args = parse_args(["--model", model, "--enforce-eager", "--dtype", "float32", "--block-size", "16",
+    config, engine_args = parse_args(["--model", model, "--enforce-eager", "--dtype", "float32", "--block-size", "32",
                                       "--max-model-len", "512", "--distributed-executor-backend", "uni",
                                       "--seed", "0", "--disaggregation-mode", role.value])
     adapter = VllmAdapter(config, engine_args)
-    return Subject("vllm", adapter, role, 16, 512, held=lambda: adapter.engine.get_num_unfinished_requests())
+    return Subject("vllm", adapter, role, 32, 512, held=lambda: adapter.engine.get_num_unfinished_requests())
 
 
 BUILDERS = {"mocker": mocker, "sglang": sglang, "trtllm": trtllm, "vllm": vllm}
