@@ -138,7 +138,11 @@ class SglangAdapter:
 
     async def _decode(self, request: PreprocessedRequest, request_id: str) -> AsyncIterator[LLMEngineOutput]:
         kwargs = self._call(request, request_id, False)
-        kwargs.update(bootstrap_of(request.disaggregated_params))
+        bootstrap = bootstrap_of(request.disaggregated_params)
+        if self.role is WorkerRole.DECODE and not bootstrap:  # SGLang's decode mode cannot prefill locally
+            raise RuntimeError("SGLang decode worker got a request without bootstrap info (no prefill worker "
+                               "answered); run prefill workers or an aggregated worker for local prefill")
+        kwargs.update(bootstrap)
         eos_ids = set(request.eos_token_ids)
         self.active += 1
         try:
