@@ -54,6 +54,9 @@ class MockerArgs:
     namespace: str = setting("dynamo", "Dynamo namespace", env="DYN_NAMESPACE")
     discovery_backend: str = setting("file", "Discovery backend", env="DYN_DISCOVERY_BACKEND")
     migration_limit: int = setting(0, "Times a request may migrate to another worker on failure")
+    planner_profile_data: str | None = setting(
+        None, "Profiler results (dir with selected_*_interpolation/raw_data.npz or *_raw_data.json, or a "
+        "mocker .npz): step timings follow the measured TTFT/ITL instead of the polynomial model")
 
     def validate(self) -> None:
         positive = ("num_gpu_blocks_override", "block_size", "max_num_seqs", "max_num_batched_tokens")
@@ -71,6 +74,8 @@ class MockerArgs:
         if self.disaggregation_mode not in MODES:
             raise ValueError(f"--disaggregation-mode must be one of {MODES}")
         self.mode  # noqa: B018  (raises ValueError on conflicting role flags)
+        if self.planner_profile_data is not None and not os.path.exists(self.planner_profile_data):
+            raise ValueError(f"--planner-profile-data {self.planner_profile_data}: no such file or directory")
         for name in ("kv_bytes_per_token", "context_length"):
             value = getattr(self, name)
             if value is not None and value <= 0:

@@ -20,6 +20,7 @@ from dynamo.llm.protocol import FinishReason, LLMEngineOutput, PreprocessedReque
 from dynamo.mocker.args import FALLBACK_KV_BYTES_PER_TOKEN, MockerArgs
 from dynamo.mocker.kv_manager import KvManager
 from dynamo.mocker.scheduler import Scheduler, Sequence
+from dynamo.llm.perf_data import load_profile
 from dynamo.mocker.timing import TimingModel
 from dynamo.mocker.tokens import TokenSampler, seed_for
 from dynamo.llm.kv_events.protocol import KvCacheEvent, LoadMetrics
@@ -58,6 +59,7 @@ class MockEngine:
             speedup_ratio=args.speedup_ratio,
             kv_bytes_per_token=args.kv_bytes_per_token or FALLBACK_KV_BYTES_PER_TOKEN,
             kv_transfer_bandwidth=args.kv_transfer_bandwidth,
+            profile=load_profile(args.planner_profile_data) if args.planner_profile_data else None,
         )
         self.scheduler = Scheduler(args, self.kv, self.timing)
         self._task: asyncio.Task | None = None
@@ -82,6 +84,11 @@ class MockEngine:
             except asyncio.CancelledError:
                 pass
         self.scheduler.fail_all("engine stopped")
+
+    def publish_forward_passes(self, sink: Callable, worker_id: str) -> None:
+        """Report one ForwardPassMetrics per scheduler step to `sink` (the worker's FPM relay)."""
+        self.scheduler.worker_id, self.scheduler.dp_rank = worker_id, self.dp_rank
+        self.scheduler.on_forward_pass = sink
 
     @property
     def running(self) -> bool:

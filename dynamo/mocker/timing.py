@@ -1,12 +1,17 @@
 """Simulated step durations: NVIDIA Dynamo mocker's polynomial performance model.
 
 All public functions return seconds of wall-clock sleep, already divided by the
-speedup ratio (a ratio of 0 means "no delays at all").
+speedup ratio (a ratio of 0 means "no delays at all"). With `--planner-profile-data` the
+polynomials give way to the profiler's measurements (Dynamo's interpolated mode): prefill
+time is the profiled TTFT at this step's new tokens, decode time the profiled ITL at the
+step's active KV tokens and mean context length.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from dynamo.llm.perf_data import Profile
 
 # Prefill: milliseconds for t new (uncached) tokens batched in one step.
 PREFILL_COEFFS = (4.209989e-07, 1.518344e-02, 16.50142)
@@ -42,6 +47,7 @@ class TimingModel:
     speedup_ratio: float = 1.0
     kv_bytes_per_token: int = 0
     kv_transfer_bandwidth: float = 64.0
+    profile: Profile | None = None
 
     @property
     def enabled(self) -> bool:
@@ -50,14 +56,29 @@ class TimingModel:
     def _scale(self, ms: float) -> float:
         return ms / 1e3 / self.speedup_ratio if self.speedup_ratio > 0 else 0.0
 
-    def step_seconds(self, prefill_tokens: int, decoding: bool, kv_usage: float) -> float:
+    def step_seconds(self, prefill_tokens: int, decoding: bool, kv_usage: float, active_tokens: int = 0,
+                     running: int = 1) -> float:
         """Decode time (if any sequence decodes this step) plus prefill time of this step's new tokens."""
         if self.speedup_ratio <= 0:
             return 0.0
+        if self.profile is not None:
+            return self._scale(self._profiled_ms(prefill_tokens, decoding, active_tokens, running))
         ms = prefill_ms(prefill_tokens)
         if decoding:
             ms += decode_ms(kv_usage)
         return self._scale(ms)
+
+    def _profiled_ms(self, prefill_tokens: int, decoding: bool, active_tokens: int, running: int) -> float:
+        prefill, decode = self.profile.prefill, self.profile.decode  # type: ignore[union-attr]
+        ms = 0.0
+        if prefill_tokens > 0:
+            ms += prefill.ttft(prefill_tokens) if prefill is not None else prefill_ms(prefill_tokens)
+        if decoding:
+            if decode is not None:
+                ms += decode.itl_at_tokens(active_tokens, active_tokens / max(running, 1))
+            else:
+                ms += DECODE_COEFFS[2]
+        return ms
 
     def transfer_seconds(self, isl: int) -> float:
         return self._scale(transfer_ms(isl, self.kv_bytes_per_token, self.kv_transfer_bandwidth))

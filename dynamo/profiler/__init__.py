@@ -1,0 +1,1 @@
+"""Deploy by intent: a DynamoGraphDeploymentRequest (model, SLA, hardware) → profiling → a DGD."""

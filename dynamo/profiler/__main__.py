@@ -1,0 +1,84 @@
+"""`python -m dynamo.profiler --config DGDR.yaml [--output-dir DIR] [--dry-run]`: profile a
+DynamoGraphDeploymentRequest into `final_config.yaml` (and deploy it when `autoApply`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from dynamo.profiler.pipeline import Options, load_request, run
+from dynamo.profiler.thorough import MAX_DECODE_CONCURRENCY, SweepOptions
+from dynamo.runtime.config import parse_config, setting
+from dynamo.runtime.process import configure_logging
+
+
+@dataclass
+class ProfilerArgs:
+    """Profile a DGDR (rapid: AIConfigurator; thorough: measured local deployments). Sweep settings
+    also read `DYN_PROFILER_*`, which is how `dynamo.deploy run|render DGDR.yaml` takes them."""
+
+    config: str | None = setting(None, "DGDR (v1beta1) YAML/JSON file, or its bare spec", env=False)
+    output_dir: str = setting("profiling_results", "Where results, plots and final_config.yaml go", env=False)
+    dry_run: bool = setting(False, "Validate the request and stop", env=False)
+    model: str | None = setting(None, "Local model dir (tokenizer/config) replacing the hub id when deploying "
+                                "here", env=False)
+    apply: bool | None = setting(None, "Deploy the result here (default: the request's autoApply)", env=False)
+    accept_unmet_sla: bool = setting(False, "Deploy even when the SLA cannot be met", env=False)
+    frontend_port: int = setting(8000, "HTTP port of the deployed frontend (autoApply)", env=False)
+    prefill_interpolation_granularity: int = setting(16, "ISL points of the prefill sweep",
+                                                     env="DYN_PROFILER_PREFILL_INTERPOLATION_GRANULARITY")
+    decode_interpolation_granularity: int = setting(6, "Context lengths of the decode sweep",
+                                                    env="DYN_PROFILER_DECODE_INTERPOLATION_GRANULARITY")
+    decode_osl: int = setting(500, "OSL of the decode sweep (Dynamo: 500)", env="DYN_PROFILER_DECODE_OSL")
+    concurrency_points: int = setting(6, "Concurrency points per context length in the decode sweep",
+                                      env="DYN_PROFILER_CONCURRENCY_POINTS")
+    max_concurrency: int = setting(MAX_DECODE_CONCURRENCY, "Cap on decode sweep concurrency",
+                                   env="DYN_PROFILER_MAX_CONCURRENCY")
+    max_context_length: int = setting(1 << 30, "Cap on swept context (default: the model's)",
+                                      env="DYN_PROFILER_MAX_CONTEXT_LENGTH")
+    tp_sizes: list = setting([1], "Candidate tensor-parallel sizes (thorough)", env="DYN_PROFILER_TP_SIZES")
+    mocker_speedup_ratio: float = setting(1.0, "Mocker candidates run this much faster; figures are scaled back",
+                                          env="DYN_PROFILER_MOCKER_SPEEDUP_RATIO")
+    append_args: dict = setting({}, 'Extra flags per candidate service, JSON {"Service": "--flag v"}',
+                                env="DYN_PROFILER_APPEND_ARGS")
+    service_env: dict = setting({}, 'Extra env per candidate service, JSON {"Service": {"NAME": "value"}}',
+                                env="DYN_PROFILER_SERVICE_ENV")
+    deploy_python: str | None = setting(None, "Python that runs `dynamo.deploy run` for candidates and the result "
+                                        "(e.g. a vLLM venv; default: this one)", env="DYN_PROFILER_DEPLOY_PYTHON")
+    deployment_timeout: float = setting(3600.0, "Seconds a candidate deployment may take to become ready",
+                                        env="DYN_PROFILER_DEPLOYMENT_TIMEOUT")
+
+
+def options(args: ProfilerArgs) -> Options:
+    sweep = SweepOptions(prefill_granularity=args.prefill_interpolation_granularity,
+                         decode_granularity=args.decode_interpolation_granularity, decode_osl=args.decode_osl,
+                         concurrency_points=args.concurrency_points, max_concurrency=args.max_concurrency,
+                         max_context=args.max_context_length, speedup_ratio=args.mocker_speedup_ratio,
+                         tp_sizes=[int(t) for t in args.tp_sizes],
+                         append_args={k: str(v).split() for k, v in args.append_args.items()},
+                         service_env={k: {n: str(v) for n, v in e.items()} for k, e in args.service_env.items()},
+                         ready_timeout=args.deployment_timeout, deploy_python=args.deploy_python)
+    return Options(output_dir=Path(args.output_dir), model_dir=args.model, dry_run=args.dry_run, apply=args.apply,
+                   accept_unmet_sla=args.accept_unmet_sla, sweep=sweep, frontend_port=args.frontend_port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_config(ProfilerArgs, argv, prog="python -m dynamo.profiler")
+    configure_logging()
+    logging.getLogger("dynamo.profiler").setLevel(logging.INFO)
+    if not args.config:
+        print("error: --config DGDR.yaml is required", file=sys.stderr)
+        return 2
+    try:
+        req = load_request(args.config)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(run(req, options(args)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The profiler's measuring client: streaming `/v1/completions` with exact token-id prompts of a
+given ISL, `ignore_eos` and a fixed OSL, measuring TTFT, ITL and output throughput from the SSE
+stream as AIPerf does (ITL = (latency − TTFT) / (output tokens − 1))."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+
+REQUEST_TIMEOUT_S = 600.0
+TOKEN_RANGE = (1000, 20000)  # ordinary vocabulary ids in any real tokenizer; clamped to the vocab
+
+
+@dataclass
+class Stats:
+    ttft_ms: list[float] = field(default_factory=list)
+    itl_ms: list[float] = field(default_factory=list)
+    latency_ms: list[float] = field(default_factory=list)
+    output_tokens: int = 0
+    errors: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    @staticmethod
+    def _mean(values: list[float]) -> float:
+        return sum(values) / len(values) if values else float("nan")
+
+    @property
+    def ttft(self) -> float:
+        return self._mean(self.ttft_ms)
+
+    @property
+    def itl(self) -> float:
+        return self._mean(self.itl_ms)
+
+    @property
+    def latency(self) -> float:
+        return self._mean(self.latency_ms)
+
+    @property
+    def output_tps(self) -> float:
+        return self.output_tokens / self.duration_s if self.duration_s > 0 else 0.0
+
+
+def prompt_tokens(isl: int, rng: random.Random, vocab_size: int | None) -> list[int]:
+    lo, hi = TOKEN_RANGE
+    if vocab_size:
+        lo, hi = min(lo, vocab_size // 4), min(hi, vocab_size - 1)
+    return [rng.randrange(lo, hi) for _ in range(isl)]
+
+
+async def _one(session: aiohttp.ClientSession, url: str, body: dict, stats: Stats) -> None:
+    start = time.perf_counter()
+    first = None
+    tokens = 0
+    async with session.post(url, json=body) as resp:
+        if resp.status != 200:
+            stats.errors.append(f"HTTP {resp.status}: {(await resp.text())[:200]}")
+            return
+        async for raw in resp.content:
+            line = raw.strip()
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("error"):
+                stats.errors.append(str(chunk["error"])[:200])
+                return
+            if chunk.get("usage"):
+                tokens = chunk["usage"].get("completion_tokens", tokens)
+            if first is None and any(c.get("text") for c in chunk.get("choices") or []):
+                first = time.perf_counter()
+    end = time.perf_counter()
+    if first is None:
+        stats.errors.append("no token streamed")
+        return
+    stats.ttft_ms.append((first - start) * 1e3)
+    stats.latency_ms.append((end - start) * 1e3)
+    stats.output_tokens += tokens
+    if tokens > 1:
+        stats.itl_ms.append((end - first) * 1e3 / (tokens - 1))
+
+
+async def measure(base_url: str, model: str, isl: int, osl: int, concurrency: int, requests: int,
+                  seed: int = 0, vocab_size: int | None = None, warmup: int = 0) -> Stats:
+    """`requests` requests, `concurrency` at a time (after `warmup` unmeasured ones)."""
+    rng = random.Random(seed)
+    url = base_url.rstrip("/") + "/v1/completions"
+
+    def body() -> dict:
+        return {"model": model, "prompt": prompt_tokens(isl, rng, vocab_size), "max_tokens": osl,
+                "min_tokens": osl, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+        for _ in range(warmup):
+            await _one(session, url, body(), Stats())
+        stats = Stats()
+        bodies = iter([body() for _ in range(requests)])
+
+        async def worker() -> None:
+            for b in bodies:
+                await _one(session, url, b, stats)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(max(concurrency, 1))))
+        stats.duration_s = time.perf_counter() - start
+    return stats

@@ -1,0 +1,189 @@
+"""From a chosen configuration to our DynamoGraphDeployment (`nvidia.com/v1alpha1`): our image,
+our CLIs and our component layout (Frontend + `<Backend>Worker` or `<Backend>Prefill/DecodeWorker`),
+plus the mocker variant and the profile-data ConfigMap. `dynamo.deploy validate` checks the result."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dynamo.llm.perf_data import DECODE_JSON, PREFILL_JSON
+from dynamo.profiler.dgdr import Request
+
+IMAGE = "dynamo-serve-cuda:0.1.0"
+DGD_API = "nvidia.com/v1alpha1"
+PREFIX = {"vllm": "Vllm", "sglang": "Sglang", "trtllm": "Trtllm", "mocker": "Mocker"}
+MAX_NAME = 45  # Dynamo: len(dgd name) + len(component) must stay within this
+KV_TRANSFER = '{"kv_connector":"NixlConnector","kv_role":"kv_both"}'
+
+
+@dataclass
+class WorkerChoice:
+    role: str  # agg | prefill | decode
+    tp: int = 1
+    pp: int = 1
+    dp: int = 1
+    replicas: int = 1
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp * self.dp
+
+
+@dataclass
+class Choice:
+    """What profiling picked, the figures it expects, and how sure it is."""
+
+    mode: str  # agg | disagg
+    workers: list[WorkerChoice]
+    source: str  # aiconfigurator | measured | memory-fit
+    expected: dict[str, float] = field(default_factory=dict)  # ttft_ms, itl_ms, thpt_per_gpu, ...
+    sla_met: bool | None = None  # None: unverified
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total_gpus(self) -> int:
+        return sum(w.gpus * w.replicas for w in self.workers)
+
+
+def dgd_name(req: Request) -> str:
+    override = ((req.spec.overrides.dgd or {}) if req.spec.overrides else {}).get("metadata", {}).get("name")
+    return override or f"{req.metadata.name}-dgd"
+
+
+def _service_name(backend: str, role: str) -> str:
+    return f"{PREFIX[backend]}{'Worker' if role == 'agg' else role.capitalize() + 'Worker'}"
+
+
+def _worker_args(req: Request, backend: str, w: WorkerChoice, model: str, profile_dir: str | None) -> list[str]:
+    if backend == "mocker":
+        args = ["--model-path", model, "--model-name", req.spec.model, "--disaggregation-mode", w.role,
+                "--speedup-ratio", "1.0"]
+        if w.max_num_seqs:
+            args += ["--max-num-seqs", str(w.max_num_seqs)]
+        if w.max_num_batched_tokens:
+            args += ["--max-num-batched-tokens", str(w.max_num_batched_tokens)]
+        return args + (["--planner-profile-data", profile_dir] if profile_dir else [])
+    args = ["--model", model]
+    if model != req.spec.model:
+        args += ["--served-model-name", req.spec.model]
+    args += ["--tensor-parallel-size", str(w.tp)]
+    if w.pp > 1:
+        args += ["--pipeline-parallel-size", str(w.pp)]
+    if w.dp > 1:
+        args += ["--data-parallel-size", str(w.dp)]
+    if w.max_num_seqs:
+        args += ["--max-num-seqs", str(w.max_num_seqs)]
+    if w.max_num_batched_tokens:
+        args += ["--max-num-batched-tokens", str(w.max_num_batched_tokens)]
+    if w.role != "agg":
+        args += ["--disaggregation-mode", w.role, "--kv-transfer-config", KV_TRANSFER]
+    if req.spec.overrides and req.spec.overrides.trustRemoteCode:
+        args.append("--trust-remote-code")
+    return args
+
+
+def _container(image: str, module: str, args: list[str]) -> dict[str, Any]:
+    return {"image": image, "workingDir": "/workspace", "command": ["python3", "-m", module], "args": args}
+
+
+def _model_location(req: Request) -> tuple[str, list[dict[str, Any]] | None]:
+    cache = req.spec.modelCache
+    if cache and cache.pvcName:
+        sub = (cache.pvcModelPath or req.spec.model).strip("/")
+        return f"{cache.pvcMountPath.rstrip('/')}/{sub}", [{"name": cache.pvcName, "mountPoint": cache.pvcMountPath}]
+    return req.spec.model, None
+
+
+def profile_configmap(name: str, profile_dir: Path) -> dict[str, Any]:
+    data = {js: (profile_dir / js).read_text() for js in (PREFILL_JSON, DECODE_JSON) if (profile_dir / js).is_file()}
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"planner-profile-data-{digest}",
+                                                                  "labels": {"dgdr.nvidia.com/name": name}},
+            "data": data}
+
+
+def build_dgd(req: Request, choice: Choice, image: str = IMAGE, profile_dir: Path | None = None,
+              configmap: str | None = None) -> dict[str, Any]:
+    """The DGD for `choice`. With the mocker feature, mocker workers replay `profile_dir`
+    (mounted from `configmap` on Kubernetes, read in place by `dynamo.deploy run`)."""
+    name = dgd_name(req)
+    backend = "mocker" if req.spec.mocker else (req.spec.backend if req.spec.backend != "auto" else "vllm")
+    model, mounts = _model_location(req)
+    frontend: dict[str, Any] = {"componentType": "frontend", "replicas": 1,
+                                "extraPodSpec": {"mainContainer": _container(image, "dynamo.frontend",
+                                                                             ["--http-port", "8000"])}}
+    if req.spec.kv_router:
+        frontend["envs"] = [{"name": "DYN_ROUTER_MODE", "value": "kv"}]
+    services: dict[str, Any] = {"Frontend": frontend}
+    pdir = str(profile_dir.resolve()) if profile_dir is not None and backend == "mocker" else None
+    for w in choice.workers:
+        svc: dict[str, Any] = {"componentType": "worker", "replicas": w.replicas,
+                               "extraPodSpec": {"mainContainer": _container(
+                                   image, f"dynamo.{'mocker' if backend == 'mocker' else backend}",
+                                   _worker_args(req, backend, w, model, pdir))}}
+        if w.role != "agg":
+            svc["subComponentType"] = w.role
+        if backend != "mocker":
+            svc["resources"] = {"limits": {"gpu": str(w.gpus)}}
+            svc["envFromSecret"] = "hf-token-secret"
+        if mounts:
+            svc["volumeMounts"] = mounts
+        if pdir and configmap:
+            pod = svc["extraPodSpec"]
+            pod["volumes"] = [{"name": "profile-data", "configMap": {"name": configmap}}]
+            pod["mainContainer"]["volumeMounts"] = [{"name": "profile-data", "mountPath": pdir}]
+        services[_service_name(backend, w.role)] = svc
+    if req.spec.planner:
+        services["Planner"] = planner_service(req, backend, image, profile_dir, configmap)
+    longest = max(len(s) for s in services)
+    if len(name) + longest > MAX_NAME:
+        raise ValueError(f"DGD name {name!r} is too long: with component {longest} characters it exceeds {MAX_NAME} "
+                         "(set metadata.name shorter or overrides.dgd.metadata.name)")
+    labels = {"dgdr.nvidia.com/name": req.metadata.name, "dgdr.nvidia.com/namespace": req.metadata.namespace or
+              "default"}
+    dgd: dict[str, Any] = {"apiVersion": DGD_API, "kind": "DynamoGraphDeployment",
+                           "metadata": {"name": name, "labels": labels}, "spec": {"services": services}}
+    if req.metadata.namespace:
+        dgd["metadata"]["namespace"] = req.metadata.namespace
+    if backend != "mocker":
+        dgd["spec"]["backendFramework"] = backend
+    if mounts:
+        dgd["spec"]["pvcs"] = [{"name": mounts[0]["name"], "create": False}]
+    override = req.spec.overrides.dgd if req.spec.overrides else None
+    return merge(dgd, override) if override else dgd
+
+
+def planner_service(req: Request, backend: str, image: str, profile_dir: Path | None,
+                    configmap: str | None) -> dict[str, Any]:
+    """The SLA planner, with the request's PlannerConfig passed through and pointed at the profile."""
+    config = {"backend": backend, **(req.spec.features.planner or {})}
+    svc: dict[str, Any] = {"componentType": "planner", "replicas": 1, "extraPodSpec": {}}
+    if profile_dir is not None:
+        config["profile_results_dir"] = str(profile_dir.resolve())
+        if configmap:
+            svc["extraPodSpec"]["volumes"] = [{"name": "profile-data", "configMap": {"name": configmap}}]
+    container = _container(image, "dynamo.planner", ["--config", json.dumps(config, sort_keys=True)])
+    if profile_dir is not None and configmap:
+        container["volumeMounts"] = [{"name": "profile-data", "mountPath": config["profile_results_dir"]}]
+    svc["extraPodSpec"]["mainContainer"] = container
+    return svc
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge of a partial DGD (`overrides.dgd`): maps merge, everything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if key in ("apiVersion", "kind"):
+            continue  # the override is versioned for its own sake; ours decides the output version
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out

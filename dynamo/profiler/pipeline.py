@@ -1,0 +1,215 @@
+"""DGDR → profile → DGD → (autoApply) deployment: the one flow behind `python -m dynamo.profiler`
+and `python -m dynamo.deploy run|render DGDR.yaml`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dynamo.llm.perf_data import Profile, write_profile
+from dynamo.profiler import dgdr
+from dynamo.profiler.dgd import Choice, build_dgd, profile_configmap
+from dynamo.profiler.plots import plot_decode, plot_prefill
+from dynamo.profiler.rapid import rapid
+from dynamo.profiler.status import Status
+from dynamo.profiler.thorough import SweepOptions, local_deployment, measure_candidate, select
+
+log = logging.getLogger("dynamo.profiler")
+FINAL = "final_config.yaml"
+
+
+@dataclass
+class Options:
+    output_dir: Path = Path("profiling_results")
+    model_dir: str | None = None
+    dry_run: bool = False
+    apply: bool | None = None  # None: the request's autoApply
+    accept_unmet_sla: bool = False
+    sweep: SweepOptions = field(default_factory=SweepOptions)
+    frontend_port: int = 8000
+
+
+def load_request(path: str | Path) -> dgdr.Request:
+    with open(path, encoding="utf-8") as fh:
+        docs = [d for d in yaml.safe_load_all(fh) if d is not None]
+    reqs = [d for d in docs if isinstance(d, dict) and d.get("kind", dgdr.KIND) == dgdr.KIND]
+    if len(reqs) != 1:
+        raise ValueError(f"{path}: expected one {dgdr.KIND}, found {len(reqs)}")
+    return dgdr.parse(reqs[0])
+
+
+def model_config(model_dir: str | None) -> dict[str, Any]:
+    cfg = Path(model_dir) / "config.json" if model_dir else None
+    return json.loads(cfg.read_text()) if cfg and cfg.is_file() else {}
+
+
+def max_context(req: dgdr.Request, model_dir: str | None) -> int:
+    """Dynamo's rule: max_position_embeddings, else 2 x ISL, else 8192."""
+    value = model_config(model_dir).get("max_position_embeddings")
+    return int(value) if value else (2 * req.spec.workload.isl or 8192)
+
+
+async def thorough(req: dgdr.Request, opts: Options, status: Status) -> tuple[Choice, Profile]:
+    out = opts.output_dir
+    measured = []
+    for tp in opts.sweep.tp_sizes:
+        status.set(profiling="Initializing", message=f"deploying candidate TP{tp} (prefill + decode)")
+        measured.append(await measure_candidate(req, tp, opts.sweep, out / "candidates" / f"tp{tp}",
+                                                lambda ph, tp=tp: status.set(profiling=ph,
+                                                                             message=f"candidate TP{tp}")))
+    status.set(profiling="SelectingConfig", message=f"{len(measured)} candidate(s) measured")
+    choice, pm, dm = select(req, measured)
+    status.set(profiling="BuildingCurves", message="writing interpolation data and plots")
+    profile = Profile(pm.profile.prefill, dm.profile.decode)
+    write_profile(out, profile)
+    ttft_t, itl_t = req.spec.sla.targets if req.spec.sla.e2eLatency is None else (None, None)
+    try:
+        plot_prefill(profile.prefill, out / "selected_prefill_interpolation" / "prefill_ttft_isl.png", ttft_t,
+                     f"{req.spec.model}: prefill TP{pm.tp}")
+        plot_decode(profile.decode, out / "selected_decode_interpolation" / "decode_itl_load.png", itl_t,
+                    f"{req.spec.model}: decode TP{dm.tp}")
+    except RuntimeError as exc:  # the measurements stand without their pictures
+        log.warning("NO PLOTS: %s", exc)
+        choice.notes.append(f"no plots: {exc}")
+    return choice, profile
+
+
+def write_final(req: dgdr.Request, choice: Choice, profile: Profile | None, out: Path) -> Path:
+    docs: list[dict[str, Any]] = []
+    configmap = None
+    if profile is not None and (req.spec.mocker or req.spec.planner):
+        cm = profile_configmap(req.metadata.name, out)
+        docs.append(cm)
+        configmap = cm["metadata"]["name"]
+    docs.append(build_dgd(req, choice, profile_dir=out if profile is not None else None, configmap=configmap))
+    path = out / FINAL
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    from dynamo.deploy.validate import validate_file
+
+    report = validate_file(path)
+    if report.errors:
+        raise RuntimeError("generated DGD does not validate:\n" + "\n".join(report.lines()))
+    return path
+
+
+def summary(choice: Choice) -> str:
+    workers = ", ".join(f"{w.role} TP{w.tp}x{w.replicas}" for w in choice.workers)
+    figures = ", ".join(f"{k}={v:.4g}" for k, v in choice.expected.items())
+    sla = {True: "SLA met", False: "SLA NOT MET", None: "SLA UNVERIFIED"}[choice.sla_met]
+    return f"{choice.mode} ({choice.source}): {workers}; {choice.total_gpus} GPU(s); {sla}; {figures}"
+
+
+async def profile_request(req: dgdr.Request, opts: Options, status: Status) -> tuple[Path, Choice | None]:
+    prev = status.claim()
+    final = opts.output_dir / FINAL
+    if prev and prev.get("phase") in ("Ready", "Deploying", "Deployed") and final.is_file():
+        status.data.update({k: prev[k] for k in ("choice", "slaMet", "dgdName") if k in prev})
+        status.set("Ready", message=f"reusing {final} (same spec, already profiled)")
+        return final, None
+    status.set("Profiling", "Initializing", message=f"{req.spec.searchStrategy} search for {req.spec.model}")
+    opts.sweep.model_dir = opts.model_dir
+    opts.sweep.max_context = min(opts.sweep.max_context, max_context(req, opts.model_dir))
+    opts.sweep.vocab_size = model_config(opts.model_dir).get("vocab_size")
+    profile = None
+    if req.spec.searchStrategy == "rapid":
+        choice = await asyncio.to_thread(rapid, req, opts.output_dir / "rapid", opts.model_dir)
+    else:
+        choice, profile = await thorough(req, opts, status)
+    for note in choice.notes:
+        log.warning("%s", note) if choice.sla_met is not True else log.info("%s", note)
+    status.set(profiling="GeneratingDGD", message=summary(choice))
+    path = write_final(req, choice, profile, opts.output_dir)
+    status.set("Ready", "Done", message=summary(choice), slaMet=choice.sla_met, notes=choice.notes,
+               dgdName=build_dgd(req, choice)["metadata"]["name"], outputs={"final_config": FINAL},
+               choice={"mode": choice.mode, "source": choice.source, "expected": choice.expected,
+                       "workers": [w.__dict__ for w in choice.workers]})
+    return path, choice
+
+
+async def deploy(req: dgdr.Request, final: Path, opts: Options, status: Status) -> int:
+    docs = [d for d in yaml.safe_load_all(final.read_text()) if d and d.get("kind") == "DynamoGraphDeployment"]
+    status.set("Deploying", message=f"dynamo.deploy run {final}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    opts.sweep.model_dir = opts.model_dir
+    dep = local_deployment(docs[0], opts.output_dir / "deployment", req, opts.sweep)
+    dep.port = opts.frontend_port
+    try:
+        async with dep:
+            status.set("Deployed", message=f"serving {req.spec.model} at {dep.url} (Ctrl-C stops)",
+                       endpoint=dep.url)
+            await stop.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    return 0
+
+
+async def run(req: dgdr.Request, opts: Options) -> int:
+    """Profile (or reuse), then apply when asked. Exit codes: 0 ok, 1 failed, 3 SLA not met."""
+    status = Status(opts.output_dir, req.metadata.name, dgdr.spec_digest(req))
+    if opts.dry_run:
+        status.claim()
+        status.set("Pending", message=f"dry run: valid request; would run {req.spec.searchStrategy} profiling")
+        return 0
+    try:
+        final, choice = await profile_request(req, opts, status)
+    except Exception as exc:
+        log.debug("profiling failed", exc_info=True)
+        status.fail(f"{type(exc).__name__}: {exc}")
+        return 1
+    met = status.data.get("slaMet")
+    if met is False and not opts.accept_unmet_sla:
+        status.set(message=f"SLA cannot be met; not deploying {final} (see notes; --accept-unmet-sla deploys it)")
+        return 3
+    if opts.apply if opts.apply is not None else req.spec.autoApply:
+        return await deploy(req, final, opts, status)
+    status.set(message=f"DGD ready: {final} (not applied; `python -m dynamo.deploy run {final}` deploys it)")
+    return 0
+
+
+def is_request(path: str | Path) -> bool:
+    """Whether `path` holds a DynamoGraphDeploymentRequest (for `dynamo.deploy run|render`)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return any(isinstance(d, dict) and d.get("kind") == dgdr.KIND for d in yaml.safe_load_all(fh))
+    except (OSError, yaml.YAMLError):
+        return False
+
+
+def deploy_main(cmd: str, args: Any) -> int:
+    """`dynamo.deploy run|render DGDR.yaml`: profile (or reuse the result in
+    `profiling_results/<name>`), then run it when autoApply, or render its DGD."""
+    from dynamo.runtime.process import configure_logging
+
+    configure_logging()
+    logging.getLogger("dynamo.profiler").setLevel(logging.INFO)
+    try:
+        req = load_request(args.file)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=__import__("sys").stderr)
+        return 2
+    from dynamo.profiler.__main__ import ProfilerArgs, options
+    from dynamo.runtime.config import parse_config
+
+    opts = options(parse_config(ProfilerArgs, [], prog="dynamo.deploy"))  # sweep settings from DYN_PROFILER_*
+    opts.output_dir = Path("profiling_results") / req.metadata.name
+    opts.model_dir = getattr(args, "model", None)
+    opts.apply = False if cmd == "render" else None
+    opts.frontend_port = getattr(args, "frontend_port", 8000)
+    rc = asyncio.run(run(req, opts))
+    if rc != 0 or cmd != "render":
+        return rc
+    from dynamo.deploy.render import main as render_main
+
+    args.file = str(opts.output_dir / FINAL)
+    return render_main(args)
