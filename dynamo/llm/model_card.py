@@ -40,16 +40,6 @@ def check_parser_names(tool_call_parser: str | None, reasoning_parser: str | Non
             raise ValueError(f"{flag}: unknown parser {value!r}; known: {', '.join(known)}")
 
 
-def disaggregation_role(mode: str, is_prefill_worker: bool, is_decode_worker: bool) -> str:
-    """Effective worker role: Dynamo's legacy `--is-prefill-worker`/`--is-decode-worker`
-    booleans win over `--disaggregation-mode`."""
-    if is_prefill_worker:
-        return "prefill"
-    if is_decode_worker:
-        return "decode"
-    return mode
-
-
 class RuntimeConfig(msgspec.Struct, kw_only=True, omit_defaults=True):
     total_kv_blocks: int | None = None
     max_num_seqs: int | None = None
