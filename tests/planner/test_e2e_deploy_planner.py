@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.helpers import DeployRun
-from tests.fixtures.procs import REPO, wait_until
+from tests.fixtures.procs import REPO, http_get, metric_value, wait_until
 from tests.planner.test_e2e_local import MODEL, Load
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -30,6 +30,12 @@ def test_planner_component_scales_its_graph_under_deploy_run(tmp_path: Path, tin
         wait_until(lambda: "local connector:" in log(), 60, "the planner's connector is up")
         assert "environment 'kubernetes' -> 'local'" in log()
         assert "pools {'prefill': 'MockerPrefillWorker', 'decode': 'MockerDecodeWorker'}" in log()
+
+        # before any request the frontend exports the model's request series at 0 (Prometheus'
+        # increase() then counts the first requests)
+        _, body = http_get(f"http://127.0.0.1:{run.port}/metrics")
+        labels = {"model": MODEL, "endpoint": "chat_completions", "request_type": "unary", "status": "success"}
+        assert metric_value(body.decode(), "dynamo_frontend_requests_total", labels) == 0.0
 
         def desired() -> dict[str, int]:
             services = run.status()["services"]

@@ -11,9 +11,13 @@ import pytest
 
 from dynamo.planner.__main__ import prometheus_for
 from dynamo.planner.config import DEFAULT_PROMETHEUS, PlannerArgs, PlannerConfig, load_config
-from dynamo.planner.connectors.base import resolve_pools
+from dynamo.planner.connectors.base import make_connector, resolve_pools
+from dynamo.planner.observe import FpmCollector
+from dynamo.planner.planner import Planner
+from dynamo.planner.prometheus import PrometheusClient
+from dynamo.runtime.discovery.base import make_store
 from tests.deploy.test_plan_local import plans_for
-from tests.fixtures.procs import REPO
+from tests.fixtures.procs import REPO, free_port
 
 EXAMPLE = REPO / "examples/backends/mocker/deploy/disagg_planner.yaml"
 CONTROL = "http://127.0.0.1:4321"
@@ -91,3 +95,31 @@ def test_pools_ambiguous_or_missing_are_named():
     with pytest.raises(ValueError, match="set decode_component"):
         resolve_pools(specs, PlannerConfig(mode="agg"))
     assert resolve_pools(specs, PlannerConfig(mode="agg", decode_component="B")) == {"decode": "B"}
+
+
+async def test_a_failing_tick_is_said_once_until_it_recovers(tmp_path, caplog):
+    """A Prometheus that is down (here: a closed port) fails every throughput tick; the planner keeps
+    running, counts each failure, and logs it once, not every tick."""
+    store = make_store("file", root=str(tmp_path / "kv"))
+    cfg = PlannerConfig(environment="virtual", model_name="m")
+    planner = Planner(cfg, make_connector(cfg, store=store), FpmCollector(store, cfg))
+    client = PrometheusClient(f"http://127.0.0.1:{free_port()}", timeout=5)
+    up = False
+
+    async def tick():
+        if not up:
+            await client.query("up")
+
+    caplog.set_level(logging.DEBUG, "dynamo.planner")
+    try:
+        for _ in range(3):
+            await planner._guarded("throughput", tick)
+        up = True
+        await planner._guarded("throughput", tick)
+    finally:
+        await client.close()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "tick failed" in r.message]
+    assert len(warnings) == 1 and "Cannot connect" in warnings[0].message
+    assert sum("tick failed" in r.message for r in caplog.records) == 3
+    assert "planner throughput tick recovered" in caplog.text
+    assert planner.metrics.tick_errors.labels("throughput")._value.get() == 3
