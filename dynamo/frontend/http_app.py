@@ -13,10 +13,12 @@ import asyncio
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from prometheus_client import generate_latest
 
+from dynamo.frontend.intake import early_refusal, read_body
 from dynamo.frontend.dispatch import Dispatcher, RequestHandle, aclose_quietly
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.model_manager import ModelManager
@@ -39,11 +41,26 @@ from dynamo.frontend.sse import (
     openai_finish_reason,
     usage_dict,
 )
-from dynamo.runtime.asgi import TEXT_HEADERS, BodyTooLarge, header, read_body, send_bytes, send_json
+from dynamo.runtime.memory import trim_heap
+from dynamo.runtime.asgi import (
+    JSON_HEADERS,
+    TEXT_HEADERS,
+    BodyTooLarge,
+    header,
+    json_encode,
+    send_bytes,
+    send_json,
+)
 
 log = logging.getLogger(__name__)
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+# Bodies up to this size are templated and tokenized inline (well under a millisecond);
+# bigger ones on `prep_pool`, so that no request's size shows in another's latency.
+PREP_INLINE_BYTES = 8192
+PREP_THREADS = 2
+TRIM_AFTER_BYTES = 1 << 20
+CLOSE_HEADERS = [*JSON_HEADERS, (b"connection", b"close")]
 
 
 class FrontendApp:
@@ -58,6 +75,11 @@ class FrontendApp:
         self.overload_status = overload_status
         self.health_extra = health_extra
         self.inflight = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.prep_pool = ThreadPoolExecutor(max_workers=PREP_THREADS, thread_name_prefix="dyn-prep")
+        self._trim_pending = False
         self.routes: dict[tuple[str, str], Callable] = {
             ("POST", "/v1/chat/completions"): self.chat,
             ("POST", "/v1/completions"): self.completions,
@@ -76,7 +98,14 @@ class FrontendApp:
                 raise self._no_route(scope)
             await route(scope, receive, send)
         except ApiError as exc:
-            await send_json(send, exc.status, exc.body())
+            # The traceback's frames hold the request body (up to the body limit) in a cycle that
+            # only a full GC would free: drop them now.
+            exc.__traceback__ = None
+            if exc.status == 413:
+                # The rest of the body is unread: close instead of reading and discarding it.
+                await send_bytes(send, 413, json_encode(exc.body()), CLOSE_HEADERS)
+            else:
+                await send_json(send, exc.status, exc.body())
         except ConnectionError:
             pass
 
@@ -86,6 +115,22 @@ class FrontendApp:
             return ApiError(405, f"method {scope['method']} not allowed on {scope['path']}",
                             "invalid_request_error", None, "method_not_allowed")
         return ApiError(404, f"no route {scope['path']}", "not_found_error", None, "not_found")
+
+    # -- shutdown ------------------------------------------------------------------------------
+    def begin_drain(self) -> None:
+        """From now on /health says 503 and new generation requests get 503; admitted ones run on."""
+        self.draining = True
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait (bounded) until no generation request is in flight."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def close(self) -> None:
+        self.prep_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- simple routes ---------------------------------------------------------------------------
     async def live(self, scope, receive, send) -> None:
@@ -107,6 +152,10 @@ class FrontendApp:
         }
         if self.health_extra is not None:
             body.update(self.health_extra())
+        if self.draining:
+            body.update(status="draining", message="shutting down: not accepting new requests")
+            await send_json(send, 503, body)
+            return
         # 200 either way: Kubernetes liveness must not restart a frontend whose workers are down.
         await send_json(send, 200, body)
 
@@ -128,7 +177,7 @@ class FrontendApp:
         await send_bytes(send, 200, generate_latest(self.metrics.registry), TEXT_HEADERS)
 
     # -- generation ---------------------------------------------------------------------------
-    async def _body(self, scope, receive) -> bytes:
+    async def _body(self, scope, receive) -> bytes | bytearray:
         length = header(scope, b"content-length")
         if length is not None:
             try:
@@ -147,17 +196,56 @@ class FrontendApp:
         return ApiError(413, f"request body{got} exceeds the limit of {self.body_limit} bytes",
                         "invalid_request_error", None, "request_too_large")
 
+    def _refuse_if_draining(self) -> None:
+        if self.draining:
+            raise ApiError(503, "The server is shutting down; retry on another instance", "service_unavailable",
+                           None, "shutting_down")
+
+    async def _refuse_early(self, body, kind: str) -> None:
+        refusal = await early_refusal(body, kind, self._pipeline_of)
+        if refusal is not None:
+            raise refusal
+
+    def _pipeline_of(self, name: str):
+        entry = self.models.get(name)
+        return entry.pipeline if entry is not None else None
+
     async def chat(self, scope, receive, send) -> None:
-        body = await self._body(scope, receive)
-        req = decode_request(body, "chat")
-        validate_chat(req)
-        await self._generate(req, "chat_completions", receive, send)
+        await self._handle(scope, receive, send, "chat")
 
     async def completions(self, scope, receive, send) -> None:
+        await self._handle(scope, receive, send, "completion")
+
+    async def _handle(self, scope, receive, send, kind: str) -> None:
+        self._refuse_if_draining()
         body = await self._body(scope, receive)
-        req = decode_request(body, "completion")
-        validate_completion(req)
-        await self._generate(req, "completions", receive, send)
+        size = len(body)
+        try:
+            await self._refuse_early(body, kind)
+            req = decode_request(body, kind)  # type: ignore[arg-type]
+            del body
+            (validate_chat if kind == "chat" else validate_completion)(req)
+            await self._generate(req, "chat_completions" if kind == "chat" else "completions", size, receive, send)
+        finally:
+            if size >= TRIM_AFTER_BYTES:
+                self._schedule_trim()
+
+    def _schedule_trim(self) -> None:
+        """After big bodies, return the freed heap to the OS (at most once a second, off the loop)."""
+        if self._trim_pending:
+            return
+        self._trim_pending = True
+
+        def run() -> None:
+            self._trim_pending = False
+            self.prep_pool.submit(trim_heap)
+
+        asyncio.get_running_loop().call_later(1.0, run)
+
+    async def _prompt_ids(self, pipeline, req, body_size: int) -> list[int]:
+        if body_size <= PREP_INLINE_BYTES:
+            return pipeline.prompt_ids(req)
+        return await asyncio.get_running_loop().run_in_executor(self.prep_pool, pipeline.prompt_ids, req)
 
     def _entry(self, name: str):
         entry = self.models.get(name)
@@ -174,21 +262,27 @@ class FrontendApp:
                            "service_unavailable", None, "no_workers")
         return entry
 
-    async def _generate(self, req, endpoint: str, receive, send) -> None:
+    def _refuse_if_overloaded(self, model: str) -> None:
+        if self.concurrency_limit and self.inflight >= self.concurrency_limit:
+            self.metrics.rejections.labels(model, "overloaded").inc()
+            raise ApiError(self.overload_status, "Too many requests in flight; retry later", "overloaded_error",
+                           None, "overloaded")
+
+    async def _generate(self, req, endpoint: str, body_size: int, receive, send) -> None:
         started = time.monotonic()
         entry = self._entry(req.model)
+        self._refuse_if_overloaded(entry.name)
         pipeline = entry.pipeline
         is_chat = isinstance(req, ChatCompletionRequest)
-        ids = pipeline.chat_prompt_ids(req) if is_chat else pipeline.completion_prompt_ids(req)
+        ids = await self._prompt_ids(pipeline, req, body_size)
         prefix = "chatcmpl-" if is_chat else "cmpl-"
         request_id = prefix + uuid.uuid4().hex
         preq = pipeline.build_request(req, ids, request_id)
-        if self.concurrency_limit and self.inflight >= self.concurrency_limit:
-            self.metrics.rejections.labels(entry.name, "overloaded").inc()
-            raise ApiError(self.overload_status, "Too many requests in flight; retry later", "overloaded_error",
-                           None, "overloaded")
+        self._refuse_if_overloaded(entry.name)
+        self._refuse_if_draining()
         request_type = "stream" if req.stream else "unary"
         self.inflight += 1
+        self._idle.clear()
         self.metrics.inflight.labels(entry.name).inc()
         status = "error"
         try:
@@ -196,6 +290,8 @@ class FrontendApp:
             status = await run.execute(entry, receive, send, request_type)
         finally:
             self.inflight -= 1
+            if self.inflight == 0:
+                self._idle.set()
             self.metrics.inflight.labels(entry.name).dec()
             self.metrics.requests.labels(entry.name, endpoint, request_type, status).inc()
 

@@ -62,6 +62,7 @@ class KvRoutingPolicy:
     # -- lifecycle -----------------------------------------------------------------------
     async def attach(self, runtime, models, metrics) -> None:
         self.feeds = KvEventFeeds(runtime.store, runtime.client, self.config.event_plane)
+        self.feeds.on_link_change = self._on_event_plane_change
         if self.config.router_replica_sync:
             self.sync = ReplicaSync.shared(runtime.store, self.config.event_plane, runtime.instance_id,
                                            self._router_for)
@@ -128,11 +129,17 @@ class KvRoutingPolicy:
             if self.sync is not None:
                 self._spawn(self.sync.join(eid.namespace, eid.component))
 
+    def _on_event_plane_change(self) -> None:
+        for route in self.routes.values():
+            self._update_mode(route)
+
     def _update_mode(self, route: ModelRoute) -> None:
         if not route.workers and self.config.mode == "events":
             return  # keep what we had until workers come back
         publishing = sum(1 for w in route.workers.values() if w.card.runtime_config.publishes_kv_events)
         mode, reason = effective_mode(self.config.mode, publishing, len(route.workers))
+        if mode == "kv-events" and self.feeds is not None and self.feeds.links_down:
+            mode, reason = "approximate", "event plane unreachable: caches predicted from routing decisions"
         if self.config.mode == "events":
             apply_mode(route.router, mode)
         if (mode, reason) != (route.mode, route.reason):

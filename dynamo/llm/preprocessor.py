@@ -1,6 +1,11 @@
 """Preprocessing (frontend side, per model): chat template + tokenization, prompt
 length checks against the context, and the wire request for the worker.
-Post-processing of the stream (detokenize, stop strings) is `TextAssembler`."""
+Post-processing of the stream (detokenize, stop strings) is `TextAssembler`.
+
+`prompt_ids` is synchronous and may take long on a big input; the frontend runs it off
+the event loop for big bodies. A prompt that cannot fit the context is refused from a
+length bound (`PromptBound`) before templating and again before tokenization, and a
+tokenized prompt over the context never becomes a Python list."""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from dynamo.frontend.openai import (
 from dynamo.llm.chat_template import ChatTemplate, ChatTemplateError
 from dynamo.llm.detokenizer import IncrementalDetokenizer
 from dynamo.llm.model_card import ModelDeploymentCard, card_model_dir
+from dynamo.llm.prompt_bound import PromptBound
 from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.llm.stop import StopMatcher
 from dynamo.llm.tokenizer import Tokenizer
@@ -38,12 +44,35 @@ class ModelPipeline:
             self.template = None  # completions-only model
         self.context_length = card.context_length
         self.eos_token_ids = list(self.tokenizer.eos_token_ids)
+        self.bound = PromptBound.from_backend(self.tokenizer.backend)
 
     # -- prompts ---------------------------------------------------------------------------
+    def prompt_ids(self, req: ChatCompletionRequest | CompletionRequest) -> list[int]:
+        if isinstance(req, ChatCompletionRequest):
+            return self.chat_prompt_ids(req)
+        return self.completion_prompt_ids(req)
+
+    def _check_bound(self, n_chars: int, param: str) -> None:
+        """Refuse from the text's length alone when it surely needs more tokens than fit."""
+        at_least = self.bound.min_tokens(n_chars)
+        if at_least >= self.context_length:
+            raise bad_request(
+                f"This model's maximum context length is {self.context_length} tokens. However, your prompt is "
+                f"at least {at_least} tokens long ({n_chars} characters), leaving no room for output.",
+                param, "context_length_exceeded")
+
+    def _encode(self, text: str, param: str) -> list[int]:
+        count, ids = self.tokenizer.encode_capped(text, self.context_length)
+        if ids is None:
+            raise _too_long(self.context_length, count, param)
+        return ids
+
     def chat_prompt_ids(self, req: ChatCompletionRequest) -> list[int]:
         if self.template is None:
             raise ApiError(400, f"model {self.name!r} has no chat template; use /v1/completions",
                            "invalid_request_error", "messages", "no_chat_template")
+        # Every chat template renders the user turns, so their text alone bounds the prompt.
+        self._check_bound(sum(_text_chars(m.content) for m in req.messages if m.role == "user"), "messages")
         messages = [msgspec_to_dict(m) for m in req.messages]
         try:
             extra = {k: v for k, v in (req.chat_template_kwargs or {}).items()
@@ -51,15 +80,19 @@ class ModelPipeline:
             text = self.template.render(messages, add_generation_prompt=True, tools=req.tools, **extra)
         except ChatTemplateError as exc:
             raise bad_request(f"chat template failed: {exc}", "messages", "invalid_messages") from None
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        self._check_bound(len(text), "messages")
+        return self._encode(text, "messages")
 
     def completion_prompt_ids(self, req: CompletionRequest) -> list[int]:
         prompt = req.prompt
+        if prompt and isinstance(prompt, list) and isinstance(prompt[0], str):
+            prompt = prompt[0]
         if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt, add_special_tokens=False)
-        if prompt and isinstance(prompt[0], str):
-            return self.tokenizer.encode(prompt[0], add_special_tokens=False)  # type: ignore[arg-type]
+            self._check_bound(len(prompt), "prompt")
+            return self._encode(prompt, "prompt")
         ids = prompt[0] if prompt and isinstance(prompt[0], list) else prompt
+        if len(ids) >= self.context_length:
+            raise _too_long(self.context_length, len(ids), "prompt")
         vocab = self.tokenizer.vocab_size
         if any((not isinstance(t, int)) or t < 0 or t >= vocab for t in ids):  # type: ignore[union-attr]
             raise bad_request(f"token ids in `prompt` must be in [0, {vocab})", "prompt")
@@ -73,10 +106,8 @@ class ModelPipeline:
             raise bad_request("the prompt is empty after tokenization", "prompt" if
                               isinstance(req, CompletionRequest) else "messages")
         if prompt_len >= self.context_length:
-            raise bad_request(
-                f"This model's maximum context length is {self.context_length} tokens. However, your prompt is "
-                f"{prompt_len} tokens long, leaving no room for output.",
-                "messages" if isinstance(req, ChatCompletionRequest) else "prompt", "context_length_exceeded")
+            raise _too_long(self.context_length, prompt_len,
+                            "messages" if isinstance(req, ChatCompletionRequest) else "prompt")
         max_tokens = req.max_tokens
         if isinstance(req, ChatCompletionRequest) and req.max_completion_tokens is not None:
             max_tokens = req.max_completion_tokens
@@ -100,6 +131,21 @@ class ModelPipeline:
 
     def assembler(self, stops: list[str] | None) -> "TextAssembler":
         return TextAssembler(self.tokenizer, stops or [])
+
+
+def _too_long(context_length: int, prompt_len: int, param: str) -> ApiError:
+    return bad_request(
+        f"This model's maximum context length is {context_length} tokens. However, your prompt is "
+        f"{prompt_len} tokens long, leaving no room for output.", param, "context_length_exceeded")
+
+
+def _text_chars(content) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(p["text"]) for p in content
+                   if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str))
+    return 0
 
 
 def msgspec_to_dict(message) -> dict:
