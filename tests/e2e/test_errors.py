@@ -11,6 +11,8 @@ import pytest
 
 from tests.fixtures.procs import Cluster
 
+pytestmark = pytest.mark.e2e
+
 MODEL = "tiny"
 
 

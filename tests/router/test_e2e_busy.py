@@ -9,6 +9,8 @@ import pytest
 
 from tests.fixtures.procs import Cluster, wait_until
 
+pytestmark = pytest.mark.e2e
+
 MODEL = "tiny"
 
 
