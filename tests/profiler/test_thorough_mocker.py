@@ -123,12 +123,14 @@ def test_thorough_mocker_dgdr_profiles_deploys_and_serves_within_sla(profiled):
     # The Planner runs in the deployed graph with no hand wiring: local connector through `run`'s control
     # endpoint, pools by subComponentType, perf models seeded from the profile, no Prometheus (said once).
     run_log = lambda: (out / "deployment/deploy-run.log").read_text(errors="replace")  # noqa: E731
-    wait_until(lambda: "perf models seeded" in run_log(), 90, "the planner seeds its perf models from the profile")
+    planner_cfg = json.loads(services["Planner"]["extraPodSpec"]["mainContainer"]["args"][1])
+    assert (planner_cfg["ttft_ms"], planner_cfg["itl_ms"]) == (SLA_TTFT, SLA_ITL)  # the DGDR's stated SLA
+    wait_until(lambda: "perf models seeded" in run_log() and f"ms vs {SLA_ITL:.0f} ms" in run_log(), 90,
+               "the planner seeds its perf models from the profile and judges the DGDR's ITL SLA")
     log = run_log()
     assert "[Planner-0]" in log and "environment 'kubernetes' -> 'local'" in log, log[-3000:]
     assert "pools {'prefill': 'MockerPrefillWorker', 'decode': 'MockerDecodeWorker'}" in log
     assert log.count("no Prometheus configured") == 1
-    assert f"ms vs {SLA_ITL:.0f} ms" in log  # the planner holds the DGDR's SLA
     control = re.findall(r"dynamo\.deploy: running .*?; control (http://127\.0\.0\.1:\d+);", log)[-1]
     with urllib.request.urlopen(control + "/status", timeout=10) as resp:
         (planner,) = [r for r in json.load(resp)["replicas"] if r["service"] == "Planner"]
