@@ -165,6 +165,7 @@ class FrontendApp:
     async def prometheus(self, scope, receive, send) -> None:
         for entry in self.models.models.values():
             m = self.metrics
+            m.model_series(entry.name)
             m.workers.labels(entry.name).set(len(entry.decode_workers()))
             m.context_length.labels(entry.name).set(entry.card.context_length)
             m.block_size.labels(entry.name).set(entry.card.kv_cache_block_size)

@@ -50,5 +50,18 @@ class FrontendMetrics:
                                   registry=r)
         self.migration_limit = Gauge(f"{p}_model_migration_limit", "Migration limit", ("model",), registry=r)
 
+    def model_series(self, model: str) -> None:
+        """Create `model`'s request series at 0. Prometheus' increase() cannot count a series' first
+        sample, so a counter born at 1 by the first request loses that request (the planner's demand
+        under-counted right after start); a series exists from the first exposition after its model
+        is registered, before any request to it."""
+        for endpoint in ("chat_completions", "completions"):
+            for request_type in ("stream", "unary"):
+                for status in ("success", "error", "cancelled"):
+                    self.requests.labels(model, endpoint, request_type, status)
+        for hist in (self.ttft, self.itl, self.duration, self.isl, self.osl):
+            hist.labels(model)
+        self.inflight.labels(model)
+
     def migration(self, model: str, kind: str) -> None:
         self.migrations.labels(model, kind).inc()
