@@ -53,7 +53,8 @@ async def serve(config: FrontendConfig, stop: asyncio.Event) -> int:
     app = FrontendApp(models, dispatcher, metrics, body_limit=body_limit,
                       concurrency_limit=config.rejection_frontend_request_concurrency_limit,
                       overload_status=int(os.environ.get("DYN_HTTP_OVERLOAD_STATUS_CODE", "529")),
-                      health_extra=getattr(router, "health", None))
+                      health_extra=getattr(router, "health", None),
+                      reasoning_field=config.reasoning_field_name)
     lag = LoopLagMonitor(lambda v: (metrics.loop_lag.observe(v), metrics.loop_lag_max.set(lag.worst)))
     lag.start()
     tls = {}

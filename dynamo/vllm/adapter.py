@@ -18,7 +18,7 @@ from dynamo.vllm.args import DynamoVllmArgs
 from dynamo.vllm.engine import apply_dynamo_defaults, engine_facts, kv_event_endpoints, start_engine
 from dynamo.vllm.events import EngineStats, stat_logger_factory
 from dynamo.vllm.forward_pass import fpm_stat_logger_factory
-from dynamo.vllm.handler import error_code, stream_outputs, to_sampling_params
+from dynamo.vllm.handler import error_code, stream_embedding, stream_outputs, to_sampling_params
 from dynamo.worker.adapter import EngineContext, EngineInfo, Gauges
 from dynamo.worker.kv_relay import ZmqKvEventSource
 
@@ -54,10 +54,14 @@ class VllmAdapter:
             context_length=facts.max_model_len, total_kv_blocks=facts.num_blocks, max_num_seqs=facts.max_num_seqs,
             max_num_batched_tokens=facts.max_num_batched_tokens, data_parallel_size=facts.data_parallel_size,
             publishes_kv_events=self.publishes,
+            tool_call_parser=self.config.tool_call_parser, reasoning_parser=self.config.reasoning_parser,
+            model_types=["embedding"] if facts.pooling else None,
             summary=f"{facts.model}, {facts.num_blocks} KV blocks of {facts.block_size} tokens, max_num_seqs "
                     f"{facts.max_num_seqs}, context {facts.max_model_len}")
 
     def generate(self, request: PreprocessedRequest, request_id: str) -> AsyncIterator[LLMEngineOutput]:
+        if request.task == "embed":
+            return stream_embedding(self.engine, request, request_id)
         params = to_sampling_params(request, self.facts.max_model_len, self.mode)
         return stream_outputs(self.engine, request, params, request_id, self.params_hook)
 

@@ -62,6 +62,11 @@ class EngineInfo:
     disaggregated_endpoint: dict[str, Any] | None = None
     runtime_data: dict[str, Any] = field(default_factory=dict)
     summary: str = ""  # one human line for the start-up log
+    # Output formats the frontend parses (`--dyn-tool-call-parser`, `--dyn-reasoning-parser`).
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
+    # What the engine serves when it decides (a pooling engine: ["embedding"]); None: the worker's setting.
+    model_types: list[str] | None = None
 
 
 class KvEventSource(Protocol):
