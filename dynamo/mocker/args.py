@@ -15,8 +15,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from dynamo.llm.model_card import disaggregation_role
+from dynamo.llm.model_card import check_parser_names
 from dynamo.runtime.config import setting
+from dynamo.worker.role import WorkerRole
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,18 @@ class MockerArgs:
     planner_profile_data: str | None = setting(
         None, "Profiler results (dir with selected_*_interpolation/raw_data.npz or *_raw_data.json, or a "
         "mocker .npz): step timings follow the measured TTFT/ITL instead of the polynomial model")
+    replay_file: str | None = setting(None, "Testing: JSON object {prompt substring: output text}; a request whose "
+                                            "decoded prompt contains a key gets that text's tokens, then EOS")
+    tool_call_parser: str | None = setting(None, "Tool-call format the frontend parses from this model's output "
+                                                 "(hermes, llama3_json, mistral, pythonic, qwen3_coder, deepseek_v3, "
+                                                 "harmony, default)", env="DYN_TOOL_CALL_PARSER",
+                                           flag="--dyn-tool-call-parser")
+    reasoning_parser: str | None = setting(None, "Reasoning format the frontend splits into reasoning_content "
+                                                 "(basic, qwen3, deepseek_r1, gpt_oss, ...)", env="DYN_REASONING_PARSER",
+                                           flag="--dyn-reasoning-parser")
 
     def validate(self) -> None:
+        check_parser_names(self.tool_call_parser, self.reasoning_parser)
         positive = ("num_gpu_blocks_override", "block_size", "max_num_seqs", "max_num_batched_tokens")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -73,11 +84,7 @@ class MockerArgs:
             raise ValueError(f"--data-parallel-size must be >= 1, got {self.data_parallel_size}")
         if self.disaggregation_mode not in MODES:
             raise ValueError(f"--disaggregation-mode must be one of {MODES}")
-        if self.is_prefill_worker and self.is_decode_worker:
-            raise ValueError("--is-prefill-worker and --is-decode-worker are mutually exclusive")
-        legacy = "prefill" if self.is_prefill_worker else "decode" if self.is_decode_worker else None
-        if legacy and self.disaggregation_mode not in ("agg", legacy):
-            raise ValueError(f"--is-{legacy}-worker conflicts with --disaggregation-mode {self.disaggregation_mode}")
+        self.mode  # noqa: B018  (raises ValueError on conflicting role flags)
         if self.planner_profile_data is not None and not os.path.exists(self.planner_profile_data):
             raise ValueError(f"--planner-profile-data {self.planner_profile_data}: no such file or directory")
         for name in ("kv_bytes_per_token", "context_length"):
@@ -86,13 +93,12 @@ class MockerArgs:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {value}")
 
     @property
-    def mode(self) -> str:
+    def mode(self) -> WorkerRole:
         """Effective role: the legacy booleans win over the default `agg`."""
-        return disaggregation_role(self.disaggregation_mode, self.is_prefill_worker, self.is_decode_worker)
+        return WorkerRole.parse(self.disaggregation_mode, self.is_prefill_worker, self.is_decode_worker)
 
     def default_endpoint(self) -> str:
-        component = "prefill" if self.mode == "prefill" else "backend"
-        return self.endpoint or f"dyn://{self.namespace}.{component}.generate"
+        return self.endpoint or f"dyn://{self.namespace}.{self.mode.default_component}.generate"
 
     def resolved(self, model_config: dict[str, Any] | None = None) -> "MockerArgs":
         """Copy with `kv_bytes_per_token` / `context_length` filled from `model_config`
