@@ -76,7 +76,9 @@ def test_mode_report_is_one_rule_for_every_host():
     cardless = (WorkerInfo(7, EID, None, "127.0.0.1:1"),)  # the router service's non-LLM workers
     assert mode_report("events", cardless).mode == "kv-events"
     assert mode_report("load-only", pool(1).workers).mode == "load-only"
-    assert mode_report("approximate", pool(1).workers) .mode == "approximate"
+    assert mode_report("approximate", pool(1).workers).mode == "approximate"
+    down = mode_report("events", pool(1, 2).workers, event_plane_down=True)
+    assert down.mode == "approximate" and down.degraded and "event plane unreachable" in down.reason
 
 
 async def test_kv_policy_books_releases_and_follows_membership():
