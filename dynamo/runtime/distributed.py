@@ -131,10 +131,12 @@ class DistributedRuntime:
             self.server = server
         return self.server
 
-    async def serve_endpoint(self, eid: EndpointId, handler: Handler, *, card_json: bytes | None = None) -> None:
-        """Start serving `eid` and register it (then its model card) under the lease."""
+    async def serve_endpoint(self, eid: EndpointId, handler: Handler, *, card_json: bytes | None = None,
+                             request_type: type | None = None) -> None:
+        """Start serving `eid` and register it (then its model card) under the lease.
+        With `request_type` the handler gets decoded requests (see `RequestPlaneServer.add_handler`)."""
         server = await self._ensure_server()
-        server.add_handler(eid.endpoint, handler)
+        server.add_handler(eid.endpoint, handler, request_type)
         self.metrics.bind(eid)
         record = InstanceRecord(namespace=eid.namespace, component=eid.component, endpoint=eid.endpoint,
                                 instance_id=self.instance_id, transport={"tcp": server.advertised})  # type: ignore

@@ -46,7 +46,8 @@ class RequestContext:
         return self._stopped
 
 
-Handler = Callable[[bytes, RequestContext], AsyncIterator[Any]]
+Handler = Callable[[Any, RequestContext], AsyncIterator[Any]]
+Decode = Callable[[bytes], Any]
 
 
 class _Connection(wire.FramedProtocol):
@@ -76,12 +77,21 @@ class _Connection(wire.FramedProtocol):
             self._cancel(sid)
 
     def _start(self, frame: wire.Request) -> None:
-        handler = self.server.handlers.get(frame.endpoint)
-        if handler is None:
+        entry = self.server.handlers.get(frame.endpoint)
+        if entry is None:
             self.send(wire.Error(frame.sid, f"no endpoint {frame.endpoint!r} on this worker", "not_found"))
             return
+        handler, decode = entry
+        if decode is None:
+            request = frame.payload
+        else:  # typed endpoint: decoded once here, a bad payload never reaches the handler
+            try:
+                request = decode(frame.payload)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self.send(wire.Error(frame.sid, f"malformed request: {exc}", "bad_request"))
+                return
         ctx = RequestContext(frame.sid, frame.endpoint, frame.headers)
-        task = asyncio.get_running_loop().create_task(self._run(handler, frame, ctx))
+        task = asyncio.get_running_loop().create_task(self._run(handler, request, frame.endpoint, ctx))
         self.tasks[frame.sid] = (task, ctx)
 
     def _cancel(self, sid: int) -> None:
@@ -90,14 +100,14 @@ class _Connection(wire.FramedProtocol):
             entry[1]._stopped = True
             entry[0].cancel()
 
-    async def _run(self, handler: Handler, frame: wire.Request, ctx: RequestContext) -> None:
-        sid = frame.sid
+    async def _run(self, handler: Handler, request: Any, endpoint: str, ctx: RequestContext) -> None:
+        sid = ctx.sid
         server = self.server
-        server.on_request_start(frame.endpoint)
+        server.on_request_start(endpoint)
         started = time.monotonic()
         status = "success"
         try:
-            gen = handler(frame.payload, ctx)
+            gen = handler(request, ctx)
             try:
                 async for item in gen:
                     if self.closed:
@@ -115,11 +125,11 @@ class _Connection(wire.FramedProtocol):
             self.send(wire.Error(sid, str(exc), exc.code))
         except Exception as exc:
             status = "error"
-            log.exception("handler for %s failed", frame.endpoint)
+            log.exception("handler for %s failed", endpoint)
             self.send(wire.Error(sid, f"{type(exc).__name__}: {exc}", "internal"))
         finally:
             self.tasks.pop(sid, None)
-            server.on_request_end(frame.endpoint, status, time.monotonic() - started)
+            server.on_request_end(endpoint, status, time.monotonic() - started)
 
 
 class RequestPlaneServer:
@@ -128,7 +138,7 @@ class RequestPlaneServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
         self.port = port
-        self.handlers: dict[str, Handler] = {}
+        self.handlers: dict[str, tuple[Handler, Decode | None]] = {}
         self.connections: set[_Connection] = set()
         self._server: asyncio.base_events.Server | None = None
         self.on_request_start: Callable[[str], None] = lambda endpoint: None
@@ -138,8 +148,11 @@ class RequestPlaneServer:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def add_handler(self, endpoint: str, handler: Handler) -> None:
-        self.handlers[endpoint] = handler
+    def add_handler(self, endpoint: str, handler: Handler, request_type: type | None = None) -> None:
+        """`request_type` (a msgspec type): payloads are decoded to it before the handler
+        runs, and one that does not decode ends the stream with `bad_request`."""
+        decode = msgspec.msgpack.Decoder(request_type).decode if request_type is not None else None
+        self.handlers[endpoint] = (handler, decode)
 
     def inflight(self) -> int:
         return sum(len(conn.tasks) for conn in self.connections)

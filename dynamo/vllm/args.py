@@ -18,8 +18,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from dynamo.llm.model_card import disaggregation_role
 from dynamo.runtime.config import add_arguments, from_namespace, setting
+from dynamo.worker.role import WorkerRole
 
 MODES = ("agg", "prefill", "decode")
 MODE_ALIASES = {"pd": "agg", "aggregated": "agg"}
@@ -59,11 +59,7 @@ class DynamoVllmArgs:
                                       env="DYN_VLLM_PUBLISH_KV_EVENTS")
 
     def validate(self) -> None:
-        if self.is_prefill_worker and self.is_decode_worker:
-            raise ValueError("--is-prefill-worker and --is-decode-worker are mutually exclusive")
-        legacy = "prefill" if self.is_prefill_worker else "decode" if self.is_decode_worker else None
-        if legacy and self.mode_flag not in ("agg", legacy):
-            raise ValueError(f"--is-{legacy}-worker conflicts with --disaggregation-mode {self.disaggregation_mode}")
+        self.mode  # noqa: B018  (raises ValueError on conflicting role flags)
         if self.migration_limit < 0 or self.engine_request_limit < 0:
             raise ValueError("--migration-limit and --engine-request-limit must be >= 0")
         bad = set(self.model_types) - {"chat", "completions"}
@@ -75,17 +71,16 @@ class DynamoVllmArgs:
         return MODE_ALIASES.get(self.disaggregation_mode, self.disaggregation_mode)
 
     @property
-    def mode(self) -> str:
+    def mode(self) -> WorkerRole:
         """Effective role: the legacy booleans win over the default `agg`."""
-        return disaggregation_role(self.mode_flag, self.is_prefill_worker, self.is_decode_worker)
+        return WorkerRole.parse(self.disaggregation_mode, self.is_prefill_worker, self.is_decode_worker)
 
     @property
     def model_types(self) -> list[str]:
         return [t.strip() for t in self.endpoint_types.split(",") if t.strip()]
 
     def default_endpoint(self) -> str:
-        component = "prefill" if self.mode == "prefill" else "backend"
-        return self.endpoint or f"dyn://{self.namespace}.{component}.generate"
+        return self.endpoint or f"dyn://{self.namespace}.{self.mode.default_component}.generate"
 
 
 def vllm_available() -> bool:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from dynamo.vllm.args import DEFAULT_KV_EVENTS_TOPIC, DynamoVllmArgs
+from dynamo.worker.model_files import local_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -92,22 +92,6 @@ def engine_facts(engine: Any, engine_args: Any) -> EngineFacts:
         prefix_caching=bool(cfg.cache_config.enable_prefix_caching),
         data_parallel_size=cfg.parallel_config.data_parallel_size,
     )
-
-
-def local_model_dir(model: str, tokenizer: str | None, revision: str | None) -> str:
-    """Directory with the tokenizer/config files the frontend reads (never weights).
-
-    A local path is used as is; an HF id resolves to the cached snapshot vLLM has just
-    downloaded (only the small files are fetched if something is missing)."""
-    for candidate in (tokenizer, model):
-        if candidate and os.path.isdir(candidate) and os.path.isfile(os.path.join(candidate, "tokenizer.json")):
-            return candidate
-    if os.path.isdir(model):
-        return model
-    from huggingface_hub import snapshot_download
-
-    return snapshot_download(tokenizer or model, revision=revision,
-                             allow_patterns=["*.json", "*.jinja", "tokenizer*", "*.model"])
 
 
 def kv_event_endpoints(engine: Any, engine_args: Any) -> dict[int, tuple[str, bool]]:

@@ -1,9 +1,9 @@
 """vLLM -> Dynamo event relays: KV-cache events and engine load.
 
 KV events: vLLM's engine core publishes its native ZMQ KV-event batches
-(`KVEventsConfig(publisher="zmq")`); `KvEventRelay` subscribes in-process, decodes them
-with `EngineEventDecoder` and pushes them to our event plane (`KvEventPublisher`), so a
-`--router-mode kv` frontend sees exact block events with no extra flags.
+(`KVEventsConfig(publisher="zmq")`); the harness's `ZmqKvEventSource` subscribes at the
+addresses worked out here (vLLM's bind/connect rule), so a `--router-mode kv` frontend
+sees exact block events with no extra flags.
 
 Load: `EngineStats` is a vLLM stat logger (a `StatLoggerBase` subclass, called on the
 event loop for every engine step's stats); it keeps the latest scheduler snapshot that
@@ -12,18 +12,9 @@ event loop for every engine step's stats); it keeps the latest scheduler snapsho
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from typing import Any, Callable
 
-import zmq
-import zmq.asyncio
-
-from dynamo.llm.kv_events.publisher import KvEventPublisher
-from dynamo.llm.kv_events.engine_decoder import EngineEventDecoder, EngineEventError
 from dynamo.llm.kv_events.protocol import LoadMetrics
-
-log = logging.getLogger(__name__)
 
 
 def is_bind_endpoint(endpoint: str) -> bool:
@@ -36,57 +27,6 @@ def subscriber_address(endpoint: str) -> str:
     reached on loopback; a concrete address (vLLM reports `tcp://*:0` as the node IP and
     port it bound) is used as is."""
     return endpoint.replace("://*:", "://127.0.0.1:")
-
-
-class KvEventRelay:
-    """One ZMQ SUB socket per engine (DP rank) publisher; one task relays all of them."""
-
-    def __init__(self, endpoints: dict[int, tuple[str, bool]], topic: str, decoder: EngineEventDecoder,
-                 publisher: KvEventPublisher) -> None:
-        self.endpoints = endpoints
-        self.topic = topic
-        self.decoder = decoder
-        self.publisher = publisher
-        self.relayed = 0
-        self._ctx = zmq.asyncio.Context()
-        self._sockets: list[zmq.asyncio.Socket] = []
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        poller = zmq.asyncio.Poller()
-        for rank, (endpoint, bind) in sorted(self.endpoints.items()):
-            sock = self._ctx.socket(zmq.SUB)
-            sock.setsockopt(zmq.RCVHWM, 100_000)
-            sock.setsockopt_string(zmq.SUBSCRIBE, self.topic)
-            if bind:  # vLLM was given a connect-style endpoint: it connects out to us
-                sock.bind(endpoint)
-            else:
-                sock.connect(endpoint)
-            poller.register(sock, zmq.POLLIN)
-            self._sockets.append(sock)
-            log.info("relaying vLLM KV events (dp rank %d) from %s", rank, endpoint)
-        self._task = asyncio.get_running_loop().create_task(self._run(poller), name="vllm-kv-event-relay")
-
-    async def _run(self, poller: zmq.asyncio.Poller) -> None:
-        while True:
-            for sock, _ in await poller.poll():
-                frames = await sock.recv_multipart()
-                try:
-                    events = self.decoder.decode(frames)
-                except EngineEventError as exc:
-                    log.warning("dropping undecodable KV event message: %s", exc)
-                    continue
-                for event in events:
-                    self.publisher.push(event.event)
-                self.relayed += len(events)
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        for sock in self._sockets:
-            sock.close(linger=0)
-        self._ctx.term()
 
 
 class EngineStats:

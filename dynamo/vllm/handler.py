@@ -1,23 +1,17 @@
-"""Frontend request -> vLLM request -> streamed token deltas.
+"""Frontend request -> vLLM request -> streamed token deltas (translation only; the
+worker harness owns admission, aborts and error mapping).
 
 `to_sampling_params` owns the mapping of our wire `PreprocessedRequest` onto vLLM's
 `SamplingParams` (token ids in, DELTA outputs, no detokenization: the frontend
-detokenizes and matches stop strings). `RequestHandler` drives `AsyncLLM.generate` per
-request and turns each `RequestOutput` into an `LLMEngineOutput`; a cancelled or closed
-request aborts the engine request.
+detokenizes and matches stop strings). `stream_outputs` drives `AsyncLLM.generate` for one
+request and turns each `RequestOutput` into an `LLMEngineOutput`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import logging
 from typing import Any, AsyncIterator, Callable
 
-from dynamo.llm.protocol import FinishReason, LLMEngineOutput, PreprocessedRequest, request_decoder
-from dynamo.runtime.rp_server import HandlerError, RequestContext
-
-log = logging.getLogger(__name__)
+from dynamo.llm.protocol import FinishReason, LLMEngineOutput, PreprocessedRequest
 
 
 def to_sampling_params(request: PreprocessedRequest, max_model_len: int, mode: str = "agg") -> Any:
@@ -76,84 +70,39 @@ def finish_reason(completion: Any, eos_ids: set[int]) -> str | None:
     return FinishReason.ERROR
 
 
-def _handler_error(exc: Exception) -> Exception:
-    """vLLM's request errors as typed HandlerErrors; anything else unchanged (-> internal)."""
+def error_code(exc: Exception) -> str | None:
+    """vLLM's request errors as request-plane codes (None: let the harness decide)."""
     from vllm.exceptions import GracefulHTTPError, VLLMClientError
 
-    if isinstance(exc, (VLLMClientError, ValueError)):  # validation: prompt too long, bad params
-        return HandlerError(str(exc), "bad_request")
+    if isinstance(exc, VLLMClientError):  # validation: prompt too long, bad params
+        return "bad_request"
     if isinstance(exc, GracefulHTTPError):  # vLLM's own admission control
-        return HandlerError(str(exc), "overloaded")
-    return exc
+        return "overloaded"
+    return None
 
 
-class RequestHandler:
-    """The worker's `generate` endpoint over one AsyncLLM."""
+async def stream_outputs(engine: Any, request: PreprocessedRequest, params: Any, request_id: str,
+                         params_hook: Callable[[dict], dict] | None = None) -> AsyncIterator[LLMEngineOutput]:
+    """`AsyncLLM.generate` for one request, each DELTA `RequestOutput` as an `LLMEngineOutput`."""
+    from vllm.inputs import TokensPrompt
 
-    def __init__(self, engine: Any, max_model_len: int, mode: str = "agg", request_limit: int = 0,
-                 params_hook: Callable[[dict], dict] | None = None) -> None:
-        self.engine = engine
-        self.params_hook = params_hook  # prefill: annotates the KV transfer params (dynamo.vllm.disagg)
-        self.max_model_len = max_model_len
-        self.mode = mode
-        self.request_limit = request_limit
-        self.inflight = 0
-        self._ids = itertools.count()
-
-    async def generate(self, payload: bytes, ctx: RequestContext) -> AsyncIterator[LLMEngineOutput]:
-        try:
-            request = request_decoder.decode(payload)
-        except Exception as exc:
-            raise HandlerError(f"malformed request: {exc}", "bad_request") from None
-        if self.request_limit and self.inflight >= self.request_limit:
-            raise HandlerError(f"Server overloaded: {self.inflight} requests in flight "
-                               f"(--engine-request-limit {self.request_limit})", "overloaded")
-        try:
-            params = to_sampling_params(request, self.max_model_len, self.mode)
-        except (ValueError, TypeError) as exc:
-            raise HandlerError(f"invalid sampling options: {exc}", "bad_request") from None
-        # Unique per attempt: a migrated request reuses its id on another (or this) worker.
-        request_id = f"{request.request_id}-{next(self._ids)}"
-        self.inflight += 1
-        try:
-            async for out in self._stream(request, params, request_id):
-                yield out
-        finally:
-            self.inflight -= 1
-
-    async def _stream(self, request: PreprocessedRequest, params: Any,
-                      request_id: str) -> AsyncIterator[LLMEngineOutput]:
-        from vllm.inputs import TokensPrompt
-
-        eos_ids = set(request.eos_token_ids)
-        finished = False
-        first = True
-        stream = self.engine.generate(TokensPrompt(prompt_token_ids=request.token_ids), params, request_id)
-        try:
-            async for result in stream:
-                completion = result.outputs[0]
-                out = LLMEngineOutput(token_ids=list(completion.token_ids))
-                if first:
-                    out.cached_tokens = result.num_cached_tokens or 0
-                    first = False
-                if completion.logprobs:
-                    out.log_probs = [lp[t].logprob for t, lp in zip(completion.token_ids, completion.logprobs)]
-                if result.finished:
-                    finished = True
-                    out.finish_reason = finish_reason(completion, eos_ids)
-                    if result.kv_transfer_params:
-                        params = result.kv_transfer_params
-                        out.disaggregated_params = self.params_hook(params) if self.params_hook else params
-                yield out
-        except Exception as exc:
-            raise _handler_error(exc) from None
-        finally:
-            if not finished:  # client went away (CancelledError / GeneratorExit) or an error
-                await asyncio.shield(self._abort(request_id))
-            await stream.aclose()
-
-    async def _abort(self, request_id: str) -> None:
-        try:
-            await self.engine.abort(request_id)
-        except Exception as exc:  # engine already dead: nothing left to free
-            log.debug("abort %s: %s", request_id, exc)
+    eos_ids = set(request.eos_token_ids)
+    first = True
+    stream = engine.generate(TokensPrompt(prompt_token_ids=request.token_ids), params, request_id)
+    try:
+        async for result in stream:
+            completion = result.outputs[0]
+            out = LLMEngineOutput(token_ids=list(completion.token_ids))
+            if first:
+                out.cached_tokens = result.num_cached_tokens or 0
+                first = False
+            if completion.logprobs:
+                out.log_probs = [lp[t].logprob for t, lp in zip(completion.token_ids, completion.logprobs)]
+            if result.finished:
+                out.finish_reason = finish_reason(completion, eos_ids)
+                if result.kv_transfer_params:
+                    kv = result.kv_transfer_params
+                    out.disaggregated_params = params_hook(kv) if params_hook else kv
+            yield out
+    finally:
+        await stream.aclose()

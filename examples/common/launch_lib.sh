@@ -8,6 +8,8 @@
 #   SYSTEM_PORT     first worker system port (/live /health /metrics); next workers +1 (default: 8081)
 #   DYN_NAMESPACE   Dynamo namespace (default: dynamo)
 #   DYN_FILE_KV     discovery directory (default: a fresh temporary directory, removed on exit)
+#   LAUNCH_CHECK=1  start nothing: print each process as `CHECK MODULE ARGS...` (NUL-free, one per
+#                   line, args shell-quoted) so the flags can be checked (tests/deploy/test_launch.py)
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
@@ -57,6 +59,10 @@ tiny_model_path() {
 start() {
   local name=$1 module=$2
   shift 2
+  if [[ "${LAUNCH_CHECK:-0}" == 1 ]]; then
+    printf 'CHECK %s' "$module"; printf ' %q' "$@"; printf '\n'
+    return
+  fi
   "$PYTHON" -u -m "$module" "$@" > >(sed -u "s/^/[$name] /") 2>&1 &
   _PIDS+=($!)
 }
@@ -83,5 +89,6 @@ start_gpu_worker() {
 
 # wait_any: return when any process of the graph exits (the EXIT trap stops the rest).
 wait_any() {
+  ((${#_PIDS[@]})) || return 0  # LAUNCH_CHECK: nothing was started
   wait -n "${_PIDS[@]}"
 }

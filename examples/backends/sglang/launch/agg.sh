@@ -2,7 +2,7 @@
 # SGLang, aggregated (../deploy/agg.yaml).
 set -euo pipefail
 source "$(dirname "$0")/../../../common/launch_lib.sh"
-# dynamo.sglang is not part of this image yet (see ../README.md): this script documents the graph.
+# Needs SGLang on a CUDA machine (see ../README.md); `LAUNCH_CHECK=1` prints the commands for checking.
 MODEL=${MODEL:-Qwen/Qwen3-0.6B}
 ARGS=(--model-path "$MODEL" --served-model-name "$MODEL" --page-size 16 --tp 1 --trust-remote-code)
 dis() { echo --disaggregation-mode "$1" --disaggregation-transfer-backend nixl --disaggregation-bootstrap-port "$2" --host 0.0.0.0; }

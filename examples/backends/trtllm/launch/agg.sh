@@ -2,7 +2,7 @@
 # TensorRT-LLM, aggregated (../deploy/agg.yaml).
 set -euo pipefail
 source "$(dirname "$0")/../../../common/launch_lib.sh"
-# dynamo.trtllm is not part of this image yet (see ../README.md): this script documents the graph.
+# Needs TensorRT-LLM on a CUDA machine (see ../README.md); `LAUNCH_CHECK=1` prints the commands for checking.
 MODEL=${MODEL:-Qwen/Qwen3-0.6B}
 ARGS=(--model "$MODEL" --served-model-name "$MODEL")
 

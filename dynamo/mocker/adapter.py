@@ -1,0 +1,90 @@
+"""The mocker as an engine adapter: `MockEngine` behind the worker harness.
+
+The simulated engine reports its KV events in-process (through `EngineContext.emit_kv_event`)
+and aborts a request when its stream is closed, so `abort` has nothing left to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import AsyncIterator
+
+from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
+from dynamo.llm.tokenizer import Tokenizer
+from dynamo.mocker.args import MockerArgs
+from dynamo.mocker.engine import MockEngine
+from dynamo.llm.kv_events.protocol import LoadMetrics
+from dynamo.worker.adapter import EngineContext, EngineInfo, Gauges
+
+
+class MockerAdapter:
+    name = "mocker"
+
+    def __init__(self, args: MockerArgs) -> None:
+        self.args = args
+        self.engine: MockEngine | None = None
+        self._started = False
+
+    async def start(self, ctx: EngineContext) -> EngineInfo:
+        if not self.args.model_path or not os.path.isdir(self.args.model_path):
+            raise ValueError(f"--model-path must be a model directory (got {self.args.model_path!r})")
+        args = self.args = self.args.resolved()
+        tokenizer = Tokenizer.from_dir(args.model_path)
+        self.engine = MockEngine(args, vocab_size=tokenizer.vocab_size, context_length=args.context_length,
+                                 eos_token_ids=tokenizer.eos_token_ids, special_ids=tokenizer.special_ids,
+                                 on_kv_event=ctx.emit_kv_event)
+        if args.startup_time:
+            await asyncio.sleep(args.startup_time)
+        await self.engine.start()
+        self._started = True
+        return EngineInfo(
+            model_dir=args.model_path, served_name=args.model_name or args.model_path, block_size=args.block_size,
+            context_length=args.context_length, total_kv_blocks=args.num_gpu_blocks_override,
+            max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+            publishes_kv_events=args.enable_prefix_caching,
+            summary=f"{args.num_gpu_blocks_override} KV blocks of {args.block_size} tokens, "
+                    f"speedup {args.speedup_ratio:g}")
+
+    async def generate(self, request: PreprocessedRequest, request_id: str) -> AsyncIterator[LLMEngineOutput]:
+        first = True
+        async for out in self.engine.generate(request):
+            if first and out.error is not None and not out.token_ids and self.engine.running:
+                # Admission refusal (empty prompt, prompt beyond the context): the request's fault,
+                # reported like every other engine's validation error.
+                raise ValueError(out.error)
+            first = False
+            yield out
+
+    async def abort(self, request_id: str) -> None:
+        """Nothing to do: closing `MockEngine.generate` aborts the sequence and frees its blocks."""
+
+    def kv_event_source(self) -> None:
+        return None
+
+    def load_metrics(self, worker_id: int) -> LoadMetrics:
+        return self.engine.metrics(worker_id)
+
+    def gauges(self) -> Gauges:
+        engine = self.engine
+        return [
+            ("dynamo_mocker_running_requests", "Sequences in the running batch", lambda: engine.num_running),
+            ("dynamo_mocker_waiting_requests", "Sequences waiting for admission", lambda: engine.num_waiting),
+            ("dynamo_mocker_preemptions", "Sequences preempted so far", lambda: engine.num_preemptions),
+            ("dynamo_component_kvstats_active_blocks", "KV blocks in use", lambda: engine.kv.num_active_blocks),
+            ("dynamo_component_kvstats_total_blocks", "KV blocks in total", lambda: engine.kv.capacity),
+            ("dynamo_component_kvstats_gpu_prefix_cache_hit_rate", "Prefix cache hit rate",
+             lambda: engine.prefix_cache_hit_rate),
+        ]
+
+    def error_code(self, exc: Exception) -> str | None:
+        return None
+
+    def errored(self) -> bool:
+        # The step loop ended on its own (an exception in the scheduler): nothing will be served.
+        return self._started and not self.engine.running
+
+    async def stop(self) -> None:
+        self._started = False
+        if self.engine is not None:
+            await self.engine.stop()

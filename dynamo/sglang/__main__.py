@@ -1,0 +1,28 @@
+"""`python -m dynamo.sglang --model-path PATH_OR_ID [SGLang server args] [Dynamo args]`: a
+worker serving SGLang's in-process Engine through the worker harness (`dynamo.worker`)."""
+
+from __future__ import annotations
+
+import sys
+
+from dynamo.runtime.process import run_main
+from dynamo.sglang.adapter import SglangAdapter
+from dynamo.sglang.args import DynamoSglangArgs, parse_args, role_of
+from dynamo.worker.harness import WorkerSpec, serve_worker
+
+
+def worker_spec(config: DynamoSglangArgs, server_args) -> WorkerSpec:
+    return WorkerSpec(namespace=config.namespace, endpoint=config.endpoint,
+                      discovery_backend=config.discovery_backend, role=role_of(server_args),
+                      event_plane=config.event_plane, migration_limit=config.migration_limit,
+                      model_types=tuple(config.model_types), request_limit=config.engine_request_limit)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, server_args = parse_args(argv)
+    return run_main(lambda stop: serve_worker(SglangAdapter(config, server_args), worker_spec(config, server_args),
+                                              stop))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

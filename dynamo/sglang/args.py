@@ -1,0 +1,153 @@
+"""`python -m dynamo.sglang` arguments: all of SGLang's own server arguments, unchanged,
+plus Dynamo's (NVIDIA Dynamo's flag and `DYN_*` env names).
+
+`DynamoSglangArgs` is the single source of the Dynamo-side settings. `build_parser()`
+returns one parser holding both: with SGLang importable it is filled by SGLang's own
+`ServerArgs.add_cli_args`; without it (the main venv, e.g. `python -m dynamo.deploy
+validate`) by the static table in `server_flags.py`, generated from SGLang's parser.
+The worker's role is SGLang's own `--disaggregation-mode null|prefill|decode`.
+
+SGLang imports triton at package import; on a machine without it (CPU, the table
+generator, CI) `import_server_args()` first installs the triton stub SGLang itself ships
+for Apple Silicon (`sglang/_platform_stubs.py`), which is enough for argument parsing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from dynamo.runtime.config import add_arguments, from_namespace, setting
+from dynamo.worker.flag_table import add_static_flags, classify, write_table
+from dynamo.worker.role import WorkerRole
+
+
+@dataclass
+class DynamoSglangArgs:
+    """SGLang engine worker: serves a model with SGLang's in-process Engine behind a Dynamo frontend."""
+
+    namespace: str = setting("dynamo", "Dynamo namespace", env="DYN_NAMESPACE")
+    endpoint: str | None = setting(
+        None, "Endpoint dyn://namespace.component.endpoint (default: backend.generate; prefill: prefill.generate)")
+    discovery_backend: str = setting("file", "Discovery backend", env="DYN_DISCOVERY_BACKEND",
+                                     choices=["file", "etcd", "mem"])
+    event_plane: str | None = setting(None, "Event plane for KV events and load metrics (default: zmq, or nats "
+                                            "when NATS_SERVER is set with etcd)", env="DYN_EVENT_PLANE",
+                                      choices=["zmq", "nats"])
+    migration_limit: int = setting(0, "Times a request may migrate to another worker (stored in the model card)")
+    engine_request_limit: int = setting(0, "Requests in flight beyond which new ones are refused as overloaded "
+                                           "(0: no limit)")
+    endpoint_types: str = setting("chat,completions", "OpenAI endpoints to expose for this model "
+                                                      "(chat,completions; completions for template-less models)")
+    publish_kv_events: bool = setting(True, "Turn on SGLang's ZMQ KV-event publisher when --kv-events-config is "
+                                            "not given, and relay events to the router",
+                                      env="DYN_SGLANG_PUBLISH_KV_EVENTS")
+    prefill_bootstrap_timeout: float = setting(
+        120.0, "Prefill worker: seconds a background prefill may wait for its decode worker to fetch the KV",
+        env="DYN_SGLANG_PREFILL_BOOTSTRAP_TIMEOUT")
+
+    def validate(self) -> None:
+        if self.migration_limit < 0 or self.engine_request_limit < 0:
+            raise ValueError("--migration-limit and --engine-request-limit must be >= 0")
+        bad = set(self.model_types) - {"chat", "completions"}
+        if bad or not self.model_types:
+            raise ValueError(f"--endpoint-types: unknown {sorted(bad)} (use chat, completions)")
+
+    @property
+    def model_types(self) -> list[str]:
+        return [t.strip() for t in self.endpoint_types.split(",") if t.strip()]
+
+
+def role_of(server_args: Any) -> WorkerRole:
+    """SGLang's `--disaggregation-mode` (`null` for aggregated) as our role."""
+    mode = getattr(server_args, "disaggregation_mode", None) or "null"
+    return WorkerRole.parse("agg" if mode == "null" else mode)
+
+
+def sglang_available() -> bool:
+    return importlib.util.find_spec("sglang") is not None
+
+
+def install_triton_stub() -> None:
+    """SGLang's own Apple-Silicon triton stub, installed where triton is missing."""
+    if "triton" in sys.modules or importlib.util.find_spec("triton") is not None:
+        return
+    spec = importlib.util.find_spec("sglang")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "_platform_stubs.py")
+    loader_spec = importlib.util.spec_from_file_location("_sglang_platform_stubs", path)
+    stubs = importlib.util.module_from_spec(loader_spec)
+    sys.modules[loader_spec.name] = stubs  # its dataclasses look themselves up here
+    loader_spec.loader.exec_module(stubs)
+    sys.meta_path.insert(0, stubs._TritonFinder())
+    triton = stubs._make_mock("triton")
+    triton.__version__, triton.cdiv, triton.next_power_of_2, triton.Config = (
+        "3.0.0", stubs._cdiv, stubs._next_power_of_2, stubs._Config)
+
+
+def import_server_args() -> Any:
+    """SGLang's `ServerArgs` class (triton stubbed when absent)."""
+    install_triton_stub()
+    from sglang.srt.server_args import ServerArgs
+
+    return ServerArgs
+
+
+def build_parser(prog: str = "python -m dynamo.sglang", use_sglang: bool | None = None) -> argparse.ArgumentParser:
+    """SGLang's server flags plus Dynamo's; works with or without SGLang installed."""
+    if use_sglang is None:
+        use_sglang = sglang_available()
+    parser = argparse.ArgumentParser(prog=prog, description=(DynamoSglangArgs.__doc__ or "").strip())
+    if use_sglang:
+        import_server_args().add_cli_args(parser)
+    else:
+        from dynamo.sglang import server_flags
+
+        add_static_flags(parser.add_argument_group(
+            f"SGLang {server_flags.SGLANG_VERSION} server arguments (static table; SGLang not installed)"),
+            server_flags)
+    add_arguments(parser.add_argument_group("Dynamo"), DynamoSglangArgs)  # type: ignore[arg-type]
+    return parser
+
+
+def split_namespace(ns: argparse.Namespace) -> tuple[DynamoSglangArgs, argparse.Namespace]:
+    """(Dynamo config with env fallbacks applied, the namespace for `ServerArgs.from_cli_args`)."""
+    config = from_namespace(DynamoSglangArgs, ns)
+    ours = {f.name for f in dataclasses.fields(DynamoSglangArgs)}
+    return config, argparse.Namespace(**{k: v for k, v in vars(ns).items() if k not in ours})
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[DynamoSglangArgs, Any]:
+    """(DynamoSglangArgs, sglang ServerArgs). Needs SGLang."""
+    parser = build_parser(use_sglang=True)
+    ns = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    config, engine_ns = split_namespace(ns)
+    try:
+        config.validate()
+        server_args = import_server_args().from_cli_args(engine_ns)
+        role_of(server_args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return config, server_args
+
+
+def regenerate_flags(path: str) -> None:
+    """Rewrite `server_flags.py` from the installed SGLang's parser."""
+    from importlib.metadata import version
+
+    parser = argparse.ArgumentParser()
+    import_server_args().add_cli_args(parser)
+    write_table(path, "SGLANG_VERSION", version("sglang"), classify(parser))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--regenerate-flags"]:
+        import dynamo.sglang.server_flags as _flags
+
+        regenerate_flags(_flags.__file__)
+    else:
+        print(build_parser().format_help())

@@ -1,0 +1,27 @@
+"""`python -m dynamo.trtllm --model-path PATH_OR_ID [flags]`: a worker serving TensorRT-LLM's
+LLM API through the worker harness (`dynamo.worker`)."""
+
+from __future__ import annotations
+
+import sys
+
+from dynamo.runtime.process import run_main
+from dynamo.trtllm.adapter import TrtllmAdapter
+from dynamo.trtllm.args import DynamoTrtllmArgs, parse_args
+from dynamo.worker.harness import WorkerSpec, serve_worker
+
+
+def worker_spec(config: DynamoTrtllmArgs) -> WorkerSpec:
+    return WorkerSpec(namespace=config.namespace, endpoint=config.endpoint,
+                      discovery_backend=config.discovery_backend, role=config.role, event_plane=config.event_plane,
+                      migration_limit=config.migration_limit, model_types=tuple(config.model_types),
+                      request_limit=config.engine_request_limit)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    return run_main(lambda stop: serve_worker(TrtllmAdapter(config), worker_spec(config), stop))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""vLLM as an engine adapter: the in-process `AsyncLLM` behind the worker harness.
+
+Start-up: the KV transfer connector for the role (`disagg`), Dynamo's defaults on the
+engine args (KV events on for agg/prefill), the engine built in a thread, then the facts
+the card needs from its effective config. KV events come from vLLM's own ZMQ publisher;
+load from a stat logger (`events.EngineStats`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator
+
+from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
+from dynamo.llm.kv_events.engine_decoder import EngineEventDecoder
+from dynamo.llm.kv_events.protocol import LoadMetrics
+from dynamo.vllm import disagg
+from dynamo.vllm.args import DynamoVllmArgs
+from dynamo.vllm.engine import apply_dynamo_defaults, engine_facts, kv_event_endpoints, start_engine
+from dynamo.vllm.events import EngineStats, stat_logger_factory
+from dynamo.vllm.handler import error_code, stream_outputs, to_sampling_params
+from dynamo.worker.adapter import EngineContext, EngineInfo, Gauges
+from dynamo.worker.kv_relay import ZmqKvEventSource
+
+
+class VllmAdapter:
+    name = "vllm"
+
+    def __init__(self, config: DynamoVllmArgs, engine_args: Any) -> None:
+        self.config = config
+        self.engine_args = engine_args
+        self.engine: Any = None
+        self.stats = EngineStats(total_slots=0)
+        self.facts = None
+        self.publishes = False
+        self.params_hook = None
+        self.mode = config.mode
+        self.instance_id = 0
+
+    async def start(self, ctx: EngineContext) -> EngineInfo:
+        self.instance_id = ctx.instance_id
+        xfer = disagg.setup_worker(self.engine_args, self.config, ctx.registry)
+        self.publishes = apply_dynamo_defaults(self.engine_args, self.config)
+        self.engine = await start_engine(self.engine_args, [stat_logger_factory(self.stats),
+                                                            *disagg.stat_loggers(xfer)])
+        facts = self.facts = engine_facts(self.engine, self.engine_args)
+        self.stats.total_slots, self.stats.total_blocks = facts.max_num_seqs, facts.num_blocks
+        self.params_hook = disagg.params_hook(xfer, self.engine, self.mode)
+        return EngineInfo(
+            model_dir=facts.model_dir, served_name=facts.served_name, block_size=facts.block_size,
+            context_length=facts.max_model_len, total_kv_blocks=facts.num_blocks, max_num_seqs=facts.max_num_seqs,
+            max_num_batched_tokens=facts.max_num_batched_tokens, data_parallel_size=facts.data_parallel_size,
+            publishes_kv_events=self.publishes,
+            summary=f"{facts.model}, {facts.num_blocks} KV blocks of {facts.block_size} tokens, max_num_seqs "
+                    f"{facts.max_num_seqs}, context {facts.max_model_len}")
+
+    def generate(self, request: PreprocessedRequest, request_id: str) -> AsyncIterator[LLMEngineOutput]:
+        params = to_sampling_params(request, self.facts.max_model_len, self.mode)
+        return stream_outputs(self.engine, request, params, request_id, self.params_hook)
+
+    async def abort(self, request_id: str) -> None:
+        await self.engine.abort(request_id)
+
+    def kv_event_source(self) -> ZmqKvEventSource | None:
+        if not self.publishes:
+            return None
+        return ZmqKvEventSource(kv_event_endpoints(self.engine, self.engine_args),
+                                self.engine_args.kv_events_config.topic,
+                                EngineEventDecoder(self.instance_id, self.facts.block_size), engine="vLLM")
+
+    def load_metrics(self, worker_id: int) -> LoadMetrics:
+        return self.stats.load_metrics(worker_id)
+
+    def gauges(self) -> Gauges:
+        stats, engine = self.stats, self.engine
+        return [
+            ("dynamo_vllm_unfinished_requests", "Requests vLLM's output processor still tracks",
+             engine.get_num_unfinished_requests),
+            ("dynamo_vllm_running_requests", "Running requests (vLLM scheduler stats)", lambda: stats.running),
+            ("dynamo_vllm_waiting_requests", "Waiting requests (vLLM scheduler stats)", lambda: stats.waiting),
+            ("dynamo_component_kvstats_active_blocks", "KV blocks in use",
+             lambda: round(stats.kv_usage * stats.total_blocks)),
+            ("dynamo_component_kvstats_total_blocks", "KV blocks in total", lambda: stats.total_blocks),
+            ("dynamo_component_kvstats_gpu_cache_usage_percent", "KV cache usage (0-1)", lambda: stats.kv_usage),
+            ("dynamo_component_kvstats_gpu_prefix_cache_hit_rate", "Prefix cache hit rate",
+             lambda: stats.prefix_hit_rate),
+        ]
+
+    def error_code(self, exc: Exception) -> str | None:
+        return error_code(exc)
+
+    def errored(self) -> bool:
+        return bool(self.engine is not None and self.engine.errored)
+
+    async def stop(self) -> None:
+        if self.engine is not None:
+            self.engine.shutdown()

@@ -1,0 +1,98 @@
+"""The engine adapter contract: what an engine package supplies to the worker harness.
+
+An adapter builds its engine from its own arguments and translates between our wire
+messages and the engine's API; everything else a worker does (discovery, the model
+card, health, drain, KV-event and load publishing, request decoding, error mapping,
+aborts on cancel) is the harness's (`dynamo.worker.harness`).
+
+Request contract: `generate(request, request_id)` streams `LLMEngineOutput` deltas (token
+ids new since the previous item; the last one carries `finish_reason`). The harness calls
+`abort(request_id)` when the stream ends without a finish reason (client gone, drain
+deadline, error), then closes the stream. Errors raised from `generate` are mapped by
+`error_code` (else ValueError/TypeError -> bad_request, anything else -> internal).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Protocol
+
+from prometheus_client import CollectorRegistry
+
+from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
+from dynamo.llm.kv_events.protocol import KvCacheEvent, LoadMetrics
+from dynamo.worker.role import WorkerRole
+
+KvEmit = Callable[[KvCacheEvent], None]
+Gauges = list[tuple[str, str, Callable[[], float]]]
+
+
+@dataclass(frozen=True)
+class EngineContext:
+    """What the harness hands an adapter when it builds the engine."""
+
+    role: WorkerRole
+    instance_id: int
+    registry: CollectorRegistry  # the worker's /metrics registry, for engine-specific collectors
+    emit_kv_event: KvEmit  # for engines that report KV events in-process (the mocker)
+    advertise_host: str = "127.0.0.1"  # where peers reach this worker (disaggregation bootstrap)
+
+
+@dataclass
+class EngineInfo:
+    """The engine's effective configuration, read once it is up; the model card is built from it."""
+
+    model_dir: str  # directory with the tokenizer/config files the frontend reads
+    served_name: str
+    block_size: int
+    context_length: int
+    total_kv_blocks: int | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    data_parallel_size: int = 1
+    publishes_kv_events: bool = False
+    # Disaggregation: where decode workers reach this prefill worker (SGLang bootstrap).
+    disaggregated_endpoint: dict[str, Any] | None = None
+    runtime_data: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""  # one human line for the start-up log
+
+
+class KvEventSource(Protocol):
+    """An engine-side KV-event stream (e.g. a ZMQ publisher) relayed by the harness."""
+
+    relayed: int
+
+    async def start(self, emit: KvEmit) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class EngineAdapter(Protocol):
+    name: str  # "mocker", "vllm", "sglang", "trtllm": the card's runtime_data engine
+
+    async def start(self, ctx: EngineContext) -> EngineInfo:
+        """Build and start the engine (may take minutes; run blocking work in a thread)."""
+
+    def generate(self, request: PreprocessedRequest, request_id: str) -> AsyncIterator[LLMEngineOutput]:
+        """Token ids in, token deltas out (see the module docstring)."""
+
+    async def abort(self, request_id: str) -> None:
+        """Free the engine's resources for an unfinished request (idempotent)."""
+
+    def kv_event_source(self) -> KvEventSource | None:
+        """The engine's KV-event stream to relay, or None (in-process emitters use ctx.emit_kv_event)."""
+
+    def load_metrics(self, worker_id: int) -> LoadMetrics:
+        """Current load, published on `kv_metrics` for routers and planners."""
+
+    def gauges(self) -> Gauges:
+        """Engine gauges for the worker's /metrics: (name, help, read function)."""
+
+    def error_code(self, exc: Exception) -> str | None:
+        """Request-plane error code for an engine exception (bad_request, overloaded), or None."""
+
+    def errored(self) -> bool:
+        """True once the engine is dead: the worker leaves discovery and exits 1."""
+
+    async def stop(self) -> None:
+        """Shut the engine down (after drain)."""

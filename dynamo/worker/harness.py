@@ -1,0 +1,209 @@
+"""One worker life cycle for every engine: config -> engine -> card -> register -> serve
+-> drain.
+
+`serve_worker(adapter, spec, stop)`:
+1. discovery + the system server first (`/health` answers 503 while the engine loads);
+2. `adapter.start()` builds the engine (a failure exits 1);
+3. KV events (in-process or relayed from the engine's publisher) and load metrics go to
+   the event plane; a publishing worker also answers router resync (`kv_query`);
+4. the model card is built from the engine's effective config and registered with the
+   typed `generate` endpoint; then the log line readiness probes grep:
+   `Worker <namespace>.<component>.<endpoint> initialized (instance <hex>)`;
+5. it waits for SIGTERM or engine death. Death: unhealthy, leave discovery, exit 1.
+   SIGTERM: leave discovery, let in-flight requests finish within
+   DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS (default 5), abort the rest, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from prometheus_client import Gauge
+
+from dynamo.llm.kv_events.publisher import KvEventPublisher, LoadPublisher
+from dynamo.llm.model_card import RuntimeConfig, build_card, card_encoder
+from dynamo.llm.protocol import PreprocessedRequest
+from dynamo.llm.kv_events.local_state import KV_QUERY_ENDPOINT
+from dynamo.runtime.config import from_namespace, setting
+from dynamo.runtime.distributed import DistributedRuntime, advertise_host
+from dynamo.runtime.records import EndpointId
+from dynamo.worker.adapter import EngineAdapter, EngineContext, EngineInfo
+from dynamo.worker.kv_relay import KvSink
+from dynamo.worker.requests import RequestHandler
+from dynamo.worker.role import WorkerRole
+
+log = logging.getLogger("dynamo.worker")
+
+ENGINE_POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """The harness's view of a worker's config (each engine's args build one)."""
+
+    namespace: str
+    endpoint: str | None  # dyn://ns.component.endpoint; None: the role's default
+    discovery_backend: str | None
+    role: WorkerRole
+    event_plane: str | None = None
+    migration_limit: int = 0
+    model_types: tuple[str, ...] = ("chat", "completions")
+    request_limit: int = 0
+
+    def endpoint_path(self) -> str:
+        return self.endpoint or f"dyn://{self.namespace}.{self.role.default_component}.generate"
+
+
+@dataclass
+class ShutdownSettings:
+    graceful_shutdown_grace_period_secs: float = setting(
+        5.0, "Seconds in-flight requests may run after SIGTERM", env="DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS")
+
+
+def grace_period() -> float:
+    return from_namespace(ShutdownSettings, argparse.Namespace()).graceful_shutdown_grace_period_secs
+
+
+def model_card(adapter: EngineAdapter, spec: WorkerSpec, info: EngineInfo) -> bytes:
+    runtime_config = RuntimeConfig(
+        total_kv_blocks=info.total_kv_blocks, max_num_seqs=info.max_num_seqs,
+        max_num_batched_tokens=info.max_num_batched_tokens, data_parallel_size=info.data_parallel_size,
+        publishes_kv_events=info.publishes_kv_events, enable_local_indexer=info.publishes_kv_events,
+        disaggregated_endpoint=info.disaggregated_endpoint,
+        runtime_data={"engine": adapter.name, **info.runtime_data})
+    card = build_card(info.model_dir, name=info.served_name, block_size=info.block_size,
+                      context_length=info.context_length, worker_type=spec.role.card_type,
+                      migration_limit=spec.migration_limit, model_type=list(spec.model_types),
+                      runtime_config=runtime_config)
+    return card_encoder.encode(card)
+
+
+class Worker:
+    """One engine served on the request plane; owns everything it starts."""
+
+    def __init__(self, runtime: DistributedRuntime, eid: EndpointId, adapter: EngineAdapter,
+                 spec: WorkerSpec) -> None:
+        self.runtime, self.eid, self.adapter, self.spec = runtime, eid, adapter, spec
+        self.kv = KvSink(runtime.instance_id)
+        self.handler = RequestHandler(adapter, spec.request_limit)
+        self.source = None
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self.started = False
+
+    async def start(self) -> None:
+        rt, adapter = self.runtime, self.adapter
+        ctx = EngineContext(role=self.spec.role, instance_id=rt.instance_id, registry=rt.registry,
+                            emit_kv_event=self.kv.push, advertise_host=advertise_host(rt.store.backend)[1])
+        self.started = True  # adapter.stop() must also clean up a half-started engine
+        info = await adapter.start(ctx)
+        if info.publishes_kv_events:
+            await self._publish_kv_events()
+        load = await LoadPublisher.create(self.spec.event_plane, rt.store, self.eid.namespace, self.eid.component,
+                                          rt.instance_id, lambda: adapter.load_metrics(rt.instance_id))
+        self._closers.append(load.close)
+        self._gauges()
+        await rt.serve_endpoint(self.eid, self.handler.generate, request_type=PreprocessedRequest,
+                                card_json=model_card(adapter, self.spec, info))
+        log.info("%s engine ready: model %r, %s, role %s, KV events %s", adapter.name, info.served_name,
+                 info.summary or f"{info.total_kv_blocks} KV blocks of {info.block_size} tokens", self.spec.role,
+                 "on" if info.publishes_kv_events else "off")
+        log.info("Worker %s.%s.%s initialized (instance %x)", self.eid.namespace, self.eid.component,
+                 self.eid.endpoint, rt.instance_id)
+
+    async def _publish_kv_events(self) -> None:
+        rt, eid = self.runtime, self.eid
+        publisher = await KvEventPublisher.create(self.spec.event_plane, rt.store, eid.namespace, eid.component,
+                                                  rt.instance_id)
+        self._closers.append(publisher.close)
+        self.kv.publisher = publisher
+        self.source = self.adapter.kv_event_source()
+        if self.source is not None:
+            await self.source.start(self.kv.push)
+            self._closers.insert(0, self.source.close)
+        await rt.serve_endpoint(rt.endpoint_id(f"{eid.namespace}.{eid.component}.{KV_QUERY_ENDPOINT}"),
+                                self.kv.local.handler)
+
+    def _gauges(self) -> None:
+        reg, name, source = self.runtime.registry, self.adapter.name, self.source
+        rows = [(f"dynamo_{name}_handler_inflight_requests", "Requests inside the worker's generate handler",
+                 lambda: self.handler.inflight),
+                (f"dynamo_{name}_kv_events_relayed", "KV events relayed from the engine (-1: no relay)",
+                 lambda: source.relayed if source is not None else -1),
+                *self.adapter.gauges()]
+        for metric, doc, fn in rows:
+            Gauge(metric, doc, registry=reg).set_function(fn)
+
+    async def wait(self, stop: asyncio.Event) -> int:
+        """Serve until SIGTERM (drain, 0) or engine death (1)."""
+        dead = asyncio.Event()
+        watcher = asyncio.get_running_loop().create_task(self._watch_engine(dead))
+        try:
+            await first_of(stop, dead)
+        finally:
+            watcher.cancel()
+        if dead.is_set():
+            log.error("%s engine died; leaving discovery and exiting", self.adapter.name)
+            self.runtime.health.engine_ok = False
+            await self.runtime.unregister()
+            return 1
+        await self.drain()
+        return 0
+
+    async def _watch_engine(self, dead: asyncio.Event) -> None:
+        while not self.adapter.errored():
+            await asyncio.sleep(ENGINE_POLL_SECONDS)
+        dead.set()
+
+    async def drain(self) -> None:
+        """Graceful stop: no new requests, in-flight ones get the grace period, then abort."""
+        grace = grace_period()
+        server = self.runtime.server
+        await self.runtime.unregister()
+        if server is None:
+            return
+        await server.stop_accepting()
+        if not await server.drain(grace):
+            log.warning("%d request(s) still running after %gs grace; aborting them", server.inflight(), grace)
+        await server.close()  # cancels what is left: each handler aborts its engine request
+        await asyncio.sleep(0.1)  # let the aborts reach the engine before it shuts down
+
+    async def close(self) -> None:
+        for close in self._closers:
+            try:
+                await close()
+            except Exception as exc:
+                log.debug("close: %s", exc)
+        if self.started:
+            await self.adapter.stop()
+
+
+async def first_of(*events: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+
+
+async def serve_worker(adapter: EngineAdapter, spec: WorkerSpec, stop: asyncio.Event) -> int:
+    """The whole worker life: 0 after a graceful stop, 1 when the engine fails or dies."""
+    runtime = await DistributedRuntime.create(spec.discovery_backend, spec.namespace)
+    try:
+        await runtime.start_system_server()  # /health answers 503 while the engine loads
+        worker = Worker(runtime, runtime.endpoint_id(spec.endpoint_path()), adapter, spec)
+        try:
+            try:
+                await worker.start()
+            except Exception:
+                log.exception("%s engine failed to start", adapter.name)
+                return 1
+            return await worker.wait(stop)
+        finally:
+            await worker.close()
+    finally:
+        await runtime.shutdown()

@@ -1,0 +1,72 @@
+"""The sglang and trtllm workers end to end through the real frontend, discovery and request
+plane, with only the engine swapped for its STAND-IN (`standin_worker.py`): an aggregated
+worker serves the OpenAI API and prints the readiness line; a prefill + decode pair serves a
+disaggregated request (SGLang: the prefill answers with its bootstrap triple at once and
+prefills in the background; TRT-LLM: context_only -> opaque params -> generation_only)."""
+
+from __future__ import annotations
+
+import re
+
+import openai
+import pytest
+
+from tests.fixtures.procs import Cluster, free_port, http_get, metric_value, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def worker(cluster: Cluster, engine: str, name: str, *args: str):
+    flag = "--model-path"
+    proc = cluster.start("tests.worker.standin_worker",
+                         [engine, flag, str(cluster.model_dir), "--served-model-name", name, *args],
+                         {"DYN_SYSTEM_PORT": str(free_port())}, name=f"{engine}-{name}-{len(cluster.procs)}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model, tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("standin-workers"), tiny_model, "file")
+    try:
+        c.agg = {e: worker(c, e, f"{e}-agg") for e in ("sglang", "trtllm")}
+        bootstrap = str(free_port())
+        c.pairs = {"sglang": [worker(c, "sglang", "sglang-pd", "--page-size", "4", "--disaggregation-mode", m,
+                                     "--disaggregation-bootstrap-port", bootstrap) for m in ("prefill", "decode")],
+                   "trtllm": [worker(c, "trtllm", "trtllm-pd", "--kv-block-size", "4", "--disaggregation-mode", m)
+                              for m in ("prefill", "decode")]}
+        c.frontend()
+        for e in ("sglang", "trtllm"):
+            c.wait_workers(f"{e}-agg", 1, timeout=120)
+            c.wait_workers(f"{e}-pd", 2, timeout=120)
+        yield c
+    finally:
+        c.stop()
+
+
+def client(cluster) -> openai.OpenAI:
+    return openai.OpenAI(base_url=cluster.base_url + "/v1", api_key="x", max_retries=0, timeout=60)
+
+
+@pytest.mark.parametrize("engine", ["sglang", "trtllm"])
+def test_aggregated_worker_serves_and_logs_readiness(cluster, engine):
+    model = f"{engine}-agg"
+    chunks = list(client(cluster).chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=6, stream=True,
+        stream_options={"include_usage": True}))
+    assert chunks[-1].usage.completion_tokens == 6
+    assert re.search(r"Worker dynamo\.backend\.generate initialized \(instance [0-9a-f]+\)",
+                     cluster.agg[engine].log())
+
+
+@pytest.mark.parametrize("engine", ["sglang", "trtllm"])
+def test_disaggregated_pair_prefills_remotely(cluster, engine):
+    def remote() -> float:
+        text = http_get(cluster.base_url + "/metrics")[1].decode()
+        return metric_value(text, "dynamo_frontend_remote_prefills_total", {"model": f"{engine}-pd"}) or 0.0
+
+    before = remote()
+    resp = client(cluster).completions.create(model=f"{engine}-pd", prompt="split me " * 10, max_tokens=7)
+    assert resp.usage.completion_tokens == 7
+    assert remote() == before + 1
+    prefill = cluster.pairs[engine][0]
+    assert re.search(r"Worker dynamo\.prefill\.generate initialized", prefill.log())
