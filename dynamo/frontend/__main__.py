@@ -9,10 +9,11 @@ import sys
 
 from dynamo.frontend.config import FrontendConfig
 from dynamo.frontend.disagg import DisaggMetrics, DisaggPolicy, PrefillOrchestrator
-from dynamo.frontend.dispatch import Dispatcher, RandomRouter, RoundRobinRouter
+from dynamo.frontend.dispatch import Dispatcher
 from dynamo.frontend.http_app import FrontendApp
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.model_manager import ModelManager
+from dynamo.router.policy import PolicyHost, Role, RoutingPolicy, create_policy
 from dynamo.runtime.asgi import EmbeddedHttpServer
 from dynamo.runtime.config import parse_config
 from dynamo.runtime.distributed import DistributedRuntime
@@ -21,36 +22,31 @@ from dynamo.runtime.process import run_main
 log = logging.getLogger("dynamo.frontend")
 
 
-def make_router(config: FrontendConfig):
-    if config.router_mode == "random":
-        return RandomRouter()
-    if config.router_mode == "kv":
-        from dynamo.frontend.kv_routing import KvRoutingPolicy  # noqa: PLC0415 - optional heavy import
-
-        return KvRoutingPolicy(config)
-    return RoundRobinRouter()
+def _on_change(policy: RoutingPolicy):
+    def update(entry) -> None:
+        for role in Role:
+            policy.on_membership_change(entry.pool(role))
+    return update
 
 
 async def serve(config: FrontendConfig, stop: asyncio.Event) -> int:
     runtime = await DistributedRuntime.create(config.discovery_backend, config.namespace or "dynamo")
     metrics = FrontendMetrics(config.metrics_prefix)
-    router = make_router(config)
-    models = ModelManager(runtime.store, config.namespace, on_change=getattr(router, "on_model_change", None))
-    if hasattr(router, "attach"):
-        await router.attach(runtime, models, metrics)
+    routing = create_policy(config.router_mode, config)  # one policy for decode and prefill pools
+    await routing.attach(PolicyHost(runtime.store, runtime.client, runtime.instance_id, metrics.registry,
+                                    config.metrics_prefix, config.event_plane))
+    models = ModelManager(runtime.store, config.namespace, on_change=_on_change(routing),
+                          block_size=config.kv_cache_block_size)
     policy = DisaggPolicy.from_config(config.enforce_disagg, config.router_conditional_disagg,
                                       config.router_conditional_disagg_config)
-    prefill_router = make_router(config)
-    if hasattr(prefill_router, "attach"):
-        await prefill_router.attach(runtime, models, metrics)
-    orchestrator = PrefillOrchestrator(runtime.client, prefill_router, policy,
+    orchestrator = PrefillOrchestrator(runtime.client, routing, policy,
                                        DisaggMetrics(metrics.registry, config.metrics_prefix))
-    dispatcher = Dispatcher(runtime.client, router, config.migration_limit, metrics, orchestrator)
+    dispatcher = Dispatcher(runtime.client, routing, config.migration_limit, metrics, orchestrator)
     body_limit = int(float(os.environ.get("DYN_HTTP_BODY_LIMIT_MB", "192")) * 1024 * 1024)
     app = FrontendApp(models, dispatcher, metrics, body_limit=body_limit,
                       concurrency_limit=config.rejection_frontend_request_concurrency_limit,
                       overload_status=int(os.environ.get("DYN_HTTP_OVERLOAD_STATUS_CODE", "529")),
-                      health_extra=getattr(router, "health", None))
+                      health_extra=routing.health)
     tls = {}
     if config.tls_cert_path:
         tls = {"ssl_certfile": config.tls_cert_path, "ssl_keyfile": config.tls_key_path}
@@ -65,6 +61,7 @@ async def serve(config: FrontendConfig, stop: asyncio.Event) -> int:
         await http.start()
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.http_host, config.http_port, exc)
+        await routing.close()
         await models.stop()
         await runtime.shutdown()
         return 1
@@ -74,9 +71,7 @@ async def serve(config: FrontendConfig, stop: asyncio.Event) -> int:
     await stop.wait()
     grace = float(os.environ.get("DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS", "5"))
     await http.stop(timeout=grace)
-    for policy_router in (router, prefill_router):
-        if hasattr(policy_router, "close"):
-            await policy_router.close()
+    await routing.close()
     await models.stop()
     await runtime.shutdown()
     return 0

@@ -1,7 +1,7 @@
 """Disaggregated prefill/decode, orchestrated by the frontend.
 
-When prefill workers serve a model, a request first goes to a prefill worker (its own
-router over the prefill pool) with `prefill_only` and `max_tokens=1`; the transfer
+When prefill workers serve a model, a request first goes to a prefill worker (the same
+routing policy, over the model's prefill pool) with `prefill_only` and `max_tokens=1`; the transfer
 parameters it returns (`disaggregated_params`, backend-specific: vLLM's
 `kv_transfer_params`, the mocker's simulated transfer) travel with the request to a
 decode worker, which pulls the KV cache and streams the answer. The client sees one
@@ -21,35 +21,13 @@ from typing import Any
 import msgspec
 from prometheus_client import Counter, Histogram
 
+from dynamo.frontend.dispatch import choose
 from dynamo.frontend.openai import ApiError
 from dynamo.llm.protocol import PreprocessedRequest, output_decoder, request_encoder
+from dynamo.router.policy import Role, RoutingPolicy, WorkerPool, with_dp_rank
 from dynamo.runtime.rp_client import RequestPlaneClient, StreamError
 
 log = logging.getLogger(__name__)
-
-
-class PrefillPool:
-    """A model entry seen through its prefill workers, so any Router can choose among them."""
-
-    def __init__(self, entry) -> None:
-        self.entry = entry
-        self.name = f"{entry.name}/prefill"
-        self.card = entry.card
-        self.pipeline = entry.pipeline
-
-    @property
-    def workers(self) -> dict:
-        return {w.instance_id: w for w in self.entry.prefill_workers()}
-
-    @property
-    def version(self) -> int:
-        return self.entry.version
-
-    def decode_workers(self) -> list:
-        return self.entry.prefill_workers()
-
-    def serving(self, worker_type: str | None = None) -> list:
-        return self.entry.prefill_workers()
 
 
 class DisaggPolicy(msgspec.Struct, kw_only=True):
@@ -84,15 +62,16 @@ class DisaggMetrics:
 
 
 class PrefillOrchestrator:
-    def __init__(self, client: RequestPlaneClient, router, policy: DisaggPolicy, metrics: DisaggMetrics) -> None:
+    def __init__(self, client: RequestPlaneClient, routing: RoutingPolicy, policy: DisaggPolicy,
+                 metrics: DisaggMetrics) -> None:
         self.client = client
-        self.router = router
+        self.routing = routing
         self.policy = policy
         self.metrics = metrics
         self.inflight: dict[int, int] = {}
 
-    def _skip_reason(self, pool: PrefillPool, request: PreprocessedRequest) -> str | None:
-        workers = pool.decode_workers()
+    def _skip_reason(self, pool: WorkerPool, request: PreprocessedRequest) -> str | None:
+        workers = pool.workers
         if not workers:
             return "no_prefill_workers"
         if not self.policy.conditional:
@@ -106,7 +85,7 @@ class PrefillOrchestrator:
 
     async def prefill(self, entry, request: PreprocessedRequest, handle) -> dict[str, Any] | None:
         """Transfer parameters for the decode worker, or None to prefill locally."""
-        pool = PrefillPool(entry)
+        pool = entry.pool(Role.PREFILL)
         reason = self._skip_reason(pool, request)
         if reason is not None:
             if reason == "no_prefill_workers" and not self.policy.enforce:
@@ -116,13 +95,14 @@ class PrefillOrchestrator:
             request, request_id=request.request_id + ":prefill", prefill_only=True,
             stop_conditions=msgspec.structs.replace(request.stop_conditions, max_tokens=1, min_tokens=None))
         try:
-            worker = self.router.select(pool, sub, set())
+            choice = await choose(self.routing, pool, sub, set())
         except ApiError:
             return self._local(entry, "prefill_pool_busy")
+        worker = choice.worker
         started = time.monotonic()
         self.inflight[worker.instance_id] = self.inflight.get(worker.instance_id, 0) + 1
         try:
-            params = await self._run(worker, sub, handle)
+            params = await self._run(worker, with_dp_rank(sub, choice), handle)
         except StreamError as exc:
             if handle.cancelled:
                 raise
@@ -130,7 +110,7 @@ class PrefillOrchestrator:
             return self._local(entry, "prefill_failed")
         finally:
             self.inflight[worker.instance_id] -= 1
-            self.router.free(sub.request_id)
+            self.routing.free(sub.request_id)
         if params is None:
             return self._local(entry, "no_transfer_params")
         self._observe(entry.name, params, time.monotonic() - started)
@@ -155,7 +135,7 @@ class PrefillOrchestrator:
             handle.stream = None
             if not stream.done:
                 stream.cancel()
-            self.router.first_token(sub.request_id)
+            self.routing.prefill_complete(sub.request_id)
 
     def _local(self, entry, reason: str) -> None:
         if self.policy.enforce:

@@ -1,5 +1,5 @@
 """Sends a preprocessed request to a worker and streams its outputs back, with
-worker selection (round-robin / random / kv), cancellation, and migration: when a
+worker selection by the routing policy (`dynamo.router.policy`), cancellation, and migration: when a
 worker's stream breaks without its end marker, the request continues on another
 worker with the tokens generated so far appended to the prompt.
 """
@@ -7,17 +7,16 @@ worker with the tokens generated so far appended to the prompt.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import random
-from typing import AsyncIterator, Protocol
+from typing import AsyncIterator
 
 import msgspec
 
 from dynamo.frontend.metrics import FrontendMetrics
-from dynamo.frontend.model_manager import ModelEntry, WorkerInfo
+from dynamo.frontend.model_manager import ModelEntry
 from dynamo.frontend.openai import ApiError
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest, output_decoder, request_encoder
+from dynamo.router.policy import AllWorkersBusy, Choice, NoWorkers, Role, RoutingPolicy, WorkerPool, with_dp_rank
 from dynamo.runtime.rp_client import CannotConnect, Disconnected, RequestPlaneClient, ResponseStream, StreamError
 
 log = logging.getLogger(__name__)
@@ -25,47 +24,25 @@ log = logging.getLogger(__name__)
 _decode_output = output_decoder.decode
 
 
-class Router(Protocol):
-    """Chooses a worker; `book`/`prefill_done`/`free` track load for load-aware policies."""
-
-    def select(self, entry: ModelEntry, request: PreprocessedRequest, exclude: set[int]) -> WorkerInfo: ...
-    def first_token(self, request_id: str) -> None: ...
-    def free(self, request_id: str) -> None: ...
-
-
-def no_workers(entry: ModelEntry) -> ApiError:
-    return ApiError(503, f"No workers are available for model {entry.name!r}; retry later",
+def no_workers(name: str) -> ApiError:
+    return ApiError(503, f"No workers are available for model {name!r}; retry later",
                     "service_unavailable", None, "no_workers")
 
 
-class RoundRobinRouter:
-    def __init__(self) -> None:
-        self._counter = itertools.count()
-
-    def select(self, entry: ModelEntry, request: PreprocessedRequest, exclude: set[int]) -> WorkerInfo:
-        workers = [w for w in entry.decode_workers() if w.instance_id not in exclude]
-        if not workers:
-            raise no_workers(entry)
-        workers.sort(key=lambda w: w.instance_id)
-        return workers[next(self._counter) % len(workers)]
-
-    def first_token(self, request_id: str) -> None:
-        pass
-
-    def free(self, request_id: str) -> None:
-        pass
+def busy_error() -> ApiError:
+    return ApiError(503, "Service temporarily unavailable: all workers are busy, please retry later",
+                    "service_unavailable", None, "all_workers_busy")
 
 
-class RandomRouter(RoundRobinRouter):
-    def __init__(self, rng: random.Random | None = None) -> None:
-        super().__init__()
-        self._rng = rng or random.Random()
-
-    def select(self, entry: ModelEntry, request: PreprocessedRequest, exclude: set[int]) -> WorkerInfo:
-        workers = [w for w in entry.decode_workers() if w.instance_id not in exclude]
-        if not workers:
-            raise no_workers(entry)
-        return self._rng.choice(workers)
+async def choose(policy: RoutingPolicy, pool: WorkerPool, request: PreprocessedRequest,
+                 exclude: set[int]) -> Choice:
+    """The policy's booked choice, its routing failures as OpenAI errors."""
+    try:
+        return await policy.select(pool, request, exclude)
+    except AllWorkersBusy:
+        raise busy_error() from None
+    except NoWorkers:
+        raise no_workers(pool.model) from None
 
 
 class RequestHandle:
@@ -107,10 +84,10 @@ def _error_for(exc: StreamError) -> ApiError:
 
 
 class Dispatcher:
-    def __init__(self, client: RequestPlaneClient, router: Router, migration_limit: int,
+    def __init__(self, client: RequestPlaneClient, policy: RoutingPolicy, migration_limit: int,
                  metrics: FrontendMetrics, prefill=None) -> None:
         self.client = client
-        self.router = router
+        self.policy = policy
         self.migration_limit = migration_limit
         self.metrics = metrics
         self.prefill = prefill  # PrefillOrchestrator: disaggregated serving when prefill workers exist
@@ -133,13 +110,14 @@ class Dispatcher:
             if params is not None:
                 request = msgspec.structs.replace(request, disaggregated_params=params)
         while True:
-            worker = self.router.select(entry, request, exclude)
+            choice = await choose(self.policy, entry.pool(Role.DECODE), request, exclude)
+            worker = choice.worker
             handle.worker_id = worker.instance_id
             try:
                 stream = await self.client.open_stream(worker.address or "", worker.endpoint.endpoint,
-                                                       request_encoder.encode(request))
+                                                       request_encoder.encode(with_dp_rank(request, choice)))
             except CannotConnect as exc:
-                self.router.free(request.request_id)
+                self.policy.free(request.request_id)
                 exclude.add(worker.instance_id)
                 log.warning("worker %x unreachable (%s); trying another", worker.instance_id, exc)
                 self.metrics.migration(entry.name, "new_request")
@@ -154,7 +132,7 @@ class Dispatcher:
                     outputs = [_decode_output(p) for p in payloads]
                     if first:
                         first = False
-                        self.router.first_token(request.request_id)
+                        self.policy.prefill_complete(request.request_id)
                     for out in outputs:
                         generated.extend(out.token_ids)
                     yield outputs
@@ -175,7 +153,7 @@ class Dispatcher:
                     return
                 raise _error_for(exc) from None
             finally:
-                self.router.free(request.request_id)
+                self.policy.free(request.request_id)
                 if not stream.done:
                     stream.cancel()
 

@@ -12,6 +12,7 @@ from typing import Callable
 
 from dynamo.llm.model_card import ModelDeploymentCard, card_decoder
 from dynamo.llm.preprocessor import ModelPipeline
+from dynamo.router.policy import Role, WorkerInfo, WorkerPool
 from dynamo.runtime import records
 from dynamo.runtime.discovery.base import KeyValueStore, WatchEvent
 from dynamo.runtime.records import EndpointId, InstanceRecord
@@ -19,26 +20,19 @@ from dynamo.runtime.records import EndpointId, InstanceRecord
 log = logging.getLogger(__name__)
 
 
-class WorkerInfo:
-    __slots__ = ("instance_id", "endpoint", "card", "address")
-
-    def __init__(self, instance_id: int, endpoint: EndpointId, card: ModelDeploymentCard) -> None:
-        self.instance_id = instance_id
-        self.endpoint = endpoint
-        self.card = card
-        self.address: str | None = None
-
-
 class ModelEntry:
     """One served model name: its pipeline and its workers, by worker type."""
 
-    def __init__(self, name: str, pipeline: ModelPipeline, card: ModelDeploymentCard) -> None:
+    def __init__(self, name: str, pipeline: ModelPipeline, card: ModelDeploymentCard,
+                 block_size: int | None = None) -> None:
         self.name = name
         self.pipeline = pipeline
         self.card = card
         self.created = int(time.time())
         self.workers: dict[int, WorkerInfo] = {}
         self.version = 0  # bumped whenever the worker set changes (routers rebuild views)
+        self.block_size = block_size or card.kv_cache_block_size
+        self._pools: dict[Role, WorkerPool] = {}
 
     def serving(self, worker_type: str | None = None) -> list[WorkerInfo]:
         return [w for w in self.workers.values() if w.address is not None
@@ -51,11 +45,22 @@ class ModelEntry:
     def prefill_workers(self) -> list[WorkerInfo]:
         return self.serving("prefill")
 
+    def pool(self, role: Role) -> WorkerPool:
+        """The routable workers in `role`, as a snapshot routing policies share (one per version)."""
+        pool = self._pools.get(role)
+        if pool is None or pool.version != self.version:
+            workers = self.prefill_workers() if role is Role.PREFILL else self.decode_workers()
+            pool = self._pools[role] = WorkerPool(self.name, role, self.version, self.block_size,
+                                                  tuple(sorted(workers, key=lambda w: w.instance_id)),
+                                                  lora_name=self.card.lora_name)
+        return pool
+
 
 class ModelManager:
     def __init__(self, store: KeyValueStore, namespace: str | None,
-                 on_change: Callable[[ModelEntry], None] | None = None) -> None:
+                 on_change: Callable[[ModelEntry], None] | None = None, block_size: int | None = None) -> None:
         self.store = store
+        self.block_size = block_size  # --kv-cache-block-size: overrides the cards' block size
         self.namespace = namespace
         self.models: dict[str, ModelEntry] = {}
         # Models that had workers and lost them all: requests get 503 (retry later), not 404.
@@ -123,7 +128,7 @@ class ModelManager:
                 return
             entry = self.models.get(card.display_name)
             if entry is None:
-                entry = ModelEntry(card.display_name, pipeline, card)
+                entry = ModelEntry(card.display_name, pipeline, card, self.block_size)
                 self.models[card.display_name] = entry
                 self.retired.discard(card.display_name)
                 log.info("model %r discovered (context %d, block size %d)", card.display_name,
@@ -132,10 +137,8 @@ class ModelManager:
             log.error("worker %x serves %r with a different model card (checksum %s != %s); not routing to it",
                       iid, card.display_name, card.mdcsum, entry.card.mdcsum)
             return
-        worker = WorkerInfo(iid, eid, card)
         record = self._instances.get(key)
-        worker.address = record.address if record else None
-        entry.workers[iid] = worker
+        entry.workers[iid] = WorkerInfo(iid, eid, card, record.address if record else None)
         self._bump(entry)
 
     def _on_instance(self, event: WatchEvent, eid: EndpointId, iid: int) -> None:
@@ -156,7 +159,8 @@ class ModelManager:
             return
         entry = self.models.get(card.display_name)
         if entry is not None and iid in entry.workers:
-            entry.workers[iid].address = address
+            old = entry.workers[iid]  # a new object: pool snapshots already handed out stay as they were
+            entry.workers[iid] = WorkerInfo(iid, old.endpoint, old.card, address)
             self._bump(entry)
 
     def _drop_worker(self, name: str, iid: int) -> None:

@@ -51,6 +51,8 @@ class ModelDeploymentCard(msgspec.Struct, kw_only=True, omit_defaults=True):
     worker_type: str = "aggregated"
     runtime_config: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
     mdcsum: str = ""
+    # Set when this model name is a LoRA adapter: its KV blocks hash in the adapter's namespace.
+    lora_name: str | None = None
 
 
 def slugify(name: str) -> str:

@@ -22,7 +22,7 @@ async def serve(config: RouterServiceConfig, stop: asyncio.Event) -> int:
     await runtime.start_system_server()
     await service.start()
     log.info("KV router for %s ready (block size %d, mode %s)", service.eid.path, config.router_block_size,
-             service.mode or config.mode)
+             service.policy.report(service.pool.name).mode)
     await stop.wait()
     await runtime.unregister()
     await service.close()

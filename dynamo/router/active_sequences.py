@@ -101,17 +101,23 @@ class ActiveSequences:
         return max(isl - overlap_blocks * self.block_size, 0)
 
     def add_request(
-        self, key: WorkerKey, request_id: str, seq_hashes: Sequence[int], isl: int, overlap_blocks: int
+        self, key: WorkerKey, request_id: str, seq_hashes: Sequence[int], isl: int, overlap_blocks: int,
+        output_blocks: int = 0, prefill_tokens: int | None = None,
     ) -> None:
+        """`output_blocks`: blocks the request's answer will fill (output-block tracking), held
+        privately until it ends; `prefill_tokens`: its own new prefill when the caller knows
+        better than `isl - overlap` (a prefix being prefilled there by an earlier request)."""
         if request_id in self._requests:
             raise ValueError(f"request {request_id!r} is already active")
         load = self._workers.setdefault(key, _WorkerLoad())
-        tokens = self.prefill_tokens_for(isl, overlap_blocks)
+        tokens = self.prefill_tokens_for(isl, overlap_blocks) if prefill_tokens is None else prefill_tokens
         private = 0
         if not self.track_active_blocks:
             seq_hashes = ()
         elif not self.assume_kv_reuse:
             private, seq_hashes = len(seq_hashes), ()
+        if self.track_active_blocks:
+            private += output_blocks
         refs = load.block_refs
         for seq_hash in seq_hashes:
             refs[seq_hash] = refs.get(seq_hash, 0) + 1
@@ -161,8 +167,12 @@ class ActiveSequences:
         isl: int,
         overlaps: Mapping[WorkerKey, int],
         keys: Iterable[WorkerKey] | None = None,
+        inflight_credit: bool = False,
     ) -> dict[WorkerKey, tuple[int, int]]:
-        """Load each worker would have if this request were booked on it (nothing booked)."""
+        """Load each worker would have if this request were booked on it (nothing booked).
+        `inflight_credit`: prompt blocks already active on a worker (an earlier request with the
+        same prefix is there, maybe still prefilling, so its blocks are not indexed yet) count
+        as cached for the prefill estimate."""
         out: dict[WorkerKey, tuple[int, int]] = {}
         n = len(seq_hashes)
         first, last = (seq_hashes[0], seq_hashes[-1]) if n else (None, None)
@@ -185,6 +195,8 @@ class ActiveSequences:
                 new = 0
             else:
                 new = load.new_blocks(seq_hashes)
+            if inflight_credit and new < n and n - new > (overlap or 0):
+                tokens = self.prefill_tokens_for(isl, n - new)
             out[key] = (len(refs) + load.private_blocks + new, load.prefill_tokens + tokens)
         return out
 
@@ -195,6 +207,10 @@ class ActiveSequences:
     def active_prefill_tokens(self, key: WorkerKey) -> int:
         load = self._workers.get(key)
         return 0 if load is None else load.prefill_tokens
+
+    def requests(self, key: WorkerKey) -> int:
+        load = self._workers.get(key)
+        return 0 if load is None else load.requests
 
     def loads(self) -> dict[WorkerKey, dict[str, int]]:
         return {

@@ -22,6 +22,10 @@ class KvRouterConfig:
         env="DYN_OVERLAP_SCORE_WEIGHT",
         flag=["--kv-overlap-score-weight", "--router-kv-overlap-score-weight"],
     )
+    router_cost_model: str = setting(
+        "ttft", "Worker cost: 'ttft' = predicted time to first token (queued prefill, new prefill after cache "
+        "hits, decode load), fitted online to observed TTFTs; 'dynamo' = NVIDIA Dynamo's classic "
+        "overlap_score_weight * prefill_blocks + decode_blocks", choices=["ttft", "dynamo"])
     router_temperature: float = setting(
         0.0, "Softmax sampling temperature over worker costs (0 = argmin)", env="DYN_ROUTER_TEMPERATURE"
     )
@@ -38,6 +42,14 @@ class KvRouterConfig:
     router_track_active_blocks: bool = setting(
         True, "Track decode load (active blocks) per worker", flag=["--router-track-active-blocks", "--track-active-blocks"]
     )
+    router_track_output_blocks: bool = setting(
+        True, "Count the blocks a request's answer will fill (from its max_tokens when given, capped "
+        "at --router-output-blocks-horizon tokens) in its worker's decode load")
+    router_output_blocks_horizon: int = setting(
+        1024, "Most output tokens a request is assumed to generate for output-block tracking")
+    router_inflight_prefix_credit: bool = setting(
+        True, "Count prompt blocks that an earlier in-flight request on a worker shares (bursts of one system "
+        "prompt: not yet in the KV index) as cached there when estimating prefill work")
     router_assume_kv_reuse: bool = setting(True, "Count identical blocks across active requests once")
     router_track_prefill_tokens: bool = setting(True, "Include pending prompt tokens in the load")
     active_decode_blocks_threshold: float | None = setting(
@@ -49,12 +61,21 @@ class KvRouterConfig:
     active_prefill_tokens_threshold_frac: float | None = setting(
         None, "Worker busy when active prefill tokens exceed frac x max_num_batched_tokens (unset = off)"
     )
+    router_queue_max_requests: int = setting(
+        1024, "When every worker is busy, hold up to this many requests in the router queue instead of "
+        "answering 503 at once (0: no queue)")
+    router_queue_timeout_secs: float = setting(
+        10.0, "Longest a request waits in the router queue before it is answered 503")
 
     def validate(self) -> None:
         if self.overlap_score_weight < 0:
             raise ValueError("--kv-overlap-score-weight must be >= 0")
         if self.router_temperature < 0:
             raise ValueError("--router-temperature must be >= 0")
+        if self.router_queue_max_requests < 0 or self.router_queue_timeout_secs < 0:
+            raise ValueError("--router-queue-max-requests and --router-queue-timeout-secs must be >= 0")
+        if self.router_output_blocks_horizon < 0:
+            raise ValueError("--router-output-blocks-horizon must be >= 0")
         if self.router_ttl_secs <= 0:
             raise ValueError("--router-ttl-secs must be > 0")
         if self.router_max_tree_size < 1:

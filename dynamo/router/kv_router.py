@@ -21,6 +21,7 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 from dynamo.router.active_sequences import ActiveSequences
 from dynamo.router.approx import ApproxIndexer
 from dynamo.router.config import KvRouterConfig, RouterConfigOverride
+from dynamo.router.cost_model import TtftModel, features
 from dynamo.llm.kv_events.hashing import block_hashes, sequence_hashes
 from dynamo.router.indexer import KvIndexer, WorkerKey
 from dynamo.llm.kv_events.protocol import LoadMetrics, RouterEvent
@@ -48,6 +49,8 @@ class Selection:
     overlap_blocks: int
     required_blocks: int  # ceil(isl / block_size): blocks the request needs in total
     logits: dict[WorkerKey, float] = field(default_factory=dict)
+    features: tuple[float, ...] | None = None  # the ttft model's view of the chosen worker
+    prefill_tokens: int | None = None  # its own new prefill there, when in-flight prefixes were credited
 
 
 class KvRouter:
@@ -84,6 +87,9 @@ class KvRouter:
         self._workers: dict[int, list[WorkerKey]] = {}
         self._capacity: dict[int, WorkerCapacity] = {}
         self._reported: dict[WorkerKey, LoadMetrics] = {}
+        self.ttft = TtftModel()
+        self._clock = clock or time.monotonic
+        self._booked: dict[str, tuple[float, tuple[float, ...]]] = {}  # request -> (booked at, features)
         # request_id -> (isl, local hashes, sequence hashes, lora): hashed once per select/add pair
         self._hashes: OrderedDict[str, tuple[int, list[int], list[int], str | None]] = OrderedDict()
         self._stats = {"requests": 0, "prompt_blocks": 0, "overlap_blocks": 0, "last_decision_us": 0.0,
@@ -178,18 +184,43 @@ class KvRouter:
             raise NoWorkers("no workers available" if allowed is None else "no allowed workers available")
         isl, local, seq = self._hash(token_ids, request_id, lora_name)
         overlaps: dict[WorkerKey, int] = {} if self.mode == "load-only" else self._find(local).scores
-        potentials = self.active.potential_blocks_and_tokens(seq, isl, overlaps, candidates)
+        credit = self.config.router_inflight_prefix_credit
+        potentials = self.active.potential_blocks_and_tokens(seq, isl, overlaps, candidates, credit)
         if self.thresholds.enabled:
             candidates = [k for k in candidates if not self._busy(k)]
             if not candidates:
                 self._stats["busy_rejections"] += 1
                 raise AllWorkersBusy("All workers are busy, please retry later")
             potentials = {k: potentials[k] for k in candidates}
-        logits = compute_logits(potentials, self.block_size, weight)
+        ttft = self.config.router_cost_model == "ttft" and override is None  # overrides speak Dynamo's cost
+        if ttft:
+            x_of = self._features(potentials)
+            active = self.active
+            logits = self.ttft.costs(potentials, x_of, lambda k: potentials[k][1] - active.active_prefill_tokens(k))
+        else:
+            logits = compute_logits(potentials, self.block_size, weight)
         worker_id, dp_rank = self.selector.select(logits, temperature, self._index().tree.tree_size)
         self._stats["last_decision_us"] = (time.perf_counter() - start) * 1e6
-        return Selection(worker_id, dp_rank, overlaps.get((worker_id, dp_rank), 0),
-                         math.ceil(isl / self.block_size), logits)
+        chosen = (worker_id, dp_rank)
+        x = x_of(chosen) if ttft else None
+        own = potentials[chosen][1] - self.active.active_prefill_tokens(chosen) if credit else None
+        return Selection(worker_id, dp_rank, overlaps.get(chosen, 0), math.ceil(isl / self.block_size), logits, x,
+                         own)
+
+    def _features(self, potentials: Mapping[WorkerKey, tuple[int, int]]):
+        """Features of the ttft cost model per candidate: prefill tokens queued + new, KV usage after
+        booking (our bookings or the worker's own report, whichever is higher), running requests."""
+        def x_of(key: WorkerKey) -> tuple[float, ...]:
+            blocks, tokens = potentials[key]
+            capacity = self._capacity.get(key[0])
+            total = capacity.total_kv_blocks if capacity and capacity.total_kv_blocks else None
+            reported = self._reported.get(key)
+            if reported is not None and reported.kv_total_blocks:
+                total = reported.kv_total_blocks
+                blocks = max(blocks, reported.kv_active_blocks)
+            usage = blocks / total if total else 0.0  # over 1: the request waits for blocks to free
+            return features(tokens, usage, self.active.requests(key))
+        return x_of
 
     def _effective(self, override: RouterConfigOverride | Mapping[str, Any] | None) -> tuple[float, float]:
         weight, temperature = self.config.overlap_score_weight, self.config.router_temperature
@@ -215,14 +246,18 @@ class KvRouter:
 
     # -- lifecycle -----------------------------------------------------------------------
     def add_request(
-        self, request_id: str, selection: Selection, token_ids: Sequence[int], lora_name: str | None = None
+        self, request_id: str, selection: Selection, token_ids: Sequence[int], lora_name: str | None = None,
+        max_tokens: int | None = None,
     ) -> list[int]:
         """Book the request's load on the selected worker (call when the request is sent).
         Returns the prompt's sequence hashes (what router replicas share)."""
         isl, local, seq = self._hash(token_ids, request_id, lora_name)
         self._hashes.pop(request_id, None)
         key = (selection.worker_id, selection.dp_rank)
-        self.active.add_request(key, request_id, seq, isl, selection.overlap_blocks)
+        self.active.add_request(key, request_id, seq, isl, selection.overlap_blocks,
+                                self._output_blocks(isl, max_tokens), selection.prefill_tokens)
+        if selection.features is not None:
+            self._booked[request_id] = (self._clock(), selection.features)
         if self.mode == "approximate":
             self.approx.record(key, local, seq)
         stats = self._stats
@@ -231,11 +266,24 @@ class KvRouter:
         stats["overlap_blocks"] += selection.overlap_blocks
         return seq
 
+    def _output_blocks(self, isl: int, max_tokens: int | None) -> int:
+        """Blocks the answer will newly fill: the partial last prompt block absorbs the first tokens."""
+        cfg = self.config
+        if not cfg.router_track_output_blocks or not max_tokens:
+            return 0  # unknown answer length: nothing to assume
+        expected = min(max_tokens, cfg.router_output_blocks_horizon)
+        bs = self.block_size
+        return (isl + expected) // bs - isl // bs
+
     def mark_prefill_complete(self, request_id: str) -> bool:
+        booked = self._booked.pop(request_id, None)
+        if booked is not None:  # the TTFT this booking saw teaches the cost model
+            self.ttft.observe(booked[1], self._clock() - booked[0])
         return self.active.mark_prefill_completed(request_id)
 
     def free(self, request_id: str) -> bool:
         self._hashes.pop(request_id, None)
+        self._booked.pop(request_id, None)
         return self.active.free(request_id)
 
     # -- observability -------------------------------------------------------------------
@@ -255,6 +303,9 @@ class KvRouter:
             "kv_hit_rate": s["overlap_blocks"] / s["prompt_blocks"] if s["prompt_blocks"] else 0.0,
             "last_decision_us": s["last_decision_us"],
             "busy_rejections": s["busy_rejections"],
+            "cost_model": self.config.router_cost_model,
+            "ttft_coefficients": [round(c, 6) for c in self.ttft.coef],
+            "ttft_observations": self.ttft.observations,
             "workers": {f"{w}:{r}": v for (w, r), v in self.active.loads().items()},
             "tree_sizes": {f"{w}:{r}": v for (w, r), v in self._tree_sizes().items()},
             "approx": {"expired_blocks": self.approx.expired_blocks, "pruned_blocks": self.approx.pruned_blocks},

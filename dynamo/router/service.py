@@ -7,15 +7,16 @@ endpoints (msgpack payloads):
   chosen worker and streams the worker's outputs back unchanged;
 - `best_worker_id`: a `RouteQuery` -> `BestWorker` (nothing booked);
 - `get_overlap_scores`: a `RouteQuery` -> `OverlapScores` (cached prefix blocks per worker).
-Same KvRouter, event-plane feeds and replica sync as the frontend's `--router-mode kv`.
-Like NVIDIA Dynamo's, it takes its block size from `--router-block-size`, not model cards.
+It is the `kv` routing policy (`dynamo.router.kv_policy`) exposed on the request plane: the
+same object the frontend hosts for `--router-mode kv`, given a `WorkerPool` built from
+this endpoint's instances. Like NVIDIA Dynamo's, it takes its block size from
+`--router-block-size`, not model cards.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
@@ -24,10 +25,9 @@ import msgspec
 from dynamo.llm.model_card import ModelDeploymentCard, card_decoder
 from dynamo.llm.protocol import request_decoder
 from dynamo.router.config import KvRouterConfig
+from dynamo.router.kv_policy import KvPolicy
 from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers
-from dynamo.router.metrics import RouterMetrics
-from dynamo.router.replica_sync import ReplicaSync
-from dynamo.router.subscriber import KvEventFeeds, apply_mode, effective_mode
+from dynamo.router.policy import PolicyHost, Role, WorkerInfo, WorkerPool
 from dynamo.runtime import records
 from dynamo.runtime.config import setting
 from dynamo.runtime.rp_client import CannotConnect, StreamError
@@ -84,26 +84,25 @@ class RouterService:
         self.runtime = runtime
         self.config = config
         self.eid = records.parse_endpoint(config.endpoint or "", runtime.namespace)
-        self.router = KvRouter(config.router_block_size, config)
-        self.feeds = KvEventFeeds(runtime.store, runtime.client, config.event_plane)
-        self.sync = (ReplicaSync(runtime.store, config.event_plane, uuid.uuid4().hex, runtime.instance_id,
-                                 lambda _model: self.router) if config.router_replica_sync else None)
+        self.policy = KvPolicy(config)
         self.addresses: dict[int, str] = {}
         self.cards: dict[int, ModelDeploymentCard] = {}
-        self.mode, self.reason = "", ""
-        self._tracked: dict[int, str] = {}
-        self.metrics = RouterMetrics.attach(runtime.registry, "dynamo_component", self._rows, lambda: dict(self.feeds.counts))
+        self.pool = WorkerPool(self.eid.path, Role.DECODE, 0, config.router_block_size)
         self._tasks: list[asyncio.Task] = []
 
-    def _rows(self):
-        return [(self.eid.path, self.router, self.mode)]
+    @property
+    def router(self) -> KvRouter:
+        return self.policy.routes[self.pool.name].router
 
     async def start(self) -> None:
+        await self.policy.attach(PolicyHost(self.runtime.store, self.runtime.client, self.runtime.instance_id,
+                                            self.runtime.registry, "dynamo_component", self.config.event_plane))
+        self.policy.on_membership_change(self.pool)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._watch(records.INSTANCES, self._on_instance)))
         self._tasks.append(loop.create_task(self._watch(records.MDC, self._on_card)))
-        if self.sync is not None:
-            await self.sync.join(self.eid.namespace, self.eid.component)
+        if self.policy.sync is not None:
+            await self.policy.sync.join(self.eid.namespace, self.eid.component)
         for name, handler in (("generate", self.generate), ("best_worker_id", self.best_worker_id),
                               ("get_overlap_scores", self.get_overlap_scores)):
             await self.runtime.serve_endpoint(records.EndpointId(self.eid.namespace, ROUTER_COMPONENT, name), handler)
@@ -112,11 +111,9 @@ class RouterService:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.feeds.close()
-        if self.sync is not None:
-            await self.sync.close()
+        await self.policy.close()
 
-    # -- workers -------------------------------------------------------------------------
+    # -- workers: discovery -> pool snapshots; the policy does the rest ---------------------
     async def _watch(self, bucket: str, apply: Callable[[str, int, bytes | None], None]) -> None:
         async for event in self.runtime.store.watch_prefix(records.endpoint_prefix(bucket, self.eid)):
             try:
@@ -125,7 +122,7 @@ class RouterService:
             except Exception as exc:  # one malformed record must not stop discovery
                 log.warning("ignoring discovery record %s: %s", event.key, exc)
                 continue
-            self._reconcile()
+            self._publish_pool()
 
     def _on_instance(self, kind: str, iid: int, value: bytes | None) -> None:
         if kind == "delete":
@@ -139,36 +136,12 @@ class RouterService:
         else:
             self.cards[iid] = card_decoder.decode(value or b"")
 
-    def _reconcile(self) -> None:
-        known = self.router.workers()
-        for iid in [i for i in known if i not in self.addresses]:
-            self.router.remove_worker(iid)
-            self.feeds.untrack(iid)
-            self._tracked.pop(iid, None)
-            log.info("worker %x left", iid)
-        for iid, address in self.addresses.items():
-            card = self.cards.get(iid)
-            rc = card.runtime_config if card else None
-            if iid not in known:
-                self.router.add_worker(iid, max(rc.data_parallel_size, 1) if rc else 1,
-                                       rc.total_kv_blocks if rc else None, rc.max_num_batched_tokens if rc else None)
-                log.info("worker %x joined at %s", iid, address)
-            if self.config.mode != "load-only" and self._tracked.get(iid) != address:
-                self._tracked[iid] = address
-                resync = bool(rc.enable_local_indexer) if rc else True
-                task = asyncio.get_running_loop().create_task(
-                    self.feeds.track(self.eid.namespace, self.eid.component, iid, self.router, address, resync))
-                self._tasks.append(task)
-        # Workers without a card (not an LLM worker) are assumed to publish events.
-        publishing = sum(1 for i in self.addresses if i not in self.cards
-                         or self.cards[i].runtime_config.publishes_kv_events)
-        if self.addresses or not self.mode:
-            mode, reason = effective_mode(self.config.mode, publishing, len(self.addresses))
-            apply_mode(self.router, mode)
-            if (mode, reason) != (self.mode, self.reason):
-                level = logging.WARNING if mode == "approximate" and self.config.mode == "events" else logging.INFO
-                log.log(level, "routing mode %s (%s)", mode, reason)
-            self.mode, self.reason = mode, reason
+    def _publish_pool(self) -> None:
+        workers = tuple(WorkerInfo(iid, self.eid, self.cards.get(iid), address)
+                        for iid, address in sorted(self.addresses.items()))
+        self.pool = WorkerPool(self.eid.path, Role.DECODE, self.pool.version + 1, self.config.router_block_size,
+                               workers)
+        self.policy.on_membership_change(self.pool)
 
     # -- endpoints -----------------------------------------------------------------------
     async def best_worker_id(self, payload: bytes, ctx: RequestContext) -> AsyncIterator[bytes]:
@@ -196,26 +169,19 @@ class RouterService:
         rid = request.request_id
         exclude: set[int] = set()
         while True:
-            allowed = [i for i in self.addresses if i not in exclude]
-            pinned = request.routing.backend_instance_id if request.routing else None
-            if pinned is not None:
-                allowed = [i for i in allowed if i == pinned]
             try:
-                sel = self.router.select(request.token_ids, request_id=rid, allowed=allowed)
+                choice = await self.policy.select(self.pool, request, exclude)
             except AllWorkersBusy as exc:
                 raise HandlerError(f"Service temporarily unavailable: {exc}", "busy") from None
             except NoWorkers as exc:
-                raise HandlerError(str(exc), "no_workers") from None
-            seq = self.router.add_request(rid, sel, request.token_ids)
-            self._share(rid, "add", worker_id=sel.worker_id, dp_rank=sel.dp_rank, seq_hashes=seq,
-                        isl=len(request.token_ids), overlap_blocks=sel.overlap_blocks)
+                raise HandlerError(f"no workers available for {exc}", "no_workers") from None
+            worker = choice.worker
             try:
-                stream = await self.runtime.client.open_stream(self.addresses[sel.worker_id], self.eid.endpoint,
-                                                               payload)
-            except (CannotConnect, KeyError) as exc:
-                self._free(rid)
-                exclude.add(sel.worker_id)
-                log.warning("worker %x unreachable (%s); trying another", sel.worker_id, exc)
+                stream = await self.runtime.client.open_stream(worker.address or "", self.eid.endpoint, payload)
+            except CannotConnect as exc:
+                self.policy.free(rid)
+                exclude.add(worker.instance_id)
+                log.warning("worker %x unreachable (%s); trying another", worker.instance_id, exc)
                 continue
             break
         try:
@@ -226,25 +192,15 @@ class RouterService:
                     return
                 if first:
                     first = False
-                    if self.router.mark_prefill_complete(rid):
-                        self._share(rid, "prefill")
+                    self.policy.prefill_complete(rid)
                 for item in batch:
                     yield item
         except StreamError as exc:
             raise HandlerError(str(exc), exc.code) from None
         finally:
-            self._free(rid)
+            self.policy.free(rid)
             if not stream.done:
                 stream.cancel()
-
-    def _free(self, rid: str) -> None:
-        if self.router.free(rid):
-            self._share(rid, "free")
-
-    def _share(self, rid: str, kind: str, **fields) -> None:
-        if self.sync is not None:
-            self.sync.publish(self.eid.namespace, self.eid.component,
-                              self.sync.event(self.eid.path, rid, kind, **fields))
 
 
 def _decode_query(payload: bytes) -> RouteQuery:

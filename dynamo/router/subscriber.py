@@ -15,7 +15,6 @@ Workers that do not serve the endpoint stay flagged; the gap counts stay visible
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections import Counter
 
@@ -32,28 +31,6 @@ log = logging.getLogger(__name__)
 
 RESYNC_TIMEOUT = 5.0
 RESYNC_MIN_INTERVAL = 0.5  # seconds between two re-syncs of one worker
-
-
-def effective_mode(configured: str, publishing: int, total: int) -> tuple[str, str]:
-    """The routing mode in effect ("kv-events" | "approximate" | "load-only") and why, given the
-    configured KvRouterConfig.mode and how many of the `total` workers publish KV events."""
-    if configured == "load-only":
-        return "load-only", "--kv-overlap-score-weight 0: load balancing only"
-    if configured == "approximate":
-        return "approximate", "--no-router-kv-events: caches predicted from routing decisions"
-    if total and publishing == 0:
-        return "approximate", (f"none of the {total} worker(s) publishes KV events (prefix caching off?): "
-                               "caches predicted from routing decisions")
-    if publishing < total:
-        return "kv-events", f"only {publishing} of {total} workers publish KV events"
-    return "kv-events", f"all {total} worker(s) publish KV events"
-
-
-def apply_mode(router: KvRouter, mode: str) -> None:
-    """Switch an events-configured router between exact and approximate indexing."""
-    use_events = mode == "kv-events"
-    if router.config.mode in ("events", "approximate") and router.config.use_kv_events != use_events:
-        router.config = dataclasses.replace(router.config, use_kv_events=use_events)
 
 
 class _Worker:

@@ -1,15 +1,23 @@
-"""Busy thresholds end to end: when every worker is over `--active-decode-blocks-threshold`,
-the frontend answers 503 with an OpenAI error at once instead of queueing, and serves
-again once load drops."""
+"""Busy thresholds end to end. When every worker is over `--active-decode-blocks-threshold`:
+- with the router queue off (`--router-queue-max-requests 0`, NVIDIA Dynamo's default), the
+  frontend answers 503 with an OpenAI error at once, and serves again once load drops;
+- with the router queue (our default), the request waits in the router and is served as
+  soon as the load drops, within its deadline."""
 
 from __future__ import annotations
+
+import json
+import threading
 
 import httpx
 import pytest
 
-from tests.fixtures.procs import Cluster, wait_until
+from tests.fixtures.procs import Cluster, http_get, wait_until
+
+pytestmark = pytest.mark.e2e
 
 MODEL = "tiny"
+LONG_PROMPT = list(range(100, 100 + 16 * 8))  # 8 blocks = 12.5% of the cache, over the 10% threshold
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +25,11 @@ def cluster(tiny_model, tmp_path_factory):
     c = Cluster(tmp_path_factory.mktemp("busy"), tiny_model, "file")
     try:
         c.mocker("--speedup-ratio", "1", "--num-gpu-blocks-override", "64", "--block-size", "16")
-        c.frontend("--router-mode", "kv", "--active-decode-blocks-threshold", "0.1")
+        flags = ("--router-mode", "kv", "--active-decode-blocks-threshold", "0.1")
+        c.frontend(*flags, "--router-queue-max-requests", "0")
+        c.wait_workers(MODEL, 1)
+        c.no_queue_url = c.base_url
+        c.frontend(*flags, "--router-queue-timeout-secs", "60")
         c.wait_workers(MODEL, 1)
         yield c
     finally:
@@ -25,10 +37,9 @@ def cluster(tiny_model, tmp_path_factory):
 
 
 def test_all_workers_busy_is_503_then_recovers(cluster):
-    url = cluster.base_url + "/v1/completions"
-    long_prompt = list(range(100, 100 + 16 * 8))  # 8 blocks = 12.5% of the cache, over the 10% threshold
+    url = cluster.no_queue_url + "/v1/completions"
     with httpx.Client(timeout=60) as http:
-        with http.stream("POST", url, json={"model": MODEL, "prompt": long_prompt, "max_tokens": 400,
+        with http.stream("POST", url, json={"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": 400,
                                             "stream": True}) as busy:
             assert busy.status_code == 200
             lines = busy.iter_lines()  # keep the iterator: dropping it closes the response
@@ -40,3 +51,33 @@ def test_all_workers_busy_is_503_then_recovers(cluster):
         # the long request was cancelled when its stream closed: the worker is free again
         wait_until(lambda: http.post(url, json={"model": MODEL, "prompt": "again", "max_tokens": 2}).status_code
                    == 200, 30, "the frontend to accept requests again")
+
+
+def _queue(cluster) -> dict:
+    return json.loads(http_get(cluster.base_url + "/health")[1])["router"]["queue"]
+
+
+def test_all_workers_busy_waits_in_the_router_queue(cluster):
+    url = cluster.base_url + "/v1/completions"
+    result: dict = {}
+    with httpx.Client(timeout=90) as http:
+        with http.stream("POST", url, json={"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": 400,
+                                            "stream": True}) as busy:
+            assert busy.status_code == 200
+            lines = busy.iter_lines()
+            next(lines)
+
+            def queued() -> None:
+                result["resp"] = http.post(url, json={"model": MODEL, "prompt": "one more", "max_tokens": 2})
+
+            waiter = threading.Thread(target=queued)
+            waiter.start()
+            wait_until(lambda: _queue(cluster)["pending"] == 1, 30, "the request to wait in the router queue")
+            assert "resp" not in result  # held, not refused
+        # closing the long stream cancels it: the worker frees up and the queued request runs
+        waiter.join(60)
+    assert not waiter.is_alive()
+    assert result["resp"].status_code == 200, result["resp"].text
+    assert result["resp"].json()["choices"][0]["text"] is not None
+    stats = _queue(cluster)
+    assert stats["pending"] == 0 and stats["queued_total"] >= 1 and stats["timed_out"] == 0

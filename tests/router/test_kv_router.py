@@ -24,7 +24,10 @@ def store_prompt(router, worker, tokens, event_id=0, dp=0):
 
 
 def make(**cfg):
+    """A router with NVIDIA Dynamo's classic cost, whose logits these tests check exactly."""
     clock = cfg.pop("clock", None)
+    cfg.setdefault("router_cost_model", "dynamo")
+    cfg.setdefault("router_inflight_prefix_credit", False)
     return KvRouter(BS, KvRouterConfig(**cfg), rng=random.Random(7), clock=clock)
 
 

@@ -1,0 +1,257 @@
+"""The `kv` routing policy: KV-cache-aware routing over worker pools, hosted alike by the
+frontend (`--router-mode kv`) and the `dynamo.router` service.
+
+One `KvRouter` per pool (a model's decode pool, its prefill pool), kept in step with the
+pool snapshots it is given, fed by the workers' KV events and load metrics
+(`dynamo.router.subscriber`), optionally sharing bookings with router replicas
+(`dynamo.router.replica_sync`). Load is booked at `select`, its prefill released at the
+first token, everything released at `free`.
+
+The mode in effect is computed here and only here (`mode_report`) and stated, never
+silently degraded: when no worker of a pool publishes KV events, its router runs in
+approximate mode and says so in a WARNING, in `/health` and in the router-mode metric.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+
+from dynamo.llm.protocol import PreprocessedRequest
+from dynamo.router.config import KvRouterConfig
+from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers
+from dynamo.router.metrics import RouterMetrics
+from dynamo.router.policy import Choice, PolicyHost, WorkerInfo, WorkerPool, candidates, register
+from dynamo.router.replica_sync import ReplicaSync
+from dynamo.router.router_queue import RouterQueue
+from dynamo.router.subscriber import KvEventFeeds
+
+log = logging.getLogger(__name__)
+
+CONFIGURED = {"events": "kv-events", "approximate": "approximate", "load-only": "load-only"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModeReport:
+    mode: str  # "kv-events" | "approximate" | "load-only"
+    reason: str
+    degraded: bool  # less than configured: worth a WARNING
+
+
+def mode_report(configured: str, workers: tuple[WorkerInfo, ...]) -> ModeReport:
+    """The routing mode in effect for a pool and why, from the configured KvRouterConfig.mode
+    and which of its workers publish KV events."""
+    total = len(workers)
+    publishing = sum(1 for w in workers if w.publishes_kv_events)
+    if configured == "load-only":
+        return ModeReport("load-only", "--kv-overlap-score-weight 0: load balancing only", False)
+    if configured == "approximate":
+        return ModeReport("approximate", "--no-router-kv-events: caches predicted from routing decisions", False)
+    if total and publishing == 0:
+        return ModeReport("approximate", f"none of the {total} worker(s) publishes KV events (prefix caching "
+                          "off?): caches predicted from routing decisions", True)
+    if publishing < total:
+        return ModeReport("kv-events", f"only {publishing} of {total} workers publish KV events", True)
+    return ModeReport("kv-events", f"all {total} worker(s) publish KV events", False)
+
+
+class PoolRoute:
+    """The KvRouter of one pool and the snapshot it was last reconciled with."""
+
+    def __init__(self, pool: WorkerPool, router: KvRouter) -> None:
+        self.name = pool.name
+        self.router = router
+        self.pool = dataclasses.replace(pool, workers=(), version=-1)
+        self.report = ModeReport(CONFIGURED[router.mode], "configured", False)
+
+
+@register("kv")
+class KvPolicy:
+    name = "kv"
+
+    def __init__(self, config: KvRouterConfig) -> None:
+        self.config = config
+        self.routes: dict[str, PoolRoute] = {}
+        self._inflight: dict[str, PoolRoute] = {}
+        self.feeds: KvEventFeeds | None = None
+        self.sync: ReplicaSync | None = None
+        self.metrics: RouterMetrics | None = None
+        self.queue = RouterQueue(config)
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def attach(self, host: PolicyHost) -> None:
+        self.feeds = KvEventFeeds(host.store, host.client, host.event_plane)
+        if self.config.router_replica_sync:
+            self.sync = ReplicaSync.shared(host.store, host.event_plane, host.instance_id, self._router_for)
+        self.metrics = RouterMetrics.attach(host.registry, host.metrics_prefix, self._rows,
+                                            lambda: dict(self.feeds.counts) if self.feeds else {})
+
+    def _router_for(self, name: str) -> KvRouter | None:
+        route = self.routes.get(name)
+        return route.router if route is not None else None
+
+    async def close(self) -> None:
+        self.queue.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.feeds is not None:
+            await self.feeds.close()
+        if self.sync is not None:
+            await self.sync.close()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("KV routing background task failed: %s", task.exception())
+
+    # -- membership ----------------------------------------------------------------------
+    def on_membership_change(self, pool: WorkerPool) -> None:
+        route = self.routes.get(pool.name)
+        if route is None:
+            if not pool.workers:
+                return  # e.g. the prefill pool of an aggregated model: nothing to route yet
+            route = self.routes[pool.name] = PoolRoute(pool, KvRouter(pool.block_size, self.config))
+        before = {w.instance_id for w in route.pool.workers}
+        current = {w.instance_id: w for w in pool.workers}
+        for iid in before - current.keys():
+            dropped = route.router.remove_worker(iid)
+            for rid in dropped:
+                self._inflight.pop(rid, None)
+            if self.feeds is not None:
+                self.feeds.untrack(iid)
+            log.info("%s: worker %x left the KV router (%d in-flight bookings dropped)", pool.name, iid, len(dropped))
+        for iid, worker in current.items():
+            if iid not in before:
+                rc = worker.card.runtime_config if worker.card else None
+                route.router.add_worker(iid, max(rc.data_parallel_size, 1) if rc else 1,
+                                        (rc.total_kv_blocks or None) if rc else None,
+                                        rc.max_num_batched_tokens if rc else None)
+        route.pool = pool
+        self._update_mode(route)
+        self._subscribe(route)
+        self.queue.wake()
+
+    def _subscribe(self, route: PoolRoute) -> None:
+        for worker in route.pool.workers:
+            eid = worker.endpoint
+            if self.feeds is not None and route.report.mode != "load-only":
+                resync = bool(worker.card.runtime_config.enable_local_indexer) if worker.card else True
+                self._spawn(self.feeds.track(eid.namespace, eid.component, worker.instance_id, route.router,
+                                             worker.address, resync))
+            if self.sync is not None:
+                self._spawn(self.sync.join(eid.namespace, eid.component))
+
+    def _update_mode(self, route: PoolRoute) -> None:
+        if not route.pool.workers and self.config.mode == "events":
+            return  # keep what we had until workers come back
+        report = mode_report(self.config.mode, route.pool.workers)
+        router = route.router
+        use_events = report.mode == "kv-events"
+        if self.config.mode == "events" and router.config.use_kv_events != use_events:
+            router.config = dataclasses.replace(router.config, use_kv_events=use_events)
+        if (report.mode, report.reason) != (route.report.mode, route.report.reason):
+            log.log(logging.WARNING if report.degraded else logging.INFO, "%s: KV routing mode %s (%s)",
+                    route.name, report.mode, report.reason)
+        route.report = report
+
+    def _route(self, pool: WorkerPool) -> PoolRoute | None:
+        route = self.routes.get(pool.name)
+        if route is None or route.pool.version != pool.version:
+            self.on_membership_change(pool)
+            route = self.routes.get(pool.name)
+        return route
+
+    # -- per request ---------------------------------------------------------------------
+    async def select(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
+        deadline = None
+        while True:
+            try:
+                choice = self._select_now(pool, request, exclude)
+                if deadline is not None:
+                    self.queue.wake()  # there was room for this one: maybe for the next waiter too
+                return choice
+            except AllWorkersBusy:
+                if deadline is None:
+                    deadline = self.queue.enter()
+                await self.queue.wait(deadline)  # raises AllWorkersBusy when full or past the deadline
+
+    def _select_now(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
+        route = self._route(pool)
+        allowed = [w.instance_id for w in candidates(route.pool, request, exclude)] if route else []
+        if route is None or not allowed:
+            raise NoWorkers(pool.model)
+        started = time.perf_counter()
+        router = route.router
+        rid = request.request_id
+        lora = route.pool.lora_name
+        selection = router.select(request.token_ids, request_id=rid, allowed=allowed, lora_name=lora)
+        if rid in self._inflight:  # a retry that was not freed: never double-book
+            self.free(rid)
+        seq = router.add_request(rid, selection, request.token_ids, lora, request.stop_conditions.max_tokens)
+        self._inflight[rid] = route
+        if self.metrics is not None:
+            self.metrics.decision.labels(route.name).observe(time.perf_counter() - started)
+            self.metrics.overlap.labels(route.name).observe(selection.overlap_blocks)
+        worker = route.pool.get(selection.worker_id)
+        assert worker is not None  # the router only knows this pool's workers
+        if self.sync is not None:
+            eid = worker.endpoint
+            self.sync.publish(eid.namespace, eid.component, self.sync.event(
+                route.name, rid, "add", worker_id=selection.worker_id, dp_rank=selection.dp_rank, seq_hashes=seq,
+                isl=len(request.token_ids), overlap_blocks=selection.overlap_blocks))
+        return Choice(worker, selection.dp_rank, selection.overlap_blocks)
+
+    def prefill_complete(self, request_id: str) -> None:
+        route = self._inflight.get(request_id)
+        if route is not None and route.router.mark_prefill_complete(request_id):
+            self._share(route, request_id, "prefill")
+            self.queue.wake()
+
+    def free(self, request_id: str) -> None:
+        route = self._inflight.pop(request_id, None)
+        if route is not None and route.router.free(request_id):
+            self._share(route, request_id, "free")
+            self.queue.wake()
+
+    def _share(self, route: PoolRoute, request_id: str, kind: str) -> None:
+        if self.sync is None or not route.pool.workers:
+            return
+        eid = route.pool.workers[0].endpoint
+        self.sync.publish(eid.namespace, eid.component, self.sync.event(route.name, request_id, kind))
+
+    # -- observability -------------------------------------------------------------------
+    def _rows(self):
+        return [(name, route.router, route.report.mode) for name, route in self.routes.items()]
+
+    def report(self, name: str) -> ModeReport | None:
+        route = self.routes.get(name)
+        return None if route is None else route.report
+
+    def health(self) -> dict:
+        models = {}
+        for name, route in self.routes.items():
+            stats = route.router.stats()
+            models[name] = {
+                "mode": route.report.mode, "reason": route.report.reason, "block_size": route.router.block_size,
+                "workers": sorted(w.instance_id for w in route.pool.workers),
+                "kv_hit_rate": round(stats["kv_hit_rate"], 4),
+                "workers_needing_resync": stats["workers_needing_resync"],
+                "indexed_blocks": stats["tree_sizes"],
+                "cost_model": stats["cost_model"], "ttft_coefficients": stats["ttft_coefficients"],
+                "ttft_observations": stats["ttft_observations"],
+            }
+        body = {"router_mode": "kv", "replica_sync": self.sync is not None, "models": models,
+                "queue": self.queue.stats()}
+        if self.sync is not None:
+            body["replica_events_applied"] = self.sync.applied
+        return {"router": body}
+

@@ -1,0 +1,211 @@
+"""Routing as one component: the `WorkerPool` a policy routes over, the `RoutingPolicy`
+interface with its whole lifecycle, and the registry of policies by name.
+
+A pool is a frozen snapshot of the workers of one model in one role (decode-capable or
+prefill), made by whoever discovers workers (the frontend's ModelManager, the router
+service's watcher) and handed to the policy on every membership change; the policy never
+keeps a second, separately maintained membership list. The same policy objects are hosted
+by the frontend (`--router-mode`) and by `python -m dynamo.router`.
+
+Lifecycle, per process: `attach(host)` -> `on_membership_change(pool)`* -> per request
+`select` (books) -> `prefill_complete` (first token) -> `free` (idempotent) -> `close()`.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import msgspec
+
+from dynamo.llm.model_card import ModelDeploymentCard
+from dynamo.llm.protocol import PreprocessedRequest, RoutingHints
+from dynamo.router.config import KvRouterConfig
+from dynamo.router.selector import AllWorkersBusy, NoWorkers
+from dynamo.runtime.records import EndpointId
+
+__all__ = ["Role", "WorkerInfo", "WorkerPool", "Choice", "PolicyHost", "RoutingPolicy", "NoWorkers",
+           "AllWorkersBusy", "register", "create_policy", "policy_names"]
+
+
+class Role(enum.Enum):
+    DECODE = "decode"  # answers a request end to end (aggregated or decode workers)
+    PREFILL = "prefill"  # disaggregated prefill workers
+
+
+class WorkerInfo:
+    """One discovered worker instance. `card` is None for a worker that registered no model
+    card (the router service routes to any endpoint)."""
+
+    __slots__ = ("instance_id", "endpoint", "card", "address")
+
+    def __init__(self, instance_id: int, endpoint: EndpointId, card: ModelDeploymentCard | None,
+                 address: str | None = None) -> None:
+        self.instance_id = instance_id
+        self.endpoint = endpoint
+        self.card = card
+        self.address = address
+
+    @property
+    def publishes_kv_events(self) -> bool:
+        # Card-less workers cannot say; assume they publish (the indexer then stays exact).
+        return self.card is None or bool(self.card.runtime_config.publishes_kv_events)
+
+
+@dataclass(frozen=True)
+class WorkerPool:
+    """The routable workers of one model in one role, at one membership `version`."""
+
+    model: str
+    role: Role
+    version: int
+    block_size: int
+    workers: tuple[WorkerInfo, ...] = ()
+    lora_name: str | None = None  # a LoRA adapter's pool: its blocks hash in the adapter's namespace
+    _by_id: dict[int, WorkerInfo] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_id.update((w.instance_id, w) for w in self.workers)
+
+    @property
+    def name(self) -> str:
+        """Routing-state key: the model for decode pools, `model/prefill` for prefill pools."""
+        return self.model if self.role is Role.DECODE else f"{self.model}/prefill"
+
+    def get(self, instance_id: int) -> WorkerInfo | None:
+        return self._by_id.get(instance_id)
+
+    def __len__(self) -> int:
+        return len(self.workers)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A booked routing decision: the worker, and the data-parallel rank when it has several."""
+
+    worker: WorkerInfo
+    dp_rank: int = 0
+    overlap_blocks: int = 0
+
+
+@dataclass(frozen=True)
+class PolicyHost:
+    """What the hosting process lends a policy: discovery, request plane, metrics."""
+
+    store: Any
+    client: Any
+    instance_id: int
+    registry: Any
+    metrics_prefix: str = "dynamo_frontend"
+    event_plane: str | None = None
+
+
+class RoutingPolicy(Protocol):
+    name: str
+
+    async def attach(self, host: PolicyHost) -> None: ...
+    def on_membership_change(self, pool: WorkerPool) -> None: ...
+    async def select(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
+        """Choose a worker and book the request on it; raises NoWorkers / AllWorkersBusy."""
+        ...
+    def prefill_complete(self, request_id: str) -> None: ...
+    def free(self, request_id: str) -> None: ...
+    def health(self) -> dict: ...
+    async def close(self) -> None: ...
+
+
+_REGISTRY: dict[str, Callable[[KvRouterConfig], RoutingPolicy]] = {}
+
+
+def register(name: str):
+    def deco(factory):
+        _REGISTRY[name] = factory
+        return factory
+    return deco
+
+
+def policy_names() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def create_policy(name: str, config: KvRouterConfig) -> RoutingPolicy:
+    _load_builtin()
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown routing policy {name!r} (known: {', '.join(sorted(_REGISTRY))})") from None
+    return factory(config)
+
+
+def _load_builtin() -> None:
+    import dynamo.router.kv_policy  # noqa: F401, PLC0415 - registers "kv"; heavy, loaded on first use
+
+
+def candidates(pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> list[WorkerInfo]:
+    """Workers of `pool` this request may go to (not excluded; the pinned one if pinned)."""
+    pinned = request.routing.backend_instance_id if request.routing else None
+    return [w for w in pool.workers if w.instance_id not in exclude and (pinned is None or w.instance_id == pinned)]
+
+
+def with_dp_rank(request: PreprocessedRequest, choice: Choice) -> PreprocessedRequest:
+    """The request as sent to the chosen worker: the dp rank travels in its routing hints."""
+    if not choice.dp_rank:
+        return request
+    hints = request.routing or RoutingHints()
+    return msgspec.structs.replace(request, routing=msgspec.structs.replace(hints, dp_rank=choice.dp_rank))
+
+
+class _Stateless:
+    """Load-blind policies: nothing to attach, book or free."""
+
+    name = "stateless"
+
+    async def attach(self, host: PolicyHost) -> None:
+        pass
+
+    def on_membership_change(self, pool: WorkerPool) -> None:
+        pass
+
+    def prefill_complete(self, request_id: str) -> None:
+        pass
+
+    def free(self, request_id: str) -> None:
+        pass
+
+    def health(self) -> dict:
+        return {"router": {"router_mode": self.name}}
+
+    async def close(self) -> None:
+        pass
+
+
+@register("round-robin")
+class RoundRobinPolicy(_Stateless):
+    name = "round-robin"
+
+    def __init__(self, config: KvRouterConfig | None = None) -> None:
+        self._counter = itertools.count()
+
+    async def select(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
+        workers = sorted(candidates(pool, request, exclude), key=lambda w: w.instance_id)
+        if not workers:
+            raise NoWorkers(pool.model)
+        return Choice(workers[next(self._counter) % len(workers)])
+
+
+@register("random")
+class RandomPolicy(_Stateless):
+    name = "random"
+
+    def __init__(self, config: KvRouterConfig | None = None, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()
+
+    async def select(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
+        workers = candidates(pool, request, exclude)
+        if not workers:
+            raise NoWorkers(pool.model)
+        return Choice(self._rng.choice(workers))

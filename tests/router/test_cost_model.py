@@ -1,0 +1,96 @@
+"""The ttft cost model: the online fit recovers the coefficients behind observed TTFTs, and
+the router it drives trades cache hits against queued prefill work and decode load."""
+
+import random
+
+from dynamo.router.config import KvRouterConfig
+from dynamo.router.cost_model import PRIOR, TtftModel, features
+from dynamo.router.kv_router import KvRouter
+from tests.router.test_kv_router import BS, store_prompt
+
+LONG = list(range(400))  # 100 blocks
+
+
+def test_fit_recovers_the_coefficients_behind_the_observations():
+    truth = (0.005, 0.9, 0.05, 0.01)  # a CPU engine: prefill far more expensive than the prior says
+    model = TtftModel()
+    rng = random.Random(1)
+    for _ in range(400):
+        x = features(rng.randrange(0, 4000), rng.random(), rng.randrange(0, 32))
+        model.observe(x, sum(c * v for c, v in zip(truth, x)) + rng.gauss(0, 0.002))
+    assert abs(model.coef[1] - truth[1]) < 0.05 and abs(model.coef[2] - truth[2]) < 0.02
+    assert model.observations == 400
+
+
+def test_prior_holds_without_data_and_slopes_never_go_negative():
+    model = TtftModel()
+    assert model.coef == list(PRIOR)
+    for i in range(64):  # more prefill work, faster answers: nonsense the fit must not learn
+        model.observe(features(4000 - i * 50, 0.5, 4), 0.01 + i * 0.001)
+    assert all(c > 0 for c in model.coef[1:])
+
+
+def make_router():
+    r = KvRouter(BS, KvRouterConfig(), rng=random.Random(3), clock=lambda: 0.0)
+    r.add_worker(1, total_kv_blocks=1000)
+    r.add_worker(2, total_kv_blocks=1000)
+    return r
+
+
+def test_cache_hit_wins_when_loads_are_equal():
+    r = make_router()
+    store_prompt(r, 2, LONG)
+    sel = r.select(LONG + [7, 8, 9, 10])
+    assert sel.worker_id == 2 and sel.overlap_blocks == 100 and sel.features is not None
+
+
+def test_queued_prefill_outweighs_a_small_hit():
+    r = make_router()
+    store_prompt(r, 2, LONG[:16])  # 4 cached blocks on worker 2...
+    for i in range(6):  # ...which has 6 x 4,000 tokens of prefill queued
+        sel = r.select(list(range(10_000 + i * 4000, 14_000 + i * 4000)), allowed=[2])
+        r.add_request(f"q{i}", sel, list(range(10_000 + i * 4000, 14_000 + i * 4000)))
+    assert r.select(LONG).worker_id == 1
+
+
+def test_first_token_teaches_the_model():
+    now = [0.0]
+    r = KvRouter(BS, KvRouterConfig(), clock=lambda: now[0])
+    r.add_worker(1, total_kv_blocks=1000)
+    for i in range(16):
+        sel = r.select(LONG, request_id=f"r{i}")
+        r.add_request(f"r{i}", sel, LONG)
+        now[0] += 0.25
+        assert r.mark_prefill_complete(f"r{i}")
+        r.free(f"r{i}")
+    assert r.ttft.observations == 16 and r.ttft.coef != list(PRIOR)
+    assert r.stats()["cost_model"] == "ttft"
+
+
+def test_output_blocks_are_booked_from_max_tokens_and_released():
+    r = make_router()
+    sel = r.select(LONG)
+    r.add_request("a", sel, LONG, max_tokens=40)  # 400 prompt tokens + 40 = 10 more blocks of 4
+    key = (sel.worker_id, 0)
+    assert r.active.active_blocks(key) == 100 + 10
+    r.free("a")
+    assert r.active.active_blocks(key) == 0
+    off = KvRouter(BS, KvRouterConfig(router_track_output_blocks=False))
+    off.add_worker(1)
+    off.add_request("b", off.select(LONG), LONG, max_tokens=40)
+    assert off.active.active_blocks((1, 0)) == 100
+
+
+def test_a_burst_of_one_prefix_stays_together_before_any_kv_event():
+    r = make_router()
+    burst = [LONG + [9000 + i] * 4 for i in range(4)]  # one system prompt, nothing indexed yet
+    first = r.select(burst[0], request_id="b0")
+    r.add_request("b0", first, burst[0])
+    second = r.select(burst[1], request_id="b1")
+    # the prefix is being prefilled on the first worker: joining it costs 4 tokens, not 404
+    assert second.worker_id == first.worker_id and second.prefill_tokens == 4
+    classic = KvRouter(BS, KvRouterConfig(router_inflight_prefix_credit=False), rng=random.Random(3))
+    classic.add_worker(1, total_kv_blocks=1000)
+    classic.add_worker(2, total_kv_blocks=1000)
+    classic.add_request("b0", classic.select(burst[0], request_id="b0"), burst[0])
+    assert classic.select(burst[1]).prefill_tokens is None

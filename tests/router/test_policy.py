@@ -1,0 +1,186 @@
+"""Routing policies over worker pools: the registry, the load-blind policies, the kv policy's
+lifecycle (select books, first token releases prefill, free releases all), the one mode
+report, and the bounded router queue."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from dynamo.llm.model_card import ModelDeploymentCard, RuntimeConfig
+from dynamo.llm.protocol import PreprocessedRequest, RoutingHints
+from dynamo.router.config import KvRouterConfig
+from dynamo.router.kv_policy import KvPolicy, mode_report
+from dynamo.router.policy import (AllWorkersBusy, Choice, NoWorkers, RandomPolicy, Role, RoundRobinPolicy,
+                                  WorkerInfo, WorkerPool, create_policy, policy_names, with_dp_rank)
+from dynamo.router.router_queue import RouterQueue
+from dynamo.runtime.records import EndpointId
+
+EID = EndpointId("ns", "backend", "generate")
+BS = 4
+
+
+def card(publishes: bool = True, blocks: int = 64) -> ModelDeploymentCard:
+    rc = RuntimeConfig(total_kv_blocks=blocks, publishes_kv_events=publishes, max_num_batched_tokens=64)
+    return ModelDeploymentCard(display_name="m", slug="m", model_path="/m", context_length=4096,
+                               kv_cache_block_size=BS, runtime_config=rc)
+
+
+def pool(*ids: int, version: int = 1, role: Role = Role.DECODE, publishes: bool = True, blocks: int = 64):
+    workers = tuple(WorkerInfo(i, EID, card(publishes, blocks), f"127.0.0.1:{1000 + i}") for i in ids)
+    return WorkerPool("m", role, version, BS, workers)
+
+
+def req(rid: str, tokens: list[int], pinned: int | None = None) -> PreprocessedRequest:
+    hints = RoutingHints(backend_instance_id=pinned) if pinned is not None else None
+    return PreprocessedRequest(request_id=rid, model="m", token_ids=tokens, routing=hints)
+
+
+def test_registry_names_and_unknown():
+    assert {"kv", "round-robin", "random"} <= set(policy_names())
+    assert isinstance(create_policy("round-robin", KvRouterConfig()), RoundRobinPolicy)
+    assert isinstance(create_policy("kv", KvRouterConfig()), KvPolicy)
+    with pytest.raises(ValueError, match="unknown routing policy"):
+        create_policy("nope", KvRouterConfig())
+
+
+def test_pool_names_roles_and_lookup():
+    p = pool(3, 1)
+    assert p.name == "m" and len(p) == 2 and p.get(3).address == "127.0.0.1:1003" and p.get(9) is None
+    assert pool(1, role=Role.PREFILL).name == "m/prefill"
+
+
+async def test_round_robin_and_random_respect_exclude_and_pin():
+    rr = RoundRobinPolicy()
+    p = pool(2, 1)
+    picks = [(await rr.select(p, req(str(i), [1]), set())).worker.instance_id for i in range(4)]
+    assert picks == [1, 2, 1, 2]
+    assert (await rr.select(p, req("x", [1]), {1})).worker.instance_id == 2
+    assert (await rr.select(p, req("y", [1], pinned=2), set())).worker.instance_id == 2
+    with pytest.raises(NoWorkers):
+        await rr.select(p, req("z", [1]), {1, 2})
+    rnd = RandomPolicy()
+    assert {(await rnd.select(p, req(str(i), [1]), {2})).worker.instance_id for i in range(5)} == {1}
+    with pytest.raises(NoWorkers):
+        await rnd.select(pool(), req("z", [1]), set())
+
+
+def test_mode_report_is_one_rule_for_every_host():
+    assert mode_report("events", pool(1, 2).workers).mode == "kv-events"
+    silent = mode_report("events", pool(1, 2, publishes=False).workers)
+    assert silent.mode == "approximate" and silent.degraded
+    mixed = pool(1, publishes=False).workers + pool(2).workers
+    partial = mode_report("events", mixed)
+    assert partial.mode == "kv-events" and partial.degraded and partial.reason.startswith("only 1 of 2")
+    cardless = (WorkerInfo(7, EID, None, "127.0.0.1:1"),)  # the router service's non-LLM workers
+    assert mode_report("events", cardless).mode == "kv-events"
+    assert mode_report("load-only", pool(1).workers).mode == "load-only"
+    assert mode_report("approximate", pool(1).workers) .mode == "approximate"
+
+
+async def test_kv_policy_books_releases_and_follows_membership():
+    policy = KvPolicy(KvRouterConfig(router_cost_model="dynamo"))
+    p = pool(1, 2)
+    tokens = list(range(16))
+    first = await policy.select(p, req("a", tokens), set())
+    assert isinstance(first, Choice) and first.worker.instance_id in (1, 2)
+    router = policy.routes["m"].router
+    key = (first.worker.instance_id, 0)
+    assert router.active.active_prefill_tokens(key) == 16 and router.active.requests(key) == 1
+    policy.prefill_complete("a")
+    assert router.active.active_prefill_tokens(key) == 0 and router.active.requests(key) == 1
+    policy.free("a")
+    policy.free("a")  # idempotent
+    assert router.active.requests(key) == 0
+    # a new snapshot without worker 1 drops it (and its bookings); selection follows the snapshot
+    await policy.select(p, req("b", tokens, pinned=1), set())
+    policy.on_membership_change(pool(2, version=2))
+    assert sorted(router.workers()) == [2] and "b" not in policy._inflight
+    assert (await policy.select(pool(2, version=2), req("c", tokens), set())).worker.instance_id == 2
+    with pytest.raises(NoWorkers):
+        await policy.select(pool(2, version=2), req("d", tokens), {2})
+    health = policy.health()["router"]
+    assert health["models"]["m"]["workers"] == [2] and health["models"]["m"]["mode"] == "kv-events"
+
+
+async def test_kv_policy_one_instance_serves_decode_and_prefill_pools():
+    policy = KvPolicy(KvRouterConfig())
+    decode, prefill = pool(1, 2), pool(5, role=Role.PREFILL)
+    assert (await policy.select(prefill, req("p", list(range(8))), set())).worker.instance_id == 5
+    assert (await policy.select(decode, req("d", list(range(8))), set())).worker.instance_id in (1, 2)
+    assert set(policy.routes) == {"m", "m/prefill"}
+
+
+def test_with_dp_rank_sets_the_hint_without_touching_the_request():
+    r = req("a", [1, 2])
+    w = WorkerInfo(1, EID, None, "x")
+    assert with_dp_rank(r, Choice(w)) is r
+    sent = with_dp_rank(r, Choice(w, dp_rank=3))
+    assert sent.routing.dp_rank == 3 and r.routing is None
+
+
+async def test_router_queue_waits_for_released_load_then_times_out():
+    config = KvRouterConfig(router_cost_model="dynamo", active_prefill_tokens_threshold=10,
+                            router_queue_timeout_secs=5.0)
+    policy = KvPolicy(config)
+    p = pool(1)
+    await policy.select(p, req("big", list(range(32))), set())  # 32 prefill tokens > 10: worker busy
+    waiting = asyncio.ensure_future(policy.select(p, req("next", list(range(8))), set()))
+    await asyncio.sleep(0.3)
+    assert not waiting.done() and policy.queue.pending == 1
+    policy.prefill_complete("big")  # load released: the waiter is served
+    choice = await asyncio.wait_for(waiting, 5)
+    assert choice.worker.instance_id == 1 and policy.queue.stats()["queued_total"] == 1
+    # with a short deadline, a request that never fits is answered AllWorkersBusy
+    short = KvPolicy(KvRouterConfig(router_cost_model="dynamo", active_prefill_tokens_threshold=10,
+                                    router_queue_timeout_secs=0.3))
+    await short.select(p, req("big", list(range(32))), set())
+    with pytest.raises(AllWorkersBusy):
+        await asyncio.wait_for(short.select(p, req("late", [1, 2]), set()), 5)
+    assert short.queue.stats()["timed_out"] == 1
+
+
+async def test_router_queue_is_bounded():
+    queue = RouterQueue(KvRouterConfig(router_queue_max_requests=1, router_queue_timeout_secs=5))
+    first = asyncio.ensure_future(queue.wait(queue.enter()))
+    await asyncio.sleep(0)
+    with pytest.raises(AllWorkersBusy):
+        await queue.wait(queue.enter())  # the queue is full: refused at once
+    queue.wake()
+    await asyncio.wait_for(first, 1)
+    off = RouterQueue(KvRouterConfig(router_queue_max_requests=0))
+    with pytest.raises(AllWorkersBusy):
+        await off.wait(off.enter())
+
+
+async def test_lora_pool_hashes_in_the_adapter_namespace():
+    from dynamo.llm.kv_events.hashing import block_hashes, sequence_hashes
+    from dynamo.llm.kv_events.protocol import KvCacheEvent, KvStored, RouterEvent, StoredBlock
+
+    tokens = list(range(32))
+    policy = KvPolicy(KvRouterConfig(router_cost_model="dynamo"))
+    lora = WorkerPool("m-lora", Role.DECODE, 1, BS, pool(1, 2).workers, lora_name="adapter")
+    policy.on_membership_change(lora)
+    router = policy.routes["m-lora"].router
+
+    def stored(worker: int, lora_name: str | None, event_id: int) -> None:
+        local = block_hashes(tokens, BS, lora_name)  # what the engine reports for the adapter's blocks
+        blocks = [StoredBlock(block_hash=e, tokens_hash=h) for e, h in zip(sequence_hashes(local), local)]
+        router.apply_event(RouterEvent(worker_id=worker, event=KvCacheEvent(
+            event_id=event_id, data=KvStored(parent_hash=None, blocks=blocks))))
+
+    stored(1, None, 0)  # base-model blocks of the same tokens on worker 1: no use to the adapter
+    assert (await policy.select(lora, req("a", tokens), set())).overlap_blocks == 0
+    policy.free("a")
+    stored(2, "adapter", 0)  # the adapter's own blocks on worker 2
+    choice = await policy.select(lora, req("b", tokens), set())
+    assert (choice.worker.instance_id, choice.overlap_blocks) == (2, 8)
+
+
+async def test_an_empty_pool_gets_no_router():
+    policy = KvPolicy(KvRouterConfig())
+    policy.on_membership_change(pool(role=Role.PREFILL))
+    assert policy.routes == {}
+    with pytest.raises(NoWorkers):
+        await policy.select(pool(role=Role.PREFILL), req("a", [1, 2, 3]), set())
