@@ -111,7 +111,8 @@ class FrontendApp:
         await send_json(send, 200, body)
 
     async def list_models(self, scope, receive, send) -> None:
-        data = [{"id": e.name, "object": "model", "created": e.created, "owned_by": "dynamo"}
+        data = [{"id": e.name, "object": "model", "created": e.created, "owned_by": "dynamo",
+                 **({"parent": e.card.base_model_path} if e.card.lora_name else {})}  # a LoRA: its base model
                 for e in self.models.listed()]
         await send_json(send, 200, {"object": "list", "data": data})
 

@@ -96,6 +96,7 @@ class ModelPipeline:
             sampling_options=sampling_of(req),
             output_options=output_options_of(req),
             eos_token_ids=self.eos_token_ids,
+            lora_name=self.card.lora_name,
         )
 
     def assembler(self, stops: list[str] | None) -> "TextAssembler":

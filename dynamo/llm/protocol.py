@@ -58,6 +58,8 @@ class PreprocessedRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     # Set on a request sent to a prefill worker (the backend's transfer marker).
     prefill_only: bool = False
     extra_args: dict[str, Any] | None = None
+    # The LoRA adapter to apply (the model name is the adapter's); None: the base model.
+    lora_name: str | None = None
 
 
 class FinishReason:

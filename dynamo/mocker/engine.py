@@ -150,6 +150,7 @@ class MockEngine:
             self.sampler.with_extra(extra),
             seed_for(prompt, request.sampling_options.seed),
             skip_prefill=skip_prefill,
+            lora_name=request.lora_name,
         )
 
     async def _transfer(self, seq: Sequence) -> dict:
