@@ -14,7 +14,9 @@ import yaml
 
 from dynamo.deploy import contract
 from dynamo.deploy.model import EnvVar, Graph, Quantities, Service
+from dynamo.deploy.dynamo_model import add_sidecars, load_models
 from dynamo.deploy.run import load_graph
+from dynamo.deploy.validate import load_documents
 
 ETCD_IMAGE = "quay.io/coreos/etcd:v3.5.21"
 _POD_PASSTHROUGH = ("initContainers", "nodeSelector", "tolerations", "affinity", "imagePullSecrets",
@@ -207,6 +209,12 @@ def render(graph: Graph, k8s_namespace: str | None = None, etcd_endpoints: str =
 
 def main(args: argparse.Namespace) -> int:
     graph = load_graph(args.file)
+    try:
+        models = load_models(load_documents(args.file), graph)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     objects = render(graph, args.namespace, args.etcd_endpoints, args.include_etcd)
+    add_sidecars(objects, graph, models, contract.K8S_SYSTEM_PORT, contract.k8s_name)  # DynamoModel adapters
     sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False))
     return 0
