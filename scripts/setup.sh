@@ -10,6 +10,6 @@ stamp=.venv/.dynamo-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[test,profiler]"
+  .venv/bin/python -m pip install -q -e ".[test,profiler,planner]"
   echo "$want" > "$stamp"
 fi

@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a service's replicas (repeatable)")
     r.add_argument("--append-args", action="append", default=[], metavar="SVC=ARGS",
                    help="append flags to a service's dynamo command (e.g. CPU-only engine flags; repeatable)")
+    r.add_argument("--volume", dest="volumes", action="append", default=[], metavar="PVC=DIR",
+                   help="serve PVC's mount point from a local directory (repeatable)")
     r.add_argument("--namespace", default=None, help="Kubernetes namespace to emulate (default: manifest's)")
     r.add_argument("--control-port", type=int, default=0,
                    help="port of the control endpoint (GET /status, POST /scale); 0 picks a free one")
@@ -36,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--namespace", default=None, help="Kubernetes namespace (default: manifest's, else default)")
     k.add_argument("--etcd-endpoints", default="http://etcd:2379", help="discovery for the rendered graph")
     k.add_argument("--include-etcd", action="store_true", help="also render a single-node etcd")
+    k.add_argument("--pull-secret", dest="pull_secrets", action="append", default=[], metavar="NAME=REGISTRY",
+                   help="a docker-config Secret in the namespace, for image-pull-secret discovery (repeatable)")
+    k.add_argument("--pull-secrets-from", action="append", default=[], metavar="FILE",
+                   help="Secret objects (e.g. `kubectl get secrets -o yaml`) to discover image pull secrets from")
 
     s = sub.add_parser("scale", help="change a service's replicas in a running `run`")
     s.add_argument("control", help="control URL printed by `run` (http://127.0.0.1:PORT)")

@@ -41,6 +41,10 @@ class CommandLine:
     tokens: list[str] = field(default_factory=list)  # script tokens (shell) or argv (exec)
     invocations: list[Invocation] = field(default_factory=list)
 
+    @property
+    def modules(self) -> list[str]:
+        return [inv.module for inv in self.invocations]
+
     def render(self) -> list[str]:
         """The argv to execute, reflecting any edits made to `invocations`' args."""
         tokens = list(self.tokens)
@@ -50,7 +54,22 @@ class CommandLine:
                 tokens[inv.python_index] = inv.interpreter
         if not self.shell:
             return tokens
-        return [*self.argv[:-1], " ".join(_shell_word(t) for t in tokens)]
+        return [*self.argv[:-1], _join_script(tokens)]
+
+
+def _join_script(tokens: list[str]) -> str:
+    """Tokens back into a script; a redirect keeps its fd and target attached (`2>&1`)."""
+    out = ""
+    for i, token in enumerate(tokens):
+        word = _shell_word(token)
+        attached = i > 0 and ((token[:1] in "<>" and len(tokens[i - 1]) == 1 and tokens[i - 1].isdigit() and _attached_fd(tokens, i - 1))
+                              or tokens[i - 1].endswith("&") and tokens[i - 1][:1] in "<>" and token.isdigit())
+        out += word if attached or not out else " " + word
+    return out
+
+
+def _attached_fd(tokens: list[str], i: int) -> bool:
+    return i + 1 < len(tokens) and tokens[i + 1][:1] in "<>"
 
 
 def _shell_word(token: str) -> str:
@@ -103,6 +122,15 @@ def parse_command(command: list[str] | None, args: list[str] | None) -> CommandL
         line = CommandLine(argv=argv, tokens=list(argv))
     line.invocations = _find_invocations(line.tokens)
     return line
+
+
+_TMP_PATH = re.compile(r"(?<![\w./-])/tmp/[^\s'\"|;&<>()]+")
+
+
+def probe_files(probe: dict) -> list[str]:
+    """Files under /tmp an exec probe reads (pod-local paths a command must write)."""
+    command = (probe.get("exec") or {}).get("command") or []
+    return sorted({m.group(0) for part in command for m in _TMP_PATH.finditer(str(part))})
 
 
 # ----- argument edits --------------------------------------------------------------------

@@ -29,6 +29,20 @@ FRONTEND_READY_SCRIPT = (
 )
 
 
+# What the operator runs in a component's main container when the manifest gives no
+# command: the frontend and the planner have a default; a worker must say what it runs.
+DEFAULT_COMMANDS = {"frontend": ["python3", "-m", "dynamo.frontend"], "planner": ["python3", "-m", "dynamo.planner"]}
+
+
+def command_of(svc: Service) -> tuple[list[str] | None, list[str] | None, bool]:
+    """(command, args, defaulted) the main container runs; both None: nothing to run."""
+    main = svc.container
+    if main.command or main.args:
+        return main.command, main.args, False
+    default = DEFAULT_COMMANDS.get(svc.componentType or "")
+    return (list(default), None, True) if default else (None, None, False)
+
+
 def dynamo_namespace(graph: Graph, k8s_namespace: str | None = None) -> str:
     ns = k8s_namespace or graph.metadata.namespace or "default"
     return f"{ns}-{graph.metadata.name}"
@@ -89,10 +103,22 @@ def default_probes(svc: Service, http_port: int | str = FRONTEND_PORT,
         }
     else:
         probes = {}
-    for key, override in (("liveness", svc.livenessProbe), ("readiness", svc.readinessProbe)):
-        if override is not None:
+    main = svc.container
+    for key, override in (("liveness", svc.livenessProbe), ("readiness", svc.readinessProbe),
+                          ("liveness", main.livenessProbe), ("readiness", main.readinessProbe),
+                          ("startup", main.startupProbe)):
+        if override is not None:  # the container's own probes win, as in the operator's merge
             probes[key] = probe_dict(override)
     return probes
+
+
+def exec_probes(svc: Service) -> dict[str, dict[str, Any]]:
+    """The service's exec probes by kind (the defaults are never exec on a file)."""
+    return {k: p for k, p in default_probes(svc).items() if "exec" in p and not _is_default(svc, k, p)}
+
+
+def _is_default(svc: Service, kind: str, probe: dict[str, Any]) -> bool:
+    return is_frontend(svc) and kind == "readiness" and FRONTEND_READY_SCRIPT.split(";")[0] in str(probe)
 
 
 def probe_dict(probe: Probe) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Typed model of the DynamoGraphDeployment (`nvidia.com/v1alpha1`) fields we support.
+"""Typed model of the DynamoGraphDeployment (`nvidia.com/v1alpha1`) fields we support;
+`nvidia.com/v1beta1` documents are checked by `v1beta1.py` and converted into this model.
 
 `check(raw)` walks a parsed YAML document against these structs and returns *every*
 problem with its path (`spec.services.Worker.replicas: expected int, got str`), unknown
@@ -14,6 +15,8 @@ from typing import Any, Literal, Union
 import msgspec
 
 API_VERSION = "nvidia.com/v1alpha1"
+API_VERSION_V1BETA1 = "nvidia.com/v1beta1"
+GPU_RESOURCE = "nvidia.com/gpu"
 KIND = "DynamoGraphDeployment"
 MAX_SERVICES = 25
 
@@ -82,7 +85,13 @@ class Container(Base):
     startupProbe: Union[Probe, None] = None
     lifecycle: Union[dict[str, Any], None] = None
     stdin: Union[bool, None] = None
+    stdinOnce: Union[bool, None] = None
     tty: Union[bool, None] = None
+    restartPolicy: Union[str, None] = None
+    resizePolicy: Union[list[Any], None] = None
+    volumeDevices: Union[list[Any], None] = None
+    terminationMessagePath: Union[str, None] = None
+    terminationMessagePolicy: Union[str, None] = None
 
 
 class ExtraPodSpec(Base):
@@ -168,9 +177,25 @@ class Service(Base):
         return 1 if self.replicas is None else self.replicas
 
     def gpus(self) -> int:
-        limits = self.resources.limits if self.resources else None
-        value = limits.gpu if limits else None
-        return int(value) if value not in (None, "") else 0
+        """GPUs per pod: `resources.{limits,requests}.gpu`, else the container's `nvidia.com/gpu`."""
+        res = self.resources
+        for q in ((res.limits if res else None), (res.requests if res else None)):
+            if q is not None and q.gpu not in (None, ""):
+                return int(q.gpu)
+        native = self.container.resources or {}
+        for key in ("limits", "requests"):
+            value = (native.get(key) or {}).get(GPU_RESOURCE)
+            if value not in (None, ""):
+                return int(value)
+        return 0
+
+    def annotation(self, key: str) -> str | None:
+        """A component annotation (service `annotations` or pod metadata)."""
+        meta = self.extraPodMetadata
+        for source in ((meta.annotations if meta else None), self.annotations):
+            if source and key in source:
+                return source[key]
+        return None
 
 
 class Pvc(Base):
@@ -297,7 +322,8 @@ def check(raw: Any) -> list[tuple[str, str]]:
     if not isinstance(raw, dict):
         return errors
     if raw.get("apiVersion") not in (None, API_VERSION) and isinstance(raw.get("apiVersion"), str):
-        errors.append(("apiVersion", f"expected {API_VERSION!r}, got {raw['apiVersion']!r}"))
+        errors.append(("apiVersion", f"expected {API_VERSION!r} or {API_VERSION_V1BETA1!r}, "
+                                     f"got {raw['apiVersion']!r}"))
     if raw.get("kind") not in (None, KIND) and isinstance(raw.get("kind"), str):
         errors.append(("kind", f"expected {KIND!r}, got {raw['kind']!r}"))
     services = (raw.get("spec") or {}).get("services") if isinstance(raw.get("spec"), dict) else None

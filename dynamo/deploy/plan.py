@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dynamo.deploy import contract
-from dynamo.deploy.commands import CommandLine, parse_command, set_flag, swap_model
+from dynamo.deploy import contract, local
+from dynamo.deploy.commands import MODEL_FLAGS, CommandLine, flag_value, parse_command, set_flag, swap_model
 from dynamo.deploy.model import Graph, Service
 from dynamo.runtime.net import free_port
 
@@ -43,6 +43,8 @@ class RunOptions:
     namespace: str | None = None
     state_dir: str = ""
     append_args: dict[str, list[str]] = field(default_factory=dict)  # service -> extra flags
+    volumes: dict[str, str] = field(default_factory=dict)  # PVC name -> local directory
+    pods_dir: str = ""  # per-replica private /tmp dirs (default: STATE/pods); short: unix socket paths live there
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
@@ -101,13 +103,25 @@ class ServicePlan:
         self.frontend = contract.is_frontend(svc)
         self.gpus = svc.gpus()
         self.discovery = discovery
-        self.line: CommandLine = parse_command(svc.container.command, svc.container.args)
+        self.command, self.args, _ = contract.command_of(svc)
+        self.line: CommandLine = parse_command(self.command, self.args)
+        self.mounts = {point: path for pvc, path in opts.volumes.items() for point in local.mount_points(svc, pvc)}
         self.ports: dict[int, tuple[int | None, int | None]] = {}
         self.devices: list[str] | None = None  # GPUs on this machine; None: leave CUDA env alone
 
     @property
     def modules(self) -> list[str]:
-        return [inv.module for inv in self.line.invocations]
+        return self.line.modules
+
+    def check_model(self) -> None:
+        """Fail before starting anything when a worker's model cannot be found here."""
+        for inv in parse_command(self.command, self.args).invocations:
+            if inv.module in WORKER_MODULES:
+                inv.args = [local.map_volumes(a, self.mounts) for a in inv.args]
+                try:
+                    self._local_model(inv)
+                except LookupError as exc:
+                    raise ValueError(f"service {self.name}: {exc.args[0]}") from None
 
     def _ports(self, index: int) -> tuple[int | None, int | None]:
         if index not in self.ports:  # stable across restarts of the same replica
@@ -116,23 +130,43 @@ class ServicePlan:
             self.ports[index] = (http, system)
         return self.ports[index]
 
-    def _argv(self, http: int | None) -> list[str]:
-        line = parse_command(self.svc.container.command, self.svc.container.args)
+    def _argv(self, http: int | None, tmp_dir: str) -> list[str]:
+        line = parse_command(self.command, self.args)
+        line.tokens = [local.map_volumes(t, self.mounts) for t in line.tokens]
         for inv in line.invocations:
+            inv.args = [local.map_volumes(a, self.mounts) for a in inv.args]
             inv.interpreter = sys.executable  # `python3` in the image is this venv's python here
-            if self.opts.model and inv.module in WORKER_MODULES:
-                swap_model(inv, self.opts.model)
+            if inv.module in WORKER_MODULES:
+                self._local_model(inv)
             if inv.module == "dynamo.frontend" and http is not None:
                 inv.args = set_flag(inv.args, ("--http-port",), str(http))
             inv.args = _local_kv_events(inv.args) + self.opts.append_args.get(self.name, [])
-        return line.render()
+        return [local.private_tmp(part, tmp_dir) for part in line.render()]
+
+    def _local_model(self, inv) -> None:
+        """--model wins; else a model in HF's cache layout resolves in this machine's cache."""
+        if self.opts.model:
+            swap_model(inv, self.opts.model)
+            return
+        value = flag_value(inv.args, MODEL_FLAGS[inv.module][0]) if inv.module in MODEL_FLAGS else None
+        if value:
+            resolved = local.local_model(value, self.opts.environ)  # LookupError: not cached here
+            if resolved != value:
+                swap_model(inv, resolved)
 
     def launch(self, index: int) -> Launch:
         http, system = self._ports(index)
+        tmp_dir = os.path.join(self.opts.pods_dir or os.path.join(self.opts.state_dir, "pods"), f"{self.name}-{index}")
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # a restarted container starts with an empty /tmp
+        os.makedirs(tmp_dir)
         env = dict(self.opts.environ)
-        env.update(contract.env_list(self.graph.spec.envs))
-        env.update(contract.env_list(self.svc.envs))
-        env.update(contract.env_list(self.svc.container.env))
+        manifest_env = {**contract.env_list(self.graph.spec.envs), **contract.env_list(self.svc.envs),
+                        **contract.env_list(self.svc.container.env)}
+        for key, value in manifest_env.items():
+            value = local.private_tmp(local.map_volumes(value, self.mounts), tmp_dir)
+            if key in local.HF_ENV and value.startswith("/") and not os.path.exists(value):
+                continue  # a cache on a PVC this machine lacks: use the local HF cache instead
+            env[key] = value
         injected = contract.injected_env(self.graph, self.svc, k8s_namespace=self.opts.namespace,
                                          discovery=self.discovery["DYN_DISCOVERY_BACKEND"],
                                          system_port=system or contract.K8S_SYSTEM_PORT,
@@ -145,15 +179,19 @@ class ServicePlan:
         env["POD_NAME"] = contract.k8s_name(self.graph.metadata.name, self.name, str(index))
         env["POD_NAMESPACE"] = self.opts.namespace or self.graph.metadata.namespace or "default"
         env["PYTHONUNBUFFERED"] = "1"
+        env["TMPDIR"] = tmp_dir
+        # `python3` in shell commands and exec probes is this interpreter, as in the image.
+        env["PATH"] = os.pathsep.join(p for p in (os.path.dirname(sys.executable), env.get("PATH", "")) if p)
         # The image has the project installed; here the manifest's workingDir maps into this checkout.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
         if self.devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpu_slice(index))
         if "dynamo.vllm" in self.modules:
             env["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(free_port())
-        return Launch(argv=self._argv(http), env=env, cwd=local_workdir(self.svc.container.workingDir),
+        probes = contract.default_probes(self.svc, http or 0, system or 0)
+        return Launch(argv=self._argv(http, tmp_dir), env=env, cwd=local_workdir(self.svc.container.workingDir),
                       http_port=http, system_port=system,
-                      probes=contract.default_probes(self.svc, http or 0, system or 0))
+                      probes={k: local.private_tmp_probe(p, tmp_dir) for k, p in probes.items()})
 
     def gpu_slice(self, index: int) -> list[str]:
         """`resources.limits.gpu` devices for replica `index` (shared round-robin when short)."""
@@ -174,11 +212,29 @@ class ServicePlan:
         return int(port) if isinstance(port, int) or str(port).isdigit() else None
 
 
+def refuse_multinode(name: str, svc: Service) -> None:
+    """One replica spanning several nodes cannot run here: say so before starting anything."""
+    nodes = svc.multinode.nodeCount if svc.multinode else 1
+    if nodes > 1:
+        engine = ", ".join(parse_command(*contract.command_of(svc)[:2]).modules) or "its engine"
+        raise ValueError(f"service {name} spans {nodes} nodes per replica (multinode.nodeCount); {engine} cannot "
+                         "span processes on this machine. Set multinode.nodeCount to 1 (with the parallelism "
+                         "that fits one node) to run it here, or deploy it with `render` / the operator")
+
+
 def build_plans(graph: Graph, opts: RunOptions, overrides: dict[str, int],
                 devices: list[str] | None = None) -> dict[str, ServicePlan]:
     """One plan per service; `devices` (default: nvidia-smi) are handed out in service order."""
     discovery = discovery_env(graph, opts)
+    for name, svc in graph.spec.services.items():
+        refuse_multinode(name, svc)
     plans = {name: ServicePlan(graph, name, svc, opts, discovery) for name, svc in graph.spec.services.items()}
+    known = {pvc for plan in plans.values() for pvc in opts.volumes if local.mount_points(plan.svc, pvc)}
+    unknown = sorted(set(opts.volumes) - known)
+    if unknown:
+        raise ValueError(f"--volume: no service mounts a volume named {unknown[0]!r}")
+    for plan in plans.values():
+        plan.check_model()
     for name, count in overrides.items():
         if name not in plans:
             raise ValueError(f"--set: no service {name!r} (have {', '.join(plans)})")
@@ -203,6 +259,18 @@ def parse_append_args(items: list[str]) -> dict[str, list[str]]:
         if not sep or not svc:
             raise ValueError(f"--append-args expects SERVICE=ARGS, got {item!r}")
         out.setdefault(svc, []).extend(shlex.split(text))
+    return out
+
+
+def parse_volumes(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        pvc, sep, path = item.partition("=")
+        if not sep or not pvc or not path:
+            raise ValueError(f"--volume expects PVC=DIR, got {item!r}")
+        if not os.path.isdir(path):
+            raise ValueError(f"--volume {item}: {path} is not a directory")
+        out[pvc] = os.path.abspath(path)
     return out
 
 

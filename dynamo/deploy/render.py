@@ -13,13 +13,18 @@ import msgspec
 import yaml
 
 from dynamo.deploy import contract
-from dynamo.deploy.model import EnvVar, Graph, Quantities, Service
+from dynamo.deploy.commands import MODEL_FLAGS, flag_value, parse_command
+from dynamo.deploy.model import GPU_RESOURCE, EnvVar, Graph, Quantities, Service
+from dynamo.deploy import multinode
 from dynamo.deploy.dynamo_model import add_sidecars, load_models
+from dynamo.deploy.pull_secrets import parse_pull_secret, pull_secrets, secrets_from_file
 from dynamo.deploy.run import load_graph
 from dynamo.deploy.validate import load_documents
 
 ETCD_IMAGE = "quay.io/coreos/etcd:v3.5.21"
-_POD_PASSTHROUGH = ("initContainers", "nodeSelector", "tolerations", "affinity", "imagePullSecrets",
+DISCOVERY_ANNOTATION = "nvidia.com/dynamo-discovery-backend"
+DEFAULT_ETCD = "http://etcd:2379"
+_POD_PASSTHROUGH = ("initContainers", "nodeSelector", "tolerations", "affinity",
                     "serviceAccountName", "priorityClassName", "runtimeClassName", "schedulerName", "hostNetwork",
                     "hostIPC", "dnsPolicy", "shareProcessNamespace", "topologySpreadConstraints")
 _CONTAINER_PASSTHROUGH = ("securityContext", "imagePullPolicy", "lifecycle", "stdin", "tty")
@@ -55,11 +60,15 @@ def _quantities(q: Quantities | None) -> dict[str, str]:
 
 def _resources(svc: Service) -> dict[str, Any]:
     res = svc.resources
-    out = dict(svc.container.resources or {})
+    out = {k: dict(v) for k, v in (svc.container.resources or {}).items()}
     for key, q in (("requests", res.requests if res else None), ("limits", res.limits if res else None)):
         values = _quantities(q)
         if values:
             out[key] = {**out.get(key, {}), **values}
+    # GPUs are an extended resource: Kubernetes requires a limit (and request == limit).
+    requested = out.get("requests", {}).get(GPU_RESOURCE)
+    if requested is not None and GPU_RESOURCE not in out.get("limits", {}):
+        out.setdefault("limits", {})[GPU_RESOURCE] = requested
     return out
 
 
@@ -83,11 +92,13 @@ def _container(graph: Graph, name: str, svc: Service, port: int, k8s_ns: str | N
     env_from += list(main.envFrom or [])
     port_name = "http" if contract.is_frontend(svc) else "system"
     out: dict[str, Any] = {"name": "main", "image": main.image}
-    for key, value in (("command", main.command), ("args", main.args), ("workingDir", main.workingDir)):
+    command, args, _ = contract.command_of(svc)  # the operator's default for a frontend / planner
+    for key, value in (("command", command), ("args", args), ("workingDir", main.workingDir)):
         if value:
             out[key] = list(value) if isinstance(value, list) else value
+    ports = [p for p in main.ports or [] if not (isinstance(p, dict) and p.get("name") == port_name)]
     out.update({"env": _dedupe(env), "envFrom": env_from,
-                "ports": [*(main.ports or []), {"name": port_name, "containerPort": port, "protocol": "TCP"}]})
+                "ports": [*ports, {"name": port_name, "containerPort": port, "protocol": "TCP"}]})
     resources = _resources(svc)
     if resources:
         out["resources"] = resources
@@ -97,10 +108,12 @@ def _container(graph: Graph, name: str, svc: Service, port: int, k8s_ns: str | N
         override = getattr(main, kind)
         if override is not None:
             out[kind] = msgspec.to_builtins(override)
-    mounts = list(main.volumeMounts or [])
+    models = model_paths(svc)
+    mounts = [_read_only_if_model(dict(m), models) if isinstance(m, dict) else m for m in main.volumeMounts or []]
     if not (svc.sharedMemory and svc.sharedMemory.disabled):
         mounts.append({"name": "shared-memory", "mountPath": "/dev/shm"})
-    mounts += [{"name": m.name, "mountPath": m.mountPoint or f"/mnt/{m.name}"} for m in svc.volumeMounts or []]
+    mounts += [_read_only_if_model({"name": m.name, "mountPath": m.mountPoint or f"/mnt/{m.name}"}, models)
+               for m in svc.volumeMounts or []]
     if mounts:
         out["volumeMounts"] = mounts
     for key in _CONTAINER_PASSTHROUGH:
@@ -110,7 +123,27 @@ def _container(graph: Graph, name: str, svc: Service, port: int, k8s_ns: str | N
     return out
 
 
-def _pod_spec(graph: Graph, name: str, svc: Service, port: int, k8s_ns: str | None) -> dict[str, Any]:
+def model_paths(svc: Service) -> list[str]:
+    """Model arguments of the service's workers (paths into a model cache, or HF ids)."""
+    out = []
+    for inv in parse_command(*contract.command_of(svc)[:2]).invocations:
+        flags = MODEL_FLAGS.get(inv.module)
+        value = flag_value(inv.args, flags[0]) if flags else None
+        if value:
+            out.append(value)
+    return out
+
+
+def _read_only_if_model(mount: dict[str, Any], models: list[str]) -> dict[str, Any]:
+    """A volume the worker loads its model from by path is a model cache: mount it read-only."""
+    base = str(mount.get("mountPath", "")).rstrip("/")
+    if base and "readOnly" not in mount and any(m == base or m.startswith(base + "/") for m in models):
+        mount["readOnly"] = True
+    return mount
+
+
+def _pod_spec(graph: Graph, name: str, svc: Service, port: int, k8s_ns: str | None,
+              known_secrets: list[tuple[str, str]]) -> dict[str, Any]:
     pod = svc.extraPodSpec
     spec: dict[str, Any] = {
         "securityContext": {"fsGroup": contract.FS_GROUP, **((pod.securityContext if pod else None) or {})},
@@ -129,10 +162,15 @@ def _pod_spec(graph: Graph, name: str, svc: Service, port: int, k8s_ns: str | No
         value = getattr(pod, key) if pod else None
         if value is not None:
             spec[key] = value
+    secrets = pull_secrets(svc, known_secrets)
+    if secrets:
+        spec["imagePullSecrets"] = secrets
     return spec
 
 
-def service_objects(graph: Graph, name: str, svc: Service, k8s_ns: str | None) -> list[dict[str, Any]]:
+def service_objects(graph: Graph, name: str, svc: Service, k8s_ns: str | None,
+                    known_secrets: list[tuple[str, str]] = (), warnings: list[str] | None = None
+                    ) -> list[dict[str, Any]]:
     obj_name = contract.k8s_name(graph.metadata.name, name)
     port = contract.FRONTEND_PORT if contract.is_frontend(svc) else contract.K8S_SYSTEM_PORT
     selector = {"nvidia.com/dynamo-graph-deployment-name": contract.k8s_name(graph.metadata.name),
@@ -149,7 +187,8 @@ def service_objects(graph: Graph, name: str, svc: Service, k8s_ns: str | None) -
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(obj_name, k8s_ns, labels),
         "spec": {"replicas": svc.replica_count, "selector": {"matchLabels": selector},
-                 "template": {"metadata": template_meta, "spec": _pod_spec(graph, name, svc, port, k8s_ns)}},
+                 "template": {"metadata": template_meta,
+                              "spec": _pod_spec(graph, name, svc, port, k8s_ns, list(known_secrets))}},
     }
     port_name = "http" if contract.is_frontend(svc) else "system"
     service = {
@@ -157,6 +196,11 @@ def service_objects(graph: Graph, name: str, svc: Service, k8s_ns: str | None) -
         "spec": {"type": "ClusterIP", "selector": selector,
                  "ports": [{"name": port_name, "port": port, "targetPort": port_name, "protocol": "TCP"}]},
     }
+    if multinode.node_count(svc) > 1:  # a group of pods per replica; the Service reaches the leaders
+        group = multinode.lws_object(deployment["metadata"], svc, deployment["spec"]["template"],
+                                     warnings if warnings is not None else [], name)
+        service["spec"]["selector"] = {**selector, multinode.LEADER_INDEX_LABEL: "0"}
+        return [group, service]
     return [deployment, service]
 
 
@@ -178,8 +222,11 @@ def etcd_objects(k8s_ns: str | None) -> list[dict[str, Any]]:
     ]
 
 
-def render(graph: Graph, k8s_namespace: str | None = None, etcd_endpoints: str = "http://etcd:2379",
-           include_etcd: bool = False) -> list[dict[str, Any]]:
+def render(graph: Graph, k8s_namespace: str | None = None, etcd_endpoints: str = DEFAULT_ETCD,
+           include_etcd: bool = False, known_secrets: list[tuple[str, str]] = (),
+           warnings: list[str] | None = None) -> list[dict[str, Any]]:
+    """The graph as plain Kubernetes objects; `warnings` collects what could not be rendered."""
+    warnings = warnings if warnings is not None else []
     k8s_ns = k8s_namespace or graph.metadata.namespace
     first = next(iter(graph.spec.services.values()))
     shared = contract.injected_env(graph, first, k8s_namespace=k8s_ns, discovery="etcd")
@@ -199,22 +246,33 @@ def render(graph: Graph, k8s_namespace: str | None = None, etcd_endpoints: str =
             objects.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                             "metadata": _meta(pvc.name, k8s_ns, labels), "spec": spec})
     for name, svc in graph.spec.services.items():
-        if svc.multinode and svc.multinode.nodeCount > 1:
-            print(f"warning: {name}: multinode is not rendered (one pod per replica)", file=sys.stderr)
-        objects += service_objects(graph, name, svc, k8s_ns)
+        objects += service_objects(graph, name, svc, k8s_ns, known_secrets, warnings)
+    backend = (graph.metadata.annotations or {}).get(DISCOVERY_ANNOTATION, "etcd")
+    if backend != "etcd":
+        warnings.append(f"{DISCOVERY_ANNOTATION}: {backend} discovery is not implemented by this image; "
+                        "the rendered graph discovers through etcd")
     if include_etcd:
         objects += etcd_objects(k8s_ns)
+    elif etcd_endpoints == DEFAULT_ETCD:
+        warnings.append(f"the graph discovers through etcd at {etcd_endpoints}: deploy one there, or pass "
+                        "--include-etcd / --etcd-endpoints (components exit with a clear error without it)")
     return objects
 
 
 def main(args: argparse.Namespace) -> int:
     graph = load_graph(args.file)
     try:
+        known = [parse_pull_secret(i) for i in args.pull_secrets]
+        for path in args.pull_secrets_from:
+            known += secrets_from_file(path)
         models = load_models(load_documents(args.file), graph)
-    except ValueError as exc:
+    except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    objects = render(graph, args.namespace, args.etcd_endpoints, args.include_etcd)
+    warnings: list[str] = []
+    objects = render(graph, args.namespace, args.etcd_endpoints, args.include_etcd, known, warnings)
     add_sidecars(objects, graph, models, contract.K8S_SYSTEM_PORT, contract.k8s_name)  # DynamoModel adapters
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
     sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False))
     return 0

@@ -18,7 +18,7 @@ from dynamo.deploy.control import ControlServer
 from dynamo.deploy.dynamo_model import AdapterReconciler, load_models
 from dynamo.deploy.model import Graph
 from dynamo.deploy.parsers import module_available
-from dynamo.deploy.plan import RunOptions, build_plans, parse_append_args, parse_overrides
+from dynamo.deploy.plan import RunOptions, build_plans, parse_append_args, parse_overrides, parse_volumes
 from dynamo.deploy.supervisor import Supervisor
 from dynamo.deploy.validate import load_documents, validate_file
 from dynamo.runtime.process import configure_logging
@@ -60,10 +60,11 @@ async def print_status(sup: Supervisor, stop: asyncio.Event, every: float = 30.0
             await asyncio.wait_for(stop.wait(), 1.0)
 
 
-async def serve(args: argparse.Namespace, graph: Graph, state_dir: str) -> int:
+async def serve(args: argparse.Namespace, graph: Graph, state_dir: str, pods_dir: str) -> int:
     try:
         opts = RunOptions(frontend_port=args.frontend_port, model=args.model, namespace=args.namespace,
-                          state_dir=state_dir, append_args=parse_append_args(args.append_args))
+                          state_dir=state_dir, append_args=parse_append_args(args.append_args),
+                          volumes=parse_volumes(args.volumes), pods_dir=pods_dir)
         plans = build_plans(graph, opts, parse_overrides(args.overrides))
         models = load_models(load_documents(args.file), graph)
     except ValueError as exc:
@@ -83,8 +84,8 @@ async def serve(args: argparse.Namespace, graph: Graph, state_dir: str) -> int:
     url = f"http://127.0.0.1:{port}"
     with open(os.path.join(state_dir, "control.json"), "w", encoding="utf-8") as fh:
         json.dump({"url": url, "pid": os.getpid()}, fh)
-    print(f"dynamo.deploy: running {graph.metadata.name} ({args.file}); control {url}; state {state_dir}",
-          flush=True)
+    print(f"dynamo.deploy: running {graph.metadata.name} ({args.file}); control {url}; state {state_dir}; "
+          f"pods' /tmp {pods_dir}/<replica>", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -110,7 +111,9 @@ def main(args: argparse.Namespace) -> int:
         return 2
     graph = load_graph(args.file)
     state_dir = tempfile.mkdtemp(prefix=f"dynamo-run-{graph.metadata.name}-")
+    pods_dir = tempfile.mkdtemp(prefix="dyn-pods-")  # short: engines put unix sockets in TMPDIR
     try:
-        return asyncio.run(serve(args, graph, state_dir))
+        return asyncio.run(serve(args, graph, state_dir, pods_dir))
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)
+        shutil.rmtree(pods_dir, ignore_errors=True)

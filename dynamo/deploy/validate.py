@@ -9,8 +9,9 @@ from typing import Any
 
 import yaml
 
-from dynamo.deploy import model
-from dynamo.deploy.commands import parse_command
+from dynamo.deploy import model, v1beta1
+from dynamo.deploy.commands import parse_command, probe_files
+from dynamo.deploy.contract import command_of, exec_probes
 from dynamo.deploy.parsers import check_args
 
 
@@ -35,38 +36,57 @@ def load_documents(path: str | Path) -> list[Any]:
         return [doc for doc in yaml.safe_load_all(fh) if doc is not None]
 
 
-def check_services(graph: model.Graph, report: Report) -> None:
+Paths = dict[str, tuple[str, str]]  # service -> (its path, its main container's path)
+
+
+def check_services(graph: model.Graph, report: Report, paths: Paths) -> None:
     for name, svc in graph.spec.services.items():
-        where = f"spec.services.{name}"
+        where, main_path = paths[name]
         container = svc.container
         if not container.image:
-            report.errors.append(f"{where}.extraPodSpec.mainContainer.image: required (service {name} has no image)")
+            report.errors.append(f"{main_path}.image: required (service {name} has no image)")
         if svc.componentType is None:
-            report.warnings.append(f"{where}.componentType: not set; treated as a worker")
+            report.warnings.append(f"{where}: no component type; treated as a worker")
         if svc.multinode and svc.multinode.nodeCount > 1:
-            report.warnings.append(f"{where}.multinode: multi-node services are not supported by `run`/`render`")
-        line = parse_command(container.command, container.args)
+            report.warnings.append(f"{where}.multinode: {svc.multinode.nodeCount} nodes per replica; `render` emits a "
+                                   "LeaderWorkerSet, `run` cannot start it on one machine")
+        command, args, _ = command_of(svc)
+        line = parse_command(command, args)
         if not line.argv:
-            report.errors.append(f"{where}.extraPodSpec.mainContainer.command: no command (the image has no "
-                                 "entrypoint; give command/args)")
+            report.errors.append(f"{main_path}.command: no command (the image has no entrypoint; only frontend and "
+                                 f"planner components get a default, service {name} is a "
+                                 f"{svc.componentType or 'worker'}: give command/args)")
             continue
         if not line.invocations:
             report.warnings.append(f"{where}: command runs no `python -m dynamo.*` module; not checked")
         for inv in line.invocations:
             result = check_args(inv.module, inv.args)
-            report.errors += [f"{where}.extraPodSpec.mainContainer.args: service {name}: {e}" for e in result.errors]
+            report.errors += [f"{main_path}.args: service {name}: {e}" for e in result.errors]
             report.warnings += [f"{where}: service {name}: {w}" for w in result.warnings]
+        written = " ".join(line.tokens)
+        for kind, probe in exec_probes(svc).items():
+            for path in probe_files(probe):
+                if path not in written:
+                    report.warnings.append(f"{where}: {kind} probe reads {path}, which the command never writes "
+                                           f"(the probe cannot pass; e.g. end the command with `2>&1 | tee {path}`)")
 
 
 def validate_document(doc: Any, report: Report, index: int) -> None:
     prefix = f"document {index}: " if index else ""
-    problems = model.check(doc)
+    beta = v1beta1.is_v1beta1(doc)
+    problems = v1beta1.check(doc) if beta else model.check(doc)
     report.errors += [f"{prefix}{path}: {message}" for path, message in problems]
     if problems:
         return
-    graph = model.load(doc)
+    if beta:
+        graph, paths = v1beta1.convert(doc), v1beta1.paths(doc)
+        report.warnings += [f"{prefix}{w}" for w in v1beta1.dropped_fields(doc)]
+    else:
+        graph = model.load(doc)
+        paths = {n: (f"spec.services.{n}", f"spec.services.{n}.extraPodSpec.mainContainer")
+                 for n in graph.spec.services}
     report.graphs.append(graph)
-    check_services(graph, report)
+    check_services(graph, report, paths)
 
 
 def validate_file(path: str | Path) -> Report:

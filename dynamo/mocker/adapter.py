@@ -38,6 +38,7 @@ class MockerAdapter:
                                  on_kv_event=ctx.emit_kv_event)
         if args.startup_time:
             await asyncio.sleep(args.startup_time)
+        self.engine.publish_forward_passes(ctx.emit_forward_pass, f"{ctx.instance_id:x}")
         await self.engine.start()
         self._started = True
         return EngineInfo(

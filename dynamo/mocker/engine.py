@@ -85,6 +85,11 @@ class MockEngine:
                 pass
         self.scheduler.fail_all("engine stopped")
 
+    def publish_forward_passes(self, sink: Callable, worker_id: str) -> None:
+        """Report one ForwardPassMetrics per scheduler step to `sink` (the worker's FPM relay)."""
+        self.scheduler.worker_id, self.scheduler.dp_rank = worker_id, self.dp_rank
+        self.scheduler.on_forward_pass = sink
+
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()

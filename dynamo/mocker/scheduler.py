@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+from dynamo.llm.forward_pass import ForwardPassMetrics, QueuedRequests, ScheduledRequests, variance
 from dynamo.llm.protocol import FinishReason
 from dynamo.mocker.args import MockerArgs
 from dynamo.mocker.kv_manager import KvManager, chain_hash, hash_blocks
@@ -94,6 +95,11 @@ class Scheduler:
         self.generated_tokens = 0
         self.admitted_prompt_tokens = 0
         self.admitted_cached_tokens = 0
+        # Forward-pass metrics: called with one ForwardPassMetrics per step (and one idle heartbeat).
+        self.on_forward_pass = None
+        self.worker_id = "0"
+        self.dp_rank = 0
+        self.fpm_counter = 0
 
     # ---- request lifecycle --------------------------------------------------------
 
@@ -128,6 +134,8 @@ class Scheduler:
         clock = loop.time()
         while True:
             if not self.running and not self.waiting:
+                if self.on_forward_pass is not None:
+                    self._emit_fpm([], 0.0)  # idle heartbeat: all zero, wall_time 0
                 self._wake.clear()
                 await self._wake.wait()
                 clock = loop.time()
@@ -139,6 +147,8 @@ class Scheduler:
             self.simulated_seconds += seconds
             now = loop.time()
             clock = max(clock, now - _MIN_SLEEP_S) + seconds
+            if self.on_forward_pass is not None:
+                self._emit_fpm(batch, seconds)
             await asyncio.sleep(clock - now if clock - now >= _MIN_SLEEP_S else 0)
             self.complete(batch)
 
@@ -219,6 +229,30 @@ class Scheduler:
         self.generated_tokens += produced
         if finished:
             self.running = [s for s in self.running if not s.done]
+
+    def _emit_fpm(self, batch: list[tuple[Sequence, int]], seconds: float) -> None:
+        """Describe this step (before it completes) as Dynamo's ForwardPassMetrics."""
+        prefill_len, prefill_kv, decode_kv = [], 0, []
+        for seq, n in batch:
+            if seq.prefilling:
+                prefill_len.append(n)
+                prefill_kv += seq.num_computed
+            else:
+                decode_kv.append(len(seq.tokens))
+        queued_prefill = [len(s.tokens) for s in self.waiting if s.num_generated == 0]
+        queued_decode = [len(s.tokens) for s in self.waiting if s.num_generated > 0]
+        self.fpm_counter += 1
+        self.on_forward_pass(ForwardPassMetrics(
+            worker_id=self.worker_id, dp_rank=self.dp_rank, counter_id=self.fpm_counter, wall_time=seconds,
+            scheduled_requests=ScheduledRequests(
+                num_prefill_requests=len(prefill_len), sum_prefill_tokens=sum(prefill_len),
+                var_prefill_length=variance(prefill_len), sum_prefill_kv_tokens=prefill_kv,
+                num_decode_requests=len(decode_kv), sum_decode_kv_tokens=sum(decode_kv),
+                var_decode_kv_tokens=variance(decode_kv)),
+            queued_requests=QueuedRequests(
+                num_prefill_requests=len(queued_prefill), sum_prefill_tokens=sum(queued_prefill),
+                var_prefill_length=variance(queued_prefill), num_decode_requests=len(queued_decode),
+                sum_decode_kv_tokens=sum(queued_decode), var_decode_kv_tokens=variance(queued_decode))))
 
     # ---- helpers ------------------------------------------------------------------
 

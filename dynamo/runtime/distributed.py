@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from dynamo.runtime import records
 from dynamo.runtime.discovery.base import KeyValueStore, WatchEvent
-from dynamo.runtime.discovery.base import store_from_env
+from dynamo.runtime.discovery.base import start_store, store_from_env
 from dynamo.runtime.records import EndpointId, InstanceRecord
 from dynamo.runtime.rp_client import RequestPlaneClient, ResponseStream
 from dynamo.runtime.rp_server import Handler, RequestPlaneServer
@@ -99,7 +99,7 @@ class DistributedRuntime:
     async def create(cls, discovery_backend: str | None = None, namespace: str = records.DEFAULT_NAMESPACE,
                      ttl: float = 10.0) -> "DistributedRuntime":
         store = store_from_env(discovery_backend, ttl=ttl)
-        await store.start()
+        await start_store(store)  # bounded: DiscoveryUnavailable instead of a silent hang
         return cls(store, namespace)
 
     @property

@@ -18,6 +18,7 @@ from dynamo.vllm import disagg
 from dynamo.vllm.args import DynamoVllmArgs
 from dynamo.vllm.engine import apply_dynamo_defaults, engine_facts, kv_event_endpoints, start_engine
 from dynamo.vllm.events import EngineStats, stat_logger_factory
+from dynamo.vllm.forward_pass import fpm_stat_logger_factory
 from dynamo.vllm.handler import error_code, stream_outputs, to_sampling_params
 from dynamo.worker.adapter import EngineContext, EngineInfo, Gauges
 from dynamo.worker.kv_relay import ZmqKvEventSource
@@ -43,9 +44,12 @@ class VllmAdapter:
         self.instance_id = ctx.instance_id
         xfer = disagg.setup_worker(self.engine_args, self.config, ctx.registry)
         self.publishes = apply_dynamo_defaults(self.engine_args, self.config)
+        kv_tokens = [0]  # forward-pass metrics report KV usage in tokens; known once the engine is up
+        fpm = fpm_stat_logger_factory(ctx.emit_forward_pass, f"{ctx.instance_id:x}", lambda: kv_tokens[0])
         self.engine = await start_engine(self.engine_args, [stat_logger_factory(self.stats),
-                                                            *disagg.stat_loggers(xfer)])
+                                                            *disagg.stat_loggers(xfer), fpm])
         facts = self.facts = engine_facts(self.engine, self.engine_args)
+        kv_tokens[0] = facts.num_blocks * facts.block_size
         self.stats.total_slots, self.stats.total_blocks = facts.max_num_seqs, facts.num_blocks
         self.params_hook = disagg.params_hook(xfer, self.engine, self.mode)
         return EngineInfo(

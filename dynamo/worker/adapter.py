@@ -36,6 +36,8 @@ class EngineContext:
     registry: CollectorRegistry  # the worker's /metrics registry, for engine-specific collectors
     emit_kv_event: KvEmit  # for engines that report KV events in-process (the mocker)
     advertise_host: str = "127.0.0.1"  # where peers reach this worker (disaggregation bootstrap)
+    # Forward-pass metrics (one per engine step) for load-based planners; set by the harness.
+    emit_forward_pass: Callable[[Any], None] = lambda fpm: None
 
 
 @dataclass

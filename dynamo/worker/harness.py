@@ -24,6 +24,7 @@ from typing import Awaitable, Callable
 
 from prometheus_client import Gauge
 
+from dynamo.llm.forward_pass import start_fpm_relay
 from dynamo.llm.kv_events.publisher import KvEventPublisher, LoadPublisher
 from dynamo.llm.model_card import ModelDeploymentCard, RuntimeConfig, build_card, card_encoder
 from dynamo.llm.protocol import PreprocessedRequest
@@ -98,8 +99,11 @@ class Worker:
 
     async def start(self) -> None:
         rt, adapter = self.runtime, self.adapter
+        fpm = await start_fpm_relay(rt, self.eid.namespace, self.eid.component)
+        self._closers.append(fpm.close)
         ctx = EngineContext(role=self.spec.role, instance_id=rt.instance_id, registry=rt.registry,
-                            emit_kv_event=self.kv.push, advertise_host=advertise_host(rt.store.backend)[1])
+                            emit_kv_event=self.kv.push, advertise_host=advertise_host(rt.store.backend)[1],
+                            emit_forward_pass=fpm.push)
         self.started = True  # adapter.stop() must also clean up a half-started engine
         info = await adapter.start(ctx)
         if info.publishes_kv_events:

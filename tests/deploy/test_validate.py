@@ -104,7 +104,7 @@ def test_bad_flag_value_and_missing_image(tmp_path):
 
 def test_wrong_kind_and_missing_name(tmp_path):
     def mutate(doc):
-        doc["apiVersion"] = "nvidia.com/v1beta1"
+        doc["apiVersion"] = "nvidia.com/v2"
         del doc["metadata"]["name"]
     errors = broken(tmp_path, mutate)
     assert "metadata.name: required field missing" in errors

@@ -211,3 +211,21 @@ async def test_metrics_shape_while_busy(make_engine):
     for g in gens:
         await g.aclose()
     assert engine.metrics().kv_active_blocks == 0 and engine.num_waiting == 0
+
+
+async def test_forward_pass_metrics_per_step_and_idle_heartbeat(make_engine):
+    """One ForwardPassMetrics per scheduler step, in Dynamo's terms, then an all-zero heartbeat."""
+    engine = await make_engine()
+    fpms = []
+    engine.publish_forward_passes(fpms.append, "abc")
+    await asyncio.gather(*(collect(engine, request(i, range(10 + i, 30 + i), max_tokens=5)) for i in range(3)))
+    await asyncio.sleep(0.05)
+    steps = [f for f in fpms if not f.idle]
+    assert steps and all(f.worker_id == "abc" for f in fpms)
+    assert [f.counter_id for f in fpms] == list(range(1, len(fpms) + 1))
+    first = steps[0].scheduled_requests
+    assert first.num_prefill_requests == 3 and first.sum_prefill_tokens == 60  # 3 prompts of 20, one step
+    decode = [f.scheduled_requests for f in steps if f.scheduled_requests.num_decode_requests]
+    assert decode and decode[0].num_decode_requests == 3 and decode[0].sum_decode_kv_tokens == 3 * 21
+    assert fpms[-1].idle and fpms[-1].wall_time == 0.0
+    assert engine.scheduler.num_steps == len(steps)

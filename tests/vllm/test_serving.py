@@ -290,3 +290,41 @@ def test_kv_events_reach_a_router_indexer(env, monkeypatch):
             await store.close()
 
     assert asyncio.run(run()) == 4
+
+
+def test_forward_pass_metrics_from_vllm(env, monkeypatch):
+    """The worker publishes Dynamo's ForwardPassMetrics from vLLM's stat logger: decode steps
+    with their KV tokens while a request runs, then the idle heartbeat."""
+    from dynamo.llm.forward_pass import FPM_TOPIC, fpm_decoder
+
+    monkeypatch.setenv("DYN_FILE_KV", env["cluster"].env["DYN_FILE_KV"])
+    worker_hex = f"{instance(env)['instance_id']:x}"
+
+    async def run() -> list:
+        store = make_store("file")
+        await store.start()
+        sub = await create_subscriber(None, store, "dynamo", "backend", FPM_TOPIC)
+        got = []
+        try:
+            await asyncio.sleep(1.0)  # subscriber connects to the worker's publisher
+            await asyncio.to_thread(openai.OpenAI(base_url=env["cluster"].base_url + "/v1", api_key="x")
+                                    .completions.create, model=MODEL, prompt=ids(40, 3), max_tokens=16)
+            it = sub.__aiter__()
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not (got and got[-1].idle and len(got) > 2):
+                try:
+                    _, payload = await asyncio.wait_for(it.__anext__(), deadline - time.monotonic())
+                except asyncio.TimeoutError:
+                    break
+                got.append(fpm_decoder.decode(payload))
+            return got
+        finally:
+            await sub.close()
+            await store.close()
+
+    fpms = asyncio.run(run())
+    busy = [f for f in fpms if f.scheduled_requests.num_decode_requests]
+    assert busy, fpms
+    assert all(f.worker_id == worker_hex for f in fpms)
+    assert all(f.wall_time > 0 and f.scheduled_requests.sum_decode_kv_tokens > 0 for f in busy)
+    assert fpms[-1].idle

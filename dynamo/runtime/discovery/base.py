@@ -45,6 +45,7 @@ class KeyValueStore(ABC):
     """
 
     backend: str = ""
+    requested_backend: str = ""  # what DYN_DISCOVERY_BACKEND asked for, when mapped to this backend
 
     def __init__(self, *, ttl: float = DEFAULT_TTL) -> None:
         if ttl <= 0:
@@ -234,8 +235,58 @@ def store_from_env(backend: str | None = None, ttl: float = DEFAULT_TTL) -> KeyV
     if name == "kubernetes":
         # Newer Dynamo operators inject DYN_DISCOVERY_BACKEND=kubernetes (CRD + EndpointSlice discovery),
         # which this runtime does not implement; the operator also deploys etcd (ETCD_ENDPOINTS).
-        logging.getLogger(__name__).warning(
-            "discovery backend 'kubernetes' is not implemented; using etcd at %s",
+        logging.getLogger(__name__).info(
+            "discovery backend 'kubernetes' is served through etcd at %s",
             os.environ.get("ETCD_ENDPOINTS", "http://localhost:2379"))
-        name = "etcd"
+        store = make_store("etcd", ttl=ttl)
+        store.requested_backend = "kubernetes"
+        return store
     return make_store(name, ttl=ttl)
+
+
+# ----- first contact -----------------------------------------------------------------
+
+FIRST_CONTACT_S = 10.0  # how long start-up waits for the store before failing
+
+
+class DiscoveryUnavailable(ConnectionError):
+    """The discovery store could not be reached at start-up; the message says what to set."""
+
+
+def unreachable_message(store: KeyValueStore, reason: BaseException) -> str:
+    where = ",".join(getattr(store, "endpoints", []) or []) or "?"
+    text = (f"discovery: no {store.backend} reachable at {where} after {FIRST_CONTACT_S:.0f}s ({_short(reason)}); "
+            "set ETCD_ENDPOINTS to a reachable etcd")
+    if store.requested_backend == "kubernetes":
+        text += (" (DYN_DISCOVERY_BACKEND=kubernetes, as current operators inject, is served through etcd here: "
+                 "annotate the DGD with nvidia.com/dynamo-discovery-backend: etcd and give the pods ETCD_ENDPOINTS)")
+    elif store.backend == "etcd":
+        text += ", or DYN_DISCOVERY_BACKEND=file for one machine"
+    return text
+
+
+def _short(reason: BaseException) -> str:
+    text = repr(reason)
+    for needle, short in (("ConnectionRefused", "connection refused"), ("Timeout", "timed out"),
+                          ("gaierror", "name does not resolve"), ("Name or service", "name does not resolve")):
+        if needle in text:
+            return short
+    return str(reason)[:120]
+
+
+async def start_store(store: KeyValueStore, deadline: float = FIRST_CONTACT_S) -> None:
+    """`store.start()`, retrying connection failures for `deadline` seconds, then
+    DiscoveryUnavailable: a process without discovery fails fast instead of hanging."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    delay = 0.25
+    while True:
+        try:
+            await store.start()
+            return
+        except ConnectionError as exc:
+            if loop.time() + delay >= end:
+                raise DiscoveryUnavailable(unreachable_message(store, exc)) from None
+            log.debug("discovery not reachable yet (%s); retrying", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)

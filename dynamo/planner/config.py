@@ -1,0 +1,210 @@
+"""The planner's configuration: NVIDIA Dynamo 1.6.1's `PlannerConfig` (same field names,
+defaults and validation rules), plus the few fields this implementation adds for the
+local connector and for its guards (marked "ours").
+
+`python -m dynamo.planner --config FILE|JSON`: the only flag, as in 1.6.1; the
+environment twins Dynamo reads (`DYN_NAMESPACE`, `PROMETHEUS_ENDPOINT`,
+`PLANNER_PROMETHEUS_PORT`) come through `PlannerArgs`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import msgspec
+import yaml
+
+from dynamo.runtime.config import setting
+
+DEFAULT_PROMETHEUS = "http://prometheus-kube-prometheus-prometheus.monitoring.svc.cluster.local:9090"
+TARGETS = ("throughput", "latency", "load", "sla")
+
+
+@dataclass
+class PlannerArgs:
+    """SLA planner: scales prefill/decode workers from forward-pass metrics and Prometheus."""
+
+    config: str | None = setting(None, "PlannerConfig as inline JSON or a .json/.yaml path",
+                                 env="DYN_PLANNER_CONFIG")
+    namespace: str | None = setting(None, "Dynamo namespace (when the config does not set one)",
+                                    env="DYN_NAMESPACE")
+    prometheus_endpoint: str = setting(DEFAULT_PROMETHEUS, "Prometheus base URL", env="PROMETHEUS_ENDPOINT")
+    prometheus_port: int = setting(0, "Serve dynamo_planner_* metrics on this port (0: off)",
+                                   env="PLANNER_PROMETHEUS_PORT")
+    dgd_name: str | None = setting(None, "Kubernetes: the DGD to scale (the operator injects it)",
+                                   env="DYN_PARENT_DGD_K8S_NAME")
+    kube_namespace: str | None = setting(None, "Kubernetes namespace of the DGD", env="POD_NAMESPACE")
+    kubeconfig: str | None = setting(None, "Kubeconfig file when not in a cluster", env="KUBECONFIG")
+
+
+class Scheduling(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    scale_interval_seconds: float | None = None
+
+
+class PlannerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # identity and mode
+    environment: Literal["kubernetes", "virtual", "global-planner", "local"] = "kubernetes"
+    namespace: str | None = None
+    backend: Literal["vllm", "sglang", "trtllm", "mocker"] = "vllm"
+    mode: Literal["disagg", "prefill", "decode", "agg"] = "disagg"
+    optimization_target: Literal["throughput", "latency", "load", "sla"] = "throughput"
+    pre_deployment_sweeping_mode: Literal["rapid", "none", "thorough"] = "rapid"
+    model_name: str | None = None
+    # intervals
+    throughput_adjustment_interval_seconds: float = 180
+    load_adjustment_interval_seconds: float = 5
+    max_throughput_scaling_replicas: int = 8
+    scheduling: Scheduling = msgspec.field(default_factory=Scheduling)
+    enable_load_scaling: bool | None = None
+    enable_throughput_scaling: bool | None = None
+    # budgets
+    max_gpu_budget: int = 8
+    min_gpu_budget: int = -1
+    min_endpoint: int = 1
+    prefill_min_endpoint: int | None = None
+    decode_min_endpoint: int | None = None
+    max_endpoint: int = -1  # ours: -1 = no per-pool cap beyond the GPU budget
+    prefill_max_endpoint: int | None = None
+    decode_max_endpoint: int | None = None
+    prefill_engine_num_gpu: int = 1
+    decode_engine_num_gpu: int = 1
+    load_scaling_step: int = 1  # ours: replicas per load tick (Dynamo: 1)
+    # SLA
+    ttft_ms: float = 500.0
+    itl_ms: float = 50.0
+    ttft: float | None = None  # aliases
+    itl: float | None = None
+    # predictor
+    load_predictor: Literal["arima", "constant", "prophet", "kalman"] = "arima"
+    load_predictor_log1p: bool = False
+    prophet_window_size: int = 50
+    kalman_q_level: float = 1.0
+    kalman_q_trend: float = 0.1
+    kalman_r: float = 10.0
+    kalman_min_points: int = 5
+    load_predictor_warmup_trace: str | None = None
+    # prometheus
+    prometheus_endpoint: str | None = None
+    throughput_metrics_source: Literal["frontend", "router"] = "frontend"
+    # load loop
+    max_num_fpm_samples: int = 64
+    fpm_sample_bucket_size: int = 16
+    load_scaling_down_sensitivity: float = 80
+    load_min_observations: int = 5
+    prefill_scale_up_queue_tokens: float | None = None
+    prefill_scale_down_queue_tokens: float | None = None
+    decode_scale_up_kv_rate: float | None = None
+    decode_scale_down_kv_rate: float | None = None
+    # other
+    speculative_nextn: int = 0
+    advisory: bool = False
+    enable_power_awareness: bool = False
+    total_gpu_power_limit: float | None = None
+    metric_reporting_prometheus_port: int | None = None
+    profile_results_dir: str | None = None
+    # ours: connectors and guards
+    control_url: str | None = None  # local: `dynamo.deploy run` control endpoint
+    prefill_component: str | None = None  # DGD service names (default: found by name)
+    decode_component: str | None = None
+    dgd_name: str | None = None  # kubernetes: $DYN_PARENT_DGD_K8S_NAME
+    kube_namespace: str | None = None  # kubernetes: $POD_NAMESPACE
+    kubeconfig: str | None = None  # kubernetes, outside a cluster: $KUBECONFIG
+    replica_ready_timeout_seconds: float = 600.0
+    fpm_stale_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.ttft is not None:
+            self.ttft_ms = self.ttft
+        if self.itl is not None:
+            self.itl_ms = self.itl
+        self.namespace = self.namespace or "dynamo"
+        if self.optimization_target != "sla":  # Dynamo: reactive targets run only the load loop
+            self.enable_load_scaling, self.enable_throughput_scaling = True, False
+        else:
+            self.enable_load_scaling = True if self.enable_load_scaling is None else self.enable_load_scaling
+            if self.enable_throughput_scaling is None:
+                self.enable_throughput_scaling = True
+        if self.scheduling.scale_interval_seconds is None:
+            self.scheduling.scale_interval_seconds = float(math.gcd(
+                int(self.load_adjustment_interval_seconds * 1000),
+                int(self.throughput_adjustment_interval_seconds * 1000))) / 1000 or 1.0
+        self.validate()
+
+    def validate(self) -> None:
+        if self.load_adjustment_interval_seconds <= 0 or self.throughput_adjustment_interval_seconds <= 0:
+            raise ValueError("adjustment intervals must be > 0")
+        if (self.enable_load_scaling and self.enable_throughput_scaling
+                and self.load_adjustment_interval_seconds >= self.throughput_adjustment_interval_seconds):
+            raise ValueError("load_adjustment_interval_seconds must be shorter than "
+                             "throughput_adjustment_interval_seconds when both loops run")
+        root = math.isqrt(self.fpm_sample_bucket_size)
+        if root * root != self.fpm_sample_bucket_size:
+            raise ValueError("fpm_sample_bucket_size must be a perfect square")
+        if not 0 <= self.load_scaling_down_sensitivity <= 100:
+            raise ValueError("load_scaling_down_sensitivity must be within 0..100")
+        if min(self.min_endpoint, self.min_for("prefill"), self.min_for("decode")) < 0:
+            raise ValueError("min endpoints must be >= 0")
+        if self.max_gpu_budget >= 0 and 0 <= self.max_gpu_budget < self.min_gpu_budget:
+            raise ValueError("min_gpu_budget exceeds max_gpu_budget")
+        if self.optimization_target == "load":
+            self._validate_load_thresholds()
+        if self.environment == "virtual" and not self.model_name:
+            raise ValueError("model_name is required for environment 'virtual'")
+        if self.load_scaling_step < 1 or self.max_throughput_scaling_replicas < 1:
+            raise ValueError("scaling steps must be >= 1")
+
+    def _validate_load_thresholds(self) -> None:
+        p_up, p_down = self.prefill_scale_up_queue_tokens, self.prefill_scale_down_queue_tokens
+        d_up, d_down = self.decode_scale_up_kv_rate, self.decode_scale_down_kv_rate
+        if None in (p_up, p_down, d_up, d_down):
+            raise ValueError("optimization_target 'load' needs prefill_scale_{up,down}_queue_tokens "
+                             "and decode_scale_{up,down}_kv_rate")
+        if not (0 <= d_down < d_up <= 100):
+            raise ValueError("decode_scale_{up,down}_kv_rate must be within 0..100 with up > down")
+        if not p_up > p_down >= 0:
+            raise ValueError("prefill_scale_up_queue_tokens must exceed prefill_scale_down_queue_tokens")
+
+    def min_for(self, role: str) -> int:
+        value = self.prefill_min_endpoint if role == "prefill" else self.decode_min_endpoint
+        return self.min_endpoint if value is None else value
+
+    def max_for(self, role: str) -> int:
+        value = self.prefill_max_endpoint if role == "prefill" else self.decode_max_endpoint
+        value = self.max_endpoint if value is None else value
+        return value if value >= 0 else 1 << 30
+
+    def gpus_for(self, role: str) -> int:
+        return self.prefill_engine_num_gpu if role == "prefill" else self.decode_engine_num_gpu
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """Pools this planner scales: agg and decode modes scale one pool (called decode)."""
+        return {"disagg": ("prefill", "decode"), "prefill": ("prefill",)}.get(self.mode, ("decode",))
+
+
+def load_config(text: str, args: PlannerArgs | None = None) -> PlannerConfig:
+    """Parse inline JSON or a .json/.yaml file; env-provided settings fill unset fields."""
+    if os.path.isfile(text):
+        with open(text, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh) if text.endswith((".yaml", ".yml")) else json.load(fh)
+    else:
+        raw = json.loads(text)
+    if not isinstance(raw, dict):
+        raise ValueError("planner config must be an object")
+    if args is not None:
+        raw.setdefault("prometheus_endpoint", args.prometheus_endpoint)
+        if args.namespace:
+            raw.setdefault("namespace", args.namespace)
+        for name in ("dgd_name", "kube_namespace", "kubeconfig"):
+            if getattr(args, name):
+                raw.setdefault(name, getattr(args, name))
+        if args.prometheus_port:
+            raw.setdefault("metric_reporting_prometheus_port", args.prometheus_port)
+    try:
+        return msgspec.convert(raw, PlannerConfig)
+    except msgspec.ValidationError as exc:
+        raise ValueError(str(exc)) from None

@@ -1,0 +1,1 @@
+"""Connectors: how the planner changes replica counts (a registry by `environment`)."""

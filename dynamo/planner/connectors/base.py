@@ -1,0 +1,79 @@
+"""The connector interface: read each pool's desired and ready replicas, ask for new
+desired counts. Connectors only issue changes; waiting for readiness (with a deadline)
+is the planner's, the same for every connector.
+
+Registry: `environment` name -> "module:Class", imported lazily (the Kubernetes client
+is only needed by the `kubernetes` connector).
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from dynamo.planner.config import PlannerConfig
+
+
+@dataclass
+class PoolState:
+    desired: int
+    ready: int
+
+
+class Connector(ABC):
+    name = "base"
+
+    def __init__(self, cfg: PlannerConfig) -> None:
+        self.cfg = cfg
+
+    async def start(self) -> None:
+        """Connect and resolve which component is which pool; raise if impossible."""
+
+    @abstractmethod
+    async def state(self) -> dict[str, PoolState]:
+        """{role: PoolState} for the roles the planner scales."""
+
+    @abstractmethod
+    async def scale(self, targets: dict[str, int]) -> None:
+        """Set the desired replicas of each role in `targets` (returns once requested)."""
+
+    async def close(self) -> None:
+        pass
+
+
+_CONNECTORS = {
+    "local": "dynamo.planner.connectors.local:LocalConnector",
+    "kubernetes": "dynamo.planner.connectors.kubernetes:KubernetesConnector",
+    "virtual": "dynamo.planner.connectors.virtual:VirtualConnector",
+}
+
+
+def register_connector(environment: str, target: str) -> None:
+    _CONNECTORS[environment] = target
+
+
+def make_connector(cfg: PlannerConfig, **options) -> Connector:
+    target = _CONNECTORS.get(cfg.environment)
+    if target is None:
+        raise ValueError(f"environment {cfg.environment!r} has no connector here; choose from {sorted(_CONNECTORS)}")
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(module), cls)(cfg, **options)
+
+
+def find_component(names: list[str], role: str, mode: str, explicit: str | None) -> str:
+    """The service serving `role`: the configured name, else by name (Prefill/Decode), else the
+    only worker service (agg). Raises ValueError naming the candidates."""
+    if explicit:
+        if explicit not in names:
+            raise ValueError(f"no component {explicit!r}; have {names}")
+        return explicit
+    workers = [n for n in names if not any(k in n.lower() for k in ("frontend", "planner", "router"))]
+    if mode == "agg":
+        matches = workers if len(workers) == 1 else [n for n in workers if "decode" in n.lower()]
+    else:
+        matches = [n for n in workers if role in n.lower()]
+    if len(matches) != 1:
+        raise ValueError(f"cannot tell which component is the {role} pool among {names}; "
+                         f"set {role}_component in the planner config")
+    return matches[0]

@@ -1,0 +1,171 @@
+"""What the planner sees of the workers: their model cards in discovery (role and engine
+limits, Dynamo's MDC `runtime_config`) and their forward-pass metrics on the event plane.
+
+`FpmCollector` subscribes to `forward-pass-metrics` on every component that serves a
+worker card in the namespace, keeps each engine's latest FPM, feeds the per-pool perf
+models, and keeps running averages of the workload (ISL, decode batch and length).
+An engine's FPM counts only while the engine is in discovery and its FPM is fresher
+than `fpm_stale_seconds` (relays repeat the last message every second when idle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from dynamo.llm.forward_pass import FPM_TOPIC, ForwardPassMetrics, fpm_decoder
+from dynamo.llm.model_card import card_decoder
+from dynamo.planner.config import PlannerConfig
+from dynamo.planner.load_scaling import EngineLimits
+from dynamo.planner.perf_model import PerfModel, agg_model, decode_model, prefill_model, sample
+from dynamo.runtime.event_plane.base import create_subscriber
+from dynamo.runtime.records import MDC, split_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Engine:
+    role: str
+    component: str
+    limits: EngineLimits
+    model: str
+    latest: ForwardPassMetrics | None = None
+    seen_at: float = 0.0
+
+
+class Ewma:
+    def __init__(self, alpha: float = 0.1) -> None:
+        self.alpha = alpha
+        self.value: float | None = None
+
+    def add(self, x: float) -> None:
+        self.value = x if self.value is None else self.value + self.alpha * (x - self.value)
+
+
+@dataclass
+class WorkloadStats:
+    isl: Ewma = field(default_factory=Ewma)
+    num_decode: Ewma = field(default_factory=Ewma)
+    decode_len: Ewma = field(default_factory=Ewma)
+
+
+def limits_of(card) -> EngineLimits:
+    rc = card.runtime_config
+    blocks = rc.total_kv_blocks or 0
+    return EngineLimits(context_length=card.context_length,
+                        max_kv_tokens=blocks * card.kv_cache_block_size or 1 << 20,
+                        max_num_batched_tokens=rc.max_num_batched_tokens or 8192,
+                        max_num_seqs=rc.max_num_seqs or 256)
+
+
+class FpmCollector:
+    def __init__(self, store, cfg: PlannerConfig, metrics=None) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.metrics = metrics
+        self.engines: dict[tuple[int, int], Engine] = {}  # (instance id, dp rank)
+        self.cards: dict[int, Engine] = {}  # instance id -> engine template from its card
+        self.models: dict[str, PerfModel] = {}
+        self.stats = {role: WorkloadStats() for role in ("prefill", "decode")}
+        self._subs: dict[str, object] = {}
+        self._tasks: list[asyncio.Task] = []
+
+    async def refresh(self) -> None:
+        """Re-read the worker cards; subscribe to components seen for the first time."""
+        cards = await self.store.get_prefix(f"{MDC}{self.cfg.namespace}/")
+        seen: dict[int, Engine] = {}
+        for key, raw in cards.items():
+            try:
+                eid, iid = split_key(MDC, key)
+                card = card_decoder.decode(raw)
+            except Exception as exc:
+                log.debug("unreadable card %s: %s", key, exc)
+                continue
+            role = "prefill" if card.worker_type == "prefill" else "decode"
+            seen[iid] = Engine(role, eid.component, limits_of(card), card.display_name)
+            if eid.component not in self._subs:
+                await self._subscribe(eid.component)
+        self.cards = seen
+        for key in [k for k in self.engines if k[0] not in seen]:
+            del self.engines[key]  # left discovery (scaled down, or died)
+        for engine in seen.values():
+            self._ensure_model(engine)
+
+    def _ensure_model(self, engine: Engine) -> None:
+        if engine.role in self.models:
+            return
+        lim, kw = engine.limits, dict(max_samples=self.cfg.max_num_fpm_samples,
+                                      bucket_size=self.cfg.fpm_sample_bucket_size,
+                                      min_samples=self.cfg.load_min_observations)
+        if engine.role == "prefill":
+            self.models["prefill"] = prefill_model(lim.max_num_batched_tokens, **kw)
+        elif self.cfg.mode == "agg":
+            self.models["decode"] = agg_model(lim.max_num_batched_tokens, lim.max_kv_tokens, **kw)
+        else:
+            self.models["decode"] = decode_model(lim.max_num_seqs, lim.max_kv_tokens, **kw)
+
+    async def _subscribe(self, component: str) -> None:
+        sub = await create_subscriber(None, self.store, self.cfg.namespace, component, FPM_TOPIC)
+        self._subs[component] = sub
+        self._tasks.append(asyncio.get_running_loop().create_task(self._consume(sub), name=f"fpm-{component}"))
+        log.info("planner: following forward-pass metrics of %s.%s", self.cfg.namespace, component)
+
+    async def _consume(self, sub) -> None:
+        async for instance_id, payload in sub:
+            try:
+                fpm = fpm_decoder.decode(payload)
+            except Exception as exc:
+                log.debug("bad FPM from %x: %s", instance_id, exc)
+                continue
+            self.observe(instance_id, fpm)
+
+    def observe(self, instance_id: int, fpm: ForwardPassMetrics) -> None:
+        if self.metrics is not None:
+            self.metrics.fpm_messages.inc()
+        card = self.cards.get(instance_id)
+        if card is None:
+            return  # not (or no longer) in discovery
+        key = (instance_id, fpm.dp_rank)
+        engine = self.engines.get(key)
+        if engine is None:
+            engine = self.engines[key] = Engine(card.role, card.component, card.limits, card.model)
+        engine.latest, engine.seen_at = fpm, time.monotonic()
+        model = self.models.get(card.role)
+        x = sample("agg" if self.cfg.mode == "agg" else card.role, fpm)
+        if model is not None and x is not None:
+            model.add(x, fpm.wall_time)
+        self._update_stats(card.role, fpm)
+
+    def _update_stats(self, role: str, fpm: ForwardPassMetrics) -> None:
+        s, q, st = fpm.scheduled_requests, fpm.queued_requests, self.stats[role]
+        if q.num_prefill_requests:
+            st.isl.add(q.sum_prefill_tokens / q.num_prefill_requests)
+        elif s.num_prefill_requests:
+            st.isl.add((s.sum_prefill_tokens + s.sum_prefill_kv_tokens) / s.num_prefill_requests)
+        if s.num_decode_requests:
+            st.num_decode.add(s.num_decode_requests)
+            st.decode_len.add(s.sum_decode_kv_tokens / s.num_decode_requests)
+
+    def fresh(self, role: str) -> list[tuple[ForwardPassMetrics, EngineLimits]]:
+        horizon = time.monotonic() - self.cfg.fpm_stale_seconds
+        return [(e.latest, e.limits) for e in self.engines.values()
+                if e.role == role and e.latest is not None and e.seen_at >= horizon]
+
+    def model_name(self) -> str | None:
+        return self.cfg.model_name or next((e.model for e in self.cards.values()), None)
+
+    def add_synthetic(self, role: str, x: tuple[float, ...], wall_s: float) -> None:
+        """Seed a perf model (profile data) before any live FPM arrives."""
+        model = self.models.get(role)
+        if model is not None:
+            model.add(x, wall_s)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for sub in self._subs.values():
+            await sub.close()

@@ -1,0 +1,249 @@
+"""The planner loop: every `load_adjustment_interval_seconds` a load tick (reactive
+targets, or the `sla` perf-model estimates), every `throughput_adjustment_interval_seconds`
+a throughput tick (`sla` only: predicted demand from Prometheus over per-engine
+capacity). Each tick yields one decision per pool, logged with its reason; targets are
+fitted to the GPU budget and applied through the connector (or only logged, `advisory`).
+
+Guards, where Dynamo 1.6.1's users got hurt:
+- no traffic is a reason to scale down, not to skip (idle engines heartbeat zeros;
+  Prometheus demand 0 means 0, and only unknown demand holds);
+- a scale-up whose replicas are not ready within `replica_ready_timeout_seconds` is
+  given up (the pool is set back to its ready count) instead of blocking forever, and
+  scale-down stays possible while replicas are pending;
+- the max GPU budget is never exceeded, whatever the loops ask for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+
+from dynamo.planner import sla
+from dynamo.planner.budget import fit_budget, gpus
+from dynamo.planner.config import PlannerConfig
+from dynamo.planner.connectors.base import Connector, PoolState
+from dynamo.planner.load_scaling import Decision, reactive_decision
+from dynamo.planner.metrics import PlannerMetrics
+from dynamo.planner.observe import FpmCollector
+from dynamo.planner.predictors import make_predictor
+from dynamo.planner.prometheus import PrometheusClient, TrafficObservation, observe
+
+log = logging.getLogger("dynamo.planner")
+
+
+class Planner:
+    def __init__(self, cfg: PlannerConfig, connector: Connector, collector: FpmCollector,
+                 prometheus: PrometheusClient | None = None, metrics: PlannerMetrics | None = None) -> None:
+        self.cfg = cfg
+        self.connector = connector
+        self.collector = collector
+        self.prometheus = prometheus
+        self.metrics = metrics or PlannerMetrics()
+        self.predictor = make_predictor(cfg.load_predictor, cfg)
+        self.lower_bound: dict[str, int] = {}
+        self.pending_since: dict[str, float] = {}
+        self.last_obs = TrafficObservation()
+        self.decisions: list[Decision] = []  # history, for tests and reports
+        self.initialized = False
+        self._seeded = False
+        self._last_gpu_tick = time.monotonic()
+
+    # ---- loop ----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.connector.start()
+        self.initialized = True
+        interval = self.cfg.scheduling.scale_interval_seconds
+        next_load = next_thpt = time.monotonic()
+        while not stop.is_set():
+            now = time.monotonic()
+            if self.cfg.enable_throughput_scaling and now >= next_thpt:
+                next_thpt = now + self.cfg.throughput_adjustment_interval_seconds
+                await self._guarded("throughput", self.throughput_tick)
+            if self.cfg.enable_load_scaling and now >= next_load:
+                next_load = now + self.cfg.load_adjustment_interval_seconds
+                await self._guarded("load", self.load_tick)
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _guarded(self, loop: str, tick) -> None:
+        self.metrics.ticks.labels(loop).inc()
+        try:
+            await tick()
+        except Exception as exc:  # one bad tick (a connector timeout, Prometheus down) must not end the loop
+            self.metrics.tick_errors.labels(loop).inc()
+            log.warning("planner %s tick failed: %s", loop, exc)
+
+    # ---- ticks ---------------------------------------------------------------------
+
+    async def load_tick(self) -> None:
+        await self.collector.refresh()
+        self._seed_once()
+        state = await self._state()
+        decisions = [self._load_decision(role, state[role]) for role in self.cfg.roles]
+        await self._apply("load", decisions, state)
+
+    async def throughput_tick(self) -> None:
+        await self.collector.refresh()
+        self._seed_once()
+        state = await self._state()
+        decisions = await self._throughput_decisions(state)
+        if decisions is None:
+            return
+        for d in decisions:
+            self.metrics.predicted_replicas[d.role].set(d.target)
+        if self.cfg.enable_load_scaling:  # the load loop scales above this floor
+            self.lower_bound = {d.role: d.target for d in decisions}
+            decisions = [Decision(d.role, d.current, max(d.current, d.target), d.reason) for d in decisions]
+        await self._apply("throughput", decisions, state)
+
+    # ---- load loop -----------------------------------------------------------------
+
+    def _load_decision(self, role: str, pool: PoolState) -> Decision:
+        engines = self.collector.fresh(role)
+        if self.cfg.optimization_target == "sla":
+            d = self._sla_load_decision(role, engines, pool.desired)
+        else:
+            d = reactive_decision(self.cfg, role, engines, pool.desired)
+        floor = self.lower_bound.get(role, 0)
+        if d.target < floor:  # never below the throughput loop's floor (it raises pools itself)
+            d = Decision(role, d.current, min(floor, d.current), d.reason + f"; throughput-loop floor {floor}")
+        if d.target > d.current and pool.ready < pool.desired:
+            d = Decision(role, d.current, d.current, d.reason + f"; {pool.desired - pool.ready} replica(s) "
+                         "still starting, no further scale-up")
+        return d
+
+    def _sla_load_decision(self, role: str, engines, current: int) -> Decision:
+        model = self.collector.models.get(role)
+        if model is None or not model.ready:
+            have = model.count if model else 0
+            return Decision(role, current, current, f"sla {role}: perf model has {have}/"
+                            f"{self.cfg.load_min_observations} samples, hold")
+        w = self._workload(role)
+        if self.cfg.mode == "agg" or role == "decode":
+            d = sla.sla_decode_decision(self.cfg, model, engines, w, current, role)
+            if self.cfg.mode == "agg":  # agg: TTFT matters too; either estimate can ask for more
+                p = sla.sla_prefill_decision(self.cfg, model, engines, w, current, role)
+                d = p if p.target > d.target else d
+            return d
+        return sla.sla_prefill_decision(self.cfg, model, engines, w, current, role)
+
+    def _workload(self, role: str) -> sla.Workload:
+        st = self.collector.stats[role]
+        obs = self.last_obs
+        isl = st.isl.value or obs.isl or self.collector.stats["prefill"].isl.value or 0.0
+        return sla.Workload(isl=isl, osl=obs.osl or 0.0, kv_hit=obs.kv_hit_rate or 0.0,
+                            num_decode=st.num_decode.value or 0.0, decode_len=st.decode_len.value or 0.0)
+
+    # ---- throughput loop -----------------------------------------------------------
+
+    async def _throughput_decisions(self, state: dict[str, PoolState]) -> list[Decision] | None:
+        interval = int(self.cfg.throughput_adjustment_interval_seconds)
+        model_name = self.collector.model_name()
+        if self.prometheus is None or model_name is None:
+            log.info("planner throughput tick: %s, hold", "no Prometheus" if self.prometheus is None else "no model yet")
+            return None
+        obs = await observe(self.prometheus, interval, model_name, self.cfg.namespace)
+        self._record_observation(obs, interval)
+        if obs.num_req is None:
+            log.info("planner throughput tick: demand unknown (no frontend request counters in Prometheus), hold")
+            return None
+        self.predictor.observe(obs.num_req)
+        demand = self.predictor.predict() / interval
+        self.metrics.predicted_rps.set(demand)
+        return [self._capacity_decision(role, state[role].desired, demand, obs) for role in self.cfg.roles]
+
+    def _record_observation(self, obs: TrafficObservation, interval: int) -> None:
+        for key in ("isl", "osl", "kv_hit_rate"):  # keep the last known averages through idle intervals
+            if getattr(obs, key) is not None:
+                setattr(self.last_obs, key, getattr(obs, key))
+        self.last_obs.num_req = obs.num_req
+        for key in ("ttft_ms", "itl_ms", "isl", "osl", "kv_hit_rate"):
+            value = getattr(obs, key)
+            self.metrics.observed[key].set(value if value is not None else math.nan)
+        self.metrics.observed["requests_per_second"].set((obs.num_req or 0.0) / interval)
+
+    def _capacity_decision(self, role: str, current: int, demand: float, obs: TrafficObservation) -> Decision:
+        head = f"sla throughput {role}: predicted {demand:.2f} req/s"
+        if demand <= 0:
+            target = sla.replicas_for(0, 1, current, self.cfg, role)
+            return Decision(role, current, target, f"{head}: no traffic, down to the minimum")
+        model = self.collector.models.get(role)
+        isl, osl = self.last_obs.isl, self.last_obs.osl
+        if model is None or not model.ready or not isl:
+            return Decision(role, current, current, f"{head}: perf model or ISL not known yet, hold")
+        lim = next((e.limits for e in self.collector.cards.values() if e.role == role), None)
+        if lim is None:
+            return Decision(role, current, current, f"{head}: no {role} engine in discovery, hold")
+        accept = 1.0 + self.cfg.speculative_nextn
+        if role == "prefill" or self.cfg.mode == "agg":
+            cap = sla.prefill_capacity_rps(model, isl, self.last_obs.kv_hit_rate or 0.0, lim, self.cfg.ttft_ms)
+        if role == "decode":
+            dcap = sla.decode_capacity_rps(model, isl, osl or 1, lim, self.cfg.itl_ms, accept)
+            cap = min(cap, dcap) if self.cfg.mode == "agg" else dcap
+        self.metrics.capacity[role].set(cap)
+        target = sla.replicas_for(demand, cap, current, self.cfg, role)
+        return Decision(role, current, target, f"{head}, one engine {cap:.2f} req/s within the SLA")
+
+    # ---- applying ------------------------------------------------------------------
+
+    async def _state(self) -> dict[str, PoolState]:
+        state = await self.connector.state()
+        now = time.monotonic()
+        hours = (now - self._last_gpu_tick) / 3600.0
+        self._last_gpu_tick = now
+        self.metrics.gpu_hours.inc(hours * gpus({r: s.ready for r, s in state.items()}, self.cfg))
+        for role, pool in state.items():
+            self.metrics.replicas[role].set(pool.desired)
+            self.metrics.ready[role].set(pool.ready)
+            if pool.ready >= pool.desired:
+                self.pending_since.pop(role, None)
+            else:
+                self.pending_since.setdefault(role, now)
+        await self._give_up_stuck(state, now)
+        return state
+
+    async def _give_up_stuck(self, state: dict[str, PoolState], now: float) -> None:
+        limit = self.cfg.replica_ready_timeout_seconds
+        for role, since in list(self.pending_since.items()):
+            if now - since < limit:
+                continue
+            pool = state[role]
+            back = max(pool.ready, 0)
+            log.error("planner: %d %s replica(s) not ready after %.0fs: giving up, %s %d -> %d",
+                      pool.desired - pool.ready, role, limit, role, pool.desired, back)
+            self.metrics.start_timeouts.labels(role).inc()
+            if not self.cfg.advisory:
+                await self.connector.scale({role: back})
+            state[role] = PoolState(back, pool.ready)
+            self.pending_since.pop(role, None)
+
+    async def _apply(self, loop: str, decisions: list[Decision], state: dict[str, PoolState]) -> None:
+        targets = {d.role: d.target for d in decisions}
+        fitted, note = fit_budget({r: targets.get(r, s.desired) for r, s in state.items()}, self.cfg)
+        gauge = self.metrics.load_decision if loop == "load" else self.metrics.throughput_decision
+        changes = {}
+        for d in decisions:
+            final = fitted[d.role]
+            reason = d.reason + (f"; {note}" if note and final != d.target else "")
+            verb = "advisory, not applied" if self.cfg.advisory and final != d.current else "applied"
+            log.info("planner decision [%s] %s %d -> %d (%s): %s", loop, d.role, d.current, final,
+                     verb if final != d.current else "hold", reason)
+            self.decisions.append(Decision(d.role, d.current, final, reason))
+            gauge.labels(d.role).set(final - d.current)
+            if final != d.current:
+                changes[d.role] = final
+        if changes and not self.cfg.advisory:
+            await self.connector.scale(changes)
+
+    def _seed_once(self) -> None:
+        if self._seeded or not self.cfg.profile_results_dir or not self.collector.models:
+            return
+        from dynamo.planner.bootstrap import seed_models
+
+        seed_models(self.collector.models, self.cfg.profile_results_dir)
+        self._seeded = True

@@ -1,0 +1,113 @@
+"""Traffic observations for the `sla` throughput loop, read from a real Prometheus with
+NVIDIA Dynamo 1.6.1's queries (`monitoring/traffic_metrics.py`).
+
+Averages are `sum(increase(M_sum[Ns])) / sum(increase(M_count[Ns]))` over the frontend
+histograms, filtered on the model (lower-cased) and `dynamo_namespace` (the label the
+scrape config attaches; series without it also match, so a plain scrape works). Demand
+is `increase(dynamo_frontend_requests_started_total[Ns])`, else `requests_total`; when
+both are missing demand is unknown (None), never a made-up 0. When traffic stops, the
+averages are 0/0: they come back as None and the request count as 0, so the planner can
+tell "no traffic" (scale down) from "no data" (hold).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+PREFIX = "dynamo_frontend"
+AVERAGES = {
+    "ttft_ms": ("time_to_first_token_seconds", 1000.0),
+    "itl_ms": ("inter_token_latency_seconds", 1000.0),
+    "request_duration_s": ("request_duration_seconds", 1.0),
+    "isl": ("input_sequence_tokens", 1.0),
+    "osl": ("output_sequence_tokens", 1.0),
+}
+
+
+@dataclass
+class TrafficObservation:
+    num_req: float | None = None  # requests in the interval; None = unknown
+    isl: float | None = None
+    osl: float | None = None
+    ttft_ms: float | None = None
+    itl_ms: float | None = None
+    request_duration_s: float | None = None
+    kv_hit_rate: float | None = None
+
+
+class PrometheusClient:
+    def __init__(self, url: str, timeout: float = 10.0, token: str | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def query(self, promql: str) -> list[tuple[dict[str, str], float]]:
+        """Instant query; [(labels, value)]. Raises on HTTP or API errors."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self.timeout, headers=self.headers)
+        async with self._session.get(f"{self.url}/api/v1/query", params={"query": promql}) as resp:
+            body = await resp.json(content_type=None)
+        if body.get("status") != "success":
+            raise RuntimeError(f"prometheus: {body.get('errorType')}: {body.get('error')}")
+        return [(item["metric"], float(item["value"][1])) for item in body["data"]["result"]]
+
+    async def scalar(self, promql: str) -> float | None:
+        rows = await self.query(promql)
+        values = [v for _, v in rows if math.isfinite(v)]
+        return sum(values) if values else None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def selector(model: str, namespace: str) -> str:
+    return f'{{model=~"(?i){_quote(re.escape(model))}",dynamo_namespace=~"{_quote(namespace.replace("-", "_"))}|{_quote(namespace)}|"}}'
+
+
+def average_query(metric: str, window_s: int, model: str, namespace: str) -> str:
+    sel = selector(model, namespace)
+    by = "sum by (model, dynamo_namespace)"
+    return (f"{by}(increase({PREFIX}_{metric}_sum{sel}[{window_s}s])) / "
+            f"{by}(increase({PREFIX}_{metric}_count{sel}[{window_s}s]))")
+
+
+DEMAND_COUNTERS = ("requests_started_total", "requests_total")
+
+
+def demand_query(counter: str, window_s: int, model: str, namespace: str) -> str:
+    return f"sum(increase({PREFIX}_{counter}{selector(model, namespace)}[{window_s}s]))"
+
+
+def kv_hit_query(window_s: int, namespace: str) -> str:
+    ns = namespace.replace("-", "_")
+    m = "dynamo_component_router_kv_hit_rate"
+    return (f'sum(increase({m}_sum{{dynamo_namespace="{ns}"}}[{window_s}s])) / '
+            f'sum(increase({m}_count{{dynamo_namespace="{ns}"}}[{window_s}s]))')
+
+
+async def observe(client: PrometheusClient, window_s: int, model: str, namespace: str) -> TrafficObservation:
+    obs = TrafficObservation()
+    for field, (metric, factor) in AVERAGES.items():
+        value = await client.scalar(average_query(metric, window_s, model, namespace))
+        setattr(obs, field, value * factor if value is not None else None)
+    for counter in DEMAND_COUNTERS:
+        if await client.query(f"count({PREFIX}_{counter}{selector(model, namespace)})"):
+            # the series exist: an empty increase means no requests, not unknown
+            obs.num_req = await client.scalar(demand_query(counter, window_s, model, namespace)) or 0.0
+            break
+    obs.kv_hit_rate = await client.scalar(kv_hit_query(window_s, namespace))
+    return obs
+
+
+def _quote(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')

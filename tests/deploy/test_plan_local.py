@@ -1,0 +1,119 @@
+"""What `run` makes of pod paths on one machine: a private /tmp per replica (command and
+exec probes agree on it), HF-cache-layout model paths resolved in the local cache,
+`--volume` mappings, multi-node services refused, and shell redirects kept intact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dynamo.deploy.commands import parse_command
+from dynamo.deploy.plan import RunOptions, build_plans
+from dynamo.deploy.validate import validate_file
+from tests.fixtures.procs import REPO
+
+DEPLOY = REPO / "examples/backends"
+MODEL_CACHE = DEPLOY / "mocker/deploy/v1beta1/model_cache.yaml"
+SNAPSHOT = "models--Qwen--Qwen3-0.6B/snapshots/0123456789abcdef0123456789abcdef01234567"
+
+
+def plans_for(path: Path, tmp_path: Path, environ: dict | None = None, **opts):
+    (graph,) = validate_file(path).graphs
+    options = RunOptions(state_dir=str(tmp_path / "state"), environ=environ or {"PATH": "/usr/bin"}, **opts)
+    return build_plans(graph, options, {}, devices=[])
+
+
+def model_arg(argv: list[str]) -> str:
+    return argv[argv.index("--model-path") + 1]
+
+
+def test_each_replica_has_its_own_tmp_for_command_and_probe(tmp_path):
+    plans = plans_for(DEPLOY / "mocker/deploy/guide_template.yaml", tmp_path)
+    worker = plans["MockerWorker"]
+    first, second = worker.launch(0), worker.launch(1)
+    for index, launch in enumerate((first, second)):
+        tmp = tmp_path / "state" / "pods" / f"MockerWorker-{index}"
+        assert tmp.is_dir() and launch.env["TMPDIR"] == str(tmp)
+        assert launch.argv[:2] == ["/bin/sh", "-c"]
+        assert launch.argv[2].endswith(f"2>&1 | tee {tmp}/worker.log")
+        assert launch.probes["readiness"]["exec"]["command"][-1] == f'grep "Worker.*initialized" {tmp}/worker.log'
+        assert launch.env["PATH"].split(":")[0] == str(Path(__import__("sys").executable).parent)
+    assert plans["Frontend"].launch(0).argv[1:4] == ["-m", "dynamo.frontend", "--http-port"]
+    stale = Path(first.env["TMPDIR"]) / "worker.log"
+    stale.write_text("Worker x.y.z initialized (instance 1)\n")
+    worker.launch(0)  # a restart: like a new container, it starts with an empty /tmp
+    assert not stale.exists()
+
+
+def test_hf_snapshot_path_resolves_in_the_local_cache(tmp_path, tiny_model):
+    hf_home = tmp_path / "hf"
+    snapshot = hf_home / "hub" / SNAPSHOT
+    snapshot.parent.mkdir(parents=True)
+    snapshot.symlink_to(tiny_model)
+    plans = plans_for(MODEL_CACHE, tmp_path, {"HF_HOME": str(hf_home), "PATH": "/usr/bin"})
+    launch = plans["MockerWorker"].launch(0)
+    assert model_arg(launch.argv) == str(snapshot)
+    assert launch.argv[launch.argv.index("--model-name") + 1] == "Qwen/Qwen3-0.6B"
+    assert launch.env["HF_HOME"] == str(hf_home)  # the manifest's /opt/model-cache does not exist here
+
+
+def test_missing_revision_falls_back_to_cached_main_and_absence_says_how_to_fetch(tmp_path, tiny_model):
+    repo = tmp_path / "hub" / "models--Qwen--Qwen3-0.6B"
+    (repo / "snapshots").mkdir(parents=True)
+    (repo / "snapshots" / "feedbeef").symlink_to(tiny_model)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("feedbeef\n")
+    plans = plans_for(MODEL_CACHE, tmp_path, {"HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert model_arg(plans["MockerWorker"].launch(0).argv) == str(repo / "snapshots" / "feedbeef")
+    with pytest.raises(ValueError) as err:
+        plans_for(MODEL_CACHE, tmp_path, {"HF_HUB_CACHE": str(tmp_path / "empty"), "HOME": str(tmp_path)})
+    assert "huggingface-cli download Qwen/Qwen3-0.6B --revision 0123456789abcdef" in str(err.value)
+
+
+def test_volume_maps_a_pvc_mount_point_to_a_local_directory(tmp_path, tiny_model):
+    cache = tmp_path / "pvc"
+    (cache / "hub" / SNAPSHOT).parent.mkdir(parents=True)
+    (cache / "hub" / SNAPSHOT).symlink_to(tiny_model)
+    plans = plans_for(MODEL_CACHE, tmp_path, {"HOME": str(tmp_path)}, volumes={"model-cache": str(cache)})
+    launch = plans["MockerWorker"].launch(0)
+    assert model_arg(launch.argv) == str(cache / "hub" / SNAPSHOT)
+    assert launch.env["HF_HOME"] == str(cache)
+    with pytest.raises(ValueError, match="no service mounts a volume named 'nope'"):
+        plans_for(MODEL_CACHE, tmp_path, volumes={"nope": str(cache)})
+
+
+def test_multinode_service_is_refused_with_a_clear_message(tmp_path):
+    with pytest.raises(ValueError) as err:
+        plans_for(DEPLOY / "vllm/deploy/v1beta1/disagg_multinode.yaml", tmp_path)
+    message = str(err.value)
+    assert "service decode spans 2 nodes per replica" in message
+    assert "dynamo.vllm cannot span processes on this machine" in message and "render" in message
+
+
+def test_v1alpha1_multinode_is_refused_too(tmp_path):
+    doc = yaml.safe_load((DEPLOY / "mocker/deploy/agg.yaml").read_text())
+    doc["spec"]["services"]["MockerWorker"]["multinode"] = {"nodeCount": 2}
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ValueError, match="MockerWorker spans 2 nodes"):
+        plans_for(path, tmp_path)
+
+
+@pytest.mark.parametrize("script", [
+    "python -m dynamo.mocker --model-path /m --speedup-ratio 10 2>&1 | tee /tmp/worker.log",
+    "exec python3 -m dynamo.frontend --http-port 8000 >/tmp/out 2>/dev/null",
+])
+def test_shell_script_round_trips_with_redirects_attached(script):
+    rendered = parse_command(["/bin/sh", "-c"], [script]).render()[2]
+    assert rendered.replace(" ", "") == script.replace(" ", "")
+    assert "2>" in rendered and " 2 >" not in rendered  # the fd stays on its redirect
+
+
+def test_private_tmp_rewrites_pod_paths_only():
+    from dynamo.deploy.local import private_tmp
+
+    assert private_tmp("tee /tmp/worker.log", "/P") == "tee /P/worker.log"
+    assert private_tmp('{"endpoint":"ipc:///tmp/kv"}', "/P") == '{"endpoint":"ipc:///P/kv"}'
+    assert private_tmp("cd /tmp && ls /data/tmp/x http://h/tmp/y", "/P") == "cd /P && ls /data/tmp/x http://h/tmp/y"

@@ -1,0 +1,131 @@
+"""A stand-in Kubernetes API server (tests only): the few documented endpoints the
+planner's Kubernetes connector calls, on 127.0.0.1, recording every request.
+
+- GET/PATCH  /apis/nvidia.com/{version}/namespaces/{ns}/dynamographdeployments/{name}
+  (PATCH accepts RFC 6902 JSON Patch: `test`, `add`, `replace`; a failed `test` is 422)
+- PATCH      /apis/nvidia.com/v1alpha1/namespaces/{ns}/dynamographdeploymentscalingadapters/{name}/scale
+  (merge patch `{"spec": {"replicas": N}}`; 404 unless the adapter exists)
+
+Like the operator, a replica change sets the DGD's `Ready` condition to False; the test
+decides when it turns True again (`mark_ready`). Not a Kubernetes: no auth, no watch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+DGD = re.compile(r"^/apis/nvidia\.com/(v1alpha1|v1beta1)/namespaces/([^/]+)/dynamographdeployments/([^/]+)$")
+SCALE = re.compile(r"^/apis/nvidia\.com/v1alpha1/namespaces/([^/]+)/dynamographdeploymentscalingadapters/([^/]+)/scale$")
+
+
+def status(kind: str, code: int, message: str) -> dict:
+    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "code": code,
+            "reason": kind}
+
+
+class KubeStandIn:
+    def __init__(self, dgd: dict, versions: tuple[str, ...] = ("v1beta1",), adapters: tuple[str, ...] = ()) -> None:
+        self.dgd = dgd
+        self.versions = versions
+        self.adapters = set(adapters)  # names of existing DGDSAs
+        self.requests: list[tuple[str, str, str, object]] = []  # (method, path, content-type, body)
+        self.lock = threading.Lock()
+        self.mark_ready(True)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_GET(self):
+                outer._handle(self, "GET")
+
+            def do_PATCH(self):
+                outer._handle(self, "PATCH")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def mark_ready(self, ready: bool) -> None:
+        self.dgd.setdefault("status", {})["conditions"] = [{"type": "Ready", "status": "True" if ready else "False"}]
+
+    def components(self) -> dict[str, dict]:
+        spec = self.dgd["spec"]
+        return {c["name"]: c for c in spec["components"]} if "components" in spec else spec["services"]
+
+    def _handle(self, req: BaseHTTPRequestHandler, method: str) -> None:
+        length = int(req.headers.get("content-length") or 0)
+        body = json.loads(req.rfile.read(length)) if length else None
+        ctype = req.headers.get("content-type", "")
+        with self.lock:
+            self.requests.append((method, req.path, ctype, body))
+            code, reply = self._route(method, req.path.split("?")[0], ctype, body)
+        data = json.dumps(reply).encode()
+        req.send_response(code)
+        req.send_header("content-type", "application/json")
+        req.send_header("content-length", str(len(data)))
+        req.end_headers()
+        req.wfile.write(data)
+
+    def _route(self, method: str, path: str, ctype: str, body) -> tuple[int, dict]:
+        m = DGD.match(path)
+        if m and m.group(1) in self.versions and m.group(3) == self.dgd["metadata"]["name"]:
+            if method == "GET":
+                return 200, self.dgd
+            if "json-patch" not in ctype:
+                return 415, status("UnsupportedMediaType", 415, ctype)
+            return self._json_patch(body)
+        m = SCALE.match(path)
+        if m and method == "PATCH":
+            if m.group(2) not in self.adapters:
+                return 404, status("NotFound", 404, f"dynamographdeploymentscalingadapters {m.group(2)!r} not found")
+            if "merge-patch" not in ctype:
+                return 415, status("UnsupportedMediaType", 415, ctype)
+            target = next(n for n in self.components() if f"{self.dgd['metadata']['name']}-{n.lower()}" == m.group(2))
+            self.components()[target]["replicas"] = body["spec"]["replicas"]
+            self.mark_ready(False)
+            return 200, {"kind": "Scale", "spec": {"replicas": body["spec"]["replicas"]}}
+        return 404, status("NotFound", 404, path)
+
+    def _json_patch(self, ops: list[dict]) -> tuple[int, dict]:
+        doc = copy.deepcopy(self.dgd)
+        for op in ops:
+            parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].strip("/").split("/")]
+            parent = doc
+            for p in parts[:-1]:
+                parent = parent[int(p)] if isinstance(parent, list) else parent[p]
+            last = int(parts[-1]) if isinstance(parent, list) else parts[-1]
+            if op["op"] == "test":
+                if parent[last] != op["value"]:
+                    return 422, status("Invalid", 422, f"test failed at {op['path']}")
+            elif op["op"] in ("add", "replace"):
+                parent[last] = op["value"]
+            else:
+                return 422, status("Invalid", 422, f"unsupported op {op['op']}")
+        self.dgd.clear()
+        self.dgd.update(doc)
+        self.mark_ready(False)
+        return 200, self.dgd
+
+
+def kubeconfig(path, server: str) -> str:
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "standin",
+        "clusters": [{"name": "standin", "cluster": {"server": server}}],
+        "users": [{"name": "planner", "user": {"token": "test-token"}}],
+        "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "planner", "namespace": "team"}}],
+    }))
+    return str(path)

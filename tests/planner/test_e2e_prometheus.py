@@ -1,0 +1,106 @@
+"""The `sla` throughput loop's inputs from a real Prometheus scraping a real frontend:
+Dynamo's queries return the request count and averages while traffic flows, and once it
+stops the count is 0 (not unknown, not NaN), so the planner scales down to the minimum
+instead of "skipping adjustment" (Dynamo issue #6985)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from dynamo.planner.config import PlannerConfig
+from dynamo.planner.connectors.base import make_connector
+from dynamo.planner.connectors.virtual import VirtualOrchestrator
+from dynamo.planner.observe import FpmCollector
+from dynamo.planner.planner import Planner
+from dynamo.planner.prometheus import PrometheusClient, observe
+from dynamo.runtime.discovery.base import make_store
+from tests.deploy.helpers import chat
+from tests.fixtures.procs import Cluster
+from tests.planner.prometheus_server import PrometheusServer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tiny_model):
+    tmp = tmp_path_factory.mktemp("prom")
+    cluster = Cluster(tmp, tiny_model)
+    prom = None
+    try:
+        cluster.frontend()
+        cluster.mocker("--speedup-ratio", "10")
+        cluster.wait_workers("tiny", 1)
+        prom = PrometheusServer(tmp / "prometheus", [f"127.0.0.1:{cluster.http_port}"], "dynamo")
+        yield cluster, prom, tmp
+    finally:
+        if prom is not None:
+            prom.stop()
+        cluster.stop()
+
+
+def send(cluster: Cluster, n: int) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda i: chat(cluster.http_port, "tiny", f"question {i} " * 20, max_tokens=16),
+                                range(n)))
+    assert all(r["usage"]["completion_tokens"] == 16 for r in replies)
+
+
+async def wait_observation(client: PrometheusClient, window: int, check, deadline_s: float = 60):
+    deadline = time.monotonic() + deadline_s
+    while True:
+        obs = await observe(client, window, "tiny", "dynamo")
+        if check(obs) or time.monotonic() > deadline:
+            return obs
+        await asyncio.sleep(1)
+
+
+async def test_traffic_observation_then_zero_when_traffic_stops(stack):
+    cluster, prom, tmp = stack
+    client = PrometheusClient(prom.url)
+    try:
+        # The frontend creates a model's series on its first request, and Prometheus' increase()
+        # cannot count a series' first sample: warm up, let it be scraped, then measure.
+        send(cluster, 1)
+        await wait_observation(client, 60, lambda o: o.num_req is not None)
+        await asyncio.sleep(2)
+        send(cluster, 12)
+        obs = await wait_observation(client, 30, lambda o: (o.num_req or 0) >= 11.5 and o.osl is not None)
+        assert 11 <= obs.num_req <= 20, obs  # increase() extrapolates towards the window's edges
+        assert obs.osl == pytest.approx(16) and obs.isl > 20 and obs.ttft_ms > 0 and obs.itl_ms > 0, obs
+        assert obs.kv_hit_rate is None  # no router histogram: unknown, not 0
+        quiet = await wait_observation(client, 3, lambda o: o.num_req == 0, deadline_s=30)
+        assert quiet.num_req == 0 and quiet.isl is None and quiet.ttft_ms is None, quiet
+        # a model nobody serves: demand unknown, never a made-up 0
+        assert (await observe(client, 60, "no-such-model", "dynamo")).num_req is None
+    finally:
+        await client.close()
+
+
+async def test_sla_throughput_tick_scales_to_the_minimum_when_traffic_stops(stack):
+    cluster, prom, tmp = stack
+    store = make_store("file", root=str(tmp / "kv"))
+    await store.start()
+    client = PrometheusClient(prom.url)
+    try:
+        cfg = PlannerConfig(environment="virtual", model_name="tiny", namespace="dynamo", mode="agg",
+                            optimization_target="sla", enable_load_scaling=False,
+                            throughput_adjustment_interval_seconds=3, load_predictor="constant")
+        conn = make_connector(cfg, store=store)
+        await conn.start()
+        await conn.scale({"decode": 3})
+        orch = VirtualOrchestrator(store, "dynamo")
+        await orch.ack((await orch.next_decision(5))["decision_id"])
+        planner = Planner(cfg, conn, FpmCollector(store, cfg), client)
+        await wait_observation(client, 3, lambda o: o.num_req == 0, deadline_s=30)
+        await planner.throughput_tick()
+        last = planner.decisions[-1]
+        assert (last.role, last.current, last.target) == ("decode", 3, 1), last
+        assert "no traffic" in last.reason
+        assert (await orch.next_decision(5))["num_decode_workers"] == 1
+    finally:
+        await client.close()
+        await store.close()
