@@ -35,6 +35,11 @@ def models_status(run: DeployRun) -> dict:
     return {m["model"]: m for m in run.status().get("models", [])}
 
 
+def listed(run: DeployRun) -> list[str]:
+    status, body = http_get(f"http://127.0.0.1:{run.port}/v1/models")
+    return [m["id"] for m in json.loads(body)["data"]] if status == 200 else []
+
+
 def holds(replica: dict) -> bool:
     status, body = http_get(f"http://127.0.0.1:{replica['system_port']}/v1/loras")
     return status == 200 and ADAPTER in json.loads(body)["loras"]
@@ -50,6 +55,7 @@ def test_run_places_the_adapter_on_every_replica_including_restarted_ones(tmp_pa
         assert models_status(run)[ADAPTER] == {"model": ADAPTER, "base": MODEL, "type": "lora", "total": 2,
                                                "ready": 2}
         assert all(holds(r) for r in run.replicas("MockerWorker"))
+        wait_until(lambda: ADAPTER in listed(run), 30, "adapter in the frontend's /v1/models")
         assert chat(run.port, ADAPTER, "hello adapter")["model"] == ADAPTER
 
         victim = run.replicas("MockerWorker")[0]
