@@ -16,10 +16,11 @@ from tests.fixtures.procs import http_get, wait_until
 from tests.vllm.conftest import MODEL, VllmCluster, offline_reference, reference_result, wait_healthy
 
 # One module-scoped engine start (plus the offline reference) on a busy 2-core box can take minutes.
-pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 MAX_TOKENS = 16
 ADAPTER = "tiny-lora"
+SLOW_START = 600  # seconds: a LoRA-enabled CPU engine (and the offline one beside it) on a shared 2-core box
 PROMPTS = [[6 + (i * 37 + salt * 101) % 4000 for i in range(n)] for n, salt in ((40, 3), (70, 4))]
 
 
@@ -33,10 +34,10 @@ def env(vllm_python, vllm_model, tmp_path_factory):
                                      env={"DYN_LORA_PATH": str(tmp / "lora-cache")})
         reference = offline_reference(vllm_python, vllm_model, PROMPTS, MAX_TOKENS, tmp / "reference.log", adapter)
         cluster.frontend()
-        wait_healthy(worker)
+        wait_healthy(worker, SLOW_START)
         cluster.wait_workers(MODEL, 1)
-        yield {"cluster": cluster, "worker": worker, "adapter": adapter, "reference": reference_result(reference),
-               "tokenizer": Tokenizer.from_dir(vllm_model)}
+        yield {"cluster": cluster, "worker": worker, "adapter": adapter,
+               "reference": reference_result(reference, SLOW_START), "tokenizer": Tokenizer.from_dir(vllm_model)}
     finally:
         cluster.stop()
 
