@@ -36,9 +36,9 @@ class MockerAdapter:
         self.engine = MockEngine(args, vocab_size=tokenizer.vocab_size, context_length=args.context_length,
                                  eos_token_ids=tokenizer.eos_token_ids, special_ids=tokenizer.special_ids,
                                  on_kv_event=ctx.emit_kv_event)
+        self.engine.publish_forward_passes(ctx.emit_forward_pass, ctx.worker_label)
         if args.startup_time:
             await asyncio.sleep(args.startup_time)
-        self.engine.publish_forward_passes(ctx.emit_forward_pass, f"{ctx.instance_id:x}")
         await self.engine.start()
         self._started = True
         return EngineInfo(

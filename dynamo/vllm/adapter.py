@@ -39,17 +39,17 @@ class VllmAdapter:
         self.instance_id = 0
         self.loras: dict[str, Any] = {}  # adapter name -> vLLM LoRARequest
         self.decoder: EngineEventDecoder | None = None
+        self.kv_tokens = 0  # KV capacity in tokens, for forward-pass metrics
 
     async def start(self, ctx: EngineContext) -> EngineInfo:
         self.instance_id = ctx.instance_id
         xfer = disagg.setup_worker(self.engine_args, self.config, ctx.registry)
         self.publishes = apply_dynamo_defaults(self.engine_args, self.config)
-        kv_tokens = [0]  # forward-pass metrics report KV usage in tokens; known once the engine is up
-        fpm = fpm_stat_logger_factory(ctx.emit_forward_pass, f"{ctx.instance_id:x}", lambda: kv_tokens[0])
+        fpm = fpm_stat_logger_factory(ctx.emit_forward_pass, ctx.worker_label, lambda: self.kv_tokens)
         self.engine = await start_engine(self.engine_args, [stat_logger_factory(self.stats),
                                                             *disagg.stat_loggers(xfer), fpm])
         facts = self.facts = engine_facts(self.engine, self.engine_args)
-        kv_tokens[0] = facts.num_blocks * facts.block_size
+        self.kv_tokens = facts.num_blocks * facts.block_size
         self.stats.total_slots, self.stats.total_blocks = facts.max_num_seqs, facts.num_blocks
         self.params_hook = disagg.params_hook(xfer, self.engine, self.mode)
         return EngineInfo(

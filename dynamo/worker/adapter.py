@@ -36,8 +36,13 @@ class EngineContext:
     registry: CollectorRegistry  # the worker's /metrics registry, for engine-specific collectors
     emit_kv_event: KvEmit  # for engines that report KV events in-process (the mocker)
     advertise_host: str = "127.0.0.1"  # where peers reach this worker (disaggregation bootstrap)
-    # Forward-pass metrics (one per engine step) for load-based planners; set by the harness.
+    # Forward-pass metrics (dynamo.llm.forward_pass): engines push one per scheduler step.
     emit_forward_pass: Callable[[Any], None] = lambda fpm: None
+
+    @property
+    def worker_label(self) -> str:
+        """The instance id as FPM messages name the worker (hex)."""
+        return f"{self.instance_id:x}"
 
 
 @dataclass

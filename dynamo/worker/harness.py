@@ -4,8 +4,9 @@
 `serve_worker(adapter, spec, stop)`:
 1. discovery + the system server first (`/health` answers 503 while the engine loads);
 2. `adapter.start()` builds the engine (a failure exits 1);
-3. KV events (in-process or relayed from the engine's publisher) and load metrics go to
-   the event plane; a publishing worker also answers router resync (`kv_query`);
+3. KV events (in-process or relayed from the engine's publisher), load metrics and
+   forward-pass metrics (FPM, pushed by the engine per step) go to the event plane; a
+   publishing worker also answers router resync (`kv_query`);
 4. the model card is built from the engine's effective config and registered with the
    typed `generate` endpoint; then the log line readiness probes grep:
    `Worker <namespace>.<component>.<endpoint> initialized (instance <hex>)`;
@@ -99,7 +100,7 @@ class Worker:
 
     async def start(self) -> None:
         rt, adapter = self.runtime, self.adapter
-        fpm = await start_fpm_relay(rt, self.eid.namespace, self.eid.component)
+        fpm = await start_fpm_relay(rt, self.eid.namespace, self.eid.component)  # forward-pass metrics
         self._closers.append(fpm.close)
         ctx = EngineContext(role=self.spec.role, instance_id=rt.instance_id, registry=rt.registry,
                             emit_kv_event=self.kv.push, advertise_host=advertise_host(rt.store.backend)[1],
