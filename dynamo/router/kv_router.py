@@ -209,7 +209,9 @@ class KvRouter:
 
     def _features(self, potentials: Mapping[WorkerKey, tuple[int, int]]):
         """Features of the ttft cost model per candidate: prefill tokens queued + new, KV usage after
-        booking (our bookings or the worker's own report, whichever is higher), running requests."""
+        booking, running requests. Usage counts our own bookings (shared between replicas), not the
+        workers' reports: those lag by a publish interval and would hold freed blocks against the
+        worker that just served a prefix (they still feed busy detection)."""
         def x_of(key: WorkerKey) -> tuple[float, ...]:
             blocks, tokens = potentials[key]
             capacity = self._capacity.get(key[0])
@@ -217,7 +219,6 @@ class KvRouter:
             reported = self._reported.get(key)
             if reported is not None and reported.kv_total_blocks:
                 total = reported.kv_total_blocks
-                blocks = max(blocks, reported.kv_active_blocks)
             usage = blocks / total if total else 0.0  # over 1: the request waits for blocks to free
             return features(tokens, usage, self.active.requests(key))
         return x_of

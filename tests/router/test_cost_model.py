@@ -94,3 +94,15 @@ def test_a_burst_of_one_prefix_stays_together_before_any_kv_event():
     classic.add_worker(2, total_kv_blocks=1000)
     classic.add_request("b0", classic.select(burst[0], request_id="b0"), burst[0])
     assert classic.select(burst[1]).prefill_tokens is None
+
+
+def test_a_lagging_load_report_does_not_push_a_prefix_off_its_holder():
+    from dynamo.llm.kv_events.protocol import LoadMetrics
+
+    r = KvRouter(BS, KvRouterConfig(), rng=random.Random(3))
+    r.add_worker(1, total_kv_blocks=64)
+    r.add_worker(2, total_kv_blocks=64)
+    prefix = list(range(24))  # 6 blocks, cached on worker 2, whose last report still counts them active
+    store_prompt(r, 2, prefix)
+    r.update_metrics(LoadMetrics(worker_id=2, kv_active_blocks=40, kv_total_blocks=64))
+    assert r.select(prefix + list(range(500, 540))).worker_id == 2
