@@ -73,6 +73,8 @@ class MockerAdapter:
             raise ValueError("adapter_config.json has no valid rank `r`")
         if rank > self.args.max_lora_rank:
             raise ValueError(f"LoRA rank {rank} is greater than --max-lora-rank {self.args.max_lora_rank}")
+        if self.args.lora_load_time:
+            await asyncio.sleep(self.args.lora_load_time)
         self.loras[name] = lora_id
 
     async def unload_lora(self, name: str) -> None:

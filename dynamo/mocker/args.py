@@ -54,6 +54,7 @@ class MockerArgs:
     enable_lora: bool = setting(False, "Accept LoRA adapters at runtime (simulated; /v1/loras on the system port)")
     max_loras: int = setting(1, "LoRA adapters served in one batch (vLLM's --max-loras)")
     max_lora_rank: int = setting(16, "Largest LoRA rank accepted (vLLM's --max-lora-rank)")
+    lora_load_time: float = setting(0.0, "Simulated seconds a LoRA adapter takes to load")
     namespace: str = setting("dynamo", "Dynamo namespace", env="DYN_NAMESPACE")
     discovery_backend: str = setting("file", "Discovery backend", env="DYN_DISCOVERY_BACKEND")
     migration_limit: int = setting(0, "Times a request may migrate to another worker on failure")

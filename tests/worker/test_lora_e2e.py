@@ -5,6 +5,8 @@ and their KV blocks never count as cache hits for the base model or another adap
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 import pytest
 
@@ -130,11 +132,17 @@ def test_unload_makes_the_adapter_404_and_unlisted(cluster):
     assert MODEL in _models(cluster.base_url)
 
 
-def test_worker_exit_removes_its_adapters(cluster, tiny_model):
-    extra = cluster.mocker(*SMALL_KV, *LORA_FLAGS)
+def test_503_while_loading_then_served_and_worker_exit_removes_it(cluster, tiny_model):
+    extra = cluster.mocker(*SMALL_KV, *LORA_FLAGS, "--lora-load-time", "4")
     cluster.wait_workers(MODEL, 3)
-    assert _load(extra, "solo", cluster.adapter.as_uri()).status_code == 200
+    with ThreadPoolExecutor(1) as pool:
+        loading = pool.submit(_load, extra, "solo", cluster.adapter.as_uri())
+        wait_until(lambda: _post(cluster.base_url, "solo", tokens(2, 8)).status_code == 503, 30,
+                   "503 while the adapter loads")
+        assert "solo" not in _models(cluster.base_url)
+        assert loading.result().status_code == 200
     wait_until(lambda: "solo" in _models(cluster.base_url), 30, "adapter listed")
+    assert _post(cluster.base_url, "solo", tokens(2, 8)).status_code == 200
     assert extra.stop() == 0
     wait_until(lambda: "solo" not in _models(cluster.base_url), 30, "adapter unlisted after its worker left")
     assert _post(cluster.base_url, "solo", tokens(2, 8)).status_code in (404, 503)
