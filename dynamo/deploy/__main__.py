@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--namespace", default=None, help="Kubernetes namespace to emulate (default: manifest's)")
     r.add_argument("--control-port", type=int, default=0,
                    help="port of the control endpoint (GET /status, POST /scale); 0 picks a free one")
+    r.add_argument("--prometheus-endpoint", default=None, metavar="URL",
+                   help="Prometheus that scrapes this graph, handed to planner components as PROMETHEUS_ENDPOINT "
+                        "(default: $PROMETHEUS_ENDPOINT; none: a planner's sla target runs on forward-pass metrics)")
     r.add_argument("--log-dir", default=None, help="also write each replica's output to DIR/<replica>.log")
     r.add_argument("--grace", type=float, default=15.0, help="seconds between SIGTERM and SIGKILL on shutdown")
     r.add_argument("--no-status", action="store_true", help="do not print the status table")

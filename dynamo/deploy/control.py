@@ -1,6 +1,7 @@
 """Control endpoint of a running `python -m dynamo.deploy run` (127.0.0.1 only):
 
-    GET  /status                       -> {"graph", "services": {name: replicas}, "replicas": [...]}
+    GET  /status                       -> {"graph", "services": {name: replicas},
+                                           "components": {name: {componentType, subComponentType}}, "replicas": [...]}
     POST /scale {"service": S, "replicas": N}  -> 200 with the new status; 404 unknown service
 
 `python -m dynamo.deploy scale URL SERVICE=N` is its client; the planner's local
@@ -36,6 +37,10 @@ class ControlServer:
     def snapshot(self) -> dict[str, Any]:
         snap = {"graph": self.graph_name,
                 "services": {name: plan.replicas for name, plan in self.supervisor.plans.items()},
+                # what a planner needs to find its pools, as it reads them from a DGD on Kubernetes
+                "components": {name: {"componentType": plan.svc.componentType,
+                                      "subComponentType": plan.svc.subComponentType}
+                               for name, plan in self.supervisor.plans.items()},
                 "replicas": self.supervisor.status()}
         if self.models is not None:
             snap["models"] = self.models()

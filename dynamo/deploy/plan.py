@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from dynamo.deploy import contract, local
 from dynamo.deploy.commands import MODEL_FLAGS, CommandLine, flag_value, parse_command, set_flag, swap_model
@@ -46,6 +47,8 @@ class RunOptions:
     volumes: dict[str, str] = field(default_factory=dict)  # PVC name -> local directory
     pods_dir: str = ""  # per-replica private /tmp dirs (default: STATE/pods); short: unix socket paths live there
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    control_url: str = ""  # the control endpoint, for planner components (set once it listens)
+    prometheus_endpoint: str | None = None  # --prometheus-endpoint; None: $PROMETHEUS_ENDPOINT, else none
 
 
 def local_workdir(path: str | None) -> str:
@@ -101,6 +104,7 @@ class ServicePlan:
         self.graph, self.name, self.svc, self.opts = graph, name, svc, opts
         self.replicas = svc.replica_count
         self.frontend = contract.is_frontend(svc)
+        self.planner = svc.componentType == "planner"
         self.gpus = svc.gpus()
         self.discovery = discovery
         self.command, self.args, _ = contract.command_of(svc)
@@ -188,6 +192,8 @@ class ServicePlan:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpu_slice(index))
         if "dynamo.vllm" in self.modules:
             env["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(free_port())
+        if self.planner:
+            env.update(planner_env(self.opts, manifest_env))
         probes = contract.default_probes(self.svc, http or 0, system or 0)
         return Launch(argv=self._argv(http, tmp_dir), env=env, cwd=local_workdir(self.svc.container.workingDir),
                       http_port=http, system_port=system,
@@ -210,6 +216,20 @@ class ServicePlan:
         if port in (contract.K8S_SYSTEM_PORT, "system"):
             return launch.system_port
         return int(port) if isinstance(port, int) or str(port).isdigit() else None
+
+
+def planner_env(opts: RunOptions, manifest_env: dict[str, str]) -> dict[str, str]:
+    """What the operator gives a planner, locally: the way to reach the graph it scales (this `run`'s
+    control endpoint: the planner maps `environment: kubernetes` to its local connector) and the
+    Prometheus scraping the graph, if any. A cluster-internal Prometheus address (the planner's in-cluster
+    default, or one in the manifest) cannot resolve here: none is passed, and the planner says so once."""
+    prom = opts.prometheus_endpoint
+    if prom is None:
+        prom = manifest_env.get("PROMETHEUS_ENDPOINT") or opts.environ.get("PROMETHEUS_ENDPOINT") or ""
+    host = urlsplit(prom).hostname or ""
+    if host.endswith((".svc", ".svc.cluster.local")):
+        prom = ""
+    return {"DYN_DEPLOY_CONTROL_URL": opts.control_url, "PROMETHEUS_ENDPOINT": prom}
 
 
 def refuse_multinode(name: str, svc: Service) -> None:

@@ -64,7 +64,8 @@ async def serve(args: argparse.Namespace, graph: Graph, state_dir: str, pods_dir
     try:
         opts = RunOptions(frontend_port=args.frontend_port, model=args.model, namespace=args.namespace,
                           state_dir=state_dir, append_args=parse_append_args(args.append_args),
-                          volumes=parse_volumes(args.volumes), pods_dir=pods_dir)
+                          volumes=parse_volumes(args.volumes), pods_dir=pods_dir,
+                          prometheus_endpoint=getattr(args, "prometheus_endpoint", None))
         plans = build_plans(graph, opts, parse_overrides(args.overrides))
         models = load_models(load_documents(args.file), graph)
     except ValueError as exc:
@@ -82,6 +83,7 @@ async def serve(args: argparse.Namespace, graph: Graph, state_dir: str, pods_dir
     control.models = adapters.status
     port = await control.start()
     url = f"http://127.0.0.1:{port}"
+    opts.control_url = url  # planner components scale the graph through it (DYN_DEPLOY_CONTROL_URL)
     with open(os.path.join(state_dir, "control.json"), "w", encoding="utf-8") as fh:
         json.dump({"url": url, "pid": os.getpid()}, fh)
     print(f"dynamo.deploy: running {graph.metadata.name} ({args.file}); control {url}; state {state_dir}; "

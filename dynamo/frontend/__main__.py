@@ -17,6 +17,8 @@ from dynamo.router.policy import PolicyHost, Role, RoutingPolicy, create_policy
 from dynamo.runtime.asgi import EmbeddedHttpServer
 from dynamo.runtime.config import parse_config
 from dynamo.runtime.distributed import DistributedRuntime
+from dynamo.runtime.loop_monitor import LoopLagMonitor
+from dynamo.runtime.memory import pin_mmap_threshold
 from dynamo.runtime.process import run_main
 
 log = logging.getLogger("dynamo.frontend")
@@ -30,6 +32,7 @@ def _on_change(policy: RoutingPolicy):
 
 
 async def serve(config: FrontendConfig, stop: asyncio.Event) -> int:
+    pin_mmap_threshold()
     runtime = await DistributedRuntime.create(config.discovery_backend, config.namespace or "dynamo")
     metrics = FrontendMetrics(config.metrics_prefix)
     routing = create_policy(config.router_mode, config)  # one policy for decode and prefill pools
@@ -46,7 +49,10 @@ async def serve(config: FrontendConfig, stop: asyncio.Event) -> int:
     app = FrontendApp(models, dispatcher, metrics, body_limit=body_limit,
                       concurrency_limit=config.rejection_frontend_request_concurrency_limit,
                       overload_status=int(os.environ.get("DYN_HTTP_OVERLOAD_STATUS_CODE", "529")),
-                      health_extra=routing.health)
+                      health_extra=routing.health,
+                      reasoning_field=config.reasoning_field_name)
+    lag = LoopLagMonitor(lambda v: (metrics.loop_lag.observe(v), metrics.loop_lag_max.set(lag.worst)))
+    lag.start()
     tls = {}
     if config.tls_cert_path:
         tls = {"ssl_certfile": config.tls_cert_path, "ssl_keyfile": config.tls_key_path}
@@ -64,13 +70,22 @@ async def serve(config: FrontendConfig, stop: asyncio.Event) -> int:
         await routing.close()
         await models.stop()
         await runtime.shutdown()
+        await lag.stop()
         return 1
     scheme = "https" if tls else "http"
     log.info("frontend ready on %s://%s:%d (router %s, discovery %s)", scheme, config.http_host, http.port,
              config.router_mode, config.discovery_backend)
     await stop.wait()
+    # Drain like Dynamo: /health 503 (/live 200), new requests 503, admitted streams finish,
+    # all bounded by DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS.
     grace = float(os.environ.get("DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS", "5"))
-    await http.stop(timeout=grace)
+    app.begin_drain()
+    log.info("draining %d request(s) in flight (at most %.0f s)", app.inflight, grace)
+    if not await app.drained(grace):
+        log.warning("drain deadline passed with %d request(s) in flight; closing them", app.inflight)
+    await http.stop(timeout=1.0)
+    app.close()
+    await lag.stop()
     await routing.close()
     await models.stop()
     await runtime.shutdown()

@@ -36,6 +36,8 @@ class FrontendConfig(KvRouterConfig):
         None, 'JSON policy, e.g. {"eff_isl_threshold": 2048, "max_inflight_prefills_per_worker": 4}')
     rejection_frontend_request_concurrency_limit: int = setting(
         0, "Refuse requests beyond this many in flight (0: no limit)")
+    reasoning_field_name: str = setting("reasoning_content", "Message field that carries parsed reasoning",
+                                        choices=["reasoning_content", "reasoning"])
 
     def validate(self) -> None:
         super().validate()

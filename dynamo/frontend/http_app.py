@@ -1,23 +1,27 @@
 """The OpenAI-compatible HTTP surface as a raw ASGI app (no framework on the
-per-token path). Routes: POST /v1/chat/completions, /v1/completions; GET /v1/models,
-/health, /live, /metrics.
+per-token path). Routes: POST /v1/chat/completions, /v1/completions, /v1/responses,
+/v1/embeddings; GET /v1/models, /health, /live, /metrics.
 
-The response status is decided after the first batch of tokens arrives, so failures
-before any output (no worker, overload, bad prompt) get a real HTTP error instead
-of a 200 with an error event.
+Requests are read, decoded, validated and converted here; the generation itself (fan-out,
+output stage, framing) is `generation.GenerationRun`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from prometheus_client import generate_latest
 
-from dynamo.frontend.dispatch import Dispatcher, RequestHandle, aclose_quietly
+from dynamo.frontend.intake import early_refusal, read_body
+from dynamo.frontend.dispatch import Dispatcher
+from dynamo.frontend.embeddings import decode_embeddings, embed
+from dynamo.frontend.generation import GenerationRun
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.model_manager import ModelManager
 from dynamo.frontend.openai import (
@@ -29,27 +33,35 @@ from dynamo.frontend.openai import (
     validate_chat,
     validate_completion,
 )
-from dynamo.frontend.sse import (
-    DONE,
-    ChatChunks,
-    CompletionChunks,
-    chat_response,
-    completion_response,
-    error_event,
-    openai_finish_reason,
-    usage_dict,
+from dynamo.frontend.output import OutputSpec
+from dynamo.frontend.responses import ResponsesRun, decode_responses
+from dynamo.llm.preprocessor import PreprocessError
+from dynamo.runtime.memory import trim_heap
+from dynamo.runtime.asgi import (
+    JSON_HEADERS,
+    TEXT_HEADERS,
+    BodyTooLarge,
+    header,
+    json_encode,
+    send_bytes,
+    send_json,
 )
-from dynamo.runtime.asgi import TEXT_HEADERS, BodyTooLarge, header, read_body, send_bytes, send_json
 
 log = logging.getLogger(__name__)
 
-SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+# Bodies up to this size are templated and tokenized inline (well under a millisecond);
+# bigger ones on `prep_pool`, so that no request's size shows in another's latency.
+PREP_INLINE_BYTES = 8192
+PREP_THREADS = 2
+TRIM_AFTER_BYTES = 1 << 20
+CLOSE_HEADERS = [*JSON_HEADERS, (b"connection", b"close")]
 
 
 class FrontendApp:
     def __init__(self, models: ModelManager, dispatcher: Dispatcher, metrics: FrontendMetrics, *,
                  body_limit: int, concurrency_limit: int = 0, overload_status: int = 529,
-                 health_extra: Callable[[], dict] | None = None) -> None:
+                 health_extra: Callable[[], dict] | None = None,
+                 reasoning_field: str = "reasoning_content") -> None:
         self.models = models
         self.dispatcher = dispatcher
         self.metrics = metrics
@@ -57,10 +69,18 @@ class FrontendApp:
         self.concurrency_limit = concurrency_limit
         self.overload_status = overload_status
         self.health_extra = health_extra
+        self.reasoning_field = reasoning_field
         self.inflight = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.prep_pool = ThreadPoolExecutor(max_workers=PREP_THREADS, thread_name_prefix="dyn-prep")
+        self._trim_pending = False
         self.routes: dict[tuple[str, str], Callable] = {
             ("POST", "/v1/chat/completions"): self.chat,
             ("POST", "/v1/completions"): self.completions,
+            ("POST", "/v1/responses"): self.responses,
+            ("POST", "/v1/embeddings"): self.embeddings,
             ("GET", "/v1/models"): self.list_models,
             ("GET", "/health"): self.health,
             ("GET", "/live"): self.live,
@@ -76,7 +96,14 @@ class FrontendApp:
                 raise self._no_route(scope)
             await route(scope, receive, send)
         except ApiError as exc:
-            await send_json(send, exc.status, exc.body())
+            # The traceback's frames hold the request body (up to the body limit) in a cycle that
+            # only a full GC would free: drop them now.
+            exc.__traceback__ = None
+            if exc.status == 413:
+                # The rest of the body is unread: close instead of reading and discarding it.
+                await send_bytes(send, 413, json_encode(exc.body()), CLOSE_HEADERS)
+            else:
+                await send_json(send, exc.status, exc.body())
         except ConnectionError:
             pass
 
@@ -86,6 +113,22 @@ class FrontendApp:
             return ApiError(405, f"method {scope['method']} not allowed on {scope['path']}",
                             "invalid_request_error", None, "method_not_allowed")
         return ApiError(404, f"no route {scope['path']}", "not_found_error", None, "not_found")
+
+    # -- shutdown ------------------------------------------------------------------------------
+    def begin_drain(self) -> None:
+        """From now on /health says 503 and new generation requests get 503; admitted ones run on."""
+        self.draining = True
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait (bounded) until no generation request is in flight."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def close(self) -> None:
+        self.prep_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- simple routes ---------------------------------------------------------------------------
     async def live(self, scope, receive, send) -> None:
@@ -107,6 +150,10 @@ class FrontendApp:
         }
         if self.health_extra is not None:
             body.update(self.health_extra())
+        if self.draining:
+            body.update(status="draining", message="shutting down: not accepting new requests")
+            await send_json(send, 503, body)
+            return
         # 200 either way: Kubernetes liveness must not restart a frontend whose workers are down.
         await send_json(send, 200, body)
 
@@ -119,6 +166,7 @@ class FrontendApp:
     async def prometheus(self, scope, receive, send) -> None:
         for entry in self.models.models.values():
             m = self.metrics
+            m.model_series(entry.name)
             m.workers.labels(entry.name).set(len(entry.decode_workers()))
             m.context_length.labels(entry.name).set(entry.card.context_length)
             m.block_size.labels(entry.name).set(entry.card.kv_cache_block_size)
@@ -128,7 +176,7 @@ class FrontendApp:
         await send_bytes(send, 200, generate_latest(self.metrics.registry), TEXT_HEADERS)
 
     # -- generation ---------------------------------------------------------------------------
-    async def _body(self, scope, receive) -> bytes:
+    async def _body(self, scope, receive) -> bytes | bytearray:
         length = header(scope, b"content-length")
         if length is not None:
             try:
@@ -147,17 +195,84 @@ class FrontendApp:
         return ApiError(413, f"request body{got} exceeds the limit of {self.body_limit} bytes",
                         "invalid_request_error", None, "request_too_large")
 
+    def _refuse_if_draining(self) -> None:
+        if self.draining:
+            raise ApiError(503, "The server is shutting down; retry on another instance", "service_unavailable",
+                           None, "shutting_down")
+
+    async def _refuse_early(self, body, kind: str) -> None:
+        refusal = await early_refusal(body, kind, self._pipeline_of)
+        if refusal is not None:
+            raise refusal
+
+    def _pipeline_of(self, name: str):
+        entry = self.models.get(name)
+        return entry.pipeline if entry is not None else None
+
     async def chat(self, scope, receive, send) -> None:
-        body = await self._body(scope, receive)
-        req = decode_request(body, "chat")
-        validate_chat(req)
-        await self._generate(req, "chat_completions", receive, send)
+        await self._handle(scope, receive, send, "chat")
 
     async def completions(self, scope, receive, send) -> None:
+        await self._handle(scope, receive, send, "completion")
+
+    async def _handle(self, scope, receive, send, kind: str) -> None:
+        self._refuse_if_draining()
         body = await self._body(scope, receive)
-        req = decode_request(body, "completion")
-        validate_completion(req)
-        await self._generate(req, "completions", receive, send)
+        size = len(body)
+        try:
+            await self._refuse_early(body, kind)
+            req = decode_request(body, kind)  # type: ignore[arg-type]
+            del body
+            (validate_chat if kind == "chat" else validate_completion)(req)
+            await self._generate(req, "chat_completions" if kind == "chat" else "completions", size, receive, send)
+        finally:
+            if size >= TRIM_AFTER_BYTES:
+                self._schedule_trim()
+
+    def _schedule_trim(self) -> None:
+        """After big bodies, return the freed heap to the OS (at most once a second, off the loop)."""
+        if self._trim_pending:
+            return
+        self._trim_pending = True
+
+        def run() -> None:
+            self._trim_pending = False
+            self.prep_pool.submit(trim_heap)
+
+        asyncio.get_running_loop().call_later(1.0, run)
+
+    async def _prompt_ids(self, pipeline, req, body_size: int) -> list[int]:
+        if body_size <= PREP_INLINE_BYTES:
+            return prompt_ids(pipeline, req)
+        return await asyncio.get_running_loop().run_in_executor(self.prep_pool, prompt_ids, pipeline, req)
+
+    async def responses(self, scope, receive, send) -> None:
+        self._refuse_if_draining()
+        body = await self._body(scope, receive)
+        rreq = decode_responses(body)
+        req = rreq.to_chat()
+        validate_chat(req)
+        await self._generate(req, "responses", len(body), receive, send, ResponsesRun, responses_req=rreq)
+
+    async def embeddings(self, scope, receive, send) -> None:
+        self._refuse_if_draining()
+        req = decode_embeddings(await self._body(scope, receive))
+        req.validate()
+        entry = self._entry(req.model)
+        if "embedding" not in entry.card.model_type:
+            raise ApiError(404, f"Model not found: `{req.model}` serves no embeddings", "invalid_request_error",
+                           "model", "model_not_found")
+        self._refuse_if_overloaded(entry.name)
+        started = time.monotonic()
+        status = "error"
+        self._admit(entry.name)
+        try:
+            body = await embed(self.dispatcher, entry, req)
+            status = "success"
+        finally:
+            self._release(entry.name, "embeddings", "unary", status)
+            self.metrics.duration.labels(entry.name).observe(time.monotonic() - started)
+        await send_json(send, 200, body)
 
     def _entry(self, name: str):
         entry = self.models.get(name)
@@ -174,165 +289,89 @@ class FrontendApp:
                            "service_unavailable", None, "no_workers")
         return entry
 
-    async def _generate(self, req, endpoint: str, receive, send) -> None:
-        started = time.monotonic()
-        entry = self._entry(req.model)
-        pipeline = entry.pipeline
-        is_chat = isinstance(req, ChatCompletionRequest)
-        ids = pipeline.chat_prompt_ids(req) if is_chat else pipeline.completion_prompt_ids(req)
-        prefix = "chatcmpl-" if is_chat else "cmpl-"
-        request_id = prefix + uuid.uuid4().hex
-        preq = pipeline.build_request(req, ids, request_id)
+    def _refuse_if_overloaded(self, model: str) -> None:
         if self.concurrency_limit and self.inflight >= self.concurrency_limit:
-            self.metrics.rejections.labels(entry.name, "overloaded").inc()
+            self.metrics.rejections.labels(model, "overloaded").inc()
             raise ApiError(self.overload_status, "Too many requests in flight; retry later", "overloaded_error",
                            None, "overloaded")
+
+    async def _generate(self, req, endpoint: str, body_size: int, receive, send, run_cls=GenerationRun,
+                        **run_kw) -> None:
+        started = time.monotonic()
+        entry = self._entry(req.model)
+        self._refuse_if_overloaded(entry.name)
+        is_chat = isinstance(req, ChatCompletionRequest)
+        kind = "chat" if is_chat else "completions"
+        if kind not in entry.card.model_type:
+            raise bad_request(f"model {entry.name!r} does not serve {kind}", "model", "unsupported_model")
+        try:
+            ids = await self._prompt_ids(entry.pipeline, req, body_size)
+        except PreprocessError as exc:
+            raise bad_request(exc.message, exc.param, exc.code) from None
+        preqs = wire_requests(entry.pipeline, req, ids, is_chat)
+        self._refuse_if_overloaded(entry.name)
+        self._refuse_if_draining()
         request_type = "stream" if req.stream else "unary"
-        self.inflight += 1
-        self.metrics.inflight.labels(entry.name).inc()
+        self._admit(entry.name)
         status = "error"
         try:
-            run = _Run(self, entry, req, preq, is_chat, started)
+            run = run_cls(self, entry, req, preqs, is_chat, started, output_spec(entry, req, is_chat),
+                          self.reasoning_field, **run_kw)
             status = await run.execute(entry, receive, send, request_type)
         finally:
-            self.inflight -= 1
-            self.metrics.inflight.labels(entry.name).dec()
-            self.metrics.requests.labels(entry.name, endpoint, request_type, status).inc()
+            self._release(entry.name, endpoint, request_type, status)
+
+    def _admit(self, model: str) -> None:
+        self.inflight += 1
+        self._idle.clear()
+        self.metrics.inflight.labels(model).inc()
+
+    def _release(self, model: str, endpoint: str, request_type: str, status: str) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self._idle.set()
+        self.metrics.inflight.labels(model).dec()
+        self.metrics.requests.labels(model, endpoint, request_type, status).inc()
 
 
-class _Run:
-    """One generation request from its first worker call to its last byte."""
+def prompt_ids(pipeline, req) -> list[int]:
+    """Template + tokenize (may run on the prep pool); PreprocessError on a bad prompt."""
+    if isinstance(req, ChatCompletionRequest):
+        return pipeline.chat_prompt_ids(req.message_dicts(), req.template_tools(), req.chat_template_kwargs)
+    return pipeline.completion_prompt_ids(req.prompt_input())
 
-    def __init__(self, app: FrontendApp, entry, req, preq, is_chat: bool, started: float) -> None:
-        self.app = app
-        self.model = model = entry.name
-        self.req = req
-        self.preq = preq
-        self.started = started
-        self.created = int(time.time())
-        self.chunks = (ChatChunks if is_chat else CompletionChunks)(preq.request_id, model, self.created)
-        self.is_chat = is_chat
-        self.assembler = entry.pipeline.assembler(stop_list(req.stop))
-        self.handle = RequestHandle()
-        self.cached_tokens = 0
-        self.finish: str | None = None
-        self.last_time = started
-        self._observe_itl = app.metrics.itl.labels(model).observe
 
-    async def execute(self, entry, receive, send, request_type: str) -> str:
-        app = self.app
-        gen = app.dispatcher.stream(entry, self.preq, self.handle)
-        watcher = asyncio.ensure_future(receive())
-        watcher.add_done_callback(self._on_receive)
-        try:
-            try:
-                first = await gen.__anext__()
-            except StopAsyncIteration:
-                first = []
-            if self.handle.cancelled:
-                return "cancelled"
-            app.metrics.ttft.labels(self.model).observe(time.monotonic() - self.started)
-            self.last_time = time.monotonic()
-            if self.req.stream:
-                await self._stream(gen, first, send)
-            else:
-                await self._unary(gen, first, send)
-            return "cancelled" if self.handle.cancelled else "success"
-        finally:
-            watcher.remove_done_callback(self._on_receive)
-            watcher.cancel()
-            await aclose_quietly(gen)
-            self._observe_end()
+def wire_requests(pipeline, req, ids: list[int], is_chat: bool) -> list:
+    """One wire request per choice (`n`), each with its own seed so the choices are
+    independent samples."""
+    try:
+        max_tokens = pipeline.max_tokens_for(ids, req.requested_max_tokens(), req.prompt_param)
+    except PreprocessError as exc:
+        raise bad_request(exc.message, exc.param, exc.code) from None
+    request_id = ("chatcmpl-" if is_chat else "cmpl-") + uuid.uuid4().hex
+    parser = pipeline.card.runtime_config.tool_call_parser
+    n = req.choices()
+    if n == 1:
+        out = [req.to_request(ids, request_id, pipeline.name, max_tokens, pipeline.eos_token_ids, parser)]
+    else:
+        base = req.seed if req.seed is not None else random.getrandbits(31)
+        out = []
+        for i in range(n):
+            preq = req.to_request(list(ids), f"{request_id}-{i}", pipeline.name, max_tokens,
+                                  pipeline.eos_token_ids, parser)
+            preq.sampling_options.seed = base + i
+            out.append(preq)
+    for preq in out:  # a LoRA adapter's model: the worker applies it, its KV blocks hash in its namespace
+        preq.lora_name = pipeline.card.lora_name
+    return out
 
-    def _on_receive(self, task: asyncio.Future) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None or task.result().get("type") == "http.disconnect":
-            self.app.metrics.disconnects.inc()
-            self.app.metrics.cancellations.labels(self.model, "stream" if self.req.stream else "unary").inc()
-            self.handle.cancel()
 
-    def _observe_end(self) -> None:
-        m = self.app.metrics
-        m.duration.labels(self.model).observe(time.monotonic() - self.started)
-        m.isl.labels(self.model).observe(len(self.preq.token_ids))
-        m.osl.labels(self.model).observe(self.assembler.completion_tokens)
-        m.cached.labels(self.model).observe(self.cached_tokens)
-
-    def _absorb(self, outputs) -> str:
-        """Fold a batch of engine outputs into visible text; sets `finish` when done."""
-        text = ""
-        assembler = self.assembler
-        for out in outputs:
-            if out.cached_tokens is not None:
-                self.cached_tokens = out.cached_tokens
-            if out.error is not None:
-                raise ApiError(500, f"engine error: {out.error}", "internal_error", None, "engine_error")
-            if out.token_ids:
-                text += assembler.add(out.token_ids)
-            if assembler.stopped:
-                self.finish = "stop"
-                self.handle.stop_worker()
-                break
-            if out.finish_reason is not None:
-                self.finish = openai_finish_reason(out.finish_reason)
-        now = time.monotonic()
-        count = sum(len(out.token_ids) for out in outputs)
-        if count:
-            gap = (now - self.last_time) / count
-            observe = self._observe_itl
-            for _ in range(count):
-                observe(gap)
-        self.last_time = now
-        return text
-
-    def _usage(self) -> dict:
-        return usage_dict(len(self.preq.token_ids), self.assembler.completion_tokens, self.cached_tokens)
-
-    async def _batches(self, gen, first):
-        if first:
-            yield first
-        if self.finish is not None:
-            return
-        async for outputs in gen:
-            yield outputs
-
-    async def _stream(self, gen, first, send) -> None:
-        chunks = self.chunks
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-        sent_first = False
-        try:
-            async for outputs in self._batches(gen, first):
-                text = self._absorb(outputs)
-                if text:
-                    await send({"type": "http.response.body", "body": chunks.content(text, not sent_first),
-                                "more_body": True})
-                    sent_first = True
-                if self.finish is not None:
-                    break
-            tail = self.assembler.finish()
-            body = chunks.content(tail, not sent_first) if tail else b""
-            sent_first = sent_first or bool(tail)
-            body += chunks.finish(self.finish or "stop", not sent_first)
-            if self.req.stream_options is not None and self.req.stream_options.include_usage:
-                body += chunks.usage(self._usage())
-            await send({"type": "http.response.body", "body": body + DONE, "more_body": False})
-        except ApiError as exc:
-            if self.handle.cancelled:
-                return
-            await send({"type": "http.response.body", "body": error_event(exc.body()) + DONE, "more_body": False})
-
-    async def _unary(self, gen, first, send) -> None:
-        parts = []
-        async for outputs in self._batches(gen, first):
-            parts.append(self._absorb(outputs))
-            if self.finish is not None:
-                break
-        if self.handle.cancelled and self.finish is None:
-            return
-        parts.append(self.assembler.finish())
-        text = "".join(parts)
-        build = chat_response if self.is_chat else completion_response
-        body = build(self.preq.request_id, self.model, self.created, text, self.finish or "stop", self._usage())
-        await send_bytes(send, 200, body)
+def output_spec(entry, req, is_chat: bool) -> OutputSpec:
+    """What the output stage runs for this request: parsers from the worker's card."""
+    stops = stop_list(req.stop)
+    if not is_chat:
+        return OutputSpec(stops)
+    rc = entry.card.runtime_config
+    return OutputSpec(stops, tool_parser=rc.tool_call_parser, reasoning_parser=rc.reasoning_parser, tools=req.tools,
+                      tool_mode=req.tool_choice_mode(), named_tool=req.named_tool(),
+                      parallel_tool_calls=req.parallel_tool_calls is not False)

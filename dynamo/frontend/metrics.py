@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _ITL = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1)
+_LAG = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 _TOKENS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
 
 
@@ -43,7 +44,24 @@ class FrontendMetrics:
         self.block_size = Gauge(f"{p}_model_kv_cache_block_size", "KV block size", ("model",), registry=r)
         self.total_kv_blocks = Gauge(f"{p}_model_total_kv_blocks", "KV blocks across workers", ("model",),
                                      registry=r)
+        self.loop_lag = Histogram(f"{p}_event_loop_lag_seconds", "How late a 10 ms timer fired on the HTTP "
+                                  "event loop (time the loop was held)", buckets=_LAG, registry=r)
+        self.loop_lag_max = Gauge(f"{p}_event_loop_lag_max_seconds", "Largest event-loop lag since start",
+                                  registry=r)
         self.migration_limit = Gauge(f"{p}_model_migration_limit", "Migration limit", ("model",), registry=r)
+
+    def model_series(self, model: str) -> None:
+        """Create `model`'s request series at 0. Prometheus' increase() cannot count a series' first
+        sample, so a counter born at 1 by the first request loses that request (the planner's demand
+        under-counted right after start); a series exists from the first exposition after its model
+        is registered, before any request to it."""
+        for endpoint in ("chat_completions", "completions"):
+            for request_type in ("stream", "unary"):
+                for status in ("success", "error", "cancelled"):
+                    self.requests.labels(model, endpoint, request_type, status)
+        for hist in (self.ttft, self.itl, self.duration, self.isl, self.osl):
+            hist.labels(model)
+        self.inflight.labels(model)
 
     def migration(self, model: str, kind: str) -> None:
         self.migrations.labels(model, kind).inc()

@@ -12,7 +12,12 @@ from typing import Any, Literal
 
 import msgspec
 
-from dynamo.llm.protocol import OutputOptions, SamplingOptions, StopConditions
+from dynamo.llm.protocol import (
+    GuidedDecodingOptions, OutputOptions, PreprocessedRequest, SamplingOptions, StopConditions,
+)
+
+MAX_N = 128
+MAX_TOP_LOGPROBS = 20
 
 
 class ApiError(Exception):
@@ -69,6 +74,51 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
     logprobs: Any = None
     user: str | None = None
     nvext: dict[str, Any] | None = None
+    # vLLM-style structured-output extras (also accepted inside `nvext`).
+    guided_json: Any = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_decoding_backend: str | None = None
+
+    # Which request field holds the prompt (named in prompt errors).
+    prompt_param = "prompt"
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def choices(self) -> int:
+        return self.n or 1
+
+    def top_logprobs_wanted(self) -> int | None:
+        """None: no logprobs; k >= 0: the sampled token's logprob plus the k most likely."""
+        if self.logprobs is None or self.logprobs is False:
+            return None
+        return 0 if self.logprobs is True else int(self.logprobs)
+
+    def to_request(self, token_ids: list[int], request_id: str, model: str, max_tokens: int,
+                   eos_token_ids: list[int], tool_parser: str | None = None) -> PreprocessedRequest:
+        """The wire request for the worker; the request owns this conversion."""
+        return PreprocessedRequest(
+            request_id=request_id, model=model, token_ids=token_ids,
+            stop_conditions=StopConditions(max_tokens=max_tokens, stop=stop_list(self.stop) or None,
+                                           min_tokens=self.min_tokens, ignore_eos=bool(self.ignore_eos)),
+            sampling_options=SamplingOptions(
+                n=None, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
+                seed=self.seed, presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+                repetition_penalty=self.repetition_penalty, guided_decoding=self.guided_decoding(tool_parser)),
+            output_options=OutputOptions(logprobs=self.top_logprobs_wanted()),
+            eos_token_ids=eos_token_ids,
+        )
+
+    def guided_decoding(self, tool_parser: str | None = None) -> GuidedDecodingOptions | None:
+        """The structured-output constraint for the engine, from the guided_* extras."""
+        ext = self.nvext or {}
+        get = lambda name: getattr(self, name) if getattr(self, name) is not None else ext.get(name)  # noqa: E731
+        options = GuidedDecodingOptions(json=get("guided_json"), regex=get("guided_regex"),
+                                        choice=get("guided_choice"), grammar=get("guided_grammar"),
+                                        backend=get("guided_decoding_backend"))
+        return options if (options.json is not None or options.regex or options.choice or options.grammar) else None
 
 
 class ChatCompletionRequest(_Common, kw_only=True, omit_defaults=True):
@@ -77,8 +127,64 @@ class ChatCompletionRequest(_Common, kw_only=True, omit_defaults=True):
     top_logprobs: int | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+
+    prompt_param = "messages"
+
+    def guided_decoding(self, tool_parser: str | None = None) -> GuidedDecodingOptions | None:
+        fmt = self.response_format or {}
+        if fmt.get("type") == "json_object":
+            return GuidedDecodingOptions(json_object=True)
+        if fmt.get("type") == "json_schema":
+            return GuidedDecodingOptions(json=(fmt.get("json_schema") or {}).get("schema") or {"type": "object"})
+        guided = super().guided_decoding(tool_parser)
+        if guided is None and tool_parser is None:
+            guided = self._tool_guidance()
+        return guided
+
+    def _tool_guidance(self) -> GuidedDecodingOptions | None:
+        """With no format parser on the worker, `required` / a named function is enforced
+        the way vLLM does: the engine must emit the arguments (named) or a JSON list of
+        `{"name", "parameters"}` calls (required)."""
+        mode = self.tool_choice_mode()
+        functions = [t["function"] for t in self.tools or []]
+        if mode == "named":
+            fn = next(f for f in functions if f["name"] == self.named_tool())
+            return GuidedDecodingOptions(json=fn.get("parameters") or {"type": "object"})
+        if mode == "required":
+            items = [{"type": "object", "properties": {"name": {"enum": [f["name"]]},
+                                                         "parameters": f.get("parameters") or {"type": "object"}},
+                      "required": ["name", "parameters"]} for f in functions]
+            return GuidedDecodingOptions(json={"type": "array", "minItems": 1, "items": {"anyOf": items}})
+        return None
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def top_logprobs_wanted(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def message_dicts(self) -> list[dict]:
+        return [message_dict(m) for m in self.messages]
+
+    def template_tools(self) -> list[dict] | None:
+        """Tools the chat template sees: none when the client forbids calling them."""
+        return None if self.tool_choice == "none" else self.tools
+
+    def tool_choice_mode(self) -> str:
+        """"none" | "auto" | "required" | "named" (named: `named_tool()` is the function)."""
+        if not self.tools or self.tool_choice == "none":
+            return "none"
+        if isinstance(self.tool_choice, dict):
+            return "named"
+        return self.tool_choice or "auto"
+
+    def named_tool(self) -> str | None:
+        if isinstance(self.tool_choice, dict):
+            return (self.tool_choice.get("function") or {}).get("name")
+        return None
 
 
 class CompletionRequest(_Common, kw_only=True, omit_defaults=True):
@@ -87,6 +193,9 @@ class CompletionRequest(_Common, kw_only=True, omit_defaults=True):
     echo: bool = False
     best_of: int | None = None
     suffix: str | None = None
+
+    def prompt_input(self) -> str | list:
+        return self.prompt
 
 
 chat_decoder = msgspec.json.Decoder(ChatCompletionRequest)
@@ -130,12 +239,13 @@ def validate_common(req: _Common) -> None:
         raise bad_request("`repetition_penalty` must be > 0", "repetition_penalty")
     if req.top_k is not None and req.top_k < -1:
         raise bad_request("`top_k` must be -1 (disabled) or positive", "top_k")
-    if req.n is not None and req.n != 1:
-        raise bad_request("`n` other than 1 is not supported: send separate requests", "n", "unsupported_value")
+    if req.n is not None and not 1 <= req.n <= MAX_N:
+        raise bad_request(f"`n` must be in [1, {MAX_N}], got {req.n}", "n")
+    if (req.n or 1) > 1 and req.temperature == 0:
+        # Dynamo's rule: n identical greedy samples are a client mistake, not a request.
+        raise bad_request("When n > 1, temperature must be greater than 0", "temperature")
     if req.min_tokens is not None and req.min_tokens < 0:
         raise bad_request("`min_tokens` must be >= 0", "min_tokens")
-    if req.logprobs not in (None, False, 0):
-        raise bad_request("`logprobs` is not supported by this server", "logprobs", "unsupported_parameter")
     stops = stop_list(req.stop)
     if len(stops) > 16:
         raise bad_request("at most 16 stop sequences are supported", "stop")
@@ -149,15 +259,24 @@ def validate_chat(req: ChatCompletionRequest) -> None:
         raise bad_request("`messages` must contain at least one message", "messages")
     if req.max_completion_tokens is not None and req.max_completion_tokens < 1:
         raise bad_request("`max_completion_tokens` must be at least 1", "max_completion_tokens")
-    if req.tools and req.tool_choice not in (None, "none"):
-        # Tool-call parsing is not implemented: refusing beats returning unparsed calls.
-        raise bad_request("tool calling is not supported by this server", "tools", "unsupported_parameter")
+    if req.logprobs not in (None, True, False):
+        raise bad_request("`logprobs` must be a boolean for chat completions", "logprobs", "invalid_type")
+    if req.top_logprobs is not None:
+        if not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise bad_request(f"`top_logprobs` must be in [0, {MAX_TOP_LOGPROBS}]", "top_logprobs")
+        if not req.logprobs:
+            raise bad_request("`top_logprobs` requires `logprobs: true`", "top_logprobs")
+    validate_tools(req)
+    validate_response_format(req.response_format)
 
 
 def validate_completion(req: CompletionRequest) -> None:
     validate_common(req)
-    if req.echo:
-        raise bad_request("`echo` is not supported", "echo", "unsupported_parameter")
+    if req.echo and req.logprobs is not None:
+        # Echoed prompt tokens would need prompt logprobs, which workers do not return.
+        raise bad_request("`echo` with `logprobs` is not supported", "echo", "unsupported_parameter")
+    if req.logprobs is not None and (not _is_int(req.logprobs) or not 0 <= req.logprobs <= 5):
+        raise bad_request("`logprobs` must be an integer in [0, 5] for completions", "logprobs")
     if req.best_of not in (None, 1):
         raise bad_request("`best_of` other than 1 is not supported", "best_of", "unsupported_value")
     if req.suffix:
@@ -190,19 +309,66 @@ def stop_list(stop: str | list[str] | None) -> list[str]:
     return [stop] if isinstance(stop, str) else list(stop)
 
 
-def sampling_of(req: _Common) -> SamplingOptions:
-    return SamplingOptions(
-        n=None, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p, seed=req.seed,
-        presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
-        repetition_penalty=req.repetition_penalty,
-    )
+def message_dict(message: ChatMessage) -> dict:
+    out: dict[str, Any] = {"role": message.role, "content": message.content if message.content is not None else ""}
+    for field in ("name", "tool_calls", "tool_call_id", "reasoning_content"):
+        value = getattr(message, field)
+        if value is not None:
+            out[field] = value
+    if message.tool_calls:
+        # HF templates expect arguments as an object (they tojson it); OpenAI sends a JSON string.
+        out["tool_calls"] = [_template_call(c) for c in message.tool_calls]
+    return out
 
 
-def stop_conditions_of(req: _Common, max_tokens: int | None) -> StopConditions:
-    stops = stop_list(req.stop)
-    return StopConditions(max_tokens=max_tokens, stop=stops or None, min_tokens=req.min_tokens,
-                          ignore_eos=bool(req.ignore_eos))
+def _template_call(call: dict) -> dict:
+    if not isinstance(call.get("function"), dict):
+        return call  # malformed history: the template decides (and may refuse with a 400)
+    fn = dict(call["function"])
+    args = fn.get("arguments")
+    if isinstance(args, str):
+        try:
+            fn["arguments"] = msgspec.json.decode(args) if args.strip() else {}
+        except msgspec.DecodeError:
+            pass  # leave it as sent: the template renders the string
+    return {**call, "function": fn}
 
 
-def output_options_of(req: _Common) -> OutputOptions:
-    return OutputOptions()
+def validate_response_format(fmt: dict[str, Any] | None) -> None:
+    if fmt is None:
+        return
+    kind = fmt.get("type")
+    if kind not in ("text", "json_object", "json_schema"):
+        raise bad_request("`response_format.type` must be text, json_object or json_schema", "response_format.type")
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+            raise bad_request("`response_format.json_schema` must be an object with a `schema` object",
+                              "response_format.json_schema")
+
+
+def validate_tools(req: ChatCompletionRequest) -> None:
+    names = []
+    for i, tool in enumerate(req.tools or []):
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function" or not isinstance(fn, dict) \
+                or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise bad_request("each tool must be {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                              f"tools[{i}]", "invalid_type")
+        names.append(fn["name"])
+    choice = req.tool_choice
+    if choice is None or choice in ("none", "auto"):
+        return
+    if choice == "required":
+        if not names:
+            raise bad_request("`tool_choice: required` needs at least one tool", "tool_choice")
+        return
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name") if isinstance(choice.get("function"), dict) else None
+        if choice.get("type", "function") != "function" or not isinstance(name, str):
+            raise bad_request("`tool_choice` object must be {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                              "tool_choice", "invalid_type")
+        if name not in names:
+            raise bad_request(f"`tool_choice` names function {name!r}, which is not in `tools`", "tool_choice")
+        return
+    raise bad_request("`tool_choice` must be \"none\", \"auto\", \"required\" or a named function", "tool_choice")

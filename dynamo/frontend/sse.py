@@ -32,22 +32,30 @@ def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -
 
 
 class ChatChunks:
-    __slots__ = ("_head", "_tail", "_envelope")
+    __slots__ = ("_head", "_envelope")
 
     def __init__(self, request_id: str, model: str, created: int) -> None:
         envelope = (b'{"id":' + _json(request_id) + b',"object":"chat.completion.chunk","created":'
                     + str(created).encode() + b',"model":' + _json(model))
         self._envelope = envelope
-        self._head = b"data: " + envelope + b',"choices":[{"index":0,"delta":{'
-        self._tail = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+        self._head = b"data: " + envelope + b',"choices":[{"index":'
 
-    def content(self, text: str, first: bool = False) -> bytes:
+    def _open(self, index: int) -> bytes:
+        return self._head + (b"0" if index == 0 else str(index).encode()) + b',"delta":{'
+
+    def content(self, text: str, first: bool = False, index: int = 0) -> bytes:
         role = b'"role":"assistant",' if first else b""
-        return self._head + role + b'"content":' + _json(text) + self._tail
+        return (self._open(index) + role + b'"content":' + _json(text)
+                + b'},"logprobs":null,"finish_reason":null}]}\n\n')
 
-    def finish(self, reason: str, first: bool = False) -> bytes:
+    def delta(self, index: int, delta: dict, logprobs: dict | None = None) -> bytes:
+        """Any delta (reasoning, tool calls, logprobs); `content()` is the plain-text fast path."""
+        return (self._open(index) + _json(delta)[1:-1] + b'},"logprobs":' + _json(logprobs)
+                + b',"finish_reason":null}]}\n\n')
+
+    def finish(self, reason: str, first: bool = False, index: int = 0) -> bytes:
         role = b'"role":"assistant","content":""' if first else b""
-        return self._head + role + b'},"logprobs":null,"finish_reason":' + _json(reason) + b"}]}\n\n"
+        return self._open(index) + role + b'},"logprobs":null,"finish_reason":' + _json(reason) + b"}]}\n\n"
 
     def usage(self, usage: dict) -> bytes:
         return b"data: " + self._envelope + b',"choices":[],"usage":' + _json(usage) + b"}\n\n"
@@ -60,13 +68,16 @@ class CompletionChunks:
         envelope = (b'{"id":' + _json(request_id) + b',"object":"text_completion","created":'
                     + str(created).encode() + b',"model":' + _json(model))
         self._envelope = envelope
-        self._head = b"data: " + envelope + b',"choices":[{"index":0,"text":'
+        self._head = b"data: " + envelope + b',"choices":[{"index":'
 
-    def content(self, text: str, first: bool = False) -> bytes:
-        return self._head + _json(text) + b',"logprobs":null,"finish_reason":null}]}\n\n'
+    def _open(self, index: int) -> bytes:
+        return self._head + (b"0" if index == 0 else str(index).encode()) + b',"text":'
 
-    def finish(self, reason: str, first: bool = False) -> bytes:
-        return self._head + b'"","logprobs":null,"finish_reason":' + _json(reason) + b"}]}\n\n"
+    def content(self, text: str, first: bool = False, index: int = 0, logprobs: dict | None = None) -> bytes:
+        return self._open(index) + _json(text) + b',"logprobs":' + _json(logprobs) + b',"finish_reason":null}]}\n\n'
+
+    def finish(self, reason: str, first: bool = False, index: int = 0) -> bytes:
+        return self._open(index) + b'"","logprobs":null,"finish_reason":' + _json(reason) + b"}]}\n\n"
 
     def usage(self, usage: dict) -> bytes:
         return b"data: " + self._envelope + b',"choices":[],"usage":' + _json(usage) + b"}\n\n"
@@ -92,3 +103,57 @@ def completion_response(request_id: str, model: str, created: int, text: str, fi
         "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
         "usage": usage,
     })
+
+
+def chat_body(request_id: str, model: str, created: int, choices: list[dict], usage: dict) -> bytes:
+    return _json({"id": request_id, "object": "chat.completion", "created": created, "model": model,
+                  "choices": choices, "usage": usage})
+
+
+def completion_body(request_id: str, model: str, created: int, choices: list[dict], usage: dict) -> bytes:
+    return _json({"id": request_id, "object": "text_completion", "created": created, "model": model,
+                  "choices": choices, "usage": usage})
+
+
+def tool_call_entries(deltas) -> list[dict]:
+    """Streamed tool-call deltas as OpenAI `delta.tool_calls` entries, adjacent pieces of
+    one call merged (the first piece of a call carries id, type and name)."""
+    out: list[dict] = []
+    for d in deltas:
+        if out and out[-1]["index"] == d.index and d.id is None:
+            out[-1]["function"]["arguments"] += d.arguments
+            continue
+        entry: dict = {"index": d.index, "function": {"arguments": d.arguments}}
+        if d.id is not None:
+            entry = {"index": d.index, "id": d.id, "type": "function",
+                     "function": {"name": d.name, "arguments": d.arguments}}
+        out.append(entry)
+    return out
+
+
+def chat_logprobs(entries, token_text) -> dict:
+    """Chat `logprobs.content` from (token id, logprob, top [(id, logprob)] | None) triples."""
+    def one(tid: int, lp: float) -> dict:
+        text = token_text(tid)
+        return {"token": text, "logprob": lp, "bytes": list(text.encode("utf-8"))}
+
+    content = []
+    for tid, lp, top in entries:
+        item = one(tid, lp)
+        item["top_logprobs"] = [one(t, v) for t, v in top] if top else []
+        content.append(item)
+    return {"content": content}
+
+
+def completion_logprobs(entries, token_text, offset: int) -> dict:
+    """Completions `logprobs` (tokens, token_logprobs, top_logprobs, text_offset); `offset`
+    is the text length before these tokens."""
+    tokens, lps, tops, offsets = [], [], [], []
+    for tid, lp, top in entries:
+        text = token_text(tid)
+        tokens.append(text)
+        lps.append(lp)
+        tops.append({token_text(t): v for t, v in top} if top else None)
+        offsets.append(offset)
+        offset += len(text)
+    return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}

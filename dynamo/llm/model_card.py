@@ -24,6 +24,21 @@ CARD_FILES = {
 
 WORKER_TYPES = ("aggregated", "prefill", "decode")
 
+# Parser names a worker may put in its card (`--dyn-tool-call-parser`, `--dyn-reasoning-parser`);
+# the frontend's parser registry implements each (tests/frontend/test_parsers_contract.py).
+TOOL_CALL_PARSERS = ("default", "hermes", "qwen25", "qwen3", "llama3_json", "mistral", "pythonic", "qwen3_coder",
+                     "deepseek_v3", "harmony")
+REASONING_PARSERS = ("basic", "qwen3", "qwen3_coder", "deepseek_r1", "gpt_oss", "mistral", "step3", "nemotron_nano",
+                     "nemotron3", "kimi_k25")
+
+
+def check_parser_names(tool_call_parser: str | None, reasoning_parser: str | None) -> None:
+    """Workers refuse an unknown parser at start-up instead of the frontend at first request."""
+    for flag, value, known in (("--dyn-tool-call-parser", tool_call_parser, TOOL_CALL_PARSERS),
+                               ("--dyn-reasoning-parser", reasoning_parser, REASONING_PARSERS)):
+        if value and value.replace("-", "_") not in known:
+            raise ValueError(f"{flag}: unknown parser {value!r}; known: {', '.join(known)}")
+
 
 class RuntimeConfig(msgspec.Struct, kw_only=True, omit_defaults=True):
     total_kv_blocks: int | None = None
@@ -35,6 +50,9 @@ class RuntimeConfig(msgspec.Struct, kw_only=True, omit_defaults=True):
     publishes_kv_events: bool = False
     enable_local_indexer: bool = False
     disaggregated_endpoint: dict[str, Any] | None = None
+    # Output parsers the frontend applies to this model's text (Dynamo's MDC fields).
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
     runtime_data: dict[str, Any] = msgspec.field(default_factory=dict)
 
 

@@ -1,31 +1,40 @@
-"""Preprocessing (frontend side, per model): chat template + tokenization, prompt
-length checks against the context, and the wire request for the worker.
-Post-processing of the stream (detokenize, stop strings) is `TextAssembler`."""
+"""Preprocessing (frontend side, per model): chat template + tokenization and the
+prompt-length budget against the model's context. It knows nothing of HTTP or of the
+OpenAI schema: the OpenAI request models convert themselves to the wire request
+(`dynamo.frontend.openai`), and failures here are `PreprocessError`s that the frontend
+maps to 400s. Post-processing of the stream (detokenize, stop strings) is `TextAssembler`;
+the frontend's output stage (`dynamo.frontend.output`) stacks the parsers on top of it.
+
+Prompt building is synchronous and may take long on a big input; the frontend runs it off
+the event loop for big bodies. A prompt that cannot fit the model's context is refused from
+a length bound (`PromptBound`) before templating and again before tokenization, and a
+tokenized prompt over the context never becomes a Python list."""
 
 from __future__ import annotations
 
-import uuid
+from typing import Any
 
-from dynamo.frontend.openai import (
-    ApiError,
-    ChatCompletionRequest,
-    CompletionRequest,
-    bad_request,
-    output_options_of,
-    sampling_of,
-    stop_conditions_of,
-)
 from dynamo.llm.chat_template import ChatTemplate, ChatTemplateError
 from dynamo.llm.detokenizer import IncrementalDetokenizer
 from dynamo.llm.model_card import ModelDeploymentCard, card_model_dir
-from dynamo.llm.protocol import PreprocessedRequest
+from dynamo.llm.prompt_bound import PromptBound
 from dynamo.llm.stop import StopMatcher
 from dynamo.llm.tokenizer import Tokenizer
 
 
+class PreprocessError(ValueError):
+    """The request cannot be turned into a prompt for this model (a client error)."""
+
+    def __init__(self, message: str, param: str | None = None, code: str = "invalid_value") -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
 class ModelPipeline:
-    """Everything the frontend needs to turn OpenAI requests for one model into
-    token ids and back. Built once per model from its card's files."""
+    """Everything the frontend needs to turn requests for one model into token ids
+    and back. Built once per model from its card's files."""
 
     def __init__(self, card: ModelDeploymentCard) -> None:
         model_dir = card_model_dir(card)
@@ -38,78 +47,91 @@ class ModelPipeline:
             self.template = None  # completions-only model
         self.context_length = card.context_length
         self.eos_token_ids = list(self.tokenizer.eos_token_ids)
+        self.bound = PromptBound.from_backend(self.tokenizer.backend)
 
     # -- prompts ---------------------------------------------------------------------------
-    def chat_prompt_ids(self, req: ChatCompletionRequest) -> list[int]:
+    def _check_bound(self, n_chars: int, param: str) -> None:
+        """Refuse from the text's length alone when it surely needs more tokens than fit."""
+        at_least = self.bound.min_tokens(n_chars)
+        if at_least >= self.context_length:
+            raise PreprocessError(
+                f"This model's maximum context length is {self.context_length} tokens. However, your prompt is "
+                f"at least {at_least} tokens long ({n_chars} characters), leaving no room for output.",
+                param, "context_length_exceeded")
+
+    def _encode(self, text: str, param: str) -> list[int]:
+        count, ids = self.tokenizer.encode_capped(text, self.context_length)
+        if ids is None:
+            raise _too_long(self.context_length, count, param)
+        return ids
+
+    def chat_prompt_ids(self, messages: list[dict], tools: list | None = None,
+                        template_kwargs: dict[str, Any] | None = None) -> list[int]:
         if self.template is None:
-            raise ApiError(400, f"model {self.name!r} has no chat template; use /v1/completions",
-                           "invalid_request_error", "messages", "no_chat_template")
-        messages = [msgspec_to_dict(m) for m in req.messages]
+            raise PreprocessError(f"model {self.name!r} has no chat template; use /v1/completions", "messages",
+                                  "no_chat_template")
+        # Every chat template renders the user turns, so their text alone bounds the prompt.
+        self._check_bound(sum(_text_chars(m.get("content")) for m in messages if m.get("role") == "user"),
+                          "messages")
         try:
-            extra = {k: v for k, v in (req.chat_template_kwargs or {}).items()
+            extra = {k: v for k, v in (template_kwargs or {}).items()
                      if k not in ("messages", "tools", "add_generation_prompt")}
-            text = self.template.render(messages, add_generation_prompt=True, tools=req.tools, **extra)
+            text = self.template.render(messages, add_generation_prompt=True, tools=tools, **extra)
         except ChatTemplateError as exc:
-            raise bad_request(f"chat template failed: {exc}", "messages", "invalid_messages") from None
-        return self.tokenizer.encode(text, add_special_tokens=False)
+            raise PreprocessError(f"chat template failed: {exc}", "messages", "invalid_messages") from None
+        self._check_bound(len(text), "messages")
+        return self._encode(text, "messages")
 
-    def completion_prompt_ids(self, req: CompletionRequest) -> list[int]:
-        prompt = req.prompt
+    def completion_prompt_ids(self, prompt: str | list, param: str = "prompt") -> list[int]:
+        if prompt and isinstance(prompt, list) and isinstance(prompt[0], str):
+            prompt = prompt[0]
         if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt, add_special_tokens=False)
-        if prompt and isinstance(prompt[0], str):
-            return self.tokenizer.encode(prompt[0], add_special_tokens=False)  # type: ignore[arg-type]
+            self._check_bound(len(prompt), param)
+            return self._encode(prompt, param)
         ids = prompt[0] if prompt and isinstance(prompt[0], list) else prompt
+        if len(ids) >= self.context_length:
+            raise _too_long(self.context_length, len(ids), param)
         vocab = self.tokenizer.vocab_size
-        if any((not isinstance(t, int)) or t < 0 or t >= vocab for t in ids):  # type: ignore[union-attr]
-            raise bad_request(f"token ids in `prompt` must be in [0, {vocab})", "prompt")
-        return list(ids)  # type: ignore[arg-type]
+        if any((not isinstance(t, int)) or t < 0 or t >= vocab for t in ids):
+            raise PreprocessError(f"token ids in `{param}` must be in [0, {vocab})", param)
+        return list(ids)
 
-    # -- the wire request ----------------------------------------------------------------------
-    def build_request(self, req: ChatCompletionRequest | CompletionRequest, token_ids: list[int],
-                      request_id: str | None = None) -> PreprocessedRequest:
+    # -- the budget ------------------------------------------------------------------------
+    def max_tokens_for(self, token_ids: list[int], requested: int | None, param: str) -> int:
+        """Output tokens this prompt may generate: `requested`, or the rest of the context
+        when None (as vLLM and Dynamo do). `param` names the prompt field in errors."""
         prompt_len = len(token_ids)
         if prompt_len == 0:
-            raise bad_request("the prompt is empty after tokenization", "prompt" if
-                              isinstance(req, CompletionRequest) else "messages")
+            raise PreprocessError("the prompt is empty after tokenization", param)
         if prompt_len >= self.context_length:
-            raise bad_request(
-                f"This model's maximum context length is {self.context_length} tokens. However, your prompt is "
-                f"{prompt_len} tokens long, leaving no room for output.",
-                "messages" if isinstance(req, ChatCompletionRequest) else "prompt", "context_length_exceeded")
-        max_tokens = req.max_tokens
-        if isinstance(req, ChatCompletionRequest) and req.max_completion_tokens is not None:
-            max_tokens = req.max_completion_tokens
+            raise _too_long(self.context_length, prompt_len, param)
         room = self.context_length - prompt_len
-        if max_tokens is None:
-            max_tokens = room  # fill the context, as vLLM and Dynamo do
-        elif max_tokens > room:
-            raise bad_request(
+        if requested is None:
+            return room
+        if requested > room:
+            raise PreprocessError(
                 f"This model's maximum context length is {self.context_length} tokens. However, you requested "
-                f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} for the completion).",
+                f"{prompt_len + requested} tokens ({prompt_len} in the prompt, {requested} for the completion).",
                 "max_tokens", "context_length_exceeded")
-        return PreprocessedRequest(
-            request_id=request_id or uuid.uuid4().hex,
-            model=self.name,
-            token_ids=token_ids,
-            stop_conditions=stop_conditions_of(req, max_tokens),
-            sampling_options=sampling_of(req),
-            output_options=output_options_of(req),
-            eos_token_ids=self.eos_token_ids,
-            lora_name=self.card.lora_name,
-        )
+        return requested
 
-    def assembler(self, stops: list[str] | None) -> "TextAssembler":
-        return TextAssembler(self.tokenizer, stops or [])
+    def assembler(self, stops: list[str] | None, skip_special_tokens: bool = True) -> "TextAssembler":
+        return TextAssembler(self.tokenizer, stops or [], skip_special_tokens)
 
 
-def msgspec_to_dict(message) -> dict:
-    out = {"role": message.role, "content": message.content if message.content is not None else ""}
-    for field in ("name", "tool_calls", "tool_call_id", "reasoning_content"):
-        value = getattr(message, field)
-        if value is not None:
-            out[field] = value
-    return out
+def _too_long(context_length: int, prompt_len: int, param: str) -> PreprocessError:
+    return PreprocessError(
+        f"This model's maximum context length is {context_length} tokens. However, your prompt is "
+        f"{prompt_len} tokens long, leaving no room for output.", param, "context_length_exceeded")
+
+
+def _text_chars(content) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(p["text"]) for p in content
+                   if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str))
+    return 0
 
 
 class TextAssembler:
@@ -118,8 +140,8 @@ class TextAssembler:
 
     __slots__ = ("detok", "stop", "stopped", "completion_tokens")
 
-    def __init__(self, tokenizer: Tokenizer, stops: list[str]) -> None:
-        self.detok = IncrementalDetokenizer(tokenizer)
+    def __init__(self, tokenizer: Tokenizer, stops: list[str], skip_special_tokens: bool = True) -> None:
+        self.detok = IncrementalDetokenizer(tokenizer, skip_special_tokens=skip_special_tokens)
         self.stop = StopMatcher(stops) if stops else None
         self.stopped = False
         self.completion_tokens = 0

@@ -20,6 +20,17 @@ class StopConditions(msgspec.Struct, omit_defaults=True, kw_only=True):
     ignore_eos: bool = False
 
 
+class GuidedDecodingOptions(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """Structured output (Dynamo's `guided_decoding`): at most one constraint is set."""
+
+    json: Any = None  # a JSON schema (dict)
+    json_object: bool = False  # any JSON object
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    backend: str | None = None
+
+
 class SamplingOptions(msgspec.Struct, omit_defaults=True, kw_only=True):
     n: int | None = None
     temperature: float | None = None
@@ -30,9 +41,11 @@ class SamplingOptions(msgspec.Struct, omit_defaults=True, kw_only=True):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
+    guided_decoding: GuidedDecodingOptions | None = None
 
 
 class OutputOptions(msgspec.Struct, omit_defaults=True, kw_only=True):
+    # None: no logprobs; k >= 0: each sampled token's logprob plus the k most likely.
     logprobs: int | None = None
     skip_special_tokens: bool = True
 
@@ -57,6 +70,8 @@ class PreprocessedRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     disaggregated_params: dict[str, Any] | None = None
     # Set on a request sent to a prefill worker (the backend's transfer marker).
     prefill_only: bool = False
+    # "embed": a pooling request (one input); the answer is one output carrying `embedding`.
+    task: str | None = None
     extra_args: dict[str, Any] | None = None
     # The LoRA adapter to apply (the model name is the adapter's); None: the base model.
     lora_name: str | None = None
@@ -79,8 +94,12 @@ class LLMEngineOutput(msgspec.Struct, omit_defaults=True, kw_only=True, gc=False
     finish_reason: str | None = None
     # Prompt tokens served from the prefix cache; sent once, on the first message.
     cached_tokens: int | None = None
+    # Logprob of each of `token_ids`; with `output_options.logprobs = k > 0`, also the k most
+    # likely (token id, logprob) pairs at each position, most likely first.
     log_probs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
     disaggregated_params: dict[str, Any] | None = None
+    embedding: list[float] | None = None
     error: str | None = None
 
 

@@ -15,6 +15,9 @@ from pathlib import Path
 from tokenizers import Tokenizer as _HFTokenizer
 
 
+_GIL_FREE_CHARS = 4096
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -83,6 +86,17 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_capped(self, text: str, cap: int) -> tuple[int, list[int] | None]:
+        """(token count, ids), ids None when the count reaches `cap`: a prompt that cannot fit
+        never becomes a Python list. Long texts go through `encode_batch`, which releases the
+        GIL while the Rust side works, so a caller thread does not hold up the event loop."""
+        if len(text) < _GIL_FREE_CHARS:
+            ids = self._tok.encode(text, add_special_tokens=False).ids
+            return len(ids), (ids if len(ids) < cap else None)
+        encoding = self._tok.encode_batch([text], add_special_tokens=False)[0]
+        count = len(encoding)
+        return count, (encoding.ids if count < cap else None)
 
     def encode_batch(self, texts: list[str], add_special_tokens: bool = False) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=add_special_tokens)]

@@ -15,6 +15,7 @@ from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
 from dynamo.llm.tokenizer import Tokenizer
 from dynamo.mocker.args import MockerArgs
 from dynamo.mocker.engine import MockEngine
+from dynamo.mocker.replay import Replay
 from dynamo.llm.kv_events.protocol import LoadMetrics
 from dynamo.worker.adapter import EngineContext, EngineInfo, Gauges
 
@@ -33,9 +34,10 @@ class MockerAdapter:
             raise ValueError(f"--model-path must be a model directory (got {self.args.model_path!r})")
         args = self.args = self.args.resolved()
         tokenizer = Tokenizer.from_dir(args.model_path)
+        replay = Replay.from_file(args.replay_file, tokenizer) if args.replay_file else None
         self.engine = MockEngine(args, vocab_size=tokenizer.vocab_size, context_length=args.context_length,
                                  eos_token_ids=tokenizer.eos_token_ids, special_ids=tokenizer.special_ids,
-                                 on_kv_event=ctx.emit_kv_event)
+                                 on_kv_event=ctx.emit_kv_event, script_for=replay.script_for if replay else None)
         self.engine.publish_forward_passes(ctx.emit_forward_pass, ctx.worker_label)
         if args.startup_time:
             await asyncio.sleep(args.startup_time)
@@ -47,6 +49,7 @@ class MockerAdapter:
             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
             publishes_kv_events=args.enable_prefix_caching,
             max_loras=args.max_loras if args.enable_lora else None,
+            tool_call_parser=args.tool_call_parser, reasoning_parser=args.reasoning_parser,
             summary=f"{args.num_gpu_blocks_override} KV blocks of {args.block_size} tokens, "
                     f"speedup {args.speedup_ratio:g}")
 

@@ -22,7 +22,7 @@ from dynamo.mocker.kv_manager import KvManager
 from dynamo.mocker.scheduler import Scheduler, Sequence
 from dynamo.llm.perf_data import load_profile
 from dynamo.mocker.timing import TimingModel
-from dynamo.mocker.tokens import TokenSampler, seed_for
+from dynamo.mocker.tokens import TokenSampler, fake_logprobs, seed_for
 from dynamo.llm.kv_events.protocol import KvCacheEvent, LoadMetrics
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class MockEngine:
         special_ids: Iterable[int] = frozenset(),
         on_kv_event: Callable[[KvCacheEvent], None] | None = None,
         dp_rank: int = 0,
+        script_for: Callable[[list[int]], list[int] | None] | None = None,
     ) -> None:
         args.validate()
         if context_length <= 0:
@@ -47,6 +48,7 @@ class MockEngine:
         self.mode = args.mode
         self.context_length = context_length
         self.dp_rank = dp_rank
+        self.script_for = script_for  # `--replay-file`: scripted outputs for tests
         self.sampler = TokenSampler(vocab_size, frozenset(special_ids) | frozenset(eos_token_ids))
         self.kv = KvManager(
             args.num_gpu_blocks_override,
@@ -106,6 +108,7 @@ class MockEngine:
         prefill_only = request.prefill_only or self.mode == "prefill"
         self.scheduler.add(seq)
         loop = asyncio.get_running_loop()
+        logprobs = request.output_options.logprobs
         first = True
         sent = seq.prompt_len  # seq.tokens[sent:] are sampled tokens not yet streamed
         try:
@@ -117,6 +120,9 @@ class MockEngine:
                 sent += len(tokens)
                 finish = seq.finish_reason
                 out = LLMEngineOutput(token_ids=tokens, finish_reason=finish, error=seq.error)
+                if logprobs is not None and tokens:
+                    out.log_probs, out.top_logprobs = fake_logprobs(tokens, sent - len(tokens) - seq.prompt_len,
+                                                                    logprobs, self.sampler)
                 if first:
                     out.cached_tokens = seq.cached_tokens or 0
                     first = False
@@ -148,7 +154,7 @@ class MockEngine:
             max_tokens = max(1, min(stop.max_tokens if stop.max_tokens is not None else room, room))
         extra = [*request.eos_token_ids, *(stop.stop_token_ids_hidden or ())]
         skip_prefill = self.mode == "decode" and request.disaggregated_params is not None
-        return Sequence(
+        seq = Sequence(
             request.request_id,
             prompt,
             max_tokens,
@@ -157,6 +163,9 @@ class MockEngine:
             skip_prefill=skip_prefill,
             lora_name=request.lora_name,
         )
+        if self.script_for is not None and not (request.prefill_only or self.mode == "prefill"):
+            seq.script = self.script_for(prompt)
+        return seq
 
     async def _transfer(self, seq: Sequence) -> dict:
         """Prefill worker: simulate pushing the prompt's KV to a decode worker."""

@@ -34,7 +34,7 @@ class Sequence:
     __slots__ = (
         "request_id", "tokens", "prompt_len", "max_tokens", "sampler", "rng", "skip_prefill",
         "num_computed", "num_generated", "prefilling", "held", "has_partial", "cached_tokens",
-        "finish_reason", "error", "waiter", "done", "_hashed_len", "_locals", "_seqs", "lora_name",
+        "finish_reason", "error", "waiter", "done", "_hashed_len", "_locals", "_seqs", "lora_name", "script",
     )  # fmt: skip
 
     def __init__(
@@ -60,6 +60,7 @@ class Sequence:
         self.done = False
         self._hashed_len = -1
         self.lora_name = lora_name  # a LoRA adapter's blocks hash (and are cached) in its own namespace
+        self.script: list[int] | None = None  # replayed output ids (`--replay-file`), then EOS
 
     def full_block_hashes(self, block_size: int) -> tuple[list[int], list[int]]:
         """(local, sequence) hashes of the current full blocks, cached between admission tries."""
@@ -208,15 +209,23 @@ class Scheduler:
             if computed < len(tokens):
                 continue  # mid-prefill chunk
             seq.prefilling = False
-            sampler = seq.sampler
-            state = (seq.rng * mul + inc) & mask
-            token = (state >> 33) % sampler.vocab_size
-            if token in sampler.forbidden:
-                state, token = sampler.redraw(state)
-            seq.rng = state
+            script = seq.script
+            if script is None:
+                sampler = seq.sampler
+                state = (seq.rng * mul + inc) & mask
+                token = (state >> 33) % sampler.vocab_size
+                if token in sampler.forbidden:
+                    state, token = sampler.redraw(state)
+                seq.rng = state
+            else:
+                token = script[seq.num_generated]
             tokens.append(token)
             produced += 1
             seq.num_generated += 1
+            if script is not None and seq.num_generated >= len(script):
+                self._finish(seq, FinishReason.EOS)
+                finished = True
+                continue
             if seq.num_generated >= seq.max_tokens:
                 self._finish(seq, FinishReason.LENGTH)
                 finished = True

@@ -63,3 +63,27 @@ class TokenSampler:
         if token in self.forbidden:
             return self.redraw(state)
         return state, token
+
+
+def fake_logprobs(tokens: list[int], position: int, top: int,
+                  sampler: TokenSampler) -> tuple[list[float], list[list[tuple[int, float]]] | None]:
+    """Well-formed, deterministic logprobs for sampled `tokens` (the first at output
+    `position`): each sampled token is the most likely (logprob in (-0.5, 0]), and the
+    `top` alternatives are distinct allowed ids with strictly decreasing logprobs, so
+    the logprobs path is testable without a real model."""
+    logprobs: list[float] = []
+    tops: list[list[tuple[int, float]]] = []
+    vocab, forbidden = sampler.vocab_size, sampler.forbidden
+    for offset, token in enumerate(tokens):
+        h = xxhash.xxh3_64_intdigest(array("I", (token, position + offset)).tobytes())
+        lp = -((h % 500) + 1) / 1000.0
+        logprobs.append(lp)
+        if top:
+            alts: list[tuple[int, float]] = [(token, lp)]
+            candidate = token
+            while len(alts) < top:
+                candidate = (candidate + 7919) % vocab
+                if candidate not in forbidden and all(candidate != a for a, _ in alts):
+                    alts.append((candidate, lp - 0.75 * len(alts)))
+            tops.append(alts)
+    return logprobs, (tops if top else None)

@@ -23,7 +23,7 @@ from dynamo.planner.prometheus import PrometheusClient
 from dynamo.runtime.config import build_parser as config_parser
 from dynamo.runtime.config import from_namespace
 from dynamo.runtime.distributed import DistributedRuntime
-from dynamo.runtime.process import run_main
+from dynamo.runtime.process import configure_logging, run_main
 
 log = logging.getLogger("dynamo.planner")
 
@@ -39,8 +39,7 @@ async def serve(cfg: PlannerConfig, stop: asyncio.Event) -> int:
     options = {"store": runtime.store} if cfg.environment == "virtual" else {}
     connector = make_connector(cfg, **options)
     collector = FpmCollector(runtime.store, cfg, metrics)
-    prom = PrometheusClient(cfg.prometheus_endpoint) if cfg.optimization_target == "sla" and \
-        cfg.enable_throughput_scaling and cfg.prometheus_endpoint else None
+    prom = prometheus_for(cfg)
     planner = Planner(cfg, connector, collector, prom, metrics)
     for key, value in (("ttft_ms", cfg.ttft_ms), ("itl_ms", cfg.itl_ms)):
         metrics.sla_target[key].set(value)
@@ -67,6 +66,21 @@ async def serve(cfg: PlannerConfig, stop: asyncio.Event) -> int:
     return 0
 
 
+def prometheus_for(cfg: PlannerConfig) -> PrometheusClient | None:
+    """The `sla` throughput loop's Prometheus. None configured (e.g. under `dynamo.deploy run` without
+    `--prometheus-endpoint`): said once, and the throughput loop is off; the load loop scales on
+    forward-pass metrics alone."""
+    if cfg.optimization_target != "sla" or not cfg.enable_throughput_scaling:
+        return None
+    if not cfg.prometheus_endpoint:
+        log.warning("planner: no Prometheus configured (prometheus_endpoint / PROMETHEUS_ENDPOINT unset): the "
+                    "sla throughput loop is off; scaling on forward-pass metrics only (load loop)")
+        cfg.enable_throughput_scaling = False
+        cfg.enable_load_scaling = True
+        return None
+    return PrometheusClient(cfg.prometheus_endpoint)
+
+
 async def _serve_health_endpoint(runtime: DistributedRuntime, cfg: PlannerConfig, planner: Planner,
                                  task: asyncio.Task) -> None:
     while not planner.initialized and not task.done():
@@ -84,6 +98,7 @@ async def _serve_health_endpoint(runtime: DistributedRuntime, cfg: PlannerConfig
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser_for_deploy()
     args = from_namespace(PlannerArgs, parser.parse_args(argv))
+    configure_logging()  # the config's environment mappings are logged while it loads
     if not args.config:
         parser.error("--config is required (inline JSON or a .json/.yaml file)")
     try:

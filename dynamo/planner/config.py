@@ -10,15 +10,19 @@ environment twins Dynamo reads (`DYN_NAMESPACE`, `PROMETHEUS_ENDPOINT`,
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlsplit
 
 import msgspec
 import yaml
 
 from dynamo.runtime.config import setting
+
+log = logging.getLogger("dynamo.planner")
 
 DEFAULT_PROMETHEUS = "http://prometheus-kube-prometheus-prometheus.monitoring.svc.cluster.local:9090"
 TARGETS = ("throughput", "latency", "load", "sla")
@@ -39,6 +43,9 @@ class PlannerArgs:
                                    env="DYN_PARENT_DGD_K8S_NAME")
     kube_namespace: str | None = setting(None, "Kubernetes namespace of the DGD", env="POD_NAMESPACE")
     kubeconfig: str | None = setting(None, "Kubeconfig file when not in a cluster", env="KUBECONFIG")
+    control_url: str | None = setting(None, "`dynamo.deploy run` control endpoint (`run` injects it); set: the "
+                                      "graph runs locally and the local connector scales it",
+                                      env="DYN_DEPLOY_CONTROL_URL")
 
 
 class Scheduling(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -196,7 +203,9 @@ def load_config(text: str, args: PlannerArgs | None = None) -> PlannerConfig:
     if not isinstance(raw, dict):
         raise ValueError("planner config must be an object")
     if args is not None:
-        raw.setdefault("prometheus_endpoint", args.prometheus_endpoint)
+        if args.control_url:
+            raw = under_deploy_run(raw, args)
+        raw.setdefault("prometheus_endpoint", args.prometheus_endpoint or None)
         if args.namespace:
             raw.setdefault("namespace", args.namespace)
         for name in ("dgd_name", "kube_namespace", "kubeconfig"):
@@ -208,3 +217,32 @@ def load_config(text: str, args: PlannerArgs | None = None) -> PlannerConfig:
         return msgspec.convert(raw, PlannerConfig)
     except msgspec.ValidationError as exc:
         raise ValueError(str(exc)) from None
+
+
+def cluster_internal(url: str | None) -> bool:
+    """A Kubernetes service address (`*.svc`, `*.svc.cluster.local`): it resolves only in a cluster."""
+    host = urlsplit(url or "").hostname or ""
+    return host.endswith((".svc", ".svc.cluster.local"))
+
+
+def under_deploy_run(raw: dict, args: PlannerArgs) -> dict:
+    """The operator contract, locally: a planner started by `python -m dynamo.deploy run` scales the local
+    graph, whatever its config says for a cluster. `kubernetes` (the default) maps to `local` with the
+    injected control URL; Prometheus is what `run` was given, never a cluster-internal address. Each mapping
+    is logged once."""
+    raw = dict(raw)
+    env = raw.get("environment", "kubernetes")
+    if env == "kubernetes":
+        log.info("planner: environment 'kubernetes' -> 'local': started by `dynamo.deploy run`, so the graph's "
+                 "replicas are its supervisor's; scaling through %s", args.control_url)
+        raw["environment"] = "local"
+    if raw.get("environment") == "local" and not raw.get("control_url"):
+        raw["control_url"] = args.control_url
+    local_prom = "" if cluster_internal(args.prometheus_endpoint) else args.prometheus_endpoint
+    prom = raw.get("prometheus_endpoint")
+    if prom and cluster_internal(prom):
+        log.info("planner: prometheus_endpoint %s is a cluster address; under `dynamo.deploy run` using %s",
+                 prom, local_prom or "none")
+        prom = None
+    raw["prometheus_endpoint"] = prom or local_prom or None
+    return raw

@@ -49,6 +49,7 @@ class Planner:
         self.initialized = False
         self._seeded = False
         self._last_gpu_tick = time.monotonic()
+        self._failing: dict[str, str] = {}  # loop -> its last failure, until a tick succeeds
 
     # ---- loop ----------------------------------------------------------------------
 
@@ -76,7 +77,14 @@ class Planner:
             await tick()
         except Exception as exc:  # one bad tick (a connector timeout, Prometheus down) must not end the loop
             self.metrics.tick_errors.labels(loop).inc()
-            log.warning("planner %s tick failed: %s", loop, exc)
+            # said once per distinct failure (a Prometheus that is down would repeat it every tick)
+            repeat = self._failing.get(loop) == str(exc)
+            log.log(logging.DEBUG if repeat else logging.WARNING, "planner %s tick failed: %s%s", loop, exc,
+                    "" if repeat else " (repeats are logged at debug level until it recovers)")
+            self._failing[loop] = str(exc)
+            return
+        if self._failing.pop(loop, None) is not None:
+            log.info("planner %s tick recovered", loop)
 
     # ---- ticks ---------------------------------------------------------------------
 

@@ -164,6 +164,10 @@ def planner_service(req: Request, backend: str, image: str, profile_dir: Path | 
                     configmap: str | None) -> dict[str, Any]:
     """The SLA planner, with the request's PlannerConfig passed through and pointed at the profile."""
     config = {"backend": backend, **(req.spec.features.planner or {})}
+    for key in ("ttft", "itl"):  # as Dynamo: the SLA the user stated (not the defaults) is the planner's,
+        value = getattr(req.spec.sla, key)  # unless its own config says otherwise
+        if value is not None and key not in config and f"{key}_ms" not in config:
+            config[f"{key}_ms"] = float(value)
     svc: dict[str, Any] = {"componentType": "planner", "replicas": 1, "extraPodSpec": {}}
     if profile_dir is not None:
         config["profile_results_dir"] = str(profile_dir.resolve())

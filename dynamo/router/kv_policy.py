@@ -23,7 +23,7 @@ from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.router.config import KvRouterConfig
 from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers
 from dynamo.router.metrics import RouterMetrics
-from dynamo.router.policy import Choice, PolicyHost, WorkerInfo, WorkerPool, candidates, register
+from dynamo.router.policy import Choice, PolicyHost, Role, WorkerInfo, WorkerPool, candidates, register
 from dynamo.router.replica_sync import ReplicaSync
 from dynamo.router.router_queue import RouterQueue
 from dynamo.router.subscriber import KvEventFeeds
@@ -40,9 +40,9 @@ class ModeReport:
     degraded: bool  # less than configured: worth a WARNING
 
 
-def mode_report(configured: str, workers: tuple[WorkerInfo, ...]) -> ModeReport:
-    """The routing mode in effect for a pool and why, from the configured KvRouterConfig.mode
-    and which of its workers publish KV events."""
+def mode_report(configured: str, workers: tuple[WorkerInfo, ...], event_plane_down: bool = False) -> ModeReport:
+    """The routing mode in effect for a pool and why, from the configured KvRouterConfig.mode,
+    which of its workers publish KV events and whether the event plane is reachable."""
     total = len(workers)
     publishing = sum(1 for w in workers if w.publishes_kv_events)
     if configured == "load-only":
@@ -52,6 +52,8 @@ def mode_report(configured: str, workers: tuple[WorkerInfo, ...]) -> ModeReport:
     if total and publishing == 0:
         return ModeReport("approximate", f"none of the {total} worker(s) publishes KV events (prefix caching "
                           "off?): caches predicted from routing decisions", True)
+    if event_plane_down:
+        return ModeReport("approximate", "event plane unreachable: caches predicted from routing decisions", True)
     if publishing < total:
         return ModeReport("kv-events", f"only {publishing} of {total} workers publish KV events", True)
     return ModeReport("kv-events", f"all {total} worker(s) publish KV events", False)
@@ -84,6 +86,7 @@ class KvPolicy:
     # -- lifecycle -----------------------------------------------------------------------
     async def attach(self, host: PolicyHost) -> None:
         self.feeds = KvEventFeeds(host.store, host.client, host.event_plane)
+        self.feeds.on_link_change = self._on_event_plane_change
         if self.config.router_replica_sync:
             self.sync = ReplicaSync.shared(host.store, host.event_plane, host.instance_id, self._router_for)
         self.metrics = RouterMetrics.attach(host.registry, host.metrics_prefix, self._rows,
@@ -117,8 +120,8 @@ class KvPolicy:
     def on_membership_change(self, pool: WorkerPool) -> None:
         route = self.routes.get(pool.name)
         if route is None:
-            if not pool.workers:
-                return  # e.g. the prefill pool of an aggregated model: nothing to route yet
+            if not pool.workers and pool.role is Role.PREFILL:
+                return  # the prefill pool of an aggregated model: nothing to route, nothing to report
             route = self.routes[pool.name] = PoolRoute(pool, KvRouter(pool.block_size, self.config))
         before = {w.instance_id for w in route.pool.workers}
         current = {w.instance_id: w for w in pool.workers}
@@ -150,10 +153,15 @@ class KvPolicy:
             if self.sync is not None:
                 self._spawn(self.sync.join(eid.namespace, eid.component))
 
+    def _on_event_plane_change(self) -> None:
+        for route in self.routes.values():
+            self._update_mode(route)
+
     def _update_mode(self, route: PoolRoute) -> None:
         if not route.pool.workers and self.config.mode == "events":
             return  # keep what we had until workers come back
-        report = mode_report(self.config.mode, route.pool.workers)
+        down = self.feeds is not None and bool(self.feeds.links_down)
+        report = mode_report(self.config.mode, route.pool.workers, down)
         router = route.router
         use_events = report.mode == "kv-events"
         if self.config.mode == "events" and router.config.use_kv_events != use_events:

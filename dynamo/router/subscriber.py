@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from typing import Callable
 
 import msgspec
 
@@ -59,10 +60,25 @@ class ComponentFeed:
         f = self.feeds
         for topic, consume in ((KV_EVENTS_TOPIC, self._consume_events), (KV_METRICS_TOPIC, self._consume_metrics)):
             sub = await create_subscriber(f.kind, f.store, self.namespace, self.component, topic)
+            if topic == KV_EVENTS_TOPIC:
+                sub.on_link = self._on_link
             self._subs.append(sub)
             self._tasks.append(asyncio.get_running_loop().create_task(consume(sub), name=f"kv-feed-{topic}"))
         log.info("subscribed to %s/%s KV events and load metrics over %s", self.namespace, self.component,
                  resolve_kind(f.kind, f.store.backend))
+
+    def _on_link(self, up: bool) -> None:
+        """The event plane lost (or regained) its server: events in between are gone, so on
+        return every worker is re-synced from its own state instead of waiting for a gap."""
+        key = (self.namespace, self.component)
+        if up:
+            self.feeds.links_down.discard(key)
+            for worker_id in list(self.workers):
+                self.schedule_resync(worker_id)
+        else:
+            self.feeds.links_down.add(key)
+        if self.feeds.on_link_change is not None:
+            self.feeds.on_link_change()
 
     async def _consume_events(self, sub: EventSubscriber) -> None:
         decode = router_event_decoder.decode
@@ -155,6 +171,8 @@ class KvEventFeeds:
         self.client = client
         self.kind = kind
         self.counts: Counter[str] = Counter()
+        self.links_down: set[tuple[str, str]] = set()  # feeds whose event plane is unreachable now
+        self.on_link_change: Callable[[], None] | None = None
         self._feeds: dict[tuple[str, str], ComponentFeed] = {}
         self._starting: dict[tuple[str, str], asyncio.Task] = {}
 

@@ -92,6 +92,27 @@ class FrameReader:
         return frames
 
 
+# A peer cut off by a partition sends no FIN or RST: without these a quiet connection would
+# wait forever and a stream from a partitioned worker would never fail over. Keep-alive
+# probes start after 5 s of silence, every 2 s, 3 misses: ~11 s. A live but busy peer
+# answers probes from its kernel, so a slow prefill is not mistaken for a dead peer.
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 5, 2, 3
+USER_TIMEOUT_MS = 15_000  # unacknowledged data for this long also means the peer is gone
+
+
+def detect_dead_peer(sock: socket.socket) -> None:
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+                        ("TCP_KEEPCNT", KEEPALIVE_PROBES), ("TCP_USER_TIMEOUT", USER_TIMEOUT_MS)):
+        if hasattr(socket, name):  # Linux; other systems keep their defaults
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    for level, name, value in options:
+        try:
+            sock.setsockopt(level, name, value)
+        except OSError:
+            pass
+
+
 class FramedProtocol(asyncio.Protocol):
     """Both ends of a request-plane connection: frame parsing, TCP_NODELAY, and writes
     coalesced per event-loop iteration (all frames produced in one iteration, e.g. every
@@ -109,6 +130,7 @@ class FramedProtocol(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            detect_dead_peer(sock)
 
     def data_received(self, data: bytes) -> None:
         try:

@@ -19,7 +19,7 @@ from dynamo.vllm.args import DynamoVllmArgs
 from dynamo.vllm.engine import apply_dynamo_defaults, engine_facts, kv_event_endpoints, start_engine
 from dynamo.vllm.events import EngineStats, stat_logger_factory
 from dynamo.vllm.forward_pass import fpm_stat_logger_factory
-from dynamo.vllm.handler import error_code, stream_outputs, to_sampling_params
+from dynamo.vllm.handler import error_code, stream_embedding, stream_outputs, to_sampling_params
 from dynamo.worker.adapter import EngineContext, EngineInfo, Gauges
 from dynamo.worker.kv_relay import ZmqKvEventSource
 
@@ -58,6 +58,8 @@ class VllmAdapter:
             max_num_batched_tokens=facts.max_num_batched_tokens, data_parallel_size=facts.data_parallel_size,
             publishes_kv_events=self.publishes,
             max_loras=self.engine_args.max_loras if getattr(self.engine_args, "enable_lora", False) else None,
+            tool_call_parser=self.config.tool_call_parser, reasoning_parser=self.config.reasoning_parser,
+            model_types=["embedding"] if facts.pooling else None,
             summary=f"{facts.model}, {facts.num_blocks} KV blocks of {facts.block_size} tokens, max_num_seqs "
                     f"{facts.max_num_seqs}, context {facts.max_model_len}")
 
@@ -67,6 +69,8 @@ class VllmAdapter:
             lora = self.loras.get(request.lora_name)
             if lora is None:
                 return refused(ValueError(f"LoRA adapter {request.lora_name!r} is not loaded on this worker"))
+        if request.task == "embed":
+            return stream_embedding(self.engine, request, request_id)
         params = to_sampling_params(request, self.facts.max_model_len, self.mode)
         return stream_outputs(self.engine, request, params, request_id, self.params_hook, lora)
 

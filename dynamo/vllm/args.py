@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from dynamo.llm.model_card import check_parser_names
 from dynamo.runtime.config import add_arguments, from_namespace, setting
 from dynamo.worker.role import WorkerRole
 
@@ -50,6 +51,13 @@ class DynamoVllmArgs:
                                                "works, else tcp); ignored with --kv-transfer-config",
                                        env="DYN_KV_TRANSFER_BACKEND", choices=["nixl", "tcp", "auto"])
     migration_limit: int = setting(0, "Times a request may migrate to another worker (stored in the model card)")
+    tool_call_parser: str | None = setting(None, "Tool-call format the frontend parses from this model's output "
+                                                 "(hermes, llama3_json, mistral, pythonic, qwen3_coder, deepseek_v3, "
+                                                 "harmony, default)", env="DYN_TOOL_CALL_PARSER",
+                                           flag="--dyn-tool-call-parser")
+    reasoning_parser: str | None = setting(None, "Reasoning format the frontend splits into reasoning_content "
+                                                 "(basic, qwen3, deepseek_r1, gpt_oss, ...)", env="DYN_REASONING_PARSER",
+                                           flag="--dyn-reasoning-parser")
     engine_request_limit: int = setting(0, "Requests in flight beyond which new ones are refused as overloaded "
                                            "(0: no limit)")
     endpoint_types: str = setting("chat,completions", "OpenAI endpoints to expose for this model "
@@ -59,6 +67,7 @@ class DynamoVllmArgs:
                                       env="DYN_VLLM_PUBLISH_KV_EVENTS")
 
     def validate(self) -> None:
+        check_parser_names(self.tool_call_parser, self.reasoning_parser)
         self.mode  # noqa: B018  (raises ValueError on conflicting role flags)
         if self.migration_limit < 0 or self.engine_request_limit < 0:
             raise ValueError("--migration-limit and --engine-request-limit must be >= 0")

@@ -72,6 +72,7 @@ class EngineFacts:
     max_model_len: int
     prefix_caching: bool
     data_parallel_size: int
+    pooling: bool = False  # `--runner pooling`: serves embeddings, not generation
 
 
 def engine_facts(engine: Any, engine_args: Any) -> EngineFacts:
@@ -91,6 +92,7 @@ def engine_facts(engine: Any, engine_args: Any) -> EngineFacts:
         max_model_len=cfg.model_config.max_model_len,
         prefix_caching=bool(cfg.cache_config.enable_prefix_caching),
         data_parallel_size=cfg.parallel_config.data_parallel_size,
+        pooling=getattr(cfg.model_config, "runner_type", "generate") == "pooling",
     )
 
 

@@ -41,6 +41,8 @@ def to_sampling_params(request: PreprocessedRequest, max_model_len: int, mode: s
                                             "remote_host": None, "remote_port": None}
     elif request.disaggregated_params:
         extra_args["kv_transfer_params"] = request.disaggregated_params
+    if so.guided_decoding is not None:
+        kwargs["structured_outputs"] = structured_outputs(so.guided_decoding)
     return SamplingParams(
         **kwargs,
         max_tokens=max_tokens,
@@ -53,6 +55,35 @@ def to_sampling_params(request: PreprocessedRequest, max_model_len: int, mode: s
         output_kind=RequestOutputKind.DELTA,
         extra_args=extra_args or None,
     )
+
+
+def structured_outputs(guided: Any) -> Any:
+    """Our `guided_decoding` as vLLM's structured-output constraint."""
+    from vllm.sampling_params import StructuredOutputsParams
+
+    kwargs: dict[str, Any] = {}
+    if guided.json is not None:
+        kwargs["json"] = guided.json
+    elif guided.json_object:
+        kwargs["json_object"] = True
+    elif guided.regex:
+        kwargs["regex"] = guided.regex
+    elif guided.choice:
+        kwargs["choice"] = guided.choice
+    elif guided.grammar:
+        kwargs["grammar"] = guided.grammar
+    return StructuredOutputsParams(**kwargs)
+
+
+def token_logprobs(completion: Any, top: int) -> tuple[list[float], list | None]:
+    """vLLM's per-position {token id: Logprob} maps -> the sampled tokens' logprobs and,
+    with `top` > 0, the `top` most likely (id, logprob) pairs per position by rank."""
+    sampled = [lp[t].logprob for t, lp in zip(completion.token_ids, completion.logprobs)]
+    if not top:
+        return sampled, None
+    ranked = [sorted(((t, v) for t, v in lp.items() if v.rank is not None and v.rank <= top), key=lambda e: e[1].rank)
+              for lp in completion.logprobs]
+    return sampled, [[(t, v.logprob) for t, v in pos] for pos in ranked]
 
 
 def finish_reason(completion: Any, eos_ids: set[int]) -> str | None:
@@ -88,6 +119,7 @@ async def stream_outputs(engine: Any, request: PreprocessedRequest, params: Any,
     from vllm.inputs import TokensPrompt
 
     eos_ids = set(request.eos_token_ids)
+    top = request.output_options.logprobs or 0
     first = True
     stream = engine.generate(TokensPrompt(prompt_token_ids=request.token_ids), params, request_id,
                              lora_request=lora_request)
@@ -99,12 +131,26 @@ async def stream_outputs(engine: Any, request: PreprocessedRequest, params: Any,
                 out.cached_tokens = result.num_cached_tokens or 0
                 first = False
             if completion.logprobs:
-                out.log_probs = [lp[t].logprob for t, lp in zip(completion.token_ids, completion.logprobs)]
+                out.log_probs, out.top_logprobs = token_logprobs(completion, top)
             if result.finished:
                 out.finish_reason = finish_reason(completion, eos_ids)
                 if result.kv_transfer_params:
                     kv = result.kv_transfer_params
                     out.disaggregated_params = params_hook(kv) if params_hook else kv
             yield out
+    finally:
+        await stream.aclose()
+
+
+async def stream_embedding(engine: Any, request: PreprocessedRequest, request_id: str) -> AsyncIterator[LLMEngineOutput]:
+    """A pooling request (`task: "embed"`): vLLM's `encode` with the embed task; one output, the vector."""
+    from vllm import PoolingParams
+    from vllm.inputs import TokensPrompt
+
+    stream = engine.encode(TokensPrompt(prompt_token_ids=request.token_ids), PoolingParams(task="embed"), request_id)
+    try:
+        async for result in stream:
+            if result.finished:
+                yield LLMEngineOutput(embedding=result.outputs.data.tolist(), finish_reason=FinishReason.STOP)
     finally:
         await stream.aclose()

@@ -77,10 +77,11 @@ def model_card(adapter: EngineAdapter, spec: WorkerSpec, info: EngineInfo) -> Mo
         max_num_batched_tokens=info.max_num_batched_tokens, data_parallel_size=info.data_parallel_size,
         publishes_kv_events=info.publishes_kv_events, enable_local_indexer=info.publishes_kv_events,
         disaggregated_endpoint=info.disaggregated_endpoint,
+        tool_call_parser=info.tool_call_parser, reasoning_parser=info.reasoning_parser,
         runtime_data={"engine": adapter.name, **info.runtime_data})
     card = build_card(info.model_dir, name=info.served_name, block_size=info.block_size,
                       context_length=info.context_length, worker_type=spec.role.card_type,
-                      migration_limit=spec.migration_limit, model_type=list(spec.model_types),
+                      migration_limit=spec.migration_limit, model_type=list(info.model_types or spec.model_types),
                       runtime_config=runtime_config)
     card.max_gpu_lora_count = info.max_loras
     return card

@@ -19,7 +19,7 @@ from tests.fixtures.procs import REPO, free_port, http_get, wait_until
 
 LAUNCH = REPO / "examples/backends/mocker/launch"
 WORKERS = {"agg": 1, "agg_router": 2, "disagg": 2, "disagg_router": 4}
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 
 def free_port_block(n: int) -> int:

@@ -86,6 +86,7 @@ def test_model_cache_pvc_is_mounted_read_only():
     assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "model-cache"}} in spec["volumes"]
 
 
+@pytest.mark.e2e  # runs the render CLI as a process
 def test_image_pull_secrets_discovered_by_registry_unless_disabled(tmp_path):
     doc = yaml.safe_load((DEPLOY / "mocker/deploy/guide_template.yaml").read_text())
     services = doc["spec"]["services"]

@@ -4,8 +4,13 @@ through the control endpoint, and a shutdown that leaves no process behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -15,7 +20,7 @@ from tests.fixtures.procs import REPO, wait_until
 
 MOCKER = REPO / "examples/backends/mocker/deploy"
 MODEL = "tiny-llama"
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 
 def send(run: DeployRun, n: int, tag: str) -> None:
@@ -58,6 +63,7 @@ def test_agg_serves_restarts_scales_and_stops_clean(agg, tmp_path):
     send(agg, 6, "scaled")
     agg.scale("MockerWorker", 1)
     agg.wait_ready({"MockerWorker": 1})
+    control_errors_and_scale_cli(agg)
 
     assert agg.stop(signal.SIGTERM) == 0
     assert agg.survivors() == []
@@ -83,3 +89,33 @@ def test_router_graphs_serve_on_every_replica(tmp_path, tiny_model, manifest, wo
         assert run.survivors() == []
     finally:
         run.stop()
+
+
+def control_errors_and_scale_cli(run: DeployRun) -> None:
+    """The control endpoint refuses bad input without touching the graph, and
+    `python -m dynamo.deploy scale` is its client."""
+    def post(path: str, body: bytes) -> tuple[int, dict]:
+        req = urllib.request.Request(run.control + path, data=body, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.load(resp)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+    status, body = post("/scale", json.dumps({"service": "NoSuchService", "replicas": 2}).encode())
+    assert status == 404 and "NoSuchService" in body["error"]
+    for bad in (b"{not json", json.dumps({"service": "MockerWorker"}).encode(),
+                json.dumps({"service": "MockerWorker", "replicas": "two"}).encode()):
+        status, body = post("/scale", bad)
+        assert status == 400 and body["error"], bad
+    assert post("/nowhere", b"{}")[0] == 404
+    assert len(run.replicas("MockerWorker")) == 1  # nothing changed
+    cli = [sys.executable, "-m", "dynamo.deploy", "scale", run.control]
+    out = subprocess.run([*cli, "MockerWorker=2"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert out.returncode == 0 and json.loads(out.stdout)["MockerWorker"] == 2, out.stderr
+    run.wait_ready({"MockerWorker": 2})
+    bad = subprocess.run([*cli, "NoSuchService=1"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert bad.returncode == 1 and "error 404" in bad.stderr
+    assert subprocess.run([*cli, "MockerWorker"], capture_output=True, text=True, timeout=60,
+                          cwd=REPO).returncode == 2
+    run.scale("MockerWorker", 1)
+    run.wait_ready({"MockerWorker": 1})

@@ -120,6 +120,7 @@ def test_unloadable_parser_is_a_warning_not_an_error(tmp_path, monkeypatch):
     assert any("flags of dynamo.mocker not checked" in w for w in report.warnings)
 
 
+@pytest.mark.e2e  # runs the CLI as a process
 def test_cli_exit_codes(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(BASE.read_text().replace("replicas: 1", "replicas: one", 1))

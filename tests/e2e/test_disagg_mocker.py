@@ -1,14 +1,19 @@
 """Disaggregated prefill/decode with mocker workers: the frontend sends the prompt to a
 prefill worker, then the decode worker continues from the transferred KV; failures
-fall back to local prefill unless disaggregation is enforced."""
+fall back to local prefill unless disaggregation is enforced; conditional
+disaggregation prefills short prompts locally. Each test builds the state it needs."""
 
 from __future__ import annotations
+
+import json
 
 import httpx
 import openai
 import pytest
 
 from tests.fixtures.procs import Cluster, free_port, http_get, metric_value, wait_until
+
+pytestmark = pytest.mark.e2e
 
 MODEL = "tiny"
 
@@ -18,25 +23,35 @@ def worker_requests(proc) -> float:
     return metric_value(text, "dynamo_component_requests_total", {"status": "success"}) or 0.0
 
 
+def disagg_cluster(tmp, model, *frontend_args: str) -> Cluster:
+    c = Cluster(tmp, model, "file")
+    c.prefill = c.mocker("--speedup-ratio", "50", "--disaggregation-mode", "prefill")
+    c.decode = c.mocker("--speedup-ratio", "50", "--is-decode-worker")
+    c.frontend(*frontend_args)
+    c.wait_workers(MODEL, 2)
+    return c
+
+
 @pytest.fixture(scope="module")
 def cluster(tiny_model, tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("disagg"), tiny_model, "file")
+    c = disagg_cluster(tmp_path_factory.mktemp("disagg"), tiny_model)
     try:
-        c.prefill = c.mocker("--speedup-ratio", "50", "--disaggregation-mode", "prefill")
-        c.decode = c.mocker("--speedup-ratio", "50", "--is-decode-worker")
-        c.frontend()
-        c.wait_workers(MODEL, 2)
         yield c
     finally:
         c.stop()
 
 
-def frontend_metric(cluster, name, labels=None):
-    return metric_value(http_get(cluster.base_url + "/metrics")[1].decode(), name, labels) or 0.0
+def frontend_metric(url, name, labels=None):
+    return metric_value(http_get(url + "/metrics")[1].decode(), name, labels) or 0.0
+
+
+def client_for(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
 
 
 def test_requests_are_prefilled_remotely(cluster):
-    client = openai.OpenAI(base_url=cluster.base_url + "/v1", api_key="x", max_retries=0, timeout=60)
+    client = client_for(cluster.base_url)
+    before = worker_requests(cluster.prefill), worker_requests(cluster.decode)
     for stream in (False, True):
         if stream:
             parts = list(client.completions.create(model=MODEL, prompt="disaggregate me " * 20, max_tokens=12,
@@ -45,29 +60,68 @@ def test_requests_are_prefilled_remotely(cluster):
         else:
             resp = client.completions.create(model=MODEL, prompt="disaggregate me " * 20, max_tokens=12)
             assert resp.usage.completion_tokens == 12
-    assert worker_requests(cluster.prefill) == 2
-    assert worker_requests(cluster.decode) == 2
-    assert frontend_metric(cluster, "dynamo_frontend_remote_prefills_total", {"model": MODEL}) == 2
-    assert frontend_metric(cluster, "dynamo_frontend_kv_transfer_bytes_total") > 0
+    assert worker_requests(cluster.prefill) == before[0] + 2
+    assert worker_requests(cluster.decode) == before[1] + 2
+    assert frontend_metric(cluster.base_url, "dynamo_frontend_remote_prefills_total", {"model": MODEL}) == 2
+    assert frontend_metric(cluster.base_url, "dynamo_frontend_kv_transfer_bytes_total") > 0
 
 
-def test_prefill_worker_death_falls_back_to_local_prefill(cluster):
-    cluster.prefill.kill()
-    client = openai.OpenAI(base_url=cluster.base_url + "/v1", api_key="x", max_retries=0, timeout=60)
-    for _ in range(3):  # before and after discovery notices
-        assert client.completions.create(model=MODEL, prompt="still works", max_tokens=5).usage.completion_tokens == 5
-    wait_until(lambda: cluster.worker_count(MODEL) == 1, 25, "prefill worker to leave discovery")
-    assert client.completions.create(model=MODEL, prompt="still works", max_tokens=5).usage.completion_tokens == 5
-    assert frontend_metric(cluster, "dynamo_frontend_local_prefills_total", {"model": MODEL}) >= 1
-
-
-def test_enforced_disaggregation_refuses_without_prefill(cluster):
+def test_conditional_disaggregation_prefills_short_prompts_locally(cluster):
+    """`--router-conditional-disagg` with a 64-token threshold, beside the plain frontend on the
+    same workers: a short prompt never reaches the prefill worker, a long one does."""
     port = free_port()
-    proc = cluster.start("dynamo.frontend", ["--http-host", "127.0.0.1", "--http-port", str(port), "--enforce-disagg"])
+    proc = cluster.start("dynamo.frontend", ["--http-host", "127.0.0.1", "--http-port", str(port),
+                                             "--router-conditional-disagg", "--router-conditional-disagg-config",
+                                             json.dumps({"eff_isl_threshold": 64})])
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: http_get(url + "/v1/models")[0] == 200 and b"tiny" in http_get(url + "/v1/models")[1], 60,
-               "enforcing frontend")
-    resp = httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2}, timeout=30)
-    assert resp.status_code == 503
-    assert resp.json()["error"]["code"] == "prefill_unavailable"
-    proc.stop()
+    try:
+        wait_until(lambda: b'"tiny"' in http_get(url + "/v1/models")[1], 60, "conditional frontend to list the model")
+        wait_until(lambda: sum(1 for i in json.loads(http_get(url + "/health")[1])["instances"]
+                               if i.get("model") == MODEL) == 2, 60, "both workers at the conditional frontend")
+        client = client_for(url)
+        prefill_before, decode_before = worker_requests(cluster.prefill), worker_requests(cluster.decode)
+        short = client.completions.create(model=MODEL, prompt=[7] * 20, max_tokens=4)
+        assert short.usage.prompt_tokens == 20 and short.usage.completion_tokens == 4
+        assert worker_requests(cluster.prefill) == prefill_before
+        assert worker_requests(cluster.decode) == decode_before + 1
+        assert frontend_metric(url, "dynamo_frontend_local_prefills_total",
+                               {"model": MODEL, "reason": "short_prompt"}) == 1
+        assert frontend_metric(url, "dynamo_frontend_remote_prefills_total", {"model": MODEL}) == 0
+        long = client.completions.create(model=MODEL, prompt=[9] * 100, max_tokens=4)
+        assert long.usage.completion_tokens == 4
+        assert worker_requests(cluster.prefill) == prefill_before + 1
+        assert worker_requests(cluster.decode) == decode_before + 2
+        assert frontend_metric(url, "dynamo_frontend_remote_prefills_total", {"model": MODEL}) == 1
+        assert frontend_metric(url, "dynamo_frontend_local_prefills_total", {"model": MODEL}) == 1
+    finally:
+        proc.stop()
+
+
+def test_prefill_worker_death_falls_back_to_local_prefill(tiny_model, tmp_path):
+    c = disagg_cluster(tmp_path, tiny_model)
+    try:
+        c.prefill.kill()
+        client = client_for(c.base_url)
+        for _ in range(3):  # before and after discovery notices
+            assert client.completions.create(model=MODEL, prompt="still works", max_tokens=5).usage.completion_tokens == 5
+        wait_until(lambda: c.worker_count(MODEL) == 1, 25, "prefill worker to leave discovery")
+        assert client.completions.create(model=MODEL, prompt="still works", max_tokens=5).usage.completion_tokens == 5
+        assert frontend_metric(c.base_url, "dynamo_frontend_local_prefills_total", {"model": MODEL}) >= 1
+        assert worker_requests(c.decode) == 4
+    finally:
+        c.stop()
+
+
+def test_enforced_disaggregation_refuses_without_prefill(tiny_model, tmp_path):
+    c = Cluster(tmp_path, tiny_model, "file")
+    try:
+        c.mocker("--speedup-ratio", "50", "--is-decode-worker")
+        c.frontend("--enforce-disagg")
+        c.wait_workers(MODEL, 1)
+        resp = httpx.post(c.base_url + "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2},
+                          timeout=30)
+        assert resp.status_code == 503
+        assert resp.json()["error"]["code"] == "prefill_unavailable"
+    finally:
+        c.stop()
+

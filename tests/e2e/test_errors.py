@@ -11,6 +11,8 @@ import pytest
 
 from tests.fixtures.procs import Cluster
 
+pytestmark = pytest.mark.e2e
+
 MODEL = "tiny"
 
 
@@ -89,8 +91,23 @@ def test_max_tokens_over_remaining_context_is_400(http):
     assert assert_error(resp, 400, "max_tokens")["code"] == "context_length_exceeded"
 
 
-def test_n_greater_than_one_is_refused(http):
-    assert_error(http.post("/v1/chat/completions", json=chat(n=2)), 400, "n")
+def test_n_out_of_range_or_greedy_is_refused(http):
+    assert_error(http.post("/v1/chat/completions", json=chat(n=0)), 400, "n")
+    assert_error(http.post("/v1/chat/completions", json=chat(n=1000)), 400, "n")
+    # Dynamo's rule: n identical greedy samples are refused.
+    assert_error(http.post("/v1/chat/completions", json=chat(n=2, temperature=0)), 400, "temperature")
+
+
+def test_bad_tools_and_logprobs_are_refused(http):
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    assert_error(http.post("/v1/chat/completions", json=chat(tools=[{"type": "function"}])), 400, "tools[0]")
+    assert_error(http.post("/v1/chat/completions", json=chat(tools=[tool], tool_choice={
+        "type": "function", "function": {"name": "g"}})), 400, "tool_choice")
+    assert_error(http.post("/v1/chat/completions", json=chat(tool_choice="required")), 400, "tool_choice")
+    assert_error(http.post("/v1/chat/completions", json=chat(tools=[tool], tool_choice="sometimes")), 400,
+                 "tool_choice")
+    assert_error(http.post("/v1/chat/completions", json=chat(logprobs=True, top_logprobs=50)), 400, "top_logprobs")
+    assert_error(http.post("/v1/chat/completions", json=chat(top_logprobs=2)), 400, "top_logprobs")
 
 
 def test_batched_prompts_refused(http):

@@ -11,6 +11,8 @@ import pytest
 
 from tests.fixtures.procs import Cluster, free_port, http_get, metric_value, wait_until
 
+pytestmark = pytest.mark.e2e
+
 MODEL = "tiny"
 
 
@@ -19,7 +21,8 @@ def cluster(tiny_model, tmp_path_factory):
     c = Cluster(tmp_path_factory.mktemp("extras"), tiny_model, "file")
     try:
         c.mocker("--speedup-ratio", "100")
-        c.mocker("--speedup-ratio", "100", model_name="elsewhere", env={"DYN_NAMESPACE": "other"})
+        c.elsewhere = c.mocker("--speedup-ratio", "100", model_name="elsewhere",  # type: ignore[attr-defined]
+                               env={"DYN_NAMESPACE": "other"})
         c.frontend("--namespace", "dynamo")
         c.wait_workers(MODEL, 1)
         yield c
@@ -46,9 +49,17 @@ def test_metrics_use_dynamo_names(cluster):
 
 
 def test_namespace_scopes_discovery(cluster):
+    # The other namespace's worker is really registered (its card is in the store) ...
+    other = cluster.tmp / "kv" / "v1" / "mdc" / "other"
+    wait_until(lambda: any(p.is_file() for p in other.rglob("*")), 60, "the 'other' namespace worker's card")
+    wait_until(lambda: http_get(f"http://127.0.0.1:{cluster.elsewhere.system_port}/health")[0] == 200, 60,
+               "the 'other' namespace worker healthy")
+    # ... and still this frontend neither lists nor serves it.
     wait_until(lambda: cluster.models() == [MODEL], 20, "models list")
     resp = httpx.post(cluster.base_url + "/v1/completions", json={"model": "elsewhere", "prompt": "x"}, timeout=30)
     assert resp.status_code == 404
+    assert resp.json()["error"]["code"] == "model_not_found"
+    assert cluster.models() == [MODEL]
 
 
 def test_health_lists_instances(cluster):

@@ -10,6 +10,8 @@ import pytest
 
 from tests.fixtures.procs import Cluster, http_get, metric_value
 
+pytestmark = pytest.mark.e2e
+
 MODEL = "tiny"
 
 

@@ -11,6 +11,8 @@ import pytest
 from tests.fixtures.procs import Cluster
 from tests.fixtures.servers import etcd_server  # noqa: F401 - fixture
 
+pytestmark = pytest.mark.e2e
+
 MODEL = "tiny"
 
 
@@ -50,7 +52,7 @@ def test_chat_non_streaming(client):
     assert resp.usage.completion_tokens == 12
     assert resp.usage.prompt_tokens > 5
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + 12
-    assert resp.usage.prompt_tokens_details.cached_tokens >= 0
+    assert resp.usage.prompt_tokens_details.cached_tokens == 0  # a fresh prompt shorter than one KV block
 
 
 def test_chat_streaming_with_usage(client):
@@ -116,7 +118,10 @@ def test_prefix_cache_shows_as_cached_tokens(client):
     prompt = "A long shared prefix about distributed inference. " * 12
     client.completions.create(model=MODEL, prompt=prompt, max_tokens=2)
     again = client.completions.create(model=MODEL, prompt=prompt, max_tokens=2)
-    assert again.usage.prompt_tokens_details.cached_tokens >= 16
+    # Every full KV block of the prompt (the mocker's default block: 64 tokens), never the last token.
+    total = again.usage.prompt_tokens
+    assert total > 128
+    assert again.usage.prompt_tokens_details.cached_tokens == min(total // 64 * 64, total - 1)
 
 
 def test_many_concurrent_streams(cluster):

@@ -3,6 +3,7 @@ disconnects reaching the engine."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -11,6 +12,8 @@ import openai
 import pytest
 
 from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
+
+pytestmark = pytest.mark.e2e
 
 MODEL = "tiny"
 
@@ -81,12 +84,35 @@ def test_client_disconnect_frees_the_request_in_the_worker(cluster):
 
 
 def test_worker_health_and_graceful_shutdown(cluster):
-    worker = cluster.mocker("--speedup-ratio", "100", model_name="graceful")
+    """SIGTERM: the worker leaves discovery before it exits (its instance key is gone the
+    moment it has exited, not a lease TTL later) and the stream in flight runs to its end."""
+    instances = cluster.tmp / "kv" / "v1" / "instances"
+    before = {p for p in instances.rglob("*") if p.is_file()}
+    worker = cluster.mocker("--speedup-ratio", "2", model_name="graceful")
     wait_until(lambda: http_get(f"http://127.0.0.1:{worker.system_port}/health")[0] == 200, 30, "health 200")
     status, body = http_get(f"http://127.0.0.1:{worker.system_port}/live")
     assert status == 200
     cluster.wait_workers("graceful", 1)
-    started = time.monotonic()
-    assert worker.stop(timeout=20) == 0
-    assert time.monotonic() - started < 15
-    wait_until(lambda: "graceful" not in cluster.models(), 10, "gracefully stopped worker to leave at once")
+    keys = {p for p in instances.rglob("*") if p.is_file()} - before
+    assert keys
+    metrics_url = f"http://127.0.0.1:{worker.system_port}/metrics"
+    body = {"model": "graceful", "prompt": "drain me", "max_tokens": 400, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}}
+    usage, finish = None, []
+    with httpx.Client(timeout=60) as client, client.stream("POST", cluster.base_url + "/v1/completions",
+                                                           json=body) as resp:
+        assert resp.status_code == 200
+        lines = resp.iter_lines()
+        wait_until(lambda: metric_value(http_get(metrics_url)[1].decode(), "dynamo_component_inflight_requests") == 1,
+                   30, "the stream to be running in the worker")
+        worker.popen.send_signal(signal.SIGTERM)
+        for line in lines:
+            if line.startswith("data: {"):
+                chunk = json.loads(line[6:])
+                assert "error" not in chunk, chunk
+                usage = chunk.get("usage") or usage
+                finish += [c["finish_reason"] for c in chunk["choices"] if c["finish_reason"]]
+    assert finish == ["length"] and usage["completion_tokens"] == 400
+    assert worker.popen.wait(30) == 0
+    assert not [k for k in keys if k.exists()]  # withdrawn by the worker itself, not by lease expiry
+    assert "graceful" not in cluster.models()

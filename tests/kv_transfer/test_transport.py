@@ -138,15 +138,24 @@ def test_store_cap_backpressure_and_release():
     with pytest.raises(TooLarge):
         store.put("huge", [memoryview(b"h" * 1001)], {})
 
-    done = []
-    waiter = threading.Thread(target=lambda: done.append(store.put("b", [memoryview(b"b" * 600)], {}, timeout=5)))
+    done, started = [], threading.Event()
+
+    def put_b() -> None:
+        started.set()
+        ok = store.put("b", [memoryview(b"b" * 600)], {}, timeout=5)
+        done.append((ok, time.monotonic()))
+
+    waiter = threading.Thread(target=put_b)
     waiter.start()
-    time.sleep(0.1)
-    assert not done  # still blocked on room
+    assert started.wait(5)
+    time.sleep(0.2)  # the waiter is inside put(); a put that did not block would have returned by now
+    assert not done
+    released = time.monotonic()
     store.checkout("a")
     store.finish("a", claimed=True)
     waiter.join(5)
-    assert done == [True] and store.held_bytes == 600
+    assert [ok for ok, _ in done] == [True] and store.held_bytes == 600
+    assert done[0][1] >= released  # it returned only once room was made
 
 
 def test_store_expires_unclaimed_but_not_pinned():

@@ -4,11 +4,8 @@ from pathlib import Path
 
 
 def tiny_model_dir(tmp_path_factory) -> Path:
-    """A tokenizer/config-only tiny model shared by every module in the session.
+    """The shipped tokenizer/config-only tiny model (tests/fixtures/tiny-model), shared by
+    every module in the session."""
+    from tests.conftest import copy_tiny_model
 
-    Each module calls this from its own module-scoped fixture; the builder's stamp makes
-    every call after the first a no-op.
-    """
-    from dynamo.llm.tiny_model import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-llama", weights=False)
+    return copy_tiny_model(tmp_path_factory.getbasetemp() / "tiny-llama")

@@ -86,7 +86,12 @@ def test_random_ids_match_full_decode(tok, concat):
 
 
 def test_long_stream_window_stays_small(tok):
-    text = Path("/usr/share/common-licenses/GPL-3").read_text()
+    # A long text shipped with the repository (not a host file): the READMEs plus the
+    # multilingual samples above: over 10k characters, thousands of tokens.
+    repo = Path(__file__).resolve().parents[2]
+    readmes = [repo / "README.md", *sorted((repo / "dynamo").glob("*/README.md"))]
+    text = "".join(p.read_text() for p in readmes) + "".join(TEXTS) * 20
+    assert len(text) > 10_000
     ids = tok.encode(text)
     d = IncrementalDetokenizer(tok)
     out = []

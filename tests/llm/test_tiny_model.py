@@ -19,12 +19,14 @@ def two_builds(tmp_path_factory):
     return build_tiny_model(base / "a", weights=False), build_tiny_model(base / "b", weights=False)
 
 
+@pytest.mark.slow  # trains the tokenizer (seconds each, minutes on a loaded box)
 def test_builds_are_byte_identical(two_builds):
     a, b = two_builds
     for name in sorted(EXPECTED_FILES):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_file_set_and_stamp(two_builds):
     a, _ = two_builds
     assert {p.name for p in a.iterdir()} == EXPECTED_FILES
@@ -34,6 +36,7 @@ def test_file_set_and_stamp(two_builds):
     assert set(stamp["files"]) == EXPECTED_FILES - {STAMP_FILE}
 
 
+@pytest.mark.slow
 def test_configs(two_builds):
     a, _ = two_builds
     cfg = json.loads((a / "config.json").read_text())
@@ -53,6 +56,7 @@ def test_configs(two_builds):
     assert [vocab[t] for t in tiny_model.SPECIAL_TOKENS] == list(range(6))
 
 
+@pytest.mark.slow
 def test_rebuild_is_skipped_and_tampering_detected(two_builds):
     a, _ = two_builds
     before = (a / "tokenizer.json").stat().st_mtime_ns
@@ -63,6 +67,7 @@ def test_rebuild_is_skipped_and_tampering_detected(two_builds):
     assert json.loads((a / "config.json").read_text())["model_type"] == "llama"
 
 
+@pytest.mark.slow
 def test_vocab_size_override(tmp_path):
     out = build_tiny_model(tmp_path / "m", weights=False, vocab_size=1024)
     assert json.loads((out / "config.json").read_text())["vocab_size"] == 1024
@@ -80,6 +85,7 @@ def test_explicit_weights_without_torch_fails(tmp_path, monkeypatch):
         build_tiny_model(tmp_path / "m", weights=True)
 
 
+@pytest.mark.e2e  # runs the CLI as a process
 def test_cli(tmp_path):
     out = tmp_path / "cli"
     proc = subprocess.run([sys.executable, "-m", "dynamo.llm.tiny_model", "--out", str(out), "--no-weights"],

@@ -139,3 +139,18 @@ def test_abort_frees_everything():
     sched.abort(a)
     sched.abort(b)
     assert sched.kv.num_active_blocks == 0 and not sched.running and not sched.waiting
+
+
+def test_decode_with_transferred_kv_skips_prefill():
+    """Disaggregated decode (`skip_prefill`): the first step computes one token, costs a
+    decode step (no prefill time), and generates straight away."""
+    sched, _ = make()
+    a = Sequence("1", list(range(10, 30)), 4, TokenSampler(100, {0}), rng=1, skip_prefill=True)
+    sched.add(a)
+    batch, seconds = step(sched)
+    assert batch == [("1", 1)] and a.num_generated == 1
+    assert seconds == pytest.approx(decode_ms(sched.kv.num_active_blocks / 64) / 1e3)
+    plain = seq(2, range(10, 30))
+    sched2, _ = make()
+    sched2.add(plain)
+    assert step(sched2)[0] == [("2", 20)]  # the same prompt without transferred KV: a full prefill

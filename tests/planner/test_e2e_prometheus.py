@@ -62,11 +62,12 @@ async def test_traffic_observation_then_zero_when_traffic_stops(stack):
     cluster, prom, tmp = stack
     client = PrometheusClient(prom.url)
     try:
-        # The frontend creates a model's series on its first request, and Prometheus' increase()
-        # cannot count a series' first sample: warm up, let it be scraped, then measure.
-        send(cluster, 1)
-        await wait_observation(client, 60, lambda o: o.num_req is not None)
-        await asyncio.sleep(2)
+        # The frontend creates a model's request series at 0 once the model is registered: before any
+        # request Prometheus already holds them (demand 0, not unknown), so increase() counts the very
+        # first requests (a series born at 1 by its first request would lose that one).
+        first = await wait_observation(client, 60, lambda o: o.num_req is not None)
+        assert first.num_req == 0, first
+        await asyncio.sleep(2)  # another scrape at 0
         send(cluster, 12)
         obs = await wait_observation(client, 30, lambda o: (o.num_req or 0) >= 11.5 and o.osl is not None)
         assert 11 <= obs.num_req <= 20, obs  # increase() extrapolates towards the window's edges

@@ -167,3 +167,8 @@ def test_planner_feature_adds_the_planner_pointed_at_the_profile(tmp_path):
                       "profile_results_dir": str(tmp_path.resolve())}
     assert container["volumeMounts"][0]["mountPath"] == str(tmp_path.resolve())
     write_and_validate(tmp_path, dgd)
+    # the SLA the user stated is the planner's, except where the planner config sets its own
+    stated = request(backend="vllm", sla={"ttft": 300, "itl": 20}, features={"planner": {"ttft": 500}})
+    dgd = build_dgd(stated, Choice("disagg", [WorkerChoice("prefill", 1), WorkerChoice("decode", 1)], "measured"))
+    config = json.loads(dgd["spec"]["services"]["Planner"]["extraPodSpec"]["mainContainer"]["args"][1])
+    assert (config["ttft"], config["itl_ms"]) == (500, 20.0) and "ttft_ms" not in config

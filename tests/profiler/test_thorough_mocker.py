@@ -1,16 +1,20 @@
-"""Deploy by intent, end to end with no GPU: `dynamo.deploy run` of a DGDR with `features.mocker`
-goes through thorough profiling on mocker candidates (each deployed by `dynamo.deploy run`), writes Dynamo's interpolation
-files and plots, produces a DGD that validates, deploys it (autoApply) with mockers replaying the
-profiled timings, and that deployment serves the stated load within the SLA."""
+"""Deploy by intent, end to end with no GPU: `dynamo.deploy run` of a DGDR with `features.mocker` and
+`features.planner` goes through thorough profiling on mocker candidates (each deployed by `dynamo.deploy
+run`), writes Dynamo's interpolation files and plots, produces a DGD that validates, deploys it (autoApply)
+with mockers replaying the profiled timings and the generated Planner component running (its config says
+nothing of the local graph: `run` wires it), and that deployment serves the stated load within the SLA."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -31,7 +35,11 @@ def dgdr(model: str) -> dict:
             "spec": {"model": model, "backend": "vllm", "searchStrategy": "thorough", "autoApply": True,
                      "workload": {"isl": ISL, "osl": OSL, "concurrency": CONCURRENCY},
                      "sla": {"ttft": SLA_TTFT, "itl": SLA_ITL}, "hardware": {"gpuSku": "h200_sxm", "totalGpus": 4},
-                     "features": {"mocker": {"enabled": True}}}}
+                     "features": {"mocker": {"enabled": True},
+                                  # a PlannerConfig as written for a cluster: no environment, no URLs
+                                  "planner": {"mode": "disagg", "optimization_target": "sla",
+                                              "load_adjustment_interval_seconds": 2,
+                                              "throughput_adjustment_interval_seconds": 10}}}}
 
 
 def status(out) -> dict:
@@ -107,10 +115,26 @@ def test_thorough_mocker_dgdr_profiles_deploys_and_serves_within_sla(profiled):
     docs = list(yaml.safe_load_all((out / "final_config.yaml").read_text()))
     assert docs[0]["kind"] == "ConfigMap" and set(docs[0]["data"]) == {"prefill_raw_data.json", "decode_raw_data.json"}
     services = docs[1]["spec"]["services"]
-    assert set(services) == {"Frontend", "MockerPrefillWorker", "MockerDecodeWorker"}
+    assert set(services) == {"Frontend", "MockerPrefillWorker", "MockerDecodeWorker", "Planner"}
     args = services["MockerDecodeWorker"]["extraPodSpec"]["mainContainer"]["args"]
     assert args[args.index("--planner-profile-data") + 1] == str(out.resolve())
     assert load_profile(out).decode is not None
+
+    # The Planner runs in the deployed graph with no hand wiring: local connector through `run`'s control
+    # endpoint, pools by subComponentType, perf models seeded from the profile, no Prometheus (said once).
+    run_log = lambda: (out / "deployment/deploy-run.log").read_text(errors="replace")  # noqa: E731
+    planner_cfg = json.loads(services["Planner"]["extraPodSpec"]["mainContainer"]["args"][1])
+    assert (planner_cfg["ttft_ms"], planner_cfg["itl_ms"]) == (SLA_TTFT, SLA_ITL)  # the DGDR's stated SLA
+    wait_until(lambda: "perf models seeded" in run_log() and f"ms vs {SLA_ITL:.0f} ms" in run_log(), 90,
+               "the planner seeds its perf models from the profile and judges the DGDR's ITL SLA")
+    log = run_log()
+    assert "[Planner-0]" in log and "environment 'kubernetes' -> 'local'" in log, log[-3000:]
+    assert "pools {'prefill': 'MockerPrefillWorker', 'decode': 'MockerDecodeWorker'}" in log
+    assert log.count("no Prometheus configured") == 1
+    control = re.findall(r"dynamo\.deploy: running .*?; control (http://127\.0\.0\.1:\d+);", log)[-1]
+    with urllib.request.urlopen(control + "/status", timeout=10) as resp:
+        (planner,) = [r for r in json.load(resp)["replicas"] if r["service"] == "Planner"]
+    assert planner["state"] == "ready" and planner["restarts"] == 0, planner
 
     # The deployment serves the stated load within the SLA.
     stats = asyncio.run(measure(f"http://127.0.0.1:{port}", "tiny-llama", ISL, OSL, CONCURRENCY, 3 * CONCURRENCY,

@@ -16,6 +16,8 @@ from tests.fixtures.procs import Cluster, http_get, wait_until
 
 pytestmark = pytest.mark.e2e
 
+pytestmark = pytest.mark.e2e
+
 MODEL = "tiny"
 LONG_PROMPT = list(range(100, 100 + 16 * 8))  # 8 blocks = 12.5% of the cache, over the 10% threshold
 

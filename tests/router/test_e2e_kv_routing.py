@@ -22,6 +22,8 @@ from tests.router.e2e_helpers import (
     worker_requests,
 )
 
+pytestmark = pytest.mark.e2e
+
 PREFIX_BLOCKS = 8
 
 
@@ -30,10 +32,11 @@ def cluster(tiny_model, tmp_path_factory):
     c = Cluster(tmp_path_factory.mktemp("kv-routing"), tiny_model, "file")
     try:
         c.workers = [c.mocker(*SMALL_KV) for _ in range(3)]  # type: ignore[attr-defined]
-        c.noev = c.mocker(*SMALL_KV, "--no-enable-prefix-caching", model_name="noev")  # type: ignore[attr-defined]
+        c.noev = [c.mocker(*SMALL_KV, "--no-enable-prefix-caching", model_name="noev")  # type: ignore[attr-defined]
+                  for _ in range(2)]
         c.frontend("--router-mode", "kv")
         c.wait_workers(MODEL, 3)
-        c.wait_workers("noev", 1)
+        c.wait_workers("noev", 2)
         yield c
     finally:
         c.stop()
@@ -66,6 +69,13 @@ def test_shared_prefix_goes_to_the_worker_that_holds_it(cluster):
 
 
 def test_health_and_metrics_say_kv_events_mode(cluster):
+    # Its own traffic (no reliance on earlier tests): a prefix, indexed, then hit once.
+    prefix = tokens(11, PREFIX_BLOCKS * BLOCK)
+    indexed = sum(route_info(cluster.base_url).get("indexed_blocks", {}).values())
+    complete(cluster.base_url, prefix + tokens(500, 10))
+    wait_until(lambda: sum(route_info(cluster.base_url)["indexed_blocks"].values()) >= indexed + PREFIX_BLOCKS, 20,
+               "the prefix indexed")
+    assert cached_tokens(complete(cluster.base_url, prefix + tokens(501, 10))) >= PREFIX_BLOCKS * BLOCK
     info = route_info(cluster.base_url)
     assert info["mode"] == "kv-events", info
     assert "publish KV events" in info["reason"]
@@ -90,9 +100,19 @@ def test_no_events_reports_approximate_mode(cluster):
     assert metric_value(text, "dynamo_frontend_router_mode", {"model": "noev", "mode": "kv-events"}) == 0.0
     frontend_log = cluster.procs[-1].log_path.read_text()
     assert "WARNING" in frontend_log and "KV routing mode approximate" in frontend_log
-    # Approximate mode still routes (and remembers its own decisions).
-    body = complete(cluster.base_url, tokens(5, 64), model="noev")
-    assert body["usage"]["prompt_tokens"] == 64
+    # Approximate mode still routes, and remembers its own decisions: with two workers, the
+    # same prefix goes back to the worker that served it first.
+    prefix = tokens(5, 4 * BLOCK)
+    for i in range(3):
+        before = [worker_requests(w) for w in cluster.noev]
+        body = complete(cluster.base_url, prefix + tokens(600 + i, 8), model="noev")
+        assert body["usage"]["prompt_tokens"] == 4 * BLOCK + 8
+        served = [j for j, w in enumerate(cluster.noev) if worker_requests(w) > before[j]]
+        assert len(served) == 1
+        if i == 0:
+            first = served[0]
+        assert served == [first]
+    assert route_info(cluster.base_url, "noev")["mode"] == "approximate"
 
 
 def test_worker_that_leaves_is_dropped_from_the_index(cluster):

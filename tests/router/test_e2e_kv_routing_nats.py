@@ -20,6 +20,8 @@ from tests.router.e2e_helpers import (
     worker_requests,
 )
 
+pytestmark = pytest.mark.e2e
+
 PREFIX_BLOCKS = 8
 
 

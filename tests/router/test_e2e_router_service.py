@@ -5,7 +5,6 @@ frontends sharing their bookings with `--router-replica-sync`."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,7 +15,7 @@ from dynamo.llm.protocol import PreprocessedRequest, StopConditions, output_deco
 from dynamo.router.service import OverlapScores, BestWorker, RouteQuery
 from dynamo.runtime.discovery.base import make_store
 from dynamo.runtime.rp_client import RequestPlaneClient
-from tests.fixtures.procs import Cluster, metric_value, wait_until
+from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
 from tests.router.e2e_helpers import (
     BLOCK,
     MODEL,
@@ -29,6 +28,8 @@ from tests.router.e2e_helpers import (
     wait_indexed,
     worker_requests,
 )
+
+pytestmark = pytest.mark.e2e
 
 PREFIX_BLOCKS = 6
 
@@ -135,17 +136,41 @@ def test_replicas_see_each_others_load(cluster):
     wait_until(lambda: _active_blocks(fe2) == 0, 20, "fe1's frees to reach fe2")
 
 
-def test_concurrent_long_requests_through_two_frontends_spread_over_workers(cluster):
-    before = [worker_requests(w) for w in cluster.workers]
-    with ThreadPoolExecutor(4) as pool:
-        futures = []
-        for i in range(4):
-            futures.append(pool.submit(complete, cluster.fe[i % 2], tokens(40 + i, 10 * BLOCK), MODEL, 300))
-            time.sleep(0.3)  # let each booking reach the other replica
-        bodies = [f.result() for f in futures]
-    assert all(cached_tokens(b) == 0 for b in bodies)
-    deltas = [worker_requests(w) - b for w, b in zip(cluster.workers, before)]
-    assert deltas == [2.0, 2.0], deltas
+def test_a_replica_avoids_the_worker_another_replica_loaded(tiny_model, tmp_path):
+    """fe1 books one long request on worker W; fe2, which routed nothing, then sends N fresh
+    prompts one by one: none may go to W. Without replica sync fe2 sees two idle workers
+    and would pick W about half the time (all N avoid it with probability 2**-N)."""
+    c = Cluster(tmp_path, tiny_model, "file")
+    pool = ThreadPoolExecutor(1)
+    try:
+        workers = [c.mocker("--num-gpu-blocks-override", "256", "--block-size", str(BLOCK), "--speedup-ratio", "0.5")
+                   for _ in range(2)]
+        fes = []
+        for _ in range(2):
+            c.frontend("--router-mode", "kv", "--router-replica-sync")
+            c.wait_workers(MODEL, 2)
+            fes.append(c.base_url)
+        fe1, fe2 = fes
+        applied = health(fe2)["router"].get("replica_events_applied", 0)
+        pool.submit(complete, fe1, tokens(40, 10 * BLOCK), MODEL, 1500)  # ends with the cluster
+        wait_until(lambda: sum(worker_inflight(w) for w in workers) == 1, 30, "the long request running")
+        (loaded,) = [i for i, w in enumerate(workers) if worker_inflight(w) == 1]
+        wait_until(lambda: health(fe2)["router"]["replica_events_applied"] > applied
+                   and _active_blocks(fe2) >= 10, 30, "fe1's booking to reach fe2")
+        for n in range(6):
+            before = [worker_requests(w) for w in workers]
+            complete(fe2, tokens(60 + n, 2 * BLOCK), MODEL, 2)
+            served = [i for i, w in enumerate(workers) if worker_requests(w) > before[i]]
+            assert served == [1 - loaded], (n, served, loaded)
+        assert worker_inflight(workers[loaded]) == 1, "the long request ended early: the test proved nothing"
+    finally:
+        c.stop()
+        pool.shutdown(wait=True)
+
+
+def worker_inflight(proc) -> float:
+    return metric_value(http_get(f"http://127.0.0.1:{proc.system_port}/metrics")[1].decode(),
+                        "dynamo_component_inflight_requests") or 0.0
 
 
 def test_a_router_that_starts_late_learns_existing_caches_from_the_workers(cluster):

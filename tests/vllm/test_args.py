@@ -62,6 +62,8 @@ def test_conflicting_roles_fail_validation():
 
 
 def completion(reason, stop=None):
+    """Stand-in for vLLM's `CompletionOutput` (only the two fields `finish_reason` reads): these
+    tests run without the vLLM venv; tests/vllm/test_serving.py covers the real objects."""
     return SimpleNamespace(finish_reason=reason, stop_reason=stop)
 
 
@@ -82,6 +84,8 @@ def test_kv_event_endpoints_follow_vllms_bind_rule():
 def test_engine_stats_to_load_metrics():
     stats = EngineStats(total_slots=128)
     stats.total_blocks = 1000
+    # Stand-ins for vLLM's `SchedulerStats` / `PrefixCacheStats` (the fields EngineStats reads);
+    # the real ones feed it in tests/vllm/test_serving.py (KV blocks and load on /metrics).
     cache = SimpleNamespace(queries=100, hits=25)
     stats.update(SimpleNamespace(num_running_reqs=3, num_waiting_reqs=1, kv_cache_usage=0.25,
                                  prefix_cache_stats=cache))

@@ -25,6 +25,8 @@ from dynamo.runtime.rp_client import RequestPlaneClient
 from tests.fixtures.procs import REPO, http_get, metric_value, wait_until
 from tests.vllm.conftest import MODEL, VllmCluster, metrics, offline_reference, reference_result, wait_healthy
 
+pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow]
+
 MAX_TOKENS = 16
 OTHER = "tiny999"
 

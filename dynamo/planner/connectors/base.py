@@ -77,3 +77,23 @@ def find_component(names: list[str], role: str, mode: str, explicit: str | None)
         raise ValueError(f"cannot tell which component is the {role} pool among {names}; "
                          f"set {role}_component in the planner config")
     return matches[0]
+
+
+NOT_WORKERS = ("frontend", "planner", "epp")
+
+
+def resolve_pools(specs: dict[str, dict], cfg: PlannerConfig) -> dict[str, str]:
+    """{role: component name} for the roles `cfg` scales, as Dynamo's planner finds them: the
+    configured name, else the one component whose `subComponentType` (v1alpha1) or `type` (v1beta1)
+    is the role, else by name among the worker components. `specs`: name -> the component's spec
+    (only its type fields are read)."""
+    workers = sorted(n for n, c in specs.items()
+                     if (c.get("componentType") or c.get("type") or "worker") not in NOT_WORKERS)
+    out = {}
+    for role in cfg.roles:
+        explicit = cfg.prefill_component if role == "prefill" else cfg.decode_component
+        typed = [n for n in workers if role in (specs[n].get("subComponentType"), specs[n].get("type"))]
+        if not explicit and len(typed) == 1:
+            explicit = typed[0]
+        out[role] = find_component(workers if not explicit else sorted(specs), role, cfg.mode, explicit)
+    return out

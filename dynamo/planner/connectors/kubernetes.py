@@ -20,7 +20,7 @@ import asyncio
 import logging
 
 from dynamo.planner.config import PlannerConfig
-from dynamo.planner.connectors.base import Connector, PoolState, find_component
+from dynamo.planner.connectors.base import Connector, PoolState, resolve_pools
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +85,7 @@ class KubernetesConnector(Connector):
 
     async def start(self) -> None:
         dgd = await self._get_dgd()
-        comps = _components(dgd)
-        by_sub = {role: [n for n, c in comps.items() if c.get("subComponentType") == role] for role in self.cfg.roles}
-        for role in self.cfg.roles:
-            explicit = self.cfg.prefill_component if role == "prefill" else self.cfg.decode_component
-            if not explicit and len(by_sub[role]) == 1:
-                explicit = by_sub[role][0]
-            self.components[role] = find_component(sorted(comps), role, self.cfg.mode, explicit)
+        self.components = resolve_pools(_components(dgd), self.cfg)
         log.info("kubernetes connector: DGD %s/%s (%s), pools %s", self.k8s_ns, self.dgd, self.version,
                  self.components)
 

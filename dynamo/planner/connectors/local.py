@@ -4,10 +4,14 @@ say `ready`; scale-down stops the highest replicas with SIGTERM, so they drain."
 
 from __future__ import annotations
 
+import logging
+
 import aiohttp
 
 from dynamo.planner.config import PlannerConfig
-from dynamo.planner.connectors.base import Connector, PoolState, find_component
+from dynamo.planner.connectors.base import Connector, PoolState, resolve_pools
+
+log = logging.getLogger(__name__)
 
 
 class LocalConnector(Connector):
@@ -17,7 +21,8 @@ class LocalConnector(Connector):
         super().__init__(cfg)
         self.url = (url or cfg.control_url or "").rstrip("/")
         if not self.url:
-            raise ValueError("environment 'local' needs control_url (the `dynamo.deploy run` control endpoint)")
+            raise ValueError("environment 'local' needs control_url (the `dynamo.deploy run` control endpoint; "
+                             "`run` injects it into its planner components as DYN_DEPLOY_CONTROL_URL)")
         self.components: dict[str, str] = {}
         self._session: aiohttp.ClientSession | None = None
 
@@ -32,10 +37,10 @@ class LocalConnector(Connector):
 
     async def start(self) -> None:
         status = await self._request("GET", "/status")
-        names = sorted(status["services"])
-        for role in self.cfg.roles:
-            explicit = self.cfg.prefill_component if role == "prefill" else self.cfg.decode_component
-            self.components[role] = find_component(names, role, self.cfg.mode, explicit)
+        # `components` (name -> componentType/subComponentType) from a current `run`; names only otherwise
+        specs = status.get("components") or {name: {} for name in status["services"]}
+        self.components = resolve_pools(specs, self.cfg)
+        log.info("local connector: %s, pools %s", self.url, self.components)
 
     async def state(self) -> dict[str, PoolState]:
         status = await self._request("GET", "/status")

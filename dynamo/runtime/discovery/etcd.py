@@ -47,10 +47,16 @@ class EtcdStore(KeyValueStore):
     backend = "etcd"
 
     def __init__(
-        self, *, ttl: float = DEFAULT_TTL, endpoints: str | list[str] | None = None, timeout: float = 5.0
+        self, *, ttl: float = DEFAULT_TTL, endpoints: str | list[str] | None = None, timeout: float = 5.0,
+        connect_timeout: float | None = None,
     ) -> None:
         super().__init__(ttl=ttl)
         self.endpoints = parse_endpoints(endpoints or os.environ.get("ETCD_ENDPOINTS"))
+        # How long start() keeps trying an unreachable etcd: 0 (default) fails at once; a process
+        # started during an outage with a wait configured registers when etcd returns.
+        if connect_timeout is None:
+            connect_timeout = float(os.environ.get("DYN_ETCD_CONNECT_TIMEOUT_SECS", "0"))
+        self.connect_timeout = connect_timeout
         self._gw = Gateway(self.endpoints, timeout)
         self._recover_lock = asyncio.Lock()
 
@@ -60,7 +66,7 @@ class EtcdStore(KeyValueStore):
         if self._started:
             return
         try:
-            self._lease_id = await self._grant()
+            self._lease_id = await self._first_grant()
         except BaseException:
             await self._gw.close()
             raise
@@ -79,6 +85,21 @@ class EtcdStore(KeyValueStore):
             except (EtcdError, EtcdUnavailable) as exc:
                 log.debug("etcd lease revoke failed (keys expire with the TTL): %s", exc)
         await self._gw.close()
+
+    async def _first_grant(self) -> int:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.connect_timeout
+        delay = RETRY_DELAY
+        while True:
+            try:
+                return await self._grant()
+            except EtcdUnavailable as exc:
+                if loop.time() + delay > deadline:
+                    raise
+                log.warning("etcd at %s unreachable (%s); retrying for up to %.0f s more", self.endpoints, exc,
+                            deadline - loop.time())
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY)
 
     async def _grant(self, lease_id: int = 0) -> int:
         body: dict = {"TTL": max(1, math.ceil(self.ttl))}

@@ -55,6 +55,17 @@ class EventSubscriber(ABC):
     """Receives a topic from every publisher; iterate for (publisher_instance_id, payload)."""
 
     missed: int = 0  # sequence gaps observed (events lost in transit or dropped at source)
+    # Whether the transport can deliver right now (a brokered plane loses its server; a
+    # brokerless one is always up). `on_link(up)` is called on every change.
+    link_up: bool = True
+    on_link: Callable[[bool], None] | None = None
+
+    def _set_link(self, up: bool) -> None:
+        if up == self.link_up:
+            return
+        self.link_up = up
+        if self.on_link is not None:
+            self.on_link(up)
 
     @abstractmethod
     def __aiter__(self) -> AsyncIterator[tuple[int, bytes]]: ...

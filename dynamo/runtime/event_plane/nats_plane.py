@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from typing import Callable
 
 import nats
 from nats.aio.client import Client
@@ -24,17 +25,27 @@ log = logging.getLogger(__name__)
 INSTANCE_HEADER = "Dyn-Instance-Id"
 SEQ_HEADER = "Dyn-Seq"
 CONNECT_TIMEOUT = 5.0
+RECONNECT_WAIT = 1.0
 
 
 def server_url() -> str:
     return os.environ.get("NATS_SERVER") or "nats://localhost:4222"
 
 
-async def connect(name: str) -> Client:
-    """One connection per publisher/subscriber; reconnects forever once established."""
+async def connect(name: str, on_link: Callable[[bool], None] | None = None) -> Client:
+    """One connection per publisher/subscriber; reconnects forever once established.
+    `on_link(False)` when the server is lost, `on_link(True)` when reconnected."""
 
     async def on_error(exc: Exception) -> None:
-        log.warning("nats %s: %s", name, exc)
+        log.debug("nats %s: %s", name, exc)
+
+    async def on_disconnected() -> None:
+        if on_link is not None:
+            on_link(False)
+
+    async def on_reconnected() -> None:
+        if on_link is not None:
+            on_link(True)
 
     servers = [s.strip() for s in server_url().split(",") if s.strip()]
     return await nats.connect(
@@ -42,7 +53,10 @@ async def connect(name: str) -> Client:
         name=name,
         connect_timeout=CONNECT_TIMEOUT,
         max_reconnect_attempts=-1,
+        reconnect_time_wait=RECONNECT_WAIT,
         error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
     )
 
 
@@ -80,9 +94,18 @@ class NatsSubscriber(QueuedSubscriber):
         self._nc: Client | None = None
 
     async def start(self) -> None:
-        self._nc = await connect(f"dynamo-sub-{self.subject}")
+        self._nc = await connect(f"dynamo-sub-{self.subject}", self._link_changed)
         await self._nc.subscribe(self.subject, cb=self._on_message)
         await self._nc.flush(CONNECT_TIMEOUT)  # the subscription is live on return
+
+    def _link_changed(self, up: bool) -> None:
+        if self._closed:
+            return
+        if up:
+            log.warning("nats: %s delivers again (events sent meanwhile are lost)", self.subject)
+        else:
+            log.warning("nats: lost %s at %s; reconnecting", self.subject, server_url())
+        self._set_link(up)
 
     async def _on_message(self, msg: Msg) -> None:
         headers = msg.headers or {}

@@ -1,0 +1,114 @@
+"""`/v1/embeddings`: the OpenAI embeddings request, its conversion to one wire request
+per input (task "embed", routed like any request), and the response body. Served only
+by models whose card lists the `embedding` type (a pooling worker, e.g. `dynamo.vllm
+--runner pooling`); other models answer 404 as Dynamo does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+import uuid
+from typing import Any
+
+import msgspec
+
+from dynamo.frontend.dispatch import RequestHandle, aclose_quietly
+from dynamo.frontend.openai import ApiError, bad_request
+from dynamo.llm.preprocessor import PreprocessError
+from dynamo.llm.protocol import PreprocessedRequest, StopConditions
+
+MAX_INPUTS = 2048
+
+
+class EmbeddingRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    model: str
+    input: str | list[Any]
+    encoding_format: str = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+    def inputs(self) -> list[str | list[int]]:
+        """One entry per embedding: text or token ids."""
+        data = self.input
+        if isinstance(data, str):
+            return [data]
+        if not data:
+            raise bad_request("`input` must not be empty", "input")
+        if all(isinstance(x, int) and not isinstance(x, bool) for x in data):
+            return [data]
+        if all(isinstance(x, str) for x in data) or all(
+                isinstance(x, list) and x and all(isinstance(t, int) for t in x) for x in data):
+            return list(data)
+        raise bad_request("`input` must be a string, a list of strings, token ids or lists of token ids", "input",
+                          "invalid_type")
+
+    def validate(self) -> None:
+        if self.encoding_format not in ("float", "base64"):
+            raise bad_request("`encoding_format` must be float or base64", "encoding_format")
+        if self.dimensions is not None:
+            raise bad_request("`dimensions` is not supported: the model's full embedding is returned",
+                              "dimensions", "unsupported_parameter")
+        if len(self.inputs()) > MAX_INPUTS:
+            raise bad_request(f"at most {MAX_INPUTS} inputs per request", "input")
+
+    def to_requests(self, pipeline, request_id: str) -> list[PreprocessedRequest]:
+        out = []
+        for i, item in enumerate(self.inputs()):
+            try:
+                ids = pipeline.completion_prompt_ids(item, "input")
+                pipeline.max_tokens_for(ids, 1, "input")
+            except PreprocessError as exc:
+                raise bad_request(exc.message, "input", exc.code) from None
+            out.append(PreprocessedRequest(request_id=f"{request_id}-{i}", model=pipeline.name, token_ids=ids,
+                                           stop_conditions=StopConditions(max_tokens=1), task="embed"))
+        return out
+
+
+decoder = msgspec.json.Decoder(EmbeddingRequest)
+
+
+def decode_embeddings(body: bytes) -> EmbeddingRequest:
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise bad_request(f"Invalid request: {exc}", None, "invalid_type") from None
+    except msgspec.DecodeError as exc:
+        raise bad_request(f"Malformed JSON body: {exc}", None, "invalid_json") from None
+
+
+async def embed_one(dispatcher, entry, request: PreprocessedRequest) -> list[float]:
+    handle = RequestHandle()
+    gen = dispatcher.stream(entry, request, handle)
+    try:
+        async for batch in gen:
+            for out in batch:
+                if out.error is not None:
+                    raise ApiError(500, f"engine error: {out.error}", "internal_error", None, "engine_error")
+                if out.embedding is not None:
+                    return out.embedding
+    finally:
+        await aclose_quietly(gen)
+    raise ApiError(500, "the worker returned no embedding", "internal_error", None, "engine_error")
+
+
+async def embed(dispatcher, entry, req: EmbeddingRequest) -> dict:
+    requests = req.to_requests(entry.pipeline, "embd-" + uuid.uuid4().hex)
+    tasks = [asyncio.ensure_future(embed_one(dispatcher, entry, r)) for r in requests]
+    try:
+        vectors = await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+    tokens = sum(len(r.token_ids) for r in requests)
+    data = [{"object": "embedding", "index": i, "embedding": _encode(v, req.encoding_format)}
+            for i, v in enumerate(vectors)]
+    return {"object": "list", "data": data, "model": entry.name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def _encode(vector: list[float], fmt: str) -> list[float] | str:
+    if fmt == "base64":  # little-endian float32, as OpenAI sends it
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return vector

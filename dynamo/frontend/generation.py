@@ -1,0 +1,326 @@
+"""One generation request from its first worker call to its last byte: fans `n`
+choices out to the workers, runs each choice's token stream through its output stage
+(`output.py`) and frames the result as SSE chunks or one JSON body (`sse.py`).
+
+The response status is decided after the first batch of tokens arrives, so failures
+before any output (no worker, overload, bad prompt) get a real HTTP error instead of a
+200 with an error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from dynamo.frontend.dispatch import RequestHandle, aclose_quietly
+from dynamo.frontend.openai import ApiError
+from dynamo.frontend.output import ChoiceDelta, OutputSpec, OutputStage
+from dynamo.frontend.sse import (
+    DONE, ChatChunks, CompletionChunks, chat_body, chat_logprobs, completion_body, completion_logprobs,
+    error_event, tool_call_entries, usage_dict,
+)
+from dynamo.runtime.asgi import send_bytes
+
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+
+
+class Choice:
+    """One choice's state: its worker stream handle, output stage and what it produced."""
+
+    def __init__(self, index: int, stage: OutputStage) -> None:
+        self.index = index
+        self.stage = stage
+        self.handle = RequestHandle()
+        self.finish: str | None = None  # engine finish reason (wire name) once done
+        self.started = False  # streaming: the role was sent
+        self.text_len = 0  # completions logprobs text_offset
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.calls: dict[int, dict] = {}
+        self.logprobs: list = []
+
+    @property
+    def done(self) -> bool:
+        return self.finish is not None
+
+
+class GenerationRun:
+    def __init__(self, app, entry, req, preqs: list, is_chat: bool, started: float, spec: OutputSpec,
+                 reasoning_field: str = "reasoning_content") -> None:
+        self.app = app
+        self.model = entry.name
+        self.pipeline = entry.pipeline
+        self.req = req
+        self.preqs = preqs
+        self.request_id = preqs[0].request_id.rsplit("-", 1)[0] if len(preqs) > 1 else preqs[0].request_id
+        self.started = started
+        self.created = int(time.time())
+        self.is_chat = is_chat
+        self.chunks = (ChatChunks if is_chat else CompletionChunks)(self.request_id, self.model, self.created)
+        self.choices = [Choice(i, OutputStage(entry.pipeline, spec)) for i in range(len(preqs))]
+        self.want_logprobs = preqs[0].output_options.logprobs is not None
+        self.reasoning_field = reasoning_field
+        self.cached_tokens = 0
+        self.last_time = started
+        self._observe_itl = app.metrics.itl.labels(self.model).observe
+        decode = self.pipeline.tokenizer.decode
+        self.echo = self._echo_text(req, preqs[0].token_ids, decode)
+        self._token_text = lambda token_id: decode([token_id], skip_special_tokens=False)
+
+    @staticmethod
+    def _echo_text(req, prompt_ids: list[int], decode) -> str:
+        """Completions `echo`: the prompt as the client sent it, before the completion."""
+        if not getattr(req, "echo", False):
+            return ""
+        prompt = req.prompt
+        if isinstance(prompt, str):
+            return prompt
+        if prompt and isinstance(prompt[0], str):
+            return prompt[0]
+        return decode(prompt_ids, skip_special_tokens=False)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def execute(self, entry, receive, send, request_type: str) -> str:
+        app = self.app
+        gens = [app.dispatcher.stream(entry, p, c.handle) for p, c in zip(self.preqs, self.choices)]
+        merged = self._merged(gens)
+        watcher = asyncio.ensure_future(receive())
+        watcher.add_done_callback(self._on_receive)
+        try:
+            try:
+                first = await merged.__anext__()
+            except StopAsyncIteration:
+                first = None
+            if self.cancelled:
+                return "cancelled"
+            app.metrics.ttft.labels(self.model).observe(time.monotonic() - self.started)
+            self.last_time = time.monotonic()
+            if self.req.stream:
+                await self._stream(merged, first, send)
+            else:
+                await self._unary(merged, first, send)
+            return "cancelled" if self.cancelled else "success"
+        finally:
+            watcher.remove_done_callback(self._on_receive)
+            watcher.cancel()
+            await aclose_quietly(merged)
+            for gen in gens:
+                await aclose_quietly(gen)
+            self._observe_end()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.choices[0].handle.cancelled
+
+    def _on_receive(self, task: asyncio.Future) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None or task.result().get("type") == "http.disconnect":
+            self.app.metrics.disconnects.inc()
+            self.app.metrics.cancellations.labels(self.model, "stream" if self.req.stream else "unary").inc()
+            for choice in self.choices:
+                choice.handle.cancel()
+
+    def _observe_end(self) -> None:
+        m = self.app.metrics
+        m.duration.labels(self.model).observe(time.monotonic() - self.started)
+        m.isl.labels(self.model).observe(len(self.preqs[0].token_ids))
+        m.osl.labels(self.model).observe(self.completion_tokens)
+        m.cached.labels(self.model).observe(self.cached_tokens)
+
+    async def _merged(self, gens):
+        """(choice index, batch) from every choice's worker stream, in arrival order."""
+        if len(gens) == 1:
+            async for batch in gens[0]:
+                yield 0, batch
+            return
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump(i: int, gen) -> None:
+            try:
+                async for batch in gen:
+                    queue.put_nowait((i, batch, None))
+            except Exception as exc:  # surfaces in the consumer, which owns the response
+                queue.put_nowait((i, None, exc))
+                return
+            queue.put_nowait((i, None, None))
+
+        tasks = [asyncio.create_task(pump(i, g), name=f"choice-{i}") for i, g in enumerate(gens)]
+        try:
+            remaining = len(tasks)
+            while remaining:
+                i, batch, exc = await queue.get()
+                if exc is not None:
+                    raise exc
+                if batch is None:
+                    remaining -= 1
+                    continue
+                yield i, batch
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- token batches -------------------------------------------------------------------------
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.stage.completion_tokens for c in self.choices)
+
+    def _absorb(self, choice: Choice, outputs) -> ChoiceDelta:
+        """Fold a batch of engine outputs into one delta; sets `choice.finish` when done."""
+        total = ChoiceDelta()
+        stage = choice.stage
+        for out in outputs:
+            if out.cached_tokens is not None:
+                self.cached_tokens = max(self.cached_tokens, out.cached_tokens)
+            if out.error is not None:
+                raise ApiError(500, f"engine error: {out.error}", "internal_error", None, "engine_error")
+            d = stage.add(out, self.want_logprobs)
+            total.content += d.content
+            total.reasoning += d.reasoning
+            total.tool_calls += d.tool_calls
+            total.logprobs += d.logprobs
+            if stage.stopped:
+                choice.finish = "stop"
+                choice.handle.stop_worker()
+                break
+            if out.finish_reason is not None:
+                choice.finish = out.finish_reason
+        self._observe_gap(sum(len(out.token_ids) for out in outputs))
+        return total
+
+    def _observe_gap(self, count: int) -> None:
+        now = time.monotonic()
+        if count:
+            gap = (now - self.last_time) / count
+            for _ in range(count):
+                self._observe_itl(gap)
+        self.last_time = now
+
+    def _usage(self) -> dict:
+        return usage_dict(len(self.preqs[0].token_ids), self.completion_tokens, self.cached_tokens)
+
+    async def _batches(self, merged, first):
+        if first is not None:
+            yield first
+        if all(c.done for c in self.choices):
+            return
+        async for item in merged:
+            yield item
+            if all(c.done for c in self.choices):
+                return
+
+    # -- streaming -----------------------------------------------------------------------------
+    def _delta_bytes(self, choice: Choice, d: ChoiceDelta) -> bytes:
+        if not self.is_chat:
+            if self.echo and not choice.started:
+                choice.started = True
+                d.content = self.echo + d.content
+            if not d.content and not d.logprobs:
+                return b""
+            lp = None
+            if d.logprobs:
+                lp = completion_logprobs(d.logprobs, self._token_text, choice.text_len)
+            choice.text_len += len(d.content)
+            return self.chunks.content(d.content, index=choice.index, logprobs=lp)
+        if not (d.reasoning or d.tool_calls or d.logprobs):
+            if not d.content:
+                return b""
+            first, choice.started = not choice.started, True
+            return self.chunks.content(d.content, first, choice.index)
+        delta: dict[str, Any] = {}
+        if not choice.started:
+            delta["role"] = "assistant"
+            choice.started = True
+        if d.content or not (d.reasoning or d.tool_calls):
+            delta["content"] = d.content
+        if d.reasoning:
+            delta[self.reasoning_field] = d.reasoning
+        if d.tool_calls:
+            delta["tool_calls"] = tool_call_entries(d.tool_calls)
+        lp = chat_logprobs(d.logprobs, self._token_text) if d.logprobs else None
+        return self.chunks.delta(choice.index, delta, lp)
+
+    def _finish_bytes(self, choice: Choice) -> bytes:
+        body = self._delta_bytes(choice, choice.stage.finish())
+        first = not choice.started
+        choice.started = True
+        return body + self.chunks.finish(choice.stage.finish_reason(choice.finish), first, choice.index)
+
+    async def _stream(self, merged, first, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        try:
+            async for i, outputs in self._batches(merged, first):
+                choice = self.choices[i]
+                if choice.done:
+                    continue
+                body = self._delta_bytes(choice, self._absorb(choice, outputs))
+                if choice.done:
+                    body += self._finish_bytes(choice)
+                if body:
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+            body = b"".join(self._finish_bytes(c) for c in self.choices if not c.done)
+            if self.req.stream_options is not None and self.req.stream_options.include_usage:
+                body += self.chunks.usage(self._usage())
+            await send({"type": "http.response.body", "body": body + DONE, "more_body": False})
+        except ApiError as exc:
+            if self.cancelled:
+                return
+            await send({"type": "http.response.body", "body": error_event(exc.body()) + DONE, "more_body": False})
+
+    # -- unary ---------------------------------------------------------------------------------
+    async def _unary(self, merged, first, send) -> None:
+        async for i, outputs in self._batches(merged, first):
+            choice = self.choices[i]
+            if not choice.done:
+                self._collect(choice, self._absorb(choice, outputs))
+        if self.cancelled and not all(c.done for c in self.choices):
+            return
+        for choice in self.choices:
+            self._collect(choice, choice.stage.finish())
+        build = chat_body if self.is_chat else completion_body
+        entries = [self._chat_choice(c) if self.is_chat else self._completion_choice(c) for c in self.choices]
+        await send_bytes(send, 200, build(self.request_id, self.model, self.created, entries, self._usage()))
+
+    @staticmethod
+    def _collect(choice: Choice, d: ChoiceDelta) -> None:
+        choice.content.append(d.content)
+        choice.reasoning.append(d.reasoning)
+        choice.logprobs += d.logprobs
+        for call in d.tool_calls:
+            entry = choice.calls.setdefault(call.index, {"id": call.id, "type": "function",
+                                                         "function": {"name": call.name, "arguments": ""}})
+            entry["function"]["arguments"] += call.arguments
+
+    def _chat_choice(self, choice: Choice) -> dict:
+        content = "".join(choice.content)
+        reason = choice.stage.finish_reason(choice.finish)
+        calls = [choice.calls[k] for k in sorted(choice.calls)]
+        if calls and not all(_is_json(c["function"]["arguments"]) for c in calls):
+            # A call whose arguments never became JSON is no call: answer with the text.
+            content, calls = choice.stage.tool_input_text(), []
+            reason = "stop" if reason == "tool_calls" else reason
+        message: dict[str, Any] = {"role": "assistant", "content": content if content or not calls else None}
+        reasoning = "".join(choice.reasoning)
+        if reasoning:
+            message[self.reasoning_field] = reasoning
+        if calls:
+            message["tool_calls"] = calls
+        lp = chat_logprobs(choice.logprobs, self._token_text) if self.want_logprobs else None
+        return {"index": choice.index, "message": message, "logprobs": lp, "finish_reason": reason}
+
+    def _completion_choice(self, choice: Choice) -> dict:
+        lp = completion_logprobs(choice.logprobs, self._token_text, 0) if self.want_logprobs else None
+        return {"index": choice.index, "text": self.echo + "".join(choice.content), "logprobs": lp,
+                "finish_reason": choice.stage.finish_reason(choice.finish)}
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True

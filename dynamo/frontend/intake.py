@@ -1,0 +1,123 @@
+"""Request intake for big bodies: reading a body without a second full-size copy, and
+refusing a prompt that cannot fit the model's context from the body's shape alone.
+
+Decoding a 40 MB JSON body into Python strings holds the event loop (and the GIL) for
+a few hundred milliseconds on a loaded 2-core machine. A body over `SHAPE_CHECK_BYTES`
+is first scanned with its prompt strings left as raw JSON (`msgspec.Raw`, no string is
+built): each raw string's length, less what its escapes can shrink, bounds the UTF-8
+size of the prompt, and `PromptBound` turns that into a token count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+import msgspec
+
+from dynamo.frontend.openai import ApiError, bad_request
+from dynamo.runtime.asgi import BodyTooLarge
+
+SHAPE_CHECK_BYTES = 1 << 20
+# An escape (`\n`, `\u00e9`, half a surrogate pair) is at most 6 bytes for at least 1 byte of text.
+_ESCAPE_SHRINK = 5
+_COUNT_SLICE = 1 << 20
+
+
+async def read_body(receive: Callable, limit: int) -> bytes | bytearray:
+    """The whole body, refused (`BodyTooLarge`) as soon as it passes `limit`. Chunks are
+    appended to one growing buffer (realloc of a large buffer remaps pages, no copy) instead
+    of joined at the end, which would copy the whole body in one go on the event loop."""
+    first = None
+    buffer: bytearray | None = None
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionError("client disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge()
+        more = message.get("more_body", False)
+        if first is None and not more:
+            return chunk
+        if first is None:
+            first = chunk
+            buffer = bytearray(first)
+        else:
+            buffer += chunk  # type: ignore[operator]
+        if not more:
+            return buffer  # type: ignore[return-value]
+
+
+_NULL = msgspec.Raw(b"null")
+
+
+class _Message(msgspec.Struct):
+    role: str = ""
+    content: msgspec.Raw = _NULL
+
+
+class _ChatShape(msgspec.Struct):
+    model: str = ""
+    messages: list[_Message] = []
+
+
+class _CompletionShape(msgspec.Struct):
+    model: str = ""
+    prompt: msgspec.Raw = _NULL
+
+
+def _string_bytes(raw: msgspec.Raw) -> int:
+    """Bytes between the quotes of a raw JSON string (0 for anything else)."""
+    view = memoryview(raw)
+    if len(view) < 2 or view[0] != 0x22:
+        return 0
+    return len(view) - 2
+
+
+async def _backslashes_up_to(body: bytes | bytearray, cap: int) -> int:
+    """Backslashes in `body`, counted a slice at a time with the loop free in between;
+    stops once past `cap` (the count that would make the bound inconclusive)."""
+    count = 0
+    for start in range(0, len(body), _COUNT_SLICE):
+        count += body.count(b"\\", start, start + _COUNT_SLICE)
+        if count > cap:
+            break
+        await asyncio.sleep(0)
+    return count
+
+
+async def early_refusal(body: bytes | bytearray, kind: str,
+                        lookup: Callable[[str], object | None]) -> ApiError | None:
+    """For a big body: the 400 a prompt that surely exceeds the context gets, else None (go on
+    to the full decode, whose errors are the precise ones)."""
+    if len(body) < SHAPE_CHECK_BYTES:
+        return None
+    try:
+        if kind == "chat":
+            shape = msgspec.json.decode(body, type=_ChatShape)
+            raw = sum(_string_bytes(m.content) for m in shape.messages if m.role == "user")
+            param = "messages"
+        else:
+            shape = msgspec.json.decode(body, type=_CompletionShape)
+            raw = _string_bytes(shape.prompt)
+            param = "prompt"
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    pipeline = lookup(shape.model)
+    if pipeline is None or pipeline.bound.min_tokens_from_bytes(raw) < pipeline.context_length:
+        return None
+    # Every backslash in the body may start an escape that shrinks the text; count them
+    # (without copying the body) only as far as it takes to know the bound still holds.
+    context = pipeline.context_length
+    allowed = (raw - pipeline.bound.bytes_for_tokens(context)) // _ESCAPE_SHRINK
+    utf8 = max(0, raw - _ESCAPE_SHRINK * await _backslashes_up_to(body, allowed))
+    at_least = pipeline.bound.min_tokens_from_bytes(utf8)
+    if at_least < context:
+        return None
+    return bad_request(
+        f"This model's maximum context length is {context} tokens. However, your prompt is at least "
+        f"{at_least} tokens long ({utf8} bytes of text or more), leaving no room for output.", param,
+        "context_length_exceeded")

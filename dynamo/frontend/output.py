@@ -1,0 +1,170 @@
+"""The output stage: one per choice, it turns the worker's token stream into what the
+client sees. Fixed order, each step a named piece:
+
+    token ids -> detokenize -> stop strings -> reasoning parser -> tool-call parser
+              -> (logprobs alongside) -> ChoiceDelta
+
+Parsers come from the registry (`dynamo.frontend.parsers`) by the names in the
+worker's model card. Everything here is synchronous and per token batch; the HTTP
+layer only frames what this stage returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dynamo.frontend.parsers import ToolCallDelta, make_reasoning_parser, make_tool_parser
+from dynamo.frontend.parsers.base import ToolParser, new_call_id
+from dynamo.frontend.parsers.tool_formats import JsonListParser
+from dynamo.frontend.sse import openai_finish_reason
+from dynamo.llm.preprocessor import ModelPipeline
+from dynamo.llm.protocol import LLMEngineOutput
+
+
+@dataclass
+class ChoiceDelta:
+    content: str = ""
+    reasoning: str = ""
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
+    logprobs: list[tuple[int, float, list[tuple[int, float]] | None]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.content or self.reasoning or self.tool_calls or self.logprobs)
+
+
+@dataclass
+class OutputSpec:
+    """What a request asks of the output stage (same for all its choices)."""
+
+    stops: list[str]
+    tool_parser: str | None = None
+    reasoning_parser: str | None = None
+    tools: list[dict] | None = None
+    tool_mode: str = "none"  # none | auto | required | named
+    named_tool: str | None = None
+    parallel_tool_calls: bool = True
+
+
+class NamedArguments:
+    """`tool_choice` naming a function with no format parser: the engine was asked for
+    that function's arguments (structured output), so the whole output is the call."""
+
+    needs_special_tokens = False
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._started = False
+
+    @property
+    def calls(self) -> int:
+        return 1 if self._started else 0
+
+    def feed(self, text: str) -> tuple[str, list[ToolCallDelta]]:
+        if not text:
+            return "", []
+        if not self._started:
+            self._started = True
+            return "", [ToolCallDelta(0, new_call_id(), self._name, text)]
+        return "", [ToolCallDelta(0, arguments=text)]
+
+    def finish(self) -> tuple[str, list[ToolCallDelta]]:
+        return "", []
+
+
+class CallFilter:
+    """Keeps the calls the request allows (`tool_choice` named, `parallel_tool_calls`
+    false) and renumbers them 0.. so clients see consecutive indexes."""
+
+    def __init__(self, named: str | None, single: bool) -> None:
+        self._named = named
+        self._single = single
+        self._map: dict[int, int | None] = {}
+
+    def __call__(self, deltas: list[ToolCallDelta]) -> list[ToolCallDelta]:
+        out = []
+        for d in deltas:
+            if d.index not in self._map:
+                kept = sum(1 for v in self._map.values() if v is not None)
+                ok = (self._named is None or d.name == self._named) and not (self._single and kept)
+                self._map[d.index] = kept if ok else None
+            new = self._map[d.index]
+            if new is not None:
+                d.index = new
+                out.append(d)
+        return out
+
+    @property
+    def kept(self) -> int:
+        return sum(1 for v in self._map.values() if v is not None)
+
+
+class OutputStage:
+    def __init__(self, pipeline: ModelPipeline, spec: OutputSpec) -> None:
+        self.reasoning = make_reasoning_parser(spec.reasoning_parser) if spec.reasoning_parser else None
+        self.tools = self._tool_parser(spec)
+        self.filter = CallFilter(spec.named_tool if spec.tool_mode == "named" else None,
+                                 not spec.parallel_tool_calls)
+        specials = any(getattr(p, "needs_special_tokens", False) for p in (self.reasoning, self.tools) if p)
+        self.assembler = pipeline.assembler(spec.stops, skip_special_tokens=not specials)
+        # Shown special tokens must not include the end-of-sequence marker itself.
+        self._hide = frozenset(pipeline.eos_token_ids) if specials else frozenset()
+        self.stopped = False
+        self._tool_input: list[str] = []  # what the tool parser saw, for the unary fallback
+
+    @staticmethod
+    def _tool_parser(spec: OutputSpec) -> ToolParser | None:
+        if spec.tool_mode == "none":
+            return None
+        if spec.tool_parser:
+            return make_tool_parser(spec.tool_parser, spec.tools)
+        if spec.tool_mode == "named":
+            return NamedArguments(spec.named_tool or "")
+        if spec.tool_mode == "required":
+            return JsonListParser(spec.tools)
+        return make_tool_parser("default", spec.tools)  # Dynamo's fallback for `auto`
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.assembler.completion_tokens
+
+    def add(self, out: LLMEngineOutput, want_logprobs: bool = False) -> ChoiceDelta:
+        ids = out.token_ids
+        if self._hide:
+            ids = [t for t in ids if t not in self._hide]
+            self.assembler.completion_tokens += len(out.token_ids) - len(ids)
+        text = self.assembler.add(ids) if ids else ""
+        self.stopped = self.assembler.stopped
+        delta = self._parse(text, final=False)
+        if want_logprobs and out.log_probs:
+            tops = out.top_logprobs or [None] * len(out.token_ids)
+            delta.logprobs = list(zip(out.token_ids, out.log_probs, tops))
+        return delta
+
+    def finish(self) -> ChoiceDelta:
+        return self._parse(self.assembler.finish(), final=True)
+
+    def _parse(self, text: str, final: bool) -> ChoiceDelta:
+        reasoning = ""
+        if self.reasoning is not None:
+            reasoning, text = self.reasoning.feed(text) if text else ("", "")
+            if final:
+                r, c = self.reasoning.finish()
+                reasoning, text = reasoning + r, text + c
+        calls: list[ToolCallDelta] = []
+        if self.tools is not None:
+            self._tool_input.append(text)
+            text, calls = self.tools.feed(text) if text else ("", [])
+            if final:
+                c, more = self.tools.finish()
+                text, calls = text + c, calls + more
+            calls = self.filter(calls)
+        return ChoiceDelta(text, reasoning, calls)
+
+    def tool_input_text(self) -> str:
+        return "".join(self._tool_input)
+
+    def finish_reason(self, raw: str | None) -> str:
+        reason = openai_finish_reason(raw) or "stop"
+        if self.filter.kept and reason == "stop":
+            return "tool_calls"
+        return reason

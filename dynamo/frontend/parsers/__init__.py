@@ -1,0 +1,28 @@
+"""Output parsers, chosen by name from the worker's model card: reasoning first, then
+tool calls (Dynamo's order). Importing this package registers every built-in parser."""
+
+from dynamo.frontend.parsers import harmony, pythonic, qwen3_coder, reasoning, tool_formats  # noqa: F401
+from dynamo.frontend.parsers.base import (
+    REASONING_PARSERS,
+    TOOL_PARSERS,
+    ReasoningParser,
+    ToolCallDelta,
+    ToolParser,
+)
+
+__all__ = ["REASONING_PARSERS", "TOOL_PARSERS", "ReasoningParser", "ToolCallDelta", "ToolParser",
+           "make_reasoning_parser", "make_tool_parser"]
+
+
+def make_tool_parser(name: str, tools: list[dict] | None = None) -> ToolParser:
+    try:
+        return TOOL_PARSERS[name](tools)
+    except KeyError:
+        raise ValueError(f"unknown tool-call parser {name!r}; known: {sorted(TOOL_PARSERS)}") from None
+
+
+def make_reasoning_parser(name: str) -> ReasoningParser:
+    try:
+        return REASONING_PARSERS[name]()
+    except KeyError:
+        raise ValueError(f"unknown reasoning parser {name!r}; known: {sorted(REASONING_PARSERS)}") from None

@@ -1,0 +1,99 @@
+"""Parser interfaces and registries for the output stage: reasoning parsers split
+model text into reasoning and content; tool-call parsers split content into plain
+text and OpenAI tool-call deltas. Parsers are pure text -> deltas: no tokens, no I/O.
+
+Names and flags follow NVIDIA Dynamo (`--dyn-tool-call-parser`, `--dyn-reasoning-parser`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Callable, Protocol
+
+import msgspec
+
+
+class ToolCallDelta(msgspec.Struct, omit_defaults=True):
+    """One streamed piece of a tool call. The first piece of a call carries its `id`
+    and `name`; later pieces carry more `arguments` text (concatenation = JSON)."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+def new_call_id() -> str:
+    return "call_" + uuid.uuid4().hex[:24]
+
+
+class ToolParser(Protocol):
+    # Markers may be special tokens that plain detokenization would drop.
+    needs_special_tokens: bool
+
+    def feed(self, text: str) -> tuple[str, list[ToolCallDelta]]:
+        """More model text -> (plain content safe to show now, tool-call deltas)."""
+
+    def finish(self) -> tuple[str, list[ToolCallDelta]]:
+        """End of stream: whatever was held back."""
+
+    @property
+    def calls(self) -> int:
+        """Tool calls started so far."""
+
+
+class ReasoningParser(Protocol):
+    needs_special_tokens: bool
+
+    def feed(self, text: str) -> tuple[str, str]:
+        """More model text -> (reasoning, content)."""
+
+    def finish(self) -> tuple[str, str]:
+        ...
+
+
+ToolFactory = Callable[[list[dict] | None], ToolParser]
+ReasoningFactory = Callable[[], ReasoningParser]
+
+TOOL_PARSERS: dict[str, ToolFactory] = {}
+REASONING_PARSERS: dict[str, ReasoningFactory] = {}
+
+
+def register_tool_parser(*names: str):
+    def wrap(factory):
+        for name in names:
+            TOOL_PARSERS[name] = factory
+            TOOL_PARSERS.setdefault(name.replace("_", "-"), factory)  # Dynamo accepts dash aliases
+        return factory
+    return wrap
+
+
+def register_reasoning_parser(*names: str):
+    def wrap(factory):
+        for name in names:
+            REASONING_PARSERS[name] = factory
+            REASONING_PARSERS.setdefault(name.replace("_", "-"), factory)
+        return factory
+    return wrap
+
+
+def partial_suffix(buf: str, markers: tuple[str, ...] | list[str]) -> int:
+    """Length of the longest suffix of `buf` that is a proper prefix of a marker: text
+    that must be held back because the next token may complete the marker."""
+    best = 0
+    for marker in markers:
+        for k in range(min(len(buf), len(marker) - 1), best, -1):
+            if marker.startswith(buf[-k:]):
+                best = k
+                break
+    return best
+
+
+def find_first(buf: str, markers: tuple[str, ...] | list[str]) -> tuple[int, str | None]:
+    """Earliest occurrence of any marker: (index, marker) or (-1, None)."""
+    best, which = -1, None
+    for marker in markers:
+        i = buf.find(marker)
+        if i != -1 and (best == -1 or i < best):
+            best, which = i, marker
+    return best, which

@@ -1,0 +1,118 @@
+"""Tool-call formats built on the marker shell (`marked.py`), one class per model
+family's documented output:
+
+- hermes (Hermes, Qwen2.5/Qwen3): `<tool_call>{"name": .., "arguments": ..}</tool_call>`, repeated
+- llama3_json (Llama 3.1/3.2 JSON): `<|python_tag|>{"name": .., "parameters": ..}` or a bare
+  JSON object opening the output; several separated by `;`
+- mistral: `[TOOL_CALLS][{"name": .., "arguments": ..}, ...]` or, with newer tokenizers,
+  `[TOOL_CALLS]name[ARGS]{..}` repeated
+- default (Dynamo's default): `<TOOLCALL>[{..}, ..]</TOOLCALL>` or `<|python_tag|>{..}`
+- deepseek_v3: `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>name
+  ```json {..} ```<｜tool▁call▁end｜>...<｜tool▁calls▁end｜>`
+"""
+
+from __future__ import annotations
+
+import re
+
+from dynamo.frontend.parsers.base import register_tool_parser
+from dynamo.frontend.parsers.marked import HeaderCalls, Inner, JsonCalls, MarkedToolParser
+
+
+@register_tool_parser("hermes", "qwen25", "qwen3")
+class HermesParser(MarkedToolParser):
+    start_markers = ("<tool_call>",)
+    end_marker = "</tool_call>"
+
+    def make_inner(self, marker: str, first_index: int) -> Inner:
+        return JsonCalls(first_index)
+
+
+@register_tool_parser("llama3_json")
+class Llama3JsonParser(MarkedToolParser):
+    start_markers = ("<|python_tag|>",)
+    bare_starts = ("{",)
+    needs_special_tokens = True
+
+    def make_inner(self, marker: str, first_index: int) -> Inner:
+        return JsonCalls(first_index)
+
+
+_MISTRAL_HEADER = re.compile(r"\s*(?:\[TOOL_CALLS\])?\s*([A-Za-z0-9_.\-]+)\[ARGS\]")
+
+
+class _MistralInner:
+    """Chooses between the JSON-list form and the `name[ARGS]{..}` form on first sight."""
+
+    def __init__(self, first_index: int) -> None:
+        self._first = first_index
+        self._inner: Inner | None = None
+        self._pending = ""
+
+    @property
+    def emitted(self) -> int:
+        return self._inner.emitted if self._inner is not None else 0
+
+    def feed(self, text: str):
+        if self._inner is None:
+            self._pending += text
+            head = self._pending.lstrip()
+            if not head:
+                return []
+            self._inner = (JsonCalls(self._first) if head[0] in "[{"
+                           else HeaderCalls(self._first, _MISTRAL_HEADER))
+            text, self._pending = self._pending, ""
+        return self._inner.feed(text)
+
+    def close(self):
+        return self._inner.close() if self._inner is not None else []
+
+
+@register_tool_parser("mistral")
+class MistralParser(MarkedToolParser):
+    start_markers = ("[TOOL_CALLS]",)
+    needs_special_tokens = True
+
+    def make_inner(self, marker: str, first_index: int) -> Inner:
+        return _MistralInner(first_index)
+
+
+@register_tool_parser("default")
+class DefaultParser(MarkedToolParser):
+    """Dynamo's parser when a worker names none: `<TOOLCALL>[..]</TOOLCALL>` (Nemotron)
+    and Llama's `<|python_tag|>`."""
+
+    start_markers = ("<TOOLCALL>", "<|python_tag|>")
+    needs_special_tokens = True
+
+    def __init__(self, tools=None) -> None:
+        super().__init__(tools)
+        self.end_marker = None
+
+    def make_inner(self, marker: str, first_index: int) -> Inner:
+        self.end_marker = "</TOOLCALL>" if marker == "<TOOLCALL>" else None
+        return JsonCalls(first_index)
+
+
+_DS_HEADER = re.compile(r"<｜tool▁call▁begin｜>(?:function)?<｜tool▁sep｜>([^\n]+)\n```(?:json)?\s*\n")
+_DS_TRAILER = re.compile(r"\s*```\s*<｜tool▁call▁end｜>")
+
+
+@register_tool_parser("deepseek_v3")
+class DeepSeekV3Parser(MarkedToolParser):
+    start_markers = ("<｜tool▁calls▁begin｜>",)
+    end_marker = "<｜tool▁calls▁end｜>"
+    needs_special_tokens = True
+
+    def make_inner(self, marker: str, first_index: int) -> Inner:
+        return HeaderCalls(first_index, _DS_HEADER, _DS_TRAILER)
+
+
+class JsonListParser(MarkedToolParser):
+    """`tool_choice: required` with no format parser: the engine was asked (structured
+    output) for a JSON list of `{"name", "parameters"}` objects, as vLLM does."""
+
+    bare_starts = ("[", "{")
+
+    def make_inner(self, marker: str, first_index: int) -> Inner:
+        return JsonCalls(first_index)

@@ -1,0 +1,300 @@
+"""`/v1/responses` (OpenAI Responses API) over the chat pipeline: the request converts
+itself to a chat request (input items -> messages, Responses tools -> chat tools), the
+same output stage runs, and the result is framed as a Response object or as Dynamo's
+event sequence:
+
+    response.created, response.in_progress, response.output_item.added,
+    response.content_part.added, response.output_text.delta x N, response.output_text.done,
+    response.content_part.done, response.output_item.done, response.completed | response.incomplete
+
+Function calls stream as `response.function_call_arguments.delta` inside their own
+output item; reasoning as `response.reasoning_text.delta` in a reasoning item.
+Stopping at `max_output_tokens` gives `status: "incomplete"`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgspec
+
+from dynamo.frontend.generation import SSE_HEADERS, Choice, GenerationRun
+from dynamo.frontend.openai import ApiError, ChatCompletionRequest, ChatMessage, bad_request
+from dynamo.frontend.output import ChoiceDelta
+from dynamo.frontend.sse import error_event
+from dynamo.runtime.asgi import send_bytes
+
+_json = msgspec.json.encode
+
+
+class ResponsesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    model: str
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stream: bool = False
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    text: dict[str, Any] | None = None
+    seed: int | None = None
+    user: str | None = None
+    metadata: dict[str, Any] | None = None
+    # Server-side conversation state is not kept: these would change the answer, so they are refused.
+    previous_response_id: str | None = None
+    conversation: Any = None
+    background: bool = False
+
+    def to_chat(self) -> ChatCompletionRequest:
+        """The equivalent chat request; the Responses request owns this conversion."""
+        for name in ("previous_response_id", "conversation"):
+            if getattr(self, name) is not None:
+                raise bad_request(f"`{name}` is not supported: responses are not stored; send the full input",
+                                  name, "unsupported_parameter")
+        if self.background:
+            raise bad_request("`background` is not supported", "background", "unsupported_parameter")
+        if self.max_output_tokens is not None and self.max_output_tokens < 1:
+            raise bad_request("`max_output_tokens` must be at least 1", "max_output_tokens")
+        messages = [ChatMessage(role="system", content=self.instructions)] if self.instructions else []
+        messages += input_messages(self.input)
+        if not messages:
+            raise bad_request("`input` must not be empty", "input")
+        tools = [{"type": "function", "function": {k: v for k, v in t.items() if k != "type"}}
+                 for t in self.tools or [] if t.get("type") == "function"]
+        choice = self.tool_choice
+        if isinstance(choice, dict) and choice.get("type") == "function" and "name" in choice:
+            choice = {"type": "function", "function": {"name": choice["name"]}}
+        fmt = (self.text or {}).get("format")
+        response_format = None
+        if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+            response_format = {"type": "json_schema", "json_schema": {"name": fmt.get("name", "output"),
+                                                                      "schema": fmt.get("schema") or {}}}
+        elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
+            response_format = {"type": "json_object"}
+        return ChatCompletionRequest(model=self.model, messages=messages, stream=self.stream,
+                                     max_tokens=self.max_output_tokens, temperature=self.temperature,
+                                     top_p=self.top_p, seed=self.seed, tools=tools or None, tool_choice=choice,
+                                     parallel_tool_calls=self.parallel_tool_calls, response_format=response_format)
+
+
+def input_messages(items: str | list[dict[str, Any]]) -> list[ChatMessage]:
+    if isinstance(items, str):
+        return [ChatMessage(role="user", content=items)]
+    out: list[ChatMessage] = []
+    for i, item in enumerate(items):
+        kind = item.get("type", "message")
+        if kind == "message":
+            out.append(ChatMessage(role=item.get("role", "user"), content=_text(item.get("content"), i)))
+        elif kind == "function_call":
+            call = {"id": item.get("call_id"), "type": "function",
+                    "function": {"name": item.get("name"), "arguments": item.get("arguments", "{}")}}
+            if out and out[-1].role == "assistant" and out[-1].tool_calls is not None:
+                out[-1].tool_calls.append(call)
+            else:
+                out.append(ChatMessage(role="assistant", content=None, tool_calls=[call]))
+        elif kind == "function_call_output":
+            out.append(ChatMessage(role="tool", content=str(item.get("output", "")), tool_call_id=item.get("call_id")))
+        elif kind != "reasoning":
+            raise bad_request(f"unsupported input item type {kind!r}", f"input[{i}].type")
+    return out
+
+
+def _text(content: Any, i: int) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if not isinstance(part, dict):
+                raise bad_request("content parts must be objects", f"input[{i}].content")
+            if part.get("type") not in ("input_text", "output_text", "text"):
+                raise bad_request(f"unsupported content part {part.get('type')!r}: text only", f"input[{i}].content")
+            parts.append(part.get("text", ""))
+        return "".join(parts)
+    raise bad_request("message content must be a string or a list of text parts", f"input[{i}].content")
+
+
+decoder = msgspec.json.Decoder(ResponsesRequest)
+
+
+def decode_responses(body: bytes) -> ResponsesRequest:
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise bad_request(f"Invalid request: {exc}", None, "invalid_type") from None
+    except msgspec.DecodeError as exc:
+        raise bad_request(f"Malformed JSON body: {exc}", None, "invalid_json") from None
+
+
+class ResponsesRun(GenerationRun):
+    """A chat generation framed as a Response (one choice)."""
+
+    def __init__(self, *args, responses_req: ResponsesRequest, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.rreq = responses_req
+        self.response_id = "resp_" + uuid.uuid4().hex
+        self.seq = 0
+        self.items: list[dict] = []  # output items, in order
+        self.open: dict[str, dict] = {}  # "reasoning" / "message" / call index -> its open item
+
+    # -- the Response object -------------------------------------------------------------------
+    def _response(self, status: str, items: list[dict], usage: dict | None) -> dict:
+        choice = self.choices[0]
+        incomplete = status == "incomplete"
+        return {"id": self.response_id, "object": "response", "created_at": self.created, "model": self.model,
+                "status": status, "error": None,
+                "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+                "instructions": self.rreq.instructions, "max_output_tokens": self.rreq.max_output_tokens,
+                "output": items, "parallel_tool_calls": self.rreq.parallel_tool_calls is not False,
+                "temperature": self.rreq.temperature, "top_p": self.rreq.top_p,
+                "tool_choice": self.rreq.tool_choice or "auto", "tools": self.rreq.tools or [],
+                "metadata": self.rreq.metadata or {}, "text": {"format": {"type": "text"}},
+                "usage": usage, "_finish": choice.finish}
+
+    def _usage(self) -> dict:
+        u = super()._usage()
+        return {"input_tokens": u["prompt_tokens"], "output_tokens": u["completion_tokens"],
+                "total_tokens": u["total_tokens"], "input_tokens_details": {"cached_tokens": self.cached_tokens},
+                "output_tokens_details": {"reasoning_tokens": 0}}
+
+    def _status(self, choice: Choice) -> str:
+        return "incomplete" if choice.finish == "length" else "completed"
+
+    def _body(self, response: dict) -> dict:
+        response.pop("_finish", None)
+        return response
+
+    async def _unary(self, merged, first, send) -> None:
+        async for _, outputs in self._batches(merged, first):
+            choice = self.choices[0]
+            if not choice.done:
+                self._collect(choice, self._absorb(choice, outputs))
+        if self.cancelled and not self.choices[0].done:
+            return
+        choice = self.choices[0]
+        self._collect(choice, choice.stage.finish())
+        items: list[dict] = []
+        reasoning = "".join(choice.reasoning)
+        if reasoning:
+            items.append(_reasoning_item(reasoning))
+        content = "".join(choice.content)
+        if content or not choice.calls:
+            items.append(_message_item(content, self._status(choice)))
+        for k in sorted(choice.calls):
+            call = choice.calls[k]
+            items.append(_call_item(call["id"], call["function"]["name"], call["function"]["arguments"]))
+        body = self._body(self._response(self._status(choice), items, self._usage()))
+        await send_bytes(send, 200, _json(body))
+
+    # -- streaming -----------------------------------------------------------------------------
+    def _event(self, kind: str, **fields) -> bytes:
+        payload = {"type": kind, "sequence_number": self.seq, **fields}
+        self.seq += 1
+        return b"event: " + kind.encode() + b"\ndata: " + _json(payload) + b"\n\n"
+
+    def _add_item(self, key: str, item: dict) -> bytes:
+        item["_index"] = len(self.items)
+        self.items.append(item)
+        self.open[key] = item
+        out = self._event("response.output_item.added", output_index=item["_index"], item=_public(item))
+        if item["type"] == "message":
+            out += self._event("response.content_part.added", item_id=item["id"], output_index=item["_index"],
+                               content_index=0, part={"type": "output_text", "text": "", "annotations": []})
+        return out
+
+    def _close_item(self, key: str) -> bytes:
+        item = self.open.pop(key)
+        idx, out = item["_index"], b""
+        if item["type"] == "message":
+            text = item["content"][0]["text"]
+            out += self._event("response.output_text.done", item_id=item["id"], output_index=idx, content_index=0,
+                               text=text)
+            out += self._event("response.content_part.done", item_id=item["id"], output_index=idx, content_index=0,
+                               part=item["content"][0])
+        elif item["type"] == "function_call":
+            out += self._event("response.function_call_arguments.done", item_id=item["id"], output_index=idx,
+                               arguments=item["arguments"])
+        elif item["type"] == "reasoning":
+            out += self._event("response.reasoning_text.done", item_id=item["id"], output_index=idx,
+                               content_index=0, text=item["content"][0]["text"])
+        item["status"] = "completed"
+        return out + self._event("response.output_item.done", output_index=idx, item=_public(item))
+
+    def _delta_events(self, d: ChoiceDelta) -> bytes:
+        out = b""
+        if d.reasoning:
+            if "reasoning" not in self.open:
+                out += self._add_item("reasoning", _reasoning_item("", "in_progress"))
+            item = self.open["reasoning"]
+            item["content"][0]["text"] += d.reasoning
+            out += self._event("response.reasoning_text.delta", item_id=item["id"], output_index=item["_index"],
+                               content_index=0, delta=d.reasoning)
+        if (d.content or d.tool_calls) and "reasoning" in self.open:
+            out += self._close_item("reasoning")
+        if d.content:
+            if "message" not in self.open:
+                out += self._add_item("message", _message_item("", "in_progress"))
+            item = self.open["message"]
+            item["content"][0]["text"] += d.content
+            out += self._event("response.output_text.delta", item_id=item["id"], output_index=item["_index"],
+                               content_index=0, delta=d.content)
+        for call in d.tool_calls:
+            key = f"call{call.index}"
+            if key not in self.open:
+                out += self._add_item(key, _call_item(call.id or "", call.name or "", "", "in_progress"))
+            item = self.open[key]
+            item["arguments"] += call.arguments
+            if call.arguments:
+                out += self._event("response.function_call_arguments.delta", item_id=item["id"],
+                                   output_index=item["_index"], delta=call.arguments)
+        return out
+
+    async def _stream(self, merged, first, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        created = self._body(self._response("in_progress", [], None))
+        head = self._event("response.created", response=created) + self._event("response.in_progress",
+                                                                              response=created)
+        await send({"type": "http.response.body", "body": head, "more_body": True})
+        choice = self.choices[0]
+        try:
+            async for _, outputs in self._batches(merged, first):
+                if choice.done:
+                    continue
+                body = self._delta_events(self._absorb(choice, outputs))
+                if body:
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+            body = self._delta_events(choice.stage.finish())
+            if not self.items:
+                body += self._add_item("message", _message_item("", "in_progress"))
+            for key in list(self.open):
+                body += self._close_item(key)
+            status = self._status(choice)
+            final = self._body(self._response(status, [_public(i) for i in self.items], self._usage()))
+            body += self._event(f"response.{status}", response=final)
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+        except ApiError as exc:
+            if self.cancelled:
+                return
+            await send({"type": "http.response.body", "body": error_event(exc.body()), "more_body": False})
+
+
+def _public(item: dict) -> dict:
+    return {k: v for k, v in item.items() if not k.startswith("_")}
+
+
+def _message_item(text: str, status: str = "completed") -> dict:
+    return {"type": "message", "id": "msg_" + uuid.uuid4().hex, "status": status, "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}]}
+
+
+def _reasoning_item(text: str, status: str = "completed") -> dict:
+    return {"type": "reasoning", "id": "rs_" + uuid.uuid4().hex, "status": status, "summary": [],
+            "content": [{"type": "reasoning_text", "text": text}]}
+
+
+def _call_item(call_id: str, name: str, arguments: str, status: str = "completed") -> dict:
+    return {"type": "function_call", "id": "fc_" + uuid.uuid4().hex, "call_id": call_id, "name": name,
+            "arguments": arguments, "status": status}

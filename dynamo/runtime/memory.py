@@ -1,0 +1,40 @@
+"""Giving freed heap memory back to the OS. A burst of big request bodies leaves glibc's
+heap holding tens of megabytes it no longer uses (freed blocks below the top, per-thread
+arenas); `malloc_trim` returns them. ctypes releases the GIL for the call, so it can
+run on a worker thread without holding the event loop."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+log = logging.getLogger(__name__)
+
+
+_M_MMAP_THRESHOLD = -3
+
+
+def _libc():
+    name = ctypes.util.find_library("c")
+    try:
+        lib = ctypes.CDLL(name) if name else None
+        return lib if lib is not None and hasattr(lib, "malloc_trim") and hasattr(lib, "mallopt") else None
+    except OSError:  # not glibc (musl, macOS): the allocator is left as it is
+        return None
+
+
+_LIBC = _libc()
+
+
+def trim_heap() -> None:
+    if _LIBC is not None:
+        _LIBC.malloc_trim(ctypes.c_size_t(0))
+
+
+def pin_mmap_threshold(size: int = 1 << 20) -> None:
+    """Blocks of `size` and more always come from mmap and go back to the OS when freed.
+    glibc otherwise raises the threshold to the largest block freed (up to 32 MB), after
+    which big request bodies land in the heap: growing them copies, freeing them keeps RSS."""
+    if _LIBC is not None:
+        _LIBC.mallopt(ctypes.c_int(_M_MMAP_THRESHOLD), ctypes.c_int(size))

@@ -1,0 +1,291 @@
+"""What agent frameworks send, end to end: frontend + mocker workers replaying chosen
+text (`--replay-file`), the official `openai` client. One worker per parser; each
+replayed text is tokenized by the tiny byte-level BPE, one token per step, so every
+marker arrives split across tokens."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import openai
+import pytest
+
+from tests.fixtures.procs import Cluster
+
+pytestmark = pytest.mark.e2e
+
+WEATHER = {"city": "Paris", "unit": "celsius"}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+                                            "parameters": {"type": "object", "properties": {
+                                                "city": {"type": "string"}, "unit": {"type": "string"},
+                                                "days": {"type": "integer"}}}}},
+         {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}]
+
+# Tool-call output per parser, in each model family's documented format: two calls.
+CALLS = {
+    "hermes": ('I will check.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}'
+               '\n</tool_call>\n<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>'),
+    "llama3_json": ('<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris", "unit": "celsius"}}; '
+                    '{"name": "get_time", "parameters": {}}'),
+    "mistral": ('[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}, '
+                '{"name": "get_time", "arguments": {}}]'),
+    "pythonic": '[get_weather(city="Paris", unit="celsius"), get_time()]',
+    "qwen3_coder": ("<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n<parameter=unit>\n"
+                    "celsius\n</parameter>\n</function>\n</tool_call>\n<tool_call>\n<function=get_time>\n</function>\n"
+                    "</tool_call>"),
+    "deepseek_v3": ("<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n"
+                    '{"city": "Paris", "unit": "celsius"}\n```<｜tool▁call▁end｜><｜tool▁call▁begin｜>function'
+                    "<｜tool▁sep｜>get_time\n```json\n{}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>"),
+    "harmony": ("<|channel|>analysis<|message|>User wants the weather.<|end|><|start|>assistant<|channel|>commentary "
+                'to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris", "unit": "celsius"}<|call|>'
+                "<|start|>assistant<|channel|>commentary to=functions.get_time <|constrain|>json<|message|>{}<|call|>"),
+    "default": ('<TOOLCALL>[{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}, '
+                '{"name": "get_time", "arguments": {}}]</TOOLCALL>'),
+}
+WORKERS = {  # model name -> (tool parser, reasoning parser)
+    **{name: (name, None) for name in CALLS},
+    "harmony": ("harmony", "gpt_oss"),
+    "qwen3": ("hermes", "qwen3"),
+    "r1": (None, "deepseek_r1"),
+}
+SCRIPTS = {
+    **{f"case:{name}": text for name, text in CALLS.items()},
+    "case:think-then-call": ("<think>\nThe user wants Paris weather.\n</think>\n\n<tool_call>\n"
+                             '{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'),
+    "case:r1": "The user greets me.</think>\n\nHello!",
+    "case:malformed": "<tool_call>{not json}</tool_call> sorry",
+    "case:plain": "Just text, no tools.",
+    "case:long-args": ('<tool_call>{"name": "get_weather", "arguments": {"city": "' + "Llanfairpwllgwyngyll " * 12
+                       + '"}}</tool_call>'),
+    # The second turn: present only if the template rendered the tool result.
+    "<tool_response>sunny, 21C</tool_response>": "It is sunny in Paris, 21C.",
+}
+# ChatML that renders tools and tool turns the way Qwen/Hermes templates do.
+TEMPLATE = (
+    "{%- if tools %}<|im_start|>system\n<tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools><|im_end|>\n"
+    "{%- endif %}"
+    "{%- for m in messages %}"
+    "{%- if m.role == 'tool' %}<|im_start|>user\n<tool_response>{{ m.content }}</tool_response><|im_end|>\n"
+    "{%- elif m.role == 'assistant' and m.tool_calls %}<|im_start|>assistant\n"
+    "{%- for c in m.tool_calls %}<tool_call>{{ {'name': c.function.name, 'arguments': c.function.arguments} | tojson }}"
+    "</tool_call>{%- endfor %}<|im_end|>\n"
+    "{%- else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("agents")
+    model = tmp / "tools-model"
+    shutil.copytree(tiny_model, model)
+    (model / "chat_template.jinja").write_text(TEMPLATE)
+    replay = tmp / "replay.json"
+    replay.write_text(json.dumps(SCRIPTS))
+    c = Cluster(tmp, model)
+    try:
+        for name, (tool, reasoning) in WORKERS.items():
+            # One worker runs at (simulated) real speed, so its tokens arrive one by one.
+            args = ["--speedup-ratio", "1" if name == "qwen3" else "0", "--replay-file", str(replay)]
+            args += ["--dyn-tool-call-parser", tool] if tool else []
+            args += ["--dyn-reasoning-parser", reasoning] if reasoning else []
+            c.mocker(*args, model_name=name, system_port=False)
+        c.frontend()
+        for name in WORKERS:
+            c.wait_workers(name, 1, timeout=120)
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture()
+def client(cluster):
+    return openai.OpenAI(base_url=cluster.base_url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def ask(client, model: str, text: str, **kw):
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}],
+                                          max_tokens=400, **kw)
+
+
+def accumulate(stream) -> tuple[str, str, dict[int, dict], list[str], int]:
+    """(content, reasoning, calls by index, finish reasons, chunks carrying arguments)."""
+    content, reasoning, calls, finishes, arg_chunks = [], [], {}, [], 0
+    for chunk in stream:
+        for choice in chunk.choices:
+            delta = choice.delta
+            content.append(delta.content or "")
+            reasoning.append((delta.model_extra or {}).get("reasoning_content") or "")
+            for tc in delta.tool_calls or []:
+                call = calls.setdefault(tc.index, {"id": None, "name": None, "arguments": ""})
+                if tc.id:
+                    assert call["id"] is None
+                    call["id"] = tc.id
+                if tc.function and tc.function.name:
+                    call["name"] = tc.function.name
+                if tc.function and tc.function.arguments:
+                    assert call["name"], "arguments arrived before the name"
+                    call["arguments"] += tc.function.arguments
+                    arg_chunks += 1
+            if choice.finish_reason:
+                finishes.append(choice.finish_reason)
+    return "".join(content), "".join(reasoning), calls, finishes, arg_chunks
+
+
+@pytest.mark.parametrize("parser", sorted(CALLS))
+def test_streamed_tool_calls_accumulate_into_valid_calls(client, parser):
+    stream = ask(client, parser, f"case:{parser}", tools=TOOLS, stream=True)
+    content, reasoning, calls, finishes, arg_chunks = accumulate(stream)
+    assert finishes == ["tool_calls"]
+    assert [(calls[i]["name"], json.loads(calls[i]["arguments"])) for i in sorted(calls)] == [
+        ("get_weather", WEATHER), ("get_time", {})]
+    assert all(c["id"].startswith("call_") for c in calls.values()) and len({c["id"] for c in calls.values()}) == 2
+    assert content == ("I will check." if parser == "hermes" else "")
+    assert "<" not in content and "[" not in content
+    if parser == "harmony":
+        assert reasoning == "User wants the weather."
+    assert arg_chunks >= 2
+
+
+@pytest.mark.parametrize("parser", sorted(CALLS))
+def test_unary_tool_calls(client, parser):
+    resp = ask(client, parser, f"case:{parser}", tools=TOOLS)
+    choice = resp.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    calls = choice.message.tool_calls
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
+        ("get_weather", WEATHER), ("get_time", {})]
+    assert all(c.type == "function" and c.id.startswith("call_") for c in calls)
+
+
+def test_arguments_stream_incrementally(client):
+    _, _, calls, finishes, arg_chunks = accumulate(ask(client, "qwen3", "case:long-args", tools=TOOLS, stream=True))
+    assert finishes == ["tool_calls"] and calls[0]["name"] == "get_weather"
+    assert json.loads(calls[0]["arguments"])["city"].startswith("Llanfairpwllgwyngyll")
+    assert arg_chunks > 3, "arguments should stream as they are generated, not arrive whole"
+
+
+def test_reasoning_then_tool_call_streamed_and_unary(client):
+    content, reasoning, calls, finishes, _ = accumulate(
+        ask(client, "qwen3", "case:think-then-call", tools=TOOLS, stream=True))
+    assert reasoning == "\nThe user wants Paris weather.\n"
+    assert content == "" and finishes == ["tool_calls"]
+    assert calls[0]["name"] == "get_weather" and json.loads(calls[0]["arguments"]) == {"city": "Paris"}
+    msg = ask(client, "qwen3", "case:think-then-call", tools=TOOLS).choices[0].message
+    assert msg.model_extra["reasoning_content"] == "\nThe user wants Paris weather.\n"
+    assert msg.content is None and msg.tool_calls[0].function.name == "get_weather"
+
+
+def test_forced_reasoning_without_opening_tag(client):
+    content, reasoning, calls, finishes, _ = accumulate(ask(client, "r1", "case:r1", stream=True))
+    assert (reasoning, content, calls, finishes) == ("The user greets me.", "Hello!", {}, ["stop"])
+
+
+def test_tool_result_turn_is_rendered(client):
+    first = ask(client, "hermes", "case:hermes", tools=TOOLS).choices[0].message
+    messages = [{"role": "user", "content": "case:hermes"}, first.model_dump(exclude_none=True)]
+    for call in first.tool_calls:
+        messages.append({"role": "tool", "tool_call_id": call.id, "content": "sunny, 21C"})
+    resp = client.chat.completions.create(model="hermes", messages=messages, tools=TOOLS, max_tokens=100)
+    assert resp.choices[0].message.content == "It is sunny in Paris, 21C."
+    assert resp.choices[0].finish_reason == "stop"
+
+
+def test_tool_choice_none_named_and_parallel(client):
+    none = ask(client, "hermes", "case:hermes", tools=TOOLS, tool_choice="none").choices[0]
+    assert none.message.tool_calls is None and "<tool_call>" in none.message.content
+    named = ask(client, "hermes", "case:hermes", tools=TOOLS,
+                tool_choice={"type": "function", "function": {"name": "get_time"}}).choices[0]
+    assert [c.function.name for c in named.message.tool_calls] == ["get_time"]
+    single = ask(client, "hermes", "case:hermes", tools=TOOLS, parallel_tool_calls=False).choices[0]
+    assert [c.function.name for c in single.message.tool_calls] == ["get_weather"]
+    _, _, calls, finishes, _ = accumulate(ask(client, "hermes", "case:hermes", tools=TOOLS, stream=True,
+                                              parallel_tool_calls=False))
+    assert list(calls) == [0] and calls[0]["name"] == "get_weather" and finishes == ["tool_calls"]
+
+
+def test_malformed_call_degrades_to_content(client):
+    resp = ask(client, "hermes", "case:malformed", tools=TOOLS).choices[0]
+    assert resp.message.content == "<tool_call>{not json}</tool_call> sorry"
+    assert resp.message.tool_calls is None and resp.finish_reason == "stop"
+    content, _, calls, finishes, _ = accumulate(ask(client, "hermes", "case:malformed", tools=TOOLS, stream=True))
+    assert (content, calls, finishes) == ("<tool_call>{not json}</tool_call> sorry", {}, ["stop"])
+
+
+def test_plain_answer_with_tools_offered(client):
+    for parser in CALLS:
+        resp = ask(client, parser, "case:plain", tools=TOOLS).choices[0]
+        assert (resp.message.content, resp.finish_reason) == ("Just text, no tools.", "stop"), parser
+
+
+RESPONSE_TOOLS = [{"type": "function", "name": t["function"]["name"], "parameters": t["function"]["parameters"]}
+                  for t in TOOLS]
+
+
+def test_responses_unary_and_incomplete(client):
+    resp = client.responses.create(model="hermes", input="case:plain")
+    assert resp.status == "completed" and resp.output_text == "Just text, no tools."
+    assert resp.usage.output_tokens > 0 and resp.usage.input_tokens > 0
+    cut = client.responses.create(model="hermes", input="case:plain", max_output_tokens=2)
+    assert cut.status == "incomplete" and cut.incomplete_details.reason == "max_output_tokens"
+    assert cut.usage.output_tokens == 2
+
+
+def test_responses_stream_event_order(client):
+    events = list(client.responses.create(model="hermes", input=[{"role": "user", "content": "case:plain"}],
+                                          stream=True))
+    kinds = [e.type for e in events]
+    deltas = [k for k in kinds if k == "response.output_text.delta"]
+    assert kinds == ["response.created", "response.in_progress", "response.output_item.added",
+                     "response.content_part.added", *deltas, "response.output_text.done",
+                     "response.content_part.done", "response.output_item.done", "response.completed"]
+    assert len(deltas) >= 1
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "Just text, no tools."
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[-1].response.output_text == "Just text, no tools."
+    cut = list(client.responses.create(model="hermes", input="case:plain", max_output_tokens=2, stream=True))
+    assert cut[-1].type == "response.incomplete"
+    assert cut[-1].response.incomplete_details.reason == "max_output_tokens"
+
+
+def test_responses_function_calls_and_reasoning(client):
+    resp = client.responses.create(model="hermes", input="case:hermes", tools=RESPONSE_TOOLS)
+    calls = [o for o in resp.output if o.type == "function_call"]
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", WEATHER), ("get_time", {})]
+    assert all(c.call_id.startswith("call_") for c in calls)
+    events = list(client.responses.create(model="qwen3", input="case:think-then-call", tools=RESPONSE_TOOLS,
+                                          stream=True))
+    final = events[-1].response
+    assert [o.type for o in final.output] == ["reasoning", "function_call"]
+    args = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    assert json.loads(args) == {"city": "Paris"} == json.loads(final.output[1].arguments)
+    # The call's result goes back as input items and the template renders it.
+    follow = client.responses.create(model="hermes", tools=RESPONSE_TOOLS, input=[
+        {"role": "user", "content": "case:hermes"},
+        *[{"type": "function_call", "call_id": c.call_id, "name": c.name, "arguments": c.arguments} for c in calls],
+        *[{"type": "function_call_output", "call_id": c.call_id, "output": "sunny, 21C"} for c in calls]])
+    assert follow.output_text == "It is sunny in Paris, 21C."
+
+
+@pytest.mark.parametrize("path,body,param", [
+    ("/v1/responses", {"model": "hermes", "input": []}, "input"),
+    ("/v1/responses", {"model": "hermes", "input": [{"type": "image_generation_call"}]}, "input[0].type"),
+    ("/v1/responses", {"model": "hermes", "input": [{"role": "user", "content": [1]}]}, "input[0].content"),
+    ("/v1/responses", {"model": "hermes", "input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
+    ("/v1/responses", {"model": "hermes", "input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
+    ("/v1/chat/completions", {"model": "hermes", "messages": [{"role": "user", "content": "x"}],
+                              "response_format": {"type": "yaml"}}, "response_format.type"),
+    ("/v1/chat/completions", {"model": "hermes", "messages": [
+        {"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [{"function": "oops"}]}]}, None),
+    ("/v1/embeddings", {"model": "hermes", "input": "x", "dimensions": 8}, "dimensions"),
+    ("/v1/embeddings", {"model": "hermes", "input": [1.5]}, "input"),
+])
+def test_bad_agent_requests_are_400(cluster, path, body, param):
+    import httpx
+
+    resp = httpx.post(cluster.base_url + path, json=body, timeout=60)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["type"] == "invalid_request_error" and (param is None or error["param"] == param)

@@ -1,0 +1,117 @@
+"""Migration at and past its limit: `--migration-limit N` moves a request at most N times;
+one more worker loss ends the stream with an OpenAI error event (`worker_disconnected`)
+and no hang; the default limit is 0; a non-streaming request migrates too.
+Each test starts its own two mockers, slowed so a request is still running when killed."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "tiny"
+MAX_TOKENS = 400
+
+
+def make_cluster(model, tmp, *frontend_args: str) -> Cluster:
+    c = Cluster(tmp, model, "file")
+    c.workers = [c.mocker("--speedup-ratio", "0.5") for _ in range(2)]  # type: ignore[attr-defined]
+    c.frontend(*frontend_args)
+    c.wait_workers(MODEL, 2)
+    return c
+
+
+def inflight(proc) -> float:
+    if not proc.alive():
+        return 0.0
+    return metric_value(http_get(f"http://127.0.0.1:{proc.system_port}/metrics")[1].decode(),
+                        "dynamo_component_inflight_requests") or 0.0
+
+
+def kill_the_busy_worker(cluster):
+    """SIGKILL the worker that is running our request (waits until one is)."""
+    busy = []
+    wait_until(lambda: busy.append(next((w for w in cluster.workers if inflight(w) == 1), None)) or busy[-1],
+               30, "a worker running the request")
+    busy[-1].kill()
+    return busy[-1]
+
+
+def migrations(cluster) -> float:
+    return metric_value(http_get(cluster.base_url + "/metrics")[1].decode(), "dynamo_frontend_model_migration_total",
+                        {"migration_type": "ongoing_request"}) or 0.0
+
+
+def stream_killing(cluster, kills: int) -> tuple[list[str], list[dict]]:
+    """Stream one completion, killing the serving worker after 5 chunks, `kills` times."""
+    body = {"model": MODEL, "prompt": "migrate me", "max_tokens": MAX_TOKENS, "ignore_eos": True, "stream": True}
+    texts, errors, since_kill, done = [], [], 0, kills
+    with httpx.Client(timeout=120) as client, client.stream("POST", cluster.base_url + "/v1/completions",
+                                                            json=body) as resp:
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                errors.append(chunk["error"])
+                continue
+            texts += [c["text"] for c in chunk["choices"]]
+            since_kill += 1
+            if done and since_kill >= 5:
+                kill_the_busy_worker(cluster)
+                done, since_kill = done - 1, 0
+    return texts, errors
+
+
+def test_one_migration_then_the_limit_ends_the_stream_with_an_error(tiny_model, tmp_path):
+    c = make_cluster(tiny_model, tmp_path, "--migration-limit", "1")
+    try:
+        started = time.monotonic()
+        texts, errors = stream_killing(c, kills=2)
+        assert [e["code"] for e in errors] == ["worker_disconnected"], errors
+        assert errors[0]["message"] and errors[0]["type"]
+        assert 10 <= len(texts) < MAX_TOKENS  # tokens from both workers, then the error: no hang, no silent end
+        assert migrations(c) == 1
+        assert time.monotonic() - started < 100
+    finally:
+        c.stop()
+
+
+def test_default_limit_is_zero(tiny_model, tmp_path):
+    c = make_cluster(tiny_model, tmp_path)
+    try:
+        texts, errors = stream_killing(c, kills=1)
+        assert [e["code"] for e in errors] == ["worker_disconnected"], errors
+        assert migrations(c) == 0
+        survivor = next(w for w in c.workers if w.alive())
+        assert inflight(survivor) == 0  # the request was not moved there
+    finally:
+        c.stop()
+
+
+def test_non_streaming_request_migrates(tiny_model, tmp_path):
+    c = make_cluster(tiny_model, tmp_path, "--migration-limit", "1")
+    try:
+        body = {"model": MODEL, "prompt": "migrate me", "max_tokens": MAX_TOKENS, "ignore_eos": True}
+        with httpx.Client(timeout=120) as client:
+            result = {}
+            sender = threading.Thread(target=lambda: result.update(resp=client.post(
+                c.base_url + "/v1/completions", json=body)))
+            sender.start()
+            kill_the_busy_worker(c)
+            sender.join(120)
+        resp = result["resp"]
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["usage"]["completion_tokens"] == MAX_TOKENS
+        assert resp.json()["choices"][0]["finish_reason"] == "length"
+        assert migrations(c) == 1
+    finally:
+        c.stop()

@@ -1,0 +1,103 @@
+"""Graceful shutdown, as in Dynamo: a SIGTERMed frontend answers /health 503 while /live
+stays 200, refuses new requests with 503 and lets admitted streams finish (bounded), then
+exits 0; a SIGTERMed worker leaves discovery, keeps serving through the grace period,
+drains what it holds and exits 0, so scaling down loses no request."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+
+import httpx
+import pytest
+
+from tests.fixtures.load import Load, stream_completion
+from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "tiny"
+
+
+@pytest.fixture()
+def cluster(tiny_model, tmp_path):
+    c = Cluster(tmp_path, tiny_model, "file", {"DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "2"})
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def test_frontend_drains_admitted_streams_and_refuses_new_ones(cluster):
+    cluster.mocker("--speedup-ratio", "2")
+    frontend = cluster.frontend(env={"DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS": "120"})
+    cluster.wait_workers(MODEL, 1)
+    url = cluster.base_url
+    seen: dict = {}
+
+    def on_chunk(count: int) -> None:
+        if count == 5 and not seen:
+            frontend.popen.send_signal(signal.SIGTERM)
+            wait_until(lambda: http_get(url + "/health")[0] == 503, 30, "/health 503 while draining")
+            seen["health"] = json.loads(http_get(url + "/health")[1])
+            seen["live"] = http_get(url + "/live")[0]
+            resp = httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": "late", "max_tokens": 2},
+                              timeout=30)
+            seen["late"] = (resp.status_code, resp.json()["error"]["code"])
+
+    finish, usage = stream_completion(url, 200, on_chunk)
+    assert finish == ["length"] and usage["completion_tokens"] == 200
+    assert seen["live"] == 200
+    assert seen["health"]["status"] == "draining"
+    assert seen["late"] == (503, "shutting_down")
+    frontend.popen.wait(60)
+    assert frontend.popen.returncode == 0, frontend.log()
+
+
+def test_frontend_drain_is_bounded(cluster):
+    cluster.mocker("--speedup-ratio", "0.5")
+    frontend = cluster.frontend(env={"DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS": "1"})
+    cluster.wait_workers(MODEL, 1)
+    done = threading.Event()
+
+    def stream() -> None:
+        try:
+            stream_completion(cluster.base_url, 1500)
+        except (httpx.HTTPError, AssertionError):
+            pass  # cut off at the drain deadline: expected
+        done.set()
+
+    thread = threading.Thread(target=stream, daemon=True)
+    thread.start()
+    wait_until(lambda: "draining" not in frontend.log() and _inflight(cluster) == 1, 60, "stream admitted")
+    frontend.popen.send_signal(signal.SIGTERM)
+    frontend.popen.wait(30)  # 1 s drain + teardown, far less than the 1500-token stream
+    assert frontend.popen.returncode == 0, frontend.log()
+    assert done.wait(30)
+    assert "drain deadline passed with 1 request(s) in flight" in frontend.log()
+
+
+def _inflight(cluster) -> float:
+    text = http_get(cluster.base_url + "/metrics")[1].decode()
+    return metric_value(text, "dynamo_frontend_inflight_requests") or 0.0
+
+
+def test_worker_sigterm_under_load_loses_no_request(cluster):
+    """Scale-down path: no migration configured, so only the drain keeps requests whole."""
+    workers = [cluster.mocker("--speedup-ratio", "5"), cluster.mocker("--speedup-ratio", "5")]
+    cluster.frontend()
+    cluster.wait_workers(MODEL, 2)
+    load = Load(cluster.base_url, clients=4, max_tokens=24, pause=0)
+    load.start()
+    try:
+        wait_until(lambda: load.ok >= 8, 120, "load running")
+        workers[0].popen.send_signal(signal.SIGTERM)
+        cluster.wait_workers(MODEL, 1, timeout=30)
+        workers[0].popen.wait(60)
+        before = load.ok
+        wait_until(lambda: load.ok >= before + 8, 120, "load continues on the survivor")
+    finally:
+        load.finish()
+    assert workers[0].popen.returncode == 0, workers[0].log()
+    assert load.failures == [], load.failures

@@ -1,0 +1,102 @@
+"""Request validation and conversion (dynamo/frontend/openai.py) with no server: every bad
+input is a 400 with an OpenAI-shaped error naming the field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dynamo.frontend.openai import ApiError, decode_request, validate_chat, validate_completion
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+COMPLETION = {"model": "m", "prompt": "hi"}
+
+
+def chat(**over):
+    return decode_request(json.dumps({**CHAT, **over}).encode(), "chat")
+
+
+def completion(**over):
+    return decode_request(json.dumps({**COMPLETION, **over}).encode(), "completion")
+
+
+def refused(fn, *args) -> ApiError:
+    with pytest.raises(ApiError) as info:
+        fn(*args)
+    err = info.value
+    assert err.status == 400
+    assert set(err.body()["error"]) == {"message", "type", "param", "code"}
+    assert err.body()["error"]["type"] == "invalid_request_error"
+    return err
+
+
+def test_valid_requests_pass_and_convert():
+    req = chat(temperature=0.5, top_p=0.9, top_k=40, min_p=0.1, seed=3, stop="END", min_tokens=2, ignore_eos=True,
+               presence_penalty=1.5, frequency_penalty=-1, repetition_penalty=1.1, unknown_vendor_field={"x": 1})
+    validate_chat(req)
+    wire = req.to_request([1, 2], "id", "m", 7, [0])
+    so = wire.sampling_options
+    assert (so.temperature, so.top_p, so.top_k, so.min_p, so.seed) == (0.5, 0.9, 40, 0.1, 3)
+    assert (so.presence_penalty, so.frequency_penalty, so.repetition_penalty) == (1.5, -1, 1.1)
+    sc = wire.stop_conditions
+    assert (sc.max_tokens, sc.stop, sc.min_tokens, sc.ignore_eos) == (7, ["END"], 2, True)
+    assert chat().to_request([1], "id", "m", 1, []).stop_conditions.stop is None
+    for prompt in ("text", ["text"], [1, 2, 3], [[1, 2, 3]]):
+        validate_completion(completion(prompt=prompt))
+
+
+@pytest.mark.parametrize("body,param,code", [
+    (b"{not json", None, "invalid_json"),
+    (b'{"messages": []}', "model", "invalid_type"),
+    (json.dumps({**CHAT, "temperature": "hot"}).encode(), "temperature", "invalid_type"),
+    (json.dumps({**CHAT, "messages": [{"content": "no role"}]}).encode(), "messages[0]", "invalid_type"),
+])
+def test_decode_errors_name_the_field(body, param, code):
+    err = refused(decode_request, body, "chat")
+    assert (err.param, err.code) == (param, code), err.body()
+
+
+@pytest.mark.parametrize("field,value", [
+    ("max_tokens", 0), ("temperature", -0.1), ("temperature", 2.5), ("top_p", 0.0), ("top_p", 1.5),
+    ("min_p", 1.5), ("presence_penalty", 3), ("frequency_penalty", -3), ("repetition_penalty", 0),
+    ("top_k", -2), ("n", 0), ("min_tokens", -1), ("logprobs", -1), ("stop", [""]), ("stop", ["x"] * 17),
+    ("model", ""),
+])
+def test_common_range_checks(field, value):
+    err = refused(validate_chat, chat(**{field: value}))
+    assert err.param == field
+    err = refused(validate_completion, completion(**{field: value}))
+    assert err.param == field
+
+
+def test_boundaries_are_accepted():
+    validate_chat(chat(temperature=0, top_p=1.0, top_k=-1, n=1, max_tokens=1, min_tokens=0, stop=["x"] * 16,
+                       presence_penalty=-2, frequency_penalty=2, logprobs=False))
+
+
+@pytest.mark.parametrize("over,param,code", [
+    ({"messages": []}, "messages", "invalid_value"),
+    ({"max_completion_tokens": 0}, "max_completion_tokens", "invalid_value"),
+    ({"tools": [{"type": "function"}], "tool_choice": "auto"}, "tools[0]", "invalid_type"),
+])
+def test_chat_specific_checks(over, param, code):
+    err = refused(validate_chat, chat(**over))
+    assert (err.param, err.code) == (param, code)
+
+
+def test_tools_with_tool_choice_none_are_accepted():
+    validate_chat(chat(tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="none"))
+
+
+@pytest.mark.parametrize("over,code", [
+    ({"echo": True, "logprobs": 1}, "unsupported_parameter"), ({"best_of": 2}, "unsupported_value"),
+    ({"suffix": "x"}, "unsupported_parameter"), ({"prompt": []}, "invalid_value"),
+    ({"prompt": [1, "a"]}, "invalid_type"), ({"prompt": [[1], []]}, "invalid_type"),
+    ({"prompt": [True, False]}, "invalid_type"), ({"prompt": ["a", "b"]}, "unsupported_value"),
+    ({"prompt": [[1], [2]]}, "unsupported_value"),
+])
+def test_completion_specific_checks(over, code):
+    err = refused(validate_completion, completion(**over))
+    assert err.code == code
+    assert err.param == next(iter(over))

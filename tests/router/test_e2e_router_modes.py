@@ -1,0 +1,61 @@
+"""`--router-mode round-robin` (the default) and `random`, end to end: two mocker workers,
+one frontend per mode, each worker's own request counter as the oracle."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.fixtures.procs import Cluster, free_port, http_get, wait_until
+from tests.router.e2e_helpers import MODEL, complete, tokens, worker_requests
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model, tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("router-modes"), tiny_model, "file")
+    try:
+        c.workers = [c.mocker("--speedup-ratio", "100") for _ in range(2)]  # type: ignore[attr-defined]
+        c.frontend()  # default mode
+        c.wait_workers(MODEL, 2)
+        yield c
+    finally:
+        c.stop()
+
+
+def serving(url: str) -> list[dict]:
+    return [i for i in json.loads(http_get(url + "/health")[1]).get("instances", []) if i.get("model") == MODEL]
+
+
+def served_by(cluster, prompt_seed: int, url: str) -> int:
+    """Index of the worker that served one request (its counter moved by exactly one)."""
+    before = [worker_requests(w) for w in cluster.workers]
+    complete(url, tokens(prompt_seed, 20))
+    deltas = [worker_requests(w) - b for w, b in zip(cluster.workers, before)]
+    assert sorted(deltas) == [0.0, 1.0], deltas
+    return deltas.index(1.0)
+
+
+def test_default_mode_is_round_robin_and_alternates(cluster):
+    # The same prompt every time: round-robin ignores content, so a cache cannot explain the pattern.
+    picks = [served_by(cluster, 7, cluster.base_url) for _ in range(8)]
+    assert all(a != b for a, b in zip(picks, picks[1:])), picks
+    assert picks.count(0) == picks.count(1) == 4
+
+
+def test_random_mode_uses_both_workers(cluster):
+    port = free_port()
+    proc = cluster.start("dynamo.frontend", ["--http-host", "127.0.0.1", "--http-port", str(port),
+                                             "--router-mode", "random"])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: len(serving(url)) == 2, 60, "random frontend to see 2 workers")
+        picks = [served_by(cluster, 7, url) for _ in range(30)]
+        # Both workers are used (all 30 on one worker: probability 2**-29) and no strict alternation
+        # (probability 2**-29 as well): random, not round-robin in disguise.
+        assert set(picks) == {0, 1}, picks
+        assert any(a == b for a, b in zip(picks, picks[1:])), picks
+    finally:
+        proc.stop()

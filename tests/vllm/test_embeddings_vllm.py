@@ -1,0 +1,74 @@
+"""`/v1/embeddings` through the frontend to `python -m dynamo.vllm --runner pooling
+--convert embed` (vLLM's pooling runner on the tiny Llama, built offline): vectors equal
+vLLM's own offline embeddings; a generation-only model answers 404."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import openai
+import pytest
+
+from tests.fixtures.procs import REPO
+from tests.vllm.conftest import BLOCK_SIZE, ENGINE_ENV, MAX_MODEL_LEN, MODEL, VllmCluster, reference_result, wait_healthy
+
+pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1800)]
+
+PROMPTS = [[6 + (i * 17 + k * 5) % 4000 for i in range(12 + 3 * k)] for k in range(3)]
+
+
+def offline_embeddings(python: Path, model: Path, log_path: Path) -> subprocess.Popen:
+    env = {**os.environ, **ENGINE_ENV, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    args = [str(python), str(Path(__file__).with_name("offline_embeddings.py")), str(model), json.dumps(PROMPTS),
+            str(BLOCK_SIZE), str(MAX_MODEL_LEN)]
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def env(vllm_python, vllm_model, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("vllm-embed")
+    cluster = VllmCluster(tmp, vllm_model, vllm_python)
+    reference = None
+    try:
+        worker = cluster.vllm_worker("--runner", "pooling", "--convert", "embed", wait=False)
+        reference = offline_embeddings(vllm_python, vllm_model, tmp / "reference.log")
+        cluster.frontend()
+        wait_healthy(worker, timeout=600)  # a loaded 2-core box can take minutes to start vLLM
+        cluster.wait_workers(MODEL, 1)
+        yield {"cluster": cluster, "reference": reference_result(reference)}
+    finally:
+        if reference is not None and reference.poll() is None:  # failed before reading it: reap its group
+            os.killpg(reference.pid, signal.SIGKILL)
+        cluster.stop()
+
+
+@pytest.fixture()
+def client(env):
+    return openai.OpenAI(base_url=env["cluster"].base_url + "/v1", api_key="x", max_retries=0, timeout=180)
+
+
+def test_embeddings_equal_vllm_offline(env, client):
+    resp = client.embeddings.create(model=MODEL, input=PROMPTS)
+    assert [d.index for d in resp.data] == [0, 1, 2]
+    for ours, theirs in zip(resp.data, env["reference"]):
+        assert np.allclose(ours.embedding, theirs, atol=1e-4)
+    assert resp.usage.prompt_tokens == sum(len(p) for p in PROMPTS)
+    one = client.embeddings.create(model=MODEL, input=PROMPTS[0], encoding_format="base64")
+    raw = base64.b64decode(one.data[0].embedding) if isinstance(one.data[0].embedding, str) else None
+    vector = list(struct.unpack(f"<{len(raw) // 4}f", raw)) if raw else one.data[0].embedding
+    assert np.allclose(vector, env["reference"][0], atol=1e-4)
+
+
+def test_text_input_and_generation_refused(client):
+    resp = client.embeddings.create(model=MODEL, input=["hello world", "the cat"])
+    assert len(resp.data) == 2 and len(resp.data[0].embedding) == len(resp.data[1].embedding) > 0
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
