@@ -32,15 +32,19 @@ class ControlServer:
         self.supervisor = supervisor
         self.graph_name = graph_name
         self.http = EmbeddedHttpServer(self.app, "127.0.0.1", port)
+        self.models: Any = None  # DynamoModel TOTAL/READY rows (dynamo_model.AdapterReconciler.status)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"graph": self.graph_name,
+        snap = {"graph": self.graph_name,
                 "services": {name: plan.replicas for name, plan in self.supervisor.plans.items()},
                 # what a planner needs to find its pools, as it reads them from a DGD on Kubernetes
                 "components": {name: {"componentType": plan.svc.componentType,
                                       "subComponentType": plan.svc.subComponentType}
                                for name, plan in self.supervisor.plans.items()},
                 "replicas": self.supervisor.status()}
+        if self.models is not None:
+            snap["models"] = self.models()
+        return snap
 
     async def app(self, scope, receive, send) -> None:
         if scope["type"] != "http":

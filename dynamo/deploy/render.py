@@ -16,8 +16,10 @@ from dynamo.deploy import contract
 from dynamo.deploy.commands import MODEL_FLAGS, flag_value, parse_command
 from dynamo.deploy.model import GPU_RESOURCE, EnvVar, Graph, Quantities, Service
 from dynamo.deploy import multinode
+from dynamo.deploy.dynamo_model import add_sidecars, load_models
 from dynamo.deploy.pull_secrets import parse_pull_secret, pull_secrets, secrets_from_file
 from dynamo.deploy.run import load_graph
+from dynamo.deploy.validate import load_documents
 
 ETCD_IMAGE = "quay.io/coreos/etcd:v3.5.21"
 DISCOVERY_ANNOTATION = "nvidia.com/dynamo-discovery-backend"
@@ -263,11 +265,13 @@ def main(args: argparse.Namespace) -> int:
         known = [parse_pull_secret(i) for i in args.pull_secrets]
         for path in args.pull_secrets_from:
             known += secrets_from_file(path)
+        models = load_models(load_documents(args.file), graph)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     warnings: list[str] = []
     objects = render(graph, args.namespace, args.etcd_endpoints, args.include_etcd, known, warnings)
+    add_sidecars(objects, graph, models, contract.K8S_SYSTEM_PORT, contract.k8s_name)  # DynamoModel adapters
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
     sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False))

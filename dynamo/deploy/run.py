@@ -15,11 +15,12 @@ import tempfile
 import time
 
 from dynamo.deploy.control import ControlServer
+from dynamo.deploy.dynamo_model import AdapterReconciler, load_models
 from dynamo.deploy.model import Graph
 from dynamo.deploy.parsers import module_available
 from dynamo.deploy.plan import RunOptions, build_plans, parse_append_args, parse_overrides, parse_volumes
 from dynamo.deploy.supervisor import Supervisor
-from dynamo.deploy.validate import validate_file
+from dynamo.deploy.validate import load_documents, validate_file
 from dynamo.runtime.process import configure_logging
 
 
@@ -46,14 +47,15 @@ def status_table(sup: Supervisor) -> str:
     return "\n".join(["-" * len(lines[0]), *lines, "-" * len(lines[0])])
 
 
-async def print_status(sup: Supervisor, stop: asyncio.Event, every: float = 30.0) -> None:
+async def print_status(sup: Supervisor, stop: asyncio.Event, every: float = 30.0,
+                       adapters: AdapterReconciler | None = None) -> None:
     """Reprint the table when states change (at most once a second) and every `every` s."""
     seen, last = -1, 0.0
     while not stop.is_set():
         now = time.monotonic()
         if sup.version != seen or now - last >= every:
             seen, last = sup.version, now
-            sup._print(status_table(sup))
+            sup._print(status_table(sup) + (f"\n{adapters.table()}" if adapters and adapters.models else ""))
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), 1.0)
 
@@ -65,6 +67,7 @@ async def serve(args: argparse.Namespace, graph: Graph, state_dir: str, pods_dir
                           volumes=parse_volumes(args.volumes), pods_dir=pods_dir,
                           prometheus_endpoint=getattr(args, "prometheus_endpoint", None))
         plans = build_plans(graph, opts, parse_overrides(args.overrides))
+        models = load_models(load_documents(args.file), graph)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -76,6 +79,8 @@ async def serve(args: argparse.Namespace, graph: Graph, state_dir: str, pods_dir
         os.makedirs(args.log_dir, exist_ok=True)
     sup = Supervisor(plans, log_dir=args.log_dir, grace=args.grace)
     control = ControlServer(sup, graph.metadata.name, args.control_port)
+    adapters = AdapterReconciler(sup, graph, models)
+    control.models = adapters.status
     port = await control.start()
     url = f"http://127.0.0.1:{port}"
     opts.control_url = url  # planner components scale the graph through it (DYN_DEPLOY_CONTROL_URL)
@@ -87,10 +92,13 @@ async def serve(args: argparse.Namespace, graph: Graph, state_dir: str, pods_dir
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    printer = None if args.no_status else asyncio.create_task(print_status(sup, stop))
+    printer = None if args.no_status else asyncio.create_task(print_status(sup, stop, adapters=adapters))
+    placer = asyncio.create_task(adapters.run(stop))
     try:
         await sup.run(stop)
     finally:
+        stop.set()
+        await placer
         if printer:
             await printer
         await control.stop()

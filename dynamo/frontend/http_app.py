@@ -158,7 +158,8 @@ class FrontendApp:
         await send_json(send, 200, body)
 
     async def list_models(self, scope, receive, send) -> None:
-        data = [{"id": e.name, "object": "model", "created": e.created, "owned_by": "dynamo"}
+        data = [{"id": e.name, "object": "model", "created": e.created, "owned_by": "dynamo",
+                 **({"parent": e.card.base_model_path} if e.card.lora_name else {})}  # a LoRA: its base model
                 for e in self.models.listed()]
         await send_json(send, 200, {"object": "list", "data": data})
 
@@ -351,14 +352,17 @@ def wire_requests(pipeline, req, ids: list[int], is_chat: bool) -> list:
     parser = pipeline.card.runtime_config.tool_call_parser
     n = req.choices()
     if n == 1:
-        return [req.to_request(ids, request_id, pipeline.name, max_tokens, pipeline.eos_token_ids, parser)]
-    base = req.seed if req.seed is not None else random.getrandbits(31)
-    out = []
-    for i in range(n):
-        preq = req.to_request(list(ids), f"{request_id}-{i}", pipeline.name, max_tokens, pipeline.eos_token_ids,
-                              parser)
-        preq.sampling_options.seed = base + i
-        out.append(preq)
+        out = [req.to_request(ids, request_id, pipeline.name, max_tokens, pipeline.eos_token_ids, parser)]
+    else:
+        base = req.seed if req.seed is not None else random.getrandbits(31)
+        out = []
+        for i in range(n):
+            preq = req.to_request(list(ids), f"{request_id}-{i}", pipeline.name, max_tokens,
+                                  pipeline.eos_token_ids, parser)
+            preq.sampling_options.seed = base + i
+            out.append(preq)
+    for preq in out:  # a LoRA adapter's model: the worker applies it, its KV blocks hash in its namespace
+        preq.lora_name = pipeline.card.lora_name
     return out
 
 

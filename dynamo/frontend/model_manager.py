@@ -56,6 +56,14 @@ class ModelEntry:
         return pool
 
 
+def routable_address(card: ModelDeploymentCard, record: InstanceRecord | None) -> str | None:
+    """Where to send the card's requests; None while the worker is not serving it (a LoRA adapter
+    still loading counts as not serving: requests for it get 503)."""
+    if record is None or (card.user_data or {}).get("lora_loading"):
+        return None
+    return record.address
+
+
 class ModelManager:
     def __init__(self, store: KeyValueStore, namespace: str | None,
                  on_change: Callable[[ModelEntry], None] | None = None, block_size: int | None = None) -> None:
@@ -65,7 +73,8 @@ class ModelManager:
         self.models: dict[str, ModelEntry] = {}
         # Models that had workers and lost them all: requests get 503 (retry later), not 404.
         self.retired: set[str] = set()
-        self._cards: dict[tuple[EndpointId, int], ModelDeploymentCard] = {}
+        # (endpoint, instance) -> discovery key -> card (the base model's, then one per LoRA adapter)
+        self._cards: dict[tuple[EndpointId, int], dict[str, ModelDeploymentCard]] = {}
         self._instances: dict[tuple[EndpointId, int], InstanceRecord] = {}
         self._tasks: list[asyncio.Task] = []
         self._on_change = on_change
@@ -107,18 +116,19 @@ class ModelManager:
                 await asyncio.sleep(1.0)
 
     async def _on_card(self, event: WatchEvent, eid: EndpointId, iid: int) -> None:
-        key = (eid, iid)
+        # A worker's base card sits at `.../{iid}`, each LoRA adapter's at `.../{iid}/{adapter}`.
+        key, cards = event.key, self._cards.setdefault((eid, iid), {})
         if event.kind == "delete":
-            card = self._cards.pop(key, None)
+            card = cards.pop(key, None)
             if card is not None:
-                self._drop_worker(card.display_name, iid)
+                self._drop_worker(card.display_name, iid, retire=card.lora_name is None)
             return
         try:
             card = card_decoder.decode(event.value or b"")
         except Exception as exc:
             log.warning("ignoring malformed model card at %s: %s", event.key, exc)
             return
-        self._cards[key] = card
+        cards[key] = card
         entry = self.models.get(card.display_name)
         if entry is None:
             try:
@@ -137,15 +147,15 @@ class ModelManager:
             log.error("worker %x serves %r with a different model card (checksum %s != %s); not routing to it",
                       iid, card.display_name, card.mdcsum, entry.card.mdcsum)
             return
-        record = self._instances.get(key)
-        entry.workers[iid] = WorkerInfo(iid, eid, card, record.address if record else None)
+        record = self._instances.get((eid, iid))
+        entry.workers[iid] = WorkerInfo(iid, eid, card, routable_address(card, record))
         self._bump(entry)
 
     def _on_instance(self, event: WatchEvent, eid: EndpointId, iid: int) -> None:
         key = (eid, iid)
         if event.kind == "delete":
             self._instances.pop(key, None)
-            address = None
+            record = None
         else:
             try:
                 record = records.instance_decoder.decode(event.value or b"")
@@ -153,17 +163,14 @@ class ModelManager:
                 log.warning("ignoring malformed instance record at %s: %s", event.key, exc)
                 return
             self._instances[key] = record
-            address = record.address
-        card = self._cards.get(key)
-        if card is None:
-            return
-        entry = self.models.get(card.display_name)
-        if entry is not None and iid in entry.workers:
-            old = entry.workers[iid]  # a new object: pool snapshots already handed out stay as they were
-            entry.workers[iid] = WorkerInfo(iid, old.endpoint, old.card, address)
-            self._bump(entry)
+        for card in self._cards.get(key, {}).values():
+            entry = self.models.get(card.display_name)
+            if entry is not None and iid in entry.workers:
+                old = entry.workers[iid]  # a new object: pool snapshots already handed out stay as they were
+                entry.workers[iid] = WorkerInfo(iid, old.endpoint, old.card, routable_address(old.card, record))
+                self._bump(entry)
 
-    def _drop_worker(self, name: str, iid: int) -> None:
+    def _drop_worker(self, name: str, iid: int, retire: bool = True) -> None:
         entry = self.models.get(name)
         if entry is None:
             return
@@ -171,7 +178,8 @@ class ModelManager:
         self._bump(entry)
         if not entry.workers:
             del self.models[name]
-            self.retired.add(name)
+            if retire:  # an unloaded LoRA adapter is gone (404), not waiting for workers (503)
+                self.retired.add(name)
             log.info("model %r has no workers left; no longer listed", name)
 
     def _bump(self, entry: ModelEntry) -> None:

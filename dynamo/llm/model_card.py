@@ -71,6 +71,10 @@ class ModelDeploymentCard(msgspec.Struct, kw_only=True, omit_defaults=True):
     mdcsum: str = ""
     # Set when this model name is a LoRA adapter: its KV blocks hash in the adapter's namespace.
     lora_name: str | None = None
+    base_model_path: str | None = None  # a LoRA card: the base model it applies to
+    # A LoRA card: {"lora_adapter": true, "lora_id": n} (+ "lora_loading": true while it loads).
+    user_data: dict[str, Any] | None = None
+    max_gpu_lora_count: int | None = None
 
 
 def slugify(name: str) -> str:

@@ -73,6 +73,8 @@ class PreprocessedRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     # "embed": a pooling request (one input); the answer is one output carrying `embedding`.
     task: str | None = None
     extra_args: dict[str, Any] | None = None
+    # The LoRA adapter to apply (the model name is the adapter's); None: the base model.
+    lora_name: str | None = None
 
 
 class FinishReason:

@@ -7,6 +7,7 @@ and aborts a request when its stream is closed, so `abort` has nothing left to d
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from typing import AsyncIterator
 
@@ -26,6 +27,7 @@ class MockerAdapter:
         self.args = args
         self.engine: MockEngine | None = None
         self._started = False
+        self.loras: dict[str, int] = {}  # simulated adapters: name -> lora id
 
     async def start(self, ctx: EngineContext) -> EngineInfo:
         if not self.args.model_path or not os.path.isdir(self.args.model_path):
@@ -46,11 +48,14 @@ class MockerAdapter:
             context_length=args.context_length, total_kv_blocks=args.num_gpu_blocks_override,
             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
             publishes_kv_events=args.enable_prefix_caching,
+            max_loras=args.max_loras if args.enable_lora else None,
             tool_call_parser=args.tool_call_parser, reasoning_parser=args.reasoning_parser,
             summary=f"{args.num_gpu_blocks_override} KV blocks of {args.block_size} tokens, "
                     f"speedup {args.speedup_ratio:g}")
 
     async def generate(self, request: PreprocessedRequest, request_id: str) -> AsyncIterator[LLMEngineOutput]:
+        if request.lora_name is not None and request.lora_name not in self.loras:
+            raise ValueError(f"LoRA adapter {request.lora_name!r} is not loaded on this worker")
         first = True
         async for out in self.engine.generate(request):
             if first and out.error is not None and not out.token_ids and self.engine.running:
@@ -59,6 +64,24 @@ class MockerAdapter:
                 raise ValueError(out.error)
             first = False
             yield out
+
+    async def load_lora(self, name: str, path: str, lora_id: int) -> None:
+        """Simulated: check the adapter's config the way vLLM would, then hold it by name."""
+        try:
+            config = json.loads(open(os.path.join(path, "adapter_config.json")).read())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"unreadable adapter_config.json: {exc}") from None
+        rank = config.get("r")
+        if not isinstance(rank, int) or rank <= 0:
+            raise ValueError("adapter_config.json has no valid rank `r`")
+        if rank > self.args.max_lora_rank:
+            raise ValueError(f"LoRA rank {rank} is greater than --max-lora-rank {self.args.max_lora_rank}")
+        if self.args.lora_load_time:
+            await asyncio.sleep(self.args.lora_load_time)
+        self.loras[name] = lora_id
+
+    async def unload_lora(self, name: str) -> None:
+        self.loras.pop(name, None)
 
     async def abort(self, request_id: str) -> None:
         """Nothing to do: closing `MockEngine.generate` aborts the sequence and frees its blocks."""

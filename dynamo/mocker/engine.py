@@ -161,6 +161,7 @@ class MockEngine:
             self.sampler.with_extra(extra),
             seed_for(prompt, request.sampling_options.seed),
             skip_prefill=skip_prefill,
+            lora_name=request.lora_name,
         )
         if self.script_for is not None and not (request.prefill_only or self.mode == "prefill"):
             seq.script = self.script_for(prompt)

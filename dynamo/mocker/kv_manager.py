@@ -22,9 +22,9 @@ from dynamo.llm.kv_events.protocol import KvCacheEvent, KvCleared, KvRemoved, Kv
 EventSink = Callable[[KvCacheEvent], None]
 
 
-def hash_blocks(tokens: Sequence[int], block_size: int) -> tuple[list[int], list[int]]:
+def hash_blocks(tokens: Sequence[int], block_size: int, lora_name: str | None = None) -> tuple[list[int], list[int]]:
     """(LocalBlockHashes, SequenceHashes) of the full blocks of `tokens`."""
-    local = block_hashes(tokens, block_size)
+    local = block_hashes(tokens, block_size, lora_name)
     return local, sequence_hashes(local)
 
 

@@ -34,12 +34,12 @@ class Sequence:
     __slots__ = (
         "request_id", "tokens", "prompt_len", "max_tokens", "sampler", "rng", "skip_prefill",
         "num_computed", "num_generated", "prefilling", "held", "has_partial", "cached_tokens",
-        "finish_reason", "error", "waiter", "done", "_hashed_len", "_locals", "_seqs", "script",
+        "finish_reason", "error", "waiter", "done", "_hashed_len", "_locals", "_seqs", "lora_name", "script",
     )  # fmt: skip
 
     def __init__(
         self, request_id: str, prompt: list[int], max_tokens: int, sampler: TokenSampler, rng: int,
-        *, skip_prefill: bool = False,
+        *, skip_prefill: bool = False, lora_name: str | None = None,
     ) -> None:  # fmt: skip
         self.request_id = request_id
         self.tokens = list(prompt)  # prompt, then every sampled token (the consumer reads the tail)
@@ -59,12 +59,13 @@ class Sequence:
         self.waiter: asyncio.Future | None = None
         self.done = False
         self._hashed_len = -1
+        self.lora_name = lora_name  # a LoRA adapter's blocks hash (and are cached) in its own namespace
         self.script: list[int] | None = None  # replayed output ids (`--replay-file`), then EOS
 
     def full_block_hashes(self, block_size: int) -> tuple[list[int], list[int]]:
         """(local, sequence) hashes of the current full blocks, cached between admission tries."""
         if self._hashed_len != len(self.tokens):
-            self._locals, self._seqs = hash_blocks(self.tokens, block_size)
+            self._locals, self._seqs = hash_blocks(self.tokens, block_size, self.lora_name)
             self._hashed_len = len(self.tokens)
         return self._locals, self._seqs
 
@@ -329,7 +330,7 @@ class Scheduler:
     def _promote(self, seq: Sequence) -> None:
         bs = self.block_size
         start = len(seq.held) * bs
-        local = block_hashes(seq.tokens[start : start + bs], bs)[0]
+        local = block_hashes(seq.tokens[start : start + bs], bs, seq.lora_name)[0]
         parent = seq.held[-1] if seq.held else None
         seq_hash = chain_hash(parent, local)
         self.kv.promote(parent, seq_hash, local)

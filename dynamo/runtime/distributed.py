@@ -150,6 +150,17 @@ class DistributedRuntime:
         self.health.endpoints[str(eid)] = "ready"
         log.info("serving %s as instance %x at %s", eid, self.instance_id, server.advertised)  # type: ignore
 
+    async def register_key(self, key: str, value: bytes) -> None:
+        """Put an extra record under the lease; it leaves discovery with the others on unregister."""
+        await self.store.put(key, value)
+        if key not in self._registered:
+            self._registered.append(key)
+
+    async def unregister_key(self, key: str) -> None:
+        if key in self._registered:
+            self._registered.remove(key)
+        await self.store.delete(key)
+
     async def unregister(self) -> None:
         """Leave discovery (callers stop sending new requests) without closing connections."""
         for key in self._registered:

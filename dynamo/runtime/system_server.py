@@ -1,12 +1,13 @@
 """Worker system server on `DYN_SYSTEM_PORT`: `/live`, `/health` (503 until the
 worker's endpoints serve, and again once its engine dies) and `/metrics`
-(Prometheus text, including `dynamo_component_*`)."""
+(Prometheus text, including `dynamo_component_*`). Components mount more routes with
+`add_routes` (the worker's `/v1/loras`)."""
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -50,6 +51,11 @@ class SystemServer:
         self.health = health
         self.extra_metrics = extra_metrics
         self.http = EmbeddedHttpServer(self.app, host, port)
+        # (path prefix, ASGI app): checked before the 404, in the order added.
+        self.mounts: list[tuple[str, Callable[..., Awaitable[None]]]] = []
+
+    def add_routes(self, prefix: str, app: Callable[..., Awaitable[None]]) -> None:
+        self.mounts.append((prefix, app))
 
     async def app(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -66,6 +72,10 @@ class SystemServer:
                 data += self.extra_metrics()
             await send_bytes(send, 200, data, TEXT_HEADERS)
         else:
+            for prefix, app in self.mounts:
+                if path == prefix or path.startswith(prefix + "/"):
+                    await app(scope, receive, send)
+                    return
             await send_json(send, 404, {"error": {"message": f"no route {path}", "type": "not_found_error",
                                                   "param": None, "code": "not_found"}})
 

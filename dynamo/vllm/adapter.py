@@ -3,7 +3,8 @@
 Start-up: the KV transfer connector for the role (`disagg`), Dynamo's defaults on the
 engine args (KV events on for agg/prefill), the engine built in a thread, then the facts
 the card needs from its effective config. KV events come from vLLM's own ZMQ publisher;
-load from a stat logger (`events.EngineStats`).
+load from a stat logger (`events.EngineStats`). LoRA adapters (`--enable-lora`) are loaded at
+runtime as `LoRARequest`s (`load_lora`), and their KV events decode in the adapter's hash namespace.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class VllmAdapter:
         self.params_hook = None
         self.mode = config.mode
         self.instance_id = 0
+        self.loras: dict[str, Any] = {}  # adapter name -> vLLM LoRARequest
+        self.decoder: EngineEventDecoder | None = None
         self.kv_tokens = 0  # KV capacity in tokens, for forward-pass metrics
 
     async def start(self, ctx: EngineContext) -> EngineInfo:
@@ -54,16 +57,37 @@ class VllmAdapter:
             context_length=facts.max_model_len, total_kv_blocks=facts.num_blocks, max_num_seqs=facts.max_num_seqs,
             max_num_batched_tokens=facts.max_num_batched_tokens, data_parallel_size=facts.data_parallel_size,
             publishes_kv_events=self.publishes,
+            max_loras=self.engine_args.max_loras if getattr(self.engine_args, "enable_lora", False) else None,
             tool_call_parser=self.config.tool_call_parser, reasoning_parser=self.config.reasoning_parser,
             model_types=["embedding"] if facts.pooling else None,
             summary=f"{facts.model}, {facts.num_blocks} KV blocks of {facts.block_size} tokens, max_num_seqs "
                     f"{facts.max_num_seqs}, context {facts.max_model_len}")
 
     def generate(self, request: PreprocessedRequest, request_id: str) -> AsyncIterator[LLMEngineOutput]:
+        lora = None
+        if request.lora_name is not None:
+            lora = self.loras.get(request.lora_name)
+            if lora is None:
+                return refused(ValueError(f"LoRA adapter {request.lora_name!r} is not loaded on this worker"))
         if request.task == "embed":
             return stream_embedding(self.engine, request, request_id)
         params = to_sampling_params(request, self.facts.max_model_len, self.mode)
-        return stream_outputs(self.engine, request, params, request_id, self.params_hook)
+        return stream_outputs(self.engine, request, params, request_id, self.params_hook, lora)
+
+    async def load_lora(self, name: str, path: str, lora_id: int) -> None:
+        from vllm.lora.request import LoRARequest
+
+        request = LoRARequest(lora_name=name, lora_int_id=lora_id, lora_path=path)
+        if not await self.engine.add_lora(request):
+            raise RuntimeError(f"vLLM refused LoRA adapter {name!r}")
+        self.loras[name] = request
+        if self.decoder is not None:  # its KV events carry the lora id: hash them under the name
+            self.decoder.lora_names[lora_id] = name
+
+    async def unload_lora(self, name: str) -> None:
+        request = self.loras.pop(name, None)
+        if request is not None:
+            await self.engine.remove_lora(request.lora_int_id)
 
     async def abort(self, request_id: str) -> None:
         await self.engine.abort(request_id)
@@ -71,9 +95,9 @@ class VllmAdapter:
     def kv_event_source(self) -> ZmqKvEventSource | None:
         if not self.publishes:
             return None
+        self.decoder = EngineEventDecoder(self.instance_id, self.facts.block_size)
         return ZmqKvEventSource(kv_event_endpoints(self.engine, self.engine_args),
-                                self.engine_args.kv_events_config.topic,
-                                EngineEventDecoder(self.instance_id, self.facts.block_size), engine="vLLM")
+                                self.engine_args.kv_events_config.topic, self.decoder, engine="vLLM")
 
     def load_metrics(self, worker_id: int) -> LoadMetrics:
         return self.stats.load_metrics(worker_id)
@@ -102,3 +126,9 @@ class VllmAdapter:
     async def stop(self) -> None:
         if self.engine is not None:
             self.engine.shutdown()
+
+
+async def refused(exc: Exception) -> AsyncIterator[LLMEngineOutput]:
+    """A request the engine will not take, failing where the harness maps errors (on iteration)."""
+    raise exc
+    yield  # pragma: no cover - makes this an async generator

@@ -113,14 +113,16 @@ def error_code(exc: Exception) -> str | None:
 
 
 async def stream_outputs(engine: Any, request: PreprocessedRequest, params: Any, request_id: str,
-                         params_hook: Callable[[dict], dict] | None = None) -> AsyncIterator[LLMEngineOutput]:
+                         params_hook: Callable[[dict], dict] | None = None,
+                         lora_request: Any = None) -> AsyncIterator[LLMEngineOutput]:
     """`AsyncLLM.generate` for one request, each DELTA `RequestOutput` as an `LLMEngineOutput`."""
     from vllm.inputs import TokensPrompt
 
     eos_ids = set(request.eos_token_ids)
     top = request.output_options.logprobs or 0
     first = True
-    stream = engine.generate(TokensPrompt(prompt_token_ids=request.token_ids), params, request_id)
+    stream = engine.generate(TokensPrompt(prompt_token_ids=request.token_ids), params, request_id,
+                             lora_request=lora_request)
     try:
         async for result in stream:
             completion = result.outputs[0]

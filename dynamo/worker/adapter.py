@@ -61,6 +61,7 @@ class EngineInfo:
     # Disaggregation: where decode workers reach this prefill worker (SGLang bootstrap).
     disaggregated_endpoint: dict[str, Any] | None = None
     runtime_data: dict[str, Any] = field(default_factory=dict)
+    max_loras: int | None = None  # LoRA enabled (--enable-lora): adapters batched together; None: off
     summary: str = ""  # one human line for the start-up log
     # Output formats the frontend parses (`--dyn-tool-call-parser`, `--dyn-reasoning-parser`).
     tool_call_parser: str | None = None
@@ -108,3 +109,16 @@ class EngineAdapter(Protocol):
 
     async def stop(self) -> None:
         """Shut the engine down (after drain)."""
+
+
+class LoraEngine(Protocol):
+    """Optional: adapters of an engine that serves LoRA (`EngineInfo.max_loras` set).
+
+    A request for an adapter carries `PreprocessedRequest.lora_name`; `generate` applies it
+    and refuses (ValueError) one for an adapter it does not hold."""
+
+    async def load_lora(self, name: str, path: str, lora_id: int) -> None:
+        """Load the adapter in local directory `path` (PEFT layout); raise ValueError if unusable."""
+
+    async def unload_lora(self, name: str) -> None:
+        """Drop the adapter (requests already running with it may finish)."""

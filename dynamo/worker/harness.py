@@ -27,7 +27,7 @@ from prometheus_client import Gauge
 
 from dynamo.llm.forward_pass import start_fpm_relay
 from dynamo.llm.kv_events.publisher import KvEventPublisher, LoadPublisher
-from dynamo.llm.model_card import RuntimeConfig, build_card, card_encoder
+from dynamo.llm.model_card import ModelDeploymentCard, RuntimeConfig, build_card, card_encoder
 from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.llm.kv_events.local_state import KV_QUERY_ENDPOINT
 from dynamo.runtime.config import from_namespace, setting
@@ -35,6 +35,7 @@ from dynamo.runtime.distributed import DistributedRuntime, advertise_host
 from dynamo.runtime.records import EndpointId
 from dynamo.worker.adapter import EngineAdapter, EngineContext, EngineInfo
 from dynamo.worker.kv_relay import KvSink
+from dynamo.worker.lora import ROUTE as LORA_ROUTE, LoraManager
 from dynamo.worker.requests import RequestHandler
 from dynamo.worker.role import WorkerRole
 
@@ -70,7 +71,7 @@ def grace_period() -> float:
     return from_namespace(ShutdownSettings, argparse.Namespace()).graceful_shutdown_grace_period_secs
 
 
-def model_card(adapter: EngineAdapter, spec: WorkerSpec, info: EngineInfo) -> bytes:
+def model_card(adapter: EngineAdapter, spec: WorkerSpec, info: EngineInfo) -> ModelDeploymentCard:
     runtime_config = RuntimeConfig(
         total_kv_blocks=info.total_kv_blocks, max_num_seqs=info.max_num_seqs,
         max_num_batched_tokens=info.max_num_batched_tokens, data_parallel_size=info.data_parallel_size,
@@ -82,7 +83,8 @@ def model_card(adapter: EngineAdapter, spec: WorkerSpec, info: EngineInfo) -> by
                       context_length=info.context_length, worker_type=spec.role.card_type,
                       migration_limit=spec.migration_limit, model_type=list(info.model_types or spec.model_types),
                       runtime_config=runtime_config)
-    return card_encoder.encode(card)
+    card.max_gpu_lora_count = info.max_loras
+    return card
 
 
 class Worker:
@@ -112,8 +114,12 @@ class Worker:
                                           rt.instance_id, lambda: adapter.load_metrics(rt.instance_id))
         self._closers.append(load.close)
         self._gauges()
+        card = model_card(adapter, self.spec, info)
         await rt.serve_endpoint(self.eid, self.handler.generate, request_type=PreprocessedRequest,
-                                card_json=model_card(adapter, self.spec, info))
+                                card_json=card_encoder.encode(card))
+        self.loras = LoraManager(rt, self.eid, adapter, card, info.max_loras)
+        if rt.system is not None:  # /v1/loras: answers "not enabled" unless the engine serves LoRA
+            rt.system.add_routes(LORA_ROUTE, self.loras.app)
         log.info("%s engine ready: model %r, %s, role %s, KV events %s", adapter.name, info.served_name,
                  info.summary or f"{info.total_kv_blocks} KV blocks of {info.block_size} tokens", self.spec.role,
                  "on" if info.publishes_kv_events else "off")

@@ -122,11 +122,11 @@ def metrics(proc: Proc) -> str:
 
 
 def offline_reference(python: Path, model_dir: Path, prompts: list[list[int]], max_tokens: int,
-                      log_path: Path) -> subprocess.Popen:
+                      log_path: Path, lora_dir: Path | None = None) -> subprocess.Popen:
     """Start vLLM's own offline greedy generation (`vllm.LLM`) for `prompts`; read with `reference_result`."""
     env = {**os.environ, **ENGINE_ENV, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     args = [str(python), str(Path(__file__).with_name("offline_reference.py")), str(model_dir), json.dumps(prompts),
-            str(max_tokens), str(BLOCK_SIZE), str(MAX_MODEL_LEN)]
+            str(max_tokens), str(BLOCK_SIZE), str(MAX_MODEL_LEN), *([str(lora_dir)] if lora_dir else [])]
     with open(log_path, "wb") as log:
         return subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
 

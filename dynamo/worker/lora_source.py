@@ -1,0 +1,83 @@
+"""Where a LoRA adapter's files come from: `file://`, `hf://` and `s3://` sources, and the
+local cache (`DYN_LORA_PATH`, default `~/.cache/dynamo_loras`) remote ones land in.
+
+A source resolves to a local directory holding `adapter_config.json` (plus the weights).
+A remote source already in the cache is used as it is (no network); one that is not is
+fetched, and a fetch that cannot happen here fails with a `LoraSourceError` saying why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from dynamo.runtime.config import from_namespace, setting
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+@dataclass
+class LoraSettings:
+    lora_path: str = setting("~/.cache/dynamo_loras", "Local cache directory for LoRA adapters from remote sources",
+                             env="DYN_LORA_PATH")
+
+
+class LoraSourceError(Exception):
+    """A source that cannot be used; `status` is the HTTP status the load request answers."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def cache_dir() -> Path:
+    return Path(os.path.expanduser(from_namespace(LoraSettings, argparse.Namespace()).lora_path))
+
+
+def _cache_slot(uri: str) -> Path:
+    parsed = urlparse(uri)
+    parts = [parsed.scheme, parsed.netloc, *[p for p in parsed.path.split("/") if p and p not in (".", "..")]]
+    return cache_dir().joinpath(*parts)
+
+
+def _check_adapter_dir(path: Path, uri: str) -> Path:
+    if not path.is_dir():
+        raise LoraSourceError(f"LoRA source {uri} is not a directory", 404 if not path.exists() else 400)
+    if not (path / ADAPTER_CONFIG).is_file():
+        raise LoraSourceError(f"LoRA source {uri} has no {ADAPTER_CONFIG}", 400)
+    return path
+
+
+def resolve_source(uri: str) -> Path:
+    """A local adapter directory for `uri` (blocking: run it in a thread)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return _check_adapter_dir(Path(unquote(parsed.netloc + parsed.path)), uri)
+    if parsed.scheme not in ("hf", "s3"):
+        raise LoraSourceError(f"unsupported LoRA source {uri!r}: use file://, hf:// or s3://")
+    if not parsed.netloc:
+        raise LoraSourceError(f"LoRA source {uri!r} names no repository or bucket")
+    slot = _cache_slot(uri)
+    if (slot / ADAPTER_CONFIG).is_file():
+        return slot
+    if parsed.scheme == "hf":
+        return _fetch_hf(parsed.netloc + parsed.path, slot, uri)
+    raise LoraSourceError(f"cannot fetch {uri}: this worker has no S3 client; put the adapter in the cache at "
+                          f"{slot}", 502)
+
+
+def _fetch_hf(repo: str, slot: Path, uri: str) -> Path:
+    repo, _, revision = repo.strip("/").partition("@")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise LoraSourceError(f"cannot fetch {uri}: huggingface_hub is not installed", 502) from None
+    try:
+        snapshot_download(repo_id=repo, revision=revision or None, local_dir=str(slot))
+    except Exception as exc:  # offline, unknown repo, no access: all say the same to the caller
+        raise LoraSourceError(f"cannot fetch {uri} from the Hugging Face Hub: {type(exc).__name__}: {exc}",
+                              502) from None
+    return _check_adapter_dir(slot, uri)

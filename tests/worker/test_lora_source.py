@@ -1,0 +1,61 @@
+"""Where LoRA adapters come from: file:// directories, the DYN_LORA_PATH cache for hf:// and
+s3://, and clear errors (with the HTTP status the load answers) for what cannot be used."""
+
+from __future__ import annotations
+
+import pytest
+
+from dynamo.worker.lora import lora_id_of
+from dynamo.worker.lora_source import LoraSourceError, resolve_source
+
+
+def adapter_dir(path):
+    path.mkdir(parents=True)
+    (path / "adapter_config.json").write_text("{}")
+    return path
+
+
+def test_file_source_is_used_in_place(tmp_path):
+    path = adapter_dir(tmp_path / "my adapter")
+    assert resolve_source(path.as_uri()) == path
+
+
+@pytest.mark.parametrize("uri,status", [
+    ("file:///no/such/adapter", 404),
+    ("ftp://host/adapter", 400),
+    ("hf://", 400),
+    ("s3://bucket/adapter", 502),
+])
+def test_unusable_sources_fail_with_a_status(uri, status, tmp_path, monkeypatch):
+    monkeypatch.setenv("DYN_LORA_PATH", str(tmp_path / "cache"))
+    with pytest.raises(LoraSourceError) as err:
+        resolve_source(uri)
+    assert err.value.status == status and str(err.value)
+
+
+def test_directory_without_adapter_config_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LoraSourceError, match="adapter_config.json"):
+        resolve_source((tmp_path / "empty").as_uri())
+
+
+def test_remote_sources_already_in_the_cache_need_no_network(tmp_path, monkeypatch):
+    monkeypatch.setenv("DYN_LORA_PATH", str(tmp_path / "cache"))
+    s3 = adapter_dir(tmp_path / "cache" / "s3" / "bucket" / "loras" / "a")
+    hf = adapter_dir(tmp_path / "cache" / "hf" / "org" / "adapter")
+    assert resolve_source("s3://bucket/loras/a") == s3
+    assert resolve_source("hf://org/adapter") == hf
+
+
+def test_offline_hub_fetch_fails_clearly(tmp_path, monkeypatch):
+    monkeypatch.setenv("DYN_LORA_PATH", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LoraSourceError, match="Hugging Face Hub") as err:
+        resolve_source("hf://no-such-org/no-such-adapter")
+    assert err.value.status == 502
+
+
+def test_lora_ids_are_stable_positive_and_distinct():
+    ids = {lora_id_of(f"adapter-{i}") for i in range(1000)}
+    assert len(ids) == 1000 and all(0 < i < 2**31 for i in ids)
+    assert lora_id_of("x") == lora_id_of("x")
