@@ -12,10 +12,7 @@ from dynamo.worker.harness import WorkerSpec, serve_worker
 
 
 def worker_spec(config: DynamoSglangArgs, server_args) -> WorkerSpec:
-    return WorkerSpec(namespace=config.namespace, endpoint=config.endpoint,
-                      discovery_backend=config.discovery_backend, role=role_of(server_args),
-                      event_plane=config.event_plane, migration_limit=config.migration_limit,
-                      model_types=tuple(config.model_types), request_limit=config.engine_request_limit)
+    return WorkerSpec.of(config, role_of(server_args))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,10 +12,7 @@ from dynamo.worker.harness import WorkerSpec, serve_worker
 
 
 def worker_spec(config: DynamoTrtllmArgs) -> WorkerSpec:
-    return WorkerSpec(namespace=config.namespace, endpoint=config.endpoint,
-                      discovery_backend=config.discovery_backend, role=config.role, event_plane=config.event_plane,
-                      migration_limit=config.migration_limit, model_types=tuple(config.model_types),
-                      request_limit=config.engine_request_limit)
+    return WorkerSpec.of(config, config.role)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,10 +15,7 @@ from dynamo.worker.harness import WorkerSpec, serve_worker
 
 
 def worker_spec(config: DynamoVllmArgs) -> WorkerSpec:
-    return WorkerSpec(namespace=config.namespace, endpoint=config.endpoint,
-                      discovery_backend=config.discovery_backend, role=config.mode, event_plane=config.event_plane,
-                      migration_limit=config.migration_limit, model_types=tuple(config.model_types),
-                      request_limit=config.engine_request_limit)
+    return WorkerSpec.of(config, config.mode)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ import argparse
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from prometheus_client import Gauge
 
@@ -59,6 +59,14 @@ class WorkerSpec:
 
     def endpoint_path(self) -> str:
         return self.endpoint or f"dyn://{self.namespace}.{self.role.default_component}.generate"
+
+    @classmethod
+    def of(cls, config: Any, role: WorkerRole) -> WorkerSpec:
+        """The spec of an engine's args (namespace, endpoint, discovery_backend, event_plane,
+        migration_limit, model_types, engine_request_limit) in the role the engine resolved."""
+        return cls(namespace=config.namespace, endpoint=config.endpoint, discovery_backend=config.discovery_backend,
+                   role=role, event_plane=config.event_plane, migration_limit=config.migration_limit,
+                   model_types=tuple(config.model_types), request_limit=config.engine_request_limit)
 
 
 @dataclass
