@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from dynamo.runtime.config import add_arguments, from_namespace, setting
+from dynamo.worker.engine_args import check_limits_and_types, parse_endpoint_types
 from dynamo.worker.flag_table import add_static_flags, classify, write_table
 from dynamo.worker.role import WorkerRole
 
@@ -52,15 +53,11 @@ class DynamoSglangArgs:
         env="DYN_SGLANG_PREFILL_BOOTSTRAP_TIMEOUT")
 
     def validate(self) -> None:
-        if self.migration_limit < 0 or self.engine_request_limit < 0:
-            raise ValueError("--migration-limit and --engine-request-limit must be >= 0")
-        bad = set(self.model_types) - {"chat", "completions"}
-        if bad or not self.model_types:
-            raise ValueError(f"--endpoint-types: unknown {sorted(bad)} (use chat, completions)")
+        check_limits_and_types(self.migration_limit, self.engine_request_limit, self.endpoint_types)
 
     @property
     def model_types(self) -> list[str]:
-        return [t.strip() for t in self.endpoint_types.split(",") if t.strip()]
+        return parse_endpoint_types(self.endpoint_types)
 
 
 def role_of(server_args: Any) -> WorkerRole:

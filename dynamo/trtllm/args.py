@@ -18,6 +18,7 @@ import yaml
 
 from dynamo.runtime.config import build_parser as _build_parser
 from dynamo.runtime.config import parse_config, setting
+from dynamo.worker.engine_args import parse_endpoint_types
 from dynamo.worker.role import MODE_CHOICES, WorkerRole
 
 DEFAULT_MODEL = "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
@@ -87,7 +88,7 @@ class DynamoTrtllmArgs:
 
     @property
     def model_types(self) -> list[str]:
-        return [t.strip() for t in self.endpoint_types.split(",") if t.strip()]
+        return parse_endpoint_types(self.endpoint_types)
 
     def engine_kwargs(self) -> dict[str, Any]:
         """`LLM(...)` keyword arguments: flags, then the YAML file, then the JSON overrides

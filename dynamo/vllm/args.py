@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 from dynamo.llm.model_card import check_parser_names
 from dynamo.runtime.config import add_arguments, from_namespace, setting
+from dynamo.worker.engine_args import check_limits_and_types, parse_endpoint_types
 from dynamo.worker.role import WorkerRole
 
 MODES = ("agg", "prefill", "decode")
@@ -69,11 +70,7 @@ class DynamoVllmArgs:
     def validate(self) -> None:
         check_parser_names(self.tool_call_parser, self.reasoning_parser)
         self.mode  # noqa: B018  (raises ValueError on conflicting role flags)
-        if self.migration_limit < 0 or self.engine_request_limit < 0:
-            raise ValueError("--migration-limit and --engine-request-limit must be >= 0")
-        bad = set(self.model_types) - {"chat", "completions"}
-        if bad or not self.model_types:
-            raise ValueError(f"--endpoint-types: unknown {sorted(bad)} (use chat, completions)")
+        check_limits_and_types(self.migration_limit, self.engine_request_limit, self.endpoint_types)
 
     @property
     def mode_flag(self) -> str:
@@ -86,7 +83,7 @@ class DynamoVllmArgs:
 
     @property
     def model_types(self) -> list[str]:
-        return [t.strip() for t in self.endpoint_types.split(",") if t.strip()]
+        return parse_endpoint_types(self.endpoint_types)
 
     def default_endpoint(self) -> str:
         return self.endpoint or f"dyn://{self.namespace}.{self.mode.default_component}.generate"
