@@ -324,19 +324,33 @@ def check(raw: Any) -> list[tuple[str, str]]:
     if raw.get("apiVersion") not in (None, API_VERSION) and isinstance(raw.get("apiVersion"), str):
         errors.append(("apiVersion", f"expected {API_VERSION!r} or {API_VERSION_V1BETA1!r}, "
                                      f"got {raw['apiVersion']!r}"))
-    if raw.get("kind") not in (None, KIND) and isinstance(raw.get("kind"), str):
-        errors.append(("kind", f"expected {KIND!r}, got {raw['kind']!r}"))
+    _check_kind(raw, errors)
     services = (raw.get("spec") or {}).get("services") if isinstance(raw.get("spec"), dict) else None
     if isinstance(services, dict):
-        if not services:
-            errors.append(("spec.services", "at least one service is required"))
-        if len(services) > MAX_SERVICES:
-            errors.append(("spec.services", f"at most {MAX_SERVICES} services, got {len(services)}"))
+        _check_count("spec.services", len(services), "service", errors)
         for name, svc in services.items():
-            replicas = svc.get("replicas") if isinstance(svc, dict) else None
-            if type(replicas) is int and replicas < 0:
-                errors.append((f"spec.services.{name}.replicas", f"must be >= 0, got {replicas}"))
+            _check_replicas(f"spec.services.{name}", svc.get("replicas") if isinstance(svc, dict) else None, errors)
     return errors
+
+
+# Checks both served versions make (v1beta1.check too), beyond the schema walk.
+
+def _check_kind(raw: dict[str, Any], errors: list[tuple[str, str]]) -> None:
+    if raw.get("kind") not in (None, KIND) and isinstance(raw.get("kind"), str):
+        errors.append(("kind", f"expected {KIND!r}, got {raw['kind']!r}"))
+
+
+def _check_count(path: str, count: int, noun: str, errors: list[tuple[str, str]]) -> None:
+    """Between one and MAX_SERVICES services/components."""
+    if not count:
+        errors.append((path, f"at least one {noun} is required"))
+    if count > MAX_SERVICES:
+        errors.append((path, f"at most {MAX_SERVICES} {noun}s, got {count}"))
+
+
+def _check_replicas(where: str, replicas: Any, errors: list[tuple[str, str]]) -> None:
+    if type(replicas) is int and replicas < 0:
+        errors.append((f"{where}.replicas", f"must be >= 0, got {replicas}"))
 
 
 def load(raw: Any) -> Graph:

@@ -18,15 +18,17 @@ import msgspec
 
 from dynamo.deploy.model import (
     API_VERSION_V1BETA1,
-    KIND,
-    MAX_SERVICES,
     Base,
     Container,
     EnvVar,
+    ExtraPodSpec,
     Graph,
     Metadata,
     Multinode,
     PodMetadata,
+    _check_count,
+    _check_kind,
+    _check_replicas,
     _check_struct,
     _join,
 )
@@ -140,15 +142,11 @@ def check(raw: Any) -> list[tuple[str, str]]:
     _check_struct(raw, GraphB, "", errors)
     if not isinstance(raw, dict):
         return errors
-    if raw.get("kind") not in (None, KIND) and isinstance(raw.get("kind"), str):
-        errors.append(("kind", f"expected {KIND!r}, got {raw['kind']!r}"))
+    _check_kind(raw, errors)
     comps = (raw.get("spec") or {}).get("components") if isinstance(raw.get("spec"), dict) else None
     if not isinstance(comps, list):
         return errors
-    if not comps:
-        errors.append(("spec.components", "at least one component is required"))
-    if len(comps) > MAX_SERVICES:
-        errors.append(("spec.components", f"at most {MAX_SERVICES} components, got {len(comps)}"))
+    _check_count("spec.components", len(comps), "component", errors)
     seen: set[str] = set()
     for i, comp in enumerate(comps):
         if not isinstance(comp, dict):
@@ -159,9 +157,7 @@ def check(raw: Any) -> list[tuple[str, str]]:
             if name.lower() in seen:
                 errors.append((f"{where}.name", f"duplicate component name {name!r} (names are case-insensitive)"))
             seen.add(name.lower())
-        replicas = comp.get("replicas")
-        if type(replicas) is int and replicas < 0:
-            errors.append((f"{where}.replicas", f"must be >= 0, got {replicas}"))
+        _check_replicas(where, comp.get("replicas"), errors)
         if main_index(comp) is None:
             errors.append((f"{where}.podTemplate.spec.containers",
                            f"a container named {MAIN_CONTAINER!r} is required (the operator injects into it)"))
@@ -207,10 +203,8 @@ def _service(comp: Component) -> dict[str, Any]:
 
 
 # PodSpec fields the v1alpha1 ExtraPodSpec also carries (the rest are dropped with a warning).
-_EXTRA_POD_FIELDS = ("initContainers", "volumes", "nodeSelector", "tolerations", "affinity", "imagePullSecrets",
-                     "serviceAccountName", "securityContext", "terminationGracePeriodSeconds", "priorityClassName",
-                     "runtimeClassName", "schedulerName", "hostNetwork", "hostIPC", "dnsPolicy",
-                     "shareProcessNamespace", "topologySpreadConstraints")
+_EXTRA_POD_FIELDS = tuple(f.name for f in msgspec.structs.fields(ExtraPodSpec)
+                          if f.name not in ("mainContainer", "containers"))
 
 
 def dropped_fields(raw: dict[str, Any]) -> list[str]:
