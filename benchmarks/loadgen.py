@@ -4,13 +4,14 @@ measuring TTFT, inter-token latency and tokens from the real SSE stream."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from pathlib import Path
 from typing import Callable
 
 import aiohttp
+
+from dynamo.profiler.client import sse_chunk
 
 
 def cpu_seconds(pid: int) -> float:
@@ -50,10 +51,9 @@ async def stream_one(session: aiohttp.ClientSession, url: str, body: dict, resul
             await resp.read()
             return
         async for raw in resp.content:
-            line = raw.strip()
-            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+            chunk = sse_chunk(raw)
+            if chunk is None:
                 continue
-            chunk = json.loads(line[6:])
             if chunk.get("usage"):
                 usage = chunk["usage"]
             choices = chunk.get("choices") or []

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.loadgen import pct, print_table  # noqa: E402
 from dynamo.llm.tiny_model import build_tiny_model  # noqa: E402
+from dynamo.profiler.client import sse_chunk  # noqa: E402
 from tests.deploy.helpers import DeployRun  # noqa: E402
 from tests.fixtures.procs import Proc  # noqa: E402
 from tests.planner.helpers import deploy_kv_dir  # noqa: E402
@@ -81,10 +82,9 @@ async def one_request(session, url: str, body: dict, start: float, records: list
         async with session.post(url, json=body) as resp:
             if resp.status == 200:
                 async for raw in resp.content:
-                    line = raw.strip()
-                    if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                    chunk = sse_chunk(raw)
+                    if chunk is None:
                         continue
-                    chunk = json.loads(line[6:])
                     if chunk.get("error"):
                         break
                     choices = chunk.get("choices") or []

@@ -46,6 +46,15 @@ class Stats:
         return self.output_tokens / self.duration_s if self.duration_s > 0 else 0.0
 
 
+def sse_chunk(raw: bytes) -> dict | None:
+    """The JSON chunk of one raw SSE line from `resp.content`, or None (not data, or `[DONE]`).
+    Also what the benchmarks' load generators read their streams with."""
+    line = raw.strip()
+    if not line.startswith(b"data: ") or line == b"data: [DONE]":
+        return None
+    return json.loads(line[6:])
+
+
 def prompt_tokens(isl: int, rng: random.Random, vocab_size: int | None) -> list[int]:
     lo, hi = TOKEN_RANGE
     if vocab_size:
@@ -62,10 +71,9 @@ async def _one(session: aiohttp.ClientSession, url: str, body: dict, stats: Stat
             stats.errors.append(f"HTTP {resp.status}: {(await resp.text())[:200]}")
             return
         async for raw in resp.content:
-            line = raw.strip()
-            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+            chunk = sse_chunk(raw)
+            if chunk is None:
                 continue
-            chunk = json.loads(line[6:])
             if chunk.get("error"):
                 stats.errors.append(str(chunk["error"])[:200])
                 return
