@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from dynamo.frontend.dispatch import RequestHandle, aclose_quietly
-from dynamo.frontend.openai import ApiError, bad_request
+from dynamo.frontend.openai import ApiError, bad_request, decode_body
 from dynamo.llm.preprocessor import PreprocessError
 from dynamo.llm.protocol import PreprocessedRequest, StopConditions
 
@@ -70,12 +70,7 @@ decoder = msgspec.json.Decoder(EmbeddingRequest)
 
 
 def decode_embeddings(body: bytes) -> EmbeddingRequest:
-    try:
-        return decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise bad_request(f"Invalid request: {exc}", None, "invalid_type") from None
-    except msgspec.DecodeError as exc:
-        raise bad_request(f"Malformed JSON body: {exc}", None, "invalid_json") from None
+    return decode_body(decoder, body)
 
 
 async def embed_one(dispatcher, entry, request: PreprocessedRequest) -> list[float]:

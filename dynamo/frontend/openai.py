@@ -217,6 +217,16 @@ def decode_request(body: bytes, kind: Literal["chat", "completion"]):
         raise bad_request(f"Malformed JSON body: {exc}", None, "invalid_json") from None
 
 
+def decode_body(decoder: msgspec.json.Decoder, body: bytes) -> Any:
+    """Parse and type-check a body whose errors keep `param` null (/v1/embeddings, /v1/responses)."""
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise bad_request(f"Invalid request: {exc}", None, "invalid_type") from None
+    except msgspec.DecodeError as exc:
+        raise bad_request(f"Malformed JSON body: {exc}", None, "invalid_json") from None
+
+
 def _check_range(value: float | int | None, name: str, low: float, high: float, low_open: bool = False) -> None:
     if value is None:
         return

@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from dynamo.frontend.generation import SSE_HEADERS, Choice, GenerationRun
-from dynamo.frontend.openai import ApiError, ChatCompletionRequest, ChatMessage, bad_request
+from dynamo.frontend.openai import ApiError, ChatCompletionRequest, ChatMessage, bad_request, decode_body
 from dynamo.frontend.output import ChoiceDelta
 from dynamo.frontend.sse import error_event
 from dynamo.runtime.asgi import send_bytes
@@ -121,12 +121,7 @@ decoder = msgspec.json.Decoder(ResponsesRequest)
 
 
 def decode_responses(body: bytes) -> ResponsesRequest:
-    try:
-        return decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise bad_request(f"Invalid request: {exc}", None, "invalid_type") from None
-    except msgspec.DecodeError as exc:
-        raise bad_request(f"Malformed JSON body: {exc}", None, "invalid_json") from None
+    return decode_body(decoder, body)
 
 
 class ResponsesRun(GenerationRun):
