@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import openai
 import pytest
 
 from tests.fixtures.procs import Cluster
@@ -102,7 +101,7 @@ def cluster(tiny_model, tmp_path_factory):
 
 @pytest.fixture()
 def client(cluster):
-    return openai.OpenAI(base_url=cluster.base_url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    return cluster.openai_client()
 
 
 def ask(client, model: str, text: str, **kw):

@@ -9,7 +9,7 @@ import math
 import openai
 import pytest
 
-from tests.fixtures.procs import Cluster
+from tests.fixtures.procs import mocker_cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -18,19 +18,14 @@ MODEL = "tiny"
 
 @pytest.fixture(scope="module")
 def cluster(tiny_model, tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("choices"), tiny_model)
-    try:
-        c.mocker("--speedup-ratio", "0", system_port=False)
-        c.frontend()
-        c.wait_workers(MODEL, 1)
+    with mocker_cluster(tmp_path_factory.mktemp("choices"), tiny_model, "--speedup-ratio", "0",
+                        system_port=False) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture()
 def client(cluster):
-    return openai.OpenAI(base_url=cluster.base_url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    return cluster.openai_client()
 
 
 MESSAGES = [{"role": "user", "content": "Give me three ideas"}]

@@ -9,7 +9,7 @@ import socket
 import httpx
 import pytest
 
-from tests.fixtures.procs import Cluster
+from tests.fixtures.procs import mocker_cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -18,14 +18,9 @@ MODEL = "tiny"
 
 @pytest.fixture(scope="module")
 def cluster(tiny_model, tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("errors"), tiny_model, "file", {"DYN_HTTP_BODY_LIMIT_MB": "1"})
-    try:
-        c.mocker("--speedup-ratio", "100")
-        c.frontend()
-        c.wait_workers(MODEL, 1)
+    with mocker_cluster(tmp_path_factory.mktemp("errors"), tiny_model, "--speedup-ratio", "100",
+                        extra_env={"DYN_HTTP_BODY_LIMIT_MB": "1"}) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture()

@@ -8,7 +8,7 @@ import asyncio
 import openai
 import pytest
 
-from tests.fixtures.procs import Cluster
+from tests.fixtures.procs import mocker_cluster
 from tests.fixtures.servers import etcd_server  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.e2e
@@ -21,19 +21,14 @@ def cluster(request, tiny_model, tmp_path_factory):
     env = {}
     if request.param == "etcd":
         env["ETCD_ENDPOINTS"] = request.getfixturevalue("etcd_server")
-    c = Cluster(tmp_path_factory.mktemp(f"serving-{request.param}"), tiny_model, request.param, env)
-    try:
-        c.mocker("--speedup-ratio", "100", "--block-size", "16")
-        c.frontend()
-        c.wait_workers(MODEL, 1)
+    with mocker_cluster(tmp_path_factory.mktemp(f"serving-{request.param}"), tiny_model, "--speedup-ratio", "100",
+                        "--block-size", "16", backend=request.param, extra_env=env) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture()
 def client(cluster):
-    return openai.OpenAI(base_url=cluster.base_url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    return cluster.openai_client()
 
 
 def test_models_lists_served_model(client):
