@@ -3,11 +3,9 @@ frontend runs with --migration-limit; the client sees one seamless stream."""
 
 from __future__ import annotations
 
-import json
-
-import httpx
 import pytest
 
+from tests.fixtures.load import sse_chunks
 from tests.fixtures.procs import Cluster, http_get, metric_value
 
 pytestmark = pytest.mark.e2e
@@ -36,23 +34,17 @@ def test_worker_killed_mid_stream_is_migrated(cluster):
     body = {"model": MODEL, "prompt": "migrate me please", "max_tokens": 300, "stream": True,
             "stream_options": {"include_usage": True}}
     text, finish, usage, killed = [], [], None, None
-    with httpx.Client(timeout=120) as client, client.stream("POST", cluster.base_url + "/v1/completions",
-                                                            json=body) as resp:
-        assert resp.status_code == 200
-        for line in resp.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            assert "error" not in chunk, chunk
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            for choice in chunk.get("choices", []):
-                text.append(choice["text"])
-                if choice["finish_reason"]:
-                    finish.append(choice["finish_reason"])
-            if killed is None and len(text) >= 10:
-                killed = next(w for w in cluster.workers if inflight(w) == 1)
-                killed.kill()
+    for chunk in sse_chunks(cluster.base_url, body):
+        assert "error" not in chunk, chunk
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        for choice in chunk.get("choices", []):
+            text.append(choice["text"])
+            if choice["finish_reason"]:
+                finish.append(choice["finish_reason"])
+        if killed is None and len(text) >= 10:
+            killed = next(w for w in cluster.workers if inflight(w) == 1)
+            killed.kill()
     assert killed is not None
     assert finish == ["length"]
     assert usage["completion_tokens"] == 300

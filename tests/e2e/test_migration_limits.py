@@ -5,13 +5,13 @@ Each test starts its own two mockers, slowed so a request is still running when 
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
 import httpx
 import pytest
 
+from tests.fixtures.load import sse_chunks
 from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -53,21 +53,15 @@ def stream_killing(cluster, kills: int) -> tuple[list[str], list[dict]]:
     """Stream one completion, killing the serving worker after 5 chunks, `kills` times."""
     body = {"model": MODEL, "prompt": "migrate me", "max_tokens": MAX_TOKENS, "ignore_eos": True, "stream": True}
     texts, errors, since_kill, done = [], [], 0, kills
-    with httpx.Client(timeout=120) as client, client.stream("POST", cluster.base_url + "/v1/completions",
-                                                            json=body) as resp:
-        assert resp.status_code == 200
-        for line in resp.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if "error" in chunk:
-                errors.append(chunk["error"])
-                continue
-            texts += [c["text"] for c in chunk["choices"]]
-            since_kill += 1
-            if done and since_kill >= 5:
-                kill_the_busy_worker(cluster)
-                done, since_kill = done - 1, 0
+    for chunk in sse_chunks(cluster.base_url, body):
+        if "error" in chunk:
+            errors.append(chunk["error"])
+            continue
+        texts += [c["text"] for c in chunk["choices"]]
+        since_kill += 1
+        if done and since_kill >= 5:
+            kill_the_busy_worker(cluster)
+            done, since_kill = done - 1, 0
     return texts, errors
 
 
