@@ -17,6 +17,7 @@ from typing import Any
 
 from dynamo.llm.model_card import check_parser_names
 from dynamo.runtime.config import setting
+from dynamo.worker.engine_args import reasoning_parser_setting, tool_call_parser_setting
 from dynamo.worker.role import WorkerRole
 
 log = logging.getLogger(__name__)
@@ -64,13 +65,8 @@ class MockerArgs:
         "mocker .npz): step timings follow the measured TTFT/ITL instead of the polynomial model")
     replay_file: str | None = setting(None, "Testing: JSON object {prompt substring: output text}; a request whose "
                                             "decoded prompt contains a key gets that text's tokens, then EOS")
-    tool_call_parser: str | None = setting(None, "Tool-call format the frontend parses from this model's output "
-                                                 "(hermes, llama3_json, mistral, pythonic, qwen3_coder, deepseek_v3, "
-                                                 "harmony, default)", env="DYN_TOOL_CALL_PARSER",
-                                           flag="--dyn-tool-call-parser")
-    reasoning_parser: str | None = setting(None, "Reasoning format the frontend splits into reasoning_content "
-                                                 "(basic, qwen3, deepseek_r1, gpt_oss, ...)", env="DYN_REASONING_PARSER",
-                                           flag="--dyn-reasoning-parser")
+    tool_call_parser: str | None = tool_call_parser_setting()
+    reasoning_parser: str | None = reasoning_parser_setting()
 
     def validate(self) -> None:
         check_parser_names(self.tool_call_parser, self.reasoning_parser)

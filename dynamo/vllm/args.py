@@ -20,7 +20,8 @@ from typing import Any, Sequence
 
 from dynamo.llm.model_card import check_parser_names
 from dynamo.runtime.config import add_arguments, from_namespace, setting
-from dynamo.worker.engine_args import check_limits_and_types, parse_endpoint_types
+from dynamo.worker.engine_args import (check_limits_and_types, parse_endpoint_types, reasoning_parser_setting,
+                                       tool_call_parser_setting)
 from dynamo.worker.role import WorkerRole
 
 MODES = ("agg", "prefill", "decode")
@@ -52,13 +53,8 @@ class DynamoVllmArgs:
                                                "works, else tcp); ignored with --kv-transfer-config",
                                        env="DYN_KV_TRANSFER_BACKEND", choices=["nixl", "tcp", "auto"])
     migration_limit: int = setting(0, "Times a request may migrate to another worker (stored in the model card)")
-    tool_call_parser: str | None = setting(None, "Tool-call format the frontend parses from this model's output "
-                                                 "(hermes, llama3_json, mistral, pythonic, qwen3_coder, deepseek_v3, "
-                                                 "harmony, default)", env="DYN_TOOL_CALL_PARSER",
-                                           flag="--dyn-tool-call-parser")
-    reasoning_parser: str | None = setting(None, "Reasoning format the frontend splits into reasoning_content "
-                                                 "(basic, qwen3, deepseek_r1, gpt_oss, ...)", env="DYN_REASONING_PARSER",
-                                           flag="--dyn-reasoning-parser")
+    tool_call_parser: str | None = tool_call_parser_setting()
+    reasoning_parser: str | None = reasoning_parser_setting()
     engine_request_limit: int = setting(0, "Requests in flight beyond which new ones are refused as overloaded "
                                            "(0: no limit)")
     endpoint_types: str = setting("chat,completions", "OpenAI endpoints to expose for this model "

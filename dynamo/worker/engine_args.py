@@ -1,7 +1,12 @@
-"""Checks and derived values the engine workers' args classes (`dynamo.vllm`, `dynamo.sglang`,
-`dynamo.trtllm`) share: the `--endpoint-types` list and the request-limit bounds."""
+"""Settings, checks and derived values the workers' args classes (`dynamo.vllm`, `dynamo.sglang`,
+`dynamo.trtllm`, `dynamo.mocker`) share: the frontend parser flags, the `--endpoint-types`
+list and the request-limit bounds."""
 
 from __future__ import annotations
+
+from typing import Any
+
+from dynamo.runtime.config import setting
 
 ENDPOINT_TYPES = ("chat", "completions")
 
@@ -19,3 +24,16 @@ def check_limits_and_types(migration_limit: int, engine_request_limit: int, endp
     bad = set(types) - set(ENDPOINT_TYPES)
     if bad or not types:
         raise ValueError(f"--endpoint-types: unknown {sorted(bad)} (use chat, completions)")
+
+
+def tool_call_parser_setting() -> Any:
+    """`--dyn-tool-call-parser` / DYN_TOOL_CALL_PARSER (a fresh dataclass field per args class)."""
+    return setting(None, "Tool-call format the frontend parses from this model's output (hermes, llama3_json, "
+                         "mistral, pythonic, qwen3_coder, deepseek_v3, harmony, default)", env="DYN_TOOL_CALL_PARSER",
+                   flag="--dyn-tool-call-parser")
+
+
+def reasoning_parser_setting() -> Any:
+    """`--dyn-reasoning-parser` / DYN_REASONING_PARSER (a fresh dataclass field per args class)."""
+    return setting(None, "Reasoning format the frontend splits into reasoning_content (basic, qwen3, deepseek_r1, "
+                         "gpt_oss, ...)", env="DYN_REASONING_PARSER", flag="--dyn-reasoning-parser")
