@@ -22,6 +22,7 @@ from dynamo.llm.model_card import check_parser_names
 from dynamo.runtime.config import add_arguments, from_namespace, setting
 from dynamo.worker.engine_args import (check_limits_and_types, parse_endpoint_types, reasoning_parser_setting,
                                        tool_call_parser_setting)
+from dynamo.worker.flag_table import add_static_flags
 from dynamo.worker.role import WorkerRole
 
 MODES = ("agg", "prefill", "decode")
@@ -117,15 +118,8 @@ def _description() -> str:
 def _add_static_engine_flags(parser: argparse.ArgumentParser) -> None:
     from dynamo.vllm import engine_flags as f
 
-    group = parser.add_argument_group(f"vLLM {f.VLLM_VERSION} engine arguments (static table; vLLM not installed)")
-    for names in f.BOOL_FLAGS:
-        group.add_argument(*names, action=argparse.BooleanOptionalAction, default=None)
-    for names in f.SWITCH_FLAGS:
-        group.add_argument(*names, action="store_true", default=None)
-    for names in f.MULTI_VALUE_FLAGS:
-        group.add_argument(*names, nargs="*", default=None)
-    for names in f.VALUE_FLAGS:
-        group.add_argument(*names, default=None)
+    add_static_flags(parser.add_argument_group(
+        f"vLLM {f.VLLM_VERSION} engine arguments (static table; vLLM not installed)"), f)
 
 
 def split_namespace(ns: argparse.Namespace) -> tuple[DynamoVllmArgs, argparse.Namespace]:
