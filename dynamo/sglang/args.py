@@ -23,23 +23,15 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from dynamo.runtime.config import add_arguments, from_namespace, setting
-from dynamo.worker.engine_args import check_limits_and_types, parse_endpoint_types
+from dynamo.worker.engine_args import EngineWorkerArgs, check_limits_and_types, parse_endpoint_types
 from dynamo.worker.flag_table import add_static_flags, classify, write_table
 from dynamo.worker.role import WorkerRole
 
 
 @dataclass
-class DynamoSglangArgs:
+class DynamoSglangArgs(EngineWorkerArgs):
     """SGLang engine worker: serves a model with SGLang's in-process Engine behind a Dynamo frontend."""
 
-    namespace: str = setting("dynamo", "Dynamo namespace", env="DYN_NAMESPACE")
-    endpoint: str | None = setting(
-        None, "Endpoint dyn://namespace.component.endpoint (default: backend.generate; prefill: prefill.generate)")
-    discovery_backend: str = setting("file", "Discovery backend", env="DYN_DISCOVERY_BACKEND",
-                                     choices=["file", "etcd", "mem"])
-    event_plane: str | None = setting(None, "Event plane for KV events and load metrics (default: zmq, or nats "
-                                            "when NATS_SERVER is set with etcd)", env="DYN_EVENT_PLANE",
-                                      choices=["zmq", "nats"])
     migration_limit: int = setting(0, "Times a request may migrate to another worker (stored in the model card)")
     engine_request_limit: int = setting(0, "Requests in flight beyond which new ones are refused as overloaded "
                                            "(0: no limit)")

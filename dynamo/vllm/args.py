@@ -20,8 +20,8 @@ from typing import Any, Sequence
 
 from dynamo.llm.model_card import check_parser_names
 from dynamo.runtime.config import add_arguments, from_namespace, setting
-from dynamo.worker.engine_args import (check_limits_and_types, parse_endpoint_types, reasoning_parser_setting,
-                                       tool_call_parser_setting)
+from dynamo.worker.engine_args import (EngineWorkerArgs, check_limits_and_types, parse_endpoint_types,
+                                       reasoning_parser_setting, tool_call_parser_setting)
 from dynamo.worker.flag_table import add_static_flags
 from dynamo.worker.role import WorkerRole
 
@@ -32,17 +32,9 @@ DEFAULT_KV_EVENTS_TOPIC = "kv-events"
 
 
 @dataclass
-class DynamoVllmArgs:
+class DynamoVllmArgs(EngineWorkerArgs):
     """vLLM engine worker: serves a model with vLLM's AsyncLLM behind a Dynamo frontend."""
 
-    namespace: str = setting("dynamo", "Dynamo namespace", env="DYN_NAMESPACE")
-    endpoint: str | None = setting(
-        None, "Endpoint dyn://namespace.component.endpoint (default: backend.generate; prefill: prefill.generate)")
-    discovery_backend: str = setting("file", "Discovery backend", env="DYN_DISCOVERY_BACKEND",
-                                     choices=["file", "etcd", "mem"])
-    event_plane: str | None = setting(None, "Event plane for KV events and load metrics (default: zmq, or nats "
-                                            "when NATS_SERVER is set with etcd)", env="DYN_EVENT_PLANE",
-                                      choices=["zmq", "nats"])
     disaggregation_mode: str = setting("agg", "Worker role: agg (alias pd), prefill or decode",
                                        env="DYN_VLLM_DISAGGREGATION_MODE", choices=[*MODES, *MODE_ALIASES])
     is_prefill_worker: bool = setting(False, "Deprecated: same as --disaggregation-mode prefill",

@@ -4,11 +4,27 @@ list and the request-limit bounds."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from dynamo.runtime.config import setting
 
 ENDPOINT_TYPES = ("chat", "completions")
+
+
+@dataclass
+class EngineWorkerArgs:
+    """Where an engine worker registers and publishes (the first flags of `dynamo.vllm` and
+    `dynamo.sglang`; their subclasses add the rest after these)."""
+
+    namespace: str = setting("dynamo", "Dynamo namespace", env="DYN_NAMESPACE")
+    endpoint: str | None = setting(
+        None, "Endpoint dyn://namespace.component.endpoint (default: backend.generate; prefill: prefill.generate)")
+    discovery_backend: str = setting("file", "Discovery backend", env="DYN_DISCOVERY_BACKEND",
+                                     choices=["file", "etcd", "mem"])
+    event_plane: str | None = setting(None, "Event plane for KV events and load metrics (default: zmq, or nats "
+                                            "when NATS_SERVER is set with etcd)", env="DYN_EVENT_PLANE",
+                                      choices=["zmq", "nats"])
 
 
 def parse_endpoint_types(endpoint_types: str) -> list[str]:
