@@ -12,7 +12,9 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 
@@ -121,14 +123,40 @@ def metrics(proc: Proc) -> str:
     return http_get(f"http://127.0.0.1:{proc.system_port}/metrics")[1].decode()  # type: ignore[attr-defined]
 
 
+@contextmanager
+def worker_beside_reference(tmp: Path, model_dir: Path, python: Path, worker_args: list[str],
+                            start_reference: Callable[[Path], subprocess.Popen]
+                            ) -> Iterator[tuple[VllmCluster, subprocess.Popen]]:
+    """A frontend and one `dynamo.vllm` worker (`worker_args`) while vLLM's own offline run,
+    `start_reference(log_path)`, computes the reference beside it; all reaped on exit."""
+    cluster = VllmCluster(tmp, model_dir, python)
+    reference = None
+    try:
+        worker = cluster.vllm_worker(*worker_args, wait=False)
+        reference = start_reference(tmp / "reference.log")
+        cluster.frontend()
+        wait_healthy(worker, timeout=600)  # a loaded 2-core box can take minutes to start vLLM
+        cluster.wait_workers(MODEL, 1)
+        yield cluster, reference
+    finally:
+        if reference is not None and reference.poll() is None:  # failed before reading it: reap its group
+            os.killpg(reference.pid, signal.SIGKILL)
+        cluster.stop()
+
+
+def start_offline(python: Path, script: str, args: list[str], log_path: Path) -> subprocess.Popen:
+    """Start one of this folder's offline `vllm.LLM` scripts; read its answer with `reference_result`."""
+    env = {**os.environ, **ENGINE_ENV, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    with open(log_path, "wb") as log:
+        return subprocess.Popen([str(python), str(Path(__file__).with_name(script)), *args], env=env, cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+
+
 def offline_reference(python: Path, model_dir: Path, prompts: list[list[int]], max_tokens: int,
                       log_path: Path, lora_dir: Path | None = None) -> subprocess.Popen:
     """Start vLLM's own offline greedy generation (`vllm.LLM`) for `prompts`; read with `reference_result`."""
-    env = {**os.environ, **ENGINE_ENV, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    args = [str(python), str(Path(__file__).with_name("offline_reference.py")), str(model_dir), json.dumps(prompts),
-            str(max_tokens), str(BLOCK_SIZE), str(MAX_MODEL_LEN), *([str(lora_dir)] if lora_dir else [])]
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+    return start_offline(python, "offline_reference.py", [str(model_dir), json.dumps(prompts), str(max_tokens),
+                         str(BLOCK_SIZE), str(MAX_MODEL_LEN), *([str(lora_dir)] if lora_dir else [])], log_path)
 
 
 def reference_result(proc: subprocess.Popen, timeout: float = 240) -> list[list[int]]:

@@ -5,16 +5,13 @@ output (`response_format` json_schema / json_object, guided extras) that parses.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 from pathlib import Path
 
 import openai
 import pytest
 
-from tests.fixtures.procs import REPO
-from tests.vllm.conftest import BLOCK_SIZE, ENGINE_ENV, MAX_MODEL_LEN, MODEL, VllmCluster, reference_result, wait_healthy
+from tests.vllm.conftest import BLOCK_SIZE, MAX_MODEL_LEN, MODEL, reference_result, start_offline, worker_beside_reference
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -27,29 +24,17 @@ SCHEMA = {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome", "O
 
 
 def offline_logprobs(python: Path, model: Path, log_path: Path) -> subprocess.Popen:
-    env = {**os.environ, **ENGINE_ENV, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    args = [str(python), str(Path(__file__).with_name("offline_logprobs.py")), str(model), json.dumps([PROMPT]),
-            str(MAX_TOKENS), str(TOP), str(BLOCK_SIZE), str(MAX_MODEL_LEN)]
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+    return start_offline(python, "offline_logprobs.py", [str(model), json.dumps([PROMPT]), str(MAX_TOKENS), str(TOP),
+                                                         str(BLOCK_SIZE), str(MAX_MODEL_LEN)], log_path)
 
 
 @pytest.fixture(scope="module")
 def env(vllm_python, vllm_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("vllm-agents")
-    cluster = VllmCluster(tmp, vllm_model, vllm_python)
-    reference = None
-    try:
-        worker = cluster.vllm_worker("--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}', wait=False)
-        reference = offline_logprobs(vllm_python, vllm_model, tmp / "reference.log")
-        cluster.frontend()
-        wait_healthy(worker, timeout=600)  # a loaded 2-core box can take minutes to start vLLM
-        cluster.wait_workers(MODEL, 1)
+    worker_args = ["--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}']
+    with worker_beside_reference(tmp, vllm_model, vllm_python, worker_args,
+                                 lambda log: offline_logprobs(vllm_python, vllm_model, log)) as (cluster, reference):
         yield {"cluster": cluster, "reference": reference_result(reference)[0]}
-    finally:
-        if reference is not None and reference.poll() is None:  # failed before reading it: reap its group
-            os.killpg(reference.pid, signal.SIGKILL)
-        cluster.stop()
 
 
 @pytest.fixture()

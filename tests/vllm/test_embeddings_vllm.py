@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
 import struct
 import subprocess
 from pathlib import Path
@@ -16,8 +14,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.fixtures.procs import REPO
-from tests.vllm.conftest import BLOCK_SIZE, ENGINE_ENV, MAX_MODEL_LEN, MODEL, VllmCluster, reference_result, wait_healthy
+from tests.vllm.conftest import BLOCK_SIZE, MAX_MODEL_LEN, MODEL, reference_result, start_offline, worker_beside_reference
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -25,29 +22,16 @@ PROMPTS = [[6 + (i * 17 + k * 5) % 4000 for i in range(12 + 3 * k)] for k in ran
 
 
 def offline_embeddings(python: Path, model: Path, log_path: Path) -> subprocess.Popen:
-    env = {**os.environ, **ENGINE_ENV, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    args = [str(python), str(Path(__file__).with_name("offline_embeddings.py")), str(model), json.dumps(PROMPTS),
-            str(BLOCK_SIZE), str(MAX_MODEL_LEN)]
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+    return start_offline(python, "offline_embeddings.py", [str(model), json.dumps(PROMPTS), str(BLOCK_SIZE),
+                                                           str(MAX_MODEL_LEN)], log_path)
 
 
 @pytest.fixture(scope="module")
 def env(vllm_python, vllm_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("vllm-embed")
-    cluster = VllmCluster(tmp, vllm_model, vllm_python)
-    reference = None
-    try:
-        worker = cluster.vllm_worker("--runner", "pooling", "--convert", "embed", wait=False)
-        reference = offline_embeddings(vllm_python, vllm_model, tmp / "reference.log")
-        cluster.frontend()
-        wait_healthy(worker, timeout=600)  # a loaded 2-core box can take minutes to start vLLM
-        cluster.wait_workers(MODEL, 1)
+    with worker_beside_reference(tmp, vllm_model, vllm_python, ["--runner", "pooling", "--convert", "embed"],
+                                 lambda log: offline_embeddings(vllm_python, vllm_model, log)) as (cluster, reference):
         yield {"cluster": cluster, "reference": reference_result(reference)}
-    finally:
-        if reference is not None and reference.poll() is None:  # failed before reading it: reap its group
-            os.killpg(reference.pid, signal.SIGKILL)
-        cluster.stop()
 
 
 @pytest.fixture()
