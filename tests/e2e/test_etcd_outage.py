@@ -29,6 +29,17 @@ def all_alive(cluster) -> bool:
     return all(p.alive() for p in cluster.procs)
 
 
+def two_workers_under_load(cluster) -> Load:
+    """Two mockers behind a frontend on `cluster`, and a started `Load` streaming to them."""
+    cluster.mocker("--speedup-ratio", "20")
+    cluster.mocker("--speedup-ratio", "20")
+    cluster.frontend()
+    cluster.wait_workers(MODEL, 2)
+    load = Load(cluster.base_url)
+    load.start()
+    return load
+
+
 def test_etcd_outage_with_data_loss(tiny_model, tmp_path):
     etcd = EtcdServer(str(tmp_path))
     url = etcd.start()
@@ -36,12 +47,7 @@ def test_etcd_outage_with_data_loss(tiny_model, tmp_path):
     (tmp_path / "run").mkdir()
     load = None
     try:
-        cluster.mocker("--speedup-ratio", "20")
-        cluster.mocker("--speedup-ratio", "20")
-        cluster.frontend()
-        cluster.wait_workers(MODEL, 2)
-        load = Load(cluster.base_url)
-        load.start()
+        load = two_workers_under_load(cluster)
         load.progress(6, "load running")
         etcd.stop()
         outage_start = time.monotonic()
@@ -116,12 +122,7 @@ def test_killing_any_one_member_of_a_3_node_etcd_changes_nothing(tiny_model, tmp
     (tmp_path / "run").mkdir()
     load = None
     try:
-        cluster.mocker("--speedup-ratio", "20")
-        cluster.mocker("--speedup-ratio", "20")
-        cluster.frontend()
-        cluster.wait_workers(MODEL, 2)
-        load = Load(cluster.base_url)
-        load.start()
+        load = two_workers_under_load(cluster)
         load.progress(6, "load running")
         for name in etcd.names:
             etcd.kill(name)
