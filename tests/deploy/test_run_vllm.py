@@ -16,15 +16,20 @@ from tests.vllm.conftest import ENGINE_ARGS, ENGINE_ENV, vllm_model, vllm_python
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(400)]
 
 
+def serves_one_chat(run: DeployRun) -> None:
+    """The graph's frontend and its one VllmDecodeWorker come up and answer a chat request."""
+    run.wait_ready({"Frontend": 1, "VllmDecodeWorker": 1}, timeout=300)
+    run.wait_workers("Qwen/Qwen3-0.6B", 1)
+    reply = chat(run.port, "Qwen/Qwen3-0.6B", "hello", max_tokens=4, timeout=120)
+    assert reply["usage"]["completion_tokens"] >= 1
+
+
 def test_vllm_agg_manifest_runs_on_cpu(tmp_path, vllm_python, vllm_model):  # noqa: F811
     run = DeployRun(REPO / "examples/backends/vllm/deploy/agg.yaml", tmp_path, "--model", str(vllm_model),
                     "--append-args", "VllmDecodeWorker=" + " ".join(ENGINE_ARGS), python=str(vllm_python),
                     env=ENGINE_ENV)
     try:
-        run.wait_ready({"Frontend": 1, "VllmDecodeWorker": 1}, timeout=300)
-        run.wait_workers("Qwen/Qwen3-0.6B", 1)
-        reply = chat(run.port, "Qwen/Qwen3-0.6B", "hello", max_tokens=4, timeout=120)
-        assert reply["usage"]["completion_tokens"] >= 1
+        serves_one_chat(run)
         (worker,) = run.replicas("VllmDecodeWorker")
         assert run.requests_total(worker) >= 1
         assert run.stop() == 0
@@ -42,10 +47,7 @@ def test_vllm_v1beta1_graph_like_dynamos_example_runs_on_cpu(tmp_path, vllm_pyth
                     "--append-args", "VllmDecodeWorker=" + " ".join(ENGINE_ARGS), python=str(vllm_python),
                     env=ENGINE_ENV)
     try:
-        run.wait_ready({"Frontend": 1, "VllmDecodeWorker": 1}, timeout=300)
-        run.wait_workers("Qwen/Qwen3-0.6B", 1)
-        reply = chat(run.port, "Qwen/Qwen3-0.6B", "hello", max_tokens=4, timeout=120)
-        assert reply["usage"]["completion_tokens"] >= 1
+        serves_one_chat(run)
         assert re.search(r"Worker default-vllm-agg-router\.backend\.generate initialized \(instance [0-9a-f]+\)",
                          run.log_path.read_text(errors="replace")), run.log()
         assert run.stop() == 0
