@@ -31,7 +31,7 @@ def test_prior_holds_without_data_and_slopes_never_go_negative():
 
 
 def make_router():
-    r = KvRouter(BS, KvRouterConfig(), rng=random.Random(3), clock=lambda: 0.0)
+    r = KvRouter(BS, KvRouterConfig(router_cost_model="ttft"), rng=random.Random(3), clock=lambda: 0.0)
     r.add_worker(1, total_kv_blocks=1000)
     r.add_worker(2, total_kv_blocks=1000)
     return r
@@ -55,7 +55,7 @@ def test_queued_prefill_outweighs_a_small_hit():
 
 def test_first_token_teaches_the_model():
     now = [0.0]
-    r = KvRouter(BS, KvRouterConfig(), clock=lambda: now[0])
+    r = KvRouter(BS, KvRouterConfig(router_cost_model="ttft"), clock=lambda: now[0])
     r.add_worker(1, total_kv_blocks=1000)
     for i in range(16):
         sel = r.select(LONG, request_id=f"r{i}")
@@ -75,7 +75,7 @@ def test_output_blocks_are_booked_from_max_tokens_and_released():
     assert r.active.active_blocks(key) == 100 + 10
     r.free("a")
     assert r.active.active_blocks(key) == 0
-    off = KvRouter(BS, KvRouterConfig(router_track_output_blocks=False))
+    off = KvRouter(BS, KvRouterConfig(router_cost_model="ttft", router_track_output_blocks=False))
     off.add_worker(1)
     off.add_request("b", off.select(LONG), LONG, max_tokens=40)
     assert off.active.active_blocks((1, 0)) == 100
@@ -89,7 +89,8 @@ def test_a_burst_of_one_prefix_stays_together_before_any_kv_event():
     second = r.select(burst[1], request_id="b1")
     # the prefix is being prefilled on the first worker: joining it costs 4 tokens, not 404
     assert second.worker_id == first.worker_id and second.prefill_tokens == 4
-    classic = KvRouter(BS, KvRouterConfig(router_inflight_prefix_credit=False), rng=random.Random(3))
+    classic = KvRouter(BS, KvRouterConfig(router_cost_model="ttft", router_inflight_prefix_credit=False),
+                       rng=random.Random(3))
     classic.add_worker(1, total_kv_blocks=1000)
     classic.add_worker(2, total_kv_blocks=1000)
     classic.add_request("b0", classic.select(burst[0], request_id="b0"), burst[0])
@@ -99,7 +100,7 @@ def test_a_burst_of_one_prefix_stays_together_before_any_kv_event():
 def test_a_lagging_load_report_does_not_push_a_prefix_off_its_holder():
     from dynamo.llm.kv_events.protocol import LoadMetrics
 
-    r = KvRouter(BS, KvRouterConfig(), rng=random.Random(3))
+    r = KvRouter(BS, KvRouterConfig(router_cost_model="ttft"), rng=random.Random(3))
     r.add_worker(1, total_kv_blocks=64)
     r.add_worker(2, total_kv_blocks=64)
     prefix = list(range(24))  # 6 blocks, cached on worker 2, whose last report still counts them active

@@ -99,6 +99,9 @@ def frontend_metric(url: str, name: str, labels: dict | None = None) -> float:
 
 def check_token_exact(env, ns: str) -> None:
     client = openai.OpenAI(base_url=env["urls"][ns] + "/v1", api_key="x", max_retries=0, timeout=120)
+    # Both workers of this namespace registered, now (the other namespace's test ran first, on a
+    # machine its engines keep busy): a 503 here would say nothing about disaggregation.
+    wait_until(lambda: instances(env["urls"][ns], MODEL, None) == 2, 120, f"2 {ns} workers")
     before = worker_metric(env[f"p_{ns}"], "dynamo_component_requests_total", {"status": "success"})
     for prompt, expected in zip(PROMPTS, env["reference"]):
         resp = client.completions.create(model=MODEL, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0)

@@ -24,7 +24,8 @@ from dynamo.runtime.rp_server import HandlerError
 from dynamo.worker.role import WorkerRole
 from tests.worker.subjects import ENGINES, INSTANCE_ID, ROLES, Subjects
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# The real vLLM engine (run by tests/vllm/test_adapter_contract.py) starts an engine-core process.
+pytestmark = [pytest.mark.asyncio(loop_scope="module")] + ([pytest.mark.e2e] if "vllm" in ENGINES else [])
 
 DISAGG_ENGINES = [e for e in ENGINES if WorkerRole.PREFILL in ROLES[e]]
 
