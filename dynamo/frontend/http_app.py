@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from prometheus_client import generate_latest
 
-from dynamo.frontend.intake import early_refusal, read_body
+from dynamo.frontend.intake import early_refusal
 from dynamo.frontend.dispatch import Dispatcher
 from dynamo.frontend.embeddings import decode_embeddings, embed
 from dynamo.frontend.generation import GenerationRun
@@ -43,6 +43,7 @@ from dynamo.runtime.asgi import (
     BodyTooLarge,
     header,
     json_encode,
+    read_body,
     send_bytes,
     send_json,
 )

@@ -1,5 +1,5 @@
-"""Request intake for big bodies: reading a body without a second full-size copy, and
-refusing a prompt that cannot fit the model's context from the body's shape alone.
+"""Request intake for big bodies (read by `runtime.asgi.read_body` without a second
+full-size copy): refusing a prompt that cannot fit the model's context from the body's shape alone.
 
 Decoding a 40 MB JSON body into Python strings holds the event loop (and the GIL) for
 a few hundred milliseconds on a loaded 2-core machine. A body over `SHAPE_CHECK_BYTES`
@@ -16,39 +16,11 @@ from typing import Callable
 import msgspec
 
 from dynamo.frontend.openai import ApiError, bad_request
-from dynamo.runtime.asgi import BodyTooLarge
 
 SHAPE_CHECK_BYTES = 1 << 20
 # An escape (`\n`, `\u00e9`, half a surrogate pair) is at most 6 bytes for at least 1 byte of text.
 _ESCAPE_SHRINK = 5
 _COUNT_SLICE = 1 << 20
-
-
-async def read_body(receive: Callable, limit: int) -> bytes | bytearray:
-    """The whole body, refused (`BodyTooLarge`) as soon as it passes `limit`. Chunks are
-    appended to one growing buffer (realloc of a large buffer remaps pages, no copy) instead
-    of joined at the end, which would copy the whole body in one go on the event loop."""
-    first = None
-    buffer: bytearray | None = None
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ConnectionError("client disconnected")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge()
-        more = message.get("more_body", False)
-        if first is None and not more:
-            return chunk
-        if first is None:
-            first = chunk
-            buffer = bytearray(first)
-        else:
-            buffer += chunk  # type: ignore[operator]
-        if not more:
-            return buffer  # type: ignore[return-value]
 
 
 _NULL = msgspec.Raw(b"null")

@@ -31,20 +31,29 @@ class BodyTooLarge(Exception):
     pass
 
 
-async def read_body(receive: Callable, limit: int) -> bytes:
-    chunks = []
+async def read_body(receive: Callable, limit: int) -> bytes | bytearray:
+    """The whole body, refused (`BodyTooLarge`) as soon as it passes `limit`. Chunks are
+    appended to one growing buffer (realloc of a large buffer remaps pages, no copy) instead
+    of joined at the end, which would copy the whole body in one go on the event loop."""
+    buffer: bytearray | None = None
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ConnectionError("client disconnected")
-        body = message.get("body", b"")
-        size += len(body)
+        chunk = message.get("body", b"")
+        size += len(chunk)
         if size > limit:
             raise BodyTooLarge()
-        chunks.append(body)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        more = message.get("more_body", False)
+        if buffer is None:
+            if not more:
+                return chunk
+            buffer = bytearray(chunk)
+        else:
+            buffer += chunk
+        if not more:
+            return buffer
 
 
 def header(scope: dict, name: bytes) -> bytes | None:

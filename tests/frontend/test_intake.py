@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from dynamo.frontend.intake import SHAPE_CHECK_BYTES, early_refusal, read_body
+from dynamo.frontend.intake import SHAPE_CHECK_BYTES, early_refusal
 from dynamo.llm.prompt_bound import PromptBound
 from dynamo.llm.tokenizer import Tokenizer
-from dynamo.runtime.asgi import BodyTooLarge
+from dynamo.runtime.asgi import BodyTooLarge, read_body
 
 
 class _Pipeline:
