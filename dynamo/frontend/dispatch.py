@@ -1,7 +1,9 @@
 """Sends a preprocessed request to a worker and streams its outputs back, with
 worker selection by the routing policy (`dynamo.router.policy`), cancellation, and migration: when a
 worker's stream breaks without its end marker, the request continues on another
-worker with the tokens generated so far appended to the prompt.
+worker with the tokens generated so far appended to the prompt. A worker that cannot
+be reached, or that refuses the request because it is draining, is skipped before
+anything was generated: the request goes to another worker whatever the migration limit.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dynamo.frontend.openai import ApiError
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest, output_decoder, request_encoder
 from dynamo.router.policy import AllWorkersBusy, Choice, NoWorkers, Role, RoutingPolicy, WorkerPool, with_dp_rank
 from dynamo.runtime.rp_client import CannotConnect, Disconnected, RequestPlaneClient, ResponseStream, StreamError
+from dynamo.runtime.wire import DRAINING
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +154,13 @@ class Dispatcher:
             except StreamError as exc:
                 if handle.cancelled or exc.code == "cancelled":
                     return
+                if exc.code == DRAINING and first:
+                    # Sent before this frontend saw the worker leave discovery; it never started.
+                    exclude.add(worker.instance_id)
+                    log.info("worker %x is draining; sending request %s elsewhere", worker.instance_id,
+                             request.request_id)
+                    self.metrics.migration(entry.name, "new_request")
+                    continue
                 raise _error_for(exc) from None
             finally:
                 self.policy.free(request.request_id)

@@ -32,6 +32,7 @@ from dynamo.runtime import records
 from dynamo.runtime.config import setting
 from dynamo.runtime.rp_client import CannotConnect, StreamError
 from dynamo.runtime.rp_server import HandlerError, RequestContext
+from dynamo.runtime.wire import DRAINING
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,29 @@ class RouterService:
         except msgspec.DecodeError as exc:
             raise HandlerError(f"malformed request: {exc}", "bad_request") from None
         rid = request.request_id
+        stream, first_batch = await self._open(request, payload)
+        try:
+            if not first_batch:
+                return
+            self.policy.prefill_complete(rid)
+            for item in first_batch:
+                yield item
+            while True:
+                batch = await stream.next_batch()
+                if not batch:
+                    return
+                for item in batch:
+                    yield item
+        except StreamError as exc:
+            raise HandlerError(str(exc), exc.code) from None
+        finally:
+            self.policy.free(rid)
+            if not stream.done:
+                stream.cancel()
+
+    async def _open(self, request, payload: bytes):
+        """A stream on the policy's worker and its first batch; unreachable or draining
+        workers (nothing generated yet) are skipped for the next choice."""
         exclude: set[int] = set()
         while True:
             try:
@@ -176,31 +200,18 @@ class RouterService:
             except NoWorkers as exc:
                 raise HandlerError(f"no workers available for {exc}", "no_workers") from None
             worker = choice.worker
+            stream = None
             try:
                 stream = await self.runtime.client.open_stream(worker.address or "", self.eid.endpoint, payload)
-            except CannotConnect as exc:
-                self.policy.free(rid)
+                return stream, await stream.next_batch()
+            except StreamError as exc:
+                self.policy.free(request.request_id)
+                if stream is not None and not stream.done:
+                    stream.cancel()
+                if not isinstance(exc, CannotConnect) and exc.code != DRAINING:
+                    raise HandlerError(str(exc), exc.code) from None
                 exclude.add(worker.instance_id)
-                log.warning("worker %x unreachable (%s); trying another", worker.instance_id, exc)
-                continue
-            break
-        try:
-            first = True
-            while True:
-                batch = await stream.next_batch()
-                if not batch:
-                    return
-                if first:
-                    first = False
-                    self.policy.prefill_complete(rid)
-                for item in batch:
-                    yield item
-        except StreamError as exc:
-            raise HandlerError(str(exc), exc.code) from None
-        finally:
-            self.policy.free(rid)
-            if not stream.done:
-                stream.cancel()
+                log.warning("worker %x unreachable or draining (%s); trying another", worker.instance_id, exc)
 
 
 def _decode_query(payload: bytes) -> RouteQuery:

@@ -5,6 +5,11 @@ its items back as `Data` frames closed by `End` or `Error`.
 A `Cancel` frame or a dropped connection cancels the request's task, which raises
 CancelledError inside the handler: that is how a client disconnect reaches the
 engine. Frames produced in one event-loop iteration are written with one syscall.
+
+Once draining (`stop_accepting`), a request arriving on a connection that is still
+open (its sender has not yet seen the worker leave discovery) ends at once with a
+`draining` error and never starts: the caller sends it elsewhere, so a scale-down
+cannot cut a request that was admitted after the drain began.
 """
 
 from __future__ import annotations
@@ -77,6 +82,10 @@ class _Connection(wire.FramedProtocol):
             self._cancel(sid)
 
     def _start(self, frame: wire.Request) -> None:
+        if self.server.draining:
+            self.send(wire.Error(frame.sid, "worker is shutting down; send the request to another worker",
+                                 wire.DRAINING))
+            return
         entry = self.server.handlers.get(frame.endpoint)
         if entry is None:
             self.send(wire.Error(frame.sid, f"no endpoint {frame.endpoint!r} on this worker", "not_found"))
@@ -141,6 +150,7 @@ class RequestPlaneServer:
         self.handlers: dict[str, tuple[Handler, Decode | None]] = {}
         self.connections: set[_Connection] = set()
         self._server: asyncio.base_events.Server | None = None
+        self.draining = False
         self.on_request_start: Callable[[str], None] = lambda endpoint: None
         self.on_request_end: Callable[[str, str, float], None] = lambda endpoint, status, seconds: None
 
@@ -163,6 +173,7 @@ class RequestPlaneServer:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop_accepting(self) -> None:
+        self.draining = True
         if self._server is not None:
             self._server.close()
 

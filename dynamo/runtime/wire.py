@@ -41,6 +41,10 @@ class End(msgspec.Struct, tag="end", array_like=True, gc=False):
     sid: int
 
 
+# Error code of a request a draining worker refused before starting it: safe to send elsewhere.
+DRAINING = "draining"
+
+
 class Error(msgspec.Struct, tag="err", array_like=True, gc=False):
     sid: int
     message: str

@@ -28,10 +28,11 @@ def cluster(vllm_python, vllm_model, tmp_path_factory):
     c = VllmCluster(tmp_path_factory.mktemp("vllm-migration"), vllm_model, vllm_python)
     try:
         c.frontend("--migration-limit", "3")
-        # The grace is shorter than a stream: a SIGTERMed worker cuts its streams at the deadline.
+        # The grace is far shorter than a stream (48 tokens of 11 batched CPU streams take
+        # seconds): a SIGTERMed worker cuts its streams at the deadline, however fast the box.
         # Each engine pins its OpenMP threads; spread them over the cores instead of all on core 0.
         cores = os.cpu_count() or 1
-        c.workers = [c.vllm_worker(env={"DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "1",
+        c.workers = [c.vllm_worker(env={"DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "0.2",
                                         "VLLM_CPU_OMP_THREADS_BIND": str(i % cores)}, wait=False) for i in range(3)]
         for w in c.workers:
             wait_healthy(w, timeout=900)

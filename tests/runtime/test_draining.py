@@ -1,0 +1,51 @@
+"""A draining request-plane server (after `stop_accepting`): requests already running
+finish, and a request arriving on a connection that is still open is refused with the
+`draining` code before its handler runs (real server and client on loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from dynamo.runtime.rp_client import RequestPlaneClient, StreamError
+from dynamo.runtime.rp_server import RequestPlaneServer
+from dynamo.runtime.wire import DRAINING
+
+
+@pytest.fixture
+async def plane():
+    server = RequestPlaneServer("127.0.0.1", 0)
+    started: list = []
+    release = asyncio.Event()
+
+    async def handler(request, ctx):
+        started.append(request)
+        await release.wait()
+        yield b"done"
+
+    server.add_handler("generate", handler)
+    await server.start()
+    client = RequestPlaneClient()
+    yield server, client, started, release
+    await client.close()
+    await server.close()
+
+
+async def test_running_request_finishes_and_a_new_one_is_refused_as_draining(plane):
+    server, client, started, release = plane
+    running = await client.open_stream(server.address, "generate", b"first")
+    for _ in range(200):
+        if started:
+            break
+        await asyncio.sleep(0.01)
+    assert started == [b"first"]
+    await server.stop_accepting()
+    late = await client.open_stream(server.address, "generate", b"late")  # same pooled connection
+    with pytest.raises(StreamError) as err:
+        [item async for item in late]
+    assert err.value.code == DRAINING
+    assert started == [b"first"]  # the refused request never reached the handler
+    release.set()
+    assert [item async for item in running] == [b"done"]
+    assert await server.drain(5)
