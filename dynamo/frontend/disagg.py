@@ -7,8 +7,9 @@ parameters it returns (`disaggregated_params`, backend-specific: vLLM's
 decode worker, which pulls the KV cache and streams the answer. The client sees one
 ordinary stream.
 
-Fallbacks: no prefill worker, a failed prefill, a short uncached prompt or a saturated
-prefill pool (conditional disaggregation) all mean the decode worker prefills locally,
+Fallbacks: no prefill worker, a failed prefill, or (conditional disaggregation) a short
+uncached prompt (the prompt less the prefix cached on the decode worker the routing
+policy would pick) or a saturated prefill pool all mean the decode worker prefills locally,
 unless `--enforce-disagg`, which answers 503 instead.
 """
 
@@ -70,14 +71,20 @@ class PrefillOrchestrator:
         self.metrics = metrics
         self.inflight: dict[int, int] = {}
 
-    def _skip_reason(self, pool: WorkerPool, request: PreprocessedRequest) -> str | None:
+    def _skip_reason(self, entry, pool: WorkerPool, request: PreprocessedRequest) -> str | None:
         workers = pool.workers
         if not workers:
             return "no_prefill_workers"
         if not self.policy.conditional:
             return None
-        if len(request.token_ids) < self.policy.eff_isl_threshold:
+        threshold = self.policy.eff_isl_threshold
+        if len(request.token_ids) < threshold:
             return "short_prompt"
+        # Dynamo's effective ISL: the prompt less the prefix already cached on the decode worker
+        # the request would go to; that worker prefills only the rest.
+        cached = self.routing.cached_tokens(entry.pool(Role.DECODE), request, set())
+        if len(request.token_ids) - cached < threshold:
+            return "cached_prefix"
         limit = self.policy.max_inflight_prefills_per_worker
         if limit and all(self.inflight.get(w.instance_id, 0) >= limit for w in workers):
             return "prefill_pool_busy"
@@ -86,7 +93,7 @@ class PrefillOrchestrator:
     async def prefill(self, entry, request: PreprocessedRequest, handle) -> dict[str, Any] | None:
         """Transfer parameters for the decode worker, or None to prefill locally."""
         pool = entry.pool(Role.PREFILL)
-        reason = self._skip_reason(pool, request)
+        reason = self._skip_reason(entry, pool, request)
         if reason is not None:
             if reason == "no_prefill_workers" and not self.policy.enforce:
                 return None  # plain aggregated serving: nothing to report

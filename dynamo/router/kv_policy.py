@@ -218,6 +218,17 @@ class KvPolicy:
                 isl=len(request.token_ids), overlap_blocks=selection.overlap_blocks))
         return Choice(worker, selection.dp_rank, selection.overlap_blocks)
 
+    def cached_tokens(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> int:
+        route = self._route(pool)
+        allowed = [w.instance_id for w in candidates(route.pool, request, exclude)] if route else []
+        if route is None or not allowed:
+            return 0
+        try:
+            selection = route.router.select(request.token_ids, allowed=allowed, lora_name=route.pool.lora_name)
+        except (NoWorkers, AllWorkersBusy):
+            return 0
+        return min(selection.overlap_blocks * route.router.block_size, len(request.token_ids))
+
     def prefill_complete(self, request_id: str) -> None:
         route = self._inflight.get(request_id)
         if route is not None and route.router.mark_prefill_complete(request_id):

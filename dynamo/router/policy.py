@@ -111,6 +111,10 @@ class RoutingPolicy(Protocol):
     async def select(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
         """Choose a worker and book the request on it; raises NoWorkers / AllWorkersBusy."""
         ...
+    def cached_tokens(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> int:
+        """Prompt tokens already cached on the worker `select` would choose now; books nothing
+        (conditional disaggregation compares the uncached rest with its threshold)."""
+        ...
     def prefill_complete(self, request_id: str) -> None: ...
     def free(self, request_id: str) -> None: ...
     def health(self) -> dict: ...
@@ -169,6 +173,9 @@ class _Stateless:
 
     def on_membership_change(self, pool: WorkerPool) -> None:
         pass
+
+    def cached_tokens(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> int:
+        return 0  # load-blind: knows of no cache
 
     def prefill_complete(self, request_id: str) -> None:
         pass

@@ -97,6 +97,46 @@ def test_conditional_disaggregation_prefills_short_prompts_locally(cluster):
         proc.stop()
 
 
+def decode_indexed_blocks(url: str) -> int:
+    models = json.loads(http_get(url + "/health")[1]).get("router", {}).get("models", {})
+    return sum((models.get(MODEL) or {}).get("indexed_blocks", {}).values() or [0])
+
+
+def test_conditional_disaggregation_counts_only_uncached_tokens(cluster):
+    """Dynamo's effective ISL is the prompt less the prefix cached on the decode worker: with
+    KV routing and a 100-token threshold, a 220-token prompt whose first 192 tokens (3 blocks
+    of 64) the decode worker already holds is prefilled there; a fresh 220-token prompt is not."""
+    port = free_port()
+    proc = cluster.start("dynamo.frontend", ["--http-host", "127.0.0.1", "--http-port", str(port),
+                                             "--router-mode", "kv", "--router-conditional-disagg",
+                                             "--router-conditional-disagg-config",
+                                             json.dumps({"eff_isl_threshold": 100})])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: sum(1 for i in json.loads(http_get(url + "/health")[1])["instances"]
+                               if i.get("model") == MODEL) == 2, 60, "both workers at the KV-routing frontend")
+        client = client_for(url)
+        prefix = [100 + i for i in range(200)]
+        prefill_before = worker_requests(cluster.prefill)
+        first = client.completions.create(model=MODEL, prompt=prefix, max_tokens=2)
+        assert first.usage.prompt_tokens == 200
+        assert worker_requests(cluster.prefill) == prefill_before + 1  # nothing cached yet: remote
+        wait_until(lambda: decode_indexed_blocks(url) >= 3, 30, "the decode worker's KV events for the prefix")
+        cached = client.completions.create(model=MODEL, prompt=prefix + [50] * 20, max_tokens=2)
+        assert cached.usage.prompt_tokens == 220
+        assert cached.usage.prompt_tokens_details.cached_tokens == 192
+        assert worker_requests(cluster.prefill) == prefill_before + 1
+        assert frontend_metric(url, "dynamo_frontend_local_prefills_total",
+                               {"model": MODEL, "reason": "cached_prefix"}) == 1
+        fresh = client.completions.create(model=MODEL, prompt=[400 + i for i in range(220)], max_tokens=2)
+        assert fresh.usage.prompt_tokens == 220
+        assert worker_requests(cluster.prefill) == prefill_before + 2
+        assert frontend_metric(url, "dynamo_frontend_remote_prefills_total", {"model": MODEL}) == 2
+        assert frontend_metric(url, "dynamo_frontend_local_prefills_total", {"model": MODEL}) == 1
+    finally:
+        proc.stop()
+
+
 def test_prefill_worker_death_falls_back_to_local_prefill(tiny_model, tmp_path):
     c = disagg_cluster(tmp_path, tiny_model)
     try:
