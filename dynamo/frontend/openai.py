@@ -367,11 +367,13 @@ def validate_tools(req: ChatCompletionRequest) -> None:
                               f"tools[{i}]", "invalid_type")
         names.append(fn["name"])
     choice = req.tool_choice
-    if choice is None or choice in ("none", "auto"):
+    # OpenAI: no `tool_choice` means "auto" when tools are given (`tool_choice_mode`), "none" without;
+    # any choice but "none" without tools is refused.
+    if choice is None or choice == "none":
         return
-    if choice == "required":
-        if not names:
-            raise bad_request("`tool_choice: required` needs at least one tool", "tool_choice")
+    if not names and (choice in ("auto", "required") or isinstance(choice, dict)):
+        raise bad_request("`tool_choice` is only allowed when `tools` are given", "tool_choice")
+    if choice in ("auto", "required"):
         return
     if isinstance(choice, dict):
         name = (choice.get("function") or {}).get("name") if isinstance(choice.get("function"), dict) else None

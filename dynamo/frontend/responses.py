@@ -64,7 +64,7 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
             raise bad_request("`input` must not be empty", "input")
         tools = [{"type": "function", "function": {k: v for k, v in t.items() if k != "type"}}
                  for t in self.tools or [] if t.get("type") == "function"]
-        choice = self.tool_choice
+        choice = self.tool_choice if tools or self.tool_choice != "auto" else None  # built-in tools only
         if isinstance(choice, dict) and choice.get("type") == "function" and "name" in choice:
             choice = {"type": "function", "function": {"name": choice["name"]}}
         fmt = (self.text or {}).get("format")

@@ -205,6 +205,20 @@ def test_tool_choice_none_named_and_parallel(client):
     assert list(calls) == [0] and calls[0]["name"] == "get_weather" and finishes == ["tool_calls"]
 
 
+def test_tools_without_tool_choice_mean_auto(client):
+    """OpenAI's default: tools given, no `tool_choice` -> "auto" (both calls parsed, finish
+    `tool_calls`); `tool_choice` without tools -> 400 naming `tool_choice`."""
+    resp = ask(client, "hermes", "case:hermes", tools=TOOLS).choices[0]
+    assert [c.function.name for c in resp.message.tool_calls] == ["get_weather", "get_time"]
+    assert json.loads(resp.message.tool_calls[0].function.arguments) == WEATHER
+    assert resp.finish_reason == "tool_calls"
+    import openai  # noqa: PLC0415
+
+    with pytest.raises(openai.BadRequestError) as info:
+        ask(client, "hermes", "case:hermes", tool_choice="auto")
+    assert info.value.body["param"] == "tool_choice"
+
+
 def test_malformed_call_degrades_to_content(client):
     resp = ask(client, "hermes", "case:malformed", tools=TOOLS).choices[0]
     assert resp.message.content == "<tool_call>{not json}</tool_call> sorry"

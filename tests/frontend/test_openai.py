@@ -89,6 +89,20 @@ def test_tools_with_tool_choice_none_are_accepted():
     validate_chat(chat(tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="none"))
 
 
+def test_tool_choice_defaults_like_openai():
+    """No `tool_choice`: "auto" when tools are given (calls are parsed, the template sees the
+    tools), "none" without; a choice other than "none" without tools is refused."""
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    req = chat(tools=tools)
+    validate_chat(req)
+    assert (req.tool_choice_mode(), req.template_tools()) == ("auto", tools)
+    assert chat().tool_choice_mode() == "none"
+    validate_chat(chat(tool_choice="none"))
+    for choice in ("auto", "required", {"type": "function", "function": {"name": "f"}}):
+        err = refused(validate_chat, chat(tool_choice=choice))
+        assert (err.param, err.code) == ("tool_choice", "invalid_value"), choice
+
+
 @pytest.mark.parametrize("over,code", [
     ({"echo": True, "logprobs": 1}, "unsupported_parameter"), ({"best_of": 2}, "unsupported_value"),
     ({"suffix": "x"}, "unsupported_parameter"), ({"prompt": []}, "invalid_value"),
