@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from tests.fixtures.procs import REPO, Cluster, Proc, free_port, http_get, wait_until
+from tests.fixtures.procs import REPO, Cluster, Proc, http_get, wait_until
 
 VLLM_VENV = Path(os.environ.get("DYN_VLLM_VENV", REPO / ".venv-vllm"))
 VLLM_PYTHON = VLLM_VENV / "bin" / "python"
@@ -58,17 +59,35 @@ def vllm_model(vllm_python, tmp_path_factory) -> Path:
     return out
 
 
+SYSTEM_SERVER_LINE = re.compile(rb"system server on \S+:(\d+) ")
+
+
 class VenvProc(Proc):
     """`Proc` running under another interpreter (the vLLM venv's)."""
 
     def __init__(self, python: Path, module: str, args: list[str], env: dict[str, str], log_dir: Path,
                  name: str) -> None:
         self.name = name
+        self._system_port: int | None = None
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "wb")
         self.popen = subprocess.Popen([str(python), "-m", module, *args],
                                       env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}, cwd=REPO,
                                       stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+    @property
+    def system_port(self) -> int:
+        """The port this worker's system server bound (`DYN_SYSTEM_PORT=0`), read from its log.
+        A port picked free by the test and bound by the worker minutes later (vLLM's import and
+        engine start) could meanwhile be taken by any other process on the box, whose `/health`
+        200 would pass for this worker's; the kernel's own pick cannot be."""
+        if self._system_port is None:
+            found = SYSTEM_SERVER_LINE.search(self.log_path.read_bytes())
+            if found is None:
+                raise ConnectionRefusedError(f"{self.name} has not started its system server yet")
+            self._system_port = int(found.group(1))
+        return self._system_port
 
 
 class VllmCluster(Cluster):
@@ -79,12 +98,10 @@ class VllmCluster(Cluster):
     def vllm_worker(self, *args: str, env: dict | None = None, wait: bool = True) -> VenvProc:
         """Start `python -m dynamo.vllm` on the tiny model; wait for its /health 200."""
         self._count += 1
-        port = free_port()
-        full_env = {**self.env, **ENGINE_ENV, "DYN_SYSTEM_PORT": str(port), **(env or {})}
+        full_env = {**self.env, **ENGINE_ENV, "DYN_SYSTEM_PORT": "0", **(env or {})}
         proc = VenvProc(self.python, "dynamo.vllm",
                         ["--model", str(self.model_dir), "--served-model-name", MODEL, *ENGINE_ARGS, *args],
                         full_env, self.tmp, f"vllm{self._count}")
-        proc.system_port = port  # type: ignore[attr-defined]
         self.procs.append(proc)
         if wait:
             wait_healthy(proc)

@@ -116,6 +116,11 @@ def check_token_exact(env, ns: str) -> None:
     wait_until(lambda: worker_metric(env[f"d_{ns}"], "dynamo_component_kv_transfer_bytes_total",
                                      {"direction": "received"}) > 0, 15, "decode worker to count received KV")
     assert worker_metric(env[f"d_{ns}"], "dynamo_component_kv_transfer_failures_total") == 0
+    # KV events: the prefill worker relays vLLM's (its blocks feed a prefill-pool KV router); a
+    # decode worker never publishes (-1: no relay at all), its blocks being pulled copies.
+    wait_until(lambda: worker_metric(env[f"p_{ns}"], "dynamo_vllm_kv_events_relayed") >= 1, 15,
+               "prefill worker to relay KV events")
+    assert worker_metric(env[f"d_{ns}"], "dynamo_vllm_kv_events_relayed") == -1
 
 
 def test_nixl_token_exact_with_vllm_aggregated(env):

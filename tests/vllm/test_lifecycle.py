@@ -99,9 +99,20 @@ def no_worker_left(cluster):
     wait_until(lambda: MODEL not in cluster.models(), 30, "no worker left at the frontend")
 
 
+def relayed(worker) -> float | None:
+    return metric_value(metrics(worker), "dynamo_vllm_kv_events_relayed")
+
+
+PROMPT = [6 + i for i in range(70)]  # two full 32-token blocks: vLLM stores (and announces) them
+
+
 def test_engine_death_leaves_discovery_and_exits_nonzero(cluster):
-    worker = cluster.vllm_worker()
+    # Prefix caching off: the worker says it will publish no KV events, and relays none.
+    worker = cluster.vllm_worker("--no-enable-prefix-caching")
     cluster.wait_workers(MODEL, 1)
+    assert "prefix caching is off: no KV events" in worker.log_path.read_text(errors="replace")
+    assert client(cluster).completions.create(model=MODEL, prompt=PROMPT, max_tokens=2).usage.prompt_tokens == 70
+    assert relayed(worker) == -1
     engine_cores = children(worker.pid)
     assert engine_cores, "no engine-core child process"
     for pid in engine_cores:
@@ -114,12 +125,22 @@ def test_engine_death_leaves_discovery_and_exits_nonzero(cluster):
 def test_restarted_worker_is_picked_up_and_killed_one_dropped(cluster):
     worker = cluster.vllm_worker()
     cluster.wait_workers(MODEL, 1)
-    assert client(cluster).completions.create(model=MODEL, prompt="hello", max_tokens=4,
+    assert client(cluster).completions.create(model=MODEL, prompt=PROMPT, max_tokens=4,
                                               extra_body={"ignore_eos": True}).usage.completion_tokens == 4
+    # Defaults: KV events on, relayed from vLLM's publisher; chat and completions served.
+    wait_until(lambda: relayed(worker) >= 1, 30, "the default worker to relay its KV events")
+    assert client(cluster).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                   max_tokens=2).usage.completion_tokens >= 1
     os.killpg(worker.pid, signal.SIGKILL)  # the whole worker (engine core included) crashes
     wait_until(lambda: MODEL not in cluster.models(), 30, "killed worker to be dropped (lease expiry)")
-    # Restarted: a new worker is picked up by the same frontend and serves.
-    cluster.vllm_worker()
+    # Restarted: a new worker is picked up by the same frontend and serves; this one with
+    # `--no-publish-kv-events` (no relay, -1) and `--endpoint-types completions` (chat refused).
+    restarted = cluster.vllm_worker("--no-publish-kv-events", "--endpoint-types", "completions")
     cluster.wait_workers(MODEL, 1)
-    assert client(cluster).completions.create(model=MODEL, prompt="hello again", max_tokens=4,
+    assert client(cluster).completions.create(model=MODEL, prompt=PROMPT, max_tokens=4,
                                               extra_body={"ignore_eos": True}).usage.completion_tokens == 4
+    assert relayed(restarted) == -1
+    with pytest.raises(openai.BadRequestError) as refused:
+        client(cluster).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                max_tokens=2)
+    assert refused.value.body["code"] == "unsupported_model"

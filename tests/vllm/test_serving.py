@@ -141,6 +141,57 @@ def test_stop_string_ends_the_completion(client):
     assert cut.choices[0].text == full[:full.index(stop)]
 
 
+def test_top_k_and_top_p_reach_vllm(env, client):
+    """At temperature 1 with a seed, vLLM's sampled text differs from the greedy reference;
+    `top_k: 1` or a tiny `top_p` leave only the most likely token, so the text is greedy again.
+    Dropped anywhere between the client and vLLM, these would sample like the control."""
+    prompt, expected = EXACT_PROMPTS[0], env["reference"][0]
+    greedy = env["tokenizer"].decode(expected)
+
+    def sampled(**extra) -> str:
+        return client.completions.create(model=MODEL, prompt=prompt, max_tokens=MAX_TOKENS, temperature=1.0,
+                                         seed=11, extra_body=extra).choices[0].text
+
+    assert sampled() != greedy  # the control: this seed really samples
+    assert sampled(top_k=1) == greedy
+    assert client.completions.create(model=MODEL, prompt=prompt, max_tokens=MAX_TOKENS, temperature=1.0,
+                                     seed=11, top_p=1e-6).choices[0].text == greedy
+
+
+def test_min_tokens_reaches_vllm(env):
+    """A hidden stop token the greedy output reaches at position k ends the answer there;
+    with `min_tokens` k+6 vLLM may not produce it before that many tokens."""
+    address = instance(env)["transport"]["tcp"]
+    prompt, expected = EXACT_PROMPTS[0], env["reference"][0]
+    k = next(i for i in range(3, len(expected) - 6) if expected[i] not in expected[:i])
+    stop = expected[k]
+
+    def run(min_tokens: int | None) -> list[int]:
+        request = PreprocessedRequest(
+            request_id=f"min-tokens-{min_tokens}", model=MODEL, token_ids=prompt, eos_token_ids=[],
+            stop_conditions=StopConditions(max_tokens=MAX_TOKENS, min_tokens=min_tokens, stop_token_ids_hidden=[stop]),
+            sampling_options=SamplingOptions(temperature=0.0))
+        return [t for out in asyncio.run(direct_generate(address, request)) for t in out.token_ids]
+
+    plain = run(None)
+    assert plain[:k] == expected[:k] and len(plain) <= k + 1 and stop not in plain[:k]
+    held = run(k + 6)
+    assert held[:k] == expected[:k]
+    assert len(held) >= k + 6 and stop not in held[:k + 6]
+
+
+def test_unset_max_tokens_runs_to_the_context_end(env):
+    """Worker default (Dynamo's): no `max_tokens` -> max_model_len - prompt length."""
+    address = instance(env)["transport"]["tcp"]
+    prompt = ids(MAX_MODEL_LEN - 6, 8)
+    request = PreprocessedRequest(request_id="no-max-tokens", model=MODEL, token_ids=prompt, eos_token_ids=[5, 2],
+                                  stop_conditions=StopConditions(ignore_eos=True),
+                                  sampling_options=SamplingOptions(temperature=0.0))
+    outputs = asyncio.run(direct_generate(address, request))
+    assert sum(len(out.token_ids) for out in outputs) == 6
+    assert outputs[-1].finish_reason == "length"
+
+
 def long_request(request_id: str, salt: int) -> PreprocessedRequest:
     return PreprocessedRequest(request_id=request_id, model=MODEL, token_ids=ids(10, salt),
                                stop_conditions=StopConditions(max_tokens=LONG, ignore_eos=True))
@@ -311,6 +362,9 @@ def test_kv_events_reach_a_router_indexer(env, monkeypatch):
     monkeypatch.setenv("DYN_FILE_KV", env["cluster"].env["DYN_FILE_KV"])
     worker_id = instance(env)["instance_id"]
     prompt = ids(4 * BLOCK_SIZE + 5, 7)
+    relayed_before = metric_value(metrics(env["worker"]), "dynamo_vllm_kv_events_relayed")
+    assert relayed_before is not None and relayed_before >= 0  # -1 would mean no relay at all
+    received = []
 
     async def run() -> int:
         store = make_store("file")
@@ -333,6 +387,7 @@ def test_kv_events_reach_a_router_indexer(env, monkeypatch):
                 except asyncio.TimeoutError:
                     break
                 indexer.apply_event(router_event_decoder.decode(payload))
+                received.append(payload)
                 score = indexer.find_matches(want).scores.get((worker_id, 0), 0)
                 if score == len(want):
                     return score
@@ -342,6 +397,9 @@ def test_kv_events_reach_a_router_indexer(env, monkeypatch):
             await store.close()
 
     assert asyncio.run(run()) == 4
+    # Every event that reached the event plane was counted as relayed from vLLM's publisher.
+    relayed = metric_value(metrics(env["worker"]), "dynamo_vllm_kv_events_relayed")
+    assert relayed - relayed_before >= len(received) >= 1
 
 
 def test_forward_pass_metrics_from_vllm(env, monkeypatch):
