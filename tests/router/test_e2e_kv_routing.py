@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from tests.fixtures.procs import Cluster, metric_value, wait_until
+from tests.fixtures.procs import Cluster, free_port, http_get, metric_value, wait_until
 from tests.router.e2e_helpers import (
     BLOCK,
     MODEL,
@@ -113,6 +113,36 @@ def test_no_events_reports_approximate_mode(cluster):
             first = served[0]
         assert served == [first]
     assert route_info(cluster.base_url, "noev")["mode"] == "approximate"
+
+
+def test_no_router_kv_events_routes_a_repeated_prefix_to_one_worker(cluster):
+    """`--no-router-kv-events` over workers that DO publish: the frontend subscribes to nothing,
+    says approximate mode, and still sends a repeated prefix back to the worker it chose first,
+    crediting the overlap it predicted from its own decisions."""
+    port = free_port()
+    proc = cluster.start("dynamo.frontend", ["--http-host", "127.0.0.1", "--http-port", str(port),
+                                             "--router-mode", "kv", "--no-router-kv-events"])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        live = [w for w in cluster.workers if w.alive()]
+        wait_until(lambda: sum(1 for i in health(url)["instances"] if i.get("model") == MODEL) == len(live), 60,
+                   "the workers at the approximate-mode frontend")
+        prefix = tokens(21, PREFIX_BLOCKS * BLOCK)
+        served = []
+        for i in range(4):
+            before = [worker_requests(w) for w in live]
+            complete(url, prefix + tokens(700 + i, 10))
+            served += [j for j, w in enumerate(live) if worker_requests(w) > before[j]]
+        assert len(served) == 4 and len(set(served)) == 1, served
+        info = route_info(url)
+        assert info["mode"] == "approximate" and "--no-router-kv-events" in info["reason"], info
+        text = http_get(url + "/metrics")[1].decode()
+        assert metric_value(text, "dynamo_frontend_router_mode", {"model": MODEL, "mode": "approximate"}) == 1.0
+        assert metric_value(text, "dynamo_frontend_router_overlap_blocks_sum", {"model": MODEL}) >= 3 * PREFIX_BLOCKS
+        assert not metric_value(text, "dynamo_component_kv_cache_events_applied_total",
+                                {"event_type": "stored", "status": "ok"})  # no subscription at all
+    finally:
+        proc.stop()
 
 
 def test_worker_that_leaves_is_dropped_from_the_index(cluster):
