@@ -70,3 +70,59 @@ def test_cli_prints_yaml():
                          cwd=REPO, capture_output=True, text=True, timeout=60, check=True).stdout
     docs = list(yaml.safe_load_all(out))
     assert [d["kind"] for d in docs] == ["ConfigMap", "Deployment", "Service", "Deployment", "Service"]
+
+
+def render_cli(capsys, *argv: str) -> tuple[list[dict], str]:
+    """`python -m dynamo.deploy render ...` in-process (argument parsing, warnings, YAML out)."""
+    from dynamo.deploy.__main__ import main  # noqa: PLC0415
+
+    assert main(["render", *argv]) == 0
+    out = capsys.readouterr()
+    return list(yaml.safe_load_all(out.out)), out.err
+
+
+def graph_with_pvcs(tmp_path) -> str:
+    doc = yaml.safe_load((REPO / "examples/backends/mocker/deploy/agg.yaml").read_text())
+    doc["spec"]["pvcs"] = [{"name": "scratch", "create": True, "size": "5Gi", "storageClass": "fast",
+                            "volumeAccessMode": "ReadWriteOnce"},
+                           {"name": "existing"}]  # not ours to create: mounted, never rendered
+    doc["spec"]["services"]["MockerWorker"]["volumeMounts"] = [{"name": "scratch", "mountPoint": "/scratch"},
+                                                               {"name": "existing", "mountPoint": "/data"}]
+    path = tmp_path / "pvcs.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def test_cli_namespace_etcd_flags_and_created_pvcs(tmp_path, capsys):
+    path = graph_with_pvcs(tmp_path)
+    objects, err = render_cli(capsys, path, "--namespace", "team-x", "--etcd-endpoints", "http://etcd.infra:2379")
+    assert {o["metadata"].get("namespace") for o in objects} == {"team-x"}
+    config = by_name(objects, "ConfigMap", "mocker-agg-env")["data"]
+    assert config["ETCD_ENDPOINTS"] == "http://etcd.infra:2379"
+    assert config["DYN_NAMESPACE"] == "team-x-mocker-agg"
+    assert not any(o["metadata"]["name"] == "etcd" for o in objects)
+    assert "etcd" not in err  # endpoints given: nothing to warn about
+    (claim,) = [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
+    assert claim["metadata"]["name"] == "scratch"
+    assert claim["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}},
+                             "storageClassName": "fast"}
+    pod = by_name(objects, "Deployment", "mocker-agg-mockerworker")["spec"]["template"]["spec"]
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    # Not a model the worker loads by path: writable (only model caches are mounted read-only).
+    assert mounts["scratch"] == {"name": "scratch", "mountPath": "/scratch"}
+    assert mounts["existing"] == {"name": "existing", "mountPath": "/data"}
+    assert {"name": "scratch", "persistentVolumeClaim": {"claimName": "scratch"}} in pod["volumes"]
+    assert {"name": "existing", "persistentVolumeClaim": {"claimName": "existing"}} in pod["volumes"]
+
+
+def test_cli_include_etcd_and_default_etcd_warning(capsys):
+    path = str(REPO / "examples/backends/mocker/deploy/agg.yaml")
+    objects, err = render_cli(capsys, path, "--include-etcd")
+    assert by_name(objects, "Deployment", "etcd")["spec"]["replicas"] == 1
+    assert by_name(objects, "Service", "etcd")["spec"]["ports"][0]["port"] == 2379
+    assert by_name(objects, "ConfigMap", "mocker-agg-env")["data"]["ETCD_ENDPOINTS"] == "http://etcd:2379"
+    assert "warning" not in err
+    objects, err = render_cli(capsys, path)
+    assert not any(o["metadata"]["name"] == "etcd" for o in objects)
+    assert "warning: the graph discovers through etcd at http://etcd:2379" in err
+    assert {o["metadata"].get("namespace") for o in objects} == {None}  # manifest has none: kubectl's choice

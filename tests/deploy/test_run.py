@@ -9,13 +9,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.deploy.helpers import DeployRun, chat, names_in
+from tests.deploy.helpers import DeployRun, chat, names_in, pid_alive
 from tests.fixtures.procs import REPO, wait_until
 
 MOCKER = REPO / "examples/backends/mocker/deploy"
@@ -119,3 +120,48 @@ def control_errors_and_scale_cli(run: DeployRun) -> None:
                           cwd=REPO).returncode == 2
     run.scale("MockerWorker", 1)
     run.wait_ready({"MockerWorker": 1})
+
+
+STUBBORN = """\
+apiVersion: nvidia.com/v1alpha1
+kind: DynamoGraphDeployment
+metadata:
+  name: stubborn
+spec:
+  services:
+    Stubborn:
+      componentType: main
+      replicas: 1
+      extraPodSpec:
+        mainContainer:
+          image: local
+          command: [python3, -c]
+          args:
+            - |
+              import signal, subprocess, sys, time
+              signal.signal(signal.SIGTERM, signal.SIG_IGN)
+              child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # inherits SIG_IGN
+              print("ignoring SIGTERM, child", child.pid, flush=True)
+              time.sleep(600)
+"""
+
+
+def test_grace_then_sigkill_for_a_replica_that_ignores_sigterm(tmp_path):
+    """`--grace 2`: SIGTERM to the replica's process group, SIGKILL to the whole group (its
+    child too) once the grace is over, and `run` still exits cleanly."""
+    manifest = tmp_path / "stubborn.yaml"
+    manifest.write_text(STUBBORN)
+    run = DeployRun(manifest, tmp_path, "--grace", "2")
+    try:
+        wait_until(lambda: "ignoring SIGTERM, child" in run.log() and run.replicas("Stubborn")[0]["pid"], 60,
+                   "the stubborn replica to start")
+        (replica,) = run.replicas("Stubborn")
+        child = int(run.log().split("ignoring SIGTERM, child ")[1].split()[0])
+        started = time.monotonic()
+        assert run.stop(signal.SIGTERM) == 0
+        assert time.monotonic() - started >= 2  # the grace was given before the kill
+        assert f"pid {replica['pid']} did not stop within 2s: killing its process group" in run.log()
+        assert "all replicas stopped" in run.log()
+        assert run.survivors() == [] and not pid_alive(child)
+    finally:
+        run.stop()
