@@ -6,6 +6,7 @@ disaggregation prefills short prompts locally. Each test builds the state it nee
 from __future__ import annotations
 
 import json
+import socket
 
 import httpx
 import openai
@@ -165,3 +166,46 @@ def test_enforced_disaggregation_refuses_without_prefill(tiny_model, tmp_path):
     finally:
         c.stop()
 
+
+
+def worker_metric(proc, name: str, labels: dict | None = None) -> float:
+    return metric_value(http_get(f"http://127.0.0.1:{proc.system_port}/metrics")[1].decode(), name, labels) or 0.0
+
+
+def test_client_gone_during_remote_prefill_cancels_it_and_never_reaches_decode(tiny_model, tmp_path):
+    """The client hangs up while the prefill worker still computes (slow chunked prefill): the
+    prefill worker counts the request cancelled and frees it, the decode worker is never
+    asked, the frontend forgets it; the workers serve the next request normally."""
+    c = Cluster(tmp_path, tiny_model, "file")
+    try:
+        c.prefill = c.mocker("--speedup-ratio", "0.02", "--max-num-batched-tokens", "64",
+                             "--disaggregation-mode", "prefill")
+        c.decode = c.mocker("--speedup-ratio", "50", "--is-decode-worker")
+        c.frontend()
+        c.wait_workers(MODEL, 2)
+        body = json.dumps({"model": MODEL, "prompt": [11 + i % 3000 for i in range(1500)], "max_tokens": 50,
+                           "stream": True}).encode()
+        with socket.create_connection(("127.0.0.1", c.http_port), timeout=30) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            wait_until(lambda: worker_metric(c.prefill, "dynamo_component_inflight_requests") == 1, 30,
+                       "the prefill worker to hold the request")
+        # Hung up mid-prefill.
+        wait_until(lambda: worker_metric(c.prefill, "dynamo_component_requests_total", {"status": "cancelled"}) == 1,
+                   30, "the prefill worker to see the cancel")
+        wait_until(lambda: worker_metric(c.prefill, "dynamo_component_inflight_requests") == 0, 15,
+                   "the prefill worker to free the request")
+        assert worker_metric(c.prefill, "dynamo_mocker_running_requests") == 0
+        wait_until(lambda: frontend_metric(c.base_url, "dynamo_frontend_inflight_requests", {"model": MODEL}) == 0,
+                   15, "the frontend to finish with the request")
+        assert frontend_metric(c.base_url, "dynamo_frontend_remote_prefills_total", {"model": MODEL}) == 0
+        assert worker_metric(c.decode, "dynamo_component_requests_total", {"status": "success"}) == 0
+        assert worker_metric(c.decode, "dynamo_component_requests_total", {"status": "cancelled"}) == 0
+        assert worker_metric(c.decode, "dynamo_component_inflight_requests") == 0
+        # Nothing stuck: the next request goes through both workers.
+        resp = client_for(c.base_url).completions.create(model=MODEL, prompt="after the hang-up", max_tokens=3)
+        assert resp.usage.completion_tokens == 3
+        assert worker_metric(c.prefill, "dynamo_component_requests_total", {"status": "success"}) == 1
+        assert worker_metric(c.decode, "dynamo_component_requests_total", {"status": "success"}) == 1
+    finally:
+        c.stop()
