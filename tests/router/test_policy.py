@@ -186,3 +186,19 @@ async def test_an_empty_pool_gets_no_router():
     assert policy.routes == {}
     with pytest.raises(NoWorkers):
         await policy.select(pool(role=Role.PREFILL), req("a", [1, 2, 3]), set())
+
+
+async def test_cached_tokens_is_the_chosen_workers_overlap_and_books_nothing():
+    """What conditional disaggregation subtracts from the prompt: the prefix the worker `select`
+    would pick already holds (approximate mode: remembered from its own decisions)."""
+    policy = KvPolicy(KvRouterConfig(use_kv_events=False))
+    p = pool(1, 2)
+    prompt = list(range(100, 100 + 6 * BS))
+    assert policy.cached_tokens(p, req("peek", prompt), set()) == 0  # nothing routed yet
+    first = await policy.select(p, req("a", prompt), set())
+    policy.free("a")
+    longer = prompt + [7] * (BS + 2)
+    assert policy.cached_tokens(p, req("peek", longer), set()) == 6 * BS
+    assert policy.cached_tokens(p, req("peek", longer), {first.worker.instance_id}) == 0  # excluded holder
+    assert policy.routes["m"].router.stats()["requests"] == 1  # peeking booked nothing
+    assert RoundRobinPolicy().cached_tokens(p, req("peek", longer), set()) == 0
