@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import openai
 import pytest
 
 from tests.fixtures.procs import Cluster
@@ -212,8 +213,6 @@ def test_tools_without_tool_choice_mean_auto(client):
     assert [c.function.name for c in resp.message.tool_calls] == ["get_weather", "get_time"]
     assert json.loads(resp.message.tool_calls[0].function.arguments) == WEATHER
     assert resp.finish_reason == "tool_calls"
-    import openai  # noqa: PLC0415
-
     with pytest.raises(openai.BadRequestError) as info:
         ask(client, "hermes", "case:hermes", tool_choice="auto")
     assert info.value.body["param"] == "tool_choice"
