@@ -9,7 +9,8 @@ endpoints (msgpack payloads):
 - `get_overlap_scores`: a `RouteQuery` -> `OverlapScores` (cached prefix blocks per worker).
 It is the `kv` routing policy (`dynamo.router.kv_policy`) exposed on the request plane: the
 same object the frontend hosts for `--router-mode kv`, given a `WorkerPool` built from
-this endpoint's instances. Like NVIDIA Dynamo's, it takes its block size from
+this endpoint's instances, and the same local inhibition of failed workers
+(`dynamo.router.inhibit`). Like NVIDIA Dynamo's, it takes its block size from
 `--router-block-size`, not model cards.
 """
 
@@ -25,6 +26,7 @@ import msgspec
 from dynamo.llm.model_card import ModelDeploymentCard, card_decoder
 from dynamo.llm.protocol import request_decoder
 from dynamo.router.config import KvRouterConfig
+from dynamo.router.inhibit import Inhibitor
 from dynamo.router.kv_policy import KvPolicy
 from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers
 from dynamo.router.policy import PolicyHost, Role, WorkerInfo, WorkerPool
@@ -86,6 +88,7 @@ class RouterService:
         self.config = config
         self.eid = records.parse_endpoint(config.endpoint or "", runtime.namespace)
         self.policy = KvPolicy(config)
+        self.inhibitor = Inhibitor(config.inhibited_duration_secs, runtime.registry, "dynamo_component")
         self.addresses: dict[int, str] = {}
         self.cards: dict[int, ModelDeploymentCard] = {}
         self.pool = WorkerPool(self.eid.path, Role.DECODE, 0, config.router_block_size)
@@ -168,7 +171,7 @@ class RouterService:
         except msgspec.DecodeError as exc:
             raise HandlerError(f"malformed request: {exc}", "bad_request") from None
         rid = request.request_id
-        stream, first_batch = await self._open(request, payload)
+        stream, worker_id, first_batch = await self._open(request, payload)
         try:
             if not first_batch:
                 return
@@ -182,6 +185,7 @@ class RouterService:
                 for item in batch:
                     yield item
         except StreamError as exc:
+            self.inhibitor.failed(worker_id, exc)
             raise HandlerError(str(exc), exc.code) from None
         finally:
             self.policy.free(rid)
@@ -194,7 +198,8 @@ class RouterService:
         exclude: set[int] = set()
         while True:
             try:
-                choice = await self.policy.select(self.pool, request, exclude)
+                choice = await self.policy.select(self.pool, request,
+                                                  self.inhibitor.exclude(self.pool, request, exclude))
             except AllWorkersBusy as exc:
                 raise HandlerError(f"Service temporarily unavailable: {exc}", "busy") from None
             except NoWorkers as exc:
@@ -203,11 +208,12 @@ class RouterService:
             stream = None
             try:
                 stream = await self.runtime.client.open_stream(worker.address or "", self.eid.endpoint, payload)
-                return stream, await stream.next_batch()
+                return stream, worker.instance_id, await stream.next_batch()
             except StreamError as exc:
                 self.policy.free(request.request_id)
                 if stream is not None and not stream.done:
                     stream.cancel()
+                self.inhibitor.failed(worker.instance_id, exc)
                 if not isinstance(exc, CannotConnect) and exc.code != DRAINING:
                     raise HandlerError(str(exc), exc.code) from None
                 exclude.add(worker.instance_id)
