@@ -70,6 +70,7 @@ def test_decode_worker_killed_mid_stream_migrates_token_exact(cluster):
     moved = frontend_metric(url, "dynamo_frontend_model_migration_total",
                             {"migration_type": "ongoing_request"}) - before
     mismatched = [i for i, text in enumerate(texts) if text != cluster.reference[i]]
+    print(f"{moved:.0f} of {STREAMS} streams migrated off the killed decode worker")
     assert mismatched == [], [(texts[i], cluster.reference[i]) for i in mismatched[:3]]
     assert moved >= 1, "no stream was migrated"
     survivor = next(d for d in cluster.decoders if d is not victim["worker"])
