@@ -26,15 +26,14 @@ import msgspec
 from dynamo.llm.model_card import ModelDeploymentCard, card_decoder
 from dynamo.llm.protocol import request_decoder
 from dynamo.router.config import KvRouterConfig
-from dynamo.router.inhibit import Inhibitor
+from dynamo.router.inhibit import Inhibitor, reason_for
 from dynamo.router.kv_policy import KvPolicy
 from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers
 from dynamo.router.policy import PolicyHost, Role, WorkerInfo, WorkerPool
 from dynamo.runtime import records
 from dynamo.runtime.config import setting
-from dynamo.runtime.rp_client import CannotConnect, StreamError
+from dynamo.runtime.rp_client import StreamError
 from dynamo.runtime.rp_server import HandlerError, RequestContext
-from dynamo.runtime.wire import DRAINING
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +192,8 @@ class RouterService:
                 stream.cancel()
 
     async def _open(self, request, payload: bytes):
-        """A stream on the policy's worker and its first batch; unreachable or draining
-        workers (nothing generated yet) are skipped for the next choice."""
+        """A stream on the policy's worker and its first batch; unreachable, draining or
+        disconnected workers (nothing generated yet) are skipped for the next choice."""
         exclude: set[int] = set()
         while True:
             try:
@@ -213,9 +212,11 @@ class RouterService:
                 self.policy.free(request.request_id)
                 if stream is not None and not stream.done:
                     stream.cancel()
-                self.inhibitor.failed(worker.instance_id, exc)
-                if not isinstance(exc, CannotConnect) and exc.code != DRAINING:
+                # Unreachable, draining, or lost before its first output (a connection that died
+                # idle is only found out now): nothing was sent on, so another worker may take it.
+                if reason_for(exc) is None:
                     raise HandlerError(str(exc), exc.code) from None
+                self.inhibitor.failed(worker.instance_id, exc)
                 exclude.add(worker.instance_id)
                 log.warning("worker %x unreachable or draining (%s); trying another", worker.instance_id, exc)
 
