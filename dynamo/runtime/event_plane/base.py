@@ -7,6 +7,11 @@ before it connected. Consumers that need completeness (the KV router) detect gap
 their own event ids; each message also carries the publisher's sequence number so the
 subscriber counts gaps it can see (`missed`).
 
+Every payload travels in NVIDIA Dynamo's event envelope (`encode_envelope`): a 5-byte
+frame header (version u8 = 1, body length u32 BE) then a msgpack map `{publisher_id,
+sequence, published_at (Unix ms), topic, payload (bin)}`; sequences start at 0 per
+publisher. tests/compat/test_vectors.py holds it to bytes Dynamo 1.6.1 emitted.
+
 Transports register by name (`zmq`, `nats`) and are imported lazily.
 """
 
@@ -16,8 +21,12 @@ import asyncio
 import importlib
 import logging
 import os
+import struct
+import time
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
+
+import msgspec
 
 if TYPE_CHECKING:
     from dynamo.runtime.discovery.base import KeyValueStore
@@ -26,6 +35,43 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BUFFER = 4096  # events held per publisher before publish() starts dropping
 CLOSE_FLUSH_TIMEOUT = 1.0
+
+
+FRAME_VERSION = 1
+_FRAME_HEADER = struct.Struct(">BI")  # version, body length
+
+
+class EventEnvelope(msgspec.Struct):
+    """Dynamo's envelope around every event-plane payload (field order is the wire order)."""
+
+    publisher_id: int  # the publishing process's instance id
+    sequence: int  # per publisher, from 0; a jump means events were lost
+    published_at: int  # Unix time in milliseconds
+    topic: str
+    payload: bytes
+
+
+_envelope_encoder = msgspec.msgpack.Encoder()
+_envelope_decoder = msgspec.msgpack.Decoder(EventEnvelope)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def encode_envelope(envelope: EventEnvelope) -> bytes:
+    body = _envelope_encoder.encode(envelope)
+    return _FRAME_HEADER.pack(FRAME_VERSION, len(body)) + body
+
+
+def decode_envelope(frame: bytes) -> EventEnvelope:
+    """Raises ValueError (or a msgspec error) on a frame that is not a version-1 envelope."""
+    if len(frame) < _FRAME_HEADER.size:
+        raise ValueError(f"event frame of {len(frame)} bytes has no header")
+    version, length = _FRAME_HEADER.unpack_from(frame)
+    if version != FRAME_VERSION or length != len(frame) - _FRAME_HEADER.size:
+        raise ValueError(f"event frame version {version}, length {length} of {len(frame) - _FRAME_HEADER.size}")
+    return _envelope_decoder.decode(memoryview(frame)[_FRAME_HEADER.size:])
 
 
 def channel_prefix(namespace: str, component: str, topic: str) -> str:
@@ -122,15 +168,15 @@ class QueuedSubscriber(EventSubscriber):
 class SendQueue:
     """Bounded buffer plus one sender task: decouples publish() from the socket.
 
-    `send(seq, payload)` is called in order. Sequence numbers are assigned on offer, so
-    a dropped event leaves a gap subscribers can count.
+    `send(seq, payload)` is called in order. Sequence numbers (from 0, as Dynamo's) are
+    assigned on offer, so a dropped event leaves a gap subscribers can count.
     """
 
     def __init__(self, send: Callable[[int, bytes], Awaitable[None]], name: str, maxsize: int = DEFAULT_BUFFER):
         self._send = send
         self._name = name
         self._queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue(maxsize)
-        self._seq = 0
+        self._seq = -1
         self.accepted = 0
         self.dropped = 0
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"event-send-{name}")

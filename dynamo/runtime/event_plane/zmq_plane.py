@@ -6,7 +6,8 @@ advertises the address under its lease at
 prefix and connect one SUB socket to every advertised publisher, disconnecting when an
 advert disappears (clean close, or lease expiry after a crash).
 
-Frames: `[topic, instance_id u64 BE, seq u64 BE, payload]`.
+Frames (Dynamo's): `[topic, publisher_id u64 BE, sequence u64 BE, envelope]`, the
+envelope as `base.encode_envelope` frames it.
 
 Slow joiners: ZMQ PUB drops everything sent before a subscriber's connection is up
 (discovery latency plus the TCP handshake). Events published in that window are lost,
@@ -29,9 +30,13 @@ from dynamo.runtime.discovery.base import KeyValueStore
 from dynamo.runtime.event_plane.base import (
     DEFAULT_BUFFER,
     QueuedPublisher,
+    EventEnvelope,
     QueuedSubscriber,
     SendQueue,
     channel_prefix,
+    decode_envelope,
+    encode_envelope,
+    now_ms,
 )
 
 log = logging.getLogger(__name__)
@@ -82,7 +87,8 @@ class ZmqPublisher(QueuedPublisher):
         await self.store.put(self.key, msgspec.json.encode(advert))
 
     async def _send(self, seq: int, payload: bytes) -> None:
-        frames = [self._topic, self._instance, _U64.pack(seq), payload]
+        envelope = encode_envelope(EventEnvelope(self.instance_id, seq, now_ms(), self.topic, payload))
+        frames = [self._topic, self._instance, _U64.pack(seq), envelope]
         await self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
 
     async def close(self) -> None:
@@ -169,9 +175,13 @@ class ZmqSubscriber(QueuedSubscriber):
             frames = await self._sock.recv_multipart()
             if len(frames) != 4 or frames[0] != self._topic:
                 continue  # another topic sharing our prefix, or a foreign sender
-            instance_id, seq = _U64.unpack(frames[1])[0], _U64.unpack(frames[2])[0]
-            self._count_gap(instance_id, seq)
-            await self._queue.put((instance_id, frames[3]))  # backpressure to the SUB HWM
+            try:
+                envelope = decode_envelope(frames[3])
+            except (ValueError, msgspec.DecodeError) as exc:
+                log.debug("event plane: dropping a malformed %s frame: %s", self.topic, exc)
+                continue
+            self._count_gap(envelope.publisher_id, envelope.sequence)
+            await self._queue.put((envelope.publisher_id, envelope.payload))  # backpressure to the SUB HWM
 
     async def close(self) -> None:
         if self._closed:
