@@ -137,7 +137,7 @@ class Worker:
     async def _publish_kv_events(self) -> None:
         rt, eid = self.runtime, self.eid
         publisher = await KvEventPublisher.create(self.spec.event_plane, rt.store, eid.namespace, eid.component,
-                                                  rt.instance_id)
+                                                  rt.instance_id, eid.endpoint)
         self._closers.append(publisher.close)
         self.kv.publisher = publisher
         self.source = self.adapter.kv_event_source()

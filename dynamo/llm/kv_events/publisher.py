@@ -33,8 +33,9 @@ class KvEventPublisher:
 
     @classmethod
     async def create(cls, kind: str | None, store, namespace: str, component: str,
-                     worker_id: int) -> "KvEventPublisher":
-        publisher = await create_publisher(kind, store, namespace, component, KV_EVENTS_TOPIC, worker_id)
+                     worker_id: int, endpoint: str | None = None) -> "KvEventPublisher":
+        """`endpoint`: the worker's serving endpoint, the scope Dynamo advertises KV events under."""
+        publisher = await create_publisher(kind, store, namespace, component, KV_EVENTS_TOPIC, worker_id, endpoint)
         relay = cls(publisher, worker_id)
         relay._task = asyncio.get_running_loop().create_task(relay._run())
         return relay

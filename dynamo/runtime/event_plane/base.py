@@ -74,9 +74,20 @@ def decode_envelope(frame: bytes) -> EventEnvelope:
     return _envelope_decoder.decode(memoryview(frame)[_FRAME_HEADER.size:])
 
 
-def channel_prefix(namespace: str, component: str, topic: str) -> str:
-    """Discovery prefix under which ZMQ publishers advertise (Dynamo's layout)."""
-    return f"v1/event_channels/{namespace}/{component}/{topic}/"
+EVENT_CHANNELS = "v1/event_channels/"
+
+
+def channel_prefix(namespace: str, component: str) -> str:
+    """Discovery prefix under which a component's ZMQ publishers advertise, whatever their
+    topic or endpoint (Dynamo's layout: `namespace/{ns}/component/{comp}/...`)."""
+    return f"{EVENT_CHANNELS}namespace/{namespace}/component/{component}/"
+
+
+def channel_key(namespace: str, component: str, topic: str, instance_id: int, endpoint: str | None = None) -> str:
+    """One publisher's advert: `.../component/{comp}[/endpoint/{ep}]/topic/{topic}/{id:x}`;
+    Dynamo scopes its KV-event publisher to the worker's endpoint."""
+    scope = f"endpoint/{endpoint}/" if endpoint else ""
+    return f"{channel_prefix(namespace, component)}{scope}topic/{topic}/{instance_id:x}"
 
 
 def nats_subject(namespace: str, component: str, topic: str) -> str:
@@ -236,14 +247,16 @@ def _module(kind: str | None, store: "KeyValueStore"):
 
 
 async def create_publisher(
-    kind: str | None, store: "KeyValueStore", namespace: str, component: str, topic: str, instance_id: int
+    kind: str | None, store: "KeyValueStore", namespace: str, component: str, topic: str, instance_id: int,
+    endpoint: str | None = None,
 ) -> EventPublisher:
-    """Start a publisher of `topic` for this instance (ZMQ advertises itself in `store`)."""
-    return await _module(kind, store).create_publisher(store, namespace, component, topic, instance_id)
+    """Start a publisher of `topic` for this instance (ZMQ advertises itself in `store`,
+    scoped to `endpoint` when given, else to the component)."""
+    return await _module(kind, store).create_publisher(store, namespace, component, topic, instance_id, endpoint)
 
 
 async def create_subscriber(
     kind: str | None, store: "KeyValueStore", namespace: str, component: str, topic: str
 ) -> EventSubscriber:
-    """Start a subscriber of `topic` from every publisher in namespace/component."""
+    """Start a subscriber of `topic` from every publisher in namespace/component (any endpoint)."""
     return await _module(kind, store).create_subscriber(store, namespace, component, topic)

@@ -126,7 +126,8 @@ class NatsSubscriber(QueuedSubscriber):
         self._end()
 
 
-async def create_publisher(store: KeyValueStore, namespace: str, component: str, topic: str, instance_id: int):
+async def create_publisher(store: KeyValueStore, namespace: str, component: str, topic: str, instance_id: int,
+                           endpoint: str | None = None):
     publisher = NatsPublisher(namespace, component, topic, instance_id)
     await publisher.start()
     return publisher
