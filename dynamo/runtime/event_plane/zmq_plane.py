@@ -71,6 +71,28 @@ def channel_scope(namespace: str, component: str, endpoint: str | None) -> dict:
     return {"kind": "component", "component": {"namespace": namespace, "name": component}}
 
 
+def encode_frames(topic: str, publisher_id: int, sequence: int, published_at: int, payload: bytes) -> list[bytes]:
+    """One message as Dynamo's ZMQ transport sends it."""
+    envelope = encode_envelope(EventEnvelope(publisher_id, sequence, published_at, topic, payload))
+    return [topic.encode(), _U64.pack(publisher_id), _U64.pack(sequence), envelope]
+
+
+def decode_frames(frames: list[bytes], topic: bytes) -> EventEnvelope | None:
+    """The envelope of a message of `topic`; None for another topic or a malformed message."""
+    if len(frames) != 4 or frames[0] != topic:
+        return None  # another topic sharing our prefix, or a foreign sender
+    try:
+        envelope = decode_envelope(frames[3])
+        header = (_U64.unpack(frames[1])[0], _U64.unpack(frames[2])[0])
+    except (ValueError, struct.error, msgspec.DecodeError) as exc:
+        log.debug("event plane: dropping a malformed %s frame: %s", topic, exc)
+        return None
+    if header != (envelope.publisher_id, envelope.sequence):
+        log.debug("event plane: dropping a %s frame whose header disagrees with its envelope", topic)
+        return None
+    return envelope
+
+
 def _advertised_host() -> tuple[str, str]:
     """(bind host, host others should connect to)."""
     host = os.environ.get("DYN_EVENT_PLANE_HOST") or "127.0.0.1"
@@ -88,8 +110,6 @@ class ZmqPublisher(QueuedPublisher):
         self.key = channel_key(namespace, component, topic, instance_id, endpoint)
         self.scope = channel_scope(namespace, component, endpoint)
         self.address = ""
-        self._topic = topic.encode()
-        self._instance = _U64.pack(instance_id)
         self._sock: zmq.asyncio.Socket | None = None
         self._sender: SendQueue | None = None
 
@@ -107,8 +127,7 @@ class ZmqPublisher(QueuedPublisher):
         await self.store.put(self.key, msgspec.json.encode(advert))
 
     async def _send(self, seq: int, payload: bytes) -> None:
-        envelope = encode_envelope(EventEnvelope(self.instance_id, seq, now_ms(), self.topic, payload))
-        frames = [self._topic, self._instance, _U64.pack(seq), envelope]
+        frames = encode_frames(self.topic, self.instance_id, seq, now_ms(), payload)
         await self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
 
     async def close(self) -> None:
@@ -196,12 +215,8 @@ class ZmqSubscriber(QueuedSubscriber):
     async def _receive(self) -> None:
         while True:
             frames = await self._sock.recv_multipart()
-            if len(frames) != 4 or frames[0] != self._topic:
-                continue  # another topic sharing our prefix, or a foreign sender
-            try:
-                envelope = decode_envelope(frames[3])
-            except (ValueError, msgspec.DecodeError) as exc:
-                log.debug("event plane: dropping a malformed %s frame: %s", self.topic, exc)
+            envelope = decode_frames(frames, self._topic)
+            if envelope is None:
                 continue
             self._count_gap(envelope.publisher_id, envelope.sequence)
             await self._queue.put((envelope.publisher_id, envelope.payload))  # backpressure to the SUB HWM
