@@ -54,7 +54,7 @@ class KvManager:
         self._inactive: OrderedDict[int, None] = OrderedDict()  # cached, unused; oldest first
         self._anonymous = 0  # full blocks held with prefix caching off
         self._partial = 0  # private partial tail blocks
-        self.next_event_id = 0
+        self.next_event_id = 1  # Dynamo's mocker numbers its first KV event 1 (tests/compat vectors)
         self.num_evictions = 0
 
     # ---- accounting -------------------------------------------------------------

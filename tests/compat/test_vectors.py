@@ -8,8 +8,8 @@ Byte for byte, nothing normalised:
   RouterEvent list, externally tagged `stored` data);
 - the model-card record: decoding Dynamo's `v1/mdc` record and writing it back gives
   Dynamo's bytes (serde_json's compact form, Dynamo's key order).
-Injected, because they are per-run values, not layout: the publisher id, worker id,
-`published_at` and the event id (our mocker's first event is 0; Dynamo's run published 1).
+Injected, because they are per-run values, not layout: the publisher id, worker id and
+`published_at` (a random instance id and the clock).
 Normalised when our *own* worker-side card is compared with Dynamo's: `source_path` and
 each file's `path` (Dynamo points at its metadata server by URL, ours at the local file;
 the file name, blake3 checksum and size must match), and the runtime values a mocker run
@@ -99,7 +99,8 @@ def test_our_encoder_writes_dynamos_kv_event_byte_for_byte():
 
 def test_our_mocker_publishes_the_event_dynamos_mocker_published():
     """Same prompt, same block size: our mocker's KV manager emits Dynamo's bytes
-    (worker id, event id and timestamp injected from Dynamo's run)."""
+    (worker id, publisher id and timestamp injected from Dynamo's run; the event id is
+    ours: both mockers number their first event 1)."""
     vec, frames = load("kv_event.json"), dynamo_frames()
     theirs = decode_envelope(frames[3])
     (their_event,) = decode_router_events(theirs.payload)
@@ -108,7 +109,6 @@ def test_our_mocker_publishes_the_event_dynamos_mocker_published():
     local, seqs = hash_blocks(vec["prompt_token_ids"], vec["block_size"])
     assert kv.acquire(seqs, local)
     (ours,) = emitted
-    ours.event_id = their_event.event.event_id
     payload = encode_router_events([RouterEvent(worker_id=their_event.worker_id, event=ours)])
     assert payload == theirs.payload
     assert encode_frames("kv-events", theirs.publisher_id, 0, theirs.published_at, payload) == frames

@@ -15,7 +15,7 @@ from dynamo.llm.kv_events.protocol import KvCleared, KvRemoved, KvStored
 class EventReplayer:
     def __init__(self):
         self.blocks: set[int] = set()
-        self.next_id = 0
+        self.next_id = 1  # event ids start at 1, as Dynamo's mocker numbers them
 
     def __call__(self, event):
         assert event.event_id == self.next_id

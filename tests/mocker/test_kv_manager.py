@@ -31,7 +31,7 @@ def test_acquire_stores_chain_and_reuse_counts():
     assert kv.acquire(seqs, local)
     assert kv.num_active_blocks == 3 and kv.num_free_blocks == 5
     (ev,) = events
-    assert ev.event_id == 0 and isinstance(ev.data, KvStored) and ev.data.parent_hash is None
+    assert ev.event_id == 1 and isinstance(ev.data, KvStored) and ev.data.parent_hash is None
     assert [b.block_hash for b in ev.data.blocks] == list(seqs)
     assert [b.tokens_hash for b in ev.data.blocks] == local
     # A second sequence with the same first two blocks shares them.
@@ -76,7 +76,7 @@ def test_eviction_oldest_first_and_leaves_before_parents():
     assert evicted == [a[1], a[0], b[1], b[0]]
     assert kv.num_evictions == 4
     ids = [e.event_id for e in events]
-    assert ids == list(range(len(events)))
+    assert ids == list(range(1, len(events) + 1))
 
 
 def test_capacity_limits_and_refusal():
