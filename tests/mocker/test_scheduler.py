@@ -7,7 +7,6 @@ from dynamo.mocker.kv_manager import KvManager, hash_blocks
 from dynamo.mocker.scheduler import Scheduler, Sequence
 from dynamo.mocker.timing import TimingModel, decode_ms, prefill_ms
 from dynamo.mocker.tokens import TokenSampler
-from dynamo.llm.kv_events.hashing import to_i64
 from dynamo.llm.kv_events.protocol import KvStored
 
 BS = 4
@@ -108,9 +107,9 @@ def test_decode_stores_blocks_as_they_fill():
     stored = [b for e in events if isinstance(e.data, KvStored) for b in e.data.blocks]
     assert len(stored) == 16 // BS
     _, expected = hash_blocks(s.tokens[:16], BS)
-    assert [b.block_hash for b in stored] == [to_i64(h) for h in expected]
+    assert [b.block_hash for b in stored] == list(expected)
     parents = [e.data.parent_hash for e in events if isinstance(e.data, KvStored)]
-    assert parents == [None] + [to_i64(h) for h in expected[:3]]  # prompt block, then one per fill
+    assert parents == [None] + list(expected[:3])  # prompt block, then one per fill
     assert sched.kv.num_active_blocks == 0 and sched.kv.num_cached_blocks == 4
 
 
