@@ -78,11 +78,11 @@ class WireKvCacheEvent(msgspec.Struct):
     dp_rank: int = 0
 
 
-class _WireRouterEvent(msgspec.Struct):
+class _WireRouterEvent(msgspec.Struct, kw_only=True):
     worker_id: int
     storage_tier: StorageTier = "device"
     residency_domain: str = "worker"
-    event: WireKvCacheEvent | None = None
+    event: WireKvCacheEvent
 
 
 _CLEARED = "cleared"
@@ -123,19 +123,15 @@ _list_decoder = msgspec.msgpack.Decoder(list[_WireRouterEvent])
 
 def encode_router_events(events: list[RouterEvent]) -> bytes:
     """One event-plane payload: Dynamo's msgpack list of RouterEvents."""
-    return _encoder.encode([_WireRouterEvent(e.worker_id, e.storage_tier, e.residency_domain,
-                                             to_wire_event(e.event)) for e in events])
+    return _encoder.encode([_WireRouterEvent(worker_id=e.worker_id, storage_tier=e.storage_tier,
+                                             residency_domain=e.residency_domain, event=to_wire_event(e.event))
+                            for e in events])
 
 
 def decode_router_events(payload: bytes) -> list[RouterEvent]:
     """Inverse of `encode_router_events`; raises msgspec errors on anything else."""
-    out = []
-    for wire in _list_decoder.decode(payload):
-        if wire.event is None:
-            raise msgspec.ValidationError("RouterEvent without `event`")
-        out.append(RouterEvent(worker_id=wire.worker_id, storage_tier=wire.storage_tier,
-                               residency_domain=wire.residency_domain, event=from_wire_event(wire.event)))
-    return out
+    return [RouterEvent(worker_id=w.worker_id, storage_tier=w.storage_tier, residency_domain=w.residency_domain,
+                        event=from_wire_event(w.event)) for w in _list_decoder.decode(payload)]
 
 
 class LoadMetrics(msgspec.Struct, kw_only=True, omit_defaults=True):
