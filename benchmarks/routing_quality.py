@@ -45,7 +45,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.loadgen import Result, pct, print_table, stream_one  # noqa: E402
+from benchmarks.loadgen import Result, cpu_seconds, pct, print_table, stream_one  # noqa: E402
 from dynamo.llm.tiny_model import build_tiny_model  # noqa: E402
 from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until  # noqa: E402
 
@@ -182,19 +182,36 @@ def run_once(stack: str, spec: str, model: Path, plan, args) -> dict:
             time.sleep(3)
         else:
             cluster.wait_workers("tiny", 2, timeout=120)
+        procs = [frontend, *workers]
+        cpu = [cpu_seconds(p.pid) for p in procs]
         res = asyncio.run(run_users(cluster.base_url + "/v1/completions", plan, args.max_tokens))
+        cpu = [(cpu_seconds(p.pid) - c) * 1e3 / max(res.requests, 1) for p, c in zip(procs, cpu)]
         served = [_count(w) for w in workers]
         if args.engine == "vllm":
             served = [a - b for a, b in zip(served, before)]
         return {"ttft50": pct(res.ttft, 0.5) * 1e3, "ttft99": pct(res.ttft, 0.99) * 1e3,
                 "cached": res.cached_tokens / max(res.prompt_tokens, 1), "rps": res.requests / res.elapsed,
-                "served": "/".join(map(str, served)), "errors": res.errors}
+                "served": "/".join(map(str, served)), "errors": res.errors, "cpu": cpu,
+                "late": _late(workers) if stack == "ours" and args.engine == "mocker" else None}
     finally:
         if args.engine == "vllm":
             frontend.stop()
             cluster.procs.remove(frontend)
         else:
             cluster.stop()
+
+
+def _late(workers) -> float | None:
+    """How far our mockers' steps ran behind their timing model: wall time busy / simulated - 1."""
+    busy = simulated = 0.0
+    for proc in workers:
+        try:
+            text = http_get(f"http://127.0.0.1:{proc.system_port}/metrics")[1].decode()
+        except OSError:
+            return None
+        busy += metric_value(text, "dynamo_mocker_busy_seconds", {}) or 0.0
+        simulated += metric_value(text, "dynamo_mocker_simulated_seconds", {}) or 0.0
+    return busy / simulated - 1 if simulated else None
 
 
 def _count(proc) -> int:
@@ -246,7 +263,9 @@ def main() -> None:
         rows.append((f"{'Dynamo 1.6.1' if stack == 'anchor' else 'ours'} {spec}",
                      _spread([x["ttft50"] for x in results], "{:.0f}"), _spread([x["ttft99"] for x in results], "{:.0f}"),
                      _spread([x["cached"] for x in results], "{:.2f}"), _spread([x["rps"] for x in results], "{:.1f}"),
-                     " ".join(x["served"] for x in results), sum(x["errors"] for x in results)))
+                     " ".join(x["served"] for x in results), sum(x["errors"] for x in results),
+                     " ".join("/".join(f"{v:.1f}" for v in x["cpu"]) for x in results),
+                     " ".join("-" if x["late"] is None else f"{x['late']:+.1%}" for x in results)))
     n = sum(len(p) for p in plan)
     print_table(f"routing quality, workload {args.workload}: {n} streaming completions x {args.rounds} round(s), "
                 f"{args.groups} groups x {args.prefix_tokens}-token prefixes + {args.suffix_tokens}-token suffixes, "
@@ -255,7 +274,7 @@ def main() -> None:
                    f"2 mockers x {args.blocks} blocks of {args.block_size} (speedup {args.speedup})")
                 + "; median [min-max] over rounds",
                 ("router", "TTFT p50 ms", "TTFT p99 ms", "cached fraction", "req/s", "requests per worker",
-                 "errors"), rows)
+                 "errors", "CPU ms/request frontend/workers", "mocker steps late"), rows)
 
 
 if __name__ == "__main__":

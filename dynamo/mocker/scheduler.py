@@ -26,6 +26,11 @@ from dynamo.llm.kv_events.hashing import block_hashes
 # Sleep only once simulated time runs this far ahead of the wall clock: the event
 # loop's timers are millisecond-grained, so shorter steps are paced in aggregate.
 _MIN_SLEEP_S = 0.002
+# Steps are scheduled against deadlines on one simulated clock: a step that starts late (the
+# event loop was busy streaming tokens and publishing events, or the machine is loaded) is
+# shortened by its lateness, so the mocker's own CPU time is not added to the modelled time.
+# Lateness beyond this much (a stalled process) is dropped, not replayed as a burst of steps.
+_MAX_CATCH_UP_S = 0.05
 
 
 class Sequence:
@@ -93,6 +98,7 @@ class Scheduler:
         self.num_preemptions = 0
         self.num_steps = 0
         self.simulated_seconds = 0.0  # sum of scaled step durations
+        self.busy_seconds = 0.0  # wall time with work to do; > simulated_seconds = the model ran late
         self.generated_tokens = 0
         self.admitted_prompt_tokens = 0
         self.admitted_cached_tokens = 0
@@ -132,14 +138,15 @@ class Scheduler:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        clock = loop.time()
+        clock = busy_since = loop.time()
         while True:
             if not self.running and not self.waiting:
+                self.busy_seconds += loop.time() - busy_since
                 if self.on_forward_pass is not None:
                     self._emit_fpm([], 0.0)  # idle heartbeat: all zero, wall_time 0
                 self._wake.clear()
                 await self._wake.wait()
-                clock = loop.time()
+                clock = busy_since = loop.time()
                 continue
             batch, seconds = self.schedule()
             if not batch:  # nothing runnable (should not happen): back off instead of spinning
@@ -147,7 +154,7 @@ class Scheduler:
                 continue
             self.simulated_seconds += seconds
             now = loop.time()
-            clock = max(clock, now - _MIN_SLEEP_S) + seconds
+            clock = max(clock, now - _MAX_CATCH_UP_S) + seconds
             if self.on_forward_pass is not None:
                 self._emit_fpm(batch, seconds)
             await asyncio.sleep(clock - now if clock - now >= _MIN_SLEEP_S else 0)
