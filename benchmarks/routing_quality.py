@@ -192,7 +192,9 @@ def run_once(stack: str, spec: str, model: Path, plan, args) -> dict:
         return {"ttft50": pct(res.ttft, 0.5) * 1e3, "ttft99": pct(res.ttft, 0.99) * 1e3,
                 "cached": res.cached_tokens / max(res.prompt_tokens, 1), "rps": res.requests / res.elapsed,
                 "served": "/".join(map(str, served)), "errors": res.errors, "cpu": cpu,
-                "late": _late(workers) if stack == "ours" and args.engine == "mocker" else None}
+                "late": _late(workers) if stack == "ours" and args.engine == "mocker" else None,
+                "ttft_mean": statistics.fmean(res.ttft) * 1e3 if res.ttft else float("nan"),
+                "engine_ttft": _engine_ttft(workers) if stack == "ours" and args.engine == "mocker" else None}
     finally:
         if args.engine == "vllm":
             frontend.stop()
@@ -201,17 +203,30 @@ def run_once(stack: str, spec: str, model: Path, plan, args) -> dict:
             cluster.stop()
 
 
-def _late(workers) -> float | None:
-    """How far our mockers' steps ran behind their timing model: wall time busy / simulated - 1."""
-    busy = simulated = 0.0
+def _worker_sums(workers, *names: str) -> list[float] | None:
+    sums = [0.0] * len(names)
     for proc in workers:
         try:
             text = http_get(f"http://127.0.0.1:{proc.system_port}/metrics")[1].decode()
         except OSError:
             return None
-        busy += metric_value(text, "dynamo_mocker_busy_seconds", {}) or 0.0
-        simulated += metric_value(text, "dynamo_mocker_simulated_seconds", {}) or 0.0
-    return busy / simulated - 1 if simulated else None
+        for i, name in enumerate(names):
+            sums[i] += metric_value(text, name, {}) or 0.0
+    return sums
+
+
+def _late(workers) -> float | None:
+    """How far our mockers' steps ran behind their timing model: wall time busy / simulated - 1."""
+    sums = _worker_sums(workers, "dynamo_mocker_busy_seconds", "dynamo_mocker_simulated_seconds")
+    return sums[0] / sums[1] - 1 if sums and sums[1] else None
+
+
+def _engine_ttft(workers) -> float | None:
+    """Mean TTFT inside our mockers (arrival -> first token sampled), ms: the rest of the client's
+    TTFT is the frontend and the request/response planes."""
+    sums = _worker_sums(workers, "dynamo_mocker_time_to_first_token_seconds_sum",
+                        "dynamo_mocker_time_to_first_token_seconds_count")
+    return sums[0] / sums[1] * 1e3 if sums and sums[1] else None
 
 
 def _count(proc) -> int:
@@ -265,7 +280,9 @@ def main() -> None:
                      _spread([x["cached"] for x in results], "{:.2f}"), _spread([x["rps"] for x in results], "{:.1f}"),
                      " ".join(x["served"] for x in results), sum(x["errors"] for x in results),
                      " ".join("/".join(f"{v:.1f}" for v in x["cpu"]) for x in results),
-                     " ".join("-" if x["late"] is None else f"{x['late']:+.1%}" for x in results)))
+                     " ".join("-" if x["late"] is None else f"{x['late']:+.1%}" for x in results),
+                     " ".join(f"{x['ttft_mean']:.0f}/" + ("-" if x["engine_ttft"] is None else f"{x['engine_ttft']:.0f}")
+                              for x in results)))
     n = sum(len(p) for p in plan)
     print_table(f"routing quality, workload {args.workload}: {n} streaming completions x {args.rounds} round(s), "
                 f"{args.groups} groups x {args.prefix_tokens}-token prefixes + {args.suffix_tokens}-token suffixes, "
@@ -274,7 +291,8 @@ def main() -> None:
                    f"2 mockers x {args.blocks} blocks of {args.block_size} (speedup {args.speedup})")
                 + "; median [min-max] over rounds",
                 ("router", "TTFT p50 ms", "TTFT p99 ms", "cached fraction", "req/s", "requests per worker",
-                 "errors", "CPU ms/request frontend/workers", "mocker steps late"), rows)
+                 "errors", "CPU ms/request frontend/workers", "mocker steps late",
+                 "TTFT mean ms client/engine"), rows)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ one token, appended to `Sequence.tokens`; its consumer is woken through a future
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 
 from dynamo.llm.forward_pass import ForwardPassMetrics, QueuedRequests, ScheduledRequests, variance
@@ -33,6 +34,12 @@ _MIN_SLEEP_S = 0.002
 _MAX_CATCH_UP_S = 0.05
 
 
+def step_deadline(previous: float, now: float, seconds: float) -> float:
+    """When a step of `seconds` that starts at `now` ends, on the simulated clock whose previous
+    step ended at `previous`: late starts are caught up (up to `_MAX_CATCH_UP_S`)."""
+    return max(previous, now - _MAX_CATCH_UP_S) + seconds
+
+
 class Sequence:
     """One request's state inside the scheduler."""
 
@@ -40,6 +47,7 @@ class Sequence:
         "request_id", "tokens", "prompt_len", "max_tokens", "sampler", "rng", "skip_prefill",
         "num_computed", "num_generated", "prefilling", "held", "has_partial", "cached_tokens",
         "finish_reason", "error", "waiter", "done", "_hashed_len", "_locals", "_seqs", "lora_name", "script",
+        "arrived",
     )  # fmt: skip
 
     def __init__(
@@ -66,6 +74,7 @@ class Sequence:
         self._hashed_len = -1
         self.lora_name = lora_name  # a LoRA adapter's blocks hash (and are cached) in its own namespace
         self.script: list[int] | None = None  # replayed output ids (`--replay-file`), then EOS
+        self.arrived = 0.0  # monotonic time the engine got it: its engine-side TTFT starts here
 
     def full_block_hashes(self, block_size: int) -> tuple[list[int], list[int]]:
         """(local, sequence) hashes of the current full blocks, cached between admission tries."""
@@ -104,6 +113,8 @@ class Scheduler:
         self.admitted_cached_tokens = 0
         # Forward-pass metrics: called with one ForwardPassMetrics per step (and one idle heartbeat).
         self.on_forward_pass = None
+        # Called with each request's engine-side time to first token (arrival -> first token sampled).
+        self.on_first_token = None
         self.worker_id = "0"
         self.dp_rank = 0
         self.fpm_counter = 0
@@ -111,6 +122,7 @@ class Scheduler:
     # ---- request lifecycle --------------------------------------------------------
 
     def add(self, seq: Sequence) -> None:
+        seq.arrived = time.monotonic()
         self.waiting.append(seq)
         self._wake.set()
 
@@ -154,7 +166,7 @@ class Scheduler:
                 continue
             self.simulated_seconds += seconds
             now = loop.time()
-            clock = max(clock, now - _MAX_CATCH_UP_S) + seconds
+            clock = step_deadline(clock, now, seconds)
             if self.on_forward_pass is not None:
                 self._emit_fpm(batch, seconds)
             await asyncio.sleep(clock - now if clock - now >= _MIN_SLEEP_S else 0)
@@ -205,6 +217,7 @@ class Scheduler:
         bs, mul, inc, mask = self.block_size, LCG_MUL, LCG_INC, MASK64
         finished = False
         produced = 0
+        on_first = self.on_first_token
         for seq, n in batch:
             if seq.done:  # aborted while the step ran
                 continue
@@ -229,6 +242,8 @@ class Scheduler:
             tokens.append(token)
             produced += 1
             seq.num_generated += 1
+            if seq.num_generated == 1 and on_first is not None:
+                on_first(time.monotonic() - seq.arrived)
             if script is not None and seq.num_generated >= len(script):
                 self._finish(seq, FinishReason.EOS)
                 finished = True
