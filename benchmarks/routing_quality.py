@@ -23,6 +23,10 @@ Streaming completions through the frontend against 2 real-time mockers (`--speed
 anchor` runs NVIDIA Dynamo 1.6.1 (.venv-anchor, scripts/install_anchor_dynamo.sh) in the same
 invocation; `--rounds N` repeats everything, alternating stack and mode inside each round
 so that a busy machine hurts all alike, and reports the median with the spread (min-max).
+Diagnostics per run: CPU ms per request of the frontend and each worker; how late our mockers'
+steps ran against their timing model (busy / simulated wall time - 1); the mean TTFT seen by the
+client, by the frontend (its own histogram, both stacks) and inside our mockers (arrival to first
+token), which splits a stack's TTFT into engine time and frontend / request-plane time.
 
     .venv/bin/python benchmarks/routing_quality.py --workload long-prefix --stacks ours anchor --rounds 2
 """
@@ -194,7 +198,8 @@ def run_once(stack: str, spec: str, model: Path, plan, args) -> dict:
                 "served": "/".join(map(str, served)), "errors": res.errors, "cpu": cpu,
                 "late": _late(workers) if stack == "ours" and args.engine == "mocker" else None,
                 "ttft_mean": statistics.fmean(res.ttft) * 1e3 if res.ttft else float("nan"),
-                "engine_ttft": _engine_ttft(workers) if stack == "ours" and args.engine == "mocker" else None}
+                "engine_ttft": _engine_ttft(workers) if stack == "ours" and args.engine == "mocker" else None,
+                "frontend_ttft": _frontend_ttft(cluster.base_url)}
     finally:
         if args.engine == "vllm":
             frontend.stop()
@@ -227,6 +232,17 @@ def _engine_ttft(workers) -> float | None:
     sums = _worker_sums(workers, "dynamo_mocker_time_to_first_token_seconds_sum",
                         "dynamo_mocker_time_to_first_token_seconds_count")
     return sums[0] / sums[1] * 1e3 if sums and sums[1] else None
+
+
+def _frontend_ttft(base_url: str) -> float | None:
+    """Mean TTFT the frontend itself measured (its Prometheus histogram; both stacks have it), ms."""
+    try:
+        text = http_get(base_url + "/metrics")[1].decode()
+    except OSError:
+        return None
+    total = metric_value(text, "dynamo_frontend_time_to_first_token_seconds_sum", {})
+    count = metric_value(text, "dynamo_frontend_time_to_first_token_seconds_count", {})
+    return total / count * 1e3 if total is not None and count else None
 
 
 def _count(proc) -> int:
@@ -281,8 +297,8 @@ def main() -> None:
                      " ".join(x["served"] for x in results), sum(x["errors"] for x in results),
                      " ".join("/".join(f"{v:.1f}" for v in x["cpu"]) for x in results),
                      " ".join("-" if x["late"] is None else f"{x['late']:+.1%}" for x in results),
-                     " ".join(f"{x['ttft_mean']:.0f}/" + ("-" if x["engine_ttft"] is None else f"{x['engine_ttft']:.0f}")
-                              for x in results)))
+                     " ".join("/".join("-" if v is None else f"{v:.0f}" for v in
+                                       (x["ttft_mean"], x["frontend_ttft"], x["engine_ttft"])) for x in results)))
     n = sum(len(p) for p in plan)
     print_table(f"routing quality, workload {args.workload}: {n} streaming completions x {args.rounds} round(s), "
                 f"{args.groups} groups x {args.prefix_tokens}-token prefixes + {args.suffix_tokens}-token suffixes, "
@@ -292,7 +308,7 @@ def main() -> None:
                 + "; median [min-max] over rounds",
                 ("router", "TTFT p50 ms", "TTFT p99 ms", "cached fraction", "req/s", "requests per worker",
                  "errors", "CPU ms/request frontend/workers", "mocker steps late",
-                 "TTFT mean ms client/engine"), rows)
+                 "TTFT mean ms client/frontend/engine"), rows)
 
 
 if __name__ == "__main__":
