@@ -13,6 +13,7 @@ from dynamo.frontend.dispatch import Dispatcher
 from dynamo.frontend.http_app import FrontendApp
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.model_manager import ModelManager
+from dynamo.router.inhibit import Inhibitor
 from dynamo.router.policy import PolicyHost, Role, RoutingPolicy, create_policy
 from dynamo.runtime.asgi import EmbeddedHttpServer
 from dynamo.runtime.config import parse_config
@@ -44,12 +45,13 @@ async def serve(config: FrontendConfig, stop: asyncio.Event) -> int:
                                       config.router_conditional_disagg_config)
     orchestrator = PrefillOrchestrator(runtime.client, routing, policy,
                                        DisaggMetrics(metrics.registry, config.metrics_prefix))
-    dispatcher = Dispatcher(runtime.client, routing, config.migration_limit, metrics, orchestrator)
+    inhibitor = Inhibitor(config.inhibited_duration_secs, metrics.registry, config.metrics_prefix)
+    dispatcher = Dispatcher(runtime.client, routing, config.migration_limit, metrics, orchestrator, inhibitor)
     body_limit = int(float(os.environ.get("DYN_HTTP_BODY_LIMIT_MB", "192")) * 1024 * 1024)
     app = FrontendApp(models, dispatcher, metrics, body_limit=body_limit,
                       concurrency_limit=config.rejection_frontend_request_concurrency_limit,
                       overload_status=int(os.environ.get("DYN_HTTP_OVERLOAD_STATUS_CODE", "529")),
-                      health_extra=routing.health,
+                      health_extra=lambda: {**routing.health(), **inhibitor.health()},
                       reasoning_field=config.reasoning_field_name)
     lag = LoopLagMonitor(lambda v: (metrics.loop_lag.observe(v), metrics.loop_lag_max.set(lag.worst)))
     lag.start()

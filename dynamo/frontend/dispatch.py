@@ -4,6 +4,8 @@ worker's stream breaks without its end marker, the request continues on another
 worker with the tokens generated so far appended to the prompt. A worker that cannot
 be reached, or that refuses the request because it is draining, is skipped before
 anything was generated: the request goes to another worker whatever the migration limit.
+Each such failure also inhibits the worker (`dynamo.router.inhibit`) so the requests that follow
+skip it until discovery catches up.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.model_manager import ModelEntry
 from dynamo.frontend.openai import ApiError
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest, output_decoder, request_encoder
+from dynamo.router import inhibit
+from dynamo.router.inhibit import Inhibitor
 from dynamo.router.policy import AllWorkersBusy, Choice, NoWorkers, Role, RoutingPolicy, WorkerPool, with_dp_rank
 from dynamo.runtime.rp_client import CannotConnect, Disconnected, RequestPlaneClient, ResponseStream, StreamError
 from dynamo.runtime.wire import DRAINING
@@ -88,12 +92,13 @@ def _error_for(exc: StreamError) -> ApiError:
 
 class Dispatcher:
     def __init__(self, client: RequestPlaneClient, policy: RoutingPolicy, migration_limit: int,
-                 metrics: FrontendMetrics, prefill=None) -> None:
+                 metrics: FrontendMetrics, prefill=None, inhibitor: Inhibitor | None = None) -> None:
         self.client = client
         self.policy = policy
         self.migration_limit = migration_limit
         self.metrics = metrics
         self.prefill = prefill  # PrefillOrchestrator: disaggregated serving when prefill workers exist
+        self.inhibitor = inhibitor or Inhibitor(0)
 
     async def stream(self, entry: ModelEntry, request: PreprocessedRequest,
                      handle: RequestHandle) -> AsyncIterator[list[LLMEngineOutput]]:
@@ -113,7 +118,8 @@ class Dispatcher:
             if params is not None:
                 request = msgspec.structs.replace(request, disaggregated_params=params)
         while True:
-            choice = await choose(self.policy, entry.pool(Role.DECODE), request, exclude)
+            pool = entry.pool(Role.DECODE)
+            choice = await choose(self.policy, pool, request, self.inhibitor.exclude(pool, request, exclude))
             worker = choice.worker
             handle.worker_id = worker.instance_id
             try:
@@ -122,6 +128,7 @@ class Dispatcher:
             except CannotConnect as exc:
                 self.policy.free(request.request_id)
                 exclude.add(worker.instance_id)
+                self.inhibitor.inhibit(worker.instance_id, inhibit.CANNOT_CONNECT)
                 log.warning("worker %x unreachable (%s); trying another", worker.instance_id, exc)
                 self.metrics.migration(entry.name, "new_request")
                 continue
@@ -140,6 +147,8 @@ class Dispatcher:
                         generated.extend(out.token_ids)
                     yield outputs
             except Disconnected:
+                if not handle.cancelled:
+                    self.inhibitor.inhibit(worker.instance_id, inhibit.DISCONNECTED)
                 if handle.cancelled or migrations >= self.migration_limit:
                     raise ApiError(502, f"worker {worker.instance_id:x} disconnected mid-stream",
                                    "internal_error", None, "worker_disconnected") from None
@@ -157,6 +166,7 @@ class Dispatcher:
                 if exc.code == DRAINING and first:
                     # Sent before this frontend saw the worker leave discovery; it never started.
                     exclude.add(worker.instance_id)
+                    self.inhibitor.inhibit(worker.instance_id, inhibit.DRAINING)
                     log.info("worker %x is draining; sending request %s elsewhere", worker.instance_id,
                              request.request_id)
                     self.metrics.migration(entry.name, "new_request")

@@ -69,6 +69,9 @@ class KvRouterConfig:
         "answering 503 at once (0: no queue)")
     router_queue_timeout_secs: float = setting(
         10.0, "Longest a request waits in the router queue before it is answered 503")
+    inhibited_duration_secs: float = setting(
+        5.0, "Seconds a worker that failed (unreachable, stream broken, draining) is left out of this "
+        "process's routing before discovery catches up (0: off)", env="DYN_INHIBITED_DURATION_SECS")
 
     def validate(self) -> None:
         if self.overlap_score_weight < 0:
@@ -77,6 +80,8 @@ class KvRouterConfig:
             raise ValueError("--router-temperature must be >= 0")
         if self.router_queue_max_requests < 0 or self.router_queue_timeout_secs < 0:
             raise ValueError("--router-queue-max-requests and --router-queue-timeout-secs must be >= 0")
+        if self.inhibited_duration_secs < 0:
+            raise ValueError("--inhibited-duration-secs must be >= 0")
         if self.router_output_blocks_horizon < 0:
             raise ValueError("--router-output-blocks-horizon must be >= 0")
         if self.router_ttl_secs <= 0:

@@ -9,7 +9,8 @@ endpoints (msgpack payloads):
 - `get_overlap_scores`: a `RouteQuery` -> `OverlapScores` (cached prefix blocks per worker).
 It is the `kv` routing policy (`dynamo.router.kv_policy`) exposed on the request plane: the
 same object the frontend hosts for `--router-mode kv`, given a `WorkerPool` built from
-this endpoint's instances. Like NVIDIA Dynamo's, it takes its block size from
+this endpoint's instances, and the same local inhibition of failed workers
+(`dynamo.router.inhibit`). Like NVIDIA Dynamo's, it takes its block size from
 `--router-block-size`, not model cards.
 """
 
@@ -25,14 +26,14 @@ import msgspec
 from dynamo.llm.model_card import ModelDeploymentCard, card_decoder
 from dynamo.llm.protocol import request_decoder
 from dynamo.router.config import KvRouterConfig
+from dynamo.router.inhibit import Inhibitor, reason_for
 from dynamo.router.kv_policy import KvPolicy
 from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers
 from dynamo.router.policy import PolicyHost, Role, WorkerInfo, WorkerPool
 from dynamo.runtime import records
 from dynamo.runtime.config import setting
-from dynamo.runtime.rp_client import CannotConnect, StreamError
+from dynamo.runtime.rp_client import StreamError
 from dynamo.runtime.rp_server import HandlerError, RequestContext
-from dynamo.runtime.wire import DRAINING
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class RouterService:
         self.config = config
         self.eid = records.parse_endpoint(config.endpoint or "", runtime.namespace)
         self.policy = KvPolicy(config)
+        self.inhibitor = Inhibitor(config.inhibited_duration_secs, runtime.registry, "dynamo_component")
         self.addresses: dict[int, str] = {}
         self.cards: dict[int, ModelDeploymentCard] = {}
         self.pool = WorkerPool(self.eid.path, Role.DECODE, 0, config.router_block_size)
@@ -168,7 +170,7 @@ class RouterService:
         except msgspec.DecodeError as exc:
             raise HandlerError(f"malformed request: {exc}", "bad_request") from None
         rid = request.request_id
-        stream, first_batch = await self._open(request, payload)
+        stream, worker_id, first_batch = await self._open(request, payload)
         try:
             if not first_batch:
                 return
@@ -182,6 +184,7 @@ class RouterService:
                 for item in batch:
                     yield item
         except StreamError as exc:
+            self.inhibitor.failed(worker_id, exc)
             raise HandlerError(str(exc), exc.code) from None
         finally:
             self.policy.free(rid)
@@ -189,12 +192,13 @@ class RouterService:
                 stream.cancel()
 
     async def _open(self, request, payload: bytes):
-        """A stream on the policy's worker and its first batch; unreachable or draining
-        workers (nothing generated yet) are skipped for the next choice."""
+        """A stream on the policy's worker and its first batch; unreachable, draining or
+        disconnected workers (nothing generated yet) are skipped for the next choice."""
         exclude: set[int] = set()
         while True:
             try:
-                choice = await self.policy.select(self.pool, request, exclude)
+                choice = await self.policy.select(self.pool, request,
+                                                  self.inhibitor.exclude(self.pool, request, exclude))
             except AllWorkersBusy as exc:
                 raise HandlerError(f"Service temporarily unavailable: {exc}", "busy") from None
             except NoWorkers as exc:
@@ -203,13 +207,16 @@ class RouterService:
             stream = None
             try:
                 stream = await self.runtime.client.open_stream(worker.address or "", self.eid.endpoint, payload)
-                return stream, await stream.next_batch()
+                return stream, worker.instance_id, await stream.next_batch()
             except StreamError as exc:
                 self.policy.free(request.request_id)
                 if stream is not None and not stream.done:
                     stream.cancel()
-                if not isinstance(exc, CannotConnect) and exc.code != DRAINING:
+                # Unreachable, draining, or lost before its first output (a connection that died
+                # idle is only found out now): nothing was sent on, so another worker may take it.
+                if reason_for(exc) is None:
                     raise HandlerError(str(exc), exc.code) from None
+                self.inhibitor.failed(worker.instance_id, exc)
                 exclude.add(worker.instance_id)
                 log.warning("worker %x unreachable or draining (%s); trying another", worker.instance_id, exc)
 

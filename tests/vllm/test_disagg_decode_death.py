@@ -1,0 +1,80 @@
+"""Token-exact migration when the decode worker of a disaggregated pair dies: real vLLM CPU
+engines, one prefill and two decode `dynamo.vllm` workers (KV over our TCP transfer), a frontend
+with `--migration-limit 3 --enforce-disagg`. Greedy streams run once uninterrupted (the
+reference), then again while the decode worker holding the most of them is SIGKILLed mid-stream:
+its streams continue on the other decode worker (which prefills prompt + tokens so far itself)
+and every stream's text equals the reference. Engines start once for the module."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.fixtures.procs import http_get, metric_value, wait_until
+from tests.vllm.conftest import MODEL, VllmCluster, metrics, wait_healthy
+from tests.vllm.test_migration import inflight, one_stream
+
+pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1500)]
+
+
+STREAMS = 16  # each is prefilled remotely, then decoded: half of the aggregated test's 32 keeps it in budget
+
+
+def run_streams(base_url: str, during=None) -> list[str]:
+    progress = [0] * STREAMS
+    with ThreadPoolExecutor(STREAMS) as pool:
+        futures = [pool.submit(one_stream, base_url, i, progress) for i in range(STREAMS)]
+        if during is not None:
+            during(progress)
+        return [f.result(timeout=600) for f in futures]
+
+
+def frontend_metric(url: str, name: str, labels: dict) -> float:
+    return metric_value(http_get(url + "/metrics")[1].decode(), name, labels) or 0.0
+
+
+@pytest.fixture(scope="module")
+def cluster(vllm_python, vllm_model, tmp_path_factory):
+    c = VllmCluster(tmp_path_factory.mktemp("vllm-disagg-death"), vllm_model, vllm_python)
+    try:
+        c.frontend("--migration-limit", "3", "--enforce-disagg")
+        c.prefill = c.vllm_worker("--disaggregation-mode", "prefill", "--kv-transfer-backend", "tcp",
+                                  env={"VLLM_CPU_OMP_THREADS_BIND": "0"}, wait=False)
+        c.decoders = [c.vllm_worker("--disaggregation-mode", "decode", "--kv-transfer-backend", "tcp",
+                                    env={"VLLM_CPU_OMP_THREADS_BIND": str(i)}, wait=False) for i in (0, 1)]
+        for w in (c.prefill, *c.decoders):
+            wait_healthy(w, timeout=900)
+        c.wait_workers(MODEL, 3, timeout=120)
+        c.reference = run_streams(c.base_url)
+        yield c
+    finally:
+        c.stop()
+
+
+def test_decode_worker_killed_mid_stream_migrates_token_exact(cluster):
+    url = cluster.base_url
+    assert all(cluster.reference) and len(set(cluster.reference)) > 1
+    assert frontend_metric(url, "dynamo_frontend_remote_prefills_total", {"model": MODEL}) >= len(cluster.reference)
+    before = frontend_metric(url, "dynamo_frontend_model_migration_total", {"migration_type": "ongoing_request"})
+    victim = {}
+
+    def during(progress: list[int]) -> None:
+        wait_until(lambda: sum(1 for p in progress if p >= 2) >= len(progress) // 2, 300, "streams under way")
+        worker = max(cluster.decoders, key=inflight)
+        assert inflight(worker) > 0
+        victim["worker"] = worker
+        worker.kill()
+
+    texts = run_streams(url, during)
+    moved = frontend_metric(url, "dynamo_frontend_model_migration_total",
+                            {"migration_type": "ongoing_request"}) - before
+    mismatched = [i for i, text in enumerate(texts) if text != cluster.reference[i]]
+    print(f"{moved:.0f} of {STREAMS} streams migrated off the killed decode worker")
+    assert mismatched == [], [(texts[i], cluster.reference[i]) for i in mismatched[:3]]
+    assert moved >= 1, "no stream was migrated"
+    survivor = next(d for d in cluster.decoders if d is not victim["worker"])
+    assert survivor.alive() and cluster.prefill.alive()
+    # The prefills of this run went to the prefill worker: the pair stayed disaggregated.
+    assert metric_value(metrics(cluster.prefill), "dynamo_component_requests_total", {"status": "success"}) >= \
+        2 * len(cluster.reference)
