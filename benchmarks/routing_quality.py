@@ -23,6 +23,10 @@ Streaming completions through the frontend against 2 real-time mockers (`--speed
 anchor` runs NVIDIA Dynamo 1.6.1 (.venv-anchor, scripts/install_anchor_dynamo.sh) in the same
 invocation; `--rounds N` repeats everything, alternating stack and mode inside each round
 so that a busy machine hurts all alike, and reports the median with the spread (min-max).
+Diagnostics per run: CPU ms per request of the frontend and each worker; how late our mockers'
+steps ran against their timing model (busy / simulated wall time - 1); the mean TTFT seen by the
+client, by the frontend (its own histogram, both stacks) and inside our mockers (arrival to first
+token), which splits a stack's TTFT into engine time and frontend / request-plane time.
 
     .venv/bin/python benchmarks/routing_quality.py --workload long-prefix --stacks ours anchor --rounds 2
 """
@@ -45,7 +49,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.loadgen import Result, pct, print_table, stream_one  # noqa: E402
+from benchmarks.loadgen import Result, cpu_seconds, pct, print_table, stream_one  # noqa: E402
 from dynamo.llm.tiny_model import build_tiny_model  # noqa: E402
 from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until  # noqa: E402
 
@@ -182,19 +186,63 @@ def run_once(stack: str, spec: str, model: Path, plan, args) -> dict:
             time.sleep(3)
         else:
             cluster.wait_workers("tiny", 2, timeout=120)
+        procs = [frontend, *workers]
+        cpu = [cpu_seconds(p.pid) for p in procs]
         res = asyncio.run(run_users(cluster.base_url + "/v1/completions", plan, args.max_tokens))
+        cpu = [(cpu_seconds(p.pid) - c) * 1e3 / max(res.requests, 1) for p, c in zip(procs, cpu)]
         served = [_count(w) for w in workers]
         if args.engine == "vllm":
             served = [a - b for a, b in zip(served, before)]
         return {"ttft50": pct(res.ttft, 0.5) * 1e3, "ttft99": pct(res.ttft, 0.99) * 1e3,
                 "cached": res.cached_tokens / max(res.prompt_tokens, 1), "rps": res.requests / res.elapsed,
-                "served": "/".join(map(str, served)), "errors": res.errors}
+                "served": "/".join(map(str, served)), "errors": res.errors, "cpu": cpu,
+                "late": _late(workers) if stack == "ours" and args.engine == "mocker" else None,
+                "ttft_mean": statistics.fmean(res.ttft) * 1e3 if res.ttft else float("nan"),
+                "engine_ttft": _engine_ttft(workers) if stack == "ours" and args.engine == "mocker" else None,
+                "frontend_ttft": _frontend_ttft(cluster.base_url)}
     finally:
         if args.engine == "vllm":
             frontend.stop()
             cluster.procs.remove(frontend)
         else:
             cluster.stop()
+
+
+def _worker_sums(workers, *names: str) -> list[float] | None:
+    sums = [0.0] * len(names)
+    for proc in workers:
+        try:
+            text = http_get(f"http://127.0.0.1:{proc.system_port}/metrics")[1].decode()
+        except OSError:
+            return None
+        for i, name in enumerate(names):
+            sums[i] += metric_value(text, name, {}) or 0.0
+    return sums
+
+
+def _late(workers) -> float | None:
+    """How far our mockers' steps ran behind their timing model: wall time busy / simulated - 1."""
+    sums = _worker_sums(workers, "dynamo_mocker_busy_seconds", "dynamo_mocker_simulated_seconds")
+    return sums[0] / sums[1] - 1 if sums and sums[1] else None
+
+
+def _engine_ttft(workers) -> float | None:
+    """Mean TTFT inside our mockers (arrival -> first token sampled), ms: the rest of the client's
+    TTFT is the frontend and the request/response planes."""
+    sums = _worker_sums(workers, "dynamo_mocker_time_to_first_token_seconds_sum",
+                        "dynamo_mocker_time_to_first_token_seconds_count")
+    return sums[0] / sums[1] * 1e3 if sums and sums[1] else None
+
+
+def _frontend_ttft(base_url: str) -> float | None:
+    """Mean TTFT the frontend itself measured (its Prometheus histogram; both stacks have it), ms."""
+    try:
+        text = http_get(base_url + "/metrics")[1].decode()
+    except OSError:
+        return None
+    total = metric_value(text, "dynamo_frontend_time_to_first_token_seconds_sum", {})
+    count = metric_value(text, "dynamo_frontend_time_to_first_token_seconds_count", {})
+    return total / count * 1e3 if total is not None and count else None
 
 
 def _count(proc) -> int:
@@ -246,7 +294,11 @@ def main() -> None:
         rows.append((f"{'Dynamo 1.6.1' if stack == 'anchor' else 'ours'} {spec}",
                      _spread([x["ttft50"] for x in results], "{:.0f}"), _spread([x["ttft99"] for x in results], "{:.0f}"),
                      _spread([x["cached"] for x in results], "{:.2f}"), _spread([x["rps"] for x in results], "{:.1f}"),
-                     " ".join(x["served"] for x in results), sum(x["errors"] for x in results)))
+                     " ".join(x["served"] for x in results), sum(x["errors"] for x in results),
+                     " ".join("/".join(f"{v:.1f}" for v in x["cpu"]) for x in results),
+                     " ".join("-" if x["late"] is None else f"{x['late']:+.1%}" for x in results),
+                     " ".join("/".join("-" if v is None else f"{v:.0f}" for v in
+                                       (x["ttft_mean"], x["frontend_ttft"], x["engine_ttft"])) for x in results)))
     n = sum(len(p) for p in plan)
     print_table(f"routing quality, workload {args.workload}: {n} streaming completions x {args.rounds} round(s), "
                 f"{args.groups} groups x {args.prefix_tokens}-token prefixes + {args.suffix_tokens}-token suffixes, "
@@ -255,7 +307,8 @@ def main() -> None:
                    f"2 mockers x {args.blocks} blocks of {args.block_size} (speedup {args.speedup})")
                 + "; median [min-max] over rounds",
                 ("router", "TTFT p50 ms", "TTFT p99 ms", "cached fraction", "req/s", "requests per worker",
-                 "errors"), rows)
+                 "errors", "CPU ms/request frontend/workers", "mocker steps late",
+                 "TTFT mean ms client/frontend/engine"), rows)
 
 
 if __name__ == "__main__":

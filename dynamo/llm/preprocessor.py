@@ -92,7 +92,8 @@ class ModelPipeline:
         if len(ids) >= self.context_length:
             raise _too_long(self.context_length, len(ids), param)
         vocab = self.tokenizer.vocab_size
-        if any((not isinstance(t, int)) or t < 0 or t >= vocab for t in ids):
+        # One C-level pass per check instead of a Python loop per token (long prompts).
+        if ids and (not all(issubclass(t, int) for t in set(map(type, ids))) or min(ids) < 0 or max(ids) >= vocab):
             raise PreprocessError(f"token ids in `{param}` must be in [0, {vocab})", param)
         return list(ids)
 

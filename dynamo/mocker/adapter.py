@@ -11,6 +11,8 @@ import json
 import os
 from typing import AsyncIterator
 
+from prometheus_client import Histogram
+
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
 from dynamo.llm.tokenizer import Tokenizer
 from dynamo.mocker.args import MockerArgs
@@ -18,6 +20,9 @@ from dynamo.mocker.engine import MockEngine
 from dynamo.mocker.replay import Replay
 from dynamo.llm.kv_events.protocol import LoadMetrics
 from dynamo.worker.adapter import EngineContext, EngineInfo, Gauges
+
+
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
 class MockerAdapter:
@@ -39,6 +44,9 @@ class MockerAdapter:
                                  eos_token_ids=tokenizer.eos_token_ids, special_ids=tokenizer.special_ids,
                                  on_kv_event=ctx.emit_kv_event, script_for=replay.script_for if replay else None)
         self.engine.publish_forward_passes(ctx.emit_forward_pass, ctx.worker_label)
+        ttft = Histogram("dynamo_mocker_time_to_first_token_seconds", "Engine-side TTFT: arrival to first token",
+                         registry=ctx.registry, buckets=TTFT_BUCKETS)
+        self.engine.scheduler.on_first_token = ttft.observe
         if args.startup_time:
             await asyncio.sleep(args.startup_time)
         await self.engine.start()
@@ -98,6 +106,10 @@ class MockerAdapter:
             ("dynamo_mocker_running_requests", "Sequences in the running batch", lambda: engine.num_running),
             ("dynamo_mocker_waiting_requests", "Sequences waiting for admission", lambda: engine.num_waiting),
             ("dynamo_mocker_preemptions", "Sequences preempted so far", lambda: engine.num_preemptions),
+            ("dynamo_mocker_simulated_seconds", "Sum of the timing model's step durations",
+             lambda: engine.scheduler.simulated_seconds),
+            ("dynamo_mocker_busy_seconds", "Wall time with work to do (above simulated: steps ran late)",
+             lambda: engine.scheduler.busy_seconds),
             ("dynamo_component_kvstats_active_blocks", "KV blocks in use", lambda: engine.kv.num_active_blocks),
             ("dynamo_component_kvstats_total_blocks", "KV blocks in total", lambda: engine.kv.capacity),
             ("dynamo_component_kvstats_gpu_prefix_cache_hit_rate", "Prefix cache hit rate",

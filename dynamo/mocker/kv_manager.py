@@ -5,7 +5,7 @@ Owns: which full blocks are cached (keyed by chained SequenceHash), who uses the
 private partial tail blocks. Emits `KvStored` for newly stored full blocks,
 `KvRemoved` on eviction and `KvCleared` on clear, with monotonic event ids.
 
-External block ids in events are the SequenceHash bit-cast to i64 (the engine's
+External block ids in events are the SequenceHash as u64, as Dynamo's mocker publishes (the engine's
 own id); `tokens_hash` is the block's LocalBlockHash, so a router can index them.
 With prefix caching off, blocks are anonymous: nothing is reused and no events are
 emitted (the cache never holds anything another request could hit).
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Callable, Sequence
 
-from dynamo.llm.kv_events.hashing import block_hashes, sequence_hashes, to_i64
+from dynamo.llm.kv_events.hashing import block_hashes, sequence_hashes
 from dynamo.llm.kv_events.protocol import KvCacheEvent, KvCleared, KvRemoved, KvStored, StoredBlock
 
 EventSink = Callable[[KvCacheEvent], None]
@@ -54,7 +54,7 @@ class KvManager:
         self._inactive: OrderedDict[int, None] = OrderedDict()  # cached, unused; oldest first
         self._anonymous = 0  # full blocks held with prefix caching off
         self._partial = 0  # private partial tail blocks
-        self.next_event_id = 0
+        self.next_event_id = 1  # Dynamo's mocker numbers its first KV event 1 (tests/compat vectors)
         self.num_evictions = 0
 
     # ---- accounting -------------------------------------------------------------
@@ -165,8 +165,8 @@ class KvManager:
             return
         active[seq_hash] = 1
         if self.on_event is not None:
-            parent_id = None if parent is None else to_i64(parent)
-            block = StoredBlock(block_hash=to_i64(seq_hash), tokens_hash=local_hash)
+            parent_id = None if parent is None else parent
+            block = StoredBlock(block_hash=seq_hash, tokens_hash=local_hash)
             self._emit(KvStored(parent_hash=parent_id, blocks=[block]))
 
     def clear(self) -> None:
@@ -186,7 +186,7 @@ class KvManager:
         inactive = self._inactive
         victims = [inactive.popitem(last=False)[0] for _ in range(excess)]
         self.num_evictions += excess
-        self._emit(KvRemoved(block_hashes=[to_i64(h) for h in victims]))
+        self._emit(KvRemoved(block_hashes=victims))
 
     def _emit_stored(self, seq_hashes: Sequence[int], local_hashes: Sequence[int], new: list[int]) -> None:
         """One KvStored per run of consecutive new blocks, parented on the block before it."""
@@ -197,11 +197,11 @@ class KvManager:
             if run and new[pos - 1] != i - 1:
                 self._emit_run(seq_hashes, new[pos - len(run)], run)
                 run = []
-            run.append(StoredBlock(block_hash=to_i64(seq_hashes[i]), tokens_hash=local_hashes[i]))
+            run.append(StoredBlock(block_hash=seq_hashes[i], tokens_hash=local_hashes[i]))
         self._emit_run(seq_hashes, new[len(new) - len(run)], run)
 
     def _emit_run(self, seq_hashes: Sequence[int], first: int, run: list[StoredBlock]) -> None:
-        parent = to_i64(seq_hashes[first - 1]) if first > 0 else None
+        parent = seq_hashes[first - 1] if first > 0 else None
         self._emit(KvStored(parent_hash=parent, blocks=run))
 
     def _emit(self, data: KvStored | KvRemoved | KvCleared) -> None:

@@ -13,6 +13,7 @@ one token, appended to `Sequence.tokens`; its consumer is woken through a future
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 
 from dynamo.llm.forward_pass import ForwardPassMetrics, QueuedRequests, ScheduledRequests, variance
@@ -26,6 +27,17 @@ from dynamo.llm.kv_events.hashing import block_hashes
 # Sleep only once simulated time runs this far ahead of the wall clock: the event
 # loop's timers are millisecond-grained, so shorter steps are paced in aggregate.
 _MIN_SLEEP_S = 0.002
+# Steps are scheduled against deadlines on one simulated clock: a step that starts late (the
+# event loop was busy streaming tokens and publishing events, or the machine is loaded) is
+# shortened by its lateness, so the mocker's own CPU time is not added to the modelled time.
+# Lateness beyond this much (a stalled process) is dropped, not replayed as a burst of steps.
+_MAX_CATCH_UP_S = 0.05
+
+
+def step_deadline(previous: float, now: float, seconds: float) -> float:
+    """When a step of `seconds` that starts at `now` ends, on the simulated clock whose previous
+    step ended at `previous`: late starts are caught up (up to `_MAX_CATCH_UP_S`)."""
+    return max(previous, now - _MAX_CATCH_UP_S) + seconds
 
 
 class Sequence:
@@ -35,6 +47,7 @@ class Sequence:
         "request_id", "tokens", "prompt_len", "max_tokens", "sampler", "rng", "skip_prefill",
         "num_computed", "num_generated", "prefilling", "held", "has_partial", "cached_tokens",
         "finish_reason", "error", "waiter", "done", "_hashed_len", "_locals", "_seqs", "lora_name", "script",
+        "arrived",
     )  # fmt: skip
 
     def __init__(
@@ -61,6 +74,7 @@ class Sequence:
         self._hashed_len = -1
         self.lora_name = lora_name  # a LoRA adapter's blocks hash (and are cached) in its own namespace
         self.script: list[int] | None = None  # replayed output ids (`--replay-file`), then EOS
+        self.arrived = 0.0  # monotonic time the engine got it: its engine-side TTFT starts here
 
     def full_block_hashes(self, block_size: int) -> tuple[list[int], list[int]]:
         """(local, sequence) hashes of the current full blocks, cached between admission tries."""
@@ -93,11 +107,14 @@ class Scheduler:
         self.num_preemptions = 0
         self.num_steps = 0
         self.simulated_seconds = 0.0  # sum of scaled step durations
+        self.busy_seconds = 0.0  # wall time with work to do; > simulated_seconds = the model ran late
         self.generated_tokens = 0
         self.admitted_prompt_tokens = 0
         self.admitted_cached_tokens = 0
         # Forward-pass metrics: called with one ForwardPassMetrics per step (and one idle heartbeat).
         self.on_forward_pass = None
+        # Called with each request's engine-side time to first token (arrival -> first token sampled).
+        self.on_first_token = None
         self.worker_id = "0"
         self.dp_rank = 0
         self.fpm_counter = 0
@@ -105,6 +122,7 @@ class Scheduler:
     # ---- request lifecycle --------------------------------------------------------
 
     def add(self, seq: Sequence) -> None:
+        seq.arrived = time.monotonic()
         self.waiting.append(seq)
         self._wake.set()
 
@@ -132,14 +150,15 @@ class Scheduler:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        clock = loop.time()
+        clock = busy_since = loop.time()
         while True:
             if not self.running and not self.waiting:
+                self.busy_seconds += loop.time() - busy_since
                 if self.on_forward_pass is not None:
                     self._emit_fpm([], 0.0)  # idle heartbeat: all zero, wall_time 0
                 self._wake.clear()
                 await self._wake.wait()
-                clock = loop.time()
+                clock = busy_since = loop.time()
                 continue
             batch, seconds = self.schedule()
             if not batch:  # nothing runnable (should not happen): back off instead of spinning
@@ -147,7 +166,7 @@ class Scheduler:
                 continue
             self.simulated_seconds += seconds
             now = loop.time()
-            clock = max(clock, now - _MIN_SLEEP_S) + seconds
+            clock = step_deadline(clock, now, seconds)
             if self.on_forward_pass is not None:
                 self._emit_fpm(batch, seconds)
             await asyncio.sleep(clock - now if clock - now >= _MIN_SLEEP_S else 0)
@@ -198,6 +217,7 @@ class Scheduler:
         bs, mul, inc, mask = self.block_size, LCG_MUL, LCG_INC, MASK64
         finished = False
         produced = 0
+        on_first = self.on_first_token
         for seq, n in batch:
             if seq.done:  # aborted while the step ran
                 continue
@@ -222,6 +242,8 @@ class Scheduler:
             tokens.append(token)
             produced += 1
             seq.num_generated += 1
+            if seq.num_generated == 1 and on_first is not None:
+                on_first(time.monotonic() - seq.arrived)
             if script is not None and seq.num_generated >= len(script):
                 self._finish(seq, FinishReason.EOS)
                 finished = True

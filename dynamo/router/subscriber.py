@@ -21,9 +21,9 @@ from typing import Callable
 
 import msgspec
 
-from dynamo.llm.kv_events.local_state import KV_QUERY_ENDPOINT, KvStateDump, dump_decoder
+from dynamo.llm.kv_events.local_state import KV_QUERY_ENDPOINT, KvStateDump, decode_dump
 from dynamo.llm.kv_events.protocol import KV_EVENTS_TOPIC, KV_METRICS_TOPIC, KvCacheEvent, KvRemoved, \
-    load_metrics_decoder, router_event_decoder
+    decode_router_events, load_metrics_decoder
 from dynamo.router.kv_router import KvRouter
 from dynamo.runtime.event_plane.base import EventSubscriber, create_subscriber, resolve_kind
 from dynamo.runtime.rp_client import RequestPlaneClient, StreamError
@@ -81,21 +81,21 @@ class ComponentFeed:
             self.feeds.on_link_change()
 
     async def _consume_events(self, sub: EventSubscriber) -> None:
-        decode = router_event_decoder.decode
         async for _publisher, payload in sub:
             try:
-                event = decode(payload)
+                events = decode_router_events(payload)  # Dynamo's batch: a list of RouterEvents
             except Exception as exc:
                 self.feeds.counts["malformed"] += 1
                 log.debug("malformed KV event: %s", exc)
                 continue
-            worker = self.workers.get(event.worker_id)
-            if worker is None:
-                self.feeds.counts["unknown_worker"] += 1
-                continue
-            status = worker.router.apply_event(event)
-            if status in ("gap", "parent_not_found"):
-                self.schedule_resync(event.worker_id)
+            for event in events:
+                worker = self.workers.get(event.worker_id)
+                if worker is None:
+                    self.feeds.counts["unknown_worker"] += 1
+                    continue
+                status = worker.router.apply_event(event)
+                if status in ("gap", "parent_not_found"):
+                    self.schedule_resync(event.worker_id)
 
     async def _consume_metrics(self, sub: EventSubscriber) -> None:
         async for _publisher, payload in sub:
@@ -153,7 +153,7 @@ class ComponentFeed:
             payloads.append(payload)
         if not payloads:
             raise StreamError("empty KV state dump")
-        return dump_decoder.decode(payloads[0])
+        return decode_dump(payloads[0])
 
     async def close(self) -> None:
         for task in self._tasks:

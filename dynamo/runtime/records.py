@@ -3,7 +3,8 @@ in NVIDIA Dynamo's key layout (instance ids in lowercase hex):
 
 - `v1/instances/{ns}/{component}/{endpoint}/{instance_id:x}`: a serving endpoint instance
 - `v1/mdc/{ns}/{component}/{endpoint}/{instance_id:x}`: the model card it serves
-- `v1/event_channels/{ns}/{component}/{topic}/{instance_id:x}`: an event publisher
+- `v1/event_channels/namespace/{ns}/component/{comp}[/endpoint/{ep}]/topic/{topic}/{id:x}`: an event
+  publisher (see `dynamo.runtime.event_plane`)
 """
 
 from __future__ import annotations

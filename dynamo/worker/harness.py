@@ -27,7 +27,7 @@ from prometheus_client import Gauge
 
 from dynamo.llm.forward_pass import start_fpm_relay
 from dynamo.llm.kv_events.publisher import KvEventPublisher, LoadPublisher
-from dynamo.llm.model_card import ModelDeploymentCard, RuntimeConfig, build_card, card_encoder
+from dynamo.llm.model_card import ModelDeploymentCard, RuntimeConfig, build_card, card_record
 from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.llm.kv_events.local_state import KV_QUERY_ENDPOINT
 from dynamo.runtime.config import from_namespace, setting
@@ -124,7 +124,7 @@ class Worker:
         self._gauges()
         card = model_card(adapter, self.spec, info)
         await rt.serve_endpoint(self.eid, self.handler.generate, request_type=PreprocessedRequest,
-                                card_json=card_encoder.encode(card))
+                                card_json=card_record(card, *self.eid, rt.instance_id))
         self.loras = LoraManager(rt, self.eid, adapter, card, info.max_loras)
         if rt.system is not None:  # /v1/loras: answers "not enabled" unless the engine serves LoRA
             rt.system.add_routes(LORA_ROUTE, self.loras.app)
@@ -137,7 +137,7 @@ class Worker:
     async def _publish_kv_events(self) -> None:
         rt, eid = self.runtime, self.eid
         publisher = await KvEventPublisher.create(self.spec.event_plane, rt.store, eid.namespace, eid.component,
-                                                  rt.instance_id)
+                                                  rt.instance_id, eid.endpoint)
         self._closers.append(publisher.close)
         self.kv.publisher = publisher
         self.source = self.adapter.kv_event_source()

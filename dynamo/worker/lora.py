@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 import xxhash
 
-from dynamo.llm.model_card import ModelDeploymentCard, card_checksum, card_encoder, slugify
+from dynamo.llm.model_card import ModelDeploymentCard, card_checksum, card_record, slugify
 from dynamo.runtime import records
 from dynamo.runtime.asgi import BodyTooLarge, read_body, send_json
 from dynamo.runtime.distributed import DistributedRuntime
@@ -64,7 +64,7 @@ class LoraManager:
                                        base_model_path=base.display_name, user_data=user_data,
                                        max_gpu_lora_count=self.max_loras)
         card.mdcsum = card_checksum(card)
-        return card_encoder.encode(card)
+        return card_record(card, *self.eid, self.runtime.instance_id, model_suffix=slugify(name))
 
     # -- operations --------------------------------------------------------------------------
     async def load(self, name: str, uri: str) -> tuple[int, dict]:

@@ -73,7 +73,7 @@ async def test_shared_prefix_reports_cached_tokens(make_engine):
     assert outs[0].cached_tokens >= 5 * 4
     assert 0 < engine.metrics().gpu_prefix_cache_hit_rate < 1
     stored = [e.data for e in engine.events if isinstance(e.data, KvStored)]
-    assert stored and [e.event_id for e in engine.events] == list(range(len(engine.events)))
+    assert stored and [e.event_id for e in engine.events] == list(range(1, len(engine.events) + 1))
 
 
 async def test_no_prefix_caching_means_no_hits(make_engine):

@@ -1,7 +1,7 @@
 import pytest
 
 from dynamo.mocker.kv_manager import KvManager, chain_hash, hash_blocks
-from dynamo.llm.kv_events.hashing import block_hashes, sequence_hashes, to_i64
+from dynamo.llm.kv_events.hashing import block_hashes, sequence_hashes
 from dynamo.llm.kv_events.protocol import KvCleared, KvRemoved, KvStored
 
 BS = 4
@@ -31,8 +31,8 @@ def test_acquire_stores_chain_and_reuse_counts():
     assert kv.acquire(seqs, local)
     assert kv.num_active_blocks == 3 and kv.num_free_blocks == 5
     (ev,) = events
-    assert ev.event_id == 0 and isinstance(ev.data, KvStored) and ev.data.parent_hash is None
-    assert [b.block_hash for b in ev.data.blocks] == [to_i64(h) for h in seqs]
+    assert ev.event_id == 1 and isinstance(ev.data, KvStored) and ev.data.parent_hash is None
+    assert [b.block_hash for b in ev.data.blocks] == list(seqs)
     assert [b.tokens_hash for b in ev.data.blocks] == local
     # A second sequence with the same first two blocks shares them.
     local2, seqs2 = blocks(list(range(8)) + [99, 98, 97, 96])
@@ -41,8 +41,8 @@ def test_acquire_stores_chain_and_reuse_counts():
     assert kv.acquire(seqs2, local2)
     assert kv.num_active_blocks == 4
     stored = events[-1].data
-    assert stored.parent_hash == to_i64(seqs[1]) and len(stored.blocks) == 1
-    assert stored.blocks[0].block_hash == to_i64(seqs2[2])
+    assert stored.parent_hash == seqs[1] and len(stored.blocks) == 1
+    assert stored.blocks[0].block_hash == seqs2[2]
 
 
 def test_release_keeps_blocks_reusable_without_events():
@@ -67,16 +67,16 @@ def test_eviction_oldest_first_and_leaves_before_parents():
     lc, c = blocks(list(range(200, 204)))
     assert kv.acquire(c, lc)
     removed = events[-2].data
-    assert isinstance(removed, KvRemoved) and removed.block_hashes == [to_i64(a[1])]
+    assert isinstance(removed, KvRemoved) and removed.block_hashes == [a[1]]
     assert isinstance(events[-1].data, KvStored)
     assert kv.cached_prefix(a) == 1 and kv.cached_prefix(b) == 2
     ld, d = blocks(list(range(300, 312)))  # 3 new blocks: evicts a[0], b[1], b[0]
     assert kv.acquire(d, ld)
     evicted = [h for e in events if isinstance(e.data, KvRemoved) for h in e.data.block_hashes]
-    assert evicted == [to_i64(h) for h in (a[1], a[0], b[1], b[0])]
+    assert evicted == [a[1], a[0], b[1], b[0]]
     assert kv.num_evictions == 4
     ids = [e.event_id for e in events]
-    assert ids == list(range(len(events)))
+    assert ids == list(range(1, len(events) + 1))
 
 
 def test_capacity_limits_and_refusal():
@@ -107,8 +107,8 @@ def test_promote_partial_to_full_block():
     kv.promote(seqs[0], tail, tail_local)
     assert kv.num_active_blocks == 2
     stored = events[-1].data
-    assert stored.parent_hash == to_i64(seqs[0])
-    assert stored.blocks[0].block_hash == to_i64(tail) and stored.blocks[0].tokens_hash == tail_local
+    assert stored.parent_hash == seqs[0]
+    assert stored.blocks[0].block_hash == tail and stored.blocks[0].tokens_hash == tail_local
     # The same block promoted by another sequence is deduplicated: no new event.
     kv.alloc_partial()
     kv.promote(seqs[0], tail, tail_local)
@@ -122,7 +122,7 @@ def test_non_contiguous_new_blocks_get_their_own_parent():
     events.clear()
     kv.acquire(seqs, local)
     stored = [e.data for e in events]
-    assert [s.parent_hash for s in stored] == [None, to_i64(seqs[1])]
+    assert [s.parent_hash for s in stored] == [None, seqs[1]]
     assert [len(s.blocks) for s in stored] == [1, 1]
 
 

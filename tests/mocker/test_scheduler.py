@@ -4,10 +4,9 @@ import pytest
 
 from dynamo.mocker.args import MockerArgs
 from dynamo.mocker.kv_manager import KvManager, hash_blocks
-from dynamo.mocker.scheduler import Scheduler, Sequence
+from dynamo.mocker.scheduler import _MAX_CATCH_UP_S, Scheduler, Sequence, step_deadline
 from dynamo.mocker.timing import TimingModel, decode_ms, prefill_ms
 from dynamo.mocker.tokens import TokenSampler
-from dynamo.llm.kv_events.hashing import to_i64
 from dynamo.llm.kv_events.protocol import KvStored
 
 BS = 4
@@ -108,9 +107,9 @@ def test_decode_stores_blocks_as_they_fill():
     stored = [b for e in events if isinstance(e.data, KvStored) for b in e.data.blocks]
     assert len(stored) == 16 // BS
     _, expected = hash_blocks(s.tokens[:16], BS)
-    assert [b.block_hash for b in stored] == [to_i64(h) for h in expected]
+    assert [b.block_hash for b in stored] == list(expected)
     parents = [e.data.parent_hash for e in events if isinstance(e.data, KvStored)]
-    assert parents == [None] + [to_i64(h) for h in expected[:3]]  # prompt block, then one per fill
+    assert parents == [None] + list(expected[:3])  # prompt block, then one per fill
     assert sched.kv.num_active_blocks == 0 and sched.kv.num_cached_blocks == 4
 
 
@@ -154,3 +153,26 @@ def test_decode_with_transferred_kv_skips_prefill():
     sched2, _ = make()
     sched2.add(plain)
     assert step(sched2)[0] == [("2", 20)]  # the same prompt without transferred KV: a full prefill
+
+
+def test_a_late_step_is_caught_up_on_the_simulated_clock():
+    # The loop woke 30 ms after the previous step's deadline (busy streaming): the next 40 ms
+    # step still ends 40 ms after that deadline, so the lateness is not added to modelled time.
+    assert step_deadline(10.0, 10.030, 0.040) == pytest.approx(10.040)
+    # On time, or early: the step simply follows the previous one.
+    assert step_deadline(10.0, 9.995, 0.040) == pytest.approx(10.040)
+    # A stall far beyond the catch-up bound is dropped, not replayed as zero-length steps.
+    assert step_deadline(10.0, 12.0, 0.040) == pytest.approx(12.0 - _MAX_CATCH_UP_S + 0.040)
+
+
+def test_first_token_reported_once_per_request_with_engine_side_ttft():
+    sched, _ = make(capacity=8, max_num_batched_tokens=8)
+    seen = []
+    sched.on_first_token = seen.append
+    a, b = seq(1, range(10, 30), max_tokens=6), seq(2, range(40, 44), max_tokens=6)  # a: 3 prefill steps
+    sched.add(a)
+    sched.add(b)
+    while not (a.done and b.done):
+        step(sched)
+    assert len(seen) == 2 and all(0 <= t < 60 for t in seen)
+    assert sched.num_preemptions > 0  # the tiny cache preempted one: its recompute is not a new first token

@@ -12,7 +12,7 @@ from dynamo.runtime.discovery.base import KeyValueStore, make_store
 from dynamo.runtime.event_plane.base import (
     EventPublisher,
     EventSubscriber,
-    channel_prefix,
+    channel_key,
     create_publisher,
     create_subscriber,
     nats_subject,
@@ -80,9 +80,10 @@ async def test_zmq_two_publishers_one_subscriber(file_stores):
     other = await create_publisher("zmq", store_b, NS, COMP, TOPIC + "-other", b)  # must not leak in
     collector = Collector(subscriber)
     try:
-        advert = json.loads(await store_sub.get(channel_prefix(NS, COMP, TOPIC) + f"{a:x}"))
-        assert advert["transport"] == "zmq" and advert["instance_id"] == a and advert["topic"] == TOPIC
-        assert advert["address"].startswith("tcp://127.0.0.1:")
+        advert = json.loads(await store_sub.get(channel_key(NS, COMP, TOPIC, a)))
+        assert advert["type"] == "EventChannel" and advert["instance_id"] == a and advert["topic"] == TOPIC
+        assert advert["transport"]["kind"] == "Zmq"
+        assert advert["transport"]["config"]["endpoint"].startswith("tcp://127.0.0.1:")
 
         await other.publish(b"wrong topic")
         await collector.publish_until_received({a: pub_a, b: pub_b}, b"hello-")
@@ -92,7 +93,7 @@ async def test_zmq_two_publishers_one_subscriber(file_stores):
         await pub_a.close()  # withdraws its advert: the subscriber disconnects from it
         await wait_for(lambda: a not in subscriber.publishers, "disconnect from the closed publisher")
         assert b in subscriber.publishers
-        assert await store_sub.get(channel_prefix(NS, COMP, TOPIC) + f"{a:x}") is None
+        assert await store_sub.get(channel_key(NS, COMP, TOPIC, a)) is None
         await collector.publish_until_received({b: pub_b}, b"after-")
         with pytest.raises(RuntimeError):
             await pub_a.publish(b"closed")

@@ -18,7 +18,7 @@ from dynamo.llm.protocol import request_encoder
 from dynamo.llm.tokenizer import Tokenizer
 from dynamo.llm.kv_events.hashing import block_hashes
 from dynamo.router.indexer import KvIndexer
-from dynamo.llm.kv_events.protocol import router_event_decoder
+from dynamo.llm.kv_events.protocol import decode_router_events
 from dynamo.runtime.discovery.base import make_store
 from dynamo.runtime.event_plane.base import create_subscriber
 from dynamo.runtime.rp_client import RequestPlaneClient, StreamError
@@ -386,8 +386,10 @@ def test_kv_events_reach_a_router_indexer(env, monkeypatch):
                     _, payload = await asyncio.wait_for(it.__anext__(), deadline - time.monotonic())
                 except asyncio.TimeoutError:
                     break
-                indexer.apply_event(router_event_decoder.decode(payload))
-                received.append(payload)
+                events = decode_router_events(payload)
+                for event in events:
+                    indexer.apply_event(event)
+                received.extend(events)
                 score = indexer.find_matches(want).scores.get((worker_id, 0), 0)
                 if score == len(want):
                     return score

@@ -9,7 +9,8 @@ from typing import AsyncIterator
 
 import msgspec
 
-from dynamo.llm.kv_events.protocol import KvCacheEvent, KvRemoved, KvStored, StoredBlock
+from dynamo.llm.kv_events.protocol import KvCacheEvent, KvRemoved, KvStored, StoredBlock, WireKvCacheEvent, \
+    from_wire_event, to_wire_event
 from dynamo.runtime.rp_server import RequestContext
 
 KV_QUERY_ENDPOINT = "worker_kv_indexer_query"
@@ -23,8 +24,26 @@ class KvStateDump(msgspec.Struct, kw_only=True):
     events: list[KvCacheEvent]
 
 
-dump_encoder = msgspec.msgpack.Encoder()
-dump_decoder = msgspec.msgpack.Decoder(KvStateDump)
+class _WireDump(msgspec.Struct):
+    """On the wire the events carry Dynamo's externally tagged data (see protocol)."""
+
+    worker_id: int
+    last_event_id: int | None
+    events: list[WireKvCacheEvent]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_wire_decoder = msgspec.msgpack.Decoder(_WireDump)
+
+
+def encode_dump(dump: KvStateDump) -> bytes:
+    return _encoder.encode(_WireDump(dump.worker_id, dump.last_event_id, [to_wire_event(e) for e in dump.events]))
+
+
+def decode_dump(payload: bytes) -> KvStateDump:
+    wire = _wire_decoder.decode(payload)
+    return KvStateDump(worker_id=wire.worker_id, last_event_id=wire.last_event_id,
+                       events=[from_wire_event(e) for e in wire.events])
 
 
 class LocalKvState:
@@ -61,4 +80,4 @@ class LocalKvState:
 
     async def handler(self, payload: bytes, ctx: RequestContext) -> AsyncIterator[bytes]:
         """The `worker_kv_indexer_query` endpoint: one message, the full dump."""
-        yield dump_encoder.encode(self.dump())
+        yield encode_dump(self.dump())

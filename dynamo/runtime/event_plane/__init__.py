@@ -3,6 +3,7 @@
 from dynamo.runtime.event_plane.base import (
     EventPublisher,
     EventSubscriber,
+    channel_key,
     channel_prefix,
     create_publisher,
     create_subscriber,
@@ -13,6 +14,7 @@ from dynamo.runtime.event_plane.base import (
 __all__ = [
     "EventPublisher",
     "EventSubscriber",
+    "channel_key",
     "channel_prefix",
     "create_publisher",
     "create_subscriber",

@@ -7,6 +7,11 @@ before it connected. Consumers that need completeness (the KV router) detect gap
 their own event ids; each message also carries the publisher's sequence number so the
 subscriber counts gaps it can see (`missed`).
 
+Every payload travels in NVIDIA Dynamo's event envelope (`encode_envelope`): a 5-byte
+frame header (version u8 = 1, body length u32 BE) then a msgpack map `{publisher_id,
+sequence, published_at (Unix ms), topic, payload (bin)}`; sequences start at 0 per
+publisher. tests/compat/test_vectors.py holds it to bytes Dynamo 1.6.1 emitted.
+
 Transports register by name (`zmq`, `nats`) and are imported lazily.
 """
 
@@ -16,8 +21,12 @@ import asyncio
 import importlib
 import logging
 import os
+import struct
+import time
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
+
+import msgspec
 
 if TYPE_CHECKING:
     from dynamo.runtime.discovery.base import KeyValueStore
@@ -28,9 +37,57 @@ DEFAULT_BUFFER = 4096  # events held per publisher before publish() starts dropp
 CLOSE_FLUSH_TIMEOUT = 1.0
 
 
-def channel_prefix(namespace: str, component: str, topic: str) -> str:
-    """Discovery prefix under which ZMQ publishers advertise (Dynamo's layout)."""
-    return f"v1/event_channels/{namespace}/{component}/{topic}/"
+FRAME_VERSION = 1
+_FRAME_HEADER = struct.Struct(">BI")  # version, body length
+
+
+class EventEnvelope(msgspec.Struct):
+    """Dynamo's envelope around every event-plane payload (field order is the wire order)."""
+
+    publisher_id: int  # the publishing process's instance id
+    sequence: int  # per publisher, from 0; a jump means events were lost
+    published_at: int  # Unix time in milliseconds
+    topic: str
+    payload: bytes
+
+
+_envelope_encoder = msgspec.msgpack.Encoder()
+_envelope_decoder = msgspec.msgpack.Decoder(EventEnvelope)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def encode_envelope(envelope: EventEnvelope) -> bytes:
+    body = _envelope_encoder.encode(envelope)
+    return _FRAME_HEADER.pack(FRAME_VERSION, len(body)) + body
+
+
+def decode_envelope(frame: bytes) -> EventEnvelope:
+    """Raises ValueError (or a msgspec error) on a frame that is not a version-1 envelope."""
+    if len(frame) < _FRAME_HEADER.size:
+        raise ValueError(f"event frame of {len(frame)} bytes has no header")
+    version, length = _FRAME_HEADER.unpack_from(frame)
+    if version != FRAME_VERSION or length != len(frame) - _FRAME_HEADER.size:
+        raise ValueError(f"event frame version {version}, length {length} of {len(frame) - _FRAME_HEADER.size}")
+    return _envelope_decoder.decode(memoryview(frame)[_FRAME_HEADER.size:])
+
+
+EVENT_CHANNELS = "v1/event_channels/"
+
+
+def channel_prefix(namespace: str, component: str) -> str:
+    """Discovery prefix under which a component's ZMQ publishers advertise, whatever their
+    topic or endpoint (Dynamo's layout: `namespace/{ns}/component/{comp}/...`)."""
+    return f"{EVENT_CHANNELS}namespace/{namespace}/component/{component}/"
+
+
+def channel_key(namespace: str, component: str, topic: str, instance_id: int, endpoint: str | None = None) -> str:
+    """One publisher's advert: `.../component/{comp}[/endpoint/{ep}]/topic/{topic}/{id:x}`;
+    Dynamo scopes its KV-event publisher to the worker's endpoint."""
+    scope = f"endpoint/{endpoint}/" if endpoint else ""
+    return f"{channel_prefix(namespace, component)}{scope}topic/{topic}/{instance_id:x}"
 
 
 def nats_subject(namespace: str, component: str, topic: str) -> str:
@@ -122,15 +179,15 @@ class QueuedSubscriber(EventSubscriber):
 class SendQueue:
     """Bounded buffer plus one sender task: decouples publish() from the socket.
 
-    `send(seq, payload)` is called in order. Sequence numbers are assigned on offer, so
-    a dropped event leaves a gap subscribers can count.
+    `send(seq, payload)` is called in order. Sequence numbers (from 0, as Dynamo's) are
+    assigned on offer, so a dropped event leaves a gap subscribers can count.
     """
 
     def __init__(self, send: Callable[[int, bytes], Awaitable[None]], name: str, maxsize: int = DEFAULT_BUFFER):
         self._send = send
         self._name = name
         self._queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue(maxsize)
-        self._seq = 0
+        self._seq = -1
         self.accepted = 0
         self.dropped = 0
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"event-send-{name}")
@@ -190,14 +247,16 @@ def _module(kind: str | None, store: "KeyValueStore"):
 
 
 async def create_publisher(
-    kind: str | None, store: "KeyValueStore", namespace: str, component: str, topic: str, instance_id: int
+    kind: str | None, store: "KeyValueStore", namespace: str, component: str, topic: str, instance_id: int,
+    endpoint: str | None = None,
 ) -> EventPublisher:
-    """Start a publisher of `topic` for this instance (ZMQ advertises itself in `store`)."""
-    return await _module(kind, store).create_publisher(store, namespace, component, topic, instance_id)
+    """Start a publisher of `topic` for this instance (ZMQ advertises itself in `store`,
+    scoped to `endpoint` when given, else to the component)."""
+    return await _module(kind, store).create_publisher(store, namespace, component, topic, instance_id, endpoint)
 
 
 async def create_subscriber(
     kind: str | None, store: "KeyValueStore", namespace: str, component: str, topic: str
 ) -> EventSubscriber:
-    """Start a subscriber of `topic` from every publisher in namespace/component."""
+    """Start a subscriber of `topic` from every publisher in namespace/component (any endpoint)."""
     return await _module(kind, store).create_subscriber(store, namespace, component, topic)

@@ -2,8 +2,8 @@
 
 Server: NATS_SERVER (default `nats://localhost:4222`; credentials may be embedded in
 the URL). Subject: `namespace.{ns}.component.{comp}.{topic}`, as NVIDIA Dynamo uses.
-The payload travels untouched; the publisher's instance id and sequence number ride in
-the `Dyn-Instance-Id` / `Dyn-Seq` headers (NATS >= 2.2).
+Each message is one framed Dynamo event envelope (`base.encode_envelope`), which
+carries the publisher's instance id and sequence number.
 """
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ import logging
 import os
 from typing import Callable
 
+import msgspec
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from dynamo.runtime.discovery.base import KeyValueStore
-from dynamo.runtime.event_plane.base import DEFAULT_BUFFER, QueuedPublisher, QueuedSubscriber, SendQueue, nats_subject
+from dynamo.runtime.event_plane.base import DEFAULT_BUFFER, EventEnvelope, QueuedPublisher, QueuedSubscriber, \
+    SendQueue, decode_envelope, encode_envelope, nats_subject, now_ms
 
 log = logging.getLogger(__name__)
 
-INSTANCE_HEADER = "Dyn-Instance-Id"
-SEQ_HEADER = "Dyn-Seq"
 CONNECT_TIMEOUT = 5.0
 RECONNECT_WAIT = 1.0
 
@@ -63,6 +63,7 @@ async def connect(name: str, on_link: Callable[[bool], None] | None = None) -> C
 class NatsPublisher(QueuedPublisher):
     def __init__(self, namespace: str, component: str, topic: str, instance_id: int):
         self.subject = nats_subject(namespace, component, topic)
+        self.topic = topic
         self.instance_id = instance_id
         self._nc: Client | None = None
         self._sender: SendQueue | None = None
@@ -72,8 +73,8 @@ class NatsPublisher(QueuedPublisher):
         self._sender = SendQueue(self._send, f"nats:{self.subject}", buffer)
 
     async def _send(self, seq: int, payload: bytes) -> None:
-        headers = {INSTANCE_HEADER: str(self.instance_id), SEQ_HEADER: str(seq)}
-        await self._nc.publish(self.subject, payload, headers=headers)
+        envelope = encode_envelope(EventEnvelope(self.instance_id, seq, now_ms(), self.topic, payload))
+        await self._nc.publish(self.subject, envelope)
 
     async def close(self) -> None:
         sender, self._sender = self._sender, None
@@ -108,15 +109,13 @@ class NatsSubscriber(QueuedSubscriber):
         self._set_link(up)
 
     async def _on_message(self, msg: Msg) -> None:
-        headers = msg.headers or {}
         try:
-            instance_id = int(headers.get(INSTANCE_HEADER, "0"))
-            seq = int(headers.get(SEQ_HEADER, "0"))
-        except ValueError:
-            log.warning("ignoring event with malformed headers on %s", self.subject)
+            envelope = decode_envelope(msg.data)
+        except (ValueError, msgspec.DecodeError) as exc:
+            log.warning("ignoring a malformed event on %s: %s", self.subject, exc)
             return
-        self._count_gap(instance_id, seq)
-        await self._queue.put((instance_id, msg.data))  # backpressure to nats' pending limits
+        self._count_gap(envelope.publisher_id, envelope.sequence)
+        await self._queue.put((envelope.publisher_id, envelope.payload))  # backpressure to nats' pending limits
 
     async def close(self) -> None:
         if self._closed:
@@ -127,7 +126,8 @@ class NatsSubscriber(QueuedSubscriber):
         self._end()
 
 
-async def create_publisher(store: KeyValueStore, namespace: str, component: str, topic: str, instance_id: int):
+async def create_publisher(store: KeyValueStore, namespace: str, component: str, topic: str, instance_id: int,
+                           endpoint: str | None = None):
     publisher = NatsPublisher(namespace, component, topic, instance_id)
     await publisher.start()
     return publisher

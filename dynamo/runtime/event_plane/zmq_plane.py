@@ -1,12 +1,15 @@
 """Brokerless event plane over ZMQ PUB/SUB (the default).
 
 Each publisher binds a PUB socket on `tcp://{DYN_EVENT_PLANE_HOST or 127.0.0.1}:0` and
-advertises the address under its lease at
-`v1/event_channels/{ns}/{component}/{topic}/{instance_id:x}`; subscribers watch that
-prefix and connect one SUB socket to every advertised publisher, disconnecting when an
-advert disappears (clean close, or lease expiry after a crash).
+advertises the address under its lease at Dynamo's key
+`v1/event_channels/namespace/{ns}/component/{comp}[/endpoint/{ep}]/topic/{topic}/{id:x}`
+with Dynamo's record `{type: "EventChannel", scope, topic, instance_id, transport: {kind:
+"Zmq", config: {endpoint}}}`; subscribers watch the component's prefix, connect one SUB
+socket to every advertised publisher of their topic, and disconnect when an advert
+disappears (clean close, or lease expiry after a crash).
 
-Frames: `[topic, instance_id u64 BE, seq u64 BE, payload]`.
+Frames (Dynamo's): `[topic, publisher_id u64 BE, sequence u64 BE, envelope]`, the
+envelope as `base.encode_envelope` frames it.
 
 Slow joiners: ZMQ PUB drops everything sent before a subscriber's connection is up
 (discovery latency plus the TCP handshake). Events published in that window are lost,
@@ -29,9 +32,14 @@ from dynamo.runtime.discovery.base import KeyValueStore
 from dynamo.runtime.event_plane.base import (
     DEFAULT_BUFFER,
     QueuedPublisher,
+    EventEnvelope,
     QueuedSubscriber,
     SendQueue,
+    channel_key,
     channel_prefix,
+    decode_envelope,
+    encode_envelope,
+    now_ms,
 )
 
 log = logging.getLogger(__name__)
@@ -39,13 +47,50 @@ log = logging.getLogger(__name__)
 _U64 = struct.Struct(">Q")
 
 
-class EventChannel(msgspec.Struct):
-    """The discovery record advertising one ZMQ publisher."""
+class ZmqConfig(msgspec.Struct):
+    endpoint: str  # tcp://host:port of the PUB socket
 
-    transport: str
-    address: str
-    instance_id: int
+
+class ChannelTransport(msgspec.Struct):
+    kind: str  # "Zmq"
+    config: ZmqConfig
+
+
+class EventChannel(msgspec.Struct, tag="EventChannel", tag_field="type"):
+    """The discovery record advertising one ZMQ publisher (Dynamo's field order)."""
+
+    scope: dict  # {"kind": "endpoint", "endpoint": {namespace, component, name}} or a component scope
     topic: str
+    instance_id: int
+    transport: ChannelTransport
+
+
+def channel_scope(namespace: str, component: str, endpoint: str | None) -> dict:
+    if endpoint:
+        return {"kind": "endpoint", "endpoint": {"namespace": namespace, "component": component, "name": endpoint}}
+    return {"kind": "component", "component": {"namespace": namespace, "name": component}}
+
+
+def encode_frames(topic: str, publisher_id: int, sequence: int, published_at: int, payload: bytes) -> list[bytes]:
+    """One message as Dynamo's ZMQ transport sends it."""
+    envelope = encode_envelope(EventEnvelope(publisher_id, sequence, published_at, topic, payload))
+    return [topic.encode(), _U64.pack(publisher_id), _U64.pack(sequence), envelope]
+
+
+def decode_frames(frames: list[bytes], topic: bytes) -> EventEnvelope | None:
+    """The envelope of a message of `topic`; None for another topic or a malformed message."""
+    if len(frames) != 4 or frames[0] != topic:
+        return None  # another topic sharing our prefix, or a foreign sender
+    try:
+        envelope = decode_envelope(frames[3])
+        header = (_U64.unpack(frames[1])[0], _U64.unpack(frames[2])[0])
+    except (ValueError, struct.error, msgspec.DecodeError) as exc:
+        log.debug("event plane: dropping a malformed %s frame: %s", topic, exc)
+        return None
+    if header != (envelope.publisher_id, envelope.sequence):
+        log.debug("event plane: dropping a %s frame whose header disagrees with its envelope", topic)
+        return None
+    return envelope
 
 
 def _advertised_host() -> tuple[str, str]:
@@ -57,14 +102,14 @@ def _advertised_host() -> tuple[str, str]:
 
 
 class ZmqPublisher(QueuedPublisher):
-    def __init__(self, store: KeyValueStore, namespace: str, component: str, topic: str, instance_id: int):
+    def __init__(self, store: KeyValueStore, namespace: str, component: str, topic: str, instance_id: int,
+                 endpoint: str | None = None):
         self.store = store
         self.topic = topic
         self.instance_id = instance_id
-        self.key = f"{channel_prefix(namespace, component, topic)}{instance_id:x}"
+        self.key = channel_key(namespace, component, topic, instance_id, endpoint)
+        self.scope = channel_scope(namespace, component, endpoint)
         self.address = ""
-        self._topic = topic.encode()
-        self._instance = _U64.pack(instance_id)
         self._sock: zmq.asyncio.Socket | None = None
         self._sender: SendQueue | None = None
 
@@ -78,11 +123,11 @@ class ZmqPublisher(QueuedPublisher):
         self._sock = sock
         self.address = f"tcp://{public_host}:{port}"
         self._sender = SendQueue(self._send, f"zmq:{self.topic}", buffer)
-        advert = EventChannel("zmq", self.address, self.instance_id, self.topic)
+        advert = EventChannel(self.scope, self.topic, self.instance_id, ChannelTransport("Zmq", ZmqConfig(self.address)))
         await self.store.put(self.key, msgspec.json.encode(advert))
 
     async def _send(self, seq: int, payload: bytes) -> None:
-        frames = [self._topic, self._instance, _U64.pack(seq), payload]
+        frames = encode_frames(self.topic, self.instance_id, seq, now_ms(), payload)
         await self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
 
     async def close(self) -> None:
@@ -104,7 +149,7 @@ class ZmqSubscriber(QueuedSubscriber):
         super().__init__()
         self.store = store
         self.topic = topic
-        self.prefix = channel_prefix(namespace, component, topic)
+        self.prefix = channel_prefix(namespace, component)
         self._topic = topic.encode()
         self._sock: zmq.asyncio.Socket | None = None
         self._connected: dict[str, tuple[int, str]] = {}  # advert key -> (instance id, address)
@@ -145,14 +190,17 @@ class ZmqSubscriber(QueuedSubscriber):
         except msgspec.DecodeError:
             log.warning("ignoring malformed event channel advert %s", key)
             return
+        if advert.topic != self.topic:
+            return  # another topic of this component
+        address = advert.transport.config.endpoint
         self._disconnect(key)
         try:
-            self._sock.connect(advert.address)
+            self._sock.connect(address)
         except zmq.ZMQError as exc:
-            log.warning("event plane: cannot connect to %s (%s): %s", advert.address, key, exc)
+            log.warning("event plane: cannot connect to %s (%s): %s", address, key, exc)
             return
-        self._connected[key] = (advert.instance_id, advert.address)
-        log.debug("event plane: %s connected to %s", self.topic, advert.address)
+        self._connected[key] = (advert.instance_id, address)
+        log.debug("event plane: %s connected to %s", self.topic, address)
 
     def _disconnect(self, key: str) -> None:
         entry = self._connected.pop(key, None)
@@ -167,11 +215,11 @@ class ZmqSubscriber(QueuedSubscriber):
     async def _receive(self) -> None:
         while True:
             frames = await self._sock.recv_multipart()
-            if len(frames) != 4 or frames[0] != self._topic:
-                continue  # another topic sharing our prefix, or a foreign sender
-            instance_id, seq = _U64.unpack(frames[1])[0], _U64.unpack(frames[2])[0]
-            self._count_gap(instance_id, seq)
-            await self._queue.put((instance_id, frames[3]))  # backpressure to the SUB HWM
+            envelope = decode_frames(frames, self._topic)
+            if envelope is None:
+                continue
+            self._count_gap(envelope.publisher_id, envelope.sequence)
+            await self._queue.put((envelope.publisher_id, envelope.payload))  # backpressure to the SUB HWM
 
     async def close(self) -> None:
         if self._closed:
@@ -185,8 +233,9 @@ class ZmqSubscriber(QueuedSubscriber):
         self._end()
 
 
-async def create_publisher(store: KeyValueStore, namespace: str, component: str, topic: str, instance_id: int):
-    publisher = ZmqPublisher(store, namespace, component, topic, instance_id)
+async def create_publisher(store: KeyValueStore, namespace: str, component: str, topic: str, instance_id: int,
+                           endpoint: str | None = None):
+    publisher = ZmqPublisher(store, namespace, component, topic, instance_id, endpoint)
     await publisher.start()
     return publisher
 
