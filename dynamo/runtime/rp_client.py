@@ -3,9 +3,10 @@ address, reused by every concurrent request to it.
 
 `open_stream()` sends a request and returns a `ResponseStream`; the connection's
 single reader (its protocol callbacks) pushes frames into the right stream, so no
-task exists per token. A stream that ends without `End`/`Error` raises
-`Disconnected`, which callers use to migrate requests; `CannotConnect` means the
-request never reached the worker.
+task exists per token. A stream that ends without `End`/`Error` (or that
+the worker cut at shutdown) raises `Disconnected`, which callers use to migrate
+requests; `CannotConnect` means the request never reached the worker. After a
+worker's `GoAway` its connection takes no new streams and is closed once idle.
 """
 
 from __future__ import annotations
@@ -109,10 +110,14 @@ class _ClientConnection(wire.FramedProtocol):
         self.streams: dict[int, ResponseStream] = {}
         self._on_lost = on_lost
         self._ids = itertools.count(1)
+        self.going_away = False  # the worker sent GoAway: no new streams here
 
     def on_frames(self, frames: list) -> None:
         streams = self.streams
         for frame in frames:
+            if type(frame) is wire.GoAway:
+                self.going_away = True
+                continue
             stream = streams.get(frame.sid)
             if stream is None:
                 continue
@@ -124,7 +129,15 @@ class _ClientConnection(wire.FramedProtocol):
                 stream._finish()
             elif kind is wire.Error:
                 del streams[frame.sid]
-                stream._finish(StreamError(frame.message, frame.code))
+                error = Disconnected(frame.message) if frame.code == wire.CUT else StreamError(frame.message, frame.code)
+                stream._finish(error)
+        if self.going_away and not streams:
+            self.close_idle()
+
+    def close_idle(self) -> None:
+        """A draining worker's connection with nothing left on it: close it (the worker waits for that)."""
+        if self.transport is not None and not self.closed:
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -144,6 +157,8 @@ class _ClientConnection(wire.FramedProtocol):
 
     def forget(self, sid: int) -> None:
         self.streams.pop(sid, None)
+        if self.going_away and not self.streams:
+            self.close_idle()
 
 
 def _connect_timeout() -> float:
@@ -162,7 +177,7 @@ class RequestPlaneClient:
         self, address: str, endpoint: str, payload: bytes, headers: dict[str, str] | None = None
     ) -> ResponseStream:
         conn = self._conns.get(address)
-        if conn is None or conn.closed:
+        if conn is None or conn.closed or conn.going_away:
             conn = await self._connect(address)
         return conn.open(endpoint, payload, headers)
 

@@ -6,10 +6,11 @@ A `Cancel` frame or a dropped connection cancels the request's task, which raise
 CancelledError inside the handler: that is how a client disconnect reaches the
 engine. Frames produced in one event-loop iteration are written with one syscall.
 
-Once draining (`stop_accepting`), a request arriving on a connection that is still
-open (its sender has not yet seen the worker leave discovery) ends at once with a
-`draining` error and never starts: the caller sends it elsewhere, so a scale-down
-cannot cut a request that was admitted after the drain began.
+Once draining (`stop_accepting`), each connection gets a `GoAway`, and a request
+arriving on one (sent before its caller saw the GoAway or the worker leaving
+discovery) ends at once with a `draining` error and never starts: the caller sends it
+elsewhere. `close()` keeps connections open until their callers close them (bounded),
+so a scale-down cannot lose a request to a connection reset.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from dynamo.runtime import wire
 log = logging.getLogger(__name__)
 
 _encode_item = msgspec.msgpack.Encoder().encode
+
+# After GoAway, how long a worker waits for its callers to close their connections.
+LINGER_SECONDS = 2.0
 
 
 class HandlerError(Exception):
@@ -173,9 +177,13 @@ class RequestPlaneServer:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop_accepting(self) -> None:
-        self.draining = True
+        """Drain mode: no new connections, GoAway on the open ones, new requests refused."""
         if self._server is not None:
             self._server.close()
+        if not self.draining:
+            self.draining = True
+            for conn in self.connections:
+                conn.send(wire.GoAway())
 
     async def drain(self, timeout: float) -> bool:
         """Wait up to `timeout` for in-flight requests to finish; True if all did."""
@@ -184,11 +192,19 @@ class RequestPlaneServer:
             await asyncio.sleep(0.05)
         return self.inflight() == 0
 
-    async def close(self) -> None:
+    async def close(self, linger: float = LINGER_SECONDS) -> None:
+        """Cut what still runs (its callers see a disconnect and can migrate it), then wait up to
+        `linger` for callers to close their idle connections after GoAway, so a request still on
+        its way is refused rather than lost to a reset; then close what is left."""
         await self.stop_accepting()
         for conn in list(self.connections):
             for sid in list(conn.tasks):
                 conn._cancel(sid)
+                conn.send(wire.Error(sid, "worker shut down before the request finished", wire.CUT))
+        deadline = asyncio.get_running_loop().time() + linger
+        while self.connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()
         if self._server is not None:
@@ -196,4 +212,3 @@ class RequestPlaneServer:
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
             except (asyncio.TimeoutError, Exception):
                 pass
-

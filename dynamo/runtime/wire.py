@@ -6,6 +6,8 @@ connection; each has a stream id chosen by the caller. A response stream is a
 sequence of `Data` frames closed by exactly one `End` (Dynamo's `complete_final`)
 or `Error`. A stream whose connection breaks before either is *disconnected*:
 the caller can tell it apart from a normal end and migrate the request.
+A draining worker sends `GoAway` on each connection and keeps it open until the caller
+closes it (bounded), so a request already in flight is refused, never lost to a reset.
 """
 
 from __future__ import annotations
@@ -51,7 +53,15 @@ class Error(msgspec.Struct, tag="err", array_like=True, gc=False):
     code: str = "internal"
 
 
-Frame = Request | Cancel | Data | End | Error
+class GoAway(msgspec.Struct, tag="goaway", array_like=True, gc=False):
+    """Server -> caller: this worker is draining. Send no new request on this connection
+    (one already on its way is answered with a `DRAINING` error) and close it once idle."""
+
+
+# Error code of a stream the worker cut at shutdown: to the caller it is a disconnect (migrate).
+CUT = "disconnected"
+
+Frame = Request | Cancel | Data | End | Error | GoAway
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Frame)
