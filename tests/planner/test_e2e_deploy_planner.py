@@ -52,6 +52,10 @@ def test_planner_component_scales_its_graph_under_deploy_run(tmp_path: Path, tin
         trickle.stop()
         assert burst.failures == [] and trickle.failures == [], (burst.failures[:3], trickle.failures[:3])
         assert burst.ok > 10 and trickle.ok > 3
+        # the graph really ran disaggregated: its prefill worker's card matches, prefills went remote
+        _, body = http_get(f"http://127.0.0.1:{run.port}/metrics")
+        assert metric_value(body.decode(), "dynamo_frontend_remote_prefills_total", {"model": MODEL}) > 0
+        assert "different model card" not in log()
         text = log()
         for role in scaled:  # each scaling went through the control endpoint, logged by the planner and `run`
             assert f"planner decision [load] {role} 1 -> 2 (applied)" in text, text[-4000:]
