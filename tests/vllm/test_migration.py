@@ -1,7 +1,7 @@
 """Token-exact migration with a real engine: 32 greedy streams over `dynamo.vllm`
-workers; one worker is SIGKILLed (or SIGTERMed with a grace shorter than the streams)
-mid-run, its streams move to the others, and every stream's text equals what the
-uninterrupted run produced."""
+workers (every eighth with n=2 and logprobs); one worker is SIGKILLed (or SIGTERMed
+with a grace shorter than the streams) mid-run, its streams move to the others, and
+every choice's text (and logprob tokens) equals what the uninterrupted run produced."""
 
 from __future__ import annotations
 
@@ -43,10 +43,20 @@ def cluster(vllm_python, vllm_model, tmp_path_factory):
         c.stop()
 
 
-def one_stream(base_url: str, i: int, progress: list[int]) -> str:
-    body = {"model": MODEL, "prompt": PROMPTS[i], "max_tokens": MAX_TOKENS, "temperature": 0, "stream": True,
-            "ignore_eos": True}
-    text = []
+def sampled_params(i: int) -> dict:
+    """Every eighth stream asks for n=2 with logprobs: sampled (n > 1 needs temperature > 0) but
+    with top_k=1, so each choice is still the greedy continuation and an exact oracle holds."""
+    if i % 8 == 3:
+        return {"n": 2, "temperature": 1.0, "top_k": 1, "logprobs": 1}
+    return {"temperature": 0}
+
+
+def one_stream(base_url: str, i: int, progress: list[int]) -> dict:
+    """Per choice index: its text, its tokens' logprobs (when asked) as (token, logprob) pairs."""
+    body = {"model": MODEL, "prompt": PROMPTS[i], "max_tokens": MAX_TOKENS, "stream": True, "ignore_eos": True,
+            **sampled_params(i)}
+    text: dict[int, list[str]] = {}
+    logprobs: dict[int, list[tuple[str, float]]] = {}
     with httpx.Client(timeout=300) as client, client.stream("POST", base_url + "/v1/completions", json=body) as resp:
         assert resp.status_code == 200, resp.read()
         for line in resp.iter_lines():
@@ -55,9 +65,25 @@ def one_stream(base_url: str, i: int, progress: list[int]) -> str:
             chunk = json.loads(line[6:])
             assert "error" not in chunk, chunk
             for choice in chunk.get("choices", []):
-                text.append(choice["text"])
+                text.setdefault(choice["index"], []).append(choice["text"])
+                if choice.get("logprobs"):
+                    got = choice["logprobs"]
+                    logprobs.setdefault(choice["index"], []).extend(zip(got["tokens"], got["token_logprobs"]))
                 progress[i] += 1
-    return "".join(text)
+    return {"text": {k: "".join(v) for k, v in text.items()}, "logprobs": logprobs}
+
+
+def same_output(got: dict, want: dict) -> bool:
+    """Texts equal; logprob tokens equal, values equal up to batch-order float noise."""
+    if got["text"] != want["text"] or got["logprobs"].keys() != want["logprobs"].keys():
+        return False
+    for k, pairs in want["logprobs"].items():
+        mine = got["logprobs"][k]
+        if [t for t, _ in mine] != [t for t, _ in pairs]:
+            return False
+        if any(abs(a - b) > 0.05 for (_, a), (_, b) in zip(mine, pairs)):
+            return False
+    return True
 
 
 def run_streams(base_url: str, during=None) -> list[str]:
@@ -93,8 +119,13 @@ def interrupt(cluster, sig: int):
 
 
 def test_reference_run_is_complete(cluster):
-    assert len(cluster.reference) == STREAMS and all(cluster.reference)
-    assert len(set(cluster.reference)) > 1  # distinct prompts, distinct continuations
+    assert len(cluster.reference) == STREAMS
+    texts = [ref["text"][0] for ref in cluster.reference]
+    assert all(texts) and len(set(texts)) > 1  # distinct prompts, distinct continuations
+    for i, ref in enumerate(cluster.reference):
+        if sampled_params(i).get("n") == 2:
+            assert ref["text"][0] == ref["text"][1]  # top_k=1: both choices greedy
+            assert all(len(ref["logprobs"][k]) == MAX_TOKENS for k in (0, 1)), ref["logprobs"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
@@ -103,7 +134,7 @@ def test_streams_of_a_stopped_worker_migrate_token_exact(cluster, sig):
     during, victim = interrupt(cluster, sig)
     texts = run_streams(cluster.base_url, during)
     moved = migrations(cluster) - before
-    mismatched = [i for i in range(STREAMS) if texts[i] != cluster.reference[i]]
+    mismatched = [i for i in range(STREAMS) if not same_output(texts[i], cluster.reference[i])]
     assert mismatched == [], [(texts[i], cluster.reference[i]) for i in mismatched[:3]]
     assert moved >= 1, "no stream was migrated"
     worker = victim["worker"]
