@@ -25,7 +25,8 @@ from dynamo.runtime.rp_client import RequestPlaneClient
 from tests.fixtures.procs import REPO, http_get, metric_value, wait_until
 from tests.vllm.conftest import MODEL, VllmCluster, metrics, offline_reference, reference_result, wait_healthy
 
-pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow]
+# Engine start-ups in the module fixture count against the first test: minutes on a busy 2-core box.
+pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 MAX_TOKENS = 16
 OTHER = "tiny999"

@@ -15,7 +15,8 @@ import pytest
 from tests.fixtures.procs import metric_value, wait_until
 from tests.vllm.conftest import ENGINE_START_TIMEOUT, MODEL, VllmCluster, health, metrics, wait_healthy
 
-pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow]
+# Engine start-ups in the module fixture count against the first test: minutes on a busy 2-core box.
+pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 @pytest.fixture(scope="module")

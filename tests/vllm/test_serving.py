@@ -26,7 +26,8 @@ from tests.fixtures.procs import http_get, metric_value, wait_until
 from tests.vllm.conftest import (BLOCK_SIZE, MAX_MODEL_LEN, MODEL, VllmCluster, metrics, offline_reference,
                                  reference_result, wait_healthy)
 
-pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow]
+# Engine start-ups in the module fixture count against the first test: minutes on a busy 2-core box.
+pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 MAX_TOKENS = 24
 REQUEST_LIMIT = 10
