@@ -8,7 +8,12 @@ event loop let through), the frontend's RSS before / peak / after (sampled from 
 and how fast an over-limit body gets its 413 however it is sent (declared Content-Length
 with no body, declared and streamed, chunked), and whether the server then closes.
 
-    .venv/bin/python benchmarks/stall_probe.py [--sizes-mb 12 24 40] [--anchor]
+    .venv/bin/python benchmarks/stall_probe.py [--sizes-mb 12 24 40] [--anchor] [--sender-cpu 1]
+
+`--sender-cpu N` runs the huge-prompt sender on CPU N and everything else (frontend,
+mocker, the "hi" probe) on the other CPUs: on a small box this separates "the server
+stalls small requests" from "the load generator takes the CPU they need" (in production
+the client that uploads 40 MB is another machine).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import argparse
 import asyncio
 import http.client
 import json
+import os
 import socket
 import sys
 import tempfile
@@ -81,8 +87,22 @@ def huge_body(mb: int) -> bytes:
     return json.dumps({"model": "tiny", "messages": [{"role": "user", "content": text}], "max_tokens": 4}).encode()
 
 
+SENDER_CPU: int | None = None
+
+
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Every thread of `pid` (affinity is per thread on Linux)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:
+            pass
+
+
 def huge_request(port: int, mb: int, body: bytes, timeout: float) -> tuple:
     """Blocking, in a thread: the probe's event loop must not be the one stalled by sending."""
+    if SENDER_CPU is not None:
+        os.sched_setaffinity(0, {SENDER_CPU})  # this thread only
     start = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -196,7 +216,14 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=60.0, help="per huge request")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds before the RSS 'after' sample")
     parser.add_argument("--anchor", action="store_true", help="run NVIDIA Dynamo 1.6.1 from .venv-anchor instead")
+    parser.add_argument("--sender-cpu", type=int, default=None,
+                        help="run the huge-prompt sender on this CPU and everything else on the others")
     args = parser.parse_args()
+    global SENDER_CPU
+    SENDER_CPU = args.sender_cpu
+    rest = (os.sched_getaffinity(0) - {args.sender_cpu}) if args.sender_cpu is not None else None
+    if rest is not None:
+        os.sched_setaffinity(0, rest)
     repo = Path(__file__).resolve().parents[1]
     tmp = Path(tempfile.mkdtemp(prefix="dynamo-stall-"))
     model = build_tiny_model(tmp / "tiny", weights=False)
@@ -215,6 +242,9 @@ def main() -> None:
         cluster.mocker("--speedup-ratio", "1000", system_port=False)
         frontend = cluster.frontend()
         wait_until(lambda: cluster.models() == ["tiny"], 120, "model listed")
+        if rest is not None:
+            for proc in cluster.procs:
+                pin_process(proc.pid, rest)
         url = cluster.base_url + "/v1/chat/completions"
         asyncio.run(stall_phase(url, cluster.http_port, [], args.tick, 1.0, args.timeout))  # warm up
         lag0 = loop_lag(cluster.base_url, args.anchor)
