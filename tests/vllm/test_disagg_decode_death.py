@@ -3,17 +3,17 @@ engines, one prefill and two decode `dynamo.vllm` workers (KV over our TCP trans
 with `--migration-limit 3 --enforce-disagg`. Greedy streams run once uninterrupted (the
 reference), then again while the decode worker holding the most of them is SIGKILLed mid-stream:
 its streams continue on the other decode worker (which prefills prompt + tokens so far itself)
-and every stream's text equals the reference. Engines start once for the module."""
+and every stream's output (text, and logprob tokens where asked; see `test_migration`) equals the
+reference. Engines start once for the module."""
 
 from __future__ import annotations
-
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from tests.fixtures.procs import http_get, metric_value, wait_until
 from tests.vllm.conftest import MODEL, VllmCluster, metrics, wait_healthy
-from tests.vllm.test_migration import inflight, one_stream
+from tests.vllm.test_migration import inflight, same_output
+from tests.vllm.test_migration import run_streams as run_migration_streams
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -21,13 +21,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.t
 STREAMS = 16  # each is prefilled remotely, then decoded: half of the aggregated test's 32 keeps it in budget
 
 
-def run_streams(base_url: str, during=None) -> list[str]:
-    progress = [0] * STREAMS
-    with ThreadPoolExecutor(STREAMS) as pool:
-        futures = [pool.submit(one_stream, base_url, i, progress) for i in range(STREAMS)]
-        if during is not None:
-            during(progress)
-        return [f.result(timeout=600) for f in futures]
+def run_streams(base_url: str, during=None) -> list[dict]:
+    return run_migration_streams(base_url, during, STREAMS)
 
 
 def frontend_metric(url: str, name: str, labels: dict) -> float:
@@ -54,7 +49,8 @@ def cluster(vllm_python, vllm_model, tmp_path_factory):
 
 def test_decode_worker_killed_mid_stream_migrates_token_exact(cluster):
     url = cluster.base_url
-    assert all(cluster.reference) and len(set(cluster.reference)) > 1
+    texts = [ref["text"][0] for ref in cluster.reference]
+    assert all(texts) and len(set(texts)) > 1
     assert frontend_metric(url, "dynamo_frontend_remote_prefills_total", {"model": MODEL}) >= len(cluster.reference)
     before = frontend_metric(url, "dynamo_frontend_model_migration_total", {"migration_type": "ongoing_request"})
     victim = {}
@@ -66,12 +62,12 @@ def test_decode_worker_killed_mid_stream_migrates_token_exact(cluster):
         victim["worker"] = worker
         worker.kill()
 
-    texts = run_streams(url, during)
+    outputs = run_streams(url, during)
     moved = frontend_metric(url, "dynamo_frontend_model_migration_total",
                             {"migration_type": "ongoing_request"}) - before
-    mismatched = [i for i, text in enumerate(texts) if text != cluster.reference[i]]
+    mismatched = [i for i, got in enumerate(outputs) if not same_output(got, cluster.reference[i])]
     print(f"{moved:.0f} of {STREAMS} streams migrated off the killed decode worker")
-    assert mismatched == [], [(texts[i], cluster.reference[i]) for i in mismatched[:3]]
+    assert mismatched == [], [(outputs[i], cluster.reference[i]) for i in mismatched[:3]]
     assert moved >= 1, "no stream was migrated"
     survivor = next(d for d in cluster.decoders if d is not victim["worker"])
     assert survivor.alive() and cluster.prefill.alive()

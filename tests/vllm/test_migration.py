@@ -86,10 +86,11 @@ def same_output(got: dict, want: dict) -> bool:
     return True
 
 
-def run_streams(base_url: str, during=None) -> list[str]:
-    progress = [0] * STREAMS
-    with ThreadPoolExecutor(STREAMS) as pool:
-        futures = [pool.submit(one_stream, base_url, i, progress) for i in range(STREAMS)]
+def run_streams(base_url: str, during=None, streams: int = STREAMS) -> list[dict]:
+    """`streams` concurrent streams (each `one_stream`); `during(progress)` runs while they do."""
+    progress = [0] * streams
+    with ThreadPoolExecutor(streams) as pool:
+        futures = [pool.submit(one_stream, base_url, i, progress) for i in range(streams)]
         if during is not None:
             during(progress)
         return [f.result(timeout=600) for f in futures]
