@@ -105,11 +105,14 @@ def test_operator_discovery_without_etcd_fails_fast_with_one_line(tiny_model, mo
     proc = start(module, args, {"DYN_DISCOVERY_BACKEND": "kubernetes",
                                 "ETCD_ENDPOINTS": f"http://127.0.0.1:{free_port()}"})
     try:
-        out, _ = proc.communicate(timeout=60)
+        out, _ = proc.communicate(timeout=180)
     finally:
         proc.kill()
     assert proc.returncode == 3, out
-    assert time.monotonic() - began < 45
+    # Fast means the first-contact deadline (10 s) plus start-up, not an endless retry; start-up
+    # alone can take tens of seconds on a loaded 2-core box, so the bound is generous.
+    assert time.monotonic() - began < 150
+    assert "after 10s" in out, out
     errors = [line for line in out.splitlines() if " ERROR " in line]
     assert len(errors) == 1, out
     assert "set ETCD_ENDPOINTS" in errors[0] and "nvidia.com/dynamo-discovery-backend: etcd" in errors[0]
