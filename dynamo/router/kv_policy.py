@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+import uuid
 
 from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.router.config import KvRouterConfig
@@ -88,7 +89,7 @@ class KvPolicy:
         self.feeds = KvEventFeeds(host.store, host.client, host.event_plane)
         self.feeds.on_link_change = self._on_event_plane_change
         if self.config.router_replica_sync:
-            self.sync = ReplicaSync.shared(host.store, host.event_plane, host.instance_id, self._router_for)
+            self.sync = ReplicaSync(host.store, host.event_plane, uuid.uuid4().hex, host.instance_id, self._router_for)
         self.metrics = RouterMetrics.attach(host.registry, host.metrics_prefix, self._rows,
                                             lambda: dict(self.feeds.counts) if self.feeds else {})
 

@@ -6,7 +6,6 @@ the routers at scrape time by a collector, so routing pays nothing for it.
 
 from __future__ import annotations
 
-import weakref
 from typing import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -20,10 +19,8 @@ _BLOCKS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)
 
 
 class RouterMetrics:
-    """Per-registry singleton (several routing policies in one process share the families);
+    """The router's metric families on one registry (the process's one routing policy owns them);
     each source's `rows()` yields (model, KvRouter, mode in effect) at scrape time."""
-
-    _shared: "weakref.WeakKeyDictionary[CollectorRegistry, RouterMetrics]" = weakref.WeakKeyDictionary()
 
     def __init__(self, registry: CollectorRegistry, prefix: str) -> None:
         self.decision = Histogram(f"{prefix}_router_decision_seconds", "Time to pick a worker (hash, match, cost)",
@@ -37,9 +34,7 @@ class RouterMetrics:
     def attach(cls, registry: CollectorRegistry, prefix: str,
                rows: Callable[[], Iterable[tuple[str, KvRouter, str]]],
                counts: Callable[[], dict[str, int]] | None = None) -> "RouterMetrics":
-        metrics = cls._shared.get(registry)
-        if metrics is None:
-            metrics = cls._shared[registry] = cls(registry, prefix)
+        metrics = cls(registry, prefix)
         metrics.collector.sources.append((rows, counts or dict))
         return metrics
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
-import weakref
 from typing import Callable, Literal
 
 import msgspec
@@ -48,8 +46,6 @@ _decode = msgspec.msgpack.Decoder(ActiveSequenceEvent).decode
 class ReplicaSync:
     """`router_for(model)` gives the local KvRouter of a model (None: not routed here)."""
 
-    _shared: "weakref.WeakKeyDictionary[object, ReplicaSync]" = weakref.WeakKeyDictionary()
-
     def __init__(self, store, kind: str | None, router_id: str, instance_id: int,
                  router_for: Callable[[str], KvRouter | None]) -> None:
         self.store = store
@@ -64,18 +60,6 @@ class ReplicaSync:
         self._tasks: list[asyncio.Task] = []
         self._remote: dict[str, tuple[str, float]] = {}  # request_id -> (model, booked at)
         self._starting: set[tuple[str, str]] = set()
-
-    @classmethod
-    def shared(cls, store, kind: str | None, instance_id: int,
-               router_for: Callable[[str], KvRouter | None]) -> "ReplicaSync":
-        """One per process (one publisher per topic and instance); each routing policy adds
-        its own model -> router lookup."""
-        sync = cls._shared.get(store)
-        if sync is None:
-            sync = cls._shared[store] = cls(store, kind, uuid.uuid4().hex, instance_id, router_for)
-        elif router_for not in sync._lookups:
-            sync._lookups.append(router_for)
-        return sync
 
     def router_for(self, model: str) -> KvRouter | None:
         for lookup in self._lookups:
@@ -149,8 +133,6 @@ class ReplicaSync:
         if self._closed:
             return
         self._closed = True
-        if self._shared.get(self.store) is self:
-            del self._shared[self.store]
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
