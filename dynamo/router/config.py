@@ -22,13 +22,15 @@ class KvRouterConfig:
         env="DYN_OVERLAP_SCORE_WEIGHT",
         flag=["--kv-overlap-score-weight", "--router-kv-overlap-score-weight"],
     )
-    # Default 'dynamo': under load the online-fitted 'ttft' cost was seen to send a request away from
-    # the worker holding its prefix (router-service e2e, about 1 run in 4), and it did not beat the
-    # classic cost in benchmarks/routing_quality.py; it stays available as an option.
+    # Default 'ttft': in benchmarks/routing_quality.py it beats the classic cost on prefix groups and on
+    # long shared prefixes near saturation (p99); its prefill slope never fits below the prior, so noisy
+    # TTFTs on a loaded host cannot make it ignore cache hits. A deployment or request that tunes
+    # Dynamo's cost (overlap weight other than 1, a temperature, a per-request override) gets it.
     router_cost_model: str = setting(
-        "dynamo", "Worker cost: 'dynamo' = NVIDIA Dynamo's classic overlap_score_weight * prefill_blocks + "
-        "decode_blocks; 'ttft' = predicted time to first token (queued prefill, new prefill after cache "
-        "hits, decode load), fitted online to observed TTFTs", choices=["ttft", "dynamo"])
+        "ttft", "Worker cost: 'ttft' = predicted time to first token (queued prefill, new prefill after cache "
+        "hits, decode load), fitted online to observed TTFTs; 'dynamo' = NVIDIA Dynamo's classic "
+        "overlap_score_weight * prefill_blocks + decode_blocks (also used whenever --kv-overlap-score-weight is "
+        "not 1 or --router-temperature is set)", choices=["ttft", "dynamo"])
     router_temperature: float = setting(
         0.0, "Softmax sampling temperature over worker costs (0 = argmin)", env="DYN_ROUTER_TEMPERATURE"
     )

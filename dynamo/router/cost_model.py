@@ -28,7 +28,11 @@ PRIOR = (0.02, 0.0152, 0.028, 0.005)
 PRIOR_WEIGHT = 4.0  # pseudo-observations holding the fit to the prior until data says otherwise
 DECAY = 0.995  # per observation: about the last 200 requests count
 REFIT_EVERY = 8
-MIN_SLOPE_FRACTION = 0.1  # a fitted slope stays above this share of its prior: more work is never faster
+# A fitted slope stays above this share of its prior: more work is never faster. The prefill slope
+# (what a cache hit saves) never fits below its prior: on a loaded host, observed TTFTs are noisy
+# enough that the fit can talk itself into "cache hits barely matter" and send a request away from
+# the worker holding its prefix; faster-than-prior prefill is rare (the prior is H100-fitted).
+MIN_SLOPE_FRACTION = (1.0, 0.1, 0.1)
 
 
 def features(prefill_tokens: int, usage: float, requests: int) -> tuple[float, float, float, float]:
@@ -77,7 +81,8 @@ class TtftModel:
         b = [self._xy[i] + PRIOR_WEIGHT * self.prior[i] for i in range(n)]
         solved = _solve(a, b)
         if solved is not None:
-            self.coef = [solved[0]] + [max(c, MIN_SLOPE_FRACTION * p) for c, p in zip(solved[1:], self.prior[1:])]
+            slopes = zip(solved[1:], self.prior[1:], MIN_SLOPE_FRACTION)
+            self.coef = [solved[0]] + [max(c, floor * p) for c, p, floor in slopes]
 
 
 def _solve(a: list[list[float]], b: list[float]) -> list[float] | None:

@@ -36,6 +36,8 @@ from dynamo.router.selector import (
 )
 
 log = logging.getLogger(__name__)
+# KV blocks assumed for a worker when no candidate's size is known (the engines' default, as Dynamo's mocker).
+NOMINAL_KV_BLOCKS = 16384
 
 __all__ = ["KvRouter", "Selection", "NoWorkers", "AllWorkersBusy"]
 
@@ -192,7 +194,7 @@ class KvRouter:
                 self._stats["busy_rejections"] += 1
                 raise AllWorkersBusy("All workers are busy, please retry later")
             potentials = {k: potentials[k] for k in candidates}
-        ttft = self.config.router_cost_model == "ttft" and override is None  # overrides speak Dynamo's cost
+        ttft = self._uses_ttft_cost(override, weight, temperature)
         if ttft:
             x_of = self._features(potentials)
             active = self.active
@@ -207,21 +209,34 @@ class KvRouter:
         return Selection(worker_id, dp_rank, overlaps.get(chosen, 0), math.ceil(isl / self.block_size), logits, x,
                          own)
 
+    def _uses_ttft_cost(self, override, weight: float, temperature: float) -> bool:
+        """The `ttft` cost unless the request or the deployment tunes Dynamo's cost: a per-request
+        override, an overlap weight other than 1 or a sampling temperature speak Dynamo's units."""
+        return (self.config.router_cost_model == "ttft" and override is None and weight == 1.0
+                and temperature == 0.0)
+
     def _features(self, potentials: Mapping[WorkerKey, tuple[int, int]]):
         """Features of the ttft cost model per candidate: prefill tokens queued + new, KV usage after
         booking, running requests. Usage counts our own bookings (shared between replicas), not the
         workers' reports: those lag by a publish interval and would hold freed blocks against the
-        worker that just served a prefix (they still feed busy detection)."""
+        worker that just served a prefix (they still feed busy detection). A worker whose KV size is
+        not known yet (no card capacity, no load report) is measured against the largest size known
+        among the candidates: "unknown" must not read as "empty"."""
+        totals = {key: self._total_kv_blocks(key) for key in potentials}
+        fallback = max((t for t in totals.values() if t), default=NOMINAL_KV_BLOCKS)
+
         def x_of(key: WorkerKey) -> tuple[float, ...]:
             blocks, tokens = potentials[key]
-            capacity = self._capacity.get(key[0])
-            total = capacity.total_kv_blocks if capacity and capacity.total_kv_blocks else None
-            reported = self._reported.get(key)
-            if reported is not None and reported.kv_total_blocks:
-                total = reported.kv_total_blocks
-            usage = blocks / total if total else 0.0  # over 1: the request waits for blocks to free
+            usage = blocks / (totals.get(key) or fallback)  # over 1: the request waits for blocks to free
             return features(tokens, usage, self.active.requests(key))
         return x_of
+
+    def _total_kv_blocks(self, key: WorkerKey) -> int | None:
+        reported = self._reported.get(key)
+        if reported is not None and reported.kv_total_blocks:
+            return reported.kv_total_blocks
+        capacity = self._capacity.get(key[0])
+        return capacity.total_kv_blocks if capacity and capacity.total_kv_blocks else None
 
     def _effective(self, override: RouterConfigOverride | Mapping[str, Any] | None) -> tuple[float, float]:
         weight, temperature = self.config.overlap_score_weight, self.config.router_temperature

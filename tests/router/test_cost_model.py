@@ -107,3 +107,15 @@ def test_a_lagging_load_report_does_not_push_a_prefix_off_its_holder():
     store_prompt(r, 2, prefix)
     r.update_metrics(LoadMetrics(worker_id=2, kv_active_blocks=40, kv_total_blocks=64))
     assert r.select(prefix + list(range(500, 540))).worker_id == 2
+
+
+def test_a_worker_of_unknown_size_is_not_taken_for_an_empty_one():
+    # The router service learnt one worker's KV size and not yet the other's: the unknown one must be
+    # measured like its peer, or its bookings cost nothing and it wins over the prefix holder.
+    r = KvRouter(BS, KvRouterConfig(), rng=random.Random(3))
+    r.add_worker(1, total_kv_blocks=64)
+    r.add_worker(2)
+    prompt = list(range(28))  # 7 blocks, 6 of them cached on worker 1
+    store_prompt(r, 1, prompt[:24])
+    sel = r.select(prompt)
+    assert sel.worker_id == 1 and sel.overlap_blocks == 6 and sel.features is not None
