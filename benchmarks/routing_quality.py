@@ -98,19 +98,22 @@ def _conversations(rng: random.Random, args) -> list[list[list[int]]]:
     return out
 
 
-async def run_users(url: str, plan: list[list[list[int]]], max_tokens: int) -> Result:
+async def run_users(url: str, plan: list[list[list[int]]], max_tokens: int, think_ms: float = 0.0,
+                    seed: int = 0) -> Result:
     result = Result()
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
         await stream_one(session, url, {"model": "tiny", "prompt": [7] * 40, "max_tokens": 2}, Result())
 
-        async def user(prompts: list[list[int]]) -> None:
+        async def user(prompts: list[list[int]], pause: random.Random) -> None:
             for prompt in prompts:
+                if think_ms > 0:  # a person reads the answer before the next turn (same pauses, every stack)
+                    await asyncio.sleep(pause.uniform(0, think_ms) / 1e3)
                 body = {"model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True}
                 await stream_one(session, url, body, result)
 
         start = time.perf_counter()
-        await asyncio.gather(*(user(p) for p in plan))
+        await asyncio.gather(*(user(p, random.Random(seed * 1000 + u)) for u, p in enumerate(plan)))
         result.elapsed = time.perf_counter() - start
     return result
 
@@ -188,7 +191,8 @@ def run_once(stack: str, spec: str, model: Path, plan, args) -> dict:
             cluster.wait_workers("tiny", 2, timeout=120)
         procs = [frontend, *workers]
         cpu = [cpu_seconds(p.pid) for p in procs]
-        res = asyncio.run(run_users(cluster.base_url + "/v1/completions", plan, args.max_tokens))
+        res = asyncio.run(run_users(cluster.base_url + "/v1/completions", plan, args.max_tokens, args.think_ms,
+                                    args.seed))
         cpu = [(cpu_seconds(p.pid) - c) * 1e3 / max(res.requests, 1) for p, c in zip(procs, cpu)]
         served = [_count(w) for w in workers]
         if args.engine == "vllm":
@@ -268,6 +272,9 @@ def main() -> None:
     for name in ("requests", "concurrency", "groups", "prefix_tokens", "suffix_tokens", "blocks"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=None)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--think-ms", type=float, default=0.0,
+                        help="each user pauses uniform(0, this) ms before each request (0: closed loop, users "
+                        "that start together stay in step and reach the workers in bursts)")
     parser.add_argument("--block-size", type=int, default=64)
     parser.add_argument("--speedup", default="1")
     parser.add_argument("--seed", type=int, default=0)
@@ -302,7 +309,8 @@ def main() -> None:
     n = sum(len(p) for p in plan)
     print_table(f"routing quality, workload {args.workload}: {n} streaming completions x {args.rounds} round(s), "
                 f"{args.groups} groups x {args.prefix_tokens}-token prefixes + {args.suffix_tokens}-token suffixes, "
-                f"{args.max_tokens} output tokens, {args.concurrency} users, "
+                f"{args.max_tokens} output tokens, {args.concurrency} users"
+                + (f" (think time U(0, {args.think_ms:.0f}) ms)" if args.think_ms else "") + ", "
                 + (f"2 vLLM CPU workers (block size {args.block_size})" if args.engine == "vllm" else
                    f"2 mockers x {args.blocks} blocks of {args.block_size} (speedup {args.speedup})")
                 + "; median [min-max] over rounds",

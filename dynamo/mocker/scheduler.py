@@ -159,8 +159,9 @@ class Scheduler:
                 self._wake.clear()
                 await self._wake.wait()
                 clock = busy_since = loop.time()
-                continue
-            batch, seconds = self.schedule()
+                batch, seconds = self.schedule(admit_limit=1)
+            else:
+                batch, seconds = self.schedule()
             if not batch:  # nothing runnable (should not happen): back off instead of spinning
                 await asyncio.sleep(_MIN_SLEEP_S)
                 continue
@@ -172,8 +173,11 @@ class Scheduler:
             await asyncio.sleep(clock - now if clock - now >= _MIN_SLEEP_S else 0)
             self.complete(batch)
 
-    def schedule(self) -> tuple[list[tuple[Sequence, int]], float]:
-        """Pick this step's work: [(sequence, tokens to compute)] and its simulated duration."""
+    def schedule(self, admit_limit: int | None = None) -> tuple[list[tuple[Sequence, int]], float]:
+        """Pick this step's work: [(sequence, tokens to compute)] and its simulated duration.
+        `admit_limit`: the most waiting requests admitted. The first step after idle admits one, as
+        Dynamo's mocker does (an idle engine starts on the request that woke it; what arrived
+        with it waits for the next step), so a burst at an idle worker is timed as there."""
         batch: list[tuple[Sequence, int]] = []
         budget, prefill_tokens, decoding = self.max_batched, 0, False
         preemptions = self.num_preemptions
@@ -195,7 +199,8 @@ class Scheduler:
             i += 1
         # After a preemption the cache is full: admitting now would only thrash (as vLLM).
         admit = self.num_preemptions == preemptions
-        while admit and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+        limit = self.max_num_seqs if admit_limit is None else min(self.max_num_seqs, len(self.running) + admit_limit)
+        while admit and self.waiting and budget > 0 and len(self.running) < limit:
             admitted = self._admit(self.waiting[0], budget)
             if admitted is None:
                 break

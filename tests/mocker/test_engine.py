@@ -223,9 +223,11 @@ async def test_forward_pass_metrics_per_step_and_idle_heartbeat(make_engine):
     steps = [f for f in fpms if not f.idle]
     assert steps and all(f.worker_id == "abc" for f in fpms)
     assert [f.counter_id for f in fpms] == list(range(1, len(fpms) + 1))
-    first = steps[0].scheduled_requests
-    assert first.num_prefill_requests == 3 and first.sum_prefill_tokens == 60  # 3 prompts of 20, one step
-    decode = [f.scheduled_requests for f in steps if f.scheduled_requests.num_decode_requests]
-    assert decode and decode[0].num_decode_requests == 3 and decode[0].sum_decode_kv_tokens == 3 * 21
+    # The idle engine starts on the request that woke it (as Dynamo's mocker); the other two join next step.
+    first, second = steps[0].scheduled_requests, steps[1].scheduled_requests
+    assert first.num_prefill_requests == 1 and first.sum_prefill_tokens == 20
+    assert (second.num_prefill_requests, second.sum_prefill_tokens, second.num_decode_requests) == (2, 40, 1)
+    decode = [f.scheduled_requests for f in steps if f.scheduled_requests.num_decode_requests == 3]
+    assert decode and decode[0].sum_decode_kv_tokens == 22 + 21 + 21  # the first is one token ahead
     assert fpms[-1].idle and fpms[-1].wall_time == 0.0
     assert engine.scheduler.num_steps == len(steps)

@@ -1,5 +1,8 @@
 """Scheduler steps driven by hand (no event loop task): schedule() then complete()."""
 
+import asyncio
+import contextlib
+
 import pytest
 
 from dynamo.mocker.args import MockerArgs
@@ -176,3 +179,25 @@ def test_first_token_reported_once_per_request_with_engine_side_ttft():
         step(sched)
     assert len(seen) == 2 and all(0 <= t < 60 for t in seen)
     assert sched.num_preemptions > 0  # the tiny cache preempted one: its recompute is not a new first token
+
+
+async def test_an_idle_engine_starts_on_the_request_that_woke_it():
+    # As Dynamo's mocker: a burst reaching an idle engine is not one batched prefill; the first request
+    # runs alone and the rest join at the next step. A busy engine admits everything waiting.
+    sched, _ = make(speedup=100.0)
+    steps = []
+    sched.on_forward_pass = lambda fpm: steps.append(fpm.scheduled_requests.num_prefill_requests)
+    task = asyncio.create_task(sched.run())
+    await asyncio.sleep(0.01)  # the engine is up and idle before the burst
+    try:
+        burst = [seq(i, range(10 * i, 10 * i + 12), max_tokens=3) for i in range(1, 4)]
+        for s in burst:
+            sched.add(s)
+        while not all(s.done for s in burst):
+            await asyncio.sleep(0.001)
+        busy = [n for n in steps if n]  # idle heartbeats report nothing scheduled
+        assert busy[:2] == [1, 2], steps
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -119,3 +119,15 @@ def test_a_worker_of_unknown_size_is_not_taken_for_an_empty_one():
     store_prompt(r, 1, prompt[:24])
     sel = r.select(prompt)
     assert sel.worker_id == 1 and sel.overlap_blocks == 6 and sel.features is not None
+
+
+def test_tuning_dynamos_cost_selects_it():
+    # ttft is the default; a deployment or request that tunes Dynamo's weight/temperature gets Dynamo's cost
+    default, weighted, warm = (KvRouter(BS, KvRouterConfig(**kw), rng=random.Random(3)) for kw in
+                               ({}, {"overlap_score_weight": 2.0}, {"router_temperature": 0.5}))
+    for r in (default, weighted, warm):
+        r.add_worker(1, total_kv_blocks=1000)
+    assert default.select(LONG).features is not None
+    assert default.select(LONG, override={"overlap_score_weight": 0.5}).features is None
+    assert weighted.select(LONG).features is None and warm.select(LONG).features is None
+    assert default.stats()["cost_model"] == "ttft"
