@@ -23,6 +23,9 @@ Streaming completions through the frontend against 2 real-time mockers (`--speed
 anchor` runs NVIDIA Dynamo 1.6.1 (.venv-anchor, scripts/install_anchor_dynamo.sh) in the same
 invocation; `--rounds N` repeats everything, alternating stack and mode inside each round
 so that a busy machine hurts all alike, and reports the median with the spread (min-max).
+Users are a closed loop by default: users that start together stay in step and reach the workers
+in bursts; `--think-ms T` gives each user seeded pauses of U(0, T) ms before each request (the same
+pauses for every stack and mode), as people reading answers do.
 Diagnostics per run: CPU ms per request of the frontend and each worker; how late our mockers'
 steps ran against their timing model (busy / simulated wall time - 1); the mean TTFT seen by the
 client, by the frontend (its own histogram, both stacks) and inside our mockers (arrival to first
