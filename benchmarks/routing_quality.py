@@ -155,7 +155,9 @@ def _vllm_cluster(tmp: Path, args):
         subprocess.run([str(python), "-m", "dynamo.llm.tiny_model", "--out", str(args.vllm_model), "--weights"],
                        cwd=ROOT, check=True, capture_output=True, timeout=300)
     cluster = VllmCluster(tmp, args.vllm_model, python)
-    workers = [cluster.vllm_worker("--enable-prefix-caching", wait=False) for _ in range(2)]
+    cores = os.cpu_count() or 1  # vLLM pins each engine's OpenMP threads: one core each, not both on core 0
+    workers = [cluster.vllm_worker("--enable-prefix-caching", env={"VLLM_CPU_OMP_THREADS_BIND": str(i % cores)},
+                                   wait=False) for i in range(2)]
     from tests.vllm.conftest import wait_healthy  # noqa: PLC0415
     for worker in workers:
         wait_healthy(worker, timeout=600)
