@@ -19,12 +19,10 @@ for _ in $(seq 1 150); do
   curl -sf "http://127.0.0.1:$PORT/v1/models" 2>/dev/null | grep -q '"tiny"' && break
   sleep 0.2
 done
-cat <<MSG
-
-dynamo is serving model "tiny" on http://127.0.0.1:$PORT (Ctrl-C stops it). Try:
-
-  curl http://127.0.0.1:$PORT/v1/chat/completions -H 'Content-Type: application/json' \\
-    -d '{"model": "tiny", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32, "stream": true}'
-
-MSG
+# The banner is printed by builtins, not `cat`: a SIGINT that reaches this shell alone while it
+# reaps a foreground child that then exits normally is taken as handled by the child and dropped
+# (bash's wait-and-cooperative-exit rule), leaving the shell in `wait` with its workers running.
+printf '\n%s\n\n' "dynamo is serving model \"tiny\" on http://127.0.0.1:$PORT (Ctrl-C stops it). Try:"
+printf '%s\n' "  curl http://127.0.0.1:$PORT/v1/chat/completions -H 'Content-Type: application/json' \\"
+printf '%s\n\n' "    -d '{\"model\": \"tiny\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}], \"max_tokens\": 32, \"stream\": true}'"
 wait -n "${pids[@]}"
