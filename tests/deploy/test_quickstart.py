@@ -43,8 +43,11 @@ def test_quickstart_serves_and_stops_cleanly(tmp_path):
     env.pop("PYTHONPATH", None)  # the script's own venv and checkout, as a user runs it
     log_path = tmp_path / "quickstart.log"
     with open(log_path, "wb") as log:
+        # As from a terminal: SIGINT at its default even when this suite runs with it ignored (started in the
+        # background by a non-interactive shell, or under nohup); a shell cannot trap a signal it inherits ignored.
         proc = subprocess.Popen(["bash", str(REPO / "launch/quickstart.sh")], env=env, cwd=tmp_path, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     output = lambda: log_path.read_text(errors="replace")[-4000:]  # noqa: E731
     try:
         wait_until(lambda: proc.poll() is None and "is serving model" in output(), 180, "quickstart banner")
