@@ -49,7 +49,21 @@ async def choose(policy: RoutingPolicy, pool: WorkerPool, request: PreprocessedR
     except AllWorkersBusy:
         raise busy_error() from None
     except NoWorkers:
-        raise no_workers(pool.model) from None
+        raise _unknown_pin(pool, request, exclude) or no_workers(pool.model) from None
+
+
+def _unknown_pin(pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> ApiError | None:
+    """A request pinned to a worker that does not serve this pool: the client's error, named."""
+    hints = request.routing
+    if hints is None or exclude:
+        return None
+    name, pinned = (("prefill_worker_id", hints.prefill_worker_id) if pool.role is Role.PREFILL
+                    else ("backend_instance_id", hints.decode_worker_id if hints.decode_worker_id is not None
+                          else hints.backend_instance_id))
+    if pinned is None or pool.get(pinned) is not None:
+        return None
+    return ApiError(400, f"No worker with instance id {pinned} ({pinned:x}) serves {pool.name!r}",
+                    "invalid_request_error", f"nvext.{name}", "worker_not_found")
 
 
 class RequestHandle:

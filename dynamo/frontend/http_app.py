@@ -24,6 +24,8 @@ from dynamo.frontend.embeddings import decode_embeddings, embed
 from dynamo.frontend.generation import GenerationRun
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.model_manager import ModelManager
+from dynamo.frontend.routing_hints import routing_hints
+from dynamo.llm.protocol import RoutingHints
 from dynamo.frontend.openai import (
     ApiError,
     ChatCompletionRequest,
@@ -225,7 +227,9 @@ class FrontendApp:
             req = decode_request(body, kind)  # type: ignore[arg-type]
             del body
             (validate_chat if kind == "chat" else validate_completion)(req)
-            await self._generate(req, "chat_completions" if kind == "chat" else "completions", size, receive, send)
+            hints = routing_hints(req.nvext, scope["headers"])
+            await self._generate(req, "chat_completions" if kind == "chat" else "completions", size, receive, send,
+                                 hints=hints)
         finally:
             if size >= TRIM_AFTER_BYTES:
                 self._schedule_trim()
@@ -253,7 +257,8 @@ class FrontendApp:
         rreq = decode_responses(body)
         req = rreq.to_chat()
         validate_chat(req)
-        await self._generate(req, "responses", len(body), receive, send, ResponsesRun, responses_req=rreq)
+        await self._generate(req, "responses", len(body), receive, send, ResponsesRun,
+                             hints=routing_hints(req.nvext, scope["headers"]), responses_req=rreq)
 
     async def embeddings(self, scope, receive, send) -> None:
         self._refuse_if_draining()
@@ -297,7 +302,7 @@ class FrontendApp:
                            None, "overloaded")
 
     async def _generate(self, req, endpoint: str, body_size: int, receive, send, run_cls=GenerationRun,
-                        **run_kw) -> None:
+                        hints: RoutingHints | None = None, **run_kw) -> None:
         started = time.monotonic()
         entry = self._entry(req.model)
         self._refuse_if_overloaded(entry.name)
@@ -309,7 +314,7 @@ class FrontendApp:
             ids = await self._prompt_ids(entry.pipeline, req, body_size)
         except PreprocessError as exc:
             raise bad_request(exc.message, exc.param, exc.code) from None
-        preqs = wire_requests(entry.pipeline, req, ids, is_chat)
+        preqs = wire_requests(entry.pipeline, req, ids, is_chat, hints)
         self._refuse_if_overloaded(entry.name)
         self._refuse_if_draining()
         request_type = "stream" if req.stream else "unary"
@@ -352,9 +357,9 @@ def prompt_ids(pipeline, req) -> list[int]:
     return pipeline.completion_prompt_ids(req.prompt_input())
 
 
-def wire_requests(pipeline, req, ids: list[int], is_chat: bool) -> list:
+def wire_requests(pipeline, req, ids: list[int], is_chat: bool, hints: RoutingHints | None = None) -> list:
     """One wire request per choice (`n`), each with its own seed so the choices are
-    independent samples."""
+    independent samples, each with the client's routing hints."""
     try:
         max_tokens = pipeline.max_tokens_for(ids, req.requested_max_tokens(), req.prompt_param)
     except PreprocessError as exc:
@@ -374,6 +379,7 @@ def wire_requests(pipeline, req, ids: list[int], is_chat: bool) -> list:
             out.append(preq)
     for preq in out:  # a LoRA adapter's model: the worker applies it, its KV blocks hash in its namespace
         preq.lora_name = pipeline.card.lora_name
+        preq.routing = hints
     return out
 
 

@@ -55,6 +55,11 @@ class RoutingHints(msgspec.Struct, omit_defaults=True, kw_only=True):
     prefill_worker_id: int | None = None
     decode_worker_id: int | None = None
     dp_rank: int | None = None
+    prefill_dp_rank: int | None = None
+    # nvext.agent_hints: a soft priority (higher first; seconds ahead in a fcfs router queue, a
+    # weight in wspt) and a strict router-queue tier (higher tiers always first).
+    priority: float | None = None
+    strict_priority: int | None = None
 
 
 class PreprocessedRequest(msgspec.Struct, omit_defaults=True, kw_only=True):

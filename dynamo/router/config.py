@@ -71,6 +71,15 @@ class KvRouterConfig:
         "answering 503 at once (0: no queue)")
     router_queue_timeout_secs: float = setting(
         10.0, "Longest a request waits in the router queue before it is answered 503")
+    router_queue_threshold: float | None = setting(
+        None, "Queue requests in the router while every worker's active prefill tokens exceed this fraction "
+        "of its max_num_batched_tokens (workers above it are left out of routing; unset = off; a worker "
+        "whose max_num_batched_tokens is unknown never counts as saturated)")
+    router_queue_policy: str = setting(
+        "fcfs", "Order of the router queue: 'fcfs' (oldest first, nvext.agent_hints.priority jumps the line by "
+        "that many seconds: bounds tail TTFT), 'wspt' (least new prefill first, weighted by 1 + priority: "
+        "lowers mean TTFT), 'lcfs' (newest first); nvext.agent_hints.strict_priority tiers precede all",
+        choices=["fcfs", "wspt", "lcfs"])
     inhibited_duration_secs: float = setting(
         5.0, "Seconds a worker that failed (unreachable, stream broken, draining) is left out of this "
         "process's routing before discovery catches up (0: off)", env="DYN_INHIBITED_DURATION_SECS")
@@ -82,6 +91,8 @@ class KvRouterConfig:
             raise ValueError("--router-temperature must be >= 0")
         if self.router_queue_max_requests < 0 or self.router_queue_timeout_secs < 0:
             raise ValueError("--router-queue-max-requests and --router-queue-timeout-secs must be >= 0")
+        if self.router_queue_threshold is not None and self.router_queue_max_requests == 0:
+            raise ValueError("--router-queue-threshold queues requests: it needs --router-queue-max-requests > 0")
         if self.inhibited_duration_secs < 0:
             raise ValueError("--inhibited-duration-secs must be >= 0")
         if self.router_output_blocks_horizon < 0:
@@ -93,7 +104,7 @@ class KvRouterConfig:
         if not 0 < self.router_prune_target_ratio <= 1:
             raise ValueError("--router-prune-target-ratio must be in (0, 1]")
         for name in ("active_decode_blocks_threshold", "active_prefill_tokens_threshold",
-                     "active_prefill_tokens_threshold_frac"):
+                     "active_prefill_tokens_threshold_frac", "router_queue_threshold"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0")

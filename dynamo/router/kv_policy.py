@@ -66,6 +66,7 @@ class PoolRoute:
     def __init__(self, pool: WorkerPool, router: KvRouter) -> None:
         self.name = pool.name
         self.router = router
+        self.queue = RouterQueue(router.config)  # per pool: one model's busy workers never hold up another's
         self.pool = dataclasses.replace(pool, workers=(), version=-1)
         self.report = ModeReport(CONFIGURED[router.mode], "configured", False)
 
@@ -81,7 +82,6 @@ class KvPolicy:
         self.feeds: KvEventFeeds | None = None
         self.sync: ReplicaSync | None = None
         self.metrics: RouterMetrics | None = None
-        self.queue = RouterQueue(config)
         self._tasks: set[asyncio.Task] = set()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -98,7 +98,8 @@ class KvPolicy:
         return route.router if route is not None else None
 
     async def close(self) -> None:
-        self.queue.close()
+        for route in self.routes.values():
+            route.queue.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -142,7 +143,7 @@ class KvPolicy:
         route.pool = pool
         self._update_mode(route)
         self._subscribe(route)
-        self.queue.wake()
+        route.queue.wake()
 
     def _subscribe(self, route: PoolRoute) -> None:
         for worker in route.pool.workers:
@@ -181,17 +182,33 @@ class KvPolicy:
 
     # -- per request ---------------------------------------------------------------------
     async def select(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
-        deadline = None
-        while True:
-            try:
-                choice = self._select_now(pool, request, exclude)
-                if deadline is not None:
-                    self.queue.wake()  # there was room for this one: maybe for the next waiter too
-                return choice
-            except AllWorkersBusy:
-                if deadline is None:
-                    deadline = self.queue.enter()
-                await self.queue.wait(deadline)  # raises AllWorkersBusy when full or past the deadline
+        route = self._route(pool)
+        if route is None:
+            raise NoWorkers(pool.model)
+        ticket = None
+        try:
+            while True:
+                try:
+                    return self._select_now(pool, request, exclude)
+                except AllWorkersBusy:
+                    if ticket is None:
+                        ticket = self._enter_queue(route, request, exclude)
+                    await route.queue.wait(ticket)  # AllWorkersBusy past the deadline
+        finally:
+            if ticket is not None:  # served, timed out or cancelled: the next waiter's turn
+                route.queue.leave(ticket)
+                route.queue.wake()
+
+    def _enter_queue(self, route: PoolRoute, request: PreprocessedRequest, exclude: set[int]):
+        hints = request.routing
+        priority = (hints.priority or 0.0) if hints else 0.0
+        new_tokens = 1
+        if route.queue.policy == "wspt":
+            allowed = [w.instance_id for w in candidates(route.pool, request, exclude)]
+            new_tokens = route.router.new_prefill_tokens(request.token_ids, allowed, route.pool.lora_name,
+                                                         request.request_id)
+        return route.queue.enter(route.queue.score(priority, new_tokens),
+                                 (hints.strict_priority or 0) if hints else 0)
 
     def _select_now(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
         route = self._route(pool)
@@ -234,13 +251,13 @@ class KvPolicy:
         route = self._inflight.get(request_id)
         if route is not None and route.router.mark_prefill_complete(request_id):
             self._share(route, request_id, "prefill")
-            self.queue.wake()
+            route.queue.wake()
 
     def free(self, request_id: str) -> None:
         route = self._inflight.pop(request_id, None)
         if route is not None and route.router.free(request_id):
             self._share(route, request_id, "free")
-            self.queue.wake()
+            route.queue.wake()
 
     def _share(self, route: PoolRoute, request_id: str, kind: str) -> None:
         if self.sync is None or not route.pool.workers:
@@ -250,7 +267,7 @@ class KvPolicy:
 
     # -- observability -------------------------------------------------------------------
     def _rows(self):
-        return [(name, route.router, route.report.mode) for name, route in self.routes.items()]
+        return [(name, route.router, route.report.mode, route.queue.pending) for name, route in self.routes.items()]
 
     def report(self, name: str) -> ModeReport | None:
         route = self.routes.get(name)
@@ -267,10 +284,12 @@ class KvPolicy:
                 "workers_needing_resync": stats["workers_needing_resync"],
                 "indexed_blocks": stats["tree_sizes"],
                 "cost_model": stats["cost_model"], "ttft_coefficients": stats["ttft_coefficients"],
-                "ttft_observations": stats["ttft_observations"],
+                "ttft_observations": stats["ttft_observations"], "queue": route.queue.stats(),
             }
-        body = {"router_mode": "kv", "replica_sync": self.sync is not None, "models": models,
-                "queue": self.queue.stats()}
+        queue = {"policy": self.config.router_queue_policy}
+        for name in ("pending", "queued_total", "timed_out", "rejected_full"):
+            queue[name] = sum(route.queue.stats()[name] for route in self.routes.values())
+        body = {"router_mode": "kv", "replica_sync": self.sync is not None, "models": models, "queue": queue}
         if self.sync is not None:
             body["replica_events_applied"] = self.sync.applied
         return {"router": body}

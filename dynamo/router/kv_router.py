@@ -81,10 +81,13 @@ class KvRouter:
             track_prefill_tokens=cfg.router_track_prefill_tokens,
         )
         self.selector = Selector(rng)
+        # Dynamo's --router-queue-threshold is a prefill busy fraction whose overflow waits in the
+        # router queue: with ours always queueing busy requests, the stricter of the two applies.
+        fracs = [f for f in (cfg.active_prefill_tokens_threshold_frac, cfg.router_queue_threshold) if f is not None]
         self.thresholds = BusyThresholds(
             cfg.active_decode_blocks_threshold,
             cfg.active_prefill_tokens_threshold,
-            cfg.active_prefill_tokens_threshold_frac,
+            min(fracs) if fracs else None,
         )
         self._workers: dict[int, list[WorkerKey]] = {}
         self._capacity: dict[int, WorkerCapacity] = {}
@@ -159,9 +162,18 @@ class KvRouter:
             return [key for keys in self._workers.values() for key in keys]
         return [key for w in allowed for key in self._workers.get(w, ())]
 
-    def overlap_scores(self, token_ids: Sequence[int], lora_name: str | None = None) -> dict[WorkerKey, int]:
-        _, local, _ = self._hash(token_ids, None, lora_name)
+    def overlap_scores(self, token_ids: Sequence[int], lora_name: str | None = None,
+                       request_id: str | None = None) -> dict[WorkerKey, int]:
+        _, local, _ = self._hash(token_ids, request_id, lora_name)
         return dict(self._find(local).scores) if self.mode != "load-only" else {}
+
+    def new_prefill_tokens(self, token_ids: Sequence[int], allowed: Collection[int] | None = None,
+                           lora_name: str | None = None, request_id: str | None = None) -> int:
+        """Prompt tokens left to prefill on the allowed worker that caches most of this prompt."""
+        keys = set(self._candidates(allowed))
+        scores = self.overlap_scores(token_ids, lora_name, request_id)
+        best = max((n for key, n in scores.items() if key in keys), default=0)
+        return max(len(token_ids) - best * self.block_size, 0)
 
     def _index(self) -> KvIndexer | ApproxIndexer:
         return self.indexer if self.mode == "events" else self.approx
@@ -254,11 +266,10 @@ class KvRouter:
         blocks = self.active.active_blocks(key)
         reported = self._reported.get(key)
         if reported is not None and reported.kv_total_blocks:
-            capacity = WorkerCapacity(reported.kv_total_blocks,
-                                      capacity.max_num_batched_tokens if capacity else None)
             # Reports lag by up to a publish interval; our own bookings are immediate.
             blocks = max(blocks, reported.kv_active_blocks)
-        return is_busy(blocks, self.active.active_prefill_tokens(key), capacity, self.thresholds)
+        size = WorkerCapacity(self._total_kv_blocks(key), capacity.max_num_batched_tokens if capacity else None)
+        return is_busy(blocks, self.active.active_prefill_tokens(key), size, self.thresholds)
 
     # -- lifecycle -----------------------------------------------------------------------
     def add_request(

@@ -71,10 +71,13 @@ class _RouterCollector:
                                     labels=("model", "worker_id", "dp_rank"))
         tree = GaugeMetricFamily(f"{p}_router_indexed_blocks", "Blocks indexed per worker", labels=("model", "worker_id",
                                                                                                    "dp_rank"))
+        queued = GaugeMetricFamily(f"{p}_router_queue_pending_requests", "Requests waiting in the router queue",
+                                   labels=("model",))
         events = CounterMetricFamily("dynamo_component_kv_cache_events_applied", "KV events applied by the router",
                                      labels=("event_type", "status"))
         totals: dict[tuple[str, str], int] = {}
-        for model, router, effective in self._rows():
+        for model, router, effective, pending in self._rows():
+            queued.add_metric((model,), pending)
             for m in MODES:
                 mode.add_metric((model, m), 1.0 if m == effective else 0.0)
             stats = router._stats
@@ -94,4 +97,4 @@ class _RouterCollector:
         extra = self._counts()
         for status in ("ok", "failed"):
             resyncs.add_metric((status,), extra.get(f"resync_{status}", 0))
-        yield from (mode, hit, routed, blocks, prefill, tree, events, resyncs)
+        yield from (mode, hit, routed, blocks, prefill, tree, queued, events, resyncs)

@@ -150,8 +150,13 @@ def _load_builtin() -> None:
 
 
 def candidates(pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> list[WorkerInfo]:
-    """Workers of `pool` this request may go to (not excluded; the pinned one if pinned)."""
-    pinned = request.routing.backend_instance_id if request.routing else None
+    """Workers of `pool` this request may go to (not excluded; the pinned one if pinned: a prefill
+    pool by `prefill_worker_id`, any other by `decode_worker_id` or `backend_instance_id`)."""
+    hints = request.routing
+    pinned = None
+    if hints is not None:
+        pinned = hints.prefill_worker_id if pool.role is Role.PREFILL else (
+            hints.decode_worker_id if hints.decode_worker_id is not None else hints.backend_instance_id)
     return [w for w in pool.workers if w.instance_id not in exclude and (pinned is None or w.instance_id == pinned)]
 
 

@@ -83,3 +83,43 @@ def test_all_workers_busy_waits_in_the_router_queue(cluster):
     assert result["resp"].json()["choices"][0]["text"] is not None
     stats = _queue(cluster)
     assert stats["pending"] == 0 and stats["queued_total"] >= 1 and stats["timed_out"] == 0
+
+
+def test_priorities_reorder_the_router_queue(cluster):
+    """Three requests wait behind a busy worker; each one served keeps it busy until it ends, so
+    they finish in the queue's order: strict tier (nvext), then the priority jump (header), then
+    the oldest."""
+    url = cluster.base_url + "/v1/completions"
+    finished: list[tuple[str, int]] = []
+
+    def send(name: str, seed: int, headers: dict, nvext: dict | None) -> threading.Thread:
+        body = {"model": MODEL, "prompt": [seed + i for i in range(16 * 8)], "max_tokens": 20}
+        if nvext:
+            body["nvext"] = nvext
+        thread = threading.Thread(target=lambda: finished.append(
+            (name, httpx.post(url, json=body, headers=headers, timeout=90).status_code)))
+        thread.start()
+        return thread
+
+    with httpx.Client(timeout=90) as http:
+        with http.stream("POST", url, json={"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": 400,
+                                            "stream": True}) as busy:
+            assert busy.status_code == 200
+            lines = busy.iter_lines()
+            next(lines)
+            threads = []
+            for n, (name, headers, nvext) in enumerate([
+                    ("oldest", {}, None), ("jump", {"x-dynamo-request-priority": "30"}, None),
+                    ("tier", {}, {"agent_hints": {"strict_priority": 1}})]):
+                threads.append(send(name, 1000 * (n + 1), headers, nvext))
+                wait_until(lambda: _queue(cluster)["pending"] == n + 1, 30, f"{name} to wait in the router queue")
+    for thread in threads:
+        thread.join(90)
+    assert finished == [("tier", 200), ("jump", 200), ("oldest", 200)]
+
+
+def test_malformed_priority_is_a_400(cluster):
+    resp = httpx.post(cluster.base_url + "/v1/completions", timeout=30, json={
+        "model": MODEL, "prompt": "x", "max_tokens": 2, "nvext": {"agent_hints": {"strict_priority": -1}}})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == "nvext.agent_hints.strict_priority"

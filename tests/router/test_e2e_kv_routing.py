@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 
+import httpx
 import pytest
 
 from tests.fixtures.procs import Cluster, free_port, http_get, metric_value, wait_until
@@ -145,6 +146,32 @@ def test_no_router_kv_events_routes_a_repeated_prefix_to_one_worker(cluster):
         proc.stop()
 
 
+def test_pinned_requests_go_to_the_named_worker(cluster):
+    """nvext.backend_instance_id and the x-worker-instance-id header pin a request to one worker,
+    whatever the router would pick; an unknown worker is the client's error."""
+    url = cluster.base_url + "/v1/completions"
+    ids = route_info(cluster.base_url)["workers"]
+    served = set()
+    for n, iid in enumerate(ids[:2]):
+        before = [worker_requests(w) for w in cluster.workers]
+        for i, (extra, headers) in enumerate([({"nvext": {"backend_instance_id": iid}}, {}),
+                                              ({}, {"x-worker-instance-id": str(iid)}),
+                                              ({}, {"x-dynamo-worker-instance-id": str(iid)})]):
+            body = {"model": MODEL, "prompt": tokens(700 + 10 * n + i, 40), "max_tokens": 2, **extra}
+            assert httpx.post(url, json=body, headers=headers, timeout=60).status_code == 200
+        holders = [i for i, w in enumerate(cluster.workers) if worker_requests(w) > before[i]]
+        assert len(holders) == 1 and worker_requests(cluster.workers[holders[0]]) == before[holders[0]] + 3
+        served.add(holders[0])
+    assert len(served) == 2  # two ids, two workers
+    missing = max(ids) + 1
+    resp = httpx.post(url, json={"model": MODEL, "prompt": "x", "max_tokens": 2,
+                                 "nvext": {"backend_instance_id": missing}}, timeout=30)
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "worker_not_found", resp.text
+    resp = httpx.post(url, json={"model": MODEL, "prompt": "x", "max_tokens": 2},
+                      headers={"x-worker-instance-id": "not-a-number"}, timeout=30)
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "x-worker-instance-id", resp.text
+
+
 def test_worker_that_leaves_is_dropped_from_the_index(cluster):
     prefix = tokens(3, PREFIX_BLOCKS * BLOCK)
     before = [worker_requests(w) for w in cluster.workers]
@@ -170,3 +197,4 @@ def _instance_of(proc) -> int:
     marker = " as instance "
     line = next(line for line in proc.log_path.read_text().splitlines() if marker in line and ".generate" in line)
     return int(line.split(marker)[1].split()[0], 16)
+

@@ -1,6 +1,6 @@
 """Routing policies over worker pools: the registry, the load-blind policies, the kv policy's
 lifecycle (select books, first token releases prefill, free releases all), the one mode
-report, and the bounded router queue."""
+report (the router queue: test_router_queue.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ from dynamo.llm.model_card import ModelDeploymentCard, RuntimeConfig
 from dynamo.llm.protocol import PreprocessedRequest, RoutingHints
 from dynamo.router.config import KvRouterConfig
 from dynamo.router.kv_policy import KvPolicy, mode_report
-from dynamo.router.policy import (AllWorkersBusy, Choice, NoWorkers, RandomPolicy, Role, RoundRobinPolicy,
+from dynamo.router.policy import (Choice, NoWorkers, RandomPolicy, Role, RoundRobinPolicy,
                                   WorkerInfo, WorkerPool, create_policy, policy_names, with_dp_rank)
-from dynamo.router.router_queue import RouterQueue
 from dynamo.runtime.records import EndpointId
 
 EID = EndpointId("ns", "backend", "generate")
@@ -120,40 +119,6 @@ def test_with_dp_rank_sets_the_hint_without_touching_the_request():
     assert with_dp_rank(r, Choice(w)) is r
     sent = with_dp_rank(r, Choice(w, dp_rank=3))
     assert sent.routing.dp_rank == 3 and r.routing is None
-
-
-async def test_router_queue_waits_for_released_load_then_times_out():
-    config = KvRouterConfig(router_cost_model="dynamo", active_prefill_tokens_threshold=10,
-                            router_queue_timeout_secs=5.0)
-    policy = KvPolicy(config)
-    p = pool(1)
-    await policy.select(p, req("big", list(range(32))), set())  # 32 prefill tokens > 10: worker busy
-    waiting = asyncio.ensure_future(policy.select(p, req("next", list(range(8))), set()))
-    await asyncio.sleep(0.3)
-    assert not waiting.done() and policy.queue.pending == 1
-    policy.prefill_complete("big")  # load released: the waiter is served
-    choice = await asyncio.wait_for(waiting, 5)
-    assert choice.worker.instance_id == 1 and policy.queue.stats()["queued_total"] == 1
-    # with a short deadline, a request that never fits is answered AllWorkersBusy
-    short = KvPolicy(KvRouterConfig(router_cost_model="dynamo", active_prefill_tokens_threshold=10,
-                                    router_queue_timeout_secs=0.3))
-    await short.select(p, req("big", list(range(32))), set())
-    with pytest.raises(AllWorkersBusy):
-        await asyncio.wait_for(short.select(p, req("late", [1, 2]), set()), 5)
-    assert short.queue.stats()["timed_out"] == 1
-
-
-async def test_router_queue_is_bounded():
-    queue = RouterQueue(KvRouterConfig(router_queue_max_requests=1, router_queue_timeout_secs=5))
-    first = asyncio.ensure_future(queue.wait(queue.enter()))
-    await asyncio.sleep(0)
-    with pytest.raises(AllWorkersBusy):
-        await queue.wait(queue.enter())  # the queue is full: refused at once
-    queue.wake()
-    await asyncio.wait_for(first, 1)
-    off = RouterQueue(KvRouterConfig(router_queue_max_requests=0))
-    with pytest.raises(AllWorkersBusy):
-        await off.wait(off.enter())
 
 
 async def test_lora_pool_hashes_in_the_adapter_namespace():
