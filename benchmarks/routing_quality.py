@@ -26,6 +26,10 @@ so that a busy machine hurts all alike, and reports the median with the spread (
 Users are a closed loop by default: users that start together stay in step and reach the workers
 in bursts; `--think-ms T` gives each user seeded pauses of U(0, T) ms before each request (the same
 pauses for every stack and mode), as people reading answers do.
+Mode `pinned` is a reference, not a router: every request names its worker
+(`nvext.backend_instance_id`), each prompt family (shared prefix, conversation) dealt to one
+worker in turn: perfect cache affinity, families balanced by count, blind to load. Where kv
+matches it, what is left of TTFT is the engine's, not the routing's.
 Diagnostics per run: CPU ms per request of the frontend and each worker; how late our mockers'
 steps ran against their timing model (busy / simulated wall time - 1); the mean TTFT seen by the
 client, by the frontend (its own histogram, both stacks) and inside our mockers (arrival to first
@@ -68,6 +72,11 @@ WORKLOADS = {
 }
 
 
+# flags NVIDIA Dynamo's frontend lacks: a mode using them runs on our stack only
+OURS_ONLY_FLAGS = ("--router-cost-model", "--router-inflight-prefix-credit", "--router-output-blocks-horizon",
+                   "--router-queue-max-requests", "--router-queue-timeout-secs", "--active-prefill-tokens-threshold-frac")
+
+
 def _tokens(rng: random.Random, n: int) -> list[int]:
     return [rng.randrange(100, 400) for _ in range(n)]
 
@@ -101,8 +110,22 @@ def _conversations(rng: random.Random, args) -> list[list[list[int]]]:
     return out
 
 
+def pinning(plan: list[list[list[int]]], worker_ids: list[int]) -> dict[tuple[int, ...], int]:
+    """The `pinned` reference router: perfect cache affinity with groups balanced by count. Each
+    prompt family (its first 64 tokens: a shared prefix, a conversation) goes to one worker, the
+    families dealt out in turn in order of first appearance."""
+    families: dict[tuple[int, ...], int] = {}
+    for prompts in zip(*plan):
+        for prompt in prompts:
+            families.setdefault(tuple(prompt[:64]), worker_ids[len(families) % len(worker_ids)])
+    for prompts in plan:
+        for prompt in prompts:
+            families.setdefault(tuple(prompt[:64]), worker_ids[len(families) % len(worker_ids)])
+    return families
+
+
 async def run_users(url: str, plan: list[list[list[int]]], max_tokens: int, think_ms: float = 0.0,
-                    seed: int = 0) -> Result:
+                    seed: int = 0, pins: dict[tuple[int, ...], int] | None = None) -> Result:
     result = Result()
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
@@ -113,6 +136,8 @@ async def run_users(url: str, plan: list[list[list[int]]], max_tokens: int, thin
                 if think_ms > 0:  # a person reads the answer before the next turn (same pauses, every stack)
                     await asyncio.sleep(pause.uniform(0, think_ms) / 1e3)
                 body = {"model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True}
+                if pins is not None:
+                    body["nvext"] = {"backend_instance_id": pins[tuple(prompt[:64])]}
                 await stream_one(session, url, body, result)
 
         start = time.perf_counter()
@@ -166,8 +191,10 @@ def _vllm_cluster(tmp: Path, args):
 
 
 def run_once(stack: str, spec: str, model: Path, plan, args) -> dict:
-    """`spec` is a router mode, optionally with extra frontend flags: "kv:--kv-overlap-score-weight 2"."""
+    """`spec` is a router mode, optionally with extra frontend flags: "kv:--kv-overlap-score-weight 2";
+    `pinned` is the reference router of `pinning`."""
     mode, _, extra = spec.partition(":")
+    pinned, mode = mode == "pinned", ("kv" if mode == "pinned" else mode)
     tmp = Path(tempfile.mkdtemp(prefix=f"routing-{mode}-"))
     env, python = {"DYN_LOG": "warn"}, None
     if stack == "anchor":
@@ -195,9 +222,12 @@ def run_once(stack: str, spec: str, model: Path, plan, args) -> dict:
         else:
             cluster.wait_workers("tiny", 2, timeout=120)
         procs = [frontend, *workers]
+        pins = None
+        if pinned:
+            pins = pinning(plan, _worker_ids(cluster.base_url))
         cpu = [cpu_seconds(p.pid) for p in procs]
         res = asyncio.run(run_users(cluster.base_url + "/v1/completions", plan, args.max_tokens, args.think_ms,
-                                    args.seed))
+                                    args.seed, pins))
         cpu = [(cpu_seconds(p.pid) - c) * 1e3 / max(res.requests, 1) for p, c in zip(procs, cpu)]
         served = [_count(w) for w in workers]
         if args.engine == "vllm":
@@ -254,6 +284,19 @@ def _frontend_ttft(base_url: str) -> float | None:
     return total / count * 1e3 if total is not None and count else None
 
 
+def _ours_only(spec: str) -> bool:
+    return any(flag in spec for flag in OURS_ONLY_FLAGS)
+
+
+def _worker_ids(base_url: str) -> list[int]:
+    """The workers' instance ids from the frontend's /health: ours names them per model, Dynamo's
+    lists every instance of every endpoint."""
+    health = json.loads(http_get(base_url + "/health")[1])
+    if "router" in health:
+        return sorted(health["router"]["models"]["tiny"]["workers"])
+    return sorted({i["instance_id"] for i in health["instances"] if i["endpoint"] == "generate"})
+
+
 def _count(proc) -> int:
     served = _served(proc)
     return int(served) if served.isdigit() else -1
@@ -294,8 +337,7 @@ def main() -> None:
     runs: dict[tuple[str, str], list[dict]] = {}
     try:
         for r in range(args.rounds):
-            order = [(s, m) for s in stacks for m in args.modes
-                     if not (s == "anchor" and "--router-cost-model" in m)]  # a flag only ours has
+            order = [(s, m) for s in stacks for m in args.modes if not (s == "anchor" and _ours_only(m))]
             for stack, spec in (order if r % 2 == 0 else order[::-1]):
                 runs.setdefault((stack, spec), []).append(run_once(stack, spec, model, plan, args))
     finally:
