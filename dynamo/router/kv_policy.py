@@ -132,7 +132,7 @@ class KvPolicy:
             for rid in dropped:
                 self._inflight.pop(rid, None)
             if self.feeds is not None:
-                self.feeds.untrack(iid)
+                self.feeds.untrack(iid, route.router)
             log.info("%s: worker %x left the KV router (%d in-flight bookings dropped)", pool.name, iid, len(dropped))
         for iid, worker in current.items():
             if iid not in before:

@@ -35,10 +35,14 @@ RESYNC_MIN_INTERVAL = 0.5  # seconds between two re-syncs of one worker
 
 
 class _Worker:
-    __slots__ = ("router", "address", "resync", "resyncing", "last_resync")
+    """One worker's feed: every router it is routed by (a worker serving a base model and its
+    LoRA adapters is in one pool per model; each pool's router indexes all its blocks, the
+    adapters' hashed in their own namespaces)."""
+
+    __slots__ = ("routers", "address", "resync", "resyncing", "last_resync")
 
     def __init__(self, router: KvRouter, address: str | None, resync: bool) -> None:
-        self.router = router
+        self.routers = [router]
         self.address = address
         self.resync = resync  # the worker serves worker_kv_indexer_query
         self.resyncing = False
@@ -93,8 +97,8 @@ class ComponentFeed:
                 if worker is None:
                     self.feeds.counts["unknown_worker"] += 1
                     continue
-                status = worker.router.apply_event(event)
-                if status in ("gap", "parent_not_found"):
+                statuses = [router.apply_event(event) for router in worker.routers]
+                if "gap" in statuses or "parent_not_found" in statuses:
                     self.schedule_resync(event.worker_id)
 
     async def _consume_metrics(self, sub: EventSubscriber) -> None:
@@ -105,7 +109,8 @@ class ComponentFeed:
                 continue
             worker = self.workers.get(metrics.worker_id)
             if worker is not None:
-                worker.router.update_metrics(metrics)
+                for router in worker.routers:
+                    router.update_metrics(metrics)
 
     def schedule_resync(self, worker_id: int) -> None:
         worker = self.workers.get(worker_id)
@@ -128,13 +133,14 @@ class ComponentFeed:
             by_rank: dict[int, list[KvCacheEvent]] = {}
             for ev in dump.events:
                 by_rank.setdefault(ev.dp_rank, []).append(ev)
-            ranks = set(by_rank) | {r for (w, r) in worker.router.indexer.workers_needing_resync if w == worker_id}
-            for rank in ranks or {0}:
-                events = by_rank.get(rank, [])
-                if dump.last_event_id is not None:  # carry the id so the next live event is not a gap
-                    events = events or [KvCacheEvent(event_id=dump.last_event_id, data=KvRemoved(block_hashes=[]),
-                                                     dp_rank=rank)]
-                worker.router.indexer.resync_worker(worker_id, rank, events)
+            for router in worker.routers:
+                ranks = set(by_rank) | {r for (w, r) in router.indexer.workers_needing_resync if w == worker_id}
+                for rank in ranks or {0}:
+                    events = by_rank.get(rank, [])
+                    if dump.last_event_id is not None:  # carry the id so the next live event is not a gap
+                        events = events or [KvCacheEvent(event_id=dump.last_event_id,
+                                                         data=KvRemoved(block_hashes=[]), dp_rank=rank)]
+                    router.indexer.resync_worker(worker_id, rank, events)
             self.feeds.counts["resync_ok"] += 1
             log.info("re-synced KV state of worker %x: %d blocks", worker_id, len(dump.events))
         except (StreamError, asyncio.TimeoutError, OSError, msgspec.DecodeError) as exc:
@@ -178,19 +184,28 @@ class KvEventFeeds:
 
     async def track(self, namespace: str, component: str, worker_id: int, router: KvRouter,
                     address: str | None, resync: bool = True) -> None:
-        """Route this worker's events to `router`; re-sync its state now when it can answer."""
+        """Route this worker's events to `router` too; re-sync its state now when it can answer."""
         feed = await self._feed(namespace, component)
         known = feed.workers.get(worker_id)
-        if known is not None and known.router is router:
+        if known is not None:
             known.address = address or known.address
-            return
-        feed.workers[worker_id] = _Worker(router, address, resync)
+            if any(r is router for r in known.routers):
+                return
+            known.routers.append(router)
+        else:
+            feed.workers[worker_id] = _Worker(router, address, resync)
         if resync and router.mode == "events":
-            feed.schedule_resync(worker_id)
+            feed.schedule_resync(worker_id)  # the new router sees what the worker already caches
 
-    def untrack(self, worker_id: int) -> None:
+    def untrack(self, worker_id: int, router: KvRouter | None = None) -> None:
+        """Stop feeding `router` (every router when None) from this worker."""
         for feed in self._feeds.values():
-            feed.workers.pop(worker_id, None)
+            worker = feed.workers.get(worker_id)
+            if worker is None:
+                continue
+            worker.routers = [r for r in worker.routers if router is not None and r is not router]
+            if not worker.routers:
+                del feed.workers[worker_id]
 
     async def _feed(self, namespace: str, component: str) -> ComponentFeed:
         key = (namespace, component)

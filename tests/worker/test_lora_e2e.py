@@ -12,7 +12,8 @@ import pytest
 
 from dynamo.llm.tiny_lora import build_tiny_lora
 from tests.fixtures.procs import Cluster, free_port, http_get, wait_until
-from tests.router.e2e_helpers import BLOCK, MODEL, SMALL_KV, cached_tokens, complete, tokens, worker_requests
+from tests.router.e2e_helpers import (BLOCK, MODEL, SMALL_KV, cached_tokens, complete, route_info, tokens,
+                                      worker_requests)
 
 pytestmark = pytest.mark.e2e
 
@@ -116,6 +117,24 @@ def test_kv_cache_hits_never_cross_adapters(cluster):
     # Within one adapter the prefix is reused.
     assert cached_tokens(complete(cluster.base_url, shared + [8], model="ada")) >= 6 * BLOCK
     assert cached_tokens(complete(cluster.base_url, shared + [9], model="ada2")) >= 6 * BLOCK
+
+
+def test_base_model_keeps_its_kv_index_on_a_worker_that_also_serves_adapters(cluster):
+    """The worker is in the base model's pool and in each adapter's: its KV events feed every
+    pool's router, not only the last one to track it."""
+    a, _ = cluster.workers
+    assert _load(a, "ada", cluster.adapter.as_uri()).status_code == 200
+    wait_until(lambda: route_info(cluster.base_url, "ada").get("workers"), 30, "the adapter's pool routed")
+    (a_id,) = route_info(cluster.base_url, "ada")["workers"]
+    indexed = lambda: route_info(cluster.base_url)["indexed_blocks"].get(f"{a_id}:0", 0)  # noqa: E731
+    before = indexed()
+    prefix = tokens(31, 6 * BLOCK)
+    resp = httpx.post(cluster.base_url + "/v1/completions", timeout=60, json={
+        "model": MODEL, "prompt": prefix + [1], "max_tokens": 2, "nvext": {"backend_instance_id": a_id}})
+    assert resp.status_code == 200, resp.text
+    wait_until(lambda: indexed() != before, 20, "the base model's router to index the adapter worker's new blocks")
+    for i in range(3):  # unpinned: the base router finds the prefix on the worker that holds it
+        assert cached_tokens(complete(cluster.base_url, prefix + [10 + i])) >= 6 * BLOCK
 
 
 def test_unload_makes_the_adapter_404_and_unlisted(cluster):
