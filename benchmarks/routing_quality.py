@@ -177,7 +177,8 @@ def _vllm_cluster(tmp: Path, args):
     python = require_vllm_venv()
     if getattr(args, "vllm_model", None) is None:  # built once per invocation
         args.vllm_model = tmp / "tiny-llama"
-        subprocess.run([str(python), "-m", "dynamo.llm.tiny_model", "--out", str(args.vllm_model), "--weights"],
+        subprocess.run([str(python), "-m", "dynamo.llm.tiny_model", "--out", str(args.vllm_model), "--weights",
+                        "--preset", args.vllm_preset],
                        cwd=ROOT, check=True, capture_output=True, timeout=300)
     cluster = VllmCluster(tmp, args.vllm_model, python)
     cores = os.cpu_count() or 1  # vLLM pins each engine's OpenMP threads: one core each, not both on core 0
@@ -327,6 +328,10 @@ def main() -> None:
     parser.add_argument("--speedup", default="1")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engine", choices=["mocker", "vllm"], default="mocker")
+    parser.add_argument("--vllm-preset", choices=["tiny", "small"], default="tiny",
+                        help="the random-weight Llama vLLM serves: 'small' (8 layers, hidden 512) makes a 1,500-token "
+                        "prefill cost about as much on a CPU core as a long prompt does on a GPU, next to the stack's "
+                        "fixed costs")
     args = parser.parse_args()
     for key, value in WORKLOADS[args.workload].items():
         if getattr(args, key) is None:
@@ -358,7 +363,7 @@ def main() -> None:
                 f"{args.groups} groups x {args.prefix_tokens}-token prefixes + {args.suffix_tokens}-token suffixes, "
                 f"{args.max_tokens} output tokens, {args.concurrency} users"
                 + (f" (think time U(0, {args.think_ms:.0f}) ms)" if args.think_ms else "") + ", "
-                + (f"2 vLLM CPU workers (block size {args.block_size})" if args.engine == "vllm" else
+                + (f"2 vLLM CPU workers ({args.vllm_preset} model, block size {args.block_size})" if args.engine == "vllm" else
                    f"2 mockers x {args.blocks} blocks of {args.block_size} (speedup {args.speedup})")
                 + "; median [min-max] over rounds",
                 ("router", "TTFT p50 ms", "TTFT p99 ms", "cached fraction", "req/s", "requests per worker",

@@ -18,6 +18,7 @@ from dynamo.llm.tokenizer import Tokenizer
 from dynamo.mocker.args import MockerArgs
 from dynamo.mocker.engine import MockEngine
 from dynamo.mocker.replay import Replay
+from dynamo.mocker.tokens import fragment_ids
 from dynamo.llm.kv_events.protocol import LoadMetrics
 from dynamo.worker.adapter import EngineContext, EngineInfo, Gauges
 
@@ -41,7 +42,8 @@ class MockerAdapter:
         tokenizer = Tokenizer.from_dir(args.model_path)
         replay = Replay.from_file(args.replay_file, tokenizer) if args.replay_file else None
         self.engine = MockEngine(args, vocab_size=tokenizer.vocab_size, context_length=args.context_length,
-                                 eos_token_ids=tokenizer.eos_token_ids, special_ids=tokenizer.special_ids,
+                                 eos_token_ids=tokenizer.eos_token_ids,
+                                 special_ids=tokenizer.special_ids | fragment_ids(tokenizer),
                                  on_kv_event=ctx.emit_kv_event, script_for=replay.script_for if replay else None)
         self.engine.publish_forward_passes(ctx.emit_forward_pass, ctx.worker_label)
         ttft = Histogram("dynamo_mocker_time_to_first_token_seconds", "Engine-side TTFT: arrival to first token",

@@ -25,6 +25,16 @@ def seed_for(prompt: list[int], seed: int | None) -> int:
     return xxhash.xxh3_64_intdigest(array("I", prompt).tobytes())
 
 
+def fragment_ids(tokenizer) -> frozenset[int]:
+    """Ids whose text alone is an incomplete character (byte-level or byte-fallback pieces of a
+    multi-byte UTF-8 character). A model writing ordinary text emits them only as runs that
+    complete a character; drawn at random, such a token decodes to nothing until more bytes
+    arrive, so about one stream in thirty would show its first text a step late."""
+    size = tokenizer.vocab_size
+    texts = tokenizer.backend.decode_batch([[i] for i in range(size)], skip_special_tokens=False)
+    return frozenset(i for i, text in enumerate(texts) if "\ufffd" in text)
+
+
 class TokenSampler:
     """Vocabulary range plus the ids a sequence must never produce."""
 
