@@ -22,7 +22,8 @@ from dynamo.frontend.openai import ApiError
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest, output_decoder, request_encoder
 from dynamo.router import inhibit
 from dynamo.router.inhibit import Inhibitor
-from dynamo.router.policy import AllWorkersBusy, Choice, NoWorkers, Role, RoutingPolicy, WorkerPool, with_dp_rank
+from dynamo.router.policy import (AllWorkersBusy, Choice, NoWorkers, Role, RoutingPolicy, WorkerPool, pinned_worker,
+                                  with_dp_rank)
 from dynamo.runtime.rp_client import CannotConnect, Disconnected, RequestPlaneClient, ResponseStream, StreamError
 from dynamo.runtime.wire import DRAINING
 
@@ -54,15 +55,11 @@ async def choose(policy: RoutingPolicy, pool: WorkerPool, request: PreprocessedR
 
 def _unknown_pin(pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> ApiError | None:
     """A request pinned to a worker that does not serve this pool: the client's error, named."""
-    hints = request.routing
-    if hints is None or exclude:
+    pin = pinned_worker(pool, request)
+    if pin is None or exclude or pool.get(pin[1]) is not None:
         return None
-    name, pinned = (("prefill_worker_id", hints.prefill_worker_id) if pool.role is Role.PREFILL
-                    else ("backend_instance_id", hints.decode_worker_id if hints.decode_worker_id is not None
-                          else hints.backend_instance_id))
-    if pinned is None or pool.get(pinned) is not None:
-        return None
-    return ApiError(400, f"No worker with instance id {pinned} ({pinned:x}) serves {pool.name!r}",
+    name, iid = pin
+    return ApiError(400, f"No worker with instance id {iid} ({iid:x}) serves {pool.name!r}",
                     "invalid_request_error", f"nvext.{name}", "worker_not_found")
 
 

@@ -149,15 +149,25 @@ def _load_builtin() -> None:
     import dynamo.router.kv_policy  # noqa: F401, PLC0415 - registers "kv"; heavy, loaded on first use
 
 
-def candidates(pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> list[WorkerInfo]:
-    """Workers of `pool` this request may go to (not excluded; the pinned one if pinned: a prefill
-    pool by `prefill_worker_id`, any other by `decode_worker_id` or `backend_instance_id`)."""
+def pinned_worker(pool: WorkerPool, request: PreprocessedRequest) -> tuple[str, int] | None:
+    """(hint name, instance id) when the request names its worker in this pool: a prefill pool's by
+    `prefill_worker_id`, any other's by `decode_worker_id` or else `backend_instance_id`."""
     hints = request.routing
-    pinned = None
-    if hints is not None:
-        pinned = hints.prefill_worker_id if pool.role is Role.PREFILL else (
-            hints.decode_worker_id if hints.decode_worker_id is not None else hints.backend_instance_id)
-    return [w for w in pool.workers if w.instance_id not in exclude and (pinned is None or w.instance_id == pinned)]
+    if hints is None:
+        return None
+    if pool.role is Role.PREFILL:
+        pin = ("prefill_worker_id", hints.prefill_worker_id)
+    elif hints.decode_worker_id is not None:
+        pin = ("decode_worker_id", hints.decode_worker_id)
+    else:
+        pin = ("backend_instance_id", hints.backend_instance_id)
+    return pin if pin[1] is not None else None
+
+
+def candidates(pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> list[WorkerInfo]:
+    """Workers of `pool` this request may go to (not excluded; the pinned one if pinned)."""
+    pin = pinned_worker(pool, request)
+    return [w for w in pool.workers if w.instance_id not in exclude and (pin is None or w.instance_id == pin[1])]
 
 
 def with_dp_rank(request: PreprocessedRequest, choice: Choice) -> PreprocessedRequest:

@@ -12,7 +12,7 @@ from dynamo.llm.model_card import ModelDeploymentCard, RuntimeConfig
 from dynamo.llm.protocol import PreprocessedRequest, RoutingHints
 from dynamo.router.config import KvRouterConfig
 from dynamo.router.kv_policy import KvPolicy, mode_report
-from dynamo.router.policy import (Choice, NoWorkers, RandomPolicy, Role, RoundRobinPolicy,
+from dynamo.router.policy import (Choice, NoWorkers, RandomPolicy, Role, RoundRobinPolicy, candidates, pinned_worker,
                                   WorkerInfo, WorkerPool, create_policy, policy_names, with_dp_rank)
 from dynamo.runtime.records import EndpointId
 
@@ -167,3 +167,18 @@ async def test_cached_tokens_is_the_chosen_workers_overlap_and_books_nothing():
     assert policy.cached_tokens(p, req("peek", longer), {first.worker.instance_id}) == 0  # excluded holder
     assert policy.routes["m"].router.stats()["requests"] == 1  # peeking booked nothing
     assert RoundRobinPolicy().cached_tokens(p, req("peek", longer), set()) == 0
+
+
+def test_pins_by_role():
+    """A prefill pool is pinned by prefill_worker_id only; a decode pool by decode_worker_id,
+    else backend_instance_id."""
+    hints = RoutingHints(backend_instance_id=1, decode_worker_id=2, prefill_worker_id=5)
+    r = PreprocessedRequest(request_id="p", model="m", token_ids=[1], routing=hints)
+    assert pinned_worker(pool(1, 2), r) == ("decode_worker_id", 2)
+    assert pinned_worker(pool(5, 6, role=Role.PREFILL), r) == ("prefill_worker_id", 5)
+    assert [w.instance_id for w in candidates(pool(1, 2), r, set())] == [2]
+    assert [w.instance_id for w in candidates(pool(5, 6, role=Role.PREFILL), r, set())] == [5]
+    only_backend = PreprocessedRequest(request_id="q", model="m", token_ids=[1],
+                                       routing=RoutingHints(backend_instance_id=1))
+    assert pinned_worker(pool(5, role=Role.PREFILL), only_backend) is None
+    assert [w.instance_id for w in candidates(pool(1, 2), only_backend, set())] == [1]
