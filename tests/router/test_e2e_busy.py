@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 
@@ -13,8 +14,6 @@ import httpx
 import pytest
 
 from tests.fixtures.procs import Cluster, http_get, wait_until
-
-pytestmark = pytest.mark.e2e
 
 pytestmark = pytest.mark.e2e
 
@@ -38,21 +37,28 @@ def cluster(tiny_model, tmp_path_factory):
         c.stop()
 
 
-def test_all_workers_busy_is_503_then_recovers(cluster):
-    url = cluster.no_queue_url + "/v1/completions"
-    with httpx.Client(timeout=60) as http:
+@contextlib.contextmanager
+def _worker_kept_busy(url: str):
+    """A long stream holds the worker over the threshold until the block exits (closing it cancels)."""
+    with httpx.Client(timeout=90) as http:
         with http.stream("POST", url, json={"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": 400,
                                             "stream": True}) as busy:
             assert busy.status_code == 200
             lines = busy.iter_lines()  # keep the iterator: dropping it closes the response
             next(lines)
-            resp = http.post(url, json={"model": MODEL, "prompt": "one more", "max_tokens": 2})
-            assert resp.status_code == 503, resp.text
-            error = resp.json()["error"]
-            assert error["code"] == "all_workers_busy" and error["type"] == "service_unavailable"
-        # the long request was cancelled when its stream closed: the worker is free again
-        wait_until(lambda: http.post(url, json={"model": MODEL, "prompt": "again", "max_tokens": 2}).status_code
-                   == 200, 30, "the frontend to accept requests again")
+            yield http
+
+
+def test_all_workers_busy_is_503_then_recovers(cluster):
+    url = cluster.no_queue_url + "/v1/completions"
+    with _worker_kept_busy(url) as http:
+        resp = http.post(url, json={"model": MODEL, "prompt": "one more", "max_tokens": 2})
+        assert resp.status_code == 503, resp.text
+        error = resp.json()["error"]
+        assert error["code"] == "all_workers_busy" and error["type"] == "service_unavailable"
+    # the long request was cancelled when its stream closed: the worker is free again
+    wait_until(lambda: httpx.post(url, json={"model": MODEL, "prompt": "again", "max_tokens": 2},
+                                  timeout=60).status_code == 200, 30, "the frontend to accept requests again")
 
 
 def _queue(cluster) -> dict:
@@ -62,22 +68,16 @@ def _queue(cluster) -> dict:
 def test_all_workers_busy_waits_in_the_router_queue(cluster):
     url = cluster.base_url + "/v1/completions"
     result: dict = {}
-    with httpx.Client(timeout=90) as http:
-        with http.stream("POST", url, json={"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": 400,
-                                            "stream": True}) as busy:
-            assert busy.status_code == 200
-            lines = busy.iter_lines()
-            next(lines)
+    with _worker_kept_busy(url):
+        def queued() -> None:  # its own connection: it outlives the busy stream's client
+            result["resp"] = httpx.post(url, json={"model": MODEL, "prompt": "one more", "max_tokens": 2}, timeout=90)
 
-            def queued() -> None:
-                result["resp"] = http.post(url, json={"model": MODEL, "prompt": "one more", "max_tokens": 2})
-
-            waiter = threading.Thread(target=queued)
-            waiter.start()
-            wait_until(lambda: _queue(cluster)["pending"] == 1, 30, "the request to wait in the router queue")
-            assert "resp" not in result  # held, not refused
-        # closing the long stream cancels it: the worker frees up and the queued request runs
-        waiter.join(60)
+        waiter = threading.Thread(target=queued)
+        waiter.start()
+        wait_until(lambda: _queue(cluster)["pending"] == 1, 30, "the request to wait in the router queue")
+        assert "resp" not in result  # held, not refused
+    # closing the long stream cancels it: the worker frees up and the queued request runs
+    waiter.join(60)
     assert not waiter.is_alive()
     assert result["resp"].status_code == 200, result["resp"].text
     assert result["resp"].json()["choices"][0]["text"] is not None
@@ -101,18 +101,13 @@ def test_priorities_reorder_the_router_queue(cluster):
         thread.start()
         return thread
 
-    with httpx.Client(timeout=90) as http:
-        with http.stream("POST", url, json={"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": 400,
-                                            "stream": True}) as busy:
-            assert busy.status_code == 200
-            lines = busy.iter_lines()
-            next(lines)
-            threads = []
-            for n, (name, headers, nvext) in enumerate([
-                    ("oldest", {}, None), ("jump", {"x-dynamo-request-priority": "30"}, None),
-                    ("tier", {}, {"agent_hints": {"strict_priority": 1}})]):
-                threads.append(send(name, 1000 * (n + 1), headers, nvext))
-                wait_until(lambda: _queue(cluster)["pending"] == n + 1, 30, f"{name} to wait in the router queue")
+    with _worker_kept_busy(url):
+        threads = []
+        for n, (name, headers, nvext) in enumerate([
+                ("oldest", {}, None), ("jump", {"x-dynamo-request-priority": "30"}, None),
+                ("tier", {}, {"agent_hints": {"strict_priority": 1}})]):
+            threads.append(send(name, 1000 * (n + 1), headers, nvext))
+            wait_until(lambda: _queue(cluster)["pending"] == n + 1, 30, f"{name} to wait in the router queue")
     for thread in threads:
         thread.join(90)
     assert finished == [("tier", 200), ("jump", 200), ("oldest", 200)]
