@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -115,11 +116,8 @@ def pinning(plan: list[list[list[int]]], worker_ids: list[int]) -> dict[tuple[in
     prompt family (its first 64 tokens: a shared prefix, a conversation) goes to one worker, the
     families dealt out in turn in order of first appearance."""
     families: dict[tuple[int, ...], int] = {}
-    for prompts in zip(*plan):
-        for prompt in prompts:
-            families.setdefault(tuple(prompt[:64]), worker_ids[len(families) % len(worker_ids)])
-    for prompts in plan:
-        for prompt in prompts:
+    for prompts in itertools.zip_longest(*plan):  # the order requests go out: every user's first, then second...
+        for prompt in filter(None, prompts):
             families.setdefault(tuple(prompt[:64]), worker_ids[len(families) % len(worker_ids)])
     return families
 

@@ -189,7 +189,7 @@ class KvPolicy:
         try:
             while True:
                 try:
-                    return self._select_now(pool, request, exclude)
+                    return self._select_now(route, request, exclude)
                 except AllWorkersBusy:
                     if ticket is None:
                         ticket = self._enter_queue(route, request, exclude)
@@ -210,11 +210,10 @@ class KvPolicy:
         return route.queue.enter(route.queue.score(priority, new_tokens),
                                  (hints.strict_priority or 0) if hints else 0)
 
-    def _select_now(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
-        route = self._route(pool)
-        allowed = [w.instance_id for w in candidates(route.pool, request, exclude)] if route else []
-        if route is None or not allowed:
-            raise NoWorkers(pool.model)
+    def _select_now(self, route: PoolRoute, request: PreprocessedRequest, exclude: set[int]) -> Choice:
+        allowed = [w.instance_id for w in candidates(route.pool, request, exclude)]
+        if not allowed:
+            raise NoWorkers(route.pool.model)
         started = time.perf_counter()
         router = route.router
         rid = request.request_id
@@ -288,7 +287,7 @@ class KvPolicy:
             }
         queue = {"policy": self.config.router_queue_policy}
         for name in ("pending", "queued_total", "timed_out", "rejected_full"):
-            queue[name] = sum(route.queue.stats()[name] for route in self.routes.values())
+            queue[name] = sum(m["queue"][name] for m in models.values())
         body = {"router_mode": "kv", "replica_sync": self.sync is not None, "models": models, "queue": queue}
         if self.sync is not None:
             body["replica_events_applied"] = self.sync.applied

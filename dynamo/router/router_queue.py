@@ -28,7 +28,6 @@ from dynamo.router.config import KvRouterConfig
 from dynamo.router.selector import AllWorkersBusy
 
 RECHECK = 0.1
-QUEUE_POLICIES = ("fcfs", "wspt", "lcfs")
 
 
 @dataclass(order=True)
