@@ -197,6 +197,10 @@ class Scheduler:
                 budget -= chunk
                 prefill_tokens += chunk
             i += 1
+        # The decode pass attends to the KV of what was already running; this step's admissions
+        # are prefill work, timed by their new tokens. Dynamo's mocker times the step the same way
+        # (measured: a prefill joining a decode costs the decode at the pre-admission usage).
+        kv_blocks, kv_seqs = self.kv.num_active_blocks, len(self.running)
         # After a preemption the cache is full: admitting now would only thrash (as vLLM).
         admit = self.num_preemptions == preemptions
         limit = self.max_num_seqs if admit_limit is None else min(self.max_num_seqs, len(self.running) + admit_limit)
@@ -209,10 +213,12 @@ class Scheduler:
             budget -= chunk
             if is_prefill:
                 prefill_tokens += chunk
-            else:
+            else:  # a disaggregated decode: its transferred KV is attended to in this very pass
                 decoding = True
-        seconds = self.timing.step_seconds(prefill_tokens, decoding, self.kv.num_active_blocks / self.kv.capacity,
-                                           self.kv.num_active_blocks * self.block_size, len(self.running))
+                kv_blocks += len(seq.held) + seq.has_partial
+                kv_seqs += 1
+        seconds = self.timing.step_seconds(prefill_tokens, decoding, kv_blocks / self.kv.capacity,
+                                           kv_blocks * self.block_size, max(kv_seqs, 1))
         return batch, seconds
 
     def complete(self, batch: list[tuple[Sequence, int]]) -> None:
