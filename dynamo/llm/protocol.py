@@ -62,6 +62,24 @@ class RoutingHints(msgspec.Struct, omit_defaults=True, kw_only=True):
     strict_priority: int | None = None
 
 
+# A strict tier outranks any soft priority when the two are folded into an engine's one integer.
+STRICT_TIER = 1 << 20
+
+
+def engine_priority(hints: RoutingHints | None, lower_first: bool) -> int:
+    """The request's agent-hint priority for an engine's own scheduler (vLLM `--scheduling-policy
+    priority`, SGLang `--enable-priority-scheduling`), where it orders waiting requests as it orders
+    the router queue: strict tier first, then the soft priority (rounded; higher runs earlier).
+    Negated for engines that run lower values first (vLLM; SGLang with
+    `--schedule-low-priority-values-first`). 0 without hints, the engines' default."""
+    if hints is None:
+        return 0
+    bound = STRICT_TIER // 2 - 1
+    soft = max(-bound, min(bound, round(hints.priority or 0)))
+    value = (hints.strict_priority or 0) * STRICT_TIER + soft
+    return -value if lower_first else value
+
+
 class PreprocessedRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     request_id: str
     model: str

@@ -23,7 +23,7 @@ import random
 import signal
 from typing import Any, AsyncIterator, Callable
 
-from dynamo.llm.protocol import FinishReason, LLMEngineOutput, PreprocessedRequest
+from dynamo.llm.protocol import FinishReason, LLMEngineOutput, PreprocessedRequest, engine_priority
 from dynamo.llm.kv_events.engine_decoder import EngineEventDecoder
 from dynamo.llm.kv_events.protocol import LoadMetrics
 from dynamo.runtime.net import free_port
@@ -133,8 +133,17 @@ class SglangAdapter:
         return self._decode(request, request_id)
 
     def _call(self, request: PreprocessedRequest, request_id: str, prefill_only: bool) -> dict[str, Any]:
-        return {"input_ids": list(request.token_ids), "stream": True, "rid": request_id,
+        call = {"input_ids": list(request.token_ids), "stream": True, "rid": request_id,
                 "sampling_params": sampling_params(request, self.context_length, prefill_only)}
+        sa = self.server_args
+        # Only under priority scheduling: otherwise SGLang may abort a request that carries one
+        # (`--abort-on-priority-when-disabled`).
+        hints = request.routing
+        if hints is not None and (hints.priority is not None or hints.strict_priority is not None) \
+                and getattr(sa, "enable_priority_scheduling", False):
+            lower_first = bool(getattr(sa, "schedule_low_priority_values_first", False))
+            call["priority"] = engine_priority(hints, lower_first)
+        return call
 
     async def _decode(self, request: PreprocessedRequest, request_id: str) -> AsyncIterator[LLMEngineOutput]:
         kwargs = self._call(request, request_id, False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator, Callable
 
-from dynamo.llm.protocol import FinishReason, LLMEngineOutput, PreprocessedRequest
+from dynamo.llm.protocol import FinishReason, LLMEngineOutput, PreprocessedRequest, engine_priority
 
 
 def to_sampling_params(request: PreprocessedRequest, max_model_len: int, mode: str = "agg") -> Any:
@@ -115,14 +115,16 @@ def error_code(exc: Exception) -> str | None:
 async def stream_outputs(engine: Any, request: PreprocessedRequest, params: Any, request_id: str,
                          params_hook: Callable[[dict], dict] | None = None,
                          lora_request: Any = None) -> AsyncIterator[LLMEngineOutput]:
-    """`AsyncLLM.generate` for one request, each DELTA `RequestOutput` as an `LLMEngineOutput`."""
+    """`AsyncLLM.generate` for one request, each DELTA `RequestOutput` as an `LLMEngineOutput`.
+    The agent-hint priority goes along: vLLM orders by it under `--scheduling-policy priority`
+    and ignores it under fcfs."""
     from vllm.inputs import TokensPrompt
 
     eos_ids = set(request.eos_token_ids)
     top = request.output_options.logprobs or 0
     first = True
     stream = engine.generate(TokensPrompt(prompt_token_ids=request.token_ids), params, request_id,
-                             lora_request=lora_request)
+                             lora_request=lora_request, priority=engine_priority(request.routing, lower_first=True))
     try:
         async for result in stream:
             completion = result.outputs[0]

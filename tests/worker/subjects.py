@@ -36,6 +36,7 @@ class Subject:
     check_decode_params: Callable[[dict], None] | None = None
     aborted: Callable[[], int] | None = None
     source: Any = None
+    orders_by_priority: bool = False  # runs one request at a time, waiting ones by agent-hint priority
 
     def handler(self, limit: int = 0) -> RequestHandler:
         return RequestHandler(self.adapter, limit)
@@ -105,12 +106,18 @@ def vllm(role: WorkerRole, model: str) -> Subject:
 
     config, engine_args = parse_args(["--model", model, "--enforce-eager", "--dtype", "float32", "--block-size", "32",
                                       "--max-model-len", "512", "--distributed-executor-backend", "uni",
-                                      "--seed", "0", "--disaggregation-mode", role.value])
+                                      "--seed", "0", "--disaggregation-mode", role.value,
+                                      # one running request, the rest queued in priority order: the
+                                      # priority test watches the order (the others run one at a time)
+                                      "--scheduling-policy", "priority", "--max-num-seqs", "1"])
     adapter = VllmAdapter(config, engine_args)
-    return Subject("vllm", adapter, role, 32, 512, held=lambda: adapter.engine.get_num_unfinished_requests())
+    return Subject("vllm", adapter, role, 32, 512, held=lambda: adapter.engine.get_num_unfinished_requests(),
+                   orders_by_priority=True)
 
 
 BUILDERS = {"mocker": mocker, "sglang": sglang, "trtllm": trtllm, "vllm": vllm}
+# Engines whose subject schedules by priority (the stand-ins only record the call: tests/sglang).
+BUILDERS_ORDER_BY_PRIORITY = {"vllm": True}
 ENGINES = os.environ.get("DYN_ADAPTER_SUITE_ENGINES", "mocker,sglang,trtllm").split(",")
 ROLES = {e: [WorkerRole.AGG] if e == "vllm" else list(WorkerRole) for e in BUILDERS}
 

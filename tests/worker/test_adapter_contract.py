@@ -2,7 +2,8 @@
 harness's own `RequestHandler` and KV sink, must stream token deltas with one final finish
 reason, free the engine's request when the client goes away, report KV events that hash
 like the router's, round-trip disaggregated params from its prefill role to its decode
-role, reject bad requests as `bad_request`, honour the request limit, and report load.
+role, reject bad requests as `bad_request`, honour the request limit, and report load; an engine
+that schedules by priority (vLLM here) runs a waiting request with a higher agent-hint priority first.
 
 Engines: mocker (real), sglang and trtllm (adapters over STAND-INS of their engines'
 documented async interfaces, `standins.py`), vllm (real AsyncLLM, run in the vLLM venv by
@@ -17,12 +18,12 @@ import os
 import pytest
 import pytest_asyncio
 
-from dynamo.llm.protocol import PreprocessedRequest, StopConditions
+from dynamo.llm.protocol import PreprocessedRequest, RoutingHints, StopConditions
 from dynamo.llm.kv_events.hashing import block_hashes
 from dynamo.llm.kv_events.protocol import KvStored
 from dynamo.runtime.rp_server import HandlerError
 from dynamo.worker.role import WorkerRole
-from tests.worker.subjects import ENGINES, INSTANCE_ID, ROLES, Subjects
+from tests.worker.subjects import BUILDERS_ORDER_BY_PRIORITY, ENGINES, INSTANCE_ID, ROLES, Subjects
 
 # The real vLLM engine (run by tests/vllm/test_adapter_contract.py) starts an engine-core process.
 pytestmark = [pytest.mark.asyncio(loop_scope="module")] + ([pytest.mark.e2e] if "vllm" in ENGINES else [])
@@ -135,3 +136,28 @@ async def test_load_metrics_name_the_worker(subjects, engine):
     load = subject.adapter.load_metrics(INSTANCE_ID)
     assert load.worker_id == INSTANCE_ID and load.request_total_slots > 0
     assert all(callable(fn) for _, _, fn in subject.adapter.gauges())
+
+
+@pytest.mark.parametrize("engine", [e for e in ENGINES if BUILDERS_ORDER_BY_PRIORITY.get(e)])
+async def test_agent_priority_orders_the_engines_waiting_queue(subjects, engine):
+    """One request runs; a plain one queues, then an urgent one (higher agent-hint priority) queues
+    behind it. When the running one ends, the urgent one must run first: FCFS would run the plain one."""
+    subject = await subjects.get(engine)
+    assert subject.orders_by_priority
+    handler = subject.handler()
+    busy = handler.generate(request(f"{engine}-busy", list(range(80, 90)), 400), None)
+    await busy.__anext__()
+    started: list[str] = []
+
+    async def run(name: str, prompt: list[int], hints: RoutingHints | None = None) -> None:
+        async for out in handler.generate(request(f"{engine}-{name}", prompt, 2, routing=hints), None):
+            if out.token_ids and name not in started:
+                started.append(name)
+
+    plain = asyncio.create_task(run("plain", [11, 12, 13]))
+    await wait_for(lambda: subject.held() == 2, "the plain request queued")
+    urgent = asyncio.create_task(run("urgent", [14, 15, 16], RoutingHints(priority=5)))
+    await wait_for(lambda: subject.held() == 3, "the urgent request queued")
+    await busy.aclose()  # frees the one running slot
+    await asyncio.wait_for(asyncio.gather(plain, urgent), 120)
+    assert started == ["urgent", "plain"]
