@@ -33,6 +33,7 @@ from dynamo.llm.kv_events.local_state import KV_QUERY_ENDPOINT
 from dynamo.runtime.config import from_namespace, setting
 from dynamo.runtime.distributed import DistributedRuntime, advertise_host
 from dynamo.runtime.records import EndpointId
+from dynamo.runtime.loop_monitor import LoopLagMonitor
 from dynamo.worker.adapter import EngineAdapter, EngineContext, EngineInfo
 from dynamo.worker.kv_relay import KvSink
 from dynamo.worker.lora import ROUTE as LORA_ROUTE, LoraManager
@@ -106,9 +107,14 @@ class Worker:
         self.source = None
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self.started = False
+        # A held loop delays the discovery keep-alive too: past the TTL the worker drops out of
+        # routing until it re-registers. The warning names the stall in the worker's own log.
+        self.lag = LoopLagMonitor(lambda _lag: None, interval=0.05)
 
     async def start(self) -> None:
         rt, adapter = self.runtime, self.adapter
+        self.lag.start()
+        self._closers.append(self.lag.stop)
         fpm = await start_fpm_relay(rt, self.eid.namespace, self.eid.component)  # forward-pass metrics
         self._closers.append(fpm.close)
         ctx = EngineContext(role=self.spec.role, instance_id=rt.instance_id, registry=rt.registry,
@@ -153,6 +159,8 @@ class Worker:
                  lambda: self.handler.inflight),
                 (f"dynamo_{name}_kv_events_relayed", "KV events relayed from the engine (-1: no relay)",
                  lambda: source.relayed if source is not None else -1),
+                (f"dynamo_{name}_event_loop_lag_max_seconds", "Longest the worker's event loop was held",
+                 lambda: self.lag.worst),
                 *self.adapter.gauges()]
         for metric, doc, fn in rows:
             Gauge(metric, doc, registry=reg).set_function(fn)

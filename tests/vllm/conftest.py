@@ -68,6 +68,7 @@ class VenvProc(Proc):
     def __init__(self, python: Path, module: str, args: list[str], env: dict[str, str], log_dir: Path,
                  name: str) -> None:
         self.name = name
+        self.launch = (python, module, args, env, log_dir)  # what `VllmCluster.restart` starts again
         self._system_port: int | None = None
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "wb")
@@ -106,6 +107,32 @@ class VllmCluster(Cluster):
         if wait:
             wait_healthy(proc)
         return proc
+
+    def restart(self, proc: VenvProc) -> VenvProc:
+        """Kill `proc` (its whole process group) and start the same worker again, logging to a new file."""
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.stop()
+        again = VenvProc(*proc.launch, f"{proc.name}-again")
+        self.procs[self.procs.index(proc)] = again
+        return again
+
+    def wait_all_healthy(self, workers: dict[str, VenvProc]) -> dict[str, VenvProc]:
+        """Wait for every worker started with `wait=False`. An engine that is not healthy in time is
+        started once more: several CPU vLLM engines starting together on a 2-core box can starve one
+        of them in its own start-up handshake ("No available shared memory broadcast block"), which it
+        does not leave. A worker that exited, or fails twice, fails the fixture with its log."""
+        ready = dict(workers)
+        for name, proc in workers.items():
+            try:
+                wait_healthy(proc)
+            except TimeoutError as exc:
+                print(f"{proc.name} stuck in start-up, starting it again: {exc}", file=sys.stderr)
+                ready[name] = self.restart(proc)
+                wait_healthy(ready[name])
+        return ready
 
     def stop(self) -> None:
         groups = [p.pid for p in self.procs if isinstance(p, VenvProc)]

@@ -23,7 +23,7 @@ from dynamo.llm.protocol import request_encoder
 from dynamo.llm.tokenizer import Tokenizer
 from dynamo.runtime.rp_client import RequestPlaneClient
 from tests.fixtures.procs import REPO, http_get, metric_value, wait_until
-from tests.vllm.conftest import MODEL, VllmCluster, metrics, offline_reference, reference_result, wait_healthy
+from tests.vllm.conftest import MODEL, VllmCluster, metrics, offline_reference, reference_result
 
 # Engine start-ups in the module fixture count against the first test: minutes on a busy 2-core box.
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -64,8 +64,7 @@ def env(vllm_python, vllm_model, tmp_path_factory):
         for ns in ("nixl", "tcp"):
             cluster.frontend("--namespace", ns)
             urls[ns] = cluster.base_url
-        for proc in w.values():
-            wait_healthy(proc)
+        w = cluster.wait_all_healthy(w)
         for ns in ("nixl", "tcp"):
             wait_until(lambda: instances(urls[ns], MODEL, None) == 2, 60, f"2 {ns} workers")
         yield {"cluster": cluster, "urls": urls, "reference": reference_result(reference),
@@ -99,7 +98,11 @@ def frontend_metric(url: str, name: str, labels: dict | None = None) -> float:
 
 
 def check_token_exact(env, ns: str) -> None:
-    client = openai.OpenAI(base_url=env["urls"][ns] + "/v1", api_key="x", max_retries=0, timeout=120)
+    # Retries on 503: with five CPU engines on two cores a worker's keep-alive can stall past the
+    # discovery TTL (its log then says "lease ... lost (keep-alive stalled past the TTL);
+    # re-registering"), and for that moment the frontend rightly has no decode worker. The openai
+    # client backs off and retries, as a real client would; token-exactness is what is tested here.
+    client = openai.OpenAI(base_url=env["urls"][ns] + "/v1", api_key="x", max_retries=4, timeout=120)
     # Both workers of this namespace registered, now (the other namespace's test ran first, on a
     # machine its engines keep busy): a 503 here would say nothing about disaggregation.
     wait_until(lambda: instances(env["urls"][ns], MODEL, None) == 2, 120, f"2 {ns} workers")
@@ -109,7 +112,8 @@ def check_token_exact(env, ns: str) -> None:
         assert resp.choices[0].text == env["tokenizer"].decode(expected)
         assert resp.usage.completion_tokens == len(expected)
     # The prefill worker served the prefills; the decode worker pulled the KV without failures.
-    assert worker_metric(env[f"p_{ns}"], "dynamo_component_requests_total", {"status": "success"}) == before + 2
+    # (at least: a retried 503 may have prefilled once before finding no decode worker)
+    assert worker_metric(env[f"p_{ns}"], "dynamo_component_requests_total", {"status": "success"}) >= before + 2
     assert frontend_metric(env["urls"][ns], "dynamo_frontend_remote_prefills_total", {"model": MODEL}) >= 2
     assert frontend_metric(env["urls"][ns], "dynamo_frontend_kv_transfer_bytes_total", {"transport": ns}) > 0
     assert worker_metric(env[f"p_{ns}"], "dynamo_component_kv_transfer_transport", {"transport": ns}) == 1
