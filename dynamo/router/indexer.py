@@ -31,7 +31,7 @@ BLOCK_NOT_FOUND = "block_not_found"
 UNSUPPORTED_TIER = "unsupported_tier"
 
 
-class Node(msgspec.Struct, eq=False, repr_omit_defaults=True):
+class Node(msgspec.Struct, eq=False):
     """One block of the tree. `mask` bit i set <=> slot i holds this block."""
 
     parent: Node | None
