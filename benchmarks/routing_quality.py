@@ -162,6 +162,17 @@ def _served(proc) -> str:
     return str(int(metric_value(text, "dynamo_component_requests_total", {"dynamo_endpoint": "generate"}) or 0))
 
 
+def stack_env(stack: str) -> tuple[dict[str, str], str | None]:
+    """(environment, interpreter) for a stack's processes: ours, or NVIDIA Dynamo kept on loopback."""
+    env: dict[str, str] = {"DYN_LOG": "warn"}
+    if stack != "anchor":
+        return env, None
+    env.update(PYTHONPATH="",  # its own `dynamo` package, not this checkout's
+               DYN_TCP_RPC_HOST="127.0.0.1", DYN_EVENT_PLANE_HOST="127.0.0.1",
+               DYN_TCP_RESPONSE_STREAM_HOST="127.0.0.1", DYN_SYSTEM_HOST="127.0.0.1", DYN_REQUEST_PLANE="tcp")
+    return env, anchor_python()
+
+
 def anchor_python() -> str:
     for venv in (os.environ.get("DYN_ANCHOR_VENV"), ROOT / ".venv-anchor", Path("/work/main/.venv-anchor")):
         if venv and (Path(venv) / "bin/python").exists():
@@ -195,12 +206,7 @@ def run_once(stack: str, spec: str, model: Path, plan, args) -> dict:
     mode, _, extra = spec.partition(":")
     pinned, mode = mode == "pinned", ("kv" if mode == "pinned" else mode)
     tmp = Path(tempfile.mkdtemp(prefix=f"routing-{mode}-"))
-    env, python = {"DYN_LOG": "warn"}, None
-    if stack == "anchor":
-        python = anchor_python()
-        env.update(PYTHONPATH="",  # its own `dynamo` package, not this checkout's
-                   DYN_TCP_RPC_HOST="127.0.0.1", DYN_EVENT_PLANE_HOST="127.0.0.1",
-                   DYN_TCP_RESPONSE_STREAM_HOST="127.0.0.1", DYN_SYSTEM_HOST="127.0.0.1", DYN_REQUEST_PLANE="tcp")
+    env, python = stack_env(stack)
     if args.engine == "vllm":  # engines start once (minutes); each run gets a fresh frontend and new prompts
         if getattr(args, "vllm", None) is None:
             args.vllm = _vllm_cluster(tmp, args)

@@ -29,6 +29,7 @@ from tests.worker.subjects import BUILDERS_ORDER_BY_PRIORITY, ENGINES, INSTANCE_
 pytestmark = [pytest.mark.asyncio(loop_scope="module")] + ([pytest.mark.e2e] if "vllm" in ENGINES else [])
 
 DISAGG_ENGINES = [e for e in ENGINES if WorkerRole.PREFILL in ROLES[e]]
+PRIORITY_ENGINES = [e for e in ENGINES if BUILDERS_ORDER_BY_PRIORITY.get(e)]
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -138,26 +139,27 @@ async def test_load_metrics_name_the_worker(subjects, engine):
     assert all(callable(fn) for _, _, fn in subject.adapter.gauges())
 
 
-@pytest.mark.parametrize("engine", [e for e in ENGINES if BUILDERS_ORDER_BY_PRIORITY.get(e)])
-async def test_agent_priority_orders_the_engines_waiting_queue(subjects, engine):
-    """One request runs; a plain one queues, then an urgent one (higher agent-hint priority) queues
-    behind it. When the running one ends, the urgent one must run first: FCFS would run the plain one."""
-    subject = await subjects.get(engine)
-    assert subject.orders_by_priority
-    handler = subject.handler()
-    busy = handler.generate(request(f"{engine}-busy", list(range(80, 90)), 400), None)
-    await busy.__anext__()
-    started: list[str] = []
+if PRIORITY_ENGINES:  # the real vLLM engine (tests/vllm/test_adapter_contract.py); no empty parametrize
+    @pytest.mark.parametrize("engine", PRIORITY_ENGINES)
+    async def test_agent_priority_orders_the_engines_waiting_queue(subjects, engine):
+        """One request runs; a plain one queues, then an urgent one (higher agent-hint priority) queues
+        behind it. When the running one ends, the urgent one must run first: FCFS would run the plain one."""
+        subject = await subjects.get(engine)
+        assert subject.orders_by_priority
+        handler = subject.handler()
+        busy = handler.generate(request(f"{engine}-busy", list(range(80, 90)), 400), None)
+        await busy.__anext__()
+        started: list[str] = []
 
-    async def run(name: str, prompt: list[int], hints: RoutingHints | None = None) -> None:
-        async for out in handler.generate(request(f"{engine}-{name}", prompt, 2, routing=hints), None):
-            if out.token_ids and name not in started:
-                started.append(name)
+        async def run(name: str, prompt: list[int], hints: RoutingHints | None = None) -> None:
+            async for out in handler.generate(request(f"{engine}-{name}", prompt, 2, routing=hints), None):
+                if out.token_ids and name not in started:
+                    started.append(name)
 
-    plain = asyncio.create_task(run("plain", [11, 12, 13]))
-    await wait_for(lambda: subject.held() == 2, "the plain request queued")
-    urgent = asyncio.create_task(run("urgent", [14, 15, 16], RoutingHints(priority=5)))
-    await wait_for(lambda: subject.held() == 3, "the urgent request queued")
-    await busy.aclose()  # frees the one running slot
-    await asyncio.wait_for(asyncio.gather(plain, urgent), 120)
-    assert started == ["urgent", "plain"]
+        plain = asyncio.create_task(run("plain", [11, 12, 13]))
+        await wait_for(lambda: subject.held() == 2, "the plain request queued")
+        urgent = asyncio.create_task(run("urgent", [14, 15, 16], RoutingHints(priority=5)))
+        await wait_for(lambda: subject.held() == 3, "the urgent request queued")
+        await busy.aclose()  # frees the one running slot
+        await asyncio.wait_for(asyncio.gather(plain, urgent), 120)
+        assert started == ["urgent", "plain"]
