@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.loadgen import print_table  # noqa: E402
+from benchmarks.loadgen import pct, print_table  # noqa: E402
 from benchmarks.routing_quality import long_context, run_users, stack_env, users  # noqa: E402
 from dynamo.llm.tiny_model import build_tiny_model  # noqa: E402
 from tests.fixtures.procs import Cluster, wait_until  # noqa: E402
@@ -40,9 +40,8 @@ def run(stack: str, n_users: int, args) -> tuple:
         res = asyncio.run(run_users(cluster.base_url + "/v1/completions", plan, 32))
     finally:
         cluster.stop()
-    t = sorted(x * 1e3 for x in res.ttft)
-    pick = lambda q: t[min(len(t) - 1, int(q * len(t)))]  # noqa: E731
-    return (f"{n_users} / {'ours' if stack == 'ours' else 'Dynamo 1.6.1'}", pick(0.1), pick(0.5), pick(0.9),
+    t = [x * 1e3 for x in res.ttft]
+    return (f"{n_users} / {'ours' if stack == 'ours' else 'Dynamo 1.6.1'}", pct(t, 0.1), pct(t, 0.5), pct(t, 0.9),
             statistics.fmean(t), statistics.fmean(res.itl) * 1e3, res.requests / res.elapsed)
 
 
