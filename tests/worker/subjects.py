@@ -36,7 +36,6 @@ class Subject:
     check_decode_params: Callable[[dict], None] | None = None
     aborted: Callable[[], int] | None = None
     source: Any = None
-    orders_by_priority: bool = False  # runs one request at a time, waiting ones by agent-hint priority
 
     def handler(self, limit: int = 0) -> RequestHandler:
         return RequestHandler(self.adapter, limit)
@@ -111,13 +110,13 @@ def vllm(role: WorkerRole, model: str) -> Subject:
                                       # priority test watches the order (the others run one at a time)
                                       "--scheduling-policy", "priority", "--max-num-seqs", "1"])
     adapter = VllmAdapter(config, engine_args)
-    return Subject("vllm", adapter, role, 32, 512, held=lambda: adapter.engine.get_num_unfinished_requests(),
-                   orders_by_priority=True)
+    return Subject("vllm", adapter, role, 32, 512, held=lambda: adapter.engine.get_num_unfinished_requests())
 
 
 BUILDERS = {"mocker": mocker, "sglang": sglang, "trtllm": trtllm, "vllm": vllm}
-# Engines whose subject schedules by priority (the stand-ins only record the call: tests/sglang).
-BUILDERS_ORDER_BY_PRIORITY = {"vllm": True}
+# Engines whose subject runs one request at a time and queues the rest by agent-hint priority
+# (the stand-ins only record the call: tests/sglang).
+ORDERS_BY_PRIORITY = frozenset({"vllm"})
 ENGINES = os.environ.get("DYN_ADAPTER_SUITE_ENGINES", "mocker,sglang,trtllm").split(",")
 ROLES = {e: [WorkerRole.AGG] if e == "vllm" else list(WorkerRole) for e in BUILDERS}
 
