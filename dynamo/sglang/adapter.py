@@ -74,20 +74,12 @@ class SglangAdapter:
         if not self.config.publish_kv_events:
             return False
         sa.kv_events_config = json.dumps({"publisher": "zmq", "topic": KV_EVENTS_TOPIC,
-                                          "endpoint": f"tcp://*:{self._free_port_range(self._dp_ranks())}"})
+                                          "endpoint": f"tcp://*:{free_port(count=self._dp_ranks())}"})
         return True
 
     def _dp_ranks(self) -> int:
         sa = self.server_args
         return int(getattr(sa, "dp_size", 1) or 1) if getattr(sa, "enable_dp_attention", False) else 1
-
-    @staticmethod
-    def _free_port_range(n: int) -> int:
-        for _ in range(50):  # SGLang binds base + rank for each DP-attention rank
-            base = free_port()
-            if n == 1 or all(free_port_is(base + i) for i in range(1, n)):
-                return base
-        raise RuntimeError(f"no {n} consecutive free ports for SGLang's KV-event publishers")
 
     async def start(self, ctx: EngineContext) -> EngineInfo:
         self.instance_id, self.bootstrap_host = ctx.instance_id, ctx.advertise_host
@@ -244,14 +236,3 @@ class SglangAdapter:
         await asyncio.gather(*self._prefills, return_exceptions=True)
         if self.engine is not None:
             await asyncio.to_thread(self.engine.shutdown)
-
-
-def free_port_is(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True

@@ -9,9 +9,6 @@ import signal
 import subprocess
 import sys
 
-import random
-import socket
-
 import pytest
 
 from tests.deploy.helpers import chat, group_members
@@ -22,28 +19,11 @@ WORKERS = {"agg": 1, "agg_router": 2, "disagg": 2, "disagg_router": 4}
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 
-def free_port_block(n: int) -> int:
-    """First of `n` consecutive free ports below the ephemeral range (scripts count up)."""
-    for _ in range(100):
-        base = random.randrange(20000, 30000)
-        try:
-            socks = [socket.socket() for _ in range(n)]
-            for i, sock in enumerate(socks):
-                sock.bind(("0.0.0.0", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise RuntimeError("no free port block")
-
-
 @pytest.mark.parametrize("script", sorted(WORKERS))
 def test_mocker_launch_script_serves(tmp_path, tiny_model, script):
     port = free_port()
     env = {**os.environ, "PYTHON": sys.executable, "MODEL_PATH": str(tiny_model), "HTTP_PORT": str(port),
-           "SYSTEM_PORT": str(free_port_block(WORKERS[script]))}
+           "SYSTEM_PORT": str(free_port("0.0.0.0", count=WORKERS[script]))}
     log = open(tmp_path / f"{script}.log", "wb")
     proc = subprocess.Popen(["bash", str(LAUNCH / f"{script}.sh")], env=env, cwd=tmp_path, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
