@@ -1,7 +1,7 @@
 """The engine-adapter contract suite (tests/worker/test_adapter_contract.py) run against the
 REAL vLLM engine: the suite runs in the vLLM venv with DYN_ADAPTER_SUITE_ENGINES=vllm,
 driving `VllmAdapter` over an in-process AsyncLLM (CPU build) on the tiny model with weights.
-vLLM's prefill/decode roles are covered end to end by test_disagg.py."""
+vLLM's prefill/decode roles are covered end to end by test_disagg_nixl.py and test_disagg_tcp.py."""
 
 from __future__ import annotations
 

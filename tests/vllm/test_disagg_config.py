@@ -18,7 +18,7 @@ def metrics_text(registry: CollectorRegistry) -> str:
 
 
 def test_agg_worker_without_user_config_is_left_alone():
-    # Stand-in for vLLM's engine args (the two fields `configure` reads); the real ones: tests/vllm/test_disagg.py.
+    # Stand-in for vLLM's engine args (the two fields `configure` reads); the real ones: tests/vllm/test_disagg_tcp.py.
     args = SimpleNamespace(kv_transfer_config=None, enable_prefix_caching=None)
     assert disagg.configure(args, "agg", "auto", "file") is None
     assert args.kv_transfer_config is None and args.enable_prefix_caching is None

@@ -94,7 +94,7 @@ async def test_kv_events_hash_like_the_router(subjects, engine):
     await wait_for(lambda: want <= stored(), "KvStored events for the prompt's full blocks", timeout=30)
 
 
-if DISAGG_ENGINES:  # vLLM's roles need a KV connector: covered end to end by tests/vllm/test_disagg.py
+if DISAGG_ENGINES:  # vLLM's roles need a KV connector: covered end to end by tests/vllm/test_disagg_{nixl,tcp}.py
     @pytest.mark.parametrize("engine", DISAGG_ENGINES)
     async def test_prefill_params_round_trip_to_decode(subjects, engine):
         prefill = await subjects.get(engine, WorkerRole.PREFILL)
