@@ -167,6 +167,39 @@ def metrics(proc: Proc) -> str:
     return http_get(f"http://127.0.0.1:{proc.system_port}/metrics")[1].decode()  # type: ignore[attr-defined]
 
 
+def engine_processes(proc: Proc) -> list[int]:
+    """The worker's descendant processes (vLLM's EngineCore and its model worker), from /proc."""
+    found, todo = [], [proc.pid]
+    while todo:
+        for children in Path(f"/proc/{todo.pop()}/task").glob("*/children"):
+            try:
+                pids = [int(pid) for pid in children.read_text().split()]
+            except OSError:  # the task ended meanwhile
+                continue
+            found += pids
+            todo += pids
+    return found
+
+
+@contextmanager
+def frozen_engine(proc: Proc) -> Iterator[None]:
+    """vLLM's engine processes stopped (SIGSTOP) while the worker's own process runs on: a
+    request in the engine can neither advance nor finish, however fast the box, until the
+    block exits (SIGCONT). What the worker's handler does meanwhile is the worker's alone."""
+    pids = engine_processes(proc)
+    assert pids, f"no engine processes under {proc.name}"
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+
 @contextmanager
 def worker_beside_reference(tmp: Path, model_dir: Path, python: Path, worker_args: list[str],
                             start_reference: Callable[[Path], subprocess.Popen]
