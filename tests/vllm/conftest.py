@@ -17,8 +17,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+import msgspec
 import pytest
 
+from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest, request_encoder
+from dynamo.runtime.rp_client import RequestPlaneClient
 from tests.fixtures.procs import REPO, Cluster, Proc, http_get, wait_until
 
 VLLM_VENV = Path(os.environ.get("DYN_VLLM_VENV", REPO / ".venv-vllm"))
@@ -165,6 +168,16 @@ def wait_healthy(proc: Proc, timeout: float = ENGINE_START_TIMEOUT) -> None:
 
 def metrics(proc: Proc) -> str:
     return http_get(f"http://127.0.0.1:{proc.system_port}/metrics")[1].decode()  # type: ignore[attr-defined]
+
+
+async def direct_generate(address: str, request: PreprocessedRequest) -> list[LLMEngineOutput]:
+    """Talk to the worker's request plane directly (no frontend): the raw token stream."""
+    client = RequestPlaneClient()
+    try:
+        stream = await client.open_stream(address, "generate", request_encoder.encode(request))
+        return [msgspec.msgpack.decode(item, type=LLMEngineOutput) async for item in stream]
+    finally:
+        await client.close()
 
 
 def engine_processes(proc: Proc) -> list[int]:

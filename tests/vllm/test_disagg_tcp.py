@@ -9,14 +9,11 @@ import asyncio
 import re
 import subprocess
 
-import msgspec
 import pytest
 
-from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest, SamplingOptions, StopConditions
-from dynamo.llm.protocol import request_encoder
-from dynamo.runtime.rp_client import RequestPlaneClient
+from dynamo.llm.protocol import PreprocessedRequest, SamplingOptions, StopConditions
 from tests.fixtures.procs import REPO
-from tests.vllm.conftest import MODEL, VllmCluster
+from tests.vllm.conftest import MODEL, VllmCluster, direct_generate
 from tests.vllm.disagg_helpers import PROMPTS, MAX_TOKENS, check_token_exact, start_pair
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -52,25 +49,16 @@ def address(proc) -> str:
     return found.group(1)
 
 
-async def generate(addr: str, request: PreprocessedRequest) -> list[LLMEngineOutput]:
-    client = RequestPlaneClient()
-    try:
-        stream = await client.open_stream(addr, "generate", request_encoder.encode(request))
-        return [msgspec.msgpack.decode(item, type=LLMEngineOutput) async for item in stream]
-    finally:
-        await client.close()
-
-
 def prefill_then_decode(env, prefill: str, prompt: list[int], tag: str) -> tuple[list[int], dict]:
     """The frontend's two hops by hand over the request plane: prefill worker, then decode worker."""
     base = dict(model=MODEL, token_ids=prompt, sampling_options=SamplingOptions(temperature=0.0), eos_token_ids=[])
     pre = PreprocessedRequest(request_id=f"{tag}-p", prefill_only=True, stop_conditions=StopConditions(max_tokens=1),
                               **base)
-    outs = asyncio.run(generate(address(env[prefill]), pre))
+    outs = asyncio.run(direct_generate(address(env[prefill]), pre))
     params = next(o.disaggregated_params for o in outs if o.disaggregated_params)
     dec = PreprocessedRequest(request_id=f"{tag}-d", disaggregated_params=params,
                               stop_conditions=StopConditions(max_tokens=MAX_TOKENS, ignore_eos=True), **base)
-    outs = asyncio.run(generate(address(env["decode"]), dec))
+    outs = asyncio.run(direct_generate(address(env["decode"]), dec))
     return [t for o in outs for t in o.token_ids], params
 
 

@@ -9,11 +9,10 @@ import json
 import time
 
 import httpx
-import msgspec
 import openai
 import pytest
 
-from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest, SamplingOptions, StopConditions
+from dynamo.llm.protocol import PreprocessedRequest, SamplingOptions, StopConditions
 from dynamo.llm.protocol import request_encoder
 from dynamo.llm.tokenizer import Tokenizer
 from dynamo.llm.kv_events.hashing import block_hashes
@@ -23,8 +22,8 @@ from dynamo.runtime.discovery.base import make_store
 from dynamo.runtime.event_plane.base import create_subscriber
 from dynamo.runtime.rp_client import RequestPlaneClient, StreamError
 from tests.fixtures.procs import http_get, metric_value, wait_until
-from tests.vllm.conftest import (BLOCK_SIZE, MAX_MODEL_LEN, MODEL, VllmCluster, frozen_engine, metrics,
-                                 offline_reference, reference_result, wait_healthy)
+from tests.vllm.conftest import (BLOCK_SIZE, MAX_MODEL_LEN, MODEL, VllmCluster, direct_generate, frozen_engine,
+                                 metrics, offline_reference, reference_result, wait_healthy)
 
 # Engine start-ups in the module fixture count against the first test: minutes on a busy 2-core box.
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -67,16 +66,6 @@ def client(env):
 def instance(env) -> dict:
     data = json.loads(http_get(env["cluster"].base_url + "/health")[1])
     return next(i for i in data["instances"] if i["model"] == MODEL)
-
-
-async def direct_generate(address: str, request: PreprocessedRequest) -> list[LLMEngineOutput]:
-    """Talk to the worker's request plane directly (no frontend): the raw token stream."""
-    client = RequestPlaneClient()
-    try:
-        stream = await client.open_stream(address, "generate", request_encoder.encode(request))
-        return [msgspec.msgpack.decode(item, type=LLMEngineOutput) async for item in stream]
-    finally:
-        await client.close()
 
 
 def test_token_exact_against_vllm_offline(env, client):
