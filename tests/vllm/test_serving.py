@@ -420,7 +420,10 @@ def test_forward_pass_metrics_from_vllm(env, monkeypatch):
         sub = await create_subscriber(None, store, "dynamo", "backend", FPM_TOPIC)
         got = []
         try:
-            await asyncio.sleep(1.0)  # subscriber connects to the worker's publisher
+            deadline = time.monotonic() + 30  # connected to the worker's publisher (no fixed sleep)
+            while instance(env)["instance_id"] not in sub.publishers and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert instance(env)["instance_id"] in sub.publishers, sub.publishers
             await asyncio.to_thread(openai.OpenAI(base_url=env["cluster"].base_url + "/v1", api_key="x")
                                     .completions.create, model=MODEL, prompt=ids(40, 3), max_tokens=16)
             it = sub.__aiter__()
