@@ -29,6 +29,11 @@ VLLM_PYTHON = VLLM_VENV / "bin" / "python"
 MODEL = "tiny"
 BLOCK_SIZE = 32
 MAX_MODEL_LEN = 2048  # the tiny model's max_position_embeddings
+
+
+def ids(n: int, salt: int) -> list[int]:
+    """Deterministic prompt token ids clear of the tiny model's special tokens (0-5)."""
+    return [6 + (i * 37 + salt * 101) % 4000 for i in range(n)]
 # Quiet, offline, small KV cache; see shared/reference/engines-on-cpu.md.
 ENGINE_ENV = {"DO_NOT_TRACK": "1", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
               "TOKENIZERS_PARALLELISM": "false"}
@@ -194,23 +199,33 @@ def engine_processes(proc: Proc) -> list[int]:
     return found
 
 
-@contextmanager
-def frozen_engine(proc: Proc) -> Iterator[None]:
-    """vLLM's engine processes stopped (SIGSTOP) while the worker's own process runs on: a
-    request in the engine can neither advance nor finish, however fast the box, until the
-    block exits (SIGCONT). What the worker's handler does meanwhile is the worker's alone."""
+def freeze_engine(proc: Proc) -> list[int]:
+    """Stop (SIGSTOP) vLLM's engine processes under `proc` while the worker's own process runs
+    on: a request in the engine can neither advance nor finish, however fast the box. Returns
+    the pids for `thaw_engine`."""
     pids = engine_processes(proc)
     assert pids, f"no engine processes under {proc.name}"
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
+    return pids
+
+
+def thaw_engine(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
+@contextmanager
+def frozen_engine(proc: Proc) -> Iterator[None]:
+    """`freeze_engine` for the block. What the worker's handler does meanwhile is the worker's alone."""
+    pids = freeze_engine(proc)
     try:
         yield
     finally:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
+        thaw_engine(pids)
 
 
 @contextmanager

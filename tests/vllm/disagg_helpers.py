@@ -9,19 +9,14 @@ until vLLM's 300 s execute-model timeout killed it."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import openai
 
 from dynamo.llm.tokenizer import Tokenizer
 from tests.fixtures.procs import http_get, metric_value, wait_until
-from tests.vllm.conftest import MODEL, VllmCluster, VenvProc, metrics, offline_reference, reference_result
+from tests.vllm.conftest import MODEL, VllmCluster, VenvProc, ids, metrics, offline_reference, reference_result
 
 MAX_TOKENS = 16
-
-
-def ids(n: int, salt: int) -> list[int]:
-    return [6 + (i * 37 + salt * 101) % 4000 for i in range(n)]
 
 
 PROMPTS = [ids(75, 2), ids(140, 3)]  # several 32-token blocks, the last one partial
@@ -39,7 +34,7 @@ def start_pair(cluster: VllmCluster, ns: str, prefill: list[str], decode: list[s
     workers = {"prefill": worker(0, prefill), "decode": worker(1, decode),
                **{name: worker(core, args) for name, (core, args) in (extra or {}).items()}}
     reference = offline_reference(cluster.python, cluster.model_dir, PROMPTS, MAX_TOKENS,
-                                  Path(cluster.tmp) / "reference.log")
+                                  cluster.tmp / "reference.log")
     cluster.frontend("--namespace", ns)
     workers = cluster.wait_all_healthy(workers)
     url = cluster.base_url

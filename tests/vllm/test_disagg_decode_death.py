@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fixtures.procs import http_get, metric_value, wait_until
+from tests.fixtures.procs import metric_value, wait_until
 from tests.vllm.conftest import MODEL, VllmCluster, metrics, wait_healthy
+from tests.vllm.disagg_helpers import frontend_metric
 from tests.vllm.test_migration import inflight, same_output
 from tests.vllm.test_migration import run_streams as run_migration_streams
 
@@ -23,10 +24,6 @@ STREAMS = 16  # each is prefilled remotely, then decoded: half of the aggregated
 
 def run_streams(base_url: str, during=None) -> list[dict]:
     return run_migration_streams(base_url, during, STREAMS)
-
-
-def frontend_metric(url: str, name: str, labels: dict) -> float:
-    return metric_value(http_get(url + "/metrics")[1].decode(), name, labels) or 0.0
 
 
 @pytest.fixture(scope="module")

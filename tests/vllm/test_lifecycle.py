@@ -7,13 +7,13 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import openai
 import pytest
 
 from tests.fixtures.procs import metric_value, wait_until
-from tests.vllm.conftest import ENGINE_START_TIMEOUT, MODEL, VllmCluster, health, metrics, wait_healthy
+from tests.vllm.conftest import (ENGINE_START_TIMEOUT, MODEL, VllmCluster, engine_processes, freeze_engine, health,
+                                 metrics, thaw_engine)
 
 # Engine start-ups in the module fixture count against the first test: minutes on a busy 2-core box.
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -33,19 +33,6 @@ def client(cluster) -> openai.OpenAI:
     return openai.OpenAI(base_url=cluster.base_url + "/v1", api_key="x", max_retries=0, timeout=120)
 
 
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(entry.name))
-    return out
-
-
 def test_health_then_graceful_sigterm_finishes_the_request_in_flight(cluster):
     # A grace period longer than the request can take on a loaded box: the drain, not the abort, ends it.
     worker = cluster.vllm_worker(env={"DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "180"}, wait=False)
@@ -58,23 +45,7 @@ def test_health_then_graceful_sigterm_finishes_the_request_in_flight(cluster):
     instances = cluster.tmp / "kv" / "v1" / "instances"
     keys = [p for p in instances.rglob("*") if p.is_file()]
     assert keys
-    result: dict = {"at": []}
-
-    def stream() -> None:
-        parts = client(cluster).completions.create(model=MODEL, prompt="A long story", max_tokens=1500,
-                                                   stream=True, extra_body={"ignore_eos": True})
-        chunks = []
-        for chunk in parts:
-            chunks.append(chunk)
-            result["at"].append(time.monotonic())
-        result["finish"] = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-        result["text"] = "".join(c.choices[0].text for c in chunks if c.choices)
-
-    thread = threading.Thread(target=stream)
-    thread.start()
-    # In flight for real (the handler holds it and tokens are flowing) before the signal.
-    wait_until(lambda: metric_value(metrics(worker), "dynamo_vllm_handler_inflight_requests") == 1
-               and len(result["at"]) >= 1, 120, "the request to be streaming")
+    thread, result, frozen = stream_frozen_mid_request(cluster, worker)
     signalled = time.monotonic()
     worker.popen.send_signal(signal.SIGTERM)
     # Deregistered at once: well inside the 10 s lease TTL, and while the request still runs.
@@ -82,10 +53,41 @@ def test_health_then_graceful_sigterm_finishes_the_request_in_flight(cluster):
     # The frontend's watch follows (it raced the bare assert once); still inside the 10 s lease TTL.
     wait_until(lambda: MODEL not in cluster.models(), max(0.5, signalled + 8 - time.monotonic()),
                "the frontend to drop the model before the lease could expire")
+    thaw_engine(frozen)  # the drain now has something to wait for: the engine finishes the request
     thread.join(240)
     assert result.get("finish") == ["length"], result  # the request in flight was finished, not cut
     assert sum(t > signalled for t in result["at"]) >= 1  # and it kept streaming after SIGTERM
     assert worker.popen.wait(60) == 0
+
+
+def stream_frozen_mid_request(cluster, worker) -> tuple[threading.Thread, dict, list[int]]:
+    """A 1,500-token stream whose first token has arrived, with vLLM's engine frozen under it:
+    in flight for real (the handler holds it) and unable to end, however fast the box (the tiny
+    model runs it in a fifth of a second), until the caller thaws the returned pids. Tried again
+    (3 streams) if the request ended before the freeze."""
+    for salt in range(3):
+        result: dict = {"at": []}
+        thread = threading.Thread(target=stream_into, args=(cluster, f"A long story, part {salt}", result))
+        thread.start()
+        wait_until(lambda: result["at"] or not thread.is_alive(), 120, "the first token")
+        frozen = freeze_engine(worker)
+        time.sleep(1)  # whatever the engine produced before the freeze reaches the handler
+        if "finish" not in result and metric_value(metrics(worker), "dynamo_vllm_handler_inflight_requests") == 1:
+            return thread, result, frozen
+        thaw_engine(frozen)
+        thread.join(120)
+    raise AssertionError("every request finished before the engine could be frozen")
+
+
+def stream_into(cluster, prompt: str, result: dict) -> None:
+    parts = client(cluster).completions.create(model=MODEL, prompt=prompt, max_tokens=1500, stream=True,
+                                               extra_body={"ignore_eos": True})
+    chunks = []
+    for chunk in parts:
+        chunks.append(chunk)
+        result["at"].append(time.monotonic())
+    result["finish"] = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    result["text"] = "".join(c.choices[0].text for c in chunks if c.choices)
 
 
 @pytest.fixture(autouse=True)
@@ -116,7 +118,7 @@ def test_engine_death_leaves_discovery_and_exits_nonzero(cluster):
     assert "prefix caching is off: no KV events" in worker.log_path.read_text(errors="replace")
     assert client(cluster).completions.create(model=MODEL, prompt=PROMPT, max_tokens=2).usage.prompt_tokens == 70
     assert relayed(worker) == -1
-    engine_cores = children(worker.pid)
+    engine_cores = engine_processes(worker)
     assert engine_cores, "no engine-core child process"
     for pid in engine_cores:
         os.kill(pid, signal.SIGKILL)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.fixtures.procs import http_get, metric_value, wait_until
-from tests.vllm.conftest import MODEL, VllmCluster, engine_processes, metrics, wait_healthy
+from tests.vllm.conftest import MODEL, VllmCluster, freeze_engine, metrics, wait_healthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -118,8 +118,7 @@ def interrupt(cluster, sig: int):
         if sig == signal.SIGTERM:
             # Its engine frozen first: on a fast box the streams would otherwise end inside the
             # drain grace and nothing would need to migrate. The worker kills the engine on exit.
-            for pid in engine_processes(worker):
-                os.kill(pid, signal.SIGSTOP)
+            freeze_engine(worker)
         worker.popen.send_signal(sig)
     return during, victim
 

@@ -22,7 +22,7 @@ from dynamo.runtime.discovery.base import make_store
 from dynamo.runtime.event_plane.base import create_subscriber
 from dynamo.runtime.rp_client import RequestPlaneClient, StreamError
 from tests.fixtures.procs import http_get, metric_value, wait_until
-from tests.vllm.conftest import (BLOCK_SIZE, MAX_MODEL_LEN, MODEL, VllmCluster, direct_generate, frozen_engine,
+from tests.vllm.conftest import (BLOCK_SIZE, MAX_MODEL_LEN, MODEL, VllmCluster, direct_generate, frozen_engine, ids,
                                  metrics, offline_reference, reference_result, wait_healthy)
 
 # Engine start-ups in the module fixture count against the first test: minutes on a busy 2-core box.
@@ -32,11 +32,6 @@ MAX_TOKENS = 24
 REQUEST_LIMIT = 10
 # The longest request the context allows; a fast box still runs it in well under a second.
 LONG = MAX_MODEL_LEN - 40
-
-
-def ids(n: int, salt: int) -> list[int]:
-    """Deterministic prompt token ids clear of the special tokens (0-5)."""
-    return [6 + (i * 37 + salt * 101) % 4000 for i in range(n)]
 
 
 EXACT_PROMPTS = [ids(20, 1), ids(75, 2)]
