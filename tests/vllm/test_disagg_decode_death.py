@@ -8,12 +8,14 @@ reference. Engines start once for the module."""
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
-from tests.fixtures.procs import metric_value, wait_until
+from tests.fixtures.procs import metric_value
 from tests.vllm.conftest import MODEL, VllmCluster, metrics, wait_healthy
 from tests.vllm.disagg_helpers import frontend_metric
-from tests.vllm.test_migration import inflight, same_output
+from tests.vllm.test_migration import same_output, signal_busiest
 from tests.vllm.test_migration import run_streams as run_migration_streams
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -53,11 +55,7 @@ def test_decode_worker_killed_mid_stream_migrates_token_exact(cluster):
     victim = {}
 
     def during(progress: list[int]) -> None:
-        wait_until(lambda: sum(1 for p in progress if p >= 2) >= len(progress) // 2, 300, "streams under way")
-        worker = max(cluster.decoders, key=inflight)
-        assert inflight(worker) > 0
-        victim["worker"] = worker
-        worker.kill()
+        victim["worker"] = signal_busiest(cluster.decoders, progress, signal.SIGKILL)
 
     outputs = run_streams(url, during)
     moved = frontend_metric(url, "dynamo_frontend_model_migration_total",

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.fixtures.procs import http_get, metric_value, wait_until
-from tests.vllm.conftest import MODEL, VllmCluster, freeze_engine, metrics, wait_healthy
+from tests.vllm.conftest import MODEL, VllmCluster, freeze_engine, metrics, thaw_engine, wait_healthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -105,21 +105,35 @@ def migrations(cluster) -> float:
     return metric_value(text, "dynamo_frontend_model_migration_total", {"migration_type": "ongoing_request"}) or 0.0
 
 
+def signal_busiest(workers: list, progress: list[int], sig: int) -> object:
+    """Once streams are under way, send `sig` to the live worker holding the most of them.
+
+    Every live engine is frozen first, so no stream can end between the choice and the signal
+    however fast the box (the tiny model runs all of them in a fraction of a second). The
+    others thaw at once; the victim's engine stays frozen under SIGTERM (its streams must not
+    end inside the drain grace; the worker kills its engine on exit) and thaws after SIGKILL
+    (so the orphaned engine sees its parent gone and exits)."""
+    wait_until(lambda: sum(1 for p in progress if p >= 2) >= len(progress) // 2, 300, "streams under way",
+               interval=0.01)
+    live = [w for w in workers if w.alive()]
+    frozen = [freeze_engine(w) for w in live]
+    busiest = max(range(len(live)), key=lambda i: inflight(live[i]))
+    try:
+        assert inflight(live[busiest]) > 0
+        live[busiest].popen.send_signal(sig)
+    finally:
+        for i, pids in enumerate(frozen):
+            if i != busiest or sig != signal.SIGTERM:
+                thaw_engine(pids)
+    return live[busiest]
+
+
 def interrupt(cluster, sig: int):
-    """When streams are under way, signal a live worker holding some of them."""
+    """`during` for `run_streams`: `signal_busiest` among the cluster's workers."""
     victim: dict = {}
 
     def during(progress: list[int]) -> None:
-        wait_until(lambda: sum(1 for p in progress if p >= 2) >= STREAMS // 2, 300, "streams under way")
-        live = [w for w in cluster.workers if w.alive()]
-        worker = max(live, key=inflight)
-        assert inflight(worker) > 0
-        victim["worker"] = worker
-        if sig == signal.SIGTERM:
-            # Its engine frozen first: on a fast box the streams would otherwise end inside the
-            # drain grace and nothing would need to migrate. The worker kills the engine on exit.
-            freeze_engine(worker)
-        worker.popen.send_signal(sig)
+        victim["worker"] = signal_busiest(cluster.workers, progress, sig)
     return during, victim
 
 
