@@ -10,7 +10,10 @@ Workloads (`--workload`; each sets defaults the flags can override):
 - `rag`: 12 documents of 4,000-8,000 tokens, a 60-token question each, concurrency 16;
 - `multi-turn`: conversations that grow: every user runs conversations one turn at a
   time, each turn's prompt = the previous turn's prompt + its answer + a new message, so a
-  conversation's next turn finds its history cached only where the last turn ran;
+  conversation's next turn finds its history cached only where the last turn ran. Its
+  table adds the follow-up turns' TTFT: the first turns (a sixth of the requests, cold prompts
+  that no router can find cached, and all sent at once by users that start together) set the
+  p99 of every mode alike, so the follow-ups are where routing shows;
 - `mixed`: half `groups` traffic, half unique prompts (nothing to reuse);
 - `vllm-prefix` with `--engine vllm`: two real `dynamo.vllm` workers (vLLM's CPU build, the
   tiny random-weight Llama, prefix caching and KV events on) behind our frontend, 16 groups
@@ -122,24 +125,37 @@ def pinning(plan: list[list[list[int]]], worker_ids: list[int]) -> dict[tuple[in
     return families
 
 
+def follow_ups(plan: list[list[list[int]]]) -> set[tuple[int, int]]:
+    """(user, index) of every request that extends the same user's previous prompt: a conversation's
+    later turns, whose history a router can find cached. First turns are cold wherever they go."""
+    return {(u, i) for u, prompts in enumerate(plan) for i in range(1, len(prompts))
+            if prompts[i][:len(prompts[i - 1])] == prompts[i - 1]}
+
+
 async def run_users(url: str, plan: list[list[list[int]]], max_tokens: int, think_ms: float = 0.0,
-                    seed: int = 0, pins: dict[tuple[int, ...], int] | None = None) -> Result:
+                    seed: int = 0, pins: dict[tuple[int, ...], int] | None = None,
+                    follow_ttft: list[float] | None = None) -> Result:
+    """`follow_ttft`, when given, also collects the TTFTs of the `follow_ups` requests."""
     result = Result()
+    later = follow_ups(plan) if follow_ttft is not None else set()
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
         await stream_one(session, url, {"model": "tiny", "prompt": [7] * 40, "max_tokens": 2}, Result())
 
-        async def user(prompts: list[list[int]], pause: random.Random) -> None:
-            for prompt in prompts:
+        async def user(u: int, prompts: list[list[int]], pause: random.Random) -> None:
+            for i, prompt in enumerate(prompts):
                 if think_ms > 0:  # a person reads the answer before the next turn (same pauses, every stack)
                     await asyncio.sleep(pause.uniform(0, think_ms) / 1e3)
                 body = {"model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True}
                 if pins is not None:
                     body["nvext"] = {"backend_instance_id": pins[tuple(prompt[:64])]}
+                seen = len(result.ttft)
                 await stream_one(session, url, body, result)
+                if (u, i) in later and len(result.ttft) > seen:  # no await since the append: it is this one's
+                    follow_ttft.append(result.ttft[-1])
 
         start = time.perf_counter()
-        await asyncio.gather(*(user(p, random.Random(seed * 1000 + u)) for u, p in enumerate(plan)))
+        await asyncio.gather(*(user(u, p, random.Random(seed * 1000 + u)) for u, p in enumerate(plan)))
         result.elapsed = time.perf_counter() - start
     return result
 
@@ -231,13 +247,15 @@ def run_once(stack: str, spec: str, model: Path, plan, args) -> dict:
         if pinned:
             pins = pinning(plan, _worker_ids(cluster.base_url))
         cpu = [cpu_seconds(p.pid) for p in procs]
+        later: list[float] = []
         res = asyncio.run(run_users(cluster.base_url + "/v1/completions", plan, args.max_tokens, args.think_ms,
-                                    args.seed, pins))
+                                    args.seed, pins, later))
         cpu = [(cpu_seconds(p.pid) - c) * 1e3 / max(res.requests, 1) for p, c in zip(procs, cpu)]
         served = [_count(w) for w in workers]
         if args.engine == "vllm":
             served = [a - b for a, b in zip(served, before)]
         return {"ttft50": pct(res.ttft, 0.5) * 1e3, "ttft99": pct(res.ttft, 0.99) * 1e3,
+                "follow": (pct(later, 0.5) * 1e3, pct(later, 0.99) * 1e3) if later else None,
                 "cached": res.cached_tokens / max(res.prompt_tokens, 1), "rps": res.requests / res.elapsed,
                 "served": "/".join(map(str, served)), "errors": res.errors, "cpu": cpu,
                 "late": _late(workers) if stack == "ours" and args.engine == "mocker" else None,
@@ -352,16 +370,7 @@ def main() -> None:
     finally:
         if getattr(args, "vllm", None) is not None:
             args.vllm[0].stop()
-    rows = []
-    for (stack, spec), results in runs.items():
-        rows.append((f"{'Dynamo 1.6.1' if stack == 'anchor' else 'ours'} {spec}",
-                     _spread([x["ttft50"] for x in results], "{:.0f}"), _spread([x["ttft99"] for x in results], "{:.0f}"),
-                     _spread([x["cached"] for x in results], "{:.2f}"), _spread([x["rps"] for x in results], "{:.1f}"),
-                     " ".join(x["served"] for x in results), sum(x["errors"] for x in results),
-                     " ".join("/".join(f"{v:.1f}" for v in x["cpu"]) for x in results),
-                     " ".join("-" if x["late"] is None else f"{x['late']:+.1%}" for x in results),
-                     " ".join("/".join("-" if v is None else f"{v:.0f}" for v in
-                                       (x["ttft_mean"], x["frontend_ttft"], x["engine_ttft"])) for x in results)))
+    rows, follow = _rows(runs)
     n = sum(len(p) for p in plan)
     print_table(f"routing quality, workload {args.workload}: {n} streaming completions x {args.rounds} round(s), "
                 f"{args.groups} groups x {args.prefix_tokens}-token prefixes + {args.suffix_tokens}-token suffixes, "
@@ -370,9 +379,29 @@ def main() -> None:
                 + (f"2 vLLM CPU workers ({args.vllm_preset} model, block size {args.block_size})" if args.engine == "vllm" else
                    f"2 mockers x {args.blocks} blocks of {args.block_size} (speedup {args.speedup})")
                 + "; median [min-max] over rounds",
-                ("router", "TTFT p50 ms", "TTFT p99 ms", "cached fraction", "req/s", "requests per worker",
-                 "errors", "CPU ms/request frontend/workers", "mocker steps late",
-                 "TTFT mean ms client/frontend/engine"), rows)
+                ("router", "TTFT p50 ms", "TTFT p99 ms")
+                + (("follow-up turns TTFT p50 / p99 ms",) if follow else ())
+                + ("cached fraction", "req/s", "requests per worker", "errors", "CPU ms/request frontend/workers",
+                   "mocker steps late", "TTFT mean ms client/frontend/engine"), rows)
+
+
+def _rows(runs: dict[tuple[str, str], list[dict]]) -> tuple[list[tuple], bool]:
+    """One table row per (stack, mode); the follow-up turns' column only where the plan has them."""
+    follow = any(x["follow"] for results in runs.values() for x in results)
+    rows = []
+    for (stack, spec), results in runs.items():
+        later = (_spread([x["follow"][0] for x in results], "{:.0f}") + " / "
+                 + _spread([x["follow"][1] for x in results], "{:.0f}"),) if follow else ()
+        rows.append((f"{'Dynamo 1.6.1' if stack == 'anchor' else 'ours'} {spec}",
+                     _spread([x["ttft50"] for x in results], "{:.0f}"), _spread([x["ttft99"] for x in results], "{:.0f}"),
+                     *later,
+                     _spread([x["cached"] for x in results], "{:.2f}"), _spread([x["rps"] for x in results], "{:.1f}"),
+                     " ".join(x["served"] for x in results), sum(x["errors"] for x in results),
+                     " ".join("/".join(f"{v:.1f}" for v in x["cpu"]) for x in results),
+                     " ".join("-" if x["late"] is None else f"{x['late']:+.1%}" for x in results),
+                     " ".join("/".join("-" if v is None else f"{v:.0f}" for v in
+                                       (x["ttft_mean"], x["frontend_ttft"], x["engine_ttft"])) for x in results)))
+    return rows, follow
 
 
 if __name__ == "__main__":
