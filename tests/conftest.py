@@ -23,13 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.ci import in_ci
+
 # The process classes a module uses (a bare `subprocess` call needs its own mark: the guard says so).
 PROCESS_NAMES = {"Cluster", "Proc", "VllmCluster", "VenvProc", "EtcdServer", "DeployRun"}
 PROCESS_FIXTURES = {"etcd_server", "nats_server", "vllm_python", "vllm_model"}
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
 # Nothing under test may reach a model hub: this machine (and CI) has no network beyond package

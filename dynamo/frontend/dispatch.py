@@ -143,6 +143,9 @@ class Dispatcher:
                 log.warning("worker %x unreachable (%s); trying another", worker.instance_id, exc)
                 self.metrics.migration(entry.name, "new_request")
                 continue
+            except BaseException:  # cancelled while dialling: the booking has no other owner yet
+                self.policy.free(request.request_id)
+                raise
             handle.attach(stream)
             first = True
             try:

@@ -33,6 +33,7 @@ class StoreStats:
     rejected: int = 0
     bytes_staged: int = 0
     bytes_claimed: int = 0
+    waiting: int = 0  # a gauge, not a counter: puts blocked right now for room
 
 
 class TooLarge(ValueError):
@@ -67,15 +68,9 @@ class StagingStore:
             raise TooLarge(f"transfer of {nbytes} bytes exceeds the staging cap of {self.cap_bytes}")
         deadline = self.clock() + timeout
         with self._cond:
-            while True:
-                self._expire_locked()
-                if self._held + nbytes <= self.cap_bytes:
-                    break
-                left = deadline - self.clock()
-                if left <= 0:
-                    self.stats.rejected += 1
-                    return False
-                self._cond.wait(min(left, 0.05))  # wake up for expiries too
+            if not self._wait_for_room_locked(nbytes, deadline):
+                self.stats.rejected += 1
+                return False
             if transfer_id in self._entries:
                 self._drop_locked(transfer_id)
             self._entries[transfer_id] = Staged(transfer_id, segments, meta, nbytes, self.clock() + self.ttl_s, owner)
@@ -84,6 +79,25 @@ class StagingStore:
             self.stats.bytes_staged += nbytes
             self._cond.notify_all()
             return True
+
+    def _wait_for_room_locked(self, nbytes: int, deadline: float) -> bool:
+        """Wait until `nbytes` fit or `deadline` passes, counted in `stats.waiting` while blocked."""
+        blocked = False
+        try:
+            while True:
+                self._expire_locked()
+                if self._held + nbytes <= self.cap_bytes:
+                    return True
+                left = deadline - self.clock()
+                if left <= 0:
+                    return False
+                if not blocked:
+                    blocked = True
+                    self.stats.waiting += 1
+                self._cond.wait(min(left, 0.05))  # wake up for expiries too
+        finally:
+            if blocked:
+                self.stats.waiting -= 1
 
     def checkout(self, transfer_id: str, wait_s: float = 0.0) -> Staged | None:
         """Pin a staged transfer for sending; waits up to `wait_s` for it to be staged."""

@@ -208,10 +208,14 @@ class RouterService:
             try:
                 stream = await self.runtime.client.open_stream(worker.address or "", self.eid.endpoint, payload)
                 return stream, worker.instance_id, await stream.next_batch()
-            except StreamError as exc:
+            except BaseException as exc:
+                # Booked but not handed to `generate`'s cleanup yet: release here, whatever ended
+                # it (a worker error, or the caller cancelling before the first output).
                 self.policy.free(request.request_id)
                 if stream is not None and not stream.done:
                     stream.cancel()
+                if not isinstance(exc, StreamError):
+                    raise
                 # Unreachable, draining, or lost before its first output (a connection that died
                 # idle is only found out now): nothing was sent on, so another worker may take it.
                 if reason_for(exc) is None:

@@ -1,12 +1,14 @@
 """Disaggregated prefill/decode with mocker workers: the frontend sends the prompt to a
 prefill worker, then the decode worker continues from the transferred KV; failures
 fall back to local prefill unless disaggregation is enforced; conditional
-disaggregation prefills short prompts locally. Each test builds the state it needs."""
+disaggregation prefills short prompts, and prompts that find the prefill pool busy,
+locally. Each test builds the state it needs."""
 
 from __future__ import annotations
 
 import json
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -207,5 +209,39 @@ def test_client_gone_during_remote_prefill_cancels_it_and_never_reaches_decode(t
         assert resp.usage.completion_tokens == 3
         assert worker_metric(c.prefill, "dynamo_component_requests_total", {"status": "success"}) == 1
         assert worker_metric(c.decode, "dynamo_component_requests_total", {"status": "success"}) == 1
+    finally:
+        c.stop()
+
+
+def test_conditional_disaggregation_prefills_locally_while_the_prefill_pool_is_busy(tiny_model, tmp_path):
+    """`max_inflight_prefills_per_worker: 1`: while the only prefill worker computes one long
+    prompt (slow chunked prefill), a second long prompt is prefilled on the decode worker
+    ("prefill_pool_busy") instead of queueing behind it; both answer in full."""
+    c = Cluster(tmp_path, tiny_model, "file")
+    try:
+        c.prefill = c.mocker("--speedup-ratio", "0.05", "--max-num-batched-tokens", "64",
+                             "--disaggregation-mode", "prefill")  # ~0.35 s per 64-token chunk: ~5.6 s for 1000
+        c.decode = c.mocker("--speedup-ratio", "50", "--is-decode-worker")
+        c.frontend("--router-conditional-disagg", "--router-conditional-disagg-config",
+                   json.dumps({"eff_isl_threshold": 64, "max_inflight_prefills_per_worker": 1}))
+        c.wait_workers(MODEL, 2)
+        client = client_for(c.base_url)
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(client.completions.create, model=MODEL, prompt=[11 + i for i in range(1000)],
+                                max_tokens=5)
+            wait_until(lambda: first.done() or worker_metric(c.prefill, "dynamo_component_inflight_requests") == 1,
+                       30, "the prefill worker to hold the first prompt")
+            assert not first.done(), "the first prompt finished before the second could find the pool busy"
+            second = client.completions.create(model=MODEL, prompt=[2000 + i for i in range(1000)], max_tokens=5)
+            answers = (first.result(timeout=120), second)
+        for answer in answers:
+            assert answer.usage.prompt_tokens == 1000 and answer.usage.completion_tokens == 5
+            assert answer.choices[0].finish_reason == "length"
+        assert frontend_metric(c.base_url, "dynamo_frontend_local_prefills_total",
+                               {"model": MODEL, "reason": "prefill_pool_busy"}) == 1
+        assert frontend_metric(c.base_url, "dynamo_frontend_local_prefills_total", {"model": MODEL}) == 1
+        assert frontend_metric(c.base_url, "dynamo_frontend_remote_prefills_total", {"model": MODEL}) == 1
+        assert worker_metric(c.prefill, "dynamo_component_requests_total", {"status": "success"}) == 1
+        assert worker_metric(c.decode, "dynamo_component_requests_total", {"status": "success"}) == 2
     finally:
         c.stop()

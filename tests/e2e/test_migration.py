@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.fixtures.load import sse_chunks
+from tests.e2e.test_migration_limits import kill_the_busy_worker
 from tests.fixtures.procs import Cluster, http_get, metric_value
 
 pytestmark = pytest.mark.e2e
@@ -25,11 +26,6 @@ def cluster(tiny_model, tmp_path_factory):
         c.stop()
 
 
-def inflight(proc) -> float:
-    return metric_value(http_get(f"http://127.0.0.1:{proc.system_port}/metrics")[1].decode(),
-                        "dynamo_component_inflight_requests") or 0.0
-
-
 def test_worker_killed_mid_stream_is_migrated(cluster):
     body = {"model": MODEL, "prompt": "migrate me please", "max_tokens": 300, "stream": True,
             "stream_options": {"include_usage": True}}
@@ -43,8 +39,7 @@ def test_worker_killed_mid_stream_is_migrated(cluster):
             if choice["finish_reason"]:
                 finish.append(choice["finish_reason"])
         if killed is None and len(text) >= 10:
-            killed = next(w for w in cluster.workers if inflight(w) == 1)
-            killed.kill()
+            killed = kill_the_busy_worker(cluster)  # polls: the metric may lag the stream
     assert killed is not None
     assert finish == ["length"]
     assert usage["completion_tokens"] == 300

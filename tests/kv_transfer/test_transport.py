@@ -134,28 +134,27 @@ def test_store_cap_backpressure_and_release():
     store = StagingStore(cap_bytes=1000, ttl_s=60)
     assert store.put("a", [memoryview(b"a" * 600)], {})
     assert not store.put("b", [memoryview(b"b" * 600)], {}, timeout=0.05)  # no room: backpressure
-    assert store.stats.rejected == 1
+    assert store.stats.rejected == 1 and store.stats.waiting == 0
     with pytest.raises(TooLarge):
         store.put("huge", [memoryview(b"h" * 1001)], {})
 
-    done, started = [], threading.Event()
+    done: list[tuple[bool, float]] = []
 
     def put_b() -> None:
-        started.set()
-        ok = store.put("b", [memoryview(b"b" * 600)], {}, timeout=5)
+        ok = store.put("b", [memoryview(b"b" * 600)], {}, timeout=60)
         done.append((ok, time.monotonic()))
 
-    waiter = threading.Thread(target=put_b)
+    waiter = threading.Thread(target=put_b, daemon=True)
     waiter.start()
-    assert started.wait(5)
-    time.sleep(0.2)  # the waiter is inside put(); a put that did not block would have returned by now
-    assert not done
+    wait_for(lambda: store.stats.waiting == 1 or bool(done), timeout=30)
+    assert store.stats.waiting == 1 and not done  # blocked inside put() for room: neither not yet called nor returned
     released = time.monotonic()
     store.checkout("a")
     store.finish("a", claimed=True)
-    waiter.join(5)
+    waiter.join(30)
     assert [ok for ok, _ in done] == [True] and store.held_bytes == 600
     assert done[0][1] >= released  # it returned only once room was made
+    assert store.stats.waiting == 0 and store.stats.rejected == 2  # the timed-out put and the too-large one
 
 
 def test_store_expires_unclaimed_but_not_pinned():

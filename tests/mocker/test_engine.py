@@ -172,11 +172,23 @@ async def test_prefill_only_flag_in_agg_mode(make_engine):
 
 
 async def test_decode_mode_skips_prefill(make_engine):
+    """A decode worker handed transferred KV schedules no prefill: its first step is already a
+    decode over the whole prompt. Without transferred KV an equally long prompt is prefilled."""
     engine = await make_engine(disaggregation_mode="decode")
+    fpms = []
+    engine.publish_forward_passes(fpms.append, "w")
     req = request(1, range(10, 30), max_tokens=5)
     req.disaggregated_params = {"transfer": "mocker"}
     outs = await collect(engine, req)
     assert len(tokens_of(outs)) == 5 and outs[-1].finish_reason == "length"
+    steps = [f.scheduled_requests for f in fpms if not f.idle]
+    assert len(steps) == 5 and all(s.num_prefill_requests == 0 for s in steps)
+    assert (steps[0].num_decode_requests, steps[0].sum_decode_kv_tokens) == (1, 20)
+
+    fpms.clear()
+    await collect(engine, request(2, range(40, 60), max_tokens=5))  # no disaggregated_params, no cache hit
+    first = next(f.scheduled_requests for f in fpms if not f.idle)
+    assert (first.num_prefill_requests, first.sum_prefill_tokens) == (1, 20)
 
 
 async def test_stop_fails_inflight_streams(make_engine):

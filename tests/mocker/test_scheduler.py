@@ -161,6 +161,26 @@ def test_decode_with_transferred_kv_skips_prefill():
     assert step(sched2)[0] == [("2", 20)]  # the same prompt without transferred KV: a full prefill
 
 
+def test_preempted_decode_with_transferred_kv_recomputes_its_prompt():
+    """Preemption frees a disaggregated decode's transferred KV, so when it is re-admitted it
+    must prefill everything it has (prompt plus sampled tokens), not resume at one token."""
+    # No prefix caching: its freed blocks cannot come back as cache hits that hide the recompute.
+    sched, _ = make(capacity=4, watermark=0.0, enable_prefix_caching=False)
+    a = seq(1, [11] * 8, max_tokens=4)
+    b = Sequence("2", [12] * 8, 4, TokenSampler(100, {0}), rng=2, skip_prefill=True)
+    sched.add(a)
+    sched.add(b)
+    assert step(sched)[0] == [("1", 8), ("2", 1)]  # the cache is full: 2 blocks each
+    step(sched)  # both need a third block for their next token: b, admitted last, is preempted
+    assert sched.num_preemptions == 1 and list(sched.waiting) == [b]
+    while b in sched.waiting:  # b waits until a finishes and frees its blocks
+        batch, _ = step(sched)
+    assert ("2", 9) in batch  # re-admitted: 8 prompt tokens + its 1 sampled token, all recomputed
+    while not b.done:
+        step(sched)
+    assert b.num_generated == 4
+
+
 def test_a_late_step_is_caught_up_on_the_simulated_clock():
     # The loop woke 30 ms after the previous step's deadline (busy streaming): the next 40 ms
     # step still ends 40 ms after that deadline, so the lateness is not added to modelled time.

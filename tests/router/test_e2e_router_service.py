@@ -15,7 +15,7 @@ from dynamo.llm.protocol import PreprocessedRequest, StopConditions, output_deco
 from dynamo.router.service import OverlapScores, BestWorker, RouteQuery
 from dynamo.runtime.discovery.base import make_store
 from dynamo.runtime.rp_client import RequestPlaneClient
-from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
+from tests.fixtures.procs import Cluster, free_port, http_get, metric_value, wait_until
 from tests.router.e2e_helpers import (
     BLOCK,
     MODEL,
@@ -52,19 +52,26 @@ def cluster(tiny_model, tmp_path_factory):
         c.stop()
 
 
-async def _call(cluster, endpoint: str, payload: bytes) -> list[bytes]:
+async def _service_address(cluster, endpoint: str):
+    """(the open discovery store, the router service's address for `endpoint`), once registered."""
     store = make_store("file", root=cluster.kv_root)
     await store.start()
+    prefix = f"v1/instances/dynamo/kv-router/{endpoint}/"
+    for _ in range(100):
+        found = await store.get_prefix(prefix)
+        if found:
+            break
+        await asyncio.sleep(0.2)
+    if not found:
+        await store.close()
+        raise AssertionError(f"router service endpoint {endpoint} not registered:\n{cluster.router.log()}")
+    return store, msgspec.json.decode(next(iter(found.values())))["transport"]["tcp"]
+
+
+async def _call(cluster, endpoint: str, payload: bytes) -> list[bytes]:
+    store, address = await _service_address(cluster, endpoint)
     client = RequestPlaneClient()
     try:
-        prefix = f"v1/instances/dynamo/kv-router/{endpoint}/"
-        for _ in range(100):
-            found = await store.get_prefix(prefix)
-            if found:
-                break
-            await asyncio.sleep(0.2)
-        assert found, f"router service endpoint {endpoint} not registered:\n{cluster.router.log()}"
-        address = msgspec.json.decode(next(iter(found.values())))["transport"]["tcp"]
         stream = await client.open_stream(address, endpoint, payload)
         return [p async for p in stream]
     finally:
@@ -191,3 +198,49 @@ def test_a_router_that_starts_late_learns_existing_caches_from_the_workers(clust
         assert synced == sum(frontend_view.values())
     finally:
         late.stop()
+
+
+def test_generate_cancelled_before_the_first_output_frees_the_booking(tiny_model, tmp_path):
+    """The caller goes away while the worker still prefills (nothing streamed yet): the service
+    frees its booking and cancels the worker's stream. (It once kept the booking, with no TTL,
+    for as long as the worker stayed registered, and the worker ran the request to the end.)"""
+    c = Cluster(tmp_path, tiny_model, "file")
+    try:
+        # Slow chunked prefill: seconds before the first output of a 1,000-token prompt.
+        worker = c.mocker("--speedup-ratio", "0.002", "--max-num-batched-tokens", "64", "--block-size", str(BLOCK))
+        port = free_port()
+        c.router = c.start("dynamo.router", ["--endpoint", "dynamo.backend.generate", "--router-block-size",
+                                             str(BLOCK)], env={"DYN_SYSTEM_PORT": str(port)}, name="router")
+        c.kv_root = str(c.tmp / "kv")
+        asyncio.run(_cancel_before_first_output(c, f"http://127.0.0.1:{port}", worker))
+    finally:
+        c.stop()
+
+
+async def _cancel_before_first_output(cluster, router_url: str, worker) -> None:
+    def booked() -> float:
+        return metric_value(metrics(router_url), "dynamo_component_worker_active_decode_blocks") or 0.0
+
+    def worker_metric(name: str, labels: dict | None = None) -> float:
+        return metric_value(metrics(f"http://127.0.0.1:{worker.system_port}"), name, labels) or 0.0
+
+    request = PreprocessedRequest(request_id=uuid.uuid4().hex, model=MODEL, token_ids=tokens(71, 1000),
+                                  stop_conditions=StopConditions(max_tokens=5, ignore_eos=True))
+    client, store, stream = RequestPlaneClient(), None, None
+    try:
+        store, address = await _service_address(cluster, "generate")
+        await asyncio.to_thread(wait_until, lambda: "worker_id=" in metrics(router_url), 60,
+                                "the service to see the worker")
+        stream = await client.open_stream(address, "generate", request_encoder.encode(request))
+        await asyncio.to_thread(wait_until, lambda: booked() > 0 and worker_metric(
+            "dynamo_component_inflight_requests") == 1, 60, "the request booked and prefilling")
+        stream.cancel()
+        await asyncio.to_thread(wait_until, lambda: booked() == 0, 30, "the service to free its booking")
+        await asyncio.to_thread(wait_until, lambda: worker_metric(
+            "dynamo_component_requests_total", {"dynamo_endpoint": "generate", "status": "cancelled"}) == 1, 30,
+            "the worker to see the cancel")
+        assert worker_metric("dynamo_component_requests_total", {"dynamo_endpoint": "generate", "status": "success"}) == 0
+    finally:
+        await client.close()
+        if store is not None:
+            await store.close()

