@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from dynamo.deploy.group_guard import GroupGuard
 from dynamo.deploy.plan import Launch, ServicePlan
 
 log = logging.getLogger("dynamo.deploy")
@@ -91,6 +92,7 @@ class Supervisor:
         self.stopping = False
         self.version = 0  # bumped on every state change (the status table watches it)
         self._scale_requested = asyncio.Event()
+        self.guard = GroupGuard(grace)  # stops the replicas' groups if this process dies unannounced
 
     def _touch(self) -> None:
         self.version += 1
@@ -133,6 +135,7 @@ class Supervisor:
             rep.state, rep.exit_code = "exited", 127
             self._schedule_restart(rep)
             return
+        self.guard.add(rep.proc.pid)  # its own session: the pid is the group id
         rep.tasks = [asyncio.create_task(self._pump(rep, rep.proc)), asyncio.create_task(self._watch(rep, rep.proc)),
                      asyncio.create_task(self._probe(rep, rep.proc))]
         self._touch()
@@ -154,6 +157,7 @@ class Supervisor:
         code = await proc.wait()
         rep.exit_code = code
         _kill_group(proc.pid, signal.SIGKILL)  # leftovers of a crashed shell pipeline
+        self.guard.remove(proc.pid)
         if rep.stopping or self.stopping:
             rep.state = "stopped"
         else:
@@ -243,15 +247,19 @@ class Supervisor:
     # ----- whole graph ----------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.reconcile()
-        while not stop.is_set():
-            await self._restart_due()
-            if self._scale_requested.is_set():
-                self._scale_requested.clear()
-                await self.reconcile()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.25)
-        await self.shutdown()
+        self.guard.start()
+        try:
+            await self.reconcile()
+            while not stop.is_set():
+                await self._restart_due()
+                if self._scale_requested.is_set():
+                    self._scale_requested.clear()
+                    await self.reconcile()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.25)
+        finally:
+            await self.shutdown()
+            await asyncio.to_thread(self.guard.close)
 
     async def shutdown(self) -> None:
         self.stopping = True

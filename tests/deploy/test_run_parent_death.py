@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.deploy.helpers import DeployRun, group_members, pid_alive
-from tests.fixtures.procs import REPO
+from tests.fixtures.procs import REPO, wait_until
 
 MOCKER = REPO / "examples/backends/mocker/deploy"
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -54,6 +54,49 @@ def test_replicas_exit_when_run_is_sigkilled(tmp_path, tiny_model):
         assert left == [], f"still running 30 s after `run` was SIGKILLed: {left}\n{run.log()}"
     finally:
         for pid in still_running(started, 0):  # nothing outlives a failed test
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        run.stop()
+
+
+PIPELINE = """apiVersion: nvidia.com/v1alpha1
+kind: DynamoGraphDeployment
+metadata:
+  name: pipeline
+spec:
+  services:
+    Worker:
+      componentType: worker
+      replicas: 1
+      extraPodSpec:
+        mainContainer:
+          image: local
+          command: ["/bin/sh", "-c"]
+          args: ["python3 -c 'import time; time.sleep(600)' 2>&1 | tee /tmp/worker.log"]
+"""
+
+
+def test_a_shell_pipeline_replica_goes_too(tmp_path):
+    """The deployment guides' form, `sh -c "engine ... | tee /tmp/worker.log"`: the death signal
+    reaches only the shell; the engine and `tee` (its process group) are stopped by the guard
+    that `run` leaves behind (dynamo/deploy/group_guard.py)."""
+    manifest = tmp_path / "pipeline.yaml"
+    manifest.write_text(PIPELINE)
+    run = DeployRun(manifest, tmp_path)
+    group: set[int] = set()
+    try:
+        # Not a Dynamo process: it never answers the worker's health probe, so it stays "starting".
+        wait_until(lambda: all(r["pid"] for r in run.replicas("Worker")), 60, "the replica started")
+        (pgid,) = {r["pid"] for r in run.replicas("Worker")}
+        group = {pgid}
+        wait_until(lambda: len(group_members(group)) >= 3, 30, "the shell, python and tee running")
+        members = set(group_members(group))
+        os.kill(run.popen.pid, signal.SIGKILL)
+        run.popen.wait(30)
+        left = still_running(members | group, 30)
+        assert left == [], f"still running 30 s after `run` was SIGKILLed: {left}\n{run.log()}"
+    finally:
+        for pid in still_running(group, 0):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         run.stop()

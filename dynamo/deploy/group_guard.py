@@ -1,0 +1,102 @@
+"""The replicas' process groups outlive no `run`: a guard process stops them when `run` dies
+without shutting down (SIGKILL, the OOM killer, a crash).
+
+PR_SET_PDEATHSIG (set in each replica before exec) reaches only the replica's direct child.
+A manifest command such as `sh -c "python3 -m dynamo.vllm ... 2>&1 | tee /tmp/worker.log"`
+(the form the deployment guides use) would lose only its shell: the engine and `tee`, in the
+same process group, would run on and hold the GPU.
+
+`run` starts one guard, in a session of its own so that a terminal's Ctrl-C does not reach
+it, and writes `+PGID` / `-PGID` lines to its stdin as replicas start and end. The pipe
+closes when `run` exits, however it exits; the guard then SIGTERMs every group still listed,
+SIGKILLs what is left after a grace period, and exits. After a clean shutdown the list is
+empty and it exits at once.
+
+    python -m dynamo.deploy.group_guard [--grace SECONDS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+class GroupGuard:
+    """`run`'s end of the guard: start it, tell it which groups to stop, close it."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self._proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen([sys.executable, "-m", "dynamo.deploy.group_guard", "--grace", str(self.grace)],
+                                      stdin=subprocess.PIPE, start_new_session=True, text=True)
+
+    def add(self, pgid: int) -> None:
+        self._send(f"+{pgid}")
+
+    def remove(self, pgid: int) -> None:
+        self._send(f"-{pgid}")
+
+    def _send(self, line: str) -> None:
+        if self._proc is None or self._proc.stdin is None:
+            return
+        with contextlib.suppress(OSError, ValueError):  # the guard died: nothing left to tell
+            self._proc.stdin.write(line + "\n")
+            self._proc.stdin.flush()
+
+    def close(self) -> None:
+        """Closing the pipe is what `run`'s death does too; with no group listed it exits at once."""
+        if self._proc is None:
+            return
+        with contextlib.suppress(OSError):
+            self._proc.stdin.close()  # type: ignore[union-attr]
+        try:
+            self._proc.wait(self.grace + 10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Whether the group still had members to signal."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def stop_groups(groups: set[int], grace: float) -> None:
+    alive = {g for g in groups if signal_group(g, signal.SIGTERM)}
+    deadline = time.monotonic() + grace
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = {g for g in alive if signal_group(g, 0)}
+    for group in alive:
+        signal_group(group, signal.SIGKILL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dynamo.deploy.group_guard", description=__doc__.splitlines()[0])
+    parser.add_argument("--grace", type=float, default=15.0, help="seconds between SIGTERM and SIGKILL")
+    args = parser.parse_args(argv)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)  # only the pipe's end may end the guard
+    groups: set[int] = set()
+    for line in sys.stdin:  # until `run` closes the pipe or dies
+        line = line.strip()
+        if line[:1] in ("+", "-") and line[1:].isdigit():
+            (groups.add if line[0] == "+" else groups.discard)(int(line[1:]))
+    stop_groups(groups, args.grace)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
