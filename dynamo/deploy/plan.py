@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from urllib.parse import urlsplit
 
 from dynamo.deploy import contract, local
 from dynamo.deploy.commands import MODEL_FLAGS, CommandLine, flag_value, parse_command, set_flag, swap_model
+from dynamo.deploy.devices import DeviceLedger, detect_gpus
 from dynamo.deploy.model import Graph, Service
 from dynamo.runtime.net import free_port
 
@@ -60,17 +60,6 @@ def local_workdir(path: str | None) -> str:
     return str(REPO)
 
 
-def detect_gpus() -> list[str]:
-    if not shutil.which("nvidia-smi"):
-        return []
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [line.strip() for line in out.splitlines() if line.strip()]
-
-
 def discovery_env(graph: Graph, opts: RunOptions) -> dict[str, str]:
     """etcd when the manifest or the local environment names one, else a private file store."""
     manifest = contract.env_list(graph.spec.envs)
@@ -111,7 +100,7 @@ class ServicePlan:
         self.line: CommandLine = parse_command(self.command, self.args)
         self.mounts = {point: path for pvc, path in opts.volumes.items() for point in local.mount_points(svc, pvc)}
         self.ports: dict[int, tuple[int | None, int | None]] = {}
-        self.devices: list[str] | None = None  # GPUs on this machine; None: leave CUDA env alone
+        self.devices: DeviceLedger | None = None  # this machine's GPUs, shared by all plans; None: leave CUDA env alone
 
     @property
     def modules(self) -> list[str]:
@@ -200,14 +189,15 @@ class ServicePlan:
                       probes={k: local.private_tmp_probe(p, tmp_dir) for k, p in probes.items()})
 
     def gpu_slice(self, index: int) -> list[str]:
-        """`resources.limits.gpu` devices for replica `index` (shared round-robin when short)."""
-        devices = self.devices or []
-        if not self.gpus or not devices:
+        """`resources.limits.gpu` devices for replica `index` (shared only when every device is taken)."""
+        if not self.gpus or self.devices is None:
             return []
-        start = (self.gpu_offset + index * self.gpus) % len(devices)
-        return [devices[(start + k) % len(devices)] for k in range(min(self.gpus, len(devices)))]
+        return self.devices.claim((self.name, index), self.gpus)
 
-    gpu_offset = 0
+    def release(self, index: int) -> None:
+        """Replica `index` is retired (scale-down): its devices are free for the next new one."""
+        if self.devices is not None:
+            self.devices.release((self.name, index))
 
     def map_probe_port(self, port: int | str, launch: Launch) -> int | None:
         """A probe's Kubernetes port (8000 / 9090 / name) as this replica's local port."""
@@ -263,10 +253,11 @@ def build_plans(graph: Graph, opts: RunOptions, overrides: dict[str, int],
         if name not in plans:
             raise ValueError(f"--append-args: no service {name!r} (have {', '.join(plans)})")
     devices = detect_gpus() if devices is None else devices
-    offset = 0
+    ledger = DeviceLedger(devices) if devices else None
     for plan in plans.values():
-        plan.devices, plan.gpu_offset = (devices or None), offset
-        offset += plan.gpus * plan.replicas
+        plan.devices = ledger
+        for index in range(plan.replicas):  # the graph's own replicas are dealt devices in service order
+            plan.gpu_slice(index)
     return plans
 
 

@@ -181,6 +181,7 @@ class Supervisor:
                 plan = self.plans[rep.service]
                 if rep.index >= plan.replicas:
                     self.replicas.pop((rep.service, rep.index), None)
+                    plan.release(rep.index)
                     continue
                 restarted = Replica(rep.service, rep.index, plan.launch(rep.index), restarts=rep.restarts + 1,
                                     failures=rep.failures)
@@ -234,6 +235,7 @@ class Supervisor:
             await _terminate(rep.proc, self.grace)
         await self._drain_tasks(rep)
         self.replicas.pop((rep.service, rep.index), None)
+        self.plans[rep.service].release(rep.index)
         self._touch()
 
     async def _drain_tasks(self, rep: Replica) -> None:

@@ -1,7 +1,8 @@
 """How `run` hands out this machine's GPUs (dynamo/deploy/README.md, "GPUs"): each replica of a
 service asking for `resources.limits.gpu` gets its own devices in CUDA_VISIBLE_DEVICES, in
-service order, shared round-robin when there are too few; a service without GPUs gets "";
-with no devices the variable is left as this shell has it."""
+service order, shared only when every device is taken (scale-ups included), given back on
+scale-down; a service without GPUs gets ""; with no devices the variable is left as this shell
+has it."""
 
 from __future__ import annotations
 
@@ -94,3 +95,29 @@ def test_without_devices_the_variable_is_left_alone(tmp_path):
     assert visible(tmp_path, services, []) == {"Frontend": [None], "Worker": [None, None]}
     got = visible(tmp_path, services, [], environ={"PATH": "/usr/bin", CUDA: "2,3"})
     assert got == {"Frontend": ["2,3"], "Worker": ["2,3", "2,3"]}
+
+
+def plans_on(tmp_path: Path, services: dict[str, tuple[int, int]], devices: list[str]) -> dict:
+    path = tmp_path / "gpus.yaml"
+    path.write_text(yaml.safe_dump(manifest(services)))
+    (graph,) = validate_file(path).graphs
+    return build_plans(graph, RunOptions(state_dir=str(tmp_path / "state"), environ={}), {}, devices=devices)
+
+
+def test_a_replica_added_by_scaling_takes_a_free_device(tmp_path):
+    # A and B hold 0 and 1 at start; A's second replica (the planner scaled it) gets 2, not B's 1.
+    plans = plans_on(tmp_path, {"A": (1, 1), "B": (1, 1)}, ["0", "1", "2", "3"])
+    plans["A"].replicas = 2
+    assert plans["A"].launch(1).env[CUDA] == "2"
+    plans["B"].replicas = 2
+    assert plans["B"].launch(1).env[CUDA] == "3"
+    plans["A"].replicas = 3  # every device taken: shared, with the least held first
+    assert plans["A"].launch(2).env[CUDA] == "0"
+
+
+def test_a_retired_replica_gives_its_devices_back(tmp_path):
+    plans = plans_on(tmp_path, {"A": (2, 2), "B": (1, 0)}, ["0", "1", "2", "3", "4"])
+    assert [plans["A"].launch(i).env[CUDA] for i in (0, 1)] == ["0,1", "2,3"]
+    plans["A"].release(1)  # scaled down to 1
+    plans["B"].replicas = 2
+    assert [plans["B"].launch(i).env[CUDA] for i in (0, 1)] == ["2", "3"]
