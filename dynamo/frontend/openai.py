@@ -1,9 +1,9 @@
 """OpenAI HTTP schema: request models (msgspec, validated on decode), their
 conversion to the wire request's sampling/stop options, and the error body.
 
-Unknown fields are accepted (clients send vendor extensions) and listed as ignored
-in the debug log; fields that would change the answer and that we cannot honour
-are refused with a 400 rather than silently dropped.
+Unknown fields are accepted and ignored (clients send vendor extensions the schema
+cannot list); fields that would change the answer and that we cannot honour are
+refused with a 400 rather than silently dropped.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ expire after `REMOTE_TTL` seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Callable, Literal
@@ -86,7 +87,8 @@ class ReplicaSync:
     def publish(self, namespace: str, component: str, event: ActiveSequenceEvent) -> None:
         pub = self._pubs.get((namespace, component))
         if pub is not None:
-            asyncio.get_running_loop().create_task(pub.publish(_encode(event)))
+            with contextlib.suppress(RuntimeError):  # closed at shutdown: nothing more to tell
+                pub.offer(_encode(event))
 
     def event(self, model: str, request_id: str, kind: str, **fields) -> ActiveSequenceEvent:
         return ActiveSequenceEvent(router_id=self.router_id, model=model, request_id=request_id, kind=kind, **fields)

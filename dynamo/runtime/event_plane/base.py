@@ -101,8 +101,13 @@ class EventPublisher(ABC):
     dropped: int = 0
 
     @abstractmethod
+    def offer(self, payload: bytes) -> None:
+        """Queue the payload without waiting for anything; drops when the buffer is full.
+        RuntimeError once closed. For callers outside a coroutine (a router's booking hooks)."""
+
     async def publish(self, payload: bytes) -> None:
-        """Queue the payload; never waits on the network, drops when the buffer is full."""
+        """`offer`, for coroutines."""
+        self.offer(payload)
 
     @abstractmethod
     async def close(self) -> None: ...
@@ -135,11 +140,11 @@ RECEIVE_BUFFER = 4096
 
 
 class QueuedPublisher(EventPublisher):
-    """publish() only offers the payload to a `SendQueue` (set up by `start()`), never the network."""
+    """offer() hands the payload to a `SendQueue` (set up by `start()`), never the network."""
 
     _sender: "SendQueue | None" = None
 
-    async def publish(self, payload: bytes) -> None:
+    def offer(self, payload: bytes) -> None:
         if self._sender is None:
             raise RuntimeError("publisher closed or not started")
         self._sender.offer(payload)
