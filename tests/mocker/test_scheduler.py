@@ -173,12 +173,16 @@ def test_preempted_decode_with_transferred_kv_recomputes_its_prompt():
     assert step(sched)[0] == [("1", 8), ("2", 1)]  # the cache is full: 2 blocks each
     step(sched)  # both need a third block for their next token: b, admitted last, is preempted
     assert sched.num_preemptions == 1 and list(sched.waiting) == [b]
-    while b in sched.waiting:  # b waits until a finishes and frees its blocks
+    for _ in range(10):  # b waits until a finishes and frees its blocks (a few steps; bounded)
         batch, _ = step(sched)
+        if b not in sched.waiting:
+            break
     assert ("2", 9) in batch  # re-admitted: 8 prompt tokens + its 1 sampled token, all recomputed
-    while not b.done:
+    for _ in range(10):
+        if b.done:
+            break
         step(sched)
-    assert b.num_generated == 4
+    assert b.done and b.num_generated == 4
 
 
 def test_a_late_step_is_caught_up_on_the_simulated_clock():
