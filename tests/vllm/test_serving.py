@@ -270,9 +270,9 @@ def test_client_disconnect_through_the_frontend_frees_the_engine(env):
 def test_requests_beyond_engine_request_limit_are_overloaded(env):
     """With REQUEST_LIMIT long requests held in the handler, one more is refused as
     overloaded: through the frontend an HTTP 529, on the request plane an `overloaded`
-    error. A fast box may finish a long request while the test looks: then the held set
-    is topped up and the probe repeated; a probe served while the handler was still full
-    both before and after it is a failure."""
+    error. The probes run with vLLM's engine frozen, so no held request can finish under
+    them however fast the box (a fast CI box ran all ten between two looks); if some had
+    finished before the freeze, the held set is topped up and frozen again."""
     worker, address = env["worker"], instance(env)["transport"]["tcp"]
 
     def held() -> float:
@@ -295,40 +295,29 @@ def test_requests_beyond_engine_request_limit_are_overloaded(env):
     async def run():
         client = RequestPlaneClient()
         streams = []
-        results: dict = {}
-        seen: list = []
         try:
             for attempt in range(5):
-                while held() < REQUEST_LIMIT and len(streams) < REQUEST_LIMIT * 4:
-                    n = REQUEST_LIMIT - int(held())
-                    for i in range(n):
+                while held() < REQUEST_LIMIT and len(streams) < REQUEST_LIMIT * 6:
+                    for i in range(REQUEST_LIMIT - int(held())):
                         streams.append(await client.open_stream(
                             address, "generate", request_encoder.encode(long_request(f"l{attempt}-{i}", 5))))
-                    seen = await asyncio.to_thread(poll_until, held, REQUEST_LIMIT, 15)
-                assert held() == REQUEST_LIMIT, f"handler in-flight counts seen: {seen[::25]}"
-                if "http" not in results:
-                    refused = await probe_frontend()
-                    if refused.status_code != 529 and held() == REQUEST_LIMIT:
-                        raise AssertionError(f"served while the handler was full: {refused.text}")
-                    if refused.status_code == 529:
-                        results["http"] = refused
-                if "http" in results and "direct" not in results:
-                    error = await probe_direct(client)
-                    if error is None and held() == REQUEST_LIMIT:
-                        raise AssertionError("a request beyond the limit was started")
-                    if error is not None:
-                        results["direct"] = error
-                if len(results) == 2:
-                    return results
-            raise AssertionError(f"long requests kept finishing before the probes: {results}")
+                    await asyncio.to_thread(poll_until, held, REQUEST_LIMIT, 15)
+                with frozen_engine(worker):  # nothing held can finish while the probes run
+                    await asyncio.sleep(1)  # what the engine finished before the freeze leaves the handler first
+                    if held() != REQUEST_LIMIT:
+                        continue  # some finished before the freeze: top up, freeze again
+                    return {"http": await probe_frontend(), "direct": await probe_direct(client)}
+            raise AssertionError("the long requests kept finishing before the engine could be frozen")
         finally:
             for stream in streams:
                 stream.cancel()
             await client.close()
 
     results = asyncio.run(run())
+    assert results["http"].status_code == 529, results["http"].text
     assert results["http"].json()["error"]["code"] == "overloaded", results["http"].text
     error = results["direct"]
+    assert error is not None, "a request beyond the limit was started"
     assert error.code == "overloaded", error
     assert "Server overloaded" in str(error)
     wait_until(lambda: held() == 0, 15, "cancelled long requests to leave the handler")
