@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from dynamo.deploy.group_guard import GroupGuard
+from dynamo.deploy.group_guard import GroupGuard, signal_group
 from dynamo.deploy.plan import Launch, ServicePlan
 
 log = logging.getLogger("dynamo.deploy")
@@ -156,7 +156,7 @@ class Supervisor:
     async def _watch(self, rep: Replica, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
         rep.exit_code = code
-        _kill_group(proc.pid, signal.SIGKILL)  # leftovers of a crashed shell pipeline
+        signal_group(proc.pid, signal.SIGKILL)  # leftovers of a crashed shell pipeline
         self.guard.remove(proc.pid)
         if rep.stopping or self.stopping:
             rep.state = "stopped"
@@ -288,17 +288,12 @@ def _local_exec(command: list[str], rep: Replica) -> list[str]:
     return list(command)
 
 
-def _kill_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
 async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
     """SIGTERM the process group, SIGKILL it after `grace`, and reap the leader."""
-    _kill_group(proc.pid, signal.SIGTERM)
+    signal_group(proc.pid, signal.SIGTERM)
     try:
         await asyncio.wait_for(proc.wait(), grace)
     except asyncio.TimeoutError:
         log.warning("pid %d did not stop within %.0fs: killing its process group", proc.pid, grace)
-    _kill_group(proc.pid, signal.SIGKILL)
+    signal_group(proc.pid, signal.SIGKILL)
     await proc.wait()
