@@ -4,6 +4,11 @@ from it, and the effective config can be dumped as JSON.
 
 A field is declared with `setting(default, help, env=..., flag=..., choices=...)`.
 Precedence: command line > environment > default (as in NVIDIA Dynamo).
+
+`flag=False` keeps a setting env-only: NVIDIA Dynamo reads some variables (POD_IP,
+DYN_TCP_RPC_HOST, ...) without a flag, and inventing flags would widen the CLI it
+defines. `env=(primary, fallback, ...)` reads the first non-empty of several names, for
+variables another tool injects under its own name (the operator's DYNAMO_PORT).
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ def setting(
     default: Any = _MISSING,
     help: str = "",
     *,
-    env: str | None | bool = None,
-    flag: str | Sequence[str] | None = None,
+    env: str | Sequence[str] | None | bool = None,
+    flag: str | Sequence[str] | None | bool = None,
     choices: Sequence[Any] | None = None,
     metavar: str | None = None,
 ) -> Any:
-    """Declare a config field. `env=None` derives `DYN_<NAME>`; `env=False` means no env twin."""
+    """Declare a config field. `env=None` derives `DYN_<NAME>`; `env=False` means no env twin;
+    a sequence of names is read in order. `flag=None` derives `--<name>`; `flag=False` means
+    no flag (env only)."""
     meta = {"help": help, "env": env, "flag": flag, "choices": choices, "metavar": metavar}
     if isinstance(default, (list, dict)):
         value = default
@@ -37,18 +44,27 @@ def setting(
     return dataclasses.field(default=default, metadata=meta)
 
 
-def env_name(field: dataclasses.Field) -> str | None:
+def env_names(field: dataclasses.Field) -> list[str]:
+    """The variables that may set `field`, highest priority first (empty: no env twin)."""
     env = field.metadata.get("env")
     if env is False:
-        return None
-    if isinstance(env, str):
-        return env
-    return "DYN_" + field.name.upper()
+        return []
+    if env is None or env is True:
+        return ["DYN_" + field.name.upper()]
+    return [env] if isinstance(env, str) else list(env)
+
+
+def env_name(field: dataclasses.Field) -> str | None:
+    names = env_names(field)
+    return names[0] if names else None
 
 
 def flag_names(field: dataclasses.Field) -> list[str]:
+    """The field's CLI flags (empty for an env-only setting)."""
     flag = field.metadata.get("flag")
-    if flag is None:
+    if flag is False:
+        return []
+    if flag is None or flag is True:
         return ["--" + field.name.replace("_", "-")]
     return [flag] if isinstance(flag, str) else list(flag)
 
@@ -87,11 +103,14 @@ def _default(field: dataclasses.Field) -> Any:
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one flag per field of `cls`; defaults stay unset so env can fill them in."""
     for field in dataclasses.fields(cls):
+        flags = flag_names(field)
+        if not flags:
+            continue
         kind = _base_type(cls, field)
-        env = env_name(field)
+        envs = env_names(field)
         help_text = field.metadata.get("help", "")
         default = _default(field)
-        suffix = f" [env {env}]" if env else ""
+        suffix = f" [env {', else '.join(envs)}]" if envs else ""
         kwargs: dict[str, Any] = {
             "dest": field.name,
             "default": argparse.SUPPRESS,
@@ -107,7 +126,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
                 kwargs["choices"] = field.metadata["choices"]
             if field.metadata.get("metavar"):
                 kwargs["metavar"] = field.metadata["metavar"]
-        parser.add_argument(*flag_names(field), **kwargs)
+        parser.add_argument(*flags, **kwargs)
 
 
 def from_namespace(cls: type[T], ns: argparse.Namespace, environ: Mapping[str, str] | None = None) -> T:
@@ -118,18 +137,23 @@ def from_namespace(cls: type[T], ns: argparse.Namespace, environ: Mapping[str, s
         if hasattr(ns, field.name):
             values[field.name] = getattr(ns, field.name)
             continue
-        env = env_name(field)
-        if env and environ.get(env) not in (None, ""):
-            kind = _base_type(cls, field)
-            try:
-                value = _convert(kind, environ[env])
-            except (ValueError, json.JSONDecodeError) as exc:
-                raise SystemExit(f"invalid value for {env}: {exc}") from None
-            choices = field.metadata.get("choices")
-            if choices and value not in choices:
-                raise SystemExit(f"invalid value for {env}: {value!r} (choose from {list(choices)})")
-            values[field.name] = value
+        # An empty variable counts as unset: manifests often template `VAR: ""`.
+        env = next((name for name in env_names(field) if environ.get(name) not in (None, "")), None)
+        if env is not None:
+            values[field.name] = _from_env(cls, field, env, environ[env])
     return cls(**values)
+
+
+def _from_env(cls: type, field: dataclasses.Field, env: str, raw: str) -> Any:
+    """Convert one variable's text, or exit with a message naming the variable."""
+    try:
+        value = _convert(_base_type(cls, field), raw)
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"invalid value for {env}: {exc}") from None
+    choices = field.metadata.get("choices")
+    if choices and value not in choices:
+        raise SystemExit(f"invalid value for {env}: {value!r} (choose from {list(choices)})")
+    return value
 
 
 def parse_config(

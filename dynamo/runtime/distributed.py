@@ -7,9 +7,7 @@ Workers call `serve_endpoint()`; callers use `watch_instances()` + `open_stream(
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import socket
 from typing import AsyncIterator, Callable
 
@@ -21,21 +19,21 @@ from dynamo.runtime.discovery.base import start_store, store_from_env
 from dynamo.runtime.records import EndpointId, InstanceRecord
 from dynamo.runtime.rp_client import RequestPlaneClient, ResponseStream
 from dynamo.runtime.rp_server import Handler, RequestPlaneServer
-from dynamo.runtime.system_server import HealthState, SystemServer, system_port_from_env
+from dynamo.runtime.settings import RuntimeSettings
+from dynamo.runtime.system_server import HealthState, SystemServer
 
 log = logging.getLogger(__name__)
 
 
-def advertise_host(backend: str) -> tuple[str, str]:
+def advertise_host(backend: str, settings: RuntimeSettings | None = None) -> tuple[str, str]:
     """(bind host, advertised host) for the request plane."""
-    explicit = os.environ.get("DYN_TCP_RPC_HOST")
-    if explicit:
-        return explicit, explicit
+    settings = settings or RuntimeSettings.from_env()
+    if settings.tcp_rpc_host:
+        return settings.tcp_rpc_host, settings.tcp_rpc_host
     if backend in ("file", "mem"):
         return "127.0.0.1", "127.0.0.1"
-    pod_ip = os.environ.get("POD_IP")
-    if pod_ip:
-        return "0.0.0.0", pod_ip
+    if settings.pod_ip:
+        return "0.0.0.0", settings.pod_ip
     try:
         return "0.0.0.0", socket.gethostbyname(socket.gethostname())
     except OSError:
@@ -84,23 +82,26 @@ def _uptime() -> Callable[[], float]:
 
 
 class DistributedRuntime:
-    def __init__(self, store: KeyValueStore, namespace: str = records.DEFAULT_NAMESPACE) -> None:
+    def __init__(self, store: KeyValueStore, namespace: str = records.DEFAULT_NAMESPACE,
+                 settings: RuntimeSettings | None = None) -> None:
         self.store = store
         self.namespace = namespace
+        self.settings = settings or RuntimeSettings.from_env()
         self.registry = CollectorRegistry()
         self.metrics = ComponentMetrics(self.registry)
         self.health = HealthState()
         self.server: RequestPlaneServer | None = None
-        self.client = RequestPlaneClient()
+        self.client = RequestPlaneClient(self.settings.tcp_connect_timeout)
         self.system: SystemServer | None = None
         self._registered: list[str] = []
 
     @classmethod
     async def create(cls, discovery_backend: str | None = None, namespace: str = records.DEFAULT_NAMESPACE,
                      ttl: float = 10.0) -> "DistributedRuntime":
-        store = store_from_env(discovery_backend, ttl=ttl)
+        settings = RuntimeSettings.from_env()
+        store = store_from_env(discovery_backend, ttl=ttl, settings=settings)
         await start_store(store)  # bounded: DiscoveryUnavailable instead of a silent hang
-        return cls(store, namespace)
+        return cls(store, namespace, settings)
 
     @property
     def instance_id(self) -> int:
@@ -110,10 +111,10 @@ class DistributedRuntime:
         return records.parse_endpoint(text, self.namespace)
 
     async def start_system_server(self, extra_metrics: Callable[[], bytes] | None = None) -> int | None:
-        port = system_port_from_env()
+        port = self.settings.system_server_port()
         if port is None:
             return None
-        host = os.environ.get("DYN_SYSTEM_HOST", "0.0.0.0")
+        host = self.settings.system_host
         self.system = SystemServer(self.registry, self.health, host, port, extra_metrics)
         await self.system.start()
         log.info("system server on %s:%d (/live /health /metrics)", host, self.system.port)
@@ -121,8 +122,8 @@ class DistributedRuntime:
 
     async def _ensure_server(self) -> RequestPlaneServer:
         if self.server is None:
-            bind, advertised = advertise_host(self.store.backend)
-            port = int(os.environ.get("DYN_TCP_RPC_PORT", "0") or 0)
+            bind, advertised = advertise_host(self.store.backend, self.settings)
+            port = self.settings.tcp_rpc_port
             server = RequestPlaneServer(bind, port)
             server.on_request_start = self.metrics.start
             server.on_request_end = self.metrics.end

@@ -10,13 +10,19 @@ import signal
 import sys
 from typing import Awaitable, Callable
 
+from dynamo.runtime.settings import RuntimeSettings
+
 _LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
            "warning": logging.WARNING, "error": logging.ERROR, "off": logging.CRITICAL + 10}
 
 
-def log_level_from_env(default: str = "info") -> int:
-    """`DYN_LOG` uses RUST_LOG syntax (`info`, `dynamo=debug,warn`): take the bare level if any."""
-    spec = os.environ.get("DYN_LOG", default)
+def log_level_from_env(default: str = "info", settings: RuntimeSettings | None = None) -> int:
+    """`DYN_LOG` uses RUST_LOG syntax (`info`, `dynamo=debug,warn`): take the bare level if any.
+
+    Reading the settings here, first thing in every entry point, also makes a malformed
+    runtime variable stop the process at start-up with its name, not later mid-serve."""
+    spec = (settings or RuntimeSettings.from_env()).log
+    spec = default if spec is None else spec
     level = default
     for part in spec.split(","):
         part = part.strip().lower()

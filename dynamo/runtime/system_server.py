@@ -1,30 +1,17 @@
-"""Worker system server on `DYN_SYSTEM_PORT`: `/live`, `/health` (503 until the
+"""Worker system server on `DYN_SYSTEM_PORT` (see `RuntimeSettings.system_server_port`):
+`/live`, `/health` (503 until the
 worker's endpoints serve, and again once its engine dies) and `/metrics`
 (Prometheus text, including `dynamo_component_*`). Components mount more routes with
 `add_routes` (the worker's `/v1/loras`)."""
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, generate_latest
 
 from dynamo.runtime.asgi import TEXT_HEADERS, EmbeddedHttpServer, send_bytes, send_json
-
-
-def system_port_from_env() -> int | None:
-    """DYN_SYSTEM_PORT enables the server; DYN_SYSTEM_ENABLED=true alone uses 8081."""
-    enabled = os.environ.get("DYN_SYSTEM_ENABLED", "").strip().lower()
-    port = os.environ.get("DYN_SYSTEM_PORT", "").strip()
-    if enabled in ("0", "false", "no", "off"):
-        return None
-    if port:
-        return int(port)
-    if enabled in ("1", "true", "yes", "on"):
-        return 8081
-    return None
 
 
 class HealthState:

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ from dynamo.llm.kv_events.publisher import KvEventPublisher, LoadPublisher
 from dynamo.llm.model_card import ModelDeploymentCard, RuntimeConfig, build_card, card_record
 from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.llm.kv_events.local_state import KV_QUERY_ENDPOINT
-from dynamo.runtime.config import from_namespace, setting
 from dynamo.runtime.distributed import DistributedRuntime, advertise_host
 from dynamo.runtime.records import EndpointId
 from dynamo.runtime.loop_monitor import LoopLagMonitor
@@ -68,16 +66,6 @@ class WorkerSpec:
         return cls(namespace=config.namespace, endpoint=config.endpoint, discovery_backend=config.discovery_backend,
                    role=role, event_plane=config.event_plane, migration_limit=config.migration_limit,
                    model_types=tuple(config.model_types), request_limit=config.engine_request_limit)
-
-
-@dataclass
-class ShutdownSettings:
-    graceful_shutdown_grace_period_secs: float = setting(
-        5.0, "Seconds in-flight requests may run after SIGTERM", env="DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS")
-
-
-def grace_period() -> float:
-    return from_namespace(ShutdownSettings, argparse.Namespace()).graceful_shutdown_grace_period_secs
 
 
 def model_card(adapter: EngineAdapter, spec: WorkerSpec, info: EngineInfo) -> ModelDeploymentCard:
@@ -118,7 +106,7 @@ class Worker:
         fpm = await start_fpm_relay(rt, self.eid.namespace, self.eid.component)  # forward-pass metrics
         self._closers.append(fpm.close)
         ctx = EngineContext(role=self.spec.role, instance_id=rt.instance_id, registry=rt.registry,
-                            emit_kv_event=self.kv.push, advertise_host=advertise_host(rt.store.backend)[1],
+                            emit_kv_event=self.kv.push, advertise_host=advertise_host(rt.store.backend, rt.settings)[1],
                             emit_forward_pass=fpm.push)
         self.started = True  # adapter.stop() must also clean up a half-started engine
         info = await adapter.start(ctx)
@@ -188,7 +176,7 @@ class Worker:
 
     async def drain(self) -> None:
         """Graceful stop: no new requests, in-flight ones get the grace period, then abort."""
-        grace = grace_period()
+        grace = self.runtime.settings.graceful_shutdown_grace_period_secs  # DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS
         server = self.runtime.server
         await self.runtime.unregister()
         if server is None:

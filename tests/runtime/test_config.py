@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from dynamo.frontend.config import FrontendConfig
-from dynamo.runtime.config import dump_config, parse_config, setting
+from dynamo.runtime.config import build_parser, dump_config, parse_config, setting
 
 
 @dataclass
@@ -43,3 +43,26 @@ def test_frontend_flags_follow_dynamo_names():
     assert json.loads(dump_config(config))["router_mode"] == "kv"
     with pytest.raises(SystemExit):
         parse_config(FrontendConfig, ["--router-mode", "nope"], environ={})
+
+
+@dataclass
+class EnvOnly:
+    host: str | None = setting(None, "host", flag=False)
+    port: int = setting(80, "port", env=("DYN_PORT", "LEGACY_PORT"))
+
+
+def test_env_only_setting_has_no_flag_but_reads_its_variable():
+    parser = build_parser(EnvOnly)
+    assert {o for a in parser._actions for o in a.option_strings} == {"-h", "--help", "--port"}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--host", "h"])
+    assert parse_config(EnvOnly, [], environ={"DYN_HOST": "h"}).host == "h"
+
+
+def test_env_names_are_read_in_order():
+    assert parse_config(EnvOnly, [], environ={"LEGACY_PORT": "81"}).port == 81
+    assert parse_config(EnvOnly, [], environ={"LEGACY_PORT": "81", "DYN_PORT": "82"}).port == 82
+    assert parse_config(EnvOnly, [], environ={"LEGACY_PORT": "81", "DYN_PORT": ""}).port == 81
+    assert parse_config(EnvOnly, ["--port", "83"], environ={"DYN_PORT": "82"}).port == 83
+    with pytest.raises(SystemExit, match="LEGACY_PORT"):
+        parse_config(EnvOnly, [], environ={"LEGACY_PORT": "x"})

@@ -15,12 +15,13 @@ import asyncio
 import importlib
 import inspect
 import logging
-import os
 import secrets
 from abc import ABC, abstractmethod
 from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Literal
 
 import msgspec
+
+from dynamo.runtime.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
 
@@ -226,18 +227,19 @@ def make_store(backend: str, *, ttl: float = DEFAULT_TTL, **options: Any) -> Key
     return _resolve(backend)(ttl=ttl, **options)
 
 
-def store_from_env(backend: str | None = None, ttl: float = DEFAULT_TTL) -> KeyValueStore:
+def store_from_env(backend: str | None = None, ttl: float = DEFAULT_TTL,
+                   settings: RuntimeSettings | None = None) -> KeyValueStore:
     """Backend from the argument, else DYN_DISCOVERY_BACKEND, else `file`.
 
-    Backend options come from their own env vars (DYN_FILE_KV, ETCD_ENDPOINTS).
+    Backend options come from their own settings (DYN_FILE_KV, ETCD_ENDPOINTS).
     """
-    name = (backend or os.environ.get("DYN_DISCOVERY_BACKEND") or "file").strip().lower()
+    settings = settings or RuntimeSettings.from_env()
+    name = (backend or settings.discovery_backend).strip().lower()
     if name == "kubernetes":
         # Newer Dynamo operators inject DYN_DISCOVERY_BACKEND=kubernetes (CRD + EndpointSlice discovery),
         # which this runtime does not implement; the operator also deploys etcd (ETCD_ENDPOINTS).
         logging.getLogger(__name__).info(
-            "discovery backend 'kubernetes' is served through etcd at %s",
-            os.environ.get("ETCD_ENDPOINTS", "http://localhost:2379"))
+            "discovery backend 'kubernetes' is served through etcd at %s", settings.etcd_endpoints)
         store = make_store("etcd", ttl=ttl)
         store.requested_backend = "kubernetes"
         return store

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 from typing import AsyncIterator
 
 from dynamo.runtime.discovery.base import DEFAULT_TTL, KeyValueStore, WatchEvent, diff_events, wait_closed_or
@@ -35,6 +34,7 @@ from dynamo.runtime.discovery.etcd_gateway import (
     prefix_range_end,
     unb64,
 )
+from dynamo.runtime.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,12 @@ class EtcdStore(KeyValueStore):
         connect_timeout: float | None = None,
     ) -> None:
         super().__init__(ttl=ttl)
-        self.endpoints = parse_endpoints(endpoints or os.environ.get("ETCD_ENDPOINTS"))
+        settings = RuntimeSettings.from_env()
+        self.endpoints = parse_endpoints(endpoints or settings.etcd_endpoints)
         # How long start() keeps trying an unreachable etcd: 0 (default) fails at once; a process
         # started during an outage with a wait configured registers when etcd returns.
         if connect_timeout is None:
-            connect_timeout = float(os.environ.get("DYN_ETCD_CONNECT_TIMEOUT_SECS", "0"))
+            connect_timeout = settings.etcd_connect_timeout_secs
         self.connect_timeout = connect_timeout
         self._gw = Gateway(self.endpoints, timeout)
         self._recover_lock = asyncio.Lock()

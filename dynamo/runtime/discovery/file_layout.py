@@ -19,12 +19,16 @@ import uuid
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
+from dynamo.runtime.settings import RuntimeSettings
+
 LEASE_DIR = ".leases"
 SUFFIX = ".kv"
 
 
-def default_root() -> str:
-    return os.environ.get("DYN_FILE_KV") or os.path.join(tempfile.gettempdir(), "dynamo_store_kv")
+def default_root(settings: RuntimeSettings | None = None) -> str:
+    """DYN_FILE_KV, else `dynamo_store_kv` in the temp directory (shared by every local process)."""
+    settings = settings or RuntimeSettings.from_env()
+    return settings.file_kv or os.path.join(tempfile.gettempdir(), "dynamo_store_kv")
 
 
 def encode_segment(segment: str) -> str:

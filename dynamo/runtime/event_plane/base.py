@@ -20,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-import os
 import struct
 import time
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
 
 import msgspec
+
+from dynamo.runtime.settings import RuntimeSettings
 
 if TYPE_CHECKING:
     from dynamo.runtime.discovery.base import KeyValueStore
@@ -237,11 +238,12 @@ _PLANES: dict[str, str] = {
 }
 
 
-def resolve_kind(kind: str | None, store_backend: str) -> str:
+def resolve_kind(kind: str | None, store_backend: str, settings: RuntimeSettings | None = None) -> str:
     """Explicit kind, else DYN_EVENT_PLANE, else nats for etcd when NATS_SERVER is set, else zmq."""
-    chosen = (kind or os.environ.get("DYN_EVENT_PLANE") or "").strip().lower()
+    settings = settings or RuntimeSettings.from_env()
+    chosen = (kind or settings.event_plane or "").strip().lower()
     if not chosen:
-        chosen = "nats" if store_backend == "etcd" and os.environ.get("NATS_SERVER") else "zmq"
+        chosen = "nats" if store_backend == "etcd" and settings.nats_server else "zmq"
     if chosen not in _PLANES:
         raise ValueError(f"unknown event plane {chosen!r}; choose from {sorted(_PLANES)}")
     return chosen

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Callable
 
 import msgspec
@@ -21,6 +20,7 @@ from nats.aio.msg import Msg
 from dynamo.runtime.discovery.base import KeyValueStore
 from dynamo.runtime.event_plane.base import DEFAULT_BUFFER, EventEnvelope, QueuedPublisher, QueuedSubscriber, \
     SendQueue, decode_envelope, encode_envelope, nats_subject, now_ms
+from dynamo.runtime.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ RECONNECT_WAIT = 1.0
 
 
 def server_url() -> str:
-    return os.environ.get("NATS_SERVER") or "nats://localhost:4222"
+    return RuntimeSettings.from_env().nats_url()
 
 
 async def connect(name: str, on_link: Callable[[bool], None] | None = None) -> Client:

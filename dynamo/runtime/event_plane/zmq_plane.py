@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import struct
 
@@ -41,6 +40,7 @@ from dynamo.runtime.event_plane.base import (
     encode_envelope,
     now_ms,
 )
+from dynamo.runtime.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def decode_frames(frames: list[bytes], topic: bytes) -> EventEnvelope | None:
 
 def _advertised_host() -> tuple[str, str]:
     """(bind host, host others should connect to)."""
-    host = os.environ.get("DYN_EVENT_PLANE_HOST") or "127.0.0.1"
+    host = RuntimeSettings.from_env().event_plane_host
     if host in ("0.0.0.0", "*"):
         return "*", socket.gethostbyname(socket.gethostname())
     return host, host

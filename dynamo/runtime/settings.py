@@ -1,0 +1,91 @@
+"""The process-wide runtime settings: the environment variables that shape discovery, the
+request plane, the event plane, the system server, logging and shutdown, in one typed place.
+
+This module owns the boundary between the process environment and the runtime. Every
+other runtime module asks `RuntimeSettings.from_env()` instead of reading `os.environ`,
+so a bad value fails with a message naming its variable instead of a bare `ValueError`
+deep inside start-up, and `dump_config(RuntimeSettings.from_env())` shows what is in effect.
+
+Names and defaults are NVIDIA Dynamo's (its manifests and operator set these variables);
+only those Dynamo also takes as flags (`--discovery-backend`, `--event-plane`) get one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+from dataclasses import dataclass, fields
+from typing import Mapping
+
+from dynamo.runtime.config import env_names, from_namespace, setting
+
+DEFAULT_NATS_SERVER = "nats://localhost:4222"
+DEFAULT_SYSTEM_PORT = 8081  # what DYN_SYSTEM_ENABLED=true alone listens on
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """Runtime settings read from the environment (no flags unless Dynamo has one)."""
+
+    # discovery
+    discovery_backend: str = setting("file", "Discovery backend (file, etcd, mem, kubernetes)")
+    file_kv: str | None = setting(None, "Root directory of the file discovery store (default: "
+                                        "<tmpdir>/dynamo_store_kv)", flag=False)
+    etcd_endpoints: str = setting("http://localhost:2379", "etcd endpoints, comma-separated",
+                                  env="ETCD_ENDPOINTS", flag=False)
+    etcd_connect_timeout_secs: float = setting(0.0, "How long start-up keeps trying an unreachable etcd "
+                                                    "(0: fail at once)", flag=False)
+    # event plane
+    event_plane: str | None = setting(None, "Event plane (zmq, nats; default: nats for etcd when NATS_SERVER "
+                                            "is set, else zmq)")
+    nats_server: str | None = setting(None, f"NATS server URL(s) (default {DEFAULT_NATS_SERVER}); setting it "
+                                            "with etcd discovery selects the nats event plane",
+                                      env="NATS_SERVER", flag=False)
+    event_plane_host: str = setting("127.0.0.1", "ZMQ publisher bind host (0.0.0.0 or *: all, advertise the "
+                                                 "host name's address)", flag=False)
+    # request plane
+    tcp_rpc_host: str | None = setting(None, "Request-plane bind and advertised host", flag=False)
+    tcp_rpc_port: int = setting(0, "Request-plane port (0: any free port)", flag=False)
+    pod_ip: str | None = setting(None, "Advertised request-plane host when bound to all interfaces "
+                                       "(Kubernetes downward API)", env="POD_IP", flag=False)
+    tcp_connect_timeout: float = setting(3.0, "Seconds to connect to a worker", flag=False)
+    # system server, logging, shutdown
+    system_enabled: bool | None = setting(None, "Run the system server (alone: on port 8081; false: never)",
+                                          flag=False)
+    system_port: int | None = setting(None, "System server port (enables it)", flag=False)
+    system_host: str = setting("0.0.0.0", "System server bind host", flag=False)
+    log: str | None = setting(None, "Log level in RUST_LOG syntax (info, dynamo=debug,warn)", flag=False)
+    graceful_shutdown_grace_period_secs: float = setting(
+        5.0, "Seconds a worker's in-flight requests may run after SIGTERM", flag=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RuntimeSettings:
+        """The settings of `environ` (default: this process's environment).
+
+        Parsed once per distinct set of values: the lookup is a few dict reads, so callers
+        may ask at call time, and a test or embedding program that changes a variable sees it.
+        Raises SystemExit naming the variable when a value does not parse."""
+        environ = os.environ if environ is None else environ
+        return _parse(tuple((name, environ[name]) for name in _ENV_NAMES if name in environ))
+
+    def nats_url(self) -> str:
+        return self.nats_server or DEFAULT_NATS_SERVER
+
+    def system_server_port(self) -> int | None:
+        """DYN_SYSTEM_PORT enables the server; DYN_SYSTEM_ENABLED=true alone uses 8081;
+        DYN_SYSTEM_ENABLED=false wins over a port."""
+        if self.system_enabled is False:
+            return None
+        if self.system_port is not None:
+            return self.system_port
+        return DEFAULT_SYSTEM_PORT if self.system_enabled else None
+
+
+_ENV_NAMES = tuple(name for f in fields(RuntimeSettings) for name in env_names(f))
+
+
+@functools.lru_cache(maxsize=16)
+def _parse(items: tuple[tuple[str, str], ...]) -> RuntimeSettings:
+    # from_namespace with no flags: env, else default, with its error naming the variable.
+    return from_namespace(RuntimeSettings, argparse.Namespace(), dict(items))

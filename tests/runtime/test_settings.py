@@ -1,0 +1,159 @@
+"""Runtime settings: every variable NVIDIA Dynamo manifests set maps to one typed field with
+Dynamo's default, bad values name their variable, and the frontend's HTTP settings resolve
+flag > env > default (with the operator's DYNAMO_PORT as the port's fallback)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+import pytest
+
+from dynamo.frontend.config import FrontendConfig
+from dynamo.runtime.config import build_parser, parse_config
+from dynamo.runtime.discovery.file_layout import default_root
+from dynamo.runtime.distributed import advertise_host
+from dynamo.runtime.event_plane.base import resolve_kind
+from dynamo.runtime.process import log_level_from_env
+from dynamo.runtime.settings import RuntimeSettings
+
+# (variable, field, default, a value as text, that value parsed)
+RUNTIME_VARS = [
+    ("DYN_DISCOVERY_BACKEND", "discovery_backend", "file", "etcd", "etcd"),
+    ("DYN_FILE_KV", "file_kv", None, "/srv/kv", "/srv/kv"),
+    ("ETCD_ENDPOINTS", "etcd_endpoints", "http://localhost:2379", "http://a:2379,b:2379", "http://a:2379,b:2379"),
+    ("DYN_ETCD_CONNECT_TIMEOUT_SECS", "etcd_connect_timeout_secs", 0.0, "120", 120.0),
+    ("DYN_EVENT_PLANE", "event_plane", None, "nats", "nats"),
+    ("NATS_SERVER", "nats_server", None, "nats://n:4222", "nats://n:4222"),
+    ("DYN_EVENT_PLANE_HOST", "event_plane_host", "127.0.0.1", "0.0.0.0", "0.0.0.0"),
+    ("DYN_TCP_RPC_HOST", "tcp_rpc_host", None, "10.0.0.5", "10.0.0.5"),
+    ("DYN_TCP_RPC_PORT", "tcp_rpc_port", 0, "7000", 7000),
+    ("POD_IP", "pod_ip", None, "10.1.2.3", "10.1.2.3"),
+    ("DYN_TCP_CONNECT_TIMEOUT", "tcp_connect_timeout", 3.0, "0.5", 0.5),
+    ("DYN_SYSTEM_ENABLED", "system_enabled", None, "true", True),
+    ("DYN_SYSTEM_PORT", "system_port", None, "9090", 9090),
+    ("DYN_SYSTEM_HOST", "system_host", "0.0.0.0", "127.0.0.1", "127.0.0.1"),
+    ("DYN_LOG", "log", None, "dynamo=debug,warn", "dynamo=debug,warn"),
+    ("DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS", "graceful_shutdown_grace_period_secs", 5.0, "2", 2.0),
+]
+
+
+@pytest.mark.parametrize("env, field, default, raw, value", RUNTIME_VARS)
+def test_each_variable_sets_its_field_and_defaults_as_dynamo(env, field, default, raw, value):
+    assert getattr(RuntimeSettings.from_env({}), field) == default
+    settings = RuntimeSettings.from_env({env: raw})
+    assert getattr(settings, field) == value
+    assert getattr(RuntimeSettings.from_env({env: ""}), field) == default  # empty counts as unset
+    others = [f for _, f, *_ in RUNTIME_VARS if f != field]
+    assert all(getattr(settings, f) == getattr(RuntimeSettings.from_env({}), f) for f in others)
+
+
+@pytest.mark.parametrize("env, raw", [
+    ("DYN_TCP_RPC_PORT", "eighty"),
+    ("DYN_TCP_CONNECT_TIMEOUT", "soon"),
+    ("DYN_ETCD_CONNECT_TIMEOUT_SECS", "1m"),
+    ("DYN_SYSTEM_PORT", "9090x"),
+    ("DYN_SYSTEM_ENABLED", "maybe"),
+    ("DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS", "five"),
+])
+def test_invalid_value_names_its_variable(env, raw):
+    with pytest.raises(SystemExit, match=f"invalid value for {env}"):
+        RuntimeSettings.from_env({env: raw})
+
+
+def test_only_variables_dynamo_takes_as_flags_get_one():
+    options = {o for a in build_parser(RuntimeSettings)._actions for o in a.option_strings}
+    assert options == {"-h", "--help", "--discovery-backend", "--event-plane"}
+
+
+@pytest.mark.parametrize("environ, port", [
+    ({}, None),
+    ({"DYN_SYSTEM_PORT": "9090"}, 9090),
+    ({"DYN_SYSTEM_ENABLED": "true"}, 8081),
+    ({"DYN_SYSTEM_ENABLED": "true", "DYN_SYSTEM_PORT": "9090"}, 9090),
+    ({"DYN_SYSTEM_ENABLED": "false", "DYN_SYSTEM_PORT": "9090"}, None),
+])
+def test_system_server_port(environ, port):
+    assert RuntimeSettings.from_env(environ).system_server_port() == port
+
+
+def test_read_at_call_time_parsed_once(monkeypatch):
+    monkeypatch.setenv("DYN_TCP_CONNECT_TIMEOUT", "7")
+    first = RuntimeSettings.from_env()
+    assert first.tcp_connect_timeout == 7.0 and RuntimeSettings.from_env() is first
+    monkeypatch.setenv("DYN_TCP_CONNECT_TIMEOUT", "8")
+    assert RuntimeSettings.from_env().tcp_connect_timeout == 8.0
+    with pytest.raises(Exception):
+        first.tcp_connect_timeout = 1.0  # frozen: one shared instance per environment
+
+
+def test_consumers_use_the_settings_they_are_given():
+    s = RuntimeSettings.from_env
+    assert advertise_host("etcd", s({"DYN_TCP_RPC_HOST": "10.0.0.5", "POD_IP": "10.1.2.3"})) == ("10.0.0.5",) * 2
+    assert advertise_host("etcd", s({"POD_IP": "10.1.2.3"})) == ("0.0.0.0", "10.1.2.3")
+    assert advertise_host("file", s({"POD_IP": "10.1.2.3"})) == ("127.0.0.1", "127.0.0.1")
+    assert resolve_kind(None, "etcd", s({"NATS_SERVER": "nats://n:4222"})) == "nats"
+    assert resolve_kind(None, "etcd", s({})) == "zmq"
+    assert resolve_kind(None, "etcd", s({"NATS_SERVER": "nats://n:4222", "DYN_EVENT_PLANE": "zmq"})) == "zmq"
+    assert s({}).nats_url() == "nats://localhost:4222"
+    assert default_root(s({"DYN_FILE_KV": "/srv/kv"})) == "/srv/kv"
+    assert default_root(s({})) == os.path.join(tempfile.gettempdir(), "dynamo_store_kv")
+    assert log_level_from_env(settings=s({"DYN_LOG": "warn,dynamo=debug"})) == logging.DEBUG
+    assert log_level_from_env(settings=s({"DYN_LOG": "warn"})) == logging.WARNING
+    assert log_level_from_env("error", settings=s({})) == logging.ERROR
+
+
+# ----- frontend ------------------------------------------------------------------------------
+
+FRONTEND_VARS = [  # (field, variable, default, env text, env value, flag, flag text, flag value)
+    ("http_body_limit_mb", "DYN_HTTP_BODY_LIMIT_MB", 192, "1", 1.0, "--http-body-limit-mb", "0.5", 0.5),
+    ("http_overload_status_code", "DYN_HTTP_OVERLOAD_STATUS_CODE", 529, "503", 503,
+     "--http-overload-status-code", "429", 429),
+    ("http_graceful_shutdown_timeout_secs", "DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS", 5.0, "120", 120.0,
+     "--http-graceful-shutdown-timeout-secs", "1", 1.0),
+    ("http_port", "DYN_HTTP_PORT", 8000, "8123", 8123, "--http-port", "8200", 8200),
+]
+
+
+@pytest.mark.parametrize("field, env, default, raw, value, flag, flag_raw, flag_value", FRONTEND_VARS)
+def test_frontend_http_settings_flag_over_env_over_default(field, env, default, raw, value, flag, flag_raw,
+                                                           flag_value):
+    assert getattr(parse_config(FrontendConfig, [], environ={}), field) == default
+    assert getattr(parse_config(FrontendConfig, [], environ={env: raw}), field) == value
+    assert getattr(parse_config(FrontendConfig, [flag, flag_raw], environ={env: raw}), field) == flag_value
+
+
+def test_frontend_http_settings_are_in_help_with_their_variables():
+    text = " ".join(build_parser(FrontendConfig).format_help().split())
+    for _, env, _, _, _, flag, _, _ in FRONTEND_VARS:
+        assert flag in text and env in text
+    assert "[env DYN_HTTP_PORT, else DYNAMO_PORT]" in text
+
+
+def test_dynamo_port_is_the_operators_fallback_for_the_http_port():
+    assert parse_config(FrontendConfig, [], environ={"DYNAMO_PORT": "9000"}).http_port == 9000
+    assert parse_config(FrontendConfig, [], environ={"DYNAMO_PORT": "9000", "DYN_HTTP_PORT": "8123"}).http_port == 8123
+    assert parse_config(FrontendConfig, ["--http-port", "8200"], environ={"DYNAMO_PORT": "9000"}).http_port == 8200
+    with pytest.raises(SystemExit, match="invalid value for DYNAMO_PORT"):
+        parse_config(FrontendConfig, [], environ={"DYNAMO_PORT": "http"})
+
+
+@pytest.mark.parametrize("env, raw", [
+    ("DYN_HTTP_BODY_LIMIT_MB", "lots"),
+    ("DYN_HTTP_OVERLOAD_STATUS_CODE", "5xx"),
+    ("DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS", "later"),
+])
+def test_frontend_invalid_value_names_its_variable(env, raw):
+    with pytest.raises(SystemExit, match=f"invalid value for {env}"):
+        parse_config(FrontendConfig, [], environ={env: raw})
+
+
+@pytest.mark.parametrize("argv", [
+    ["--http-body-limit-mb", "0"],
+    ["--http-overload-status-code", "1000"],
+    ["--http-graceful-shutdown-timeout-secs", "-1"],
+])
+def test_frontend_rejects_out_of_range_http_settings(argv):
+    with pytest.raises(SystemExit):
+        parse_config(FrontendConfig, argv, environ={})
