@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 
 from dynamo.frontend.config import FrontendConfig
@@ -13,6 +12,7 @@ from dynamo.frontend.dispatch import Dispatcher
 from dynamo.frontend.http_app import FrontendApp
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.model_manager import ModelManager
+from dynamo.llm.worker_client import Deadlines
 from dynamo.router.inhibit import Inhibitor
 from dynamo.router.policy import PolicyHost, Role, RoutingPolicy, create_policy
 from dynamo.runtime.asgi import EmbeddedHttpServer
@@ -43,14 +43,16 @@ async def serve(config: FrontendConfig, stop: asyncio.Event) -> int:
                           block_size=config.kv_cache_block_size)
     policy = DisaggPolicy.from_config(config.enforce_disagg, config.router_conditional_disagg,
                                       config.router_conditional_disagg_config)
+    deadlines = Deadlines(first_output=config.first_token_timeout_secs, idle=config.stream_idle_timeout_secs)
     orchestrator = PrefillOrchestrator(runtime.client, routing, policy,
-                                       DisaggMetrics(metrics.registry, config.metrics_prefix))
+                                       DisaggMetrics(metrics.registry, config.metrics_prefix), deadlines)
     inhibitor = Inhibitor(config.inhibited_duration_secs, metrics.registry, config.metrics_prefix)
-    dispatcher = Dispatcher(runtime.client, routing, config.migration_limit, metrics, orchestrator, inhibitor)
-    body_limit = int(float(os.environ.get("DYN_HTTP_BODY_LIMIT_MB", "192")) * 1024 * 1024)
+    dispatcher = Dispatcher(runtime.client, routing, config.migration_limit, metrics, orchestrator, inhibitor,
+                            deadlines)
+    body_limit = int(config.http_body_limit_mb * 1024 * 1024)
     app = FrontendApp(models, dispatcher, metrics, body_limit=body_limit,
                       concurrency_limit=config.rejection_frontend_request_concurrency_limit,
-                      overload_status=int(os.environ.get("DYN_HTTP_OVERLOAD_STATUS_CODE", "529")),
+                      overload_status=config.http_overload_status_code,
                       health_extra=lambda: {**routing.health(), **inhibitor.health()},
                       reasoning_field=config.reasoning_field_name)
     lag = LoopLagMonitor(lambda v: (metrics.loop_lag.observe(v), metrics.loop_lag_max.set(lag.worst)))
@@ -80,7 +82,7 @@ async def serve(config: FrontendConfig, stop: asyncio.Event) -> int:
     await stop.wait()
     # Drain like Dynamo: /health 503 (/live 200), new requests 503, admitted streams finish,
     # all bounded by DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS.
-    grace = float(os.environ.get("DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS", "5"))
+    grace = config.http_graceful_shutdown_timeout_secs
     app.begin_drain()
     log.info("draining %d request(s) in flight (at most %.0f s)", app.inflight, grace)
     if not await app.drained(grace):
@@ -95,8 +97,6 @@ async def serve(config: FrontendConfig, stop: asyncio.Event) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if "DYN_HTTP_PORT" not in os.environ and os.environ.get("DYNAMO_PORT"):
-        os.environ["DYN_HTTP_PORT"] = os.environ["DYNAMO_PORT"]  # injected by the Dynamo operator
     config = parse_config(FrontendConfig, argv, prog="python -m dynamo.frontend")
     return run_main(lambda stop: serve(config, stop))
 

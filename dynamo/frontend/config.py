@@ -1,4 +1,7 @@
-"""Frontend configuration: Dynamo's flag names with `DYN_*` env twins."""
+"""Frontend configuration: Dynamo's flag names with `DYN_*` env twins.
+
+The HTTP limits (`DYN_HTTP_BODY_LIMIT_MB`, ...) are env-only in NVIDIA Dynamo; here they are
+fields too, so `--help` lists them and `dump_config` shows them, under the same variable names."""
 
 from __future__ import annotations
 
@@ -13,7 +16,12 @@ class FrontendConfig(KvRouterConfig):
     """OpenAI-compatible HTTP frontend: discovers workers, tokenizes, routes, detokenizes."""
 
     http_host: str = setting("0.0.0.0", "HTTP listen address")
-    http_port: int = setting(8000, "HTTP listen port")
+    # DYNAMO_PORT is what the Dynamo operator injects for the frontend's port.
+    http_port: int = setting(8000, "HTTP listen port", env=("DYN_HTTP_PORT", "DYNAMO_PORT"))
+    http_body_limit_mb: float = setting(192.0, "Largest request body in MiB; larger ones get 413")
+    http_overload_status_code: int = setting(529, "HTTP status of a request refused for overload")
+    http_graceful_shutdown_timeout_secs: float = setting(
+        5.0, "Seconds admitted requests may finish after SIGTERM before they are closed")
     tls_cert_path: str | None = setting(None, "TLS certificate (PEM); needs --tls-key-path")
     tls_key_path: str | None = setting(None, "TLS private key (PEM); needs --tls-cert-path")
     namespace: str | None = setting(None, "Serve only workers of this namespace (default: all)")
@@ -24,6 +32,13 @@ class FrontendConfig(KvRouterConfig):
                                             "is set with etcd)", choices=["zmq", "nats"])
     kv_cache_block_size: int | None = setting(None, "Override the KV block size from the model card")
     migration_limit: int = setting(0, "Times a request may move to another worker when its worker fails")
+    # Deadlines on worker streams, off by default: a long prefill can legitimately take minutes.
+    # A stream that misses one is cancelled and treated as a lost worker (migrated within
+    # --migration-limit, else 504 or an SSE error event), so a hung worker cannot hang a client.
+    first_token_timeout_secs: float | None = setting(
+        None, "Seconds a worker may take to send a request's first output (default: no deadline)")
+    stream_idle_timeout_secs: float | None = setting(
+        None, "Longest gap in seconds between a worker's outputs after the first (default: no deadline)")
     model_name: str | None = setting(None, "Accepted for compatibility (models come from discovery)")
     model_path: str | None = setting(None, "Accepted for compatibility (models come from discovery)")
     metrics_prefix: str = setting("dynamo_frontend", "Prefix of the frontend's metric names")
@@ -45,5 +60,15 @@ class FrontendConfig(KvRouterConfig):
             raise ValueError("--tls-cert-path and --tls-key-path must be given together")
         if self.migration_limit < 0:
             raise ValueError("--migration-limit must be >= 0")
+        for name in ("first_token_timeout_secs", "stream_idle_timeout_secs"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")
         if self.kv_cache_block_size is not None and self.kv_cache_block_size <= 0:
             raise ValueError("--kv-cache-block-size must be positive")
+        if self.http_body_limit_mb <= 0:
+            raise ValueError("--http-body-limit-mb must be positive")
+        if not 100 <= self.http_overload_status_code <= 599:
+            raise ValueError("--http-overload-status-code must be an HTTP status (100-599)")
+        if self.http_graceful_shutdown_timeout_secs < 0:
+            raise ValueError("--http-graceful-shutdown-timeout-secs must be >= 0")

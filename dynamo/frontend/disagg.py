@@ -24,7 +24,8 @@ from prometheus_client import Counter, Histogram
 
 from dynamo.frontend.dispatch import choose
 from dynamo.frontend.openai import ApiError
-from dynamo.llm.protocol import PreprocessedRequest, output_decoder, request_encoder
+from dynamo.llm.protocol import PreprocessedRequest
+from dynamo.llm.worker_client import NO_DEADLINES, Deadlines, WorkerClient
 from dynamo.router.policy import Role, RoutingPolicy, WorkerPool, with_dp_rank
 from dynamo.runtime.rp_client import RequestPlaneClient, StreamError
 
@@ -64,8 +65,10 @@ class DisaggMetrics:
 
 class PrefillOrchestrator:
     def __init__(self, client: RequestPlaneClient, routing: RoutingPolicy, policy: DisaggPolicy,
-                 metrics: DisaggMetrics) -> None:
-        self.client = client
+                 metrics: DisaggMetrics, deadlines: Deadlines = NO_DEADLINES) -> None:
+        # The frontend's deadlines apply here too: a prefill worker that hangs past them costs a
+        # local prefill (or 503 with --enforce-disagg), not a request that never ends.
+        self.workers = WorkerClient(client, deadlines)
         self.routing = routing
         self.policy = policy
         self.metrics = metrics
@@ -124,24 +127,19 @@ class PrefillOrchestrator:
         return params
 
     async def _run(self, worker, sub: PreprocessedRequest, handle) -> dict[str, Any] | None:
-        stream = handle.attach(await self.client.open_stream(worker.address or "", worker.endpoint.endpoint,
-                                                             request_encoder.encode(sub)))
+        call = handle.attach(await self.workers.open(worker.address or "", worker.endpoint.endpoint, sub))
         params = None
         try:
-            while True:
-                batch = await stream.next_batch()
-                if not batch:
-                    return params
-                for payload in batch:
-                    out = output_decoder.decode(payload)
+            async for outputs in call:
+                for out in outputs:
                     if out.error is not None:
                         raise StreamError(out.error, "engine_error")
                     if out.disaggregated_params is not None:
                         params = out.disaggregated_params
+            return params
         finally:
             handle.stream = None
-            if not stream.done:
-                stream.cancel()
+            call.cancel()
             self.routing.prefill_complete(sub.request_id)
 
     def _local(self, entry, reason: str) -> None:

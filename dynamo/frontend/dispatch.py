@@ -1,7 +1,9 @@
 """Sends a preprocessed request to a worker and streams its outputs back, with
 worker selection by the routing policy (`dynamo.router.policy`), cancellation, and migration: when a
 worker's stream breaks without its end marker, the request continues on another
-worker with the tokens generated so far appended to the prompt. A worker that cannot
+worker with the tokens generated so far appended to the prompt. A worker that misses a
+deadline (`--first-token-timeout-secs`, `--stream-idle-timeout-secs`) counts as such a break:
+its stream is cancelled and the request migrates, or fails with 504. A worker that cannot
 be reached, or that refuses the request because it is draining, is skipped before
 anything was generated: the request goes to another worker whatever the migration limit.
 Each such failure also inhibits the worker (`dynamo.router.inhibit`) so the requests that follow
@@ -19,17 +21,16 @@ import msgspec
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.model_manager import ModelEntry
 from dynamo.frontend.openai import ApiError
-from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest, output_decoder, request_encoder
+from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
+from dynamo.llm.worker_client import NO_DEADLINES, Deadlines, WorkerClient, WorkerStream
 from dynamo.router import inhibit
 from dynamo.router.inhibit import Inhibitor
-from dynamo.router.policy import (AllWorkersBusy, Choice, NoWorkers, Role, RoutingPolicy, WorkerPool, pinned_worker,
-                                  with_dp_rank)
-from dynamo.runtime.rp_client import CannotConnect, Disconnected, RequestPlaneClient, ResponseStream, StreamError
+from dynamo.router.policy import (AllWorkersBusy, Choice, NoWorkers, Role, RoutingPolicy, WorkerInfo, WorkerPool,
+                                  pinned_worker, with_dp_rank)
+from dynamo.runtime.rp_client import CannotConnect, Disconnected, RequestPlaneClient, StreamError, StreamTimeout
 from dynamo.runtime.wire import DRAINING
 
 log = logging.getLogger(__name__)
-
-_decode_output = output_decoder.decode
 
 
 def no_workers(name: str) -> ApiError:
@@ -69,7 +70,7 @@ class RequestHandle:
     __slots__ = ("stream", "cancelled", "worker_id")
 
     def __init__(self) -> None:
-        self.stream: ResponseStream | None = None
+        self.stream: WorkerStream | None = None
         self.cancelled = False
         self.worker_id: int | None = None
 
@@ -78,7 +79,7 @@ class RequestHandle:
         self.cancelled = True
         self.stop_worker()
 
-    def attach(self, stream: ResponseStream) -> ResponseStream:
+    def attach(self, stream: WorkerStream) -> WorkerStream:
         """Make `stream` the one cancel() reaches; a cancel that came first applies at once."""
         self.stream = stream
         if self.cancelled:
@@ -101,10 +102,35 @@ def _error_for(exc: StreamError) -> ApiError:
     return ApiError(500, f"Worker failed: {exc}", "internal_error", None, exc.code)
 
 
+def _lost_error(instance_id: int, exc: StreamError) -> ApiError:
+    """A worker lost mid-way with no migration left. Before any output was sent this is the
+    HTTP status; after, the SSE error event (generation.py decides which)."""
+    if isinstance(exc, StreamTimeout):
+        return ApiError(504, f"worker {instance_id:x} timed out: {exc}", "timeout_error", None, "worker_timeout")
+    return ApiError(502, f"worker {instance_id:x} disconnected mid-stream", "internal_error", None,
+                    "worker_disconnected")
+
+
+class _Progress:
+    """What a request produced so far, to continue it on another worker (migration)."""
+
+    __slots__ = ("prompt", "max_tokens", "generated", "migrations")
+
+    def __init__(self, request: PreprocessedRequest) -> None:
+        self.prompt = request.token_ids
+        self.max_tokens = request.stop_conditions.max_tokens
+        self.generated: list[int] = []
+        self.migrations = 0
+
+    def continued(self, request: PreprocessedRequest) -> PreprocessedRequest:
+        return _continued(request, self.prompt, self.max_tokens, self.generated)
+
+
 class Dispatcher:
     def __init__(self, client: RequestPlaneClient, policy: RoutingPolicy, migration_limit: int,
-                 metrics: FrontendMetrics, prefill=None, inhibitor: Inhibitor | None = None) -> None:
-        self.client = client
+                 metrics: FrontendMetrics, prefill=None, inhibitor: Inhibitor | None = None,
+                 deadlines: Deadlines = NO_DEADLINES) -> None:
+        self.workers = WorkerClient(client, deadlines)
         self.policy = policy
         self.migration_limit = migration_limit
         self.metrics = metrics
@@ -114,82 +140,103 @@ class Dispatcher:
     async def stream(self, entry: ModelEntry, request: PreprocessedRequest,
                      handle: RequestHandle) -> AsyncIterator[list[LLMEngineOutput]]:
         """Yields batches of engine outputs (everything that arrived together)."""
+        progress = _Progress(request)  # the prompt as the client sent it, for a migration
         exclude: set[int] = set()
-        migrations = 0
-        generated: list[int] = []
-        original_prompt = request.token_ids
-        original_max = request.stop_conditions.max_tokens
-        if self.prefill is not None and request.disaggregated_params is None:
+        prefilled = await self._prefilled(entry, request, handle)
+        if prefilled is None:
+            return
+        request = prefilled
+        while True:
+            worker, call = await self._open(entry, request, exclude, handle)
             try:
-                params = await self.prefill.prefill(entry, request, handle)
-            except StreamError:
-                return  # cancelled by the client during prefill
-            if handle.cancelled:
+                async for outputs in call:
+                    for out in outputs:
+                        progress.generated.extend(out.token_ids)
+                    yield outputs
                 return
-            if params is not None:
-                request = msgspec.structs.replace(request, disaggregated_params=params)
+            except StreamError as exc:
+                retry = self._after_failure(entry, request, worker.instance_id, exc, call.started, handle, progress)
+                if retry is None:
+                    return
+                request = retry
+                exclude.add(worker.instance_id)
+            finally:
+                self.policy.free(request.request_id)
+                call.cancel()
+
+    async def _prefilled(self, entry: ModelEntry, request: PreprocessedRequest,
+                         handle: RequestHandle) -> PreprocessedRequest | None:
+        """The request with a prefill worker's transfer parameters (disaggregated serving), as
+        it was when the decode worker prefills itself; None when the client went away meanwhile."""
+        if self.prefill is None or request.disaggregated_params is not None:
+            return request
+        try:
+            params = await self.prefill.prefill(entry, request, handle)
+        except StreamError:
+            return None  # cancelled by the client during prefill
+        if handle.cancelled:
+            return None
+        return request if params is None else msgspec.structs.replace(request, disaggregated_params=params)
+
+    async def _open(self, entry: ModelEntry, request: PreprocessedRequest, exclude: set[int],
+                    handle: RequestHandle) -> tuple[WorkerInfo, WorkerStream]:
+        """Select, book and send to a decode worker; one that cannot be reached never got the
+        request, so the next is tried whatever the migration limit."""
+        rid = request.request_id
         while True:
             pool = entry.pool(Role.DECODE)
             choice = await choose(self.policy, pool, request, self.inhibitor.exclude(pool, request, exclude))
             worker = choice.worker
             handle.worker_id = worker.instance_id
             try:
-                stream = await self.client.open_stream(worker.address or "", worker.endpoint.endpoint,
-                                                       request_encoder.encode(with_dp_rank(request, choice)))
+                call = await self.workers.open(worker.address or "", worker.endpoint.endpoint,
+                                               with_dp_rank(request, choice), lambda: self.policy.prefill_complete(rid))
             except CannotConnect as exc:
-                self.policy.free(request.request_id)
+                self.policy.free(rid)
                 exclude.add(worker.instance_id)
                 self.inhibitor.inhibit(worker.instance_id, inhibit.CANNOT_CONNECT)
                 log.warning("worker %x unreachable (%s); trying another", worker.instance_id, exc)
                 self.metrics.migration(entry.name, "new_request")
                 continue
             except BaseException:  # cancelled while dialling: the booking has no other owner yet
-                self.policy.free(request.request_id)
+                self.policy.free(rid)
                 raise
-            handle.attach(stream)
-            first = True
-            try:
-                while True:
-                    payloads = await stream.next_batch()
-                    if not payloads:
-                        return
-                    outputs = [_decode_output(p) for p in payloads]
-                    if first:
-                        first = False
-                        self.policy.prefill_complete(request.request_id)
-                    for out in outputs:
-                        generated.extend(out.token_ids)
-                    yield outputs
-            except Disconnected:
-                if not handle.cancelled:
-                    self.inhibitor.inhibit(worker.instance_id, inhibit.DISCONNECTED)
-                if handle.cancelled or migrations >= self.migration_limit:
-                    raise ApiError(502, f"worker {worker.instance_id:x} disconnected mid-stream",
-                                   "internal_error", None, "worker_disconnected") from None
-                migrations += 1
-                exclude.add(worker.instance_id)
-                self.metrics.migration(entry.name, "ongoing_request")
-                log.warning("worker %x disconnected mid-stream; migrating request %s (%d/%d)",
-                            worker.instance_id, request.request_id, migrations, self.migration_limit)
-                request = _continued(request, original_prompt, original_max, generated)
-                if request.stop_conditions.max_tokens == 0:
-                    return
-            except StreamError as exc:
-                if handle.cancelled or exc.code == "cancelled":
-                    return
-                if exc.code == DRAINING and first:
-                    # Sent before this frontend saw the worker leave discovery; it never started.
-                    exclude.add(worker.instance_id)
-                    self.inhibitor.inhibit(worker.instance_id, inhibit.DRAINING)
-                    log.info("worker %x is draining; sending request %s elsewhere", worker.instance_id,
-                             request.request_id)
-                    self.metrics.migration(entry.name, "new_request")
-                    continue
-                raise _error_for(exc) from None
-            finally:
-                self.policy.free(request.request_id)
-                if not stream.done:
-                    stream.cancel()
+            handle.attach(call)
+            return worker, call
+
+    def _after_failure(self, entry: ModelEntry, request: PreprocessedRequest, iid: int, exc: StreamError,
+                       started: bool, handle: RequestHandle, progress: _Progress) -> PreprocessedRequest | None:
+        """After a failed stream: the request to send to another worker, None to end quietly,
+        or the client's error (raised)."""
+        if isinstance(exc, (Disconnected, StreamTimeout)):
+            return self._migrate(entry, request, iid, exc, handle, progress)
+        if handle.cancelled or exc.code == "cancelled":
+            return None
+        if exc.code == DRAINING and not started:
+            # Sent before this frontend saw the worker leave discovery; it never started.
+            self.inhibitor.inhibit(iid, inhibit.DRAINING)
+            log.info("worker %x is draining; sending request %s elsewhere", iid, request.request_id)
+            self.metrics.migration(entry.name, "new_request")
+            return request
+        raise _error_for(exc) from None
+
+    def _migrate(self, entry: ModelEntry, request: PreprocessedRequest, iid: int, exc: StreamError,
+                 handle: RequestHandle, progress: _Progress) -> PreprocessedRequest | None:
+        # A timed-out worker is treated as a lost one: it may be hung (stopped, wedged engine), and
+        # waiting on it would hang the client with it; its stream is already cancelled, so moving
+        # the request does not leave two workers generating it. Without migration the client
+        # gets a 504 (or an SSE error event once output was sent), never an endless wait.
+        timed_out = isinstance(exc, StreamTimeout)
+        if not handle.cancelled:
+            self.inhibitor.inhibit(iid, inhibit.TIMEOUT if timed_out else inhibit.DISCONNECTED)
+        if handle.cancelled or progress.migrations >= self.migration_limit:
+            raise _lost_error(iid, exc) from None
+        progress.migrations += 1
+        self.metrics.migration(entry.name, "ongoing_request")
+        log.warning("worker %x %s; migrating request %s (%d/%d)", iid, exc if timed_out else "disconnected mid-stream",
+                    request.request_id, progress.migrations, self.migration_limit)
+        request = progress.continued(request)
+        return None if request.stop_conditions.max_tokens == 0 else request
 
 
 def _continued(request: PreprocessedRequest, prompt: list[int], max_tokens: int | None,

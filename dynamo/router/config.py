@@ -81,7 +81,7 @@ class KvRouterConfig:
         "lowers mean TTFT), 'lcfs' (newest first); nvext.agent_hints.strict_priority tiers precede all",
         choices=["fcfs", "wspt", "lcfs"])
     inhibited_duration_secs: float = setting(
-        5.0, "Seconds a worker that failed (unreachable, stream broken, draining) is left out of this "
+        5.0, "Seconds a worker that failed (unreachable, stream broken or timed out, draining) is left out of this "
         "process's routing before discovery catches up (0: off)", env="DYN_INHIBITED_DURATION_SECS")
 
     def validate(self) -> None:

@@ -2,7 +2,8 @@
 owner of "which workers did this process just see fail", used by every dispatcher that routes
 over a `WorkerPool` (the frontend's `Dispatcher`, the `dynamo.router` service).
 
-A worker that could not be reached, whose stream broke mid-way, or that refused a request
+A worker that could not be reached, whose stream broke mid-way, that missed a caller's output
+deadline (likely hung: discovery still lists a stopped process), or that refused a request
 because it is draining, is left out of this process's routing for `duration` seconds, so the
 requests that follow do not each discover the failure again while discovery (lease TTL,
 unregistration) catches up. Inhibition is local and advisory: it never edits the pool, it only
@@ -25,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.router.policy import WorkerPool, candidates
-from dynamo.runtime.rp_client import CannotConnect, Disconnected, StreamError
+from dynamo.runtime.rp_client import CannotConnect, Disconnected, StreamError, StreamTimeout
 from dynamo.runtime.wire import DRAINING as _DRAINING_CODE
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ log = logging.getLogger(__name__)
 CANNOT_CONNECT = "cannot_connect"
 DISCONNECTED = "disconnected"
 DRAINING = "draining"
-REASONS = (CANNOT_CONNECT, DISCONNECTED, DRAINING)
+TIMEOUT = "timeout"
+REASONS = (CANNOT_CONNECT, DISCONNECTED, DRAINING, TIMEOUT)
 
 
 def reason_for(exc: StreamError) -> str | None:
@@ -44,6 +46,8 @@ def reason_for(exc: StreamError) -> str | None:
         return CANNOT_CONNECT
     if isinstance(exc, Disconnected):
         return DISCONNECTED
+    if isinstance(exc, StreamTimeout):
+        return TIMEOUT
     return DRAINING if exc.code == _DRAINING_CODE else None
 
 

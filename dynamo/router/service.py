@@ -24,7 +24,8 @@ from typing import AsyncIterator, Callable
 import msgspec
 
 from dynamo.llm.model_card import ModelDeploymentCard, card_decoder
-from dynamo.llm.protocol import request_decoder
+from dynamo.llm.protocol import PreprocessedRequest, request_decoder
+from dynamo.llm.worker_client import WorkerClient, WorkerStream
 from dynamo.router.config import KvRouterConfig
 from dynamo.router.inhibit import Inhibitor, reason_for
 from dynamo.router.kv_policy import KvPolicy
@@ -78,7 +79,6 @@ class OverlapScores(msgspec.Struct, kw_only=True):
 
 
 encoder = msgspec.msgpack.Encoder()
-query_decoder = msgspec.msgpack.Decoder(RouteQuery)
 
 
 class RouterService:
@@ -91,6 +91,7 @@ class RouterService:
         self.addresses: dict[int, str] = {}
         self.cards: dict[int, ModelDeploymentCard] = {}
         self.pool = WorkerPool(self.eid.path, Role.DECODE, 0, config.router_block_size)
+        self.workers = WorkerClient(runtime.client)
         self._tasks: list[asyncio.Task] = []
 
     @property
@@ -106,9 +107,13 @@ class RouterService:
         self._tasks.append(loop.create_task(self._watch(records.MDC, self._on_card)))
         if self.policy.sync is not None:
             await self.policy.sync.join(self.eid.namespace, self.eid.component)
-        for name, handler in (("generate", self.generate), ("best_worker_id", self.best_worker_id),
-                              ("get_overlap_scores", self.get_overlap_scores)):
-            await self.runtime.serve_endpoint(records.EndpointId(self.eid.namespace, ROUTER_COMPONENT, name), handler)
+        # `generate` takes the raw payload: it decodes it to route, then forwards the caller's
+        # bytes unchanged (fields this version does not know included) instead of re-encoding.
+        for name, handler, request_type in (("generate", self.generate, None),
+                                            ("best_worker_id", self.best_worker_id, RouteQuery),
+                                            ("get_overlap_scores", self.get_overlap_scores, RouteQuery)):
+            await self.runtime.serve_endpoint(records.EndpointId(self.eid.namespace, ROUTER_COMPONENT, name), handler,
+                                              request_type=request_type)
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -147,8 +152,7 @@ class RouterService:
         self.policy.on_membership_change(self.pool)
 
     # -- endpoints -----------------------------------------------------------------------
-    async def best_worker_id(self, payload: bytes, ctx: RequestContext) -> AsyncIterator[bytes]:
-        query = _decode_query(payload)
+    async def best_worker_id(self, query: RouteQuery, ctx: RequestContext) -> AsyncIterator[bytes]:
         try:
             sel = self.router.select(query.token_ids, lora_name=query.lora_name,
                                      override=query.router_config_override)
@@ -157,8 +161,7 @@ class RouterService:
         yield encoder.encode(BestWorker(worker_id=sel.worker_id, dp_rank=sel.dp_rank,
                                         overlap_blocks=sel.overlap_blocks))
 
-    async def get_overlap_scores(self, payload: bytes, ctx: RequestContext) -> AsyncIterator[bytes]:
-        query = _decode_query(payload)
+    async def get_overlap_scores(self, query: RouteQuery, ctx: RequestContext) -> AsyncIterator[bytes]:
         found = self.router.overlap_scores(query.token_ids, query.lora_name)
         keys = [(w, r) for w, dp in self.router.workers().items() for r in range(dp)]
         scores = [BestWorker(worker_id=w, dp_rank=r, overlap_blocks=found.get((w, r), 0)) for w, r in keys]
@@ -169,32 +172,25 @@ class RouterService:
             request = request_decoder.decode(payload)
         except msgspec.DecodeError as exc:
             raise HandlerError(f"malformed request: {exc}", "bad_request") from None
-        rid = request.request_id
-        stream, worker_id, first_batch = await self._open(request, payload)
+        call, worker_id, first = await self._open(request, payload)
         try:
-            if not first_batch:
-                return
-            self.policy.prefill_complete(rid)
-            for item in first_batch:
-                yield item
-            while True:
-                batch = await stream.next_batch()
-                if not batch:
-                    return
+            batch = first
+            while batch:  # the worker's encoded outputs, relayed unchanged
                 for item in batch:
                     yield item
+                batch = await call.next_payloads()
         except StreamError as exc:
             self.inhibitor.failed(worker_id, exc)
             raise HandlerError(str(exc), exc.code) from None
         finally:
-            self.policy.free(rid)
-            if not stream.done:
-                stream.cancel()
+            self.policy.free(request.request_id)
+            call.cancel()
 
-    async def _open(self, request, payload: bytes):
+    async def _open(self, request: PreprocessedRequest, payload: bytes) -> tuple[WorkerStream, int, list[bytes]]:
         """A stream on the policy's worker and its first batch; unreachable, draining or
         disconnected workers (nothing generated yet) are skipped for the next choice."""
         exclude: set[int] = set()
+        rid = request.request_id
         while True:
             try:
                 choice = await self.policy.select(self.pool, request,
@@ -204,16 +200,17 @@ class RouterService:
             except NoWorkers as exc:
                 raise HandlerError(f"no workers available for {exc}", "no_workers") from None
             worker = choice.worker
-            stream = None
+            call = None
             try:
-                stream = await self.runtime.client.open_stream(worker.address or "", self.eid.endpoint, payload)
-                return stream, worker.instance_id, await stream.next_batch()
+                call = await self.workers.open(worker.address or "", self.eid.endpoint, payload,
+                                               lambda: self.policy.prefill_complete(rid))
+                return call, worker.instance_id, await call.next_payloads()
             except BaseException as exc:
                 # Booked but not handed to `generate`'s cleanup yet: release here, whatever ended
                 # it (a worker error, or the caller cancelling before the first output).
-                self.policy.free(request.request_id)
-                if stream is not None and not stream.done:
-                    stream.cancel()
+                self.policy.free(rid)
+                if call is not None:
+                    call.cancel()
                 if not isinstance(exc, StreamError):
                     raise
                 # Unreachable, draining, or lost before its first output (a connection that died
@@ -223,10 +220,3 @@ class RouterService:
                 self.inhibitor.failed(worker.instance_id, exc)
                 exclude.add(worker.instance_id)
                 log.warning("worker %x unreachable or draining (%s); trying another", worker.instance_id, exc)
-
-
-def _decode_query(payload: bytes) -> RouteQuery:
-    try:
-        return query_decoder.decode(payload)
-    except msgspec.DecodeError as exc:
-        raise HandlerError(f"malformed query: {exc}", "bad_request") from None

@@ -5,7 +5,8 @@ address, reused by every concurrent request to it.
 single reader (its protocol callbacks) pushes frames into the right stream, so no
 task exists per token. A stream that ends without `End`/`Error` (or that
 the worker cut at shutdown) raises `Disconnected`, which callers use to migrate
-requests; `CannotConnect` means the request never reached the worker. After a
+requests; `CannotConnect` means the request never reached the worker; `StreamTimeout`
+means nothing arrived within the deadline a caller gave `next_batch()`. After a
 worker's `GoAway` its connection takes no new streams and is closed once idle.
 """
 
@@ -13,10 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 from collections import deque
 
 from dynamo.runtime import wire
+from dynamo.runtime.settings import RuntimeSettings
 
 
 class StreamError(Exception):
@@ -33,6 +34,14 @@ class Disconnected(StreamError):
 class CannotConnect(StreamError):
     def __init__(self, message: str) -> None:
         super().__init__(message, "cannot_connect")
+
+
+class StreamTimeout(StreamError):
+    """Nothing arrived within the caller's deadline. The stream stays open: the caller decides
+    whether to wait again or `cancel()` it (a hung worker keeps running until told)."""
+
+    def __init__(self, message: str = "no response within the deadline") -> None:
+        super().__init__(message, "timeout")
 
 
 class ResponseStream:
@@ -63,18 +72,37 @@ class ResponseStream:
             self._error = error
             self._wake()
 
-    async def next_batch(self) -> list[bytes]:
-        """All items received so far (waiting for at least one); [] at the normal end."""
+    async def _wait(self, timeout: float | None) -> bool:
+        """Until an item is queued (True) or the stream ended normally (False); raises the
+        stream's error, or `StreamTimeout` when `timeout` seconds pass with neither."""
+        if self._items:
+            return True
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while not self._items:
             if self.done:
                 if self._error is not None:
                     raise self._error
-                return []
-            self._waiter = asyncio.get_running_loop().create_future()
+                return False
+            if deadline is not None and loop.time() >= deadline:
+                raise StreamTimeout(f"no response within {timeout:g} s")
+            self._waiter = loop.create_future()
+            # A timer that only wakes the waiter: no task per wait, and an item arriving in the
+            # same loop iteration as the deadline still wins (the loop re-checks items first).
+            timer = None if deadline is None else loop.call_at(deadline, self._wake)
             try:
                 await self._waiter
             finally:
                 self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+        return True
+
+    async def next_batch(self, timeout: float | None = None) -> list[bytes]:
+        """All items received so far (waiting for at least one); [] at the normal end.
+        `timeout`: seconds to wait for one before `StreamTimeout` (None: no deadline)."""
+        if not await self._wait(timeout):
+            return []
         items = list(self._items)
         self._items.clear()
         return items
@@ -83,16 +111,8 @@ class ResponseStream:
         return self
 
     async def __anext__(self) -> bytes:
-        while not self._items:
-            if self.done:
-                if self._error is not None:
-                    raise self._error
-                raise StopAsyncIteration
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+        if not await self._wait(None):
+            raise StopAsyncIteration
         return self._items.popleft()
 
     def cancel(self) -> None:
@@ -162,7 +182,7 @@ class _ClientConnection(wire.FramedProtocol):
 
 
 def _connect_timeout() -> float:
-    return float(os.environ.get("DYN_TCP_CONNECT_TIMEOUT", "3"))
+    return RuntimeSettings.from_env().tcp_connect_timeout
 
 
 class RequestPlaneClient:

@@ -73,7 +73,7 @@ def test_a_killed_worker_is_inhibited_and_not_retried_until_discovery_drops_it(t
         health = json.loads(http_get(with_inhibition + "/health")[1])
         assert health["inhibition"]["duration_secs"] == 5.0
         assert json.loads(http_get(without + "/health")[1])["inhibition"]["inhibitions_total"] == {
-            "cannot_connect": 0, "disconnected": 0, "draining": 0}
+            "cannot_connect": 0, "disconnected": 0, "draining": 0, "timeout": 0}
         assert workers[1].alive()
     finally:
         for load in loads:

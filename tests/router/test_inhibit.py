@@ -10,11 +10,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from dynamo.frontend.config import FrontendConfig
-from dynamo.router.inhibit import CANNOT_CONNECT, DISCONNECTED, DRAINING, Inhibitor, reason_for
+from dynamo.router.inhibit import CANNOT_CONNECT, DISCONNECTED, DRAINING, TIMEOUT, Inhibitor, reason_for
 from dynamo.router.policy import NoWorkers, RoundRobinPolicy
 from dynamo.router.service import RouterServiceConfig
 from dynamo.runtime.config import parse_config
-from dynamo.runtime.rp_client import CannotConnect, Disconnected, StreamError
+from dynamo.runtime.rp_client import CannotConnect, Disconnected, StreamError, StreamTimeout
 from tests.router.test_policy import pool, req
 
 
@@ -47,7 +47,7 @@ def test_a_new_failure_extends_the_inhibition():
     inh.inhibit(1, DISCONNECTED)
     clock.now += 4
     assert inh.active() == {1}
-    assert inh.counts == {CANNOT_CONNECT: 1, DISCONNECTED: 1, DRAINING: 0}
+    assert inh.counts == {CANNOT_CONNECT: 1, DISCONNECTED: 1, DRAINING: 0, TIMEOUT: 0}
 
 
 def test_zero_duration_disables_it():
@@ -101,6 +101,7 @@ def test_reasons_from_request_plane_errors():
     assert reason_for(CannotConnect("refused")) == CANNOT_CONNECT
     assert reason_for(Disconnected()) == DISCONNECTED
     assert reason_for(StreamError("bye", "draining")) == DRAINING
+    assert reason_for(StreamTimeout("silent")) == TIMEOUT  # a worker past a caller's deadline: likely hung
     for code in ("overloaded", "bad_request", "cancelled", "internal"):
         assert reason_for(StreamError("x", code)) is None
     inh = Inhibitor(5.0, clock=Clock())

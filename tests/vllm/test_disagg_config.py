@@ -25,6 +25,8 @@ def test_agg_worker_without_user_config_is_left_alone():
 
 
 def test_user_tcp_connector_config_gets_its_module_path():
+    # Stand-in for vLLM's `KVTransferConfig` (the two fields `configure` reads and fills); a
+    # real one is built from --kv-transfer-config by the workers of tests/vllm/test_disagg_tcp.py.
     user = SimpleNamespace(kv_connector="DynamoTcpConnector", kv_connector_module_path=None)
     setup = disagg.configure(SimpleNamespace(kv_transfer_config=user), "decode", "nixl", "file")
     assert setup.transport == "tcp" and setup.reason == "from --kv-transfer-config"
