@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from dynamo.kv_transfer import wire
+from dynamo.kv_transfer.io_threads import unpin_current_thread
 from dynamo.kv_transfer.store import StagingStore
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class KvSender:
         self.store.clear()
 
     def _accept_loop(self) -> None:
+        unpin_current_thread()  # connection threads start from this one and inherit its CPUs
         while not self._closed.is_set():
             try:
                 conn, _ = self._listener.accept()

@@ -34,6 +34,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (KVConnectorBase_V
 from vllm.distributed.kv_transfer.kv_connector.v1.metrics import KVConnectorStats
 
 from dynamo.kv_transfer import KvSender, TooLarge, TransferError, pull
+from dynamo.kv_transfer.io_threads import unpin_current_thread
 
 if TYPE_CHECKING:
     from vllm.v1.core.kv_cache_manager import KVCacheBlocks
@@ -213,7 +214,8 @@ class _WorkerSide:
         self.kv: dict[str, torch.Tensor] = {}
         self.block_dim = 0
         self.sender: KvSender | None = None
-        self.pool = ThreadPoolExecutor(int(extra.get("pull_threads", 4)), thread_name_prefix="kv-tcp-pull")
+        self.pool = ThreadPoolExecutor(int(extra.get("pull_threads", 4)), thread_name_prefix="kv-tcp-pull",
+                                       initializer=unpin_current_thread)
         self.pending_stage: dict[str, tuple[list[int], float]] = {}
         self.sent: set[str] = set()
         self.lock = threading.Lock()

@@ -202,3 +202,30 @@ def test_concurrent_transfers(sender):
     wait_for(lambda: sender.store.stats.claimed == 16)
     assert sender.store.stats.claimed == 16 and sender.store.held_bytes == 0
     assert sender.bytes_sent == sum(len(p) for p in payloads.values())
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs CPU affinity and two CPUs")
+def test_sender_threads_leave_the_engine_cores_binding():
+    """An engine pins its process to its compute cores; the sender, created inside it, must
+    not serve pulls only from those cores (a busy engine there starves them)."""
+    allowed = os.sched_getaffinity(0)
+    pinned = {min(allowed)}
+    seen: dict[str, set[int]] = {}
+
+    def engine_thread() -> None:
+        os.sched_setaffinity(0, pinned)  # what vLLM's CPU worker does to its process
+        snd = KvSender().start()
+        try:
+            snd.stage("t1", [b"x" * 1000])
+            assert pull("127.0.0.1", snd.port, "t1").data == bytearray(b"x" * 1000)
+            seen["engine"] = os.sched_getaffinity(0)
+            seen["sender"] = os.sched_getaffinity(snd._thread.native_id)
+        finally:
+            snd.close()
+
+    runner = threading.Thread(target=engine_thread)
+    runner.start()
+    runner.join(60)
+    assert seen["engine"] == pinned  # the engine's own binding is left alone
+    assert seen["sender"] == allowed

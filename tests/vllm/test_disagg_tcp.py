@@ -71,8 +71,9 @@ def test_kv_really_crossed_prefill_on_other_weights_changes_output(env):
     expected = env["reference"][0]
     assert same[:len(expected)] == expected
     # A pull that fails makes vLLM recompute the prompt on the decode worker's own weights (the
-    # reference output again), which says nothing here; such an attempt is made again. (Seen once
-    # in CI: the other-weights engine's KV sender did not answer within the pull timeout.)
+    # reference output again), which says nothing here; such an attempt is made again. (Pulls used
+    # to time out now and then, in CI and locally: the sender's threads inherited the engine's
+    # one-core binding, shared here with the decode engine, and starved; dynamo/kv_transfer/io_threads.py.)
     for attempt in range(3):
         other, params = prefill_then_decode(env, "p_other", prompt, f"other{attempt}")
         if other[:len(expected)] != expected:
