@@ -58,7 +58,8 @@ def secrets_from_file(path: str) -> list[tuple[str, str]]:
         try:
             config = json.loads(base64.b64decode(raw))
         except (ValueError, TypeError):
-            raise ValueError(f"{path}: secret {obj.get('metadata', {}).get('name')!r} has no readable docker config")
+            raise ValueError(f"{path}: secret {obj.get('metadata', {}).get('name')!r} has no readable docker config") \
+                from None
         auths = config.get("auths", config) if isinstance(config, dict) else {}
         out += [(obj["metadata"]["name"], _normal(host)) for host in auths]
     return out

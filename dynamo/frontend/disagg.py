@@ -22,12 +22,14 @@ from typing import Any
 import msgspec
 from prometheus_client import Counter, Histogram
 
+from dynamo.frontend import errors
 from dynamo.frontend.dispatch import choose
-from dynamo.frontend.openai import ApiError
+from dynamo.frontend.errors import ApiError
 from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.llm.worker_client import NO_DEADLINES, Deadlines, WorkerClient
 from dynamo.router.policy import Role, RoutingPolicy, WorkerPool, with_dp_rank
 from dynamo.runtime.rp_client import RequestPlaneClient, StreamError
+from dynamo.runtime.wire import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +135,7 @@ class PrefillOrchestrator:
             async for outputs in call:
                 for out in outputs:
                     if out.error is not None:
-                        raise StreamError(out.error, "engine_error")
+                        raise StreamError(out.error, ErrorCode.ENGINE_ERROR)
                     if out.disaggregated_params is not None:
                         params = out.disaggregated_params
             return params
@@ -144,8 +146,7 @@ class PrefillOrchestrator:
 
     def _local(self, entry, reason: str) -> None:
         if self.policy.enforce:
-            raise ApiError(503, f"disaggregated serving is enforced but prefill is unavailable ({reason})",
-                           "service_unavailable", None, "prefill_unavailable")
+            raise errors.prefill_unavailable(reason)
         self.metrics.local.labels(entry.name, reason).inc()
         return None
 

@@ -18,29 +18,19 @@ from typing import AsyncIterator
 
 import msgspec
 
+from dynamo.frontend import errors
+from dynamo.frontend.errors import ApiError
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.model_manager import ModelEntry
-from dynamo.frontend.openai import ApiError
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
 from dynamo.llm.worker_client import NO_DEADLINES, Deadlines, WorkerClient, WorkerStream
-from dynamo.router import inhibit
 from dynamo.router.inhibit import Inhibitor
 from dynamo.router.policy import (AllWorkersBusy, Choice, NoWorkers, Role, RoutingPolicy, WorkerInfo, WorkerPool,
                                   pinned_worker, with_dp_rank)
 from dynamo.runtime.rp_client import CannotConnect, Disconnected, RequestPlaneClient, StreamError, StreamTimeout
-from dynamo.runtime.wire import DRAINING
+from dynamo.runtime.wire import ErrorCode
 
 log = logging.getLogger(__name__)
-
-
-def no_workers(name: str) -> ApiError:
-    return ApiError(503, f"No workers are available for model {name!r}; retry later",
-                    "service_unavailable", None, "no_workers")
-
-
-def busy_error() -> ApiError:
-    return ApiError(503, "Service temporarily unavailable: all workers are busy, please retry later",
-                    "service_unavailable", None, "all_workers_busy")
 
 
 async def choose(policy: RoutingPolicy, pool: WorkerPool, request: PreprocessedRequest,
@@ -49,9 +39,9 @@ async def choose(policy: RoutingPolicy, pool: WorkerPool, request: PreprocessedR
     try:
         return await policy.select(pool, request, exclude)
     except AllWorkersBusy:
-        raise busy_error() from None
+        raise errors.all_busy() from None
     except NoWorkers:
-        raise _unknown_pin(pool, request, exclude) or no_workers(pool.model) from None
+        raise _unknown_pin(pool, request, exclude) or errors.no_workers(pool.model) from None
 
 
 def _unknown_pin(pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> ApiError | None:
@@ -59,9 +49,7 @@ def _unknown_pin(pool: WorkerPool, request: PreprocessedRequest, exclude: set[in
     pin = pinned_worker(pool, request)
     if pin is None or exclude or pool.get(pin[1]) is not None:
         return None
-    name, iid = pin
-    return ApiError(400, f"No worker with instance id {iid} ({iid:x}) serves {pool.name!r}",
-                    "invalid_request_error", f"nvext.{name}", "worker_not_found")
+    return errors.worker_not_found(*pin, pool.name)
 
 
 class RequestHandle:
@@ -90,25 +78,6 @@ class RequestHandle:
         """We have what we need (e.g. a stop string matched): let the worker stop generating."""
         if self.stream is not None:
             self.stream.cancel()
-
-
-def _error_for(exc: StreamError) -> ApiError:
-    if exc.code == "overloaded":
-        return ApiError(529, f"Worker overloaded: {exc}", "overloaded_error", None, "overloaded")
-    if exc.code in ("bad_request", "invalid_request"):
-        return ApiError(400, str(exc), "invalid_request_error", None, "invalid_request")
-    if exc.code == "busy":
-        return ApiError(503, str(exc), "service_unavailable", None, "all_workers_busy")
-    return ApiError(500, f"Worker failed: {exc}", "internal_error", None, exc.code)
-
-
-def _lost_error(instance_id: int, exc: StreamError) -> ApiError:
-    """A worker lost mid-way with no migration left. Before any output was sent this is the
-    HTTP status; after, the SSE error event (generation.py decides which)."""
-    if isinstance(exc, StreamTimeout):
-        return ApiError(504, f"worker {instance_id:x} timed out: {exc}", "timeout_error", None, "worker_timeout")
-    return ApiError(502, f"worker {instance_id:x} disconnected mid-stream", "internal_error", None,
-                    "worker_disconnected")
 
 
 class _Progress:
@@ -194,7 +163,7 @@ class Dispatcher:
             except CannotConnect as exc:
                 self.policy.free(rid)
                 exclude.add(worker.instance_id)
-                self.inhibitor.inhibit(worker.instance_id, inhibit.CANNOT_CONNECT)
+                self.inhibitor.inhibit(worker.instance_id, ErrorCode.CANNOT_CONNECT)
                 log.warning("worker %x unreachable (%s); trying another", worker.instance_id, exc)
                 self.metrics.migration(entry.name, "new_request")
                 continue
@@ -210,15 +179,15 @@ class Dispatcher:
         or the client's error (raised)."""
         if isinstance(exc, (Disconnected, StreamTimeout)):
             return self._migrate(entry, request, iid, exc, handle, progress)
-        if handle.cancelled or exc.code == "cancelled":
+        if handle.cancelled or exc.code == ErrorCode.CANCELLED:
             return None
-        if exc.code == DRAINING and not started:
+        if exc.code == ErrorCode.DRAINING and not started:
             # Sent before this frontend saw the worker leave discovery; it never started.
-            self.inhibitor.inhibit(iid, inhibit.DRAINING)
+            self.inhibitor.inhibit(iid, ErrorCode.DRAINING)
             log.info("worker %x is draining; sending request %s elsewhere", iid, request.request_id)
             self.metrics.migration(entry.name, "new_request")
             return request
-        raise _error_for(exc) from None
+        raise errors.from_stream_error(exc) from None
 
     def _migrate(self, entry: ModelEntry, request: PreprocessedRequest, iid: int, exc: StreamError,
                  handle: RequestHandle, progress: _Progress) -> PreprocessedRequest | None:
@@ -228,9 +197,9 @@ class Dispatcher:
         # gets a 504 (or an SSE error event once output was sent), never an endless wait.
         timed_out = isinstance(exc, StreamTimeout)
         if not handle.cancelled:
-            self.inhibitor.inhibit(iid, inhibit.TIMEOUT if timed_out else inhibit.DISCONNECTED)
+            self.inhibitor.inhibit(iid, ErrorCode.TIMEOUT if timed_out else ErrorCode.DISCONNECTED)
         if handle.cancelled or progress.migrations >= self.migration_limit:
-            raise _lost_error(iid, exc) from None
+            raise errors.worker_lost(iid, exc) from None
         progress.migrations += 1
         self.metrics.migration(entry.name, "ongoing_request")
         log.warning("worker %x %s; migrating request %s (%d/%d)", iid, exc if timed_out else "disconnected mid-stream",

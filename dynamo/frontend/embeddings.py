@@ -14,8 +14,10 @@ from typing import Any
 
 import msgspec
 
+from dynamo.frontend import errors
 from dynamo.frontend.dispatch import RequestHandle, aclose_quietly
-from dynamo.frontend.openai import ApiError, bad_request, decode_body
+from dynamo.frontend.errors import bad_request
+from dynamo.frontend.openai import decode_body
 from dynamo.llm.preprocessor import PreprocessError
 from dynamo.llm.protocol import PreprocessedRequest, StopConditions
 
@@ -80,12 +82,12 @@ async def embed_one(dispatcher, entry, request: PreprocessedRequest) -> list[flo
         async for batch in gen:
             for out in batch:
                 if out.error is not None:
-                    raise ApiError(500, f"engine error: {out.error}", "internal_error", None, "engine_error")
+                    raise errors.engine_error(out.error)
                 if out.embedding is not None:
                     return out.embedding
     finally:
         await aclose_quietly(gen)
-    raise ApiError(500, "the worker returned no embedding", "internal_error", None, "engine_error")
+    raise errors.no_embedding()
 
 
 async def embed(dispatcher, entry, req: EmbeddingRequest) -> dict:

@@ -14,13 +14,15 @@ import json
 import time
 from typing import Any
 
+from dynamo.frontend import errors
 from dynamo.frontend.dispatch import RequestHandle, aclose_quietly
-from dynamo.frontend.openai import ApiError
+from dynamo.frontend.errors import ApiError
 from dynamo.frontend.output import ChoiceDelta, OutputSpec, OutputStage
 from dynamo.frontend.sse import (
     DONE, ChatChunks, CompletionChunks, chat_body, chat_logprobs, completion_body, completion_logprobs,
     error_event, tool_call_entries, usage_dict,
 )
+from dynamo.llm.protocol import FinishReason
 from dynamo.runtime.asgi import send_bytes
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
@@ -177,14 +179,14 @@ class GenerationRun:
             if out.cached_tokens is not None:
                 self.cached_tokens = max(self.cached_tokens, out.cached_tokens)
             if out.error is not None:
-                raise ApiError(500, f"engine error: {out.error}", "internal_error", None, "engine_error")
+                raise errors.engine_error(out.error)
             d = stage.add(out, self.want_logprobs)
             total.content += d.content
             total.reasoning += d.reasoning
             total.tool_calls += d.tool_calls
             total.logprobs += d.logprobs
             if stage.stopped:
-                choice.finish = "stop"
+                choice.finish = FinishReason.STOP
                 choice.handle.stop_worker()
                 break
             if out.finish_reason is not None:

@@ -18,18 +18,18 @@ from typing import Any, Callable
 
 from prometheus_client import generate_latest
 
+from dynamo.frontend import errors
 from dynamo.frontend.intake import early_refusal
 from dynamo.frontend.dispatch import Dispatcher
 from dynamo.frontend.embeddings import decode_embeddings, embed
+from dynamo.frontend.errors import OVERLOADED_STATUS, ApiError, bad_request
 from dynamo.frontend.generation import GenerationRun
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.model_manager import ModelManager
 from dynamo.frontend.routing_hints import routing_hints
 from dynamo.llm.protocol import RoutingHints
 from dynamo.frontend.openai import (
-    ApiError,
     ChatCompletionRequest,
-    bad_request,
     decode_request,
     stop_list,
     validate_chat,
@@ -62,7 +62,7 @@ CLOSE_HEADERS = [*JSON_HEADERS, (b"connection", b"close")]
 
 class FrontendApp:
     def __init__(self, models: ModelManager, dispatcher: Dispatcher, metrics: FrontendMetrics, *,
-                 body_limit: int, concurrency_limit: int = 0, overload_status: int = 529,
+                 body_limit: int, concurrency_limit: int = 0, overload_status: int = OVERLOADED_STATUS,
                  health_extra: Callable[[], dict] | None = None,
                  reasoning_field: str = "reasoning_content") -> None:
         self.models = models
@@ -113,9 +113,8 @@ class FrontendApp:
     def _no_route(self, scope: dict) -> ApiError:
         known = {path for _, path in self.routes}
         if scope["path"] in known:
-            return ApiError(405, f"method {scope['method']} not allowed on {scope['path']}",
-                            "invalid_request_error", None, "method_not_allowed")
-        return ApiError(404, f"no route {scope['path']}", "not_found_error", None, "not_found")
+            return errors.method_not_allowed(scope["method"], scope["path"])
+        return errors.no_route(scope["path"])
 
     # -- shutdown ------------------------------------------------------------------------------
     def begin_drain(self) -> None:
@@ -194,14 +193,11 @@ class FrontendApp:
             raise self._too_large(None) from None
 
     def _too_large(self, size: int | None) -> ApiError:
-        got = f" ({size} bytes)" if size is not None else ""
-        return ApiError(413, f"request body{got} exceeds the limit of {self.body_limit} bytes",
-                        "invalid_request_error", None, "request_too_large")
+        return errors.body_too_large(self.body_limit, size)
 
     def _refuse_if_draining(self) -> None:
         if self.draining:
-            raise ApiError(503, "The server is shutting down; retry on another instance", "service_unavailable",
-                           None, "shutting_down")
+            raise errors.shutting_down()
 
     async def _refuse_early(self, body, kind: str) -> None:
         refusal = await early_refusal(body, kind, self._pipeline_of)
@@ -266,8 +262,7 @@ class FrontendApp:
         req.validate()
         entry = self._entry(req.model)
         if "embedding" not in entry.card.model_type:
-            raise ApiError(404, f"Model not found: `{req.model}` serves no embeddings", "invalid_request_error",
-                           "model", "model_not_found")
+            raise errors.no_embeddings(req.model)
         self._refuse_if_overloaded(entry.name)
         started = time.monotonic()
         status = "error"
@@ -282,24 +277,20 @@ class FrontendApp:
 
     def _entry(self, name: str):
         entry = self.models.get(name)
-        if entry is None and name in self.models.retired:
-            self.metrics.rejections.labels(name, "no_workers").inc()
-            raise ApiError(503, f"No workers are available for model {name!r}; retry later",
-                           "service_unavailable", None, "no_workers")
-        if entry is None:
-            raise ApiError(404, f"The model `{name}` does not exist.", "invalid_request_error", "model",
-                           "model_not_found")
-        if not entry.decode_workers():
-            self.metrics.rejections.labels(name, "no_workers").inc()
-            raise ApiError(503, f"No workers are available for model {name!r}; retry later",
-                           "service_unavailable", None, "no_workers")
+        if entry is None and name not in self.models.retired:
+            raise errors.model_not_found(name)
+        if entry is None or not entry.decode_workers():
+            raise self._rejected(name, errors.no_workers(name))
         return entry
 
     def _refuse_if_overloaded(self, model: str) -> None:
         if self.concurrency_limit and self.inflight >= self.concurrency_limit:
-            self.metrics.rejections.labels(model, "overloaded").inc()
-            raise ApiError(self.overload_status, "Too many requests in flight; retry later", "overloaded_error",
-                           None, "overloaded")
+            raise self._rejected(model, errors.too_many_requests(self.overload_status))
+
+    def _rejected(self, model: str, error: ApiError) -> ApiError:
+        """`error`, counted in the rejection metric under its code (`no_workers`, `overloaded`)."""
+        self.metrics.rejections.labels(model, error.code).inc()
+        return error
 
     async def _generate(self, req, endpoint: str, body_size: int, receive, send, run_cls=GenerationRun,
                         hints: RoutingHints | None = None, **run_kw) -> None:

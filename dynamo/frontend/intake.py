@@ -15,7 +15,7 @@ from typing import Callable
 
 import msgspec
 
-from dynamo.frontend.openai import ApiError, bad_request
+from dynamo.frontend.errors import ApiError, bad_request
 
 SHAPE_CHECK_BYTES = 1 << 20
 # An escape (`\n`, `\u00e9`, half a surrogate pair) is at most 6 bytes for at least 1 byte of text.

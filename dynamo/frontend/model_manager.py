@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Callable
 
-from dynamo.llm.model_card import ModelDeploymentCard, card_decoder
+from dynamo.llm.model_card import ModelDeploymentCard, WorkerType, card_decoder
 from dynamo.llm.preprocessor import ModelPipeline
 from dynamo.router.policy import Role, WorkerInfo, WorkerPool
 from dynamo.runtime import records
@@ -34,16 +34,16 @@ class ModelEntry:
         self.block_size = block_size or card.kv_cache_block_size
         self._pools: dict[Role, WorkerPool] = {}
 
-    def serving(self, worker_type: str | None = None) -> list[WorkerInfo]:
+    def serving(self, worker_type: WorkerType | None = None) -> list[WorkerInfo]:
         return [w for w in self.workers.values() if w.address is not None
                 and (worker_type is None or w.card.worker_type == worker_type)]
 
     def decode_workers(self) -> list[WorkerInfo]:
         """Workers that can answer a request end to end (aggregated or decode)."""
-        return [w for w in self.workers.values() if w.address is not None and w.card.worker_type != "prefill"]
+        return [w for w in self.workers.values() if w.address is not None and w.card.worker_type != WorkerType.PREFILL]
 
     def prefill_workers(self) -> list[WorkerInfo]:
-        return self.serving("prefill")
+        return self.serving(WorkerType.PREFILL)
 
     def pool(self, role: Role) -> WorkerPool:
         """The routable workers in `role`, as a snapshot routing policies share (one per version)."""

@@ -1,5 +1,5 @@
-"""OpenAI HTTP schema: request models (msgspec, validated on decode), their
-conversion to the wire request's sampling/stop options, and the error body.
+"""OpenAI HTTP schema: request models (msgspec, validated on decode) and their
+conversion to the wire request's sampling/stop options (the error body: `errors.py`).
 
 Unknown fields are accepted and ignored (clients send vendor extensions the schema
 cannot list); fields that would change the answer and that we cannot honour are
@@ -12,32 +12,13 @@ from typing import Any, Literal
 
 import msgspec
 
+from dynamo.frontend.errors import bad_request
 from dynamo.llm.protocol import (
     GuidedDecodingOptions, OutputOptions, PreprocessedRequest, SamplingOptions, StopConditions,
 )
 
 MAX_N = 128
 MAX_TOP_LOGPROBS = 20
-
-
-class ApiError(Exception):
-    """An error with an OpenAI-shaped body and an HTTP status."""
-
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type_
-        self.param = param
-        self.code = code
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-
-def bad_request(message: str, param: str | None = None, code: str = "invalid_value") -> ApiError:
-    return ApiError(400, message, "invalid_request_error", param, code)
 
 
 class StreamOptions(msgspec.Struct, omit_defaults=True):

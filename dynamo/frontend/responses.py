@@ -19,10 +19,12 @@ from typing import Any
 
 import msgspec
 
+from dynamo.frontend.errors import ApiError, bad_request
 from dynamo.frontend.generation import SSE_HEADERS, Choice, GenerationRun
-from dynamo.frontend.openai import ApiError, ChatCompletionRequest, ChatMessage, bad_request, decode_body
+from dynamo.frontend.openai import ChatCompletionRequest, ChatMessage, decode_body
 from dynamo.frontend.output import ChoiceDelta
 from dynamo.frontend.sse import error_event
+from dynamo.llm.protocol import FinishReason
 from dynamo.runtime.asgi import send_bytes
 
 _json = msgspec.json.encode
@@ -156,7 +158,7 @@ class ResponsesRun(GenerationRun):
                 "output_tokens_details": {"reasoning_tokens": 0}}
 
     def _status(self, choice: Choice) -> str:
-        return "incomplete" if choice.finish == "length" else "completed"
+        return "incomplete" if choice.finish == FinishReason.LENGTH else "completed"
 
     def _body(self, response: dict) -> dict:
         response.pop("_finish", None)

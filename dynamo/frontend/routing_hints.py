@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
-from dynamo.frontend.openai import bad_request
+from dynamo.frontend.errors import bad_request
 from dynamo.llm.protocol import RoutingHints
 
 # hint field -> the headers that set it (an x-dynamo- spelling wins over the plain one)

@@ -9,17 +9,26 @@ from __future__ import annotations
 
 import msgspec
 
+from dynamo.llm.protocol import FinishReason
+
 _json = msgspec.json.encode
 
 DONE = b"data: [DONE]\n\n"
 
-FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "cancelled", "error": "error"}
+# The engine's reason -> OpenAI's `finish_reason` ("cancelled" and "error" are Dynamo's additions).
+FINISH_REASONS = {
+    FinishReason.EOS: "stop", FinishReason.STOP: "stop", FinishReason.LENGTH: "length",
+    FinishReason.CANCELLED: "cancelled", FinishReason.ERROR: "error", FinishReason.CONTENT_FILTER: "content_filter",
+}
 
 
 def openai_finish_reason(reason: str | None) -> str | None:
     if reason is None:
         return None
-    return FINISH_REASONS.get(reason, reason)
+    try:
+        return FINISH_REASONS[FinishReason(reason)]
+    except ValueError:  # a reason this version does not know: shown as the worker sent it
+        return reason
 
 
 def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:

@@ -19,6 +19,7 @@ and `card_decoder` convert. `mdcsum` is not stored: it is derived from the file 
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 from pathlib import Path
@@ -37,7 +38,15 @@ CARD_FILES = {
 }
 EXTRA_FILES = ("special_tokens_map.json",)  # sent along as Dynamo's card does
 
-WORKER_TYPES = ("aggregated", "prefill", "decode")
+
+class WorkerType(enum.StrEnum):
+    """The card's `worker_type`, as Dynamo spells it (the worker's flag is `WorkerRole`). Card
+    fields stay `str`: a record from a newer peer with another type still decodes."""
+
+    AGGREGATED = "aggregated"
+    PREFILL = "prefill"
+    DECODE = "decode"
+
 
 # Dynamo's ModelType flags, in its bit order (the order it prints them in).
 MODEL_TYPES = ("chat", "completions", "embedding", "images", "audios", "videos", "tensor", "prefill")
@@ -119,7 +128,7 @@ class ModelDeploymentCard(msgspec.Struct, kw_only=True):
     migration_limit: int = 0
     model_type: list[str] = msgspec.field(default_factory=lambda: ["chat", "completions"])
     model_input: str = "tokens"
-    worker_type: str = "aggregated"
+    worker_type: str = WorkerType.AGGREGATED
     runtime_config: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
     mdcsum: str = ""  # derived (card_checksum), never stored
     # Set when this model name is a LoRA adapter: its KV blocks hash in the adapter's namespace.
@@ -168,7 +177,7 @@ def build_card(
     name: str | None = None,
     block_size: int,
     context_length: int | None = None,
-    worker_type: str = "aggregated",
+    worker_type: str = WorkerType.AGGREGATED,
     migration_limit: int = 0,
     runtime_config: RuntimeConfig | None = None,
     model_type: list[str] | None = None,
@@ -178,8 +187,8 @@ def build_card(
         raise FileNotFoundError(f"model path {model_path} is not a directory")
     if not (model_dir / "tokenizer.json").is_file():
         raise FileNotFoundError(f"model path {model_path} has no tokenizer.json")
-    if worker_type not in WORKER_TYPES:
-        raise ValueError(f"worker_type must be one of {WORKER_TYPES}")
+    if worker_type not in set(WorkerType):
+        raise ValueError(f"worker_type must be one of {tuple(t.value for t in WorkerType)}")
     types = model_type or ["chat", "completions"]
     unknown = [t for t in types if t not in MODEL_TYPES]
     if unknown:
@@ -295,7 +304,7 @@ class _WireCard(msgspec.Struct, kw_only=True):
     migration_limit: int = 0
     model_type: str = "Chat | Completions"
     model_input: str = "Tokens"
-    worker_type: str = "aggregated"
+    worker_type: str = WorkerType.AGGREGATED
     lora: _Lora | None = None
     user_data: dict[str, Any] | None = None
     runtime_config: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)

@@ -67,7 +67,7 @@ class PromptBound:
         """Build from a `tokenizers.Tokenizer`: one pass over the vocabulary at load time."""
         try:
             spec = json.loads(backend.to_str())
-        except Exception:  # noqa: BLE001 - a tokenizer we cannot introspect gets no bound
+        except Exception:  # a tokenizer we cannot introspect gets no bound
             return cls(1, None)
         slack = _normalizer_slack(spec.get("normalizer"))
         model = spec.get("model", {})

@@ -5,6 +5,7 @@ the engine outputs it streams back. Field names follow NVIDIA Dynamo's
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import msgspec
@@ -100,20 +101,33 @@ class PreprocessedRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     lora_name: str | None = None
 
 
-class FinishReason:
-    """Finish reasons as strings on the wire (OpenAI names are derived in the frontend)."""
+class FinishReason(enum.StrEnum):
+    """Why a sequence ended, spelt as NVIDIA Dynamo's `FinishReason` is on the wire (OpenAI names
+    are derived in the frontend). `FinishReason(raw)` also reads Dynamo's other spellings."""
 
     EOS = "eos"
     LENGTH = "length"
     STOP = "stop"
     ERROR = "error"
     CANCELLED = "cancelled"
+    CONTENT_FILTER = "content_filter"
+
+    @classmethod
+    def _missing_(cls, value: object) -> FinishReason | None:
+        # Dynamo reads vLLM's "abort" as cancelled (a serde alias) and prints an error with its
+        # message ("error: <message>"); anything else is not a finish reason (ValueError).
+        if value == "abort":
+            return cls.CANCELLED
+        if isinstance(value, str) and value.startswith("error: "):
+            return cls.ERROR
+        return None
 
 
 class LLMEngineOutput(msgspec.Struct, omit_defaults=True, kw_only=True, gc=False):
     """One streamed delta: the new token ids since the previous message (disjoint)."""
 
     token_ids: list[int] = msgspec.field(default_factory=list)
+    # A FinishReason when set; typed `str` so a reason a newer peer sends still decodes.
     finish_reason: str | None = None
     # Prompt tokens served from the prefix cache; sent once, on the first message.
     cached_tokens: int | None = None

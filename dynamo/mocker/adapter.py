@@ -20,6 +20,7 @@ from dynamo.mocker.engine import MockEngine
 from dynamo.mocker.replay import Replay
 from dynamo.mocker.tokens import fragment_ids
 from dynamo.llm.kv_events.protocol import LoadMetrics
+from dynamo.runtime.wire import ErrorCode
 from dynamo.worker.adapter import EngineContext, EngineInfo, Gauges
 
 
@@ -118,7 +119,7 @@ class MockerAdapter:
              lambda: engine.prefix_cache_hit_rate),
         ]
 
-    def error_code(self, exc: Exception) -> str | None:
+    def error_code(self, exc: Exception) -> ErrorCode | None:
         return None
 
     def errored(self) -> bool:

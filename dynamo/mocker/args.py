@@ -22,7 +22,7 @@ from dynamo.worker.role import WorkerRole
 
 log = logging.getLogger(__name__)
 
-MODES = ("agg", "prefill", "decode")
+MODES = tuple(r.value for r in WorkerRole)  # the flag's own spellings (aliases aside)
 # Fallbacks when the model has no readable config.json (Llama-3-8B-like shape).
 FALLBACK_CONTEXT_LENGTH = 8192
 FALLBACK_KV_BYTES_PER_TOKEN = 32 * 2 * 8 * 128 * 2

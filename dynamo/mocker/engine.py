@@ -24,6 +24,7 @@ from dynamo.llm.perf_data import load_profile
 from dynamo.mocker.timing import TimingModel
 from dynamo.mocker.tokens import TokenSampler, fake_logprobs, seed_for
 from dynamo.llm.kv_events.protocol import KvCacheEvent, LoadMetrics
+from dynamo.worker.role import WorkerRole
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class MockEngine:
             yield LLMEngineOutput(finish_reason=FinishReason.ERROR, error=problem)
             return
         seq = self._make_sequence(request)
-        prefill_only = request.prefill_only or self.mode == "prefill"
+        prefill_only = request.prefill_only or self.mode == WorkerRole.PREFILL
         self.scheduler.add(seq)
         loop = asyncio.get_running_loop()
         logprobs = request.output_options.logprobs
@@ -148,12 +149,12 @@ class MockEngine:
         prompt = request.token_ids
         stop = request.stop_conditions
         room = self.context_length - len(prompt)
-        if request.prefill_only or self.mode == "prefill":
+        if request.prefill_only or self.mode == WorkerRole.PREFILL:
             max_tokens = 1
         else:
             max_tokens = max(1, min(stop.max_tokens if stop.max_tokens is not None else room, room))
         extra = [*request.eos_token_ids, *(stop.stop_token_ids_hidden or ())]
-        skip_prefill = self.mode == "decode" and request.disaggregated_params is not None
+        skip_prefill = self.mode == WorkerRole.DECODE and request.disaggregated_params is not None
         seq = Sequence(
             request.request_id,
             prompt,
@@ -163,7 +164,7 @@ class MockEngine:
             skip_prefill=skip_prefill,
             lora_name=request.lora_name,
         )
-        if self.script_for is not None and not (request.prefill_only or self.mode == "prefill"):
+        if self.script_for is not None and not (request.prefill_only or self.mode == WorkerRole.PREFILL):
             seq.script = self.script_for(prompt)
         return seq
 

@@ -67,7 +67,7 @@ class Sequence:
         self.held: list[int] = []  # SequenceHashes of the full blocks it references
         self.has_partial = False
         self.cached_tokens: int | None = None
-        self.finish_reason: str | None = None
+        self.finish_reason: FinishReason | None = None
         self.error: str | None = None
         self.waiter: asyncio.Future | None = None
         self.done = False
@@ -378,7 +378,7 @@ class Scheduler:
             self.kv.free_partial()
             seq.has_partial = False
 
-    def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
+    def _finish(self, seq: Sequence, reason: FinishReason, error: str | None = None) -> None:
         """Mark finished and free blocks; the caller removes it from `running`/`waiting`."""
         self._release(seq)
         seq.finish_reason = reason

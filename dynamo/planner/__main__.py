@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(lambda stop: serve(cfg, stop))
 
 
-build_parser = build_parser_for_deploy  # noqa: F811 - the name dynamo.deploy's parser registry looks up
+build_parser = build_parser_for_deploy  # the name dynamo.deploy's parser registry looks up
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from dynamo.llm.forward_pass import FPM_TOPIC, ForwardPassMetrics, fpm_decoder
-from dynamo.llm.model_card import card_decoder
+from dynamo.llm.model_card import WorkerType, card_decoder
 from dynamo.planner.config import PlannerConfig
 from dynamo.planner.load_scaling import EngineLimits
 from dynamo.planner.perf_model import PerfModel, agg_model, decode_model, prefill_model, sample
@@ -84,7 +84,7 @@ class FpmCollector:
             except Exception as exc:
                 log.debug("unreadable card %s: %s", key, exc)
                 continue
-            role = "prefill" if card.worker_type == "prefill" else "decode"
+            role = "prefill" if card.worker_type == WorkerType.PREFILL else "decode"
             seen[iid] = Engine(role, eid.component, limits_of(card), card.display_name)
             if eid.component not in self._subs:
                 await self._subscribe(eid.component)

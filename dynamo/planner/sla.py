@@ -71,7 +71,7 @@ def sla_decode_decision(cfg: PlannerConfig, model: PerfModel, engines: list[tupl
         return Decision(role, current, max(target, current), f"{shown}: every engine over the SLA")
     if ests and current > max(1, cfg.min_for(role)):
         scale = current / (current - 1)
-        for (f, lim), k, n in zip(engines, kv, reqs):
+        for (_, lim), k, n in zip(engines, kv, reqs):
             if k * scale >= lim.max_kv_tokens or decode_itl_ms(model, n * scale, k * scale, w, accept) >= sla * sens:
                 return Decision(role, current, current, f"{shown}: one replica fewer would break the SLA, hold")
         return Decision(role, current, current - 1, f"{shown}: one replica fewer keeps the SLA")

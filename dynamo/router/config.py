@@ -7,9 +7,19 @@ dataclass and add its flags with `dynamo.runtime.config.add_arguments(parser, Kv
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from dynamo.runtime.config import setting
+
+
+class KvMode(enum.StrEnum):
+    """How a KV router knows what workers cache: one spelling for the configured mode, the mode
+    in effect (`/health` `router.models[name].mode`, the router-mode metric's label) and logs."""
+
+    KV_EVENTS = "kv-events"  # indexed from the workers' KV events: exact
+    APPROXIMATE = "approximate"  # predicted from routing decisions (no events, or --no-router-kv-events)
+    LOAD_ONLY = "load-only"  # overlap weight 0: load balancing only, no index
 
 
 @dataclass
@@ -110,11 +120,11 @@ class KvRouterConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
 
     @property
-    def mode(self) -> str:
-        """"events" | "approximate" | "load-only" (overlap weight 0 disables the indexer)."""
+    def mode(self) -> KvMode:
+        """The configured mode (overlap weight 0 disables the indexer)."""
         if self.overlap_score_weight == 0:
-            return "load-only"
-        return "events" if self.use_kv_events else "approximate"
+            return KvMode.LOAD_ONLY
+        return KvMode.KV_EVENTS if self.use_kv_events else KvMode.APPROXIMATE
 
 
 @dataclass

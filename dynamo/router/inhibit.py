@@ -27,28 +27,25 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.router.policy import WorkerPool, candidates
 from dynamo.runtime.rp_client import CannotConnect, Disconnected, StreamError, StreamTimeout
-from dynamo.runtime.wire import DRAINING as _DRAINING_CODE
+from dynamo.runtime.wire import ErrorCode
 
 log = logging.getLogger(__name__)
 
-# Why a worker was inhibited (the metric's `reason` label).
-CANNOT_CONNECT = "cannot_connect"
-DISCONNECTED = "disconnected"
-DRAINING = "draining"
-TIMEOUT = "timeout"
-REASONS = (CANNOT_CONNECT, DISCONNECTED, DRAINING, TIMEOUT)
+# Why a worker was inhibited (the metric's `reason` label): the request-plane failures that say
+# something about the worker's health, named by their error code.
+REASONS = (ErrorCode.CANNOT_CONNECT, ErrorCode.DISCONNECTED, ErrorCode.DRAINING, ErrorCode.TIMEOUT)
 
 
-def reason_for(exc: StreamError) -> str | None:
+def reason_for(exc: StreamError) -> ErrorCode | None:
     """The inhibition reason a request-plane failure gives, None when it says nothing about the
     worker's health (an error answer, a cancel, overload)."""
     if isinstance(exc, CannotConnect):
-        return CANNOT_CONNECT
+        return ErrorCode.CANNOT_CONNECT
     if isinstance(exc, Disconnected):
-        return DISCONNECTED
+        return ErrorCode.DISCONNECTED
     if isinstance(exc, StreamTimeout):
-        return TIMEOUT
-    return DRAINING if exc.code == _DRAINING_CODE else None
+        return ErrorCode.TIMEOUT
+    return ErrorCode.DRAINING if exc.code == ErrorCode.DRAINING else None
 
 
 class Inhibitor:
@@ -69,7 +66,7 @@ class Inhibitor:
     def enabled(self) -> bool:
         return self.duration > 0
 
-    def inhibit(self, instance_id: int, reason: str) -> None:
+    def inhibit(self, instance_id: int, reason: ErrorCode) -> None:
         """`instance_id` failed now (`reason` one of REASONS): keep it out of routing for a while."""
         if not self.enabled:
             return

@@ -21,7 +21,7 @@ import time
 import uuid
 
 from dynamo.llm.protocol import PreprocessedRequest
-from dynamo.router.config import KvRouterConfig
+from dynamo.router.config import KvMode, KvRouterConfig
 from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers
 from dynamo.router.metrics import RouterMetrics
 from dynamo.router.policy import Choice, PolicyHost, Role, WorkerInfo, WorkerPool, candidates, register
@@ -31,33 +31,32 @@ from dynamo.router.subscriber import KvEventFeeds
 
 log = logging.getLogger(__name__)
 
-CONFIGURED = {"events": "kv-events", "approximate": "approximate", "load-only": "load-only"}
-
 
 @dataclasses.dataclass(frozen=True)
 class ModeReport:
-    mode: str  # "kv-events" | "approximate" | "load-only"
+    mode: KvMode
     reason: str
     degraded: bool  # less than configured: worth a WARNING
 
 
-def mode_report(configured: str, workers: tuple[WorkerInfo, ...], event_plane_down: bool = False) -> ModeReport:
+def mode_report(configured: KvMode, workers: tuple[WorkerInfo, ...], event_plane_down: bool = False) -> ModeReport:
     """The routing mode in effect for a pool and why, from the configured KvRouterConfig.mode,
     which of its workers publish KV events and whether the event plane is reachable."""
     total = len(workers)
     publishing = sum(1 for w in workers if w.publishes_kv_events)
-    if configured == "load-only":
-        return ModeReport("load-only", "--kv-overlap-score-weight 0: load balancing only", False)
-    if configured == "approximate":
-        return ModeReport("approximate", "--no-router-kv-events: caches predicted from routing decisions", False)
+    if configured == KvMode.LOAD_ONLY:
+        return ModeReport(KvMode.LOAD_ONLY, "--kv-overlap-score-weight 0: load balancing only", False)
+    if configured == KvMode.APPROXIMATE:
+        return ModeReport(KvMode.APPROXIMATE, "--no-router-kv-events: caches predicted from routing decisions", False)
     if total and publishing == 0:
-        return ModeReport("approximate", f"none of the {total} worker(s) publishes KV events (prefix caching "
+        return ModeReport(KvMode.APPROXIMATE, f"none of the {total} worker(s) publishes KV events (prefix caching "
                           "off?): caches predicted from routing decisions", True)
     if event_plane_down:
-        return ModeReport("approximate", "event plane unreachable: caches predicted from routing decisions", True)
+        return ModeReport(KvMode.APPROXIMATE, "event plane unreachable: caches predicted from routing decisions",
+                          True)
     if publishing < total:
-        return ModeReport("kv-events", f"only {publishing} of {total} workers publish KV events", True)
-    return ModeReport("kv-events", f"all {total} worker(s) publish KV events", False)
+        return ModeReport(KvMode.KV_EVENTS, f"only {publishing} of {total} workers publish KV events", True)
+    return ModeReport(KvMode.KV_EVENTS, f"all {total} worker(s) publish KV events", False)
 
 
 class PoolRoute:
@@ -68,7 +67,7 @@ class PoolRoute:
         self.router = router
         self.queue = RouterQueue(router.config)  # per pool: one model's busy workers never hold up another's
         self.pool = dataclasses.replace(pool, workers=(), version=-1)
-        self.report = ModeReport(CONFIGURED[router.mode], "configured", False)
+        self.report = ModeReport(router.mode, "configured", False)
 
 
 @register("kv")
@@ -148,7 +147,7 @@ class KvPolicy:
     def _subscribe(self, route: PoolRoute) -> None:
         for worker in route.pool.workers:
             eid = worker.endpoint
-            if self.feeds is not None and route.report.mode != "load-only":
+            if self.feeds is not None and route.report.mode != KvMode.LOAD_ONLY:
                 resync = bool(worker.card.runtime_config.enable_local_indexer) if worker.card else True
                 self._spawn(self.feeds.track(eid.namespace, eid.component, worker.instance_id, route.router,
                                              worker.address, resync))
@@ -160,13 +159,13 @@ class KvPolicy:
             self._update_mode(route)
 
     def _update_mode(self, route: PoolRoute) -> None:
-        if not route.pool.workers and self.config.mode == "events":
+        if not route.pool.workers and self.config.mode == KvMode.KV_EVENTS:
             return  # keep what we had until workers come back
         down = self.feeds is not None and bool(self.feeds.links_down)
         report = mode_report(self.config.mode, route.pool.workers, down)
         router = route.router
-        use_events = report.mode == "kv-events"
-        if self.config.mode == "events" and router.config.use_kv_events != use_events:
+        use_events = report.mode == KvMode.KV_EVENTS
+        if self.config.mode == KvMode.KV_EVENTS and router.config.use_kv_events != use_events:
             router.config = dataclasses.replace(router.config, use_kv_events=use_events)
         if (report.mode, report.reason) != (route.report.mode, route.report.reason):
             log.log(logging.WARNING if report.degraded else logging.INFO, "%s: KV routing mode %s (%s)",

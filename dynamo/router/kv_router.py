@@ -20,7 +20,7 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 
 from dynamo.router.active_sequences import ActiveSequences
 from dynamo.router.approx import ApproxIndexer
-from dynamo.router.config import KvRouterConfig, RouterConfigOverride
+from dynamo.router.config import KvMode, KvRouterConfig, RouterConfigOverride
 from dynamo.router.cost_model import TtftModel, features
 from dynamo.llm.kv_events.hashing import block_hashes, sequence_hashes
 from dynamo.router.indexer import KvIndexer, WorkerKey
@@ -99,14 +99,14 @@ class KvRouter:
         self._hashes: OrderedDict[str, tuple[int, list[int], list[int], str | None]] = OrderedDict()
         self._stats = {"requests": 0, "prompt_blocks": 0, "overlap_blocks": 0, "last_decision_us": 0.0,
                        "busy_rejections": 0, "ignored_events": 0}
-        if self.mode == "approximate":
+        if self.mode == KvMode.APPROXIMATE:
             log.warning("KV router in approximate mode: caches are predicted from routing decisions "
                         "(TTL %.0fs), not from worker KV events", cfg.router_ttl_secs)
         else:
             log.info("KV router mode: %s (block_size=%d)", self.mode, block_size)
 
     @property
-    def mode(self) -> str:
+    def mode(self) -> KvMode:
         return self.config.mode
 
     # -- membership and inputs -----------------------------------------------------------
@@ -134,7 +134,7 @@ class KvRouter:
         return {w: len(keys) for w, keys in self._workers.items()}
 
     def apply_event(self, event: RouterEvent) -> str:
-        if self.mode != "events":
+        if self.mode != KvMode.KV_EVENTS:
             self._stats["ignored_events"] += 1
             return "ignored"
         return self.indexer.apply_event(event)
@@ -165,7 +165,7 @@ class KvRouter:
     def overlap_scores(self, token_ids: Sequence[int], lora_name: str | None = None,
                        request_id: str | None = None) -> dict[WorkerKey, int]:
         _, local, _ = self._hash(token_ids, request_id, lora_name)
-        return dict(self._find(local).scores) if self.mode != "load-only" else {}
+        return dict(self._find(local).scores) if self.mode != KvMode.LOAD_ONLY else {}
 
     def new_prefill_tokens(self, token_ids: Sequence[int], allowed: Collection[int] | None = None,
                            lora_name: str | None = None, request_id: str | None = None) -> int:
@@ -176,7 +176,7 @@ class KvRouter:
         return max(len(token_ids) - best * self.block_size, 0)
 
     def _index(self) -> KvIndexer | ApproxIndexer:
-        return self.indexer if self.mode == "events" else self.approx
+        return self.indexer if self.mode == KvMode.KV_EVENTS else self.approx
 
     def _find(self, local: Sequence[int]):
         return self._index().find_matches(local)
@@ -197,7 +197,7 @@ class KvRouter:
         if not candidates:
             raise NoWorkers("no workers available" if allowed is None else "no allowed workers available")
         isl, local, seq = self._hash(token_ids, request_id, lora_name)
-        overlaps: dict[WorkerKey, int] = {} if self.mode == "load-only" else self._find(local).scores
+        overlaps: dict[WorkerKey, int] = {} if self.mode == KvMode.LOAD_ONLY else self._find(local).scores
         credit = self.config.router_inflight_prefix_credit
         potentials = self.active.potential_blocks_and_tokens(seq, isl, overlaps, candidates, credit)
         if self.thresholds.enabled:
@@ -285,7 +285,7 @@ class KvRouter:
                                 self._output_blocks(isl, max_tokens), selection.prefill_tokens)
         if selection.features is not None:
             self._booked[request_id] = (self._clock(), selection.features)
-        if self.mode == "approximate":
+        if self.mode == KvMode.APPROXIMATE:
             self.approx.record(key, local, seq)
         stats = self._stats
         stats["requests"] += 1

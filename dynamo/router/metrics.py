@@ -11,9 +11,9 @@ from typing import Callable, Iterable
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from dynamo.router.config import KvMode
 from dynamo.router.kv_router import KvRouter
 
-MODES = ("kv-events", "approximate", "load-only")
 _DECISION = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 _BLOCKS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)
 
@@ -32,7 +32,7 @@ class RouterMetrics:
 
     @classmethod
     def attach(cls, registry: CollectorRegistry, prefix: str,
-               rows: Callable[[], Iterable[tuple[str, KvRouter, str]]],
+               rows: Callable[[], Iterable[tuple[str, KvRouter, KvMode, int]]],
                counts: Callable[[], dict[str, int]] | None = None) -> "RouterMetrics":
         metrics = cls(registry, prefix)
         metrics.collector.sources.append((rows, counts or dict))
@@ -78,7 +78,7 @@ class _RouterCollector:
         totals: dict[tuple[str, str], int] = {}
         for model, router, effective, pending in self._rows():
             queued.add_metric((model,), pending)
-            for m in MODES:
+            for m in KvMode:
                 mode.add_metric((model, m), 1.0 if m == effective else 0.0)
             stats = router._stats
             hit.add_metric((model,), stats["overlap_blocks"] / stats["prompt_blocks"] if stats["prompt_blocks"] else 0.0)

@@ -146,7 +146,7 @@ def create_policy(name: str, config: KvRouterConfig) -> RoutingPolicy:
 
 
 def _load_builtin() -> None:
-    import dynamo.router.kv_policy  # noqa: F401, PLC0415 - registers "kv"; heavy, loaded on first use
+    import dynamo.router.kv_policy  # noqa: F401 - registers "kv"; heavy, loaded on first use
 
 
 def pinned_worker(pool: WorkerPool, request: PreprocessedRequest) -> tuple[str, int] | None:

@@ -35,6 +35,7 @@ from dynamo.runtime import records
 from dynamo.runtime.config import setting
 from dynamo.runtime.rp_client import StreamError
 from dynamo.runtime.rp_server import HandlerError, RequestContext
+from dynamo.runtime.wire import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,8 @@ class RouterService:
             sel = self.router.select(query.token_ids, lora_name=query.lora_name,
                                      override=query.router_config_override)
         except (NoWorkers, AllWorkersBusy) as exc:
-            raise HandlerError(str(exc), "busy" if isinstance(exc, AllWorkersBusy) else "no_workers") from None
+            code = ErrorCode.BUSY if isinstance(exc, AllWorkersBusy) else ErrorCode.NO_WORKERS
+            raise HandlerError(str(exc), code) from None
         yield encoder.encode(BestWorker(worker_id=sel.worker_id, dp_rank=sel.dp_rank,
                                         overlap_blocks=sel.overlap_blocks))
 
@@ -171,7 +173,7 @@ class RouterService:
         try:
             request = request_decoder.decode(payload)
         except msgspec.DecodeError as exc:
-            raise HandlerError(f"malformed request: {exc}", "bad_request") from None
+            raise HandlerError(f"malformed request: {exc}", ErrorCode.BAD_REQUEST) from None
         call, worker_id, first = await self._open(request, payload)
         try:
             batch = first
@@ -196,9 +198,9 @@ class RouterService:
                 choice = await self.policy.select(self.pool, request,
                                                   self.inhibitor.exclude(self.pool, request, exclude))
             except AllWorkersBusy as exc:
-                raise HandlerError(f"Service temporarily unavailable: {exc}", "busy") from None
+                raise HandlerError(f"Service temporarily unavailable: {exc}", ErrorCode.BUSY) from None
             except NoWorkers as exc:
-                raise HandlerError(f"no workers available for {exc}", "no_workers") from None
+                raise HandlerError(f"no workers available for {exc}", ErrorCode.NO_WORKERS) from None
             worker = choice.worker
             call = None
             try:

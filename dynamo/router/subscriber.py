@@ -24,9 +24,11 @@ import msgspec
 from dynamo.llm.kv_events.local_state import KV_QUERY_ENDPOINT, KvStateDump, decode_dump
 from dynamo.llm.kv_events.protocol import KV_EVENTS_TOPIC, KV_METRICS_TOPIC, KvCacheEvent, KvRemoved, \
     decode_router_events, load_metrics_decoder
+from dynamo.router.config import KvMode
 from dynamo.router.kv_router import KvRouter
 from dynamo.runtime.event_plane.base import EventSubscriber, create_subscriber, resolve_kind
 from dynamo.runtime.rp_client import RequestPlaneClient, StreamError
+from dynamo.runtime.wire import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +147,7 @@ class ComponentFeed:
             log.info("re-synced KV state of worker %x: %d blocks", worker_id, len(dump.events))
         except (StreamError, asyncio.TimeoutError, OSError, msgspec.DecodeError) as exc:
             self.feeds.counts["resync_failed"] += 1
-            if isinstance(exc, StreamError) and exc.code == "not_found":
+            if isinstance(exc, StreamError) and exc.code == ErrorCode.NOT_FOUND:
                 worker.resync = False
             log.warning("cannot re-sync KV state of worker %x: %s", worker_id, exc)
         finally:
@@ -194,7 +196,7 @@ class KvEventFeeds:
             known.routers.append(router)
         else:
             feed.workers[worker_id] = _Worker(router, address, resync)
-        if resync and router.mode == "events":
+        if resync and router.mode == KvMode.KV_EVENTS:
             feed.schedule_resync(worker_id)  # the new router sees what the worker already caches
 
     def untrack(self, worker_id: int, router: KvRouter | None = None) -> None:

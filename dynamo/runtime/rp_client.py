@@ -18,22 +18,25 @@ from collections import deque
 
 from dynamo.runtime import wire
 from dynamo.runtime.settings import RuntimeSettings
+from dynamo.runtime.wire import ErrorCode
 
 
 class StreamError(Exception):
-    def __init__(self, message: str, code: str = "internal") -> None:
+    """A failed stream. `code` is usually an ErrorCode; a peer's unknown code stays a plain str."""
+
+    def __init__(self, message: str, code: str = ErrorCode.INTERNAL) -> None:
         super().__init__(message)
         self.code = code
 
 
 class Disconnected(StreamError):
     def __init__(self, message: str = "stream ended without its end-of-stream marker") -> None:
-        super().__init__(message, "disconnected")
+        super().__init__(message, ErrorCode.DISCONNECTED)
 
 
 class CannotConnect(StreamError):
     def __init__(self, message: str) -> None:
-        super().__init__(message, "cannot_connect")
+        super().__init__(message, ErrorCode.CANNOT_CONNECT)
 
 
 class StreamTimeout(StreamError):
@@ -41,7 +44,7 @@ class StreamTimeout(StreamError):
     whether to wait again or `cancel()` it (a hung worker keeps running until told)."""
 
     def __init__(self, message: str = "no response within the deadline") -> None:
-        super().__init__(message, "timeout")
+        super().__init__(message, ErrorCode.TIMEOUT)
 
 
 class ResponseStream:
@@ -118,7 +121,7 @@ class ResponseStream:
     def cancel(self) -> None:
         """Tell the worker to stop (the handler sees CancelledError); idempotent."""
         if not self.done:
-            self._finish(StreamError("cancelled", "cancelled"))
+            self._finish(StreamError("cancelled", ErrorCode.CANCELLED))
             self._conn.forget(self.sid)
             self._conn.send(wire.Cancel(self.sid))
 
@@ -149,8 +152,7 @@ class _ClientConnection(wire.FramedProtocol):
                 stream._finish()
             elif kind is wire.Error:
                 del streams[frame.sid]
-                error = Disconnected(frame.message) if frame.code == wire.CUT else StreamError(frame.message, frame.code)
-                stream._finish(error)
+                stream._finish(_stream_error(frame))
         if self.going_away and not streams:
             self.close_idle()
 
@@ -179,6 +181,12 @@ class _ClientConnection(wire.FramedProtocol):
         self.streams.pop(sid, None)
         if self.going_away and not self.streams:
             self.close_idle()
+
+
+def _stream_error(frame: wire.Error) -> StreamError:
+    if frame.code == ErrorCode.DISCONNECTED:  # the worker cut the stream at shutdown: migrate it
+        return Disconnected(frame.message)
+    return StreamError(frame.message, frame.code)
 
 
 def _connect_timeout() -> float:

@@ -23,6 +23,7 @@ from typing import Any, AsyncIterator, Callable
 import msgspec
 
 from dynamo.runtime import wire
+from dynamo.runtime.wire import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,10 @@ LINGER_SECONDS = 2.0
 
 
 class HandlerError(Exception):
-    """Raised by a handler to end a stream with a typed error (code travels to the caller)."""
+    """Raised by a handler to end a stream with a typed error (code travels to the caller): an
+    ErrorCode, or a code relayed unchanged from another worker's stream."""
 
-    def __init__(self, message: str, code: str = "internal") -> None:
+    def __init__(self, message: str, code: str = ErrorCode.INTERNAL) -> None:
         super().__init__(message)
         self.code = code
 
@@ -88,11 +90,11 @@ class _Connection(wire.FramedProtocol):
     def _start(self, frame: wire.Request) -> None:
         if self.server.draining:
             self.send(wire.Error(frame.sid, "worker is shutting down; send the request to another worker",
-                                 wire.DRAINING))
+                                 ErrorCode.DRAINING))
             return
         entry = self.server.handlers.get(frame.endpoint)
         if entry is None:
-            self.send(wire.Error(frame.sid, f"no endpoint {frame.endpoint!r} on this worker", "not_found"))
+            self.send(wire.Error(frame.sid, f"no endpoint {frame.endpoint!r} on this worker", ErrorCode.NOT_FOUND))
             return
         handler, decode = entry
         if decode is None:
@@ -101,7 +103,7 @@ class _Connection(wire.FramedProtocol):
             try:
                 request = decode(frame.payload)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                self.send(wire.Error(frame.sid, f"malformed request: {exc}", "bad_request"))
+                self.send(wire.Error(frame.sid, f"malformed request: {exc}", ErrorCode.BAD_REQUEST))
                 return
         ctx = RequestContext(frame.sid, frame.endpoint, frame.headers)
         task = asyncio.get_running_loop().create_task(self._run(handler, request, frame.endpoint, ctx))
@@ -139,7 +141,7 @@ class _Connection(wire.FramedProtocol):
         except Exception as exc:
             status = "error"
             log.exception("handler for %s failed", endpoint)
-            self.send(wire.Error(sid, f"{type(exc).__name__}: {exc}", "internal"))
+            self.send(wire.Error(sid, f"{type(exc).__name__}: {exc}", ErrorCode.INTERNAL))
         finally:
             self.tasks.pop(sid, None)
             server.on_request_end(endpoint, status, time.monotonic() - started)
@@ -200,7 +202,8 @@ class RequestPlaneServer:
         for conn in list(self.connections):
             for sid in list(conn.tasks):
                 conn._cancel(sid)
-                conn.send(wire.Error(sid, "worker shut down before the request finished", wire.CUT))
+                conn.send(wire.Error(sid, "worker shut down before the request finished",
+                                     ErrorCode.DISCONNECTED))
         deadline = asyncio.get_running_loop().time() + linger
         while self.connections and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)

@@ -13,6 +13,7 @@ closes it (bounded), so a request already in flight is refused, never lost to a 
 from __future__ import annotations
 
 import asyncio
+import enum
 import socket
 import struct
 from typing import Any
@@ -43,23 +44,42 @@ class End(msgspec.Struct, tag="end", array_like=True, gc=False):
     sid: int
 
 
-# Error code of a request a draining worker refused before starting it: safe to send elsewhere.
-DRAINING = "draining"
+class ErrorCode(enum.StrEnum):
+    """Why a response stream failed: the `code` of an `Error` frame, and of the `StreamError` a
+    caller raises for failures it detects itself. One closed set, so a misspelt code is an
+    AttributeError, not a branch that silently never matches; on the wire it is the plain string."""
+
+    INTERNAL = "internal"  # the handler raised something unexpected
+    BAD_REQUEST = "bad_request"  # the payload did not decode, or the engine refused its parameters
+    INVALID_REQUEST = "invalid_request"  # another spelling of bad_request that callers also accept
+    NOT_FOUND = "not_found"  # no such endpoint on this worker
+    OVERLOADED = "overloaded"  # the engine's request limit (--engine-request-limit) is reached
+    BUSY = "busy"  # the router service: every worker is above its busy threshold
+    NO_WORKERS = "no_workers"  # the router service: no worker to route to
+    # A request a draining worker refused before starting it: safe to send elsewhere.
+    DRAINING = "draining"
+    # The stream broke without its end marker, or the worker cut it at shutdown: migrate.
+    DISCONNECTED = "disconnected"
+    # Raised by the caller itself, never sent: the request never reached the worker; the caller
+    # cancelled the stream; nothing arrived within the caller's deadline; an output of the
+    # stream carried an engine error.
+    CANNOT_CONNECT = "cannot_connect"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    ENGINE_ERROR = "engine_error"
 
 
 class Error(msgspec.Struct, tag="err", array_like=True, gc=False):
     sid: int
     message: str
-    code: str = "internal"
+    # `str`, not ErrorCode: a peer's code this version does not know must still decode.
+    code: str = ErrorCode.INTERNAL
 
 
 class GoAway(msgspec.Struct, tag="goaway", array_like=True, gc=False):
     """Server -> caller: this worker is draining. Send no new request on this connection
     (one already on its way is answered with a `DRAINING` error) and close it once idle."""
 
-
-# Error code of a stream the worker cut at shutdown: to the caller it is a disconnect (migrate).
-CUT = "disconnected"
 
 Frame = Request | Cancel | Data | End | Error | GoAway
 

@@ -27,6 +27,7 @@ from dynamo.llm.protocol import FinishReason, LLMEngineOutput, PreprocessedReque
 from dynamo.llm.kv_events.engine_decoder import EngineEventDecoder
 from dynamo.llm.kv_events.protocol import LoadMetrics
 from dynamo.runtime.net import free_port
+from dynamo.runtime.wire import ErrorCode
 from dynamo.sglang.args import DynamoSglangArgs, role_of
 from dynamo.sglang.request import bootstrap_of, sampling_params, to_output
 from dynamo.worker.adapter import EngineContext, EngineInfo, Gauges
@@ -219,7 +220,7 @@ class SglangAdapter:
         return [("dynamo_sglang_active_requests", "Requests this worker has in SGLang", lambda: self.active),
                 ("dynamo_component_kvstats_total_blocks", "KV pages in total", lambda: self.total_blocks)]
 
-    def error_code(self, exc: Exception) -> str | None:
+    def error_code(self, exc: Exception) -> ErrorCode | None:
         return None  # SGLang reports rejections as ValueError (-> bad_request) or an abort finish reason
 
     def errored(self) -> bool:

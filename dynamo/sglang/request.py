@@ -55,7 +55,7 @@ def bootstrap_of(params: dict[str, Any] | None) -> dict[str, Any]:
     return found
 
 
-def finish_reason(reason: dict[str, Any] | None, eos_ids: set[int]) -> str | None:
+def finish_reason(reason: dict[str, Any] | None, eos_ids: set[int]) -> FinishReason | None:
     """SGLang's finish reason -> ours. An abort with an HTTP 4xx status is a bad request."""
     if not reason:
         return None

@@ -21,6 +21,7 @@ from typing import Any, AsyncIterator
 from dynamo.llm.model_card import context_length_of
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
 from dynamo.llm.kv_events.protocol import LoadMetrics
+from dynamo.runtime.wire import ErrorCode
 from dynamo.trtllm.args import DynamoTrtllmArgs
 from dynamo.trtllm.events import TrtllmKvEventSource, poll_stats
 from dynamo.trtllm.request import (disagg_from_wire, disagg_to_wire, finish_reason, load_from_stats,
@@ -138,7 +139,7 @@ class TrtllmAdapter:
                 ("dynamo_component_kvstats_active_blocks", "KV blocks in use", kv("usedNumBlocks")),
                 ("dynamo_component_kvstats_total_blocks", "KV blocks in total", kv("maxNumBlocks"))]
 
-    def error_code(self, exc: Exception) -> str | None:
+    def error_code(self, exc: Exception) -> ErrorCode | None:
         return None  # TRT-LLM validates with ValueError (-> bad_request)
 
     def errored(self) -> bool:

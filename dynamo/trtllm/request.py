@@ -45,7 +45,7 @@ def sampling_kwargs(request: PreprocessedRequest, max_seq_len: int, prefill_only
     return kwargs
 
 
-def finish_reason(completion: Any, eos_ids: set[int]) -> str | None:
+def finish_reason(completion: Any, eos_ids: set[int]) -> FinishReason | None:
     reason = getattr(completion, "finish_reason", None)
     if reason is None:
         return None

@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
 from dynamo.llm.kv_events.engine_decoder import EngineEventDecoder
 from dynamo.llm.kv_events.protocol import LoadMetrics
+from dynamo.runtime.wire import ErrorCode
 from dynamo.vllm import disagg
 from dynamo.vllm.args import DynamoVllmArgs
 from dynamo.vllm.engine import apply_dynamo_defaults, engine_facts, kv_event_endpoints, start_engine
@@ -117,7 +118,7 @@ class VllmAdapter:
              lambda: stats.prefix_hit_rate),
         ]
 
-    def error_code(self, exc: Exception) -> str | None:
+    def error_code(self, exc: Exception) -> ErrorCode | None:
         return error_code(exc)
 
     def errored(self) -> bool:

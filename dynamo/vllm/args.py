@@ -25,7 +25,7 @@ from dynamo.worker.engine_args import (EngineWorkerArgs, check_limits_and_types,
 from dynamo.worker.flag_table import add_static_flags
 from dynamo.worker.role import WorkerRole
 
-MODES = ("agg", "prefill", "decode")
+MODES = tuple(r.value for r in WorkerRole)  # the flag's own spellings (aliases aside)
 MODE_ALIASES = {"pd": "agg", "aggregated": "agg"}
 # vLLM's publisher config used when the user gave none (endpoint filled with a free port).
 DEFAULT_KV_EVENTS_TOPIC = "kv-events"

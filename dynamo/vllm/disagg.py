@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from dynamo.runtime.distributed import advertise_host
 from dynamo.runtime.net import free_port
+from dynamo.worker.role import WorkerRole
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +54,18 @@ def nixl_works(timeout: float = 60.0) -> tuple[bool, str]:
     return True, "NIXL agent with UCX created"
 
 
-def configure(engine_args: Any, mode: str, backend: str, discovery_backend: str,
+def configure(engine_args: Any, mode: WorkerRole, backend: str, discovery_backend: str,
               probe: Callable[[], tuple[bool, str]] = nixl_works) -> DisaggSetup | None:
     """Fill `engine_args.kv_transfer_config` for a prefill/decode worker (None for agg)."""
     user = engine_args.kv_transfer_config
-    if mode == "agg" and user is None:
+    if mode == WorkerRole.AGG and user is None:
         return None
     if user is not None:
         name = user.kv_connector or ""
         if name == TCP_CONNECTOR and not user.kv_connector_module_path:
             user.kv_connector_module_path = TCP_MODULE
         return DisaggSetup(CONNECTOR_TRANSPORT.get(name, name), name, "from --kv-transfer-config")
-    if mode == "decode" and engine_args.enable_prefix_caching is None:
+    if mode == WorkerRole.DECODE and engine_args.enable_prefix_caching is None:
         engine_args.enable_prefix_caching = False
     transport, reason = backend, f"--kv-transfer-backend {backend}"
     if backend == "auto":
@@ -76,11 +77,11 @@ def configure(engine_args: Any, mode: str, backend: str, discovery_backend: str,
     return DisaggSetup(transport, engine_args.kv_transfer_config.kv_connector, reason)
 
 
-def _role(mode: str) -> str:
-    return "kv_producer" if mode == "prefill" else "kv_consumer"
+def _role(mode: WorkerRole) -> str:
+    return "kv_producer" if mode == WorkerRole.PREFILL else "kv_consumer"
 
 
-def _nixl_config(mode: str, host: str) -> Any:
+def _nixl_config(mode: WorkerRole, host: str) -> Any:
     from vllm.config import KVTransferConfig
     from vllm.platforms import current_platform
 
@@ -94,7 +95,7 @@ def _nixl_config(mode: str, host: str) -> Any:
     return KVTransferConfig(**kwargs)
 
 
-def _tcp_config(mode: str, bind: str, host: str) -> Any:
+def _tcp_config(mode: WorkerRole, bind: str, host: str) -> Any:
     from vllm.config import KVTransferConfig
 
     extra = {"host": host, "bind_host": bind, "port": free_port(bind if bind != "0.0.0.0" else "127.0.0.1")}
@@ -178,7 +179,7 @@ def _num_blocks(block_ids: Any) -> int:
     return len(block_ids)
 
 
-def log_setup(setup: DisaggSetup, mode: str) -> None:
+def log_setup(setup: DisaggSetup, mode: WorkerRole) -> None:
     log.info("disaggregation: %s worker, KV transport %s (connector %s; %s)", mode, setup.transport,
              setup.connector, setup.reason)
 
@@ -198,9 +199,9 @@ def stat_loggers(xfer: TransferMetrics | None) -> list[Any]:
     return [xfer.stat_logger_factory()] if xfer is not None else []
 
 
-def params_hook(xfer: TransferMetrics | None, engine: Any, mode: str) -> Callable[[dict], dict] | None:
+def params_hook(xfer: TransferMetrics | None, engine: Any, mode: WorkerRole) -> Callable[[dict], dict] | None:
     """Once the engine is up: the prefill handler's annotation of its transfer parameters."""
-    if xfer is None or mode != "prefill":
+    if xfer is None or mode != WorkerRole.PREFILL:
         return None
     try:
         xfer.bytes_per_block = kv_bytes_per_block(engine.vllm_config)

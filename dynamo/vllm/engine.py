@@ -14,6 +14,7 @@ from typing import Any
 
 from dynamo.vllm.args import DEFAULT_KV_EVENTS_TOPIC, DynamoVllmArgs
 from dynamo.worker.model_files import local_model_dir
+from dynamo.worker.role import WorkerRole
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def apply_dynamo_defaults(engine_args: Any, config: DynamoVllmArgs) -> bool:
             log.warning("--kv-events-config given with prefix caching off: vLLM publishes no KV events")
             return False
         return enabled
-    if config.mode == "decode" or not config.publish_kv_events:
+    if config.mode == WorkerRole.DECODE or not config.publish_kv_events:
         return False
     if engine_args.enable_prefix_caching is False:
         log.warning("prefix caching is off: no KV events, a KV router in front of this worker will be in "

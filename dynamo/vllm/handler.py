@@ -12,9 +12,11 @@ from __future__ import annotations
 from typing import Any, AsyncIterator, Callable
 
 from dynamo.llm.protocol import FinishReason, LLMEngineOutput, PreprocessedRequest, engine_priority
+from dynamo.runtime.wire import ErrorCode
+from dynamo.worker.role import WorkerRole
 
 
-def to_sampling_params(request: PreprocessedRequest, max_model_len: int, mode: str = "agg") -> Any:
+def to_sampling_params(request: PreprocessedRequest, max_model_len: int, mode: WorkerRole = WorkerRole.AGG) -> Any:
     """vLLM SamplingParams for `request` (greedy when temperature is 0)."""
     from vllm.sampling_params import RequestOutputKind, SamplingParams
 
@@ -34,7 +36,7 @@ def to_sampling_params(request: PreprocessedRequest, max_model_len: int, mode: s
     if not sc.ignore_eos:  # ignore_eos must not be undone by listing EOS as a stop token
         stop_ids += [t for t in request.eos_token_ids if t not in stop_ids]
     extra_args = dict(request.extra_args or {})
-    if mode == "prefill" or request.prefill_only:
+    if mode == WorkerRole.PREFILL or request.prefill_only:
         max_tokens = 1
         extra_args["kv_transfer_params"] = {"do_remote_decode": True, "do_remote_prefill": False,
                                             "remote_engine_id": None, "remote_block_ids": None,
@@ -86,7 +88,7 @@ def token_logprobs(completion: Any, top: int) -> tuple[list[float], list | None]
     return sampled, [[(t, v.logprob) for t, v in pos] for pos in ranked]
 
 
-def finish_reason(completion: Any, eos_ids: set[int]) -> str | None:
+def finish_reason(completion: Any, eos_ids: set[int]) -> FinishReason | None:
     """vLLM's finish reason -> ours: a stop on EOS (or an EOS id) is `eos`."""
     reason = completion.finish_reason
     if reason is None:
@@ -101,14 +103,14 @@ def finish_reason(completion: Any, eos_ids: set[int]) -> str | None:
     return FinishReason.ERROR
 
 
-def error_code(exc: Exception) -> str | None:
+def error_code(exc: Exception) -> ErrorCode | None:
     """vLLM's request errors as request-plane codes (None: let the harness decide)."""
     from vllm.exceptions import GracefulHTTPError, VLLMClientError
 
     if isinstance(exc, VLLMClientError):  # validation: prompt too long, bad params
-        return "bad_request"
+        return ErrorCode.BAD_REQUEST
     if isinstance(exc, GracefulHTTPError):  # vLLM's own admission control
-        return "overloaded"
+        return ErrorCode.OVERLOADED
     return None
 
 

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
 from dynamo.llm.kv_events.protocol import KvCacheEvent, LoadMetrics
+from dynamo.runtime.wire import ErrorCode
 from dynamo.worker.role import WorkerRole
 
 KvEmit = Callable[[KvCacheEvent], None]
@@ -101,7 +102,7 @@ class EngineAdapter(Protocol):
     def gauges(self) -> Gauges:
         """Engine gauges for the worker's /metrics: (name, help, read function)."""
 
-    def error_code(self, exc: Exception) -> str | None:
+    def error_code(self, exc: Exception) -> ErrorCode | None:
         """Request-plane error code for an engine exception (bad_request, overloaded), or None."""
 
     def errored(self) -> bool:

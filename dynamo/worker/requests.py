@@ -16,6 +16,7 @@ from typing import AsyncIterator
 
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
 from dynamo.runtime.rp_server import HandlerError, RequestContext
+from dynamo.runtime.wire import ErrorCode
 from dynamo.worker.adapter import EngineAdapter
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class RequestHandler:
     async def generate(self, request: PreprocessedRequest, ctx: RequestContext) -> AsyncIterator[LLMEngineOutput]:
         if self.request_limit and self.inflight >= self.request_limit:
             raise HandlerError(f"Server overloaded: {self.inflight} requests in flight "
-                               f"(--engine-request-limit {self.request_limit})", "overloaded")
+                               f"(--engine-request-limit {self.request_limit})", ErrorCode.OVERLOADED)
         # Unique per attempt: a migrated request reuses its id on another (or this) worker.
         request_id = f"{request.request_id}-{next(self._ids)}"
         self.inflight += 1
@@ -57,7 +58,7 @@ class RequestHandler:
         """Engine exception -> typed HandlerError; unknown ones stay as they are (-> internal)."""
         code = self.adapter.error_code(exc)
         if code is None and isinstance(exc, (ValueError, TypeError)):  # validation: bad params, prompt too long
-            code = "bad_request"
+            code = ErrorCode.BAD_REQUEST
         return HandlerError(str(exc), code) if code else exc
 
     async def _abort(self, request_id: str) -> None:

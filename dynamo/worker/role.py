@@ -11,22 +11,21 @@ from __future__ import annotations
 
 import enum
 
+from dynamo.llm.model_card import WorkerType
+
 ALIASES = {"pd": "agg", "aggregated": "agg", "prefill_and_decode": "agg"}
 MODE_CHOICES = ("agg", "prefill", "decode", *ALIASES)
 
 
-class WorkerRole(str, enum.Enum):
+class WorkerRole(enum.StrEnum):  # a StrEnum: "prefill", not "WorkerRole.PREFILL", in logs and f-strings
     AGG = "agg"
     PREFILL = "prefill"
     DECODE = "decode"
 
-    def __str__(self) -> str:  # "prefill", not "WorkerRole.PREFILL", in logs and f-strings
-        return self.value
-
     @property
-    def card_type(self) -> str:
+    def card_type(self) -> WorkerType:
         """The model card's `worker_type` for this role."""
-        return "aggregated" if self is WorkerRole.AGG else self.value
+        return WorkerType.AGGREGATED if self is WorkerRole.AGG else WorkerType(self.value)
 
     @property
     def default_component(self) -> str:

@@ -11,17 +11,18 @@ import pytest
 
 from dynamo.frontend.config import FrontendConfig
 from dynamo.frontend.dispatch import Dispatcher, RequestHandle
+from dynamo.frontend.errors import ApiError
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.model_manager import ModelEntry
-from dynamo.frontend.openai import ApiError
 from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.llm.protocol import PreprocessedRequest, StopConditions
 from dynamo.llm.worker_client import Deadlines
-from dynamo.router.inhibit import TIMEOUT, Inhibitor
+from dynamo.router.inhibit import Inhibitor
 from dynamo.router.policy import RoundRobinPolicy, WorkerInfo
 from dynamo.runtime.config import parse_config
 from dynamo.runtime.records import EndpointId
 from dynamo.runtime.rp_client import RequestPlaneClient
+from dynamo.runtime.wire import ErrorCode
 from tests.fixtures.scripted_worker import ScriptedWorker
 
 GENEROUS = 30.0
@@ -76,7 +77,7 @@ async def test_a_worker_silent_past_the_first_output_deadline_is_migrated_away_f
     await asyncio.wait_for(hung.cancelled.wait(), GENEROUS)  # the hung worker was told to stop
     assert good.requests[0].token_ids == PROMPT  # nothing generated before: the same prompt
     assert migrations(dispatcher) == 1
-    assert dispatcher.inhibitor.counts[TIMEOUT] == 1 and 1 in dispatcher.inhibitor.active()
+    assert dispatcher.inhibitor.counts[ErrorCode.TIMEOUT] == 1 and 1 in dispatcher.inhibitor.active()
 
 
 async def test_an_idle_worker_mid_stream_is_continued_elsewhere(deploy):

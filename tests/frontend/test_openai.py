@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from dynamo.frontend.openai import ApiError, decode_request, validate_chat, validate_completion
+from dynamo.frontend.errors import ApiError
+from dynamo.frontend.openai import decode_request, validate_chat, validate_completion
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 COMPLETION = {"model": "m", "prompt": "hi"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from dynamo.frontend.openai import ApiError
+from dynamo.frontend.errors import ApiError
 from dynamo.frontend.routing_hints import routing_hints
 from dynamo.llm.protocol import RoutingHints
 

@@ -85,3 +85,9 @@ def test_finish_reason_mapping():
     assert [openai_finish_reason(r) for r in (None, "eos", "stop", "length", "cancelled", "error")] == \
         [None, "stop", "stop", "length", "cancelled", "error"]
     assert openai_finish_reason("something_new") == "something_new"
+
+
+def test_dynamo_spellings_of_a_finish_reason_map_like_ours():
+    # A Dynamo worker may send vLLM's "abort", "error: <message>" or "content_filter".
+    assert [openai_finish_reason(r) for r in ("abort", "error: out of blocks", "content_filter")] == \
+        ["cancelled", "error", "content_filter"]

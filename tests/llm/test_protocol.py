@@ -1,6 +1,10 @@
-"""Request-protocol helpers that engines share."""
+"""Request-protocol helpers that engines share, and the finish reasons' wire spelling."""
 
-from dynamo.llm.protocol import STRICT_TIER, RoutingHints, engine_priority
+import msgspec
+import pytest
+
+from dynamo.llm.protocol import (STRICT_TIER, FinishReason, LLMEngineOutput, RoutingHints, engine_priority,
+                                 output_decoder)
 
 
 def test_engine_priority_runs_higher_hints_first_in_either_convention():
@@ -19,3 +23,37 @@ def test_strict_tier_outranks_any_soft_priority():
 def test_no_hints_is_the_engine_default():
     assert engine_priority(None, lower_first=True) == 0
     assert engine_priority(RoutingHints(backend_instance_id=3), lower_first=False) == 0
+
+
+# -- finish reasons on the wire ------------------------------------------------------------------
+# NVIDIA Dynamo's `FinishReason` serde names, plus the spellings its workers also send.
+DYNAMO_FINISH_REASONS = {
+    "eos": FinishReason.EOS, "length": FinishReason.LENGTH, "stop": FinishReason.STOP,
+    "error": FinishReason.ERROR, "cancelled": FinishReason.CANCELLED, "content_filter": FinishReason.CONTENT_FILTER,
+    "abort": FinishReason.CANCELLED, "error: engine died": FinishReason.ERROR,
+}
+
+
+@pytest.mark.parametrize("reason", list(FinishReason))
+@pytest.mark.parametrize("codec", [msgspec.msgpack, msgspec.json])
+def test_finish_reason_travels_as_its_plain_string(reason, codec):
+    out = LLMEngineOutput(token_ids=[1], finish_reason=reason)
+    data = codec.encode(out)
+    assert data == codec.encode(LLMEngineOutput(token_ids=[1], finish_reason=reason.value))
+    back = codec.decode(data, type=LLMEngineOutput)
+    assert type(back.finish_reason) is str and back.finish_reason == reason
+    assert FinishReason(back.finish_reason) is reason
+
+
+@pytest.mark.parametrize("raw, want", DYNAMO_FINISH_REASONS.items())
+def test_dynamo_finish_reasons_decode(raw, want):
+    data = msgspec.msgpack.encode({"token_ids": [], "finish_reason": raw})
+    assert FinishReason(output_decoder.decode(data).finish_reason) is want
+
+
+def test_an_unknown_finish_reason_still_decodes_but_is_no_member():
+    # A newer peer's reason must not fail the whole output: the field is `str` on the wire.
+    out = output_decoder.decode(msgspec.msgpack.encode({"finish_reason": "tool_budget"}))
+    assert out.finish_reason == "tool_budget"
+    with pytest.raises(ValueError):
+        FinishReason(out.finish_reason)

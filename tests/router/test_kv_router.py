@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from dynamo.router.config import KvRouterConfig, RouterConfigOverride
+from dynamo.router.config import KvMode, KvRouterConfig, RouterConfigOverride
 from dynamo.llm.kv_events.hashing import block_hashes, sequence_hashes
 from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers
 from dynamo.llm.kv_events.protocol import KvCacheEvent, KvStored, LoadMetrics, RouterEvent, StoredBlock
@@ -33,7 +33,7 @@ def make(**cfg):
 
 def test_events_mode_lifecycle():
     r = make()
-    assert r.mode == "events"
+    assert r.mode == KvMode.KV_EVENTS == "kv-events"
     for w in (1, 2, 3):
         r.add_worker(w)
     assert store_prompt(r, 2, PROMPT[:24]) == "ok"
@@ -166,7 +166,7 @@ def test_config_flags_env_and_aliases():
     parser = argparse.ArgumentParser()
     add_arguments(parser, KvRouterConfig)
     cfg = from_namespace(KvRouterConfig, parser.parse_args([]), {})
-    assert cfg == KvRouterConfig() and cfg.router_max_tree_size == 2**20 and cfg.mode == "events"
+    assert cfg == KvRouterConfig() and cfg.router_max_tree_size == 2**20 and cfg.mode == KvMode.KV_EVENTS
     ns = parser.parse_args(["--router-kv-overlap-score-weight", "0.5", "--no-kv-events",
                             "--active-decode-blocks-threshold", "0.9", "--router-temperature", "0.3"])
     cfg = from_namespace(KvRouterConfig, ns, {})

@@ -10,7 +10,7 @@ import pytest
 
 from dynamo.llm.model_card import ModelDeploymentCard, RuntimeConfig
 from dynamo.llm.protocol import PreprocessedRequest, RoutingHints
-from dynamo.router.config import KvRouterConfig
+from dynamo.router.config import KvMode, KvRouterConfig
 from dynamo.router.kv_policy import KvPolicy, mode_report
 from dynamo.router.policy import (Choice, NoWorkers, RandomPolicy, Role, RoundRobinPolicy, candidates, pinned_worker,
                                   WorkerInfo, WorkerPool, create_policy, policy_names, with_dp_rank)
@@ -66,17 +66,17 @@ async def test_round_robin_and_random_respect_exclude_and_pin():
 
 
 def test_mode_report_is_one_rule_for_every_host():
-    assert mode_report("events", pool(1, 2).workers).mode == "kv-events"
-    silent = mode_report("events", pool(1, 2, publishes=False).workers)
+    assert mode_report(KvMode.KV_EVENTS, pool(1, 2).workers).mode == "kv-events"
+    silent = mode_report(KvMode.KV_EVENTS, pool(1, 2, publishes=False).workers)
     assert silent.mode == "approximate" and silent.degraded
     mixed = pool(1, publishes=False).workers + pool(2).workers
-    partial = mode_report("events", mixed)
+    partial = mode_report(KvMode.KV_EVENTS, mixed)
     assert partial.mode == "kv-events" and partial.degraded and partial.reason.startswith("only 1 of 2")
     cardless = (WorkerInfo(7, EID, None, "127.0.0.1:1"),)  # the router service's non-LLM workers
-    assert mode_report("events", cardless).mode == "kv-events"
-    assert mode_report("load-only", pool(1).workers).mode == "load-only"
-    assert mode_report("approximate", pool(1).workers).mode == "approximate"
-    down = mode_report("events", pool(1, 2).workers, event_plane_down=True)
+    assert mode_report(KvMode.KV_EVENTS, cardless).mode == "kv-events"
+    assert mode_report(KvMode.LOAD_ONLY, pool(1).workers).mode == "load-only"
+    assert mode_report(KvMode.APPROXIMATE, pool(1).workers).mode == "approximate"
+    down = mode_report(KvMode.KV_EVENTS, pool(1, 2).workers, event_plane_down=True)
     assert down.mode == "approximate" and down.degraded and "event plane unreachable" in down.reason
 
 

@@ -45,3 +45,16 @@ def test_preprocessed_request_round_trip():
 def test_engine_output_round_trip():
     out = LLMEngineOutput(token_ids=[7, 8], finish_reason="length", cached_tokens=32)
     assert output_decoder.decode(request_encoder.encode(out)) == out
+
+
+@pytest.mark.parametrize("code", list(wire.ErrorCode))
+def test_error_codes_travel_as_their_plain_strings(code):
+    data = wire.encode(wire.Error(4, "why", code))
+    assert data == wire.encode(wire.Error(4, "why", code.value))
+    (frame,) = wire.FrameReader().feed(data)
+    assert type(frame.code) is str and frame.code == code
+
+
+def test_an_unknown_error_code_still_decodes():
+    (frame,) = wire.FrameReader().feed(wire.encode(wire.Error(5, "new", "quota_exceeded")))
+    assert frame.code == "quota_exceeded" and frame.code not in set(wire.ErrorCode)

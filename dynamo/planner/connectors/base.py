@@ -27,7 +27,7 @@ class Connector(ABC):
     def __init__(self, cfg: PlannerConfig) -> None:
         self.cfg = cfg
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional: a connector with nothing to connect keeps it
         """Connect and resolve which component is which pool; raise if impossible."""
 
     @abstractmethod
@@ -38,7 +38,7 @@ class Connector(ABC):
     async def scale(self, targets: dict[str, int]) -> None:
         """Set the desired replicas of each role in `targets` (returns once requested)."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional: a connector holding nothing keeps it
         pass
 
 

@@ -1,0 +1,155 @@
+"""The frontend's HTTP errors: `ApiError` (an OpenAI-shaped error body with its HTTP status)
+and one named constructor per error the frontend sends, each written once.
+
+Clients branch on these statuses, `type`s and `code`s (a 503 `no_workers` is retried, a 529
+`overloaded` backs off, a 400 is not retried), so they are part of the HTTP contract: change
+one here and it changes everywhere it is raised. The HTTP `code`s are their own vocabulary
+(`all_workers_busy`, `worker_timeout`), written here as the plain strings clients see; some
+share a spelling with a request-plane code. `from_stream_error` is the one mapping from
+request-plane error codes (`dynamo.runtime.wire.ErrorCode`) to HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dynamo.runtime.rp_client import StreamError, StreamTimeout
+from dynamo.runtime.wire import ErrorCode
+
+ALL_BUSY_MESSAGE = "Service temporarily unavailable: all workers are busy, please retry later"
+# Not an IANA status but the de-facto "overloaded, back off" one (`--http-overload-status-code`
+# may make the frontend's own concurrency limit answer 503 instead).
+OVERLOADED_STATUS = 529
+
+
+class ApiError(Exception):
+    """An error with an OpenAI-shaped body and an HTTP status."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+# -- the client's request (4xx) ---------------------------------------------------------------
+def bad_request(message: str, param: str | None = None, code: str = "invalid_value") -> ApiError:
+    return ApiError(400, message, "invalid_request_error", param, code)
+
+
+def model_not_found(model: str) -> ApiError:
+    return ApiError(404, f"The model `{model}` does not exist.", "invalid_request_error", "model", "model_not_found")
+
+
+def no_embeddings(model: str) -> ApiError:
+    """The model exists but serves no embeddings: for this endpoint it is not found."""
+    return ApiError(404, f"Model not found: `{model}` serves no embeddings", "invalid_request_error", "model",
+                    "model_not_found")
+
+
+def worker_not_found(hint: str, instance_id: int, pool: str) -> ApiError:
+    """A request pinned (by the `nvext.<hint>` routing hint) to a worker that does not serve `pool`."""
+    return bad_request(f"No worker with instance id {instance_id} ({instance_id:x}) serves {pool!r}",
+                       f"nvext.{hint}", "worker_not_found")
+
+
+def no_route(path: str) -> ApiError:
+    return ApiError(404, f"no route {path}", "not_found_error", None, "not_found")
+
+
+def method_not_allowed(method: str, path: str) -> ApiError:
+    return ApiError(405, f"method {method} not allowed on {path}", "invalid_request_error", None,
+                    "method_not_allowed")
+
+
+def body_too_large(limit: int, size: int | None = None) -> ApiError:
+    """`size`: the declared length, None when the body was cut off while being read."""
+    got = f" ({size} bytes)" if size is not None else ""
+    return ApiError(413, f"request body{got} exceeds the limit of {limit} bytes", "invalid_request_error", None,
+                    "request_too_large")
+
+
+# -- no capacity now: retry later (503, 529) -------------------------------------------------
+def no_workers(model: str) -> ApiError:
+    return workers_unavailable(f"No workers are available for model {model!r}; retry later")
+
+
+def workers_unavailable(message: str) -> ApiError:
+    """No worker to route to, in a router service's own words (ours: `no_workers`)."""
+    return ApiError(503, message, "service_unavailable", None, "no_workers")
+
+
+def all_busy(message: str = ALL_BUSY_MESSAGE) -> ApiError:
+    """Every worker is above its busy threshold (`message`: a router service's own wording)."""
+    return ApiError(503, message, "service_unavailable", None, "all_workers_busy")
+
+
+def overloaded(message: str, status: int = OVERLOADED_STATUS) -> ApiError:
+    return ApiError(status, message, "overloaded_error", None, "overloaded")
+
+
+def too_many_requests(status: int = OVERLOADED_STATUS) -> ApiError:
+    """The frontend's own concurrency limit (`status`: its configured overload status)."""
+    return overloaded("Too many requests in flight; retry later", status)
+
+
+def shutting_down() -> ApiError:
+    return ApiError(503, "The server is shutting down; retry on another instance", "service_unavailable", None,
+                    "shutting_down")
+
+
+def prefill_unavailable(reason: str) -> ApiError:
+    return ApiError(503, f"disaggregated serving is enforced but prefill is unavailable ({reason})",
+                    "service_unavailable", None, "prefill_unavailable")
+
+
+# -- the worker or engine failed (5xx) ------------------------------------------------------
+def worker_failed(exc: StreamError) -> ApiError:
+    """A worker's error answer with no more specific mapping; its code is passed on."""
+    return ApiError(500, f"Worker failed: {exc}", "internal_error", None, str(exc.code))
+
+
+def worker_timeout(instance_id: int, exc: StreamError) -> ApiError:
+    return ApiError(504, f"worker {instance_id:x} timed out: {exc}", "timeout_error", None, "worker_timeout")
+
+
+def worker_disconnected(instance_id: int) -> ApiError:
+    return ApiError(502, f"worker {instance_id:x} disconnected mid-stream", "internal_error", None,
+                    "worker_disconnected")
+
+
+def engine_error(detail: str) -> ApiError:
+    """An engine output that carried an error instead of tokens."""
+    return ApiError(500, f"engine error: {detail}", "internal_error", None, "engine_error")
+
+
+def no_embedding() -> ApiError:
+    return ApiError(500, "the worker returned no embedding", "internal_error", None, "engine_error")
+
+
+def from_stream_error(exc: StreamError) -> ApiError:
+    """A worker's (or router service's) error answer as the client's HTTP error."""
+    code = exc.code
+    if code == ErrorCode.OVERLOADED:
+        return overloaded(f"Worker overloaded: {exc}")
+    if code in (ErrorCode.BAD_REQUEST, ErrorCode.INVALID_REQUEST):
+        return bad_request(str(exc), None, "invalid_request")
+    if code == ErrorCode.BUSY:
+        return all_busy(str(exc))
+    if code == ErrorCode.NO_WORKERS:  # a router service in front of the workers found none
+        return workers_unavailable(str(exc))
+    return worker_failed(exc)
+
+
+def worker_lost(instance_id: int, exc: StreamError) -> ApiError:
+    """A worker lost mid-way with no migration left. Before any output was sent this is the
+    HTTP status; after, the SSE error event (generation.py decides which)."""
+    if isinstance(exc, StreamTimeout):
+        return worker_timeout(instance_id, exc)
+    return worker_disconnected(instance_id)
