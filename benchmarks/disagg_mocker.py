@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.loadgen import pct, print_table, run_load  # noqa: E402
-from dynamo.llm.tiny_model import build_tiny_model  # noqa: E402
-from tests.fixtures.procs import Cluster  # noqa: E402
+from benchmarks.loadgen import pct, print_table, run_load
+from dynamo.llm.tiny_model import build_tiny_model
+from tests.fixtures.procs import Cluster
 
 
 def body_factory(isl: int, osl: int, vocab: int, seed: int):

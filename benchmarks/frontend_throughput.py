@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.loadgen import cpu_seconds, pct, print_table, run_load  # noqa: E402
-from dynamo.llm.tiny_model import build_tiny_model  # noqa: E402
-from tests.fixtures.procs import Cluster, wait_until  # noqa: E402
+from benchmarks.loadgen import cpu_seconds, pct, print_table, run_load
+from dynamo.llm.tiny_model import build_tiny_model
+from tests.fixtures.procs import Cluster, wait_until
 
 PROMPT = ("You are a helpful assistant. Summarize the following notes about distributed inference serving, "
           "prefix caching, KV-aware routing and disaggregated prefill in a few sentences. ") * 3

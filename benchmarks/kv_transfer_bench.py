@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.loadgen import print_table  # noqa: E402
-from dynamo.kv_transfer import KvSender, pull, wire  # noqa: E402
+from benchmarks.loadgen import print_table
+from dynamo.kv_transfer import KvSender, pull, wire
 
 MIB = 1 << 20
 

@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.loadgen import pct, print_table  # noqa: E402
-from benchmarks.routing_quality import long_context, run_users, stack_env, users  # noqa: E402
-from dynamo.llm.tiny_model import build_tiny_model  # noqa: E402
-from tests.fixtures.procs import Cluster, wait_until  # noqa: E402
+from benchmarks.loadgen import pct, print_table
+from benchmarks.routing_quality import long_context, run_users, stack_env, users
+from dynamo.llm.tiny_model import build_tiny_model
+from tests.fixtures.procs import Cluster, wait_until
 
 
 def run(stack: str, n_users: int, args) -> tuple:

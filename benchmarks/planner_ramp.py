@@ -31,13 +31,13 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.loadgen import pct, print_table  # noqa: E402
-from dynamo.llm.tiny_model import build_tiny_model  # noqa: E402
-from dynamo.profiler.client import sse_chunk  # noqa: E402
-from tests.deploy.helpers import DeployRun  # noqa: E402
-from tests.fixtures.procs import Proc  # noqa: E402
-from tests.planner.helpers import deploy_kv_dir  # noqa: E402
-from tests.planner.prometheus_server import PrometheusServer  # noqa: E402
+from benchmarks.loadgen import pct, print_table
+from dynamo.llm.tiny_model import build_tiny_model
+from dynamo.profiler.client import sse_chunk
+from tests.deploy.helpers import DeployRun
+from tests.fixtures.procs import Proc
+from tests.planner.helpers import deploy_kv_dir
+from tests.planner.prometheus_server import PrometheusServer
 
 MANIFEST = Path(__file__).resolve().parents[1] / "examples/backends/mocker/deploy/disagg.yaml"
 NAMESPACE = "default-mocker-disagg"  # what `deploy run` gives the DGD `mocker-disagg`

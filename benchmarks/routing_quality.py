@@ -60,9 +60,9 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.loadgen import Result, cpu_seconds, pct, print_table, stream_one  # noqa: E402
-from dynamo.llm.tiny_model import build_tiny_model  # noqa: E402
-from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until  # noqa: E402
+from benchmarks.loadgen import Result, cpu_seconds, pct, print_table, stream_one
+from dynamo.llm.tiny_model import build_tiny_model
+from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOADS = {
@@ -197,7 +197,7 @@ def anchor_python() -> str:
 
 
 def _vllm_cluster(tmp: Path, args):
-    from tests.vllm.conftest import BLOCK_SIZE, VllmCluster, require_vllm_venv  # noqa: PLC0415
+    from tests.vllm.conftest import BLOCK_SIZE, VllmCluster, require_vllm_venv
 
     python = require_vllm_venv()
     if getattr(args, "vllm_model", None) is None:  # built once per invocation
@@ -209,7 +209,7 @@ def _vllm_cluster(tmp: Path, args):
     cores = os.cpu_count() or 1  # vLLM pins each engine's OpenMP threads: one core each, not both on core 0
     workers = [cluster.vllm_worker("--enable-prefix-caching", env={"VLLM_CPU_OMP_THREADS_BIND": str(i % cores)},
                                    wait=False) for i in range(2)]
-    from tests.vllm.conftest import wait_healthy  # noqa: PLC0415
+    from tests.vllm.conftest import wait_healthy
     for worker in workers:
         wait_healthy(worker, timeout=600)
     args.block_size = BLOCK_SIZE

@@ -27,9 +27,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.loadgen import print_table  # noqa: E402
-from dynamo.llm.tiny_model import build_tiny_model  # noqa: E402
-from tests.fixtures.procs import Cluster, http_get, metric_value  # noqa: E402
+from benchmarks.loadgen import print_table
+from dynamo.llm.tiny_model import build_tiny_model
+from tests.fixtures.procs import Cluster, http_get, metric_value
 
 MODEL = "tiny"
 

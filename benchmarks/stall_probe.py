@@ -34,9 +34,9 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.loadgen import pct, print_table  # noqa: E402
-from dynamo.llm.tiny_model import build_tiny_model  # noqa: E402
-from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until  # noqa: E402
+from benchmarks.loadgen import pct, print_table
+from dynamo.llm.tiny_model import build_tiny_model
+from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
 
 HI = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True}
 
@@ -68,7 +68,7 @@ async def probe_once(url: str, out: list) -> None:
                     out.append(time.perf_counter() - start)
                     break
                 await resp.read()
-    except Exception:  # noqa: BLE001 - a failed probe counts as a stall of its full duration
+    except Exception:  # a failed probe counts as a stall of its full duration
         out.append(time.perf_counter() - start)
 
 

@@ -37,7 +37,7 @@ from dynamo.llm.kv_events.protocol import KvCacheEvent, KvStored, RouterEvent, d
 from dynamo.llm.model_card import RuntimeConfig, build_card, card_decoder, card_record
 from dynamo.llm.preprocessor import ModelPipeline
 from dynamo.mocker.kv_manager import KvManager, hash_blocks
-from dynamo.runtime.event_plane.base import EventEnvelope, decode_envelope, encode_envelope
+from dynamo.runtime.event_plane.base import decode_envelope, encode_envelope
 from dynamo.runtime.event_plane.zmq_plane import decode_frames, encode_frames
 
 HERE = Path(__file__).resolve().parent

@@ -74,7 +74,7 @@ def test_cli_prints_yaml():
 
 def render_cli(capsys, *argv: str) -> tuple[list[dict], str]:
     """`python -m dynamo.deploy render ...` in-process (argument parsing, warnings, YAML out)."""
-    from dynamo.deploy.__main__ import main  # noqa: PLC0415
+    from dynamo.deploy.__main__ import main
 
     assert main(["render", *argv]) == 0
     out = capsys.readouterr()

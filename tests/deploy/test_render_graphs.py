@@ -16,7 +16,7 @@ from dynamo.deploy.render import render
 from dynamo.deploy.validate import validate_file
 from tests.fixtures.procs import REPO
 
-import kubernetes_validate as kv  # noqa: E402  (a project dependency)
+import kubernetes_validate as kv
 K8S_VERSION = kv.latest_version()
 DEPLOY = REPO / "examples/backends"
 GRAPHS = sorted(DEPLOY.glob("*/deploy/v1beta1/*.yaml")) + [DEPLOY / "mocker/deploy/guide_template.yaml"]

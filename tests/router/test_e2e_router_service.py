@@ -20,7 +20,6 @@ from tests.router.e2e_helpers import (
     BLOCK,
     MODEL,
     SMALL_KV,
-    cached_tokens,
     complete,
     health,
     metrics,

@@ -4,7 +4,6 @@ report (the router queue: test_router_queue.py)."""
 
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 

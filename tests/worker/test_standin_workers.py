@@ -11,7 +11,7 @@ import re
 import openai
 import pytest
 
-from tests.fixtures.procs import Cluster, free_port, http_get, metric_value, wait_until
+from tests.fixtures.procs import Cluster, free_port, http_get, metric_value
 
 pytestmark = pytest.mark.e2e
 
