@@ -1,0 +1,129 @@
+"""ModelManager over the embedded in-process discovery store (`mem`, a real KeyValueStore):
+a model is listed only while some worker has both its card and a live instance, whatever
+order the two keys arrive in; a worker with another card checksum is not routed to; a model
+that lost all its workers is retired (503, not 404) until one comes back."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from dynamo.frontend.model_manager import ModelManager
+from dynamo.llm.model_card import WorkerType, build_card, card_record
+from dynamo.router.policy import Role
+from dynamo.runtime import records
+from dynamo.runtime.discovery import mem
+from dynamo.runtime.discovery.mem import MemStore
+from dynamo.runtime.records import EndpointId, InstanceRecord
+
+MODEL_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "tiny-model"
+EID = EndpointId("dynamo", "backend", "generate")
+PREFILL_EID = EndpointId("dynamo", "prefill", "generate")
+
+
+class Discovery:
+    """Writes what workers register, the way they register it; reads what the manager made of it."""
+
+    def __init__(self, store: MemStore, manager: ModelManager) -> None:
+        self.store, self.manager = store, manager
+
+    async def card(self, iid: int, eid: EndpointId = EID, **kw) -> None:
+        card = build_card(MODEL_DIR, name=kw.pop("name", "tiny"), block_size=kw.pop("block_size", 16), **kw)
+        await self.store.put(records.mdc_key(eid, iid), card_record(card, eid.namespace, eid.component,
+                                                                     eid.endpoint, iid))
+
+    async def instance(self, iid: int, eid: EndpointId = EID) -> None:
+        record = InstanceRecord(namespace=eid.namespace, component=eid.component, endpoint=eid.endpoint,
+                                instance_id=iid, transport={"tcp": f"127.0.0.1:{10000 + iid}"})
+        await self.store.put(records.instance_key(eid, iid), msgspec.json.encode(record))
+
+    async def settle(self, predicate, what: str) -> None:
+        assert await self.manager.wait_for(predicate, timeout=30), what
+
+    def listed(self) -> list[str]:
+        return [entry.name for entry in self.manager.listed()]
+
+
+@pytest.fixture
+async def disco(request):
+    name = f"mm-{request.node.name}"
+    store = MemStore(name=name)
+    await store.start()
+    manager = ModelManager(store, "dynamo")
+    await manager.start()
+    try:
+        yield Discovery(store, manager)
+    finally:
+        await manager.stop()
+        await store.close()
+        mem.reset(name)
+
+
+@pytest.mark.parametrize("card_first", [True, False])
+async def test_listed_once_card_and_instance_are_both_there(disco, card_first):
+    first, second = (disco.card, disco.instance) if card_first else (disco.instance, disco.card)
+    await first(1)
+    await asyncio.sleep(0.2)  # whatever arrived alone must not list the model
+    assert disco.listed() == []
+    await second(1)
+    await disco.settle(lambda: disco.listed() == ["tiny"], "model listed")
+    workers = disco.manager.get("tiny").pool(Role.DECODE).workers
+    assert [(w.instance_id, w.address) for w in workers] == [(1, "127.0.0.1:10001")]
+
+
+async def test_a_worker_with_another_card_checksum_is_not_routed_to(disco):
+    await disco.card(1)
+    await disco.instance(1)
+    await disco.settle(lambda: disco.listed() == ["tiny"], "first worker")
+    await disco.card(2, block_size=32)  # same name, other block size: another card
+    await disco.instance(2)
+    await asyncio.sleep(0.5)
+    assert [w.instance_id for w in disco.manager.get("tiny").decode_workers()] == [1]
+
+
+async def test_losing_every_worker_retires_the_model_until_one_returns(disco):
+    await disco.card(1)
+    await disco.instance(1)
+    await disco.settle(lambda: disco.listed() == ["tiny"], "listed")
+    await disco.store.delete(records.instance_key(EID, 1))
+    await disco.settle(lambda: disco.listed() == [], "unlisted without an instance")
+    assert "tiny" not in disco.manager.retired  # its card is still there: only not routable
+    await disco.store.delete(records.mdc_key(EID, 1))
+    await disco.settle(lambda: "tiny" in disco.manager.retired, "retired")
+    assert disco.manager.get("tiny") is None
+    await disco.card(3)
+    await disco.instance(3)
+    await disco.settle(lambda: disco.listed() == ["tiny"], "back")
+    assert "tiny" not in disco.manager.retired
+
+
+async def test_prefill_workers_form_their_own_pool_and_never_list_a_model(disco):
+    await disco.card(7, PREFILL_EID, worker_type=WorkerType.PREFILL)
+    await disco.instance(7, PREFILL_EID)
+    await disco.settle(lambda: disco.manager.get("tiny") is not None and
+                       disco.manager.get("tiny").prefill_workers(), "prefill worker seen")
+    assert disco.listed() == []  # nothing can answer a request end to end yet
+    entry = disco.manager.get("tiny")
+    assert [w.instance_id for w in entry.pool(Role.PREFILL).workers] == [7]
+    assert entry.pool(Role.DECODE).workers == ()
+    await disco.card(8)
+    await disco.instance(8)
+    await disco.settle(lambda: disco.listed() == ["tiny"], "decode worker")
+    assert [w.instance_id for w in entry.pool(Role.DECODE).workers] == [8]
+
+
+async def test_pool_snapshots_already_handed_out_do_not_change(disco):
+    await disco.card(1)
+    await disco.instance(1)
+    await disco.settle(lambda: disco.listed() == ["tiny"], "listed")
+    entry = disco.manager.get("tiny")
+    before = entry.pool(Role.DECODE)
+    await disco.card(2)
+    await disco.instance(2)
+    await disco.settle(lambda: len(entry.decode_workers()) == 2, "second worker")
+    after = entry.pool(Role.DECODE)
+    assert [w.instance_id for w in before.workers] == [1] and after.version > before.version
+    assert [w.instance_id for w in after.workers] == [1, 2]
