@@ -16,6 +16,7 @@ from dynamo.router.inhibit import Inhibitor
 from dynamo.router.policy import PolicyHost, Role, RoutingPolicy, create_policy
 from dynamo.runtime.asgi import EmbeddedHttpServer
 from dynamo.runtime.config import parse_config
+from dynamo.runtime.config_dump import write_config_dump
 from dynamo.runtime.distributed import DistributedRuntime
 from dynamo.runtime.loop_monitor import LoopLagMonitor
 from dynamo.runtime.memory import pin_mmap_threshold
@@ -97,6 +98,7 @@ async def serve(config: FrontendConfig, stop: asyncio.Event) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(FrontendConfig, argv, prog="python -m dynamo.frontend")
+    write_config_dump(config, "dynamo.frontend")
     return run_main(lambda stop: serve(config, stop))
 
 

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from dynamo.llm.worker_client import StreamDeadlineSettings
 from dynamo.router.config import KvRouterConfig
 from dynamo.runtime.config import setting
+from dynamo.runtime.config_dump import DumpConfigTo
 
 
 @dataclass
-class FrontendConfig(KvRouterConfig, StreamDeadlineSettings):
+class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
     """OpenAI-compatible HTTP frontend: discovers workers, tokenizes, routes, detokenizes."""
 
     http_host: str = setting("0.0.0.0", "HTTP listen address")

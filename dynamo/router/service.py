@@ -38,6 +38,7 @@ from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers
 from dynamo.router.policy import PolicyHost, Role, WorkerInfo, WorkerPool
 from dynamo.runtime import records
 from dynamo.runtime.config import setting
+from dynamo.runtime.config_dump import DumpConfigTo
 from dynamo.runtime.rp_client import StreamError, StreamTimeout
 from dynamo.runtime.rp_server import HandlerError, RequestContext
 
@@ -47,7 +48,7 @@ ROUTER_COMPONENT = "kv-router"
 
 
 @dataclass
-class RouterServiceConfig(KvRouterConfig, StreamDeadlineSettings):
+class RouterServiceConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
     """Standalone KV router service."""
 
     endpoint: str | None = setting(None, "Workers to route to: namespace.component.endpoint (required)")

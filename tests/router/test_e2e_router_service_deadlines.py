@@ -38,9 +38,10 @@ def cluster(tiny_model, tmp_path_factory):
         # ~0.35 s prefill for a short prompt, ~0.12 s per decode step.
         c.worker = c.mocker("--speedup-ratio", "0.05", "--block-size", str(BLOCK))  # type: ignore[attr-defined]
         port = free_port()
+        c.dump = c.tmp / "router-config.json"  # type: ignore[attr-defined]
         c.router = c.start("dynamo.router", [  # type: ignore[attr-defined]
             "--endpoint", "dynamo.backend.generate", "--router-block-size", str(BLOCK),
-            "--first-token-timeout-secs", str(FIRST_TOKEN_SECS)],
+            "--first-token-timeout-secs", str(FIRST_TOKEN_SECS), "--dump-config-to", str(c.dump)],
             env={"DYN_SYSTEM_PORT": str(port), "DYN_STREAM_IDLE_TIMEOUT_SECS": str(IDLE_SECS)}, name="router")
         c.router_url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
         wait_until(lambda: "worker_id=" in router_metrics(c), 60, "the service to see the worker")
@@ -111,6 +112,12 @@ async def _generate(cluster, payload: bytes, after_first) -> tuple[int, StreamEr
     finally:
         await client.close()
         await store.close()
+
+
+def test_the_dump_shows_the_deadlines_from_flag_and_env(cluster):
+    wait_until(lambda: cluster.dump.exists(), 60, "the router's config dump")
+    config = json.loads(cluster.dump.read_text())["config"]
+    assert (config["first_token_timeout_secs"], config["stream_idle_timeout_secs"]) == (FIRST_TOKEN_SECS, IDLE_SECS)
 
 
 def test_a_frozen_worker_is_a_timeout_error_for_the_caller_not_a_hang(cluster):
