@@ -12,11 +12,11 @@ from dynamo.frontend.dispatch import Dispatcher
 from dynamo.frontend.http_app import FrontendApp
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.model_manager import ModelManager
-from dynamo.llm.worker_client import Deadlines
 from dynamo.router.inhibit import Inhibitor
 from dynamo.router.policy import PolicyHost, Role, RoutingPolicy, create_policy
 from dynamo.runtime.asgi import EmbeddedHttpServer
 from dynamo.runtime.config import parse_config
+from dynamo.runtime.config_dump import write_config_dump
 from dynamo.runtime.distributed import DistributedRuntime
 from dynamo.runtime.loop_monitor import LoopLagMonitor
 from dynamo.runtime.memory import pin_mmap_threshold
@@ -43,7 +43,7 @@ async def serve(config: FrontendConfig, stop: asyncio.Event) -> int:
                           block_size=config.kv_cache_block_size)
     policy = DisaggPolicy.from_config(config.enforce_disagg, config.router_conditional_disagg,
                                       config.router_conditional_disagg_config)
-    deadlines = Deadlines(first_output=config.first_token_timeout_secs, idle=config.stream_idle_timeout_secs)
+    deadlines = config.deadlines()
     orchestrator = PrefillOrchestrator(runtime.client, routing, policy,
                                        DisaggMetrics(metrics.registry, config.metrics_prefix), deadlines)
     inhibitor = Inhibitor(config.inhibited_duration_secs, metrics.registry, config.metrics_prefix)
@@ -98,6 +98,7 @@ async def serve(config: FrontendConfig, stop: asyncio.Event) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(FrontendConfig, argv, prog="python -m dynamo.frontend")
+    write_config_dump(config, "dynamo.frontend")
     return run_main(lambda stop: serve(config, stop))
 
 

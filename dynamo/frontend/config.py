@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dynamo.llm.worker_client import StreamDeadlineSettings
 from dynamo.router.config import KvRouterConfig
 from dynamo.runtime.config import setting
+from dynamo.runtime.config_dump import DumpConfigTo
 
 
 @dataclass
-class FrontendConfig(KvRouterConfig):
+class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
     """OpenAI-compatible HTTP frontend: discovers workers, tokenizes, routes, detokenizes."""
 
     http_host: str = setting("0.0.0.0", "HTTP listen address")
@@ -31,14 +33,9 @@ class FrontendConfig(KvRouterConfig):
     event_plane: str | None = setting(None, "Event plane for KV events (default: zmq, or nats when NATS_SERVER "
                                             "is set with etcd)", choices=["zmq", "nats"])
     kv_cache_block_size: int | None = setting(None, "Override the KV block size from the model card")
+    # The stream deadlines (StreamDeadlineSettings): a stream that misses one is treated as a
+    # lost worker (migrated within --migration-limit, else 504 or an SSE error event).
     migration_limit: int = setting(0, "Times a request may move to another worker when its worker fails")
-    # Deadlines on worker streams, off by default: a long prefill can legitimately take minutes.
-    # A stream that misses one is cancelled and treated as a lost worker (migrated within
-    # --migration-limit, else 504 or an SSE error event), so a hung worker cannot hang a client.
-    first_token_timeout_secs: float | None = setting(
-        None, "Seconds a worker may take to send a request's first output (default: no deadline)")
-    stream_idle_timeout_secs: float | None = setting(
-        None, "Longest gap in seconds between a worker's outputs after the first (default: no deadline)")
     model_name: str | None = setting(None, "Accepted for compatibility (models come from discovery)")
     model_path: str | None = setting(None, "Accepted for compatibility (models come from discovery)")
     metrics_prefix: str = setting("dynamo_frontend", "Prefix of the frontend's metric names")
@@ -60,10 +57,7 @@ class FrontendConfig(KvRouterConfig):
             raise ValueError("--tls-cert-path and --tls-key-path must be given together")
         if self.migration_limit < 0:
             raise ValueError("--migration-limit must be >= 0")
-        for name in ("first_token_timeout_secs", "stream_idle_timeout_secs"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        self.check_deadlines()
         if self.kv_cache_block_size is not None and self.kv_cache_block_size <= 0:
             raise ValueError("--kv-cache-block-size must be positive")
         if self.http_body_limit_mb <= 0:

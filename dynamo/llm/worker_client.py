@@ -13,6 +13,9 @@ Deadlines (both off by default, since a long prefill can legitimately take minut
 - `first_output`: seconds from sending the request to its first output;
 - `idle`: the longest gap between two outputs once the first has arrived (not before it,
   so a small idle deadline does not cut a long prefill short).
+`StreamDeadlineSettings` is their config side (`--first-token-timeout-secs`,
+`--stream-idle-timeout-secs`), one declaration for every component that calls workers
+through this client (the frontend, the router service).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest, output_decoder, request_encoder
+from dynamo.runtime.config import setting
 from dynamo.runtime.rp_client import RequestPlaneClient, ResponseStream, StreamTimeout
 
 _decode = output_decoder.decode
@@ -34,6 +38,28 @@ class Deadlines:
 
 
 NO_DEADLINES = Deadlines()
+
+
+@dataclass
+class StreamDeadlineSettings:
+    """Config mixin: the deadlines on worker streams, off by default (a long prefill can
+    legitimately take minutes). A stream that misses one is cancelled and reported as a
+    `StreamTimeout`; what follows (migrate, 504, a typed error) is the caller's policy."""
+
+    first_token_timeout_secs: float | None = setting(
+        None, "Seconds a worker may take to send a request's first output (default: no deadline)")
+    stream_idle_timeout_secs: float | None = setting(
+        None, "Longest gap in seconds between a worker's outputs after the first (default: no deadline)")
+
+    def deadlines(self) -> Deadlines:
+        return Deadlines(first_output=self.first_token_timeout_secs, idle=self.stream_idle_timeout_secs)
+
+    def check_deadlines(self) -> None:
+        """ValueError unless each deadline that is set is positive (0 would fail every request)."""
+        for name in ("first_token_timeout_secs", "stream_idle_timeout_secs"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")
 
 
 class WorkerStream:

@@ -9,6 +9,7 @@ import sys
 from dynamo.mocker.adapter import MockerAdapter
 from dynamo.mocker.args import MockerArgs
 from dynamo.runtime.config import parse_config
+from dynamo.runtime.config_dump import write_config_dump
 from dynamo.runtime.process import run_main
 from dynamo.worker.harness import WorkerSpec, serve_worker
 
@@ -20,6 +21,7 @@ def worker_spec(args: MockerArgs) -> WorkerSpec:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_config(MockerArgs, argv, prog="python -m dynamo.mocker")
+    write_config_dump(args, "dynamo.mocker")
     return run_main(lambda stop: serve_worker(MockerAdapter(args), worker_spec(args), stop))
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from dynamo.llm.model_card import check_parser_names
 from dynamo.runtime.config import setting
+from dynamo.runtime.config_dump import DumpConfigTo
 from dynamo.worker.engine_args import reasoning_parser_setting, tool_call_parser_setting
 from dynamo.worker.role import WorkerRole
 
@@ -29,7 +30,7 @@ FALLBACK_KV_BYTES_PER_TOKEN = 32 * 2 * 8 * 128 * 2
 
 
 @dataclass
-class MockerArgs:
+class MockerArgs(DumpConfigTo):
     """GPU-less engine emulator with vLLM-style flags (NVIDIA Dynamo mocker)."""
 
     model_path: str | None = setting(None, "Model directory or HF id (tokenizer and config.json source)")

@@ -9,6 +9,7 @@ import sys
 from dynamo.router.service import RouterService, RouterServiceConfig
 from dynamo.runtime import records
 from dynamo.runtime.config import parse_config
+from dynamo.runtime.config_dump import write_config_dump
 from dynamo.runtime.distributed import DistributedRuntime
 from dynamo.runtime.process import run_main
 
@@ -32,6 +33,7 @@ async def serve(config: RouterServiceConfig, stop: asyncio.Event) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(RouterServiceConfig, argv, prog="python -m dynamo.router")
+    write_config_dump(config, "dynamo.router")
     return run_main(lambda stop: serve(config, stop))
 
 

@@ -12,6 +12,11 @@ same object the frontend hosts for `--router-mode kv`, given a `WorkerPool` buil
 this endpoint's instances, and the same local inhibition of failed workers
 (`dynamo.router.inhibit`). Like NVIDIA Dynamo's, it takes its block size from
 `--router-block-size`, not model cards.
+
+Worker streams run under the same optional deadlines as the frontend's
+(`--first-token-timeout-secs`, `--stream-idle-timeout-secs`): a worker that misses one is
+inhibited, its stream cancelled and the booking freed, and the caller gets a `timeout` error
+naming the worker (not a retry: the caller owns that policy, as it does mid-stream).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import msgspec
 
 from dynamo.llm.model_card import ModelDeploymentCard, card_decoder
 from dynamo.llm.protocol import PreprocessedRequest, request_decoder
-from dynamo.llm.worker_client import WorkerClient, WorkerStream
+from dynamo.llm.worker_client import StreamDeadlineSettings, WorkerClient, WorkerStream
 from dynamo.router.config import KvRouterConfig
 from dynamo.router.inhibit import Inhibitor, reason_for
 from dynamo.router.kv_policy import KvPolicy
@@ -33,7 +38,8 @@ from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers
 from dynamo.router.policy import PolicyHost, Role, WorkerInfo, WorkerPool
 from dynamo.runtime import records
 from dynamo.runtime.config import setting
-from dynamo.runtime.rp_client import StreamError
+from dynamo.runtime.config_dump import DumpConfigTo
+from dynamo.runtime.rp_client import StreamError, StreamTimeout
 from dynamo.runtime.rp_server import HandlerError, RequestContext
 from dynamo.runtime.wire import ErrorCode
 
@@ -43,7 +49,7 @@ ROUTER_COMPONENT = "kv-router"
 
 
 @dataclass
-class RouterServiceConfig(KvRouterConfig):
+class RouterServiceConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
     """Standalone KV router service."""
 
     endpoint: str | None = setting(None, "Workers to route to: namespace.component.endpoint (required)")
@@ -60,6 +66,7 @@ class RouterServiceConfig(KvRouterConfig):
         records.parse_endpoint(self.endpoint)
         if self.router_block_size < 1:
             raise ValueError("--router-block-size must be >= 1")
+        self.check_deadlines()
 
 
 class RouteQuery(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -92,7 +99,7 @@ class RouterService:
         self.addresses: dict[int, str] = {}
         self.cards: dict[int, ModelDeploymentCard] = {}
         self.pool = WorkerPool(self.eid.path, Role.DECODE, 0, config.router_block_size)
-        self.workers = WorkerClient(runtime.client)
+        self.workers = WorkerClient(runtime.client, config.deadlines())
         self._tasks: list[asyncio.Task] = []
 
     @property
@@ -183,7 +190,7 @@ class RouterService:
                 batch = await call.next_payloads()
         except StreamError as exc:
             self.inhibitor.failed(worker_id, exc)
-            raise HandlerError(str(exc), exc.code) from None
+            raise _caller_error(worker_id, request.request_id, exc) from None
         finally:
             self.policy.free(request.request_id)
             call.cancel()
@@ -215,10 +222,24 @@ class RouterService:
                     call.cancel()
                 if not isinstance(exc, StreamError):
                     raise
+                self.inhibitor.failed(worker.instance_id, exc)
+                # A missed first-output deadline is the caller's answer, not a retry: the deadline
+                # is its budget for a first output (retrying would stretch its wait to a multiple
+                # of it), and a slow prefill may not be a hung worker; the caller owns that policy.
+                if reason_for(exc) is None or isinstance(exc, StreamTimeout):
+                    raise _caller_error(worker.instance_id, rid, exc) from None
                 # Unreachable, draining, or lost before its first output (a connection that died
                 # idle is only found out now): nothing was sent on, so another worker may take it.
-                if reason_for(exc) is None:
-                    raise HandlerError(str(exc), exc.code) from None
-                self.inhibitor.failed(worker.instance_id, exc)
                 exclude.add(worker.instance_id)
                 log.warning("worker %x unreachable or draining (%s); trying another", worker.instance_id, exc)
+
+
+def _caller_error(worker_id: int, request_id: str, exc: StreamError) -> HandlerError:
+    """What the service's caller gets for a failed worker stream: the worker's error code
+    unchanged (the caller's client raises a StreamError with it). A timeout (code `timeout`;
+    the stream is already cancelled) also names the worker, since the caller cannot see which
+    worker the service chose."""
+    if isinstance(exc, StreamTimeout):
+        log.warning("worker %x timed out on request %s: %s", worker_id, request_id, exc)
+        return HandlerError(f"worker {worker_id:x} timed out: {exc}", exc.code)
+    return HandlerError(str(exc), exc.code)

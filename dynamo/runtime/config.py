@@ -33,11 +33,12 @@ def setting(
     flag: str | Sequence[str] | None | bool = None,
     choices: Sequence[Any] | None = None,
     metavar: str | None = None,
+    secret: bool = False,
 ) -> Any:
     """Declare a config field. `env=None` derives `DYN_<NAME>`; `env=False` means no env twin;
     a sequence of names is read in order. `flag=None` derives `--<name>`; `flag=False` means
-    no flag (env only)."""
-    meta = {"help": help, "env": env, "flag": flag, "choices": choices, "metavar": metavar}
+    no flag (env only). `secret=True` keeps the value out of dumps (`config_values`)."""
+    meta = {"help": help, "env": env, "flag": flag, "choices": choices, "metavar": metavar, "secret": secret}
     if isinstance(default, (list, dict)):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)
@@ -182,5 +183,22 @@ def build_parser(cls: type, *, prog: str | None = None, description: str | None 
     return parser
 
 
+REDACTED = "<redacted>"
+
+
+def config_values(config: Any) -> dict[str, Any]:
+    """Every field of a config dataclass by name, secret ones (set) replaced by `REDACTED`.
+    A dump must say a secret was set without writing it where logs and support bundles go."""
+    values = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if field.metadata.get("secret") and value not in (None, ""):
+            value = REDACTED
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = config_values(value)
+        values[field.name] = value
+    return values
+
+
 def dump_config(config: Any) -> str:
-    return json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True, default=str)
+    return json.dumps(config_values(config), indent=2, sort_keys=True, default=str)

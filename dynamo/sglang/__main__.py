@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import sys
 
+from dynamo.runtime.config_dump import write_config_dump
 from dynamo.runtime.process import run_main
 from dynamo.sglang.adapter import SglangAdapter
-from dynamo.sglang.args import DynamoSglangArgs, parse_args, role_of
+from dynamo.sglang.args import SERVER_SECRET_FIELDS, DynamoSglangArgs, parse_args, role_of
 from dynamo.worker.harness import WorkerSpec, serve_worker
 
 
@@ -17,6 +18,7 @@ def worker_spec(config: DynamoSglangArgs, server_args) -> WorkerSpec:
 
 def main(argv: list[str] | None = None) -> int:
     config, server_args = parse_args(argv)
+    write_config_dump(config, "dynamo.sglang", sections={"server_args": server_args}, redact=SERVER_SECRET_FIELDS)
     return run_main(lambda stop: serve_worker(SglangAdapter(config, server_args), worker_spec(config, server_args),
                                               stop))
 

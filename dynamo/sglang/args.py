@@ -27,6 +27,9 @@ from dynamo.worker.engine_args import EngineWorkerArgs, check_limits_and_types, 
 from dynamo.worker.flag_table import add_static_flags, classify, write_table
 from dynamo.worker.role import WorkerRole
 
+# SGLang's own arguments that hold credentials, hidden in `--dump-config-to` files.
+SERVER_SECRET_FIELDS = ("api_key", "admin_api_key", "ssl_keyfile_password")
+
 
 @dataclass
 class DynamoSglangArgs(EngineWorkerArgs):

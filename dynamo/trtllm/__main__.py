@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 
+from dynamo.runtime.config_dump import write_config_dump
 from dynamo.runtime.process import run_main
 from dynamo.trtllm.adapter import TrtllmAdapter
 from dynamo.trtllm.args import DynamoTrtllmArgs, parse_args
@@ -17,6 +18,7 @@ def worker_spec(config: DynamoTrtllmArgs) -> WorkerSpec:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
+    write_config_dump(config, "dynamo.trtllm")
     return run_main(lambda stop: serve_worker(TrtllmAdapter(config), worker_spec(config), stop))
 
 

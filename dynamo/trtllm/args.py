@@ -18,6 +18,7 @@ import yaml
 
 from dynamo.runtime.config import build_parser as _build_parser
 from dynamo.runtime.config import parse_config, setting
+from dynamo.runtime.config_dump import DumpConfigTo
 from dynamo.worker.engine_args import parse_endpoint_types
 from dynamo.worker.role import MODE_CHOICES, WorkerRole
 
@@ -29,7 +30,7 @@ def _t(default: Any, help: str, name: str, **kw: Any) -> Any:
 
 
 @dataclass
-class DynamoTrtllmArgs:
+class DynamoTrtllmArgs(DumpConfigTo):
     """TensorRT-LLM engine worker: serves a model with TRT-LLM's LLM API behind a Dynamo frontend."""
 
     model: str = _t(DEFAULT_MODEL, "Model directory or HF id", "MODEL", flag=["--model", "--model-path"])

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sys
 
+from dynamo.runtime.config_dump import write_config_dump
 from dynamo.runtime.process import run_main
 from dynamo.vllm.adapter import VllmAdapter
-from dynamo.vllm.args import DynamoVllmArgs, parse_args
+from dynamo.vllm.args import ENGINE_SECRET_FIELDS, DynamoVllmArgs, parse_args
 from dynamo.worker.harness import WorkerSpec, serve_worker
 
 
@@ -20,6 +21,7 @@ def worker_spec(config: DynamoVllmArgs) -> WorkerSpec:
 
 def main(argv: list[str] | None = None) -> int:
     config, engine_args = parse_args(argv)
+    write_config_dump(config, "dynamo.vllm", sections={"engine_args": engine_args}, redact=ENGINE_SECRET_FIELDS)
     return run_main(lambda stop: serve_worker(VllmAdapter(config, engine_args), worker_spec(config), stop))
 
 

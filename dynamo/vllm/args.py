@@ -29,6 +29,8 @@ MODES = tuple(r.value for r in WorkerRole)  # the flag's own spellings (aliases 
 MODE_ALIASES = {"pd": "agg", "aggregated": "agg"}
 # vLLM's publisher config used when the user gave none (endpoint filled with a free port).
 DEFAULT_KV_EVENTS_TOPIC = "kv-events"
+# vLLM's own arguments that hold credentials, hidden in `--dump-config-to` files.
+ENGINE_SECRET_FIELDS = ("hf_token",)
 
 
 @dataclass

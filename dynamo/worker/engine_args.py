@@ -8,14 +8,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from dynamo.runtime.config import setting
+from dynamo.runtime.config_dump import DumpConfigTo
 
 ENDPOINT_TYPES = ("chat", "completions")
 
 
 @dataclass
-class EngineWorkerArgs:
+class EngineWorkerArgs(DumpConfigTo):
     """Where an engine worker registers and publishes (the first flags of `dynamo.vllm` and
-    `dynamo.sglang`; their subclasses add the rest after these)."""
+    `dynamo.sglang`, after `--dump-config-to`; their subclasses add the rest after these)."""
 
     namespace: str = setting("dynamo", "Dynamo namespace", env="DYN_NAMESPACE")
     endpoint: str | None = setting(

@@ -1,11 +1,13 @@
 """KvRouterConfig parsed the way users write it: NVIDIA Dynamo's flag spellings and `DYN_*`
 env names for the busy thresholds and the router queue (shared/reference/dynamo.md, router
-flags table), through the same generated CLI the frontend and `dynamo.router` use."""
+flags table), through the same generated CLI the frontend and `dynamo.router` use; and the
+router service's worker-stream deadlines (the frontend's flags and env names)."""
 
 from __future__ import annotations
 
 import pytest
 
+from dynamo.llm.worker_client import Deadlines
 from dynamo.runtime.config import parse_config
 from dynamo.router.config import KvRouterConfig
 
@@ -50,3 +52,16 @@ def test_invalid_thresholds_are_refused_at_parse(argv, capsys):
 def test_a_threshold_that_is_not_a_number_names_its_variable():
     with pytest.raises(SystemExit, match="DYN_ACTIVE_PREFILL_TOKENS_THRESHOLD"):
         parse([], {"DYN_ACTIVE_PREFILL_TOKENS_THRESHOLD": "lots"})
+
+
+def test_router_service_deadlines_are_off_by_default_and_set_by_flag_or_env():
+    from dynamo.router.service import RouterServiceConfig
+
+    endpoint = ["--endpoint", "dynamo.backend.generate"]
+    default = parse_config(RouterServiceConfig, endpoint, environ={})
+    assert default.deadlines() == Deadlines()  # no deadline on its worker streams
+    config = parse_config(RouterServiceConfig, [*endpoint, "--first-token-timeout-secs", "30"],
+                          environ={"DYN_FIRST_TOKEN_TIMEOUT_SECS": "9", "DYN_STREAM_IDLE_TIMEOUT_SECS": "2.5"})
+    assert config.deadlines() == Deadlines(first_output=30.0, idle=2.5)  # flag > env
+    with pytest.raises(SystemExit):
+        parse_config(RouterServiceConfig, [*endpoint, "--stream-idle-timeout-secs", "0"], environ={})
