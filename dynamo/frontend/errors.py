@@ -144,6 +144,8 @@ def from_stream_error(exc: StreamError) -> ApiError:
         return all_busy(str(exc))
     if code == ErrorCode.NO_WORKERS:  # a router service in front of the workers found none
         return workers_unavailable(str(exc))
+    if code == ErrorCode.TIMEOUT:  # a router service's worker missed its deadline (its message names it)
+        return ApiError(504, str(exc), "timeout_error", None, "worker_timeout")
     return worker_failed(exc)
 
 

@@ -75,6 +75,8 @@ def test_constructor_status_and_openai_body(error, status, type_, param, code, m
      f"Service temporarily unavailable: {BUSY}"),
     (StreamError("no workers available for m", ErrorCode.NO_WORKERS), 503, "no_workers",
      "no workers available for m"),
+    (StreamError("worker 7 timed out: no first output within 8 s (first-output deadline)", ErrorCode.TIMEOUT), 504,
+     "worker_timeout", "worker 7 timed out: no first output within 8 s (first-output deadline)"),
     (StreamError("KeyError: 'x'"), 500, "internal", "Worker failed: KeyError: 'x'"),
     (StreamError("from a newer peer", "quota_exceeded"), 500, "quota_exceeded", "Worker failed: from a newer peer"),
 ])
