@@ -9,8 +9,6 @@ loaded box; the tests assert outcomes (status, tokens, counters), never duration
 from __future__ import annotations
 
 import json
-import os
-import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -38,17 +36,8 @@ def cluster(tiny_model, tmp_path_factory):
         yield c
     finally:
         for worker in c.workers:
-            thaw(worker)
+            worker.thaw()
         c.stop()
-
-
-def freeze(worker) -> None:
-    os.kill(worker.pid, signal.SIGSTOP)
-
-
-def thaw(worker) -> None:
-    if worker.alive():
-        os.kill(worker.pid, signal.SIGCONT)
 
 
 def complete(base_url: str, stream: bool = False) -> httpx.Response:
@@ -66,13 +55,13 @@ def worker_generate_requests(worker, status: str) -> float:
 
 def test_a_frozen_worker_times_out_and_the_request_completes_on_another(cluster):
     frozen = cluster.workers[0]
-    freeze(frozen)
+    frozen.freeze()
     try:
         # Two requests at once: round-robin gives one to each worker, so one meets the frozen one.
         with ThreadPoolExecutor(2) as pool:
             responses = list(pool.map(lambda _: complete(cluster.migrating), range(2)))
     finally:
-        thaw(frozen)
+        frozen.thaw()
     for resp in responses:
         assert resp.status_code == 200, resp.text
         body = resp.json()
@@ -92,12 +81,12 @@ def test_a_frozen_worker_times_out_and_the_request_completes_on_another(cluster)
 def test_without_migration_a_frozen_worker_is_a_504_not_a_hang(cluster):
     wait_until(lambda: cluster.worker_count(MODEL) == 2, 60, "both workers listed again")  # base_url: strict
     for worker in cluster.workers:
-        freeze(worker)
+        worker.freeze()
     try:
         unary, streamed = complete(cluster.strict), complete(cluster.strict, stream=True)
     finally:
         for worker in cluster.workers:
-            thaw(worker)
+            worker.thaw()
     for resp in (unary, streamed):  # nothing was sent yet: a real status, also for a stream
         assert resp.status_code == 504, resp.text
         error = resp.json()["error"]

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import uuid
 
 import pytest
@@ -47,17 +45,8 @@ def cluster(tiny_model, tmp_path_factory):
         wait_until(lambda: "worker_id=" in router_metrics(c), 60, "the service to see the worker")
         yield c
     finally:
-        thaw(c.worker)
+        c.worker.thaw()
         c.stop()
-
-
-def freeze(worker) -> None:
-    os.kill(worker.pid, signal.SIGSTOP)
-
-
-def thaw(worker) -> None:
-    if worker.alive():
-        os.kill(worker.pid, signal.SIGCONT)
 
 
 def router_metrics(cluster) -> str:
@@ -123,12 +112,12 @@ def test_the_dump_shows_the_deadlines_from_flag_and_env(cluster):
 def test_a_frozen_worker_is_a_timeout_error_for_the_caller_not_a_hang(cluster):
     assert generate(cluster, request(3, 1)) == (3, None)  # deadlines leave a healthy stream alone
     successes = generate_requests(cluster, "success")
-    freeze(cluster.worker)
+    cluster.worker.freeze()
     try:
         received, error = generate(cluster, request(500, 2))
         wait_until(lambda: booked(cluster) == 0, 30, "the service to free its booking")
     finally:
-        thaw(cluster.worker)
+        cluster.worker.thaw()
     assert received == 0 and error is not None
     assert error.code == "timeout" and "first-output deadline" in str(error), error
     assert "timed out" in str(error) and "worker " in str(error)
@@ -144,10 +133,10 @@ def test_a_frozen_worker_is_a_timeout_error_for_the_caller_not_a_hang(cluster):
 def test_a_worker_frozen_mid_stream_hits_the_idle_deadline(cluster):
     cancelled = generate_requests(cluster, "cancelled")
     try:
-        received, error = generate(cluster, request(500, 4), after_first=lambda: freeze(cluster.worker))
+        received, error = generate(cluster, request(500, 4), after_first=cluster.worker.freeze)
         wait_until(lambda: booked(cluster) == 0, 30, "the service to free its booking")
     finally:
-        thaw(cluster.worker)
+        cluster.worker.thaw()
     assert 0 < received < 500 and error is not None, (received, error)
     assert error.code == "timeout" and "stream idle deadline" in str(error), error
     # The service cancelled the worker's stream: thawed, the worker stops the request.
