@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import typing
 from typing import Any, Mapping, Sequence, TypeVar
 
@@ -196,8 +197,19 @@ def config_values(config: Any) -> dict[str, Any]:
             value = REDACTED
         elif dataclasses.is_dataclass(value) and not isinstance(value, type):
             value = config_values(value)
+        elif isinstance(value, str) and "@" in value:
+            value = redact_url_passwords(value)
         values[field.name] = value
     return values
+
+
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@,\s]*):[^@/,\s]*@")
+
+
+def redact_url_passwords(text: str) -> str:
+    """`nats://user:pw@host,etcd://u:pw@h2` -> `nats://user:<redacted>@host,...`: endpoint settings
+    (NATS_SERVER, ETCD_ENDPOINTS) may carry credentials; the host stays readable."""
+    return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}:{REDACTED}@", text)
 
 
 def dump_config(config: Any) -> str:

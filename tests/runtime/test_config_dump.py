@@ -60,6 +60,17 @@ def test_the_dump_includes_the_runtime_settings_of_the_environment(tmp_path, mon
     assert runtime["tcp_connect_timeout"] == 3.0  # a default: every field is there
 
 
+def test_passwords_in_endpoint_urls_are_redacted_hosts_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("NATS_SERVER", "nats://app:s3cret@nats.example:4222")
+    monkeypatch.setenv("ETCD_ENDPOINTS", "http://root:pw1@etcd-0:2379,http://etcd-1:2379")
+    write_config_dump(Sample(), "dynamo.sample", path=str(tmp_path / "cfg.json"))
+    text = (tmp_path / "cfg.json").read_text()
+    assert "s3cret" not in text and "pw1" not in text
+    runtime = read(tmp_path / "cfg.json")["runtime_settings"]
+    assert runtime["nats_server"] == "nats://app:<redacted>@nats.example:4222"
+    assert runtime["etcd_endpoints"] == "http://root:<redacted>@etcd-0:2379,http://etcd-1:2379"
+
+
 def test_secret_fields_and_named_engine_fields_are_redacted_when_set(tmp_path):
     record = config_record(Sample(token="s3cr3t"), "dynamo.sample",
                            sections={"engine_args": Engine(hf_token="hf_abc"),
