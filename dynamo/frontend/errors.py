@@ -115,8 +115,11 @@ def worker_failed(exc: StreamError) -> ApiError:
     return ApiError(500, f"Worker failed: {exc}", "internal_error", None, str(exc.code))
 
 
-def worker_timeout(instance_id: int, exc: StreamError) -> ApiError:
-    return ApiError(504, f"worker {instance_id:x} timed out: {exc}", "timeout_error", None, "worker_timeout")
+def worker_timeout(instance_id: int | None, exc: StreamError) -> ApiError:
+    """A worker missed a stream deadline. `instance_id` None: a router service's answer, whose
+    message already names the worker it chose."""
+    message = str(exc) if instance_id is None else f"worker {instance_id:x} timed out: {exc}"
+    return ApiError(504, message, "timeout_error", None, "worker_timeout")
 
 
 def worker_disconnected(instance_id: int) -> ApiError:
@@ -144,8 +147,8 @@ def from_stream_error(exc: StreamError) -> ApiError:
         return all_busy(str(exc))
     if code == ErrorCode.NO_WORKERS:  # a router service in front of the workers found none
         return workers_unavailable(str(exc))
-    if code == ErrorCode.TIMEOUT:  # a router service's worker missed its deadline (its message names it)
-        return ApiError(504, str(exc), "timeout_error", None, "worker_timeout")
+    if code == ErrorCode.TIMEOUT:  # a router service's worker missed its deadline
+        return worker_timeout(None, exc)
     return worker_failed(exc)
 
 
