@@ -13,7 +13,7 @@ import signal
 import pytest
 
 from tests.fixtures.procs import metric_value
-from tests.vllm.conftest import MODEL, VllmCluster, metrics, wait_healthy
+from tests.vllm.conftest import MODEL, VllmCluster, freeze_engine, metrics, wait_healthy
 from tests.vllm.disagg_helpers import frontend_metric
 from tests.vllm.test_migration import same_output, signal_busiest
 from tests.vllm.test_migration import run_streams as run_migration_streams
@@ -53,6 +53,8 @@ def test_decode_worker_killed_mid_stream_migrates_token_exact(cluster):
     assert frontend_metric(url, "dynamo_frontend_remote_prefills_total", {"model": MODEL}) >= len(cluster.reference)
     before = frontend_metric(url, "dynamo_frontend_model_migration_total", {"migration_type": "ongoing_request"})
     victim = {}
+    for decoder in cluster.decoders:  # the streams start against frozen decode engines; see signal_busiest
+        freeze_engine(decoder)
 
     def during(progress: list[int]) -> None:
         victim["worker"] = signal_busiest(cluster.decoders, progress, signal.SIGKILL)

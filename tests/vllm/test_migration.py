@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from tests.fixtures.procs import http_get, metric_value, wait_until
-from tests.vllm.conftest import MODEL, VllmCluster, freeze_engine, metrics, thaw_engine, wait_healthy
+from tests.vllm.conftest import MODEL, VllmCluster, engine_processes, freeze_engine, metrics, thaw_engine, wait_healthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -105,21 +106,59 @@ def migrations(cluster) -> float:
     return metric_value(text, "dynamo_frontend_model_migration_total", {"migration_type": "ongoing_request"}) or 0.0
 
 
-def signal_busiest(workers: list, progress: list[int], sig: int) -> object:
-    """Once streams are under way, send `sig` to the live worker holding the most of them.
+def settled(progress: list[int], quiet: float = 0.3, deadline: float = 30.0) -> int:
+    """Wait until the client's count of received chunks stops moving (engines frozen: what the
+    workers already hold reaches the client), so `progress` says where the engines stopped."""
+    last, since, end = sum(progress), time.monotonic(), time.monotonic() + deadline
+    while time.monotonic() < end:
+        time.sleep(0.05)
+        now = sum(progress)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return last
 
-    Every live engine is frozen first, so no stream can end between the choice and the signal
-    however fast the box (the tiny model runs all of them in a fraction of a second). The
-    others thaw at once; the victim's engine stays frozen under SIGTERM (its streams must not
-    end inside the drain grace; the worker kills its engine on exit) and thaws after SIGKILL
-    (so the orphaned engine sees its parent gone and exits)."""
-    wait_until(lambda: sum(1 for p in progress if p >= 2) >= len(progress) // 2, 300, "streams under way",
-               interval=0.01)
+
+def step_until_under_way(live: list, progress: list[int], deadline: float = 300.0) -> None:
+    """The engines start frozen; thaw them for a short slice at a time until half the streams
+    have two chunks. Judging from the client alone raced: on a fast engine with a loaded client
+    the workers had finished every stream while the client still showed them half done. Here the
+    engines are frozen whenever the client is read, and the slice grows only while nothing moves
+    (a slow box still gets through its prefills)."""
+    slice_s, end = 0.005, time.monotonic() + deadline
+    while sum(1 for p in progress if p >= 2) < len(progress) // 2:
+        assert time.monotonic() < end, f"streams never got under way: {progress}"
+        before = sum(progress)
+        frozen = [freeze_engine(w) for w in live]  # idempotent for the already frozen
+        for pids in frozen:
+            thaw_engine(pids)
+        time.sleep(slice_s)
+        for w in live:
+            freeze_engine(w)
+        if settled(progress) == before:
+            slice_s = min(slice_s * 1.5, 0.5)
+
+
+def signal_busiest(workers: list, progress: list[int], sig: int) -> object:
+    """With every live engine frozen before the streams start, step them until the streams are
+    under way, then send `sig` to the live worker holding the most of them.
+
+    Nothing can end between the choice and the signal however fast the box (the tiny model runs
+    all of them in a fraction of a second). The others thaw at once; the victim's engine stays
+    frozen under SIGTERM (its streams must not end inside the drain grace; the worker kills its
+    engine on exit) and thaws after SIGKILL (so the orphaned engine sees its parent gone and exits)."""
     live = [w for w in workers if w.alive()]
+    try:
+        step_until_under_way(live, progress)
+    except BaseException:
+        for w in live:
+            thaw_engine(engine_processes(w))
+        raise
     frozen = [freeze_engine(w) for w in live]
     busiest = max(range(len(live)), key=lambda i: inflight(live[i]))
     try:
-        assert inflight(live[busiest]) > 0
+        assert inflight(live[busiest]) > 0, progress
         live[busiest].popen.send_signal(sig)
     finally:
         for i, pids in enumerate(frozen):
@@ -129,8 +168,12 @@ def signal_busiest(workers: list, progress: list[int], sig: int) -> object:
 
 
 def interrupt(cluster, sig: int):
-    """`during` for `run_streams`: `signal_busiest` among the cluster's workers."""
+    """Freeze every live engine (the streams then start against frozen engines) and return the
+    `during` for `run_streams`: `signal_busiest` among the cluster's workers."""
     victim: dict = {}
+    for w in cluster.workers:
+        if w.alive():
+            freeze_engine(w)
 
     def during(progress: list[int]) -> None:
         victim["worker"] = signal_busiest(cluster.workers, progress, sig)
