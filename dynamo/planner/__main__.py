@@ -22,6 +22,7 @@ from dynamo.planner.planner import Planner
 from dynamo.planner.prometheus import PrometheusClient
 from dynamo.runtime.config import build_parser as config_parser
 from dynamo.runtime.config import from_namespace
+from dynamo.runtime.config_dump import write_config_dump
 from dynamo.runtime.distributed import DistributedRuntime
 from dynamo.runtime.process import configure_logging, run_main
 
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args)
     except (ValueError, OSError, msgspec.ValidationError) as exc:
         parser.error(f"invalid planner config: {exc}")
+    write_config_dump(args, "dynamo.planner", sections={"planner_config": msgspec.to_builtins(cfg)})
     return run_main(lambda stop: serve(cfg, stop))
 
 

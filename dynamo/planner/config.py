@@ -2,8 +2,8 @@
 defaults and validation rules), plus the few fields this implementation adds for the
 local connector and for its guards (marked "ours").
 
-`python -m dynamo.planner --config FILE|JSON`: the only flag, as in 1.6.1; the
-environment twins Dynamo reads (`DYN_NAMESPACE`, `PROMETHEUS_ENDPOINT`,
+`python -m dynamo.planner --config FILE|JSON`: the only flag 1.6.1 has (ours adds the
+`--dump-config-to` every component takes); the environment twins Dynamo reads (`DYN_NAMESPACE`, `PROMETHEUS_ENDPOINT`,
 `PLANNER_PROMETHEUS_PORT`) come through `PlannerArgs`.
 """
 
@@ -21,6 +21,7 @@ import msgspec
 import yaml
 
 from dynamo.runtime.config import setting
+from dynamo.runtime.config_dump import DumpConfigTo
 
 log = logging.getLogger("dynamo.planner")
 
@@ -29,7 +30,7 @@ TARGETS = ("throughput", "latency", "load", "sla")
 
 
 @dataclass
-class PlannerArgs:
+class PlannerArgs(DumpConfigTo):
     """SLA planner: scales prefill/decode workers from forward-pass metrics and Prometheus."""
 
     config: str | None = setting(None, "PlannerConfig as inline JSON or a .json/.yaml path",

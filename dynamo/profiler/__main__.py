@@ -12,11 +12,12 @@ from pathlib import Path
 from dynamo.profiler.pipeline import Options, load_request, run
 from dynamo.profiler.thorough import MAX_DECODE_CONCURRENCY, SweepOptions
 from dynamo.runtime.config import parse_config, setting
+from dynamo.runtime.config_dump import DumpConfigTo, write_config_dump
 from dynamo.runtime.process import configure_logging
 
 
 @dataclass
-class ProfilerArgs:
+class ProfilerArgs(DumpConfigTo):
     """Profile a DGDR (rapid: AIConfigurator; thorough: measured local deployments). Sweep settings
     also read `DYN_PROFILER_*`, which is how `dynamo.deploy run|render DGDR.yaml` takes them."""
 
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    write_config_dump(args, "dynamo.profiler")
     return asyncio.run(run(req, options(args)))
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Collection, Mapping
 
-from dynamo.runtime.config import REDACTED, config_values, setting
+from dynamo.runtime.config import REDACTED, config_values, redact_url_passwords, setting
 from dynamo.runtime.settings import RuntimeSettings
 
 
@@ -68,15 +68,30 @@ def config_record(config: Any, component: str, *, sections: Mapping[str, Any] | 
 
 
 def _section(value: Any, redact: Collection[str]) -> Any:
-    """An engine's own arguments (a dataclass or namespace, not ours: no `secret` marks), with
-    the fields named in `redact` hidden when set."""
+    """An engine's own arguments (a dataclass, namespace or plain dict, not ours: no `secret`
+    marks), with the fields named in `redact` hidden when set and passwords in URLs hidden
+    wherever they appear."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         values = config_values(value)
+    elif isinstance(value, Mapping):
+        values = dict(value)
     elif hasattr(value, "__dict__"):
         values = dict(vars(value))
     else:
-        return value
-    return {k: REDACTED if k in redact and v not in (None, "", False) else v for k, v in values.items()}
+        return _without_url_passwords(value)
+    return {k: REDACTED if k in redact and v not in (None, "", False) else _without_url_passwords(v)
+            for k, v in values.items()}
+
+
+def _without_url_passwords(value: Any) -> Any:
+    """`value` with `redact_url_passwords` applied to every string inside lists and dicts."""
+    if isinstance(value, str):
+        return redact_url_passwords(value) if "@" in value else value
+    if isinstance(value, Mapping):
+        return {k: _without_url_passwords(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_url_passwords(v) for v in value]
+    return value
 
 
 def write_config_dump(config: Any, component: str, *, sections: Mapping[str, Any] | None = None,

@@ -110,7 +110,7 @@ class DeployRun:
                         os.killpg(pid, signal.SIGKILL)
                     except OSError:
                         pass
-                raise AssertionError(f"run did not stop within {timeout}s:\n{self.log()}")
+                raise AssertionError(f"run did not stop within {timeout}s:\n{self.log()}") from None
         self._log.close()
         return self.popen.returncode
 

@@ -27,7 +27,9 @@ def test_mocker_launch_script_serves(tmp_path, tiny_model, script):
     log = open(tmp_path / f"{script}.log", "wb")
     proc = subprocess.Popen(["bash", str(LAUNCH / f"{script}.sh")], env=env, cwd=tmp_path, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
-    output = lambda: (tmp_path / f"{script}.log").read_text(errors="replace")[-4000:]
+    def output() -> str:
+        return (tmp_path / f"{script}.log").read_text(errors="replace")[-4000:]
+
     try:
         def workers() -> int:
             assert proc.poll() is None, output()

@@ -24,7 +24,7 @@ def serves_one_chat(run: DeployRun) -> None:
     assert reply["usage"]["completion_tokens"] >= 1
 
 
-def test_vllm_agg_manifest_runs_on_cpu(tmp_path, vllm_python, vllm_model):  # noqa: F811
+def test_vllm_agg_manifest_runs_on_cpu(tmp_path, vllm_python, vllm_model):
     run = DeployRun(REPO / "examples/backends/vllm/deploy/agg.yaml", tmp_path, "--model", str(vllm_model),
                     "--append-args", "VllmDecodeWorker=" + " ".join(ENGINE_ARGS), python=str(vllm_python),
                     env=ENGINE_ENV)
@@ -39,7 +39,7 @@ def test_vllm_agg_manifest_runs_on_cpu(tmp_path, vllm_python, vllm_model):  # no
 
 
 @pytest.mark.slow
-def test_vllm_v1beta1_graph_like_dynamos_example_runs_on_cpu(tmp_path, vllm_python, vllm_model):  # noqa: F811
+def test_vllm_v1beta1_graph_like_dynamos_example_runs_on_cpu(tmp_path, vllm_python, vllm_model):
     """Dynamo's v1beta1 agg_router shape: a frontend with only an image (default command),
     a `main` container with `nvidia.com/gpu` limits, `envFrom` and `--kv-events-config`."""
     run = DeployRun(REPO / "examples/backends/vllm/deploy/v1beta1/agg_router.yaml", tmp_path,

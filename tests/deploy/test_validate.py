@@ -124,8 +124,10 @@ def test_unloadable_parser_is_a_warning_not_an_error(tmp_path, monkeypatch):
 def test_cli_exit_codes(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(BASE.read_text().replace("replicas: 1", "replicas: one", 1))
-    run = lambda *files: subprocess.run([sys.executable, "-m", "dynamo.deploy", "validate", *map(str, files)],
-                                        cwd=REPO, capture_output=True, text=True, timeout=60)
+    def run(*files) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "dynamo.deploy", "validate", *map(str, files)],
+                              cwd=REPO, capture_output=True, text=True, timeout=60)
+
     ok = run(*EXAMPLES[:4])
     assert ok.returncode == 0, ok.stdout + ok.stderr
     failed = run(BASE, bad)

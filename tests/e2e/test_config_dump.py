@@ -60,7 +60,7 @@ def test_an_unwritable_dump_path_stops_start_up_with_a_message(tiny_model, tmp_p
         procs = [c.start("dynamo.frontend", ["--http-port", "0", "--dump-config-to", str(bad)], name="fe-bad"),
                  c.mocker(env={"DYN_DUMP_CONFIG_TO": str(bad)})]
         for proc in procs:
-            wait_until(lambda: not proc.alive(), 120, f"{proc.name} to exit")
+            wait_until(lambda p=proc: not p.alive(), 120, f"{proc.name} to exit")
             assert proc.popen.returncode != 0
             log = proc.log()
             assert f"--dump-config-to {bad}: cannot write" in log and "Traceback" not in log, log

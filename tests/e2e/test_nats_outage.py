@@ -54,7 +54,7 @@ def resyncs(base_url: str) -> float:
     return metric_value(metrics(base_url), "dynamo_frontend_router_kv_resyncs_total", {"status": "ok"}) or 0.0
 
 
-def test_nats_outage_makes_the_router_approximate_then_exact_again(tiny_model, tmp_path, etcd_server):  # noqa: F811
+def test_nats_outage_makes_the_router_approximate_then_exact_again(tiny_model, tmp_path, etcd_server):
     nats = NatsServer(tempfile.mkdtemp(dir=tmp_path))
     nats.start()
     env = {"ETCD_ENDPOINTS": etcd_server, "NATS_SERVER": nats.url, "DYN_EVENT_PLANE": "nats"}

@@ -4,6 +4,7 @@ tests/e2e/test_disagg_mocker.py."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -21,7 +22,7 @@ def test_conditional_policy_config():
     assert DisaggPolicy.from_config(True, False, None).eff_isl_threshold == 2048
     with pytest.raises(ValueError):
         DisaggPolicy.from_config(False, True, {"eff_isl_threshold": -1})
-    with pytest.raises(Exception):
+    with pytest.raises(msgspec.ValidationError):
         DisaggPolicy.from_config(False, True, {"eff_isl_threshold": "many"})
 
 

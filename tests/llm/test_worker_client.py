@@ -16,6 +16,8 @@ from dynamo.runtime.net import free_port
 from dynamo.runtime.rp_client import CannotConnect, Disconnected, RequestPlaneClient, StreamTimeout
 from tests.fixtures.scripted_worker import ScriptedWorker
 
+NO_DEADLINES = Deadlines()
+
 GENEROUS = 30.0
 REQUEST = PreprocessedRequest(request_id="r1", model="m", token_ids=[1, 2, 3])
 
@@ -24,7 +26,7 @@ REQUEST = PreprocessedRequest(request_id="r1", model="m", token_ids=[1, 2, 3])
 async def start():
     servers, clients = [], []
 
-    async def start(deadlines: Deadlines = Deadlines(), **worker) -> tuple[ScriptedWorker, WorkerClient]:
+    async def start(deadlines: Deadlines = NO_DEADLINES, **worker) -> tuple[ScriptedWorker, WorkerClient]:
         w = ScriptedWorker(**worker)
         await w.server.start()
         servers.append(w.server)

@@ -107,7 +107,7 @@ def test_priorities_reorder_the_router_queue(cluster):
                 ("oldest", {}, None), ("jump", {"x-dynamo-request-priority": "30"}, None),
                 ("tier", {}, {"agent_hints": {"strict_priority": 1}})]):
             threads.append(send(name, 1000 * (n + 1), headers, nvext))
-            wait_until(lambda: _queue(cluster)["pending"] == n + 1, 30, f"{name} to wait in the router queue")
+            wait_until(lambda n=n: _queue(cluster)["pending"] == n + 1, 30, f"{name} to wait in the router queue")
     for thread in threads:
         thread.join(90)
     assert finished == [("tier", 200), ("jump", 200), ("oldest", 200)]

@@ -26,7 +26,7 @@ PREFIX_BLOCKS = 8
 
 
 @pytest.fixture(scope="module")
-def cluster(tiny_model, tmp_path_factory, etcd_server, nats_server):  # noqa: F811
+def cluster(tiny_model, tmp_path_factory, etcd_server, nats_server):
     env = {"ETCD_ENDPOINTS": etcd_server, "NATS_SERVER": nats_server, "DYN_EVENT_PLANE": "nats"}
     c = Cluster(tmp_path_factory.mktemp("kv-nats"), tiny_model, "etcd", env)
     try:

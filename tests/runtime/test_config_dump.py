@@ -84,6 +84,43 @@ def test_secret_fields_and_named_engine_fields_are_redacted_when_set(tmp_path):
     assert config_record(Sample(), "x", sections={"e": Engine()}, redact=("hf_token",))["e"]["hf_token"] is None
 
 
+def test_passwords_in_urls_inside_engine_sections_are_redacted(tmp_path):
+    """Engine arguments are not ours (no `secret` marks): a URL with a password anywhere in them,
+    nested or in a list, is still hidden, the host kept."""
+    engine = argparse.Namespace(kv_events_config={"endpoint": "tcp://u:pw2@kv:5557"},
+                                hosts=["redis://:pw3@cache:6379", "plain"], port=1)
+    record = config_record(Sample(), "dynamo.sample", sections={"engine_args": engine,
+                                                                "plain": {"url": "nats://a:pw4@n:4222"}})
+    assert "pw2" not in json.dumps(record) and "pw3" not in json.dumps(record) and "pw4" not in json.dumps(record)
+    assert record["engine_args"]["kv_events_config"] == {"endpoint": f"tcp://u:{REDACTED}@kv:5557"}
+    assert record["engine_args"]["hosts"] == [f"redis://:{REDACTED}@cache:6379", "plain"]
+    assert record["plain"] == {"url": f"nats://a:{REDACTED}@n:4222"}
+
+
+def test_the_planner_dumps_its_args_and_its_loaded_config(tmp_path, monkeypatch):
+    import dynamo.planner.__main__ as planner
+
+    monkeypatch.setattr(planner, "run_main", lambda *_: 0)
+    config = {"environment": "local", "backend": "mocker", "prometheus_endpoint": "http://u:pw5@prom:9090"}
+    assert planner.main(["--config", json.dumps(config), "--dump-config-to", str(tmp_path / "p.json")]) == 0
+    dump = read(tmp_path / "p.json")
+    assert dump["component"] == "dynamo.planner" and dump["config_type"] == "PlannerArgs"
+    assert dump["planner_config"]["environment"] == "local" and dump["planner_config"]["backend"] == "mocker"
+    assert dump["planner_config"]["prometheus_endpoint"] == f"http://u:{REDACTED}@prom:9090"
+
+
+def test_the_profiler_dumps_its_args(tmp_path, monkeypatch):
+    import dynamo.profiler.__main__ as profiler
+
+    (tmp_path / "dgdr.yaml").write_text("model: Qwen/Qwen3-0.6B\n")
+    monkeypatch.setenv("DYN_DUMP_CONFIG_TO", str(tmp_path / "prof.json"))
+    assert profiler.main(["--config", str(tmp_path / "dgdr.yaml"), "--dry-run",
+                          "--output-dir", str(tmp_path / "out")]) == 0
+    dump = read(tmp_path / "prof.json")
+    assert dump["component"] == "dynamo.profiler" and dump["config"]["dry_run"] is True
+    assert dump["config"]["output_dir"] == str(tmp_path / "out")
+
+
 def test_nothing_is_written_without_a_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert write_config_dump(Sample(), "dynamo.sample") is None
@@ -136,13 +173,18 @@ def _component_parsers() -> dict[str, argparse.ArgumentParser]:
 
     parsers = {cls.__name__: build_parser(cls) for cls in (FrontendConfig, RouterServiceConfig, MockerArgs,
                                                            DynamoTrtllmArgs)}
+    from dynamo.planner.__main__ import build_parser as planner_parser
+    from dynamo.profiler.__main__ import ProfilerArgs
+
+    parsers["planner"] = planner_parser()
+    parsers["ProfilerArgs"] = build_parser(ProfilerArgs)
     parsers["vllm"] = vllm_parser(use_vllm=False)
     parsers["sglang"] = sglang_parser(use_sglang=False)
     return parsers
 
 
 @pytest.mark.parametrize("name", ["FrontendConfig", "RouterServiceConfig", "MockerArgs", "DynamoTrtllmArgs",
-                                  "vllm", "sglang"])
+                                  "vllm", "sglang", "planner", "ProfilerArgs"])
 def test_every_component_has_the_flag_and_its_env_twin(name):
     text = _help(_component_parsers()[name])
     assert "--dump-config-to PATH" in text and "[env DYN_DUMP_CONFIG_TO]" in text

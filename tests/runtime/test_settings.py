@@ -4,6 +4,7 @@ flag > env > default (with the operator's DYNAMO_PORT as the port's fallback).""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -84,7 +85,7 @@ def test_read_at_call_time_parsed_once(monkeypatch):
     assert first.tcp_connect_timeout == 7.0 and RuntimeSettings.from_env() is first
     monkeypatch.setenv("DYN_TCP_CONNECT_TIMEOUT", "8")
     assert RuntimeSettings.from_env().tcp_connect_timeout == 8.0
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         first.tcp_connect_timeout = 1.0  # frozen: one shared instance per environment
 
 

@@ -47,7 +47,7 @@ def test_follow_ups_reach_the_worker_holding_their_prefix(cluster):
         body = complete(url, prefix + tokens(200 + i, 8), max_tokens=2)
         assert cached_tokens(body) == 0  # prompts this module never sent before
         # vLLM's events for this prompt's full blocks reach the router before the follow-ups are sent
-        wait_until(lambda: indexed_blocks(url) >= (i + 1) * PREFIX_TOKENS // BLOCK_SIZE, 60,
+        wait_until(lambda i=i: indexed_blocks(url) >= (i + 1) * PREFIX_TOKENS // BLOCK_SIZE, 60,
                    f"prefix {i} indexed")
     served = [worker_requests(w) - b for w, b in zip(cluster.workers, before)]
     assert all(n >= 1 for n in served), f"cold prompts all went to one worker: {served}"

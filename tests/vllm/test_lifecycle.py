@@ -69,7 +69,7 @@ def stream_frozen_mid_request(cluster, worker) -> tuple[threading.Thread, dict, 
         result: dict = {"at": []}
         thread = threading.Thread(target=stream_into, args=(cluster, f"A long story, part {salt}", result))
         thread.start()
-        wait_until(lambda: result["at"] or not thread.is_alive(), 120, "the first token")
+        wait_until(lambda r=result, t=thread: r["at"] or not t.is_alive(), 120, "the first token")
         frozen = freeze_engine(worker)
         time.sleep(1)  # whatever the engine produced before the freeze reaches the handler
         if "finish" not in result and metric_value(metrics(worker), "dynamo_vllm_handler_inflight_requests") == 1:
