@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -213,6 +214,62 @@ def thaw_engine(pids: list[int]) -> None:
     for pid in pids:
         try:
             os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
+def settled(count: Callable[[], int], quiet: float = 0.3, deadline: float = 30.0) -> int:
+    """Wait until `count()` (what a client has received) stops moving for `quiet` seconds: with
+    the engines frozen, whatever the workers already held has reached the client by then."""
+    last, since, end = count(), time.monotonic(), time.monotonic() + deadline
+    while time.monotonic() < end:
+        time.sleep(0.05)
+        now = count()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return last
+
+
+def step_frozen_engines(procs: list[Proc], done: Callable[[], bool], count: Callable[[], int],
+                        max_slice: float = 0.05, deadline: float = 300.0) -> None:
+    """The engines under `procs` are frozen; thaw them for a short slice at a time, freezing them
+    again before the client is read, until `done()`. They are frozen on return.
+
+    Judging "mid-stream" from the client while the engine runs races on a fast box (the tiny
+    model finishes thousands of tokens between two looks): here nothing advances while the
+    client is read. A stopped engine resumes where it stopped, so short slices add up on a slow
+    box too; the slice (at most 5 ms first) grows while `count()` does not move, to at most
+    `max_slice`. The refreeze must be prompt: the pids are found once (walking /proc between
+    slices, in a process whose other thread was busy reading the streams, left the engine
+    running for seconds) and this thread takes the GIL back quickly. On failure the engines
+    are thawed."""
+    pids = [pid for p in procs for pid in freeze_engine(p)]
+    slice_s, end = min(0.005, max_slice), time.monotonic() + deadline
+    switch = sys.getswitchinterval()
+    try:
+        while not done():
+            assert time.monotonic() < end, f"the streams never got under way ({count()} chunks)"
+            before = count()
+            sys.setswitchinterval(1e-5)  # the readers' thread must not hold the refreeze up
+            try:
+                signal_all(pids, signal.SIGCONT)
+                time.sleep(slice_s)
+                signal_all(pids, signal.SIGSTOP)
+            finally:
+                sys.setswitchinterval(switch)
+            if settled(count) == before:
+                slice_s = min(slice_s * 1.5, max_slice)
+    except BaseException:
+        signal_all(pids, signal.SIGCONT)
+        raise
+
+
+def signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
         except ProcessLookupError:
             pass
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.fixtures.procs import metric_value, wait_until
 from tests.vllm.conftest import (ENGINE_START_TIMEOUT, MODEL, VllmCluster, engine_processes, freeze_engine, health,
-                                 metrics, thaw_engine)
+                                 metrics, step_frozen_engines, thaw_engine)
 
 # Engine start-ups in the module fixture count against the first test: minutes on a busy 2-core box.
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -61,22 +61,29 @@ def test_health_then_graceful_sigterm_finishes_the_request_in_flight(cluster):
 
 
 def stream_frozen_mid_request(cluster, worker) -> tuple[threading.Thread, dict, list[int]]:
-    """A 1,500-token stream whose first token has arrived, with vLLM's engine frozen under it:
-    in flight for real (the handler holds it) and unable to end, however fast the box (the tiny
-    model runs it in a fifth of a second), until the caller thaws the returned pids. Tried again
-    (3 streams) if the request ended before the freeze."""
-    for salt in range(3):
-        result: dict = {"at": []}
-        thread = threading.Thread(target=stream_into, args=(cluster, f"A long story, part {salt}", result))
-        thread.start()
-        wait_until(lambda r=result, t=thread: r["at"] or not t.is_alive(), 120, "the first token")
-        frozen = freeze_engine(worker)
-        time.sleep(1)  # whatever the engine produced before the freeze reaches the handler
-        if "finish" not in result and metric_value(metrics(worker), "dynamo_vllm_handler_inflight_requests") == 1:
-            return thread, result, frozen
-        thaw_engine(frozen)
-        thread.join(120)
-    raise AssertionError("every request finished before the engine could be frozen")
+    """A 1,500-token stream sent to a frozen vLLM engine: in flight for real (the handler holds
+    it, vLLM's output processor tracks it) and unable to end, however fast the box (the tiny
+    model runs it in a fifth of a second), until the caller thaws the returned pids. The engine
+    is stepped from frozen until vLLM tracks the request. (Freezing after the first token raced:
+    a fresh engine once sent all 1,500 tokens in one burst.)"""
+    result: dict = {"at": []}
+    thread = threading.Thread(target=stream_into, args=(cluster, "A long story", result))
+    frozen = freeze_engine(worker)  # the same pids stay frozen at return
+    thread.start()
+    wait_until(lambda: held(worker) == 1 or not thread.is_alive(), 60, "the request in the worker's handler")
+    # The engine's side of admission needs the engine: step it until vLLM tracks the request.
+    step_frozen_engines([worker], lambda: tracked(worker) == 1 or not thread.is_alive(),
+                        lambda: int(tracked(worker)) + len(result["at"]))
+    assert "finish" not in result and held(worker) == 1, result
+    return thread, result, frozen
+
+
+def held(worker) -> float:
+    return metric_value(metrics(worker), "dynamo_vllm_handler_inflight_requests")
+
+
+def tracked(worker) -> float:
+    return metric_value(metrics(worker), "dynamo_vllm_unfinished_requests")
 
 
 def stream_into(cluster, prompt: str, result: dict) -> None:

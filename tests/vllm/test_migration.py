@@ -8,14 +8,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from tests.fixtures.procs import http_get, metric_value, wait_until
-from tests.vllm.conftest import MODEL, VllmCluster, engine_processes, freeze_engine, metrics, thaw_engine, wait_healthy
+from tests.vllm.conftest import (MODEL, VllmCluster, freeze_engine, metrics, step_frozen_engines, thaw_engine,
+                                 wait_healthy)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -106,40 +106,6 @@ def migrations(cluster) -> float:
     return metric_value(text, "dynamo_frontend_model_migration_total", {"migration_type": "ongoing_request"}) or 0.0
 
 
-def settled(progress: list[int], quiet: float = 0.3, deadline: float = 30.0) -> int:
-    """Wait until the client's count of received chunks stops moving (engines frozen: what the
-    workers already hold reaches the client), so `progress` says where the engines stopped."""
-    last, since, end = sum(progress), time.monotonic(), time.monotonic() + deadline
-    while time.monotonic() < end:
-        time.sleep(0.05)
-        now = sum(progress)
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet:
-            break
-    return last
-
-
-def step_until_under_way(live: list, progress: list[int], deadline: float = 300.0) -> None:
-    """The engines start frozen; thaw them for a short slice at a time until half the streams
-    have two chunks. Judging from the client alone raced: on a fast engine with a loaded client
-    the workers had finished every stream while the client still showed them half done. Here the
-    engines are frozen whenever the client is read, and the slice grows only while nothing moves
-    (a slow box still gets through its prefills)."""
-    slice_s, end = 0.005, time.monotonic() + deadline
-    while sum(1 for p in progress if p >= 2) < len(progress) // 2:
-        assert time.monotonic() < end, f"streams never got under way: {progress}"
-        before = sum(progress)
-        frozen = [freeze_engine(w) for w in live]  # idempotent for the already frozen
-        for pids in frozen:
-            thaw_engine(pids)
-        time.sleep(slice_s)
-        for w in live:
-            freeze_engine(w)
-        if settled(progress) == before:
-            slice_s = min(slice_s * 1.5, 0.5)
-
-
 def signal_busiest(workers: list, progress: list[int], sig: int) -> object:
     """With every live engine frozen before the streams start, step them until the streams are
     under way, then send `sig` to the live worker holding the most of them.
@@ -149,12 +115,8 @@ def signal_busiest(workers: list, progress: list[int], sig: int) -> object:
     frozen under SIGTERM (its streams must not end inside the drain grace; the worker kills its
     engine on exit) and thaws after SIGKILL (so the orphaned engine sees its parent gone and exits)."""
     live = [w for w in workers if w.alive()]
-    try:
-        step_until_under_way(live, progress)
-    except BaseException:
-        for w in live:
-            thaw_engine(engine_processes(w))
-        raise
+    step_frozen_engines(live, lambda: sum(1 for p in progress if p >= 2) >= len(progress) // 2,
+                        lambda: sum(progress))
     frozen = [freeze_engine(w) for w in live]
     busiest = max(range(len(live)), key=lambda i: inflight(live[i]))
     try:

@@ -22,8 +22,9 @@ from dynamo.runtime.discovery.base import make_store
 from dynamo.runtime.event_plane.base import create_subscriber
 from dynamo.runtime.rp_client import RequestPlaneClient, StreamError
 from tests.fixtures.procs import http_get, metric_value, wait_until
-from tests.vllm.conftest import (BLOCK_SIZE, MAX_MODEL_LEN, MODEL, VllmCluster, direct_generate, frozen_engine, ids,
-                                 metrics, offline_reference, reference_result, wait_healthy)
+from tests.vllm.conftest import (BLOCK_SIZE, MAX_MODEL_LEN, MODEL, VllmCluster, direct_generate, engine_processes,
+                                 freeze_engine, ids, metrics, offline_reference, reference_result,
+                                 step_frozen_engines, thaw_engine, wait_healthy)
 
 # Engine start-ups in the module fixture count against the first test: minutes on a busy 2-core box.
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -212,67 +213,76 @@ def check_dropped_while_frozen(worker, before: float) -> None:
     assert cancelled(worker) == before + 1
 
 
+def admitted_while_frozen(worker, client: asyncio.Future) -> None:
+    """A request was sent to `worker` with its engine frozen: step the engine until vLLM tracks
+    the request, so it is in flight for real and, the engine frozen again, can neither advance
+    nor finish. Slices stay at 1 ms: admission needs little of the engine, and what a slice
+    adds is bounded."""
+    step_frozen_engines([worker], lambda: unfinished(worker) == 1 or client.done(), lambda: int(unfinished(worker)),
+                        max_slice=0.001)
+    assert unfinished(worker) == 1, client.done() and (client.exception() or client.result())
+
+
 def test_cancelled_request_is_aborted_in_vllm(env):
     """Request-plane cancel (what the frontend sends when its client goes away) -> engine abort.
-
-    Abort, not natural completion: once the request is generating, vLLM's engine is frozen, so
-    the request can neither advance nor finish; the cancel must still take it out of vLLM.
-    (A fast box once finished the 2,008 tokens before a speed-based version of this test looked.)"""
+    Abort, not natural completion: the engine is frozen while the cancel goes in."""
     worker, address = env["worker"], instance(env)["transport"]["tcp"]
 
-    async def cancel_while_frozen(salt: int) -> bool:
+    async def cancel_in_flight() -> None:
         client = RequestPlaneClient()
+        freeze_engine(worker)
         try:
-            stream = await client.open_stream(address, "generate", request_encoder.encode(long_request("c", salt)))
-            await asyncio.wait_for(stream.__anext__(), 60)  # generating
-            with frozen_engine(worker):
-                if await asyncio.to_thread(unfinished, worker) != 1:
-                    return False  # it finished before the freeze (this process was starved): again
-                before = cancelled(worker)
-                stream.cancel()
-                await asyncio.to_thread(check_dropped_while_frozen, worker, before)
-            return True
+            stream = await client.open_stream(address, "generate", request_encoder.encode(long_request("c", 4)))
+            first = asyncio.ensure_future(stream.__anext__())
+            await asyncio.to_thread(admitted_while_frozen, worker, first)
+            before = cancelled(worker)
+            stream.cancel()
+            await asyncio.to_thread(check_dropped_while_frozen, worker, before)
+            first.cancel()
         finally:
+            thaw_engine(engine_processes(worker))
             await client.close()
 
-    assert any(asyncio.run(cancel_while_frozen(salt)) for salt in (4, 5, 6))
+    asyncio.run(cancel_in_flight())
     after = PreprocessedRequest(request_id="after-cancel", model=MODEL, token_ids=ids(10, 7),
                                 stop_conditions=StopConditions(max_tokens=4, ignore_eos=True))
     assert sum(len(o.token_ids) for o in asyncio.run(direct_generate(address, after))) == 4  # serves on
 
 
 def test_client_disconnect_through_the_frontend_frees_the_engine(env):
-    """The HTTP client goes away mid-stream: the worker's handler sees a cancel (not a request
-    that finished: the engine is frozen meanwhile) and vLLM drops the request."""
+    """The HTTP client goes away while its stream is in flight: the worker's handler sees a
+    cancel (not a request that finished: the engine is frozen meanwhile) and vLLM drops it."""
     worker = env["worker"]
+    body = {"model": MODEL, "prompt": ids(10, 8), "max_tokens": LONG, "ignore_eos": True, "stream": True}
 
-    def disconnect_while_frozen(salt: int) -> bool:
-        with httpx.Client(timeout=60) as http:
-            with http.stream("POST", env["cluster"].base_url + "/v1/completions",
-                             json={"model": MODEL, "prompt": ids(10, salt), "max_tokens": LONG, "ignore_eos": True,
-                                   "stream": True}) as resp:
-                assert resp.status_code == 200
-                lines = resp.iter_lines()  # keep the iterator: dropping it closes the response
-                seen = 0
-                while seen < 3:
-                    seen += next(lines).startswith("data: ")
-                with frozen_engine(worker):
-                    if unfinished(worker) != 1:
-                        return False  # it finished before the freeze: again
-                    before = cancelled(worker)
-                    resp.close()  # the client goes away mid-stream
-                    check_dropped_while_frozen(worker, before)
-        return True
+    async def disconnect_in_flight() -> None:
+        async with httpx.AsyncClient(base_url=env["cluster"].base_url, timeout=300) as http:
+            async def read_stream() -> None:
+                async with http.stream("POST", "/v1/completions", json=body) as resp:
+                    async for _ in resp.aiter_lines():
+                        pass
 
-    assert any(disconnect_while_frozen(salt) for salt in (8, 9, 10))
+            freeze_engine(worker)
+            reader = asyncio.ensure_future(read_stream())
+            try:
+                await asyncio.to_thread(admitted_while_frozen, worker, reader)
+                before = cancelled(worker)
+                reader.cancel()  # the client goes away: its connection closes
+                await asyncio.gather(reader, return_exceptions=True)
+                await asyncio.to_thread(check_dropped_while_frozen, worker, before)
+            finally:
+                reader.cancel()
+                thaw_engine(engine_processes(worker))
+
+    asyncio.run(disconnect_in_flight())
 
 
 def test_requests_beyond_engine_request_limit_are_overloaded(env):
     """With REQUEST_LIMIT long requests held in the handler, one more is refused as
     overloaded: through the frontend an HTTP 529, on the request plane an `overloaded`
-    error. The probes run with vLLM's engine frozen, so no held request can finish under
-    them however fast the box (a fast CI box ran all ten between two looks); if some had
-    finished before the freeze, the held set is topped up and frozen again."""
+    error. The long requests go to a frozen engine (the handler holds them all the same), so
+    none can finish under the probes however fast the box (a fast CI box ran all ten between
+    two looks)."""
     worker, address = env["worker"], instance(env)["transport"]["tcp"]
 
     def held() -> float:
@@ -294,23 +304,18 @@ def test_requests_beyond_engine_request_limit_are_overloaded(env):
 
     async def run():
         client = RequestPlaneClient()
+        freeze_engine(worker)  # nothing held can advance or finish while the probes run
         streams = []
         try:
-            for attempt in range(5):
-                while held() < REQUEST_LIMIT and len(streams) < REQUEST_LIMIT * 6:
-                    for i in range(REQUEST_LIMIT - int(held())):
-                        streams.append(await client.open_stream(
-                            address, "generate", request_encoder.encode(long_request(f"l{attempt}-{i}", 5))))
-                    await asyncio.to_thread(poll_until, held, REQUEST_LIMIT, 15)
-                with frozen_engine(worker):  # nothing held can finish while the probes run
-                    await asyncio.sleep(1)  # what the engine finished before the freeze leaves the handler first
-                    if held() != REQUEST_LIMIT:
-                        continue  # some finished before the freeze: top up, freeze again
-                    return {"http": await probe_frontend(), "direct": await probe_direct(client)}
-            raise AssertionError("the long requests kept finishing before the engine could be frozen")
+            for i in range(REQUEST_LIMIT):
+                streams.append(await client.open_stream(
+                    address, "generate", request_encoder.encode(long_request(f"l{i}", 5))))
+            await asyncio.to_thread(wait_until, lambda: held() == REQUEST_LIMIT, 60, "the long requests held")
+            return {"http": await probe_frontend(), "direct": await probe_direct(client)}
         finally:
             for stream in streams:
                 stream.cancel()
+            thaw_engine(engine_processes(worker))
             await client.close()
 
     results = asyncio.run(run())
