@@ -14,6 +14,9 @@ Workloads (`--workload`; each sets defaults the flags can override):
   table adds the follow-up turns' TTFT: the first turns (a sixth of the requests, cold prompts
   that no router can find cached, and all sent at once by users that start together) set the
   p99 of every mode alike, so the follow-ups are where routing shows;
+- `agentic`: `multi-turn` with agent-length histories (a 3,000-token system prompt and tool
+  definitions to start, ~4,000 tokens by the last turn), so that re-prefilling a history the
+  router sent elsewhere costs more than the running decode step; caches hold about 60% of it;
 - `mixed`: half `groups` traffic, half unique prompts (nothing to reuse);
 - `vllm-prefix` with `--engine vllm`: two real `dynamo.vllm` workers (vLLM's CPU build, the
   tiny random-weight Llama, prefix caching and KV events on) behind our frontend, 16 groups
@@ -70,6 +73,7 @@ WORKLOADS = {
     "long-prefix": dict(groups=8, prefix_tokens=5000, suffix_tokens=30, concurrency=24, blocks=480, requests=144),
     "rag": dict(groups=12, prefix_tokens=6000, suffix_tokens=60, concurrency=16, blocks=560, requests=128),
     "multi-turn": dict(groups=24, prefix_tokens=800, suffix_tokens=120, concurrency=12, blocks=240, requests=144),
+    "agentic": dict(groups=24, prefix_tokens=3000, suffix_tokens=120, concurrency=12, blocks=480, requests=144),
     "mixed": dict(groups=16, prefix_tokens=1150, suffix_tokens=30, concurrency=16, blocks=200, requests=160),
     # Two real vLLM CPU workers (tiny model, context 2,048): shared prefixes as long as it allows.
     "vllm-prefix": dict(groups=16, prefix_tokens=1500, suffix_tokens=40, concurrency=4, blocks=0, requests=64),
@@ -88,7 +92,7 @@ def _tokens(rng: random.Random, n: int) -> list[int]:
 def users(args) -> list[list[list[int]]]:
     """The prompts each concurrent user sends, in order (a user waits for each answer)."""
     rng = random.Random(args.seed)
-    if args.workload == "multi-turn":
+    if args.workload in ("multi-turn", "agentic"):
         return _conversations(rng, args)
     if args.workload == "rag":
         prefixes = [_tokens(rng, rng.randrange(4000, 8001)) for _ in range(args.groups)]
