@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
 class GroupGuard:
@@ -73,12 +74,27 @@ def signal_group(pgid: int, sig: int) -> bool:
         return False
 
 
+def live_groups(groups: set[int]) -> set[int]:
+    """The groups with a member that still runs. A zombie counts as gone: `killpg(g, 0)` still
+    succeeds on a group whose members have all exited but are not yet reaped (their parent is
+    busy, or is no reaping init), and waiting on it would cost the whole grace period."""
+    found: set[int] = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()  # after "pid (comm)"
+        except OSError:  # the process ended meanwhile
+            continue
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) in groups:
+            found.add(int(fields[2]))
+    return found
+
+
 def stop_groups(groups: set[int], grace: float) -> None:
     alive = {g for g in groups if signal_group(g, signal.SIGTERM)}
     deadline = time.monotonic() + grace
     while alive and time.monotonic() < deadline:
         time.sleep(0.1)
-        alive = {g for g in alive if signal_group(g, 0)}
+        alive = live_groups(alive)
     for group in alive:
         signal_group(group, signal.SIGKILL)
 
