@@ -72,8 +72,10 @@ def stream_frozen_mid_request(cluster, worker) -> tuple[threading.Thread, dict, 
     thread.start()
     wait_until(lambda: held(worker) == 1 or not thread.is_alive(), 60, "the request in the worker's handler")
     # The engine's side of admission needs the engine: step it until vLLM tracks the request.
+    # 1 ms slices: admission needs little of the engine, and a fresh engine once sent a whole
+    # 1,500-token stream in one burst inside a longer slice.
     step_frozen_engines([worker], lambda: tracked(worker) == 1 or not thread.is_alive(),
-                        lambda: int(tracked(worker)) + len(result["at"]))
+                        lambda: int(tracked(worker)) + len(result["at"]), max_slice=0.001)
     assert "finish" not in result and held(worker) == 1, result
     return thread, result, frozen
 
