@@ -11,6 +11,10 @@ engine sections the caller adds (vLLM's or SGLang's own arguments). Fields decla
 `setting(..., secret=True)` and the names a caller passes in `redact` are written as
 `<redacted>`.
 
+A path that names a directory (one that exists, or any path ending in `/`) gets one file per
+process, `<component>-<pid>.json`: `deploy run` or a shell that sets DYN_DUMP_CONFIG_TO once for
+a frontend and its workers on one machine must not have each process overwrite the last one's.
+
 A path that cannot be written ends start-up with a message naming it (SystemExit), never a
 traceback: the dump was asked for, so serving without it would hide the mistake.
 """
@@ -36,7 +40,8 @@ class DumpConfigTo:
 
     dump_config_to: str | None = setting(
         None, "At start-up, write this process's effective config (its settings after flag > env > default, "
-              "the runtime settings, version and argv) as JSON to this file", metavar="PATH")
+              "the runtime settings, version and argv) as JSON to this file; a directory (existing, or a "
+              "path ending in /) gets <component>-<pid>.json, one per process", metavar="PATH")
 
 
 def dynamo_version() -> str | None:
@@ -98,9 +103,10 @@ def write_config_dump(config: Any, component: str, *, sections: Mapping[str, Any
                       redact: Collection[str] = (), path: str | None = None) -> Path | None:
     """Write the dump to `path` (default: the config's `dump_config_to`); None when neither is
     set. Raises SystemExit naming the path when it cannot be written."""
-    target = path or getattr(config, "dump_config_to", None)
-    if not target:
+    given = path or getattr(config, "dump_config_to", None)
+    if not given:
         return None
+    target = dump_file(given, component)
     # Not sorted: the header reads first, then each config in its declaration order (grouped).
     text = json.dumps(config_record(config, component, sections=sections, redact=redact), indent=2) + "\n"
     try:
@@ -108,6 +114,15 @@ def write_config_dump(config: Any, component: str, *, sections: Mapping[str, Any
     except OSError as exc:
         raise SystemExit(f"--dump-config-to {target}: cannot write the config dump "
                          f"({_what_failed(Path(target), exc)})") from None
+
+
+def dump_file(given: str, component: str, pid: int | None = None) -> str:
+    """The file a dump asked for at `given` goes to: `given` itself, or `<component>-<pid>.json`
+    inside it when it names a directory."""
+    if given.endswith(("/", os.sep)) or os.path.isdir(given):
+        name = f"{component.replace('/', '_')}-{os.getpid() if pid is None else pid}.json"
+        return os.path.join(given, name)
+    return given
 
 
 def _what_failed(path: Path, exc: OSError) -> str:

@@ -1,6 +1,7 @@
 """`--dump-config-to` end to end: a real frontend and a real mocker worker write their start-up
 config (the flag on one, DYN_DUMP_CONFIG_TO on the other) and go on serving; the files show
-flag > env > default and the runtime settings from their environment. A path that cannot be
+flag > env > default and the runtime settings from their environment. Two workers given one
+directory write a file each. A path that cannot be
 written stops a real process at start-up with a message naming it, not a traceback."""
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ def test_frontend_and_mocker_dump_their_effective_config_and_serve(tiny_model, t
         # The port flag (added by Cluster.frontend) must win over DYN_HTTP_PORT.
         c.frontend("--router-mode", "kv", env={"DYN_DUMP_CONFIG_TO": str(fe_dump), "DYN_MIGRATION_LIMIT": "2",
                                                "DYN_HTTP_PORT": "1", "DYN_ROUTER_MODE": "random"})
-        c.wait_workers(MODEL, 1)
+        # One directory for two processes (deploy run, or a shell exporting it once): a file each.
+        shared = [c.mocker("--block-size", "16", env={"DYN_DUMP_CONFIG_TO": str(tmp_path / "shared") + "/"})
+                  for _ in range(2)]  # same card as the first worker
+        c.wait_workers(MODEL, 3)
         resp = httpx.post(c.base_url + "/v1/completions", timeout=60,
                           json={"model": MODEL, "prompt": "hello", "max_tokens": 3})
         assert resp.status_code == 200, resp.text  # dumping did not stop either from serving
@@ -50,6 +54,9 @@ def test_frontend_and_mocker_dump_their_effective_config_and_serve(tiny_model, t
         assert dump["runtime_settings"]["file_kv"] == str(tmp_path / "kv")
         assert dump["runtime_settings"]["log"] == "info"
     assert mocker["runtime_settings"]["system_port"] == worker.system_port
+    files = {proc.pid: tmp_path / "shared" / f"dynamo.mocker-{proc.pid}.json" for proc in shared}
+    assert sorted((tmp_path / "shared").iterdir()) == sorted(files.values())
+    assert all(read(path)["pid"] == pid for pid, path in files.items())
 
 
 def test_an_unwritable_dump_path_stops_start_up_with_a_message(tiny_model, tmp_path):

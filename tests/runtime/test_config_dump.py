@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -15,7 +16,7 @@ from dynamo.frontend.config import FrontendConfig
 from dynamo.mocker.args import MockerArgs
 from dynamo.router.service import RouterServiceConfig
 from dynamo.runtime.config import REDACTED, build_parser, dump_config, parse_config, setting
-from dynamo.runtime.config_dump import DumpConfigTo, config_record, write_config_dump
+from dynamo.runtime.config_dump import DumpConfigTo, config_record, dump_file, write_config_dump
 from dynamo.trtllm.args import DynamoTrtllmArgs
 
 
@@ -133,14 +134,35 @@ def test_missing_parent_directories_are_created(tmp_path):
     assert read(target)["config"]["port"] == 8000
 
 
-@pytest.mark.parametrize("where", ["under_a_file", "a_directory"])
+@pytest.mark.parametrize("given", ["existing", "trailing_slash"])
+def test_a_directory_gets_one_file_per_component_and_process(tmp_path, given):
+    """Several processes handed the same DYN_DUMP_CONFIG_TO directory must not overwrite each other."""
+    folder = tmp_path / "dumps"
+    if given == "existing":
+        folder.mkdir()
+    path = str(folder) if given == "existing" else str(folder) + "/"
+    frontend = write_config_dump(Sample(port=1, dump_config_to=path), "dynamo.frontend")
+    mocker = write_config_dump(Sample(port=2), "dynamo.mocker", path=path)
+    pid = os.getpid()
+    assert (frontend, mocker) == (folder / f"dynamo.frontend-{pid}.json", folder / f"dynamo.mocker-{pid}.json")
+    assert sorted(p.name for p in folder.iterdir()) == [frontend.name, mocker.name]
+    assert (read(frontend)["config"]["port"], read(mocker)["config"]["port"]) == (1, 2)
+    assert read(mocker)["pid"] == pid
+
+
+def test_a_file_path_is_used_as_given():
+    assert dump_file("/x/cfg.json", "dynamo.mocker", pid=7) == "/x/cfg.json"
+    assert dump_file("/x/dumps/", "dynamo.mocker", pid=7) == "/x/dumps/dynamo.mocker-7.json"
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "a_directory_under_a_file"])
 def test_an_unwritable_path_is_a_clear_exit_naming_it(tmp_path, where):
     blocker = tmp_path / "plain-file"
     blocker.write_text("x")
-    target = blocker / "cfg.json" if where == "under_a_file" else tmp_path
+    target = blocker / "cfg.json" if where == "under_a_file" else str(blocker / "dumps") + "/"
     with pytest.raises(SystemExit) as exc:
         write_config_dump(Sample(dump_config_to=str(target)), "dynamo.sample")
-    assert isinstance(exc.value.code, str) and str(target) in exc.value.code
+    assert isinstance(exc.value.code, str) and str(target).rstrip("/") in exc.value.code
     assert "cannot write" in exc.value.code
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain-file"]  # no temporary file left behind
 
