@@ -22,7 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.loadgen import pct, print_table
-from benchmarks.routing_quality import long_context, run_users, stack_env, users
+from benchmarks.routing_quality import long_context, run_users, stack_env
+from benchmarks.routing_workloads import users
 from dynamo.llm.tiny_model import build_tiny_model
 from tests.fixtures.procs import Cluster, wait_until
 

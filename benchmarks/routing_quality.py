@@ -17,7 +17,8 @@ Workloads (`--workload`; each sets defaults the flags can override):
 - `agentic`: `multi-turn` with agent-length histories (a 3,000-token system prompt and tool
   definitions to start, ~4,000 tokens by the last turn), so that re-prefilling a history the
   router sent elsewhere costs more than the running decode step; caches hold about 60% of it;
-- `mixed`: half `groups` traffic, half unique prompts (nothing to reuse);
+- `mixed`: half `groups` traffic, half unique prompts (nothing to reuse); its table adds the
+  shared-prefix requests' TTFT, the half a router can place by cache;
 - `vllm-prefix` with `--engine vllm`: two real `dynamo.vllm` workers (vLLM's CPU build, the
   tiny random-weight Llama, prefix caching and KV events on) behind our frontend, 16 groups
   of 1,500-token prefixes (the model's context is 2,048); needs the vLLM venv
@@ -48,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import json
 import os
 import random
@@ -58,90 +58,28 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Collection
 
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.loadgen import Result, cpu_seconds, pct, print_table, stream_one
+from benchmarks.routing_workloads import TRACKED, WORKLOADS, pinning, tracked, users
 from dynamo.llm.tiny_model import build_tiny_model
 from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKLOADS = {
-    "groups": dict(groups=16, prefix_tokens=1150, suffix_tokens=30, concurrency=16, blocks=200, requests=160),
-    "long-prefix": dict(groups=8, prefix_tokens=5000, suffix_tokens=30, concurrency=24, blocks=480, requests=144),
-    "rag": dict(groups=12, prefix_tokens=6000, suffix_tokens=60, concurrency=16, blocks=560, requests=128),
-    "multi-turn": dict(groups=24, prefix_tokens=800, suffix_tokens=120, concurrency=12, blocks=240, requests=144),
-    "agentic": dict(groups=24, prefix_tokens=3000, suffix_tokens=120, concurrency=12, blocks=480, requests=144),
-    "mixed": dict(groups=16, prefix_tokens=1150, suffix_tokens=30, concurrency=16, blocks=200, requests=160),
-    # Two real vLLM CPU workers (tiny model, context 2,048): shared prefixes as long as it allows.
-    "vllm-prefix": dict(groups=16, prefix_tokens=1500, suffix_tokens=40, concurrency=4, blocks=0, requests=64),
-}
-
-
 # flags NVIDIA Dynamo's frontend lacks: a mode using them runs on our stack only
 OURS_ONLY_FLAGS = ("--router-cost-model", "--router-inflight-prefix-credit", "--router-output-blocks-horizon",
                    "--router-queue-max-requests", "--router-queue-timeout-secs", "--active-prefill-tokens-threshold-frac")
 
 
-def _tokens(rng: random.Random, n: int) -> list[int]:
-    return [rng.randrange(100, 400) for _ in range(n)]
-
-
-def users(args) -> list[list[list[int]]]:
-    """The prompts each concurrent user sends, in order (a user waits for each answer)."""
-    rng = random.Random(args.seed)
-    if args.workload in ("multi-turn", "agentic"):
-        return _conversations(rng, args)
-    if args.workload == "rag":
-        prefixes = [_tokens(rng, rng.randrange(4000, 8001)) for _ in range(args.groups)]
-    else:
-        prefixes = [_tokens(rng, args.prefix_tokens) for _ in range(args.groups)]
-    prompts = []
-    for i in range(args.requests):
-        if args.workload == "mixed" and i % 2:
-            prompts.append(_tokens(rng, rng.randrange(300, 2000)))
-        else:
-            prompts.append(prefixes[rng.randrange(args.groups)] + _tokens(rng, args.suffix_tokens))
-    return [prompts[u::args.concurrency] for u in range(args.concurrency)]
-
-
-def _conversations(rng: random.Random, args) -> list[list[list[int]]]:
-    turns = max(args.requests // args.groups, 1)
-    out: list[list[list[int]]] = [[] for _ in range(args.concurrency)]
-    for c in range(args.groups):
-        history = _tokens(rng, args.prefix_tokens)  # system prompt + first message
-        for _ in range(turns):
-            out[c % args.concurrency].append(list(history))
-            history += _tokens(rng, args.max_tokens) + _tokens(rng, args.suffix_tokens)  # answer + next message
-    return out
-
-
-def pinning(plan: list[list[list[int]]], worker_ids: list[int]) -> dict[tuple[int, ...], int]:
-    """The `pinned` reference router: perfect cache affinity with groups balanced by count. Each
-    prompt family (its first 64 tokens: a shared prefix, a conversation) goes to one worker, the
-    families dealt out in turn in order of first appearance."""
-    families: dict[tuple[int, ...], int] = {}
-    for prompts in itertools.zip_longest(*plan):  # the order requests go out: every user's first, then second...
-        for prompt in filter(None, prompts):
-            families.setdefault(tuple(prompt[:64]), worker_ids[len(families) % len(worker_ids)])
-    return families
-
-
-def follow_ups(plan: list[list[list[int]]]) -> set[tuple[int, int]]:
-    """(user, index) of every request that extends the same user's previous prompt: a conversation's
-    later turns, whose history a router can find cached. First turns are cold wherever they go."""
-    return {(u, i) for u, prompts in enumerate(plan) for i in range(1, len(prompts))
-            if prompts[i][:len(prompts[i - 1])] == prompts[i - 1]}
-
-
 async def run_users(url: str, plan: list[list[list[int]]], max_tokens: int, think_ms: float = 0.0,
                     seed: int = 0, pins: dict[tuple[int, ...], int] | None = None,
-                    follow_ttft: list[float] | None = None) -> Result:
-    """`follow_ttft`, when given, also collects the TTFTs of the `follow_ups` requests."""
+                    later: Collection[tuple[int, int]] = (), follow_ttft: list[float] | None = None) -> Result:
+    """`follow_ttft`, when given, also collects the TTFTs of the requests in `later` (user, index)."""
     result = Result()
-    later = follow_ups(plan) if follow_ttft is not None else set()
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
         await stream_one(session, url, {"model": "tiny", "prompt": [7] * 40, "max_tokens": 2}, Result())
@@ -155,7 +93,7 @@ async def run_users(url: str, plan: list[list[list[int]]], max_tokens: int, thin
                     body["nvext"] = {"backend_instance_id": pins[tuple(prompt[:64])]}
                 seen = len(result.ttft)
                 await stream_one(session, url, body, result)
-                if (u, i) in later and len(result.ttft) > seen:  # no await since the append: it is this one's
+                if follow_ttft is not None and (u, i) in later and len(result.ttft) > seen:  # no await since the append: it is this one's
                     follow_ttft.append(result.ttft[-1])
 
         start = time.perf_counter()
@@ -253,7 +191,7 @@ def run_once(stack: str, spec: str, model: Path, plan, args) -> dict:
         cpu = [cpu_seconds(p.pid) for p in procs]
         later: list[float] = []
         res = asyncio.run(run_users(cluster.base_url + "/v1/completions", plan, args.max_tokens, args.think_ms,
-                                    args.seed, pins, later))
+                                    args.seed, pins, tracked(args.workload, plan), later))
         cpu = [(cpu_seconds(p.pid) - c) * 1e3 / max(res.requests, 1) for p, c in zip(procs, cpu)]
         served = [_count(w) for w in workers]
         if args.engine == "vllm":
@@ -384,13 +322,13 @@ def main() -> None:
                    f"2 mockers x {args.blocks} blocks of {args.block_size} (speedup {args.speedup})")
                 + "; median [min-max] over rounds",
                 ("router", "TTFT p50 ms", "TTFT p99 ms")
-                + (("follow-up turns TTFT p50 / p99 ms",) if follow else ())
+                + ((f"{TRACKED[args.workload][0]} TTFT p50 / p99 ms",) if follow else ())
                 + ("cached fraction", "req/s", "requests per worker", "errors", "CPU ms/request frontend/workers",
                    "mocker steps late", "TTFT mean ms client/frontend/engine"), rows)
 
 
 def _rows(runs: dict[tuple[str, str], list[dict]]) -> tuple[list[tuple], bool]:
-    """One table row per (stack, mode); the follow-up turns' column only where the plan has them."""
+    """One table row per (stack, mode); the tracked requests' column only where the plan has them."""
     follow = any(x["follow"] for results in runs.values() for x in results)
     rows = []
     for (stack, spec), results in runs.items():
