@@ -17,6 +17,7 @@ from typing import Any
 from dynamo.frontend import errors
 from dynamo.frontend.dispatch import RequestHandle, aclose_quietly
 from dynamo.frontend.errors import ApiError
+from dynamo.frontend.metrics import RequestOutcome
 from dynamo.frontend.output import ChoiceDelta, OutputSpec, OutputStage
 from dynamo.frontend.sse import (
     DONE, ChatChunks, CompletionChunks, chat_body, chat_logprobs, completion_body, completion_logprobs,
@@ -84,7 +85,7 @@ class GenerationRun:
         return decode(prompt_ids, skip_special_tokens=False)
 
     # -- lifecycle -----------------------------------------------------------------------------
-    async def execute(self, entry, receive, send, request_type: str) -> str:
+    async def execute(self, entry, receive, send, request_type: str) -> RequestOutcome:
         app = self.app
         gens = [app.dispatcher.stream(entry, p, c.handle) for p, c in zip(self.preqs, self.choices)]
         merged = self._merged(gens)
@@ -96,14 +97,14 @@ class GenerationRun:
             except StopAsyncIteration:
                 first = None
             if self.cancelled:
-                return "cancelled"
+                return RequestOutcome.CANCELLED
             app.metrics.ttft.labels(self.model).observe(time.monotonic() - self.started)
             self.last_time = time.monotonic()
             if self.req.stream:
                 await self._stream(merged, first, send)
             else:
                 await self._unary(merged, first, send)
-            return "cancelled" if self.cancelled else "success"
+            return RequestOutcome.CANCELLED if self.cancelled else RequestOutcome.SUCCESS
         finally:
             watcher.remove_done_callback(self._on_receive)
             watcher.cancel()

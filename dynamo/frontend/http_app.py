@@ -24,7 +24,7 @@ from dynamo.frontend.dispatch import Dispatcher
 from dynamo.frontend.embeddings import decode_embeddings, embed
 from dynamo.frontend.errors import OVERLOADED_STATUS, ApiError, bad_request
 from dynamo.frontend.generation import GenerationRun
-from dynamo.frontend.metrics import FrontendMetrics
+from dynamo.frontend.metrics import FrontendMetrics, RequestOutcome
 from dynamo.frontend.model_manager import ModelManager
 from dynamo.frontend.routing_hints import routing_hints
 from dynamo.llm.protocol import RoutingHints
@@ -265,11 +265,11 @@ class FrontendApp:
             raise errors.no_embeddings(req.model)
         self._refuse_if_overloaded(entry.name)
         started = time.monotonic()
-        status = "error"
+        status = RequestOutcome.ERROR
         self._admit(entry.name)
         try:
             body = await embed(self.dispatcher, entry, req)
-            status = "success"
+            status = RequestOutcome.SUCCESS
         finally:
             self._release(entry.name, "embeddings", "unary", status)
             self.metrics.duration.labels(entry.name).observe(time.monotonic() - started)
@@ -310,7 +310,7 @@ class FrontendApp:
         self._refuse_if_draining()
         request_type = "stream" if req.stream else "unary"
         self._admit(entry.name)
-        status = "error"
+        status = RequestOutcome.ERROR
         try:
             run = run_cls(self, entry, req, preqs, is_chat, started, output_spec(entry, req, is_chat),
                           self.reasoning_field, **run_kw)
@@ -323,7 +323,7 @@ class FrontendApp:
         self._idle.clear()
         self.metrics.inflight.labels(model).inc()
 
-    def _release(self, model: str, endpoint: str, request_type: str, status: str) -> None:
+    def _release(self, model: str, endpoint: str, request_type: str, status: RequestOutcome) -> None:
         self.inflight -= 1
         if self.inflight == 0:
             self._idle.set()

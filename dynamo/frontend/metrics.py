@@ -3,12 +3,22 @@ prefix configurable with `--metrics-prefix`)."""
 
 from __future__ import annotations
 
+import enum
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _ITL = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1)
 _LAG = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 _TOKENS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
+
+
+class RequestOutcome(enum.StrEnum):
+    """The `status` label of `dynamo_frontend_requests` (Dynamo's values): how a request ended."""
+
+    SUCCESS = "success"
+    ERROR = "error"  # refused after admission, failed in the engine, or no worker could finish it
+    CANCELLED = "cancelled"  # the client went away (or stopped the stream) first
 
 
 class FrontendMetrics:
@@ -57,7 +67,7 @@ class FrontendMetrics:
         is registered, before any request to it."""
         for endpoint in ("chat_completions", "completions"):
             for request_type in ("stream", "unary"):
-                for status in ("success", "error", "cancelled"):
+                for status in RequestOutcome:
                     self.requests.labels(model, endpoint, request_type, status)
         for hist in (self.ttft, self.itl, self.duration, self.isl, self.osl):
             hist.labels(model)
