@@ -11,6 +11,7 @@ from dynamo.llm.worker_client import StreamDeadlineSettings
 from dynamo.router.config import KvRouterConfig
 from dynamo.runtime.config import setting
 from dynamo.runtime.config_dump import DumpConfigTo
+from dynamo.runtime.settings import discovery_backend_setting, event_plane_setting
 
 
 @dataclass
@@ -28,10 +29,9 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
     tls_key_path: str | None = setting(None, "TLS private key (PEM); needs --tls-cert-path")
     namespace: str | None = setting(None, "Serve only workers of this namespace (default: all)")
     router_mode: str = setting("round-robin", "Worker selection", choices=["round-robin", "random", "kv"])
-    discovery_backend: str = setting("file", "Discovery backend", choices=["file", "etcd", "mem", "kubernetes"])
+    discovery_backend: str = discovery_backend_setting()
     request_plane: str = setting("tcp", "Request plane (direct TCP)", choices=["tcp"])
-    event_plane: str | None = setting(None, "Event plane for KV events (default: zmq, or nats when NATS_SERVER "
-                                            "is set with etcd)", choices=["zmq", "nats"])
+    event_plane: str | None = event_plane_setting()
     kv_cache_block_size: int | None = setting(None, "Override the KV block size from the model card")
     # The stream deadlines (StreamDeadlineSettings): a stream that misses one is treated as a
     # lost worker (migrated within --migration-limit, else 504 or an SSE error event).

@@ -18,6 +18,7 @@ from typing import Any
 from dynamo.llm.model_card import check_parser_names
 from dynamo.runtime.config import setting
 from dynamo.runtime.config_dump import DumpConfigTo
+from dynamo.runtime.settings import discovery_backend_setting
 from dynamo.worker.engine_args import reasoning_parser_setting, tool_call_parser_setting
 from dynamo.worker.role import WorkerRole
 
@@ -59,7 +60,7 @@ class MockerArgs(DumpConfigTo):
     max_lora_rank: int = setting(16, "Largest LoRA rank accepted (vLLM's --max-lora-rank)")
     lora_load_time: float = setting(0.0, "Simulated seconds a LoRA adapter takes to load")
     namespace: str = setting("dynamo", "Dynamo namespace", env="DYN_NAMESPACE")
-    discovery_backend: str = setting("file", "Discovery backend", env="DYN_DISCOVERY_BACKEND")
+    discovery_backend: str = discovery_backend_setting()
     migration_limit: int = setting(0, "Times a request may migrate to another worker on failure")
     planner_profile_data: str | None = setting(
         None, "Profiler results (dir with selected_*_interpolation/raw_data.npz or *_raw_data.json, or a "

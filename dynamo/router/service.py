@@ -38,6 +38,7 @@ from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers
 from dynamo.router.policy import PolicyHost, Role, WorkerInfo, WorkerPool
 from dynamo.runtime import records
 from dynamo.runtime.config import setting
+from dynamo.runtime.settings import discovery_backend_setting, event_plane_setting
 from dynamo.runtime.config_dump import DumpConfigTo
 from dynamo.runtime.rp_client import StreamError, StreamTimeout
 from dynamo.runtime.rp_server import HandlerError, RequestContext
@@ -55,9 +56,8 @@ class RouterServiceConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
     endpoint: str | None = setting(None, "Workers to route to: namespace.component.endpoint (required)")
     router_block_size: int = setting(128, "KV block size in tokens (not read from model cards)",
                                      flag=["--router-block-size", "--block-size"])
-    discovery_backend: str = setting("file", "Discovery backend", choices=["file", "etcd", "mem", "kubernetes"])
-    event_plane: str | None = setting(None, "Event plane (default: zmq, or nats when NATS_SERVER is set with "
-                                            "etcd)", choices=["zmq", "nats"])
+    discovery_backend: str = discovery_backend_setting()
+    event_plane: str | None = event_plane_setting()
 
     def validate(self) -> None:
         super().validate()

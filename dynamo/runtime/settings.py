@@ -7,7 +7,10 @@ so a bad value fails with a message naming its variable instead of a bare `Value
 deep inside start-up, and `dump_config(RuntimeSettings.from_env())` shows what is in effect.
 
 Names and defaults are NVIDIA Dynamo's (its manifests and operator set these variables);
-only those Dynamo also takes as flags (`--discovery-backend`, `--event-plane`) get one.
+only those Dynamo also takes as flags (`--discovery-backend`, `--event-plane`) get one. Those two
+are also fields of every component's config: `discovery_backend_setting()` and
+`event_plane_setting()` declare them once, so every component accepts the same values (the
+operator injects DYN_DISCOVERY_BACKEND=kubernetes into every pod it runs, workers included).
 """
 
 from __future__ import annotations
@@ -16,12 +19,27 @@ import argparse
 import functools
 import os
 from dataclasses import dataclass, fields
-from typing import Mapping
+from typing import Any, Mapping
 
 from dynamo.runtime.config import env_names, from_namespace, setting
 
 DEFAULT_NATS_SERVER = "nats://localhost:4222"
 DEFAULT_SYSTEM_PORT = 8081  # what DYN_SYSTEM_ENABLED=true alone listens on
+# kubernetes: what current Dynamo operators inject; served through the operator's etcd here.
+DISCOVERY_BACKENDS = ("file", "etcd", "mem", "kubernetes")
+EVENT_PLANES = ("zmq", "nats")
+
+
+def discovery_backend_setting() -> Any:
+    """The `--discovery-backend` / DYN_DISCOVERY_BACKEND field, the same in every component."""
+    return setting("file", "Discovery backend (kubernetes, which Dynamo's operator injects, is served through "
+                           "its etcd at ETCD_ENDPOINTS)", choices=DISCOVERY_BACKENDS)
+
+
+def event_plane_setting() -> Any:
+    """The `--event-plane` / DYN_EVENT_PLANE field (KV events and load metrics), the same everywhere."""
+    return setting(None, "Event plane for KV events and load metrics (default: nats with etcd discovery when "
+                         "NATS_SERVER is set, else zmq)", choices=EVENT_PLANES)
 
 
 @dataclass(frozen=True)
@@ -29,7 +47,7 @@ class RuntimeSettings:
     """Runtime settings read from the environment (no flags unless Dynamo has one)."""
 
     # discovery
-    discovery_backend: str = setting("file", "Discovery backend (file, etcd, mem, kubernetes)")
+    discovery_backend: str = discovery_backend_setting()
     file_kv: str | None = setting(None, "Root directory of the file discovery store (default: "
                                         "<tmpdir>/dynamo_store_kv)", flag=False)
     etcd_endpoints: str = setting("http://localhost:2379", "etcd endpoints, comma-separated",
@@ -37,8 +55,7 @@ class RuntimeSettings:
     etcd_connect_timeout_secs: float = setting(0.0, "How long start-up keeps trying an unreachable etcd "
                                                     "(0: fail at once)", flag=False)
     # event plane
-    event_plane: str | None = setting(None, "Event plane (zmq, nats; default: nats for etcd when NATS_SERVER "
-                                            "is set, else zmq)")
+    event_plane: str | None = event_plane_setting()
     nats_server: str | None = setting(None, f"NATS server URL(s) (default {DEFAULT_NATS_SERVER}); setting it "
                                             "with etcd discovery selects the nats event plane",
                                       env="NATS_SERVER", flag=False)

@@ -19,6 +19,7 @@ import yaml
 from dynamo.runtime.config import build_parser as _build_parser
 from dynamo.runtime.config import parse_config, setting
 from dynamo.runtime.config_dump import DumpConfigTo
+from dynamo.runtime.settings import discovery_backend_setting, event_plane_setting
 from dynamo.worker.engine_args import parse_endpoint_types
 from dynamo.worker.role import MODE_CHOICES, WorkerRole
 
@@ -58,10 +59,8 @@ class DynamoTrtllmArgs(DumpConfigTo):
     namespace: str = setting("dynamo", "Dynamo namespace", env="DYN_NAMESPACE")
     endpoint: str | None = setting(
         None, "Endpoint dyn://namespace.component.endpoint (default: backend.generate; prefill: prefill.generate)")
-    discovery_backend: str = setting("file", "Discovery backend", env="DYN_DISCOVERY_BACKEND",
-                                     choices=["file", "etcd", "mem"])
-    event_plane: str | None = setting(None, "Event plane for KV events and load metrics", env="DYN_EVENT_PLANE",
-                                      choices=["zmq", "nats"])
+    discovery_backend: str = discovery_backend_setting()
+    event_plane: str | None = event_plane_setting()
     migration_limit: int = setting(0, "Times a request may migrate to another worker (stored in the model card)")
     engine_request_limit: int = setting(0, "Requests in flight beyond which new ones are refused (0: no limit)")
     endpoint_types: str = setting("chat,completions", "OpenAI endpoints to expose for this model")

@@ -9,6 +9,7 @@ from typing import Any
 
 from dynamo.runtime.config import setting
 from dynamo.runtime.config_dump import DumpConfigTo
+from dynamo.runtime.settings import discovery_backend_setting, event_plane_setting
 
 ENDPOINT_TYPES = ("chat", "completions")
 
@@ -21,11 +22,8 @@ class EngineWorkerArgs(DumpConfigTo):
     namespace: str = setting("dynamo", "Dynamo namespace", env="DYN_NAMESPACE")
     endpoint: str | None = setting(
         None, "Endpoint dyn://namespace.component.endpoint (default: backend.generate; prefill: prefill.generate)")
-    discovery_backend: str = setting("file", "Discovery backend", env="DYN_DISCOVERY_BACKEND",
-                                     choices=["file", "etcd", "mem"])
-    event_plane: str | None = setting(None, "Event plane for KV events and load metrics (default: zmq, or nats "
-                                            "when NATS_SERVER is set with etcd)", env="DYN_EVENT_PLANE",
-                                      choices=["zmq", "nats"])
+    discovery_backend: str = discovery_backend_setting()
+    event_plane: str | None = event_plane_setting()
 
 
 def parse_endpoint_types(endpoint_types: str) -> list[str]:
