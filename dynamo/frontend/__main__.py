@@ -18,6 +18,7 @@ from dynamo.runtime.asgi import EmbeddedHttpServer
 from dynamo.runtime.config import parse_config
 from dynamo.runtime.config_dump import write_config_dump
 from dynamo.runtime.distributed import DistributedRuntime
+from dynamo.runtime.logs import RequestEvents
 from dynamo.runtime.loop_monitor import LoopLagMonitor
 from dynamo.runtime.memory import pin_mmap_threshold
 from dynamo.runtime.process import run_main
@@ -54,7 +55,8 @@ async def serve(config: FrontendConfig, stop: asyncio.Event) -> int:
                       concurrency_limit=config.rejection_frontend_request_concurrency_limit,
                       overload_status=config.http_overload_status_code,
                       health_extra=lambda: {**routing.health(), **inhibitor.health()},
-                      reasoning_field=config.reasoning_field_name)
+                      reasoning_field=config.reasoning_field_name,
+                      request_events=RequestEvents(runtime.settings.logging_jsonl))
     lag = LoopLagMonitor(lambda v: (metrics.loop_lag.observe(v), metrics.loop_lag_max.set(lag.worst)))
     lag.start()
     tls = {}

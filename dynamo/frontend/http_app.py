@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -31,13 +29,14 @@ from dynamo.llm.protocol import RoutingHints
 from dynamo.frontend.openai import (
     ChatCompletionRequest,
     decode_request,
-    stop_list,
     validate_chat,
     validate_completion,
 )
-from dynamo.frontend.output import OutputSpec
+from dynamo.frontend.request_log import SCOPE_KEY, TRACED_PATHS, RequestTrace, adopt_client_id, start_trace
+from dynamo.frontend.preparation import is_token_prompt, output_spec, prompt_ids, wire_requests
 from dynamo.frontend.responses import ResponsesRun, decode_responses
 from dynamo.llm.preprocessor import PreprocessError
+from dynamo.runtime.logs import RequestEvents
 from dynamo.runtime.memory import trim_heap
 from dynamo.runtime.asgi import (
     JSON_HEADERS,
@@ -64,7 +63,7 @@ class FrontendApp:
     def __init__(self, models: ModelManager, dispatcher: Dispatcher, metrics: FrontendMetrics, *,
                  body_limit: int, concurrency_limit: int = 0, overload_status: int = OVERLOADED_STATUS,
                  health_extra: Callable[[], dict] | None = None,
-                 reasoning_field: str = "reasoning_content") -> None:
+                 reasoning_field: str = "reasoning_content", request_events: RequestEvents | None = None) -> None:
         self.models = models
         self.dispatcher = dispatcher
         self.metrics = metrics
@@ -73,6 +72,7 @@ class FrontendApp:
         self.overload_status = overload_status
         self.health_extra = health_extra
         self.reasoning_field = reasoning_field
+        self.request_events = request_events or RequestEvents(jsonl=False)
         self.inflight = 0
         self.draining = False
         self._idle = asyncio.Event()
@@ -94,11 +94,16 @@ class FrontendApp:
         if scope["type"] != "http":
             return
         route = self.routes.get((scope["method"], scope["path"]))
+        trace, error, crash = None, None, None
         try:
             if route is None:
                 raise self._no_route(scope)
+            if scope["method"] == "POST" and scope["path"] in TRACED_PATHS:
+                trace, send = start_trace(self.request_events, scope, send)
+                adopt_client_id(trace, scope)
             await route(scope, receive, send)
         except ApiError as exc:
+            error = exc
             # The traceback's frames hold the request body (up to the body limit) in a cycle that
             # only a full GC would free: drop them now.
             exc.__traceback__ = None
@@ -109,6 +114,12 @@ class FrontendApp:
                 await send_json(send, exc.status, exc.body())
         except ConnectionError:
             pass
+        except BaseException as exc:
+            crash = exc
+            raise
+        finally:
+            if trace is not None:
+                trace.completed(error, crash)
 
     def _no_route(self, scope: dict) -> ApiError:
         known = {path for _, path in self.routes}
@@ -225,7 +236,7 @@ class FrontendApp:
             (validate_chat if kind == "chat" else validate_completion)(req)
             hints = routing_hints(req.nvext, scope["headers"])
             await self._generate(req, "chat_completions" if kind == "chat" else "completions", size, receive, send,
-                                 hints=hints)
+                                 hints=hints, trace=scope.get(SCOPE_KEY))
         finally:
             if size >= TRIM_AFTER_BYTES:
                 self._schedule_trim()
@@ -254,12 +265,16 @@ class FrontendApp:
         req = rreq.to_chat()
         validate_chat(req)
         await self._generate(req, "responses", len(body), receive, send, ResponsesRun,
-                             hints=routing_hints(req.nvext, scope["headers"]), responses_req=rreq)
+                             hints=routing_hints(req.nvext, scope["headers"]), trace=scope.get(SCOPE_KEY),
+                             responses_req=rreq)
 
     async def embeddings(self, scope, receive, send) -> None:
         self._refuse_if_draining()
         req = decode_embeddings(await self._body(scope, receive))
         req.validate()
+        trace = scope.get(SCOPE_KEY)
+        if trace is not None:
+            trace.received(req.model, "embeddings", "unary")
         entry = self._entry(req.model)
         if "embedding" not in entry.card.model_type:
             raise errors.no_embeddings(req.model)
@@ -293,8 +308,11 @@ class FrontendApp:
         return error
 
     async def _generate(self, req, endpoint: str, body_size: int, receive, send, run_cls=GenerationRun,
-                        hints: RoutingHints | None = None, **run_kw) -> None:
+                        hints: RoutingHints | None = None, trace: RequestTrace | None = None, **run_kw) -> None:
         started = time.monotonic()
+        request_type = "stream" if req.stream else "unary"
+        if trace is not None:
+            trace.received(req.model, endpoint, request_type)
         entry = self._entry(req.model)
         self._refuse_if_overloaded(entry.name)
         is_chat = isinstance(req, ChatCompletionRequest)
@@ -305,10 +323,9 @@ class FrontendApp:
             ids = await self._prompt_ids(entry.pipeline, req, body_size)
         except PreprocessError as exc:
             raise bad_request(exc.message, exc.param, exc.code) from None
-        preqs = wire_requests(entry.pipeline, req, ids, is_chat, hints)
+        preqs = wire_requests(entry.pipeline, req, ids, is_chat, hints, *self._trace_ids(trace))
         self._refuse_if_overloaded(entry.name)
         self._refuse_if_draining()
-        request_type = "stream" if req.stream else "unary"
         self._admit(entry.name)
         status = RequestOutcome.ERROR
         try:
@@ -317,6 +334,14 @@ class FrontendApp:
             status = await run.execute(entry, receive, send, request_type)
         finally:
             self._release(entry.name, endpoint, request_type, status)
+            if trace is not None:
+                trace.outcome = status
+                if status == RequestOutcome.CANCELLED:
+                    trace.cancelled_by_client()
+
+    @staticmethod
+    def _trace_ids(trace: RequestTrace | None) -> tuple[str | None, str | None]:
+        return (trace.wire_id(), trace.trace_id) if trace is not None else (None, None)
 
     def _admit(self, model: str) -> None:
         self.inflight += 1
@@ -329,57 +354,3 @@ class FrontendApp:
             self._idle.set()
         self.metrics.inflight.labels(model).dec()
         self.metrics.requests.labels(model, endpoint, request_type, status).inc()
-
-
-def is_token_prompt(req) -> bool:
-    """A completion given token ids: nothing to template or tokenize, only C-level checks that take
-    about a millisecond for 5,000 tokens, so it runs inline; a hop through the prep pool would add
-    a thread wake-up and GIL hand-offs to its TTFT on a busy frontend."""
-    if isinstance(req, ChatCompletionRequest):
-        return False
-    prompt = req.prompt_input()
-    return isinstance(prompt, list) and bool(prompt) and not isinstance(prompt[0], str)
-
-
-def prompt_ids(pipeline, req) -> list[int]:
-    """Template + tokenize (may run on the prep pool); PreprocessError on a bad prompt."""
-    if isinstance(req, ChatCompletionRequest):
-        return pipeline.chat_prompt_ids(req.message_dicts(), req.template_tools(), req.chat_template_kwargs)
-    return pipeline.completion_prompt_ids(req.prompt_input())
-
-
-def wire_requests(pipeline, req, ids: list[int], is_chat: bool, hints: RoutingHints | None = None) -> list:
-    """One wire request per choice (`n`), each with its own seed so the choices are
-    independent samples, each with the client's routing hints."""
-    try:
-        max_tokens = pipeline.max_tokens_for(ids, req.requested_max_tokens(), req.prompt_param)
-    except PreprocessError as exc:
-        raise bad_request(exc.message, exc.param, exc.code) from None
-    request_id = ("chatcmpl-" if is_chat else "cmpl-") + uuid.uuid4().hex
-    parser = pipeline.card.runtime_config.tool_call_parser
-    n = req.choices()
-    if n == 1:
-        out = [req.to_request(ids, request_id, pipeline.name, max_tokens, pipeline.eos_token_ids, parser)]
-    else:
-        base = req.seed if req.seed is not None else random.getrandbits(31)
-        out = []
-        for i in range(n):
-            preq = req.to_request(list(ids), f"{request_id}-{i}", pipeline.name, max_tokens,
-                                  pipeline.eos_token_ids, parser)
-            preq.sampling_options.seed = base + i
-            out.append(preq)
-    for preq in out:  # a LoRA adapter's model: the worker applies it, its KV blocks hash in its namespace
-        preq.lora_name = pipeline.card.lora_name
-        preq.routing = hints
-    return out
-
-
-def output_spec(entry, req, is_chat: bool) -> OutputSpec:
-    """What the output stage runs for this request: parsers from the worker's card."""
-    stops = stop_list(req.stop)
-    if not is_chat:
-        return OutputSpec(stops)
-    rc = entry.card.runtime_config
-    return OutputSpec(stops, tool_parser=rc.tool_call_parser, reasoning_parser=rc.reasoning_parser, tools=req.tools,
-                      tool_mode=req.tool_choice_mode(), named_tool=req.named_tool(),
-                      parallel_tool_calls=req.parallel_tool_calls is not False)

@@ -99,6 +99,9 @@ class PreprocessedRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     extra_args: dict[str, Any] | None = None
     # The LoRA adapter to apply (the model name is the adapter's); None: the base model.
     lora_name: str | None = None
+    # The frontend's trace id of the client request (W3C traceparent's, or its own): workers put it
+    # on their request-trace log lines, so one id finds a request in every process's log.
+    trace_id: str | None = None
 
 
 class FinishReason(enum.StrEnum):

@@ -85,6 +85,9 @@ class EmbeddedHttpServer:
             server_header=False,
             date_header=False,
             access_log=False,
+            # uvicorn's own handlers would write text lines into a JSON-lines log: its loggers
+            # propagate to the process's handler instead (runtime/logs.py).
+            log_config=None,
             log_level=options.pop("log_level", "warning"),
             loop="none",
             http="httptools",

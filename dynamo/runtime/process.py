@@ -1,5 +1,6 @@
 """Process plumbing shared by every `python -m dynamo.*` entry point: logging from
-`DYN_LOG`, uvloop, and a stop event set by SIGTERM/SIGINT for graceful shutdown."""
+`DYN_LOG` (text, or JSON lines with `DYN_LOGGING_JSONL`), uvloop, and a stop event set by
+SIGTERM/SIGINT for graceful shutdown."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 from typing import Awaitable, Callable
 
+from dynamo.runtime.logs import log_handler
 from dynamo.runtime.settings import RuntimeSettings
 
 _LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
@@ -34,11 +35,8 @@ def log_level_from_env(default: str = "info", settings: RuntimeSettings | None =
 
 
 def configure_logging() -> None:
-    logging.basicConfig(
-        level=log_level_from_env(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    settings = RuntimeSettings.from_env()
+    logging.basicConfig(level=log_level_from_env(settings=settings), handlers=[log_handler(settings.logging_jsonl)])
 
 
 def _loop_factory():

@@ -73,6 +73,8 @@ class RuntimeSettings:
     system_port: int | None = setting(None, "System server port (enables it)", flag=False)
     system_host: str = setting("0.0.0.0", "System server bind host", flag=False)
     log: str | None = setting(None, "Log level in RUST_LOG syntax (info, dynamo=debug,warn)", flag=False)
+    logging_jsonl: bool = setting(False, "Write logs as JSON lines (time, level, target, message, fields) "
+                                         "instead of text; request-trace lines become INFO", flag=False)
     graceful_shutdown_grace_period_secs: float = setting(
         5.0, "Seconds a worker's in-flight requests may run after SIGTERM", flag=False)
 

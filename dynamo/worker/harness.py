@@ -30,6 +30,7 @@ from dynamo.llm.model_card import ModelDeploymentCard, RuntimeConfig, build_card
 from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.llm.kv_events.local_state import KV_QUERY_ENDPOINT
 from dynamo.runtime.distributed import DistributedRuntime, advertise_host
+from dynamo.runtime.logs import RequestEvents
 from dynamo.runtime.records import EndpointId
 from dynamo.runtime.loop_monitor import LoopLagMonitor
 from dynamo.worker.adapter import EngineAdapter, EngineContext, EngineInfo
@@ -91,7 +92,7 @@ class Worker:
                  spec: WorkerSpec) -> None:
         self.runtime, self.eid, self.adapter, self.spec = runtime, eid, adapter, spec
         self.kv = KvSink(runtime.instance_id)
-        self.handler = RequestHandler(adapter, spec.request_limit)
+        self.handler = RequestHandler(adapter, spec.request_limit, RequestEvents(runtime.settings.logging_jsonl))
         self.source = None
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self.started = False

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from typing import AsyncIterator
 
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
+from dynamo.runtime.logs import RequestEvents
 from dynamo.runtime.rp_server import HandlerError, RequestContext
 from dynamo.runtime.wire import ErrorCode
 from dynamo.worker.adapter import EngineAdapter
@@ -23,11 +25,12 @@ log = logging.getLogger(__name__)
 
 
 class RequestHandler:
-    def __init__(self, adapter: EngineAdapter, request_limit: int = 0) -> None:
+    def __init__(self, adapter: EngineAdapter, request_limit: int = 0, events: RequestEvents | None = None) -> None:
         self.adapter = adapter
         self.request_limit = request_limit
         self.inflight = 0
         self._ids = itertools.count()
+        self.events = events or RequestEvents(jsonl=False)
 
     async def generate(self, request: PreprocessedRequest, ctx: RequestContext) -> AsyncIterator[LLMEngineOutput]:
         if self.request_limit and self.inflight >= self.request_limit:
@@ -37,9 +40,12 @@ class RequestHandler:
         request_id = f"{request.request_id}-{next(self._ids)}"
         self.inflight += 1
         finished = False
+        trace = WorkerTrace(self.events, request) if self.events.enabled() else None
         stream = self.adapter.generate(request, request_id)
         try:
             async for out in stream:
+                if trace is not None:
+                    trace.tokens += len(out.token_ids)
                 finished = out.finish_reason is not None
                 yield out
                 if finished:
@@ -47,9 +53,13 @@ class RequestHandler:
         except (HandlerError, asyncio.CancelledError):
             raise
         except Exception as exc:
+            if trace is not None:
+                trace.error = exc
             raise self.handler_error(exc) from None
         finally:
             self.inflight -= 1
+            if trace is not None:
+                trace.completed(finished)
             if not finished:  # client went away (CancelledError / GeneratorExit) or an error
                 await asyncio.shield(self._abort(request_id))
             await stream.aclose()
@@ -66,3 +76,24 @@ class RequestHandler:
             await self.adapter.abort(request_id)
         except Exception as exc:  # engine already dead: nothing left to free
             log.debug("abort %s: %s", request_id, exc)
+
+
+class WorkerTrace:
+    """A request's "request received" / "request completed" lines in the worker's log, under the
+    frontend's `request_id` (the wire request's) and `trace_id`."""
+
+    __slots__ = ("events", "ids", "started", "tokens", "error")
+
+    def __init__(self, events: RequestEvents, request: PreprocessedRequest) -> None:
+        self.events, self.started, self.tokens, self.error = events, time.monotonic(), 0, None
+        self.ids = {"request_id": request.request_id, "trace_id": request.trace_id}
+        events.emit(logging.INFO, "request received", **self.ids, model=request.model,
+                    prompt_tokens=len(request.token_ids), prefill_only=request.prefill_only or None)
+
+    def completed(self, finished: bool) -> None:
+        status = "success" if finished else ("error" if self.error is not None else "cancelled")
+        fields = {**self.ids, "status": status, "elapsed_ms": round((time.monotonic() - self.started) * 1e3, 3),
+                  "output_tokens": self.tokens}
+        if self.error is not None:
+            fields.update(error_type="engine_error", error_detail=f"{type(self.error).__name__}: {self.error}")
+        self.events.emit(logging.INFO if finished else logging.ERROR, "request completed", **fields)

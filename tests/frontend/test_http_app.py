@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from dynamo.frontend.http_app import is_token_prompt
+from dynamo.frontend.preparation import is_token_prompt
 from dynamo.frontend.openai import decode_request
 
 

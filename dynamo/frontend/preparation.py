@@ -1,0 +1,71 @@
+"""From a validated OpenAI request to what the workers get: the prompt's token ids (template and
+tokenizer, or the client's ids), one wire request per choice carrying the request's trace ids
+and routing hints, and the output stage's spec from the worker's card."""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+from dynamo.frontend.errors import bad_request
+from dynamo.frontend.openai import ChatCompletionRequest, stop_list
+from dynamo.frontend.output import OutputSpec
+from dynamo.llm.preprocessor import PreprocessError
+from dynamo.llm.protocol import RoutingHints
+
+
+def is_token_prompt(req) -> bool:
+    """A completion given token ids: nothing to template or tokenize, only C-level checks that take
+    about a millisecond for 5,000 tokens, so it runs inline; a hop through the prep pool would add
+    a thread wake-up and GIL hand-offs to its TTFT on a busy frontend."""
+    if isinstance(req, ChatCompletionRequest):
+        return False
+    prompt = req.prompt_input()
+    return isinstance(prompt, list) and bool(prompt) and not isinstance(prompt[0], str)
+
+
+def prompt_ids(pipeline, req) -> list[int]:
+    """Template + tokenize (may run on the prep pool); PreprocessError on a bad prompt."""
+    if isinstance(req, ChatCompletionRequest):
+        return pipeline.chat_prompt_ids(req.message_dicts(), req.template_tools(), req.chat_template_kwargs)
+    return pipeline.completion_prompt_ids(req.prompt_input())
+
+
+def wire_requests(pipeline, req, ids: list[int], is_chat: bool, hints: RoutingHints | None = None,
+                  request_id: str | None = None, trace_id: str | None = None) -> list:
+    """One wire request per choice (`n`), each with its own seed so the choices are
+    independent samples, each with the client's routing hints and the request's trace ids
+    (`request_id`: the frontend's for this request, else a new one)."""
+    try:
+        max_tokens = pipeline.max_tokens_for(ids, req.requested_max_tokens(), req.prompt_param)
+    except PreprocessError as exc:
+        raise bad_request(exc.message, exc.param, exc.code) from None
+    request_id = ("chatcmpl-" if is_chat else "cmpl-") + (request_id or uuid.uuid4().hex)
+    parser = pipeline.card.runtime_config.tool_call_parser
+    n = req.choices()
+    if n == 1:
+        out = [req.to_request(ids, request_id, pipeline.name, max_tokens, pipeline.eos_token_ids, parser)]
+    else:
+        base = req.seed if req.seed is not None else random.getrandbits(31)
+        out = []
+        for i in range(n):
+            preq = req.to_request(list(ids), f"{request_id}-{i}", pipeline.name, max_tokens,
+                                  pipeline.eos_token_ids, parser)
+            preq.sampling_options.seed = base + i
+            out.append(preq)
+    for preq in out:  # a LoRA adapter's model: the worker applies it, its KV blocks hash in its namespace
+        preq.lora_name = pipeline.card.lora_name
+        preq.routing = hints
+        preq.trace_id = trace_id
+    return out
+
+
+def output_spec(entry, req, is_chat: bool) -> OutputSpec:
+    """What the output stage runs for this request: parsers from the worker's card."""
+    stops = stop_list(req.stop)
+    if not is_chat:
+        return OutputSpec(stops)
+    rc = entry.card.runtime_config
+    return OutputSpec(stops, tool_parser=rc.tool_call_parser, reasoning_parser=rc.reasoning_parser, tools=req.tools,
+                      tool_mode=req.tool_choice_mode(), named_tool=req.named_tool(),
+                      parallel_tool_calls=req.parallel_tool_calls is not False)

@@ -1,0 +1,132 @@
+"""Request tracing with DYN_LOGGING_JSONL=1, on a real frontend and a real mocker worker: every
+log line is one JSON object; a request leaves "request received", "http response sent" and
+"request completed" lines in the frontend's log and "request received" / "request completed"
+in the worker's, found by the client's x-dynamo-request-id and joined by one trace_id (a W3C
+traceparent's when the client sends one)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import httpx
+import pytest
+
+from tests.fixtures.procs import Cluster, wait_until
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "tiny"
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model, tmp_path_factory):
+    # Real-time mocker: a long answer is still streaming when the client hangs up.
+    c = Cluster(tmp_path_factory.mktemp("tracing"), tiny_model, "file", {"DYN_LOGGING_JSONL": "1"})
+    try:
+        c.worker = c.mocker("--speedup-ratio", "1")
+        c.fe = c.frontend()
+        c.wait_workers(MODEL, 1)
+        yield c
+    finally:
+        c.stop()
+
+
+def entries(proc) -> list[dict]:
+    text = proc.log_path.read_text(errors="replace")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def about(proc, rid: str) -> list[dict]:
+    return [e for e in entries(proc) if rid in json.dumps(e)]
+
+
+def one(lines: list[dict], message: str) -> dict:
+    found = [e for e in lines if e["message"] == message]
+    assert len(found) == 1, (message, [e["message"] for e in lines])
+    return found[0]
+
+
+def post(c, path: str, body: dict, **headers: str) -> httpx.Response:
+    return httpx.post(c.base_url + path, json=body, headers=headers, timeout=60)
+
+
+def test_a_streamed_request_is_traced_through_frontend_and_worker(cluster):
+    rid = str(uuid.uuid4())
+    resp = post(cluster, "/v1/chat/completions",
+                {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": True},
+                **{"x-dynamo-request-id": rid, "traceparent": f"00-{TRACE}-00f067aa0ba902b7-01"})
+    assert resp.status_code == 200 and "[DONE]" in resp.text
+    wait_until(lambda: any(e["message"] == "request completed" for e in about(cluster.worker, rid)), 30,
+               "the worker's last line")
+    wait_until(lambda: any(e["message"] == "request completed" for e in about(cluster.fe, rid)), 30,
+               "the frontend's last line")
+    fe = about(cluster.fe, rid)
+    received, sent, done = (one(fe, m) for m in ("request received", "http response sent", "request completed"))
+    assert (received["level"], received["request_id"], received["model"], received["endpoint"],
+            received["request_type"]) == ("INFO", rid, MODEL, "chat_completions", "stream")
+    assert (sent["level"], sent["status"]) == ("INFO", "200")
+    assert (done["level"], done["status"], done["trace_id"]) == ("INFO", "success", TRACE)
+    assert done["elapsed_ms"] > 0
+    worker = about(cluster.worker, rid)
+    got, finished = one(worker, "request received"), one(worker, "request completed")
+    assert got["trace_id"] == finished["trace_id"] == TRACE and rid in got["request_id"]
+    assert (finished["status"], finished["output_tokens"]) == ("success", 5)
+
+
+def test_a_request_without_ids_gets_fresh_ones(cluster):
+    resp = post(cluster, "/v1/completions", {"model": MODEL, "prompt": "hello", "max_tokens": 2})
+    assert resp.status_code == 200
+    rid = resp.json()["id"].removeprefix("cmpl-")
+    assert uuid.UUID(rid)  # the response id names the request id in the logs
+    wait_until(lambda: any(e["message"] == "request completed" for e in about(cluster.fe, rid)), 30, "last line")
+    received = one(about(cluster.fe, rid), "request received")
+    assert len(received["trace_id"]) == 32 and received["endpoint"] == "completions"
+
+
+def test_an_unknown_model_is_an_error_line_with_its_type(cluster):
+    rid = str(uuid.uuid4())
+    resp = post(cluster, "/v1/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "x"}]},
+                **{"x-dynamo-request-id": rid})
+    assert resp.status_code == 404
+    wait_until(lambda: any(e["message"] == "request completed" for e in about(cluster.fe, rid)), 30, "last line")
+    fe = about(cluster.fe, rid)
+    done, sent = one(fe, "request completed"), one(fe, "http response sent")
+    assert (done["level"], done["status"], done["error_type"]) == ("ERROR", "error", "not_found")
+    assert "nope" in done["error_detail"]
+    assert (sent["level"], sent["status"]) == ("ERROR", "404")
+
+
+def test_a_request_id_that_is_not_a_uuid_is_refused_before_it_is_received(cluster):
+    before = len(entries(cluster.fe))
+    resp = post(cluster, "/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 1},
+                **{"x-dynamo-request-id": "NOT-A-VALID-UUID"})
+    assert resp.status_code == 400 and "must be a valid UUID" in resp.json()["error"]["message"]
+    wait_until(lambda: any(e["message"] == "http response sent" and e.get("status") == "400"
+                           for e in entries(cluster.fe)[before:]), 30, "the 400's line")
+    assert not any(e["message"] == "request received" for e in entries(cluster.fe)[before:])
+
+
+def test_a_client_that_hangs_up_leaves_a_cancelled_request(cluster):
+    rid = str(uuid.uuid4())
+    body = {"model": MODEL, "prompt": "a long answer", "max_tokens": 1500, "stream": True, "ignore_eos": True}
+    with httpx.Client(timeout=60) as client:
+        with client.stream("POST", cluster.base_url + "/v1/completions", json=body,
+                           headers={"x-dynamo-request-id": rid}) as resp:
+            assert resp.status_code == 200
+            next(resp.iter_lines())  # streaming: hang up now
+    wait_until(lambda: any(e["message"] == "request completed" for e in about(cluster.worker, rid)), 60,
+               "the worker to drop the request")
+    wait_until(lambda: any(e["message"] == "request completed" for e in about(cluster.fe, rid)), 60, "last line")
+    fe = about(cluster.fe, rid)
+    assert one(fe, "request cancelled by client")["level"] == "WARN"
+    done = one(fe, "request completed")
+    assert (done["status"], done["error_type"]) == ("cancelled", "cancelled")
+    assert one(about(cluster.worker, rid), "request completed")["status"] == "cancelled"
+
+
+def test_every_line_either_process_wrote_is_json(cluster):
+    for proc in (cluster.fe, cluster.worker):
+        assert entries(proc), proc.name  # json.loads raised on any other line
+        assert all({"time", "level", "target", "message"} <= set(e) for e in entries(proc))
