@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
 from pathlib import Path
 from typing import Callable
@@ -39,7 +40,8 @@ class Result:
         self.elapsed = 0.0
 
 
-async def stream_one(session: aiohttp.ClientSession, url: str, body: dict, result: Result) -> None:
+async def stream_one(session: aiohttp.ClientSession, url: str, body: dict, result: Result) -> float | None:
+    """Stream one request into `result`; returns its TTFT in seconds (None: failed, or no token)."""
     body = {**body, "stream": True, "stream_options": {"include_usage": True}}
     start = time.perf_counter()
     first = last = None
@@ -49,7 +51,7 @@ async def stream_one(session: aiohttp.ClientSession, url: str, body: dict, resul
         if resp.status != 200:
             result.errors += 1
             await resp.read()
-            return
+            return None
         async for raw in resp.content:
             chunk = sse_chunk(raw)
             if chunk is None:
@@ -72,6 +74,7 @@ async def stream_one(session: aiohttp.ClientSession, url: str, body: dict, resul
         result.cached_tokens += (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
         if usage["completion_tokens"] > 1 and first is not None:
             result.itl.append((last - first) / (usage["completion_tokens"] - 1))
+    return None if first is None else first - start
 
 
 async def run_load(url: str, make_body: Callable[[int], dict], total: int, concurrency: int,
@@ -92,6 +95,24 @@ async def run_load(url: str, make_body: Callable[[int], dict], total: int, concu
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         result.elapsed = time.perf_counter() - start
     return result
+
+
+async def run_open_loop(session: aiohttp.ClientSession, url: str, bodies: list[dict], rate: float, seed: int,
+                        result: Result) -> list[float | None]:
+    """Send `bodies` in order at Poisson arrival times of mean `rate` per second, each on its own
+    task whether or not earlier ones have answered (an open loop: the offered load does not bend
+    to the server's speed, so two stacks see the same load). Returns each body's TTFT (None:
+    failed) once all have answered; `result.elapsed` runs from the first send to the last answer."""
+    pause = random.Random(seed)
+    tasks = []
+    start = due = time.perf_counter()
+    for body in bodies:
+        due += pause.expovariate(rate)
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        tasks.append(asyncio.create_task(stream_one(session, url, body, result)))
+    ttfts = await asyncio.gather(*tasks)
+    result.elapsed = time.perf_counter() - start
+    return list(ttfts)
 
 
 def print_table(title: str, head: tuple[str, ...], rows: list[tuple]) -> None:

@@ -32,7 +32,12 @@ invocation; `--rounds N` repeats everything, alternating stack and mode inside e
 so that a busy machine hurts all alike, and reports the median with the spread (min-max).
 Users are a closed loop by default: users that start together stay in step and reach the workers
 in bursts; `--think-ms T` gives each user seeded pauses of U(0, T) ms before each request (the same
-pauses for every stack and mode), as people reading answers do.
+pauses for every stack and mode), as people reading answers do. `--rates R [R ...]` runs an open
+loop instead (not for the conversation workloads, whose turns wait for answers): the same prompts
+at seeded Poisson arrivals of R requests/s, whether or not earlier ones have answered, so every
+stack and mode sees the same offered load. A closed loop gives a faster stack more load (it
+answers sooner, so its users ask sooner); at equal rates TTFTs compare like for like, and a row
+per rate traces TTFT against load up to saturation.
 Mode `pinned` is a reference, not a router: every request names its worker
 (`nvext.backend_instance_id`), each prompt family (shared prefix, conversation) dealt to one
 worker in turn: perfect cache affinity, families balanced by count, blind to load. Where kv
@@ -49,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -64,7 +70,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.loadgen import Result, cpu_seconds, pct, print_table, stream_one
+from benchmarks.loadgen import Result, cpu_seconds, pct, print_table, run_open_loop, stream_one
 from benchmarks.routing_workloads import TRACKED, WORKLOADS, pinning, tracked, users
 from dynamo.llm.tiny_model import build_tiny_model
 from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
@@ -88,17 +94,37 @@ async def run_users(url: str, plan: list[list[list[int]]], max_tokens: int, thin
             for i, prompt in enumerate(prompts):
                 if think_ms > 0:  # a person reads the answer before the next turn (same pauses, every stack)
                     await asyncio.sleep(pause.uniform(0, think_ms) / 1e3)
-                body = {"model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True}
-                if pins is not None:
-                    body["nvext"] = {"backend_instance_id": pins[tuple(prompt[:64])]}
-                seen = len(result.ttft)
-                await stream_one(session, url, body, result)
-                if follow_ttft is not None and (u, i) in later and len(result.ttft) > seen:  # no await since the append: it is this one's
-                    follow_ttft.append(result.ttft[-1])
+                ttft = await stream_one(session, url, request_body(prompt, max_tokens, pins), result)
+                if follow_ttft is not None and (u, i) in later and ttft is not None:
+                    follow_ttft.append(ttft)
 
         start = time.perf_counter()
         await asyncio.gather(*(user(u, p, random.Random(seed * 1000 + u)) for u, p in enumerate(plan)))
         result.elapsed = time.perf_counter() - start
+    return result
+
+
+def request_body(prompt: list[int], max_tokens: int, pins: dict[tuple[int, ...], int] | None) -> dict:
+    body = {"model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True}
+    if pins is not None:
+        body["nvext"] = {"backend_instance_id": pins[tuple(prompt[:64])]}
+    return body
+
+
+async def run_rate(url: str, plan: list[list[list[int]]], max_tokens: int, rate: float, seed: int = 0,
+                   pins: dict[tuple[int, ...], int] | None = None, later: Collection[tuple[int, int]] = (),
+                   follow_ttft: list[float] | None = None) -> Result:
+    """The plan's prompts in the order `run_users` first sends them, as an open loop at `rate`/s."""
+    order = [(u, i) for i, prompts in enumerate(itertools.zip_longest(*plan))
+             for u, prompt in enumerate(prompts) if prompt is not None]
+    result = Result()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                     timeout=aiohttp.ClientTimeout(total=600)) as session:
+        await stream_one(session, url, {"model": "tiny", "prompt": [7] * 40, "max_tokens": 2}, Result())
+        bodies = [request_body(plan[u][i], max_tokens, pins) for u, i in order]
+        ttfts = await run_open_loop(session, url, bodies, rate, seed, result)
+    if follow_ttft is not None:
+        follow_ttft += [t for key, t in zip(order, ttfts) if key in later and t is not None]
     return result
 
 
@@ -158,7 +184,7 @@ def _vllm_cluster(tmp: Path, args):
     return cluster, workers
 
 
-def run_once(stack: str, spec: str, model: Path, plan, args) -> dict:
+def run_once(stack: str, spec: str, model: Path, plan, args, rate: float | None = None) -> dict:
     """`spec` is a router mode, optionally with extra frontend flags: "kv:--kv-overlap-score-weight 2";
     `pinned` is the reference router of `pinning`."""
     mode, _, extra = spec.partition(":")
@@ -190,8 +216,11 @@ def run_once(stack: str, spec: str, model: Path, plan, args) -> dict:
             pins = pinning(plan, _worker_ids(cluster.base_url))
         cpu = [cpu_seconds(p.pid) for p in procs]
         later: list[float] = []
-        res = asyncio.run(run_users(cluster.base_url + "/v1/completions", plan, args.max_tokens, args.think_ms,
-                                    args.seed, pins, tracked(args.workload, plan), later))
+        url, subset = cluster.base_url + "/v1/completions", tracked(args.workload, plan)
+        if rate:
+            res = asyncio.run(run_rate(url, plan, args.max_tokens, rate, args.seed, pins, subset, later))
+        else:
+            res = asyncio.run(run_users(url, plan, args.max_tokens, args.think_ms, args.seed, pins, subset, later))
         cpu = [(cpu_seconds(p.pid) - c) * 1e3 / max(res.requests, 1) for p, c in zip(procs, cpu)]
         served = [_count(w) for w in workers]
         if args.engine == "vllm":
@@ -288,6 +317,8 @@ def main() -> None:
     parser.add_argument("--think-ms", type=float, default=0.0,
                         help="each user pauses uniform(0, this) ms before each request (0: closed loop, users "
                         "that start together stay in step and reach the workers in bursts)")
+    parser.add_argument("--rates", type=float, nargs="+", default=None, metavar="R",
+                        help="open loop: Poisson arrivals at each of these rates (requests/s) instead of users")
     parser.add_argument("--block-size", type=int, default=64)
     parser.add_argument("--speedup", default="1")
     parser.add_argument("--seed", type=int, default=0)
@@ -300,15 +331,19 @@ def main() -> None:
     for key, value in WORKLOADS[args.workload].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.rates and args.workload in ("multi-turn", "agentic"):
+        parser.error("--rates: a conversation's next turn waits for the last answer; use users (--think-ms)")
     stacks = ["anchor"] if args.anchor else args.stacks
     model = long_context(build_tiny_model(Path(tempfile.mkdtemp(prefix="routing-model-")) / "tiny", weights=False))
     plan = users(args)
     runs: dict[tuple[str, str], list[dict]] = {}
     try:
         for r in range(args.rounds):
-            order = [(s, m) for s in stacks for m in args.modes if not (s == "anchor" and _ours_only(m))]
-            for stack, spec in (order if r % 2 == 0 else order[::-1]):
-                runs.setdefault((stack, spec), []).append(run_once(stack, spec, model, plan, args))
+            order = [(s, m, rate) for rate in (args.rates or [None]) for s in stacks for m in args.modes
+                     if not (s == "anchor" and _ours_only(m))]
+            for stack, spec, rate in (order if r % 2 == 0 else order[::-1]):
+                label = spec if rate is None else f"{spec} @ {rate:g}/s"
+                runs.setdefault((stack, label), []).append(run_once(stack, spec, model, plan, args, rate))
     finally:
         if getattr(args, "vllm", None) is not None:
             args.vllm[0].stop()
@@ -316,8 +351,10 @@ def main() -> None:
     n = sum(len(p) for p in plan)
     print_table(f"routing quality, workload {args.workload}: {n} streaming completions x {args.rounds} round(s), "
                 f"{args.groups} groups x {args.prefix_tokens}-token prefixes + {args.suffix_tokens}-token suffixes, "
-                f"{args.max_tokens} output tokens, {args.concurrency} users"
-                + (f" (think time U(0, {args.think_ms:.0f}) ms)" if args.think_ms else "") + ", "
+                f"{args.max_tokens} output tokens, "
+                + ("open loop (Poisson arrivals at the rate in each row)" if args.rates else
+                   f"{args.concurrency} users" + (f" (think time U(0, {args.think_ms:.0f}) ms)" if args.think_ms else ""))
+                + ", "
                 + (f"2 vLLM CPU workers ({args.vllm_preset} model, block size {args.block_size})" if args.engine == "vllm" else
                    f"2 mockers x {args.blocks} blocks of {args.block_size} (speedup {args.speedup})")
                 + "; median [min-max] over rounds",
