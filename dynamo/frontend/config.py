@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dynamo.llm.worker_client import StreamDeadlineSettings
-from dynamo.router.config import KvRouterConfig
+from dynamo.router.config import ROUTER_MODES, KvRouterConfig
 from dynamo.runtime.config import setting
 from dynamo.runtime.config_dump import DumpConfigTo
 from dynamo.runtime.settings import discovery_backend_setting, event_plane_setting
@@ -28,7 +28,10 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
     tls_cert_path: str | None = setting(None, "TLS certificate (PEM); needs --tls-key-path")
     tls_key_path: str | None = setting(None, "TLS private key (PEM); needs --tls-cert-path")
     namespace: str | None = setting(None, "Serve only workers of this namespace (default: all)")
-    router_mode: str = setting("round-robin", "Worker selection", choices=["round-robin", "random", "kv"])
+    router_mode: str = setting("round-robin", "Worker selection: kv (KV-cache aware), round-robin, random, "
+                                              "least-loaded (fewest in flight), power-of-two (the less loaded of "
+                                              "two random workers), direct (the request names its worker), "
+                                              "device-aware-weighted (least-loaded here)", choices=ROUTER_MODES)
     discovery_backend: str = discovery_backend_setting()
     request_plane: str = setting("tcp", "Request plane (direct TCP)", choices=["tcp"])
     event_plane: str | None = event_plane_setting()

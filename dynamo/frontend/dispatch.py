@@ -27,6 +27,7 @@ from dynamo.llm.worker_client import NO_DEADLINES, Deadlines, WorkerClient, Work
 from dynamo.router.inhibit import Inhibitor
 from dynamo.router.policy import (AllWorkersBusy, Choice, NoWorkers, Role, RoutingPolicy, WorkerInfo, WorkerPool,
                                   pinned_worker, with_dp_rank)
+from dynamo.router.selector import WorkerHintRequired
 from dynamo.runtime.rp_client import CannotConnect, Disconnected, RequestPlaneClient, StreamError, StreamTimeout
 from dynamo.runtime.wire import ErrorCode
 
@@ -40,6 +41,8 @@ async def choose(policy: RoutingPolicy, pool: WorkerPool, request: PreprocessedR
         return await policy.select(pool, request, exclude)
     except AllWorkersBusy:
         raise errors.all_busy() from None
+    except WorkerHintRequired as exc:
+        raise errors.bad_request(str(exc), exc.param, "worker_id_required") from None
     except NoWorkers:
         raise _unknown_pin(pool, request, exclude) or errors.no_workers(pool.model) from None
 

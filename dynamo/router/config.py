@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from dynamo.runtime.config import setting
 
 
+# `--router-mode` values, Dynamo's names; each is a policy in router/policy.py's registry.
+ROUTER_MODES = ("round-robin", "random", "power-of-two", "kv", "direct", "least-loaded", "device-aware-weighted")
+
+
 class KvMode(enum.StrEnum):
     """How a KV router knows what workers cache: one spelling for the configured mode, the mode
     in effect (`/health` `router.models[name].mode`, the router-mode metric's label) and logs."""

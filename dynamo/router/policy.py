@@ -146,7 +146,10 @@ def create_policy(name: str, config: KvRouterConfig) -> RoutingPolicy:
 
 
 def _load_builtin() -> None:
-    import dynamo.router.kv_policy  # noqa: F401 - registers "kv"; heavy, loaded on first use
+    # Imported for their @register side effect: "kv" (heavy, loaded on first use), then least-loaded,
+    # power-of-two, direct and device-aware-weighted.
+    import dynamo.router.kv_policy
+    import dynamo.router.load_policies  # noqa: F401
 
 
 def pinned_worker(pool: WorkerPool, request: PreprocessedRequest) -> tuple[str, int] | None:

@@ -27,6 +27,14 @@ class AllWorkersBusy(RuntimeError):
     """Every candidate is above a busy threshold (HTTP 503 in the frontend)."""
 
 
+class WorkerHintRequired(ValueError):
+    """The policy routes only requests that name their worker, and this one does not (HTTP 400)."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 @dataclass
 class WorkerCapacity:
     total_kv_blocks: int | None = None

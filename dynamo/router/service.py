@@ -35,6 +35,7 @@ from dynamo.router.config import KvRouterConfig
 from dynamo.router.inhibit import Inhibitor, reason_for
 from dynamo.router.kv_policy import KvPolicy
 from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers
+from dynamo.router.selector import WorkerHintRequired
 from dynamo.router.policy import PolicyHost, Role, WorkerInfo, WorkerPool
 from dynamo.runtime import records
 from dynamo.runtime.config import setting
@@ -208,6 +209,8 @@ class RouterService:
                 raise HandlerError(f"Service temporarily unavailable: {exc}", ErrorCode.BUSY) from None
             except NoWorkers as exc:
                 raise HandlerError(f"no workers available for {exc}", ErrorCode.NO_WORKERS) from None
+            except WorkerHintRequired as exc:
+                raise HandlerError(str(exc), ErrorCode.BAD_REQUEST) from None
             worker = choice.worker
             call = None
             try:
