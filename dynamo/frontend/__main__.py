@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import sys
+from typing import Sequence
 
-from dynamo.frontend.config import FrontendConfig
+from dynamo.frontend.config import FrontendConfig, parse_frontend_args
 from dynamo.frontend.disagg import DisaggMetrics, DisaggPolicy, PrefillOrchestrator
 from dynamo.frontend.dispatch import Dispatcher
 from dynamo.frontend.http_app import FrontendApp
@@ -15,7 +17,7 @@ from dynamo.frontend.model_manager import ModelManager
 from dynamo.router.inhibit import Inhibitor
 from dynamo.router.policy import PolicyHost, Role, RoutingPolicy, create_policy
 from dynamo.runtime.asgi import EmbeddedHttpServer
-from dynamo.runtime.config import parse_config
+
 from dynamo.runtime.config_dump import write_config_dump
 from dynamo.runtime.distributed import DistributedRuntime
 from dynamo.runtime.logs import RequestEvents
@@ -33,7 +35,9 @@ def _on_change(policy: RoutingPolicy):
     return update
 
 
-async def serve(config: FrontendConfig, stop: asyncio.Event) -> int:
+async def serve(config: FrontendConfig, stop: asyncio.Event, warnings: Sequence[str] = ()) -> int:
+    for text in warnings:  # the Dynamo flags accepted without effect, now that logging is set up
+        log.warning("%s", text)
     pin_mmap_threshold()
     runtime = await DistributedRuntime.create(config.discovery_backend, config.namespace or "dynamo")
     metrics = FrontendMetrics(config.metrics_prefix)
@@ -41,7 +45,7 @@ async def serve(config: FrontendConfig, stop: asyncio.Event) -> int:
     await routing.attach(PolicyHost(runtime.store, runtime.client, runtime.instance_id, metrics.registry,
                                     config.metrics_prefix, config.event_plane))
     models = ModelManager(runtime.store, config.namespace, on_change=_on_change(routing),
-                          block_size=config.kv_cache_block_size)
+                          block_size=config.kv_cache_block_size, namespace_prefix=config.namespace_prefix)
     policy = DisaggPolicy.from_config(config.enforce_disagg, config.router_conditional_disagg,
                                       config.router_conditional_disagg_config)
     deadlines = config.deadlines()
@@ -49,7 +53,7 @@ async def serve(config: FrontendConfig, stop: asyncio.Event) -> int:
                                        DisaggMetrics(metrics.registry, config.metrics_prefix), deadlines)
     inhibitor = Inhibitor(config.inhibited_duration_secs, metrics.registry, config.metrics_prefix)
     dispatcher = Dispatcher(runtime.client, routing, config.migration_limit, metrics, orchestrator, inhibitor,
-                            deadlines)
+                            deadlines, config.migration_max_seq_len)
     body_limit = int(config.http_body_limit_mb * 1024 * 1024)
     app = FrontendApp(models, dispatcher, metrics, body_limit=body_limit,
                       concurrency_limit=config.rejection_frontend_request_concurrency_limit,
@@ -62,6 +66,8 @@ async def serve(config: FrontendConfig, stop: asyncio.Event) -> int:
     tls = {}
     if config.tls_cert_path:
         tls = {"ssl_certfile": config.tls_cert_path, "ssl_keyfile": config.tls_key_path}
+    if config.tls_client_ca_cert_path:  # mutual TLS: no certificate from this CA, no handshake
+        tls.update(ssl_ca_certs=config.tls_client_ca_cert_path, ssl_cert_reqs=ssl.CERT_REQUIRED)
     http = EmbeddedHttpServer(app, config.http_host, config.http_port, **tls)
     await models.start()
     if config.router_min_initial_workers:
@@ -99,9 +105,9 @@ async def serve(config: FrontendConfig, stop: asyncio.Event) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_config(FrontendConfig, argv, prog="python -m dynamo.frontend")
+    config, warnings = parse_frontend_args(argv)
     write_config_dump(config, "dynamo.frontend")
-    return run_main(lambda stop: serve(config, stop))
+    return run_main(lambda stop: serve(config, stop, warnings))
 
 
 if __name__ == "__main__":

@@ -6,10 +6,12 @@ fields too, so `--help` lists them and `dump_config` shows them, under the same 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 from dynamo.llm.worker_client import StreamDeadlineSettings
 from dynamo.router.config import ROUTER_MODES, KvRouterConfig
-from dynamo.runtime.config import setting
+from dynamo.frontend.compat_flags import add_compat_arguments, check_compat_flags
+from dynamo.runtime.config import build_parser, from_namespace, setting
 from dynamo.runtime.config_dump import DumpConfigTo
 from dynamo.runtime.settings import discovery_backend_setting, event_plane_setting
 
@@ -27,7 +29,11 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
         5.0, "Seconds admitted requests may finish after SIGTERM before they are closed")
     tls_cert_path: str | None = setting(None, "TLS certificate (PEM); needs --tls-key-path")
     tls_key_path: str | None = setting(None, "TLS private key (PEM); needs --tls-cert-path")
+    tls_client_ca_cert_path: str | None = setting(None, "Require clients to present a certificate signed by this CA "
+                                                        "(PEM; mutual TLS); needs --tls-cert-path")
     namespace: str | None = setting(None, "Serve only workers of this namespace (default: all)")
+    namespace_prefix: str | None = setting(None, "Serve only workers of namespaces starting with this (wins over "
+                                                 "--namespace)")
     router_mode: str = setting("round-robin", "Worker selection: kv (KV-cache aware), round-robin, random, "
                                               "least-loaded (fewest in flight), power-of-two (the less loaded of "
                                               "two random workers), direct (the request names its worker), "
@@ -39,6 +45,8 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
     # The stream deadlines (StreamDeadlineSettings): a stream that misses one is treated as a
     # lost worker (migrated within --migration-limit, else 504 or an SSE error event).
     migration_limit: int = setting(0, "Times a request may move to another worker when its worker fails")
+    migration_max_seq_len: int | None = setting(None, "Do not migrate a request past this many prompt + generated "
+                                                      "tokens (its client gets the error instead)")
     model_name: str | None = setting(None, "Accepted for compatibility (models come from discovery)")
     model_path: str | None = setting(None, "Accepted for compatibility (models come from discovery)")
     metrics_prefix: str = setting("dynamo_frontend", "Prefix of the frontend's metric names")
@@ -58,8 +66,12 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
         super().validate()
         if bool(self.tls_cert_path) != bool(self.tls_key_path):
             raise ValueError("--tls-cert-path and --tls-key-path must be given together")
+        if self.tls_client_ca_cert_path and not self.tls_cert_path:
+            raise ValueError("--tls-client-ca-cert-path needs --tls-cert-path and --tls-key-path")
         if self.migration_limit < 0:
             raise ValueError("--migration-limit must be >= 0")
+        if self.migration_max_seq_len is not None and self.migration_max_seq_len < 1:
+            raise ValueError("--migration-max-seq-len must be >= 1")
         self.check_deadlines()
         if self.kv_cache_block_size is not None and self.kv_cache_block_size <= 0:
             raise ValueError("--kv-cache-block-size must be positive")
@@ -69,3 +81,27 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
             raise ValueError("--http-overload-status-code must be an HTTP status (100-599)")
         if self.http_graceful_shutdown_timeout_secs < 0:
             raise ValueError("--http-graceful-shutdown-timeout-secs must be >= 0")
+
+
+def parse_frontend_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+                        ) -> tuple[FrontendConfig, list[str]]:
+    """(the frontend's config, a warning per NVIDIA Dynamo flag accepted without effect). Dynamo
+    flags this frontend does not act on are accepted or refused as compat_flags.py says; `--version`
+    prints the version."""
+    parser = build_parser(FrontendConfig, prog="python -m dynamo.frontend")
+    add_compat_arguments(parser)
+    parser.add_argument("--version", action="version", version=f"dynamo {version()}")
+    namespace = parser.parse_args(argv)
+    warnings = check_compat_flags(namespace, parser.error)
+    config = from_namespace(FrontendConfig, namespace, environ)
+    try:
+        config.validate()
+    except ValueError as exc:
+        parser.error(str(exc))
+    return config, warnings
+
+
+def version() -> str:
+    from dynamo import __version__
+
+    return __version__

@@ -101,10 +101,13 @@ class _Progress:
 class Dispatcher:
     def __init__(self, client: RequestPlaneClient, policy: RoutingPolicy, migration_limit: int,
                  metrics: FrontendMetrics, prefill=None, inhibitor: Inhibitor | None = None,
-                 deadlines: Deadlines = NO_DEADLINES) -> None:
+                 deadlines: Deadlines = NO_DEADLINES, migration_max_seq_len: int | None = None) -> None:
         self.workers = WorkerClient(client, deadlines)
         self.policy = policy
         self.migration_limit = migration_limit
+        # Past this many prompt + generated tokens a request is not moved: re-prefilling it elsewhere
+        # would cost more than the client retrying (Dynamo's --migration-max-seq-len).
+        self.migration_max_seq_len = migration_max_seq_len
         self.metrics = metrics
         self.prefill = prefill  # PrefillOrchestrator: disaggregated serving when prefill workers exist
         self.inhibitor = inhibitor or Inhibitor(0)
@@ -201,7 +204,7 @@ class Dispatcher:
         timed_out = isinstance(exc, StreamTimeout)
         if not handle.cancelled:
             self.inhibitor.inhibit(iid, ErrorCode.TIMEOUT if timed_out else ErrorCode.DISCONNECTED)
-        if handle.cancelled or progress.migrations >= self.migration_limit:
+        if handle.cancelled or progress.migrations >= self.migration_limit or self._too_long_to_migrate(progress):
             raise errors.worker_lost(iid, exc) from None
         progress.migrations += 1
         self.metrics.migration(entry.name, "ongoing_request")
@@ -209,6 +212,11 @@ class Dispatcher:
                     request.request_id, progress.migrations, self.migration_limit)
         request = progress.continued(request)
         return None if request.stop_conditions.max_tokens == 0 else request
+
+
+    def _too_long_to_migrate(self, progress: _Progress) -> bool:
+        limit = self.migration_max_seq_len
+        return limit is not None and len(progress.prompt) + len(progress.generated) > limit
 
 
 def _continued(request: PreprocessedRequest, prompt: list[int], max_tokens: int | None,

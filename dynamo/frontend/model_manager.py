@@ -66,10 +66,13 @@ def routable_address(card: ModelDeploymentCard, record: InstanceRecord | None) -
 
 class ModelManager:
     def __init__(self, store: KeyValueStore, namespace: str | None,
-                 on_change: Callable[[ModelEntry], None] | None = None, block_size: int | None = None) -> None:
+                 on_change: Callable[[ModelEntry], None] | None = None, block_size: int | None = None,
+                 namespace_prefix: str | None = None) -> None:
         self.store = store
         self.block_size = block_size  # --kv-cache-block-size: overrides the cards' block size
-        self.namespace = namespace
+        # --namespace-prefix wins over --namespace (Dynamo): every namespace is watched, these kept.
+        self.namespace = None if namespace_prefix else namespace
+        self.namespace_prefix = namespace_prefix
         self.models: dict[str, ModelEntry] = {}
         # Models that had workers and lost them all: requests get 503 (retry later), not 404.
         self.retired: set[str] = set()
@@ -103,6 +106,8 @@ class ModelManager:
                     try:
                         eid, iid = records.split_key(bucket, event.key)
                     except ValueError:
+                        continue
+                    if self.namespace_prefix and not eid.namespace.startswith(self.namespace_prefix):
                         continue
                     result = apply(event, eid, iid)
                     if asyncio.iscoroutine(result):

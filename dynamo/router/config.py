@@ -63,13 +63,15 @@ class KvRouterConfig:
     )
     router_track_output_blocks: bool = setting(
         True, "Count the blocks a request's answer will fill (from its max_tokens when given, capped "
-        "at --router-output-blocks-horizon tokens) in its worker's decode load")
+        "at --router-output-blocks-horizon tokens) in its worker's decode load",
+        flag=["--router-track-output-blocks", "--track-output-blocks"])
     router_output_blocks_horizon: int = setting(
         1024, "Most output tokens a request is assumed to generate for output-block tracking")
     router_inflight_prefix_credit: bool = setting(
         True, "Count prompt blocks that an earlier in-flight request on a worker shares (bursts of one system "
         "prompt: not yet in the KV index) as cached there when estimating prefill work")
-    router_assume_kv_reuse: bool = setting(True, "Count identical blocks across active requests once")
+    router_assume_kv_reuse: bool = setting(True, "Count identical blocks across active requests once",
+                                           flag=["--router-assume-kv-reuse", "--assume-kv-reuse"])
     router_track_prefill_tokens: bool = setting(True, "Include pending prompt tokens in the load")
     active_decode_blocks_threshold: float | None = setting(
         None, "Worker busy when active blocks / total KV blocks exceeds this (0..1; unset = off)"

@@ -87,6 +87,44 @@ def test_tls(tiny_model, tmp_path, cluster):
     proc.stop()
 
 
+def _self_signed(tmp_path, name: str, cn: str) -> tuple[str, str]:
+    cert, key = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", f"/CN={cn}", "-addext", "subjectAltName=IP:127.0.0.1"], check=True,
+                   capture_output=True)
+    return str(cert), str(key)
+
+
+def test_mutual_tls_refuses_clients_without_a_certificate_from_the_ca(tmp_path, cluster):
+    """--tls-client-ca-cert-path (Dynamo's flag): the handshake needs a client certificate the CA signed."""
+    cert, key = _self_signed(tmp_path, "server", "127.0.0.1")
+    client_cert, client_key = _self_signed(tmp_path, "client", "a-client")  # self-signed: its own CA
+    stranger = _self_signed(tmp_path, "stranger", "someone-else")
+    port = free_port()
+    proc = cluster.start("dynamo.frontend", ["--http-host", "127.0.0.1", "--http-port", str(port),
+                                             "--tls-cert-path", cert, "--tls-key-path", key,
+                                             "--tls-client-ca-cert-path", client_cert])
+    url = f"https://127.0.0.1:{port}"
+
+    def context(pair=None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=cert)
+        if pair is not None:
+            ctx.load_cert_chain(*pair)
+        return ctx
+
+    try:
+        wait_until(lambda: httpx.get(url + "/v1/models", verify=context((client_cert, client_key))).json()["data"],
+                   60, "mutual-TLS frontend with model")
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0,
+                               http_client=httpx.Client(verify=context((client_cert, client_key))))
+        assert client.completions.create(model=MODEL, prompt="trusted", max_tokens=2).usage.completion_tokens == 2
+        for pair in (None, stranger):  # no certificate, or one the CA did not sign
+            with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
+                httpx.get(url + "/v1/models", verify=context(pair)).raise_for_status()
+    finally:
+        proc.stop()
+
+
 def test_tls_flags_must_come_together(tmp_path):
     result = subprocess.run([__import__("sys").executable, "-m", "dynamo.frontend", "--tls-cert-path", "x.pem"],
                             capture_output=True, text=True, timeout=60)

@@ -109,3 +109,15 @@ def test_non_streaming_request_migrates(tiny_model, tmp_path):
         assert migrations(c) == 1
     finally:
         c.stop()
+
+
+def test_a_request_past_the_migration_max_seq_len_is_not_moved(tiny_model, tmp_path):
+    """--migration-max-seq-len (Dynamo's): prompt + 5 generated tokens already exceed 4, so the
+    worker's loss ends the stream with the error despite migrations left."""
+    c = make_cluster(tiny_model, tmp_path, "--migration-limit", "3", "--migration-max-seq-len", "4")
+    try:
+        texts, errors = stream_killing(c, kills=1)
+        assert [e["code"] for e in errors] == ["worker_disconnected"], errors
+        assert migrations(c) == 0 and 5 <= len(texts) < MAX_TOKENS
+    finally:
+        c.stop()

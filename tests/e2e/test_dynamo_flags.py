@@ -1,0 +1,34 @@
+"""A frontend started with the flags of a manifest written for NVIDIA Dynamo's image, on real
+processes: flags we implement take effect (`--namespace-prefix` serves only matching namespaces),
+flags without effect here are logged as such, and the frontend serves."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tests.fixtures.procs import Cluster, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_dynamo_manifests_frontend_flags_start_a_serving_frontend(tiny_model, tmp_path):
+    c = Cluster(tmp_path, tiny_model, "file")
+    try:
+        c.mocker("--namespace", "team-a-prod", model_name="a-model")
+        c.mocker("--namespace", "team-b", model_name="b-model")
+        fe = c.frontend("--namespace-prefix", "team-a", "--router-mode", "power-of-two", "--trust-remote-code",
+                        "--router-kv-overlap-score-credit", "0.5", "--dyn-chat-processor", "dynamo")
+        wait_until(lambda: c.models() == ["a-model"], 60, "the team-a model listed")
+        client = c.openai_client()
+        assert client.completions.create(model="a-model", prompt="hi", max_tokens=2).usage.completion_tokens == 2
+        with pytest.raises(openai.NotFoundError):  # another team's namespace: not served here
+            client.completions.create(model="b-model", prompt="hi", max_tokens=2)
+        log = fe.log()
+        for flag in ("--trust-remote-code", "--router-kv-overlap-score-credit", "--dyn-chat-processor"):
+            assert f"{flag} is accepted for compatibility with NVIDIA Dynamo and has no effect" in log, log
+        assert c.models() == ["a-model"]
+        c.frontend()  # without the prefix: both teams' models, so team-b's worker was there all along
+        wait_until(lambda: sorted(c.models()) == ["a-model", "b-model"], 60, "both models listed")
+    finally:
+        c.stop()

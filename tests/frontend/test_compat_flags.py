@@ -1,0 +1,106 @@
+"""NVIDIA Dynamo's frontend flags on ours (frontend/compat_flags.py): a manifest written for Dynamo's
+image must not stop this frontend. Every flag of Dynamo 1.6.1's `python -m dynamo.frontend --help`
+(the list below, as printed by the anchor install, scripts/install_anchor_dynamo.sh) is either a
+setting of ours, accepted with a warning saying it has no effect, or refused when ignoring it would
+drop transport security."""
+
+from __future__ import annotations
+
+import pytest
+
+from dynamo.frontend.compat_flags import REFUSED, add_compat_arguments
+from dynamo.frontend.config import FrontendConfig, parse_frontend_args
+from dynamo.runtime.config import build_parser
+
+DYNAMO_161_FRONTEND_FLAGS = (
+    "--active-decode-blocks-threshold", "--active-prefill-tokens-threshold",
+    "--active-prefill-tokens-threshold-frac", "--aic-attention-dp-size", "--aic-backend", "--aic-backend-version",
+    "--aic-model-path", "--aic-moe-ep-size", "--aic-moe-tp-size", "--aic-mtp-seed", "--aic-nextn",
+    "--aic-nextn-accept-rates", "--aic-system", "--aic-tp-size", "--ais-attention-dp-size", "--ais-backend",
+    "--ais-backend-version", "--ais-model-path", "--ais-moe-ep-size", "--ais-moe-tp-size", "--ais-mtp-seed",
+    "--ais-nextn", "--ais-nextn-accept-rates", "--ais-perf-config", "--ais-system", "--ais-tp-size",
+    "--assume-kv-reuse", "--discovery-backend", "--dump-config-to", "--dyn-chat-processor", "--dyn-debug-perf",
+    "--dyn-preprocess-workers", "--enable-anthropic-api", "--enable-session-prefix-index",
+    "--enable-streaming-reasoning-dispatch", "--enable-streaming-tool-dispatch", "--enforce-disagg", "--event-plane",
+    "--exclude-tools-when-tool-choice-none", "--frontend-route-extension", "--grpc-metrics-port", "--http-host",
+    "--http-port", "--interactive", "--kserve-grpc-server", "--kv-cache-block-size", "--kv-events", "--load-aware",
+    "--max-prefill-tokens", "--metrics-prefix", "--migration-limit", "--migration-max-seq-len", "--model-name",
+    "--model-path", "--namespace", "--namespace-prefix", "--nats-tls-ca-cert-path", "--nats-tls-client-cert-path",
+    "--nats-tls-client-key-path", "--nats-tls-insecure", "--no-assume-kv-reuse", "--no-dyn-debug-perf",
+    "--no-enable-anthropic-api", "--no-enable-session-prefix-index", "--no-enable-streaming-reasoning-dispatch",
+    "--no-enable-streaming-tool-dispatch", "--no-enforce-disagg", "--no-exclude-tools-when-tool-choice-none",
+    "--no-interactive", "--no-kserve-grpc-server", "--no-kv-events", "--no-load-aware", "--no-nats-tls-insecure",
+    "--no-router-assume-kv-reuse", "--no-router-conditional-disagg", "--no-router-kv-events",
+    "--no-router-replica-sync", "--no-router-track-active-blocks", "--no-router-track-output-blocks",
+    "--no-router-track-prefill-tokens", "--no-serve-indexer", "--no-strip-anthropic-preamble",
+    "--no-tokenizer-fallback", "--no-track-active-blocks", "--no-track-output-blocks", "--no-trust-remote-code",
+    "--no-use-remote-indexer", "--reasoning-field-name", "--request-plane", "--response-plane",
+    "--router-approximate-cache-policy", "--router-assume-kv-reuse", "--router-conditional-disagg",
+    "--router-conditional-disagg-config", "--router-decode-active-request-weight", "--router-decode-policy",
+    "--router-disk-cache-hit-weight", "--router-event-threads", "--router-host-cache-hit-weight",
+    "--router-kv-events", "--router-kv-overlap-score-credit", "--router-kv-overlap-score-credit-decay",
+    "--router-min-initial-workers", "--router-mode", "--router-policy-config", "--router-predicted-ttl-secs",
+    "--router-prefill-load-model", "--router-prefill-load-scale", "--router-prefill-policy", "--router-queue-policy",
+    "--router-queue-threshold", "--router-replica-sync", "--router-session-affinity-mode",
+    "--router-session-affinity-ttl-secs", "--router-temperature", "--router-track-active-blocks",
+    "--router-track-output-blocks", "--router-track-prefill-tokens", "--router-tracking-hash",
+    "--router-tracking-key-file", "--router-tracking-key-id", "--router-ttl-secs", "--serve-indexer",
+    "--shared-cache-multiplier", "--shared-cache-type", "--strip-anthropic-preamble", "--tcp-tls-ca-cert-path",
+    "--tcp-tls-cert-path", "--tcp-tls-client-ca-cert-path", "--tcp-tls-client-cert-path",
+    "--tcp-tls-client-key-path", "--tcp-tls-key-path", "--tls-cert-path", "--tls-client-ca-cert-path",
+    "--tls-key-path", "--tokenizer", "--tokenizer-fallback", "--track-active-blocks", "--track-output-blocks",
+    "--trust-remote-code", "--use-remote-indexer", "--version",
+)
+
+
+def our_flags() -> set[str]:
+    parser = build_parser(FrontendConfig)
+    add_compat_arguments(parser)
+    return {name for action in parser._actions for name in action.option_strings} | {"--version", "--help", "-h"}
+
+
+def test_every_dynamo_frontend_flag_is_known_here():
+    ours = our_flags()
+    assert [f for f in DYNAMO_161_FRONTEND_FLAGS if f not in ours] == []
+
+
+def test_flags_we_implement_take_effect_and_say_nothing():
+    config, warnings = parse_frontend_args(["--namespace-prefix", "team-", "--migration-max-seq-len", "8192",
+                                            "--assume-kv-reuse", "--no-track-output-blocks", "--router-mode",
+                                            "least-loaded"], environ={})
+    assert (config.namespace_prefix, config.migration_max_seq_len, config.router_mode) == ("team-", 8192,
+                                                                                           "least-loaded")
+    assert config.router_assume_kv_reuse is True and config.router_track_output_blocks is False
+    assert warnings == []
+
+
+def test_flags_without_effect_are_accepted_with_a_warning_each():
+    config, warnings = parse_frontend_args(["--trust-remote-code", "--router-kv-overlap-score-credit", "0.5",
+                                            "-i", "--aic-backend", "vllm", "--dyn-chat-processor", "vllm",
+                                            "--router-mode", "kv"], environ={})
+    assert config.router_mode == "kv"  # the flags after them still parse
+    assert len(warnings) == 5 and all("has no effect" in w for w in warnings)
+    assert any(w.startswith("--trust-remote-code") and "no model code is run" in w for w in warnings)
+
+
+def test_turning_off_what_is_not_served_needs_no_warning():
+    assert parse_frontend_args(["--no-enable-anthropic-api", "--no-trust-remote-code"], environ={})[1] == []
+
+
+@pytest.mark.parametrize("flag", [f for f in REFUSED if f != "--nats-tls-insecure"])
+def test_transport_security_flags_are_refused_not_ignored(flag, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_frontend_args([flag, "/etc/tls/x.pem"], environ={})
+    assert exc.value.code == 2 and "not implemented by this runtime" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_frontend_args(["--version"], environ={})
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("dynamo ")
+
+
+def test_mutual_tls_needs_the_servers_certificate(capsys):
+    with pytest.raises(SystemExit):
+        parse_frontend_args(["--tls-client-ca-cert-path", "ca.pem"], environ={})
+    assert "needs --tls-cert-path" in capsys.readouterr().err
