@@ -1,21 +1,14 @@
-"""NVIDIA Dynamo frontend flags this frontend does not act on: the boundary between a manifest
-written for Dynamo's image and what this one serves.
-
-A manifest that passes such a flag must not stop the frontend (argparse's "unrecognized
-arguments" would crash-loop the pod), and must not pass in silence either. So each flag is:
-- accepted with a WARNING at start that names it and says why it has no effect here, when
-  ignoring it changes no guarantee the operator relies on (tuning knobs of Dynamo's own router
-  or tokenizer, features this frontend does not serve);
-- refused, with a message saying so, when ignoring it would weaken security: the operator asked
-  for TLS on the request plane or to NATS, and a plaintext connection is not an acceptable
-  fallback.
-
-Their `DYN_*` twins are not read: an unknown variable is ignored like any other.
+"""The NVIDIA Dynamo 1.6.1 frontend flags this frontend does not act on (runtime/compat_args.py
+says how such flags are handled): accepted with a start-up warning when they are tuning knobs of
+Dynamo's own router or tokenizer, or features this frontend does not serve; refused when the
+operator asked for TLS on the request plane or to NATS, since plaintext is no fallback for that.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from dynamo.runtime.compat_args import CompatFlags
 
 _ROUTER = "a setting of NVIDIA Dynamo's own KV router cost model; this router's cost model does not use it"
 _AIC = "AIConfigurator prefill-load model for Dynamo's router (--router-prefill-load-model aic); not used here"
@@ -66,51 +59,15 @@ IGNORED: dict[tuple[str, ...], tuple[bool, str]] = {
 REFUSED = ("--tcp-tls-cert-path", "--tcp-tls-key-path", "--tcp-tls-ca-cert-path", "--tcp-tls-client-cert-path",
            "--tcp-tls-client-key-path", "--tcp-tls-client-ca-cert-path", "--nats-tls-ca-cert-path",
            "--nats-tls-client-cert-path", "--nats-tls-client-key-path", "--nats-tls-insecure")
-_DEST = "_dynamo_compat"
+FRONTEND_FLAGS = CompatFlags(
+    IGNORED, [(name, name != "--nats-tls-insecure") for name in REFUSED],
+    "TLS on the request plane and to NATS is not implemented by this runtime; run without these flags inside "
+    "a trusted network, or use NVIDIA Dynamo's image")
 
 
 def add_compat_arguments(parser: argparse.ArgumentParser) -> None:
-    """Accept every flag above (the given ones are collected under one namespace attribute)."""
-    for names, (takes_value, _why) in IGNORED.items():
-        _add(parser, names, takes_value)
-    for name in REFUSED:
-        _add(parser, (name,), name != "--nats-tls-insecure")
-
-
-def _add(parser: argparse.ArgumentParser, names: tuple[str, ...], takes_value: bool) -> None:
-    flags = [n for n in names if n.startswith("-")]
-    kind = dict(nargs=None, metavar="VALUE") if takes_value else dict(nargs=0)
-    parser.add_argument(*flags, action=_Collect, dest=_DEST, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
-                        **kind)
-    if not takes_value:  # Dynamo's bools are negatable: --no-<name>
-        parser.add_argument(*[f"--no-{n[2:]}" for n in flags if n.startswith("--")], action=_Collect, dest=_DEST,
-                            nargs=0, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-
-
-class _Collect(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        given = dict(getattr(namespace, _DEST, {}))
-        given[option_string] = values
-        setattr(namespace, _DEST, given)
+    FRONTEND_FLAGS.add_to(parser)
 
 
 def check_compat_flags(namespace: argparse.Namespace, error) -> list[str]:
-    """One warning per accepted flag that was given (the caller logs them once logging is set up);
-    `error(message)` (argparse's: exits 2) on a refused one."""
-    given = getattr(namespace, _DEST, {})
-    refused = sorted(f for f in given if f.lstrip("-").removeprefix("no-") in {r[2:] for r in REFUSED})
-    if refused:
-        error(f"{', '.join(refused)}: TLS on the request plane and to NATS is not implemented by this runtime; "
-              "run without these flags inside a trusted network, or use NVIDIA Dynamo's image")
-    warnings = []
-    for flag in given:
-        if flag.startswith("--no-"):
-            continue  # turning off what is not served here is what happens anyway
-        names, (_, why) = _entry(flag)
-        warnings.append(f"{flag} is accepted for compatibility with NVIDIA Dynamo and has no effect: {why}")
-    return warnings
-
-
-def _entry(flag: str) -> tuple[tuple[str, ...], tuple[bool, str]]:
-    bare = "--" + flag.lstrip("-").removeprefix("no-") if flag.startswith("--") else flag
-    return next((names, spec) for names, spec in IGNORED.items() if bare in names)
+    return FRONTEND_FLAGS.check(namespace, error)

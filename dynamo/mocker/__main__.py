@@ -4,25 +4,34 @@ and load metrics exactly as a real engine worker does."""
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from dynamo.mocker.adapter import MockerAdapter
 from dynamo.mocker.args import MockerArgs
-from dynamo.runtime.config import parse_config
+from dynamo.mocker.compat_flags import parse_mocker_args
 from dynamo.runtime.config_dump import write_config_dump
 from dynamo.runtime.process import run_main
 from dynamo.worker.harness import WorkerSpec, serve_worker
 
 
+log = logging.getLogger("dynamo.mocker")
+
+
 def worker_spec(args: MockerArgs) -> WorkerSpec:
     return WorkerSpec(namespace=args.namespace, endpoint=args.endpoint, discovery_backend=args.discovery_backend,
-                      role=args.mode, migration_limit=args.migration_limit)
+                      role=args.mode, migration_limit=args.migration_limit, event_plane=args.event_plane)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_config(MockerArgs, argv, prog="python -m dynamo.mocker")
+    args, warnings = parse_mocker_args(argv)
     write_config_dump(args, "dynamo.mocker")
-    return run_main(lambda stop: serve_worker(MockerAdapter(args), worker_spec(args), stop))
+
+    async def serve(stop):
+        for text in warnings:  # Dynamo mocker flags accepted without effect, now that logging is set up
+            log.warning("%s", text)
+        return await serve_worker(MockerAdapter(args), worker_spec(args), stop)
+    return run_main(serve)
 
 
 if __name__ == "__main__":

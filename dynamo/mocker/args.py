@@ -18,7 +18,7 @@ from typing import Any
 from dynamo.llm.model_card import check_parser_names
 from dynamo.runtime.config import setting
 from dynamo.runtime.config_dump import DumpConfigTo
-from dynamo.runtime.settings import discovery_backend_setting
+from dynamo.runtime.settings import discovery_backend_setting, event_plane_setting
 from dynamo.worker.engine_args import reasoning_parser_setting, tool_call_parser_setting
 from dynamo.worker.role import WorkerRole
 
@@ -47,6 +47,8 @@ class MockerArgs(DumpConfigTo):
     enable_chunked_prefill: bool = setting(True, "Split long prompts over several steps")
     watermark: float = setting(0.01, "Admit only while active blocks <= (1 - watermark) x capacity")
     speedup_ratio: float = setting(1.0, "Simulated durations are divided by this; 0 means no delays")
+    decode_speedup_ratio: float = setting(1.0, "Decode steps are further divided by this (speculative decoding "
+                                               "speeds decode, not prefill)")
     data_parallel_size: int = setting(1, "Data-parallel ranks (only 1 is simulated per engine for now)")
     startup_time: float | None = setting(None, "Simulated model load delay in seconds")
     disaggregation_mode: str = setting("agg", "Worker role", choices=MODES)
@@ -54,13 +56,15 @@ class MockerArgs(DumpConfigTo):
     is_decode_worker: bool = setting(False, "Legacy: same as --disaggregation-mode decode")
     kv_transfer_bandwidth: float = setting(64.0, "Simulated KV transfer bandwidth in GB/s (disaggregation)")
     kv_bytes_per_token: int | None = setting(None, "KV bytes per token (default: derived from config.json)")
-    context_length: int | None = setting(None, "Max context length (default: config.json max_position_embeddings)")
+    context_length: int | None = setting(None, "Max context length (default: config.json max_position_embeddings)",
+                                         flag=["--context-length", "--max-model-len"])
     enable_lora: bool = setting(False, "Accept LoRA adapters at runtime (simulated; /v1/loras on the system port)")
     max_loras: int = setting(1, "LoRA adapters served in one batch (vLLM's --max-loras)")
     max_lora_rank: int = setting(16, "Largest LoRA rank accepted (vLLM's --max-lora-rank)")
     lora_load_time: float = setting(0.0, "Simulated seconds a LoRA adapter takes to load")
     namespace: str = setting("dynamo", "Dynamo namespace", env="DYN_NAMESPACE")
     discovery_backend: str = discovery_backend_setting()
+    event_plane: str | None = event_plane_setting()
     migration_limit: int = setting(0, "Times a request may migrate to another worker on failure")
     planner_profile_data: str | None = setting(
         None, "Profiler results (dir with selected_*_interpolation/raw_data.npz or *_raw_data.json, or a "
@@ -80,6 +84,8 @@ class MockerArgs(DumpConfigTo):
             raise ValueError(f"--watermark must be in [0, 1), got {self.watermark}")
         if self.speedup_ratio < 0:
             raise ValueError(f"--speedup-ratio must be >= 0, got {self.speedup_ratio}")
+        if self.decode_speedup_ratio <= 0:
+            raise ValueError(f"--decode-speedup-ratio must be > 0, got {self.decode_speedup_ratio}")
         if self.kv_transfer_bandwidth <= 0:
             raise ValueError(f"--kv-transfer-bandwidth must be > 0, got {self.kv_transfer_bandwidth}")
         if self.data_parallel_size < 1:

@@ -60,6 +60,7 @@ class MockEngine:
         )
         self.timing = TimingModel(
             speedup_ratio=args.speedup_ratio,
+            decode_speedup_ratio=args.decode_speedup_ratio,
             kv_bytes_per_token=args.kv_bytes_per_token or FALLBACK_KV_BYTES_PER_TOKEN,
             kv_transfer_bandwidth=args.kv_transfer_bandwidth,
             profile=load_profile(args.planner_profile_data) if args.planner_profile_data else None,

@@ -45,6 +45,7 @@ def transfer_ms(isl: int, kv_bytes_per_token: int, bandwidth_gb_s: float) -> flo
 @dataclass(frozen=True)
 class TimingModel:
     speedup_ratio: float = 1.0
+    decode_speedup_ratio: float = 1.0  # decode steps only (speculative decoding)
     kv_bytes_per_token: int = 0
     kv_transfer_bandwidth: float = 64.0
     profile: Profile | None = None
@@ -65,7 +66,7 @@ class TimingModel:
             return self._scale(self._profiled_ms(prefill_tokens, decoding, active_tokens, running))
         ms = prefill_ms(prefill_tokens)
         if decoding:
-            ms += decode_ms(kv_usage)
+            ms += decode_ms(kv_usage) / self.decode_speedup_ratio
         return self._scale(ms)
 
     def _profiled_ms(self, prefill_tokens: int, decoding: bool, active_tokens: int, running: int) -> float:
@@ -75,9 +76,9 @@ class TimingModel:
             ms += prefill.ttft(prefill_tokens) if prefill is not None else prefill_ms(prefill_tokens)
         if decoding:
             if decode is not None:
-                ms += decode.itl_at_tokens(active_tokens, active_tokens / max(running, 1))
+                ms += decode.itl_at_tokens(active_tokens, active_tokens / max(running, 1)) / self.decode_speedup_ratio
             else:
-                ms += DECODE_COEFFS[2]
+                ms += DECODE_COEFFS[2] / self.decode_speedup_ratio
         return ms
 
     def transfer_seconds(self, isl: int) -> float:

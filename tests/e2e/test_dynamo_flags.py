@@ -1,8 +1,12 @@
-"""A frontend started with the flags of a manifest written for NVIDIA Dynamo's image, on real
-processes: flags we implement take effect (`--namespace-prefix` serves only matching namespaces),
-flags without effect here are logged as such, and the frontend serves."""
+"""A frontend and a mocker started with the flags of a manifest written for NVIDIA Dynamo's image,
+on real processes: flags we implement take effect (`--namespace-prefix` serves only matching
+namespaces), flags without effect here are logged as such, and both serve; a mocker asked for
+several workers in one process refuses to start."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import openai
 import pytest
@@ -15,7 +19,8 @@ pytestmark = pytest.mark.e2e
 def test_a_dynamo_manifests_frontend_flags_start_a_serving_frontend(tiny_model, tmp_path):
     c = Cluster(tmp_path, tiny_model, "file")
     try:
-        c.mocker("--namespace", "team-a-prod", model_name="a-model")
+        worker = c.mocker("--namespace", "team-a-prod", "--router-mode", "kv", "--kv-cache-dtype", "fp8",
+                          "--num-workers", "1", "--max-model-len", "1024", model_name="a-model")
         c.mocker("--namespace", "team-b", model_name="b-model")
         fe = c.frontend("--namespace-prefix", "team-a", "--router-mode", "power-of-two", "--trust-remote-code",
                         "--router-kv-overlap-score-credit", "0.5", "--dyn-chat-processor", "dynamo")
@@ -28,7 +33,15 @@ def test_a_dynamo_manifests_frontend_flags_start_a_serving_frontend(tiny_model, 
         for flag in ("--trust-remote-code", "--router-kv-overlap-score-credit", "--dyn-chat-processor"):
             assert f"{flag} is accepted for compatibility with NVIDIA Dynamo and has no effect" in log, log
         assert c.models() == ["a-model"]
+        for flag in ("--router-mode", "--kv-cache-dtype"):  # the worker's own, in its log
+            assert f"{flag} is accepted for compatibility with NVIDIA Dynamo and has no effect" in worker.log()
         c.frontend()  # without the prefix: both teams' models, so team-b's worker was there all along
         wait_until(lambda: sorted(c.models()) == ["a-model", "b-model"], 60, "both models listed")
     finally:
         c.stop()
+
+
+def test_a_mocker_asked_for_several_workers_refuses_to_start(tiny_model):
+    result = subprocess.run([sys.executable, "-m", "dynamo.mocker", "--model-path", str(tiny_model),
+                             "--num-workers", "4"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "one worker per process" in result.stderr

@@ -56,9 +56,9 @@ def test_an_unknown_backend_is_refused_naming_the_variable(name):
     assert "DYN_DISCOVERY_BACKEND" in str(exc.value.code) and "kubernetes" in str(exc.value.code)
 
 
-@pytest.mark.parametrize("name", [n for n in sorted(COMPONENTS) if n != "mocker"])
+@pytest.mark.parametrize("name", sorted(COMPONENTS))
 @pytest.mark.parametrize("plane", EVENT_PLANES)
-def test_every_component_with_an_event_plane_takes_the_same_values(name, plane):
+def test_every_component_takes_the_same_event_planes(name, plane):
     assert parsed(name, [], {"DYN_EVENT_PLANE": plane}).event_plane == plane
     assert parsed(name, ["--event-plane", plane], {}).event_plane == plane
 

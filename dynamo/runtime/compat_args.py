@@ -1,0 +1,83 @@
+"""Flags of NVIDIA Dynamo's commands that one of ours does not act on: the boundary between a
+manifest or script written for Dynamo's image and what our component does with it.
+
+Such a flag must not stop the process (argparse's "unrecognized arguments" would crash-loop a
+pod), and must not pass in silence either. Each component lists them in a `CompatFlags` table:
+- accepted, with a warning the component logs at start naming the flag and why it has no effect
+  here, when ignoring it weakens no guarantee the operator relies on;
+- refused (`error`, argparse's exit 2) with the component's reason, when ignoring it would
+  (security, or a different number of workers than asked for).
+Their `DYN_*` twins are not read: an unknown variable is ignored like any other.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+_DEST = "_dynamo_compat"
+
+# (flag names: Dynamo's first, then its aliases) -> (takes a value, why it has no effect here)
+Ignored = Mapping[tuple[str, ...], tuple[bool, str]]
+
+
+@dataclass(frozen=True)
+class CompatFlags:
+    ignored: Ignored
+    refused: Sequence[tuple[str, bool]] = ()  # (flag, takes a value)
+    refused_why: str = ""
+    bools: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        names = {n for names, (takes, _) in self.ignored.items() if not takes for n in names}
+        object.__setattr__(self, "bools", frozenset(names | {f for f, takes in self.refused if not takes}))
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        """Accept every listed flag (given ones are collected under one namespace attribute)."""
+        for names, (takes_value, _why) in self.ignored.items():
+            _add(parser, names, takes_value)
+        for name, takes_value in self.refused:
+            _add(parser, (name,), takes_value)
+
+    @staticmethod
+    def given(namespace: argparse.Namespace) -> dict[str, Any]:
+        """The listed flags the command line gave, with their values (None for a bool)."""
+        return dict(getattr(namespace, _DEST, {}))
+
+    def check(self, namespace: argparse.Namespace, error: Callable[[str], Any]) -> list[str]:
+        """One warning per accepted flag given (the caller logs them once logging is set up);
+        `error(message)` on a refused one. `--no-<flag>` turns off what is not done here anyway:
+        no warning."""
+        given = self.given(namespace)
+        refused_names = {name for name, _ in self.refused}
+        refused = sorted(f for f in given if _bare(f) in refused_names)
+        if refused:
+            error(f"{', '.join(refused)}: {self.refused_why}")
+        warnings = []
+        for flag in given:
+            if flag.startswith("--no-"):
+                continue
+            why = next(spec[1] for names, spec in self.ignored.items() if _bare(flag) in names)
+            warnings.append(f"{flag} is accepted for compatibility with NVIDIA Dynamo and has no effect: {why}")
+        return warnings
+
+
+def _bare(flag: str) -> str:
+    return "--" + flag[2:].removeprefix("no-") if flag.startswith("--") else flag
+
+
+def _add(parser: argparse.ArgumentParser, names: tuple[str, ...], takes_value: bool) -> None:
+    kind = dict(nargs=None, metavar="VALUE") if takes_value else dict(nargs=0)
+    parser.add_argument(*names, action=_Collect, dest=_DEST, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+                        **kind)
+    if not takes_value:  # Dynamo's bools are negatable: --no-<name>
+        parser.add_argument(*[f"--no-{n[2:]}" for n in names if n.startswith("--")], action=_Collect, dest=_DEST,
+                            nargs=0, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+class _Collect(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        given = dict(getattr(namespace, _DEST, {}))
+        given[option_string] = values if values != [] else None
+        setattr(namespace, _DEST, given)
