@@ -6,8 +6,6 @@ operator asked for TLS on the request plane or to NATS, since plaintext is no fa
 
 from __future__ import annotations
 
-import argparse
-
 from dynamo.runtime.compat_args import CompatFlags
 
 _ROUTER = "a setting of NVIDIA Dynamo's own KV router cost model; this router's cost model does not use it"
@@ -63,11 +61,3 @@ FRONTEND_FLAGS = CompatFlags(
     IGNORED, [(name, name != "--nats-tls-insecure") for name in REFUSED],
     "TLS on the request plane and to NATS is not implemented by this runtime; run without these flags inside "
     "a trusted network, or use NVIDIA Dynamo's image")
-
-
-def add_compat_arguments(parser: argparse.ArgumentParser) -> None:
-    FRONTEND_FLAGS.add_to(parser)
-
-
-def check_compat_flags(namespace: argparse.Namespace, error) -> list[str]:
-    return FRONTEND_FLAGS.check(namespace, error)

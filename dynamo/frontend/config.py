@@ -10,8 +10,9 @@ from typing import Mapping, Sequence
 
 from dynamo.llm.worker_client import StreamDeadlineSettings
 from dynamo.router.config import ROUTER_MODES, KvRouterConfig
-from dynamo.frontend.compat_flags import add_compat_arguments, check_compat_flags
-from dynamo.runtime.config import build_parser, from_namespace, setting
+from dynamo.frontend.compat_flags import FRONTEND_FLAGS
+from dynamo.runtime.compat_args import parse_with_compat
+from dynamo.runtime.config import setting
 from dynamo.runtime.config_dump import DumpConfigTo
 from dynamo.runtime.settings import discovery_backend_setting, event_plane_setting
 
@@ -85,23 +86,6 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
 
 def parse_frontend_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
                         ) -> tuple[FrontendConfig, list[str]]:
-    """(the frontend's config, a warning per NVIDIA Dynamo flag accepted without effect). Dynamo
-    flags this frontend does not act on are accepted or refused as compat_flags.py says; `--version`
-    prints the version."""
-    parser = build_parser(FrontendConfig, prog="python -m dynamo.frontend")
-    add_compat_arguments(parser)
-    parser.add_argument("--version", action="version", version=f"dynamo {version()}")
-    namespace = parser.parse_args(argv)
-    warnings = check_compat_flags(namespace, parser.error)
-    config = from_namespace(FrontendConfig, namespace, environ)
-    try:
-        config.validate()
-    except ValueError as exc:
-        parser.error(str(exc))
-    return config, warnings
-
-
-def version() -> str:
-    from dynamo import __version__
-
-    return __version__
+    """(the frontend's config, a warning per NVIDIA Dynamo flag accepted without effect): Dynamo
+    flags this frontend does not act on are accepted or refused as compat_flags.py says."""
+    return parse_with_compat(FrontendConfig, FRONTEND_FLAGS, argv, prog="python -m dynamo.frontend", environ=environ)

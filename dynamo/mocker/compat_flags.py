@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from dynamo.mocker.args import MockerArgs
-from dynamo.runtime.compat_args import CompatFlags
-from dynamo.runtime.config import build_parser, from_namespace
+from dynamo.runtime.compat_args import CompatFlags, parse_with_compat
 
 _ROUTER = "a router setting: the mocker does not route (give it to the frontend or `python -m dynamo.router`)"
 _ENGINE = "only vLLM-style scheduling is simulated here"
@@ -76,24 +75,13 @@ MOCKER_FLAGS = CompatFlags({(name,): (name not in _BOOL, _why(name)) for name in
 def parse_mocker_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
                       ) -> tuple[MockerArgs, list[str]]:
     """(the mocker's args, a warning per Dynamo flag accepted without effect); exits 2 on a bad one."""
-    parser = build_parser(MockerArgs, prog="python -m dynamo.mocker")
-    MOCKER_FLAGS.add_to(parser)
-    parser.add_argument("--version", action="version", version=f"dynamo {_version()}")
-    namespace = parser.parse_args(argv)
-    workers = MOCKER_FLAGS.given(namespace).pop("--num-workers", "1")
-    if workers.strip() != "1":
-        parser.error(f"--num-workers {workers}: this mocker runs one worker per process; start {workers} "
-                     "processes (DGD replicas, or `dynamo.deploy run`, do)")
-    warnings = [w for w in MOCKER_FLAGS.check(namespace, parser.error) if not w.startswith("--num-workers ")]
-    args = from_namespace(MockerArgs, namespace, environ)
-    try:
-        args.validate()
-    except ValueError as exc:
-        parser.error(str(exc))
-    return args, warnings
+    args, warnings = parse_with_compat(MockerArgs, MOCKER_FLAGS, argv, prog="python -m dynamo.mocker",
+                                       environ=environ, vet=_one_worker)
+    return args, [w for w in warnings if not w.startswith("--num-workers ")]  # 1 is what runs
 
 
-def _version() -> str:
-    from dynamo import __version__
-
-    return __version__
+def _one_worker(given: dict, error) -> None:
+    workers = (given.get("--num-workers") or "1").strip()
+    if workers != "1":
+        error(f"--num-workers {workers}: this mocker runs one worker per process; start {workers} processes "
+              "(DGD replicas, or `dynamo.deploy run`, do)")

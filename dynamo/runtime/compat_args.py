@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
+from dynamo.runtime.config import build_parser, from_namespace
+from dynamo.runtime.config_dump import dynamo_version
+
+T = TypeVar("T")
 _DEST = "_dynamo_compat"
 
 # (flag names: Dynamo's first, then its aliases) -> (takes a value, why it has no effect here)
@@ -81,3 +85,24 @@ class _Collect(argparse.Action):
         given = dict(getattr(namespace, _DEST, {}))
         given[option_string] = values if values != [] else None
         setattr(namespace, _DEST, given)
+
+
+def parse_with_compat(cls: type[T], flags: CompatFlags, argv: Sequence[str] | None = None, *, prog: str,
+                      environ: Mapping[str, str] | None = None,
+                      vet: Callable[[dict[str, Any], Callable[[str], Any]], None] | None = None) -> tuple[T, list[str]]:
+    """A component's command line: its config `cls` (flag > env > default, validated), Dynamo's flags
+    of `flags` accepted or refused, and `--version`. Returns (config, a warning per flag accepted
+    without effect). `vet(given, error)` may refuse values of the accepted flags first."""
+    parser = build_parser(cls, prog=prog)
+    flags.add_to(parser)
+    parser.add_argument("--version", action="version", version=f"dynamo {dynamo_version()}")
+    namespace = parser.parse_args(argv)
+    if vet is not None:
+        vet(flags.given(namespace), parser.error)
+    warnings = flags.check(namespace, parser.error)
+    config = from_namespace(cls, namespace, environ)
+    try:
+        config.validate()  # type: ignore[attr-defined]
+    except ValueError as exc:
+        parser.error(str(exc))
+    return config, warnings

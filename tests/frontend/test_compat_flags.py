@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from dynamo.frontend.compat_flags import REFUSED, add_compat_arguments
+from dynamo.frontend.compat_flags import FRONTEND_FLAGS, REFUSED
 from dynamo.frontend.config import FrontendConfig, parse_frontend_args
 from dynamo.runtime.config import build_parser
 
@@ -55,7 +55,7 @@ DYNAMO_161_FRONTEND_FLAGS = (
 
 def our_flags() -> set[str]:
     parser = build_parser(FrontendConfig)
-    add_compat_arguments(parser)
+    FRONTEND_FLAGS.add_to(parser)
     return {name for action in parser._actions for name in action.option_strings} | {"--version", "--help", "-h"}
 
 
