@@ -20,8 +20,8 @@ import random
 
 from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.router.config import KvRouterConfig
-from dynamo.router.policy import (Choice, NoWorkers, PolicyHost, WorkerInfo, WorkerPool, candidates, pinned_worker,
-                                  register)
+from dynamo.router.policy import (CacheBlindPolicy, Choice, NoWorkers, WorkerInfo, WorkerPool, candidates,
+                                  pinned_worker, register)
 from dynamo.router.selector import WorkerHintRequired
 
 log = logging.getLogger(__name__)
@@ -57,34 +57,20 @@ class _InFlight:
                 self.counts.pop(iid, None)
 
 
-class _Booking:
-    """What the load-aware policies share: bookings, membership pruning, health."""
+class _Booking(CacheBlindPolicy):
+    """What the load-aware policies share: bookings and their health report. A departed worker's
+    bookings end with their streams (free), so membership changes need nothing."""
 
     name = "booking"
 
     def __init__(self, config: KvRouterConfig | None = None) -> None:
         self.inflight = _InFlight()
 
-    async def attach(self, host: PolicyHost) -> None:
-        pass
-
-    def on_membership_change(self, pool: WorkerPool) -> None:
-        pass  # a departed worker's bookings end with their streams (free)
-
-    def cached_tokens(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> int:
-        return 0  # knows of no cache
-
-    def prefill_complete(self, request_id: str) -> None:
-        pass
-
     def free(self, request_id: str) -> None:
         self.inflight.free(request_id)
 
     def health(self) -> dict:
         return {"router": {"router_mode": self.name, "inflight": dict(self.inflight.counts)}}
-
-    async def close(self) -> None:
-        pass
 
     def _candidates(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> list[WorkerInfo]:
         workers = candidates(pool, request, exclude)

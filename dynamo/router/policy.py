@@ -181,8 +181,9 @@ def with_dp_rank(request: PreprocessedRequest, choice: Choice) -> PreprocessedRe
     return msgspec.structs.replace(request, routing=msgspec.structs.replace(hints, dp_rank=choice.dp_rank))
 
 
-class _Stateless:
-    """Load-blind policies: nothing to attach, book or free."""
+class CacheBlindPolicy:
+    """Policies that know of no cache: nothing to attach, watch or close. As they are, they book
+    nothing (round-robin, random); the load-based ones (load_policies.py) override free/health."""
 
     name = "stateless"
 
@@ -209,7 +210,7 @@ class _Stateless:
 
 
 @register("round-robin")
-class RoundRobinPolicy(_Stateless):
+class RoundRobinPolicy(CacheBlindPolicy):
     name = "round-robin"
 
     def __init__(self, config: KvRouterConfig | None = None) -> None:
@@ -223,7 +224,7 @@ class RoundRobinPolicy(_Stateless):
 
 
 @register("random")
-class RandomPolicy(_Stateless):
+class RandomPolicy(CacheBlindPolicy):
     name = "random"
 
     def __init__(self, config: KvRouterConfig | None = None, rng: random.Random | None = None) -> None:

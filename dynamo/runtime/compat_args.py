@@ -13,7 +13,7 @@ Their `DYN_*` twins are not read: an unknown variable is ignored like any other.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from dynamo.runtime.config import build_parser, from_namespace
@@ -31,11 +31,6 @@ class CompatFlags:
     ignored: Ignored
     refused: Sequence[tuple[str, bool]] = ()  # (flag, takes a value)
     refused_why: str = ""
-    bools: frozenset[str] = field(init=False)
-
-    def __post_init__(self) -> None:
-        names = {n for names, (takes, _) in self.ignored.items() if not takes for n in names}
-        object.__setattr__(self, "bools", frozenset(names | {f for f, takes in self.refused if not takes}))
 
     def add_to(self, parser: argparse.ArgumentParser) -> None:
         """Accept every listed flag (given ones are collected under one namespace attribute)."""
