@@ -86,7 +86,9 @@ def test_a_shell_pipeline_replica_goes_too(tmp_path):
     group: set[int] = set()
     try:
         # Not a Dynamo process: it never answers the worker's health probe, so it stays "starting".
-        wait_until(lambda: all(r["pid"] for r in run.replicas("Worker")), 60, "the replica started")
+        # The one replica listed with a pid: all() of a table that does not list it yet is vacuously
+        # true, and a busy CI box once read the status that early (the unpacking below then failed).
+        wait_until(lambda: [bool(r["pid"]) for r in run.replicas("Worker")] == [True], 60, "the replica started")
         (pgid,) = {r["pid"] for r in run.replicas("Worker")}
         group = {pgid}
         wait_until(lambda: len(group_members(group)) >= 3, 30, "the shell, python and tee running")
