@@ -16,6 +16,7 @@ from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.model_manager import ModelManager
 from dynamo.router.inhibit import Inhibitor
 from dynamo.router.policy import PolicyHost, Role, RoutingPolicy, create_policy
+from dynamo.router.session_affinity import with_session_affinity
 from dynamo.runtime.asgi import EmbeddedHttpServer
 
 from dynamo.runtime.config_dump import write_config_dump
@@ -41,7 +42,9 @@ async def serve(config: FrontendConfig, stop: asyncio.Event, warnings: Sequence[
     pin_mmap_threshold()
     runtime = await DistributedRuntime.create(config.discovery_backend, config.namespace or "dynamo")
     metrics = FrontendMetrics(config.metrics_prefix)
-    routing = create_policy(config.router_mode, config)  # one policy for decode and prefill pools
+    # one policy for decode and prefill pools
+    routing = with_session_affinity(create_policy(config.router_mode, config),
+                                    config.router_session_affinity_ttl_secs, config.router_session_affinity_mode)
     await routing.attach(PolicyHost(runtime.store, runtime.client, runtime.instance_id, metrics.registry,
                                     config.metrics_prefix, config.event_plane))
     models = ModelManager(runtime.store, config.namespace, on_change=_on_change(routing),

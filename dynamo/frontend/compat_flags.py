@@ -34,8 +34,6 @@ IGNORED: dict[tuple[str, ...], tuple[bool, str]] = {
     ("--use-remote-indexer",): (False, "the KV indexer always runs inside this router"),
     ("--enable-session-prefix-index",): (False, "multi-turn sessions are routed by their cached history already"),
     ("--load-aware",): (False, "Dynamo's load-aware preset; use --router-mode least-loaded or power-of-two"),
-    ("--router-session-affinity-ttl-secs",): (True, "sticky sessions are " + _NOT_SERVED),
-    ("--router-session-affinity-mode",): (True, "sticky sessions are " + _NOT_SERVED),
     ("--router-policy-config",): (True, "Dynamo's YAML router policy classes are " + _NOT_SERVED),
     ("--router-prefill-policy",): (True, _ROUTER), ("--router-decode-policy",): (True, _ROUTER),
     ("--router-kv-overlap-score-credit",): (True, _ROUTER),

@@ -10,6 +10,7 @@ from typing import Mapping, Sequence
 
 from dynamo.llm.worker_client import StreamDeadlineSettings
 from dynamo.router.config import ROUTER_MODES, KvRouterConfig
+from dynamo.router.session_affinity import MAX_TTL_SECS
 from dynamo.frontend.compat_flags import FRONTEND_FLAGS
 from dynamo.runtime.compat_args import parse_with_compat
 from dynamo.runtime.config import setting
@@ -39,6 +40,12 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
                                               "least-loaded (fewest in flight), power-of-two (the less loaded of "
                                               "two random workers), direct (the request names its worker), "
                                               "device-aware-weighted (least-loaded here)", choices=ROUTER_MODES)
+    router_session_affinity_ttl_secs: float | None = setting(
+        None, "Keep an agent session (x-dynamo-session-id, or a coding agent's session header) on one worker "
+        "until it has been idle this long (1-31536000 s; unset: no session affinity)")
+    router_session_affinity_mode: str = setting(
+        "hard", "How a session's binding routes: hard (always its worker; it waits while that worker is busy), "
+        "soft (its worker unless busy, else routed freely and rebound)", choices=["hard", "soft"])
     discovery_backend: str = discovery_backend_setting()
     request_plane: str = setting("tcp", "Request plane (direct TCP)", choices=["tcp"])
     event_plane: str | None = event_plane_setting()
@@ -80,6 +87,9 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
             raise ValueError("--http-body-limit-mb must be positive")
         if not 100 <= self.http_overload_status_code <= 599:
             raise ValueError("--http-overload-status-code must be an HTTP status (100-599)")
+        ttl = self.router_session_affinity_ttl_secs
+        if ttl is not None and not 1 <= ttl <= MAX_TTL_SECS:
+            raise ValueError(f"--router-session-affinity-ttl-secs must be from 1 to {MAX_TTL_SECS}")
         if self.http_graceful_shutdown_timeout_secs < 0:
             raise ValueError("--http-graceful-shutdown-timeout-secs must be >= 0")
 

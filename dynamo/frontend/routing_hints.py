@@ -3,7 +3,9 @@
 workers) and `agent_hints.priority` / `agent_hints.strict_priority` (order the router queue),
 and the headers that override them (`x-worker-instance-id`, `x-prefill-instance-id`, `x-dp-rank`,
 `x-prefill-dp-rank`, each also spelled `x-dynamo-...`, and `x-dynamo-request-priority`,
-`x-dynamo-request-strict-priority`). A malformed hint is the client's error: a 400 naming it.
+`x-dynamo-request-strict-priority`), and the agent session identity (`x-dynamo-session-id`,
+`x-dynamo-parent-session-id`, `x-dynamo-session-final`, or the coding agents' own headers when the
+canonical one is absent). A malformed hint is the client's error: a 400 naming it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,18 @@ HEADERS = {
 }
 NVEXT_IDS = ("backend_instance_id", "prefill_worker_id", "decode_worker_id")
 AGENT_HINTS = ("priority", "strict_priority")
+SESSION_ID_MAX_BYTES = 256  # as NVIDIA Dynamo: a longer id is refused, never truncated into another's
+SESSION_FINAL = "x-dynamo-session-final"
+# (session header, parent header(s) in order) per client; the first whose session header is present
+# wins, so the canonical Dynamo headers win over the agent-native ones.
+SESSION_SOURCES = (
+    ("x-dynamo-session-id", ("x-dynamo-parent-session-id",)),
+    # Claude Code: a child agent's turns carry its agent id; its parent is the parent agent, else the root session.
+    ("x-claude-code-agent-id", ("x-claude-code-parent-agent-id", "x-claude-code-session-id")),
+    ("x-claude-code-session-id", ()),
+    ("session-id", ()),  # Codex
+    ("x-session-id", ("x-parent-session-id",)),  # OpenCode
+)
 
 
 def routing_hints(nvext: dict[str, Any] | None, headers: Iterable[tuple[bytes, bytes]]) -> RoutingHints | None:
@@ -45,7 +59,42 @@ def routing_hints(nvext: dict[str, Any] | None, headers: Iterable[tuple[bytes, b
         for header in spellings:  # later spellings win
             if header in given:
                 values[name] = _parse(name, given[header], header)
+    values.update(session_identity(given))
     return RoutingHints(**values) if values else None
+
+
+def session_identity(given: dict[str, str]) -> dict[str, Any]:
+    """The agent session fields from the request's headers (lower-cased names): empty without a session."""
+    for header, parents in SESSION_SOURCES:
+        sid = _session_id(given, header)
+        if sid is None:
+            continue
+        values: dict[str, Any] = {"session_id": sid}
+        parent = next((p for p in (_session_id(given, h) for h in parents) if p is not None), None)
+        if parent is not None:
+            values["parent_session_id"] = parent
+        if _final(given):
+            values["session_final"] = True
+        return values
+    return {}
+
+
+def _session_id(given: dict[str, str], header: str) -> str | None:
+    raw = given.get(header, "").strip()
+    if not raw:
+        return None
+    if len(raw.encode("latin-1")) > SESSION_ID_MAX_BYTES:  # header bytes, as sent
+        raise bad_request(f"{header} is longer than {SESSION_ID_MAX_BYTES} bytes", header, "invalid_value")
+    return raw
+
+
+def _final(given: dict[str, str]) -> bool:
+    raw = given.get(SESSION_FINAL, "").strip().lower()
+    if raw in ("", "false", "0", "no"):
+        return False
+    if raw in ("true", "1", "yes"):
+        return True
+    raise bad_request(f"{SESSION_FINAL} must be true or false, got {raw!r}", SESSION_FINAL, "invalid_value")
 
 
 def _parse(name: str, raw: Any, param: str) -> int | float:

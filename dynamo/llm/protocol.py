@@ -61,6 +61,11 @@ class RoutingHints(msgspec.Struct, omit_defaults=True, kw_only=True):
     # weight in wspt) and a strict router-queue tier (higher tiers always first).
     priority: float | None = None
     strict_priority: int | None = None
+    # Agent session identity (`x-dynamo-session-id`, or a coding agent's own header): passive metadata
+    # unless the frontend runs with --router-session-affinity-ttl-secs, which keeps a session on one worker.
+    session_id: str | None = None
+    parent_session_id: str | None = None
+    session_final: bool = False  # the session's last request: its affinity binding closes after it
 
 
 # A strict tier outranks any soft priority when the two are folded into an engine's one integer.

@@ -245,6 +245,10 @@ class KvPolicy:
             return 0
         return min(selection.overlap_blocks * route.router.block_size, len(request.token_ids))
 
+    def busy(self, pool: WorkerPool, instance_id: int) -> bool:
+        route = self.routes.get(pool.name)
+        return route is not None and route.router.worker_busy(instance_id)
+
     def prefill_complete(self, request_id: str) -> None:
         route = self._inflight.get(request_id)
         if route is not None and route.router.mark_prefill_complete(request_id):

@@ -261,6 +261,11 @@ class KvRouter:
     def _tree_sizes(self) -> dict[WorkerKey, int]:
         return self._index().tree_sizes()
 
+    def worker_busy(self, worker_id: int) -> bool:
+        """Every rank of the worker is over a busy threshold: `select` would leave it out now."""
+        keys = self._workers.get(worker_id, ())
+        return bool(keys) and self.thresholds.enabled and all(self._busy(k) for k in keys)
+
     def _busy(self, key: WorkerKey) -> bool:
         capacity = self._capacity.get(key[0])
         blocks = self.active.active_blocks(key)

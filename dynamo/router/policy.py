@@ -115,6 +115,9 @@ class RoutingPolicy(Protocol):
         """Prompt tokens already cached on the worker `select` would choose now; books nothing
         (conditional disaggregation compares the uncached rest with its threshold)."""
         ...
+    def busy(self, pool: WorkerPool, instance_id: int) -> bool:
+        """The worker is over a busy threshold now, so `select` would pass it by (or queue for it)."""
+        ...
     def prefill_complete(self, request_id: str) -> None: ...
     def free(self, request_id: str) -> None: ...
     def health(self) -> dict: ...
@@ -195,6 +198,9 @@ class CacheBlindPolicy:
 
     def cached_tokens(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> int:
         return 0  # load-blind: knows of no cache
+
+    def busy(self, pool: WorkerPool, instance_id: int) -> bool:
+        return False  # no busy thresholds
 
     def prefill_complete(self, request_id: str) -> None:
         pass

@@ -47,3 +47,41 @@ def test_malformed_hints_are_400s_naming_the_field(nvext, headers, param):
     with pytest.raises(ApiError) as info:
         routing_hints(nvext, headers)
     assert info.value.status == 400 and info.value.param == param
+
+
+# -- agent session identity -------------------------------------------------------------------
+@pytest.mark.parametrize("headers, session, parent", [
+    (h(x_dynamo_session_id="run-42:researcher", x_dynamo_parent_session_id="run-42"), "run-42:researcher", "run-42"),
+    (h(x_claude_code_session_id="root"), "root", None),  # a Claude Code root turn
+    (h(x_claude_code_session_id="root", x_claude_code_agent_id="kid"), "kid", "root"),  # a top-level child agent
+    (h(x_claude_code_session_id="root", x_claude_code_agent_id="kid", x_claude_code_parent_agent_id="mid"),
+     "kid", "mid"),  # a nested child agent
+    (h(session_id="codex-1"), "codex-1", None),  # Codex
+    (h(x_session_id="oc", x_parent_session_id="oc-parent"), "oc", "oc-parent"),  # OpenCode
+    (h(x_session_id="oc", x_dynamo_session_id="mine"), "mine", None),  # the canonical header wins
+])
+def test_session_identity_from_dynamo_and_agent_headers(headers, session, parent):
+    assert routing_hints(None, headers) == RoutingHints(session_id=session, parent_session_id=parent)
+
+
+def test_session_final_and_other_hints_travel_together():
+    hints = routing_hints({"backend_instance_id": 3}, h(x_dynamo_session_id="s", X_Dynamo_Session_Final="TRUE"))
+    assert hints == RoutingHints(backend_instance_id=3, session_id="s", session_final=True)
+    assert routing_hints(None, h(x_dynamo_session_id="s", x_dynamo_session_final="false")).session_final is False
+    assert routing_hints(None, h(x_dynamo_session_final="true")) is None  # final without a session: nothing
+
+
+@pytest.mark.parametrize("headers, param", [
+    (h(x_dynamo_session_id="x" * 257), "x-dynamo-session-id"),
+    (h(x_session_id="é" * 129), "x-session-id"),  # 258 bytes on the wire
+    (h(x_dynamo_session_id="s", x_dynamo_session_final="maybe"), "x-dynamo-session-final"),
+])
+def test_malformed_session_headers_are_400s(headers, param):
+    with pytest.raises(ApiError) as err:
+        routing_hints(None, headers)
+    assert err.value.status == 400 and err.value.param == param
+
+
+def test_a_blank_session_header_is_no_session_and_256_bytes_are_fine():
+    assert routing_hints(None, h(x_dynamo_session_id="  ")) is None
+    assert routing_hints(None, h(x_dynamo_session_id="x" * 256)).session_id == "x" * 256

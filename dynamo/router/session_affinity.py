@@ -1,0 +1,239 @@
+"""Session affinity: an agent session's requests stay on the worker that holds its KV cache
+(NVIDIA Dynamo's `--router-session-affinity-ttl-secs` and `--router-session-affinity-mode`).
+
+A session is named by the request's `routing.session_id` (`x-dynamo-session-id`, or a coding
+agent's own header). Its first request is routed as usual and binds the session to the chosen
+worker, per pool (a model's decode pool and its prefill pool bind separately). Later requests go
+to that worker:
+- `hard`: always, even when it is busy (they wait in the router queue, or get 503 without one);
+- `soft`: while it is not over a busy threshold; otherwise the request is routed freely and the
+  binding moves with it (the session's cache is rebuilt there).
+A binding lives while requests of the session are in flight and for the TTL after the last one
+ends. It is dropped when its worker leaves the pool or fails a request (unreachable, stream lost,
+timed out, draining), so the next request binds an available worker instead of failing; a
+request marked `session_final` closes it once it ends. A child session (`parent_session_id`) is
+first placed with its parent when that worker is not busy. A request that names its worker
+itself (`backend_instance_id`, ...) goes there, whatever the binding.
+
+Bindings are this process's own: a second frontend replica keeps its own table, so a deployment
+with several frontends should send a session to one of them (hash the session header at ingress).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import msgspec
+
+from dynamo.llm.protocol import PreprocessedRequest, RoutingHints
+from dynamo.router.policy import Choice, PolicyHost, Role, RoutingPolicy, WorkerPool, pinned_worker
+
+log = logging.getLogger(__name__)
+
+MAX_TTL_SECS = 31_536_000  # one year, NVIDIA Dynamo's bound
+MAX_SESSIONS = 65_536  # past this many live bindings, new sessions are routed without one
+
+SessionKey = tuple[str, str]  # (pool name, session id)
+
+
+class AffinityMode(enum.StrEnum):
+    HARD = "hard"
+    SOFT = "soft"
+
+
+@dataclass
+class Binding:
+    worker: int
+    leases: int = 0  # requests of the session in flight (bound here or not): a live binding never expires
+    idle_since: float = 0.0
+    closing: bool = False  # a session_final request came: gone when its last request ends
+
+
+class AffinityTable:
+    """Session -> worker bindings with leases and an idle TTL; the one owner of affinity state."""
+
+    def __init__(self, ttl_secs: float, max_sessions: int = MAX_SESSIONS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl_secs
+        self.max_sessions = max_sessions
+        self.clock = clock
+        self._bindings: dict[SessionKey, Binding] = {}
+        self._leases: dict[str, tuple[SessionKey, Binding]] = {}  # request id -> the binding it holds
+        self.full_refusals = 0
+        self._last_sweep = float("-inf")
+
+    def __len__(self) -> int:
+        return len(self._bindings)
+
+    def lookup(self, key: SessionKey) -> Binding | None:
+        """The session's live binding; an expired one is forgotten."""
+        binding = self._bindings.get(key)
+        if binding is not None and self._expired(binding, self.clock()):
+            del self._bindings[key]
+            return None
+        return binding
+
+    def invalidate(self, key: SessionKey) -> None:
+        self._bindings.pop(key, None)
+
+    def acquire(self, key: SessionKey, worker: int, request_id: str, *, move: bool, final: bool) -> None:
+        """`request_id` of the session went to `worker`: bind the session there when it has no live
+        binding (or `move`), and hold the binding until `release(request_id)`."""
+        self.release(request_id)  # a retry of the same request holds one lease, not two
+        binding = self.lookup(key)
+        if binding is None:
+            if not self._room():
+                return
+            binding = self._bindings[key] = Binding(worker)
+        elif move:
+            binding.worker = worker
+        binding.leases += 1
+        binding.closing = binding.closing or final
+        self._leases[request_id] = (key, binding)
+
+    def release(self, request_id: str) -> None:
+        """The request ended (idempotent): its binding's idle TTL starts when no request holds it."""
+        held = self._leases.pop(request_id, None)
+        if held is None:
+            return
+        key, binding = held
+        binding.leases -= 1
+        if binding.leases or self._bindings.get(key) is not binding:
+            return  # still in use, or invalidated meanwhile
+        if binding.closing:
+            del self._bindings[key]
+            return
+        binding.idle_since = self.clock()
+
+    def drop_workers(self, pool_name: str, present: set[int]) -> int:
+        """Forget the pool's bindings to workers no longer in it; how many went."""
+        gone = [k for k, b in self._bindings.items() if k[0] == pool_name and b.worker not in present]
+        for key in gone:
+            del self._bindings[key]
+        return len(gone)
+
+    def sweep(self) -> int:
+        """Forget every expired binding; how many live ones are left."""
+        now = self._last_sweep = self.clock()
+        for key in [k for k, b in self._bindings.items() if self._expired(b, now)]:
+            del self._bindings[key]
+        return len(self._bindings)
+
+    def _expired(self, binding: Binding, now: float) -> bool:
+        return binding.leases == 0 and now - binding.idle_since >= self.ttl
+
+    def _room(self) -> bool:
+        if len(self._bindings) < self.max_sessions:
+            return True
+        now = self.clock()
+        if now - self._last_sweep >= 1.0:  # a full scan, at most once a second while the table stays full
+            self.sweep()
+        if len(self._bindings) < self.max_sessions:
+            return True
+        self.full_refusals += 1
+        if self.full_refusals == 1 or self.full_refusals % 1000 == 0:
+            log.warning("session affinity table full (%d live sessions): new sessions are routed without "
+                        "affinity (%d so far)", len(self._bindings), self.full_refusals)
+        return False
+
+class SessionAffinityPolicy:
+    """Any routing policy with session affinity around it: the binding narrows the choice to one
+    worker, the wrapped policy books and answers everything else."""
+
+    def __init__(self, inner: RoutingPolicy, ttl_secs: float, mode: AffinityMode | str = AffinityMode.HARD,
+                 clock: Callable[[], float] = time.monotonic, max_sessions: int = MAX_SESSIONS) -> None:
+        self.inner = inner
+        self.mode = AffinityMode(mode)
+        self.table = AffinityTable(ttl_secs, max_sessions, clock)
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    async def attach(self, host: PolicyHost) -> None:
+        await self.inner.attach(host)
+
+    def on_membership_change(self, pool: WorkerPool) -> None:
+        self.inner.on_membership_change(pool)
+        gone = self.table.drop_workers(pool.name, {w.instance_id for w in pool.workers})
+        if gone:
+            log.info("%s: %d session binding(s) dropped with their workers", pool.name, gone)
+
+    async def select(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
+        hints = request.routing
+        if hints is None or hints.session_id is None:
+            return await self.inner.select(pool, request, exclude)
+        key = (pool.name, hints.session_id)
+        target = self._target(pool, request, key, exclude)
+        routed = request if target is None else _pinned(request, pool, target)
+        choice = await self.inner.select(pool, routed, exclude)
+        # Soft mode moves the binding with a request routed away from its busy worker; hard mode keeps
+        # it (a differing choice is an explicit pin, or concurrent first requests: the first one bound).
+        self.table.acquire(key, choice.worker.instance_id, request.request_id,
+                           move=self.mode is AffinityMode.SOFT, final=hints.session_final)
+        return choice
+
+    def _target(self, pool: WorkerPool, request: PreprocessedRequest, key: SessionKey,
+                exclude: set[int]) -> int | None:
+        """The worker this session's request is sent to, None to let the policy choose."""
+        if pinned_worker(pool, request) is not None or self.inner.name == "direct":
+            return None  # the request names its worker itself
+        binding = self.table.lookup(key)
+        if binding is not None:
+            if pool.get(binding.worker) is None or binding.worker in exclude:
+                self.table.invalidate(key)  # worker gone or failing: the next choice binds anew
+            elif self.mode is AffinityMode.HARD or not self.inner.busy(pool, binding.worker):
+                return binding.worker
+            else:
+                return None
+        parent = request.routing.parent_session_id if request.routing else None
+        seed = self.table.lookup((pool.name, parent)) if parent and binding is None else None
+        if seed is not None and pool.get(seed.worker) is not None and seed.worker not in exclude \
+                and not self.inner.busy(pool, seed.worker):
+            return seed.worker  # a subagent starts where its parent's context is cached
+        return None
+
+    def cached_tokens(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> int:
+        hints = request.routing
+        if hints is None or hints.session_id is None:
+            return self.inner.cached_tokens(pool, request, exclude)
+        binding = self.table.lookup((pool.name, hints.session_id))
+        if binding is None or pool.get(binding.worker) is None or binding.worker in exclude:
+            return self.inner.cached_tokens(pool, request, exclude)
+        return self.inner.cached_tokens(pool, _pinned(request, pool, binding.worker), exclude)
+
+    def busy(self, pool: WorkerPool, instance_id: int) -> bool:
+        return self.inner.busy(pool, instance_id)
+
+    def prefill_complete(self, request_id: str) -> None:
+        self.inner.prefill_complete(request_id)
+
+    def free(self, request_id: str) -> None:
+        self.inner.free(request_id)
+        self.table.release(request_id)
+
+    def health(self) -> dict:
+        body = self.inner.health()
+        router = dict(body.get("router", {}))
+        router["session_affinity"] = {"mode": str(self.mode), "ttl_secs": self.table.ttl,
+                                      "sessions": self.table.sweep(), "full_refusals": self.table.full_refusals}
+        return {**body, "router": router}
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def _pinned(request: PreprocessedRequest, pool: WorkerPool, worker: int) -> PreprocessedRequest:
+    """The request as the policy sees it when the session's binding chooses its worker."""
+    field = "prefill_worker_id" if pool.role is Role.PREFILL else "decode_worker_id"
+    hints = msgspec.structs.replace(request.routing or RoutingHints(), **{field: worker})
+    return msgspec.structs.replace(request, routing=hints)
+
+
+def with_session_affinity(policy: RoutingPolicy, ttl_secs: float | None, mode: str) -> RoutingPolicy:
+    """`policy` itself when affinity is off (no TTL), else wrapped."""
+    return policy if ttl_secs is None else SessionAffinityPolicy(policy, ttl_secs, mode)
