@@ -43,11 +43,12 @@ class Result:
 async def stream_one(session: aiohttp.ClientSession, url: str, body: dict, result: Result) -> float | None:
     """Stream one request into `result`; returns its TTFT in seconds (None: failed, or no token)."""
     body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    headers = body.pop("_headers", None)  # request headers (e.g. an agent session id), not part of the JSON
     start = time.perf_counter()
     first = last = None
     events = 0
     usage = None
-    async with session.post(url, json=body) as resp:
+    async with session.post(url, json=body, headers=headers) as resp:
         if resp.status != 200:
             result.errors += 1
             await resp.read()

@@ -104,10 +104,15 @@ async def run_users(url: str, plan: list[list[list[int]]], max_tokens: int, thin
     return result
 
 
+SESSIONS = False  # --sessions: every request names its prompt family as its agent session
+
+
 def request_body(prompt: list[int], max_tokens: int, pins: dict[tuple[int, ...], int] | None) -> dict:
     body = {"model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True}
     if pins is not None:
         body["nvext"] = {"backend_instance_id": pins[tuple(prompt[:64])]}
+    if SESSIONS:  # the family (first 64 tokens: a conversation, a shared prefix) is the session
+        body["_headers"] = {"x-dynamo-session-id": f"family-{hash(tuple(prompt[:64])) & 0xFFFFFFFF:08x}"}
     return body
 
 
@@ -319,6 +324,10 @@ def main() -> None:
                         "that start together stay in step and reach the workers in bursts)")
     parser.add_argument("--rates", type=float, nargs="+", default=None, metavar="R",
                         help="open loop: Poisson arrivals at each of these rates (requests/s) instead of users")
+    parser.add_argument("--sessions", action="store_true",
+                        help="every request sends x-dynamo-session-id naming its prompt family (a conversation, a "
+                        "shared prefix): passive unless a mode turns affinity on, e.g. "
+                        '"round-robin:--router-session-affinity-ttl-secs 300"')
     parser.add_argument("--block-size", type=int, default=64)
     parser.add_argument("--speedup", default="1")
     parser.add_argument("--seed", type=int, default=0)
@@ -328,6 +337,8 @@ def main() -> None:
                         "prefill cost about as much on a CPU core as a long prompt does on a GPU, next to the stack's "
                         "fixed costs")
     args = parser.parse_args()
+    global SESSIONS
+    SESSIONS = args.sessions
     for key, value in WORKLOADS[args.workload].items():
         if getattr(args, key) is None:
             setattr(args, key, value)

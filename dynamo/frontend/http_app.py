@@ -312,7 +312,8 @@ class FrontendApp:
         started = time.monotonic()
         request_type = "stream" if req.stream else "unary"
         if trace is not None:
-            trace.received(req.model, endpoint, request_type)
+            trace.received(req.model, endpoint, request_type, *((hints.session_id, hints.parent_session_id)
+                                                                if hints is not None else ()))
         entry = self._entry(req.model)
         self._refuse_if_overloaded(entry.name)
         is_chat = isinstance(req, ChatCompletionRequest)

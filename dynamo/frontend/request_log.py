@@ -3,7 +3,8 @@ client's `x-dynamo-request-id` header or made here, and its `trace_id`, from a W
 `traceparent` header or made here), carried to the workers on the wire request, and the
 lines its life leaves in the log, with NVIDIA Dynamo's messages and fields:
 
-- "request received": `request_id`, `trace_id`, `model`, `endpoint`, `request_type`;
+- "request received": `request_id`, `trace_id`, `model`, `endpoint`, `request_type` (and an agent
+  session's `session_id`, `parent_session_id`);
 - "http response sent": `status` (the HTTP status, as text), ERROR for 4xx/5xx;
 - "request cancelled by client" (WARN) when the client goes away first;
 - "request completed": `status` (success / error / cancelled), `elapsed_ms`, and for a failure
@@ -75,11 +76,14 @@ class RequestTrace:
         self.http_status: int | None = None
         self.received_logged = False
 
-    def received(self, model: str, endpoint: str, request_type: str) -> None:
+    def received(self, model: str, endpoint: str, request_type: str, session_id: str | None = None,
+                 parent_session_id: str | None = None) -> None:
         self.model, self.endpoint, self.request_type = model, endpoint, request_type
         self.received_logged = True
+        # An agent session's requests are found in the log by its id (and a subagent's by its parent's).
+        session = {k: v for k, v in (("session_id", session_id), ("parent_session_id", parent_session_id)) if v}
         self.events.emit(logging.INFO, "request received", **self._ids(), model=model, endpoint=endpoint,
-                         request_type=request_type)
+                         request_type=request_type, **session)
 
     def wrap_send(self, send: Callable[[dict], Awaitable[None]]) -> Callable[[dict], Awaitable[None]]:
         """`send`, noting the response status as it starts ("http response sent")."""

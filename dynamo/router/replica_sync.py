@@ -11,8 +11,6 @@ expire after `REMOTE_TTL` seconds.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from typing import Callable, Literal
@@ -20,7 +18,7 @@ from typing import Callable, Literal
 import msgspec
 
 from dynamo.router.kv_router import KvRouter
-from dynamo.runtime.event_plane.base import EventPublisher, EventSubscriber, create_publisher, create_subscriber
+from dynamo.router.peer_topic import PeerTopic
 
 log = logging.getLogger(__name__)
 
@@ -49,58 +47,26 @@ class ReplicaSync:
 
     def __init__(self, store, kind: str | None, router_id: str, instance_id: int,
                  router_for: Callable[[str], KvRouter | None]) -> None:
-        self.store = store
-        self.kind = kind
         self.router_id = router_id
-        self.instance_id = instance_id
-        self._lookups = [router_for]
-        self._closed = False
+        self.router_for = router_for
+        self.topic = PeerTopic(store, kind, instance_id, TOPIC, self._receive)
         self.applied = 0
-        self._pubs: dict[tuple[str, str], EventPublisher] = {}
-        self._subs: list[EventSubscriber] = []
-        self._tasks: list[asyncio.Task] = []
         self._remote: dict[str, tuple[str, float]] = {}  # request_id -> (model, booked at)
-        self._starting: set[tuple[str, str]] = set()
-
-    def router_for(self, model: str) -> KvRouter | None:
-        for lookup in self._lookups:
-            router = lookup(model)
-            if router is not None:
-                return router
-        return None
 
     async def join(self, namespace: str, component: str) -> None:
-        key = (namespace, component)
-        if key in self._pubs or key in self._starting:
-            return
-        self._starting.add(key)
-        try:
-            sub = await create_subscriber(self.kind, self.store, namespace, component, TOPIC)
-            self._subs.append(sub)
-            self._tasks.append(asyncio.get_running_loop().create_task(self._consume(sub), name="replica-sync"))
-            self._pubs[key] = await create_publisher(self.kind, self.store, namespace, component, TOPIC,
-                                                     self.instance_id)
+        if await self.topic.join(namespace, component):
             log.info("router replica sync on %s/%s (router id %s)", namespace, component, self.router_id)
-        finally:
-            self._starting.discard(key)
 
     def publish(self, namespace: str, component: str, event: ActiveSequenceEvent) -> None:
-        pub = self._pubs.get((namespace, component))
-        if pub is not None:
-            with contextlib.suppress(RuntimeError):  # closed at shutdown: nothing more to tell
-                pub.offer(_encode(event))
+        self.topic.publish(namespace, component, _encode(event))
 
     def event(self, model: str, request_id: str, kind: str, **fields) -> ActiveSequenceEvent:
         return ActiveSequenceEvent(router_id=self.router_id, model=model, request_id=request_id, kind=kind, **fields)
 
-    async def _consume(self, sub: EventSubscriber) -> None:
-        async for _publisher, payload in sub:
-            try:
-                event = _decode(payload)
-            except Exception:
-                continue
-            if event.router_id != self.router_id:
-                self.apply(event)
+    def _receive(self, payload: bytes) -> None:
+        event = _decode(payload)
+        if event.router_id != self.router_id:
+            self.apply(event)
 
     def apply(self, event: ActiveSequenceEvent) -> None:
         router = self.router_for(event.model)
@@ -132,13 +98,4 @@ class ReplicaSync:
                 owner.active.free(rid)
 
     async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for sub in self._subs:
-            await sub.close()
-        for pub in self._pubs.values():
-            await pub.close()
+        await self.topic.close()

@@ -15,21 +15,25 @@ request marked `session_final` closes it once it ends. A child session (`parent_
 first placed with its parent when that worker is not busy. A request that names its worker
 itself (`backend_instance_id`, ...) goes there, whatever the binding.
 
-Bindings are this process's own: a second frontend replica keeps its own table, so a deployment
-with several frontends should send a session to one of them (hash the session header at ingress).
+Each frontend keeps its own table and tells the others of its bindings on the event plane
+(`affinity_sync`, best effort); strict affinity across replicas needs the ingress to send a
+session to one frontend (hash the session header).
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Callable
 
 import msgspec
 
 from dynamo.llm.protocol import PreprocessedRequest, RoutingHints
+from dynamo.router.affinity_sync import AffinitySync
 from dynamo.router.policy import Choice, PolicyHost, Role, RoutingPolicy, WorkerPool, pinned_worker
 
 log = logging.getLogger(__name__)
@@ -80,34 +84,56 @@ class AffinityTable:
     def invalidate(self, key: SessionKey) -> None:
         self._bindings.pop(key, None)
 
-    def acquire(self, key: SessionKey, worker: int, request_id: str, *, move: bool, final: bool) -> None:
+    def acquire(self, key: SessionKey, worker: int, request_id: str, *, move: bool, final: bool) -> bool:
         """`request_id` of the session went to `worker`: bind the session there when it has no live
-        binding (or `move`), and hold the binding until `release(request_id)`."""
+        binding (or `move`), and hold the binding until `release(request_id)`. True when the session
+        was bound anew or moved (what router replicas are told)."""
         self.release(request_id)  # a retry of the same request holds one lease, not two
         binding = self.lookup(key)
+        changed = binding is None or (move and binding.worker != worker)
         if binding is None:
             if not self._room():
-                return
+                return False
             binding = self._bindings[key] = Binding(worker)
         elif move:
             binding.worker = worker
         binding.leases += 1
         binding.closing = binding.closing or final
         self._leases[request_id] = (key, binding)
+        return changed
 
-    def release(self, request_id: str) -> None:
-        """The request ended (idempotent): its binding's idle TTL starts when no request holds it."""
+    def release(self, request_id: str) -> tuple[SessionKey, Binding] | None:
+        """The request ended (idempotent): its binding's idle TTL starts when no request holds it.
+        Returns the binding when this ended its last request (gone from the table if it closed)."""
         held = self._leases.pop(request_id, None)
         if held is None:
-            return
+            return None
         key, binding = held
         binding.leases -= 1
         if binding.leases or self._bindings.get(key) is not binding:
-            return  # still in use, or invalidated meanwhile
+            return None  # still in use, or invalidated meanwhile
         if binding.closing:
             del self._bindings[key]
-            return
-        binding.idle_since = self.clock()
+        else:
+            binding.idle_since = self.clock()
+        return key, binding
+
+    def adopt(self, key: SessionKey, worker: int) -> None:
+        """A router replica bound the session to `worker`, or its request there ended: the first live
+        binding wins; a matching one starts its idle TTL again."""
+        binding = self.lookup(key)
+        if binding is None and self._room():
+            self._bindings[key] = Binding(worker, idle_since=self.clock())
+        elif binding is not None and binding.worker == worker and not binding.leases:
+            binding.idle_since = self.clock()
+
+    def close(self, key: SessionKey) -> None:
+        """A replica served the session's final request: close it here too once idle."""
+        binding = self.lookup(key)
+        if binding is not None and binding.leases:
+            binding.closing = True
+        elif binding is not None:
+            del self._bindings[key]
 
     def drop_workers(self, pool_name: str, present: set[int]) -> int:
         """Forget the pool's bindings to workers no longer in it; how many went."""
@@ -149,6 +175,10 @@ class SessionAffinityPolicy:
         self.inner = inner
         self.mode = AffinityMode(mode)
         self.table = AffinityTable(ttl_secs, max_sessions, clock)
+        self.sync: AffinitySync | None = None
+        self._members: dict[str, set[int]] = {}  # pool name -> its workers, for what replicas tell us
+        self._components: dict[str, tuple[str, str]] = {}  # pool name -> (namespace, component) to tell on
+        self._tasks: set[asyncio.Task] = set()
 
     @property
     def name(self) -> str:
@@ -156,12 +186,26 @@ class SessionAffinityPolicy:
 
     async def attach(self, host: PolicyHost) -> None:
         await self.inner.attach(host)
+        self.sync = AffinitySync(host.store, host.event_plane, uuid.uuid4().hex, host.instance_id, self.table,
+                                 lambda pool, worker: worker in self._members.get(pool, ()))
 
     def on_membership_change(self, pool: WorkerPool) -> None:
         self.inner.on_membership_change(pool)
-        gone = self.table.drop_workers(pool.name, {w.instance_id for w in pool.workers})
+        self._members[pool.name] = {w.instance_id for w in pool.workers}
+        gone = self.table.drop_workers(pool.name, self._members[pool.name])
         if gone:
             log.info("%s: %d session binding(s) dropped with their workers", pool.name, gone)
+        for eid in {(w.endpoint.namespace, w.endpoint.component) for w in pool.workers}:
+            self._components.setdefault(pool.name, eid)
+            if self.sync is not None and not self.sync.topic.joined(*eid):
+                task = asyncio.get_running_loop().create_task(self.sync.join(*eid))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def _tell(self, pool: str, session: str, worker: int, kind: str) -> None:
+        component = self._components.get(pool)
+        if self.sync is not None and component is not None:
+            self.sync.tell(*component, pool, session, worker, kind)  # type: ignore[arg-type]
 
     async def select(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
         hints = request.routing
@@ -173,8 +217,9 @@ class SessionAffinityPolicy:
         choice = await self.inner.select(pool, routed, exclude)
         # Soft mode moves the binding with a request routed away from its busy worker; hard mode keeps
         # it (a differing choice is an explicit pin, or concurrent first requests: the first one bound).
-        self.table.acquire(key, choice.worker.instance_id, request.request_id,
-                           move=self.mode is AffinityMode.SOFT, final=hints.session_final)
+        if self.table.acquire(key, choice.worker.instance_id, request.request_id,
+                              move=self.mode is AffinityMode.SOFT, final=hints.session_final):
+            self._tell(pool.name, hints.session_id, choice.worker.instance_id, "bind")
         return choice
 
     def _target(self, pool: WorkerPool, request: PreprocessedRequest, key: SessionKey,
@@ -214,16 +259,25 @@ class SessionAffinityPolicy:
 
     def free(self, request_id: str) -> None:
         self.inner.free(request_id)
-        self.table.release(request_id)
+        ended = self.table.release(request_id)
+        if ended is not None:  # replicas restart the idle TTL, or close the session too
+            (pool, session), binding = ended
+            self._tell(pool, session, binding.worker, "close" if binding.closing else "bind")
 
     def health(self) -> dict:
         body = self.inner.health()
         router = dict(body.get("router", {}))
         router["session_affinity"] = {"mode": str(self.mode), "ttl_secs": self.table.ttl,
-                                      "sessions": self.table.sweep(), "full_refusals": self.table.full_refusals}
+                                      "sessions": self.table.sweep(), "full_refusals": self.table.full_refusals,
+                                      "replica_events_applied": self.sync.applied if self.sync else 0}
         return {**body, "router": router}
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.sync is not None:
+            await self.sync.close()
         await self.inner.close()
 
 

@@ -83,6 +83,17 @@ def test_a_request_without_ids_gets_fresh_ones(cluster):
     wait_until(lambda: any(e["message"] == "request completed" for e in about(cluster.fe, rid)), 30, "last line")
     received = one(about(cluster.fe, rid), "request received")
     assert len(received["trace_id"]) == 32 and received["endpoint"] == "completions"
+    assert "session_id" not in received
+
+
+def test_an_agent_sessions_requests_carry_its_ids(cluster):
+    rid = str(uuid.uuid4())
+    resp = post(cluster, "/v1/completions", {"model": MODEL, "prompt": "hello", "max_tokens": 2},
+                **{"x-dynamo-request-id": rid, "x-claude-code-session-id": "root-1", "x-claude-code-agent-id": "kid"})
+    assert resp.status_code == 200
+    wait_until(lambda: any(e["message"] == "request completed" for e in about(cluster.fe, rid)), 30, "last line")
+    received = one(about(cluster.fe, rid), "request received")
+    assert (received["session_id"], received["parent_session_id"]) == ("kid", "root-1")
 
 
 def test_an_unknown_model_is_an_error_line_with_its_type(cluster):

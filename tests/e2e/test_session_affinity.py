@@ -10,7 +10,7 @@ import json
 import openai
 import pytest
 
-from tests.fixtures.procs import Cluster, http_get, metric_value
+from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -103,5 +103,43 @@ def test_a_session_outlives_its_worker(tiny_model, tmp_path):
         for turn in range(3):
             assert ask(client, session, f"turn {turn}") == "length"
         assert served(other) - before_other == 3
+    finally:
+        c.stop()
+
+
+def affinity_health(url: str) -> dict:
+    return json.loads(http_get(url + "/health")[1])["router"]["session_affinity"]
+
+
+def test_two_frontends_share_a_sessions_binding(tiny_model, tmp_path):
+    """A session bound by frontend A is kept by frontend B, which had not seen it: B's round-robin
+    alone would send it to the other worker (A's first request moved A's turn on, B's has not)."""
+    c = Cluster(tmp_path, tiny_model, "file")
+    try:
+        c.workers = [c.mocker() for _ in range(2)]
+        flags = ("--router-mode", "round-robin", "--router-session-affinity-ttl-secs", "60")
+        c.frontend(*flags)
+        url_a = c.base_url
+        c.frontend(*flags)
+        url_b = c.base_url
+        c.wait_workers(MODEL, 2)
+        c.http_port = int(url_a.rsplit(":", 1)[1])
+        wait_until(lambda: c.worker_count(MODEL) == 2, 60, "frontend A sees both workers")
+        client_a, session = c.openai_client(), {"x-dynamo-session-id": "shared"}
+        ask(client_a)  # A's round-robin moves on: the session binds to the second worker
+        before = counts(c)
+        # Each turn's end tells the replicas (at most once: B may join the event plane after the first).
+        wait_until(lambda: ask(client_a, session) and affinity_health(url_b)["sessions"] >= 1, 60,
+                   "frontend B hears of the binding")
+        on_a = delta(c, before)
+        bound = next(i for i, d in enumerate(on_a) if d)
+        assert on_a[1 - bound] == 0
+        c.http_port = int(url_b.rsplit(":", 1)[1])
+        client_b = c.openai_client()
+        before = counts(c)
+        for turn in range(3):
+            ask(client_b, session, f"turn {turn} via B")
+        assert delta(c, before)[bound] == 3
+        assert affinity_health(url_b)["replica_events_applied"] >= 1
     finally:
         c.stop()

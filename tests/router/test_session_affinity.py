@@ -102,6 +102,29 @@ def test_a_full_table_makes_room_from_expired_bindings_only():
     assert table.lookup(("m", "s3")).worker == 1 and table.lookup(("m", "s0")) is None
 
 
+def test_a_replicas_binding_is_taken_only_when_there_is_none_here():
+    clock = Clock()
+    table = AffinityTable(TTL, clock=clock)
+    table.adopt(("m", "s"), 2)
+    assert table.lookup(("m", "s")).worker == 2
+    table.adopt(("m", "s"), 1)  # a conflicting live binding: the first one stays
+    assert table.lookup(("m", "s")).worker == 2
+    clock.now += TTL - 1
+    table.adopt(("m", "s"), 2)  # the replica's request there ended: the idle TTL starts again
+    clock.now += TTL - 1
+    assert table.lookup(("m", "s")).worker == 2
+    table.close(("m", "s"))
+    assert table.lookup(("m", "s")) is None
+
+
+def test_a_replicas_close_waits_for_the_requests_running_here():
+    table = AffinityTable(TTL, clock=Clock())
+    table.acquire(("m", "s"), 1, "r", move=False, final=False)
+    table.close(("m", "s"))
+    assert table.lookup(("m", "s")) is not None
+    assert table.release("r")[1].closing and table.lookup(("m", "s")) is None
+
+
 def test_drop_workers_forgets_only_that_pools_bindings_to_absent_workers():
     table = AffinityTable(TTL, clock=Clock())
     table.acquire(("m", "a"), 1, "r1", move=False, final=False)
@@ -185,7 +208,8 @@ async def test_health_reports_affinity_beside_the_policy():
     await route(policy, p, "a", "s", free=False)
     health = policy.health()["router"]
     assert health["router_mode"] == "round-robin"
-    assert health["session_affinity"] == {"mode": "soft", "ttl_secs": TTL, "sessions": 1, "full_refusals": 0}
+    assert health["session_affinity"] == {"mode": "soft", "ttl_secs": TTL, "sessions": 1, "full_refusals": 0,
+                                          "replica_events_applied": 0}
 
 
 # -- busy bound workers: hard waits, soft moves -------------------------------------------------
