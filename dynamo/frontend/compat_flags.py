@@ -1,15 +1,15 @@
 """The NVIDIA Dynamo 1.6.1 frontend flags this frontend does not act on (runtime/compat_args.py
 says how such flags are handled): accepted with a start-up warning when they are tuning knobs of
-Dynamo's own router or tokenizer, or features this frontend does not serve; refused when the
+Dynamo's own router (router/compat_flags.py, shared with `python -m dynamo.router`) or tokenizer, or
+features this frontend does not serve; refused when the
 operator asked for TLS on the request plane or to NATS, since plaintext is no fallback for that.
 """
 
 from __future__ import annotations
 
+from dynamo.router.compat_flags import ROUTER_IGNORED
 from dynamo.runtime.compat_args import CompatFlags
 
-_ROUTER = "a setting of NVIDIA Dynamo's own KV router cost model; this router's cost model does not use it"
-_AIC = "AIConfigurator prefill-load model for Dynamo's router (--router-prefill-load-model aic); not used here"
 _NOT_SERVED = "not served by this frontend"
 # flag (first name is Dynamo's; more are its aliases) -> (takes a value, why it has no effect here)
 IGNORED: dict[tuple[str, ...], tuple[bool, str]] = {
@@ -30,26 +30,7 @@ IGNORED: dict[tuple[str, ...], tuple[bool, str]] = {
     ("--frontend-route-extension",): (True, "route extensions are " + _NOT_SERVED),
     ("--response-plane",): (True, "responses always return over the request's own TCP stream"),
     ("--max-prefill-tokens",): (True, "the workers report their own batch sizes in their model cards"),
-    ("--serve-indexer",): (False, "the KV indexer is not exposed on the request plane"),
-    ("--use-remote-indexer",): (False, "the KV indexer always runs inside this router"),
-    ("--enable-session-prefix-index",): (False, "multi-turn sessions are routed by their cached history already"),
-    ("--load-aware",): (False, "Dynamo's load-aware preset; use --router-mode least-loaded or power-of-two"),
-    ("--router-policy-config",): (True, "Dynamo's YAML router policy classes are " + _NOT_SERVED),
-    ("--router-prefill-policy",): (True, _ROUTER), ("--router-decode-policy",): (True, _ROUTER),
-    ("--router-kv-overlap-score-credit",): (True, _ROUTER),
-    ("--router-kv-overlap-score-credit-decay",): (True, _ROUTER),
-    ("--router-prefill-load-scale",): (True, _ROUTER), ("--router-decode-active-request-weight",): (True, _ROUTER),
-    ("--router-host-cache-hit-weight",): (True, _ROUTER), ("--router-disk-cache-hit-weight",): (True, _ROUTER),
-    ("--router-prefill-load-model",): (True, _ROUTER), ("--router-predicted-ttl-secs",): (True, _ROUTER),
-    ("--router-approximate-cache-policy",): (True, _ROUTER), ("--router-event-threads",): (True, _ROUTER),
-    ("--router-tracking-hash",): (True, _ROUTER), ("--router-tracking-key-file",): (True, _ROUTER),
-    ("--router-tracking-key-id",): (True, _ROUTER),
-    ("--shared-cache-type",): (True, "shared (HiCache) cache tiers are " + _NOT_SERVED),
-    ("--shared-cache-multiplier",): (True, "shared (HiCache) cache tiers are " + _NOT_SERVED),
-    **{(f"--{prefix}-{name}",): (True, _AIC) for prefix in ("aic", "ais") for name in (
-        "backend", "backend-version", "system", "model-path", "tp-size", "moe-tp-size", "moe-ep-size",
-        "attention-dp-size", "nextn", "nextn-accept-rates", "mtp-seed")},
-    ("--ais-perf-config",): (True, _AIC),
+    **ROUTER_IGNORED,
 }
 # Transport security this runtime does not implement: refused, never downgraded to plaintext.
 REFUSED = ("--tcp-tls-cert-path", "--tcp-tls-key-path", "--tcp-tls-ca-cert-path", "--tcp-tls-client-cert-path",

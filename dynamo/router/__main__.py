@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from typing import Sequence
 
+from dynamo.router.compat_flags import ROUTER_SERVICE_FLAGS
 from dynamo.router.service import RouterService, RouterServiceConfig
 from dynamo.runtime import records
-from dynamo.runtime.config import parse_config
+from dynamo.runtime.compat_args import parse_with_compat
 from dynamo.runtime.config_dump import write_config_dump
 from dynamo.runtime.distributed import DistributedRuntime
 from dynamo.runtime.process import run_main
@@ -16,7 +18,9 @@ from dynamo.runtime.process import run_main
 log = logging.getLogger("dynamo.router")
 
 
-async def serve(config: RouterServiceConfig, stop: asyncio.Event) -> int:
+async def serve(config: RouterServiceConfig, stop: asyncio.Event, warnings: Sequence[str] = ()) -> int:
+    for text in warnings:  # NVIDIA Dynamo flags accepted without effect, now that logging is set up
+        log.warning("%s", text)
     namespace = records.parse_endpoint(config.endpoint or "").namespace
     runtime = await DistributedRuntime.create(config.discovery_backend, namespace)
     service = RouterService(runtime, config)
@@ -32,9 +36,9 @@ async def serve(config: RouterServiceConfig, stop: asyncio.Event) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_config(RouterServiceConfig, argv, prog="python -m dynamo.router")
+    config, warnings = parse_with_compat(RouterServiceConfig, ROUTER_SERVICE_FLAGS, argv, prog="python -m dynamo.router")
     write_config_dump(config, "dynamo.router")
-    return run_main(lambda stop: serve(config, stop))
+    return run_main(lambda stop: serve(config, stop, warnings))
 
 
 if __name__ == "__main__":

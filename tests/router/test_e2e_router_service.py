@@ -31,6 +31,7 @@ from tests.router.e2e_helpers import (
 pytestmark = pytest.mark.e2e
 
 PREFIX_BLOCKS = 6
+DYNAMO_ONLY_FLAGS = ("--router-kv-overlap-score-credit", "1.0", "--serve-indexer", "--no-use-remote-indexer")
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +44,9 @@ def cluster(tiny_model, tmp_path_factory):
             c.frontend("--router-mode", "kv", "--router-replica-sync")
             c.wait_workers(MODEL, 2)
             c.fe.append(c.base_url)
+        # with flags of NVIDIA Dynamo 1.6.1's router that this one accepts without acting on them
         c.router = c.start("dynamo.router", ["--endpoint", "dynamo.backend.generate",  # type: ignore[attr-defined]
-                                             "--router-block-size", str(BLOCK)], name="router")
+                                             "--router-block-size", str(BLOCK), *DYNAMO_ONLY_FLAGS], name="router")
         c.kv_root = str(c.tmp / "kv")  # type: ignore[attr-defined]
         yield c
     finally:
@@ -110,6 +112,15 @@ def test_service_answers_best_worker_and_overlap_scores_consistently(cluster):
     for _ in range(3):  # best_worker_id books nothing: asking again gives the same answer
         best = best_worker(cluster, prompt)
         assert (best.worker_id, best.overlap_blocks) == (holder.worker_id, PREFIX_BLOCKS)
+
+
+def test_dynamo_router_flags_start_a_serving_router_and_say_why_they_do_nothing(cluster):
+    """(It serves: the other tests of this module use it.)"""
+    _, address = asyncio.run(_service_address(cluster, "best_worker_id"))
+    assert address
+    log = cluster.router.log()
+    assert "--router-kv-overlap-score-credit is accepted for compatibility with NVIDIA Dynamo" in log
+    assert "--serve-indexer is accepted" in log and "use-remote-indexer" not in log  # turning off: no word
 
 
 def test_service_generate_routes_and_streams(cluster):
