@@ -54,7 +54,8 @@ ROUTER_COMPONENT = "kv-router"
 class RouterServiceConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
     """Standalone KV router service."""
 
-    endpoint: str | None = setting(None, "Workers to route to: namespace.component.endpoint (required)")
+    endpoint: str | None = setting(None, "Workers to route to: namespace.component.endpoint (required)",
+                                   env=("DYN_ROUTER_ENDPOINT", "DYN_ENDPOINT"))  # Dynamo's name first
     router_block_size: int = setting(128, "KV block size in tokens (not read from model cards)",
                                      flag=["--router-block-size", "--block-size"])
     discovery_backend: str = discovery_backend_setting()

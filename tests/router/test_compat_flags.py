@@ -67,3 +67,9 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exc:
         parse("--version")
     assert exc.value.code == 0 and capsys.readouterr().out.startswith("dynamo ")
+
+
+def test_the_endpoint_comes_from_dynamos_variable_too():
+    config, _ = parse_with_compat(RouterServiceConfig, ROUTER_SERVICE_FLAGS, [], prog="python -m dynamo.router",
+                                  environ={"DYN_ROUTER_ENDPOINT": "team.prefill.generate"})
+    assert config.endpoint == "team.prefill.generate"
