@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import msgspec
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from dynamo.llm.protocol import PreprocessedRequest, RoutingHints
 from dynamo.router.affinity_sync import AffinitySync
@@ -68,6 +69,7 @@ class AffinityTable:
         self._bindings: dict[SessionKey, Binding] = {}
         self._leases: dict[str, tuple[SessionKey, Binding]] = {}  # request id -> the binding it holds
         self.full_refusals = 0
+        self.lost = 0  # bindings dropped because their worker failed or left
         self._last_sweep = float("-inf")
 
     def __len__(self) -> int:
@@ -82,7 +84,8 @@ class AffinityTable:
         return binding
 
     def invalidate(self, key: SessionKey) -> None:
-        self._bindings.pop(key, None)
+        if self._bindings.pop(key, None) is not None:
+            self.lost += 1
 
     def acquire(self, key: SessionKey, worker: int, request_id: str, *, move: bool, final: bool) -> bool:
         """`request_id` of the session went to `worker`: bind the session there when it has no live
@@ -140,6 +143,7 @@ class AffinityTable:
         gone = [k for k, b in self._bindings.items() if k[0] == pool_name and b.worker not in present]
         for key in gone:
             del self._bindings[key]
+        self.lost += len(gone)
         return len(gone)
 
     def sweep(self) -> int:
@@ -186,6 +190,7 @@ class SessionAffinityPolicy:
 
     async def attach(self, host: PolicyHost) -> None:
         await self.inner.attach(host)
+        host.registry.register(_AffinityCollector(host.metrics_prefix, self.table))
         self.sync = AffinitySync(host.store, host.event_plane, uuid.uuid4().hex, host.instance_id, self.table,
                                  lambda pool, worker: worker in self._members.get(pool, ()))
 
@@ -268,7 +273,7 @@ class SessionAffinityPolicy:
         body = self.inner.health()
         router = dict(body.get("router", {}))
         router["session_affinity"] = {"mode": str(self.mode), "ttl_secs": self.table.ttl,
-                                      "sessions": self.table.sweep(), "full_refusals": self.table.full_refusals,
+                                      "sessions": self.table.sweep(), "full_refusals": self.table.full_refusals, "lost": self.table.lost,
                                       "replica_events_applied": self.sync.applied if self.sync else 0}
         return {**body, "router": router}
 
@@ -279,6 +284,24 @@ class SessionAffinityPolicy:
         if self.sync is not None:
             await self.sync.close()
         await self.inner.close()
+
+
+class _AffinityCollector:
+    """The table's figures, read at scrape time: routing pays nothing for them."""
+
+    def __init__(self, prefix: str, table: AffinityTable) -> None:
+        self.prefix, self.table = prefix, table
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        name = f"{self.prefix}_router_session_affinity"
+        yield GaugeMetricFamily(f"{name}_sessions", "Sessions bound to a worker now", value=self.table.sweep())
+        yield CounterMetricFamily(f"{name}_lost", "Session bindings dropped because their worker failed or left",
+                                  value=self.table.lost)
+        yield CounterMetricFamily(f"{name}_refused", "New sessions routed without a binding: the table was full",
+                                  value=self.table.full_refusals)
 
 
 def _pinned(request: PreprocessedRequest, pool: WorkerPool, worker: int) -> PreprocessedRequest:

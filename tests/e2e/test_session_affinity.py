@@ -103,6 +103,9 @@ def test_a_session_outlives_its_worker(tiny_model, tmp_path):
         for turn in range(3):
             assert ask(client, session, f"turn {turn}") == "length"
         assert served(other) - before_other == 3
+        text = http_get(c.base_url + "/metrics")[1].decode()
+        assert metric_value(text, "dynamo_frontend_router_session_affinity_lost_total") >= 1
+        assert metric_value(text, "dynamo_frontend_router_session_affinity_sessions") == 1
     finally:
         c.stop()
 

@@ -169,6 +169,7 @@ async def test_a_failed_or_departed_worker_loses_its_sessions():
     assert await route(policy, p, "c", "s") == other  # rebound: stays on the new worker
     policy.on_membership_change(pool(first, version=2))  # `other` left
     assert await route(policy, pool(first, version=2), "d", "s") == first
+    assert policy.table.lost == 2
 
 
 async def test_an_explicit_worker_wins_and_hard_mode_keeps_the_binding():
@@ -209,7 +210,7 @@ async def test_health_reports_affinity_beside_the_policy():
     health = policy.health()["router"]
     assert health["router_mode"] == "round-robin"
     assert health["session_affinity"] == {"mode": "soft", "ttl_secs": TTL, "sessions": 1, "full_refusals": 0,
-                                          "replica_events_applied": 0}
+                                          "lost": 0, "replica_events_applied": 0}
 
 
 # -- busy bound workers: hard waits, soft moves -------------------------------------------------
