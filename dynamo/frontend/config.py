@@ -72,6 +72,8 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
 
     def validate(self) -> None:
         super().validate()
+        if self.load_aware:
+            self.router_mode = "kv"  # Dynamo's preset is KV routing without cache credit
         if bool(self.tls_cert_path) != bool(self.tls_key_path):
             raise ValueError("--tls-cert-path and --tls-key-path must be given together")
         if self.tls_client_ca_cert_path and not self.tls_cert_path:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dynamo.runtime.compat_args import CompatFlags
 
-_ROUTER = "a setting of NVIDIA Dynamo's own KV router cost model; this router's cost model does not use it"
+_ROUTER = ("a setting of NVIDIA Dynamo's KV router that this router does not model (its 1.6.1 cost knobs do work: "
+           "dynamo_cost.py)")
 _AIC = "AIConfigurator prefill-load model for Dynamo's router (--router-prefill-load-model aic); not used here"
 _NOT_HERE = "not provided by this router"
 # flag (first name is Dynamo's; more are its aliases) -> (takes a value, why it has no effect here)
@@ -16,13 +17,8 @@ ROUTER_IGNORED: dict[tuple[str, ...], tuple[bool, str]] = {
     ("--serve-indexer",): (False, "the KV indexer is not exposed on the request plane"),
     ("--use-remote-indexer",): (False, "the KV indexer always runs inside this router"),
     ("--enable-session-prefix-index",): (False, "multi-turn sessions are routed by their cached history already"),
-    ("--load-aware",): (False, "Dynamo's load-aware preset of its own cost model; load-only KV routing here is "
-                                "--kv-overlap-score-weight 0 (the frontend also has --router-mode least-loaded)"),
     ("--router-policy-config",): (True, "Dynamo's YAML router policy classes are " + _NOT_HERE),
     ("--router-prefill-policy",): (True, _ROUTER), ("--router-decode-policy",): (True, _ROUTER),
-    ("--router-kv-overlap-score-credit",): (True, _ROUTER),
-    ("--router-kv-overlap-score-credit-decay",): (True, _ROUTER),
-    ("--router-prefill-load-scale",): (True, _ROUTER), ("--router-decode-active-request-weight",): (True, _ROUTER),
     ("--router-host-cache-hit-weight",): (True, _ROUTER), ("--router-disk-cache-hit-weight",): (True, _ROUTER),
     ("--router-prefill-load-model",): (True, _ROUTER), ("--router-predicted-ttl-secs",): (True, _ROUTER),
     ("--router-approximate-cache-policy",): (True, _ROUTER), ("--router-event-threads",): (True, _ROUTER),

@@ -45,6 +45,19 @@ class KvRouterConfig:
         "hits, decode load), fitted online to observed TTFTs; 'dynamo' = NVIDIA Dynamo's classic "
         "overlap_score_weight * prefill_blocks + decode_blocks (also used whenever --kv-overlap-score-weight is "
         "not 1 or --router-temperature is set)", choices=["ttft", "dynamo"])
+    # NVIDIA Dynamo 1.6.1's cost knobs (dynamo_cost.py); any of them off its default selects that cost.
+    router_kv_overlap_score_credit: float = setting(
+        1.0, "Dynamo cost: credit per cached prompt token against the prefill cost (0 = ignore caches, no "
+        "indexer; above 1 favours cache hits more)")
+    router_kv_overlap_score_credit_decay: float = setting(
+        0.0, "Dynamo cost: shrink a worker's cache credit as its queued prefill exceeds the least-queued "
+        "worker's (1 halves it at one prompt's worth; 0 = off)")
+    router_prefill_load_scale: float = setting(1.0, "Dynamo cost: weight of the prefill term after cache credit")
+    router_decode_active_request_weight: float = setting(
+        0.0, "Dynamo cost: blocks of decode cost added per running request (balances batch sizes)")
+    load_aware: bool = setting(
+        False, "Dynamo's load-aware preset: no cache credit, no KV events or KV-reuse assumption, active-block "
+        "and prefill-token tracking on (on the frontend it implies --router-mode kv)", env="DYN_ROUTER_LOAD_AWARE")
     router_temperature: float = setting(
         0.0, "Softmax sampling temperature over worker costs (0 = argmin)", env="DYN_ROUTER_TEMPERATURE"
     )
@@ -101,6 +114,15 @@ class KvRouterConfig:
         "process's routing before discovery catches up (0: off)", env="DYN_INHIBITED_DURATION_SECS")
 
     def validate(self) -> None:
+        if self.load_aware:  # a preset: resolved before anything reads the settings it sets
+            self.router_kv_overlap_score_credit = 0.0
+            self.use_kv_events = self.router_assume_kv_reuse = False
+            self.router_track_active_blocks = self.router_track_prefill_tokens = True
+        for name in ("router_kv_overlap_score_credit", "router_kv_overlap_score_credit_decay",
+                     "router_prefill_load_scale", "router_decode_active_request_weight"):
+            value = getattr(self, name)
+            if not 0 <= value < float("inf"):
+                raise ValueError(f"--{name.replace('_', '-')} must be finite and >= 0")
         if self.overlap_score_weight < 0:
             raise ValueError("--kv-overlap-score-weight must be >= 0")
         if self.router_temperature < 0:
@@ -127,8 +149,8 @@ class KvRouterConfig:
 
     @property
     def mode(self) -> KvMode:
-        """The configured mode (overlap weight 0 disables the indexer)."""
-        if self.overlap_score_weight == 0:
+        """The configured mode (overlap weight or cache credit 0 disables the indexer)."""
+        if self.overlap_score_weight == 0 or self.router_kv_overlap_score_credit == 0:
             return KvMode.LOAD_ONLY
         return KvMode.KV_EVENTS if self.use_kv_events else KvMode.APPROXIMATE
 

@@ -45,7 +45,8 @@ def mode_report(configured: KvMode, workers: tuple[WorkerInfo, ...], event_plane
     total = len(workers)
     publishing = sum(1 for w in workers if w.publishes_kv_events)
     if configured == KvMode.LOAD_ONLY:
-        return ModeReport(KvMode.LOAD_ONLY, "--kv-overlap-score-weight 0: load balancing only", False)
+        return ModeReport(KvMode.LOAD_ONLY, "no cache credit (--kv-overlap-score-weight 0, "
+                          "--router-kv-overlap-score-credit 0 or --load-aware): load balancing only", False)
     if configured == KvMode.APPROXIMATE:
         return ModeReport(KvMode.APPROXIMATE, "--no-router-kv-events: caches predicted from routing decisions", False)
     if total and publishing == 0:

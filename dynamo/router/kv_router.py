@@ -22,6 +22,7 @@ from dynamo.router.active_sequences import ActiveSequences
 from dynamo.router.approx import ApproxIndexer
 from dynamo.router.config import KvMode, KvRouterConfig, RouterConfigOverride
 from dynamo.router.cost_model import TtftModel, features
+from dynamo.router.dynamo_cost import DynamoCostKnobs, dynamo_costs
 from dynamo.llm.kv_events.hashing import block_hashes, sequence_hashes
 from dynamo.router.indexer import KvIndexer, WorkerKey
 from dynamo.llm.kv_events.protocol import LoadMetrics, RouterEvent
@@ -81,6 +82,7 @@ class KvRouter:
             track_prefill_tokens=cfg.router_track_prefill_tokens,
         )
         self.selector = Selector(rng)
+        self.knobs = DynamoCostKnobs.of(cfg)
         # Dynamo's --router-queue-threshold is a prefill busy fraction whose overflow waits in the
         # router queue: with ours always queueing busy requests, the stricter of the two applies.
         fracs = [f for f in (cfg.active_prefill_tokens_threshold_frac, cfg.router_queue_threshold) if f is not None]
@@ -211,8 +213,12 @@ class KvRouter:
             x_of = self._features(potentials)
             active = self.active
             logits = self.ttft.costs(potentials, x_of, lambda k: potentials[k][1] - active.active_prefill_tokens(k))
-        else:
+        elif self.knobs.default:
             logits = compute_logits(potentials, self.block_size, weight)
+        else:
+            active = self.active
+            logits = dynamo_costs(potentials, active.active_prefill_tokens, active.requests, isl, self.block_size,
+                                  self.knobs, weight, self.config.router_track_prefill_tokens)
         worker_id, dp_rank = self.selector.select(logits, temperature, self._index().tree.tree_size)
         self._stats["last_decision_us"] = (time.perf_counter() - start) * 1e6
         chosen = (worker_id, dp_rank)
@@ -223,9 +229,10 @@ class KvRouter:
 
     def _uses_ttft_cost(self, override, weight: float, temperature: float) -> bool:
         """The `ttft` cost unless the request or the deployment tunes Dynamo's cost: a per-request
-        override, an overlap weight other than 1 or a sampling temperature speak Dynamo's units."""
+        override, an overlap weight other than 1, a sampling temperature or one of Dynamo 1.6.1's
+        cost knobs speak Dynamo's units."""
         return (self.config.router_cost_model == "ttft" and override is None and weight == 1.0
-                and temperature == 0.0)
+                and temperature == 0.0 and self.knobs.default)
 
     def _features(self, potentials: Mapping[WorkerKey, tuple[int, int]]):
         """Features of the ttft cost model per candidate: prefill tokens queued + new, KV usage after

@@ -75,12 +75,17 @@ def test_flags_we_implement_take_effect_and_say_nothing():
 
 
 def test_flags_without_effect_are_accepted_with_a_warning_each():
-    config, warnings = parse_frontend_args(["--trust-remote-code", "--router-kv-overlap-score-credit", "0.5",
+    config, warnings = parse_frontend_args(["--trust-remote-code", "--router-event-threads", "4",
                                             "-i", "--aic-backend", "vllm", "--dyn-chat-processor", "vllm",
                                             "--router-mode", "kv"], environ={})
     assert config.router_mode == "kv"  # the flags after them still parse
     assert len(warnings) == 5 and all("has no effect" in w for w in warnings)
     assert any(w.startswith("--trust-remote-code") and "no model code is run" in w for w in warnings)
+
+
+def test_load_aware_implies_kv_routing_as_in_dynamo():
+    config, warnings = parse_frontend_args(["--load-aware"], environ={})
+    assert (config.router_mode, config.mode, warnings) == ("kv", "load-only", [])
 
 
 def test_turning_off_what_is_not_served_needs_no_warning():

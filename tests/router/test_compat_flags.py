@@ -49,13 +49,34 @@ def test_every_dynamo_router_flag_is_known_here():
 
 def test_flags_we_implement_take_effect_and_say_nothing():
     config, warnings = parse("--router-block-size", "32", "--no-router-kv-events", "--router-queue-policy", "wspt",
-                             "--track-output-blocks")
+                             "--track-output-blocks", "--router-kv-overlap-score-credit", "0.5",
+                             "--router-prefill-load-scale", "2", "--router-decode-active-request-weight", "1.5",
+                             "--router-kv-overlap-score-credit-decay", "1")
     assert (config.router_block_size, config.use_kv_events, config.router_queue_policy) == (32, False, "wspt")
+    assert (config.router_kv_overlap_score_credit, config.router_prefill_load_scale,
+            config.router_decode_active_request_weight, config.router_kv_overlap_score_credit_decay) == (0.5, 2, 1.5, 1)
     assert config.router_track_output_blocks is True and warnings == []
 
 
+def test_load_aware_is_dynamos_preset():
+    config, warnings = parse("--load-aware")
+    assert warnings == [] and config.mode == "load-only"
+    assert (config.router_kv_overlap_score_credit, config.use_kv_events, config.router_assume_kv_reuse) == (0, False,
+                                                                                                           False)
+    assert config.router_track_active_blocks and config.router_track_prefill_tokens
+
+
+@pytest.mark.parametrize("flag", ["--router-kv-overlap-score-credit", "--router-prefill-load-scale",
+                                  "--router-decode-active-request-weight", "--router-kv-overlap-score-credit-decay"])
+def test_cost_knobs_must_be_finite_and_not_negative(flag, capsys):
+    for bad in ("-1", "inf"):
+        with pytest.raises(SystemExit):
+            parse(flag, bad)
+        assert "finite and >= 0" in capsys.readouterr().err
+
+
 def test_flags_without_effect_are_accepted_with_a_warning_each():
-    config, warnings = parse("--load-aware", "--router-prefill-load-model", "ais", "--router-conditional-disagg",
+    config, warnings = parse("--serve-indexer", "--router-prefill-load-model", "ais", "--router-conditional-disagg",
                              "--router-temperature", "0.5")
     assert config.router_temperature == 0.5  # the flags after them still parse
     assert len(warnings) == 3 and all("has no effect" in w for w in warnings)

@@ -31,7 +31,7 @@ from tests.router.e2e_helpers import (
 pytestmark = pytest.mark.e2e
 
 PREFIX_BLOCKS = 6
-DYNAMO_ONLY_FLAGS = ("--router-kv-overlap-score-credit", "1.0", "--serve-indexer", "--no-use-remote-indexer")
+DYNAMO_ONLY_FLAGS = ("--router-event-threads", "4", "--serve-indexer", "--no-use-remote-indexer")
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_dynamo_router_flags_start_a_serving_router_and_say_why_they_do_nothing(
     _, address = asyncio.run(_service_address(cluster, "best_worker_id"))
     assert address
     log = cluster.router.log()
-    assert "--router-kv-overlap-score-credit is accepted for compatibility with NVIDIA Dynamo" in log
+    assert "--router-event-threads is accepted for compatibility with NVIDIA Dynamo" in log
     assert "--serve-indexer is accepted" in log and "use-remote-indexer" not in log  # turning off: no word
 
 
