@@ -21,7 +21,7 @@ ROUTER_IGNORED: dict[tuple[str, ...], tuple[bool, str]] = {
     ("--router-prefill-policy",): (True, _ROUTER), ("--router-decode-policy",): (True, _ROUTER),
     ("--router-host-cache-hit-weight",): (True, _ROUTER), ("--router-disk-cache-hit-weight",): (True, _ROUTER),
     ("--router-prefill-load-model",): (True, _ROUTER), ("--router-predicted-ttl-secs",): (True, _ROUTER),
-    ("--router-approximate-cache-policy",): (True, _ROUTER), ("--router-event-threads",): (True, _ROUTER),
+    ("--router-event-threads",): (True, _ROUTER),
     ("--router-tracking-hash",): (True, _ROUTER), ("--router-tracking-key-file",): (True, _ROUTER),
     ("--router-tracking-key-id",): (True, _ROUTER),
     ("--shared-cache-type",): (True, "shared (HiCache) cache tiers are " + _NOT_HERE),

@@ -68,6 +68,10 @@ class KvRouterConfig:
         flag=["--router-kv-events", "--kv-events"],
     )
     router_ttl_secs: float = setting(120.0, "Block TTL in approximate mode (seconds)")
+    router_approximate_cache_policy: str = setting(
+        "ttl", "How long approximate mode believes a worker keeps what it was sent: 'ttl' (--router-ttl-secs) or "
+        "'lru' (as many blocks as its KV cache holds, least recently routed out first; TTL until its size is "
+        "known)", choices=["ttl", "lru"])
     router_max_tree_size: int = setting(2**20, "Max radix-tree nodes in approximate mode before pruning")
     router_prune_target_ratio: float = setting(0.8, "Prune the approximate tree down to this fraction of max size")
     router_replica_sync: bool = setting(False, "Share active-sequence events between router replicas")

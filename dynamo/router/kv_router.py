@@ -72,9 +72,9 @@ class KvRouter:
         self.config.validate()
         cfg = self.config
         self.indexer = KvIndexer()
-        self.approx = ApproxIndexer(
-            cfg.router_ttl_secs, cfg.router_max_tree_size, cfg.router_prune_target_ratio, clock or time.monotonic
-        )
+        lru = self._total_kv_blocks if cfg.router_approximate_cache_policy == "lru" else None
+        self.approx = ApproxIndexer(cfg.router_ttl_secs, cfg.router_max_tree_size, cfg.router_prune_target_ratio,
+                                    clock or time.monotonic, capacity=lru)
         self.active = ActiveSequences(
             block_size,
             assume_kv_reuse=cfg.router_assume_kv_reuse,
@@ -347,5 +347,6 @@ class KvRouter:
             "ttft_observations": self.ttft.observations,
             "workers": {f"{w}:{r}": v for (w, r), v in self.active.loads().items()},
             "tree_sizes": {f"{w}:{r}": v for (w, r), v in self._tree_sizes().items()},
-            "approx": {"expired_blocks": self.approx.expired_blocks, "pruned_blocks": self.approx.pruned_blocks},
+            "approx": {"expired_blocks": self.approx.expired_blocks, "pruned_blocks": self.approx.pruned_blocks,
+                       "evicted_blocks": self.approx.evicted_blocks},
         }
