@@ -20,7 +20,10 @@ ROUTER_IGNORED: dict[tuple[str, ...], tuple[bool, str]] = {
     ("--router-policy-config",): (True, "Dynamo's YAML router policy classes are " + _NOT_HERE),
     ("--router-prefill-policy",): (True, _ROUTER), ("--router-decode-policy",): (True, _ROUTER),
     ("--router-host-cache-hit-weight",): (True, _ROUTER), ("--router-disk-cache-hit-weight",): (True, _ROUTER),
-    ("--router-prefill-load-model",): (True, _ROUTER), ("--router-predicted-ttl-secs",): (True, _ROUTER),
+    ("--router-prefill-load-model",): (True, _ROUTER),
+    ("--router-predicted-ttl-secs",): (True, "a prompt routed here counts as cached on its worker from the moment it "
+                                             "is sent until that worker's KV events confirm it "
+                                             "(--router-inflight-prefix-credit), with no TTL to set"),
     ("--router-event-threads",): (True, _ROUTER),
     ("--router-tracking-hash",): (True, _ROUTER), ("--router-tracking-key-file",): (True, _ROUTER),
     ("--router-tracking-key-id",): (True, _ROUTER),
