@@ -87,8 +87,10 @@ class WorkerTrace:
     def __init__(self, events: RequestEvents, request: PreprocessedRequest) -> None:
         self.events, self.started, self.tokens, self.error = events, time.monotonic(), 0, None
         self.ids = {"request_id": request.request_id, "trace_id": request.trace_id}
+        session = request.routing.session_id if request.routing is not None else None
         events.emit(logging.INFO, "request received", **self.ids, model=request.model,
-                    prompt_tokens=len(request.token_ids), prefill_only=request.prefill_only or None)
+                    prompt_tokens=len(request.token_ids), prefill_only=request.prefill_only or None,
+                    **({"session_id": session} if session else {}))  # an agent session's id, when it has one
 
     def completed(self, finished: bool) -> None:
         status = "success" if finished else ("error" if self.error is not None else "cancelled")

@@ -94,6 +94,9 @@ def test_an_agent_sessions_requests_carry_its_ids(cluster):
     wait_until(lambda: any(e["message"] == "request completed" for e in about(cluster.fe, rid)), 30, "last line")
     received = one(about(cluster.fe, rid), "request received")
     assert (received["session_id"], received["parent_session_id"]) == ("kid", "root-1")
+    wait_until(lambda: any(e["message"] == "request completed" for e in about(cluster.worker, rid)), 30,
+               "the worker's last line")
+    assert one(about(cluster.worker, rid), "request received")["session_id"] == "kid"
 
 
 def test_an_unknown_model_is_an_error_line_with_its_type(cluster):
