@@ -38,6 +38,9 @@ at seeded Poisson arrivals of R requests/s, whether or not earlier ones have ans
 stack and mode sees the same offered load. A closed loop gives a faster stack more load (it
 answers sooner, so its users ask sooner); at equal rates TTFTs compare like for like, and a row
 per rate traces TTFT against load up to saturation.
+`--sessions` makes every request name its prompt family (a conversation, a shared prefix) in
+`x-dynamo-session-id`, for modes that turn session affinity on, on either stack:
+"round-robin:--router-session-affinity-ttl-secs 300".
 Mode `pinned` is a reference, not a router: every request names its worker
 (`nvext.backend_instance_id`), each prompt family (shared prefix, conversation) dealt to one
 worker in turn: perfect cache affinity, families balanced by count, blind to load. Where kv
@@ -83,7 +86,8 @@ OURS_ONLY_FLAGS = ("--router-cost-model", "--router-inflight-prefix-credit", "--
 
 async def run_users(url: str, plan: list[list[list[int]]], max_tokens: int, think_ms: float = 0.0,
                     seed: int = 0, pins: dict[tuple[int, ...], int] | None = None,
-                    later: Collection[tuple[int, int]] = (), follow_ttft: list[float] | None = None) -> Result:
+                    later: Collection[tuple[int, int]] = (), follow_ttft: list[float] | None = None,
+                    sessions: bool = False) -> Result:
     """`follow_ttft`, when given, also collects the TTFTs of the requests in `later` (user, index)."""
     result = Result()
     connector = aiohttp.TCPConnector(limit=0)
@@ -94,7 +98,7 @@ async def run_users(url: str, plan: list[list[list[int]]], max_tokens: int, thin
             for i, prompt in enumerate(prompts):
                 if think_ms > 0:  # a person reads the answer before the next turn (same pauses, every stack)
                     await asyncio.sleep(pause.uniform(0, think_ms) / 1e3)
-                ttft = await stream_one(session, url, request_body(prompt, max_tokens, pins), result)
+                ttft = await stream_one(session, url, request_body(prompt, max_tokens, pins, sessions), result)
                 if follow_ttft is not None and (u, i) in later and ttft is not None:
                     follow_ttft.append(ttft)
 
@@ -104,21 +108,19 @@ async def run_users(url: str, plan: list[list[list[int]]], max_tokens: int, thin
     return result
 
 
-SESSIONS = False  # --sessions: every request names its prompt family as its agent session
-
-
-def request_body(prompt: list[int], max_tokens: int, pins: dict[tuple[int, ...], int] | None) -> dict:
+def request_body(prompt: list[int], max_tokens: int, pins: dict[tuple[int, ...], int] | None,
+                 sessions: bool = False) -> dict:
     body = {"model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True}
     if pins is not None:
         body["nvext"] = {"backend_instance_id": pins[tuple(prompt[:64])]}
-    if SESSIONS:  # the family (first 64 tokens: a conversation, a shared prefix) is the session
+    if sessions:  # the family (first 64 tokens: a conversation, a shared prefix) is the session
         body["_headers"] = {"x-dynamo-session-id": f"family-{hash(tuple(prompt[:64])) & 0xFFFFFFFF:08x}"}
     return body
 
 
 async def run_rate(url: str, plan: list[list[list[int]]], max_tokens: int, rate: float, seed: int = 0,
                    pins: dict[tuple[int, ...], int] | None = None, later: Collection[tuple[int, int]] = (),
-                   follow_ttft: list[float] | None = None) -> Result:
+                   follow_ttft: list[float] | None = None, sessions: bool = False) -> Result:
     """The plan's prompts in the order `run_users` first sends them, as an open loop at `rate`/s."""
     order = [(u, i) for i, prompts in enumerate(itertools.zip_longest(*plan))
              for u, prompt in enumerate(prompts) if prompt is not None]
@@ -126,7 +128,7 @@ async def run_rate(url: str, plan: list[list[list[int]]], max_tokens: int, rate:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                      timeout=aiohttp.ClientTimeout(total=600)) as session:
         await stream_one(session, url, {"model": "tiny", "prompt": [7] * 40, "max_tokens": 2}, Result())
-        bodies = [request_body(plan[u][i], max_tokens, pins) for u, i in order]
+        bodies = [request_body(plan[u][i], max_tokens, pins, sessions) for u, i in order]
         ttfts = await run_open_loop(session, url, bodies, rate, seed, result)
     if follow_ttft is not None:
         follow_ttft += [t for key, t in zip(order, ttfts) if key in later and t is not None]
@@ -223,9 +225,11 @@ def run_once(stack: str, spec: str, model: Path, plan, args, rate: float | None 
         later: list[float] = []
         url, subset = cluster.base_url + "/v1/completions", tracked(args.workload, plan)
         if rate:
-            res = asyncio.run(run_rate(url, plan, args.max_tokens, rate, args.seed, pins, subset, later))
+            res = asyncio.run(run_rate(url, plan, args.max_tokens, rate, args.seed, pins, subset, later,
+                                            args.sessions))
         else:
-            res = asyncio.run(run_users(url, plan, args.max_tokens, args.think_ms, args.seed, pins, subset, later))
+            res = asyncio.run(run_users(url, plan, args.max_tokens, args.think_ms, args.seed, pins, subset,
+                                             later, args.sessions))
         cpu = [(cpu_seconds(p.pid) - c) * 1e3 / max(res.requests, 1) for p, c in zip(procs, cpu)]
         served = [_count(w) for w in workers]
         if args.engine == "vllm":
@@ -337,8 +341,6 @@ def main() -> None:
                         "prefill cost about as much on a CPU core as a long prompt does on a GPU, next to the stack's "
                         "fixed costs")
     args = parser.parse_args()
-    global SESSIONS
-    SESSIONS = args.sessions
     for key, value in WORKLOADS[args.workload].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
