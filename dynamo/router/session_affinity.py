@@ -170,6 +170,7 @@ class AffinityTable:
                         "affinity (%d so far)", len(self._bindings), self.full_refusals)
         return False
 
+
 class SessionAffinityPolicy:
     """Any routing policy with session affinity around it: the binding narrows the choice to one
     worker, the wrapped policy books and answers everything else."""
@@ -235,13 +236,14 @@ class SessionAffinityPolicy:
         binding = self.table.lookup(key)
         if binding is not None:
             if pool.get(binding.worker) is None or binding.worker in exclude:
-                self.table.invalidate(key)  # worker gone or failing: the next choice binds anew
+                self.table.invalidate(key)  # worker gone or failing: this choice binds anew
+                binding = None
             elif self.mode is AffinityMode.HARD or not self.inner.busy(pool, binding.worker):
                 return binding.worker
             else:
                 return None
         parent = request.routing.parent_session_id if request.routing else None
-        seed = self.table.lookup((pool.name, parent)) if parent and binding is None else None
+        seed = self.table.lookup((pool.name, parent)) if parent else None
         if seed is not None and pool.get(seed.worker) is not None and seed.worker not in exclude \
                 and not self.inner.busy(pool, seed.worker):
             return seed.worker  # a subagent starts where its parent's context is cached
