@@ -53,11 +53,12 @@ def dynamo_costs(
     `queued(w)`: prefill tokens already waiting on w; `requests(w)`: requests running there.
     Without prefill tracking (`--no-router-track-prefill-tokens`) the prefill term is 0, as in the
     classic cost."""
-    least = min((queued(k) for k in potentials), default=0)
+    queue = {key: queued(key) for key in potentials}
+    least = min(queue.values(), default=0)
     scale = knobs.prefill_load_scale * weight
     costs = {}
     for key, (blocks, tokens) in potentials.items():
-        ahead = queued(key)
+        ahead = queue[key]
         cached = max(isl - (tokens - ahead), 0)  # the prompt tokens this worker need not prefill
         credit = knobs.overlap_score_credit
         if knobs.overlap_score_credit_decay and ahead > least:

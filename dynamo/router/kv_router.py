@@ -82,7 +82,8 @@ class KvRouter:
             track_prefill_tokens=cfg.router_track_prefill_tokens,
         )
         self.selector = Selector(rng)
-        self.knobs = DynamoCostKnobs.of(cfg)
+        knobs = DynamoCostKnobs.of(cfg)
+        self.knobs = None if knobs.default else knobs  # decided once, not per request: the config is fixed
         # Dynamo's --router-queue-threshold is a prefill busy fraction whose overflow waits in the
         # router queue: with ours always queueing busy requests, the stricter of the two applies.
         fracs = [f for f in (cfg.active_prefill_tokens_threshold_frac, cfg.router_queue_threshold) if f is not None]
@@ -213,7 +214,7 @@ class KvRouter:
             x_of = self._features(potentials)
             active = self.active
             logits = self.ttft.costs(potentials, x_of, lambda k: potentials[k][1] - active.active_prefill_tokens(k))
-        elif self.knobs.default:
+        elif self.knobs is None:
             logits = compute_logits(potentials, self.block_size, weight)
         else:
             active = self.active
@@ -232,7 +233,7 @@ class KvRouter:
         override, an overlap weight other than 1, a sampling temperature or one of Dynamo 1.6.1's
         cost knobs speak Dynamo's units."""
         return (self.config.router_cost_model == "ttft" and override is None and weight == 1.0
-                and temperature == 0.0 and self.knobs.default)
+                and temperature == 0.0 and self.knobs is None)
 
     def _features(self, potentials: Mapping[WorkerKey, tuple[int, int]]):
         """Features of the ttft cost model per candidate: prefill tokens queued + new, KV usage after
