@@ -235,17 +235,15 @@ class SessionAffinityPolicy:
             return None  # the request names its worker itself
         binding = self.table.lookup(key)
         if binding is not None:
-            if pool.get(binding.worker) is None or binding.worker in exclude:
+            if not _reachable(binding, pool, exclude):
                 self.table.invalidate(key)  # worker gone or failing: this choice binds anew
-                binding = None
             elif self.mode is AffinityMode.HARD or not self.inner.busy(pool, binding.worker):
                 return binding.worker
             else:
                 return None
         parent = request.routing.parent_session_id if request.routing else None
         seed = self.table.lookup((pool.name, parent)) if parent else None
-        if seed is not None and pool.get(seed.worker) is not None and seed.worker not in exclude \
-                and not self.inner.busy(pool, seed.worker):
+        if _reachable(seed, pool, exclude) and not self.inner.busy(pool, seed.worker):
             return seed.worker  # a subagent starts where its parent's context is cached
         return None
 
@@ -254,7 +252,7 @@ class SessionAffinityPolicy:
         if hints is None or hints.session_id is None:
             return self.inner.cached_tokens(pool, request, exclude)
         binding = self.table.lookup((pool.name, hints.session_id))
-        if binding is None or pool.get(binding.worker) is None or binding.worker in exclude:
+        if not _reachable(binding, pool, exclude):
             return self.inner.cached_tokens(pool, request, exclude)
         return self.inner.cached_tokens(pool, _pinned(request, pool, binding.worker), exclude)
 
@@ -304,6 +302,11 @@ class _AffinityCollector:
                                   value=self.table.lost)
         yield CounterMetricFamily(f"{name}_refused", "New sessions routed without a binding: the table was full",
                                   value=self.table.full_refusals)
+
+
+def _reachable(binding: Binding | None, pool: WorkerPool, exclude: set[int]) -> bool:
+    """The binding's worker is in the pool and not left out of this request (failed, inhibited)."""
+    return binding is not None and pool.get(binding.worker) is not None and binding.worker not in exclude
 
 
 def _pinned(request: PreprocessedRequest, pool: WorkerPool, worker: int) -> PreprocessedRequest:
