@@ -82,15 +82,26 @@ class _Collect(argparse.Action):
         setattr(namespace, _DEST, given)
 
 
+def compat_parser(cls: type, flags: CompatFlags, prog: str | None = None) -> argparse.ArgumentParser:
+    """The component's parser: its own settings, Dynamo's flags of `flags`, and `--version`."""
+    parser = build_parser(cls, prog=prog)
+    flags.add_to(parser)
+    parser.add_argument("--version", action="version", version=f"dynamo {dynamo_version()}")
+    return parser
+
+
+def known_flags(cls: type, flags: CompatFlags) -> set[str]:
+    """Every flag spelling the component's command line accepts (what a manifest may pass)."""
+    return {name for action in compat_parser(cls, flags)._actions for name in action.option_strings}
+
+
 def parse_with_compat(cls: type[T], flags: CompatFlags, argv: Sequence[str] | None = None, *, prog: str,
                       environ: Mapping[str, str] | None = None,
                       vet: Callable[[dict[str, Any], Callable[[str], Any]], None] | None = None) -> tuple[T, list[str]]:
     """A component's command line: its config `cls` (flag > env > default, validated), Dynamo's flags
     of `flags` accepted or refused, and `--version`. Returns (config, a warning per flag accepted
     without effect). `vet(given, error)` may refuse values of the accepted flags first."""
-    parser = build_parser(cls, prog=prog)
-    flags.add_to(parser)
-    parser.add_argument("--version", action="version", version=f"dynamo {dynamo_version()}")
+    parser = compat_parser(cls, flags, prog)
     namespace = parser.parse_args(argv)
     if vet is not None:
         vet(flags.given(namespace), parser.error)

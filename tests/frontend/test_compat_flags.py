@@ -10,7 +10,7 @@ import pytest
 
 from dynamo.frontend.compat_flags import FRONTEND_FLAGS, REFUSED
 from dynamo.frontend.config import FrontendConfig, parse_frontend_args
-from dynamo.runtime.config import build_parser
+from dynamo.runtime.compat_args import known_flags
 
 DYNAMO_161_FRONTEND_FLAGS = (
     "--active-decode-blocks-threshold", "--active-prefill-tokens-threshold",
@@ -53,14 +53,8 @@ DYNAMO_161_FRONTEND_FLAGS = (
 )
 
 
-def our_flags() -> set[str]:
-    parser = build_parser(FrontendConfig)
-    FRONTEND_FLAGS.add_to(parser)
-    return {name for action in parser._actions for name in action.option_strings} | {"--version", "--help", "-h"}
-
-
 def test_every_dynamo_frontend_flag_is_known_here():
-    ours = our_flags()
+    ours = known_flags(FrontendConfig, FRONTEND_FLAGS)
     assert [f for f in DYNAMO_161_FRONTEND_FLAGS if f not in ours] == []
 
 
