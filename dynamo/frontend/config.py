@@ -42,7 +42,8 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
                                               "device-aware-weighted (least-loaded here)", choices=ROUTER_MODES)
     router_session_affinity_ttl_secs: float | None = setting(
         None, "Keep an agent session (x-dynamo-session-id, or a coding agent's session header) on one worker "
-        "until it has been idle this long (1-31536000 s; unset: no session affinity)")
+        "until it has been idle this long (1-31536000 s; unset: only sessions whose client asks for it in "
+        "nvext.session_control are kept)")
     router_session_affinity_mode: str = setting(
         "hard", "How a session's binding routes: hard (always its worker; it waits while that worker is busy), "
         "soft (its worker unless busy, else routed freely and rebound)", choices=["hard", "soft"])

@@ -5,7 +5,9 @@ and the headers that override them (`x-worker-instance-id`, `x-prefill-instance-
 `x-prefill-dp-rank`, each also spelled `x-dynamo-...`, and `x-dynamo-request-priority`,
 `x-dynamo-request-strict-priority`), and the agent session identity (`x-dynamo-session-id`,
 `x-dynamo-parent-session-id`, `x-dynamo-session-final`, or the coding agents' own headers when the
-canonical one is absent). A malformed hint is the client's error: a 400 naming it.
+canonical one is absent), or `nvext.session_control` (`session_id`, `action` open|bind|close,
+`timeout`), by which a client asks for affinity itself, and `agent_hints.osl` (the answer's expected
+length). A malformed hint is the client's error: a 400 naming it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, Iterable
 
 from dynamo.frontend.errors import bad_request
 from dynamo.llm.protocol import RoutingHints
+from dynamo.router.session_affinity import MAX_TTL_SECS
 
 # hint field -> the headers that set it (an x-dynamo- spelling wins over the plain one)
 HEADERS = {
@@ -26,7 +29,9 @@ HEADERS = {
     "strict_priority": ("x-dynamo-request-strict-priority",),
 }
 NVEXT_IDS = ("backend_instance_id", "prefill_worker_id", "decode_worker_id")
-AGENT_HINTS = ("priority", "strict_priority")
+AGENT_HINTS = ("priority", "strict_priority", "osl")
+SESSION_ACTIONS = ("open", "bind", "close")  # open/bind (re)bind with the timeout; close ends after this request
+SESSION_TIMEOUT_SECS = 300  # nvext.session_control.timeout's default, as NVIDIA Dynamo
 SESSION_ID_MAX_BYTES = 256  # as NVIDIA Dynamo: a longer id is refused, never truncated into another's
 SESSION_FINAL = "x-dynamo-session-final"
 # (session header, parent header(s) in order) per client; the first whose session header is present
@@ -60,7 +65,38 @@ def routing_hints(nvext: dict[str, Any] | None, headers: Iterable[tuple[bytes, b
             if header in given:
                 values[name] = _parse(name, given[header], header)
     values.update(session_identity(given))
+    if ext.get("session_control") is not None:
+        values.update(session_control(ext["session_control"]))
+        values["session_final"] = values.get("session_final", False) or _final(given)
     return RoutingHints(**values) if values else None
+
+
+def session_control(raw: Any) -> dict[str, Any]:
+    """`nvext.session_control`: its session id wins over a session header's (a parent named by header
+    stays); `open`/`bind` set the binding's idle timeout, `close` makes this the session's last request."""
+    param = "nvext.session_control"
+    if not isinstance(raw, dict):
+        raise bad_request(f"{param} must be an object", param, "invalid_type")
+    sid = raw.get("session_id")
+    if not isinstance(sid, str) or not sid.strip():
+        raise bad_request(f"{param}.session_id must be a non-empty string", f"{param}.session_id", "invalid_value")
+    if len(sid.encode()) > SESSION_ID_MAX_BYTES:
+        raise bad_request(f"{param}.session_id is longer than {SESSION_ID_MAX_BYTES} bytes", f"{param}.session_id",
+                          "invalid_value")
+    action = raw.get("action")
+    if action is not None and action not in SESSION_ACTIONS:
+        raise bad_request(f"{param}.action must be one of {', '.join(SESSION_ACTIONS)}, got {action!r}",
+                          f"{param}.action", "invalid_value")
+    timeout = raw.get("timeout", SESSION_TIMEOUT_SECS)
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= MAX_TTL_SECS:
+        raise bad_request(f"{param}.timeout must be whole seconds from 1 to {MAX_TTL_SECS}, got {timeout!r}",
+                          f"{param}.timeout", "invalid_value")
+    values: dict[str, Any] = {"session_id": sid.strip(), "session_control": True}
+    if action in ("open", "bind"):
+        values["session_ttl_secs"] = float(timeout)
+    if action == "close":
+        values["session_final"] = True
+    return values
 
 
 def session_identity(given: dict[str, str]) -> dict[str, Any]:

@@ -66,6 +66,11 @@ class RoutingHints(msgspec.Struct, omit_defaults=True, kw_only=True):
     session_id: str | None = None
     parent_session_id: str | None = None
     session_final: bool = False  # the session's last request: its affinity binding closes after it
+    # nvext.session_control: the client asks for affinity itself, whether or not the frontend runs with a
+    # TTL of its own; its open/bind action sets how long the binding outlives the session's last request.
+    session_control: bool = False
+    session_ttl_secs: float | None = None
+    osl: int | None = None  # nvext.agent_hints.osl: the answer's expected length in tokens
 
 
 # A strict tier outranks any soft priority when the two are folded into an engine's one integer.

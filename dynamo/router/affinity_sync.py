@@ -32,6 +32,7 @@ class AffinityEvent(msgspec.Struct, kw_only=True, array_like=True):
     session: str
     worker: int
     kind: Literal["bind", "close"]
+    ttl: float | None = None  # the binding's idle timeout (a client-asked one may differ from the replica's)
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -54,8 +55,9 @@ class AffinitySync:
             log.info("session affinity shared with router replicas on %s/%s", namespace, component)
 
     def tell(self, namespace: str, component: str, pool: str, session: str, worker: int,
-             kind: Literal["bind", "close"]) -> None:
-        event = AffinityEvent(router_id=self.router_id, pool=pool, session=session, worker=worker, kind=kind)
+             kind: Literal["bind", "close"], ttl: float | None = None) -> None:
+        event = AffinityEvent(router_id=self.router_id, pool=pool, session=session, worker=worker, kind=kind,
+                              ttl=ttl)
         self.topic.publish(namespace, component, _encode(event))
 
     def _receive(self, payload: bytes) -> None:
@@ -64,7 +66,7 @@ class AffinitySync:
             return
         key = (event.pool, event.session)
         if event.kind == "bind":
-            self.table.adopt(key, event.worker)
+            self.table.adopt(key, event.worker, event.ttl)
         else:
             self.table.close(key)
         self.applied += 1

@@ -221,7 +221,7 @@ class KvPolicy:
         selection = router.select(request.token_ids, request_id=rid, allowed=allowed, lora_name=lora)
         if rid in self._inflight:  # a retry that was not freed: never double-book
             self.free(rid)
-        seq = router.add_request(rid, selection, request.token_ids, lora, request.stop_conditions.max_tokens)
+        seq = router.add_request(rid, selection, request.token_ids, lora, expected_output(request))
         self._inflight[rid] = route
         if self.metrics is not None:
             self.metrics.decision.labels(route.name).observe(time.perf_counter() - started)
@@ -297,3 +297,12 @@ class KvPolicy:
             body["replica_events_applied"] = self.sync.applied
         return {"router": body}
 
+
+def expected_output(request: PreprocessedRequest) -> int | None:
+    """Tokens the answer is expected to fill, for output-block tracking: the client's estimate
+    (`nvext.agent_hints.osl`) within `max_tokens`, else `max_tokens`."""
+    cap = request.stop_conditions.max_tokens
+    osl = request.routing.osl if request.routing is not None else None
+    if osl is None:
+        return cap
+    return osl if cap is None else min(osl, cap)

@@ -15,6 +15,11 @@ request marked `session_final` closes it once it ends. A child session (`parent_
 first placed with its parent when that worker is not busy. A request that names its worker
 itself (`backend_instance_id`, ...) goes there, whatever the binding.
 
+A client may also ask for affinity itself (`nvext.session_control`, `routing.session_control`), with
+or without the frontend's TTL: its `open`/`bind` action sets the binding's idle timeout (300 s by
+default), `close` ends the session after that request. Without the frontend's TTL, a session named
+only by a header is passive metadata, as in NVIDIA Dynamo.
+
 Each frontend keeps its own table and tells the others of its bindings on the event plane
 (`affinity_sync`, best effort); strict affinity across replicas needs the ingress to send a
 session to one frontend (hash the session header).
@@ -41,6 +46,7 @@ log = logging.getLogger(__name__)
 
 MAX_TTL_SECS = 31_536_000  # one year, NVIDIA Dynamo's bound
 MAX_SESSIONS = 65_536  # past this many live bindings, new sessions are routed without one
+CLIENT_TTL_SECS = 300.0  # a client-asked binding's idle timeout when neither the request nor the frontend sets one
 
 SessionKey = tuple[str, str]  # (pool name, session id)
 
@@ -53,6 +59,7 @@ class AffinityMode(enum.StrEnum):
 @dataclass
 class Binding:
     worker: int
+    ttl: float  # idle seconds it outlives the session's last request
     leases: int = 0  # requests of the session in flight (bound here or not): a live binding never expires
     idle_since: float = 0.0
     closing: bool = False  # a session_final request came: gone when its last request ends
@@ -61,9 +68,9 @@ class Binding:
 class AffinityTable:
     """Session -> worker bindings with leases and an idle TTL; the one owner of affinity state."""
 
-    def __init__(self, ttl_secs: float, max_sessions: int = MAX_SESSIONS,
+    def __init__(self, ttl_secs: float | None, max_sessions: int = MAX_SESSIONS,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.ttl = ttl_secs
+        self.ttl = ttl_secs  # None: only sessions whose client asks for affinity are bound
         self.max_sessions = max_sessions
         self.clock = clock
         self._bindings: dict[SessionKey, Binding] = {}
@@ -87,19 +94,23 @@ class AffinityTable:
         if self._bindings.pop(key, None) is not None:
             self.lost += 1
 
-    def acquire(self, key: SessionKey, worker: int, request_id: str, *, move: bool, final: bool) -> bool:
+    def acquire(self, key: SessionKey, worker: int, request_id: str, *, move: bool, final: bool,
+                ttl: float | None = None) -> bool:
         """`request_id` of the session went to `worker`: bind the session there when it has no live
-        binding (or `move`), and hold the binding until `release(request_id)`. True when the session
-        was bound anew or moved (what router replicas are told)."""
+        binding (or `move`), and hold the binding until `release(request_id)`; `ttl` (the client's)
+        replaces the binding's idle timeout. True when the session was bound anew, moved or given a new
+        timeout (what router replicas are told)."""
         self.release(request_id)  # a retry of the same request holds one lease, not two
         binding = self.lookup(key)
-        changed = binding is None or (move and binding.worker != worker)
+        changed = binding is None or (move and binding.worker != worker) or (ttl is not None and ttl != binding.ttl)
         if binding is None:
             if not self._room():
                 return False
-            binding = self._bindings[key] = Binding(worker)
+            binding = self._bindings[key] = Binding(worker, self.ttl_for(ttl))
         elif move:
             binding.worker = worker
+        if ttl is not None:
+            binding.ttl = ttl
         binding.leases += 1
         binding.closing = binding.closing or final
         self._leases[request_id] = (key, binding)
@@ -121,14 +132,22 @@ class AffinityTable:
             binding.idle_since = self.clock()
         return key, binding
 
-    def adopt(self, key: SessionKey, worker: int) -> None:
-        """A router replica bound the session to `worker`, or its request there ended: the first live
-        binding wins; a matching one starts its idle TTL again."""
+    def adopt(self, key: SessionKey, worker: int, ttl: float | None = None) -> None:
+        """A router replica bound the session to `worker` (for `ttl` idle seconds, when it says), or its
+        request there ended: the first live binding wins; a matching one starts its idle TTL again."""
         binding = self.lookup(key)
         if binding is None and self._room():
-            self._bindings[key] = Binding(worker, idle_since=self.clock())
-        elif binding is not None and binding.worker == worker and not binding.leases:
-            binding.idle_since = self.clock()
+            self._bindings[key] = Binding(worker, self.ttl_for(ttl), idle_since=self.clock())
+        elif binding is not None and binding.worker == worker:
+            binding.ttl = binding.ttl if ttl is None else ttl
+            if not binding.leases:
+                binding.idle_since = self.clock()
+
+    def ttl_for(self, asked: float | None) -> float:
+        """A binding's idle timeout: the client's, else the frontend's, else the session-control default."""
+        if asked is not None:
+            return asked
+        return self.ttl if self.ttl is not None else CLIENT_TTL_SECS
 
     def close(self, key: SessionKey) -> None:
         """A replica served the session's final request: close it here too once idle."""
@@ -154,7 +173,7 @@ class AffinityTable:
         return len(self._bindings)
 
     def _expired(self, binding: Binding, now: float) -> bool:
-        return binding.leases == 0 and now - binding.idle_since >= self.ttl
+        return binding.leases == 0 and now - binding.idle_since >= binding.ttl
 
     def _room(self) -> bool:
         if len(self._bindings) < self.max_sessions:
@@ -175,14 +194,18 @@ class SessionAffinityPolicy:
     """Any routing policy with session affinity around it: the binding narrows the choice to one
     worker, the wrapped policy books and answers everything else."""
 
-    def __init__(self, inner: RoutingPolicy, ttl_secs: float, mode: AffinityMode | str = AffinityMode.HARD,
+    def __init__(self, inner: RoutingPolicy, ttl_secs: float | None, mode: AffinityMode | str = AffinityMode.HARD,
                  clock: Callable[[], float] = time.monotonic, max_sessions: int = MAX_SESSIONS) -> None:
         self.inner = inner
         self.mode = AffinityMode(mode)
         self.table = AffinityTable(ttl_secs, max_sessions, clock)
         self.sync: AffinitySync | None = None
+        # Replicas are told of bindings once there can be any: from the start with the frontend's TTL,
+        # else from the first session a client asks affinity for.
+        self._sharing = ttl_secs is not None
         self._members: dict[str, set[int]] = {}  # pool name -> its workers, for what replicas tell us
         self._components: dict[str, tuple[str, str]] = {}  # pool name -> (namespace, component) to tell on
+        self._joinable: set[tuple[str, str]] = set()  # every worker component seen
         self._tasks: set[asyncio.Task] = set()
 
     @property
@@ -203,29 +226,47 @@ class SessionAffinityPolicy:
             log.info("%s: %d session binding(s) dropped with their workers", pool.name, gone)
         for eid in {(w.endpoint.namespace, w.endpoint.component) for w in pool.workers}:
             self._components.setdefault(pool.name, eid)
-            if self.sync is not None and not self.sync.topic.joined(*eid):
-                task = asyncio.get_running_loop().create_task(self.sync.join(*eid))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            self._joinable.add(eid)
+            if self._sharing:
+                self._join(eid)
 
-    def _tell(self, pool: str, session: str, worker: int, kind: str) -> None:
+    def _join(self, eid: tuple[str, str]) -> None:
+        if self.sync is not None and not self.sync.topic.joined(*eid):
+            task = asyncio.get_running_loop().create_task(self.sync.join(*eid))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _share(self) -> None:
+        """Hear and tell replicas' bindings from now on (the first session a client asks affinity for)."""
+        self._sharing = True
+        for eid in self._joinable:
+            self._join(eid)
+
+    def _tell(self, pool: str, session: str, binding: Binding, kind: str) -> None:
         component = self._components.get(pool)
         if self.sync is not None and component is not None:
-            self.sync.tell(*component, pool, session, worker, kind)  # type: ignore[arg-type]
+            self.sync.tell(*component, pool, session, binding.worker, kind, binding.ttl)  # type: ignore[arg-type]
+
+    def _affine(self, hints: RoutingHints | None) -> bool:
+        """The request's session is bound: the frontend has a TTL, or its client asks for affinity."""
+        return hints is not None and hints.session_id is not None and (
+            self.table.ttl is not None or hints.session_control)
 
     async def select(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
         hints = request.routing
-        if hints is None or hints.session_id is None:
+        if not self._affine(hints):
             return await self.inner.select(pool, request, exclude)
+        if not self._sharing:
+            self._share()
         key = (pool.name, hints.session_id)
         target = self._target(pool, request, key, exclude)
         routed = request if target is None else _pinned(request, pool, target)
         choice = await self.inner.select(pool, routed, exclude)
         # Soft mode moves the binding with a request routed away from its busy worker; hard mode keeps
         # it (a differing choice is an explicit pin, or concurrent first requests: the first one bound).
-        if self.table.acquire(key, choice.worker.instance_id, request.request_id,
-                              move=self.mode is AffinityMode.SOFT, final=hints.session_final):
-            self._tell(pool.name, hints.session_id, choice.worker.instance_id, "bind")
+        if self.table.acquire(key, choice.worker.instance_id, request.request_id, move=self.mode is AffinityMode.SOFT,
+                              final=hints.session_final, ttl=hints.session_ttl_secs):
+            self._tell(pool.name, hints.session_id, self.table.lookup(key), "bind")
         return choice
 
     def _target(self, pool: WorkerPool, request: PreprocessedRequest, key: SessionKey,
@@ -249,7 +290,7 @@ class SessionAffinityPolicy:
 
     def cached_tokens(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> int:
         hints = request.routing
-        if hints is None or hints.session_id is None:
+        if not self._affine(hints):
             return self.inner.cached_tokens(pool, request, exclude)
         binding = self.table.lookup((pool.name, hints.session_id))
         if not _reachable(binding, pool, exclude):
@@ -267,7 +308,7 @@ class SessionAffinityPolicy:
         ended = self.table.release(request_id)
         if ended is not None:  # replicas restart the idle TTL, or close the session too
             (pool, session), binding = ended
-            self._tell(pool, session, binding.worker, "close" if binding.closing else "bind")
+            self._tell(pool, session, binding, "close" if binding.closing else "bind")
 
     def health(self) -> dict:
         body = self.inner.health()
@@ -317,5 +358,6 @@ def _pinned(request: PreprocessedRequest, pool: WorkerPool, worker: int) -> Prep
 
 
 def with_session_affinity(policy: RoutingPolicy, ttl_secs: float | None, mode: str) -> RoutingPolicy:
-    """`policy` itself when affinity is off (no TTL), else wrapped."""
-    return policy if ttl_secs is None else SessionAffinityPolicy(policy, ttl_secs, mode)
+    """`policy` with session affinity around it: for every session with the frontend's TTL, else
+    for the sessions whose clients ask for it (`nvext.session_control`)."""
+    return SessionAffinityPolicy(policy, ttl_secs, mode)

@@ -22,7 +22,8 @@ def test_none_when_nothing_is_given():
 def test_nvext_fields():
     hints = routing_hints({"backend_instance_id": 7, "prefill_worker_id": 9,
                            "agent_hints": {"priority": 2.5, "strict_priority": 1, "osl": 100}}, [])
-    assert hints == RoutingHints(backend_instance_id=7, prefill_worker_id=9, priority=2.5, strict_priority=1)
+    assert hints == RoutingHints(backend_instance_id=7, prefill_worker_id=9, priority=2.5, strict_priority=1,
+                                 osl=100)
 
 
 def test_headers_override_the_body_and_dynamo_spellings_win():
@@ -40,6 +41,7 @@ def test_headers_override_the_body_and_dynamo_spellings_win():
     ({"agent_hints": [1]}, [], "nvext.agent_hints"),
     ({"agent_hints": {"priority": "high"}}, [], "nvext.agent_hints.priority"),
     ({"agent_hints": {"strict_priority": 1.5}}, [], "nvext.agent_hints.strict_priority"),
+    ({"agent_hints": {"osl": -5}}, [], "nvext.agent_hints.osl"),
     (None, h(x_dynamo_request_priority="nan"), "x-dynamo-request-priority"),
     (None, h(x_prefill_instance_id="0x10"), "x-prefill-instance-id"),
 ])
@@ -85,3 +87,42 @@ def test_malformed_session_headers_are_400s(headers, param):
 def test_a_blank_session_header_is_no_session_and_256_bytes_are_fine():
     assert routing_hints(None, h(x_dynamo_session_id="  ")) is None
     assert routing_hints(None, h(x_dynamo_session_id="x" * 256)).session_id == "x" * 256
+
+
+# -- nvext.session_control ----------------------------------------------------------------------
+@pytest.mark.parametrize("control, expected", [
+    ({"session_id": "s1"}, RoutingHints(session_id="s1", session_control=True)),  # an intermediate turn
+    ({"session_id": "s1", "action": "open"}, RoutingHints(session_id="s1", session_control=True,
+                                                         session_ttl_secs=300.0)),  # the default timeout
+    ({"session_id": "s1", "action": "bind", "timeout": 30},
+     RoutingHints(session_id="s1", session_control=True, session_ttl_secs=30.0)),
+    ({"session_id": "s1", "action": "close", "timeout": 30},  # close keeps the binding's own timeout
+     RoutingHints(session_id="s1", session_control=True, session_final=True)),
+])
+def test_session_control_asks_for_affinity(control, expected):
+    assert routing_hints({"session_control": control}, []) == expected
+
+
+def test_session_control_names_the_session_over_headers_and_keeps_a_header_parent():
+    hints = routing_hints({"session_control": {"session_id": "body"}},
+                          h(x_dynamo_session_id="header", x_dynamo_parent_session_id="root", x_dynamo_session_final="true"))
+    assert hints == RoutingHints(session_id="body", parent_session_id="root", session_final=True, session_control=True)
+
+
+@pytest.mark.parametrize("control, param", [
+    ("s1", "nvext.session_control"),
+    ({}, "nvext.session_control.session_id"),
+    ({"session_id": "  "}, "nvext.session_control.session_id"),
+    ({"session_id": 7}, "nvext.session_control.session_id"),
+    ({"session_id": "é" * 129}, "nvext.session_control.session_id"),  # 258 bytes
+    ({"session_id": "s", "action": "OPEN"}, "nvext.session_control.action"),
+    ({"session_id": "s", "action": "pause"}, "nvext.session_control.action"),
+    ({"session_id": "s", "timeout": 0}, "nvext.session_control.timeout"),
+    ({"session_id": "s", "timeout": 1.5}, "nvext.session_control.timeout"),
+    ({"session_id": "s", "timeout": True}, "nvext.session_control.timeout"),
+    ({"session_id": "s", "timeout": 31_536_001}, "nvext.session_control.timeout"),
+])
+def test_malformed_session_control_is_a_400_naming_the_field(control, param):
+    with pytest.raises(ApiError) as err:
+        routing_hints({"session_control": control}, [])
+    assert err.value.status == 400 and err.value.param == param

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from dynamo.llm.model_card import ModelDeploymentCard, RuntimeConfig
-from dynamo.llm.protocol import PreprocessedRequest, RoutingHints
+from dynamo.llm.protocol import PreprocessedRequest, RoutingHints, StopConditions
 from dynamo.router.config import KvMode, KvRouterConfig
 from dynamo.router.kv_policy import KvPolicy, mode_report
 from dynamo.router.policy import (Choice, NoWorkers, RandomPolicy, Role, RoundRobinPolicy, candidates, pinned_worker,
@@ -102,6 +102,24 @@ async def test_kv_policy_books_releases_and_follows_membership():
         await policy.select(pool(2, version=2), req("d", tokens), {2})
     health = policy.health()["router"]
     assert health["models"]["m"]["workers"] == [2] and health["models"]["m"]["mode"] == "kv-events"
+
+
+@pytest.mark.parametrize("max_tokens, osl, answer_blocks", [
+    (400, None, 100),  # max_tokens alone: 400 tokens of blocks of 4
+    (400, 40, 10),  # the client's estimate (nvext.agent_hints.osl) within max_tokens
+    (40, 400, 10),  # never past max_tokens
+    (None, 40, 10),  # an estimate without max_tokens
+    (None, None, 0),  # neither: nothing assumed
+])
+async def test_kv_policy_books_the_answers_expected_length(max_tokens, osl, answer_blocks):
+    policy = KvPolicy(KvRouterConfig())
+    tokens = list(range(16))  # 4 prompt blocks
+    request = PreprocessedRequest(request_id="a", model="m", token_ids=tokens,
+                                  stop_conditions=StopConditions(max_tokens=max_tokens),
+                                  routing=RoutingHints(osl=osl) if osl is not None else None)
+    choice = await policy.select(pool(1), request, set())
+    router = policy.routes["m"].router
+    assert router.active.active_blocks((choice.worker.instance_id, 0)) == 4 + answer_blocks
 
 
 async def test_kv_policy_one_instance_serves_decode_and_prefill_pools():

@@ -144,10 +144,47 @@ async def test_a_session_stays_on_its_worker_while_others_round_robin():
     assert sorted(others) == [1, 1, 2, 2]  # requests without a session are routed as before
 
 
-async def test_off_without_a_ttl():
-    inner = RoundRobinPolicy()
-    assert with_session_affinity(inner, None, "hard") is inner
-    assert isinstance(with_session_affinity(inner, 5.0, "soft"), SessionAffinityPolicy)
+async def test_without_a_ttl_only_sessions_whose_client_asks_are_kept():
+    """No frontend TTL: a session header alone is passive metadata; nvext.session_control binds, for
+    the timeout its open/bind sets (300 s by default), and its close ends the session."""
+    assert isinstance(with_session_affinity(RoundRobinPolicy(), None, "hard"), SessionAffinityPolicy)
+    clock = Clock()
+    policy = SessionAffinityPolicy(RoundRobinPolicy(), None, "hard", clock)
+    p = pool(1, 2)
+    passive = [await route(policy, p, f"h{i}", "header-only") for i in range(4)]
+    assert sorted(passive) == [1, 1, 2, 2]
+    first = await route(policy, p, "c0", "agent", session_control=True)
+    assert [await route(policy, p, f"c{i}", "agent", session_control=True) for i in range(1, 4)] == [first] * 3
+    clock.now += 299
+    assert await route(policy, p, "c4", "agent", session_control=True) == first
+    clock.now += 300  # idle for the default timeout: the next request is routed afresh
+    assert policy.table.lookup((p.name, "agent")) is None
+    short = await route(policy, p, "b0", "short", session_control=True, session_ttl_secs=5.0)
+    clock.now += 4
+    assert await route(policy, p, "b1", "short", session_control=True) == short  # a turn without action keeps 5 s
+    clock.now += 5
+    assert policy.table.lookup((p.name, "short")) is None
+    await route(policy, p, "z0", "closing", session_control=True, session_final=True)
+    assert policy.table.lookup((p.name, "closing")) is None  # close: gone after its request
+    assert len(policy.table) == 0
+
+
+def test_a_client_timeout_replaces_the_bindings_own_and_travels_to_replicas():
+    clock = Clock()
+    table = AffinityTable(TTL, clock=clock)
+    key = ("m", "s")
+    assert table.acquire(key, 7, "r1", move=False, final=False, ttl=3600.0)  # new: told
+    assert not table.acquire(key, 7, "r2", move=False, final=False)  # same binding, same timeout: nothing to tell
+    assert table.acquire(key, 7, "r3", move=False, final=False, ttl=10.0)  # a new timeout is told
+    for rid in ("r1", "r2", "r3"):
+        table.release(rid)
+    clock.now += 10
+    assert table.lookup(key) is None
+    replica = AffinityTable(None, clock=clock)
+    replica.adopt(key, 9, 3600.0)
+    replica.adopt(("m", "t"), 9)
+    clock.now += 301
+    assert replica.lookup(key).worker == 9 and replica.lookup(("m", "t")) is None  # 300 s without a timeout
 
 
 async def test_an_expired_binding_is_routed_anew():
