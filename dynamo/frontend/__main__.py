@@ -99,7 +99,7 @@ async def serve(config: FrontendConfig, stop: asyncio.Event, warnings: Sequence[
     if not await app.drained(grace):
         log.warning("drain deadline passed with %d request(s) in flight; closing them", app.inflight)
     await http.stop(timeout=1.0)
-    app.close()
+    await app.close()
     await lag.stop()
     await routing.close()
     await models.stop()

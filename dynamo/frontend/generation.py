@@ -65,6 +65,7 @@ class GenerationRun:
         self.choices = [Choice(i, OutputStage(entry.pipeline, spec)) for i in range(len(preqs))]
         self.want_logprobs = preqs[0].output_options.logprobs is not None
         self.reasoning_field = reasoning_field
+        self.keep_answer = False  # a stream also collects its answer (a unary one always does): speculative prefill
         self.cached_tokens = 0
         self.last_time = started
         self._observe_itl = app.metrics.itl.labels(self.model).observe
@@ -248,7 +249,10 @@ class GenerationRun:
         return self.chunks.delta(choice.index, delta, lp)
 
     def _finish_bytes(self, choice: Choice) -> bytes:
-        body = self._delta_bytes(choice, choice.stage.finish())
+        d = choice.stage.finish()
+        if self.keep_answer:
+            self._collect(choice, d)
+        body = self._delta_bytes(choice, d)
         first = not choice.started
         choice.started = True
         return body + self.chunks.finish(choice.stage.finish_reason(choice.finish), first, choice.index)
@@ -260,7 +264,10 @@ class GenerationRun:
                 choice = self.choices[i]
                 if choice.done:
                     continue
-                body = self._delta_bytes(choice, self._absorb(choice, outputs))
+                d = self._absorb(choice, outputs)
+                if self.keep_answer:
+                    self._collect(choice, d)
+                body = self._delta_bytes(choice, d)
                 if choice.done:
                     body += self._finish_bytes(choice)
                 if body:
@@ -287,6 +294,10 @@ class GenerationRun:
         build = chat_body if self.is_chat else completion_body
         entries = [self._chat_choice(c) if self.is_chat else self._completion_choice(c) for c in self.choices]
         await send_bytes(send, 200, build(self.request_id, self.model, self.created, entries, self._usage()))
+
+    def answer(self) -> dict:
+        """The first choice's assistant message, as the response carried it (with `keep_answer`)."""
+        return self._chat_choice(self.choices[0])["message"]
 
     @staticmethod
     def _collect(choice: Choice, d: ChoiceDelta) -> None:

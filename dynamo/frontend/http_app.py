@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from prometheus_client import generate_latest
 
-from dynamo.frontend import errors
+from dynamo.frontend import errors, speculative_prefill
 from dynamo.frontend.intake import early_refusal
 from dynamo.frontend.dispatch import Dispatcher
 from dynamo.frontend.embeddings import decode_embeddings, embed
@@ -25,6 +25,7 @@ from dynamo.frontend.generation import GenerationRun
 from dynamo.frontend.metrics import FrontendMetrics, RequestOutcome
 from dynamo.frontend.model_manager import ModelManager
 from dynamo.frontend.routing_hints import routing_hints
+from dynamo.frontend.speculative_prefill import SpeculativePrefill
 from dynamo.llm.protocol import RoutingHints
 from dynamo.frontend.openai import (
     ChatCompletionRequest,
@@ -78,6 +79,7 @@ class FrontendApp:
         self._idle = asyncio.Event()
         self._idle.set()
         self.prep_pool = ThreadPoolExecutor(max_workers=PREP_THREADS, thread_name_prefix="dyn-prep")
+        self.speculative = SpeculativePrefill(dispatcher, self.prep_pool, metrics.registry, metrics.prefix)
         self._trim_pending = False
         self.routes: dict[tuple[str, str], Callable] = {
             ("POST", "/v1/chat/completions"): self.chat,
@@ -140,7 +142,8 @@ class FrontendApp:
         except asyncio.TimeoutError:
             return False
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        await self.speculative.close()
         self.prep_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- simple routes ---------------------------------------------------------------------------
@@ -236,7 +239,8 @@ class FrontendApp:
             (validate_chat if kind == "chat" else validate_completion)(req)
             hints = routing_hints(req.nvext, scope["headers"])
             await self._generate(req, "chat_completions" if kind == "chat" else "completions", size, receive, send,
-                                 hints=hints, trace=scope.get(SCOPE_KEY))
+                                 hints=hints, trace=scope.get(SCOPE_KEY),
+                                 speculate=kind == "chat" and speculative_prefill.wanted(req.nvext))
         finally:
             if size >= TRIM_AFTER_BYTES:
                 self._schedule_trim()
@@ -308,7 +312,8 @@ class FrontendApp:
         return error
 
     async def _generate(self, req, endpoint: str, body_size: int, receive, send, run_cls=GenerationRun,
-                        hints: RoutingHints | None = None, trace: RequestTrace | None = None, **run_kw) -> None:
+                        hints: RoutingHints | None = None, trace: RequestTrace | None = None, speculate: bool = False,
+                        **run_kw) -> None:
         started = time.monotonic()
         request_type = "stream" if req.stream else "unary"
         if trace is not None:
@@ -332,7 +337,10 @@ class FrontendApp:
         try:
             run = run_cls(self, entry, req, preqs, is_chat, started, output_spec(entry, req, is_chat),
                           self.reasoning_field, **run_kw)
+            run.keep_answer = speculate
             status = await run.execute(entry, receive, send, request_type)
+            if speculate and status == RequestOutcome.SUCCESS:
+                self.speculative.start(entry, req, run.answer(), hints)
         finally:
             self._release(entry.name, endpoint, request_type, status)
             if trace is not None:

@@ -24,6 +24,7 @@ class RequestOutcome(enum.StrEnum):
 class FrontendMetrics:
     def __init__(self, prefix: str = "dynamo_frontend", registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self.prefix = prefix
         r = self.registry
         p = prefix
         self.requests = Counter(f"{p}_requests", "HTTP requests by outcome",

@@ -66,7 +66,9 @@ class ModelPipeline:
         return ids
 
     def chat_prompt_ids(self, messages: list[dict], tools: list | None = None,
-                        template_kwargs: dict[str, Any] | None = None) -> list[int]:
+                        template_kwargs: dict[str, Any] | None = None, generation_prompt: bool = True) -> list[int]:
+        """The chat's prompt; without `generation_prompt`, the prefix a next turn after the last
+        message starts with (speculative prefill)."""
         if self.template is None:
             raise PreprocessError(f"model {self.name!r} has no chat template; use /v1/completions", "messages",
                                   "no_chat_template")
@@ -76,7 +78,7 @@ class ModelPipeline:
         try:
             extra = {k: v for k, v in (template_kwargs or {}).items()
                      if k not in ("messages", "tools", "add_generation_prompt")}
-            text = self.template.render(messages, add_generation_prompt=True, tools=tools, **extra)
+            text = self.template.render(messages, add_generation_prompt=generation_prompt, tools=tools, **extra)
         except ChatTemplateError as exc:
             raise PreprocessError(f"chat template failed: {exc}", "messages", "invalid_messages") from None
         self._check_bound(len(text), "messages")
