@@ -40,8 +40,10 @@ class Result:
         self.elapsed = 0.0
 
 
-async def stream_one(session: aiohttp.ClientSession, url: str, body: dict, result: Result) -> float | None:
-    """Stream one request into `result`; returns its TTFT in seconds (None: failed, or no token)."""
+async def stream_one(session: aiohttp.ClientSession, url: str, body: dict, result: Result,
+                     text: list[str] | None = None) -> float | None:
+    """Stream one request into `result` (its content pieces into `text`, when given); returns its
+    TTFT in seconds (None: failed, or no token)."""
     body = {**body, "stream": True, "stream_options": {"include_usage": True}}
     headers = body.pop("_headers", None)  # request headers (e.g. an agent session id), not part of the JSON
     start = time.perf_counter()
@@ -60,7 +62,10 @@ async def stream_one(session: aiohttp.ClientSession, url: str, body: dict, resul
             if chunk.get("usage"):
                 usage = chunk["usage"]
             choices = chunk.get("choices") or []
-            if choices and (choices[0].get("delta", {}).get("content") or choices[0].get("text")):
+            piece = choices and (choices[0].get("delta", {}).get("content") or choices[0].get("text"))
+            if piece:
+                if text is not None:
+                    text.append(piece)
                 last = time.perf_counter()
                 if first is None:
                     first = last

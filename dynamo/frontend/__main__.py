@@ -14,6 +14,7 @@ from dynamo.frontend.dispatch import Dispatcher
 from dynamo.frontend.http_app import FrontendApp
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.model_manager import ModelManager
+from dynamo.llm.token_cache import TokenCache
 from dynamo.router.inhibit import Inhibitor
 from dynamo.router.policy import PolicyHost, Role, RoutingPolicy, create_policy
 from dynamo.router.session_affinity import with_session_affinity
@@ -47,8 +48,12 @@ async def serve(config: FrontendConfig, stop: asyncio.Event, warnings: Sequence[
                                     config.router_session_affinity_ttl_secs, config.router_session_affinity_mode)
     await routing.attach(PolicyHost(runtime.store, runtime.client, runtime.instance_id, metrics.registry,
                                     config.metrics_prefix, config.event_plane))
+    token_cache = TokenCache(config.tokenizer_cache_bytes) if config.tokenizer_cache_bytes else None
+    if token_cache is not None:
+        metrics.watch_token_cache(token_cache)
     models = ModelManager(runtime.store, config.namespace, on_change=_on_change(routing),
-                          block_size=config.kv_cache_block_size, namespace_prefix=config.namespace_prefix)
+                          block_size=config.kv_cache_block_size, namespace_prefix=config.namespace_prefix,
+                          token_cache=token_cache)
     policy = DisaggPolicy.from_config(config.enforce_disagg, config.router_conditional_disagg,
                                       config.router_conditional_disagg_config)
     deadlines = config.deadlines()

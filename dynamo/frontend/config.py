@@ -68,6 +68,9 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
         None, 'JSON policy, e.g. {"eff_isl_threshold": 2048, "max_inflight_prefills_per_worker": 4}')
     rejection_frontend_request_concurrency_limit: int = setting(
         0, "Refuse requests beyond this many in flight (0: no limit)")
+    tokenizer_cache_bytes: int = setting(
+        128 << 20, "Bytes of tokenized prompt pieces (system prompts, earlier turns) kept to tokenize repeated "
+        "prompts only where they are new (0: off)")
     reasoning_field_name: str = setting("reasoning_content", "Message field that carries parsed reasoning",
                                         choices=["reasoning_content", "reasoning"])
 
@@ -93,6 +96,8 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
         ttl = self.router_session_affinity_ttl_secs
         if ttl is not None and not 1 <= ttl <= MAX_TTL_SECS:
             raise ValueError(f"--router-session-affinity-ttl-secs must be from 1 to {MAX_TTL_SECS}")
+        if self.tokenizer_cache_bytes < 0:
+            raise ValueError("--tokenizer-cache-bytes must be >= 0")
         if self.http_graceful_shutdown_timeout_secs < 0:
             raise ValueError("--http-graceful-shutdown-timeout-secs must be >= 0")
 

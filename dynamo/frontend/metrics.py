@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _ITL = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1)
@@ -61,6 +62,10 @@ class FrontendMetrics:
                                   registry=r)
         self.migration_limit = Gauge(f"{p}_model_migration_limit", "Migration limit", ("model",), registry=r)
 
+    def watch_token_cache(self, cache) -> None:
+        """The tokenizer cache's figures, read at scrape time (tokenizing pays nothing for them)."""
+        self.registry.register(_TokenCacheCollector(self.prefix, cache))
+
     def model_series(self, model: str) -> None:
         """Create `model`'s request series at 0. Prometheus' increase() cannot count a series' first
         sample, so a counter born at 1 by the first request loses that request (the planner's demand
@@ -76,3 +81,19 @@ class FrontendMetrics:
 
     def migration(self, model: str, kind: str) -> None:
         self.migrations.labels(model, kind).inc()
+
+
+class _TokenCacheCollector:
+    def __init__(self, prefix: str, cache) -> None:
+        self.prefix, self.cache = prefix, cache
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        name = f"{self.prefix}_tokenizer_cache"
+        yield CounterMetricFamily(f"{name}_hits", "Prompt pieces whose tokens came from the cache",
+                                  value=self.cache.hits)
+        yield CounterMetricFamily(f"{name}_misses", "Prompt pieces tokenized (and kept) anew", value=self.cache.misses)
+        yield GaugeMetricFamily(f"{name}_bytes", "Bytes the cached pieces take (bounded by --tokenizer-cache-bytes)",
+                                value=self.cache.bytes)

@@ -12,6 +12,7 @@ from typing import Callable
 
 from dynamo.llm.model_card import ModelDeploymentCard, WorkerType, card_decoder
 from dynamo.llm.preprocessor import ModelPipeline
+from dynamo.llm.token_cache import TokenCache
 from dynamo.router.policy import Role, WorkerInfo, WorkerPool
 from dynamo.runtime import records
 from dynamo.runtime.discovery.base import KeyValueStore, WatchEvent
@@ -67,8 +68,9 @@ def routable_address(card: ModelDeploymentCard, record: InstanceRecord | None) -
 class ModelManager:
     def __init__(self, store: KeyValueStore, namespace: str | None,
                  on_change: Callable[[ModelEntry], None] | None = None, block_size: int | None = None,
-                 namespace_prefix: str | None = None) -> None:
+                 namespace_prefix: str | None = None, token_cache: TokenCache | None = None) -> None:
         self.store = store
+        self.token_cache = token_cache  # shared by every model's pipeline (DYN_TOKENIZER_CACHE_BYTES)
         self.block_size = block_size  # --kv-cache-block-size: overrides the cards' block size
         # --namespace-prefix wins over --namespace (Dynamo): every namespace is watched, these kept.
         self.namespace = None if namespace_prefix else namespace
@@ -137,7 +139,8 @@ class ModelManager:
         entry = self.models.get(card.display_name)
         if entry is None:
             try:
-                pipeline = await asyncio.get_running_loop().run_in_executor(None, ModelPipeline, card)
+                pipeline = await asyncio.get_running_loop().run_in_executor(None, ModelPipeline, card,
+                                                                            self.token_cache)
             except Exception as exc:
                 log.error("cannot load tokenizer/template for model %r: %s", card.display_name, exc)
                 return

@@ -19,6 +19,7 @@ from dynamo.llm.detokenizer import IncrementalDetokenizer
 from dynamo.llm.model_card import ModelDeploymentCard, card_model_dir
 from dynamo.llm.prompt_bound import PromptBound
 from dynamo.llm.stop import StopMatcher
+from dynamo.llm.token_cache import SegmentedEncoder, TokenCache
 from dynamo.llm.tokenizer import Tokenizer
 
 
@@ -36,7 +37,7 @@ class ModelPipeline:
     """Everything the frontend needs to turn requests for one model into token ids
     and back. Built once per model from its card's files."""
 
-    def __init__(self, card: ModelDeploymentCard) -> None:
+    def __init__(self, card: ModelDeploymentCard, token_cache: TokenCache | None = None) -> None:
         model_dir = card_model_dir(card)
         self.name = card.display_name
         self.card = card
@@ -48,6 +49,20 @@ class ModelPipeline:
         self.context_length = card.context_length
         self.eos_token_ids = list(self.tokenizer.eos_token_ids)
         self.bound = PromptBound.from_backend(self.tokenizer.backend)
+        self.encoder = self.tokenizer if token_cache is None else SegmentedEncoder(self.tokenizer, token_cache,
+                                                                                   self._probe())
+
+    def _probe(self) -> str | None:
+        """A rendered conversation with spaces and newlines at its turns' edges: what the segmented
+        encoder must tokenize exactly as the whole string is."""
+        if self.template is None:
+            return None
+        turns = [("system", " You are a helpful assistant.\n\n" * 20), ("user", "Hello there,  how are you?\n" * 20),
+                 ("assistant", "\n Fine, thanks. " * 20), ("user", "ok ")]
+        try:
+            return self.template.render([{"role": r, "content": c} for r, c in turns], add_generation_prompt=True)
+        except Exception:
+            return None
 
     # -- prompts ---------------------------------------------------------------------------
     def _check_bound(self, n_chars: int, param: str) -> None:
@@ -60,7 +75,7 @@ class ModelPipeline:
                 param, "context_length_exceeded")
 
     def _encode(self, text: str, param: str) -> list[int]:
-        count, ids = self.tokenizer.encode_capped(text, self.context_length)
+        count, ids = self.encoder.encode_capped(text, self.context_length)
         if ids is None:
             raise _too_long(self.context_length, count, param)
         return ids

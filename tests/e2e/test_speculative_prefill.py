@@ -1,7 +1,8 @@
 """Speculative next-turn prefill (`nvext.agent_hints.speculative_prefill`) on a real frontend and a
 real mocker worker, through the official `openai` client: after a turn answers, the frontend sends
 the conversation with that answer as a one-token request, so the next turn finds its whole history
-cached; without the hint, or after a session's final turn, nothing extra is sent."""
+cached; without the hint, or after a session's final turn, nothing extra is sent. Such conversations
+also reuse the frontend's tokenizer cache (`--tokenizer-cache-bytes`), with exact token counts."""
 
 from __future__ import annotations
 
@@ -90,3 +91,20 @@ def test_a_non_boolean_hint_is_a_400(cluster):
         turn(cluster.openai_client(), [{"role": "user", "content": "hi"}], False, False,
              body={"nvext": {"agent_hints": {"speculative_prefill": "yes"}}})
     assert err.value.body["param"] == "nvext.agent_hints.speculative_prefill"
+
+
+def test_repeated_prompts_are_tokenized_from_the_cache_and_counted_exactly(cluster, tiny_model):
+    """The system turn and earlier turns come from the tokenizer cache: prompt_tokens is still the
+    whole rendered prompt's count, as the tokenizer alone gives it."""
+    client = cluster.openai_client()
+    messages = [{"role": "system", "content": "cache: " + SYSTEM}]
+    hits = lambda: metric_value(http_get(cluster.base_url + "/metrics")[1].decode(),  # noqa: E731
+                                "dynamo_frontend_tokenizer_cache_hits_total") or 0
+    before = hits()
+    for n in range(3):
+        messages.append({"role": "user", "content": f"question {n} " * 20})
+        reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8)
+        text = ChatTemplate.from_dir(tiny_model).render(messages, add_generation_prompt=True)
+        assert reply.usage.prompt_tokens == len(Tokenizer.from_dir(tiny_model).encode(text))
+        messages.append({"role": "assistant", "content": reply.choices[0].message.content})
+    assert hits() - before >= 3  # the system turn twice, the first exchange once, at least

@@ -1,0 +1,171 @@
+"""Tokenization of prompts that repeat, piece by piece (the frontend's tokenizer cache, NVIDIA
+Dynamo's `DYN_TOKENIZER_CACHE_BYTES`): agent and chat traffic resends the same system prompt, tool
+definitions and history on every turn, and a rendered prompt of a few thousand tokens costs
+milliseconds of tokenizer time on each one.
+
+A fast tokenizer splits its input on its special added tokens (`<|im_start|>`, `<|eot_id|>`, ...)
+before anything else, and tokenizes the text between them independently. So a rendered chat prompt,
+cut right after each such token, tokenizes to the concatenation of its pieces' tokens: pieces seen
+before (the system turn, earlier turns) come from the cache, only new ones are tokenized, together in
+one GIL-free batch. Where that independence does not hold for a model's tokenizer (a pre-tokenizer
+that treats the first piece apart, a marker that strips its neighbours' spaces), the encoder finds
+out from a probe when it is built and from its first real prompts, each tokenized both ways, and
+then tokenizes whole strings only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import threading
+from array import array
+from collections import OrderedDict
+
+from dynamo.llm.tokenizer import Tokenizer
+
+MIN_CACHED_CHARS = 64  # shorter pieces cost less to tokenize than to look up and keep
+ENTRY_OVERHEAD = 120  # bytes an entry costs beyond its text and ids (the key's object, the array, the link)
+CHECKED_PROMPTS = 8  # real prompts tokenized both ways before the pieces are trusted alone
+BATCH_CHARS = 4096  # less new text than this is tokenized piece by piece, holding the GIL briefly
+_encoder_ids = itertools.count(1)  # an encoder's key prefix in the shared cache (never reused, unlike id())
+
+
+class TokenCache:
+    """Piece text -> token ids, least recently used out first past `budget_bytes`; shared by every
+    model's encoder (keys carry the tokenizer's identity) and safe across the prep threads."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget = budget_bytes
+        self.bytes = 0
+        self.hits = self.misses = 0
+        self._entries: OrderedDict[tuple[int, str], array] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple[int, str]) -> array | None:
+        with self._lock:
+            ids = self._entries.get(key)
+            if ids is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return ids
+
+    def put(self, key: tuple[int, str], ids: list[int]) -> None:
+        value = array("I", ids)
+        size = _size(key[1], value)
+        if size > self.budget:
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self.bytes -= _size(key[1], old)
+            self._entries[key] = value
+            self.bytes += size
+            while self.bytes > self.budget:
+                gone_key, gone = self._entries.popitem(last=False)
+                self.bytes -= _size(gone_key[1], gone)
+
+
+def _size(text: str, ids: array) -> int:
+    return len(text) + ids.itemsize * len(ids) + ENTRY_OVERHEAD
+
+
+class SegmentedEncoder:
+    """`encode_capped` as the tokenizer's, with repeated pieces of the prompt from `cache`."""
+
+    def __init__(self, tokenizer: Tokenizer, cache: TokenCache, probe: str | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.cache = cache
+        self._owner = next(_encoder_ids)
+        markers = [t.content for t in tokenizer.backend.get_added_tokens_decoder().values()
+                   if t.special and not (t.normalized or t.lstrip or t.rstrip or t.single_word) and t.content]
+        self._split = re.compile("|".join(map(re.escape, sorted(markers, key=len, reverse=True)))) if markers else None
+        self.trusted = (self._split is not None and not _treats_first_piece_apart(tokenizer)
+                        and (probe is None or self._agrees(probe)))
+        self._left_to_check = CHECKED_PROMPTS
+
+    def pieces(self, text: str) -> list[str]:
+        """`text` cut right after each special marker: the pieces the tokenizer handles independently."""
+        if self._split is None:
+            return [text]
+        out, start = [], 0
+        for match in self._split.finditer(text):
+            out.append(text[start:match.end()])
+            start = match.end()
+        if start < len(text):
+            out.append(text[start:])
+        return out
+
+    def encode_capped(self, text: str, cap: int) -> tuple[int, list[int] | None]:
+        """(token count, ids), ids None when the count reaches `cap`."""
+        if not self.trusted or len(text) < MIN_CACHED_CHARS:
+            return self.tokenizer.encode_capped(text, cap)
+        ids = self._encode_pieces(self.pieces(text))
+        if self._left_to_check > 0:  # the first real prompts also go whole: pieces must agree exactly
+            self._left_to_check -= 1
+            whole = self.tokenizer.encode(text)
+            if whole != ids:
+                self.trusted = False
+                ids = whole
+        return len(ids), (ids if len(ids) < cap else None)
+
+    def _encode_pieces(self, pieces: list[str]) -> list[int]:
+        """The pieces' ids in order: cached ones looked up, the rest tokenized in one batch (runs of
+        short pieces joined, since a run is itself independent of its neighbours)."""
+        parts: list[array | int] = []  # cached ids, or the index of a text in `todo`
+        todo: list[str] = []
+        keep: list[bool] = []
+        run: list[str] = []
+        for piece in pieces:
+            cached = self.cache.get((self._owner, piece)) if len(piece) >= MIN_CACHED_CHARS else None
+            if cached is not None or len(piece) >= MIN_CACHED_CHARS:
+                if run:
+                    parts.append(len(todo))
+                    todo.append("".join(run))
+                    keep.append(False)
+                    run = []
+            if cached is not None:
+                parts.append(cached)
+            elif len(piece) >= MIN_CACHED_CHARS:
+                parts.append(len(todo))
+                todo.append(piece)
+                keep.append(True)
+            else:
+                run.append(piece)
+        if run:
+            parts.append(len(todo))
+            todo.append("".join(run))
+            keep.append(False)
+        fresh = self._encode_texts(todo)
+        for text, ids, cacheable in zip(todo, fresh, keep):
+            if cacheable:
+                self.cache.put((self._owner, text), ids)
+        out: list[int] = []
+        for part in parts:
+            out.extend(fresh[part] if isinstance(part, int) else part)
+        return out
+
+    def _encode_texts(self, texts: list[str]) -> list[list[int]]:
+        """A batch releases the GIL while the Rust side works, but starting one costs more than a few
+        short pieces take to tokenize one by one."""
+        if sum(map(len, texts)) < BATCH_CHARS:
+            return [self.tokenizer.encode(text) for text in texts]
+        return self.tokenizer.encode_batch(texts)
+
+    def _agrees(self, probe: str) -> bool:
+        return self._encode_pieces(self.pieces(probe)) == self.tokenizer.encode(probe)
+
+
+def _treats_first_piece_apart(tokenizer: Tokenizer) -> bool:
+    """A Metaspace pre-tokenizer with `prepend_scheme: first` marks only the string's first piece, so
+    a piece tokenized on its own would be marked as if it came first."""
+    def walk(node) -> bool:
+        if isinstance(node, dict):
+            return node.get("prepend_scheme") == "first" or any(walk(v) for v in node.values())
+        return isinstance(node, list) and any(walk(v) for v in node)
+    return walk(json.loads(tokenizer.backend.to_str()).get("pre_tokenizer"))

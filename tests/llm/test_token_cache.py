@@ -1,0 +1,91 @@
+"""The segmented encoder against the tokenizer itself: a prompt cut after each special marker
+tokenizes to exactly the whole string's ids, whatever the text around the markers (checked on many
+random prompts with the tiny model's byte-level BPE); repeated pieces come from the cache; the cache
+keeps to its byte budget; and a tokenizer for which pieces are not independent (Metaspace that marks
+only the first piece) is never trusted."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from tokenizers import AddedToken, Tokenizer as HFTokenizer, models, pre_tokenizers
+
+from dynamo.llm.token_cache import MIN_CACHED_CHARS, SegmentedEncoder, TokenCache
+from dynamo.llm.tokenizer import Tokenizer
+
+MARKERS = ["<|im_start|>", "<|im_end|>", "</s>"]
+ALPHABET = ["a", "b", "ab", " ", "  ", "\n", "\n\n", "é", "日本", "!", "'s", "12", "\t", "<|im", "|>", "<", " <"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model) -> Tokenizer:
+    return Tokenizer.from_dir(tiny_model)
+
+
+def random_prompt(rng: random.Random) -> str:
+    parts = []
+    for _ in range(rng.randint(1, 12)):
+        parts.append("".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, 200))))
+        parts.append(rng.choice(MARKERS))
+    return "".join(parts[: rng.randint(1, len(parts))])
+
+
+def test_pieces_tokenize_exactly_as_the_whole_string(tokenizer):
+    encoder = SegmentedEncoder(tokenizer, TokenCache(1 << 20))
+    assert encoder.trusted
+    rng = random.Random(7)
+    for _ in range(300):
+        text = random_prompt(rng)
+        assert "".join(encoder.pieces(text)) == text
+        assert encoder._encode_pieces(encoder.pieces(text)) == tokenizer.encode(text), repr(text)
+
+
+def test_repeated_pieces_come_from_the_cache_and_agree(tokenizer):
+    cache = TokenCache(1 << 20)
+    encoder = SegmentedEncoder(tokenizer, cache)
+    system = "<|im_start|>system\n" + "You read files and run tools. " * 40 + "<|im_end|>\n"
+    history = system
+    for turn in range(12):  # past the checked prompts: pieces alone from then on
+        history += f"<|im_start|>user\nquestion {turn} " * 3 + "<|im_end|>\n"
+        count, ids = encoder.encode_capped(history, 1 << 20)
+        assert ids == tokenizer.encode(history) and count == len(ids)
+        history += "<|im_start|>assistant\n" + f"answer {turn} " * 30 + "<|im_end|>\n"
+    assert encoder.trusted and cache.hits >= 11 and len(cache) >= 12
+    count, ids = encoder.encode_capped(history, 10)  # over the cap: counted, not returned
+    assert ids is None and count == len(tokenizer.encode(history))
+
+
+def test_the_cache_keeps_to_its_budget_least_recently_used_out_first():
+    cache = TokenCache(3500)  # three entries of 600 chars + 100 ids (1,120 bytes each) fit, not four
+    keys = [(1, str(i) * 600) for i in range(6)]
+    for key in keys[:3]:
+        cache.put(key, list(range(100)))
+    assert cache.get(keys[0]) is not None  # now the most recent
+    cache.put(keys[3], list(range(100)))
+    assert cache.bytes <= 3500 and cache.get(keys[1]) is None and cache.get(keys[0]) is not None
+    cache.put((1, "x" * 5000), [1])  # bigger than the whole budget: not kept
+    assert cache.get((1, "x" * 5000)) is None and cache.bytes <= 3500
+
+
+def metaspace_first_tokenizer() -> Tokenizer:
+    vocab = {"[UNK]": 0, "▁a": 1, "a": 2, "▁": 3, "▁b": 4, "b": 5}
+    hf = HFTokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    hf.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+    hf.add_special_tokens([AddedToken("<|x|>", special=True, normalized=False)])
+    return Tokenizer(hf)
+
+
+def test_a_tokenizer_that_marks_only_the_first_piece_is_not_trusted():
+    tok = metaspace_first_tokenizer()
+    encoder = SegmentedEncoder(tok, TokenCache(1 << 20))
+    text = "a<|x|>b" + " a" * MIN_CACHED_CHARS
+    pieces = encoder.pieces(text)
+    assert encoder._encode_pieces(pieces) != tok.encode(text)  # why: "b" alone would get the first piece's mark
+    assert not encoder.trusted and encoder.encode_capped(text, 1 << 20)[1] == tok.encode(text)
+
+
+def test_a_tokenizer_without_special_markers_tokenizes_whole_strings(tokenizer):
+    hf = HFTokenizer(models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    encoder = SegmentedEncoder(Tokenizer(hf), TokenCache(1 << 20))
+    assert not encoder.trusted and encoder.pieces("a a") == ["a a"]
