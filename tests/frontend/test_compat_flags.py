@@ -103,3 +103,12 @@ def test_mutual_tls_needs_the_servers_certificate(capsys):
     with pytest.raises(SystemExit):
         parse_frontend_args(["--tls-client-ca-cert-path", "ca.pem"], environ={})
     assert "needs --tls-cert-path" in capsys.readouterr().err
+
+
+def test_the_tokenizer_cache_budget_comes_from_dynamos_variable(capsys):
+    assert parse_frontend_args([], environ={})[0].tokenizer_cache_bytes == 128 << 20
+    assert parse_frontend_args([], environ={"DYN_TOKENIZER_CACHE_BYTES": "0"})[0].tokenizer_cache_bytes == 0
+    assert parse_frontend_args(["--tokenizer-cache-bytes", "4096"], environ={})[0].tokenizer_cache_bytes == 4096
+    with pytest.raises(SystemExit):
+        parse_frontend_args(["--tokenizer-cache-bytes", "-1"], environ={})
+    assert "--tokenizer-cache-bytes" in capsys.readouterr().err
