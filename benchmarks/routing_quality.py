@@ -81,7 +81,8 @@ from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
 ROOT = Path(__file__).resolve().parents[1]
 # flags NVIDIA Dynamo's frontend lacks: a mode using them runs on our stack only
 OURS_ONLY_FLAGS = ("--router-cost-model", "--router-inflight-prefix-credit", "--router-output-blocks-horizon",
-                   "--router-queue-max-requests", "--router-queue-timeout-secs", "--active-prefill-tokens-threshold-frac")
+                   "--router-queue-max-requests", "--router-queue-timeout-secs", "--active-prefill-tokens-threshold-frac",
+                   "--router-shared-prefix-amortization")
 
 
 async def run_users(url: str, plan: list[list[list[int]]], max_tokens: int, think_ms: float = 0.0,

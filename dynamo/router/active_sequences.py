@@ -18,13 +18,14 @@ WorkerKey = tuple[int, int]
 
 
 class _Request:
-    __slots__ = ("key", "seq_hashes", "prefill_tokens", "private_blocks")
+    __slots__ = ("key", "seq_hashes", "prefill_tokens", "private_blocks", "decoding")
 
     def __init__(self, key: WorkerKey, seq_hashes: Sequence[int], prefill_tokens: int, private_blocks: int) -> None:
         self.key = key
         self.seq_hashes = seq_hashes
         self.prefill_tokens = prefill_tokens
         self.private_blocks = private_blocks
+        self.decoding = False  # past its first token: counted among its blocks' sharers
 
 
 class _WorkerLoad:
@@ -77,6 +78,7 @@ class ActiveSequences:
         self.track_prefill_tokens = track_prefill_tokens
         self._workers: dict[WorkerKey, _WorkerLoad] = {}
         self._requests: dict[str, _Request] = {}
+        self._sharers: dict[int, int] = {}  # seq_hash -> decoding requests holding it, on any worker
 
     # -- workers -------------------------------------------------------------------------
     def add_worker(self, key: WorkerKey) -> None:
@@ -86,7 +88,7 @@ class ActiveSequences:
         """Forget a worker and its requests; returns the dropped request ids."""
         dropped = [rid for rid, req in self._requests.items() if req.key[0] == worker_id]
         for rid in dropped:
-            del self._requests[rid]
+            self._unshare(self._requests.pop(rid))
         for key in [k for k in self._workers if k[0] == worker_id]:
             del self._workers[key]
         return dropped
@@ -128,7 +130,14 @@ class ActiveSequences:
 
     def mark_prefill_completed(self, request_id: str) -> bool:
         req = self._requests.get(request_id)
-        if req is None or req.prefill_tokens == 0:
+        if req is None:
+            return False
+        if not req.decoding:
+            req.decoding = True
+            sharers = self._sharers
+            for seq_hash in req.seq_hashes:
+                sharers[seq_hash] = sharers.get(seq_hash, 0) + 1
+        if req.prefill_tokens == 0:
             return False
         load = self._workers.get(req.key)
         if load is not None:
@@ -141,6 +150,7 @@ class ActiveSequences:
         req = self._requests.pop(request_id, None)
         if req is None:
             return False
+        self._unshare(req)
         load = self._workers.get(req.key)
         if load is None:
             return True
@@ -155,6 +165,22 @@ class ActiveSequences:
         load.prefill_tokens -= req.prefill_tokens
         load.requests -= 1
         return True
+
+    def _unshare(self, req: _Request) -> None:
+        if not req.decoding:
+            return
+        sharers = self._sharers
+        for seq_hash in req.seq_hashes:
+            count = sharers[seq_hash] - 1
+            if count:
+                sharers[seq_hash] = count
+            else:
+                del sharers[seq_hash]
+
+    def sharers(self, seq_hash: int) -> int:
+        """Requests past their prefill, on any worker, whose prompts hold this block (0 without reuse
+        tracking): the decode load a prefix brings wherever it is cached."""
+        return self._sharers.get(seq_hash, 0)
 
     def worker_of(self, request_id: str) -> WorkerKey | None:
         req = self._requests.get(request_id)

@@ -211,9 +211,11 @@ class KvRouter:
             potentials = {k: potentials[k] for k in candidates}
         ttft = self._uses_ttft_cost(override, weight, temperature)
         if ttft:
-            x_of = self._features(potentials)
+            x_of = self._features(potentials)  # what the chosen worker will really see: the model learns from it
+            priced = self._amortized(potentials, seq, isl) if self.config.router_shared_prefix_amortization else potentials
             active = self.active
-            logits = self.ttft.costs(potentials, x_of, lambda k: potentials[k][1] - active.active_prefill_tokens(k))
+            logits = self.ttft.costs(priced, self._features(priced),
+                                     lambda k: priced[k][1] - active.active_prefill_tokens(k))
         elif self.knobs is None:
             logits = compute_logits(potentials, self.block_size, weight)
         else:
@@ -227,6 +229,26 @@ class KvRouter:
         own = potentials[chosen][1] - self.active.active_prefill_tokens(chosen) if credit else None
         return Selection(worker_id, dp_rank, overlaps.get(chosen, 0), math.ceil(isl / self.block_size), logits, x,
                          own)
+
+    def _amortized(self, potentials: Mapping[WorkerKey, tuple[int, int]], seq: Sequence[int],
+                   isl: int) -> Mapping[WorkerKey, tuple[int, int]]:
+        """`potentials` with each worker's prefill of blocks it lacks that the best-placed worker holds
+        priced as an investment: a block that n decoding requests hold costs 1/(n+1) of its prefill, so a
+        prefix in wide use is copied to a worker with room rather than all its traffic decoding on one.
+        Requests still prefilling do not count: a burst joins the prefill under way (in-flight credit)."""
+        active, bs = self.active, self.block_size
+        own = {k: tokens - active.active_prefill_tokens(k) for k, (_, tokens) in potentials.items()}
+        least = min(own.values(), default=0)
+        deepest = min((isl - least) // bs, len(seq))  # full blocks the best-placed worker need not prefill
+        if deepest <= 0 or all(v == least for v in own.values()):
+            return potentials
+        share = [n / (n + 1) for n in map(active.sharers, seq[:deepest])]
+        out = {}
+        for key, (blocks, tokens) in potentials.items():
+            held = max((isl - own[key]) // bs, 0)  # full blocks this worker need not prefill
+            discount = int(bs * sum(share[held:deepest])) if held < deepest else 0
+            out[key] = (blocks, tokens - min(discount, own[key] - least))
+        return out
 
     def _uses_ttft_cost(self, override, weight: float, temperature: float) -> bool:
         """The `ttft` cost unless the request or the deployment tunes Dynamo's cost: a per-request

@@ -92,3 +92,18 @@ def test_remove_worker_drops_its_requests():
     assert act.workers() == [(2, 0)]
     assert act.free("a") is False
     assert act.loads() == {(2, 0): {"active_blocks": 1, "active_prefill_tokens": 4, "requests": 1}}
+
+
+def test_sharers_count_decoding_requests_on_every_worker():
+    seqs = ActiveSequences(block_size=4)
+    seqs.add_request((1, 0), "a", [10, 11, 12], isl=12, overlap_blocks=0)
+    seqs.add_request((2, 0), "b", [10, 11, 99], isl=12, overlap_blocks=0)
+    assert seqs.sharers(10) == 0  # still prefilling: not yet a decode load
+    seqs.mark_prefill_completed("a")
+    seqs.mark_prefill_completed("b")
+    seqs.mark_prefill_completed("b")  # counted once
+    assert (seqs.sharers(10), seqs.sharers(12), seqs.sharers(99)) == (2, 1, 1)
+    seqs.free("a")
+    assert (seqs.sharers(10), seqs.sharers(12)) == (1, 0)
+    seqs.remove_worker(2)
+    assert seqs.sharers(10) == 0 and seqs.sharers(99) == 0

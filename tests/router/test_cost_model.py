@@ -131,3 +131,32 @@ def test_tuning_dynamos_cost_selects_it():
     assert default.select(LONG, override={"overlap_score_weight": 0.5}).features is None
     assert weighted.select(LONG).features is None and warm.select(LONG).features is None
     assert default.stats()["cost_model"] == "ttft"
+
+
+def agents_on_one_worker(amortize: bool, decoding: int) -> KvRouter:
+    """Worker 2 holds one 400-token system prompt that `decoding` agents are answering from."""
+    r = KvRouter(BS, KvRouterConfig(router_cost_model="ttft", router_shared_prefix_amortization=amortize),
+                 rng=random.Random(3), clock=lambda: 0.0)
+    r.add_worker(1, total_kv_blocks=10_000)  # room for them all: the decode load shows in the batch, not the KV
+    r.add_worker(2, total_kv_blocks=10_000)
+    store_prompt(r, 2, LONG)
+    for i in range(decoding):
+        prompt = LONG + [5000 + i] * 40
+        sel = r.select(prompt, request_id=f"agent{i}", allowed=[2])
+        r.add_request(f"agent{i}", sel, prompt, max_tokens=200)
+        r.active.mark_prefill_completed(f"agent{i}")  # (the cost model learns nothing from a stopped clock)
+    return r
+
+
+def test_a_prefix_many_agents_decode_from_is_copied_to_an_idle_worker():
+    """One system prompt for every agent: charged in full, its prefill keeps every new agent on the
+    worker that holds it, whatever that worker's decode load; priced as an investment shared by the
+    agents holding it, the next one goes to the idle worker (which then holds it too)."""
+    newcomer = LONG + [7000] * 40
+    assert agents_on_one_worker(False, decoding=12).select(newcomer).worker_id == 2
+    assert agents_on_one_worker(True, decoding=12).select(newcomer).worker_id == 1
+
+
+def test_one_decoding_sharer_does_not_move_a_prefix():
+    newcomer = LONG + [7000] * 40
+    assert agents_on_one_worker(True, decoding=1).select(newcomer).worker_id == 2
