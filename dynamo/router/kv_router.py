@@ -243,10 +243,14 @@ class KvRouter:
         if deepest <= 0 or all(v == least for v in own.values()):
             return potentials
         share = [n / (n + 1) for n in map(active.sharers, seq[:deepest])]
+        holder = max(active.requests(k) for k, v in own.items() if v == least)
         out = {}
         for key, (blocks, tokens) in potentials.items():
             held = max((isl - own[key]) // bs, 0)  # full blocks this worker need not prefill
-            discount = int(bs * sum(share[held:deepest])) if held < deepest else 0
+            # Copying pays only by the load it takes off the holder: none between balanced workers, whose
+            # caches would only trade what they hold.
+            relief = max(holder - active.requests(key), 0) / holder if holder else 0.0
+            discount = int(bs * relief * sum(share[held:deepest])) if held < deepest else 0
             out[key] = (blocks, tokens - min(discount, own[key] - least))
         return out
 
