@@ -26,7 +26,7 @@ from dynamo.llm.tokenizer import Tokenizer
 
 MIN_CACHED_CHARS = 64  # shorter pieces cost less to tokenize than to look up and keep
 ENTRY_OVERHEAD = 120  # bytes an entry costs beyond its text and ids (the key's object, the array, the link)
-CHECKED_PROMPTS = 8  # real prompts tokenized both ways before the pieces are trusted alone
+CHECKED_PROMPTS = 2  # real prompts tokenized both ways before the pieces are trusted alone (the probe came first)
 BATCH_CHARS = 4096  # less new text than this is tokenized piece by piece, holding the GIL briefly
 _encoder_ids = itertools.count(1)  # an encoder's key prefix in the shared cache (never reused, unlike id())
 
