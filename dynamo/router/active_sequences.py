@@ -154,28 +154,15 @@ class ActiveSequences:
         load = self._workers.get(req.key)
         if load is None:
             return True
-        refs = load.block_refs
-        for seq_hash in req.seq_hashes:
-            count = refs[seq_hash] - 1
-            if count:
-                refs[seq_hash] = count
-            else:
-                del refs[seq_hash]
+        _release(load.block_refs, req.seq_hashes)
         load.private_blocks -= req.private_blocks
         load.prefill_tokens -= req.prefill_tokens
         load.requests -= 1
         return True
 
     def _unshare(self, req: _Request) -> None:
-        if not req.decoding:
-            return
-        sharers = self._sharers
-        for seq_hash in req.seq_hashes:
-            count = sharers[seq_hash] - 1
-            if count:
-                sharers[seq_hash] = count
-            else:
-                del sharers[seq_hash]
+        if req.decoding:
+            _release(self._sharers, req.seq_hashes)
 
     def sharers(self, seq_hash: int) -> int:
         """Requests past their prefill, on any worker, whose prompts hold this block (0 without reuse
@@ -246,3 +233,13 @@ class ActiveSequences:
 
     def __len__(self) -> int:
         return len(self._requests)
+
+
+def _release(refs: dict[int, int], seq_hashes: Sequence[int]) -> None:
+    """Drop one reference to each block; a block nobody holds leaves the map."""
+    for seq_hash in seq_hashes:
+        count = refs[seq_hash] - 1
+        if count:
+            refs[seq_hash] = count
+        else:
+            del refs[seq_hash]
