@@ -80,9 +80,7 @@ def session_control(raw: Any) -> dict[str, Any]:
     sid = raw.get("session_id")
     if not isinstance(sid, str) or not sid.strip():
         raise bad_request(f"{param}.session_id must be a non-empty string", f"{param}.session_id", "invalid_value")
-    if len(sid.encode()) > SESSION_ID_MAX_BYTES:
-        raise bad_request(f"{param}.session_id is longer than {SESSION_ID_MAX_BYTES} bytes", f"{param}.session_id",
-                          "invalid_value")
+    _check_session_id_length(len(sid.encode()), f"{param}.session_id")
     action = raw.get("action")
     if action is not None and action not in SESSION_ACTIONS:
         raise bad_request(f"{param}.action must be one of {', '.join(SESSION_ACTIONS)}, got {action!r}",
@@ -119,9 +117,13 @@ def _session_id(given: dict[str, str], header: str) -> str | None:
     raw = given.get(header, "").strip()
     if not raw:
         return None
-    if len(raw.encode("latin-1")) > SESSION_ID_MAX_BYTES:  # header bytes, as sent
-        raise bad_request(f"{header} is longer than {SESSION_ID_MAX_BYTES} bytes", header, "invalid_value")
+    _check_session_id_length(len(raw.encode("latin-1")), header)  # header bytes, as sent
     return raw
+
+
+def _check_session_id_length(n_bytes: int, param: str) -> None:
+    if n_bytes > SESSION_ID_MAX_BYTES:
+        raise bad_request(f"{param} is longer than {SESSION_ID_MAX_BYTES} bytes", param, "invalid_value")
 
 
 def _final(given: dict[str, str]) -> bool:

@@ -119,28 +119,28 @@ class SegmentedEncoder:
         short pieces joined, since a run is itself independent of its neighbours)."""
         parts: list[array | int] = []  # cached ids, or the index of a text in `todo`
         todo: list[str] = []
-        keep: list[bool] = []
+        keep: list[bool] = []  # per text in `todo`: a piece to cache (not a run of short ones)
         run: list[str] = []
+
+        def tokenize(text: str, cacheable: bool) -> None:
+            parts.append(len(todo))
+            todo.append(text)
+            keep.append(cacheable)
+
         for piece in pieces:
-            cached = self.cache.get((self._owner, piece)) if len(piece) >= MIN_CACHED_CHARS else None
-            if cached is not None or len(piece) >= MIN_CACHED_CHARS:
-                if run:
-                    parts.append(len(todo))
-                    todo.append("".join(run))
-                    keep.append(False)
-                    run = []
+            if len(piece) < MIN_CACHED_CHARS:
+                run.append(piece)
+                continue
+            if run:
+                tokenize("".join(run), False)
+                run.clear()
+            cached = self.cache.get((self._owner, piece))
             if cached is not None:
                 parts.append(cached)
-            elif len(piece) >= MIN_CACHED_CHARS:
-                parts.append(len(todo))
-                todo.append(piece)
-                keep.append(True)
             else:
-                run.append(piece)
+                tokenize(piece, True)
         if run:
-            parts.append(len(todo))
-            todo.append("".join(run))
-            keep.append(False)
+            tokenize("".join(run), False)
         fresh = self._encode_texts(todo)
         for text, ids, cacheable in zip(todo, fresh, keep):
             if cacheable:

@@ -214,7 +214,7 @@ class KvRouter:
             x_of = self._features(potentials)  # what the chosen worker will really see: the model learns from it
             priced = self._amortized(potentials, seq, isl) if self.config.router_shared_prefix_amortization else potentials
             active = self.active
-            logits = self.ttft.costs(priced, self._features(priced),
+            logits = self.ttft.costs(priced, x_of if priced is potentials else self._features(priced),
                                      lambda k: priced[k][1] - active.active_prefill_tokens(k))
         elif self.knobs is None:
             logits = compute_logits(potentials, self.block_size, weight)
