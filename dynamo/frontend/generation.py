@@ -18,7 +18,9 @@ from dynamo.frontend import errors
 from dynamo.frontend.dispatch import RequestHandle, aclose_quietly
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.metrics import RequestOutcome
+from dynamo.frontend.openai import ChatMessage
 from dynamo.frontend.output import ChoiceDelta, OutputSpec, OutputStage
+from dynamo.frontend.speculative_prefill import chat_answer_history
 from dynamo.frontend.sse import (
     DONE, ChatChunks, CompletionChunks, chat_body, chat_logprobs, completion_body, completion_logprobs,
     error_event, tool_call_entries, usage_dict,
@@ -298,6 +300,10 @@ class GenerationRun:
     def answer(self) -> dict:
         """The first choice's assistant message, as the response carried it (with `keep_answer`)."""
         return self._chat_choice(self.choices[0])["message"]
+
+    def answer_history(self) -> list[ChatMessage]:
+        """The answer as the client's next turn will repeat it in its messages (with `keep_answer`)."""
+        return chat_answer_history(self.answer())
 
     @staticmethod
     def _collect(choice: Choice, d: ChoiceDelta) -> None:

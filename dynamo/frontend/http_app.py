@@ -270,7 +270,7 @@ class FrontendApp:
         validate_chat(req)
         await self._generate(req, "responses", len(body), receive, send, ResponsesRun,
                              hints=routing_hints(req.nvext, scope["headers"]), trace=scope.get(SCOPE_KEY),
-                             responses_req=rreq)
+                             speculate=speculative_prefill.wanted(req.nvext), responses_req=rreq)
 
     async def embeddings(self, scope, receive, send) -> None:
         self._refuse_if_draining()
@@ -340,7 +340,7 @@ class FrontendApp:
             run.keep_answer = speculate
             status = await run.execute(entry, receive, send, request_type)
             if speculate and status == RequestOutcome.SUCCESS:
-                self.speculative.start(entry, req, run.answer(), hints)
+                self.speculative.start(entry, req, run.answer_history(), hints)
         finally:
             self._release(entry.name, endpoint, request_type, status)
             if trace is not None:

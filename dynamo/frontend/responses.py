@@ -45,6 +45,7 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     seed: int | None = None
     user: str | None = None
     metadata: dict[str, Any] | None = None
+    nvext: dict[str, Any] | None = None  # Dynamo's extension, as on chat: routing and agent hints
     # Server-side conversation state is not kept: these would change the answer, so they are refused.
     previous_response_id: str | None = None
     conversation: Any = None
@@ -79,7 +80,8 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
         return ChatCompletionRequest(model=self.model, messages=messages, stream=self.stream,
                                      max_tokens=self.max_output_tokens, temperature=self.temperature,
                                      top_p=self.top_p, seed=self.seed, tools=tools or None, tool_choice=choice,
-                                     parallel_tool_calls=self.parallel_tool_calls, response_format=response_format)
+                                     parallel_tool_calls=self.parallel_tool_calls, response_format=response_format,
+                                     nvext=self.nvext)
 
 
 def input_messages(items: str | list[dict[str, Any]]) -> list[ChatMessage]:
@@ -157,6 +159,11 @@ class ResponsesRun(GenerationRun):
                 "total_tokens": u["total_tokens"], "input_tokens_details": {"cached_tokens": self.cached_tokens},
                 "output_tokens_details": {"reasoning_tokens": 0}}
 
+    def answer_history(self) -> list[ChatMessage]:
+        """The output items as the client's next turn sends them back in its input, converted as that
+        input will be (reasoning items dropped, each function call its own assistant message)."""
+        return input_messages(self.items)
+
     def _status(self, choice: Choice) -> str:
         return "incomplete" if choice.finish == FinishReason.LENGTH else "completed"
 
@@ -183,6 +190,7 @@ class ResponsesRun(GenerationRun):
         for k in sorted(choice.calls):
             call = choice.calls[k]
             items.append(_call_item(call["id"], call["function"]["name"], call["function"]["arguments"]))
+        self.items = items
         body = self._body(self._response(self._status(choice), items, self._usage()))
         await send_bytes(send, 200, _json(body))
 

@@ -1,5 +1,5 @@
 """Speculative next-turn prefill (`nvext.agent_hints.speculative_prefill: true`, as NVIDIA Dynamo
-1.6.1 serves it): once a chat turn has answered, its messages plus that answer are how the client's
+1.6.1 serves it on chat; here also on `/v1/responses`): once a turn has answered, its messages plus that answer are how the client's
 next turn will begin. Rendered without a generation prompt, tokenized and sent as a one-token
 request, that prefix warms the KV cache of the worker the router picks for it (the session's, or
 the one holding the history) while the user reads or the agent's tool runs, so the next turn
@@ -25,6 +25,7 @@ from prometheus_client import Counter
 
 from dynamo.frontend.dispatch import RequestHandle, aclose_quietly
 from dynamo.frontend.errors import bad_request
+from dynamo.frontend.openai import ChatMessage, message_dict
 from dynamo.llm.preprocessor import PreprocessError
 from dynamo.llm.protocol import PreprocessedRequest, RoutingHints, StopConditions
 
@@ -43,13 +44,18 @@ def wanted(nvext: dict[str, Any] | None) -> bool:
     return bool(value)
 
 
-def next_turn_messages(messages: list[dict], answer: dict) -> list[dict]:
-    """The conversation as the next turn will send it: the answer as an assistant message, its
-    reasoning left out as clients and templates leave it out of the history."""
-    message: dict[str, Any] = {"role": "assistant", "content": answer.get("content") or ""}
-    if answer.get("tool_calls"):
-        message["tool_calls"] = answer["tool_calls"]
-    return [*messages, message]
+def chat_answer_history(answer: dict) -> list[ChatMessage]:
+    """A chat answer as the client's next turn repeats it: its text and tool calls as one assistant
+    message, its reasoning left out as clients and templates leave it out of the history."""
+    calls = answer.get("tool_calls") or None
+    return [ChatMessage(role="assistant", content=answer.get("content") or "", tool_calls=calls)]
+
+
+def next_turn_messages(req, answer: list[ChatMessage]) -> list[dict]:
+    """The conversation as the next turn will send it, in the template's form: the turn's messages
+    and then its answer, both converted as the next turn's own messages will be (tool call arguments
+    as objects, for one)."""
+    return [*req.message_dicts(), *map(message_dict, answer)]
 
 
 class SpeculativePrefill:
@@ -63,8 +69,8 @@ class SpeculativePrefill:
                                 ("model", "outcome"), registry=registry)
         self._tasks: set[asyncio.Task] = set()
 
-    def start(self, entry, req, answer: dict, hints: RoutingHints | None) -> None:
-        """Warm the next turn of `req`, which answered `answer` (a chat message body)."""
+    def start(self, entry, req, answer: list[ChatMessage], hints: RoutingHints | None) -> None:
+        """Warm the next turn of `req`, whose answer the next turn repeats as the messages `answer`."""
         if hints is not None and hints.session_final:
             return  # the session is over: there is no next turn to warm
         task = asyncio.get_running_loop().create_task(self._warm(entry, req, answer, hints),
@@ -72,7 +78,7 @@ class SpeculativePrefill:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _warm(self, entry, req, answer: dict, hints: RoutingHints | None) -> None:
+    async def _warm(self, entry, req, answer: list[ChatMessage], hints: RoutingHints | None) -> None:
         outcome = "done"
         try:
             async with asyncio.timeout(WARMUP_TIMEOUT_SECS):
@@ -92,9 +98,9 @@ class SpeculativePrefill:
             self.outcomes.labels(entry.name, outcome).inc()
 
     @staticmethod
-    def _prefix_ids(entry, req, answer: dict) -> list[int] | None:
+    def _prefix_ids(entry, req, answer: list[ChatMessage]) -> list[int] | None:
         try:
-            return entry.pipeline.chat_prompt_ids(next_turn_messages(req.message_dicts(), answer),
+            return entry.pipeline.chat_prompt_ids(next_turn_messages(req, answer),
                                                   req.template_tools(), req.chat_template_kwargs,
                                                   generation_prompt=False)
         except PreprocessError as exc:  # e.g. the history with the answer no longer fits the context

@@ -78,6 +78,44 @@ def test_the_next_turn_finds_its_history_with_the_answer_cached(cluster, tiny_mo
     assert warmed >= full_blocks(tiny_model, history), warmed  # every full block of it is, after the warmup
 
 
+def responses_turn(client, instructions: str, items: list[dict], speculate: bool, stream: bool
+                   ) -> tuple[list[dict], int]:
+    """One `/v1/responses` turn: (its output items, the input tokens found cached)."""
+    nvext = {"agent_hints": {"speculative_prefill": True}} if speculate else {}
+    args = dict(model=MODEL, instructions=instructions, input=items, max_output_tokens=48, extra_body={"nvext": nvext})
+    if stream:
+        events = list(client.responses.create(stream=True, **args))
+        response = next(e.response for e in events if e.type in ("response.completed", "response.incomplete"))
+    else:
+        response = client.responses.create(**args)
+    return [o.model_dump(exclude_none=True) for o in response.output], response.usage.input_tokens_details.cached_tokens
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_responses_turn_warms_the_next_one_too(cluster, tiny_model, stream):
+    """Agents on the Responses API send their output items back as the next input: after the warmup
+    the next turn finds every full block of that history cached."""
+    client = cluster.openai_client()
+    instructions = f"responses-{stream}: {SYSTEM}"
+    first = [{"role": "user", "content": "first question"}]
+    cached, blocks = {}, {}
+    for speculate in (False, True):
+        items = [{**first[0], "content": f"{speculate} {first[0]['content']}"}]
+        before, done = served(cluster.workers[0]), warmups(cluster)
+        output, _ = responses_turn(client, instructions, items, speculate, stream)
+        if speculate:
+            wait_until(lambda n=done + 1: warmups(cluster) == n, 60, "the speculative prefill")
+        assert served(cluster.workers[0]) - before == (2 if speculate else 1)
+        history = [*items, *output]
+        _, cached[speculate] = responses_turn(client, instructions, [*history, {"role": "user", "content": "next"}],
+                                              False, False)
+        text = "".join(c["text"] for o in output if o["type"] == "message" for c in o["content"])
+        blocks[speculate] = full_blocks(tiny_model, [{"role": "system", "content": instructions}, items[0],
+                                                     {"role": "assistant", "content": text}])
+    assert cached[False] < blocks[False]  # the answer, re-tokenized, is not all in the cache
+    assert cached[True] >= blocks[True], (cached, blocks)
+
+
 def test_no_warmup_after_a_sessions_final_turn(cluster):
     client = cluster.openai_client()
     before = served(cluster.workers[0])

@@ -4,10 +4,14 @@ routed by the turn's session, never by its worker pin or priority)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from dynamo.frontend.errors import ApiError
-from dynamo.frontend.speculative_prefill import next_turn_messages, wanted, warmup_request
+from dynamo.frontend.openai import decode_request
+from dynamo.frontend.responses import decode_responses, input_messages
+from dynamo.frontend.speculative_prefill import chat_answer_history, next_turn_messages, wanted, warmup_request
 from dynamo.llm.protocol import RoutingHints
 
 
@@ -34,13 +38,44 @@ def test_a_non_boolean_is_a_400():
     assert err.value.status == 400 and err.value.param == "nvext.agent_hints.speculative_prefill"
 
 
+def chat_request(messages: list[dict]):
+    return decode_request(json.dumps({"model": "m", "messages": messages}).encode(), "chat")
+
+
 def test_the_next_turn_repeats_the_answer_and_its_tool_calls_without_reasoning():
-    calls = [{"id": "call_1", "type": "function", "function": {"name": "ls", "arguments": "{}"}}]
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "ls", "arguments": '{"path": "."}'}}]
     history = [{"role": "user", "content": "list files"}]
     answer = {"role": "assistant", "content": None, "reasoning_content": "I should call ls", "tool_calls": calls}
-    assert next_turn_messages(history, answer) == [*history, {"role": "assistant", "content": "", "tool_calls": calls}]
-    assert next_turn_messages(history, {"role": "assistant", "content": "hi"})[-1] == {"role": "assistant",
-                                                                                       "content": "hi"}
+    warmed = next_turn_messages(chat_request(history), chat_answer_history(answer))
+    # The client's next turn, as it sends the answer back: the warmup is exactly its prefix, arguments
+    # converted to objects for the template as the turn's own will be.
+    nxt = chat_request([*history, {k: v for k, v in answer.items() if k != "reasoning_content"},
+                        {"role": "tool", "tool_call_id": "call_1", "content": "a.txt"}])
+    assert warmed == nxt.message_dicts()[:2]
+    assert warmed[-1] == {"role": "assistant", "content": "",
+                          "tool_calls": [{**calls[0], "function": {"name": "ls", "arguments": {"path": "."}}}]}
+    assert next_turn_messages(chat_request(history), chat_answer_history({"role": "assistant", "content": "hi"})
+                              )[-1] == {"role": "assistant", "content": "hi"}
+
+
+def test_a_responses_turn_is_repeated_as_its_output_items_come_back_in_the_next_input():
+    first = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "list files"}]}]
+    output = [{"type": "reasoning", "id": "rs_1", "summary": [], "content": [{"type": "reasoning_text", "text": "ls"}]},
+              {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+               "content": [{"type": "output_text", "text": "Listing.", "annotations": []}]},
+              {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "ls", "arguments": "{}",
+               "status": "completed"}]
+    req = decode_responses(json.dumps({"model": "m", "instructions": "be brief", "input": first}).encode()).to_chat()
+    warmed = next_turn_messages(req, input_messages(output))
+    nxt = decode_responses(json.dumps({"model": "m", "instructions": "be brief", "input": [
+        *first, *output, {"type": "function_call_output", "call_id": "call_1", "output": "a.txt"}]}).encode())
+    assert warmed == nxt.to_chat().message_dicts()[:len(warmed)]
+    assert [m["role"] for m in warmed] == ["system", "user", "assistant", "assistant"]
+
+
+def test_responses_carry_nvext_to_routing():
+    body = {"model": "m", "input": "hi", "nvext": {"agent_hints": {"speculative_prefill": True}}}
+    assert wanted(decode_responses(json.dumps(body).encode()).to_chat().nvext)
 
 
 def test_the_warmup_is_one_token_routed_by_the_session_alone():
