@@ -7,7 +7,8 @@ A fast tokenizer splits its input on its special added tokens (`<|im_start|>`, `
 before anything else, and tokenizes the text between them independently. So a rendered chat prompt,
 cut right after each such token, tokenizes to the concatenation of its pieces' tokens: pieces seen
 before (the system turn, earlier turns) come from the cache, only new ones are tokenized, together in
-one GIL-free batch. Where that independence does not hold for a model's tokenizer (a pre-tokenizer
+one GIL-free batch. A piece that another prep thread is tokenizing right now is waited for rather than
+tokenized twice: a burst of agents starting at once on the same long system prompt tokenizes it once. Where that independence does not hold for a model's tokenizer (a pre-tokenizer
 that treats the first piece apart, a marker that strips its neighbours' spaces), the encoder finds
 out from a probe when it is built and from its first real prompts, each tokenized both ways, and
 then tokenizes whole strings only.
@@ -28,6 +29,7 @@ MIN_CACHED_CHARS = 64  # shorter pieces cost less to tokenize than to look up an
 ENTRY_OVERHEAD = 120  # bytes an entry costs beyond its text and ids (the key's object, the array, the link)
 CHECKED_PROMPTS = 2  # real prompts tokenized both ways before the pieces are trusted alone (the probe came first)
 BATCH_CHARS = 4096  # less new text than this is tokenized piece by piece, holding the GIL briefly
+PENDING_WAIT_SECS = 5.0  # far longer than any piece takes to tokenize; past it, the waiter tokenizes it itself
 _encoder_ids = itertools.count(1)  # an encoder's key prefix in the shared cache (never reused, unlike id())
 
 
@@ -40,6 +42,7 @@ class TokenCache:
         self.bytes = 0
         self.hits = self.misses = 0
         self._entries: OrderedDict[tuple[int, str], array] = OrderedDict()
+        self._pending: dict[tuple[int, str], threading.Event] = {}  # pieces a thread is tokenizing now
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -54,6 +57,38 @@ class TokenCache:
             self._entries.move_to_end(key)
             self.hits += 1
             return ids
+
+    def claim(self, key: tuple[int, str]) -> array | threading.Event | None:
+        """The piece's cached ids; or, while another thread tokenizes it, the event set when it is done;
+        or None: the caller tokenizes it and then must `put` or `release` it."""
+        with self._lock:
+            ids = self._entries.get(key)
+            if ids is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return ids
+            pending = self._pending.get(key)
+            if pending is None:
+                self.misses += 1
+                self._pending[key] = threading.Event()
+            return pending
+
+    def peek(self, key: tuple[int, str]) -> array | None:
+        """The cached ids, without moving them up (a waiter's piece that its tokenizer just stored)."""
+        with self._lock:
+            ids = self._entries.get(key)
+            if ids is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+            return ids
+
+    def release(self, key: tuple[int, str]) -> None:
+        """End a claim (whether or not the piece was stored): its waiters look again."""
+        with self._lock:
+            pending = self._pending.pop(key, None)
+        if pending is not None:
+            pending.set()
 
     def put(self, key: tuple[int, str], ids: list[int]) -> None:
         value = array("I", ids)
@@ -116,39 +151,60 @@ class SegmentedEncoder:
 
     def _encode_pieces(self, pieces: list[str]) -> list[int]:
         """The pieces' ids in order: cached ones looked up, the rest tokenized in one batch (runs of
-        short pieces joined, since a run is itself independent of its neighbours)."""
-        parts: list[array | int] = []  # cached ids, or the index of a text in `todo`
+        short pieces joined, since a run is itself independent of its neighbours), and pieces another
+        thread is tokenizing taken from it once this thread's own are stored (so no two threads ever
+        wait on each other)."""
+        parts: list[array | int | tuple[str, threading.Event]] = []  # ids, an index into `todo`, or a wait
         todo: list[str] = []
-        keep: list[bool] = []  # per text in `todo`: a piece to cache (not a run of short ones)
+        claimed: list[str] = []  # pieces this thread tokenizes for the cache
         run: list[str] = []
 
-        def tokenize(text: str, cacheable: bool) -> None:
+        def tokenize(text: str) -> None:
             parts.append(len(todo))
             todo.append(text)
-            keep.append(cacheable)
 
         for piece in pieces:
             if len(piece) < MIN_CACHED_CHARS:
                 run.append(piece)
                 continue
             if run:
-                tokenize("".join(run), False)
+                tokenize("".join(run))
                 run.clear()
-            cached = self.cache.get((self._owner, piece))
-            if cached is not None:
-                parts.append(cached)
+            found = self.cache.claim((self._owner, piece))
+            if found is None:
+                tokenize(piece)
+                claimed.append(piece)
             else:
-                tokenize(piece, True)
+                parts.append(found if isinstance(found, array) else (piece, found))
         if run:
-            tokenize("".join(run), False)
-        fresh = self._encode_texts(todo)
-        for text, ids, cacheable in zip(todo, fresh, keep):
-            if cacheable:
-                self.cache.put((self._owner, text), ids)
+            tokenize("".join(run))
+        fresh = self._tokenize_claimed(todo, claimed)
         out: list[int] = []
         for part in parts:
-            out.extend(fresh[part] if isinstance(part, int) else part)
+            if isinstance(part, int):
+                out.extend(fresh[part])
+            else:
+                out.extend(self._awaited(*part) if isinstance(part, tuple) else part)
         return out
+
+    def _tokenize_claimed(self, todo: list[str], claimed: list[str]) -> list[list[int]]:
+        """`todo` tokenized; the claimed pieces among them stored, and every claim released even on failure."""
+        try:
+            fresh = self._encode_texts(todo)
+            mine = set(claimed)
+            for text, ids in zip(todo, fresh):
+                if text in mine:
+                    self.cache.put((self._owner, text), ids)
+            return fresh
+        finally:
+            for piece in claimed:
+                self.cache.release((self._owner, piece))
+
+    def _awaited(self, piece: str, pending: threading.Event) -> list[int] | array:
+        """A piece another thread was tokenizing: its ids from the cache once stored, else tokenized here."""
+        pending.wait(PENDING_WAIT_SECS)
+        ids = self.cache.peek((self._owner, piece))
+        return ids if ids is not None else self.tokenizer.encode(piece)
 
     def _encode_texts(self, texts: list[str]) -> list[list[int]]:
         """A batch releases the GIL while the Rust side works, but starting one costs more than a few

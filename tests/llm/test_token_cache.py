@@ -7,6 +7,7 @@ only the first piece) is never trusted."""
 from __future__ import annotations
 
 import random
+import threading
 
 import pytest
 from tokenizers import AddedToken, Tokenizer as HFTokenizer, models, pre_tokenizers
@@ -89,3 +90,38 @@ def test_a_tokenizer_without_special_markers_tokenizes_whole_strings(tokenizer):
     hf = HFTokenizer(models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
     encoder = SegmentedEncoder(Tokenizer(hf), TokenCache(1 << 20))
     assert not encoder.trusted and encoder.pieces("a a") == ["a a"]
+
+
+def test_a_piece_another_thread_is_tokenizing_is_waited_for_not_tokenized_again(tokenizer):
+    """A burst of prompts with the same new system prompt: one prep thread tokenizes it, the others
+    take its ids once stored (here the main thread plays the one tokenizing, holding its claim)."""
+    cache = TokenCache(1 << 20)
+    encoder = SegmentedEncoder(tokenizer, cache)
+    encoder._left_to_check = 0  # pieces alone, as after the first prompts
+    system = "<|im_start|>system\n" + "You read files and run tools. " * 40 + "<|im_end|>"
+    prompt = system + "\n<|im_start|>user\nhi<|im_end|>\n"
+    piece = max(encoder.pieces(prompt), key=len)  # the system turn's text
+    key = (encoder._owner, piece)
+    assert cache.claim(key) is None  # this thread is now tokenizing the system turn
+    result: list = []
+    waiter = threading.Thread(target=lambda: result.append(encoder.encode_capped(prompt, 1 << 20)))
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive() and not result  # it waits for the claim, rather than tokenizing the piece again
+    cache.put(key, tokenizer.encode(piece))
+    cache.release(key)
+    waiter.join(10)
+    assert result[0][1] == tokenizer.encode(prompt)
+    assert cache.hits == 1 and cache.misses == 1  # the piece was tokenized once, by its claimant
+
+
+def test_a_claim_released_without_ids_leaves_the_waiter_to_tokenize(tokenizer):
+    cache = TokenCache(1 << 20)
+    encoder = SegmentedEncoder(tokenizer, cache)
+    encoder._left_to_check = 0
+    system = "<|im_start|>system\n" + "Plan, then act. " * 40 + "<|im_end|>"
+    key = (encoder._owner, max(encoder.pieces(system), key=len))
+    assert cache.claim(key) is None
+    threading.Timer(0.2, cache.release, (key,)).start()  # its tokenizer failed: nothing stored
+    assert encoder.encode_capped(system + "\n", 1 << 20)[1] == tokenizer.encode(system + "\n")
+    assert cache.claim(key) is None  # no claim left behind: the next prompt tokenizes it for the cache
