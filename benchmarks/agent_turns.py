@@ -8,7 +8,8 @@ as the frontend streamed them, so each prompt repeats the last answer re-tokeniz
 turns the user pauses U(think/2, think) ms (`--think-ms`: a tool running, a person reading): with
 the hint, the frontend warms the next turn's prefix during that pause, and the follow-up turn
 prefills only its new message. The table gives the TTFT of all turns and of the follow-ups, the
-prompt fraction found cached, and the warmups our frontend counted.
+inter-token latency (each turn's mean; what a worker crowded with decoding answers costs every
+turn on it), the prompt fraction found cached, and the warmups our frontend counted.
 
 2 real-time mockers per stack, fresh processes per run, the same conversations for every row;
 `--rounds N` alternates the order and reports the median [min-max].
@@ -94,6 +95,7 @@ def run_once(stack: str, spec: str, speculate: bool, model: Path, system: str, u
         res, follow = asyncio.run(run_users(cluster.base_url + "/v1/chat/completions", system, users, args, speculate))
         return {"ttft": (pct(res.ttft, 0.5) * 1e3, pct(res.ttft, 0.99) * 1e3),
                 "follow": (pct(follow, 0.5) * 1e3, pct(follow, 0.99) * 1e3),
+                "itl": (pct(res.itl, 0.5) * 1e3, pct(res.itl, 0.99) * 1e3),
                 "cached": res.cached_tokens / max(res.prompt_tokens, 1), "errors": res.errors,
                 "served": "/".join(str(_count(w)) for w in workers), "warmups": _warmups(cluster.base_url)}
     finally:
@@ -139,6 +141,8 @@ def main() -> None:
                      + _spread([x["ttft"][1] for x in results], "{:.0f}"),
                      _spread([x["follow"][0] for x in results], "{:.0f}") + " / "
                      + _spread([x["follow"][1] for x in results], "{:.0f}"),
+                     _spread([x["itl"][0] for x in results], "{:.1f}") + " / "
+                     + _spread([x["itl"][1] for x in results], "{:.1f}"),
                      _spread([x["cached"] for x in results], "{:.2f}"),
                      " ".join(x["served"] for x in results), " ".join(x["warmups"] for x in results),
                      sum(x["errors"] for x in results)))
@@ -148,7 +152,8 @@ def main() -> None:
                 f"prompt, {args.message_words}-word messages, {args.max_tokens}-token answers, think "
                 f"U({args.think_ms / 2:.0f}, {args.think_ms:.0f}) ms; 2 mockers x {args.blocks} blocks of "
                 f"{args.block_size}; median [min-max] over rounds",
-                ("stack, router, turns", "TTFT p50 / p99 ms", "follow-up turns TTFT p50 / p99 ms", "cached fraction",
+                ("stack, router, turns", "TTFT p50 / p99 ms", "follow-up turns TTFT p50 / p99 ms",
+                 "ITL p50 / p99 ms (a turn's mean)", "cached fraction",
                  "requests per worker", "warmups done", "errors"), rows)
 
 

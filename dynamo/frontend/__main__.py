@@ -68,7 +68,8 @@ async def serve(config: FrontendConfig, stop: asyncio.Event, warnings: Sequence[
                       overload_status=config.http_overload_status_code,
                       health_extra=lambda: {**routing.health(), **inhibitor.health()},
                       reasoning_field=config.reasoning_field_name,
-                      request_events=RequestEvents(runtime.settings.logging_jsonl))
+                      request_events=RequestEvents(runtime.settings.logging_jsonl),
+                      admin_api=not config.disable_frontend_admin_api)
     lag = LoopLagMonitor(lambda v: (metrics.loop_lag.observe(v), metrics.loop_lag_max.set(lag.worst)))
     lag.start()
     tls = {}

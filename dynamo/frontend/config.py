@@ -71,6 +71,9 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
     tokenizer_cache_bytes: int = setting(
         128 << 20, "Bytes of tokenized prompt pieces (system prompts, earlier turns) kept to tokenize repeated "
         "prompts only where they are new (0: off)")
+    disable_frontend_admin_api: bool = setting(
+        False, "Leave out the admin API (GET/POST /busy_threshold: live busy-threshold changes); its routes answer 404",
+        env="DYN_DISABLE_FRONTEND_ADMIN_API")
     reasoning_field_name: str = setting("reasoning_content", "Message field that carries parsed reasoning",
                                         choices=["reasoning_content", "reasoning"])
 

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from prometheus_client import generate_latest
 
 from dynamo.frontend import errors, speculative_prefill
+from dynamo.frontend.admin import BusyThresholdAdmin
 from dynamo.frontend.intake import early_refusal
 from dynamo.frontend.dispatch import Dispatcher
 from dynamo.frontend.embeddings import decode_embeddings, embed
@@ -64,7 +65,8 @@ class FrontendApp:
     def __init__(self, models: ModelManager, dispatcher: Dispatcher, metrics: FrontendMetrics, *,
                  body_limit: int, concurrency_limit: int = 0, overload_status: int = OVERLOADED_STATUS,
                  health_extra: Callable[[], dict] | None = None,
-                 reasoning_field: str = "reasoning_content", request_events: RequestEvents | None = None) -> None:
+                 reasoning_field: str = "reasoning_content", request_events: RequestEvents | None = None,
+                 admin_api: bool = True) -> None:
         self.models = models
         self.dispatcher = dispatcher
         self.metrics = metrics
@@ -91,6 +93,8 @@ class FrontendApp:
             ("GET", "/live"): self.live,
             ("GET", "/metrics"): self.prometheus,
         }
+        if admin_api:  # operators tune busy thresholds live (DYN_DISABLE_FRONTEND_ADMIN_API leaves it out)
+            self.routes.update(BusyThresholdAdmin(dispatcher.policy, models, self._body).routes())
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":

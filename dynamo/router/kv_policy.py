@@ -27,6 +27,7 @@ from dynamo.router.metrics import RouterMetrics
 from dynamo.router.policy import Choice, PolicyHost, Role, WorkerInfo, WorkerPool, candidates, register
 from dynamo.router.replica_sync import ReplicaSync
 from dynamo.router.router_queue import RouterQueue
+from dynamo.router.selector import BusyThresholds
 from dynamo.router.subscriber import KvEventFeeds
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class KvPolicy:
         self.sync: ReplicaSync | None = None
         self.metrics: RouterMetrics | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._thresholds: dict[str, BusyThresholds] = {}  # per model, set at runtime (POST /busy_threshold)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def attach(self, host: PolicyHost) -> None:
@@ -125,6 +127,8 @@ class KvPolicy:
             if not pool.workers and pool.role is Role.PREFILL:
                 return  # the prefill pool of an aggregated model: nothing to route, nothing to report
             route = self.routes[pool.name] = PoolRoute(pool, KvRouter(pool.block_size, self.config))
+            if pool.model in self._thresholds:
+                route.router.set_busy_thresholds(self._thresholds[pool.model])
         before = {w.instance_id for w in route.pool.workers}
         current = {w.instance_id: w for w in pool.workers}
         for iid in before - current.keys():
@@ -249,6 +253,21 @@ class KvPolicy:
     def busy(self, pool: WorkerPool, instance_id: int) -> bool:
         route = self.routes.get(pool.name)
         return route is not None and route.router.worker_busy(instance_id)
+
+    def busy_thresholds(self, model: str) -> BusyThresholds:
+        default = BusyThresholds(self.config.active_decode_blocks_threshold, self.config.active_prefill_tokens_threshold,
+                                 self.config.active_prefill_tokens_threshold_frac)
+        return self._thresholds.get(model, default)
+
+    def set_busy_thresholds(self, model: str, update: BusyThresholds) -> BusyThresholds:
+        """Every pool of the model (decode and prefill) takes the thresholds `update` sets, now and when
+        it is next (re)created; requests queued for a busy worker retry at once against them."""
+        thresholds = self._thresholds[model] = self.busy_thresholds(model).updated(update)
+        for route in self.routes.values():
+            if route.pool.model == model:
+                route.router.set_busy_thresholds(thresholds)
+                route.queue.wake()
+        return thresholds
 
     def prefill_complete(self, request_id: str) -> None:
         route = self._inflight.get(request_id)

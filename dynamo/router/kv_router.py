@@ -10,6 +10,7 @@ request is sent.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -84,14 +85,8 @@ class KvRouter:
         self.selector = Selector(rng)
         knobs = DynamoCostKnobs.of(cfg)
         self.knobs = None if knobs.default else knobs  # decided once, not per request: the config is fixed
-        # Dynamo's --router-queue-threshold is a prefill busy fraction whose overflow waits in the
-        # router queue: with ours always queueing busy requests, the stricter of the two applies.
-        fracs = [f for f in (cfg.active_prefill_tokens_threshold_frac, cfg.router_queue_threshold) if f is not None]
-        self.thresholds = BusyThresholds(
-            cfg.active_decode_blocks_threshold,
-            cfg.active_prefill_tokens_threshold,
-            min(fracs) if fracs else None,
-        )
+        self.set_busy_thresholds(BusyThresholds(cfg.active_decode_blocks_threshold, cfg.active_prefill_tokens_threshold,
+                                                cfg.active_prefill_tokens_threshold_frac))
         self._workers: dict[int, list[WorkerKey]] = {}
         self._capacity: dict[int, WorkerCapacity] = {}
         self._reported: dict[WorkerKey, LoadMetrics] = {}
@@ -111,6 +106,15 @@ class KvRouter:
     @property
     def mode(self) -> KvMode:
         return self.config.mode
+
+    def set_busy_thresholds(self, thresholds: BusyThresholds) -> None:
+        """The operator's busy thresholds from now on (the flags at start, `POST /busy_threshold` later)."""
+        self.busy_thresholds = thresholds
+        # Dynamo's --router-queue-threshold is a prefill busy fraction whose overflow waits in the
+        # router queue: with ours always queueing busy requests, the stricter of the two applies.
+        fracs = [f for f in (thresholds.active_prefill_tokens_frac, self.config.router_queue_threshold)
+                 if f is not None]
+        self.thresholds = dataclasses.replace(thresholds, active_prefill_tokens_frac=min(fracs) if fracs else None)
 
     # -- membership and inputs -----------------------------------------------------------
     def add_worker(

@@ -24,7 +24,7 @@ import msgspec
 from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.llm.protocol import PreprocessedRequest, RoutingHints
 from dynamo.router.config import KvRouterConfig
-from dynamo.router.selector import AllWorkersBusy, NoWorkers
+from dynamo.router.selector import AllWorkersBusy, BusyThresholds, NoWorkers
 from dynamo.runtime.records import EndpointId
 
 __all__ = ["Role", "WorkerInfo", "WorkerPool", "Choice", "PolicyHost", "RoutingPolicy", "NoWorkers",
@@ -118,6 +118,13 @@ class RoutingPolicy(Protocol):
     def busy(self, pool: WorkerPool, instance_id: int) -> bool:
         """The worker is over a busy threshold now, so `select` would pass it by (or queue for it)."""
         ...
+    def busy_thresholds(self, model: str) -> BusyThresholds | None:
+        """The model's busy thresholds now; None when this policy detects no busy workers."""
+        ...
+    def set_busy_thresholds(self, model: str, update: BusyThresholds) -> BusyThresholds | None:
+        """Apply the thresholds `update` sets (not None) to the model's pools at runtime; the result,
+        or None when this policy detects no busy workers."""
+        ...
     def prefill_complete(self, request_id: str) -> None: ...
     def free(self, request_id: str) -> None: ...
     def health(self) -> dict: ...
@@ -201,6 +208,12 @@ class CacheBlindPolicy:
 
     def busy(self, pool: WorkerPool, instance_id: int) -> bool:
         return False  # no busy thresholds
+
+    def busy_thresholds(self, model: str) -> BusyThresholds | None:
+        return None
+
+    def set_busy_thresholds(self, model: str, update: BusyThresholds) -> BusyThresholds | None:
+        return None
 
     def prefill_complete(self, request_id: str) -> None:
         pass

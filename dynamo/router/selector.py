@@ -52,6 +52,25 @@ class BusyThresholds:
         return any(v is not None for v in (self.active_decode_blocks, self.active_prefill_tokens,
                                            self.active_prefill_tokens_frac))
 
+    def updated(self, update: BusyThresholds) -> BusyThresholds:
+        """These thresholds with those `update` sets (not None) replaced, as Dynamo's runtime update
+        does: a threshold left out keeps its value."""
+        pick = lambda new, old: old if new is None else new  # noqa: E731
+        return BusyThresholds(pick(update.active_decode_blocks, self.active_decode_blocks),
+                              pick(update.active_prefill_tokens, self.active_prefill_tokens),
+                              pick(update.active_prefill_tokens_frac, self.active_prefill_tokens_frac))
+
+    def problem(self) -> tuple[str, str] | None:
+        """(field, what is wrong) for a value no worker load could be measured against; None if all are sound."""
+        decode, tokens, frac = self.active_decode_blocks, self.active_prefill_tokens, self.active_prefill_tokens_frac
+        if decode is not None and not 0.0 <= decode <= 1.0:
+            return "active_decode_blocks_threshold", "must be a fraction of the KV blocks, from 0 to 1"
+        if tokens is not None and tokens < 0:
+            return "active_prefill_tokens_threshold", "must be a token count >= 0"
+        if frac is not None and not 0.0 <= frac < float("inf"):
+            return "active_prefill_tokens_threshold_frac", "must be a finite fraction of max_num_batched_tokens >= 0"
+        return None
+
 
 def is_busy(active_blocks: int, prefill_tokens: int, capacity: WorkerCapacity | None, t: BusyThresholds) -> bool:
     total = capacity.total_kv_blocks if capacity else None

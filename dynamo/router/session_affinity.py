@@ -41,6 +41,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from dynamo.llm.protocol import PreprocessedRequest, RoutingHints
 from dynamo.router.affinity_sync import AffinitySync
 from dynamo.router.policy import Choice, PolicyHost, Role, RoutingPolicy, WorkerPool, pinned_worker
+from dynamo.router.selector import BusyThresholds
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +300,12 @@ class SessionAffinityPolicy:
 
     def busy(self, pool: WorkerPool, instance_id: int) -> bool:
         return self.inner.busy(pool, instance_id)
+
+    def busy_thresholds(self, model: str) -> BusyThresholds | None:
+        return self.inner.busy_thresholds(model)
+
+    def set_busy_thresholds(self, model: str, update: BusyThresholds) -> BusyThresholds | None:
+        return self.inner.set_busy_thresholds(model, update)
 
     def prefill_complete(self, request_id: str) -> None:
         self.inner.prefill_complete(request_id)

@@ -2,7 +2,11 @@
 - with the router queue off (`--router-queue-max-requests 0`, NVIDIA Dynamo's default), the
   frontend answers 503 with an OpenAI error at once, and serves again once load drops;
 - with the router queue (our default), the request waits in the router and is served as
-  soon as the load drops, within its deadline."""
+  soon as the load drops, within its deadline.
+The admin API (`GET/POST /busy_threshold`, NVIDIA Dynamo's) reads and changes them on the live
+frontend: raised, the request refused a moment ago is served while the worker is still as busy;
+bad values are 400s; a set under round-robin or for an unknown model is a 404; and
+`DYN_DISABLE_FRONTEND_ADMIN_API` leaves the routes out."""
 
 from __future__ import annotations
 
@@ -30,6 +34,10 @@ def cluster(tiny_model, tmp_path_factory):
         c.frontend(*flags, "--router-queue-max-requests", "0")
         c.wait_workers(MODEL, 1)
         c.no_queue_url = c.base_url
+        c.frontend("--router-mode", "round-robin")
+        c.round_robin_url = c.base_url
+        c.frontend(*flags, env={"DYN_DISABLE_FRONTEND_ADMIN_API": "1"})
+        c.no_admin_url = c.base_url
         c.frontend(*flags, "--router-queue-timeout-secs", "60")
         c.wait_workers(MODEL, 1)
         yield c
@@ -118,3 +126,68 @@ def test_malformed_priority_is_a_400(cluster):
         "model": MODEL, "prompt": "x", "max_tokens": 2, "nvext": {"agent_hints": {"strict_priority": -1}}})
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["param"] == "nvext.agent_hints.strict_priority"
+
+
+def _thresholds(decode=None, tokens=None, frac=None, model: str = MODEL) -> dict:
+    return {"model": model, "active_decode_blocks_threshold": decode, "active_prefill_tokens_threshold": tokens,
+            "active_prefill_tokens_threshold_frac": frac}
+
+
+def test_busy_thresholds_are_read_and_listed(cluster):
+    url = cluster.no_queue_url + "/busy_threshold"
+    read = httpx.post(url, json={"model": MODEL}, timeout=30).json()
+    assert read["active_decode_blocks_threshold"] == 0.1 and httpx.get(url, timeout=30).json() == {"thresholds": [read]}
+    assert httpx.post(url, json={"model": "nope"}, timeout=30).json() == _thresholds(model="nope")
+    listed = httpx.get(cluster.round_robin_url + "/busy_threshold", timeout=30).json()
+    assert listed == {"thresholds": [_thresholds()]}  # no busy detection under round-robin
+
+
+def test_a_threshold_raised_live_serves_what_it_refused(cluster):
+    url = cluster.no_queue_url + "/v1/completions"
+    admin = cluster.no_queue_url + "/busy_threshold"
+    one_more = {"model": MODEL, "prompt": "one more", "max_tokens": 2}
+    # Earlier tests' load, as the worker last reported it, may still hold it over the threshold.
+    wait_until(lambda: httpx.post(url, json=one_more, timeout=60).status_code == 200, 30, "the worker to be free")
+    try:
+        with _worker_kept_busy(url) as http:
+            assert http.post(url, json=one_more).status_code == 503
+            raised = http.post(admin, json={"model": MODEL, "active_decode_blocks_threshold": 0.9,
+                                            "active_prefill_tokens_threshold": 100000})
+            assert raised.status_code == 200 and raised.json() == _thresholds(0.9, 100000)
+            resp = http.post(url, json=one_more)  # the long stream still holds its blocks
+            assert resp.status_code == 200, resp.text
+            lowered = http.post(admin, json={"model": MODEL, "active_decode_blocks_threshold": 0.1})
+            assert lowered.json() == _thresholds(0.1, 100000)  # the token threshold it left out stays
+            assert http.post(url, json=one_more).status_code == 503
+    finally:
+        httpx.post(admin, json={"model": MODEL, "active_decode_blocks_threshold": 0.1}, timeout=30)
+
+
+@pytest.mark.parametrize("body, status, param", [
+    ({"model": MODEL, "active_decode_blocks_threshold": 1.5}, 400, "active_decode_blocks_threshold"),
+    ({"model": MODEL, "active_prefill_tokens_threshold": -1}, 400, "active_prefill_tokens_threshold"),
+    ({"model": MODEL, "active_prefill_tokens_threshold": 2.5}, 400, None),  # not a token count
+    ({"model": MODEL, "active_prefill_tokens_threshold_frac": "half"}, 400, None),
+    ({"active_decode_blocks_threshold": 0.5}, 400, None),  # which model?
+    ({"model": "", "active_decode_blocks_threshold": 0.5}, 400, "model"),
+    ({"model": "nope", "active_decode_blocks_threshold": 0.5}, 404, "model"),
+    (b"{not json", 400, None),
+])
+def test_bad_threshold_requests_are_named_errors(cluster, body, status, param):
+    url = cluster.no_queue_url + "/busy_threshold"
+    before = httpx.post(url, json={"model": MODEL}, timeout=30).json()
+    resp = httpx.post(url, content=body, timeout=30) if isinstance(body, bytes) else httpx.post(url, json=body,
+                                                                                                timeout=30)
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert error["param"] == param and error["message"]
+    assert httpx.post(url, json={"model": MODEL}, timeout=30).json() == before  # nothing changed
+
+
+def test_thresholds_cannot_be_set_without_kv_routing_nor_with_the_admin_api_off(cluster):
+    resp = httpx.post(cluster.round_robin_url + "/busy_threshold", timeout=30,
+                      json={"model": MODEL, "active_decode_blocks_threshold": 0.5})
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "busy_thresholds_unavailable"
+    for method in ("GET", "POST"):
+        resp = httpx.request(method, cluster.no_admin_url + "/busy_threshold", json={"model": MODEL}, timeout=30)
+        assert resp.status_code == 404, resp.text
