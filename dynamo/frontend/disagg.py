@@ -126,6 +126,7 @@ class PrefillOrchestrator:
         if params is None:
             return self._local(entry, "no_transfer_params")
         self._observe(entry.name, params, time.monotonic() - started)
+        handle.prefill_worker_id, handle.prefill_dp_rank = worker.instance_id, choice.dp_rank
         return params
 
     async def _run(self, worker, sub: PreprocessedRequest, handle) -> dict[str, Any] | None:

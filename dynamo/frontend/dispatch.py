@@ -58,12 +58,19 @@ def _unknown_pin(pool: WorkerPool, request: PreprocessedRequest, exclude: set[in
 class RequestHandle:
     """Lets the HTTP layer cancel whatever worker stream the request is on now."""
 
-    __slots__ = ("stream", "cancelled", "worker_id")
+    __slots__ = ("stream", "cancelled", "worker_id", "dp_rank", "overlap_blocks", "prefill_worker_id",
+                 "prefill_dp_rank")
 
     def __init__(self) -> None:
         self.stream: WorkerStream | None = None
         self.cancelled = False
+        # Who serves the request (nvext.extra_fields "worker_id"): the decode worker now, its cached
+        # blocks as the router saw them, and a prefill worker when one prefilled it.
         self.worker_id: int | None = None
+        self.dp_rank = 0
+        self.overlap_blocks = 0
+        self.prefill_worker_id: int | None = None
+        self.prefill_dp_rank = 0
 
     def cancel(self) -> None:
         """The client went away: stop the worker and end quietly."""
@@ -162,7 +169,8 @@ class Dispatcher:
             pool = entry.pool(Role.DECODE)
             choice = await choose(self.policy, pool, request, self.inhibitor.exclude(pool, request, exclude))
             worker = choice.worker
-            handle.worker_id = worker.instance_id
+            handle.worker_id, handle.dp_rank, handle.overlap_blocks = worker.instance_id, choice.dp_rank, \
+                choice.overlap_blocks
             try:
                 call = await self.workers.open(worker.address or "", worker.endpoint.endpoint,
                                                with_dp_rank(request, choice), lambda: self.policy.prefill_complete(rid))

@@ -14,7 +14,7 @@ import json
 import time
 from typing import Any
 
-from dynamo.frontend import errors
+from dynamo.frontend import errors, response_ext
 from dynamo.frontend.dispatch import RequestHandle, aclose_quietly
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.metrics import RequestOutcome
@@ -70,6 +70,9 @@ class GenerationRun:
         self.keep_answer = False  # a stream also collects its answer (a unary one always does): speculative prefill
         self.cached_tokens = 0
         self.last_time = started
+        self.extra_fields = response_ext.requested(req.nvext)
+        self.block_size = entry.card.kv_cache_block_size
+        self.first_token_at: float | None = None
         self._observe_itl = app.metrics.itl.labels(self.model).observe
         decode = self.pipeline.tokenizer.decode
         self.echo = self._echo_text(req, preqs[0].token_ids, decode)
@@ -101,8 +104,8 @@ class GenerationRun:
                 first = None
             if self.cancelled:
                 return RequestOutcome.CANCELLED
-            app.metrics.ttft.labels(self.model).observe(time.monotonic() - self.started)
-            self.last_time = time.monotonic()
+            self.first_token_at = self.last_time = time.monotonic()
+            app.metrics.ttft.labels(self.model).observe(self.first_token_at - self.started)
             if self.req.stream:
                 await self._stream(merged, first, send)
             else:
@@ -209,6 +212,22 @@ class GenerationRun:
     def _usage(self) -> dict:
         return usage_dict(len(self.preqs[0].token_ids), self.completion_tokens, self.cached_tokens)
 
+    def response_nvext(self) -> dict | None:
+        """The response's `nvext`, with the fields the request's `nvext.extra_fields` asked for."""
+        if not self.extra_fields:
+            return None
+        out: dict = {}
+        handle = self.choices[0].handle
+        if "worker_id" in self.extra_fields and (ids := response_ext.worker_ids(handle)) is not None:
+            out["worker_id"] = ids
+        if "timing" in self.extra_fields:
+            now = time.monotonic()
+            first = None if self.first_token_at is None else self.first_token_at - self.started
+            hit = handle.overlap_blocks if self.app.dispatcher.policy.name == "kv" else None
+            out["timing"] = response_ext.timing(time.time() - (now - self.started), first, now - self.started, hit,
+                                                len(self.preqs[0].token_ids), self.block_size)
+        return out
+
     async def _batches(self, merged, first):
         if first is not None:
             yield first
@@ -277,6 +296,8 @@ class GenerationRun:
             body = b"".join(self._finish_bytes(c) for c in self.choices if not c.done)
             if self.req.stream_options is not None and self.req.stream_options.include_usage:
                 body += self.chunks.usage(self._usage())
+            if (nvext := self.response_nvext()) is not None:
+                body += self.chunks.extension(nvext)
             await send({"type": "http.response.body", "body": body + DONE, "more_body": False})
         except ApiError as exc:
             if self.cancelled:
@@ -295,7 +316,8 @@ class GenerationRun:
             self._collect(choice, choice.stage.finish())
         build = chat_body if self.is_chat else completion_body
         entries = [self._chat_choice(c) if self.is_chat else self._completion_choice(c) for c in self.choices]
-        await send_bytes(send, 200, build(self.request_id, self.model, self.created, entries, self._usage()))
+        await send_bytes(send, 200, build(self.request_id, self.model, self.created, entries, self._usage(),
+                                          self.response_nvext()))
 
     def answer(self) -> dict:
         """The first choice's assistant message, as the response carried it (with `keep_answer`)."""

@@ -69,6 +69,10 @@ class ChatChunks:
     def usage(self, usage: dict) -> bytes:
         return b"data: " + self._envelope + b',"choices":[],"usage":' + _json(usage) + b"}\n\n"
 
+    def extension(self, nvext: dict) -> bytes:
+        """The response's `nvext` (nvext.extra_fields), in a chunk of its own before [DONE]."""
+        return b"data: " + self._envelope + b',"choices":[],"nvext":' + _json(nvext) + b"}\n\n"
+
 
 class CompletionChunks:
     __slots__ = ("_head", "_envelope")
@@ -90,6 +94,10 @@ class CompletionChunks:
 
     def usage(self, usage: dict) -> bytes:
         return b"data: " + self._envelope + b',"choices":[],"usage":' + _json(usage) + b"}\n\n"
+
+    def extension(self, nvext: dict) -> bytes:
+        """The response's `nvext` (nvext.extra_fields), in a chunk of its own before [DONE]."""
+        return b"data: " + self._envelope + b',"choices":[],"nvext":' + _json(nvext) + b"}\n\n"
 
 
 def error_event(body: dict) -> bytes:
@@ -114,14 +122,18 @@ def completion_response(request_id: str, model: str, created: int, text: str, fi
     })
 
 
-def chat_body(request_id: str, model: str, created: int, choices: list[dict], usage: dict) -> bytes:
-    return _json({"id": request_id, "object": "chat.completion", "created": created, "model": model,
-                  "choices": choices, "usage": usage})
+def chat_body(request_id: str, model: str, created: int, choices: list[dict], usage: dict,
+              nvext: dict | None = None) -> bytes:
+    body = {"id": request_id, "object": "chat.completion", "created": created, "model": model,
+            "choices": choices, "usage": usage}
+    return _json(body if nvext is None else {**body, "nvext": nvext})
 
 
-def completion_body(request_id: str, model: str, created: int, choices: list[dict], usage: dict) -> bytes:
-    return _json({"id": request_id, "object": "text_completion", "created": created, "model": model,
-                  "choices": choices, "usage": usage})
+def completion_body(request_id: str, model: str, created: int, choices: list[dict], usage: dict,
+                    nvext: dict | None = None) -> bytes:
+    body = {"id": request_id, "object": "text_completion", "created": created, "model": model,
+            "choices": choices, "usage": usage}
+    return _json(body if nvext is None else {**body, "nvext": nvext})
 
 
 def tool_call_entries(deltas) -> list[dict]:

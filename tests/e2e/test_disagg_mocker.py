@@ -69,6 +69,18 @@ def test_requests_are_prefilled_remotely(cluster):
     assert frontend_metric(cluster.base_url, "dynamo_frontend_kv_transfer_bytes_total") > 0
 
 
+def test_the_response_names_the_prefill_and_the_decode_worker(cluster):
+    """nvext.extra_fields ["worker_id"]: the prefill worker that prefilled it and the decode worker
+    that streamed it, as /health lists them."""
+    instances = json.loads(http_get(cluster.base_url + "/health")[1])["instances"]
+    ids = {i["worker_type"]: i["instance_id"] for i in instances}
+    resp = httpx.post(cluster.base_url + "/v1/completions", timeout=60, json={
+        "model": MODEL, "prompt": "disaggregate me " * 20, "max_tokens": 4, "nvext": {"extra_fields": ["worker_id"]}})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["nvext"]["worker_id"] == {"prefill_worker_id": ids["prefill"], "prefill_dp_rank": 0,
+                                                 "decode_worker_id": ids["decode"], "decode_dp_rank": 0}, ids
+
+
 def test_conditional_disaggregation_prefills_short_prompts_locally(cluster):
     """`--router-conditional-disagg` with a 64-token threshold, beside the plain frontend on the
     same workers: a short prompt never reaches the prefill worker, a long one does."""

@@ -3,7 +3,9 @@ with small KV caches as real processes on the brokerless (ZMQ) event plane."""
 
 from __future__ import annotations
 
+import json
 import signal
+import time
 
 import httpx
 import pytest
@@ -198,3 +200,30 @@ def _instance_of(proc) -> int:
     line = next(line for line in proc.log_path.read_text().splitlines() if marker in line and ".generate" in line)
     return int(line.split(marker)[1].split()[0], 16)
 
+
+
+def test_the_response_names_its_worker_and_timing_when_asked(cluster):
+    """nvext.extra_fields: the worker the request was pinned to, in the unary body and in a streamed
+    chunk of its own; timing with the KV router's hit rate, which a repeated prefix raises."""
+    url = cluster.base_url + "/v1/completions"
+    iid = route_info(cluster.base_url)["workers"][0]
+    prompt = tokens(900, PREFIX_BLOCKS * BLOCK)
+    ask = {"extra_fields": ["worker_id", "timing", "not_a_field"], "backend_instance_id": iid}
+    first = httpx.post(url, json={"model": MODEL, "prompt": prompt, "max_tokens": 3, "nvext": ask}, timeout=60).json()
+    assert first["nvext"]["worker_id"] == {"prefill_worker_id": iid, "prefill_dp_rank": 0, "decode_worker_id": iid,
+                                           "decode_dp_rank": 0}
+    timing = first["nvext"]["timing"]
+    assert timing["kv_hit_rate"] == 0.0 and 0 < timing["ttft_ms"] <= timing["total_time_ms"]
+    assert abs(timing["request_received_ms"] / 1000 - time.time()) < 120
+    wait_indexed(cluster.base_url, PREFIX_BLOCKS)
+    with httpx.stream("POST", url, timeout=60, json={"model": MODEL, "prompt": prompt, "max_tokens": 3,
+                                                     "stream": True, "nvext": ask}) as resp:
+        chunks = [json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: {")]
+    assert [c for c in chunks if "nvext" in c] == [chunks[-1]] and chunks[-1]["choices"] == []
+    assert chunks[-1]["nvext"]["worker_id"]["decode_worker_id"] == iid
+    assert chunks[-1]["nvext"]["timing"]["kv_hit_rate"] > 0.9  # the prompt's full blocks, cached there
+    plain = httpx.post(url, json={"model": MODEL, "prompt": "x", "max_tokens": 2}, timeout=60).json()
+    assert "nvext" not in plain
+    bad = httpx.post(url, json={"model": MODEL, "prompt": "x", "max_tokens": 2, "nvext": {"extra_fields": "timing"}},
+                     timeout=60)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "nvext.extra_fields", bad.text

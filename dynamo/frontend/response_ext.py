@@ -1,0 +1,60 @@
+"""The response's `nvext` (NVIDIA Dynamo's `nvext.extra_fields` on a request): which workers served
+it and how long each stage took, for a client that wants to see its routing.
+
+    "extra_fields": ["worker_id", "timing"]  ->  "nvext": {
+        "worker_id": {"prefill_worker_id", "prefill_dp_rank", "decode_worker_id", "decode_dp_rank"},
+        "timing": {"request_received_ms", "ttft_ms", "total_time_ms", "kv_hit_rate"}}
+
+`worker_id`: the decode worker (the one that streamed the answer, after any migration) and the
+prefill worker, the same one unless a prefill worker prefilled it (disaggregated serving).
+`timing`: `request_received_ms` is wall-clock epoch milliseconds; `ttft_ms` and `total_time_ms`
+count from then; `kv_hit_rate` is the prompt's fraction of KV blocks the KV router found cached on
+the worker it chose (KV routing only). A streamed answer carries it in one more chunk (`choices`
+empty) before `[DONE]`; a unary one as a top-level field. Names this version does not produce
+(Dynamo adds more over time) are ignored, as Dynamo ignores names it does not know.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from dynamo.frontend.errors import bad_request
+
+PARAM = "nvext.extra_fields"
+KNOWN = ("worker_id", "timing")
+
+
+def requested(nvext: dict[str, Any] | None) -> frozenset[str]:
+    """The response fields asked for; a 400 for anything but a list of names."""
+    fields = (nvext or {}).get("extra_fields")
+    if fields is None:
+        return frozenset()
+    if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+        raise bad_request(f"{PARAM} must be a list of field names, e.g. [\"worker_id\", \"timing\"]", PARAM,
+                          "invalid_type")
+    return frozenset(f for f in fields if f in KNOWN)
+
+
+def worker_ids(handle) -> dict[str, int] | None:
+    """Who served the request, from its stream handle; None before any worker was chosen."""
+    if handle.worker_id is None:
+        return None
+    prefill = handle.prefill_worker_id
+    return {"prefill_worker_id": handle.worker_id if prefill is None else prefill,
+            "prefill_dp_rank": handle.dp_rank if prefill is None else handle.prefill_dp_rank,
+            "decode_worker_id": handle.worker_id, "decode_dp_rank": handle.dp_rank}
+
+
+def timing(received_epoch: float, ttft: float | None, total: float, hit_blocks: int | None, isl: int,
+           block_size: int) -> dict[str, Any]:
+    """`received_epoch` in seconds; `ttft` and `total` in seconds since then; `hit_blocks` the KV
+    router's cached blocks on the chosen worker (None: not KV routing)."""
+    out: dict[str, Any] = {"request_received_ms": int(received_epoch * 1000)}
+    if ttft is not None:
+        out["ttft_ms"] = round(ttft * 1000, 3)
+    out["total_time_ms"] = round(total * 1000, 3)
+    blocks = math.ceil(isl / block_size) if block_size > 0 else 0
+    if hit_blocks is not None and blocks:
+        out["kv_hit_rate"] = min(hit_blocks / blocks, 1.0)
+    return out
