@@ -29,7 +29,7 @@ HEADERS = {
     "strict_priority": ("x-dynamo-request-strict-priority",),
 }
 NVEXT_IDS = ("backend_instance_id", "prefill_worker_id", "decode_worker_id")
-AGENT_HINTS = ("priority", "strict_priority", "osl")
+AGENT_HINTS = ("priority", "strict_priority", "osl", "latency_sensitivity")
 SESSION_ACTIONS = ("open", "bind", "close")  # open/bind (re)bind with the timeout; close ends after this request
 SESSION_TIMEOUT_SECS = 300  # nvext.session_control.timeout's default, as NVIDIA Dynamo
 SESSION_ID_MAX_BYTES = 256  # as NVIDIA Dynamo: a longer id is refused, never truncated into another's
@@ -136,6 +136,11 @@ def _final(given: dict[str, str]) -> bool:
 
 
 def _parse(name: str, raw: Any, param: str) -> int | float:
+    if name == "latency_sensitivity":
+        value = _number(raw, param)
+        if value < 0:
+            raise bad_request(f"{param} must be seconds >= 0, got {raw!r}", param, "invalid_value")
+        return value
     return _number(raw, param) if name == "priority" else _unsigned(raw, param)
 
 

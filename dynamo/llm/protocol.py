@@ -61,6 +61,10 @@ class RoutingHints(msgspec.Struct, omit_defaults=True, kw_only=True):
     # weight in wspt) and a strict router-queue tier (higher tiers always first).
     priority: float | None = None
     strict_priority: int | None = None
+    # nvext.agent_hints.latency_sensitivity (Dynamo's router-queue hint, seconds): how far ahead of its
+    # arrival the request waits in the router queue, in place of `priority` there (which still reaches the
+    # engine's own scheduler).
+    latency_sensitivity: float | None = None
     # Agent session identity (`x-dynamo-session-id`, or a coding agent's own header): passive metadata
     # unless the frontend runs with --router-session-affinity-ttl-secs, which keeps a session on one worker.
     session_id: str | None = None

@@ -205,7 +205,10 @@ class KvPolicy:
 
     def _enter_queue(self, route: PoolRoute, request: PreprocessedRequest, exclude: set[int]):
         hints = request.routing
-        priority = (hints.priority or 0.0) if hints else 0.0
+        # Dynamo's queue hint is latency_sensitivity (seconds ahead); without it, priority jumps the line.
+        jump = None if hints is None else (hints.latency_sensitivity if hints.latency_sensitivity is not None
+                                           else hints.priority)
+        priority = jump or 0.0
         new_tokens = 1
         if route.queue.policy == "wspt":
             allowed = [w.instance_id for w in candidates(route.pool, request, exclude)]

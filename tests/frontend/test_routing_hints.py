@@ -21,9 +21,10 @@ def test_none_when_nothing_is_given():
 
 def test_nvext_fields():
     hints = routing_hints({"backend_instance_id": 7, "prefill_worker_id": 9,
-                           "agent_hints": {"priority": 2.5, "strict_priority": 1, "osl": 100}}, [])
+                           "agent_hints": {"priority": 2.5, "strict_priority": 1, "osl": 100,
+                                           "latency_sensitivity": 1.2}}, [])
     assert hints == RoutingHints(backend_instance_id=7, prefill_worker_id=9, priority=2.5, strict_priority=1,
-                                 osl=100)
+                                 osl=100, latency_sensitivity=1.2)
 
 
 def test_headers_override_the_body_and_dynamo_spellings_win():
@@ -42,6 +43,8 @@ def test_headers_override_the_body_and_dynamo_spellings_win():
     ({"agent_hints": {"priority": "high"}}, [], "nvext.agent_hints.priority"),
     ({"agent_hints": {"strict_priority": 1.5}}, [], "nvext.agent_hints.strict_priority"),
     ({"agent_hints": {"osl": -5}}, [], "nvext.agent_hints.osl"),
+    ({"agent_hints": {"latency_sensitivity": -1.0}}, [], "nvext.agent_hints.latency_sensitivity"),
+    ({"agent_hints": {"latency_sensitivity": "soon"}}, [], "nvext.agent_hints.latency_sensitivity"),
     (None, h(x_dynamo_request_priority="nan"), "x-dynamo-request-priority"),
     (None, h(x_prefill_instance_id="0x10"), "x-prefill-instance-id"),
 ])

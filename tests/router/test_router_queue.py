@@ -22,8 +22,9 @@ def distinct(n: int, base: int) -> list[int]:
 
 
 def req(rid: str, tokens: list[int], priority: float | None = None, strict: int | None = None,
-        model: str = "m") -> PreprocessedRequest:
-    hints = RoutingHints(priority=priority, strict_priority=strict) if priority or strict else None
+        model: str = "m", sensitivity: float | None = None) -> PreprocessedRequest:
+    hints = (RoutingHints(priority=priority, strict_priority=strict, latency_sensitivity=sensitivity)
+             if priority or strict or sensitivity is not None else None)
     return PreprocessedRequest(request_id=rid, model=model, token_ids=tokens, routing=hints)
 
 
@@ -97,6 +98,18 @@ async def test_fcfs_serves_oldest_first_with_priority_jumps_and_strict_tiers():
                                          req("jump", distinct(20, 300), priority=60.0),
                                          req("tier", distinct(20, 400), strict=1)])
     assert await serve_in_order(policy, waiting, "big") == ["tier", "jump", "a", "b"]
+
+
+async def test_latency_sensitivity_moves_a_request_ahead_in_place_of_its_priority():
+    """Dynamo's queue hint: seconds ahead of its arrival; a request that gives it is placed by it,
+    not by its (engine) priority."""
+    policy = busy_policy()
+    p = pool(1)
+    await policy.select(p, req("big", list(range(32))), set())
+    waiting = await queue_up(policy, p, [req("a", distinct(20, 100)),
+                                         req("engine-only", distinct(20, 200), priority=60.0, sensitivity=0.0),
+                                         req("sensitive", distinct(20, 300), sensitivity=60.0)])
+    assert await serve_in_order(policy, waiting, "big") == ["sensitive", "a", "engine-only"]
 
 
 async def test_wspt_serves_least_new_prefill_first_and_lcfs_newest_first():
