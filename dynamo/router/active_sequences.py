@@ -12,6 +12,7 @@ token) -> `free` (finished or cancelled; idempotent).
 
 from __future__ import annotations
 
+import functools
 from typing import Iterable, Mapping, Sequence
 
 WorkerKey = tuple[int, int]
@@ -79,6 +80,7 @@ class ActiveSequences:
         self._workers: dict[WorkerKey, _WorkerLoad] = {}
         self._requests: dict[str, _Request] = {}
         self._sharers: dict[int, int] = {}  # seq_hash -> decoding requests holding it, on any worker
+        self._holders: dict[int, int] = {}  # seq_hash -> active requests holding it (prefilling too), on any worker
 
     # -- workers -------------------------------------------------------------------------
     def add_worker(self, key: WorkerKey) -> None:
@@ -120,9 +122,10 @@ class ActiveSequences:
             private, seq_hashes = len(seq_hashes), ()
         if self.track_active_blocks:
             private += output_blocks
-        refs = load.block_refs
+        refs, holders = load.block_refs, self._holders
         for seq_hash in seq_hashes:
             refs[seq_hash] = refs.get(seq_hash, 0) + 1
+            holders[seq_hash] = holders.get(seq_hash, 0) + 1
         load.private_blocks += private
         load.prefill_tokens += tokens
         load.requests += 1
@@ -161,6 +164,7 @@ class ActiveSequences:
         return True
 
     def _unshare(self, req: _Request) -> None:
+        _release(self._holders, req.seq_hashes)
         if req.decoding:
             _release(self._sharers, req.seq_hashes)
 
@@ -168,6 +172,10 @@ class ActiveSequences:
         """Requests past their prefill, on any worker, whose prompts hold this block (0 without reuse
         tracking): the decode load a prefix brings wherever it is cached."""
         return self._sharers.get(seq_hash, 0)
+
+    def holders(self, seq_hash: int) -> int:
+        """Active requests, on any worker, whose prompts hold this block, those still prefilling too."""
+        return self._holders.get(seq_hash, 0)
 
     def worker_of(self, request_id: str) -> WorkerKey | None:
         req = self._requests.get(request_id)
@@ -233,6 +241,22 @@ class ActiveSequences:
 
     def __len__(self) -> int:
         return len(self._requests)
+
+
+class PrefixShares:
+    """Per prompt block held elsewhere, the share n/(n+1) of its prefill that n sharing requests
+    amortize: decoding ones (`busy`), or every one holding it, still prefilling too (`idle`)."""
+
+    def __init__(self, active: ActiveSequences, seq: Sequence[int]) -> None:
+        self._active, self._seq = active, seq
+
+    @functools.cached_property
+    def busy(self) -> list[float]:
+        return [n / (n + 1) for n in map(self._active.sharers, self._seq)]
+
+    @functools.cached_property
+    def idle(self) -> list[float]:
+        return [n / (n + 1) for n in map(self._active.holders, self._seq)]
 
 
 def _release(refs: dict[int, int], seq_hashes: Sequence[int]) -> None:

@@ -89,8 +89,9 @@ class KvRouterConfig:
         "prompt: not yet in the KV index) as cached there when estimating prefill work")
     router_shared_prefix_amortization: bool = setting(
         True, "ttft cost: charge a worker the prefill of prompt blocks it lacks but another worker holds at "
-        "1/(n+1) per block, n the decoding requests holding that block: a prefix many requests use (one system "
-        "prompt for every agent) is worth copying to an idle worker instead of piling all its traffic on one")
+        "1/(n+1) per block, n the decoding requests holding that block (on an idle worker, those still "
+        "prefilling it too): a prefix many requests use (one system prompt for every agent) is worth copying to "
+        "an idle worker instead of piling all its traffic on one")
     router_assume_kv_reuse: bool = setting(True, "Count identical blocks across active requests once",
                                            flag=["--router-assume-kv-reuse", "--assume-kv-reuse"])
     router_track_prefill_tokens: bool = setting(True, "Include pending prompt tokens in the load")

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping, Sequence
 
-from dynamo.router.active_sequences import ActiveSequences
+from dynamo.router.active_sequences import ActiveSequences, PrefixShares
 from dynamo.router.approx import ApproxIndexer
 from dynamo.router.config import KvMode, KvRouterConfig, RouterConfigOverride
 from dynamo.router.cost_model import TtftModel, features
@@ -239,14 +239,20 @@ class KvRouter:
         """`potentials` with each worker's prefill of blocks it lacks that the best-placed worker holds
         priced as an investment: a block that n decoding requests hold costs 1/(n+1) of its prefill, so a
         prefix in wide use is copied to a worker with room rather than all its traffic decoding on one.
-        Requests still prefilling do not count: a burst joins the prefill under way (in-flight credit)."""
+        Requests still prefilling count only for an idle worker: a burst joins the prefills under way
+        (in-flight credit) once every worker has one, but it first starts one on each idle worker."""
         active, bs = self.active, self.block_size
         own = {k: tokens - active.active_prefill_tokens(k) for k, (_, tokens) in potentials.items()}
         least = min(own.values(), default=0)
         deepest = min((isl - least) // bs, len(seq))  # full blocks the best-placed worker need not prefill
         if deepest <= 0 or all(v == least for v in own.values()):
             return potentials
-        share = [n / (n + 1) for n in map(active.sharers, seq[:deepest])]
+        return self._discounted(potentials, seq, isl, own, least, deepest)
+
+    def _discounted(self, potentials: Mapping[WorkerKey, tuple[int, int]], seq: Sequence[int], isl: int,
+                    own: Mapping[WorkerKey, int], least: int, deepest: int) -> dict[WorkerKey, tuple[int, int]]:
+        active, bs = self.active, self.block_size
+        shares = PrefixShares(active, seq[:deepest])
         holder = max(active.requests(k) for k, v in own.items() if v == least)
         out = {}
         for key, (blocks, tokens) in potentials.items():
@@ -254,6 +260,9 @@ class KvRouter:
             # Copying pays only by the load it takes off the holder: none between balanced workers, whose
             # caches would only trade what they hold.
             relief = max(holder - active.requests(key), 0) / holder if holder else 0.0
+            # An idle worker starts a cold prefill at once, while a request joining the holder's prefill
+            # under way waits for that step and then its own.
+            share = shares.busy if active.requests(key) else shares.idle
             discount = int(bs * relief * sum(share[held:deepest])) if held < deepest else 0
             out[key] = (blocks, tokens - min(discount, own[key] - least))
         return out

@@ -99,11 +99,12 @@ def test_sharers_count_decoding_requests_on_every_worker():
     seqs.add_request((1, 0), "a", [10, 11, 12], isl=12, overlap_blocks=0)
     seqs.add_request((2, 0), "b", [10, 11, 99], isl=12, overlap_blocks=0)
     assert seqs.sharers(10) == 0  # still prefilling: not yet a decode load
+    assert (seqs.holders(10), seqs.holders(12), seqs.holders(99)) == (2, 1, 1)  # holders count from booking
     seqs.mark_prefill_completed("a")
     seqs.mark_prefill_completed("b")
     seqs.mark_prefill_completed("b")  # counted once
     assert (seqs.sharers(10), seqs.sharers(12), seqs.sharers(99)) == (2, 1, 1)
     seqs.free("a")
-    assert (seqs.sharers(10), seqs.sharers(12)) == (1, 0)
+    assert (seqs.sharers(10), seqs.sharers(12)) == (1, 0) == (seqs.holders(10), seqs.holders(12))
     seqs.remove_worker(2)
-    assert seqs.sharers(10) == 0 and seqs.sharers(99) == 0
+    assert seqs.sharers(10) == 0 and seqs.sharers(99) == 0 and seqs.holders(10) == 0

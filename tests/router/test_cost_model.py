@@ -81,20 +81,41 @@ def test_output_blocks_are_booked_from_max_tokens_and_released():
     assert off.active.active_blocks((1, 0)) == 100
 
 
-def test_a_burst_of_one_prefix_stays_together_before_any_kv_event():
+def test_a_burst_of_one_prefix_splits_over_idle_workers_then_joins_the_prefills_under_way():
     r = make_router()
-    burst = [LONG + [9000 + i] * 4 for i in range(4)]  # one system prompt, nothing indexed yet
+    burst = [LONG + [9000 + i] * 4 for i in range(6)]  # one system prompt, nothing indexed yet
     first = r.select(burst[0], request_id="b0")
     r.add_request("b0", first, burst[0])
+    # The other worker is idle: its cold prefill starts at once, while joining the one under way waits
+    # for that step and then its own, so the prefix is worth copying there.
     second = r.select(burst[1], request_id="b1")
-    # the prefix is being prefilled on the first worker: joining it costs 4 tokens, not 404
-    assert second.worker_id == first.worker_id and second.prefill_tokens == 4
+    assert second.worker_id != first.worker_id
+    r.add_request("b1", second, burst[1])
+    # Both now prefill it: the rest of the burst joins those prefills (4 new tokens each, not 404).
+    rest = []
+    for i in range(2, 6):
+        choice = r.select(burst[i], request_id=f"b{i}")
+        assert choice.prefill_tokens == 4
+        r.add_request(f"b{i}", choice, burst[i])
+        rest.append(choice.worker_id)
+    assert sorted(rest) == [1, 1, 2, 2]
     classic = KvRouter(BS, KvRouterConfig(router_cost_model="ttft", router_inflight_prefix_credit=False),
                        rng=random.Random(3))
     classic.add_worker(1, total_kv_blocks=1000)
     classic.add_worker(2, total_kv_blocks=1000)
     classic.add_request("b0", classic.select(burst[0], request_id="b0"), burst[0])
     assert classic.select(burst[1]).prefill_tokens is None
+
+
+def test_an_idle_worker_takes_no_copy_without_the_amortization():
+    r = KvRouter(BS, KvRouterConfig(router_cost_model="ttft", router_shared_prefix_amortization=False),
+                 rng=random.Random(3), clock=lambda: 0.0)
+    r.add_worker(1, total_kv_blocks=1000)
+    r.add_worker(2, total_kv_blocks=1000)
+    burst = [LONG + [9000 + i] * 4 for i in range(2)]
+    first = r.select(burst[0], request_id="b0")
+    r.add_request("b0", first, burst[0])
+    assert r.select(burst[1], request_id="b1").worker_id == first.worker_id
 
 
 def test_a_lagging_load_report_does_not_push_a_prefix_off_its_holder():
