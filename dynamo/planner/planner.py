@@ -47,7 +47,7 @@ class Planner:
         self.last_obs = TrafficObservation()
         self.decisions: list[Decision] = []  # history, for tests and reports
         self.initialized = False
-        self._seeded = False
+        self._seeded: set[str] = set()  # roles whose perf model took the profile's points
         self._last_gpu_tick = time.monotonic()
         self._failing: dict[str, str] = {}  # loop -> its last failure, until a tick succeeds
 
@@ -249,9 +249,12 @@ class Planner:
             await self.connector.scale(changes)
 
     def _seed_once(self) -> None:
-        if self._seeded or not self.cfg.profile_results_dir or not self.collector.models:
+        """Seed each role's perf model from the profile once, when it appears: the decode pool may be
+        discovered ticks after the prefill pool, and must not miss its points."""
+        new = {role: m for role, m in self.collector.models.items() if role not in self._seeded}
+        if not self.cfg.profile_results_dir or not new:
             return
         from dynamo.planner.bootstrap import seed_models
 
-        seed_models(self.collector.models, self.cfg.profile_results_dir)
-        self._seeded = True
+        seed_models(new, self.cfg.profile_results_dir)
+        self._seeded.update(new)

@@ -41,3 +41,13 @@ def test_agg_model_takes_both_phases(tmp_path):
 def test_missing_data_is_reported_not_fatal(tmp_path):
     models = {"prefill": prefill_model(2048)}
     assert seed_models(models, str(tmp_path / "nothing")) == 0 and not models["prefill"].ready
+
+
+def test_a_model_that_appears_later_is_seeded_too(tmp_path):
+    """The planner seeds each role's model when it appears (the decode pool may be found ticks after the
+    prefill pool); seeding the prefill model alone first leaves the decode model's points for later."""
+    write_profile(tmp_path, linear_profile())
+    models = {"prefill": prefill_model(2048)}
+    assert seed_models(models, str(tmp_path)) == 5
+    models["decode"] = decode_model(256, 100_000)
+    assert seed_models({"decode": models["decode"]}, str(tmp_path)) == 8 and models["decode"].ready
