@@ -40,14 +40,29 @@ def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -
     }
 
 
-class ChatChunks:
+class _Chunks:
+    """What chat and completion streams share: the per-request envelope and the chunks with no choice."""
+
     __slots__ = ("_head", "_envelope")
+    OBJECT = b""  # the chunks' "object"
 
     def __init__(self, request_id: str, model: str, created: int) -> None:
-        envelope = (b'{"id":' + _json(request_id) + b',"object":"chat.completion.chunk","created":'
+        envelope = (b'{"id":' + _json(request_id) + b',"object":"' + self.OBJECT + b'","created":'
                     + str(created).encode() + b',"model":' + _json(model))
         self._envelope = envelope
         self._head = b"data: " + envelope + b',"choices":[{"index":'
+
+    def usage(self, usage: dict) -> bytes:
+        return b"data: " + self._envelope + b',"choices":[],"usage":' + _json(usage) + b"}\n\n"
+
+    def extension(self, nvext: dict) -> bytes:
+        """The response's `nvext` (nvext.extra_fields), in a chunk of its own before [DONE]."""
+        return b"data: " + self._envelope + b',"choices":[],"nvext":' + _json(nvext) + b"}\n\n"
+
+
+class ChatChunks(_Chunks):
+    __slots__ = ()
+    OBJECT = b"chat.completion.chunk"
 
     def _open(self, index: int) -> bytes:
         return self._head + (b"0" if index == 0 else str(index).encode()) + b',"delta":{'
@@ -66,22 +81,10 @@ class ChatChunks:
         role = b'"role":"assistant","content":""' if first else b""
         return self._open(index) + role + b'},"logprobs":null,"finish_reason":' + _json(reason) + b"}]}\n\n"
 
-    def usage(self, usage: dict) -> bytes:
-        return b"data: " + self._envelope + b',"choices":[],"usage":' + _json(usage) + b"}\n\n"
 
-    def extension(self, nvext: dict) -> bytes:
-        """The response's `nvext` (nvext.extra_fields), in a chunk of its own before [DONE]."""
-        return b"data: " + self._envelope + b',"choices":[],"nvext":' + _json(nvext) + b"}\n\n"
-
-
-class CompletionChunks:
-    __slots__ = ("_head", "_envelope")
-
-    def __init__(self, request_id: str, model: str, created: int) -> None:
-        envelope = (b'{"id":' + _json(request_id) + b',"object":"text_completion","created":'
-                    + str(created).encode() + b',"model":' + _json(model))
-        self._envelope = envelope
-        self._head = b"data: " + envelope + b',"choices":[{"index":'
+class CompletionChunks(_Chunks):
+    __slots__ = ()
+    OBJECT = b"text_completion"
 
     def _open(self, index: int) -> bytes:
         return self._head + (b"0" if index == 0 else str(index).encode()) + b',"text":'
@@ -91,13 +94,6 @@ class CompletionChunks:
 
     def finish(self, reason: str, first: bool = False, index: int = 0) -> bytes:
         return self._open(index) + b'"","logprobs":null,"finish_reason":' + _json(reason) + b"}]}\n\n"
-
-    def usage(self, usage: dict) -> bytes:
-        return b"data: " + self._envelope + b',"choices":[],"usage":' + _json(usage) + b"}\n\n"
-
-    def extension(self, nvext: dict) -> bytes:
-        """The response's `nvext` (nvext.extra_fields), in a chunk of its own before [DONE]."""
-        return b"data: " + self._envelope + b',"choices":[],"nvext":' + _json(nvext) + b"}\n\n"
 
 
 def error_event(body: dict) -> bytes:
@@ -124,16 +120,20 @@ def completion_response(request_id: str, model: str, created: int, text: str, fi
 
 def chat_body(request_id: str, model: str, created: int, choices: list[dict], usage: dict,
               nvext: dict | None = None) -> bytes:
-    body = {"id": request_id, "object": "chat.completion", "created": created, "model": model,
-            "choices": choices, "usage": usage}
-    return _json(body if nvext is None else {**body, "nvext": nvext})
+    return _body("chat.completion", request_id, model, created, choices, usage, nvext)
 
 
 def completion_body(request_id: str, model: str, created: int, choices: list[dict], usage: dict,
                     nvext: dict | None = None) -> bytes:
-    body = {"id": request_id, "object": "text_completion", "created": created, "model": model,
-            "choices": choices, "usage": usage}
-    return _json(body if nvext is None else {**body, "nvext": nvext})
+    return _body("text_completion", request_id, model, created, choices, usage, nvext)
+
+
+def _body(kind: str, request_id: str, model: str, created: int, choices: list[dict], usage: dict,
+          nvext: dict | None) -> bytes:
+    body = {"id": request_id, "object": kind, "created": created, "model": model, "choices": choices, "usage": usage}
+    if nvext is not None:
+        body["nvext"] = nvext
+    return _json(body)
 
 
 def tool_call_entries(deltas) -> list[dict]:

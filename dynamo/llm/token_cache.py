@@ -8,7 +8,8 @@ before anything else, and tokenizes the text between them independently. So a re
 cut right after each such token, tokenizes to the concatenation of its pieces' tokens: pieces seen
 before (the system turn, earlier turns) come from the cache, only new ones are tokenized, together in
 one GIL-free batch. A piece that another prep thread is tokenizing right now is waited for rather than
-tokenized twice: a burst of agents starting at once on the same long system prompt tokenizes it once. Where that independence does not hold for a model's tokenizer (a pre-tokenizer
+tokenized twice: a burst of agents starting at once on the same long system prompt tokenizes it once.
+Where that independence does not hold for a model's tokenizer (a pre-tokenizer
 that treats the first piece apart, a marker that strips its neighbours' spaces), the encoder finds
 out from a probe when it is built and from its first real prompts, each tokenized both ways, and
 then tokenizes whole strings only.
@@ -50,22 +51,17 @@ class TokenCache:
 
     def get(self, key: tuple[int, str]) -> array | None:
         with self._lock:
-            ids = self._entries.get(key)
+            ids = self._hit(key)
             if ids is None:
                 self.misses += 1
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
             return ids
 
     def claim(self, key: tuple[int, str]) -> array | threading.Event | None:
         """The piece's cached ids; or, while another thread tokenizes it, the event set when it is done;
         or None: the caller tokenizes it and then must `put` or `release` it."""
         with self._lock:
-            ids = self._entries.get(key)
+            ids = self._hit(key)
             if ids is not None:
-                self._entries.move_to_end(key)
-                self.hits += 1
                 return ids
             pending = self._pending.get(key)
             if pending is None:
@@ -73,15 +69,13 @@ class TokenCache:
                 self._pending[key] = threading.Event()
             return pending
 
-    def peek(self, key: tuple[int, str]) -> array | None:
-        """The cached ids, without moving them up (a waiter's piece that its tokenizer just stored)."""
-        with self._lock:
-            ids = self._entries.get(key)
-            if ids is None:
-                self.misses += 1
-            else:
-                self.hits += 1
-            return ids
+    def _hit(self, key: tuple[int, str]) -> array | None:
+        """The cached ids, moved up and counted as a hit (the lock is held)."""
+        ids = self._entries.get(key)
+        if ids is not None:
+            self._entries.move_to_end(key)
+            self.hits += 1
+        return ids
 
     def release(self, key: tuple[int, str]) -> None:
         """End a claim (whether or not the piece was stored): its waiters look again."""
@@ -203,7 +197,7 @@ class SegmentedEncoder:
     def _awaited(self, piece: str, pending: threading.Event) -> list[int] | array:
         """A piece another thread was tokenizing: its ids from the cache once stored, else tokenized here."""
         pending.wait(PENDING_WAIT_SECS)
-        ids = self.cache.peek((self._owner, piece))
+        ids = self.cache.get((self._owner, piece))
         return ids if ids is not None else self.tokenizer.encode(piece)
 
     def _encode_texts(self, texts: list[str]) -> list[list[int]]:

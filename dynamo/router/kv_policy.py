@@ -258,9 +258,8 @@ class KvPolicy:
         return route is not None and route.router.worker_busy(instance_id)
 
     def busy_thresholds(self, model: str) -> BusyThresholds:
-        default = BusyThresholds(self.config.active_decode_blocks_threshold, self.config.active_prefill_tokens_threshold,
-                                 self.config.active_prefill_tokens_threshold_frac)
-        return self._thresholds.get(model, default)
+        thresholds = self._thresholds.get(model)
+        return BusyThresholds.of(self.config) if thresholds is None else thresholds
 
     def set_busy_thresholds(self, model: str, update: BusyThresholds) -> BusyThresholds:
         """Every pool of the model (decode and prefill) takes the thresholds `update` sets, now and when

@@ -85,8 +85,7 @@ class KvRouter:
         self.selector = Selector(rng)
         knobs = DynamoCostKnobs.of(cfg)
         self.knobs = None if knobs.default else knobs  # decided once, not per request: the config is fixed
-        self.set_busy_thresholds(BusyThresholds(cfg.active_decode_blocks_threshold, cfg.active_prefill_tokens_threshold,
-                                                cfg.active_prefill_tokens_threshold_frac))
+        self.set_busy_thresholds(BusyThresholds.of(cfg))
         self._workers: dict[int, list[WorkerKey]] = {}
         self._capacity: dict[int, WorkerCapacity] = {}
         self._reported: dict[WorkerKey, LoadMetrics] = {}

@@ -47,6 +47,12 @@ class BusyThresholds:
     active_prefill_tokens: int | None = None
     active_prefill_tokens_frac: float | None = None  # fraction of max_num_batched_tokens
 
+    @classmethod
+    def of(cls, config) -> BusyThresholds:
+        """The thresholds a router config (its `--active-*-threshold*` flags) sets."""
+        return cls(config.active_decode_blocks_threshold, config.active_prefill_tokens_threshold,
+                   config.active_prefill_tokens_threshold_frac)
+
     @property
     def enabled(self) -> bool:
         return any(v is not None for v in (self.active_decode_blocks, self.active_prefill_tokens,
