@@ -241,7 +241,7 @@ class FrontendApp:
             req = decode_request(body, kind)  # type: ignore[arg-type]
             del body
             (validate_chat if kind == "chat" else validate_completion)(req)
-            hints = routing_hints(req.nvext, scope["headers"])
+            hints = routing_hints(req.nvext, scope["headers"], req.cache_salt)
             await self._generate(req, "chat_completions" if kind == "chat" else "completions", size, receive, send,
                                  hints=hints, trace=scope.get(SCOPE_KEY),
                                  speculate=kind == "chat" and speculative_prefill.wanted(req.nvext))

@@ -55,6 +55,7 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
     logprobs: Any = None
     user: str | None = None
     nvext: dict[str, Any] | None = None
+    cache_salt: Any = None  # vLLM's KV namespace field (nvext.cache_salt wins); checked with the routing hints
     # vLLM-style structured-output extras (also accepted inside `nvext`).
     guided_json: Any = None
     guided_regex: str | None = None

@@ -7,7 +7,8 @@ and the headers that override them (`x-worker-instance-id`, `x-prefill-instance-
 `x-dynamo-parent-session-id`, `x-dynamo-session-final`, or the coding agents' own headers when the
 canonical one is absent), or `nvext.session_control` (`session_id`, `action` open|bind|close,
 `timeout`), by which a client asks for affinity itself, and `agent_hints.osl` (the answer's expected
-length). A malformed hint is the client's error: a 400 naming it.
+length), and the KV-cache namespace: `nvext.cache_salt` (vLLM's top-level `cache_salt` too), which a
+non-empty `x-tenant-id` header overrides. A malformed hint is the client's error: a 400 naming it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ SESSION_ACTIONS = ("open", "bind", "close")  # open/bind (re)bind with the timeo
 SESSION_TIMEOUT_SECS = 300  # nvext.session_control.timeout's default, as NVIDIA Dynamo
 SESSION_ID_MAX_BYTES = 256  # as NVIDIA Dynamo: a longer id is refused, never truncated into another's
 SESSION_FINAL = "x-dynamo-session-final"
+TENANT_HEADER = "x-tenant-id"
+CACHE_SALT_MAX_BYTES = 1024  # a namespace name, not a payload
 # (session header, parent header(s) in order) per client; the first whose session header is present
 # wins, so the canonical Dynamo headers win over the agent-native ones.
 SESSION_SOURCES = (
@@ -46,8 +49,10 @@ SESSION_SOURCES = (
 )
 
 
-def routing_hints(nvext: dict[str, Any] | None, headers: Iterable[tuple[bytes, bytes]]) -> RoutingHints | None:
-    """The request's routing hints, or None when it gives none."""
+def routing_hints(nvext: dict[str, Any] | None, headers: Iterable[tuple[bytes, bytes]],
+                  body_cache_salt: Any = None) -> RoutingHints | None:
+    """The request's routing hints, or None when it gives none. `body_cache_salt`: the request's
+    top-level `cache_salt` (vLLM's spelling), which `nvext.cache_salt` overrides."""
     values: dict[str, Any] = {}
     ext = nvext or {}
     for name in NVEXT_IDS:
@@ -68,7 +73,32 @@ def routing_hints(nvext: dict[str, Any] | None, headers: Iterable[tuple[bytes, b
     if ext.get("session_control") is not None:
         values.update(session_control(ext["session_control"]))
         values["session_final"] = values.get("session_final", False) or _final(given)
+    salt = cache_salt(ext.get("cache_salt"), body_cache_salt, given)
+    if salt is not None:
+        values["cache_salt"] = salt
     return RoutingHints(**values) if values else None
+
+
+def cache_salt(nvext_salt: Any, body_salt: Any, given: dict[str, str]) -> str | None:
+    """The request's KV namespace: a non-empty `x-tenant-id` header, else `nvext.cache_salt`, else the
+    top-level `cache_salt`; empty values count as absent (trimmed, as the header is)."""
+    header = given.get(TENANT_HEADER, "").strip()
+    if header:
+        return _check_salt(header, TENANT_HEADER)
+    for raw, param in ((nvext_salt, "nvext.cache_salt"), (body_salt, "cache_salt")):
+        if raw is None:
+            continue
+        if not isinstance(raw, str):
+            raise bad_request(f"{param} must be a string, got {type(raw).__name__}", param, "invalid_type")
+        if raw.strip():
+            return _check_salt(raw, param)
+    return None
+
+
+def _check_salt(salt: str, param: str) -> str:
+    if len(salt.encode()) > CACHE_SALT_MAX_BYTES:
+        raise bad_request(f"{param} is longer than {CACHE_SALT_MAX_BYTES} bytes", param, "invalid_value")
+    return salt
 
 
 def session_control(raw: Any) -> dict[str, Any]:

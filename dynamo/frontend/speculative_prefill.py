@@ -130,11 +130,12 @@ class SpeculativePrefill:
 
 def warmup_request(pipeline, ids: list[int], hints: RoutingHints | None) -> PreprocessedRequest:
     """A one-token request for the prefix, routed as the turn was (its session, not its worker pin:
-    the router finds where the history is cached) and never ordered ahead of real requests."""
+    the router finds where the history is cached) and never ordered ahead of real requests, in the
+    turn's KV namespace (its cache salt), where the next turn will look for it."""
     routing = None
-    if hints is not None and hints.session_id is not None:
+    if hints is not None and (hints.session_id is not None or hints.cache_salt):
         routing = RoutingHints(session_id=hints.session_id, parent_session_id=hints.parent_session_id,
-                               session_control=hints.session_control)
+                               session_control=hints.session_control, cache_salt=hints.cache_salt)
     return PreprocessedRequest(request_id=f"specprefill-{uuid.uuid4().hex}", model=pipeline.name, token_ids=ids,
                                stop_conditions=StopConditions(max_tokens=1), eos_token_ids=[],
                                routing=routing, lora_name=pipeline.card.lora_name)

@@ -75,6 +75,9 @@ class RoutingHints(msgspec.Struct, omit_defaults=True, kw_only=True):
     session_control: bool = False
     session_ttl_secs: float | None = None
     osl: int | None = None  # nvext.agent_hints.osl: the answer's expected length in tokens
+    # nvext.cache_salt / `x-tenant-id`: the KV-cache namespace of a tenant. Requests share cached
+    # blocks (on the engine, and in the router's index) only within one namespace.
+    cache_salt: str | None = None
 
 
 # A strict tier outranks any soft priority when the two are folded into an engine's one integer.

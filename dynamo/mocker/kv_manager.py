@@ -22,9 +22,10 @@ from dynamo.llm.kv_events.protocol import KvCacheEvent, KvCleared, KvRemoved, Kv
 EventSink = Callable[[KvCacheEvent], None]
 
 
-def hash_blocks(tokens: Sequence[int], block_size: int, lora_name: str | None = None) -> tuple[list[int], list[int]]:
+def hash_blocks(tokens: Sequence[int], block_size: int, lora_name: str | None = None,
+                cache_salt: str | None = None) -> tuple[list[int], list[int]]:
     """(LocalBlockHashes, SequenceHashes) of the full blocks of `tokens`."""
-    local = block_hashes(tokens, block_size, lora_name)
+    local = block_hashes(tokens, block_size, lora_name, cache_salt)
     return local, sequence_hashes(local)
 
 

@@ -213,7 +213,7 @@ class KvPolicy:
         if route.queue.policy == "wspt":
             allowed = [w.instance_id for w in candidates(route.pool, request, exclude)]
             new_tokens = route.router.new_prefill_tokens(request.token_ids, allowed, route.pool.lora_name,
-                                                         request.request_id)
+                                                         request.request_id, cache_salt_of(request))
         return route.queue.enter(route.queue.score(priority, new_tokens),
                                  (hints.strict_priority or 0) if hints else 0)
 
@@ -224,11 +224,11 @@ class KvPolicy:
         started = time.perf_counter()
         router = route.router
         rid = request.request_id
-        lora = route.pool.lora_name
-        selection = router.select(request.token_ids, request_id=rid, allowed=allowed, lora_name=lora)
+        lora, salt = route.pool.lora_name, cache_salt_of(request)
+        selection = router.select(request.token_ids, request_id=rid, allowed=allowed, lora_name=lora, cache_salt=salt)
         if rid in self._inflight:  # a retry that was not freed: never double-book
             self.free(rid)
-        seq = router.add_request(rid, selection, request.token_ids, lora, expected_output(request))
+        seq = router.add_request(rid, selection, request.token_ids, lora, expected_output(request), salt)
         self._inflight[rid] = route
         if self.metrics is not None:
             self.metrics.decision.labels(route.name).observe(time.perf_counter() - started)
@@ -248,7 +248,8 @@ class KvPolicy:
         if route is None or not allowed:
             return 0
         try:
-            selection = route.router.select(request.token_ids, allowed=allowed, lora_name=route.pool.lora_name)
+            selection = route.router.select(request.token_ids, allowed=allowed, lora_name=route.pool.lora_name,
+                                            cache_salt=cache_salt_of(request))
         except (NoWorkers, AllWorkersBusy):
             return 0
         return min(selection.overlap_blocks * route.router.block_size, len(request.token_ids))
@@ -327,3 +328,8 @@ def expected_output(request: PreprocessedRequest) -> int | None:
     if osl is None:
         return cap
     return osl if cap is None else min(osl, cap)
+
+
+def cache_salt_of(request: PreprocessedRequest) -> str | None:
+    """The request's KV namespace (`nvext.cache_salt`): its blocks match only blocks cached under it."""
+    return request.routing.cache_salt if request.routing is not None else None

@@ -150,15 +150,19 @@ class KvRouter:
         self._reported[(metrics.worker_id, metrics.dp_rank)] = metrics
 
     # -- routing -------------------------------------------------------------------------
-    def _hash(self, token_ids: Sequence[int], request_id: str | None, lora_name: str | None):
+    def _hash(self, token_ids: Sequence[int], request_id: str | None, lora_name: str | None,
+              cache_salt: str | None = None):
+        """(prompt length, local hashes, sequence hashes) in the prompt's KV namespace (its LoRA adapter
+        and cache salt), remembered per request id between selection and booking."""
+        namespace = (lora_name, cache_salt)
         if request_id is not None:
             cached = self._hashes.get(request_id)
-            if cached is not None and cached[0] == len(token_ids) and cached[3] == lora_name:
+            if cached is not None and cached[0] == len(token_ids) and cached[3] == namespace:
                 return cached[:3]
-        local = block_hashes(token_ids, self.block_size, lora_name)
+        local = block_hashes(token_ids, self.block_size, lora_name, cache_salt)
         entry = (len(token_ids), local, sequence_hashes(local))
         if request_id is not None:
-            self._hashes[request_id] = (*entry, lora_name)
+            self._hashes[request_id] = (*entry, namespace)
             if len(self._hashes) > _HASH_CACHE_SIZE:
                 self._hashes.popitem(last=False)
         return entry
@@ -169,15 +173,16 @@ class KvRouter:
         return [key for w in allowed for key in self._workers.get(w, ())]
 
     def overlap_scores(self, token_ids: Sequence[int], lora_name: str | None = None,
-                       request_id: str | None = None) -> dict[WorkerKey, int]:
-        _, local, _ = self._hash(token_ids, request_id, lora_name)
+                       request_id: str | None = None, cache_salt: str | None = None) -> dict[WorkerKey, int]:
+        _, local, _ = self._hash(token_ids, request_id, lora_name, cache_salt)
         return dict(self._find(local).scores) if self.mode != KvMode.LOAD_ONLY else {}
 
     def new_prefill_tokens(self, token_ids: Sequence[int], allowed: Collection[int] | None = None,
-                           lora_name: str | None = None, request_id: str | None = None) -> int:
+                           lora_name: str | None = None, request_id: str | None = None,
+                           cache_salt: str | None = None) -> int:
         """Prompt tokens left to prefill on the allowed worker that caches most of this prompt."""
         keys = set(self._candidates(allowed))
-        scores = self.overlap_scores(token_ids, lora_name, request_id)
+        scores = self.overlap_scores(token_ids, lora_name, request_id, cache_salt)
         best = max((n for key, n in scores.items() if key in keys), default=0)
         return max(len(token_ids) - best * self.block_size, 0)
 
@@ -195,6 +200,7 @@ class KvRouter:
         lora_name: str | None = None,
         allowed: Collection[int] | None = None,
         override: RouterConfigOverride | Mapping[str, Any] | None = None,
+        cache_salt: str | None = None,
     ) -> Selection:
         """Best (worker, dp_rank) for this prompt; books nothing."""
         start = time.perf_counter()
@@ -202,7 +208,7 @@ class KvRouter:
         candidates = self._candidates(allowed)
         if not candidates:
             raise NoWorkers("no workers available" if allowed is None else "no allowed workers available")
-        isl, local, seq = self._hash(token_ids, request_id, lora_name)
+        isl, local, seq = self._hash(token_ids, request_id, lora_name, cache_salt)
         overlaps: dict[WorkerKey, int] = {} if self.mode == KvMode.LOAD_ONLY else self._find(local).scores
         credit = self.config.router_inflight_prefix_credit
         potentials = self.active.potential_blocks_and_tokens(seq, isl, overlaps, candidates, credit)
@@ -325,11 +331,11 @@ class KvRouter:
     # -- lifecycle -----------------------------------------------------------------------
     def add_request(
         self, request_id: str, selection: Selection, token_ids: Sequence[int], lora_name: str | None = None,
-        max_tokens: int | None = None,
+        max_tokens: int | None = None, cache_salt: str | None = None,
     ) -> list[int]:
         """Book the request's load on the selected worker (call when the request is sent).
         Returns the prompt's sequence hashes (what router replicas share)."""
-        isl, local, seq = self._hash(token_ids, request_id, lora_name)
+        isl, local, seq = self._hash(token_ids, request_id, lora_name, cache_salt)
         self._hashes.pop(request_id, None)
         key = (selection.worker_id, selection.dp_rank)
         self.active.add_request(key, request_id, seq, isl, selection.overlap_blocks,

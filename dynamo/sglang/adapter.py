@@ -126,6 +126,10 @@ class SglangAdapter:
         return self._decode(request, request_id)
 
     def _call(self, request: PreprocessedRequest, request_id: str, prefill_only: bool) -> dict[str, Any]:
+        if request.routing is not None and request.routing.cache_salt:
+            # Refused, not ignored: a tenant asking for its own namespace must not share another's cache.
+            raise ValueError("cache_salt is not supported by this worker: SGLang's engine API takes no "
+                             "per-request KV-cache namespace")
         call = {"input_ids": list(request.token_ids), "stream": True, "rid": request_id,
                 "sampling_params": sampling_params(request, self.context_length, prefill_only)}
         sa = self.server_args

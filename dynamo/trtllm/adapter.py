@@ -18,9 +18,10 @@ import logging
 import types
 from typing import Any, AsyncIterator
 
+from dynamo.llm.kv_events.engine_decoder import SALT_PREFIX
+from dynamo.llm.kv_events.protocol import LoadMetrics
 from dynamo.llm.model_card import context_length_of
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
-from dynamo.llm.kv_events.protocol import LoadMetrics
 from dynamo.runtime.wire import ErrorCode
 from dynamo.trtllm.args import DynamoTrtllmArgs
 from dynamo.trtllm.events import TrtllmKvEventSource, poll_stats
@@ -91,8 +92,10 @@ class TrtllmAdapter:
     async def _stream(self, request: PreprocessedRequest, request_id: str, params: Any, disagg: Any,
                       prefill: bool) -> AsyncIterator[LLMEngineOutput]:
         eos_ids = set(request.eos_token_ids)
+        salt = request.routing.cache_salt if request.routing is not None else None
+        extra = {"cache_salt": SALT_PREFIX + salt} if salt else {}  # TRT-LLM's KV namespace, as vLLM's
         result = self.llm.generate_async(list(request.token_ids), sampling_params=params, streaming=True,
-                                         disaggregated_params=disagg)
+                                         disaggregated_params=disagg, **extra)
         self._results[request_id] = result
         self.active += 1
         seen = 0

@@ -94,8 +94,12 @@ def kv_event_batch(event: dict[str, Any], block_size: int) -> list[dict[str, Any
         out = []
         for block in data.get("blocks") or ():
             tokens = [t["token_id"] if isinstance(t, dict) else int(t) for t in block.get("tokens") or ()]
-            out.append({"type": "BlockStored", "block_hashes": [block["block_hash"]], "parent_block_hash": parent,
-                        "token_ids": tokens, "block_size": block_size, "lora_id": block.get("lora_id")})
+            stored = {"type": "BlockStored", "block_hashes": [block["block_hash"]], "parent_block_hash": parent,
+                      "token_ids": tokens, "block_size": block_size, "lora_id": block.get("lora_id")}
+            salt = block.get("cache_salt") or data.get("cache_salt")  # TRT-LLM 1.3: on each block
+            if salt:  # the decoder's shape (vLLM's extra keys); it applies it to a sequence's first block
+                stored["extra_keys"] = [[salt]]
+            out.append(stored)
             parent = block["block_hash"]
         return out
     if kind == "removed":

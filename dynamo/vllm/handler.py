@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator, Callable
 
+from dynamo.llm.kv_events.engine_decoder import SALT_PREFIX
 from dynamo.llm.protocol import FinishReason, LLMEngineOutput, PreprocessedRequest, engine_priority
 from dynamo.runtime.wire import ErrorCode
 from dynamo.worker.role import WorkerRole
@@ -114,6 +115,16 @@ def error_code(exc: Exception) -> ErrorCode | None:
     return None
 
 
+def engine_prompt(tokens_prompt: Any, request: PreprocessedRequest) -> Any:
+    """vLLM's prompt for the request: its token ids and, for a request in a KV namespace
+    (`nvext.cache_salt`), vLLM's `cache_salt` under `SALT_PREFIX`, by which the KV-event decoder
+    tells our salt from other extra keys."""
+    salt = request.routing.cache_salt if request.routing is not None else None
+    if not salt:
+        return tokens_prompt(prompt_token_ids=request.token_ids)
+    return tokens_prompt(prompt_token_ids=request.token_ids, cache_salt=SALT_PREFIX + salt)
+
+
 async def stream_outputs(engine: Any, request: PreprocessedRequest, params: Any, request_id: str,
                          params_hook: Callable[[dict], dict] | None = None,
                          lora_request: Any = None) -> AsyncIterator[LLMEngineOutput]:
@@ -125,7 +136,7 @@ async def stream_outputs(engine: Any, request: PreprocessedRequest, params: Any,
     eos_ids = set(request.eos_token_ids)
     top = request.output_options.logprobs or 0
     first = True
-    stream = engine.generate(TokensPrompt(prompt_token_ids=request.token_ids), params, request_id,
+    stream = engine.generate(engine_prompt(TokensPrompt, request), params, request_id,
                              lora_request=lora_request, priority=engine_priority(request.routing, lower_first=True))
     try:
         async for result in stream:

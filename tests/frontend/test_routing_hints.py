@@ -47,6 +47,9 @@ def test_headers_override_the_body_and_dynamo_spellings_win():
     ({"agent_hints": {"latency_sensitivity": "soon"}}, [], "nvext.agent_hints.latency_sensitivity"),
     (None, h(x_dynamo_request_priority="nan"), "x-dynamo-request-priority"),
     (None, h(x_prefill_instance_id="0x10"), "x-prefill-instance-id"),
+    ({"cache_salt": 7}, [], "nvext.cache_salt"),
+    ({"cache_salt": "x" * 1025}, [], "nvext.cache_salt"),
+    (None, h(x_tenant_id="t" * 1025), "x-tenant-id"),
 ])
 def test_malformed_hints_are_400s_naming_the_field(nvext, headers, param):
     with pytest.raises(ApiError) as info:
@@ -129,3 +132,24 @@ def test_malformed_session_control_is_a_400_naming_the_field(control, param):
     with pytest.raises(ApiError) as err:
         routing_hints({"session_control": control}, [])
     assert err.value.status == 400 and err.value.param == param
+
+
+# -- KV namespace -----------------------------------------------------------------------------
+@pytest.mark.parametrize("nvext, body, headers, salt", [
+    ({"cache_salt": "a"}, None, [], "a"),
+    (None, "b", [], "b"),  # vLLM's top-level field
+    ({"cache_salt": "a"}, "b", [], "a"),  # nvext's wins
+    ({"cache_salt": ""}, "b", [], "b"),  # an empty value is none
+    ({"cache_salt": "a"}, "b", h(x_tenant_id="  t1 "), "t1"),  # a non-empty tenant header wins, trimmed
+    ({"cache_salt": "a"}, None, h(x_tenant_id="  "), "a"),
+    ({"cache_salt": "x" * 1024}, None, [], "x" * 1024),
+])
+def test_the_cache_salt_from_body_nvext_and_tenant_header(nvext, body, headers, salt):
+    assert routing_hints(nvext, headers, body).cache_salt == salt
+
+
+def test_no_salt_is_no_hint_and_a_bad_top_level_salt_is_a_400():
+    assert routing_hints({"cache_salt": ""}, [], "  ") is None
+    with pytest.raises(ApiError) as info:
+        routing_hints(None, [], ["a"])
+    assert info.value.status == 400 and info.value.param == "cache_salt"

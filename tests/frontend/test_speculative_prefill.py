@@ -86,3 +86,6 @@ def test_the_warmup_is_one_token_routed_by_the_session_alone():
     assert req.routing == RoutingHints(session_id="s", parent_session_id="p", session_control=True)
     assert req.request_id.startswith("specprefill-")
     assert warmup_request(Pipeline(), [1], RoutingHints(backend_instance_id=7)).routing is None
+    # In the turn's KV namespace: warmed anywhere else, the next turn would not find it.
+    assert warmup_request(Pipeline(), [1], RoutingHints(backend_instance_id=7, cache_salt="t")).routing == \
+        RoutingHints(cache_salt="t")

@@ -227,3 +227,32 @@ def test_the_response_names_its_worker_and_timing_when_asked(cluster):
     bad = httpx.post(url, json={"model": MODEL, "prompt": "x", "max_tokens": 2, "nvext": {"extra_fields": "timing"}},
                      timeout=60)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "nvext.extra_fields", bad.text
+
+
+def test_a_cache_salt_is_a_namespace_in_the_router_and_the_engine(cluster):
+    """nvext.cache_salt (or vLLM's top-level `cache_salt`, or an `x-tenant-id` header, which wins): a
+    prompt cached under one tenant's salt is a hit, in the router's index and in the worker's cache,
+    only for that tenant; unsalted, or under another salt, the same tokens find nothing on the same
+    worker."""
+    url = cluster.base_url + "/v1/completions"
+    iid = route_info(cluster.base_url)["workers"][1]
+    prompt = tokens(950, PREFIX_BLOCKS * BLOCK)
+
+    def ask(headers=None, **fields) -> tuple[int, float]:
+        nvext = {"extra_fields": ["timing"], "backend_instance_id": iid, **fields.pop("nvext", {})}
+        body = httpx.post(url, json={"model": MODEL, "prompt": prompt, "max_tokens": 2, "nvext": nvext, **fields},
+                          headers=headers, timeout=60).json()
+        return cached_tokens(body), body["nvext"]["timing"]["kv_hit_rate"]
+
+    indexed = sum(route_info(cluster.base_url)["indexed_blocks"].values())
+    assert ask(nvext={"cache_salt": "tenant-a"}) == (0, 0.0)
+    wait_until(lambda: sum(route_info(cluster.base_url)["indexed_blocks"].values()) >= indexed + PREFIX_BLOCKS, 20,
+               "the salted prompt indexed")
+    cached, hit = ask(nvext={"cache_salt": "tenant-a"})
+    assert cached >= (PREFIX_BLOCKS - 1) * BLOCK and hit > 0.9  # the tenant's own prefix: cached, and known so
+    assert ask(cache_salt="tenant-a")[0] >= (PREFIX_BLOCKS - 1) * BLOCK  # vLLM's top-level spelling
+    assert ask() == (0, 0.0)  # unsalted: the same tokens, another namespace
+    assert ask(headers={"x-tenant-id": "tenant-b"}, nvext={"cache_salt": "tenant-a"}) == (0, 0.0)
+    bad = httpx.post(url, json={"model": MODEL, "prompt": prompt, "max_tokens": 2, "nvext": {"cache_salt": 5}},
+                     timeout=60)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "nvext.cache_salt", bad.text

@@ -40,3 +40,13 @@ async def test_priority_reaches_sglang_only_under_priority_scheduling():
 async def test_low_values_first_flips_the_sign():
     low_first = adapter(enable_priority_scheduling=True, schedule_low_priority_values_first=True)
     assert await sent_priority(low_first, RoutingHints(priority=3)) == -3
+
+
+@pytest.mark.asyncio
+async def test_a_salted_request_is_refused_not_served_in_the_shared_cache():
+    subject = adapter()
+    req = PreprocessedRequest(request_id="r", model="m", token_ids=[5, 6, 7], routing=RoutingHints(cache_salt="t1"),
+                              stop_conditions=StopConditions(max_tokens=1, ignore_eos=True))
+    with pytest.raises(ValueError, match="cache_salt"):  # the harness answers a ValueError with a 400
+        [out async for out in subject.generate(req, "r0")]
+    assert not subject.engine.calls  # it never reached the engine

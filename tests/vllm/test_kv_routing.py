@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+import httpx
 import pytest
 
 from tests.fixtures.procs import wait_until
@@ -55,3 +56,29 @@ def test_follow_ups_reach_the_worker_holding_their_prefix(cluster):
         body = complete(url, prefixes[i] + tokens(300 + i, 8), max_tokens=2)
         # vLLM reports cached tokens only where the prefix really is: the other worker would say 0
         assert cached_tokens(body) >= PREFIX_TOKENS, (i, body["usage"])
+
+
+def test_a_cache_salt_keeps_tenants_apart_in_vllm_and_in_the_router(cluster):
+    """nvext.cache_salt reaches vLLM as its own `cache_salt` (vLLM then reports a prefix cached only for
+    the same salt) and vLLM's KV events carry it back, so the router's index keeps the namespaces apart
+    too (the response's kv_hit_rate). The worker is pinned: another tenant's miss is not a placement."""
+    url = cluster.base_url
+    prompt = tokens(950, PREFIX_TOKENS) + tokens(951, 8)
+
+    def ask(iid=None, salt=None, headers=None) -> dict:
+        nvext = {"extra_fields": ["timing", "worker_id"], **({"cache_salt": salt} if salt else {}),
+                 **({"backend_instance_id": iid} if iid is not None else {})}
+        resp = httpx.post(url + "/v1/completions", timeout=120, headers=headers,
+                          json={"model": MODEL, "prompt": prompt, "max_tokens": 2, "nvext": nvext})
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    indexed = indexed_blocks(url)
+    first = ask(salt="tenant-a")
+    iid = first["nvext"]["worker_id"]["decode_worker_id"]
+    assert cached_tokens(first) == 0 and first["nvext"]["timing"]["kv_hit_rate"] == 0.0
+    wait_until(lambda: indexed_blocks(url) >= indexed + PREFIX_TOKENS // BLOCK_SIZE, 60, "the salted prompt indexed")
+    again = ask(iid, "tenant-a")
+    assert cached_tokens(again) >= PREFIX_TOKENS and again["nvext"]["timing"]["kv_hit_rate"] > 0.9
+    for other in (ask(iid), ask(iid, "tenant-b"), ask(iid, "tenant-a", {"x-tenant-id": "tenant-c"})):
+        assert cached_tokens(other) == 0 and other["nvext"]["timing"]["kv_hit_rate"] == 0.0, other

@@ -63,28 +63,33 @@ def test_health_then_graceful_sigterm_finishes_the_request_in_flight(cluster):
 def stream_frozen_mid_request(cluster, worker, attempts: int = 3) -> tuple[threading.Thread, dict, list[int]]:
     """A 1,500-token stream sent to a frozen vLLM engine: in flight for real (the handler holds
     it, vLLM's output processor tracks it) and unable to end, however fast the box (the tiny
-    model runs it in a fifth of a second), until the caller thaws the returned pids. The engine
-    is stepped from frozen until vLLM tracks the request. (Freezing after the first token raced:
-    a fresh engine once sent all 1,500 tokens in one burst.) On a loaded 2-core box a 1 ms slice
-    can still run long enough for the whole stream; such a stream proves nothing either way, so
-    another is sent, up to `attempts` in all."""
+    model runs it in a fifth of a second), until the caller thaws the returned pids. (Freezing
+    after the first token raced: a fresh engine once sent all 1,500 tokens in one burst.) On a
+    loaded 2-core box even a 1 ms slice of `stream_into_frozen` can run long enough for the whole
+    stream; such a stream proves nothing either way, so another is sent, up to `attempts` in all."""
     for _ in range(attempts):
-        result: dict = {"at": []}
-        thread = threading.Thread(target=stream_into, args=(cluster, "A long story", result))
-        frozen = freeze_engine(worker)  # the same pids stay frozen at return
-        thread.start()
-        wait_until(lambda: held(worker) == 1 or not thread.is_alive(), 60, "the request in the worker's handler")
-        # The engine's side of admission needs the engine: step it until vLLM tracks the request.
-        # 1 ms slices: admission needs little of the engine, and a fresh engine once sent a whole
-        # 1,500-token stream in one burst inside a longer slice.
-        step_frozen_engines([worker], lambda: tracked(worker) == 1 or not thread.is_alive(),
-                            lambda: int(tracked(worker)) + len(result["at"]), max_slice=0.001)
+        thread, result, frozen = stream_into_frozen(cluster, worker)
         if "finish" not in result and held(worker) == 1:
             return thread, result, frozen
         thaw_engine(frozen)
         thread.join(60)
         assert result.get("finish") == ["length"], result  # an error is a failure, not a fast engine
     raise AssertionError(f"the engine finished each of {attempts} streams before it could be held mid-request")
+
+
+def stream_into_frozen(cluster, worker) -> tuple[threading.Thread, dict, list[int]]:
+    """One stream sent to the frozen engine, which is stepped until vLLM tracks the request."""
+    result: dict = {"at": []}
+    thread = threading.Thread(target=stream_into, args=(cluster, "A long story", result))
+    frozen = freeze_engine(worker)  # the same pids stay frozen at return
+    thread.start()
+    wait_until(lambda: held(worker) == 1 or not thread.is_alive(), 60, "the request in the worker's handler")
+    # The engine's side of admission needs the engine: step it until vLLM tracks the request.
+    # 1 ms slices: admission needs little of the engine, and a fresh engine once sent a whole
+    # 1,500-token stream in one burst inside a longer slice.
+    step_frozen_engines([worker], lambda: tracked(worker) == 1 or not thread.is_alive(),
+                        lambda: int(tracked(worker)) + len(result["at"]), max_slice=0.001)
+    return thread, result, frozen
 
 
 def held(worker) -> float:

@@ -10,7 +10,10 @@ a map with a `"type"` field naming the class (Dynamo's docs, msgspec tagged stru
 Conversion:
 - `tokens_hash` = LocalBlockHash of each full block of `token_ids` (block size from the
   event), namespaced by the LoRA name (`lora_name`, else `lora_names[lora_id]`, else
-  `str(lora_id)`), so it matches what the router computes for a request's prompt.
+  `str(lora_id)`), so it matches what the router computes for a request's prompt. A sequence's
+  first block (no parent, first of the event) whose `extra_keys` hold a string under
+  `SALT_PREFIX` (the worker's `cache_salt` for a request's `nvext.cache_salt`) hashes in that
+  salt's namespace, as the router hashes the request's first block.
 - Engine block hashes become u64: ints (signed or unsigned) are bit-cast; bytes (newer
   vLLM's sha256-based hashes) map to `xxh3_64(bytes)`, stable across processes.
 - `event_id` is the batch's `seq`: events of one batch share it, a lost batch shows as a
@@ -36,6 +39,9 @@ _STORED_FIELDS = ("block_hashes", "parent_block_hash", "token_ids", "block_size"
                   "lora_name", "extra_keys", "group_idx")
 _REMOVED_FIELDS = ("block_hashes", "medium", "group_idx")
 _TIERS = {None: "device", "GPU": "device", "CPU": "host_pinned", "DISK": "disk"}
+# Workers hand the engine a request's cache salt under this prefix (NVIDIA Dynamo's vLLM worker uses the
+# same), so an event's extra keys tell it from a LoRA name or a multimodal key.
+SALT_PREFIX = "dynamo-cache-salt:"
 
 
 class EngineEventError(ValueError):
@@ -115,15 +121,27 @@ class EngineEventDecoder:
         lora_id = fields.get("lora_id")
         if not lora and lora_id:
             lora = self.lora_names.get(lora_id, str(lora_id))
-        local = block_hashes(fields.get("token_ids") or [], block_size, lora)
+        parent = fields.get("parent_block_hash")
+        salt = first_block_salt(fields.get("extra_keys")) if parent is None else None
+        local = block_hashes(fields.get("token_ids") or [], block_size, lora, salt)
         if len(local) != len(hashes):
             log.warning("BlockStored with %d block hashes but %d full token blocks; truncating",
                         len(hashes), len(local))
-        parent = fields.get("parent_block_hash")
         return KvStored(
             parent_hash=None if parent is None else external_hash(parent),
             blocks=[StoredBlock(block_hash=external_hash(h), tokens_hash=t) for h, t in zip(hashes, local)],
         )
+
+
+def first_block_salt(extra_keys: Any) -> str | None:
+    """The cache salt among the first block's extra keys (vLLM publishes them untagged, one entry per
+    block: the LoRA name, multimodal pairs, the salt), without `SALT_PREFIX`; None without one."""
+    if not isinstance(extra_keys, (list, tuple)) or not extra_keys:
+        return None
+    keys = extra_keys[0]
+    if not isinstance(keys, (list, tuple)):
+        return None
+    return next((k[len(SALT_PREFIX):] for k in keys if isinstance(k, str) and k.startswith(SALT_PREFIX)), None)
 
 
 def _fields(raw: Any) -> tuple[str | None, dict[str, Any]]:

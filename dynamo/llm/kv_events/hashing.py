@@ -2,7 +2,11 @@
 
 - Token ids are serialized as u32 little-endian; only full blocks are hashed.
 - LocalBlockHash (content hash of one block): xxh3_64 with seed 1337; a LoRA adapter
-  (or cache salt) namespaces the hash by adding xxh3_64(name) to the seed (wrapping).
+  namespaces the hash by adding xxh3_64(name) to the seed (wrapping).
+- A cache salt (`nvext.cache_salt`, a tenant's KV namespace) adds xxh3_64("cache_salt:" + salt)
+  to the seed of a sequence's first block only, as vLLM keys it (the salt is among the extra keys
+  of the block at token 0): every later block is reached through that one, so a prefix-tree
+  lookup can never cross namespaces, and a sequence's chained hashes all differ.
 - SequenceHash (chained prefix hash): seq[0] = local[0];
   seq[i] = xxh3_64(u64le(seq[i-1]) || u64le(local[i]), seed 1337).
 """
@@ -35,14 +39,33 @@ def _u32le(tokens: Sequence[int]) -> bytes:
     return buf.tobytes()
 
 
-def block_hashes(tokens: Sequence[int], block_size: int, lora_name: str | None = None) -> list[int]:
-    """LocalBlockHash of every full block of `tokens`."""
+def salted_seed(seed: int, cache_salt: str | None) -> int:
+    """The seed of a sequence's first block under `cache_salt` (unchanged without one)."""
+    if not cache_salt:
+        return seed
+    return (seed + xxhash.xxh3_64_intdigest(b"cache_salt:" + cache_salt.encode())) & _MASK
+
+
+def block_hashes(tokens: Sequence[int], block_size: int, lora_name: str | None = None,
+                 cache_salt: str | None = None) -> list[int]:
+    """LocalBlockHash of every full block of `tokens` (a whole sequence: its first block is the
+    salted one)."""
     seed = lora_seed(lora_name)
     full = len(tokens) - len(tokens) % block_size
     data = _u32le(tokens[:full])
     step = block_size * 4
     digest = xxhash.xxh3_64_intdigest
-    return [digest(data[i : i + step], seed) for i in range(0, len(data), step)]
+    out = [digest(data[i : i + step], seed) for i in range(0, len(data), step)]
+    if cache_salt and out:
+        out[0] = digest(data[:step], salted_seed(seed, cache_salt))
+    return out
+
+
+def block_hash_at(tokens: Sequence[int], start: int, block_size: int, lora_name: str | None = None,
+                  cache_salt: str | None = None) -> int:
+    """LocalBlockHash of the one block of `tokens` at token `start` of its sequence."""
+    block = tokens[start : start + block_size]
+    return block_hashes(block, block_size, lora_name, cache_salt if start == 0 else None)[0]
 
 
 def sequence_hashes(local_hashes: Sequence[int]) -> list[int]:

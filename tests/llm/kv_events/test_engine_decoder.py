@@ -4,7 +4,8 @@ import msgspec
 import pytest
 import xxhash
 
-from dynamo.llm.kv_events.engine_decoder import EngineEventDecoder, EngineEventError, external_hash
+from dynamo.llm.kv_events.engine_decoder import SALT_PREFIX, EngineEventDecoder, EngineEventError, external_hash, \
+    first_block_salt
 from dynamo.llm.kv_events.hashing import block_hashes
 from dynamo.router.indexer import KvIndexer
 from dynamo.llm.kv_events.protocol import KvCleared, KvRemoved, KvStored
@@ -85,3 +86,28 @@ def test_bad_messages():
         dec.decode([b"t", (0).to_bytes(8, "big"), b"\xc1"])
     with pytest.raises(EngineEventError):
         dec.decode(frames(0, 5))
+
+
+def test_a_salted_sequence_hashes_in_its_namespace_and_the_index_keeps_tenants_apart():
+    """vLLM puts a request's cache salt among the extra keys of the block at token 0 only; the worker
+    hands it over under SALT_PREFIX. Other extra keys (a LoRA name, a bare salt of someone else's) are
+    not ours to read as a namespace."""
+    salt = SALT_PREFIX + "tenant-a"
+    tenant = [{"type": "BlockStored", "block_hashes": [21, 22], "parent_block_hash": None, "token_ids": TOKENS,
+               "block_size": 4, "lora_id": None, "extra_keys": [[salt], None]},
+              {"type": "BlockStored", "block_hashes": [23], "parent_block_hash": 22, "token_ids": TOKENS[:4],
+               "block_size": 4, "lora_id": None, "extra_keys": [[salt]]}]  # a continuation: never salted
+    other = [["BlockStored", [31, 32], None, TOKENS, 4, None, "GPU", None, [["someone-else"], None]]]
+    dec, idx = EngineEventDecoder(1, 4), KvIndexer()
+    out = dec.decode(frames(0, [0.0, tenant, 0]))
+    assert [b.tokens_hash for b in out[0].event.data.blocks] == block_hashes(TOKENS, 4, cache_salt="tenant-a")
+    assert out[1].event.data.blocks[0].tokens_hash == block_hashes(TOKENS[:4], 4)[0]
+    for event in out:
+        idx.apply_event(event)
+    plain = EngineEventDecoder(2, 4).decode(frames(0, [0.0, other, 0]))
+    assert [b.tokens_hash for b in plain[0].event.data.blocks] == block_hashes(TOKENS, 4)
+    idx.apply_event(plain[0])
+    assert idx.find_matches(block_hashes(TOKENS + TOKENS[:4], 4, cache_salt="tenant-a")).scores == {(1, 0): 3}
+    assert idx.find_matches(block_hashes(TOKENS, 4)).scores == {(2, 0): 2}
+    assert idx.find_matches(block_hashes(TOKENS, 4, cache_salt="tenant-b")).scores == {}
+    assert first_block_salt([["adapter", salt]]) == "tenant-a" and first_block_salt(None) is None

@@ -4,7 +4,7 @@ import struct
 
 import xxhash
 
-from dynamo.llm.kv_events.hashing import block_hashes, lora_seed, sequence_hashes, to_i64, to_u64
+from dynamo.llm.kv_events.hashing import block_hash_at, block_hashes, lora_seed, sequence_hashes, to_i64, to_u64
 
 TOKENS = list(range(1, 9))  # two blocks of 4
 
@@ -50,3 +50,19 @@ def test_signed_roundtrip():
         assert to_u64(to_i64(v)) == v
     assert to_i64(2**64 - 1) == -1
 
+
+
+def test_a_cache_salt_namespaces_the_first_block_and_through_it_the_chain():
+    salted = block_hashes(TOKENS, 4, cache_salt="tenant-a")
+    plain = block_hashes(TOKENS, 4)
+    seed = (1337 + xxhash.xxh3_64_intdigest(b"cache_salt:tenant-a")) & (2**64 - 1)
+    assert salted[0] == _local([1, 2, 3, 4], seed) != plain[0]
+    assert salted[1:] == plain[1:]  # later blocks are reached through the first
+    assert block_hashes(TOKENS, 4, cache_salt="tenant-b")[0] not in (salted[0], plain[0])
+    assert set(sequence_hashes(salted)).isdisjoint(sequence_hashes(plain))
+    assert block_hashes(TOKENS, 4, cache_salt="") == plain
+    # With a LoRA adapter both apply: the adapter's seed, salted for the first block.
+    both = block_hashes(TOKENS, 4, "my-adapter", "tenant-a")
+    assert both[1:] == block_hashes(TOKENS, 4, "my-adapter")[1:] and both[0] not in (salted[0], plain[0])
+    # One block at a time (an engine hashing a block as it fills): the salt applies at token 0 only.
+    assert [block_hash_at(TOKENS, start, 4, None, "tenant-a") for start in (0, 4)] == salted
