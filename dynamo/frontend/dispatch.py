@@ -68,7 +68,7 @@ class RequestHandle:
         # blocks as the router saw them, and a prefill worker when one prefilled it.
         self.worker_id: int | None = None
         self.dp_rank = 0
-        self.overlap_blocks = 0
+        self.overlap_blocks: int | None = None  # None: the routing policy does not look at caches
         self.prefill_worker_id: int | None = None
         self.prefill_dp_rank = 0
 

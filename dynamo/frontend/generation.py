@@ -223,7 +223,7 @@ class GenerationRun:
         if "timing" in self.extra_fields:
             now = time.monotonic()
             first = None if self.first_token_at is None else self.first_token_at - self.started
-            hit = handle.overlap_blocks if self.app.dispatcher.policy.name == "kv" else None
+            hit = handle.overlap_blocks
             out["timing"] = response_ext.timing(time.time() - (now - self.started), first, now - self.started, hit,
                                                 len(self.preqs[0].token_ids), self.block_size)
         return out

@@ -84,11 +84,12 @@ class WorkerPool:
 
 @dataclass(frozen=True)
 class Choice:
-    """A booked routing decision: the worker, and the data-parallel rank when it has several."""
+    """A booked routing decision: the worker, the data-parallel rank when it has several, and the
+    prompt's blocks the policy found cached there (None: a load-blind policy did not look)."""
 
     worker: WorkerInfo
     dp_rank: int = 0
-    overlap_blocks: int = 0
+    overlap_blocks: int | None = None
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
 from tests.fixtures.procs import Cluster, free_port, http_get, wait_until
@@ -59,3 +60,10 @@ def test_random_mode_uses_both_workers(cluster):
         assert any(a == b for a, b in zip(picks, picks[1:])), picks
     finally:
         proc.stop()
+
+
+def test_a_load_blind_mode_times_the_request_but_claims_no_kv_hit_rate(cluster):
+    """nvext.extra_fields timing under round-robin: it never looked at caches, so no kv_hit_rate."""
+    body = httpx.post(cluster.base_url + "/v1/completions", timeout=60, json={
+        "model": MODEL, "prompt": tokens(8, 20), "max_tokens": 2, "nvext": {"extra_fields": ["timing"]}}).json()
+    assert body["nvext"]["timing"]["ttft_ms"] > 0 and "kv_hit_rate" not in body["nvext"]["timing"], body
