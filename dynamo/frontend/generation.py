@@ -76,7 +76,10 @@ class GenerationRun:
         self._observe_itl = app.metrics.itl.labels(self.model).observe
         decode = self.pipeline.tokenizer.decode
         self.echo = self._echo_text(req, preqs[0].token_ids, decode)
-        self._token_text = lambda token_id: decode([token_id], skip_special_tokens=False)
+        if req.return_tokens_as_token_ids:  # logprob tokens by id: text a client can map back exactly
+            self._token_text = lambda token_id: f"token_id:{token_id}"
+        else:
+            self._token_text = lambda token_id: decode([token_id], skip_special_tokens=False)
 
     @staticmethod
     def _echo_text(req, prompt_ids: list[int], decode) -> str:

@@ -56,6 +56,7 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
     user: str | None = None
     nvext: dict[str, Any] | None = None
     cache_salt: Any = None  # vLLM's KV namespace field (nvext.cache_salt wins); checked with the routing hints
+    return_tokens_as_token_ids: bool = False  # logprob tokens as "token_id:<id>" (Dynamo's and vLLM's option)
     # vLLM-style structured-output extras (also accepted inside `nvext`).
     guided_json: Any = None
     guided_regex: str | None = None
@@ -72,6 +73,10 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
     def choices(self) -> int:
         return self.n or 1
 
+    def greedy(self) -> bool:
+        """`nvext.greed_sampling`: greedy decoding whatever the sampling fields say."""
+        return (self.nvext or {}).get("greed_sampling") is True
+
     def top_logprobs_wanted(self) -> int | None:
         """None: no logprobs; k >= 0: the sampled token's logprob plus the k most likely."""
         if self.logprobs is None or self.logprobs is False:
@@ -86,7 +91,8 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
             stop_conditions=StopConditions(max_tokens=max_tokens, stop=stop_list(self.stop) or None,
                                            min_tokens=self.min_tokens, ignore_eos=bool(self.ignore_eos)),
             sampling_options=SamplingOptions(
-                n=None, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
+                n=None, temperature=0.0 if self.greedy() else self.temperature, top_p=self.top_p,
+                top_k=1 if self.greedy() else self.top_k, min_p=self.min_p,
                 seed=self.seed, presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
                 repetition_penalty=self.repetition_penalty, guided_decoding=self.guided_decoding(tool_parser)),
             output_options=OutputOptions(logprobs=self.top_logprobs_wanted()),
@@ -233,9 +239,14 @@ def validate_common(req: _Common) -> None:
         raise bad_request("`top_k` must be -1 (disabled) or positive", "top_k")
     if req.n is not None and not 1 <= req.n <= MAX_N:
         raise bad_request(f"`n` must be in [1, {MAX_N}], got {req.n}", "n")
-    if (req.n or 1) > 1 and req.temperature == 0:
+    greed = (req.nvext or {}).get("greed_sampling")
+    if greed is not None and not isinstance(greed, bool):
+        raise bad_request(f"nvext.greed_sampling must be a boolean, got {greed!r}", "nvext.greed_sampling",
+                          "invalid_type")
+    if (req.n or 1) > 1 and (req.temperature == 0 or greed):
         # Dynamo's rule: n identical greedy samples are a client mistake, not a request.
-        raise bad_request("When n > 1, temperature must be greater than 0", "temperature")
+        raise bad_request("When n > 1, temperature must be greater than 0",
+                          "nvext.greed_sampling" if greed else "temperature")
     if req.min_tokens is not None and req.min_tokens < 0:
         raise bad_request("`min_tokens` must be >= 0", "min_tokens")
     stops = stop_list(req.stop)

@@ -5,6 +5,7 @@ well-formed: the sampled token is the most likely, alternatives strictly decreas
 from __future__ import annotations
 
 import math
+import re
 
 import openai
 import pytest
@@ -105,6 +106,24 @@ def test_completions_logprobs(client):
     assert "".join(lp.tokens) == resp.choices[0].text
     assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(8)]
     assert all(len(top) == 2 and max(top.values()) == p for top, p in zip(lp.top_logprobs, lp.token_logprobs))
+
+
+def test_logprob_tokens_as_token_ids(client):
+    """`return_tokens_as_token_ids` (Dynamo's and vLLM's root option): every logprob token, sampled or
+    top, is "token_id:<id>", the text stays text."""
+    resp = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=6, logprobs=2, seed=3,
+                                     extra_body={"return_tokens_as_token_ids": True})
+    plain = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=6, logprobs=2, seed=3)
+    lp = resp.choices[0].logprobs
+    assert resp.choices[0].text == plain.choices[0].text
+    assert all(re.fullmatch(r"token_id:\d+", t) for t in lp.tokens)
+    assert all(re.fullmatch(r"token_id:\d+", t) for top in lp.top_logprobs for t in top)
+    assert lp.token_logprobs == plain.choices[0].logprobs.token_logprobs
+    chat = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, seed=1, logprobs=True,
+                                          top_logprobs=2, extra_body={"return_tokens_as_token_ids": True})
+    items = chat.choices[0].logprobs.content
+    assert all(re.fullmatch(r"token_id:\d+", t.token) for item in items for t in [item, *item.top_logprobs])
+    assert items[0].bytes == list(items[0].token.encode())
 
 
 def test_embeddings_on_a_generation_model_is_404(client):

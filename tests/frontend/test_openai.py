@@ -115,3 +115,15 @@ def test_completion_specific_checks(over, code):
     err = refused(validate_completion, completion(**over))
     assert err.code == code
     assert err.param == next(iter(over))
+
+
+def test_greed_sampling_overrides_the_sampling_fields():
+    req = chat(temperature=1.5, top_k=50, nvext={"greed_sampling": True})
+    validate_chat(req)
+    so = req.to_request([1], "id", "m", 4, []).sampling_options
+    assert (so.temperature, so.top_k) == (0.0, 1)
+    so = chat(temperature=1.5, nvext={"greed_sampling": False}).to_request([1], "id", "m", 4, []).sampling_options
+    assert so.temperature == 1.5 and so.top_k is None
+    assert refused(validate_chat, chat(nvext={"greed_sampling": "yes"})).param == "nvext.greed_sampling"
+    assert refused(validate_completion, completion(n=2, nvext={"greed_sampling": True})).param == \
+        "nvext.greed_sampling"  # n identical answers

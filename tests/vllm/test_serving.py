@@ -82,6 +82,18 @@ def test_token_exact_against_vllm_offline(env, client):
         assert resp.usage.prompt_tokens == len(prompt)
 
 
+def test_greed_sampling_is_greedy_whatever_the_sampling_fields(env, client):
+    """nvext.greed_sampling (Dynamo's): a hot temperature and a wide top_p still give vLLM's greedy
+    answer, the offline reference's."""
+    prompt, expected = EXACT_PROMPTS[0], env["reference"][0]
+    resp = client.completions.create(model=MODEL, prompt=prompt, max_tokens=MAX_TOKENS, temperature=2.0, top_p=1.0,
+                                     seed=123, extra_body={"nvext": {"greed_sampling": True}})
+    assert resp.choices[0].text == env["tokenizer"].decode(expected)
+    hot = [client.completions.create(model=MODEL, prompt=prompt, max_tokens=MAX_TOKENS, temperature=2.0,
+                                     seed=s).choices[0].text for s in (1, 2)]
+    assert env["tokenizer"].decode(expected) not in hot  # without it the same fields sample
+
+
 def test_streaming_and_non_streaming_agree_with_usage(client):
     messages = [{"role": "user", "content": "Tell me a story about a robot"}]
     stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=20, temperature=0,
