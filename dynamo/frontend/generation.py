@@ -39,6 +39,7 @@ class Choice:
         self.stage = stage
         self.handle = RequestHandle()
         self.finish: str | None = None  # engine finish reason (wire name) once done
+        self.stop_reason: int | str | None = None  # the engine's matched stop (token id or string)
         self.started = False  # streaming: the role was sent
         self.text_len = 0  # completions logprobs text_offset
         self.content: list[str] = []
@@ -200,7 +201,7 @@ class GenerationRun:
                 choice.handle.stop_worker()
                 break
             if out.finish_reason is not None:
-                choice.finish = out.finish_reason
+                choice.finish, choice.stop_reason = out.finish_reason, out.stop_reason
         self._observe_gap(sum(len(out.token_ids) for out in outputs))
         return total
 
@@ -223,6 +224,9 @@ class GenerationRun:
         handle = self.choices[0].handle
         if "worker_id" in self.extra_fields and (ids := response_ext.worker_ids(handle)) is not None:
             out["worker_id"] = ids
+        if "stop_reason" in self.extra_fields and len(self.choices) == 1:  # Dynamo: single-choice only
+            choice = self.choices[0]
+            out["stop_reason"] = choice.stage.matched_stop or choice.stop_reason
         if "timing" in self.extra_fields:
             now = time.monotonic()
             first = None if self.first_token_at is None else self.first_token_at - self.started

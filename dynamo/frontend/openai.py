@@ -46,7 +46,7 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
     min_p: float | None = None
     n: int | None = None
     seed: int | None = None
-    stop: str | list[str] | None = None
+    stop: str | list[str | int] | None = None  # strings, and token ids (Dynamo's: integers in `stop`)
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
@@ -89,6 +89,7 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
         return PreprocessedRequest(
             request_id=request_id, model=model, token_ids=token_ids,
             stop_conditions=StopConditions(max_tokens=max_tokens, stop=stop_list(self.stop) or None,
+                                           stop_token_ids_hidden=stop_token_ids(self.stop) or None,
                                            min_tokens=self.min_tokens, ignore_eos=bool(self.ignore_eos)),
             sampling_options=SamplingOptions(
                 n=None, temperature=0.0 if self.greedy() else self.temperature, top_p=self.top_p,
@@ -249,11 +250,13 @@ def validate_common(req: _Common) -> None:
                           "nvext.greed_sampling" if greed else "temperature")
     if req.min_tokens is not None and req.min_tokens < 0:
         raise bad_request("`min_tokens` must be >= 0", "min_tokens")
-    stops = stop_list(req.stop)
-    if len(stops) > 16:
+    stops, ids = stop_list(req.stop), stop_token_ids(req.stop)
+    if len(stops) + len(ids) > 16:
         raise bad_request("at most 16 stop sequences are supported", "stop")
     if any(not s for s in stops):
         raise bad_request("stop sequences must be non-empty strings", "stop")
+    if any(i < 0 for i in ids):
+        raise bad_request("stop token ids must be >= 0", "stop")
 
 
 def validate_chat(req: ChatCompletionRequest) -> None:
@@ -309,10 +312,18 @@ def _is_prompt_list(prompt: list[Any]) -> bool:
     return types == {list} and all(p and set(map(type, p)) == {int} for p in prompt)
 
 
-def stop_list(stop: str | list[str] | None) -> list[str]:
+def stop_list(stop: str | list[str | int] | None) -> list[str]:
+    """The stop strings (the frontend matches them in the text)."""
     if stop is None:
         return []
-    return [stop] if isinstance(stop, str) else list(stop)
+    return [stop] if isinstance(stop, str) else [s for s in stop if isinstance(s, str)]
+
+
+def stop_token_ids(stop: str | list[str | int] | None) -> list[int]:
+    """The stop token ids given as integers in `stop` (the engine stops on them, and hides them)."""
+    if stop is None or isinstance(stop, str):
+        return []
+    return [s for s in stop if isinstance(s, int) and not isinstance(s, bool)]
 
 
 def message_dict(message: ChatMessage) -> dict:

@@ -127,11 +127,19 @@ class OutputStage:
     def completion_tokens(self) -> int:
         return self.assembler.completion_tokens
 
+    @property
+    def matched_stop(self) -> str | None:
+        """The stop string this stage matched in the text, if one ended the answer."""
+        stop = self.assembler.stop
+        return stop.matched if stop is not None else None
+
     def add(self, out: LLMEngineOutput, want_logprobs: bool = False) -> ChoiceDelta:
         ids = out.token_ids
         if self._hide:
             ids = [t for t in ids if t not in self._hide]
-            self.assembler.completion_tokens += len(out.token_ids) - len(ids)
+        if isinstance(out.stop_reason, int) and ids and ids[-1] == out.stop_reason:
+            ids = ids[:-1]  # the stop token id that ended it: generated (and counted), never shown
+        self.assembler.completion_tokens += len(out.token_ids) - len(ids)
         text = self.assembler.add(ids) if ids else ""
         self.stopped = self.assembler.stopped
         delta = self._parse(text, final=False)

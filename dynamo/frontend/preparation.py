@@ -8,7 +8,7 @@ import random
 import uuid
 
 from dynamo.frontend.errors import bad_request
-from dynamo.frontend.openai import ChatCompletionRequest, stop_list
+from dynamo.frontend.openai import ChatCompletionRequest, stop_list, stop_token_ids
 from dynamo.frontend.output import OutputSpec
 from dynamo.llm.preprocessor import PreprocessError
 from dynamo.llm.protocol import RoutingHints
@@ -40,6 +40,9 @@ def wire_requests(pipeline, req, ids: list[int], is_chat: bool, hints: RoutingHi
         max_tokens = pipeline.max_tokens_for(ids, req.requested_max_tokens(), req.prompt_param)
     except PreprocessError as exc:
         raise bad_request(exc.message, exc.param, exc.code) from None
+    vocab = pipeline.tokenizer.vocab_size
+    if any(t >= vocab for t in stop_token_ids(req.stop)):
+        raise bad_request(f"stop token ids must be in [0, {vocab})", "stop")
     request_id = ("chatcmpl-" if is_chat else "cmpl-") + (request_id or uuid.uuid4().hex)
     parser = pipeline.card.runtime_config.tool_call_parser
     n = req.choices()

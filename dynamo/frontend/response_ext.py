@@ -1,12 +1,14 @@
 """The response's `nvext` (NVIDIA Dynamo's `nvext.extra_fields` on a request): which workers served
 it and how long each stage took, for a client that wants to see its routing.
 
-    "extra_fields": ["worker_id", "timing"]  ->  "nvext": {
+    "extra_fields": ["worker_id", "timing", "stop_reason"]  ->  "nvext": {
         "worker_id": {"prefill_worker_id", "prefill_dp_rank", "decode_worker_id", "decode_dp_rank"},
-        "timing": {"request_received_ms", "ttft_ms", "total_time_ms", "kv_hit_rate"}}
+        "timing": {"request_received_ms", "ttft_ms", "total_time_ms", "kv_hit_rate"}, "stop_reason": ...}
 
 `worker_id`: the decode worker (the one that streamed the answer, after any migration) and the
 prefill worker, the same one unless a prefill worker prefilled it (disaggregated serving).
+`stop_reason` (single-choice requests, as Dynamo serves it): the stop that ended the answer, a stop
+string the frontend matched or the engine's matched stop token id; null when none did (EOS, length).
 `timing`: `request_received_ms` is wall-clock epoch milliseconds; `ttft_ms` and `total_time_ms`
 count from then; `kv_hit_rate` is the prompt's fraction of KV blocks the KV router found cached on
 the worker it chose (KV routing only). A streamed answer carries it in one more chunk (`choices`
@@ -22,7 +24,7 @@ from typing import Any
 from dynamo.frontend.errors import bad_request
 
 PARAM = "nvext.extra_fields"
-KNOWN = ("worker_id", "timing")
+KNOWN = ("worker_id", "timing", "stop_reason")
 
 
 def requested(nvext: dict[str, Any] | None) -> frozenset[str]:

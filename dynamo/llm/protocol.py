@@ -158,6 +158,9 @@ class LLMEngineOutput(msgspec.Struct, omit_defaults=True, kw_only=True, gc=False
     disaggregated_params: dict[str, Any] | None = None
     embedding: list[float] | None = None
     error: str | None = None
+    # With a `stop` finish: the engine's matched stop condition (a stop token id, or a stop string it
+    # matched itself); None for EOS, as vLLM reports it.
+    stop_reason: int | str | None = None
 
 
 request_encoder = msgspec.msgpack.Encoder()

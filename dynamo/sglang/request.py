@@ -79,6 +79,8 @@ def to_output(res: dict[str, Any], first: bool, eos_ids: set[int]) -> LLMEngineO
                           finish_reason=finish_reason(meta.get("finish_reason"), eos_ids))
     if first:
         out.cached_tokens = int(meta.get("cached_tokens") or 0)
+    if out.finish_reason == FinishReason.STOP:
+        out.stop_reason = (meta.get("finish_reason") or {}).get("matched")
     if out.finish_reason == FinishReason.ERROR:
         out.error = str((meta.get("finish_reason") or {}).get("message") or "SGLang request failed")
     return out

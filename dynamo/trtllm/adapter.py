@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator
 from dynamo.llm.kv_events.engine_decoder import SALT_PREFIX
 from dynamo.llm.kv_events.protocol import LoadMetrics
 from dynamo.llm.model_card import context_length_of
-from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
+from dynamo.llm.protocol import FinishReason, LLMEngineOutput, PreprocessedRequest
 from dynamo.runtime.wire import ErrorCode
 from dynamo.trtllm.args import DynamoTrtllmArgs
 from dynamo.trtllm.events import TrtllmKvEventSource, poll_stats
@@ -106,6 +106,8 @@ class TrtllmAdapter:
                 out = LLMEngineOutput(token_ids=tokens[seen:], finish_reason=finish_reason(completion, eos_ids))
                 if seen == 0:
                     out.cached_tokens = int(getattr(completion, "num_cached_tokens", 0) or 0)
+                if out.finish_reason == FinishReason.STOP:
+                    out.stop_reason = getattr(completion, "stop_reason", None)
                 seen = len(tokens)
                 if prefill and out.finish_reason is not None:
                     params_out = getattr(completion, "disaggregated_params", None)

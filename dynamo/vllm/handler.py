@@ -149,6 +149,8 @@ async def stream_outputs(engine: Any, request: PreprocessedRequest, params: Any,
                 out.log_probs, out.top_logprobs = token_logprobs(completion, top)
             if result.finished:
                 out.finish_reason = finish_reason(completion, eos_ids)
+                if out.finish_reason == FinishReason.STOP:
+                    out.stop_reason = completion.stop_reason
                 if result.kv_transfer_params:
                     kv = result.kv_transfer_params
                     out.disaggregated_params = params_hook(kv) if params_hook else kv

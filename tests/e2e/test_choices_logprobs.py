@@ -126,6 +126,27 @@ def test_logprob_tokens_as_token_ids(client):
     assert items[0].bytes == list(items[0].token.encode())
 
 
+def test_the_stop_string_that_ended_the_answer_is_its_stop_reason(client):
+    """nvext.extra_fields ["stop_reason"]: the stop string the frontend matched, unary and streamed; null
+    for a length finish; absent for n > 1 (Dynamo serves it for single-choice requests)."""
+    ask = {"nvext": {"extra_fields": ["stop_reason"]}}
+    text = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=30, seed=9).choices[0]
+    stop = next(c for c in text.message.content[1:] if c.isalpha())
+    resp = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=30, seed=9,
+                                          stop=["never-here", stop], extra_body=ask)
+    assert resp.choices[0].finish_reason == "stop" and resp.model_extra["nvext"] == {"stop_reason": stop}
+    chunks = list(client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=30, seed=9,
+                                                 stop=[stop], stream=True, extra_body=ask))
+    assert chunks[-1].model_extra["nvext"] == {"stop_reason": stop}
+    free = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3, extra_body=ask)
+    assert free.model_extra["nvext"] == {"stop_reason": None}
+    many = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3, n=2, seed=1, extra_body=ask)
+    assert "stop_reason" not in (many.model_extra.get("nvext") or {})
+    with pytest.raises(openai.BadRequestError) as info:  # a stop token id beyond the vocabulary
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3, stop=[10**9])
+    assert info.value.body["param"] == "stop"
+
+
 def test_embeddings_on_a_generation_model_is_404(client):
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model=MODEL, input="hello")

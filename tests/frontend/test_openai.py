@@ -127,3 +127,13 @@ def test_greed_sampling_overrides_the_sampling_fields():
     assert refused(validate_chat, chat(nvext={"greed_sampling": "yes"})).param == "nvext.greed_sampling"
     assert refused(validate_completion, completion(n=2, nvext={"greed_sampling": True})).param == \
         "nvext.greed_sampling"  # n identical answers
+
+
+def test_integers_in_stop_are_stop_token_ids():
+    req = chat(stop=["END", 576, "\n\n", 2])
+    validate_chat(req)
+    sc = req.to_request([1], "id", "m", 4, []).stop_conditions
+    assert sc.stop == ["END", "\n\n"] and sc.stop_token_ids_hidden == [576, 2]
+    assert chat(stop="END").to_request([1], "id", "m", 4, []).stop_conditions.stop_token_ids_hidden is None
+    assert refused(validate_chat, chat(stop=["x", -1])).param == "stop"
+    assert refused(validate_chat, chat(stop=list(range(17)))).param == "stop"

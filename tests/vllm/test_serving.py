@@ -94,6 +94,23 @@ def test_greed_sampling_is_greedy_whatever_the_sampling_fields(env, client):
     assert env["tokenizer"].decode(expected) not in hot  # without it the same fields sample
 
 
+def test_an_integer_in_stop_is_a_stop_token_id_that_vllm_stops_on(env, client):
+    """Dynamo's spelling of a stop token: an integer in `stop`. vLLM stops there, hides the token, and
+    says which stop matched (`nvext.extra_fields: ["stop_reason"]`)."""
+    prompt, expected = EXACT_PROMPTS[0], env["reference"][0]
+    k = next(i for i in range(2, len(expected)) if expected[i] not in expected[:i])
+    resp = client.completions.create(model=MODEL, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0,
+                                     stop=[expected[k], "a stop string that never comes"],
+                                     extra_body={"nvext": {"extra_fields": ["stop_reason"]}})
+    assert resp.choices[0].finish_reason == "stop"
+    assert resp.choices[0].text == env["tokenizer"].decode(expected[:k])
+    assert resp.usage.completion_tokens == k + 1  # the stop token was generated, and hidden
+    assert resp.model_extra["nvext"]["stop_reason"] == expected[k]
+    free = client.completions.create(model=MODEL, prompt=prompt, max_tokens=3, temperature=0,
+                                     extra_body={"nvext": {"extra_fields": ["stop_reason"]}})
+    assert free.choices[0].finish_reason == "length" and free.model_extra["nvext"]["stop_reason"] is None
+
+
 def test_streaming_and_non_streaming_agree_with_usage(client):
     messages = [{"role": "user", "content": "Tell me a story about a robot"}]
     stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=20, temperature=0,
