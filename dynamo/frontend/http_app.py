@@ -18,6 +18,7 @@ from prometheus_client import generate_latest
 
 from dynamo.frontend import errors, speculative_prefill
 from dynamo.frontend.admin import BusyThresholdAdmin
+from dynamo.frontend.agent_context import agent_context
 from dynamo.frontend.intake import early_refusal
 from dynamo.frontend.dispatch import Dispatcher
 from dynamo.frontend.embeddings import decode_embeddings, embed
@@ -320,9 +321,10 @@ class FrontendApp:
                         **run_kw) -> None:
         started = time.monotonic()
         request_type = "stream" if req.stream else "unary"
+        agent = agent_context(req.nvext)
         if trace is not None:
-            trace.received(req.model, endpoint, request_type, *((hints.session_id, hints.parent_session_id)
-                                                                if hints is not None else ()))
+            trace.received(req.model, endpoint, request_type, hints.session_id if hints else None,
+                           hints.parent_session_id if hints else None, agent)
         entry = self._entry(req.model)
         self._refuse_if_overloaded(entry.name)
         is_chat = isinstance(req, ChatCompletionRequest)

@@ -77,11 +77,13 @@ class RequestTrace:
         self.received_logged = False
 
     def received(self, model: str, endpoint: str, request_type: str, session_id: str | None = None,
-                 parent_session_id: str | None = None) -> None:
+                 parent_session_id: str | None = None, agent_context: dict[str, Any] | None = None) -> None:
         self.model, self.endpoint, self.request_type = model, endpoint, request_type
         self.received_logged = True
         # An agent session's requests are found in the log by its id (and a subagent's by its parent's).
         session = {k: v for k, v in (("session_id", session_id), ("parent_session_id", parent_session_id)) if v}
+        if agent_context is not None:
+            session["agent_context"] = agent_context
         self.events.emit(logging.INFO, "request received", **self._ids(), model=model, endpoint=endpoint,
                          request_type=request_type, **session)
 

@@ -99,6 +99,22 @@ def test_an_agent_sessions_requests_carry_its_ids(cluster):
     assert one(about(cluster.worker, rid), "request received")["session_id"] == "kid"
 
 
+def test_an_agents_context_is_on_its_received_line_and_a_malformed_one_is_a_400(cluster):
+    """nvext.agent_context (Dynamo's passive agent identity): on the frontend's "request received" line."""
+    rid = str(uuid.uuid4())
+    ctx = {"session_type_id": "deep_research", "session_id": "run-42", "trajectory_id": "run-42:researcher",
+           "parent_trajectory_id": "run-42:planner", "trajectory_final": False}
+    resp = post(cluster, "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                                                   "max_tokens": 2, "nvext": {"agent_context": ctx}},
+                **{"x-dynamo-request-id": rid})
+    assert resp.status_code == 200, resp.text
+    wait_until(lambda: any(e["message"] == "request completed" for e in about(cluster.fe, rid)), 30, "last line")
+    assert one(about(cluster.fe, rid), "request received")["agent_context"] == ctx
+    bad = post(cluster, "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                                                  "nvext": {"agent_context": {**ctx, "trajectory_id": ""}}})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "nvext.agent_context.trajectory_id", bad.text
+
+
 def test_an_unknown_model_is_an_error_line_with_its_type(cluster):
     rid = str(uuid.uuid4())
     resp = post(cluster, "/v1/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "x"}]},
