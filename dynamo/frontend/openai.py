@@ -90,7 +90,8 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
             request_id=request_id, model=model, token_ids=token_ids,
             stop_conditions=StopConditions(max_tokens=max_tokens, stop=stop_list(self.stop) or None,
                                            stop_token_ids_hidden=stop_token_ids(self.stop) or None,
-                                           min_tokens=self.min_tokens, ignore_eos=bool(self.ignore_eos)),
+                                           min_tokens=self.min_tokens, ignore_eos=bool(self.ignore_eos),
+                                           max_thinking_tokens=(self.nvext or {}).get("max_thinking_tokens")),
             sampling_options=SamplingOptions(
                 n=None, temperature=0.0 if self.greedy() else self.temperature, top_p=self.top_p,
                 top_k=1 if self.greedy() else self.top_k, min_p=self.min_p,
@@ -240,6 +241,10 @@ def validate_common(req: _Common) -> None:
         raise bad_request("`top_k` must be -1 (disabled) or positive", "top_k")
     if req.n is not None and not 1 <= req.n <= MAX_N:
         raise bad_request(f"`n` must be in [1, {MAX_N}], got {req.n}", "n")
+    thinking = (req.nvext or {}).get("max_thinking_tokens")
+    if thinking is not None and (isinstance(thinking, bool) or not isinstance(thinking, int) or thinking < 0):
+        raise bad_request(f"nvext.max_thinking_tokens must be an integer >= 0, got {thinking!r}",
+                          "nvext.max_thinking_tokens", "invalid_value")
     greed = (req.nvext or {}).get("greed_sampling")
     if greed is not None and not isinstance(greed, bool):
         raise bad_request(f"nvext.greed_sampling must be a boolean, got {greed!r}", "nvext.greed_sampling",

@@ -19,6 +19,9 @@ class StopConditions(msgspec.Struct, omit_defaults=True, kw_only=True):
     stop_token_ids_hidden: list[int] | None = None
     min_tokens: int | None = None
     ignore_eos: bool = False
+    # nvext.max_thinking_tokens: the reasoning budget, for engines that enforce one (vLLM's
+    # thinking_token_budget); workers whose engine cannot refuse the request.
+    max_thinking_tokens: int | None = None
 
 
 class GuidedDecodingOptions(msgspec.Struct, omit_defaults=True, kw_only=True):

@@ -130,6 +130,9 @@ class SglangAdapter:
             # Refused, not ignored: a tenant asking for its own namespace must not share another's cache.
             raise ValueError("cache_salt is not supported by this worker: SGLang's engine API takes no "
                              "per-request KV-cache namespace")
+        if request.stop_conditions.max_thinking_tokens is not None:  # refused, not silently unbounded
+            raise ValueError("max_thinking_tokens is not supported by this worker: SGLang's engine API takes no "
+                             "per-request reasoning budget")
         call = {"input_ids": list(request.token_ids), "stream": True, "rid": request_id,
                 "sampling_params": sampling_params(request, self.context_length, prefill_only)}
         sa = self.server_args

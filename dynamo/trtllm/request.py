@@ -24,6 +24,9 @@ SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "seed", "presence_pen
 
 def sampling_kwargs(request: PreprocessedRequest, max_seq_len: int, prefill_only: bool = False) -> dict[str, Any]:
     so, sc = request.sampling_options, request.stop_conditions
+    if sc.max_thinking_tokens is not None:  # refused, not silently unbounded (a 400 from the harness)
+        raise ValueError("max_thinking_tokens is not supported by this worker: TRT-LLM's LLM API takes no "
+                         "per-request reasoning budget")
     kwargs: dict[str, Any] = {k: getattr(so, k) for k in SAMPLING_KEYS if getattr(so, k) is not None}
     if kwargs.get("top_k") is not None and kwargs["top_k"] <= 0:
         kwargs["top_k"] = 0  # OpenAI-style "no limit"

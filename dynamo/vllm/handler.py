@@ -46,6 +46,8 @@ def to_sampling_params(request: PreprocessedRequest, max_model_len: int, mode: W
         extra_args["kv_transfer_params"] = request.disaggregated_params
     if so.guided_decoding is not None:
         kwargs["structured_outputs"] = structured_outputs(so.guided_decoding)
+    if sc.max_thinking_tokens is not None:  # vLLM refuses it (a 400) unless it runs with --reasoning-config
+        kwargs["thinking_token_budget"] = sc.max_thinking_tokens
     return SamplingParams(
         **kwargs,
         max_tokens=max_tokens,

@@ -41,8 +41,11 @@ class RequestHandler:
         self.inflight += 1
         finished = False
         trace = WorkerTrace(self.events, request) if self.events.enabled() else None
-        stream = self.adapter.generate(request, request_id)
+        stream = None
         try:
+            # Inside the try: an adapter that refuses the request while building it (bad parameters) answers
+            # a typed error and gives its in-flight slot back, as one that refuses it while streaming does.
+            stream = self.adapter.generate(request, request_id)
             async for out in stream:
                 if trace is not None:
                     trace.tokens += len(out.token_ids)
@@ -62,7 +65,8 @@ class RequestHandler:
                 trace.completed(finished)
             if not finished:  # client went away (CancelledError / GeneratorExit) or an error
                 await asyncio.shield(self._abort(request_id))
-            await stream.aclose()
+            if stream is not None:
+                await stream.aclose()
 
     def handler_error(self, exc: Exception) -> Exception:
         """Engine exception -> typed HandlerError; unknown ones stay as they are (-> internal)."""

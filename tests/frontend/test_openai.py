@@ -137,3 +137,12 @@ def test_integers_in_stop_are_stop_token_ids():
     assert chat(stop="END").to_request([1], "id", "m", 4, []).stop_conditions.stop_token_ids_hidden is None
     assert refused(validate_chat, chat(stop=["x", -1])).param == "stop"
     assert refused(validate_chat, chat(stop=list(range(17)))).param == "stop"
+
+
+def test_max_thinking_tokens_reaches_the_stop_conditions():
+    req = chat(nvext={"max_thinking_tokens": 64})
+    validate_chat(req)
+    assert req.to_request([1], "id", "m", 4, []).stop_conditions.max_thinking_tokens == 64
+    assert chat().to_request([1], "id", "m", 4, []).stop_conditions.max_thinking_tokens is None
+    for bad in (-1, 1.5, "64", True):
+        assert refused(validate_chat, chat(nvext={"max_thinking_tokens": bad})).param == "nvext.max_thinking_tokens"

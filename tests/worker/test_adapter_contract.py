@@ -119,6 +119,26 @@ async def test_prompt_beyond_the_context_is_a_bad_request(subjects, engine):
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+async def test_a_reasoning_budget_is_enforced_or_refused_never_ignored(subjects, engine):
+    """nvext.max_thinking_tokens: vLLM takes it only with a reasoning config (none here), SGLang's and
+    TRT-LLM's APIs not at all: a bad request, refused whether the adapter refuses while building the
+    request or while streaming it, and the handler's slot comes back. The mocker writes no reasoning,
+    so any budget holds: it serves the request."""
+    subject = await subjects.get(engine)
+    handler = subject.handler()
+    req = request(f"{engine}-think", [5, 6, 7], 2)
+    req.stop_conditions.max_thinking_tokens = 8
+    if engine == "mocker":
+        assert (await collect(handler, req))[-1].finish_reason is not None
+    else:
+        with pytest.raises(HandlerError) as err:
+            await collect(handler, req)
+        assert err.value.code == "bad_request" and "think" in str(err.value)
+    assert handler.inflight == 0
+    await wait_for(lambda: subject.held() == 0, "nothing held after it")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 async def test_request_limit_refuses_as_overloaded(subjects, engine):
     subject = await subjects.get(engine)
     handler = subject.handler(limit=1)
