@@ -36,7 +36,7 @@ from dynamo.frontend.openai import (
     validate_completion,
 )
 from dynamo.frontend.request_log import SCOPE_KEY, TRACED_PATHS, RequestTrace, adopt_client_id, start_trace
-from dynamo.frontend.preparation import is_token_prompt, output_spec, prompt_ids, wire_requests
+from dynamo.frontend.preparation import output_spec, prompt_ids_for, wire_requests
 from dynamo.frontend.responses import ResponsesRun, decode_responses
 from dynamo.llm.preprocessor import PreprocessError
 from dynamo.runtime.logs import RequestEvents
@@ -54,9 +54,6 @@ from dynamo.runtime.asgi import (
 
 log = logging.getLogger(__name__)
 
-# Bodies up to this size are templated and tokenized inline (well under a millisecond);
-# bigger ones on `prep_pool`, so that no request's size shows in another's latency.
-PREP_INLINE_BYTES = 8192
 PREP_THREADS = 2
 TRIM_AFTER_BYTES = 1 << 20
 CLOSE_HEADERS = [*JSON_HEADERS, (b"connection", b"close")]
@@ -262,11 +259,6 @@ class FrontendApp:
 
         asyncio.get_running_loop().call_later(1.0, run)
 
-    async def _prompt_ids(self, pipeline, req, body_size: int) -> list[int]:
-        if body_size <= PREP_INLINE_BYTES or is_token_prompt(req):
-            return prompt_ids(pipeline, req)
-        return await asyncio.get_running_loop().run_in_executor(self.prep_pool, prompt_ids, pipeline, req)
-
     async def responses(self, scope, receive, send) -> None:
         self._refuse_if_draining()
         body = await self._body(scope, receive)
@@ -332,7 +324,7 @@ class FrontendApp:
         if kind not in entry.card.model_type:
             raise bad_request(f"model {entry.name!r} does not serve {kind}", "model", "unsupported_model")
         try:
-            ids = await self._prompt_ids(entry.pipeline, req, body_size)
+            ids = await prompt_ids_for(entry.pipeline, req, body_size, self.prep_pool)
         except PreprocessError as exc:
             raise bad_request(exc.message, exc.param, exc.code) from None
         preqs = wire_requests(entry.pipeline, req, ids, is_chat, hints, *self._trace_ids(trace))

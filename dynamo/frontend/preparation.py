@@ -4,8 +4,10 @@ and routing hints, and the output stage's spec from the worker's card."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
+from concurrent.futures import Executor
 
 from dynamo.frontend.errors import bad_request
 from dynamo.frontend.openai import ChatCompletionRequest, stop_list, stop_token_ids
@@ -27,8 +29,72 @@ def is_token_prompt(req) -> bool:
 def prompt_ids(pipeline, req) -> list[int]:
     """Template + tokenize (may run on the prep pool); PreprocessError on a bad prompt."""
     if isinstance(req, ChatCompletionRequest):
-        return pipeline.chat_prompt_ids(req.message_dicts(), req.template_tools(), req.chat_template_kwargs)
+        return pipeline.encode_prompt(chat_text(pipeline, req), "messages")
     return pipeline.completion_prompt_ids(req.prompt_input())
+
+
+def chat_text(pipeline, req: ChatCompletionRequest) -> str:
+    """The chat rendered through the model's template: what its prompt tokenizes from."""
+    return pipeline.chat_prompt_text(req.message_dicts(), req.template_tools(), req.chat_template_kwargs)
+
+
+# Bodies up to this size are templated and tokenized inline (well under a millisecond); bigger
+# ones on the prep pool, so that no request's size shows in another's latency...
+PREP_INLINE_BYTES = 8192
+# ...unless their text is mostly cached (agents resending a system prompt, tools and history): a
+# chat body up to RENDER_INLINE_BYTES is rendered inline (microseconds per KiB) and, with at most
+# INLINE_NEW_CHARS left to tokenize (about a millisecond), tokenized inline too. In a burst, a hop
+# through the pool costs every request GIL hand-offs with the busy event loop: milliseconds of TTFT.
+RENDER_INLINE_BYTES = 1 << 20
+INLINE_NEW_CHARS = 4096
+TOKENIZED_ELSEWHERE_WAIT_SECS = 5.0  # a piece another thread tokenizes; past it, the pool waits instead
+
+
+async def prompt_ids_for(pipeline, req, body_size: int, pool: Executor) -> list[int]:
+    """`prompt_ids`, inline when that is cheap, on `pool` when it is not. A burst of chats on one new
+    system prompt tokenizes it once, on the pool, for the first; the others wait for it here, off
+    the pool, and then go inline."""
+    if body_size <= PREP_INLINE_BYTES or is_token_prompt(req):
+        return prompt_ids(pipeline, req)
+    loop = asyncio.get_running_loop()
+    if not isinstance(req, ChatCompletionRequest) or body_size > RENDER_INLINE_BYTES:
+        return await loop.run_in_executor(pool, prompt_ids, pipeline, req)
+    text = chat_text(pipeline, req)
+    cost = pipeline.encode_cost(text)
+    if cost.pending and cost.new_chars <= INLINE_NEW_CHARS:
+        await tokenized_elsewhere(pipeline, cost.pending)
+        cost = pipeline.encode_cost(text)
+    if not cost.pending and cost.new_chars <= INLINE_NEW_CHARS:
+        return pipeline.encode_prompt(text, "messages")
+    return await loop.run_in_executor(pool, pipeline.encode_prompt, text, "messages")
+
+
+async def tokenized_elsewhere(pipeline, pieces: list, timeout: float = TOKENIZED_ELSEWHERE_WAIT_SECS) -> None:
+    """Until the pieces other threads are tokenizing are done, or `timeout`; without a thread."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    left = len(pieces)
+
+    def one_done() -> None:
+        nonlocal left
+        left -= 1
+        if left == 0 and not done.done():
+            done.set_result(None)
+
+    def from_thread() -> None:  # on the tokenizing thread, maybe after this wait gave up
+        try:
+            loop.call_soon_threadsafe(one_done)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    for key in pieces:
+        if not pipeline.when_tokenized(key, from_thread):
+            one_done()
+    try:
+        async with asyncio.timeout(timeout):
+            await done
+    except TimeoutError:
+        pass
 
 
 def wire_requests(pipeline, req, ids: list[int], is_chat: bool, hints: RoutingHints | None = None,

@@ -12,7 +12,7 @@ tokenized prompt over the context never becomes a Python list."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from dynamo.llm.chat_template import ChatTemplate, ChatTemplateError
 from dynamo.llm.detokenizer import IncrementalDetokenizer
@@ -20,7 +20,7 @@ from dynamo.llm.model_card import ModelDeploymentCard, card_model_dir
 from dynamo.llm.prompt_bound import PromptBound
 from dynamo.llm.stop import StopMatcher
 from dynamo.llm.token_cache import SegmentedEncoder, TokenCache
-from dynamo.llm.tokenizer import Tokenizer
+from dynamo.llm.tokenizer import EncodeCost, Tokenizer
 
 
 class PreprocessError(ValueError):
@@ -74,16 +74,31 @@ class ModelPipeline:
                 f"at least {at_least} tokens long ({n_chars} characters), leaving no room for output.",
                 param, "context_length_exceeded")
 
-    def _encode(self, text: str, param: str) -> list[int]:
+    def encode_prompt(self, text: str, param: str) -> list[int]:
+        """`text`'s token ids; PreprocessError naming `param` when they do not fit the context."""
         count, ids = self.encoder.encode_capped(text, self.context_length)
         if ids is None:
             raise _too_long(self.context_length, count, param)
         return ids
 
+    def encode_cost(self, text: str) -> EncodeCost:
+        """What tokenizing `text` would cost now (much of it may be cached): known before paying it."""
+        return self.encoder.encode_cost(text)
+
+    def when_tokenized(self, key: tuple[int, str], callback: Callable[[], None]) -> bool:
+        """`callback` once a piece of `encode_cost().pending` is tokenized (False: it already is)."""
+        return self.encoder.when_released(key, callback)
+
     def chat_prompt_ids(self, messages: list[dict], tools: list | None = None,
                         template_kwargs: dict[str, Any] | None = None, generation_prompt: bool = True) -> list[int]:
         """The chat's prompt; without `generation_prompt`, the prefix a next turn after the last
         message starts with (speculative prefill)."""
+        return self.encode_prompt(self.chat_prompt_text(messages, tools, template_kwargs, generation_prompt),
+                                  "messages")
+
+    def chat_prompt_text(self, messages: list[dict], tools: list | None = None,
+                         template_kwargs: dict[str, Any] | None = None, generation_prompt: bool = True) -> str:
+        """The chat rendered through the model's template (checked against the context by its length)."""
         if self.template is None:
             raise PreprocessError(f"model {self.name!r} has no chat template; use /v1/completions", "messages",
                                   "no_chat_template")
@@ -97,14 +112,14 @@ class ModelPipeline:
         except ChatTemplateError as exc:
             raise PreprocessError(f"chat template failed: {exc}", "messages", "invalid_messages") from None
         self._check_bound(len(text), "messages")
-        return self._encode(text, "messages")
+        return text
 
     def completion_prompt_ids(self, prompt: str | list, param: str = "prompt") -> list[int]:
         if prompt and isinstance(prompt, list) and isinstance(prompt[0], str):
             prompt = prompt[0]
         if isinstance(prompt, str):
             self._check_bound(len(prompt), param)
-            return self._encode(prompt, param)
+            return self.encode_prompt(prompt, param)
         ids = prompt[0] if prompt and isinstance(prompt[0], list) else prompt
         if len(ids) >= self.context_length:
             raise _too_long(self.context_length, len(ids), param)

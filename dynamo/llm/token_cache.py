@@ -23,14 +23,16 @@ import re
 import threading
 from array import array
 from collections import OrderedDict
+from typing import Callable
 
-from dynamo.llm.tokenizer import Tokenizer
+from dynamo.llm.tokenizer import EncodeCost, Tokenizer
 
 MIN_CACHED_CHARS = 64  # shorter pieces cost less to tokenize than to look up and keep
 ENTRY_OVERHEAD = 120  # bytes an entry costs beyond its text and ids (the key's object, the array, the link)
 CHECKED_PROMPTS = 2  # real prompts tokenized both ways before the pieces are trusted alone (the probe came first)
 BATCH_CHARS = 4096  # less new text than this is tokenized piece by piece, holding the GIL briefly
 PENDING_WAIT_SECS = 5.0  # far longer than any piece takes to tokenize; past it, the waiter tokenizes it itself
+HELD, PENDING, ABSENT = range(3)  # a piece's state in the cache
 _encoder_ids = itertools.count(1)  # an encoder's key prefix in the shared cache (never reused, unlike id())
 
 
@@ -44,6 +46,7 @@ class TokenCache:
         self.hits = self.misses = 0
         self._entries: OrderedDict[tuple[int, str], array] = OrderedDict()
         self._pending: dict[tuple[int, str], threading.Event] = {}  # pieces a thread is tokenizing now
+        self._on_release: dict[tuple[int, str], list[Callable[[], None]]] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -55,6 +58,20 @@ class TokenCache:
             if ids is None:
                 self.misses += 1
             return ids
+
+    def state(self, key: tuple[int, str]) -> int:
+        """HELD, PENDING (a thread is tokenizing it) or ABSENT: a peek, neither counted nor moved up."""
+        with self._lock:
+            return HELD if key in self._entries else PENDING if key in self._pending else ABSENT
+
+    def when_released(self, key: tuple[int, str], callback: Callable[[], None]) -> bool:
+        """Have `callback` called, on the tokenizing thread, once the piece being tokenized is done
+        (stored or not); False, and no call, when nobody is tokenizing it."""
+        with self._lock:
+            if key not in self._pending:
+                return False
+            self._on_release.setdefault(key, []).append(callback)
+            return True
 
     def claim(self, key: tuple[int, str]) -> array | threading.Event | None:
         """The piece's cached ids; or, while another thread tokenizes it, the event set when it is done;
@@ -81,8 +98,11 @@ class TokenCache:
         """End a claim (whether or not the piece was stored): its waiters look again."""
         with self._lock:
             pending = self._pending.pop(key, None)
+            callbacks = self._on_release.pop(key, ())
         if pending is not None:
             pending.set()
+        for callback in callbacks:
+            callback()
 
     def put(self, key: tuple[int, str], ids: list[int]) -> None:
         value = array("I", ids)
@@ -129,6 +149,25 @@ class SegmentedEncoder:
         if start < len(text):
             out.append(text[start:])
         return out
+
+    def encode_cost(self, text: str) -> EncodeCost:
+        """What `encode_capped(text)` would tokenize now: the characters of pieces neither cached nor
+        being tokenized by another thread (short pieces, which skip the cache, included), and the
+        pieces that are (their keys, for `when_released`)."""
+        if not self.trusted or self._left_to_check > 0 or len(text) < MIN_CACHED_CHARS:
+            return EncodeCost(len(text))
+        state, owner = self.cache.state, self._owner
+        cost = EncodeCost(0)
+        for piece in self.pieces(text):
+            found = ABSENT if len(piece) < MIN_CACHED_CHARS else state((owner, piece))
+            if found == ABSENT:
+                cost.new_chars += len(piece)
+            elif found == PENDING:
+                cost.pending.append((owner, piece))
+        return cost
+
+    def when_released(self, key: tuple[int, str], callback: Callable[[], None]) -> bool:
+        return self.cache.when_released(key, callback)
 
     def encode_capped(self, text: str, cap: int) -> tuple[int, list[int] | None]:
         """(token count, ids), ids None when the count reaches `cap`."""

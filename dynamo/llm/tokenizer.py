@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenizers import Tokenizer as _HFTokenizer
@@ -38,6 +39,15 @@ def _as_id_list(value) -> list[int]:
     if isinstance(value, int):
         return [value]
     return [int(v) for v in value]
+
+
+@dataclass
+class EncodeCost:
+    """What encoding a text would cost now: the characters to tokenize, and the pieces another
+    thread is tokenizing for a cache (keys the encoder would wait for; see token_cache)."""
+
+    new_chars: int
+    pending: list[tuple[int, str]] = field(default_factory=list)
 
 
 class Tokenizer:
@@ -86,6 +96,13 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_cost(self, text: str) -> EncodeCost:
+        """What encoding `text` costs: all of it, nothing is cached here."""
+        return EncodeCost(len(text))
+
+    def when_released(self, key, callback) -> bool:
+        return False  # nothing is ever being tokenized for a cache here
 
     def encode_capped(self, text: str, cap: int) -> tuple[int, list[int] | None]:
         """(token count, ids), ids None when the count reaches `cap`: a prompt that cannot fit

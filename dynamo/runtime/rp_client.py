@@ -174,7 +174,7 @@ class _ClientConnection(wire.FramedProtocol):
         sid = next(self._ids)
         stream = ResponseStream(self, sid)
         self.streams[sid] = stream
-        self.send(wire.Request(sid, endpoint, payload, headers))
+        self.send_now(wire.Request(sid, endpoint, payload, headers))
         return stream
 
     def forget(self, sid: int) -> None:

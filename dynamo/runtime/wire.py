@@ -189,6 +189,15 @@ class FramedProtocol(asyncio.Protocol):
             self.flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
+    def send_now(self, frame: Any) -> None:
+        """Write `frame`, and whatever is pending before it, without waiting for the iteration's end:
+        a new request is on its worker's critical path, and in a burst the rest of the iteration is
+        the routing of every other request that arrived with it."""
+        if self.closed:
+            return
+        self.pending.append(encode(frame))
+        self._flush()
+
     def _flush(self) -> None:
         self.flush_scheduled = False
         if self.closed or not self.pending:

@@ -125,3 +125,40 @@ def test_a_claim_released_without_ids_leaves_the_waiter_to_tokenize(tokenizer):
     threading.Timer(0.2, cache.release, (key,)).start()  # its tokenizer failed: nothing stored
     assert encoder.encode_capped(system + "\n", 1 << 20)[1] == tokenizer.encode(system + "\n")
     assert cache.claim(key) is None  # no claim left behind: the next prompt tokenizes it for the cache
+
+
+def test_the_cost_of_a_prompt_is_what_is_neither_cached_nor_being_tokenized(tokenizer):
+    cache = TokenCache(1 << 20)
+    encoder = SegmentedEncoder(tokenizer, cache)
+    system = "<|im_start|>system\n" + "You read files and run tools. " * 40 + "<|im_end|>"
+    tools = "<|im_start|>tools\n" + "grep, sed, awk and friends. " * 30 + "<|im_end|>"
+    prompt = system + tools + "\n<|im_start|>user\nhi<|im_end|>\n"
+    assert encoder.encode_cost(prompt).new_chars == len(prompt)  # the first prompts are checked whole
+    encoder._left_to_check = 0
+    assert encoder.encode_cost(prompt).new_chars == len(prompt) and not encoder.encode_cost(prompt).pending
+    encoder.encode_capped(prompt, 1 << 20)
+    hits = cache.hits
+    cost = encoder.encode_cost(prompt)
+    def short(text: str) -> int:  # pieces too short for the cache, tokenized every time
+        return sum(len(p) for p in encoder.pieces(text) if len(p) < MIN_CACHED_CHARS)
+
+    assert cost.new_chars == short(prompt) and not cost.pending  # only what skips the cache is left
+    assert cache.hits == hits  # a peek: not counted as a use
+    other = system + "<|im_start|>tools\n" + "A new tool list. " * 30 + "<|im_end|>"
+    new_piece = next(p for p in encoder.pieces(other) if "A new tool list" in p)
+    key = (encoder._owner, new_piece)
+    assert cache.claim(key) is None  # another thread is tokenizing the new tool list
+    cost = encoder.encode_cost(other)
+    assert cost.pending == [key] and cost.new_chars == short(other)
+    called: list[int] = []
+    assert encoder.when_released(key, lambda: called.append(1))
+    cache.put(key, tokenizer.encode(new_piece))
+    cache.release(key)
+    assert called == [1]
+    assert not encoder.when_released(key, lambda: called.append(2))  # nobody is tokenizing it now
+    assert called == [1] and encoder.encode_cost(other).new_chars == short(other)
+
+
+def test_a_plain_tokenizer_costs_the_whole_text(tokenizer):
+    cost = tokenizer.encode_cost("x" * 100)
+    assert cost.new_chars == 100 and not cost.pending

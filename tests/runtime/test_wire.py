@@ -58,3 +58,37 @@ def test_error_codes_travel_as_their_plain_strings(code):
 def test_an_unknown_error_code_still_decodes():
     (frame,) = wire.FrameReader().feed(wire.encode(wire.Error(5, "new", "quota_exceeded")))
     assert frame.code == "quota_exceeded" and frame.code not in set(wire.ErrorCode)
+
+
+class _RecordingTransport:
+    """asyncio.Transport's write side, recording each write (each a syscall on a real socket)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def get_extra_info(self, name: str):
+        return None
+
+
+async def test_streamed_frames_leave_together_at_the_iterations_end_and_a_request_at_once():
+    import asyncio
+
+    proto = wire.FramedProtocol()
+    transport = _RecordingTransport()
+    proto.connection_made(transport)  # type: ignore[arg-type]
+    proto.send(wire.Data(1, b"a"))
+    proto.send(wire.Data(2, b"b"))
+    assert transport.writes == []  # coalesced: one write once the iteration's work is done
+    await asyncio.sleep(0)
+    assert transport.writes == [wire.encode(wire.Data(1, b"a")) + wire.encode(wire.Data(2, b"b"))]
+    proto.send(wire.Data(1, b"c"))
+    request = wire.Request(3, "generate", b"payload", None)
+    proto.send_now(request)
+    # A request does not wait behind the rest of the iteration (a burst's other requests being
+    # routed), and what was pending goes first, in order.
+    assert transport.writes[1:] == [wire.encode(wire.Data(1, b"c")) + wire.encode(request)]
+    await asyncio.sleep(0)
+    assert len(transport.writes) == 2  # the scheduled flush finds nothing left
