@@ -42,10 +42,12 @@ def chat_text(pipeline, req: ChatCompletionRequest) -> str:
 # ones on the prep pool, so that no request's size shows in another's latency...
 PREP_INLINE_BYTES = 8192
 # ...unless their text is mostly cached (agents resending a system prompt, tools and history): a
-# chat body up to RENDER_INLINE_BYTES is rendered inline (microseconds per KiB) and, with at most
-# INLINE_NEW_CHARS left to tokenize (about a millisecond), tokenized inline too. In a burst, a hop
-# through the pool costs every request GIL hand-offs with the busy event loop: milliseconds of TTFT.
-RENDER_INLINE_BYTES = 1 << 20
+# chat body up to RENDER_INLINE_BYTES is rendered inline (microseconds per KiB) and, when its text is
+# at most INLINE_TEXT_CHARS (~1 ms to assemble from the cache) with at most INLINE_NEW_CHARS left to
+# tokenize (~1 ms), tokenized inline too. In a burst, a hop through the pool costs every request
+# GIL hand-offs with the busy event loop: milliseconds of TTFT.
+RENDER_INLINE_BYTES = 256 << 10
+INLINE_TEXT_CHARS = 128 << 10
 INLINE_NEW_CHARS = 4096
 TOKENIZED_ELSEWHERE_WAIT_SECS = 5.0  # a piece another thread tokenizes; past it, the pool waits instead
 
@@ -60,6 +62,8 @@ async def prompt_ids_for(pipeline, req, body_size: int, pool: Executor) -> list[
     if not isinstance(req, ChatCompletionRequest) or body_size > RENDER_INLINE_BYTES:
         return await loop.run_in_executor(pool, prompt_ids, pipeline, req)
     text = chat_text(pipeline, req)
+    if len(text) > INLINE_TEXT_CHARS:
+        return await loop.run_in_executor(pool, pipeline.encode_prompt, text, "messages")
     cost = pipeline.encode_cost(text)
     if cost.pending and cost.new_chars <= INLINE_NEW_CHARS:
         await tokenized_elsewhere(pipeline, cost.pending)

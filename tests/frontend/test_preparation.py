@@ -12,7 +12,13 @@ import msgspec
 import pytest
 
 from dynamo.frontend.openai import decode_request
-from dynamo.frontend.preparation import PREP_INLINE_BYTES, prompt_ids_for, tokenized_elsewhere
+from dynamo.frontend.preparation import (
+    INLINE_NEW_CHARS,
+    INLINE_TEXT_CHARS,
+    PREP_INLINE_BYTES,
+    prompt_ids_for,
+    tokenized_elsewhere,
+)
 from dynamo.llm.model_card import build_card
 from dynamo.llm.preprocessor import ModelPipeline
 from dynamo.llm.token_cache import TokenCache
@@ -34,7 +40,7 @@ class CountingPool(ThreadPoolExecutor):
 
 @pytest.fixture
 def pipeline(tiny_model):
-    return ModelPipeline(build_card(tiny_model, name="tiny", block_size=16, context_length=32768), TokenCache(1 << 24))
+    return ModelPipeline(build_card(tiny_model, name="tiny", block_size=16, context_length=262144), TokenCache(1 << 24))
 
 
 @pytest.fixture
@@ -95,3 +101,19 @@ async def test_a_wait_for_tokenizing_elsewhere_is_bounded(pipeline):
     pipeline.encoder.cache.release(key)  # a late release still calls back: harmless, the wait is over
     await asyncio.sleep(0.05)
     await asyncio.wait_for(tokenized_elsewhere(pipeline, [key]), 5)  # nothing pending: at once
+
+
+async def test_a_long_cached_conversation_is_still_assembled_on_the_pool(pipeline, pool):
+    """Assembling ~30k cached tokens takes milliseconds: not on the event loop, whatever is cached."""
+    history = [{"role": "system", "content": SYSTEM}]
+    for turn in range(60):
+        history += [{"role": "user", "content": f"question {turn}: " + "why and how? " * 40},
+                    {"role": "assistant", "content": f"answer {turn}: " + "because, like so. " * 120}]
+    history.append({"role": "user", "content": "and now?"})
+    body = msgspec.json.encode({"model": "tiny", "max_tokens": 4, "messages": history})
+    req = decode_request(body, "chat")
+    for _ in range(3):  # past the checked prompts, everything but the last message cached
+        assert await prompt_ids_for(pipeline, req, len(body), pool) == reference_ids(pipeline, req)
+    text = pipeline.chat_prompt_text(req.message_dicts())
+    assert pipeline.encode_cost(text).new_chars <= INLINE_NEW_CHARS < INLINE_TEXT_CHARS < len(text)
+    assert pool.submitted == 3  # cheap to tokenize, but long to assemble
