@@ -53,6 +53,12 @@ class KvRouterConfig:
         0.0, "Dynamo cost: shrink a worker's cache credit as its queued prefill exceeds the least-queued "
         "worker's (1 halves it at one prompt's worth; 0 = off)")
     router_prefill_load_scale: float = setting(1.0, "Dynamo cost: weight of the prefill term after cache credit")
+    router_host_cache_hit_weight: float = setting(
+        0.75, "Credit, relative to a device-cache hit, for prompt blocks a worker holds only in host memory "
+        "(KV events with medium CPU / tier host_pinned: copied back instead of recomputed), 0 to 1")
+    router_disk_cache_hit_weight: float = setting(
+        0.25, "Credit, relative to a device-cache hit, for prompt blocks a worker holds only on disk "
+        "(KV events of tier disk), 0 to 1")
     router_decode_active_request_weight: float = setting(
         0.0, "Dynamo cost: blocks of decode cost added per running request (balances batch sizes)")
     load_aware: bool = setting(
@@ -134,6 +140,9 @@ class KvRouterConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be finite and >= 0")
         if self.overlap_score_weight < 0:
             raise ValueError("--kv-overlap-score-weight must be >= 0")
+        for name in ("router_host_cache_hit_weight", "router_disk_cache_hit_weight"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be between 0 and 1")
         if self.router_temperature < 0:
             raise ValueError("--router-temperature must be >= 0")
         if self.router_queue_max_requests < 0 or self.router_queue_timeout_secs < 0:

@@ -29,6 +29,9 @@ GAP = "gap"
 PARENT_NOT_FOUND = "parent_not_found"
 BLOCK_NOT_FOUND = "block_not_found"
 UNSUPPORTED_TIER = "unsupported_tier"
+# Offloaded tiers (a vLLM CPU-offload connector's `medium: CPU`, KVBM's host and disk pools): indexed
+# apart from the device tier; a hit there costs a copy back, less than a prefill (router credit weights).
+LOWER_TIERS = ("host_pinned", "disk")
 
 
 class Node(msgspec.Struct, eq=False):
@@ -218,10 +221,11 @@ class RadixTree:
 
 
 class KvIndexer:
-    """Applies `RouterEvent`s to a `RadixTree`, tracking event ids and apply counts."""
+    """Applies `RouterEvent`s to a `RadixTree` per storage tier, tracking event ids and apply counts."""
 
     def __init__(self) -> None:
-        self.tree = RadixTree()
+        self.tree = RadixTree()  # the device tier: what a worker can reuse as is
+        self.lower: dict[str, RadixTree] = {}  # LOWER_TIERS that have had events, fastest first
         self._last_event_id: dict[WorkerKey, int] = {}
         self.workers_needing_resync: set[WorkerKey] = set()
         self.counts: Counter[tuple[str, str]] = Counter()  # (event_type, status) -> n
@@ -229,13 +233,16 @@ class KvIndexer:
     def apply_event(self, event: RouterEvent) -> str:
         kv = event.event
         kind = _event_type(kv)
-        if event.storage_tier != "device":
+        tier = event.storage_tier
+        if tier != "device" and tier not in LOWER_TIERS:
             self.counts[(kind, UNSUPPORTED_TIER)] += 1
             return UNSUPPORTED_TIER
         key = (event.worker_id, kv.dp_rank)
+        # One sequence per worker whatever the tier: an engine's batch mixes them (vLLM's batch seq).
         gap = self._check_event_id(key, kv.event_id)
-        status = self._apply(key, kv)
-        if status == PARENT_NOT_FOUND:
+        tree = self.tree if tier == "device" else self._lower_tree(tier)
+        status = self._apply(tree, key, kv)
+        if status == PARENT_NOT_FOUND and tree is self.tree:
             self.workers_needing_resync.add(key)  # the router missed state for this worker
         elif gap:
             status = GAP
@@ -252,18 +259,31 @@ class KvIndexer:
             return True
         return False
 
-    def _apply(self, key: WorkerKey, kv: KvCacheEvent) -> str:
+    def _lower_tree(self, tier: str) -> RadixTree:
+        tree = self.lower.get(tier)
+        if tree is None:
+            tree = self.lower[tier] = RadixTree()
+            self.lower = {t: self.lower[t] for t in LOWER_TIERS if t in self.lower}  # fastest first
+        return tree
+
+    @staticmethod
+    def _apply(tree: RadixTree, key: WorkerKey, kv: KvCacheEvent) -> str:
         data = kv.data
         if isinstance(data, KvStored):
-            return OK if self.tree.store(key, data.parent_hash, _pairs(data)) else PARENT_NOT_FOUND
+            return OK if tree.store(key, data.parent_hash, _pairs(data)) else PARENT_NOT_FOUND
         if isinstance(data, KvRemoved):
-            return BLOCK_NOT_FOUND if self.tree.remove(key, data.block_hashes) else OK
-        self.tree.clear(key)
+            return BLOCK_NOT_FOUND if tree.remove(key, data.block_hashes) else OK
+        tree.clear(key)
         return OK
 
+    def lower_tier_matches(self, local_hashes: Sequence[int]) -> dict[str, dict[WorkerKey, int]]:
+        """Per offloaded tier (fastest first), each worker's matched prefix depth there."""
+        return {tier: tree.find_matches(local_hashes).scores for tier, tree in self.lower.items()}
+
     def remove_worker(self, worker_id: int) -> None:
-        for key in [k for k in self.tree.keys() if k[0] == worker_id]:
-            self.tree.remove_key(key)
+        for tree in (self.tree, *self.lower.values()):
+            for key in [k for k in tree.keys() if k[0] == worker_id]:
+                tree.remove_key(key)
         for key in [k for k in self._last_event_id if k[0] == worker_id]:
             del self._last_event_id[key]
         self.workers_needing_resync = {k for k in self.workers_needing_resync if k[0] != worker_id}

@@ -26,6 +26,7 @@ from dynamo.router.cost_model import TtftModel, features
 from dynamo.router.dynamo_cost import DynamoCostKnobs, dynamo_costs
 from dynamo.llm.kv_events.hashing import block_hashes, sequence_hashes
 from dynamo.router.indexer import KvIndexer, WorkerKey
+from dynamo.router.tier_credit import tiered_overlaps
 from dynamo.llm.kv_events.protocol import LoadMetrics, RouterEvent
 from dynamo.router.selector import (
     AllWorkersBusy,
@@ -73,6 +74,8 @@ class KvRouter:
         self.config.validate()
         cfg = self.config
         self.indexer = KvIndexer()
+        self._tier_weights = {"host_pinned": cfg.router_host_cache_hit_weight,
+                              "disk": cfg.router_disk_cache_hit_weight}
         lru = self._total_kv_blocks if cfg.router_approximate_cache_policy == "lru" else None
         self.approx = ApproxIndexer(cfg.router_ttl_secs, cfg.router_max_tree_size, cfg.router_prune_target_ratio,
                                     clock or time.monotonic, capacity=lru)
@@ -211,7 +214,8 @@ class KvRouter:
         isl, local, seq = self._hash(token_ids, request_id, lora_name, cache_salt)
         overlaps: dict[WorkerKey, int] = {} if self.mode == KvMode.LOAD_ONLY else self._find(local).scores
         credit = self.config.router_inflight_prefix_credit
-        potentials = self.active.potential_blocks_and_tokens(seq, isl, overlaps, candidates, credit)
+        potentials = self.active.potential_blocks_and_tokens(seq, isl, self._with_lower_tiers(overlaps, local),
+                                                             candidates, credit)
         if self.thresholds.enabled:
             candidates = [k for k in candidates if not self._busy(k)]
             if not candidates:
@@ -238,6 +242,12 @@ class KvRouter:
         own = potentials[chosen][1] - self.active.active_prefill_tokens(chosen) if credit else None
         return Selection(worker_id, dp_rank, overlaps.get(chosen, 0), math.ceil(isl / self.block_size), logits, x,
                          own)
+
+    def _with_lower_tiers(self, overlaps: dict[WorkerKey, int], local: Sequence[int]) -> dict[WorkerKey, int]:
+        """`overlaps` (device hits) plus the credit for prompt blocks held only in offloaded tiers."""
+        if self.mode != KvMode.KV_EVENTS or not self.indexer.lower:
+            return overlaps
+        return tiered_overlaps(overlaps, self.indexer.lower_tier_matches(local), self._tier_weights)
 
     def _amortized(self, potentials: Mapping[WorkerKey, tuple[int, int]], seq: Sequence[int],
                    isl: int) -> Mapping[WorkerKey, tuple[int, int]]:

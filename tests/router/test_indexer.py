@@ -12,9 +12,9 @@ def stored(worker, event_id, locals_, parent=None, dp=0, ext=None, tier="device"
                        storage_tier=tier)
 
 
-def removed(worker, event_id, ext, dp=0):
+def removed(worker, event_id, ext, dp=0, tier="device"):
     return RouterEvent(worker_id=worker, event=KvCacheEvent(event_id=event_id, data=KvRemoved(block_hashes=ext),
-                                                            dp_rank=dp))
+                                                            dp_rank=dp), storage_tier=tier)
 
 
 def cleared(worker, event_id, dp=0):
@@ -139,10 +139,31 @@ def test_early_exit_stops_with_single_worker():
     assert idx.find_matches([1, 2, 3, 4]).scores == {(2, 0): 1, (1, 0): 4}
 
 
-def test_non_device_tier_not_indexed():
+def test_offloaded_tiers_are_indexed_apart_from_the_device_tier():
     idx = KvIndexer()
-    assert idx.apply_event(stored(1, 0, [1], tier="host_pinned")) == "unsupported_tier"
-    assert idx.find_matches([1]).scores == {}
+    assert idx.apply_event(stored(1, 0, [1, 2, 3], tier="host_pinned")) == "ok"
+    assert idx.apply_event(stored(2, 0, [1, 2, 3, 4], tier="disk")) == "ok"
+    assert idx.apply_event(stored(1, 1, [1])) == "ok"
+    assert idx.find_matches([1, 2, 3, 4]).scores == {(1, 0): 1}  # the device tier alone
+    assert idx.lower_tier_matches([1, 2, 3, 4]) == {"host_pinned": {(1, 0): 3}, "disk": {(2, 0): 4}}
+    assert list(idx.lower) == ["host_pinned", "disk"]  # fastest first, whatever came first
+    assert idx.apply_event(removed(1, 2, [1002, 1003], tier="host_pinned")) == "ok"
+    assert idx.lower_tier_matches([1, 2, 3])["host_pinned"] == {(1, 0): 1}
+    idx.remove_worker(2)
+    assert idx.lower_tier_matches([1, 2, 3, 4])["disk"] == {}
+    assert idx.apply_event(stored(3, 0, [1], tier="external")) == "unsupported_tier"  # nobody's cache to reuse
+
+
+def test_one_event_sequence_per_worker_across_tiers():
+    """vLLM numbers its event batches once for all media: a batch of host-tier events between two
+    device batches is not a gap in the device tier's events."""
+    idx = KvIndexer()
+    assert idx.apply_event(stored(1, 0, [1])) == "ok"
+    assert idx.apply_event(stored(1, 1, [1], tier="host_pinned")) == "ok"
+    assert idx.apply_event(stored(1, 2, [2], parent=1001)) == "ok"
+    assert not idx.workers_needing_resync
+    assert idx.apply_event(stored(1, 4, [3], tier="host_pinned", parent=7)) == "gap"
+    assert idx.workers_needing_resync == {(1, 0)}  # a lost batch may have held device events
 
 
 def test_external_hash_reused_for_new_content_moves_block():

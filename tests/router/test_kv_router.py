@@ -15,12 +15,12 @@ BS = 4
 PROMPT = list(range(32))  # 8 blocks
 
 
-def store_prompt(router, worker, tokens, event_id=0, dp=0):
+def store_prompt(router, worker, tokens, event_id=0, dp=0, tier="device"):
     local = block_hashes(tokens, BS)
     ext = sequence_hashes(local)  # any deterministic engine hash will do
     data = KvStored(parent_hash=None, blocks=[StoredBlock(block_hash=e, tokens_hash=h) for e, h in zip(ext, local)])
     return router.apply_event(RouterEvent(worker_id=worker, event=KvCacheEvent(event_id=event_id, data=data,
-                                                                                 dp_rank=dp)))
+                                                                                 dp_rank=dp), storage_tier=tier))
 
 
 def make(**cfg):
@@ -193,3 +193,24 @@ def test_prompt_hashed_once_per_select_add_pair(monkeypatch):
     r.select(PROMPT, request_id="b")
     r.select(PROMPT, request_id="b", lora_name="x")  # different namespace: rehash
     assert len(calls) == 3
+
+
+def test_blocks_held_only_offloaded_count_at_their_tiers_weight():
+    """Dynamo's host/disk cache-hit weights: a prefix in host memory is copied back, not recomputed."""
+    r = make()
+    for w in (1, 2, 3):
+        r.add_worker(w)
+    assert store_prompt(r, 1, PROMPT[:8]) == "ok"  # 2 blocks on the device
+    assert store_prompt(r, 1, PROMPT[:32], event_id=1, tier="host_pinned") == "ok"  # all 8 offloaded to host
+    assert store_prompt(r, 2, PROMPT[:32], tier="disk") == "ok"  # all 8 on disk only
+    sel = r.select(PROMPT, request_id="a")
+    # prefill blocks left: worker 1: 8 - (2 + 0.75 * 6 = 6.5 -> 7 blocks) = 1; worker 2: 8 - 0.25 * 8 = 6; worker 3: 8
+    assert sel.logits[(1, 0)] == 8 + 1 and sel.logits[(2, 0)] == 8 + 6 and sel.logits[(3, 0)] == 8 + 8
+    assert (sel.worker_id, sel.overlap_blocks) == (1, 2)  # the hit rate it reports is the device's
+    off = make(router_host_cache_hit_weight=0.0, router_disk_cache_hit_weight=0.0)
+    for w in (1, 2, 3):
+        off.add_worker(w)
+    store_prompt(off, 1, PROMPT[:32], tier="host_pinned")
+    assert off.select(PROMPT).logits[(1, 0)] == 8 + 8  # weights 0: offloaded blocks are no hit
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        make(router_host_cache_hit_weight=1.5)
