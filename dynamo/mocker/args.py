@@ -56,6 +56,16 @@ class MockerArgs(DumpConfigTo):
     is_decode_worker: bool = setting(False, "Legacy: same as --disaggregation-mode decode")
     kv_transfer_bandwidth: float = setting(64.0, "Simulated KV transfer bandwidth in GB/s (disaggregation)")
     kv_bytes_per_token: int | None = setting(None, "KV bytes per token (default: derived from config.json)")
+    num_host_blocks: int = setting(
+        0, "A host-memory KV tier of this many blocks (vLLM's native CPU offload): device blocks are written "
+        "through to it, a prompt's blocks found there are copied back instead of recomputed, and it publishes "
+        "KV events of tier host_pinned (0: none; needs prefix caching)")
+    host_offload_h2d_bandwidth_gbps: float = setting(
+        25.0, "Host-to-device GB/s copying host-tier blocks back, timed in the step that admits the request "
+        "(0: unlimited)")
+    host_offload_d2h_bandwidth_gbps: float = setting(
+        25.0, "Device-to-host GB/s of the write-through (asynchronous in vLLM, so it times nothing here; "
+        "accepted for Dynamo's flag)")
     context_length: int | None = setting(None, "Max context length (default: config.json max_position_embeddings)",
                                          flag=["--context-length", "--max-model-len"])
     enable_lora: bool = setting(False, "Accept LoRA adapters at runtime (simulated; /v1/loras on the system port)")
@@ -86,6 +96,11 @@ class MockerArgs(DumpConfigTo):
             raise ValueError(f"--speedup-ratio must be >= 0, got {self.speedup_ratio}")
         if self.decode_speedup_ratio <= 0:
             raise ValueError(f"--decode-speedup-ratio must be > 0, got {self.decode_speedup_ratio}")
+        if self.num_host_blocks < 0 or self.host_offload_h2d_bandwidth_gbps < 0 \
+                or self.host_offload_d2h_bandwidth_gbps < 0:
+            raise ValueError("--num-host-blocks and the host offload bandwidths must be >= 0")
+        if self.num_host_blocks and not self.enable_prefix_caching:
+            raise ValueError("--num-host-blocks needs prefix caching")
         if self.kv_transfer_bandwidth <= 0:
             raise ValueError(f"--kv-transfer-bandwidth must be > 0, got {self.kv_transfer_bandwidth}")
         if self.data_parallel_size < 1:

@@ -29,8 +29,6 @@ _WHY = {
     "--extra-engine-args": "give the settings as flags", "--reasoning": "no simulated thinking tokens are produced",
     "--kv-events": "KV events are always published", "--kv-cache-dtype": _MEMORY,
     "--free-gpu-memory-fraction": _MEMORY, "--gpu-memory-utilization": _MEMORY, "--mem-fraction-static": _MEMORY,
-    "--num-host-blocks": "there is no host-memory KV tier", "--host-offload-d2h-bandwidth-gbps": "there is no "
-    "host-memory KV tier", "--host-offload-h2d-bandwidth-gbps": "there is no host-memory KV tier",
     "--kv-transfer-timing-mode": "transfers take "
     "kv_bytes_per_token x tokens / --kv-transfer-bandwidth", "--request-plane": "requests always come over TCP",
     "--response-plane": "responses return over the request's own TCP stream",

@@ -23,7 +23,7 @@ from dynamo.mocker.scheduler import Scheduler, Sequence
 from dynamo.llm.perf_data import load_profile
 from dynamo.mocker.timing import TimingModel
 from dynamo.mocker.tokens import TokenSampler, fake_logprobs, seed_for
-from dynamo.llm.kv_events.protocol import KvCacheEvent, LoadMetrics
+from dynamo.llm.kv_events.protocol import LoadMetrics
 from dynamo.worker.role import WorkerRole
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class MockEngine:
         context_length: int,
         eos_token_ids: list[int],
         special_ids: Iterable[int] = frozenset(),
-        on_kv_event: Callable[[KvCacheEvent], None] | None = None,
+        on_kv_event: Callable[..., None] | None = None,  # (event, storage_tier="device"): worker.adapter.KvEmit
         dp_rank: int = 0,
         script_for: Callable[[list[int]], list[int] | None] | None = None,
     ) -> None:
@@ -57,12 +57,15 @@ class MockEngine:
             enable_prefix_caching=args.enable_prefix_caching,
             on_event=on_kv_event,
             dp_rank=dp_rank,
+            host_blocks=args.num_host_blocks,
+            on_host_event=None if on_kv_event is None else (lambda e: on_kv_event(e, "host_pinned")),
         )
         self.timing = TimingModel(
             speedup_ratio=args.speedup_ratio,
             decode_speedup_ratio=args.decode_speedup_ratio,
             kv_bytes_per_token=args.kv_bytes_per_token or FALLBACK_KV_BYTES_PER_TOKEN,
             kv_transfer_bandwidth=args.kv_transfer_bandwidth,
+            host_h2d_bandwidth=args.host_offload_h2d_bandwidth_gbps,
             profile=load_profile(args.planner_profile_data) if args.planner_profile_data else None,
         )
         self.scheduler = Scheduler(args, self.kv, self.timing)

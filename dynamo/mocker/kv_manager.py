@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 from dynamo.llm.kv_events.hashing import block_hashes, sequence_hashes
 from dynamo.llm.kv_events.protocol import KvCacheEvent, KvCleared, KvRemoved, KvStored, StoredBlock
+from dynamo.mocker.host_tier import HostTier
 
 EventSink = Callable[[KvCacheEvent], None]
 
@@ -43,6 +44,8 @@ class KvManager:
         enable_prefix_caching: bool = True,
         on_event: EventSink | None = None,
         dp_rank: int = 0,
+        host_blocks: int = 0,
+        on_host_event: EventSink | None = None,
     ) -> None:
         if capacity <= 0 or block_size <= 0:
             raise ValueError("capacity and block_size must be > 0")
@@ -57,6 +60,8 @@ class KvManager:
         self._partial = 0  # private partial tail blocks
         self.next_event_id = 1  # Dynamo's mocker numbers its first KV event 1 (tests/compat vectors)
         self.num_evictions = 0
+        self.on_host_event = on_host_event
+        self.host = HostTier(host_blocks, self._emit_host) if host_blocks and enable_prefix_caching else None
 
     # ---- accounting -------------------------------------------------------------
 
@@ -90,6 +95,10 @@ class KvManager:
             count += 1
         return count
 
+    def host_prefix(self, seq_hashes: Sequence[int], start: int) -> int:
+        """Blocks of a prompt past its first `start` that the host tier holds, one after another."""
+        return self.host.prefix(seq_hashes, start) if self.host is not None else 0
+
     def blocks_to_activate(self, seq_hashes: Sequence[int]) -> int:
         """How many more blocks become active if a sequence holding `seq_hashes` is admitted."""
         if not self.prefix_caching:
@@ -120,6 +129,8 @@ class KvManager:
         self._make_room(len(new))
         for i in new:
             active[seq_hashes[i]] = 1
+        if self.host is not None:
+            self.host.touch(seq_hashes)
         self._emit_stored(seq_hashes, local_hashes, new)
         return True
 
@@ -165,10 +176,8 @@ class KvManager:
             active[seq_hash] = 1
             return
         active[seq_hash] = 1
-        if self.on_event is not None:
-            parent_id = None if parent is None else parent
-            block = StoredBlock(block_hash=seq_hash, tokens_hash=local_hash)
-            self._emit(KvStored(parent_hash=parent_id, blocks=[block]))
+        if self.on_event is not None or self.host is not None:
+            self._emit_run_of(parent, [StoredBlock(block_hash=seq_hash, tokens_hash=local_hash)])
 
     def clear(self) -> None:
         """Forget all reusable blocks (only allowed when no sequence holds blocks)."""
@@ -191,7 +200,7 @@ class KvManager:
 
     def _emit_stored(self, seq_hashes: Sequence[int], local_hashes: Sequence[int], new: list[int]) -> None:
         """One KvStored per run of consecutive new blocks, parented on the block before it."""
-        if not new or self.on_event is None:
+        if not new or (self.on_event is None and self.host is None):
             return
         run: list[StoredBlock] = []
         for pos, i in enumerate(new):
@@ -202,12 +211,22 @@ class KvManager:
         self._emit_run(seq_hashes, new[len(new) - len(run)], run)
 
     def _emit_run(self, seq_hashes: Sequence[int], first: int, run: list[StoredBlock]) -> None:
-        parent = seq_hashes[first - 1] if first > 0 else None
-        self._emit(KvStored(parent_hash=parent, blocks=run))
+        self._emit_run_of(seq_hashes[first - 1] if first > 0 else None, run)
 
-    def _emit(self, data: KvStored | KvRemoved | KvCleared) -> None:
-        if self.on_event is None:
+    def _emit_run_of(self, parent: int | None, run: list[StoredBlock]) -> None:
+        """New device blocks: their event, and written through to the host tier."""
+        self._emit(KvStored(parent_hash=parent, blocks=run))
+        if self.host is not None:
+            self.host.store(parent, run)
+
+    def _emit(self, data: KvStored | KvRemoved | KvCleared, sink: EventSink | None = None) -> None:
+        sink = sink or self.on_event
+        if sink is None:
             return
-        event_id = self.next_event_id
+        event_id = self.next_event_id  # one sequence for both tiers, as an engine numbers its batches
         self.next_event_id += 1
-        self.on_event(KvCacheEvent(event_id=event_id, data=data, dp_rank=self.dp_rank))
+        sink(KvCacheEvent(event_id=event_id, data=data, dp_rank=self.dp_rank))
+
+    def _emit_host(self, data: KvStored | KvRemoved) -> None:
+        if self.on_host_event is not None:
+            self._emit(data, self.on_host_event)

@@ -47,7 +47,7 @@ class Sequence:
         "request_id", "tokens", "prompt_len", "max_tokens", "sampler", "rng", "skip_prefill",
         "num_computed", "num_generated", "prefilling", "held", "has_partial", "cached_tokens",
         "finish_reason", "error", "waiter", "done", "_hashed_len", "_locals", "_seqs", "lora_name", "script",
-        "arrived", "cache_salt",
+        "arrived", "cache_salt", "onboarding",
     )  # fmt: skip
 
     def __init__(
@@ -76,6 +76,7 @@ class Sequence:
         self.cache_salt = cache_salt  # a tenant's namespace: its first block hashes (and is cached) apart
         self.script: list[int] | None = None  # replayed output ids (`--replay-file`), then EOS
         self.arrived = 0.0  # monotonic time the engine got it: its engine-side TTFT starts here
+        self.onboarding = 0  # blocks its admission copies back from the host tier (timed in that step)
 
     def full_block_hashes(self, block_size: int) -> tuple[list[int], list[int]]:
         """(local, sequence) hashes of the current full blocks, cached between admission tries."""
@@ -180,7 +181,7 @@ class Scheduler:
         Dynamo's mocker does (an idle engine starts on the request that woke it; what arrived
         with it waits for the next step), so a burst at an idle worker is timed as there."""
         batch: list[tuple[Sequence, int]] = []
-        budget, prefill_tokens, decoding = self.max_batched, 0, False
+        budget, prefill_tokens, decoding, onboard_tokens = self.max_batched, 0, False, 0
         preemptions = self.num_preemptions
         i = 0
         while i < len(self.running) and budget > 0:
@@ -212,14 +213,16 @@ class Scheduler:
             seq, chunk, is_prefill = admitted
             batch.append((seq, chunk))
             budget -= chunk
+            onboard_tokens += seq.onboarding * self.block_size
+            seq.onboarding = 0
             if is_prefill:
                 prefill_tokens += chunk
             else:  # a disaggregated decode: its transferred KV is attended to in this very pass
                 decoding = True
                 kv_blocks += len(seq.held) + seq.has_partial
                 kv_seqs += 1
-        seconds = self.timing.step_seconds(prefill_tokens, decoding, kv_blocks / self.kv.capacity,
-                                           kv_blocks * self.block_size, max(kv_seqs, 1))
+        seconds = self.timing.onboard_seconds(onboard_tokens) + self.timing.step_seconds(
+            prefill_tokens, decoding, kv_blocks / self.kv.capacity, kv_blocks * self.block_size, max(kv_seqs, 1))
         return batch, seconds
 
     def complete(self, batch: list[tuple[Sequence, int]]) -> None:
@@ -313,7 +316,9 @@ class Scheduler:
                 return self._admit(self.waiting[0], budget) if self.waiting else None
             return None
         total = len(seq.tokens)
-        hit_tokens = kv.cached_prefix(seqs) * bs
+        on_device = kv.cached_prefix(seqs)
+        from_host = 0 if seq.skip_prefill else kv.host_prefix(seqs, on_device)
+        hit_tokens = (on_device + from_host) * bs
         computed = total - 1 if seq.skip_prefill else min(hit_tokens, total - 1)
         todo = total - computed
         if not self.chunked and todo > budget and budget < self.max_batched:
@@ -328,6 +333,7 @@ class Scheduler:
         seq.has_partial = bool(partial)
         seq.num_computed = computed
         seq.prefilling = not seq.skip_prefill
+        seq.onboarding = from_host
         if seq.num_generated == 0:
             seq.cached_tokens = min(hit_tokens, total - 1)
             self.admitted_prompt_tokens += total

@@ -49,6 +49,7 @@ class TimingModel:
     kv_bytes_per_token: int = 0
     kv_transfer_bandwidth: float = 64.0
     profile: Profile | None = None
+    host_h2d_bandwidth: float = 0.0  # GB/s copying host-tier blocks back; 0 = unlimited
 
     @property
     def enabled(self) -> bool:
@@ -80,6 +81,10 @@ class TimingModel:
             else:
                 ms += DECODE_COEFFS[2] / self.decode_speedup_ratio
         return ms
+
+    def onboard_seconds(self, tokens: int) -> float:
+        """Copying `tokens` of KV back from the host tier (host-to-device bandwidth)."""
+        return self._scale(transfer_ms(tokens, self.kv_bytes_per_token, self.host_h2d_bandwidth))
 
     def transfer_seconds(self, isl: int) -> float:
         return self._scale(transfer_ms(isl, self.kv_bytes_per_token, self.kv_transfer_bandwidth))

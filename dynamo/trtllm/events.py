@@ -63,7 +63,7 @@ class TrtllmKvEventSource:
             log.warning("dropping undecodable TRT-LLM KV event: %s", exc)
             return
         for routed in decoded:
-            emit(routed.event)
+            emit(routed.event, routed.storage_tier)
             self.relayed += 1
 
     async def close(self) -> None:

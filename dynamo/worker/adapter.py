@@ -20,11 +20,14 @@ from typing import Any, AsyncIterator, Callable, Protocol
 from prometheus_client import CollectorRegistry
 
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
-from dynamo.llm.kv_events.protocol import KvCacheEvent, LoadMetrics
+from dynamo.llm.kv_events.protocol import KvCacheEvent, LoadMetrics, StorageTier
 from dynamo.runtime.wire import ErrorCode
 from dynamo.worker.role import WorkerRole
 
-KvEmit = Callable[[KvCacheEvent], None]
+class KvEmit(Protocol):
+    """Publish one KV event of the worker's, in its storage tier (the device's unless offloaded)."""
+
+    def __call__(self, event: KvCacheEvent, storage_tier: StorageTier = "device") -> None: ...
 Gauges = list[tuple[str, str, Callable[[], float]]]
 
 

@@ -19,7 +19,7 @@ import zmq.asyncio
 
 from dynamo.llm.kv_events.publisher import KvEventPublisher
 from dynamo.llm.kv_events.engine_decoder import EngineEventDecoder, EngineEventError
-from dynamo.llm.kv_events.protocol import KvCacheEvent
+from dynamo.llm.kv_events.protocol import KvCacheEvent, StorageTier
 from dynamo.llm.kv_events.local_state import LocalKvState
 from dynamo.worker.adapter import KvEmit
 
@@ -31,11 +31,15 @@ class KvSink:
         self.local = LocalKvState(worker_id)
         self.publisher: KvEventPublisher | None = None
 
-    def push(self, event: KvCacheEvent) -> None:
-        """Called from engine code (sync); never blocks. Dropped until publishing is attached."""
+    def push(self, event: KvCacheEvent, storage_tier: StorageTier = "device") -> None:
+        """Called from engine code (sync); never blocks. Dropped until publishing is attached. The
+        local state (what a router's resync reads) is the device tier's; offloaded tiers are published."""
         if self.publisher is not None:
-            self.local.observe(event)
-            self.publisher.push(event)
+            if storage_tier == "device":
+                self.local.observe(event)
+            else:
+                self.local.observe_other_tier(event)
+            self.publisher.push(event, storage_tier)
 
 
 class ZmqKvEventSource:
@@ -75,7 +79,7 @@ class ZmqKvEventSource:
                     log.warning("dropping undecodable KV event message: %s", exc)
                     continue
                 for event in events:
-                    emit(event.event)
+                    emit(event.event, event.storage_tier)  # the engine's medium: CPU blocks are not device hits
                     self.relayed += 1
 
     async def close(self) -> None:

@@ -40,14 +40,19 @@ class Subject:
     def handler(self, limit: int = 0) -> RequestHandler:
         return RequestHandler(self.adapter, limit)
 
+    def emit(self, event, storage_tier: str = "device") -> None:
+        """The harness's KV publisher as far as the suite looks: device-tier events kept in order."""
+        if storage_tier == "device":
+            self.kv.append(event)
+
     async def start(self) -> None:
         ctx = EngineContext(role=self.role, instance_id=INSTANCE_ID, registry=CollectorRegistry(),
-                            emit_kv_event=self.kv.append)
+                            emit_kv_event=self.emit)
         info = await self.adapter.start(ctx)
         if info.publishes_kv_events:
             self.source = self.adapter.kv_event_source()
             if self.source is not None:
-                await self.source.start(self.kv.append)
+                await self.source.start(self.emit)
 
     async def close(self) -> None:
         if self.source is not None:

@@ -70,6 +70,11 @@ class LocalKvState:
             blocks.clear()
         self._last_event_id = event.event_id
 
+    def observe_other_tier(self, event: KvCacheEvent) -> None:
+        """An offloaded tier's event: not device state, but its id is in the worker's one sequence (a
+        router resynced to this dump must not take the next event for a gap)."""
+        self._last_event_id = event.event_id
+
     def dump(self) -> KvStateDump:
         events = []
         for dp_rank, blocks in self._blocks.items():

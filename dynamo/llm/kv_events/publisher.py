@@ -14,7 +14,7 @@ import logging
 from collections import deque
 
 from dynamo.llm.kv_events.protocol import KV_EVENTS_TOPIC, KV_METRICS_TOPIC, KvCacheEvent, LoadMetrics, \
-    RouterEvent, encode_router_events, load_metrics_encoder
+    RouterEvent, StorageTier, encode_router_events, load_metrics_encoder
 from dynamo.runtime.event_plane.base import EventPublisher, create_publisher
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,9 @@ class KvEventPublisher:
         relay._task = asyncio.get_running_loop().create_task(relay._run())
         return relay
 
-    def push(self, event: KvCacheEvent) -> None:
+    def push(self, event: KvCacheEvent, storage_tier: StorageTier = "device") -> None:
         """Called from engine code (sync); never blocks."""
-        self._pending.append(RouterEvent(worker_id=self.worker_id, event=event))
+        self._pending.append(RouterEvent(worker_id=self.worker_id, event=event, storage_tier=storage_tier))
         self._wake.set()
 
     async def _run(self) -> None:
