@@ -211,7 +211,8 @@ def run_once(stack: str, spec: str, model: Path, plan, args, rate: float | None 
     try:
         if args.engine == "mocker":
             workers = [cluster.mocker("--speedup-ratio", args.speedup, "--num-gpu-blocks-override",
-                                      str(args.blocks), "--block-size", str(args.block_size)) for _ in range(2)]
+                                      str(args.blocks), "--block-size", str(args.block_size),
+                                      *args.mocker_args.split()) for _ in range(2)]
         frontend = cluster.frontend("--router-mode", mode, *extra.split())
         if stack == "anchor":  # its /health does not name models: wait for the listing, then both workers warm
             wait_until(lambda: cluster.models() == ["tiny"], 120, "model listed")
@@ -334,6 +335,8 @@ def main() -> None:
                         "shared prefix): passive unless a mode turns affinity on, e.g. "
                         '"round-robin:--router-session-affinity-ttl-secs 300"')
     parser.add_argument("--block-size", type=int, default=64)
+    parser.add_argument("--mocker-args", default="",
+                        help='more flags for every mocker, both stacks: "--num-host-blocks 4000" (a host KV tier)')
     parser.add_argument("--speedup", default="1")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engine", choices=["mocker", "vllm"], default="mocker")
