@@ -45,7 +45,8 @@ class MockerArgs(DumpConfigTo):
     max_num_batched_tokens: int = setting(8192, "Per-step token budget (prefill chunks + decode tokens)")
     enable_prefix_caching: bool = setting(True, "Reuse cached prompt blocks across requests")
     enable_chunked_prefill: bool = setting(True, "Split long prompts over several steps")
-    watermark: float = setting(0.01, "Admit only while active blocks <= (1 - watermark) x capacity")
+    watermark: float = setting(0.0, "Admit only while active blocks <= (1 - watermark) x capacity (default: none, "
+                                    "as vLLM 0.32's scheduler)")
     speedup_ratio: float = setting(1.0, "Simulated durations are divided by this; 0 means no delays")
     decode_speedup_ratio: float = setting(1.0, "Decode steps are further divided by this (speculative decoding "
                                                "speeds decode, not prefill)")

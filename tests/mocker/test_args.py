@@ -21,7 +21,7 @@ def test_defaults_match_dynamo():
     assert args.max_num_seqs == 256
     assert args.max_num_batched_tokens == 8192
     assert args.enable_prefix_caching and args.enable_chunked_prefill
-    assert args.watermark == 0.01 and args.speedup_ratio == 1.0
+    assert args.watermark == 0.0 and args.speedup_ratio == 1.0
     assert args.mode == "agg" and args.kv_transfer_bandwidth == 64.0
     assert args.namespace == "dynamo" and args.discovery_backend == "file"
     assert args.endpoint is None and args.default_endpoint() == "dyn://dynamo.backend.generate"
