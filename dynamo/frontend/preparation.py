@@ -62,15 +62,19 @@ async def prompt_ids_for(pipeline, req, body_size: int, pool: Executor) -> list[
     if not isinstance(req, ChatCompletionRequest) or body_size > RENDER_INLINE_BYTES:
         return await loop.run_in_executor(pool, prompt_ids, pipeline, req)
     text = chat_text(pipeline, req)
-    if len(text) > INLINE_TEXT_CHARS:
-        return await loop.run_in_executor(pool, pipeline.encode_prompt, text, "messages")
+    if len(text) <= INLINE_TEXT_CHARS and await cheap_to_encode(pipeline, text):
+        return pipeline.encode_prompt(text, "messages")
+    return await loop.run_in_executor(pool, pipeline.encode_prompt, text, "messages")
+
+
+async def cheap_to_encode(pipeline, text: str) -> bool:
+    """Whether at most INLINE_NEW_CHARS of `text` are left to tokenize, once the pieces other
+    threads are tokenizing (when that is all that stands in the way) are done."""
     cost = pipeline.encode_cost(text)
     if cost.pending and cost.new_chars <= INLINE_NEW_CHARS:
         await tokenized_elsewhere(pipeline, cost.pending)
         cost = pipeline.encode_cost(text)
-    if not cost.pending and cost.new_chars <= INLINE_NEW_CHARS:
-        return pipeline.encode_prompt(text, "messages")
-    return await loop.run_in_executor(pool, pipeline.encode_prompt, text, "messages")
+    return not cost.pending and cost.new_chars <= INLINE_NEW_CHARS
 
 
 async def tokenized_elsewhere(pipeline, pieces: list, timeout: float = TOKENIZED_ELSEWHERE_WAIT_SECS) -> None:

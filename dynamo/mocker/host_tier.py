@@ -23,7 +23,6 @@ class HostTier:
         self.capacity = capacity
         self._emit = emit
         self._blocks: OrderedDict[int, None] = OrderedDict()  # sequence hash; least recently used first
-        self.num_evictions = 0
 
     def __len__(self) -> int:
         return len(self._blocks)
@@ -80,7 +79,6 @@ class HostTier:
                     victims.append(h)
             for h in victims:
                 del self._blocks[h]
-            self.num_evictions += excess
             self._emit(KvRemoved(block_hashes=victims))
         for block in new:
             self._blocks[block.block_hash] = None
