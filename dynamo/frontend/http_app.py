@@ -36,7 +36,7 @@ from dynamo.frontend.openai import (
     validate_completion,
 )
 from dynamo.frontend.request_log import SCOPE_KEY, TRACED_PATHS, RequestTrace, adopt_client_id, start_trace
-from dynamo.frontend.preparation import output_spec, prompt_ids_for, wire_requests
+from dynamo.frontend.preparation import client_prompt_ids, output_spec, prompt_ids_for, wire_requests
 from dynamo.frontend.responses import ResponsesRun, decode_responses
 from dynamo.llm.preprocessor import PreprocessError
 from dynamo.runtime.logs import RequestEvents
@@ -324,7 +324,8 @@ class FrontendApp:
         if kind not in entry.card.model_type:
             raise bad_request(f"model {entry.name!r} does not serve {kind}", "model", "unsupported_model")
         try:
-            ids = await prompt_ids_for(entry.pipeline, req, body_size, self.prep_pool)
+            ids = (client_prompt_ids(entry.pipeline, req, hints)
+                   or await prompt_ids_for(entry.pipeline, req, body_size, self.prep_pool))
         except PreprocessError as exc:
             raise bad_request(exc.message, exc.param, exc.code) from None
         preqs = wire_requests(entry.pipeline, req, ids, is_chat, hints, *self._trace_ids(trace))

@@ -26,6 +26,28 @@ def is_token_prompt(req) -> bool:
     return isinstance(prompt, list) and bool(prompt) and not isinstance(prompt[0], str)
 
 
+TOKEN_DATA = "nvext.token_data"
+
+
+def client_prompt_ids(pipeline, req, hints: RoutingHints | None) -> list[int] | None:
+    """`nvext.token_data`: the prompt as token ids an external router (an inference gateway's
+    endpoint picker) already made from this request with the model's tokenizer, used as the prompt
+    when the request also names its worker (`backend_instance_id` / `decode_worker_id` or their
+    headers), so the frontend skips the template and tokenizer, as NVIDIA Dynamo does. Without a
+    worker named the frontend tokenizes the request itself; malformed ids are a 400 either way."""
+    data = (req.nvext or {}).get("token_data")
+    if data is None:
+        return None
+    if not isinstance(data, list) or not data or not all(type(t) is int for t in data):
+        raise bad_request(f"{TOKEN_DATA} must be a non-empty array of token ids", TOKEN_DATA, "invalid_type")
+    if hints is None or (hints.backend_instance_id is None and hints.decode_worker_id is None):
+        return None
+    try:
+        return pipeline.completion_prompt_ids(data, TOKEN_DATA)
+    except PreprocessError as exc:
+        raise bad_request(exc.message, exc.param, exc.code) from None
+
+
 def prompt_ids(pipeline, req) -> list[int]:
     """Template + tokenize (may run on the prep pool); PreprocessError on a bad prompt."""
     if isinstance(req, ChatCompletionRequest):

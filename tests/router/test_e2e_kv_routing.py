@@ -174,6 +174,35 @@ def test_pinned_requests_go_to_the_named_worker(cluster):
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "x-worker-instance-id", resp.text
 
 
+def test_token_data_with_a_named_worker_is_the_prompt(cluster):
+    """nvext.token_data (an external router's own tokenization of the request) is the prompt when the
+    request names its worker: the worker gets exactly those ids, so a prefix they share with an
+    earlier prompt there is cached. Without a worker named, the frontend tokenizes the messages
+    itself. Malformed ids are a 400 naming the field."""
+    url = cluster.base_url + "/v1/chat/completions"
+    iid = route_info(cluster.base_url)["workers"][2]
+    ids = tokens(980, PREFIX_BLOCKS * BLOCK)
+    httpx.post(cluster.base_url + "/v1/completions", timeout=60, json={
+        "model": MODEL, "prompt": ids, "max_tokens": 2, "nvext": {"backend_instance_id": iid}}).raise_for_status()
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 2}
+    pinned = httpx.post(url, timeout=60, json={**chat, "nvext": {"token_data": ids + [7, 8], "backend_instance_id": iid}})
+    assert pinned.status_code == 200, pinned.text
+    assert pinned.json()["usage"]["prompt_tokens"] == len(ids) + 2
+    assert cached_tokens(pinned.json()) >= (PREFIX_BLOCKS - 1) * BLOCK
+    by_header = httpx.post(url, timeout=60, json={**chat, "nvext": {"token_data": ids}},
+                           headers={"x-worker-instance-id": str(iid)}).json()
+    assert by_header["usage"]["prompt_tokens"] == len(ids)
+    unpinned = httpx.post(url, timeout=60, json={**chat, "nvext": {"token_data": ids}}).json()
+    assert unpinned["usage"]["prompt_tokens"] < 50  # the rendered "hello", not the ids
+    for bad in ("1 2 3", [], [1, "2"], [1, True], [-1], [10**9]):
+        for named in ({}, {"backend_instance_id": iid}):
+            resp = httpx.post(url, timeout=60, json={**chat, "nvext": {"token_data": bad, **named}})
+            if bad in ([-1], [10**9]) and not named:
+                assert resp.status_code == 200, resp.text  # ids in range are checked only where they are used
+                continue
+            assert resp.status_code == 400 and resp.json()["error"]["param"] == "nvext.token_data", (bad, resp.text)
+
+
 def test_worker_that_leaves_is_dropped_from_the_index(cluster):
     prefix = tokens(3, PREFIX_BLOCKS * BLOCK)
     before = [worker_requests(w) for w in cluster.workers]
