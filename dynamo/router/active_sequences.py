@@ -19,28 +19,24 @@ WorkerKey = tuple[int, int]
 
 
 class _Request:
-    __slots__ = ("key", "seq_hashes", "prefill_tokens", "private_blocks", "decoding", "answer_tokens")
+    __slots__ = ("key", "seq_hashes", "prefill_tokens", "private_blocks", "decoding")
 
-    def __init__(self, key: WorkerKey, seq_hashes: Sequence[int], prefill_tokens: int, private_blocks: int,
-                 answer_tokens: int) -> None:
+    def __init__(self, key: WorkerKey, seq_hashes: Sequence[int], prefill_tokens: int, private_blocks: int) -> None:
         self.key = key
         self.seq_hashes = seq_hashes
         self.prefill_tokens = prefill_tokens
         self.private_blocks = private_blocks
         self.decoding = False  # past its first token: counted among its blocks' sharers
-        self.answer_tokens = answer_tokens  # its answer's expected length (0: unknown)
 
 
 class _WorkerLoad:
-    __slots__ = ("block_refs", "private_blocks", "prefill_tokens", "requests", "answer_tokens", "answers_known")
+    __slots__ = ("block_refs", "private_blocks", "prefill_tokens", "requests")
 
     def __init__(self) -> None:
         self.block_refs: dict[int, int] = {}  # seq_hash -> number of active requests using it
         self.private_blocks = 0  # blocks of requests booked without reuse (assume_kv_reuse=False)
         self.prefill_tokens = 0
         self.requests = 0
-        self.answer_tokens = 0  # the expected answer lengths of the requests that gave one...
-        self.answers_known = 0  # ...and how many did
 
     @property
     def active_blocks(self) -> int:
@@ -110,12 +106,11 @@ class ActiveSequences:
 
     def add_request(
         self, key: WorkerKey, request_id: str, seq_hashes: Sequence[int], isl: int, overlap_blocks: int,
-        output_blocks: int = 0, prefill_tokens: int | None = None, answer_tokens: int | None = None,
+        output_blocks: int = 0, prefill_tokens: int | None = None,
     ) -> None:
         """`output_blocks`: blocks the request's answer will fill (output-block tracking), held
         privately until it ends; `prefill_tokens`: its own new prefill when the caller knows
-        better than `isl - overlap` (a prefix being prefilled there by an earlier request);
-        `answer_tokens`: its answer's expected length (`osl` or `max_tokens`), when known."""
+        better than `isl - overlap` (a prefix being prefilled there by an earlier request)."""
         if request_id in self._requests:
             raise ValueError(f"request {request_id!r} is already active")
         load = self._workers.setdefault(key, _WorkerLoad())
@@ -134,10 +129,7 @@ class ActiveSequences:
         load.private_blocks += private
         load.prefill_tokens += tokens
         load.requests += 1
-        answer = max(answer_tokens or 0, 0)
-        load.answer_tokens += answer
-        load.answers_known += answer > 0
-        self._requests[request_id] = _Request(key, seq_hashes, tokens, private, answer)
+        self._requests[request_id] = _Request(key, seq_hashes, tokens, private)
 
     def mark_prefill_completed(self, request_id: str) -> bool:
         req = self._requests.get(request_id)
@@ -169,8 +161,6 @@ class ActiveSequences:
         load.private_blocks -= req.private_blocks
         load.prefill_tokens -= req.prefill_tokens
         load.requests -= 1
-        load.answer_tokens -= req.answer_tokens
-        load.answers_known -= req.answer_tokens > 0
         return True
 
     def _unshare(self, req: _Request) -> None:
@@ -242,11 +232,6 @@ class ActiveSequences:
     def requests(self, key: WorkerKey) -> int:
         load = self._workers.get(key)
         return 0 if load is None else load.requests
-
-    def mean_answer_tokens(self, key: WorkerKey) -> float | None:
-        """The mean expected answer length of the worker's requests that gave one (None: none did)."""
-        load = self._workers.get(key)
-        return load.answer_tokens / load.answers_known if load is not None and load.answers_known else None
 
     def loads(self) -> dict[WorkerKey, dict[str, int]]:
         return {

@@ -4,12 +4,7 @@ request would see there, predicted from what dominates TTFT under load:
     ttft ~ c0 + c_prefill * (queued prefill tokens + this request's uncached tokens)
               + c_decode * KV usage after booking + c_batch * running requests
     cost = ttft + c_prefill * this request's uncached tokens  (the wait it adds for later requests)
-                + the wait for KV blocks when booking it overflows the worker's cache
 
-The last term is what the linear model cannot see: an engine admits a request only when its
-blocks fit, so a booking past a worker's KV capacity waits until a running request finishes
-and frees blocks, about half an answer's decode steps later (`memory_wait`): a step function,
-often a second, where a cold prefill elsewhere costs a tenth of that.
 The prefill term is the work ahead of the request on that worker plus its own new prefill
 after cache hits; the decode terms are the step time every scheduled prefill shares with
 the running batch. Coefficients start from NVIDIA Dynamo's mocker performance model (itself
@@ -38,8 +33,6 @@ REFIT_EVERY = 8
 # enough that the fit can talk itself into "cache hits barely matter" and send a request away from
 # the worker holding its prefix; faster-than-prior prefill is rare (the prior is H100-fitted).
 MIN_SLOPE_FRACTION = (1.0, 0.1, 0.1)
-DEFAULT_ANSWER_TOKENS = 256  # the answer length assumed for running requests that gave none
-MIN_STEP_SECS = 0.005  # a decode step is never predicted faster than this
 
 
 def features(prefill_tokens: int, usage: float, requests: int) -> tuple[float, float, float, float]:
@@ -68,18 +61,8 @@ class TtftModel:
         return {key: sum(c * v for c, v in zip(coef, x_of(key))) + per_token * own_tokens(key)
                 for key in candidates}
 
-    def memory_wait(self, x: Sequence[float], mean_answer_tokens: float | None) -> float:
-        """Seconds a request whose booking puts the worker's KV usage `x[2]` past 1 waits for blocks:
-        until a running request there finishes, on average half an answer's decode steps away, each
-        step as long as a fully cached request's predicted TTFT there. 0 when the booking fits."""
-        if x[2] <= 1.0:
-            return 0.0
-        coef = self.coef
-        step = max(coef[0] + coef[2] + coef[3] * x[3], MIN_STEP_SECS)
-        return step * (mean_answer_tokens or DEFAULT_ANSWER_TOKENS) / 2
-
     def observe(self, x: Sequence[float], ttft: float) -> None:
-        if not 0 <= ttft < 600 or x[2] > 1.0:  # past capacity it waited for blocks: memory_wait's, not a slope's
+        if not 0 <= ttft < 600:
             return
         n = len(x)
         xx, xy = self._xx, self._xy

@@ -229,8 +229,6 @@ class KvRouter:
             active = self.active
             logits = self.ttft.costs(priced, x_of if priced is potentials else self._features(priced),
                                      lambda k: priced[k][1] - active.active_prefill_tokens(k))
-            for key in logits:  # a booking past a worker's KV capacity waits there for blocks to free
-                logits[key] += self.ttft.memory_wait(x_of(key), active.mean_answer_tokens(key))
         elif self.knobs is None:
             logits = compute_logits(potentials, self.block_size, weight)
         else:
@@ -351,7 +349,7 @@ class KvRouter:
         self._hashes.pop(request_id, None)
         key = (selection.worker_id, selection.dp_rank)
         self.active.add_request(key, request_id, seq, isl, selection.overlap_blocks,
-                                self._output_blocks(isl, max_tokens), selection.prefill_tokens, max_tokens)
+                                self._output_blocks(isl, max_tokens), selection.prefill_tokens)
         if selection.features is not None:
             self._booked[request_id] = (self._clock(), selection.features)
         if self.mode == KvMode.APPROXIMATE:

@@ -108,17 +108,3 @@ def test_sharers_count_decoding_requests_on_every_worker():
     assert (seqs.sharers(10), seqs.sharers(12)) == (1, 0) == (seqs.holders(10), seqs.holders(12))
     seqs.remove_worker(2)
     assert seqs.sharers(10) == 0 and seqs.sharers(99) == 0 and seqs.holders(10) == 0
-
-
-def test_the_mean_answer_length_counts_the_requests_that_gave_one():
-    active = ActiveSequences(4)
-    key = (1, 0)
-    assert active.mean_answer_tokens(key) is None
-    active.add_request(key, "a", [1, 2], 8, 0, answer_tokens=100)
-    active.add_request(key, "b", [3], 4, 0, answer_tokens=300)
-    active.add_request(key, "c", [4], 4, 0)  # no max_tokens, no osl
-    assert active.mean_answer_tokens(key) == 200
-    active.free("b")
-    assert active.mean_answer_tokens(key) == 100
-    active.free("a")
-    assert active.mean_answer_tokens(key) is None and active.requests(key) == 1

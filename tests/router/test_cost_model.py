@@ -3,8 +3,6 @@ the router it drives trades cache hits against queued prefill work and decode lo
 
 import random
 
-import pytest
-
 from dynamo.router.config import KvRouterConfig
 from dynamo.router.cost_model import PRIOR, TtftModel, features
 from dynamo.router.kv_router import KvRouter
@@ -183,32 +181,3 @@ def test_a_prefix_many_agents_decode_from_is_copied_to_an_idle_worker():
 def test_one_decoding_sharer_does_not_move_a_prefix():
     newcomer = LONG + [7000] * 40
     assert agents_on_one_worker(True, decoding=1).select(newcomer).worker_id == 2
-
-
-def test_a_booking_past_the_kv_capacity_waits_for_a_running_answer():
-    model = TtftModel()
-    fits, overflows = features(0, 0.95, 4), features(0, 1.2, 4)
-    assert model.memory_wait(fits, 32) == 0.0
-    short, long = model.memory_wait(overflows, 32), model.memory_wait(overflows, 512)
-    assert 0.1 < short < long == short * 16  # half an answer's steps, each a fully cached TTFT or more
-    assert model.memory_wait(overflows, None) > short  # unknown answers: assumed long
-    model.observe(overflows, 5.0)  # the wait is not a slope: the fit leaves it out
-    assert model.observations == 0
-
-
-@pytest.mark.parametrize("capacity, chosen", [(1000, 1), (4000, 2)])
-def test_the_prefix_holder_loses_a_request_that_would_not_fit_its_cache(capacity, chosen):
-    """Worker 2 holds the prompt's 300 blocks and runs two requests of 375 blocks each. In a cache of
-    1,000 blocks the prompt would not fit beside them, and would wait there for one to finish: worker
-    1, idle, prefills it instead (the linear load terms alone keep it on the holder, whose hit saves
-    more than its load costs). In a cache of 4,000 it fits, and the hit wins."""
-    r = KvRouter(BS, KvRouterConfig(router_cost_model="ttft"), rng=random.Random(3), clock=lambda: 0.0)
-    r.add_worker(1, total_kv_blocks=capacity)
-    r.add_worker(2, total_kv_blocks=capacity)
-    prompt = list(range(1200))
-    store_prompt(r, 2, prompt)
-    for i in range(2):
-        other = list(range(10_000 + i * 1500, 11_500 + i * 1500))
-        r.add_request(f"run{i}", r.select(other, allowed=[2]), other, max_tokens=64)
-        r.mark_prefill_complete(f"run{i}")
-    assert r.select(prompt + [7, 8, 9, 10]).worker_id == chosen
