@@ -34,7 +34,8 @@ def client_prompt_ids(pipeline, req, hints: RoutingHints | None) -> list[int] | 
     endpoint picker) already made from this request with the model's tokenizer, used as the prompt
     when the request also names its worker (`backend_instance_id` / `decode_worker_id` or their
     headers), so the frontend skips the template and tokenizer, as NVIDIA Dynamo does. Without a
-    worker named the frontend tokenizes the request itself; malformed ids are a 400 either way."""
+    worker named the frontend tokenizes the request itself; malformed ids are a 400 either way
+    (out-of-vocabulary ids and an over-long prompt raise PreprocessError, as a token prompt does)."""
     data = (req.nvext or {}).get("token_data")
     if data is None:
         return None
@@ -42,10 +43,7 @@ def client_prompt_ids(pipeline, req, hints: RoutingHints | None) -> list[int] | 
         raise bad_request(f"{TOKEN_DATA} must be a non-empty array of token ids", TOKEN_DATA, "invalid_type")
     if hints is None or (hints.backend_instance_id is None and hints.decode_worker_id is None):
         return None
-    try:
-        return pipeline.completion_prompt_ids(data, TOKEN_DATA)
-    except PreprocessError as exc:
-        raise bad_request(exc.message, exc.param, exc.code) from None
+    return pipeline.completion_prompt_ids(data, TOKEN_DATA)  # PreprocessError: the caller's 400, as for any prompt
 
 
 def prompt_ids(pipeline, req) -> list[int]:
