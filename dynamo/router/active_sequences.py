@@ -13,26 +13,31 @@ token) -> `free` (finished or cancelled; idempotent).
 from __future__ import annotations
 
 import functools
-from typing import Iterable, Mapping, Sequence
+import time
+from typing import Callable, Iterable, Mapping, Sequence
 
 WorkerKey = tuple[int, int]
 
 
 class _Request:
-    __slots__ = ("key", "seq_hashes", "prefill_tokens", "private_blocks", "decoding")
+    __slots__ = ("key", "seq_hashes", "prefill_tokens", "private_blocks", "decoding", "booked_at", "answer_tokens")
 
-    def __init__(self, key: WorkerKey, seq_hashes: Sequence[int], prefill_tokens: int, private_blocks: int) -> None:
+    def __init__(self, key: WorkerKey, seq_hashes: Sequence[int], prefill_tokens: int, private_blocks: int,
+                 booked_at: float, answer_tokens: int | None) -> None:
         self.key = key
         self.seq_hashes = seq_hashes
         self.prefill_tokens = prefill_tokens
         self.private_blocks = private_blocks
         self.decoding = False  # past its first token: counted among its blocks' sharers
+        self.booked_at = booked_at
+        self.answer_tokens = answer_tokens  # its answer's expected length, when known
 
 
 class _WorkerLoad:
-    __slots__ = ("block_refs", "private_blocks", "prefill_tokens", "requests")
+    __slots__ = ("block_refs", "private_blocks", "prefill_tokens", "requests", "members")
 
     def __init__(self) -> None:
+        self.members: dict[str, _Request] = {}  # the worker's active requests by id
         self.block_refs: dict[int, int] = {}  # seq_hash -> number of active requests using it
         self.private_blocks = 0  # blocks of requests booked without reuse (assume_kv_reuse=False)
         self.prefill_tokens = 0
@@ -72,8 +77,10 @@ class ActiveSequences:
         assume_kv_reuse: bool = True,
         track_active_blocks: bool = True,
         track_prefill_tokens: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.block_size = block_size
+        self._clock = clock
         self.assume_kv_reuse = assume_kv_reuse
         self.track_active_blocks = track_active_blocks
         self.track_prefill_tokens = track_prefill_tokens
@@ -106,11 +113,12 @@ class ActiveSequences:
 
     def add_request(
         self, key: WorkerKey, request_id: str, seq_hashes: Sequence[int], isl: int, overlap_blocks: int,
-        output_blocks: int = 0, prefill_tokens: int | None = None,
+        output_blocks: int = 0, prefill_tokens: int | None = None, answer_tokens: int | None = None,
     ) -> None:
         """`output_blocks`: blocks the request's answer will fill (output-block tracking), held
         privately until it ends; `prefill_tokens`: its own new prefill when the caller knows
-        better than `isl - overlap` (a prefix being prefilled there by an earlier request)."""
+        better than `isl - overlap` (a prefix being prefilled there by an earlier request);
+        `answer_tokens`: its answer's expected length, when known (it predicts when it ends)."""
         if request_id in self._requests:
             raise ValueError(f"request {request_id!r} is already active")
         load = self._workers.setdefault(key, _WorkerLoad())
@@ -129,7 +137,8 @@ class ActiveSequences:
         load.private_blocks += private
         load.prefill_tokens += tokens
         load.requests += 1
-        self._requests[request_id] = _Request(key, seq_hashes, tokens, private)
+        self._requests[request_id] = load.members[request_id] = _Request(key, seq_hashes, tokens, private,
+                                                                         self._clock(), answer_tokens)
 
     def mark_prefill_completed(self, request_id: str) -> bool:
         req = self._requests.get(request_id)
@@ -158,6 +167,7 @@ class ActiveSequences:
         if load is None:
             return True
         _release(load.block_refs, req.seq_hashes)
+        load.members.pop(request_id, None)
         load.private_blocks -= req.private_blocks
         load.prefill_tokens -= req.prefill_tokens
         load.requests -= 1
@@ -176,6 +186,11 @@ class ActiveSequences:
     def holders(self, seq_hash: int) -> int:
         """Active requests, on any worker, whose prompts hold this block, those still prefilling too."""
         return self._holders.get(seq_hash, 0)
+
+    def booking(self, request_id: str) -> tuple[float, int | None] | None:
+        """(when it was booked, its expected answer length) of an active request."""
+        req = self._requests.get(request_id)
+        return None if req is None else (req.booked_at, req.answer_tokens)
 
     def worker_of(self, request_id: str) -> WorkerKey | None:
         req = self._requests.get(request_id)
@@ -232,6 +247,25 @@ class ActiveSequences:
     def requests(self, key: WorkerKey) -> int:
         load = self._workers.get(key)
         return 0 if load is None else load.requests
+
+    def releases(self, key: WorkerKey, finish: Callable[[float, int | None], float]) -> list[tuple[float, int]]:
+        """(when, blocks freed) per request running on the worker, in the order they end, as
+        `finish(booked_at, answer_tokens)` predicts: a block shared by several of them is freed by
+        the last to end."""
+        load = self._workers.get(key)
+        if load is None:
+            return []
+        ends = sorted(((finish(r.booked_at, r.answer_tokens), r) for r in load.members.values()), key=lambda e: e[0])
+        refs, taken = load.block_refs, {}
+        out = []
+        for when, req in ends:
+            freed = req.private_blocks
+            for seq_hash in req.seq_hashes:
+                n = taken.get(seq_hash, 0) + 1
+                taken[seq_hash] = n
+                freed += n == refs.get(seq_hash, 0)
+            out.append((when, freed))
+        return out
 
     def loads(self) -> dict[WorkerKey, dict[str, int]]:
         return {

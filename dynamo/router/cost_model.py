@@ -4,6 +4,7 @@ request would see there, predicted from what dominates TTFT under load:
     ttft ~ c0 + c_prefill * (queued prefill tokens + this request's uncached tokens)
               + c_decode * KV usage after booking + c_batch * running requests
     cost = ttft + c_prefill * this request's uncached tokens  (the wait it adds for later requests)
+                + the wait for KV blocks when the booking does not fit the worker (kv_capacity)
 
 The prefill term is the work ahead of the request on that worker plus its own new prefill
 after cache hits; the decode terms are the step time every scheduled prefill shares with
@@ -33,6 +34,7 @@ REFIT_EVERY = 8
 # enough that the fit can talk itself into "cache hits barely matter" and send a request away from
 # the worker holding its prefix; faster-than-prior prefill is rare (the prior is H100-fitted).
 MIN_SLOPE_FRACTION = (1.0, 0.1, 0.1)
+MIN_STEP_SECS = 0.001  # a decode step is never predicted faster than this
 
 
 def features(prefill_tokens: int, usage: float, requests: int) -> tuple[float, float, float, float]:
@@ -60,6 +62,12 @@ class TtftModel:
         per_token = coef[1] / TOKENS_PER_UNIT
         return {key: sum(c * v for c, v in zip(coef, x_of(key))) + per_token * own_tokens(key)
                 for key in candidates}
+
+    def decode_step(self, x: Sequence[float]) -> float:
+        """Predicted decode step at the worker's KV usage and batch in `x`: a fully cached request's
+        TTFT there is the rest of the running step (half a step on average) and then its own."""
+        coef = self.coef
+        return max((coef[0] + coef[2] * min(x[2], 1.0) + coef[3] * x[3]) / 1.5, MIN_STEP_SECS)
 
     def observe(self, x: Sequence[float], ttft: float) -> None:
         if not 0 <= ttft < 600:

@@ -26,6 +26,7 @@ from dynamo.router.cost_model import TtftModel, features
 from dynamo.router.dynamo_cost import DynamoCostKnobs, dynamo_costs
 from dynamo.llm.kv_events.hashing import block_hashes, sequence_hashes
 from dynamo.router.indexer import KvIndexer, WorkerKey
+from dynamo.router.kv_capacity import AnswerPace, blocks_short, finish_time, memory_wait, priced_waits
 from dynamo.router.tier_credit import tiered_overlaps
 from dynamo.llm.kv_events.protocol import LoadMetrics, RouterEvent
 from dynamo.router.selector import (
@@ -84,6 +85,7 @@ class KvRouter:
             assume_kv_reuse=cfg.router_assume_kv_reuse,
             track_active_blocks=cfg.router_track_active_blocks,
             track_prefill_tokens=cfg.router_track_prefill_tokens,
+            clock=clock or time.monotonic,
         )
         self.selector = Selector(rng)
         knobs = DynamoCostKnobs.of(cfg)
@@ -93,6 +95,7 @@ class KvRouter:
         self._capacity: dict[int, WorkerCapacity] = {}
         self._reported: dict[WorkerKey, LoadMetrics] = {}
         self.ttft = TtftModel()
+        self.pace = AnswerPace()
         self._clock = clock or time.monotonic
         self._booked: dict[str, tuple[float, tuple[float, ...]]] = {}  # request -> (booked at, features)
         # request_id -> (isl, local hashes, sequence hashes, lora): hashed once per select/add pair
@@ -229,6 +232,7 @@ class KvRouter:
             active = self.active
             logits = self.ttft.costs(priced, x_of if priced is potentials else self._features(priced),
                                      lambda k: priced[k][1] - active.active_prefill_tokens(k))
+            self._price_memory_waits(logits, potentials, x_of)
         elif self.knobs is None:
             logits = compute_logits(potentials, self.block_size, weight)
         else:
@@ -242,6 +246,28 @@ class KvRouter:
         own = potentials[chosen][1] - self.active.active_prefill_tokens(chosen) if credit else None
         return Selection(worker_id, dp_rank, overlaps.get(chosen, 0), math.ceil(isl / self.block_size), logits, x,
                          own)
+
+    def _price_memory_waits(self, logits: dict, potentials: Mapping[WorkerKey, tuple[int, int]], x_of) -> None:
+        """Adds the wait for KV blocks where kv_capacity says it is priced (a lower tier is in play)."""
+        if not any(map(self._offloads, logits)):
+            return
+        waits = {key: self._memory_wait(key, potentials[key][0], x_of(key)) for key in logits}
+        for key, wait in priced_waits(waits, self._offloads).items():
+            logits[key] += wait
+
+    def _offloads(self, key: WorkerKey) -> bool:
+        """The worker keeps blocks in a lower tier (it has published some there)."""
+        return self.mode == KvMode.KV_EVENTS and any(t.tree_size(key) for t in self.indexer.lower.values())
+
+    def _memory_wait(self, key: WorkerKey, blocks_after_booking: int, x: Sequence[float]) -> float:
+        """Seconds the request would wait on this worker for KV blocks (kv_capacity), its running
+        answers ending at the pace finished ones took (before any has: the model's decode step)."""
+        short = blocks_short(blocks_after_booking, self._total_kv_blocks(key))
+        if not short:
+            return 0.0
+        pace = self.pace.seconds_per_token or self.ttft.decode_step(x)
+        releases = self.active.releases(key, lambda booked, answer: finish_time(booked, answer, pace))
+        return memory_wait(releases, short, self._clock())
 
     def _with_lower_tiers(self, overlaps: dict[WorkerKey, int], local: Sequence[int]) -> dict[WorkerKey, int]:
         """`overlaps` (device hits) plus the credit for prompt blocks held only in offloaded tiers."""
@@ -349,7 +375,7 @@ class KvRouter:
         self._hashes.pop(request_id, None)
         key = (selection.worker_id, selection.dp_rank)
         self.active.add_request(key, request_id, seq, isl, selection.overlap_blocks,
-                                self._output_blocks(isl, max_tokens), selection.prefill_tokens)
+                                self._output_blocks(isl, max_tokens), selection.prefill_tokens, max_tokens)
         if selection.features is not None:
             self._booked[request_id] = (self._clock(), selection.features)
         if self.mode == KvMode.APPROXIMATE:
@@ -378,6 +404,9 @@ class KvRouter:
     def free(self, request_id: str) -> bool:
         self._hashes.pop(request_id, None)
         self._booked.pop(request_id, None)
+        booking = self.active.booking(request_id)
+        if booking is not None:
+            self.pace.observe(self._clock() - booking[0], booking[1])
         return self.active.free(request_id)
 
     # -- observability -------------------------------------------------------------------

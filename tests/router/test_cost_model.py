@@ -3,6 +3,8 @@ the router it drives trades cache hits against queued prefill work and decode lo
 
 import random
 
+import pytest
+
 from dynamo.router.config import KvRouterConfig
 from dynamo.router.cost_model import PRIOR, TtftModel, features
 from dynamo.router.kv_router import KvRouter
@@ -181,3 +183,10 @@ def test_a_prefix_many_agents_decode_from_is_copied_to_an_idle_worker():
 def test_one_decoding_sharer_does_not_move_a_prefix():
     newcomer = LONG + [7000] * 40
     assert agents_on_one_worker(True, decoding=1).select(newcomer).worker_id == 2
+
+
+def test_decode_step_is_a_cached_requests_ttft_over_one_and_a_half_steps():
+    model = TtftModel()
+    c0, _, c2, c3 = PRIOR
+    assert model.decode_step(features(0, 0.5, 16)) == pytest.approx((c0 + c2 * 0.5 + c3) / 1.5)
+    assert model.decode_step(features(0, 3.0, 16)) == model.decode_step(features(0, 1.0, 16))  # full is full

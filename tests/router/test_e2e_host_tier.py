@@ -5,6 +5,8 @@ cached. Real frontend and mocker processes."""
 
 from __future__ import annotations
 
+import threading
+
 import httpx
 import pytest
 
@@ -53,3 +55,51 @@ def test_a_prompt_held_only_in_host_memory_is_routed_back_to_it(tiny_model, tmp_
             assert served_by(body) == b
     finally:
         c.stop()
+
+
+def test_a_prompt_whose_holder_must_wait_for_kv_blocks_goes_where_it_fits(tiny_model, tmp_path):
+    """The holder of a long prompt is busy with long answers that leave no room for it: an engine admits
+    a request only when its blocks fit, so it would wait there until one of them ends (seconds). With
+    both workers keeping their evictions in host memory, the router sends it to the other worker, to be
+    prefilled at once. (Pricing usage alone, the 1,800-token cache hit would keep it on the holder.)"""
+    c = Cluster(tmp_path, tiny_model, "file")
+    fillers: list[threading.Thread] = []
+    stop = threading.Event()
+    try:
+        for _ in range(2):
+            c.mocker("--num-gpu-blocks-override", "180", "--block-size", str(BLOCK), "--speedup-ratio", "2",
+                     "--num-host-blocks", "1024")
+        c.frontend("--router-mode", "kv")
+        c.wait_workers(MODEL, 2)
+        a, b = route_info(c.base_url)["workers"][:2]
+        prompt = tokens(1, 112 * BLOCK)  # 1,792 tokens: 112 of a's 180 blocks
+        assert served_by(complete_on(c.base_url, prompt + [7], a)) == a
+        assert served_by(complete_on(c.base_url, tokens(2, 4 * BLOCK), b)) == b  # b has host-tier blocks too
+        wait_until(lambda: route_info(c.base_url)["indexed_blocks"].get(f"{a}:0", 0) >= 112, 20, "a's blocks")
+        started = [threading.Event() for _ in range(3)]
+        for i, first_token in enumerate(started):  # 3 long answers on a: 48 prompt blocks, growing
+            fillers.append(threading.Thread(target=stream_until, daemon=True, args=(
+                c.base_url, tokens(10 + i, 16 * BLOCK), a, first_token, stop)))
+            fillers[-1].start()
+        for first_token in started:
+            assert first_token.wait(60), "a long answer on a did not start"
+        body = complete_on(c.base_url, prompt + [8])
+        assert served_by(body) == b
+    finally:
+        stop.set()
+        for thread in fillers:
+            thread.join(30)
+        c.stop()
+
+
+def stream_until(base_url: str, prompt: list[int], worker: int, first_token: threading.Event,
+                 stop: threading.Event) -> None:
+    """A 300-token streamed answer pinned to `worker`, abandoned once `stop` is set."""
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 300, "stream": True, "ignore_eos": True,
+            "nvext": {"backend_instance_id": worker}}
+    with httpx.stream("POST", base_url + "/v1/completions", json=body, timeout=60) as resp:
+        for line in resp.iter_lines():
+            if line.startswith("data: {"):
+                first_token.set()
+            if stop.is_set():
+                return
