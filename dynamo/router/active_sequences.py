@@ -12,7 +12,6 @@ token) -> `free` (finished or cancelled; idempotent).
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -275,22 +274,6 @@ class ActiveSequences:
 
     def __len__(self) -> int:
         return len(self._requests)
-
-
-class PrefixShares:
-    """Per prompt block held elsewhere, the share n/(n+1) of its prefill that n sharing requests
-    amortize: decoding ones (`busy`), or every one holding it, still prefilling too (`idle`)."""
-
-    def __init__(self, active: ActiveSequences, seq: Sequence[int]) -> None:
-        self._active, self._seq = active, seq
-
-    @functools.cached_property
-    def busy(self) -> list[float]:
-        return [n / (n + 1) for n in map(self._active.sharers, self._seq)]
-
-    @functools.cached_property
-    def idle(self) -> list[float]:
-        return [n / (n + 1) for n in map(self._active.holders, self._seq)]
 
 
 def _release(refs: dict[int, int], seq_hashes: Sequence[int]) -> None:

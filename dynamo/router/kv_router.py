@@ -19,13 +19,14 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping, Sequence
 
-from dynamo.router.active_sequences import ActiveSequences, PrefixShares
+from dynamo.router.active_sequences import ActiveSequences
 from dynamo.router.approx import ApproxIndexer
 from dynamo.router.config import KvMode, KvRouterConfig, RouterConfigOverride
 from dynamo.router.cost_model import TtftModel, features
 from dynamo.router.dynamo_cost import DynamoCostKnobs, dynamo_costs
 from dynamo.llm.kv_events.hashing import block_hashes, sequence_hashes
 from dynamo.router.indexer import KvIndexer, WorkerKey
+from dynamo.router.prefix_amortization import amortized
 from dynamo.router.kv_capacity import AnswerPace, blocks_short, finish_time, memory_wait, priced_waits
 from dynamo.router.tier_credit import tiered_overlaps
 from dynamo.llm.kv_events.protocol import LoadMetrics, RouterEvent
@@ -228,7 +229,8 @@ class KvRouter:
         ttft = self._uses_ttft_cost(override, weight, temperature)
         if ttft:
             x_of = self._features(potentials)  # what the chosen worker will really see: the model learns from it
-            priced = self._amortized(potentials, seq, isl) if self.config.router_shared_prefix_amortization else potentials
+            priced = (amortized(self.active, self.block_size, potentials, seq, isl)
+                      if self.config.router_shared_prefix_amortization else potentials)
             active = self.active
             logits = self.ttft.costs(priced, x_of if priced is potentials else self._features(priced),
                                      lambda k: priced[k][1] - active.active_prefill_tokens(k))
@@ -274,39 +276,6 @@ class KvRouter:
         if self.mode != KvMode.KV_EVENTS or not self.indexer.lower:
             return overlaps
         return tiered_overlaps(overlaps, self.indexer.lower_tier_matches(local), self._tier_weights)
-
-    def _amortized(self, potentials: Mapping[WorkerKey, tuple[int, int]], seq: Sequence[int],
-                   isl: int) -> Mapping[WorkerKey, tuple[int, int]]:
-        """`potentials` with each worker's prefill of blocks it lacks that the best-placed worker holds
-        priced as an investment: a block that n decoding requests hold costs 1/(n+1) of its prefill, so a
-        prefix in wide use is copied to a worker with room rather than all its traffic decoding on one.
-        Requests still prefilling count only for an idle worker: a burst joins the prefills under way
-        (in-flight credit) once every worker has one, but it first starts one on each idle worker."""
-        active, bs = self.active, self.block_size
-        own = {k: tokens - active.active_prefill_tokens(k) for k, (_, tokens) in potentials.items()}
-        least = min(own.values(), default=0)
-        deepest = min((isl - least) // bs, len(seq))  # full blocks the best-placed worker need not prefill
-        if deepest <= 0 or all(v == least for v in own.values()):
-            return potentials
-        return self._discounted(potentials, seq, isl, own, least, deepest)
-
-    def _discounted(self, potentials: Mapping[WorkerKey, tuple[int, int]], seq: Sequence[int], isl: int,
-                    own: Mapping[WorkerKey, int], least: int, deepest: int) -> dict[WorkerKey, tuple[int, int]]:
-        active, bs = self.active, self.block_size
-        shares = PrefixShares(active, seq[:deepest])
-        holder = max(active.requests(k) for k, v in own.items() if v == least)
-        out = {}
-        for key, (blocks, tokens) in potentials.items():
-            held = max((isl - own[key]) // bs, 0)  # full blocks this worker need not prefill
-            # Copying pays only by the load it takes off the holder: none between balanced workers, whose
-            # caches would only trade what they hold.
-            relief = max(holder - active.requests(key), 0) / holder if holder else 0.0
-            # An idle worker starts a cold prefill at once, while a request joining the holder's prefill
-            # under way waits for that step and then its own.
-            share = shares.busy if active.requests(key) else shares.idle
-            discount = int(bs * relief * sum(share[held:deepest])) if held < deepest else 0
-            out[key] = (blocks, tokens - min(discount, own[key] - least))
-        return out
 
     def _uses_ttft_cost(self, override, weight: float, temperature: float) -> bool:
         """The `ttft` cost unless the request or the deployment tunes Dynamo's cost: a per-request
