@@ -44,7 +44,9 @@ def finish_time(booked_at: float, answer_tokens: int | None, seconds_per_token: 
 class AnswerPace:
     """Seconds from booking to end per expected answer token, as the router's finished requests
     took (an exponentially weighted mean): the decode step, the prefill and the queueing as they
-    are on these workers now, and answers that end before their `max_tokens` too."""
+    are on these workers now, and answers that end before their `max_tokens` too. Cancelled
+    requests count as well; they end early, so the pace errs short, which keeps requests on the
+    worker that holds their prefix."""
 
     def __init__(self) -> None:
         self.seconds_per_token: float | None = None
