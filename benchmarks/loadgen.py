@@ -38,6 +38,9 @@ class Result:
         self.requests = 0
         self.errors = 0
         self.elapsed = 0.0
+        # Per request, when tracing (None: off): (sent at, tag, worker id, prompt tokens, cached tokens,
+        # TTFT seconds or None). The worker id is what the stack reports in nvext (None where it does not).
+        self.trace: list[tuple] | None = None
 
 
 async def stream_one(session: aiohttp.ClientSession, url: str, body: dict, result: Result,
@@ -46,8 +49,11 @@ async def stream_one(session: aiohttp.ClientSession, url: str, body: dict, resul
     TTFT in seconds (None: failed, or no token)."""
     body = {**body, "stream": True, "stream_options": {"include_usage": True}}
     headers = body.pop("_headers", None)  # request headers (e.g. an agent session id), not part of the JSON
+    tag = body.pop("_tag", None)  # the request's label in a trace, not part of the JSON
+    if result.trace is not None:
+        body["nvext"] = {**body.get("nvext", {}), "extra_fields": ["worker_id"]}
     start = time.perf_counter()
-    first = last = None
+    first = last = worker = None
     events = 0
     usage = None
     async with session.post(url, json=body, headers=headers) as resp:
@@ -61,6 +67,8 @@ async def stream_one(session: aiohttp.ClientSession, url: str, body: dict, resul
                 continue
             if chunk.get("usage"):
                 usage = chunk["usage"]
+            if worker is None and chunk.get("nvext"):
+                worker = (chunk["nvext"].get("worker_id") or {}).get("decode_worker_id")
             choices = chunk.get("choices") or []
             piece = choices and (choices[0].get("delta", {}).get("content") or choices[0].get("text"))
             if piece:
@@ -72,6 +80,10 @@ async def stream_one(session: aiohttp.ClientSession, url: str, body: dict, resul
                 events += 1
     result.requests += 1
     result.events += events
+    if result.trace is not None:
+        cached = ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        result.trace.append((start, tag, worker, (usage or {}).get("prompt_tokens"), cached,
+                             None if first is None else first - start))
     if first is not None:
         result.ttft.append(first - start)
     if usage:

@@ -49,6 +49,8 @@ Diagnostics per run: CPU ms per request of the frontend and each worker; how lat
 steps ran against their timing model (busy / simulated wall time - 1); the mean TTFT seen by the
 client, by the frontend (its own histogram, both stacks) and inside our mockers (arrival to first
 token), which splits a stack's TTFT into engine time and frontend / request-plane time.
+`--trace DIR` writes every run's requests as CSV (send time, user#turn/family, the worker that
+served it, cached tokens, TTFT), to see which requests make a percentile and where they went.
 
     .venv/bin/python benchmarks/routing_quality.py --workload long-prefix --stacks ours anchor --rounds 2
 """
@@ -74,7 +76,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.loadgen import Result, cpu_seconds, pct, print_table, run_open_loop, stream_one
-from benchmarks.routing_workloads import TRACKED, WORKLOADS, pinning, tracked, users
+from benchmarks.routing_workloads import TRACKED, WORKLOADS, families, pinning, tracked, users
 from dynamo.llm.tiny_model import build_tiny_model
 from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
 
@@ -88,9 +90,12 @@ OURS_ONLY_FLAGS = ("--router-cost-model", "--router-inflight-prefix-credit", "--
 async def run_users(url: str, plan: list[list[list[int]]], max_tokens: int, think_ms: float = 0.0,
                     seed: int = 0, pins: dict[tuple[int, ...], int] | None = None,
                     later: Collection[tuple[int, int]] = (), follow_ttft: list[float] | None = None,
-                    sessions: bool = False) -> Result:
-    """`follow_ttft`, when given, also collects the TTFTs of the requests in `later` (user, index)."""
+                    sessions: bool = False, trace: bool = False) -> Result:
+    """`follow_ttft`, when given, also collects the TTFTs of the requests in `later` (user, index);
+    `trace` keeps a row per request in `result.trace`, tagged user#index/family."""
     result = Result()
+    result.trace = [] if trace else None
+    family = families(plan)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
         await stream_one(session, url, {"model": "tiny", "prompt": [7] * 40, "max_tokens": 2}, Result())
@@ -99,7 +104,9 @@ async def run_users(url: str, plan: list[list[list[int]]], max_tokens: int, thin
             for i, prompt in enumerate(prompts):
                 if think_ms > 0:  # a person reads the answer before the next turn (same pauses, every stack)
                     await asyncio.sleep(pause.uniform(0, think_ms) / 1e3)
-                ttft = await stream_one(session, url, request_body(prompt, max_tokens, pins, sessions), result)
+                body = request_body(prompt, max_tokens, pins, sessions)
+                body["_tag"] = f"u{u}#{i}/f{family[tuple(prompt[:64])]}"
+                ttft = await stream_one(session, url, body, result)
                 if follow_ttft is not None and (u, i) in later and ttft is not None:
                     follow_ttft.append(ttft)
 
@@ -121,15 +128,18 @@ def request_body(prompt: list[int], max_tokens: int, pins: dict[tuple[int, ...],
 
 async def run_rate(url: str, plan: list[list[list[int]]], max_tokens: int, rate: float, seed: int = 0,
                    pins: dict[tuple[int, ...], int] | None = None, later: Collection[tuple[int, int]] = (),
-                   follow_ttft: list[float] | None = None, sessions: bool = False) -> Result:
+                   follow_ttft: list[float] | None = None, sessions: bool = False, trace: bool = False) -> Result:
     """The plan's prompts in the order `run_users` first sends them, as an open loop at `rate`/s."""
     order = [(u, i) for i, prompts in enumerate(itertools.zip_longest(*plan))
              for u, prompt in enumerate(prompts) if prompt is not None]
     result = Result()
+    result.trace = [] if trace else None
+    family = families(plan)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                      timeout=aiohttp.ClientTimeout(total=600)) as session:
         await stream_one(session, url, {"model": "tiny", "prompt": [7] * 40, "max_tokens": 2}, Result())
-        bodies = [request_body(plan[u][i], max_tokens, pins, sessions) for u, i in order]
+        bodies = [{**request_body(plan[u][i], max_tokens, pins, sessions),
+                   "_tag": f"u{u}#{i}/f{family[tuple(plan[u][i][:64])]}"} for u, i in order]
         ttfts = await run_open_loop(session, url, bodies, rate, seed, result)
     if follow_ttft is not None:
         follow_ttft += [t for key, t in zip(order, ttfts) if key in later and t is not None]
@@ -228,10 +238,12 @@ def run_once(stack: str, spec: str, model: Path, plan, args, rate: float | None 
         url, subset = cluster.base_url + "/v1/completions", tracked(args.workload, plan)
         if rate:
             res = asyncio.run(run_rate(url, plan, args.max_tokens, rate, args.seed, pins, subset, later,
-                                            args.sessions))
+                                       args.sessions, bool(args.trace)))
         else:
             res = asyncio.run(run_users(url, plan, args.max_tokens, args.think_ms, args.seed, pins, subset,
-                                             later, args.sessions))
+                                        later, args.sessions, bool(args.trace)))
+        if args.trace:
+            write_trace(Path(args.trace), f"{stack}-{spec}" + (f"-{rate:g}rps" if rate else ""), res.trace)
         cpu = [(cpu_seconds(p.pid) - c) * 1e3 / max(res.requests, 1) for p, c in zip(procs, cpu)]
         served = [_count(w) for w in workers]
         if args.engine == "vllm":
@@ -250,6 +262,21 @@ def run_once(stack: str, spec: str, model: Path, plan, args, rate: float | None 
             cluster.procs.remove(frontend)
         else:
             cluster.stop()
+
+
+def write_trace(folder: Path, label: str, rows: list[tuple]) -> Path:
+    """One run's requests as CSV, in the order they were sent: seconds since the first send, tag
+    (user#index/family), worker id, prompt and cached tokens, TTFT ms (empty: no token)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+    path = folder / f"{name}-{len(list(folder.glob(name + '-*.csv'))) + 1}.csv"
+    rows = sorted(rows, key=lambda row: row[0])
+    t0 = rows[0][0] if rows else 0.0
+    lines = ["sent_s,tag,worker,prompt_tokens,cached_tokens,ttft_ms"]
+    lines += [f"{sent - t0:.3f},{tag or ''},{'' if worker is None else worker},{prompt or ''},{cached},"
+              f"{'' if ttft is None else f'{ttft * 1e3:.1f}'}" for sent, tag, worker, prompt, cached, ttft in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def _worker_sums(workers, *names: str) -> list[float] | None:
@@ -338,6 +365,9 @@ def main() -> None:
     parser.add_argument("--mocker-args", default="",
                         help='more flags for every mocker, both stacks: "--num-host-blocks 4000" (a host KV tier)')
     parser.add_argument("--speedup", default="1")
+    parser.add_argument("--trace", metavar="DIR", default=None,
+                        help="write each run's requests to DIR/<stack>-<mode>-<n>.csv (send time, user#turn/family, "
+                        "worker, cached tokens, TTFT): where a percentile comes from")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engine", choices=["mocker", "vllm"], default="mocker")
     parser.add_argument("--vllm-preset", choices=["tiny", "small"], default="tiny",

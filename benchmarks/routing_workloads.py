@@ -52,15 +52,20 @@ def _conversations(rng: random.Random, args) -> list[list[list[int]]]:
     return out
 
 
-def pinning(plan: list[list[list[int]]], worker_ids: list[int]) -> dict[tuple[int, ...], int]:
-    """The `pinned` reference router: perfect cache affinity with groups balanced by count. Each
-    prompt family (its first 64 tokens: a shared prefix, a conversation) goes to one worker, the
-    families dealt out in turn in order of first appearance."""
-    families: dict[tuple[int, ...], int] = {}
+def families(plan: list[list[list[int]]]) -> dict[tuple[int, ...], int]:
+    """Each prompt family (its first 64 tokens: a shared prefix, a conversation) numbered in order of
+    first appearance."""
+    out: dict[tuple[int, ...], int] = {}
     for prompts in itertools.zip_longest(*plan):  # the order requests go out: every user's first, then second...
         for prompt in filter(None, prompts):
-            families.setdefault(tuple(prompt[:64]), worker_ids[len(families) % len(worker_ids)])
-    return families
+            out.setdefault(tuple(prompt[:64]), len(out))
+    return out
+
+
+def pinning(plan: list[list[list[int]]], worker_ids: list[int]) -> dict[tuple[int, ...], int]:
+    """The `pinned` reference router: perfect cache affinity with groups balanced by count. Each
+    prompt family goes to one worker, the families dealt out in turn in order of first appearance."""
+    return {family: worker_ids[n % len(worker_ids)] for family, n in families(plan).items()}
 
 
 def shared_prefix(plan: list[list[list[int]]]) -> set[tuple[int, int]]:
