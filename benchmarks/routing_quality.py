@@ -104,8 +104,7 @@ async def run_users(url: str, plan: list[list[list[int]]], max_tokens: int, thin
             for i, prompt in enumerate(prompts):
                 if think_ms > 0:  # a person reads the answer before the next turn (same pauses, every stack)
                     await asyncio.sleep(pause.uniform(0, think_ms) / 1e3)
-                body = request_body(prompt, max_tokens, pins, sessions)
-                body["_tag"] = f"u{u}#{i}/f{family[tuple(prompt[:64])]}"
+                body = request_body(prompt, max_tokens, pins, sessions, trace_tag(family, u, i, prompt))
                 ttft = await stream_one(session, url, body, result)
                 if follow_ttft is not None and (u, i) in later and ttft is not None:
                     follow_ttft.append(ttft)
@@ -116,9 +115,16 @@ async def run_users(url: str, plan: list[list[list[int]]], max_tokens: int, thin
     return result
 
 
+def trace_tag(family: dict[tuple[int, ...], int], user: int, index: int, prompt: list[int]) -> str:
+    """A request's label in a trace: user#index/family."""
+    return f"u{user}#{index}/f{family[tuple(prompt[:64])]}"
+
+
 def request_body(prompt: list[int], max_tokens: int, pins: dict[tuple[int, ...], int] | None,
-                 sessions: bool = False) -> dict:
+                 sessions: bool = False, tag: str | None = None) -> dict:
     body = {"model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True}
+    if tag is not None:
+        body["_tag"] = tag  # stream_one's, not sent
     if pins is not None:
         body["nvext"] = {"backend_instance_id": pins[tuple(prompt[:64])]}
     if sessions:  # the family (first 64 tokens: a conversation, a shared prefix) is the session
@@ -138,8 +144,8 @@ async def run_rate(url: str, plan: list[list[list[int]]], max_tokens: int, rate:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                      timeout=aiohttp.ClientTimeout(total=600)) as session:
         await stream_one(session, url, {"model": "tiny", "prompt": [7] * 40, "max_tokens": 2}, Result())
-        bodies = [{**request_body(plan[u][i], max_tokens, pins, sessions),
-                   "_tag": f"u{u}#{i}/f{family[tuple(plan[u][i][:64])]}"} for u, i in order]
+        bodies = [request_body(plan[u][i], max_tokens, pins, sessions, trace_tag(family, u, i, plan[u][i]))
+                  for u, i in order]
         ttfts = await run_open_loop(session, url, bodies, rate, seed, result)
     if follow_ttft is not None:
         follow_ttft += [t for key, t in zip(order, ttfts) if key in later and t is not None]

@@ -24,6 +24,7 @@ Key = TypeVar("Key", bound=Hashable)
 
 # The answer length assumed for a running request that gave none (no max_tokens, no osl hint).
 DEFAULT_ANSWER_TOKENS = 256
+PACE_WEIGHT = 0.1  # of each finished request in the observed pace: about the last 10-20 count
 
 
 def blocks_short(blocks_after_booking: int, total_blocks: int | None) -> int:
@@ -31,9 +32,6 @@ def blocks_short(blocks_after_booking: int, total_blocks: int | None) -> int:
     if not total_blocks:
         return 0
     return max(blocks_after_booking - total_blocks, 0)
-
-
-PACE_WEIGHT = 0.1  # of each finished request in the observed pace: about the last 10-20 count
 
 
 def finish_time(booked_at: float, answer_tokens: int | None, seconds_per_token: float) -> float:
@@ -70,7 +68,6 @@ def memory_wait(releases: Sequence[tuple[float, int]], short: int, now: float) -
         if freed >= short:
             return max(when - now, 0.0)
     return max(releases[-1][0] - now, 0.0)  # not even an idle worker holds it: after everything running
-
 
 
 def priced_waits(waits: Mapping[Key, float], offloads: Callable[[Key], bool]) -> Mapping[Key, float]:
