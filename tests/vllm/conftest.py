@@ -241,10 +241,10 @@ def step_frozen_engines(procs: list[Proc], done: Callable[[], bool], count: Call
     model finishes thousands of tokens between two looks): here nothing advances while the
     client is read. A stopped engine resumes where it stopped, so short slices add up on a slow
     box too; the slice (at most 5 ms first) grows while `count()` does not move, to at most
-    `max_slice`. The refreeze must be prompt: the pids are found once (walking /proc between
-    slices, in a process whose other thread was busy reading the streams, left the engine
-    running for seconds) and this thread takes the GIL back quickly. On failure the engines
-    are thawed."""
+    `max_slice`, and drops back to the first once it moves. The refreeze must be prompt: the
+    pids are found once (walking /proc between slices, in a process whose other thread was busy
+    reading the streams, left the engine running for seconds) and this thread takes the GIL back
+    quickly. On failure the engines are thawed."""
     pids = [pid for p in procs for pid in freeze_engine(p)]
     slice_s, end = min(0.005, max_slice), time.monotonic() + deadline
     switch = sys.getswitchinterval()
@@ -259,8 +259,9 @@ def step_frozen_engines(procs: list[Proc], done: Callable[[], bool], count: Call
                 signal_all(pids, signal.SIGSTOP)
             finally:
                 sys.setswitchinterval(switch)
-            if settled(count) == before:
-                slice_s = min(slice_s * 1.5, max_slice)
+            # Grow the slice only while nothing moves; once output flows, every slice is the
+            # shortest again, so the slice that starts the streams is the only long one.
+            slice_s = min(slice_s * 1.5, max_slice) if settled(count) == before else min(0.005, max_slice)
     except BaseException:
         signal_all(pids, signal.SIGCONT)
         raise

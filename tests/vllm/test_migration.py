@@ -115,8 +115,10 @@ def signal_busiest(workers: list, progress: list[int], sig: int) -> object:
     frozen under SIGTERM (its streams must not end inside the drain grace; the worker kills its
     engine on exit) and thaws after SIGKILL (so the orphaned engine sees its parent gone and exits)."""
     live = [w for w in workers if w.alive()]
+    # Short slices: CI's box ran a whole slice of 50 ms into 39 tokens of every stream and the
+    # streams ended before the choice (the tiny model decodes a batch in about a millisecond).
     step_frozen_engines(live, lambda: sum(1 for p in progress if p >= 2) >= len(progress) // 2,
-                        lambda: sum(progress))
+                        lambda: sum(progress), max_slice=0.01)
     frozen = [freeze_engine(w) for w in live]
     busiest = max(range(len(live)), key=lambda i: inflight(live[i]))
     try:
