@@ -95,6 +95,14 @@ class PrefillOrchestrator:
             return "prefill_pool_busy"
         return None
 
+    async def query(self, entry, request: PreprocessedRequest) -> int | None:
+        """The prefill worker `prefill` would send this request to now, booked nowhere; None when
+        the decode worker would prefill it (see `_skip_reason`)."""
+        pool = entry.pool(Role.PREFILL)
+        if self._skip_reason(entry, pool, request) is not None:
+            return None
+        return (await choose(self.routing, pool, request, set(), book=False)).worker.instance_id
+
     async def prefill(self, entry, request: PreprocessedRequest, handle) -> dict[str, Any] | None:
         """Transfer parameters for the decode worker, or None to prefill locally."""
         pool = entry.pool(Role.PREFILL)

@@ -35,10 +35,10 @@ log = logging.getLogger(__name__)
 
 
 async def choose(policy: RoutingPolicy, pool: WorkerPool, request: PreprocessedRequest,
-                 exclude: set[int]) -> Choice:
-    """The policy's booked choice, its routing failures as OpenAI errors."""
+                 exclude: set[int], book: bool = True) -> Choice:
+    """The policy's choice, booked (`select`) or not (`query`), its routing failures as OpenAI errors."""
     try:
-        return await policy.select(pool, request, exclude)
+        return await (policy.select if book else policy.query)(pool, request, exclude)
     except AllWorkersBusy:
         raise errors.all_busy() from None
     except WorkerHintRequired as exc:

@@ -14,7 +14,7 @@ import json
 import time
 from typing import Any
 
-from dynamo.frontend import errors, response_ext
+from dynamo.frontend import annotations, errors, response_ext
 from dynamo.frontend.dispatch import RequestHandle, aclose_quietly
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.metrics import RequestOutcome
@@ -22,13 +22,11 @@ from dynamo.frontend.openai import ChatMessage
 from dynamo.frontend.output import ChoiceDelta, OutputSpec, OutputStage
 from dynamo.frontend.speculative_prefill import chat_answer_history
 from dynamo.frontend.sse import (
-    DONE, ChatChunks, CompletionChunks, chat_body, chat_logprobs, completion_body, completion_logprobs,
+    DONE, SSE_HEADERS, ChatChunks, CompletionChunks, chat_body, chat_logprobs, completion_body, completion_logprobs,
     error_event, tool_call_entries, usage_dict,
 )
 from dynamo.llm.protocol import FinishReason
 from dynamo.runtime.asgi import send_bytes
-
-SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
 class Choice:
@@ -72,6 +70,7 @@ class GenerationRun:
         self.cached_tokens = 0
         self.last_time = started
         self.extra_fields = response_ext.requested(req.nvext)
+        self.annotations = annotations.requested(req.nvext)
         self.block_size = entry.card.kv_cache_block_size
         self.first_token_at: float | None = None
         self._observe_itl = app.metrics.itl.labels(self.model).observe
@@ -287,6 +286,9 @@ class GenerationRun:
 
     async def _stream(self, merged, first, send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        if annotations.REQUEST_ID in self.annotations:
+            await send({"type": "http.response.body", "body": annotations.event(annotations.REQUEST_ID,
+                                                                              self.request_id), "more_body": True})
         try:
             async for i, outputs in self._batches(merged, first):
                 choice = self.choices[i]

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from prometheus_client import generate_latest
 
-from dynamo.frontend import errors, speculative_prefill
+from dynamo.frontend import annotations, errors, speculative_prefill
 from dynamo.frontend.admin import BusyThresholdAdmin
 from dynamo.frontend.agent_context import agent_context
 from dynamo.frontend.intake import early_refusal
@@ -331,6 +331,11 @@ class FrontendApp:
         preqs = wire_requests(entry.pipeline, req, ids, is_chat, hints, *self._trace_ids(trace))
         self._refuse_if_overloaded(entry.name)
         self._refuse_if_draining()
+        if annotations.QUERY_INSTANCE_ID in annotations.requested(req.nvext):
+            await annotations.answer_routing_query(self.dispatcher, entry, preqs[0], send)
+            if trace is not None:
+                trace.outcome = RequestOutcome.SUCCESS
+            return
         self._admit(entry.name)
         status = RequestOutcome.ERROR
         try:

@@ -20,10 +20,10 @@ from typing import Any
 import msgspec
 
 from dynamo.frontend.errors import ApiError, bad_request
-from dynamo.frontend.generation import SSE_HEADERS, Choice, GenerationRun
+from dynamo.frontend.generation import Choice, GenerationRun
 from dynamo.frontend.openai import ChatCompletionRequest, ChatMessage, decode_body
 from dynamo.frontend.output import ChoiceDelta
-from dynamo.frontend.sse import error_event
+from dynamo.frontend.sse import SSE_HEADERS, error_event
 from dynamo.llm.protocol import FinishReason
 from dynamo.runtime.asgi import send_bytes
 

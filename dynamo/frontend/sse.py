@@ -14,6 +14,7 @@ from dynamo.llm.protocol import FinishReason
 _json = msgspec.json.encode
 
 DONE = b"data: [DONE]\n\n"
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 # The engine's reason -> OpenAI's `finish_reason` ("cancelled" and "error" are Dynamo's additions).
 FINISH_REASONS = {

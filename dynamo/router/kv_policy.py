@@ -217,6 +217,19 @@ class KvPolicy:
         return route.queue.enter(route.queue.score(priority, new_tokens),
                                  (hints.strict_priority or 0) if hints else 0)
 
+    async def query(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
+        route = self._route(pool)
+        if route is None:
+            raise NoWorkers(pool.model)
+        allowed = [w.instance_id for w in candidates(route.pool, request, exclude)]
+        if not allowed:
+            raise NoWorkers(route.pool.model)
+        selection = route.router.select(request.token_ids, allowed=allowed, lora_name=route.pool.lora_name,
+                                        cache_salt=cache_salt_of(request))
+        worker = route.pool.get(selection.worker_id)
+        assert worker is not None  # the router only knows this pool's workers
+        return Choice(worker, selection.dp_rank, selection.overlap_blocks)
+
     def _select_now(self, route: PoolRoute, request: PreprocessedRequest, exclude: set[int]) -> Choice:
         allowed = [w.instance_id for w in candidates(route.pool, request, exclude)]
         if not allowed:

@@ -59,12 +59,22 @@ class _InFlight:
 
 class _Booking(CacheBlindPolicy):
     """What the load-aware policies share: bookings and their health report. A departed worker's
-    bookings end with their streams (free), so membership changes need nothing."""
+    bookings end with their streams (free), so membership changes need nothing. Each policy says
+    which worker it would pick (`_pick`); `select` books it, `query` only names it."""
 
     name = "booking"
 
     def __init__(self, config: KvRouterConfig | None = None) -> None:
         self.inflight = _InFlight()
+
+    async def select(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
+        return self.inflight.book(request.request_id, self._pick(pool, request, exclude))
+
+    async def query(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
+        return Choice(self._pick(pool, request, exclude))
+
+    def _pick(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> WorkerInfo:
+        raise NotImplementedError
 
     def free(self, request_id: str) -> None:
         self.inflight.free(request_id)
@@ -83,11 +93,10 @@ class _Booking(CacheBlindPolicy):
 class LeastLoadedPolicy(_Booking):
     name = "least-loaded"
 
-    async def select(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
+    def _pick(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> WorkerInfo:
         load, last = self.inflight.load, self.inflight.last_used
-        best = min(self._candidates(pool, request, exclude),
+        return min(self._candidates(pool, request, exclude),
                    key=lambda w: (load(w), last.get(w.instance_id, -1), w.instance_id))
-        return self.inflight.book(request.request_id, best)
 
 
 @register("power-of-two")
@@ -98,10 +107,10 @@ class PowerOfTwoPolicy(_Booking):
         super().__init__(config)
         self._rng = rng or random.Random()
 
-    async def select(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
+    def _pick(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> WorkerInfo:
         workers = self._candidates(pool, request, exclude)
         pair = self._rng.sample(workers, 2) if len(workers) > 1 else workers
-        return self.inflight.book(request.request_id, min(pair, key=self.inflight.load))
+        return min(pair, key=self.inflight.load)
 
 
 @register("device-aware-weighted")
@@ -118,9 +127,9 @@ class DeviceAwarePolicy(LeastLoadedPolicy):
 class DirectPolicy(_Booking):
     name = "direct"
 
-    async def select(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
+    def _pick(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> WorkerInfo:
         if pinned_worker(pool, request) is None:
             hint = "prefill_worker_id" if pool.role.name == "PREFILL" else "backend_instance_id"
             raise WorkerHintRequired(f"--router-mode direct: the request must name its worker (nvext.{hint})",
                                      f"nvext.{hint}")
-        return self.inflight.book(request.request_id, self._candidates(pool, request, exclude)[0])
+        return self._candidates(pool, request, exclude)[0]

@@ -14,7 +14,6 @@ Lifecycle, per process: `attach(host)` -> `on_membership_change(pool)`* -> per r
 from __future__ import annotations
 
 import enum
-import itertools
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -112,6 +111,10 @@ class RoutingPolicy(Protocol):
     async def select(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
         """Choose a worker and book the request on it; raises NoWorkers / AllWorkersBusy."""
         ...
+    async def query(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
+        """The worker `select` would choose now, booked nowhere and never queued for (an inference
+        gateway's `query_instance_id`); raises NoWorkers / AllWorkersBusy."""
+        ...
     def cached_tokens(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> int:
         """Prompt tokens already cached on the worker `select` would choose now; books nothing
         (conditional disaggregation compares the uncached rest with its threshold)."""
@@ -204,6 +207,12 @@ class CacheBlindPolicy:
     def on_membership_change(self, pool: WorkerPool) -> None:
         pass
 
+    async def query(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
+        # These policies never queue: selecting and freeing at once leaves them as they were.
+        choice = await self.select(pool, request, exclude)
+        self.free(request.request_id)
+        return choice
+
     def cached_tokens(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> int:
         return 0  # load-blind: knows of no cache
 
@@ -234,13 +243,19 @@ class RoundRobinPolicy(CacheBlindPolicy):
     name = "round-robin"
 
     def __init__(self, config: KvRouterConfig | None = None) -> None:
-        self._counter = itertools.count()
+        self._turn = 0
 
     async def select(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
+        choice = await self.query(pool, request, exclude)
+        self._turn += 1
+        return choice
+
+    async def query(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
+        """The worker whose turn it is; the turn passes only when `select` books it."""
         workers = sorted(candidates(pool, request, exclude), key=lambda w: w.instance_id)
         if not workers:
             raise NoWorkers(pool.model)
-        return Choice(workers[next(self._counter) % len(workers)])
+        return Choice(workers[self._turn % len(workers)])
 
 
 @register("random")

@@ -270,15 +270,25 @@ class SessionAffinityPolicy:
             self._tell(pool.name, hints.session_id, self.table.lookup(key), "bind")
         return choice
 
+    async def query(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
+        """What `select` would choose now; binds nothing and forgets nothing."""
+        hints = request.routing
+        if self._affine(hints):
+            target = self._target(pool, request, (pool.name, hints.session_id), exclude, forget=False)
+            if target is not None:
+                request = _pinned(request, pool, target)
+        return await self.inner.query(pool, request, exclude)
+
     def _target(self, pool: WorkerPool, request: PreprocessedRequest, key: SessionKey,
-                exclude: set[int]) -> int | None:
+                exclude: set[int], forget: bool = True) -> int | None:
         """The worker this session's request is sent to, None to let the policy choose."""
         if pinned_worker(pool, request) is not None or self.inner.name == "direct":
             return None  # the request names its worker itself
         binding = self.table.lookup(key)
         if binding is not None:
             if not _reachable(binding, pool, exclude):
-                self.table.invalidate(key)  # worker gone or failing: this choice binds anew
+                if forget:
+                    self.table.invalidate(key)  # worker gone or failing: this choice binds anew
             elif self.mode is AffinityMode.HARD or not self.inner.busy(pool, binding.worker):
                 return binding.worker
             else:

@@ -81,6 +81,23 @@ def test_the_response_names_the_prefill_and_the_decode_worker(cluster):
                                                  "decode_worker_id": ids["decode"], "decode_dp_rank": 0}, ids
 
 
+def test_query_instance_id_names_the_prefill_worker_too(cluster):
+    """nvext.annotations ["query_instance_id"] with prefill workers: the decode worker as
+    `worker_instance_id`, the prefill worker as `prefill_worker_id`; neither is asked to work."""
+    instances = json.loads(http_get(cluster.base_url + "/health")[1])["instances"]
+    ids = {i["worker_type"]: i["instance_id"] for i in instances}
+    before = worker_requests(cluster.prefill), worker_requests(cluster.decode)
+    resp = httpx.post(cluster.base_url + "/v1/completions", timeout=60, json={
+        "model": MODEL, "prompt": "disaggregate me " * 20, "max_tokens": 4,
+        "nvext": {"annotations": ["query_instance_id"]}})
+    assert resp.status_code == 200, resp.text
+    events = dict(part.split("\n: ", 1) for part in resp.text.split("\n\n") if part.startswith("event: "))
+    assert json.loads(events["event: worker_instance_id"]) == str(ids["decode"])
+    assert json.loads(events["event: prefill_worker_id"]) == str(ids["prefill"])
+    assert len(json.loads(events["event: token_data"])) > 20
+    assert (worker_requests(cluster.prefill), worker_requests(cluster.decode)) == before
+
+
 def test_conditional_disaggregation_prefills_short_prompts_locally(cluster):
     """`--router-conditional-disagg` with a 64-token threshold, beside the plain frontend on the
     same workers: a short prompt never reaches the prefill worker, a long one does."""

@@ -285,3 +285,62 @@ def test_a_cache_salt_is_a_namespace_in_the_router_and_the_engine(cluster):
     bad = httpx.post(url, json={"model": MODEL, "prompt": prompt, "max_tokens": 2, "nvext": {"cache_salt": 5}},
                      timeout=60)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "nvext.cache_salt", bad.text
+
+
+def _annotation_events(text: str) -> dict:
+    """The `event:` blocks of an SSE body, each name to its value (the JSON on its comment line)."""
+    events = {}
+    for part in text.split("\n\n"):
+        lines = part.split("\n")
+        if lines[0].startswith("event: "):
+            assert lines[1].startswith(": "), part
+            events[lines[0][7:]] = json.loads(lines[1][2:])
+    return events
+
+
+def test_query_instance_id_names_the_route_and_generates_nothing(cluster):
+    """nvext.annotations ["query_instance_id"] (an inference gateway's first step): the worker the KV
+    router would pick and the prompt's token ids, as SSE events, streamed or not; nothing generated,
+    nothing booked. Sent there with those ids (the gateway's second step), the prompt hits its cache."""
+    base, url = cluster.base_url, cluster.base_url + "/v1/completions"
+    iid = route_info(base)["workers"][1]
+    prompt, key = tokens(1100, PREFIX_BLOCKS * BLOCK), f"{iid}:0"
+    indexed = route_info(base)["indexed_blocks"].get(key, 0)
+    httpx.post(url, timeout=60, json={"model": MODEL, "prompt": prompt + tokens(1101, 5), "max_tokens": 2,
+                                      "nvext": {"backend_instance_id": iid}}).raise_for_status()
+    wait_until(lambda: route_info(base)["indexed_blocks"].get(key, 0) >= indexed + PREFIX_BLOCKS, 20, "indexed")
+    live = [w for w in cluster.workers if w.alive()]  # an earlier test stops one
+    served = [worker_requests(w) for w in live]
+    routed = metric_value(metrics(base), "dynamo_frontend_router_requests_total", {"model": MODEL})
+    query = prompt + tokens(1102, 7)
+    for stream in (False, True):
+        resp = httpx.post(url, timeout=60, json={"model": MODEL, "prompt": query, "max_tokens": 4, "stream": stream,
+                                                 "nvext": {"annotations": ["query_instance_id"]}})
+        assert resp.status_code == 200 and resp.headers["content-type"] == "text/event-stream", resp.text
+        assert _annotation_events(resp.text) == {"worker_instance_id": str(iid), "token_data": query}
+        assert "choices" not in resp.text and resp.text.endswith("data: [DONE]\n\n")
+    assert [worker_requests(w) for w in live] == served
+    assert metric_value(metrics(base), "dynamo_frontend_router_requests_total", {"model": MODEL}) == routed
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "route me"}], "max_tokens": 2}
+    answer = httpx.post(base + "/v1/chat/completions", timeout=60,
+                        json={**chat, "nvext": {"annotations": ["query_instance_id"]}})
+    chosen = _annotation_events(answer.text)
+    sent = httpx.post(base + "/v1/chat/completions", timeout=60, json={**chat, "nvext": {
+        "backend_instance_id": int(chosen["worker_instance_id"]), "token_data": chosen["token_data"],
+        "extra_fields": ["worker_id"]}}).json()
+    assert sent["nvext"]["worker_id"]["decode_worker_id"] == int(chosen["worker_instance_id"])
+    unpinned = httpx.post(base + "/v1/chat/completions", timeout=60, json=chat).json()
+    assert sent["usage"]["prompt_tokens"] == len(chosen["token_data"]) == unpinned["usage"]["prompt_tokens"]
+    bad = httpx.post(url, timeout=60, json={"model": MODEL, "prompt": "x", "nvext": {"annotations": "request_id"}})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "nvext.annotations", bad.text
+
+
+def test_a_request_id_annotation_opens_the_stream_with_its_id(cluster):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True,
+            "nvext": {"annotations": ["request_id"]}}
+    with httpx.stream("POST", cluster.base_url + "/v1/chat/completions", json=body, timeout=60) as resp:
+        text = resp.read().decode()
+    first, rest = text.split("\n\n", 1)
+    request_id = _annotation_events(first)["request_id"]
+    chunks = [json.loads(line[6:]) for line in rest.splitlines() if line.startswith("data: {")]
+    assert chunks and {c["id"] for c in chunks} == {request_id} and text.endswith("data: [DONE]\n\n")

@@ -78,3 +78,13 @@ async def test_direct_routes_only_requests_that_name_their_worker():
 def test_health_reports_the_mode_and_bookings():
     policy = create_policy("device-aware-weighted", KvRouterConfig())
     assert isinstance(policy, LeastLoadedPolicy) and policy.health()["router"]["router_mode"] == "device-aware-weighted"
+
+
+async def test_query_names_the_pick_without_booking_it():
+    policy, p = LeastLoadedPolicy(), pool(1, 2)
+    await policy.select(p, req("a", [1]), set())  # worker 1 busy
+    picks = [(await policy.query(p, req(f"q{i}", [1]), set())).worker.instance_id for i in range(3)]
+    assert picks == [2, 2, 2] and policy.inflight.counts == {1: 1} and 2 not in policy.inflight.last_used
+    with pytest.raises(WorkerHintRequired):
+        await DirectPolicy().query(p, req("b", [1]), set())
+    assert (await DirectPolicy().query(p, req("c", [1], pinned=2), set())).worker.instance_id == 2

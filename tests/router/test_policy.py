@@ -199,3 +199,26 @@ def test_pins_by_role():
                                        routing=RoutingHints(backend_instance_id=1))
     assert pinned_worker(pool(5, role=Role.PREFILL), only_backend) is None
     assert [w.instance_id for w in candidates(pool(1, 2), only_backend, set())] == [1]
+
+
+async def test_query_names_what_select_would_choose_and_books_nothing():
+    """`query` (an inference gateway's query_instance_id): round-robin's turn does not pass, the kv
+    router books no load, and a pin or exclusion counts as in `select`."""
+    rr, p = RoundRobinPolicy(), pool(2, 1)
+    assert [(await rr.query(p, req(str(i), [1]), set())).worker.instance_id for i in range(3)] == [1, 1, 1]
+    assert (await rr.select(p, req("a", [1]), set())).worker.instance_id == 1
+    assert (await rr.query(p, req("b", [1]), set())).worker.instance_id == 2  # the turn passed on select only
+    assert (await rr.query(p, req("c", [1], pinned=1), set())).worker.instance_id == 1
+    assert (await RandomPolicy().query(p, req("d", [1]), {1})).worker.instance_id == 2
+    kv = KvPolicy(KvRouterConfig(use_kv_events=False))
+    prompt = list(range(100, 100 + 6 * BS))
+    holder = (await kv.select(p, req("e", prompt), set())).worker.instance_id
+    kv.free("e")
+    router = kv.routes["m"].router
+    for i in range(5):  # booked, the queries would spread over both workers
+        choice = await kv.query(p, req(f"q{i}", prompt + [i]), set())
+        assert (choice.worker.instance_id, choice.overlap_blocks) == (holder, 6)
+    assert router.stats()["requests"] == 1 and all(router.active.requests((w, 0)) == 0 for w in (1, 2))
+    assert (await kv.query(p, req("f", prompt), {holder})).worker.instance_id == 3 - holder
+    with pytest.raises(NoWorkers):
+        await kv.query(p, req("g", prompt), {1, 2})

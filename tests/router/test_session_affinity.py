@@ -296,3 +296,13 @@ async def test_cached_tokens_are_counted_on_the_bound_worker():
     assert await route(policy, p, "b", "s", tokens=[90, 91, 92], backend_instance_id=3 - holder) == 3 - holder
     assert policy.cached_tokens(p, req("c", tokens=prompt), set()) >= 12
     assert policy.cached_tokens(p, req("d", "s", tokens=prompt), set()) == 0
+
+
+async def test_query_follows_the_binding_and_binds_nothing():
+    policy, p = affinity(), pool(1, 2)
+    first = await route(policy, p, "a0", "s")
+    assert (await policy.query(p, req("q", "s"), set())).worker.instance_id == first
+    assert (await policy.query(p, req("q", "new"), set())).worker.instance_id == 3 - first
+    assert policy.table.lookup(("m", "new")) is None  # the query bound nothing
+    assert (await policy.query(p, req("q", "s"), {first})).worker.instance_id == 3 - first
+    assert policy.table.lookup(("m", "s")).worker == first  # nor forgot the binding it could not use
