@@ -7,26 +7,32 @@ on a comment line:
 
 - `request_id`: a streamed answer opens with the request's id (the `id` of its chunks), so a client
   can cancel or trace it before the first token.
-- `query_instance_id`: nothing is generated. The answer is the routing decision the frontend would
-  make for this prompt now, booked nowhere: `worker_instance_id` (the decode worker, its instance id
-  as a decimal string), `prefill_worker_id` as well when prefill workers serve the model, then
-  `token_data` (the prompt's token ids), then `data: [DONE]`. An inference gateway's endpoint picker
-  asks this, then sends the request with `nvext.backend_instance_id` (and `token_data`) set. It is an
-  event stream whether or not the request set `stream`: it is not a completion.
+- `query_instance_id` (an inference gateway's first step): nothing is generated and nothing booked.
+  The answer is the routing decision the frontend would make for this prompt now, and the prompt's
+  token ids, for the gateway to send the request on with `nvext.backend_instance_id` (or the
+  `x-worker-instance-id` header) and `nvext.token_data`:
+  - streamed, Dynamo's events: `worker_instance_id` (the decode worker's instance id, a decimal
+    string) and `token_data`; with prefill workers, then a chunk with no choices whose `nvext`
+    holds `worker_id: {prefill_worker_id, decode_worker_id}` and `token_ids`, the shape Dynamo's
+    disaggregated query answers in; then `data: [DONE]`;
+  - unary, one body with no choices and that `nvext`.
 
 Names this version does not know are ignored, as Dynamo ignores them.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgspec
 
 from dynamo.frontend.dispatch import choose
 from dynamo.frontend.errors import bad_request
-from dynamo.frontend.sse import DONE, SSE_HEADERS
+from dynamo.frontend.sse import (DONE, SSE_HEADERS, ChatChunks, CompletionChunks, chat_body, completion_body,
+                                 usage_dict)
 from dynamo.router.policy import Role
+from dynamo.runtime.asgi import send_bytes
 
 PARAM = "nvext.annotations"
 REQUEST_ID = "request_id"
@@ -48,19 +54,33 @@ def event(name: str, value: Any) -> bytes:
     return b"event: " + name.encode() + b"\n: " + msgspec.json.encode(value) + b"\n\n"
 
 
-def routing_answer(decode_worker: int, prefill_worker: int | None, token_ids: list[int]) -> bytes:
-    """The events that answer `query_instance_id` (without the closing [DONE])."""
-    body = event("worker_instance_id", str(decode_worker))
+def routing_answer(decode_worker: int, token_ids: list[int]) -> bytes:
+    """The events that answer a streamed `query_instance_id`, Dynamo's aggregated shape."""
+    return event("worker_instance_id", str(decode_worker)) + event("token_data", token_ids)
+
+
+def routing_nvext(decode_worker: int, prefill_worker: int | None, token_ids: list[int]) -> dict[str, Any]:
+    """The response `nvext` that answers `query_instance_id` (Dynamo's disaggregated shape)."""
+    workers = {"decode_worker_id": decode_worker}
     if prefill_worker is not None:
-        body += event("prefill_worker_id", str(prefill_worker))
-    return body + event("token_data", token_ids)
+        workers = {"prefill_worker_id": prefill_worker, **workers}
+    return {"worker_id": workers, "token_ids": token_ids}
 
 
-async def answer_routing_query(dispatcher, entry, request, send) -> None:
-    """`query_instance_id`: the workers this request would go to now, as events; nothing is booked
-    or generated. Routing failures (no worker, all busy) are the usual HTTP errors."""
-    decode = await choose(dispatcher.policy, entry.pool(Role.DECODE), request, set(), book=False)
+async def answer_routing_query(dispatcher, entry, request, is_chat: bool, stream: bool, send) -> None:
+    """`query_instance_id`: the workers this request would go to now; nothing is booked or
+    generated. Routing failures (no worker, all busy) are the usual HTTP errors."""
+    decode = (await choose(dispatcher.policy, entry.pool(Role.DECODE), request, set(), book=False)).worker.instance_id
     prefill = None if dispatcher.prefill is None else await dispatcher.prefill.query(entry, request)
-    body = routing_answer(decode.worker.instance_id, prefill, list(request.token_ids))
+    ids = list(request.token_ids)
+    nvext = routing_nvext(decode, prefill, ids)
+    rid, created = request.request_id, int(time.time())
+    if not stream:
+        build = chat_body if is_chat else completion_body
+        await send_bytes(send, 200, build(rid, entry.name, created, [], usage_dict(len(ids), 0, 0), nvext))
+        return
+    body = routing_answer(decode, ids)
+    if prefill is not None:
+        body += (ChatChunks if is_chat else CompletionChunks)(rid, entry.name, created).extension(nvext)
     await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
     await send({"type": "http.response.body", "body": body + DONE, "more_body": False})

@@ -332,7 +332,7 @@ class FrontendApp:
         self._refuse_if_overloaded(entry.name)
         self._refuse_if_draining()
         if annotations.QUERY_INSTANCE_ID in annotations.requested(req.nvext):
-            await annotations.answer_routing_query(self.dispatcher, entry, preqs[0], send)
+            await annotations.answer_routing_query(self.dispatcher, entry, preqs[0], is_chat, req.stream, send)
             if trace is not None:
                 trace.outcome = RequestOutcome.SUCCESS
             return

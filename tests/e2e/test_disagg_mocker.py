@@ -82,19 +82,24 @@ def test_the_response_names_the_prefill_and_the_decode_worker(cluster):
 
 
 def test_query_instance_id_names_the_prefill_worker_too(cluster):
-    """nvext.annotations ["query_instance_id"] with prefill workers: the decode worker as
-    `worker_instance_id`, the prefill worker as `prefill_worker_id`; neither is asked to work."""
+    """nvext.annotations ["query_instance_id"] with prefill workers: the decode worker as the
+    `worker_instance_id` event, and both workers with the prompt's ids in a response nvext (a chunk
+    of its own when streamed); neither worker is asked to work."""
     instances = json.loads(http_get(cluster.base_url + "/health")[1])["instances"]
     ids = {i["worker_type"]: i["instance_id"] for i in instances}
     before = worker_requests(cluster.prefill), worker_requests(cluster.decode)
-    resp = httpx.post(cluster.base_url + "/v1/completions", timeout=60, json={
-        "model": MODEL, "prompt": "disaggregate me " * 20, "max_tokens": 4,
-        "nvext": {"annotations": ["query_instance_id"]}})
-    assert resp.status_code == 200, resp.text
-    events = dict(part.split("\n: ", 1) for part in resp.text.split("\n\n") if part.startswith("event: "))
+    ask = {"model": MODEL, "prompt": "disaggregate me " * 20, "max_tokens": 4,
+           "nvext": {"annotations": ["query_instance_id"]}}
+    streamed = httpx.post(cluster.base_url + "/v1/completions", timeout=60, json={**ask, "stream": True})
+    assert streamed.status_code == 200, streamed.text
+    events = dict(part.split("\n: ", 1) for part in streamed.text.split("\n\n") if part.startswith("event: "))
     assert json.loads(events["event: worker_instance_id"]) == str(ids["decode"])
-    assert json.loads(events["event: prefill_worker_id"]) == str(ids["prefill"])
-    assert len(json.loads(events["event: token_data"])) > 20
+    (chunk,) = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
+    unary = httpx.post(cluster.base_url + "/v1/completions", timeout=60, json=ask).json()
+    for nvext in (chunk["nvext"], unary["nvext"]):
+        assert nvext["worker_id"] == {"prefill_worker_id": ids["prefill"], "decode_worker_id": ids["decode"]}
+        assert nvext["token_ids"] == json.loads(events["event: token_data"]) and len(nvext["token_ids"]) > 20
+    assert chunk["choices"] == unary["choices"] == []
     assert (worker_requests(cluster.prefill), worker_requests(cluster.decode)) == before
 
 

@@ -28,8 +28,7 @@ def test_an_annotation_is_an_event_line_and_its_json_on_a_comment_line():
 
 
 def test_the_routing_answer_names_the_workers_then_the_prompt():
-    aggregated = annotations.routing_answer(7587888160958038784, None, [1, 2])
-    assert aggregated == b'event: worker_instance_id\n: "7587888160958038784"\n\nevent: token_data\n: [1,2]\n\n'
-    disaggregated = annotations.routing_answer(5, 9, [3])
-    assert disaggregated.split(b"\n\n")[:3] == [b'event: worker_instance_id\n: "5"', b'event: prefill_worker_id\n: "9"',
-                                                b"event: token_data\n: [3]"]
+    events = annotations.routing_answer(7587888160958038784, [1, 2])
+    assert events == b'event: worker_instance_id\n: "7587888160958038784"\n\nevent: token_data\n: [1,2]\n\n'
+    assert annotations.routing_nvext(5, None, [3]) == {"worker_id": {"decode_worker_id": 5}, "token_ids": [3]}
+    assert annotations.routing_nvext(5, 9, [3])["worker_id"] == {"prefill_worker_id": 9, "decode_worker_id": 5}

@@ -300,8 +300,8 @@ def _annotation_events(text: str) -> dict:
 
 def test_query_instance_id_names_the_route_and_generates_nothing(cluster):
     """nvext.annotations ["query_instance_id"] (an inference gateway's first step): the worker the KV
-    router would pick and the prompt's token ids, as SSE events, streamed or not; nothing generated,
-    nothing booked. Sent there with those ids (the gateway's second step), the prompt hits its cache."""
+    router would pick and the prompt's token ids, as SSE events (streamed) or a response nvext (unary);
+    nothing generated, nothing booked. Sent there with those ids (the gateway's second step), the prompt hits its cache."""
     base, url = cluster.base_url, cluster.base_url + "/v1/completions"
     iid = route_info(base)["workers"][1]
     prompt, key = tokens(1100, PREFIX_BLOCKS * BLOCK), f"{iid}:0"
@@ -313,17 +313,18 @@ def test_query_instance_id_names_the_route_and_generates_nothing(cluster):
     served = [worker_requests(w) for w in live]
     routed = metric_value(metrics(base), "dynamo_frontend_router_requests_total", {"model": MODEL})
     query = prompt + tokens(1102, 7)
-    for stream in (False, True):
-        resp = httpx.post(url, timeout=60, json={"model": MODEL, "prompt": query, "max_tokens": 4, "stream": stream,
-                                                 "nvext": {"annotations": ["query_instance_id"]}})
-        assert resp.status_code == 200 and resp.headers["content-type"] == "text/event-stream", resp.text
-        assert _annotation_events(resp.text) == {"worker_instance_id": str(iid), "token_data": query}
-        assert "choices" not in resp.text and resp.text.endswith("data: [DONE]\n\n")
+    ask = {"model": MODEL, "prompt": query, "max_tokens": 4, "nvext": {"annotations": ["query_instance_id"]}}
+    resp = httpx.post(url, timeout=60, json={**ask, "stream": True})
+    assert resp.status_code == 200 and resp.headers["content-type"] == "text/event-stream", resp.text
+    assert _annotation_events(resp.text) == {"worker_instance_id": str(iid), "token_data": query}
+    assert "choices" not in resp.text and resp.text.endswith("data: [DONE]\n\n")
+    unary = httpx.post(url, timeout=60, json=ask).json()
+    assert unary["choices"] == [] and unary["nvext"] == {"worker_id": {"decode_worker_id": iid}, "token_ids": query}
     assert [worker_requests(w) for w in live] == served
     assert metric_value(metrics(base), "dynamo_frontend_router_requests_total", {"model": MODEL}) == routed
     chat = {"model": MODEL, "messages": [{"role": "user", "content": "route me"}], "max_tokens": 2}
     answer = httpx.post(base + "/v1/chat/completions", timeout=60,
-                        json={**chat, "nvext": {"annotations": ["query_instance_id"]}})
+                        json={**chat, "stream": True, "nvext": {"annotations": ["query_instance_id"]}})
     chosen = _annotation_events(answer.text)
     sent = httpx.post(base + "/v1/chat/completions", timeout=60, json={**chat, "nvext": {
         "backend_instance_id": int(chosen["worker_instance_id"]), "token_data": chosen["token_data"],
