@@ -5,8 +5,8 @@ on a comment line:
     event: worker_instance_id
     : "7587888160958038784"
 
-- `request_id`: a streamed answer opens with the request's id (the `id` of its chunks), so a client
-  can cancel or trace it before the first token.
+- `request_id`: a streamed answer opens with the request's id (its `x-dynamo-request-id`, or the one
+  the frontend made, as the request's log lines name it), so a client can trace it from the start.
 - `query_instance_id` (an inference gateway's first step): nothing is generated and nothing booked.
   The answer is the routing decision the frontend would make for this prompt now, and the prompt's
   token ids, for the gateway to send the request on with `nvext.backend_instance_id` (or the

@@ -71,6 +71,7 @@ class GenerationRun:
         self.last_time = started
         self.extra_fields = response_ext.requested(req.nvext)
         self.annotations = annotations.requested(req.nvext)
+        self.public_id = self.request_id  # the id the client and the logs know it by (the host may set it)
         self.block_size = entry.card.kv_cache_block_size
         self.first_token_at: float | None = None
         self._observe_itl = app.metrics.itl.labels(self.model).observe
@@ -288,7 +289,7 @@ class GenerationRun:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         if annotations.REQUEST_ID in self.annotations:
             await send({"type": "http.response.body", "body": annotations.event(annotations.REQUEST_ID,
-                                                                              self.request_id), "more_body": True})
+                                                                              self.public_id), "more_body": True})
         try:
             async for i, outputs in self._batches(merged, first):
                 choice = self.choices[i]

@@ -342,6 +342,8 @@ class FrontendApp:
             run = run_cls(self, entry, req, preqs, is_chat, started, output_spec(entry, req, is_chat),
                           self.reasoning_field, **run_kw)
             run.keep_answer = speculate
+            if trace is not None:
+                run.public_id = trace.request_id
             status = await run.execute(entry, receive, send, request_type)
             if speculate and status == RequestOutcome.SUCCESS:
                 self.speculative.start(entry, req, run.answer_history(), hints)

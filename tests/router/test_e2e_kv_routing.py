@@ -337,11 +337,18 @@ def test_query_instance_id_names_the_route_and_generates_nothing(cluster):
 
 
 def test_a_request_id_annotation_opens_the_stream_with_its_id(cluster):
+    """nvext.annotations ["request_id"]: the stream's first event is the request's id, the client's
+    x-dynamo-request-id when it sent one; the chunks that follow are the usual ones."""
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True,
             "nvext": {"annotations": ["request_id"]}}
-    with httpx.stream("POST", cluster.base_url + "/v1/chat/completions", json=body, timeout=60) as resp:
-        text = resp.read().decode()
-    first, rest = text.split("\n\n", 1)
-    request_id = _annotation_events(first)["request_id"]
-    chunks = [json.loads(line[6:]) for line in rest.splitlines() if line.startswith("data: {")]
-    assert chunks and {c["id"] for c in chunks} == {request_id} and text.endswith("data: [DONE]\n\n")
+    chosen = "3f2c1d52-8a64-4b1e-9a3c-0d6f2b7e9a11"
+    for headers in ({}, {"x-dynamo-request-id": chosen}):
+        with httpx.stream("POST", cluster.base_url + "/v1/chat/completions", json=body, headers=headers,
+                          timeout=60) as resp:
+            text = resp.read().decode()
+        first, rest = text.split("\n\n", 1)
+        request_id = _annotation_events(first)["request_id"]
+        assert request_id == headers.get("x-dynamo-request-id", request_id) and len(request_id) >= 32
+        chunks = [json.loads(line[6:]) for line in rest.splitlines() if line.startswith("data: {")]
+        assert chunks and all(c["id"].startswith("chatcmpl-" + request_id) for c in chunks), chunks[0]
+        assert text.endswith("data: [DONE]\n\n")
