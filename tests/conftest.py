@@ -47,6 +47,14 @@ def copy_tiny_model(dest: Path) -> Path:
     return dest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def engine_sockets_under_the_session_tmp(tmp_path_factory) -> None:
+    """vLLM names its engine's IPC sockets under VLLM_RPC_BASE_PATH (default: the system temp dir),
+    and an engine a test kills cannot remove them: they go where pytest clears old sessions away,
+    not into /tmp for good. Every process a test starts inherits the variable."""
+    os.environ.setdefault("VLLM_RPC_BASE_PATH", str(tmp_path_factory.mktemp("ipc")))
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return copy_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
