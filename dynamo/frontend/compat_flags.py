@@ -30,6 +30,9 @@ IGNORED: dict[tuple[str, ...], tuple[bool, str]] = {
     ("--frontend-route-extension",): (True, "route extensions are " + _NOT_SERVED),
     ("--response-plane",): (True, "responses always return over the request's own TCP stream"),
     ("--max-prefill-tokens",): (True, "the workers report their own batch sizes in their model cards"),
+    # Newer Dynamo (after 1.6.1): sticky session routing plus SGLang streaming-session RPCs.
+    ("--enable-agent-controller",): (False, "sticky routing for nvext.session_control is always on here; engine "
+                                     "session slots (SGLang streaming sessions) are not opened"),
     **ROUTER_IGNORED,
 }
 # Transport security this runtime does not implement: refused, never downgraded to plaintext.

@@ -112,3 +112,9 @@ def test_the_tokenizer_cache_budget_comes_from_dynamos_variable(capsys):
     with pytest.raises(SystemExit):
         parse_frontend_args(["--tokenizer-cache-bytes", "-1"], environ={})
     assert "--tokenizer-cache-bytes" in capsys.readouterr().err
+
+
+def test_the_agent_controller_flag_of_newer_dynamo_is_accepted():
+    """Dynamo's SGLang agent guide launches the frontend with --enable-agent-controller (after 1.6.1)."""
+    config, warnings = parse_frontend_args(["--router-mode", "kv", "--enable-agent-controller"], environ={})
+    assert config.router_mode == "kv" and len(warnings) == 1 and "session_control is always on" in warnings[0]
