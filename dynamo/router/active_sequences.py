@@ -250,20 +250,23 @@ class ActiveSequences:
     def releases(self, key: WorkerKey, finish: Callable[[float, int | None], float]) -> list[tuple[float, int]]:
         """(when, blocks freed) per request running on the worker, in the order they end, as
         `finish(booked_at, answer_tokens)` predicts: a block shared by several of them is freed by
-        the last to end."""
+        the last to end.
+
+        Walked from the last to end: what a request frees is what no later one holds. Sequence
+        hashes are chained (a block's hash covers every block before it), so the blocks of a request
+        that later ones hold are a prefix of its own, found by bisection; each block is added once."""
         load = self._workers.get(key)
         if load is None:
             return []
         ends = sorted(((finish(r.booked_at, r.answer_tokens), r) for r in load.members.values()), key=lambda e: e[0])
-        refs, taken = load.block_refs, {}
+        held: set[int] = set()  # blocks of requests that end later
         out = []
-        for when, req in ends:
-            freed = req.private_blocks
-            for seq_hash in req.seq_hashes:
-                n = taken.get(seq_hash, 0) + 1
-                taken[seq_hash] = n
-                freed += n == refs.get(seq_hash, 0)
-            out.append((when, freed))
+        for when, req in reversed(ends):
+            seq = req.seq_hashes
+            kept = _held_prefix(seq, held)
+            held.update(seq[kept:])
+            out.append((when, req.private_blocks + len(seq) - kept))
+        out.reverse()
         return out
 
     def loads(self) -> dict[WorkerKey, dict[str, int]]:
@@ -274,6 +277,18 @@ class ActiveSequences:
 
     def __len__(self) -> int:
         return len(self._requests)
+
+
+def _held_prefix(seq_hashes: Sequence[int], held: set[int]) -> int:
+    """How many leading blocks of a chained sequence `held` contains (held blocks are a prefix)."""
+    lo, hi = 0, len(seq_hashes)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if seq_hashes[mid] in held:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 def _release(refs: dict[int, int], seq_hashes: Sequence[int]) -> None:

@@ -125,3 +125,29 @@ def test_waits_are_priced_only_beside_a_worker_that_keeps_its_evictions():
     assert priced_waits(waits, lambda key: True) == waits
     assert priced_waits(waits, lambda key: key == "holder") == {}  # the other would lose what it evicts
     assert priced_waits({"a": 0.0, "b": 0.0}, lambda key: True) == {}
+
+
+def test_releases_equal_a_block_by_block_count_on_chained_prompts():
+    """The bisecting walk against the definition: each block is freed when the last request holding
+    it ends. Prompts share prefixes of random lengths, as chained sequence hashes do."""
+    from dynamo.llm.kv_events.hashing import sequence_hashes
+
+    rng = random.Random(5)
+    roots = [[rng.randrange(1 << 60) for _ in range(40)] for _ in range(3)]
+    for trial in range(30):
+        active, key = ActiveSequences(BS, clock=lambda: 0.0), (1, 0)
+        prompts = {}
+        for i in range(rng.randrange(1, 12)):
+            root = rng.choice(roots)
+            local = root[:rng.randrange(0, 40)] + [rng.randrange(1 << 60) for _ in range(rng.randrange(0, 5))]
+            prompts[f"r{i}"] = sequence_hashes(local)
+            active.add_request(key, f"r{i}", prompts[f"r{i}"], 0, 0, answer_tokens=rng.randrange(1, 4))
+        finish = {rid: float(active.booking(rid)[1]) for rid in prompts}
+        got = active.releases(key, lambda booked, answer: float(answer))
+        order = sorted(prompts, key=lambda rid: finish[rid])  # the walk's order (stable on ties)
+        last_holder = {}
+        for rid in order:
+            for h in prompts[rid]:
+                last_holder[h] = rid
+        want = [(finish[rid], sum(last_holder[h] == rid for h in set(prompts[rid]))) for rid in order]
+        assert got == want, trial
