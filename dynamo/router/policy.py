@@ -9,6 +9,8 @@ by the frontend (`--router-mode`) and by `python -m dynamo.router`.
 
 Lifecycle, per process: `attach(host)` -> `on_membership_change(pool)`* -> per request
 `select` (books) -> `prefill_complete` (first token) -> `free` (idempotent) -> `close()`.
+`query` answers what `select` would choose now and changes nothing (an inference gateway's
+`query_instance_id`).
 """
 
 from __future__ import annotations
