@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import AsyncIterator
 
 import msgspec
@@ -59,7 +60,7 @@ class RequestHandle:
     """Lets the HTTP layer cancel whatever worker stream the request is on now."""
 
     __slots__ = ("stream", "cancelled", "worker_id", "dp_rank", "overlap_blocks", "prefill_worker_id",
-                 "prefill_dp_rank")
+                 "prefill_dp_rank", "prefill_started")
 
     def __init__(self) -> None:
         self.stream: WorkerStream | None = None
@@ -71,6 +72,9 @@ class RequestHandle:
         self.overlap_blocks: int | None = None  # None: the routing policy does not look at caches
         self.prefill_worker_id: int | None = None
         self.prefill_dp_rank = 0
+        # When the first worker stream opened (a prefill worker's, else the decode worker's), on the
+        # monotonic clock: where the request's prefill began (nvext timing), whatever migrated later.
+        self.prefill_started: float | None = None
 
     def cancel(self) -> None:
         """The client went away: stop the worker and end quietly."""
@@ -80,6 +84,8 @@ class RequestHandle:
     def attach(self, stream: WorkerStream) -> WorkerStream:
         """Make `stream` the one cancel() reaches; a cancel that came first applies at once."""
         self.stream = stream
+        if self.prefill_started is None:
+            self.prefill_started = time.monotonic()
         if self.cancelled:
             stream.cancel()
         return stream

@@ -231,8 +231,9 @@ class GenerationRun:
             now = time.monotonic()
             first = None if self.first_token_at is None else self.first_token_at - self.started
             hit = handle.overlap_blocks
+            began = None if handle.prefill_started is None else handle.prefill_started - self.started
             out["timing"] = response_ext.timing(time.time() - (now - self.started), first, now - self.started, hit,
-                                                len(self.preqs[0].token_ids), self.block_size)
+                                                len(self.preqs[0].token_ids), self.block_size, began)
         return out
 
     async def _batches(self, merged, first):

@@ -3,15 +3,18 @@ it and how long each stage took, for a client that wants to see its routing.
 
     "extra_fields": ["worker_id", "timing", "stop_reason"]  ->  "nvext": {
         "worker_id": {"prefill_worker_id", "prefill_dp_rank", "decode_worker_id", "decode_dp_rank"},
-        "timing": {"request_received_ms", "ttft_ms", "total_time_ms", "kv_hit_rate"}, "stop_reason": ...}
+        "timing": {"request_received_ms", "prefill_wait_time_ms", "prefill_time_ms", "ttft_ms", "total_time_ms",
+                   "kv_hit_rate"}, "stop_reason": ...}
 
 `worker_id`: the decode worker (the one that streamed the answer, after any migration) and the
 prefill worker, the same one unless a prefill worker prefilled it (disaggregated serving).
 `stop_reason` (single-choice requests, as Dynamo serves it): the stop that ended the answer, a stop
 string the frontend matched or the engine's matched stop token id; null when none did (EOS, length).
-`timing`: `request_received_ms` is wall-clock epoch milliseconds; `ttft_ms` and `total_time_ms`
-count from then; `kv_hit_rate` is the prompt's fraction of KV blocks the KV router found cached on
-the worker it chose (KV routing only). A streamed answer carries it in one more chunk (`choices`
+`timing`: `request_received_ms` is wall-clock epoch milliseconds; the others count from then:
+`prefill_wait_time_ms` until the first worker stream opened (a prefill worker's when one prefills:
+tokenizing, routing, the router's queue), `prefill_time_ms` from there to the first token (Dynamo's
+split of `ttft_ms`), and `total_time_ms`; `kv_hit_rate` is the prompt's fraction of KV blocks the KV
+router found cached on the worker it chose (KV routing only). A streamed answer carries it in one more chunk (`choices`
 empty) before `[DONE]`; a unary one as a top-level field. Names this version does not produce
 (Dynamo adds more over time) are ignored, as Dynamo ignores names it does not know.
 """
@@ -49,10 +52,15 @@ def worker_ids(handle) -> dict[str, int] | None:
 
 
 def timing(received_epoch: float, ttft: float | None, total: float, hit_blocks: int | None, isl: int,
-           block_size: int) -> dict[str, Any]:
-    """`received_epoch` in seconds; `ttft` and `total` in seconds since then; `hit_blocks` the KV
-    router's cached blocks on the chosen worker (None: not KV routing)."""
+           block_size: int, prefill_start: float | None = None) -> dict[str, Any]:
+    """`received_epoch` in seconds; `ttft`, `total` and `prefill_start` (the first worker stream
+    opened) in seconds since then; `hit_blocks` the KV router's cached blocks on the chosen worker
+    (None: not KV routing)."""
     out: dict[str, Any] = {"request_received_ms": int(received_epoch * 1000)}
+    if prefill_start is not None:
+        out["prefill_wait_time_ms"] = round(prefill_start * 1000, 3)
+        if ttft is not None:
+            out["prefill_time_ms"] = round(max(ttft - prefill_start, 0.0) * 1000, 3)
     if ttft is not None:
         out["ttft_ms"] = round(ttft * 1000, 3)
     out["total_time_ms"] = round(total * 1000, 3)

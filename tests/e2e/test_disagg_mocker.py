@@ -70,15 +70,18 @@ def test_requests_are_prefilled_remotely(cluster):
 
 
 def test_the_response_names_the_prefill_and_the_decode_worker(cluster):
-    """nvext.extra_fields ["worker_id"]: the prefill worker that prefilled it and the decode worker
-    that streamed it, as /health lists them."""
+    """nvext.extra_fields ["worker_id", "timing"]: the prefill worker that prefilled it and the decode
+    worker that streamed it, as /health lists them; the TTFT split where the prefill began."""
     instances = json.loads(http_get(cluster.base_url + "/health")[1])["instances"]
     ids = {i["worker_type"]: i["instance_id"] for i in instances}
     resp = httpx.post(cluster.base_url + "/v1/completions", timeout=60, json={
-        "model": MODEL, "prompt": "disaggregate me " * 20, "max_tokens": 4, "nvext": {"extra_fields": ["worker_id"]}})
+        "model": MODEL, "prompt": "disaggregate me " * 20, "max_tokens": 4,
+        "nvext": {"extra_fields": ["worker_id", "timing"]}})
     assert resp.status_code == 200, resp.text
     assert resp.json()["nvext"]["worker_id"] == {"prefill_worker_id": ids["prefill"], "prefill_dp_rank": 0,
                                                  "decode_worker_id": ids["decode"], "decode_dp_rank": 0}, ids
+    timing = resp.json()["nvext"]["timing"]  # the prefill began when the prefill worker's stream opened
+    assert timing["prefill_wait_time_ms"] + timing["prefill_time_ms"] == pytest.approx(timing["ttft_ms"], abs=0.01)
 
 
 def test_query_instance_id_names_the_prefill_worker_too(cluster):

@@ -36,3 +36,10 @@ def test_timing_in_milliseconds_with_the_routers_hit_rate():
                    "kv_hit_rate": 0.75}  # 3 of ceil(50 / 16) = 4 blocks
     assert "kv_hit_rate" not in timing(1.0, None, 0.1, hit_blocks=None, isl=50, block_size=16)
     assert "ttft_ms" not in timing(1.0, None, 0.1, hit_blocks=0, isl=50, block_size=16)
+
+
+def test_timing_splits_the_ttft_where_the_first_worker_stream_opened():
+    out = timing(1.0, 0.0425, 0.5, hit_blocks=None, isl=50, block_size=16, prefill_start=0.0125)
+    assert (out["prefill_wait_time_ms"], out["prefill_time_ms"], out["ttft_ms"]) == (12.5, 30.0, 42.5)
+    cancelled = timing(1.0, None, 0.5, hit_blocks=None, isl=50, block_size=16, prefill_start=0.01)
+    assert cancelled["prefill_wait_time_ms"] == 10.0 and "prefill_time_ms" not in cancelled

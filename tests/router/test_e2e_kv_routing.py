@@ -243,6 +243,8 @@ def test_the_response_names_its_worker_and_timing_when_asked(cluster):
                                            "decode_dp_rank": 0}
     timing = first["nvext"]["timing"]
     assert timing["kv_hit_rate"] == 0.0 and 0 < timing["ttft_ms"] <= timing["total_time_ms"]
+    assert timing["prefill_wait_time_ms"] + timing["prefill_time_ms"] == pytest.approx(timing["ttft_ms"], abs=0.01)
+    assert timing["prefill_wait_time_ms"] > 0 and timing["prefill_time_ms"] > 0
     assert abs(timing["request_received_ms"] / 1000 - time.time()) < 120
     wait_indexed(cluster.base_url, PREFIX_BLOCKS)
     with httpx.stream("POST", url, timeout=60, json={"model": MODEL, "prompt": prompt, "max_tokens": 3,
