@@ -110,6 +110,8 @@ class GenerationRun:
                 return RequestOutcome.CANCELLED
             self.first_token_at = self.last_time = time.monotonic()
             app.metrics.ttft.labels(self.model).observe(self.first_token_at - self.started)
+            app.metrics.first_token_on(self.choices[0].handle, self.first_token_at - self.started,
+                                       len(self.preqs[0].token_ids))
             if self.req.stream:
                 await self._stream(merged, first, send)
             else:
@@ -138,8 +140,11 @@ class GenerationRun:
                 choice.handle.cancel()
 
     def _observe_end(self) -> None:
-        m = self.app.metrics
-        m.duration.labels(self.model).observe(time.monotonic() - self.started)
+        m, now = self.app.metrics, time.monotonic()
+        m.duration.labels(self.model).observe(now - self.started)
+        tokens = self.choices[0].stage.completion_tokens
+        if self.first_token_at is not None and tokens > 1:  # Dynamo's mean ITL: (end - first) / (tokens - 1)
+            m.decoded_on(self.choices[0].handle, (now - self.first_token_at) / (tokens - 1))
         m.isl.labels(self.model).observe(len(self.preqs[0].token_ids))
         m.osl.labels(self.model).observe(self.completion_tokens)
         m.cached.labels(self.model).observe(self.cached_tokens)

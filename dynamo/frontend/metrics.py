@@ -61,6 +61,15 @@ class FrontendMetrics:
         self.loop_lag_max = Gauge(f"{p}_event_loop_lag_max_seconds", "Largest event-loop lag since start",
                                   registry=r)
         self.migration_limit = Gauge(f"{p}_model_migration_limit", "Migration limit", ("model",), registry=r)
+        # Dynamo's per-worker "last request" gauges: the worker that prefilled a request gets its TTFT and
+        # prompt length at the first token, the one that decoded it its mean ITL at the end.
+        worker = ("worker_id", "dp_rank", "worker_type")
+        self.worker_ttft = Gauge(f"{p}_worker_last_time_to_first_token_seconds", "TTFT of the last request the "
+                                 "worker prefilled", worker, registry=r)
+        self.worker_isl = Gauge(f"{p}_worker_last_input_sequence_tokens", "Prompt tokens of the last request the "
+                                "worker prefilled", worker, registry=r)
+        self.worker_itl = Gauge(f"{p}_worker_last_inter_token_latency_seconds", "Mean inter-token latency of the "
+                                "last request the worker decoded", worker, registry=r)
 
     def watch_token_cache(self, cache) -> None:
         """The tokenizer cache's figures, read at scrape time (tokenizing pays nothing for them)."""
@@ -81,6 +90,21 @@ class FrontendMetrics:
 
     def migration(self, model: str, kind: str) -> None:
         self.migrations.labels(model, kind).inc()
+
+    def first_token_on(self, handle, ttft: float, isl: int) -> None:
+        """The worker that prefilled the request (a prefill worker, else the decode worker) saw this TTFT."""
+        if handle.prefill_worker_id is not None:
+            labels = (str(handle.prefill_worker_id), str(handle.prefill_dp_rank), "prefill")
+        elif handle.worker_id is not None:
+            labels = (str(handle.worker_id), str(handle.dp_rank), "decode")
+        else:
+            return
+        self.worker_ttft.labels(*labels).set(ttft)
+        self.worker_isl.labels(*labels).set(isl)
+
+    def decoded_on(self, handle, itl: float) -> None:
+        if handle.worker_id is not None:
+            self.worker_itl.labels(str(handle.worker_id), str(handle.dp_rank), "decode").set(itl)
 
 
 class _TokenCacheCollector:

@@ -82,6 +82,11 @@ def test_the_response_names_the_prefill_and_the_decode_worker(cluster):
                                                  "decode_worker_id": ids["decode"], "decode_dp_rank": 0}, ids
     timing = resp.json()["nvext"]["timing"]  # the prefill began when the prefill worker's stream opened
     assert timing["prefill_wait_time_ms"] + timing["prefill_time_ms"] == pytest.approx(timing["ttft_ms"], abs=0.01)
+    # Dynamo's per-worker gauges: the TTFT on the prefill worker, the inter-token latency on the decode one.
+    prefill = {"worker_id": str(ids["prefill"]), "worker_type": "prefill"}
+    assert frontend_metric(cluster.base_url, "dynamo_frontend_worker_last_time_to_first_token_seconds", prefill) > 0
+    decode = {"worker_id": str(ids["decode"]), "worker_type": "decode"}
+    assert frontend_metric(cluster.base_url, "dynamo_frontend_worker_last_inter_token_latency_seconds", decode) > 0
 
 
 def test_query_instance_id_names_the_prefill_worker_too(cluster):

@@ -245,6 +245,11 @@ def test_the_response_names_its_worker_and_timing_when_asked(cluster):
     assert timing["kv_hit_rate"] == 0.0 and 0 < timing["ttft_ms"] <= timing["total_time_ms"]
     assert timing["prefill_wait_time_ms"] + timing["prefill_time_ms"] == pytest.approx(timing["ttft_ms"], abs=0.01)
     assert timing["prefill_wait_time_ms"] > 0 and timing["prefill_time_ms"] > 0
+    labels = {"worker_id": str(iid), "dp_rank": "0", "worker_type": "decode"}  # Dynamo's per-worker gauges
+    text = metrics(cluster.base_url)
+    assert metric_value(text, "dynamo_frontend_worker_last_time_to_first_token_seconds", labels) > 0
+    assert metric_value(text, "dynamo_frontend_worker_last_input_sequence_tokens", labels) == len(prompt)
+    assert metric_value(text, "dynamo_frontend_worker_last_inter_token_latency_seconds", labels) > 0
     assert abs(timing["request_received_ms"] / 1000 - time.time()) < 120
     wait_indexed(cluster.base_url, PREFIX_BLOCKS)
     with httpx.stream("POST", url, timeout=60, json={"model": MODEL, "prompt": prompt, "max_tokens": 3,
