@@ -6,7 +6,7 @@ import asyncio
 import logging
 import ssl
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 from dynamo.frontend.config import FrontendConfig, parse_frontend_args
 from dynamo.frontend.disagg import DisaggMetrics, DisaggPolicy, PrefillOrchestrator
@@ -30,10 +30,11 @@ from dynamo.runtime.process import run_main
 log = logging.getLogger("dynamo.frontend")
 
 
-def _on_change(policy: RoutingPolicy):
+def _on_change(policy: RoutingPolicy, metrics: FrontendMetrics, live_workers: Callable[[], set[int]]):
     def update(entry) -> None:
         for role in Role:
             policy.on_membership_change(entry.pool(role))
+        metrics.keep_workers(live_workers())
     return update
 
 
@@ -51,7 +52,8 @@ async def serve(config: FrontendConfig, stop: asyncio.Event, warnings: Sequence[
     token_cache = TokenCache(config.tokenizer_cache_bytes) if config.tokenizer_cache_bytes else None
     if token_cache is not None:
         metrics.watch_token_cache(token_cache)
-    models = ModelManager(runtime.store, config.namespace, on_change=_on_change(routing),
+    models = ModelManager(runtime.store, config.namespace,
+                          on_change=_on_change(routing, metrics, lambda: models.worker_ids()),
                           block_size=config.kv_cache_block_size, namespace_prefix=config.namespace_prefix,
                           token_cache=token_cache)
     policy = DisaggPolicy.from_config(config.enforce_disagg, config.router_conditional_disagg,

@@ -70,6 +70,7 @@ class FrontendMetrics:
                                 "worker prefilled", worker, registry=r)
         self.worker_itl = Gauge(f"{p}_worker_last_inter_token_latency_seconds", "Mean inter-token latency of the "
                                 "last request the worker decoded", worker, registry=r)
+        self._worker_series: dict[int, set[tuple[str, str, str]]] = {}  # instance id -> its label sets
 
     def watch_token_cache(self, cache) -> None:
         """The tokenizer cache's figures, read at scrape time (tokenizing pays nothing for them)."""
@@ -101,10 +102,23 @@ class FrontendMetrics:
             return
         self.worker_ttft.labels(*labels).set(ttft)
         self.worker_isl.labels(*labels).set(isl)
+        self._worker_series.setdefault(int(labels[0]), set()).add(labels)
 
     def decoded_on(self, handle, itl: float) -> None:
         if handle.worker_id is not None:
-            self.worker_itl.labels(str(handle.worker_id), str(handle.dp_rank), "decode").set(itl)
+            labels = (str(handle.worker_id), str(handle.dp_rank), "decode")
+            self.worker_itl.labels(*labels).set(itl)
+            self._worker_series.setdefault(handle.worker_id, set()).add(labels)
+
+    def keep_workers(self, live: set[int]) -> None:
+        """Drop the per-worker series of workers that left: a scaled-down fleet leaves no stale rows."""
+        for iid in self._worker_series.keys() - live:
+            for labels in self._worker_series.pop(iid):
+                for gauge in (self.worker_ttft, self.worker_isl, self.worker_itl):
+                    try:
+                        gauge.remove(*labels)
+                    except KeyError:
+                        pass
 
 
 class _TokenCacheCollector:

@@ -198,6 +198,10 @@ class ModelManager:
     def get(self, name: str) -> ModelEntry | None:
         return self.models.get(name)
 
+    def worker_ids(self) -> set[int]:
+        """Every worker serving some model now."""
+        return {iid for entry in self.models.values() for iid in entry.workers}
+
     def listed(self) -> list[ModelEntry]:
         return [entry for entry in self.models.values() if entry.decode_workers()]
 
