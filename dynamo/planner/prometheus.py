@@ -89,10 +89,11 @@ def demand_query(counter: str, window_s: int, model: str, namespace: str) -> str
 
 
 def kv_hit_query(window_s: int, namespace: str) -> str:
-    ns = namespace.replace("-", "_")
+    # The namespace label as Dynamo sanitizes it ("-" -> "_") or as written (this project's routers).
+    ns = f'dynamo_namespace=~"{_quote(namespace.replace("-", "_"))}|{_quote(namespace)}"'
     m = "dynamo_component_router_kv_hit_rate"
-    return (f'sum(increase({m}_sum{{dynamo_namespace="{ns}"}}[{window_s}s])) / '
-            f'sum(increase({m}_count{{dynamo_namespace="{ns}"}}[{window_s}s]))')
+    return (f'sum(increase({m}_sum{{{ns}}}[{window_s}s])) / '
+            f'sum(increase({m}_count{{{ns}}}[{window_s}s]))')
 
 
 async def observe(client: PrometheusClient, window_s: int, model: str, namespace: str) -> TrafficObservation:

@@ -93,7 +93,7 @@ class KvPolicy:
         if self.config.router_replica_sync:
             self.sync = ReplicaSync(host.store, host.event_plane, uuid.uuid4().hex, host.instance_id, self._router_for)
         self.metrics = RouterMetrics.attach(host.registry, host.metrics_prefix, self._rows,
-                                            lambda: dict(self.feeds.counts) if self.feeds else {})
+                                            lambda: dict(self.feeds.counts) if self.feeds else {}, host.instance_id)
 
     def _router_for(self, name: str) -> KvRouter | None:
         route = self.routes.get(name)
@@ -145,6 +145,9 @@ class KvPolicy:
                                         (rc.total_kv_blocks or None) if rc else None,
                                         rc.max_num_batched_tokens if rc else None)
         route.pool = pool
+        if self.metrics is not None:
+            for endpoint in {w.endpoint for w in pool.workers}:
+                self.metrics.endpoint_series(endpoint)
         self._update_mode(route)
         self._subscribe(route)
         route.queue.wake()
@@ -243,11 +246,12 @@ class KvPolicy:
             self.free(rid)
         seq = router.add_request(rid, selection, request.token_ids, lora, expected_output(request), salt)
         self._inflight[rid] = route
+        worker = route.pool.get(selection.worker_id)
+        assert worker is not None  # the router only knows this pool's workers
         if self.metrics is not None:
             self.metrics.decision.labels(route.name).observe(time.perf_counter() - started)
             self.metrics.overlap.labels(route.name).observe(selection.overlap_blocks)
-        worker = route.pool.get(selection.worker_id)
-        assert worker is not None  # the router only knows this pool's workers
+            self.metrics.routed(worker.endpoint, selection.overlap_blocks, len(request.token_ids), router.block_size)
         if self.sync is not None:
             eid = worker.endpoint
             self.sync.publish(eid.namespace, eid.component, self.sync.event(

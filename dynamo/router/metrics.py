@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Histogram
+import math
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from dynamo.router.config import KvMode
@@ -16,6 +18,11 @@ from dynamo.router.kv_router import KvRouter
 
 _DECISION = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 _BLOCKS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)
+_HIT_RATE = tuple(round(0.05 * i, 2) for i in range(21))  # Dynamo's linear buckets, 0 to 1 by 0.05
+_ISL = (50, 100, 250, 500, 1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000)
+# Dynamo's router request metrics keep the `dynamo_component_` prefix whatever --metrics-prefix says,
+# labelled by the endpoint routed to and the router's own instance id.
+_ENDPOINT_LABELS = ("dynamo_namespace", "dynamo_component", "dynamo_endpoint", "router_id")
 
 
 class RouterMetrics:
@@ -27,16 +34,46 @@ class RouterMetrics:
                                   ("model",), buckets=_DECISION, registry=registry)
         self.overlap = Histogram(f"{prefix}_router_overlap_blocks", "Cached prefix blocks on the chosen worker",
                                  ("model",), buckets=_BLOCKS, registry=registry)
+        self.requests = Counter("dynamo_component_router_requests", "Requests the router routed",
+                                _ENDPOINT_LABELS, registry=registry)
+        self.kv_hit_rate = Histogram("dynamo_component_router_kv_hit_rate", "Predicted KV cache hit rate at "
+                                     "routing time (0.0-1.0)", _ENDPOINT_LABELS, buckets=_HIT_RATE,
+                                     registry=registry)
+        self.isl = Histogram("dynamo_component_router_input_sequence_tokens", "Input sequence length in tokens "
+                             "observed at the router", _ENDPOINT_LABELS, buckets=_ISL, registry=registry)
+        self.router_id = "0"
         self.collector = _RouterCollector(prefix)
         registry.register(self.collector)
 
     @classmethod
     def attach(cls, registry: CollectorRegistry, prefix: str,
                rows: Callable[[], Iterable[tuple[str, KvRouter, KvMode, int]]],
-               counts: Callable[[], dict[str, int]] | None = None) -> "RouterMetrics":
+               counts: Callable[[], dict[str, int]] | None = None, router_id: int = 0) -> "RouterMetrics":
         metrics = cls(registry, prefix)
+        metrics.router_id = str(router_id)
         metrics.collector.sources.append((rows, counts or dict))
         return metrics
+
+    def endpoint_series(self, endpoint) -> None:
+        """Create `endpoint`'s router request series at 0 before any request: Prometheus' increase()
+        cannot count a series' first sample, so series born by a burst of requests would hide that
+        burst from the SLA planner."""
+        labels = self._labels(endpoint)
+        for family in (self.requests, self.kv_hit_rate, self.isl):
+            family.labels(*labels)
+
+    def _labels(self, endpoint) -> tuple[str, str, str, str]:
+        return endpoint.namespace, endpoint.component, endpoint.endpoint, self.router_id
+
+    def routed(self, endpoint, overlap_blocks: int, prompt_tokens: int, block_size: int) -> None:
+        """A request booked on a worker of `endpoint` (an EndpointId): the share of its prompt's blocks
+        the router found cached there (what the SLA planner reads as the KV hit rate)."""
+        labels = self._labels(endpoint)
+        self.requests.labels(*labels).inc()
+        self.isl.labels(*labels).observe(prompt_tokens)
+        blocks = math.ceil(prompt_tokens / block_size) if block_size > 0 else 0
+        if blocks:
+            self.kv_hit_rate.labels(*labels).observe(min(overlap_blocks / blocks, 1.0))
 
 
 class _RouterCollector:

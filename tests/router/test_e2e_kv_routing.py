@@ -75,6 +75,9 @@ def test_health_and_metrics_say_kv_events_mode(cluster):
     # Its own traffic (no reliance on earlier tests): a prefix, indexed, then hit once.
     prefix = tokens(11, PREFIX_BLOCKS * BLOCK)
     indexed = sum(route_info(cluster.base_url).get("indexed_blocks", {}).values())
+    generate = {"dynamo_namespace": "dynamo", "dynamo_endpoint": "generate"}  # what the SLA planner reads
+    hits_before = metric_value(metrics(cluster.base_url), "dynamo_component_router_kv_hit_rate_sum", generate) or 0.0
+    routed_before = metric_value(metrics(cluster.base_url), "dynamo_component_router_requests_total", generate) or 0.0
     complete(cluster.base_url, prefix + tokens(500, 10))
     wait_until(lambda: sum(route_info(cluster.base_url)["indexed_blocks"].values()) >= indexed + PREFIX_BLOCKS, 20,
                "the prefix indexed")
@@ -92,6 +95,10 @@ def test_health_and_metrics_say_kv_events_mode(cluster):
     assert metric_value(text, "dynamo_frontend_router_overlap_blocks_sum", {"model": MODEL}) >= PREFIX_BLOCKS
     assert metric_value(text, "dynamo_frontend_worker_active_decode_blocks", {"model": MODEL}) is not None
     assert metric_value(text, "dynamo_frontend_worker_active_prefill_tokens", {"model": MODEL}) is not None
+    # Dynamo's router request metrics: two more routed, the second finding 8 of its 9 blocks cached.
+    assert metric_value(text, "dynamo_component_router_requests_total", generate) == routed_before + 2
+    hits = metric_value(text, "dynamo_component_router_kv_hit_rate_sum", generate) - hits_before
+    assert hits == pytest.approx(PREFIX_BLOCKS / (PREFIX_BLOCKS + 1), abs=0.01), hits
 
 
 def test_no_events_reports_approximate_mode(cluster):
