@@ -309,7 +309,8 @@ class KvPolicy:
 
     # -- observability -------------------------------------------------------------------
     def _rows(self):
-        return [(name, route.router, route.report.mode, route.queue.pending) for name, route in self.routes.items()]
+        return [(name, route.router, route.report.mode, route.queue.pending, route.pool.role.value)
+                for name, route in self.routes.items()]
 
     def report(self, name: str) -> ModeReport | None:
         route = self.routes.get(name)

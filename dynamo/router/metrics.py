@@ -27,7 +27,8 @@ _ENDPOINT_LABELS = ("dynamo_namespace", "dynamo_component", "dynamo_endpoint", "
 
 class RouterMetrics:
     """The router's metric families on one registry (the process's one routing policy owns them);
-    each source's `rows()` yields (model, KvRouter, mode in effect) at scrape time."""
+    each source's `rows()` yields (model, KvRouter, mode in effect, queued requests, worker type) at
+    scrape time."""
 
     def __init__(self, registry: CollectorRegistry, prefix: str) -> None:
         self.decision = Histogram(f"{prefix}_router_decision_seconds", "Time to pick a worker (hash, match, cost)",
@@ -47,7 +48,7 @@ class RouterMetrics:
 
     @classmethod
     def attach(cls, registry: CollectorRegistry, prefix: str,
-               rows: Callable[[], Iterable[tuple[str, KvRouter, KvMode, int]]],
+               rows: Callable[[], Iterable[tuple[str, KvRouter, KvMode, int, str]]],
                counts: Callable[[], dict[str, int]] | None = None, router_id: int = 0) -> "RouterMetrics":
         metrics = cls(registry, prefix)
         metrics.router_id = str(router_id)
@@ -102,27 +103,28 @@ class _RouterCollector:
         hit = GaugeMetricFamily(f"{p}_router_kv_hit_rate", "Overlap blocks / prompt blocks of routed requests",
                                 labels=("model",))
         routed = CounterMetricFamily(f"{p}_router_requests", "Requests routed", labels=("model",))
+        # worker_type (decode or prefill) as Dynamo labels these, beside the model.
         blocks = GaugeMetricFamily(f"{p}_worker_active_decode_blocks", "Active KV blocks booked per worker",
-                                   labels=("model", "worker_id", "dp_rank"))
+                                   labels=("model", "worker_id", "dp_rank", "worker_type"))
         prefill = GaugeMetricFamily(f"{p}_worker_active_prefill_tokens", "Prompt tokens awaiting prefill per worker",
-                                    labels=("model", "worker_id", "dp_rank"))
+                                    labels=("model", "worker_id", "dp_rank", "worker_type"))
         tree = GaugeMetricFamily(f"{p}_router_indexed_blocks", "Blocks indexed per worker", labels=("model", "worker_id",
                                                                                                    "dp_rank"))
         queued = GaugeMetricFamily(f"{p}_router_queue_pending_requests", "Requests waiting in the router queue",
-                                   labels=("model",))
+                                   labels=("model", "worker_type"))
         events = CounterMetricFamily("dynamo_component_kv_cache_events_applied", "KV events applied by the router",
                                      labels=("event_type", "status"))
         totals: dict[tuple[str, str], int] = {}
-        for model, router, effective, pending in self._rows():
-            queued.add_metric((model,), pending)
+        for model, router, effective, pending, worker_type in self._rows():
+            queued.add_metric((model, worker_type), pending)
             for m in KvMode:
                 mode.add_metric((model, m), 1.0 if m == effective else 0.0)
             stats = router._stats
             hit.add_metric((model,), stats["overlap_blocks"] / stats["prompt_blocks"] if stats["prompt_blocks"] else 0.0)
             routed.add_metric((model,), stats["requests"])
             for (w, r), load in router.active.loads().items():
-                blocks.add_metric((model, str(w), str(r)), load.get("active_blocks", 0))
-                prefill.add_metric((model, str(w), str(r)), load.get("active_prefill_tokens", 0))
+                blocks.add_metric((model, str(w), str(r), worker_type), load.get("active_blocks", 0))
+                prefill.add_metric((model, str(w), str(r), worker_type), load.get("active_prefill_tokens", 0))
             for (w, r), size in router._tree_sizes().items():
                 tree.add_metric((model, str(w), str(r)), size)
             for key, n in router.indexer.counts.items():

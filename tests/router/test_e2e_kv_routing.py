@@ -93,7 +93,9 @@ def test_health_and_metrics_say_kv_events_mode(cluster):
     assert metric_value(text, "dynamo_frontend_router_kv_hit_rate", {"model": MODEL}) > 0
     assert metric_value(text, "dynamo_frontend_router_decision_seconds_count", {"model": MODEL}) >= 1
     assert metric_value(text, "dynamo_frontend_router_overlap_blocks_sum", {"model": MODEL}) >= PREFIX_BLOCKS
-    assert metric_value(text, "dynamo_frontend_worker_active_decode_blocks", {"model": MODEL}) is not None
+    decode = {"model": MODEL, "worker_type": "decode"}
+    assert metric_value(text, "dynamo_frontend_worker_active_decode_blocks", decode) is not None
+    assert metric_value(text, "dynamo_frontend_router_queue_pending_requests", decode) == 0
     assert metric_value(text, "dynamo_frontend_worker_active_prefill_tokens", {"model": MODEL}) is not None
     # Dynamo's router request metrics: two more routed, the second finding 8 of its 9 blocks cached.
     assert metric_value(text, "dynamo_component_router_requests_total", generate) == routed_before + 2
