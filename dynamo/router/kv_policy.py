@@ -251,7 +251,8 @@ class KvPolicy:
         if self.metrics is not None:
             self.metrics.decision.labels(route.name).observe(time.perf_counter() - started)
             self.metrics.overlap.labels(route.name).observe(selection.overlap_blocks)
-            self.metrics.routed(worker.endpoint, selection.overlap_blocks, len(request.token_ids), router.block_size)
+            self.metrics.routed(rid, worker.endpoint, selection.overlap_blocks, len(request.token_ids),
+                                router.block_size)
         if self.sync is not None:
             eid = worker.endpoint
             self.sync.publish(eid.namespace, eid.component, self.sync.event(
@@ -290,12 +291,16 @@ class KvPolicy:
         return thresholds
 
     def prefill_complete(self, request_id: str) -> None:
+        if self.metrics is not None:
+            self.metrics.first_token(request_id)
         route = self._inflight.get(request_id)
         if route is not None and route.router.mark_prefill_complete(request_id):
             self._share(route, request_id, "prefill")
             route.queue.wake()
 
     def free(self, request_id: str) -> None:
+        if self.metrics is not None:
+            self.metrics.forget(request_id)
         route = self._inflight.pop(request_id, None)
         if route is not None and route.router.free(request_id):
             self._share(route, request_id, "free")

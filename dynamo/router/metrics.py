@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 import math
+import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -20,6 +21,7 @@ _DECISION = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025
 _BLOCKS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)
 _HIT_RATE = tuple(round(0.05 * i, 2) for i in range(21))  # Dynamo's linear buckets, 0 to 1 by 0.05
 _ISL = (50, 100, 250, 500, 1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000)
+_TTFT = tuple(round(0.001 * (480 / 0.001) ** (i / 17), 6) for i in range(18))  # Dynamo's: 1 ms to 480 s, log
 # Dynamo's router request metrics keep the `dynamo_component_` prefix whatever --metrics-prefix says,
 # labelled by the endpoint routed to and the router's own instance id.
 _ENDPOINT_LABELS = ("dynamo_namespace", "dynamo_component", "dynamo_endpoint", "router_id")
@@ -42,6 +44,9 @@ class RouterMetrics:
                                      registry=registry)
         self.isl = Histogram("dynamo_component_router_input_sequence_tokens", "Input sequence length in tokens "
                              "observed at the router", _ENDPOINT_LABELS, buckets=_ISL, registry=registry)
+        self.ttft = Histogram("dynamo_component_router_time_to_first_token_seconds", "Time to first token observed "
+                              "at the router", _ENDPOINT_LABELS, buckets=_TTFT, registry=registry)
+        self._awaiting_first_token: dict[str, tuple[tuple[str, str, str, str], float]] = {}
         self.router_id = "0"
         self.collector = _RouterCollector(prefix)
         registry.register(self.collector)
@@ -60,21 +65,32 @@ class RouterMetrics:
         cannot count a series' first sample, so series born by a burst of requests would hide that
         burst from the SLA planner."""
         labels = self._labels(endpoint)
-        for family in (self.requests, self.kv_hit_rate, self.isl):
+        for family in (self.requests, self.kv_hit_rate, self.isl, self.ttft):
             family.labels(*labels)
 
     def _labels(self, endpoint) -> tuple[str, str, str, str]:
         return endpoint.namespace, endpoint.component, endpoint.endpoint, self.router_id
 
-    def routed(self, endpoint, overlap_blocks: int, prompt_tokens: int, block_size: int) -> None:
+    def routed(self, request_id: str, endpoint, overlap_blocks: int, prompt_tokens: int, block_size: int) -> None:
         """A request booked on a worker of `endpoint` (an EndpointId): the share of its prompt's blocks
         the router found cached there (what the SLA planner reads as the KV hit rate)."""
         labels = self._labels(endpoint)
+        self._awaiting_first_token[request_id] = (labels, time.monotonic())
         self.requests.labels(*labels).inc()
         self.isl.labels(*labels).observe(prompt_tokens)
         blocks = math.ceil(prompt_tokens / block_size) if block_size > 0 else 0
         if blocks:
             self.kv_hit_rate.labels(*labels).observe(min(overlap_blocks / blocks, 1.0))
+
+    def first_token(self, request_id: str) -> None:
+        """The request's first token reached the router: its TTFT from the booking."""
+        routed = self._awaiting_first_token.pop(request_id, None)
+        if routed is not None:
+            self.ttft.labels(*routed[0]).observe(time.monotonic() - routed[1])
+
+    def forget(self, request_id: str) -> None:
+        """The request ended (or was dropped) before its first token, or after it: nothing to wait for."""
+        self._awaiting_first_token.pop(request_id, None)
 
 
 class _RouterCollector:

@@ -78,6 +78,8 @@ def test_health_and_metrics_say_kv_events_mode(cluster):
     generate = {"dynamo_namespace": "dynamo", "dynamo_endpoint": "generate"}  # what the SLA planner reads
     hits_before = metric_value(metrics(cluster.base_url), "dynamo_component_router_kv_hit_rate_sum", generate) or 0.0
     routed_before = metric_value(metrics(cluster.base_url), "dynamo_component_router_requests_total", generate) or 0.0
+    ttfts_before = metric_value(metrics(cluster.base_url), "dynamo_component_router_time_to_first_token_seconds_count",
+                                generate) or 0.0
     complete(cluster.base_url, prefix + tokens(500, 10))
     wait_until(lambda: sum(route_info(cluster.base_url)["indexed_blocks"].values()) >= indexed + PREFIX_BLOCKS, 20,
                "the prefix indexed")
@@ -101,6 +103,8 @@ def test_health_and_metrics_say_kv_events_mode(cluster):
     assert metric_value(text, "dynamo_component_router_requests_total", generate) == routed_before + 2
     hits = metric_value(text, "dynamo_component_router_kv_hit_rate_sum", generate) - hits_before
     assert hits == pytest.approx(PREFIX_BLOCKS / (PREFIX_BLOCKS + 1), abs=0.01), hits
+    ttfts = "dynamo_component_router_time_to_first_token_seconds_count"
+    assert metric_value(text, ttfts, generate) == ttfts_before + 2
 
 
 def test_no_events_reports_approximate_mode(cluster):
