@@ -22,7 +22,7 @@ import uuid
 
 from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.router.config import KvMode, KvRouterConfig
-from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers
+from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers, Selection
 from dynamo.router.metrics import RouterMetrics
 from dynamo.router.policy import Choice, PolicyHost, Role, WorkerInfo, WorkerPool, candidates, register
 from dynamo.router.replica_sync import ReplicaSync
@@ -221,17 +221,22 @@ class KvPolicy:
                                  (hints.strict_priority or 0) if hints else 0)
 
     async def query(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
+        route, selection = self._peek(pool, request, exclude)
+        worker = route.pool.get(selection.worker_id)
+        assert worker is not None  # the router only knows this pool's workers
+        return Choice(worker, selection.dp_rank, selection.overlap_blocks)
+
+    def _peek(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> tuple[PoolRoute, Selection]:
+        """The router's choice for the request now, booked nowhere and never queued for; raises
+        NoWorkers / AllWorkersBusy."""
         route = self._route(pool)
         if route is None:
             raise NoWorkers(pool.model)
         allowed = [w.instance_id for w in candidates(route.pool, request, exclude)]
         if not allowed:
             raise NoWorkers(route.pool.model)
-        selection = route.router.select(request.token_ids, allowed=allowed, lora_name=route.pool.lora_name,
-                                        cache_salt=cache_salt_of(request))
-        worker = route.pool.get(selection.worker_id)
-        assert worker is not None  # the router only knows this pool's workers
-        return Choice(worker, selection.dp_rank, selection.overlap_blocks)
+        return route, route.router.select(request.token_ids, allowed=allowed, lora_name=route.pool.lora_name,
+                                          cache_salt=cache_salt_of(request))
 
     def _select_now(self, route: PoolRoute, request: PreprocessedRequest, exclude: set[int]) -> Choice:
         allowed = [w.instance_id for w in candidates(route.pool, request, exclude)]
@@ -251,8 +256,8 @@ class KvPolicy:
         if self.metrics is not None:
             self.metrics.decision.labels(route.name).observe(time.perf_counter() - started)
             self.metrics.overlap.labels(route.name).observe(selection.overlap_blocks)
-            self.metrics.routed(rid, worker.endpoint, selection.overlap_blocks, len(request.token_ids),
-                                router.block_size)
+            self.metrics.routed(rid, worker.endpoint, selection.overlap_blocks, selection.required_blocks,
+                                len(request.token_ids))
         if self.sync is not None:
             eid = worker.endpoint
             self.sync.publish(eid.namespace, eid.component, self.sync.event(
@@ -261,13 +266,8 @@ class KvPolicy:
         return Choice(worker, selection.dp_rank, selection.overlap_blocks)
 
     def cached_tokens(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> int:
-        route = self._route(pool)
-        allowed = [w.instance_id for w in candidates(route.pool, request, exclude)] if route else []
-        if route is None or not allowed:
-            return 0
         try:
-            selection = route.router.select(request.token_ids, allowed=allowed, lora_name=route.pool.lora_name,
-                                            cache_salt=cache_salt_of(request))
+            route, selection = self._peek(pool, request, exclude)
         except (NoWorkers, AllWorkersBusy):
             return 0
         return min(selection.overlap_blocks * route.router.block_size, len(request.token_ids))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-import math
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -71,16 +70,15 @@ class RouterMetrics:
     def _labels(self, endpoint) -> tuple[str, str, str, str]:
         return endpoint.namespace, endpoint.component, endpoint.endpoint, self.router_id
 
-    def routed(self, request_id: str, endpoint, overlap_blocks: int, prompt_tokens: int, block_size: int) -> None:
+    def routed(self, request_id: str, endpoint, overlap_blocks: int, prompt_blocks: int, prompt_tokens: int) -> None:
         """A request booked on a worker of `endpoint` (an EndpointId): the share of its prompt's blocks
         the router found cached there (what the SLA planner reads as the KV hit rate)."""
         labels = self._labels(endpoint)
         self._awaiting_first_token[request_id] = (labels, time.monotonic())
         self.requests.labels(*labels).inc()
         self.isl.labels(*labels).observe(prompt_tokens)
-        blocks = math.ceil(prompt_tokens / block_size) if block_size > 0 else 0
-        if blocks:
-            self.kv_hit_rate.labels(*labels).observe(min(overlap_blocks / blocks, 1.0))
+        if prompt_blocks:
+            self.kv_hit_rate.labels(*labels).observe(min(overlap_blocks / prompt_blocks, 1.0))
 
     def first_token(self, request_id: str) -> None:
         """The request's first token reached the router: its TTFT from the booking."""

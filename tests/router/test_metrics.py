@@ -24,8 +24,8 @@ def test_routed_requests_hit_rates_and_first_tokens():
     metrics.endpoint_series(EID)
     assert scrape(registry, "dynamo_component_router_requests_total") == 0.0  # before any request
     assert scrape(registry, "dynamo_component_router_kv_hit_rate_count") == 0.0
-    metrics.routed("a", EID, overlap_blocks=3, prompt_tokens=64, block_size=16)  # 3 of 4 blocks cached
-    metrics.routed("b", EID, overlap_blocks=0, prompt_tokens=10, block_size=16)
+    metrics.routed("a", EID, overlap_blocks=3, prompt_blocks=4, prompt_tokens=64)  # 3 of 4 blocks cached
+    metrics.routed("b", EID, overlap_blocks=0, prompt_blocks=1, prompt_tokens=10)
     metrics.first_token("a")
     metrics.first_token("a")  # once only
     metrics.forget("b")  # ended before its first token
