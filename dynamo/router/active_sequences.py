@@ -13,7 +13,7 @@ token) -> `free` (finished or cancelled; idempotent).
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Container, Iterable, Mapping, Sequence
 
 WorkerKey = tuple[int, int]
 
@@ -33,39 +33,25 @@ class _Request:
 
 
 class _WorkerLoad:
-    __slots__ = ("block_refs", "private_blocks", "prefill_tokens", "requests", "members")
+    __slots__ = ("block_refs", "private_blocks", "prefill_tokens", "members")
 
     def __init__(self) -> None:
         self.members: dict[str, _Request] = {}  # the worker's active requests by id
         self.block_refs: dict[int, int] = {}  # seq_hash -> number of active requests using it
         self.private_blocks = 0  # blocks of requests booked without reuse (assume_kv_reuse=False)
         self.prefill_tokens = 0
-        self.requests = 0
+
+    @property
+    def requests(self) -> int:
+        return len(self.members)
 
     @property
     def active_blocks(self) -> int:
         return len(self.block_refs) + self.private_blocks
 
     def new_blocks(self, seq_hashes: Sequence[int]) -> int:
-        """Blocks of `seq_hashes` not active here.
-
-        Every booked request contributes a full prefix chain of sequence hashes, so the
-        active ones among `seq_hashes` form a prefix: binary search for its length.
-        """
-        refs = self.block_refs
-        lo, hi = 0, len(seq_hashes)
-        if not refs or hi == 0 or seq_hashes[0] not in refs:
-            return hi
-        if seq_hashes[hi - 1] in refs:
-            return 0
-        lo, hi = 1, hi - 1
-        while lo < hi:  # first inactive index lies in [lo, hi]; seq[hi] is inactive
-            mid = (lo + hi) // 2
-            if seq_hashes[mid] in refs:
-                lo = mid + 1
-            else:
-                hi = mid
-        return len(seq_hashes) - lo
+        """Blocks of `seq_hashes` not active here."""
+        return len(seq_hashes) - _held_prefix(seq_hashes, self.block_refs)
 
 
 class ActiveSequences:
@@ -135,7 +121,6 @@ class ActiveSequences:
             holders[seq_hash] = holders.get(seq_hash, 0) + 1
         load.private_blocks += private
         load.prefill_tokens += tokens
-        load.requests += 1
         self._requests[request_id] = load.members[request_id] = _Request(key, seq_hashes, tokens, private,
                                                                          self._clock(), answer_tokens)
 
@@ -169,7 +154,6 @@ class ActiveSequences:
         load.members.pop(request_id, None)
         load.private_blocks -= req.private_blocks
         load.prefill_tokens -= req.prefill_tokens
-        load.requests -= 1
         return True
 
     def _unshare(self, req: _Request) -> None:
@@ -252,9 +236,8 @@ class ActiveSequences:
         `finish(booked_at, answer_tokens)` predicts: a block shared by several of them is freed by
         the last to end.
 
-        Walked from the last to end: what a request frees is what no later one holds. Sequence
-        hashes are chained (a block's hash covers every block before it), so the blocks of a request
-        that later ones hold are a prefix of its own, found by bisection; each block is added once."""
+        Walked from the last to end: what a request frees is what no later one holds, a suffix of its
+        blocks (`_held_prefix`); each block is added once."""
         load = self._workers.get(key)
         if load is None:
             return []
@@ -279,10 +262,17 @@ class ActiveSequences:
         return len(self._requests)
 
 
-def _held_prefix(seq_hashes: Sequence[int], held: set[int]) -> int:
-    """How many leading blocks of a chained sequence `held` contains (held blocks are a prefix)."""
-    lo, hi = 0, len(seq_hashes)
-    while lo < hi:
+def _held_prefix(seq_hashes: Sequence[int], held: Container[int]) -> int:
+    """How many leading blocks of a chained sequence `held` contains. Every booked request holds a
+    full prefix chain of sequence hashes (a block's hash covers every block before it), so the held
+    ones among `seq_hashes` form a prefix: binary search for its length."""
+    hi = len(seq_hashes)
+    if not held or hi == 0 or seq_hashes[0] not in held:
+        return 0
+    if seq_hashes[hi - 1] in held:
+        return hi
+    lo, hi = 1, hi - 1
+    while lo < hi:  # the first block not held lies in [lo, hi]; seq_hashes[hi] is not held
         mid = (lo + hi) // 2
         if seq_hashes[mid] in held:
             lo = mid + 1
