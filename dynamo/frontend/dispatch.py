@@ -76,6 +76,15 @@ class RequestHandle:
         # monotonic clock: where the request's prefill began (nvext timing), whatever migrated later.
         self.prefill_started: float | None = None
 
+    def prefilled_by(self) -> tuple[int, int, str] | None:
+        """(instance id, dp rank, worker type) of the worker that prefilled the request: a prefill
+        worker's when one did, else the decode worker's; None before any worker was chosen."""
+        if self.prefill_worker_id is not None:
+            return self.prefill_worker_id, self.prefill_dp_rank, "prefill"
+        if self.worker_id is not None:
+            return self.worker_id, self.dp_rank, "decode"
+        return None
+
     def cancel(self) -> None:
         """The client went away: stop the worker and end quietly."""
         self.cancelled = True

@@ -94,15 +94,13 @@ class FrontendMetrics:
 
     def first_token_on(self, handle, ttft: float, isl: int) -> None:
         """The worker that prefilled the request (a prefill worker, else the decode worker) saw this TTFT."""
-        if handle.prefill_worker_id is not None:
-            labels = (str(handle.prefill_worker_id), str(handle.prefill_dp_rank), "prefill")
-        elif handle.worker_id is not None:
-            labels = (str(handle.worker_id), str(handle.dp_rank), "decode")
-        else:
+        worker = handle.prefilled_by()
+        if worker is None:
             return
+        labels = (str(worker[0]), str(worker[1]), worker[2])
         self.worker_ttft.labels(*labels).set(ttft)
         self.worker_isl.labels(*labels).set(isl)
-        self._worker_series.setdefault(int(labels[0]), set()).add(labels)
+        self._worker_series.setdefault(worker[0], set()).add(labels)
 
     def decoded_on(self, handle, itl: float) -> None:
         if handle.worker_id is not None:

@@ -14,9 +14,9 @@ string the frontend matched or the engine's matched stop token id; null when non
 `prefill_wait_time_ms` until the first worker stream opened (a prefill worker's when one prefills:
 tokenizing, routing, the router's queue), `prefill_time_ms` from there to the first token (Dynamo's
 split of `ttft_ms`), and `total_time_ms`; `kv_hit_rate` is the prompt's fraction of KV blocks the KV
-router found cached on the worker it chose (KV routing only). A streamed answer carries it in one more chunk (`choices`
-empty) before `[DONE]`; a unary one as a top-level field. Names this version does not produce
-(Dynamo adds more over time) are ignored, as Dynamo ignores names it does not know.
+router found cached on the worker it chose (KV routing only). A streamed answer carries it in one
+more chunk (`choices` empty) before `[DONE]`; a unary one as a top-level field. Names this version
+does not produce (Dynamo adds more over time) are ignored, as Dynamo ignores names it does not know.
 """
 
 from __future__ import annotations
@@ -45,9 +45,8 @@ def worker_ids(handle) -> dict[str, int] | None:
     """Who served the request, from its stream handle; None before any worker was chosen."""
     if handle.worker_id is None:
         return None
-    prefill = handle.prefill_worker_id
-    return {"prefill_worker_id": handle.worker_id if prefill is None else prefill,
-            "prefill_dp_rank": handle.dp_rank if prefill is None else handle.prefill_dp_rank,
+    prefill_id, prefill_rank, _ = handle.prefilled_by()
+    return {"prefill_worker_id": prefill_id, "prefill_dp_rank": prefill_rank,
             "decode_worker_id": handle.worker_id, "decode_dp_rank": handle.dp_rank}
 
 
