@@ -145,6 +145,7 @@ class Dispatcher:
         request = prefilled
         while True:
             worker, call = await self._open(entry, request, exclude, handle)
+            before = len(progress.generated)
             try:
                 async for outputs in call:
                     for out in outputs:
@@ -157,8 +158,8 @@ class Dispatcher:
                     return
                 request = retry
                 exclude.add(worker.instance_id)
-            finally:
-                self.policy.free(request.request_id)
+            finally:  # the tokens this worker generated: the router's output length and ITL
+                self.policy.free(request.request_id, len(progress.generated) - before)
                 call.cancel()
 
     async def _prefilled(self, entry: ModelEntry, request: PreprocessedRequest,

@@ -257,7 +257,7 @@ class KvPolicy:
             self.metrics.decision.labels(route.name).observe(time.perf_counter() - started)
             self.metrics.overlap.labels(route.name).observe(selection.overlap_blocks)
             self.metrics.routed(rid, worker.endpoint, selection.overlap_blocks, selection.required_blocks,
-                                len(request.token_ids))
+                                len(request.token_ids), selection.overhead)
         if self.sync is not None:
             eid = worker.endpoint
             self.sync.publish(eid.namespace, eid.component, self.sync.event(
@@ -298,9 +298,9 @@ class KvPolicy:
             self._share(route, request_id, "prefill")
             route.queue.wake()
 
-    def free(self, request_id: str) -> None:
+    def free(self, request_id: str, output_tokens: int = 0) -> None:
         if self.metrics is not None:
-            self.metrics.forget(request_id)
+            self.metrics.finished(request_id, output_tokens)
         route = self._inflight.pop(request_id, None)
         if route is not None and route.router.free(request_id):
             self._share(route, request_id, "free")

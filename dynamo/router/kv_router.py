@@ -16,7 +16,6 @@ import math
 import random
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping, Sequence
 
 from dynamo.router.active_sequences import ActiveSequences
@@ -27,6 +26,7 @@ from dynamo.router.dynamo_cost import DynamoCostKnobs, dynamo_costs
 from dynamo.llm.kv_events.hashing import block_hashes, sequence_hashes
 from dynamo.router.indexer import KvIndexer, WorkerKey
 from dynamo.router.prefix_amortization import amortized
+from dynamo.router.selection import RoutingOverhead, Selection
 from dynamo.router.kv_capacity import AnswerPace, blocks_short, finish_time, memory_wait, priced_waits
 from dynamo.router.tier_credit import tiered_overlaps
 from dynamo.llm.kv_events.protocol import LoadMetrics, RouterEvent
@@ -47,17 +47,6 @@ NOMINAL_KV_BLOCKS = 16384
 __all__ = ["KvRouter", "Selection", "NoWorkers", "AllWorkersBusy"]
 
 _HASH_CACHE_SIZE = 4096
-
-
-@dataclass
-class Selection:
-    worker_id: int
-    dp_rank: int
-    overlap_blocks: int
-    required_blocks: int  # ceil(isl / block_size): blocks the request needs in total
-    logits: dict[WorkerKey, float] = field(default_factory=dict)
-    features: tuple[float, ...] | None = None  # the ttft model's view of the chosen worker
-    prefill_tokens: int | None = None  # its own new prefill there, when in-flight prefixes were credited
 
 
 class KvRouter:
@@ -101,6 +90,7 @@ class KvRouter:
         self._booked: dict[str, tuple[float, tuple[float, ...]]] = {}  # request -> (booked at, features)
         # request_id -> (isl, local hashes, sequence hashes, lora): hashed once per select/add pair
         self._hashes: OrderedDict[str, tuple[int, list[int], list[int], str | None]] = OrderedDict()
+        self._hash_seconds = (0.0, 0.0)  # (block, sequence) hashing of the last prompt `_hash` hashed
         self._stats = {"requests": 0, "prompt_blocks": 0, "overlap_blocks": 0, "last_decision_us": 0.0,
                        "busy_rejections": 0, "ignored_events": 0}
         if self.mode == KvMode.APPROXIMATE:
@@ -166,8 +156,11 @@ class KvRouter:
             cached = self._hashes.get(request_id)
             if cached is not None and cached[0] == len(token_ids) and cached[3] == namespace:
                 return cached[:3]
+        started = time.perf_counter()
         local = block_hashes(token_ids, self.block_size, lora_name, cache_salt)
+        hashed = time.perf_counter()
         entry = (len(token_ids), local, sequence_hashes(local))
+        self._hash_seconds = (hashed - started, time.perf_counter() - hashed)
         if request_id is not None:
             self._hashes[request_id] = (*entry, namespace)
             if len(self._hashes) > _HASH_CACHE_SIZE:
@@ -215,8 +208,11 @@ class KvRouter:
         candidates = self._candidates(allowed)
         if not candidates:
             raise NoWorkers("no workers available" if allowed is None else "no allowed workers available")
+        self._hash_seconds = (0.0, 0.0)
         isl, local, seq = self._hash(token_ids, request_id, lora_name, cache_salt)
+        hashed = time.perf_counter()
         overlaps: dict[WorkerKey, int] = {} if self.mode == KvMode.LOAD_ONLY else self._find(local).scores
+        matched = time.perf_counter()
         credit = self.config.router_inflight_prefix_credit
         potentials = self.active.potential_blocks_and_tokens(seq, isl, self._with_lower_tiers(overlaps, local),
                                                              candidates, credit)
@@ -242,12 +238,14 @@ class KvRouter:
             logits = dynamo_costs(potentials, active.active_prefill_tokens, active.requests, isl, self.block_size,
                                   self.knobs, weight, self.config.router_track_prefill_tokens)
         worker_id, dp_rank = self.selector.select(logits, temperature, self._index().tree.tree_size)
-        self._stats["last_decision_us"] = (time.perf_counter() - start) * 1e6
+        end = time.perf_counter()
+        self._stats["last_decision_us"] = (end - start) * 1e6
+        overhead = RoutingOverhead(*self._hash_seconds, matched - hashed, end - matched, end - start)
         chosen = (worker_id, dp_rank)
         x = x_of(chosen) if ttft else None
         own = potentials[chosen][1] - self.active.active_prefill_tokens(chosen) if credit else None
         return Selection(worker_id, dp_rank, overlaps.get(chosen, 0), math.ceil(isl / self.block_size), logits, x,
-                         own)
+                         own, overhead)
 
     def _price_memory_waits(self, logits: dict, potentials: Mapping[WorkerKey, tuple[int, int]], x_of) -> None:
         """Adds the wait for KV blocks where kv_capacity says it is priced (a lower tier is in play)."""

@@ -76,7 +76,7 @@ class _Booking(CacheBlindPolicy):
     def _pick(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> WorkerInfo:
         raise NotImplementedError
 
-    def free(self, request_id: str) -> None:
+    def free(self, request_id: str, output_tokens: int = 0) -> None:
         self.inflight.free(request_id)
 
     def health(self) -> dict:

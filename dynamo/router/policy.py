@@ -132,7 +132,10 @@ class RoutingPolicy(Protocol):
         or None when this policy detects no busy workers."""
         ...
     def prefill_complete(self, request_id: str) -> None: ...
-    def free(self, request_id: str) -> None: ...
+    def free(self, request_id: str, output_tokens: int = 0) -> None:
+        """The request's stream on its worker ended; `output_tokens` it generated there, when the
+        caller counted them (0: not counted, as for a stream that never started)."""
+        ...
     def health(self) -> dict: ...
     async def close(self) -> None: ...
 
@@ -230,7 +233,7 @@ class CacheBlindPolicy:
     def prefill_complete(self, request_id: str) -> None:
         pass
 
-    def free(self, request_id: str) -> None:
+    def free(self, request_id: str, output_tokens: int = 0) -> None:
         pass
 
     def health(self) -> dict:

@@ -320,8 +320,8 @@ class SessionAffinityPolicy:
     def prefill_complete(self, request_id: str) -> None:
         self.inner.prefill_complete(request_id)
 
-    def free(self, request_id: str) -> None:
-        self.inner.free(request_id)
+    def free(self, request_id: str, output_tokens: int = 0) -> None:
+        self.inner.free(request_id, output_tokens)
         ended = self.table.release(request_id)
         if ended is not None:  # replicas restart the idle TTL, or close the session too
             (pool, session), binding = ended

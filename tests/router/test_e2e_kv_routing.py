@@ -80,10 +80,15 @@ def test_health_and_metrics_say_kv_events_mode(cluster):
     routed_before = metric_value(metrics(cluster.base_url), "dynamo_component_router_requests_total", generate) or 0.0
     ttfts_before = metric_value(metrics(cluster.base_url), "dynamo_component_router_time_to_first_token_seconds_count",
                                 generate) or 0.0
-    complete(cluster.base_url, prefix + tokens(500, 10))
+    osl, itl = "dynamo_component_router_output_sequence_tokens", "dynamo_component_router_inter_token_latency_seconds"
+    osl_before = metric_value(metrics(cluster.base_url), f"{osl}_sum", generate) or 0.0
+    itls_before = metric_value(metrics(cluster.base_url), f"{itl}_count", generate) or 0.0
+    decisions_before = metric_value(metrics(cluster.base_url), "dynamo_router_overhead_total_ms_count") or 0.0
+    first = complete(cluster.base_url, prefix + tokens(500, 10))
     wait_until(lambda: sum(route_info(cluster.base_url)["indexed_blocks"].values()) >= indexed + PREFIX_BLOCKS, 20,
                "the prefix indexed")
-    assert cached_tokens(complete(cluster.base_url, prefix + tokens(501, 10))) >= PREFIX_BLOCKS * BLOCK
+    second = complete(cluster.base_url, prefix + tokens(501, 10))
+    assert cached_tokens(second) >= PREFIX_BLOCKS * BLOCK
     info = route_info(cluster.base_url)
     assert info["mode"] == "kv-events", info
     assert "publish KV events" in info["reason"]
@@ -105,6 +110,12 @@ def test_health_and_metrics_say_kv_events_mode(cluster):
     assert hits == pytest.approx(PREFIX_BLOCKS / (PREFIX_BLOCKS + 1), abs=0.01), hits
     ttfts = "dynamo_component_router_time_to_first_token_seconds_count"
     assert metric_value(text, ttfts, generate) == ttfts_before + 2
+    # ... their output lengths as the client got them, a mean ITL each, and each decision's overhead.
+    generated = [body["usage"]["completion_tokens"] for body in (first, second)]
+    assert metric_value(text, f"{osl}_sum", generate) == osl_before + sum(generated)
+    assert metric_value(text, f"{itl}_count", generate) == itls_before + sum(n > 1 for n in generated) == \
+        itls_before + 2
+    assert metric_value(text, "dynamo_router_overhead_total_ms_count") == decisions_before + 2
 
 
 def test_no_events_reports_approximate_mode(cluster):

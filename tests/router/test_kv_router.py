@@ -214,3 +214,17 @@ def test_blocks_held_only_offloaded_count_at_their_tiers_weight():
     assert off.select(PROMPT).logits[(1, 0)] == 8 + 8  # weights 0: offloaded blocks are no hit
     with pytest.raises(ValueError, match="between 0 and 1"):
         make(router_host_cache_hit_weight=1.5)
+
+
+def test_a_selection_times_its_phases_and_hashes_a_prompt_once_per_request():
+    r = make()
+    for w in (1, 2):
+        r.add_worker(w)
+    store_prompt(r, 2, PROMPT[:24])
+    first = r.select(PROMPT * 64, request_id="a").overhead  # 512 blocks: hashing takes measurable time
+    assert first is not None and first.block_hashing > 0 and first.seq_hashing > 0
+    assert min(first) >= 0
+    assert first.block_hashing + first.seq_hashing + first.find_matches + first.scheduling <= first.total + 1e-9
+    again = r.select(PROMPT * 64, request_id="a").overhead  # the booking's second look reuses the hashes
+    assert again is not None and (again.block_hashing, again.seq_hashing) == (0.0, 0.0)
+    assert again.total > 0
