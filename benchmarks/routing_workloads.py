@@ -33,8 +33,10 @@ def users(args) -> list[list[list[int]]]:
     else:
         prefixes = [_tokens(rng, args.prefix_tokens) for _ in range(args.groups)]
     prompts = []
-    for i in range(args.requests):
-        if args.workload == "mixed" and i % 2:
+    for _ in range(args.requests):
+        # A seeded coin, not every other request: alternating kinds would give every other user only
+        # unique prompts, and hand round-robin (alternating workers) one worker of each kind.
+        if args.workload == "mixed" and rng.random() < 0.5:
             prompts.append(_tokens(rng, rng.randrange(300, 2000)))
         else:
             prompts.append(prefixes[rng.randrange(args.groups)] + _tokens(rng, args.suffix_tokens))

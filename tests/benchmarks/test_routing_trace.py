@@ -21,3 +21,19 @@ def test_trace_rows_are_sorted_by_send_time_and_numbered_per_run(tmp_path):
         "0.000,u0#0/f0,,100,0,",  # no worker reported, no token
         "0.500,u1#0/f1,7,100,64,52.1",
     ]
+
+
+def test_mixed_deals_both_kinds_of_prompt_to_every_user_in_no_fixed_alternation():
+    import argparse
+
+    from benchmarks.routing_workloads import WORKLOADS, shared_prefix, users
+
+    args = argparse.Namespace(workload="mixed", seed=0, max_tokens=32, **WORKLOADS["mixed"])
+    plan = users(args)
+    shared = shared_prefix(plan)
+    kinds = [[(u, i) in shared for i in range(len(prompts))] for u, prompts in enumerate(plan)]
+    assert all(any(k) and not all(k) for k in kinds)  # nobody sends only one kind
+    in_order = [k for turn in zip(*kinds) for k in turn]  # the order requests go out
+    assert 0.35 < sum(in_order) / len(in_order) < 0.65
+    # Round-robin's two workers (every other request) each see both kinds.
+    assert all(0 < sum(in_order[w::2]) < len(in_order[w::2]) for w in (0, 1))
