@@ -51,7 +51,7 @@ class RouterMetrics:
     each source's `rows()` yields (model, KvRouter, mode in effect, queued requests, worker type) at
     scrape time."""
 
-    def __init__(self, registry: CollectorRegistry, prefix: str) -> None:
+    def __init__(self, registry: CollectorRegistry, prefix: str, router_id: int = 0) -> None:
         self.decision = Histogram(f"{prefix}_router_decision_seconds", "Time to pick a worker (hash, match, cost)",
                                   ("model",), buckets=_DECISION, registry=registry)
         self.overlap = Histogram(f"{prefix}_router_overlap_blocks", "Cached prefix blocks on the chosen worker",
@@ -69,12 +69,13 @@ class RouterMetrics:
                              "observed at the router", _ENDPOINT_LABELS, buckets=_ITL, registry=registry)
         self.osl = Histogram("dynamo_component_router_output_sequence_tokens", "Output sequence length in tokens "
                              "observed at the router", _ENDPOINT_LABELS, buckets=_OSL, registry=registry)
-        self.overhead_families = tuple(
-            Histogram(f"dynamo_router_overhead_{name}_ms", text, ("router_id",), buckets=buckets, registry=registry)
+        self.router_id = str(router_id)
+        # One series each, labelled by this router as Dynamo labels them.
+        self._overhead = tuple(
+            Histogram(f"dynamo_router_overhead_{name}_ms", text, ("router_id",), buckets=buckets,
+                      registry=registry).labels(self.router_id)
             for name, text, buckets in _OVERHEAD)
-        self._overhead: tuple = ()
         self._streams: dict[str, _Stream] = {}
-        self.router_id = "0"
         self.collector = _RouterCollector(prefix)
         registry.register(self.collector)
 
@@ -82,9 +83,7 @@ class RouterMetrics:
     def attach(cls, registry: CollectorRegistry, prefix: str,
                rows: Callable[[], Iterable[tuple[str, KvRouter, KvMode, int, str]]],
                counts: Callable[[], dict[str, int]] | None = None, router_id: int = 0) -> "RouterMetrics":
-        metrics = cls(registry, prefix)
-        metrics.router_id = str(router_id)
-        metrics._overhead = tuple(family.labels(metrics.router_id) for family in metrics.overhead_families)
+        metrics = cls(registry, prefix, router_id)
         metrics.collector.sources.append((rows, counts or dict))
         return metrics
 
@@ -110,7 +109,7 @@ class RouterMetrics:
         self.isl.labels(*labels).observe(prompt_tokens)
         if prompt_blocks:
             self.kv_hit_rate.labels(*labels).observe(min(overlap_blocks / prompt_blocks, 1.0))
-        if overhead is not None and self._overhead:
+        if overhead is not None:
             for histogram, seconds in zip(self._overhead, overhead):
                 histogram.observe(seconds * 1000.0)
 
