@@ -17,7 +17,13 @@ on a comment line:
     disaggregated query answers in; then `data: [DONE]`;
   - unary, one body with no choices and that `nvext`.
 
-Names this version does not know are ignored, as Dynamo ignores them.
+- `formatted_prompt` and `token_ids` (Dynamo's preprocessor annotations): a streamed answer opens
+  with the prompt as the model got it, the chat rendered through its template (a completion's text
+  prompt as sent), and its token ids. Each value is a JSON string on the comment line, the ids as
+  the text of a JSON array inside it, as Dynamo writes them. They are sent only for a text prompt;
+  `token_ids` not when the prompt came as `nvext.token_data` (the gateway that sent it has them).
+
+Names this version does not know are ignored, as Dynamo ignores them. A unary answer has no events.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ import msgspec
 
 from dynamo.frontend.dispatch import choose
 from dynamo.frontend.errors import bad_request
+from dynamo.frontend.openai import ChatCompletionRequest
+from dynamo.frontend.preparation import chat_text
 from dynamo.frontend.sse import (DONE, SSE_HEADERS, ChatChunks, CompletionChunks, chat_body, completion_body,
                                  usage_dict)
 from dynamo.router.policy import Role
@@ -37,6 +45,8 @@ from dynamo.runtime.asgi import send_bytes
 PARAM = "nvext.annotations"
 REQUEST_ID = "request_id"
 QUERY_INSTANCE_ID = "query_instance_id"
+FORMATTED_PROMPT = "formatted_prompt"
+TOKEN_IDS = "token_ids"
 
 
 def requested(nvext: dict[str, Any] | None) -> frozenset[str]:
@@ -52,6 +62,23 @@ def requested(nvext: dict[str, Any] | None) -> frozenset[str]:
 def event(name: str, value: Any) -> bytes:
     """One annotation as a server-sent event: the name, then the value's JSON as a comment line."""
     return b"event: " + name.encode() + b"\n: " + msgspec.json.encode(value) + b"\n\n"
+
+
+def prompt_events(names: frozenset[str], pipeline, req, ids: list[int], tokenized_here: bool) -> bytes:
+    """The `formatted_prompt` and `token_ids` events of a request's stream, for those of them it asks
+    for; PreprocessError when its chat does not render."""
+    if not req.stream or not names & {FORMATTED_PROMPT, TOKEN_IDS}:
+        return b""
+    if isinstance(req, ChatCompletionRequest):
+        text = chat_text(pipeline, req)  # rendered again: only a request that asks pays for it
+    elif isinstance(req.prompt_input(), str):
+        text = req.prompt_input()
+    else:
+        return b""  # a token or batched prompt: nothing was formatted
+    out = event(FORMATTED_PROMPT, text) if FORMATTED_PROMPT in names else b""
+    if TOKEN_IDS in names and tokenized_here:
+        out += event(TOKEN_IDS, msgspec.json.encode(ids).decode())
+    return out
 
 
 def routing_answer(decode_worker: int, token_ids: list[int]) -> bytes:

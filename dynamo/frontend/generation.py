@@ -72,6 +72,7 @@ class GenerationRun:
         self.extra_fields = response_ext.requested(req.nvext)
         self.annotations = annotations.requested(req.nvext)
         self.public_id = self.request_id  # the id the client and the logs know it by (the host may set it)
+        self.prompt_events = b""  # `formatted_prompt` / `token_ids` annotations, when asked for (the host sets them)
         self.block_size = entry.card.kv_cache_block_size
         self.first_token_at: float | None = None
         self._observe_itl = app.metrics.itl.labels(self.model).observe
@@ -293,9 +294,11 @@ class GenerationRun:
 
     async def _stream(self, merged, first, send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        opening = self.prompt_events
         if annotations.REQUEST_ID in self.annotations:
-            await send({"type": "http.response.body", "body": annotations.event(annotations.REQUEST_ID,
-                                                                              self.public_id), "more_body": True})
+            opening = annotations.event(annotations.REQUEST_ID, self.public_id) + opening
+        if opening:
+            await send({"type": "http.response.body", "body": opening, "more_body": True})
         try:
             async for i, outputs in self._batches(merged, first):
                 choice = self.choices[i]

@@ -323,15 +323,12 @@ class FrontendApp:
         kind = "chat" if is_chat else "completions"
         if kind not in entry.card.model_type:
             raise bad_request(f"model {entry.name!r} does not serve {kind}", "model", "unsupported_model")
-        try:
-            ids = (client_prompt_ids(entry.pipeline, req, hints)
-                   or await prompt_ids_for(entry.pipeline, req, body_size, self.prep_pool))
-        except PreprocessError as exc:
-            raise bad_request(exc.message, exc.param, exc.code) from None
+        names = annotations.requested(req.nvext)
+        ids, prompt_events = await self._prompt(entry, req, hints, body_size, names)
         preqs = wire_requests(entry.pipeline, req, ids, is_chat, hints, *self._trace_ids(trace))
         self._refuse_if_overloaded(entry.name)
         self._refuse_if_draining()
-        if annotations.QUERY_INSTANCE_ID in annotations.requested(req.nvext):
+        if annotations.QUERY_INSTANCE_ID in names:
             await annotations.answer_routing_query(self.dispatcher, entry, preqs[0], is_chat, req.stream, send)
             if trace is not None:
                 trace.outcome = RequestOutcome.SUCCESS
@@ -344,6 +341,7 @@ class FrontendApp:
             run.keep_answer = speculate
             if trace is not None:
                 run.public_id = trace.request_id
+            run.prompt_events = prompt_events
             status = await run.execute(entry, receive, send, request_type)
             if speculate and status == RequestOutcome.SUCCESS:
                 self.speculative.start(entry, req, run.answer_history(), hints)
@@ -353,6 +351,17 @@ class FrontendApp:
                 trace.outcome = status
                 if status == RequestOutcome.CANCELLED:
                     trace.cancelled_by_client()
+
+    async def _prompt(self, entry, req, hints: RoutingHints | None, body_size: int,
+                      names: frozenset[str]) -> tuple[list[int], bytes]:
+        """The prompt's token ids (the gateway's `token_data`, else templated and tokenized here), and
+        the `formatted_prompt` / `token_ids` annotation events a stream opens with; a 400 for a bad prompt."""
+        try:
+            given = client_prompt_ids(entry.pipeline, req, hints)
+            ids = given or await prompt_ids_for(entry.pipeline, req, body_size, self.prep_pool)
+            return ids, annotations.prompt_events(names, entry.pipeline, req, ids, tokenized_here=given is None)
+        except PreprocessError as exc:
+            raise bad_request(exc.message, exc.param, exc.code) from None
 
     @staticmethod
     def _trace_ids(trace: RequestTrace | None) -> tuple[str | None, str | None]:

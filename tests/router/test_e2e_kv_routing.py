@@ -383,3 +383,26 @@ def test_a_request_id_annotation_opens_the_stream_with_its_id(cluster):
         chunks = [json.loads(line[6:]) for line in rest.splitlines() if line.startswith("data: {")]
         assert chunks and all(c["id"].startswith("chatcmpl-" + request_id) for c in chunks), chunks[0]
         assert text.endswith("data: [DONE]\n\n")
+
+
+def test_prompt_annotations_open_the_stream_with_the_prompt_the_model_got(cluster):
+    """nvext.annotations ["request_id", "formatted_prompt", "token_ids"]: after the id, the chat as the
+    template rendered it and its token ids (as many as the usage counts), before any chunk. Sent on with
+    the gateway's token_data to a named worker, the ids are not echoed back."""
+    names = ["request_id", "formatted_prompt", "token_ids"]
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "tell me about lighthouses"}], "max_tokens": 3,
+            "stream": True, "stream_options": {"include_usage": True}, "nvext": {"annotations": names}}
+    text = httpx.post(cluster.base_url + "/v1/chat/completions", json=body, timeout=60).text
+    opening = text.split("data: ", 1)[0]
+    events = _annotation_events(opening)
+    assert list(events) == names, opening
+    assert "tell me about lighthouses" in events["formatted_prompt"]
+    assert events["formatted_prompt"] != "tell me about lighthouses"  # the template wrapped it
+    ids = json.loads(events["token_ids"])
+    usage = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")][-1]["usage"]
+    assert len(ids) == usage["prompt_tokens"] and all(type(i) is int for i in ids)
+    worker = route_info(cluster.base_url)["workers"][0]
+    routed = dict(body, nvext={"annotations": names, "backend_instance_id": worker, "token_data": ids})
+    again = _annotation_events(httpx.post(cluster.base_url + "/v1/chat/completions", json=routed,
+                                          timeout=60).text.split("data: ", 1)[0])
+    assert list(again) == ["request_id", "formatted_prompt"]
