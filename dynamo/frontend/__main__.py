@@ -12,6 +12,7 @@ from dynamo.frontend.config import FrontendConfig, parse_frontend_args
 from dynamo.frontend.disagg import DisaggMetrics, DisaggPolicy, PrefillOrchestrator
 from dynamo.frontend.dispatch import Dispatcher
 from dynamo.frontend.http_app import FrontendApp
+from dynamo.frontend.messages_run import AnthropicApi
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.model_manager import ModelManager
 from dynamo.llm.token_cache import TokenCache
@@ -71,7 +72,8 @@ async def serve(config: FrontendConfig, stop: asyncio.Event, warnings: Sequence[
                       health_extra=lambda: {**routing.health(), **inhibitor.health()},
                       reasoning_field=config.reasoning_field_name,
                       request_events=RequestEvents(runtime.settings.logging_jsonl),
-                      admin_api=not config.disable_frontend_admin_api)
+                      admin_api=not config.disable_frontend_admin_api,
+                      anthropic=AnthropicApi(config.strip_anthropic_preamble) if config.enable_anthropic_api else None)
     lag = LoopLagMonitor(lambda v: (metrics.loop_lag.observe(v), metrics.loop_lag_max.set(lag.worst)))
     lag.start()
     tls = {}

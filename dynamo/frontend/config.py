@@ -76,6 +76,11 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
         env="DYN_DISABLE_FRONTEND_ADMIN_API")
     reasoning_field_name: str = setting("reasoning_content", "Message field that carries parsed reasoning",
                                         choices=["reasoning_content", "reasoning"])
+    enable_anthropic_api: bool = setting(False, "Serve Anthropic's Messages API: POST /v1/messages and "
+                                         "/v1/messages/count_tokens (Claude Code and other Anthropic clients)")
+    strip_anthropic_preamble: bool = setting(False, "Drop Claude Code's x-anthropic-billing-header line from "
+                                             "/v1/messages system prompts: it changes per request and defeats "
+                                             "prefix caching")
 
     def validate(self) -> None:
         super().validate()

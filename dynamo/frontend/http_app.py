@@ -18,6 +18,8 @@ from prometheus_client import generate_latest
 
 from dynamo.frontend import annotations, errors, speculative_prefill
 from dynamo.frontend.admin import BusyThresholdAdmin
+from dynamo.frontend.anthropic import PATH as ANTHROPIC_PATH, error_body
+from dynamo.frontend.messages_run import AnthropicApi
 from dynamo.frontend.agent_context import agent_context
 from dynamo.frontend.intake import early_refusal
 from dynamo.frontend.dispatch import Dispatcher
@@ -64,7 +66,7 @@ class FrontendApp:
                  body_limit: int, concurrency_limit: int = 0, overload_status: int = OVERLOADED_STATUS,
                  health_extra: Callable[[], dict] | None = None,
                  reasoning_field: str = "reasoning_content", request_events: RequestEvents | None = None,
-                 admin_api: bool = True) -> None:
+                 admin_api: bool = True, anthropic: AnthropicApi | None = None) -> None:
         self.models = models
         self.dispatcher = dispatcher
         self.metrics = metrics
@@ -93,6 +95,8 @@ class FrontendApp:
         }
         if admin_api:  # operators tune busy thresholds live (DYN_DISABLE_FRONTEND_ADMIN_API leaves it out)
             self.routes.update(BusyThresholdAdmin(dispatcher.policy, models, self._body).routes())
+        if anthropic is not None:  # --enable-anthropic-api
+            self.routes.update(anthropic.routes(self))
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -114,8 +118,9 @@ class FrontendApp:
             if exc.status == 413:
                 # The rest of the body is unread: close instead of reading and discarding it.
                 await send_bytes(send, 413, json_encode(exc.body()), CLOSE_HEADERS)
-            else:
-                await send_json(send, exc.status, exc.body())
+            else:  # Anthropic's clients read their own error shape
+                body = error_body(exc) if scope["path"].startswith(ANTHROPIC_PATH) else exc.body()
+                await send_json(send, exc.status, body)
         except ConnectionError:
             pass
         except BaseException as exc:

@@ -1,0 +1,227 @@
+"""`/v1/messages` (Anthropic's Messages API, served under `--enable-anthropic-api` as NVIDIA Dynamo
+serves it, for Claude Code and other Anthropic clients), the request side: the request converts
+itself to a chat request, so the model's own chat template, tool parser and reasoning parser apply
+as on `/v1/chat/completions`; `/v1/messages/count_tokens` counts that prompt; and errors take
+Anthropic's shape, `{"type": "error", "error": {"type", "message"}}` (plus our `param` and `code`).
+
+Conversion:
+- `system` (a string or text blocks) becomes the system message. With `--strip-anthropic-preamble`
+  the `x-anthropic-billing-header:` line Claude Code puts first is dropped: it changes with every
+  request and would make every prompt's first block new, so nothing would be reused from the cache.
+- user blocks: `text` and `image` (base64 or URL) become the user message; each `tool_result`
+  becomes a tool message for its `tool_use_id`. Assistant blocks: `text`, `tool_use` (a tool call
+  with the input as its JSON arguments), `thinking` (the message's reasoning; `redacted_thinking`
+  is dropped: there is nothing to show the model).
+- `tools` (`name`, `description`, `input_schema`) become functions; `tool_choice` `auto`, `any`
+  (required), `tool` (named), `none`; `disable_parallel_tool_use` turns parallel calls off.
+  Anthropic's server tools (a `type` such as `web_search_...`) cannot run here: a 400 says so.
+- `thinking.type` `enabled`/`disabled` sets the template's `enable_thinking`; the budget is not
+  enforced (engines that cannot enforce one would refuse the request).
+- `stop_sequences`, `temperature`, `top_p`, `top_k`, `max_tokens` map one to one; `nvext` passes on.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from dynamo.frontend.errors import ApiError, bad_request
+from dynamo.frontend.openai import ChatCompletionRequest, ChatMessage, decode_body
+
+PATH = "/v1/messages"
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
+_BILLING_LINE = re.compile(r"^x-anthropic-billing-header:[^\n]*\n?", re.MULTILINE)
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                503: "overloaded_error", 529: "overloaded_error"}
+_USER_BLOCKS = ("text", "image", "tool_result", "document")
+_ASSISTANT_BLOCKS = ("text", "tool_use", "thinking", "redacted_thinking")
+
+
+class MessagesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    model: str
+    messages: list[dict[str, Any]]
+    max_tokens: int | None = None  # required on /v1/messages, absent on count_tokens
+    system: str | list[dict[str, Any]] | None = None
+    stop_sequences: list[str] | None = None
+    stream: bool = False
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+    thinking: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    nvext: dict[str, Any] | None = None  # Dynamo's extension, as on chat: routing and agent hints
+
+    def to_chat(self, strip_preamble: bool, counting: bool = False) -> ChatCompletionRequest:
+        """The equivalent chat request; this request owns the conversion (400s name Anthropic's fields)."""
+        if not counting and (self.max_tokens is None or self.max_tokens < 1):
+            raise bad_request("`max_tokens` is required and must be at least 1", "max_tokens")
+        if not self.messages:
+            raise bad_request("`messages` must contain at least one message", "messages")
+        system = _system_text(self.system, strip_preamble)
+        messages = [ChatMessage(role="system", content=system)] if system else []
+        for i, message in enumerate(self.messages):
+            messages += _converted(message, i)
+        tools, choice, parallel = _tools(self.tools, self.tool_choice)
+        kwargs = None
+        if isinstance(self.thinking, dict) and self.thinking.get("type") in ("enabled", "disabled"):
+            kwargs = {"enable_thinking": self.thinking["type"] == "enabled"}
+        user = (self.metadata or {}).get("user_id")
+        return ChatCompletionRequest(model=self.model, messages=messages, stream=self.stream and not counting,
+                                     max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
+                                     top_k=self.top_k, stop=self.stop_sequences or None, tools=tools,
+                                     tool_choice=choice, parallel_tool_calls=parallel, chat_template_kwargs=kwargs,
+                                     user=user if isinstance(user, str) else None, nvext=self.nvext)
+
+
+decoder = msgspec.json.Decoder(MessagesRequest)
+
+
+def decode_messages(body: bytes) -> MessagesRequest:
+    return decode_body(decoder, body)
+
+
+def error_body(exc: ApiError) -> dict[str, Any]:
+    """An error as Anthropic's clients read it: its type by HTTP status, the message (and our param, code)."""
+    detail = exc.body()["error"]
+    return {"type": "error", "error": {**detail, "type": _ERROR_TYPES.get(exc.status, "api_error")}}
+
+
+def strip_billing_preamble(text: str) -> str:
+    return _BILLING_LINE.sub("", text)
+
+
+def _system_text(system: str | list[dict[str, Any]] | None, strip_preamble: bool) -> str:
+    if system is None:
+        return ""
+    if isinstance(system, str):
+        texts = [system]
+    else:
+        texts = [_block_text(block, "system", j) for j, block in enumerate(system)]
+    if strip_preamble:
+        texts = [strip_billing_preamble(t) for t in texts]
+    return "\n".join(t for t in texts if t)
+
+
+def _block_text(block: Any, where: str, j: int) -> str:
+    if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
+        raise bad_request(f"{where}[{j}] must be a text block", f"{where}[{j}]")
+    return block["text"]
+
+
+def _converted(message: Any, i: int) -> list[ChatMessage]:
+    where = f"messages[{i}]"
+    if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+        raise bad_request(f"{where}.role must be `user` or `assistant`", f"{where}.role")
+    content = message.get("content")
+    if isinstance(content, str):
+        return [ChatMessage(role=message["role"], content=content)]
+    if not isinstance(content, list):
+        raise bad_request(f"{where}.content must be a string or a list of content blocks", f"{where}.content")
+    allowed = _USER_BLOCKS if message["role"] == "user" else _ASSISTANT_BLOCKS
+    for j, block in enumerate(content):
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind not in allowed:
+            raise bad_request(f"{where}.content[{j}]: unsupported {message['role']} block {kind!r} (supported: "
+                              f"{', '.join(allowed)})", f"{where}.content[{j}].type")
+    if message["role"] == "user":
+        return _user_messages(content, where)
+    return [_assistant_message(content)]
+
+
+def _user_messages(blocks: list[dict[str, Any]], where: str) -> list[ChatMessage]:
+    """Tool results first, each its own tool message (they answer the previous turn's calls), then the
+    user's own text and images as one message."""
+    out: list[ChatMessage] = []
+    parts: list[dict[str, Any]] = []
+    for j, block in enumerate(blocks):
+        kind = block["type"]
+        if kind == "tool_result":
+            text = _result_text(block.get("content"), f"{where}.content[{j}].content")
+            out.append(ChatMessage(role="tool", content=text, tool_call_id=block.get("tool_use_id")))
+        elif kind == "image":
+            parts.append({"type": "image_url", "image_url": {"url": _image_url(block, f"{where}.content[{j}]")}})
+        elif kind == "document":
+            parts.append({"type": "text", "text": _document_text(block, f"{where}.content[{j}]")})
+        else:
+            parts.append({"type": "text", "text": _block_text(block, f"{where}.content", j)})
+    if parts:
+        only_text = all(p["type"] == "text" for p in parts)
+        out.append(ChatMessage(role="user", content="\n".join(p["text"] for p in parts) if only_text else parts))
+    return out
+
+
+def _assistant_message(blocks: list[dict[str, Any]]) -> ChatMessage:
+    texts, thoughts, calls = [], [], []
+    for block in blocks:
+        kind = block["type"]
+        if kind == "text":
+            texts.append(str(block.get("text", "")))
+        elif kind == "thinking":
+            thoughts.append(str(block.get("thinking", "")))
+        elif kind == "tool_use":
+            arguments = msgspec.json.encode(block.get("input") or {}).decode()
+            calls.append({"id": block.get("id"), "type": "function",
+                          "function": {"name": block.get("name"), "arguments": arguments}})
+    return ChatMessage(role="assistant", content="\n".join(texts) if texts or not calls else None,
+                       tool_calls=calls or None, reasoning_content="\n".join(thoughts) or None)
+
+
+def _result_text(content: Any, where: str) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        texts = []
+        for j, block in enumerate(content):
+            if isinstance(block, dict) and block.get("type") == "image":
+                texts.append("[image]")  # a tool message carries text only
+            else:
+                texts.append(_block_text(block, where, j))
+        return "\n".join(texts)
+    raise bad_request(f"{where} must be a string or a list of content blocks", where)
+
+
+def _image_url(block: dict[str, Any], where: str) -> str:
+    source = block.get("source") or {}
+    if source.get("type") == "base64" and source.get("media_type") and source.get("data"):
+        return f"data:{source['media_type']};base64,{source['data']}"
+    if source.get("type") == "url" and source.get("url"):
+        return source["url"]
+    raise bad_request(f"{where}.source must be a base64 image (media_type, data) or a url", f"{where}.source")
+
+
+def _document_text(block: dict[str, Any], where: str) -> str:
+    source = block.get("source") or {}
+    if source.get("type") == "text" and isinstance(source.get("data"), str):
+        return source["data"]
+    raise bad_request(f"{where}: only plain-text documents (source.type `text`) can be read here", f"{where}.source")
+
+
+def _tools(tools: list[dict[str, Any]] | None, choice: dict[str, Any] | None):
+    """(chat tools, chat tool_choice, parallel_tool_calls) of Anthropic's tools and tool_choice."""
+    functions = []
+    for i, tool in enumerate(tools or []):
+        if not isinstance(tool, dict) or tool.get("type") not in (None, "custom") or not tool.get("name"):
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            raise bad_request(f"tools[{i}]: only client tools (name, input_schema) can be used here, not {kind!r}",
+                              f"tools[{i}]")
+        functions.append({"type": "function", "function": {
+            "name": tool["name"], "description": tool.get("description", ""),
+            "parameters": tool.get("input_schema") or {"type": "object", "properties": {}}}})
+    if choice is None:
+        return functions or None, None, None
+    if not isinstance(choice, dict) or choice.get("type") not in ("auto", "any", "tool", "none"):
+        raise bad_request("`tool_choice.type` must be auto, any, tool or none", "tool_choice.type")
+    parallel = False if choice.get("disable_parallel_tool_use") else None
+    kind = choice["type"]
+    if kind == "tool":
+        if not choice.get("name"):
+            raise bad_request("`tool_choice` of type tool needs a `name`", "tool_choice.name")
+        mapped: Any = {"type": "function", "function": {"name": choice["name"]}}
+    else:
+        mapped = {"auto": "auto", "any": "required", "none": "none"}[kind]
+    return functions or None, mapped if functions else None, parallel

@@ -1,0 +1,195 @@
+"""`/v1/messages`, the answer side: a chat generation framed as an Anthropic Message, unary or as
+Anthropic's event stream:
+
+    message_start, ping,
+    (content_block_start, content_block_delta x N, content_block_stop) per block,
+    message_delta (stop_reason, stop_sequence, usage), message_stop
+
+Blocks come in the order the model produced them: `thinking` (the parsed reasoning; `thinking_delta`s,
+then an empty `signature_delta`: there is no signature to give), `text` (`text_delta`), and one
+`tool_use` block per tool call (`input_json_delta`s of its arguments). `stop_reason` is `tool_use`
+when the answer calls tools, `max_tokens` when it ran out, `stop_sequence` (naming it) when one of
+the request's stop sequences ended it, else `end_turn`. Usage follows Anthropic's accounting: the
+prompt tokens served from the KV cache are `cache_read_input_tokens`, the rest `input_tokens`.
+An error after the stream started is an `error` event.
+"""
+
+from __future__ import annotations
+
+import uuid
+from functools import partial
+from typing import Any
+
+import msgspec
+
+from dynamo.frontend.anthropic import COUNT_TOKENS_PATH, PATH, MessagesRequest, decode_messages, error_body
+from dynamo.frontend.errors import ApiError
+from dynamo.frontend.generation import Choice, GenerationRun
+from dynamo.frontend.openai import validate_chat
+from dynamo.frontend.output import ChoiceDelta
+from dynamo.frontend.request_log import SCOPE_KEY
+from dynamo.frontend.routing_hints import routing_hints
+from dynamo.frontend.sse import SSE_HEADERS
+from dynamo.llm.protocol import FinishReason
+from dynamo.runtime.asgi import send_bytes, send_json
+
+_json = msgspec.json.encode
+
+
+class MessagesRun(GenerationRun):
+    """A chat generation framed as an Anthropic Message (one choice)."""
+
+    def __init__(self, *args, messages_req: MessagesRequest, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.mreq = messages_req
+        self.message_id = "msg_" + uuid.uuid4().hex
+        self.block = -1  # index of the block open in the stream, -1 before the first
+        self.open: Any = None  # "thinking", "text" or a tool call's index: what the open block holds
+        self.called = False  # the stream carried a tool call
+
+    # -- the Message ---------------------------------------------------------------------------
+    def _message(self, content: list[dict], stop_reason: str | None, stop_sequence: str | None) -> dict:
+        return {"id": self.message_id, "type": "message", "role": "assistant", "model": self.model,
+                "content": content, "stop_reason": stop_reason, "stop_sequence": stop_sequence,
+                "usage": self._anthropic_usage()}
+
+    def _anthropic_usage(self) -> dict:
+        prompt, cached = len(self.preqs[0].token_ids), min(self.cached_tokens, len(self.preqs[0].token_ids))
+        return {"input_tokens": prompt - cached, "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": cached, "output_tokens": self.completion_tokens}
+
+    def _stop(self, choice: Choice, calls: bool) -> tuple[str, str | None]:
+        """(stop_reason, stop_sequence) of the finished answer."""
+        if calls:
+            return "tool_use", None
+        if choice.finish == FinishReason.LENGTH:
+            return "max_tokens", None
+        matched = choice.stage.matched_stop or choice.stop_reason
+        if isinstance(matched, str) and matched in (self.mreq.stop_sequences or ()):
+            return "stop_sequence", matched
+        return "end_turn", None
+
+    async def _unary(self, merged, first, send) -> None:
+        async for _, outputs in self._batches(merged, first):
+            choice = self.choices[0]
+            if not choice.done:
+                self._collect(choice, self._absorb(choice, outputs))
+        choice = self.choices[0]
+        if self.cancelled and not choice.done:
+            return
+        self._collect(choice, choice.stage.finish())
+        message = self._chat_choice(choice)["message"]  # the chat answer, its calls checked as JSON
+        content: list[dict] = []
+        reasoning = message.get(self.reasoning_field)
+        if reasoning:
+            content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
+        calls = message.get("tool_calls") or []
+        if message.get("content") or not calls:
+            content.append({"type": "text", "text": message.get("content") or ""})
+        for call in calls:
+            content.append({"type": "tool_use", "id": call["id"] or "toolu_" + uuid.uuid4().hex,
+                            "name": call["function"]["name"],
+                            "input": msgspec.json.decode(call["function"]["arguments"] or "{}")})
+        await send_bytes(send, 200, _json(self._message(content, *self._stop(choice, bool(calls)))))
+
+    # -- streaming -----------------------------------------------------------------------------
+    @staticmethod
+    def _event(kind: str, **fields) -> bytes:
+        return b"event: " + kind.encode() + b"\ndata: " + _json({"type": kind, **fields}) + b"\n\n"
+
+    def _start_block(self, holds: Any, block: dict) -> bytes:
+        out = self._close_block()
+        self.block += 1
+        self.open = holds
+        return out + self._event("content_block_start", index=self.block, content_block=block)
+
+    def _close_block(self) -> bytes:
+        if self.open is None:
+            return b""
+        out = b""
+        if self.open == "thinking":
+            out = self._delta({"type": "signature_delta", "signature": ""})
+        self.open = None
+        return out + self._event("content_block_stop", index=self.block)
+
+    def _delta(self, delta: dict) -> bytes:
+        return self._event("content_block_delta", index=self.block, delta=delta)
+
+    def _delta_events(self, d: ChoiceDelta) -> bytes:
+        out = b""
+        if d.reasoning:
+            if self.open != "thinking":
+                out += self._start_block("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+            out += self._delta({"type": "thinking_delta", "thinking": d.reasoning})
+        if d.content:
+            if self.open != "text":
+                out += self._start_block("text", {"type": "text", "text": ""})
+            out += self._delta({"type": "text_delta", "text": d.content})
+        for call in d.tool_calls:
+            self.called = True
+            if self.open != ("call", call.index):
+                block = {"type": "tool_use", "id": call.id or "toolu_" + uuid.uuid4().hex, "name": call.name or "",
+                         "input": {}}
+                out += self._start_block(("call", call.index), block)
+            if call.arguments:
+                out += self._delta({"type": "input_json_delta", "partial_json": call.arguments})
+        return out
+
+    async def _stream(self, merged, first, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        choice, started = self.choices[0], False
+        try:
+            async for _, outputs in self._batches(merged, first):
+                body = b"" if choice.done else self._delta_events(self._absorb(choice, outputs))
+                if not started:  # after the first batch: its usage knows the cached prompt tokens
+                    started = True
+                    body = self._opening() + body
+                if body:
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+            body = (b"" if started else self._opening()) + self._delta_events(choice.stage.finish())
+            if self.block < 0:
+                body += self._start_block("text", {"type": "text", "text": ""})
+            body += self._close_block()
+            stop_reason, stop_sequence = self._stop(choice, self.called)
+            body += self._event("message_delta", delta={"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+                                usage=self._anthropic_usage())
+            body += self._event("message_stop")
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+        except ApiError as exc:
+            if self.cancelled:
+                return
+            await send({"type": "http.response.body", "body": self._event("error", error=error_body(exc)["error"]),
+                        "more_body": False})
+
+    def _opening(self) -> bytes:
+        start = self._message([], None, None)
+        start["usage"]["output_tokens"] = 0
+        return self._event("message_start", message=start) + self._event("ping")
+
+
+class AnthropicApi:
+    """The routes a frontend serves under `--enable-anthropic-api`, over its own request path."""
+
+    def __init__(self, strip_preamble: bool) -> None:
+        self.strip_preamble = strip_preamble
+
+    def routes(self, app) -> dict[tuple[str, str], Any]:
+        return {("POST", PATH): partial(self.messages, app), ("POST", COUNT_TOKENS_PATH): partial(self.count_tokens, app)}
+
+    async def messages(self, app, scope, receive, send) -> None:
+        app._refuse_if_draining()
+        body = await app._body(scope, receive)
+        mreq = decode_messages(body)
+        req = mreq.to_chat(self.strip_preamble)
+        validate_chat(req)
+        await app._generate(req, "messages", len(body), receive, send, MessagesRun,
+                            hints=routing_hints(req.nvext, scope["headers"]), trace=scope.get(SCOPE_KEY),
+                            messages_req=mreq)
+
+    async def count_tokens(self, app, scope, receive, send) -> None:
+        """The prompt's token count as the model will see it: template, tools and all."""
+        body = await app._body(scope, receive)
+        req = decode_messages(body).to_chat(self.strip_preamble, counting=True)
+        validate_chat(req)
+        ids, _ = await app._prompt(app._entry(req.model), req, None, len(body), frozenset())
+        await send_json(send, 200, {"input_tokens": len(ids)})

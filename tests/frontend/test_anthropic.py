@@ -1,0 +1,96 @@
+"""Anthropic Messages requests as chat requests (frontend/anthropic.py): blocks to messages, tools and
+tool_choice to functions, Claude Code's billing line stripped, 400s that name the field, and errors in
+Anthropic's shape."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from dynamo.frontend.anthropic import decode_messages, error_body, strip_billing_preamble
+from dynamo.frontend.errors import ApiError, model_not_found
+
+
+def chat(body: dict, strip: bool = False, counting: bool = False):
+    return decode_messages(msgspec.json.encode({"model": "m", "max_tokens": 10, **body})).to_chat(strip, counting)
+
+
+def test_a_conversation_of_blocks_becomes_chat_messages():
+    req = chat({"system": [{"type": "text", "text": "Rules."}, {"type": "text", "text": "More rules."}], "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "Look:"},
+                                     {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                                  "data": "iVBO"}}]},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "Hmm.", "signature": "s"},
+                                          {"type": "text", "text": "Calling."},
+                                          {"type": "tool_use", "id": "t1", "name": "f", "input": {"a": 1}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "42"},
+                                     {"type": "text", "text": "Thanks"}]}]})
+    roles = [m.role for m in req.messages]
+    assert roles == ["system", "user", "assistant", "tool", "user"]
+    assert req.messages[0].content == "Rules.\nMore rules."
+    assert req.messages[1].content == [{"type": "text", "text": "Look:"},
+                                       {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}}]
+    assistant = req.messages[2]
+    assert assistant.content == "Calling." and assistant.reasoning_content == "Hmm."
+    assert assistant.tool_calls == [{"id": "t1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}]
+    assert (req.messages[3].tool_call_id, req.messages[3].content) == ("t1", "42")
+    assert req.messages[4].content == "Thanks"
+
+
+def test_tools_choices_and_sampling_map_one_to_one():
+    tool = {"name": "f", "description": "d", "input_schema": {"type": "object", "properties": {"x": {}}}}
+    req = chat({"messages": [{"role": "user", "content": "hi"}], "tools": [tool], "stop_sequences": ["END"],
+                "tool_choice": {"type": "tool", "name": "f", "disable_parallel_tool_use": True},
+                "temperature": 0.5, "top_k": 5, "thinking": {"type": "enabled", "budget_tokens": 1024}})
+    assert req.tools == [{"type": "function", "function": {"name": "f", "description": "d",
+                                                           "parameters": tool["input_schema"]}}]
+    assert req.tool_choice == {"type": "function", "function": {"name": "f"}} and req.parallel_tool_calls is False
+    assert (req.stop, req.temperature, req.top_k, req.max_tokens) == (["END"], 0.5, 5, 10)
+    assert req.chat_template_kwargs == {"enable_thinking": True}
+    for anthropic_choice, chat_choice in (("any", "required"), ("auto", "auto"), ("none", "none")):
+        got = chat({"messages": [{"role": "user", "content": "hi"}], "tools": [tool],
+                    "tool_choice": {"type": anthropic_choice}})
+        assert got.tool_choice == chat_choice
+
+
+def test_claude_codes_billing_line_is_stripped_only_when_asked():
+    header = "x-anthropic-billing-header: cc_version=2.1.80; cch=abc12;"
+    body = {"system": [{"type": "text", "text": header}, {"type": "text", "text": "You are Claude Code."}],
+            "messages": [{"role": "user", "content": "hi"}]}
+    assert chat(body, strip=True).messages[0].content == "You are Claude Code."
+    assert header in chat(body).messages[0].content
+    assert strip_billing_preamble(f"{header}\nKeep me.\nx-anthropic-billing-header: again") == "Keep me.\n"
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens"),
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "system", "content": "hi"}]}, "messages[0].role"),
+    ({"messages": [{"role": "user", "content": [{"type": "thinking", "thinking": "x"}]}]},
+     "messages[0].content[0].type"),
+    ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "file"}}]}]},
+     "messages[0].content[0].source"),
+    ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "bash_20250124", "name": "bash"}]},
+     "tools[0]"),
+    ({"messages": [{"role": "user", "content": "hi"}], "tool_choice": {"type": "sometimes"}}, "tool_choice.type"),
+    ({"messages": [{"role": "user", "content": "hi"}], "system": [{"type": "image"}]}, "system[0]"),
+])
+def test_what_cannot_be_served_is_a_400_naming_the_field(body, param):
+    with pytest.raises(ApiError) as err:
+        chat(body)
+    assert err.value.status == 400 and err.value.param == param
+
+
+def test_count_tokens_needs_no_max_tokens():
+    body = msgspec.json.encode({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    assert decode_messages(body).to_chat(False, counting=True).max_tokens is None
+    with pytest.raises(ApiError):
+        decode_messages(body).to_chat(False)
+
+
+def test_errors_are_in_anthropics_shape_with_our_fields_kept():
+    body = error_body(model_not_found("m"))
+    assert body["type"] == "error" and body["error"]["type"] == "not_found_error"
+    assert body["error"]["param"] == "model" and "m" in body["error"]["message"]
+    assert error_body(ApiError(529, "busy"))["error"]["type"] == "overloaded_error"
+    assert error_body(ApiError(502, "engine"))["error"]["type"] == "api_error"
