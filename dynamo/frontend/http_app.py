@@ -1,6 +1,7 @@
 """The OpenAI-compatible HTTP surface as a raw ASGI app (no framework on the
 per-token path). Routes: POST /v1/chat/completions, /v1/completions, /v1/responses,
-/v1/embeddings; GET /v1/models, /health, /live, /metrics.
+/v1/embeddings (and /v1/messages under --enable-anthropic-api); GET /v1/models,
+/v1/models/{id}[/ready], /health, /live, /metrics.
 
 Requests are read, decoded, validated and converted here; the generation itself (fan-out,
 output stage, framing) is `generation.GenerationRun`.
@@ -16,7 +17,8 @@ from typing import Any, Callable
 
 from prometheus_client import generate_latest
 
-from dynamo.frontend import annotations, errors, speculative_prefill
+from dynamo.frontend import annotations, errors, model_routes, speculative_prefill
+from dynamo.frontend.model_routes import model_object
 from dynamo.frontend.admin import BusyThresholdAdmin
 from dynamo.frontend.anthropic import PATH as ANTHROPIC_PATH, error_body
 from dynamo.frontend.messages_run import AnthropicApi
@@ -102,6 +104,8 @@ class FrontendApp:
         if scope["type"] != "http":
             return
         route = self.routes.get((scope["method"], scope["path"]))
+        if route is None and scope["method"] == "GET" and scope["path"].startswith(model_routes.PREFIX):
+            route = self.model
         trace, error, crash = None, None, None
         try:
             if route is None:
@@ -181,10 +185,21 @@ class FrontendApp:
         await send_json(send, 200, body)
 
     async def list_models(self, scope, receive, send) -> None:
-        data = [{"id": e.name, "object": "model", "created": e.created, "owned_by": "dynamo",
-                 **({"parent": e.card.base_model_path} if e.card.lora_name else {})}  # a LoRA: its base model
-                for e in self.models.listed()]
-        await send_json(send, 200, {"object": "list", "data": data})
+        await send_json(send, 200, {"object": "list", "data": [model_object(e) for e in self.models.listed()]})
+
+    async def model(self, scope, receive, send) -> None:
+        """`GET /v1/models/{id}` (the model object) and `/v1/models/{id}/ready` (Dynamo's readiness)."""
+        name = scope["path"][len(model_routes.PREFIX):]
+        ready = name.endswith(model_routes.READY_SUFFIX) and self.models.get(name) is None  # an id may end so
+        name = name[:-len(model_routes.READY_SUFFIX)] if ready else name
+        entry = self.models.get(name)
+        if entry is None or not (entry.serving() if ready else entry.decode_workers()):
+            raise errors.model_not_found(name)
+        if ready:
+            report = model_routes.readiness(entry)
+            await send_json(send, 200 if report["ready"] else 503, report)
+        else:
+            await send_json(send, 200, model_object(entry))
 
     async def prometheus(self, scope, receive, send) -> None:
         for entry in self.models.models.values():

@@ -69,6 +69,18 @@ def test_requests_are_prefilled_remotely(cluster):
     assert frontend_metric(cluster.base_url, "dynamo_frontend_kv_transfer_bytes_total") > 0
 
 
+def test_the_model_is_ready_with_its_worker_types_per_namespace(cluster):
+    """GET /v1/models/{id}/ready, Dynamo's readiness report: one prefill and one decode worker here."""
+    status, body = http_get(cluster.base_url + f"/v1/models/{MODEL}/ready")
+    report = json.loads(body)
+    assert status == 200 and report["model"] == MODEL and report["ready"] is True
+    [(namespace, detail)] = report["namespaces"].items()
+    assert namespace == "dynamo" and detail["present"] == ["decode", "prefill"] and detail["ready"] is True
+    assert {k: v["workers"] for k, v in detail["worker_types"].items()} == {"decode": 1, "prefill": 1}
+    assert detail["missing_worker_types"] == []
+    assert http_get(cluster.base_url + "/v1/models/no-such-model/ready")[0] == 404
+
+
 def test_the_response_names_the_prefill_and_the_decode_worker(cluster):
     """nvext.extra_fields ["worker_id", "timing"]: the prefill worker that prefilled it and the decode
     worker that streamed it, as /health lists them; the TTFT split where the prefill began."""

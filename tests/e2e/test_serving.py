@@ -36,6 +36,14 @@ def test_models_lists_served_model(client):
     assert ids == [MODEL]
 
 
+def test_a_model_is_retrieved_by_id_and_an_unknown_one_is_a_404(client):
+    model = client.models.retrieve(MODEL)
+    assert (model.id, model.object, model.owned_by) == (MODEL, "model", "dynamo")
+    with pytest.raises(openai.NotFoundError) as err:
+        client.models.retrieve("no-such-model")
+    assert "no-such-model" in err.value.message
+
+
 def test_chat_non_streaming(client):
     resp = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello there"}],
                                           max_tokens=12, seed=7)
