@@ -1,5 +1,5 @@
 """The OpenAI-compatible HTTP surface as a raw ASGI app (no framework on the
-per-token path). Routes: POST /v1/chat/completions, /v1/completions, /v1/responses,
+per-token path). Routes: POST /v1/chat/completions, /v1/completions, /v1/responses[/input_tokens],
 /v1/embeddings (and /v1/messages under --enable-anthropic-api); GET /v1/models,
 /v1/models/{id}[/ready], /health, /live, /metrics.
 
@@ -41,7 +41,7 @@ from dynamo.frontend.openai import (
 )
 from dynamo.frontend.request_log import SCOPE_KEY, TRACED_PATHS, RequestTrace, adopt_client_id, start_trace
 from dynamo.frontend.preparation import client_prompt_ids, output_spec, prompt_ids_for, wire_requests
-from dynamo.frontend.responses import ResponsesRun, decode_responses
+from dynamo.frontend.responses import ResponsesApi
 from dynamo.llm.preprocessor import PreprocessError
 from dynamo.runtime.logs import RequestEvents
 from dynamo.runtime.memory import trim_heap
@@ -88,13 +88,13 @@ class FrontendApp:
         self.routes: dict[tuple[str, str], Callable] = {
             ("POST", "/v1/chat/completions"): self.chat,
             ("POST", "/v1/completions"): self.completions,
-            ("POST", "/v1/responses"): self.responses,
             ("POST", "/v1/embeddings"): self.embeddings,
             ("GET", "/v1/models"): self.list_models,
             ("GET", "/health"): self.health,
             ("GET", "/live"): self.live,
             ("GET", "/metrics"): self.prometheus,
         }
+        self.routes.update(ResponsesApi().routes(self))
         if admin_api:  # operators tune busy thresholds live (DYN_DISABLE_FRONTEND_ADMIN_API leaves it out)
             self.routes.update(BusyThresholdAdmin(dispatcher.policy, models, self._body).routes())
         if anthropic is not None:  # --enable-anthropic-api
@@ -278,16 +278,6 @@ class FrontendApp:
             self.prep_pool.submit(trim_heap)
 
         asyncio.get_running_loop().call_later(1.0, run)
-
-    async def responses(self, scope, receive, send) -> None:
-        self._refuse_if_draining()
-        body = await self._body(scope, receive)
-        rreq = decode_responses(body)
-        req = rreq.to_chat()
-        validate_chat(req)
-        await self._generate(req, "responses", len(body), receive, send, ResponsesRun,
-                             hints=routing_hints(req.nvext, scope["headers"]), trace=scope.get(SCOPE_KEY),
-                             speculate=speculative_prefill.wanted(req.nvext), responses_req=rreq)
 
     async def embeddings(self, scope, receive, send) -> None:
         self._refuse_if_draining()

@@ -15,17 +15,21 @@ Stopping at `max_output_tokens` gives `status: "incomplete"`.
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from typing import Any
 
 import msgspec
 
+from dynamo.frontend import speculative_prefill
 from dynamo.frontend.errors import ApiError, bad_request
 from dynamo.frontend.generation import Choice, GenerationRun
-from dynamo.frontend.openai import ChatCompletionRequest, ChatMessage, decode_body
+from dynamo.frontend.openai import ChatCompletionRequest, ChatMessage, decode_body, validate_chat
 from dynamo.frontend.output import ChoiceDelta
+from dynamo.frontend.request_log import SCOPE_KEY
+from dynamo.frontend.routing_hints import routing_hints
 from dynamo.frontend.sse import SSE_HEADERS, error_event
 from dynamo.llm.protocol import FinishReason
-from dynamo.runtime.asgi import send_bytes
+from dynamo.runtime.asgi import send_bytes, send_json
 
 _json = msgspec.json.encode
 
@@ -303,3 +307,30 @@ def _reasoning_item(text: str, status: str = "completed") -> dict:
 def _call_item(call_id: str, name: str, arguments: str, status: str = "completed") -> dict:
     return {"type": "function_call", "id": "fc_" + uuid.uuid4().hex, "call_id": call_id, "name": name,
             "arguments": arguments, "status": status}
+
+
+class ResponsesApi:
+    """The Responses routes a frontend serves, over its own request path: `POST /v1/responses`, and
+    `POST /v1/responses/input_tokens` (the prompt's token count as the model will see it, template
+    and tools included, answered as OpenAI does: `{"object": "response.input_tokens", "input_tokens"}`)."""
+
+    def routes(self, app) -> dict[tuple[str, str], Any]:
+        return {("POST", "/v1/responses"): partial(self.create, app),
+                ("POST", "/v1/responses/input_tokens"): partial(self.input_tokens, app)}
+
+    async def create(self, app, scope, receive, send) -> None:
+        app._refuse_if_draining()
+        body = await app._body(scope, receive)
+        rreq = decode_responses(body)
+        req = rreq.to_chat()
+        validate_chat(req)
+        await app._generate(req, "responses", len(body), receive, send, ResponsesRun,
+                            hints=routing_hints(req.nvext, scope["headers"]), trace=scope.get(SCOPE_KEY),
+                            speculate=speculative_prefill.wanted(req.nvext), responses_req=rreq)
+
+    async def input_tokens(self, app, scope, receive, send) -> None:
+        body = await app._body(scope, receive)
+        req = decode_responses(body).to_chat()
+        validate_chat(req)
+        ids, _ = await app._prompt(app._entry(req.model), req, None, len(body), frozenset())
+        await send_json(send, 200, {"object": "response.input_tokens", "input_tokens": len(ids)})

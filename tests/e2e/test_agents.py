@@ -245,6 +245,17 @@ def test_responses_unary_and_incomplete(client):
     assert cut.usage.output_tokens == 2
 
 
+def test_responses_input_tokens_count_the_prompt_the_model_gets(client):
+    """POST /v1/responses/input_tokens with the official client: the count the response's usage
+    reports for the same request, tool definitions included."""
+    kw = dict(model="hermes", input="case:plain", tools=RESPONSE_TOOLS)
+    counted = client.responses.input_tokens.count(**kw)
+    assert counted.object == "response.input_tokens"
+    assert counted.input_tokens == client.responses.create(**kw).usage.input_tokens
+    assert 0 < client.responses.input_tokens.count(model="hermes", input="case:plain").input_tokens \
+        < counted.input_tokens
+
+
 def test_responses_stream_event_order(client):
     events = list(client.responses.create(model="hermes", input=[{"role": "user", "content": "case:plain"}],
                                           stream=True))
