@@ -6,12 +6,12 @@ marker arrives split across tokens."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import openai
 import pytest
 
 from tests.fixtures.procs import Cluster
+from tests.fixtures.tools_model import tools_model
 
 pytestmark = pytest.mark.e2e
 
@@ -61,29 +61,10 @@ SCRIPTS = {
     # The second turn: present only if the template rendered the tool result.
     "<tool_response>sunny, 21C</tool_response>": "It is sunny in Paris, 21C.",
 }
-# ChatML that renders tools and tool turns the way Qwen/Hermes templates do.
-TEMPLATE = (
-    "{%- if tools %}<|im_start|>system\n<tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools><|im_end|>\n"
-    "{%- endif %}"
-    "{%- for m in messages %}"
-    "{%- if m.role == 'tool' %}<|im_start|>user\n<tool_response>{{ m.content }}</tool_response><|im_end|>\n"
-    "{%- elif m.role == 'assistant' and m.tool_calls %}<|im_start|>assistant\n"
-    "{%- for c in m.tool_calls %}<tool_call>{{ {'name': c.function.name, 'arguments': c.function.arguments} | tojson }}"
-    "</tool_call>{%- endfor %}<|im_end|>\n"
-    "{%- else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
-)
-
-
 @pytest.fixture(scope="module")
 def cluster(tiny_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("agents")
-    model = tmp / "tools-model"
-    shutil.copytree(tiny_model, model)
-    (model / "chat_template.jinja").write_text(TEMPLATE)
-    replay = tmp / "replay.json"
-    replay.write_text(json.dumps(SCRIPTS))
+    model, replay = tools_model(tmp, tiny_model, SCRIPTS)
     c = Cluster(tmp, model)
     try:
         for name, (tool, reasoning) in WORKERS.items():

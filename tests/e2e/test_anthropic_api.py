@@ -5,15 +5,13 @@ parses Hermes tool calls and Qwen3 reasoning, so thinking, text and tool_use blo
 
 from __future__ import annotations
 
-import json
-import shutil
 
 import anthropic
 import httpx
 import pytest
 
-from tests.e2e.test_agents import TEMPLATE
 from tests.fixtures.procs import Cluster
+from tests.fixtures.tools_model import tools_model
 
 pytestmark = pytest.mark.e2e
 
@@ -34,11 +32,7 @@ HEADER = "x-anthropic-billing-header: cc_version=2.1.80; cc_entrypoint=cli; cch=
 @pytest.fixture(scope="module")
 def cluster(tiny_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("anthropic")
-    model = tmp / "tools-model"
-    shutil.copytree(tiny_model, model)
-    (model / "chat_template.jinja").write_text(TEMPLATE)
-    replay = tmp / "replay.json"
-    replay.write_text(json.dumps(SCRIPTS))
+    model, replay = tools_model(tmp, tiny_model, SCRIPTS)
     c = Cluster(tmp, model)
     try:
         c.mocker("--speedup-ratio", "1", "--replay-file", str(replay), "--dyn-tool-call-parser", "hermes",
