@@ -138,7 +138,10 @@ class FrontendApp:
         known = {path for _, path in self.routes}
         if scope["path"] in known:
             return errors.method_not_allowed(scope["method"], scope["path"])
-        return errors.no_route(scope["path"])
+        error = errors.no_route(scope["path"])
+        if scope["path"].startswith(ANTHROPIC_PATH):  # an Anthropic client pointed at a frontend without it
+            error.message += ": Anthropic's Messages API is served with --enable-anthropic-api"
+        return error
 
     # -- shutdown ------------------------------------------------------------------------------
     def begin_drain(self) -> None:

@@ -165,3 +165,10 @@ def test_server_still_serves_after_bad_input(http):
     resp = http.post("/v1/chat/completions", json=chat())
     assert resp.status_code == 200
     assert resp.json()["usage"]["completion_tokens"] == 4
+
+
+def test_an_anthropic_client_without_the_flag_is_told_which_flag_serves_it(http):
+    resp = http.post("/v1/messages", json={"model": "tiny", "max_tokens": 5, "messages": []})
+    body = resp.json()
+    assert resp.status_code == 404 and body["type"] == "error" and body["error"]["type"] == "not_found_error"
+    assert "--enable-anthropic-api" in body["error"]["message"]
