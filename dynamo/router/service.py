@@ -50,6 +50,15 @@ log = logging.getLogger(__name__)
 ROUTER_COMPONENT = "kv-router"
 
 
+class _TokenIds(msgspec.Struct):
+    """The one field of a worker's output the router reads (the rest is relayed, not decoded)."""
+
+    token_ids: list[int] = []
+
+
+_token_count_decoder = msgspec.msgpack.Decoder(_TokenIds)
+
+
 @dataclass
 class RouterServiceConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
     """Standalone KV router service."""
@@ -185,17 +194,19 @@ class RouterService:
         except msgspec.DecodeError as exc:
             raise HandlerError(f"malformed request: {exc}", ErrorCode.BAD_REQUEST) from None
         call, worker_id, first = await self._open(request, payload)
+        generated = 0  # the output length and ITL the router's metrics report
         try:
             batch = first
             while batch:  # the worker's encoded outputs, relayed unchanged
                 for item in batch:
+                    generated += len(_token_count_decoder.decode(item).token_ids)
                     yield item
                 batch = await call.next_payloads()
         except StreamError as exc:
             self.inhibitor.failed(worker_id, exc)
             raise _caller_error(worker_id, request.request_id, exc) from None
         finally:
-            self.policy.free(request.request_id)
+            self.policy.free(request.request_id, generated)
             call.cancel()
 
     async def _open(self, request: PreprocessedRequest, payload: bytes) -> tuple[WorkerStream, int, list[bytes]]:

@@ -45,8 +45,10 @@ def cluster(tiny_model, tmp_path_factory):
             c.wait_workers(MODEL, 2)
             c.fe.append(c.base_url)
         # with flags of NVIDIA Dynamo 1.6.1's router that this one accepts without acting on them
+        c.router_port = free_port()  # type: ignore[attr-defined]  # its system server: /metrics
         c.router = c.start("dynamo.router", ["--endpoint", "dynamo.backend.generate",  # type: ignore[attr-defined]
-                                             "--router-block-size", str(BLOCK), *DYNAMO_ONLY_FLAGS], name="router")
+                                             "--router-block-size", str(BLOCK), *DYNAMO_ONLY_FLAGS],
+                           env={"DYN_SYSTEM_PORT": str(c.router_port)}, name="router")
         c.kv_root = str(c.tmp / "kv")  # type: ignore[attr-defined]
         yield c
     finally:
@@ -131,9 +133,13 @@ def test_service_generate_routes_and_streams(cluster):
                "the service to index the prefix")
     request = PreprocessedRequest(request_id=uuid.uuid4().hex, model=MODEL, token_ids=prompt,
                                   stop_conditions=StopConditions(max_tokens=5, ignore_eos=True))
+    osl = "dynamo_component_router_output_sequence_tokens_sum"
+    osl_before = metric_value(metrics(f"http://127.0.0.1:{cluster.router_port}"), osl) or 0.0
     outputs = [output_decoder.decode(p) for p in call(cluster, "generate", request_encoder.encode(request))]
     assert sum(len(o.token_ids) for o in outputs) == 5
     assert outputs[0].cached_tokens >= PREFIX_BLOCKS * BLOCK
+    # The service counts what it relays: the router's output length, as Dynamo's standalone router reports it.
+    assert metric_value(metrics(f"http://127.0.0.1:{cluster.router_port}"), osl) == osl_before + 5
 
 
 def _active_blocks(base_url: str) -> float:
