@@ -20,7 +20,10 @@ from tests.vllm.conftest import (MODEL, VllmCluster, freeze_engine, metrics, ste
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 STREAMS = 32
-MAX_TOKENS = 48
+# Long enough that no stream can end inside the slices that start them: progress counts chunks, and
+# a chunk may carry several tokens, so with 48 tokens a CI run saw streams already finished at their
+# workers (none in flight) while the client counted only 2-12 chunks of them.
+MAX_TOKENS = 192
 PROMPTS = [f"Request {i}: tell me about the number {i * 7} and" for i in range(STREAMS)]
 
 
@@ -29,7 +32,7 @@ def cluster(vllm_python, vllm_model, tmp_path_factory):
     c = VllmCluster(tmp_path_factory.mktemp("vllm-migration"), vllm_model, vllm_python)
     try:
         c.frontend("--migration-limit", "3")
-        # The grace is far shorter than a stream (48 tokens of 11 batched CPU streams take
+        # The grace is far shorter than a stream (192 tokens of 11 batched CPU streams take
         # seconds): a SIGTERMed worker cuts its streams at the deadline, however fast the box.
         # Each engine pins its OpenMP threads; spread them over the cores instead of all on core 0.
         cores = os.cpu_count() or 1
