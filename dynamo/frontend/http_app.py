@@ -96,7 +96,7 @@ class FrontendApp:
         }
         self.routes.update(ResponsesApi().routes(self))
         if admin_api:  # operators tune busy thresholds live (DYN_DISABLE_FRONTEND_ADMIN_API leaves it out)
-            self.routes.update(BusyThresholdAdmin(dispatcher.policy, models, self._body).routes())
+            self.routes.update(BusyThresholdAdmin(dispatcher.policy, models, self.request_body).routes())
         if anthropic is not None:  # --enable-anthropic-api
             self.routes.update(anthropic.routes(self))
 
@@ -217,7 +217,7 @@ class FrontendApp:
         await send_bytes(send, 200, generate_latest(self.metrics.registry), TEXT_HEADERS)
 
     # -- generation ---------------------------------------------------------------------------
-    async def _body(self, scope, receive) -> bytes | bytearray:
+    async def request_body(self, scope, receive) -> bytes | bytearray:
         length = header(scope, b"content-length")
         if length is not None:
             try:
@@ -234,7 +234,7 @@ class FrontendApp:
     def _too_large(self, size: int | None) -> ApiError:
         return errors.body_too_large(self.body_limit, size)
 
-    def _refuse_if_draining(self) -> None:
+    def refuse_if_draining(self) -> None:
         if self.draining:
             raise errors.shutting_down()
 
@@ -254,8 +254,8 @@ class FrontendApp:
         await self._handle(scope, receive, send, "completion")
 
     async def _handle(self, scope, receive, send, kind: str) -> None:
-        self._refuse_if_draining()
-        body = await self._body(scope, receive)
+        self.refuse_if_draining()
+        body = await self.request_body(scope, receive)
         size = len(body)
         try:
             await self._refuse_early(body, kind)
@@ -263,7 +263,7 @@ class FrontendApp:
             del body
             (validate_chat if kind == "chat" else validate_completion)(req)
             hints = routing_hints(req.nvext, scope["headers"], req.cache_salt)
-            await self._generate(req, "chat_completions" if kind == "chat" else "completions", size, receive, send,
+            await self.generate(req, "chat_completions" if kind == "chat" else "completions", size, receive, send,
                                  hints=hints, trace=scope.get(SCOPE_KEY),
                                  speculate=kind == "chat" and speculative_prefill.wanted(req.nvext))
         finally:
@@ -283,13 +283,13 @@ class FrontendApp:
         asyncio.get_running_loop().call_later(1.0, run)
 
     async def embeddings(self, scope, receive, send) -> None:
-        self._refuse_if_draining()
-        req = decode_embeddings(await self._body(scope, receive))
+        self.refuse_if_draining()
+        req = decode_embeddings(await self.request_body(scope, receive))
         req.validate()
         trace = scope.get(SCOPE_KEY)
         if trace is not None:
             trace.received(req.model, "embeddings", "unary")
-        entry = self._entry(req.model)
+        entry = self.entry_for(req.model)
         if "embedding" not in entry.card.model_type:
             raise errors.no_embeddings(req.model)
         self._refuse_if_overloaded(entry.name)
@@ -304,7 +304,7 @@ class FrontendApp:
             self.metrics.duration.labels(entry.name).observe(time.monotonic() - started)
         await send_json(send, 200, body)
 
-    def _entry(self, name: str):
+    def entry_for(self, name: str):
         entry = self.models.get(name)
         if entry is None and name not in self.models.retired:
             raise errors.model_not_found(name)
@@ -321,7 +321,7 @@ class FrontendApp:
         self.metrics.rejections.labels(model, error.code).inc()
         return error
 
-    async def _generate(self, req, endpoint: str, body_size: int, receive, send, run_cls=GenerationRun,
+    async def generate(self, req, endpoint: str, body_size: int, receive, send, run_cls=GenerationRun,
                         hints: RoutingHints | None = None, trace: RequestTrace | None = None, speculate: bool = False,
                         **run_kw) -> None:
         started = time.monotonic()
@@ -330,17 +330,17 @@ class FrontendApp:
         if trace is not None:
             trace.received(req.model, endpoint, request_type, hints.session_id if hints else None,
                            hints.parent_session_id if hints else None, agent)
-        entry = self._entry(req.model)
+        entry = self.entry_for(req.model)
         self._refuse_if_overloaded(entry.name)
         is_chat = isinstance(req, ChatCompletionRequest)
         kind = "chat" if is_chat else "completions"
         if kind not in entry.card.model_type:
             raise bad_request(f"model {entry.name!r} does not serve {kind}", "model", "unsupported_model")
         names = annotations.requested(req.nvext)
-        ids, prompt_events = await self._prompt(entry, req, hints, body_size, names)
+        ids, prompt_events = await self.prompt_ids(entry, req, hints, body_size, names)
         preqs = wire_requests(entry.pipeline, req, ids, is_chat, hints, *self._trace_ids(trace))
         self._refuse_if_overloaded(entry.name)
-        self._refuse_if_draining()
+        self.refuse_if_draining()
         if annotations.QUERY_INSTANCE_ID in names:
             await annotations.answer_routing_query(self.dispatcher, entry, preqs[0], is_chat, req.stream, send)
             if trace is not None:
@@ -365,7 +365,7 @@ class FrontendApp:
                 if status == RequestOutcome.CANCELLED:
                     trace.cancelled_by_client()
 
-    async def _prompt(self, entry, req, hints: RoutingHints | None, body_size: int,
+    async def prompt_ids(self, entry, req, hints: RoutingHints | None, body_size: int,
                       names: frozenset[str]) -> tuple[list[int], bytes]:
         """The prompt's token ids (the gateway's `token_data`, else templated and tokenized here), and
         the `formatted_prompt` / `token_ids` annotation events a stream opens with; a 400 for a bad prompt."""

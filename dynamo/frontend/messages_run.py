@@ -177,19 +177,19 @@ class AnthropicApi:
         return {("POST", PATH): partial(self.messages, app), ("POST", COUNT_TOKENS_PATH): partial(self.count_tokens, app)}
 
     async def messages(self, app, scope, receive, send) -> None:
-        app._refuse_if_draining()
-        body = await app._body(scope, receive)
+        app.refuse_if_draining()
+        body = await app.request_body(scope, receive)
         mreq = decode_messages(body)
         req = mreq.to_chat(self.strip_preamble)
         validate_chat(req)
-        await app._generate(req, "messages", len(body), receive, send, MessagesRun,
+        await app.generate(req, "messages", len(body), receive, send, MessagesRun,
                             hints=routing_hints(req.nvext, scope["headers"]), trace=scope.get(SCOPE_KEY),
                             messages_req=mreq)
 
     async def count_tokens(self, app, scope, receive, send) -> None:
         """The prompt's token count as the model will see it: template, tools and all."""
-        body = await app._body(scope, receive)
+        body = await app.request_body(scope, receive)
         req = decode_messages(body).to_chat(self.strip_preamble, counting=True)
         validate_chat(req)
-        ids, _ = await app._prompt(app._entry(req.model), req, None, len(body), frozenset())
+        ids, _ = await app.prompt_ids(app.entry_for(req.model), req, None, len(body), frozenset())
         await send_json(send, 200, {"input_tokens": len(ids)})

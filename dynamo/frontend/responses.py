@@ -319,18 +319,18 @@ class ResponsesApi:
                 ("POST", "/v1/responses/input_tokens"): partial(self.input_tokens, app)}
 
     async def create(self, app, scope, receive, send) -> None:
-        app._refuse_if_draining()
-        body = await app._body(scope, receive)
+        app.refuse_if_draining()
+        body = await app.request_body(scope, receive)
         rreq = decode_responses(body)
         req = rreq.to_chat()
         validate_chat(req)
-        await app._generate(req, "responses", len(body), receive, send, ResponsesRun,
+        await app.generate(req, "responses", len(body), receive, send, ResponsesRun,
                             hints=routing_hints(req.nvext, scope["headers"]), trace=scope.get(SCOPE_KEY),
                             speculate=speculative_prefill.wanted(req.nvext), responses_req=rreq)
 
     async def input_tokens(self, app, scope, receive, send) -> None:
-        body = await app._body(scope, receive)
+        body = await app.request_body(scope, receive)
         req = decode_responses(body).to_chat()
         validate_chat(req)
-        ids, _ = await app._prompt(app._entry(req.model), req, None, len(body), frozenset())
+        ids, _ = await app.prompt_ids(app.entry_for(req.model), req, None, len(body), frozenset())
         await send_json(send, 200, {"object": "response.input_tokens", "input_tokens": len(ids)})
