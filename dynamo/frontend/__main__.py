@@ -73,7 +73,8 @@ async def serve(config: FrontendConfig, stop: asyncio.Event, warnings: Sequence[
                       reasoning_field=config.reasoning_field_name,
                       request_events=RequestEvents(runtime.settings.logging_jsonl),
                       admin_api=not config.disable_frontend_admin_api,
-                      anthropic=AnthropicApi(config.strip_anthropic_preamble) if config.enable_anthropic_api else None)
+                      anthropic=AnthropicApi(config.strip_anthropic_preamble) if config.enable_anthropic_api else None,
+                      stream_dispatch=(config.enable_streaming_tool_dispatch, config.enable_streaming_reasoning_dispatch))
     lag = LoopLagMonitor(lambda v: (metrics.loop_lag.observe(v), metrics.loop_lag_max.set(lag.worst)))
     lag.start()
     tls = {}

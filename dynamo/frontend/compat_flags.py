@@ -16,8 +16,6 @@ IGNORED: dict[tuple[str, ...], tuple[bool, str]] = {
     ("--interactive", "-i"): (False, "the text chat REPL is not provided; the HTTP server starts as usual"),
     ("--kserve-grpc-server",): (False, "the KServe gRPC server is " + _NOT_SERVED),
     ("--grpc-metrics-port",): (True, "the KServe gRPC server is " + _NOT_SERVED),
-    ("--enable-streaming-tool-dispatch",): (False, "the extra tool_call_dispatch SSE events are " + _NOT_SERVED),
-    ("--enable-streaming-reasoning-dispatch",): (False, "the extra reasoning_dispatch SSE events are " + _NOT_SERVED),
     ("--exclude-tools-when-tool-choice-none",): (False, "tool_choice none already leaves tools out of the prompt"),
     ("--dyn-chat-processor",): (True, "templates and tokenization are always this frontend's own"),
     ("--dyn-preprocess-workers",): (True, "big prompts are preprocessed on this frontend's own thread pool"),

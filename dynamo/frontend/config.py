@@ -78,6 +78,11 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
                                         choices=["reasoning_content", "reasoning"])
     enable_anthropic_api: bool = setting(False, "Serve Anthropic's Messages API: POST /v1/messages and "
                                          "/v1/messages/count_tokens (Claude Code and other Anthropic clients)")
+    enable_streaming_tool_dispatch: bool = setting(False, "Streamed chat: an `event: tool_call_dispatch` for each "
+                                                   "tool call as soon as its arguments are complete, before "
+                                                   "the answer ends")
+    enable_streaming_reasoning_dispatch: bool = setting(False, "Streamed chat: one `event: reasoning_dispatch` "
+                                                        "with the whole reasoning block once it ends")
     strip_anthropic_preamble: bool = setting(False, "Drop Claude Code's x-anthropic-billing-header line from "
                                              "/v1/messages system prompts: it changes per request and defeats "
                                              "prefix caching")

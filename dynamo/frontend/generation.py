@@ -21,6 +21,7 @@ from dynamo.frontend.metrics import RequestOutcome
 from dynamo.frontend.openai import ChatMessage
 from dynamo.frontend.output import ChoiceDelta, OutputSpec, OutputStage
 from dynamo.frontend.speculative_prefill import chat_answer_history
+from dynamo.frontend.stream_dispatch import StreamDispatch
 from dynamo.frontend.sse import (
     DONE, SSE_HEADERS, ChatChunks, CompletionChunks, chat_body, chat_logprobs, completion_body, completion_logprobs,
     error_event, tool_call_entries, usage_dict,
@@ -73,6 +74,9 @@ class GenerationRun:
         self.annotations = annotations.requested(req.nvext)
         self.public_id = self.request_id  # the id the client and the logs know it by (the host may set it)
         self.prompt_events = b""  # `formatted_prompt` / `token_ids` annotations, when asked for (the host sets them)
+        tools, reasoning = app.stream_dispatch
+        self.dispatch = (StreamDispatch(tools, reasoning, reasoning_field)
+                         if is_chat and req.stream and (tools or reasoning) else None)
         self.block_size = entry.card.kv_cache_block_size
         self.first_token_at: float | None = None
         self._observe_itl = app.metrics.itl.labels(self.model).observe
@@ -254,6 +258,11 @@ class GenerationRun:
 
     # -- streaming -----------------------------------------------------------------------------
     def _delta_bytes(self, choice: Choice, d: ChoiceDelta) -> bytes:
+        """The delta's chunk, after any early-dispatch events it brings (stream_dispatch.py)."""
+        events = self.dispatch.events(choice.index, d) if self.dispatch is not None else b""
+        return events + self._chunk_bytes(choice, d)
+
+    def _chunk_bytes(self, choice: Choice, d: ChoiceDelta) -> bytes:
         if not self.is_chat:
             if self.echo and not choice.started:
                 choice.started = True
@@ -288,6 +297,8 @@ class GenerationRun:
         if self.keep_answer:
             self._collect(choice, d)
         body = self._delta_bytes(choice, d)
+        if self.dispatch is not None:  # reasoning cut short (max_tokens): its block still goes out
+            body += self.dispatch.end_of_reasoning(choice.index)
         first = not choice.started
         choice.started = True
         return body + self.chunks.finish(choice.stage.finish_reason(choice.finish), first, choice.index)

@@ -68,7 +68,8 @@ class FrontendApp:
                  body_limit: int, concurrency_limit: int = 0, overload_status: int = OVERLOADED_STATUS,
                  health_extra: Callable[[], dict] | None = None,
                  reasoning_field: str = "reasoning_content", request_events: RequestEvents | None = None,
-                 admin_api: bool = True, anthropic: AnthropicApi | None = None) -> None:
+                 admin_api: bool = True, anthropic: AnthropicApi | None = None,
+                 stream_dispatch: tuple[bool, bool] = (False, False)) -> None:
         self.models = models
         self.dispatcher = dispatcher
         self.metrics = metrics
@@ -77,6 +78,7 @@ class FrontendApp:
         self.overload_status = overload_status
         self.health_extra = health_extra
         self.reasoning_field = reasoning_field
+        self.stream_dispatch = stream_dispatch  # (tool calls, reasoning): Dynamo's early-dispatch events
         self.request_events = request_events or RequestEvents(jsonl=False)
         self.inflight = 0
         self.draining = False
