@@ -66,7 +66,8 @@ class StreamDispatch:
         call["function"]["arguments"] += piece.arguments
         if key in self._sent or not (call["id"] and call["function"]["name"]):
             return b""
-        if not _is_object(call["function"]["arguments"]):
+        # Only a closing brace can complete an object: long arguments are not re-parsed per token.
+        if "}" not in piece.arguments and piece.arguments or not _is_object(call["function"]["arguments"]):
             return b""
         self._sent.add(key)
         return _event("tool_call_dispatch", {"choice_index": choice, "tool_call": call})
