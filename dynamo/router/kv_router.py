@@ -222,30 +222,34 @@ class KvRouter:
                 self._stats["busy_rejections"] += 1
                 raise AllWorkersBusy("All workers are busy, please retry later")
             potentials = {k: potentials[k] for k in candidates}
-        ttft = self._uses_ttft_cost(override, weight, temperature)
-        if ttft:
-            x_of = self._features(potentials)  # what the chosen worker will really see: the model learns from it
-            priced = (amortized(self.active, self.block_size, potentials, seq, isl)
-                      if self.config.router_shared_prefix_amortization else potentials)
-            active = self.active
-            logits = self.ttft.costs(priced, x_of if priced is potentials else self._features(priced),
-                                     lambda k: priced[k][1] - active.active_prefill_tokens(k))
-            self._price_memory_waits(logits, potentials, x_of)
-        elif self.knobs is None:
-            logits = compute_logits(potentials, self.block_size, weight)
-        else:
-            active = self.active
-            logits = dynamo_costs(potentials, active.active_prefill_tokens, active.requests, isl, self.block_size,
-                                  self.knobs, weight, self.config.router_track_prefill_tokens)
+        x_of = self._features(potentials) if self._uses_ttft_cost(override, weight, temperature) else None
+        logits = self._costs(potentials, x_of, seq, isl, weight)
         worker_id, dp_rank = self.selector.select(logits, temperature, self._index().tree.tree_size)
         end = time.perf_counter()
         self._stats["last_decision_us"] = (end - start) * 1e6
         overhead = RoutingOverhead(*self._hash_seconds, matched - hashed, end - matched, end - start)
         chosen = (worker_id, dp_rank)
-        x = x_of(chosen) if ttft else None
+        x = x_of(chosen) if x_of is not None else None
         own = potentials[chosen][1] - self.active.active_prefill_tokens(chosen) if credit else None
         return Selection(worker_id, dp_rank, overlaps.get(chosen, 0), math.ceil(isl / self.block_size), logits, x,
                          own, overhead)
+
+    def _costs(self, potentials: Mapping[WorkerKey, tuple[int, int]], x_of, seq: Sequence[int], isl: int,
+               weight: float) -> dict[WorkerKey, float]:
+        """Each candidate's cost: the ttft model's (`x_of` given: what the chosen worker will really see,
+        which the model learns from), else the classic one or Dynamo's with its knobs."""
+        active = self.active
+        if x_of is not None:
+            priced = (amortized(active, self.block_size, potentials, seq, isl)
+                      if self.config.router_shared_prefix_amortization else potentials)
+            logits = self.ttft.costs(priced, x_of if priced is potentials else self._features(priced),
+                                     lambda k: priced[k][1] - active.active_prefill_tokens(k))
+            self._price_memory_waits(logits, potentials, x_of)
+            return logits
+        if self.knobs is None:
+            return compute_logits(potentials, self.block_size, weight)
+        return dynamo_costs(potentials, active.active_prefill_tokens, active.requests, isl, self.block_size,
+                            self.knobs, weight, self.config.router_track_prefill_tokens)
 
     def _price_memory_waits(self, logits: dict, potentials: Mapping[WorkerKey, tuple[int, int]], x_of) -> None:
         """Adds the wait for KV blocks where kv_capacity says it is priced (a lower tier is in play)."""
