@@ -39,6 +39,38 @@ def _on_change(policy: RoutingPolicy, metrics: FrontendMetrics, live_workers: Ca
     return update
 
 
+def _app(config: FrontendConfig, runtime: DistributedRuntime, metrics: FrontendMetrics, routing: RoutingPolicy,
+         models: ModelManager) -> FrontendApp:
+    """The HTTP app over its request path: dispatch (migration, inhibition, deadlines) and disaggregation."""
+    deadlines = config.deadlines()
+    disagg = DisaggPolicy.from_config(config.enforce_disagg, config.router_conditional_disagg,
+                                      config.router_conditional_disagg_config)
+    orchestrator = PrefillOrchestrator(runtime.client, routing, disagg,
+                                       DisaggMetrics(metrics.registry, config.metrics_prefix), deadlines)
+    inhibitor = Inhibitor(config.inhibited_duration_secs, metrics.registry, config.metrics_prefix)
+    dispatcher = Dispatcher(runtime.client, routing, config.migration_limit, metrics, orchestrator, inhibitor,
+                            deadlines, config.migration_max_seq_len)
+    return FrontendApp(models, dispatcher, metrics, body_limit=int(config.http_body_limit_mb * 1024 * 1024),
+                       concurrency_limit=config.rejection_frontend_request_concurrency_limit,
+                       overload_status=config.http_overload_status_code,
+                       health_extra=lambda: {**routing.health(), **inhibitor.health()},
+                       reasoning_field=config.reasoning_field_name,
+                       request_events=RequestEvents(runtime.settings.logging_jsonl),
+                       admin_api=not config.disable_frontend_admin_api,
+                       anthropic=AnthropicApi(config.strip_anthropic_preamble) if config.enable_anthropic_api else None,
+                       stream_dispatch=(config.enable_streaming_tool_dispatch,
+                                        config.enable_streaming_reasoning_dispatch))
+
+
+def _tls_options(config: FrontendConfig) -> dict:
+    tls: dict = {}
+    if config.tls_cert_path:
+        tls = {"ssl_certfile": config.tls_cert_path, "ssl_keyfile": config.tls_key_path}
+    if config.tls_client_ca_cert_path:  # mutual TLS: no certificate from this CA, no handshake
+        tls.update(ssl_ca_certs=config.tls_client_ca_cert_path, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return tls
+
+
 async def serve(config: FrontendConfig, stop: asyncio.Event, warnings: Sequence[str] = ()) -> int:
     for text in warnings:  # the Dynamo flags accepted without effect, now that logging is set up
         log.warning("%s", text)
@@ -57,53 +89,40 @@ async def serve(config: FrontendConfig, stop: asyncio.Event, warnings: Sequence[
                           on_change=_on_change(routing, metrics, lambda: models.worker_ids()),
                           block_size=config.kv_cache_block_size, namespace_prefix=config.namespace_prefix,
                           token_cache=token_cache)
-    policy = DisaggPolicy.from_config(config.enforce_disagg, config.router_conditional_disagg,
-                                      config.router_conditional_disagg_config)
-    deadlines = config.deadlines()
-    orchestrator = PrefillOrchestrator(runtime.client, routing, policy,
-                                       DisaggMetrics(metrics.registry, config.metrics_prefix), deadlines)
-    inhibitor = Inhibitor(config.inhibited_duration_secs, metrics.registry, config.metrics_prefix)
-    dispatcher = Dispatcher(runtime.client, routing, config.migration_limit, metrics, orchestrator, inhibitor,
-                            deadlines, config.migration_max_seq_len)
-    body_limit = int(config.http_body_limit_mb * 1024 * 1024)
-    app = FrontendApp(models, dispatcher, metrics, body_limit=body_limit,
-                      concurrency_limit=config.rejection_frontend_request_concurrency_limit,
-                      overload_status=config.http_overload_status_code,
-                      health_extra=lambda: {**routing.health(), **inhibitor.health()},
-                      reasoning_field=config.reasoning_field_name,
-                      request_events=RequestEvents(runtime.settings.logging_jsonl),
-                      admin_api=not config.disable_frontend_admin_api,
-                      anthropic=AnthropicApi(config.strip_anthropic_preamble) if config.enable_anthropic_api else None,
-                      stream_dispatch=(config.enable_streaming_tool_dispatch, config.enable_streaming_reasoning_dispatch))
+    app = _app(config, runtime, metrics, routing, models)
     lag = LoopLagMonitor(lambda v: (metrics.loop_lag.observe(v), metrics.loop_lag_max.set(lag.worst)))
     lag.start()
-    tls = {}
-    if config.tls_cert_path:
-        tls = {"ssl_certfile": config.tls_cert_path, "ssl_keyfile": config.tls_key_path}
-    if config.tls_client_ca_cert_path:  # mutual TLS: no certificate from this CA, no handshake
-        tls.update(ssl_ca_certs=config.tls_client_ca_cert_path, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    tls = _tls_options(config)
     http = EmbeddedHttpServer(app, config.http_host, config.http_port, **tls)
     await models.start()
-    if config.router_min_initial_workers:
-        want = config.router_min_initial_workers
-        log.info("waiting for %d worker(s)", want)
-        await models.wait_for(lambda: sum(len(e.decode_workers()) for e in models.models.values()) >= want
-                              or stop.is_set(), timeout=float("inf"))
+    await _wait_for_workers(config, models, stop)
     try:
         await http.start()
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.http_host, config.http_port, exc)
-        await routing.close()
-        await models.stop()
-        await runtime.shutdown()
-        await lag.stop()
+        await _close(lag, routing, models, runtime)
         return 1
     scheme = "https" if tls else "http"
     log.info("frontend ready on %s://%s:%d (router %s, discovery %s)", scheme, config.http_host, http.port,
              config.router_mode, config.discovery_backend)
     await stop.wait()
-    # Drain like Dynamo: /health 503 (/live 200), new requests 503, admitted streams finish,
-    # all bounded by DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS.
+    await _drain(config, app, http)
+    await _close(lag, routing, models, runtime)
+    return 0
+
+
+async def _wait_for_workers(config: FrontendConfig, models: ModelManager, stop: asyncio.Event) -> None:
+    """`--router-min-initial-workers`: serve only once that many workers are up (or on stop)."""
+    want = config.router_min_initial_workers
+    if want:
+        log.info("waiting for %d worker(s)", want)
+        await models.wait_for(lambda: sum(len(e.decode_workers()) for e in models.models.values()) >= want
+                              or stop.is_set(), timeout=float("inf"))
+
+
+async def _drain(config: FrontendConfig, app: FrontendApp, http: EmbeddedHttpServer) -> None:
+    """Drain like Dynamo: /health 503 (/live 200), new requests 503, admitted streams finish,
+    all bounded by DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS."""
     grace = config.http_graceful_shutdown_timeout_secs
     app.begin_drain()
     log.info("draining %d request(s) in flight (at most %.0f s)", app.inflight, grace)
@@ -111,11 +130,14 @@ async def serve(config: FrontendConfig, stop: asyncio.Event, warnings: Sequence[
         log.warning("drain deadline passed with %d request(s) in flight; closing them", app.inflight)
     await http.stop(timeout=1.0)
     await app.close()
+
+
+async def _close(lag: LoopLagMonitor, routing: RoutingPolicy, models: ModelManager,
+                 runtime: DistributedRuntime) -> None:
     await lag.stop()
     await routing.close()
     await models.stop()
     await runtime.shutdown()
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,6 +71,10 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
+class BindError(OSError):
+    """An embedded HTTP server could not listen on its address."""
+
+
 class EmbeddedHttpServer:
     """Runs an ASGI app on uvicorn inside the current event loop, owned as a task."""
 
@@ -96,8 +100,17 @@ class EmbeddedHttpServer:
         self.server = _EmbeddedServer(config)
         self.task: asyncio.Task | None = None
 
+    async def _serve(self) -> None:
+        try:
+            await self.server.serve()
+        except SystemExit:
+            # uvicorn logs a bind error, then exits the process (code 3, a traceback from the loop): here
+            # it is the owner's error to report and act on, raised before the task's loop can see it.
+            config = self.server.config
+            raise BindError(f"cannot bind {config.host}:{config.port}: address in use or not ours") from None
+
     async def start(self, deadline: float = 30.0) -> None:
-        self.task = asyncio.get_running_loop().create_task(self.server.serve())
+        self.task = asyncio.get_running_loop().create_task(self._serve())
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline
         while not self.server.started:

@@ -68,12 +68,13 @@ def run_main(main: Callable[[asyncio.Event], Awaitable[int | None]]) -> int:
             loop.add_signal_handler(signum, on_signal, signum)
         return await main(stop)
 
+    from dynamo.runtime.asgi import BindError
     from dynamo.runtime.discovery.base import DiscoveryUnavailable
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner_ctx:
         try:
             code = runner_ctx.run(runner())
-        except DiscoveryUnavailable as exc:  # one line saying what to set, not a traceback
+        except (DiscoveryUnavailable, BindError) as exc:  # one line saying what to set, not a traceback
             logging.getLogger("dynamo").error("%s", exc)
             return 3
     return int(code or 0)
