@@ -10,8 +10,7 @@ import anthropic
 import httpx
 import pytest
 
-from tests.fixtures.procs import Cluster
-from tests.fixtures.tools_model import tools_model
+from tests.fixtures.tools_model import replaying_cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -31,17 +30,9 @@ HEADER = "x-anthropic-billing-header: cc_version=2.1.80; cc_entrypoint=cli; cch=
 
 @pytest.fixture(scope="module")
 def cluster(tiny_model, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("anthropic")
-    model, replay = tools_model(tmp, tiny_model, SCRIPTS)
-    c = Cluster(tmp, model)
-    try:
-        c.mocker("--speedup-ratio", "1", "--replay-file", str(replay), "--dyn-tool-call-parser", "hermes",
-                 "--dyn-reasoning-parser", "qwen3", model_name=MODEL, system_port=False)
-        c.frontend("--enable-anthropic-api", "--strip-anthropic-preamble")
-        c.wait_workers(MODEL, 1, timeout=120)
+    flags = ("--enable-anthropic-api", "--strip-anthropic-preamble")
+    with replaying_cluster(tmp_path_factory.mktemp("anthropic"), tiny_model, SCRIPTS, MODEL, *flags) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture()

@@ -11,8 +11,7 @@ import json
 import httpx
 import pytest
 
-from tests.fixtures.procs import Cluster
-from tests.fixtures.tools_model import tools_model
+from tests.fixtures.tools_model import replaying_cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -26,17 +25,9 @@ TOOLS = [{"type": "function", "function": {"name": name, "parameters": {"type": 
 
 @pytest.fixture(scope="module")
 def cluster(tiny_model, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("dispatch")
-    model, replay = tools_model(tmp, tiny_model, SCRIPTS)
-    c = Cluster(tmp, model)
-    try:
-        c.mocker("--speedup-ratio", "1", "--replay-file", str(replay), "--dyn-tool-call-parser", "hermes",
-                 "--dyn-reasoning-parser", "qwen3", model_name=MODEL, system_port=False)
-        c.frontend("--enable-streaming-tool-dispatch", "--enable-streaming-reasoning-dispatch")
-        c.wait_workers(MODEL, 1, timeout=120)
+    flags = ("--enable-streaming-tool-dispatch", "--enable-streaming-reasoning-dispatch")
+    with replaying_cluster(tmp_path_factory.mktemp("dispatch"), tiny_model, SCRIPTS, MODEL, *flags) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def sse(text: str) -> list[tuple[str | None, dict | str]]:
