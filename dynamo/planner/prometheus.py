@@ -70,8 +70,15 @@ class PrometheusClient:
             self._session = None
 
 
+def namespace_match(namespace: str, unlabelled: bool = False) -> str:
+    """The `dynamo_namespace` matcher: the label as Dynamo sanitizes it ("-" -> "_") or as written (this
+    project's routers), and with `unlabelled` also series that have none (a plain scrape)."""
+    alternatives = [_quote(namespace.replace("-", "_")), _quote(namespace)] + ([""] if unlabelled else [])
+    return f'dynamo_namespace=~"{"|".join(alternatives)}"'
+
+
 def selector(model: str, namespace: str) -> str:
-    return f'{{model=~"(?i){_quote(re.escape(model))}",dynamo_namespace=~"{_quote(namespace.replace("-", "_"))}|{_quote(namespace)}|"}}'
+    return f'{{model=~"(?i){_quote(re.escape(model))}",{namespace_match(namespace, unlabelled=True)}}}'
 
 
 def average_query(metric: str, window_s: int, model: str, namespace: str) -> str:
@@ -89,8 +96,7 @@ def demand_query(counter: str, window_s: int, model: str, namespace: str) -> str
 
 
 def kv_hit_query(window_s: int, namespace: str) -> str:
-    # The namespace label as Dynamo sanitizes it ("-" -> "_") or as written (this project's routers).
-    ns = f'dynamo_namespace=~"{_quote(namespace.replace("-", "_"))}|{_quote(namespace)}"'
+    ns = namespace_match(namespace)
     m = "dynamo_component_router_kv_hit_rate"
     return (f'sum(increase({m}_sum{{{ns}}}[{window_s}s])) / '
             f'sum(increase({m}_count{{{ns}}}[{window_s}s]))')
