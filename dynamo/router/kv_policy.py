@@ -222,9 +222,7 @@ class KvPolicy:
 
     async def query(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
         route, selection = self._peek(pool, request, exclude)
-        worker = route.pool.get(selection.worker_id)
-        assert worker is not None  # the router only knows this pool's workers
-        return Choice(worker, selection.dp_rank, selection.overlap_blocks)
+        return Choice(_worker(route, selection), selection.dp_rank, selection.overlap_blocks)
 
     def _peek(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> tuple[PoolRoute, Selection]:
         """The router's choice for the request now, booked nowhere and never queued for; raises
@@ -232,16 +230,12 @@ class KvPolicy:
         route = self._route(pool)
         if route is None:
             raise NoWorkers(pool.model)
-        allowed = [w.instance_id for w in candidates(route.pool, request, exclude)]
-        if not allowed:
-            raise NoWorkers(route.pool.model)
+        allowed = _allowed(route, request, exclude)
         return route, route.router.select(request.token_ids, allowed=allowed, lora_name=route.pool.lora_name,
                                           cache_salt=cache_salt_of(request))
 
     def _select_now(self, route: PoolRoute, request: PreprocessedRequest, exclude: set[int]) -> Choice:
-        allowed = [w.instance_id for w in candidates(route.pool, request, exclude)]
-        if not allowed:
-            raise NoWorkers(route.pool.model)
+        allowed = _allowed(route, request, exclude)
         started = time.perf_counter()
         router = route.router
         rid = request.request_id
@@ -251,8 +245,7 @@ class KvPolicy:
             self.free(rid)
         seq = router.add_request(rid, selection, request.token_ids, lora, expected_output(request), salt)
         self._inflight[rid] = route
-        worker = route.pool.get(selection.worker_id)
-        assert worker is not None  # the router only knows this pool's workers
+        worker = _worker(route, selection)
         if self.metrics is not None:
             self.metrics.decision.labels(route.name).observe(time.perf_counter() - started)
             self.metrics.overlap.labels(route.name).observe(selection.overlap_blocks)
@@ -356,3 +349,17 @@ def expected_output(request: PreprocessedRequest) -> int | None:
 def cache_salt_of(request: PreprocessedRequest) -> str | None:
     """The request's KV namespace (`nvext.cache_salt`): its blocks match only blocks cached under it."""
     return request.routing.cache_salt if request.routing is not None else None
+
+
+def _allowed(route: PoolRoute, request: PreprocessedRequest, exclude: set[int]) -> list[int]:
+    """The pool's workers this request may go to; NoWorkers when none."""
+    allowed = [w.instance_id for w in candidates(route.pool, request, exclude)]
+    if not allowed:
+        raise NoWorkers(route.pool.model)
+    return allowed
+
+
+def _worker(route: PoolRoute, selection: Selection) -> WorkerInfo:
+    worker = route.pool.get(selection.worker_id)
+    assert worker is not None  # the router only knows this pool's workers
+    return worker
