@@ -368,7 +368,7 @@ class FrontendApp:
                     trace.cancelled_by_client()
 
     async def prompt_ids(self, entry, req, hints: RoutingHints | None, body_size: int,
-                      names: frozenset[str]) -> tuple[list[int], bytes]:
+                         names: frozenset[str]) -> tuple[list[int], bytes]:
         """The prompt's token ids (the gateway's `token_data`, else templated and tokenized here), and
         the `formatted_prompt` / `token_ids` annotation events a stream opens with; a 400 for a bad prompt."""
         try:
@@ -377,6 +377,13 @@ class FrontendApp:
             return ids, annotations.prompt_events(names, entry.pipeline, req, ids, tokenized_here=given is None)
         except PreprocessError as exc:
             raise bad_request(exc.message, exc.param, exc.code) from None
+
+    async def prompt_tokens(self, req: ChatCompletionRequest, body_size: int) -> int:
+        """The chat's prompt length as its model will see it (template and tools included): the
+        Responses and Anthropic token-count routes."""
+        validate_chat(req)
+        ids, _ = await self.prompt_ids(self.entry_for(req.model), req, None, body_size, frozenset())
+        return len(ids)
 
     @staticmethod
     def _trace_ids(trace: RequestTrace | None) -> tuple[str | None, str | None]:

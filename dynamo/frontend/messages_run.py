@@ -190,6 +190,4 @@ class AnthropicApi:
         """The prompt's token count as the model will see it: template, tools and all."""
         body = await app.request_body(scope, receive)
         req = decode_messages(body).to_chat(self.strip_preamble, counting=True)
-        validate_chat(req)
-        ids, _ = await app.prompt_ids(app.entry_for(req.model), req, None, len(body), frozenset())
-        await send_json(send, 200, {"input_tokens": len(ids)})
+        await send_json(send, 200, {"input_tokens": await app.prompt_tokens(req, len(body))})

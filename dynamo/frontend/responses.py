@@ -330,7 +330,5 @@ class ResponsesApi:
 
     async def input_tokens(self, app, scope, receive, send) -> None:
         body = await app.request_body(scope, receive)
-        req = decode_responses(body).to_chat()
-        validate_chat(req)
-        ids, _ = await app.prompt_ids(app.entry_for(req.model), req, None, len(body), frozenset())
-        await send_json(send, 200, {"object": "response.input_tokens", "input_tokens": len(ids)})
+        count = await app.prompt_tokens(decode_responses(body).to_chat(), len(body))
+        await send_json(send, 200, {"object": "response.input_tokens", "input_tokens": count})
