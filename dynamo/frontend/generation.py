@@ -335,15 +335,22 @@ class GenerationRun:
             await send({"type": "http.response.body", "body": error_event(exc.body()) + DONE, "more_body": False})
 
     # -- unary ---------------------------------------------------------------------------------
-    async def _unary(self, merged, first, send) -> None:
+    async def _collect_answers(self, merged, first) -> bool:
+        """Fold every choice's whole stream into its collected answer (the unary framings); False when
+        the client left before they all finished, so there is nothing to send."""
         async for i, outputs in self._batches(merged, first):
             choice = self.choices[i]
             if not choice.done:
                 self._collect(choice, self._absorb(choice, outputs))
         if self.cancelled and not all(c.done for c in self.choices):
-            return
+            return False
         for choice in self.choices:
             self._collect(choice, choice.stage.finish())
+        return True
+
+    async def _unary(self, merged, first, send) -> None:
+        if not await self._collect_answers(merged, first):
+            return
         build = chat_body if self.is_chat else completion_body
         entries = [self._chat_choice(c) if self.is_chat else self._completion_choice(c) for c in self.choices]
         await send_bytes(send, 200, build(self.request_id, self.model, self.created, entries, self._usage(),

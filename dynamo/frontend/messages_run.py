@@ -70,14 +70,9 @@ class MessagesRun(GenerationRun):
         return "end_turn", None
 
     async def _unary(self, merged, first, send) -> None:
-        async for _, outputs in self._batches(merged, first):
-            choice = self.choices[0]
-            if not choice.done:
-                self._collect(choice, self._absorb(choice, outputs))
-        choice = self.choices[0]
-        if self.cancelled and not choice.done:
+        if not await self._collect_answers(merged, first):
             return
-        self._collect(choice, choice.stage.finish())
+        choice = self.choices[0]
         message = self._chat_choice(choice)["message"]  # the chat answer, its calls checked as JSON
         content: list[dict] = []
         reasoning = message.get(self.reasoning_field)

@@ -176,14 +176,9 @@ class ResponsesRun(GenerationRun):
         return response
 
     async def _unary(self, merged, first, send) -> None:
-        async for _, outputs in self._batches(merged, first):
-            choice = self.choices[0]
-            if not choice.done:
-                self._collect(choice, self._absorb(choice, outputs))
-        if self.cancelled and not self.choices[0].done:
+        if not await self._collect_answers(merged, first):
             return
         choice = self.choices[0]
-        self._collect(choice, choice.stage.finish())
         items: list[dict] = []
         reasoning = "".join(choice.reasoning)
         if reasoning:
