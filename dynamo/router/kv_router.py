@@ -90,7 +90,6 @@ class KvRouter:
         self._booked: dict[str, tuple[float, tuple[float, ...]]] = {}  # request -> (booked at, features)
         # request_id -> (isl, local hashes, sequence hashes, lora): hashed once per select/add pair
         self._hashes: OrderedDict[str, tuple[int, list[int], list[int], str | None]] = OrderedDict()
-        self._hash_seconds = (0.0, 0.0)  # (block, sequence) hashing of the last prompt `_hash` hashed
         self._stats = {"requests": 0, "prompt_blocks": 0, "overlap_blocks": 0, "last_decision_us": 0.0,
                        "busy_rejections": 0, "ignored_events": 0}
         if self.mode == KvMode.APPROXIMATE:
@@ -149,23 +148,24 @@ class KvRouter:
     # -- routing -------------------------------------------------------------------------
     def _hash(self, token_ids: Sequence[int], request_id: str | None, lora_name: str | None,
               cache_salt: str | None = None):
-        """(prompt length, local hashes, sequence hashes) in the prompt's KV namespace (its LoRA adapter
-        and cache salt), remembered per request id between selection and booking."""
+        """(prompt length, local hashes, sequence hashes, (block, sequence) hashing seconds) in the prompt's
+        KV namespace (its LoRA adapter and cache salt), remembered per request id between selection and
+        booking; a remembered prompt took no hashing now."""
         namespace = (lora_name, cache_salt)
         if request_id is not None:
             cached = self._hashes.get(request_id)
             if cached is not None and cached[0] == len(token_ids) and cached[3] == namespace:
-                return cached[:3]
+                return (*cached[:3], (0.0, 0.0))
         started = time.perf_counter()
         local = block_hashes(token_ids, self.block_size, lora_name, cache_salt)
         hashed = time.perf_counter()
         entry = (len(token_ids), local, sequence_hashes(local))
-        self._hash_seconds = (hashed - started, time.perf_counter() - hashed)
+        seconds = (hashed - started, time.perf_counter() - hashed)
         if request_id is not None:
             self._hashes[request_id] = (*entry, namespace)
             if len(self._hashes) > _HASH_CACHE_SIZE:
                 self._hashes.popitem(last=False)
-        return entry
+        return (*entry, seconds)
 
     def _candidates(self, allowed: Collection[int] | None) -> list[WorkerKey]:
         if allowed is None:
@@ -174,7 +174,7 @@ class KvRouter:
 
     def overlap_scores(self, token_ids: Sequence[int], lora_name: str | None = None,
                        request_id: str | None = None, cache_salt: str | None = None) -> dict[WorkerKey, int]:
-        _, local, _ = self._hash(token_ids, request_id, lora_name, cache_salt)
+        local = self._hash(token_ids, request_id, lora_name, cache_salt)[1]
         return dict(self._find(local).scores) if self.mode != KvMode.LOAD_ONLY else {}
 
     def new_prefill_tokens(self, token_ids: Sequence[int], allowed: Collection[int] | None = None,
@@ -208,8 +208,7 @@ class KvRouter:
         candidates = self._candidates(allowed)
         if not candidates:
             raise NoWorkers("no workers available" if allowed is None else "no allowed workers available")
-        self._hash_seconds = (0.0, 0.0)
-        isl, local, seq = self._hash(token_ids, request_id, lora_name, cache_salt)
+        isl, local, seq, hashing = self._hash(token_ids, request_id, lora_name, cache_salt)
         hashed = time.perf_counter()
         overlaps: dict[WorkerKey, int] = {} if self.mode == KvMode.LOAD_ONLY else self._find(local).scores
         matched = time.perf_counter()
@@ -227,7 +226,7 @@ class KvRouter:
         worker_id, dp_rank = self.selector.select(logits, temperature, self._index().tree.tree_size)
         end = time.perf_counter()
         self._stats["last_decision_us"] = (end - start) * 1e6
-        overhead = RoutingOverhead(*self._hash_seconds, matched - hashed, end - matched, end - start)
+        overhead = RoutingOverhead(*hashing, matched - hashed, end - matched, end - start)
         chosen = (worker_id, dp_rank)
         x = x_of(chosen) if x_of is not None else None
         own = potentials[chosen][1] - self.active.active_prefill_tokens(chosen) if credit else None
@@ -342,7 +341,7 @@ class KvRouter:
     ) -> list[int]:
         """Book the request's load on the selected worker (call when the request is sent).
         Returns the prompt's sequence hashes (what router replicas share)."""
-        isl, local, seq = self._hash(token_ids, request_id, lora_name, cache_salt)
+        isl, local, seq, _ = self._hash(token_ids, request_id, lora_name, cache_salt)
         self._hashes.pop(request_id, None)
         key = (selection.worker_id, selection.dp_rank)
         self.active.add_request(key, request_id, seq, isl, selection.overlap_blocks,
