@@ -20,6 +20,7 @@ from dynamo.frontend.errors import ApiError
 from dynamo.frontend.metrics import RequestOutcome
 from dynamo.frontend.openai import ChatMessage
 from dynamo.frontend.output import ChoiceDelta, OutputSpec, OutputStage
+from dynamo.frontend.parsers.base import accumulate_call
 from dynamo.frontend.speculative_prefill import chat_answer_history
 from dynamo.frontend.stream_dispatch import StreamDispatch
 from dynamo.frontend.sse import (
@@ -370,9 +371,7 @@ class GenerationRun:
         choice.reasoning.append(d.reasoning)
         choice.logprobs += d.logprobs
         for call in d.tool_calls:
-            entry = choice.calls.setdefault(call.index, {"id": call.id, "type": "function",
-                                                         "function": {"name": call.name, "arguments": ""}})
-            entry["function"]["arguments"] += call.arguments
+            accumulate_call(choice.calls, call)
 
     def _chat_choice(self, choice: Choice) -> dict:
         content = "".join(choice.content)

@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 
 from dynamo.frontend.output import ChoiceDelta
+from dynamo.frontend.parsers.base import ToolCallDelta, accumulate_call
 
 
 class StreamDispatch:
@@ -34,7 +35,7 @@ class StreamDispatch:
         self.reasoning = reasoning
         self.reasoning_field = reasoning_field
         self._thinking: dict[int, list[str]] = {}  # choice -> its open reasoning block
-        self._calls: dict[tuple[int, int], dict[str, Any]] = {}  # (choice, call index) -> the call so far
+        self._calls: dict[int, dict[int, dict[str, Any]]] = {}  # choice -> call index -> the call so far
         self._sent: set[tuple[int, int]] = set()
 
     def events(self, choice: int, d: ChoiceDelta) -> bytes:
@@ -57,20 +58,16 @@ class StreamDispatch:
             return b""
         return _event("reasoning_dispatch", {"index": choice, self.reasoning_field: "".join(parts)})
 
-    def _call_piece(self, choice: int, piece) -> bytes:
+    def _call_piece(self, choice: int, piece: ToolCallDelta) -> bytes:
         key = (choice, piece.index)
-        call = self._calls.setdefault(key, {"index": piece.index, "id": piece.id, "type": "function",
-                                            "function": {"name": piece.name, "arguments": ""}})
-        call["id"] = call["id"] or piece.id
-        call["function"]["name"] = call["function"]["name"] or piece.name
-        call["function"]["arguments"] += piece.arguments
+        call = accumulate_call(self._calls.setdefault(choice, {}), piece)
         if key in self._sent or not (call["id"] and call["function"]["name"]):
             return b""
         # Only a closing brace can complete an object: long arguments are not re-parsed per token.
         if "}" not in piece.arguments and piece.arguments or not _is_object(call["function"]["arguments"]):
             return b""
         self._sent.add(key)
-        return _event("tool_call_dispatch", {"choice_index": choice, "tool_call": call})
+        return _event("tool_call_dispatch", {"choice_index": choice, "tool_call": {"index": piece.index, **call}})
 
 
 def _is_object(text: str) -> bool:

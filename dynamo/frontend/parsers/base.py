@@ -23,6 +23,15 @@ class ToolCallDelta(msgspec.Struct, omit_defaults=True):
     arguments: str = ""
 
 
+def accumulate_call(calls: dict[int, dict], piece: ToolCallDelta) -> dict:
+    """Add a streamed piece to its call in `calls` (keyed by index; the first piece names it) and return
+    the call so far, in the shape of a chat message's `tool_calls` entry."""
+    call = calls.setdefault(piece.index, {"id": piece.id, "type": "function",
+                                          "function": {"name": piece.name, "arguments": ""}})
+    call["function"]["arguments"] += piece.arguments
+    return call
+
+
 def new_call_id() -> str:
     return "call_" + uuid.uuid4().hex[:24]
 
