@@ -171,8 +171,13 @@ def wait_healthy(proc: Proc, timeout: float = ENGINE_START_TIMEOUT) -> None:
         raise TimeoutError(f"{proc.name} not healthy after {timeout}s:\n{proc.log()}") from None
 
 
+SCRAPE_TIMEOUT_S = 30.0
+
+
 def metrics(proc: Proc) -> str:
-    return http_get(f"http://127.0.0.1:{proc.system_port}/metrics")[1].decode()  # type: ignore[attr-defined]
+    # A generous timeout: CI once saw a prefill worker's scrape outlast 5 s right after its
+    # requests, on a 2-core box running two CPU engines (here: 1-5 ms per scrape).
+    return http_get(f"http://127.0.0.1:{proc.system_port}/metrics", timeout=SCRAPE_TIMEOUT_S)[1].decode()  # type: ignore[attr-defined]
 
 
 async def direct_generate(address: str, request: PreprocessedRequest) -> list[LLMEngineOutput]:

@@ -14,7 +14,7 @@ import openai
 
 from dynamo.llm.tokenizer import Tokenizer
 from tests.fixtures.procs import http_get, metric_value, wait_until
-from tests.vllm.conftest import MODEL, VllmCluster, VenvProc, ids, metrics, offline_reference, reference_result
+from tests.vllm.conftest import MODEL, SCRAPE_TIMEOUT_S, VllmCluster, VenvProc, ids, metrics, offline_reference, reference_result
 
 MAX_TOKENS = 16
 
@@ -53,7 +53,7 @@ def worker_metric(proc, name: str, labels: dict | None = None) -> float:
 
 
 def frontend_metric(url: str, name: str, labels: dict | None = None) -> float:
-    return metric_value(http_get(url + "/metrics")[1].decode(), name, labels) or 0.0
+    return metric_value(http_get(url + "/metrics", timeout=SCRAPE_TIMEOUT_S)[1].decode(), name, labels) or 0.0
 
 
 def check_token_exact(env: dict, transport: str) -> None:
