@@ -29,6 +29,7 @@ import msgspec
 
 from dynamo.frontend.errors import ApiError, bad_request
 from dynamo.frontend.openai import ChatCompletionRequest, ChatMessage, decode_body
+from dynamo.llm.preprocessor import ContextOverflow
 
 PATH = "/v1/messages"
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
@@ -88,7 +89,20 @@ def decode_messages(body: bytes) -> MessagesRequest:
 def error_body(exc: ApiError) -> dict[str, Any]:
     """An error as Anthropic's clients read it: its type by HTTP status, the message (and our param, code)."""
     detail = exc.body()["error"]
+    if exc.overflow is not None:
+        detail["message"] = overflow_message(exc.overflow)
     return {"type": "error", "error": {**detail, "type": _ERROR_TYPES.get(exc.status, "api_error")}}
+
+
+def overflow_message(overflow: ContextOverflow) -> str:
+    """Anthropic's own wording, which its clients parse: Claude Code retries with a `max_tokens`
+    that fits (the first form) and compacts the conversation on "prompt is too long"."""
+    prompt, context = overflow.prompt_tokens, overflow.context_length
+    if overflow.max_tokens is not None:
+        return (f"input length and `max_tokens` exceed context limit: {prompt} + {overflow.max_tokens} > {context}, "
+                "decrease input length or `max_tokens` and try again")
+    # A prompt of exactly the context leaves no room for output: its maximum is one less.
+    return f"prompt is too long: {prompt} tokens > {context if prompt > context else context - 1} maximum"
 
 
 def strip_billing_preamble(text: str) -> str:

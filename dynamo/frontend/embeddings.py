@@ -16,7 +16,7 @@ import msgspec
 
 from dynamo.frontend import errors
 from dynamo.frontend.dispatch import RequestHandle, aclose_quietly
-from dynamo.frontend.errors import bad_request
+from dynamo.frontend.errors import bad_prompt, bad_request
 from dynamo.frontend.openai import decode_body
 from dynamo.llm.preprocessor import PreprocessError
 from dynamo.llm.protocol import PreprocessedRequest, StopConditions
@@ -62,7 +62,7 @@ class EmbeddingRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
                 ids = pipeline.completion_prompt_ids(item, "input")
                 pipeline.max_tokens_for(ids, 1, "input")
             except PreprocessError as exc:
-                raise bad_request(exc.message, "input", exc.code) from None
+                raise bad_prompt(exc, "input") from None
             out.append(PreprocessedRequest(request_id=f"{request_id}-{i}", model=pipeline.name, token_ids=ids,
                                            stop_conditions=StopConditions(max_tokens=1), task="embed"))
         return out

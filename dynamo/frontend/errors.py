@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dynamo.llm.preprocessor import ContextOverflow, PreprocessError
 from dynamo.runtime.rp_client import StreamError, StreamTimeout
 from dynamo.runtime.wire import ErrorCode
 
@@ -33,6 +34,8 @@ class ApiError(Exception):
         self.type = type_
         self.param = param
         self.code = code
+        # A prompt over the context: the numbers, for APIs whose clients parse their own message.
+        self.overflow: ContextOverflow | None = None
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -41,6 +44,13 @@ class ApiError(Exception):
 # -- the client's request (4xx) ---------------------------------------------------------------
 def bad_request(message: str, param: str | None = None, code: str = "invalid_value") -> ApiError:
     return ApiError(400, message, "invalid_request_error", param, code)
+
+
+def bad_prompt(exc: PreprocessError, param: str | None = None) -> ApiError:
+    """The 400 for a prompt that cannot be built (`param`: overrides the field it names)."""
+    error = bad_request(exc.message, param or exc.param, exc.code)
+    error.overflow = exc.overflow
+    return error
 
 
 def model_not_found(model: str) -> ApiError:

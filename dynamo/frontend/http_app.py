@@ -376,7 +376,7 @@ class FrontendApp:
             ids = given or await prompt_ids_for(entry.pipeline, req, body_size, self.prep_pool)
             return ids, annotations.prompt_events(names, entry.pipeline, req, ids, tokenized_here=given is None)
         except PreprocessError as exc:
-            raise bad_request(exc.message, exc.param, exc.code) from None
+            raise errors.bad_prompt(exc) from None
 
     async def prompt_tokens(self, req: ChatCompletionRequest, body_size: int) -> int:
         """The chat's prompt length as its model will see it (template and tools included): the

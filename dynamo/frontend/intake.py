@@ -16,6 +16,7 @@ from typing import Callable
 import msgspec
 
 from dynamo.frontend.errors import ApiError, bad_request
+from dynamo.llm.preprocessor import ContextOverflow
 
 SHAPE_CHECK_BYTES = 1 << 20
 # An escape (`\n`, `\u00e9`, half a surrogate pair) is at most 6 bytes for at least 1 byte of text.
@@ -89,7 +90,9 @@ async def early_refusal(body: bytes | bytearray, kind: str,
     at_least = pipeline.bound.min_tokens_from_bytes(utf8)
     if at_least < context:
         return None
-    return bad_request(
+    error = bad_request(
         f"This model's maximum context length is {context} tokens. However, your prompt is at least "
         f"{at_least} tokens long ({utf8} bytes of text or more), leaving no room for output.", param,
         "context_length_exceeded")
+    error.overflow = ContextOverflow(at_least, context)
+    return error

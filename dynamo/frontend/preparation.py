@@ -9,7 +9,7 @@ import random
 import uuid
 from concurrent.futures import Executor
 
-from dynamo.frontend.errors import bad_request
+from dynamo.frontend.errors import bad_prompt, bad_request
 from dynamo.frontend.openai import ChatCompletionRequest, stop_list, stop_token_ids
 from dynamo.frontend.output import OutputSpec
 from dynamo.llm.preprocessor import PreprocessError
@@ -133,7 +133,7 @@ def wire_requests(pipeline, req, ids: list[int], is_chat: bool, hints: RoutingHi
     try:
         max_tokens = pipeline.max_tokens_for(ids, req.requested_max_tokens(), req.prompt_param)
     except PreprocessError as exc:
-        raise bad_request(exc.message, exc.param, exc.code) from None
+        raise bad_prompt(exc) from None
     vocab = pipeline.tokenizer.vocab_size
     if any(t >= vocab for t in stop_token_ids(req.stop)):
         raise bad_request(f"stop token ids must be in [0, {vocab})", "stop")

@@ -12,6 +12,7 @@ tokenized prompt over the context never becomes a Python list."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from dynamo.llm.chat_template import ChatTemplate, ChatTemplateError
@@ -23,14 +24,26 @@ from dynamo.llm.token_cache import SegmentedEncoder, TokenCache
 from dynamo.llm.tokenizer import EncodeCost, Tokenizer
 
 
+@dataclass(frozen=True)
+class ContextOverflow:
+    """Why a prompt does not fit the context, as numbers: each API writes its own message from
+    them (Anthropic's clients parse theirs to shrink `max_tokens` or compact the conversation)."""
+
+    prompt_tokens: int  # a lower bound when counted from the text's length
+    context_length: int
+    max_tokens: int | None = None  # the output asked for, when the prompt fits but not with it
+
+
 class PreprocessError(ValueError):
     """The request cannot be turned into a prompt for this model (a client error)."""
 
-    def __init__(self, message: str, param: str | None = None, code: str = "invalid_value") -> None:
+    def __init__(self, message: str, param: str | None = None, code: str = "invalid_value",
+                 overflow: ContextOverflow | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code
+        self.overflow = overflow
 
 
 class ModelPipeline:
@@ -72,7 +85,7 @@ class ModelPipeline:
             raise PreprocessError(
                 f"This model's maximum context length is {self.context_length} tokens. However, your prompt is "
                 f"at least {at_least} tokens long ({n_chars} characters), leaving no room for output.",
-                param, "context_length_exceeded")
+                param, "context_length_exceeded", ContextOverflow(at_least, self.context_length))
 
     def encode_prompt(self, text: str, param: str) -> list[int]:
         """`text`'s token ids; PreprocessError naming `param` when they do not fit the context."""
@@ -145,7 +158,7 @@ class ModelPipeline:
             raise PreprocessError(
                 f"This model's maximum context length is {self.context_length} tokens. However, you requested "
                 f"{prompt_len + requested} tokens ({prompt_len} in the prompt, {requested} for the completion).",
-                "max_tokens", "context_length_exceeded")
+                "max_tokens", "context_length_exceeded", ContextOverflow(prompt_len, self.context_length, requested))
         return requested
 
     def assembler(self, stops: list[str] | None, skip_special_tokens: bool = True) -> "TextAssembler":
@@ -155,7 +168,8 @@ class ModelPipeline:
 def _too_long(context_length: int, prompt_len: int, param: str) -> PreprocessError:
     return PreprocessError(
         f"This model's maximum context length is {context_length} tokens. However, your prompt is "
-        f"{prompt_len} tokens long, leaving no room for output.", param, "context_length_exceeded")
+        f"{prompt_len} tokens long, leaving no room for output.", param, "context_length_exceeded",
+        ContextOverflow(prompt_len, context_length))
 
 
 def _text_chars(content) -> int:

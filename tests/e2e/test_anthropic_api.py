@@ -6,6 +6,8 @@ parses Hermes tool calls and Qwen3 reasoning, so thinking, text and tool_use blo
 from __future__ import annotations
 
 
+import re
+
 import anthropic
 import httpx
 import pytest
@@ -143,3 +145,23 @@ def test_errors_take_anthropics_shape(cluster, client):
         {"role": "user", "content": [{"type": "tool_use", "id": "x", "name": "f", "input": {}}]}]})
     assert bad_block.status_code == 400 and bad_block.json()["error"]["param"] == "messages[0].content[0].type"
     assert httpx.post(url, content=b"{not json", timeout=30).json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_prompt_over_the_context_gets_anthropics_message_and_claude_codes_retry_fits(client):
+    """Claude Code asks for a large `max_tokens`; told `input + max_tokens > limit` in Anthropic's
+    words, it retries with what fits, and on "prompt is too long" it compacts the conversation."""
+    with pytest.raises(anthropic.BadRequestError) as over:
+        ask(client, "case:plain", max_tokens=32000)
+    message = over.value.body["error"]["message"]
+    parsed = re.fullmatch(r"input length and `max_tokens` exceed context limit: (\d+) \+ (\d+) > (\d+), "
+                          r"decrease input length or `max_tokens` and try again", message)
+    assert parsed, message
+    prompt, asked, limit = map(int, parsed.groups())
+    counted = client.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": "case:plain"}])
+    assert (prompt, asked) == (counted.input_tokens, 32000) and prompt < limit < 32000
+    retried = ask(client, "case:plain", max_tokens=limit - prompt)  # what the client's retry sends
+    assert retried.content[0].text == "Just text, no tools."
+    with pytest.raises(anthropic.BadRequestError) as too_long:
+        ask(client, "lorem ipsum dolor " * 2000)
+    parsed = re.fullmatch(r"prompt is too long: (\d+) tokens > (\d+) maximum", too_long.value.body["error"]["message"])
+    assert parsed and int(parsed[1]) > int(parsed[2]) == limit, too_long.value.body

@@ -7,8 +7,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from dynamo.frontend.anthropic import decode_messages, error_body, strip_billing_preamble
-from dynamo.frontend.errors import ApiError, model_not_found
+from dynamo.frontend.anthropic import decode_messages, error_body, overflow_message, strip_billing_preamble
+from dynamo.frontend.errors import ApiError, bad_prompt, model_not_found
+from dynamo.llm.preprocessor import ContextOverflow, PreprocessError
 
 
 def chat(body: dict, strip: bool = False, counting: bool = False):
@@ -94,3 +95,23 @@ def test_errors_are_in_anthropics_shape_with_our_fields_kept():
     assert body["error"]["param"] == "model" and "m" in body["error"]["message"]
     assert error_body(ApiError(529, "busy"))["error"]["type"] == "overloaded_error"
     assert error_body(ApiError(502, "engine"))["error"]["type"] == "api_error"
+
+
+def test_context_overflows_are_worded_as_anthropic_words_them_for_its_clients_to_parse():
+    output = overflow_message(ContextOverflow(1900, 2048, max_tokens=500))
+    assert output == ("input length and `max_tokens` exceed context limit: 1900 + 500 > 2048, "
+                      "decrease input length or `max_tokens` and try again")
+    assert overflow_message(ContextOverflow(5000, 2048)) == "prompt is too long: 5000 tokens > 2048 maximum"
+    # A prompt of exactly the context fits no output: the prompt's maximum is one less.
+    assert overflow_message(ContextOverflow(2048, 2048)) == "prompt is too long: 2048 tokens > 2047 maximum"
+
+
+def test_an_overflow_keeps_its_numbers_from_the_preprocessor_to_the_anthropic_body():
+    exc = PreprocessError("This model's maximum context length is 2048 tokens...", "max_tokens",
+                          "context_length_exceeded", ContextOverflow(1900, 2048, 500))
+    error = bad_prompt(exc)
+    assert error.body()["error"]["message"].startswith("This model's maximum")  # OpenAI's wording kept there
+    body = error_body(error)["error"]
+    assert body["message"].startswith("input length and `max_tokens` exceed context limit: 1900 + 500 > 2048")
+    assert body["type"] == "invalid_request_error" and body["code"] == "context_length_exceeded"
+    assert body["param"] == "max_tokens"

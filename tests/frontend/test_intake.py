@@ -36,6 +36,7 @@ def chat_body(content: str, role: str = "user", model: str = "tiny") -> bytes:
 def test_huge_user_prompt_is_refused(pipeline):
     err = refusal(chat_body("x" * (3 * SHAPE_CHECK_BYTES)), "chat", pipeline)
     assert err is not None and err.status == 400 and err.body()["error"]["code"] == "context_length_exceeded"
+    assert err.overflow is not None and err.overflow.prompt_tokens >= 2048 == err.overflow.context_length
 
 
 def test_huge_completion_prompt_is_refused(pipeline):

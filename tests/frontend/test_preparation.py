@@ -20,7 +20,7 @@ from dynamo.frontend.preparation import (
     tokenized_elsewhere,
 )
 from dynamo.llm.model_card import build_card
-from dynamo.llm.preprocessor import ModelPipeline
+from dynamo.llm.preprocessor import ContextOverflow, ModelPipeline, PreprocessError
 from dynamo.llm.token_cache import TokenCache
 
 SYSTEM = "You are an agent; you read files, run tools and report. " * 200  # ~11 KB: a body past inline
@@ -117,3 +117,15 @@ async def test_a_long_cached_conversation_is_still_assembled_on_the_pool(pipelin
     text = pipeline.chat_prompt_text(req.message_dicts())
     assert pipeline.encode_cost(text).new_chars <= INLINE_NEW_CHARS < INLINE_TEXT_CHARS < len(text)
     assert pool.submitted == 3  # cheap to tokenize, but long to assemble
+
+
+def test_a_prompt_over_the_context_says_by_how_much(tiny_model):
+    small = ModelPipeline(build_card(tiny_model, name="tiny", block_size=16, context_length=64), TokenCache(1 << 20))
+    ids = list(range(1, 41))
+    assert small.max_tokens_for(ids, None, "messages") == 24  # the rest of the context
+    with pytest.raises(PreprocessError) as output_over:
+        small.max_tokens_for(ids, 30, "messages")
+    assert output_over.value.overflow == ContextOverflow(40, 64, 30) and output_over.value.param == "max_tokens"
+    with pytest.raises(PreprocessError) as prompt_over:
+        small.completion_prompt_ids(list(range(1, 70)))
+    assert prompt_over.value.overflow == ContextOverflow(69, 64)
