@@ -15,8 +15,10 @@ Conversion:
 - `tools` (`name`, `description`, `input_schema`) become functions; `tool_choice` `auto`, `any`
   (required), `tool` (named), `none`; `disable_parallel_tool_use` turns parallel calls off.
   Anthropic's server tools (a `type` such as `web_search_...`) cannot run here: a 400 says so.
-- `thinking.type` `enabled`/`disabled` sets the template's `enable_thinking`; the budget is not
-  enforced (engines that cannot enforce one would refuse the request).
+- `thinking.type` `enabled`/`disabled` sets the template's `enable_thinking`. `budget_tokens` becomes
+  the reasoning budget where the frontend enforces it (models whose reasoning parser uses tags, any
+  engine: `thinking_budget`); elsewhere it is dropped, since engines that cannot enforce one would
+  refuse the request and Claude Code sends one with any request.
 - `stop_sequences`, `temperature`, `top_p`, `top_k`, `max_tokens` map one to one; `nvext` passes on.
 """
 
@@ -56,6 +58,13 @@ class MessagesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     thinking: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
     nvext: dict[str, Any] | None = None  # Dynamo's extension, as on chat: routing and agent hints
+
+    def thinking_budget(self) -> int | None:
+        """`thinking.budget_tokens` when thinking is on and the budget is a count."""
+        thinking = self.thinking if isinstance(self.thinking, dict) else {}
+        budget = thinking.get("budget_tokens")
+        enabled = thinking.get("type") == "enabled"
+        return budget if enabled and isinstance(budget, int) and not isinstance(budget, bool) and budget >= 0 else None
 
     def to_chat(self, strip_preamble: bool, counting: bool = False) -> ChatCompletionRequest:
         """The equivalent chat request; this request owns the conversion (400s name Anthropic's fields)."""

@@ -23,7 +23,8 @@ from dynamo.frontend import errors
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.model_manager import ModelEntry
-from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
+from dynamo.frontend.thinking_budget import ThinkingBudget, budget_for
+from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest, RoutingHints
 from dynamo.llm.worker_client import NO_DEADLINES, Deadlines, WorkerClient, WorkerStream
 from dynamo.router.inhibit import Inhibitor
 from dynamo.router.policy import (AllWorkersBusy, Choice, NoWorkers, Role, RoutingPolicy, WorkerInfo, WorkerPool,
@@ -108,15 +109,17 @@ class RequestHandle:
 class _Progress:
     """What a request produced so far, to continue it on another worker (migration)."""
 
-    __slots__ = ("prompt", "max_tokens", "generated", "migrations")
+    __slots__ = ("prompt", "max_tokens", "routing", "generated", "migrations")
 
     def __init__(self, request: PreprocessedRequest) -> None:
         self.prompt = request.token_ids
         self.max_tokens = request.stop_conditions.max_tokens
+        self.routing = request.routing  # the client's hints, without a pin the frontend added since
         self.generated: list[int] = []
         self.migrations = 0
 
     def continued(self, request: PreprocessedRequest) -> PreprocessedRequest:
+        request = msgspec.structs.replace(request, routing=self.routing)
         return _continued(request, self.prompt, self.max_tokens, self.generated)
 
 
@@ -137,6 +140,7 @@ class Dispatcher:
     async def stream(self, entry: ModelEntry, request: PreprocessedRequest,
                      handle: RequestHandle) -> AsyncIterator[list[LLMEngineOutput]]:
         """Yields batches of engine outputs (everything that arrived together)."""
+        request, budget = budget_for(request, entry.think_markers)
         progress = _Progress(request)  # the prompt as the client sent it, for a migration
         exclude: set[int] = set()
         prefilled = await self._prefilled(entry, request, handle)
@@ -148,10 +152,17 @@ class Dispatcher:
             before = len(progress.generated)
             try:
                 async for outputs in call:
+                    outputs, spent = _relayed(outputs, before > 0, budget)
                     for out in outputs:
                         progress.generated.extend(out.token_ids)
                     yield outputs
-                return
+                    if spent:
+                        break
+                else:
+                    return
+                request = self._past_budget(entry, request, worker, handle, progress)
+                if request is None:
+                    return
             except StreamError as exc:
                 retry = self._after_failure(entry, request, worker.instance_id, exc, call.started, handle, progress)
                 if retry is None:
@@ -238,6 +249,20 @@ class Dispatcher:
         return None if request.stop_conditions.max_tokens == 0 else request
 
 
+    def _past_budget(self, entry: ModelEntry, request: PreprocessedRequest, worker: WorkerInfo,
+                     handle: RequestHandle, progress: _Progress) -> PreprocessedRequest | None:
+        """The request to go on with once its reasoning budget is spent (the closing tag is in
+        `progress`): pinned to the worker whose cache holds it all, while that worker serves."""
+        self.metrics.thinking_budget_spent(entry.name)
+        request = progress.continued(request)
+        if request.stop_conditions.max_tokens == 0 or handle.cancelled:
+            return None
+        if entry.pool(Role.DECODE).get(worker.instance_id) is None:
+            return request
+        routing = msgspec.structs.replace(request.routing or RoutingHints(), backend_instance_id=worker.instance_id,
+                                          decode_worker_id=None, dp_rank=handle.dp_rank)
+        return msgspec.structs.replace(request, routing=routing)
+
     def _too_long_to_migrate(self, progress: _Progress) -> bool:
         limit = self.migration_max_seq_len
         return limit is not None and len(progress.prompt) + len(progress.generated) > limit
@@ -250,6 +275,19 @@ def _continued(request: PreprocessedRequest, prompt: list[int], max_tokens: int 
     # The new worker prefills prompt + generated tokens itself: no transfer to pull.
     return msgspec.structs.replace(request, token_ids=prompt + generated, stop_conditions=stop,
                                    disaggregated_params=None)
+
+
+def _relayed(outputs: list[LLMEngineOutput], resumed: bool,
+             budget: ThinkingBudget | None) -> tuple[list[LLMEngineOutput], bool]:
+    """A worker's batch as the client's stream gets it, and whether the reasoning budget ran out in
+    it (then it ends with the closing tag). A resumed request's cache hit is not reported: its prompt
+    holds tokens generated for it, and the client's prompt was counted on the first stream."""
+    if resumed and outputs and outputs[0].cached_tokens is not None:
+        outputs = [msgspec.structs.replace(outputs[0], cached_tokens=None), *outputs[1:]]
+    if budget is None:
+        return outputs, False
+    outputs, spent = budget.spend(outputs)
+    return (outputs + [budget.closing_output()] if spent else outputs), spent
 
 
 async def aclose_quietly(gen) -> None:

@@ -49,6 +49,8 @@ class FrontendMetrics:
                                      registry=r)
         self.migrations = Counter(f"{p}_model_migration", "Requests moved to another worker",
                                   ("model", "migration_type"), registry=r)
+        self.thinking_budgets = Counter(f"{p}_model_thinking_budget_reached", "Requests whose reasoning reached "
+                                        "its budget: closed by the frontend, then answered", ("model",), registry=r)
         self.rejections = Counter(f"{p}_model_rejection", "Requests refused (overload, no workers)",
                                   ("model", "reason"), registry=r)
         self.workers = Gauge(f"{p}_model_workers", "Serving workers per model", ("model",), registry=r)
@@ -91,6 +93,9 @@ class FrontendMetrics:
 
     def migration(self, model: str, kind: str) -> None:
         self.migrations.labels(model, kind).inc()
+
+    def thinking_budget_spent(self, model: str) -> None:
+        self.thinking_budgets.labels(model).inc()
 
     def first_token_on(self, handle, ttft: float, isl: int) -> None:
         """The worker that prefilled the request (a prefill worker, else the decode worker) saw this TTFT."""

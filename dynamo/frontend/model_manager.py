@@ -6,10 +6,12 @@ moment it appears: NVIDIA Dynamo lists models before they are routable)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import Callable
 
+from dynamo.frontend.thinking_budget import ThinkMarkers, think_markers
 from dynamo.llm.model_card import ModelDeploymentCard, WorkerType, card_decoder
 from dynamo.llm.preprocessor import ModelPipeline
 from dynamo.llm.token_cache import TokenCache
@@ -34,6 +36,12 @@ class ModelEntry:
         self.version = 0  # bumped whenever the worker set changes (routers rebuild views)
         self.block_size = block_size or card.kv_cache_block_size
         self._pools: dict[Role, WorkerPool] = {}
+
+    @functools.cached_property
+    def think_markers(self) -> ThinkMarkers | None:
+        """The model's reasoning tags as token ids: a reasoning budget the frontend can enforce."""
+        parser = self.card.runtime_config.reasoning_parser
+        return think_markers(parser, self.pipeline.tokenizer) if parser else None
 
     def serving(self, worker_type: WorkerType | None = None) -> list[WorkerInfo]:
         return [w for w in self.workers.values() if w.address is not None

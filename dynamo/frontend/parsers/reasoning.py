@@ -20,6 +20,7 @@ class ThinkTagParser:
 
     def __init__(self, start: str = "<think>", end: str = "</think>", forced: bool = False) -> None:
         self.start, self.end = start, end
+        self.starts_inside = forced  # the chat template opened the reasoning
         self._buf = ""
         self._in = forced
         self._done = False
