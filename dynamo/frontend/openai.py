@@ -19,6 +19,8 @@ from dynamo.llm.protocol import (
 
 MAX_N = 128
 MAX_TOP_LOGPROBS = 20
+# OpenAI's reasoning levels, passed to the chat template (gpt-oss's reads low/medium/high).
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
 
 class StreamOptions(msgspec.Struct, omit_defaults=True):
@@ -120,8 +122,15 @@ class ChatCompletionRequest(_Common, kw_only=True, omit_defaults=True):
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    reasoning_effort: str | None = None  # a template variable (gpt-oss's sets its reasoning level)
 
     prompt_param = "messages"
+
+    def template_kwargs(self) -> dict[str, Any] | None:
+        """The template's extra variables: `chat_template_kwargs`, and `reasoning_effort` unless they set it."""
+        if self.reasoning_effort is None:
+            return self.chat_template_kwargs
+        return {"reasoning_effort": self.reasoning_effort, **(self.chat_template_kwargs or {})}
 
     def guided_decoding(self, tool_parser: str | None = None) -> GuidedDecodingOptions | None:
         fmt = self.response_format or {}
@@ -277,6 +286,8 @@ def validate_chat(req: ChatCompletionRequest) -> None:
             raise bad_request(f"`top_logprobs` must be in [0, {MAX_TOP_LOGPROBS}]", "top_logprobs")
         if not req.logprobs:
             raise bad_request("`top_logprobs` requires `logprobs: true`", "top_logprobs")
+    if req.reasoning_effort is not None and req.reasoning_effort not in REASONING_EFFORTS:
+        raise bad_request(f"`reasoning_effort` must be one of {', '.join(REASONING_EFFORTS)}", "reasoning_effort")
     validate_tools(req)
     validate_response_format(req.response_format)
 

@@ -55,7 +55,7 @@ def prompt_ids(pipeline, req) -> list[int]:
 
 def chat_text(pipeline, req: ChatCompletionRequest) -> str:
     """The chat rendered through the model's template: what its prompt tokenizes from."""
-    return pipeline.chat_prompt_text(req.message_dicts(), req.template_tools(), req.chat_template_kwargs)
+    return pipeline.chat_prompt_text(req.message_dicts(), req.template_tools(), req.template_kwargs())
 
 
 # Bodies up to this size are templated and tokenized inline (well under a millisecond); bigger

@@ -50,6 +50,7 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     user: str | None = None
     metadata: dict[str, Any] | None = None
     nvext: dict[str, Any] | None = None  # Dynamo's extension, as on chat: routing and agent hints
+    reasoning: dict[str, Any] | None = None  # `effort` becomes chat's reasoning_effort; `summary` is not made
     # Server-side conversation state is not kept: these would change the answer, so they are refused.
     previous_response_id: str | None = None
     conversation: Any = None
@@ -85,7 +86,7 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
                                      max_tokens=self.max_output_tokens, temperature=self.temperature,
                                      top_p=self.top_p, seed=self.seed, tools=tools or None, tool_choice=choice,
                                      parallel_tool_calls=self.parallel_tool_calls, response_format=response_format,
-                                     nvext=self.nvext)
+                                     reasoning_effort=(self.reasoning or {}).get("effort"), nvext=self.nvext)
 
 
 def input_messages(items: str | list[dict[str, Any]]) -> list[ChatMessage]:

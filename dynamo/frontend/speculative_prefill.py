@@ -101,7 +101,7 @@ class SpeculativePrefill:
     def _prefix_ids(entry, req, answer: list[ChatMessage]) -> list[int] | None:
         try:
             return entry.pipeline.chat_prompt_ids(next_turn_messages(req, answer),
-                                                  req.template_tools(), req.chat_template_kwargs,
+                                                  req.template_tools(), req.template_kwargs(),
                                                   generation_prompt=False)
         except PreprocessError as exc:  # e.g. the history with the answer no longer fits the context
             log.debug("speculative prefill skipped: %s", exc.message)

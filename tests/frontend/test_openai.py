@@ -4,11 +4,17 @@ input is a 400 with an OpenAI-shaped error naming the field."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.openai import decode_request, validate_chat, validate_completion
+from dynamo.frontend.preparation import chat_text
+from dynamo.frontend.responses import decode_responses
+from dynamo.llm.model_card import build_card
+from dynamo.llm.preprocessor import ModelPipeline
+from dynamo.llm.token_cache import TokenCache
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 COMPLETION = {"model": "m", "prompt": "hi"}
@@ -146,3 +152,24 @@ def test_max_thinking_tokens_reaches_the_stop_conditions():
     assert chat().to_request([1], "id", "m", 4, []).stop_conditions.max_thinking_tokens is None
     for bad in (-1, 1.5, "64", True):
         assert refused(validate_chat, chat(nvext={"max_thinking_tokens": bad})).param == "nvext.max_thinking_tokens"
+
+
+def test_reasoning_effort_is_a_template_variable_the_templates_own_kwargs_may_override():
+    assert chat(reasoning_effort="high").template_kwargs() == {"reasoning_effort": "high"}
+    both = chat(reasoning_effort="high", chat_template_kwargs={"reasoning_effort": "low", "enable_thinking": True})
+    assert both.template_kwargs() == {"reasoning_effort": "low", "enable_thinking": True}
+    assert chat(chat_template_kwargs={"x": 1}).template_kwargs() == {"x": 1}
+    validate_chat(chat(reasoning_effort="minimal"))
+    assert refused(validate_chat, chat(reasoning_effort="extreme")).param == "reasoning_effort"
+
+
+def test_the_effort_reaches_the_prompt_through_the_models_template(tiny_model, tmp_path):
+    model = shutil.copytree(tiny_model, tmp_path / "model")
+    (model / "chat_template.jinja").write_text(  # as gpt-oss's template states its level
+        "{% if reasoning_effort is defined %}Reasoning: {{ reasoning_effort }}\n{% endif %}"
+        "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}")
+    pipeline = ModelPipeline(build_card(model, name="tiny", block_size=16, context_length=4096), TokenCache(1 << 20))
+    assert chat_text(pipeline, chat(reasoning_effort="high")).startswith("Reasoning: high\n")
+    assert chat_text(pipeline, chat()).startswith("user: hi")
+    responses = decode_responses(json.dumps({"model": "m", "input": "hi", "reasoning": {"effort": "low"}}).encode())
+    assert chat_text(pipeline, responses.to_chat()).startswith("Reasoning: low\n")
