@@ -19,8 +19,8 @@ from dynamo.llm.protocol import (
 
 MAX_N = 128
 MAX_TOP_LOGPROBS = 20
-# OpenAI's reasoning levels, passed to the chat template (gpt-oss's reads low/medium/high).
-REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+# OpenAI's reasoning levels (and vLLM's "max"), passed to the chat template (gpt-oss's reads low/medium/high).
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 
 
 class StreamOptions(msgspec.Struct, omit_defaults=True):
@@ -127,10 +127,12 @@ class ChatCompletionRequest(_Common, kw_only=True, omit_defaults=True):
     prompt_param = "messages"
 
     def template_kwargs(self) -> dict[str, Any] | None:
-        """The template's extra variables: `chat_template_kwargs`, and `reasoning_effort` unless they set it."""
+        """The template's extra variables, as vLLM sets them: `chat_template_kwargs`, `reasoning_effort`
+        over them, and `enable_thinking` (effort other than "none") unless they set that."""
         if self.reasoning_effort is None:
             return self.chat_template_kwargs
-        return {"reasoning_effort": self.reasoning_effort, **(self.chat_template_kwargs or {})}
+        return {"enable_thinking": self.reasoning_effort != "none", **(self.chat_template_kwargs or {}),
+                "reasoning_effort": self.reasoning_effort}
 
     def guided_decoding(self, tool_parser: str | None = None) -> GuidedDecodingOptions | None:
         fmt = self.response_format or {}

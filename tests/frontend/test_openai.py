@@ -154,10 +154,11 @@ def test_max_thinking_tokens_reaches_the_stop_conditions():
         assert refused(validate_chat, chat(nvext={"max_thinking_tokens": bad})).param == "nvext.max_thinking_tokens"
 
 
-def test_reasoning_effort_is_a_template_variable_the_templates_own_kwargs_may_override():
-    assert chat(reasoning_effort="high").template_kwargs() == {"reasoning_effort": "high"}
-    both = chat(reasoning_effort="high", chat_template_kwargs={"reasoning_effort": "low", "enable_thinking": True})
-    assert both.template_kwargs() == {"reasoning_effort": "low", "enable_thinking": True}
+def test_reasoning_effort_is_a_template_variable_and_turns_thinking_on_or_off():
+    assert chat(reasoning_effort="high").template_kwargs() == {"reasoning_effort": "high", "enable_thinking": True}
+    assert chat(reasoning_effort="none").template_kwargs() == {"reasoning_effort": "none", "enable_thinking": False}
+    both = chat(reasoning_effort="none", chat_template_kwargs={"reasoning_effort": "low", "enable_thinking": True})
+    assert both.template_kwargs() == {"reasoning_effort": "none", "enable_thinking": True}  # as vLLM merges them
     assert chat(chat_template_kwargs={"x": 1}).template_kwargs() == {"x": 1}
     validate_chat(chat(reasoning_effort="minimal"))
     assert refused(validate_chat, chat(reasoning_effort="extreme")).param == "reasoning_effort"
