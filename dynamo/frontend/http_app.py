@@ -33,12 +33,8 @@ from dynamo.frontend.model_manager import ModelManager
 from dynamo.frontend.routing_hints import routing_hints
 from dynamo.frontend.speculative_prefill import SpeculativePrefill
 from dynamo.llm.protocol import RoutingHints
-from dynamo.frontend.openai import (
-    ChatCompletionRequest,
-    decode_request,
-    validate_chat,
-    validate_completion,
-)
+from dynamo.frontend.openai import ChatCompletionRequest, decode_request
+from dynamo.frontend.validation import validate_chat, validate_completion
 from dynamo.frontend.request_log import SCOPE_KEY, TRACED_PATHS, RequestTrace, adopt_client_id, start_trace
 from dynamo.frontend.preparation import client_prompt_ids, output_spec, prompt_ids_for, wire_requests
 from dynamo.frontend.responses import ResponsesApi

@@ -25,7 +25,7 @@ import msgspec
 from dynamo.frontend.anthropic import COUNT_TOKENS_PATH, PATH, MessagesRequest, decode_messages, error_body
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.generation import Choice, GenerationRun
-from dynamo.frontend.openai import validate_chat
+from dynamo.frontend.validation import validate_chat
 from dynamo.frontend.output import ChoiceDelta
 from dynamo.frontend.request_log import SCOPE_KEY
 from dynamo.frontend.routing_hints import routing_hints

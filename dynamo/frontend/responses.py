@@ -23,7 +23,8 @@ import msgspec
 from dynamo.frontend import speculative_prefill
 from dynamo.frontend.errors import ApiError, bad_request
 from dynamo.frontend.generation import Choice, GenerationRun
-from dynamo.frontend.openai import ChatCompletionRequest, ChatMessage, decode_body, validate_chat
+from dynamo.frontend.openai import ChatCompletionRequest, ChatMessage, decode_body
+from dynamo.frontend.validation import validate_chat
 from dynamo.frontend.output import ChoiceDelta
 from dynamo.frontend.request_log import SCOPE_KEY
 from dynamo.frontend.routing_hints import routing_hints

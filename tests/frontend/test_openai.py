@@ -1,4 +1,4 @@
-"""Request validation and conversion (dynamo/frontend/openai.py) with no server: every bad
+"""Request validation and conversion (dynamo/frontend/openai.py, validation.py) with no server: every bad
 input is a 400 with an OpenAI-shaped error naming the field."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import shutil
 import pytest
 
 from dynamo.frontend.errors import ApiError
-from dynamo.frontend.openai import decode_request, validate_chat, validate_completion
+from dynamo.frontend.openai import decode_request
+from dynamo.frontend.validation import validate_chat, validate_completion
 from dynamo.frontend.preparation import chat_text
 from dynamo.frontend.responses import decode_responses
 from dynamo.llm.model_card import build_card
