@@ -1,8 +1,9 @@
 """The reasoning budget (`nvext.max_thinking_tokens`, Anthropic's `thinking.budget_tokens`),
 enforced by the frontend whatever the engine: once a request has reasoned for its budget, its
 worker stream is stopped, the closing tag is appended as if the model had written it, and the
-request goes on (on the same worker, whose cache holds all of it) with prompt + output + tag as
-its prompt, so the model answers from the reasoning it has.
+request goes on with prompt + output + tag as its prompt, so the model answers from the reasoning
+it has. It goes on pinned to the same worker, whose cache holds all of it (a migration after that
+is not held to the pin), so the continuation costs one step, not a prefill.
 
 The dispatcher owns the continuation; this module says where a stream crosses its budget. It
 applies to models whose reasoning parser brackets reasoning in tags (`<think>`..`</think>`, the

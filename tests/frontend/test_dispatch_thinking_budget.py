@@ -1,0 +1,71 @@
+"""The `Dispatcher`'s side of the reasoning budget, on real request-plane workers on loopback: the
+budget never reaches the worker, the stream is cut at it and closed with the tag, the request goes
+on pinned to the worker holding its cache (where round-robin would go elsewhere), and should that
+worker fail afterwards, the migration is not held to the pin."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from dynamo.frontend.dispatch import Dispatcher, RequestHandle
+from dynamo.frontend.metrics import FrontendMetrics
+from dynamo.frontend.model_manager import ModelEntry
+from dynamo.frontend.thinking_budget import ThinkMarkers
+from dynamo.llm.model_card import ModelDeploymentCard
+from dynamo.llm.protocol import PreprocessedRequest, StopConditions
+from dynamo.llm.worker_client import Deadlines
+from dynamo.router.inhibit import Inhibitor
+from dynamo.router.policy import RoundRobinPolicy, WorkerInfo
+from dynamo.runtime.records import EndpointId
+from dynamo.runtime.rp_client import RequestPlaneClient
+from tests.fixtures.scripted_worker import ScriptedWorker
+
+GENEROUS = 30.0
+PROMPT = [1, 2, 3]
+CLOSE = 999  # the closing tag, one token; output starts inside reasoning (as deepseek_r1's template opens it)
+
+
+@pytest.fixture
+async def cluster():
+    """Two scripted workers (ids 1 and 2: round-robin's order) behind a `Dispatcher` whose model
+    closes reasoning with CLOSE; stopped afterwards."""
+    client = RequestPlaneClient()
+    workers = [ScriptedWorker(count=3, hang=True), ScriptedWorker(count=1)]
+    card = ModelDeploymentCard(display_name="m", slug="m", model_path="m", context_length=4096, kv_cache_block_size=16)
+    entry = ModelEntry("m", None, card)  # type: ignore[arg-type]  # no pipeline: nothing to tokenize
+    entry.think_markers = ThinkMarkers((998,), (CLOSE,), starts_inside=True)
+    for iid, worker in enumerate(workers, 1):
+        await worker.server.start()
+        entry.workers[iid] = WorkerInfo(iid, EndpointId("dynamo", "backend", "generate"), card, worker.address)
+    dispatcher = Dispatcher(client, RoundRobinPolicy(), 1, FrontendMetrics(), None, Inhibitor(60),
+                            Deadlines(idle=0.5))
+    yield dispatcher, entry, workers
+    await client.close()
+    for worker in workers:
+        await worker.server.close(linger=0.1)
+
+
+async def test_the_answer_goes_on_where_the_reasoning_is_cached_and_migrates_unpinned(cluster):
+    dispatcher, entry, (first, second) = cluster
+    request = PreprocessedRequest(request_id="r1", model="m", token_ids=PROMPT,
+                                  stop_conditions=StopConditions(max_tokens=20, max_thinking_tokens=1))
+
+    async def collect() -> list[int]:
+        return [t async for batch in dispatcher.stream(entry, request, RequestHandle()) for out in batch
+                for t in out.token_ids]
+
+    tokens = await asyncio.wait_for(collect(), GENEROUS)
+    # One reasoning token, the tag; the continuation's three (then it hangs: migrated); the last worker's one.
+    assert tokens == [100, CLOSE, 100, 101, 102, 100]
+    opened, resumed = first.requests
+    assert opened.stop_conditions.max_thinking_tokens is None  # enforced here, not asked of the worker
+    assert resumed.token_ids == PROMPT + [100, CLOSE] and resumed.stop_conditions.max_tokens == 18
+    assert resumed.routing is not None and resumed.routing.backend_instance_id == 1  # round-robin's turn was 2
+    (migrated,) = second.requests
+    assert migrated.token_ids == PROMPT + [100, CLOSE, 100, 101, 102]
+    assert migrated.routing is None or migrated.routing.backend_instance_id is None
+    reached = dispatcher.metrics.registry.get_sample_value("dynamo_frontend_model_thinking_budget_reached_total",
+                                                           {"model": "m"})
+    assert reached == 1
