@@ -6,8 +6,9 @@ it has. It goes on pinned to the same worker, whose cache holds all of it (a mig
 is not held to the pin), so the continuation costs one step, not a prefill.
 
 The dispatcher owns the continuation; this module says where a stream crosses its budget. It
-applies to models whose reasoning parser brackets reasoning in tags (`<think>`..`</think>`, the
-qwen3 and deepseek_r1 families); for others the budget goes to the engine, as Dynamo sends it.
+applies to models whose reasoning parser names its tags (`BudgetTags`): `<think>`..`</think>` (the
+qwen3 and deepseek_r1 families), and gpt-oss's analysis message, closed early by moving to the
+final channel. For others the budget goes to the engine, as Dynamo sends it.
 Counted are the tokens after the opening tag (or from the start, where the chat template opened
 it), as vLLM's `thinking_token_budget` counts them.
 """
@@ -19,31 +20,34 @@ from dataclasses import dataclass
 import msgspec
 
 from dynamo.frontend.parsers import make_reasoning_parser
-from dynamo.frontend.parsers.reasoning import ThinkTagParser
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
 from dynamo.llm.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
 class ThinkMarkers:
-    """A model's reasoning tags as token ids."""
+    """A model's reasoning tags as token ids (`close` starts with `end`)."""
 
     start: tuple[int, ...]
     end: tuple[int, ...]
     starts_inside: bool  # the chat template opens the reasoning: output starts in it
+    close: tuple[int, ...] = ()  # what closes the reasoning early; () means `end`
+
+    def closing(self) -> tuple[int, ...]:
+        return self.close or self.end
 
 
 def think_markers(reasoning_parser: str | None, tokenizer: Tokenizer) -> ThinkMarkers | None:
-    """The tags of `reasoning_parser` in this tokenizer's ids; None when it has no tags."""
+    """The budget tags of `reasoning_parser` in this tokenizer's ids; None when it has none."""
     if not reasoning_parser:
         return None
-    parser = make_reasoning_parser(reasoning_parser)
-    if not isinstance(parser, ThinkTagParser):
+    tags = make_reasoning_parser(reasoning_parser).budget_tags
+    if tags is None:
         return None
-    start, end = tokenizer.encode(parser.start), tokenizer.encode(parser.end)
-    if not start or not end:
+    start, end, close = (tuple(tokenizer.encode(text)) for text in (tags.start, tags.end, tags.close))
+    if not start or not end or close[:len(end)] != end:
         return None
-    return ThinkMarkers(tuple(start), tuple(end), parser.starts_inside)
+    return ThinkMarkers(start, end, tags.starts_inside, close)
 
 
 class ThinkingBudget:
@@ -90,7 +94,7 @@ class ThinkingBudget:
 
     def closing_output(self) -> LLMEngineOutput:
         """The closing tag (what the model had not written of it yet), streamed as if it had."""
-        return LLMEngineOutput(token_ids=list(self.markers.end[self._written:]))
+        return LLMEngineOutput(token_ids=list(self.markers.closing()[self._written:]))
 
 
 def _opens(ids: list[int], tag: tuple[int, ...]) -> int:

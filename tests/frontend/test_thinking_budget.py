@@ -83,7 +83,19 @@ def test_markers_come_from_the_models_reasoning_parser_in_its_own_tokens(tiny_mo
     assert qwen3 is not None and not qwen3.starts_inside
     assert tokenizer.decode(qwen3.start) == "<think>" and tokenizer.decode(qwen3.end) == "</think>"
     assert think_markers("deepseek_r1", tokenizer).starts_inside
-    assert think_markers("gpt_oss", tokenizer) is None and think_markers(None, tokenizer) is None
+    harmony = think_markers("gpt_oss", tokenizer)  # the analysis message, closed into the final channel
+    assert tokenizer.decode(harmony.start, skip_special_tokens=False) == "<|channel|>analysis<|message|>"
+    assert tokenizer.decode(harmony.closing(), skip_special_tokens=False) == \
+        "<|end|><|start|>assistant<|channel|>final<|message|>"
+    assert think_markers(None, tokenizer) is None
+
+
+def test_a_close_longer_than_the_end_is_appended_whole_or_after_what_the_model_wrote_of_it():
+    harmony = ThinkMarkers(START, END, starts_inside=False, close=END + (5, 6))
+    budget = ThinkingBudget(1, harmony)
+    assert budget.spend(outs([1, 2, 50, 51]))[1] and budget.closing_output().token_ids == [3, 4, 5, 6]
+    budget = ThinkingBudget(1, harmony)
+    assert budget.spend(outs([1, 2, 50, 3, 60]))[1] and budget.closing_output().token_ids == [4, 5, 6]
 
 
 def test_a_closing_tag_begun_at_the_budget_is_finished_not_doubled():

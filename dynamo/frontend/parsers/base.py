@@ -7,6 +7,7 @@ Names and flags follow NVIDIA Dynamo (`--dyn-tool-call-parser`, `--dyn-reasoning
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import uuid
 from typing import Callable, Protocol
 
@@ -51,8 +52,21 @@ class ToolParser(Protocol):
         """Tool calls started so far."""
 
 
+@dataclass(frozen=True)
+class BudgetTags:
+    """Where a parser's reasoning opens and ends in the model's text, and what closes it early:
+    what a reasoning budget needs (`frontend/thinking_budget.py`). `close` starts with `end`."""
+
+    start: str
+    end: str
+    close: str
+    starts_inside: bool  # the chat template opened the reasoning: output starts in it
+
+
 class ReasoningParser(Protocol):
     needs_special_tokens: bool
+    # None: a budget cannot be enforced by closing this parser's reasoning (it has no such tags).
+    budget_tags: BudgetTags | None
 
     def feed(self, text: str) -> tuple[str, str]:
         """More model text -> (reasoning, content)."""

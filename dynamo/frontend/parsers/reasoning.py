@@ -11,7 +11,7 @@ answer. Tags split across tokens are held back, never shown.
 
 from __future__ import annotations
 
-from dynamo.frontend.parsers.base import find_first, partial_suffix, register_reasoning_parser
+from dynamo.frontend.parsers.base import BudgetTags, find_first, partial_suffix, register_reasoning_parser
 from dynamo.frontend.parsers.harmony import HarmonyStream
 
 
@@ -20,7 +20,7 @@ class ThinkTagParser:
 
     def __init__(self, start: str = "<think>", end: str = "</think>", forced: bool = False) -> None:
         self.start, self.end = start, end
-        self.starts_inside = forced  # the chat template opened the reasoning
+        self.budget_tags = BudgetTags(start, end, end, starts_inside=forced)
         self._buf = ""
         self._in = forced
         self._done = False
@@ -88,6 +88,9 @@ def _forced() -> ThinkTagParser:
 
 class GptOssReasoningParser:
     needs_special_tokens = True
+    # The analysis message is the reasoning; closing it early moves the answer to the final channel.
+    budget_tags = BudgetTags("<|channel|>analysis<|message|>", "<|end|>",
+                             "<|end|><|start|>assistant<|channel|>final<|message|>", starts_inside=False)
 
     def __init__(self) -> None:
         self._stream = HarmonyStream()
