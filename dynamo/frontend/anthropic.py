@@ -8,10 +8,11 @@ Conversion:
 - `system` (a string or text blocks) becomes the system message. With `--strip-anthropic-preamble`
   the `x-anthropic-billing-header:` line Claude Code puts first is dropped: it changes with every
   request and would make every prompt's first block new, so nothing would be reused from the cache.
-- user blocks: `text` and `image` (base64 or URL) become the user message; each `tool_result`
+- user blocks: `text` and plain-text `document`s become the user message; each `tool_result`
   becomes a tool message for its `tool_use_id`. Assistant blocks: `text`, `tool_use` (a tool call
   with the input as its JSON arguments), `thinking` (the message's reasoning; `redacted_thinking`
-  is dropped: there is nothing to show the model).
+  is dropped: there is nothing to show the model). An `image` is a 400: no worker here receives
+  image data, so the model would answer without it (in a `tool_result`, an `[image]` note stands in).
 - `tools` (`name`, `description`, `input_schema`) become functions; `tool_choice` `auto`, `any`
   (required), `tool` (named), `none`; `disable_parallel_tool_use` turns parallel calls off.
   Anthropic's server tools (a `type` such as `web_search_...`) cannot run here: a 400 says so.
@@ -39,7 +40,7 @@ _BILLING_LINE = re.compile(r"^x-anthropic-billing-header:[^\n]*\n?", re.MULTILIN
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
                 503: "overloaded_error", 529: "overloaded_error"}
-_USER_BLOCKS = ("text", "image", "tool_result", "document")
+_USER_BLOCKS = ("text", "tool_result", "document")
 _ASSISTANT_BLOCKS = ("text", "tool_use", "thinking", "redacted_thinking")
 
 
@@ -148,6 +149,9 @@ def _converted(message: Any, i: int) -> list[ChatMessage]:
     allowed = _USER_BLOCKS if message["role"] == "user" else _ASSISTANT_BLOCKS
     for j, block in enumerate(content):
         kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "image":  # no worker here receives image data: the model would answer without it
+            raise bad_request(f"{where}.content[{j}]: images are not supported: models served here take text only",
+                              f"{where}.content[{j}].type", "unsupported_content")
         if kind not in allowed:
             raise bad_request(f"{where}.content[{j}]: unsupported {message['role']} block {kind!r} (supported: "
                               f"{', '.join(allowed)})", f"{where}.content[{j}].type")
@@ -158,23 +162,20 @@ def _converted(message: Any, i: int) -> list[ChatMessage]:
 
 def _user_messages(blocks: list[dict[str, Any]], where: str) -> list[ChatMessage]:
     """Tool results first, each its own tool message (they answer the previous turn's calls), then the
-    user's own text and images as one message."""
+    user's own text as one message."""
     out: list[ChatMessage] = []
-    parts: list[dict[str, Any]] = []
+    texts: list[str] = []
     for j, block in enumerate(blocks):
         kind = block["type"]
         if kind == "tool_result":
             text = _result_text(block.get("content"), f"{where}.content[{j}].content")
             out.append(ChatMessage(role="tool", content=text, tool_call_id=block.get("tool_use_id")))
-        elif kind == "image":
-            parts.append({"type": "image_url", "image_url": {"url": _image_url(block, f"{where}.content[{j}]")}})
         elif kind == "document":
-            parts.append({"type": "text", "text": _document_text(block, f"{where}.content[{j}]")})
+            texts.append(_document_text(block, f"{where}.content[{j}]"))
         else:
-            parts.append({"type": "text", "text": _block_text(block, f"{where}.content", j)})
-    if parts:
-        only_text = all(p["type"] == "text" for p in parts)
-        out.append(ChatMessage(role="user", content="\n".join(p["text"] for p in parts) if only_text else parts))
+            texts.append(_block_text(block, f"{where}.content", j))
+    if texts:
+        out.append(ChatMessage(role="user", content="\n".join(texts)))
     return out
 
 
@@ -206,15 +207,6 @@ def _result_text(content: Any, where: str) -> str:
                 texts.append(_block_text(block, where, j))
         return "\n".join(texts)
     raise bad_request(f"{where} must be a string or a list of content blocks", where)
-
-
-def _image_url(block: dict[str, Any], where: str) -> str:
-    source = block.get("source") or {}
-    if source.get("type") == "base64" and source.get("media_type") and source.get("data"):
-        return f"data:{source['media_type']};base64,{source['data']}"
-    if source.get("type") == "url" and source.get("url"):
-        return source["url"]
-    raise bad_request(f"{where}.source must be a base64 image (media_type, data) or a url", f"{where}.source")
 
 
 def _document_text(block: dict[str, Any], where: str) -> str:

@@ -13,6 +13,7 @@ MAX_N = 128
 MAX_TOP_LOGPROBS = 20
 # OpenAI's reasoning levels (and vLLM's "max"), passed to the chat template (gpt-oss's reads low/medium/high).
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+CONTENT_PARTS = ("text", "refusal")  # an assistant's refusal is text too
 
 
 def _check_range(value: float | int | None, name: str, low: float, high: float, low_open: bool = False) -> None:
@@ -77,8 +78,23 @@ def validate_chat(req: ChatCompletionRequest) -> None:
             raise bad_request("`top_logprobs` requires `logprobs: true`", "top_logprobs")
     if req.reasoning_effort is not None and req.reasoning_effort not in REASONING_EFFORTS:
         raise bad_request(f"`reasoning_effort` must be one of {', '.join(REASONING_EFFORTS)}", "reasoning_effort")
+    _validate_content(req)
     validate_tools(req)
     validate_response_format(req.response_format)
+
+
+def _validate_content(req: ChatCompletionRequest) -> None:
+    """Text parts only: no worker here takes images, audio or files (none receives multimodal data),
+    and a model that answered without seeing them would answer wrongly."""
+    for i, message in enumerate(req.messages):
+        if not isinstance(message.content, list):
+            continue
+        for j, part in enumerate(message.content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind not in CONTENT_PARTS:
+                raise bad_request(f"content part type {kind!r} is not supported: models served here take text only "
+                                  f"(parts: {', '.join(CONTENT_PARTS)})", f"messages[{i}].content[{j}].type",
+                                  "unsupported_content")
 
 
 def validate_completion(req: CompletionRequest) -> None:

@@ -105,6 +105,16 @@ def test_bad_tools_and_logprobs_are_refused(http):
     assert_error(http.post("/v1/chat/completions", json=chat(top_logprobs=2)), 400, "top_logprobs")
 
 
+def test_content_a_text_model_cannot_see_is_refused_not_dropped(http):
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    messages = [{"role": "user", "content": [{"type": "text", "text": "What is in this picture?"}, image]}]
+    error = assert_error(http.post("/v1/chat/completions", json=chat(messages=messages)), 400,
+                         "messages[0].content[1].type")
+    assert error["code"] == "unsupported_content" and "image_url" in error["message"]
+    text_parts = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
+    assert http.post("/v1/chat/completions", json=chat(messages=text_parts)).status_code == 200
+
+
 def test_batched_prompts_refused(http):
     resp = http.post("/v1/completions", json={"model": MODEL, "prompt": ["a", "b"], "max_tokens": 2})
     assert_error(resp, 400, "prompt")

@@ -19,8 +19,8 @@ def chat(body: dict, strip: bool = False, counting: bool = False):
 def test_a_conversation_of_blocks_becomes_chat_messages():
     req = chat({"system": [{"type": "text", "text": "Rules."}, {"type": "text", "text": "More rules."}], "messages": [
         {"role": "user", "content": [{"type": "text", "text": "Look:"},
-                                     {"type": "image", "source": {"type": "base64", "media_type": "image/png",
-                                                                  "data": "iVBO"}}]},
+                                     {"type": "document", "source": {"type": "text", "media_type": "text/plain",
+                                                                     "data": "a plain file"}}]},
         {"role": "assistant", "content": [{"type": "thinking", "thinking": "Hmm.", "signature": "s"},
                                           {"type": "text", "text": "Calling."},
                                           {"type": "tool_use", "id": "t1", "name": "f", "input": {"a": 1}}]},
@@ -29,8 +29,7 @@ def test_a_conversation_of_blocks_becomes_chat_messages():
     roles = [m.role for m in req.messages]
     assert roles == ["system", "user", "assistant", "tool", "user"]
     assert req.messages[0].content == "Rules.\nMore rules."
-    assert req.messages[1].content == [{"type": "text", "text": "Look:"},
-                                       {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}}]
+    assert req.messages[1].content.startswith("Look:\n") and "a plain file" in req.messages[1].content
     assistant = req.messages[2]
     assert assistant.content == "Calling." and assistant.reasoning_content == "Hmm."
     assert assistant.tool_calls == [{"id": "t1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}]
@@ -69,8 +68,9 @@ def test_claude_codes_billing_line_is_stripped_only_when_asked():
     ({"messages": [{"role": "system", "content": "hi"}]}, "messages[0].role"),
     ({"messages": [{"role": "user", "content": [{"type": "thinking", "thinking": "x"}]}]},
      "messages[0].content[0].type"),
-    ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "file"}}]}]},
-     "messages[0].content[0].source"),
+    ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                                        "data": "iVBO"}}]}]},
+     "messages[0].content[0].type"),  # no worker here receives images: refused, not dropped
     ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "bash_20250124", "name": "bash"}]},
      "tools[0]"),
     ({"messages": [{"role": "user", "content": "hi"}], "tool_choice": {"type": "sometimes"}}, "tool_choice.type"),

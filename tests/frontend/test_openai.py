@@ -87,6 +87,9 @@ def test_boundaries_are_accepted():
     ({"messages": []}, "messages", "invalid_value"),
     ({"max_completion_tokens": 0}, "max_completion_tokens", "invalid_value"),
     ({"tools": [{"type": "function"}], "tool_choice": "auto"}, "tools[0]", "invalid_type"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "see"},
+                                                {"type": "input_audio", "input_audio": {}}]}]},
+     "messages[0].content[1].type", "unsupported_content"),
 ])
 def test_chat_specific_checks(over, param, code):
     err = refused(validate_chat, chat(**over))
