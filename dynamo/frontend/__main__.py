@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 from dynamo.frontend.config import FrontendConfig, parse_frontend_args
 from dynamo.frontend.disagg import DisaggMetrics, DisaggPolicy, PrefillOrchestrator
 from dynamo.frontend.dispatch import Dispatcher
+from dynamo.frontend.responses_store import ResponseStore
 from dynamo.frontend.http_app import FrontendApp
 from dynamo.frontend.messages_run import AnthropicApi
 from dynamo.frontend.metrics import FrontendMetrics
@@ -59,7 +60,9 @@ def _app(config: FrontendConfig, runtime: DistributedRuntime, metrics: FrontendM
                        admin_api=not config.disable_frontend_admin_api,
                        anthropic=AnthropicApi(config.strip_anthropic_preamble) if config.enable_anthropic_api else None,
                        stream_dispatch=(config.enable_streaming_tool_dispatch,
-                                        config.enable_streaming_reasoning_dispatch))
+                                        config.enable_streaming_reasoning_dispatch),
+                       responses_store=ResponseStore(int(config.responses_store_mb * (1 << 20)))
+                       if config.responses_store_mb > 0 else None)
 
 
 def _tls_options(config: FrontendConfig) -> dict:

@@ -76,6 +76,9 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
         env="DYN_DISABLE_FRONTEND_ADMIN_API")
     reasoning_field_name: str = setting("reasoning_content", "Message field that carries parsed reasoning",
                                         choices=["reasoning_content", "reasoning"])
+    responses_store_mb: float = setting(
+        256, "Memory for stored Responses (`store`, as OpenAI keeps them), so that previous_response_id continues "
+        "a conversation and GET/DELETE /v1/responses/{id} work; least recently used go first (0: none stored)")
     enable_anthropic_api: bool = setting(False, "Serve Anthropic's Messages API: POST /v1/messages and "
                                          "/v1/messages/count_tokens (Claude Code and other Anthropic clients)")
     enable_streaming_tool_dispatch: bool = setting(False, "Streamed chat: an `event: tool_call_dispatch` for each "
@@ -95,6 +98,8 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
             raise ValueError("--tls-cert-path and --tls-key-path must be given together")
         if self.tls_client_ca_cert_path and not self.tls_cert_path:
             raise ValueError("--tls-client-ca-cert-path needs --tls-cert-path and --tls-key-path")
+        if self.responses_store_mb < 0:
+            raise ValueError("--responses-store-mb must be >= 0")
         if self.migration_limit < 0:
             raise ValueError("--migration-limit must be >= 0")
         if self.migration_max_seq_len is not None and self.migration_max_seq_len < 1:

@@ -38,6 +38,7 @@ from dynamo.frontend.validation import validate_chat, validate_completion
 from dynamo.frontend.request_log import SCOPE_KEY, TRACED_PATHS, RequestTrace, adopt_client_id, start_trace
 from dynamo.frontend.preparation import client_prompt_ids, output_spec, prompt_ids_for, wire_requests
 from dynamo.frontend.responses import ResponsesApi
+from dynamo.frontend.responses_store import ResponseStore
 from dynamo.llm.preprocessor import PreprocessError
 from dynamo.runtime.logs import RequestEvents
 from dynamo.runtime.memory import trim_heap
@@ -65,7 +66,8 @@ class FrontendApp:
                  health_extra: Callable[[], dict] | None = None,
                  reasoning_field: str = "reasoning_content", request_events: RequestEvents | None = None,
                  admin_api: bool = True, anthropic: AnthropicApi | None = None,
-                 stream_dispatch: tuple[bool, bool] = (False, False)) -> None:
+                 stream_dispatch: tuple[bool, bool] = (False, False), responses_store: ResponseStore | None = None
+                 ) -> None:
         self.models = models
         self.dispatcher = dispatcher
         self.metrics = metrics
@@ -92,7 +94,11 @@ class FrontendApp:
             ("GET", "/live"): self.live,
             ("GET", "/metrics"): self.prometheus,
         }
-        self.routes.update(ResponsesApi().routes(self))
+        responses = ResponsesApi(responses_store)
+        self.routes.update(responses.routes(self))
+        # (method, path prefix) -> handler, for paths that carry an id
+        self.prefix_routes: list[tuple[str, str, Callable]] = [("GET", model_routes.PREFIX, self.model),
+                                                               *responses.prefix_routes()]
         if admin_api:  # operators tune busy thresholds live (DYN_DISABLE_FRONTEND_ADMIN_API leaves it out)
             self.routes.update(BusyThresholdAdmin(dispatcher.policy, models, self.request_body).routes())
         if anthropic is not None:  # --enable-anthropic-api
@@ -101,9 +107,7 @@ class FrontendApp:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return
-        route = self.routes.get((scope["method"], scope["path"]))
-        if route is None and scope["method"] == "GET" and scope["path"].startswith(model_routes.PREFIX):
-            route = self.model
+        route = self.routes.get((scope["method"], scope["path"])) or self._prefix_route(scope)
         trace, error, crash = None, None, None
         try:
             if route is None:
@@ -131,6 +135,10 @@ class FrontendApp:
         finally:
             if trace is not None:
                 trace.completed(error, crash)
+
+    def _prefix_route(self, scope: dict) -> Callable | None:
+        return next((handler for method, prefix, handler in self.prefix_routes
+                     if scope["method"] == method and scope["path"].startswith(prefix)), None)
 
     def _no_route(self, scope: dict) -> ApiError:
         known = {path for _, path in self.routes}

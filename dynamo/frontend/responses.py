@@ -24,6 +24,8 @@ from dynamo.frontend import speculative_prefill
 from dynamo.frontend.errors import ApiError, bad_request
 from dynamo.frontend.generation import Choice, GenerationRun
 from dynamo.frontend.openai import ChatCompletionRequest, ChatMessage, decode_body
+from dynamo.frontend.responses_store import (INPUT_ITEMS_SUFFIX, PREFIX, ResponseStore, StoredResponse, input_items,
+                                             item_list, not_found, previous_conversation)
 from dynamo.frontend.validation import validate_chat
 from dynamo.frontend.output import ChoiceDelta
 from dynamo.frontend.request_log import SCOPE_KEY
@@ -52,23 +54,25 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     metadata: dict[str, Any] | None = None
     nvext: dict[str, Any] | None = None  # Dynamo's extension, as on chat: routing and agent hints
     reasoning: dict[str, Any] | None = None  # `effort` becomes chat's reasoning_effort; `summary` is not made
-    # Server-side conversation state is not kept: these would change the answer, so they are refused.
+    store: bool = True  # keep the response, so that a later previous_response_id continues it
     previous_response_id: str | None = None
+    # Conversations objects are not kept; this would change the answer, so it is refused.
     conversation: Any = None
     background: bool = False
 
-    def to_chat(self) -> ChatCompletionRequest:
-        """The equivalent chat request; the Responses request owns this conversion."""
-        for name in ("previous_response_id", "conversation"):
-            if getattr(self, name) is not None:
-                raise bad_request(f"`{name}` is not supported: responses are not stored; send the full input",
-                                  name, "unsupported_parameter")
+    def to_chat(self, history: list[ChatMessage] | None = None) -> ChatCompletionRequest:
+        """The equivalent chat request, after `history` (the conversation a previous_response_id
+        continues); the Responses request owns this conversion."""
+        if self.conversation is not None:
+            raise bad_request("`conversation` is not supported: send the full input, or a previous_response_id",
+                              "conversation", "unsupported_parameter")
         if self.background:
             raise bad_request("`background` is not supported", "background", "unsupported_parameter")
         if self.max_output_tokens is not None and self.max_output_tokens < 1:
             raise bad_request("`max_output_tokens` must be at least 1", "max_output_tokens")
+        # As in OpenAI's API, a previous response's instructions are not carried over: only this request's.
         messages = [ChatMessage(role="system", content=self.instructions)] if self.instructions else []
-        messages += input_messages(self.input)
+        messages += (history or []) + input_messages(self.input)
         if not messages:
             raise bad_request("`input` must not be empty", "input")
         tools = [{"type": "function", "function": {k: v for k, v in t.items() if k != "type"}}
@@ -137,9 +141,12 @@ def decode_responses(body: bytes) -> ResponsesRequest:
 class ResponsesRun(GenerationRun):
     """A chat generation framed as a Response (one choice)."""
 
-    def __init__(self, *args, responses_req: ResponsesRequest, **kw) -> None:
+    def __init__(self, *args, responses_req: ResponsesRequest, history: list[ChatMessage],
+                 store: ResponseStore | None, **kw) -> None:
         super().__init__(*args, **kw)
         self.rreq = responses_req
+        self.history = history  # the conversation a previous_response_id continued
+        self.store = store if responses_req.store else None
         self.response_id = "resp_" + uuid.uuid4().hex
         self.seq = 0
         self.items: list[dict] = []  # output items, in order
@@ -157,6 +164,7 @@ class ResponsesRun(GenerationRun):
                 "temperature": self.rreq.temperature, "top_p": self.rreq.top_p,
                 "tool_choice": self.rreq.tool_choice or "auto", "tools": self.rreq.tools or [],
                 "metadata": self.rreq.metadata or {}, "text": {"format": {"type": "text"}},
+                "previous_response_id": self.rreq.previous_response_id, "store": self.store is not None,
                 "usage": usage, "_finish": choice.finish}
 
     def _usage(self) -> dict:
@@ -177,6 +185,12 @@ class ResponsesRun(GenerationRun):
         response.pop("_finish", None)
         return response
 
+    def _save(self, response: dict) -> None:
+        """Keep a finished response and its conversation, for a later previous_response_id."""
+        if self.store is not None:
+            conversation = self.history + input_messages(self.rreq.input) + self.answer_history()
+            self.store.put(StoredResponse(response, conversation, input_items(self.rreq.input)))
+
     async def _unary(self, merged, first, send) -> None:
         if not await self._collect_answers(merged, first):
             return
@@ -193,6 +207,7 @@ class ResponsesRun(GenerationRun):
             items.append(_call_item(call["id"], call["function"]["name"], call["function"]["arguments"]))
         self.items = items
         body = self._body(self._response(self._status(choice), items, self._usage()))
+        self._save(body)
         await send_bytes(send, 200, _json(body))
 
     # -- streaming -----------------------------------------------------------------------------
@@ -279,6 +294,7 @@ class ResponsesRun(GenerationRun):
                 body += self._close_item(key)
             status = self._status(choice)
             final = self._body(self._response(status, [_public(i) for i in self.items], self._usage()))
+            self._save(final)
             body += self._event(f"response.{status}", response=final)
             await send({"type": "http.response.body", "body": body, "more_body": False})
         except ApiError as exc:
@@ -307,25 +323,56 @@ def _call_item(call_id: str, name: str, arguments: str, status: str = "completed
 
 
 class ResponsesApi:
-    """The Responses routes a frontend serves, over its own request path: `POST /v1/responses`, and
+    """The Responses routes a frontend serves, over its own request path: `POST /v1/responses`;
     `POST /v1/responses/input_tokens` (the prompt's token count as the model will see it, template
-    and tools included, answered as OpenAI does: `{"object": "response.input_tokens", "input_tokens"}`)."""
+    and tools included, answered as OpenAI does: `{"object": "response.input_tokens", "input_tokens"}`);
+    and, over the stored responses (`responses_store`), `GET` / `DELETE /v1/responses/{id}` and
+    `GET /v1/responses/{id}/input_items`."""
+
+    def __init__(self, store: ResponseStore | None = None) -> None:
+        self.store = store
 
     def routes(self, app) -> dict[tuple[str, str], Any]:
         return {("POST", "/v1/responses"): partial(self.create, app),
                 ("POST", "/v1/responses/input_tokens"): partial(self.input_tokens, app)}
 
+    def prefix_routes(self) -> list[tuple[str, str, Any]]:
+        return [("GET", PREFIX, self.retrieve), ("DELETE", PREFIX, self.delete)]
+
     async def create(self, app, scope, receive, send) -> None:
         app.refuse_if_draining()
         body = await app.request_body(scope, receive)
         rreq = decode_responses(body)
-        req = rreq.to_chat()
+        history = previous_conversation(self.store, rreq.previous_response_id)
+        req = rreq.to_chat(history)
         validate_chat(req)
         await app.generate(req, "responses", len(body), receive, send, ResponsesRun,
                             hints=routing_hints(req.nvext, scope["headers"]), trace=scope.get(SCOPE_KEY),
-                            speculate=speculative_prefill.wanted(req.nvext), responses_req=rreq)
+                            speculate=speculative_prefill.wanted(req.nvext), responses_req=rreq, history=history,
+                            store=self.store)
 
     async def input_tokens(self, app, scope, receive, send) -> None:
         body = await app.request_body(scope, receive)
-        count = await app.prompt_tokens(decode_responses(body).to_chat(), len(body))
+        rreq = decode_responses(body)
+        count = await app.prompt_tokens(rreq.to_chat(previous_conversation(self.store, rreq.previous_response_id)),
+                                        len(body))
         await send_json(send, 200, {"object": "response.input_tokens", "input_tokens": count})
+
+    async def retrieve(self, scope, receive, send) -> None:
+        response_id = scope["path"][len(PREFIX):]
+        listing = response_id.endswith(INPUT_ITEMS_SUFFIX)
+        response_id = response_id[:-len(INPUT_ITEMS_SUFFIX)] if listing else response_id
+        stored = self.store.get(response_id) if self.store is not None else None
+        if stored is None:
+            raise not_found(response_id)
+        if not listing:
+            await send_json(send, 200, stored.response)
+            return
+        items = stored.input_items if b"order=asc" in scope.get("query_string", b"") else stored.input_items[::-1]
+        await send_json(send, 200, item_list(items))  # OpenAI lists them newest first unless order=asc
+
+    async def delete(self, scope, receive, send) -> None:
+        response_id = scope["path"][len(PREFIX):]
+        if self.store is None or not self.store.delete(response_id):
+            raise not_found(response_id)
+        await send_json(send, 200, {"id": response_id, "object": "response", "deleted": True})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import openai
 import pytest
 
@@ -273,6 +274,36 @@ def test_responses_function_calls_and_reasoning(client):
     assert follow.output_text == "It is sunny in Paris, 21C."
 
 
+def test_a_stored_response_is_continued_by_id_retrieved_and_deleted(client):
+    """`store` (OpenAI's default): the next turn sends only the tool results and the previous
+    response's id; the frontend puts the conversation back, so the template renders the results."""
+    first = client.responses.create(model="hermes", tools=RESPONSE_TOOLS, input="case:hermes")
+    calls = [o for o in first.output if o.type == "function_call"]
+    results = [{"type": "function_call_output", "call_id": c.call_id, "output": "sunny, 21C"} for c in calls]
+    follow = client.responses.create(model="hermes", tools=RESPONSE_TOOLS, previous_response_id=first.id,
+                                     input=results)
+    assert follow.output_text == "It is sunny in Paris, 21C." and follow.previous_response_id == first.id
+    counted = client.responses.input_tokens.count(model="hermes", tools=RESPONSE_TOOLS, input=results,
+                                                  previous_response_id=first.id).input_tokens
+    assert counted == follow.usage.input_tokens  # the history counts, as the model got it
+    assert client.responses.retrieve(first.id).output[0].type == first.output[0].type
+    items = client.responses.input_items.list(follow.id, order="asc").data
+    assert [i.type for i in items] == ["function_call_output"] * len(calls)
+    deleted = httpx.delete(f"{client.base_url}responses/{first.id}", timeout=60)
+    assert deleted.json() == {"id": first.id, "object": "response", "deleted": True}
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(first.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.delete(first.id)
+    with pytest.raises(openai.BadRequestError) as gone:
+        client.responses.create(model="hermes", previous_response_id=first.id, input=results)
+    assert gone.value.body["code"] == "previous_response_not_found"
+    unstored = client.responses.create(model="hermes", input="case:plain", store=False)
+    assert unstored.store is False
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(unstored.id)
+
+
 @pytest.mark.parametrize("path,body,param", [
     ("/v1/responses", {"model": "hermes", "input": []}, "input"),
     ("/v1/responses", {"model": "hermes", "input": [{"type": "image_generation_call"}]}, "input[0].type"),
@@ -287,8 +318,6 @@ def test_responses_function_calls_and_reasoning(client):
     ("/v1/embeddings", {"model": "hermes", "input": [1.5]}, "input"),
 ])
 def test_bad_agent_requests_are_400(cluster, path, body, param):
-    import httpx
-
     resp = httpx.post(cluster.base_url + path, json=body, timeout=60)
     assert resp.status_code == 400, resp.text
     error = resp.json()["error"]
