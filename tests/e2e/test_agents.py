@@ -304,6 +304,17 @@ def test_a_stored_response_is_continued_by_id_retrieved_and_deleted(client):
         client.responses.retrieve(unstored.id)
 
 
+def test_a_streamed_response_is_stored_as_completed(client):
+    events = list(client.responses.create(model="hermes", tools=RESPONSE_TOOLS, input="case:hermes", stream=True))
+    final = events[-1].response
+    assert events[-1].type == "response.completed" and final.store is True
+    assert client.responses.retrieve(final.id).output[-1].call_id == final.output[-1].call_id
+    results = [{"type": "function_call_output", "call_id": o.call_id, "output": "sunny, 21C"}
+               for o in final.output if o.type == "function_call"]
+    follow = client.responses.create(model="hermes", previous_response_id=final.id, input=results)
+    assert follow.output_text == "It is sunny in Paris, 21C."
+
+
 @pytest.mark.parametrize("path,body,param", [
     ("/v1/responses", {"model": "hermes", "input": []}, "input"),
     ("/v1/responses", {"model": "hermes", "input": [{"type": "image_generation_call"}]}, "input[0].type"),
