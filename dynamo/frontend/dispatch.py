@@ -248,7 +248,6 @@ class Dispatcher:
         request = progress.continued(request)
         return None if request.stop_conditions.max_tokens == 0 else request
 
-
     def _past_budget(self, entry: ModelEntry, request: PreprocessedRequest, worker: WorkerInfo,
                      handle: RequestHandle, progress: _Progress) -> PreprocessedRequest | None:
         """The request to go on with once its reasoning budget is spent (the closing tag is in

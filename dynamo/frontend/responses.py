@@ -56,7 +56,7 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     reasoning: dict[str, Any] | None = None  # `effort` becomes chat's reasoning_effort; `summary` is not made
     store: bool = True  # keep the response, so that a later previous_response_id continues it
     previous_response_id: str | None = None
-    # Conversations objects are not kept; this would change the answer, so it is refused.
+    # Conversation objects are not kept: this would change the answer, so it is refused.
     conversation: Any = None
     background: bool = False
 
