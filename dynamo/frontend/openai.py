@@ -61,6 +61,8 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
     guided_decoding_backend: str | None = None
+    # Would change the answer, and no engine here is given it: refused when set (validation.py).
+    logit_bias: Any = None
 
     # Which request field holds the prompt (named in prompt errors).
     prompt_param = "prompt"
@@ -119,6 +121,12 @@ class ChatCompletionRequest(_Common, kw_only=True, omit_defaults=True):
     response_format: dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     reasoning_effort: str | None = None  # a template variable (gpt-oss's sets its reasoning level)
+    # Not served, refused when set: legacy function calling (use `tools`), audio out, web search.
+    functions: Any = None
+    function_call: Any = None
+    modalities: Any = None
+    audio: Any = None
+    web_search_options: Any = None
 
     prompt_param = "messages"
 

@@ -54,6 +54,9 @@ def validate_common(req: ChatCompletionRequest | CompletionRequest) -> None:
                           "nvext.greed_sampling" if greed else "temperature")
     if req.min_tokens is not None and req.min_tokens < 0:
         raise bad_request("`min_tokens` must be >= 0", "min_tokens")
+    if req.logit_bias:
+        raise bad_request("`logit_bias` is not supported: the engines here are not given token biases",
+                          "logit_bias", "unsupported_parameter")
     stops, ids = stop_list(req.stop), stop_token_ids(req.stop)
     if len(stops) + len(ids) > 16:
         raise bad_request("at most 16 stop sequences are supported", "stop")
@@ -65,6 +68,7 @@ def validate_common(req: ChatCompletionRequest | CompletionRequest) -> None:
 
 def validate_chat(req: ChatCompletionRequest) -> None:
     validate_common(req)
+    _refuse_unserved(req)
     if not req.messages:
         raise bad_request("`messages` must contain at least one message", "messages")
     if req.max_completion_tokens is not None and req.max_completion_tokens < 1:
@@ -173,3 +177,18 @@ def validate_tools(req: ChatCompletionRequest) -> None:
             raise bad_request(f"`tool_choice` names function {name!r}, which is not in `tools`", "tool_choice")
         return
     raise bad_request("`tool_choice` must be \"none\", \"auto\", \"required\" or a named function", "tool_choice")
+
+
+def _refuse_unserved(req: ChatCompletionRequest) -> None:
+    """Fields that would change the answer and that nothing here serves: a 400, never silently dropped."""
+    if req.functions or req.function_call not in (None, "none", "auto"):
+        name = "functions" if req.functions else "function_call"
+        raise bad_request(f"`{name}` (legacy function calling) is not supported: send the functions as `tools`",
+                          name, "unsupported_parameter")
+    if req.modalities not in (None, ["text"]) or req.audio is not None:
+        name = "audio" if req.audio is not None else "modalities"
+        raise bad_request("only text output is served: no model here answers with audio", name,
+                          "unsupported_parameter")
+    if req.web_search_options is not None:
+        raise bad_request("`web_search_options` is not supported: models here cannot search the web",
+                          "web_search_options", "unsupported_parameter")

@@ -105,12 +105,15 @@ def test_bad_tools_and_logprobs_are_refused(http):
     assert_error(http.post("/v1/chat/completions", json=chat(top_logprobs=2)), 400, "top_logprobs")
 
 
-def test_content_a_text_model_cannot_see_is_refused_not_dropped(http):
+def test_what_the_models_here_cannot_honour_is_refused_not_dropped(http):
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
     messages = [{"role": "user", "content": [{"type": "text", "text": "What is in this picture?"}, image]}]
     error = assert_error(http.post("/v1/chat/completions", json=chat(messages=messages)), 400,
                          "messages[0].content[1].type")
     assert error["code"] == "unsupported_content" and "image_url" in error["message"]
+    legacy = assert_error(http.post("/v1/chat/completions", json=chat(functions=[{"name": "f", "parameters": {}}])),
+                          400, "functions")
+    assert "tools" in legacy["message"]  # it says what to send instead
     text_parts = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
     assert http.post("/v1/chat/completions", json=chat(messages=text_parts)).status_code == 200
 

@@ -90,6 +90,12 @@ def test_boundaries_are_accepted():
     ({"messages": [{"role": "user", "content": [{"type": "text", "text": "see"},
                                                 {"type": "input_audio", "input_audio": {}}]}]},
      "messages[0].content[1].type", "unsupported_content"),
+    ({"logit_bias": {"50256": -100}}, "logit_bias", "unsupported_parameter"),
+    ({"functions": [{"name": "f", "parameters": {}}]}, "functions", "unsupported_parameter"),
+    ({"function_call": {"name": "f"}}, "function_call", "unsupported_parameter"),
+    ({"modalities": ["text", "audio"]}, "modalities", "unsupported_parameter"),
+    ({"audio": {"voice": "alloy", "format": "wav"}}, "audio", "unsupported_parameter"),
+    ({"web_search_options": {}}, "web_search_options", "unsupported_parameter"),
 ])
 def test_chat_specific_checks(over, param, code):
     err = refused(validate_chat, chat(**over))
@@ -178,3 +184,9 @@ def test_the_effort_reaches_the_prompt_through_the_models_template(tiny_model, t
     assert chat_text(pipeline, chat()).startswith("user: hi")
     responses = decode_responses(json.dumps({"model": "m", "input": "hi", "reasoning": {"effort": "low"}}).encode())
     assert chat_text(pipeline, responses.to_chat()).startswith("Reasoning: low\n")
+
+
+def test_unserved_fields_left_empty_or_at_their_defaults_are_accepted():
+    validate_chat(chat(logit_bias={}, functions=[], function_call="auto", modalities=["text"]))
+    validate_completion(completion(logit_bias=None))
+    assert refused(validate_completion, completion(logit_bias={"1": 5})).param == "logit_bias"
