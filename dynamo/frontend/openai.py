@@ -63,12 +63,21 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
     guided_decoding_backend: str | None = None
     # Would change the answer, and no engine here is given it: refused when set (validation.py).
     logit_bias: Any = None
+    thinking_token_budget: Any = None  # vLLM's name for nvext.max_thinking_tokens (which wins)
 
     # Which request field holds the prompt (named in prompt errors).
     prompt_param = "prompt"
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
+
+    def thinking_budget(self) -> tuple[str, Any]:
+        """(the field it came in, the reasoning budget): nvext.max_thinking_tokens, else vLLM's
+        thinking_token_budget."""
+        nvext = (self.nvext or {}).get("max_thinking_tokens")
+        if nvext is not None or self.thinking_token_budget is None:
+            return "nvext.max_thinking_tokens", nvext
+        return "thinking_token_budget", self.thinking_token_budget
 
     def choices(self) -> int:
         return self.n or 1
@@ -91,7 +100,7 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
             stop_conditions=StopConditions(max_tokens=max_tokens, stop=stop_list(self.stop) or None,
                                            stop_token_ids_hidden=stop_token_ids(self.stop) or None,
                                            min_tokens=self.min_tokens, ignore_eos=bool(self.ignore_eos),
-                                           max_thinking_tokens=(self.nvext or {}).get("max_thinking_tokens")),
+                                           max_thinking_tokens=self.thinking_budget()[1]),
             sampling_options=SamplingOptions(
                 n=None, temperature=0.0 if self.greedy() else self.temperature, top_p=self.top_p,
                 top_k=1 if self.greedy() else self.top_k, min_p=self.min_p,
@@ -120,6 +129,7 @@ class ChatCompletionRequest(_Common, kw_only=True, omit_defaults=True):
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    chat_template_args: dict[str, Any] | None = None  # Dynamo's name for them (chat_template_kwargs wins)
     reasoning_effort: str | None = None  # a template variable (gpt-oss's sets its reasoning level)
     # Not served, refused when set: legacy function calling (use `tools`), audio out, web search.
     functions: Any = None
@@ -133,9 +143,10 @@ class ChatCompletionRequest(_Common, kw_only=True, omit_defaults=True):
     def template_kwargs(self) -> dict[str, Any] | None:
         """The template's extra variables, as vLLM sets them: `chat_template_kwargs`, `reasoning_effort`
         over them, and `enable_thinking` (effort other than "none") unless they set that."""
+        kwargs = self.chat_template_kwargs if self.chat_template_kwargs is not None else self.chat_template_args
         if self.reasoning_effort is None:
-            return self.chat_template_kwargs
-        return {"enable_thinking": self.reasoning_effort != "none", **(self.chat_template_kwargs or {}),
+            return kwargs
+        return {"enable_thinking": self.reasoning_effort != "none", **(kwargs or {}),
                 "reasoning_effort": self.reasoning_effort}
 
     def guided_decoding(self, tool_parser: str | None = None) -> GuidedDecodingOptions | None:

@@ -40,10 +40,9 @@ def validate_common(req: ChatCompletionRequest | CompletionRequest) -> None:
         raise bad_request("`top_k` must be -1 (disabled) or positive", "top_k")
     if req.n is not None and not 1 <= req.n <= MAX_N:
         raise bad_request(f"`n` must be in [1, {MAX_N}], got {req.n}", "n")
-    thinking = (req.nvext or {}).get("max_thinking_tokens")
+    field, thinking = req.thinking_budget()
     if thinking is not None and (isinstance(thinking, bool) or not isinstance(thinking, int) or thinking < 0):
-        raise bad_request(f"nvext.max_thinking_tokens must be an integer >= 0, got {thinking!r}",
-                          "nvext.max_thinking_tokens", "invalid_value")
+        raise bad_request(f"{field} must be an integer >= 0, got {thinking!r}", field, "invalid_value")
     greed = (req.nvext or {}).get("greed_sampling")
     if greed is not None and not isinstance(greed, bool):
         raise bad_request(f"nvext.greed_sampling must be a boolean, got {greed!r}", "nvext.greed_sampling",

@@ -31,8 +31,10 @@ def cluster(tiny_model, tmp_path_factory):
         yield c
 
 
-def chat(cluster, budget: int | None = None, **kw):
-    extra = {"nvext": {"max_thinking_tokens": budget}} if budget is not None else None
+def chat(cluster, budget: int | None = None, vllm_name: bool = False, **kw):
+    """With `vllm_name`, the budget goes as vLLM's root `thinking_token_budget` instead of in nvext."""
+    extra = None if budget is None else {"thinking_token_budget": budget} if vllm_name else \
+        {"nvext": {"max_thinking_tokens": budget}}
     return cluster.openai_client().chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "case:overthink"}], max_tokens=300, extra_body=extra, **kw)
 
@@ -63,10 +65,10 @@ def test_a_budget_stops_the_reasoning_and_the_model_answers_from_there(cluster):
     assert reached(cluster) == before + 1
 
 
-def test_a_streamed_answer_is_cut_the_same_way(cluster):
+def test_a_streamed_answer_is_cut_the_same_way_under_vllms_field_name(cluster):
     unary = chat(cluster, BUDGET).choices[0].message
     reasoning, content = "", ""
-    for chunk in chat(cluster, BUDGET, stream=True):
+    for chunk in chat(cluster, BUDGET, vllm_name=True, stream=True):
         if chunk.choices:
             delta = chunk.choices[0].delta
             reasoning += getattr(delta, "reasoning_content", None) or ""

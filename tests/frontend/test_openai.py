@@ -164,6 +164,24 @@ def test_max_thinking_tokens_reaches_the_stop_conditions():
         assert refused(validate_chat, chat(nvext={"max_thinking_tokens": bad})).param == "nvext.max_thinking_tokens"
 
 
+def test_vllms_thinking_token_budget_is_the_same_budget_and_nvext_wins():
+    assert chat(thinking_token_budget=32).to_request([1], "id", "m", 4, []).stop_conditions.max_thinking_tokens == 32
+    both = chat(thinking_token_budget=32, nvext={"max_thinking_tokens": 8})
+    assert both.to_request([1], "id", "m", 4, []).stop_conditions.max_thinking_tokens == 8
+    assert refused(validate_chat, chat(thinking_token_budget=-3)).param == "thinking_token_budget"
+    completion_req = completion(thinking_token_budget=5)
+    validate_completion(completion_req)
+    assert completion_req.to_request([1], "id", "m", 4, []).stop_conditions.max_thinking_tokens == 5
+
+
+def test_dynamos_chat_template_args_are_the_template_kwargs_and_the_openai_name_wins():
+    assert chat(chat_template_args={"enable_thinking": False}).template_kwargs() == {"enable_thinking": False}
+    both = chat(chat_template_args={"a": 1}, chat_template_kwargs={"b": 2})
+    assert both.template_kwargs() == {"b": 2}
+    assert chat(chat_template_args={"x": 1}, reasoning_effort="low").template_kwargs() == \
+        {"enable_thinking": True, "x": 1, "reasoning_effort": "low"}
+
+
 def test_reasoning_effort_is_a_template_variable_and_turns_thinking_on_or_off():
     assert chat(reasoning_effort="high").template_kwargs() == {"reasoning_effort": "high", "enable_thinking": True}
     assert chat(reasoning_effort="none").template_kwargs() == {"reasoning_effort": "none", "enable_thinking": False}
