@@ -3,7 +3,7 @@ enforced by the frontend whatever the engine: once a request has reasoned for it
 worker stream is stopped, the closing tag is appended as if the model had written it, and the
 request goes on with prompt + output + tag as its prompt, so the model answers from the reasoning
 it has. It goes on pinned to the same worker, whose cache holds all of it (a migration after that
-is not held to the pin), so the continuation costs one step, not a prefill.
+is not held to the pin), so the continuation prefills only the tokens past its last cached block.
 
 The dispatcher owns the continuation; this module says where a stream crosses its budget. It
 applies to models whose reasoning parser names its tags (`BudgetTags`): `<think>`..`</think>` (the
