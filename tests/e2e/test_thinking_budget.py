@@ -20,14 +20,22 @@ THOUGHTS = "I should weigh this once more. " * 12
 SCRIPTS = {
     "case:overthink": f"<think>\n{THOUGHTS}</think>\n\nThe answer after all that thought.",
     "<think>\nI should": "The answer within the budget.",  # the continuation: its prompt has the reasoning
+    # gpt-oss's Harmony: the analysis message is the reasoning; closing it early opens the final channel.
+    "case:harmony-overthink": (f"<|channel|>analysis<|message|>{THOUGHTS}<|end|><|start|>assistant<|channel|>final"
+                               "<|message|>The answer after all that thought.<|return|>"),
+    "analysis<|message|>I should": "The answer within the budget.<|return|>",
 }
+HARMONY = "harmony-thinker"
 BUDGET = 10
 
 
 @pytest.fixture(scope="module")
 def cluster(tiny_model, tmp_path_factory):
-    with replaying_cluster(tmp_path_factory.mktemp("thinking"), tiny_model, SCRIPTS, MODEL,
-                           "--enable-anthropic-api") as c:
+    tmp = tmp_path_factory.mktemp("thinking")
+    with replaying_cluster(tmp, tiny_model, SCRIPTS, MODEL, "--enable-anthropic-api") as c:
+        c.mocker("--speedup-ratio", "1", "--replay-file", str(tmp / "replay.json"), "--dyn-tool-call-parser",
+                 "harmony", "--dyn-reasoning-parser", "gpt_oss", model_name=HARMONY, system_port=False)
+        c.wait_workers(HARMONY, 1, timeout=120)
         yield c
 
 
@@ -87,3 +95,17 @@ def test_anthropic_thinking_budget_is_enforced(cluster):
     unbounded = client.messages.create(model=MODEL, max_tokens=300, thinking={"type": "enabled", "budget_tokens": 4096},
                                        messages=[{"role": "user", "content": "case:overthink"}])
     assert unbounded.content[1].text == "The answer after all that thought."
+
+
+def test_gpt_oss_analysis_is_closed_into_the_final_channel(cluster):
+    def ask(budget: int | None):
+        extra = {"nvext": {"max_thinking_tokens": budget}} if budget is not None else None
+        return cluster.openai_client().chat.completions.create(
+            model=HARMONY, messages=[{"role": "user", "content": "case:harmony-overthink"}], max_tokens=300,
+            extra_body=extra).choices[0].message
+
+    full, cut = ask(None), ask(BUDGET)
+    assert full.reasoning_content.strip() == THOUGHTS.strip() and full.content == "The answer after all that thought."
+    thought = cut.reasoning_content.strip()
+    assert thought and THOUGHTS.startswith(thought) and len(thought) < len(THOUGHTS) / 3
+    assert cut.content == "The answer within the budget."
