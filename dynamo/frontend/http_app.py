@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 from prometheus_client import generate_latest
 
-from dynamo.frontend import annotations, errors, model_routes, speculative_prefill
-from dynamo.frontend.model_routes import model_object
+from dynamo.frontend import annotations, errors, speculative_prefill
+from dynamo.frontend.model_routes import ModelRoutes
 from dynamo.frontend.admin import BusyThresholdAdmin
 from dynamo.frontend.anthropic import PATH as ANTHROPIC_PATH, error_body
 from dynamo.frontend.messages_run import AnthropicApi
@@ -89,15 +89,15 @@ class FrontendApp:
             ("POST", "/v1/chat/completions"): self.chat,
             ("POST", "/v1/completions"): self.completions,
             ("POST", "/v1/embeddings"): self.embeddings,
-            ("GET", "/v1/models"): self.list_models,
             ("GET", "/health"): self.health,
             ("GET", "/live"): self.live,
             ("GET", "/metrics"): self.prometheus,
         }
-        responses = ResponsesApi(responses_store)
+        responses, model_api = ResponsesApi(responses_store), ModelRoutes(models)
         self.routes.update(responses.routes(self))
+        self.routes.update(model_api.routes())
         # (method, path prefix) -> handler, for paths that carry an id
-        self.prefix_routes: list[tuple[str, str, Callable]] = [("GET", model_routes.PREFIX, self.model),
+        self.prefix_routes: list[tuple[str, str, Callable]] = [*model_api.prefix_routes(),
                                                                *responses.prefix_routes()]
         if admin_api:  # operators tune busy thresholds live (DYN_DISABLE_FRONTEND_ADMIN_API leaves it out)
             self.routes.update(BusyThresholdAdmin(dispatcher.policy, models, self.request_body).routes())
@@ -192,23 +192,6 @@ class FrontendApp:
             return
         # 200 either way: Kubernetes liveness must not restart a frontend whose workers are down.
         await send_json(send, 200, body)
-
-    async def list_models(self, scope, receive, send) -> None:
-        await send_json(send, 200, {"object": "list", "data": [model_object(e) for e in self.models.listed()]})
-
-    async def model(self, scope, receive, send) -> None:
-        """`GET /v1/models/{id}` (the model object) and `/v1/models/{id}/ready` (Dynamo's readiness)."""
-        name = scope["path"][len(model_routes.PREFIX):]
-        ready = name.endswith(model_routes.READY_SUFFIX) and self.models.get(name) is None  # an id may end so
-        name = name[:-len(model_routes.READY_SUFFIX)] if ready else name
-        entry = self.models.get(name)
-        if entry is None or not (entry.serving() if ready else entry.decode_workers()):
-            raise errors.model_not_found(name)
-        if ready:
-            report = model_routes.readiness(entry)
-            await send_json(send, 200 if report["ready"] else 503, report)
-        else:
-            await send_json(send, 200, model_object(entry))
 
     async def prometheus(self, scope, receive, send) -> None:
         for entry in self.models.models.values():

@@ -1,5 +1,5 @@
-"""What the frontend says about one served model: its OpenAI model object (`GET /v1/models`, and
-`GET /v1/models/{id}`, OpenAI's retrieve) and Dynamo's readiness report (`GET /v1/models/{id}/ready`):
+"""What the frontend says about the served models (`ModelRoutes`): their OpenAI model objects (`GET
+/v1/models`, and `GET /v1/models/{id}`, OpenAI's retrieve) and Dynamo's readiness report (`GET /v1/models/{id}/ready`):
 per namespace, the worker types present and how many workers of each serve it. A model is ready
 where some worker can answer a request end to end (aggregated or decode); prefill workers alone
 cannot, so `decode` is then the missing type. Ids may contain `/` (`Qwen/Qwen3-0.6B`).
@@ -7,9 +7,11 @@ cannot, so `decode` is then the missing type. Ids may contain `/` (`Qwen/Qwen3-0
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
+from dynamo.frontend import errors
 from dynamo.llm.model_card import WorkerType
+from dynamo.runtime.asgi import send_json
 
 PREFIX = "/v1/models/"
 READY_SUFFIX = "/ready"
@@ -35,3 +37,33 @@ def readiness(entry) -> dict[str, Any]:
             "ready": ready, "worker_types": {k: {"workers": n, "needs": []} for k, n in sorted(types.items())},
             "present": sorted(types), "missing_worker_types": [] if ready else [str(WorkerType.DECODE)]}
     return {"model": entry.name, "ready": any(ns["ready"] for ns in namespaces.values()), "namespaces": namespaces}
+
+
+class ModelRoutes:
+    """The model routes a frontend serves, over its model manager."""
+
+    def __init__(self, models) -> None:
+        self.models = models
+
+    def routes(self) -> dict[tuple[str, str], Callable]:
+        return {("GET", "/v1/models"): self.list_models}
+
+    def prefix_routes(self) -> list[tuple[str, str, Callable]]:
+        return [("GET", PREFIX, self.model)]
+
+    async def list_models(self, scope, receive, send) -> None:
+        await send_json(send, 200, {"object": "list", "data": [model_object(e) for e in self.models.listed()]})
+
+    async def model(self, scope, receive, send) -> None:
+        """`GET /v1/models/{id}` (the model object) and `/v1/models/{id}/ready` (Dynamo's readiness)."""
+        name = scope["path"][len(PREFIX):]
+        ready = name.endswith(READY_SUFFIX) and self.models.get(name) is None  # an id may end so
+        name = name[:-len(READY_SUFFIX)] if ready else name
+        entry = self.models.get(name)
+        if entry is None or not (entry.serving() if ready else entry.decode_workers()):
+            raise errors.model_not_found(name)
+        if ready:
+            report = readiness(entry)
+            await send_json(send, 200 if report["ready"] else 503, report)
+        else:
+            await send_json(send, 200, model_object(entry))
