@@ -31,10 +31,7 @@ class ThinkMarkers:
     start: tuple[int, ...]
     end: tuple[int, ...]
     starts_inside: bool  # the chat template opens the reasoning: output starts in it
-    close: tuple[int, ...] = ()  # what closes the reasoning early; () means `end`
-
-    def closing(self) -> tuple[int, ...]:
-        return self.close or self.end
+    close: tuple[int, ...]  # what closes the reasoning early (`end` itself for tag parsers)
 
 
 def think_markers(reasoning_parser: str | None, tokenizer: Tokenizer) -> ThinkMarkers | None:
@@ -52,7 +49,7 @@ def think_markers(reasoning_parser: str | None, tokenizer: Tokenizer) -> ThinkMa
 
 class ThinkingBudget:
     """One stream's reasoning count: `spend` reads each batch of outputs and cuts it where the
-    budget runs out, after which the caller appends `markers.end` and continues the request."""
+    budget runs out, after which the caller appends `closing_output()` and continues the request."""
 
     def __init__(self, budget: int, markers: ThinkMarkers) -> None:
         self.budget = budget
@@ -94,7 +91,7 @@ class ThinkingBudget:
 
     def closing_output(self) -> LLMEngineOutput:
         """The closing tag (what the model had not written of it yet), streamed as if it had."""
-        return LLMEngineOutput(token_ids=list(self.markers.closing()[self._written:]))
+        return LLMEngineOutput(token_ids=list(self.markers.close[self._written:]))
 
 
 def _opens(ids: list[int], tag: tuple[int, ...]) -> int:

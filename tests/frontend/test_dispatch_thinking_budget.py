@@ -35,7 +35,7 @@ async def cluster():
     workers = [ScriptedWorker(count=3, hang=True), ScriptedWorker(count=1)]
     card = ModelDeploymentCard(display_name="m", slug="m", model_path="m", context_length=4096, kv_cache_block_size=16)
     entry = ModelEntry("m", None, card)  # type: ignore[arg-type]  # no pipeline: nothing to tokenize
-    entry.think_markers = ThinkMarkers((998,), (CLOSE,), starts_inside=True)
+    entry.think_markers = ThinkMarkers((998,), (CLOSE,), starts_inside=True, close=(CLOSE,))
     for iid, worker in enumerate(workers, 1):
         await worker.server.start()
         entry.workers[iid] = WorkerInfo(iid, EndpointId("dynamo", "backend", "generate"), card, worker.address)

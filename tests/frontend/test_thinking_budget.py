@@ -10,7 +10,7 @@ from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest, StopCondit
 from dynamo.llm.tokenizer import Tokenizer
 
 START, END = (1, 2), (3, 4)  # two-token tags, as a BPE without added tokens spells `<think>`
-TAGS = ThinkMarkers(START, END, starts_inside=False)
+TAGS = ThinkMarkers(START, END, starts_inside=False, close=END)
 
 
 def outs(*batches: list[int]) -> list[LLMEngineOutput]:
@@ -43,13 +43,13 @@ def test_output_that_never_opens_reasoning_is_not_counted():
 
 
 def test_where_the_template_opened_reasoning_the_first_token_counts():
-    budget = ThinkingBudget(2, ThinkMarkers(START, END, starts_inside=True))
+    budget = ThinkingBudget(2, ThinkMarkers(START, END, starts_inside=True, close=END))
     kept, spent = budget.spend(outs([50], [51, 52, 53]))
     assert spent and ids(kept) == [50, 51]
 
 
 def test_a_zero_budget_closes_reasoning_at_once_and_keeps_the_first_outputs_cache_count():
-    budget = ThinkingBudget(0, ThinkMarkers(START, END, starts_inside=True))
+    budget = ThinkingBudget(0, ThinkMarkers(START, END, starts_inside=True, close=END))
     first = LLMEngineOutput(token_ids=[50, 51], cached_tokens=32, log_probs=[-0.1, -0.2],
                             top_logprobs=[[(50, -0.1)], [(51, -0.2)]], finish_reason="length")
     kept, spent = budget.spend([first])
@@ -85,7 +85,7 @@ def test_markers_come_from_the_models_reasoning_parser_in_its_own_tokens(tiny_mo
     assert think_markers("deepseek_r1", tokenizer).starts_inside
     harmony = think_markers("gpt_oss", tokenizer)  # the analysis message, closed into the final channel
     assert tokenizer.decode(harmony.start, skip_special_tokens=False) == "<|channel|>analysis<|message|>"
-    assert tokenizer.decode(harmony.closing(), skip_special_tokens=False) == \
+    assert tokenizer.decode(harmony.close, skip_special_tokens=False) == \
         "<|end|><|start|>assistant<|channel|>final<|message|>"
     assert think_markers(None, tokenizer) is None
 
