@@ -33,8 +33,19 @@ _PARSERS: dict[str, str | ParserFactory] = {
     "dynamo.vllm": "dynamo.vllm.args:build_parser",
     "dynamo.sglang": "dynamo.sglang.args:build_parser",
     "dynamo.trtllm": "dynamo.trtllm.args:build_parser",
-    "dynamo.router": "dynamo.router.__main__:build_parser",
+    "dynamo.router": _config_parser("dynamo.router.service:RouterServiceConfig"),
     "dynamo.planner": "dynamo.planner.__main__:build_parser",
+}
+
+# NVIDIA Dynamo's flags each command accepts without acting on them, or refuses with a reason
+# (runtime/compat_args.py): a manifest may pass them; refused ones fail validation as they fail the pod.
+_COMPAT: dict[str, str] = {
+    "dynamo.frontend": "dynamo.frontend.compat_flags:FRONTEND_FLAGS",
+    "dynamo.mocker": "dynamo.mocker.compat_flags:MOCKER_FLAGS",
+    "dynamo.router": "dynamo.router.compat_flags:ROUTER_SERVICE_FLAGS",
+    "dynamo.vllm": "dynamo.worker.compat_flags:VLLM_FLAGS",
+    "dynamo.sglang": "dynamo.worker.compat_flags:SGLANG_FLAGS",
+    "dynamo.trtllm": "dynamo.worker.compat_flags:TRTLLM_FLAGS",
 }
 
 # Helper modules of this package that manifests may run directly (no flags to check).
@@ -98,12 +109,24 @@ def check_args(module: str, args: list[str]) -> FlagCheck:
     # Values filled in by the shell or by Kubernetes (`$(VAR)`) are unknown here: use a
     # neutral stand-in that passes int, float and str flags.
     concrete = ["0" if "$" in a and not a.startswith("-") else a for a in args]
+    compat = _compat_flags(module)
+    if compat is not None:
+        compat.add_to(parser)
     try:
-        _, unknown = parser.parse_known_args(concrete)
+        namespace, unknown = parser.parse_known_args(concrete)
+        ignored = compat.check(namespace, _raise) if compat is not None else []
     except ArgError as exc:
         return FlagCheck([f"{module}: {exc}"], [])
     except SystemExit:  # --help / --version
         return FlagCheck([f"{module}: arguments make the program exit (--help?)"], [])
     errors = [f"{module}: unknown flag {a}" if a.startswith("-") else f"{module}: unexpected argument {a!r}"
               for a in unknown]
-    return FlagCheck(errors, [])
+    return FlagCheck(errors, [f"{module}: {text}" for text in ignored])
+
+
+def _compat_flags(module: str):
+    path = _COMPAT.get(module)
+    if path is None:
+        return None
+    mod, _, attr = path.partition(":")
+    return getattr(importlib.import_module(mod), attr)

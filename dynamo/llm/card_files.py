@@ -47,6 +47,17 @@ def local_model_dir(card: ModelDeploymentCard) -> Path:
     return target
 
 
+def chat_template_file(card: ModelDeploymentCard, model_dir: Path) -> Path | None:
+    """The card's own Jinja template file (the worker's `--custom-jinja-template`, or the model's
+    `chat_template.jinja`) in `local_model_dir(card)`'s result; None when the card names none."""
+    entry = card.files.get("hf_chat_template")
+    if entry is None:
+        return None
+    if _is_url(entry.path):
+        return model_dir / Path(urllib.parse.urlparse(entry.path).path).name
+    return Path(entry.path)
+
+
 def _fetch(entry: CheckedFile, target: Path) -> None:
     name = Path(urllib.parse.urlparse(entry.path).path).name
     if not name or name in (".", ".."):

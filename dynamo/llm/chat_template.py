@@ -72,6 +72,20 @@ def _normalize_messages(messages) -> list[dict]:
     return out
 
 
+# Template variables by which a request (or the frontend for it) says whether the model thinks:
+# templates read one or another (Qwen3 `enable_thinking`, DeepSeek V3.1 `thinking`, ...).
+THINKING_CONTROLS = ("thinking", "enable_thinking", "thinking_mode", "reasoning_effort")
+
+
+def with_thinking_default(kwargs: dict[str, Any] | None, mode: str | None) -> dict[str, Any] | None:
+    """The template variables with the deployment's default thinking mode ("enabled" / "disabled")
+    set in each spelling, unless the request already controls thinking."""
+    if mode is None or any(key in (kwargs or {}) for key in THINKING_CONTROLS):
+        return kwargs
+    on = mode == "enabled"
+    return {**(kwargs or {}), "thinking": on, "enable_thinking": on, "thinking_mode": mode}
+
+
 class ChatTemplate:
     def __init__(self, source: str, special_tokens: dict[str, str | None] | None = None):
         self.source = source
@@ -82,14 +96,16 @@ class ChatTemplate:
             raise ChatTemplateError(f"chat template does not compile: {e}") from e
 
     @classmethod
-    def from_dir(cls, path) -> ChatTemplate:
+    def from_dir(cls, path, template_file: Path | None = None) -> ChatTemplate:
+        """The model's template in directory `path`, or the Jinja file `template_file` instead (the
+        special tokens still come from the model's tokenizer_config.json)."""
         path = Path(path)
         try:
             cfg = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
         except FileNotFoundError:
             cfg = {}
         specials = {k: token_content(cfg.get(k)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
-        jinja_file = path / "chat_template.jinja"
+        jinja_file = template_file or path / "chat_template.jinja"
         if jinja_file.is_file():
             return cls(jinja_file.read_text(encoding="utf-8"), specials)
         return cls(_select_template(cfg.get("chat_template"), path), specials)

@@ -63,6 +63,11 @@ REASONING_PARSERS = ("basic", "qwen3", "qwen3_coder", "deepseek_r1", "gpt_oss", 
                      "nemotron3", "kimi_k25")
 
 
+# `--dyn-default-thinking-mode`: the worker puts it in `runtime_data` under this key (as Dynamo's do).
+THINKING_MODES = ("enabled", "disabled")
+DEFAULT_THINKING_MODE_KEY = "default_thinking_mode"
+
+
 def check_parser_names(tool_call_parser: str | None, reasoning_parser: str | None) -> None:
     """Workers refuse an unknown parser at start-up instead of the frontend at first request."""
     for flag, value, known in (("--dyn-tool-call-parser", tool_call_parser, TOOL_CALL_PARSERS),
@@ -137,6 +142,14 @@ class ModelDeploymentCard(msgspec.Struct, kw_only=True):
     # A LoRA card: {"lora_adapter": true, "lora_id": n} (+ "lora_loading": true while it loads).
     user_data: dict[str, Any] | None = None
     max_gpu_lora_count: int | None = None
+    # `hf_chat_template` is the worker's `--custom-jinja-template`, not the model's own file.
+    chat_template_custom: bool = False
+
+    @property
+    def default_thinking_mode(self) -> str | None:
+        """The worker's `--dyn-default-thinking-mode` ("enabled" / "disabled"), None when unset or unknown."""
+        mode = self.runtime_config.runtime_data.get(DEFAULT_THINKING_MODE_KEY)
+        return mode if mode in THINKING_MODES else None
 
 
 def slugify(name: str) -> str:
@@ -181,7 +194,9 @@ def build_card(
     migration_limit: int = 0,
     runtime_config: RuntimeConfig | None = None,
     model_type: list[str] | None = None,
+    chat_template: str | os.PathLike | None = None,
 ) -> ModelDeploymentCard:
+    """The card of the model in `model_path`; `chat_template` (a Jinja file) replaces the model's own."""
     model_dir = Path(model_path).resolve()
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model path {model_path} is not a directory")
@@ -194,6 +209,8 @@ def build_card(
     if unknown:
         raise ValueError(f"unknown model type(s) {unknown}; known: {MODEL_TYPES}")
     files = {key: checked_file(model_dir / fname) for key, fname in CARD_FILES.items() if (model_dir / fname).is_file()}
+    if chat_template is not None:
+        files["hf_chat_template"] = checked_file(Path(chat_template).resolve())
     extra = [checked_file(model_dir / fname) for fname in EXTRA_FILES if (model_dir / fname).is_file()]
     display = name or str(model_path)
     architectural = context_length_of(model_dir) or 0
@@ -210,6 +227,7 @@ def build_card(
         worker_type=worker_type,
         runtime_config=runtime_config or RuntimeConfig(),
         model_type=types,
+        chat_template_custom=chat_template is not None,
     )
     card.mdcsum = card_checksum(card)
     return card
@@ -238,7 +256,8 @@ def card_json(card: ModelDeploymentCard) -> dict[str, Any]:
         if key in f:
             out[section] = {key: f[key]}
     if "hf_chat_template" in f:
-        out["chat_template_file"] = {"hf_chat_template": {"is_custom": False, "file": f["hf_chat_template"]}}
+        out["chat_template_file"] = {"hf_chat_template": {"is_custom": card.chat_template_custom,
+                                                          "file": f["hf_chat_template"]}}
     if "hf_generation_config_json" in f:
         out["gen_config"] = {"hf_generation_config_json": f["hf_generation_config_json"]}
     arch = card.architectural_max_context_length
@@ -329,9 +348,11 @@ def card_from_json(wire: _WireCard) -> ModelDeploymentCard:
     files: dict[str, CheckedFile] = {}
     for section in (wire.model_info, wire.tokenizer, wire.prompt_formatter, wire.gen_config):
         files.update(section or {})
+    custom = False
     for key, template in (wire.chat_template_file or {}).items():
         if template.file is not None:
             files[key] = template.file
+            custom = custom or template.is_custom
     user_data = dict(wire.user_data) if wire.user_data else None
     base = user_data.pop("base_model", None) if user_data else None
     rc = wire.runtime_config
@@ -344,7 +365,7 @@ def card_from_json(wire: _WireCard) -> ModelDeploymentCard:
         model_type=_parse_model_type(wire.model_type), model_input=wire.model_input.lower(),
         worker_type=wire.worker_type, runtime_config=rc,
         lora_name=wire.lora.name if wire.lora else None, base_model_path=base, user_data=user_data or None,
-        max_gpu_lora_count=wire.lora.max_gpu_lora_count if wire.lora else None)
+        max_gpu_lora_count=wire.lora.max_gpu_lora_count if wire.lora else None, chat_template_custom=custom)
     card.mdcsum = card_checksum(card)
     return card
 

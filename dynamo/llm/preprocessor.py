@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from dynamo.llm.chat_template import ChatTemplate, ChatTemplateError
+from dynamo.llm.card_files import chat_template_file
+from dynamo.llm.chat_template import ChatTemplate, ChatTemplateError, with_thinking_default
 from dynamo.llm.detokenizer import IncrementalDetokenizer
 from dynamo.llm.model_card import ModelDeploymentCard, card_model_dir
 from dynamo.llm.prompt_bound import PromptBound
@@ -56,7 +57,7 @@ class ModelPipeline:
         self.card = card
         self.tokenizer = Tokenizer.from_dir(model_dir)
         try:
-            self.template: ChatTemplate | None = ChatTemplate.from_dir(model_dir)
+            self.template: ChatTemplate | None = ChatTemplate.from_dir(model_dir, chat_template_file(card, model_dir))
         except Exception:
             self.template = None  # completions-only model
         self.context_length = card.context_length
@@ -119,8 +120,8 @@ class ModelPipeline:
         self._check_bound(sum(_text_chars(m.get("content")) for m in messages if m.get("role") == "user"),
                           "messages")
         try:
-            extra = {k: v for k, v in (template_kwargs or {}).items()
-                     if k not in ("messages", "tools", "add_generation_prompt")}
+            kwargs = with_thinking_default(template_kwargs, self.card.default_thinking_mode)
+            extra = {k: v for k, v in (kwargs or {}).items() if k not in ("messages", "tools", "add_generation_prompt")}
             text = self.template.render(messages, add_generation_prompt=generation_prompt, tools=tools, **extra)
         except ChatTemplateError as exc:
             raise PreprocessError(f"chat template failed: {exc}", "messages", "invalid_messages") from None

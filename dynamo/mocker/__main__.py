@@ -4,7 +4,6 @@ and load metrics exactly as a real engine worker does."""
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from dynamo.mocker.adapter import MockerAdapter
@@ -15,23 +14,17 @@ from dynamo.runtime.process import run_main
 from dynamo.worker.harness import WorkerSpec, serve_worker
 
 
-log = logging.getLogger("dynamo.mocker")
-
-
 def worker_spec(args: MockerArgs) -> WorkerSpec:
     return WorkerSpec(namespace=args.namespace, endpoint=args.endpoint, discovery_backend=args.discovery_backend,
-                      role=args.mode, migration_limit=args.migration_limit, event_plane=args.event_plane)
+                      role=args.mode, migration_limit=args.migration_limit, event_plane=args.event_plane,
+                      card_args=args)
 
 
 def main(argv: list[str] | None = None) -> int:
     args, warnings = parse_mocker_args(argv)
     write_config_dump(args, "dynamo.mocker")
 
-    async def serve(stop):
-        for text in warnings:  # Dynamo mocker flags accepted without effect, now that logging is set up
-            log.warning("%s", text)
-        return await serve_worker(MockerAdapter(args), worker_spec(args), stop)
-    return run_main(serve)
+    return run_main(lambda stop: serve_worker(MockerAdapter(args), worker_spec(args), stop, warnings))
 
 
 if __name__ == "__main__":

@@ -60,7 +60,6 @@ class MockerAdapter:
             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
             publishes_kv_events=args.enable_prefix_caching,
             max_loras=args.max_loras if args.enable_lora else None,
-            tool_call_parser=args.tool_call_parser, reasoning_parser=args.reasoning_parser,
             summary=f"{args.num_gpu_blocks_override} KV blocks of {args.block_size} tokens, "
                     f"speedup {args.speedup_ratio:g}")
 

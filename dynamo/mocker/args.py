@@ -15,11 +15,10 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from dynamo.llm.model_card import check_parser_names
 from dynamo.runtime.config import setting
 from dynamo.runtime.config_dump import DumpConfigTo
 from dynamo.runtime.settings import discovery_backend_setting, event_plane_setting
-from dynamo.worker.engine_args import reasoning_parser_setting, tool_call_parser_setting
+from dynamo.worker.engine_args import ModelCardArgs
 from dynamo.worker.role import WorkerRole
 
 log = logging.getLogger(__name__)
@@ -31,7 +30,7 @@ FALLBACK_KV_BYTES_PER_TOKEN = 32 * 2 * 8 * 128 * 2
 
 
 @dataclass
-class MockerArgs(DumpConfigTo):
+class MockerArgs(ModelCardArgs, DumpConfigTo):
     """GPU-less engine emulator with vLLM-style flags (NVIDIA Dynamo mocker)."""
 
     model_path: str | None = setting(None, "Model directory or HF id (tokenizer and config.json source)")
@@ -82,11 +81,9 @@ class MockerArgs(DumpConfigTo):
         "mocker .npz): step timings follow the measured TTFT/ITL instead of the polynomial model")
     replay_file: str | None = setting(None, "Testing: JSON object {prompt substring: output text}; a request whose "
                                             "decoded prompt contains a key gets that text's tokens, then EOS")
-    tool_call_parser: str | None = tool_call_parser_setting()
-    reasoning_parser: str | None = reasoning_parser_setting()
 
     def validate(self) -> None:
-        check_parser_names(self.tool_call_parser, self.reasoning_parser)
+        self.check_card_args()
         positive = ("num_gpu_blocks_override", "block_size", "max_num_seqs", "max_num_batched_tokens")
         for name in positive:
             if getattr(self, name) <= 0:

@@ -22,15 +22,17 @@ from dynamo.runtime.config_dump import dynamo_version
 T = TypeVar("T")
 _DEST = "_dynamo_compat"
 
-# (flag names: Dynamo's first, then its aliases) -> (takes a value, why it has no effect here)
-Ignored = Mapping[tuple[str, ...], tuple[bool, str]]
+# (flag names: Dynamo's first, then its aliases) -> (takes a value, why it has no effect here).
+# "Takes a value" is True (one), False (a negatable switch) or an argparse nargs ("*": a list).
+Ignored = Mapping[tuple[str, ...], tuple[bool | str, str]]
 
 
 @dataclass(frozen=True)
 class CompatFlags:
     ignored: Ignored
-    refused: Sequence[tuple[str, bool]] = ()  # (flag, takes a value)
+    refused: Sequence[tuple[str, bool | str]] = ()  # (flag, takes a value)
     refused_why: str = ""
+    refused_reasons: Mapping[str, str] | None = None  # flag -> its own reason (else `refused_why`)
 
     def add_to(self, parser: argparse.ArgumentParser) -> None:
         """Accept every listed flag (given ones are collected under one namespace attribute)."""
@@ -52,7 +54,11 @@ class CompatFlags:
         refused_names = {name for name, _ in self.refused}
         refused = sorted(f for f in given if _bare(f) in refused_names)
         if refused:
-            error(f"{', '.join(refused)}: {self.refused_why}")
+            reasons = self.refused_reasons or {}
+            by_reason: dict[str, list[str]] = {}
+            for flag in refused:
+                by_reason.setdefault(reasons.get(_bare(flag), self.refused_why), []).append(flag)
+            error("; ".join(f"{', '.join(flags)}: {why}" for why, flags in by_reason.items()))
         warnings = []
         for flag in given:
             if flag.startswith("--no-"):
@@ -62,17 +68,30 @@ class CompatFlags:
         return warnings
 
 
+def compat_removed(namespace: argparse.Namespace) -> argparse.Namespace:
+    """`namespace` without the listed flags' collection (for a parser that hands what it does not
+    know to an engine's own argument class)."""
+    return argparse.Namespace(**{k: v for k, v in vars(namespace).items() if k != _DEST})
+
+
 def _bare(flag: str) -> str:
     return "--" + flag[2:].removeprefix("no-") if flag.startswith("--") else flag
 
 
-def _add(parser: argparse.ArgumentParser, names: tuple[str, ...], takes_value: bool) -> None:
-    kind = dict(nargs=None, metavar="VALUE") if takes_value else dict(nargs=0)
+def _add(parser: argparse.ArgumentParser, names: tuple[str, ...], takes_value: bool | str) -> None:
+    names = tuple(n for n in names if n not in parser._option_string_actions)  # the engine's own flag wins
+    if not names:
+        return
+    kind = (dict(nargs=takes_value, metavar="VALUE") if isinstance(takes_value, str) else
+            dict(nargs=None, metavar="VALUE") if takes_value else dict(nargs=0))
     parser.add_argument(*names, action=_Collect, dest=_DEST, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
                         **kind)
     if not takes_value:  # Dynamo's bools are negatable: --no-<name>
-        parser.add_argument(*[f"--no-{n[2:]}" for n in names if n.startswith("--")], action=_Collect, dest=_DEST,
-                            nargs=0, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        negated = [f"--no-{n[2:]}" for n in names if n.startswith("--") and f"--no-{n[2:]}" not in
+                   parser._option_string_actions]
+        if negated:
+            parser.add_argument(*negated, action=_Collect, dest=_DEST, nargs=0, default=argparse.SUPPRESS,
+                                help=argparse.SUPPRESS)
 
 
 class _Collect(argparse.Action):

@@ -17,10 +17,10 @@ def worker_spec(config: DynamoSglangArgs, server_args) -> WorkerSpec:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config, server_args = parse_args(argv)
+    config, server_args, warnings = parse_args(argv)
     write_config_dump(config, "dynamo.sglang", sections={"server_args": server_args}, redact=SERVER_SECRET_FIELDS)
     return run_main(lambda stop: serve_worker(SglangAdapter(config, server_args), worker_spec(config, server_args),
-                                              stop))
+                                              stop, warnings))
 
 
 if __name__ == "__main__":

@@ -22,8 +22,11 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from dynamo.runtime.compat_args import compat_removed
 from dynamo.runtime.config import add_arguments, from_namespace, setting
-from dynamo.worker.engine_args import EngineWorkerArgs, check_limits_and_types, parse_endpoint_types
+from dynamo.worker.engine_args import (EngineWorkerArgs, check_limits_and_types, endpoint_types_setting,
+                                       parse_endpoint_types)
+from dynamo.worker.compat_flags import SGLANG_FLAGS
 from dynamo.worker.flag_table import add_static_flags, classify, write_table
 from dynamo.worker.role import WorkerRole
 
@@ -38,8 +41,7 @@ class DynamoSglangArgs(EngineWorkerArgs):
     migration_limit: int = setting(0, "Times a request may migrate to another worker (stored in the model card)")
     engine_request_limit: int = setting(0, "Requests in flight beyond which new ones are refused as overloaded "
                                            "(0: no limit)")
-    endpoint_types: str = setting("chat,completions", "OpenAI endpoints to expose for this model "
-                                                      "(chat,completions; completions for template-less models)")
+    endpoint_types: str = endpoint_types_setting()
     publish_kv_events: bool = setting(True, "Turn on SGLang's ZMQ KV-event publisher when --kv-events-config is "
                                             "not given, and relay events to the router",
                                       env="DYN_SGLANG_PUBLISH_KV_EVENTS")
@@ -48,6 +50,7 @@ class DynamoSglangArgs(EngineWorkerArgs):
         env="DYN_SGLANG_PREFILL_BOOTSTRAP_TIMEOUT")
 
     def validate(self) -> None:
+        self.check_card_args()
         check_limits_and_types(self.migration_limit, self.engine_request_limit, self.endpoint_types)
 
     @property
@@ -108,23 +111,38 @@ def build_parser(prog: str = "python -m dynamo.sglang", use_sglang: bool | None 
 
 def split_namespace(ns: argparse.Namespace) -> tuple[DynamoSglangArgs, argparse.Namespace]:
     """(Dynamo config with env fallbacks applied, the namespace for `ServerArgs.from_cli_args`)."""
+    ns = compat_removed(ns)
     config = from_namespace(DynamoSglangArgs, ns)
     ours = {f.name for f in dataclasses.fields(DynamoSglangArgs)}
     return config, argparse.Namespace(**{k: v for k, v in vars(ns).items() if k not in ours})
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[DynamoSglangArgs, Any]:
-    """(DynamoSglangArgs, sglang ServerArgs). Needs SGLang."""
-    parser = build_parser(use_sglang=True)
-    ns = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    config, engine_ns = split_namespace(ns)
+def parse_args(argv: Sequence[str] | None = None) -> tuple[DynamoSglangArgs, Any, list[str]]:
+    """(DynamoSglangArgs, sglang ServerArgs, a warning per NVIDIA Dynamo flag accepted without
+    effect). Needs SGLang."""
+    config, engine_ns, warnings, parser = parse_split(argv, use_sglang=True)
     try:
-        config.validate()
         server_args = import_server_args().from_cli_args(engine_ns)
         role_of(server_args)
     except ValueError as exc:
         parser.error(str(exc))
-    return config, server_args
+    return config, server_args, warnings
+
+
+def parse_split(argv: Sequence[str] | None = None, use_sglang: bool | None = None
+                ) -> tuple[DynamoSglangArgs, argparse.Namespace, list[str], argparse.ArgumentParser]:
+    """The command line checked and split: (Dynamo's settings, validated; SGLang's namespace; the
+    warnings of `SGLANG_FLAGS`; the parser, for later errors). Exits 2 on a bad or refused flag."""
+    parser = build_parser(use_sglang=use_sglang)
+    SGLANG_FLAGS.add_to(parser)
+    ns = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    warnings = SGLANG_FLAGS.check(ns, parser.error)
+    config, engine_ns = split_namespace(ns)
+    try:
+        config.validate()
+    except ValueError as exc:
+        parser.error(str(exc))
+    return config, engine_ns, warnings, parser
 
 
 def regenerate_flags(path: str) -> None:

@@ -8,7 +8,7 @@ import sys
 from dynamo.runtime.config_dump import write_config_dump
 from dynamo.runtime.process import run_main
 from dynamo.trtllm.adapter import TrtllmAdapter
-from dynamo.trtllm.args import DynamoTrtllmArgs, parse_args
+from dynamo.trtllm.args import DynamoTrtllmArgs, parse_worker_args
 from dynamo.worker.harness import WorkerSpec, serve_worker
 
 
@@ -17,9 +17,9 @@ def worker_spec(config: DynamoTrtllmArgs) -> WorkerSpec:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
+    config, warnings = parse_worker_args(argv)
     write_config_dump(config, "dynamo.trtllm")
-    return run_main(lambda stop: serve_worker(TrtllmAdapter(config), worker_spec(config), stop))
+    return run_main(lambda stop: serve_worker(TrtllmAdapter(config), worker_spec(config), stop, warnings))
 
 
 if __name__ == "__main__":

@@ -16,11 +16,11 @@ from typing import Any
 
 import yaml
 
+from dynamo.runtime.compat_args import parse_with_compat
 from dynamo.runtime.config import build_parser as _build_parser
-from dynamo.runtime.config import parse_config, setting
-from dynamo.runtime.config_dump import DumpConfigTo
-from dynamo.runtime.settings import discovery_backend_setting, event_plane_setting
-from dynamo.worker.engine_args import parse_endpoint_types
+from dynamo.runtime.config import setting
+from dynamo.worker.compat_flags import TRTLLM_FLAGS
+from dynamo.worker.engine_args import EngineWorkerArgs, endpoint_types_setting, parse_endpoint_types
 from dynamo.worker.role import MODE_CHOICES, WorkerRole
 
 DEFAULT_MODEL = "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
@@ -31,7 +31,7 @@ def _t(default: Any, help: str, name: str, **kw: Any) -> Any:
 
 
 @dataclass
-class DynamoTrtllmArgs(DumpConfigTo):
+class DynamoTrtllmArgs(EngineWorkerArgs):
     """TensorRT-LLM engine worker: serves a model with TRT-LLM's LLM API behind a Dynamo frontend."""
 
     model: str = _t(DEFAULT_MODEL, "Model directory or HF id", "MODEL", flag=["--model", "--model-path"])
@@ -48,6 +48,12 @@ class DynamoTrtllmArgs(DumpConfigTo):
     free_gpu_memory_fraction: float = _t(0.9, "GPU memory fraction for the KV cache", "FREE_GPU_MEMORY_FRACTION")
     extra_engine_args: str | None = _t(None, "YAML file of extra LLM() arguments", "EXTRA_ENGINE_ARGS")
     override_engine_args: str | None = _t(None, "JSON dict of LLM() arguments applied last", "OVERRIDE_ENGINE_ARGS")
+    gpus_per_node: int | None = _t(None, "GPUs per node (default: TensorRT-LLM infers it)", "GPUS_PER_NODE")
+    revision: str | None = _t(None, "Hugging Face revision (branch, tag or commit) of the model", "REVISION")
+    load_format: str = _t("auto", "Weight loading: auto, or dummy (random weights, for testing)", "LOAD_FORMAT",
+                          choices=["auto", "dummy"])
+    publish_metrics: bool = _t(False, "TensorRT-LLM iteration statistics on (the worker's engine gauges)",
+                               "PUBLISH_METRICS")
     publish_kv_events: bool = _t(False, "Publish KV events and engine stats (legacy: --publish-events-and-metrics)",
                                  "PUBLISH_KV_EVENTS", flag=["--publish-kv-events", "--publish-events-and-metrics"])
     disaggregation_mode: str = _t("agg", "Worker role: agg (pd, prefill_and_decode), prefill or decode",
@@ -56,16 +62,12 @@ class DynamoTrtllmArgs(DumpConfigTo):
                        choices=["text", "multimodal"])
     guided_decoding_backend: str | None = _t(None, "Guided decoding backend (xgrammar, llguidance)",
                                              "GUIDED_DECODING_BACKEND", choices=["xgrammar", "llguidance"])
-    namespace: str = setting("dynamo", "Dynamo namespace", env="DYN_NAMESPACE")
-    endpoint: str | None = setting(
-        None, "Endpoint dyn://namespace.component.endpoint (default: backend.generate; prefill: prefill.generate)")
-    discovery_backend: str = discovery_backend_setting()
-    event_plane: str | None = event_plane_setting()
     migration_limit: int = setting(0, "Times a request may migrate to another worker (stored in the model card)")
     engine_request_limit: int = setting(0, "Requests in flight beyond which new ones are refused (0: no limit)")
-    endpoint_types: str = setting("chat,completions", "OpenAI endpoints to expose for this model")
+    endpoint_types: str = endpoint_types_setting()
 
     def validate(self) -> None:
+        self.check_card_args()
         for name in ("tensor_parallel_size", "pipeline_parallel_size", "max_batch_size", "max_num_tokens",
                      "max_beam_width", "kv_block_size"):
             if getattr(self, name) <= 0:
@@ -107,8 +109,14 @@ class DynamoTrtllmArgs(DumpConfigTo):
             kwargs["max_seq_len"] = self.max_seq_len
         if self.guided_decoding_backend:
             kwargs["guided_decoding_backend"] = self.guided_decoding_backend
+        for name in ("gpus_per_node", "revision"):
+            if getattr(self, name) is not None:
+                kwargs[name] = getattr(self, name)
+        if self.load_format != "auto":
+            kwargs["load_format"] = self.load_format
         if self.publish_kv_events:  # TRT-LLM keeps events only with a buffer, stats only when asked
             kwargs["kv_cache_config"]["event_buffer_max_size"] = 1024
+        if self.publish_kv_events or self.publish_metrics:
             kwargs["enable_iter_perf_stats"] = True
         for extra in (self._yaml(), json.loads(self.override_engine_args or "{}")):
             for key, value in extra.items():
@@ -129,8 +137,14 @@ class DynamoTrtllmArgs(DumpConfigTo):
 
 
 def build_parser():
+    """The worker's own flags (`parse_worker_args` adds NVIDIA Dynamo's of `TRTLLM_FLAGS`)."""
     return _build_parser(DynamoTrtllmArgs, prog="python -m dynamo.trtllm")
 
 
 def parse_args(argv=None) -> DynamoTrtllmArgs:
-    return parse_config(DynamoTrtllmArgs, argv, prog="python -m dynamo.trtllm")
+    return parse_worker_args(argv)[0]
+
+
+def parse_worker_args(argv=None) -> tuple[DynamoTrtllmArgs, list[str]]:
+    """(the args, a warning per NVIDIA Dynamo flag accepted without effect); exits 2 on a bad one."""
+    return parse_with_compat(DynamoTrtllmArgs, TRTLLM_FLAGS, argv, prog="python -m dynamo.trtllm")

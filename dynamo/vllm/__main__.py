@@ -20,9 +20,9 @@ def worker_spec(config: DynamoVllmArgs) -> WorkerSpec:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config, engine_args = parse_args(argv)
+    config, engine_args, warnings = parse_args(argv)
     write_config_dump(config, "dynamo.vllm", sections={"engine_args": engine_args}, redact=ENGINE_SECRET_FIELDS)
-    return run_main(lambda stop: serve_worker(VllmAdapter(config, engine_args), worker_spec(config), stop))
+    return run_main(lambda stop: serve_worker(VllmAdapter(config, engine_args), worker_spec(config), stop, warnings))
 
 
 if __name__ == "__main__":

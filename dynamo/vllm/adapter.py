@@ -59,7 +59,6 @@ class VllmAdapter:
             max_num_batched_tokens=facts.max_num_batched_tokens, data_parallel_size=facts.data_parallel_size,
             publishes_kv_events=self.publishes,
             max_loras=self.engine_args.max_loras if getattr(self.engine_args, "enable_lora", False) else None,
-            tool_call_parser=self.config.tool_call_parser, reasoning_parser=self.config.reasoning_parser,
             model_types=["embedding"] if facts.pooling else None,
             summary=f"{facts.model}, {facts.num_blocks} KV blocks of {facts.block_size} tokens, max_num_seqs "
                     f"{facts.max_num_seqs}, context {facts.max_model_len}")

@@ -18,10 +18,11 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from dynamo.llm.model_card import check_parser_names
+from dynamo.runtime.compat_args import compat_removed
 from dynamo.runtime.config import add_arguments, from_namespace, setting
-from dynamo.worker.engine_args import (EngineWorkerArgs, check_limits_and_types, parse_endpoint_types,
-                                       reasoning_parser_setting, tool_call_parser_setting)
+from dynamo.worker.engine_args import (EngineWorkerArgs, check_limits_and_types, endpoint_types_setting,
+                                       parse_endpoint_types)
+from dynamo.worker.compat_flags import VLLM_FLAGS
 from dynamo.worker.flag_table import add_static_flags
 from dynamo.worker.role import WorkerRole
 
@@ -48,18 +49,15 @@ class DynamoVllmArgs(EngineWorkerArgs):
                                                "works, else tcp); ignored with --kv-transfer-config",
                                        env="DYN_KV_TRANSFER_BACKEND", choices=["nixl", "tcp", "auto"])
     migration_limit: int = setting(0, "Times a request may migrate to another worker (stored in the model card)")
-    tool_call_parser: str | None = tool_call_parser_setting()
-    reasoning_parser: str | None = reasoning_parser_setting()
     engine_request_limit: int = setting(0, "Requests in flight beyond which new ones are refused as overloaded "
                                            "(0: no limit)")
-    endpoint_types: str = setting("chat,completions", "OpenAI endpoints to expose for this model "
-                                                      "(chat,completions; completions for template-less models)")
+    endpoint_types: str = endpoint_types_setting()
     publish_kv_events: bool = setting(True, "Turn on vLLM's KV-event publishing (agg and prefill workers) when "
                                             "--kv-events-config is not given, and relay events to the router",
                                       env="DYN_VLLM_PUBLISH_KV_EVENTS")
 
     def validate(self) -> None:
-        check_parser_names(self.tool_call_parser, self.reasoning_parser)
+        self.check_card_args()
         self.mode  # noqa: B018  (raises ValueError on conflicting role flags)
         check_limits_and_types(self.migration_limit, self.engine_request_limit, self.endpoint_types)
 
@@ -118,24 +116,36 @@ def _add_static_engine_flags(parser: argparse.ArgumentParser) -> None:
 
 def split_namespace(ns: argparse.Namespace) -> tuple[DynamoVllmArgs, argparse.Namespace]:
     """(Dynamo config with env fallbacks applied, the namespace for AsyncEngineArgs.from_cli_args)."""
+    ns = compat_removed(ns)
     config = from_namespace(DynamoVllmArgs, ns)
     engine_ns = argparse.Namespace(**{k: v for k, v in vars(ns).items()
                                       if k not in {f.name for f in dataclasses.fields(DynamoVllmArgs)}})
     return config, engine_ns
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[DynamoVllmArgs, Any]:
-    """(DynamoVllmArgs, vllm AsyncEngineArgs). Needs vLLM."""
+def parse_args(argv: Sequence[str] | None = None) -> tuple[DynamoVllmArgs, Any, list[str]]:
+    """(DynamoVllmArgs, vllm AsyncEngineArgs, a warning per NVIDIA Dynamo flag accepted without
+    effect). Needs vLLM."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
-    parser = build_parser(use_vllm=True)
+    config, engine_ns, warnings = parse_split(argv, use_vllm=True)
+    return config, AsyncEngineArgs.from_cli_args(engine_ns), warnings
+
+
+def parse_split(argv: Sequence[str] | None = None, use_vllm: bool | None = None
+                ) -> tuple[DynamoVllmArgs, argparse.Namespace, list[str]]:
+    """The command line checked and split: (Dynamo's settings, validated; the engine's namespace;
+    the warnings of `VLLM_FLAGS`). Exits 2 on a bad or refused flag."""
+    parser = build_parser(use_vllm=use_vllm)
+    VLLM_FLAGS.add_to(parser)
     ns = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    warnings = VLLM_FLAGS.check(ns, parser.error)
     config, engine_ns = split_namespace(ns)
     try:
         config.validate()
     except ValueError as exc:
         parser.error(str(exc))
-    return config, AsyncEngineArgs.from_cli_args(engine_ns)
+    return config, engine_ns, warnings
 
 
 def regenerate_flags(path: str) -> None:

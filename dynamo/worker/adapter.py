@@ -67,9 +67,6 @@ class EngineInfo:
     runtime_data: dict[str, Any] = field(default_factory=dict)
     max_loras: int | None = None  # LoRA enabled (--enable-lora): adapters batched together; None: off
     summary: str = ""  # one human line for the start-up log
-    # Output formats the frontend parses (`--dyn-tool-call-parser`, `--dyn-reasoning-parser`).
-    tool_call_parser: str | None = None
-    reasoning_parser: str | None = None
     # What the engine serves when it decides (a pooling engine: ["embedding"]); None: the worker's setting.
     model_types: list[str] | None = None
 

@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Sequence
 
 from prometheus_client import Gauge
 
 from dynamo.llm.forward_pass import start_fpm_relay
 from dynamo.llm.kv_events.publisher import KvEventPublisher, LoadPublisher
-from dynamo.llm.model_card import ModelDeploymentCard, RuntimeConfig, build_card, card_record
+from dynamo.llm.model_card import (DEFAULT_THINKING_MODE_KEY, ModelDeploymentCard, RuntimeConfig, build_card,
+                                   card_record)
 from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.llm.kv_events.local_state import KV_QUERY_ENDPOINT
 from dynamo.runtime.distributed import DistributedRuntime, advertise_host
@@ -34,6 +35,7 @@ from dynamo.runtime.logs import RequestEvents
 from dynamo.runtime.records import EndpointId
 from dynamo.runtime.loop_monitor import LoopLagMonitor
 from dynamo.worker.adapter import EngineAdapter, EngineContext, EngineInfo
+from dynamo.worker.engine_args import ModelCardArgs
 from dynamo.worker.kv_relay import KvSink
 from dynamo.worker.lora import ROUTE as LORA_ROUTE, LoraManager
 from dynamo.worker.requests import RequestHandler
@@ -56,6 +58,7 @@ class WorkerSpec:
     migration_limit: int = 0
     model_types: tuple[str, ...] = ("chat", "completions")
     request_limit: int = 0
+    card_args: ModelCardArgs = field(default_factory=ModelCardArgs)  # parsers, template, thinking default
 
     def endpoint_path(self) -> str:
         return self.endpoint or f"dyn://{self.namespace}.{self.role.default_component}.generate"
@@ -63,24 +66,29 @@ class WorkerSpec:
     @classmethod
     def of(cls, config: Any, role: WorkerRole) -> WorkerSpec:
         """The spec of an engine's args (namespace, endpoint, discovery_backend, event_plane,
-        migration_limit, model_types, engine_request_limit) in the role the engine resolved."""
+        migration_limit, model_types, engine_request_limit, the model card's settings) in the role the
+        engine resolved."""
         return cls(namespace=config.namespace, endpoint=config.endpoint, discovery_backend=config.discovery_backend,
                    role=role, event_plane=config.event_plane, migration_limit=config.migration_limit,
-                   model_types=tuple(config.model_types), request_limit=config.engine_request_limit)
+                   model_types=tuple(config.model_types), request_limit=config.engine_request_limit,
+                   card_args=config)
 
 
 def model_card(adapter: EngineAdapter, spec: WorkerSpec, info: EngineInfo) -> ModelDeploymentCard:
+    shown = spec.card_args
+    runtime_data = {"engine": adapter.name, **info.runtime_data}
+    if shown.default_thinking_mode is not None:
+        runtime_data[DEFAULT_THINKING_MODE_KEY] = shown.default_thinking_mode
     runtime_config = RuntimeConfig(
         total_kv_blocks=info.total_kv_blocks, max_num_seqs=info.max_num_seqs,
         max_num_batched_tokens=info.max_num_batched_tokens, data_parallel_size=info.data_parallel_size,
         publishes_kv_events=info.publishes_kv_events, enable_local_indexer=info.publishes_kv_events,
         disaggregated_endpoint=info.disaggregated_endpoint,
-        tool_call_parser=info.tool_call_parser, reasoning_parser=info.reasoning_parser,
-        runtime_data={"engine": adapter.name, **info.runtime_data})
+        tool_call_parser=shown.tool_call_parser, reasoning_parser=shown.reasoning_parser, runtime_data=runtime_data)
     card = build_card(info.model_dir, name=info.served_name, block_size=info.block_size,
                       context_length=info.context_length, worker_type=spec.role.card_type,
                       migration_limit=spec.migration_limit, model_type=list(info.model_types or spec.model_types),
-                      runtime_config=runtime_config)
+                      runtime_config=runtime_config, chat_template=shown.custom_jinja_template)
     card.max_gpu_lora_count = info.max_loras
     return card
 
@@ -207,8 +215,12 @@ async def first_of(*events: asyncio.Event) -> None:
             task.cancel()
 
 
-async def serve_worker(adapter: EngineAdapter, spec: WorkerSpec, stop: asyncio.Event) -> int:
-    """The whole worker life: 0 after a graceful stop, 1 when the engine fails or dies."""
+async def serve_worker(adapter: EngineAdapter, spec: WorkerSpec, stop: asyncio.Event,
+                       notices: Sequence[str] = ()) -> int:
+    """The whole worker life: 0 after a graceful stop, 1 when the engine fails or dies. `notices`
+    (NVIDIA Dynamo flags accepted without effect) are logged first, as warnings."""
+    for text in notices:
+        log.warning("%s", text)
     runtime = await DistributedRuntime.create(spec.discovery_backend, spec.namespace)
     try:
         await runtime.start_system_server()  # /health answers 503 while the engine loads

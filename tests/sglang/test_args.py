@@ -53,7 +53,7 @@ import json, argparse
 from dynamo.sglang.args import parse_args, build_parser, role_of, import_server_args
 from dynamo.sglang import server_flags
 from dynamo.worker.flag_table import classify
-config, sa = parse_args(%r)
+config, sa, _ = parse_args(%r)
 real = argparse.ArgumentParser(); import_server_args().add_cli_args(real)
 table = {k: [list(n) for n in getattr(server_flags, k + "_FLAGS")] for k in ("BOOL", "SWITCH", "MULTI_VALUE", "VALUE")}
 fresh = {k: [list(n) for n in v] for k, v in classify(real).items()}

@@ -108,7 +108,7 @@ def vllm(role: WorkerRole, model: str) -> Subject:
     from dynamo.vllm.adapter import VllmAdapter
     from dynamo.vllm.args import parse_args
 
-    config, engine_args = parse_args(["--model", model, "--enforce-eager", "--dtype", "float32", "--block-size", "32",
+    config, engine_args, _ = parse_args(["--model", model, "--enforce-eager", "--dtype", "float32", "--block-size", "32",
                                       "--max-model-len", "512", "--distributed-executor-backend", "uni",
                                       "--seed", "0", "--disaggregation-mode", role.value,
                                       # one running request, the rest queued in priority order: the
