@@ -249,8 +249,8 @@ def render(graph: Graph, k8s_namespace: str | None = None, etcd_endpoints: str =
         objects += service_objects(graph, name, svc, k8s_ns, known_secrets, warnings)
     backend = (graph.metadata.annotations or {}).get(DISCOVERY_ANNOTATION, "etcd")
     if backend != "etcd":
-        warnings.append(f"{DISCOVERY_ANNOTATION}: {backend} discovery is not implemented by this image; "
-                        "the rendered graph discovers through etcd")
+        warnings.append(f"{DISCOVERY_ANNOTATION}: {backend} discovery is not rendered (its RBAC and "
+                        "EndpointSlice labels are the operator's); the rendered graph discovers through etcd")
     if include_etcd:
         objects += etcd_objects(k8s_ns)
     elif etcd_endpoints == DEFAULT_ETCD:

@@ -54,6 +54,23 @@ class RuntimeSettings:
                                   env="ETCD_ENDPOINTS", flag=False)
     etcd_connect_timeout_secs: float = setting(0.0, "How long start-up keeps trying an unreachable etcd "
                                                     "(0: fail at once)", flag=False)
+    # kubernetes discovery (the operator injects the pod's identity through the downward API)
+    pod_name: str | None = setting(None, "This pod's name: its DynamoWorkerMetadata is named after it",
+                                   env="POD_NAME", flag=False)
+    pod_namespace: str | None = setting(None, "This pod's namespace (default: the service account's)",
+                                        env="POD_NAMESPACE", flag=False)
+    pod_uid: str | None = setting(None, "This pod's uid: the owner of its DynamoWorkerMetadata (garbage-collected "
+                                        "with the pod)", env="POD_UID", flag=False)
+    kube_discovery_mode: str = setting("pod", "pod, or container (one DynamoWorkerMetadata per container, named "
+                                              "{pod}-{container})", env="DYN_KUBE_DISCOVERY_MODE", flag=False,
+                                       choices=["pod", "container"])
+    container_name: str | None = setting(None, "This container's name (container mode)", env="CONTAINER_NAME",
+                                         flag=False)
+    kubernetes_service_host: str | None = setting(None, "API server host (set in every pod)",
+                                                  env="KUBERNETES_SERVICE_HOST", flag=False)
+    kubernetes_service_port: int = setting(443, "API server port", env="KUBERNETES_SERVICE_PORT", flag=False)
+    kube_api_server: str | None = setting(None, "API server URL instead of the in-cluster one (e.g. "
+                                                "http://127.0.0.1:8001 from `kubectl proxy`)", flag=False)
     # event plane
     event_plane: str | None = event_plane_setting()
     nats_server: str | None = setting(None, f"NATS server URL(s) (default {DEFAULT_NATS_SERVER}); setting it "

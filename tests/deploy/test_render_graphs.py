@@ -135,6 +135,6 @@ def test_discovery_annotation_other_than_etcd_is_a_warning():
     graph.metadata.annotations = {"nvidia.com/dynamo-discovery-backend": "kubernetes"}
     warnings: list[str] = []
     objects = render(graph, include_etcd=True, warnings=warnings)
-    assert any("kubernetes discovery is not implemented" in w for w in warnings), warnings
+    assert any("kubernetes discovery is not rendered" in w for w in warnings), warnings
     config = next(o for o in objects if o["kind"] == "ConfigMap")["data"]
     assert config["DYN_DISCOVERY_BACKEND"] == "etcd" and config["ETCD_ENDPOINTS"] == "http://etcd:2379"

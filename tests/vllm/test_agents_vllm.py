@@ -31,7 +31,10 @@ def offline_logprobs(python: Path, model: Path, log_path: Path) -> subprocess.Po
 @pytest.fixture(scope="module")
 def env(vllm_python, vllm_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("vllm-agents")
-    worker_args = ["--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}']
+    # Flags a manifest written for NVIDIA Dynamo's image passes: vLLM's own, Dynamo's card settings,
+    # and Dynamo runtime flags that have no effect here (accepted with a warning, not a crash).
+    worker_args = ["--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
+                   "--dyn-default-thinking-mode", "disabled", "--request-plane", "tcp", "--router-mode", "kv"]
     with worker_beside_reference(tmp, vllm_model, vllm_python, worker_args,
                                  lambda log: offline_logprobs(vllm_python, vllm_model, log)) as (cluster, reference):
         yield {"cluster": cluster, "reference": reference_result(reference)[0]}
@@ -40,6 +43,12 @@ def env(vllm_python, vllm_model, tmp_path_factory):
 @pytest.fixture()
 def client(env):
     return openai.OpenAI(base_url=env["cluster"].base_url + "/v1", api_key="x", max_retries=0, timeout=180)
+
+
+def test_a_worker_started_with_dynamos_flags_serves_and_says_which_have_no_effect(env):
+    log = env["cluster"].procs[0].log_path.read_text(errors="replace")
+    for flag in ("--request-plane", "--router-mode"):
+        assert f"{flag} is accepted for compatibility with NVIDIA Dynamo and has no effect" in log, log[-3000:]
 
 
 def test_logprobs_equal_vllm_offline(env, client):

@@ -5,7 +5,7 @@ long as that lease is renewed, so a crashed worker's registrations vanish for ev
 watcher within the TTL. The lease id doubles as the process's instance id (u64,
 printed as lowercase hex in keys such as `v1/instances/{ns}/{comp}/{ep}/{id:x}`).
 
-Backends register by name (`mem`, `file`, `etcd`) and are imported lazily, so a process
+Backends register by name (`mem`, `file`, `etcd`, `kubernetes`) and are imported lazily, so a process
 using the file store never imports aiohttp.
 """
 
@@ -199,6 +199,7 @@ _BACKENDS: dict[str, str | Callable[..., KeyValueStore]] = {
     "mem": "dynamo.runtime.discovery.mem:MemStore",
     "file": "dynamo.runtime.discovery.file:FileStore",
     "etcd": "dynamo.runtime.discovery.etcd:EtcdStore",
+    "kubernetes": "dynamo.runtime.discovery.kubernetes:KubeStore",
 }
 
 
@@ -235,14 +236,18 @@ def store_from_env(backend: str | None = None, ttl: float = DEFAULT_TTL,
     """
     settings = settings or RuntimeSettings.from_env()
     name = (backend or settings.discovery_backend).strip().lower()
-    if name == "kubernetes":
-        # Newer Dynamo operators inject DYN_DISCOVERY_BACKEND=kubernetes (CRD + EndpointSlice discovery),
-        # which this runtime does not implement; the operator also deploys etcd (ETCD_ENDPOINTS).
+    if name == "kubernetes" and not (settings.pod_name and (settings.kubernetes_service_host or
+                                                           settings.kube_api_server)):
+        # Not in a pod (no POD_NAME, no API server): `kubernetes` is served through etcd, as when
+        # a manifest names it outside a cluster.
         logging.getLogger(__name__).info(
-            "discovery backend 'kubernetes' is served through etcd at %s", settings.etcd_endpoints)
+            "discovery backend 'kubernetes' outside a pod (no POD_NAME and API server) is served through etcd "
+            "at %s", settings.etcd_endpoints)
         store = make_store("etcd", ttl=ttl)
         store.requested_backend = "kubernetes"
         return store
+    if name == "kubernetes":
+        return make_store(name, ttl=ttl, settings=settings)
     return make_store(name, ttl=ttl)
 
 
@@ -259,9 +264,12 @@ def unreachable_message(store: KeyValueStore, reason: BaseException) -> str:
     where = ",".join(getattr(store, "endpoints", []) or []) or "?"
     text = (f"discovery: no {store.backend} reachable at {where} after {FIRST_CONTACT_S:.0f}s ({_short(reason)}); "
             "set ETCD_ENDPOINTS to a reachable etcd")
-    if store.requested_backend == "kubernetes":
-        text += (" (DYN_DISCOVERY_BACKEND=kubernetes, as current operators inject, is served through etcd here: "
-                 "annotate the DGD with nvidia.com/dynamo-discovery-backend: etcd and give the pods ETCD_ENDPOINTS)")
+    if store.backend == "kubernetes":
+        text = (f"discovery: the Kubernetes API at {where} was not reachable after {FIRST_CONTACT_S:.0f}s "
+                f"({_short(reason)})")
+    elif store.requested_backend == "kubernetes":
+        text += (" (DYN_DISCOVERY_BACKEND=kubernetes outside a pod is served through etcd: set POD_NAME and "
+                 "DYN_KUBE_API_SERVER for the Kubernetes API, or give ETCD_ENDPOINTS)")
     elif store.backend == "etcd":
         text += ", or DYN_DISCOVERY_BACKEND=file for one machine"
     return text
@@ -286,6 +294,8 @@ async def start_store(store: KeyValueStore, deadline: float = FIRST_CONTACT_S) -
         try:
             await store.start()
             return
+        except DiscoveryUnavailable:  # reached, and refused: no retry helps
+            raise
         except ConnectionError as exc:
             if loop.time() + delay >= end:
                 raise DiscoveryUnavailable(unreachable_message(store, exc)) from None

@@ -1,0 +1,186 @@
+"""Kubernetes-native discovery (`DYN_DISCOVERY_BACKEND=kubernetes` in a pod), as NVIDIA Dynamo's
+operator runs it: no etcd; each process's records live in one `DynamoWorkerMetadata` object
+(`nvidia.com/v1alpha1`, named after its pod, owned by the pod so it is garbage-collected with it),
+and a process's records are seen only while its pod is ready in an EndpointSlice the operator
+labels for discovery. Pod readiness is the lease: a pod that fails its probe, is deleted or dies
+drops out of every watcher's view, as an expired etcd lease does.
+
+The object's `spec.data` is Dynamo's layout: `endpoints` ("ns/component/endpoint" -> the instance
+record) and `model_cards` ("ns/component/endpoint[/suffix]" -> the model record, `card_json`
+inside), plus `kv` for this runtime's other records (event-plane adverts). The instance id is
+Dynamo's: the pod name's Rust `DefaultHasher` (SipHash-1-3, zero keys) masked to 53 bits, so it
+is stable across restarts of a pod and fits a JSON number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, AsyncIterator
+
+from dynamo.runtime.discovery.base import (DEFAULT_TTL, DiscoveryUnavailable, KeyValueStore, WatchEvent,
+                                           diff_events)
+from dynamo.runtime.discovery.kube_api import Gone, KubeApi, KubeApiError
+from dynamo.runtime.discovery.kube_view import ClusterView, cr_data, pod_instance_id
+from dynamo.runtime.settings import RuntimeSettings
+
+log = logging.getLogger(__name__)
+
+RESOURCE = "dynamoworkermetadatas"
+SLICES = "endpointslices"
+SLICE_SELECTOR = "nvidia.com/dynamo-discovery-backend=kubernetes,nvidia.com/dynamo-discovery-enabled=true"
+FIELD_MANAGER = "dynamo-worker"
+RETRY_S = 1.0
+
+
+class KubeStore(KeyValueStore):
+    backend = "kubernetes"
+
+    def __init__(self, *, ttl: float = DEFAULT_TTL, settings: RuntimeSettings | None = None) -> None:
+        super().__init__(ttl=ttl)
+        self.settings = settings or RuntimeSettings.from_env()
+        if not self.settings.pod_name:
+            raise RuntimeError("discovery backend 'kubernetes' needs POD_NAME (the operator sets it through the "
+                               "downward API)")
+        self.name = _object_name(self.settings)
+        self.api: KubeApi | None = None
+        self.view = ClusterView()
+        self._own: dict[str, bytes] = {}
+        self._write = asyncio.Lock()
+        self._synced: asyncio.Event | None = None
+        self._listed: set[str] = set()
+
+    @property
+    def endpoints(self) -> list[str]:  # where start-up looked (for the "unreachable" message)
+        return [self.api.server] if self.api is not None else []
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self.api = self.api or KubeApi.from_settings(self.settings)
+        try:
+            await self.api.list(RESOURCE)  # reachable, and allowed to read (RBAC)
+        except KubeApiError as exc:
+            raise DiscoveryUnavailable(f"discovery: the Kubernetes API refused to list {RESOURCE} ({exc}); the pod's "
+                               "service account needs get/list/watch/patch/delete on them and get/list/watch "
+                               "on endpointslices") from None
+        self._lease_id = pod_instance_id(self.name)
+        self._synced = asyncio.Event()
+        self._spawn(self._follow(SLICES, SLICE_SELECTOR, self.view.set_slices), "watch-slices")
+        self._spawn(self._follow(RESOURCE, None, self.view.set_metadata), "watch-metadata")
+        self._started = True
+        log.info("discovery through the Kubernetes API at %s (namespace %s, %s, instance %x)", self.api.server,
+                 self.api.namespace, self.name, self._lease_id)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._mark_closed()
+        await self._cancel_tasks()
+        self.view.close()
+        if self.api is not None:
+            if self._started:
+                try:  # our records leave at once, as a revoked lease's do
+                    await self.api.delete(RESOURCE, self.name)
+                except (ConnectionError, KubeApiError) as exc:
+                    log.warning("could not delete %s %s: %s", RESOURCE, self.name, exc)
+            await self.api.close()
+
+    # ----- data ------------------------------------------------------------------------
+
+    async def put(self, key: str, value: bytes, *, leased: bool = True) -> None:
+        self._check_open()
+        self._own[key] = bytes(value)
+        self._remember(key, bytes(value), leased)
+        await self._publish()
+
+    async def delete(self, key: str) -> None:
+        self._check_open()
+        self._leased.pop(key, None)
+        if self._own.pop(key, None) is not None:
+            await self._publish()
+
+    async def get(self, key: str) -> bytes | None:
+        return (await self.get_prefix(key)).get(key)
+
+    async def get_prefix(self, prefix: str) -> dict[str, bytes]:
+        self._check_open()
+        await self._wait_synced()
+        return {k: v for k, v in self.view.visible().items() if k.startswith(prefix)}
+
+    async def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]:  # type: ignore[override]
+        self._check_open()
+        await self._wait_synced()
+        changes = self.view.subscribe()
+        try:
+            known: dict[str, bytes] = {}
+            while True:
+                current = {k: v for k, v in self.view.visible().items() if k.startswith(prefix)}
+                for event in diff_events(known, current):
+                    yield event
+                known = current
+                if not await changes.get():  # False: the store closed
+                    return
+        finally:
+            self.view.unsubscribe(changes)
+
+    # ----- the cluster -----------------------------------------------------------------
+
+    async def _publish(self) -> None:
+        """Apply this process's records as its DynamoWorkerMetadata (whole, in order of the writes)."""
+        assert self.api is not None
+        body = {"apiVersion": "nvidia.com/v1alpha1", "kind": "DynamoWorkerMetadata",
+                "metadata": {"name": self.name, "namespace": self.api.namespace, "ownerReferences": self._owner()},
+                "spec": {"data": cr_data(self._own)}}
+        async with self._write:
+            await self.api.apply(RESOURCE, self.name, body, FIELD_MANAGER)
+
+    def _owner(self) -> list[dict[str, Any]]:
+        if not self.settings.pod_uid:
+            return []
+        return [{"apiVersion": "v1", "kind": "Pod", "name": self.settings.pod_name, "uid": self.settings.pod_uid,
+                 "controller": False, "blockOwnerDeletion": False}]
+
+    async def _wait_synced(self) -> None:
+        assert self._synced is not None
+        if not self._synced.is_set():
+            await asyncio.wait_for(self._synced.wait(), 30.0)
+
+    async def _follow(self, resource: str, selector: str | None, replace) -> None:
+        """List, then watch from the list's version, for as long as the store is open; relist
+        after a broken or expired watch (the view is replaced whole, so nothing is missed)."""
+        assert self.api is not None and self._synced is not None
+        while not self._closed:
+            try:
+                items, version = await self.api.list(resource, selector)
+                objects = {o["metadata"]["name"]: o for o in items}
+                replace(objects)
+                self._listed.add(resource)
+                if len(self._listed) == 2:  # both the slices and the metadata: the view is whole
+                    self._synced.set()
+                async for kind, obj in self.api.watch(resource, version, selector):
+                    if kind == "BOOKMARK":
+                        continue
+                    name = obj.get("metadata", {}).get("name", "")
+                    if kind == "DELETED":
+                        objects.pop(name, None)
+                    else:
+                        objects[name] = obj
+                    replace(objects)
+            except asyncio.CancelledError:
+                raise
+            except Gone:
+                continue
+            except (ConnectionError, KubeApiError, OSError, ValueError, asyncio.TimeoutError) as exc:
+                log.warning("watching %s: %s; listing again in %.0fs", resource, exc, RETRY_S)
+                await asyncio.sleep(RETRY_S)
+
+
+def _object_name(settings: RuntimeSettings) -> str:
+    """The pod's name, or `{pod}-{container}` in container mode (a container named `main` keeps the pod's)."""
+    pod = settings.pod_name or ""
+    container = settings.container_name
+    if settings.kube_discovery_mode == "container" and container and container != "main":
+        return f"{pod}-{container}"
+    return pod
+
