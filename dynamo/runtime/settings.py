@@ -76,8 +76,10 @@ class RuntimeSettings:
     nats_server: str | None = setting(None, f"NATS server URL(s) (default {DEFAULT_NATS_SERVER}); setting it "
                                             "with etcd discovery selects the nats event plane",
                                       env="NATS_SERVER", flag=False)
-    event_plane_host: str = setting("127.0.0.1", "ZMQ publisher bind host (0.0.0.0 or *: all, advertise the "
-                                                 "host name's address)", flag=False)
+    event_plane_host: str | None = setting(None, "ZMQ publisher bind host (0.0.0.0 or *: all, advertise the host "
+                                                 "name's address; default: 127.0.0.1 with file/mem discovery, else "
+                                                 "all, advertising POD_IP or the host name's address, as the request "
+                                                 "plane does)", flag=False)
     # request plane
     tcp_rpc_host: str | None = setting(None, "Request-plane bind and advertised host", flag=False)
     tcp_rpc_port: int = setting(0, "Request-plane port (0: any free port)", flag=False)

@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from dynamo.runtime.discovery.kube_view import pod_instance_id
-from tests.fixtures.procs import Cluster, free_port, http_get, wait_until
+from tests.fixtures.procs import Cluster, free_port, http_get, metric_value, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -41,14 +41,15 @@ def cluster(tiny_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("kube")
     port = free_port()
     api = f"http://127.0.0.1:{port}"
-    c = Cluster(tmp, tiny_model, "kubernetes", {"DYN_KUBE_API_SERVER": api, "POD_NAMESPACE": NS,
+    # POD_IP as the downward API gives it: both planes bind every interface and advertise it.
+    c = Cluster(tmp, tiny_model, "kubernetes", {"DYN_KUBE_API_SERVER": api, "POD_NAMESPACE": NS, "POD_IP": "127.0.0.1",
                                                "ETCD_ENDPOINTS": "http://127.0.0.1:9"})  # no etcd anywhere
     try:
         c.start("tests.fixtures.kube_api_standin", [str(port)], name="kube-api")
         wait_until(lambda: http_get(api + METADATA)[0] == 200, 60, "the API stand-in")
         c.api = api  # type: ignore[attr-defined]
         c.worker = c.mocker(model_name=MODEL, env={"POD_NAME": WORKER_POD, "POD_UID": "uid-worker"})  # type: ignore
-        c.frontend(env={"POD_NAME": "agg-frontend-0", "POD_UID": "uid-frontend"})
+        c.frontend("--router-mode", "kv", env={"POD_NAME": "agg-frontend-0", "POD_UID": "uid-frontend"})
         wait_until(lambda: _send(api + f"{METADATA}/{WORKER_POD}", "GET")[0] == 200, 120, "the worker's metadata")
         yield c
     finally:
@@ -86,6 +87,10 @@ def test_a_worker_serves_only_while_its_pod_is_ready(cluster):
     wait_until(lambda: cluster.models() == [MODEL], 60, "the model listed once its pod is ready")
     client = cluster.openai_client()
     assert client.completions.create(model=MODEL, prompt="hi", max_tokens=3).usage.completion_tokens == 3
+    # The worker's KV-event publisher was found through its metadata too: the router routes on events.
+    mode = {"model": MODEL, "mode": "kv-events"}
+    wait_until(lambda: metric_value(http_get(cluster.base_url + "/metrics")[1].decode(), "dynamo_frontend_router_mode",
+                                    mode) == 1.0, 60, "exact KV routing")
     _ready(cluster, False)  # its readiness probe failed
     wait_until(lambda: cluster.models() == [], 60, "the model gone with its pod's readiness")
     with pytest.raises((openai.NotFoundError, openai.InternalServerError, openai.APIStatusError)):

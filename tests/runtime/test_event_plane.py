@@ -169,3 +169,15 @@ def test_resolve_kind(monkeypatch):
     with pytest.raises(ValueError):
         resolve_kind("kafka", "file")
     assert nats_subject(NS, COMP, TOPIC) == "namespace.dynamo.component.backend.kv-events"
+
+
+def test_zmq_publishers_bind_where_other_pods_reach_them_unless_discovery_is_one_machines(monkeypatch):
+    from dynamo.runtime.event_plane.zmq_plane import _advertised_host
+
+    monkeypatch.delenv("DYN_EVENT_PLANE_HOST", raising=False)
+    monkeypatch.setenv("POD_IP", "10.1.2.3")
+    assert _advertised_host("file") == ("127.0.0.1", "127.0.0.1")
+    assert _advertised_host("kubernetes") == ("*", "10.1.2.3")  # as the request plane advertises itself
+    assert _advertised_host("etcd") == ("*", "10.1.2.3")
+    monkeypatch.setenv("DYN_EVENT_PLANE_HOST", "127.0.0.1")
+    assert _advertised_host("etcd") == ("127.0.0.1", "127.0.0.1")

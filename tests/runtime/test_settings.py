@@ -27,7 +27,7 @@ RUNTIME_VARS = [
     ("DYN_ETCD_CONNECT_TIMEOUT_SECS", "etcd_connect_timeout_secs", 0.0, "120", 120.0),
     ("DYN_EVENT_PLANE", "event_plane", None, "nats", "nats"),
     ("NATS_SERVER", "nats_server", None, "nats://n:4222", "nats://n:4222"),
-    ("DYN_EVENT_PLANE_HOST", "event_plane_host", "127.0.0.1", "0.0.0.0", "0.0.0.0"),
+    ("DYN_EVENT_PLANE_HOST", "event_plane_host", None, "0.0.0.0", "0.0.0.0"),
     ("DYN_TCP_RPC_HOST", "tcp_rpc_host", None, "10.0.0.5", "10.0.0.5"),
     ("DYN_TCP_RPC_PORT", "tcp_rpc_port", 0, "7000", 7000),
     ("POD_IP", "pod_ip", None, "10.1.2.3", "10.1.2.3"),

@@ -93,11 +93,22 @@ def decode_frames(frames: list[bytes], topic: bytes) -> EventEnvelope | None:
     return envelope
 
 
-def _advertised_host() -> tuple[str, str]:
-    """(bind host, host others should connect to)."""
-    host = RuntimeSettings.from_env().event_plane_host
+def _advertised_host(backend: str) -> tuple[str, str]:
+    """(bind host, host others should connect to): DYN_EVENT_PLANE_HOST, else loopback where discovery
+    is one machine's (file, mem), else every interface, advertised as the request plane's host."""
+    settings = RuntimeSettings.from_env()
+    host = settings.event_plane_host
+    if host is None:
+        if backend in ("file", "mem"):
+            return "127.0.0.1", "127.0.0.1"
+        host = "0.0.0.0"
     if host in ("0.0.0.0", "*"):
-        return "*", socket.gethostbyname(socket.gethostname())
+        if settings.pod_ip:
+            return "*", settings.pod_ip
+        try:
+            return "*", socket.gethostbyname(socket.gethostname())
+        except OSError:  # no resolvable host name: loopback still serves this machine
+            return "*", "127.0.0.1"
     return host, host
 
 
@@ -114,7 +125,7 @@ class ZmqPublisher(QueuedPublisher):
         self._sender: SendQueue | None = None
 
     async def start(self, buffer: int = DEFAULT_BUFFER) -> None:
-        bind_host, public_host = _advertised_host()
+        bind_host, public_host = _advertised_host(self.store.backend)
         sock = zmq.asyncio.Context.instance().socket(zmq.PUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, buffer)
