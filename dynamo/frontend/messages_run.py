@@ -29,7 +29,7 @@ from dynamo.frontend.validation import validate_chat
 from dynamo.frontend.output import ChoiceDelta
 from dynamo.frontend.request_log import SCOPE_KEY
 from dynamo.frontend.routing_hints import routing_hints
-from dynamo.frontend.sse import SSE_HEADERS
+from dynamo.frontend.sse import SSE_HEADERS, named_event
 from dynamo.llm.protocol import FinishReason
 from dynamo.runtime.asgi import send_bytes, send_json
 
@@ -90,7 +90,7 @@ class MessagesRun(GenerationRun):
     # -- streaming -----------------------------------------------------------------------------
     @staticmethod
     def _event(kind: str, **fields) -> bytes:
-        return b"event: " + kind.encode() + b"\ndata: " + _json({"type": kind, **fields}) + b"\n\n"
+        return named_event(kind, {"type": kind, **fields})
 
     def _start_block(self, holds: Any, block: dict) -> bytes:
         out = self._close_block()

@@ -30,7 +30,7 @@ from dynamo.frontend.validation import validate_chat
 from dynamo.frontend.output import ChoiceDelta
 from dynamo.frontend.request_log import SCOPE_KEY
 from dynamo.frontend.routing_hints import routing_hints
-from dynamo.frontend.sse import SSE_HEADERS, error_event
+from dynamo.frontend.sse import SSE_HEADERS, error_event, named_event
 from dynamo.llm.protocol import FinishReason
 from dynamo.runtime.asgi import send_bytes, send_json
 
@@ -214,7 +214,7 @@ class ResponsesRun(GenerationRun):
     def _event(self, kind: str, **fields) -> bytes:
         payload = {"type": kind, "sequence_number": self.seq, **fields}
         self.seq += 1
-        return b"event: " + kind.encode() + b"\ndata: " + _json(payload) + b"\n\n"
+        return named_event(kind, payload)
 
     def _add_item(self, key: str, item: dict) -> bytes:
         item["_index"] = len(self.items)

@@ -97,6 +97,11 @@ class CompletionChunks(_Chunks):
         return self._open(index) + b'"","logprobs":null,"finish_reason":' + _json(reason) + b"}]}\n\n"
 
 
+def named_event(name: str, payload: dict) -> bytes:
+    """One SSE event with its `event:` name line (Anthropic's, Responses' and the dispatch events)."""
+    return b"event: " + name.encode() + b"\ndata: " + _json(payload) + b"\n\n"
+
+
 def error_event(body: dict) -> bytes:
     return b"data: " + _json(body) + b"\n\n"
 

@@ -25,6 +25,7 @@ import msgspec
 
 from dynamo.frontend.output import ChoiceDelta
 from dynamo.frontend.parsers.base import ToolCallDelta, accumulate_call
+from dynamo.frontend.sse import named_event
 
 
 class StreamDispatch:
@@ -56,7 +57,7 @@ class StreamDispatch:
         parts = self._thinking.pop(choice, None)
         if not parts:
             return b""
-        return _event("reasoning_dispatch", {"index": choice, self.reasoning_field: "".join(parts)})
+        return named_event("reasoning_dispatch", {"index": choice, self.reasoning_field: "".join(parts)})
 
     def _call_piece(self, choice: int, piece: ToolCallDelta) -> bytes:
         key = (choice, piece.index)
@@ -67,7 +68,7 @@ class StreamDispatch:
         if "}" not in piece.arguments and piece.arguments or not _is_object(call["function"]["arguments"]):
             return b""
         self._sent.add(key)
-        return _event("tool_call_dispatch", {"choice_index": choice, "tool_call": {"index": piece.index, **call}})
+        return named_event("tool_call_dispatch", {"choice_index": choice, "tool_call": {"index": piece.index, **call}})
 
 
 def _is_object(text: str) -> bool:
@@ -76,6 +77,3 @@ def _is_object(text: str) -> bool:
     except msgspec.DecodeError:
         return False
 
-
-def _event(name: str, payload: dict) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + msgspec.json.encode(payload) + b"\n\n"

@@ -100,6 +100,21 @@ def test_a_worker_serves_only_while_its_pod_is_ready(cluster):
     assert client.completions.create(model=MODEL, prompt="hi", max_tokens=2).usage.completion_tokens == 2
 
 
+def test_a_worker_whose_metadata_is_deleted_applies_it_again(cluster):
+    """Deleted by hand, or lost with the API server's store: the worker puts its records back, as a
+    worker re-registers after losing its etcd lease, and keeps serving."""
+    first = _send(cluster.api + f"{METADATA}/{WORKER_POD}", "GET")[1]["metadata"]["resourceVersion"]
+    assert _send(cluster.api + f"{METADATA}/{WORKER_POD}", "DELETE")[0] == 200
+    wait_until(lambda: _send(cluster.api + f"{METADATA}/{WORKER_POD}", "GET")[0] == 200, 30, "metadata re-applied")
+    again = _send(cluster.api + f"{METADATA}/{WORKER_POD}", "GET")[1]
+    assert int(again["metadata"]["resourceVersion"]) > int(first)
+    assert again["spec"]["data"]["endpoints"]["dynamo/backend/generate"]["instance_id"] == pod_instance_id(WORKER_POD)
+    wait_until(lambda: cluster.models() == [MODEL], 60, "the model listed again")
+    client = cluster.openai_client()
+    assert client.completions.create(model=MODEL, prompt="hi", max_tokens=2).usage.completion_tokens == 2
+    assert "re-applied this process's" in cluster.worker.log()
+
+
 def test_a_stopping_worker_deletes_its_metadata(cluster):
     assert cluster.worker.stop() == 0
     wait_until(lambda: _send(cluster.api + f"{METADATA}/{WORKER_POD}", "GET")[0] == 404, 30, "metadata deleted")

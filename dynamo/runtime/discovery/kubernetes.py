@@ -49,6 +49,8 @@ class KubeStore(KeyValueStore):
         self._write = asyncio.Lock()
         self._synced: asyncio.Event | None = None
         self._listed: set[str] = set()
+        self._restoring = False
+        self._applied = 0  # resource version of our last apply
 
     @property
     def endpoints(self) -> list[str]:  # where start-up looked (for the "unreachable" message)
@@ -66,8 +68,9 @@ class KubeStore(KeyValueStore):
                                "on endpointslices") from None
         self._lease_id = pod_instance_id(self.name)
         self._synced = asyncio.Event()
-        self._spawn(self._follow(SLICES, SLICE_SELECTOR, self.view.set_slices), "watch-slices")
-        self._spawn(self._follow(RESOURCE, None, self.view.set_metadata), "watch-metadata")
+        self._spawn(self._follow(SLICES, SLICE_SELECTOR, lambda objects, _version: self.view.set_slices(objects)),
+                    "watch-slices")
+        self._spawn(self._follow(RESOURCE, None, self._metadata_seen), "watch-metadata")
         self._started = True
         log.info("discovery through the Kubernetes API at %s (namespace %s, %s, instance %x)", self.api.server,
                  self.api.namespace, self.name, self._lease_id)
@@ -126,6 +129,30 @@ class KubeStore(KeyValueStore):
 
     # ----- the cluster -----------------------------------------------------------------
 
+    def _metadata_seen(self, objects: dict[str, dict], version: int) -> None:
+        """The view's update; and our own object re-applied when it is gone, at a version past our
+        last apply, while we hold records (deleted by hand, or lost with the API server's store), as
+        a lost etcd lease is re-granted."""
+        self.view.set_metadata(objects)
+        if (self._own and self.name not in objects and version > self._applied and not self._closed
+                and not self._restoring):
+            self._restoring = True
+            self._spawn(self._restore(), "restore")
+
+    async def _restore(self) -> None:
+        try:
+            while not self._closed:
+                try:
+                    await self._publish()
+                    log.warning("%s %s was gone: re-applied this process's %d record(s)", RESOURCE, self.name,
+                                len(self._own))
+                    return
+                except (ConnectionError, KubeApiError) as exc:
+                    log.warning("re-applying %s %s: %s", RESOURCE, self.name, exc)
+                    await asyncio.sleep(RETRY_S)
+        finally:
+            self._restoring = False
+
     async def _publish(self) -> None:
         """Apply this process's records as its DynamoWorkerMetadata (whole, in order of the writes)."""
         assert self.api is not None
@@ -133,7 +160,8 @@ class KubeStore(KeyValueStore):
                 "metadata": {"name": self.name, "namespace": self.api.namespace, "ownerReferences": self._owner()},
                 "spec": {"data": cr_data(self._own)}}
         async with self._write:
-            await self.api.apply(RESOURCE, self.name, body, FIELD_MANAGER)
+            applied = await self.api.apply(RESOURCE, self.name, body, FIELD_MANAGER)
+            self._applied = _version(applied)
 
     def _owner(self) -> list[dict[str, Any]]:
         if not self.settings.pod_uid:
@@ -154,7 +182,7 @@ class KubeStore(KeyValueStore):
             try:
                 items, version = await self.api.list(resource, selector)
                 objects = {o["metadata"]["name"]: o for o in items}
-                replace(objects)
+                replace(objects, _version({"metadata": {"resourceVersion": version}}))
                 self._listed.add(resource)
                 if len(self._listed) == 2:  # both the slices and the metadata: the view is whole
                     self._synced.set()
@@ -166,7 +194,7 @@ class KubeStore(KeyValueStore):
                         objects.pop(name, None)
                     else:
                         objects[name] = obj
-                    replace(objects)
+                    replace(objects, _version(obj))
             except asyncio.CancelledError:
                 raise
             except Gone:
@@ -174,6 +202,15 @@ class KubeStore(KeyValueStore):
             except (ConnectionError, KubeApiError, OSError, ValueError, asyncio.TimeoutError) as exc:
                 log.warning("watching %s: %s; listing again in %.0fs", resource, exc, RETRY_S)
                 await asyncio.sleep(RETRY_S)
+
+
+def _version(obj: dict) -> int:
+    """An object's resourceVersion as a number (opaque to clients in general, but an integer on every
+    etcd-backed API server; 0 when it is not one, which never triggers a restore)."""
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
 
 
 def _object_name(settings: RuntimeSettings) -> str:
