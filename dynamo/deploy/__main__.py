@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--namespace", default=None, help="Kubernetes namespace (default: manifest's, else default)")
     k.add_argument("--etcd-endpoints", default="http://etcd:2379", help="discovery for the rendered graph")
     k.add_argument("--include-etcd", action="store_true", help="also render a single-node etcd")
+    k.add_argument("--discovery", choices=["etcd", "kubernetes"], default=None,
+                   help="etcd, or kubernetes (DynamoWorkerMetadata + EndpointSlices, no etcd); default: the DGD's "
+                        "nvidia.com/dynamo-discovery-backend annotation, else etcd")
+    k.add_argument("--include-crd", action="store_true",
+                   help="with kubernetes discovery, also render the DynamoWorkerMetadata CRD (cluster-scoped)")
     k.add_argument("--pull-secret", dest="pull_secrets", action="append", default=[], metavar="NAME=REGISTRY",
                    help="a docker-config Secret in the namespace, for image-pull-secret discovery (repeatable)")
     k.add_argument("--pull-secrets-from", action="append", default=[], metavar="FILE",

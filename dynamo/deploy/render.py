@@ -1,7 +1,9 @@
 """`python -m dynamo.deploy render FILE`: a DGD as plain Kubernetes objects for clusters
 without the Dynamo operator: one ConfigMap with the graph-wide env, and per service a
 Deployment and a Service, carrying the env and probes the operator would give its pods.
-Discovery is etcd (`--etcd-endpoints`; `--include-etcd` adds a single-node etcd)."""
+Discovery is etcd (`--etcd-endpoints`; `--include-etcd` adds a single-node etcd), or Kubernetes-native
+(`--discovery kubernetes`, or the DGD's `nvidia.com/dynamo-discovery-backend: kubernetes`; see
+kube_discovery.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import yaml
 from dynamo.deploy import contract
 from dynamo.deploy.commands import MODEL_FLAGS, flag_value, parse_command
 from dynamo.deploy.model import GPU_RESOURCE, EnvVar, Graph, Quantities, Service
-from dynamo.deploy import multinode
+from dynamo.deploy import kube_discovery, multinode
 from dynamo.deploy.dynamo_model import add_sidecars, load_models
 from dynamo.deploy.pull_secrets import parse_pull_secret, pull_secrets, secrets_from_file
 from dynamo.deploy.run import load_graph
@@ -76,15 +78,18 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
-def _container(graph: Graph, name: str, svc: Service, port: int, k8s_ns: str | None) -> dict[str, Any]:
+def _container(graph: Graph, name: str, svc: Service, port: int, k8s_ns: str | None,
+               discovery: str = "etcd") -> dict[str, Any]:
     main = svc.container
-    injected = contract.injected_env(graph, svc, k8s_namespace=k8s_ns, discovery="etcd")
+    injected = contract.injected_env(graph, svc, k8s_namespace=k8s_ns, discovery=discovery)
     shared = {"DYN_NAMESPACE", "DYN_PARENT_DGD_K8S_NAME", "DYN_DISCOVERY_BACKEND"}  # in the ConfigMap
     env = [{"name": k, "value": v} for k, v in injected.items() if k not in shared]
     if svc.dynamoNamespace:
         env.append({"name": "DYN_NAMESPACE", "value": svc.dynamoNamespace})
     env += [_field_env("POD_NAME", "metadata.name"), _field_env("POD_NAMESPACE", "metadata.namespace"),
             _field_env("POD_IP", "status.podIP")]
+    if discovery == "kubernetes":  # the owner of the pod's DynamoWorkerMetadata
+        env.append(_field_env("POD_UID", "metadata.uid"))
     env += _env_entries(svc.envs) + _env_entries(main.env)
     env_from: list[dict[str, Any]] = [{"configMapRef": {"name": contract.k8s_name(graph.metadata.name, "env")}}]
     if svc.envFromSecret:
@@ -143,14 +148,17 @@ def _read_only_if_model(mount: dict[str, Any], models: list[str]) -> dict[str, A
 
 
 def _pod_spec(graph: Graph, name: str, svc: Service, port: int, k8s_ns: str | None,
-              known_secrets: list[tuple[str, str]]) -> dict[str, Any]:
+              known_secrets: list[tuple[str, str]], discovery: str = "etcd") -> dict[str, Any]:
     pod = svc.extraPodSpec
     spec: dict[str, Any] = {
         "securityContext": {"fsGroup": contract.FS_GROUP, **((pod.securityContext if pod else None) or {})},
         "terminationGracePeriodSeconds": (pod.terminationGracePeriodSeconds if pod else None)
         or contract.TERMINATION_GRACE_SECONDS,
-        "containers": [_container(graph, name, svc, port, k8s_ns), *((pod.containers if pod else None) or [])],
+        "containers": [_container(graph, name, svc, port, k8s_ns, discovery),
+                       *((pod.containers if pod else None) or [])],
     }
+    if discovery == "kubernetes":  # allowed to read EndpointSlices and write its DynamoWorkerMetadata
+        spec["serviceAccountName"] = kube_discovery.account_name(contract.k8s_name(graph.metadata.name))
     volumes = list((pod.volumes if pod else None) or [])
     if not (svc.sharedMemory and svc.sharedMemory.disabled):
         size = (svc.sharedMemory.size if svc.sharedMemory else None) or contract.SHARED_MEMORY
@@ -169,8 +177,8 @@ def _pod_spec(graph: Graph, name: str, svc: Service, port: int, k8s_ns: str | No
 
 
 def service_objects(graph: Graph, name: str, svc: Service, k8s_ns: str | None,
-                    known_secrets: list[tuple[str, str]] = (), warnings: list[str] | None = None
-                    ) -> list[dict[str, Any]]:
+                    known_secrets: list[tuple[str, str]] = (), warnings: list[str] | None = None,
+                    discovery: str = "etcd") -> list[dict[str, Any]]:
     obj_name = contract.k8s_name(graph.metadata.name, name)
     port = contract.FRONTEND_PORT if contract.is_frontend(svc) else contract.K8S_SYSTEM_PORT
     selector = {"nvidia.com/dynamo-graph-deployment-name": contract.k8s_name(graph.metadata.name),
@@ -188,11 +196,13 @@ def service_objects(graph: Graph, name: str, svc: Service, k8s_ns: str | None,
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(obj_name, k8s_ns, labels),
         "spec": {"replicas": svc.replica_count, "selector": {"matchLabels": selector},
                  "template": {"metadata": template_meta,
-                              "spec": _pod_spec(graph, name, svc, port, k8s_ns, list(known_secrets))}},
+                              "spec": _pod_spec(graph, name, svc, port, k8s_ns, list(known_secrets),
+                                                discovery)}},
     }
     port_name = "http" if contract.is_frontend(svc) else "system"
+    service_labels = {**labels, **(kube_discovery.DISCOVERY_LABELS if discovery == "kubernetes" else {})}
     service = {
-        "apiVersion": "v1", "kind": "Service", "metadata": _meta(obj_name, k8s_ns, labels),
+        "apiVersion": "v1", "kind": "Service", "metadata": _meta(obj_name, k8s_ns, service_labels),
         "spec": {"type": "ClusterIP", "selector": selector,
                  "ports": [{"name": port_name, "port": port, "targetPort": port_name, "protocol": "TCP"}]},
     }
@@ -224,14 +234,18 @@ def etcd_objects(k8s_ns: str | None) -> list[dict[str, Any]]:
 
 def render(graph: Graph, k8s_namespace: str | None = None, etcd_endpoints: str = DEFAULT_ETCD,
            include_etcd: bool = False, known_secrets: list[tuple[str, str]] = (),
-           warnings: list[str] | None = None) -> list[dict[str, Any]]:
-    """The graph as plain Kubernetes objects; `warnings` collects what could not be rendered."""
+           warnings: list[str] | None = None, discovery: str | None = None,
+           include_crd: bool = False) -> list[dict[str, Any]]:
+    """The graph as plain Kubernetes objects; `warnings` collects what could not be rendered.
+    `discovery` (etcd, kubernetes) defaults to the DGD's discovery annotation, else etcd."""
     warnings = warnings if warnings is not None else []
     k8s_ns = k8s_namespace or graph.metadata.namespace
+    discovery = discovery or _discovery_of(graph, warnings)
     first = next(iter(graph.spec.services.values()))
-    shared = contract.injected_env(graph, first, k8s_namespace=k8s_ns, discovery="etcd")
+    shared = contract.injected_env(graph, first, k8s_namespace=k8s_ns, discovery=discovery)
     data = {k: shared[k] for k in ("DYN_NAMESPACE", "DYN_PARENT_DGD_K8S_NAME", "DYN_DISCOVERY_BACKEND")}
-    data["ETCD_ENDPOINTS"] = etcd_endpoints
+    if discovery == "etcd":
+        data["ETCD_ENDPOINTS"] = etcd_endpoints
     data.update(contract.env_list(graph.spec.envs))
     labels = {"nvidia.com/dynamo-graph-deployment-name": contract.k8s_name(graph.metadata.name)}
     objects: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "ConfigMap",
@@ -246,16 +260,37 @@ def render(graph: Graph, k8s_namespace: str | None = None, etcd_endpoints: str =
             objects.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                             "metadata": _meta(pvc.name, k8s_ns, labels), "spec": spec})
     for name, svc in graph.spec.services.items():
-        objects += service_objects(graph, name, svc, k8s_ns, known_secrets, warnings)
-    backend = (graph.metadata.annotations or {}).get(DISCOVERY_ANNOTATION, "etcd")
-    if backend != "etcd":
-        warnings.append(f"{DISCOVERY_ANNOTATION}: {backend} discovery is not rendered (its RBAC and "
-                        "EndpointSlice labels are the operator's); the rendered graph discovers through etcd")
+        objects += service_objects(graph, name, svc, k8s_ns, known_secrets, warnings, discovery)
+    if discovery == "kubernetes":
+        return objects + _kubernetes_discovery(graph, k8s_ns, labels, include_crd, warnings)
     if include_etcd:
         objects += etcd_objects(k8s_ns)
     elif etcd_endpoints == DEFAULT_ETCD:
         warnings.append(f"the graph discovers through etcd at {etcd_endpoints}: deploy one there, or pass "
                         "--include-etcd / --etcd-endpoints (components exit with a clear error without it)")
+    return objects
+
+
+def _discovery_of(graph: Graph, warnings: list[str]) -> str:
+    backend = (graph.metadata.annotations or {}).get(DISCOVERY_ANNOTATION, "etcd")
+    if backend not in kube_discovery.DISCOVERY_BACKENDS:
+        warnings.append(f"{DISCOVERY_ANNOTATION}: {backend} discovery is not rendered; the rendered graph "
+                        "discovers through etcd")
+        return "etcd"
+    return backend
+
+
+def _kubernetes_discovery(graph: Graph, k8s_ns: str | None, labels: dict[str, str], include_crd: bool,
+                          warnings: list[str]) -> list[dict[str, Any]]:
+    """The service account, Role and RoleBinding discovery needs, and the CRD when asked for."""
+    own = [p.serviceAccountName for s in graph.spec.services.values()
+           if (p := s.extraPodSpec) is not None and p.serviceAccountName]
+    objects = kube_discovery.rbac_objects(contract.k8s_name(graph.metadata.name), k8s_ns, labels, own)
+    if include_crd:
+        objects.append(kube_discovery.crd_object())
+    else:
+        warnings.append("kubernetes discovery needs the DynamoWorkerMetadata CRD (nvidia.com/v1alpha1), which "
+                        "Dynamo's CRDs install: pass --include-crd to render it")
     return objects
 
 
@@ -270,7 +305,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     warnings: list[str] = []
-    objects = render(graph, args.namespace, args.etcd_endpoints, args.include_etcd, known, warnings)
+    objects = render(graph, args.namespace, args.etcd_endpoints, args.include_etcd, known, warnings,
+                     args.discovery, args.include_crd)
     add_sidecars(objects, graph, models, contract.K8S_SYSTEM_PORT, contract.k8s_name)  # DynamoModel adapters
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)

@@ -130,11 +130,48 @@ def test_multinode_service_renders_leader_worker_groups():
     assert any("etcd" in w for w in warnings)  # no etcd rendered or named: say so
 
 
-def test_discovery_annotation_other_than_etcd_is_a_warning():
+def test_an_unknown_discovery_annotation_is_a_warning_and_etcd():
+    graph = graph_of(DEPLOY / "mocker/deploy/v1beta1/agg_router.yaml")
+    graph.metadata.annotations = {"nvidia.com/dynamo-discovery-backend": "zookeeper"}
+    warnings: list[str] = []
+    objects = render(graph, include_etcd=True, warnings=warnings)
+    assert any("zookeeper discovery is not rendered" in w for w in warnings), warnings
+    config = next(o for o in objects if o["kind"] == "ConfigMap")["data"]
+    assert config["DYN_DISCOVERY_BACKEND"] == "etcd" and config["ETCD_ENDPOINTS"] == "http://etcd:2379"
+
+
+def test_kubernetes_discovery_renders_what_the_operator_would_give_its_pods():
+    """No etcd: discovery-labelled Services (their EndpointSlices inherit the labels), the pods' uid
+    through the downward API, and a service account allowed what discovery does; valid objects."""
+    import kubernetes_validate as kv
+
     graph = graph_of(DEPLOY / "mocker/deploy/v1beta1/agg_router.yaml")
     graph.metadata.annotations = {"nvidia.com/dynamo-discovery-backend": "kubernetes"}
     warnings: list[str] = []
-    objects = render(graph, include_etcd=True, warnings=warnings)
-    assert any("kubernetes discovery is not rendered" in w for w in warnings), warnings
+    objects = render(graph, "team-a", include_etcd=True, warnings=warnings, include_crd=True)
+    for obj in objects:
+        kv.validate(obj, kv.latest_version(), strict=True)
+    kinds = [o["kind"] for o in objects]
+    assert "etcd" not in {o["metadata"]["name"] for o in objects}  # no etcd even when asked for one
+    assert {"ServiceAccount", "Role", "RoleBinding", "CustomResourceDefinition"} <= set(kinds)
     config = next(o for o in objects if o["kind"] == "ConfigMap")["data"]
-    assert config["DYN_DISCOVERY_BACKEND"] == "etcd" and config["ETCD_ENDPOINTS"] == "http://etcd:2379"
+    assert config["DYN_DISCOVERY_BACKEND"] == "kubernetes" and "ETCD_ENDPOINTS" not in config
+    account = next(o for o in objects if o["kind"] == "ServiceAccount")["metadata"]["name"]
+    role = next(o for o in objects if o["kind"] == "Role")
+    assert {r["resources"][0]: set(r["verbs"]) for r in role["rules"]} == {
+        "endpointslices": {"get", "list", "watch"},
+        "dynamoworkermetadatas": {"get", "list", "watch", "create", "update", "patch", "delete"}}
+    for deployment in (o for o in objects if o["kind"] == "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == account
+        env = {e["name"]: e for e in pod["containers"][0]["env"]}
+        assert env["POD_UID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.uid"
+        assert {"POD_NAME", "POD_NAMESPACE", "POD_IP"} <= set(env)
+        assert "readinessProbe" in pod["containers"][0]  # what makes a pod ready in its EndpointSlice
+    for service in (o for o in objects if o["kind"] == "Service"):
+        labels = service["metadata"]["labels"]
+        assert labels["nvidia.com/dynamo-discovery-backend"] == "kubernetes"
+        assert labels["nvidia.com/dynamo-discovery-enabled"] == "true"
+    assert not any("etcd" in w for w in warnings), warnings
+    render(graph, warnings=(without_crd := []))
+    assert any("--include-crd" in w for w in without_crd)

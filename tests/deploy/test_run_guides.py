@@ -115,7 +115,22 @@ def test_operator_discovery_without_etcd_fails_fast_with_one_line(tiny_model, mo
     assert "after 10s" in out, out
     errors = [line for line in out.splitlines() if " ERROR " in line]
     assert len(errors) == 1, out
-    assert "set ETCD_ENDPOINTS" in errors[0] and "nvidia.com/dynamo-discovery-backend: etcd" in errors[0]
+    assert "set ETCD_ENDPOINTS" in errors[0] and "kubernetes outside a pod is served through etcd" in errors[0]
+    assert "Traceback" not in out
+
+
+def test_kubernetes_discovery_with_an_unreachable_api_server_fails_fast_with_one_line(tiny_model):
+    """In a pod (POD_NAME) whose API server does not answer: exit 3 after the first-contact deadline."""
+    api = f"http://127.0.0.1:{free_port()}"
+    proc = start("dynamo.mocker", ["--model-path", str(tiny_model)],
+                 {"DYN_DISCOVERY_BACKEND": "kubernetes", "POD_NAME": "w-0", "DYN_KUBE_API_SERVER": api})
+    try:
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 3, out
+    errors = [line for line in out.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and f"the Kubernetes API at {api} was not reachable after 10s" in errors[0], out
     assert "Traceback" not in out
 
 

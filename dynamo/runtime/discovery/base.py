@@ -295,9 +295,11 @@ async def start_store(store: KeyValueStore, deadline: float = FIRST_CONTACT_S) -
             await store.start()
             return
         except DiscoveryUnavailable:  # reached, and refused: no retry helps
+            await store.close()
             raise
         except ConnectionError as exc:
             if loop.time() + delay >= end:
+                await store.close()  # its connections, before the process reports and exits
                 raise DiscoveryUnavailable(unreachable_message(store, exc)) from None
             log.debug("discovery not reachable yet (%s); retrying", exc)
             await asyncio.sleep(delay)
