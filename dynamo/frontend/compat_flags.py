@@ -2,7 +2,7 @@
 says how such flags are handled): accepted with a start-up warning when they are tuning knobs of
 Dynamo's own router (router/compat_flags.py, shared with `python -m dynamo.router`) or tokenizer, or
 features this frontend does not serve; refused when the
-operator asked for TLS on the request plane or to NATS, since plaintext is no fallback for that.
+operator asked for TLS to NATS, since plaintext is no fallback for that.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ IGNORED: dict[tuple[str, ...], tuple[bool, str]] = {
                                      "session slots (SGLang streaming sessions) are not opened"),
     **ROUTER_IGNORED,
 }
-# Transport security this runtime does not implement: refused, never downgraded to plaintext.
-REFUSED = ("--tcp-tls-cert-path", "--tcp-tls-key-path", "--tcp-tls-ca-cert-path", "--tcp-tls-client-cert-path",
-           "--tcp-tls-client-key-path", "--tcp-tls-client-ca-cert-path", "--nats-tls-ca-cert-path",
-           "--nats-tls-client-cert-path", "--nats-tls-client-key-path", "--nats-tls-insecure")
+# TLS to NATS is not implemented: refused, never downgraded to plaintext. (The request plane's
+# `--tcp-tls-*` flags are runtime settings every component takes: runtime/compat_args.py.)
+REFUSED = ("--nats-tls-ca-cert-path", "--nats-tls-client-cert-path", "--nats-tls-client-key-path",
+           "--nats-tls-insecure")
 FRONTEND_FLAGS = CompatFlags(
     IGNORED, [(name, name != "--nats-tls-insecure") for name in REFUSED],
-    "TLS on the request plane and to NATS is not implemented by this runtime; run without these flags inside "
-    "a trusted network, or use NVIDIA Dynamo's image")
+    "TLS to NATS is not implemented by this runtime; run NATS inside a trusted network (the request plane "
+    "takes --tcp-tls-*), or use the zmq event plane")

@@ -8,19 +8,29 @@ pod), and must not pass in silence either. Each component lists them in a `Compa
 - refused (`error`, argparse's exit 2) with the component's reason, when ignoring it would
   (security, or a different number of workers than asked for).
 Their `DYN_*` twins are not read: an unknown variable is ignored like any other.
+
+Every component also takes the runtime settings NVIDIA Dynamo gives flags on every command (the
+request plane's TLS, `RUNTIME_FLAGS`): such a flag sets its environment twin
+(`export_runtime_flags`), which `RuntimeSettings`, the one reader of the environment, then reads.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
-from dynamo.runtime.config import build_parser, from_namespace
+from dynamo.runtime.config import build_parser, env_name, flag_names, from_namespace
 from dynamo.runtime.config_dump import dynamo_version
+from dynamo.runtime.settings import RuntimeSettings
 
 T = TypeVar("T")
 _DEST = "_dynamo_compat"
+_ENV_DEST = "_dynamo_runtime_env"
+# (flag, its environment twin, a switch): runtime settings every component takes as flags.
+RUNTIME_FLAGS = tuple((flag_names(f)[0], env_name(f), f.type in (bool, "bool")) for f in fields(RuntimeSettings)
+                      if f.name.startswith("tcp_tls_"))
 
 # (flag names: Dynamo's first, then its aliases) -> (takes a value, why it has no effect here).
 # "Takes a value" is True (one), False (a negatable switch) or an argparse nargs ("*": a list).
@@ -35,7 +45,9 @@ class CompatFlags:
     refused_reasons: Mapping[str, str] | None = None  # flag -> its own reason (else `refused_why`)
 
     def add_to(self, parser: argparse.ArgumentParser) -> None:
-        """Accept every listed flag (given ones are collected under one namespace attribute)."""
+        """Accept every listed flag (given ones are collected under one namespace attribute), and the
+        runtime flags of `RUNTIME_FLAGS`."""
+        _add_runtime_flags(parser)
         for names, (takes_value, _why) in self.ignored.items():
             _add(parser, names, takes_value)
         for name, takes_value in self.refused:
@@ -69,9 +81,40 @@ class CompatFlags:
 
 
 def compat_removed(namespace: argparse.Namespace) -> argparse.Namespace:
-    """`namespace` without the listed flags' collection (for a parser that hands what it does not
+    """`namespace` without the listed flags' collections (for a parser that hands what it does not
     know to an engine's own argument class)."""
-    return argparse.Namespace(**{k: v for k, v in vars(namespace).items() if k != _DEST})
+    return argparse.Namespace(**{k: v for k, v in vars(namespace).items() if k not in (_DEST, _ENV_DEST)})
+
+
+def export_runtime_flags(namespace: argparse.Namespace, environ: dict[str, str] | None = None) -> None:
+    """Set the environment twin of each runtime flag given (the flag wins over the variable)."""
+    target = os.environ if environ is None else environ
+    target.update(getattr(namespace, _ENV_DEST, {}))
+
+
+def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
+    for flag, env, switch in RUNTIME_FLAGS:
+        if flag in parser._option_string_actions:
+            continue
+        if switch:
+            parser.add_argument(flag, action=_SetEnv, const="true", nargs=0, dest=_ENV_DEST, env=env,
+                                default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+            parser.add_argument("--no-" + flag[2:], action=_SetEnv, const="false", nargs=0, dest=_ENV_DEST,
+                                env=env, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        else:
+            parser.add_argument(flag, action=_SetEnv, dest=_ENV_DEST, env=env, metavar="VALUE",
+                                default=argparse.SUPPRESS, help=f"[env {env}]")
+
+
+class _SetEnv(argparse.Action):
+    def __init__(self, *args, env: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.env = env
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        given = dict(getattr(namespace, _ENV_DEST, {}))
+        given[self.env] = self.const if self.const is not None else str(values)
+        setattr(namespace, _ENV_DEST, given)
 
 
 def _bare(flag: str) -> str:
@@ -125,6 +168,7 @@ def parse_with_compat(cls: type[T], flags: CompatFlags, argv: Sequence[str] | No
     if vet is not None:
         vet(flags.given(namespace), parser.error)
     warnings = flags.check(namespace, parser.error)
+    export_runtime_flags(namespace)
     config = from_namespace(cls, namespace, environ)
     try:
         config.validate()  # type: ignore[attr-defined]

@@ -21,6 +21,7 @@ from dynamo.runtime.rp_client import RequestPlaneClient, ResponseStream
 from dynamo.runtime.rp_server import Handler, RequestPlaneServer
 from dynamo.runtime.settings import RuntimeSettings
 from dynamo.runtime.system_server import HealthState, SystemServer
+from dynamo.runtime.tls import ClientTls, ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class DistributedRuntime:
         self.metrics = ComponentMetrics(self.registry)
         self.health = HealthState()
         self.server: RequestPlaneServer | None = None
-        self.client = RequestPlaneClient(self.settings.tcp_connect_timeout)
+        self.client = RequestPlaneClient(self.settings.tcp_connect_timeout, ClientTls.of(self.settings))
         self.system: SystemServer | None = None
         self._registered: list[str] = []
 
@@ -124,7 +125,7 @@ class DistributedRuntime:
         if self.server is None:
             bind, advertised = advertise_host(self.store.backend, self.settings)
             port = self.settings.tcp_rpc_port
-            server = RequestPlaneServer(bind, port)
+            server = RequestPlaneServer(bind, port, ServerTls.of(self.settings))
             server.on_request_start = self.metrics.start
             server.on_request_end = self.metrics.end
             await server.start()

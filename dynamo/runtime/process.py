@@ -70,11 +70,12 @@ def run_main(main: Callable[[asyncio.Event], Awaitable[int | None]]) -> int:
 
     from dynamo.runtime.asgi import BindError
     from dynamo.runtime.discovery.base import DiscoveryUnavailable
+    from dynamo.runtime.tls import TlsConfigError
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner_ctx:
         try:
             code = runner_ctx.run(runner())
-        except (DiscoveryUnavailable, BindError) as exc:  # one line saying what to set, not a traceback
+        except (DiscoveryUnavailable, BindError, TlsConfigError) as exc:  # one line saying what to set
             logging.getLogger("dynamo").error("%s", exc)
             return 3
     return int(code or 0)

@@ -18,6 +18,7 @@ from collections import deque
 
 from dynamo.runtime import wire
 from dynamo.runtime.settings import RuntimeSettings
+from dynamo.runtime.tls import ClientTls
 from dynamo.runtime.wire import ErrorCode
 
 
@@ -196,8 +197,9 @@ def _connect_timeout() -> float:
 class RequestPlaneClient:
     """Connection pool keyed by worker address ("host:port")."""
 
-    def __init__(self, connect_timeout: float | None = None) -> None:
+    def __init__(self, connect_timeout: float | None = None, tls: ClientTls | None = None) -> None:
         self.connect_timeout = connect_timeout if connect_timeout is not None else _connect_timeout()
+        self.tls = tls  # None: plaintext
         self._conns: dict[str, _ClientConnection] = {}
         self._connecting: dict[str, asyncio.Future] = {}
 
@@ -229,11 +231,16 @@ class RequestPlaneClient:
 
     async def _dial(self, address: str) -> _ClientConnection:
         host, _, port = address.rpartition(":")
+        host = host.strip("[]")
         loop = asyncio.get_running_loop()
+        tls: dict = {}
+        if self.tls is not None:
+            tls = {"ssl": self.tls.context, "server_hostname": self.tls.hostname(host),
+                   "ssl_handshake_timeout": self.tls.handshake_timeout}
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _ClientConnection(address, self._lost), host.strip("[]"), int(port)),
-                self.connect_timeout,
+                loop.create_connection(lambda: _ClientConnection(address, self._lost), host, int(port), **tls),
+                self.connect_timeout + (self.tls.handshake_timeout if self.tls is not None else 0.0),
             )
         except (OSError, asyncio.TimeoutError) as exc:
             raise CannotConnect(f"cannot connect to worker at {address}: {exc or 'timed out'}") from None

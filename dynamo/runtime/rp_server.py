@@ -23,6 +23,7 @@ from typing import Any, AsyncIterator, Callable
 import msgspec
 
 from dynamo.runtime import wire
+from dynamo.runtime.tls import ServerTls
 from dynamo.runtime.wire import ErrorCode
 
 log = logging.getLogger(__name__)
@@ -150,9 +151,10 @@ class _Connection(wire.FramedProtocol):
 class RequestPlaneServer:
     """One TCP listener per process; endpoints register handlers by name."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, tls: ServerTls | None = None) -> None:
         self.host = host
         self.port = port
+        self.tls = tls  # None: plaintext
         self.handlers: dict[str, tuple[Handler, Decode | None]] = {}
         self.connections: set[_Connection] = set()
         self._server: asyncio.base_events.Server | None = None
@@ -175,7 +177,8 @@ class RequestPlaneServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), self.host, self.port, backlog=1024)
+        tls = {} if self.tls is None else {"ssl": self.tls.context, "ssl_handshake_timeout": self.tls.handshake_timeout}
+        self._server = await loop.create_server(lambda: _Connection(self), self.host, self.port, backlog=1024, **tls)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop_accepting(self) -> None:

@@ -86,6 +86,26 @@ class RuntimeSettings:
     pod_ip: str | None = setting(None, "Advertised request-plane host when bound to all interfaces "
                                        "(Kubernetes downward API)", env="POD_IP", flag=False)
     tcp_connect_timeout: float = setting(3.0, "Seconds to connect to a worker", flag=False)
+    # request-plane TLS (NVIDIA Dynamo's names): a server with a certificate serves TLS; a caller
+    # with a CA (or told to skip verification) speaks it; client certificates make it mutual.
+    tcp_tls_cert_path: str | None = setting(None, "PEM certificate of this process's request-plane server",
+                                            flag="--tcp-tls-cert-path")
+    tcp_tls_key_path: str | None = setting(None, "PEM private key of that certificate", flag="--tcp-tls-key-path")
+    tcp_tls_ca_cert_path: str | None = setting(None, "PEM CA this process verifies the workers it calls against "
+                                                     "(turns TLS on for its calls)", flag="--tcp-tls-ca-cert-path")
+    tcp_tls_insecure: bool = setting(False, "Call workers over TLS without verifying them (development only)",
+                                     flag="--tcp-tls-insecure")
+    tcp_tls_server_name: str | None = setting(None, "Name the workers' certificates are verified against (default: "
+                                                    "the address's host)", flag="--tcp-tls-server-name")
+    tcp_tls_handshake_timeout_secs: float = setting(3.0, "Seconds a TLS handshake may take",
+                                                    flag="--tcp-tls-handshake-timeout")
+    tcp_tls_client_cert_path: str | None = setting(None, "PEM certificate this process presents to the workers it "
+                                                         "calls (mutual TLS)", flag="--tcp-tls-client-cert-path")
+    tcp_tls_client_key_path: str | None = setting(None, "PEM private key of the client certificate",
+                                                  flag="--tcp-tls-client-key-path")
+    tcp_tls_client_ca_cert_path: str | None = setting(None, "PEM CA this process's server verifies callers' "
+                                                            "certificates against (makes TLS mutual)",
+                                                      flag="--tcp-tls-client-ca-cert-path")
     # system server, logging, shutdown
     system_enabled: bool | None = setting(None, "Run the system server (alone: on port 8081; false: never)",
                                           flag=False)

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from dynamo.runtime.compat_args import compat_removed
+from dynamo.runtime.compat_args import compat_removed, export_runtime_flags
 from dynamo.runtime.config import add_arguments, from_namespace, setting
 from dynamo.worker.engine_args import (EngineWorkerArgs, check_limits_and_types, endpoint_types_setting,
                                        parse_endpoint_types)
@@ -140,6 +140,7 @@ def parse_split(argv: Sequence[str] | None = None, use_vllm: bool | None = None
     VLLM_FLAGS.add_to(parser)
     ns = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     warnings = VLLM_FLAGS.check(ns, parser.error)
+    export_runtime_flags(ns)
     config, engine_ns = split_namespace(ns)
     try:
         config.validate()

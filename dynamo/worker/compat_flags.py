@@ -7,7 +7,7 @@ them freely, so a flag we do not know must not crash-loop the pod:
 - accepted, with a start-up warning naming why it has no effect, when ignoring it changes nothing
   the operator relies on (a transport that is TCP here anyway, a cache of a feature not served);
 - refused, with the reason, when ignoring it would quietly serve something else than asked:
-  TLS (never downgraded to plaintext), multimodal input, a worker of another kind (embedding-only
+  TLS to NATS (never downgraded to plaintext), multimodal input, a worker of another kind (embedding-only
   classify, realtime, diffusion, a headless multi-node rank), RL parity, a start-up benchmark.
 `--dyn-tool-call-parser`, `--dyn-reasoning-parser`, `--custom-jinja-template`,
 `--dyn-default-thinking-mode` and `--endpoint-types` take effect (worker/engine_args.py).
@@ -69,13 +69,12 @@ WORKER_ROUTER_IGNORED: dict[tuple[str, ...], tuple[bool | str, str]] = {
     **{(name,): (True, _ROUTER_WHY) for name in _ROUTER_VALUES},
     ("--router-kv-overlap-score-weight", "--kv-overlap-score-weight"): (True, _ROUTER_WHY),
 }
-_TLS = ("--tcp-tls-cert-path", "--tcp-tls-key-path", "--tcp-tls-ca-cert-path", "--tcp-tls-server-name",
-        "--tcp-tls-handshake-timeout", "--tcp-tls-client-cert-path", "--tcp-tls-client-key-path",
-        "--tcp-tls-client-ca-cert-path", "--nats-tls-ca-cert-path", "--nats-tls-client-cert-path",
-        "--nats-tls-client-key-path")
-_TLS_WHY = ("TLS on the request plane and to NATS is not implemented by this runtime; run without these flags "
-            "inside a trusted network (e.g. a service mesh)")
-_TLS_SWITCHES = ("--tcp-tls-insecure", "--nats-tls-insecure")
+# TLS to NATS is not implemented (the request plane's `--tcp-tls-*` are runtime settings every
+# component takes: runtime/compat_args.py).
+_TLS = ("--nats-tls-ca-cert-path", "--nats-tls-client-cert-path", "--nats-tls-client-key-path")
+_TLS_WHY = ("TLS to NATS is not implemented by this runtime; run NATS inside a trusted network (the request "
+            "plane takes --tcp-tls-*), or use the zmq event plane")
+_TLS_SWITCHES = ("--nats-tls-insecure",)
 _REFUSED_RUNTIME = {
     **{flag: _TLS_WHY for flag in (*_TLS, *_TLS_SWITCHES)},
     "--output-modalities": "only text output is served by this worker",

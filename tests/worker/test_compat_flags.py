@@ -92,7 +92,7 @@ def test_flags_without_effect_are_accepted_with_their_reason():
 @pytest.mark.parametrize("argv, reason", [
     (["--headless"], "multi-node"),
     (["--connector", "nixl"], "--kv-transfer-config"),
-    (["--tcp-tls-cert-path", "/c.pem", "--tcp-tls-key-path", "/k.pem"], "TLS"),
+    (["--nats-tls-ca-cert-path", "/ca.pem"], "TLS to NATS"),
     (["--enable-multimodal"], "multimodal input is not served"),
     (["--benchmark-mode", "prefill"], "self-benchmark"),
 ])
@@ -146,3 +146,18 @@ def test_manifest_validation_tells_accepted_from_refused():
     assert len(bad.errors) == 1 and "multi-node" in bad.errors[0]
     frontend = check_args("dynamo.frontend", ["--router-mode", "kv", "--router-event-threads", "4"])
     assert frontend.errors == [] and "--router-event-threads" in frontend.warnings[0]
+
+
+def test_request_plane_tls_flags_set_their_variables_on_every_worker(monkeypatch):
+    import os
+
+    for name in ("DYN_TCP_TLS_CA_CERT_PATH", "DYN_TCP_TLS_INSECURE", "DYN_TCP_TLS_SERVER_NAME"):
+        monkeypatch.delenv(name, raising=False)  # restored after the test
+    _, warnings = trtllm_parse(["--model", "/m", "--tcp-tls-ca-cert-path", "/etc/dynamo/ca.pem", "--tcp-tls-insecure"])
+    assert warnings == []
+    assert os.environ["DYN_TCP_TLS_CA_CERT_PATH"] == "/etc/dynamo/ca.pem" and os.environ["DYN_TCP_TLS_INSECURE"] == "true"
+    vllm_split(["--model", "m", "--tcp-tls-server-name", "worker.svc"], use_vllm=False)
+    assert os.environ["DYN_TCP_TLS_SERVER_NAME"] == "worker.svc"
+    checked = check_args("dynamo.sglang", ["--model-path", "m", "--tcp-tls-cert-path", "/c.pem", "--tcp-tls-key-path",
+                                           "/k.pem", "--tcp-tls-client-ca-cert-path", "/ca.pem"])
+    assert checked.errors == [] and checked.warnings == []

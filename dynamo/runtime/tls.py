@@ -1,0 +1,108 @@
+"""TLS on the request plane, as NVIDIA Dynamo configures it (`DYN_TCP_TLS_*` / `--tcp-tls-*`).
+
+- A process with a certificate and key serves its request-plane endpoints over TLS; with a client
+  CA it also demands and verifies callers' certificates (mutual TLS).
+- A process with a CA (or `insecure`) calls workers over TLS, verifying each worker's certificate
+  against that CA and the address's host (or `server_name`); with a client certificate and key it
+  presents them.
+Plaintext is never a fallback: a TLS caller cannot reach a plaintext worker, nor the reverse.
+A file that cannot be read is a start-up error naming its variable.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+from dynamo.runtime.settings import RuntimeSettings
+
+
+class TlsConfigError(ValueError):
+    pass
+
+
+def server_context(settings: RuntimeSettings) -> ssl.SSLContext | None:
+    """The request-plane server's context, or None for plaintext."""
+    cert, key = settings.tcp_tls_cert_path, settings.tcp_tls_key_path
+    if not cert and not key:
+        if settings.tcp_tls_client_ca_cert_path:
+            raise TlsConfigError("DYN_TCP_TLS_CLIENT_CA_CERT_PATH needs the server's own certificate "
+                                 "(DYN_TCP_TLS_CERT_PATH and DYN_TCP_TLS_KEY_PATH)")
+        return None
+    if not (cert and key):
+        raise TlsConfigError("DYN_TCP_TLS_CERT_PATH and DYN_TCP_TLS_KEY_PATH go together")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load_chain(context, cert, key, "DYN_TCP_TLS_CERT_PATH / DYN_TCP_TLS_KEY_PATH")
+    if settings.tcp_tls_client_ca_cert_path:
+        context.verify_mode = ssl.CERT_REQUIRED
+        _load_ca(context, settings.tcp_tls_client_ca_cert_path, "DYN_TCP_TLS_CLIENT_CA_CERT_PATH")
+    return context
+
+
+def client_context(settings: RuntimeSettings) -> ssl.SSLContext | None:
+    """The context this process calls workers with, or None for plaintext."""
+    ca, insecure = settings.tcp_tls_ca_cert_path, settings.tcp_tls_insecure
+    cert, key = settings.tcp_tls_client_cert_path, settings.tcp_tls_client_key_path
+    if not (ca or insecure or cert or key):
+        return None
+    if bool(cert) != bool(key):
+        raise TlsConfigError("DYN_TCP_TLS_CLIENT_CERT_PATH and DYN_TCP_TLS_CLIENT_KEY_PATH go together")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif ca:
+        _load_ca(context, ca, "DYN_TCP_TLS_CA_CERT_PATH")
+    else:
+        context.load_default_certs()
+    if cert and key:
+        _load_chain(context, cert, key, "DYN_TCP_TLS_CLIENT_CERT_PATH / DYN_TCP_TLS_CLIENT_KEY_PATH")
+    return context
+
+
+def _load_chain(context: ssl.SSLContext, cert: str, key: str, names: str) -> None:
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsConfigError(f"{names}: cannot load {cert} / {key}: {exc}") from None
+
+
+def _load_ca(context: ssl.SSLContext, ca: str, name: str) -> None:
+    try:
+        context.load_verify_locations(cafile=ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsConfigError(f"{name}: cannot load {ca}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """How this process calls workers over TLS."""
+
+    context: ssl.SSLContext
+    server_name: str | None
+    handshake_timeout: float
+
+    @classmethod
+    def of(cls, settings: RuntimeSettings) -> ClientTls | None:
+        context = client_context(settings)
+        if context is None:
+            return None
+        return cls(context, settings.tcp_tls_server_name, settings.tcp_tls_handshake_timeout_secs)
+
+    def hostname(self, host: str) -> str:
+        return self.server_name or host
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """How this process's request-plane server accepts TLS."""
+
+    context: ssl.SSLContext
+    handshake_timeout: float
+
+    @classmethod
+    def of(cls, settings: RuntimeSettings) -> ServerTls | None:
+        context = server_context(settings)
+        return None if context is None else cls(context, settings.tcp_tls_handshake_timeout_secs)

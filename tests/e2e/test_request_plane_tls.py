@@ -1,0 +1,57 @@
+"""Mutual TLS on the request plane end to end, configured with NVIDIA Dynamo's flags (`--tcp-tls-*`,
+which set their `DYN_TCP_TLS_*` twins): a mocker serving TLS that demands client certificates, and
+a frontend that verifies it and presents its own, serve the official `openai` client; a frontend
+without the CA and certificate gets no plaintext fallback: its requests fail, the worker serves on."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+import trustme
+
+from tests.fixtures.procs import Cluster
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
+    for name, identity in (("worker", "127.0.0.1"), ("frontend", "frontend.dynamo.svc")):
+        cert = ca.issue_cert(identity)
+        cert.cert_chain_pems[0].write_to_path(str(tmp / f"{name}.pem"))
+        cert.private_key_pem.write_to_path(str(tmp / f"{name}.key"))
+    c = Cluster(tmp, tiny_model)
+    try:
+        c.mocker("--tcp-tls-cert-path", str(tmp / "worker.pem"), "--tcp-tls-key-path", str(tmp / "worker.key"),
+                 "--tcp-tls-client-ca-cert-path", str(tmp / "ca.pem"), system_port=False)
+        c.frontend("--tcp-tls-ca-cert-path", str(tmp / "ca.pem"), "--tcp-tls-client-cert-path",
+                   str(tmp / "frontend.pem"), "--tcp-tls-client-key-path", str(tmp / "frontend.key"))
+        c.wait_workers("tiny", 1, timeout=120)
+        yield c
+    finally:
+        c.stop()
+
+
+def test_a_frontend_with_the_ca_and_its_certificate_is_served_over_mutual_tls(cluster):
+    client = cluster.openai_client()
+    assert client.completions.create(model="tiny", prompt="hi", max_tokens=4).usage.completion_tokens == 4
+    stream = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                            max_tokens=4, stream=True)
+    assert sum(1 for chunk in stream if chunk.choices and chunk.choices[0].delta.content) >= 1
+
+
+def test_a_frontend_without_them_gets_no_plaintext_fallback(cluster):
+    plain = Cluster(cluster.tmp, cluster.model_dir)  # same discovery store, no TLS settings
+    try:
+        plain.frontend()
+        plain.wait_workers("tiny", 1, timeout=60)  # it sees the worker...
+        with pytest.raises(openai.APIStatusError) as err:  # ...and cannot talk to it
+            plain.openai_client(timeout=60).completions.create(model="tiny", prompt="hi", max_tokens=2)
+        assert err.value.status_code >= 500
+    finally:
+        plain.stop()
+    client = cluster.openai_client()  # the worker was not disturbed
+    assert client.completions.create(model="tiny", prompt="hi", max_tokens=2).usage.completion_tokens == 2
