@@ -1,8 +1,7 @@
 """The NVIDIA Dynamo 1.6.1 frontend flags this frontend does not act on (runtime/compat_args.py
 says how such flags are handled): accepted with a start-up warning when they are tuning knobs of
 Dynamo's own router (router/compat_flags.py, shared with `python -m dynamo.router`) or tokenizer, or
-features this frontend does not serve; refused when the
-operator asked for TLS to NATS, since plaintext is no fallback for that.
+features this frontend does not serve.
 """
 
 from __future__ import annotations
@@ -31,11 +30,6 @@ IGNORED: dict[tuple[str, ...], tuple[bool, str]] = {
                                      "session slots (SGLang streaming sessions) are not opened"),
     **ROUTER_IGNORED,
 }
-# TLS to NATS is not implemented: refused, never downgraded to plaintext. (The request plane's
-# `--tcp-tls-*` flags are runtime settings every component takes: runtime/compat_args.py.)
-REFUSED = ("--nats-tls-ca-cert-path", "--nats-tls-client-cert-path", "--nats-tls-client-key-path",
-           "--nats-tls-insecure")
-FRONTEND_FLAGS = CompatFlags(
-    IGNORED, [(name, name != "--nats-tls-insecure") for name in REFUSED],
-    "TLS to NATS is not implemented by this runtime; run NATS inside a trusted network (the request plane "
-    "takes --tcp-tls-*), or use the zmq event plane")
+# TLS on the request plane and to NATS (`--tcp-tls-*`, `--nats-tls-*`) are runtime settings every
+# component takes (runtime/compat_args.py), not listed here.
+FRONTEND_FLAGS = CompatFlags(IGNORED)

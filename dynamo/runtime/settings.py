@@ -76,6 +76,16 @@ class RuntimeSettings:
     nats_server: str | None = setting(None, f"NATS server URL(s) (default {DEFAULT_NATS_SERVER}); setting it "
                                             "with etcd discovery selects the nats event plane",
                                       env="NATS_SERVER", flag=False)
+    nats_tls_ca_cert_path: str | None = setting(None, "PEM CA the NATS server's certificate is verified against "
+                                                      "(turns TLS to NATS on)", env="NATS_TLS_CA_CERT_PATH",
+                                                flag="--nats-tls-ca-cert-path")
+    nats_tls_insecure: bool = setting(False, "TLS to NATS without verifying the server (development only)",
+                                      env="NATS_TLS_INSECURE", flag="--nats-tls-insecure")
+    nats_tls_client_cert_path: str | None = setting(None, "PEM certificate presented to NATS (mutual TLS)",
+                                                    env="NATS_TLS_CLIENT_CERT_PATH",
+                                                    flag="--nats-tls-client-cert-path")
+    nats_tls_client_key_path: str | None = setting(None, "PEM private key of the NATS client certificate",
+                                                   env="NATS_TLS_CLIENT_KEY_PATH", flag="--nats-tls-client-key-path")
     event_plane_host: str | None = setting(None, "ZMQ publisher bind host (0.0.0.0 or *: all, advertise the host "
                                                  "name's address; default: 127.0.0.1 with file/mem discovery, else "
                                                  "all, advertising POD_IP or the host name's address, as the request "

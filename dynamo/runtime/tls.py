@@ -1,4 +1,6 @@
-"""TLS on the request plane, as NVIDIA Dynamo configures it (`DYN_TCP_TLS_*` / `--tcp-tls-*`).
+"""TLS on the request plane, as NVIDIA Dynamo configures it (`DYN_TCP_TLS_*` / `--tcp-tls-*`), and
+to NATS (`NATS_TLS_*` / `--nats-tls-*`: a CA, or insecure, turns it on; a client certificate makes it
+mutual).
 
 - A process with a certificate and key serves its request-plane endpoints over TLS; with a client
   CA it also demands and verifies callers' certificates (mutual TLS).
@@ -59,6 +61,28 @@ def client_context(settings: RuntimeSettings) -> ssl.SSLContext | None:
         context.load_default_certs()
     if cert and key:
         _load_chain(context, cert, key, "DYN_TCP_TLS_CLIENT_CERT_PATH / DYN_TCP_TLS_CLIENT_KEY_PATH")
+    return context
+
+
+def nats_context(settings: RuntimeSettings) -> ssl.SSLContext | None:
+    """The context NATS connections use, or None for plaintext."""
+    ca, insecure = settings.nats_tls_ca_cert_path, settings.nats_tls_insecure
+    cert, key = settings.nats_tls_client_cert_path, settings.nats_tls_client_key_path
+    if not (ca or insecure or cert or key):
+        return None
+    if bool(cert) != bool(key):
+        raise TlsConfigError("NATS_TLS_CLIENT_CERT_PATH and NATS_TLS_CLIENT_KEY_PATH go together")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif ca:
+        _load_ca(context, ca, "NATS_TLS_CA_CERT_PATH")
+    else:
+        context.load_default_certs()
+    if cert and key:
+        _load_chain(context, cert, key, "NATS_TLS_CLIENT_CERT_PATH / NATS_TLS_CLIENT_KEY_PATH")
     return context
 
 

@@ -7,9 +7,10 @@ them freely, so a flag we do not know must not crash-loop the pod:
 - accepted, with a start-up warning naming why it has no effect, when ignoring it changes nothing
   the operator relies on (a transport that is TCP here anyway, a cache of a feature not served);
 - refused, with the reason, when ignoring it would quietly serve something else than asked:
-  TLS to NATS (never downgraded to plaintext), multimodal input, a worker of another kind (embedding-only
+  multimodal input, a worker of another kind (embedding-only
   classify, realtime, diffusion, a headless multi-node rank), RL parity, a start-up benchmark.
-`--dyn-tool-call-parser`, `--dyn-reasoning-parser`, `--custom-jinja-template`,
+TLS on the request plane and to NATS are runtime settings every component takes
+(runtime/compat_args.py). `--dyn-tool-call-parser`, `--dyn-reasoning-parser`, `--custom-jinja-template`,
 `--dyn-default-thinking-mode` and `--endpoint-types` take effect (worker/engine_args.py).
 """
 
@@ -69,16 +70,7 @@ WORKER_ROUTER_IGNORED: dict[tuple[str, ...], tuple[bool | str, str]] = {
     **{(name,): (True, _ROUTER_WHY) for name in _ROUTER_VALUES},
     ("--router-kv-overlap-score-weight", "--kv-overlap-score-weight"): (True, _ROUTER_WHY),
 }
-# TLS to NATS is not implemented (the request plane's `--tcp-tls-*` are runtime settings every
-# component takes: runtime/compat_args.py).
-_TLS = ("--nats-tls-ca-cert-path", "--nats-tls-client-cert-path", "--nats-tls-client-key-path")
-_TLS_WHY = ("TLS to NATS is not implemented by this runtime; run NATS inside a trusted network (the request "
-            "plane takes --tcp-tls-*), or use the zmq event plane")
-_TLS_SWITCHES = ("--nats-tls-insecure",)
-_REFUSED_RUNTIME = {
-    **{flag: _TLS_WHY for flag in (*_TLS, *_TLS_SWITCHES)},
-    "--output-modalities": "only text output is served by this worker",
-}
+_REFUSED_RUNTIME = {"--output-modalities": "only text output is served by this worker"}
 _MULTIMODAL = "multimodal input is not served by this worker (the frontend answers image and audio parts with a 400)"
 
 
@@ -86,7 +78,7 @@ def worker_flags(ignored: Mapping[tuple[str, ...], tuple[bool | str, str]],
                  refused: Mapping[str, tuple[bool | str, str]]) -> CompatFlags:
     """An engine worker's table: the runtime group's and the worker router group's flags plus the
     engine's own, `refused` as flag -> (takes a value, why)."""
-    refusals = {**{flag: (flag not in _TLS_SWITCHES, why) for flag, why in _REFUSED_RUNTIME.items()}, **refused}
+    refusals = {**{flag: (True, why) for flag, why in _REFUSED_RUNTIME.items()}, **refused}
     return CompatFlags({**RUNTIME_IGNORED, **WORKER_ROUTER_IGNORED, **ignored}, [(flag, spec[0]) for flag, spec in refusals.items()],
                        refused_reasons={flag: spec[1] for flag, spec in refusals.items()})
 

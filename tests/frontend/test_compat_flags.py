@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from dynamo.frontend.compat_flags import FRONTEND_FLAGS, REFUSED
+from dynamo.frontend.compat_flags import FRONTEND_FLAGS
 from dynamo.frontend.config import FrontendConfig, parse_frontend_args
 from dynamo.runtime.compat_args import known_flags
 
@@ -86,11 +86,16 @@ def test_turning_off_what_is_not_served_needs_no_warning():
     assert parse_frontend_args(["--no-enable-anthropic-api", "--no-trust-remote-code"], environ={})[1] == []
 
 
-@pytest.mark.parametrize("flag", [f for f in REFUSED if f != "--nats-tls-insecure"])
-def test_transport_security_flags_are_refused_not_ignored(flag, capsys):
-    with pytest.raises(SystemExit) as exc:
-        parse_frontend_args([flag, "/etc/tls/x.pem"], environ={})
-    assert exc.value.code == 2 and "not implemented by this runtime" in capsys.readouterr().err
+def test_transport_security_flags_set_their_variables_without_warning(monkeypatch):
+    import os
+
+    for name in ("DYN_TCP_TLS_CA_CERT_PATH", "NATS_TLS_CA_CERT_PATH", "NATS_TLS_INSECURE"):
+        monkeypatch.delenv(name, raising=False)  # restored after the test
+    _, warnings = parse_frontend_args(["--tcp-tls-ca-cert-path", "/etc/tls/ca.pem", "--nats-tls-ca-cert-path",
+                                       "/etc/tls/nats-ca.pem", "--no-nats-tls-insecure"], environ={})
+    assert warnings == []
+    assert os.environ["DYN_TCP_TLS_CA_CERT_PATH"] == "/etc/tls/ca.pem"
+    assert os.environ["NATS_TLS_CA_CERT_PATH"] == "/etc/tls/nats-ca.pem" and os.environ["NATS_TLS_INSECURE"] == "false"
 
 
 def test_version(capsys):

@@ -67,7 +67,9 @@ def test_only_variables_dynamo_takes_as_flags_get_one():
     options = {o for a in build_parser(RuntimeSettings)._actions for o in a.option_strings}
     tls = {f"--tcp-tls-{n}" for n in ("cert-path", "key-path", "ca-cert-path", "insecure", "server-name",
                                       "handshake-timeout", "client-cert-path", "client-key-path", "client-ca-cert-path")}
-    assert options == {"-h", "--help", "--discovery-backend", "--event-plane", *tls, "--no-tcp-tls-insecure"}
+    nats = {f"--nats-tls-{n}" for n in ("ca-cert-path", "insecure", "client-cert-path", "client-key-path")}
+    assert options == {"-h", "--help", "--discovery-backend", "--event-plane", *tls, "--no-tcp-tls-insecure", *nats,
+                       "--no-nats-tls-insecure"}
 
 
 @pytest.mark.parametrize("environ, port", [

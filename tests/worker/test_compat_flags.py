@@ -92,7 +92,6 @@ def test_flags_without_effect_are_accepted_with_their_reason():
 @pytest.mark.parametrize("argv, reason", [
     (["--headless"], "multi-node"),
     (["--connector", "nixl"], "--kv-transfer-config"),
-    (["--nats-tls-ca-cert-path", "/ca.pem"], "TLS to NATS"),
     (["--enable-multimodal"], "multimodal input is not served"),
     (["--benchmark-mode", "prefill"], "self-benchmark"),
 ])

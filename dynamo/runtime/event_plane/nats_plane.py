@@ -21,6 +21,7 @@ from dynamo.runtime.discovery.base import KeyValueStore
 from dynamo.runtime.event_plane.base import DEFAULT_BUFFER, EventEnvelope, QueuedPublisher, QueuedSubscriber, \
     SendQueue, decode_envelope, encode_envelope, nats_subject, now_ms
 from dynamo.runtime.settings import RuntimeSettings
+from dynamo.runtime.tls import nats_context
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,10 @@ async def connect(name: str, on_link: Callable[[bool], None] | None = None) -> C
             on_link(True)
 
     servers = [s.strip() for s in server_url().split(",") if s.strip()]
+    tls = nats_context(RuntimeSettings.from_env())
     return await nats.connect(
         servers=servers,
+        **({"tls": tls} if tls is not None else {}),
         name=name,
         connect_timeout=CONNECT_TIMEOUT,
         max_reconnect_attempts=-1,
