@@ -95,15 +95,13 @@ class KubeApi:
         async with self.session.get(self.path(resource), params=params, headers=self._headers(),
                                     timeout=timeout) as resp:
             await _raise_for(resp)
-            async for line in resp.content:
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                kind, obj = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":
-                    raise (Gone if obj.get("code") == 410 else KubeApiError)(obj.get("code", 500),
-                                                                             obj.get("message", ""))
-                yield kind, obj
+            pending = b""  # split by hand: an object (many model cards) may outgrow aiohttp's line limit
+            async for chunk in resp.content.iter_any():
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield _event(json.loads(line))
 
     async def apply(self, resource: str, name: str, body: dict[str, Any], field_manager: str) -> dict:
         """Server-side apply (create or update) with `field_manager`, forcing ownership of its fields."""
@@ -135,6 +133,13 @@ class KubeApi:
             await self._session.close()
         else:
             await self._connector.close()
+
+
+def _event(event: dict) -> tuple[str, dict]:
+    kind, obj = event.get("type"), event.get("object") or {}
+    if kind == "ERROR":
+        raise (Gone if obj.get("code") == 410 else KubeApiError)(obj.get("code", 500), obj.get("message", ""))
+    return kind, obj
 
 
 async def _raise_for(resp: aiohttp.ClientResponse) -> None:
