@@ -48,7 +48,9 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
         "hard", "How a session's binding routes: hard (always its worker; it waits while that worker is busy), "
         "soft (its worker unless busy, else routed freely and rebound)", choices=["hard", "soft"])
     discovery_backend: str = discovery_backend_setting()
-    request_plane: str = setting("tcp", "Request plane (direct TCP)", choices=["tcp"])
+    # Dynamo's choices; ours is always direct TCP (frontend and workers alike), so `nats` changes nothing.
+    request_plane: str = setting("tcp", "Request plane: always direct TCP here (nats is accepted, with a warning)",
+                                 choices=["tcp", "nats"])
     event_plane: str | None = event_plane_setting()
     kv_cache_block_size: int | None = setting(None, "Override the KV block size from the model card")
     # The stream deadlines (StreamDeadlineSettings): a stream that misses one is treated as a
@@ -124,4 +126,10 @@ def parse_frontend_args(argv: Sequence[str] | None = None, environ: Mapping[str,
                         ) -> tuple[FrontendConfig, list[str]]:
     """(the frontend's config, a warning per NVIDIA Dynamo flag accepted without effect): Dynamo
     flags this frontend does not act on are accepted or refused as compat_flags.py says."""
-    return parse_with_compat(FrontendConfig, FRONTEND_FLAGS, argv, prog="python -m dynamo.frontend", environ=environ)
+    config, warnings = parse_with_compat(FrontendConfig, FRONTEND_FLAGS, argv, prog="python -m dynamo.frontend",
+                                         environ=environ)
+    if config.request_plane != "tcp":
+        warnings.append(f"--request-plane {config.request_plane} is accepted for compatibility with NVIDIA Dynamo and "
+                        "has no effect: requests and responses always travel over TCP between our frontend and "
+                        "workers")
+    return config, warnings

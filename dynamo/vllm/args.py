@@ -96,11 +96,26 @@ def build_parser(prog: str = "python -m dynamo.vllm", use_vllm: bool | None = No
 
         parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser(prog=prog, description=_description()))
     else:
-        parser = argparse.ArgumentParser(prog=prog, description=_description())
+        parser = _DashedParser(prog=prog, description=_description())
         _add_static_engine_flags(parser)
     group = parser.add_argument_group("Dynamo")
     add_arguments(group, DynamoVllmArgs)  # type: ignore[arg-type]
     return parser
+
+
+class _DashedParser(argparse.ArgumentParser):
+    """Takes `--flag_name` for `--flag-name`, as vLLM's FlexibleArgumentParser does (manifests use both)."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        args = [_dashed(a) for a in (sys.argv[1:] if args is None else args)]
+        return super().parse_known_args(args, namespace)
+
+
+def _dashed(arg: str) -> str:
+    if not arg.startswith("--"):
+        return arg
+    name, eq, value = arg.partition("=")
+    return name.replace("_", "-") + eq + value
 
 
 def _description() -> str:

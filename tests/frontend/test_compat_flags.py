@@ -123,3 +123,11 @@ def test_the_agent_controller_flag_of_newer_dynamo_is_accepted():
     """Dynamo's SGLang agent guide launches the frontend with --enable-agent-controller (after 1.6.1)."""
     config, warnings = parse_frontend_args(["--router-mode", "kv", "--enable-agent-controller"], environ={})
     assert config.router_mode == "kv" and len(warnings) == 1 and "session_control is always on" in warnings[0]
+
+
+def test_a_nats_request_plane_is_accepted_with_a_warning_as_ours_is_always_tcp():
+    """Dynamo's recipes pass `--request-plane nats` (or DYN_REQUEST_PLANE=nats) to every component."""
+    for argv, environ in ((["--request-plane", "nats"], {}), ([], {"DYN_REQUEST_PLANE": "nats"})):
+        config, warnings = parse_frontend_args(argv, environ=environ)
+        assert config.request_plane == "nats" and len(warnings) == 1 and "always travel over TCP" in warnings[0]
+    assert parse_frontend_args(["--request-plane", "tcp"], environ={})[1] == []

@@ -143,6 +143,8 @@ def test_manifest_validation_tells_accepted_from_refused():
     assert ok.errors == [] and len(ok.warnings) == 1 and "--request-plane" in ok.warnings[0]
     bad = check_args("dynamo.vllm", ["--model", "m", "--headless"])
     assert len(bad.errors) == 1 and "multi-node" in bad.errors[0]
+    # vLLM's own parser takes `--flag_name` for `--flag-name` (Dynamo's recipes use both); so does the check
+    assert check_args("dynamo.vllm", ["--model", "m", "--compilation_config", "{}", "--max_model_len=4096"]).errors == []
     frontend = check_args("dynamo.frontend", ["--router-mode", "kv", "--router-event-threads", "4"])
     assert frontend.errors == [] and "--router-event-threads" in frontend.warnings[0]
 
