@@ -15,6 +15,7 @@ from dynamo.frontend.responses_store import ResponseStore
 from dynamo.frontend.http_app import FrontendApp
 from dynamo.frontend.messages_run import AnthropicApi
 from dynamo.frontend.metrics import FrontendMetrics
+from dynamo.frontend.model_defaults import ModelDefaults
 from dynamo.frontend.model_manager import ModelManager
 from dynamo.llm.token_cache import TokenCache
 from dynamo.router.inhibit import Inhibitor
@@ -91,7 +92,7 @@ async def serve(config: FrontendConfig, stop: asyncio.Event, warnings: Sequence[
     models = ModelManager(runtime.store, config.namespace,
                           on_change=_on_change(routing, metrics, lambda: models.worker_ids()),
                           block_size=config.kv_cache_block_size, namespace_prefix=config.namespace_prefix,
-                          token_cache=token_cache)
+                          token_cache=token_cache, defaults=ModelDefaults.of(config))
     app = _app(config, runtime, metrics, routing, models)
     lag = LoopLagMonitor(lambda v: (metrics.loop_lag.observe(v), metrics.loop_lag_max.set(lag.worst)))
     lag.start()

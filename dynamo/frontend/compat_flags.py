@@ -19,6 +19,8 @@ IGNORED: dict[tuple[str, ...], tuple[bool, str]] = {
     ("--dyn-chat-processor",): (True, "templates and tokenization are always this frontend's own"),
     ("--dyn-preprocess-workers",): (True, "big prompts are preprocessed on this frontend's own thread pool"),
     ("--tokenizer",): (True, "the model's HF tokenizer is always used"),
+    # What `--dyn-chat-processor vllm` frontends also take from vLLM's own serve flags.
+    ("--enable-auto-tool-choice",): (False, "tool_choice auto is always served where the model has a tool parser"),
     ("--tokenizer-fallback",): (False, "the model's HF tokenizer is always used"),
     ("--trust-remote-code",): (False, "no model code is run here: tokenizer.json and the chat template only"),
     ("--dyn-debug-perf",): (False, "per-request performance debug logs are not produced"),

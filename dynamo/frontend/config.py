@@ -12,6 +12,7 @@ from dynamo.llm.worker_client import StreamDeadlineSettings
 from dynamo.router.config import ROUTER_MODES, KvRouterConfig
 from dynamo.router.session_affinity import MAX_TTL_SECS
 from dynamo.frontend.compat_flags import FRONTEND_FLAGS
+from dynamo.frontend.model_defaults import check_model_defaults
 from dynamo.runtime.compat_args import parse_with_compat
 from dynamo.runtime.config import setting
 from dynamo.runtime.config_dump import DumpConfigTo
@@ -88,6 +89,15 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
                                                    "the answer ends")
     enable_streaming_reasoning_dispatch: bool = setting(False, "Streamed chat: one `event: reasoning_dispatch` "
                                                         "with the whole reasoning block once it ends")
+    # NVIDIA Dynamo's `--dyn-chat-processor vllm|sglang` frontends take the engine's own parser and
+    # template flags; here they are defaults for models whose workers name none (model_defaults.py).
+    tool_call_parser: str | None = setting(None, "Tool-call parser for models whose workers name none (vLLM/SGLang "
+                                                 "names: hermes, llama3_json, mistral, pythonic, openai, ...)",
+                                           env=False)
+    reasoning_parser: str | None = setting(None, "Reasoning parser for models whose workers name none (qwen3, "
+                                                 "deepseek_r1, openai_gptoss, ...)", env=False)
+    chat_template: str | None = setting(None, "Chat template (a Jinja file, or the template itself) for models whose "
+                                              "workers set no --custom-jinja-template", env=False)
     strip_anthropic_preamble: bool = setting(False, "Drop Claude Code's x-anthropic-billing-header line from "
                                              "/v1/messages system prompts: it changes per request and defeats "
                                              "prefix caching")
@@ -118,6 +128,7 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
             raise ValueError(f"--router-session-affinity-ttl-secs must be from 1 to {MAX_TTL_SECS}")
         if self.tokenizer_cache_bytes < 0:
             raise ValueError("--tokenizer-cache-bytes must be >= 0")
+        check_model_defaults(self)
         if self.http_graceful_shutdown_timeout_secs < 0:
             raise ValueError("--http-graceful-shutdown-timeout-secs must be >= 0")
 

@@ -13,6 +13,7 @@ from typing import Callable
 
 from dynamo.frontend.thinking_budget import ThinkMarkers, think_markers
 from dynamo.llm.model_card import ModelDeploymentCard, WorkerType, card_decoder
+from dynamo.frontend.model_defaults import ModelDefaults
 from dynamo.llm.preprocessor import ModelPipeline
 from dynamo.llm.token_cache import TokenCache
 from dynamo.router.policy import Role, WorkerInfo, WorkerPool
@@ -76,8 +77,10 @@ def routable_address(card: ModelDeploymentCard, record: InstanceRecord | None) -
 class ModelManager:
     def __init__(self, store: KeyValueStore, namespace: str | None,
                  on_change: Callable[[ModelEntry], None] | None = None, block_size: int | None = None,
-                 namespace_prefix: str | None = None, token_cache: TokenCache | None = None) -> None:
+                 namespace_prefix: str | None = None, token_cache: TokenCache | None = None,
+                 defaults: ModelDefaults | None = None) -> None:
         self.store = store
+        self.defaults = defaults or ModelDefaults()  # --tool-call-parser, ... for cards that name none
         self.token_cache = token_cache  # shared by every model's pipeline (DYN_TOKENIZER_CACHE_BYTES)
         self.block_size = block_size  # --kv-cache-block-size: overrides the cards' block size
         # --namespace-prefix wins over --namespace (Dynamo): every namespace is watched, these kept.
@@ -139,7 +142,7 @@ class ModelManager:
                 self._drop_worker(card.display_name, iid, retire=card.lora_name is None)
             return
         try:
-            card = card_decoder.decode(event.value or b"")
+            card = self.defaults.apply(card_decoder.decode(event.value or b""))
         except Exception as exc:
             log.warning("ignoring malformed model card at %s: %s", event.key, exc)
             return
@@ -147,8 +150,8 @@ class ModelManager:
         entry = self.models.get(card.display_name)
         if entry is None:
             try:
-                pipeline = await asyncio.get_running_loop().run_in_executor(None, ModelPipeline, card,
-                                                                            self.token_cache)
+                pipeline = await asyncio.get_running_loop().run_in_executor(
+                    None, ModelPipeline, card, self.token_cache, self.defaults.template_for(card))
             except Exception as exc:
                 log.error("cannot load tokenizer/template for model %r: %s", card.display_name, exc)
                 return

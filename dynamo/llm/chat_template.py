@@ -96,15 +96,17 @@ class ChatTemplate:
             raise ChatTemplateError(f"chat template does not compile: {e}") from e
 
     @classmethod
-    def from_dir(cls, path, template_file: Path | None = None) -> ChatTemplate:
-        """The model's template in directory `path`, or the Jinja file `template_file` instead (the
-        special tokens still come from the model's tokenizer_config.json)."""
+    def from_dir(cls, path, template_file: Path | None = None, template_text: str | None = None) -> ChatTemplate:
+        """The model's template in directory `path`, or the Jinja file `template_file` (or the text
+        `template_text`) instead; the special tokens still come from the model's tokenizer_config.json."""
         path = Path(path)
         try:
             cfg = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
         except FileNotFoundError:
             cfg = {}
         specials = {k: token_content(cfg.get(k)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
+        if template_text is not None:
+            return cls(template_text, specials)
         jinja_file = template_file or path / "chat_template.jinja"
         if jinja_file.is_file():
             return cls(jinja_file.read_text(encoding="utf-8"), specials)

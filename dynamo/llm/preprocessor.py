@@ -51,13 +51,16 @@ class ModelPipeline:
     """Everything the frontend needs to turn requests for one model into token ids
     and back. Built once per model from its card's files."""
 
-    def __init__(self, card: ModelDeploymentCard, token_cache: TokenCache | None = None) -> None:
+    def __init__(self, card: ModelDeploymentCard, token_cache: TokenCache | None = None,
+                 template_text: str | None = None) -> None:
+        """`template_text` replaces the card's chat template (the frontend's `--chat-template`)."""
         model_dir = card_model_dir(card)
         self.name = card.display_name
         self.card = card
         self.tokenizer = Tokenizer.from_dir(model_dir)
         try:
-            self.template: ChatTemplate | None = ChatTemplate.from_dir(model_dir, chat_template_file(card, model_dir))
+            self.template: ChatTemplate | None = ChatTemplate.from_dir(model_dir, chat_template_file(card, model_dir),
+                                                                       template_text)
         except Exception:
             self.template = None  # completions-only model
         self.context_length = card.context_length
