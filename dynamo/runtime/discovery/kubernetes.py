@@ -30,6 +30,7 @@ RESOURCE = "dynamoworkermetadatas"
 SLICES = "endpointslices"
 SLICE_SELECTOR = "nvidia.com/dynamo-discovery-backend=kubernetes,nvidia.com/dynamo-discovery-enabled=true"
 FIELD_MANAGER = "dynamo-worker"
+LISTED = 1 << 62  # the "version" of a fresh list: past any apply (a restored API server may count anew)
 RETRY_S = 1.0
 
 
@@ -182,7 +183,7 @@ class KubeStore(KeyValueStore):
             try:
                 items, version = await self.api.list(resource, selector)
                 objects = {o["metadata"]["name"]: o for o in items}
-                replace(objects, _version({"metadata": {"resourceVersion": version}}))
+                replace(objects, LISTED)  # a fresh list is the whole truth, whatever its versions
                 self._listed.add(resource)
                 if len(self._listed) == 2:  # both the slices and the metadata: the view is whole
                     self._synced.set()

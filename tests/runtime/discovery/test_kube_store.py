@@ -19,15 +19,35 @@ NS = "team-a"
 LABELS = {"nvidia.com/dynamo-discovery-backend": "kubernetes", "nvidia.com/dynamo-discovery-enabled": "true"}
 
 
+class Api:
+    """The stand-in on a fixed port, restartable (a restart loses its objects, as a restore from an
+    empty or old backup would)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.runner: web.AppRunner | None = None
+        self.standin = None
+
+    async def start(self) -> None:
+        app = make_app()
+        self.runner = web.AppRunner(app, shutdown_timeout=1.0)  # its watches wait for changes: do not wait
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        self.standin = app[STORE]
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+
 @pytest.fixture
 async def api():
-    app = make_app()
-    runner = web.AppRunner(app, shutdown_timeout=1.0)  # its watches wait for changes: do not wait on them
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield app[STORE], f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    server = Api()
+    await server.start()
+    yield server
+    await server.stop()
 
 
 def _store(url: str, pod: str) -> KubeStore:
@@ -49,7 +69,7 @@ async def _until(predicate, what: str, timeout: float = 10.0) -> None:
 
 
 async def test_records_are_seen_while_their_pod_is_ready_and_leave_with_the_store(api):
-    standin, url = api
+    standin, url = api.standin, api.url
     worker, frontend = _store(url, "worker-0"), _store(url, "frontend-0")
     await worker.start()
     await frontend.start()
@@ -89,3 +109,25 @@ async def _has(store: KubeStore, key: str) -> bool:
 
 async def _lacks(store: KubeStore, key: str) -> bool:
     return key not in await store.get_prefix("v1/")
+
+
+async def test_records_come_back_after_the_api_server_lost_them(api):
+    """The API server restarts with nothing (restored from an empty or old backup; versions count
+    anew): the watches break, the next list lacks our object, and the process applies it again."""
+    worker = _store(api.url, "worker-0")
+    await worker.start()
+    try:
+        await worker.put("v1/event_channels/dynamo/backend/kv_events/x", b"advert")
+        metadata = ("team-a", "dynamoworkermetadatas")
+        assert "worker-0" in api.standin.objects[metadata]
+        await api.stop()
+        await api.start()
+        assert metadata not in api.standin.objects
+
+        async def restored() -> bool:
+            return "worker-0" in api.standin.objects.get(metadata, {})
+        await _until(restored, "re-applied after the loss", timeout=30)
+        data = api.standin.objects[metadata]["worker-0"]["spec"]["data"]
+        assert data["kv"] == {"v1/event_channels/dynamo/backend/kv_events/x": "advert"}
+    finally:
+        await worker.close()
