@@ -64,9 +64,13 @@ class KubeStore(KeyValueStore):
         try:
             await self.api.list(RESOURCE)  # reachable, and allowed to read (RBAC)
         except KubeApiError as exc:
+            if exc.status == 404:
+                raise DiscoveryUnavailable(f"discovery: the Kubernetes API has no {RESOURCE} ({exc}): install the "
+                                           "DynamoWorkerMetadata CRD (NVIDIA Dynamo's CRDs, or `dynamo.deploy render "
+                                           "--include-crd`)") from None
             raise DiscoveryUnavailable(f"discovery: the Kubernetes API refused to list {RESOURCE} ({exc}); the pod's "
-                               "service account needs get/list/watch/patch/delete on them and get/list/watch "
-                               "on endpointslices") from None
+                                       "service account needs get/list/watch/patch/delete on them and get/list/watch "
+                                       "on endpointslices") from None
         self._lease_id = pod_instance_id(self.name)
         self._synced = asyncio.Event()
         self._spawn(self._follow(SLICES, SLICE_SELECTOR, lambda objects, _version: self.view.set_slices(objects)),

@@ -10,6 +10,7 @@ import asyncio
 import pytest
 from aiohttp import web
 
+from dynamo.runtime.discovery.base import DiscoveryUnavailable
 from dynamo.runtime.discovery.kubernetes import KubeStore
 from dynamo.runtime.settings import RuntimeSettings
 from tests.fixtures.kube_api_standin import STORE, make_app
@@ -131,3 +132,20 @@ async def test_records_come_back_after_the_api_server_lost_them(api):
         assert data["kv"] == {"v1/event_channels/dynamo/backend/kv_events/x": "advert"}
     finally:
         await worker.close()
+
+
+@pytest.mark.parametrize("status, says", [(404, "install the DynamoWorkerMetadata CRD"),
+                                          (403, "service account needs get/list/watch/patch/delete")])
+async def test_a_missing_crd_or_rbac_is_a_start_up_error_saying_what_to_do(status, says):
+    app = make_app(refuse={"dynamoworkermetadatas": status})
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    store = _store(f"http://127.0.0.1:{port}", "worker-0")
+    try:
+        with pytest.raises(DiscoveryUnavailable, match=says):
+            await store.start()
+    finally:
+        await store.close()
+        await runner.cleanup()
