@@ -55,6 +55,33 @@ def engine_sockets_under_the_session_tmp(tmp_path_factory) -> None:
     os.environ.setdefault("VLLM_RPC_BASE_PATH", str(tmp_path_factory.mktemp("ipc")))
 
 
+@pytest.fixture(autouse=True)
+def no_environment_leaks():
+    """A test must leave this process's environment as it found it: processes later tests start
+    inherit it (a leaked TLS variable once broke every later test's workers)."""
+    saved = dict(os.environ)
+    yield
+    leaked = sorted(k for k in {*saved, *os.environ}
+                    if saved.get(k) != os.environ.get(k) and not k.startswith("PYTEST_"))  # pytest's own
+    if leaked:
+        for key in leaked:
+            if key in saved:
+                os.environ[key] = saved[key]
+            else:
+                os.environ.pop(key, None)
+        pytest.fail(f"the test changed environment variables {leaked} (use monkeypatch or isolated_environ)")
+
+
+@pytest.fixture
+def isolated_environ():
+    """This process's environment restored after the test, variables the test's code set included
+    (`monkeypatch.delenv` of an unset variable records nothing, so it would not undo them)."""
+    saved = dict(os.environ)
+    yield os.environ
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return copy_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")

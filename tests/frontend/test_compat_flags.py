@@ -86,11 +86,11 @@ def test_turning_off_what_is_not_served_needs_no_warning():
     assert parse_frontend_args(["--no-enable-anthropic-api", "--no-trust-remote-code"], environ={})[1] == []
 
 
-def test_transport_security_flags_set_their_variables_without_warning(monkeypatch):
+def test_transport_security_flags_set_their_variables_without_warning(isolated_environ):
     import os
 
     for name in ("DYN_TCP_TLS_CA_CERT_PATH", "NATS_TLS_CA_CERT_PATH", "NATS_TLS_INSECURE"):
-        monkeypatch.delenv(name, raising=False)  # restored after the test
+        isolated_environ.pop(name, None)
     _, warnings = parse_frontend_args(["--tcp-tls-ca-cert-path", "/etc/tls/ca.pem", "--nats-tls-ca-cert-path",
                                        "/etc/tls/nats-ca.pem", "--no-nats-tls-insecure"], environ={})
     assert warnings == []

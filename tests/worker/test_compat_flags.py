@@ -149,11 +149,11 @@ def test_manifest_validation_tells_accepted_from_refused():
     assert frontend.errors == [] and "--router-event-threads" in frontend.warnings[0]
 
 
-def test_request_plane_tls_flags_set_their_variables_on_every_worker(monkeypatch):
+def test_request_plane_tls_flags_set_their_variables_on_every_worker(isolated_environ):
     import os
 
     for name in ("DYN_TCP_TLS_CA_CERT_PATH", "DYN_TCP_TLS_INSECURE", "DYN_TCP_TLS_SERVER_NAME"):
-        monkeypatch.delenv(name, raising=False)  # restored after the test
+        isolated_environ.pop(name, None)
     _, warnings = trtllm_parse(["--model", "/m", "--tcp-tls-ca-cert-path", "/etc/dynamo/ca.pem", "--tcp-tls-insecure"])
     assert warnings == []
     assert os.environ["DYN_TCP_TLS_CA_CERT_PATH"] == "/etc/dynamo/ca.pem" and os.environ["DYN_TCP_TLS_INSECURE"] == "true"
