@@ -44,45 +44,35 @@ def server_context(settings: RuntimeSettings) -> ssl.SSLContext | None:
 
 def client_context(settings: RuntimeSettings) -> ssl.SSLContext | None:
     """The context this process calls workers with, or None for plaintext."""
-    ca, insecure = settings.tcp_tls_ca_cert_path, settings.tcp_tls_insecure
-    cert, key = settings.tcp_tls_client_cert_path, settings.tcp_tls_client_key_path
-    if not (ca or insecure or cert or key):
-        return None
-    if bool(cert) != bool(key):
-        raise TlsConfigError("DYN_TCP_TLS_CLIENT_CERT_PATH and DYN_TCP_TLS_CLIENT_KEY_PATH go together")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    elif ca:
-        _load_ca(context, ca, "DYN_TCP_TLS_CA_CERT_PATH")
-    else:
-        context.load_default_certs()
-    if cert and key:
-        _load_chain(context, cert, key, "DYN_TCP_TLS_CLIENT_CERT_PATH / DYN_TCP_TLS_CLIENT_KEY_PATH")
-    return context
+    return _caller_context(settings.tcp_tls_ca_cert_path, settings.tcp_tls_insecure,
+                           settings.tcp_tls_client_cert_path, settings.tcp_tls_client_key_path, "DYN_TCP_TLS_")
 
 
 def nats_context(settings: RuntimeSettings) -> ssl.SSLContext | None:
     """The context NATS connections use, or None for plaintext."""
-    ca, insecure = settings.nats_tls_ca_cert_path, settings.nats_tls_insecure
-    cert, key = settings.nats_tls_client_cert_path, settings.nats_tls_client_key_path
+    return _caller_context(settings.nats_tls_ca_cert_path, settings.nats_tls_insecure,
+                           settings.nats_tls_client_cert_path, settings.nats_tls_client_key_path, "NATS_TLS_")
+
+
+def _caller_context(ca: str | None, insecure: bool, cert: str | None, key: str | None,
+                    prefix: str) -> ssl.SSLContext | None:
+    """A connecting side's context: on when a CA, insecure or a client certificate is set; `prefix`
+    names the variables in errors."""
     if not (ca or insecure or cert or key):
         return None
     if bool(cert) != bool(key):
-        raise TlsConfigError("NATS_TLS_CLIENT_CERT_PATH and NATS_TLS_CLIENT_KEY_PATH go together")
+        raise TlsConfigError(f"{prefix}CLIENT_CERT_PATH and {prefix}CLIENT_KEY_PATH go together")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     elif ca:
-        _load_ca(context, ca, "NATS_TLS_CA_CERT_PATH")
+        _load_ca(context, ca, f"{prefix}CA_CERT_PATH")
     else:
         context.load_default_certs()
     if cert and key:
-        _load_chain(context, cert, key, "NATS_TLS_CLIENT_CERT_PATH / NATS_TLS_CLIENT_KEY_PATH")
+        _load_chain(context, cert, key, f"{prefix}CLIENT_CERT_PATH / {prefix}CLIENT_KEY_PATH")
     return context
 
 
