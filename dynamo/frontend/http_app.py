@@ -338,7 +338,7 @@ class FrontendApp:
         self._admit(entry.name)
         status = RequestOutcome.ERROR
         try:
-            run = run_cls(self, entry, req, preqs, is_chat, started, output_spec(entry, req, is_chat),
+            run = run_cls(self, entry, req, preqs, is_chat, started, output_spec(entry, req, is_chat, ids),
                           self.reasoning_field, **run_kw)
             run.keep_answer = speculate
             if trace is not None:

@@ -43,6 +43,7 @@ class OutputSpec:
     tool_mode: str = "none"  # none | auto | required | named
     named_tool: str | None = None
     parallel_tool_calls: bool = True
+    prompt_tail: str = ""  # the rendered prompt's last characters: where a template leaves the reasoning
 
 
 class NamedArguments:
@@ -101,6 +102,8 @@ class CallFilter:
 class OutputStage:
     def __init__(self, pipeline: ModelPipeline, spec: OutputSpec) -> None:
         self.reasoning = make_reasoning_parser(spec.reasoning_parser) if spec.reasoning_parser else None
+        if self.reasoning is not None and spec.prompt_tail and hasattr(self.reasoning, "prompt_ended"):
+            self.reasoning.prompt_ended(spec.prompt_tail)
         self.tools = self._tool_parser(spec)
         self.filter = CallFilter(spec.named_tool if spec.tool_mode == "named" else None,
                                  not spec.parallel_tool_calls)

@@ -157,12 +157,19 @@ def wire_requests(pipeline, req, ids: list[int], is_chat: bool, hints: RoutingHi
     return out
 
 
-def output_spec(entry, req, is_chat: bool) -> OutputSpec:
-    """What the output stage runs for this request: parsers from the worker's card."""
+PROMPT_TAIL_TOKENS = 16  # enough for a template's reasoning tags and the whitespace around them
+
+
+def output_spec(entry, req, is_chat: bool, prompt_ids: list[int] | None = None) -> OutputSpec:
+    """What the output stage runs for this request: parsers from the worker's card, and the end of
+    the prompt, where a template may have opened (or closed) the reasoning for the model."""
     stops = stop_list(req.stop)
     if not is_chat:
         return OutputSpec(stops)
     rc = entry.card.runtime_config
+    tail = ""
+    if rc.reasoning_parser and prompt_ids:
+        tail = entry.pipeline.tokenizer.decode(prompt_ids[-PROMPT_TAIL_TOKENS:], skip_special_tokens=False)
     return OutputSpec(stops, tool_parser=rc.tool_call_parser, reasoning_parser=rc.reasoning_parser, tools=req.tools,
                       tool_mode=req.tool_choice_mode(), named_tool=req.named_tool(),
-                      parallel_tool_calls=req.parallel_tool_calls is not False)
+                      parallel_tool_calls=req.parallel_tool_calls is not False, prompt_tail=tail)

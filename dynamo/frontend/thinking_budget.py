@@ -51,11 +51,13 @@ class ThinkingBudget:
     """One stream's reasoning count: `spend` reads each batch of outputs and cuts it where the
     budget runs out, after which the caller appends `closing_output()` and continues the request."""
 
-    def __init__(self, budget: int, markers: ThinkMarkers) -> None:
+    def __init__(self, budget: int, markers: ThinkMarkers, prompt_ids: list[int] | None = None) -> None:
         self.budget = budget
         self.markers = markers
-        self.inside = markers.starts_inside
-        self.done = False  # reasoning closed (by the model or by us): nothing more to count
+        opened = prompt_opens(prompt_ids or [], markers)
+        self.inside = markers.starts_inside if opened is None else opened
+        # reasoning closed (by the model, by us, or by the template: thinking off): nothing to count
+        self.done = opened is False
         self.spent = 0
         self._tail: list[int] = []  # the last ids, to find a tag split across outputs
         self._written = 0  # how much of the closing tag the model wrote before the cut
@@ -94,6 +96,28 @@ class ThinkingBudget:
         return LLMEngineOutput(token_ids=list(self.markers.close[self._written:]))
 
 
+PROMPT_TAIL_TOKENS = 8  # a template's opening or closing tag sits in the prompt's last few tokens
+
+
+def prompt_opens(prompt_ids: list[int], markers: ThinkMarkers) -> bool | None:
+    """Whether the prompt's template opened the reasoning (True: its last tokens hold the opening
+    tag, output starts inside) or closed it (False: thinking switched off, e.g. Qwen3's empty
+    `<think></think>`); None when its tail holds neither."""
+    tail = prompt_ids[-PROMPT_TAIL_TOKENS:]
+    opened, closed = _last_at(tail, markers.start), _last_at(tail, markers.end)
+    if opened == closed:
+        return None
+    return opened > closed
+
+
+def _last_at(ids: list[int], tag: tuple[int, ...]) -> int:
+    """Where the last occurrence of `tag` in `ids` ends (-1: none)."""
+    for end in range(len(ids), len(tag) - 1, -1):
+        if tuple(ids[end - len(tag):end]) == tag:
+            return end
+    return -1
+
+
 def _opens(ids: list[int], tag: tuple[int, ...]) -> int:
     """How many of `tag`'s first tokens `ids` ends with (short of the whole tag)."""
     return next((k for k in range(len(tag) - 1, 0, -1) if _ends_with(ids, tag[:k])), 0)
@@ -121,4 +145,4 @@ def budget_for(request: PreprocessedRequest, markers: ThinkMarkers | None) -> tu
     if budget is None or markers is None:
         return request, None
     stop = msgspec.structs.replace(request.stop_conditions, max_thinking_tokens=None)
-    return msgspec.structs.replace(request, stop_conditions=stop), ThinkingBudget(budget, markers)
+    return msgspec.structs.replace(request, stop_conditions=stop), ThinkingBudget(budget, markers, request.token_ids)

@@ -26,10 +26,12 @@ class ModelCardArgs:
 
     tool_call_parser: str | None = setting(
         None, "Tool-call format the frontend parses from this model's output (hermes, llama3_json, mistral, "
-              "pythonic, qwen3_coder, deepseek_v3, harmony, default)", env="DYN_TOOL_CALL_PARSER",
+              "pythonic, qwen3_coder, deepseek_v3, deepseek_v3_1, deepseek_v3_2, kimi_k2, glm45, glm47, minimax_m2, "
+              "harmony, nemotron_deci, nemotron_nano, jamba, phi4, default)", env="DYN_TOOL_CALL_PARSER",
         flag="--dyn-tool-call-parser")
     reasoning_parser: str | None = setting(
-        None, "Reasoning format the frontend splits into reasoning_content (basic, qwen3, deepseek_r1, gpt_oss, ...)",
+        None, "Reasoning format the frontend splits into reasoning_content (basic, qwen3, deepseek_r1, gpt_oss, glm45, "
+              "kimi_k2, minimax_m2, granite, ...)",
         env="DYN_REASONING_PARSER", flag="--dyn-reasoning-parser")
     custom_jinja_template: str | None = setting(
         None, "Jinja chat template file the frontend renders prompts with, in place of the model's own "

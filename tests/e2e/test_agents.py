@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from tests.fixtures.procs import Cluster
-from tests.fixtures.tools_model import tools_model
+from tests.fixtures.tools_model import TEMPLATE, tools_model
 
 pytestmark = pytest.mark.e2e
 
@@ -43,18 +43,43 @@ CALLS = {
                 "<|start|>assistant<|channel|>commentary to=functions.get_time <|constrain|>json<|message|>{}<|call|>"),
     "default": ('<TOOLCALL>[{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}, '
                 '{"name": "get_time", "arguments": {}}]</TOOLCALL>'),
+    "kimi_k2": ("<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>"
+                '{"city": "Paris", "unit": "celsius"}<|tool_call_end|><|tool_call_begin|>functions.get_time:1'
+                "<|tool_call_argument_begin|>{}<|tool_call_end|><|tool_calls_section_end|>"),
+    "glm47": ("<tool_call>get_weather<arg_key>city</arg_key><arg_value>Paris</arg_value><arg_key>unit</arg_key>"
+              "<arg_value>celsius</arg_value></tool_call><tool_call>get_time</tool_call>"),
+    "minimax_m2": ('<minimax:tool_call>\n<invoke name="get_weather">\n<parameter name="city">Paris</parameter>\n'
+                   '<parameter name="unit">celsius</parameter>\n</invoke>\n<invoke name="get_time">\n</invoke>\n'
+                   "</minimax:tool_call>"),
+    "deepseek_v3_2": ('<｜DSML｜function_calls>\n<｜DSML｜invoke name="get_weather">\n<｜DSML｜parameter name="city" '
+                      'string="true">Paris</｜DSML｜parameter>\n<｜DSML｜parameter name="unit" string="true">celsius'
+                      '</｜DSML｜parameter>\n</｜DSML｜invoke>\n<｜DSML｜invoke name="get_time">\n</｜DSML｜invoke>\n'
+                      "</｜DSML｜function_calls>"),
 }
+# Formats whose calls carry the model's own ids (its chat template expects them back).
+MODEL_IDS = {"kimi_k2": {"functions.get_weather:0", "functions.get_time:1"}}
+# Templates that leave the reasoning open, or closed, at the end of the prompt (as DeepSeek V3.1, GLM-4.7
+# and MiniMax M2 do in thinking mode, and Qwen3 does with thinking off).
+OPENS_THINK = TEMPLATE.replace("<|im_start|>assistant\n{%- endif %}", "<|im_start|>assistant\n<think>\n{%- endif %}")
+CLOSES_THINK = TEMPLATE.replace("<|im_start|>assistant\n{%- endif %}",
+                                "<|im_start|>assistant\n<think>\n\n</think>\n\n{%- endif %}")
+TEMPLATED = {"minimax-think": OPENS_THINK, "r1-no-think": CLOSES_THINK}
 WORKERS = {  # model name -> (tool parser, reasoning parser)
     **{name: (name, None) for name in CALLS},
     "harmony": ("harmony", "gpt_oss"),
     "qwen3": ("hermes", "qwen3"),
     "r1": (None, "deepseek_r1"),
+    "minimax-think": ("minimax_m2", "minimax_m2"),
+    "r1-no-think": (None, "deepseek_r1"),
 }
 SCRIPTS = {
     **{f"case:{name}": text for name, text in CALLS.items()},
     "case:think-then-call": ("<think>\nThe user wants Paris weather.\n</think>\n\n<tool_call>\n"
                              '{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'),
     "case:r1": "The user greets me.</think>\n\nHello!",
+    "case:opened": ("The user wants the weather.\n</think>\n\n<minimax:tool_call>\n<invoke name=\"get_weather\">\n"
+                    '<parameter name="city">Paris</parameter>\n</invoke>\n</minimax:tool_call>'),
+    "case:no-think": "Hello there!",
     "case:malformed": "<tool_call>{not json}</tool_call> sorry",
     "case:plain": "Just text, no tools.",
     "case:long-args": ('<tool_call>{"name": "get_weather", "arguments": {"city": "' + "Llanfairpwllgwyngyll " * 12
@@ -73,6 +98,9 @@ def cluster(tiny_model, tmp_path_factory):
             args = ["--speedup-ratio", "1" if name == "qwen3" else "0", "--replay-file", str(replay)]
             args += ["--dyn-tool-call-parser", tool] if tool else []
             args += ["--dyn-reasoning-parser", reasoning] if reasoning else []
+            if name in TEMPLATED:
+                (tmp / f"{name}.jinja").write_text(TEMPLATED[name])
+                args += ["--custom-jinja-template", str(tmp / f"{name}.jinja")]
             c.mocker(*args, model_name=name, system_port=False)
         c.frontend()
         for name in WORKERS:
@@ -123,7 +151,9 @@ def test_streamed_tool_calls_accumulate_into_valid_calls(client, parser):
     assert finishes == ["tool_calls"]
     assert [(calls[i]["name"], json.loads(calls[i]["arguments"])) for i in sorted(calls)] == [
         ("get_weather", WEATHER), ("get_time", {})]
-    assert all(c["id"].startswith("call_") for c in calls.values()) and len({c["id"] for c in calls.values()}) == 2
+    ids = {c["id"] for c in calls.values()}
+    assert ids == MODEL_IDS[parser] if parser in MODEL_IDS else all(i.startswith("call_") for i in ids)
+    assert len(ids) == 2
     assert content == ("I will check." if parser == "hermes" else "")
     assert "<" not in content and "[" not in content
     if parser == "harmony":
@@ -139,7 +169,9 @@ def test_unary_tool_calls(client, parser):
     calls = choice.message.tool_calls
     assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
         ("get_weather", WEATHER), ("get_time", {})]
-    assert all(c.type == "function" and c.id.startswith("call_") for c in calls)
+    assert all(c.type == "function" for c in calls)
+    ids = {c.id for c in calls}
+    assert ids == MODEL_IDS[parser] if parser in MODEL_IDS else all(i.startswith("call_") for i in ids)
 
 
 def test_arguments_stream_incrementally(client):
@@ -163,6 +195,29 @@ def test_reasoning_then_tool_call_streamed_and_unary(client):
 def test_forced_reasoning_without_opening_tag(client):
     content, reasoning, calls, finishes, _ = accumulate(ask(client, "r1", "case:r1", stream=True))
     assert (reasoning, content, calls, finishes) == ("The user greets me.", "Hello!", {}, ["stop"])
+
+
+def test_reasoning_a_template_opened_is_split(client):
+    """The prompt ends with `<think>` (the template opened it): the output starts in the reasoning, although
+    the model's parser (minimax_m2) is not a force-reasoning one, and its tool call follows."""
+    for stream in (True, False):
+        resp = ask(client, "minimax-think", "case:opened", tools=TOOLS, stream=stream)
+        if stream:
+            content, reasoning, calls, finishes, _ = accumulate(resp)
+            calls = [(c["name"], json.loads(c["arguments"])) for c in calls.values()]
+        else:
+            message, finishes = resp.choices[0].message, [resp.choices[0].finish_reason]
+            content, reasoning = message.content or "", (message.model_extra or {}).get("reasoning_content")
+            calls = [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls]
+        assert reasoning == "The user wants the weather.\n"
+        assert (content, calls, finishes) == ("", [("get_weather", {"city": "Paris"})], ["tool_calls"])
+
+
+def test_no_reasoning_where_the_template_closed_it(client):
+    """The prompt ends with an empty `<think></think>` (thinking off): a force-reasoning parser leaves the
+    whole output as the answer."""
+    content, reasoning, calls, finishes, _ = accumulate(ask(client, "r1-no-think", "case:no-think", stream=True))
+    assert (reasoning, content, calls, finishes) == ("", "Hello there!", {}, ["stop"])
 
 
 def test_tool_result_turn_is_rendered(client):

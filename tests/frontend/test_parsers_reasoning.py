@@ -46,3 +46,47 @@ def test_gpt_oss_reasoning_then_harmony_tool_call(step):
     assert plain + tail == ""
     assert deltas[0].name == "get_weather"
     assert "".join(d.arguments for d in deltas) == '{"city": "Paris"}'
+
+
+@pytest.mark.parametrize("step", [None, 1, 3])
+@pytest.mark.parametrize("name,text,want", [
+    ("glm45", "<think>Weather.</think>\nSunny.", ("Weather.", "Sunny.")),
+    ("kimi_k2", "<think>Weather.</think>Sunny.", ("Weather.", "Sunny.")),
+    ("deepseek_v3_1", "No thinking here.", ("", "No thinking here.")),
+    ("kimi", "◁think▷Weather.◁/think▷Sunny.", ("Weather.", "Sunny.")),
+    ("kimi", "<think>not kimi's tags</think>", ("", "<think>not kimi's tags</think>")),
+    ("granite", "Here is my thought process:\nWeather.\nHere is my response:\nSunny.", ("\nWeather.\n", "Sunny.")),
+    ("mistral", "[THINK]Weather.[/THINK]Sunny.", ("Weather.", "Sunny.")),
+    ("mistral", "Weather.</think>Sunny.", ("Weather.", "Sunny.")),
+    ("nemotron_v3", "Weather.</think>Sunny.", ("Weather.", "Sunny.")),
+    ("minimax_append_think", "Weather.</think>\n\nSunny.", ("", "<think>Weather.</think>\n\nSunny.")),
+])
+def test_more_families(name, text, want, step):
+    assert run(name, text, step) == want
+
+
+def run_after(name: str, tail: str, text: str, step: int | None) -> tuple[str, str]:
+    parser = make_reasoning_parser(name)
+    parser.prompt_ended(tail)
+    pieces = [text] if step is None else [text[i:i + step] for i in range(0, len(text), step)]
+    out = [parser.feed(p) for p in pieces] + [parser.finish()]
+    return "".join(r for r, _ in out), "".join(c for _, c in out)
+
+
+@pytest.mark.parametrize("step", [None, 1])
+@pytest.mark.parametrize("name,tail,text,want", [
+    # The template opened the reasoning: a non-forced parser starts inside it.
+    ("glm45", "<|assistant|>\n<think>\n", "Weather.</think>Sunny.", ("Weather.", "Sunny.")),
+    ("deepseek_v3_1", "<｜Assistant｜><think>", "Weather.</think>Sunny.", ("Weather.", "Sunny.")),
+    # ... and an opening tag the model repeats is dropped.
+    ("qwen3", "assistant\n<think>\n", "<think>Weather.</think>Sunny.", ("Weather.", "Sunny.")),
+    # The template closed it (thinking off): even a forced parser passes everything through.
+    ("deepseek_r1", "assistant\n<think>\n\n</think>\n\n", "Sunny.", ("", "Sunny.")),
+    ("qwen3", "assistant\n<think>\n\n</think>\n\n", "Sunny <think>", ("", "Sunny <think>")),
+    # Neither: the parser's own default.
+    ("deepseek_r1", "<|im_start|>assistant\n", "Weather.</think>Sunny.", ("Weather.", "Sunny.")),
+    ("glm45", "<|im_start|>assistant\n", "Sunny.", ("", "Sunny.")),
+    ("minimax_append_think", "assistant\n", "Sunny.", ("", "Sunny.")),
+])
+def test_where_the_prompt_left_the_reasoning(name, tail, text, want, step):
+    assert run_after(name, tail, text, step) == want

@@ -60,7 +60,40 @@ CASES = {
                     [("get_weather", WEATHER), ("get_time", {})]),
     "harmony": ("<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>"
                 '{"city": "Paris", "unit": "celsius"}<|call|>', "", [("get_weather", WEATHER)]),
+    "nemotron_deci": ('<TOOLCALL>[{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}, '
+                      '{"name": "get_time", "arguments": {}}]</TOOLCALL>', "",
+                      [("get_weather", WEATHER), ("get_time", {})]),
+    "jamba": ('<tool_calls>[{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}]</tool_calls>',
+              "", [("get_weather", WEATHER)]),
+    "phi4": ('functools[{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}, '
+             '{"name": "get_time", "arguments": {}}]', "", [("get_weather", WEATHER), ("get_time", {})]),
+    "deepseek_v3_1": ("<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>"
+                      '{"city": "Paris", "unit": "celsius"}<｜tool▁call▁end｜><｜tool▁call▁begin｜>get_time'
+                      "<｜tool▁sep｜>{}<｜tool▁call▁end｜><｜tool▁calls▁end｜>", "",
+                      [("get_weather", WEATHER), ("get_time", {})]),
+    "kimi_k2": ("I'll check. <|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0"
+                '<|tool_call_argument_begin|>{"city": "Paris", "unit": "celsius"}<|tool_call_end|>'
+                "<|tool_call_begin|>functions.get_time:1<|tool_call_argument_begin|>{}<|tool_call_end|>"
+                "<|tool_calls_section_end|>", "I'll check. ", [("get_weather", WEATHER), ("get_time", {})]),
+    "glm45": ("Let me check.\n<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n"
+              "<arg_key>days</arg_key>\n<arg_value>3</arg_value>\n</tool_call>\n<tool_call>get_time\n</tool_call>",
+              "Let me check.\n", [("get_weather", {"city": "Paris", "days": 3}), ("get_time", {})]),
+    "glm47": ("<tool_call>get_weather<arg_key>city</arg_key><arg_value>Paris</arg_value><arg_key>unit</arg_key>"
+              "<arg_value>celsius</arg_value></tool_call><tool_call>get_time</tool_call>", "",
+              [("get_weather", WEATHER), ("get_time", {})]),
+    "minimax_m2": ('<minimax:tool_call>\n<invoke name="get_weather">\n<parameter name="city">Paris</parameter>\n'
+                   '<parameter name="days">3</parameter>\n</invoke>\n<invoke name="get_time">\n</invoke>\n'
+                   "</minimax:tool_call>", "", [("get_weather", {"city": "Paris", "days": 3}), ("get_time", {})]),
+    "deepseek_v3_2": ('<｜DSML｜function_calls>\n<｜DSML｜invoke name="get_weather">\n<｜DSML｜parameter name="city" '
+                      'string="true">Paris</｜DSML｜parameter>\n<｜DSML｜parameter name="unit" string="true">celsius'
+                      '</｜DSML｜parameter>\n</｜DSML｜invoke>\n<｜DSML｜invoke name="get_time">\n</｜DSML｜invoke>\n'
+                      "</｜DSML｜function_calls>", "", [("get_weather", WEATHER), ("get_time", {})]),
+    "nemotron_nano": ("<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
+                      "<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>", "",
+                      [("get_weather", {"city": "Paris", "days": 3})]),
 }
+# Formats whose calls carry the model's own ids (its chat template expects them back).
+MODEL_IDS = {"kimi_k2": ["functions.get_weather:0", "functions.get_time:1"]}
 
 
 @pytest.mark.parametrize("step", [None, 1, 3, 7])
@@ -70,7 +103,10 @@ def test_documented_format(name, step):
     content, calls = run(name, text, step)
     assert content == want_content
     assert [(c["name"], json.loads(c["arguments"])) for c in calls] == want_calls
-    assert all(c["id"].startswith("call_") for c in calls)
+    if name in MODEL_IDS:
+        assert [c["id"] for c in calls] == MODEL_IDS[name]
+    else:
+        assert all(c["id"].startswith("call_") for c in calls)
     assert len({c["id"] for c in calls}) == len(calls)
 
 
@@ -103,6 +139,8 @@ def test_plain_text_passes_through_and_near_markers_are_released():
     ("llama3_json", '{"not": "a call"}'),
     ("pythonic", "[1, 2, 3] are numbers"),
     ("mistral", "[TOOL_CALLS]!!"),
+    ("glm45", "<tool_call>  </tool_call> after"),
+    ("nemotron_deci", "<TOOLCALL>no json</TOOLCALL>"),
 ])
 def test_malformed_output_degrades_to_content(name, text):
     for step in (None, 1):
@@ -136,3 +174,44 @@ def test_other_documented_forms(name, text, content, calls, step):
     got_content, got = run(name, text, step)
     assert got_content == content
     assert [(c["name"], json.loads(c["arguments"])) for c in got] == calls
+
+
+@pytest.mark.parametrize("step", [None, 1])
+def test_tagged_values_follow_the_schema_or_the_format_flag(step):
+    # DSML: `string="false"` decodes whatever the schema says; `string="true"` keeps text.
+    text = ('<｜DSML｜function_calls><｜DSML｜invoke name="get_weather"><｜DSML｜parameter name="days" string="false">'
+            '[1, 2]</｜DSML｜parameter><｜DSML｜parameter name="city" string="true">42</｜DSML｜parameter>'
+            "</｜DSML｜invoke></｜DSML｜function_calls>")
+    assert [(c["name"], json.loads(c["arguments"])) for c in run("deepseek_v3_2", text, step)[1]] == [
+        ("get_weather", {"days": [1, 2], "city": "42"})]
+    # GLM and MiniMax: the schema types them; a value that does not decode stays text.
+    text = ("<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>123</arg_value>\n<arg_key>days</arg_key>\n"
+            "<arg_value>soon</arg_value>\n<arg_key>extra</arg_key>\n<arg_value>{\"a\": 1}</arg_value>\n</tool_call>")
+    assert [(c["name"], json.loads(c["arguments"])) for c in run("glm45", text, step)[1]] == [
+        ("get_weather", {"city": "123", "days": "soon", "extra": '{"a": 1}'})]
+    text = '<minimax:tool_call><invoke name=get_weather><parameter name=days>7</parameter></invoke></minimax:tool_call>'
+    assert [(c["name"], json.loads(c["arguments"])) for c in run("minimax_m2", text, step)[1]] == [
+        ("get_weather", {"days": 7})]
+
+
+@pytest.mark.parametrize("step", [None, 1])
+def test_kimi_sections_singular_and_unterminated(step):
+    text = ("<|tool_call_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>"
+            '{"city": "Paris"}<|tool_call_end|><|tool_call_section_end|> done')
+    content, calls = run("kimi_k2", text, step)
+    # (whitespace right after a call is layout: streamed piecewise it is dropped)
+    assert (content.strip(), [(c["id"], c["name"]) for c in calls]) == ("done", [("functions.get_weather:0",
+                                                                                  "get_weather")])
+    # Cut off before the section closes: the complete call is kept.
+    content, calls = run("kimi_k2", text.split("<|tool_call_section_end|>")[0], step)
+    assert (content, [json.loads(c["arguments"]) for c in calls]) == ("", [{"city": "Paris"}])
+
+
+def test_tagged_names_are_sent_before_the_arguments_close():
+    parser = make_tool_parser("glm47", TOOLS)
+    _, first = parser.feed("<tool_call>get_weather<arg_key>city</arg_key><arg_value>Pa")
+    assert [(d.name, d.arguments) for d in first] == [("get_weather", "")]
+    _, more = parser.feed("ris</arg_value>")
+    assert "".join(d.arguments for d in more) == '{"city": "Paris"'
+    _, last = parser.feed("</tool_call>")
+    assert "".join(d.arguments for d in last) == "}"

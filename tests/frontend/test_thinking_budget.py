@@ -103,3 +103,19 @@ def test_a_closing_tag_begun_at_the_budget_is_finished_not_doubled():
     kept, spent = budget.spend(outs([1, 2, 50, 51, 3, 60]))  # at the budget, half a tag, then not the rest
     assert spent and ids(kept) == [1, 2, 50, 51, 3]
     assert budget.closing_output().token_ids == [4]  # only what the tag still lacks
+
+
+def test_the_prompts_own_tail_says_where_the_reasoning_stands():
+    # The template opened the reasoning: counting starts at the first token, for any parser.
+    budget = ThinkingBudget(2, TAGS, prompt_ids=[7, 8, 1, 2, 10])  # ... <think> "\n"
+    kept, spent = budget.spend(outs([50], [51, 52, 53]))
+    assert spent and ids(kept) == [50, 51]
+    # The template closed it (thinking off, `<think></think>`): nothing to count, even where the parser
+    # expects the output to start inside.
+    forced = ThinkMarkers(START, END, starts_inside=True, close=END)
+    budget = ThinkingBudget(0, forced, prompt_ids=[7, 1, 2, 10, 3, 4, 10])
+    stream = outs(list(range(50, 60)))
+    assert budget.spend(stream) == (stream, False)
+    # An opening tag far back in the prompt (an earlier turn) says nothing about this answer.
+    budget = ThinkingBudget(0, TAGS, prompt_ids=[1, 2, *range(50, 70)])
+    assert budget.spend(stream) == (stream, False)

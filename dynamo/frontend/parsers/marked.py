@@ -11,7 +11,7 @@ included, so malformed output degrades to text instead of failing the request.
 from __future__ import annotations
 
 import re
-from typing import Protocol
+from typing import Callable, Protocol
 
 from dynamo.frontend.parsers.base import ToolCallDelta, find_first, new_call_id, partial_suffix
 from dynamo.frontend.parsers.json_scan import ArgsCursor, ValueScanner, loads_or_none, skip_ws
@@ -252,14 +252,17 @@ def json_dumps(value) -> str:
 
 class HeaderCalls:
     """Inner stream for formats where a header regex carries the function name and the
-    arguments follow as one raw JSON value (DeepSeek, Mistral `name[ARGS]{...}`).
-    `trailer` is text that closes a call after its arguments (skipped)."""
+    arguments follow as one raw JSON value (DeepSeek, Mistral `name[ARGS]{...}`, Kimi).
+    `trailer` is text that closes a call after its arguments (skipped); `call` turns the header's
+    group 1 into (name, call id) where the model names its calls itself."""
 
-    def __init__(self, first_index: int, header: re.Pattern, trailer: re.Pattern | None = None) -> None:
+    def __init__(self, first_index: int, header: re.Pattern, trailer: re.Pattern | None = None,
+                 call: Callable[[str], tuple[str, str]] | None = None) -> None:
         self.emitted = 0
         self._first = first_index
         self._header = header
         self._trailer = trailer
+        self._call = call
         self._buf = ""
         self._pos = 0
         self._args: ArgsCursor | None = None
@@ -273,7 +276,8 @@ class HeaderCalls:
                 if not m:
                     return out
                 self.emitted += 1
-                out.append(ToolCallDelta(self._first + self.emitted - 1, new_call_id(), m.group(1).strip(), ""))
+                name, call_id = (self._call or _new_id)(m.group(1).strip())
+                out.append(ToolCallDelta(self._first + self.emitted - 1, call_id, name, ""))
                 self._args = ArgsCursor(m.end())
             piece = self._args.advance(self._buf)
             if piece:
@@ -289,3 +293,7 @@ class HeaderCalls:
 
     def close(self) -> list[ToolCallDelta]:
         return []
+
+
+def _new_id(name: str) -> tuple[str, str]:
+    return name, new_call_id()

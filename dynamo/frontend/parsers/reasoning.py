@@ -1,12 +1,23 @@
 """Reasoning parsers: split model text into reasoning (`reasoning_content`) and the
 answer. Tags split across tokens are held back, never shown.
 
-- basic, qwen3: `<think>..</think>` when the model opens it.
+- basic, qwen3 (and the other `<think>` families: GLM, Kimi K2, DeepSeek V3.x, MiniMax M2,
+  Nemotron Deci): `<think>..</think>` when the model opens it.
 - deepseek_r1 (and other "force reasoning" models): output starts inside reasoning,
   because the chat template already opened `<think>`; an opening tag, if the model
   repeats it, is dropped. Output with no `</think>` at all is all reasoning.
+- kimi (`◁think▷..◁/think▷`), granite ("Here is my thought process:" .. "Here is my
+  response:"), mistral (Magistral: `[THINK]..[/THINK]`, or `<think>` in its first release).
+- minimax_append_think: no split; the answer keeps its reasoning, `<think>` put back in front
+  (MiniMax's advice for M2: the reasoning must go back to the model in later turns).
 - gpt_oss: Harmony's analysis channel is reasoning; the final channel is the answer;
   messages to a tool pass through, markup intact, for the `harmony` tool parser.
+
+Where the rendered prompt ends decides where a tag parser starts (`prompt_ended`): a prompt
+that ends with the opening tag (a template that opens the reasoning for the model, as
+DeepSeek V3.1, GLM-4.7 and MiniMax M2 do in thinking mode) starts it inside; one that ends
+with the closing tag (thinking switched off: Qwen3's `enable_thinking: false`) makes the
+whole output the answer, even for a force-reasoning parser.
 """
 
 from __future__ import annotations
@@ -18,14 +29,26 @@ from dynamo.frontend.parsers.harmony import HarmonyStream
 class ThinkTagParser:
     needs_special_tokens = False
 
-    def __init__(self, start: str = "<think>", end: str = "</think>", forced: bool = False) -> None:
-        self.start, self.end = start, end
-        self.budget_tags = BudgetTags(start, end, end, starts_inside=forced)
+    def __init__(self, start: str | tuple[str, ...] = "<think>", end: str | tuple[str, ...] = "</think>",
+                 forced: bool = False) -> None:
+        # Several spellings of a tag may be given; the first is the one a budget writes.
+        self.starts = (start,) if isinstance(start, str) else tuple(start)
+        self.ends = (end,) if isinstance(end, str) else tuple(end)
+        self.budget_tags = BudgetTags(self.starts[0], self.ends[0], self.ends[0], starts_inside=forced)
         self._buf = ""
         self._in = forced
         self._done = False
         self._at_start = True  # a repeated opening tag may still come (forced mode)
         self._strip_lead = False
+
+    def prompt_ended(self, tail: str) -> None:
+        """The rendered prompt ends with `tail`: an opening tag there puts the output inside the
+        reasoning, a closing tag there (thinking switched off) makes it all answer."""
+        tail = tail.rstrip()
+        if any(tail.endswith(tag) for tag in self.ends):
+            self._in, self._done = False, True
+        elif any(tail.endswith(tag) for tag in self.starts):
+            self._in, self._at_start = True, True
 
     def feed(self, text: str) -> tuple[str, str]:
         self._buf += text
@@ -49,17 +72,18 @@ class ThinkTagParser:
             return False
         if self._in and self._at_start:
             stripped = buf.lstrip()
-            if not stripped or (self.start.startswith(stripped) and stripped != self.start):
+            if not stripped or any(t.startswith(stripped) and stripped != t for t in self.starts):
                 return False  # could still be the opening tag
             self._at_start = False
-            if stripped.startswith(self.start):
-                self._buf = stripped[len(self.start):]
+            opening = next((t for t in self.starts if stripped.startswith(t)), None)
+            if opening is not None:
+                self._buf = stripped[len(opening):]
                 return True
-        tag = self.end if self._in else self.start
-        i, _ = find_first(buf, (tag,))
+        tags = self.ends if self._in else self.starts
+        i, tag = find_first(buf, tags)
         out = reasoning if self._in else content
-        if i == -1:
-            keep = partial_suffix(buf, (tag,))
+        if tag is None:
+            keep = partial_suffix(buf, tags)
             out.append(buf[:len(buf) - keep])
             self._buf = buf[len(buf) - keep:]
             return False
@@ -76,14 +100,65 @@ class ThinkTagParser:
         return (buf, "") if self._in else ("", buf)
 
 
-@register_reasoning_parser("basic", "qwen3", "qwen3_coder")
+@register_reasoning_parser("basic", "qwen3", "qwen3_coder", "nemotron_deci", "glm45", "glm47", "kimi_k2",
+                           "minimax_m2", "deepseek_v3", "deepseek_v3_1", "deepseek_v3_2")
 def _basic() -> ThinkTagParser:
     return ThinkTagParser()
 
 
-@register_reasoning_parser("deepseek_r1", "mistral", "step3", "nemotron_nano", "nemotron3", "kimi_k25")
+@register_reasoning_parser("deepseek_r1", "step3", "nemotron_nano", "nemotron3", "nemotron_v3", "kimi_k25")
 def _forced() -> ThinkTagParser:
     return ThinkTagParser(forced=True)
+
+
+@register_reasoning_parser("mistral")
+def _mistral() -> ThinkTagParser:
+    """Magistral reasons first: `[THINK]..[/THINK]` (special tokens), `<think>` in its first release."""
+    parser = ThinkTagParser(("[THINK]", "<think>"), ("[/THINK]", "</think>"), forced=True)
+    parser.needs_special_tokens = True  # `[THINK]` is a control token: plain detokenization drops it
+    return parser
+
+
+@register_reasoning_parser("kimi")
+def _kimi() -> ThinkTagParser:
+    return ThinkTagParser("◁think▷", "◁/think▷")
+
+
+@register_reasoning_parser("granite")
+def _granite() -> ThinkTagParser:
+    """Granite 3.2+ with `thinking`: the reasoning and the answer follow fixed phrases."""
+    return ThinkTagParser(("Here is my thought process:", "Here's my thought process:"),
+                          ("Here is my response:", "Here's my response:"))
+
+
+class AppendThinkParser:
+    """No split: the reasoning stays in the answer, with the `<think>` the template opened put
+    back in front, as MiniMax advises for M2 (later turns must carry the reasoning back)."""
+
+    needs_special_tokens = False
+    budget_tags = None
+
+    def __init__(self) -> None:
+        self._started = False
+        self._opened = True  # unless the prompt is known not to end with `<think>`
+
+    def prompt_ended(self, tail: str) -> None:
+        self._opened = tail.rstrip().endswith("<think>")
+
+    def feed(self, text: str) -> tuple[str, str]:
+        if not text:
+            return "", ""
+        if not self._started:
+            self._started = True
+            if self._opened and not text.lstrip().startswith("<think>"):
+                return "", "<think>" + text
+        return "", text
+
+    def finish(self) -> tuple[str, str]:
+        return "", ""
+
+
+register_reasoning_parser("minimax_append_think")(AppendThinkParser)
 
 
 class GptOssReasoningParser:

@@ -9,6 +9,15 @@ family's documented output:
 - default (Dynamo's default): `<TOOLCALL>[{..}, ..]</TOOLCALL>` or `<|python_tag|>{..}`
 - deepseek_v3: `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>name
   ```json {..} ```<｜tool▁call▁end｜>...<｜tool▁calls▁end｜>`
+- deepseek_v3_1: the same block, each call `<｜tool▁call▁begin｜>name<｜tool▁sep｜>{..}<｜tool▁call▁end｜>`
+- kimi_k2 (Kimi K2, K2.5): `<|tool_calls_section_begin|><|tool_call_begin|>functions.name:0
+  <|tool_call_argument_begin|>{..}<|tool_call_end|>...<|tool_calls_section_end|>`; the call's id is
+  the model's own `functions.name:N`, which its chat template expects back
+- nemotron_deci (Llama Nemotron): `<TOOLCALL>[{..}, ..]</TOOLCALL>`
+- jamba (AI21 Jamba): `<tool_calls>[{..}, ..]</tool_calls>`
+- phi4 (Phi-4-mini): `functools[{..}, ..]`
+
+Tagged-parameter formats (Qwen3-Coder, GLM, MiniMax, DeepSeek V3.2) are in `tagged_calls.py`.
 """
 
 from __future__ import annotations
@@ -17,6 +26,26 @@ import re
 
 from dynamo.frontend.parsers.base import register_tool_parser
 from dynamo.frontend.parsers.marked import HeaderCalls, Inner, JsonCalls, MarkedToolParser
+
+
+def _json_block(names: tuple[str, ...], start: str, end: str | None, specials: bool = True) -> type:
+    """A format whose block (between `start` and `end`) is JSON call objects, or a list of them."""
+
+    class Parser(MarkedToolParser):
+        start_markers = (start,)
+        end_marker = end
+        needs_special_tokens = specials
+
+        def make_inner(self, marker: str, first_index: int) -> Inner:
+            return JsonCalls(first_index)
+
+    Parser.__name__ = Parser.__qualname__ = "".join(n.title() for n in names[0].split("_")) + "Parser"
+    return register_tool_parser(*names)(Parser)
+
+
+_json_block(("nemotron_deci",), "<TOOLCALL>", "</TOOLCALL>")
+_json_block(("jamba",), "<tool_calls>", "</tool_calls>")
+_json_block(("phi4",), "functools", None, specials=False)
 
 
 @register_tool_parser("hermes", "qwen25", "qwen3")
@@ -116,3 +145,40 @@ class JsonListParser(MarkedToolParser):
 
     def make_inner(self, marker: str, first_index: int) -> Inner:
         return JsonCalls(first_index)
+
+
+_DS31_HEADER = re.compile(r"<｜tool▁call▁begin｜>\s*([^<\n]+?)\s*<｜tool▁sep｜>\s*")
+_DS31_TRAILER = re.compile(r"\s*<｜tool▁call▁end｜>")
+
+
+@register_tool_parser("deepseek_v3_1")
+class DeepSeekV31Parser(MarkedToolParser):
+    start_markers = ("<｜tool▁calls▁begin｜>",)
+    end_marker = "<｜tool▁calls▁end｜>"
+    needs_special_tokens = True
+
+    def make_inner(self, marker: str, first_index: int) -> Inner:
+        return HeaderCalls(first_index, _DS31_HEADER, _DS31_TRAILER)
+
+
+_KIMI_HEADER = re.compile(r"<\|tool_call_begin\|>\s*([\w.\-]+:\d+)\s*<\|tool_call_argument_begin\|>\s*")
+_KIMI_TRAILER = re.compile(r"\s*<\|tool_call_end\|>")
+_KIMI_ID = re.compile(r"(?:functions\.)?(.+):\d+")
+_KIMI_SECTIONS = {"<|tool_calls_section_begin|>": "<|tool_calls_section_end|>",
+                  "<|tool_call_section_begin|>": "<|tool_call_section_end|>"}
+
+
+def _kimi_call(function_id: str) -> tuple[str, str]:
+    """(name, call id) of Kimi's `functions.get_weather:0`: the id is kept as the model wrote it."""
+    m = _KIMI_ID.fullmatch(function_id)
+    return (m.group(1) if m else function_id), function_id
+
+
+@register_tool_parser("kimi_k2", "kimi_k25")
+class KimiK2Parser(MarkedToolParser):
+    start_markers = tuple(_KIMI_SECTIONS)
+    needs_special_tokens = True
+
+    def make_inner(self, marker: str, first_index: int) -> Inner:
+        self.end_marker = _KIMI_SECTIONS[marker]
+        return HeaderCalls(first_index, _KIMI_HEADER, _KIMI_TRAILER, call=_kimi_call)
