@@ -48,6 +48,12 @@ _COMPAT: dict[str, str] = {
     "dynamo.trtllm": "dynamo.worker.compat_flags:TRTLLM_FLAGS",
 }
 
+# Arguments a command takes in a mode of its own before its parser sees them: {module: "module:function"},
+# function(args, env) -> (args left, warnings).
+_PREPARE: dict[str, str] = {
+    "dynamo.frontend": "dynamo.frontend.config:strip_vllm_engine_args",  # `--dyn-chat-processor vllm`
+}
+
 # Helper modules of this package that manifests may run directly (no flags to check).
 _UNCHECKED = {"dynamo.llm.tiny_model", "dynamo.deploy"}
 
@@ -109,6 +115,7 @@ def check_args(module: str, args: list[str]) -> FlagCheck:
     # Values filled in by the shell or by Kubernetes (`$(VAR)`) are unknown here: use a
     # neutral stand-in that passes int, float and str flags.
     concrete = ["0" if "$" in a and not a.startswith("-") else a for a in args]
+    concrete, prepared = _prepare(module, concrete)
     compat = _compat_flags(module)
     if compat is not None:
         compat.add_to(parser)
@@ -121,7 +128,15 @@ def check_args(module: str, args: list[str]) -> FlagCheck:
         return FlagCheck([f"{module}: arguments make the program exit (--help?)"], [])
     errors = [f"{module}: unknown flag {a}" if a.startswith("-") else f"{module}: unexpected argument {a!r}"
               for a in unknown]
-    return FlagCheck(errors, [f"{module}: {text}" for text in ignored])
+    return FlagCheck(errors, [f"{module}: {text}" for text in prepared + ignored])
+
+
+def _prepare(module: str, args: list[str]) -> tuple[list[str], list[str]]:
+    path = _PREPARE.get(module)
+    if path is None:
+        return args, []
+    mod, _, attr = path.partition(":")
+    return getattr(importlib.import_module(mod), attr)(args, {})
 
 
 def _compat_flags(module: str):

@@ -5,6 +5,9 @@ fields too, so `--help` lists them and `dump_config` shows them, under the same 
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -13,7 +16,7 @@ from dynamo.router.config import ROUTER_MODES, KvRouterConfig
 from dynamo.router.session_affinity import MAX_TTL_SECS
 from dynamo.frontend.compat_flags import FRONTEND_FLAGS
 from dynamo.frontend.model_defaults import check_model_defaults
-from dynamo.runtime.compat_args import parse_with_compat
+from dynamo.runtime.compat_args import compat_parser, parse_with_compat
 from dynamo.runtime.config import setting
 from dynamo.runtime.config_dump import DumpConfigTo
 from dynamo.runtime.settings import discovery_backend_setting, event_plane_setting
@@ -137,10 +140,57 @@ def parse_frontend_args(argv: Sequence[str] | None = None, environ: Mapping[str,
                         ) -> tuple[FrontendConfig, list[str]]:
     """(the frontend's config, a warning per NVIDIA Dynamo flag accepted without effect): Dynamo
     flags this frontend does not act on are accepted or refused as compat_flags.py says."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, engine_warning = strip_vllm_engine_args(argv, os.environ if environ is None else environ)
     config, warnings = parse_with_compat(FrontendConfig, FRONTEND_FLAGS, argv, prog="python -m dynamo.frontend",
                                          environ=environ)
+    warnings += engine_warning
     if config.request_plane != "tcp":
         warnings.append(f"--request-plane {config.request_plane} is accepted for compatibility with NVIDIA Dynamo and "
                         "has no effect: requests and responses always travel over TCP between our frontend and "
                         "workers")
     return config, warnings
+
+
+def _chat_processor(argv: Sequence[str], environ: Mapping[str, str]) -> str:
+    for i, arg in enumerate(argv):
+        if arg == "--dyn-chat-processor" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--dyn-chat-processor="):
+            return arg.split("=", 1)[1]
+    return environ.get("DYN_CHAT_PROCESSOR", "dynamo")
+
+
+def strip_vllm_engine_args(argv: list[str], environ: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """NVIDIA Dynamo's `--dyn-chat-processor vllm` frontend parses what its own flags leave with vLLM's
+    engine parser, so a manifest may pass it engine arguments (`--max-model-len`, ...). They are
+    accepted here as vLLM 0.32 spells them (our static table), with a warning: the workers run the
+    engine. (argv without them, the warnings); any other unknown flag stays for argparse to refuse."""
+    if _chat_processor(argv, environ) != "vllm":
+        return argv, []
+    ours, unknown = compat_parser(FrontendConfig, FRONTEND_FLAGS).parse_known_args(argv)
+    if not unknown:
+        return argv, []
+    from dynamo.vllm import engine_flags  # a data table only: nothing of vLLM is imported
+    from dynamo.worker.flag_table import add_static_flags
+
+    engine = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    add_static_flags(engine, engine_flags)
+    given, rest = engine.parse_known_args(unknown)
+    taken = [a for a in unknown if a not in rest]
+    names = sorted("--" + k.replace("_", "-") for k, v in vars(given).items() if v is not None)
+    if not names:
+        return argv, []
+    return _without(argv, taken), [f"vLLM engine arguments given to this --dyn-chat-processor vllm frontend have "
+                                   f"no effect here (the workers run the engine): {', '.join(names)}"]
+
+
+def _without(argv: list[str], taken: list[str]) -> list[str]:
+    """`argv` less the tokens of `taken`, a subsequence of it in order."""
+    out, i = [], 0
+    for arg in argv:
+        if i < len(taken) and arg == taken[i]:
+            i += 1
+        else:
+            out.append(arg)
+    return out

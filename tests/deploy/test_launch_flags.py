@@ -36,3 +36,10 @@ def test_launch_script_flags_check_clean(script):
 def test_a_misspelt_flag_is_caught():
     result = check_args("dynamo.sglang", ["--model-path", "m", "--page-sise", "16"])
     assert any("--page-sise" in e for e in result.errors)
+
+
+def test_a_vllm_chat_processor_frontend_passes_validation_with_engine_arguments():
+    check = check_args("dynamo.frontend", ["--dyn-chat-processor", "vllm", "--max-model-len", "4096",
+                                           "--tool-call-parser", "hermes"])
+    assert check.errors == [] and any("--max-model-len" in w for w in check.warnings)
+    assert check_args("dynamo.frontend", ["--max-model-len", "4096"]).errors

@@ -131,3 +131,27 @@ def test_a_nats_request_plane_is_accepted_with_a_warning_as_ours_is_always_tcp()
         config, warnings = parse_frontend_args(argv, environ=environ)
         assert config.request_plane == "nats" and len(warnings) == 1 and "always travel over TCP" in warnings[0]
     assert parse_frontend_args(["--request-plane", "tcp"], environ={})[1] == []
+
+
+def test_a_vllm_chat_processor_frontend_takes_vllm_engine_arguments_with_a_warning():
+    argv = ["--dyn-chat-processor", "vllm", "--tool-call-parser", "hermes", "--max-model-len", "4096",
+            "--enable-prefix-caching", "--http-port", "8123", "--gpu-memory-utilization=0.9"]
+    config, warnings = parse_frontend_args(argv, {})
+    assert (config.http_port, config.tool_call_parser) == (8123, "hermes")
+    engine = [w for w in warnings if "vLLM engine arguments" in w]
+    assert engine and all(f in engine[0] for f in ("--max-model-len", "--enable-prefix-caching",
+                                                   "--gpu-memory-utilization"))
+    # The same through Dynamo's variable for the processor.
+    config, warnings = parse_frontend_args(["--max-model-len", "4096"], {"DYN_CHAT_PROCESSOR": "vllm"})
+    assert any("--max-model-len" in w for w in warnings)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--max-model-len", "4096"],  # the default processor: Dynamo refuses unknown flags too
+    ["--dyn-chat-processor", "vllm", "--not-a-vllm-flag", "1"],
+    ["--dyn-chat-processor", "sglang", "--max-model-len", "4096"],
+])
+def test_other_unknown_flags_are_still_refused(argv, capsys):
+    with pytest.raises(SystemExit):
+        parse_frontend_args(argv, {})
+    assert "unrecognized arguments" in capsys.readouterr().err
