@@ -5,7 +5,9 @@ prefill side stages the request's KV bytes (`KvSender.stage`) and returns metada
 the same shape as NIXL's `kv_transfer_params` plus `"transport": "tcp"`; the decode side
 pulls them (`pull`) over a plain TCP stream, chunked and checksummed (xxh3 per chunk).
 The sender holds at most `cap_bytes` (backpressure on `stage`) and drops transfers not
-claimed within `ttl_s`.
+claimed within `ttl_s`. With the request plane's TLS settings (`DYN_TCP_TLS_*`) both sides speak
+TLS: the sender with the worker's certificate (demanding client certificates under a client CA),
+the puller verifying it against the CA.
 """
 
 from dynamo.kv_transfer.receiver import Pulled, pull

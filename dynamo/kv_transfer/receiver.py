@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dynamo.kv_transfer import wire
+from dynamo.runtime.tls import ClientTls
 
 
 @dataclass
@@ -27,17 +28,18 @@ class Pulled:
 
 
 def pull(host: str, port: int, transfer_id: str, wait_s: float = 10.0, timeout: float = 30.0,
-         retries: int = 2, into: bytearray | None = None) -> Pulled:
+         retries: int = 2, into: bytearray | None = None, tls: ClientTls | None = None) -> Pulled:
     """The bytes and metadata of `transfer_id` from the sender at host:port.
 
     `wait_s`: how long the sender may wait for the transfer to be staged (the prefill
     side may answer before it has staged); `timeout`: per socket operation; `into`: a
-    buffer to receive into when it has exactly the announced size (saves an allocation)."""
+    buffer to receive into when it has exactly the announced size (saves an allocation); `tls`: pull
+    over TLS, verifying the sender as the request plane verifies workers (never plaintext then)."""
     started = time.monotonic()
     last: wire.TransferError | None = None
     for attempt in range(1, retries + 2):
         try:
-            meta, data = _pull_once(host, port, transfer_id, wait_s, timeout, into)
+            meta, data = _pull_once(host, port, transfer_id, wait_s, timeout, into, tls)
             return Pulled(meta, data, time.monotonic() - started, attempt)
         except wire.ChecksumError as exc:
             last = exc
@@ -46,13 +48,16 @@ def pull(host: str, port: int, transfer_id: str, wait_s: float = 10.0, timeout: 
 
 
 def _pull_once(host: str, port: int, transfer_id: str, wait_s: float, timeout: float,
-               into: bytearray | None) -> tuple[dict[str, Any], bytearray]:
+               into: bytearray | None, tls: ClientTls | None) -> tuple[dict[str, Any], bytearray]:
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
         raise wire.TransferError(f"cannot connect to KV sender {host}:{port}: {exc}") from exc
-    sock.settimeout(timeout + wait_s)
     try:
+        if tls is not None:
+            sock.settimeout(tls.handshake_timeout)
+            sock = tls.context.wrap_socket(sock, server_hostname=tls.hostname(host))
+        sock.settimeout(timeout + wait_s)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         wire.send_frame(sock, wire.PullRequest(transfer_id=transfer_id, wait_s=wait_s))
         header = wire.recv_frame(sock, wire.PullHeader)

@@ -16,6 +16,7 @@ from typing import Any
 from dynamo.kv_transfer import wire
 from dynamo.kv_transfer.io_threads import unpin_current_thread
 from dynamo.kv_transfer.store import StagingStore
+from dynamo.runtime.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,9 @@ MAX_WAIT_S = 60.0  # cap on how long a pull may ask us to wait for staging
 class KvSender:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, cap_bytes: int = DEFAULT_CAP_BYTES,
                  ttl_s: float = DEFAULT_TTL_S, chunk_bytes: int = wire.DEFAULT_CHUNK_BYTES,
-                 max_connections: int = 64) -> None:
+                 max_connections: int = 64, tls: ServerTls | None = None) -> None:
         self.store = StagingStore(cap_bytes, ttl_s)
+        self.tls = tls  # the request plane's server TLS: pulls are served over TLS only
         self.chunk_bytes = chunk_bytes
         self._conn_slots = threading.BoundedSemaphore(max_connections)
         self._listener = socket.create_server((host, port), reuse_port=False, backlog=128)
@@ -79,6 +81,8 @@ class KvSender:
 
     def _serve(self, conn: socket.socket) -> None:
         try:
+            if self.tls is not None:
+                conn = self._handshake(conn)
             while not self._closed.is_set():
                 try:
                     request = wire.recv_frame(conn, wire.PullRequest)
@@ -92,6 +96,17 @@ class KvSender:
                 self._conns.discard(conn)
             _shutdown(conn)
             self._conn_slots.release()
+
+    def _handshake(self, plain: socket.socket) -> socket.socket:
+        """The connection over TLS (a peer that does not complete the handshake in time is dropped)."""
+        assert self.tls is not None
+        plain.settimeout(self.tls.handshake_timeout)
+        conn = self.tls.context.wrap_socket(plain, server_side=True)
+        conn.settimeout(None)
+        with self._lock:
+            self._conns.discard(plain)
+            self._conns.add(conn)
+        return conn
 
     def _serve_pull(self, conn: socket.socket, request: wire.PullRequest) -> None:
         entry = self.store.checkout(request.transfer_id, min(max(request.wait_s, 0.0), MAX_WAIT_S))

@@ -35,6 +35,8 @@ from vllm.distributed.kv_transfer.kv_connector.v1.metrics import KVConnectorStat
 
 from dynamo.kv_transfer import KvSender, TooLarge, TransferError, pull
 from dynamo.kv_transfer.io_threads import unpin_current_thread
+from dynamo.runtime.settings import RuntimeSettings
+from dynamo.runtime.tls import ClientTls, ServerTls
 
 if TYPE_CHECKING:
     from vllm.v1.core.kv_cache_manager import KVCacheBlocks
@@ -222,6 +224,9 @@ class _WorkerSide:
         self.recvd: set[str] = set()
         self.failed: set[str] = set()
         self.stats = TcpConnectorStats()
+        # The request plane's TLS settings (DYN_TCP_TLS_*, inherited from the worker) cover KV pulls too.
+        settings = RuntimeSettings.from_env()
+        self.server_tls, self.client_tls = ServerTls.of(settings), ClientTls.of(settings)
 
     def register(self, kv_caches: dict[str, torch.Tensor], num_blocks: int) -> None:
         self.kv = dict(sorted(kv_caches.items()))
@@ -230,7 +235,7 @@ class _WorkerSide:
         if self.conn.producer:
             self.sender = KvSender(str(self.extra.get("bind_host", self.conn.host)), self.conn.port,
                                    cap_bytes=int(self.extra.get("cap_bytes", 1 << 30)),
-                                   ttl_s=float(self.extra.get("ttl_s", 60.0))).start()
+                                   ttl_s=float(self.extra.get("ttl_s", 60.0)), tls=self.server_tls).start()
         log.info("DynamoTcpConnector worker: %d layers, KV shape %s (blocks on dim %d), %s", len(self.kv),
                  tuple(shape), self.block_dim,
                  f"serving pulls on {self.conn.host}:{self.conn.port}" if self.sender else "pulling")
@@ -273,7 +278,7 @@ class _WorkerSide:
         try:
             got = pull(str(params["remote_host"]), int(params["remote_port"]), str(params["remote_request_id"]),
                        wait_s=float(self.extra.get("pull_wait_s", 10.0)),
-                       timeout=float(self.extra.get("pull_timeout_s", 30.0)))
+                       timeout=float(self.extra.get("pull_timeout_s", 30.0)), tls=self.client_tls)
             self._write(got.meta, got.data, spec)
         except (TransferError, ValueError, RuntimeError) as exc:
             log.warning("KV pull for %s failed (%s); vLLM recomputes the prompt", rid, exc)

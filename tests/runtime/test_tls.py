@@ -7,30 +7,17 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-import trustme
 
 from dynamo.runtime.rp_client import CannotConnect, Disconnected, RequestPlaneClient, StreamError
 from dynamo.runtime.rp_server import RequestPlaneServer
 from dynamo.runtime.settings import RuntimeSettings
 from dynamo.runtime.tls import ClientTls, ServerTls, TlsConfigError
+from tests.fixtures.pki import make_pki
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    """Files of a CA, a worker certificate for 127.0.0.1 and a client certificate, and a stranger CA."""
-    tmp = tmp_path_factory.mktemp("pki")
-    ca, stranger = trustme.CA(), trustme.CA()
-    files = {"ca": tmp / "ca.pem", "stranger": tmp / "stranger.pem", "cert": tmp / "worker.pem",
-             "key": tmp / "worker.key", "client_cert": tmp / "client.pem", "client_key": tmp / "client.key"}
-    ca.cert_pem.write_to_path(str(files["ca"]))
-    stranger.cert_pem.write_to_path(str(files["stranger"]))
-    worker = ca.issue_cert("127.0.0.1", "worker.dynamo.svc")
-    worker.cert_chain_pems[0].write_to_path(str(files["cert"]))
-    worker.private_key_pem.write_to_path(str(files["key"]))
-    client = ca.issue_cert("frontend.dynamo.svc")
-    client.cert_chain_pems[0].write_to_path(str(files["client_cert"]))
-    client.private_key_pem.write_to_path(str(files["client_key"]))
-    return {k: str(v) for k, v in files.items()}
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def settings(**env) -> RuntimeSettings:
