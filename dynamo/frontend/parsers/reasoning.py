@@ -100,10 +100,18 @@ class ThinkTagParser:
         return (buf, "") if self._in else ("", buf)
 
 
-@register_reasoning_parser("basic", "qwen3", "qwen3_coder", "nemotron_deci", "glm45", "glm47", "kimi_k2",
-                           "minimax_m2", "deepseek_v3", "deepseek_v3_1", "deepseek_v3_2")
+@register_reasoning_parser("basic", "qwen3", "qwen3_coder")
 def _basic() -> ThinkTagParser:
     return ThinkTagParser()
+
+
+@register_reasoning_parser("nemotron_deci", "glm45", "glm47", "kimi_k2", "minimax_m2", "deepseek_v3", "deepseek_v3_1",
+                           "deepseek_v3_2")
+def _think_tokens() -> ThinkTagParser:
+    """`<think>` families whose tokenizers may make the tags special tokens: shown, so they are seen."""
+    parser = ThinkTagParser()
+    parser.needs_special_tokens = True
+    return parser
 
 
 @register_reasoning_parser("deepseek_r1", "step3", "nemotron_nano", "nemotron3", "nemotron_v3", "kimi_k25")
