@@ -19,3 +19,12 @@ def test_workers_refuse_unknown_names():
         check_parser_names("nope", None)
     with pytest.raises(ValueError, match="--dyn-reasoning-parser"):
         check_parser_names(None, "nope")
+
+
+def test_dynamos_newest_names_reasoning_falls_back_tools_refused():
+    """A reasoning format not known here is parsed as `<think>` tags (Dynamo's own fallback); a tool-call
+    format not known here stops the worker rather than leave an agent's calls unparsed."""
+    check_parser_names(None, "gemma4")
+    assert REASONING_PARSERS["kimi_k3"]().feed("<think>a</think>b") == ("a", "b")
+    with pytest.raises(ValueError, match="--dyn-tool-call-parser"):
+        check_parser_names("gemma4", None)
