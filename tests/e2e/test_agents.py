@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -102,7 +103,7 @@ def cluster(tiny_model, tmp_path_factory):
                 (tmp / f"{name}.jinja").write_text(TEMPLATED[name])
                 args += ["--custom-jinja-template", str(tmp / f"{name}.jinja")]
             c.mocker(*args, model_name=name, system_port=False)
-        c.frontend()
+        c.frontend("--enable-anthropic-api")
         for name in WORKERS:
             c.wait_workers(name, 1, timeout=120)
         yield c
@@ -388,3 +389,18 @@ def test_bad_agent_requests_are_400(cluster, path, body, param):
     assert resp.status_code == 400, resp.text
     error = resp.json()["error"]
     assert error["type"] == "invalid_request_error" and (param is None or error["param"] == param)
+
+
+@pytest.mark.parametrize("model", ["kimi_k2", "glm47", "minimax_m2", "deepseek_v3_2"])
+def test_claude_code_against_agent_models_gets_tool_use_blocks(cluster, model):
+    """Anthropic's Messages API (how Claude Code is pointed at Kimi, GLM, MiniMax or DeepSeek) over the
+    same parsers: tool_use blocks with the arguments as input; Kimi's own call ids kept as the blocks'."""
+    client = anthropic.Anthropic(base_url=cluster.base_url, api_key="unused", max_retries=0, timeout=60)
+    tools = [{"name": t["function"]["name"], "input_schema": t["function"]["parameters"]} for t in TOOLS]
+    msg = client.messages.create(model=model, max_tokens=400, tools=tools,
+                                 messages=[{"role": "user", "content": f"case:{model}"}])
+    assert [(b.type, b.name, b.input) for b in msg.content] == [("tool_use", "get_weather", WEATHER),
+                                                                ("tool_use", "get_time", {})]
+    assert msg.stop_reason == "tool_use"
+    if model in MODEL_IDS:
+        assert {b.id for b in msg.content} == MODEL_IDS[model]
