@@ -141,34 +141,24 @@ DSML = TagFormat(re.compile(r'<｜DSML｜invoke name="([^"]+)"\s*>'), "</｜DSML
                  "</｜DSML｜parameter>", "<｜DSML｜parameter")
 
 
-class _TaggedParser(MarkedToolParser):
-    fmt: TagFormat
+def _tagged(names: tuple[str, ...], start: str, end: str, fmt: TagFormat, specials: bool) -> type:
+    """A format whose block (between `start` and `end`) holds `fmt`'s functions."""
 
-    def make_inner(self, marker: str, first_index: int):
-        return TaggedCalls(first_index, self.fmt, schema_types(self.tools))
+    class Parser(MarkedToolParser):
+        start_markers = (start,)
+        end_marker = end
+        needs_special_tokens = specials
 
+        def make_inner(self, marker: str, first_index: int):
+            return TaggedCalls(first_index, fmt, schema_types(self.tools))
 
-@register_tool_parser("qwen3_coder", "nemotron_nano")
-class Qwen3CoderParser(_TaggedParser):
-    start_markers = ("<tool_call>",)
-    end_marker = "</tool_call>"
-    fmt = QWEN3_CODER
-
-
-@register_tool_parser("minimax_m2")
-class MiniMaxM2Parser(_TaggedParser):
-    start_markers = ("<minimax:tool_call>",)
-    end_marker = "</minimax:tool_call>"
-    needs_special_tokens = True
-    fmt = MINIMAX_M2
+    Parser.__name__ = Parser.__qualname__ = "".join(n.title() for n in names[0].split("_")) + "Parser"
+    return register_tool_parser(*names)(Parser)
 
 
-@register_tool_parser("deepseek_v3_2")
-class DeepSeekV32Parser(_TaggedParser):
-    start_markers = ("<｜DSML｜function_calls>",)
-    end_marker = "</｜DSML｜function_calls>"
-    needs_special_tokens = True
-    fmt = DSML
+_tagged(("qwen3_coder", "nemotron_nano"), "<tool_call>", "</tool_call>", QWEN3_CODER, specials=False)
+_tagged(("minimax_m2",), "<minimax:tool_call>", "</minimax:tool_call>", MINIMAX_M2, specials=True)
+_tagged(("deepseek_v3_2",), "<｜DSML｜function_calls>", "</｜DSML｜function_calls>", DSML, specials=True)
 
 
 _GLM_NAME = re.compile(r"\s*([^<\s][^<\n]*?)\s*(?=<arg_key>|\n)")

@@ -127,14 +127,22 @@ _DS_HEADER = re.compile(r"<｜tool▁call▁begin｜>(?:function)?<｜tool▁sep
 _DS_TRAILER = re.compile(r"\s*```\s*<｜tool▁call▁end｜>")
 
 
-@register_tool_parser("deepseek_v3")
-class DeepSeekV3Parser(MarkedToolParser):
+class _DeepSeekCalls(MarkedToolParser):
+    """DeepSeek's calls block; its versions differ in how each call is headed (`header`, `trailer`)."""
+
     start_markers = ("<｜tool▁calls▁begin｜>",)
     end_marker = "<｜tool▁calls▁end｜>"
     needs_special_tokens = True
+    header: re.Pattern
+    trailer: re.Pattern
 
     def make_inner(self, marker: str, first_index: int) -> Inner:
-        return HeaderCalls(first_index, _DS_HEADER, _DS_TRAILER)
+        return HeaderCalls(first_index, self.header, self.trailer)
+
+
+@register_tool_parser("deepseek_v3")
+class DeepSeekV3Parser(_DeepSeekCalls):
+    header, trailer = _DS_HEADER, _DS_TRAILER
 
 
 class JsonListParser(MarkedToolParser):
@@ -152,13 +160,8 @@ _DS31_TRAILER = re.compile(r"\s*<｜tool▁call▁end｜>")
 
 
 @register_tool_parser("deepseek_v3_1")
-class DeepSeekV31Parser(MarkedToolParser):
-    start_markers = ("<｜tool▁calls▁begin｜>",)
-    end_marker = "<｜tool▁calls▁end｜>"
-    needs_special_tokens = True
-
-    def make_inner(self, marker: str, first_index: int) -> Inner:
-        return HeaderCalls(first_index, _DS31_HEADER, _DS31_TRAILER)
+class DeepSeekV31Parser(_DeepSeekCalls):
+    header, trailer = _DS31_HEADER, _DS31_TRAILER
 
 
 _KIMI_HEADER = re.compile(r"<\|tool_call_begin\|>\s*([\w.\-]+:\d+)\s*<\|tool_call_argument_begin\|>\s*")
