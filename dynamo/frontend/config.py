@@ -168,7 +168,9 @@ def strip_vllm_engine_args(argv: list[str], environ: Mapping[str, str]) -> tuple
     engine. (argv without them, the warnings); any other unknown flag stays for argparse to refuse."""
     if _chat_processor(argv, environ) != "vllm":
         return argv, []
-    ours, unknown = compat_parser(FrontendConfig, FRONTEND_FLAGS).parse_known_args(argv)
+    parser = compat_parser(FrontendConfig, FRONTEND_FLAGS)
+    parser.allow_abbrev = False  # vLLM's `--model` is its own flag, not short for our `--model-name`
+    ours, unknown = parser.parse_known_args(argv)
     if not unknown:
         return argv, []
     from dynamo.vllm import engine_flags  # a data table only: nothing of vLLM is imported

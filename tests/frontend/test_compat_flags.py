@@ -134,12 +134,13 @@ def test_a_nats_request_plane_is_accepted_with_a_warning_as_ours_is_always_tcp()
 
 
 def test_a_vllm_chat_processor_frontend_takes_vllm_engine_arguments_with_a_warning():
-    argv = ["--dyn-chat-processor", "vllm", "--tool-call-parser", "hermes", "--max-model-len", "4096",
+    argv = ["--dyn-chat-processor", "vllm", "--tool-call-parser", "hermes", "--model", "Qwen/Qwen3-0.6B",
+            "--max-model-len", "4096",
             "--enable-prefix-caching", "--http-port", "8123", "--gpu-memory-utilization=0.9"]
     config, warnings = parse_frontend_args(argv, {})
     assert (config.http_port, config.tool_call_parser) == (8123, "hermes")
     engine = [w for w in warnings if "vLLM engine arguments" in w]
-    assert engine and all(f in engine[0] for f in ("--max-model-len", "--enable-prefix-caching",
+    assert engine and all(f in engine[0] for f in ("--model", "--max-model-len", "--enable-prefix-caching",
                                                    "--gpu-memory-utilization"))
     # The same through Dynamo's variable for the processor.
     config, warnings = parse_frontend_args(["--max-model-len", "4096"], {"DYN_CHAT_PROCESSOR": "vllm"})
