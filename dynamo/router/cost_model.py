@@ -19,13 +19,16 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-# Feature scales keep the normal equations well conditioned.
+# Feature scales keep the normal equations well conditioned. Running requests count one by one: in
+# units of 16 the prior's pseudo-observations outweighed any data at the 1-3 requests per worker of a
+# small deployment, so the fit blamed the waits they cause on prefill, and affinity piled requests on
+# one worker (real vLLM, cheap prefill: two thirds of the requests on one of two workers).
 TOKENS_PER_UNIT = 1000.0
-REQUESTS_PER_UNIT = 16.0
+REQUESTS_PER_UNIT = 1.0
 # Priors in seconds per unit: 0.0152 ms/token prefill, ~28 ms decode step from empty to full
 # cache (the mocker's polynomials), 5 ms per 16 running requests (batch size slows real engines'
 # steps; it also keeps equal choices load-balanced).
-PRIOR = (0.02, 0.0152, 0.028, 0.005)
+PRIOR = (0.02, 0.0152, 0.028, 0.005 / 16)
 PRIOR_WEIGHT = 4.0  # pseudo-observations holding the fit to the prior until data says otherwise
 DECAY = 0.995  # per observation: about the last 200 requests count
 REFIT_EVERY = 8

@@ -24,6 +24,20 @@ def test_fit_recovers_the_coefficients_behind_the_observations():
     assert model.observations == 400
 
 
+def test_the_batch_slope_is_learned_at_low_concurrency():
+    """A CPU engine with 0-3 requests running per worker, each slowing a new request's first token by
+    20 ms: within one benchmark's worth of requests the fit says so, rather than blaming the waits on
+    prefill (which would make every cache hit look worth hundreds of ms and pile requests on one worker)."""
+    truth = (0.03, 0.07, 0.0, 0.02)  # per 1,000 tokens, per running request
+    model = TtftModel()
+    rng = random.Random(2)
+    for _ in range(64):
+        x = features(rng.choice([40, 1540]), 0.01, rng.randrange(0, 4))
+        model.observe(x, sum(c * v for c, v in zip(truth, x)) + rng.gauss(0, 0.003))
+    assert model.coef[3] == pytest.approx(truth[3], rel=0.3)
+    assert model.coef[1] == pytest.approx(truth[1], rel=0.3)
+
+
 def test_prior_holds_without_data_and_slopes_never_go_negative():
     model = TtftModel()
     assert model.coef == list(PRIOR)
@@ -188,5 +202,5 @@ def test_one_decoding_sharer_does_not_move_a_prefix():
 def test_decode_step_is_a_cached_requests_ttft_over_one_and_a_half_steps():
     model = TtftModel()
     c0, _, c2, c3 = PRIOR
-    assert model.decode_step(features(0, 0.5, 16)) == pytest.approx((c0 + c2 * 0.5 + c3) / 1.5)
+    assert model.decode_step(features(0, 0.5, 16)) == pytest.approx((c0 + c2 * 0.5 + c3 * 16) / 1.5)
     assert model.decode_step(features(0, 3.0, 16)) == model.decode_step(features(0, 1.0, 16))  # full is full
