@@ -152,13 +152,10 @@ def parse_frontend_args(argv: Sequence[str] | None = None, environ: Mapping[str,
     return config, warnings
 
 
-def _chat_processor(argv: Sequence[str], environ: Mapping[str, str]) -> str:
-    for i, arg in enumerate(argv):
-        if arg == "--dyn-chat-processor" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--dyn-chat-processor="):
-            return arg.split("=", 1)[1]
-    return environ.get("DYN_CHAT_PROCESSOR", "dynamo")
+CHAT_PROCESSOR_FLAG = "--dyn-chat-processor"
+# Dynamo's variable for the flag. A compat flag has no config field, so no env twin of its own
+# (runtime/compat_args.py); this one is read, flag first, because it switches what the command line may hold.
+CHAT_PROCESSOR_ENV = "DYN_CHAT_PROCESSOR"
 
 
 def strip_vllm_engine_args(argv: list[str], environ: Mapping[str, str]) -> tuple[list[str], list[str]]:
@@ -166,33 +163,61 @@ def strip_vllm_engine_args(argv: list[str], environ: Mapping[str, str]) -> tuple
     engine parser, so a manifest may pass it engine arguments (`--max-model-len`, ...). They are
     accepted here as vLLM 0.32 spells them (our static table), with a warning: the workers run the
     engine. (argv without them, the warnings); any other unknown flag stays for argparse to refuse."""
-    if _chat_processor(argv, environ) != "vllm":
+    tokens = [_Token(arg, at) for at, arg in enumerate(argv)]
+    scanned = _frontend_scan(tokens)
+    if scanned is None:
+        return argv, []  # a malformed command line: the full parse says what is wrong with it
+    given, unknown = scanned
+    processor = FRONTEND_FLAGS.given(given).get(CHAT_PROCESSOR_FLAG) or environ.get(CHAT_PROCESSOR_ENV)
+    if processor != "vllm" or not unknown:
         return argv, []
-    parser = compat_parser(FrontendConfig, FRONTEND_FLAGS)
+    names, taken = _vllm_engine_args(unknown)
+    if not names:
+        return argv, []
+    return [arg for at, arg in enumerate(argv) if at not in taken], [
+        f"vLLM engine arguments given to this --dyn-chat-processor vllm frontend have no effect here (the workers "
+        f"run the engine): {', '.join(names)}"]
+
+
+class _Token(str):
+    """An argv token that knows its place: argparse hands back the very objects it was given, so
+    what a parser left is removed where it stands, not wherever an equal string comes first."""
+
+    at: int
+
+    def __new__(cls, text: str, at: int) -> "_Token":
+        token = super().__new__(cls, text)
+        token.at = at
+        return token
+
+
+class _Refused(Exception):
+    pass
+
+
+def _refuse(message: str):
+    raise _Refused(message)
+
+
+def _frontend_scan(tokens: list[_Token]) -> tuple[argparse.Namespace, list[_Token]] | None:
+    """The frontend's own flags in `tokens` and the tokens they leave; None where its parser refuses
+    them (a bad value). Neither printing nor exiting: the full parse comes after."""
+    parser = compat_parser(FrontendConfig, FRONTEND_FLAGS, add_help=False)
     parser.allow_abbrev = False  # vLLM's `--model` is its own flag, not short for our `--model-name`
-    ours, unknown = parser.parse_known_args(argv)
-    if not unknown:
-        return argv, []
+    parser.error = _refuse  # type: ignore[method-assign]
+    try:
+        return parser.parse_known_args(tokens)
+    except _Refused:
+        return None
+
+
+def _vllm_engine_args(unknown: list[_Token]) -> tuple[list[str], set[int]]:
+    """(the vLLM engine flags given among `unknown`, sorted; the argv positions of their tokens)."""
     from dynamo.vllm import engine_flags  # a data table only: nothing of vLLM is imported
     from dynamo.worker.flag_table import add_static_flags
 
     engine = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     add_static_flags(engine, engine_flags)
     given, rest = engine.parse_known_args(unknown)
-    taken = [a for a in unknown if a not in rest]
     names = sorted("--" + k.replace("_", "-") for k, v in vars(given).items() if v is not None)
-    if not names:
-        return argv, []
-    return _without(argv, taken), [f"vLLM engine arguments given to this --dyn-chat-processor vllm frontend have "
-                                   f"no effect here (the workers run the engine): {', '.join(names)}"]
-
-
-def _without(argv: list[str], taken: list[str]) -> list[str]:
-    """`argv` less the tokens of `taken`, a subsequence of it in order."""
-    out, i = [], 0
-    for arg in argv:
-        if i < len(taken) and arg == taken[i]:
-            i += 1
-        else:
-            out.append(arg)
-    return out
+    return names, {t.at for t in unknown} - {t.at for t in rest}

@@ -23,6 +23,7 @@ from dynamo.frontend import errors
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.model_manager import ModelEntry
+from dynamo.frontend.parsers.base import PromptReasoning
 from dynamo.frontend.thinking_budget import ThinkingBudget, budget_for
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest, RoutingHints
 from dynamo.llm.worker_client import NO_DEADLINES, Deadlines, WorkerClient, WorkerStream
@@ -137,10 +138,11 @@ class Dispatcher:
         self.prefill = prefill  # PrefillOrchestrator: disaggregated serving when prefill workers exist
         self.inhibitor = inhibitor or Inhibitor(0)
 
-    async def stream(self, entry: ModelEntry, request: PreprocessedRequest,
-                     handle: RequestHandle) -> AsyncIterator[list[LLMEngineOutput]]:
-        """Yields batches of engine outputs (everything that arrived together)."""
-        request, budget = budget_for(request, entry.think_markers)
+    async def stream(self, entry: ModelEntry, request: PreprocessedRequest, handle: RequestHandle,
+                     prompt: PromptReasoning = PromptReasoning.UNKNOWN) -> AsyncIterator[list[LLMEngineOutput]]:
+        """Yields batches of engine outputs (everything that arrived together). `prompt`: where the
+        request's prompt leaves the reasoning, where its reasoning budget starts counting."""
+        request, budget = budget_for(request, entry.think_markers, prompt)
         progress = _Progress(request)  # the prompt as the client sent it, for a migration
         exclude: set[int] = set()
         prefilled = await self._prefilled(entry, request, handle)

@@ -66,6 +66,7 @@ class GenerationRun:
         self.is_chat = is_chat
         self.chunks = (ChatChunks if is_chat else CompletionChunks)(self.request_id, self.model, self.created)
         self.choices = [Choice(i, OutputStage(entry.pipeline, spec)) for i in range(len(preqs))]
+        self.prompt_reasoning = spec.prompt_reasoning  # the budget starts where the parsers do
         self.want_logprobs = preqs[0].output_options.logprobs is not None
         self.reasoning_field = reasoning_field
         self.keep_answer = False  # a stream also collects its answer (a unary one always does): speculative prefill
@@ -103,7 +104,8 @@ class GenerationRun:
     # -- lifecycle -----------------------------------------------------------------------------
     async def execute(self, entry, receive, send, request_type: str) -> RequestOutcome:
         app = self.app
-        gens = [app.dispatcher.stream(entry, p, c.handle) for p, c in zip(self.preqs, self.choices)]
+        gens = [app.dispatcher.stream(entry, p, c.handle, self.prompt_reasoning)
+                for p, c in zip(self.preqs, self.choices)]
         merged = self._merged(gens)
         watcher = asyncio.ensure_future(receive())
         watcher.add_done_callback(self._on_receive)

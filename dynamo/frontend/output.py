@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dynamo.frontend.parsers import ToolCallDelta, make_reasoning_parser, make_tool_parser
-from dynamo.frontend.parsers.base import ToolParser, new_call_id
+from dynamo.frontend.parsers.base import PromptReasoning, ToolParser, new_call_id
 from dynamo.frontend.parsers.tool_formats import JsonListParser
 from dynamo.frontend.sse import openai_finish_reason
 from dynamo.llm.preprocessor import ModelPipeline
@@ -43,7 +43,8 @@ class OutputSpec:
     tool_mode: str = "none"  # none | auto | required | named
     named_tool: str | None = None
     parallel_tool_calls: bool = True
-    prompt_tail: str = ""  # the rendered prompt's last characters: where a template leaves the reasoning
+    # Where the rendered prompt leaves the reasoning (preparation.py judges it once per request).
+    prompt_reasoning: PromptReasoning = PromptReasoning.UNKNOWN
 
 
 class NamedArguments:
@@ -102,8 +103,8 @@ class CallFilter:
 class OutputStage:
     def __init__(self, pipeline: ModelPipeline, spec: OutputSpec) -> None:
         self.reasoning = make_reasoning_parser(spec.reasoning_parser) if spec.reasoning_parser else None
-        if self.reasoning is not None and spec.prompt_tail and hasattr(self.reasoning, "prompt_ended"):
-            self.reasoning.prompt_ended(spec.prompt_tail)
+        if self.reasoning is not None:
+            self.reasoning.prompt_ended(spec.prompt_reasoning)
         self.tools = self._tool_parser(spec)
         self.filter = CallFilter(spec.named_tool if spec.tool_mode == "named" else None,
                                  not spec.parallel_tool_calls)

@@ -1,6 +1,7 @@
 """From a validated OpenAI request to what the workers get: the prompt's token ids (template and
 tokenizer, or the client's ids), one wire request per choice carrying the request's trace ids
-and routing hints, and the output stage's spec from the worker's card."""
+and routing hints, and the output stage's spec from the worker's card, with the request's one judgement
+of where its prompt leaves the reasoning (for the output stage's parser and the reasoning budget alike)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from concurrent.futures import Executor
 from dynamo.frontend.errors import bad_prompt, bad_request
 from dynamo.frontend.openai import ChatCompletionRequest, stop_list, stop_token_ids
 from dynamo.frontend.output import OutputSpec
+from dynamo.frontend.parsers import make_reasoning_parser
+from dynamo.frontend.parsers.base import PromptReasoning
 from dynamo.llm.preprocessor import PreprocessError
 from dynamo.llm.protocol import RoutingHints
 
@@ -157,19 +160,29 @@ def wire_requests(pipeline, req, ids: list[int], is_chat: bool, hints: RoutingHi
     return out
 
 
-PROMPT_TAIL_TOKENS = 16  # enough for a template's reasoning tags and the whitespace around them
+# Enough for a template's reasoning tags and the whitespace around them: the one length both the
+# output stage's parser and the reasoning budget judge the prompt by.
+PROMPT_TAIL_TOKENS = 16
 
 
 def output_spec(entry, req, is_chat: bool, prompt_ids: list[int] | None = None) -> OutputSpec:
-    """What the output stage runs for this request: parsers from the worker's card, and the end of
-    the prompt, where a template may have opened (or closed) the reasoning for the model."""
+    """What the output stage runs for this request: parsers from the worker's card, and where the
+    prompt leaves the reasoning (also what the reasoning budget starts from, chat or completion)."""
     stops = stop_list(req.stop)
+    where = prompt_reasoning(entry, prompt_ids)
     if not is_chat:
-        return OutputSpec(stops)
+        return OutputSpec(stops, prompt_reasoning=where)
     rc = entry.card.runtime_config
-    tail = ""
-    if rc.reasoning_parser and prompt_ids:
-        tail = entry.pipeline.tokenizer.decode(prompt_ids[-PROMPT_TAIL_TOKENS:], skip_special_tokens=False)
     return OutputSpec(stops, tool_parser=rc.tool_call_parser, reasoning_parser=rc.reasoning_parser, tools=req.tools,
                       tool_mode=req.tool_choice_mode(), named_tool=req.named_tool(),
-                      parallel_tool_calls=req.parallel_tool_calls is not False, prompt_tail=tail)
+                      parallel_tool_calls=req.parallel_tool_calls is not False, prompt_reasoning=where)
+
+
+def prompt_reasoning(entry, prompt_ids: list[int] | None) -> PromptReasoning:
+    """Where the end of the prompt, where a template may have opened (or closed) the reasoning for
+    the model, leaves it, as the model's reasoning parser reads the text there."""
+    name = entry.card.runtime_config.reasoning_parser
+    if not name or not prompt_ids:
+        return PromptReasoning.UNKNOWN
+    tail = entry.pipeline.tokenizer.decode(prompt_ids[-PROMPT_TAIL_TOKENS:], skip_special_tokens=False)
+    return make_reasoning_parser(name).judge_prompt(tail)

@@ -10,7 +10,9 @@ applies to models whose reasoning parser names its tags (`BudgetTags`): `<think>
 qwen3 and deepseek_r1 families), and gpt-oss's analysis message, closed early by moving to the
 final channel. For others the budget goes to the engine, as Dynamo sends it.
 Counted are the tokens after the opening tag (or from the start, where the chat template opened
-it), as vLLM's `thinking_token_budget` counts them.
+it), as vLLM's `thinking_token_budget` counts them. Whether the template opened (or closed) it is
+the request's one judgement of its prompt (`PromptReasoning`, preparation.py), which the output
+stage's reasoning parser starts from too: the budget counts what the client is shown as reasoning.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 import msgspec
 
 from dynamo.frontend.parsers import make_reasoning_parser
+from dynamo.frontend.parsers.base import PromptReasoning
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
 from dynamo.llm.tokenizer import Tokenizer
 
@@ -51,13 +54,12 @@ class ThinkingBudget:
     """One stream's reasoning count: `spend` reads each batch of outputs and cuts it where the
     budget runs out, after which the caller appends `closing_output()` and continues the request."""
 
-    def __init__(self, budget: int, markers: ThinkMarkers, prompt_ids: list[int] | None = None) -> None:
+    def __init__(self, budget: int, markers: ThinkMarkers, prompt: PromptReasoning = PromptReasoning.UNKNOWN) -> None:
         self.budget = budget
         self.markers = markers
-        opened = prompt_opens(prompt_ids or [], markers)
-        self.inside = markers.starts_inside if opened is None else opened
+        self.inside = markers.starts_inside if prompt is PromptReasoning.UNKNOWN else prompt is PromptReasoning.OPENED
         # reasoning closed (by the model, by us, or by the template: thinking off): nothing to count
-        self.done = opened is False
+        self.done = prompt is PromptReasoning.CLOSED
         self.spent = 0
         self._tail: list[int] = []  # the last ids, to find a tag split across outputs
         self._written = 0  # how much of the closing tag the model wrote before the cut
@@ -96,28 +98,6 @@ class ThinkingBudget:
         return LLMEngineOutput(token_ids=list(self.markers.close[self._written:]))
 
 
-PROMPT_TAIL_TOKENS = 8  # a template's opening or closing tag sits in the prompt's last few tokens
-
-
-def prompt_opens(prompt_ids: list[int], markers: ThinkMarkers) -> bool | None:
-    """Whether the prompt's template opened the reasoning (True: its last tokens hold the opening
-    tag, output starts inside) or closed it (False: thinking switched off, e.g. Qwen3's empty
-    `<think></think>`); None when its tail holds neither."""
-    tail = prompt_ids[-PROMPT_TAIL_TOKENS:]
-    opened, closed = _last_at(tail, markers.start), _last_at(tail, markers.end)
-    if opened == closed:
-        return None
-    return opened > closed
-
-
-def _last_at(ids: list[int], tag: tuple[int, ...]) -> int:
-    """Where the last occurrence of `tag` in `ids` ends (-1: none)."""
-    for end in range(len(ids), len(tag) - 1, -1):
-        if tuple(ids[end - len(tag):end]) == tag:
-            return end
-    return -1
-
-
 def _opens(ids: list[int], tag: tuple[int, ...]) -> int:
     """How many of `tag`'s first tokens `ids` ends with (short of the whole tag)."""
     return next((k for k in range(len(tag) - 1, 0, -1) if _ends_with(ids, tag[:k])), 0)
@@ -137,12 +117,13 @@ def _cut(out: LLMEngineOutput, keep: int) -> list[LLMEngineOutput]:
         top_logprobs=None if out.top_logprobs is None else out.top_logprobs[:keep])]
 
 
-def budget_for(request: PreprocessedRequest, markers: ThinkMarkers | None) -> tuple[PreprocessedRequest,
-                                                                                    ThinkingBudget | None]:
+def budget_for(request: PreprocessedRequest, markers: ThinkMarkers | None,
+               prompt: PromptReasoning = PromptReasoning.UNKNOWN) -> tuple[PreprocessedRequest, ThinkingBudget | None]:
     """The request as the worker gets it and the budget the frontend keeps: taken off the wire
-    request when the frontend can enforce it, else left there for the engine."""
+    request when the frontend can enforce it, else left there for the engine. `prompt`: where the
+    request's prompt leaves the reasoning."""
     budget = request.stop_conditions.max_thinking_tokens
     if budget is None or markers is None:
         return request, None
     stop = msgspec.structs.replace(request.stop_conditions, max_thinking_tokens=None)
-    return msgspec.structs.replace(request, stop_conditions=stop), ThinkingBudget(budget, markers, request.token_ids)
+    return msgspec.structs.replace(request, stop_conditions=stop), ThinkingBudget(budget, markers, prompt)

@@ -144,11 +144,15 @@ class _Collect(argparse.Action):
         setattr(namespace, _DEST, given)
 
 
-def compat_parser(cls: type, flags: CompatFlags, prog: str | None = None) -> argparse.ArgumentParser:
-    """The component's parser: its own settings, Dynamo's flags of `flags`, and `--version`."""
-    parser = build_parser(cls, prog=prog)
+def compat_parser(cls: type, flags: CompatFlags, prog: str | None = None, *,
+                  add_help: bool = True) -> argparse.ArgumentParser:
+    """The component's parser: its own settings, Dynamo's flags of `flags`, and `--version`.
+    `add_help=False` leaves out `-h` and `--version`, which print and exit: for a first look at a
+    command line that the full parse reads afterwards."""
+    parser = build_parser(cls, prog=prog, add_help=add_help)
     flags.add_to(parser)
-    parser.add_argument("--version", action="version", version=f"dynamo {dynamo_version()}")
+    if add_help:
+        parser.add_argument("--version", action="version", version=f"dynamo {dynamo_version()}")
     return parser
 
 

@@ -178,8 +178,10 @@ def parse_config(
     return config
 
 
-def build_parser(cls: type, *, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip())
+def build_parser(cls: type, *, prog: str | None = None, description: str | None = None,
+                 add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip(),
+                                     add_help=add_help)
     add_arguments(parser, cls)
     return parser
 

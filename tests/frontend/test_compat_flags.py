@@ -147,6 +147,39 @@ def test_a_vllm_chat_processor_frontend_takes_vllm_engine_arguments_with_a_warni
     assert any("--max-model-len" in w for w in warnings)
 
 
+def test_engine_arguments_are_removed_where_they_stand_whatever_value_repeats():
+    # The port and the engine's length share a value, before and after the engine's flags.
+    for argv in (["--dyn-chat-processor", "vllm", "--served-model-name", "x", "--max-model-len", "4096",
+                  "--http-port", "4096"],
+                 ["--http-port", "4096", "--dyn-chat-processor=vllm", "--max-model-len", "4096"]):
+        config, warnings = parse_frontend_args(argv, {})
+        assert config.http_port == 4096 and any("--max-model-len" in w for w in warnings)
+    # What the engine's parser leaves (here an abbreviated flag of ours, which the full parse takes)
+    # holds the same value as an engine argument: that value is the engine's only where it stands.
+    config, warnings = parse_frontend_args(["--dyn-chat-processor", "vllm", "--max-model-len", "4096",
+                                            "--http-po", "4096"], {})
+    assert config.http_port == 4096 and any("--max-model-len" in w for w in warnings)
+
+
+def test_the_chat_processor_flag_wins_over_its_variable():
+    with pytest.raises(SystemExit):  # the flag says dynamo: the engine's argument is refused
+        parse_frontend_args(["--dyn-chat-processor", "dynamo", "--max-model-len", "4096"],
+                            {"DYN_CHAT_PROCESSOR": "vllm"})
+    config, warnings = parse_frontend_args(["--dyn-chat-processor", "vllm", "--max-model-len", "4096"],
+                                           {"DYN_CHAT_PROCESSOR": "dynamo"})
+    assert any("--max-model-len" in w for w in warnings)
+
+
+def test_help_and_bad_values_are_answered_by_the_frontends_own_parse_alone(capsys):
+    with pytest.raises(SystemExit) as exit_help:
+        parse_frontend_args(["--dyn-chat-processor", "vllm", "--max-model-len", "4096", "--help"], {})
+    out = capsys.readouterr().out
+    assert exit_help.value.code == 0 and out.startswith("usage: python -m dynamo.frontend") and out.count("usage:") == 1
+    with pytest.raises(SystemExit):
+        parse_frontend_args(["--dyn-chat-processor", "vllm", "--max-model-len", "4096", "--http-port", "x"], {})
+    assert capsys.readouterr().err.startswith("usage: python -m dynamo.frontend")
+
+
 @pytest.mark.parametrize("argv", [
     ["--max-model-len", "4096"],  # the default processor: Dynamo refuses unknown flags too
     ["--dyn-chat-processor", "vllm", "--not-a-vllm-flag", "1"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dynamo.frontend.parsers import make_reasoning_parser, make_tool_parser
+from dynamo.frontend.parsers.base import PromptReasoning
 
 
 def run(name: str, text: str, step: int | None) -> tuple[str, str]:
@@ -67,7 +68,7 @@ def test_more_families(name, text, want, step):
 
 def run_after(name: str, tail: str, text: str, step: int | None) -> tuple[str, str]:
     parser = make_reasoning_parser(name)
-    parser.prompt_ended(tail)
+    parser.prompt_ended(parser.judge_prompt(tail))
     pieces = [text] if step is None else [text[i:i + step] for i in range(0, len(text), step)]
     out = [parser.feed(p) for p in pieces] + [parser.finish()]
     return "".join(r for r, _ in out), "".join(c for _, c in out)
@@ -90,3 +91,32 @@ def run_after(name: str, tail: str, text: str, step: int | None) -> tuple[str, s
 ])
 def test_where_the_prompt_left_the_reasoning(name, tail, text, want, step):
     assert run_after(name, tail, text, step) == want
+
+
+@pytest.mark.parametrize("name,tail,want", [
+    ("qwen3", "assistant\n<think>\n\n", PromptReasoning.OPENED),
+    ("mistral", "[/INST][THINK]", PromptReasoning.OPENED),
+    ("deepseek_r1", "assistant\n<think>\n\n</think>\n\n", PromptReasoning.CLOSED),
+    # A tag with text after it is an earlier turn's, or the model's own start: it says nothing.
+    ("qwen3", "<think>\nAn earlier thought.</think>Paris.<|im_end|>\n<|im_start|>assistant\n", PromptReasoning.UNKNOWN),
+    ("qwen3", "assistant\n<think>\nOK", PromptReasoning.UNKNOWN),
+    # Harmony opens its own channels; an append-think model only tells opened from not.
+    ("gpt_oss", "<|end|><|start|>assistant", PromptReasoning.UNKNOWN),
+    ("minimax_append_think", "assistant\n", PromptReasoning.CLOSED),
+])
+def test_the_prompts_end_is_judged_by_its_last_tag(name, tail, want):
+    assert make_reasoning_parser(name).judge_prompt(tail) is want
+
+
+@pytest.mark.parametrize("name,want", [("minimax_append_think", ("", "<think>Weather.</think>Sunny.")),
+                                       ("deepseek_r1", ("Weather.", "Sunny.")), ("qwen3", ("", "Weather.</think>Sunny."))])
+def test_an_unknown_prompt_end_leaves_the_parsers_default(name, want):
+    parser = make_reasoning_parser(name)
+    parser.prompt_ended(PromptReasoning.UNKNOWN)
+    assert parser.feed("Weather.</think>Sunny.") == want
+
+
+@pytest.mark.parametrize("name,shown", [("qwen3", False), ("glm45", True), ("deepseek_v4", True), ("mistral", True),
+                                         ("deepseek_r1", False), ("gpt_oss", True)])
+def test_parsers_whose_tags_are_special_tokens_ask_for_them_shown(name, shown):
+    assert make_reasoning_parser(name).needs_special_tokens is shown

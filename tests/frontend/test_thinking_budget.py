@@ -1,11 +1,22 @@
 """Where a stream's reasoning crosses its budget (frontend/thinking_budget.py): tokens after the
-opening tag count (from the start where the template opened it), a tag split across outputs is
-found, the batch is cut exactly at the budget with its logprobs, and a model that closes its
-reasoning in time is left alone."""
+opening tag count (from the start where the template opened it, as the reasoning parser judges the
+prompt: what the client is shown as reasoning is what counts), a tag split across outputs is found,
+the batch is cut exactly at the budget with its logprobs, and a model that closes its reasoning in
+time is left alone."""
 
 from __future__ import annotations
 
+import msgspec
+import pytest
+
+from dynamo.frontend.model_manager import ModelEntry
+from dynamo.frontend.openai import decode_request
+from dynamo.frontend.output import OutputStage
+from dynamo.frontend.parsers.base import PromptReasoning
+from dynamo.frontend.preparation import output_spec, wire_requests
 from dynamo.frontend.thinking_budget import ThinkingBudget, ThinkMarkers, budget_for, think_markers
+from dynamo.llm.model_card import build_card
+from dynamo.llm.preprocessor import ModelPipeline
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest, StopConditions
 from dynamo.llm.tokenizer import Tokenizer
 
@@ -105,17 +116,43 @@ def test_a_closing_tag_begun_at_the_budget_is_finished_not_doubled():
     assert budget.closing_output().token_ids == [4]  # only what the tag still lacks
 
 
-def test_the_prompts_own_tail_says_where_the_reasoning_stands():
+def test_the_budget_starts_where_the_prompt_left_the_reasoning():
     # The template opened the reasoning: counting starts at the first token, for any parser.
-    budget = ThinkingBudget(2, TAGS, prompt_ids=[7, 8, 1, 2, 10])  # ... <think> "\n"
+    budget = ThinkingBudget(2, TAGS, PromptReasoning.OPENED)
     kept, spent = budget.spend(outs([50], [51, 52, 53]))
     assert spent and ids(kept) == [50, 51]
     # The template closed it (thinking off, `<think></think>`): nothing to count, even where the parser
     # expects the output to start inside.
     forced = ThinkMarkers(START, END, starts_inside=True, close=END)
-    budget = ThinkingBudget(0, forced, prompt_ids=[7, 1, 2, 10, 3, 4, 10])
+    budget = ThinkingBudget(0, forced, PromptReasoning.CLOSED)
     stream = outs(list(range(50, 60)))
     assert budget.spend(stream) == (stream, False)
-    # An opening tag far back in the prompt (an earlier turn) says nothing about this answer.
-    budget = ThinkingBudget(0, TAGS, prompt_ids=[1, 2, *range(50, 70)])
-    assert budget.spend(stream) == (stream, False)
+    # Neither: the parser's default, inside for a forced parser.
+    budget = ThinkingBudget(0, forced, PromptReasoning.UNKNOWN)
+    assert budget.spend(stream)[1]
+
+
+@pytest.mark.parametrize("prompt_end,output,thought", [
+    # `<think>` (five tokens here) then four whitespace tokens: past the budget's old eight-token look.
+    ("<think> \n \n \n", "Weighing the weather first.</think>Sunny.", "Weighing the weather first."),
+    # An opening tag with text after it: the parser reads no tag at the end; the budget's old look
+    # found one in its last eight tokens and cut the answer.
+    ("<think>\nOK", "Sunny and warm today, all day long.", ""),
+])
+def test_the_budget_counts_what_the_parser_shows_as_reasoning(tiny_model, prompt_end, output, thought):
+    card = build_card(tiny_model, name="tiny", block_size=16)
+    card.runtime_config.reasoning_parser = "qwen3"
+    entry = ModelEntry("tiny", ModelPipeline(card), card)
+    req = decode_request(msgspec.json.encode({"model": "tiny", "max_tokens": 64, "nvext": {"max_thinking_tokens": 3},
+                                              "messages": [{"role": "user", "content": "Weather?"}]}), "chat")
+    prompt = entry.pipeline.tokenizer.encode("<|im_start|>user\nWeather?<|im_end|>\n<|im_start|>assistant\n"
+                                             + prompt_end)
+    spec = output_spec(entry, req, True, prompt)
+    (wire,) = wire_requests(entry.pipeline, req, prompt, True)
+    _, budget = budget_for(wire, entry.think_markers, spec.prompt_reasoning)
+    generated = entry.pipeline.tokenizer.encode(output)
+    stage = OutputStage(entry.pipeline, spec)
+    deltas = [stage.add(LLMEngineOutput(token_ids=[t])) for t in generated] + [stage.finish()]
+    assert "".join(d.reasoning for d in deltas) == thought
+    kept, spent = budget.spend(outs(generated))
+    assert spent == bool(thought) and ids(kept) == (generated[:3] if thought else generated)

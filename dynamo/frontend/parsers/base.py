@@ -7,8 +7,9 @@ Names and flags follow NVIDIA Dynamo (`--dyn-tool-call-parser`, `--dyn-reasoning
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import enum
 import uuid
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import msgspec
@@ -63,10 +64,26 @@ class BudgetTags:
     starts_inside: bool  # the chat template opened the reasoning: output starts in it
 
 
+class PromptReasoning(enum.Enum):
+    """Where the rendered prompt leaves the model's reasoning, as the model's reasoning parser reads
+    the prompt's end: judged once per request, so that the parser's split and the reasoning budget
+    start from the same answer."""
+
+    OPENED = "opened"  # the template opened it (ends with the opening tag): output starts inside
+    CLOSED = "closed"  # the template closed it (thinking switched off): the output is all answer
+    UNKNOWN = "unknown"  # neither, or not judged: the parser's own default (`BudgetTags.starts_inside`)
+
+
 class ReasoningParser(Protocol):
     needs_special_tokens: bool
     # None: a budget cannot be enforced by closing this parser's reasoning (it has no such tags).
     budget_tags: BudgetTags | None
+
+    def judge_prompt(self, tail: str) -> PromptReasoning:
+        """Where a rendered prompt ending with `tail` leaves the reasoning; changes nothing."""
+
+    def prompt_ended(self, where: PromptReasoning) -> None:
+        """Start where this request's prompt left the reasoning (`judge_prompt`'s answer)."""
 
     def feed(self, text: str) -> tuple[str, str]:
         """More model text -> (reasoning, content)."""

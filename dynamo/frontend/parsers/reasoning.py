@@ -13,24 +13,31 @@ answer. Tags split across tokens are held back, never shown.
 - gpt_oss: Harmony's analysis channel is reasoning; the final channel is the answer;
   messages to a tool pass through, markup intact, for the `harmony` tool parser.
 
-Where the rendered prompt ends decides where a tag parser starts (`prompt_ended`): a prompt
-that ends with the opening tag (a template that opens the reasoning for the model, as
-DeepSeek V3.1, GLM-4.7 and MiniMax M2 do in thinking mode) starts it inside; one that ends
-with the closing tag (thinking switched off: Qwen3's `enable_thinking: false`) makes the
-whole output the answer, even for a force-reasoning parser.
+Where the rendered prompt ends decides where a tag parser starts (`judge_prompt`, then
+`prompt_ended`): a prompt that ends with the opening tag (a template that opens the reasoning
+for the model, as DeepSeek V3.1, GLM-4.7 and MiniMax M2 do in thinking mode) starts it inside;
+one that ends with the closing tag (thinking switched off: Qwen3's `enable_thinking: false`)
+makes the whole output the answer, even for a force-reasoning parser. The reasoning budget
+(frontend/thinking_budget.py) starts from the same judgement.
 """
 
 from __future__ import annotations
 
-from dynamo.frontend.parsers.base import BudgetTags, find_first, partial_suffix, register_reasoning_parser
+from dynamo.frontend.parsers.base import (
+    BudgetTags,
+    PromptReasoning,
+    find_first,
+    partial_suffix,
+    register_reasoning_parser,
+)
 from dynamo.frontend.parsers.harmony import HarmonyStream
 
 
 class ThinkTagParser:
-    needs_special_tokens = False
-
     def __init__(self, start: str | tuple[str, ...] = "<think>", end: str | tuple[str, ...] = "</think>",
-                 forced: bool = False) -> None:
+                 forced: bool = False, *, needs_special_tokens: bool = False) -> None:
+        # Tags that are special tokens must be detokenized with them shown, or they are never seen.
+        self.needs_special_tokens = needs_special_tokens
         # Several spellings of a tag may be given; the first is the one a budget writes.
         self.starts = (start,) if isinstance(start, str) else tuple(start)
         self.ends = (end,) if isinstance(end, str) else tuple(end)
@@ -41,13 +48,20 @@ class ThinkTagParser:
         self._at_start = True  # a repeated opening tag may still come (forced mode)
         self._strip_lead = False
 
-    def prompt_ended(self, tail: str) -> None:
-        """The rendered prompt ends with `tail`: an opening tag there puts the output inside the
-        reasoning, a closing tag there (thinking switched off) makes it all answer."""
+    def judge_prompt(self, tail: str) -> PromptReasoning:
+        """A tag at the very end of the prompt (whitespace aside) says where the output starts: an
+        opening one inside the reasoning, a closing one (thinking switched off) in the answer."""
         tail = tail.rstrip()
         if any(tail.endswith(tag) for tag in self.ends):
+            return PromptReasoning.CLOSED
+        if any(tail.endswith(tag) for tag in self.starts):
+            return PromptReasoning.OPENED
+        return PromptReasoning.UNKNOWN
+
+    def prompt_ended(self, where: PromptReasoning) -> None:
+        if where is PromptReasoning.CLOSED:
             self._in, self._done = False, True
-        elif any(tail.endswith(tag) for tag in self.starts):
+        elif where is PromptReasoning.OPENED:
             self._in, self._at_start = True, True
 
     def feed(self, text: str) -> tuple[str, str]:
@@ -109,9 +123,7 @@ def _basic() -> ThinkTagParser:
                            "deepseek_v3_2")
 def _think_tokens() -> ThinkTagParser:
     """`<think>` families whose tokenizers may make the tags special tokens: shown, so they are seen."""
-    parser = ThinkTagParser()
-    parser.needs_special_tokens = True
-    return parser
+    return ThinkTagParser(needs_special_tokens=True)
 
 
 # Names NVIDIA Dynamo 1.6.1 takes whose formats are not known here: parsed as `<think>` tags, which is
@@ -128,9 +140,8 @@ def _forced() -> ThinkTagParser:
 @register_reasoning_parser("mistral")
 def _mistral() -> ThinkTagParser:
     """Magistral reasons first: `[THINK]..[/THINK]` (special tokens), `<think>` in its first release."""
-    parser = ThinkTagParser(("[THINK]", "<think>"), ("[/THINK]", "</think>"), forced=True)
-    parser.needs_special_tokens = True  # `[THINK]` is a control token: plain detokenization drops it
-    return parser
+    # `[THINK]` is a control token: plain detokenization drops it.
+    return ThinkTagParser(("[THINK]", "<think>"), ("[/THINK]", "</think>"), forced=True, needs_special_tokens=True)
 
 
 @register_reasoning_parser("kimi")
@@ -156,8 +167,14 @@ class AppendThinkParser:
         self._started = False
         self._opened = True  # unless the prompt is known not to end with `<think>`
 
-    def prompt_ended(self, tail: str) -> None:
-        self._opened = tail.rstrip().endswith("<think>")
+    def judge_prompt(self, tail: str) -> PromptReasoning:
+        """Opened or not: with no tags to parse, a prompt that does not end with `<think>` leaves
+        nothing open, whatever else it ends with."""
+        return PromptReasoning.OPENED if tail.rstrip().endswith("<think>") else PromptReasoning.CLOSED
+
+    def prompt_ended(self, where: PromptReasoning) -> None:
+        if where is not PromptReasoning.UNKNOWN:
+            self._opened = where is PromptReasoning.OPENED
 
     def feed(self, text: str) -> tuple[str, str]:
         if not text:
@@ -183,6 +200,13 @@ class GptOssReasoningParser:
 
     def __init__(self) -> None:
         self._stream = HarmonyStream()
+
+    def judge_prompt(self, tail: str) -> PromptReasoning:
+        """Harmony's output opens its own channels: the prompt's end says nothing about them."""
+        return PromptReasoning.UNKNOWN
+
+    def prompt_ended(self, where: PromptReasoning) -> None:
+        pass
 
     def feed(self, text: str) -> tuple[str, str]:
         return self._route(self._stream.feed(text))
