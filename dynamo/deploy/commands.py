@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 SHELLS = {"sh", "bash", "dash", "zsh"}
 _PYTHON = re.compile(r"^python(\d+(\.\d+)?)?$")
-_OPERATOR = re.compile(r"^[;&|<>()]+$")
+_OPERATOR = re.compile(r"^[;&|<>()\n]+$")  # a newline ends a command as `;` does
 _BARE_SHELL_WORD = re.compile(r"^[\w$/{}.:=,@%+\-]+$")
 
 
@@ -110,8 +110,8 @@ def _find_invocations(tokens: list[str]) -> list[Invocation]:
 def parse_command(command: list[str] | None, args: list[str] | None) -> CommandLine:
     argv = [*(command or []), *(args or [])]
     if len(argv) >= 3 and os.path.basename(argv[0]) in SHELLS and argv[1] == "-c":
-        script = argv[2]
-        lexer = shlex.shlex(script, posix=True, punctuation_chars=";&|<>()")
+        lexer = shlex.shlex(_without_continuations(argv[2]), posix=True, punctuation_chars=";&|<>()\n")
+        lexer.whitespace, lexer.commenters = " \t\r", ""  # newlines are separators; comments went above
         lexer.whitespace_split = True
         try:
             tokens = list(lexer)
@@ -122,6 +122,30 @@ def parse_command(command: list[str] | None, args: list[str] | None) -> CommandL
         line = CommandLine(argv=argv, tokens=list(argv))
     line.invocations = _find_invocations(line.tokens)
     return line
+
+
+def _without_continuations(script: str) -> str:
+    """`script` less what the shell drops before splitting words: backslash-newline line continuations
+    (the multi-line `python3 -m dynamo.vllm \\` of manifests; shlex would keep a newline word) and
+    comments, whose ending newline stays a command separator. Single quotes keep both literally."""
+    out: list[str] = []
+    quote, i = "", 0
+    while i < len(script):
+        ch = script[i]
+        if ch == "\\" and quote != "'" and i + 1 < len(script):
+            if script[i + 1] != "\n":
+                out.append(script[i:i + 2])
+            i += 2
+            continue
+        if ch == "#" and not quote and (not out or out[-1][-1:] in " \t\n;&|()"):
+            end = script.find("\n", i)
+            i = len(script) if end < 0 else end
+            continue
+        if ch in "'\"" and quote in ("", ch):
+            quote = "" if quote else ch
+        out.append(ch)
+        i += 1
+    return "".join(out)
 
 
 _TMP_PATH = re.compile(r"(?<![\w./-])/tmp/[^\s'\"|;&<>()]+")

@@ -45,3 +45,20 @@ def test_model_swap_respects_explicit_served_name_and_adds_missing_model():
     line = parse_command(["python3", "-m", "dynamo.frontend"], [])
     swap_model(line.invocations[0], "/m")
     assert line.render() == ["python3", "-m", "dynamo.frontend"]
+
+
+def test_multi_line_scripts_as_manifests_write_them():
+    """Recipes write `python3 -m dynamo.trtllm \\` over several lines: the shell joins continued lines and
+    drops comments, and a newline ends a command (the next line is not more of its flags)."""
+    script = ("set -e  # fail fast\n# start the worker\n"
+              "python3 -m dynamo.trtllm \\\n  --model-path \"nvidia/X\" \\\n  --extra-engine-args '/cfg/a b.yaml' # its config\n"
+              "echo 'a # kept' '\\\n'\npython3 -m dynamo.frontend --http-port 8000\n")
+    line = parse_command(["/bin/bash", "-c"], [script])
+    assert [(i.module, i.args) for i in line.invocations] == [
+        ("dynamo.trtllm", ["--model-path", "nvidia/X", "--extra-engine-args", "/cfg/a b.yaml"]),
+        ("dynamo.frontend", ["--http-port", "8000"]),
+    ]
+    assert "a # kept" in line.tokens and "\\\n" in line.tokens  # single quotes keep `#` and the continuation
+    rendered = line.render()[2]
+    assert [s.split()[:3] for s in rendered.splitlines() if s.strip()][-1] == ["python3", "-m", "dynamo.frontend"]
+    assert parse_command(["/bin/bash", "-c"], [rendered]).tokens == line.tokens  # rendering keeps the lines apart
