@@ -37,8 +37,9 @@ class CommandLine:
     """argv = command + args of a container, with the dynamo invocations found in it."""
 
     argv: list[str]
-    shell: bool = False  # argv is [sh, -c, script]
+    shell: bool = False  # argv is [sh, options..., script, $0, $1...] with a -c among the options
     tokens: list[str] = field(default_factory=list)  # script tokens (shell) or argv (exec)
+    script_at: int = -1  # shell form: where the script is in argv
     invocations: list[Invocation] = field(default_factory=list)
 
     @property
@@ -54,7 +55,7 @@ class CommandLine:
                 tokens[inv.python_index] = inv.interpreter
         if not self.shell:
             return tokens
-        return [*self.argv[:-1], _join_script(tokens)]
+        return [*self.argv[:self.script_at], _join_script(tokens), *self.argv[self.script_at + 1:]]
 
 
 def _join_script(tokens: list[str]) -> str:
@@ -77,6 +78,8 @@ def _shell_word(token: str) -> str:
         return token
     if "$" in token and _BARE_SHELL_WORD.match(token):
         return token  # keep `$VAR` expansion working
+    if "$" in token:  # `"$(cat /config/x.json)"`, `"${MODEL}-fp8"`: quoted, still expanded
+        return '"' + re.sub(r'(["\\`])', r"\\\1", token) + '"'
     return shlex.quote(token)
 
 
@@ -109,19 +112,40 @@ def _find_invocations(tokens: list[str]) -> list[Invocation]:
 
 def parse_command(command: list[str] | None, args: list[str] | None) -> CommandLine:
     argv = [*(command or []), *(args or [])]
-    if len(argv) >= 3 and os.path.basename(argv[0]) in SHELLS and argv[1] == "-c":
-        lexer = shlex.shlex(_without_continuations(argv[2]), posix=True, punctuation_chars=";&|<>()\n")
+    at = _script_index(argv)
+    if at is None:
+        line = CommandLine(argv=argv, tokens=list(argv))
+    else:
+        lexer = shlex.shlex(_without_continuations(argv[at]), posix=True, punctuation_chars=";&|<>()\n")
         lexer.whitespace, lexer.commenters = " \t\r", ""  # newlines are separators; comments went above
         lexer.whitespace_split = True
         try:
             tokens = list(lexer)
         except ValueError:
             tokens = []
-        line = CommandLine(argv=argv[:3], shell=True, tokens=tokens)
-    else:
-        line = CommandLine(argv=argv, tokens=list(argv))
+        # `sh -c 'exec python3 -m dynamo.vllm "$@"' -- --model ...`: the words after the script are $0, $1...
+        positional = argv[at + 2:]
+        tokens = [t for token in tokens for t in (positional if token in ("$@", "${@}") else [token])]
+        line = CommandLine(argv=argv, shell=True, tokens=tokens, script_at=at)
     line.invocations = _find_invocations(line.tokens)
     return line
+
+
+def _script_index(argv: list[str]) -> int | None:
+    """Where a shell's `-c` script is in `argv` (`sh -c`, `bash -lc`, `bash -e -o pipefail -c`: the
+    first operand after options, one of which holds `c`); None when argv is not a shell running one."""
+    if len(argv) < 2 or os.path.basename(argv[0]) not in SHELLS:
+        return None
+    i, script = 1, False
+    while i < len(argv) and argv[i][:1] in "-+" and argv[i] not in ("-", "--"):
+        if argv[i] in ("-o", "+o", "-O", "+O"):
+            i += 1  # the option's name
+        elif argv[i][:1] == "-" and argv[i][1:2] != "-" and "c" in argv[i][1:]:
+            script = True
+        i += 1
+    if i < len(argv) and argv[i] == "--":
+        i += 1
+    return i if script and i < len(argv) else None
 
 
 def _without_continuations(script: str) -> str:

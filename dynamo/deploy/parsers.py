@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -99,6 +100,9 @@ def _raise(message: str):
     raise ArgError(message)
 
 
+_SHELL_LIST = re.compile(r"\$[@*]|\$\{[@*]\}|\$\{\w+\[[@*]\]\}")
+
+
 def check_args(module: str, args: list[str]) -> FlagCheck:
     if module in _UNCHECKED:
         return FlagCheck([], [])
@@ -112,9 +116,13 @@ def check_args(module: str, args: list[str]) -> FlagCheck:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
                 sub.error = _raise  # type: ignore[method-assign]
+    # A shell list (`"${frontend_args[@]}"`, `$*`) expands to any number of words, flags included:
+    # what it holds is the script's, unknown here.
+    lists = [a for a in args if _SHELL_LIST.fullmatch(a)]
+    spread = [f"{module}: the arguments {a} expands to (a shell list) are not checked" for a in lists]
     # Values filled in by the shell or by Kubernetes (`$(VAR)`) are unknown here: use a
     # neutral stand-in that passes int, float and str flags.
-    concrete = ["0" if "$" in a and not a.startswith("-") else a for a in args]
+    concrete = ["0" if "$" in a and not a.startswith("-") else a for a in args if a not in lists]
     concrete, prepared = _prepare(module, concrete)
     compat = _compat_flags(module)
     if compat is not None:
@@ -128,7 +136,7 @@ def check_args(module: str, args: list[str]) -> FlagCheck:
         return FlagCheck([f"{module}: arguments make the program exit (--help?)"], [])
     errors = [f"{module}: unknown flag {a}" if a.startswith("-") else f"{module}: unexpected argument {a!r}"
               for a in unknown]
-    return FlagCheck(errors, [f"{module}: {text}" for text in prepared + ignored])
+    return FlagCheck(errors, spread + [f"{module}: {text}" for text in prepared + ignored])
 
 
 def _prepare(module: str, args: list[str]) -> tuple[list[str], list[str]]:

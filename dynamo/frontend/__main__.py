@@ -45,7 +45,7 @@ def _app(config: FrontendConfig, runtime: DistributedRuntime, metrics: FrontendM
          models: ModelManager) -> FrontendApp:
     """The HTTP app over its request path: dispatch (migration, inhibition, deadlines) and disaggregation."""
     deadlines = config.deadlines()
-    disagg = DisaggPolicy.from_config(config.enforce_disagg, config.router_conditional_disagg,
+    disagg = DisaggPolicy.from_config(config.enforce_disagg or not config.decode_fallback, config.router_conditional_disagg,
                                       config.router_conditional_disagg_config)
     orchestrator = PrefillOrchestrator(runtime.client, routing, disagg,
                                        DisaggMetrics(metrics.registry, config.metrics_prefix), deadlines)

@@ -68,6 +68,8 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
     router_min_initial_workers: int = setting(0, "Wait for this many workers before serving")
     enforce_disagg: bool = setting(False, "Fail requests (503) instead of prefilling locally when prefill "
                                           "workers are unavailable")
+    decode_fallback: bool = setting(True, "Prefill on the decode worker when no prefill worker is available "
+                                          "(--no-decode-fallback is --enforce-disagg, as in NVIDIA Dynamo)")
     router_conditional_disagg: bool = setting(False, "Prefill locally when the prompt is short or the prefill "
                                                      "pool is saturated")
     router_conditional_disagg_config: dict | None = setting(

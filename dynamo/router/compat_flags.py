@@ -12,6 +12,8 @@ _ROUTER = ("a setting of NVIDIA Dynamo's KV router that this router does not mod
            "dynamo_cost.py)")
 _AIC = "AIConfigurator prefill-load model for Dynamo's router (--router-prefill-load-model aic); not used here"
 _NOT_HERE = "not provided by this router"
+_STATELESS = ("no KV event stream or radix snapshot outlives this router: it starts empty and asks each worker for "
+              "the blocks it holds")
 # flag (first name is Dynamo's; more are its aliases) -> (takes a value, why it has no effect here)
 ROUTER_IGNORED: dict[tuple[str, ...], tuple[bool, str]] = {
     ("--serve-indexer",): (False, "the KV indexer is not exposed on the request plane"),
@@ -24,6 +26,10 @@ ROUTER_IGNORED: dict[tuple[str, ...], tuple[bool, str]] = {
                                              "is sent until that worker's KV events confirm it "
                                              "(--router-inflight-prefix-credit), with no TTL to set"),
     ("--router-event-threads",): (True, _ROUTER),
+    # Dynamo's JetStream mode keeps KV events in a durable stream with radix snapshots; this router keeps
+    # neither between runs, so every start is a reset: it learns what each worker holds from the worker.
+    ("--router-reset-states",): (False, _STATELESS), ("--router-snapshot-threshold",): (True, _STATELESS),
+    ("--router-durable-kv-events",): (False, _STATELESS),
     ("--router-tracking-hash",): (True, _ROUTER), ("--router-tracking-key-file",): (True, _ROUTER),
     ("--router-tracking-key-id",): (True, _ROUTER),
     ("--shared-cache-type",): (True, "shared (HiCache) cache tiers are " + _NOT_HERE),

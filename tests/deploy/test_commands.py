@@ -62,3 +62,35 @@ def test_multi_line_scripts_as_manifests_write_them():
     rendered = line.render()[2]
     assert [s.split()[:3] for s in rendered.splitlines() if s.strip()][-1] == ["python3", "-m", "dynamo.frontend"]
     assert parse_command(["/bin/bash", "-c"], [rendered]).tokens == line.tokens  # rendering keeps the lines apart
+
+
+def test_login_and_errexit_shells_run_their_script_too():
+    """`bash -lc`, `sh -ec`, `bash -e -o pipefail -c`: the script is the first operand after options."""
+    for command in (["/bin/bash", "-lc"], ["sh", "-ec"], ["bash", "-e", "-o", "pipefail", "-c"], ["bash", "-c", "--"]):
+        line = parse_command(command, ["exec python3 -m dynamo.frontend --http-port 8000"])
+        assert line.shell and [(i.module, i.args) for i in line.invocations] == [("dynamo.frontend",
+                                                                                 ["--http-port", "8000"])]
+        line.invocations[0].interpreter = "/venv/bin/python"
+        assert line.render() == [*command, "exec /venv/bin/python -m dynamo.frontend --http-port 8000"]
+    assert not parse_command(["bash", "start.sh"], ["-c"]).shell  # a script file, not a -c script
+
+
+def test_positional_arguments_of_a_shell_script_are_its_flags():
+    """`sh -c 'exec python3 -m dynamo.vllm "$@" --kv-transfer-config "$(cat ...)"' -- --model M`: the words
+    after the script are $0, $1...; `"$@"` holds the flags, and a command substitution stays one."""
+    line = parse_command(["/bin/sh", "-c", 'exec python3 -m dynamo.vllm "$@" --kv-transfer-config "$(cat /c/x.json)"',
+                          "--"], ["--model", "Qwen/Qwen3-0.6B", "--enforce-eager"])
+    inv = line.invocations[0]
+    assert inv.args == ["--model", "Qwen/Qwen3-0.6B", "--enforce-eager", "--kv-transfer-config", "$(cat /c/x.json)"]
+    swap_model(inv, "/models/tiny")
+    argv = line.render()
+    assert argv[:2] == ["/bin/sh", "-c"] and argv[3:] == ["--", "--model", "Qwen/Qwen3-0.6B", "--enforce-eager"]
+    assert '--kv-transfer-config "$(cat /c/x.json)"' in argv[2] and "--model /models/tiny" in argv[2]
+
+
+def test_a_shell_list_of_arguments_is_not_checked_as_one_value():
+    from dynamo.deploy.parsers import check_args
+
+    result = check_args("dynamo.frontend", ["${frontend_args[@]}", "--http-port", "8000"])
+    assert result.errors == [] and "${frontend_args[@]}" in result.warnings[0]
+    assert check_args("dynamo.frontend", ["$@", "--no-such-flag"]).errors == ["dynamo.frontend: unknown flag --no-such-flag"]

@@ -209,11 +209,12 @@ def test_prefill_worker_death_falls_back_to_local_prefill(tiny_model, tmp_path):
         c.stop()
 
 
-def test_enforced_disaggregation_refuses_without_prefill(tiny_model, tmp_path):
+@pytest.mark.parametrize("flag", ["--enforce-disagg", "--no-decode-fallback"])  # ours, newer Dynamo's spelling
+def test_enforced_disaggregation_refuses_without_prefill(tiny_model, tmp_path, flag):
     c = Cluster(tmp_path, tiny_model, "file")
     try:
         c.mocker("--speedup-ratio", "50", "--is-decode-worker")
-        c.frontend("--enforce-disagg")
+        c.frontend(flag)
         c.wait_workers(MODEL, 1)
         resp = httpx.post(c.base_url + "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2},
                           timeout=30)

@@ -77,6 +77,18 @@ def test_flags_without_effect_are_accepted_with_a_warning_each():
     assert any(w.startswith("--trust-remote-code") and "no model code is run" in w for w in warnings)
 
 
+def test_flags_of_newer_dynamo_recipes():
+    """Frontend flags that NVIDIA's own recipes pass (after 1.6.1): its JetStream router state, which
+    this router does not keep, and the decode-fallback switch, which is our --enforce-disagg inverted."""
+    config, warnings = parse_frontend_args(["--router-mode", "kv", "--router-reset-states", "--router-snapshot-threshold",
+                                            "1000", "--router-durable-kv-events"], environ={})
+    assert config.router_mode == "kv" and len(warnings) == 3
+    assert all("has no effect" in w and "asks each worker" in w for w in warnings)
+    assert parse_frontend_args([], environ={})[0].decode_fallback is True
+    assert parse_frontend_args(["--no-decode-fallback"], environ={}) == (FrontendConfig(decode_fallback=False), [])
+    assert parse_frontend_args([], environ={"DYN_DECODE_FALLBACK": "false"})[0].decode_fallback is False
+
+
 def test_load_aware_implies_kv_routing_as_in_dynamo():
     config, warnings = parse_frontend_args(["--load-aware"], environ={})
     assert (config.router_mode, config.mode, warnings) == ("kv", "load-only", [])
