@@ -7,7 +7,7 @@ them freely, so a flag we do not know must not crash-loop the pod:
 - accepted, with a start-up warning naming why it has no effect, when ignoring it changes nothing
   the operator relies on (a transport that is TCP here anyway, a cache of a feature not served);
 - refused, with the reason, when ignoring it would quietly serve something else than asked:
-  multimodal input, a worker of another kind (embedding-only
+  multimodal encoder topologies, a worker of another kind (embedding-only
   classify, realtime, diffusion, a headless multi-node rank), RL parity, a start-up benchmark.
 TLS on the request plane and to NATS are runtime settings every component takes
 (runtime/compat_args.py). `--dyn-tool-call-parser`, `--dyn-reasoning-parser`, `--custom-jinja-template`,
@@ -23,6 +23,11 @@ from dynamo.runtime.compat_args import CompatFlags
 _TCP = "requests and responses always travel over TCP between our frontend and workers"
 _STRUCTURAL = "structural-tag guided decoding is not applied; tool calls are parsed from the output by the frontend"
 _MM_KNOB = "multimodal input is not served by this worker"
+# A model that also reads images (Qwen3.5, Kimi K2.6/K3) is served as the text model it is too: its recipes
+# pass --enable-multimodal for the vision path, and a 400 on media parts is said, not silent. Encoder
+# workers and routes to them are multimodal topologies with nothing else to serve: still refused.
+_MM_TEXT = ("this worker serves the model's text only; the frontend answers image, video and audio parts with a 400 "
+            "(multimodal input is not served here)")
 _NOT_DIFFUSION = "diffusion models are not served by this worker"
 
 # Dynamo's runtime group: flag -> (takes a value, why it has no effect here).
@@ -42,6 +47,7 @@ RUNTIME_IGNORED: dict[tuple[str, ...], tuple[bool | str, str]] = {
     ("--media-output-fs-url",): (True, "no images or videos are generated here"),
     ("--media-output-http-url",): (True, "no images or videos are generated here"),
     ("--frontend-decoding",): (False, _MM_KNOB),
+    ("--enable-multimodal",): (False, _MM_TEXT),
     ("--health-check-payload",): (True, "health is the worker's own /health (engine alive, model registered); no "
                                         "canary requests are sent"),
 }
@@ -105,7 +111,6 @@ VLLM_FLAGS = worker_flags({
 }, {
     "--connector": ("*", "--connector is no longer supported for vLLM (as in NVIDIA Dynamo): give vLLM's "
                          "--kv-transfer-config, e.g. '{\"kv_connector\":\"NixlConnector\",\"kv_role\":\"kv_both\"}'"),
-    "--enable-multimodal": (False, _MULTIMODAL),
     "--route-to-encoder": (False, _MULTIMODAL),
     "--custom-encoder-class": (True, _MULTIMODAL),
     "--headless": (False, "headless secondary ranks of a multi-node vLLM are not supported: this worker would "
@@ -124,7 +129,6 @@ SGLANG_FLAGS = worker_flags({
     ("--sglang-trace-level",): (True, "SGLang's request tracing is not exported by this worker"),
     ("--connector",): ("*", "KV moves between SGLang workers by SGLang's own disaggregation transfer"),
 }, {
-    "--enable-multimodal": (False, _MULTIMODAL),
     "--dedicated-mm-encoder": (False, _MULTIMODAL),
     "--embedding-worker": (False, "SGLang embedding workers are not served by this worker"),
     "--rerank-worker": (False, "rerank workers are not served"),
@@ -154,6 +158,5 @@ TRTLLM_FLAGS = worker_flags({
                     "enable-fullgraph", "enable-cuda-graph")},
     ("--enable-layerwise-nvtx-marker",): (False, "no NVTX markers are emitted"),
 }, {
-    "--enable-multimodal": (False, _MULTIMODAL),
     "--encode-endpoint": (True, _MULTIMODAL),
 })

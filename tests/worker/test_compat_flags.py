@@ -92,7 +92,7 @@ def test_flags_without_effect_are_accepted_with_their_reason():
 @pytest.mark.parametrize("argv, reason", [
     (["--headless"], "multi-node"),
     (["--connector", "nixl"], "--kv-transfer-config"),
-    (["--enable-multimodal"], "multimodal input is not served"),
+    (["--route-to-encoder"], "multimodal input is not served"),
     (["--benchmark-mode", "prefill"], "self-benchmark"),
 ])
 def test_flags_that_would_serve_something_else_are_refused_with_the_reason(argv, reason, capsys):
@@ -101,6 +101,15 @@ def test_flags_that_would_serve_something_else_are_refused_with_the_reason(argv,
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert argv[0] in err and reason in err
+
+
+def test_a_model_that_also_reads_images_is_served_as_text(capsys):
+    """NVIDIA's recipes for Qwen3.5 and Kimi K2.6/K3 pass --enable-multimodal for the vision path: the
+    worker starts, serving text, and says that media parts are refused."""
+    _, _, warnings = vllm_split(["--model", "m", "--enable-multimodal"], use_vllm=False)
+    assert any("--enable-multimodal" in w and "text only" in w and "400" in w for w in warnings)
+    sglang_split(["--model-path", "m", "--enable-multimodal"], use_sglang=False)  # SGLang's own flag too
+    assert any("--enable-multimodal" in w for w in trtllm_parse(["--model", "/m", "--enable-multimodal"])[1])
 
 
 def test_sglang_workers_take_the_card_settings(tmp_path):
