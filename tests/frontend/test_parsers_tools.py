@@ -88,6 +88,10 @@ CASES = {
                       'string="true">Paris</｜DSML｜parameter>\n<｜DSML｜parameter name="unit" string="true">celsius'
                       '</｜DSML｜parameter>\n</｜DSML｜invoke>\n<｜DSML｜invoke name="get_time">\n</｜DSML｜invoke>\n'
                       "</｜DSML｜function_calls>", "", [("get_weather", WEATHER), ("get_time", {})]),
+    "deepseek_v4": ('<｜DSML｜tool_calls><｜DSML｜invoke name="get_weather"><｜DSML｜parameter name="city" string="true">'
+                    'Paris</｜DSML｜parameter><｜DSML｜parameter name="unit" string="true">celsius</｜DSML｜parameter>'
+                    '</｜DSML｜invoke><｜DSML｜invoke name="get_time"></｜DSML｜invoke></｜DSML｜tool_calls>', "",
+                    [("get_weather", WEATHER), ("get_time", {})]),
     "nemotron_nano": ("<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
                       "<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>", "",
                       [("get_weather", {"city": "Paris", "days": 3})]),

@@ -10,6 +10,7 @@ does not decode stays text). The name is sent as soon as it is complete.
 - deepseek_v3_2 (DeepSeek V3.2, DSML): `<｜DSML｜function_calls><｜DSML｜invoke name="NAME">
   <｜DSML｜parameter name="KEY" string="true|false">VALUE</｜DSML｜parameter>...</｜DSML｜invoke>
   </｜DSML｜function_calls>`; `string="true"` keeps the value text, `"false"` decodes it as JSON.
+- deepseek_v4 (DeepSeek V4): the same DSML in a `<｜DSML｜tool_calls>...</｜DSML｜tool_calls>` block.
 - glm45, glm47 (GLM-4.5/4.6, GLM-4.7): `<tool_call>NAME<arg_key>KEY</arg_key><arg_value>VALUE
   </arg_value>...</tool_call>`, one call per block (4.5 puts a newline after the name and between
   tags, 4.7 none).
@@ -159,6 +160,7 @@ def _tagged(names: tuple[str, ...], start: str, end: str, fmt: TagFormat, specia
 _tagged(("qwen3_coder", "nemotron_nano"), "<tool_call>", "</tool_call>", QWEN3_CODER, specials=False)
 _tagged(("minimax_m2",), "<minimax:tool_call>", "</minimax:tool_call>", MINIMAX_M2, specials=True)
 _tagged(("deepseek_v3_2",), "<｜DSML｜function_calls>", "</｜DSML｜function_calls>", DSML, specials=True)
+_tagged(("deepseek_v4",), "<｜DSML｜tool_calls>", "</｜DSML｜tool_calls>", DSML, specials=True)
 
 
 _GLM_NAME = re.compile(r"\s*([^<\s][^<\n]*?)\s*(?=<arg_key>|\n)")
