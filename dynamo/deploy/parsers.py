@@ -135,7 +135,7 @@ def check_args(module: str, args: list[str]) -> FlagCheck:
     except SystemExit:  # --help / --version
         return FlagCheck([f"{module}: arguments make the program exit (--help?)"], [])
     errors = [f"{module}: unknown flag {a}" if a.startswith("-") else f"{module}: unexpected argument {a!r}"
-              for a in unknown]
+              for a in unknown] + [f"{module}: {p}" for p in _parser_name_problems(args)]
     return FlagCheck(errors, spread + [f"{module}: {text}" for text in prepared + ignored])
 
 
@@ -145,6 +145,20 @@ def _prepare(module: str, args: list[str]) -> tuple[list[str], list[str]]:
         return args, []
     mod, _, attr = path.partition(":")
     return getattr(importlib.import_module(mod), attr)(args, {})
+
+
+def _parser_name_problems(args: list[str]) -> list[str]:
+    """A parser name the worker would refuse at start (it would crash-loop in the pod)."""
+    from dynamo.deploy.commands import flag_value
+    from dynamo.llm.model_card import check_parser_names
+
+    tools, reasoning = (flag_value(args, (flag,)) for flag in ("--dyn-tool-call-parser", "--dyn-reasoning-parser"))
+    try:
+        check_parser_names(None if tools is None or "$" in tools else tools,
+                           None if reasoning is None or "$" in reasoning else reasoning)
+    except ValueError as exc:
+        return [str(exc)]
+    return []
 
 
 def _compat_flags(module: str):

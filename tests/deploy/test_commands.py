@@ -94,3 +94,14 @@ def test_a_shell_list_of_arguments_is_not_checked_as_one_value():
     result = check_args("dynamo.frontend", ["${frontend_args[@]}", "--http-port", "8000"])
     assert result.errors == [] and "${frontend_args[@]}" in result.warnings[0]
     assert check_args("dynamo.frontend", ["$@", "--no-such-flag"]).errors == ["dynamo.frontend: unknown flag --no-such-flag"]
+
+
+def test_a_parser_name_the_worker_would_refuse_fails_validation():
+    """The worker stops at start on an unknown parser (the pod would crash-loop): validation says so first."""
+    from dynamo.deploy.parsers import check_args
+
+    (error,) = check_args("dynamo.vllm", ["--model", "m", "--dyn-tool-call-parser", "no_such_format"]).errors
+    assert "--dyn-tool-call-parser" in error and "no_such_format" in error
+    assert check_args("dynamo.vllm", ["--model", "m", "--dyn-tool-call-parser", "deepseek_v4",
+                                      "--dyn-reasoning-parser", "deepseek_v4"]).errors == []
+    assert check_args("dynamo.vllm", ["--model", "m", "--dyn-reasoning-parser", "$(PARSER)"]).errors == []
