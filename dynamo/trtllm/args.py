@@ -3,7 +3,8 @@
 Unlike vLLM and SGLang, Dynamo's TRT-LLM worker owns its engine flags (TRT-LLM's LLM API
 has no CLI parser); the rest of the engine config comes from `--extra-engine-args` (a
 YAML file of `LLM(...)` arguments) and `--override-engine-args` (a JSON dict applied
-last). `DynamoTrtllmArgs` is the single source of every flag and its `DYN_TRTLLM_*`
+last), or in its stead any number of `--trtllm.<dotted.key> VALUE` flags (`dynamic_flags.py`).
+`DynamoTrtllmArgs` is the single source of every flag and its `DYN_TRTLLM_*`
 env twin, and needs no TensorRT-LLM to parse (so `dynamo.deploy validate` checks
 trtllm manifests anywhere).
 """
@@ -11,19 +12,27 @@ trtllm manifests anywhere).
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 from dynamo.runtime.compat_args import parse_with_compat
-from dynamo.runtime.config import build_parser as _build_parser
-from dynamo.runtime.config import setting
+from dynamo.runtime.config import add_arguments, setting
+from dynamo.trtllm.dynamic_flags import (
+    DynamicFlagError,
+    DynamicFlagParser,
+    apply_overrides,
+    merged_override_json,
+    split_dynamic_flags,
+)
 from dynamo.worker.compat_flags import TRTLLM_FLAGS
 from dynamo.worker.engine_args import EngineWorkerArgs, endpoint_types_setting, parse_endpoint_types
 from dynamo.worker.role import MODE_CHOICES, WorkerRole
 
 DEFAULT_MODEL = "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
+PROG = "python -m dynamo.trtllm"
 
 
 def _t(default: Any, help: str, name: str, **kw: Any) -> Any:
@@ -32,7 +41,9 @@ def _t(default: Any, help: str, name: str, **kw: Any) -> Any:
 
 @dataclass
 class DynamoTrtllmArgs(EngineWorkerArgs):
-    """TensorRT-LLM engine worker: serves a model with TRT-LLM's LLM API behind a Dynamo frontend."""
+    """TensorRT-LLM engine worker: serves a model with TRT-LLM's LLM API behind a Dynamo frontend.
+    Any LLM() argument may also be given as --trtllm.KEY[.SUBKEY...] VALUE (or =VALUE), e.g.
+    --trtllm.kv_cache_config.free_gpu_memory_fraction 0.8: these flags replace --override-engine-args."""
 
     model: str = _t(DEFAULT_MODEL, "Model directory or HF id", "MODEL", flag=["--model", "--model-path"])
     served_model_name: str | None = _t(None, "Served model name (default: --model)", "SERVED_MODEL_NAME")
@@ -93,8 +104,9 @@ class DynamoTrtllmArgs(EngineWorkerArgs):
         return parse_endpoint_types(self.endpoint_types)
 
     def engine_kwargs(self) -> dict[str, Any]:
-        """`LLM(...)` keyword arguments: flags, then the YAML file, then the JSON overrides
-        (`kv_cache_config` stays a dict here: the adapter builds TRT-LLM's KvCacheConfig)."""
+        """`LLM(...)` keyword arguments: flags, then the YAML file, then the JSON overrides (what the
+        `--trtllm.*` flags become). `kv_cache_config` stays a dict here: the adapter builds TRT-LLM's
+        KvCacheConfig."""
         kwargs: dict[str, Any] = {
             "model": self.model, "tensor_parallel_size": self.tensor_parallel_size,
             "pipeline_parallel_size": self.pipeline_parallel_size, "enable_attention_dp": self.enable_attention_dp,
@@ -118,12 +130,13 @@ class DynamoTrtllmArgs(EngineWorkerArgs):
             kwargs["kv_cache_config"]["event_buffer_max_size"] = 1024
         if self.publish_kv_events or self.publish_metrics:
             kwargs["enable_iter_perf_stats"] = True
-        for extra in (self._yaml(), json.loads(self.override_engine_args or "{}")):
-            for key, value in extra.items():
-                if isinstance(value, dict) and isinstance(kwargs.get(key), dict):
-                    kwargs[key] = {**kwargs[key], **value}
-                else:
-                    kwargs[key] = value
+        for key, value in self._yaml().items():  # the YAML's blocks merge one level deep into the flags'
+            if isinstance(value, dict) and isinstance(kwargs.get(key), dict):
+                kwargs[key] = {**kwargs[key], **value}
+            else:
+                kwargs[key] = value
+        # Last, and at every depth (Dynamo's deep_update): --override-engine-args or the --trtllm.* flags.
+        apply_overrides(kwargs, json.loads(self.override_engine_args or "{}"))
         return kwargs
 
     def _yaml(self) -> dict[str, Any]:
@@ -136,9 +149,12 @@ class DynamoTrtllmArgs(EngineWorkerArgs):
         return data
 
 
-def build_parser():
-    """The worker's own flags (`parse_worker_args` adds NVIDIA Dynamo's of `TRTLLM_FLAGS`)."""
-    return _build_parser(DynamoTrtllmArgs, prog="python -m dynamo.trtllm")
+def build_parser() -> DynamicFlagParser:
+    """The worker's own flags and its `--trtllm.*` ones (`parse_worker_args` adds NVIDIA Dynamo's of
+    `TRTLLM_FLAGS`): the parser `dynamo.deploy validate` checks manifests with."""
+    parser = DynamicFlagParser(prog=PROG, description=(DynamoTrtllmArgs.__doc__ or "").strip())
+    add_arguments(parser, DynamoTrtllmArgs)
+    return parser
 
 
 def parse_args(argv=None) -> DynamoTrtllmArgs:
@@ -146,5 +162,13 @@ def parse_args(argv=None) -> DynamoTrtllmArgs:
 
 
 def parse_worker_args(argv=None) -> tuple[DynamoTrtllmArgs, list[str]]:
-    """(the args, a warning per NVIDIA Dynamo flag accepted without effect); exits 2 on a bad one."""
-    return parse_with_compat(DynamoTrtllmArgs, TRTLLM_FLAGS, argv, prog="python -m dynamo.trtllm")
+    """(the args, a warning per NVIDIA Dynamo flag accepted without effect); exits 2 on a bad one.
+    The `--trtllm.*` flags are taken out first and become `override_engine_args` once the
+    environment has been read, so that DYN_TRTLLM_OVERRIDE_ENGINE_ARGS conflicts with them too."""
+    try:
+        rest, overrides = split_dynamic_flags(sys.argv[1:] if argv is None else argv)
+        config, warnings = parse_with_compat(DynamoTrtllmArgs, TRTLLM_FLAGS, rest, prog=PROG)
+        config.override_engine_args = merged_override_json(config.override_engine_args, overrides)
+    except DynamicFlagError as exc:
+        build_parser().error(str(exc))
+    return config, warnings
