@@ -27,4 +27,4 @@ def test_dynamos_newest_names_reasoning_falls_back_tools_refused():
     check_parser_names(None, "gemma4")
     assert REASONING_PARSERS["kimi_k3"]().feed("<think>a</think>b") == ("a", "b")
     with pytest.raises(ValueError, match="--dyn-tool-call-parser"):
-        check_parser_names("gemma4", None)
+        check_parser_names("kimi_k3", None)

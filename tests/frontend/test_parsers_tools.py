@@ -92,6 +92,8 @@ CASES = {
                     'Paris</｜DSML｜parameter><｜DSML｜parameter name="unit" string="true">celsius</｜DSML｜parameter>'
                     '</｜DSML｜invoke><｜DSML｜invoke name="get_time"></｜DSML｜invoke></｜DSML｜tool_calls>', "",
                     [("get_weather", WEATHER), ("get_time", {})]),
+    "gemma4": ('Checking. <|tool_call>call:get_weather{city:<|"|>Paris<|"|>,unit:<|"|>celsius<|"|>}<tool_call|>'
+               "<|tool_call>call:get_time{}<tool_call|>", "Checking. ", [("get_weather", WEATHER), ("get_time", {})]),
     "nemotron_nano": ("<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
                       "<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>", "",
                       [("get_weather", {"city": "Paris", "days": 3})]),
@@ -219,3 +221,16 @@ def test_tagged_names_are_sent_before_the_arguments_close():
     assert "".join(d.arguments for d in more) == '{"city": "Paris"'
     _, last = parser.feed("</tool_call>")
     assert "".join(d.arguments for d in last) == "}"
+
+
+@pytest.mark.parametrize("step", [None, 1])
+def test_gemma4_object_notation_becomes_json(step):
+    text = ('<|tool_call>call:plan{city:<|"|>Paris, {the} "capital"<|"|>,days:-3,ratio:0.5,ok:True,none:nil,'
+            'empty:,stops:[<|"|>a<|"|>, 2, {at:1}],opts:{deep:{x:null}}}<tool_call|>')
+    assert [(c["name"], json.loads(c["arguments"])) for c in run("gemma4", text, step)[1]] == [
+        ("plan", {"city": 'Paris, {the} "capital"', "days": -3, "ratio": 0.5, "ok": True, "none": None, "empty": "",
+                  "stops": ["a", 2, {"at": 1}], "opts": {"deep": {"x": None}}})]
+    # Not this notation, or cut off before the end marker: the answer keeps what the model wrote.
+    for text in ('<|tool_call>call:f{x:<|"|>open}<tool_call|>', "<|tool_call>call:f{x:1", "<|tool_call>print(1)<tool_call|>"):
+        content, calls = run("gemma4", text, step)
+        assert calls == [] and content == text

@@ -1,7 +1,7 @@
 """Output parsers, chosen by name from the worker's model card: reasoning first, then
 tool calls (Dynamo's order). Importing this package registers every built-in parser."""
 
-from dynamo.frontend.parsers import harmony, pythonic, reasoning, tagged_calls, tool_formats  # noqa: F401
+from dynamo.frontend.parsers import gemma4, harmony, pythonic, reasoning, tagged_calls, tool_formats  # noqa: F401
 from dynamo.frontend.parsers.base import (
     REASONING_PARSERS,
     TOOL_PARSERS,
