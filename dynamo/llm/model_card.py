@@ -75,11 +75,20 @@ THINKING_MODES = ("enabled", "disabled")
 DEFAULT_THINKING_MODE_KEY = "default_thinking_mode"
 
 
+# Other spellings Dynamo takes for a parser (`deepseek-v4`, `gemma-4`: any `-` reads as `_`).
+PARSER_ALIASES = {"deepseekv4": "deepseek_v4", "gemma_4": "gemma4"}
+
+
+def canonical_parser_name(name: str) -> str:
+    name = name.replace("-", "_")
+    return PARSER_ALIASES.get(name, name)
+
+
 def check_parser_names(tool_call_parser: str | None, reasoning_parser: str | None) -> None:
     """Workers refuse an unknown parser at start-up instead of the frontend at first request."""
     for flag, value, known in (("--dyn-tool-call-parser", tool_call_parser, TOOL_CALL_PARSERS),
                                ("--dyn-reasoning-parser", reasoning_parser, REASONING_PARSERS)):
-        if value and value.replace("-", "_") not in known:
+        if value and canonical_parser_name(value) not in known:
             raise ValueError(f"{flag}: unknown parser {value!r}; known: {', '.join(known)}")
 
 

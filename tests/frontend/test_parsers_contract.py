@@ -28,3 +28,16 @@ def test_dynamos_newest_names_reasoning_falls_back_tools_refused():
     assert REASONING_PARSERS["kimi_k3"]().feed("<think>a</think>b") == ("a", "b")
     with pytest.raises(ValueError, match="--dyn-tool-call-parser"):
         check_parser_names("kimi_k3", None)
+
+
+def test_dynamos_other_spellings_of_a_parser_name():
+    """A card may carry `deepseek-v4`, `deepseekv4`, `gemma-4`, `qwen3-coder`: the worker accepted them at
+    start, so the frontend must build the same parser for them (not fail the request)."""
+    from dynamo.frontend.parsers import make_reasoning_parser, make_tool_parser
+
+    for spelling, name in (("deepseek-v4", "deepseek_v4"), ("deepseekv4", "deepseek_v4"), ("gemma-4", "gemma4"),
+                           ("qwen3-coder", "qwen3_coder")):
+        check_parser_names(spelling, None)
+        assert type(make_tool_parser(spelling)) is type(make_tool_parser(name))
+    check_parser_names(None, "deepseek-r1")
+    assert type(make_reasoning_parser("deepseek-r1")) is type(make_reasoning_parser("deepseek_r1"))

@@ -9,6 +9,7 @@ from dynamo.frontend.parsers.base import (
     ToolCallDelta,
     ToolParser,
 )
+from dynamo.llm.model_card import canonical_parser_name
 
 __all__ = ["REASONING_PARSERS", "TOOL_PARSERS", "ReasoningParser", "ToolCallDelta", "ToolParser",
            "make_reasoning_parser", "make_tool_parser"]
@@ -16,13 +17,13 @@ __all__ = ["REASONING_PARSERS", "TOOL_PARSERS", "ReasoningParser", "ToolCallDelt
 
 def make_tool_parser(name: str, tools: list[dict] | None = None) -> ToolParser:
     try:
-        return TOOL_PARSERS[name](tools)
+        return TOOL_PARSERS[canonical_parser_name(name)](tools)
     except KeyError:
         raise ValueError(f"unknown tool-call parser {name!r}; known: {sorted(TOOL_PARSERS)}") from None
 
 
 def make_reasoning_parser(name: str) -> ReasoningParser:
     try:
-        return REASONING_PARSERS[name]()
+        return REASONING_PARSERS[canonical_parser_name(name)]()
     except KeyError:
         raise ValueError(f"unknown reasoning parser {name!r}; known: {sorted(REASONING_PARSERS)}") from None
