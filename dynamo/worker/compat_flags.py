@@ -112,6 +112,9 @@ VLLM_FLAGS = worker_flags({
     "--connector": ("*", "--connector is no longer supported for vLLM (as in NVIDIA Dynamo): give vLLM's "
                          "--kv-transfer-config, e.g. '{\"kv_connector\":\"NixlConnector\",\"kv_role\":\"kv_both\"}'"),
     "--route-to-encoder": (False, _MULTIMODAL),
+    # The roles of Dynamo's multimodal vLLM graphs (encode, processor, prefill/decode of embeddings).
+    **{f"--multimodal-{role}": (False, _MULTIMODAL) for role in ("encode-worker", "worker", "processor",
+                                                                "decode-worker", "encode-prefill-worker")},
     "--custom-encoder-class": (True, _MULTIMODAL),
     "--headless": (False, "headless secondary ranks of a multi-node vLLM are not supported: this worker would "
                           "register and serve as a whole worker"),

@@ -93,6 +93,7 @@ def test_flags_without_effect_are_accepted_with_their_reason():
     (["--headless"], "multi-node"),
     (["--connector", "nixl"], "--kv-transfer-config"),
     (["--route-to-encoder"], "multimodal input is not served"),
+    (["--multimodal-encode-worker"], "multimodal input is not served"),
     (["--benchmark-mode", "prefill"], "self-benchmark"),
 ])
 def test_flags_that_would_serve_something_else_are_refused_with_the_reason(argv, reason, capsys):
