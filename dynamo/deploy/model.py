@@ -116,6 +116,7 @@ class ExtraPodSpec(Base):
     dnsPolicy: Union[str, None] = None
     shareProcessNamespace: Union[bool, None] = None
     topologySpreadConstraints: Union[list[Any], None] = None
+    resourceClaims: Union[list[Any], None] = None  # DRA (e.g. a ComputeDomain's IMEX channel)
 
 
 class PodMetadata(Base):
@@ -166,6 +167,14 @@ class Service(Base):
     modelRef: Union[dict[str, Any], None] = None
     scalingAdapter: Union[ScalingAdapter, None] = None
     autoscaling: Union[dict[str, Any], None] = None
+    # Operator-only features (GAIE, GPU memory service, DRA failover, checkpoints, Grove):
+    # accepted so that real manifests validate, reported by `ignored_fields`.
+    eppConfig: Union[dict[str, Any], None] = None
+    frontendSidecar: Union[dict[str, Any], None] = None
+    gpuMemoryService: Union[dict[str, Any], None] = None
+    failover: Union[dict[str, Any], None] = None
+    checkpoint: Union[dict[str, Any], None] = None
+    topologyConstraint: Union[dict[str, Any], None] = None
 
     @property
     def container(self) -> Container:
@@ -181,12 +190,12 @@ class Service(Base):
         res = self.resources
         for q in ((res.limits if res else None), (res.requests if res else None)):
             if q is not None and q.gpu not in (None, ""):
-                return int(q.gpu)
+                return _gpu_count(q.gpu)
         native = self.container.resources or {}
         for key in ("limits", "requests"):
             value = (native.get(key) or {}).get(GPU_RESOURCE)
             if value not in (None, ""):
-                return int(value)
+                return _gpu_count(value)
         return 0
 
     def annotation(self, key: str) -> str | None:
@@ -196,6 +205,14 @@ class Service(Base):
             if source and key in source:
                 return source[key]
         return None
+
+
+def _gpu_count(value: str | int) -> int:
+    # An unfilled template (`gpu: REPLACE-COUNT`) passes the schema; `run` reports this, not int()'s text.
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"GPU count {value!r} is not a whole number") from None
 
 
 class Pvc(Base):
@@ -331,6 +348,22 @@ def check(raw: Any) -> list[tuple[str, str]]:
         for name, svc in services.items():
             _check_replicas(f"spec.services.{name}", svc.get("replicas") if isinstance(svc, dict) else None, errors)
     return errors
+
+
+# Service fields of Dynamo's v1alpha1 CRD that only the operator can act on.
+IGNORED_SERVICE_FIELDS = ("eppConfig", "frontendSidecar", "gpuMemoryService", "failover", "checkpoint",
+                          "topologyConstraint")
+
+
+def ignored_fields(raw: Any) -> list[str]:
+    """Fields `run`/`render` accept but do not honour, as warnings (v1beta1.dropped_fields' twin)."""
+    spec = raw.get("spec") if isinstance(raw, dict) else None
+    services = spec.get("services") if isinstance(spec, dict) else None
+    out = []
+    for name, svc in (services.items() if isinstance(services, dict) else ()):
+        out += [f"spec.services.{name}.{key}: not supported by `run`/`render`; ignored"
+                for key in IGNORED_SERVICE_FIELDS if isinstance(svc, dict) and svc.get(key) is not None]
+    return out
 
 
 # Checks both served versions make (v1beta1.check too), beyond the schema walk.

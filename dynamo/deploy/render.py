@@ -28,7 +28,7 @@ DISCOVERY_ANNOTATION = "nvidia.com/dynamo-discovery-backend"
 DEFAULT_ETCD = "http://etcd:2379"
 _POD_PASSTHROUGH = ("initContainers", "nodeSelector", "tolerations", "affinity",
                     "serviceAccountName", "priorityClassName", "runtimeClassName", "schedulerName", "hostNetwork",
-                    "hostIPC", "dnsPolicy", "shareProcessNamespace", "topologySpreadConstraints")
+                    "hostIPC", "dnsPolicy", "shareProcessNamespace", "topologySpreadConstraints", "resourceClaims")
 _CONTAINER_PASSTHROUGH = ("securityContext", "imagePullPolicy", "lifecycle", "stdin", "tty")
 
 
@@ -62,7 +62,12 @@ def _quantities(q: Quantities | None) -> dict[str, str]:
 
 def _resources(svc: Service) -> dict[str, Any]:
     res = svc.resources
-    out = {k: dict(v) for k, v in (svc.container.resources or {}).items()}
+    native = svc.container.resources or {}
+    out = {k: dict(v) for k, v in native.items() if isinstance(v, dict)}  # requests / limits
+    # `claims` is a list (DRA claim names), carried like the pod's `resourceClaims` they refer to.
+    claims = _claims(native.get("claims"), res.claims if res else None)
+    if claims:
+        out["claims"] = claims
     for key, q in (("requests", res.requests if res else None), ("limits", res.limits if res else None)):
         values = _quantities(q)
         if values:
@@ -71,6 +76,19 @@ def _resources(svc: Service) -> dict[str, Any]:
     requested = out.get("requests", {}).get(GPU_RESOURCE)
     if requested is not None and GPU_RESOURCE not in out.get("limits", {}):
         out.setdefault("limits", {})[GPU_RESOURCE] = requested
+    return out
+
+
+def _claims(*sources: Any) -> list[Any]:
+    """The main container's DRA claims: its own, then the v1alpha1 service's `resources.claims`
+    (which the operator puts on the main container), each name once (Kubernetes keys them by name)."""
+    out, seen = [], set()
+    for source in sources:
+        for claim in source if isinstance(source, list) else []:
+            key = claim.get("name") if isinstance(claim, dict) else repr(claim)
+            if key not in seen:
+                seen.add(key)
+                out.append(claim)
     return out
 
 
@@ -199,6 +217,7 @@ def service_objects(graph: Graph, name: str, svc: Service, k8s_ns: str | None,
                               "spec": _pod_spec(graph, name, svc, port, k8s_ns, list(known_secrets),
                                                 discovery)}},
     }
+    _warn_claims(name, svc, warnings)
     port_name = "http" if contract.is_frontend(svc) else "system"
     service_labels = {**labels, **(kube_discovery.DISCOVERY_LABELS if discovery == "kubernetes" else {})}
     service = {
@@ -212,6 +231,14 @@ def service_objects(graph: Graph, name: str, svc: Service, k8s_ns: str | None,
         service["spec"]["selector"] = {**selector, multinode.LEADER_INDEX_LABEL: "0"}
         return [group, service]
     return [deployment, service]
+
+
+def _warn_claims(name: str, svc: Service, warnings: list[str] | None) -> None:
+    # The claims are valid pod fields, but what they name comes from elsewhere in the file or cluster.
+    if svc.extraPodSpec is not None and svc.extraPodSpec.resourceClaims and warnings is not None:
+        warnings.append(f"service {name}: resourceClaims rendered as written; the cluster needs a DRA driver and "
+                        "the ResourceClaimTemplates they name (e.g. a ComputeDomain's channel), which `render` "
+                        "does not emit")
 
 
 def etcd_objects(k8s_ns: str | None) -> list[dict[str, Any]]:

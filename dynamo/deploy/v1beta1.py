@@ -26,6 +26,7 @@ from dynamo.deploy.model import (
     Metadata,
     Multinode,
     PodMetadata,
+    Service,
     _check_count,
     _check_kind,
     _check_replicas,
@@ -207,22 +208,41 @@ _EXTRA_POD_FIELDS = tuple(f.name for f in msgspec.structs.fields(ExtraPodSpec)
                           if f.name not in ("mainContainer", "containers"))
 
 
-def dropped_fields(raw: dict[str, Any]) -> list[str]:
-    """v1beta1 fields `run`/`render` do not carry over, as warnings with their paths."""
+def dropped_fields(raw: Any) -> list[str]:
+    """v1beta1 fields `run`/`render` do not carry over, as warnings with their paths. Reads
+    any document, not only clean ones, so that a run with schema errors lists them too."""
+    spec = _mapping(raw.get("spec") if isinstance(raw, dict) else None)
+    comps = spec.get("components")
     out = []
-    for i, comp in enumerate(raw["spec"]["components"]):
-        spec = (comp.get("podTemplate") or {}).get("spec") or {}
-        for key in spec:
-            if key != "containers" and key not in _EXTRA_POD_FIELDS:
-                out.append(f"spec.components[{i}].podTemplate.spec.{key}: not rendered")
-        for key in ("roles", "frontendSidecar", "dynamoSidecar", "eppConfig", "topologyConstraint", "experimental",
-                    "providerOverride"):
-            if comp.get(key) is not None:
-                out.append(f"spec.components[{i}].{key}: not supported by `run`/`render`; ignored")
+    for i, comp in enumerate(comps if isinstance(comps, list) else []):
+        if isinstance(comp, dict):
+            out += _dropped_component(i, comp)
     for key in ("restart", "topologyConstraint", "experimental", "providerOverride"):
-        if raw["spec"].get(key) is not None:
+        if spec.get(key) is not None:
             out.append(f"spec.{key}: not supported by `run`/`render`; ignored")
     return out
+
+
+def _dropped_component(i: int, comp: dict[str, Any]) -> list[str]:
+    out = []
+    for key in _mapping(_mapping(comp.get("podTemplate")).get("spec")):
+        if key != "containers" and key not in _EXTRA_POD_FIELDS:
+            out.append(f"spec.components[{i}].podTemplate.spec.{key}: not rendered")
+    for key in ("roles", "frontendSidecar", "dynamoSidecar", "eppConfig", "topologyConstraint", "experimental",
+                "providerOverride"):
+        if comp.get(key) is not None:
+            out.append(f"spec.components[{i}].{key}: not supported by `run`/`render`; ignored")
+    return out
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def component_service(comp: dict[str, Any]) -> Service:
+    """The v1alpha1-shaped service of one raw component, for `validate` to check its command
+    line when the document has schema problems (it passes the component without its faulty fields)."""
+    return msgspec.convert(_service(msgspec.convert(comp, Component)), Service)
 
 
 def convert(raw: dict[str, Any]) -> Graph:

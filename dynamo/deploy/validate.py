@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import yaml
 
-from dynamo.deploy import model, v1beta1
+from dynamo.deploy import model, templates, v1beta1
 from dynamo.deploy.commands import parse_command, probe_files
 from dynamo.deploy.contract import command_of, exec_probes
 from dynamo.deploy.parsers import check_args
@@ -39,9 +40,19 @@ def load_documents(path: str | Path) -> list[Any]:
 Paths = dict[str, tuple[str, str]]  # service -> (its path, its main container's path)
 
 
-def check_services(graph: model.Graph, report: Report, paths: Paths) -> None:
-    for name, svc in graph.spec.services.items():
+# The operator builds an EPP's container and wires it into an inference gateway; without
+# them a GAIE graph has no frontend at all, so ignoring the component would serve nothing.
+EPP_UNSUPPORTED = ("is an EPP (the Gateway API Inference Extension's endpoint picker, whose container and gateway "
+                   "wiring the Dynamo operator supplies): EPP / GAIE graphs are not supported by `run`/`render`; "
+                   "deploy this manifest with the Dynamo operator")
+
+
+def check_services(services: dict[str, model.Service], report: Report, paths: Paths) -> None:
+    for name, svc in services.items():
         where, main_path = paths[name]
+        if svc.componentType == "epp":
+            report.errors.append(f"{where}: component {name} {EPP_UNSUPPORTED}")
+            continue
         container = svc.container
         if not container.image:
             report.errors.append(f"{main_path}.image: required (service {name} has no image)")
@@ -75,18 +86,75 @@ def validate_document(doc: Any, report: Report, index: int) -> None:
     prefix = f"document {index}: " if index else ""
     beta = v1beta1.is_v1beta1(doc)
     problems = v1beta1.check(doc) if beta else model.check(doc)
+    patch = bool(problems) and templates.looks_like_patch(doc)
+    if patch:
+        report.errors.append(f"{prefix}{templates.PATCH_HINT}")
     report.errors += [f"{prefix}{path}: {message}" for path, message in problems]
+    ignored = v1beta1.dropped_fields(doc) if beta else model.ignored_fields(doc)
+    report.warnings += [f"{prefix}{w}" for w in ignored + templates.findings(doc)]
     if problems:
+        # No graph for `run`/`render`, but the command lines that can still be read are checked:
+        # a user fixing a recipe sees every error in one run, not one per run. Not in a patch,
+        # whose components lack image and command by design.
+        if not patch:
+            services, paths = readable_services(doc, {path for path, _ in problems}, beta)
+            check_services(services, report, paths)
         return
     if beta:
         graph, paths = v1beta1.convert(doc), v1beta1.paths(doc)
-        report.warnings += [f"{prefix}{w}" for w in v1beta1.dropped_fields(doc)]
     else:
         graph = model.load(doc)
         paths = {n: (f"spec.services.{n}", f"spec.services.{n}.extraPodSpec.mainContainer")
                  for n in graph.spec.services}
     report.graphs.append(graph)
-    check_services(graph, report, paths)
+    check_services(graph.spec.services, report, paths)
+
+
+def readable_services(doc: Any, bad: set[str], beta: bool) -> tuple[dict[str, model.Service], Paths]:
+    """The services of a document with schema problems whose command lines can still be read:
+    each without its own faulty fields, unless a fault is in (or above) what decides the command."""
+    services: dict[str, model.Service] = {}
+    paths: Paths = {}
+    for name, raw, where, main_path in _raw_services(doc, beta):
+        own = {p for p in bad if _within(p, where)}
+        watched = (f"{main_path}.command", f"{main_path}.args", f"{where}.componentType", f"{where}.type")
+        if name in services or any(_within(w, p) or _within(p, w) for p in own for w in watched):
+            continue
+        pruned = _without(raw, where, own)
+        try:
+            services[name] = v1beta1.component_service(pruned) if beta else msgspec.convert(pruned, model.Service)
+        except (msgspec.ValidationError, StopIteration):  # e.g. a required field is missing: nothing to read
+            continue
+        paths[name] = (where, main_path)
+    return services, paths
+
+
+def _within(path: str, top: str) -> bool:
+    return path == top or path.startswith((f"{top}.", f"{top}["))
+
+
+def _without(value: Any, path: str, bad: set[str]) -> Any:
+    """A copy of `value` without the parts whose path (as `model.check` spells it) has a problem."""
+    if isinstance(value, dict):
+        return {k: _without(v, model._join(path, k), bad) for k, v in value.items() if model._join(path, k) not in bad}
+    if isinstance(value, list):
+        return [_without(v, model._join(path, i), bad) for i, v in enumerate(value) if model._join(path, i) not in bad]
+    return value
+
+
+def _raw_services(doc: Any, beta: bool) -> list[tuple[str, Any, str, str]]:
+    """(name, raw service, its path, its main container's path) for either served version."""
+    spec = doc.get("spec") if isinstance(doc, dict) else None
+    spec = spec if isinstance(spec, dict) else {}
+    if not beta:
+        services = spec.get("services")
+        return [(n, s, f"spec.services.{n}", f"spec.services.{n}.extraPodSpec.mainContainer")
+                for n, s in (services.items() if isinstance(services, dict) else ()) if isinstance(n, str)]
+    comps = spec.get("components")
+    return [(c.get("name"), c, f"spec.components[{i}]",
+             f"spec.components[{i}].podTemplate.spec.containers[{v1beta1.main_index(c)}]")
+            for i, c in enumerate(comps if isinstance(comps, list) else [])
+            if isinstance(c, dict) and isinstance(c.get("name"), str)]
 
 
 def validate_file(path: str | Path) -> Report:
