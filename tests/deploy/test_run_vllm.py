@@ -16,9 +16,9 @@ from tests.vllm.conftest import ENGINE_ARGS, ENGINE_ENV, vllm_model, vllm_python
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(400)]
 
 
-def serves_one_chat(run: DeployRun) -> None:
-    """The graph's frontend and its one VllmDecodeWorker come up and answer a chat request."""
-    run.wait_ready({"Frontend": 1, "VllmDecodeWorker": 1}, timeout=300)
+def serves_one_chat(run: DeployRun, worker: str = "VllmDecodeWorker") -> None:
+    """The graph's frontend and its one worker come up and answer a chat request."""
+    run.wait_ready({"Frontend": 1, worker: 1}, timeout=300)
     run.wait_workers("Qwen/Qwen3-0.6B", 1)
     reply = chat(run.port, "Qwen/Qwen3-0.6B", "hello", max_tokens=4, timeout=120)
     assert reply["usage"]["completion_tokens"] >= 1
@@ -59,16 +59,9 @@ def test_vllm_v1beta1_graph_like_dynamos_example_runs_on_cpu(tmp_path, vllm_pyth
 # Written the way NVIDIA's newer recipes write their commands: `bash -lc` scripts over several lines,
 # an environment assignment before the program, comments, and --enable-multimodal for a model that also
 # reads images.
-RECIPE_STYLE = """\
-apiVersion: nvidia.com/v1beta1
-kind: DynamoGraphDeployment
-metadata:
-  name: recipe-style
-spec:
-  backendFramework: vllm
-  components:
-  - name: Frontend
-    type: frontend
+RECIPE_COMPONENT = """\
+  - name: {name}
+    type: {kind}
     replicas: 1
     podTemplate:
       spec:
@@ -78,23 +71,13 @@ spec:
           command: [/bin/bash, -lc]
           args:
           - |
+{script}"""
+RECIPE_FRONTEND = """\
             # kv routing; no router state to restore
             DYN_ROUTER_MODE=kv python3 -m dynamo.frontend \\
               --router-reset-states
-  - name: Worker
-    type: worker
-    replicas: 1
-    podTemplate:
-      spec:
-        containers:
-        - name: main
-          image: example.invalid/vllm-runtime:1
-          resources:
-            limits:
-              nvidia.com/gpu: "1"
-          command: [/bin/bash, -lc]
-          args:
-          - |
+"""
+RECIPE_WORKER = """\
             set -e
             python3 -m dynamo.vllm \\
               --model Qwen/Qwen3-0.6B \\
@@ -102,18 +85,22 @@ spec:
 """
 
 
+def recipe_style_manifest() -> str:
+    return ("apiVersion: nvidia.com/v1beta1\nkind: DynamoGraphDeployment\nmetadata:\n  name: recipe-style\n"
+            "spec:\n  backendFramework: vllm\n  components:\n"
+            + RECIPE_COMPONENT.format(name="Frontend", kind="frontend", script=RECIPE_FRONTEND)
+            + RECIPE_COMPONENT.format(name="Worker", kind="worker", script=RECIPE_WORKER))
+
+
 def test_a_recipe_style_login_shell_manifest_runs_on_cpu(tmp_path, vllm_python, vllm_model):
     """The scripts are found and rewritten (our interpreter, the local model, the frontend's port), the
     multimodal switch starts a text-serving worker, and both come up and answer."""
     manifest = tmp_path / "recipe.yaml"
-    manifest.write_text(RECIPE_STYLE)
+    manifest.write_text(recipe_style_manifest())
     run = DeployRun(manifest, tmp_path, "--model", str(vllm_model), "--append-args",
                     "Worker=" + " ".join(ENGINE_ARGS), python=str(vllm_python), env=ENGINE_ENV)
     try:
-        run.wait_ready({"Frontend": 1, "Worker": 1}, timeout=300)
-        run.wait_workers("Qwen/Qwen3-0.6B", 1)
-        reply = chat(run.port, "Qwen/Qwen3-0.6B", "hello", max_tokens=4, timeout=120)
-        assert reply["usage"]["completion_tokens"] >= 1
+        serves_one_chat(run, "Worker")
         assert run.stop() == 0 and run.survivors() == []
     finally:
         run.stop()
