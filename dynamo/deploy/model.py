@@ -350,6 +350,7 @@ def check(raw: Any) -> list[tuple[str, str]]:
     return errors
 
 
+IGNORED = "not supported by `run`/`render`; ignored"  # an operator-only field, as a warning says it
 # Service fields of Dynamo's v1alpha1 CRD that only the operator can act on.
 IGNORED_SERVICE_FIELDS = ("eppConfig", "frontendSidecar", "gpuMemoryService", "failover", "checkpoint",
                           "topologyConstraint")
@@ -361,7 +362,7 @@ def ignored_fields(raw: Any) -> list[str]:
     services = spec.get("services") if isinstance(spec, dict) else None
     out = []
     for name, svc in (services.items() if isinstance(services, dict) else ()):
-        out += [f"spec.services.{name}.{key}: not supported by `run`/`render`; ignored"
+        out += [f"spec.services.{name}.{key}: {IGNORED}"
                 for key in IGNORED_SERVICE_FIELDS if isinstance(svc, dict) and svc.get(key) is not None]
     return out
 

@@ -17,6 +17,7 @@ from typing import Any, Literal, Union
 import msgspec
 
 from dynamo.deploy.model import (
+    IGNORED,
     API_VERSION_V1BETA1,
     Base,
     Container,
@@ -219,7 +220,7 @@ def dropped_fields(raw: Any) -> list[str]:
             out += _dropped_component(i, comp)
     for key in ("restart", "topologyConstraint", "experimental", "providerOverride"):
         if spec.get(key) is not None:
-            out.append(f"spec.{key}: not supported by `run`/`render`; ignored")
+            out.append(f"spec.{key}: {IGNORED}")
     return out
 
 
@@ -231,7 +232,7 @@ def _dropped_component(i: int, comp: dict[str, Any]) -> list[str]:
     for key in ("roles", "frontendSidecar", "dynamoSidecar", "eppConfig", "topologyConstraint", "experimental",
                 "providerOverride"):
         if comp.get(key) is not None:
-            out.append(f"spec.components[{i}].{key}: not supported by `run`/`render`; ignored")
+            out.append(f"spec.components[{i}].{key}: {IGNORED}")
     return out
 
 
