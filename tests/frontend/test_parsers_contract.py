@@ -36,7 +36,7 @@ def test_dynamos_other_spellings_of_a_parser_name():
     from dynamo.frontend.parsers import make_reasoning_parser, make_tool_parser
 
     for spelling, name in (("deepseek-v4", "deepseek_v4"), ("deepseekv4", "deepseek_v4"), ("gemma-4", "gemma4"),
-                           ("qwen3-coder", "qwen3_coder")):
+                           ("qwen3-coder", "qwen3_coder"), ("minimax-m3", "minimax_m3")):
         check_parser_names(spelling, None)
         assert type(make_tool_parser(spelling)) is type(make_tool_parser(name))
     check_parser_names(None, "deepseek-r1")

@@ -14,9 +14,9 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": 
     "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}}]
 
 
-def run(name: str, text: str, step: int | None) -> tuple[str, list[dict]]:
+def run(name: str, text: str, step: int | None, tools: list[dict] | None = TOOLS) -> tuple[str, list[dict]]:
     """Feed `text` in pieces of `step` characters (None: whole); returns (content, calls)."""
-    parser = make_tool_parser(name, TOOLS)
+    parser = make_tool_parser(name, tools)
     pieces = [text] if step is None else [text[i:i + step] for i in range(0, len(text), step)]
     content, deltas = [], []
     for piece in pieces:
@@ -36,6 +36,23 @@ def run(name: str, text: str, step: int | None) -> tuple[str, list[dict]]:
             assert call["name"] is not None, "arguments never precede the name"
         call["arguments"] += delta.arguments
     return "".join(content), [calls[i] for i in sorted(calls)]
+
+
+# MiniMax M3's namespace token, in front of every one of its tags.
+NS = "]<]minimax[>["
+
+
+def m3_block(*invokes: str) -> str:
+    return f"{NS}<tool_call>\n" + "\n".join(invokes) + f"\n{NS}</tool_call>"
+
+
+def m3_invoke(head: str, *params: str) -> str:
+    """`head` is the invoke's attributes, e.g. `name="get_weather"`."""
+    return f"{NS}<invoke {head}>" + "".join(params) + f"{NS}</invoke>"
+
+
+def m3_tag(name: str, value: str) -> str:
+    return f"{NS}<{name}>{value}{NS}</{name}>"
 
 
 CASES = {
@@ -94,6 +111,9 @@ CASES = {
                     [("get_weather", WEATHER), ("get_time", {})]),
     "gemma4": ('Checking. <|tool_call>call:get_weather{city:<|"|>Paris<|"|>,unit:<|"|>celsius<|"|>}<tool_call|>'
                "<|tool_call>call:get_time{}<tool_call|>", "Checking. ", [("get_weather", WEATHER), ("get_time", {})]),
+    "minimax_m3": ("Checking. " + m3_block(m3_invoke('name="get_weather"', m3_tag("city", "Paris"),
+                                                    m3_tag("unit", "celsius")), m3_invoke('name="get_time"')),
+                   "Checking. ", [("get_weather", WEATHER), ("get_time", {})]),
     "nemotron_nano": ("<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
                       "<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>", "",
                       [("get_weather", {"city": "Paris", "days": 3})]),
@@ -234,3 +254,99 @@ def test_gemma4_object_notation_becomes_json(step):
     for text in ('<|tool_call>call:f{x:<|"|>open}<tool_call|>', "<|tool_call>call:f{x:1", "<|tool_call>print(1)<tool_call|>"):
         content, calls = run("gemma4", text, step)
         assert calls == [] and content == text
+
+
+M3_TOOLS = [{"type": "function", "function": {"name": "plan", "parameters": {"type": "object", "properties": {
+    "city": {"type": "string"}, "days": {"type": "integer"}, "ok": {"type": "boolean"}, "ratio": {"type": "number"},
+    "unit": {"enum": ["1", "2"]}, "note": {"type": ["string", "null"]}, "tags": {"type": "string"},
+    "opts": {"type": "object", "properties": {"n": {"type": "integer"}, "deep": {"type": "object"}}},
+    "ids": {"type": "array", "items": {"type": "integer"}},
+    "stops": {"anyOf": [{"type": "null"}, {"type": "array", "items": {
+        "type": "object", "properties": {"at": {"type": "integer"}, "name": {"type": "string"}}}}]},
+    "flags": {"type": "object", "additionalProperties": {"type": "boolean"}}}}}}]
+
+
+def m3_run(text: str, step: int | None, tools: list[dict] | None = M3_TOOLS) -> tuple[str, list[tuple[str, dict]]]:
+    content, calls = run("minimax_m3", text, step, tools)
+    return content, [(c["name"], json.loads(c["arguments"])) for c in calls]
+
+
+@pytest.mark.parametrize("step", [None, 1])
+def test_minimax_m3_scalars_follow_the_schema(step):
+    text = "Let me plan. " + m3_block(
+        m3_invoke('name="plan"', m3_tag("city", "Paris, France&amp; &lt;more&gt; &quot;x&quot; &#x27;y&#39; "),
+                  m3_tag("days", " 3\n"), m3_tag("ok", "TRUE"), m3_tag("ratio", "2.5"), m3_tag("unit", "2"),
+                  m3_tag("note", " Null "), m3_tag("tags", "a"), m3_tag("tags", "b"), m3_tag("tags", "c")),
+        m3_invoke('name="plan"', m3_tag("days", "soon"), m3_tag("ok", "0"), m3_tag("ratio", "-4"),
+                  m3_tag("city", "&amp;lt;"), m3_tag("extra", "42"))) + "Done."
+    assert m3_run(text, step) == ("Let me plan. Done.", [
+        ("plan", {"city": "Paris, France& <more> \"x\" 'y' ", "days": 3, "ok": True, "ratio": 2.5, "unit": "2",
+                  "note": None, "tags": ["a", "b", "c"]}),
+        # not an integer: stays text; 0 is false; an integer is a number; a parameter the schema lacks is text
+        ("plan", {"days": "soon", "ok": False, "ratio": -4, "city": "&lt;", "extra": "42"})])
+
+
+@pytest.mark.parametrize("step", [None, 1])
+def test_minimax_m3_nested_objects_and_item_arrays(step):
+    text = m3_block(m3_invoke(
+        'name="plan"',
+        m3_tag("opts", m3_tag("n", "7") + m3_tag("deep", '{"a": [1]}') + " loose " + m3_tag("n", "8")),
+        m3_tag("ids", m3_tag("item", "1") + m3_tag("item", "2") + m3_tag("item", "null")),
+        m3_tag("stops", "\n" + m3_tag("item", m3_tag("at", "1") + m3_tag("name", "A")) + "\n"
+               + m3_tag("item", m3_tag("at", "2")) + "\n"),
+        m3_tag("flags", m3_tag("fast", "true") + m3_tag("cheap", "no")),
+        m3_tag("untyped", m3_tag("item", "1"))))
+    assert m3_run(text, step)[1] == [("plan", {
+        "opts": {"n": [7, 8], "deep": {"a": [1]}, "$text": "loose"}, "ids": [1, 2, None],
+        "stops": [{"at": 1, "name": "A"}, {"at": 2}], "flags": {"fast": True, "cheap": "no"},
+        "untyped": {"item": "1"}})]  # `<item>`s make an array only where the schema says array
+
+
+@pytest.mark.parametrize("step", [None, 1])
+def test_minimax_m3_invoke_names_and_tags(step):
+    text = m3_block(m3_invoke("name=plan", m3_tag("days", "1")), m3_invoke("name='plan' ", m3_tag("days", "2")),
+                    m3_invoke('name=" plan "', f"{NS}<bad tag>x{NS}</bad tag>{NS}<>y{NS}</>" + m3_tag("days", "3")),
+                    m3_invoke('name=""', m3_tag("days", "4")), m3_invoke("", m3_tag("days", "5")))
+    # An invoke with no name is skipped; a tag name that is empty or has whitespace is not a parameter.
+    assert m3_run(text, step) == ("", [("plan", {"days": 1}), ("plan", {"days": 2}), ("plan", {"days": 3})])
+    # A second block's calls follow the first's.
+    content, calls = run("minimax_m3", text + "\n" + text, step, M3_TOOLS)
+    assert content == "" and len({c["id"] for c in calls}) == len(calls) == 6
+
+
+@pytest.mark.parametrize("step", [None, 1])
+def test_minimax_m3_with_no_tools_values_stay_text(step):
+    text = m3_block(m3_invoke('name="plan"', m3_tag("days", "3"), m3_tag("ok", "true"), m3_tag("note", "null"),
+                              m3_tag("ids", m3_tag("item", "1") + m3_tag("item", "2"))))
+    assert m3_run(text, step, tools=None)[1] == [("plan", {"days": "3", "ok": "true", "note": None,
+                                                           "ids": {"item": ["1", "2"]}})]
+
+
+@pytest.mark.parametrize("step", [None, 1])
+def test_minimax_m3_cut_off_or_empty_blocks_stay_text(step):
+    whole = m3_block(m3_invoke('name="plan"', m3_tag("days", "3")))
+    for text in ("Sure. " + whole[:-len(f"{NS}</tool_call>")],  # cut off before the end marker
+                 "Sure. " + whole[:-3],  # cut off inside it
+                 "Sure. " + whole[:70],  # inside the first invoke
+                 f"{NS}<tool_call>print(1){NS}</tool_call> after",  # not invokes
+                 m3_block(m3_invoke('name=""', m3_tag("days", "3")))):  # no named invoke
+        assert m3_run(text, step) == (text, [])
+
+
+@pytest.mark.parametrize("text", ["See reference [1]", "See reference [1] and more", "odd ]<] text ]<]",
+                                  "almost ]<]minimax[>[<tool_cal"])
+def test_minimax_m3_ordinary_text_is_not_held(text):
+    assert m3_run(text, 1) == (text, [])
+    assert m3_run(text, None) == (text, [])
+
+
+def test_minimax_m3_streams_text_until_a_possible_marker():
+    parser = make_tool_parser("minimax_m3", M3_TOOLS)
+    assert parser.feed("See [1] ") == ("See [1] ", [])
+    assert parser.feed("then ]<]mini") == ("then ", [])  # could be the start marker: held
+    assert parser.feed("skirt ") == ("]<]miniskirt ", [])  # it was not
+    block = m3_block(m3_invoke('name="plan"', m3_tag("days", "3")))
+    assert parser.feed(block[:-5]) == ("", [])  # the block is converted whole at its end marker
+    _, deltas = parser.feed(block[-5:])
+    assert [(d.name, d.arguments) for d in deltas] == [("plan", '{"days": 3}')]
+    assert parser.finish() == ("", [])

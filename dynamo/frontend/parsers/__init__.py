@@ -1,7 +1,15 @@
 """Output parsers, chosen by name from the worker's model card: reasoning first, then
 tool calls (Dynamo's order). Importing this package registers every built-in parser."""
 
-from dynamo.frontend.parsers import gemma4, harmony, pythonic, reasoning, tagged_calls, tool_formats  # noqa: F401
+from dynamo.frontend.parsers import (  # noqa: F401
+    gemma4,
+    harmony,
+    minimax_m3,
+    pythonic,
+    reasoning,
+    tagged_calls,
+    tool_formats,
+)
 from dynamo.frontend.parsers.base import (
     REASONING_PARSERS,
     TOOL_PARSERS,
