@@ -135,7 +135,7 @@ def check_args(module: str, args: list[str]) -> FlagCheck:
     except SystemExit:  # --help / --version
         return FlagCheck([f"{module}: arguments make the program exit (--help?)"], [])
     errors = [f"{module}: unknown flag {a}" if a.startswith("-") else f"{module}: unexpected argument {a!r}"
-              for a in unknown] + [f"{module}: {p}" for p in _parser_name_problems(args)]
+              for a in unknown] + [f"{module}: {p}" for p in _content_problems(module, args)]
     return FlagCheck(errors, spread + [f"{module}: {text}" for text in prepared + ignored])
 
 
@@ -147,8 +147,29 @@ def _prepare(module: str, args: list[str]) -> tuple[list[str], list[str]]:
     return getattr(importlib.import_module(mod), attr)(args, {})
 
 
+def _content_problems(module: str, args: list[str]) -> list[str]:
+    """Flag values the program reads at start and refuses there (the pod would crash-loop)."""
+    return _planner_config_problems(args) if module == "dynamo.planner" else _parser_name_problems(args)
+
+
+def _planner_config_problems(args: list[str]) -> list[str]:
+    """The planner's inline `--config` JSON, read by its own loader (a file or ConfigMap mount, or a
+    value the shell fills in, is read only where it runs)."""
+    from dynamo.deploy.commands import flag_value
+    from dynamo.planner.config import load_config
+
+    text = flag_value(args, ("--config",))
+    if text is None or not text.lstrip().startswith("{") or "$" in text:
+        return []
+    try:
+        load_config(text)
+    except ValueError as exc:  # json.JSONDecodeError is one
+        return [f"--config: the planner refuses this config at start: {exc}"]
+    return []
+
+
 def _parser_name_problems(args: list[str]) -> list[str]:
-    """A parser name the worker would refuse at start (it would crash-loop in the pod)."""
+    """A parser name the worker would refuse at start."""
     from dynamo.deploy.commands import flag_value
     from dynamo.llm.model_card import check_parser_names
 

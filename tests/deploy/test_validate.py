@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +151,33 @@ def test_sglang_and_trtllm_flags_are_checked(backend, bad_flag, tmp_path):
     path.write_text(yaml.safe_dump(doc))
     report = validate_file(path)
     assert any(bad_flag in e for e in report.errors), report.errors
+
+
+PLANNER_EXAMPLE = REPO / "examples/backends/mocker/deploy/disagg_planner.yaml"
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"plannerMaxGpuBudget": 4}, "unknown field `plannerMaxGpuBudget`"),
+    ({"max_gpu_budget": "four"}, "max_gpu_budget"),
+    ({"optimization_target": "load"}, "needs prefill_scale_"),
+    ({"fpm_sample_bucket_size": 10}, "perfect square"),
+])
+def test_a_planner_config_the_planner_would_refuse_is_an_error(tmp_path, config, message):
+    # The planner reads its --config at start and stops on what it cannot take: the pod would crash-loop.
+    doc = yaml.safe_load(PLANNER_EXAMPLE.read_text())
+    args = main_container(doc, "Planner")["args"]
+    at = args.index("--config") + 1
+    args[at] = json.dumps({**json.loads(args[at]), **config})
+    path = tmp_path / "planner.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    errors = validate_file(path).errors
+    assert any("service Planner" in e and "refuses this config" in e and message in e for e in errors), errors
+
+
+def test_a_planner_config_read_where_it_runs_is_not_judged_here(tmp_path):
+    doc = yaml.safe_load(PLANNER_EXAMPLE.read_text())
+    args = main_container(doc, "Planner")["args"]
+    args[args.index("--config") + 1] = "/workspace/planner_config/planner_config.json"  # a ConfigMap mount
+    path = tmp_path / "planner.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert validate_file(path).ok
