@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from dynamo.profiler import dgdr, dgdr_v1alpha1
 from dynamo.profiler.pipeline import Options, load_request, run
 from dynamo.profiler.thorough import MAX_DECODE_CONCURRENCY, SweepOptions
 from dynamo.runtime.config import parse_config, setting
@@ -66,6 +67,17 @@ def options(args: ProfilerArgs) -> Options:
                    accept_unmet_sla=args.accept_unmet_sla, sweep=sweep, frontend_port=args.frontend_port)
 
 
+def with_request_settings(args: ProfilerArgs, req: dgdr.Request) -> ProfilerArgs:
+    """Sweep settings a v1alpha1 request's config gave (granularity, GPUs per engine, timeout),
+    where neither a flag nor DYN_PROFILER_* set them: flags win, as they did in Dynamo's profiler."""
+    defaults = ProfilerArgs()
+    for name, value in dgdr_v1alpha1.profiler_settings(req.metadata.annotations).items():
+        if getattr(args, name) == getattr(defaults, name):
+            setattr(args, name, value)
+            logging.getLogger("dynamo.profiler").info("%s = %s (from the request's profilingConfig)", name, value)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_config(ProfilerArgs, argv, prog="python -m dynamo.profiler")
     configure_logging()
@@ -78,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    args = with_request_settings(args, req)
     write_config_dump(args, "dynamo.profiler")
     return asyncio.run(run(req, options(args)))
 

@@ -52,6 +52,10 @@ class Choice:
         return sum(w.gpus * w.replicas for w in self.workers)
 
 
+def dgd_backend(req: Request) -> str:
+    return "mocker" if req.spec.mocker else (req.spec.backend if req.spec.backend != "auto" else "vllm")
+
+
 def dgd_name(req: Request) -> str:
     override = ((req.spec.overrides.dgd or {}) if req.spec.overrides else {}).get("metadata", {}).get("name")
     return override or f"{req.metadata.name}-dgd"
@@ -114,7 +118,7 @@ def build_dgd(req: Request, choice: Choice, image: str = IMAGE, profile_dir: Pat
     """The DGD for `choice`. With the mocker feature, mocker workers replay `profile_dir`
     (mounted from `configmap` on Kubernetes, read in place by `dynamo.deploy run`)."""
     name = dgd_name(req)
-    backend = "mocker" if req.spec.mocker else (req.spec.backend if req.spec.backend != "auto" else "vllm")
+    backend = dgd_backend(req)
     model, mounts = _model_location(req)
     frontend: dict[str, Any] = {"componentType": "frontend", "replicas": 1,
                                 "extraPodSpec": {"mainContainer": _container(image, "dynamo.frontend",
@@ -141,7 +145,7 @@ def build_dgd(req: Request, choice: Choice, image: str = IMAGE, profile_dir: Pat
             pod["mainContainer"]["volumeMounts"] = [{"name": "profile-data", "mountPath": pdir}]
         services[_service_name(backend, w.role)] = svc
     if req.spec.planner:
-        services["Planner"] = planner_service(req, backend, image, profile_dir, configmap)
+        services["Planner"] = planner_service(req, backend, image, profile_dir, configmap, choice.mode)
     longest = max(len(s) for s in services)
     if len(name) + longest > MAX_NAME:
         raise ValueError(f"DGD name {name!r} is too long: with component {longest} characters it exceeds {MAX_NAME} "
@@ -160,17 +164,28 @@ def build_dgd(req: Request, choice: Choice, image: str = IMAGE, profile_dir: Pat
     return merge(dgd, override) if override else dgd
 
 
-def planner_service(req: Request, backend: str, image: str, profile_dir: Path | None,
-                    configmap: str | None) -> dict[str, Any]:
-    """The SLA planner, with the request's PlannerConfig passed through and pointed at the profile."""
+def planner_config(req: Request, backend: str, profile_dir: Path | None, mode: str = "disagg") -> dict[str, Any]:
+    """The request's PlannerConfig passed through, with the SLA it states, the profile to read, and
+    `mode: agg` for an aggregated graph (the planner's default, disagg, would look for prefill and
+    decode pools it does not have)."""
     config = {"backend": backend, **(req.spec.features.planner or {})}
+    if mode == "agg":
+        config.setdefault("mode", "agg")
     for key in ("ttft", "itl"):  # as Dynamo: the SLA the user stated (not the defaults) is the planner's,
         value = getattr(req.spec.sla, key)  # unless its own config says otherwise
         if value is not None and key not in config and f"{key}_ms" not in config:
             config[f"{key}_ms"] = float(value)
-    svc: dict[str, Any] = {"componentType": "planner", "replicas": 1, "extraPodSpec": {}}
     if profile_dir is not None:
         config["profile_results_dir"] = str(profile_dir.resolve())
+    return config
+
+
+def planner_service(req: Request, backend: str, image: str, profile_dir: Path | None,
+                    configmap: str | None, mode: str) -> dict[str, Any]:
+    """The SLA planner, pointed at the profile (a ConfigMap mount on Kubernetes)."""
+    config = planner_config(req, backend, profile_dir, mode)
+    svc: dict[str, Any] = {"componentType": "planner", "replicas": 1, "extraPodSpec": {}}
+    if profile_dir is not None:
         if configmap:
             svc["extraPodSpec"]["volumes"] = [{"name": "profile-data", "configMap": {"name": configmap}}]
     container = _container(image, "dynamo.planner", ["--config", json.dumps(config, sort_keys=True)])

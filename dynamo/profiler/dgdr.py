@@ -1,11 +1,17 @@
 """DynamoGraphDeploymentRequest `nvidia.com/v1beta1`: the typed request (model, SLA, workload,
-hardware) with Dynamo's defaults and admission checks. Every finding names its field path."""
+hardware) with Dynamo's defaults and admission checks. Every finding names its field path. A
+v1alpha1 request is read through `dgdr_v1alpha1`, as Dynamo's operator converts it."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 import msgspec
+
+from dynamo.profiler import dgdr_v1alpha1
+
+log = logging.getLogger("dynamo.profiler")
 
 API_VERSION = "nvidia.com/v1beta1"
 KIND = "DynamoGraphDeploymentRequest"
@@ -154,6 +160,11 @@ def parse(raw: Any) -> Request:
         raise ValueError(f"a {KIND} must be a mapping, got {type(raw).__name__}")
     if "spec" not in raw and "model" in raw:  # a bare spec, as Dynamo's --config takes it
         raw = {"metadata": {"name": "dgdr"}, "spec": raw}
+    if raw.get("apiVersion") == dgdr_v1alpha1.API_VERSION:
+        converted = dgdr_v1alpha1.convert(raw)
+        for note in converted.notes:
+            log.warning("%s: %s", dgdr_v1alpha1.API_VERSION, note)
+        raw = converted.raw
     raw = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "dgdr"}, **raw}
     try:
         req = msgspec.convert(raw, Request, strict=True)

@@ -15,7 +15,7 @@ import yaml
 
 from dynamo.llm.perf_data import Profile, write_profile
 from dynamo.profiler import dgdr
-from dynamo.profiler.dgd import Choice, build_dgd, profile_configmap
+from dynamo.profiler.dgd import Choice, build_dgd, dgd_backend, planner_config, profile_configmap
 from dynamo.profiler.plots import plot_decode, plot_prefill
 from dynamo.profiler.rapid import rapid
 from dynamo.profiler.status import Status
@@ -154,8 +154,24 @@ async def deploy(req: dgdr.Request, final: Path, opts: Options, status: Status) 
     return 0
 
 
+def planner_problems(req: dgdr.Request) -> list[str]:
+    """What the planner of the generated DGD would refuse at start, known before any profiling
+    (Dynamo passes `features.planner` through unread: its planner crash-loops after the deploy)."""
+    if not req.spec.planner:
+        return []
+    from dynamo.deploy.parsers import check_args
+
+    config = planner_config(req, dgd_backend(req), None)
+    errors = check_args("dynamo.planner", ["--config", json.dumps(config)]).errors
+    return [e.split("refuses this config at start: ", 1)[-1] for e in errors]
+
+
 async def run(req: dgdr.Request, opts: Options) -> int:
-    """Profile (or reuse), then apply when asked. Exit codes: 0 ok, 1 failed, 3 SLA not met."""
+    """Profile (or reuse), then apply when asked. Exit codes: 0 ok, 1 failed, 2 refused, 3 SLA not met."""
+    problems = planner_problems(req)
+    if problems:  # refused at admission, as a webhook would: nothing profiled, no status written
+        log.error("invalid %s: spec.features.planner: %s", dgdr.KIND, "; ".join(problems))
+        return 2
     status = Status(opts.output_dir, req.metadata.name, dgdr.spec_digest(req))
     if opts.dry_run:
         status.claim()
@@ -198,10 +214,11 @@ def deploy_main(cmd: str, args: Any) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=__import__("sys").stderr)
         return 2
-    from dynamo.profiler.__main__ import ProfilerArgs, options
+    from dynamo.profiler.__main__ import ProfilerArgs, options, with_request_settings
     from dynamo.runtime.config import parse_config
 
-    opts = options(parse_config(ProfilerArgs, [], prog="dynamo.deploy"))  # sweep settings from DYN_PROFILER_*
+    settings = parse_config(ProfilerArgs, [], prog="dynamo.deploy")  # sweep settings from DYN_PROFILER_*
+    opts = options(with_request_settings(settings, req))
     opts.output_dir = Path("profiling_results") / req.metadata.name
     opts.model_dir = getattr(args, "model", None)
     opts.apply = False if cmd == "render" else None

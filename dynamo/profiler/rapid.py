@@ -99,8 +99,11 @@ def _f(row: dict[str, str], key: str) -> float:
 
 
 def choice_from_rows(req: Request, results: dict[str, list[dict[str, str]]]) -> Choice:
-    """Pick the best experiment (highest tokens/s/GPU, as AIConfigurator does) and size it."""
-    mode, row = max(((m, rows[0]) for m, rows in results.items()), key=lambda mr: _f(mr[1], "tokens/s/gpu"))
+    """Pick the best experiment (highest tokens/s/GPU, as AIConfigurator does) and size it; with the
+    planner on, the disaggregated one (Dynamo's autoscale picking: the planner scales prefill and
+    decode apart)."""
+    ranked = {"disagg": results["disagg"]} if req.spec.planner and results.get("disagg") else results
+    mode, row = max(((m, rows[0]) for m, rows in ranked.items()), key=lambda mr: _f(mr[1], "tokens/s/gpu"))
     budget = req.spec.hardware.totalGpus or 8
     load_target = (req.spec.workload.concurrency or req.spec.workload.requestRate) is not None
     if mode == "agg":
@@ -132,7 +135,8 @@ def choice_from_rows(req: Request, results: dict[str, list[dict[str, str]]]) -> 
         met = expected["ttft_ms"] <= s_ttft and expected["itl_ms"] <= s_itl
     choice = Choice(mode, workers, "aiconfigurator", expected, sla_met=met)
     others = {m: round(_f(rows[0], "tokens/s/gpu"), 1) for m, rows in results.items()}
-    choice.notes.append(f"AIConfigurator tokens/s/GPU by mode: {json.dumps(others)}; picked {mode}")
+    why = " (the planner scales prefill and decode apart)" if ranked is not results else ""
+    choice.notes.append(f"AIConfigurator tokens/s/GPU by mode: {json.dumps(others)}; picked {mode}{why}")
     if choice.total_gpus > budget:
         choice.notes.append(f"needs {choice.total_gpus} GPUs for the stated load, over the budget of {budget}")
         choice.sla_met = False

@@ -172,3 +172,24 @@ def test_planner_feature_adds_the_planner_pointed_at_the_profile(tmp_path):
     dgd = build_dgd(stated, Choice("disagg", [WorkerChoice("prefill", 1), WorkerChoice("decode", 1)], "measured"))
     config = json.loads(dgd["spec"]["services"]["Planner"]["extraPodSpec"]["mainContainer"]["args"][1])
     assert (config["ttft"], config["itl_ms"]) == (500, 20.0) and "ttft_ms" not in config
+
+
+def test_with_the_planner_the_pick_is_disaggregated_and_an_agg_graph_gets_an_agg_planner(tmp_path):
+    import json
+
+    # Dynamo's autoscale picking: with the planner on, the disaggregated experiment even where agg
+    # has more tokens/s/GPU, since the planner scales prefill and decode apart.
+    faster_agg = {**AGG_ROW, "tokens/s/gpu": "900"}
+    planner = request(backend="vllm", features={"planner": {"optimization_target": "sla"}})
+    assert choice_from_rows(planner, {"agg": [faster_agg], "disagg": [DISAGG_ROW]}).mode == "disagg"
+    assert choice_from_rows(request(backend="vllm"), {"agg": [faster_agg], "disagg": [DISAGG_ROW]}).mode == "agg"
+    # The memory-fit fallback is aggregated: its planner must scale that one pool, not look for
+    # prefill and decode pools the graph does not have (the planner's default mode, disagg).
+    choice = memory_fit(planner, None, "AIConfigurator does not cover this model")
+    dgd = build_dgd(planner, choice)
+    config = json.loads(dgd["spec"]["services"]["Planner"]["extraPodSpec"]["mainContainer"]["args"][1])
+    assert config["mode"] == "agg"
+    write_and_validate(tmp_path, dgd)
+    stated = request(backend="vllm", features={"planner": {"mode": "decode"}})
+    dgd = build_dgd(stated, memory_fit(stated, None, "x"))
+    assert '"mode": "decode"' in dgd["spec"]["services"]["Planner"]["extraPodSpec"]["mainContainer"]["args"][1]
