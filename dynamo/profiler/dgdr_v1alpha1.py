@@ -156,8 +156,10 @@ def _deployment_overrides(over: dict[str, Any], pc: dict[str, Any], new: dict[st
 
 def planner_config(old: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     """Pre-1.0 planner settings (`plannerMinEndpoint`, `adjustment-interval`, ...) as PlannerConfig
-    fields; a setting the planner no longer has is named in a note and left out."""
-    new: dict[str, Any] = {}
+    fields, with that planner's behaviour as the default (SLA target, throughput loop only); a setting
+    the planner no longer has is named in a note and left out."""
+    # The pre-1.0 planner was the SLA planner: its predictive throughput loop, the load loop only on request.
+    new: dict[str, Any] = {"optimization_target": "sla", "enable_load_scaling": False}
     for key, value in old.items():
         name = snake(key)
         name = name[len("planner_"):] if name.startswith("planner_") else name

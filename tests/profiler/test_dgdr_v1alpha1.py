@@ -39,7 +39,7 @@ def test_the_mapping_of_dynamos_conversion():
     assert (s.sla.ttft, s.sla.itl, s.sla.optimizationType) == (200.0, 20.0, "latency")
     assert (s.workload.isl, s.workload.osl) == (3000, 150)
     assert (s.modelCache.pvcName, s.modelCache.pvcModelPath, s.modelCache.pvcMountPath) == ("models", "qwen", "/models")
-    assert s.features.planner == {"max_gpu_budget": 4}
+    assert s.features.planner == {"optimization_target": "sla", "enable_load_scaling": False, "max_gpu_budget": 4}
     job = s.overrides.profilingJob["template"]["spec"]
     assert job["containers"][0]["resources"] == {"limits": {"cpu": "4"}} and job["tolerations"][0]["operator"] == "Exists"
     kept = json.loads(req.metadata.annotations[dgdr_v1alpha1.CONFIG_ANNOTATION])
@@ -85,9 +85,11 @@ def test_pre_1_0_planner_settings_become_planner_config_fields():
     config = dgdr_v1alpha1.planner_config({"plannerMinEndpoint": 2, "adjustment-interval": 60, "noOperation": True,
                                            "ttft": 200, "disableThroughputScaling": True, "noCorrection": True,
                                            "loadbased_adjustment_interval": 5, "max_gpu_budget": 8}, notes)
-    assert config == {"min_endpoint": 2, "throughput_adjustment_interval_seconds": 60, "advisory": True,
-                      "ttft_ms": 200, "enable_throughput_scaling": False, "load_adjustment_interval_seconds": 5,
-                      "max_gpu_budget": 8}
+    assert config == {"optimization_target": "sla", "enable_load_scaling": False, "min_endpoint": 2,
+                      "throughput_adjustment_interval_seconds": 60, "advisory": True, "ttft_ms": 200,
+                      "enable_throughput_scaling": False, "load_adjustment_interval_seconds": 5, "max_gpu_budget": 8}
+    # the pre-1.0 planner's load loop, where it was asked for
+    assert dgdr_v1alpha1.planner_config({"enableLoadbasedScaling": True}, [])["enable_load_scaling"] is True
     assert notes == ["profilingConfig.config.planner.noCorrection: the planner has no such setting now; left out"]
 
 
@@ -106,7 +108,8 @@ def test_the_examples_say_the_same_thing_in_both_versions():
     for part in ("model", "backend", "searchStrategy", "autoApply", "workload", "sla"):
         assert getattr(old.spec, part) == getattr(new.spec, part), part
     assert old.spec.mocker and new.spec.mocker
-    assert old.spec.features.planner == {"min_endpoint": 1, "max_gpu_budget": 4}
+    assert old.spec.features.planner == {"optimization_target": "sla", "enable_load_scaling": False,
+                                         "min_endpoint": 1, "max_gpu_budget": 4}
 
 
 def test_flags_win_over_the_requests_sweep_settings():
