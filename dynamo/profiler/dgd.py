@@ -4,7 +4,6 @@ plus the mocker variant and the profile-data ConfigMap. `dynamo.deploy validate`
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from typing import Any
 
 from dynamo.llm.perf_data import DECODE_JSON, PREFILL_JSON
 from dynamo.profiler.dgdr import Request
+from dynamo.profiler.overrides import apply_override
 
 IMAGE = "dynamo-serve-cuda:0.1.0"
 DGD_API = "nvidia.com/v1alpha1"
@@ -100,8 +100,11 @@ def _container(image: str, module: str, args: list[str]) -> dict[str, Any]:
 def _model_location(req: Request) -> tuple[str, list[dict[str, Any]] | None]:
     cache = req.spec.modelCache
     if cache and cache.pvcName:
+        mount = [{"name": cache.pvcName, "mountPoint": cache.pvcMountPath}]
+        if cache.pvcModelPath and cache.pvcModelPath.startswith("/"):  # already a path in the container
+            return cache.pvcModelPath, mount  # (joining it to the mount path doubled it: Dynamo #8469)
         sub = (cache.pvcModelPath or req.spec.model).strip("/")
-        return f"{cache.pvcMountPath.rstrip('/')}/{sub}", [{"name": cache.pvcName, "mountPoint": cache.pvcMountPath}]
+        return f"{cache.pvcMountPath.rstrip('/')}/{sub}", mount
     return req.spec.model, None
 
 
@@ -161,7 +164,7 @@ def build_dgd(req: Request, choice: Choice, image: str = IMAGE, profile_dir: Pat
     if mounts:
         dgd["spec"]["pvcs"] = [{"name": mounts[0]["name"], "create": False}]
     override = req.spec.overrides.dgd if req.spec.overrides else None
-    return merge(dgd, override) if override else dgd
+    return apply_override(dgd, override) if override else dgd
 
 
 def planner_config(req: Request, backend: str, profile_dir: Path | None, mode: str = "disagg") -> dict[str, Any]:
@@ -193,16 +196,3 @@ def planner_service(req: Request, backend: str, image: str, profile_dir: Path | 
         container["volumeMounts"] = [{"name": "profile-data", "mountPath": config["profile_results_dir"]}]
     svc["extraPodSpec"]["mainContainer"] = container
     return svc
-
-
-def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Deep merge of a partial DGD (`overrides.dgd`): maps merge, everything else replaces."""
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        if key in ("apiVersion", "kind"):
-            continue  # the override is versioned for its own sake; ours decides the output version
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out

@@ -154,12 +154,32 @@ def _problems(req: Request) -> list[str]:
     return out
 
 
+# Set by the API server: a request saved with `kubectl get dgdr NAME -o yaml` carries them.
+SERVER_SET = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "selfLink",
+              "deletionTimestamp", "deletionGracePeriodSeconds", "finalizers", "ownerReferences", "generateName")
+SKU_ALIASES = {"gb200_sxm": "gb200"}  # Dynamo's deprecated spelling
+
+
+def _as_input(raw: dict[str, Any]) -> dict[str, Any]:
+    """The request as written: the server's status and bookkeeping (an exported object) left out."""
+    raw = {k: v for k, v in raw.items() if k != "status"}
+    if isinstance(raw.get("metadata"), dict):
+        raw["metadata"] = {k: v for k, v in raw["metadata"].items() if k not in SERVER_SET}
+    hardware = (raw.get("spec") or {}).get("hardware") if isinstance(raw.get("spec"), dict) else None
+    if isinstance(hardware, dict) and hardware.get("gpuSku") in SKU_ALIASES:
+        sku = hardware["gpuSku"]
+        log.warning("spec.hardware.gpuSku: %s is deprecated (Dynamo); read as %s", sku, SKU_ALIASES[sku])
+        raw["spec"] = {**raw["spec"], "hardware": {**hardware, "gpuSku": SKU_ALIASES[sku]}}
+    return raw
+
+
 def parse(raw: Any) -> Request:
     """A validated request from parsed YAML/JSON; ValueError listing every problem otherwise."""
     if not isinstance(raw, dict):
         raise ValueError(f"a {KIND} must be a mapping, got {type(raw).__name__}")
     if "spec" not in raw and "model" in raw:  # a bare spec, as Dynamo's --config takes it
         raw = {"metadata": {"name": "dgdr"}, "spec": raw}
+    raw = _as_input(raw)
     if raw.get("apiVersion") == dgdr_v1alpha1.API_VERSION:
         converted = dgdr_v1alpha1.convert(raw)
         for note in converted.notes:

@@ -1,0 +1,97 @@
+"""`spec.overrides.dgd` merged over the generated DGD as Dynamo's profiler merges it: v1alpha1 worker
+args appended, v1beta1 components read in our shape, named lists merged by name, components matched
+by name or role, an unknown one refused; and requests as users save them (exported from a cluster,
+a deprecated SKU spelling, a container-absolute model path)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from dynamo.deploy.validate import validate_file
+from dynamo.profiler import dgdr
+from dynamo.profiler.dgd import Choice, WorkerChoice, build_dgd
+
+DISAGG = Choice("disagg", [WorkerChoice("prefill", 1), WorkerChoice("decode", 1)], "measured")
+
+
+def request(**spec) -> dgdr.Request:
+    return dgdr.parse({"metadata": {"name": "r1"}, "spec": {"model": "Qwen/Qwen3-0.6B", "backend": "vllm", **spec}})
+
+
+def services(req: dgdr.Request, choice: Choice = DISAGG) -> dict:
+    return build_dgd(req, choice)["spec"]["services"]
+
+
+def main(svc: dict) -> dict:
+    return svc["extraPodSpec"]["mainContainer"]
+
+
+def test_a_v1alpha1_override_appends_worker_args_and_merges_env_by_name(tmp_path):
+    over = {"apiVersion": "nvidia.com/v1alpha1", "spec": {"services": {
+        "VllmDecodeWorker": {"extraPodSpec": {"mainContainer": {"args": ["--max-model-len", "8192"]}}},
+        "Frontend": {"envs": [{"name": "DYN_LOG", "value": "debug"}]}}}}
+    req = request(overrides={"dgd": over}, features={"kvRouter": {"enabled": True}})
+    svcs = services(req)
+    generated = main(services(request())["VllmDecodeWorker"])["args"]
+    args = main(svcs["VllmDecodeWorker"])["args"]
+    assert args == generated + ["--max-model-len", "8192"]  # the model path and the role kept
+    assert main(svcs["VllmPrefillWorker"])["args"] == main(services(request())["VllmPrefillWorker"])["args"]
+    assert {e["name"] for e in svcs["Frontend"]["envs"]} == {"DYN_ROUTER_MODE", "DYN_LOG"}  # kvRouter's kept
+    path = tmp_path / "dgd.yaml"
+    path.write_text(yaml.safe_dump(build_dgd(req, DISAGG)))
+    assert validate_file(path).ok
+
+
+def test_a_v1beta1_override_is_read_in_our_shape_and_matched_by_role():
+    over = {"apiVersion": "nvidia.com/v1beta1", "kind": "DynamoGraphDeployment",
+            "metadata": {"name": "prod", "labels": {"tier": "gold"}},
+            "spec": {"components": [
+                {"name": "decode", "replicas": 3, "sharedMemorySize": "16Gi",
+                 "podTemplate": {"metadata": {"labels": {"pool": "d"}},
+                                 "spec": {"nodeSelector": {"gpu": "h200"},
+                                          "containers": [{"name": "main", "args": ["--only", "these"],
+                                                          "env": [{"name": "VLLM_LOGGING_LEVEL", "value": "DEBUG"}]}]}}},
+                {"name": "frontend", "replicas": 2}]}}
+    dgd = build_dgd(request(overrides={"dgd": over}), DISAGG)
+    svcs = dgd["spec"]["services"]
+    decode = svcs["VllmDecodeWorker"]
+    assert (dgd["metadata"]["name"], dgd["metadata"]["labels"]["tier"]) == ("prod", "gold")
+    assert decode["replicas"] == 3 and decode["sharedMemory"] == {"size": "16Gi"}
+    assert decode["extraPodSpec"]["nodeSelector"] == {"gpu": "h200"}
+    assert decode["extraPodMetadata"]["labels"] == {"pool": "d"}
+    assert main(decode)["args"] == ["--only", "these"]  # a structural merge replaces a list
+    assert main(decode)["env"] == [{"name": "VLLM_LOGGING_LEVEL", "value": "DEBUG"}]
+    assert main(decode)["image"] and main(decode)["command"]  # the rest of the generated container stays
+    assert svcs["Frontend"]["replicas"] == 2 and "components" not in dgd["spec"]
+
+
+@pytest.mark.parametrize("over", [
+    {"apiVersion": "nvidia.com/v1alpha1", "spec": {"services": {"Encoder": {"replicas": 1}}}},
+    {"apiVersion": "nvidia.com/v1beta1", "spec": {"components": [{"name": "Encoder", "replicas": 1}]}},
+])
+def test_an_override_of_a_component_the_graph_lacks_is_refused(over):
+    with pytest.raises(ValueError, match="'Encoder' is not in the generated DGD"):
+        build_dgd(request(overrides={"dgd": over}), DISAGG)
+    agg = Choice("agg", [WorkerChoice("agg", 1)], "memory-fit")  # the profile picked agg: no decode pool
+    with pytest.raises(ValueError, match="'decode' is not in the generated DGD .*VllmWorker"):
+        build_dgd(request(overrides={"dgd": {"spec": {"components": [{"name": "decode", "replicas": 2}]}}}), agg)
+
+
+def test_a_request_exported_from_a_cluster_reads_as_written(caplog):
+    exported = {"apiVersion": "nvidia.com/v1beta1", "kind": "DynamoGraphDeploymentRequest",
+                "metadata": {"name": "r1", "namespace": "a", "uid": "u-1", "resourceVersion": "9", "generation": 2,
+                             "creationTimestamp": "2026-11-30T10:00:00Z", "managedFields": [{}]},
+                "spec": {"model": "m", "hardware": {"gpuSku": "gb200_sxm"}},
+                "status": {"phase": "Ready", "dgdName": "r1-dgd"}}
+    req = dgdr.parse(exported)
+    assert (req.metadata.name, req.metadata.namespace) == ("r1", "a")
+    assert req.spec.hardware.gpuSku == "gb200" and "deprecated" in caplog.text
+
+
+def test_a_container_absolute_model_path_is_not_joined_to_the_mount():
+    cache = {"pvcName": "models", "pvcMountPath": "/opt/model-cache"}
+    absolute = request(modelCache={**cache, "pvcModelPath": "/opt/model-cache/qwen3"})
+    relative = request(modelCache={**cache, "pvcModelPath": "qwen3"})
+    for req in (absolute, relative):
+        assert main(services(req)["VllmDecodeWorker"])["args"][1] == "/opt/model-cache/qwen3"
