@@ -27,7 +27,8 @@ PATCH_HINT = ("this looks like a kustomize patch (strategic-merge `$patch` keys,
               "name), not a whole DynamoGraphDeployment; run `kustomize build` first and validate its output")
 
 _NAMESPACE_KEYS = ("namespace", "dynamoNamespace")
-_NOT_QUANTITIES = ("gpuType",)  # v1alpha1 Quantities: a node label value, not an amount
+_NOT_QUANTITIES = ("gpuType",)
+_CLAIM_KEYS = ("claimName", "pvcName", "secretName", "envFromSecret")  # v1alpha1 Quantities: a node label value, not an amount
 
 
 def findings(raw: Any) -> list[str]:
@@ -50,6 +51,12 @@ def _walk(value: Any, path: str, out: list[str]) -> None:
             _placeholder(where, "image", item, out)
         elif key in _NAMESPACE_KEYS and isinstance(item, str):
             _placeholder(where, "namespace", item, out)
+        elif key in _CLAIM_KEYS and isinstance(item, str):  # a PVC or secret the pod would wait for forever
+            _placeholder(where, "name", item, out)
+        elif key == "pvcs" and isinstance(item, list):
+            for i, pvc in enumerate(item):
+                if isinstance(pvc, dict) and isinstance(pvc.get("name"), str):
+                    _placeholder(_join(_join(where, i), "name"), "name", pvc["name"], out)
         elif key == "resources" and isinstance(item, dict):
             _resources(where, item, out)
             continue

@@ -26,7 +26,7 @@ from dynamo.runtime.compat_args import compat_removed, export_runtime_flags
 from dynamo.runtime.config import add_arguments, from_namespace, setting
 from dynamo.worker.engine_args import (EngineWorkerArgs, check_limits_and_types, endpoint_types_setting,
                                        parse_endpoint_types)
-from dynamo.worker.compat_flags import SGLANG_FLAGS
+from dynamo.worker.compat_flags import MM_TEXT, SGLANG_FLAGS
 from dynamo.worker.flag_table import add_static_flags, classify, write_table
 from dynamo.worker.role import WorkerRole
 
@@ -137,6 +137,8 @@ def parse_split(argv: Sequence[str] | None = None, use_sglang: bool | None = Non
     SGLANG_FLAGS.add_to(parser)
     ns = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     warnings = SGLANG_FLAGS.check(ns, parser.error)
+    if getattr(ns, "enable_multimodal", False):  # SGLang's own flag (so not in SGLANG_FLAGS), same meaning here
+        warnings.append(f"--enable-multimodal: {MM_TEXT}")
     export_runtime_flags(ns)
     config, engine_ns = split_namespace(ns)
     try:

@@ -26,7 +26,7 @@ _MM_KNOB = "multimodal input is not served by this worker"
 # A model that also reads images (Qwen3.5, Kimi K2.6/K3) is served as the text model it is too: its recipes
 # pass --enable-multimodal for the vision path, and a 400 on media parts is said, not silent. Encoder
 # workers and routes to them are multimodal topologies with nothing else to serve: still refused.
-_MM_TEXT = ("this worker serves the model's text only; the frontend answers image, video and audio parts with a 400 "
+MM_TEXT = ("this worker serves the model's text only; the frontend answers image, video and audio parts with a 400 "
             "(multimodal input is not served here)")
 _NOT_DIFFUSION = "diffusion models are not served by this worker"
 
@@ -47,7 +47,7 @@ RUNTIME_IGNORED: dict[tuple[str, ...], tuple[bool | str, str]] = {
     ("--media-output-fs-url",): (True, "no images or videos are generated here"),
     ("--media-output-http-url",): (True, "no images or videos are generated here"),
     ("--frontend-decoding",): (False, _MM_KNOB),
-    ("--enable-multimodal",): (False, _MM_TEXT),
+    ("--enable-multimodal",): (False, MM_TEXT),
     ("--health-check-payload",): (True, "health is the worker's own /health (engine alive, model registered); no "
                                         "canary requests are sent"),
 }

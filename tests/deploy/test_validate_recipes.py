@@ -186,6 +186,23 @@ def test_container_resource_placeholders_warn(tmp_path):
         f"{main}.image", f"{main}.resources.limits.${{RDMA}}", f"{main}.resources.limits.nvidia.com/gpu"]
 
 
+def test_placeholder_claim_and_secret_names_warn(tmp_path):
+    # A pod mounting a PVC or secret that does not exist waits in Pending with no word of why.
+    text = v1alpha1("""\
+        A:
+          componentType: worker
+          envFromSecret: ${HF_SECRET}
+          extraPodSpec:
+            volumes: [{name: m, persistentVolumeClaim: {claimName: REPLACE-ME}}, {name: t, secret: {secretName: tok}}]
+            mainContainer: {image: img:1, command: [python3, -m, dynamo.mocker], args: [--model-path, /m]}
+        """) + '  pvcs: [{name: "<YOUR-PVC>", create: false}]\n'
+    report = validate_file(write(tmp_path, text))
+    assert report.errors == [], report.errors
+    assert sorted(w.split(":")[0] for w in report.warnings) == [
+        "spec.pvcs[0].name", "spec.services.A.envFromSecret",
+        "spec.services.A.extraPodSpec.volumes[0].persistentVolumeClaim.claimName"]
+
+
 def test_kustomize_patch_gets_a_hint(tmp_path):
     patch = v1beta1("""\
         - name: Frontend

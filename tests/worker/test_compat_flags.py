@@ -109,7 +109,9 @@ def test_a_model_that_also_reads_images_is_served_as_text(capsys):
     worker starts, serving text, and says that media parts are refused."""
     _, _, warnings = vllm_split(["--model", "m", "--enable-multimodal"], use_vllm=False)
     assert any("--enable-multimodal" in w and "text only" in w and "400" in w for w in warnings)
-    sglang_split(["--model-path", "m", "--enable-multimodal"], use_sglang=False)  # SGLang's own flag too
+    # SGLang's own flag too: the engine gets it, and the worker says the same about media parts
+    assert any("--enable-multimodal" in w and "400" in w
+               for w in sglang_split(["--model-path", "m", "--enable-multimodal"], use_sglang=False)[2])
     assert any("--enable-multimodal" in w for w in trtllm_parse(["--model", "/m", "--enable-multimodal"])[1])
 
 
