@@ -17,7 +17,7 @@ import yaml
 from dynamo.deploy import contract
 from dynamo.deploy.commands import MODEL_FLAGS, flag_value, parse_command
 from dynamo.deploy.model import GPU_RESOURCE, EnvVar, Graph, Quantities, Service
-from dynamo.deploy import kube_discovery, multinode
+from dynamo.deploy import kube_discovery, multinode, planner_scaling
 from dynamo.deploy.dynamo_model import add_sidecars, load_models
 from dynamo.deploy.pull_secrets import parse_pull_secret, pull_secrets, secrets_from_file
 from dynamo.deploy.run import load_graph
@@ -108,6 +108,9 @@ def _container(graph: Graph, name: str, svc: Service, port: int, k8s_ns: str | N
             _field_env("POD_IP", "status.podIP")]
     if discovery == "kubernetes":  # the owner of the pod's DynamoWorkerMetadata
         env.append(_field_env("POD_UID", "metadata.uid"))
+    if svc.componentType == "planner":  # no DGD here: it scales the graph's Deployments
+        env.append({"name": planner_scaling.SELECTOR_ENV,
+                    "value": planner_scaling.selector(contract.k8s_name(graph.metadata.name))})
     env += _env_entries(svc.envs) + _env_entries(main.env)
     env_from: list[dict[str, Any]] = [{"configMapRef": {"name": contract.k8s_name(graph.metadata.name, "env")}}]
     if svc.envFromSecret:
@@ -177,6 +180,8 @@ def _pod_spec(graph: Graph, name: str, svc: Service, port: int, k8s_ns: str | No
     }
     if discovery == "kubernetes":  # allowed to read EndpointSlices and write its DynamoWorkerMetadata
         spec["serviceAccountName"] = kube_discovery.account_name(contract.k8s_name(graph.metadata.name))
+    elif svc.componentType == "planner":  # allowed to read and scale the graph's Deployments
+        spec["serviceAccountName"] = planner_scaling.account_name(contract.k8s_name(graph.metadata.name))
     volumes = list((pod.volumes if pod else None) or [])
     if not (svc.sharedMemory and svc.sharedMemory.disabled):
         size = (svc.sharedMemory.size if svc.sharedMemory else None) or contract.SHARED_MEMORY
@@ -211,7 +216,8 @@ def service_objects(graph: Graph, name: str, svc: Service, k8s_ns: str | None,
     if annotations:
         template_meta["annotations"] = annotations
     deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(obj_name, k8s_ns, labels),
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {**_meta(obj_name, k8s_ns, labels), "annotations": {planner_scaling.NAME_ANNOTATION: name}},
         "spec": {"replicas": svc.replica_count, "selector": {"matchLabels": selector},
                  "template": {"metadata": template_meta,
                               "spec": _pod_spec(graph, name, svc, port, k8s_ns, list(known_secrets),
@@ -288,6 +294,7 @@ def render(graph: Graph, k8s_namespace: str | None = None, etcd_endpoints: str =
                             "metadata": _meta(pvc.name, k8s_ns, labels), "spec": spec})
     for name, svc in graph.spec.services.items():
         objects += service_objects(graph, name, svc, k8s_ns, known_secrets, warnings, discovery)
+    objects += _planner_rbac(objects, graph, k8s_ns, labels, warnings)
     if discovery == "kubernetes":
         return objects + _kubernetes_discovery(graph, k8s_ns, labels, include_crd, warnings)
     if include_etcd:
@@ -296,6 +303,21 @@ def render(graph: Graph, k8s_namespace: str | None = None, etcd_endpoints: str =
         warnings.append(f"the graph discovers through etcd at {etcd_endpoints}: deploy one there, or pass "
                         "--include-etcd / --etcd-endpoints (components exit with a clear error without it)")
     return objects
+
+
+def _planner_rbac(objects: list[dict[str, Any]], graph: Graph, k8s_ns: str | None, labels: dict[str, str],
+                  warnings: list[str]) -> list[dict[str, Any]]:
+    """Leave a rendered planner able to scale the graph (see `planner_scaling`)."""
+    planners = [o for o in objects if o["kind"] == "Deployment"
+                and o["metadata"]["labels"].get("nvidia.com/dynamo-component-type") == "planner"]
+    if not planners:
+        return []
+    groups = [o["metadata"]["name"] for o in objects if o["kind"] == "LeaderWorkerSet"]
+    if groups:
+        warnings.append(f"the planner scales Deployments here; the multinode groups {', '.join(groups)} "
+                        "(LeaderWorkerSets) keep their replicas")
+    accounts = [o["spec"]["template"]["spec"].get("serviceAccountName", "default") for o in planners]
+    return planner_scaling.rbac_objects(contract.k8s_name(graph.metadata.name), k8s_ns, labels, accounts)
 
 
 def _discovery_of(graph: Graph, warnings: list[str]) -> str:

@@ -44,6 +44,9 @@ class PlannerArgs(DumpConfigTo):
                                    env="DYN_PARENT_DGD_K8S_NAME")
     kube_namespace: str | None = setting(None, "Kubernetes namespace of the DGD", env="POD_NAMESPACE")
     kubeconfig: str | None = setting(None, "Kubeconfig file when not in a cluster", env="KUBECONFIG")
+    kube_deployment_selector: str | None = setting(
+        None, "Kubernetes without the operator: scale the Deployments this label selector finds (render sets it)",
+        env="DYN_PLANNER_DEPLOYMENT_SELECTOR")
     control_url: str | None = setting(None, "`dynamo.deploy run` control endpoint (`run` injects it); set: the "
                                       "graph runs locally and the local connector scales it",
                                       env="DYN_DEPLOY_CONTROL_URL")
@@ -121,6 +124,9 @@ class PlannerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     dgd_name: str | None = None  # kubernetes: $DYN_PARENT_DGD_K8S_NAME
     kube_namespace: str | None = None  # kubernetes: $POD_NAMESPACE
     kubeconfig: str | None = None  # kubernetes, outside a cluster: $KUBECONFIG
+    # kubernetes without the operator (`dynamo.deploy render`): scale the Deployments this label selector
+    # finds, not a DGD ($DYN_PLANNER_DEPLOYMENT_SELECTOR, which render sets)
+    kube_deployment_selector: str | None = None
     replica_ready_timeout_seconds: float = 600.0
     fpm_stale_seconds: float = 10.0
 
@@ -209,7 +215,7 @@ def load_config(text: str, args: PlannerArgs | None = None) -> PlannerConfig:
         raw.setdefault("prometheus_endpoint", args.prometheus_endpoint or None)
         if args.namespace:
             raw.setdefault("namespace", args.namespace)
-        for name in ("dgd_name", "kube_namespace", "kubeconfig"):
+        for name in ("dgd_name", "kube_namespace", "kubeconfig", "kube_deployment_selector"):
             if getattr(args, name):
                 raw.setdefault(name, getattr(args, name))
         if args.prometheus_port:

@@ -6,8 +6,13 @@ planner's Kubernetes connector calls, on 127.0.0.1, recording every request.
 - PATCH      /apis/nvidia.com/v1alpha1/namespaces/{ns}/dynamographdeploymentscalingadapters/{name}/scale
   (merge patch `{"spec": {"replicas": N}}`; 404 unless the adapter exists)
 
+- GET        /apis/apps/v1/namespaces/{ns}/deployments?labelSelector=k=v, .../deployments/{name}
+- PATCH      /apis/apps/v1/namespaces/{ns}/deployments/{name}/scale (merge or strategic merge patch)
+  (a graph rendered to plain Deployments, no operator)
+
 Like the operator, a replica change sets the DGD's `Ready` condition to False; the test
-decides when it turns True again (`mark_ready`). Not a Kubernetes: no auth, no watch.
+decides when it turns True again (`mark_ready`); a Deployment's `status.readyReplicas` moves
+only when the test says (`set_ready`). Not a Kubernetes: no auth, no watch.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
 
 DGD = re.compile(r"^/apis/nvidia\.com/(v1alpha1|v1beta1)/namespaces/([^/]+)/dynamographdeployments/([^/]+)$")
+DEPLOYMENTS = re.compile(r"^/apis/apps/v1/namespaces/([^/]+)/deployments(?:/([^/]+))?(/scale)?$")
 SCALE = re.compile(r"^/apis/nvidia\.com/v1alpha1/namespaces/([^/]+)/dynamographdeploymentscalingadapters/([^/]+)/scale$")
 
 
@@ -28,8 +35,12 @@ def status(kind: str, code: int, message: str) -> dict:
 
 
 class KubeStandIn:
-    def __init__(self, dgd: dict, versions: tuple[str, ...] = ("v1beta1",), adapters: tuple[str, ...] = ()) -> None:
-        self.dgd = dgd
+    def __init__(self, dgd: dict | None, versions: tuple[str, ...] = ("v1beta1",), adapters: tuple[str, ...] = (),
+                 deployments: list[dict] = ()) -> None:
+        self.dgd = dgd if dgd is not None else {"metadata": {"name": ""}, "spec": {"services": {}}}
+        self.deployments = {d["metadata"]["name"]: copy.deepcopy(d) for d in deployments}
+        for d in self.deployments.values():
+            d["status"] = {"replicas": d["spec"]["replicas"], "readyReplicas": d["spec"]["replicas"]}
         self.versions = versions
         self.adapters = set(adapters)  # names of existing DGDSAs
         self.requests: list[tuple[str, str, str, object]] = []  # (method, path, content-type, body)
@@ -62,6 +73,9 @@ class KubeStandIn:
     def mark_ready(self, ready: bool) -> None:
         self.dgd.setdefault("status", {})["conditions"] = [{"type": "Ready", "status": "True" if ready else "False"}]
 
+    def set_ready(self, name: str, ready: int) -> None:
+        self.deployments[name]["status"]["readyReplicas"] = ready
+
     def components(self) -> dict[str, dict]:
         spec = self.dgd["spec"]
         return {c["name"]: c for c in spec["components"]} if "components" in spec else spec["services"]
@@ -72,7 +86,9 @@ class KubeStandIn:
         ctype = req.headers.get("content-type", "")
         with self.lock:
             self.requests.append((method, req.path, ctype, body))
-            code, reply = self._route(method, req.path.split("?")[0], ctype, body)
+            path, _, query = req.path.partition("?")
+            code, reply = (self._deployments(method, path, query, body) if DEPLOYMENTS.match(path)
+                           else self._route(method, path, ctype, body))
         data = json.dumps(reply).encode()
         req.send_response(code)
         req.send_header("content-type", "application/json")
@@ -99,6 +115,23 @@ class KubeStandIn:
             self.mark_ready(False)
             return 200, {"kind": "Scale", "spec": {"replicas": body["spec"]["replicas"]}}
         return 404, status("NotFound", 404, path)
+
+    def _deployments(self, method: str, path: str, query: str, body) -> tuple[int, dict]:
+        _, name, scale = DEPLOYMENTS.match(path).groups()
+        if name is None:  # a list, by label selector
+            wanted = dict(p.split("=", 1) for p in parse_qs(query).get("labelSelector", [""])[0].split(",") if p)
+            items = [d for d in self.deployments.values()
+                     if all(d["metadata"].get("labels", {}).get(k) == v for k, v in wanted.items())]
+            return 200, {"apiVersion": "apps/v1", "kind": "DeploymentList", "metadata": {}, "items": items}
+        dep = self.deployments.get(name)
+        if dep is None:
+            return 404, status("NotFound", 404, f"deployments.apps {name!r} not found")
+        if method == "PATCH" and scale:
+            dep["spec"]["replicas"] = body["spec"]["replicas"]
+            dep["status"]["replicas"] = body["spec"]["replicas"]
+            return 200, {"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": name},
+                         "spec": {"replicas": dep["spec"]["replicas"]}, "status": {"replicas": dep["spec"]["replicas"]}}
+        return 200, dep
 
     def _json_patch(self, ops: list[dict]) -> tuple[int, dict]:
         doc = copy.deepcopy(self.dgd)

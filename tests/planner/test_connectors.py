@@ -109,6 +109,70 @@ async def test_missing_dgd_is_an_error(kube, k8s_cfg):
         await conn.start()
 
 
+def rendered_planner_graph() -> tuple[list[dict], dict[str, str]]:
+    """`dynamo.deploy render` of the mocker planner example: its objects, and the planner container's env."""
+    from dynamo.deploy.run import load_graph
+    from dynamo.deploy.render import render
+    from tests.fixtures.procs import REPO
+
+    objects = render(load_graph(str(REPO / "examples/backends/mocker/deploy/disagg_planner.yaml")), "team")
+    planner = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-planner"))
+    env = {e["name"]: e.get("value") for e in planner["spec"]["template"]["spec"]["containers"][0]["env"]}
+    return objects, env
+
+
+async def test_a_rendered_graph_is_scaled_through_its_deployments(kube, tmp_path, monkeypatch):
+    # No operator, no DGD: the planner render configured finds the graph's Deployments by label and scales
+    # them through the Deployment scale subresource, reading readiness from the Deployment's status.
+    from dynamo.planner.config import PlannerArgs, load_config
+    from dynamo.runtime.config import parse_config
+
+    objects, env = rendered_planner_graph()
+    api = kube(None, deployments=[o for o in objects if o["kind"] == "Deployment"])
+    monkeypatch.setenv("DYN_PLANNER_DEPLOYMENT_SELECTOR", env["DYN_PLANNER_DEPLOYMENT_SELECTOR"])
+    monkeypatch.setenv("POD_NAMESPACE", "team")
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    cfg = load_config('{"environment": "kubernetes", "backend": "mocker"}', parse_config(PlannerArgs, []))
+    conn = make_connector(cfg)
+    await conn.start()
+    graph = "mocker-disagg-planner"
+    assert conn.deployments == {"prefill": f"{graph}-mockerprefillworker", "decode": f"{graph}-mockerdecodeworker"}
+    assert await conn.state() == {"prefill": PoolState(1, 1), "decode": PoolState(1, 1)}
+    await conn.scale({"decode": 3})
+    method, path, _, body = api.requests[-1]
+    assert (method, path) == ("PATCH", f"/apis/apps/v1/namespaces/team/deployments/{graph}-mockerdecodeworker/scale")
+    assert body == {"spec": {"replicas": 3}}
+    assert (await conn.state())["decode"] == PoolState(3, 1)  # two new pods not ready yet
+    api.set_ready(f"{graph}-mockerdecodeworker", 3)
+    assert (await conn.state())["decode"] == PoolState(3, 3)
+
+
+def test_render_lets_the_planner_read_and_scale_the_graph():
+    objects, env = rendered_planner_graph()
+    by_kind = {}
+    for o in objects:
+        by_kind.setdefault(o["kind"], []).append(o)
+    role = next(o for o in by_kind["Role"] if o["metadata"]["name"] == "mocker-disagg-planner-planner")
+    assert {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch", "update"]} in role["rules"]
+    binding = next(o for o in by_kind["RoleBinding"] if o["roleRef"]["name"] == role["metadata"]["name"])
+    planner = next(o for o in by_kind["Deployment"] if o["metadata"]["name"].endswith("-planner"))
+    account = planner["spec"]["template"]["spec"]["serviceAccountName"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "team"}]
+    assert any(o["kind"] == "ServiceAccount" and o["metadata"]["name"] == account for o in objects)
+    assert env["DYN_PLANNER_DEPLOYMENT_SELECTOR"] == "nvidia.com/dynamo-graph-deployment-name=mocker-disagg-planner"
+    names = {o["metadata"]["annotations"]["nvidia.com/dynamo-component-name"] for o in by_kind["Deployment"]}
+    assert names == {"Frontend", "Planner", "MockerPrefillWorker", "MockerDecodeWorker"}
+
+
+def test_a_graph_without_a_planner_gets_no_planner_rights():
+    from dynamo.deploy.run import load_graph
+    from dynamo.deploy.render import render
+    from tests.fixtures.procs import REPO
+
+    objects = render(load_graph(str(REPO / "examples/backends/mocker/deploy/disagg.yaml")), "team")
+    assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding", "ServiceAccount")]
+
+
 @pytest.fixture
 async def store(tmp_path):
     s = make_store("file", root=str(tmp_path / "kv"))

@@ -44,7 +44,7 @@ class Connector(ABC):
 
 _CONNECTORS = {
     "local": "dynamo.planner.connectors.local:LocalConnector",
-    "kubernetes": "dynamo.planner.connectors.kubernetes:KubernetesConnector",
+    "kubernetes": "dynamo.planner.connectors.kubernetes:for_config",
     "virtual": "dynamo.planner.connectors.virtual:VirtualConnector",
 }
 

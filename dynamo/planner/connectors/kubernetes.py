@@ -46,22 +46,36 @@ def _is_ready(dgd: dict) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
+def make_api_client(cfg: PlannerConfig):
+    """A client of our own (never the library's process-wide default): in-cluster, else the kubeconfig."""
+    from kubernetes import client, config  # the `planner` extra
+
+    try:
+        conf = client.Configuration()
+        config.load_incluster_config(client_configuration=conf)
+        return client.ApiClient(conf)
+    except config.ConfigException:
+        return config.new_client_from_config(config_file=cfg.kubeconfig)
+
+
+def for_config(cfg: PlannerConfig, **options) -> Connector:
+    """The DGD connector, or (a graph rendered to plain objects, no operator) the Deployments one."""
+    if cfg.kube_deployment_selector:
+        from dynamo.planner.connectors.kube_deployments import DeploymentsConnector
+
+        return DeploymentsConnector(cfg, **options)
+    return KubernetesConnector(cfg, **options)
+
+
 class KubernetesConnector(Connector):
     name = "kubernetes"
 
     def __init__(self, cfg: PlannerConfig, api_client=None) -> None:
         super().__init__(cfg)
-        from kubernetes import client, config  # the `planner` extra
+        from kubernetes import client  # the `planner` extra
 
         self._client = client
-        if api_client is None:  # a client of our own: never the library's process-wide default
-            try:
-                conf = client.Configuration()
-                config.load_incluster_config(client_configuration=conf)
-                api_client = client.ApiClient(conf)
-            except config.ConfigException:
-                api_client = config.new_client_from_config(config_file=cfg.kubeconfig)
-        self.api = client.CustomObjectsApi(api_client)
+        self.api = client.CustomObjectsApi(api_client or make_api_client(cfg))
         self.dgd = cfg.dgd_name
         self.k8s_ns = cfg.kube_namespace or "default"
         if not self.dgd:
