@@ -8,6 +8,7 @@ kube_discovery.py)."""
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from typing import Any
 
@@ -16,8 +17,9 @@ import yaml
 
 from dynamo.deploy import contract
 from dynamo.deploy.commands import MODEL_FLAGS, flag_value, parse_command
-from dynamo.deploy.model import GPU_RESOURCE, EnvVar, Graph, Quantities, Service
+from dynamo.deploy.model import GPU_RESOURCE, KIND, EnvVar, Graph, Quantities, Service
 from dynamo.deploy import kube_discovery, multinode, planner_scaling
+from dynamo.deploy.dynamo_model import KIND as DYNAMO_MODEL_KIND
 from dynamo.deploy.dynamo_model import add_sidecars, load_models
 from dynamo.deploy.pull_secrets import parse_pull_secret, pull_secrets, secrets_from_file
 from dynamo.deploy.run import load_graph
@@ -305,6 +307,25 @@ def render(graph: Graph, k8s_namespace: str | None = None, etcd_endpoints: str =
     return objects
 
 
+PASSTHROUGH_KINDS = ("ConfigMap", "Secret")  # the profiler's final_config.yaml: [ConfigMap..., DGD]
+
+
+def passthrough_objects(docs: list[Any], k8s_ns: str | None, warnings: list[str]) -> list[dict[str, Any]]:
+    """The file's plain ConfigMaps and Secrets, as written (the graph mounts them: a profile for the planner
+    and mockers); other kinds beside the graph are named, not rendered."""
+    out = []
+    for doc in docs:
+        kind = doc.get("kind") if isinstance(doc, dict) else None
+        if kind in PASSTHROUGH_KINDS and doc.get("apiVersion") == "v1":
+            obj = copy.deepcopy(doc)
+            if k8s_ns and not obj.get("metadata", {}).get("namespace"):
+                obj.setdefault("metadata", {})["namespace"] = k8s_ns
+            out.append(obj)
+        elif kind not in (None, KIND, DYNAMO_MODEL_KIND):
+            warnings.append(f"a {kind} document beside the graph is not rendered: apply it yourself")
+    return out
+
+
 def _planner_rbac(objects: list[dict[str, Any]], graph: Graph, k8s_ns: str | None, labels: dict[str, str],
                   warnings: list[str]) -> list[dict[str, Any]]:
     """Leave a rendered planner able to scale the graph (see `planner_scaling`)."""
@@ -354,8 +375,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     warnings: list[str] = []
-    objects = render(graph, args.namespace, args.etcd_endpoints, args.include_etcd, known, warnings,
-                     args.discovery, args.include_crd)
+    objects = passthrough_objects(load_documents(args.file), args.namespace, warnings)
+    objects += render(graph, args.namespace, args.etcd_endpoints, args.include_etcd, known, warnings,
+                      args.discovery, args.include_crd)
     add_sidecars(objects, graph, models, contract.K8S_SYSTEM_PORT, contract.k8s_name)  # DynamoModel adapters
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)

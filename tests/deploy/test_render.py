@@ -126,3 +126,19 @@ def test_cli_include_etcd_and_default_etcd_warning(capsys):
     assert not any(o["metadata"]["name"] == "etcd" for o in objects)
     assert "warning: the graph discovers through etcd at http://etcd:2379" in err
     assert {o["metadata"].get("namespace") for o in objects} == {None}  # manifest has none: kubectl's choice
+
+
+def test_configmaps_beside_the_graph_are_rendered_with_it(tmp_path, capsys):
+    # The profiler's final_config.yaml is [ConfigMap, DGD]: the graph mounts the profile ConfigMap, so
+    # leaving it out left the planner and mocker pods waiting for a volume that never comes.
+    graph = yaml.safe_load((REPO / "examples/backends/mocker/deploy/agg.yaml").read_text())
+    profile = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "planner-profile-data-1234"},
+               "data": {"prefill_raw_data.json": "{}"}}
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "warmup"}}
+    path = tmp_path / "final_config.yaml"
+    path.write_text(yaml.safe_dump_all([profile, graph, job]))
+    docs, err = render_cli(capsys, str(path), "--namespace", "team")
+    passed = next(d for d in docs if d["metadata"]["name"] == "planner-profile-data-1234")
+    assert passed["data"] == profile["data"] and passed["metadata"]["namespace"] == "team"
+    assert "a Job document beside the graph is not rendered" in err
+    assert not [d for d in docs if d["kind"] == "Job"]
