@@ -18,7 +18,7 @@ import yaml
 from dynamo.deploy import contract
 from dynamo.deploy.commands import MODEL_FLAGS, flag_value, parse_command
 from dynamo.deploy.model import GPU_RESOURCE, KIND, EnvVar, Graph, Quantities, Service
-from dynamo.deploy import kube_discovery, multinode, planner_scaling
+from dynamo.deploy import kube_discovery, multinode, planner_scaling, scrape
 from dynamo.deploy.dynamo_model import KIND as DYNAMO_MODEL_KIND
 from dynamo.deploy.dynamo_model import add_sidecars, load_models
 from dynamo.deploy.pull_secrets import parse_pull_secret, pull_secrets, secrets_from_file
@@ -213,8 +213,10 @@ def service_objects(graph: Graph, name: str, svc: Service, k8s_ns: str | None,
     if svc.subComponentType:
         labels["nvidia.com/dynamo-sub-component-type"] = svc.subComponentType
     pod_meta = svc.extraPodMetadata
-    template_meta: dict[str, Any] = {"labels": {**labels, **((pod_meta.labels if pod_meta else None) or {})}}
-    annotations = {**(svc.annotations or {}), **((pod_meta.annotations if pod_meta else None) or {})}
+    template_meta: dict[str, Any] = {"labels": {**labels, **scrape.pod_labels(graph),
+                                                **((pod_meta.labels if pod_meta else None) or {})}}
+    annotations = {**scrape.pod_annotations(graph, port), **(svc.annotations or {}),
+                   **((pod_meta.annotations if pod_meta else None) or {})}
     if annotations:
         template_meta["annotations"] = annotations
     deployment = {

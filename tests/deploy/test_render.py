@@ -142,3 +142,17 @@ def test_configmaps_beside_the_graph_are_rendered_with_it(tmp_path, capsys):
     assert passed["data"] == profile["data"] and passed["metadata"]["namespace"] == "team"
     assert "a Job document beside the graph is not rendered" in err
     assert not [d for d in docs if d["kind"] == "Job"]
+
+
+def test_pods_are_scraped_as_operator_managed_ones_unless_the_graph_opts_out():
+    (graph,) = validate_file(REPO / "examples/backends/mocker/deploy/agg.yaml").graphs
+    pods = {o["metadata"]["name"]: o["spec"]["template"]["metadata"] for o in render(graph) if o["kind"] == "Deployment"}
+    frontend, worker = pods["mocker-agg-frontend"], pods["mocker-agg-mockerworker"]
+    assert frontend["labels"]["nvidia.com/metrics-enabled"] == "true"  # what Dynamo's PodMonitors select
+    assert frontend["annotations"]["prometheus.io/port"] == "8000"
+    assert worker["annotations"]["prometheus.io/port"] == "9090" and worker["annotations"]["prometheus.io/scrape"] == "true"
+    graph.metadata.annotations = {"nvidia.com/enable-metrics": "false"}  # Dynamo's opt-out
+    for obj in render(graph):
+        if obj["kind"] == "Deployment":
+            meta = obj["spec"]["template"]["metadata"]
+            assert "nvidia.com/metrics-enabled" not in meta["labels"] and "annotations" not in meta
