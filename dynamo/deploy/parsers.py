@@ -157,15 +157,16 @@ def _planner_config_problems(args: list[str]) -> list[str]:
     value the shell fills in, is read only where it runs)."""
     from dynamo.deploy.commands import flag_value
     from dynamo.planner.config import load_config
+    from dynamo.planner.connectors.base import connector_problem
 
     text = flag_value(args, ("--config",))
     if text is None or not text.lstrip().startswith("{") or "$" in text:
         return []
     try:
-        load_config(text)
+        problem = connector_problem(load_config(text).environment)
     except ValueError as exc:  # json.JSONDecodeError is one
-        return [f"--config: the planner refuses this config at start: {exc}"]
-    return []
+        problem = str(exc)
+    return [f"--config: the planner refuses this config at start: {problem}"] if problem else []
 
 
 def _parser_name_problems(args: list[str]) -> list[str]:

@@ -49,14 +49,22 @@ _CONNECTORS = {
 }
 
 
+def connector_problem(environment: str) -> str | None:
+    """Why a planner in `environment` could not start, or None."""
+    if environment in _CONNECTORS:
+        return None
+    return f"environment {environment!r} has no connector here; choose from {sorted(_CONNECTORS)}"
+
+
 def register_connector(environment: str, target: str) -> None:
     _CONNECTORS[environment] = target
 
 
 def make_connector(cfg: PlannerConfig, **options) -> Connector:
-    target = _CONNECTORS.get(cfg.environment)
-    if target is None:
-        raise ValueError(f"environment {cfg.environment!r} has no connector here; choose from {sorted(_CONNECTORS)}")
+    problem = connector_problem(cfg.environment)
+    if problem:
+        raise ValueError(problem)
+    target = _CONNECTORS[cfg.environment]
     module, _, cls = target.partition(":")
     return getattr(importlib.import_module(module), cls)(cfg, **options)
 
