@@ -37,7 +37,7 @@ def build_parser_for_deploy():
 async def serve(cfg: PlannerConfig, stop: asyncio.Event) -> int:
     runtime = await DistributedRuntime.create(None, cfg.namespace)
     metrics = PlannerMetrics()
-    options = {"store": runtime.store} if cfg.environment == "virtual" else {}
+    options = {"virtual": {"store": runtime.store}, "global-planner": {"runtime": runtime}}.get(cfg.environment, {})
     connector = make_connector(cfg, **options)
     collector = FpmCollector(runtime.store, cfg, metrics)
     prom = prometheus_for(cfg)

@@ -127,6 +127,9 @@ class PlannerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # kubernetes without the operator (`dynamo.deploy render`): scale the Deployments this label selector
     # finds, not a DGD ($DYN_PLANNER_DEPLOYMENT_SELECTOR, which render sets)
     kube_deployment_selector: str | None = None
+    # global-planner: the GlobalPlanner that applies this planner's decisions (Dynamo's hierarchical planner)
+    global_planner_namespace: str | None = None
+    global_planner_component: str = "GlobalPlanner"
     replica_ready_timeout_seconds: float = 600.0
     fpm_stale_seconds: float = 10.0
 
@@ -168,6 +171,9 @@ class PlannerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             self._validate_load_thresholds()
         if self.environment == "virtual" and not self.model_name:
             raise ValueError("model_name is required for environment 'virtual'")
+        if self.environment == "global-planner" and not self.global_planner_namespace:
+            raise ValueError("environment 'global-planner' needs global_planner_namespace (where the GlobalPlanner "
+                             "serves)")
         if self.load_scaling_step < 1 or self.max_throughput_scaling_replicas < 1:
             raise ValueError("scaling steps must be >= 1")
 

@@ -161,7 +161,7 @@ PLANNER_EXAMPLE = REPO / "examples/backends/mocker/deploy/disagg_planner.yaml"
     ({"max_gpu_budget": "four"}, "max_gpu_budget"),
     ({"optimization_target": "load"}, "needs prefill_scale_"),
     ({"fpm_sample_bucket_size": 10}, "perfect square"),
-    ({"environment": "global-planner"}, "has no connector here"),
+    ({"environment": "global-planner"}, "needs global_planner_namespace"),
 ])
 def test_a_planner_config_the_planner_would_refuse_is_an_error(tmp_path, config, message):
     # The planner reads its --config at start and stops on what it cannot take: the pod would crash-loop.

@@ -1,6 +1,7 @@
 """A stand-in Kubernetes API server (tests only): the few documented endpoints the
 planner's Kubernetes connector calls, on 127.0.0.1, recording every request.
 
+- GET        /apis/nvidia.com/{version}/namespaces/{ns}/dynamographdeployments (a list)
 - GET/PATCH  /apis/nvidia.com/{version}/namespaces/{ns}/dynamographdeployments/{name}
   (PATCH accepts RFC 6902 JSON Patch: `test`, `add`, `replace`; a failed `test` is 422)
 - PATCH      /apis/nvidia.com/v1alpha1/namespaces/{ns}/dynamographdeploymentscalingadapters/{name}/scale
@@ -24,7 +25,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
-DGD = re.compile(r"^/apis/nvidia\.com/(v1alpha1|v1beta1)/namespaces/([^/]+)/dynamographdeployments/([^/]+)$")
+DGD = re.compile(r"^/apis/nvidia\.com/(v1alpha1|v1beta1)/namespaces/([^/]+)/dynamographdeployments(?:/([^/]+))?$")
 DEPLOYMENTS = re.compile(r"^/apis/apps/v1/namespaces/([^/]+)/deployments(?:/([^/]+))?(/scale)?$")
 SCALE = re.compile(r"^/apis/nvidia\.com/v1alpha1/namespaces/([^/]+)/dynamographdeploymentscalingadapters/([^/]+)/scale$")
 
@@ -36,8 +37,9 @@ def status(kind: str, code: int, message: str) -> dict:
 
 class KubeStandIn:
     def __init__(self, dgd: dict | None, versions: tuple[str, ...] = ("v1beta1",), adapters: tuple[str, ...] = (),
-                 deployments: list[dict] = ()) -> None:
+                 deployments: list[dict] = (), others: list[dict] = ()) -> None:
         self.dgd = dgd if dgd is not None else {"metadata": {"name": ""}, "spec": {"services": {}}}
+        self.dgds = {d["metadata"]["name"]: d for d in (self.dgd, *others)}  # the first is `dgd`
         self.deployments = {d["metadata"]["name"]: copy.deepcopy(d) for d in deployments}
         for d in self.deployments.values():
             d["status"] = {"replicas": d["spec"]["replicas"], "readyReplicas": d["spec"]["replicas"]}
@@ -70,14 +72,15 @@ class KubeStandIn:
         self.server.shutdown()
         self.server.server_close()
 
-    def mark_ready(self, ready: bool) -> None:
-        self.dgd.setdefault("status", {})["conditions"] = [{"type": "Ready", "status": "True" if ready else "False"}]
+    def mark_ready(self, ready: bool, name: str | None = None) -> None:
+        for dgd in ([self.dgds[name]] if name else self.dgds.values()):
+            dgd.setdefault("status", {})["conditions"] = [{"type": "Ready", "status": "True" if ready else "False"}]
 
     def set_ready(self, name: str, ready: int) -> None:
         self.deployments[name]["status"]["readyReplicas"] = ready
 
-    def components(self) -> dict[str, dict]:
-        spec = self.dgd["spec"]
+    def components(self, name: str | None = None) -> dict[str, dict]:
+        spec = (self.dgds[name] if name else self.dgd)["spec"]
         return {c["name"]: c for c in spec["components"]} if "components" in spec else spec["services"]
 
     def _handle(self, req: BaseHTTPRequestHandler, method: str) -> None:
@@ -98,21 +101,24 @@ class KubeStandIn:
 
     def _route(self, method: str, path: str, ctype: str, body) -> tuple[int, dict]:
         m = DGD.match(path)
-        if m and m.group(1) in self.versions and m.group(3) == self.dgd["metadata"]["name"]:
+        if m and m.group(1) in self.versions and m.group(3) is None and method == "GET":
+            return 200, {"apiVersion": f"nvidia.com/{m.group(1)}", "kind": "DynamoGraphDeploymentList",
+                         "metadata": {}, "items": list(self.dgds.values())}
+        if m and m.group(1) in self.versions and m.group(3) in self.dgds:
             if method == "GET":
-                return 200, self.dgd
+                return 200, self.dgds[m.group(3)]
             if "json-patch" not in ctype:
                 return 415, status("UnsupportedMediaType", 415, ctype)
-            return self._json_patch(body)
+            return self._json_patch(self.dgds[m.group(3)], body)
         m = SCALE.match(path)
         if m and method == "PATCH":
             if m.group(2) not in self.adapters:
                 return 404, status("NotFound", 404, f"dynamographdeploymentscalingadapters {m.group(2)!r} not found")
             if "merge-patch" not in ctype:
                 return 415, status("UnsupportedMediaType", 415, ctype)
-            target = next(n for n in self.components() if f"{self.dgd['metadata']['name']}-{n.lower()}" == m.group(2))
-            self.components()[target]["replicas"] = body["spec"]["replicas"]
-            self.mark_ready(False)
+            graph, target = next((g, n) for g in self.dgds for n in self.components(g) if f"{g}-{n.lower()}" == m.group(2))
+            self.components(graph)[target]["replicas"] = body["spec"]["replicas"]
+            self.mark_ready(False, graph)
             return 200, {"kind": "Scale", "spec": {"replicas": body["spec"]["replicas"]}}
         return 404, status("NotFound", 404, path)
 
@@ -133,8 +139,8 @@ class KubeStandIn:
                          "spec": {"replicas": dep["spec"]["replicas"]}, "status": {"replicas": dep["spec"]["replicas"]}}
         return 200, dep
 
-    def _json_patch(self, ops: list[dict]) -> tuple[int, dict]:
-        doc = copy.deepcopy(self.dgd)
+    def _json_patch(self, dgd: dict, ops: list[dict]) -> tuple[int, dict]:
+        doc = copy.deepcopy(dgd)
         for op in ops:
             parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].strip("/").split("/")]
             parent = doc
@@ -148,10 +154,10 @@ class KubeStandIn:
                 parent[last] = op["value"]
             else:
                 return 422, status("Invalid", 422, f"unsupported op {op['op']}")
-        self.dgd.clear()
-        self.dgd.update(doc)
-        self.mark_ready(False)
-        return 200, self.dgd
+        dgd.clear()
+        dgd.update(doc)
+        self.mark_ready(False, dgd["metadata"]["name"])
+        return 200, dgd
 
 
 def kubeconfig(path, server: str) -> str:

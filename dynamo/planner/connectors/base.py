@@ -46,6 +46,7 @@ _CONNECTORS = {
     "local": "dynamo.planner.connectors.local:LocalConnector",
     "kubernetes": "dynamo.planner.connectors.kubernetes:for_config",
     "virtual": "dynamo.planner.connectors.virtual:VirtualConnector",
+    "global-planner": "dynamo.planner.connectors.global_planner:GlobalPlannerConnector",
 }
 
 

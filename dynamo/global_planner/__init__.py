@@ -1,0 +1,1 @@
+"""`python -m dynamo.global_planner`: one scaling authority for many graphs (Dynamo's GlobalPlanner)."""

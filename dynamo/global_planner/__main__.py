@@ -1,0 +1,84 @@
+"""`python -m dynamo.global_planner`: serves `<DYN_NAMESPACE>.GlobalPlanner.scale_request` (planners in
+`environment: global-planner` send their decisions there; see `handler.py`) and
+`<DYN_NAMESPACE>.GlobalPlanner.health`, with Dynamo's flags: `--managed-namespaces NS ...` (the planners
+heard; default all), `--environment kubernetes` (the only one), `--no-operation` (log, apply nothing),
+`--max-total-gpus N` (one GPU budget across the managed graphs; -1: none)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from dataclasses import dataclass
+
+import msgspec
+
+from dynamo.global_planner.handler import ScaleHandler
+from dynamo.planner.config import PlannerConfig
+from dynamo.planner.connectors import scale_protocol as sp
+from dynamo.planner.connectors.kubernetes import make_api_client
+from dynamo.runtime import records
+from dynamo.runtime.config import build_parser, from_namespace, setting
+from dynamo.runtime.config_dump import DumpConfigTo, write_config_dump
+from dynamo.runtime.distributed import DistributedRuntime
+from dynamo.runtime.process import run_main
+
+log = logging.getLogger("dynamo.global_planner")
+
+
+@dataclass
+class GlobalPlannerArgs(DumpConfigTo):
+    """GlobalPlanner: applies the scaling decisions of many graphs' planners within one GPU budget."""
+
+    namespace: str = setting("", "Dynamo namespace its endpoints are served in (required)", env="DYN_NAMESPACE")
+    managed_namespaces: list = setting([], "Planner namespaces heard (`{k8s namespace}-{DGD}`); default: all",
+                                       env=False)
+    environment: str = setting("kubernetes", "Where decisions are applied", env=False, choices=("kubernetes",))
+    no_operation: bool = setting(False, "Log scale requests and answer success without applying them", env=False)
+    max_total_gpus: int = setting(-1, "GPU cap across the managed graphs' workers (-1: none)", env=False)
+    kube_namespace: str = setting("default", "Kubernetes namespace of the managed DGDs", env="POD_NAMESPACE")
+    kubeconfig: str | None = setting(None, "Kubeconfig file when not in a cluster", env="KUBECONFIG")
+
+
+def build_parser_for_deploy():
+    """The flag parser (`dynamo.deploy validate` checks manifests' GlobalPlanner flags with it)."""
+    return build_parser(GlobalPlannerArgs, prog="python -m dynamo.global_planner")
+
+
+async def serve(args: GlobalPlannerArgs, stop: asyncio.Event) -> int:
+    runtime = await DistributedRuntime.create(None, args.namespace)
+    api = make_api_client(PlannerConfig(environment="kubernetes", kubeconfig=args.kubeconfig))
+    handler = ScaleHandler(api, args.managed_namespaces, args.kube_namespace, args.no_operation, args.max_total_gpus)
+
+    async def scale_request(request: sp.ScaleRequest, ctx):
+        yield msgspec.to_builtins(await handler.handle(request))
+
+    async def health(payload: bytes, ctx):
+        yield {"status": "healthy", "component": sp.COMPONENT, "namespace": args.namespace,
+               "managed_namespaces": sorted(args.managed_namespaces) or "all"}
+
+    try:
+        await runtime.start_system_server()
+        for name, fn, kind in ((sp.SCALE_ENDPOINT, scale_request, sp.ScaleRequest), (sp.HEALTH_ENDPOINT, health, None)):
+            await runtime.serve_endpoint(records.EndpointId(args.namespace, sp.COMPONENT, name), fn, request_type=kind)
+        log.info("GlobalPlanner: %s, managed namespaces %s, GPU budget %s%s", args.namespace,
+                 sorted(args.managed_namespaces) or "all", args.max_total_gpus if args.max_total_gpus >= 0 else "none",
+                 " (no-operation: requests are logged, not applied)" if args.no_operation else "")
+        await stop.wait()
+    finally:
+        await runtime.shutdown(grace=5.0)
+        api.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser_for_deploy()
+    args = from_namespace(GlobalPlannerArgs, parser.parse_args(argv))
+    if not args.namespace:
+        parser.error("DYN_NAMESPACE (or --namespace) is required: the GlobalPlanner's endpoints are served there")
+    write_config_dump(args, "dynamo.global_planner")
+    return run_main(lambda stop: serve(args, stop))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The GlobalPlanner as a process (`python -m dynamo.global_planner`) on a file discovery store, applying
+two graphs' planners' decisions through a stand-in Kubernetes API server (the documented DGD endpoints,
+tests/planner/kube_standin.py): a decision within the shared GPU budget is applied to its DGD, one past it
+is rejected and the graph keeps its size, a planner of an unmanaged namespace is refused, and the planner
+side (`environment: global-planner`) reads its own DGD and sends its decisions there."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from dynamo.planner.config import PlannerConfig
+from dynamo.planner.connectors.base import PoolState, make_connector
+from dynamo.planner.connectors import scale_protocol as sp
+from dynamo.runtime.distributed import DistributedRuntime
+from dynamo.runtime.discovery.base import make_store
+from tests.fixtures.procs import Proc, wait_until
+from tests.planner.kube_standin import KubeStandIn, kubeconfig
+
+pytestmark = pytest.mark.e2e
+
+
+def dgd(name: str, **replicas: int) -> dict:
+    services = {"Frontend": {"componentType": "frontend", "replicas": 1}}
+    for role, n in replicas.items():
+        services[f"Vllm{role.capitalize()}Worker"] = {"componentType": "worker", "subComponentType": role,
+                                                       "replicas": n, "resources": {"limits": {"gpu": "1"}}}
+    return {"apiVersion": "nvidia.com/v1alpha1", "kind": "DynamoGraphDeployment",
+            "metadata": {"name": name, "namespace": "team"}, "spec": {"services": services}}
+
+
+@pytest.fixture
+def kube(tmp_path):
+    # llama: 1 prefill + 1 decode GPU; qwen: 2 decode GPUs. 4 of a budget of 5 in use.
+    server = KubeStandIn(dgd("llama", prefill=1, decode=1), versions=("v1alpha1",), others=[dgd("qwen", decode=2)])
+    kubeconfig(tmp_path / "kubeconfig", server.url)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def global_planner(tmp_path, kube):
+    env = {"DYN_DISCOVERY_BACKEND": "file", "DYN_FILE_KV": str(tmp_path / "kv"), "DYN_NAMESPACE": "global-infra",
+           "POD_NAMESPACE": "team", "KUBECONFIG": str(tmp_path / "kubeconfig")}
+    proc = Proc("dynamo.global_planner", ["--max-total-gpus", "5", "--managed-namespaces", "team-llama", "team-qwen"],
+                env, tmp_path, "global_planner")
+    wait_until(lambda: not proc.alive() or "GlobalPlanner: global-infra" in proc.log(), 60, "GlobalPlanner up")
+    assert proc.alive(), proc.log()
+    yield proc
+    assert proc.stop() == 0, proc.log()
+
+
+@pytest.fixture
+async def runtime(tmp_path):
+    store = make_store("file", root=str(tmp_path / "kv"))
+    await store.start()
+    rt = DistributedRuntime(store, "team-llama")
+    yield rt
+    await rt.shutdown()
+
+
+def planner_config(tmp_path, graph: str, **kw) -> PlannerConfig:
+    return PlannerConfig(**{"environment": "global-planner", "global_planner_namespace": "global-infra",
+                            "namespace": f"team-{graph}", "dgd_name": graph, "kube_namespace": "team",
+                            "kubeconfig": str(tmp_path / "kubeconfig"), "mode": "disagg", **kw})
+
+
+async def test_decisions_within_the_budget_are_applied_and_past_it_rejected(tmp_path, kube, global_planner, runtime):
+    llama = make_connector(planner_config(tmp_path, "llama"), runtime=runtime)
+    await llama.start()
+    assert await llama.state() == {"prefill": PoolState(1, 1), "decode": PoolState(1, 1)}  # read from its own DGD
+    await llama.scale({"decode": 2})  # 5 of 5 GPUs
+    assert kube.components("llama")["VllmDecodeWorker"]["replicas"] == 2
+    assert (await llama.state())["decode"] == PoolState(2, 1)  # the operator has not rolled it out yet
+
+    qwen = make_connector(planner_config(tmp_path, "qwen", mode="decode"), runtime=runtime)
+    await qwen.start()
+    await qwen.scale({"decode": 3})  # 6 of 5: rejected, and the planner goes on
+    assert kube.components("qwen")["VllmDecodeWorker"]["replicas"] == 2
+    assert "GPU budget exceeded: request would use 6 total GPUs, max allowed is 5" in global_planner.log()
+
+    await llama.scale({"decode": 1})  # giving back is always within the budget
+    await qwen.scale({"decode": 3})
+    assert kube.components("qwen")["VllmDecodeWorker"]["replicas"] == 3
+
+    stranger = make_connector(planner_config(tmp_path, "qwen", namespace="team-other", mode="decode"), runtime=runtime)
+    await stranger.start()
+    with pytest.raises(RuntimeError, match="not authorized"):
+        await stranger.scale({"decode": 1})
+    assert kube.components("qwen")["VllmDecodeWorker"]["replicas"] == 3
+    for c in (llama, qwen, stranger):
+        await c.close()
+
+
+async def test_health_and_the_wire_format(tmp_path, kube, global_planner, runtime):
+    from dynamo.runtime import records
+
+    found = await runtime.store.get_prefix(records.endpoint_prefix(
+        records.INSTANCES, records.EndpointId("global-infra", sp.COMPONENT, sp.HEALTH_ENDPOINT)))
+    address = records.instance_decoder.decode(next(iter(found.values()))).address
+    stream = await runtime.open_stream(address, sp.HEALTH_ENDPOINT, b"")
+    health = msgspec.msgpack.decode(await anext(aiter(stream)))
+    assert health == {"status": "healthy", "component": "GlobalPlanner", "namespace": "global-infra",
+                      "managed_namespaces": ["team-llama", "team-qwen"]}
+    bad = await runtime.open_stream(address, sp.SCALE_ENDPOINT, b"\x81\xa1x\x01")  # not a ScaleRequest
+    with pytest.raises(Exception, match="bad_request|ScaleRequest|Object missing"):
+        await anext(aiter(bad))
