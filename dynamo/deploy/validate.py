@@ -173,10 +173,20 @@ def validate_file(path: str | Path) -> Report:
     return report
 
 
+def validate_any(path: str) -> Report:
+    """A DGD file, or a DGDR file (its admission checks: `dynamo.profiler`)."""
+    from dynamo.profiler.pipeline import check_request, is_request
+
+    if not is_request(path):
+        return validate_file(path)
+    errors, warnings = check_request(path)
+    return Report(path, errors, warnings)
+
+
 def main(files: list[str], strict: bool = False, quiet: bool = False) -> int:
     failed = False
     for path in files:
-        report = validate_file(path)
+        report = validate_any(path)
         for line in report.lines():
             print(line)
         bad = bool(report.errors) or (strict and bool(report.warnings))

@@ -160,7 +160,7 @@ SERVER_SET = ("uid", "resourceVersion", "generation", "creationTimestamp", "mana
 SKU_ALIASES = {"gb200_sxm": "gb200"}  # Dynamo's deprecated spelling
 
 
-def _as_input(raw: dict[str, Any]) -> dict[str, Any]:
+def _as_input(raw: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     """The request as written: the server's status and bookkeeping (an exported object) left out."""
     raw = {k: v for k, v in raw.items() if k != "status"}
     if isinstance(raw.get("metadata"), dict):
@@ -168,23 +168,28 @@ def _as_input(raw: dict[str, Any]) -> dict[str, Any]:
     hardware = (raw.get("spec") or {}).get("hardware") if isinstance(raw.get("spec"), dict) else None
     if isinstance(hardware, dict) and hardware.get("gpuSku") in SKU_ALIASES:
         sku = hardware["gpuSku"]
-        log.warning("spec.hardware.gpuSku: %s is deprecated (Dynamo); read as %s", sku, SKU_ALIASES[sku])
+        notes.append(f"spec.hardware.gpuSku: {sku} is deprecated (Dynamo); read as {SKU_ALIASES[sku]}")
         raw["spec"] = {**raw["spec"], "hardware": {**hardware, "gpuSku": SKU_ALIASES[sku]}}
     return raw
 
 
-def parse(raw: Any) -> Request:
+def parse(raw: Any, notes: list[str] | None = None) -> Request:
     """A validated request from parsed YAML/JSON; ValueError listing every problem otherwise."""
     if not isinstance(raw, dict):
         raise ValueError(f"a {KIND} must be a mapping, got {type(raw).__name__}")
     if "spec" not in raw and "model" in raw:  # a bare spec, as Dynamo's --config takes it
         raw = {"metadata": {"name": "dgdr"}, "spec": raw}
-    raw = _as_input(raw)
+    said: list[str] = []
+    raw = _as_input(raw, said)
     if raw.get("apiVersion") == dgdr_v1alpha1.API_VERSION:
         converted = dgdr_v1alpha1.convert(raw)
-        for note in converted.notes:
-            log.warning("%s: %s", dgdr_v1alpha1.API_VERSION, note)
+        said += [f"{dgdr_v1alpha1.API_VERSION}: {note}" for note in converted.notes]
         raw = converted.raw
+    if notes is None:
+        for note in said:
+            log.warning("%s", note)
+    else:
+        notes += said
     raw = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "dgdr"}, **raw}
     try:
         req = msgspec.convert(raw, Request, strict=True)

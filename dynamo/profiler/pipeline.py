@@ -36,13 +36,25 @@ class Options:
     frontend_port: int = 8000
 
 
-def load_request(path: str | Path) -> dgdr.Request:
+def load_request(path: str | Path, notes: list[str] | None = None) -> dgdr.Request:
     with open(path, encoding="utf-8") as fh:
         docs = [d for d in yaml.safe_load_all(fh) if d is not None]
     reqs = [d for d in docs if isinstance(d, dict) and d.get("kind", dgdr.KIND) == dgdr.KIND]
     if len(reqs) != 1:
         raise ValueError(f"{path}: expected one {dgdr.KIND}, found {len(reqs)}")
-    return dgdr.parse(reqs[0])
+    return dgdr.parse(reqs[0], notes)
+
+
+def check_request(path: str | Path) -> tuple[list[str], list[str]]:
+    """(errors, warnings) of a DGDR file as admission sees it, for `dynamo.deploy validate`: the
+    request's own checks, then what its planner would refuse; notes (a v1alpha1 reading) are warnings."""
+    notes: list[str] = []
+    try:
+        req = load_request(path, notes)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        lines = str(exc).splitlines()  # "invalid DynamoGraphDeploymentRequest:" then one problem a line
+        return [line.strip() for line in lines[1:]] or lines, notes
+    return [f"spec.features.planner: {p}" for p in planner_problems(req)], notes
 
 
 def model_config(model_dir: str | None) -> dict[str, Any]:

@@ -129,3 +129,22 @@ def test_a_planner_config_the_planner_would_refuse_stops_the_request_before_prof
     assert rc == 2
     assert "spec.features.planner" in caplog.text and "plannerMaxGpuBudget" in caplog.text
     assert not (tmp_path / "out").exists()  # nothing profiled, no status: refused as a webhook would
+
+
+def test_deploy_validate_checks_a_dgdr_as_admission_does(tmp_path, capsys):
+    from dynamo.deploy.validate import main as validate_main
+
+    old = yaml.safe_load((EXAMPLES / "dgdr_v1alpha1.yaml").read_text())
+    old["spec"]["profilingConfig"]["config"]["sweep"]["webuiPort"] = 8080
+    old["spec"]["profilingConfig"]["config"]["planner"]["maxGpuBudget"] = "four"
+    bad = tmp_path / "dgdr.yaml"
+    bad.write_text(yaml.safe_dump(old))
+    assert validate_main([str(bad), str(EXAMPLES / "dgdr_mocker.yaml")]) == 1
+    out = capsys.readouterr().out
+    assert "dgdr.yaml: error: spec.features.planner: Expected `int`, got `str` - at `$.max_gpu_budget`" in out
+    assert "dgdr.yaml: warning: nvidia.com/v1alpha1: profilingConfig.config.sweep.webuiPort: not used here" in out
+    assert "dgdr_mocker.yaml: ok" in out
+    bad.write_text(yaml.safe_dump({"apiVersion": "nvidia.com/v1beta1", "kind": "DynamoGraphDeploymentRequest",
+                                   "metadata": {"name": "x"}, "spec": {"model": "m", "sla": {"ttft": 5}}}))
+    assert validate_main([str(bad)]) == 1
+    assert "error: spec.sla: ttft and itl must be given together" in capsys.readouterr().out
