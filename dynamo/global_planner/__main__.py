@@ -36,6 +36,7 @@ class GlobalPlannerArgs(DumpConfigTo):
     environment: str = setting("kubernetes", "Where decisions are applied", env=False, choices=("kubernetes",))
     no_operation: bool = setting(False, "Log scale requests and answer success without applying them", env=False)
     max_total_gpus: int = setting(-1, "GPU cap across the managed graphs' workers (-1: none)", env=False)
+    ready_timeout: float = setting(600.0, "Seconds a blocking request waits for its pools to be ready", env=False)
     kube_namespace: str = setting("default", "Kubernetes namespace of the managed DGDs", env="POD_NAMESPACE")
     kubeconfig: str | None = setting(None, "Kubeconfig file when not in a cluster", env="KUBECONFIG")
 
@@ -48,7 +49,8 @@ def build_parser_for_deploy():
 async def serve(args: GlobalPlannerArgs, stop: asyncio.Event) -> int:
     runtime = await DistributedRuntime.create(None, args.namespace)
     api = make_api_client(PlannerConfig(environment="kubernetes", kubeconfig=args.kubeconfig))
-    handler = ScaleHandler(api, args.managed_namespaces, args.kube_namespace, args.no_operation, args.max_total_gpus)
+    handler = ScaleHandler(api, args.managed_namespaces, args.kube_namespace, args.no_operation, args.max_total_gpus,
+                           args.ready_timeout)
 
     async def scale_request(request: sp.ScaleRequest, ctx):
         yield msgspec.to_builtins(await handler.handle(request))

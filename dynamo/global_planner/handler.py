@@ -8,7 +8,8 @@
    every DGD in the Kubernetes namespace. Checks and applies run one at a time, so two planners scaling
    at once cannot both pass against the same pre-scale state.
 4. Applied through the Kubernetes connector (the DGD's scaling adapter, else a guarded JSON Patch); the
-   answer carries the replicas now desired, by role.
+   answer carries the replicas now desired, by role. A `blocking` request is answered once the scaled
+   pools are ready (an `error` if not within the deadline), waiting outside the lock.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from dynamo.planner.connectors import scale_protocol as sp
 from dynamo.planner.connectors.kubernetes import DGD_PLURAL, GROUP, KubernetesConnector
 
 log = logging.getLogger("dynamo.global_planner")
+READY_POLL_SECONDS = 2.0
 
 
 class ScaleHandler:
     def __init__(self, api_client, managed_namespaces: list[str], k8s_namespace: str, no_operation: bool = False,
-                 max_total_gpus: int = -1) -> None:
+                 max_total_gpus: int = -1, ready_timeout: float = 600.0) -> None:
         from kubernetes import client  # the `planner` extra
 
         self.api_client = api_client
@@ -36,6 +38,7 @@ class ScaleHandler:
         self.k8s_namespace = k8s_namespace
         self.no_operation = no_operation
         self.max_total_gpus = max_total_gpus
+        self.ready_timeout = ready_timeout
         self._lock = asyncio.Lock()
 
     async def handle(self, req: sp.ScaleRequest) -> sp.ScaleResponse:
@@ -48,12 +51,29 @@ class ScaleHandler:
             return sp.ScaleResponse(status=sp.SUCCESS, message="[no-operation] logged, not applied")
         try:
             async with self._lock:
-                return await self._checked_and_applied(req)
+                reply, connector = await self._checked_and_applied(req)
+            if req.blocking and connector is not None:  # waited for outside the lock: others go on meanwhile
+                reply = await self._until_ready(connector, reply)
+            return reply
         except Exception as exc:  # one bad request is answered, never ends the service
             log.warning("scale request from %s failed: %s", req.caller_namespace, exc)
             return sp.ScaleResponse(status=sp.ERROR, message=f"{type(exc).__name__}: {exc}")
 
-    async def _checked_and_applied(self, req: sp.ScaleRequest) -> sp.ScaleResponse:
+    async def _until_ready(self, connector: KubernetesConnector, reply: sp.ScaleResponse) -> sp.ScaleResponse:
+        """`blocking`: answer once every scaled pool is ready, or say it is not within the deadline."""
+        deadline = asyncio.get_running_loop().time() + self.ready_timeout
+        while True:
+            state = await connector.state()
+            if all(pool.ready >= pool.desired for pool in state.values()):
+                return sp.ScaleResponse(status=reply.status, message=reply.message + " (ready)",
+                                        current_replicas={r: p.desired for r, p in state.items()})
+            if asyncio.get_running_loop().time() >= deadline:
+                return sp.ScaleResponse(status=sp.ERROR, current_replicas=reply.current_replicas,
+                                        message=f"{reply.message}, but not ready within {self.ready_timeout:g} s")
+            await asyncio.sleep(READY_POLL_SECONDS)
+
+    async def _checked_and_applied(self, req: sp.ScaleRequest
+                                   ) -> tuple[sp.ScaleResponse, KubernetesConnector | None]:
         dgd = await self._get(req.k8s_namespace, req.graph_deployment_name)
         names = {t.sub_component_type: budget.target_component(dgd, t.sub_component_type, t.component_name)
                  for t in req.target_replicas}
@@ -63,7 +83,7 @@ class ScaleHandler:
                 message = (f"GPU budget exceeded: request would use {total} total GPUs, max allowed is "
                            f"{self.max_total_gpus}")
                 log.warning("rejecting %s from %s: %s", names, req.caller_namespace, message)
-                return sp.ScaleResponse(status=sp.REJECTED, message=message)
+                return sp.ScaleResponse(status=sp.REJECTED, message=message), None
             log.info("GPU budget check passed: %d/%d GPUs", total, self.max_total_gpus)
         connector = KubernetesConnector(self._planner_config(req, names), api_client=self.api_client)
         await connector.start()
@@ -72,7 +92,7 @@ class ScaleHandler:
         log.info("scaled DGD %s/%s for %s: %s", req.k8s_namespace, req.graph_deployment_name, req.caller_namespace,
                  current)
         return sp.ScaleResponse(status=sp.SUCCESS, message=f"scaled {req.graph_deployment_name}",
-                                current_replicas=current)
+                                current_replicas=current), connector
 
     def _planner_config(self, req: sp.ScaleRequest, names: dict[str, str]) -> PlannerConfig:
         mode = "disagg" if len(names) > 1 else ("prefill" if "prefill" in names else "decode")

@@ -92,12 +92,30 @@ async def test_decisions_within_the_budget_are_applied_and_past_it_rejected(tmp_
         await c.close()
 
 
-async def test_health_and_the_wire_format(tmp_path, kube, global_planner, runtime):
+async def address_of(runtime, endpoint: str) -> str:
     from dynamo.runtime import records
 
     found = await runtime.store.get_prefix(records.endpoint_prefix(
-        records.INSTANCES, records.EndpointId("global-infra", sp.COMPONENT, sp.HEALTH_ENDPOINT)))
-    address = records.instance_decoder.decode(next(iter(found.values()))).address
+        records.INSTANCES, records.EndpointId("global-infra", sp.COMPONENT, endpoint)))
+    return records.instance_decoder.decode(next(iter(found.values()))).address
+
+
+async def test_a_blocking_request_is_answered_once_its_pools_are_ready(kube, global_planner, runtime):
+    import threading
+
+    request = sp.ScaleRequest(caller_namespace="team-llama", graph_deployment_name="llama", k8s_namespace="team",
+                              blocking=True, target_replicas=[sp.TargetReplica(sub_component_type="prefill",
+                                                                               desired_replicas=2)])
+    threading.Timer(1.0, kube.mark_ready, (True, "llama")).start()  # the operator rolls it out a second later
+    stream = await runtime.open_stream(await address_of(runtime, sp.SCALE_ENDPOINT), sp.SCALE_ENDPOINT,
+                                       sp.encode(request))
+    reply = sp.decode_response(await anext(aiter(stream)))
+    assert (reply.status, reply.current_replicas) == (sp.SUCCESS, {"prefill": 2}), reply
+    assert reply.message.endswith("(ready)")
+
+
+async def test_health_and_the_wire_format(tmp_path, kube, global_planner, runtime):
+    address = await address_of(runtime, sp.HEALTH_ENDPOINT)
     stream = await runtime.open_stream(address, sp.HEALTH_ENDPOINT, b"")
     health = msgspec.msgpack.decode(await anext(aiter(stream)))
     assert health == {"status": "healthy", "component": "GlobalPlanner", "namespace": "global-infra",
