@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_main(args)
     if args.cmd == "render":
-        from dynamo.deploy.render import main as render_main
+        from dynamo.deploy.render_file import main as render_main
 
         return render_main(args)
     from dynamo.deploy.control import scale_main

@@ -1,4 +1,4 @@
-"""`python -m dynamo.deploy render FILE`: a DGD as plain Kubernetes objects for clusters
+"""A DGD as plain Kubernetes objects for clusters
 without the Dynamo operator: one ConfigMap with the graph-wide env, and per service a
 Deployment and a Service, carrying the env and probes the operator would give its pods.
 Discovery is etcd (`--etcd-endpoints`; `--include-etcd` adds a single-node etcd), or Kubernetes-native
@@ -7,23 +7,15 @@ kube_discovery.py)."""
 
 from __future__ import annotations
 
-import argparse
-import copy
-import sys
 from typing import Any
 
 import msgspec
-import yaml
 
 from dynamo.deploy import contract
 from dynamo.deploy.commands import MODEL_FLAGS, flag_value, parse_command
-from dynamo.deploy.model import GPU_RESOURCE, KIND, EnvVar, Graph, Quantities, Service
+from dynamo.deploy.model import GPU_RESOURCE, EnvVar, Graph, Quantities, Service
 from dynamo.deploy import kube_discovery, multinode, planner_scaling, scrape
-from dynamo.deploy.dynamo_model import KIND as DYNAMO_MODEL_KIND
-from dynamo.deploy.dynamo_model import add_sidecars, load_models
-from dynamo.deploy.pull_secrets import parse_pull_secret, pull_secrets, secrets_from_file
-from dynamo.deploy.run import load_graph
-from dynamo.deploy.validate import load_documents
+from dynamo.deploy.pull_secrets import pull_secrets
 
 ETCD_IMAGE = "quay.io/coreos/etcd:v3.5.21"
 DISCOVERY_ANNOTATION = "nvidia.com/dynamo-discovery-backend"
@@ -309,25 +301,6 @@ def render(graph: Graph, k8s_namespace: str | None = None, etcd_endpoints: str =
     return objects
 
 
-PASSTHROUGH_KINDS = ("ConfigMap", "Secret")  # the profiler's final_config.yaml: [ConfigMap..., DGD]
-
-
-def passthrough_objects(docs: list[Any], k8s_ns: str | None, warnings: list[str]) -> list[dict[str, Any]]:
-    """The file's plain ConfigMaps and Secrets, as written (the graph mounts them: a profile for the planner
-    and mockers); other kinds beside the graph are named, not rendered."""
-    out = []
-    for doc in docs:
-        kind = doc.get("kind") if isinstance(doc, dict) else None
-        if kind in PASSTHROUGH_KINDS and doc.get("apiVersion") == "v1":
-            obj = copy.deepcopy(doc)
-            if k8s_ns and not obj.get("metadata", {}).get("namespace"):
-                obj.setdefault("metadata", {})["namespace"] = k8s_ns
-            out.append(obj)
-        elif kind not in (None, KIND, DYNAMO_MODEL_KIND):
-            warnings.append(f"a {kind} document beside the graph is not rendered: apply it yourself")
-    return out
-
-
 def _planner_rbac(objects: list[dict[str, Any]], graph: Graph, k8s_ns: str | None, labels: dict[str, str],
                   warnings: list[str]) -> list[dict[str, Any]]:
     """Leave a rendered planner able to scale the graph (see `planner_scaling`)."""
@@ -364,24 +337,3 @@ def _kubernetes_discovery(graph: Graph, k8s_ns: str | None, labels: dict[str, st
         warnings.append("kubernetes discovery needs the DynamoWorkerMetadata CRD (nvidia.com/v1alpha1), which "
                         "Dynamo's CRDs install: pass --include-crd to render it")
     return objects
-
-
-def main(args: argparse.Namespace) -> int:
-    graph = load_graph(args.file)
-    try:
-        known = [parse_pull_secret(i) for i in args.pull_secrets]
-        for path in args.pull_secrets_from:
-            known += secrets_from_file(path)
-        models = load_models(load_documents(args.file), graph)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    warnings: list[str] = []
-    objects = passthrough_objects(load_documents(args.file), args.namespace, warnings)
-    objects += render(graph, args.namespace, args.etcd_endpoints, args.include_etcd, known, warnings,
-                      args.discovery, args.include_crd)
-    add_sidecars(objects, graph, models, contract.K8S_SYSTEM_PORT, contract.k8s_name)  # DynamoModel adapters
-    for line in warnings:
-        print(f"warning: {line}", file=sys.stderr)
-    sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False))
-    return 0

@@ -238,7 +238,7 @@ def deploy_main(cmd: str, args: Any) -> int:
     rc = asyncio.run(run(req, opts))
     if rc != 0 or cmd != "render":
         return rc
-    from dynamo.deploy.render import main as render_main
+    from dynamo.deploy.render_file import main as render_main
 
     args.file = str(opts.output_dir / FINAL)
     return render_main(args)

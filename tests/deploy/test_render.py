@@ -128,20 +128,37 @@ def test_cli_include_etcd_and_default_etcd_warning(capsys):
     assert {o["metadata"].get("namespace") for o in objects} == {None}  # manifest has none: kubectl's choice
 
 
-def test_configmaps_beside_the_graph_are_rendered_with_it(tmp_path, capsys):
+def test_plain_objects_beside_the_graph_are_rendered_with_it(tmp_path, capsys):
     # The profiler's final_config.yaml is [ConfigMap, DGD]: the graph mounts the profile ConfigMap, so
     # leaving it out left the planner and mocker pods waiting for a volume that never comes.
     graph = yaml.safe_load((REPO / "examples/backends/mocker/deploy/agg.yaml").read_text())
     profile = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "planner-profile-data-1234"},
                "data": {"prefill_raw_data.json": "{}"}}
-    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "warmup"}}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "b"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "r"}}
     path = tmp_path / "final_config.yaml"
-    path.write_text(yaml.safe_dump_all([profile, graph, job]))
-    docs, err = render_cli(capsys, str(path), "--namespace", "team")
+    path.write_text(yaml.safe_dump_all([profile, graph, binding]))
+    docs, _ = render_cli(capsys, str(path), "--namespace", "team")
     passed = next(d for d in docs if d["metadata"]["name"] == "planner-profile-data-1234")
     assert passed["data"] == profile["data"] and passed["metadata"]["namespace"] == "team"
-    assert "a Job document beside the graph is not rendered" in err
-    assert not [d for d in docs if d["kind"] == "Job"]
+    cluster_scoped = next(d for d in docs if d["kind"] == "ClusterRoleBinding")
+    assert "namespace" not in cluster_scoped["metadata"]
+
+
+def test_a_file_of_several_graphs_renders_each(tmp_path, capsys):
+    # Dynamo's GlobalPlanner examples put a control graph and the model graphs in one file.
+    agg = yaml.safe_load((REPO / "examples/backends/mocker/deploy/agg.yaml").read_text())
+    control = {"apiVersion": "nvidia.com/v1alpha1", "kind": "DynamoGraphDeployment", "metadata": {"name": "gp-ctrl"},
+               "spec": {"services": {"GlobalPlanner": {"componentType": "planner", "replicas": 1, "extraPodSpec": {
+                   "mainContainer": {"image": "img:1", "command": ["python3", "-m", "dynamo.global_planner"],
+                                     "args": ["--max-total-gpus", "8"]}}}}}}
+    path = tmp_path / "graphs.yaml"
+    path.write_text(yaml.safe_dump_all([control, agg]))
+    docs, err = render_cli(capsys, str(path), "--include-etcd")
+    names = [d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"]
+    assert "gp-ctrl-globalplanner" in names and "mocker-agg-frontend" in names
+    assert names.count("etcd") == 1  # shared objects once
+    assert "gp-ctrl: the GlobalPlanner applies its planners' decisions to DynamoGraphDeployments" in err
 
 
 def test_pods_are_scraped_as_operator_managed_ones_unless_the_graph_opts_out():
