@@ -57,17 +57,18 @@ _MODEL_INPUTS = {"tokens": "Tokens", "text": "Text", "tensor": "Tensor"}
 
 # Parser names a worker may put in its card (`--dyn-tool-call-parser`, `--dyn-reasoning-parser`);
 # the frontend's parser registry implements each (tests/frontend/test_parsers_contract.py).
-# The tool-call formats of NVIDIA Dynamo's names known here (its newest kimi_k3, inkling, muse are
-# refused at start rather than left unparsed for an agent).
+# The tool-call formats of NVIDIA Dynamo's names known here (its newest kimi_k3, muse are refused at
+# start rather than left unparsed for an agent).
 TOOL_CALL_PARSERS = ("default", "hermes", "qwen25", "qwen3", "llama3_json", "mistral", "pythonic", "qwen3_coder",
                      "nemotron_nano", "nemotron_deci", "deepseek_v3", "deepseek_v3_1", "deepseek_v3_2", "harmony",
                      "kimi_k2", "kimi_k25", "glm45", "glm47", "minimax_m2", "jamba", "phi4", "deepseek_v4",
-                     "gemma4", "minimax_m3")
+                     "gemma4", "minimax_m3", "inkling")
 REASONING_PARSERS = ("basic", "qwen3", "qwen3_coder", "deepseek_r1", "gpt_oss", "mistral", "step3", "nemotron_nano",
                      "nemotron3", "nemotron_v3", "nemotron_deci", "kimi", "kimi_k2", "kimi_k25", "glm45", "glm47",
                      "granite", "minimax_m2", "minimax_append_think", "deepseek_v3", "deepseek_v3_1", "deepseek_v3_2",
+                     "inkling",
                      # Dynamo's names of formats not known here: `<think>` tags, Dynamo's own fallback
-                     "deepseek_v4", "deepseek_v41", "gemma4", "inkling", "kimi_k3", "minimax_m3", "muse", "muse_glimmer")
+                     "deepseek_v4", "deepseek_v41", "gemma4", "kimi_k3", "minimax_m3", "muse", "muse_glimmer")
 
 
 # `--dyn-default-thinking-mode`: the worker puts it in `runtime_data` under this key (as Dynamo's do).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from dynamo.frontend.parsers import make_reasoning_parser, make_tool_parser
@@ -88,6 +90,10 @@ def run_after(name: str, tail: str, text: str, step: int | None) -> tuple[str, s
     ("deepseek_r1", "<|im_start|>assistant\n", "Weather.</think>Sunny.", ("Weather.", "Sunny.")),
     ("glm45", "<|im_start|>assistant\n", "Sunny.", ("", "Sunny.")),
     ("minimax_append_think", "assistant\n", "Sunny.", ("", "Sunny.")),
+    # Inkling: the template opened a thinking block, or a text block (thinking off).
+    ("inkling", "<|message_model|><|content_thinking|>", "Weather.<|end_message|><|message_model|><|content_text|>"
+     "Sunny.<|end_message|>", ("Weather.", "Sunny.")),
+    ("inkling", "<|message_model|><|content_text|>", "Sunny.<|end_message|>", ("", "Sunny.")),
 ])
 def test_where_the_prompt_left_the_reasoning(name, tail, text, want, step):
     assert run_after(name, tail, text, step) == want
@@ -103,6 +109,11 @@ def test_where_the_prompt_left_the_reasoning(name, tail, text, want, step):
     # Harmony opens its own channels; an append-think model only tells opened from not.
     ("gpt_oss", "<|end|><|start|>assistant", PromptReasoning.UNKNOWN),
     ("minimax_append_think", "assistant\n", PromptReasoning.CLOSED),
+    ("inkling", "<|message_model|><|content_thinking|>", PromptReasoning.OPENED),
+    ("inkling", "<|message_model|><|content_text|>", PromptReasoning.CLOSED),
+    # The prompt opened a message: its kind is the model's to write.
+    ("inkling", "<|end_message|><|message_model|>", PromptReasoning.UNKNOWN),
+    ("inkling", "<|content_thinking|>An earlier thought.<|end_message|>", PromptReasoning.UNKNOWN),
 ])
 def test_the_prompts_end_is_judged_by_its_last_tag(name, tail, want):
     assert make_reasoning_parser(name).judge_prompt(tail) is want
@@ -117,6 +128,87 @@ def test_an_unknown_prompt_end_leaves_the_parsers_default(name, want):
 
 
 @pytest.mark.parametrize("name,shown", [("qwen3", False), ("glm45", True), ("deepseek_v4", True), ("mistral", True),
-                                         ("deepseek_r1", False), ("gpt_oss", True)])
+                                         ("deepseek_r1", False), ("gpt_oss", True),
+                                         ("inkling", True)])
 def test_parsers_whose_tags_are_special_tokens_ask_for_them_shown(name, shown):
     assert make_reasoning_parser(name).needs_special_tokens is shown
+
+
+# Inkling's markers (each one special token).
+MESSAGE, THINKING, TEXT = "<|message_model|>", "<|content_thinking|>", "<|content_text|>"
+TOOL, END, END_SAMPLING = "<|content_invoke_tool_json|>", "<|end_message|>", "<|content_model_end_sampling|>"
+WEATHER_CALL = '{"name": "get_weather", "args": {"city": "SF"}}'
+
+
+@pytest.mark.parametrize("step", [None, 1, 3])
+@pytest.mark.parametrize("text,want", [
+    (f"{MESSAGE}{THINKING}Need weather.{END}\n{MESSAGE}{TEXT}It is sunny.{END}\n{END_SAMPLING}",
+     ("Need weather.", "It is sunny.")),
+    # The prompt usually ends with the message marker: the output starts at the content kind.
+    (f"{THINKING}Need weather.{END}{MESSAGE}{TEXT}It is sunny.{END}", ("Need weather.", "It is sunny.")),
+    (f"{MESSAGE}{TEXT}Just an answer.{END}", ("", "Just an answer.")),
+    (f"{TEXT}Sunny.{END_SAMPLING}", ("", "Sunny.")),  # the end of sampling in place of the end marker
+    (f"{TEXT}Sunny.{END}\n{MESSAGE}{END_SAMPLING}", ("", "Sunny.")),  # ... or in a message of its own
+    ("Paris is sunny today.", ("", "Paris is sunny today.")),  # no markers at all: the answer
+    ("Paris", ("", "Paris")),
+    (f"{THINKING}One.{END}\n{MESSAGE}{THINKING} Two.{END}{MESSAGE}{TEXT}A{END}{MESSAGE}{TEXT}B{END}",
+     ("One. Two.", "AB")),
+    # A tool block passes through for the tool parser, its header (the tool's name) dropped.
+    (f"{THINKING}Need weather.{END}{MESSAGE}get_weather{TOOL}{WEATHER_CALL}{END}{END_SAMPLING}",
+     ("Need weather.", f"{TOOL}{WEATHER_CALL}{END}")),
+    (f"get_weather{TOOL}{WEATHER_CALL}{END}", ("", f"{TOOL}{WEATHER_CALL}{END}")),
+    # Cut off: a thinking block's text is reasoning, a text block's the answer; a tool block goes on unclosed.
+    (f"{THINKING}Still thinking when cut", ("Still thinking when cut", "")),
+    (f"{THINKING}Done.{END}{MESSAGE}{TEXT}Half an ans", ("Done.", "Half an ans")),
+    (f"{MESSAGE}get_weather{TOOL}{WEATHER_CALL[:20]}", ("", f"{TOOL}{WEATHER_CALL[:20]}")),
+])
+def test_inkling_blocks(text, want, step):
+    assert run("inkling", text, step) == want
+
+
+def test_inkling_streams_ordinary_text_and_holds_only_markers():
+    parser = make_reasoning_parser("inkling")
+    assert parser.feed("Paris") == ("", "")  # one word at the start may be a tool block's header
+    assert parser.feed(" is") == ("", "Paris is")  # two are not
+    assert parser.feed(" sunny <|end_mes") == ("", " sunny")  # whitespace before a marker is layout: held
+    assert parser.feed("sage|>") == ("", "")
+    assert parser.feed(f"{MESSAGE}{THINKING}Hm") == ("Hm", "")
+    assert parser.feed("m<|en") == ("m", "")
+    assert parser.finish() == ("<|en", "")
+
+
+def test_inkling_budget_closes_the_thinking_block_and_opens_the_answer():
+    parser = make_reasoning_parser("inkling")
+    tags = parser.budget_tags
+    assert (tags.start, tags.end, tags.starts_inside) == (THINKING, END, False)
+    assert tags.close.startswith(tags.end)
+    assert run("inkling", f"{THINKING}A long thought" + tags.close + "Answer.", 1) == ("A long thought", "Answer.")
+
+
+def run_inkling_with_tools(text: str, step: int | None) -> tuple[str, str, list[tuple[str, dict]]]:
+    """Both inkling parsers chained, as the output stage chains them: (reasoning, content, calls)."""
+    reasoning, content = run("inkling", text, step)
+    tools = make_tool_parser("inkling")
+    pieces = [content] if step is None else [content[i:i + step] for i in range(0, len(content), step)]
+    outs = [tools.feed(p) for p in pieces] + [tools.finish()]
+    calls: dict[int, list] = {}
+    for d in (d for _, deltas in outs for d in deltas):
+        call = calls.setdefault(d.index, [d.name, ""])
+        call[1] += d.arguments
+    return reasoning, "".join(c for c, _ in outs), [(n, json.loads(a)) for n, a in (calls[i] for i in sorted(calls))]
+
+
+@pytest.mark.parametrize("step", [None, 1])
+def test_inkling_reasoning_then_inkling_tool_calls(step):
+    text = (f"{MESSAGE}{THINKING}Need weather.{END}\n{MESSAGE}{TEXT}Checking.{END}\n"
+            f"{MESSAGE}get_weather{TOOL}{WEATHER_CALL}{END}\n{END_SAMPLING}")
+    assert run_inkling_with_tools(text, step) == ("Need weather.", "Checking.", [("get_weather", {"city": "SF"})])
+    text = (f"{THINKING}Two.{END}{MESSAGE}get_weather{TOOL}{WEATHER_CALL}{END}\n"
+            f'{MESSAGE}get_time{TOOL}{{"args": {{"tz": "PST"}}, "name": "get_time"}}{END}{END_SAMPLING}')
+    assert run_inkling_with_tools(text, step) == ("Two.", "", [("get_weather", {"city": "SF"}),
+                                                               ("get_time", {"tz": "PST"})])
+    # Not a call (bad JSON), or cut off before its end: the answer keeps the block as the model wrote it.
+    text = f"{THINKING}Hm.{END}{MESSAGE}get_weather{TOOL}{{not json}}{END}{MESSAGE}{TEXT}Sorry.{END}"
+    assert run_inkling_with_tools(text, step) == ("Hm.", f"{TOOL}{{not json}}{END}Sorry.", [])
+    text = f"{THINKING}Hm.{END}{MESSAGE}get_weather{TOOL}{WEATHER_CALL[:-1]}"
+    assert run_inkling_with_tools(text, step) == ("Hm.", f"{TOOL}{WEATHER_CALL[:-1]}", [])

@@ -350,3 +350,55 @@ def test_minimax_m3_streams_text_until_a_possible_marker():
     _, deltas = parser.feed(block[-5:])
     assert [(d.name, d.arguments) for d in deltas] == [("plan", '{"days": 3}')]
     assert parser.finish() == ("", [])
+
+
+# Inkling's markers (each one special token). Behind its reasoning parser, the tool parser sees tool blocks
+# as `TOOL{json}END`; on its own it sees the model's whole output.
+INK_MESSAGE, INK_TOOL, INK_END = "<|message_model|>", "<|content_invoke_tool_json|>", "<|end_message|>"
+INK_END_SAMPLING = "<|content_model_end_sampling|>"
+CASES["inkling"] = (
+    f'Checking. {INK_TOOL}{{"name": "get_weather", "args": {{"city": "Paris", "unit": "celsius"}}}}{INK_END}\n'
+    f'{INK_TOOL}{{"args": {{}}, "name": "get_time"}}{INK_END}',  # `args` may come first
+    "Checking. ", [("get_weather", WEATHER), ("get_time", {})])
+
+
+@pytest.mark.parametrize("step", [None, 1, 3])
+def test_inkling_tool_parser_alone_hides_headers_and_the_end_of_sampling(step):
+    text = (f'{INK_MESSAGE}get_weather{INK_TOOL}{{"name": "get_weather", "args": {{"city": "Paris"}}}}{INK_END}\n'
+            # no `args`: no arguments; the end of sampling may end a block in place of its end marker
+            f'{INK_MESSAGE} get_time {INK_TOOL}{{"name": "get_time"}}{INK_END_SAMPLING}')
+    content, calls = run("inkling", text, step)
+    assert content == ""
+    assert [(c["name"], json.loads(c["arguments"])) for c in calls] == [("get_weather", {"city": "Paris"}),
+                                                                       ("get_time", {})]
+    assert run("inkling", f"Done.{INK_END_SAMPLING}", step) == ("Done.", [])
+    # ... nor a message of its own that only ends sampling.
+    assert run("inkling", f"{text}\n{INK_MESSAGE}{INK_END_SAMPLING}", step)[0] == ""
+    # A message that is not a tool block is left as the model wrote it.
+    text = f"{INK_MESSAGE}<|content_text|>Hi{INK_END}"
+    assert run("inkling", text, step) == (text, [])
+
+
+@pytest.mark.parametrize("step", [None, 1])
+@pytest.mark.parametrize("text", [
+    f"{INK_TOOL}not json{INK_END} after",
+    f'{INK_TOOL}{{"city": "Paris"}}{INK_END}',  # no name
+    f'{INK_TOOL}{{"name": "get_weather", "args": [1]}}{INK_END}',  # arguments not an object
+    f'{INK_TOOL}{{"name": "get_weather", "args": {{"city": "Paris"}}}} trailing{INK_END}',
+    f'Sure. {INK_TOOL}{{"name": "get_weather", "args": {{"city": "Pa',  # cut off
+    f'{INK_TOOL}{{"name": "get_weather", "args": {{}}}}',  # complete JSON, but cut off before the end marker
+    f'{INK_MESSAGE}get_weather{INK_TOOL}{{"name": "get_weather", "args": {{',
+])
+def test_inkling_blocks_that_are_not_calls_stay_text(text, step):
+    assert run("inkling", text, step) == (text, [])
+
+
+def test_inkling_streams_text_until_a_possible_marker():
+    parser = make_tool_parser("inkling", TOOLS)
+    assert parser.feed("See [1] ") == ("See [1] ", [])
+    assert parser.feed("then <|content_inv") == ("then ", [])  # could be the start marker: held
+    assert parser.feed("isible ") == ("<|content_invisible ", [])  # it was not
+    assert parser.feed('<|content_invoke_tool_json|>{"name": "get_weather", "args": {"city": "Paris"}}') == ("", [])
+    _, deltas = parser.feed(INK_END)  # the block is converted whole at its end marker
+    assert [(d.index, d.name, d.arguments) for d in deltas] == [(0, "get_weather", '{"city": "Paris"}')]
+    assert parser.finish() == ("", [])

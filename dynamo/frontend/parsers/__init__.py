@@ -4,6 +4,7 @@ tool calls (Dynamo's order). Importing this package registers every built-in par
 from dynamo.frontend.parsers import (  # noqa: F401
     gemma4,
     harmony,
+    inkling,
     minimax_m3,
     pythonic,
     reasoning,

@@ -128,7 +128,7 @@ def _think_tokens() -> ThinkTagParser:
 
 # Names NVIDIA Dynamo 1.6.1 takes whose formats are not known here: parsed as `<think>` tags, which is
 # Dynamo's own fallback for a reasoning parser it does not know (output without the tags stays the answer).
-UNVERIFIED = ("deepseek_v4", "deepseek_v41", "gemma4", "inkling", "kimi_k3", "minimax_m3", "muse", "muse_glimmer")
+UNVERIFIED = ("deepseek_v4", "deepseek_v41", "gemma4", "kimi_k3", "minimax_m3", "muse", "muse_glimmer")
 register_reasoning_parser(*UNVERIFIED)(_think_tokens)
 
 
