@@ -99,6 +99,24 @@ TOOL_PARSERS: dict[str, ToolFactory] = {}
 REASONING_PARSERS: dict[str, ReasoningFactory] = {}
 
 
+class SteppedReasoning:
+    """A reasoning parser that works through its buffer one step at a time: `_step` moves text out of
+    `_buf` into the reasoning or the answer, and says whether it can go on (False: it waits for more)."""
+
+    _buf: str
+
+    def _step(self, reasoning: list[str], content: list[str]) -> bool:
+        raise NotImplementedError
+
+    def feed(self, text: str) -> tuple[str, str]:
+        self._buf += text
+        reasoning: list[str] = []
+        content: list[str] = []
+        while self._buf and self._step(reasoning, content):
+            pass
+        return "".join(reasoning), "".join(content)
+
+
 def register_tool_parser(*names: str):
     def wrap(factory):
         for name in names:

@@ -26,6 +26,7 @@ import re
 from dynamo.frontend.parsers.base import (
     BudgetTags,
     PromptReasoning,
+    SteppedReasoning,
     ToolCallDelta,
     find_first,
     new_call_id,
@@ -47,7 +48,7 @@ MARKERS = (MESSAGE, *KINDS, END, END_SAMPLING)
 _HEADER = re.compile(r"\s*[^\s<]{0,128}\s*")
 
 
-class InklingReasoningParser:
+class InklingReasoningParser(SteppedReasoning):
     needs_special_tokens = True
     # Closing the thinking block early opens a text block for the answer.
     budget_tags = BudgetTags(THINKING, END, END + MESSAGE + TEXT, starts_inside=False)
@@ -74,14 +75,6 @@ class InklingReasoningParser:
         if where is not PromptReasoning.UNKNOWN:
             self._kind = THINKING if where is PromptReasoning.OPENED else TEXT
             self._header = False
-
-    def feed(self, text: str) -> tuple[str, str]:
-        self._buf += text
-        reasoning: list[str] = []
-        content: list[str] = []
-        while self._buf and self._step(reasoning, content):
-            pass
-        return "".join(reasoning), "".join(content)
 
     def _step(self, reasoning: list[str], content: list[str]) -> bool:
         if self._kind is not None:

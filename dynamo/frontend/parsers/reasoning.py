@@ -26,6 +26,7 @@ from __future__ import annotations
 from dynamo.frontend.parsers.base import (
     BudgetTags,
     PromptReasoning,
+    SteppedReasoning,
     find_first,
     partial_suffix,
     register_reasoning_parser,
@@ -33,7 +34,7 @@ from dynamo.frontend.parsers.base import (
 from dynamo.frontend.parsers.harmony import HarmonyStream
 
 
-class ThinkTagParser:
+class ThinkTagParser(SteppedReasoning):
     def __init__(self, start: str | tuple[str, ...] = "<think>", end: str | tuple[str, ...] = "</think>",
                  forced: bool = False, *, needs_special_tokens: bool = False) -> None:
         # Tags that are special tokens must be detokenized with them shown, or they are never seen.
@@ -63,14 +64,6 @@ class ThinkTagParser:
             self._in, self._done = False, True
         elif where is PromptReasoning.OPENED:
             self._in, self._at_start = True, True
-
-    def feed(self, text: str) -> tuple[str, str]:
-        self._buf += text
-        reasoning: list[str] = []
-        content: list[str] = []
-        while self._buf and self._step(reasoning, content):
-            pass
-        return "".join(reasoning), "".join(content)
 
     def _step(self, reasoning: list[str], content: list[str]) -> bool:
         buf = self._buf
