@@ -13,6 +13,11 @@ from dataclasses import dataclass, field
 import aiohttp
 
 REQUEST_TIMEOUT_S = 600.0
+# "Retry later" (503 no workers / all busy, 529 overloaded) is retried as a client would, this many times
+# with doubling pauses from RETRY_PAUSE_S: a worker re-registering after a lapsed lease (a loaded host), or
+# restarting, must not fail a whole sweep point. The measurement times the attempt that was answered.
+RETRIES, RETRY_PAUSE_S = 5, 1.0
+RETRY_STATUSES = (503, 529)
 TOKEN_RANGE = (1000, 20000)  # ordinary vocabulary ids in any real tokenizer; clamped to the vocab
 
 
@@ -23,6 +28,7 @@ class Stats:
     latency_ms: list[float] = field(default_factory=list)
     output_tokens: int = 0
     errors: list[str] = field(default_factory=list)
+    retries: int = 0  # "retry later" answers retried (each request's measured attempt is the answered one)
     duration_s: float = 0.0
 
     @staticmethod
@@ -63,20 +69,32 @@ def prompt_tokens(isl: int, rng: random.Random, vocab_size: int | None) -> list[
 
 
 async def _one(session: aiohttp.ClientSession, url: str, body: dict, stats: Stats) -> None:
+    for attempt in range(RETRIES + 1):
+        if await _attempt(session, url, body, stats, last=attempt == RETRIES):
+            return
+        stats.retries += 1
+        await asyncio.sleep(RETRY_PAUSE_S * 2 ** attempt)
+
+
+async def _attempt(session: aiohttp.ClientSession, url: str, body: dict, stats: Stats, last: bool) -> bool:
+    """One try; False when it was told to retry later (and may)."""
     start = time.perf_counter()
     first = None
     tokens = 0
     async with session.post(url, json=body) as resp:
+        if resp.status in RETRY_STATUSES and not last:
+            await resp.read()
+            return False
         if resp.status != 200:
             stats.errors.append(f"HTTP {resp.status}: {(await resp.text())[:200]}")
-            return
+            return True
         async for raw in resp.content:
             chunk = sse_chunk(raw)
             if chunk is None:
                 continue
             if chunk.get("error"):
                 stats.errors.append(str(chunk["error"])[:200])
-                return
+                return True
             if chunk.get("usage"):
                 tokens = chunk["usage"].get("completion_tokens", tokens)
             if first is None and any(c.get("text") for c in chunk.get("choices") or []):
@@ -84,12 +102,13 @@ async def _one(session: aiohttp.ClientSession, url: str, body: dict, stats: Stat
     end = time.perf_counter()
     if first is None:
         stats.errors.append("no token streamed")
-        return
+        return True
     stats.ttft_ms.append((first - start) * 1e3)
     stats.latency_ms.append((end - start) * 1e3)
     stats.output_tokens += tokens
     if tokens > 1:
         stats.itl_ms.append((end - first) * 1e3 / (tokens - 1))
+    return True
 
 
 async def measure(base_url: str, model: str, isl: int, osl: int, concurrency: int, requests: int,

@@ -71,6 +71,10 @@ def concurrency_points(max_conc: int, points: int) -> list[int]:
     return sorted({max(1, round(1 + (max_conc - 1) * i / (points - 1))) for i in range(points)})
 
 
+def _retried(stats) -> str:
+    return f" ({stats.retries} 'retry later' answer(s) retried)" if stats.retries else ""
+
+
 async def sweep_prefill(dep: LocalDeployment, req: Request, opts: SweepOptions, gpus: int) -> PrefillProfile:
     isls, ttfts, thpts = [], [], []
     for isl in prefill_isls(opts.max_context, opts.prefill_granularity):
@@ -80,7 +84,7 @@ async def sweep_prefill(dep: LocalDeployment, req: Request, opts: SweepOptions, 
             raise RuntimeError(f"prefill sweep at ISL {isl} failed: {stats.errors[:3]}")
         ttft = stats.ttft * opts.speedup_ratio
         isls.append(float(isl)), ttfts.append(ttft), thpts.append(isl / ttft * 1000.0 / gpus)
-        log.info("prefill ISL %d: TTFT %.1f ms", isl, ttft)
+        log.info("prefill ISL %d: TTFT %.1f ms%s", isl, ttft, _retried(stats))
     return PrefillProfile(isls, ttfts, thpts)
 
 
@@ -100,7 +104,8 @@ async def sweep_decode(dep: LocalDeployment, req: Request, opts: SweepOptions, g
             itl = stats.itl * opts.speedup_ratio
             xs.append(ctx * n / max_kv), ys.append(ctx), zs.append(itl)
             ts.append(stats.output_tps / opts.speedup_ratio / gpus)
-            log.info("decode ISL %d concurrency %d: ITL %.2f ms, %.0f tok/s/GPU", isl, n, itl, ts[-1])
+            log.info("decode ISL %d concurrency %d: ITL %.2f ms, %.0f tok/s/GPU%s", isl, n, itl, ts[-1],
+                     _retried(stats))
     return DecodeProfile(xs, ys, zs, ts, max_kv_tokens=max_kv)
 
 
