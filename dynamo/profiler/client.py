@@ -18,6 +18,7 @@ REQUEST_TIMEOUT_S = 600.0
 # restarting, must not fail a whole sweep point. The measurement times the attempt that was answered.
 RETRIES, RETRY_PAUSE_S = 5, 1.0
 RETRY_STATUSES = (503, 529)
+WARMUP_TRIES = 5  # tries per warm-up request the caller asked for
 TOKEN_RANGE = (1000, 20000)  # ordinary vocabulary ids in any real tokenizer; clamped to the vocab
 
 
@@ -123,8 +124,11 @@ async def measure(base_url: str, model: str, isl: int, osl: int, concurrency: in
 
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
-        for _ in range(warmup):
-            await _one(session, url, body(), Stats())
+        warm = Stats()
+        for _ in range(warmup * WARMUP_TRIES):  # answered warm-ups: a failed one warms nothing
+            if len(warm.ttft_ms) >= warmup:
+                break
+            await _one(session, url, body(), warm)
         stats = Stats()
         bodies = iter([body() for _ in range(requests)])
 

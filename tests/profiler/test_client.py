@@ -67,3 +67,14 @@ async def test_other_errors_and_retries_past_the_limit_are_errors():
         await runner.cleanup()
     assert stats.retries == client.RETRIES and stats.errors[0].startswith("HTTP 503")
     assert len(seen) == client.RETRIES + 1
+
+
+async def test_warm_ups_count_only_when_answered():
+    # The first requests to a fresh engine pay its start-up: a warm-up that failed has warmed nothing.
+    runner, url, seen = await serve([400, 400])
+    try:
+        stats = await client.measure(url, "m", isl=8, osl=3, concurrency=1, requests=1, warmup=1)
+    finally:
+        await runner.cleanup()
+    assert len(seen) == 4  # two failed warm-ups, the answered one, then the measured request
+    assert stats.errors == [] and len(stats.ttft_ms) == 1
