@@ -116,6 +116,20 @@ class SteppedReasoning:
             pass
         return "".join(reasoning), "".join(content)
 
+    def _take_until(self, markers: tuple[str, ...], out: list[str]) -> str | None:
+        """Move `_buf` into `out` up to the first of `markers`, which is consumed and returned; with
+        none in it, all but what may be a marker's start (held back), and None."""
+        buf = self._buf
+        i, marker = find_first(buf, markers)
+        if marker is None:
+            keep = partial_suffix(buf, markers)
+            out.append(buf[:len(buf) - keep])
+            self._buf = buf[len(buf) - keep:]
+            return None
+        out.append(buf[:i])
+        self._buf = buf[i + len(marker):]
+        return marker
+
 
 def register_tool_parser(*names: str):
     def wrap(factory):

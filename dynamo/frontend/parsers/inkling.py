@@ -84,15 +84,9 @@ class InklingReasoningParser(SteppedReasoning):
         return self._outside_step(content)
 
     def _body_step(self, out: list[str], content: list[str]) -> bool:
-        buf = self._buf
-        i, marker = find_first(buf, MARKERS)
+        marker = self._take_until(MARKERS, out)
         if marker is None:
-            keep = partial_suffix(buf, MARKERS)
-            out.append(buf[:len(buf) - keep])
-            self._buf = buf[len(buf) - keep:]
             return False
-        out.append(buf[:i])
-        self._buf = buf[i + len(marker):]
         if self._kind == TOOL:
             # Whatever ended it (a new block too: its end marker was skipped), the tool parser sees it closed.
             content.append(END)

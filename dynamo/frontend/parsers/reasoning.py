@@ -27,8 +27,6 @@ from dynamo.frontend.parsers.base import (
     BudgetTags,
     PromptReasoning,
     SteppedReasoning,
-    find_first,
-    partial_suffix,
     register_reasoning_parser,
 )
 from dynamo.frontend.parsers.harmony import HarmonyStream
@@ -86,16 +84,8 @@ class ThinkTagParser(SteppedReasoning):
             if opening is not None:
                 self._buf = stripped[len(opening):]
                 return True
-        tags = self.ends if self._in else self.starts
-        i, tag = find_first(buf, tags)
-        out = reasoning if self._in else content
-        if tag is None:
-            keep = partial_suffix(buf, tags)
-            out.append(buf[:len(buf) - keep])
-            self._buf = buf[len(buf) - keep:]
+        if self._take_until(self.ends if self._in else self.starts, reasoning if self._in else content) is None:
             return False
-        out.append(buf[:i])
-        self._buf = buf[i + len(tag):]
         if self._in:
             self._in, self._done, self._strip_lead = False, True, True
         else:
