@@ -14,7 +14,6 @@ from typing import Any
 import yaml
 
 from dynamo.deploy import contract
-from dynamo.deploy.commands import parse_command
 from dynamo.deploy.dynamo_model import KIND as DYNAMO_MODEL_KIND
 from dynamo.deploy.dynamo_model import add_sidecars, load_models
 from dynamo.deploy.model import Graph
@@ -24,9 +23,6 @@ from dynamo.deploy.validate import load_documents, validate_file
 
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "Namespace", "PersistentVolume", "StorageClass",
                   "CustomResourceDefinition", "PriorityClass", "IngressClass", "RuntimeClass"}
-GLOBAL_PLANNER = ("the GlobalPlanner applies its planners' decisions to DynamoGraphDeployments, which need Dynamo's "
-                  "operator: in a rendered graph they cannot be applied (give those planners environment "
-                  "'kubernetes', which scales the rendered Deployments, or deploy with the operator)")
 
 
 def passthrough_objects(docs: list[Any], k8s_ns: str | None) -> list[dict[str, Any]]:
@@ -51,30 +47,29 @@ def load_graphs(path: str) -> list[Graph]:
     return report.graphs
 
 
-def _runs_global_planner(graph: Graph) -> bool:
-    for svc in graph.spec.services.values():
-        command = contract.command_of(svc)
-        if any(inv.module == "dynamo.global_planner" for inv in parse_command(*command[:2]).invocations):
-            return True
-    return False
-
-
 def render_graphs(graphs: list[Graph], docs: list[Any], args: argparse.Namespace, known, warnings: list[str]
                   ) -> list[dict[str, Any]]:
     """Every graph's objects; shared ones (etcd, the discovery CRD) once."""
     objects = passthrough_objects(docs, args.namespace)
-    for i, graph in enumerate(graphs):
+    for graph in graphs:
         models = load_models(docs, graph) if len(graphs) == 1 else []
         if len(graphs) > 1 and any(isinstance(d, dict) and d.get("kind") == DYNAMO_MODEL_KIND for d in docs):
             raise ValueError(f"{DYNAMO_MODEL_KIND} documents with several graphs in one file: render each graph "
                              "with its models from a file of its own")
-        rendered = render(graph, args.namespace, args.etcd_endpoints, args.include_etcd and i == 0, known, warnings,
-                          args.discovery, args.include_crd and i == 0)
+        rendered = render(graph, args.namespace, args.etcd_endpoints, args.include_etcd, known, warnings,
+                          args.discovery, args.include_crd)
         add_sidecars(rendered, graph, models, contract.K8S_SYSTEM_PORT, contract.k8s_name)  # DynamoModel adapters
         objects += rendered
-        if _runs_global_planner(graph):
-            warnings.append(f"{graph.metadata.name}: {GLOBAL_PLANNER}")
-    return objects
+    return _once(objects)
+
+
+def _once(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Objects every graph brings alike (the etcd, the discovery CRD) once; only identical ones."""
+    out: list[dict[str, Any]] = []
+    for obj in objects:
+        if obj not in out:
+            out.append(obj)
+    return out
 
 
 def main(args: argparse.Namespace) -> int:

@@ -158,7 +158,7 @@ def test_a_file_of_several_graphs_renders_each(tmp_path, capsys):
     names = [d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"]
     assert "gp-ctrl-globalplanner" in names and "mocker-agg-frontend" in names
     assert names.count("etcd") == 1  # shared objects once
-    assert "gp-ctrl: the GlobalPlanner applies its planners' decisions to DynamoGraphDeployments" in err
+    assert err.count("etcd") <= 1  # a warning about the cluster said once, not per graph
 
 
 def test_pods_are_scraped_as_operator_managed_ones_unless_the_graph_opts_out():

@@ -123,3 +123,47 @@ async def test_health_and_the_wire_format(tmp_path, kube, global_planner, runtim
     bad = await runtime.open_stream(address, sp.SCALE_ENDPOINT, b"\x81\xa1x\x01")  # not a ScaleRequest
     with pytest.raises(Exception, match="bad_request|ScaleRequest|Object missing"):
         await anext(aiter(bad))
+
+
+def rendered(name: str) -> list[dict]:
+    """`dynamo.deploy render` of the vLLM disagg example as graph `name`: its Deployments (1 GPU each)."""
+    import yaml
+
+    from dynamo.deploy.render import render
+    from dynamo.deploy.validate import validate_document, Report
+    from tests.fixtures.procs import REPO
+
+    doc = yaml.safe_load((REPO / "examples/backends/vllm/deploy/disagg.yaml").read_text())
+    doc["metadata"]["name"] = name
+    report = Report(name)
+    validate_document(doc, report, 0)
+    return [o for o in render(report.graphs[0], "team") if o["kind"] == "Deployment"]
+
+
+async def test_rendered_graphs_without_the_operator_share_the_budget_too(tmp_path, runtime):
+    # No DGD kind is served (no operator): the GlobalPlanner reads the graphs from their rendered
+    # Deployments, counts their GPUs, and scales them through the Deployment scale subresource.
+    server = KubeStandIn(None, deployments=rendered("model-a") + rendered("model-b"))
+    kubeconfig(tmp_path / "kubeconfig", server.url)
+    env = {"DYN_DISCOVERY_BACKEND": "file", "DYN_FILE_KV": str(tmp_path / "kv"), "DYN_NAMESPACE": "global-infra",
+           "POD_NAMESPACE": "team", "KUBECONFIG": str(tmp_path / "kubeconfig")}
+    proc = Proc("dynamo.global_planner", ["--max-total-gpus", "5"], env, tmp_path, "global_planner_rendered")
+    try:
+        wait_until(lambda: not proc.alive() or "GlobalPlanner: global-infra" in proc.log(), 60, "GlobalPlanner up")
+        graph_a = make_connector(planner_config(tmp_path, "model-a", kube_deployment_selector=(
+            "nvidia.com/dynamo-graph-deployment-name=model-a")), runtime=runtime)
+        await graph_a.start()
+        assert await graph_a.state() == {"prefill": PoolState(1, 1), "decode": PoolState(1, 1)}
+        await graph_a.scale({"decode": 2})  # 5 of 5
+        assert server.deployments["model-a-vllmdecodeworker"]["spec"]["replicas"] == 2
+        graph_b = make_connector(planner_config(tmp_path, "model-b", mode="decode", kube_deployment_selector=(
+            "nvidia.com/dynamo-graph-deployment-name=model-b")), runtime=runtime)
+        await graph_b.start()
+        await graph_b.scale({"decode": 2})  # 6 of 5: rejected
+        assert server.deployments["model-b-vllmdecodeworker"]["spec"]["replicas"] == 1
+        assert "request would use 6 total GPUs, max allowed is 5" in proc.log()
+        for c in (graph_a, graph_b):
+            await c.close()
+    finally:
+        assert proc.stop() == 0, proc.log()
+        server.close()

@@ -39,7 +39,8 @@ class KubeStandIn:
     def __init__(self, dgd: dict | None, versions: tuple[str, ...] = ("v1beta1",), adapters: tuple[str, ...] = (),
                  deployments: list[dict] = (), others: list[dict] = ()) -> None:
         self.dgd = dgd if dgd is not None else {"metadata": {"name": ""}, "spec": {"services": {}}}
-        self.dgds = {d["metadata"]["name"]: d for d in (self.dgd, *others)}  # the first is `dgd`
+        # The first is `dgd`; none at all (no operator: the DGD kind is not served) without one.
+        self.dgds = {d["metadata"]["name"]: d for d in ((self.dgd,) if dgd is not None else ()) + tuple(others)}
         self.deployments = {d["metadata"]["name"]: copy.deepcopy(d) for d in deployments}
         for d in self.deployments.values():
             d["status"] = {"replicas": d["spec"]["replicas"], "readyReplicas": d["spec"]["replicas"]}
@@ -101,6 +102,8 @@ class KubeStandIn:
 
     def _route(self, method: str, path: str, ctype: str, body) -> tuple[int, dict]:
         m = DGD.match(path)
+        if m and not self.dgds:
+            return 404, status("NotFound", 404, "the server could not find the requested resource")
         if m and m.group(1) in self.versions and m.group(3) is None and method == "GET":
             return 200, {"apiVersion": f"nvidia.com/{m.group(1)}", "kind": "DynamoGraphDeploymentList",
                          "metadata": {}, "items": list(self.dgds.values())}
@@ -125,9 +128,10 @@ class KubeStandIn:
     def _deployments(self, method: str, path: str, query: str, body) -> tuple[int, dict]:
         _, name, scale = DEPLOYMENTS.match(path).groups()
         if name is None:  # a list, by label selector
-            wanted = dict(p.split("=", 1) for p in parse_qs(query).get("labelSelector", [""])[0].split(",") if p)
-            items = [d for d in self.deployments.values()
-                     if all(d["metadata"].get("labels", {}).get(k) == v for k, v in wanted.items())]
+            terms = [p.split("=", 1) for p in parse_qs(query).get("labelSelector", [""])[0].split(",") if p]
+            items = [d for d in self.deployments.values()  # `k=v`, or `k` (the label exists)
+                     if all((t[0] in d["metadata"].get("labels", {})) if len(t) == 1
+                            else d["metadata"].get("labels", {}).get(t[0]) == t[1] for t in terms)]
             return 200, {"apiVersion": "apps/v1", "kind": "DeploymentList", "metadata": {}, "items": items}
         dep = self.deployments.get(name)
         if dep is None:

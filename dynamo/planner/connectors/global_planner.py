@@ -1,5 +1,5 @@
 """`environment: global-planner`: the planner reads its own graph as on Kubernetes (the DGD's replicas
-and readiness) but sends its decisions to the GlobalPlanner of `global_planner_namespace`, which decides
+and readiness; a rendered graph's Deployments) but sends its decisions to the GlobalPlanner of `global_planner_namespace`, which decides
 whether they fit the budget it holds for every graph it manages, and applies them (Dynamo's hierarchical
 planner). A rejection (over budget) is logged and the graph keeps its size; an error fails the tick."""
 
@@ -33,10 +33,10 @@ class GlobalPlannerConnector(Connector):
         if runtime is None:
             raise ValueError("environment 'global-planner' needs the planner's runtime (request plane)")
         self.runtime = runtime
-        if local is None:  # its own graph, read as the kubernetes connector reads it
-            from dynamo.planner.connectors.kubernetes import KubernetesConnector
+        if local is None:  # its own graph, read as the kubernetes connector reads it (a DGD, or rendered)
+            from dynamo.planner.connectors.kubernetes import for_config
 
-            local = KubernetesConnector(msgspec.structs.replace(cfg, environment="kubernetes"))
+            local = for_config(msgspec.structs.replace(cfg, environment="kubernetes"))
         self.local = local
         self.eid = records.EndpointId(cfg.global_planner_namespace, cfg.global_planner_component, sp.SCALE_ENDPOINT)
 

@@ -28,6 +28,25 @@ NAME_ANNOTATION = "nvidia.com/dynamo-component-name"
 COMPONENT_LABEL = "nvidia.com/dynamo-component"
 TYPE_LABEL = "nvidia.com/dynamo-component-type"
 SUB_TYPE_LABEL = "nvidia.com/dynamo-sub-component-type"
+GRAPH_LABEL = "nvidia.com/dynamo-graph-deployment-name"
+
+
+def as_services(deployments) -> dict[str, dict]:
+    """Rendered Deployments (the client's objects) as the DGD services they render, in v1alpha1's shape:
+    name, componentType/subComponentType, replicas, GPUs per replica (`resources.limits.gpu`), and the
+    Deployment's own name."""
+    out = {}
+    for dep in deployments:
+        meta = dep.metadata
+        labels, notes = meta.labels or {}, meta.annotations or {}
+        name = notes.get(NAME_ANNOTATION) or labels.get(COMPONENT_LABEL) or meta.name
+        containers = dep.spec.template.spec.containers if dep.spec.template and dep.spec.template.spec else []
+        gpus = max((int(((c.resources.limits if c.resources else None) or {}).get("nvidia.com/gpu", 0) or 0)
+                    for c in containers or []), default=0)
+        out[name] = {"componentType": labels.get(TYPE_LABEL, "worker"), "subComponentType": labels.get(SUB_TYPE_LABEL),
+                     "replicas": dep.spec.replicas if dep.spec.replicas is not None else 1,
+                     "resources": {"limits": {"gpu": str(gpus)}}, "deployment": meta.name}
+    return out
 
 
 class DeploymentsConnector(Connector):
@@ -41,24 +60,18 @@ class DeploymentsConnector(Connector):
         self.k8s_ns = cfg.kube_namespace or "default"
         self.selector = cfg.kube_deployment_selector or ""
         self.deployments: dict[str, str] = {}  # role -> Deployment name
+        self.components: dict[str, str] = {}  # role -> the DGD service it renders
 
     async def _call(self, fn, *args, **kwargs):
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     async def start(self) -> None:
         found = await self._call(self.apps.list_namespaced_deployment, self.k8s_ns, label_selector=self.selector)
-        specs, objects = {}, {}
-        for dep in found.items:
-            meta = dep.metadata
-            labels, notes = meta.labels or {}, meta.annotations or {}
-            name = notes.get(NAME_ANNOTATION) or labels.get(COMPONENT_LABEL) or meta.name
-            specs[name] = {"componentType": labels.get(TYPE_LABEL, "worker"),
-                           "subComponentType": labels.get(SUB_TYPE_LABEL)}
-            objects[name] = meta.name
-        if not specs:
+        services = as_services(found.items)
+        if not services:
             raise ValueError(f"no Deployments in namespace {self.k8s_ns!r} match {self.selector!r}")
-        pools = resolve_pools(specs, self.cfg)
-        self.deployments = {role: objects[name] for role, name in pools.items()}
+        self.components = resolve_pools(services, self.cfg)
+        self.deployments = {role: services[name]["deployment"] for role, name in self.components.items()}
         log.info("kubernetes connector (Deployments, no operator): %s/%s, pools %s", self.k8s_ns, self.selector,
                  self.deployments)
 
