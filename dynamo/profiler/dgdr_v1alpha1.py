@@ -91,7 +91,12 @@ def _profiling_config(pc: dict[str, Any], new: dict[str, Any], out: Converted) -
         return
     if not isinstance(config, dict):
         raise ValueError("spec.profilingConfig.config: expected an object")
-    out.raw["metadata"].setdefault("annotations", {})[CONFIG_ANNOTATION] = json.dumps(config, sort_keys=True)
+    for key in ("sla", "sweep", "hardware", "engine", "deployment", "planner"):
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            raise ValueError(f"spec.profilingConfig.config.{key}: expected an object")
+    annotations = dict(out.raw["metadata"].get("annotations") or {})  # the caller's document stays as it was
+    annotations[CONFIG_ANNOTATION] = json.dumps(config, sort_keys=True)
+    out.raw["metadata"]["annotations"] = annotations
     _sla(config.get("sla") or {}, new, out)
     _search(config, new, out)
     _model_cache(_get(config.get("deployment"), "modelCache") or {}, new)
@@ -104,7 +109,7 @@ def _profiling_config(pc: dict[str, Any], new: dict[str, Any], out: Converted) -
 
 
 def _sla(sla: dict[str, Any], new: dict[str, Any], out: Converted) -> None:
-    targets = {k: float(sla[k]) for k in ("ttft", "itl") if sla.get(k) is not None}
+    targets = {k: _number(sla, k, float) for k in ("ttft", "itl") if sla.get(k) is not None}
     if len(targets) == 1:  # v1beta1 takes both or neither; the old profiler defaulted the other
         other = "itl" if "ttft" in targets else "ttft"
         targets[other] = OLD_SLA_DEFAULTS[other]
@@ -114,9 +119,17 @@ def _sla(sla: dict[str, Any], new: dict[str, Any], out: Converted) -> None:
         targets["optimizationType"] = sla["optimizationType"]
     if targets:
         new["sla"] = targets
-    workload = {k: int(sla[k]) for k in ("isl", "osl") if sla.get(k) is not None}
+    workload = {k: _number(sla, k, int) for k in ("isl", "osl") if sla.get(k) is not None}
     if workload:
         new["workload"] = workload
+
+
+def _number(section: dict[str, Any], key: str, kind: type):
+    try:
+        return kind(section[key])
+    except (TypeError, ValueError):
+        raise ValueError(f"spec.profilingConfig.config.sla.{key}: expected a number (milliseconds or tokens), "
+                         f"got {section[key]!r}") from None
 
 
 def _search(config: dict[str, Any], new: dict[str, Any], out: Converted) -> None:

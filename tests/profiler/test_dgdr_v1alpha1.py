@@ -148,3 +148,19 @@ def test_deploy_validate_checks_a_dgdr_as_admission_does(tmp_path, capsys):
                                    "metadata": {"name": "x"}, "spec": {"model": "m", "sla": {"ttft": 5}}}))
     assert validate_main([str(bad)]) == 1
     assert "error: spec.sla: ttft and itl must be given together" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"sla": {"ttft": "800ms", "itl": 20}}, r"sla.ttft: expected a number .* got '800ms'"),
+    ({"sla": ["isl", 3000]}, "config.sla: expected an object"),
+    ({"planner": "min_endpoint=2"}, "config.planner: expected an object"),
+])
+def test_malformed_v1alpha1_configs_name_their_path(config, message):
+    with pytest.raises(ValueError, match=message):
+        dgdr.parse(alpha({"profilingConfig": {"config": config}}))
+
+
+def test_the_callers_document_is_not_changed():
+    raw = alpha({"profilingConfig": {"config": {"sla": {"isl": 10}}}}, annotations={"team": "a"})
+    dgdr.parse(raw)
+    assert raw["metadata"]["annotations"] == {"team": "a"}
