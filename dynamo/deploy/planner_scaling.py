@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+# What the planner's Deployments connector reads: one owner for the label and annotation names.
+from dynamo.planner.connectors.kube_deployments import GRAPH_LABEL, NAME_ANNOTATION  # noqa: F401
+
 SELECTOR_ENV = "DYN_PLANNER_DEPLOYMENT_SELECTOR"
-NAME_ANNOTATION = "nvidia.com/dynamo-component-name"  # the DGD service name (labels hold it lowercased)
-GRAPH_LABEL = "nvidia.com/dynamo-graph-deployment-name"
 RULES = [
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch", "update"]},

@@ -27,8 +27,8 @@ PATCH_HINT = ("this looks like a kustomize patch (strategic-merge `$patch` keys,
               "name), not a whole DynamoGraphDeployment; run `kustomize build` first and validate its output")
 
 _NAMESPACE_KEYS = ("namespace", "dynamoNamespace")
-_NOT_QUANTITIES = ("gpuType",)
-_CLAIM_KEYS = ("claimName", "pvcName", "secretName", "envFromSecret")  # v1alpha1 Quantities: a node label value, not an amount
+_NOT_QUANTITIES = ("gpuType",)  # v1alpha1 Quantities: a node label value, not an amount
+_CLAIM_KEYS = ("claimName", "pvcName", "secretName", "envFromSecret")
 
 
 def findings(raw: Any) -> list[str]:

@@ -6,14 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-NOT_WORKERS = ("frontend", "planner", "epp")
-
-
-def components(dgd: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    spec = dgd.get("spec") or {}
-    if isinstance(spec.get("components"), list):
-        return {c["name"]: c for c in spec["components"] if isinstance(c, dict) and c.get("name")}
-    return dict(spec.get("services") or {})
+from dynamo.planner.connectors.base import NOT_WORKERS
+from dynamo.planner.connectors.kubernetes import components
 
 
 def role_of(comp: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ import asyncio
 from typing import Any
 
 from dynamo.planner.connectors.kube_deployments import GRAPH_LABEL, NAME_ANNOTATION, as_services
-from dynamo.planner.connectors.kubernetes import DGD_PLURAL, GROUP
+from dynamo.planner.connectors.kubernetes import dgd_call
 
 # Without the operator the DGD kind is not served (404), and a rendered graph's Role grants no access to
 # it (403): either way there are no DGDs to read, only rendered Deployments.
@@ -71,10 +71,4 @@ class Graphs:
                        "spec": {"services": as_services(deps)}} for name, deps in by_graph.items()}
 
     async def _either_version(self, call, namespace: str, *name: str):
-        for version in ("v1beta1", "v1alpha1"):  # an older operator serves only v1alpha1
-            try:
-                return await asyncio.to_thread(call, GROUP, version, namespace, DGD_PLURAL, *name)
-            except self._errors as exc:
-                if exc.status != 404 or version == "v1alpha1":
-                    raise
-        raise AssertionError("unreachable")
+        return (await dgd_call(call, self._errors, namespace, *name))[1]

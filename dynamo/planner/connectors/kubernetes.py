@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from dynamo.planner.config import PlannerConfig
 from dynamo.planner.connectors.base import Connector, PoolState, resolve_pools
@@ -34,16 +35,33 @@ def adapter_name(dgd: str, component: str) -> str:
     return f"{dgd}-{component.lower()}"
 
 
-def _components(dgd: dict) -> dict[str, dict]:
-    spec = dgd.get("spec", {})
+def components(dgd: dict) -> dict[str, dict]:
+    """A DGD's components by name, in either served version (v1beta1 list, v1alpha1 map)."""
+    spec = dgd.get("spec") or {}
     if isinstance(spec.get("components"), list):
-        return {c["name"]: c for c in spec["components"]}
+        return {c["name"]: c for c in spec["components"] if isinstance(c, dict) and c.get("name")}
     return dict(spec.get("services") or {})
 
 
 def _is_ready(dgd: dict) -> bool:
     conditions = (dgd.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+DGD_VERSIONS = ("v1beta1", "v1alpha1")  # an older operator serves only v1alpha1
+
+
+async def dgd_call(call, api_exception: type[Exception], namespace: str, *name: str,
+                   versions: tuple[str, ...] = DGD_VERSIONS) -> tuple[str, Any]:
+    """`call` (a CustomObjectsApi read of DGDs, blocking: run in a thread) on the first version the
+    server serves: (that version, the result). A 404 on the last version is raised."""
+    for version in versions:
+        try:
+            return version, await asyncio.to_thread(call, GROUP, version, namespace, DGD_PLURAL, *name)
+        except api_exception as exc:
+            if getattr(exc, "status", None) != 404 or version == versions[-1]:
+                raise
+    raise AssertionError("unreachable")
 
 
 def make_api_client(cfg: PlannerConfig):
@@ -88,24 +106,20 @@ class KubernetesConnector(Connector):
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     async def _get_dgd(self) -> dict:
-        try:
-            return await self._call(self.api.get_namespaced_custom_object, GROUP, self.version, self.k8s_ns,
-                                    DGD_PLURAL, self.dgd)
-        except self._client.ApiException as exc:
-            if exc.status != 404 or self.version == "v1alpha1":
-                raise
-            self.version = "v1alpha1"  # an older operator: no v1beta1 served
-            return await self._get_dgd()
+        versions = DGD_VERSIONS[DGD_VERSIONS.index(self.version):]  # once v1alpha1, always: the server is older
+        self.version, dgd = await dgd_call(self.api.get_namespaced_custom_object, self._client.ApiException,
+                                           self.k8s_ns, self.dgd, versions=versions)
+        return dgd
 
     async def start(self) -> None:
         dgd = await self._get_dgd()
-        self.components = resolve_pools(_components(dgd), self.cfg)
+        self.components = resolve_pools(components(dgd), self.cfg)
         log.info("kubernetes connector: DGD %s/%s (%s), pools %s", self.k8s_ns, self.dgd, self.version,
                  self.components)
 
     async def state(self) -> dict[str, PoolState]:
         dgd = await self._get_dgd()
-        comps = _components(dgd)
+        comps = components(dgd)
         ready = _is_ready(dgd)
         out = {}
         for role, name in self.components.items():
