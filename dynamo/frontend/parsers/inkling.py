@@ -34,6 +34,7 @@ from dynamo.frontend.parsers.base import (
     register_reasoning_parser,
     register_tool_parser,
 )
+from dynamo.frontend.parsers.json_scan import strict_loads
 from dynamo.frontend.parsers.marked import Inner, MarkedToolParser
 
 MESSAGE = "<|message_model|>"
@@ -190,8 +191,8 @@ class _InklingCall:
 
 def parse_call(body: str) -> tuple[str, dict] | None:
     """(name, arguments) of a tool block's JSON body; None when it is not `{"name": ..., "args": {...}}`."""
-    try:  # NaN/Infinity are refused: the arguments must stay valid JSON
-        value = json.loads(body, parse_constant=_refuse)
+    try:
+        value = strict_loads(body)
     except ValueError:
         return None
     if not isinstance(value, dict):
@@ -202,10 +203,6 @@ def parse_call(body: str) -> tuple[str, dict] | None:
     if not isinstance(name, str) or not name or not isinstance(args, dict):
         return None
     return name, args
-
-
-def _refuse(name: str):
-    raise ValueError(name)
 
 
 @register_tool_parser("inkling")

@@ -62,6 +62,16 @@ def _string_end(text: str, i: int) -> int | None:
     return None
 
 
+def strict_loads(text: str) -> Any:
+    """`json.loads` that also refuses NaN and Infinity (ValueError): arguments handed on to a client must
+    stay valid JSON, which has neither."""
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
 def loads_or_none(text: str) -> Any:
     try:
         return json.loads(text)

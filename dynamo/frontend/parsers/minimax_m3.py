@@ -21,6 +21,7 @@ import json
 import math
 import re
 
+from dynamo.frontend.parsers.json_scan import strict_loads
 from dynamo.frontend.parsers.base import ToolCallDelta, new_call_id, register_tool_parser
 from dynamo.frontend.parsers.marked import Inner, MarkedToolParser
 
@@ -176,15 +177,11 @@ def _json(empty):
     def parse(text: str):
         if not text:
             return empty()
-        try:  # NaN/Infinity are refused: the arguments must stay valid JSON
-            return json.loads(text, parse_constant=_refuse)
+        try:
+            return strict_loads(text)
         except ValueError:
             return _NO
     return parse
-
-
-def _refuse(name: str):
-    raise ValueError(name)
 
 
 _CONVERTERS = {"integer": _integer, "number": _number, "boolean": _boolean, "object": _json(dict),
