@@ -13,9 +13,9 @@ import signal
 import pytest
 
 from tests.fixtures.procs import metric_value
-from tests.vllm.conftest import MODEL, VllmCluster, freeze_engine, metrics, wait_healthy
+from tests.vllm.conftest import MODEL, VllmCluster, metrics, wait_healthy
 from tests.vllm.disagg_helpers import frontend_metric
-from tests.vllm.test_migration import same_output, signal_busiest
+from tests.vllm.test_migration import interrupted_run, same_output
 from tests.vllm.test_migration import run_streams as run_migration_streams
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -52,21 +52,14 @@ def test_decode_worker_killed_mid_stream_migrates_token_exact(cluster):
     assert all(texts) and len(set(texts)) > 1
     assert frontend_metric(url, "dynamo_frontend_remote_prefills_total", {"model": MODEL}) >= len(cluster.reference)
     before = frontend_metric(url, "dynamo_frontend_model_migration_total", {"migration_type": "ongoing_request"})
-    victim = {}
-    for decoder in cluster.decoders:  # the streams start against frozen decode engines; see signal_busiest
-        freeze_engine(decoder)
-
-    def during(progress: list[int]) -> None:
-        victim["worker"] = signal_busiest(cluster.decoders, progress, signal.SIGKILL)
-
-    outputs = run_streams(url, during)
+    outputs, victim = interrupted_run(url, cluster.decoders, signal.SIGKILL, STREAMS)
     moved = frontend_metric(url, "dynamo_frontend_model_migration_total",
                             {"migration_type": "ongoing_request"}) - before
     mismatched = [i for i, got in enumerate(outputs) if not same_output(got, cluster.reference[i])]
     print(f"{moved:.0f} of {STREAMS} streams migrated off the killed decode worker")
     assert mismatched == [], [(outputs[i], cluster.reference[i]) for i in mismatched[:3]]
     assert moved >= 1, "no stream was migrated"
-    survivor = next(d for d in cluster.decoders if d is not victim["worker"])
+    survivor = next(d for d in cluster.decoders if d is not victim)
     assert survivor.alive() and cluster.prefill.alive()
     # The prefills of this run went to the prefill worker: the pair stayed disaggregated.
     assert metric_value(metrics(cluster.prefill), "dynamo_component_requests_total", {"status": "success"}) >= \
