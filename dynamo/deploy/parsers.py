@@ -37,6 +37,7 @@ _PARSERS: dict[str, str | ParserFactory] = {
     "dynamo.router": _config_parser("dynamo.router.service:RouterServiceConfig"),
     "dynamo.planner": "dynamo.planner.__main__:build_parser",
     "dynamo.global_planner": _config_parser("dynamo.global_planner.__main__:GlobalPlannerArgs"),
+    "dynamo.global_router": _config_parser("dynamo.global_router.__main__:GlobalRouterArgs"),
 }
 
 # NVIDIA Dynamo's flags each command accepts without acting on them, or refuses with a reason

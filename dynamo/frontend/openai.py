@@ -15,7 +15,7 @@ import msgspec
 
 from dynamo.frontend.errors import bad_request
 from dynamo.llm.protocol import (
-    GuidedDecodingOptions, OutputOptions, PreprocessedRequest, SamplingOptions, StopConditions,
+    GuidedDecodingOptions, OutputOptions, PreprocessedRequest, RouterParams, SamplingOptions, StopConditions,
 )
 
 
@@ -108,7 +108,13 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
                 repetition_penalty=self.repetition_penalty, guided_decoding=self.guided_decoding(tool_parser)),
             output_options=OutputOptions(logprobs=self.top_logprobs_wanted()),
             eos_token_ids=eos_token_ids,
+            router=self.router_params(),
         )
+
+    def router_params(self) -> RouterParams | None:
+        """`nvext.router` (SLA targets in ms, checked by `validation.check_router_params`)."""
+        given = (self.nvext or {}).get("router")
+        return RouterParams(**given) if given else None
 
     def guided_decoding(self, tool_parser: str | None = None) -> GuidedDecodingOptions | None:
         """The structured-output constraint for the engine, from the guided_* extras."""

@@ -4,6 +4,7 @@ decode refuses) is `openai.py`."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from dynamo.frontend.errors import bad_request
@@ -47,6 +48,7 @@ def validate_common(req: ChatCompletionRequest | CompletionRequest) -> None:
     if greed is not None and not isinstance(greed, bool):
         raise bad_request(f"nvext.greed_sampling must be a boolean, got {greed!r}", "nvext.greed_sampling",
                           "invalid_type")
+    check_router_params((req.nvext or {}).get("router"))
     if (req.n or 1) > 1 and (req.temperature == 0 or greed):
         # Dynamo's rule: n identical greedy samples are a client mistake, not a request.
         raise bad_request("When n > 1, temperature must be greater than 0",
@@ -63,6 +65,26 @@ def validate_common(req: ChatCompletionRequest | CompletionRequest) -> None:
         raise bad_request("stop sequences must be non-empty strings", "stop")
     if any(i < 0 for i in ids):
         raise bad_request("stop token ids must be >= 0", "stop")
+
+
+ROUTER_PARAMS = ("ttft_target", "itl_target")
+
+
+def check_router_params(given: Any) -> None:
+    """`nvext.router`: an object of SLA targets in milliseconds, each a number >= 0; as in NVIDIA
+    Dynamo, an unknown key is refused (a misspelt target would silently route by the default)."""
+    if given is None:
+        return
+    if not isinstance(given, dict):
+        raise bad_request("nvext.router must be an object", "nvext.router", "invalid_type")
+    for key, value in given.items():
+        param = f"nvext.router.{key}"
+        if key not in ROUTER_PARAMS:
+            raise bad_request(f"unknown field {param}; known: {', '.join(ROUTER_PARAMS)}", param, "unknown_parameter")
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise bad_request(f"{param} must be a number of milliseconds >= 0, got {value!r}", param, "invalid_value")
 
 
 def validate_chat(req: ChatCompletionRequest) -> None:

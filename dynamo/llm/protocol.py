@@ -83,6 +83,14 @@ class RoutingHints(msgspec.Struct, omit_defaults=True, kw_only=True):
     cache_salt: str | None = None
 
 
+class RouterParams(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """`nvext.router`, NVIDIA Dynamo's per-request SLA targets (milliseconds): a global router picks
+    the pool whose grid cell holds them (`dynamo.global_router`); other routers ignore them."""
+
+    ttft_target: float | None = None
+    itl_target: float | None = None
+
+
 # A strict tier outranks any soft priority when the two are folded into an engine's one integer.
 STRICT_TIER = 1 << 20
 
@@ -110,6 +118,7 @@ class PreprocessedRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     output_options: OutputOptions = msgspec.field(default_factory=OutputOptions)
     eos_token_ids: list[int] = msgspec.field(default_factory=list)
     routing: RoutingHints | None = None
+    router: RouterParams | None = None  # nvext.router
     # Disaggregation: transfer parameters returned by a prefill worker, passed to decode.
     disaggregated_params: dict[str, Any] | None = None
     # Set on a request sent to a prefill worker (the backend's transfer marker).

@@ -9,7 +9,6 @@ from typing import Sequence
 
 from dynamo.router.compat_flags import ROUTER_SERVICE_FLAGS
 from dynamo.router.service import RouterService, RouterServiceConfig
-from dynamo.runtime import records
 from dynamo.runtime.compat_args import parse_with_compat
 from dynamo.runtime.config_dump import write_config_dump
 from dynamo.runtime.distributed import DistributedRuntime
@@ -21,8 +20,7 @@ log = logging.getLogger("dynamo.router")
 async def serve(config: RouterServiceConfig, stop: asyncio.Event, warnings: Sequence[str] = ()) -> int:
     for text in warnings:  # NVIDIA Dynamo flags accepted without effect, now that logging is set up
         log.warning("%s", text)
-    namespace = records.parse_endpoint(config.endpoint or "").namespace
-    runtime = await DistributedRuntime.create(config.discovery_backend, namespace)
+    runtime = await DistributedRuntime.create(config.discovery_backend, config.namespace)
     service = RouterService(runtime, config)
     await runtime.start_system_server()
     await service.start()

@@ -1,8 +1,9 @@
 """`python -m dynamo.router`: the KV router as a service, in front of the workers of one
 endpoint (`--endpoint ns.component.endpoint`).
 
-Registers under component `kv-router` of the workers' namespace with request-plane
-endpoints (msgpack payloads):
+Registers under component `router` of its namespace (`DYN_NAMESPACE`, else the workers'), as NVIDIA
+Dynamo 1.6's does (a global router reaches a pool's router at `<pool namespace>.router.generate`), and
+under `kv-router`, the name earlier releases used, with request-plane endpoints (msgpack payloads):
 - `generate`: a `PreprocessedRequest`; routes it, books its load, forwards it to the
   chosen worker and streams the worker's outputs back unchanged;
 - `best_worker_id`: a `RouteQuery` -> `BestWorker` (nothing booked);
@@ -47,7 +48,8 @@ from dynamo.runtime.wire import ErrorCode
 
 log = logging.getLogger(__name__)
 
-ROUTER_COMPONENT = "kv-router"
+ROUTER_COMPONENT = "router"
+LEGACY_ROUTER_COMPONENT = "kv-router"
 
 
 class _TokenIds(msgspec.Struct):
@@ -69,12 +71,23 @@ class RouterServiceConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
                                      flag=["--router-block-size", "--block-size"])
     discovery_backend: str = discovery_backend_setting()
     event_plane: str | None = event_plane_setting()
+    # As NVIDIA Dynamo: the router serves in DYN_NAMESPACE (the operator sets it to the graph's) and looks
+    # for its workers there too, with DYN_NAMESPACE_WORKER_SUFFIX appended ("{namespace}-{suffix}").
+    namespace: str | None = setting(None, "Namespace the router serves in (default: the --endpoint's)",
+                                    env="DYN_NAMESPACE", flag=False)
+    namespace_worker_suffix: str | None = setting(None, "Workers' namespace is '{namespace}-{suffix}'",
+                                                  env="DYN_NAMESPACE_WORKER_SUFFIX", flag=False)
 
     def validate(self) -> None:
         super().validate()
         if not self.endpoint:
             raise ValueError("--endpoint ns.component.endpoint is required")
-        records.parse_endpoint(self.endpoint)
+        workers = records.parse_endpoint(self.endpoint)
+        self.namespace = self.namespace or workers.namespace
+        namespace = f"{self.namespace}-{self.namespace_worker_suffix}" if self.namespace_worker_suffix else \
+            self.namespace
+        if namespace != workers.namespace:
+            self.endpoint = f"{namespace}.{workers.component}.{workers.endpoint}"
         if self.router_block_size < 1:
             raise ValueError("--router-block-size must be >= 1")
         self.check_deadlines()
@@ -129,11 +142,13 @@ class RouterService:
             await self.policy.sync.join(self.eid.namespace, self.eid.component)
         # `generate` takes the raw payload: it decodes it to route, then forwards the caller's
         # bytes unchanged (fields this version does not know included) instead of re-encoding.
-        for name, handler, request_type in (("generate", self.generate, None),
-                                            ("best_worker_id", self.best_worker_id, RouteQuery),
-                                            ("get_overlap_scores", self.get_overlap_scores, RouteQuery)):
-            await self.runtime.serve_endpoint(records.EndpointId(self.eid.namespace, ROUTER_COMPONENT, name), handler,
-                                              request_type=request_type)
+        for component in (ROUTER_COMPONENT, LEGACY_ROUTER_COMPONENT):
+            for name, handler, request_type in (("generate", self.generate, None),
+                                                ("best_worker_id", self.best_worker_id, RouteQuery),
+                                                ("get_overlap_scores", self.get_overlap_scores, RouteQuery)):
+                await self.runtime.serve_endpoint(records.EndpointId(self.config.namespace or self.eid.namespace,
+                                                                     component, name),
+                                                  handler, request_type=request_type)
 
     async def close(self) -> None:
         for task in self._tasks:

@@ -65,3 +65,17 @@ def test_router_service_deadlines_are_off_by_default_and_set_by_flag_or_env():
     assert config.deadlines() == Deadlines(first_output=30.0, idle=2.5)  # flag > env
     with pytest.raises(SystemExit):
         parse_config(RouterServiceConfig, [*endpoint, "--stream-idle-timeout-secs", "0"], environ={})
+
+
+def test_router_service_namespace_as_nvidia_dynamo_reads_it():
+    """It serves in DYN_NAMESPACE, else the --endpoint's namespace; its workers are in that namespace, with
+    DYN_NAMESPACE_WORKER_SUFFIX appended (so an operator-set DYN_NAMESPACE wins over a stale --endpoint)."""
+    from dynamo.router.service import RouterServiceConfig
+
+    endpoint = ["--endpoint", "pool0.prefill.generate"]
+    plain = parse_config(RouterServiceConfig, endpoint, environ={})
+    assert (plain.namespace, plain.endpoint) == ("pool0", "pool0.prefill.generate")
+    operator = parse_config(RouterServiceConfig, endpoint, environ={"DYN_NAMESPACE": "prod-gp-prefill-0"})
+    assert (operator.namespace, operator.endpoint) == ("prod-gp-prefill-0", "prod-gp-prefill-0.prefill.generate")
+    suffixed = parse_config(RouterServiceConfig, endpoint, environ={"DYN_NAMESPACE_WORKER_SUFFIX": "blue"})
+    assert (suffixed.namespace, suffixed.endpoint) == ("pool0", "pool0-blue.prefill.generate")

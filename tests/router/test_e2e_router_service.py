@@ -59,7 +59,7 @@ async def _service_address(cluster, endpoint: str):
     """(the open discovery store, the router service's address for `endpoint`), once registered."""
     store = make_store("file", root=cluster.kv_root)
     await store.start()
-    prefix = f"v1/instances/dynamo/kv-router/{endpoint}/"
+    prefix = f"v1/instances/dynamo/router/{endpoint}/"  # NVIDIA Dynamo 1.6's component (kv-router too)
     for _ in range(100):
         found = await store.get_prefix(prefix)
         if found:

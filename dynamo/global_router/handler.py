@@ -1,0 +1,174 @@
+"""The global router's request path: a request from the frontend (a `PreprocessedRequest`, as any
+worker gets it) is given a pool by the plan (`pools.py`) from its length, its `nvext.router` SLA
+targets and its `nvext.agent_hints.priority`, and sent, bytes unchanged, to that pool's local router
+(`python -m dynamo.router`, serving `<pool namespace>.router.generate`); the router's outputs are relayed
+back unchanged.
+
+A pool whose routers cannot be reached, or whose router refuses the request (no workers, all busy),
+before anything was streamed is a failed attempt: with `enable_priority_retry` the request goes on to
+faster pools, else (or when none is left) the caller gets that pool's error code, so the frontend's own
+policy applies (503, migration). Once output has flowed, a broken stream is the caller's to migrate.
+Local routers of a pool are found in discovery and taken in turn; one that cannot be reached is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import AsyncIterator
+
+import msgspec
+from prometheus_client import Counter
+
+from dynamo.global_router.pools import PoolPlan, PoolSet
+from dynamo.llm.protocol import RouterParams
+from dynamo.llm.worker_client import WorkerClient, WorkerStream
+from dynamo.runtime import records
+from dynamo.runtime.rp_client import CannotConnect, Disconnected, StreamError
+from dynamo.runtime.rp_server import HandlerError, RequestContext
+from dynamo.runtime.wire import ErrorCode
+
+log = logging.getLogger("dynamo.global_router")
+
+LOCAL_ROUTER = ("router", "generate")  # what a pool's `python -m dynamo.router` serves in its namespace
+
+
+class _Priority(msgspec.Struct):
+    priority: float | None = None
+
+
+class _Routed(msgspec.Struct):
+    """The fields of a request the pool choice reads (the rest is forwarded, not decoded)."""
+
+    token_ids: list[int] = []
+    router: RouterParams | None = None
+    routing: _Priority | None = None
+
+
+_routed = msgspec.msgpack.Decoder(_Routed)
+
+
+class PoolRouters:
+    """The local routers of every pool namespace, from discovery (owns the watch tasks)."""
+
+    def __init__(self, store, namespaces: set[str]) -> None:
+        self.store = store
+        self.addresses: dict[str, dict[int, str]] = {ns: {} for ns in namespaces}
+        self._turn = itertools.count()
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        for ns in self.addresses:
+            eid = records.EndpointId(ns, *LOCAL_ROUTER)
+            found = await self.store.get_prefix(records.endpoint_prefix(records.INSTANCES, eid))
+            for key, value in found.items():
+                self._apply(ns, "put", key, value)
+            self._tasks.append(asyncio.get_running_loop().create_task(self._watch(ns, eid)))
+
+    async def _watch(self, ns: str, eid: records.EndpointId) -> None:
+        async for event in self.store.watch_prefix(records.endpoint_prefix(records.INSTANCES, eid)):
+            self._apply(ns, event.kind, event.key, event.value)
+
+    def _apply(self, ns: str, kind: str, key: str, value: bytes | None) -> None:
+        try:
+            iid = records.instance_id_from_key(key)
+            if kind == "delete":
+                self.addresses[ns].pop(iid, None)
+            else:
+                self.addresses[ns][iid] = records.instance_decoder.decode(value or b"").address
+        except Exception as exc:  # one malformed record must not stop discovery
+            log.warning("ignoring discovery record %s: %s", key, exc)
+
+    def in_turn(self, ns: str) -> list[str]:
+        """The pool's router addresses, starting with the next one in turn."""
+        found = sorted(self.addresses.get(ns, {}).values())
+        if not found:
+            return []
+        start = next(self._turn) % len(found)
+        return found[start:] + found[:start]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class GlobalRouter:
+    def __init__(self, plan: PoolPlan, routers: PoolRouters, client: WorkerClient, registry,
+                 default_ttft_ms: float | None = None, default_itl_ms: float | None = None) -> None:
+        self.plan, self.routers, self.client = plan, routers, client
+        self.default_ttft_ms, self.default_itl_ms = default_ttft_ms, default_itl_ms
+        self.routed = Counter("dynamo_global_router_requests", "Requests sent to a pool (the one that answered)",
+                              ["type", "pool_namespace"], registry=registry)
+        self.retried = Counter("dynamo_global_router_retries", "Pool attempts that failed before any output",
+                               ["type", "pool_namespace"], registry=registry)
+
+    def choose(self, role: str, payload: bytes) -> tuple[PoolSet, int]:
+        """The role's pools and the pool index the plan gives this request."""
+        try:
+            req = _routed.decode(payload)
+        except msgspec.DecodeError as exc:
+            raise HandlerError(f"malformed request: {exc}", ErrorCode.BAD_REQUEST) from None
+        targets = req.router or RouterParams()
+        ttft = targets.ttft_target if targets.ttft_target is not None else self.default_ttft_ms
+        itl = targets.itl_target if targets.itl_target is not None else self.default_itl_ms
+        length = len(req.token_ids)
+        values = {"isl": length, "context_length": length, "ttft": ttft, "itl": itl}
+        pools = self.plan.pools[role]
+        pool = pools.select(values, req.routing.priority if req.routing else None)
+        log.debug("%s request: %d tokens, TTFT target %s ms, ITL target %s ms -> pool %d (%s)", role, length, ttft,
+                  itl, pool, pools.namespaces[pool])
+        return pools, pool
+
+    async def handle(self, role: str, payload: bytes, ctx: RequestContext) -> AsyncIterator[bytes]:
+        pools, pool = self.choose(role, payload)
+        failure: StreamError | None = None
+        for index in pools.retry_order(pool, self.plan.retry):
+            ns = pools.namespaces[index]
+            try:
+                call, first = await self._open(ns, payload)
+            except StreamError as exc:
+                failure = exc
+                self.retried.labels(role, ns).inc()
+                log.warning("%s pool %d (%s) failed before any output: %s", role, index, ns, exc)
+                continue
+            self.routed.labels(role, ns).inc()
+            async for item in _relay(call, first, ns):
+                yield item
+            return
+        assert failure is not None
+        raise HandlerError(f"{role} pool {pools.namespaces[pool]}: {failure}", failure.code)
+
+    async def _open(self, ns: str, payload: bytes) -> tuple[WorkerStream, list[bytes]]:
+        """A stream on one of the pool's routers and its first batch; a router that cannot be reached
+        (or went away before answering) is skipped for the next."""
+        addresses = self.routers.in_turn(ns)
+        if not addresses:
+            raise StreamError(f"no router serves {ns}.{'.'.join(LOCAL_ROUTER)}", ErrorCode.NO_WORKERS)
+        for i, address in enumerate(addresses):
+            call = None
+            try:
+                call = await self.client.open(address, LOCAL_ROUTER[1], payload)
+                return call, await call.next_payloads()
+            except BaseException as exc:
+                if call is not None:
+                    call.cancel()
+                if not isinstance(exc, (CannotConnect, Disconnected)) or i == len(addresses) - 1:
+                    raise
+                log.warning("router %s of %s unreachable (%s); trying another", address, ns, exc)
+        raise AssertionError("unreachable")
+
+
+async def _relay(call: WorkerStream, first: list[bytes], ns: str) -> AsyncIterator[bytes]:
+    """The pool router's outputs, unchanged; a stream broken after output is the caller's to migrate."""
+    try:
+        batch = first
+        while batch:
+            for item in batch:
+                yield item
+            batch = await call.next_payloads()
+    except StreamError as exc:
+        raise HandlerError(f"pool {ns}: {exc}", exc.code) from None
+    finally:
+        call.cancel()
