@@ -37,6 +37,10 @@ def load_documents(path: str | Path) -> list[Any]:
         return [doc for doc in yaml.safe_load_all(fh) if doc is not None]
 
 
+# Services NVIDIA Dynamo's manifests give no component type (a pool's local router, the global router):
+# run and deployed like a worker, which is what they are to the graph, so the missing type is not news.
+UNTYPED_SERVICES = ("dynamo.router", "dynamo.global_router")
+
 Paths = dict[str, tuple[str, str]]  # service -> (its path, its main container's path)
 
 
@@ -56,13 +60,13 @@ def check_services(services: dict[str, model.Service], report: Report, paths: Pa
         container = svc.container
         if not container.image:
             report.errors.append(f"{main_path}.image: required (service {name} has no image)")
-        if svc.componentType is None:
+        command, args, _ = command_of(svc)
+        line = parse_command(command, args)
+        if svc.componentType is None and not any(inv.module in UNTYPED_SERVICES for inv in line.invocations):
             report.warnings.append(f"{where}: no component type; treated as a worker")
         if svc.multinode and svc.multinode.nodeCount > 1:
             report.warnings.append(f"{where}.multinode: {svc.multinode.nodeCount} nodes per replica; `render` emits a "
                                    "LeaderWorkerSet, `run` cannot start it on one machine")
-        command, args, _ = command_of(svc)
-        line = parse_command(command, args)
         if not line.argv:
             report.errors.append(f"{main_path}.command: no command (the image has no entrypoint; only frontend and "
                                  f"planner components get a default, service {name} is a "

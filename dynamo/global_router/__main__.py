@@ -9,7 +9,9 @@ It serves, in `--namespace` (DYN_NAMESPACE) under `--component-name` (default `g
 Cards are built from the model's files (`--model-path`, default `--model-name`: a local directory or a
 cached Hugging Face id) and carry the model-card flags workers take (`--dyn-tool-call-parser`,
 `--dyn-reasoning-parser`, ...), so the frontend parses the model's output as it would from its workers.
-A plan Dynamo would refuse exits 2 before anything is registered.
+A plan Dynamo would refuse exits 2 before anything is registered. The model is registered once every pool
+has a local router and a worker (or after `--pool-ready-timeout-secs`), so a frontend does not see it
+before it can be served.
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ class GlobalRouterArgs(ModelCardArgs, StreamDeadlineSettings, DumpConfigTo):
         None, "ITL target (ms) of a request that gives none (default: the middle of the plan's range)",
         env=("DYN_GLOBAL_ROUTER_DEFAULT_ITL_TARGET_MS", "DYN_GLOBAL_ROUTER_DEFAULT_ITL_TARGET"),
         flag=["--default-itl-target-ms", "--default-itl-target"])
+    pool_ready_timeout_secs: float = setting(
+        60.0, "At start, seconds to wait for every pool to have a local router and a worker before the model is "
+              "registered (then registered anyway, naming the pools still missing)",
+        env="DYN_GLOBAL_ROUTER_POOL_READY_TIMEOUT_SECS")
     discovery_backend: str = discovery_backend_setting()
 
     def validate(self) -> None:
@@ -72,6 +78,8 @@ class GlobalRouterArgs(ModelCardArgs, StreamDeadlineSettings, DumpConfigTo):
             raise ValueError("config_path must be set via --config or DYN_GLOBAL_ROUTER_CONFIG")
         if not (self.model_name or "").strip():
             raise ValueError("model_name must be set via --model-name or DYN_GLOBAL_ROUTER_MODEL_NAME")
+        if self.pool_ready_timeout_secs < 0:
+            raise ValueError("--pool-ready-timeout-secs must be >= 0")
         self.check_card_args()
         self.check_deadlines()
 
@@ -106,6 +114,10 @@ async def serve(args: GlobalRouterArgs, plan: PoolPlan, stop: asyncio.Event) -> 
     try:
         await main_rt.start_system_server()
         await routers.start()
+        missing = await routers.wait_ready(args.pool_ready_timeout_secs)
+        if missing:
+            log.warning("pools without a local router (<ns>.router.generate) or a worker after %g s: %s; their "
+                        "requests fail until they have one", args.pool_ready_timeout_secs, ", ".join(missing))
         model_dir = local_model_dir(args.model_path or args.model_name or "")
         for (role, endpoint, worker_type), runtime in zip(ENDPOINTS[plan.mode], runtimes):
             eid = records.EndpointId(args.namespace, args.component_name, endpoint)

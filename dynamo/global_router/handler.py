@@ -80,6 +80,23 @@ class PoolRouters:
         except Exception as exc:  # one malformed record must not stop discovery
             log.warning("ignoring discovery record %s: %s", key, exc)
 
+    async def unready(self) -> list[str]:
+        """Pool namespaces without a local router, or without a worker's model card, yet."""
+        missing = []
+        for ns, routers in self.addresses.items():
+            if not routers or not await self.store.get_prefix(records.namespace_prefix(records.MDC, ns)):
+                missing.append(ns)
+        return missing
+
+    async def wait_ready(self, timeout: float, poll: float = 0.5) -> list[str]:
+        """Wait up to `timeout` s until every pool has a router and a worker; the pools still missing."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        missing = await self.unready()
+        while missing and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(poll)
+            missing = await self.unready()
+        return missing
+
     def in_turn(self, ns: str) -> list[str]:
         """The pool's router addresses, starting with the next one in turn."""
         found = sorted(self.addresses.get(ns, {}).values())

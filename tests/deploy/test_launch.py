@@ -15,7 +15,8 @@ from tests.deploy.helpers import chat, group_members
 from tests.fixtures.procs import REPO, free_port, http_get, wait_until
 
 LAUNCH = REPO / "examples/backends/mocker/launch"
-WORKERS = {"agg": 1, "agg_router": 2, "disagg": 2, "disagg_router": 4}
+WORKERS = {"agg": 1, "agg_router": 2, "disagg": 2, "disagg_router": 4, "global_router": 1}  # the frontend sees the global router only
+PROCESSES = {"global_router": 5}  # ports: the pools' mockers and routers, the global router
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 
@@ -23,7 +24,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 def test_mocker_launch_script_serves(tmp_path, tiny_model, script):
     port = free_port()
     env = {**os.environ, "PYTHON": sys.executable, "MODEL_PATH": str(tiny_model), "HTTP_PORT": str(port),
-           "SYSTEM_PORT": str(free_port("0.0.0.0", count=WORKERS[script]))}
+           "SYSTEM_PORT": str(free_port("0.0.0.0", count=PROCESSES.get(script, WORKERS[script])))}
     log = open(tmp_path / f"{script}.log", "wb")
     proc = subprocess.Popen(["bash", str(LAUNCH / f"{script}.sh")], env=env, cwd=tmp_path, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)

@@ -130,3 +130,29 @@ def test_a_pool_without_its_router_hands_requests_to_a_faster_pool(cluster):
     assert metric_value(text(), "dynamo_global_router_retries_total",
                         {"type": "agg", "pool_namespace": POOLS[1]}) == (retried or 0) + 1
     wait_until(lambda: cluster.gr.alive(), 1, "global router alive")
+
+
+def test_a_pool_that_never_comes_is_named_and_its_requests_get_503(cluster, tiny_model):
+    """A plan naming a pool nobody serves: the model is registered after --pool-ready-timeout-secs, the log
+    names the pool, its requests are refused as "no workers" (503, retry later), the other pool's served."""
+    plan = json.loads(json.dumps(PLAN))
+    plan["enable_priority_retry"] = False
+    plan["agg_pool_dynamo_namespaces"] = [POOLS[0], "nowhere"]
+    path = cluster.tmp / "missing_pool.json"
+    path.write_text(json.dumps(plan))
+    gr = cluster.start("dynamo.global_router", ["--config", str(path), "--model-name", MODEL, "--model-path",
+                                                str(tiny_model), "--namespace", "grdemo2",
+                                                "--pool-ready-timeout-secs", "1"], name="global-router-2")
+    other = Cluster(cluster.tmp / "fe2", tiny_model, "file")
+    other.env = cluster.env  # the same discovery store
+    other.tmp.mkdir(exist_ok=True)
+    try:
+        other.frontend("--namespace", "grdemo2")
+        other.wait_workers(MODEL, 1, timeout=60)
+        assert "nowhere" in gr.log() and "after 1 s" in gr.log()
+        assert chat(other, {"router": {"ttft_target": 100}}).status_code == 200
+        resp = chat(other, {"router": {"ttft_target": 900}})
+        assert resp.status_code == 503, resp.text
+        assert "nowhere" in resp.json()["error"]["message"]
+    finally:
+        other.stop()
