@@ -213,6 +213,7 @@ MODEL_FLAGS = {
     "dynamo.vllm": (("--model",), ("--served-model-name",)),
     "dynamo.sglang": (("--model-path", "--model"), ("--served-model-name",)),
     "dynamo.trtllm": (("--model", "--model-path"), ("--served-model-name",)),
+    "dynamo.global_router": (("--model-path",), ("--model-name",)),  # the model its cards are built from
 }
 
 

@@ -5,6 +5,7 @@ machine (free ports instead of 9090/8000, a private file discovery dir, local pa
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -14,14 +15,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from dynamo.deploy import contract, local
+from dynamo.deploy import config_maps, contract, local
 from dynamo.deploy.commands import MODEL_FLAGS, CommandLine, flag_value, parse_command, set_flag, swap_model
 from dynamo.deploy.devices import DeviceLedger, detect_gpus
 from dynamo.deploy.model import Graph, Service
 from dynamo.runtime.net import free_port
 
+log = logging.getLogger("dynamo.deploy")
 REPO = Path(__file__).resolve().parents[2]
 WORKER_MODULES = ("dynamo.mocker", "dynamo.vllm", "dynamo.sglang", "dynamo.trtllm")
+# Modules given --model's directory in place of the manifest's model: the workers, and the global router
+# (which builds its model cards from the model's files).
+MODEL_MODULES = (*WORKER_MODULES, "dynamo.global_router")
 _ZMQ_PORT = re.compile(r"^(tcp://[^:]+):(\d+)$")
 
 
@@ -49,6 +54,7 @@ class RunOptions:
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     control_url: str = ""  # the control endpoint, for planner components (set once it listens)
     prometheus_endpoint: str | None = None  # --prometheus-endpoint; None: $PROMETHEUS_ENDPOINT, else none
+    config_maps: dict[str, dict[str, bytes]] = field(default_factory=dict)  # the file's ConfigMaps: name -> files
 
 
 def local_workdir(path: str | None) -> str:
@@ -99,6 +105,7 @@ class ServicePlan:
         self.command, self.args, _ = contract.command_of(svc)
         self.line: CommandLine = parse_command(self.command, self.args)
         self.mounts = {point: path for pvc, path in opts.volumes.items() for point in local.mount_points(svc, pvc)}
+        self.mounts.update(config_maps.mounts(svc, opts.config_maps, os.path.join(opts.state_dir, "configmaps")))
         self.ports: dict[int, tuple[int | None, int | None]] = {}
         self.devices: DeviceLedger | None = None  # this machine's GPUs, shared by all plans; None: leave CUDA env alone
 
@@ -109,7 +116,7 @@ class ServicePlan:
     def check_model(self) -> None:
         """Fail before starting anything when a worker's model cannot be found here."""
         for inv in parse_command(self.command, self.args).invocations:
-            if inv.module in WORKER_MODULES:
+            if inv.module in MODEL_MODULES:
                 inv.args = [local.map_volumes(a, self.mounts) for a in inv.args]
                 try:
                     self._local_model(inv)
@@ -129,7 +136,7 @@ class ServicePlan:
         for inv in line.invocations:
             inv.args = [local.map_volumes(a, self.mounts) for a in inv.args]
             inv.interpreter = sys.executable  # `python3` in the image is this venv's python here
-            if inv.module in WORKER_MODULES:
+            if inv.module in MODEL_MODULES:
                 self._local_model(inv)
             if inv.module == "dynamo.frontend" and http is not None:
                 inv.args = set_flag(inv.args, ("--http-port",), str(http))
@@ -238,6 +245,9 @@ def build_plans(graph: Graph, opts: RunOptions, overrides: dict[str, int],
     discovery = discovery_env(graph, opts)
     for name, svc in graph.spec.services.items():
         refuse_multinode(name, svc)
+        for absent in config_maps.missing(svc, opts.config_maps):
+            log.warning("service %s mounts ConfigMap %r, which this file does not define: its mount point is not "
+                        "provided here (put the ConfigMap in the file beside the graph)", name, absent)
     plans = {name: ServicePlan(graph, name, svc, opts, discovery) for name, svc in graph.spec.services.items()}
     known = {pvc for plan in plans.values() for pvc in opts.volumes if local.mount_points(plan.svc, pvc)}
     unknown = sorted(set(opts.volumes) - known)

@@ -13,7 +13,9 @@ import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 
+from dynamo.deploy import config_maps, contract, local
 from dynamo.deploy.control import ControlServer
 from dynamo.deploy.dynamo_model import AdapterReconciler, load_models
 from dynamo.deploy.model import Graph
@@ -21,22 +23,25 @@ from dynamo.deploy.parsers import module_available
 from dynamo.deploy.plan import RunOptions, build_plans, parse_append_args, parse_overrides, parse_volumes
 from dynamo.deploy.supervisor import Supervisor
 from dynamo.deploy.validate import load_documents, validate_file
+from dynamo.runtime.net import free_port
 from dynamo.runtime.process import configure_logging
 
 
-def load_graph(path: str) -> Graph:
+def load_graphs(path: str) -> list[Graph]:
+    """The file's graphs (several: NVIDIA Dynamo's hierarchical examples put a control graph and its pool
+    graphs in one file), after validation; exits 2 on errors."""
     report = validate_file(path)
     for line in report.lines():
         print(line, file=sys.stderr)
     if report.errors:
         raise SystemExit(2)
-    if len(report.graphs) != 1:
-        print(f"{path}: run takes exactly one DynamoGraphDeployment, found {len(report.graphs)}", file=sys.stderr)
+    if not report.graphs:
+        print(f"{path}: no DynamoGraphDeployment to run", file=sys.stderr)
         raise SystemExit(2)
-    return report.graphs[0]
+    return report.graphs
 
 
-def status_table(sup: Supervisor) -> str:
+def status_table(sup: Supervisor, title: str = "") -> str:
     rows = [("SERVICE", "REPLICA", "PID", "STATE", "HTTP", "SYSTEM", "RESTARTS", "UPTIME")]
     for info in sup.status():
         rows.append((info["service"], str(info["replica"]), str(info["pid"] or "-"), info["state"],
@@ -44,64 +49,129 @@ def status_table(sup: Supervisor) -> str:
                      f"{info['uptime_s']:.0f}s"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(["-" * len(lines[0]), *lines, "-" * len(lines[0])])
+    rule = "-" * len(lines[0])
+    return "\n".join([f"{title} {rule[len(title) + 1:]}" if title else rule, *lines, rule])
 
 
 async def print_status(sup: Supervisor, stop: asyncio.Event, every: float = 30.0,
-                       adapters: AdapterReconciler | None = None) -> None:
+                       adapters: AdapterReconciler | None = None, title: str = "") -> None:
     """Reprint the table when states change (at most once a second) and every `every` s."""
     seen, last = -1, 0.0
     while not stop.is_set():
         now = time.monotonic()
         if sup.version != seen or now - last >= every:
             seen, last = sup.version, now
-            sup._print(status_table(sup) + (f"\n{adapters.table()}" if adapters and adapters.models else ""))
+            sup._print(status_table(sup, title) + (f"\n{adapters.table()}" if adapters and adapters.models else ""))
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), 1.0)
 
 
-async def serve(args: argparse.Namespace, graph: Graph, state_dir: str, pods_dir: str) -> int:
+@dataclass
+class GraphRun:
+    """One graph of the file, supervised: its plans, supervisor, control endpoint and adapters."""
+
+    graph: Graph
+    opts: RunOptions
+    sup: Supervisor
+    control: ControlServer
+    adapters: AdapterReconciler
+    title: str = ""
+
+    async def serve(self, stop: asyncio.Event, show_status: bool) -> None:
+        printer = asyncio.create_task(print_status(self.sup, stop, adapters=self.adapters, title=self.title)) \
+            if show_status else None
+        placer = asyncio.create_task(self.adapters.run(stop))
+        try:
+            await self.sup.run(stop)
+        finally:
+            stop.set()  # one graph stopping stops the file's others
+            await placer
+            if printer:
+                await printer
+            await self.control.stop()
+
+
+def _for_graph(given: dict, graph: Graph, used: set[str]) -> dict:
+    """The entries of `given` (keyed SERVICE or GRAPH/SERVICE) for `graph`'s services; the keys taken go in `used`."""
+    out = {}
+    for key, value in given.items():
+        for svc in graph.spec.services:
+            if key in (svc, f"{graph.metadata.name}/{svc}"):
+                out[svc] = value
+                used.add(key)
+    return out
+
+
+def build_runs(args: argparse.Namespace, graphs: list[Graph], state_dir: str, pods_dir: str) -> list[GraphRun]:
+    """A GraphRun per graph; every graph shares the discovery store, each has its own control endpoint.
+    With several graphs, --set / --append-args name a service as SERVICE (in every graph having it) or
+    GRAPH/SERVICE; the first graph with a frontend serves on --frontend-port."""
+    documents = load_documents(args.file)
+    maps = config_maps.collect(documents)
+    overrides, appended = parse_overrides(args.overrides), parse_append_args(args.append_args)
+    volumes = parse_volumes(args.volumes)
+    several = len(graphs) > 1
+    used: set[str] = set()
+    port_taken = False
+    runs = []
+    for graph in graphs:
+        name = graph.metadata.name
+        set_here, append_here = _for_graph(overrides, graph, used), _for_graph(appended, graph, used)
+        has_frontend = any(contract.is_frontend(svc) for svc in graph.spec.services.values())
+        opts = RunOptions(frontend_port=args.frontend_port if has_frontend and not port_taken else free_port(),
+                          model=args.model, namespace=args.namespace, state_dir=state_dir, append_args=append_here,
+                          volumes={pvc: d for pvc, d in volumes.items()
+                                   if any(local.mount_points(svc, pvc) for svc in graph.spec.services.values())},
+                          pods_dir=os.path.join(pods_dir, name) if several else pods_dir,
+                          prometheus_endpoint=getattr(args, "prometheus_endpoint", None), config_maps=maps)
+        port_taken |= has_frontend
+        plans = build_plans(graph, opts, set_here)
+        sup = Supervisor(plans, log_dir=args.log_dir, grace=args.grace, label=name if several else "")
+        control = ControlServer(sup, name, args.control_port if not runs else 0)
+        adapters = AdapterReconciler(sup, graph, load_models(documents, graph))
+        control.models = adapters.status
+        runs.append(GraphRun(graph, opts, sup, control, adapters, title=name if several else ""))
+    unknown = sorted(set(overrides) - used) or sorted(set(appended) - used)
+    if unknown:
+        raise ValueError(f"--set/--append-args: no service {unknown[0]!r} in {args.file}")
+    unmounted = sorted(set(volumes) - {pvc for run in runs for pvc in run.opts.volumes})
+    if unmounted:
+        raise ValueError(f"--volume: no service mounts a volume named {unmounted[0]!r}")
+    return runs
+
+
+async def serve(args: argparse.Namespace, graphs: list[Graph], state_dir: str, pods_dir: str) -> int:
     try:
-        opts = RunOptions(frontend_port=args.frontend_port, model=args.model, namespace=args.namespace,
-                          state_dir=state_dir, append_args=parse_append_args(args.append_args),
-                          volumes=parse_volumes(args.volumes), pods_dir=pods_dir,
-                          prometheus_endpoint=getattr(args, "prometheus_endpoint", None))
-        plans = build_plans(graph, opts, parse_overrides(args.overrides))
-        models = load_models(load_documents(args.file), graph)
+        runs = build_runs(args, graphs, state_dir, pods_dir)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    missing = sorted({m for p in plans.values() for m in p.modules if not module_available(m)})
+    missing = sorted({m for run in runs for p in run.sup.plans.values() for m in p.modules if not module_available(m)})
     if missing:
         print(f"error: this image does not provide {', '.join(missing)}; cannot run {args.file}", file=sys.stderr)
         return 2
     if args.log_dir:
         os.makedirs(args.log_dir, exist_ok=True)
-    sup = Supervisor(plans, log_dir=args.log_dir, grace=args.grace)
-    control = ControlServer(sup, graph.metadata.name, args.control_port)
-    adapters = AdapterReconciler(sup, graph, models)
-    control.models = adapters.status
-    port = await control.start()
-    url = f"http://127.0.0.1:{port}"
-    opts.control_url = url  # planner components scale the graph through it (DYN_DEPLOY_CONTROL_URL)
+    urls = {}
+    for run in runs:
+        port = await run.control.start()
+        # planner components scale their graph through it (DYN_DEPLOY_CONTROL_URL)
+        run.opts.control_url = urls[run.graph.metadata.name] = f"http://127.0.0.1:{port}"
+    first = next(iter(urls.values()))
     with open(os.path.join(state_dir, "control.json"), "w", encoding="utf-8") as fh:
-        json.dump({"url": url, "pid": os.getpid()}, fh)
-    print(f"dynamo.deploy: running {graph.metadata.name} ({args.file}); control {url}; state {state_dir}; "
-          f"pods' /tmp {pods_dir}/<replica>", flush=True)
+        json.dump({"url": first, "pid": os.getpid(), "graphs": urls}, fh)
+    for run in runs:
+        print(f"dynamo.deploy: running {run.graph.metadata.name} ({args.file}); control "
+              f"{urls[run.graph.metadata.name]}; state {state_dir}; pods' /tmp {run.opts.pods_dir}/<replica>",
+              flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    printer = None if args.no_status else asyncio.create_task(print_status(sup, stop, adapters=adapters))
-    placer = asyncio.create_task(adapters.run(stop))
     try:
-        await sup.run(stop)
+        await asyncio.gather(*(run.serve(stop, not args.no_status) for run in runs))
     finally:
         stop.set()
-        await placer
-        if printer:
-            await printer
-        await control.stop()
         print("dynamo.deploy: all replicas stopped", flush=True)
     return 0
 
@@ -111,11 +181,11 @@ def main(args: argparse.Namespace) -> int:
     if args.model and not os.path.exists(args.model):
         print(f"error: --model {args.model}: no such path", file=sys.stderr)
         return 2
-    graph = load_graph(args.file)
-    state_dir = tempfile.mkdtemp(prefix=f"dynamo-run-{graph.metadata.name}-")
+    graphs = load_graphs(args.file)
+    state_dir = tempfile.mkdtemp(prefix=f"dynamo-run-{graphs[0].metadata.name}-")
     pods_dir = tempfile.mkdtemp(prefix="dyn-pods-")  # short: engines put unix sockets in TMPDIR
     try:
-        return asyncio.run(serve(args, graph, state_dir, pods_dir))
+        return asyncio.run(serve(args, graphs, state_dir, pods_dir))
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)
         shutil.rmtree(pods_dir, ignore_errors=True)

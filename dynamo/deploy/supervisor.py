@@ -83,8 +83,9 @@ async def http_get(port: int, path: str, timeout: float = 3.0) -> tuple[int, byt
 
 class Supervisor:
     def __init__(self, plans: dict[str, ServicePlan], out: IO[str] | None = None, log_dir: str | None = None,
-                 grace: float = 15.0) -> None:
+                 grace: float = 15.0, label: str = "") -> None:
         self.plans = plans
+        self.label = label  # the graph's name when a file runs several (its replicas' lines and logs carry it)
         self.out = out or sys.stdout
         self.log_dir = log_dir
         self.grace = grace
@@ -93,6 +94,9 @@ class Supervisor:
         self.version = 0  # bumped on every state change (the status table watches it)
         self._scale_requested = asyncio.Event()
         self.guard = GroupGuard(grace)  # stops the replicas' groups if this process dies unannounced
+
+    def tag(self, rep: "Replica") -> str:
+        return f"{self.label}/{rep.name}" if self.label else rep.name
 
     def _touch(self) -> None:
         self.version += 1
@@ -131,7 +135,7 @@ class Supervisor:
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         except OSError as exc:
-            self._print(f"[{rep.name}] cannot start {rep.launch.argv[0]}: {exc}")
+            self._print(f"[{self.tag(rep)}] cannot start {rep.launch.argv[0]}: {exc}")
             rep.state, rep.exit_code = "exited", 127
             self._schedule_restart(rep)
             return
@@ -141,11 +145,11 @@ class Supervisor:
         self._touch()
 
     async def _pump(self, rep: Replica, proc: asyncio.subprocess.Process) -> None:
-        sink = open(os.path.join(self.log_dir, f"{rep.name}.log"), "ab") if self.log_dir else None
+        sink = open(os.path.join(self.log_dir, f"{self.tag(rep).replace('/', '-')}.log"), "ab") if self.log_dir else None
         try:
             assert proc.stdout is not None
             async for line in proc.stdout:
-                self._print(f"[{rep.name}] {line.decode(errors='replace').rstrip()}")
+                self._print(f"[{self.tag(rep)}] {line.decode(errors='replace').rstrip()}")
                 if sink:
                     sink.write(line)
                     sink.flush()
@@ -162,7 +166,7 @@ class Supervisor:
             rep.state = "stopped"
         else:
             rep.state = "exited"
-            self._print(f"[{rep.name}] exited with code {code}")
+            self._print(f"[{self.tag(rep)}] exited with code {code}")
             self._schedule_restart(rep)
         self._touch()
 
@@ -172,7 +176,7 @@ class Supervisor:
         delay = min(BACKOFF_MAX, 2.0 ** max(rep.failures - 1, 0)) if rep.failures else 0.5
         rep.restart_at = time.monotonic() + delay
         rep.state = "backoff"
-        self._print(f"[{rep.name}] restarting in {delay:.1f}s")
+        self._print(f"[{self.tag(rep)}] restarting in {delay:.1f}s")
 
     async def _restart_due(self) -> None:
         now = time.monotonic()

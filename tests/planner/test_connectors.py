@@ -111,11 +111,11 @@ async def test_missing_dgd_is_an_error(kube, k8s_cfg):
 
 def rendered_planner_graph() -> tuple[list[dict], dict[str, str]]:
     """`dynamo.deploy render` of the mocker planner example: its objects, and the planner container's env."""
-    from dynamo.deploy.run import load_graph
+    from dynamo.deploy.run import load_graphs
     from dynamo.deploy.render import render
     from tests.fixtures.procs import REPO
 
-    objects = render(load_graph(str(REPO / "examples/backends/mocker/deploy/disagg_planner.yaml")), "team")
+    objects = render(load_graphs(str(REPO / "examples/backends/mocker/deploy/disagg_planner.yaml"))[0], "team")
     planner = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-planner"))
     env = {e["name"]: e.get("value") for e in planner["spec"]["template"]["spec"]["containers"][0]["env"]}
     return objects, env
@@ -165,11 +165,11 @@ def test_render_lets_the_planner_read_and_scale_the_graph():
 
 
 def test_a_graph_without_a_planner_gets_no_planner_rights():
-    from dynamo.deploy.run import load_graph
+    from dynamo.deploy.run import load_graphs
     from dynamo.deploy.render import render
     from tests.fixtures.procs import REPO
 
-    objects = render(load_graph(str(REPO / "examples/backends/mocker/deploy/disagg.yaml")), "team")
+    objects = render(load_graphs(str(REPO / "examples/backends/mocker/deploy/disagg.yaml"))[0], "team")
     assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding", "ServiceAccount")]
 
 

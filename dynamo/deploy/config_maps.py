@@ -1,0 +1,75 @@
+"""ConfigMaps on one machine, for `run`: the ConfigMaps a manifest file defines beside its graphs (a
+global router's plan, a planner's profile, a config file) are written under the run's state directory,
+one file per key, and a service's `configMap` volume mounts are served from there, as a pod would see them:
+a whole ConfigMap at its mountPath, `items` at their paths, a `subPath` mount as the one file.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import Any
+
+from dynamo.deploy.model import Service
+
+KIND = "ConfigMap"
+
+
+def collect(documents: list[Any]) -> dict[str, dict[str, bytes]]:
+    """The file's ConfigMaps: name -> {key: content} (`data` and base64 `binaryData`)."""
+    out: dict[str, dict[str, bytes]] = {}
+    for doc in documents:
+        if not isinstance(doc, dict) or doc.get("kind") != KIND:
+            continue
+        name = (doc.get("metadata") or {}).get("name")
+        if not name:
+            continue
+        files = {key: str(value).encode() for key, value in (doc.get("data") or {}).items()}
+        files.update({key: base64.b64decode(value) for key, value in (doc.get("binaryData") or {}).items()})
+        out[name] = files
+    return out
+
+
+def _write(directory: str, files: dict[str, bytes]) -> str:
+    for rel, content in files.items():
+        path = os.path.join(directory, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as fh:
+            fh.write(content)
+    return directory
+
+
+def _volumes(svc: Service) -> dict[str, dict[str, Any]]:
+    """The service's configMap volumes: volume name -> its `configMap` source."""
+    pod = svc.extraPodSpec
+    return {v["name"]: v["configMap"] for v in (pod.volumes if pod else None) or []
+            if isinstance(v, dict) and v.get("name") and isinstance(v.get("configMap"), dict)}
+
+
+def mounts(svc: Service, maps: dict[str, dict[str, bytes]], root: str) -> dict[str, str]:
+    """Mount point -> local path for `svc`'s configMap mounts of the file's ConfigMaps (written under
+    `root` on first use). A ConfigMap the file does not define is left out (see `missing`)."""
+    volumes = _volumes(svc)
+    out: dict[str, str] = {}
+    for mount in svc.container.volumeMounts or []:
+        if not isinstance(mount, dict) or mount.get("name") not in volumes or not mount.get("mountPath"):
+            continue
+        source = volumes[mount["name"]]
+        files = maps.get(source.get("name", ""))
+        if files is None:
+            continue
+        if source.get("items"):  # only the listed keys, each at its own path
+            files = {item["path"]: files[item["key"]] for item in source["items"]
+                     if isinstance(item, dict) and item.get("key") in files and item.get("path")}
+            directory = _write(os.path.join(root, f"{source['name']}--{mount['name']}"), files)
+        else:
+            directory = _write(os.path.join(root, source["name"]), files)
+        sub = mount.get("subPath")
+        out[mount["mountPath"]] = os.path.join(directory, sub) if sub else directory
+    return out
+
+
+def missing(svc: Service, maps: dict[str, dict[str, bytes]]) -> list[str]:
+    """ConfigMaps `svc` mounts (not `optional`) that the file does not define."""
+    return sorted({source.get("name", "") for source in _volumes(svc).values()
+                   if source.get("name") not in maps and not source.get("optional")})
