@@ -38,8 +38,9 @@ class ControlServer:
         snap = {"graph": self.graph_name,
                 "services": {name: plan.replicas for name, plan in self.supervisor.plans.items()},
                 # what a planner needs to find its pools, as it reads them from a DGD on Kubernetes
+                # (and a GlobalPlanner its GPU budget: GPUs per replica)
                 "components": {name: {"componentType": plan.svc.componentType,
-                                      "subComponentType": plan.svc.subComponentType}
+                                      "subComponentType": plan.svc.subComponentType, "gpus": plan.gpus}
                                for name, plan in self.supervisor.plans.items()},
                 "replicas": self.supervisor.status()}
         if self.models is not None:

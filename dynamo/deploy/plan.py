@@ -55,6 +55,7 @@ class RunOptions:
     control_url: str = ""  # the control endpoint, for planner components (set once it listens)
     prometheus_endpoint: str | None = None  # --prometheus-endpoint; None: $PROMETHEUS_ENDPOINT, else none
     config_maps: dict[str, dict[str, bytes]] = field(default_factory=dict)  # the file's ConfigMaps: name -> files
+    control_urls: dict[str, str] = field(default_factory=dict)  # every graph of the file -> its control endpoint
 
 
 def local_workdir(path: str | None) -> str:
@@ -190,6 +191,8 @@ class ServicePlan:
             env["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(free_port())
         if self.planner:
             env.update(planner_env(self.opts, manifest_env))
+        if "dynamo.global_planner" in self.modules:  # it budgets and scales the file's graphs through these
+            env["DYN_DEPLOY_CONTROL_URLS"] = json.dumps(self.opts.control_urls)
         probes = contract.default_probes(self.svc, http or 0, system or 0)
         return Launch(argv=self._argv(http, tmp_dir), env=env, cwd=local_workdir(self.svc.container.workingDir),
                       http_port=http, system_port=system,

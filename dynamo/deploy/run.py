@@ -157,6 +157,8 @@ async def serve(args: argparse.Namespace, graphs: list[Graph], state_dir: str, p
         port = await run.control.start()
         # planner components scale their graph through it (DYN_DEPLOY_CONTROL_URL)
         run.opts.control_url = urls[run.graph.metadata.name] = f"http://127.0.0.1:{port}"
+    for run in runs:
+        run.opts.control_urls = urls  # a GlobalPlanner among them budgets and scales every graph of the file
     first = next(iter(urls.values()))
     with open(os.path.join(state_dir, "control.json"), "w", encoding="utf-8") as fh:
         json.dump({"url": first, "pid": os.getpid(), "graphs": urls}, fh)

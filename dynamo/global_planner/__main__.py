@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import msgspec
 
+from dynamo.global_planner.graphs import Graphs
 from dynamo.global_planner.handler import ScaleHandler
+from dynamo.global_planner.local_graphs import LocalGraphs, parse_urls
 from dynamo.planner.config import PlannerConfig
 from dynamo.planner.connectors import scale_protocol as sp
 from dynamo.planner.connectors.kubernetes import make_api_client
@@ -39,6 +41,9 @@ class GlobalPlannerArgs(DumpConfigTo):
     ready_timeout: float = setting(600.0, "Seconds a blocking request waits for its pools to be ready", env=False)
     kube_namespace: str = setting("default", "Kubernetes namespace of the managed DGDs", env="POD_NAMESPACE")
     kubeconfig: str | None = setting(None, "Kubeconfig file when not in a cluster", env="KUBECONFIG")
+    # `dynamo.deploy run` injects its graphs' control endpoints: decisions are applied there, not on a cluster.
+    control_urls: str | None = setting(None, "Graphs of a `dynamo.deploy run`: JSON {graph: control URL}",
+                                       env="DYN_DEPLOY_CONTROL_URLS", flag=False)
 
 
 def build_parser_for_deploy():
@@ -48,8 +53,15 @@ def build_parser_for_deploy():
 
 async def serve(args: GlobalPlannerArgs, stop: asyncio.Event) -> int:
     runtime = await DistributedRuntime.create(None, args.namespace)
-    api = make_api_client(PlannerConfig(environment="kubernetes", kubeconfig=args.kubeconfig))
-    handler = ScaleHandler(api, args.managed_namespaces, args.kube_namespace, args.no_operation, args.max_total_gpus,
+    api = None
+    if args.control_urls:
+        graphs: Graphs | LocalGraphs = LocalGraphs(parse_urls(args.control_urls))
+        log.info("GlobalPlanner: under `dynamo.deploy run`; graphs %s scaled through their control endpoints",
+                 ", ".join(sorted(graphs.urls)))
+    else:
+        api = make_api_client(PlannerConfig(environment="kubernetes", kubeconfig=args.kubeconfig))
+        graphs = Graphs(api)
+    handler = ScaleHandler(graphs, args.managed_namespaces, args.kube_namespace, args.no_operation, args.max_total_gpus,
                            args.ready_timeout)
 
     async def scale_request(request: sp.ScaleRequest, ctx):
@@ -69,13 +81,19 @@ async def serve(args: GlobalPlannerArgs, stop: asyncio.Event) -> int:
         await stop.wait()
     finally:
         await runtime.shutdown(grace=5.0)
-        api.close()
+        if api is not None:
+            api.close()
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser_for_deploy()
     args = from_namespace(GlobalPlannerArgs, parser.parse_args(argv))
+    if args.control_urls:
+        try:
+            parse_urls(args.control_urls)
+        except ValueError as exc:
+            parser.error(str(exc))
     if not args.namespace:
         parser.error("DYN_NAMESPACE (or --namespace) is required: the GlobalPlanner's endpoints are served there")
     write_config_dump(args, "dynamo.global_planner")

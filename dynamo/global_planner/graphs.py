@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from dynamo.planner.connectors.kube_deployments import GRAPH_LABEL, NAME_ANNOTATION, as_services
-from dynamo.planner.connectors.kubernetes import dgd_call
+from dynamo.planner.config import PlannerConfig
+from dynamo.planner.connectors.base import Connector
+from dynamo.planner.connectors.kube_deployments import GRAPH_LABEL, NAME_ANNOTATION, DeploymentsConnector, as_services
+from dynamo.planner.connectors.kubernetes import KubernetesConnector, dgd_call
 
 # Without the operator the DGD kind is not served (404), and a rendered graph's Role grants no access to
 # it (403): either way there are no DGDs to read, only rendered Deployments.
@@ -21,6 +23,7 @@ class Graphs:
     def __init__(self, api_client) -> None:
         from kubernetes import client  # the `planner` extra
 
+        self.api_client = api_client
         self.api = client.CustomObjectsApi(api_client)
         self.apps = client.AppsV1Api(api_client)
         self._errors = client.ApiException
@@ -60,6 +63,12 @@ class Graphs:
             except LookupError:
                 pass
         return out
+
+    def connector(self, cfg: PlannerConfig, graph: dict[str, Any]) -> Connector:
+        """What scales `graph`: a rendered graph's Deployments, else its DGD."""
+        if graph.get("rendered"):
+            return DeploymentsConnector(cfg, api_client=self.api_client)
+        return KubernetesConnector(cfg, api_client=self.api_client)
 
     async def _rendered(self, namespace: str, selector: str) -> dict[str, dict[str, Any]]:
         found = await asyncio.to_thread(self.apps.list_namespaced_deployment, namespace, label_selector=selector)

@@ -8,7 +8,8 @@
    every graph in the Kubernetes namespace: DGDs, and graphs rendered to plain Deployments (`graphs.py`). Checks and applies run one at a time, so two planners scaling
    at once cannot both pass against the same pre-scale state.
 4. Applied through the Kubernetes connector (the DGD's scaling adapter, else a guarded JSON Patch; a
-   rendered graph's Deployment scale subresource); the
+   rendered graph's Deployment scale subresource), or, under `dynamo.deploy run`, the graph's control
+   endpoint (`local_graphs.py`); the
    answer carries the replicas now desired, by role. A `blocking` request is answered once the scaled
    pools are ready (an `error` if not within the deadline), waiting outside the lock.
 """
@@ -20,21 +21,20 @@ import logging
 
 from dynamo.global_planner import budget
 from dynamo.global_planner.graphs import Graphs
+from dynamo.global_planner.local_graphs import LocalGraphs
 from dynamo.planner.config import PlannerConfig
 from dynamo.planner.connectors import scale_protocol as sp
 from dynamo.planner.connectors.base import Connector
-from dynamo.planner.connectors.kube_deployments import GRAPH_LABEL, DeploymentsConnector
-from dynamo.planner.connectors.kubernetes import KubernetesConnector
+from dynamo.planner.connectors.kube_deployments import GRAPH_LABEL
 
 log = logging.getLogger("dynamo.global_planner")
 READY_POLL_SECONDS = 2.0
 
 
 class ScaleHandler:
-    def __init__(self, api_client, managed_namespaces: list[str], k8s_namespace: str, no_operation: bool = False,
-                 max_total_gpus: int = -1, ready_timeout: float = 600.0) -> None:
-        self.api_client = api_client
-        self.graphs = Graphs(api_client)
+    def __init__(self, graphs: Graphs | LocalGraphs, managed_namespaces: list[str], k8s_namespace: str,
+                 no_operation: bool = False, max_total_gpus: int = -1, ready_timeout: float = 600.0) -> None:
+        self.graphs = graphs
         self.managed = set(managed_namespaces) or None
         self.k8s_namespace = k8s_namespace
         self.no_operation = no_operation
@@ -86,8 +86,7 @@ class ScaleHandler:
                 return sp.ScaleResponse(status=sp.REJECTED, message=message), None
             log.info("GPU budget check passed: %d/%d GPUs", total, self.max_total_gpus)
         cfg = self._planner_config(req, names, rendered=bool(dgd.get("rendered")))
-        connector = (DeploymentsConnector(cfg, api_client=self.api_client) if dgd.get("rendered")
-                     else KubernetesConnector(cfg, api_client=self.api_client))
+        connector = self.graphs.connector(cfg, dgd)
         await connector.start()
         await connector.scale({t.sub_component_type: t.desired_replicas for t in req.target_replicas})
         current = {role: pool.desired for role, pool in (await connector.state()).items()}

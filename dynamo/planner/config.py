@@ -249,8 +249,8 @@ def under_deploy_run(raw: dict, args: PlannerArgs) -> dict:
         log.info("planner: environment 'kubernetes' -> 'local': started by `dynamo.deploy run`, so the graph's "
                  "replicas are its supervisor's; scaling through %s", args.control_url)
         raw["environment"] = "local"
-    if raw.get("environment") == "local" and not raw.get("control_url"):
-        raw["control_url"] = args.control_url
+    if raw.get("environment") in ("local", "global-planner") and not raw.get("control_url"):
+        raw["control_url"] = args.control_url  # global-planner: its own graph is read through it
     local_prom = "" if cluster_internal(args.prometheus_endpoint) else args.prometheus_endpoint
     prom = raw.get("prometheus_endpoint")
     if prom and cluster_internal(prom):

@@ -1,5 +1,5 @@
 """`environment: global-planner`: the planner reads its own graph as on Kubernetes (the DGD's replicas
-and readiness; a rendered graph's Deployments) but sends its decisions to the GlobalPlanner of `global_planner_namespace`, which decides
+and readiness; a rendered graph's Deployments; under `dynamo.deploy run`, the graph's control endpoint) but sends its decisions to the GlobalPlanner of `global_planner_namespace`, which decides
 whether they fit the budget it holds for every graph it manages, and applies them (Dynamo's hierarchical
 planner). A rejection (over budget) is logged and the graph keeps its size; an error fails the tick."""
 
@@ -33,6 +33,10 @@ class GlobalPlannerConnector(Connector):
         if runtime is None:
             raise ValueError("environment 'global-planner' needs the planner's runtime (request plane)")
         self.runtime = runtime
+        if local is None and cfg.control_url:  # under `dynamo.deploy run`: its graph's control endpoint
+            from dynamo.planner.connectors.local import LocalConnector
+
+            local = LocalConnector(cfg)
         if local is None:  # its own graph, read as the kubernetes connector reads it (a DGD, or rendered)
             from dynamo.planner.connectors.kubernetes import for_config
 
