@@ -155,7 +155,10 @@ class GlobalRouter:
                 yield item
             return
         assert failure is not None
-        raise HandlerError(f"{role} pool {pools.namespaces[pool]}: {failure}", failure.code)
+        # A pool whose routers cannot be reached is a pool without workers to the caller (503, retry later);
+        # a router's own answer (no workers, busy, a bad request) goes back as it came.
+        code = ErrorCode.NO_WORKERS if isinstance(failure, (CannotConnect, Disconnected)) else failure.code
+        raise HandlerError(f"{role} pool {pools.namespaces[pool]}: {failure}", code)
 
     async def _open(self, ns: str, payload: bytes) -> tuple[WorkerStream, list[bytes]]:
         """A stream on one of the pool's routers and its first batch; a router that cannot be reached

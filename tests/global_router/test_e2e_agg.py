@@ -134,7 +134,8 @@ def test_a_pool_without_its_router_hands_requests_to_a_faster_pool(cluster):
 
 def test_a_pool_that_never_comes_is_named_and_its_requests_get_503(cluster, tiny_model):
     """A plan naming a pool nobody serves: the model is registered after --pool-ready-timeout-secs, the log
-    names the pool, its requests are refused as "no workers" (503, retry later), the other pool's served."""
+    names the pool, its requests are refused as "no workers" (503, retry later), the other pool's served;
+    then the other pool's router dies without leaving discovery (last in the module): 503 as well."""
     plan = json.loads(json.dumps(PLAN))
     plan["enable_priority_retry"] = False
     plan["agg_pool_dynamo_namespaces"] = [POOLS[0], "nowhere"]
@@ -154,5 +155,10 @@ def test_a_pool_that_never_comes_is_named_and_its_requests_get_503(cluster, tiny
         resp = chat(other, {"router": {"ttft_target": 900}})
         assert resp.status_code == 503, resp.text
         assert "nowhere" in resp.json()["error"]["message"]
+        # A pool router that died without leaving discovery: unreachable is "no workers" too, not a 500.
+        cluster.pool_routers[0].kill()
+        resp = chat(other, {"router": {"ttft_target": 100}})
+        assert resp.status_code == 503, resp.text
+        assert other.openai_client() is not None and gr.alive()
     finally:
         other.stop()
