@@ -49,6 +49,7 @@ from dynamo.runtime.wire import ErrorCode
 log = logging.getLogger(__name__)
 
 ROUTER_COMPONENT = "router"
+EMPTY_WARNING_SECS = 30.0  # a router with no workers this long after start says where workers are instead
 LEGACY_ROUTER_COMPONENT = "kv-router"
 
 
@@ -138,6 +139,7 @@ class RouterService:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._watch(records.INSTANCES, self._on_instance)))
         self._tasks.append(loop.create_task(self._watch(records.MDC, self._on_card)))
+        self._tasks.append(loop.create_task(self._warn_if_empty(EMPTY_WARNING_SECS)))
         if self.policy.sync is not None:
             await self.policy.sync.join(self.eid.namespace, self.eid.component)
         # `generate` takes the raw payload: it decodes it to route, then forwards the caller's
@@ -185,6 +187,28 @@ class RouterService:
         self.pool = WorkerPool(self.eid.path, Role.DECODE, self.pool.version + 1, self.config.router_block_size,
                                workers)
         self.policy.on_membership_change(self.pool)
+
+    async def elsewhere(self) -> str:
+        """When the router has no workers: where this namespace's generate endpoints are, if anywhere (a
+        `--endpoint` that names the wrong component is the usual mistake)."""
+        found = await self.runtime.store.get_prefix(records.namespace_prefix(records.INSTANCES, self.eid.namespace))
+        counts: dict[str, int] = {}
+        for key in found:
+            try:
+                eid, _ = records.split_key(records.INSTANCES, key)
+            except ValueError:
+                continue
+            if eid.endpoint == self.eid.endpoint and eid.component not in (ROUTER_COMPONENT, LEGACY_ROUTER_COMPONENT):
+                counts[eid.path] = counts.get(eid.path, 0) + 1
+        if not counts:
+            return f"; nothing in namespace {self.eid.namespace} serves `{self.eid.endpoint}`"
+        return "; workers of this namespace serve " + ", ".join(f"{p} ({n})" for p, n in sorted(counts.items())) + \
+            f", not {self.eid.path}: check --endpoint"
+
+    async def _warn_if_empty(self, after: float) -> None:
+        await asyncio.sleep(after)
+        if not self.addresses:
+            log.warning("no workers at %s after %g s%s", self.eid.path, after, await self.elsewhere())
 
     # -- endpoints -----------------------------------------------------------------------
     async def best_worker_id(self, query: RouteQuery, ctx: RequestContext) -> AsyncIterator[bytes]:
@@ -236,7 +260,8 @@ class RouterService:
             except AllWorkersBusy as exc:
                 raise HandlerError(f"Service temporarily unavailable: {exc}", ErrorCode.BUSY) from None
             except NoWorkers as exc:
-                raise HandlerError(f"no workers available for {exc}", ErrorCode.NO_WORKERS) from None
+                raise HandlerError(f"no workers available for {exc}{await self.elsewhere()}",
+                                   ErrorCode.NO_WORKERS) from None
             except WorkerHintRequired as exc:
                 raise HandlerError(str(exc), ErrorCode.BAD_REQUEST) from None
             worker = choice.worker

@@ -260,3 +260,26 @@ async def _cancel_before_first_output(cluster, router_url: str, worker) -> None:
         await client.close()
         if store is not None:
             await store.close()
+
+
+def test_a_router_pointed_at_the_wrong_component_says_where_the_workers_are(tiny_model, tmp_path):
+    """Dynamo's users' common slip (a pool router's --endpoint naming `prefill` where the workers serve
+    `backend`): the 'no workers' answer, and a warning if it lasts, name the endpoints that do serve."""
+    c = Cluster(tmp_path, tiny_model, "file")
+    try:
+        c.mocker("--block-size", str(BLOCK))
+        c.router = c.start("dynamo.router", ["--endpoint", "dynamo.prefill.generate"], name="router")
+        c.kv_root = str(c.tmp / "kv")
+        request = PreprocessedRequest(request_id="r1", model=MODEL, token_ids=tokens(5, 20),
+                                      stop_conditions=StopConditions(max_tokens=2))
+
+        def answer() -> str:
+            try:
+                call(c, "generate", request_encoder.encode(request))
+            except Exception as exc:  # the service's typed error, raised by the request-plane client
+                return str(exc)
+            return "answered"
+        wait_until(lambda: "dynamo.backend.generate (1)" in answer(), 30, "the hint naming the workers' endpoint")
+        assert "not dynamo.prefill.generate: check --endpoint" in answer()
+    finally:
+        c.stop()
