@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from collections import Counter
 
-Slot = tuple[str, int]  # (service, replica index)
+Slot = tuple[str, str, int]  # (graph, service, replica index)
 
 
 def detect_gpus() -> list[str]:

@@ -202,12 +202,12 @@ class ServicePlan:
         """`resources.limits.gpu` devices for replica `index` (shared only when every device is taken)."""
         if not self.gpus or self.devices is None:
             return []
-        return self.devices.claim((self.name, index), self.gpus)
+        return self.devices.claim((self.graph.metadata.name, self.name, index), self.gpus)
 
     def release(self, index: int) -> None:
         """Replica `index` is retired (scale-down): its devices are free for the next new one."""
         if self.devices is not None:
-            self.devices.release((self.name, index))
+            self.devices.release((self.graph.metadata.name, self.name, index))
 
     def map_probe_port(self, port: int | str, launch: Launch) -> int | None:
         """A probe's Kubernetes port (8000 / 9090 / name) as this replica's local port."""
@@ -243,8 +243,9 @@ def refuse_multinode(name: str, svc: Service) -> None:
 
 
 def build_plans(graph: Graph, opts: RunOptions, overrides: dict[str, int],
-                devices: list[str] | None = None) -> dict[str, ServicePlan]:
-    """One plan per service; `devices` (default: nvidia-smi) are handed out in service order."""
+                devices: list[str] | None = None, ledger: DeviceLedger | None = None) -> dict[str, ServicePlan]:
+    """One plan per service; `devices` (default: nvidia-smi) are handed out in service order, from `ledger`
+    when given (one machine's GPUs shared by the graphs of a file)."""
     discovery = discovery_env(graph, opts)
     for name, svc in graph.spec.services.items():
         refuse_multinode(name, svc)
@@ -265,8 +266,9 @@ def build_plans(graph: Graph, opts: RunOptions, overrides: dict[str, int],
     for name in opts.append_args:
         if name not in plans:
             raise ValueError(f"--append-args: no service {name!r} (have {', '.join(plans)})")
-    devices = detect_gpus() if devices is None else devices
-    ledger = DeviceLedger(devices) if devices else None
+    if ledger is None:
+        devices = detect_gpus() if devices is None else devices
+        ledger = DeviceLedger(devices) if devices else None
     for plan in plans.values():
         plan.devices = ledger
         for index in range(plan.replicas):  # the graph's own replicas are dealt devices in service order

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from dynamo.deploy import config_maps, contract, local
 from dynamo.deploy.control import ControlServer
+from dynamo.deploy.devices import DeviceLedger, detect_gpus
 from dynamo.deploy.dynamo_model import AdapterReconciler, load_models
 from dynamo.deploy.model import Graph
 from dynamo.deploy.parsers import module_available
@@ -111,6 +112,8 @@ def build_runs(args: argparse.Namespace, graphs: list[Graph], state_dir: str, po
     overrides, appended = parse_overrides(args.overrides), parse_append_args(args.append_args)
     volumes = parse_volumes(args.volumes)
     several = len(graphs) > 1
+    found = detect_gpus()
+    ledger = DeviceLedger(found) if found else None  # one machine's GPUs, dealt across every graph of the file
     used: set[str] = set()
     port_taken = False
     runs = []
@@ -125,7 +128,7 @@ def build_runs(args: argparse.Namespace, graphs: list[Graph], state_dir: str, po
                           pods_dir=os.path.join(pods_dir, name) if several else pods_dir,
                           prometheus_endpoint=getattr(args, "prometheus_endpoint", None), config_maps=maps)
         port_taken |= has_frontend
-        plans = build_plans(graph, opts, set_here)
+        plans = build_plans(graph, opts, set_here, ledger=ledger)
         sup = Supervisor(plans, log_dir=args.log_dir, grace=args.grace, label=name if several else "")
         control = ControlServer(sup, name, args.control_port if not runs else 0)
         adapters = AdapterReconciler(sup, graph, load_models(documents, graph))

@@ -121,3 +121,21 @@ def test_a_retired_replica_gives_its_devices_back(tmp_path):
     plans["A"].release(1)  # scaled down to 1
     plans["B"].replicas = 2
     assert [plans["B"].launch(i).env[CUDA] for i in (0, 1)] == ["2", "3"]
+
+
+def test_the_graphs_of_one_file_share_the_machines_devices(tmp_path):
+    """A file of several graphs (`run` on Dynamo's hierarchical layouts): one ledger deals the GPUs across
+    them, so two graphs' same-named workers never land on the same device while others are free."""
+    from dynamo.deploy.devices import DeviceLedger
+
+    ledger = DeviceLedger(["0", "1", "2"])
+    got = {}
+    for name in ("pool-a", "pool-b"):
+        doc = manifest({"Worker": (1, 1)})
+        doc["metadata"]["name"] = name
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        (graph,) = validate_file(path).graphs
+        plans = build_plans(graph, RunOptions(state_dir=str(tmp_path / "state"), environ={}), {}, ledger=ledger)
+        got[name] = plans["Worker"].launch(0).env[CUDA]
+    assert got == {"pool-a": "0", "pool-b": "1"}
