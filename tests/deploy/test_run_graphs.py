@@ -54,3 +54,36 @@ def test_a_file_of_graphs_runs_as_one_deployment(tmp_path, tiny_model):
         code = run.stop()
     assert code == 0, run.log()
     assert run.survivors() == []
+
+
+PLANNER_EXAMPLE = REPO / "examples/global_router/hierarchical_planner_mocker.yaml"
+
+
+def test_the_hierarchical_planner_scales_a_pool_through_the_global_planner(tmp_path, tiny_model):
+    """examples/global_router/hierarchical_planner_mocker.yaml: the idle decode pool (2 replicas, minimum 1)
+    is scaled down by its planner (environment: global-planner), through the GlobalPlanner, which applies it
+    to the pool's graph through its control endpoint; requests are served throughout."""
+    run = DeployRun(PLANNER_EXAMPLE, tmp_path, "--namespace", "demo", "--model", str(tiny_model), "--no-status")
+    try:
+        wait_until(lambda: len(controls(run)) == 3 or run.popen.poll() is not None, 60, "three graphs running")
+        assert run.popen.poll() is None, run.log()
+        decode = controls(run)["hp-decode"]
+        wait_until(lambda: any(m["id"] == MODEL for m in json.loads(
+            http_get(f"http://127.0.0.1:{run.port}/v1/models")[1])["data"]), 120, "the model behind the global router")
+        resp = httpx.post(f"http://127.0.0.1:{run.port}/v1/chat/completions", timeout=60, json={
+            "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+        assert resp.status_code == 200, resp.text
+        wait_until(lambda: json.loads(http_get(decode + "/status")[1])["services"]["MockerDecode"] == 1, 120,
+                   "the idle decode pool scaled down to its minimum")
+        text = run.log_path.read_text()
+        assert "GlobalPlanner: under `dynamo.deploy run`" in text
+        assert "GPU budget check passed" in text and "scaled DGD demo/hp-decode" in text, text[-3000:]
+        resp = httpx.post(f"http://127.0.0.1:{run.port}/v1/chat/completions", timeout=60, json={
+            "model": MODEL, "messages": [{"role": "user", "content": "again"}], "max_tokens": 4})
+        assert resp.status_code == 200, resp.text
+        for url in controls(run).values():
+            run.seen_pids |= {r["pid"] for r in json.loads(http_get(url + "/status")[1])["replicas"] if r["pid"]}
+    finally:
+        code = run.stop()
+    assert code == 0, run.log()
+    assert run.survivors() == []

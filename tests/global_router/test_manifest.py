@@ -17,11 +17,24 @@ from tests.fixtures.procs import REPO
 EXAMPLE = REPO / "examples/global_router/hierarchical_mocker.yaml"
 
 
+PLANNER_EXAMPLE = REPO / "examples/global_router/hierarchical_planner_mocker.yaml"
+
+
 def test_the_example_validates_without_warnings():
     report = validate_file(EXAMPLE)
     assert report.errors == [] and report.warnings == []
     assert sorted(g.metadata.name for g in report.graphs) == ["gr-ctrl", "gr-decode", "gr-prefill-bulk",
                                                              "gr-prefill-fast"]
+
+
+def test_the_planner_example_validates_and_renders():
+    import kubernetes_validate as kv
+
+    report = validate_file(PLANNER_EXAMPLE)
+    assert report.errors == [] and report.warnings == []
+    for graph in report.graphs:
+        for obj in render(graph, "demo"):
+            kv.validate(obj, kv.latest_version(), strict=True)
 
 
 def test_rendered_graphs_serve_the_plans_pools():
