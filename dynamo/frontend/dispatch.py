@@ -50,6 +50,11 @@ async def choose(policy: RoutingPolicy, pool: WorkerPool, request: PreprocessedR
         raise _unknown_pin(pool, request, exclude) or errors.no_workers(pool.model) from None
 
 
+def _behind(exc: StreamError) -> bool:
+    """The worker is a relay (a global router) that lost the stream behind it: itself healthy."""
+    return isinstance(exc, Disconnected) and exc.downstream
+
+
 def _unknown_pin(pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> ApiError | None:
     """A request pinned to a worker that does not serve this pool: the client's error, named."""
     pin = pinned_worker(pool, request)
@@ -170,7 +175,8 @@ class Dispatcher:
                 if retry is None:
                     return
                 request = retry
-                exclude.add(worker.instance_id)
+                if not _behind(exc):  # a relay that lost what is behind it may take the request again
+                    exclude.add(worker.instance_id)
             finally:  # the tokens this worker generated: the router's output length and ITL
                 self.policy.free(request.request_id, len(progress.generated) - before)
                 call.cancel()
@@ -239,7 +245,7 @@ class Dispatcher:
         # the request does not leave two workers generating it. Without migration the client
         # gets a 504 (or an SSE error event once output was sent), never an endless wait.
         timed_out = isinstance(exc, StreamTimeout)
-        if not handle.cancelled:
+        if not handle.cancelled and not _behind(exc):
             self.inhibitor.inhibit(iid, ErrorCode.TIMEOUT if timed_out else ErrorCode.DISCONNECTED)
         if handle.cancelled or progress.migrations >= self.migration_limit or self._too_long_to_migrate(progress):
             raise errors.worker_lost(iid, exc) from None

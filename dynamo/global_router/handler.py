@@ -189,6 +189,9 @@ async def _relay(call: WorkerStream, first: list[bytes], ns: str) -> AsyncIterat
                 yield item
             batch = await call.next_payloads()
     except StreamError as exc:
-        raise HandlerError(f"pool {ns}: {exc}", exc.code) from None
+        # A pool's worker (or router) lost mid-stream: the caller migrates the request, through this
+        # global router, which is healthy; `lost_downstream` says so (`disconnected` would leave us out).
+        code = ErrorCode.LOST_DOWNSTREAM if isinstance(exc, Disconnected) else exc.code
+        raise HandlerError(f"pool {ns}: {exc}", code) from None
     finally:
         call.cancel()

@@ -31,8 +31,12 @@ class StreamError(Exception):
 
 
 class Disconnected(StreamError):
-    def __init__(self, message: str = "stream ended without its end-of-stream marker") -> None:
+    """The stream broke mid-way: migrate. `downstream`: the peer is a relay that lost the stream behind
+    it (code `lost_downstream`), so the peer itself stays a fine choice for the migrated request."""
+
+    def __init__(self, message: str = "stream ended without its end-of-stream marker", downstream: bool = False) -> None:
         super().__init__(message, ErrorCode.DISCONNECTED)
+        self.downstream = downstream
 
 
 class CannotConnect(StreamError):
@@ -187,6 +191,8 @@ class _ClientConnection(wire.FramedProtocol):
 def _stream_error(frame: wire.Error) -> StreamError:
     if frame.code == ErrorCode.DISCONNECTED:  # the worker cut the stream at shutdown: migrate it
         return Disconnected(frame.message)
+    if frame.code == ErrorCode.LOST_DOWNSTREAM:  # a relay lost the stream behind it: migrate, through it
+        return Disconnected(frame.message, downstream=True)
     return StreamError(frame.message, frame.code)
 
 

@@ -60,6 +60,9 @@ class ErrorCode(enum.StrEnum):
     DRAINING = "draining"
     # The stream broke without its end marker, or the worker cut it at shutdown: migrate.
     DISCONNECTED = "disconnected"
+    # A relay (the global router) lost the stream behind it mid-way: migrate, through the same relay,
+    # which is healthy (it is not left out of the caller's routing, as a disconnected worker is).
+    LOST_DOWNSTREAM = "lost_downstream"
     # Raised by the caller itself, never sent: the request never reached the worker; the caller
     # cancelled the stream; nothing arrived within the caller's deadline; an output of the
     # stream carried an engine error.

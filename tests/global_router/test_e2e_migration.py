@@ -1,0 +1,63 @@
+"""Migration through the global router: a pool worker killed mid-stream breaks the local router's stream,
+the global router relays the break with its code, and the frontend (--migration-limit) resumes the request
+through the global router, which sends it to the pool again, whose router picks the surviving worker. The
+client sees one seamless stream of every token."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.e2e.test_migration_limits import kill_the_busy_worker
+from tests.fixtures.load import sse_chunks
+from tests.fixtures.procs import Cluster, http_get, metric_value
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "tiny"
+POOL = "pool-m"
+PLAN = {"mode": "agg", "num_agg_pools": 1, "agg_pool_dynamo_namespaces": [POOL],
+        "agg_pool_selection_strategy": {"ttft_min_ms": 0, "ttft_max_ms": 1000, "ttft_resolution": 1,
+                                        "itl_min_ms": 0, "itl_max_ms": 1000, "itl_resolution": 1,
+                                        "agg_pool_mapping": [[0]]}}
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model, tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("global-router-migration"), tiny_model, "file")
+    try:
+        c.workers = [c.mocker("--speedup-ratio", "2", "--endpoint", f"dyn://{POOL}.backend.generate")
+                     for _ in range(2)]
+        c.start("dynamo.router", ["--endpoint", f"{POOL}.backend.generate", "--router-block-size", "16"],
+                name="router")
+        plan = c.tmp / "plan.json"
+        plan.write_text(json.dumps(PLAN))
+        c.start("dynamo.global_router", ["--config", str(plan), "--model-name", MODEL, "--model-path",
+                                         str(tiny_model), "--namespace", "front"], name="global-router")
+        c.frontend("--namespace", "front", "--migration-limit", "2")
+        c.wait_workers(MODEL, 1, timeout=120)
+        yield c
+    finally:
+        c.stop()
+
+
+def test_a_pool_worker_killed_mid_stream_is_migrated_through_the_global_router(cluster):
+    body = {"model": MODEL, "prompt": "migrate me please", "max_tokens": 300, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}}
+    pieces, finish, usage, killed = [], [], None, None
+    for chunk in sse_chunks(cluster.base_url, body):
+        assert "error" not in chunk, chunk
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        for choice in chunk.get("choices", []):
+            pieces.append(choice["text"])
+            if choice["finish_reason"]:
+                finish.append(choice["finish_reason"])
+        if killed is None and len(pieces) >= 10:
+            killed = kill_the_busy_worker(cluster)
+    assert killed is not None
+    assert finish == ["length"] and usage["completion_tokens"] == 300
+    text = http_get(cluster.base_url + "/metrics")[1].decode()
+    assert metric_value(text, "dynamo_frontend_model_migration_total", {"migration_type": "ongoing_request"}) == 1
+    assert next(w for w in cluster.workers if w is not killed).alive()
