@@ -1,17 +1,19 @@
-"""Migration through the global router: a pool worker killed mid-stream breaks the local router's stream,
-the global router relays the break with its code, and the frontend (--migration-limit) resumes the request
-through the global router, which sends it to the pool again, whose router picks the surviving worker. The
-client sees one seamless stream of every token."""
+"""A stream's life through the global router: a client that goes away cancels the pool worker's generation
+(frontend -> global router -> local router -> worker); a pool worker killed mid-stream breaks the local
+router's stream, the global router relays the break with its code, and the frontend (--migration-limit)
+resumes the request through the global router, which sends it to the pool again, whose router picks the
+surviving worker. The client sees one seamless stream of every token."""
 
 from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
 from tests.e2e.test_migration_limits import kill_the_busy_worker
 from tests.fixtures.load import sse_chunks
-from tests.fixtures.procs import Cluster, http_get, metric_value
+from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -40,6 +42,25 @@ def cluster(tiny_model, tmp_path_factory):
         yield c
     finally:
         c.stop()
+
+
+def cancelled(worker) -> float:
+    text = http_get(f"http://127.0.0.1:{worker.system_port}/metrics")[1].decode()
+    return metric_value(text, "dynamo_component_requests_total",
+                        {"dynamo_endpoint": "generate", "status": "cancelled"}) or 0.0
+
+
+def test_a_client_going_away_cancels_the_pool_workers_generation(cluster):
+    before = sum(cancelled(w) for w in cluster.workers)
+    body = {"model": MODEL, "prompt": "cancel me", "max_tokens": 1500, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", cluster.base_url + "/v1/completions", json=body, timeout=60) as resp:
+        assert resp.status_code == 200
+        lines = resp.iter_lines()
+        for _ in range(5):
+            next(lines)
+    # closed after 5 events of 1,500 tokens: the worker ends the request as cancelled, not as a success
+    wait_until(lambda: sum(cancelled(w) for w in cluster.workers) == before + 1, 30,
+               "the pool worker's request cancelled")
 
 
 def test_a_pool_worker_killed_mid_stream_is_migrated_through_the_global_router(cluster):
