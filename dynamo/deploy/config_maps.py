@@ -46,11 +46,11 @@ def _volumes(svc: Service) -> dict[str, dict[str, Any]]:
             if isinstance(v, dict) and v.get("name") and isinstance(v.get("configMap"), dict)}
 
 
-def mounts(svc: Service, maps: dict[str, dict[str, bytes]], root: str) -> dict[str, str]:
-    """Mount point -> local path for `svc`'s configMap mounts of the file's ConfigMaps (written under
-    `root` on first use). A ConfigMap the file does not define is left out (see `missing`)."""
+def _mounted(svc: Service, maps: dict[str, dict[str, bytes]]) -> list[tuple[dict, dict, str, dict[str, bytes]]]:
+    """(volumeMount, configMap source, its ConfigMap's name, the files it shows) for each of `svc`'s mounts of
+    a ConfigMap the file defines (with `items`: only those keys, at their paths)."""
     volumes = _volumes(svc)
-    out: dict[str, str] = {}
+    out = []
     for mount in svc.container.volumeMounts or []:
         if not isinstance(mount, dict) or mount.get("name") not in volumes or not mount.get("mountPath"):
             continue
@@ -61,12 +61,32 @@ def mounts(svc: Service, maps: dict[str, dict[str, bytes]], root: str) -> dict[s
         if source.get("items"):  # only the listed keys, each at its own path
             files = {item["path"]: files[item["key"]] for item in source["items"]
                      if isinstance(item, dict) and item.get("key") in files and item.get("path")}
-            directory = _write(os.path.join(root, f"{source['name']}--{mount['name']}"), files)
-        else:
-            directory = _write(os.path.join(root, source["name"]), files)
+        out.append((mount, source, source["name"], files))
+    return out
+
+
+def mounts(svc: Service, maps: dict[str, dict[str, bytes]], root: str) -> dict[str, str]:
+    """Mount point -> local path for `svc`'s configMap mounts of the file's ConfigMaps (written under
+    `root` on first use). A ConfigMap the file does not define is left out (see `missing`)."""
+    out: dict[str, str] = {}
+    for mount, source, name, files in _mounted(svc, maps):
+        folder = f"{name}--{mount['name']}" if source.get("items") else name
+        directory = _write(os.path.join(root, folder), files)
         sub = mount.get("subPath")
         out[mount["mountPath"]] = os.path.join(directory, sub) if sub else directory
     return out
+
+
+def content(svc: Service, maps: dict[str, dict[str, bytes]], path: str) -> bytes | None:
+    """What `svc`'s pod reads at `path` when a ConfigMap of the file serves it; None otherwise."""
+    for mount, _, _, files in _mounted(svc, maps):
+        point = mount["mountPath"].rstrip("/")
+        sub = mount.get("subPath")
+        if sub and path == point:
+            return files.get(sub)
+        if not sub and path.startswith(point + "/"):
+            return files.get(path[len(point) + 1:])
+    return None
 
 
 def missing(svc: Service, maps: dict[str, dict[str, bytes]]) -> list[str]:

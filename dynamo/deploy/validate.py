@@ -3,6 +3,7 @@ DGD manifests. Every finding names its path; command-line findings name the serv
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,8 @@ from typing import Any
 import msgspec
 import yaml
 
-from dynamo.deploy import model, templates, v1beta1
-from dynamo.deploy.commands import parse_command, probe_files
+from dynamo.deploy import config_maps, model, templates, v1beta1
+from dynamo.deploy.commands import flag_value, parse_command, probe_files
 from dynamo.deploy.contract import command_of, exec_probes
 from dynamo.deploy.parsers import check_args
 
@@ -174,7 +175,30 @@ def validate_file(path: str | Path) -> Report:
         report.errors.append(f"no {model.KIND} document found")
     for index, doc in graphs:
         validate_document(doc, report, index if len(docs) > 1 else 0)
+    check_mounted_plans(docs, report)
     return report
+
+
+def check_mounted_plans(docs: list[Any], report: Report) -> None:
+    """A global router's plan read from a ConfigMap of the same file is checked as the router will read it
+    (a broken plan would otherwise be a crash-looping pod)."""
+    from dynamo.global_router.pools import PoolConfigError, parse_plan
+
+    maps = config_maps.collect(docs)
+    for graph in report.graphs:
+        for name, svc in graph.spec.services.items():
+            for inv in parse_command(*command_of(svc)[:2]).invocations:
+                path = flag_value(inv.args, ("--config",)) if inv.module == "dynamo.global_router" else None
+                found = config_maps.content(svc, maps, path) if path else None
+                if found is None:
+                    continue
+                where = f"graph {graph.metadata.name}, service {name}: global router plan {path}"
+                try:
+                    plan = parse_plan(json.loads(found))
+                except (ValueError, PoolConfigError) as exc:  # JSONDecodeError is a ValueError
+                    report.errors.append(f"{where}: {exc}")
+                    continue
+                report.warnings += [f"{where}: {w}" for w in plan.warnings]
 
 
 def validate_any(path: str) -> Report:

@@ -59,3 +59,24 @@ def test_rendered_graphs_serve_the_plans_pools():
         assert container["args"][:2] == ["--endpoint", f"{ns}.{'prefill' if 'prefill' in ns else 'backend'}.generate"]
     ctrl = namespaces["demo-gr-ctrl"]["gr-ctrl-globalrouter"]["spec"]["template"]["spec"]
     assert {"name": "global-router-config", "configMap": {"name": config["metadata"]["name"]}} in ctrl["volumes"]
+
+
+def test_a_broken_plan_in_the_files_config_map_fails_validation(tmp_path):
+    """The plan the global router mounts from a ConfigMap of the same file is read as the router reads it:
+    a mapping naming a pool that does not exist is an error at validate time, not a crash-looping pod."""
+    docs = list(yaml.safe_load_all(EXAMPLE.read_text()))
+    plan = json.loads(docs[0]["data"]["global_router_config.json"])
+    plan["prefill_pool_selection_strategy"]["prefill_pool_mapping"] = [[0, 1], [0, 2]]
+    plan["decode_pool_selection_strategy"]["itl_min"] = plan["decode_pool_selection_strategy"].pop("itl_min_ms")
+    docs[0]["data"]["global_router_config.json"] = json.dumps(plan)
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    report = validate_file(path)
+    assert report.errors == ["graph gr-ctrl, service GlobalRouter: global router plan /config/global_router_config.json:"
+                             " prefill_pool_selection_strategy.prefill_pool_mapping[1][1]: invalid pool index 2 (must "
+                             "be 0 to 1)"]
+    plan["prefill_pool_selection_strategy"]["prefill_pool_mapping"] = [[0, 1], [0, 1]]
+    docs[0]["data"]["global_router_config.json"] = json.dumps(plan)
+    path.write_text(yaml.safe_dump_all(docs))
+    report = validate_file(path)
+    assert report.errors == [] and any("itl_min is deprecated" in w for w in report.warnings)
