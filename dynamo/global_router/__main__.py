@@ -22,6 +22,8 @@ import logging
 import sys
 from dataclasses import dataclass
 
+import msgspec
+
 from dynamo.global_router.handler import GlobalRouter, PoolRouters
 from dynamo.global_router.pools import PoolConfigError, PoolPlan, load_plan
 from dynamo.llm.model_card import (DEFAULT_THINKING_MODE_KEY, ModelDeploymentCard, RuntimeConfig, WorkerType,
@@ -89,15 +91,16 @@ def build_parser_for_deploy():
     return build_parser(GlobalRouterArgs, prog="python -m dynamo.global_router")
 
 
-def card(args: GlobalRouterArgs, model_dir: str, worker_type: WorkerType) -> ModelDeploymentCard:
-    """The model card of one face: the model's files, and how the frontend presents its output."""
+def card(args: GlobalRouterArgs, model_dir: str) -> ModelDeploymentCard:
+    """The model card of the faces: the model's files, and how the frontend presents its output (each face
+    sets its own worker_type, which the card's checksum does not cover)."""
     runtime_data = {"engine": "global_router"}
     if args.default_thinking_mode is not None:
         runtime_data[DEFAULT_THINKING_MODE_KEY] = args.default_thinking_mode
     runtime_config = RuntimeConfig(tool_call_parser=args.tool_call_parser, reasoning_parser=args.reasoning_parser,
                                    runtime_data=runtime_data)
-    return build_card(model_dir, name=args.model_name, block_size=BLOCK_SIZE, worker_type=worker_type,
-                      runtime_config=runtime_config, chat_template=args.custom_jinja_template)
+    return build_card(model_dir, name=args.model_name, block_size=BLOCK_SIZE, runtime_config=runtime_config,
+                      chat_template=args.custom_jinja_template)
 
 
 async def serve(args: GlobalRouterArgs, plan: PoolPlan, stop: asyncio.Event) -> int:
@@ -118,12 +121,12 @@ async def serve(args: GlobalRouterArgs, plan: PoolPlan, stop: asyncio.Event) -> 
         if missing:
             log.warning("pools without a local router (<ns>.router.generate) or a worker after %g s: %s; their "
                         "requests fail until they have one", args.pool_ready_timeout_secs, ", ".join(missing))
-        model_dir = local_model_dir(args.model_path or args.model_name or "")
+        model_card = card(args, local_model_dir(args.model_path or args.model_name or ""))  # files read once
         for (role, endpoint, worker_type), runtime in zip(ENDPOINTS[plan.mode], runtimes):
             eid = records.EndpointId(args.namespace, args.component_name, endpoint)
+            face = msgspec.structs.replace(model_card, worker_type=worker_type)
             await runtime.serve_endpoint(eid, functools.partial(router.handle, role),
-                                         card_json=card_record(card(args, model_dir, worker_type), *eid,
-                                                               runtime.instance_id))
+                                         card_json=card_record(face, *eid, runtime.instance_id))
         for role, pools in plan.pools.items():
             log.info("%s pools: %s", role, ", ".join(f"{i}: {ns}" for i, ns in enumerate(pools.namespaces)))
         log.info("Global router ready (%s mode, model %r): %s", plan.mode, args.model_name,
