@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fixtures.load import sse_chunks
-from tests.e2e.test_migration_limits import kill_the_busy_worker
+from tests.e2e.test_migration_limits import stream_with_one_kill
 from tests.fixtures.procs import Cluster, http_get, metric_value
 
 pytestmark = pytest.mark.e2e
@@ -29,17 +28,7 @@ def cluster(tiny_model, tmp_path_factory):
 def test_worker_killed_mid_stream_is_migrated(cluster):
     body = {"model": MODEL, "prompt": "migrate me please", "max_tokens": 300, "stream": True,
             "stream_options": {"include_usage": True}}
-    text, finish, usage, killed = [], [], None, None
-    for chunk in sse_chunks(cluster.base_url, body):
-        assert "error" not in chunk, chunk
-        if chunk.get("usage"):
-            usage = chunk["usage"]
-        for choice in chunk.get("choices", []):
-            text.append(choice["text"])
-            if choice["finish_reason"]:
-                finish.append(choice["finish_reason"])
-        if killed is None and len(text) >= 10:
-            killed = kill_the_busy_worker(cluster)  # polls: the metric may lag the stream
+    text, finish, usage, killed = stream_with_one_kill(cluster, body)
     assert killed is not None
     assert finish == ["length"]
     assert usage["completion_tokens"] == 300

@@ -44,6 +44,23 @@ def kill_the_busy_worker(cluster):
     return busy[-1]
 
 
+def stream_with_one_kill(cluster, body: dict, after: int = 10) -> tuple[list[str], list[str], dict | None, object]:
+    """Stream the completion `body` (no error event allowed) and SIGKILL the worker running it once `after`
+    text pieces arrived: (text pieces, finish reasons, usage, the killed worker or None)."""
+    pieces, finish, usage, killed = [], [], None, None
+    for chunk in sse_chunks(cluster.base_url, body):
+        assert "error" not in chunk, chunk
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        for choice in chunk.get("choices", []):
+            pieces.append(choice["text"])
+            if choice["finish_reason"]:
+                finish.append(choice["finish_reason"])
+        if killed is None and len(pieces) >= after:
+            killed = kill_the_busy_worker(cluster)  # polls: the metric may lag the stream
+    return pieces, finish, usage, killed
+
+
 def migrations(cluster) -> float:
     return metric_value(http_get(cluster.base_url + "/metrics")[1].decode(), "dynamo_frontend_model_migration_total",
                         {"migration_type": "ongoing_request"}) or 0.0

@@ -11,8 +11,7 @@ import json
 import httpx
 import pytest
 
-from tests.e2e.test_migration_limits import kill_the_busy_worker
-from tests.fixtures.load import sse_chunks
+from tests.e2e.test_migration_limits import stream_with_one_kill
 from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -66,17 +65,7 @@ def test_a_client_going_away_cancels_the_pool_workers_generation(cluster):
 def test_a_pool_worker_killed_mid_stream_is_migrated_through_the_global_router(cluster):
     body = {"model": MODEL, "prompt": "migrate me please", "max_tokens": 300, "ignore_eos": True, "stream": True,
             "stream_options": {"include_usage": True}}
-    pieces, finish, usage, killed = [], [], None, None
-    for chunk in sse_chunks(cluster.base_url, body):
-        assert "error" not in chunk, chunk
-        if chunk.get("usage"):
-            usage = chunk["usage"]
-        for choice in chunk.get("choices", []):
-            pieces.append(choice["text"])
-            if choice["finish_reason"]:
-                finish.append(choice["finish_reason"])
-        if killed is None and len(pieces) >= 10:
-            killed = kill_the_busy_worker(cluster)
+    pieces, finish, usage, killed = stream_with_one_kill(cluster, body)
     assert killed is not None
     assert finish == ["length"] and usage["completion_tokens"] == 300
     text = http_get(cluster.base_url + "/metrics")[1].decode()
