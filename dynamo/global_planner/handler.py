@@ -50,6 +50,7 @@ class ScaleHandler:
             log.info("[no-operation] scale request from %s for DGD %s/%s: %s", req.caller_namespace,
                      req.k8s_namespace, req.graph_deployment_name, wanted)
             return sp.ScaleResponse(status=sp.SUCCESS, message="[no-operation] logged, not applied")
+        connector = None
         try:
             async with self._lock:
                 reply, connector = await self._checked_and_applied(req)
@@ -59,6 +60,9 @@ class ScaleHandler:
         except Exception as exc:  # one bad request is answered, never ends the service
             log.warning("scale request from %s failed: %s", req.caller_namespace, exc)
             return sp.ScaleResponse(status=sp.ERROR, message=f"{type(exc).__name__}: {exc}")
+        finally:
+            if connector is not None:  # one per request (a local one holds an HTTP session)
+                await connector.close()
 
     async def _until_ready(self, connector: Connector, reply: sp.ScaleResponse) -> sp.ScaleResponse:
         """`blocking`: answer once every scaled pool is ready, or say it is not within the deadline."""
@@ -87,9 +91,13 @@ class ScaleHandler:
             log.info("GPU budget check passed: %d/%d GPUs", total, self.max_total_gpus)
         cfg = self._planner_config(req, names, rendered=bool(dgd.get("rendered")))
         connector = self.graphs.connector(cfg, dgd)
-        await connector.start()
-        await connector.scale({t.sub_component_type: t.desired_replicas for t in req.target_replicas})
-        current = {role: pool.desired for role, pool in (await connector.state()).items()}
+        try:
+            await connector.start()
+            await connector.scale({t.sub_component_type: t.desired_replicas for t in req.target_replicas})
+            current = {role: pool.desired for role, pool in (await connector.state()).items()}
+        except BaseException:
+            await connector.close()
+            raise
         log.info("scaled DGD %s/%s for %s: %s", req.k8s_namespace, req.graph_deployment_name, req.caller_namespace,
                  current)
         return sp.ScaleResponse(status=sp.SUCCESS, message=f"scaled {req.graph_deployment_name}",
