@@ -63,7 +63,8 @@ def _app(config: FrontendConfig, runtime: DistributedRuntime, metrics: FrontendM
                        stream_dispatch=(config.enable_streaming_tool_dispatch,
                                         config.enable_streaming_reasoning_dispatch),
                        responses_store=ResponseStore(int(config.responses_store_mb * (1 << 20)))
-                       if config.responses_store_mb > 0 else None)
+                       if config.responses_store_mb > 0 else None,
+                       wait_for_workers=config.wait_for_workers_secs)
 
 
 def _tls_options(config: FrontendConfig) -> dict:

@@ -66,6 +66,10 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
     model_path: str | None = setting(None, "Accepted for compatibility (models come from discovery)")
     metrics_prefix: str = setting("dynamo_frontend", "Prefix of the frontend's metric names")
     router_min_initial_workers: int = setting(0, "Wait for this many workers before serving")
+    wait_for_workers_secs: float = setting(
+        0.0, "A request for a model whose workers are all gone (scaled to zero, restarting) waits up to this "
+        "long for one instead of a 503 at once; the model stays listed meanwhile and held requests count in "
+        "dynamo_frontend_queued_requests, the demand an autoscaler scales it up from zero on (0: off)")
     enforce_disagg: bool = setting(False, "Fail requests (503) instead of prefilling locally when prefill "
                                           "workers are unavailable")
     decode_fallback: bool = setting(True, "Prefill on the decode worker when no prefill worker is available "
@@ -134,6 +138,8 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
         if self.tokenizer_cache_bytes < 0:
             raise ValueError("--tokenizer-cache-bytes must be >= 0")
         check_model_defaults(self)
+        if self.wait_for_workers_secs < 0:
+            raise ValueError("--wait-for-workers-secs must be >= 0")
         if self.http_graceful_shutdown_timeout_secs < 0:
             raise ValueError("--http-graceful-shutdown-timeout-secs must be >= 0")
 

@@ -86,8 +86,9 @@ def body_too_large(limit: int, size: int | None = None) -> ApiError:
 
 
 # -- no capacity now: retry later (503, 529) -------------------------------------------------
-def no_workers(model: str) -> ApiError:
-    return workers_unavailable(f"No workers are available for model {model!r}; retry later")
+def no_workers(model: str, waited: float = 0.0) -> ApiError:
+    waiting = f" (waited {waited:g} s for one)" if waited else ""
+    return workers_unavailable(f"No workers are available for model {model!r}{waiting}; retry later")
 
 
 def workers_unavailable(message: str) -> ApiError:

@@ -35,6 +35,7 @@ from dynamo.frontend.speculative_prefill import SpeculativePrefill
 from dynamo.llm.protocol import RoutingHints
 from dynamo.frontend.openai import ChatCompletionRequest, decode_request
 from dynamo.frontend.validation import validate_chat, validate_completion
+from dynamo.frontend.worker_wait import WorkerWait
 from dynamo.frontend.request_log import SCOPE_KEY, TRACED_PATHS, RequestTrace, adopt_client_id, start_trace
 from dynamo.frontend.preparation import client_prompt_ids, output_spec, prompt_ids_for, wire_requests
 from dynamo.frontend.responses import ResponsesApi
@@ -66,8 +67,8 @@ class FrontendApp:
                  health_extra: Callable[[], dict] | None = None,
                  reasoning_field: str = "reasoning_content", request_events: RequestEvents | None = None,
                  admin_api: bool = True, anthropic: AnthropicApi | None = None,
-                 stream_dispatch: tuple[bool, bool] = (False, False), responses_store: ResponseStore | None = None
-                 ) -> None:
+                 stream_dispatch: tuple[bool, bool] = (False, False), responses_store: ResponseStore | None = None,
+                 wait_for_workers: float = 0.0) -> None:
         self.models = models
         self.dispatcher = dispatcher
         self.metrics = metrics
@@ -79,6 +80,7 @@ class FrontendApp:
         self.stream_dispatch = stream_dispatch  # (tool calls, reasoning): Dynamo's early-dispatch events
         self.request_events = request_events or RequestEvents(jsonl=False)
         self.inflight = 0
+        self.worker_wait = WorkerWait(models, metrics, wait_for_workers)
         self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -278,7 +280,7 @@ class FrontendApp:
         trace = scope.get(SCOPE_KEY)
         if trace is not None:
             trace.received(req.model, "embeddings", "unary")
-        entry = self.entry_for(req.model)
+        entry = await self.served_entry(req.model, receive)
         if "embedding" not in entry.card.model_type:
             raise errors.no_embeddings(req.model)
         self._refuse_if_overloaded(entry.name)
@@ -301,8 +303,18 @@ class FrontendApp:
             raise self._rejected(name, errors.no_workers(name))
         return entry
 
+    async def served_entry(self, name: str, receive: Callable):
+        """`name`'s entry once some worker serves it: at once, or after waiting for one where the
+        model's workers are all gone and --wait-for-workers-secs holds its requests."""
+        if self.worker_wait.would_wait(name):
+            self._refuse_if_overloaded(name)
+            if not await self.worker_wait.until_served(name, receive, lambda: self.draining):
+                self.refuse_if_draining()
+                raise self._rejected(name, errors.no_workers(name, self.worker_wait.wait_secs))
+        return self.entry_for(name)
+
     def _refuse_if_overloaded(self, model: str) -> None:
-        if self.concurrency_limit and self.inflight >= self.concurrency_limit:
+        if self.concurrency_limit and self.inflight + self.worker_wait.waiting >= self.concurrency_limit:
             raise self._rejected(model, errors.too_many_requests(self.overload_status))
 
     def _rejected(self, model: str, error: ApiError) -> ApiError:
@@ -319,7 +331,7 @@ class FrontendApp:
         if trace is not None:
             trace.received(req.model, endpoint, request_type, hints.session_id if hints else None,
                            hints.parent_session_id if hints else None, agent)
-        entry = self.entry_for(req.model)
+        entry = await self.served_entry(req.model, receive)
         self._refuse_if_overloaded(entry.name)
         is_chat = isinstance(req, ChatCompletionRequest)
         kind = "chat" if is_chat else "completions"

@@ -31,6 +31,9 @@ class FrontendMetrics:
         self.requests = Counter(f"{p}_requests", "HTTP requests by outcome",
                                 ("model", "endpoint", "request_type", "status"), registry=r)
         self.inflight = Gauge(f"{p}_inflight_requests", "Requests being served", ("model",), registry=r)
+        # The demand signal of a model scaled to zero (KEDA/HPA scale from it): requests held for a worker.
+        self.queued = Gauge(f"{p}_queued_requests", "Requests waiting for the model to have a worker "
+                            "(--wait-for-workers-secs)", ("model",), registry=r)
         self.ttft = Histogram(f"{p}_time_to_first_token_seconds", "Time to first token", ("model",),
                               buckets=_LATENCY, registry=r)
         self.itl = Histogram(f"{p}_inter_token_latency_seconds", "Inter-token latency", ("model",),
@@ -90,6 +93,7 @@ class FrontendMetrics:
         for hist in (self.ttft, self.itl, self.duration, self.isl, self.osl):
             hist.labels(model)
         self.inflight.labels(model)
+        self.queued.labels(model)
 
     def migration(self, model: str, kind: str) -> None:
         self.migrations.labels(model, kind).inc()

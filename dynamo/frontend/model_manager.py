@@ -1,7 +1,8 @@
 """Tracks which models can be served, from discovery: model cards under `v1/mdc/`
 and serving instances under `v1/instances/`. A model is listed only while at least
 one worker has both its card and a live endpoint instance (so it is routable the
-moment it appears: NVIDIA Dynamo lists models before they are routable)."""
+moment it appears: NVIDIA Dynamo lists models before they are routable). A model whose workers are
+all gone is retired: 503 rather than 404, and under --wait-for-workers-secs still listed."""
 
 from __future__ import annotations
 
@@ -87,8 +88,10 @@ class ModelManager:
         self.namespace = None if namespace_prefix else namespace
         self.namespace_prefix = namespace_prefix
         self.models: dict[str, ModelEntry] = {}
-        # Models that had workers and lost them all: requests get 503 (retry later), not 404.
-        self.retired: set[str] = set()
+        # Models that had workers and lost them all, with their last entry: requests get 503 (retry later)
+        # or wait for a worker (--wait-for-workers-secs), not 404.
+        self.retired: dict[str, ModelEntry] = {}
+        self.list_retired = False  # --wait-for-workers-secs: a model scaled to zero stays in /v1/models
         # (endpoint, instance) -> discovery key -> card (the base model's, then one per LoRA adapter)
         self._cards: dict[tuple[EndpointId, int], dict[str, ModelDeploymentCard]] = {}
         self._instances: dict[tuple[EndpointId, int], InstanceRecord] = {}
@@ -159,7 +162,7 @@ class ModelManager:
             if entry is None:
                 entry = ModelEntry(card.display_name, pipeline, card, self.block_size)
                 self.models[card.display_name] = entry
-                self.retired.discard(card.display_name)
+                self.retired.pop(card.display_name, None)
                 log.info("model %r discovered (context %d, block size %d)", card.display_name,
                          card.context_length, card.kv_cache_block_size)
         elif card.mdcsum and entry.card.mdcsum and card.mdcsum != entry.card.mdcsum:
@@ -198,7 +201,7 @@ class ModelManager:
         if not entry.workers:
             del self.models[name]
             if retire:  # an unloaded LoRA adapter is gone (404), not waiting for workers (503)
-                self.retired.add(name)
+                self.retired[name] = entry
             log.info("model %r has no workers left; no longer listed", name)
 
     def _bump(self, entry: ModelEntry) -> None:
@@ -215,6 +218,20 @@ class ModelManager:
 
     def listed(self) -> list[ModelEntry]:
         return [entry for entry in self.models.values() if entry.decode_workers()]
+
+    def catalog(self) -> list[ModelEntry]:
+        """What /v1/models lists: the models with serving workers, and (under --wait-for-workers-secs)
+        those whose workers are all gone, which a request still reaches by waiting for one."""
+        return self.listed() + (list(self.retired.values()) if self.list_retired else [])
+
+    def known(self, name: str) -> ModelEntry | None:
+        """`name`'s entry, with or without workers; a retired model's last one."""
+        return self.models.get(name) or self.retired.get(name)
+
+    def has_workers(self, name: str) -> bool:
+        """Whether some worker can answer a request for `name` end to end now."""
+        entry = self.models.get(name)
+        return entry is not None and bool(entry.decode_workers())
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
         loop = asyncio.get_running_loop()

@@ -52,7 +52,7 @@ class ModelRoutes:
         return [("GET", PREFIX, self.model)]
 
     async def list_models(self, scope, receive, send) -> None:
-        await send_json(send, 200, {"object": "list", "data": [model_object(e) for e in self.models.listed()]})
+        await send_json(send, 200, {"object": "list", "data": [model_object(e) for e in self.models.catalog()]})
 
     async def model(self, scope, receive, send) -> None:
         """`GET /v1/models/{id}` (the model object) and `/v1/models/{id}/ready` (Dynamo's readiness)."""
@@ -60,7 +60,10 @@ class ModelRoutes:
         ready = name.endswith(READY_SUFFIX) and self.models.get(name) is None  # an id may end so
         name = name[:-len(READY_SUFFIX)] if ready else name
         entry = self.models.get(name)
-        if entry is None or not (entry.serving() if ready else entry.decode_workers()):
+        listed = entry is not None and bool(entry.serving() if ready else entry.decode_workers())
+        if not listed and self.models.list_retired and name in self.models.retired:
+            entry, listed = self.models.retired[name], True  # scaled to zero: listed, not ready
+        if entry is None or not listed:
             raise errors.model_not_found(name)
         if ready:
             report = readiness(entry)

@@ -100,6 +100,20 @@ async def test_losing_every_worker_retires_the_model_until_one_returns(disco):
     assert "tiny" not in disco.manager.retired
 
 
+async def test_a_retired_model_stays_in_the_catalog_only_when_its_requests_wait(disco):
+    await disco.card(1)
+    await disco.instance(1)
+    await disco.settle(lambda: disco.manager.has_workers("tiny"), "served")
+    await disco.store.delete(records.mdc_key(EID, 1))
+    await disco.settle(lambda: "tiny" in disco.manager.retired, "retired")
+    assert not disco.manager.has_workers("tiny")
+    assert disco.manager.known("tiny") is not None  # its card and tokenizer are kept
+    assert disco.manager.catalog() == []
+    disco.manager.list_retired = True  # --wait-for-workers-secs
+    assert [e.name for e in disco.manager.catalog()] == ["tiny"]
+    assert disco.listed() == []  # /health still counts only models with a worker
+
+
 async def test_prefill_workers_form_their_own_pool_and_never_list_a_model(disco):
     await disco.card(7, PREFILL_EID, worker_type=WorkerType.PREFILL)
     await disco.instance(7, PREFILL_EID)

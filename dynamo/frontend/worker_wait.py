@@ -1,0 +1,59 @@
+"""Requests for a model that has no worker right now, held until one comes back
+(`--wait-for-workers-secs`): a model scaled to zero by an autoscaler, or its only worker restarting.
+
+NVIDIA Dynamo drops such a model (404), so an autoscaler that scales on demand never sees any and a
+worker scaled to zero never comes back (its autoscaling guide's scale-to-zero limitation). Here the
+model stays listed, a request for it waits (bounded by the setting, the frontend's concurrency limit
+and a drain) and counts in `dynamo_frontend_queued_requests{model}` meanwhile: the demand a KEDA
+trigger or an HPA scales the worker up from zero on. A client that goes away stops its wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+from dynamo.frontend.metrics import FrontendMetrics
+from dynamo.frontend.model_manager import ModelManager
+
+
+class WorkerWait:
+    """One frontend's requests waiting for their model to have a worker (the one owner of their count)."""
+
+    def __init__(self, models: ModelManager, metrics: FrontendMetrics, wait_secs: float) -> None:
+        self.models = models
+        self.metrics = metrics
+        self.wait_secs = wait_secs
+        self.waiting = 0  # requests held now, all models: they count against the concurrency limit
+        models.list_retired = self.enabled
+
+    @property
+    def enabled(self) -> bool:
+        return self.wait_secs > 0
+
+    def would_wait(self, name: str) -> bool:
+        """Whether a request for `name` waits instead of a 503: a model that had workers and has none now."""
+        return self.enabled and self.models.known(name) is not None and not self.models.has_workers(name)
+
+    async def until_served(self, name: str, receive: Callable, stop: Callable[[], bool]) -> bool:
+        """Hold the request until `name` has a worker (True), or its time is up or `stop()` (a drain)
+        turns true (False). ConnectionError when the client leaves first."""
+        gauge = self.metrics.queued.labels(name)
+        gauge.inc()
+        self.waiting += 1
+        served = asyncio.ensure_future(self.models.wait_for(
+            lambda: self.models.has_workers(name) or stop(), self.wait_secs))
+        client = asyncio.ensure_future(receive())  # the body is read: the next message is a disconnect
+        try:
+            await asyncio.wait((served, client), return_when=asyncio.FIRST_COMPLETED)
+            if not served.done():
+                if not client.cancelled():
+                    client.exception()  # retrieved: a failed receive means the client is gone too
+                self.metrics.disconnects.inc()
+                raise ConnectionError("client disconnected while waiting for a worker")
+            return self.models.has_workers(name)
+        finally:
+            for task in (served, client):
+                task.cancel()
+            gauge.dec()
+            self.waiting -= 1

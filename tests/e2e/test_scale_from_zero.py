@@ -1,0 +1,110 @@
+"""A model scaled to zero and back (`--wait-for-workers-secs`): its requests wait for a worker instead
+of failing, the model stays listed, and the held requests are the demand an autoscaler reads
+(`dynamo_frontend_queued_requests`); the wait ends at its deadline, on overload and when the client leaves."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+MODEL = "tiny"
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model, tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("scale-zero"), tiny_model, "file")
+    try:
+        c.mocker("--speedup-ratio", "100")
+        c.frontend("--wait-for-workers-secs", "2", "--rejection-frontend-request-concurrency-limit", "1")
+        c.short_url = c.base_url  # type: ignore[attr-defined]
+        c.frontend("--wait-for-workers-secs", "120")
+        c.wait_workers(MODEL, 1)
+        yield c
+    finally:
+        c.stop()
+
+
+def queued(url: str) -> float:
+    return metric_value(http_get(url + "/metrics")[1].decode(), "dynamo_frontend_queued_requests",
+                        {"model": MODEL}) or 0.0
+
+
+def scale_to_zero(cluster) -> None:
+    for proc in cluster.procs:
+        if proc.name.startswith("mocker") and proc.alive():
+            proc.kill(signal.SIGTERM)  # a graceful stop: the worker leaves discovery at once
+    cluster.wait_workers(MODEL, 0, timeout=30)
+    wait_until(lambda: cluster.worker_count(MODEL) == 0 and _instances(cluster.short_url) == 0, 30,
+               "both frontends to see no worker")
+
+
+def _instances(url: str) -> int:
+    return len(json.loads(http_get(url + "/health")[1]).get("instances", []))
+
+
+def test_a_request_waits_for_a_worker_and_is_answered_once_one_comes(cluster):
+    scale_to_zero(cluster)
+    assert cluster.models() == [MODEL]  # still listed: clients that check /v1/models carry on
+    status, body = http_get(cluster.base_url + f"/v1/models/{MODEL}/ready")
+    assert status == 503 and json.loads(body)["ready"] is False
+    result: dict = {}
+
+    def ask() -> None:
+        client = cluster.openai_client(timeout=150)
+        stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                max_tokens=6, stream=True)
+        chunks = list(stream)
+        result["text"] = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        result["finish"] = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
+
+    thread = threading.Thread(target=ask, daemon=True)
+    thread.start()
+    wait_until(lambda: queued(cluster.base_url) == 1, 30, "the request to be counted as waiting")
+    time.sleep(1.0)
+    assert thread.is_alive(), "the request did not wait for a worker"
+    cluster.mocker("--speedup-ratio", "100")  # what KEDA does on that demand: scale the worker from zero
+    thread.join(90)
+    assert not thread.is_alive()
+    assert result["finish"] == "length" and result["text"]
+    assert queued(cluster.base_url) == 0
+
+
+def test_the_wait_ends_at_its_deadline_and_on_overload(cluster):
+    cluster.wait_workers(MODEL, 1, timeout=30)
+    scale_to_zero(cluster)
+    url = cluster.short_url
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 2}
+    holder: dict = {}
+    waiting = threading.Thread(target=lambda: holder.update(r=httpx.post(url + "/v1/completions", json=body,
+                                                                         timeout=60)), daemon=True)
+    started = time.monotonic()
+    waiting.start()
+    wait_until(lambda: queued(url) == 1, 10, "one request waiting")
+    # The concurrency limit (1) counts the waiting request: the next one is refused at once.
+    over = httpx.post(url + "/v1/completions", json=body, timeout=30)
+    assert over.status_code == 529 and over.json()["error"]["code"] == "overloaded"
+    waiting.join(30)
+    resp = holder["r"]
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["error"]["code"] == "no_workers"
+    assert "waited 2 s" in resp.json()["error"]["message"]
+    assert time.monotonic() - started >= 1.5
+    assert queued(url) == 0
+
+
+def test_a_client_that_leaves_stops_its_wait(cluster):
+    if cluster.worker_count(MODEL):
+        scale_to_zero(cluster)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(cluster.base_url + "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2},
+                   timeout=httpx.Timeout(30, read=1.5))
+    wait_until(lambda: queued(cluster.base_url) == 0, 10, "the abandoned request to stop waiting")
