@@ -2,16 +2,29 @@
 patches a DGD, which a graph rendered to plain objects does not have, so the rendered planner is told
 to scale the graph's Deployments instead (`$DYN_PLANNER_DEPLOYMENT_SELECTOR`, read by
 `dynamo.planner.connectors.kube_deployments`), each Deployment says which DGD service it is (an
-annotation), and the planner's service account may read and scale them (a Role and its binding)."""
+annotation), and the planner's service account may read and scale them (a Role and its binding).
+Also which services a graph's planner scales (`scaled_services`), for `validate` to tell when an
+autoscaler of the file would fight it."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import msgspec
+import yaml
+
+from dynamo.deploy import config_maps, contract
+from dynamo.deploy.commands import flag_value, parse_command
+from dynamo.deploy.model import Graph, Service
+from dynamo.planner.config import PlannerConfig
+from dynamo.planner.connectors.base import resolve_pools
 
 # What the planner's Deployments connector reads: one owner for the label and annotation names.
 from dynamo.planner.connectors.kube_deployments import GRAPH_LABEL, NAME_ANNOTATION  # noqa: F401
 
 SELECTOR_ENV = "DYN_PLANNER_DEPLOYMENT_SELECTOR"
+CONFIG_ENV = "DYN_PLANNER_CONFIG"  # the planner's `--config`, given as env
 RULES = [
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch", "update"]},
@@ -42,3 +55,55 @@ def rbac_objects(graph_k8s_name: str, namespace: str | None, labels: dict[str, s
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": dict(meta),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name}, "subjects": subjects},
     ]
+
+
+def scaled_services(graph: Graph, maps: dict[str, dict[str, bytes]] | None = None) -> dict[str, str]:
+    """{service: the planner service that scales it} for the graph's planners, found as the planner finds its
+    pools (`resolve_pools`: configured names, else `subComponentType`, else names) from the config its command
+    line gives (`--config` inline, or a file a ConfigMap of the same file mounts). A config that cannot be read
+    here: the typed pools (prefill / decode), else every worker. An advisory or `virtual` planner scales none."""
+    out: dict[str, str] = {}
+    for name, svc in graph.spec.services.items():
+        modules = parse_command(*contract.command_of(svc)[:2]).modules
+        # A GlobalPlanner is a planner component too, but scales other graphs through their own planners.
+        if svc.componentType == "planner" and ("dynamo.planner" in modules or not modules):
+            for pool in _pools(graph, _config(svc, maps or {})):
+                out.setdefault(pool, name)
+    return out
+
+
+def _pools(graph: Graph, cfg: PlannerConfig | None) -> list[str]:
+    services = graph.spec.services
+    specs = {n: {"componentType": s.componentType, "subComponentType": s.subComponentType}
+             for n, s in services.items()}
+    if cfg is not None:
+        if cfg.advisory or cfg.environment == "virtual":  # decisions logged or handed on, not applied
+            return []
+        try:
+            return sorted(set(resolve_pools(specs, cfg).values()))
+        except ValueError:  # the planner itself would not start; guess as below
+            pass
+    typed = [n for n, s in services.items() if s.subComponentType in ("prefill", "decode")]
+    return typed or [n for n, s in services.items() if (s.componentType or "worker") == "worker"]
+
+
+def _config(planner: Service, maps: dict[str, dict[str, bytes]]) -> PlannerConfig | None:
+    """The planner's config as its process would read it; None when it cannot be read from the file."""
+    text = _config_text(planner, maps)
+    if text is None:
+        return None
+    try:
+        raw = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+        return msgspec.convert(raw, PlannerConfig) if isinstance(raw, dict) else None
+    except (ValueError, yaml.YAMLError, msgspec.ValidationError):  # JSONDecodeError is a ValueError
+        return None
+
+
+def _config_text(planner: Service, maps: dict[str, dict[str, bytes]]) -> str | None:
+    line = parse_command(*contract.command_of(planner)[:2])
+    given = next((flag_value(inv.args, ("--config",)) for inv in line.invocations if inv.module == "dynamo.planner"),
+                 None) or contract.env_list([*(planner.envs or []), *(planner.container.env or [])]).get(CONFIG_ENV)
+    if not given or given.lstrip().startswith("{"):
+        return given
+    found = config_maps.content(planner, maps, given)
+    return found.decode() if found is not None else None

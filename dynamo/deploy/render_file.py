@@ -2,7 +2,9 @@
 DynamoGraphDeployment in it is rendered (`render.py`), so a file of several graphs (Dynamo's GlobalPlanner
 examples: a control graph and the model graphs) renders whole; the plain Kubernetes objects beside them
 (ConfigMaps, Secrets, PVCs, RBAC: the profiler's `final_config.yaml` is [ConfigMap, DGD]) are passed
-through as written, in the target namespace unless cluster-scoped; DynamoModels become adapter sidecars."""
+through as written, in the target namespace unless cluster-scoped, except that an HPA / KEDA ScaledObject
+aimed at a service's DynamoGraphDeploymentScalingAdapter is aimed at its rendered Deployment (`autoscalers.py`);
+DynamoModels become adapter sidecars."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from dynamo.deploy import contract
+from dynamo.deploy import autoscalers, contract
 from dynamo.deploy.dynamo_model import KIND as DYNAMO_MODEL_KIND
 from dynamo.deploy.dynamo_model import add_sidecars, load_models
 from dynamo.deploy.model import Graph
@@ -60,7 +62,9 @@ def render_graphs(graphs: list[Graph], docs: list[Any], args: argparse.Namespace
                           args.discovery, args.include_crd)
         add_sidecars(rendered, graph, models, contract.K8S_SYSTEM_PORT, contract.k8s_name)  # DynamoModel adapters
         objects += rendered
-    return _once(objects)
+    objects = _once(objects)
+    autoscalers.retarget(objects, warnings)  # no operator here, hence no scaling adapters to target
+    return objects
 
 
 def _once(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:

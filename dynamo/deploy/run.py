@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from dynamo.deploy import config_maps, contract, local
+from dynamo.deploy import autoscalers, config_maps, contract, local
 from dynamo.deploy.control import ControlServer
 from dynamo.deploy.devices import DeviceLedger, detect_gpus
 from dynamo.deploy.dynamo_model import AdapterReconciler, load_models
@@ -26,6 +27,8 @@ from dynamo.deploy.supervisor import Supervisor
 from dynamo.deploy.validate import load_documents, validate_file
 from dynamo.runtime.net import free_port
 from dynamo.runtime.process import configure_logging
+
+log = logging.getLogger("dynamo.deploy")
 
 
 def load_graphs(path: str) -> list[Graph]:
@@ -108,6 +111,9 @@ def build_runs(args: argparse.Namespace, graphs: list[Graph], state_dir: str, po
     With several graphs, --set / --append-args name a service as SERVICE (in every graph having it) or
     GRAPH/SERVICE; the first graph with a frontend serves on --frontend-port."""
     documents = load_documents(args.file)
+    notice = autoscalers.run_notice(documents)
+    if notice:  # said like the other things of the file `run` cannot honour (plan.py's ConfigMap warning)
+        log.warning("%s", notice)
     maps = config_maps.collect(documents)
     overrides, appended = parse_overrides(args.overrides), parse_append_args(args.append_args)
     volumes = parse_volumes(args.volumes)

@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import yaml
 
-from dynamo.deploy import config_maps, model, templates, v1beta1
+from dynamo.deploy import autoscalers, config_maps, model, templates, v1beta1
 from dynamo.deploy.commands import flag_value, parse_command, probe_files
 from dynamo.deploy.contract import command_of, exec_probes
 from dynamo.deploy.parsers import check_args
@@ -95,7 +95,7 @@ def validate_document(doc: Any, report: Report, index: int) -> None:
     if patch:
         report.errors.append(f"{prefix}{templates.PATCH_HINT}")
     report.errors += [f"{prefix}{path}: {message}" for path, message in problems]
-    ignored = v1beta1.dropped_fields(doc) if beta else model.ignored_fields(doc)
+    ignored = v1beta1.dropped_fields(doc) if beta else model.ignored_fields(doc) + autoscalers.deprecated_fields(doc)
     report.warnings += [f"{prefix}{w}" for w in ignored + templates.findings(doc)]
     if problems:
         # No graph for `run`/`render`, but the command lines that can still be read are checked:
@@ -176,7 +176,15 @@ def validate_file(path: str | Path) -> Report:
     for index, doc in graphs:
         validate_document(doc, report, index if len(docs) > 1 else 0)
     check_mounted_plans(docs, report)
+    check_autoscalers(docs, report)
     return report
+
+
+def check_autoscalers(docs: list[Any], report: Report) -> None:
+    """The HPAs and KEDA ScaledObjects beside the graphs: each scales a service of the file, one each."""
+    errors, warnings = autoscalers.check(docs, report.graphs, config_maps.collect(docs))
+    report.errors += errors
+    report.warnings += warnings
 
 
 def check_mounted_plans(docs: list[Any], report: Report) -> None:
