@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prometheus-endpoint", default=None, metavar="URL",
                    help="Prometheus that scrapes this graph, handed to planner components as PROMETHEUS_ENDPOINT "
                         "(default: $PROMETHEUS_ENDPOINT; none: a planner's sla target runs on forward-pass metrics)")
+    r.add_argument("--hpa-sync-period", type=float, default=15.0, metavar="SECS",
+                   help="how often the file's HorizontalPodAutoscalers are evaluated (Kubernetes' "
+                        "--horizontal-pod-autoscaler-sync-period; a KEDA ScaledObject polls at its pollingInterval)")
     r.add_argument("--log-dir", default=None, help="also write each replica's output to DIR/<replica>.log")
     r.add_argument("--grace", type=float, default=15.0, help="seconds between SIGTERM and SIGKILL on shutdown")
     r.add_argument("--no-status", action="store_true", help="do not print the status table")

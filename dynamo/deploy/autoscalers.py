@@ -11,7 +11,7 @@ autoscaler and the graph service it scales:
 - `render`: no operator, so no adapters: a DGDSA target is pointed at the service's rendered Deployment
   (or LeaderWorkerSet, which has a scale subresource too), same name; the rendered object of a service an
   autoscaler manages carries no `spec.replicas` (set, every `kubectl apply` would reset the autoscaler's count);
-- `run`: autoscalers are not evaluated there (one notice).
+- `run`: evaluated there by `local_autoscalers.py` on the service this module finds.
 """
 
 from __future__ import annotations
@@ -225,14 +225,3 @@ def _beside_target(scaler: dict[str, Any], workload: dict[str, Any], warnings: l
         meta.pop("namespace", None)
     else:
         meta["namespace"] = want
-
-
-# ----- run -------------------------------------------------------------------------------
-
-def run_notice(docs: list[Any]) -> str | None:
-    """What `run` says of the file's autoscalers: it does not evaluate them."""
-    scalers = find(docs)
-    if not scalers:
-        return None
-    return (f"{_names(scalers)}: not evaluated by `run` (no Kubernetes here); every service keeps the DGD's "
-            "replicas (change them with `python -m dynamo.deploy scale`)")

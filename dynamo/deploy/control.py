@@ -3,6 +3,9 @@
     GET  /status                       -> {"graph", "services": {name: replicas},
                                            "components": {name: {componentType, subComponentType}}, "replicas": [...]}
     POST /scale {"service": S, "replicas": N}  -> 200 with the new status; 404 unknown service
+    GET  /prometheus/targets           -> Prometheus HTTP service discovery (`http_sd_configs`): every
+                                          running replica's metrics port, labelled as Dynamo's PodMonitors
+                                          label pods (namespace, dynamo_namespace, service, pod, ...)
 
 `python -m dynamo.deploy scale URL SERVICE=N` is its client; the planner's local
 connector can call the same route.
@@ -47,12 +50,31 @@ class ControlServer:
             snap["models"] = self.models()
         return snap
 
+    def scrape_targets(self) -> list[dict[str, Any]]:
+        """What a Prometheus scrapes of this graph: a frontend's HTTP port, a worker's system port (the
+        ports change as replicas come and go, so a static config cannot keep up)."""
+        out = []
+        for rep in self.supervisor.replicas.values():
+            port = rep.launch.http_port or rep.launch.system_port
+            if port is None or rep.state == "exited":
+                continue
+            plan = self.supervisor.plans.get(rep.service)
+            env = rep.launch.env or {}
+            out.append({"targets": [f"127.0.0.1:{port}"], "labels": {
+                "namespace": env.get("POD_NAMESPACE", "default"), "dynamo_namespace": env.get("DYN_NAMESPACE", ""),
+                "dynamo_graph_deployment": self.graph_name, "service": rep.service,
+                "pod": f"{self.graph_name}-{rep.service}-{rep.index}".lower(),
+                "component_type": (plan.svc.componentType if plan else None) or "worker"}})
+        return out
+
     async def app(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return
         route = (scope["method"], scope["path"])
         if route == ("GET", "/status"):
             await send_json(send, 200, self.snapshot())
+        elif route == ("GET", "/prometheus/targets"):
+            await send_json(send, 200, self.scrape_targets())
         elif route == ("POST", "/scale"):
             try:
                 req = msgspec.json.decode(await read_body(receive, 65536), type=ScaleRequest)

@@ -14,9 +14,9 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from dynamo.deploy import autoscalers, config_maps, contract, local
+from dynamo.deploy import autoscalers, config_maps, contract, local, local_autoscalers
 from dynamo.deploy.control import ControlServer
 from dynamo.deploy.devices import DeviceLedger, detect_gpus
 from dynamo.deploy.dynamo_model import AdapterReconciler, load_models
@@ -80,15 +80,20 @@ class GraphRun:
     control: ControlServer
     adapters: AdapterReconciler
     title: str = ""
+    scalers: list[local_autoscalers.LocalAutoscaler] = field(default_factory=list)  # the file's HPAs / KEDA
 
     async def serve(self, stop: asyncio.Event, show_status: bool) -> None:
         printer = asyncio.create_task(print_status(self.sup, stop, adapters=self.adapters, title=self.title)) \
             if show_status else None
         placer = asyncio.create_task(self.adapters.run(stop))
+        drivers = [asyncio.create_task(local_autoscalers.drive(
+            s, lambda svc=s.service: self.sup.plans[svc].replicas,
+            lambda n, svc=s.service: self.sup.scale(svc, n), stop)) for s in self.scalers]
         try:
             await self.sup.run(stop)
         finally:
             stop.set()  # one graph stopping stops the file's others
+            await asyncio.gather(*drivers)
             await placer
             if printer:
                 await printer
@@ -111,9 +116,6 @@ def build_runs(args: argparse.Namespace, graphs: list[Graph], state_dir: str, po
     With several graphs, --set / --append-args name a service as SERVICE (in every graph having it) or
     GRAPH/SERVICE; the first graph with a frontend serves on --frontend-port."""
     documents = load_documents(args.file)
-    notice = autoscalers.run_notice(documents)
-    if notice:  # said like the other things of the file `run` cannot honour (plan.py's ConfigMap warning)
-        log.warning("%s", notice)
     maps = config_maps.collect(documents)
     overrides, appended = parse_overrides(args.overrides), parse_append_args(args.append_args)
     volumes = parse_volumes(args.volumes)
@@ -140,6 +142,7 @@ def build_runs(args: argparse.Namespace, graphs: list[Graph], state_dir: str, po
         adapters = AdapterReconciler(sup, graph, load_models(documents, graph))
         control.models = adapters.status
         runs.append(GraphRun(graph, opts, sup, control, adapters, title=name if several else ""))
+    _attach_autoscalers(runs, documents, graphs, args)
     unknown = sorted(set(overrides) - used) or sorted(set(appended) - used)
     if unknown:
         raise ValueError(f"--set/--append-args: no service {unknown[0]!r} in {args.file}")
@@ -147,6 +150,28 @@ def build_runs(args: argparse.Namespace, graphs: list[Graph], state_dir: str, po
     if unmounted:
         raise ValueError(f"--volume: no service mounts a volume named {unmounted[0]!r}")
     return runs
+
+
+def _attach_autoscalers(runs: list[GraphRun], documents: list, graphs: list[Graph], args: argparse.Namespace) -> None:
+    """The file's HPAs and ScaledObjects, evaluated here on the services they scale (local_autoscalers.py);
+    what cannot be evaluated is said once, like the file's other things `run` cannot honour."""
+    by_graph = {run.graph.metadata.name: run for run in runs}
+    prometheus = getattr(args, "prometheus_endpoint", None) or os.environ.get("PROMETHEUS_ENDPOINT") or None
+    for (graph, service), found in autoscalers.managed(documents, graphs).items():
+        run, notes = by_graph[graph], []
+        if len(found) > 1:
+            notes.append(f"{graph}/{service}: only {found[0].label} of its {len(found)} autoscalers is evaluated")
+        sup = run.sup
+        scaler = local_autoscalers.build(
+            documents[found[0].document], service,
+            lambda sup=sup, svc=service: [r.pid for (s, _), r in sup.replicas.items() if s == svc and r.pid],
+            local_autoscalers.service_requests(sup.plans[service].svc), prometheus,
+            getattr(args, "hpa_sync_period", local_autoscalers.HPA_SYNC_PERIOD), notes)
+        for note in notes:
+            log.warning("%s", note)
+        if scaler is not None:
+            log.info("%s scales %s/%s here (every %g s)", scaler.label, graph, service, scaler.interval)
+            run.scalers.append(scaler)
 
 
 async def serve(args: argparse.Namespace, graphs: list[Graph], state_dir: str, pods_dir: str) -> int:

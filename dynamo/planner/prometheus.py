@@ -57,7 +57,10 @@ class PrometheusClient:
             body = await resp.json(content_type=None)
         if body.get("status") != "success":
             raise RuntimeError(f"prometheus: {body.get('errorType')}: {body.get('error')}")
-        return [(item["metric"], float(item["value"][1])) for item in body["data"]["result"]]
+        data = body["data"]
+        if data.get("resultType") == "scalar":  # e.g. `vector(0) + 1` or `scalar(...)`: one value, no labels
+            return [({}, float(data["result"][1]))]
+        return [(item["metric"], float(item["value"][1])) for item in data["result"]]
 
     async def scalar(self, promql: str) -> float | None:
         rows = await self.query(promql)

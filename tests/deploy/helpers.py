@@ -35,9 +35,9 @@ def chat(port: int, model: str, text: str, max_tokens: int = 4, timeout: float =
 
 class DeployRun:
     def __init__(self, manifest: str | Path, tmp: Path, *args: str, python: str = sys.executable,
-                 env: dict | None = None) -> None:
+                 env: dict | None = None, control_port: int | None = None) -> None:
         self.port = free_port()
-        self.control_port = free_port()
+        self.control_port = control_port or free_port()
         self.log_path = tmp / f"run-{Path(manifest).stem}.log"
         self._log = open(self.log_path, "wb")
         argv = [python, "-m", "dynamo.deploy", "run", str(manifest), "--frontend-port", str(self.port),
@@ -46,6 +46,11 @@ class DeployRun:
                                       env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                                       start_new_session=True)
         self.seen_pids: set[int] = set()
+
+    @staticmethod
+    def reserve_control_port() -> int:
+        """A control port to hand to what must know it before the run starts (a Prometheus' service discovery)."""
+        return free_port()
 
     @property
     def control(self) -> str:

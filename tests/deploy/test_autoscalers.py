@@ -220,14 +220,15 @@ def test_a_planner_config_in_a_configmap_of_the_file_is_read_and_an_unreadable_o
 
 # ----- run --------------------------------------------------------------------------------
 
-def test_run_says_once_that_it_does_not_evaluate_the_autoscalers(tmp_path, caplog):
+def test_run_evaluates_the_autoscalers_it_can_and_says_where_their_prometheus_is_not_reachable(tmp_path, caplog):
     args = argparse.Namespace(file=str(EXAMPLE), overrides=[], append_args=[], volumes=[], model=str(tmp_path),
                               namespace="demo", frontend_port=8123, prometheus_endpoint=None, log_dir=None,
-                              grace=1.0, control_port=0)
+                              grace=1.0, control_port=0, hpa_sync_period=5.0)
     with caplog.at_level(logging.WARNING, logger="dynamo.deploy"):
         (run,) = build_runs(args, validate_file(EXAMPLE).graphs, str(tmp_path / "state"), str(tmp_path / "pods"))
-    notices = [r.getMessage() for r in caplog.records if "not evaluated" in r.getMessage()]
-    assert notices == ["HorizontalPodAutoscaler mocker-autoscaling-frontend-hpa and ScaledObject "
-                       "mocker-autoscaling-mockerworker: not evaluated by `run` (no Kubernetes here); every service "
-                       "keeps the DGD's replicas (change them with `python -m dynamo.deploy scale`)"]
+    scalers = {s.label: (s.service, s.interval) for s in run.scalers}
+    assert scalers == {"HorizontalPodAutoscaler mocker-autoscaling-frontend-hpa": ("Frontend", 5.0),
+                       "ScaledObject mocker-autoscaling-mockerworker": ("MockerWorker", 15.0)}
+    said = [r.getMessage() for r in caplog.records]
+    assert any("is a cluster address; pass --prometheus-endpoint" in m for m in said), said
     assert {name: plan.replicas for name, plan in run.sup.plans.items()} == {"Frontend": 1, "MockerWorker": 1}

@@ -18,12 +18,18 @@ PROMETHEUS_BIN = shutil.which("prometheus") or "/usr/bin/prometheus"
 
 
 class PrometheusServer:
-    def __init__(self, workdir: Path, targets: list[str], namespace: str, scrape_ms: int = 1000) -> None:
+    def __init__(self, workdir: Path, targets: list[str], namespace: str, scrape_ms: int = 1000,
+                 http_sd: str | None = None) -> None:
+        """`http_sd`: also scrape what this URL lists (Prometheus' HTTP service discovery), e.g. the
+        targets of a `dynamo.deploy run`'s control endpoint."""
         self.port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
+        job: dict = {"job_name": "dynamo", "static_configs": [
+            {"targets": targets, "labels": {"dynamo_namespace": namespace.replace("-", "_")}}]}
+        if http_sd:
+            job["http_sd_configs"] = [{"url": http_sd, "refresh_interval": "1s"}]
         config = {"global": {"scrape_interval": f"{scrape_ms}ms", "evaluation_interval": f"{scrape_ms}ms"},
-                  "scrape_configs": [{"job_name": "dynamo", "static_configs": [
-                      {"targets": targets, "labels": {"dynamo_namespace": namespace.replace("-", "_")}}]}]}
+                  "scrape_configs": [job]}
         cfg_path = workdir / "prometheus.yml"
         cfg_path.write_text(json.dumps(config))  # JSON is YAML
         self.log_path = workdir / "prometheus.log"
