@@ -94,6 +94,9 @@ async def serve(config: FrontendConfig, stop: asyncio.Event, warnings: Sequence[
                           on_change=_on_change(routing, metrics, lambda: models.worker_ids()),
                           block_size=config.kv_cache_block_size, namespace_prefix=config.namespace_prefix,
                           token_cache=token_cache, defaults=ModelDefaults.of(config))
+    expected = config.model_name or config.model_path
+    if config.wait_for_workers_secs and expected:  # its requests wait even before a worker registers it
+        models.expected.add(expected)
     app = _app(config, runtime, metrics, routing, models)
     lag = LoopLagMonitor(lambda v: (metrics.loop_lag.observe(v), metrics.loop_lag_max.set(lag.worst)))
     lag.start()

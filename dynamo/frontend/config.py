@@ -62,8 +62,11 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
     migration_limit: int = setting(0, "Times a request may move to another worker when its worker fails")
     migration_max_seq_len: int | None = setting(None, "Do not migrate a request past this many prompt + generated "
                                                       "tokens (its client gets the error instead)")
-    model_name: str | None = setting(None, "Accepted for compatibility (models come from discovery)")
-    model_path: str | None = setting(None, "Accepted for compatibility (models come from discovery)")
+    model_name: str | None = setting(None, "Models come from discovery; with --wait-for-workers-secs this one is "
+                                           "known before any worker registers it: listed, its requests wait (a "
+                                           "frontend that starts while its workers are scaled to zero)")
+    model_path: str | None = setting(None, "Accepted for compatibility (models come from discovery); stands for "
+                                           "--model-name when that is not given")
     metrics_prefix: str = setting("dynamo_frontend", "Prefix of the frontend's metric names")
     router_min_initial_workers: int = setting(0, "Wait for this many workers before serving")
     wait_for_workers_secs: float = setting(

@@ -92,6 +92,7 @@ class ModelManager:
         # or wait for a worker (--wait-for-workers-secs), not 404.
         self.retired: dict[str, ModelEntry] = {}
         self.list_retired = False  # --wait-for-workers-secs: a model scaled to zero stays in /v1/models
+        self.expected: set[str] = set()  # --model-name under --wait-for-workers-secs: known before any worker
         # (endpoint, instance) -> discovery key -> card (the base model's, then one per LoRA adapter)
         self._cards: dict[tuple[EndpointId, int], dict[str, ModelDeploymentCard]] = {}
         self._instances: dict[tuple[EndpointId, int], InstanceRecord] = {}
@@ -224,9 +225,14 @@ class ModelManager:
         those whose workers are all gone, which a request still reaches by waiting for one."""
         return self.listed() + (list(self.retired.values()) if self.list_retired else [])
 
-    def known(self, name: str) -> ModelEntry | None:
-        """`name`'s entry, with or without workers; a retired model's last one."""
-        return self.models.get(name) or self.retired.get(name)
+    def knows(self, name: str) -> bool:
+        """Whether `name` is a model of this frontend, served now or not: it has (had) workers or is expected."""
+        return name in self.models or name in self.retired or name in self.expected
+
+    def awaited(self) -> list[str]:
+        """Expected models no worker has registered yet (listed under --wait-for-workers-secs)."""
+        return sorted(n for n in self.expected if n not in self.models and n not in self.retired) \
+            if self.list_retired else []
 
     def has_workers(self, name: str) -> bool:
         """Whether some worker can answer a request for `name` end to end now."""

@@ -7,6 +7,7 @@ cannot, so `decode` is then the missing type. Ids may contain `/` (`Qwen/Qwen3-0
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 from dynamo.frontend import errors
@@ -14,6 +15,7 @@ from dynamo.llm.model_card import WorkerType
 from dynamo.runtime.asgi import send_json
 
 PREFIX = "/v1/models/"
+STARTED = int(time.time())
 READY_SUFFIX = "/ready"
 
 
@@ -22,6 +24,11 @@ def model_object(entry) -> dict[str, Any]:
     if entry.card.lora_name:
         out["parent"] = entry.card.base_model_path  # a LoRA: its base model
     return out
+
+
+def awaited_object(name: str) -> dict[str, Any]:
+    """An expected model no worker has registered yet (`--model-name` under --wait-for-workers-secs)."""
+    return {"id": name, "object": "model", "created": STARTED, "owned_by": "dynamo"}
 
 
 def readiness(entry) -> dict[str, Any]:
@@ -52,7 +59,8 @@ class ModelRoutes:
         return [("GET", PREFIX, self.model)]
 
     async def list_models(self, scope, receive, send) -> None:
-        await send_json(send, 200, {"object": "list", "data": [model_object(e) for e in self.models.catalog()]})
+        data = [model_object(e) for e in self.models.catalog()] + [awaited_object(n) for n in self.models.awaited()]
+        await send_json(send, 200, {"object": "list", "data": data})
 
     async def model(self, scope, receive, send) -> None:
         """`GET /v1/models/{id}` (the model object) and `/v1/models/{id}/ready` (Dynamo's readiness)."""
@@ -63,6 +71,10 @@ class ModelRoutes:
         listed = entry is not None and bool(entry.serving() if ready else entry.decode_workers())
         if not listed and self.models.list_retired and name in self.models.retired:
             entry, listed = self.models.retired[name], True  # scaled to zero: listed, not ready
+        if entry is None and name in self.models.awaited():  # expected, no worker yet: listed, not ready
+            report = {"model": name, "ready": False, "namespaces": {}}
+            await (send_json(send, 503, report) if ready else send_json(send, 200, awaited_object(name)))
+            return
         if entry is None or not listed:
             raise errors.model_not_found(name)
         if ready:

@@ -32,8 +32,9 @@ class WorkerWait:
         return self.wait_secs > 0
 
     def would_wait(self, name: str) -> bool:
-        """Whether a request for `name` waits instead of a 503: a model that had workers and has none now."""
-        return self.enabled and self.models.known(name) is not None and not self.models.has_workers(name)
+        """Whether a request for `name` waits instead of a 503 (or a 404): a model that had workers and has
+        none now, or one the frontend was told to expect (`--model-name`) that no worker registered yet."""
+        return self.enabled and self.models.knows(name) and not self.models.has_workers(name)
 
     async def until_served(self, name: str, receive: Callable, stop: Callable[[], bool]) -> bool:
         """Hold the request until `name` has a worker (True), or its time is up or `stop()` (a drain)

@@ -108,3 +108,27 @@ def test_a_client_that_leaves_stops_its_wait(cluster):
         httpx.post(cluster.base_url + "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2},
                    timeout=httpx.Timeout(30, read=1.5))
     wait_until(lambda: queued(cluster.base_url) == 0, 10, "the abandoned request to stop waiting")
+
+
+def test_a_frontend_started_at_zero_knows_its_model_from_model_name(cluster):
+    """A frontend (re)started while its workers are at zero has never seen the model: `--model-name` names it."""
+    main_port = cluster.http_port
+    try:
+        cluster.frontend("--wait-for-workers-secs", "90", "--model-name", "later")
+        assert "later" in cluster.models()
+        status, _ = http_get(cluster.base_url + "/v1/models/later/ready")
+        assert status == 503
+        result: dict = {}
+        client = cluster.openai_client(timeout=120)
+        thread = threading.Thread(target=lambda: result.update(r=client.completions.create(
+            model="later", prompt="hi", max_tokens=4)), daemon=True)
+        thread.start()
+        wait_until(lambda: metric_value(http_get(cluster.base_url + "/metrics")[1].decode(),
+                                        "dynamo_frontend_queued_requests", {"model": "later"}) == 1, 30,
+                   "the request for the expected model to wait")
+        cluster.mocker("--speedup-ratio", "100", model_name="later")
+        thread.join(90)
+        assert result["r"].usage.completion_tokens == 4
+        assert cluster.models().count("later") == 1
+    finally:
+        cluster.http_port = main_port

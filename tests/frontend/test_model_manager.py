@@ -107,11 +107,24 @@ async def test_a_retired_model_stays_in_the_catalog_only_when_its_requests_wait(
     await disco.store.delete(records.mdc_key(EID, 1))
     await disco.settle(lambda: "tiny" in disco.manager.retired, "retired")
     assert not disco.manager.has_workers("tiny")
-    assert disco.manager.known("tiny") is not None  # its card and tokenizer are kept
+    assert disco.manager.knows("tiny") and disco.manager.retired["tiny"].card.display_name == "tiny"
     assert disco.manager.catalog() == []
     disco.manager.list_retired = True  # --wait-for-workers-secs
     assert [e.name for e in disco.manager.catalog()] == ["tiny"]
     assert disco.listed() == []  # /health still counts only models with a worker
+
+
+async def test_an_expected_model_is_known_and_awaited_until_a_worker_registers_it(disco):
+    manager = disco.manager
+    manager.expected.add("tiny")  # --model-name under --wait-for-workers-secs
+    assert manager.knows("tiny") and not manager.knows("other")
+    assert manager.awaited() == []  # listed only when its requests wait
+    manager.list_retired = True
+    assert manager.awaited() == ["tiny"]
+    await disco.card(1)
+    await disco.instance(1)
+    await disco.settle(lambda: manager.has_workers("tiny"), "served")
+    assert manager.awaited() == [] and [e.name for e in manager.catalog()] == ["tiny"]  # listed once, not twice
 
 
 async def test_prefill_workers_form_their_own_pool_and_never_list_a_model(disco):
