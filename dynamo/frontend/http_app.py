@@ -196,6 +196,8 @@ class FrontendApp:
         await send_json(send, 200, body)
 
     async def prometheus(self, scope, receive, send) -> None:
+        for name in self.models.retired:  # all its workers gone: 0, not the last count seen
+            self.metrics.workers.labels(name).set(0)
         for entry in self.models.models.values():
             m = self.metrics
             m.model_series(entry.name)

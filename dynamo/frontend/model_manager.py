@@ -223,7 +223,10 @@ class ModelManager:
     def catalog(self) -> list[ModelEntry]:
         """What /v1/models lists: the models with serving workers, and (under --wait-for-workers-secs)
         those whose workers are all gone, which a request still reaches by waiting for one."""
-        return self.listed() + (list(self.retired.values()) if self.list_retired else [])
+        if not self.list_retired:
+            return self.listed()
+        # every known model, also one whose last worker is leaving (instance gone, card not yet)
+        return list(self.models.values()) + list(self.retired.values())
 
     def knows(self, name: str) -> bool:
         """Whether `name` is a model of this frontend, served now or not: it has (had) workers or is expected."""

@@ -69,8 +69,9 @@ class ModelRoutes:
         name = name[:-len(READY_SUFFIX)] if ready else name
         entry = self.models.get(name)
         listed = entry is not None and bool(entry.serving() if ready else entry.decode_workers())
-        if not listed and self.models.list_retired and name in self.models.retired:
-            entry, listed = self.models.retired[name], True  # scaled to zero: listed, not ready
+        if not listed and self.models.list_retired:  # scaled to zero (or its last worker leaving): listed, not ready
+            entry = entry or self.models.retired.get(name)
+            listed = entry is not None
         if entry is None and name in self.models.awaited():  # expected, no worker yet: listed, not ready
             report = {"model": name, "ready": False, "namespaces": {}}
             await (send_json(send, 503, report) if ready else send_json(send, 200, awaited_object(name)))
