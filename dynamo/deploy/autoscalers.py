@@ -100,6 +100,25 @@ def _adapter_disabled(raw: Any) -> bool:
     return isinstance(adapter, dict) and adapter.get("disable") is True
 
 
+def _adapter_opted_in(raw: Any, beta: bool) -> bool:
+    """Whether Dynamo's current operators (1.2 on) create the service's adapter: v1alpha1 `scalingAdapter:
+    {enabled: true}`, v1beta1 `scalingAdapter` present (a marker)."""
+    adapter = raw.get("scalingAdapter") if isinstance(raw, dict) else None
+    return isinstance(adapter, dict) and (beta or adapter.get("enabled") is True)
+
+
+def not_opted_in(docs: list[Any]) -> set[str]:
+    """Adapter names of services that current operators give no adapter (they need the opt-in)."""
+    out = set()
+    for doc in docs:
+        if isinstance(doc, dict) and doc.get("kind", model.KIND) == model.KIND:
+            beta = isinstance((doc.get("spec") or {}).get("components"), list)
+            graph = str((doc.get("metadata") or {}).get("name") or "")
+            out |= {contract.k8s_name(graph, name) for g, name, raw in _raw_services([doc])
+                    if not _adapter_opted_in(raw, beta) and not _adapter_disabled(raw) and g == graph}
+    return out
+
+
 def adapters(docs: list[Any]) -> tuple[dict[str, ServiceKey], dict[str, ServiceKey]]:
     """({adapter name: its service}, {adapter name: a service that disables its adapter}) of the file's graphs."""
     present: dict[str, ServiceKey] = {}
@@ -140,7 +159,11 @@ def check(docs: list[Any], graphs: list[model.Graph], maps: dict[str, dict[str, 
     """(errors, warnings) about the file's autoscalers; `graphs` are the file's clean graphs."""
     present, disabled = adapters(docs)
     errors = [e for s in find(docs) if (e := _unknown_adapter(s, present, disabled))]
-    warnings: list[str] = []
+    unopted = not_opted_in(docs)
+    warnings = [f"document {s.document}: {TARGET_PATH}.name: {s.label} targets {ADAPTER_KIND} {s.target_name}, "
+                "which Dynamo's operator (1.2 on) creates only when the service opts in: scalingAdapter: {enabled: "
+                "true} (v1beta1: scalingAdapter: {}); render and run need no adapter"
+                for s in find(docs) if s.target_kind == ADAPTER_KIND and s.target_name in unopted]
     planners = {graph.metadata.name: planner_scaling.scaled_services(graph, maps) for graph in graphs}
     for (graph, service), scalers in managed(docs, graphs).items():
         where, names = f"graph {graph}, service {service}", _names(scalers)

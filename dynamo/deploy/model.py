@@ -140,7 +140,11 @@ class VolumeMount(Base):
 
 
 class ScalingAdapter(Base):
+    """Dynamo's operators before 1.2 give every service an adapter unless `disable: true`; later ones only
+    with `enabled: true` (v1beta1: `scalingAdapter` present at all). Both spellings are read."""
+
     disable: bool = False
+    enabled: Union[bool, None] = None
 
 
 class Service(Base):

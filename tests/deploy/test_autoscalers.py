@@ -45,8 +45,15 @@ def on_adapter(name: str) -> dict[str, str]:
     return {**ADAPTER, "name": name}
 
 
-def write(tmp_path: Path, graph: Path | dict, *others: dict) -> str:
+def write(tmp_path: Path, graph: Path | dict, *others: dict, opt_in: bool = True) -> str:
+    """The graph and `others` as one file; with `opt_in`, every service asks for its scaling adapter, as
+    Dynamo's operator (1.2 on) needs to create the adapters the autoscalers target."""
     doc = yaml.safe_load(graph.read_text()) if isinstance(graph, Path) else graph
+    if opt_in:
+        for svc in (doc["spec"].get("services") or {}).values():
+            svc.setdefault("scalingAdapter", {"enabled": True})
+        for comp in doc["spec"].get("components") or []:
+            comp.setdefault("scalingAdapter", {})
     path = tmp_path / "graph.yaml"
     path.write_text(yaml.safe_dump_all([doc, *others], sort_keys=False))
     return str(path)
@@ -232,3 +239,14 @@ def test_run_evaluates_the_autoscalers_it_can_and_says_where_their_prometheus_is
     said = [r.getMessage() for r in caplog.records]
     assert any("is a cluster address; pass --prometheus-endpoint" in m for m in said), said
     assert {name: plan.replicas for name, plan in run.sup.plans.items()} == {"Frontend": 1, "MockerWorker": 1}
+
+
+def test_a_target_whose_service_does_not_opt_into_its_adapter_is_a_warning(tmp_path):
+    target = hpa("cpu", on_adapter("mocker-agg-mockerworker"))
+    warned = validate_file(write(tmp_path, MOCKER / "agg.yaml", target, opt_in=False)).warnings
+    assert len(warned) == 1 and "creates only when the service opts in: scalingAdapter: {enabled: true}" in warned[0]
+    assert validate_file(write(tmp_path, MOCKER / "agg.yaml", target)).warnings == []
+    beta = yaml.safe_load(MULTINODE.read_text())
+    name = beta["spec"]["components"][-1]["name"]
+    marker = hpa("beta", on_adapter(f"{beta['metadata']['name']}-{name.lower()}"))
+    assert not any("opts in" in w for w in validate_file(write(tmp_path, beta, marker)).warnings)  # `{}` is enough
