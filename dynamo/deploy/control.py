@@ -1,7 +1,8 @@
 """Control endpoint of a running `python -m dynamo.deploy run` (127.0.0.1 only):
 
     GET  /status                       -> {"graph", "services": {name: replicas},
-                                           "components": {name: {componentType, subComponentType}}, "replicas": [...]}
+                                           "components": {name: {componentType, subComponentType}}, "replicas": [...],
+                                           "autoscalers": [{autoscaler, service, metrics, decided, ...}]}
     POST /scale {"service": S, "replicas": N}  -> 200 with the new status; 404 unknown service
     GET  /prometheus/targets           -> Prometheus HTTP service discovery (`http_sd_configs`): every
                                           running replica's metrics port, labelled as Dynamo's PodMonitors
@@ -36,6 +37,7 @@ class ControlServer:
         self.graph_name = graph_name
         self.http = EmbeddedHttpServer(self.app, "127.0.0.1", port)
         self.models: Any = None  # DynamoModel TOTAL/READY rows (dynamo_model.AdapterReconciler.status)
+        self.autoscalers: Any = None  # the file's HPAs / ScaledObjects evaluated here: their last evaluation
 
     def snapshot(self) -> dict[str, Any]:
         snap = {"graph": self.graph_name,
@@ -48,6 +50,8 @@ class ControlServer:
                 "replicas": self.supervisor.status()}
         if self.models is not None:
             snap["models"] = self.models()
+        if self.autoscalers:
+            snap["autoscalers"] = [scaler.status() for scaler in self.autoscalers]
         return snap
 
     def scrape_targets(self) -> list[dict[str, Any]]:

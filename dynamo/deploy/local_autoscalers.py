@@ -73,6 +73,10 @@ class LocalAutoscaler:
     keda: Keda | None = None
     started: float = 0.0
     clients: list[PrometheusClient] = field(default_factory=list)
+    last: dict[str, Any] = field(default_factory=dict)  # the last evaluation, for the control endpoint
+
+    def status(self) -> dict[str, Any]:
+        return {"autoscaler": self.label, "service": self.service, "every_s": self.interval, **self.last}
 
     async def step(self, now: float, current: int) -> tuple[int | None, str]:
         """(replicas to set, or None to leave them; why)."""
@@ -232,10 +236,12 @@ async def drive(scaler: LocalAutoscaler, replicas: Callable[[], int], scale: Cal
             try:
                 target, why = await scaler.step(clock(), current)
             except Exception as exc:  # a metric that cannot be read leaves the replicas as they are
+                scaler.last = {"replicas": current, "error": str(exc)}
                 if str(exc) not in said:
                     said.add(str(exc))
                     log.warning("%s: %s; replicas left as they are", scaler.label, exc)
                 continue
+            scaler.last = {"replicas": current, "metrics": why, "decided": current if target is None else target}
             if target is not None and target != current:
                 log.warning("%s: %s %d -> %d replica(s) (%s)", scaler.label, scaler.service, current, target, why)
                 scale(target)

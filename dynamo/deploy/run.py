@@ -172,6 +172,7 @@ def _attach_autoscalers(runs: list[GraphRun], documents: list, graphs: list[Grap
         if scaler is not None:
             log.info("%s scales %s/%s here (every %g s)", scaler.label, graph, service, scaler.interval)
             run.scalers.append(scaler)
+            run.control.autoscalers = run.scalers
 
 
 async def serve(args: argparse.Namespace, graphs: list[Graph], state_dir: str, pods_dir: str) -> int:

@@ -62,6 +62,8 @@ def test_keda_scales_the_worker_to_zero_and_back_for_a_held_request(tmp_path, ti
         asking.join(120)
         assert answer["usage"]["completion_tokens"] == 8, answer
         assert "ScaledObject mocker-autoscaling-mockerworker: MockerWorker 0 -> 1" in run.log()
+        (evaluated,) = run.status()["autoscalers"]  # what the autoscaler last read and decided
+        assert evaluated["service"] == "MockerWorker" and "prometheus" in evaluated["metrics"]
         wait_until(lambda: replicas(run, "MockerWorker") == 0, 60, "back to zero once idle")
     finally:
         if run is not None:
