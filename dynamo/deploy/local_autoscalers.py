@@ -209,6 +209,16 @@ def service_requests(svc: Any) -> dict[str, float]:
 def build(doc: dict[str, Any], service: str, sessions: Callable[[], list[int]], requests: dict[str, float],
           prometheus_url: str | None, sync_period: float, notes: list[str]) -> LocalAutoscaler | None:
     """The evaluable autoscaler of an HPA or ScaledObject document (None, with `notes`, when nothing of it is)."""
+    try:
+        return _build(doc, service, sessions, requests, prometheus_url, sync_period, notes)
+    except (KeyError, TypeError, ValueError) as exc:  # a field missing or of the wrong kind: say which, run on
+        notes.append(f"{doc.get('kind')} {(doc.get('metadata') or {}).get('name')}: not evaluated under run "
+                     f"(cannot read {exc})")
+        return None
+
+
+def _build(doc: dict[str, Any], service: str, sessions: Callable[[], list[int]], requests: dict[str, float],
+           prometheus_url: str | None, sync_period: float, notes: list[str]) -> LocalAutoscaler | None:
     if doc.get("kind") == "ScaledObject":
         scaler = scaled_object(doc, service, sessions, requests, prometheus_url, notes)
         for client in scaler.clients if scaler else []:

@@ -100,3 +100,17 @@ def test_the_prometheus_endpoint_given_to_run_replaces_a_cluster_address():
     scaler = scaled_object(keda_doc(), "w", list, {}, "http://127.0.0.1:9099", [])
     assert scaler.clients[0].url == "http://127.0.0.1:9099"
     assert scaled_object(keda_doc(), "w", list, {}, None, []).clients[0].url == "http://prom.monitoring.svc:9090"
+
+
+def test_a_malformed_autoscaler_is_said_and_left_out():
+    from dynamo.deploy.local_autoscalers import build
+
+    broken = keda_doc()
+    del broken["spec"]["triggers"][0]["metadata"]["threshold"]
+    notes: list[str] = []
+    assert build(broken, "w", list, {}, None, 15.0, notes) is None
+    assert notes == ["ScaledObject so: not evaluated under run (cannot read 'threshold')"]
+    no_max = {"kind": "HorizontalPodAutoscaler", "metadata": {"name": "h"}, "spec": {"metrics": [
+        {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "AverageValue", "averageValue": "500m"}}}]}}
+    notes = []
+    assert build(no_max, "w", list, {}, None, 15.0, notes) is None and "cannot read 'maxReplicas'" in notes[0]
