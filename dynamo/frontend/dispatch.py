@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 import msgspec
 
@@ -142,6 +142,10 @@ class Dispatcher:
         self.metrics = metrics
         self.prefill = prefill  # PrefillOrchestrator: disaggregated serving when prefill workers exist
         self.inhibitor = inhibitor or Inhibitor(0)
+        # --wait-for-workers-secs: a request that lost its model's last worker waits for the next one
+        # (worker_wait.WorkerWait.for_request): (model, handle, workers it may not go to) -> the model's
+        # entry once another worker serves it, or None at the deadline
+        self.worker_wait: Callable[[str, RequestHandle, set[int]], Awaitable[ModelEntry | None]] | None = None
 
     async def stream(self, entry: ModelEntry, request: PreprocessedRequest, handle: RequestHandle,
                      prompt: PromptReasoning = PromptReasoning.UNKNOWN) -> AsyncIterator[list[LLMEngineOutput]]:
@@ -202,6 +206,10 @@ class Dispatcher:
         rid = request.request_id
         while True:
             pool = entry.pool(Role.DECODE)
+            if self.worker_wait is not None and all(w.instance_id in exclude for w in pool.workers):
+                # every worker it could go to is gone (a restart, a scale to zero): wait for a new one
+                entry = await self.worker_wait(entry.name, handle, exclude) or entry
+                pool = entry.pool(Role.DECODE)
             choice = await choose(self.policy, pool, request, self.inhibitor.exclude(pool, request, exclude))
             worker = choice.worker
             handle.worker_id, handle.dp_rank, handle.overlap_blocks = worker.instance_id, choice.dp_rank, \

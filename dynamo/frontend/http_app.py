@@ -81,6 +81,8 @@ class FrontendApp:
         self.request_events = request_events or RequestEvents(jsonl=False)
         self.inflight = 0
         self.worker_wait = WorkerWait(models, metrics, wait_for_workers)
+        if self.worker_wait.enabled:  # a migrating request waits for its model's next worker too
+            dispatcher.worker_wait = self.worker_wait.for_request
         self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()

@@ -5,7 +5,8 @@ NVIDIA Dynamo drops such a model (404), so an autoscaler that scales on demand n
 worker scaled to zero never comes back (its autoscaling guide's scale-to-zero limitation). Here the
 model stays listed, a request for it waits (bounded by the setting, the frontend's concurrency limit
 and a drain) and counts in `dynamo_frontend_queued_requests{model}` meanwhile: the demand a KEDA
-trigger or an HPA scales the worker up from zero on. A client that goes away stops its wait.
+trigger or an HPA scales the worker up from zero on. A client that goes away stops its wait. A request
+under way that lost the model's last worker (a migration) waits for the next one the same way (`for_request`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,29 @@ class WorkerWait:
         """Whether a request for `name` waits instead of a 503 (or a 404): a model that had workers and has
         none now, or one the frontend was told to expect (`--model-name`) that no worker registered yet."""
         return self.enabled and self.models.knows(name) and not self.models.has_workers(name)
+
+    async def for_request(self, name: str, handle, exclude: set[int]):
+        """A request under way that lost its model's last worker (migrating, or refused by a draining one):
+        wait for a worker it may go to; the model's entry then, None at the deadline or once the client left."""
+        def usable() -> bool:
+            entry = self.models.get(name)
+            return entry is not None and any(w.instance_id not in exclude for w in entry.decode_workers())
+
+        gauge = self.metrics.queued.labels(name)
+        gauge.inc()
+        self.waiting += 1
+        deadline = asyncio.get_running_loop().time() + self.wait_secs
+        try:
+            while not usable() and not handle.cancelled:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    return None
+                # the client's leaving comes as handle.cancel(), not as a discovery change: look twice a second
+                await self.models.wait_for(lambda: usable() or handle.cancelled, min(left, 0.5))
+            return self.models.get(name) if usable() else None
+        finally:
+            gauge.dec()
+            self.waiting -= 1
 
     async def until_served(self, name: str, receive: Callable, stop: Callable[[], bool]) -> bool:
         """Hold the request until `name` has a worker (True), or its time is up or `stop()` (a drain)

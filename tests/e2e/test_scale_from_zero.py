@@ -134,3 +134,35 @@ def test_a_frontend_started_at_zero_knows_its_model_from_model_name(cluster):
         assert cluster.models().count("later") == 1
     finally:
         cluster.http_port = main_port
+
+
+def test_a_stream_that_loses_the_only_worker_waits_for_its_replacement(tiny_model, tmp_path):
+    """One worker, killed mid-stream and replaced (a restart, a node lost): with --migration-limit the stream
+    continues on the replacement once it is up, instead of failing for want of another worker."""
+    from tests.e2e.test_migration_limits import kill_the_busy_worker
+    from tests.fixtures.load import sse_chunks
+
+    c = Cluster(tmp_path, tiny_model, "file")
+    try:
+        c.workers = [c.mocker("--speedup-ratio", "0.5")]  # type: ignore[attr-defined]
+        c.frontend("--wait-for-workers-secs", "60", "--migration-limit", "2")
+        c.wait_workers(MODEL, 1)
+        body = {"model": MODEL, "prompt": "survive a restart", "max_tokens": 300, "ignore_eos": True,
+                "stream": True, "stream_options": {"include_usage": True}}
+        pieces, finish, usage, replacement = [], [], None, None
+        for chunk in sse_chunks(c.base_url, body):
+            assert "error" not in chunk, chunk
+            usage = chunk.get("usage") or usage
+            for choice in chunk.get("choices", []):
+                pieces.append(choice["text"])
+                finish += [choice["finish_reason"]] if choice["finish_reason"] else []
+            if replacement is None and len(pieces) >= 10:
+                kill_the_busy_worker(c)
+                replacement = threading.Thread(target=lambda: (time.sleep(1.0), c.mocker("--speedup-ratio", "0.5")),
+                                               daemon=True)
+                replacement.start()
+        assert finish == ["length"] and usage["completion_tokens"] == 300
+        metrics = http_get(c.base_url + "/metrics")[1].decode()
+        assert metric_value(metrics, "dynamo_frontend_model_migration_total", {"migration_type": "ongoing_request"}) == 1
+    finally:
+        c.stop()
