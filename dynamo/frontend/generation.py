@@ -76,6 +76,7 @@ class GenerationRun:
         self.annotations = annotations.requested(req.nvext)
         self.public_id = self.request_id  # the id the client and the logs know it by (the host may set it)
         self.prompt_events = b""  # `formatted_prompt` / `token_ids` annotations, when asked for (the host sets them)
+        self.on_first_response = None  # the host's: the request leaves dynamo_frontend_queued_requests
         tools, reasoning = app.stream_dispatch
         self.dispatch = (StreamDispatch(tools, reasoning, reasoning_field)
                          if is_chat and req.stream and (tools or reasoning) else None)
@@ -117,6 +118,8 @@ class GenerationRun:
             if self.cancelled:
                 return RequestOutcome.CANCELLED
             self.first_token_at = self.last_time = time.monotonic()
+            if self.on_first_response is not None:
+                self.on_first_response()
             app.metrics.ttft.labels(self.model).observe(self.first_token_at - self.started)
             app.metrics.first_token_on(self.choices[0].handle, self.first_token_at - self.started,
                                        len(self.preqs[0].token_ids))

@@ -36,6 +36,7 @@ from dynamo.llm.protocol import RoutingHints
 from dynamo.frontend.openai import ChatCompletionRequest, decode_request
 from dynamo.frontend.validation import validate_chat, validate_completion
 from dynamo.frontend.worker_wait import WorkerWait
+from dynamo.frontend.demand import Arrival, Demand
 from dynamo.frontend.request_log import SCOPE_KEY, TRACED_PATHS, RequestTrace, adopt_client_id, start_trace
 from dynamo.frontend.preparation import client_prompt_ids, output_spec, prompt_ids_for, wire_requests
 from dynamo.frontend.responses import ResponsesApi
@@ -81,6 +82,7 @@ class FrontendApp:
         self.request_events = request_events or RequestEvents(jsonl=False)
         self.inflight = 0
         self.worker_wait = WorkerWait(models, metrics, wait_for_workers)
+        self.demand = Demand(models, metrics)
         if self.worker_wait.enabled:  # a migrating request waits for its model's next worker too
             dispatcher.worker_wait = self.worker_wait.for_request
         self.draining = False
@@ -198,8 +200,7 @@ class FrontendApp:
         await send_json(send, 200, body)
 
     async def prometheus(self, scope, receive, send) -> None:
-        for name in self.models.retired:  # all its workers gone: 0, not the last count seen
-            self.metrics.workers.labels(name).set(0)
+        self.demand.scrape()
         for entry in self.models.models.values():
             m = self.metrics
             m.model_series(entry.name)
@@ -327,8 +328,17 @@ class FrontendApp:
         return error
 
     async def generate(self, req, endpoint: str, body_size: int, receive, send, run_cls=GenerationRun,
-                        hints: RoutingHints | None = None, trace: RequestTrace | None = None, speculate: bool = False,
-                        **run_kw) -> None:
+                       hints: RoutingHints | None = None, trace: RequestTrace | None = None, speculate: bool = False,
+                       **run_kw) -> None:
+        arrival = self.demand.arrived(req.model, endpoint, "stream" if req.stream else "unary")
+        try:
+            await self._generate(req, endpoint, body_size, receive, send, run_cls, hints, trace, speculate, arrival,
+                                 **run_kw)
+        finally:
+            arrival.close()
+
+    async def _generate(self, req, endpoint: str, body_size: int, receive, send, run_cls, hints: RoutingHints | None,
+                        trace: RequestTrace | None, speculate: bool, arrival: Arrival, **run_kw) -> None:
         started = time.monotonic()
         request_type = "stream" if req.stream else "unary"
         agent = agent_context(req.nvext)
@@ -357,6 +367,7 @@ class FrontendApp:
             run = run_cls(self, entry, req, preqs, is_chat, started, output_spec(entry, req, is_chat, ids),
                           self.reasoning_field, **run_kw)
             run.keep_answer = speculate
+            run.on_first_response = arrival.first_response
             if trace is not None:
                 run.public_id = trace.request_id
             run.prompt_events = prompt_events

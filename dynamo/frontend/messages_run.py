@@ -178,7 +178,8 @@ class AnthropicApi:
         req = mreq.to_chat(self.strip_preamble)
         validate_chat(req)
         budget = mreq.thinking_budget()
-        if budget is not None and (await app.served_entry(req.model, receive)).think_markers is not None:
+        entry = app.models.get(req.model) or app.models.retired.get(req.model)  # no waiting here: generate waits
+        if budget is not None and entry is not None and entry.think_markers is not None:
             req.nvext = {"max_thinking_tokens": budget, **(req.nvext or {})}  # the client's nvext wins
         await app.generate(req, "messages", len(body), receive, send, MessagesRun,
                             hints=routing_hints(req.nvext, scope["headers"]), trace=scope.get(SCOPE_KEY),

@@ -31,9 +31,16 @@ class FrontendMetrics:
         self.requests = Counter(f"{p}_requests", "HTTP requests by outcome",
                                 ("model", "endpoint", "request_type", "status"), registry=r)
         self.inflight = Gauge(f"{p}_inflight_requests", "Requests being served", ("model",), registry=r)
-        # The demand signal of a model scaled to zero (KEDA/HPA scale from it): requests held for a worker.
-        self.queued = Gauge(f"{p}_queued_requests", "Requests waiting for the model to have a worker "
-                            "(--wait-for-workers-secs)", ("model",), registry=r)
+        # Dynamo's demand metrics (demand.py), what autoscalers scale on; a model scaled to zero shows its
+        # held requests here (--wait-for-workers-secs).
+        self.started = Counter(f"{p}_requests_started", "Requests accepted by the frontend handler",
+                               ("model", "endpoint", "request_type"), registry=r)
+        self.active = Gauge(f"{p}_active_requests", "Requests from the handler's entry to the response's end",
+                            ("model",), registry=r)
+        self.queued = Gauge(f"{p}_queued_requests", "Requests accepted that have no first response yet (waiting "
+                            "for a worker, being routed, queued or prefilled)", ("model",), registry=r)
+        self.ready = Gauge(f"{p}_model_ready", "1 when the frontend can route a request for the model",
+                           ("model",), registry=r)
         self.ttft = Histogram(f"{p}_time_to_first_token_seconds", "Time to first token", ("model",),
                               buckets=_LATENCY, registry=r)
         self.itl = Histogram(f"{p}_inter_token_latency_seconds", "Inter-token latency", ("model",),
@@ -93,7 +100,11 @@ class FrontendMetrics:
         for hist in (self.ttft, self.itl, self.duration, self.isl, self.osl):
             hist.labels(model)
         self.inflight.labels(model)
-        self.queued.labels(model)
+        for gauge in (self.active, self.queued, self.ready):
+            gauge.labels(model)
+        for endpoint in ("chat_completions", "completions"):
+            for request_type in ("stream", "unary"):
+                self.started.labels(model, endpoint, request_type)
 
     def migration(self, model: str, kind: str) -> None:
         self.migrations.labels(model, kind).inc()

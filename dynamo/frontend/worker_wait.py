@@ -44,8 +44,6 @@ class WorkerWait:
             entry = self.models.get(name)
             return entry is not None and any(w.instance_id not in exclude for w in entry.decode_workers())
 
-        gauge = self.metrics.queued.labels(name)
-        gauge.inc()
         self.waiting += 1
         deadline = asyncio.get_running_loop().time() + self.wait_secs
         try:
@@ -57,15 +55,12 @@ class WorkerWait:
                 await self.models.wait_for(lambda: usable() or handle.cancelled, min(left, 0.5))
             return self.models.get(name) if usable() else None
         finally:
-            gauge.dec()
             self.waiting -= 1
 
     async def until_served(self, name: str, receive: Callable, stop: Callable[[], bool]) -> bool:
         """Hold the request until `name` has a worker (True), or its time is up or `stop()` (a drain)
         turns true (False). ConnectionError when the client leaves first."""
-        gauge = self.metrics.queued.labels(name)
-        gauge.inc()
-        self.waiting += 1
+        self.waiting += 1  # in dynamo_frontend_queued_requests meanwhile (no first response yet: demand.py)
         served = asyncio.ensure_future(self.models.wait_for(
             lambda: self.models.has_workers(name) or stop(), self.wait_secs))
         client = asyncio.ensure_future(receive())  # the body is read: the next message is a disconnect
@@ -80,5 +75,4 @@ class WorkerWait:
         finally:
             for task in (served, client):
                 task.cancel()
-            gauge.dec()
             self.waiting -= 1

@@ -58,6 +58,7 @@ def test_a_request_waits_for_a_worker_and_is_answered_once_one_comes(cluster):
     assert status == 503 and json.loads(body)["ready"] is False
     metrics = http_get(cluster.base_url + "/metrics")[1].decode()
     assert metric_value(metrics, "dynamo_frontend_model_workers", {"model": MODEL}) == 0  # not the last count
+    assert metric_value(metrics, "dynamo_frontend_model_ready", {"model": MODEL}) == 0
     result: dict = {}
 
     def ask() -> None:
@@ -78,6 +79,14 @@ def test_a_request_waits_for_a_worker_and_is_answered_once_one_comes(cluster):
     assert not thread.is_alive()
     assert result["finish"] == "length" and result["text"]
     assert queued(cluster.base_url) == 0
+    metrics = http_get(cluster.base_url + "/metrics")[1].decode()
+    started = {"model": MODEL, "endpoint": "chat_completions", "request_type": "stream"}
+    assert metric_value(metrics, "dynamo_frontend_requests_started_total", started) == 1
+    assert metric_value(metrics, "dynamo_frontend_active_requests", {"model": MODEL}) == 0
+    assert metric_value(metrics, "dynamo_frontend_model_ready", {"model": MODEL}) == 1
+    httpx.post(cluster.base_url + "/v1/completions", json={"model": "made-up", "prompt": "x"}, timeout=30)
+    made_up = http_get(cluster.base_url + "/metrics")[1].decode()
+    assert metric_value(made_up, "dynamo_frontend_requests_started_total", {"model": "made-up"}) is None
 
 
 def test_the_wait_ends_at_its_deadline_and_on_overload(cluster):
