@@ -2,8 +2,8 @@
 through a metrics adapter, the planner) read: `requests_started_total` (requests accepted), `active_requests`
 (from the handler's entry to the response's end), `queued_requests` (accepted, no first response yet:
 waiting for a worker, being tokenized, routed, queued or prefilled) and `model_ready` (the frontend can
-route a request for the model now). Counted only for models the frontend knows, so a client's made-up
-model names never become series.
+route a request for the model now), with the other per-model gauges set at scrape time. Counted only for
+models the frontend knows, so a client's made-up model names never become series.
 """
 
 from __future__ import annotations
@@ -43,9 +43,19 @@ class Demand:
     def arrived(self, model: str, endpoint: str, request_type: str) -> Arrival:
         return Arrival(self.metrics if self.models.knows(model) else None, model, endpoint, request_type)
 
-    def scrape(self) -> None:
-        """The per-model gauges read at scrape time: readiness, and no workers for a model that has none."""
-        for name in self.models.retired:  # all its workers gone: 0, not the last count seen
-            self.metrics.workers.labels(name).set(0)
+    def scrape(self, migration_limit: int) -> None:
+        """The per-model gauges, set at scrape time: readiness, workers (0 for a model that has none, not the
+        last count seen), and the model cards' figures."""
+        m = self.metrics
+        for name in self.models.retired:
+            m.workers.labels(name).set(0)
         for name in [*self.models.models, *self.models.retired, *self.models.expected]:
-            self.metrics.ready.labels(name).set(1 if self.models.has_workers(name) else 0)
+            m.ready.labels(name).set(1 if self.models.has_workers(name) else 0)
+        for entry in self.models.models.values():
+            m.model_series(entry.name)
+            m.workers.labels(entry.name).set(len(entry.decode_workers()))
+            m.context_length.labels(entry.name).set(entry.card.context_length)
+            m.block_size.labels(entry.name).set(entry.card.kv_cache_block_size)
+            m.migration_limit.labels(entry.name).set(migration_limit)
+            m.total_kv_blocks.labels(entry.name).set(
+                sum(w.card.runtime_config.total_kv_blocks or 0 for w in entry.decode_workers()))

@@ -200,16 +200,7 @@ class FrontendApp:
         await send_json(send, 200, body)
 
     async def prometheus(self, scope, receive, send) -> None:
-        self.demand.scrape()
-        for entry in self.models.models.values():
-            m = self.metrics
-            m.model_series(entry.name)
-            m.workers.labels(entry.name).set(len(entry.decode_workers()))
-            m.context_length.labels(entry.name).set(entry.card.context_length)
-            m.block_size.labels(entry.name).set(entry.card.kv_cache_block_size)
-            m.migration_limit.labels(entry.name).set(self.dispatcher.migration_limit)
-            m.total_kv_blocks.labels(entry.name).set(
-                sum(w.card.runtime_config.total_kv_blocks or 0 for w in entry.decode_workers()))
+        self.demand.scrape(self.dispatcher.migration_limit)
         await send_bytes(send, 200, generate_latest(self.metrics.registry), TEXT_HEADERS)
 
     # -- generation ---------------------------------------------------------------------------
