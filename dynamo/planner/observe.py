@@ -68,6 +68,7 @@ class FpmCollector:
         self.metrics = metrics
         self.engines: dict[tuple[int, int], Engine] = {}  # (instance id, dp rank)
         self.cards: dict[int, Engine] = {}  # instance id -> engine template from its card
+        self._last_model: str | None = None  # the model the cards last named (kept at zero replicas)
         self.models: dict[str, PerfModel] = {}
         self.stats = {role: WorkloadStats() for role in ("prefill", "decode")}
         self._subs: dict[str, object] = {}
@@ -155,7 +156,10 @@ class FpmCollector:
                 if e.role == role and e.latest is not None and e.seen_at >= horizon]
 
     def model_name(self) -> str | None:
-        return self.cfg.model_name or next((e.model for e in self.cards.values()), None)
+        seen = next((e.model for e in self.cards.values()), None)
+        if seen is not None:  # remembered: a pool scaled to zero still has a model to wait for
+            self._last_model = seen
+        return self.cfg.model_name or seen or self._last_model
 
     def add_synthetic(self, role: str, x: tuple[float, ...], wall_s: float) -> None:
         """Seed a perf model (profile data) before any live FPM arrives."""

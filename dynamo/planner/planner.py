@@ -28,7 +28,7 @@ from dynamo.planner.load_scaling import Decision, reactive_decision
 from dynamo.planner.metrics import PlannerMetrics
 from dynamo.planner.observe import FpmCollector
 from dynamo.planner.predictors import make_predictor
-from dynamo.planner.prometheus import PrometheusClient, TrafficObservation, observe
+from dynamo.planner.prometheus import PrometheusClient, TrafficObservation, observe, waiting_query
 
 log = logging.getLogger("dynamo.planner")
 
@@ -92,7 +92,9 @@ class Planner:
         await self.collector.refresh()
         self._seed_once()
         state = await self._state()
-        decisions = [self._load_decision(role, state[role]) for role in self.cfg.roles]
+        waiting = await self._waiting() if any(state[r].desired == 0 for r in self.cfg.roles) else None
+        decisions = [self._from_zero(role, state[role], waiting) or self._load_decision(role, state[role])
+                     for role in self.cfg.roles]
         await self._apply("load", decisions, state)
 
     async def throughput_tick(self) -> None:
@@ -110,6 +112,21 @@ class Planner:
         await self._apply("throughput", decisions, state)
 
     # ---- load loop -----------------------------------------------------------------
+
+    async def _waiting(self) -> float | None:
+        """Requests the frontends hold for the model (`dynamo_frontend_queued_requests`): at zero replicas no
+        engine reports load, so this is the only demand there is. None without Prometheus or a model name."""
+        model = self.collector.model_name()
+        if self.prometheus is None or model is None:
+            return None
+        return await self.prometheus.scalar(waiting_query(model, self.cfg.namespace))
+
+    def _from_zero(self, role: str, pool: PoolState, waiting: float | None) -> Decision | None:
+        """A pool scaled to zero (min_endpoint 0) that requests wait for: back to its minimum, at least 1."""
+        if pool.desired != 0 or not waiting:
+            return None
+        target = min(max(1, self.cfg.min_for(role)), self.cfg.max_for(role))
+        return Decision(role, 0, target, f"scale from zero: {waiting:g} request(s) waiting at the frontends")
 
     def _load_decision(self, role: str, pool: PoolState) -> Decision:
         engines = self.collector.fresh(role)

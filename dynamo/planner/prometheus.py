@@ -98,6 +98,12 @@ def demand_query(counter: str, window_s: int, model: str, namespace: str) -> str
     return f"sum(increase({PREFIX}_{counter}{selector(model, namespace)}[{window_s}s]))"
 
 
+def waiting_query(model: str, namespace: str) -> str:
+    """Requests the frontends accepted for the model that have no first response yet: held for a worker
+    (a frontend with --wait-for-workers-secs) or on their way to one."""
+    return f"sum({PREFIX}_queued_requests{selector(model, namespace)})"
+
+
 def kv_hit_query(window_s: int, namespace: str) -> str:
     ns = namespace_match(namespace)
     m = "dynamo_component_router_kv_hit_rate"

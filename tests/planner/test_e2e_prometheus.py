@@ -105,3 +105,52 @@ async def test_sla_throughput_tick_scales_to_the_minimum_when_traffic_stops(stac
     finally:
         await client.close()
         await store.close()
+
+
+async def test_a_pool_at_zero_scales_up_for_requests_the_frontend_holds(tmp_path_factory, tiny_model):
+    """min_endpoint 0: no engine reports load at zero replicas; the requests a frontend holds for the model
+    (--wait-for-workers-secs) are the demand, read from Prometheus, and the pool comes back to 1."""
+    import threading
+
+    import httpx
+
+    from dynamo.planner.prometheus import waiting_query
+
+    tmp = tmp_path_factory.mktemp("zero")
+    cluster = Cluster(tmp, tiny_model)
+    prom = store = client = None
+    try:
+        cluster.frontend("--wait-for-workers-secs", "30", "--model-name", "tiny")  # no worker at all yet
+        prom = PrometheusServer(tmp / "prometheus", [f"127.0.0.1:{cluster.http_port}"], "dynamo")
+        store = make_store("file", root=str(tmp / "kv"))
+        await store.start()
+        client = PrometheusClient(prom.url)
+        cfg = PlannerConfig(environment="virtual", model_name="tiny", namespace="dynamo", mode="agg",
+                            optimization_target="throughput", min_endpoint=0)
+        conn = make_connector(cfg, store=store)
+        await conn.start()
+        await conn.scale({"decode": 0})
+        orch = VirtualOrchestrator(store, "dynamo")
+        await orch.ack((await orch.next_decision(5))["decision_id"])
+        planner = Planner(cfg, conn, FpmCollector(store, cfg), client)
+        await planner.load_tick()
+        assert planner.decisions[-1].target == 0  # nothing waits: stays at zero
+        body = {"model": "tiny", "prompt": "wake up", "max_tokens": 2}
+        threading.Thread(target=lambda: httpx.post(cluster.base_url + "/v1/completions", json=body, timeout=40),
+                         daemon=True).start()
+        deadline = time.monotonic() + 30
+        while (await client.scalar(waiting_query("tiny", "dynamo")) or 0) < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        await planner.load_tick()
+        last = planner.decisions[-1]
+        assert (last.role, last.current, last.target) == ("decode", 0, 1), last
+        assert "waiting at the frontends" in last.reason
+        assert (await orch.next_decision(5))["num_decode_workers"] == 1
+    finally:
+        if client is not None:
+            await client.close()
+        if store is not None:
+            await store.close()
+        if prom is not None:
+            prom.stop()
+        cluster.stop()
