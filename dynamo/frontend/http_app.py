@@ -387,7 +387,9 @@ class FrontendApp:
         """The chat's prompt length as its model will see it (template and tools included): the
         Responses and Anthropic token-count routes."""
         validate_chat(req)
-        ids, _ = await self.prompt_ids(self.entry_for(req.model), req, None, body_size, frozenset())
+        # a model scaled to zero still has its tokenizer: counting needs no worker
+        entry = (self.models.retired.get(req.model) if self.worker_wait.enabled else None) or self.entry_for(req.model)
+        ids, _ = await self.prompt_ids(entry, req, None, body_size, frozenset())
         return len(ids)
 
     @staticmethod

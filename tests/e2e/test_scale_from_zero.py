@@ -56,6 +56,9 @@ def test_a_request_waits_for_a_worker_and_is_answered_once_one_comes(cluster):
     assert cluster.models() == [MODEL]  # still listed: clients that check /v1/models carry on
     status, body = http_get(cluster.base_url + f"/v1/models/{MODEL}/ready")
     assert status == 503 and json.loads(body)["ready"] is False
+    counted = httpx.post(cluster.base_url + "/v1/responses/input_tokens", json={"model": MODEL, "input": "hi"},
+                         timeout=30)  # its tokenizer is kept: counting needs no worker
+    assert counted.status_code == 200 and counted.json()["input_tokens"] > 0, counted.text
     metrics = http_get(cluster.base_url + "/metrics")[1].decode()
     assert metric_value(metrics, "dynamo_frontend_model_workers", {"model": MODEL}) == 0  # not the last count
     assert metric_value(metrics, "dynamo_frontend_model_ready", {"model": MODEL}) == 0
