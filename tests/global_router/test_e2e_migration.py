@@ -38,6 +38,11 @@ def cluster(tiny_model, tmp_path_factory):
                                          str(tiny_model), "--namespace", "front"], name="global-router")
         c.frontend("--namespace", "front", "--migration-limit", "2")
         c.wait_workers(MODEL, 1, timeout=120)
+        # The global router registers once discovery shows the pool's router and a worker; the local router may
+        # take a moment more to route to that worker (a loaded machine: 503 no_workers meanwhile).
+        wait_until(lambda: httpx.post(c.base_url + "/v1/completions", json={"model": MODEL, "prompt": "warm",
+                                                                           "max_tokens": 1}, timeout=30).status_code
+                   == 200, 60, "a first request served through the global router")
         yield c
     finally:
         c.stop()
