@@ -6,8 +6,10 @@ control endpoints: within the budget applied, past it rejected, a give-back lets
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 
 import pytest
 import yaml
@@ -15,7 +17,9 @@ import yaml
 from dynamo.planner.config import PlannerConfig
 from dynamo.planner.connectors.base import make_connector
 from dynamo.runtime.discovery.base import make_store
+from dynamo.runtime import records
 from dynamo.runtime.distributed import DistributedRuntime
+from dynamo.runtime.records import EndpointId
 from tests.deploy.helpers import DeployRun
 from tests.fixtures.procs import http_get, wait_until
 
@@ -58,6 +62,12 @@ async def test_the_global_planner_budgets_and_scales_the_files_graphs(tmp_path, 
         store = make_store("file", root=f"{state}/kv")
         await store.start()
         rt = DistributedRuntime(store, "demo-gp-a")
+        # its log line comes before its endpoint is in discovery: wait for the endpoint itself
+        gp = records.endpoint_prefix(records.INSTANCES, EndpointId("demo-gp-ctrl", "GlobalPlanner", "scale_request"))
+        deadline = time.monotonic() + 60
+        while not await store.get_prefix(gp):
+            assert time.monotonic() < deadline, f"the GlobalPlanner's endpoint never registered:\n{run.log()}"
+            await asyncio.sleep(0.2)
         planners = {}
         for name in ("gp-a", "gp-b"):
             cfg = PlannerConfig(environment="global-planner", global_planner_namespace="demo-gp-ctrl",
