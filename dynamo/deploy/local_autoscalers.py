@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from dynamo.deploy.render import container_resources
 from dynamo.deploy.scaler_metrics import ProcessUsage, PromTrigger, quantity
 from dynamo.deploy.scaling_rules import Governor, parse_behavior, proposal
 from dynamo.planner.prometheus import PrometheusClient
@@ -194,13 +195,13 @@ def _keda_trigger(trig: dict[str, Any], scaler: LocalAutoscaler, sessions, reque
 
 def service_requests(svc: Any) -> dict[str, float]:
     """The main container's cpu (cores) and memory (bytes) requests, which an HPA's utilisation divides
-    by; limits where no request is set (the API server defaults a container's requests to its limits)."""
-    native = getattr(svc.container, "resources", None) or {} if getattr(svc, "container", None) else {}
+    by; limits where no request is set (the API server defaults a container's requests to its limits).
+    Read as `render` writes them into the pod (typed `resources` over the container's own)."""
+    resources = container_resources(svc)
     out: dict[str, float] = {}
     for source in ("limits", "requests"):  # requests win
-        typed = getattr(svc.resources, source, None) if svc.resources else None
         for name in ("cpu", "memory"):
-            value = (getattr(typed, name, None) if typed else None) or (native.get(source) or {}).get(name)
+            value = (resources.get(source) or {}).get(name)
             if value not in (None, ""):
                 out[name] = quantity(value)
     return out

@@ -54,7 +54,7 @@ def _quantities(q: Quantities | None) -> dict[str, str]:
     return out
 
 
-def _resources(svc: Service) -> dict[str, Any]:
+def container_resources(svc: Service) -> dict[str, Any]:
     res = svc.resources
     native = svc.container.resources or {}
     out = {k: dict(v) for k, v in native.items() if isinstance(v, dict)}  # requests / limits
@@ -119,7 +119,7 @@ def _container(graph: Graph, name: str, svc: Service, port: int, k8s_ns: str | N
     ports = [p for p in main.ports or [] if not (isinstance(p, dict) and p.get("name") == port_name)]
     out.update({"env": _dedupe(env), "envFrom": env_from,
                 "ports": [*ports, {"name": port_name, "containerPort": port, "protocol": "TCP"}]})
-    resources = _resources(svc)
+    resources = container_resources(svc)
     if resources:
         out["resources"] = resources
     for kind, probe in contract.default_probes(svc, http_port=port, system_port=port).items():
