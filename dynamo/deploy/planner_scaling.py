@@ -4,7 +4,7 @@ to scale the graph's Deployments instead (`$DYN_PLANNER_DEPLOYMENT_SELECTOR`, re
 `dynamo.planner.connectors.kube_deployments`), each Deployment says which DGD service it is (an
 annotation), and the planner's service account may read and scale them (a Role and its binding).
 Also which services a graph's planner scales (`scaled_services`), for `validate` to tell when an
-autoscaler of the file would fight it."""
+autoscaler of the file would fight it, and which it may take to zero replicas (`zero_capable`)."""
 
 from __future__ import annotations
 
@@ -68,6 +68,28 @@ def scaled_services(graph: Graph, maps: dict[str, dict[str, bytes]] | None = Non
         # A GlobalPlanner is a planner component too, but scales other graphs through their own planners.
         if svc.componentType == "planner" and ("dynamo.planner" in modules or not modules):
             for pool in _pools(graph, _config(svc, maps or {})):
+                out.setdefault(pool, name)
+    return out
+
+
+def zero_capable(graph: Graph, maps: dict[str, dict[str, bytes]] | None = None) -> dict[str, str]:
+    """{service: planner service} for the pools a planner of the graph may scale to zero replicas (its config's
+    minimum for the pool's role is 0); only configs readable from the file count."""
+    out: dict[str, str] = {}
+    specs = {n: {"componentType": s.componentType, "subComponentType": s.subComponentType}
+             for n, s in graph.spec.services.items()}
+    for name, svc in graph.spec.services.items():
+        modules = parse_command(*contract.command_of(svc)[:2]).modules
+        planner = svc.componentType == "planner" and ("dynamo.planner" in modules or not modules)
+        cfg = _config(svc, maps or {}) if planner else None
+        if cfg is None or cfg.advisory or cfg.environment == "virtual":
+            continue
+        try:
+            pools = resolve_pools(specs, cfg)
+        except ValueError:
+            continue
+        for role, pool in pools.items():
+            if cfg.min_for(role) == 0:
                 out.setdefault(pool, name)
     return out
 

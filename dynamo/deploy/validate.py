@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import yaml
 
-from dynamo.deploy import autoscalers, config_maps, model, templates, v1beta1
+from dynamo.deploy import autoscalers, config_maps, model, scale_to_zero, templates, v1beta1
 from dynamo.deploy.commands import flag_value, parse_command, probe_files
 from dynamo.deploy.contract import command_of, exec_probes
 from dynamo.deploy.parsers import check_args
@@ -182,9 +182,10 @@ def validate_file(path: str | Path) -> Report:
 
 def check_autoscalers(docs: list[Any], report: Report) -> None:
     """The HPAs and KEDA ScaledObjects beside the graphs: each scales a service of the file, one each."""
-    errors, warnings = autoscalers.check(docs, report.graphs, config_maps.collect(docs))
+    maps = config_maps.collect(docs)
+    errors, warnings = autoscalers.check(docs, report.graphs, maps)
     report.errors += errors
-    report.warnings += warnings
+    report.warnings += warnings + scale_to_zero.warnings(docs, report.graphs, maps)
 
 
 def check_mounted_plans(docs: list[Any], report: Report) -> None:

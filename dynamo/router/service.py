@@ -36,8 +36,9 @@ from dynamo.router.config import KvRouterConfig
 from dynamo.router.inhibit import Inhibitor, reason_for
 from dynamo.router.kv_policy import KvPolicy
 from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers
+from dynamo.router.pool_wait import PoolWait
 from dynamo.router.selector import WorkerHintRequired
-from dynamo.router.policy import PolicyHost, Role, WorkerInfo, WorkerPool
+from dynamo.router.policy import PolicyHost, Role, WorkerInfo, WorkerPool, candidates
 from dynamo.runtime import records
 from dynamo.runtime.config import setting
 from dynamo.runtime.settings import discovery_backend_setting, event_plane_setting
@@ -78,6 +79,10 @@ class RouterServiceConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
                                     env="DYN_NAMESPACE", flag=False)
     namespace_worker_suffix: str | None = setting(None, "Workers' namespace is '{namespace}-{suffix}'",
                                                   env="DYN_NAMESPACE_WORKER_SUFFIX", flag=False)
+    wait_for_workers_secs: float = setting(
+        0.0, "A request that finds no worker to take it (the pool scaled to zero, its only worker restarting) "
+        "waits up to this long for one instead of a no_workers answer at once; held requests count in "
+        "dynamo_component_router_requests_waiting_for_workers (0: off)", env="DYN_WAIT_FOR_WORKERS_SECS")
 
     def validate(self) -> None:
         super().validate()
@@ -91,6 +96,8 @@ class RouterServiceConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
             self.endpoint = f"{namespace}.{workers.component}.{workers.endpoint}"
         if self.router_block_size < 1:
             raise ValueError("--router-block-size must be >= 1")
+        if self.wait_for_workers_secs < 0:
+            raise ValueError("--wait-for-workers-secs must be >= 0")
         self.check_deadlines()
 
 
@@ -126,6 +133,7 @@ class RouterService:
         self.cards: dict[int, ModelDeploymentCard] = {}
         self.pool = WorkerPool(self.eid.path, Role.DECODE, 0, config.router_block_size)
         self.workers = WorkerClient(runtime.client, config.deadlines())
+        self.pool_wait = PoolWait(config.wait_for_workers_secs, runtime.registry, self.eid.path)
         self._tasks: list[asyncio.Task] = []
 
     @property
@@ -187,6 +195,18 @@ class RouterService:
         self.pool = WorkerPool(self.eid.path, Role.DECODE, self.pool.version + 1, self.config.router_block_size,
                                workers)
         self.policy.on_membership_change(self.pool)
+        self.pool_wait.membership_changed()
+
+    async def _worker_came(self, request: PreprocessedRequest, exclude: set[int], ctx: RequestContext) -> bool:
+        """Whether a worker the request may go to joined the pool within the wait (`pool_wait.py`)."""
+        def usable() -> bool:
+            return bool(candidates(self.pool, request, exclude))
+
+        async def lagging() -> bool:  # discovery holds workers the pool has not seen yet
+            found = await self.runtime.store.get_prefix(records.endpoint_prefix(records.INSTANCES, self.eid))
+            return any(records.instance_id_from_key(key) not in self.addresses for key in found)
+
+        return await self.pool_wait.until_worker(usable, lagging, ctx.is_stopped)
 
     async def elsewhere(self) -> str:
         """When the router has no workers: where this namespace's generate endpoints are, if anywhere (a
@@ -232,7 +252,7 @@ class RouterService:
             request = request_decoder.decode(payload)
         except msgspec.DecodeError as exc:
             raise HandlerError(f"malformed request: {exc}", ErrorCode.BAD_REQUEST) from None
-        call, worker_id, first = await self._open(request, payload)
+        call, worker_id, first = await self._open(request, payload, ctx)
         generated = 0  # the output length and ITL the router's metrics report
         try:
             batch = first
@@ -248,9 +268,11 @@ class RouterService:
             self.policy.free(request.request_id, generated)
             call.cancel()
 
-    async def _open(self, request: PreprocessedRequest, payload: bytes) -> tuple[WorkerStream, int, list[bytes]]:
+    async def _open(self, request: PreprocessedRequest, payload: bytes,
+                    ctx: RequestContext) -> tuple[WorkerStream, int, list[bytes]]:
         """A stream on the policy's worker and its first batch; unreachable, draining or
-        disconnected workers (nothing generated yet) are skipped for the next choice."""
+        disconnected workers (nothing generated yet) are skipped for the next choice, and a pool
+        without a worker left is waited on (`pool_wait.py`)."""
         exclude: set[int] = set()
         rid = request.request_id
         while True:
@@ -260,6 +282,8 @@ class RouterService:
             except AllWorkersBusy as exc:
                 raise HandlerError(f"Service temporarily unavailable: {exc}", ErrorCode.BUSY) from None
             except NoWorkers as exc:
+                if await self._worker_came(request, exclude, ctx):
+                    continue
                 raise HandlerError(f"no workers available for {exc}{await self.elsewhere()}",
                                    ErrorCode.NO_WORKERS) from None
             except WorkerHintRequired as exc:

@@ -34,9 +34,9 @@ def hpa(name: str, target: dict[str, str], **meta: str) -> dict[str, Any]:
                          "type": "Utilization", "averageUtilization": 70}}}]}}
 
 
-def scaled_object(name: str, target: dict[str, str]) -> dict[str, Any]:
+def scaled_object(name: str, target: dict[str, str], min_replicas: int = 1) -> dict[str, Any]:
     return {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": name},
-            "spec": {"scaleTargetRef": target, "minReplicaCount": 0, "maxReplicaCount": 3,
+            "spec": {"scaleTargetRef": target, "minReplicaCount": min_replicas, "maxReplicaCount": 3,
                      "triggers": [{"type": "prometheus", "metadata": {
                          "serverAddress": "http://prometheus:9090", "query": "sum(up)", "threshold": "5"}}]}}
 

@@ -1,0 +1,122 @@
+"""`python -m dynamo.router --wait-for-workers-secs`: a router service whose pool has no worker holds a
+request (counted in its metrics) until a worker registers, then serves it; a caller that leaves ends the
+wait; without the setting the answer is `no_workers` at once, as NVIDIA Dynamo's router answers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import msgspec
+import pytest
+
+from dynamo.llm.protocol import PreprocessedRequest, StopConditions, output_decoder, request_encoder
+from dynamo.runtime.discovery.base import make_store
+from dynamo.runtime.rp_client import RequestPlaneClient, StreamError
+from dynamo.runtime.wire import ErrorCode
+from tests.fixtures.procs import Cluster, free_port, http_get, metric_value, wait_until
+from tests.router.e2e_helpers import BLOCK, SMALL_KV, MODEL, tokens
+
+pytestmark = pytest.mark.e2e
+
+ROUTER_PREFIX = "v1/instances/dynamo/router/generate/"
+WAITING = "dynamo_component_router_requests_waiting_for_workers"
+
+
+def _request(max_tokens: int = 3) -> bytes:
+    return request_encoder.encode(PreprocessedRequest(
+        request_id=uuid.uuid4().hex, model=MODEL, token_ids=tokens(7, 40),
+        stop_conditions=StopConditions(max_tokens=max_tokens, ignore_eos=True)))
+
+
+async def _router_addresses(kv_root: str, count: int, timeout: float = 60) -> list[str]:
+    store = make_store("file", root=kv_root)
+    await store.start()
+    try:
+        end = time.monotonic() + timeout
+        while len(found := await store.get_prefix(ROUTER_PREFIX)) < count:
+            assert time.monotonic() < end, "router services not registered"
+            await asyncio.sleep(0.2)
+        return [msgspec.json.decode(v)["transport"]["tcp"] for v in found.values()]
+    finally:
+        await store.close()
+
+
+async def _generate(client: RequestPlaneClient, address: str) -> list[int]:
+    stream = await client.open_stream(address, "generate", _request())
+    out: list[int] = []
+    try:
+        async for payload in stream:
+            out += output_decoder.decode(payload).token_ids
+    except BaseException:
+        stream.cancel()  # the caller leaves: the router is told
+        raise
+    return out
+
+
+def _waiting(router) -> float:
+    text = http_get(f"http://127.0.0.1:{router.system_port}/metrics")[1].decode()
+    return metric_value(text, WAITING) or 0.0
+
+
+def _router(c: Cluster, wait: str):
+    port = free_port()
+    router = c.start("dynamo.router", ["--endpoint", "dynamo.backend.generate", "--router-block-size", str(BLOCK),
+                                       "--wait-for-workers-secs", wait],
+                     env={"DYN_SYSTEM_PORT": str(port)}, name=f"router-wait-{wait}")
+    router.system_port = port  # type: ignore[attr-defined]
+    return router
+
+
+async def _scenario(c: Cluster, holding, plain, kv_root: str) -> None:
+    client = RequestPlaneClient()
+    try:
+        addresses = await _router_addresses(kv_root, 2)
+        by_port = {}
+        for address in addresses:  # which address is which router: the plain one answers at once
+            try:
+                await asyncio.wait_for(_generate(client, address), 5)
+            except StreamError as exc:
+                assert exc.code == ErrorCode.NO_WORKERS, exc
+                by_port["plain"] = address
+            except asyncio.TimeoutError:
+                by_port["holding"] = address
+        assert set(by_port) == {"plain", "holding"}, by_port
+        wait_until(lambda: _waiting(holding) == 0, 30, "the timed-out wait to end")
+
+        # A caller that leaves ends its wait.
+        gone = asyncio.ensure_future(_generate(client, by_port["holding"]))
+        await _until(lambda: _waiting(holding) == 1, "the request held")
+        gone.cancel()
+        await asyncio.gather(gone, return_exceptions=True)
+        await _until(lambda: _waiting(holding) == 0, "the left request's wait to end")
+
+        # A held request is served by the worker that comes.
+        held = asyncio.ensure_future(_generate(client, by_port["holding"]))
+        await _until(lambda: _waiting(holding) == 1, "the request held")
+        assert not held.done()
+        c.mocker(*SMALL_KV)
+        got = await asyncio.wait_for(held, 90)
+        assert len(got) == 3, got
+        assert _waiting(holding) == 0
+        assert len(await _generate(client, by_port["plain"])) == 3  # the plain router serves once workers exist
+    finally:
+        await client.close()
+
+
+async def _until(predicate, what: str, timeout: float = 30) -> None:
+    end = time.monotonic() + timeout
+    while not await asyncio.to_thread(predicate):
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+def test_router_service_holds_requests_until_a_worker_registers(tiny_model, tmp_path):
+    c = Cluster(tmp_path, tiny_model, "file")
+    try:
+        holding, plain = _router(c, "120"), _router(c, "0")
+        asyncio.run(_scenario(c, holding, plain, str(c.tmp / "kv")))
+        assert "no workers available" not in holding.log()
+    finally:
+        c.stop()
