@@ -28,7 +28,8 @@ from dynamo.planner.load_scaling import Decision, reactive_decision
 from dynamo.planner.metrics import PlannerMetrics
 from dynamo.planner.observe import FpmCollector
 from dynamo.planner.predictors import make_predictor
-from dynamo.planner.prometheus import PrometheusClient, TrafficObservation, observe, waiting_query
+from dynamo.planner.prometheus import (PrometheusClient, TrafficObservation, observe, router_waiting_query,
+                                       waiting_query)
 
 log = logging.getLogger("dynamo.planner")
 
@@ -114,19 +115,23 @@ class Planner:
     # ---- load loop -----------------------------------------------------------------
 
     async def _waiting(self) -> float | None:
-        """Requests the frontends hold for the model (`dynamo_frontend_queued_requests`): at zero replicas no
-        engine reports load, so this is the only demand there is. None without Prometheus or a model name."""
+        """Requests held for the model: by the frontends (`dynamo_frontend_queued_requests`) and by the pool's
+        router services (a global router's pool). At zero replicas no engine reports load, so this is the only
+        demand there is. None without Prometheus or a model name, or when neither series exists."""
         model = self.collector.model_name()
         if self.prometheus is None or model is None:
             return None
-        return await self.prometheus.scalar(waiting_query(model, self.cfg.namespace))
+        found = [await self.prometheus.scalar(q) for q in (waiting_query(model, self.cfg.namespace),
+                                                            router_waiting_query(self.cfg.namespace))]
+        values = [v for v in found if v is not None]
+        return sum(values) if values else None
 
     def _from_zero(self, role: str, pool: PoolState, waiting: float | None) -> Decision | None:
         """A pool scaled to zero (min_endpoint 0) that requests wait for: back to its minimum, at least 1."""
         if pool.desired != 0 or not waiting:
             return None
         target = min(max(1, self.cfg.min_for(role)), self.cfg.max_for(role))
-        return Decision(role, 0, target, f"scale from zero: {waiting:g} request(s) waiting at the frontends")
+        return Decision(role, 0, target, f"scale from zero: {waiting:g} request(s) waiting for a worker")
 
     def _load_decision(self, role: str, pool: PoolState) -> Decision:
         engines = self.collector.fresh(role)

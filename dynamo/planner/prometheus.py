@@ -104,6 +104,12 @@ def waiting_query(model: str, namespace: str) -> str:
     return f"sum({PREFIX}_queued_requests{selector(model, namespace)})"
 
 
+def router_waiting_query(namespace: str) -> str:
+    """Requests the namespace's router services hold for a worker (`python -m dynamo.router
+    --wait-for-workers-secs`): a global router's pool at zero, whose frontend sees the global router up."""
+    return f"sum(dynamo_component_router_requests_waiting_for_workers{{{namespace_match(namespace)}}})"
+
+
 def kv_hit_query(window_s: int, namespace: str) -> str:
     ns = namespace_match(namespace)
     m = "dynamo_component_router_kv_hit_rate"

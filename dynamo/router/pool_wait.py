@@ -27,14 +27,14 @@ CANCEL_POLL_SECS = 0.5  # a caller's leaving is a flag on its request context, n
 class PoolWait:
     """The requests one router service holds for a worker (the one owner of their count)."""
 
-    def __init__(self, wait_secs: float, registry: CollectorRegistry, endpoint: str) -> None:
+    def __init__(self, wait_secs: float, registry: CollectorRegistry, endpoint: tuple[str, str, str]) -> None:
         self.wait_secs = wait_secs
         self.waiting = 0
         self._changed = asyncio.Event()
         self._gauge = Gauge("dynamo_component_router_requests_waiting_for_workers",
                             "Requests the router holds because no worker of its pool can take them",
-                            ["endpoint"], registry=registry)
-        self._gauge.labels(endpoint).set_function(lambda: self.waiting)
+                            ["dynamo_namespace", "dynamo_component", "dynamo_endpoint"], registry=registry)
+        self._gauge.labels(*endpoint).set_function(lambda: self.waiting)  # the pool's workers' endpoint
 
     def membership_changed(self) -> None:
         """The pool's worker set changed: every waiter looks again."""

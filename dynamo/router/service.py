@@ -133,7 +133,8 @@ class RouterService:
         self.cards: dict[int, ModelDeploymentCard] = {}
         self.pool = WorkerPool(self.eid.path, Role.DECODE, 0, config.router_block_size)
         self.workers = WorkerClient(runtime.client, config.deadlines())
-        self.pool_wait = PoolWait(config.wait_for_workers_secs, runtime.registry, self.eid.path)
+        self.pool_wait = PoolWait(config.wait_for_workers_secs, runtime.registry,
+                                  (self.eid.namespace, self.eid.component, self.eid.endpoint))
         self._tasks: list[asyncio.Task] = []
 
     @property

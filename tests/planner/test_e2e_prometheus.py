@@ -6,9 +6,11 @@ instead of "skipping adjustment" (Dynamo issue #6985)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 
 from dynamo.planner.config import PlannerConfig
@@ -16,10 +18,12 @@ from dynamo.planner.connectors.base import make_connector
 from dynamo.planner.connectors.virtual import VirtualOrchestrator
 from dynamo.planner.observe import FpmCollector
 from dynamo.planner.planner import Planner
-from dynamo.planner.prometheus import PrometheusClient, observe
+from dynamo.planner.prometheus import PrometheusClient, observe, router_waiting_query, waiting_query
 from dynamo.runtime.discovery.base import make_store
 from tests.deploy.helpers import chat
-from tests.fixtures.procs import Cluster
+from dynamo.runtime.rp_client import RequestPlaneClient
+from tests.fixtures.procs import Cluster, free_port
+from tests.router.test_e2e_router_service_wait import generate, router_addresses
 from tests.planner.prometheus_server import PrometheusServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -47,6 +51,17 @@ def send(cluster: Cluster, n: int) -> None:
         replies = list(pool.map(lambda i: chat(cluster.http_port, "tiny", f"question {i} " * 20, max_tokens=16),
                                 range(n)))
     assert all(r["usage"]["completion_tokens"] == 16 for r in replies)
+
+
+async def planner_at(cfg: PlannerConfig, store, client: PrometheusClient, replicas: int
+                     ) -> tuple[Planner, VirtualOrchestrator]:
+    """A planner on the virtual connector whose decode pool is at `replicas` (the scale acknowledged)."""
+    conn = make_connector(cfg, store=store)
+    await conn.start()
+    await conn.scale({"decode": replicas})
+    orch = VirtualOrchestrator(store, cfg.namespace)
+    await orch.ack((await orch.next_decision(5))["decision_id"])
+    return Planner(cfg, conn, FpmCollector(store, cfg), client), orch
 
 
 async def wait_observation(client: PrometheusClient, window: int, check, deadline_s: float = 60):
@@ -90,12 +105,7 @@ async def test_sla_throughput_tick_scales_to_the_minimum_when_traffic_stops(stac
         cfg = PlannerConfig(environment="virtual", model_name="tiny", namespace="dynamo", mode="agg",
                             optimization_target="sla", enable_load_scaling=False,
                             throughput_adjustment_interval_seconds=3, load_predictor="constant")
-        conn = make_connector(cfg, store=store)
-        await conn.start()
-        await conn.scale({"decode": 3})
-        orch = VirtualOrchestrator(store, "dynamo")
-        await orch.ack((await orch.next_decision(5))["decision_id"])
-        planner = Planner(cfg, conn, FpmCollector(store, cfg), client)
+        planner, orch = await planner_at(cfg, store, client, 3)
         await wait_observation(client, 3, lambda o: o.num_req == 0, deadline_s=30)
         await planner.throughput_tick()
         last = planner.decisions[-1]
@@ -110,12 +120,6 @@ async def test_sla_throughput_tick_scales_to_the_minimum_when_traffic_stops(stac
 async def test_a_pool_at_zero_scales_up_for_requests_the_frontend_holds(tmp_path_factory, tiny_model):
     """min_endpoint 0: no engine reports load at zero replicas; the requests a frontend holds for the model
     (--wait-for-workers-secs) are the demand, read from Prometheus, and the pool comes back to 1."""
-    import threading
-
-    import httpx
-
-    from dynamo.planner.prometheus import waiting_query
-
     tmp = tmp_path_factory.mktemp("zero")
     cluster = Cluster(tmp, tiny_model)
     prom = store = client = None
@@ -127,12 +131,7 @@ async def test_a_pool_at_zero_scales_up_for_requests_the_frontend_holds(tmp_path
         client = PrometheusClient(prom.url)
         cfg = PlannerConfig(environment="virtual", model_name="tiny", namespace="dynamo", mode="agg",
                             optimization_target="throughput", min_endpoint=0)
-        conn = make_connector(cfg, store=store)
-        await conn.start()
-        await conn.scale({"decode": 0})
-        orch = VirtualOrchestrator(store, "dynamo")
-        await orch.ack((await orch.next_decision(5))["decision_id"])
-        planner = Planner(cfg, conn, FpmCollector(store, cfg), client)
+        planner, orch = await planner_at(cfg, store, client, 0)
         await planner.load_tick()
         assert planner.decisions[-1].target == 0  # nothing waits: stays at zero
         body = {"model": "tiny", "prompt": "wake up", "max_tokens": 2}
@@ -144,13 +143,53 @@ async def test_a_pool_at_zero_scales_up_for_requests_the_frontend_holds(tmp_path
         await planner.load_tick()
         last = planner.decisions[-1]
         assert (last.role, last.current, last.target) == ("decode", 0, 1), last
-        assert "waiting at the frontends" in last.reason
+        assert "waiting for a worker" in last.reason
         assert (await orch.next_decision(5))["num_decode_workers"] == 1
     finally:
         if client is not None:
             await client.close()
         if store is not None:
             await store.close()
+        if prom is not None:
+            prom.stop()
+        cluster.stop()
+
+
+async def test_a_pool_at_zero_scales_up_for_requests_its_router_holds(tmp_path_factory, tiny_model):
+    """A global router's pool: its frontend sees the global router up and holds nothing; the pool's router
+    service (--wait-for-workers-secs) holds the request, and the pool's planner reads that from Prometheus."""
+    tmp = tmp_path_factory.mktemp("zero-router")
+    cluster = Cluster(tmp, tiny_model)
+    prom = store = client = caller = None
+    try:
+        port = free_port()
+        cluster.start("dynamo.router", ["--endpoint", "pool.backend.generate", "--wait-for-workers-secs", "30"],
+                      env={"DYN_SYSTEM_PORT": str(port)}, name="pool-router")
+        prom = PrometheusServer(tmp / "prometheus", [f"127.0.0.1:{port}"], "pool")  # as its PodMonitor labels it
+        store = make_store("file", root=str(tmp / "kv"))
+        await store.start()
+        client = PrometheusClient(prom.url)
+        cfg = PlannerConfig(environment="virtual", model_name="tiny", namespace="pool", mode="agg",
+                            optimization_target="throughput", min_endpoint=0)
+        planner, orch = await planner_at(cfg, store, client, 0)
+        await planner.load_tick()
+        assert planner.decisions[-1].target == 0  # nothing waits: stays at zero
+        caller = RequestPlaneClient()
+        held = asyncio.ensure_future(generate(caller, (await router_addresses(str(tmp / "kv"), 1, "pool"))[0]))
+        deadline = time.monotonic() + 30
+        while (await client.scalar(router_waiting_query("pool")) or 0) < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        assert not held.done()
+        await planner.load_tick()
+        last = planner.decisions[-1]
+        assert (last.role, last.current, last.target) == ("decode", 0, 1), last
+        assert (await orch.next_decision(5))["num_decode_workers"] == 1
+        held.cancel()
+        await asyncio.gather(held, return_exceptions=True)
+    finally:
+        for closing in (caller, client, store):
+            if closing is not None:
+                await closing.close()
         if prom is not None:
             prom.stop()
         cluster.stop()

@@ -20,7 +20,6 @@ from tests.router.e2e_helpers import BLOCK, SMALL_KV, MODEL, tokens
 
 pytestmark = pytest.mark.e2e
 
-ROUTER_PREFIX = "v1/instances/dynamo/router/generate/"
 WAITING = "dynamo_component_router_requests_waiting_for_workers"
 
 
@@ -30,12 +29,13 @@ def _request(max_tokens: int = 3) -> bytes:
         stop_conditions=StopConditions(max_tokens=max_tokens, ignore_eos=True)))
 
 
-async def _router_addresses(kv_root: str, count: int, timeout: float = 60) -> list[str]:
+async def router_addresses(kv_root: str, count: int, namespace: str = "dynamo", timeout: float = 60) -> list[str]:
+    """The request-plane addresses of `count` router services of `namespace`, once registered."""
     store = make_store("file", root=kv_root)
     await store.start()
     try:
         end = time.monotonic() + timeout
-        while len(found := await store.get_prefix(ROUTER_PREFIX)) < count:
+        while len(found := await store.get_prefix(f"v1/instances/{namespace}/router/generate/")) < count:
             assert time.monotonic() < end, "router services not registered"
             await asyncio.sleep(0.2)
         return [msgspec.json.decode(v)["transport"]["tcp"] for v in found.values()]
@@ -43,7 +43,8 @@ async def _router_addresses(kv_root: str, count: int, timeout: float = 60) -> li
         await store.close()
 
 
-async def _generate(client: RequestPlaneClient, address: str) -> list[int]:
+async def generate(client: RequestPlaneClient, address: str) -> list[int]:
+    """A 3-token request through the router at `address`: the token ids; the router told if the caller leaves."""
     stream = await client.open_stream(address, "generate", _request())
     out: list[int] = []
     try:
@@ -72,11 +73,11 @@ def _router(c: Cluster, wait: str):
 async def _scenario(c: Cluster, holding, plain, kv_root: str) -> None:
     client = RequestPlaneClient()
     try:
-        addresses = await _router_addresses(kv_root, 2)
+        addresses = await router_addresses(kv_root, 2)
         by_port = {}
         for address in addresses:  # which address is which router: the plain one answers at once
             try:
-                await asyncio.wait_for(_generate(client, address), 5)
+                await asyncio.wait_for(generate(client, address), 5)
             except StreamError as exc:
                 assert exc.code == ErrorCode.NO_WORKERS, exc
                 by_port["plain"] = address
@@ -86,21 +87,21 @@ async def _scenario(c: Cluster, holding, plain, kv_root: str) -> None:
         wait_until(lambda: _waiting(holding) == 0, 30, "the timed-out wait to end")
 
         # A caller that leaves ends its wait.
-        gone = asyncio.ensure_future(_generate(client, by_port["holding"]))
+        gone = asyncio.ensure_future(generate(client, by_port["holding"]))
         await _until(lambda: _waiting(holding) == 1, "the request held")
         gone.cancel()
         await asyncio.gather(gone, return_exceptions=True)
         await _until(lambda: _waiting(holding) == 0, "the left request's wait to end")
 
         # A held request is served by the worker that comes.
-        held = asyncio.ensure_future(_generate(client, by_port["holding"]))
+        held = asyncio.ensure_future(generate(client, by_port["holding"]))
         await _until(lambda: _waiting(holding) == 1, "the request held")
         assert not held.done()
         c.mocker(*SMALL_KV)
         got = await asyncio.wait_for(held, 90)
         assert len(got) == 3, got
         assert _waiting(holding) == 0
-        assert len(await _generate(client, by_port["plain"])) == 3  # the plain router serves once workers exist
+        assert len(await generate(client, by_port["plain"])) == 3  # the plain router serves once workers exist
     finally:
         await client.close()
 
