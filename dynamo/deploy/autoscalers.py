@@ -113,9 +113,8 @@ def not_opted_in(docs: list[Any]) -> set[str]:
     for doc in docs:
         if isinstance(doc, dict) and doc.get("kind", model.KIND) == model.KIND:
             beta = isinstance((doc.get("spec") or {}).get("components"), list)
-            graph = str((doc.get("metadata") or {}).get("name") or "")
-            out |= {contract.k8s_name(graph, name) for g, name, raw in _raw_services([doc])
-                    if not _adapter_opted_in(raw, beta) and not _adapter_disabled(raw) and g == graph}
+            out |= {contract.k8s_name(graph, name) for graph, name, raw in _raw_services([doc])
+                    if not _adapter_opted_in(raw, beta) and not _adapter_disabled(raw)}
     return out
 
 
