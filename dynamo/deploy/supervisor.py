@@ -236,11 +236,18 @@ class Supervisor:
         rep.state = "stopping"
         self._touch()
         if rep.proc is not None and rep.proc.returncode is None:
-            await _terminate(rep.proc, self.grace)
+            await _terminate(rep.proc, self._retire_grace(rep.service))
         await self._drain_tasks(rep)
         self.replicas.pop((rep.service, rep.index), None)
         self.plans[rep.service].release(rep.index)
         self._touch()
+
+    def _retire_grace(self, service: str) -> float:
+        """SIGTERM to SIGKILL for a replica scaled down: the service's own terminationGracePeriodSeconds when
+        its manifest sets one (the kubelet's bound: a worker drains its streams within it), else --grace."""
+        pod = self.plans[service].svc.extraPodSpec
+        given = pod.terminationGracePeriodSeconds if pod is not None else None
+        return float(given) if given is not None else self.grace
 
     async def _drain_tasks(self, rep: Replica) -> None:
         for task in rep.tasks:

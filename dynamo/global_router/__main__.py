@@ -134,8 +134,8 @@ async def serve(args: GlobalRouterArgs, plan: PoolPlan, stop: asyncio.Event) -> 
         await stop.wait()
     finally:
         await routers.close()
-        grace = main_rt.settings.graceful_shutdown_grace_period_secs
-        await asyncio.gather(*(rt.shutdown(grace=grace) for rt in runtimes), return_exceptions=True)
+        limit = main_rt.settings.drain_secs()  # the streams it relays run to completion within it
+        await asyncio.gather(*(rt.shutdown(grace=limit) for rt in runtimes), return_exceptions=True)
     return 0
 
 

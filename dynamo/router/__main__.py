@@ -27,7 +27,10 @@ async def serve(config: RouterServiceConfig, stop: asyncio.Event, warnings: Sequ
     log.info("KV router for %s ready (block size %d, mode %s)", service.eid.path, config.router_block_size,
              service.policy.report(service.pool.name).mode)
     await stop.wait()
-    await runtime.unregister()
+    # Out of discovery, new requests answered `draining` (callers go to another router), and the streams it
+    # relays run to completion within the drain limit before they are cut.
+    if not await runtime.drain(runtime.settings.drain_secs()):
+        log.warning("%d stream(s) still running at the drain limit; cutting them", runtime.server.inflight())
     await service.close()
     await runtime.shutdown()
     return 0

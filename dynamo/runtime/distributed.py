@@ -181,6 +181,15 @@ class DistributedRuntime:
     def watch(self, prefix: str) -> AsyncIterator[WatchEvent]:
         return self.store.watch_prefix(prefix)
 
+    async def drain(self, limit: float) -> bool:
+        """Leave discovery, refuse new requests (`draining`: the caller goes elsewhere) and wait up to `limit`
+        for the ones in flight; True when none is left."""
+        await self.unregister()
+        if self.server is None:
+            return True
+        await self.server.stop_accepting()
+        return await self.server.drain(limit)
+
     async def shutdown(self, grace: float = 0.0) -> None:
         """Unregister, let in-flight requests finish within `grace`, then close everything."""
         await self.unregister()

@@ -125,7 +125,12 @@ class RuntimeSettings:
     logging_jsonl: bool = setting(False, "Write logs as JSON lines (time, level, target, message, fields) "
                                          "instead of text; request-trace lines become INFO", flag=False)
     graceful_shutdown_grace_period_secs: float = setting(
-        5.0, "Seconds a worker's in-flight requests may run after SIGTERM", flag=False)
+        5.0, "Seconds after SIGTERM before a worker's drain deadline starts counting (Dynamo's grace period)",
+        flag=False)
+    runtime_graceful_shutdown_timeout_secs: float = setting(
+        900.0, "Seconds a worker's (or router's) in-flight requests may then run to completion before they are "
+               "aborted (Dynamo's drain timeout; Kubernetes' terminationGracePeriodSeconds still bounds it)",
+        flag=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RuntimeSettings:
@@ -136,6 +141,11 @@ class RuntimeSettings:
         Raises SystemExit naming the variable when a value does not parse."""
         environ = os.environ if environ is None else environ
         return _parse(tuple((name, environ[name]) for name in _ENV_NAMES if name in environ))
+
+    def drain_secs(self) -> float:
+        """How long a SIGTERMed process's in-flight requests may run: the grace period, then the drain
+        timeout, as NVIDIA Dynamo counts them (unregister, grace, drain up to the timeout, abort the rest)."""
+        return self.graceful_shutdown_grace_period_secs + self.runtime_graceful_shutdown_timeout_secs
 
     def nats_url(self) -> str:
         return self.nats_server or DEFAULT_NATS_SERVER

@@ -11,8 +11,9 @@
    typed `generate` endpoint; then the log line readiness probes grep:
    `Worker <namespace>.<component>.<endpoint> initialized (instance <hex>)`;
 5. it waits for SIGTERM or engine death. Death: unhealthy, leave discovery, exit 1.
-   SIGTERM: leave discovery, let in-flight requests finish within
-   DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS (default 5), abort the rest, exit 0.
+   SIGTERM: leave discovery, let in-flight requests finish within DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS
+   (default 5) plus DYN_RUNTIME_GRACEFUL_SHUTDOWN_TIMEOUT_SECS (default 900), as in NVIDIA Dynamo, abort
+   the rest, exit 0.
 """
 
 from __future__ import annotations
@@ -184,15 +185,17 @@ class Worker:
         dead.set()
 
     async def drain(self) -> None:
-        """Graceful stop: no new requests, in-flight ones get the grace period, then abort."""
-        grace = self.runtime.settings.graceful_shutdown_grace_period_secs  # DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS
+        """Graceful stop: out of discovery, and no new requests (a caller that had not seen it leave yet is
+        answered `draining` and goes to another worker); in-flight ones run to completion within the grace
+        period plus the drain timeout (`RuntimeSettings.drain_secs`), then are aborted."""
+        limit = self.runtime.settings.drain_secs()
         server = self.runtime.server
-        await self.runtime.unregister()
+        if server is not None and server.inflight():
+            log.info("draining %d request(s) in flight (up to %gs)", server.inflight(), limit)
+        if not await self.runtime.drain(limit):
+            log.warning("%d request(s) still running after %gs; aborting them", server.inflight(), limit)
         if server is None:
             return
-        await server.stop_accepting()
-        if not await server.drain(grace):
-            log.warning("%d request(s) still running after %gs grace; aborting them", server.inflight(), grace)
         await server.close()  # cancels what is left: each handler aborts its engine request
         await asyncio.sleep(0.1)  # let the aborts reach the engine before it shuts down
 

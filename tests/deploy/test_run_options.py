@@ -44,3 +44,12 @@ def test_service_names_reach_every_graph_or_the_one_named(tmp_path):
 def test_a_service_no_graph_has_is_refused(tmp_path, given):
     with pytest.raises(ValueError, match="no service"):
         runs_for(tmp_path, **given)
+
+
+def test_a_scaled_down_replica_gets_its_services_termination_grace(tmp_path):
+    """A replica the supervisor retires (a scale-down) is SIGKILLed after its service's
+    terminationGracePeriodSeconds when the manifest sets one, as the kubelet would, else after --grace."""
+    sup = runs_for(tmp_path)["gr-decode"].sup
+    assert sup._retire_grace("MockerDecode") == 1.0
+    sup.plans["MockerDecode"].svc.extraPodSpec.terminationGracePeriodSeconds = 45
+    assert sup._retire_grace("MockerDecode") == 45.0

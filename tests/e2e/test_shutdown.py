@@ -1,7 +1,8 @@
 """Graceful shutdown, as in Dynamo: a SIGTERMed frontend answers /health 503 while /live
 stays 200, refuses new requests with 503 and lets admitted streams finish (bounded), then
-exits 0; a SIGTERMed worker leaves discovery, keeps serving through the grace period,
-drains what it holds and exits 0, so scaling down loses no request."""
+exits 0; a SIGTERMed worker leaves discovery, lets what it holds run to completion within the grace
+period plus DYN_RUNTIME_GRACEFUL_SHUTDOWN_TIMEOUT_SECS (a stream far longer than the grace period is
+finished, not cut), and exits 0, so scaling down loses no request; past that limit it aborts the rest."""
 
 from __future__ import annotations
 
@@ -101,3 +102,34 @@ def test_worker_sigterm_under_load_loses_no_request(cluster):
         load.finish()
     assert workers[0].popen.returncode == 0, workers[0].log()
     assert load.failures == [], load.failures
+
+
+def _sigterm_at_chunk(proc, at: int = 5):
+    def on_chunk(count: int) -> None:
+        if count == at and proc.alive():
+            proc.popen.send_signal(signal.SIGTERM)
+    return on_chunk
+
+
+def test_worker_sigterm_finishes_a_stream_far_longer_than_the_grace_period(cluster):
+    """The cluster's grace period is 2 s; the stream runs ~6 s more after SIGTERM, with no migration:
+    only the drain (Dynamo's: grace, then up to DYN_RUNTIME_GRACEFUL_SHUTDOWN_TIMEOUT_SECS) keeps it whole."""
+    worker = cluster.mocker("--speedup-ratio", "0.5")
+    cluster.frontend()
+    cluster.wait_workers(MODEL, 1)
+    finish, usage = stream_completion(cluster.base_url, 300, _sigterm_at_chunk(worker), timeout=180)
+    assert finish == ["length"] and usage["completion_tokens"] == 300
+    assert worker.popen.wait(60) == 0, worker.log()
+    assert "draining 1 request(s) in flight" in worker.log()
+    assert "aborting them" not in worker.log()
+
+
+def test_worker_drain_is_bounded_by_the_runtime_timeout(cluster):
+    worker = cluster.mocker("--speedup-ratio", "0.5", env={"DYN_RUNTIME_GRACEFUL_SHUTDOWN_TIMEOUT_SECS": "0"})
+    cluster.frontend()
+    cluster.wait_workers(MODEL, 1)
+    with pytest.raises((AssertionError, httpx.HTTPError)):  # cut at 2 s of a ~30 s stream: an error event
+        stream_completion(cluster.base_url, 1500, _sigterm_at_chunk(worker), timeout=120)
+    assert worker.popen.wait(60) == 0, worker.log()
+    assert "1 request(s) still running after 2s; aborting them" in worker.log()
+

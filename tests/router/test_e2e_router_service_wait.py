@@ -1,10 +1,12 @@
 """`python -m dynamo.router --wait-for-workers-secs`: a router service whose pool has no worker holds a
 request (counted in its metrics) until a worker registers, then serves it; a caller that leaves ends the
-wait; without the setting the answer is `no_workers` at once, as NVIDIA Dynamo's router answers."""
+wait; without the setting the answer is `no_workers` at once, as NVIDIA Dynamo's router answers.
+A SIGTERMed router service relays the streams it carries to their end (its drain), then exits 0."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 
@@ -121,3 +123,46 @@ def test_router_service_holds_requests_until_a_worker_registers(tiny_model, tmp_
         assert "no workers available" not in holding.log()
     finally:
         c.stop()
+
+
+async def _stream_through(address: str, router, tokens_wanted: int) -> list[int]:
+    """A long stream through the router, which is SIGTERMed after its first outputs."""
+    client = RequestPlaneClient()
+    try:
+        stream = await client.open_stream(address, "generate", _request(tokens_wanted))
+        sent = False
+        out: list[int] = []
+        async for payload in stream:
+            out += output_decoder.decode(payload).token_ids
+            if len(out) >= 5 and not sent:
+                router.popen.send_signal(signal.SIGTERM)
+                sent = True
+        return out
+    finally:
+        await client.close()
+
+
+def test_a_sigterm_router_service_relays_its_stream_to_the_end(tiny_model, tmp_path):
+    c = Cluster(tmp_path, tiny_model, "file", {"DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "1"})
+    try:
+        c.mocker("--speedup-ratio", "0.5")
+        router = _router(c, "0")
+        address = asyncio.run(router_addresses(str(c.tmp / "kv"), 1))[0]
+        wait_until(lambda: _has_worker(address), 60, "the router to see its worker")
+        got = asyncio.run(_stream_through(address, router, 300))  # ~6 s at this speed: far past the grace
+        assert len(got) == 300
+        assert router.popen.wait(60) == 0, router.log()
+    finally:
+        c.stop()
+
+
+def _has_worker(address: str) -> bool:
+    async def once() -> bool:
+        client = RequestPlaneClient()
+        try:
+            return len(await generate(client, address)) == 3
+        except StreamError:
+            return False
+        finally:
+            await client.close()
+    return asyncio.run(once())

@@ -37,6 +37,7 @@ RUNTIME_VARS = [
     ("DYN_SYSTEM_HOST", "system_host", "0.0.0.0", "127.0.0.1", "127.0.0.1"),
     ("DYN_LOG", "log", None, "dynamo=debug,warn", "dynamo=debug,warn"),
     ("DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS", "graceful_shutdown_grace_period_secs", 5.0, "2", 2.0),
+    ("DYN_RUNTIME_GRACEFUL_SHUTDOWN_TIMEOUT_SECS", "runtime_graceful_shutdown_timeout_secs", 900.0, "30", 30.0),
 ]
 
 
@@ -57,6 +58,7 @@ def test_each_variable_sets_its_field_and_defaults_as_dynamo(env, field, default
     ("DYN_SYSTEM_PORT", "9090x"),
     ("DYN_SYSTEM_ENABLED", "maybe"),
     ("DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS", "five"),
+    ("DYN_RUNTIME_GRACEFUL_SHUTDOWN_TIMEOUT_SECS", "forever"),
 ])
 def test_invalid_value_names_its_variable(env, raw):
     with pytest.raises(SystemExit, match=f"invalid value for {env}"):
@@ -162,3 +164,9 @@ def test_frontend_invalid_value_names_its_variable(env, raw):
 def test_frontend_rejects_out_of_range_http_settings(argv):
     with pytest.raises(SystemExit):
         parse_config(FrontendConfig, argv, environ={})
+
+
+def test_a_sigterm_drain_lasts_the_grace_period_then_the_runtime_timeout_as_in_dynamo():
+    assert RuntimeSettings.from_env({}).drain_secs() == 905.0
+    assert RuntimeSettings.from_env({"DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "2",
+                                     "DYN_RUNTIME_GRACEFUL_SHUTDOWN_TIMEOUT_SECS": "0"}).drain_secs() == 2.0

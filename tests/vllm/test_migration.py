@@ -37,6 +37,7 @@ def cluster(vllm_python, vllm_model, tmp_path_factory):
         # Each engine pins its OpenMP threads; spread them over the cores instead of all on core 0.
         cores = os.cpu_count() or 1
         c.workers = [c.vllm_worker(env={"DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "0.2",
+                                        "DYN_RUNTIME_GRACEFUL_SHUTDOWN_TIMEOUT_SECS": "0",
                                         "VLLM_CPU_OMP_THREADS_BIND": str(i % cores)}, wait=False) for i in range(3)]
         for w in c.workers:
             wait_healthy(w, timeout=900)
