@@ -1,7 +1,8 @@
 """Sends a preprocessed request to a worker and streams its outputs back, with
 worker selection by the routing policy (`dynamo.router.policy`), cancellation, and migration: when a
 worker's stream breaks without its end marker, the request continues on another
-worker with the tokens generated so far appended to the prompt. A worker that misses a
+worker with the tokens generated so far appended to the prompt (not a structured-output request that has
+output already: its grammar would restart on the new worker). A worker that misses a
 deadline (`--first-token-timeout-secs`, `--stream-idle-timeout-secs`) counts as such a break:
 its stream is cancelled and the request migrates, or fails with 504. A worker that cannot
 be reached, or that refuses the request because it is draining, is skipped before
@@ -256,6 +257,13 @@ class Dispatcher:
         if not handle.cancelled and not _behind(exc):
             self.inhibitor.inhibit(iid, ErrorCode.TIMEOUT if timed_out else ErrorCode.DISCONNECTED)
         if handle.cancelled or progress.migrations >= self.migration_limit or self._too_long_to_migrate(progress):
+            raise errors.worker_lost(iid, exc) from None
+        if progress.generated and request.sampling_options.guided_decoding is not None:
+            # Structured output resumed elsewhere would restart its grammar after the tokens already sent
+            # (the new engine sees them as prompt): invalid output. Dynamo never migrates these; before any
+            # output there is nothing to restart, so that case still moves.
+            log.warning("worker %x lost; request %s uses structured output and has output already: not migrated",
+                        iid, request.request_id)
             raise errors.worker_lost(iid, exc) from None
         progress.migrations += 1
         self.metrics.migration(entry.name, "ongoing_request")

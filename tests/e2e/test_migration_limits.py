@@ -1,6 +1,7 @@
 """Migration at and past its limit: `--migration-limit N` moves a request at most N times;
 one more worker loss ends the stream with an OpenAI error event (`worker_disconnected`)
-and no hang; the default limit is 0; a non-streaming request migrates too.
+and no hang; the default limit is 0; a non-streaming request migrates too; a structured-output request with
+output already is not moved (its grammar would restart on the new worker), as in Dynamo.
 Each test starts its own two mockers, slowed so a request is still running when killed."""
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ MAX_TOKENS = 400
 def make_cluster(model, tmp, *frontend_args: str) -> Cluster:
     c = Cluster(tmp, model, "file")
     c.workers = [c.mocker("--speedup-ratio", "0.5") for _ in range(2)]  # type: ignore[attr-defined]
-    c.frontend(*frontend_args)
+    c.frontend_proc = c.frontend(*frontend_args)  # type: ignore[attr-defined]
     c.wait_workers(MODEL, 2)
     return c
 
@@ -136,5 +137,26 @@ def test_a_request_past_the_migration_max_seq_len_is_not_moved(tiny_model, tmp_p
         texts, errors = stream_killing(c, kills=1)
         assert [e["code"] for e in errors] == ["worker_disconnected"], errors
         assert migrations(c) == 0 and 5 <= len(texts) < MAX_TOKENS
+    finally:
+        c.stop()
+
+
+def test_a_structured_output_request_with_output_is_not_moved(tiny_model, tmp_path):
+    c = make_cluster(tiny_model, tmp_path, "--migration-limit", "3")
+    try:
+        body = {"model": MODEL, "prompt": "as json", "max_tokens": MAX_TOKENS, "ignore_eos": True, "stream": True,
+                "guided_json": {"type": "object"}}
+        texts, errs, killed = [], [], False
+        for chunk in sse_chunks(c.base_url, body):
+            if "error" in chunk:
+                errs.append(chunk["error"])
+                continue
+            texts += [ch["text"] for ch in chunk["choices"]]
+            if not killed and len(texts) >= 5:
+                kill_the_busy_worker(c)
+                killed = True
+        assert [e["code"] for e in errs] == ["worker_disconnected"], errs
+        assert migrations(c) == 0 and 5 <= len(texts) < MAX_TOKENS
+        assert "uses structured output and has output already: not migrated" in c.frontend_proc.log()
     finally:
         c.stop()
