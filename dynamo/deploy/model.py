@@ -147,6 +147,26 @@ class ScalingAdapter(Base):
     enabled: Union[bool, None] = None
 
 
+class IngressTLS(Base):
+    secretName: Union[str, None] = None
+
+
+class Ingress(Base):
+    """IngressSpec: expose a service outside the cluster (`render` writes the Ingress or VirtualService the
+    operator would; `ingress.py`)."""
+
+    enabled: bool = False
+    host: Union[str, None] = None
+    useVirtualService: bool = False
+    virtualServiceGateway: Union[str, None] = None
+    hostPrefix: Union[str, None] = None
+    hostSuffix: Union[str, None] = None
+    annotations: Union[dict[str, str], None] = None
+    labels: Union[dict[str, str], None] = None
+    tls: Union[IngressTLS, None] = None
+    ingressControllerClassName: Union[str, None] = None
+
+
 class Service(Base):
     """DynamoComponentDeploymentSharedSpec: one entry of `spec.services`."""
 
@@ -167,7 +187,7 @@ class Service(Base):
     livenessProbe: Union[Probe, None] = None
     readinessProbe: Union[Probe, None] = None
     volumeMounts: Union[list[VolumeMount], None] = None
-    ingress: Union[dict[str, Any], None] = None
+    ingress: Union[Ingress, None] = None
     modelRef: Union[dict[str, Any], None] = None
     scalingAdapter: Union[ScalingAdapter, None] = None
     autoscaling: Union[dict[str, Any], None] = None

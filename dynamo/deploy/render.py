@@ -14,7 +14,7 @@ import msgspec
 from dynamo.deploy import contract
 from dynamo.deploy.commands import MODEL_FLAGS, flag_value, parse_command
 from dynamo.deploy.model import GPU_RESOURCE, EnvVar, Graph, Quantities, Service
-from dynamo.deploy import kube_discovery, multinode, planner_scaling, scrape
+from dynamo.deploy import ingress, kube_discovery, multinode, planner_scaling, scrape
 from dynamo.deploy.pull_secrets import pull_secrets
 
 ETCD_IMAGE = "quay.io/coreos/etcd:v3.5.21"
@@ -227,12 +227,13 @@ def service_objects(graph: Graph, name: str, svc: Service, k8s_ns: str | None,
         "spec": {"type": "ClusterIP", "selector": selector,
                  "ports": [{"name": port_name, "port": port, "targetPort": port_name, "protocol": "TCP"}]},
     }
+    exposed = ingress.objects(graph, name, svc, service["metadata"], port, warnings)
     if multinode.node_count(svc) > 1:  # a group of pods per replica; the Service reaches the leaders
         group = multinode.lws_object(deployment["metadata"], svc, deployment["spec"]["template"],
                                      warnings if warnings is not None else [], name)
         service["spec"]["selector"] = {**selector, multinode.LEADER_INDEX_LABEL: "0"}
-        return [group, service]
-    return [deployment, service]
+        return [group, service, *exposed]
+    return [deployment, service, *exposed]
 
 
 def _warn_claims(name: str, svc: Service, warnings: list[str] | None) -> None:
