@@ -112,7 +112,7 @@ async def serve(config: FrontendConfig, stop: asyncio.Event, warnings: Sequence[
         return 1
     scheme = "https" if tls else "http"
     log.info("frontend ready on %s://%s:%d (router %s, discovery %s)", scheme, config.http_host, http.port,
-             config.router_mode, config.discovery_backend)
+             config.router_mode, runtime.store.backend)
     await stop.wait()
     await _drain(config, app, http)
     await _close(lag, routing, models, runtime)

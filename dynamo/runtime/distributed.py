@@ -26,9 +26,10 @@ from dynamo.runtime.tls import ClientTls, ServerTls
 log = logging.getLogger(__name__)
 
 
-def advertise_host(backend: str, settings: RuntimeSettings | None = None) -> tuple[str, str]:
-    """(bind host, advertised host) for the request plane."""
+def advertise_host(backend: str | None, settings: RuntimeSettings | None = None) -> tuple[str, str]:
+    """(bind host, advertised host) for the request plane (`backend`: a component's --discovery-backend)."""
     settings = settings or RuntimeSettings.from_env()
+    backend = settings.backend(backend)
     if settings.tcp_rpc_host:
         return settings.tcp_rpc_host, settings.tcp_rpc_host
     if backend in ("file", "mem"):

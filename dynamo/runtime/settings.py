@@ -25,15 +25,16 @@ from dynamo.runtime.config import env_names, from_namespace, setting
 
 DEFAULT_NATS_SERVER = "nats://localhost:4222"
 DEFAULT_SYSTEM_PORT = 8081  # what DYN_SYSTEM_ENABLED=true alone listens on
-# kubernetes: what current Dynamo operators inject; served through the operator's etcd here.
 DISCOVERY_BACKENDS = ("file", "etcd", "mem", "kubernetes")
+DEFAULT_ETCD_ENDPOINTS = "http://localhost:2379"
 EVENT_PLANES = ("zmq", "nats")
 
 
 def discovery_backend_setting() -> Any:
     """The `--discovery-backend` / DYN_DISCOVERY_BACKEND field, the same in every component."""
-    return setting("file", "Discovery backend (kubernetes, which Dynamo's operator injects, is served through "
-                           "its etcd at ETCD_ENDPOINTS)", choices=DISCOVERY_BACKENDS)
+    return setting(None, "Discovery backend: file (one machine), etcd, mem, kubernetes (EndpointSlices in a pod; "
+                         "outside one, etcd). Default: etcd when ETCD_ENDPOINTS is set (NVIDIA Dynamo's default is "
+                         "etcd), else file", choices=DISCOVERY_BACKENDS)
 
 
 def event_plane_setting() -> Any:
@@ -50,8 +51,9 @@ class RuntimeSettings:
     discovery_backend: str = discovery_backend_setting()
     file_kv: str | None = setting(None, "Root directory of the file discovery store (default: "
                                         "<tmpdir>/dynamo_store_kv)", flag=False)
-    etcd_endpoints: str = setting("http://localhost:2379", "etcd endpoints, comma-separated",
-                                  env="ETCD_ENDPOINTS", flag=False)
+    etcd_endpoints: str | None = setting(None, f"etcd endpoints, comma-separated (default {DEFAULT_ETCD_ENDPOINTS}); "
+                                               "set, they also make etcd the default discovery backend",
+                                         env="ETCD_ENDPOINTS", flag=False)
     etcd_connect_timeout_secs: float = setting(0.0, "How long start-up keeps trying an unreachable etcd "
                                                     "(0: fail at once)", flag=False)
     # kubernetes discovery (the operator injects the pod's identity through the downward API)
@@ -141,6 +143,16 @@ class RuntimeSettings:
         Raises SystemExit naming the variable when a value does not parse."""
         environ = os.environ if environ is None else environ
         return _parse(tuple((name, environ[name]) for name in _ENV_NAMES if name in environ))
+
+    def backend(self, given: str | None = None) -> str:
+        """The discovery backend: `given` (a component's --discovery-backend), else DYN_DISCOVERY_BACKEND, else
+        etcd when ETCD_ENDPOINTS is set (a deployment following Dynamo's docs, whose default is etcd), else
+        the embedded file store (one machine, nothing to run)."""
+        chosen = given or self.discovery_backend or ("etcd" if self.etcd_endpoints else "file")
+        return chosen.strip().lower()
+
+    def etcd_urls(self) -> str:
+        return self.etcd_endpoints or DEFAULT_ETCD_ENDPOINTS
 
     def drain_secs(self) -> float:
         """How long a SIGTERMed process's in-flight requests may run: the grace period, then the drain

@@ -23,7 +23,7 @@ def test_defaults_match_dynamo():
     assert args.enable_prefix_caching and args.enable_chunked_prefill
     assert args.watermark == 0.0 and args.speedup_ratio == 1.0
     assert args.mode == "agg" and args.kv_transfer_bandwidth == 64.0
-    assert args.namespace == "dynamo" and args.discovery_backend == "file"
+    assert args.namespace == "dynamo" and args.discovery_backend is None  # resolved: etcd if ETCD_ENDPOINTS, else file
     assert args.endpoint is None and args.default_endpoint() == "dyn://dynamo.backend.generate"
 
 

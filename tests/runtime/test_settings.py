@@ -21,9 +21,9 @@ from dynamo.runtime.settings import RuntimeSettings
 
 # (variable, field, default, a value as text, that value parsed)
 RUNTIME_VARS = [
-    ("DYN_DISCOVERY_BACKEND", "discovery_backend", "file", "etcd", "etcd"),
+    ("DYN_DISCOVERY_BACKEND", "discovery_backend", None, "etcd", "etcd"),
     ("DYN_FILE_KV", "file_kv", None, "/srv/kv", "/srv/kv"),
-    ("ETCD_ENDPOINTS", "etcd_endpoints", "http://localhost:2379", "http://a:2379,b:2379", "http://a:2379,b:2379"),
+    ("ETCD_ENDPOINTS", "etcd_endpoints", None, "http://a:2379,b:2379", "http://a:2379,b:2379"),
     ("DYN_ETCD_CONNECT_TIMEOUT_SECS", "etcd_connect_timeout_secs", 0.0, "120", 120.0),
     ("DYN_EVENT_PLANE", "event_plane", None, "nats", "nats"),
     ("NATS_SERVER", "nats_server", None, "nats://n:4222", "nats://n:4222"),
@@ -170,3 +170,16 @@ def test_a_sigterm_drain_lasts_the_grace_period_then_the_runtime_timeout_as_in_d
     assert RuntimeSettings.from_env({}).drain_secs() == 905.0
     assert RuntimeSettings.from_env({"DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "2",
                                      "DYN_RUNTIME_GRACEFUL_SHUTDOWN_TIMEOUT_SECS": "0"}).drain_secs() == 2.0
+
+
+@pytest.mark.parametrize("env, given, backend", [
+    ({}, None, "file"),  # one machine, nothing to run: the README's quick start
+    ({"ETCD_ENDPOINTS": "http://etcd:2379"}, None, "etcd"),  # a deployment following Dynamo's docs
+    ({"ETCD_ENDPOINTS": "http://etcd:2379", "DYN_DISCOVERY_BACKEND": "file"}, None, "file"),
+    ({"ETCD_ENDPOINTS": "http://etcd:2379"}, "mem", "mem"),  # a component's flag wins
+    ({"DYN_DISCOVERY_BACKEND": "kubernetes"}, None, "kubernetes"),
+])
+def test_the_discovery_backend_defaults_to_etcd_once_its_endpoints_are_set(env, given, backend):
+    settings = RuntimeSettings.from_env(env)
+    assert settings.backend(given) == backend
+    assert settings.etcd_urls() == env.get("ETCD_ENDPOINTS", "http://localhost:2379")

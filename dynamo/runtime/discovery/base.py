@@ -230,19 +230,19 @@ def make_store(backend: str, *, ttl: float = DEFAULT_TTL, **options: Any) -> Key
 
 def store_from_env(backend: str | None = None, ttl: float = DEFAULT_TTL,
                    settings: RuntimeSettings | None = None) -> KeyValueStore:
-    """Backend from the argument, else DYN_DISCOVERY_BACKEND, else `file`.
+    """Backend from the argument, else DYN_DISCOVERY_BACKEND, else etcd when ETCD_ENDPOINTS is set, else `file`.
 
     Backend options come from their own settings (DYN_FILE_KV, ETCD_ENDPOINTS).
     """
     settings = settings or RuntimeSettings.from_env()
-    name = (backend or settings.discovery_backend).strip().lower()
+    name = settings.backend(backend)
     if name == "kubernetes" and not (settings.pod_name and (settings.kubernetes_service_host or
                                                            settings.kube_api_server)):
         # Not in a pod (no POD_NAME, no API server): `kubernetes` is served through etcd, as when
         # a manifest names it outside a cluster.
         logging.getLogger(__name__).info(
             "discovery backend 'kubernetes' outside a pod (no POD_NAME and API server) is served through etcd "
-            "at %s", settings.etcd_endpoints)
+            "at %s", settings.etcd_urls())
         store = make_store("etcd", ttl=ttl)
         store.requested_backend = "kubernetes"
         return store

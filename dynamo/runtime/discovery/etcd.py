@@ -52,7 +52,7 @@ class EtcdStore(KeyValueStore):
     ) -> None:
         super().__init__(ttl=ttl)
         settings = RuntimeSettings.from_env()
-        self.endpoints = parse_endpoints(endpoints or settings.etcd_endpoints)
+        self.endpoints = parse_endpoints(endpoints or settings.etcd_urls())
         # How long start() keeps trying an unreachable etcd: 0 (default) fails at once; a process
         # started during an outage with a wait configured registers when etcd returns.
         if connect_timeout is None:
