@@ -1,9 +1,10 @@
 """`dynamo_planner_*` Prometheus metrics (Dynamo 1.6.1 names) and the planner's own
-`/metrics` + `/health` server on `metric_reporting_prometheus_port` (127.0.0.1)."""
+`/metrics` + `/health` server on `metric_reporting_prometheus_port`, on every interface as Dynamo's (a
+cluster's Prometheus and the kubelet's probes reach it at the pod's address)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from dynamo.runtime.asgi import TEXT_HEADERS, EmbeddedHttpServer, send_bytes, send_json
 
@@ -21,9 +22,18 @@ class PlannerMetrics:
         self.ready = {role: gauge(f"num_{role}_replicas_ready", f"Ready {role} replicas") for role in ("prefill", "decode")}
         self.predicted_replicas = {role: gauge(f"predicted_num_{role}_replicas", f"Throughput-loop {role} target")
                                    for role in ("prefill", "decode")}
-        self.observed = {k: gauge(f"observed_{k}", f"Observed {k} (Prometheus, last interval)")
-                         for k in ("ttft_ms", "itl_ms", "requests_per_second", "isl", "osl", "kv_hit_rate")}
+        # keyed by TrafficObservation's field names; named as Dynamo names them
+        self.observed = {k: gauge(f"observed_{name}", f"Observed {name} (Prometheus, last interval)")
+                         for k, name in (("ttft_ms", "ttft_ms"), ("itl_ms", "itl_ms"),
+                                         ("requests_per_second", "requests_per_second"),
+                                         ("request_duration_s", "request_duration_seconds"),
+                                         ("isl", "input_sequence_tokens"), ("osl", "output_sequence_tokens"),
+                                         ("kv_hit_rate", "kv_hit_rate"))}
         self.predicted_rps = gauge("predicted_requests_per_second", "Predicted demand, next interval")
+        self.predicted_isl = gauge("predicted_input_sequence_tokens", "Input length the next interval is sized for")
+        self.predicted_osl = gauge("predicted_output_sequence_tokens", "Output length the next interval is sized for")
+        self.tick_duration = Histogram(f"{P}_tick_duration_seconds", "Time one planner tick took",
+                                       buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0), registry=r)
         self.estimated = {k: gauge(f"estimated_{k}", f"Perf-model estimate of {k}, worst engine")
                           for k in ("ttft_ms", "itl_ms")}
         self.sla_target = {k: gauge(f"sla_target_{k}", f"SLA target {k}") for k in ("ttft_ms", "itl_ms")}
@@ -48,7 +58,7 @@ class MetricsServer:
     def __init__(self, metrics: PlannerMetrics, port: int, healthy) -> None:
         self.metrics = metrics
         self.healthy = healthy
-        self.http = EmbeddedHttpServer(self.app, "127.0.0.1", port)
+        self.http = EmbeddedHttpServer(self.app, "0.0.0.0", port)
 
     async def app(self, scope, receive, send) -> None:
         if scope["type"] != "http":

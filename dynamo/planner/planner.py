@@ -75,7 +75,8 @@ class Planner:
     async def _guarded(self, loop: str, tick) -> None:
         self.metrics.ticks.labels(loop).inc()
         try:
-            await tick()
+            with self.metrics.tick_duration.time():
+                await tick()
         except Exception as exc:  # one bad tick (a connector timeout, Prometheus down) must not end the loop
             self.metrics.tick_errors.labels(loop).inc()
             # said once per distinct failure (a Prometheus that is down would repeat it every tick)
@@ -192,10 +193,13 @@ class Planner:
             if getattr(obs, key) is not None:
                 setattr(self.last_obs, key, getattr(obs, key))
         self.last_obs.num_req = obs.num_req
-        for key in ("ttft_ms", "itl_ms", "isl", "osl", "kv_hit_rate"):
+        for key in ("ttft_ms", "itl_ms", "request_duration_s", "isl", "osl", "kv_hit_rate"):
             value = getattr(obs, key)
             self.metrics.observed[key].set(value if value is not None else math.nan)
         self.metrics.observed["requests_per_second"].set((obs.num_req or 0.0) / interval)
+        for gauge, value in ((self.metrics.predicted_isl, self.last_obs.isl), (self.metrics.predicted_osl,
+                                                                                self.last_obs.osl)):
+            gauge.set(value if value is not None else math.nan)  # the lengths the capacity decision sizes for
 
     def _capacity_decision(self, role: str, current: int, demand: float, obs: TrafficObservation) -> Decision:
         head = f"sla throughput {role}: predicted {demand:.2f} req/s"

@@ -6,6 +6,7 @@ hold in-flight requests. Zero requests may fail."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -96,8 +97,25 @@ def test_planner_scales_local_graph_up_and_down_without_failures(tmp_path: Path,
         _, body = http_get(f"http://127.0.0.1:{metrics_port}/metrics")
         assert metric_value(body.decode(), "dynamo_planner_num_decode_replicas") == 1.0
         assert (metric_value(body.decode(), "dynamo_planner_fpm_messages_total") or 0) > 10
+        assert (metric_value(body.decode(), "dynamo_planner_tick_duration_seconds_count") or 0) > 3  # Dynamo's name
+        # served on every interface, as Dynamo's (a cluster's Prometheus scrapes the pod's address)
+        outward = _outward_address()
+        if outward is not None:
+            assert http_get(f"http://{outward}:{metrics_port}/metrics")[0] == 200
     finally:
         if planner is not None:
             planner.stop()
         run.stop()
 
+
+def _outward_address() -> str | None:
+    """This machine's address on its default route (no packet is sent), None without one."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("10.255.255.255", 1))
+        address = probe.getsockname()[0]
+        return None if address.startswith("127.") else address
+    except OSError:
+        return None
+    finally:
+        probe.close()
