@@ -59,3 +59,8 @@ class Demand:
             m.migration_limit.labels(entry.name).set(migration_limit)
             m.total_kv_blocks.labels(entry.name).set(
                 sum(w.card.runtime_config.total_kv_blocks or 0 for w in entry.decode_workers()))
+            configs = [w.card.runtime_config for w in entry.decode_workers()]
+            for gauge, field in ((m.max_num_seqs, "max_num_seqs"), (m.max_num_batched_tokens, "max_num_batched_tokens")):
+                value = next((getattr(c, field) for c in configs if getattr(c, field) is not None), None)
+                if value is not None:  # the engine's per-worker limit (the same on every worker of a model)
+                    gauge.labels(entry.name).set(value)

@@ -256,7 +256,10 @@ class Dispatcher:
         timed_out = isinstance(exc, StreamTimeout)
         if not handle.cancelled and not _behind(exc):
             self.inhibitor.inhibit(iid, ErrorCode.TIMEOUT if timed_out else ErrorCode.DISCONNECTED)
-        if handle.cancelled or progress.migrations >= self.migration_limit or self._too_long_to_migrate(progress):
+        if handle.cancelled or progress.migrations >= self.migration_limit:
+            raise errors.worker_lost(iid, exc) from None
+        if self._too_long_to_migrate(progress):
+            self.metrics.migration_too_long.labels(entry.name).inc()
             raise errors.worker_lost(iid, exc) from None
         if progress.generated and request.sampling_options.guided_decoding is not None:
             # Structured output resumed elsewhere would restart its grammar after the tokens already sent

@@ -75,6 +75,7 @@ class GenerationRun:
         self.extra_fields = response_ext.requested(req.nvext)
         self.annotations = annotations.requested(req.nvext)
         self.public_id = self.request_id  # the id the client and the logs know it by (the host may set it)
+        self.endpoint = "chat_completions" if is_chat else "completions"  # the metrics' label (the host sets it)
         self.prompt_events = b""  # `formatted_prompt` / `token_ids` annotations, when asked for (the host sets them)
         self.on_first_response = None  # the host's: the request leaves dynamo_frontend_queued_requests
         tools, reasoning = app.stream_dispatch
@@ -83,6 +84,7 @@ class GenerationRun:
         self.block_size = entry.card.kv_cache_block_size
         self.first_token_at: float | None = None
         self._observe_itl = app.metrics.itl.labels(self.model).observe
+        self._count_output = app.metrics.output_tokens.labels(self.model).inc
         decode = self.pipeline.tokenizer.decode
         self.echo = self._echo_text(req, preqs[0].token_ids, decode)
         if req.return_tokens_as_token_ids:  # logprob tokens by id: text a client can map back exactly
@@ -146,7 +148,8 @@ class GenerationRun:
         exc = task.exception()
         if exc is not None or task.result().get("type") == "http.disconnect":
             self.app.metrics.disconnects.inc()
-            self.app.metrics.cancellations.labels(self.model, "stream" if self.req.stream else "unary").inc()
+            self.app.metrics.cancellations.labels(self.model, self.endpoint,
+                                                  "stream" if self.req.stream else "unary").inc()
             for choice in self.choices:
                 choice.handle.cancel()
 
@@ -227,6 +230,7 @@ class GenerationRun:
             gap = (now - self.last_time) / count
             for _ in range(count):
                 self._observe_itl(gap)
+            self._count_output(count)
         self.last_time = now
 
     def _usage(self) -> dict:

@@ -358,6 +358,7 @@ class FrontendApp:
             run = run_cls(self, entry, req, preqs, is_chat, started, output_spec(entry, req, is_chat, ids),
                           self.reasoning_field, **run_kw)
             run.keep_answer = speculate
+            run.endpoint = endpoint
             run.on_first_response = arrival.first_response
             if trace is not None:
                 run.public_id = trace.request_id

@@ -55,10 +55,15 @@ class FrontendMetrics:
                                 buckets=_TOKENS, registry=r)
         self.disconnects = Counter(f"{p}_disconnected_clients", "Clients that went away mid-request",
                                    registry=r)
-        self.cancellations = Counter(f"{p}_model_cancellation", "Requests cancelled", ("model", "request_type"),
-                                     registry=r)
+        self.output_tokens = Counter(f"{p}_output_tokens", "Completion tokens sent, counted as they are sent",
+                                     ("model",), registry=r)
+        self.cancellations = Counter(f"{p}_model_cancellation", "Requests cancelled",
+                                     ("model", "endpoint", "request_type"), registry=r)
         self.migrations = Counter(f"{p}_model_migration", "Requests moved to another worker",
                                   ("model", "migration_type"), registry=r)
+        self.migration_too_long = Counter(f"{p}_model_migration_max_seq_len_exceeded", "Requests not moved after "
+                                          "losing their worker: longer than --migration-max-seq-len", ("model",),
+                                          registry=r)
         self.thinking_budgets = Counter(f"{p}_model_thinking_budget_reached", "Requests whose reasoning reached "
                                         "its budget: closed by the frontend, then answered", ("model",), registry=r)
         self.rejections = Counter(f"{p}_model_rejection", "Requests refused (overload, no workers)",
@@ -68,6 +73,10 @@ class FrontendMetrics:
         self.block_size = Gauge(f"{p}_model_kv_cache_block_size", "KV block size", ("model",), registry=r)
         self.total_kv_blocks = Gauge(f"{p}_model_total_kv_blocks", "KV blocks across workers", ("model",),
                                      registry=r)
+        self.max_num_seqs = Gauge(f"{p}_model_max_num_seqs", "Engine batch limit (sequences) of the model's workers",
+                                  ("model",), registry=r)
+        self.max_num_batched_tokens = Gauge(f"{p}_model_max_num_batched_tokens", "Engine batch limit (tokens) of "
+                                            "the model's workers", ("model",), registry=r)
         self.loop_lag = Histogram(f"{p}_event_loop_lag_seconds", "How late a 10 ms timer fired on the HTTP "
                                   "event loop (time the loop was held)", buckets=_LAG, registry=r)
         self.loop_lag_max = Gauge(f"{p}_event_loop_lag_max_seconds", "Largest event-loop lag since start",
@@ -99,6 +108,7 @@ class FrontendMetrics:
                     self.requests.labels(model, endpoint, request_type, status)
         for hist in (self.ttft, self.itl, self.duration, self.isl, self.osl):
             hist.labels(model)
+        self.output_tokens.labels(model)
         self.inflight.labels(model)
         for gauge in (self.active, self.queued, self.ready):
             gauge.labels(model)

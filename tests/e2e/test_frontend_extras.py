@@ -47,6 +47,11 @@ def test_metrics_use_dynamo_names(cluster):
                  "dynamo_frontend_output_sequence_tokens_sum"):
         assert metric_value(text, name, {"model": MODEL}) > 0, name
     assert metric_value(text, "dynamo_frontend_model_workers", {"model": MODEL}) == 1
+    # Dynamo's: tokens counted as they are sent (a rate during long streams), and the engines' batch limits
+    sent = metric_value(text, "dynamo_frontend_output_tokens_total", {"model": MODEL})
+    assert sent == metric_value(text, "dynamo_frontend_output_sequence_tokens_sum", {"model": MODEL}) >= 2
+    assert metric_value(text, "dynamo_frontend_model_max_num_seqs", {"model": MODEL}) == 256  # the mocker's default
+    assert metric_value(text, "dynamo_frontend_model_max_num_batched_tokens", {"model": MODEL}) == 8192
 
 
 def test_namespace_scopes_discovery(cluster):

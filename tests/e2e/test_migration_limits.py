@@ -137,6 +137,8 @@ def test_a_request_past_the_migration_max_seq_len_is_not_moved(tiny_model, tmp_p
         texts, errors = stream_killing(c, kills=1)
         assert [e["code"] for e in errors] == ["worker_disconnected"], errors
         assert migrations(c) == 0 and 5 <= len(texts) < MAX_TOKENS
+        text = http_get(c.base_url + "/metrics")[1].decode()
+        assert metric_value(text, "dynamo_frontend_model_migration_max_seq_len_exceeded_total", {"model": MODEL}) == 1
     finally:
         c.stop()
 

@@ -12,7 +12,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.fixtures.procs import Cluster, wait_until
+from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -154,6 +154,9 @@ def test_a_client_that_hangs_up_leaves_a_cancelled_request(cluster):
     done = one(fe, "request completed")
     assert (done["status"], done["error_type"]) == ("cancelled", "cancelled")
     assert one(about(cluster.worker, rid), "request completed")["status"] == "cancelled"
+    text = http_get(cluster.base_url + "/metrics")[1].decode()  # Dynamo's labels: model, endpoint, request_type
+    assert metric_value(text, "dynamo_frontend_model_cancellation_total",
+                        {"model": MODEL, "endpoint": "completions", "request_type": "stream"}) >= 1
 
 
 def test_every_line_either_process_wrote_is_json(cluster):
