@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import msgspec
 import yaml
 
 from dynamo.deploy import config_maps, contract
 from dynamo.deploy.commands import flag_value, parse_command
 from dynamo.deploy.model import Graph, Service
-from dynamo.planner.config import PlannerConfig
+from dynamo.planner.config import PlannerConfig, convert
 from dynamo.planner.connectors.base import resolve_pools
 
 # What the planner's Deployments connector reads: one owner for the label and annotation names.
@@ -116,8 +115,8 @@ def _config(planner: Service, maps: dict[str, dict[str, bytes]]) -> PlannerConfi
         return None
     try:
         raw = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
-        return msgspec.convert(raw, PlannerConfig) if isinstance(raw, dict) else None
-    except (ValueError, yaml.YAMLError, msgspec.ValidationError):  # JSONDecodeError is a ValueError
+        return convert(raw) if isinstance(raw, dict) else None  # the planner's own reading: Dynamo's keys too
+    except (ValueError, yaml.YAMLError):  # JSONDecodeError is a ValueError
         return None
 
 

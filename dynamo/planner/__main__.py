@@ -14,7 +14,7 @@ import sys
 
 import msgspec
 
-from dynamo.planner.config import PlannerArgs, PlannerConfig, load_config
+from dynamo.planner.config import PlannerArgs, PlannerConfig, dumpable, load_config
 from dynamo.planner.connectors.base import make_connector
 from dynamo.planner.metrics import MetricsServer, PlannerMetrics
 from dynamo.planner.observe import FpmCollector
@@ -79,7 +79,11 @@ def prometheus_for(cfg: PlannerConfig) -> PrometheusClient | None:
         cfg.enable_throughput_scaling = False
         cfg.enable_load_scaling = True
         return None
-    return PrometheusClient(cfg.prometheus_endpoint)
+    return PrometheusClient(
+        cfg.prometheus_endpoint, timeout=cfg.metric_pulling_prometheus_request_timeout_seconds,
+        token=cfg.metric_pulling_prometheus_token, token_file=cfg.metric_pulling_prometheus_token_file,
+        ssl_verify=cfg.metric_pulling_prometheus_ssl_verify, ca_bundle=cfg.metric_pulling_prometheus_ca_bundle,
+        extra_params=cfg.metric_pulling_prometheus_extra_query_params)
 
 
 async def _serve_health_endpoint(runtime: DistributedRuntime, cfg: PlannerConfig, planner: Planner,
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args)
     except (ValueError, OSError, msgspec.ValidationError) as exc:
         parser.error(f"invalid planner config: {exc}")
-    write_config_dump(args, "dynamo.planner", sections={"planner_config": msgspec.to_builtins(cfg)})
+    write_config_dump(args, "dynamo.planner", sections={"planner_config": dumpable(cfg)})
     return run_main(lambda stop: serve(cfg, stop))
 
 

@@ -1,9 +1,12 @@
 """The planner's configuration: NVIDIA Dynamo 1.6.1's `PlannerConfig` (same field names,
 defaults and validation rules), plus the few fields this implementation adds for the
-local connector and for its guards (marked "ours").
+local connector and for its guards (marked "ours"). A config in Dynamo's own form (the dump its
+profiler writes: every field, nulls, nested sections) goes through `dynamo_schema.to_ours` first.
 
 `python -m dynamo.planner --config FILE|JSON`: the only flag 1.6.1 has (ours adds the
-`--dump-config-to` every component takes); the environment twins Dynamo reads (`DYN_NAMESPACE`, `PROMETHEUS_ENDPOINT`,
+`--dump-config-to` every component takes); the environment twins Dynamo reads (`DYN_NAMESPACE`,
+`PROMETHEUS_ENDPOINT`, `PROMETHEUS_TOKEN[_FILE]`, `PROMETHEUS_SSL_VERIFY`, `PROMETHEUS_CA_BUNDLE`,
+`PROMETHEUS_EXTRA_QUERY_PARAMS`, `DYN_PLANNER_PROMETHEUS_REQUEST_TIMEOUT_SECONDS`,
 `PLANNER_PROMETHEUS_PORT`) come through `PlannerArgs`.
 """
 
@@ -15,12 +18,13 @@ import math
 import os
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 import yaml
 
-from dynamo.runtime.config import setting
+from dynamo.planner import dynamo_schema
+from dynamo.runtime.config import REDACTED, setting
 from dynamo.runtime.config_dump import DumpConfigTo
 
 log = logging.getLogger("dynamo.planner")
@@ -50,6 +54,22 @@ class PlannerArgs(DumpConfigTo):
     control_url: str | None = setting(None, "`dynamo.deploy run` control endpoint (`run` injects it); set: the "
                                       "graph runs locally and the local connector scales it",
                                       env="DYN_DEPLOY_CONTROL_URL")
+    # Dynamo's Prometheus defaults: environment only (Dynamo has no flags for them); the config's
+    # metric_pulling_prometheus_* fields win. Kept as text where Dynamo parses the text its own way.
+    prometheus_token: str | None = setting(None, "Bearer token for Prometheus", env="PROMETHEUS_TOKEN",
+                                           flag=False, secret=True)
+    prometheus_token_file: str | None = setting(None, "File holding the bearer token, re-read at each query",
+                                                env="PROMETHEUS_TOKEN_FILE", flag=False)
+    prometheus_ssl_verify: str | None = setting(None, "Verify Prometheus' TLS certificate (1/true/yes; "
+                                                "default false, as Dynamo)", env="PROMETHEUS_SSL_VERIFY", flag=False)
+    prometheus_ca_bundle: str | None = setting(None, "CA bundle to verify Prometheus against (turns verification "
+                                               "on)", env="PROMETHEUS_CA_BUNDLE", flag=False)
+    prometheus_extra_query_params: str | None = setting(
+        None, "Query parameters added to every Prometheus query, as a URL query string (a=1&b=2)",
+        env="PROMETHEUS_EXTRA_QUERY_PARAMS", flag=False)
+    prometheus_request_timeout_seconds: float | None = setting(
+        None, "Connect and read-inactivity timeout of each Prometheus request (default 10)",
+        env="DYN_PLANNER_PROMETHEUS_REQUEST_TIMEOUT_SECONDS", flag=False)
 
 
 class Scheduling(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -97,10 +117,14 @@ class PlannerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     kalman_q_trend: float = 0.1
     kalman_r: float = 10.0
     kalman_min_points: int = 5
-    load_predictor_warmup_trace: str | None = None
-    # prometheus
+    # prometheus (Dynamo: metric_pulling_prometheus_endpoint, an alias; the others keep Dynamo's names)
     prometheus_endpoint: str | None = None
-    throughput_metrics_source: Literal["frontend", "router"] = "frontend"
+    metric_pulling_prometheus_token: str | None = None
+    metric_pulling_prometheus_token_file: str | None = None  # re-read before each query (rotated tokens)
+    metric_pulling_prometheus_ssl_verify: bool = False  # Dynamo's default
+    metric_pulling_prometheus_ca_bundle: str | None = None  # set: verify against it, whatever ssl_verify says
+    metric_pulling_prometheus_extra_query_params: dict[str, str] | None = None
+    metric_pulling_prometheus_request_timeout_seconds: float = 10.0
     # load loop
     max_num_fpm_samples: int = 64
     fpm_sample_bucket_size: int = 16
@@ -113,8 +137,6 @@ class PlannerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # other
     speculative_nextn: int = 0
     advisory: bool = False
-    enable_power_awareness: bool = False
-    total_gpu_power_limit: float | None = None
     metric_reporting_prometheus_port: int | None = None
     profile_results_dir: str | None = None
     # ours: connectors and guards
@@ -176,6 +198,8 @@ class PlannerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                              "serves)")
         if self.load_scaling_step < 1 or self.max_throughput_scaling_replicas < 1:
             raise ValueError("scaling steps must be >= 1")
+        if not self.metric_pulling_prometheus_request_timeout_seconds > 0:
+            raise ValueError("metric_pulling_prometheus_request_timeout_seconds must be > 0")
 
     def _validate_load_thresholds(self) -> None:
         p_up, p_down = self.prefill_scale_up_queue_tokens, self.prefill_scale_down_queue_tokens
@@ -207,29 +231,74 @@ class PlannerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 def load_config(text: str, args: PlannerArgs | None = None) -> PlannerConfig:
-    """Parse inline JSON or a .json/.yaml file; env-provided settings fill unset fields."""
+    """Parse inline JSON or a .json/.yaml file, in our keys or Dynamo's (its profiler's dump). With `args`
+    (the planner process starting): env-provided settings fill unset fields, Dynamo's fields with no effect
+    here that ask for something are named in one warning, and a CA bundle the config names must exist."""
     if os.path.isfile(text):
         with open(text, encoding="utf-8") as fh:
             raw = yaml.safe_load(fh) if text.endswith((".yaml", ".yml")) else json.load(fh)
     else:
         raw = json.loads(text)
+    if args is None:
+        return convert(raw)
+    cfg, ignored = _convert(raw, args)
+    if ignored:
+        log.warning("planner: Dynamo 1.6.1 config fields accepted, no effect here: %s", ", ".join(ignored))
+    bundle = cfg.metric_pulling_prometheus_ca_bundle
+    if bundle is not None and not os.path.isfile(bundle):  # checked where it runs: a pod's mount is not here
+        raise ValueError(f"metric_pulling_prometheus_ca_bundle path does not exist or is not a file: {bundle!r}")
+    return cfg
+
+
+def convert(raw: object) -> PlannerConfig:
+    """A config object (our keys or Dynamo's) as the planner reads it, without the environment: the one
+    reading `dynamo.deploy` and the profiler check manifests and requests with."""
+    return _convert(raw, None)[0]
+
+
+def _convert(raw: object, args: PlannerArgs | None) -> tuple[PlannerConfig, list[str]]:
     if not isinstance(raw, dict):
         raise ValueError("planner config must be an object")
+    raw, ignored = dynamo_schema.to_ours(raw, PlannerConfig.__struct_fields__)
     if args is not None:
-        if args.control_url:
-            raw = under_deploy_run(raw, args)
-        raw.setdefault("prometheus_endpoint", args.prometheus_endpoint or None)
-        if args.namespace:
-            raw.setdefault("namespace", args.namespace)
-        for name in ("dgd_name", "kube_namespace", "kubeconfig", "kube_deployment_selector"):
-            if getattr(args, name):
-                raw.setdefault(name, getattr(args, name))
-        if args.prometheus_port:
-            raw.setdefault("metric_reporting_prometheus_port", args.prometheus_port)
+        raw = _with_env(raw, args)
     try:
-        return msgspec.convert(raw, PlannerConfig)
+        return msgspec.convert(raw, PlannerConfig), ignored
     except msgspec.ValidationError as exc:
         raise ValueError(str(exc)) from None
+
+
+def _with_env(raw: dict, args: PlannerArgs) -> dict:
+    """Fields the config leaves unset, from the process's flags and environment (Dynamo's variables)."""
+    if args.control_url:
+        raw = under_deploy_run(raw, args)
+    raw.setdefault("prometheus_endpoint", args.prometheus_endpoint or None)
+    if args.namespace:
+        raw.setdefault("namespace", args.namespace)
+    for name in ("dgd_name", "kube_namespace", "kubeconfig", "kube_deployment_selector"):
+        if getattr(args, name):
+            raw.setdefault(name, getattr(args, name))
+    if args.prometheus_port:
+        raw.setdefault("metric_reporting_prometheus_port", args.prometheus_port)
+    prom = {"token": args.prometheus_token, "token_file": args.prometheus_token_file,
+            "ca_bundle": args.prometheus_ca_bundle,
+            "request_timeout_seconds": args.prometheus_request_timeout_seconds}
+    if args.prometheus_ssl_verify is not None:  # Dynamo's reading of PROMETHEUS_SSL_VERIFY
+        prom["ssl_verify"] = args.prometheus_ssl_verify.lower() in ("1", "true", "yes")
+    if args.prometheus_extra_query_params:  # as Dynamo: a URL query string, malformed text refused
+        prom["extra_query_params"] = dict(parse_qsl(args.prometheus_extra_query_params, strict_parsing=True))
+    for key, value in prom.items():
+        if value is not None:
+            raw.setdefault(f"metric_pulling_prometheus_{key}", value)
+    return raw
+
+
+def dumpable(cfg: PlannerConfig) -> dict:
+    """The effective config for `--dump-config-to`, the bearer token hidden."""
+    out = msgspec.to_builtins(cfg)
+    if out.get("metric_pulling_prometheus_token"):
+        out["metric_pulling_prometheus_token"] = REDACTED
+    return out
 
 
 def cluster_internal(url: str | None) -> bool:

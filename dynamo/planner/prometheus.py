@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import ssl
 from dataclasses import dataclass
 
 import aiohttp
@@ -43,18 +44,40 @@ class TrafficObservation:
 
 
 class PrometheusClient:
-    def __init__(self, url: str, timeout: float = 10.0, token: str | None = None) -> None:
+    """Instant queries over HTTP(S), with Dynamo's `metric_pulling_prometheus_*` settings: a bearer token, or
+    a token file re-read before every query (rotated service-account tokens need no restart; it wins over
+    the token, as in Dynamo); TLS verification off (`ssl_verify=False`) or against a CA bundle (which turns
+    it on whatever `ssl_verify` says); fixed query parameters on every query; `timeout` bounds connecting
+    and each wait for data (Dynamo's: not a total deadline, a response still streaming may take longer)."""
+
+    def __init__(self, url: str, timeout: float = 10.0, token: str | None = None, *, token_file: str | None = None,
+                 ssl_verify: bool = True, ca_bundle: str | None = None,
+                 extra_params: dict[str, str] | None = None) -> None:
         self.url = url.rstrip("/")
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+        self.token, self.token_file = token, token_file
+        self.ssl: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else ssl_verify
+        self.extra_params = dict(extra_params or {})
         self._session: aiohttp.ClientSession | None = None
+
+    def _headers(self) -> dict[str, str]:
+        token = self.token
+        if self.token_file:
+            with open(self.token_file, encoding="utf-8") as fh:
+                token = fh.read().strip()
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     async def query(self, promql: str) -> list[tuple[dict[str, str], float]]:
         """Instant query; [(labels, value)]. Raises on HTTP or API errors."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self.timeout, headers=self.headers)
-        async with self._session.get(f"{self.url}/api/v1/query", params={"query": promql}) as resp:
-            body = await resp.json(content_type=None)
+            self._session = aiohttp.ClientSession(timeout=self.timeout,
+                                                  connector=aiohttp.TCPConnector(ssl=self.ssl))
+        params = {**self.extra_params, "query": promql}
+        async with self._session.get(f"{self.url}/api/v1/query", params=params, headers=self._headers()) as resp:
+            try:
+                body = await resp.json(content_type=None)
+            except ValueError:  # an auth proxy's 401/403 page, say: name the status, not a JSON error
+                raise RuntimeError(f"prometheus: HTTP {resp.status} {resp.reason}") from None
         if body.get("status") != "success":
             raise RuntimeError(f"prometheus: {body.get('errorType')}: {body.get('error')}")
         data = body["data"]
