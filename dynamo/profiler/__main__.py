@@ -28,7 +28,11 @@ class ProfilerArgs(DumpConfigTo):
     model: str | None = setting(None, "Local model dir (tokenizer/config) replacing the hub id when deploying "
                                 "here", env=False)
     apply: bool | None = setting(None, "Deploy the result here (default: the request's autoApply)", env=False)
-    accept_unmet_sla: bool = setting(False, "Deploy even when the SLA cannot be met", env=False)
+    accept_unmet_sla: bool = setting(True, "Deploy the best configuration found when the SLA cannot be met (the "
+                                           "default, as in Dynamo; kept for scripts that pass it)", env=False)
+    refuse_unmet_sla: bool = setting(False, "Stop with exit 3 instead when the SLA cannot be met (nothing deployed; "
+                                            "final_config.yaml and the notes are still written)",
+                                     env="DYN_PROFILER_REFUSE_UNMET_SLA")
     frontend_port: int = setting(8000, "HTTP port of the deployed frontend (autoApply)", env=False)
     prefill_interpolation_granularity: int = setting(16, "ISL points of the prefill sweep",
                                                      env="DYN_PROFILER_PREFILL_INTERPOLATION_GRANULARITY")
@@ -64,7 +68,7 @@ def options(args: ProfilerArgs) -> Options:
                          service_env={k: {n: str(v) for n, v in e.items()} for k, e in args.service_env.items()},
                          ready_timeout=args.deployment_timeout, deploy_python=args.deploy_python)
     return Options(output_dir=Path(args.output_dir), model_dir=args.model, dry_run=args.dry_run, apply=args.apply,
-                   accept_unmet_sla=args.accept_unmet_sla, sweep=sweep, frontend_port=args.frontend_port)
+                   refuse_unmet_sla=args.refuse_unmet_sla, sweep=sweep, frontend_port=args.frontend_port)
 
 
 def with_request_settings(args: ProfilerArgs, req: dgdr.Request) -> ProfilerArgs:

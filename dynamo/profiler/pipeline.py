@@ -31,7 +31,7 @@ class Options:
     model_dir: str | None = None
     dry_run: bool = False
     apply: bool | None = None  # None: the request's autoApply
-    accept_unmet_sla: bool = False
+    refuse_unmet_sla: bool = False  # stop (exit 3) instead of deploying the best config found
     sweep: SweepOptions = field(default_factory=SweepOptions)
     frontend_port: int = 8000
 
@@ -179,7 +179,8 @@ def planner_problems(req: dgdr.Request) -> list[str]:
 
 
 async def run(req: dgdr.Request, opts: Options) -> int:
-    """Profile (or reuse), then apply when asked. Exit codes: 0 ok, 1 failed, 2 refused, 3 SLA not met."""
+    """Profile (or reuse), then apply when asked. Exit codes: 0 ok, 1 failed, 2 refused, 3 SLA not met (only with
+    `refuse_unmet_sla`; by default, as in Dynamo, the best configuration found goes ahead, said in the status)."""
     problems = planner_problems(req)
     if problems:  # refused at admission, as a webhook would: nothing profiled, no status written
         log.error("invalid %s: spec.features.planner: %s", dgdr.KIND, "; ".join(problems))
@@ -196,9 +197,12 @@ async def run(req: dgdr.Request, opts: Options) -> int:
         status.fail(f"{type(exc).__name__}: {exc}")
         return 1
     met = status.data.get("slaMet")
-    if met is False and not opts.accept_unmet_sla:
-        status.set(message=f"SLA cannot be met; not deploying {final} (see notes; --accept-unmet-sla deploys it)")
+    if met is False and opts.refuse_unmet_sla:
+        status.set(message=f"SLA cannot be met; not deploying {final} (see notes; --refuse-unmet-sla is set)")
         return 3
+    if met is False:  # as Dynamo: said (status, notes, log) and deployed, the best that was found
+        log.warning("the SLA cannot be met (notes in the status); %s is the best configuration found and is used "
+                    "as is (--refuse-unmet-sla stops here instead)", final)
     if opts.apply if opts.apply is not None else req.spec.autoApply:
         return await deploy(req, final, opts, status)
     status.set(message=f"DGD ready: {final} (not applied; `python -m dynamo.deploy run {final}` deploys it)")

@@ -73,3 +73,20 @@ def test_unknown_model_falls_back_to_memory_fit_and_says_so(tmp_path):
     assert any("SLA UNVERIFIED" in n for n in status["notes"])
     assert status["choice"]["workers"][0]["tp"] == 2  # 140 GB of 16-bit weights on 141 GB GPUs
     assert validate_file(tmp_path / "out/final_config.yaml").ok
+
+
+def test_an_sla_no_configuration_meets_goes_ahead_with_the_best_found_as_in_dynamo(tmp_path):
+    """Dynamo warns and deploys the best configuration; so do we (status `slaMet: false`, the best achievable
+    figures in the notes); `--refuse-unmet-sla` stops there instead (exit 3; the same result reused)."""
+    req = request("tight", "Qwen/Qwen3-32B")
+    req["spec"]["sla"] = {"ttft": 1, "itl": 1}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(req))
+    proc = run(["dynamo.profiler", "--config", "r.yaml", "--output-dir", "out"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "the SLA cannot be met" in proc.stderr
+    status = yaml.safe_load((tmp_path / "out/profiler_status.yaml").read_text())
+    assert status["slaMet"] is False and any("SLA CANNOT BE MET" in n for n in status["notes"])
+    assert validate_file(tmp_path / "out/final_config.yaml").ok
+    strict = run(["dynamo.profiler", "--config", "r.yaml", "--output-dir", "out", "--refuse-unmet-sla"], tmp_path)
+    assert strict.returncode == 3, strict.stderr[-4000:]
+    assert "--refuse-unmet-sla is set" in yaml.safe_load((tmp_path / "out/profiler_status.yaml").read_text())["message"]
