@@ -99,9 +99,10 @@ class DistributedRuntime:
 
     @classmethod
     async def create(cls, discovery_backend: str | None = None, namespace: str = records.DEFAULT_NAMESPACE,
-                     ttl: float = 10.0) -> "DistributedRuntime":
+                     ttl: float | None = None) -> "DistributedRuntime":
         settings = RuntimeSettings.from_env()
-        store = store_from_env(discovery_backend, ttl=ttl, settings=settings)
+        # ETCD_LEASE_TTL, as Dynamo names it; it bounds how long a dead process stays registered on every backend
+        store = store_from_env(discovery_backend, ttl=ttl or max(1.0, settings.etcd_lease_ttl), settings=settings)
         await start_store(store)  # bounded: DiscoveryUnavailable instead of a silent hang
         return cls(store, namespace, settings)
 

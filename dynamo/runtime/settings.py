@@ -54,6 +54,8 @@ class RuntimeSettings:
     etcd_endpoints: str | None = setting(None, f"etcd endpoints, comma-separated (default {DEFAULT_ETCD_ENDPOINTS}); "
                                                "set, they also make etcd the default discovery backend",
                                          env="ETCD_ENDPOINTS", flag=False)
+    etcd_lease_ttl: float = setting(10.0, "Seconds a process's registrations outlive it (its lease's TTL; renewed "
+                                          "every third of it)", env="ETCD_LEASE_TTL", flag=False)
     etcd_connect_timeout_secs: float = setting(0.0, "How long start-up keeps trying an unreachable etcd "
                                                     "(0: fail at once)", flag=False)
     # kubernetes discovery (the operator injects the pod's identity through the downward API)

@@ -321,3 +321,15 @@ async def test_mem_stores_share_by_name():
         await store.close()
     with pytest.raises(RuntimeError):
         await a.put("k", b"v")
+
+
+async def test_a_runtimes_lease_ttl_is_etcd_lease_ttl_as_in_dynamo(monkeypatch, tmp_path):
+    from dynamo.runtime.distributed import DistributedRuntime
+
+    monkeypatch.setenv("DYN_FILE_KV", str(tmp_path))
+    monkeypatch.setenv("ETCD_LEASE_TTL", "4")
+    runtime = await DistributedRuntime.create("file")
+    try:
+        assert runtime.store.ttl == 4.0  # a dead process's registrations vanish within it
+    finally:
+        await runtime.shutdown()

@@ -38,6 +38,7 @@ RUNTIME_VARS = [
     ("DYN_LOG", "log", None, "dynamo=debug,warn", "dynamo=debug,warn"),
     ("DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS", "graceful_shutdown_grace_period_secs", 5.0, "2", 2.0),
     ("DYN_RUNTIME_GRACEFUL_SHUTDOWN_TIMEOUT_SECS", "runtime_graceful_shutdown_timeout_secs", 900.0, "30", 30.0),
+    ("ETCD_LEASE_TTL", "etcd_lease_ttl", 10.0, "4", 4.0),
 ]
 
 
