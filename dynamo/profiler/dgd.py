@@ -30,6 +30,8 @@ class WorkerChoice:
     replicas: int = 1
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
+    moe_tp: int | None = None  # MoE parallelism of AIConfigurator's pick (None: dense model, or not known)
+    moe_ep: int | None = None
 
     @property
     def gpus(self) -> int:

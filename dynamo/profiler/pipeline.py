@@ -15,6 +15,7 @@ import yaml
 
 from dynamo.llm.perf_data import Profile, write_profile
 from dynamo.profiler import dgdr
+from dynamo.profiler.aic_curves import planner_wants_curves, rapid_profile
 from dynamo.profiler.dgd import Choice, build_dgd, dgd_backend, planner_config, profile_configmap
 from dynamo.profiler.plots import plot_decode, plot_prefill
 from dynamo.profiler.rapid import rapid
@@ -80,16 +81,40 @@ async def thorough(req: dgdr.Request, opts: Options, status: Status) -> tuple[Ch
     choice, pm, dm = select(req, measured)
     status.set(profiling="BuildingCurves", message="writing interpolation data and plots")
     profile = Profile(pm.profile.prefill, dm.profile.decode)
+    write_curves(req, choice, profile, out, (f"prefill TP{pm.tp}", f"decode TP{dm.tp}"))
+    return choice, profile
+
+
+def write_curves(req: dgdr.Request, choice: Choice, profile: Profile, out: Path, titles: tuple[str, str]) -> None:
+    """The interpolation files (and their JSON twins for the ConfigMap), then their plots."""
     write_profile(out, profile)
     ttft_t, itl_t = req.spec.sla.targets if req.spec.sla.e2eLatency is None else (None, None)
     try:
         plot_prefill(profile.prefill, out / "selected_prefill_interpolation" / "prefill_ttft_isl.png", ttft_t,
-                     f"{req.spec.model}: prefill TP{pm.tp}")
+                     f"{req.spec.model}: {titles[0]}")
         plot_decode(profile.decode, out / "selected_decode_interpolation" / "decode_itl_load.png", itl_t,
-                    f"{req.spec.model}: decode TP{dm.tp}")
-    except RuntimeError as exc:  # the measurements stand without their pictures
+                    f"{req.spec.model}: {titles[1]}")
+    except RuntimeError as exc:  # the curves stand without their pictures
         log.warning("NO PLOTS: %s", exc)
         choice.notes.append(f"no plots: {exc}")
+
+
+async def rapid_search(req: dgdr.Request, opts: Options, status: Status) -> tuple[Choice, Profile | None]:
+    """AIConfigurator's pick, and for a planner that reads profile data its estimated curves."""
+    choice = await asyncio.to_thread(rapid, req, opts.output_dir / "rapid", opts.model_dir)
+    if not planner_wants_curves(req, choice.mode):
+        return choice, None
+    if choice.source != "aiconfigurator":
+        choice.notes.append("no planner profile data: AIConfigurator does not cover this model/SKU; the planner's "
+                            "perf models start from live forward-pass metrics")
+        return choice, None
+    status.set(profiling="BuildingCurves", message="estimating the planner's profile data with AIConfigurator")
+    profile = await asyncio.to_thread(rapid_profile, req, choice, opts.sweep)
+    if profile is not None:
+        engines = {w.role: w.tp for w in choice.workers}
+        p_tp, d_tp = engines.get("prefill", engines.get("agg")), engines.get("decode", engines.get("agg"))
+        write_curves(req, choice, profile, opts.output_dir,
+                     (f"prefill TP{p_tp} (AIConfigurator estimate)", f"decode TP{d_tp} (AIConfigurator estimate)"))
     return choice, profile
 
 
@@ -129,9 +154,8 @@ async def profile_request(req: dgdr.Request, opts: Options, status: Status) -> t
     opts.sweep.model_dir = opts.model_dir
     opts.sweep.max_context = min(opts.sweep.max_context, max_context(req, opts.model_dir))
     opts.sweep.vocab_size = model_config(opts.model_dir).get("vocab_size")
-    profile = None
     if req.spec.searchStrategy == "rapid":
-        choice = await asyncio.to_thread(rapid, req, opts.output_dir / "rapid", opts.model_dir)
+        choice, profile = await rapid_search(req, opts, status)
     else:
         choice, profile = await thorough(req, opts, status)
     for note in choice.notes:

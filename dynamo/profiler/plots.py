@@ -25,7 +25,7 @@ def plot_prefill(p: PrefillProfile, path: Path, ttft_target: float | None, title
     plt = _plt()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     pts = sorted(zip(p.isl, p.ttft_ms, p.thpt_per_gpu))
-    a.plot([x[0] for x in pts], [x[1] for x in pts], "o-", label="measured TTFT")
+    a.plot([x[0] for x in pts], [x[1] for x in pts], "o-", label="TTFT")
     if ttft_target:
         a.axhline(ttft_target, color="red", linestyle="--", label=f"SLA TTFT {ttft_target:g} ms")
     a.set(xlabel="input sequence length (tokens)", ylabel="TTFT (ms)", title="Prefill: TTFT vs ISL")

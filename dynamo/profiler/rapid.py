@@ -42,12 +42,16 @@ INFEASIBLE = "no SLA-feasible configuration"
 RELAXED_MS = 1e7  # an SLA loose enough that every configuration qualifies: the search then shows what is achievable
 
 
+def aic_backend(req: Request) -> str:
+    return req.spec.backend if req.spec.backend != "auto" else "vllm"
+
+
 def aic_command(req: Request, save_dir: Path, relaxed: bool = False) -> list[str]:
     s = req.spec
     hw, wl = s.hardware, s.workload
     ttft, itl = s.sla.targets
     cmd = [sys.executable, "-m", "aiconfigurator.main", "cli", "default", "--model-path", s.model,
-           "--system", hw.gpuSku or "h200_sxm", "--backend", s.backend if s.backend != "auto" else "vllm",
+           "--system", hw.gpuSku or "h200_sxm", "--backend", aic_backend(req),
            "--total-gpus", str(hw.totalGpus or 8), "--isl", str(wl.isl), "--osl", str(wl.osl),
            "--save-dir", str(save_dir), "--top-n", "3", "--no-color"]
     if relaxed:
@@ -98,6 +102,15 @@ def _f(row: dict[str, str], key: str) -> float:
     return float(value) if value not in ("", None) else 0.0
 
 
+def _moe(row: dict[str, str], prefix: str) -> dict[str, int | None]:
+    """The pick's MoE parallelism (`moe_tp`, `moe_ep`); AIConfigurator writes `None` for a dense model."""
+    out: dict[str, int | None] = {}
+    for key in ("moe_tp", "moe_ep"):
+        value = row.get(f"{prefix}{key}", "")
+        out[key] = int(float(value)) if value not in ("", None, "None", "nan") else None
+    return out
+
+
 def choice_from_rows(req: Request, results: dict[str, list[dict[str, str]]]) -> Choice:
     """Pick the best experiment (highest tokens/s/GPU, as AIConfigurator does) and size it; with the
     planner on, the disaggregated one (Dynamo's autoscale picking: the planner scales prefill and
@@ -108,15 +121,17 @@ def choice_from_rows(req: Request, results: dict[str, list[dict[str, str]]]) -> 
     load_target = (req.spec.workload.concurrency or req.spec.workload.requestRate) is not None
     if mode == "agg":
         w = WorkerChoice("agg", int(_f(row, "tp")), int(_f(row, "pp")) or 1, int(_f(row, "dp")) or 1,
-                         max_num_seqs=int(_f(row, "bs")) or None)
+                         max_num_seqs=int(_f(row, "bs")) or None, **_moe(row, ""))
         per_unit = int(_f(row, "num_total_gpus")) or w.gpus
         w.replicas = max(per_unit // w.gpus, 1)
         workers = [w]
     else:
         p = WorkerChoice("prefill", int(_f(row, "(p)tp")), int(_f(row, "(p)pp")) or 1, int(_f(row, "(p)dp")) or 1,
-                         replicas=int(_f(row, "(p)workers")) or 1, max_num_seqs=int(_f(row, "(p)bs")) or None)
+                         replicas=int(_f(row, "(p)workers")) or 1, max_num_seqs=int(_f(row, "(p)bs")) or None,
+                         **_moe(row, "(p)"))
         d = WorkerChoice("decode", int(_f(row, "(d)tp")), int(_f(row, "(d)pp")) or 1, int(_f(row, "(d)dp")) or 1,
-                         replicas=int(_f(row, "(d)workers")) or 1, max_num_seqs=int(_f(row, "(d)bs")) or None)
+                         replicas=int(_f(row, "(d)workers")) or 1, max_num_seqs=int(_f(row, "(d)bs")) or None,
+                         **_moe(row, "(d)"))
         workers = [p, d]
     unit = sum(w.gpus * w.replicas for w in workers)
     if req.spec.planner:  # autoscale: one worker per pool, the planner scales

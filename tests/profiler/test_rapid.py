@@ -1,10 +1,12 @@
 """Rapid profiling with the real AIConfigurator (offline, seconds to a minute on 2 cores):
 `dynamo.deploy render` of a DGDR for Qwen/Qwen3-32B on h200_sxm produces a DGD with our layout
 that validates and renders; a model AIConfigurator does not know falls back to a memory-fit
-config and says loudly that the SLA is unverified."""
+config and says loudly that the SLA is unverified; with an SLA planner the DGD carries
+AIConfigurator-estimated profile data that the planner's loader seeds its perf models from."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +15,12 @@ import pytest
 import yaml
 
 from dynamo.deploy.validate import validate_file
+from dynamo.llm.perf_data import DECODE_JSON, PREFILL_JSON
+from dynamo.planner.bootstrap import seed_models
+from dynamo.planner.config import convert
+from dynamo.planner.load_scaling import EngineLimits
+from dynamo.planner.perf_model import decode_model, prefill_model
+from dynamo.planner.sla import decode_capacity_rps, prefill_capacity_rps
 from tests.fixtures.procs import REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -90,3 +98,55 @@ def test_an_sla_no_configuration_meets_goes_ahead_with_the_best_found_as_in_dyna
     strict = run(["dynamo.profiler", "--config", "r.yaml", "--output-dir", "out", "--refuse-unmet-sla"], tmp_path)
     assert strict.returncode == 3, strict.stderr[-4000:]
     assert "--refuse-unmet-sla is set" in yaml.safe_load((tmp_path / "out/profiler_status.yaml").read_text())["message"]
+
+
+def _monotone(values: list[float]) -> bool:
+    return all(b >= a for a, b in zip(values, values[1:]))
+
+
+def test_rapid_with_an_sla_planner_ships_aic_estimated_profile_data_the_planner_loads(tmp_path):
+    """Rapid search measures nothing, yet the SLA planner needs engine capacity from the start: the DGD
+    carries the profile-data ConfigMap (AIConfigurator's estimates, said so in the notes), mounted at the
+    planner's `profile_results_dir`, with physical curves that seed the planner's perf models."""
+    req = request("qwen-plan", "Qwen/Qwen3-32B")
+    req["spec"]["features"] = {"planner": {"optimization_target": "sla", "enable_throughput_scaling": True,
+                                           "throughput_adjustment_interval_seconds": 60}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(req))
+    proc = run(["dynamo.profiler", "--config", "r.yaml", "--output-dir", "out"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    status = yaml.safe_load((tmp_path / "out/profiler_status.yaml").read_text())
+    assert any("AIConfigurator estimates, not measurements" in n for n in status["notes"]), status["notes"]
+    assert validate_file(tmp_path / "out/final_config.yaml").ok
+    docs = list(yaml.safe_load_all((tmp_path / "out/final_config.yaml").read_text()))
+    cm = next(d for d in docs if d["kind"] == "ConfigMap")
+    assert cm["metadata"]["name"].startswith("planner-profile-data-")
+    assert set(cm["data"]) == {PREFILL_JSON, DECODE_JSON}
+    planner = next(d for d in docs if d["kind"] == "DynamoGraphDeployment")["spec"]["services"]["Planner"]
+    pod = planner["extraPodSpec"]
+    args = pod["mainContainer"]["args"]
+    cfg = json.loads(args[args.index("--config") + 1])
+    assert pod["volumes"] == [{"name": "profile-data", "configMap": {"name": cm["metadata"]["name"]}}]
+    assert pod["mainContainer"]["volumeMounts"] == [{"name": "profile-data", "mountPath": cfg["profile_results_dir"]}]
+
+    prefill, decode = json.loads(cm["data"][PREFILL_JSON]), json.loads(cm["data"][DECODE_JSON])
+    ttft = [t for _, t in sorted(zip(prefill["prefill_isl"], prefill["prefill_ttft"]))]
+    assert len(ttft) >= 8 and _monotone(ttft) and ttft[-1] > ttft[0]  # TTFT grows with ISL
+    for ctx in set(decode["y_context_length"]):
+        itl = [z for x, y, z in sorted(zip(decode["x_kv_usage"], decode["y_context_length"], decode["z_itl"]))
+               if y == ctx]
+        assert len(itl) >= 2 and _monotone(itl) and itl[-1] > itl[0], (ctx, itl)  # ITL grows with concurrency
+
+    mount = tmp_path / "mount"  # the ConfigMap as Kubernetes mounts it: one file per key
+    mount.mkdir()
+    for key, text in cm["data"].items():
+        (mount / key).write_text(text)
+    pcfg = convert(cfg)
+    kw = dict(max_samples=pcfg.max_num_fpm_samples, bucket_size=pcfg.fpm_sample_bucket_size,
+              min_samples=pcfg.load_min_observations)
+    max_kv = decode["max_kv_tokens"][0]
+    lim = EngineLimits(context_length=40960, max_kv_tokens=max_kv, max_num_batched_tokens=8192, max_num_seqs=256)
+    models = {"prefill": prefill_model(lim.max_num_batched_tokens, **kw),
+              "decode": decode_model(lim.max_num_seqs, lim.max_kv_tokens, **kw)}
+    assert seed_models(models, str(mount)) > 0 and all(m.ready for m in models.values())
+    assert prefill_capacity_rps(models["prefill"], 4000, 0.0, lim, pcfg.ttft_ms) > 0
+    assert decode_capacity_rps(models["decode"], 4000, 500, lim, pcfg.itl_ms) > 0
