@@ -112,11 +112,7 @@ class MockerAdapter:
              lambda: engine.scheduler.simulated_seconds),
             ("dynamo_mocker_busy_seconds", "Wall time with work to do (above simulated: steps ran late)",
              lambda: engine.scheduler.busy_seconds),
-            ("dynamo_component_kvstats_active_blocks", "KV blocks in use", lambda: engine.kv.num_active_blocks),
-            ("dynamo_component_kvstats_total_blocks", "KV blocks in total", lambda: engine.kv.capacity),
-            ("dynamo_component_kvstats_gpu_prefix_cache_hit_rate", "Prefix cache hit rate",
-             lambda: engine.prefix_cache_hit_rate),
-        ]
+        ]  # KV-cache gauges: the harness's, under Dynamo's names, from `load_metrics` (the simulated KV manager)
 
     def error_code(self, exc: Exception) -> ErrorCode | None:
         return None

@@ -1,17 +1,46 @@
 """Worker system server on `DYN_SYSTEM_PORT` (see `RuntimeSettings.system_server_port`):
 `/live`, `/health` (503 until the
 worker's endpoints serve, and again once its engine dies) and `/metrics`
-(Prometheus text, including `dynamo_component_*`). Components mount more routes with
-`add_routes` (the worker's `/v1/loras`)."""
+(Prometheus text, including `dynamo_component_*`, and an engine's own series re-served through
+`RelabeledFamilies`). Components mount more routes with `add_routes` (the worker's `/v1/loras`)."""
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
 
 from dynamo.runtime.asgi import TEXT_HEADERS, EmbeddedHttpServer, send_bytes, send_json
+
+log = logging.getLogger(__name__)
+
+
+class RelabeledFamilies:
+    """A collector for the system server's registry: the families of another registry whose names
+    start with one of `prefixes`, each sample with `labels` added. A label the sample already has
+    wins, as in NVIDIA Dynamo's `LabelInjectingCollector` (vLLM's own `model_name` stays vLLM's).
+
+    `source` is called at each scrape: an engine may swap its registry (vLLM's multiprocess one
+    is built per scrape). No `describe`: the families are not known before the engine runs."""
+
+    def __init__(self, source: Callable[[], Any], prefixes: tuple[str, ...], labels: dict[str, str]) -> None:
+        self.source, self.prefixes, self.labels = source, prefixes, labels
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            families = list(self.source().collect())
+        except Exception as exc:  # the engine's registry is not ours: a broken one must not fail /metrics
+            log.warning("engine metrics unavailable: %s", exc)
+            return
+        for family in families:
+            if not family.name.startswith(self.prefixes):
+                continue
+            out = Metric(family.name, family.documentation, family.type, family.unit)
+            out.samples = [s._replace(labels={**self.labels, **s.labels}) for s in family.samples]
+            yield out
 
 
 class HealthState:

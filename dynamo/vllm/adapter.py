@@ -3,7 +3,8 @@
 Start-up: the KV transfer connector for the role (`disagg`), Dynamo's defaults on the
 engine args (KV events on for agg/prefill), the engine built in a thread, then the facts
 the card needs from its effective config. KV events come from vLLM's own ZMQ publisher;
-load from a stat logger (`events.EngineStats`). LoRA adapters (`--enable-lora`) are loaded at
+load from a stat logger (`events.EngineStats`). vLLM's own Prometheus series (`vllm:*`, `lmcache:*`)
+are re-served on the worker's `/metrics` (`ENGINE_METRIC_PREFIXES`), as Dynamo's worker does. LoRA adapters (`--enable-lora`) are loaded at
 runtime as `LoRARequest`s (`load_lora`), and their KV events decode in the adapter's hash namespace.
 """
 
@@ -21,8 +22,21 @@ from dynamo.vllm.engine import apply_dynamo_defaults, engine_facts, kv_event_end
 from dynamo.vllm.events import EngineStats, stat_logger_factory
 from dynamo.vllm.forward_pass import fpm_stat_logger_factory
 from dynamo.vllm.handler import error_code, stream_embedding, stream_outputs, to_sampling_params
-from dynamo.worker.adapter import EngineContext, EngineInfo, Gauges
+from dynamo.worker.adapter import EngineContext, EngineInfo, EngineMetrics, Gauges
 from dynamo.worker.kv_relay import ZmqKvEventSource
+
+
+# The families NVIDIA Dynamo's vLLM worker re-serves (dynamo/vllm/main.py, `setup_metrics_collection`).
+ENGINE_METRIC_PREFIXES = ("vllm:", "lmcache:")
+
+
+def vllm_registry() -> Any:
+    """Where vLLM's metrics are, as its own `/metrics` reads them: the global registry, or one over
+    the multiprocess files when PROMETHEUS_MULTIPROC_DIR is set (then LMCache's, written by the
+    engine-core process, are there too)."""
+    from vllm.v1.metrics.prometheus import get_prometheus_registry
+
+    return get_prometheus_registry()
 
 
 class VllmAdapter:
@@ -60,6 +74,7 @@ class VllmAdapter:
             publishes_kv_events=self.publishes,
             max_loras=self.engine_args.max_loras if getattr(self.engine_args, "enable_lora", False) else None,
             model_types=["embedding"] if facts.pooling else None,
+            engine_metrics=EngineMetrics(ENGINE_METRIC_PREFIXES, vllm_registry),
             summary=f"{facts.model}, {facts.num_blocks} KV blocks of {facts.block_size} tokens, max_num_seqs "
                     f"{facts.max_num_seqs}, context {facts.max_model_len}")
 
@@ -109,13 +124,7 @@ class VllmAdapter:
              engine.get_num_unfinished_requests),
             ("dynamo_vllm_running_requests", "Running requests (vLLM scheduler stats)", lambda: stats.running),
             ("dynamo_vllm_waiting_requests", "Waiting requests (vLLM scheduler stats)", lambda: stats.waiting),
-            ("dynamo_component_kvstats_active_blocks", "KV blocks in use",
-             lambda: round(stats.kv_usage * stats.total_blocks)),
-            ("dynamo_component_kvstats_total_blocks", "KV blocks in total", lambda: stats.total_blocks),
-            ("dynamo_component_kvstats_gpu_cache_usage_percent", "KV cache usage (0-1)", lambda: stats.kv_usage),
-            ("dynamo_component_kvstats_gpu_prefix_cache_hit_rate", "Prefix cache hit rate",
-             lambda: stats.prefix_hit_rate),
-        ]
+        ]  # KV-cache gauges: the harness's, under Dynamo's names, from `load_metrics`
 
     def error_code(self, exc: Exception) -> ErrorCode | None:
         return error_code(exc)

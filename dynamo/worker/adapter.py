@@ -32,6 +32,16 @@ Gauges = list[tuple[str, str, Callable[[], float]]]
 
 
 @dataclass(frozen=True)
+class EngineMetrics:
+    """The engine's own Prometheus series, re-served on the worker's `/metrics` as NVIDIA Dynamo's
+    workers do (`register_engine_metrics_callback`): the families whose names start with one of
+    `prefixes`, collected from `registry()` at each scrape, with the worker's labels added."""
+
+    prefixes: tuple[str, ...]  # e.g. ("vllm:", "lmcache:")
+    registry: Callable[[], Any]  # the registry to collect from, looked up per scrape
+
+
+@dataclass(frozen=True)
 class EngineContext:
     """What the harness hands an adapter when it builds the engine."""
 
@@ -69,6 +79,7 @@ class EngineInfo:
     summary: str = ""  # one human line for the start-up log
     # What the engine serves when it decides (a pooling engine: ["embedding"]); None: the worker's setting.
     model_types: list[str] | None = None
+    engine_metrics: EngineMetrics | None = None  # the engine's own series to re-serve; None: none
 
 
 class KvEventSource(Protocol):

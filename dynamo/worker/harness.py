@@ -6,7 +6,8 @@
 2. `adapter.start()` builds the engine (a failure exits 1);
 3. KV events (in-process or relayed from the engine's publisher), load metrics and
    forward-pass metrics (FPM, pushed by the engine per step) go to the event plane; a
-   publishing worker also answers router resync (`kv_query`);
+   publishing worker also answers router resync (`kv_query`); `/metrics` gets NVIDIA Dynamo's
+   KV-cache gauges (`KvCacheGauges`) and the engine's own series (`EngineInfo.engine_metrics`);
 4. the model card is built from the engine's effective config and registered with the
    typed `generate` endpoint; then the log line readiness probes grep:
    `Worker <namespace>.<component>.<endpoint> initialized (instance <hex>)`;
@@ -20,20 +21,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence
 
 from prometheus_client import Gauge
+from prometheus_client.core import GaugeMetricFamily
 
 from dynamo.llm.forward_pass import start_fpm_relay
 from dynamo.llm.kv_events.publisher import KvEventPublisher, LoadPublisher
 from dynamo.llm.model_card import (DEFAULT_THINKING_MODE_KEY, ModelDeploymentCard, RuntimeConfig, build_card,
                                    card_record)
 from dynamo.llm.protocol import PreprocessedRequest
+from dynamo.llm.kv_events.protocol import LoadMetrics
 from dynamo.llm.kv_events.local_state import KV_QUERY_ENDPOINT
 from dynamo.runtime.distributed import DistributedRuntime, advertise_host
 from dynamo.runtime.logs import RequestEvents
 from dynamo.runtime.records import EndpointId
+from dynamo.runtime.system_server import RelabeledFamilies
 from dynamo.runtime.loop_monitor import LoopLagMonitor
 from dynamo.worker.adapter import EngineAdapter, EngineContext, EngineInfo
 from dynamo.worker.engine_args import ModelCardArgs
@@ -119,13 +124,16 @@ class Worker:
                             emit_kv_event=self.kv.push, advertise_host=advertise_host(rt.store.backend, rt.settings)[1],
                             emit_forward_pass=fpm.push)
         self.started = True  # adapter.stop() must also clean up a half-started engine
+        began = time.monotonic()
         info = await adapter.start(ctx)
+        load_seconds = time.monotonic() - began
         if info.publishes_kv_events:
             await self._publish_kv_events()
         load = await LoadPublisher.create(self.spec.event_plane, rt.store, self.eid.namespace, self.eid.component,
                                           rt.instance_id, lambda: adapter.load_metrics(rt.instance_id))
         self._closers.append(load.close)
         self._gauges()
+        self._dynamo_metrics(info, load_seconds)
         card = model_card(adapter, self.spec, info)
         await rt.serve_endpoint(self.eid, self.handler.generate, request_type=PreprocessedRequest,
                                 card_json=card_record(card, *self.eid, rt.instance_id))
@@ -162,6 +170,20 @@ class Worker:
                 *self.adapter.gauges()]
         for metric, doc, fn in rows:
             Gauge(metric, doc, registry=reg).set_function(fn)
+
+    def _dynamo_metrics(self, info: EngineInfo, load_seconds: float) -> None:
+        """The series NVIDIA Dynamo's workers add to `/metrics`, with its names and labels: the
+        KV-cache gauges (not on an embedding-only engine: it has no KV cache to report, and Dynamo
+        skips them there too) and the engine's own series, labelled as Dynamo's auto-labels."""
+        reg, eid, model = self.runtime.registry, self.eid, info.served_name
+        if list(info.model_types or ()) != ["embedding"]:
+            reg.register(KvCacheGauges(lambda: self.adapter.load_metrics(self.runtime.instance_id), model,
+                                       eid.component, load_seconds))
+        if info.engine_metrics is not None:
+            labels = {"dynamo_namespace": eid.namespace, "dynamo_component": eid.component,
+                      "dynamo_endpoint": eid.endpoint, "worker_id": f"{self.runtime.instance_id:x}",
+                      "model": model, "model_name": model}
+            reg.register(RelabeledFamilies(info.engine_metrics.registry, info.engine_metrics.prefixes, labels))
 
     async def wait(self, stop: asyncio.Event) -> int:
         """Serve until SIGTERM (drain, 0) or engine death (1)."""
@@ -207,6 +229,35 @@ class Worker:
                 log.debug("close: %s", exc)
         if self.started:
             await self.adapter.stop()
+
+
+class KvCacheGauges:
+    """NVIDIA Dynamo's `LLMBackendMetrics` gauges (dynamo/common/utils/prometheus.py), read from the
+    adapter's load metrics at each scrape: `dynamo_component_{total_blocks,gpu_cache_usage_percent,
+    kv_cache_hit_rate}` labelled `model`, `dynamo_component`, `dp_rank`, and
+    `dynamo_component_model_load_time_seconds` labelled `model`, `dynamo_component`."""
+
+    PER_RANK = (("dynamo_component_total_blocks", "Total number of KV cache blocks available on the worker.",
+                 lambda m: m.kv_total_blocks),
+                ("dynamo_component_gpu_cache_usage_percent", "GPU cache usage as a percentage (0.0-1.0).",
+                 lambda m: m.gpu_cache_usage_perc),
+                ("dynamo_component_kv_cache_hit_rate", "Prefix cache hit rate (0.0-1.0). Portable across engines.",
+                 lambda m: m.gpu_prefix_cache_hit_rate))
+
+    def __init__(self, load: Callable[[], LoadMetrics], model: str, component: str, load_seconds: float) -> None:
+        self.load, self.model, self.component, self.load_seconds = load, model, component, load_seconds
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        metrics = self.load()
+        families = []
+        for name, doc, read in self.PER_RANK:
+            family = GaugeMetricFamily(name, doc, labels=("model", "dynamo_component", "dp_rank"))
+            family.add_metric([self.model, self.component, str(metrics.dp_rank)], read(metrics))
+            families.append(family)
+        load_time = GaugeMetricFamily("dynamo_component_model_load_time_seconds", "Model load time in seconds.",
+                                      labels=("model", "dynamo_component"))
+        load_time.add_metric([self.model, self.component], self.load_seconds)
+        return [*families, load_time]
 
 
 async def first_of(*events: asyncio.Event) -> None:

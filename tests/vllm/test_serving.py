@@ -373,8 +373,30 @@ def test_model_card_comes_from_the_engine(env):
     assert metric_value(text, "dynamo_frontend_model_context_length", labels) == MAX_MODEL_LEN
     assert metric_value(text, "dynamo_frontend_model_total_kv_blocks", labels) > 1000  # 1 GiB of CPU KV cache
     worker_metrics = metrics(env["worker"])
-    assert metric_value(worker_metrics, "dynamo_component_kvstats_total_blocks") == \
+    assert metric_value(worker_metrics, "dynamo_component_total_blocks", KV_GAUGE_LABELS) == \
         metric_value(text, "dynamo_frontend_model_total_kv_blocks", labels)
+
+
+# NVIDIA Dynamo's KV-cache gauges (`LLMBackendMetrics`) and the labels its worker adds to vLLM's series.
+KV_GAUGE_LABELS = {"model": MODEL, "dynamo_component": "backend", "dp_rank": "0"}
+
+
+def test_worker_metrics_serve_vllms_series_and_dynamos_kv_gauges(env, client):
+    """What Dynamo's autoscaling guide and dashboards query on a vLLM worker's system port."""
+    labels = {"dynamo_namespace": "dynamo", "dynamo_component": "backend", "dynamo_endpoint": "generate",
+              "worker_id": f"{instance(env)['instance_id']:x}", "model": MODEL}
+    before = metrics(env["worker"])
+    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"):
+        assert metric_value(before, name, labels) is not None, name
+    assert metric_value(before, "dynamo_component_gpu_cache_usage_percent", KV_GAUGE_LABELS) is not None
+    assert metric_value(before, "dynamo_component_kv_cache_hit_rate", KV_GAUGE_LABELS) is not None
+    assert metric_value(before, "dynamo_component_model_load_time_seconds",
+                        {"model": MODEL, "dynamo_component": "backend"}) > 0
+    assert "python_gc_objects" not in before  # only the engine's own families are re-served
+    done = metric_value(before, "vllm:request_success_total", labels) or 0
+    client.completions.create(model=MODEL, prompt=ids(10, 9), max_tokens=2, temperature=0)
+    wait_until(lambda: (metric_value(metrics(env["worker"]), "vllm:request_success_total", labels) or 0) > done,
+               30, "vLLM's own request counter to count the request")
 
 
 def test_kv_events_reach_a_router_indexer(env, monkeypatch):
