@@ -58,6 +58,20 @@ class RuntimeSettings:
                                           "every third of it)", env="ETCD_LEASE_TTL", flag=False)
     etcd_connect_timeout_secs: float = setting(0.0, "How long start-up keeps trying an unreachable etcd "
                                                     "(0: fail at once)", flag=False)
+    # secured etcd (Dynamo's names); each TLS value is a PEM file's path or, as Dynamo reads it, the PEM text
+    etcd_auth_username: str | None = setting(None, "etcd user: with ETCD_AUTH_PASSWORD, every etcd call carries "
+                                                   "an auth token (renewed when etcd expires it)",
+                                             env="ETCD_AUTH_USERNAME", flag=False)
+    etcd_auth_password: str | None = setting(None, "Password of ETCD_AUTH_USERNAME", env="ETCD_AUTH_PASSWORD",
+                                             flag=False, secret=True)
+    etcd_auth_ca: str | None = setting(None, "PEM CA that https etcd endpoints are verified against (default: the "
+                                             "system CAs); set, scheme-less endpoints default to https",
+                                       env="ETCD_AUTH_CA", flag=False)
+    etcd_auth_client_cert: str | None = setting(None, "PEM client certificate presented to etcd (mutual TLS)",
+                                                env="ETCD_AUTH_CLIENT_CERT", flag=False)
+    # secret: Dynamo takes the key's PEM text here, which a config dump must not show
+    etcd_auth_client_key: str | None = setting(None, "PEM private key of ETCD_AUTH_CLIENT_CERT",
+                                               env="ETCD_AUTH_CLIENT_KEY", flag=False, secret=True)
     # kubernetes discovery (the operator injects the pod's identity through the downward API)
     pod_name: str | None = setting(None, "This pod's name: its DynamoWorkerMetadata is named after it",
                                    env="POD_NAME", flag=False)
@@ -128,6 +142,15 @@ class RuntimeSettings:
     log: str | None = setting(None, "Log level in RUST_LOG syntax (info, dynamo=debug,warn)", flag=False)
     logging_jsonl: bool = setting(False, "Write logs as JSON lines (time, level, target, message, fields) "
                                          "instead of text; request-trace lines become INFO", flag=False)
+    # canary health checks (dynamo.worker.canary), Dynamo's names; its operator enables them in every pod
+    health_check_enabled: bool = setting(False, "Send an idle worker's engine a canary request now and then; a "
+                                                "failed one makes /health 503 until one passes", flag=False)
+    canary_wait_time: float = setting(10.0, "Seconds a worker endpoint is idle before a canary request",
+                                      env="DYN_CANARY_WAIT_TIME", flag=False)
+    health_check_request_timeout: float = setting(3.0, "Seconds a canary request may take",
+                                                  env="DYN_HEALTH_CHECK_REQUEST_TIMEOUT", flag=False)
+    health_check_payload: str | None = setting(None, "The canary request: a JSON object (token_ids, "
+                                                     "stop_conditions, sampling_options) or @file")
     graceful_shutdown_grace_period_secs: float = setting(
         5.0, "Seconds after SIGTERM before a worker's drain deadline starts counting (Dynamo's grace period)",
         flag=False)

@@ -5,6 +5,13 @@ etcd3 packages).
 Endpoints: `endpoints` option, else ETCD_ENDPOINTS (comma-separated), else
 `http://localhost:2379`; the next one is tried when one fails.
 
+Secured etcd, with NVIDIA Dynamo's variables: ETCD_AUTH_USERNAME + ETCD_AUTH_PASSWORD (a token
+on every call, renewed when etcd drops it), ETCD_AUTH_CA (https endpoints verified against it)
+and ETCD_AUTH_CLIENT_CERT + ETCD_AUTH_CLIENT_KEY (mutual TLS). Unlike Dynamo, which uses the
+password or the certificates, both apply together, and the CA alone is enough for TLS. A
+start-up that etcd refuses (wrong password, untrusted certificate, auth required but no user)
+fails with one DiscoveryUnavailable line naming the variables to fix; no retry can help it.
+
 Lease: granted with TTL = ceil(ttl) s and renewed every ttl/3. When a renewal finds the
 lease gone (expired during a stall, revoked, etcd restarted with fresh data) the store
 grants a lease again, asking for the *same* id so the instance id stays stable, falls
@@ -24,14 +31,25 @@ import logging
 import math
 from typing import AsyncIterator
 
-from dynamo.runtime.discovery.base import DEFAULT_TTL, KeyValueStore, WatchEvent, diff_events, wait_closed_or
+from dynamo.runtime.discovery.base import (
+    DEFAULT_TTL,
+    DiscoveryUnavailable,
+    KeyValueStore,
+    WatchEvent,
+    diff_events,
+    wait_closed_or,
+)
 from dynamo.runtime.discovery.etcd_gateway import (
+    EtcdAuthFailed,
     EtcdError,
+    EtcdTlsRejected,
     EtcdUnavailable,
     Gateway,
     b64,
     parse_endpoints,
     prefix_range_end,
+    tls_context,
+    token_refused,
     unb64,
 )
 from dynamo.runtime.settings import RuntimeSettings
@@ -48,17 +66,22 @@ class EtcdStore(KeyValueStore):
 
     def __init__(
         self, *, ttl: float = DEFAULT_TTL, endpoints: str | list[str] | None = None, timeout: float = 5.0,
-        connect_timeout: float | None = None,
+        connect_timeout: float | None = None, settings: RuntimeSettings | None = None,
     ) -> None:
         super().__init__(ttl=ttl)
-        settings = RuntimeSettings.from_env()
-        self.endpoints = parse_endpoints(endpoints or settings.etcd_urls())
+        settings = settings or RuntimeSettings.from_env()
+        tls = tls_context(settings.etcd_auth_ca, settings.etcd_auth_client_cert, settings.etcd_auth_client_key)
+        self.endpoints = parse_endpoints(endpoints or settings.etcd_urls(), "https" if tls else "http")
+        if tls and any(url.startswith("http://") for url in self.endpoints):
+            log.warning("ETCD_AUTH_CA / ETCD_AUTH_CLIENT_CERT are set but etcd endpoints %s are http://: TLS applies "
+                        "to https:// endpoints only", self.endpoints)
+        self._username = settings.etcd_auth_username
         # How long start() keeps trying an unreachable etcd: 0 (default) fails at once; a process
         # started during an outage with a wait configured registers when etcd returns.
         if connect_timeout is None:
             connect_timeout = settings.etcd_connect_timeout_secs
         self.connect_timeout = connect_timeout
-        self._gw = Gateway(self.endpoints, timeout)
+        self._gw = Gateway(self.endpoints, timeout, tls=tls, credentials=_credentials(settings))
         self._recover_lock = asyncio.Lock()
 
     # ----- lifecycle -------------------------------------------------------------------
@@ -68,6 +91,12 @@ class EtcdStore(KeyValueStore):
             return
         try:
             self._lease_id = await self._first_grant()
+            if not self._username:
+                # etcd grants leases to anyone: a read says now, not at the first put, that it wants a user.
+                await self._gw.call("/v3/kv/range", {"key": b64("v1/"), "count_only": True})
+        except (EtcdError, EtcdTlsRejected) as exc:  # etcd answered and refused: say what to set
+            await self._gw.close()
+            raise DiscoveryUnavailable(self._refusal(exc)) from None
         except BaseException:
             await self._gw.close()
             raise
@@ -87,6 +116,18 @@ class EtcdStore(KeyValueStore):
                 log.debug("etcd lease revoke failed (keys expire with the TTL): %s", exc)
         await self._gw.close()
 
+    def _refusal(self, exc: Exception) -> str:
+        where = ",".join(self.endpoints)
+        if isinstance(exc, EtcdAuthFailed):
+            return (f"discovery: etcd at {where} rejected ETCD_AUTH_USERNAME={self._username!r} with the given "
+                    f"ETCD_AUTH_PASSWORD ({exc.message})")
+        if isinstance(exc, EtcdTlsRejected):
+            return (f"discovery: {exc}; set ETCD_AUTH_CA to the CA that signed etcd's certificate, and "
+                    "ETCD_AUTH_CLIENT_CERT / ETCD_AUTH_CLIENT_KEY when etcd demands a client certificate")
+        if isinstance(exc, EtcdError) and token_refused(exc) and not self._username:
+            return f"discovery: etcd at {where} requires authentication: set ETCD_AUTH_USERNAME and ETCD_AUTH_PASSWORD"
+        return f"discovery: etcd at {where} refused start-up: {exc}"
+
     async def _first_grant(self) -> int:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.connect_timeout
@@ -95,8 +136,8 @@ class EtcdStore(KeyValueStore):
             try:
                 return await self._grant()
             except EtcdUnavailable as exc:
-                if loop.time() + delay > deadline:
-                    raise
+                if isinstance(exc, EtcdTlsRejected) or loop.time() + delay > deadline:
+                    raise  # a TLS refusal is configuration, not an outage to wait out
                 log.warning("etcd at %s unreachable (%s); retrying for up to %.0f s more", self.endpoints, exc,
                             deadline - loop.time())
                 await asyncio.sleep(delay)
@@ -230,6 +271,13 @@ class EtcdStore(KeyValueStore):
             if isinstance(exc, (EtcdError, EtcdUnavailable)):
                 raise
             raise EtcdUnavailable(f"watch stream failed: {exc!r}") from exc
+
+
+def _credentials(settings: RuntimeSettings) -> tuple[str, str] | None:
+    user, password = settings.etcd_auth_username, settings.etcd_auth_password
+    if bool(user) != bool(password):  # Dynamo would quietly go unauthenticated; say it instead
+        raise DiscoveryUnavailable("discovery: ETCD_AUTH_USERNAME and ETCD_AUTH_PASSWORD go together")
+    return (user, password) if user and password else None
 
 
 def _to_event(raw: dict) -> WatchEvent:
