@@ -102,6 +102,8 @@ def _container(graph: Graph, name: str, svc: Service, port: int, k8s_ns: str | N
             _field_env("POD_IP", "status.podIP")]
     if discovery == "kubernetes":  # the owner of the pod's DynamoWorkerMetadata
         env.append(_field_env("POD_UID", "metadata.uid"))
+    if svc.componentType in ("worker", None):  # as Dynamo's operator: canary health checks on in every worker pod
+        env.append({"name": "DYN_HEALTH_CHECK_ENABLED", "value": "true"})
     if svc.componentType == "planner":  # no DGD here: it scales the graph's Deployments
         env.append({"name": planner_scaling.SELECTOR_ENV,
                     "value": planner_scaling.selector(contract.k8s_name(graph.metadata.name))})

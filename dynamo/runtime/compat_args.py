@@ -10,7 +10,7 @@ pod), and must not pass in silence either. Each component lists them in a `Compa
 Their `DYN_*` twins are not read: an unknown variable is ignored like any other.
 
 Every component also takes the runtime settings NVIDIA Dynamo gives flags on every command (TLS on
-the request plane and to NATS, `RUNTIME_FLAGS`): such a flag sets its environment twin
+the request plane and to NATS, the canary's `--health-check-payload`: `RUNTIME_FLAGS`): such a flag sets its environment twin
 (`export_runtime_flags`), which `RuntimeSettings`, the one reader of the environment, then reads.
 """
 
@@ -30,7 +30,7 @@ _DEST = "_dynamo_compat"
 _ENV_DEST = "_dynamo_runtime_env"
 # (flag, its environment twin, a switch): runtime settings every component takes as flags.
 RUNTIME_FLAGS = tuple((flag_names(f)[0], env_name(f), f.type in (bool, "bool")) for f in fields(RuntimeSettings)
-                      if f.name.startswith(("tcp_tls_", "nats_tls_")))
+                      if f.name.startswith(("tcp_tls_", "nats_tls_")) or f.name == "health_check_payload")
 
 # (flag names: Dynamo's first, then its aliases) -> (takes a value, why it has no effect here).
 # "Takes a value" is True (one), False (a negatable switch) or an argparse nargs ("*": a list).

@@ -48,8 +48,6 @@ RUNTIME_IGNORED: dict[tuple[str, ...], tuple[bool | str, str]] = {
     ("--media-output-http-url",): (True, "no images or videos are generated here"),
     ("--frontend-decoding",): (False, _MM_KNOB),
     ("--enable-multimodal",): (False, MM_TEXT),
-    ("--health-check-payload",): (True, "health is the worker's own /health (engine alive, model registered); no "
-                                        "canary requests are sent"),
 }
 # Router settings a Dynamo worker set advertises in its card, to override the frontend's routing for that
 # set only (Dynamo's worker router group); switches first, then flags that take a value.

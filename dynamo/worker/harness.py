@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable, Sequence
 
 from prometheus_client import Gauge
@@ -40,6 +40,7 @@ from dynamo.runtime.logs import RequestEvents
 from dynamo.runtime.records import EndpointId
 from dynamo.runtime.system_server import RelabeledFamilies
 from dynamo.runtime.loop_monitor import LoopLagMonitor
+from dynamo.worker import canary
 from dynamo.worker.adapter import EngineAdapter, EngineContext, EngineInfo
 from dynamo.worker.engine_args import ModelCardArgs
 from dynamo.worker.kv_relay import KvSink
@@ -110,6 +111,7 @@ class Worker:
         self.source = None
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self.started = False
+        self._canary: asyncio.Task | None = None
         # A held loop delays the discovery keep-alive too: past the TTL the worker drops out of
         # routing until it re-registers. The warning names the stall in the worker's own log.
         self.lag = LoopLagMonitor(lambda _lag: None, interval=0.05)
@@ -145,6 +147,26 @@ class Worker:
                  "on" if info.publishes_kv_events else "off")
         log.info("Worker %s.%s.%s initialized (instance %x)", self.eid.namespace, self.eid.component,
                  self.eid.endpoint, rt.instance_id)
+        self._start_canary(info)
+
+    def _start_canary(self, info: EngineInfo) -> None:
+        """Dynamo's canary health checks (`canary.py`), when DYN_HEALTH_CHECK_ENABLED; not on a prefill worker (a
+        canary's KV would wait for a transfer nobody pulls) nor an embedding-only one."""
+        settings = self.runtime.settings
+        if not settings.health_check_enabled or self.spec.role is WorkerRole.PREFILL or \
+                not {"chat", "completions"} & set(info.model_types or self.spec.model_types):
+            return
+        try:
+            request = canary.payload(settings, info.served_name, info.model_dir)
+        except ValueError as exc:
+            log.warning("%s; the canary uses the default payload", exc)
+            request = canary.payload(replace(settings, health_check_payload=None), info.served_name,
+                                     info.model_dir)
+        probe = canary.Canary(self.handler, self.runtime.health, str(self.eid), request, settings.canary_wait_time,
+                              settings.health_check_request_timeout, self.runtime.registry)
+        self._canary = asyncio.get_running_loop().create_task(probe.run())
+        log.info("canary health checks on: after %gs idle, %gs to answer", settings.canary_wait_time,
+                 settings.health_check_request_timeout)
 
     async def _publish_kv_events(self) -> None:
         rt, eid = self.runtime, self.eid
@@ -193,6 +215,8 @@ class Worker:
             await first_of(stop, dead)
         finally:
             watcher.cancel()
+            if self._canary is not None:  # the drain (or death) owns the endpoint's health from here
+                self._canary.cancel()
         if dead.is_set():
             log.error("%s engine died; leaving discovery and exiting", self.adapter.name)
             self.runtime.health.engine_ok = False

@@ -29,6 +29,7 @@ class RequestHandler:
         self.adapter = adapter
         self.request_limit = request_limit
         self.inflight = 0
+        self.last_activity = time.monotonic()  # a request's start or end: the canary probes only an idle engine
         self._ids = itertools.count()
         self.events = events or RequestEvents(jsonl=False)
 
@@ -39,6 +40,7 @@ class RequestHandler:
         # Unique per attempt: a migrated request reuses its id on another (or this) worker.
         request_id = f"{request.request_id}-{next(self._ids)}"
         self.inflight += 1
+        self.last_activity = time.monotonic()
         finished = False
         trace = WorkerTrace(self.events, request) if self.events.enabled() else None
         stream = None
@@ -61,6 +63,7 @@ class RequestHandler:
             raise self.handler_error(exc) from None
         finally:
             self.inflight -= 1
+            self.last_activity = time.monotonic()
             if trace is not None:
                 trace.completed(finished)
             if not finished:  # client went away (CancelledError / GeneratorExit) or an error

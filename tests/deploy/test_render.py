@@ -48,6 +48,7 @@ def test_env_probes_and_resources_follow_the_operator():
     (main,) = pod["containers"]
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in main["env"]}
     assert env["DYN_SYSTEM_PORT"] == "9090" and env["DYN_SYSTEM_ENABLED"] == "true"
+    assert env["DYN_HEALTH_CHECK_ENABLED"] == "true"  # the operator turns canaries on in worker pods
     assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert {"secretRef": {"name": "hf-token-secret"}} in main["envFrom"]
     assert main["resources"]["limits"]["nvidia.com/gpu"] == "1"
@@ -59,6 +60,7 @@ def test_env_probes_and_resources_follow_the_operator():
     assert fmain["livenessProbe"]["httpGet"] == {"path": "/health", "port": 8000}
     assert "127.0.0.1:8000/health" in fmain["readinessProbe"]["exec"]["command"][-1]
     assert {"name": "DYN_ROUTER_MODE", "value": "kv"} in fmain["env"]
+    assert "DYN_HEALTH_CHECK_ENABLED" not in {e["name"] for e in fmain["env"]}
     service = by_name(objects, "Service", "vllm-v1-disagg-router-frontend")
     assert service["spec"]["ports"][0]["port"] == 8000
 

@@ -72,7 +72,7 @@ def test_only_variables_dynamo_takes_as_flags_get_one():
                                       "handshake-timeout", "client-cert-path", "client-key-path", "client-ca-cert-path")}
     nats = {f"--nats-tls-{n}" for n in ("ca-cert-path", "insecure", "client-cert-path", "client-key-path")}
     assert options == {"-h", "--help", "--discovery-backend", "--event-plane", *tls, "--no-tcp-tls-insecure", *nats,
-                       "--no-nats-tls-insecure"}
+                       "--no-nats-tls-insecure", "--health-check-payload"}  # a worker flag of Dynamo's
 
 
 @pytest.mark.parametrize("environ, port", [
