@@ -17,7 +17,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
@@ -74,6 +74,36 @@ class PlannerArgs(DumpConfigTo):
 
 class Scheduling(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     scale_interval_seconds: float | None = None
+
+
+Positive = Annotated[int, msgspec.Meta(gt=0)]
+
+
+class ParallelPick(msgspec.Struct, kw_only=True, frozen=True):
+    """Dynamo's `PickedParallelConfig`: one engine's parallelism as AIConfigurator picked it."""
+
+    tp: int = 1
+    pp: int = 1
+    dp: int = 1  # attention data parallelism
+    moe_tp: int = 1
+    moe_ep: int = 1
+
+
+class AicInterpolation(msgspec.Struct, kw_only=True):
+    """Dynamo's `AICInterpolationSpec`, what its rapid profiler hands the planner instead of profile files:
+    the curves are AIConfigurator's estimates for these picks, built at start (`aic_interpolation.py`).
+    Unknown keys pass, as in Dynamo."""
+
+    hf_id: str
+    system: str  # AIConfigurator's GPU system, e.g. h200_sxm
+    backend: Literal["trtllm", "vllm", "sglang"]
+    isl: Positive
+    osl: Positive
+    sweep_max_context_length: Positive
+    prefill_interpolation_granularity: Positive
+    decode_interpolation_granularity: Positive
+    prefill_pick: ParallelPick
+    decode_pick: ParallelPick
 
 
 class PlannerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -139,6 +169,7 @@ class PlannerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     advisory: bool = False
     metric_reporting_prometheus_port: int | None = None
     profile_results_dir: str | None = None
+    aic_interpolation: AicInterpolation | None = None  # used when profile_results_dir holds no data
     # ours: connectors and guards
     control_url: str | None = None  # local: `dynamo.deploy run` control endpoint
     prefill_component: str | None = None  # DGD service names (default: found by name)

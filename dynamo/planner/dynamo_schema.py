@@ -100,7 +100,6 @@ NO_EFFECT: dict[str, Callable[[Any], bool]] = {
     "report_output_dir": _never,  # ... which these three only shape
     "report_filename": _never,
     "report_write_gzip_log": _never,
-    "aic_interpolation": _set,  # an in-process AIC sweep; the perf models seed from profile_results_dir here
     "ais_perf_model": _set,  # AISimulate estimators
     "load_predictor_warmup_trace": _set,
     "throughput_metrics_source": lambda v: v != "frontend",  # the frontend's metrics are what is read here

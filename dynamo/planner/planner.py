@@ -21,6 +21,7 @@ import math
 import time
 
 from dynamo.planner import sla
+from dynamo.planner.bootstrap import seed_profile, startup_profile
 from dynamo.planner.budget import fit_budget, gpus
 from dynamo.planner.config import PlannerConfig
 from dynamo.planner.connectors.base import Connector, PoolState
@@ -30,6 +31,7 @@ from dynamo.planner.observe import FpmCollector
 from dynamo.planner.predictors import make_predictor
 from dynamo.planner.prometheus import (PrometheusClient, TrafficObservation, observe, router_waiting_query,
                                        waiting_query)
+from dynamo.profiler.interpolation import Profile
 
 log = logging.getLogger("dynamo.planner")
 
@@ -48,6 +50,7 @@ class Planner:
         self.last_obs = TrafficObservation()
         self.decisions: list[Decision] = []  # history, for tests and reports
         self.initialized = False
+        self.profile: tuple[Profile, str] | None = None  # the perf models' starting points, and their source
         self._seeded: set[str] = set()  # roles whose perf model took the profile's points
         self._last_gpu_tick = time.monotonic()
         self._failing: dict[str, str] = {}  # loop -> its last failure, until a tick succeeds
@@ -56,7 +59,9 @@ class Planner:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.connector.start()
-        self.initialized = True
+        self.initialized = True  # healthy from here, also while the profile below is estimated
+        if not await self._load_profile(stop):
+            return
         interval = self.cfg.scheduling.scale_interval_seconds
         next_load = next_thpt = time.monotonic()
         while not stop.is_set():
@@ -71,6 +76,20 @@ class Planner:
                 await asyncio.wait_for(stop.wait(), interval)
             except asyncio.TimeoutError:
                 pass
+
+    async def _load_profile(self, stop: asyncio.Event) -> bool:
+        """The profile the perf models seed from, before the first tick (an AIConfigurator estimate takes
+        seconds); False when `stop` came first."""
+        task = asyncio.ensure_future(startup_profile(self.cfg))
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not task.done():
+            task.cancel()  # an estimate's thread runs on; its result is dropped
+            await asyncio.gather(task, return_exceptions=True)
+            return False
+        self.profile = task.result()
+        return True
 
     async def _guarded(self, loop: str, tick) -> None:
         self.metrics.ticks.labels(loop).inc()
@@ -278,9 +297,7 @@ class Planner:
         """Seed each role's perf model from the profile once, when it appears: the decode pool may be
         discovered ticks after the prefill pool, and must not miss its points."""
         new = {role: m for role, m in self.collector.models.items() if role not in self._seeded}
-        if not self.cfg.profile_results_dir or not new:
+        if self.profile is None or not new:
             return
-        from dynamo.planner.bootstrap import seed_models
-
-        seed_models(new, self.cfg.profile_results_dir)
+        seed_profile(new, *self.profile)
         self._seeded.update(new)

@@ -12,7 +12,8 @@ measurements, and the status notes say so.
 
 Dynamo 1.6.1 instead hands its planner an `aic_interpolation` spec and runs AIConfigurator in the
 planner pod; computing the curves here keeps AIConfigurator out of the planner image and makes the
-DGD's data fixed when it is generated.
+DGD's data fixed when it is generated. A DGD from Dynamo's own profiler still carries that spec: our
+planner then runs `aic_profile` at start (`dynamo.planner.aic_interpolation`), the same estimates.
 """
 
 from __future__ import annotations
@@ -116,8 +117,8 @@ def rapid_profile(req: Request, choice: Choice, sweep: SweepOptions,
     """The planner's profile data for an AIConfigurator pick, or None when AIConfigurator cannot
     estimate it (said in the notes: the planner then learns from live forward-pass metrics alone)."""
     try:
-        with _quiet_aic():
-            profile = estimate_profile(est or AicEstimator(req), choice, sweep)
+        profile = aic_profile(req.spec.model, req.spec.hardware.gpuSku or "h200_sxm", aic_backend(req), choice, sweep,
+                              est)
     except Exception as exc:  # AIConfigurator's errors have no common type; the DGD stands without curves
         log.warning("rapid curves: %s: %s", type(exc).__name__, exc)
         choice.notes.append(f"no planner profile data: AIConfigurator could not estimate the picked engines "
@@ -129,6 +130,15 @@ def rapid_profile(req: Request, choice: Choice, sweep: SweepOptions,
                         f"{len(profile.decode.itl_ms)} decode points, KV capacity {profile.decode.max_kv_tokens} "
                         "tokens)")
     return profile
+
+
+def aic_profile(model: str, system: str, backend: str, choice: Choice, sweep: SweepOptions,
+                est: Estimator | None = None) -> Profile:
+    """The picked engines' curves from AIConfigurator for `model` on `system`/`backend` (the planner's
+    `aic_interpolation` start-up runs this too). Raises ImportError without AIConfigurator, and whatever
+    AIConfigurator raises when it cannot estimate."""
+    with _quiet_aic():
+        return estimate_profile(est or AicEstimator(model, system, backend), choice, sweep)
 
 
 @contextmanager
@@ -146,15 +156,14 @@ def _quiet_aic() -> Iterator[None]:
 
 
 class AicEstimator:
-    """AIConfigurator's public estimate API (`cli_estimate` static modes, `estimate_kv_cache`) for the
-    request's model, GPU SKU and backend; its perf database is loaded once and cached by AIC."""
+    """AIConfigurator's public estimate API (`cli_estimate` static modes, `estimate_kv_cache`) for one
+    model (HF id or path), GPU SKU and backend; its perf database is loaded once and cached by AIC."""
 
-    def __init__(self, req: Request) -> None:
+    def __init__(self, model: str, system: str, backend: str) -> None:
         from aiconfigurator.cli.api import cli_estimate
         from aiconfigurator.sdk.memory import estimate_kv_cache
 
-        self.model, self.system = req.spec.model, req.spec.hardware.gpuSku or "h200_sxm"
-        self.backend = aic_backend(req)
+        self.model, self.system, self.backend = model, system, backend
         self._estimate, self._kv = cli_estimate, estimate_kv_cache
 
     def _parallel(self, w: WorkerChoice) -> dict[str, int | None]:
