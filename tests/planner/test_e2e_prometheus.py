@@ -6,6 +6,7 @@ instead of "skipping adjustment" (Dynamo issue #6985)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -117,41 +118,51 @@ async def test_sla_throughput_tick_scales_to_the_minimum_when_traffic_stops(stac
         await store.close()
 
 
+@contextlib.asynccontextmanager
+async def planner_at_zero(tmp, scraped: str, namespace: str):
+    """A virtual-connector planner whose decode pool is at zero (min_endpoint 0), reading a real Prometheus that
+    scrapes `scraped` (labelled as its PodMonitor would); checked to stay at zero while nothing waits."""
+    prom = PrometheusServer(tmp / "prometheus", [scraped], namespace)
+    store = make_store("file", root=str(tmp / "kv"))
+    client = PrometheusClient(prom.url)
+    try:
+        await store.start()
+        cfg = PlannerConfig(environment="virtual", model_name="tiny", namespace=namespace, mode="agg",
+                            optimization_target="throughput", min_endpoint=0)
+        planner, orch = await planner_at(cfg, store, client, 0)
+        await planner.load_tick()
+        assert planner.decisions[-1].target == 0  # nothing waits: stays at zero
+        yield planner, orch, client
+    finally:
+        await client.close()
+        await store.close()
+        prom.stop()
+
+
+async def scaled_from_zero(planner, orch) -> None:
+    await planner.load_tick()
+    last = planner.decisions[-1]
+    assert (last.role, last.current, last.target) == ("decode", 0, 1), last
+    assert "waiting for a worker" in last.reason
+    assert (await orch.next_decision(5))["num_decode_workers"] == 1
+
+
 async def test_a_pool_at_zero_scales_up_for_requests_the_frontend_holds(tmp_path_factory, tiny_model):
     """min_endpoint 0: no engine reports load at zero replicas; the requests a frontend holds for the model
     (--wait-for-workers-secs) are the demand, read from Prometheus, and the pool comes back to 1."""
     tmp = tmp_path_factory.mktemp("zero")
     cluster = Cluster(tmp, tiny_model)
-    prom = store = client = None
     try:
         cluster.frontend("--wait-for-workers-secs", "30", "--model-name", "tiny")  # no worker at all yet
-        prom = PrometheusServer(tmp / "prometheus", [f"127.0.0.1:{cluster.http_port}"], "dynamo")
-        store = make_store("file", root=str(tmp / "kv"))
-        await store.start()
-        client = PrometheusClient(prom.url)
-        cfg = PlannerConfig(environment="virtual", model_name="tiny", namespace="dynamo", mode="agg",
-                            optimization_target="throughput", min_endpoint=0)
-        planner, orch = await planner_at(cfg, store, client, 0)
-        await planner.load_tick()
-        assert planner.decisions[-1].target == 0  # nothing waits: stays at zero
-        body = {"model": "tiny", "prompt": "wake up", "max_tokens": 2}
-        threading.Thread(target=lambda: httpx.post(cluster.base_url + "/v1/completions", json=body, timeout=40),
-                         daemon=True).start()
-        deadline = time.monotonic() + 30
-        while (await client.scalar(waiting_query("tiny", "dynamo")) or 0) < 1 and time.monotonic() < deadline:
-            await asyncio.sleep(0.5)
-        await planner.load_tick()
-        last = planner.decisions[-1]
-        assert (last.role, last.current, last.target) == ("decode", 0, 1), last
-        assert "waiting for a worker" in last.reason
-        assert (await orch.next_decision(5))["num_decode_workers"] == 1
+        async with planner_at_zero(tmp, f"127.0.0.1:{cluster.http_port}", "dynamo") as (planner, orch, client):
+            body = {"model": "tiny", "prompt": "wake up", "max_tokens": 2}
+            threading.Thread(target=lambda: httpx.post(cluster.base_url + "/v1/completions", json=body, timeout=40),
+                             daemon=True).start()
+            deadline = time.monotonic() + 30
+            while (await client.scalar(waiting_query("tiny", "dynamo")) or 0) < 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+            await scaled_from_zero(planner, orch)
     finally:
-        if client is not None:
-            await client.close()
-        if store is not None:
-            await store.close()
-        if prom is not None:
-            prom.stop()
         cluster.stop()
 
 
@@ -160,36 +171,21 @@ async def test_a_pool_at_zero_scales_up_for_requests_its_router_holds(tmp_path_f
     service (--wait-for-workers-secs) holds the request, and the pool's planner reads that from Prometheus."""
     tmp = tmp_path_factory.mktemp("zero-router")
     cluster = Cluster(tmp, tiny_model)
-    prom = store = client = caller = None
+    caller = RequestPlaneClient()
     try:
         port = free_port()
         cluster.start("dynamo.router", ["--endpoint", "pool.backend.generate", "--wait-for-workers-secs", "30"],
                       env={"DYN_SYSTEM_PORT": str(port)}, name="pool-router")
-        prom = PrometheusServer(tmp / "prometheus", [f"127.0.0.1:{port}"], "pool")  # as its PodMonitor labels it
-        store = make_store("file", root=str(tmp / "kv"))
-        await store.start()
-        client = PrometheusClient(prom.url)
-        cfg = PlannerConfig(environment="virtual", model_name="tiny", namespace="pool", mode="agg",
-                            optimization_target="throughput", min_endpoint=0)
-        planner, orch = await planner_at(cfg, store, client, 0)
-        await planner.load_tick()
-        assert planner.decisions[-1].target == 0  # nothing waits: stays at zero
-        caller = RequestPlaneClient()
-        held = asyncio.ensure_future(generate(caller, (await router_addresses(str(tmp / "kv"), 1, "pool"))[0]))
-        deadline = time.monotonic() + 30
-        while (await client.scalar(router_waiting_query("pool")) or 0) < 1 and time.monotonic() < deadline:
-            await asyncio.sleep(0.5)
-        assert not held.done()
-        await planner.load_tick()
-        last = planner.decisions[-1]
-        assert (last.role, last.current, last.target) == ("decode", 0, 1), last
-        assert (await orch.next_decision(5))["num_decode_workers"] == 1
-        held.cancel()
-        await asyncio.gather(held, return_exceptions=True)
+        async with planner_at_zero(tmp, f"127.0.0.1:{port}", "pool") as (planner, orch, client):
+            address = (await router_addresses(str(tmp / "kv"), 1, "pool"))[0]
+            held = asyncio.ensure_future(generate(caller, address))
+            deadline = time.monotonic() + 30
+            while (await client.scalar(router_waiting_query("pool")) or 0) < 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+            assert not held.done()
+            await scaled_from_zero(planner, orch)
+            held.cancel()
+            await asyncio.gather(held, return_exceptions=True)
     finally:
-        for closing in (caller, client, store):
-            if closing is not None:
-                await closing.close()
-        if prom is not None:
-            prom.stop()
+        await caller.close()
         cluster.stop()
