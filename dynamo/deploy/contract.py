@@ -25,7 +25,7 @@ SHARED_MEMORY = "8Gi"
 # than curl|jq so it works in our image.
 FRONTEND_READY_SCRIPT = (
     "import json,sys,urllib.request as u; "
-    "sys.exit(json.load(u.urlopen('http://127.0.0.1:{port}/health', timeout=5)).get('status') != 'healthy')"
+    "sys.exit(json.load(u.urlopen('http://127.0.0.1:{port}{path}', timeout=5)).get('status') != 'healthy')"
 )
 
 
@@ -83,22 +83,26 @@ def _http(path: str, port: int | str) -> dict[str, Any]:
 
 def default_probes(svc: Service, http_port: int | str = FRONTEND_PORT,
                    system_port: int | str = K8S_SYSTEM_PORT) -> dict[str, dict[str, Any]]:
-    """{liveness,readiness,startup} -> Kubernetes probe dicts, manifest overrides applied."""
+    """{liveness,readiness,startup} -> Kubernetes probe dicts, manifest overrides applied. The paths follow the
+    service's DYN_HTTP_SVC_*_PATH / DYN_SYSTEM_*_PATH when it moves them (the operator's stay fixed, and fail)."""
+    env = env_list([*(svc.envs or []), *(svc.container.env or [])])
     if is_frontend(svc):
+        health = env.get("DYN_HTTP_SVC_HEALTH_PATH") or "/health"
         probes = {
-            "liveness": {**_http("/health", http_port), "initialDelaySeconds": 60, "periodSeconds": 60,
+            "liveness": {**_http(health, http_port), "initialDelaySeconds": 60, "periodSeconds": 60,
                          "timeoutSeconds": 30, "failureThreshold": 10},
-            "readiness": {"exec": {"command": ["python3", "-c", FRONTEND_READY_SCRIPT.format(port=http_port)]},
+            "readiness": {"exec": {"command": ["python3", "-c", FRONTEND_READY_SCRIPT.format(port=http_port,
+                                                                                             path=health)]},
                           "initialDelaySeconds": 10, "periodSeconds": 10, "timeoutSeconds": 10,
                           "failureThreshold": 3},
         }
     elif has_system_port(svc):
+        live, health = env.get("DYN_SYSTEM_LIVE_PATH") or "/live", env.get("DYN_SYSTEM_HEALTH_PATH") or "/health"
         probes = {
-            "liveness": {**_http("/live", system_port), "periodSeconds": 5, "timeoutSeconds": 30,
-                         "failureThreshold": 1},
-            "readiness": {**_http("/health", system_port), "periodSeconds": 10, "timeoutSeconds": 30,
+            "liveness": {**_http(live, system_port), "periodSeconds": 5, "timeoutSeconds": 30, "failureThreshold": 1},
+            "readiness": {**_http(health, system_port), "periodSeconds": 10, "timeoutSeconds": 30,
                           "failureThreshold": 60},
-            "startup": {**_http("/live", system_port), "periodSeconds": 10, "timeoutSeconds": 5,
+            "startup": {**_http(live, system_port), "periodSeconds": 10, "timeoutSeconds": 5,
                         "failureThreshold": 720},
         }
     else:

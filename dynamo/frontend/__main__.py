@@ -52,7 +52,7 @@ def _app(config: FrontendConfig, runtime: DistributedRuntime, metrics: FrontendM
     inhibitor = Inhibitor(config.inhibited_duration_secs, metrics.registry, config.metrics_prefix)
     dispatcher = Dispatcher(runtime.client, routing, config.migration_limit, metrics, orchestrator, inhibitor,
                             deadlines, config.migration_max_seq_len)
-    return FrontendApp(models, dispatcher, metrics, body_limit=int(config.http_body_limit_mb * 1024 * 1024),
+    app = FrontendApp(models, dispatcher, metrics, body_limit=int(config.http_body_limit_mb * 1024 * 1024),
                        concurrency_limit=config.rejection_frontend_request_concurrency_limit,
                        overload_status=config.http_overload_status_code,
                        health_extra=lambda: {**routing.health(), **inhibitor.health()},
@@ -65,6 +65,11 @@ def _app(config: FrontendConfig, runtime: DistributedRuntime, metrics: FrontendM
                        responses_store=ResponseStore(int(config.responses_store_mb * (1 << 20)))
                        if config.responses_store_mb > 0 else None,
                        wait_for_workers=config.wait_for_workers_secs)
+    # DYN_HTTP_SVC_HEALTH_PATH / DYN_HTTP_SVC_LIVE_PATH, as Dynamo: probes written for other paths find them
+    for default, path in (("/health", runtime.settings.http_svc_health_path),
+                          ("/live", runtime.settings.http_svc_live_path)):
+        app.routes[("GET", path)] = app.routes.pop(("GET", default))
+    return app
 
 
 def _tls_options(config: FrontendConfig) -> dict:

@@ -91,7 +91,8 @@ class DistributedRuntime:
         self.settings = settings or RuntimeSettings.from_env()
         self.registry = CollectorRegistry()
         self.metrics = ComponentMetrics(self.registry)
-        self.health = HealthState()
+        self.health = HealthState(self.settings.required_endpoints(),
+                                  self.settings.system_starting_health_status == "ready")
         self.server: RequestPlaneServer | None = None
         self.client = RequestPlaneClient(self.settings.tcp_connect_timeout, ClientTls.of(self.settings))
         self.system: SystemServer | None = None
@@ -118,7 +119,8 @@ class DistributedRuntime:
         if port is None:
             return None
         host = self.settings.system_host
-        self.system = SystemServer(self.registry, self.health, host, port, extra_metrics)
+        self.system = SystemServer(self.registry, self.health, host, port, extra_metrics,
+                                   self.settings.system_health_path, self.settings.system_live_path)
         await self.system.start()
         log.info("system server on %s:%d (/live /health /metrics)", host, self.system.port)
         return self.system.port

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
@@ -142,6 +143,16 @@ class RuntimeSettings:
     log: str | None = setting(None, "Log level in RUST_LOG syntax (info, dynamo=debug,warn)", flag=False)
     logging_jsonl: bool = setting(False, "Write logs as JSON lines (time, level, target, message, fields) "
                                          "instead of text; request-trace lines become INFO", flag=False)
+    # health endpoints, Dynamo's names: where probes look, and what "ready" waits for
+    system_health_path: str = setting("/health", "The system server's health path", flag=False)
+    system_live_path: str = setting("/live", "The system server's liveness path", flag=False)
+    system_starting_health_status: str = setting("notready", "A worker's health before its endpoints serve: "
+                                                 "notready (503) or ready", choices=("notready", "ready"), flag=False)
+    system_use_endpoint_health_status: str | None = setting(
+        None, "The endpoints (a JSON list of names, e.g. [\"generate\"], or comma-separated) that must serve "
+              "before /health is 200; default: every endpoint the process serves", flag=False)
+    http_svc_health_path: str = setting("/health", "The frontend's health path", flag=False)
+    http_svc_live_path: str = setting("/live", "The frontend's liveness path", flag=False)
     # canary health checks (dynamo.worker.canary), Dynamo's names; its operator enables them in every pod
     health_check_enabled: bool = setting(False, "Send an idle worker's engine a canary request now and then; a "
                                                 "failed one makes /health 503 until one passes", flag=False)
@@ -168,6 +179,18 @@ class RuntimeSettings:
         Raises SystemExit naming the variable when a value does not parse."""
         environ = os.environ if environ is None else environ
         return _parse(tuple((name, environ[name]) for name in _ENV_NAMES if name in environ))
+
+    def required_endpoints(self) -> set[str] | None:
+        """DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS as endpoint names (None: every endpoint counts)."""
+        raw = (self.system_use_endpoint_health_status or "").strip()
+        if not raw:
+            return None
+        try:
+            names = json.loads(raw) if raw.startswith("[") else raw.split(",")
+        except ValueError:
+            raise SystemExit(f"invalid value for DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS: {raw!r} (a JSON list of "
+                             "endpoint names)") from None
+        return {str(n).strip() for n in names if str(n).strip()}
 
     def backend(self, given: str | None = None) -> str:
         """The discovery backend: `given` (a component's --discovery-backend), else DYN_DISCOVERY_BACKEND, else

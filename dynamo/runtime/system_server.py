@@ -44,13 +44,25 @@ class RelabeledFamilies:
 
 
 class HealthState:
-    def __init__(self) -> None:
+    """What `/health` says. `required` (DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS): the endpoint names that must
+    serve, others left out (None: every endpoint); `starting_ready` (DYN_SYSTEM_STARTING_HEALTH_STATUS=ready):
+    healthy before any endpoint serves, as Dynamo's components can start."""
+
+    def __init__(self, required: set[str] | None = None, starting_ready: bool = False) -> None:
         self.endpoints: dict[str, str] = {}  # "dyn://ns.comp.ep" -> "ready" | "notready"
         self.engine_ok = True
         self.started = time.monotonic()
+        self.required, self.starting_ready = required, starting_ready
 
     def ready(self) -> bool:
-        return self.engine_ok and bool(self.endpoints) and all(v == "ready" for v in self.endpoints.values())
+        if not self.engine_ok:
+            return False
+        counted = {k: v for k, v in self.endpoints.items()
+                   if self.required is None or k.rsplit(".", 1)[-1] in self.required}
+        if not counted:
+            return self.starting_ready and (self.required is None or not self.endpoints)
+        named = {k.rsplit(".", 1)[-1] for k in counted}
+        return all(v == "ready" for v in counted.values()) and (self.required is None or self.required <= named)
 
     def body(self) -> dict:
         return {
@@ -62,9 +74,11 @@ class HealthState:
 
 class SystemServer:
     def __init__(self, registry: CollectorRegistry, health: HealthState, host: str, port: int,
-                 extra_metrics: Callable[[], bytes] | None = None) -> None:
+                 extra_metrics: Callable[[], bytes] | None = None, health_path: str = "/health",
+                 live_path: str = "/live") -> None:
         self.registry = registry
         self.health = health
+        self.health_path, self.live_path = health_path, live_path  # DYN_SYSTEM_HEALTH_PATH / _LIVE_PATH
         self.extra_metrics = extra_metrics
         self.http = EmbeddedHttpServer(self.app, host, port)
         # (path prefix, ASGI app): checked before the 404, in the order added.
@@ -77,9 +91,9 @@ class SystemServer:
         if scope["type"] != "http":
             return
         path = scope["path"]
-        if path == "/live":
+        if path == self.live_path:
             await send_json(send, 200, {"status": "live", "message": "Service is live"})
-        elif path == "/health":
+        elif path == self.health_path:
             body = self.health.body()
             await send_json(send, 200 if self.health.ready() else 503, body)
         elif path == "/metrics":
