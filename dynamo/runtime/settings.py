@@ -58,7 +58,9 @@ class RuntimeSettings:
     etcd_lease_ttl: float = setting(10.0, "Seconds a process's registrations outlive it (its lease's TTL; renewed "
                                           "every third of it)", env="ETCD_LEASE_TTL", flag=False)
     etcd_connect_timeout_secs: float = setting(0.0, "How long start-up keeps trying an unreachable etcd "
-                                                    "(0: fail at once)", flag=False)
+                                                    "(0: fail at once)", flag=False,
+                                               env=("DYN_ETCD_CONNECT_TIMEOUT_SECS",
+                                                    "ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS"))  # ours, Dynamo's
     # secured etcd (Dynamo's names); each TLS value is a PEM file's path or, as Dynamo reads it, the PEM text
     etcd_auth_username: str | None = setting(None, "etcd user: with ETCD_AUTH_PASSWORD, every etcd call carries "
                                                    "an auth token (renewed when etcd expires it)",

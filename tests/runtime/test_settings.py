@@ -184,3 +184,9 @@ def test_the_discovery_backend_defaults_to_etcd_once_its_endpoints_are_set(env, 
     settings = RuntimeSettings.from_env(env)
     assert settings.backend(given) == backend
     assert settings.etcd_urls() == env.get("ETCD_ENDPOINTS", "http://localhost:2379")
+
+
+def test_dynamos_etcd_startup_wait_is_read_too():
+    assert RuntimeSettings.from_env({"ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS": "30"}).etcd_connect_timeout_secs == 30.0
+    assert RuntimeSettings.from_env({"DYN_ETCD_CONNECT_TIMEOUT_SECS": "5",
+                                     "ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS": "30"}).etcd_connect_timeout_secs == 5.0
