@@ -55,6 +55,12 @@ class ComponentMetrics:
         self.duration = Histogram("dynamo_component_request_duration_seconds", "Request duration", self.LABELS,
                                   registry=registry,
                                   buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+        self.request_bytes = Counter("dynamo_component_request_bytes", "Request payload bytes received", self.LABELS,
+                                     registry=registry)
+        self.response_bytes = Counter("dynamo_component_response_bytes", "Response payload bytes sent", self.LABELS,
+                                      registry=registry)
+        self.errors = Counter("dynamo_component_errors", "Requests that ended in an error, by its code",
+                              self.LABELS + ("error_type",), registry=registry)
         self.uptime = Gauge("dynamo_component_uptime_seconds", "Process uptime", registry=registry)
         self.uptime.set_function(_uptime())
         self._labels: dict[str, tuple[str, str, str]] = {}
@@ -67,6 +73,14 @@ class ComponentMetrics:
         labels = self._labels.get(endpoint)
         if labels:
             self.inflight.labels(*labels).inc()
+
+    def traffic(self, endpoint: str, received: int, sent: int, error: str | None) -> None:
+        labels = self._labels.get(endpoint)
+        if labels:
+            self.request_bytes.labels(*labels).inc(received)
+            self.response_bytes.labels(*labels).inc(sent)
+            if error is not None:
+                self.errors.labels(*labels, error).inc()
 
     def end(self, endpoint: str, status: str, seconds: float) -> None:
         labels = self._labels.get(endpoint)
@@ -132,6 +146,7 @@ class DistributedRuntime:
             server = RequestPlaneServer(bind, port, ServerTls.of(self.settings))
             server.on_request_start = self.metrics.start
             server.on_request_end = self.metrics.end
+            server.on_request_traffic = self.metrics.traffic
             await server.start()
             server.advertised = f"{advertised}:{server.port}"  # type: ignore[attr-defined]
             self.server = server

@@ -107,7 +107,8 @@ class _Connection(wire.FramedProtocol):
                 self.send(wire.Error(frame.sid, f"malformed request: {exc}", ErrorCode.BAD_REQUEST))
                 return
         ctx = RequestContext(frame.sid, frame.endpoint, frame.headers)
-        task = asyncio.get_running_loop().create_task(self._run(handler, request, frame.endpoint, ctx))
+        task = asyncio.get_running_loop().create_task(self._run(handler, request, frame.endpoint, ctx,
+                                                                len(frame.payload)))
         self.tasks[frame.sid] = (task, ctx)
 
     def _cancel(self, sid: int) -> None:
@@ -116,12 +117,13 @@ class _Connection(wire.FramedProtocol):
             entry[1]._stopped = True
             entry[0].cancel()
 
-    async def _run(self, handler: Handler, request: Any, endpoint: str, ctx: RequestContext) -> None:
+    async def _run(self, handler: Handler, request: Any, endpoint: str, ctx: RequestContext,
+                   received: int = 0) -> None:
         sid = ctx.sid
         server = self.server
         server.on_request_start(endpoint)
         started = time.monotonic()
-        status = "success"
+        status, error, sent = "success", None, 0
         try:
             gen = handler(request, ctx)
             try:
@@ -129,6 +131,7 @@ class _Connection(wire.FramedProtocol):
                     if self.closed:
                         break
                     payload = item if type(item) is bytes else _encode_item(item)
+                    sent += len(payload)
                     self.send(wire.Data(sid, payload))
             finally:
                 await gen.aclose()
@@ -137,15 +140,16 @@ class _Connection(wire.FramedProtocol):
         except asyncio.CancelledError:
             status = "cancelled"
         except HandlerError as exc:
-            status = "error"
+            status, error = "error", str(exc.code)
             self.send(wire.Error(sid, str(exc), exc.code))
         except Exception as exc:
-            status = "error"
+            status, error = "error", ErrorCode.INTERNAL.value
             log.exception("handler for %s failed", endpoint)
             self.send(wire.Error(sid, f"{type(exc).__name__}: {exc}", ErrorCode.INTERNAL))
         finally:
             self.tasks.pop(sid, None)
             server.on_request_end(endpoint, status, time.monotonic() - started)
+            server.on_request_traffic(endpoint, received, sent, error)
 
 
 class RequestPlaneServer:
@@ -161,6 +165,8 @@ class RequestPlaneServer:
         self.draining = False
         self.on_request_start: Callable[[str], None] = lambda endpoint: None
         self.on_request_end: Callable[[str, str, float], None] = lambda endpoint, status, seconds: None
+        # (endpoint, request bytes, response bytes, the error code when it failed, else None)
+        self.on_request_traffic: Callable[[str, int, int, str | None], None] = lambda *_: None
 
     @property
     def address(self) -> str:

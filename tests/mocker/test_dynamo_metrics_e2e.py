@@ -41,6 +41,9 @@ def test_kv_cache_gauges_follow_the_simulated_cache(tiny_model, tmp_path):
         first = gauge("kv_cache_hit_rate")
         completions.create(model="tiny", prompt=repeated, max_tokens=1)
         assert gauge("kv_cache_hit_rate") > first
+        endpoint = {"dynamo_namespace": "dynamo", "dynamo_component": "backend", "dynamo_endpoint": "generate"}
+        assert gauge("request_bytes_total", endpoint) > 4 * BLOCK_SIZE  # the token ids travelled
+        assert gauge("response_bytes_total", endpoint) > 0
 
         # A long request holds blocks while it runs, and gives them back when it is cancelled.
         body = {"model": "tiny", "prompt": prompt(6 * BLOCK_SIZE, 2), "max_tokens": 1500, "ignore_eos": True,
