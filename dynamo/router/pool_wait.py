@@ -20,7 +20,7 @@ from typing import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, Gauge
 
-CATCH_UP_SECS = 2.0
+CATCH_UP_SECS = 5.0  # a loaded machine's watch can lag a registration by seconds
 CANCEL_POLL_SECS = 0.5  # a caller's leaving is a flag on its request context, not an event: look this often
 
 
