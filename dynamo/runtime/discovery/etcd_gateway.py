@@ -21,15 +21,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import os
 import ssl
-import tempfile
 from typing import Any, AsyncIterator
 
 import aiohttp
 import msgspec
 
-from dynamo.runtime.tls import TlsConfigError
+from dynamo.runtime.tls import caller_context
 
 log = logging.getLogger(__name__)
 
@@ -100,48 +98,8 @@ def tls_context(ca: str | None, cert: str | None, key: str | None) -> ssl.SSLCon
     """The context https endpoints are verified with (None: aiohttp's default, the system CAs).
     Each value is a file path or, as NVIDIA Dynamo reads these variables, the PEM text itself.
     Raises TlsConfigError naming the variable when one cannot be loaded."""
-    if not (ca or cert or key):
-        return None
-    if bool(cert) != bool(key):
-        raise TlsConfigError("ETCD_AUTH_CLIENT_CERT and ETCD_AUTH_CLIENT_KEY go together")
-    context = ssl.create_default_context()  # system CAs, host names checked
-    if ca:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # only the given CA is trusted
-        try:
-            context.load_verify_locations(**({"cadata": ca} if _is_pem(ca) else {"cafile": ca}))
-        except (OSError, ssl.SSLError) as exc:
-            raise TlsConfigError(f"ETCD_AUTH_CA: cannot load {_shown(ca)}: {exc}") from None
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if cert and key:
-        _load_client_cert(context, cert, key)
-    return context
-
-
-def _load_client_cert(context: ssl.SSLContext, cert: str, key: str) -> None:
-    # ssl loads a certificate chain from files only: PEM text goes through a private temp dir.
-    with tempfile.TemporaryDirectory(prefix="etcd-tls-") as tmp:
-        try:
-            context.load_cert_chain(_as_file(cert, tmp, "cert.pem"), _as_file(key, tmp, "key.pem"))
-        except (OSError, ssl.SSLError) as exc:
-            raise TlsConfigError(f"ETCD_AUTH_CLIENT_CERT / ETCD_AUTH_CLIENT_KEY: cannot load {_shown(cert)} / "
-                                 f"{_shown(key)}: {exc}") from None
-
-
-def _is_pem(value: str) -> bool:
-    return value.lstrip().startswith("-----BEGIN")
-
-
-def _shown(value: str) -> str:
-    return "(PEM text)" if _is_pem(value) else value  # never echo a key
-
-
-def _as_file(value: str, tmp: str, name: str) -> str:
-    if not _is_pem(value):
-        return value
-    path = os.path.join(tmp, name)
-    with open(path, "w", opener=lambda p, flags: os.open(p, flags, 0o600)) as fh:
-        fh.write(value)
-    return path
+    return caller_context(ca, False, cert, key, ("ETCD_AUTH_CA", "ETCD_AUTH_CLIENT_CERT", "ETCD_AUTH_CLIENT_KEY"),
+                          pem_text=True)
 
 
 class Gateway:
