@@ -74,20 +74,17 @@ class ComponentMetrics:
         if labels:
             self.inflight.labels(*labels).inc()
 
-    def traffic(self, endpoint: str, received: int, sent: int, error: str | None) -> None:
-        labels = self._labels.get(endpoint)
-        if labels:
-            self.request_bytes.labels(*labels).inc(received)
-            self.response_bytes.labels(*labels).inc(sent)
-            if error is not None:
-                self.errors.labels(*labels, error).inc()
-
-    def end(self, endpoint: str, status: str, seconds: float) -> None:
+    def end(self, endpoint: str, status: str, seconds: float, received: int = 0, sent: int = 0,
+            error: str | None = None) -> None:
         labels = self._labels.get(endpoint)
         if labels:
             self.inflight.labels(*labels).dec()
             self.requests.labels(*labels, status).inc()
             self.duration.labels(*labels).observe(seconds)
+            self.request_bytes.labels(*labels).inc(received)
+            self.response_bytes.labels(*labels).inc(sent)
+            if error is not None:
+                self.errors.labels(*labels, error).inc()
 
 
 def _uptime() -> Callable[[], float]:
@@ -146,7 +143,6 @@ class DistributedRuntime:
             server = RequestPlaneServer(bind, port, ServerTls.of(self.settings))
             server.on_request_start = self.metrics.start
             server.on_request_end = self.metrics.end
-            server.on_request_traffic = self.metrics.traffic
             await server.start()
             server.advertised = f"{advertised}:{server.port}"  # type: ignore[attr-defined]
             self.server = server
@@ -211,11 +207,8 @@ class DistributedRuntime:
 
     async def shutdown(self, grace: float = 0.0) -> None:
         """Unregister, let in-flight requests finish within `grace`, then close everything."""
-        await self.unregister()
+        await self.drain(grace)
         if self.server is not None:
-            await self.server.stop_accepting()
-            if grace > 0:
-                await self.server.drain(grace)
             await self.server.close()
         await self.client.close()
         if self.system is not None:

@@ -148,8 +148,7 @@ class _Connection(wire.FramedProtocol):
             self.send(wire.Error(sid, f"{type(exc).__name__}: {exc}", ErrorCode.INTERNAL))
         finally:
             self.tasks.pop(sid, None)
-            server.on_request_end(endpoint, status, time.monotonic() - started)
-            server.on_request_traffic(endpoint, received, sent, error)
+            server.on_request_end(endpoint, status, time.monotonic() - started, received, sent, error)
 
 
 class RequestPlaneServer:
@@ -164,9 +163,8 @@ class RequestPlaneServer:
         self._server: asyncio.base_events.Server | None = None
         self.draining = False
         self.on_request_start: Callable[[str], None] = lambda endpoint: None
-        self.on_request_end: Callable[[str, str, float], None] = lambda endpoint, status, seconds: None
-        # (endpoint, request bytes, response bytes, the error code when it failed, else None)
-        self.on_request_traffic: Callable[[str, int, int, str | None], None] = lambda *_: None
+        # (endpoint, status, seconds, request bytes, response bytes, the error code when it failed, else None)
+        self.on_request_end: Callable[[str, str, float, int, int, str | None], None] = lambda *_: None
 
     @property
     def address(self) -> str:

@@ -21,8 +21,7 @@ async def test_bytes_and_errors_are_counted_per_endpoint():
     metrics = ComponentMetrics(registry)
     metrics.bind(EndpointId("ns", "backend", "generate"))
     server = RequestPlaneServer("127.0.0.1", 0)
-    server.on_request_start, server.on_request_end, server.on_request_traffic = (metrics.start, metrics.end,
-                                                                                  metrics.traffic)
+    server.on_request_start, server.on_request_end = metrics.start, metrics.end
 
     async def handler(payload: bytes, ctx):
         if payload == b"refuse":
