@@ -77,6 +77,12 @@ def env_list(envs: list[EnvVar] | None) -> dict[str, str]:
     return {e.name: e.value or "" for e in envs or [] if e.valueFrom is None}
 
 
+def service_env(svc: Service, graph: Graph | None = None) -> dict[str, str]:
+    """The plain-value env the manifest gives the service's main container: the graph's `spec.envs` (when
+    `graph` is given), the service's `envs`, then the container's own (a later one wins)."""
+    return env_list([*((graph.spec.envs or []) if graph else []), *(svc.envs or []), *(svc.container.env or [])])
+
+
 def _http(path: str, port: int | str) -> dict[str, Any]:
     return {"httpGet": {"path": path, "port": port}}
 
@@ -85,7 +91,7 @@ def default_probes(svc: Service, http_port: int | str = FRONTEND_PORT,
                    system_port: int | str = K8S_SYSTEM_PORT) -> dict[str, dict[str, Any]]:
     """{liveness,readiness,startup} -> Kubernetes probe dicts, manifest overrides applied. The paths follow the
     service's DYN_HTTP_SVC_*_PATH / DYN_SYSTEM_*_PATH when it moves them (the operator's stay fixed, and fail)."""
-    env = env_list([*(svc.envs or []), *(svc.container.env or [])])
+    env = service_env(svc)
     if is_frontend(svc):
         health = env.get("DYN_HTTP_SVC_HEALTH_PATH") or "/health"
         probes = {

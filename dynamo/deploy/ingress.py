@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from dynamo.deploy import contract
-from dynamo.deploy.model import Graph, Service
+from dynamo.deploy.model import Graph, Ingress, Service
 
 DEFAULT_HOST_SUFFIX = "local"  # the operator's default ingress suffix
 ISTIO_API = "networking.istio.io/v1beta1"
@@ -44,12 +44,10 @@ def objects(graph: Graph, name: str, svc: Service, meta: dict[str, Any], port: i
                             "VirtualService is written (Dynamo's operator writes none either)")
             return []
         return [_virtual_service(out_meta, host(graph, svc), spec.virtualServiceGateway, port)]
-    return [_ingress(out_meta, host(graph, svc), svc, port)]
+    return [_ingress(out_meta, host(graph, svc), spec, port)]
 
 
-def _ingress(meta: dict[str, Any], rule_host: str, svc: Service, port: int) -> dict[str, Any]:
-    spec = svc.ingress
-    assert spec is not None
+def _ingress(meta: dict[str, Any], rule_host: str, spec: Ingress, port: int) -> dict[str, Any]:
     backend = {"service": {"name": meta["name"], "port": {"number": port}}}
     body: dict[str, Any] = {"rules": [{"host": rule_host, "http": {"paths": [
         {"path": "/", "pathType": "Prefix", "backend": backend}]}}]}

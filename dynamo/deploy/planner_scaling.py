@@ -62,12 +62,9 @@ def scaled_services(graph: Graph, maps: dict[str, dict[str, bytes]] | None = Non
     line gives (`--config` inline, or a file a ConfigMap of the same file mounts). A config that cannot be read
     here: the typed pools (prefill / decode), else every worker. An advisory or `virtual` planner scales none."""
     out: dict[str, str] = {}
-    for name, svc in graph.spec.services.items():
-        modules = parse_command(*contract.command_of(svc)[:2]).modules
-        # A GlobalPlanner is a planner component too, but scales other graphs through their own planners.
-        if svc.componentType == "planner" and ("dynamo.planner" in modules or not modules):
-            for pool in _pools(graph, _config(svc, maps or {})):
-                out.setdefault(pool, name)
+    for name, cfg in _planners(graph, maps):
+        for pool in _pools(graph, cfg):
+            out.setdefault(pool, name)
     return out
 
 
@@ -75,16 +72,11 @@ def zero_capable(graph: Graph, maps: dict[str, dict[str, bytes]] | None = None) 
     """{service: planner service} for the pools a planner of the graph may scale to zero replicas (its config's
     minimum for the pool's role is 0); only configs readable from the file count."""
     out: dict[str, str] = {}
-    specs = {n: {"componentType": s.componentType, "subComponentType": s.subComponentType}
-             for n, s in graph.spec.services.items()}
-    for name, svc in graph.spec.services.items():
-        modules = parse_command(*contract.command_of(svc)[:2]).modules
-        planner = svc.componentType == "planner" and ("dynamo.planner" in modules or not modules)
-        cfg = _config(svc, maps or {}) if planner else None
-        if cfg is None or cfg.advisory or cfg.environment == "virtual":
+    for name, cfg in _planners(graph, maps):
+        if cfg is None or not _applies(cfg):
             continue
         try:
-            pools = resolve_pools(specs, cfg)
+            pools = resolve_pools(_specs(graph), cfg)
         except ValueError:
             continue
         for role, pool in pools.items():
@@ -93,15 +85,35 @@ def zero_capable(graph: Graph, maps: dict[str, dict[str, bytes]] | None = None) 
     return out
 
 
+def _planners(graph: Graph, maps: dict[str, dict[str, bytes]] | None) -> list[tuple[str, PlannerConfig | None]]:
+    """The graph's SLA planner services with their configs as their processes would read them (None: not
+    readable from the file). A GlobalPlanner is a planner component too, but scales other graphs through
+    their own planners."""
+    out = []
+    for name, svc in graph.spec.services.items():
+        modules = parse_command(*contract.command_of(svc)[:2]).modules
+        if svc.componentType == "planner" and ("dynamo.planner" in modules or not modules):
+            out.append((name, _config(svc, maps or {})))
+    return out
+
+
+def _applies(cfg: PlannerConfig) -> bool:
+    """Whether the planner applies its decisions (an advisory or `virtual` one logs or hands them on)."""
+    return not (cfg.advisory or cfg.environment == "virtual")
+
+
+def _specs(graph: Graph) -> dict[str, dict]:
+    return {n: {"componentType": s.componentType, "subComponentType": s.subComponentType}
+            for n, s in graph.spec.services.items()}
+
+
 def _pools(graph: Graph, cfg: PlannerConfig | None) -> list[str]:
     services = graph.spec.services
-    specs = {n: {"componentType": s.componentType, "subComponentType": s.subComponentType}
-             for n, s in services.items()}
     if cfg is not None:
-        if cfg.advisory or cfg.environment == "virtual":  # decisions logged or handed on, not applied
+        if not _applies(cfg):
             return []
         try:
-            return sorted(set(resolve_pools(specs, cfg).values()))
+            return sorted(set(resolve_pools(_specs(graph), cfg).values()))
         except ValueError:  # the planner itself would not start; guess as below
             pass
     typed = [n for n, s in services.items() if s.subComponentType in ("prefill", "decode")]
@@ -123,7 +135,7 @@ def _config(planner: Service, maps: dict[str, dict[str, bytes]]) -> PlannerConfi
 def _config_text(planner: Service, maps: dict[str, dict[str, bytes]]) -> str | None:
     line = parse_command(*contract.command_of(planner)[:2])
     given = next((flag_value(inv.args, ("--config",)) for inv in line.invocations if inv.module == "dynamo.planner"),
-                 None) or contract.env_list([*(planner.envs or []), *(planner.container.env or [])]).get(CONFIG_ENV)
+                 None) or contract.service_env(planner).get(CONFIG_ENV)
     if not given or given.lstrip().startswith("{"):
         return given
     found = config_maps.content(planner, maps, given)

@@ -69,7 +69,7 @@ def _is_frontend(graphs: list[Graph], key: tuple[str, str]) -> bool:
 def _holds(graph: Graph, svc: Service) -> bool:
     """Whether the service runs a frontend or router that holds requests while no worker is there."""
     line = parse_command(*contract.command_of(svc)[:2])
-    env = contract.env_list([*(graph.spec.envs or []), *(svc.envs or []), *(svc.container.env or [])])
+    env = contract.service_env(svc, graph)
     for inv in line.invocations:
         if inv.module in HOLDERS and _positive(flag_value(inv.args, WAIT_FLAG) or env.get(WAIT_ENV)):
             return True
