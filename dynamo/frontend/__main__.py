@@ -64,7 +64,7 @@ def _app(config: FrontendConfig, runtime: DistributedRuntime, metrics: FrontendM
                                         config.enable_streaming_reasoning_dispatch),
                        responses_store=ResponseStore(int(config.responses_store_mb * (1 << 20)))
                        if config.responses_store_mb > 0 else None,
-                       wait_for_workers=config.wait_for_workers_secs)
+                       wait_for_workers=config.wait_for_workers_secs, media_policy=config.media_policy())
     # DYN_HTTP_SVC_HEALTH_PATH / DYN_HTTP_SVC_LIVE_PATH, as Dynamo: probes written for other paths find them
     for default, path in (("/health", runtime.settings.http_svc_health_path),
                           ("/live", runtime.settings.http_svc_live_path)):

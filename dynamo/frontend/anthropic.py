@@ -11,8 +11,9 @@ Conversion:
 - user blocks: `text` and plain-text `document`s become the user message; each `tool_result`
   becomes a tool message for its `tool_use_id`. Assistant blocks: `text`, `tool_use` (a tool call
   with the input as its JSON arguments), `thinking` (the message's reasoning; `redacted_thinking`
-  is dropped: there is nothing to show the model). An `image` is a 400: no worker here receives
-  image data, so the model would answer without it (in a `tool_result`, an `[image]` note stands in).
+  is dropped: there is nothing to show the model). An `image` (base64 or URL source) becomes an
+  `image_url` part where it stands, judged as on the chat path (a model that reads no images answers
+  400); in a `tool_result`, which carries text only, an `[image]` note stands in.
 - `tools` (`name`, `description`, `input_schema`) become functions; `tool_choice` `auto`, `any`
   (required), `tool` (named), `none`; `disable_parallel_tool_use` turns parallel calls off.
   Anthropic's server tools (a `type` such as `web_search_...`) cannot run here: a 400 says so.
@@ -40,7 +41,7 @@ _BILLING_LINE = re.compile(r"^x-anthropic-billing-header:[^\n]*\n?", re.MULTILIN
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
                 503: "overloaded_error", 529: "overloaded_error"}
-_USER_BLOCKS = ("text", "tool_result", "document")
+_USER_BLOCKS = ("text", "tool_result", "document", "image")
 _ASSISTANT_BLOCKS = ("text", "tool_use", "thinking", "redacted_thinking")
 
 
@@ -149,9 +150,6 @@ def _converted(message: Any, i: int) -> list[ChatMessage]:
     allowed = _USER_BLOCKS if message["role"] == "user" else _ASSISTANT_BLOCKS
     for j, block in enumerate(content):
         kind = block.get("type") if isinstance(block, dict) else None
-        if kind == "image":  # no worker here receives image data: the model would answer without it
-            raise bad_request(f"{where}.content[{j}]: images are not supported: models served here take text only",
-                              f"{where}.content[{j}].type", "unsupported_content")
         if kind not in allowed:
             raise bad_request(f"{where}.content[{j}]: unsupported {message['role']} block {kind!r} (supported: "
                               f"{', '.join(allowed)})", f"{where}.content[{j}].type")
@@ -164,19 +162,33 @@ def _user_messages(blocks: list[dict[str, Any]], where: str) -> list[ChatMessage
     """Tool results first, each its own tool message (they answer the previous turn's calls), then the
     user's own text as one message."""
     out: list[ChatMessage] = []
-    texts: list[str] = []
+    parts: list[dict[str, Any]] = []
     for j, block in enumerate(blocks):
         kind = block["type"]
         if kind == "tool_result":
             text = _result_text(block.get("content"), f"{where}.content[{j}].content")
             out.append(ChatMessage(role="tool", content=text, tool_call_id=block.get("tool_use_id")))
+        elif kind == "image":
+            parts.append({"type": "image_url", "image_url": {"url": _image_url(block, f"{where}.content[{j}]")}})
         elif kind == "document":
-            texts.append(_document_text(block, f"{where}.content[{j}]"))
+            parts.append({"type": "text", "text": _document_text(block, f"{where}.content[{j}]")})
         else:
-            texts.append(_block_text(block, f"{where}.content", j))
-    if texts:
-        out.append(ChatMessage(role="user", content="\n".join(texts)))
+            parts.append({"type": "text", "text": _block_text(block, f"{where}.content", j)})
+    if any(part["type"] == "image_url" for part in parts):
+        out.append(ChatMessage(role="user", content=parts))
+    elif parts:
+        out.append(ChatMessage(role="user", content="\n".join(part["text"] for part in parts)))
     return out
+
+
+def _image_url(block: dict[str, Any], where: str) -> str:
+    """An image block's source as a URL: `base64` data as a data: URL, a `url` source as it is."""
+    source = block.get("source") or {}
+    if source.get("type") == "base64" and isinstance(source.get("data"), str):
+        return f"data:{source.get('media_type') or 'image/png'};base64,{source['data']}"
+    if source.get("type") == "url" and isinstance(source.get("url"), str):
+        return source["url"]
+    raise bad_request(f"{where}: an image's source must be base64 data or a url", f"{where}.source")
 
 
 def _assistant_message(blocks: list[dict[str, Any]]) -> ChatMessage:

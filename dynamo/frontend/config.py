@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from dynamo.llm.media import MediaSettings
 from dynamo.llm.worker_client import StreamDeadlineSettings
 from dynamo.router.config import ROUTER_MODES, KvRouterConfig
 from dynamo.router.session_affinity import MAX_TTL_SECS
@@ -23,7 +24,7 @@ from dynamo.runtime.settings import discovery_backend_setting, event_plane_setti
 
 
 @dataclass
-class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
+class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, MediaSettings, DumpConfigTo):
     """OpenAI-compatible HTTP frontend: discovers workers, tokenizes, routes, detokenizes."""
 
     http_host: str = setting("0.0.0.0", "HTTP listen address")
@@ -129,6 +130,7 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
         if self.migration_max_seq_len is not None and self.migration_max_seq_len < 1:
             raise ValueError("--migration-max-seq-len must be >= 1")
         self.check_deadlines()
+        self.media_policy()  # ValueError for a limit that is not positive
         if self.kv_cache_block_size is not None and self.kv_cache_block_size <= 0:
             raise ValueError("--kv-cache-block-size must be positive")
         if self.http_body_limit_mb <= 0:

@@ -32,12 +32,14 @@ from dynamo.frontend.metrics import FrontendMetrics, RequestOutcome
 from dynamo.frontend.model_manager import ModelManager
 from dynamo.frontend.routing_hints import routing_hints
 from dynamo.frontend.speculative_prefill import SpeculativePrefill
+from dynamo.llm.media import MediaPolicy
 from dynamo.llm.protocol import RoutingHints
 from dynamo.frontend.openai import ChatCompletionRequest, decode_request
 from dynamo.frontend.validation import validate_chat, validate_completion
 from dynamo.frontend.worker_wait import WorkerWait
 from dynamo.frontend.demand import Arrival, Demand
 from dynamo.frontend.request_log import SCOPE_KEY, TRACED_PATHS, RequestTrace, adopt_client_id, start_trace
+from dynamo.frontend.media_input import attach_images, request_images
 from dynamo.frontend.preparation import client_prompt_ids, output_spec, prompt_ids_for, wire_requests
 from dynamo.frontend.responses import ResponsesApi
 from dynamo.frontend.responses_store import ResponseStore
@@ -69,7 +71,7 @@ class FrontendApp:
                  reasoning_field: str = "reasoning_content", request_events: RequestEvents | None = None,
                  admin_api: bool = True, anthropic: AnthropicApi | None = None,
                  stream_dispatch: tuple[bool, bool] = (False, False), responses_store: ResponseStore | None = None,
-                 wait_for_workers: float = 0.0) -> None:
+                 wait_for_workers: float = 0.0, media_policy: MediaPolicy | None = None) -> None:
         self.models = models
         self.dispatcher = dispatcher
         self.metrics = metrics
@@ -78,6 +80,7 @@ class FrontendApp:
         self.overload_status = overload_status
         self.health_extra = health_extra
         self.reasoning_field = reasoning_field
+        self.media_policy = media_policy or MediaPolicy()  # which image references requests may carry (DYN_MM_*)
         self.stream_dispatch = stream_dispatch  # (tool calls, reasoning): Dynamo's early-dispatch events
         self.request_events = request_events or RequestEvents(jsonl=False)
         self.inflight = 0
@@ -342,9 +345,13 @@ class FrontendApp:
         kind = "chat" if is_chat else "completions"
         if kind not in entry.card.model_type:
             raise bad_request(f"model {entry.name!r} does not serve {kind}", "model", "unsupported_model")
+        images = request_images(entry, req, self.media_policy)
         names = annotations.requested(req.nvext)
         ids, prompt_events = await self.prompt_ids(entry, req, hints, body_size, names)
         preqs = wire_requests(entry.pipeline, req, ids, is_chat, hints, *self._trace_ids(trace))
+        if images:
+            attach_images(entry.pipeline, preqs, ids, images)
+            speculate = False  # a next turn's prefill would go without the images
         self._refuse_if_overloaded(entry.name)
         self.refuse_if_draining()
         if annotations.QUERY_INSTANCE_ID in names:

@@ -116,19 +116,28 @@ def input_messages(items: str | list[dict[str, Any]]) -> list[ChatMessage]:
     return out
 
 
-def _text(content: Any, i: int) -> str:
+def _text(content: Any, i: int) -> str | list[dict[str, Any]]:
+    """A message's content: its text parts joined, or, with `input_image` parts, chat parts in order
+    (the images as `image_url` parts: the chat path judges them and the model's reading of them)."""
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if not isinstance(part, dict):
-                raise bad_request("content parts must be objects", f"input[{i}].content")
-            if part.get("type") not in ("input_text", "output_text", "text"):
-                raise bad_request(f"unsupported content part {part.get('type')!r}: text only", f"input[{i}].content")
-            parts.append(part.get("text", ""))
-        return "".join(parts)
-    raise bad_request("message content must be a string or a list of text parts", f"input[{i}].content")
+    if not isinstance(content, list):
+        raise bad_request("message content must be a string or a list of text parts", f"input[{i}].content")
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        if not isinstance(part, dict):
+            raise bad_request("content parts must be objects", f"input[{i}].content")
+        if part.get("type") == "input_image":
+            image = {"url": part.get("image_url"), **({"detail": part["detail"]} if part.get("detail") else {})}
+            parts.append({"type": "image_url", "image_url": image})
+        elif part.get("type") in ("input_text", "output_text", "text"):
+            parts.append({"type": "text", "text": part.get("text", "")})
+        else:
+            raise bad_request(f"unsupported content part {part.get('type')!r}: text and images only",
+                              f"input[{i}].content")
+    if any(p["type"] == "image_url" for p in parts):
+        return parts
+    return "".join(p["text"] for p in parts)
 
 
 decoder = msgspec.json.Decoder(ResponsesRequest)

@@ -15,6 +15,7 @@ MAX_TOP_LOGPROBS = 20
 # OpenAI's reasoning levels (and vLLM's "max"), passed to the chat template (gpt-oss's reads low/medium/high).
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 CONTENT_PARTS = ("text", "refusal")  # an assistant's refusal is text too
+IMAGE_PART = "image_url"
 
 
 def _check_range(value: float | int | None, name: str, low: float, high: float, low_open: bool = False) -> None:
@@ -109,17 +110,31 @@ def validate_chat(req: ChatCompletionRequest) -> None:
 
 
 def _validate_content(req: ChatCompletionRequest) -> None:
-    """Text parts only: no worker here takes images, audio or files (none receives multimodal data),
-    and a model that answered without seeing them would answer wrongly."""
+    """Text parts, and `image_url` parts whose model reads images (`media_input.py` judges that and the
+    URLs): audio and files reach no worker here, and a model that answered without them would answer wrongly."""
     for i, message in enumerate(req.messages):
         if not isinstance(message.content, list):
             continue
         for j, part in enumerate(message.content):
             kind = part.get("type") if isinstance(part, dict) else None
-            if kind not in CONTENT_PARTS:
-                raise bad_request(f"content part type {kind!r} is not supported: models served here take text only "
-                                  f"(parts: {', '.join(CONTENT_PARTS)})", f"messages[{i}].content[{j}].type",
-                                  "unsupported_content")
+            if kind == IMAGE_PART:
+                image_part_url(part, f"messages[{i}].content[{j}]")
+            elif kind not in CONTENT_PARTS:
+                raise bad_request(f"content part type {kind!r} is not supported: models served here take text and, "
+                                  f"where their workers read them, images (parts: {', '.join(CONTENT_PARTS)}, "
+                                  f"{IMAGE_PART})", f"messages[{i}].content[{j}].type", "unsupported_content")
+
+
+def image_part_url(part: dict, where: str) -> str:
+    """The URL of an `image_url` part (`{"url": ..., "detail": ...}`, or the URL itself); 400 when malformed."""
+    image = part.get(IMAGE_PART)
+    url = image.get("url") if isinstance(image, dict) else image
+    if not isinstance(url, str) or not url:
+        raise bad_request("an image_url part needs `image_url.url`, a non-empty string", f"{where}.image_url.url",
+                          "invalid_type")
+    if isinstance(image, dict) and image.get("detail") not in (None, "auto", "low", "high"):
+        raise bad_request("`image_url.detail` must be auto, low or high", f"{where}.image_url.detail")
+    return url
 
 
 def validate_completion(req: CompletionRequest) -> None:

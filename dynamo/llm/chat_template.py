@@ -47,17 +47,25 @@ def _make_env() -> ImmutableSandboxedEnvironment:
     return env
 
 
-def _flatten_content(content: list) -> str:
-    texts = []
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            texts.append(part.get("text") or "")
-        elif isinstance(part, str):
-            texts.append(part)
-        else:
-            raise ChatTemplateError(f"unsupported message content part type {kind!r}: this model takes text only")
-    return "\n".join(texts)
+IMAGE_PARTS = ("image_url", "image")
+
+
+def _flatten_content(content: list) -> str | list[dict]:
+    """Text parts joined into one string (what every template renders); a message with images keeps
+    its parts, each image as `{"type": "image"}`, where vision models' templates write their placeholder."""
+    if any(isinstance(part, dict) and part.get("type") in IMAGE_PARTS for part in content):
+        return [{"type": "image"} if part.get("type") in IMAGE_PARTS else {"type": "text", "text": _part_text(part)}
+                for part in content if isinstance(part, dict)]
+    return "\n".join(_part_text(part) for part in content)
+
+
+def _part_text(part: Any) -> str:
+    if isinstance(part, str):
+        return part
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind != "text":
+        raise ChatTemplateError(f"unsupported message content part type {kind!r}: this model takes text only")
+    return part.get("text") or ""
 
 
 def _normalize_messages(messages) -> list[dict]:

@@ -76,6 +76,11 @@ THINKING_MODES = ("enabled", "disabled")
 DEFAULT_THINKING_MODE_KEY = "default_thinking_mode"
 
 
+# The media a worker's engine reads with a prompt ("image"), in its card's `runtime_data` under this key:
+# the frontend sends images only to a model whose workers say they read them.
+MEDIA_INPUT_KEY = "media_input"
+
+
 # Other spellings Dynamo takes for a parser (`deepseek-v4`, `gemma-4`: any `-` reads as `_`).
 PARSER_ALIASES = {"deepseekv4": "deepseek_v4", "gemma_4": "gemma4"}
 
@@ -168,12 +173,18 @@ class ModelDeploymentCard(msgspec.Struct, kw_only=True):
         mode = self.runtime_config.runtime_data.get(DEFAULT_THINKING_MODE_KEY)
         return mode if mode in THINKING_MODES else None
 
+    @property
+    def media_input(self) -> tuple[str, ...]:
+        """The media its workers read with a prompt (`("image",)`), none for a text-only model."""
+        media = self.runtime_config.runtime_data.get(MEDIA_INPUT_KEY)
+        return tuple(m for m in media if isinstance(m, str)) if isinstance(media, list) else ()
+
 
 def slugify(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_") or "model"
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -181,11 +192,11 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def context_length_of(model_dir: Path) -> int | None:
-    config = _read_json(model_dir / "config.json")
+    config = read_json(model_dir / "config.json")
     for key in ("max_position_embeddings", "max_sequence_length", "seq_length", "n_positions"):
         if isinstance(config.get(key), int):
             return config[key]
-    tok_cfg = _read_json(model_dir / "tokenizer_config.json")
+    tok_cfg = read_json(model_dir / "tokenizer_config.json")
     value = tok_cfg.get("model_max_length")
     if isinstance(value, int) and value < 10**9:
         return value

@@ -18,7 +18,8 @@ from typing import Any, Callable
 from dynamo.llm.card_files import chat_template_file
 from dynamo.llm.chat_template import ChatTemplate, ChatTemplateError, with_thinking_default
 from dynamo.llm.detokenizer import IncrementalDetokenizer
-from dynamo.llm.model_card import ModelDeploymentCard, card_model_dir
+from dynamo.llm.media import image_token_of
+from dynamo.llm.model_card import ModelDeploymentCard, card_model_dir, read_json
 from dynamo.llm.prompt_bound import PromptBound
 from dynamo.llm.stop import StopMatcher
 from dynamo.llm.token_cache import SegmentedEncoder, TokenCache
@@ -65,6 +66,7 @@ class ModelPipeline:
             self.template = None  # completions-only model
         self.context_length = card.context_length
         self.eos_token_ids = list(self.tokenizer.eos_token_ids)
+        self.image_token_id = image_token_of(read_json(model_dir / "config.json"))  # where a prompt's images start
         self.bound = PromptBound.from_backend(self.tokenizer.backend)
         self.encoder = self.tokenizer if token_cache is None else SegmentedEncoder(self.tokenizer, token_cache,
                                                                                    self._probe())

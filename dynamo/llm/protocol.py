@@ -10,6 +10,8 @@ from typing import Any
 
 import msgspec
 
+from dynamo.llm.kv_events.hashing import MediaSalt
+
 
 class StopConditions(msgspec.Struct, omit_defaults=True, kw_only=True):
     max_tokens: int | None = None
@@ -131,6 +133,11 @@ class PreprocessedRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     # The frontend's trace id of the client request (W3C traceparent's, or its own): workers put it
     # on their request-trace log lines, so one id finds a request in every process's log.
     trace_id: str | None = None
+    # Media the engine reads with the prompt, as NVIDIA Dynamo sends them: {"image_url": [{"Url": url}]}.
+    multi_modal_data: dict[str, list[dict[str, Any]]] | None = None
+    # Where the media start in `token_ids` and which they are: KV blocks from there on hash apart (the
+    # router's and the mocker's); set by the frontend with `multi_modal_data`.
+    media_salt: MediaSalt | None = None
 
 
 class FinishReason(enum.StrEnum):

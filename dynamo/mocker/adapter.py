@@ -13,6 +13,8 @@ from typing import AsyncIterator
 
 from prometheus_client import Histogram
 
+from dynamo.llm.media import image_urls_of
+from dynamo.llm.model_card import MEDIA_INPUT_KEY
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
 from dynamo.llm.tokenizer import Tokenizer
 from dynamo.mocker.args import MockerArgs
@@ -22,6 +24,7 @@ from dynamo.mocker.tokens import fragment_ids
 from dynamo.llm.kv_events.protocol import LoadMetrics
 from dynamo.runtime.wire import ErrorCode
 from dynamo.worker.adapter import EngineContext, EngineInfo, Gauges
+from dynamo.worker.media_loader import ImageLoader
 
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
@@ -35,6 +38,7 @@ class MockerAdapter:
         self.engine: MockEngine | None = None
         self._started = False
         self.loras: dict[str, int] = {}  # simulated adapters: name -> lora id
+        self.images: ImageLoader | None = None  # --enable-multimodal: fetched and decoded, then not looked at
 
     async def start(self, ctx: EngineContext) -> EngineInfo:
         if not self.args.model_path or not os.path.isdir(self.args.model_path):
@@ -54,18 +58,25 @@ class MockerAdapter:
             await asyncio.sleep(args.startup_time)
         await self.engine.start()
         self._started = True
+        if args.enable_multimodal:
+            self.images = ImageLoader(args.media_policy())
         return EngineInfo(
             model_dir=args.model_path, served_name=args.model_name or args.model_path, block_size=args.block_size,
             context_length=args.context_length, total_kv_blocks=args.num_gpu_blocks_override,
             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
             publishes_kv_events=args.enable_prefix_caching,
             max_loras=args.max_loras if args.enable_lora else None,
+            runtime_data={MEDIA_INPUT_KEY: ["image"]} if args.enable_multimodal else {},
             summary=f"{args.num_gpu_blocks_override} KV blocks of {args.block_size} tokens, "
                     f"speedup {args.speedup_ratio:g}")
 
     async def generate(self, request: PreprocessedRequest, request_id: str) -> AsyncIterator[LLMEngineOutput]:
         if request.lora_name is not None and request.lora_name not in self.loras:
             raise ValueError(f"LoRA adapter {request.lora_name!r} is not loaded on this worker")
+        if request.multi_modal_data:  # a vision engine fails a request whose image it cannot read: so does this
+            if self.images is None:
+                raise ValueError("this worker reads no images (the mocker reads them with --enable-multimodal)")
+            await self.images.load(image_urls_of(request.multi_modal_data))
         first = True
         async for out in self.engine.generate(request):
             if first and out.error is not None and not out.token_ids and self.engine.running:
@@ -123,5 +134,7 @@ class MockerAdapter:
 
     async def stop(self) -> None:
         self._started = False
+        if self.images is not None:
+            await self.images.close()
         if self.engine is not None:
             await self.engine.stop()

@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from dynamo.llm.media import MediaSettings
 from dynamo.runtime.config import setting
 from dynamo.runtime.config_dump import DumpConfigTo
 from dynamo.runtime.settings import discovery_backend_setting, event_plane_setting
@@ -30,7 +31,7 @@ FALLBACK_KV_BYTES_PER_TOKEN = 32 * 2 * 8 * 128 * 2
 
 
 @dataclass
-class MockerArgs(ModelCardArgs, DumpConfigTo):
+class MockerArgs(ModelCardArgs, MediaSettings, DumpConfigTo):
     """GPU-less engine emulator with vLLM-style flags (NVIDIA Dynamo mocker)."""
 
     model_path: str | None = setting(None, "Model directory or HF id (tokenizer and config.json source)")
@@ -70,6 +71,8 @@ class MockerArgs(ModelCardArgs, DumpConfigTo):
                                          flag=["--context-length", "--max-model-len"])
     enable_lora: bool = setting(False, "Accept LoRA adapters at runtime (simulated; /v1/loras on the system port)")
     max_loras: int = setting(1, "LoRA adapters served in one batch (vLLM's --max-loras)")
+    enable_multimodal: bool = setting(False, "Read the images of chat requests as a vision model's worker does "
+                                             "(fetched and decoded within the --mm-* limits, then simulated as text)")
     max_lora_rank: int = setting(16, "Largest LoRA rank accepted (vLLM's --max-lora-rank)")
     lora_load_time: float = setting(0.0, "Simulated seconds a LoRA adapter takes to load")
     namespace: str = setting("dynamo", "Dynamo namespace", env="DYN_NAMESPACE")
@@ -84,6 +87,7 @@ class MockerArgs(ModelCardArgs, DumpConfigTo):
 
     def validate(self) -> None:
         self.check_card_args()
+        self.media_policy()  # ValueError for a limit that is not positive
         positive = ("num_gpu_blocks_override", "block_size", "max_num_seqs", "max_num_batched_tokens")
         for name in positive:
             if getattr(self, name) <= 0:

@@ -168,6 +168,7 @@ class MockEngine:
             skip_prefill=skip_prefill,
             lora_name=request.lora_name,
             cache_salt=request.routing.cache_salt if request.routing is not None else None,
+            media=request.media_salt,
         )
         if self.script_for is not None and not (request.prefill_only or self.mode == WorkerRole.PREFILL):
             seq.script = self.script_for(prompt)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Callable, Sequence
 
-from dynamo.llm.kv_events.hashing import block_hashes, sequence_hashes
+from dynamo.llm.kv_events.hashing import MediaSalt, block_hashes, sequence_hashes
 from dynamo.llm.kv_events.protocol import KvCacheEvent, KvCleared, KvRemoved, KvStored, StoredBlock
 from dynamo.mocker.host_tier import HostTier
 
@@ -24,9 +24,9 @@ EventSink = Callable[[KvCacheEvent], None]
 
 
 def hash_blocks(tokens: Sequence[int], block_size: int, lora_name: str | None = None,
-                cache_salt: str | None = None) -> tuple[list[int], list[int]]:
+                cache_salt: str | None = None, media: MediaSalt | None = None) -> tuple[list[int], list[int]]:
     """(LocalBlockHashes, SequenceHashes) of the full blocks of `tokens`."""
-    local = block_hashes(tokens, block_size, lora_name, cache_salt)
+    local = block_hashes(tokens, block_size, lora_name, cache_salt, media)
     return local, sequence_hashes(local)
 
 

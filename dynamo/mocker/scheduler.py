@@ -22,7 +22,7 @@ from dynamo.mocker.args import MockerArgs
 from dynamo.mocker.kv_manager import KvManager, chain_hash, hash_blocks
 from dynamo.mocker.timing import TimingModel
 from dynamo.mocker.tokens import LCG_INC, LCG_MUL, MASK64, TokenSampler
-from dynamo.llm.kv_events.hashing import block_hash_at
+from dynamo.llm.kv_events.hashing import MediaSalt, block_hash_at
 
 # Sleep only once simulated time runs this far ahead of the wall clock: the event
 # loop's timers are millisecond-grained, so shorter steps are paced in aggregate.
@@ -47,12 +47,13 @@ class Sequence:
         "request_id", "tokens", "prompt_len", "max_tokens", "sampler", "rng", "skip_prefill",
         "num_computed", "num_generated", "prefilling", "held", "has_partial", "cached_tokens",
         "finish_reason", "error", "waiter", "done", "_hashed_len", "_locals", "_seqs", "lora_name", "script",
-        "arrived", "cache_salt", "onboarding",
+        "arrived", "cache_salt", "onboarding", "media",
     )  # fmt: skip
 
     def __init__(
         self, request_id: str, prompt: list[int], max_tokens: int, sampler: TokenSampler, rng: int,
         *, skip_prefill: bool = False, lora_name: str | None = None, cache_salt: str | None = None,
+        media: MediaSalt | None = None,
     ) -> None:  # fmt: skip
         self.request_id = request_id
         self.tokens = list(prompt)  # prompt, then every sampled token (the consumer reads the tail)
@@ -74,6 +75,7 @@ class Sequence:
         self._hashed_len = -1
         self.lora_name = lora_name  # a LoRA adapter's blocks hash (and are cached) in its own namespace
         self.cache_salt = cache_salt  # a tenant's namespace: its first block hashes (and is cached) apart
+        self.media = media  # its images: the block of the first one, and all after it, hash apart
         self.script: list[int] | None = None  # replayed output ids (`--replay-file`), then EOS
         self.arrived = 0.0  # monotonic time the engine got it: its engine-side TTFT starts here
         self.onboarding = 0  # blocks its admission copies back from the host tier (timed in that step)
@@ -81,7 +83,7 @@ class Sequence:
     def full_block_hashes(self, block_size: int) -> tuple[list[int], list[int]]:
         """(local, sequence) hashes of the current full blocks, cached between admission tries."""
         if self._hashed_len != len(self.tokens):
-            self._locals, self._seqs = hash_blocks(self.tokens, block_size, self.lora_name, self.cache_salt)
+            self._locals, self._seqs = hash_blocks(self.tokens, block_size, self.lora_name, self.cache_salt, self.media)
             self._hashed_len = len(self.tokens)
         return self._locals, self._seqs
 
@@ -370,7 +372,7 @@ class Scheduler:
     def _promote(self, seq: Sequence) -> None:
         bs = self.block_size
         start = len(seq.held) * bs
-        local = block_hash_at(seq.tokens, start, bs, seq.lora_name, seq.cache_salt)
+        local = block_hash_at(seq.tokens, start, bs, seq.lora_name, seq.cache_salt, seq.media)
         parent = seq.held[-1] if seq.held else None
         seq_hash = chain_hash(parent, local)
         self.kv.promote(parent, seq_hash, local)

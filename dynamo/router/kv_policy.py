@@ -216,7 +216,8 @@ class KvPolicy:
         if route.queue.policy == "wspt":
             allowed = [w.instance_id for w in candidates(route.pool, request, exclude)]
             new_tokens = route.router.new_prefill_tokens(request.token_ids, allowed, route.pool.lora_name,
-                                                         request.request_id, cache_salt_of(request))
+                                                         request.request_id, cache_salt_of(request),
+                                                         request.media_salt)
         return route.queue.enter(route.queue.score(priority, new_tokens),
                                  (hints.strict_priority or 0) if hints else 0)
 
@@ -232,7 +233,7 @@ class KvPolicy:
             raise NoWorkers(pool.model)
         allowed = _allowed(route, request, exclude)
         return route, route.router.select(request.token_ids, allowed=allowed, lora_name=route.pool.lora_name,
-                                          cache_salt=cache_salt_of(request))
+                                          cache_salt=cache_salt_of(request), media=request.media_salt)
 
     def _select_now(self, route: PoolRoute, request: PreprocessedRequest, exclude: set[int]) -> Choice:
         allowed = _allowed(route, request, exclude)
@@ -240,10 +241,12 @@ class KvPolicy:
         router = route.router
         rid = request.request_id
         lora, salt = route.pool.lora_name, cache_salt_of(request)
-        selection = router.select(request.token_ids, request_id=rid, allowed=allowed, lora_name=lora, cache_salt=salt)
+        media = request.media_salt
+        selection = router.select(request.token_ids, request_id=rid, allowed=allowed, lora_name=lora, cache_salt=salt,
+                                  media=media)
         if rid in self._inflight:  # a retry that was not freed: never double-book
             self.free(rid)
-        seq = router.add_request(rid, selection, request.token_ids, lora, expected_output(request), salt)
+        seq = router.add_request(rid, selection, request.token_ids, lora, expected_output(request), salt, media)
         self._inflight[rid] = route
         worker = _worker(route, selection)
         if self.metrics is not None:

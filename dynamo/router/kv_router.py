@@ -23,7 +23,7 @@ from dynamo.router.approx import ApproxIndexer
 from dynamo.router.config import KvMode, KvRouterConfig, RouterConfigOverride
 from dynamo.router.cost_model import TtftModel, features
 from dynamo.router.dynamo_cost import DynamoCostKnobs, dynamo_costs
-from dynamo.llm.kv_events.hashing import block_hashes, sequence_hashes
+from dynamo.llm.kv_events.hashing import MediaSalt, block_hashes, sequence_hashes
 from dynamo.router.indexer import KvIndexer, WorkerKey
 from dynamo.router.prefix_amortization import amortized
 from dynamo.router.selection import RoutingOverhead, Selection
@@ -147,17 +147,17 @@ class KvRouter:
 
     # -- routing -------------------------------------------------------------------------
     def _hash(self, token_ids: Sequence[int], request_id: str | None, lora_name: str | None,
-              cache_salt: str | None = None):
+              cache_salt: str | None = None, media: MediaSalt | None = None):
         """(prompt length, local hashes, sequence hashes, (block, sequence) hashing seconds) in the prompt's
         KV namespace (its LoRA adapter and cache salt), remembered per request id between selection and
         booking; a remembered prompt took no hashing now."""
-        namespace = (lora_name, cache_salt)
+        namespace = (lora_name, cache_salt, media)
         if request_id is not None:
             cached = self._hashes.get(request_id)
             if cached is not None and cached[0] == len(token_ids) and cached[3] == namespace:
                 return (*cached[:3], (0.0, 0.0))
         started = time.perf_counter()
-        local = block_hashes(token_ids, self.block_size, lora_name, cache_salt)
+        local = block_hashes(token_ids, self.block_size, lora_name, cache_salt, media)
         hashed = time.perf_counter()
         entry = (len(token_ids), local, sequence_hashes(local))
         seconds = (hashed - started, time.perf_counter() - hashed)
@@ -173,16 +173,17 @@ class KvRouter:
         return [key for w in allowed for key in self._workers.get(w, ())]
 
     def overlap_scores(self, token_ids: Sequence[int], lora_name: str | None = None,
-                       request_id: str | None = None, cache_salt: str | None = None) -> dict[WorkerKey, int]:
-        local = self._hash(token_ids, request_id, lora_name, cache_salt)[1]
+                       request_id: str | None = None, cache_salt: str | None = None,
+                       media: MediaSalt | None = None) -> dict[WorkerKey, int]:
+        local = self._hash(token_ids, request_id, lora_name, cache_salt, media)[1]
         return dict(self._find(local).scores) if self.mode != KvMode.LOAD_ONLY else {}
 
     def new_prefill_tokens(self, token_ids: Sequence[int], allowed: Collection[int] | None = None,
                            lora_name: str | None = None, request_id: str | None = None,
-                           cache_salt: str | None = None) -> int:
+                           cache_salt: str | None = None, media: MediaSalt | None = None) -> int:
         """Prompt tokens left to prefill on the allowed worker that caches most of this prompt."""
         keys = set(self._candidates(allowed))
-        scores = self.overlap_scores(token_ids, lora_name, request_id, cache_salt)
+        scores = self.overlap_scores(token_ids, lora_name, request_id, cache_salt, media)
         best = max((n for key, n in scores.items() if key in keys), default=0)
         return max(len(token_ids) - best * self.block_size, 0)
 
@@ -201,6 +202,7 @@ class KvRouter:
         allowed: Collection[int] | None = None,
         override: RouterConfigOverride | Mapping[str, Any] | None = None,
         cache_salt: str | None = None,
+        media: MediaSalt | None = None,
     ) -> Selection:
         """Best (worker, dp_rank) for this prompt; books nothing."""
         start = time.perf_counter()
@@ -208,7 +210,7 @@ class KvRouter:
         candidates = self._candidates(allowed)
         if not candidates:
             raise NoWorkers("no workers available" if allowed is None else "no allowed workers available")
-        isl, local, seq, hashing = self._hash(token_ids, request_id, lora_name, cache_salt)
+        isl, local, seq, hashing = self._hash(token_ids, request_id, lora_name, cache_salt, media)
         hashed = time.perf_counter()
         overlaps: dict[WorkerKey, int] = {} if self.mode == KvMode.LOAD_ONLY else self._find(local).scores
         matched = time.perf_counter()
@@ -337,11 +339,11 @@ class KvRouter:
     # -- lifecycle -----------------------------------------------------------------------
     def add_request(
         self, request_id: str, selection: Selection, token_ids: Sequence[int], lora_name: str | None = None,
-        max_tokens: int | None = None, cache_salt: str | None = None,
+        max_tokens: int | None = None, cache_salt: str | None = None, media: MediaSalt | None = None,
     ) -> list[int]:
         """Book the request's load on the selected worker (call when the request is sent).
         Returns the prompt's sequence hashes (what router replicas share)."""
-        isl, local, seq, _ = self._hash(token_ids, request_id, lora_name, cache_salt)
+        isl, local, seq, _ = self._hash(token_ids, request_id, lora_name, cache_salt, media)
         self._hashes.pop(request_id, None)
         key = (selection.worker_id, selection.dp_rank)
         self.active.add_request(key, request_id, seq, isl, selection.overlap_blocks,

@@ -29,6 +29,7 @@ from typing import AsyncIterator, Callable
 
 import msgspec
 
+from dynamo.llm.kv_events.hashing import MediaSalt
 from dynamo.llm.model_card import ModelDeploymentCard, card_decoder
 from dynamo.llm.protocol import PreprocessedRequest, request_decoder
 from dynamo.llm.worker_client import StreamDeadlineSettings, WorkerClient, WorkerStream
@@ -105,6 +106,7 @@ class RouteQuery(msgspec.Struct, kw_only=True, omit_defaults=True):
     token_ids: list[int]
     lora_name: str | None = None
     cache_salt: str | None = None  # the prompt's KV namespace (nvext.cache_salt)
+    media_salt: MediaSalt | None = None  # where its images start and which they are (PreprocessedRequest's)
     router_config_override: dict[str, float] | None = None
 
 
@@ -235,7 +237,8 @@ class RouterService:
     async def best_worker_id(self, query: RouteQuery, ctx: RequestContext) -> AsyncIterator[bytes]:
         try:
             sel = self.router.select(query.token_ids, lora_name=query.lora_name,
-                                     override=query.router_config_override, cache_salt=query.cache_salt)
+                                     override=query.router_config_override, cache_salt=query.cache_salt,
+                                     media=query.media_salt)
         except (NoWorkers, AllWorkersBusy) as exc:
             code = ErrorCode.BUSY if isinstance(exc, AllWorkersBusy) else ErrorCode.NO_WORKERS
             raise HandlerError(str(exc), code) from None
@@ -243,7 +246,8 @@ class RouterService:
                                         overlap_blocks=sel.overlap_blocks))
 
     async def get_overlap_scores(self, query: RouteQuery, ctx: RequestContext) -> AsyncIterator[bytes]:
-        found = self.router.overlap_scores(query.token_ids, query.lora_name, cache_salt=query.cache_salt)
+        found = self.router.overlap_scores(query.token_ids, query.lora_name, cache_salt=query.cache_salt,
+                                           media=query.media_salt)
         keys = [(w, r) for w, dp in self.router.workers().items() for r in range(dp)]
         scores = [BestWorker(worker_id=w, dp_rank=r, overlap_blocks=found.get((w, r), 0)) for w, r in keys]
         yield encoder.encode(OverlapScores(block_size=self.router.block_size, scores=scores))

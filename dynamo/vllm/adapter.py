@@ -10,8 +10,11 @@ runtime as `LoRARequest`s (`load_lora`), and their KV events decode in the adapt
 
 from __future__ import annotations
 
+import logging
 from typing import Any, AsyncIterator
 
+from dynamo.llm.media import image_urls_of
+from dynamo.llm.model_card import MEDIA_INPUT_KEY
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
 from dynamo.llm.kv_events.engine_decoder import EngineEventDecoder
 from dynamo.llm.kv_events.protocol import LoadMetrics
@@ -24,7 +27,10 @@ from dynamo.vllm.forward_pass import fpm_stat_logger_factory
 from dynamo.vllm.handler import error_code, stream_embedding, stream_outputs, to_sampling_params
 from dynamo.worker.adapter import EngineContext, EngineInfo, EngineMetrics, Gauges
 from dynamo.worker.kv_relay import ZmqKvEventSource
+from dynamo.worker.media_loader import ImageLoader
 
+
+log = logging.getLogger(__name__)
 
 # The families NVIDIA Dynamo's vLLM worker re-serves (dynamo/vllm/main.py, `setup_metrics_collection`).
 ENGINE_METRIC_PREFIXES = ("vllm:", "lmcache:")
@@ -55,6 +61,7 @@ class VllmAdapter:
         self.loras: dict[str, Any] = {}  # adapter name -> vLLM LoRARequest
         self.decoder: EngineEventDecoder | None = None
         self.kv_tokens = 0  # KV capacity in tokens, for forward-pass metrics
+        self.images: ImageLoader | None = None  # --enable-multimodal: the requests' images
 
     async def start(self, ctx: EngineContext) -> EngineInfo:
         self.instance_id = ctx.instance_id
@@ -67,6 +74,7 @@ class VllmAdapter:
         self.kv_tokens = facts.num_blocks * facts.block_size
         self.stats.total_slots, self.stats.total_blocks = facts.max_num_seqs, facts.num_blocks
         self.params_hook = disagg.params_hook(xfer, self.engine, self.mode)
+        runtime_data = self._media_input(facts)
         return EngineInfo(
             model_dir=facts.model_dir, served_name=facts.served_name, block_size=facts.block_size,
             context_length=facts.max_model_len, total_kv_blocks=facts.num_blocks, max_num_seqs=facts.max_num_seqs,
@@ -74,9 +82,20 @@ class VllmAdapter:
             publishes_kv_events=self.publishes,
             max_loras=self.engine_args.max_loras if getattr(self.engine_args, "enable_lora", False) else None,
             model_types=["embedding"] if facts.pooling else None,
-            engine_metrics=EngineMetrics(ENGINE_METRIC_PREFIXES, vllm_registry),
+            engine_metrics=EngineMetrics(ENGINE_METRIC_PREFIXES, vllm_registry), runtime_data=runtime_data,
             summary=f"{facts.model}, {facts.num_blocks} KV blocks of {facts.block_size} tokens, max_num_seqs "
                     f"{facts.max_num_seqs}, context {facts.max_model_len}")
+
+    def _media_input(self, facts) -> dict:
+        """--enable-multimodal: the card says the worker reads images (the model must be one that does)."""
+        if not self.config.enable_multimodal:
+            return {}
+        if not getattr(self.engine.model_config, "is_multimodal_model", False):  # served as the text model it is
+            log.warning("--enable-multimodal: %s reads no images (not a vision-language model); image parts "
+                        "sent to it are answered with a 400", facts.model)
+            return {}
+        self.images = ImageLoader(self.config.media_policy())
+        return {MEDIA_INPUT_KEY: ["image"]}
 
     def generate(self, request: PreprocessedRequest, request_id: str) -> AsyncIterator[LLMEngineOutput]:
         lora = None
@@ -87,7 +106,18 @@ class VllmAdapter:
         if request.task == "embed":
             return stream_embedding(self.engine, request, request_id)
         params = to_sampling_params(request, self.facts.max_model_len, self.mode)
+        if request.multi_modal_data:
+            if self.images is None:
+                return refused(ValueError("this worker reads no images (vLLM workers read them when started with "
+                                          "--enable-multimodal)"))
+            return self._with_images(request, params, request_id, lora)
         return stream_outputs(self.engine, request, params, request_id, self.params_hook, lora)
+
+    async def _with_images(self, request: PreprocessedRequest, params: Any, request_id: str,
+                           lora: Any) -> AsyncIterator[LLMEngineOutput]:
+        images = await self.images.load(image_urls_of(request.multi_modal_data))
+        async for out in stream_outputs(self.engine, request, params, request_id, self.params_hook, lora, images):
+            yield out
 
     async def load_lora(self, name: str, path: str, lora_id: int) -> None:
         from vllm.lora.request import LoRARequest
@@ -133,6 +163,8 @@ class VllmAdapter:
         return bool(self.engine is not None and self.engine.errored)
 
     async def stop(self) -> None:
+        if self.images is not None:
+            await self.images.close()
         if self.engine is not None:
             self.engine.shutdown()
 

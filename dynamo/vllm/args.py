@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from dynamo.runtime.compat_args import compat_removed, export_runtime_flags
+from dynamo.llm.media import MediaSettings
 from dynamo.runtime.config import add_arguments, from_namespace, setting
 from dynamo.worker.engine_args import (EngineWorkerArgs, check_limits_and_types, endpoint_types_setting,
                                        parse_endpoint_types)
@@ -35,7 +36,7 @@ ENGINE_SECRET_FIELDS = ("hf_token",)
 
 
 @dataclass
-class DynamoVllmArgs(EngineWorkerArgs):
+class DynamoVllmArgs(EngineWorkerArgs, MediaSettings):
     """vLLM engine worker: serves a model with vLLM's AsyncLLM behind a Dynamo frontend."""
 
     disaggregation_mode: str = setting("agg", "Worker role: agg (alias pd), prefill or decode",
@@ -55,11 +56,18 @@ class DynamoVllmArgs(EngineWorkerArgs):
     publish_kv_events: bool = setting(True, "Turn on vLLM's KV-event publishing (agg and prefill workers) when "
                                             "--kv-events-config is not given, and relay events to the router",
                                       env="DYN_VLLM_PUBLISH_KV_EVENTS")
+    enable_multimodal: bool = setting(False, "Read the images of chat requests (a vision-language model, aggregated "
+                                             "workers): fetched and decoded here, within the --mm-* limits",
+                                      env="DYN_VLLM_ENABLE_MULTIMODAL")
 
     def validate(self) -> None:
         self.check_card_args()
         self.mode  # noqa: B018  (raises ValueError on conflicting role flags)
         check_limits_and_types(self.migration_limit, self.engine_request_limit, self.endpoint_types)
+        self.media_policy()  # ValueError for a limit that is not positive
+        if self.enable_multimodal and self.mode != WorkerRole.AGG:
+            raise ValueError("--enable-multimodal: images are read by aggregated workers only here (disaggregated "
+                             "prefill/decode of image prompts is not supported)")
 
     @property
     def mode_flag(self) -> str:

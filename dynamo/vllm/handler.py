@@ -117,19 +117,22 @@ def error_code(exc: Exception) -> ErrorCode | None:
     return None
 
 
-def engine_prompt(tokens_prompt: Any, request: PreprocessedRequest) -> Any:
-    """vLLM's prompt for the request: its token ids and, for a request in a KV namespace
-    (`nvext.cache_salt`), vLLM's `cache_salt` under `SALT_PREFIX`, by which the KV-event decoder
-    tells our salt from other extra keys."""
+def engine_prompt(tokens_prompt: Any, request: PreprocessedRequest, images: list | None = None) -> Any:
+    """vLLM's prompt for the request: its token ids, its decoded images (vLLM expands each image
+    placeholder the template wrote) and, for a request in a KV namespace (`nvext.cache_salt`), vLLM's
+    `cache_salt` under `SALT_PREFIX`, by which the KV-event decoder tells our salt from other extra keys."""
+    fields: dict[str, Any] = {"prompt_token_ids": request.token_ids}
     salt = request.routing.cache_salt if request.routing is not None else None
-    if not salt:
-        return tokens_prompt(prompt_token_ids=request.token_ids)
-    return tokens_prompt(prompt_token_ids=request.token_ids, cache_salt=SALT_PREFIX + salt)
+    if salt:
+        fields["cache_salt"] = SALT_PREFIX + salt
+    if images:
+        fields["multi_modal_data"] = {"image": images if len(images) > 1 else images[0]}
+    return tokens_prompt(**fields)
 
 
 async def stream_outputs(engine: Any, request: PreprocessedRequest, params: Any, request_id: str,
                          params_hook: Callable[[dict], dict] | None = None,
-                         lora_request: Any = None) -> AsyncIterator[LLMEngineOutput]:
+                         lora_request: Any = None, images: list | None = None) -> AsyncIterator[LLMEngineOutput]:
     """`AsyncLLM.generate` for one request, each DELTA `RequestOutput` as an `LLMEngineOutput`.
     The agent-hint priority goes along: vLLM orders by it under `--scheduling-policy priority`
     and ignores it under fcfs."""
@@ -138,7 +141,7 @@ async def stream_outputs(engine: Any, request: PreprocessedRequest, params: Any,
     eos_ids = set(request.eos_token_ids)
     top = request.output_options.logprobs or 0
     first = True
-    stream = engine.generate(engine_prompt(TokensPrompt, request), params, request_id,
+    stream = engine.generate(engine_prompt(TokensPrompt, request, images), params, request_id,
                              lora_request=lora_request, priority=engine_priority(request.routing, lower_first=True))
     try:
         async for result in stream:

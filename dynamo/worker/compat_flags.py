@@ -79,11 +79,12 @@ _MULTIMODAL = "multimodal input is not served by this worker (the frontend answe
 
 
 def worker_flags(ignored: Mapping[tuple[str, ...], tuple[bool | str, str]],
-                 refused: Mapping[str, tuple[bool | str, str]]) -> CompatFlags:
+                 refused: Mapping[str, tuple[bool | str, str]], served: tuple[tuple[str, ...], ...] = ()) -> CompatFlags:
     """An engine worker's table: the runtime group's and the worker router group's flags plus the
-    engine's own, `refused` as flag -> (takes a value, why)."""
+    engine's own, `refused` as flag -> (takes a value, why); `served`: runtime flags this engine acts on."""
     refusals = {**{flag: (True, why) for flag, why in _REFUSED_RUNTIME.items()}, **refused}
-    return CompatFlags({**RUNTIME_IGNORED, **WORKER_ROUTER_IGNORED, **ignored}, [(flag, spec[0]) for flag, spec in refusals.items()],
+    runtime = {names: spec for names, spec in RUNTIME_IGNORED.items() if names not in served}
+    return CompatFlags({**runtime, **WORKER_ROUTER_IGNORED, **ignored}, [(flag, spec[0]) for flag, spec in refusals.items()],
                        refused_reasons={flag: spec[1] for flag, spec in refusals.items()})
 
 
@@ -121,7 +122,7 @@ VLLM_FLAGS = worker_flags({
     "--gms-shadow-mode": (False, "GPU Memory Service shadow engines are not supported"),
     "--enable-rl": (False, "RL token-in/token-out defaults are not selected here: set vLLM's own flags"),
     "--benchmark-mode": (True, "the start-up self-benchmark is not run by this worker"),
-})
+}, served=(("--enable-multimodal",),))
 
 SGLANG_FLAGS = worker_flags({
     ("--use-sglang-tokenizer",): (False, "the frontend tokenizes with the model's own tokenizer files and chat "

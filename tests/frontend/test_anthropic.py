@@ -68,9 +68,8 @@ def test_claude_codes_billing_line_is_stripped_only_when_asked():
     ({"messages": [{"role": "system", "content": "hi"}]}, "messages[0].role"),
     ({"messages": [{"role": "user", "content": [{"type": "thinking", "thinking": "x"}]}]},
      "messages[0].content[0].type"),
-    ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png",
-                                                                        "data": "iVBO"}}]}]},
-     "messages[0].content[0].type"),  # no worker here receives images: refused, not dropped
+    ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "file", "file_id": "f1"}}]}]},
+     "messages[0].content[0].source"),  # an uploaded file cannot be fetched here: refused, not dropped
     ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "bash_20250124", "name": "bash"}]},
      "tools[0]"),
     ({"messages": [{"role": "user", "content": "hi"}], "tool_choice": {"type": "sometimes"}}, "tool_choice.type"),
@@ -80,6 +79,20 @@ def test_what_cannot_be_served_is_a_400_naming_the_field(body, param):
     with pytest.raises(ApiError) as err:
         chat(body)
     assert err.value.status == 400 and err.value.param == param
+
+
+def test_images_become_image_url_parts_where_they_stand():
+    """The chat path then judges them (a model that reads no images answers 400, not a silent drop)."""
+    body = {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Compare"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/AA"}},
+        {"type": "text", "text": "with"},
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/b.png"}}]}]}
+    assert chat(body).messages[0].content == [
+        {"type": "text", "text": "Compare"}, {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/AA"}},
+        {"type": "text", "text": "with"}, {"type": "image_url", "image_url": {"url": "https://example.com/b.png"}}]
+    text_only = {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}
+    assert chat(text_only).messages[0].content == "a\nb"
 
 
 def test_count_tokens_needs_no_max_tokens():

@@ -44,8 +44,30 @@ def test_content_parts_are_flattened(tmpl):
 
 
 def test_non_text_part_rejected(tmpl):
+    msgs = [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "x"}}]}]
+    with pytest.raises(ChatTemplateError, match="input_audio"):
+        tmpl.render(msgs)
+
+
+VISION_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}:{% if m['content'] is string %}{{ m['content'] }}"
+                   "{% else %}{% for p in m['content'] %}{% if p['type'] == 'image' %}<image>{% else %}{{ p['text'] }}"
+                   "{% endif %}{% endfor %}{% endif %}|{% endfor %}")
+
+
+def test_image_parts_reach_the_template_as_images():
+    """A vision model's template sees each image as {"type": "image"} where it stands among the text parts;
+    a message of text parts only is still one string."""
+    msgs = [{"role": "system", "content": [{"type": "text", "text": "be brief"}]},
+            {"role": "user", "content": [{"type": "text", "text": "what is "}, {"type": "image_url",
+                                          "image_url": {"url": "data:image/png;base64,AA"}},
+                                         {"type": "text", "text": " and "}, {"type": "image_url", "image_url": "u"}]}]
+    out = ChatTemplate(VISION_TEMPLATE).render(msgs, add_generation_prompt=False)
+    assert out == "system:be brief|user:what is <image> and <image>|"
+
+
+def test_image_part_on_a_text_template_is_an_error(tmpl):
     msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
-    with pytest.raises(ChatTemplateError, match="image_url"):
+    with pytest.raises(ChatTemplateError):
         tmpl.render(msgs)
 
 

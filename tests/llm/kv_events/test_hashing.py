@@ -4,7 +4,8 @@ import struct
 
 import xxhash
 
-from dynamo.llm.kv_events.hashing import block_hash_at, block_hashes, lora_seed, sequence_hashes, to_i64, to_u64
+from dynamo.llm.kv_events.hashing import (MediaSalt, block_hash_at, block_hashes, lora_seed, sequence_hashes,
+                                          to_i64, to_u64)
 
 TOKENS = list(range(1, 9))  # two blocks of 4
 
@@ -50,6 +51,26 @@ def test_signed_roundtrip():
         assert to_u64(to_i64(v)) == v
     assert to_i64(2**64 - 1) == -1
 
+
+
+def test_media_salt_the_block_of_the_first_image_and_through_it_the_rest():
+    """Blocks before the first image placeholder are shared with any prompt of the same text; the block
+    holding it (and, through the chain, every later one) only with prompts of the same images."""
+    tokens = list(range(1, 17))  # four blocks of 4; the first image placeholder at token 9 (block 2)
+    plain = block_hashes(tokens, 4)
+    cat, dog = block_hashes(tokens, 4, media=MediaSalt(9, "cat")), block_hashes(tokens, 4, media=MediaSalt(9, "dog"))
+    seed = (1337 + xxhash.xxh3_64_intdigest(b"media:cat")) & (2**64 - 1)
+    assert cat[:2] == plain[:2] == dog[:2]
+    assert cat[2] == _local(tokens[8:12], seed) and len({cat[2], dog[2], plain[2]}) == 3
+    assert sequence_hashes(cat)[3] not in (sequence_hashes(dog)[3], sequence_hashes(plain)[3])
+    assert block_hashes(tokens, 4, media=MediaSalt(9, "cat")) == cat  # the same images: the same blocks
+    assert [block_hash_at(tokens, s, 4, media=MediaSalt(9, "cat")) for s in (0, 4, 8, 12)] == cat
+    # An image in the first block, with a cache salt too: both salts, in the one block.
+    both = block_hashes(tokens, 4, cache_salt="t", media=MediaSalt(2, "cat"))
+    assert both[0] not in (block_hashes(tokens, 4, cache_salt="t")[0], block_hashes(tokens, 4, media=MediaSalt(2, "cat"))[0])
+    assert [block_hash_at(tokens, s, 4, None, "t", MediaSalt(2, "cat")) for s in (0, 4, 8, 12)] == both
+    # An image in the partial tail: no full block holds it, nothing changes.
+    assert block_hashes(tokens[:14], 4, media=MediaSalt(13, "cat")) == plain[:3]
 
 
 def test_a_cache_salt_namespaces_the_first_block_and_through_it_the_chain():

@@ -1,0 +1,151 @@
+"""A worker's images: from the references a request's `multi_modal_data` carries to decoded RGB
+images for its engine. `data:` URLs are decoded here; `https://` (and, when allowed, `http://`) URLs
+are fetched with a size cap and a deadline, through a resolver that refuses private and internal
+addresses (checked at connect time, so a name that changes its answer cannot slip past), and the
+last few are kept by URL. Every failure is a `MediaError` (a client error) naming the image.
+
+Decoding runs off the event loop: a large image takes tens of milliseconds, and other requests'
+streams must not wait for it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import socket
+from collections import OrderedDict
+from typing import Any
+
+import aiohttp
+from aiohttp.abc import AbstractResolver
+from aiohttp.resolver import DefaultResolver
+
+from dynamo.llm.media import MediaError, MediaPolicy, check_reference, is_blocked_ip, media_key
+
+CHUNK = 64 * 1024
+
+
+class PublicOnlyResolver(AbstractResolver):
+    """DNS answers with every private or internal address dropped (none left: the host is refused)."""
+
+    def __init__(self) -> None:
+        self._inner = DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[dict[str, Any]]:
+        found = await self._inner.resolve(host, port, family)
+        allowed = [r for r in found if not is_blocked_ip(r["host"])]
+        if not allowed:
+            raise OSError(f"host {host!r} resolves only to private or internal addresses")
+        return allowed
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def decode_image(data: bytes, label: str) -> Any:
+    """RGB PIL image from encoded bytes; MediaError when they are not an image PIL reads."""
+    from PIL import Image  # imported where used: text-only workers never pay for it
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return image.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise MediaError(f"{label}: image too large to decode ({exc})", 413) from None
+    except (Image.UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise MediaError(f"{label}: not a readable image ({type(exc).__name__}: {exc})", 415) from None
+
+
+def decode_data_url(url: str) -> bytes:
+    try:
+        return base64.b64decode(url[url.index(",") + 1:], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise MediaError(f"the data: URL's base64 is invalid: {exc}") from None
+
+
+class ImageLoader:
+    """Loads a request's images under one policy; one per worker (it owns the fetch session)."""
+
+    def __init__(self, policy: MediaPolicy) -> None:
+        self.policy = policy
+        self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def load(self, urls: list[str]) -> list[Any]:
+        """The images, in order; MediaError (naming which image) when one cannot be used."""
+        return list(await asyncio.gather(*(self._one(i, url) for i, url in enumerate(urls))))
+
+    async def _one(self, index: int, url: str) -> Any:
+        label = f"image {index}"
+        try:
+            check_reference(url, self.policy)
+        except MediaError as exc:
+            raise MediaError(f"{label}: {exc}", exc.status) from None
+        if url[:5].lower() == "data:":
+            data = await asyncio.to_thread(decode_data_url, url)
+            return await asyncio.to_thread(decode_image, data, label)
+        return await self._cached(url, label)
+
+    async def _cached(self, url: str, label: str) -> Any:
+        key = media_key([url])
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        pending = self._inflight.get(key)
+        if pending is None:  # one fetch for concurrent requests of the same URL
+            pending = asyncio.ensure_future(self._fetch_decode(url, label))
+            self._inflight[key] = pending
+            pending.add_done_callback(lambda fut, key=key: self._done(key, fut))
+        return await asyncio.shield(pending)
+
+    def _done(self, key: str, fut: asyncio.Future) -> None:
+        self._inflight.pop(key, None)
+        if fut.cancelled() or fut.exception() is not None or self.policy.cache_size == 0:
+            return
+        self._cache[key] = fut.result()
+        while len(self._cache) > self.policy.cache_size:
+            self._cache.popitem(last=False)
+
+    async def _fetch_decode(self, url: str, label: str) -> Any:
+        data = await self._fetch(url, label)
+        return await asyncio.to_thread(decode_image, data, label)
+
+    async def _fetch(self, url: str, label: str) -> bytes:
+        cap = self.policy.max_file_bytes
+        try:
+            async with self._client().get(url, allow_redirects=True, max_redirects=5) as resp:
+                if resp.status != 200:
+                    raise MediaError(f"{label}: fetching it answered HTTP {resp.status}")
+                if (resp.content_length or 0) > cap:
+                    raise MediaError(f"{label}: {resp.content_length} bytes, over the {cap}-byte limit "
+                                     "(DYN_MM_MAX_FILE_SIZE_MB)", 413)
+                return await _read_capped(resp, cap, label)
+        except TimeoutError:
+            raise MediaError(f"{label}: no answer within {self.policy.fetch_timeout_secs:g} s", 408) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise MediaError(f"{label}: cannot be fetched: {exc}") from None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            resolver = None if self.policy.allow_internal else PublicOnlyResolver()
+            timeout = aiohttp.ClientTimeout(total=self.policy.fetch_timeout_secs)
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=resolver, limit=32),
+                                                  timeout=timeout)
+        return self._session
+
+    async def close(self) -> None:
+        for pending in list(self._inflight.values()):
+            pending.cancel()
+        if self._session is not None:
+            await self._session.close()
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int, label: str) -> bytes:
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(CHUNK):
+        body += chunk
+        if len(body) > cap:
+            raise MediaError(f"{label}: over the {cap}-byte limit (DYN_MM_MAX_FILE_SIZE_MB)", 413)
+    return bytes(body)
