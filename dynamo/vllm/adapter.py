@@ -62,6 +62,7 @@ class VllmAdapter:
         self.decoder: EngineEventDecoder | None = None
         self.kv_tokens = 0  # KV capacity in tokens, for forward-pass metrics
         self.images: ImageLoader | None = None  # --enable-multimodal: the requests' images
+        self.image_limit = 0  # ... at most this many per prompt (vLLM's --limit-mm-per-prompt)
 
     async def start(self, ctx: EngineContext) -> EngineInfo:
         self.instance_id = ctx.instance_id
@@ -95,6 +96,7 @@ class VllmAdapter:
                         "sent to it are answered with a 400", facts.model)
             return {}
         self.images = ImageLoader(self.config.media_policy())
+        self.image_limit = self.engine.model_config.multimodal_config.get_limit_per_prompt("image")
         return {MEDIA_INPUT_KEY: ["image"]}
 
     def generate(self, request: PreprocessedRequest, request_id: str) -> AsyncIterator[LLMEngineOutput]:
@@ -115,7 +117,11 @@ class VllmAdapter:
 
     async def _with_images(self, request: PreprocessedRequest, params: Any, request_id: str,
                            lora: Any) -> AsyncIterator[LLMEngineOutput]:
-        images = await self.images.load(image_urls_of(request.multi_modal_data))
+        urls = image_urls_of(request.multi_modal_data)
+        if len(urls) > self.image_limit:  # before fetching any: vLLM would refuse them after
+            raise ValueError(f"At most {self.image_limit} image(s) may be provided in one prompt (vLLM's "
+                             f"--limit-mm-per-prompt), got {len(urls)}")
+        images = await self.images.load(urls)
         async for out in stream_outputs(self.engine, request, params, request_id, self.params_hook, lora, images):
             yield out
 

@@ -24,6 +24,9 @@ from aiohttp.resolver import DefaultResolver
 from dynamo.llm.media import MediaError, MediaPolicy, check_reference, is_blocked_ip, media_key
 
 CHUNK = 64 * 1024
+# A few hundred bytes of PNG can decode to gigabytes of pixels: refused from the header, before decoding
+# (vision models resize far below this; PIL's own bomb check allows about 179 million).
+MAX_PIXELS = 40_000_000
 
 
 class PublicOnlyResolver(AbstractResolver):
@@ -48,9 +51,14 @@ def decode_image(data: bytes, label: str) -> Any:
     from PIL import Image  # imported where used: text-only workers never pay for it
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only: the size is known before decoding
+            if image.width * image.height > MAX_PIXELS:
+                raise MediaError(f"{label}: {image.width}x{image.height} pixels, over the {MAX_PIXELS:,}-pixel "
+                                 "limit", 413)
             image.load()
             return image.convert("RGB")
+    except MediaError:
+        raise
     except Image.DecompressionBombError as exc:
         raise MediaError(f"{label}: image too large to decode ({exc})", 413) from None
     except (Image.UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:

@@ -86,8 +86,16 @@ async def test_data_urls_decode_to_rgb_images(loader):
     assert [(i.size, i.mode) for i in images] == [((7, 5), "RGB"), ((3, 2), "RGB")]
 
 
+def bomb() -> bytes:
+    """A PNG of a few kilobytes whose pixels would take 150 MB."""
+    out = io.BytesIO()
+    Image.new("1", (10000, 5000)).save(out, format="PNG")
+    return out.getvalue()
+
+
 @pytest.mark.parametrize("url, status, says", [
     ("data:image/png;base64,***", 400, "base64"),
+    (data_url(bomb()), 413, "10000x5000 pixels, over the 40,000,000-pixel limit"),
     (data_url(b"hello, not a picture"), 415, "not a readable image"),
     ("data:image/png;base64," + base64.b64encode(png()[:40]).decode(), 415, "not a readable image"),
 ])
