@@ -28,6 +28,7 @@ from dynamo.vllm.handler import error_code, stream_embedding, stream_outputs, to
 from dynamo.worker.adapter import EngineContext, EngineInfo, EngineMetrics, Gauges
 from dynamo.worker.kv_relay import ZmqKvEventSource
 from dynamo.worker.media_loader import ImageLoader
+from dynamo.worker.role import WorkerRole
 
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,11 @@ class VllmAdapter:
     def _media_input(self, facts) -> dict:
         """--enable-multimodal: the card says the worker reads images (the model must be one that does)."""
         if not self.config.enable_multimodal:
+            return {}
+        if self.mode != WorkerRole.AGG:  # a disaggregated graph of Dynamo's still serves, as text
+            log.warning("--enable-multimodal: images are read by aggregated workers only here (disaggregated "
+                        "prefill/decode of image prompts is not supported); this %s worker serves text",
+                        self.mode.value)
             return {}
         if not getattr(self.engine.model_config, "is_multimodal_model", False):  # served as the text model it is
             log.warning("--enable-multimodal: %s reads no images (not a vision-language model); image parts "

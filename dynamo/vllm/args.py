@@ -65,9 +65,6 @@ class DynamoVllmArgs(EngineWorkerArgs, MediaSettings):
         self.mode  # noqa: B018  (raises ValueError on conflicting role flags)
         check_limits_and_types(self.migration_limit, self.engine_request_limit, self.endpoint_types)
         self.media_policy()  # ValueError for a limit that is not positive
-        if self.enable_multimodal and self.mode != WorkerRole.AGG:
-            raise ValueError("--enable-multimodal: images are read by aggregated workers only here (disaggregated "
-                             "prefill/decode of image prompts is not supported)")
 
     @property
     def mode_flag(self) -> str:
