@@ -13,12 +13,12 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Callable
 
 from prometheus_client import generate_latest
 
 from dynamo.frontend import annotations, errors, speculative_prefill
-from dynamo.frontend.model_routes import ModelRoutes
+from dynamo.frontend.model_routes import ModelRoutes, health_report
 from dynamo.frontend.admin import BusyThresholdAdmin
 from dynamo.frontend.anthropic import PATH as ANTHROPIC_PATH, error_body
 from dynamo.frontend.messages_run import AnthropicApi
@@ -45,7 +45,7 @@ from dynamo.frontend.responses import ResponsesApi
 from dynamo.frontend.responses_store import ResponseStore
 from dynamo.llm.preprocessor import PreprocessError
 from dynamo.runtime.logs import RequestEvents
-from dynamo.runtime.memory import trim_heap
+from dynamo.runtime.memory import HeapTrimmer
 from dynamo.runtime.asgi import (
     JSON_HEADERS,
     TEXT_HEADERS,
@@ -93,7 +93,7 @@ class FrontendApp:
         self._idle.set()
         self.prep_pool = ThreadPoolExecutor(max_workers=PREP_THREADS, thread_name_prefix="dyn-prep")
         self.speculative = SpeculativePrefill(dispatcher, self.prep_pool, metrics.registry, metrics.prefix)
-        self._trim_pending = False
+        self.trimmer = HeapTrimmer(self.prep_pool)  # after big bodies
         self.routes: dict[tuple[str, str], Callable] = {
             ("POST", "/v1/chat/completions"): self.chat,
             ("POST", "/v1/completions"): self.completions,
@@ -180,21 +180,7 @@ class FrontendApp:
         await send_json(send, 200, {"status": "live", "message": "Service is live"})
 
     async def health(self, scope, receive, send) -> None:
-        listed = self.models.listed()
-        instances = [
-            {"namespace": w.endpoint.namespace, "component": w.endpoint.component, "endpoint": w.endpoint.endpoint,
-             "instance_id": w.instance_id, "transport": {"tcp": w.address}, "model": entry.name,
-             "worker_type": w.card.worker_type}
-            for entry in listed for w in entry.serving()
-        ]
-        body: dict[str, Any] = {
-            "status": "healthy" if listed else "unhealthy",
-            "message": f"{len(listed)} model(s) with serving workers" if listed else "no model has a worker",
-            "endpoints": sorted({str(w.endpoint) for entry in listed for w in entry.serving()}),
-            "instances": instances,
-        }
-        if self.health_extra is not None:
-            body.update(self.health_extra())
+        body = health_report(self.models.listed(), self.health_extra() if self.health_extra is not None else {})
         if self.draining:
             body.update(status="draining", message="shutting down: not accepting new requests")
             await send_json(send, 503, body)
@@ -258,19 +244,7 @@ class FrontendApp:
                                  speculate=kind == "chat" and speculative_prefill.wanted(req.nvext))
         finally:
             if size >= TRIM_AFTER_BYTES:
-                self._schedule_trim()
-
-    def _schedule_trim(self) -> None:
-        """After big bodies, return the freed heap to the OS (at most once a second, off the loop)."""
-        if self._trim_pending:
-            return
-        self._trim_pending = True
-
-        def run() -> None:
-            self._trim_pending = False
-            self.prep_pool.submit(trim_heap)
-
-        asyncio.get_running_loop().call_later(1.0, run)
+                self.trimmer.schedule()
 
     async def embeddings(self, scope, receive, send) -> None:
         self.refuse_if_draining()

@@ -1,4 +1,4 @@
-"""What the frontend says about the served models (`ModelRoutes`): their OpenAI model objects (`GET
+"""What the frontend says about the served models (`ModelRoutes`, and the `/health` report): their OpenAI model objects (`GET
 /v1/models`, and `GET /v1/models/{id}`, OpenAI's retrieve) and Dynamo's readiness report (`GET /v1/models/{id}/ready`):
 per namespace, the worker types present and how many workers of each serve it. A model is ready
 where some worker can answer a request end to end (aggregated or decode); prefill workers alone
@@ -83,3 +83,21 @@ class ModelRoutes:
             await send_json(send, 200 if report["ready"] else 503, report)
         else:
             await send_json(send, 200, model_object(entry))
+
+
+def health_report(listed: list, extra: dict[str, Any]) -> dict[str, Any]:
+    """The frontend's `/health` body (Dynamo's shape): the models with serving workers, their endpoints
+    and instances, plus the routing's own report (`extra`)."""
+    instances = [
+        {"namespace": w.endpoint.namespace, "component": w.endpoint.component, "endpoint": w.endpoint.endpoint,
+         "instance_id": w.instance_id, "transport": {"tcp": w.address}, "model": entry.name,
+         "worker_type": w.card.worker_type}
+        for entry in listed for w in entry.serving()
+    ]
+    return {
+        "status": "healthy" if listed else "unhealthy",
+        "message": f"{len(listed)} model(s) with serving workers" if listed else "no model has a worker",
+        "endpoints": sorted({str(w.endpoint) for entry in listed for w in entry.serving()}),
+        "instances": instances,
+        **extra,
+    }

@@ -5,9 +5,11 @@ run on a worker thread without holding the event loop."""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import logging
+from concurrent.futures import Executor
 
 log = logging.getLogger(__name__)
 
@@ -38,3 +40,25 @@ def pin_mmap_threshold(size: int = 1 << 20) -> None:
     which big request bodies land in the heap: growing them copies, freeing them keeps RSS."""
     if _LIBC is not None:
         _LIBC.mallopt(ctypes.c_int(_M_MMAP_THRESHOLD), ctypes.c_int(size))
+
+
+class HeapTrimmer:
+    """Returns the freed heap to the OS a second after it is asked to (after a big request body), at
+    most once a second, on `pool` (off the event loop)."""
+
+    def __init__(self, pool: Executor) -> None:
+        self.pool = pool
+        self._pending = False
+
+    def schedule(self) -> None:
+        if self._pending:
+            return
+        self._pending = True
+        asyncio.get_running_loop().call_later(1.0, self._run)
+
+    def _run(self) -> None:
+        self._pending = False
+        try:
+            self.pool.submit(trim_heap)
+        except RuntimeError:  # the pool was shut down with the app: nothing left to trim for
+            pass
