@@ -10,17 +10,16 @@ before any output (no worker, overload, bad prompt) get a real HTTP error instea
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
 from dynamo.frontend import annotations, errors, response_ext
-from dynamo.frontend.dispatch import RequestHandle, aclose_quietly
+from dynamo.frontend.choices import Choice, chat_choice, collect
+from dynamo.frontend.dispatch import aclose_quietly
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.metrics import RequestOutcome
 from dynamo.frontend.openai import ChatMessage
 from dynamo.frontend.output import ChoiceDelta, OutputSpec, OutputStage
-from dynamo.frontend.parsers.base import accumulate_call
 from dynamo.frontend.speculative_prefill import chat_answer_history
 from dynamo.frontend.stream_dispatch import StreamDispatch
 from dynamo.frontend.sse import (
@@ -29,27 +28,6 @@ from dynamo.frontend.sse import (
 )
 from dynamo.llm.protocol import FinishReason
 from dynamo.runtime.asgi import send_bytes
-
-
-class Choice:
-    """One choice's state: its worker stream handle, output stage and what it produced."""
-
-    def __init__(self, index: int, stage: OutputStage) -> None:
-        self.index = index
-        self.stage = stage
-        self.handle = RequestHandle()
-        self.finish: str | None = None  # engine finish reason (wire name) once done
-        self.stop_reason: int | str | None = None  # the engine's matched stop (token id or string)
-        self.started = False  # streaming: the role was sent
-        self.text_len = 0  # completions logprobs text_offset
-        self.content: list[str] = []
-        self.reasoning: list[str] = []
-        self.calls: dict[int, dict] = {}
-        self.logprobs: list = []
-
-    @property
-    def done(self) -> bool:
-        return self.finish is not None
 
 
 class GenerationRun:
@@ -374,40 +352,13 @@ class GenerationRun:
         """The answer as the client's next turn will repeat it in its messages (with `keep_answer`)."""
         return chat_answer_history(self.answer())
 
-    @staticmethod
-    def _collect(choice: Choice, d: ChoiceDelta) -> None:
-        choice.content.append(d.content)
-        choice.reasoning.append(d.reasoning)
-        choice.logprobs += d.logprobs
-        for call in d.tool_calls:
-            accumulate_call(choice.calls, call)
+    _collect = staticmethod(collect)
 
     def _chat_choice(self, choice: Choice) -> dict:
-        content = "".join(choice.content)
-        reason = choice.stage.finish_reason(choice.finish)
-        calls = [choice.calls[k] for k in sorted(choice.calls)]
-        if calls and not all(_is_json(c["function"]["arguments"]) for c in calls):
-            # A call whose arguments never became JSON is no call: answer with the text.
-            content, calls = choice.stage.tool_input_text(), []
-            reason = "stop" if reason == "tool_calls" else reason
-        message: dict[str, Any] = {"role": "assistant", "content": content if content or not calls else None}
-        reasoning = "".join(choice.reasoning)
-        if reasoning:
-            message[self.reasoning_field] = reasoning
-        if calls:
-            message["tool_calls"] = calls
-        lp = chat_logprobs(choice.logprobs, self._token_text) if self.want_logprobs else None
-        return {"index": choice.index, "message": message, "logprobs": lp, "finish_reason": reason}
+        logprobs = (lambda lps: chat_logprobs(lps, self._token_text)) if self.want_logprobs else None
+        return chat_choice(choice, self.reasoning_field, logprobs)
 
     def _completion_choice(self, choice: Choice) -> dict:
         lp = completion_logprobs(choice.logprobs, self._token_text, 0) if self.want_logprobs else None
         return {"index": choice.index, "text": self.echo + "".join(choice.content), "logprobs": lp,
                 "finish_reason": choice.stage.finish_reason(choice.finish)}
-
-
-def _is_json(text: str) -> bool:
-    try:
-        json.loads(text)
-    except ValueError:
-        return False
-    return True

@@ -24,7 +24,8 @@ import msgspec
 
 from dynamo.frontend.anthropic import COUNT_TOKENS_PATH, PATH, MessagesRequest, decode_messages, error_body
 from dynamo.frontend.errors import ApiError
-from dynamo.frontend.generation import Choice, GenerationRun
+from dynamo.frontend.choices import Choice
+from dynamo.frontend.generation import GenerationRun
 from dynamo.frontend.validation import validate_chat
 from dynamo.frontend.output import ChoiceDelta
 from dynamo.frontend.request_log import SCOPE_KEY

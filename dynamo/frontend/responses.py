@@ -22,7 +22,8 @@ import msgspec
 
 from dynamo.frontend import speculative_prefill
 from dynamo.frontend.errors import ApiError, bad_request
-from dynamo.frontend.generation import Choice, GenerationRun
+from dynamo.frontend.choices import Choice
+from dynamo.frontend.generation import GenerationRun
 from dynamo.frontend.openai import ChatCompletionRequest, ChatMessage, decode_body
 from dynamo.frontend.responses_store import (INPUT_ITEMS_SUFFIX, PREFIX, ResponseStore, StoredResponse, input_items,
                                              item_list, not_found, previous_conversation)

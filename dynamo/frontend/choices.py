@@ -1,0 +1,69 @@
+"""One choice of a generation (`n` of them per request): its state while it streams (`Choice`) and,
+for a unary answer (and the answer a next turn repeats), what it adds up to: the chat message with
+its reasoning and tool calls, or the completion's text."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from dynamo.frontend.dispatch import RequestHandle
+from dynamo.frontend.output import ChoiceDelta, OutputStage
+from dynamo.frontend.parsers.base import accumulate_call
+
+
+class Choice:
+    """One choice's state: its worker stream handle, output stage and what it produced."""
+
+    def __init__(self, index: int, stage: OutputStage) -> None:
+        self.index = index
+        self.stage = stage
+        self.handle = RequestHandle()
+        self.finish: str | None = None  # engine finish reason (wire name) once done
+        self.stop_reason: int | str | None = None  # the engine's matched stop (token id or string)
+        self.started = False  # streaming: the role was sent
+        self.text_len = 0  # completions logprobs text_offset
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.calls: dict[int, dict] = {}
+        self.logprobs: list = []
+
+    @property
+    def done(self) -> bool:
+        return self.finish is not None
+
+
+def collect(choice: Choice, d: ChoiceDelta) -> None:
+    """Add a delta to what the choice produced (a unary answer is assembled from them)."""
+    choice.content.append(d.content)
+    choice.reasoning.append(d.reasoning)
+    choice.logprobs += d.logprobs
+    for call in d.tool_calls:
+        accumulate_call(choice.calls, call)
+
+
+def chat_choice(choice: Choice, reasoning_field: str, logprobs: Callable[[list], Any] | None) -> dict:
+    """The choice as a chat completion's `choices[i]`; `logprobs` renders its logprobs (None: not asked for)."""
+    content = "".join(choice.content)
+    reason = choice.stage.finish_reason(choice.finish)
+    calls = [choice.calls[k] for k in sorted(choice.calls)]
+    if calls and not all(_is_json(c["function"]["arguments"]) for c in calls):
+        # A call whose arguments never became JSON is no call: answer with the text.
+        content, calls = choice.stage.tool_input_text(), []
+        reason = "stop" if reason == "tool_calls" else reason
+    message: dict[str, Any] = {"role": "assistant", "content": content if content or not calls else None}
+    reasoning = "".join(choice.reasoning)
+    if reasoning:
+        message[reasoning_field] = reasoning
+    if calls:
+        message["tool_calls"] = calls
+    lp = logprobs(choice.logprobs) if logprobs is not None else None
+    return {"index": choice.index, "message": message, "logprobs": lp, "finish_reason": reason}
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
