@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from dynamo.deploy.model import _join
+from dynamo.deploy.schema_walk import join_path
 
 # `<your-namespace>`, `${VERSION}` and the REPLACE-ME convention; `$(VAR)` is Kubernetes'
 # own env substitution in command/args and never appears in the fields checked here.
@@ -41,12 +41,12 @@ def findings(raw: Any) -> list[str]:
 def _walk(value: Any, path: str, out: list[str]) -> None:
     if isinstance(value, list):
         for i, item in enumerate(value):
-            _walk(item, _join(path, i), out)
+            _walk(item, join_path(path, i), out)
         return
     if not isinstance(value, dict):
         return
     for key, item in value.items():
-        where = _join(path, key)
+        where = join_path(path, key)
         if key == "image" and isinstance(item, str):
             _placeholder(where, "image", item, out)
         elif key in _NAMESPACE_KEYS and isinstance(item, str):
@@ -56,7 +56,7 @@ def _walk(value: Any, path: str, out: list[str]) -> None:
         elif key == "pvcs" and isinstance(item, list):
             for i, pvc in enumerate(item):
                 if isinstance(pvc, dict) and isinstance(pvc.get("name"), str):
-                    _placeholder(_join(_join(where, i), "name"), "name", pvc["name"], out)
+                    _placeholder(join_path(join_path(where, i), "name"), "name", pvc["name"], out)
         elif key == "resources" and isinstance(item, dict):
             _resources(where, item, out)
             continue
@@ -77,7 +77,7 @@ def _resources(path: str, resources: dict[str, Any], out: list[str]) -> None:
         amounts = resources.get(kind)
         if not isinstance(amounts, dict):
             continue
-        for where, name, amount in _amounts(_join(path, kind), amounts):
+        for where, name, amount in _amounts(join_path(path, kind), amounts):
             if _placeholder(where, "resource name", str(name), out):
                 continue
             text = str(amount)
@@ -95,9 +95,9 @@ def _amounts(path: str, amounts: dict[str, Any]) -> list[tuple[str, Any, Any]]:
         if name in _NOT_QUANTITIES:
             continue
         if name == "custom" and isinstance(amount, dict):
-            out += [(_join(_join(path, name), k), k, v) for k, v in amount.items()]
+            out += [(join_path(join_path(path, name), k), k, v) for k, v in amount.items()]
         else:
-            out.append((_join(path, name), name, amount))
+            out.append((join_path(path, name), name, amount))
     return out
 
 

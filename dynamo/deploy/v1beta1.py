@@ -31,9 +31,8 @@ from dynamo.deploy.model import (
     _check_count,
     _check_kind,
     _check_replicas,
-    _check_struct,
-    _join,
 )
+from dynamo.deploy.schema_walk import check_struct, join_path
 
 MAIN_CONTAINER = "main"
 COMPONENT_TYPES = ("frontend", "worker", "prefill", "decode", "planner", "epp")
@@ -141,7 +140,7 @@ def main_index(component: Any) -> int | None:
 def check(raw: Any) -> list[tuple[str, str]]:
     """Every schema problem of one v1beta1 document as (path, message)."""
     errors: list[tuple[str, str]] = []
-    _check_struct(raw, GraphB, "", errors)
+    check_struct(raw, GraphB, "", errors)
     if not isinstance(raw, dict):
         return errors
     _check_kind(raw, errors)
@@ -153,7 +152,7 @@ def check(raw: Any) -> list[tuple[str, str]]:
     for i, comp in enumerate(comps):
         if not isinstance(comp, dict):
             continue
-        where = _join("spec.components", i)
+        where = join_path("spec.components", i)
         name = comp.get("name")
         if isinstance(name, str):
             if name.lower() in seen:

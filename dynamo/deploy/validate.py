@@ -15,6 +15,7 @@ from dynamo.deploy import autoscalers, config_maps, model, scale_to_zero, templa
 from dynamo.deploy.commands import flag_value, parse_command, probe_files
 from dynamo.deploy.contract import command_of, exec_probes
 from dynamo.deploy.parsers import check_args
+from dynamo.deploy.schema_walk import join_path
 
 
 @dataclass
@@ -141,9 +142,9 @@ def _within(path: str, top: str) -> bool:
 def _without(value: Any, path: str, bad: set[str]) -> Any:
     """A copy of `value` without the parts whose path (as `model.check` spells it) has a problem."""
     if isinstance(value, dict):
-        return {k: _without(v, model._join(path, k), bad) for k, v in value.items() if model._join(path, k) not in bad}
+        return {k: _without(v, join_path(path, k), bad) for k, v in value.items() if join_path(path, k) not in bad}
     if isinstance(value, list):
-        return [_without(v, model._join(path, i), bad) for i, v in enumerate(value) if model._join(path, i) not in bad]
+        return [_without(v, join_path(path, i), bad) for i, v in enumerate(value) if join_path(path, i) not in bad]
     return value
 
 
