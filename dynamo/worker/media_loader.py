@@ -14,6 +14,7 @@ import base64
 import binascii
 import io
 import socket
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -27,6 +28,24 @@ CHUNK = 64 * 1024
 # A few hundred bytes of PNG can decode to gigabytes of pixels: refused from the header, before decoding
 # (vision models resize far below this; PIL's own bomb check allows about 179 million).
 MAX_PIXELS = 40_000_000
+# All of one request's images together (hundreds of small files could add up to gigabytes decoded).
+MAX_REQUEST_PIXELS = 100_000_000
+
+
+class PixelBudget:
+    """The pixels a request's images may still decode to; taken from each image's header, before decoding
+    (from any thread: data: URLs decode on the default executor)."""
+
+    def __init__(self, total: int = MAX_REQUEST_PIXELS) -> None:
+        self.total = self.left = total
+        self._lock = threading.Lock()
+
+    def take(self, width: int, height: int, label: str) -> None:
+        with self._lock:
+            if width * height > self.left:
+                raise MediaError(f"{label}: {width}x{height} pixels would take the request's images over "
+                                 f"{self.total:,} pixels together", 413)
+            self.left -= width * height
 
 
 class PublicOnlyResolver(AbstractResolver):
@@ -46,8 +65,9 @@ class PublicOnlyResolver(AbstractResolver):
         await self._inner.close()
 
 
-def decode_image(data: bytes, label: str) -> Any:
-    """RGB PIL image from encoded bytes; MediaError when they are not an image PIL reads."""
+def decode_image(data: bytes, label: str, budget: PixelBudget | None = None) -> Any:
+    """RGB PIL image from encoded bytes, its pixels taken from `budget`; MediaError when they are not an
+    image PIL reads or there are too many of them."""
     from PIL import Image  # imported where used: text-only workers never pay for it
 
     try:
@@ -55,6 +75,8 @@ def decode_image(data: bytes, label: str) -> Any:
             if image.width * image.height > MAX_PIXELS:
                 raise MediaError(f"{label}: {image.width}x{image.height} pixels, over the {MAX_PIXELS:,}-pixel "
                                  "limit", 413)
+            if budget is not None:
+                budget.take(image.width, image.height, label)
             image.load()
             return image.convert("RGB")
     except MediaError:
@@ -82,10 +104,18 @@ class ImageLoader:
         self._session: aiohttp.ClientSession | None = None
 
     async def load(self, urls: list[str]) -> list[Any]:
-        """The images, in order; MediaError (naming which image) when one cannot be used."""
-        return list(await asyncio.gather(*(self._one(i, url) for i, url in enumerate(urls))))
+        """The images, in order; MediaError (naming which image) when one cannot be used, and then the
+        others are not waited for."""
+        budget = PixelBudget()
+        tasks = [asyncio.ensure_future(self._one(i, url, budget)) for i, url in enumerate(urls)]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
 
-    async def _one(self, index: int, url: str) -> Any:
+    async def _one(self, index: int, url: str, budget: PixelBudget) -> Any:
         label = f"image {index}"
         try:
             check_reference(url, self.policy)
@@ -93,8 +123,10 @@ class ImageLoader:
             raise MediaError(f"{label}: {exc}", exc.status) from None
         if url[:5].lower() == "data:":
             data = await asyncio.to_thread(decode_data_url, url)
-            return await asyncio.to_thread(decode_image, data, label)
-        return await self._cached(url, label)
+            return await asyncio.to_thread(decode_image, data, label, budget)
+        image = await self._cached(url, label)  # decoded once for every request of this URL: counted here
+        budget.take(image.width, image.height, label)
+        return image
 
     async def _cached(self, url: str, label: str) -> Any:
         key = media_key([url])

@@ -13,7 +13,7 @@ from aiohttp import web
 from PIL import Image
 
 from dynamo.llm.media import MediaError, MediaPolicy
-from dynamo.worker.media_loader import ImageLoader, PublicOnlyResolver
+from dynamo.worker.media_loader import MAX_REQUEST_PIXELS, ImageLoader, PublicOnlyResolver
 
 
 def png(width: int = 7, height: int = 5, color=(200, 30, 10)) -> bytes:
@@ -103,6 +103,20 @@ async def test_bad_data_urls(loader, url, status, says):
     with pytest.raises(MediaError, match=says) as info:
         await loader().load([url])
     assert info.value.status == status
+
+
+async def test_a_requests_images_share_one_pixel_budget(server, loader):
+    """Each image under the per-image cap, together over the request's: refused before the rest decode;
+    the next request has its own budget."""
+    out = io.BytesIO()
+    Image.new("1", (6000, 6000)).save(out, format="PNG")  # 36 M pixels, a few KB
+    big = data_url(out.getvalue())
+    images = loader()
+    count = MAX_REQUEST_PIXELS // 36_000_000 + 1
+    with pytest.raises(MediaError, match="together") as info:
+        await images.load([big] * count)
+    assert info.value.status == 413
+    assert len(await images.load([big] * (count - 1))) == count - 1
 
 
 async def test_fetched_once_then_cached(server, loader):
