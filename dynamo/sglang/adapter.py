@@ -23,6 +23,8 @@ import random
 import signal
 from typing import Any, AsyncIterator, Callable
 
+from dynamo.llm.media import image_urls_of
+from dynamo.llm.model_card import MEDIA_INPUT_KEY
 from dynamo.llm.protocol import FinishReason, LLMEngineOutput, PreprocessedRequest, engine_priority
 from dynamo.llm.kv_events.engine_decoder import EngineEventDecoder
 from dynamo.llm.kv_events.protocol import LoadMetrics
@@ -32,6 +34,7 @@ from dynamo.sglang.args import DynamoSglangArgs, role_of
 from dynamo.sglang.request import bootstrap_of, sampling_params, to_output
 from dynamo.worker.adapter import EngineContext, EngineInfo, Gauges
 from dynamo.worker.kv_relay import ZmqKvEventSource
+from dynamo.worker.media_loader import ImageLoader
 from dynamo.worker.role import WorkerRole
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,9 @@ class SglangAdapter:
         self.instance_id = 0
         self._prefills: set[asyncio.Task] = set()
         self._dead = False
+        # SGLang's --enable-multimodal on an aggregated worker: the requests' images, loaded here.
+        self.images = ImageLoader(config.media_policy()) \
+            if getattr(server_args, "enable_multimodal", False) and self.role is WorkerRole.AGG else None
 
     # ---- start-up ------------------------------------------------------------------
 
@@ -107,7 +113,7 @@ class SglangAdapter:
             data_parallel_size=int(getattr(sa, "dp_size", 1) or 1), publishes_kv_events=self.publishes,
             disaggregated_endpoint=disagg,
             runtime_data={"disaggregation_transfer_backend": getattr(sa, "disaggregation_transfer_backend", None)}
-            if self.role is not WorkerRole.AGG else {},
+            if self.role is not WorkerRole.AGG else ({MEDIA_INPUT_KEY: ["image"]} if self.images else {}),
             summary=f"{model}, page size {page}, context {self.context_length}, {self.total_blocks} KV pages")
 
     def _max_total_tokens(self) -> int:
@@ -130,6 +136,9 @@ class SglangAdapter:
             # Refused, not ignored: a tenant asking for its own namespace must not share another's cache.
             raise ValueError("cache_salt is not supported by this worker: SGLang's engine API takes no "
                              "per-request KV-cache namespace")
+        if request.multi_modal_data and self.images is None:  # refused, not answered without the images
+            raise ValueError("this worker reads no images (aggregated SGLang workers read them when started with "
+                             "--enable-multimodal)")
         if request.stop_conditions.max_thinking_tokens is not None:  # refused, not silently unbounded
             raise ValueError("max_thinking_tokens is not supported by this worker: SGLang's engine API takes no "
                              "per-request reasoning budget")
@@ -152,6 +161,8 @@ class SglangAdapter:
             raise RuntimeError("SGLang decode worker got a request without bootstrap info (no prefill worker "
                                "answered); run prefill workers or an aggregated worker for local prefill")
         kwargs.update(bootstrap)
+        if request.multi_modal_data:  # decoded here (the DYN_MM_* policy), handed over as PIL images
+            kwargs["image_data"] = await self.images.load(image_urls_of(request.multi_modal_data))
         eos_ids = set(request.eos_token_ids)
         self.active += 1
         try:
@@ -242,5 +253,7 @@ class SglangAdapter:
         for task in list(self._prefills):
             task.cancel()
         await asyncio.gather(*self._prefills, return_exceptions=True)
+        if self.images is not None:
+            await self.images.close()
         if self.engine is not None:
             await asyncio.to_thread(self.engine.shutdown)

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 from dynamo.runtime.compat_args import compat_removed, export_runtime_flags
 from dynamo.runtime.config import add_arguments, from_namespace, setting
+from dynamo.llm.media import MediaSettings
 from dynamo.worker.engine_args import (EngineWorkerArgs, check_limits_and_types, endpoint_types_setting,
                                        parse_endpoint_types)
 from dynamo.worker.compat_flags import MM_TEXT, SGLANG_FLAGS
@@ -35,7 +36,7 @@ SERVER_SECRET_FIELDS = ("api_key", "admin_api_key", "ssl_keyfile_password")
 
 
 @dataclass
-class DynamoSglangArgs(EngineWorkerArgs):
+class DynamoSglangArgs(EngineWorkerArgs, MediaSettings):
     """SGLang engine worker: serves a model with SGLang's in-process Engine behind a Dynamo frontend."""
 
     migration_limit: int = setting(0, "Times a request may migrate to another worker (stored in the model card)")
@@ -52,6 +53,7 @@ class DynamoSglangArgs(EngineWorkerArgs):
     def validate(self) -> None:
         self.check_card_args()
         check_limits_and_types(self.migration_limit, self.engine_request_limit, self.endpoint_types)
+        self.media_policy()  # ValueError for a limit that is not positive
 
     @property
     def model_types(self) -> list[str]:
@@ -137,8 +139,9 @@ def parse_split(argv: Sequence[str] | None = None, use_sglang: bool | None = Non
     SGLANG_FLAGS.add_to(parser)
     ns = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     warnings = SGLANG_FLAGS.check(ns, parser.error)
-    if getattr(ns, "enable_multimodal", False):  # SGLang's own flag (so not in SGLANG_FLAGS), same meaning here
-        warnings.append(f"--enable-multimodal: {MM_TEXT}")
+    # SGLang's own flag (so not in SGLANG_FLAGS): an aggregated worker reads the requests' images with it
+    if getattr(ns, "enable_multimodal", False) and getattr(ns, "disaggregation_mode", "null") in ("prefill", "decode"):
+        warnings.append(f"--enable-multimodal: images are read by aggregated workers only; {MM_TEXT}")
     export_runtime_flags(ns)
     config, engine_ns = split_namespace(ns)
     try:

@@ -3,8 +3,13 @@ agent-hint priorities reach SGLang's scheduler only when priority scheduling is 
 
 from __future__ import annotations
 
-import pytest
+import base64
+import io
 
+import pytest
+from PIL import Image
+
+from dynamo.llm.media import wire_media
 from dynamo.llm.protocol import STRICT_TIER, PreprocessedRequest, RoutingHints, StopConditions
 from dynamo.sglang.adapter import SglangAdapter
 from dynamo.sglang.args import DynamoSglangArgs
@@ -50,3 +55,35 @@ async def test_a_salted_request_is_refused_not_served_in_the_shared_cache():
     with pytest.raises(ValueError, match="cache_salt"):  # the harness answers a ValueError with a 400
         [out async for out in subject.generate(req, "r0")]
     assert not subject.engine.calls  # it never reached the engine
+
+
+def _image_request(url: str) -> PreprocessedRequest:
+    return PreprocessedRequest(request_id="r", model="m", token_ids=[5, 6, 7], multi_modal_data=wire_media([url]),
+                               stop_conditions=StopConditions(max_tokens=1, ignore_eos=True))
+
+
+@pytest.mark.asyncio
+async def test_an_aggregated_multimodal_worker_hands_sglang_decoded_images():
+    """SGLang's --enable-multimodal: the images are loaded here (the DYN_MM_* policy) and reach
+    `async_generate(image_data=...)` as PIL images; the card says the worker reads them."""
+    out = io.BytesIO()
+    Image.new("RGB", (9, 4), (1, 2, 3)).save(out, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
+    subject = adapter(enable_multimodal=True)
+    assert subject.images is not None
+    outs = [o async for o in subject.generate(_image_request(url), "r0")]
+    assert outs[-1].finish_reason is not None
+    [image] = subject.engine.calls[-1]["image_data"]
+    assert (image.size, image.mode) == ((9, 4), "RGB")
+    with pytest.raises(ValueError, match="not allowed"):  # the policy applies before the engine sees it
+        [o async for o in subject.generate(_image_request("http://10.0.0.1/a.png"), "r1")]
+    await subject.images.close()
+
+
+@pytest.mark.asyncio
+async def test_without_the_flag_or_when_disaggregated_images_are_refused():
+    for subject in (adapter(), adapter(enable_multimodal=True, disaggregation_mode="decode")):
+        assert subject.images is None
+        with pytest.raises(ValueError, match="reads no images"):
+            [o async for o in subject.generate(_image_request("https://example.com/a.png"), "r0")]
+        assert not subject.engine.calls

@@ -6,7 +6,7 @@ deterministic "model" (token i of a reply = (sum(prompt) + i) % 1000 + 10), and 
 what it was called with so the tests can check the adapter's translation:
 
 - `SglangEngineStandIn`: `sgl.Engine` - `async_generate(input_ids=, sampling_params=,
-  stream=True, rid=, bootstrap_host/port/room=, priority=)` (a priority without
+  stream=True, rid=, bootstrap_host/port/room=, priority=, image_data=)` (a priority without
   `enable_priority_scheduling` is refused, as `--abort-on-priority-when-disabled` does) returning an async iterator of
   `{"output_ids": [...delta...], "meta_info": {"id", "finish_reason", "prompt_tokens",
   "cached_tokens"}}` (incremental_streaming_output), `tokenizer_manager.abort_request(rid=)`,
@@ -81,12 +81,14 @@ class SglangEngineStandIn:
             req.aborted = True
 
     async def async_generate(self, input_ids=None, sampling_params=None, stream=False, rid=None,
-                             bootstrap_host=None, bootstrap_port=None, bootstrap_room=None, priority=None, **_):
+                             bootstrap_host=None, bootstrap_port=None, bootstrap_room=None, priority=None,
+                             image_data=None, **_):
         assert stream is True and input_ids is not None and rid is not None
         if priority is not None and not self.server_args.enable_priority_scheduling:
             raise ValueError("priority given but priority scheduling is disabled")  # SGLang's abort-on-priority
         self.calls.append({"input_ids": input_ids, "sampling_params": sampling_params, "rid": rid,
-                           "bootstrap": (bootstrap_host, bootstrap_port, bootstrap_room), "priority": priority})
+                           "bootstrap": (bootstrap_host, bootstrap_port, bootstrap_room), "priority": priority,
+                           "image_data": image_data})
         sp = sampling_params
         if len(input_ids) >= self.tokenizer_manager.model_config.context_len:
             raise ValueError(f"The input ({len(input_ids)} tokens) is longer than the model's context length")
@@ -150,6 +152,7 @@ class SglangServerArgsStandIn:
     incremental_streaming_output: bool = False
     enable_priority_scheduling: bool = False
     schedule_low_priority_values_first: bool = False
+    enable_multimodal: bool = False
 
 
 # ---- TensorRT-LLM ----------------------------------------------------------------------

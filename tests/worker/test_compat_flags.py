@@ -105,14 +105,16 @@ def test_flags_that_would_serve_something_else_are_refused_with_the_reason(argv,
 
 
 def test_a_model_that_also_reads_images_is_served_as_text(capsys):
-    """NVIDIA's recipes for Qwen3.5 and Kimi K2.6/K3 pass --enable-multimodal for the vision path: a vLLM
-    worker reads images then (dynamo.vllm); SGLang and TRT-LLM workers start, serving text, and say that
-    media parts are refused."""
+    """NVIDIA's recipes for Qwen3.5 and Kimi K2.6/K3 pass --enable-multimodal for the vision path: aggregated
+    vLLM and SGLang workers read images then; a disaggregated SGLang worker and TRT-LLM workers start, serving
+    text, and say that media parts are refused."""
     config, _, warnings = vllm_split(["--model", "m", "--enable-multimodal"], use_vllm=False)
     assert config.enable_multimodal and not any("--enable-multimodal" in w for w in warnings)
-    # SGLang's own flag too: the engine gets it, and the worker says the same about media parts
-    assert any("--enable-multimodal" in w and "400" in w
-               for w in sglang_split(["--model-path", "m", "--enable-multimodal"], use_sglang=False)[2])
+    # SGLang's own flag: the engine gets it; aggregated, the worker reads images; disaggregated, it says it does not
+    assert not any("--enable-multimodal" in w
+                   for w in sglang_split(["--model-path", "m", "--enable-multimodal"], use_sglang=False)[2])
+    assert any("--enable-multimodal" in w and "400" in w for w in sglang_split(
+        ["--model-path", "m", "--enable-multimodal", "--disaggregation-mode", "decode"], use_sglang=False)[2])
     assert any("--enable-multimodal" in w for w in trtllm_parse(["--model", "/m", "--enable-multimodal"])[1])
 
 
