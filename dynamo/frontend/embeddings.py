@@ -99,13 +99,13 @@ async def embed(dispatcher, entry, req: EmbeddingRequest) -> dict:
         for task in tasks:
             task.cancel()
     tokens = sum(len(r.token_ids) for r in requests)
-    data = [{"object": "embedding", "index": i, "embedding": _encode(v, req.encoding_format)}
+    data = [{"object": "embedding", "index": i, "embedding": encode_vector(v, req.encoding_format)}
             for i, v in enumerate(vectors)]
     return {"object": "list", "data": data, "model": entry.name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
-def _encode(vector: list[float], fmt: str) -> list[float] | str:
+def encode_vector(vector: list[float], fmt: str) -> list[float] | str:
     if fmt == "base64":  # little-endian float32, as OpenAI sends it
         return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
     return vector

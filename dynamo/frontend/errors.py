@@ -57,12 +57,6 @@ def model_not_found(model: str) -> ApiError:
     return ApiError(404, f"The model `{model}` does not exist.", "invalid_request_error", "model", "model_not_found")
 
 
-def no_embeddings(model: str) -> ApiError:
-    """The model exists but serves no embeddings: for this endpoint it is not found."""
-    return ApiError(404, f"Model not found: `{model}` serves no embeddings", "invalid_request_error", "model",
-                    "model_not_found")
-
-
 def worker_not_found(hint: str, instance_id: int, pool: str) -> ApiError:
     """A request pinned (by the `nvext.<hint>` routing hint) to a worker that does not serve `pool`."""
     return bad_request(f"No worker with instance id {instance_id} ({instance_id:x}) serves {pool!r}",

@@ -1,6 +1,6 @@
 """The OpenAI-compatible HTTP surface as a raw ASGI app (no framework on the
 per-token path). Routes: POST /v1/chat/completions, /v1/completions, /v1/responses[/input_tokens],
-/v1/embeddings (and /v1/messages under --enable-anthropic-api); GET /v1/models,
+/v1/embeddings, /v1/classify, /v1/pooling (and /v1/messages under --enable-anthropic-api); GET /v1/models,
 /v1/models/{id}[/ready], /health, /live, /metrics.
 
 Requests are read, decoded, validated and converted here; the generation itself (fan-out,
@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Callable
 
 from prometheus_client import generate_latest
@@ -25,7 +26,7 @@ from dynamo.frontend.messages_run import AnthropicApi
 from dynamo.frontend.agent_context import agent_context
 from dynamo.frontend.intake import early_refusal
 from dynamo.frontend.dispatch import Dispatcher
-from dynamo.frontend.embeddings import decode_embeddings, embed
+from dynamo.frontend.pooling_api import ROUTES as POOLING_ROUTES, PoolingRoute
 from dynamo.frontend.errors import OVERLOADED_STATUS, ApiError, bad_request
 from dynamo.frontend.generation import GenerationRun
 from dynamo.frontend.metrics import FrontendMetrics, RequestOutcome
@@ -97,7 +98,7 @@ class FrontendApp:
         self.routes: dict[tuple[str, str], Callable] = {
             ("POST", "/v1/chat/completions"): self.chat,
             ("POST", "/v1/completions"): self.completions,
-            ("POST", "/v1/embeddings"): self.embeddings,
+            **{("POST", path): partial(self.pooled, route) for path, route in POOLING_ROUTES.items()},
             ("GET", "/health"): self.health,
             ("GET", "/live"): self.live,
             ("GET", "/metrics"): self.prometheus,
@@ -246,25 +247,26 @@ class FrontendApp:
             if size >= TRIM_AFTER_BYTES:
                 self.trimmer.schedule()
 
-    async def embeddings(self, scope, receive, send) -> None:
+    async def pooled(self, route: PoolingRoute, scope, receive, send) -> None:
+        """/v1/embeddings, /v1/classify, /v1/pooling: one unary answer from the model's pooling workers."""
         self.refuse_if_draining()
-        req = decode_embeddings(await self.request_body(scope, receive))
+        req = route.decode(await self.request_body(scope, receive))
         req.validate()
         trace = scope.get(SCOPE_KEY)
         if trace is not None:
-            trace.received(req.model, "embeddings", "unary")
+            trace.received(req.model, route.endpoint, "unary")
         entry = await self.served_entry(req.model, receive)
-        if "embedding" not in entry.card.model_type:
-            raise errors.no_embeddings(req.model)
+        if route.model_type not in entry.card.model_type:
+            raise route.not_served(req.model)
         self._refuse_if_overloaded(entry.name)
         started = time.monotonic()
         status = RequestOutcome.ERROR
         self._admit(entry.name)
         try:
-            body = await embed(self.dispatcher, entry, req)
+            body = await route.answer(self.dispatcher, entry, req)
             status = RequestOutcome.SUCCESS
         finally:
-            self._release(entry.name, "embeddings", "unary", status)
+            self._release(entry.name, route.endpoint, "unary", status)
             self.metrics.duration.labels(entry.name).observe(time.monotonic() - started)
         await send_json(send, 200, body)
 

@@ -31,7 +31,7 @@ from dynamo.runtime.logs import RequestEvents
 REQUEST_ID_HEADER = b"x-dynamo-request-id"
 SCOPE_KEY = "dynamo.trace"  # where the trace of a request rides in its ASGI scope
 TRACED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings",
-                          "/v1/messages"})
+                          "/v1/classify", "/v1/pooling", "/v1/messages"})
 _TRACEPARENT = re.compile(rb"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 # HTTP status -> the `error_type` of a failed request's "request completed" line.
 _ERROR_TYPES = {400: "invalid_request", 404: "not_found", 413: "payload_too_large", 422: "invalid_request",

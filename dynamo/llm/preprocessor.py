@@ -66,7 +66,10 @@ class ModelPipeline:
             self.template = None  # completions-only model
         self.context_length = card.context_length
         self.eos_token_ids = list(self.tokenizer.eos_token_ids)
-        self.image_token_id = image_token_of(read_json(model_dir / "config.json"))  # where a prompt's images start
+        config = read_json(model_dir / "config.json")
+        self.image_token_id = image_token_of(config)  # where a prompt's images start
+        # A classification model's class names, by index (`/v1/classify` labels): its config's id2label.
+        self.labels = {int(k): v for k, v in (config.get("id2label") or {}).items() if str(k).isdigit()}
         self.bound = PromptBound.from_backend(self.tokenizer.backend)
         self.encoder = self.tokenizer if token_cache is None else SegmentedEncoder(self.tokenizer, token_cache,
                                                                                    self._probe())

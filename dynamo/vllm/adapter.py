@@ -24,7 +24,7 @@ from dynamo.vllm.args import DynamoVllmArgs
 from dynamo.vllm.engine import apply_dynamo_defaults, engine_facts, kv_event_endpoints, start_engine
 from dynamo.vllm.events import EngineStats, stat_logger_factory
 from dynamo.vllm.forward_pass import fpm_stat_logger_factory
-from dynamo.vllm.handler import error_code, stream_embedding, stream_outputs, to_sampling_params
+from dynamo.vllm.handler import error_code, pooling_model_types, stream_outputs, stream_pooling, to_sampling_params
 from dynamo.worker.adapter import EngineContext, EngineInfo, EngineMetrics, Gauges
 from dynamo.worker.kv_relay import ZmqKvEventSource
 from dynamo.worker.media_loader import ImageLoader
@@ -77,13 +77,14 @@ class VllmAdapter:
         self.stats.total_slots, self.stats.total_blocks = facts.max_num_seqs, facts.num_blocks
         self.params_hook = disagg.params_hook(xfer, self.engine, self.mode)
         runtime_data = self._media_input(facts)
+        pooling = pooling_model_types(await self.engine.get_supported_tasks()) if facts.pooling else None
         return EngineInfo(
             model_dir=facts.model_dir, served_name=facts.served_name, block_size=facts.block_size,
             context_length=facts.max_model_len, total_kv_blocks=facts.num_blocks, max_num_seqs=facts.max_num_seqs,
             max_num_batched_tokens=facts.max_num_batched_tokens, data_parallel_size=facts.data_parallel_size,
             publishes_kv_events=self.publishes,
             max_loras=self.engine_args.max_loras if getattr(self.engine_args, "enable_lora", False) else None,
-            model_types=["embedding"] if facts.pooling else None,
+            model_types=pooling,
             engine_metrics=EngineMetrics(ENGINE_METRIC_PREFIXES, vllm_registry), runtime_data=runtime_data,
             summary=f"{facts.model}, {facts.num_blocks} KV blocks of {facts.block_size} tokens, max_num_seqs "
                     f"{facts.max_num_seqs}, context {facts.max_model_len}")
@@ -111,8 +112,8 @@ class VllmAdapter:
             lora = self.loras.get(request.lora_name)
             if lora is None:
                 return refused(ValueError(f"LoRA adapter {request.lora_name!r} is not loaded on this worker"))
-        if request.task == "embed":
-            return stream_embedding(self.engine, request, request_id)
+        if request.task in ("embed", "classify"):
+            return stream_pooling(self.engine, request, request_id)
         params = to_sampling_params(request, self.facts.max_model_len, self.mode)
         if request.multi_modal_data:
             if self.images is None:

@@ -56,6 +56,8 @@ class DynamoVllmArgs(EngineWorkerArgs, MediaSettings):
     publish_kv_events: bool = setting(True, "Turn on vLLM's KV-event publishing (agg and prefill workers) when "
                                             "--kv-events-config is not given, and relay events to the router",
                                       env="DYN_VLLM_PUBLISH_KV_EVENTS")
+    classify_worker: bool = setting(False, "Serve a sequence-classification model's /v1/classify and /v1/pooling "
+                                           "(vLLM's pooling runner; aggregated only)", env="DYN_VLLM_CLASSIFY_WORKER")
     enable_multimodal: bool = setting(False, "Read the images of chat requests (a vision-language model, aggregated "
                                              "workers): fetched and decoded here, within the --mm-* limits",
                                       env="DYN_VLLM_ENABLE_MULTIMODAL")
@@ -65,6 +67,9 @@ class DynamoVllmArgs(EngineWorkerArgs, MediaSettings):
         self.mode  # noqa: B018  (raises ValueError on conflicting role flags)
         check_limits_and_types(self.migration_limit, self.engine_request_limit, self.endpoint_types)
         self.media_policy()  # ValueError for a limit that is not positive
+        if self.classify_worker and (self.mode != WorkerRole.AGG or self.enable_multimodal):
+            raise ValueError("--classify-worker serves aggregated only, without --enable-multimodal (a pooling "
+                             "model has no prefill/decode phases)")
 
     @property
     def mode_flag(self) -> str:

@@ -28,6 +28,8 @@ def apply_dynamo_defaults(engine_args: Any, config: DynamoVllmArgs) -> bool:
     """
     from vllm.config.kv_events import KVEventsConfig
 
+    if config.classify_worker and getattr(engine_args, "runner", "auto") == "auto":
+        engine_args.runner = "pooling"  # Dynamo's classify worker: vLLM's pooling runner
     user = engine_args.kv_events_config
     if user is not None:
         enabled = bool(user.enable_kv_cache_events) and user.publisher == "zmq"

@@ -164,15 +164,24 @@ async def stream_outputs(engine: Any, request: PreprocessedRequest, params: Any,
         await stream.aclose()
 
 
-async def stream_embedding(engine: Any, request: PreprocessedRequest, request_id: str) -> AsyncIterator[LLMEngineOutput]:
-    """A pooling request (`task: "embed"`): vLLM's `encode` with the embed task; one output, the vector."""
+async def stream_pooling(engine: Any, request: PreprocessedRequest, request_id: str) -> AsyncIterator[LLMEngineOutput]:
+    """A pooling request (task "embed" or "classify"): vLLM's `encode` with that task; one output, the
+    vector (a classification's class probabilities, or its logits with `use_activation: false`)."""
     from vllm import PoolingParams
     from vllm.inputs import TokensPrompt
 
-    stream = engine.encode(TokensPrompt(prompt_token_ids=request.token_ids), PoolingParams(task="embed"), request_id)
+    activation = (request.extra_args or {}).get("use_activation")
+    params = PoolingParams(task=request.task, **({"use_activation": activation} if activation is not None else {}))
+    stream = engine.encode(TokensPrompt(prompt_token_ids=request.token_ids), params, request_id)
     try:
         async for result in stream:
             if result.finished:
                 yield LLMEngineOutput(embedding=result.outputs.data.tolist(), finish_reason=FinishReason.STOP)
     finally:
         await stream.aclose()
+
+
+def pooling_model_types(tasks: Any) -> list[str]:
+    """The card's model types for a pooling engine's supported tasks (embeddings, classification, both)."""
+    types = [kind for task, kind in (("embed", "embedding"), ("classify", "classify")) if task in tasks]
+    return [*types, "pooling"] if types else ["embedding"]

@@ -117,7 +117,6 @@ VLLM_FLAGS = worker_flags({
     "--custom-encoder-class": (True, _MULTIMODAL),
     "--headless": (False, "headless secondary ranks of a multi-node vLLM are not supported: this worker would "
                           "register and serve as a whole worker"),
-    "--classify-worker": (False, "/v1/classify and /v1/pooling are not served"),
     "--realtime": (False, "/v1/realtime is not served"),
     "--gms-shadow-mode": (False, "GPU Memory Service shadow engines are not supported"),
     "--enable-rl": (False, "RL token-in/token-out defaults are not selected here: set vLLM's own flags"),

@@ -167,3 +167,12 @@ def test_min_initial_workers_holds_the_port_until_enough_workers_serve(cluster):
 def listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.parametrize("path, says", [("/v1/classify", "serves no classify"), ("/v1/pooling", "serves no pooling"),
+                                        ("/v1/embeddings", "serves no embeddings")])
+def test_pooling_routes_of_a_generation_model_are_not_found(cluster, path, says):
+    resp = httpx.post(cluster.base_url + path, json={"model": MODEL, "input": "hello"}, timeout=30)
+    assert resp.status_code == 404 and says in resp.json()["error"]["message"]
+    bad = httpx.post(cluster.base_url + path, json={"model": MODEL, "input": []}, timeout=30)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"

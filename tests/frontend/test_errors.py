@@ -9,6 +9,7 @@ import json
 import pytest
 
 from dynamo.frontend import errors
+from dynamo.frontend.pooling_api import CLASSIFY, EMBEDDINGS
 from dynamo.frontend.errors import ApiError
 from dynamo.runtime.asgi import json_encode
 from dynamo.runtime.rp_client import CannotConnect, Disconnected, StreamError, StreamTimeout
@@ -22,8 +23,10 @@ CASES = [
     (errors.bad_request("nope", None, "invalid_json"), 400, "invalid_request_error", None, "invalid_json", "nope"),
     (errors.model_not_found("m"), 404, "invalid_request_error", "model", "model_not_found",
      "The model `m` does not exist."),
-    (errors.no_embeddings("m"), 404, "invalid_request_error", "model", "model_not_found",
+    (EMBEDDINGS.not_served("m"), 404, "invalid_request_error", "model", "model_not_found",
      "Model not found: `m` serves no embeddings"),
+    (CLASSIFY.not_served("m"), 404, "invalid_request_error", "model", "model_not_found",
+     "Model not found: `m` serves no classify"),
     (errors.worker_not_found("backend_instance_id", 255, "m"), 400, "invalid_request_error",
      "nvext.backend_instance_id", "worker_not_found", "No worker with instance id 255 (ff) serves 'm'"),
     (errors.no_route("/v2/x"), 404, "not_found_error", None, "not_found", "no route /v2/x"),

@@ -1,0 +1,107 @@
+"""The pooling routes beside `/v1/embeddings` (`embeddings.py`), as vLLM and NVIDIA Dynamo serve them
+from a classification model's workers (`dynamo.vllm --classify-worker`, or any pooling worker whose
+model classifies): `/v1/classify` (per input: the label of the most probable class, the class
+probabilities and their count) and `/v1/pooling` (per input: the pooled vector, the model's own task
+unless `task` names another). Each input is one wire request (task "classify" / "embed"), routed
+like any request. A model whose workers serve neither answers 404, as `/v1/embeddings` does.
+
+`PoolingRoute` is what the frontend's one pooling handler needs per route (`http_app.pooled`)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+import msgspec
+
+from dynamo.frontend.embeddings import EmbeddingRequest, decode_embeddings, embed, embed_one, encode_vector
+from dynamo.frontend.errors import ApiError, bad_request
+from dynamo.frontend.openai import decode_body
+
+POOLING_TASKS = ("classify", "embed")
+
+
+class ClassifyRequest(EmbeddingRequest, kw_only=True, omit_defaults=True):
+    """vLLM's ClassificationRequest (completion form): `input` as embeddings take it."""
+
+    use_activation: bool | None = None  # False: the raw logits instead of probabilities
+    task: str | None = None  # /v1/pooling only: "classify" or "embed" (default: the model's own)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.task is not None and self.task not in POOLING_TASKS:
+            raise bad_request(f"`task` must be one of {', '.join(POOLING_TASKS)}", "task")
+
+
+_classify_decoder = msgspec.json.Decoder(ClassifyRequest)
+
+
+def decode_classify(body: bytes) -> ClassifyRequest:
+    return decode_body(_classify_decoder, body)
+
+
+async def pooled_vectors(dispatcher, entry, req: ClassifyRequest, task: str) -> tuple[list[list[float]], int]:
+    """One vector per input (the worker's pooled output for `task`) and the prompt tokens they took."""
+    requests = req.to_requests(entry.pipeline, uuid.uuid4().hex)
+    for wire in requests:
+        wire.task = task
+        if req.use_activation is not None:
+            wire.extra_args = {"use_activation": req.use_activation}
+    tasks = [asyncio.ensure_future(embed_one(dispatcher, entry, r)) for r in requests]
+    try:
+        vectors = await asyncio.gather(*tasks)
+    finally:
+        for one in tasks:
+            one.cancel()
+    return vectors, sum(len(r.token_ids) for r in requests)
+
+
+def _body(prefix: str, entry, data: list[dict], tokens: int) -> dict:
+    return {"id": f"{prefix}-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": entry.name,
+            "data": data, "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0}}
+
+
+async def classify(dispatcher, entry, req: ClassifyRequest) -> dict:
+    if req.task is not None:
+        raise bad_request("`task` is a /v1/pooling parameter", "task", "unsupported_parameter")
+    vectors, tokens = await pooled_vectors(dispatcher, entry, req, "classify")
+    labels = entry.pipeline.labels
+    data = [{"index": i, "label": labels.get(max(range(len(v)), key=v.__getitem__)) if v else None, "probs": v,
+             "num_classes": len(v)} for i, v in enumerate(vectors)]
+    return _body("classify", entry, data, tokens)
+
+
+async def pool(dispatcher, entry, req: ClassifyRequest) -> dict:
+    task = req.task or ("classify" if "classify" in entry.card.model_type else "embed")
+    if task == "classify" and "classify" not in entry.card.model_type or \
+            task == "embed" and "embedding" not in entry.card.model_type:
+        raise bad_request(f"model {entry.name!r} does not serve the {task} task", "task", "unsupported_value")
+    vectors, tokens = await pooled_vectors(dispatcher, entry, req, task)
+    data = [{"index": i, "object": "pooling", "data": encode_vector(v, req.encoding_format)}
+            for i, v in enumerate(vectors)]
+    return _body("pool", entry, data, tokens)
+
+
+@dataclass(frozen=True)
+class PoolingRoute:
+    """A pooling route: its metrics label, the model type its model must serve, its body decoder and the
+    answer builder (dispatcher, entry, request) -> body."""
+
+    endpoint: str
+    model_type: str
+    decode: Callable[[bytes], Any]
+    answer: Callable[[Any, Any, Any], Awaitable[dict]]
+
+    def not_served(self, model: str) -> ApiError:
+        """The model exists but serves nothing this route answers: for this route it is not found."""
+        return ApiError(404, f"Model not found: `{model}` serves no {self.endpoint}", "invalid_request_error",
+                        "model", "model_not_found")
+
+
+EMBEDDINGS = PoolingRoute("embeddings", "embedding", decode_embeddings, embed)
+CLASSIFY = PoolingRoute("classify", "classify", decode_classify, classify)
+POOLING = PoolingRoute("pooling", "pooling", decode_classify, pool)
+ROUTES = {"/v1/embeddings": EMBEDDINGS, "/v1/classify": CLASSIFY, "/v1/pooling": POOLING}
