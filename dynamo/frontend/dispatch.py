@@ -307,9 +307,10 @@ def _relayed(outputs: list[LLMEngineOutput], resumed: bool,
              budget: ThinkingBudget | None) -> tuple[list[LLMEngineOutput], bool]:
     """A worker's batch as the client's stream gets it, and whether the reasoning budget ran out in
     it (then it ends with the closing tag). A resumed request's cache hit is not reported: its prompt
-    holds tokens generated for it, and the client's prompt was counted on the first stream."""
-    if resumed and outputs and outputs[0].cached_tokens is not None:
-        outputs = [msgspec.structs.replace(outputs[0], cached_tokens=None), *outputs[1:]]
+    holds tokens generated for it, and the client's prompt was counted on the first stream (its engine
+    prompt length too)."""
+    if resumed and outputs and (outputs[0].cached_tokens is not None or outputs[0].prompt_tokens is not None):
+        outputs = [msgspec.structs.replace(outputs[0], cached_tokens=None, prompt_tokens=None), *outputs[1:]]
     if budget is None:
         return outputs, False
     outputs, spent = budget.spend(outputs)

@@ -49,6 +49,7 @@ class GenerationRun:
         self.reasoning_field = reasoning_field
         self.keep_answer = False  # a stream also collects its answer (a unary one always does): speculative prefill
         self.cached_tokens = 0
+        self.engine_prompt_tokens: int | None = None  # the engine's count, where it differs (images expanded)
         self.last_time = started
         self.extra_fields = response_ext.requested(req.nvext)
         self.annotations = annotations.requested(req.nvext)
@@ -186,6 +187,8 @@ class GenerationRun:
         for out in outputs:
             if out.cached_tokens is not None:
                 self.cached_tokens = max(self.cached_tokens, out.cached_tokens)
+            if out.prompt_tokens is not None:
+                self.engine_prompt_tokens = max(self.engine_prompt_tokens or 0, out.prompt_tokens)
             if out.error is not None:
                 raise errors.engine_error(out.error)
             d = stage.add(out, self.want_logprobs)
@@ -211,8 +214,13 @@ class GenerationRun:
             self._count_output(count)
         self.last_time = now
 
+    @property
+    def prompt_tokens(self) -> int:
+        """The prompt's length for usage: the engine's count where it sent one (images expanded), else ours."""
+        return self.engine_prompt_tokens or len(self.preqs[0].token_ids)
+
     def _usage(self) -> dict:
-        return usage_dict(len(self.preqs[0].token_ids), self.completion_tokens, self.cached_tokens)
+        return usage_dict(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
 
     def response_nvext(self) -> dict | None:
         """The response's `nvext`, with the fields the request's `nvext.extra_fields` asked for."""

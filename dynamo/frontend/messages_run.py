@@ -55,7 +55,8 @@ class MessagesRun(GenerationRun):
                 "usage": self._anthropic_usage()}
 
     def _anthropic_usage(self) -> dict:
-        prompt, cached = len(self.preqs[0].token_ids), min(self.cached_tokens, len(self.preqs[0].token_ids))
+        prompt = self.prompt_tokens
+        cached = min(self.cached_tokens, prompt)
         return {"input_tokens": prompt - cached, "cache_creation_input_tokens": 0,
                 "cache_read_input_tokens": cached, "output_tokens": self.completion_tokens}
 

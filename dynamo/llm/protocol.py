@@ -170,6 +170,9 @@ class LLMEngineOutput(msgspec.Struct, omit_defaults=True, kw_only=True, gc=False
     finish_reason: str | None = None
     # Prompt tokens served from the prefix cache; sent once, on the first message.
     cached_tokens: int | None = None
+    # The prompt's length as the engine counts it, where that differs from the request's token ids (each
+    # image placeholder expanded into the image's tokens): what usage reports; sent once, on the first message.
+    prompt_tokens: int | None = None
     # Logprob of each of `token_ids`; with `output_options.logprobs = k > 0`, also the k most
     # likely (token id, logprob) pairs at each position, most likely first.
     log_probs: list[float] | None = None

@@ -149,6 +149,8 @@ async def stream_outputs(engine: Any, request: PreprocessedRequest, params: Any,
             out = LLMEngineOutput(token_ids=list(completion.token_ids))
             if first:
                 out.cached_tokens = result.num_cached_tokens or 0
+                if images and result.prompt_token_ids is not None:  # the images' tokens count as prompt
+                    out.prompt_tokens = len(result.prompt_token_ids)
                 first = False
             if completion.logprobs:
                 out.log_probs, out.top_logprobs = token_logprobs(completion, top)

@@ -109,8 +109,12 @@ def test_what_the_models_here_cannot_honour_is_refused_not_dropped(http):
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
     messages = [{"role": "user", "content": [{"type": "text", "text": "What is in this picture?"}, image]}]
     error = assert_error(http.post("/v1/chat/completions", json=chat(messages=messages)), 400,
-                         "messages[0].content[1].type")
-    assert error["code"] == "unsupported_content" and "image_url" in error["message"]
+                         "messages[0].content[1].image_url.url")  # this model's workers read no images
+    assert error["code"] == "unsupported_content" and "takes text only" in error["message"]
+    audio = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
+    error = assert_error(http.post("/v1/chat/completions", json=chat(messages=[{"role": "user", "content": [audio]}])),
+                         400, "messages[0].content[0].type")  # no worker here reads audio
+    assert error["code"] == "unsupported_content" and "input_audio" in error["message"]
     legacy = assert_error(http.post("/v1/chat/completions", json=chat(functions=[{"name": "f", "parameters": {}}])),
                           400, "functions")
     assert "tools" in legacy["message"]  # it says what to send instead

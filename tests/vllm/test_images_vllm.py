@@ -15,6 +15,7 @@ import openai
 import pytest
 from PIL import Image
 
+from dynamo.llm.tiny_vlm import IMAGE_TOKENS
 from tests.fixtures.procs import REPO
 from tests.vllm.conftest import MODEL, VllmCluster, wait_healthy
 from tests.vllm.vision_shim import write_vision_shim
@@ -84,6 +85,9 @@ def test_two_images_in_one_prompt_and_vllms_limit(cluster):
     both = greedy(cluster, ask(RED, NOISE))
     swapped = greedy(cluster, ask(NOISE, RED))
     assert both.usage.completion_tokens > 0 and both.choices[0].logprobs != swapped.choices[0].logprobs
+    # usage counts the images' tokens as the engine does (each placeholder becomes IMAGE_TOKENS)
+    text_only = greedy(cluster, ask())
+    assert both.usage.prompt_tokens == text_only.usage.prompt_tokens + 2 * IMAGE_TOKENS
     with pytest.raises(openai.BadRequestError, match="(?i)at most 2"):
         greedy(cluster, ask(RED, NOISE, RED))
 
