@@ -90,14 +90,19 @@ async def embed_one(dispatcher, entry, request: PreprocessedRequest) -> list[flo
     raise errors.no_embedding()
 
 
-async def embed(dispatcher, entry, req: EmbeddingRequest) -> dict:
-    requests = req.to_requests(entry.pipeline, "embd-" + uuid.uuid4().hex)
+async def embed_all(dispatcher, entry, requests: list[PreprocessedRequest]) -> list[list[float]]:
+    """Each request's pooled vector, in order, the requests run side by side (one failing cancels the rest)."""
     tasks = [asyncio.ensure_future(embed_one(dispatcher, entry, r)) for r in requests]
     try:
-        vectors = await asyncio.gather(*tasks)
+        return list(await asyncio.gather(*tasks))
     finally:
         for task in tasks:
             task.cancel()
+
+
+async def embed(dispatcher, entry, req: EmbeddingRequest) -> dict:
+    requests = req.to_requests(entry.pipeline, "embd-" + uuid.uuid4().hex)
+    vectors = await embed_all(dispatcher, entry, requests)
     tokens = sum(len(r.token_ids) for r in requests)
     data = [{"object": "embedding", "index": i, "embedding": encode_vector(v, req.encoding_format)}
             for i, v in enumerate(vectors)]

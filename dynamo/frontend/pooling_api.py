@@ -9,7 +9,6 @@ like any request. A model whose workers serve neither answers 404, as `/v1/embed
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Any, Awaitable, Callable
 
 import msgspec
 
-from dynamo.frontend.embeddings import EmbeddingRequest, decode_embeddings, embed, embed_one, encode_vector
+from dynamo.frontend.embeddings import EmbeddingRequest, decode_embeddings, embed, embed_all, encode_vector
 from dynamo.frontend.errors import ApiError, bad_request
 from dynamo.frontend.openai import decode_body
 
@@ -50,13 +49,7 @@ async def pooled_vectors(dispatcher, entry, req: ClassifyRequest, task: str) -> 
         wire.task = task
         if req.use_activation is not None:
             wire.extra_args = {"use_activation": req.use_activation}
-    tasks = [asyncio.ensure_future(embed_one(dispatcher, entry, r)) for r in requests]
-    try:
-        vectors = await asyncio.gather(*tasks)
-    finally:
-        for one in tasks:
-            one.cancel()
-    return vectors, sum(len(r.token_ids) for r in requests)
+    return await embed_all(dispatcher, entry, requests), sum(len(r.token_ids) for r in requests)
 
 
 def _body(prefix: str, entry, data: list[dict], tokens: int) -> dict:

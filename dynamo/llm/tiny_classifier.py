@@ -16,13 +16,13 @@ byte-identical tokenizer and config files; tiny_model's `dynamo_tiny_model.json`
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 from dynamo.llm.tiny_model import (
-    CHATML_TEMPLATE, PRESETS, STAMP_FILE, _file_hashes, _json_bytes, _stamp_matches, _write, generation_config,
+    CHATML_TEMPLATE, PRESETS, _json_bytes, _stamp_matches, builder_parser, generation_config, run_build,
+    write_model_dir,
     model_config, read_corpus, special_tokens_map, tokenizer_config, torch_available, train_tokenizer,
 )
 
@@ -97,18 +97,11 @@ def build_tiny_classifier(out_dir, labels=DEFAULT_LABELS, seed: int = 1234, weig
         return out
 
     t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
     texts, corpus_hash = read_corpus()
     tok = train_tokenizer(texts, PRESETS[PRESET].vocab_size)
     cfg = classifier_config(labels)
-    files = _files(tok, cfg)
-    if weights:
-        _save_weights(out, cfg, seed)
-    for name, data in files.items():
-        _write(out / name, data)
-    names = sorted(files) + (["model.safetensors"] if weights else [])
-    hashes = _file_hashes(out, names)
-    _write(out / STAMP_FILE, _json_bytes({**want, "corpus_sha256_16": corpus_hash, "files": hashes}))
+    hashes = write_model_dir(out, _files(tok, cfg), {**want, "corpus_sha256_16": corpus_hash},
+                             (lambda d: _save_weights(d, cfg, seed)) if weights else None)
     if verbose:
         print(f"built tiny classifier at {out} in {time.perf_counter() - t0:.1f}s (labels {list(labels)}, "
               f"corpus_sha256_16 {corpus_hash}, tokenizer {hashes['tokenizer.json']}, "
@@ -117,20 +110,12 @@ def build_tiny_classifier(out_dir, labels=DEFAULT_LABELS, seed: int = 1234, weig
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dynamo.llm.tiny_classifier",
-                                 description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, help="output model directory")
-    ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--weights", action="store_true", help="also write random bf16 weights (needs torch)")
+    ap = builder_parser("python -m dynamo.llm.tiny_classifier", __doc__)
     ap.add_argument("--labels", default=",".join(DEFAULT_LABELS),
                     help="comma-separated class names, index order (default: %(default)s)")
     args = ap.parse_args(argv)
-    try:
-        build_tiny_classifier(args.out, args.labels.split(","), args.seed, args.weights, verbose=True)
-    except (RuntimeError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_build(lambda: build_tiny_classifier(args.out, args.labels.split(","), args.seed, args.weights,
+                                                   verbose=True))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import sysconfig
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 BUILDER_VERSION = 1
 STAMP_FILE = "dynamo_tiny_model.json"
@@ -205,6 +206,40 @@ def _stamp_matches(out: Path, want: dict) -> bool:
     return _file_hashes(out, sorted(stamp.get("files", {}))) == stamp.get("files")
 
 
+def write_model_dir(out: Path, files: dict[str, bytes], stamp: dict,
+                    save_weights: Callable[[Path], None] | None = None) -> dict[str, str]:
+    """Write a built model directory: the weights first (`save_weights`; a `save_pretrained` may write
+    config files of its own, which `files` then overwrite), then `files`, then the stamp (`stamp` plus
+    every file's hash). Returns the hashes."""
+    out.mkdir(parents=True, exist_ok=True)
+    if save_weights is not None:
+        save_weights(out)
+    for name, data in files.items():
+        _write(out / name, data)
+    hashes = _file_hashes(out, sorted(files) + (["model.safetensors"] if save_weights is not None else []))
+    _write(out / STAMP_FILE, _json_bytes({**stamp, "files": hashes}))
+    return hashes
+
+
+def builder_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The sibling builders' command line: --out, --seed, --weights (off unless given)."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="output model directory")
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--weights", action="store_true", help="also write random bf16 weights (needs torch)")
+    return ap
+
+
+def run_build(build: Callable[[], object]) -> int:
+    """A builder's exit status: 0, or 2 with the reason on stderr (no torch for weights, a bad argument)."""
+    try:
+        build()
+    except (RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _save_weights(out: Path, cfg: dict, seed: int) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -247,12 +282,9 @@ def build_tiny_model(out_dir, preset: str = "tiny", seed: int = 1234, weights: b
         return out
 
     t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
     texts, corpus_hash = read_corpus()
     tok = train_tokenizer(texts, p.vocab_size)
     cfg = model_config(p)
-    if weights:  # first: save_pretrained writes its own config files, overwritten below
-        _save_weights(out, cfg, seed)
     files = {
         "tokenizer.json": (tok.to_str(pretty=True) + "\n").encode(),
         "tokenizer_config.json": _json_bytes(tokenizer_config(p.max_position_embeddings)),
@@ -261,12 +293,8 @@ def build_tiny_model(out_dir, preset: str = "tiny", seed: int = 1234, weights: b
         "config.json": _json_bytes(cfg),
         "generation_config.json": _json_bytes(generation_config()),
     }
-    for name, data in files.items():
-        _write(out / name, data)
-    names = sorted(files) + (["model.safetensors"] if weights else [])
-    hashes = _file_hashes(out, names)
-    stamp = {**want, "corpus_sha256_16": corpus_hash, "files": hashes}
-    _write(out / STAMP_FILE, _json_bytes(stamp))
+    hashes = write_model_dir(out, files, {**want, "corpus_sha256_16": corpus_hash},
+                             (lambda d: _save_weights(d, cfg, seed)) if weights else None)
     if verbose:
         print(f"built {preset} model at {out} in {time.perf_counter() - t0:.1f}s "
               f"(corpus {len(texts)} files, corpus_sha256_16 {corpus_hash}, "
@@ -283,12 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="write random bf16 weights (default: only if torch+transformers import)")
     ap.add_argument("--vocab-size", type=int, default=None, help="override the preset's vocab size")
     args = ap.parse_args(argv)
-    try:
-        build_tiny_model(args.out, args.preset, args.seed, args.weights, args.vocab_size, verbose=True)
-    except (RuntimeError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_build(lambda: build_tiny_model(args.out, args.preset, args.seed, args.weights, args.vocab_size,
+                                              verbose=True))
 
 
 if __name__ == "__main__":

@@ -15,13 +15,13 @@ stamp (with "kind": "llava") lets repeated builds into the same directory be ski
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 from dynamo.llm.tiny_model import (
-    PRESETS, STAMP_FILE, _file_hashes, _json_bytes, _stamp_matches, _write, generation_config, model_config,
+    PRESETS, _json_bytes, _stamp_matches, builder_parser, generation_config, model_config, run_build,
+    write_model_dir,
     read_corpus, special_tokens_map, tokenizer_config, torch_available, train_tokenizer,
 )
 
@@ -203,18 +203,11 @@ def build_tiny_vlm(out_dir, seed: int = 1234, weights: bool = False, verbose: bo
         return out
 
     t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
     tok, image_id, corpus_hash = build_tokenizer()
     cfg = vlm_config(image_id)
-    files = _files(tok, image_id, cfg)
-    if weights:
-        _save_weights(out, cfg, seed)
-    for name, data in files.items():
-        _write(out / name, data)
-    names = sorted(files) + (["model.safetensors"] if weights else [])
-    hashes = _file_hashes(out, names)
-    _write(out / STAMP_FILE, _json_bytes({**want, "corpus_sha256_16": corpus_hash,
-                                          "image_token_id": image_id, "files": hashes}))
+    hashes = write_model_dir(out, _files(tok, image_id, cfg),
+                             {**want, "corpus_sha256_16": corpus_hash, "image_token_id": image_id},
+                             (lambda d: _save_weights(d, cfg, seed)) if weights else None)
     if verbose:
         print(f"built tiny VLM at {out} in {time.perf_counter() - t0:.1f}s (image_token_id {image_id}, "
               f"{IMAGE_TOKENS} tokens/image, tokenizer {hashes['tokenizer.json']}, "
@@ -223,17 +216,8 @@ def build_tiny_vlm(out_dir, seed: int = 1234, weights: bool = False, verbose: bo
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dynamo.llm.tiny_vlm", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, help="output model directory")
-    ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--weights", action="store_true", help="also write random bf16 weights (needs torch)")
-    args = ap.parse_args(argv)
-    try:
-        build_tiny_vlm(args.out, args.seed, args.weights, verbose=True)
-    except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    args = builder_parser("python -m dynamo.llm.tiny_vlm", __doc__).parse_args(argv)
+    return run_build(lambda: build_tiny_vlm(args.out, args.seed, args.weights, verbose=True))
 
 
 if __name__ == "__main__":
