@@ -174,7 +174,7 @@ def _planner_config_problems(args: list[str]) -> list[str]:
 def _parser_name_problems(args: list[str]) -> list[str]:
     """A parser name the worker would refuse at start."""
     from dynamo.deploy.commands import flag_value
-    from dynamo.llm.model_card import check_parser_names
+    from dynamo.llm.parser_names import check_parser_names
 
     tools, reasoning = (flag_value(args, (flag,)) for flag in ("--dyn-tool-call-parser", "--dyn-reasoning-parser"))
     try:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from dynamo.llm.chat_template import ChatTemplate, ChatTemplateError
-from dynamo.llm.model_card import ModelDeploymentCard, check_parser_names
+from dynamo.llm.model_card import ModelDeploymentCard
+from dynamo.llm.parser_names import check_parser_names
 
 TOOL_ALIASES = {"openai": "harmony", "gpt-oss": "harmony", "gpt_oss": "harmony", "llama3": "llama3_json",
                 "qwen": "qwen25", "deepseekv3": "deepseek_v3"}

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dynamo.llm.chat_template import ChatTemplate, ChatTemplateError
-from dynamo.llm.model_card import THINKING_MODES, check_parser_names
+from dynamo.llm.parser_names import THINKING_MODES, check_parser_names
 from dynamo.runtime.config import setting
 from dynamo.runtime.config_dump import DumpConfigTo
 from dynamo.runtime.settings import discovery_backend_setting, event_plane_setting

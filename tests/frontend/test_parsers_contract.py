@@ -5,9 +5,10 @@ import json
 from dynamo.frontend.output import OutputSpec
 from dynamo.frontend.parsers import REASONING_PARSERS, TOOL_PARSERS
 from dynamo.frontend.parsers.base import PromptReasoning
-from dynamo.llm.model_card import REASONING_PARSERS as CARD_REASONING
-from dynamo.llm.model_card import TOOL_CALL_PARSERS as CARD_TOOLS
-from dynamo.llm.model_card import build_card, check_parser_names
+from dynamo.llm.parser_names import REASONING_PARSERS as CARD_REASONING
+from dynamo.llm.parser_names import TOOL_CALL_PARSERS as CARD_TOOLS
+from dynamo.llm.model_card import build_card
+from dynamo.llm.parser_names import check_parser_names
 from dynamo.llm.preprocessor import ModelPipeline
 
 import pytest

@@ -18,7 +18,7 @@ from dynamo.frontend.parsers.base import (
     ToolCallDelta,
     ToolParser,
 )
-from dynamo.llm.model_card import canonical_parser_name
+from dynamo.llm.parser_names import canonical_parser_name
 
 __all__ = ["REASONING_PARSERS", "TOOL_PARSERS", "ReasoningParser", "ToolCallDelta", "ToolParser",
            "make_reasoning_parser", "make_tool_parser"]
