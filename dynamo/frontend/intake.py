@@ -32,6 +32,14 @@ class _Message(msgspec.Struct):
     content: msgspec.Raw = _NULL
 
 
+class _Part(msgspec.Struct):
+    type: str = ""
+    text: msgspec.Raw = _NULL
+
+
+_parts_decoder = msgspec.json.Decoder(list[_Part])
+
+
 class _ChatShape(msgspec.Struct):
     model: str = ""
     messages: list[_Message] = []
@@ -48,6 +56,18 @@ def _string_bytes(raw: msgspec.Raw) -> int:
     if len(view) < 2 or view[0] != 0x22:
         return 0
     return len(view) - 2
+
+
+def _content_bytes(raw: msgspec.Raw) -> int:
+    """A message content's text bytes as raw JSON: a string's, or the sum of its text parts' (a part list's
+    texts stay raw; an image part's data is not text)."""
+    view = memoryview(raw)
+    if len(view) and view[0] == 0x5B:  # "[": content parts
+        try:
+            return sum(_string_bytes(part.text) for part in _parts_decoder.decode(raw) if part.type == "text")
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return 0
+    return _string_bytes(raw)
 
 
 async def _backslashes_up_to(body: bytes | bytearray, cap: int) -> int:
@@ -71,7 +91,7 @@ async def early_refusal(body: bytes | bytearray, kind: str,
     try:
         if kind == "chat":
             shape = msgspec.json.decode(body, type=_ChatShape)
-            raw = sum(_string_bytes(m.content) for m in shape.messages if m.role == "user")
+            raw = sum(_content_bytes(m.content) for m in shape.messages if m.role == "user")
             param = "messages"
         else:
             shape = msgspec.json.decode(body, type=_CompletionShape)

@@ -39,6 +39,18 @@ def test_huge_user_prompt_is_refused(pipeline):
     assert err.overflow is not None and err.overflow.prompt_tokens >= 2048 == err.overflow.context_length
 
 
+def test_huge_prompt_in_content_parts_is_refused(pipeline):
+    """Clients that send content as parts (text parts, and an image's data beside them) are bounded by the text."""
+    parts = [{"type": "text", "text": "x" * (2 * SHAPE_CHECK_BYTES)}, {"type": "text", "text": "y" * SHAPE_CHECK_BYTES}]
+    err = refusal(json.dumps({"model": "tiny", "messages": [{"role": "user", "content": parts}]}).encode(), "chat",
+                  pipeline)
+    assert err is not None and err.body()["error"]["code"] == "context_length_exceeded"
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * (3 * SHAPE_CHECK_BYTES)}}
+    small_text = [{"type": "text", "text": "what is this?"}, image]
+    body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": small_text}]}).encode()
+    assert refusal(body, "chat", pipeline) is None  # a big image is not a big prompt
+
+
 def test_huge_completion_prompt_is_refused(pipeline):
     body = json.dumps({"model": "tiny", "prompt": "y" * (3 * SHAPE_CHECK_BYTES)}).encode()
     assert refusal(body, "completion", pipeline).status == 400
