@@ -65,11 +65,22 @@ def _app(config: FrontendConfig, runtime: DistributedRuntime, metrics: FrontendM
                        responses_store=ResponseStore(int(config.responses_store_mb * (1 << 20)))
                        if config.responses_store_mb > 0 else None,
                        wait_for_workers=config.wait_for_workers_secs, media_policy=config.media_policy())
-    # DYN_HTTP_SVC_HEALTH_PATH / DYN_HTTP_SVC_LIVE_PATH, as Dynamo: probes written for other paths find them
-    for default, path in (("/health", runtime.settings.http_svc_health_path),
-                          ("/live", runtime.settings.http_svc_live_path)):
-        app.routes[("GET", path)] = app.routes.pop(("GET", default))
+    moved_routes(app.routes, runtime.settings)
     return app
+
+
+def moved_routes(routes: dict, settings) -> None:
+    """Dynamo's DYN_HTTP_SVC_*_PATH: a route served at another path (probes, gateways and clients
+    written for it find it there), and no longer at its default."""
+    for method, default, path in (("GET", "/health", settings.http_svc_health_path),
+                                  ("GET", "/live", settings.http_svc_live_path),
+                                  ("POST", "/v1/chat/completions", settings.http_svc_chat_path),
+                                  ("POST", "/v1/completions", settings.http_svc_cmp_path),
+                                  ("POST", "/v1/embeddings", settings.http_svc_emb_path),
+                                  ("POST", "/v1/rerank", settings.http_svc_rerank_path),
+                                  ("GET", "/v1/models", settings.http_svc_models_path)):
+        if path != default:
+            routes[(method, path)] = routes.pop((method, default))
 
 
 def _tls_options(config: FrontendConfig) -> dict:

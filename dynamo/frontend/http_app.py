@@ -1,6 +1,6 @@
 """The OpenAI-compatible HTTP surface as a raw ASGI app (no framework on the
 per-token path). Routes: POST /v1/chat/completions, /v1/completions, /v1/responses[/input_tokens],
-/v1/embeddings, /v1/classify, /v1/pooling (and /v1/messages under --enable-anthropic-api); GET /v1/models,
+/v1/embeddings, /v1/classify, /v1/pooling, /v1/rerank (and /v1/messages under --enable-anthropic-api); GET /v1/models,
 /v1/models/{id}[/ready], /health, /live, /metrics.
 
 Requests are read, decoded, validated and converted here; the generation itself (fan-out,
@@ -248,7 +248,8 @@ class FrontendApp:
                 self.trimmer.schedule()
 
     async def pooled(self, route: PoolingRoute, scope, receive, send) -> None:
-        """/v1/embeddings, /v1/classify, /v1/pooling: one unary answer from the model's pooling workers."""
+        """/v1/embeddings, /v1/classify, /v1/pooling, /v1/rerank: one unary answer from the model's pooling
+        workers."""
         self.refuse_if_draining()
         req = route.decode(await self.request_body(scope, receive))
         req.validate()
@@ -256,7 +257,7 @@ class FrontendApp:
         if trace is not None:
             trace.received(req.model, route.endpoint, "unary")
         entry = await self.served_entry(req.model, receive)
-        if route.model_type not in entry.card.model_type:
+        if not route.served_by(entry.card.model_type):
             raise route.not_served(req.model)
         self._refuse_if_overloaded(entry.name)
         started = time.monotonic()

@@ -4,6 +4,7 @@ model classifies): `/v1/classify` (per input: the label of the most probable cla
 probabilities and their count) and `/v1/pooling` (per input: the pooled vector, the model's own task
 unless `task` names another). Each input is one wire request (task "classify" / "embed"), routed
 like any request. A model whose workers serve neither answers 404, as `/v1/embeddings` does.
+`/v1/rerank` (`rerank.py`) is served from the same handler.
 
 `PoolingRoute` is what the frontend's one pooling handler needs per route (`http_app.pooled`)."""
 
@@ -19,6 +20,7 @@ import msgspec
 from dynamo.frontend.embeddings import EmbeddingRequest, decode_embeddings, embed, embed_all, encode_vector
 from dynamo.frontend.errors import ApiError, bad_request
 from dynamo.frontend.openai import decode_body
+from dynamo.frontend.rerank import decode_rerank, rerank
 
 POOLING_TASKS = ("classify", "embed")
 
@@ -80,13 +82,16 @@ async def pool(dispatcher, entry, req: ClassifyRequest) -> dict:
 
 @dataclass(frozen=True)
 class PoolingRoute:
-    """A pooling route: its metrics label, the model type its model must serve, its body decoder and the
-    answer builder (dispatcher, entry, request) -> body."""
+    """A pooling route: its metrics label, the model types that serve it (any one), its body decoder
+    and the answer builder (dispatcher, entry, request) -> body."""
 
     endpoint: str
-    model_type: str
+    model_types: tuple[str, ...]
     decode: Callable[[bytes], Any]
-    answer: Callable[[Any, Any, Any], Awaitable[dict]]
+    answer: Callable[[Any, Any, Any], Awaitable[dict | list]]
+
+    def served_by(self, model_types) -> bool:
+        return any(kind in model_types for kind in self.model_types)
 
     def not_served(self, model: str) -> ApiError:
         """The model exists but serves nothing this route answers: for this route it is not found."""
@@ -94,7 +99,8 @@ class PoolingRoute:
                         "model", "model_not_found")
 
 
-EMBEDDINGS = PoolingRoute("embeddings", "embedding", decode_embeddings, embed)
-CLASSIFY = PoolingRoute("classify", "classify", decode_classify, classify)
-POOLING = PoolingRoute("pooling", "pooling", decode_classify, pool)
-ROUTES = {"/v1/embeddings": EMBEDDINGS, "/v1/classify": CLASSIFY, "/v1/pooling": POOLING}
+EMBEDDINGS = PoolingRoute("embeddings", ("embedding",), decode_embeddings, embed)
+CLASSIFY = PoolingRoute("classify", ("classify",), decode_classify, classify)
+POOLING = PoolingRoute("pooling", ("pooling",), decode_classify, pool)
+RERANK = PoolingRoute("rerank", ("rerank", "embedding"), decode_rerank, rerank)  # cross- or bi-encoder
+ROUTES = {"/v1/embeddings": EMBEDDINGS, "/v1/classify": CLASSIFY, "/v1/pooling": POOLING, "/v1/rerank": RERANK}

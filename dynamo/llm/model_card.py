@@ -52,10 +52,10 @@ class WorkerType(enum.StrEnum):
 
 # Dynamo's ModelType flags, in its bit order (the order it prints them in).
 MODEL_TYPES = ("chat", "completions", "embedding", "images", "audios", "videos", "tensor", "prefill", "classify",
-               "pooling")  # Dynamo 1.6's newer flags last
+               "pooling", "rerank")  # Dynamo 1.6's newer flags last
 _MODEL_TYPE_NAMES = {"chat": "Chat", "completions": "Completions", "embedding": "Embedding", "classify": "Classify",
                      "pooling": "Pooling", "images": "Images", "audios": "Audios", "videos": "Videos",
-                     "tensor": "TensorBased", "prefill": "Prefill"}
+                     "tensor": "TensorBased", "prefill": "Prefill", "rerank": "Rerank"}
 _MODEL_TYPE_KEYS = {v.lower(): k for k, v in _MODEL_TYPE_NAMES.items()}
 _MODEL_INPUTS = {"tokens": "Tokens", "text": "Text", "tensor": "Tensor"}
 

@@ -21,6 +21,7 @@ from dynamo.llm.detokenizer import IncrementalDetokenizer
 from dynamo.llm.media import image_token_of
 from dynamo.llm.model_card import ModelDeploymentCard, card_model_dir, read_json
 from dynamo.llm.prompt_bound import PromptBound
+from dynamo.llm.rerank_pairs import PairFormat, PairTokens, pair_tokens
 from dynamo.llm.stop import StopMatcher
 from dynamo.llm.token_cache import SegmentedEncoder, TokenCache
 from dynamo.llm.tokenizer import EncodeCost, Tokenizer
@@ -152,6 +153,17 @@ class ModelPipeline:
         return list(ids)
 
     # -- the budget ------------------------------------------------------------------------
+    def pair_prompts(self, query: str, documents: list[str], fmt: PairFormat) -> list[PairTokens]:
+        """Each (query, document) pair's prompt for a cross-encoder (`rerank_pairs`); PreprocessError
+        naming the document of a pair that cannot fit the context (first by length, before tokenizing)."""
+        for i, document in enumerate(documents):
+            self._check_bound(len(query) + len(document), f"documents[{i}]")
+        prompts = pair_tokens(self.tokenizer, query, documents, fmt)
+        for i, prompt in enumerate(prompts):
+            if len(prompt.ids) >= self.context_length:
+                raise _too_long(self.context_length, len(prompt.ids), f"documents[{i}]")
+        return prompts
+
     def max_tokens_for(self, token_ids: list[int], requested: int | None, param: str) -> int:
         """Output tokens this prompt may generate: `requested`, or the rest of the context
         when None (as vLLM and Dynamo do). `param` names the prompt field in errors."""

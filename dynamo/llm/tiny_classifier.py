@@ -6,7 +6,7 @@ ChatML template and generation config unchanged, a `LlamaForSequenceClassificati
 with --weights, random bf16 weights whose head is `score.weight` (num_labels x hidden).
 
     python -m dynamo.llm.tiny_classifier --out /tmp/tiny-cls [--weights] [--seed 1234]
-        [--labels negative,neutral,positive]
+        [--labels negative,neutral,positive]   (one label, e.g. --labels LABEL_0: a cross-encoder reranker)
 
 vLLM maps the `*ForSequenceClassification` suffix to runner "pooling" + convert "classify"
 (`as_seq_cls_model` around its Llama): no flags are needed to serve it. Two builds produce
@@ -32,10 +32,11 @@ DEFAULT_LABELS = ("negative", "neutral", "positive")
 
 
 def check_labels(labels) -> tuple[str, ...]:
-    """At least two distinct, non-empty label names (softmax over num_labels needs two)."""
+    """Distinct, non-empty label names: two or more for a classifier (softmax over them), one for a
+    cross-encoder reranker (a sigmoid relevance score, what vLLM scores and /v1/rerank ranks by)."""
     labels = tuple(str(label).strip() for label in labels)
-    if len(labels) < 2 or any(not label for label in labels) or len(set(labels)) != len(labels):
-        raise ValueError(f"labels must be two or more distinct non-empty names, got {list(labels)}")
+    if not labels or any(not label for label in labels) or len(set(labels)) != len(labels):
+        raise ValueError(f"labels must be one or more distinct non-empty names, got {list(labels)}")
     return labels
 
 
@@ -46,7 +47,8 @@ def classifier_config(labels) -> dict:
     cfg["num_labels"] = len(labels)
     cfg["id2label"] = {str(i): label for i, label in enumerate(labels)}
     cfg["label2id"] = {label: i for i, label in enumerate(labels)}
-    cfg["problem_type"] = "single_label_classification"
+    if len(labels) > 1:
+        cfg["problem_type"] = "single_label_classification"
     return cfg  # pad_token_id (PAD) comes from model_config
 
 

@@ -155,6 +155,11 @@ class RuntimeSettings:
               "before /health is 200; default: every endpoint the process serves", flag=False)
     http_svc_health_path: str = setting("/health", "The frontend's health path", flag=False)
     http_svc_live_path: str = setting("/live", "The frontend's liveness path", flag=False)
+    http_svc_chat_path: str = setting("/v1/chat/completions", "The frontend's chat completions path", flag=False)
+    http_svc_cmp_path: str = setting("/v1/completions", "The frontend's completions path", flag=False)
+    http_svc_emb_path: str = setting("/v1/embeddings", "The frontend's embeddings path", flag=False)
+    http_svc_rerank_path: str = setting("/v1/rerank", "The frontend's rerank path", flag=False)
+    http_svc_models_path: str = setting("/v1/models", "The frontend's model list path", flag=False)
     # canary health checks (dynamo.worker.canary), Dynamo's names; its operator enables them in every pod
     health_check_enabled: bool = setting(False, "Send an idle worker's engine a canary request now and then; a "
                                                 "failed one makes /health 503 until one passes", flag=False)

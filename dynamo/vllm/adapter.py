@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator
 
 from dynamo.llm.media import image_urls_of
 from dynamo.llm.model_card import MEDIA_INPUT_KEY
+from dynamo.llm.rerank_pairs import RERANK_KEY
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
 from dynamo.llm.kv_events.engine_decoder import EngineEventDecoder
 from dynamo.llm.kv_events.protocol import LoadMetrics
@@ -24,7 +25,9 @@ from dynamo.vllm.args import DynamoVllmArgs
 from dynamo.vllm.engine import apply_dynamo_defaults, engine_facts, kv_event_endpoints, start_engine
 from dynamo.vllm.events import EngineStats, stat_logger_factory
 from dynamo.vllm.forward_pass import fpm_stat_logger_factory
-from dynamo.vllm.handler import error_code, pooling_model_types, stream_outputs, stream_pooling, to_sampling_params
+from dynamo.vllm.handler import (
+    cross_encoder_format, error_code, pooling_model_types, stream_outputs, stream_pooling, to_sampling_params,
+)
 from dynamo.worker.adapter import EngineContext, EngineInfo, EngineMetrics, Gauges
 from dynamo.worker.kv_relay import ZmqKvEventSource
 from dynamo.worker.media_loader import ImageLoader
@@ -77,7 +80,7 @@ class VllmAdapter:
         self.stats.total_slots, self.stats.total_blocks = facts.max_num_seqs, facts.num_blocks
         self.params_hook = disagg.params_hook(xfer, self.engine, self.mode)
         runtime_data = self._media_input(facts)
-        pooling = pooling_model_types(await self.engine.get_supported_tasks()) if facts.pooling else None
+        pooling = await self._pooling_types(runtime_data) if facts.pooling else None
         return EngineInfo(
             model_dir=facts.model_dir, served_name=facts.served_name, block_size=facts.block_size,
             context_length=facts.max_model_len, total_kv_blocks=facts.num_blocks, max_num_seqs=facts.max_num_seqs,
@@ -88,6 +91,14 @@ class VllmAdapter:
             engine_metrics=EngineMetrics(ENGINE_METRIC_PREFIXES, vllm_registry), runtime_data=runtime_data,
             summary=f"{facts.model}, {facts.num_blocks} KV blocks of {facts.block_size} tokens, max_num_seqs "
                     f"{facts.max_num_seqs}, context {facts.max_model_len}")
+
+    async def _pooling_types(self, runtime_data: dict) -> list[str]:
+        """A pooling engine's card types; a cross-encoder's pair format goes in `runtime_data`."""
+        tasks = await self.engine.get_supported_tasks()
+        pairs = cross_encoder_format(self.engine, tasks)
+        if pairs is not None:
+            runtime_data[RERANK_KEY] = pairs.to_card()
+        return pooling_model_types(tasks, pairs is not None)
 
     def _media_input(self, facts) -> dict:
         """--enable-multimodal: the card says the worker reads images (the model must be one that does)."""

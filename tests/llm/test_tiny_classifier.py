@@ -56,7 +56,12 @@ def test_custom_labels():
     assert cfg["label2id"] == {"spam": 0, "ham": 1}
 
 
-@pytest.mark.parametrize("labels", [["only"], ["a", "a"], ["a", ""]])
+def test_one_label_is_a_reranker():
+    cfg = classifier_config(["LABEL_0"])
+    assert cfg["num_labels"] == 1 and cfg["id2label"] == {"0": "LABEL_0"} and "problem_type" not in cfg
+
+
+@pytest.mark.parametrize("labels", [[], ["a", "a"], ["a", ""]])
 def test_bad_labels_rejected(tmp_path, labels):
     with pytest.raises(ValueError, match="labels"):
         build_tiny_classifier(tmp_path / "m", labels=labels)

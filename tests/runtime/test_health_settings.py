@@ -5,6 +5,7 @@ and `render`'s default probes following a service that moves its paths."""
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from dynamo.deploy.contract import default_probes
@@ -63,7 +64,8 @@ def test_moved_paths_on_a_real_worker_and_frontend(tiny_model, tmp_path):
         worker = c.mocker("--speedup-ratio", "100", env={
             "DYN_SYSTEM_HEALTH_PATH": "/custom/health", "DYN_SYSTEM_LIVE_PATH": "/custom/live",
             "DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS": '["generate"]'})
-        c.frontend(env={"DYN_HTTP_SVC_HEALTH_PATH": "/hz", "DYN_HTTP_SVC_LIVE_PATH": "/live"})
+        c.frontend(env={"DYN_HTTP_SVC_HEALTH_PATH": "/hz", "DYN_HTTP_SVC_LIVE_PATH": "/live",
+                        "DYN_HTTP_SVC_CHAT_PATH": "/api/chat", "DYN_HTTP_SVC_RERANK_PATH": "/api/rerank"})
         wait_until(lambda: "tiny" in c.models(), 60, "the frontend to list the model")
         system = f"http://127.0.0.1:{worker.system_port}"
         wait_until(lambda: http_get(system + "/custom/health")[0] == 200, 60, "the worker healthy at its path")
@@ -72,5 +74,13 @@ def test_moved_paths_on_a_real_worker_and_frontend(tiny_model, tmp_path):
         status, body = http_get(c.base_url + "/hz")
         assert status == 200 and b"generate" in body, body  # the frontend's health, at its path
         assert http_get(c.base_url + "/health")[0] == 404
+        chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        assert httpx.post(c.base_url + "/api/chat", json=chat, timeout=60).status_code == 200
+        assert httpx.post(c.base_url + "/v1/chat/completions", json=chat, timeout=60).status_code == 404
+        assert httpx.post(c.base_url + "/v1/completions", json={**chat, "prompt": "hi"}, timeout=60).status_code == 200
+        rerank = {"model": "tiny", "query": "q", "documents": ["d"]}  # moved: found there (a chat model: 404 model)
+        moved = httpx.post(c.base_url + "/api/rerank", json=rerank, timeout=60)
+        assert moved.status_code == 404 and moved.json()["error"]["code"] == "model_not_found", moved.text
+        assert httpx.post(c.base_url + "/v1/rerank", json=rerank, timeout=60).json()["error"]["code"] != "model_not_found"
     finally:
         c.stop()

@@ -10,6 +10,7 @@ import struct
 import subprocess
 from pathlib import Path
 
+import httpx
 import numpy as np
 import openai
 import pytest
@@ -56,3 +57,16 @@ def test_text_input_and_generation_refused(client):
     assert len(resp.data) == 2 and len(resp.data[0].embedding) == len(resp.data[1].embedding) > 0
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+
+
+def test_rerank_on_an_embedding_model_is_the_cosine_of_the_embeddings(env, client):
+    """A bi-encoder's /v1/rerank (as vLLM scores one): each document's cosine with the query, best first."""
+    query, documents = "the cat", ["a cat sat", "stock prices fell", "the cat"]
+    resp = httpx.post(env["cluster"].base_url + "/v1/rerank", timeout=180,
+                      json={"model": MODEL, "query": query, "documents": documents, "return_documents": False})
+    assert resp.status_code == 200, resp.text
+    vectors = [np.array(d.embedding) for d in client.embeddings.create(model=MODEL, input=[query, *documents]).data]
+    want = [float(vectors[0] @ v / np.linalg.norm(vectors[0]) / np.linalg.norm(v)) for v in vectors[1:]]
+    results = resp.json()
+    assert [r["index"] for r in results] == sorted(range(3), key=lambda i: -want[i]) and results[0]["index"] == 2
+    assert np.allclose([r["score"] for r in results], sorted(want, reverse=True), atol=1e-4)

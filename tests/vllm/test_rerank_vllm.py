@@ -1,0 +1,95 @@
+"""`/v1/rerank` through the frontend to `python -m dynamo.vllm --classify-worker` serving a cross-encoder
+(a tiny random-weight LlamaForSequenceClassification with one label, `dynamo.llm.tiny_classifier --labels
+LABEL_0`, built offline): the scores equal vLLM's own offline `LLM.score` for the same query and documents
+(vLLM pairs them its way; the frontend builds the pairs from the card's format), best first, as NVIDIA
+Dynamo's bare array; `top_n`, `return_documents`, Dynamo's refusals and a document over the context."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.fixtures.procs import REPO
+from tests.vllm.conftest import BLOCK_SIZE, MAX_MODEL_LEN, MODEL, reference_result, start_offline, worker_beside_reference
+
+pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.timeout(1800)]
+
+QUERY = "what is a panda?"
+DOCUMENTS = ["hi", "The giant panda is a bear species endemic to China.", "pandas is a python library",
+             "Bamboo makes up most of a panda's diet.", "a fine day for a walk"]
+
+
+@pytest.fixture(scope="module")
+def reranker(vllm_python, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("vllm-reranker") / "tiny-reranker"
+    subprocess.run([str(vllm_python), "-m", "dynamo.llm.tiny_classifier", "--out", str(out), "--weights",
+                    "--labels", "LABEL_0"], cwd=REPO, check=True, capture_output=True, timeout=600)
+    return out
+
+
+@pytest.fixture(scope="module")
+def env(vllm_python, reranker, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("vllm-rerank")
+
+    def offline(log: Path) -> subprocess.Popen:
+        return start_offline(vllm_python, "offline_score.py", [str(reranker), QUERY, json.dumps(DOCUMENTS),
+                                                                str(BLOCK_SIZE), str(MAX_MODEL_LEN)], log)
+
+    with worker_beside_reference(tmp, reranker, vllm_python, ["--classify-worker"], offline) as (cluster, ref):
+        yield {"url": cluster.base_url, "reference": reference_result(ref)}
+
+
+def post(env, path: str, body: dict) -> httpx.Response:
+    return httpx.post(env["url"] + path, json={"model": MODEL, **body}, timeout=180)
+
+
+def test_scores_equal_vllm_offline_best_first(env):
+    resp = post(env, "/v1/rerank", {"query": QUERY, "documents": DOCUMENTS})
+    assert resp.status_code == 200, resp.text
+    results = resp.json()
+    assert isinstance(results, list) and sorted(r["index"] for r in results) == list(range(len(DOCUMENTS)))
+    reference = env["reference"]
+    assert len(set(np.round(reference, 6))) == len(DOCUMENTS)  # distinct: the order below is meaningful
+    for r in results:
+        assert set(r) == {"score", "index", "document"} and r["document"] == DOCUMENTS[r["index"]]
+        assert np.isclose(r["score"], reference[r["index"]], atol=1e-4), (r, reference)
+    assert [r["index"] for r in results] == sorted(range(len(DOCUMENTS)), key=lambda i: -reference[i])
+
+
+def test_top_n_and_without_documents(env):
+    best = post(env, "/v1/rerank", {"query": QUERY, "documents": DOCUMENTS}).json()
+    two = post(env, "/v1/rerank", {"query": QUERY, "documents": DOCUMENTS, "top_n": 2, "return_documents": False})
+    assert two.status_code == 200, two.text
+    assert two.json() == [{"score": r["score"], "index": r["index"]} for r in best[:2]]
+
+
+def test_classify_on_the_same_model_gives_the_score(env):
+    """The score is the one-label model's sigmoid output: /v1/classify on the pair's text agrees in kind."""
+    body = post(env, "/v1/classify", {"input": "a panda"}).json()["data"][0]
+    assert body["num_classes"] == 1 and 0.0 < body["probs"][0] < 1.0
+
+
+@pytest.mark.parametrize("body, param, message", [
+    ({"query": "  ", "documents": ["d"]}, "query", "Query cannot be empty or whitespace only"),
+    ({"query": "q", "documents": []}, "documents", "Documents cannot be empty"),
+    ({"query": "q", "documents": ["d", " "]}, "documents", "Each document cannot be empty or whitespace only"),
+    ({"query": "q", "documents": ["d"], "top_n": 0}, "top_n", "Parameter 'top_n' must be larger than 0"),
+])
+def test_dynamos_refusals(env, body, param, message):
+    resp = post(env, "/v1/rerank", body)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert (error["param"], error["message"], error["type"]) == (param, message, "invalid_request_error")
+
+
+def test_a_document_over_the_context_is_a_400_naming_it(env):
+    resp = post(env, "/v1/rerank", {"query": QUERY, "documents": ["short", "panda " * 3000]})
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert (error["param"], error["code"]) == ("documents[1]", "context_length_exceeded"), error
+    assert post(env, "/v1/rerank", {"query": QUERY, "documents": ["short"]}).status_code == 200  # still serving
