@@ -2,7 +2,9 @@
 (a tiny random-weight LlamaForSequenceClassification with one label, `dynamo.llm.tiny_classifier --labels
 LABEL_0`, built offline): the scores equal vLLM's own offline `LLM.score` for the same query and documents
 (vLLM pairs them its way; the frontend builds the pairs from the card's format), best first, as NVIDIA
-Dynamo's bare array; `top_n`, `return_documents`, Dynamo's refusals and a document over the context."""
+Dynamo's bare array; `top_n`, `return_documents`, Dynamo's refusals and a document over the context. And a
+BERT cross-encoder (`dynamo.llm.tiny_bert`), whose pairs carry segment ids: equal to vLLM's scores too,
+which the same tokens without their segments are not."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import httpx
 import numpy as np
 import pytest
 
+from dynamo.llm.rerank_pairs import PairFormat, pair_tokens
+from dynamo.llm.tokenizer import Tokenizer
 from tests.fixtures.procs import REPO
 from tests.vllm.conftest import BLOCK_SIZE, MAX_MODEL_LEN, MODEL, reference_result, start_offline, worker_beside_reference
 
@@ -42,6 +46,21 @@ def env(vllm_python, reranker, tmp_path_factory):
 
     with worker_beside_reference(tmp, reranker, vllm_python, ["--classify-worker"], offline) as (cluster, ref):
         yield {"url": cluster.base_url, "reference": reference_result(ref)}
+
+
+@pytest.fixture(scope="module")
+def bert_env(vllm_python, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("vllm-rerank-bert")
+    model = tmp / "tiny-bert"
+    subprocess.run([str(vllm_python), "-m", "dynamo.llm.tiny_bert", "--out", str(model), "--weights"], cwd=REPO,
+                   check=True, capture_output=True, timeout=600)
+
+    def offline(log: Path) -> subprocess.Popen:
+        return start_offline(vllm_python, "offline_score.py", [str(model), QUERY, json.dumps(DOCUMENTS),
+                                                                str(BLOCK_SIZE), str(MAX_MODEL_LEN)], log)
+
+    with worker_beside_reference(tmp, model, vllm_python, ["--classify-worker"], offline) as (cluster, ref):
+        yield {"url": cluster.base_url, "reference": reference_result(ref), "model": model}
 
 
 def post(env, path: str, body: dict) -> httpx.Response:
@@ -93,3 +112,15 @@ def test_a_document_over_the_context_is_a_400_naming_it(env):
     error = resp.json()["error"]
     assert (error["param"], error["code"]) == ("documents[1]", "context_length_exceeded"), error
     assert post(env, "/v1/rerank", {"query": QUERY, "documents": ["short"]}).status_code == 200  # still serving
+
+
+def test_a_bert_cross_encoder_reads_its_segments(bert_env):
+    resp = post(bert_env, "/v1/rerank", {"query": QUERY, "documents": DOCUMENTS})
+    assert resp.status_code == 200, resp.text
+    reference = bert_env["reference"]
+    for r in resp.json():
+        assert np.isclose(r["score"], reference[r["index"]], atol=1e-4), (r, reference)
+    pairs = pair_tokens(Tokenizer.from_dir(bert_env["model"]), QUERY, DOCUMENTS, PairFormat(token_type_ids=True))
+    assert all(p.type_ids for p in pairs)  # the model reads them: the worker said so on its card
+    plain = post(bert_env, "/v1/classify", {"input": [p.ids for p in pairs]}).json()["data"]  # tokens, no segments
+    assert not np.allclose([d["probs"][0] for d in plain], reference, atol=1e-3)
