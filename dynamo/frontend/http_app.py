@@ -1,7 +1,7 @@
 """The OpenAI-compatible HTTP surface as a raw ASGI app (no framework on the
 per-token path). Routes: POST /v1/chat/completions, /v1/completions, /v1/responses[/input_tokens],
-/v1/embeddings, /v1/classify, /v1/pooling, /v1/rerank (and /v1/messages under --enable-anthropic-api); GET /v1/models,
-/v1/models/{id}[/ready], /health, /live, /metrics.
+/v1/embeddings, /v1/classify, /v1/pooling, /v1/rerank, /v2/rerank, /v1/score (and /v1/messages under
+--enable-anthropic-api); GET /v1/models, /v1/models/{id}[/ready], /health, /live, /metrics.
 
 Requests are read, decoded, validated and converted here; the generation itself (fan-out,
 output stage, framing) is `generation.GenerationRun`.

@@ -4,7 +4,8 @@ model classifies): `/v1/classify` (per input: the label of the most probable cla
 probabilities and their count) and `/v1/pooling` (per input: the pooled vector, the model's own task
 unless `task` names another). Each input is one wire request (task "classify" / "embed"), routed
 like any request. A model whose workers serve neither answers 404, as `/v1/embeddings` does.
-`/v1/rerank` (`rerank.py`) is served from the same handler.
+The scoring routes (`rerank.py`: `/v1/rerank`, `/v2/rerank`, `/rerank`, `/v1/score`, `/score`) are served
+from the same handler.
 
 `PoolingRoute` is what the frontend's one pooling handler needs per route (`http_app.pooled`)."""
 
@@ -20,7 +21,7 @@ import msgspec
 from dynamo.frontend.embeddings import EmbeddingRequest, decode_embeddings, embed, embed_all, encode_vector
 from dynamo.frontend.errors import ApiError, bad_request
 from dynamo.frontend.openai import decode_body
-from dynamo.frontend.rerank import decode_rerank, rerank
+from dynamo.frontend.rerank import decode_rerank, decode_rerank_v2, decode_score, rerank, rerank_v2, score
 
 POOLING_TASKS = ("classify", "embed")
 
@@ -102,5 +103,9 @@ class PoolingRoute:
 EMBEDDINGS = PoolingRoute("embeddings", ("embedding",), decode_embeddings, embed)
 CLASSIFY = PoolingRoute("classify", ("classify",), decode_classify, classify)
 POOLING = PoolingRoute("pooling", ("pooling",), decode_classify, pool)
-RERANK = PoolingRoute("rerank", ("rerank", "embedding"), decode_rerank, rerank)  # cross- or bi-encoder
-ROUTES = {"/v1/embeddings": EMBEDDINGS, "/v1/classify": CLASSIFY, "/v1/pooling": POOLING, "/v1/rerank": RERANK}
+SCORERS = ("rerank", "embedding")  # a cross-encoder's scores, or an embedding model's cosines
+RERANK = PoolingRoute("rerank", SCORERS, decode_rerank, rerank)  # Dynamo's (SGLang's) shape
+RERANK_V2 = PoolingRoute("rerank", SCORERS, decode_rerank_v2, rerank_v2)  # vLLM's (Jina's, Cohere's) shape
+SCORE = PoolingRoute("score", SCORERS, decode_score, score)
+ROUTES = {"/v1/embeddings": EMBEDDINGS, "/v1/classify": CLASSIFY, "/v1/pooling": POOLING, "/v1/rerank": RERANK,
+          "/v2/rerank": RERANK_V2, "/rerank": RERANK_V2, "/v1/score": SCORE, "/score": SCORE}

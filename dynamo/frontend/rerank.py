@@ -1,33 +1,50 @@
-"""`/v1/rerank`, as NVIDIA Dynamo 1.6 serves it (SGLang's format): a query and candidate documents in,
-the documents' relevance scores out, best first, as a bare JSON array of `{"score", "index",
-"document"}` (`top_n` keeps the best n; `return_documents: false` leaves the texts out).
-
-Scored two ways, by what the model's workers serve (as vLLM scores):
-- a cross-encoder (a one-label classification model; its card's `rerank` entry says how it reads a
-  pair): each (query, document) pair is one wire request (task "classify"), its score the model's
-  sigmoid output, routed like any request, so one request's documents spread over the workers;
-- an embedding model: the cosine similarity of the query's and each document's embeddings.
-A model whose workers serve neither answers 404, as the other pooling routes do."""
+"""The scoring routes' requests and answers (the scores themselves: `scoring.py`):
+- `/v1/rerank`, as NVIDIA Dynamo 1.6 serves it (SGLang's format): `{"model", "query", "documents",
+  "top_n", "return_documents"}` in, a bare JSON array of `{"score", "index", "document"}` out, best first;
+- `/v2/rerank` and `/rerank`, as vLLM serves them (Jina's and Cohere's format, what RAG toolkits' rerank
+  clients send): `{"model", "query", "documents", "top_n"}` in, `{"id", "model", "usage", "results":
+  [{"index", "document": {"text"}, "relevance_score"}]}` out, best first;
+- `/v1/score` and `/score`, vLLM's: `text_1` and `text_2` (or `data_1`/`data_2`, `queries`/`documents`,
+  `queries`/`items`), one text against many or pairwise, in, `{"data": [{"index", "object": "score",
+  "score"}], "usage"}` out, in the pairs' order.
+Equal scores keep the documents' order. A model whose workers serve no scores answers 404."""
 
 from __future__ import annotations
 
-import asyncio
-import math
+import time
 import uuid
 
 import msgspec
 
-from dynamo.frontend.embeddings import MAX_INPUTS, embed_all
-from dynamo.frontend.errors import bad_prompt, bad_request
+from dynamo.frontend.embeddings import MAX_INPUTS
+from dynamo.frontend.errors import bad_request
 from dynamo.frontend.openai import decode_body
-from dynamo.llm.preprocessor import PreprocessError
-from dynamo.llm.protocol import PreprocessedRequest, StopConditions
-from dynamo.llm.rerank_pairs import PairFormat
+from dynamo.frontend.scoring import Pair, score_pairs
 
-TOKENIZE_OFF_LOOP_CHARS = 64 * 1024  # above this much text, pairs are tokenized in a thread
+
+def _check_texts(query: str, documents: list[str]) -> None:
+    """Dynamo's checks, with its messages, then the size limit the other pooling routes keep."""
+    if not query.strip():
+        raise bad_request("Query cannot be empty or whitespace only", "query")
+    if not documents:
+        raise bad_request("Documents cannot be empty", "documents")
+    if any(not document.strip() for document in documents):
+        raise bad_request("Each document cannot be empty or whitespace only", "documents")
+    if len(documents) > MAX_INPUTS:
+        raise bad_request(f"at most {MAX_INPUTS} documents per request", "documents")
+
+
+def _pairs(query: str, documents: list[str]) -> list[Pair]:
+    return [Pair(query, d, f"documents[{i}]") for i, d in enumerate(documents)]
+
+
+def _best_first(scores: list[float], top_n: int | None) -> list[int]:
+    return sorted(range(len(scores)), key=lambda i: -scores[i])[:top_n or None]
 
 
 class RerankRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Dynamo's `NvCreateRerankRequest`."""
+
     model: str
     query: str
     documents: list[str]
@@ -36,84 +53,113 @@ class RerankRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     nvext: dict | None = None
 
     def validate(self) -> None:
-        """Dynamo's checks, with its messages, then the size limit the other pooling routes keep."""
-        if not self.query.strip():
-            raise bad_request("Query cannot be empty or whitespace only", "query")
-        if not self.documents:
-            raise bad_request("Documents cannot be empty", "documents")
-        if any(not document.strip() for document in self.documents):
-            raise bad_request("Each document cannot be empty or whitespace only", "documents")
+        _check_texts(self.query, self.documents)
         if self.top_n is not None and self.top_n < 1:
             raise bad_request("Parameter 'top_n' must be larger than 0", "top_n")
-        if len(self.documents) > MAX_INPUTS:
-            raise bad_request(f"at most {MAX_INPUTS} documents per request", "documents")
-
-
-_decoder = msgspec.json.Decoder(RerankRequest)
-
-
-def decode_rerank(body: bytes) -> RerankRequest:
-    return decode_body(_decoder, body)
-
-
-def _wire(entry, request_id: str, ids: list[int], task: str, extra: dict | None = None) -> PreprocessedRequest:
-    return PreprocessedRequest(request_id=request_id, model=entry.name, token_ids=ids,
-                               stop_conditions=StopConditions(max_tokens=1), task=task, extra_args=extra)
-
-
-async def _tokenized(req: RerankRequest, tokenize):
-    """`tokenize()` (PreprocessError: a 400), in a thread when the request carries much text."""
-    try:
-        if len(req.query) * len(req.documents) + sum(map(len, req.documents)) > TOKENIZE_OFF_LOOP_CHARS:
-            return await asyncio.to_thread(tokenize)
-        return tokenize()
-    except PreprocessError as exc:
-        raise bad_prompt(exc) from None
-
-
-async def cross_scores(dispatcher, entry, req: RerankRequest, fmt: PairFormat) -> list[float]:
-    """A cross-encoder's score of each (query, document) pair."""
-    prompts = await _tokenized(req, lambda: entry.pipeline.pair_prompts(req.query, req.documents, fmt))
-    rid = "rerank-" + uuid.uuid4().hex
-    requests = [_wire(entry, f"{rid}-{i}", p.ids, "classify", {"token_type_ids": p.type_ids} if p.type_ids else None)
-                for i, p in enumerate(prompts)]
-    return [vector[0] for vector in await embed_all(dispatcher, entry, requests)]
-
-
-def _embedding_prompts(pipeline, req: RerankRequest) -> list[list[int]]:
-    out = []
-    for i, text in enumerate([req.query, *req.documents]):
-        param = "query" if i == 0 else f"documents[{i - 1}]"
-        ids = pipeline.completion_prompt_ids(text, param)
-        pipeline.max_tokens_for(ids, 1, param)
-        out.append(ids)
-    return out
-
-
-async def cosine_scores(dispatcher, entry, req: RerankRequest) -> list[float]:
-    """An embedding model's scores: the cosine similarity of the query's and each document's vectors."""
-    prompts = await _tokenized(req, lambda: _embedding_prompts(entry.pipeline, req))
-    rid = "rerank-" + uuid.uuid4().hex
-    requests = [_wire(entry, f"{rid}-{i}", ids, "embed") for i, ids in enumerate(prompts)]
-    query, *documents = await embed_all(dispatcher, entry, requests)
-    return [cosine(query, d) for d in documents]
-
-
-def cosine(a: list[float], b: list[float]) -> float:
-    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
-    return sum(x * y for x, y in zip(a, b)) / norm if norm else 0.0
 
 
 def ranked(scores: list[float], req: RerankRequest) -> list[dict]:
-    """The results, best first (equal scores in the documents' order), cut to `top_n`."""
-    order = sorted(range(len(scores)), key=lambda i: -scores[i])[:req.top_n]
+    """Dynamo's answer: best first, cut to `top_n`, the texts unless `return_documents` is false."""
     if req.return_documents:
-        return [{"score": scores[i], "index": i, "document": req.documents[i]} for i in order]
-    return [{"score": scores[i], "index": i} for i in order]
+        return [{"score": scores[i], "index": i, "document": req.documents[i]} for i in _best_first(scores, req.top_n)]
+    return [{"score": scores[i], "index": i} for i in _best_first(scores, req.top_n)]
 
 
 async def rerank(dispatcher, entry, req: RerankRequest) -> list[dict]:
-    if "rerank" in entry.card.model_type:  # a cross-encoder; a card that says no more reads pairs by default
-        fmt = PairFormat.from_card(entry.card.runtime_config.runtime_data) or PairFormat()
-        return ranked(await cross_scores(dispatcher, entry, req, fmt), req)
-    return ranked(await cosine_scores(dispatcher, entry, req), req)
+    return ranked((await score_pairs(dispatcher, entry, _pairs(req.query, req.documents))).scores, req)
+
+
+class VllmRerankRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """vLLM's `RerankRequest` (Jina's and Cohere's shape); `top_n` 0: every document."""
+
+    model: str
+    query: str
+    documents: list[str] | str
+    top_n: int = 0
+    max_tokens_per_doc: int = 0
+
+    def validate(self) -> None:
+        if isinstance(self.documents, str):
+            self.documents = [self.documents]
+        _check_texts(self.query, self.documents)
+        if self.top_n < 0:
+            raise bad_request("`top_n` must not be negative", "top_n")
+        if self.max_tokens_per_doc:
+            raise bad_request("`max_tokens_per_doc` is not supported: a document over the context is refused",
+                              "max_tokens_per_doc", "unsupported_parameter")
+
+
+def _usage(tokens: int) -> dict:
+    return {"prompt_tokens": tokens, "total_tokens": tokens}
+
+
+async def rerank_v2(dispatcher, entry, req: VllmRerankRequest) -> dict:
+    scored = await score_pairs(dispatcher, entry, _pairs(req.query, req.documents))
+    results = [{"index": i, "document": {"text": req.documents[i]}, "relevance_score": scored.scores[i]}
+               for i in _best_first(scored.scores, req.top_n)]
+    return {"id": f"rerank-{uuid.uuid4().hex}", "model": entry.name, "usage": _usage(scored.prompt_tokens),
+            "results": results}
+
+
+class ScoreRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """vLLM's score request, in any of its spellings: the first texts against the second, one against
+    each or pairwise."""
+
+    model: str
+    text_1: str | list[str] | None = None
+    text_2: str | list[str] | None = None
+    data_1: str | list[str] | None = None
+    data_2: str | list[str] | None = None
+    queries: str | list[str] | None = None
+    documents: str | list[str] | None = None
+    items: str | list[str] | None = None
+
+    def sides(self) -> tuple[list[str], list[str], str, str]:
+        """The two lists of texts and their field names."""
+        for first, second in (("text_1", "text_2"), ("data_1", "data_2"), ("queries", "documents"),
+                              ("queries", "items")):
+            one, two = getattr(self, first), getattr(self, second)
+            if one is not None and two is not None:
+                return ([one] if isinstance(one, str) else one), ([two] if isinstance(two, str) else two), first, second
+        raise bad_request("give `text_1` and `text_2` (or `data_1`/`data_2`, `queries`/`documents`, `queries`/`items`)",
+                          "text_1", "missing_required_parameter")
+
+    def pairs(self) -> list[Pair]:
+        ones, twos, first, second = self.sides()
+        if not ones or not twos:
+            raise bad_request(f"`{first if not ones else second}` must not be empty", first if not ones else second)
+        if len(ones) not in (1, len(twos)):
+            raise bad_request(f"`{first}` must hold one text or as many as `{second}` ({len(twos)}), not {len(ones)}",
+                              first)
+        if len(twos) > MAX_INPUTS:
+            raise bad_request(f"at most {MAX_INPUTS} texts per request", second)
+        if any(not t.strip() for t in (*ones, *twos)):
+            raise bad_request("texts must not be empty or whitespace only", first)
+        if len(ones) == 1:  # one text against each
+            return [Pair(ones[0], two, f"{second}[{i}]", first) for i, two in enumerate(twos)]
+        return [Pair(one, two, f"{second}[{i}]", f"{first}[{i}]") for i, (one, two) in enumerate(zip(ones, twos))]
+
+    def validate(self) -> None:
+        self.pairs()
+
+
+async def score(dispatcher, entry, req: ScoreRequest) -> dict:
+    scored = await score_pairs(dispatcher, entry, req.pairs())
+    return {"id": f"score-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": entry.name,
+            "data": [{"index": i, "object": "score", "score": s} for i, s in enumerate(scored.scores)],
+            "usage": {**_usage(scored.prompt_tokens), "completion_tokens": 0}}
+
+
+_decoders = {kind: msgspec.json.Decoder(kind) for kind in (RerankRequest, VllmRerankRequest, ScoreRequest)}
+
+
+def decode_rerank(body: bytes) -> RerankRequest:
+    return decode_body(_decoders[RerankRequest], body)
+
+
+def decode_rerank_v2(body: bytes) -> VllmRerankRequest:
+    return decode_body(_decoders[VllmRerankRequest], body)
+
+
+def decode_score(body: bytes) -> ScoreRequest:
+    return decode_body(_decoders[ScoreRequest], body)

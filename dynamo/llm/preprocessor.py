@@ -153,15 +153,15 @@ class ModelPipeline:
         return list(ids)
 
     # -- the budget ------------------------------------------------------------------------
-    def pair_prompts(self, query: str, documents: list[str], fmt: PairFormat) -> list[PairTokens]:
-        """Each (query, document) pair's prompt for a cross-encoder (`rerank_pairs`); PreprocessError
-        naming the document of a pair that cannot fit the context (first by length, before tokenizing)."""
-        for i, document in enumerate(documents):
-            self._check_bound(len(query) + len(document), f"documents[{i}]")
-        prompts = pair_tokens(self.tokenizer, query, documents, fmt)
-        for i, prompt in enumerate(prompts):
+    def pair_prompts(self, pairs: list[tuple[str, str]], fmt: PairFormat, params: list[str]) -> list[PairTokens]:
+        """Each (query, document) pair's prompt for a cross-encoder (`rerank_pairs`); PreprocessError naming
+        the pair's `params[i]` when it cannot fit the context (first by its length, before tokenizing)."""
+        for (query, document), param in zip(pairs, params):
+            self._check_bound(len(query) + len(document), param)
+        prompts = pair_tokens(self.tokenizer, pairs, fmt)
+        for prompt, param in zip(prompts, params):
             if len(prompt.ids) >= self.context_length:
-                raise _too_long(self.context_length, len(prompt.ids), f"documents[{i}]")
+                raise _too_long(self.context_length, len(prompt.ids), param)
         return prompts
 
     def max_tokens_for(self, token_ids: list[int], requested: int | None, param: str) -> int:

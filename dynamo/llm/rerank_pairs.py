@@ -40,16 +40,16 @@ class PairTokens(msgspec.Struct, frozen=True):
     type_ids: list[int] | None  # segment ids (0: query, 1: document), when the format sends them
 
 
-def pair_tokens(tokenizer: Any, query: str, documents: list[str], fmt: PairFormat) -> list[PairTokens]:
-    """The prompt each (query, document) pair is scored on, in the documents' order. `tokenizer` is
-    dynamo.llm.tokenizer's: its backend applies the tokenizer.json's post-processor (a pair's special
-    tokens and segments) and tokenizes the batch in parallel without holding the GIL."""
+def pair_tokens(tokenizer: Any, pairs: list[tuple[str, str]], fmt: PairFormat) -> list[PairTokens]:
+    """The prompt each (query, document) pair is scored on, in order. `tokenizer` is dynamo.llm.tokenizer's:
+    its backend applies the tokenizer.json's post-processor (a pair's special tokens and segments) and
+    tokenizes the batch in parallel without holding the GIL."""
     backend = tokenizer.backend
     if not fmt.separator:
         return [PairTokens(list(e.ids), None)
-                for e in backend.encode_batch([query + d for d in documents], add_special_tokens=True)]
+                for e in backend.encode_batch([q + d for q, d in pairs], add_special_tokens=True)]
     out = []
-    for enc in backend.encode_batch([(query, d) for d in documents], add_special_tokens=True):
+    for enc in backend.encode_batch(list(pairs), add_special_tokens=True):
         types = list(enc.type_ids) if fmt.token_type_ids and any(enc.type_ids) else None
         out.append(PairTokens(list(enc.ids), types))
     return out

@@ -1,6 +1,7 @@
-"""`/v1/rerank`'s request checks (NVIDIA Dynamo's messages, a 400 naming the field), its decoding,
-and the answer's order: best first, equal scores in the documents' order, `top_n`, `return_documents`;
-the bi-encoder's cosine."""
+"""The scoring routes' requests and answers: `/v1/rerank`'s checks (NVIDIA Dynamo's messages, a 400
+naming the field), its decoding and the answer's order (best first, equal scores in the documents'
+order, `top_n`, `return_documents`); vLLM's `/v2/rerank` and `/v1/score` requests (one text against
+each or pairwise, the spellings, their refusals); the bi-encoder's cosine."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import math
 import pytest
 
 from dynamo.frontend.errors import ApiError
-from dynamo.frontend.rerank import RerankRequest, cosine, decode_rerank, ranked
+from dynamo.frontend.rerank import (
+    RerankRequest, decode_rerank, decode_rerank_v2, decode_score, ranked,
+)
+from dynamo.frontend.scoring import Pair, cosine
 
 
 def request(**kw) -> RerankRequest:
@@ -61,3 +65,39 @@ def test_cosine():
     assert math.isclose(cosine([1.0, 0.0], [0.0, 3.0]), 0.0, abs_tol=1e-12)
     assert math.isclose(cosine([1.0, 1.0], [-1.0, -1.0]), -1.0)
     assert cosine([0.0, 0.0], [1.0, 2.0]) == 0.0  # a zero vector is similar to nothing
+
+
+def test_vllm_rerank_shape():
+    req = decode_rerank_v2(b'{"model": "m", "query": "q", "documents": "one"}')
+    req.validate()
+    assert req.documents == ["one"] and req.top_n == 0
+    for body, param in ((b'{"model": "m", "query": "q", "documents": ["a"], "top_n": -1}', "top_n"),
+                        (b'{"model": "m", "query": "q", "documents": ["a"], "max_tokens_per_doc": 5}',
+                         "max_tokens_per_doc"),
+                        (b'{"model": "m", "query": "", "documents": ["a"]}', "query")):
+        with pytest.raises(ApiError) as err:
+            decode_rerank_v2(body).validate()
+        assert (err.value.status, err.value.param) == (400, param)
+
+
+def test_score_one_against_each_and_pairwise():
+    assert decode_score(b'{"model": "m", "text_1": "q", "text_2": ["a", "b"]}').pairs() == [
+        Pair("q", "a", "text_2[0]", "text_1"), Pair("q", "b", "text_2[1]", "text_1")]
+    assert decode_score(b'{"model": "m", "queries": ["q", "r"], "documents": ["a", "b"]}').pairs() == [
+        Pair("q", "a", "documents[0]", "queries[0]"), Pair("r", "b", "documents[1]", "queries[1]")]
+    assert decode_score(b'{"model": "m", "data_1": ["q"], "data_2": "a"}').pairs() == [Pair("q", "a", "data_2[0]",
+                                                                                           "data_1")]
+    assert len(decode_score(b'{"model": "m", "queries": "q", "items": ["a", "b", "c"]}').pairs()) == 3
+
+
+@pytest.mark.parametrize("body, param", [
+    (b'{"model": "m", "text_1": "q"}', "text_1"),
+    (b'{"model": "m", "text_1": ["q", "r"], "text_2": ["a", "b", "c"]}', "text_1"),
+    (b'{"model": "m", "text_1": [], "text_2": ["a"]}', "text_1"),
+    (b'{"model": "m", "text_1": "q", "text_2": []}', "text_2"),
+    (b'{"model": "m", "text_1": "q", "text_2": ["a", " "]}', "text_1"),
+])
+def test_score_refusals(body, param):
+    with pytest.raises(ApiError) as err:
+        decode_score(body).validate()
+    assert (err.value.status, err.value.param) == (400, param)

@@ -26,19 +26,20 @@ def bert_like() -> Tokenizer:
 
 
 def test_pair_template_with_segments(bert_like):
-    (one, two) = pair_tokens(bert_like, "what is a panda ?", ["a bear", "panda"], PairFormat(token_type_ids=True))
+    (one, two) = pair_tokens(bert_like, [("what is a panda ?", "a bear"), ("what is a panda ?", "panda")],
+                              PairFormat(token_type_ids=True))
     assert one.ids == [1, 3, 4, 5, 6, 8, 2, 5, 7, 2] and one.type_ids == [0] * 7 + [1] * 3
     assert two.ids == [1, 3, 4, 5, 6, 8, 2, 6, 2]
     assert first_document_token(one.type_ids) == 7
 
 
 def test_segments_left_out_unless_the_model_reads_them(bert_like):
-    (pair,) = pair_tokens(bert_like, "what is", ["a bear"], PairFormat())
+    (pair,) = pair_tokens(bert_like, [("what is", "a bear")], PairFormat())
     assert pair.ids == [1, 3, 4, 2, 5, 7, 2] and pair.type_ids is None
 
 
 def test_without_a_separator_query_and_document_are_one_text(bert_like):
-    (pair,) = pair_tokens(bert_like, "what is ", ["a bear"], PairFormat(separator=False, token_type_ids=True))
+    (pair,) = pair_tokens(bert_like, [("what is ", "a bear")], PairFormat(separator=False, token_type_ids=True))
     assert pair.ids == [1, 3, 4, 5, 7, 2] and pair.type_ids is None
 
 

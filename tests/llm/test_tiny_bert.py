@@ -29,7 +29,7 @@ def test_a_one_label_bert_with_a_segmented_pair_template(built):
     assert cfg["architectures"] == ["BertForSequenceClassification"] and cfg["num_labels"] == 1
     assert cfg["type_vocab_size"] == 2
     tok = Tokenizer.from_dir(built[0])
-    (pair,) = pair_tokens(tok, "What is a panda", ["a bear"], PairFormat(token_type_ids=True))
+    (pair,) = pair_tokens(tok, [("What is a panda", "a bear")], PairFormat(token_type_ids=True))
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     assert pair.ids[0] == cls and pair.ids.count(sep) == 2 and pair.ids[-1] == sep
     first_sep = pair.ids.index(sep)

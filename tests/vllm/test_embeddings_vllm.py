@@ -70,3 +70,6 @@ def test_rerank_on_an_embedding_model_is_the_cosine_of_the_embeddings(env, clien
     results = resp.json()
     assert [r["index"] for r in results] == sorted(range(3), key=lambda i: -want[i]) and results[0]["index"] == 2
     assert np.allclose([r["score"] for r in results], sorted(want, reverse=True), atol=1e-4)
+    scored = httpx.post(env["cluster"].base_url + "/v1/score", timeout=180,
+                        json={"model": MODEL, "text_1": query, "text_2": documents}).json()
+    assert np.allclose([d["score"] for d in scored["data"]], want, atol=1e-4)

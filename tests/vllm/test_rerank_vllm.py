@@ -87,6 +87,28 @@ def test_top_n_and_without_documents(env):
     assert two.json() == [{"score": r["score"], "index": r["index"]} for r in best[:2]]
 
 
+def test_vllms_rerank_and_score_routes(env):
+    """vLLM's own shapes: /v2/rerank and /rerank (Jina's, Cohere's), /v1/score (one text against each)."""
+    reference = env["reference"]
+    best = sorted(range(len(DOCUMENTS)), key=lambda i: -reference[i])
+    for path in ("/v2/rerank", "/rerank"):
+        resp = post(env, path, {"query": QUERY, "documents": DOCUMENTS, "top_n": 3})
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["id"].startswith("rerank-") and body["model"] == MODEL and body["usage"]["prompt_tokens"] > 0
+        assert [r["index"] for r in body["results"]] == best[:3]
+        for r in body["results"]:
+            assert r["document"] == {"text": DOCUMENTS[r["index"]]}
+            assert np.isclose(r["relevance_score"], reference[r["index"]], atol=1e-4)
+    scored = post(env, "/v1/score", {"text_1": QUERY, "text_2": DOCUMENTS})
+    assert scored.status_code == 200, scored.text
+    data = scored.json()["data"]
+    assert [d["index"] for d in data] == list(range(len(DOCUMENTS))) and {d["object"] for d in data} == {"score"}
+    assert np.allclose([d["score"] for d in data], reference, atol=1e-4)
+    pairwise = post(env, "/score", {"text_1": [QUERY, QUERY], "text_2": DOCUMENTS[:2]}).json()["data"]
+    assert np.allclose([d["score"] for d in pairwise], reference[:2], atol=1e-4)
+
+
 def test_classify_on_the_same_model_gives_the_score(env):
     """The score is the one-label model's sigmoid output: /v1/classify on the pair's text agrees in kind."""
     body = post(env, "/v1/classify", {"input": "a panda"}).json()["data"][0]
@@ -120,7 +142,8 @@ def test_a_bert_cross_encoder_reads_its_segments(bert_env):
     reference = bert_env["reference"]
     for r in resp.json():
         assert np.isclose(r["score"], reference[r["index"]], atol=1e-4), (r, reference)
-    pairs = pair_tokens(Tokenizer.from_dir(bert_env["model"]), QUERY, DOCUMENTS, PairFormat(token_type_ids=True))
+    pairs = pair_tokens(Tokenizer.from_dir(bert_env["model"]), [(QUERY, d) for d in DOCUMENTS],
+                        PairFormat(token_type_ids=True))
     assert all(p.type_ids for p in pairs)  # the model reads them: the worker said so on its card
     plain = post(bert_env, "/v1/classify", {"input": [p.ids for p in pairs]}).json()["data"]  # tokens, no segments
     assert not np.allclose([d["probs"][0] for d in plain], reference, atol=1e-3)

@@ -1,0 +1,96 @@
+"""Relevance scores of (query, document) pairs, for the scoring routes (`rerank.py`: Dynamo's
+`/v1/rerank`, vLLM's `/v2/rerank` and `/v1/score`), computed by what the model's workers serve, as vLLM
+scores:
+- a cross-encoder (a one-label classification model; its card's `rerank` entry says how it reads a
+  pair): each pair is one wire request (task "classify"), its score the model's sigmoid output, routed
+  like any request, so one request's pairs spread over the workers;
+- an embedding model: the cosine similarity of the two texts' embeddings (each distinct text embedded
+  once)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import uuid
+
+import msgspec
+
+from dynamo.frontend.embeddings import embed_all
+from dynamo.frontend.errors import bad_prompt
+from dynamo.llm.preprocessor import PreprocessError
+from dynamo.llm.protocol import PreprocessedRequest, StopConditions
+from dynamo.llm.rerank_pairs import PairFormat
+
+TOKENIZE_OFF_LOOP_CHARS = 64 * 1024  # above this much text, prompts are tokenized in a thread
+
+
+class Pair(msgspec.Struct, frozen=True):
+    query: str
+    document: str
+    param: str  # the request field a refusal of this pair (or its document) names
+    query_param: str = "query"  # ... and of its query, alone (an embedding model reads it alone)
+
+
+class Scored(msgspec.Struct, frozen=True):
+    scores: list[float]  # one per pair, in order
+    prompt_tokens: int  # what the engines read for them (usage)
+
+
+async def score_pairs(dispatcher, entry, pairs: list[Pair]) -> Scored:
+    if "rerank" in entry.card.model_type:  # a cross-encoder; a card that says no more reads pairs by default
+        fmt = PairFormat.from_card(entry.card.runtime_config.runtime_data) or PairFormat()
+        return await _cross_scores(dispatcher, entry, pairs, fmt)
+    return await _cosine_scores(dispatcher, entry, pairs)
+
+
+async def _tokenized(pairs: list[Pair], tokenize):
+    """`tokenize()` (PreprocessError: a 400), in a thread when the pairs carry much text."""
+    try:
+        if sum(len(p.query) + len(p.document) for p in pairs) > TOKENIZE_OFF_LOOP_CHARS:
+            return await asyncio.to_thread(tokenize)
+        return tokenize()
+    except PreprocessError as exc:
+        raise bad_prompt(exc) from None
+
+
+def _wire(entry, request_id: str, ids: list[int], task: str, extra: dict | None = None) -> PreprocessedRequest:
+    return PreprocessedRequest(request_id=request_id, model=entry.name, token_ids=ids,
+                               stop_conditions=StopConditions(max_tokens=1), task=task, extra_args=extra)
+
+
+async def _cross_scores(dispatcher, entry, pairs: list[Pair], fmt: PairFormat) -> Scored:
+    prompts = await _tokenized(pairs, lambda: entry.pipeline.pair_prompts(
+        [(p.query, p.document) for p in pairs], fmt, [p.param for p in pairs]))
+    rid = "score-" + uuid.uuid4().hex
+    requests = [_wire(entry, f"{rid}-{i}", p.ids, "classify", {"token_type_ids": p.type_ids} if p.type_ids else None)
+                for i, p in enumerate(prompts)]
+    vectors = await embed_all(dispatcher, entry, requests)
+    return Scored([v[0] for v in vectors], sum(len(p.ids) for p in prompts))
+
+
+def _text_prompts(pipeline, texts: dict[str, str]) -> dict[str, list[int]]:
+    """Each distinct text's prompt (keyed by text; the value names its field)."""
+    out = {}
+    for text, param in texts.items():
+        ids = pipeline.completion_prompt_ids(text, param)
+        pipeline.max_tokens_for(ids, 1, param)
+        out[text] = ids
+    return out
+
+
+async def _cosine_scores(dispatcher, entry, pairs: list[Pair]) -> Scored:
+    texts: dict[str, str] = {}
+    for p in pairs:
+        texts.setdefault(p.query, p.query_param)
+        texts.setdefault(p.document, p.param)
+    prompts = await _tokenized(pairs, lambda: _text_prompts(entry.pipeline, texts))
+    rid = "score-" + uuid.uuid4().hex
+    requests = [_wire(entry, f"{rid}-{i}", ids, "embed") for i, ids in enumerate(prompts.values())]
+    vectors = dict(zip(prompts, await embed_all(dispatcher, entry, requests)))
+    return Scored([cosine(vectors[p.query], vectors[p.document]) for p in pairs],
+                  sum(len(ids) for ids in prompts.values()))
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return sum(x * y for x, y in zip(a, b)) / norm if norm else 0.0
