@@ -24,7 +24,7 @@ from dynamo.frontend.admin import BusyThresholdAdmin
 from dynamo.frontend.anthropic import PATH as ANTHROPIC_PATH, error_body
 from dynamo.frontend.messages_run import AnthropicApi
 from dynamo.frontend.agent_context import agent_context
-from dynamo.frontend.intake import early_refusal
+from dynamo.frontend.intake import SHAPE_CHECK_BYTES, early_refusal
 from dynamo.frontend.dispatch import Dispatcher
 from dynamo.frontend.pooling_api import ROUTES as POOLING_ROUTES, PoolingRoute
 from dynamo.frontend.errors import OVERLOADED_STATUS, ApiError, bad_request
@@ -236,6 +236,8 @@ class FrontendApp:
         size = len(body)
         try:
             await self._refuse_early(body, kind)
+            if size >= SHAPE_CHECK_BYTES:  # megabytes decoded next: let other streams' tokens out first
+                await asyncio.sleep(0)
             req = decode_request(body, kind)  # type: ignore[arg-type]
             del body
             (validate_chat if kind == "chat" else validate_completion)(req)
@@ -329,6 +331,7 @@ class FrontendApp:
         if images:
             attach_images(entry.pipeline, preqs, ids, images)
             speculate = False  # a next turn's prefill would go without the images
+            await asyncio.sleep(0)  # hashing them was one pass over their data, encoding them is the next
         self._refuse_if_overloaded(entry.name)
         self.refuse_if_draining()
         if annotations.QUERY_INSTANCE_ID in names:

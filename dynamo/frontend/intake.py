@@ -91,7 +91,11 @@ async def early_refusal(body: bytes | bytearray, kind: str,
     try:
         if kind == "chat":
             shape = msgspec.json.decode(body, type=_ChatShape)
-            raw = sum(_content_bytes(m.content) for m in shape.messages if m.role == "user")
+            raw = 0
+            for message in shape.messages:
+                if message.role == "user":
+                    await asyncio.sleep(0)  # each pass over megabytes (an image's data) is its own stall
+                    raw += _content_bytes(message.content)
             param = "messages"
         else:
             shape = msgspec.json.decode(body, type=_CompletionShape)

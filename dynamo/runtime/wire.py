@@ -90,9 +90,13 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Frame)
 
 
-def encode(frame: Any) -> bytes:
-    body = _encoder.encode(frame)
-    return HEADER.pack(len(body)) + body
+def encode(frame: Any) -> bytearray:
+    """`frame` behind its length header, encoded in place after it (a request carrying megabytes of
+    image data is not copied once more to put the header in front)."""
+    buf = bytearray(HEADER.size)
+    _encoder.encode_into(frame, buf, HEADER.size)
+    HEADER.pack_into(buf, 0, len(buf) - HEADER.size)
+    return buf
 
 
 class FrameTooLarge(Exception):
@@ -206,6 +210,6 @@ class FramedProtocol(asyncio.Protocol):
         if self.closed or not self.pending:
             self.pending.clear()
             return
-        data = b"".join(self.pending)
+        data = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)  # one frame: as encoded
         self.pending.clear()
         self.transport.write(data)  # type: ignore[union-attr]

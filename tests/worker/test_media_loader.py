@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import random
 
 import pytest
 from aiohttp import web
 from PIL import Image
 
 from dynamo.llm.media import MediaError, MediaPolicy
-from dynamo.worker.media_loader import MAX_REQUEST_PIXELS, ImageLoader, PublicOnlyResolver
+from dynamo.worker.media_loader import (
+    B64_CHUNK, MAX_REQUEST_PIXELS, ImageLoader, PublicOnlyResolver, decode_data_url,
+)
 
 
 def png(width: int = 7, height: int = 5, color=(200, 30, 10)) -> bytes:
@@ -91,6 +94,16 @@ def bomb() -> bytes:
     out = io.BytesIO()
     Image.new("1", (10000, 5000)).save(out, format="PNG")
     return out.getvalue()
+
+
+def test_data_urls_decode_a_chunk_at_a_time_as_whole():
+    for n in (0, 1, 2, 3, B64_CHUNK // 4 * 3, B64_CHUNK // 4 * 3 + 1, 2 * B64_CHUNK + 5):
+        raw = random.Random(n).randbytes(n)
+        assert decode_data_url(data_url(raw)) == raw, n
+    padded = base64.b64encode(b"x" * (B64_CHUNK // 4 * 3 - 1)).decode()  # "=" ends the first chunk
+    for bad in ("data:image/png;base64,abc", "data:image/png;base64,ab=c", "data:image/png;base64," + padded + "AAAA"):
+        with pytest.raises(MediaError, match="base64 is invalid"):
+            decode_data_url(bad)
 
 
 @pytest.mark.parametrize("url, status, says", [
