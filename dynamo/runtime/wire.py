@@ -90,13 +90,20 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Frame)
 
 
-def encode(frame: Any) -> bytearray:
-    """`frame` behind its length header, encoded in place after it (a request carrying megabytes of
-    image data is not copied once more to put the header in front)."""
-    buf = bytearray(HEADER.size)
-    _encoder.encode_into(frame, buf, HEADER.size)
-    HEADER.pack_into(buf, 0, len(buf) - HEADER.size)
-    return buf
+IN_PLACE_BYTES = 1 << 16
+
+
+def encode(frame: Any) -> bytes | bytearray:
+    """`frame` behind its length header. A request carrying megabytes (image data) is encoded in place
+    behind the header, not copied once more to put it in front; a small frame (every token's) the
+    faster way, by concatenation."""
+    if type(frame) is Request and len(frame.payload) > IN_PLACE_BYTES:
+        buf = bytearray(HEADER.size)
+        _encoder.encode_into(frame, buf, HEADER.size)
+        HEADER.pack_into(buf, 0, len(buf) - HEADER.size)
+        return buf
+    body = _encoder.encode(frame)
+    return HEADER.pack(len(body)) + body
 
 
 class FrameTooLarge(Exception):

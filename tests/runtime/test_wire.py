@@ -92,3 +92,11 @@ async def test_streamed_frames_leave_together_at_the_iterations_end_and_a_reques
     assert transport.writes[1:] == [wire.encode(wire.Data(1, b"c")) + wire.encode(request)]
     await asyncio.sleep(0)
     assert len(transport.writes) == 2  # the scheduled flush finds nothing left
+
+
+def test_a_big_request_is_framed_in_place_and_reads_back():
+    big = wire.Request(3, "generate", bytes(range(256)) * 1024, {"k": "v"})  # over IN_PLACE_BYTES
+    small = wire.Request(4, "generate", b"p")
+    data = wire.encode(big)
+    assert isinstance(data, bytearray) and isinstance(wire.encode(small), bytes)
+    assert wire.FrameReader().feed(bytes(data) + wire.encode(small)) == [big, small]
