@@ -57,14 +57,20 @@ def vllm_python() -> Path:
     return require_vllm_venv()
 
 
-@pytest.fixture(scope="session")
-def vllm_model(vllm_python, tmp_path_factory) -> Path:
-    """Tiny random-weight Llama (fp32-servable), built once per session by the vLLM venv's torch."""
-    out = tmp_path_factory.mktemp("vllm-models") / "tiny-llama"
-    subprocess.run([str(vllm_python), "-m", "dynamo.llm.tiny_model", "--out", str(out), "--weights"], cwd=REPO,
+def build_model(python: Path, tmp_path_factory, builder: str, *args: str) -> Path:
+    """A tiny model with random weights from one of `dynamo.llm`'s offline builders (`builder`: its module
+    name, e.g. "tiny_model"), built by the vLLM venv's torch into a fresh directory."""
+    out = tmp_path_factory.mktemp(f"vllm-{builder}") / builder
+    subprocess.run([str(python), "-m", f"dynamo.llm.{builder}", "--out", str(out), "--weights", *args], cwd=REPO,
                    check=True, capture_output=True, timeout=600)  # torch import alone is minutes on a loaded 2-core box
     assert (out / "model.safetensors").is_file()
     return out
+
+
+@pytest.fixture(scope="session")
+def vllm_model(vllm_python, tmp_path_factory) -> Path:
+    """Tiny random-weight Llama (fp32-servable), built once per session."""
+    return build_model(vllm_python, tmp_path_factory, "tiny_model")
 
 
 SYSTEM_SERVER_LINE = re.compile(rb"system server on \S+:(\d+) ")

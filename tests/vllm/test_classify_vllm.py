@@ -17,8 +17,9 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.fixtures.procs import REPO
-from tests.vllm.conftest import BLOCK_SIZE, MAX_MODEL_LEN, MODEL, reference_result, start_offline, worker_beside_reference
+from tests.vllm.conftest import (
+    BLOCK_SIZE, MAX_MODEL_LEN, MODEL, build_model, reference_result, start_offline, worker_beside_reference,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.timeout(1800)]
 
@@ -28,10 +29,7 @@ LABELS = ("negative", "neutral", "positive")
 
 @pytest.fixture(scope="module")
 def classifier(vllm_python, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("vllm-classifier") / "tiny-classifier"
-    subprocess.run([str(vllm_python), "-m", "dynamo.llm.tiny_classifier", "--out", str(out), "--weights"], cwd=REPO,
-                   check=True, capture_output=True, timeout=600)
-    return out
+    return build_model(vllm_python, tmp_path_factory, "tiny_classifier")
 
 
 @pytest.fixture(scope="module")

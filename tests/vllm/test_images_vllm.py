@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import subprocess
 
 import openai
 import pytest
@@ -17,7 +16,7 @@ from PIL import Image
 
 from dynamo.llm.tiny_vlm import IMAGE_TOKENS
 from tests.fixtures.procs import REPO
-from tests.vllm.conftest import MODEL, VllmCluster, wait_healthy
+from tests.vllm.conftest import MODEL, VllmCluster, build_model, wait_healthy
 from tests.vllm.vision_shim import write_vision_shim
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.timeout(1500)]
@@ -38,10 +37,7 @@ NOISE = data_url(Image.frombytes("RGB", (32, 32), bytes((i * 97 + 13) % 256 for 
 
 @pytest.fixture(scope="module")
 def vlm_model(vllm_python, tmp_path_factory):
-    out = tmp_path_factory.mktemp("vllm-vlm") / "tiny-vlm"
-    subprocess.run([str(vllm_python), "-m", "dynamo.llm.tiny_vlm", "--out", str(out), "--weights"], cwd=REPO,
-                   check=True, capture_output=True, timeout=600)
-    return out
+    return build_model(vllm_python, tmp_path_factory, "tiny_vlm")
 
 
 @pytest.fixture(scope="module")

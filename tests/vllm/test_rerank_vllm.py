@@ -18,8 +18,9 @@ import pytest
 
 from dynamo.llm.rerank_pairs import PairFormat, pair_tokens
 from dynamo.llm.tokenizer import Tokenizer
-from tests.fixtures.procs import REPO
-from tests.vllm.conftest import BLOCK_SIZE, MAX_MODEL_LEN, MODEL, reference_result, start_offline, worker_beside_reference
+from tests.vllm.conftest import (
+    BLOCK_SIZE, MAX_MODEL_LEN, MODEL, build_model, reference_result, start_offline, worker_beside_reference,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.timeout(1800)]
 
@@ -30,10 +31,7 @@ DOCUMENTS = ["hi", "The giant panda is a bear species endemic to China.", "panda
 
 @pytest.fixture(scope="module")
 def reranker(vllm_python, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("vllm-reranker") / "tiny-reranker"
-    subprocess.run([str(vllm_python), "-m", "dynamo.llm.tiny_classifier", "--out", str(out), "--weights",
-                    "--labels", "LABEL_0"], cwd=REPO, check=True, capture_output=True, timeout=600)
-    return out
+    return build_model(vllm_python, tmp_path_factory, "tiny_classifier", "--labels", "LABEL_0")
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +49,7 @@ def env(vllm_python, reranker, tmp_path_factory):
 @pytest.fixture(scope="module")
 def bert_env(vllm_python, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("vllm-rerank-bert")
-    model = tmp / "tiny-bert"
-    subprocess.run([str(vllm_python), "-m", "dynamo.llm.tiny_bert", "--out", str(model), "--weights"], cwd=REPO,
-                   check=True, capture_output=True, timeout=600)
+    model = build_model(vllm_python, tmp_path_factory, "tiny_bert")
 
     def offline(log: Path) -> subprocess.Popen:
         return start_offline(vllm_python, "offline_score.py", [str(model), QUERY, json.dumps(DOCUMENTS),
