@@ -1,7 +1,7 @@
 """The OpenAI-compatible HTTP surface as a raw ASGI app (no framework on the
 per-token path). Routes: POST /v1/chat/completions, /v1/completions, /v1/responses[/input_tokens],
 /v1/embeddings, /v1/classify, /v1/pooling, /v1/rerank, /v2/rerank, /v1/score (and /v1/messages under
---enable-anthropic-api); GET /v1/models, /v1/models/{id}[/ready], /health, /live, /metrics.
+--enable-anthropic-api); GET /v1/models, /v1/models/{id}[/ready], /health, /live, /metrics, /openapi.json.
 
 Requests are read, decoded, validated and converted here; the generation itself (fan-out,
 output stage, framing) is `generation.GenerationRun`.
@@ -21,6 +21,7 @@ from prometheus_client import generate_latest
 from dynamo.frontend import annotations, errors, speculative_prefill
 from dynamo.frontend.model_routes import ModelRoutes, health_report
 from dynamo.frontend.admin import BusyThresholdAdmin
+from dynamo.frontend.openapi import OpenApi
 from dynamo.frontend.anthropic import PATH as ANTHROPIC_PATH, error_body
 from dynamo.frontend.messages_run import AnthropicApi
 from dynamo.frontend.agent_context import agent_context
@@ -113,6 +114,7 @@ class FrontendApp:
             self.routes.update(BusyThresholdAdmin(dispatcher.policy, models, self.request_body).routes())
         if anthropic is not None:  # --enable-anthropic-api
             self.routes.update(anthropic.routes(self))
+        self.routes.update(OpenApi(self.routes, self.prefix_routes).route())
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":

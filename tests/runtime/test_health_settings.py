@@ -82,5 +82,9 @@ def test_moved_paths_on_a_real_worker_and_frontend(tiny_model, tmp_path):
         moved = httpx.post(c.base_url + "/api/rerank", json=rerank, timeout=60)
         assert moved.status_code == 404 and moved.json()["error"]["code"] == "model_not_found", moved.text
         assert httpx.post(c.base_url + "/v1/rerank", json=rerank, timeout=60).json()["error"]["code"] != "model_not_found"
+        doc = httpx.get(c.base_url + "/openapi.json", timeout=60).json()  # lists what is served, where
+        assert "/api/chat" in doc["paths"] and "/v1/chat/completions" not in doc["paths"]
+        assert "/v1/messages" not in doc["paths"] and "/busy_threshold" in doc["paths"]  # as enabled
+        assert all(op["summary"] != path for path, ops in doc["paths"].items() for op in ops.values()), doc["paths"]
     finally:
         c.stop()
