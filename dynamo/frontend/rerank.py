@@ -7,6 +7,7 @@
 - `/v1/score` and `/score`, vLLM's: `text_1` and `text_2` (or `data_1`/`data_2`, `queries`/`documents`,
   `queries`/`items`), one text against many or pairwise, in, `{"data": [{"index", "object": "score",
   "score"}], "usage"}` out, in the pairs' order.
+vLLM's routes take its `max_tokens_per_query` / `max_tokens_per_doc` (each text cut to so many tokens first).
 Equal scores keep the documents' order. A model whose workers serve no scores answers 404."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import msgspec
 from dynamo.frontend.embeddings import MAX_INPUTS
 from dynamo.frontend.errors import bad_request
 from dynamo.frontend.openai import decode_body
-from dynamo.frontend.scoring import Pair, score_pairs
+from dynamo.frontend.scoring import Limits, Pair, score_pairs
 
 
 def _check_texts(query: str, documents: list[str]) -> None:
@@ -76,6 +77,7 @@ class VllmRerankRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     query: str
     documents: list[str] | str
     top_n: int = 0
+    max_tokens_per_query: int = 0  # each text cut to so many tokens first (0: not cut)
     max_tokens_per_doc: int = 0
 
     def validate(self) -> None:
@@ -84,9 +86,9 @@ class VllmRerankRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
         _check_texts(self.query, self.documents)
         if self.top_n < 0:
             raise bad_request("`top_n` must not be negative", "top_n")
-        if self.max_tokens_per_doc:
-            raise bad_request("`max_tokens_per_doc` is not supported: a document over the context is refused",
-                              "max_tokens_per_doc", "unsupported_parameter")
+
+    def limits(self) -> Limits:
+        return Limits(self.max_tokens_per_query, self.max_tokens_per_doc)
 
 
 def _usage(tokens: int) -> dict:
@@ -94,7 +96,7 @@ def _usage(tokens: int) -> dict:
 
 
 async def rerank_v2(dispatcher, entry, req: VllmRerankRequest) -> dict:
-    scored = await score_pairs(dispatcher, entry, _pairs(req.query, req.documents))
+    scored = await score_pairs(dispatcher, entry, _pairs(req.query, req.documents), req.limits())
     results = [{"index": i, "document": {"text": req.documents[i]}, "relevance_score": scored.scores[i]}
                for i in _best_first(scored.scores, req.top_n)]
     return {"id": f"rerank-{uuid.uuid4().hex}", "model": entry.name, "usage": _usage(scored.prompt_tokens),
@@ -113,6 +115,11 @@ class ScoreRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     queries: str | list[str] | None = None
     documents: str | list[str] | None = None
     items: str | list[str] | None = None
+    max_tokens_per_query: int = 0  # each first text cut to so many tokens first (0: not cut)
+    max_tokens_per_doc: int = 0  # ... each second text
+
+    def limits(self) -> Limits:
+        return Limits(self.max_tokens_per_query, self.max_tokens_per_doc)
 
     def sides(self) -> tuple[list[str], list[str], str, str]:
         """The two lists of texts and their field names."""
@@ -144,7 +151,7 @@ class ScoreRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 async def score(dispatcher, entry, req: ScoreRequest) -> dict:
-    scored = await score_pairs(dispatcher, entry, req.pairs())
+    scored = await score_pairs(dispatcher, entry, req.pairs(), req.limits())
     return {"id": f"score-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": entry.name,
             "data": [{"index": i, "object": "score", "score": s} for i, s in enumerate(scored.scores)],
             "usage": {**_usage(scored.prompt_tokens), "completion_tokens": 0}}

@@ -16,10 +16,10 @@ import uuid
 import msgspec
 
 from dynamo.frontend.embeddings import embed_all
-from dynamo.frontend.errors import bad_prompt
+from dynamo.frontend.errors import bad_prompt, bad_request
 from dynamo.llm.preprocessor import PreprocessError
 from dynamo.llm.protocol import PreprocessedRequest, StopConditions
-from dynamo.llm.rerank_pairs import PairFormat
+from dynamo.llm.rerank_pairs import PairFormat, truncate_to_tokens
 
 TOKENIZE_OFF_LOOP_CHARS = 64 * 1024  # above this much text, prompts are tokenized in a thread
 
@@ -31,16 +31,47 @@ class Pair(msgspec.Struct, frozen=True):
     query_param: str = "query"  # ... and of its query, alone (an embedding model reads it alone)
 
 
+class Limits(msgspec.Struct, frozen=True):
+    """vLLM's `max_tokens_per_query` / `max_tokens_per_doc`: each text cut to so many tokens first (0: not)."""
+
+    query: int = 0
+    document: int = 0
+
+    def check(self, context_length: int) -> None:
+        for value, name in ((self.query, "max_tokens_per_query"), (self.document, "max_tokens_per_doc")):
+            if value < 0 or value >= context_length:
+                raise bad_request(f"`{name}` ({value}) must be at least 0 and less than the model's context length "
+                                  f"({context_length})", name)
+
+    def apply(self, tokenizer, pairs: list[Pair]) -> list[Pair]:
+        if not (self.query or self.document):
+            return pairs
+        cut: dict[tuple[str, int], str] = {}
+
+        def cut_to(text: str, limit: int) -> str:
+            if not limit:
+                return text
+            if (text, limit) not in cut:
+                cut[(text, limit)] = truncate_to_tokens(tokenizer, text, limit)
+            return cut[(text, limit)]
+        return [Pair(cut_to(p.query, self.query), cut_to(p.document, self.document), p.param, p.query_param)
+                for p in pairs]
+
+
+NO_LIMITS = Limits()
+
+
 class Scored(msgspec.Struct, frozen=True):
     scores: list[float]  # one per pair, in order
     prompt_tokens: int  # what the engines read for them (usage)
 
 
-async def score_pairs(dispatcher, entry, pairs: list[Pair]) -> Scored:
+async def score_pairs(dispatcher, entry, pairs: list[Pair], limits: Limits = NO_LIMITS) -> Scored:
+    limits.check(entry.pipeline.context_length)
     if "rerank" in entry.card.model_type:  # a cross-encoder; a card that says no more reads pairs by default
         fmt = PairFormat.from_card(entry.card.runtime_config.runtime_data) or PairFormat()
-        return await _cross_scores(dispatcher, entry, pairs, fmt)
-    return await _cosine_scores(dispatcher, entry, pairs)
+        return await _cross_scores(dispatcher, entry, pairs, fmt, limits)
+    return await _cosine_scores(dispatcher, entry, pairs, limits)
 
 
 async def _tokenized(pairs: list[Pair], tokenize):
@@ -58,9 +89,13 @@ def _wire(entry, request_id: str, ids: list[int], task: str, extra: dict | None 
                                stop_conditions=StopConditions(max_tokens=1), task=task, extra_args=extra)
 
 
-async def _cross_scores(dispatcher, entry, pairs: list[Pair], fmt: PairFormat) -> Scored:
-    prompts = await _tokenized(pairs, lambda: entry.pipeline.pair_prompts(
-        [(p.query, p.document) for p in pairs], fmt, [p.param for p in pairs]))
+def _pair_prompts(pipeline, pairs: list[Pair], fmt: PairFormat, limits: Limits):
+    pairs = limits.apply(pipeline.tokenizer, pairs)
+    return pipeline.pair_prompts([(p.query, p.document) for p in pairs], fmt, [p.param for p in pairs])
+
+
+async def _cross_scores(dispatcher, entry, pairs: list[Pair], fmt: PairFormat, limits: Limits) -> Scored:
+    prompts = await _tokenized(pairs, lambda: _pair_prompts(entry.pipeline, pairs, fmt, limits))
     rid = "score-" + uuid.uuid4().hex
     requests = [_wire(entry, f"{rid}-{i}", p.ids, "classify", {"token_type_ids": p.type_ids} if p.type_ids else None)
                 for i, p in enumerate(prompts)]
@@ -68,22 +103,19 @@ async def _cross_scores(dispatcher, entry, pairs: list[Pair], fmt: PairFormat) -
     return Scored([v[0] for v in vectors], sum(len(p.ids) for p in prompts))
 
 
-def _text_prompts(pipeline, texts: dict[str, str]) -> dict[str, list[int]]:
-    """Each distinct text's prompt (keyed by text; the value names its field)."""
-    out = {}
-    for text, param in texts.items():
-        ids = pipeline.completion_prompt_ids(text, param)
-        pipeline.max_tokens_for(ids, 1, param)
-        out[text] = ids
-    return out
+def _text_prompts(pipeline, pairs: list[Pair], limits: Limits) -> tuple[list[Pair], dict[str, list[int]]]:
+    """The pairs (cut to the limits) and each distinct text's prompt, keyed by the text."""
+    pairs = limits.apply(pipeline.tokenizer, pairs)
+    out: dict[str, list[int]] = {}
+    for text, param in [(t, param) for p in pairs for t, param in ((p.query, p.query_param), (p.document, p.param))]:
+        if text not in out:
+            out[text] = pipeline.completion_prompt_ids(text, param)
+            pipeline.max_tokens_for(out[text], 1, param)
+    return pairs, out
 
 
-async def _cosine_scores(dispatcher, entry, pairs: list[Pair]) -> Scored:
-    texts: dict[str, str] = {}
-    for p in pairs:
-        texts.setdefault(p.query, p.query_param)
-        texts.setdefault(p.document, p.param)
-    prompts = await _tokenized(pairs, lambda: _text_prompts(entry.pipeline, texts))
+async def _cosine_scores(dispatcher, entry, pairs: list[Pair], limits: Limits) -> Scored:
+    pairs, prompts = await _tokenized(pairs, lambda: _text_prompts(entry.pipeline, pairs, limits))
     rid = "score-" + uuid.uuid4().hex
     requests = [_wire(entry, f"{rid}-{i}", ids, "embed") for i, ids in enumerate(prompts.values())]
     vectors = dict(zip(prompts, await embed_all(dispatcher, entry, requests)))

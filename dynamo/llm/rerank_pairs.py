@@ -65,3 +65,18 @@ def first_document_token(type_ids: list[int]) -> int:
         if kind == 1 and start > i:
             start = i
     return start
+
+
+def truncate_to_tokens(tokenizer: Any, text: str, limit: int) -> str:
+    """`text` cut to at most `limit` tokens (no special tokens counted) at a token boundary of the text
+    itself, as vLLM's scoring cuts a query or document (`max_tokens_per_query` / `max_tokens_per_doc`):
+    cut where token `limit` begins, then tokenize the rest again until it fits (a cut can change how
+    the end of the text merges)."""
+    backend = tokenizer.backend
+    while text:
+        enc = backend.encode(text, add_special_tokens=False)
+        if len(enc.ids) <= limit:
+            break
+        end = min(enc.offsets[limit - 1][1], enc.offsets[limit][0]) if limit > 0 else 0
+        text = text[:min(end, len(text) - 1)]
+    return text

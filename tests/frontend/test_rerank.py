@@ -8,12 +8,16 @@ from __future__ import annotations
 import math
 
 import pytest
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Whitespace
 
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.rerank import (
     RerankRequest, decode_rerank, decode_rerank_v2, decode_score, ranked,
 )
-from dynamo.frontend.scoring import Pair, cosine
+from dynamo.frontend.scoring import Limits, Pair, cosine
+from dynamo.llm.tokenizer import Tokenizer
 
 
 def request(**kw) -> RerankRequest:
@@ -72,8 +76,6 @@ def test_vllm_rerank_shape():
     req.validate()
     assert req.documents == ["one"] and req.top_n == 0
     for body, param in ((b'{"model": "m", "query": "q", "documents": ["a"], "top_n": -1}', "top_n"),
-                        (b'{"model": "m", "query": "q", "documents": ["a"], "max_tokens_per_doc": 5}',
-                         "max_tokens_per_doc"),
                         (b'{"model": "m", "query": "", "documents": ["a"]}', "query")):
         with pytest.raises(ApiError) as err:
             decode_rerank_v2(body).validate()
@@ -101,3 +103,18 @@ def test_score_refusals(body, param):
     with pytest.raises(ApiError) as err:
         decode_score(body).validate()
     assert (err.value.status, err.value.param) == (400, param)
+
+
+def test_token_limits_are_checked_against_the_context_and_cut_each_side():
+    Limits(0, 0).check(2048)
+    Limits(2047, 1).check(2048)
+    for limits, param in ((Limits(-1, 0), "max_tokens_per_query"), (Limits(0, 2048), "max_tokens_per_doc")):
+        with pytest.raises(ApiError) as err:
+            limits.check(2048)
+        assert (err.value.status, err.value.param) == (400, param)
+    pairs = [Pair("q q q", "d d d d", "documents[0]")]
+    assert Limits().apply(None, pairs) is pairs  # no limits: nothing tokenized
+
+    words = HFTokenizer(WordLevel({"[UNK]": 0, "q": 1, "d": 2}, unk_token="[UNK]"))
+    words.pre_tokenizer = Whitespace()
+    assert Limits(1, 2).apply(Tokenizer(words), pairs) == [Pair("q", "d d", "documents[0]")]

@@ -10,7 +10,7 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 from tokenizers.processors import TemplateProcessing
 
-from dynamo.llm.rerank_pairs import RERANK_KEY, PairFormat, first_document_token, pair_tokens
+from dynamo.llm.rerank_pairs import RERANK_KEY, PairFormat, first_document_token, pair_tokens, truncate_to_tokens
 from dynamo.llm.tokenizer import Tokenizer
 
 VOCAB = {"[UNK]": 0, "[CLS]": 1, "[SEP]": 2, "what": 3, "is": 4, "a": 5, "panda": 6, "bear": 7, "?": 8}
@@ -60,3 +60,9 @@ def test_segments_compress_to_where_the_document_starts(ids, start):
 def test_segments_of_another_shape_are_refused(ids):
     with pytest.raises(ValueError, match="zeros followed by ones"):
         first_document_token(ids)
+
+
+@pytest.mark.parametrize("limit, cut", [(0, ""), (1, "what"), (3, "what is a"), (9, "what is a panda ?"),
+                                        (100, "what is a panda ?")])
+def test_a_text_is_cut_at_a_token_boundary(bert_like, limit, cut):
+    assert truncate_to_tokens(bert_like, "what is a panda ?", limit) == cut

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from dynamo.llm.rerank_pairs import PairFormat, pair_tokens
+from dynamo.llm.rerank_pairs import PairFormat, pair_tokens, truncate_to_tokens
 from dynamo.llm.tokenizer import Tokenizer
 from tests.vllm.conftest import (
     BLOCK_SIZE, MAX_MODEL_LEN, MODEL, build_model, reference_result, start_offline, worker_beside_reference,
@@ -47,9 +47,13 @@ def env(vllm_python, reranker, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def bert_env(vllm_python, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("vllm-rerank-bert")
-    model = build_model(vllm_python, tmp_path_factory, "tiny_bert")
+def bert_model(vllm_python, tmp_path_factory) -> Path:
+    return build_model(vllm_python, tmp_path_factory, "tiny_bert")
+
+
+@pytest.fixture(scope="module")
+def bert_env(vllm_python, bert_model, tmp_path_factory):
+    tmp, model = tmp_path_factory.mktemp("vllm-rerank-bert"), bert_model
 
     def offline(log: Path) -> subprocess.Popen:
         return start_offline(vllm_python, "offline_score.py", [str(model), QUERY, json.dumps(DOCUMENTS),
@@ -143,3 +147,29 @@ def test_a_bert_cross_encoder_reads_its_segments(bert_env):
     assert all(p.type_ids for p in pairs)  # the model reads them: the worker said so on its card
     plain = post(bert_env, "/v1/classify", {"input": [p.ids for p in pairs]}).json()["data"]  # tokens, no segments
     assert not np.allclose([d["probs"][0] for d in plain], reference, atol=1e-3)
+
+
+CUT_TEXTS = ["The giant panda is a bear species endemic to China.", "naïve café, déjà vu — ünïcödé!", "a  b\n\nc"]
+CUT_LIMITS = [1, 2, 5, 9, 100]
+
+
+@pytest.mark.parametrize("model", ["reranker", "bert"])
+def test_texts_are_cut_to_a_token_limit_as_vllm_cuts_them(model, reranker, bert_model, vllm_python):
+    model_dir = reranker if model == "reranker" else bert_model
+    out = subprocess.run([str(vllm_python), str(Path(__file__).with_name("offline_truncate.py")), str(model_dir),
+                          json.dumps(CUT_TEXTS), json.dumps(CUT_LIMITS)], capture_output=True, timeout=600, check=True)
+    theirs = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    tokenizer = Tokenizer.from_dir(model_dir)
+    assert [[truncate_to_tokens(tokenizer, t, n) for n in CUT_LIMITS] for t in CUT_TEXTS] == theirs
+
+
+def test_vllms_token_limits_cut_the_documents_first(env, reranker):
+    tokenizer = Tokenizer.from_dir(reranker)
+    cut = [truncate_to_tokens(tokenizer, d, 4) for d in DOCUMENTS]
+    assert cut != DOCUMENTS
+    want = {r["index"]: r["score"] for r in post(env, "/v1/rerank", {"query": QUERY, "documents": cut}).json()}
+    got = post(env, "/v2/rerank", {"query": QUERY, "documents": DOCUMENTS, "max_tokens_per_doc": 4}).json()["results"]
+    assert {r["index"]: r["relevance_score"] for r in got} == pytest.approx(want, abs=1e-5)
+    assert [r["document"]["text"] for r in got] == [DOCUMENTS[r["index"]] for r in got]  # the documents as sent
+    too_many = post(env, "/v1/score", {"text_1": QUERY, "text_2": DOCUMENTS, "max_tokens_per_query": MAX_MODEL_LEN})
+    assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "max_tokens_per_query"
