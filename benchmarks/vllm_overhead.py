@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Sequence
 
 import httpx
 
@@ -139,21 +140,44 @@ def run_stack(name: str, procs: list[subprocess.Popen], url: str, args: argparse
         stop(procs)
 
 
-def bare_vllm(args, tmp: Path) -> tuple[list[subprocess.Popen], str]:
+def bare_vllm(args, tmp: Path, route: str = "/v1/completions", engine_args: Sequence[str] = ENGINE_ARGS,
+              server_args: Sequence[str] = ()) -> tuple[list[subprocess.Popen], str]:
+    """vLLM's own OpenAI server (`server_args`: its flags beside the engine's) and the URL of `route`."""
     port = free_port()
     cmd = [args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(args.model), "--host",
-           "127.0.0.1", "--port", str(port), *ENGINE_ARGS]
-    return [start(cmd, ENGINE_ENV, tmp / "vllm_server.log")], f"http://127.0.0.1:{port}/v1/completions"
+           "127.0.0.1", "--port", str(port), *server_args, *engine_args]
+    return [start(cmd, ENGINE_ENV, tmp / "vllm_server.log")], f"http://127.0.0.1:{port}{route}"
 
 
-def dynamo_stack(args, tmp: Path) -> tuple[list[subprocess.Popen], str]:
+def dynamo_stack(args, tmp: Path, route: str = "/v1/completions", engine_args: Sequence[str] = ENGINE_ARGS,
+                 worker_args: Sequence[str] = ()) -> tuple[list[subprocess.Popen], str]:
+    """Frontend + one `dynamo.vllm` worker (`worker_args`: its own flags) and the URL of `route`."""
     port = free_port()
     env = {**ENGINE_ENV, "DYN_DISCOVERY_BACKEND": "file", "DYN_FILE_KV": str(tmp / "kv"), "DYN_LOG": "warn"}
-    worker = start([args.vllm_python, "-m", "dynamo.vllm", "--model", str(args.model), *ENGINE_ARGS], env,
-                   tmp / "dynamo_vllm.log")
+    worker = start([args.vllm_python, "-m", "dynamo.vllm", "--model", str(args.model), *worker_args, *engine_args],
+                   env, tmp / "dynamo_vllm.log")
     frontend = start([sys.executable, "-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(port)],
                      env, tmp / "frontend.log")
-    return [worker, frontend], f"http://127.0.0.1:{port}/v1/completions"
+    return [worker, frontend], f"http://127.0.0.1:{port}{route}"
+
+
+def side_by_side(args, builder: str, bare: Callable, ours: Callable, run: Callable) -> tuple[list[dict], list[dict]]:
+    """Each round's results of vLLM's own server (`bare(args, tmp)`: its processes and URL) and ours
+    (`ours`), one after the other, `--rounds` times, measured by `run(name, procs, url, args)`; the model
+    is `--model`, else built by `dynamo.llm.<builder>` into a temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="vllm-side-by-side-") as tmp_name:
+        tmp = Path(tmp_name)
+        if args.model is None:
+            args.model = tmp / builder
+            subprocess.run([args.vllm_python, "-m", f"dynamo.llm.{builder}", "--out", str(args.model), "--weights"],
+                           cwd=REPO, check=True, capture_output=True)
+        bare_rounds, our_rounds = [], []
+        for round_no in range(args.rounds):
+            print(f"round {round_no + 1}: vLLM's own OpenAI server ...", file=sys.stderr)
+            bare_rounds.append(run("vllm", *bare(args, tmp), args))
+            print(f"round {round_no + 1}: frontend + dynamo.vllm ...", file=sys.stderr)
+            our_rounds.append(run("dynamo", *ours(args, tmp), args))
+    return bare_rounds, our_rounds
 
 
 def main() -> int:
@@ -168,18 +192,7 @@ def main() -> int:
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--max-tokens", type=int, default=64)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="vllm-overhead-") as tmp_name:
-        tmp = Path(tmp_name)
-        if args.model is None:
-            args.model = tmp / "tiny-llama"
-            subprocess.run([args.vllm_python, "-m", "dynamo.llm.tiny_model", "--out", str(args.model), "--weights"],
-                           cwd=REPO, check=True, capture_output=True)
-        bare_rounds, our_rounds = [], []
-        for round_no in range(args.rounds):
-            print(f"round {round_no + 1}: bare vLLM OpenAI server ...", file=sys.stderr)
-            bare_rounds.append(run_stack("vllm", *bare_vllm(args, tmp), args))
-            print(f"round {round_no + 1}: frontend + dynamo.vllm ...", file=sys.stderr)
-            our_rounds.append(run_stack("dynamo", *dynamo_stack(args, tmp), args))
+    bare_rounds, our_rounds = side_by_side(args, "tiny_model", bare_vllm, dynamo_stack, run_stack)
     bare = {c: median_round([r[c] for r in bare_rounds]) for c in args.concurrency}
     ours = {c: median_round([r[c] for r in our_rounds]) for c in args.concurrency}
     print(f"\n{'conc':>4} {'stack':<22} {'TTFT mean':>10} {'p50':>8} {'p90':>8} {'out tok/s':>10}")
