@@ -59,13 +59,26 @@ class EmbeddingRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
         out = []
         for i, item in enumerate(self.inputs()):
             try:
-                ids = pipeline.completion_prompt_ids(item, "input")
-                pipeline.max_tokens_for(ids, 1, "input")
+                ids = pooling_prompt(pipeline, item, "input")
             except PreprocessError as exc:
                 raise bad_prompt(exc, "input") from None
-            out.append(PreprocessedRequest(request_id=f"{request_id}-{i}", model=pipeline.name, token_ids=ids,
-                                           stop_conditions=StopConditions(max_tokens=1), task="embed"))
+            out.append(pooling_request(pipeline.name, f"{request_id}-{i}", ids, "embed"))
         return out
+
+
+def pooling_prompt(pipeline, item: str | list[int], param: str) -> list[int]:
+    """One pooling input's token ids (text or ids), PreprocessError naming `param` when they do not fit the
+    context with the one position the engine's pooling step takes."""
+    ids = pipeline.completion_prompt_ids(item, param)
+    pipeline.max_tokens_for(ids, 1, param)
+    return ids
+
+
+def pooling_request(model: str, request_id: str, ids: list[int], task: str,
+                    extra: dict | None = None) -> PreprocessedRequest:
+    """The wire request of one pooling input (task "embed" or "classify"); its answer is one vector."""
+    return PreprocessedRequest(request_id=request_id, model=model, token_ids=ids,
+                               stop_conditions=StopConditions(max_tokens=1), task=task, extra_args=extra)
 
 
 decoder = msgspec.json.Decoder(EmbeddingRequest)

@@ -15,10 +15,9 @@ import uuid
 
 import msgspec
 
-from dynamo.frontend.embeddings import embed_all
+from dynamo.frontend.embeddings import embed_all, pooling_prompt, pooling_request
 from dynamo.frontend.errors import bad_prompt, bad_request
 from dynamo.llm.preprocessor import PreprocessError
-from dynamo.llm.protocol import PreprocessedRequest, StopConditions
 from dynamo.llm.rerank_pairs import PairFormat, truncate_to_tokens
 
 TOKENIZE_OFF_LOOP_CHARS = 64 * 1024  # above this much text, prompts are tokenized in a thread
@@ -84,11 +83,6 @@ async def _tokenized(pairs: list[Pair], tokenize):
         raise bad_prompt(exc) from None
 
 
-def _wire(entry, request_id: str, ids: list[int], task: str, extra: dict | None = None) -> PreprocessedRequest:
-    return PreprocessedRequest(request_id=request_id, model=entry.name, token_ids=ids,
-                               stop_conditions=StopConditions(max_tokens=1), task=task, extra_args=extra)
-
-
 def _pair_prompts(pipeline, pairs: list[Pair], fmt: PairFormat, limits: Limits):
     pairs = limits.apply(pipeline.tokenizer, pairs)
     return pipeline.pair_prompts([(p.query, p.document) for p in pairs], fmt, [p.param for p in pairs])
@@ -97,7 +91,8 @@ def _pair_prompts(pipeline, pairs: list[Pair], fmt: PairFormat, limits: Limits):
 async def _cross_scores(dispatcher, entry, pairs: list[Pair], fmt: PairFormat, limits: Limits) -> Scored:
     prompts = await _tokenized(pairs, lambda: _pair_prompts(entry.pipeline, pairs, fmt, limits))
     rid = "score-" + uuid.uuid4().hex
-    requests = [_wire(entry, f"{rid}-{i}", p.ids, "classify", {"token_type_ids": p.type_ids} if p.type_ids else None)
+    requests = [pooling_request(entry.name, f"{rid}-{i}", p.ids, "classify",
+                                {"token_type_ids": p.type_ids} if p.type_ids else None)
                 for i, p in enumerate(prompts)]
     vectors = await embed_all(dispatcher, entry, requests)
     return Scored([v[0] for v in vectors], sum(len(p.ids) for p in prompts))
@@ -109,15 +104,14 @@ def _text_prompts(pipeline, pairs: list[Pair], limits: Limits) -> tuple[list[Pai
     out: dict[str, list[int]] = {}
     for text, param in [(t, param) for p in pairs for t, param in ((p.query, p.query_param), (p.document, p.param))]:
         if text not in out:
-            out[text] = pipeline.completion_prompt_ids(text, param)
-            pipeline.max_tokens_for(out[text], 1, param)
+            out[text] = pooling_prompt(pipeline, text, param)
     return pairs, out
 
 
 async def _cosine_scores(dispatcher, entry, pairs: list[Pair], limits: Limits) -> Scored:
     pairs, prompts = await _tokenized(pairs, lambda: _text_prompts(entry.pipeline, pairs, limits))
     rid = "score-" + uuid.uuid4().hex
-    requests = [_wire(entry, f"{rid}-{i}", ids, "embed") for i, ids in enumerate(prompts.values())]
+    requests = [pooling_request(entry.name, f"{rid}-{i}", ids, "embed") for i, ids in enumerate(prompts.values())]
     vectors = dict(zip(prompts, await embed_all(dispatcher, entry, requests)))
     return Scored([cosine(vectors[p.query], vectors[p.document]) for p in pairs],
                   sum(len(ids) for ids in prompts.values()))
