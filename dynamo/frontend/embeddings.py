@@ -1,5 +1,6 @@
 """`/v1/embeddings`: the OpenAI embeddings request, its conversion to one wire request
-per input (task "embed", routed like any request), and the response body. Served only
+per input (task "embed", routed like any request; sent in batches where workers read them,
+`llm/pooling_batch.py`), and the response body. Served only
 by models whose card lists the `embedding` type (a pooling worker, e.g. `dynamo.vllm
 --runner pooling`); other models answer 404 as Dynamo does.
 """
@@ -18,6 +19,7 @@ from dynamo.frontend import errors
 from dynamo.frontend.dispatch import RequestHandle, aclose_quietly
 from dynamo.frontend.errors import bad_prompt, bad_request
 from dynamo.frontend.openai import decode_body
+from dynamo.llm.pooling_batch import POOLING_BATCH_KEY, batch_request, batch_sizes
 from dynamo.llm.preprocessor import PreprocessError
 from dynamo.llm.protocol import PreprocessedRequest, StopConditions
 
@@ -103,14 +105,45 @@ async def embed_one(dispatcher, entry, request: PreprocessedRequest) -> list[flo
     raise errors.no_embedding()
 
 
-async def embed_all(dispatcher, entry, requests: list[PreprocessedRequest]) -> list[list[float]]:
-    """Each request's pooled vector, in order, the requests run side by side (one failing cancels the rest)."""
-    tasks = [asyncio.ensure_future(embed_one(dispatcher, entry, r)) for r in requests]
+async def embed_batch(dispatcher, entry, request: PreprocessedRequest) -> list[list[float]]:
+    """The pooled vectors of a batch's inputs (`llm/pooling_batch.py`), in order."""
+    vectors: list[list[float] | None] = [None] * len(request.pooling_lengths or ())
+    handle = RequestHandle()
+    gen = dispatcher.stream(entry, request, handle)
     try:
-        return list(await asyncio.gather(*tasks))
+        async for batch in gen:
+            for out in batch:
+                if out.error is not None:
+                    raise errors.engine_error(out.error)
+                if out.embedding is not None and out.index is not None and 0 <= out.index < len(vectors):
+                    vectors[out.index] = out.embedding
+    finally:
+        await aclose_quietly(gen)
+    if any(v is None for v in vectors):
+        raise errors.no_embedding()
+    return vectors  # type: ignore[return-value]
+
+
+async def embed_all(dispatcher, entry, requests: list[PreprocessedRequest]) -> list[list[float]]:
+    """Each request's pooled vector, in order, the requests run side by side (one failing cancels the rest):
+    in a few batches, one or more per worker, where the model's workers read batches; else one by one."""
+    if len(requests) > 1 and entry.card.runtime_config.runtime_data.get(POOLING_BATCH_KEY):
+        sizes = batch_sizes([len(r.token_ids) for r in requests], len(entry.decode_workers()))
+        starts = [sum(sizes[:k]) for k in range(len(sizes))]
+        calls = [embed_batch(dispatcher, entry, batch_request(requests[a:a + n])) if n > 1
+                 else _one(dispatcher, entry, requests[a]) for a, n in zip(starts, sizes)]
+    else:
+        calls = [_one(dispatcher, entry, r) for r in requests]
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return [vector for part in await asyncio.gather(*tasks) for vector in part]
     finally:
         for task in tasks:
             task.cancel()
+
+
+async def _one(dispatcher, entry, request: PreprocessedRequest) -> list[list[float]]:
+    return [await embed_one(dispatcher, entry, request)]
 
 
 async def embed(dispatcher, entry, req: EmbeddingRequest) -> dict:

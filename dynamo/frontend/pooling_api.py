@@ -2,8 +2,8 @@
 from a classification model's workers (`dynamo.vllm --classify-worker`, or any pooling worker whose
 model classifies): `/v1/classify` (per input: the label of the most probable class, the class
 probabilities and their count) and `/v1/pooling` (per input: the pooled vector, the model's own task
-unless `task` names another). Each input is one wire request (task "classify" / "embed"), routed
-like any request. A model whose workers serve neither answers 404, as `/v1/embeddings` does.
+unless `task` names another). Each input is one pooling input (task "classify" / "embed"), sent in
+batches as `/v1/embeddings` sends them. A model whose workers serve neither answers 404, as `/v1/embeddings` does.
 The scoring routes (`rerank.py`: `/v1/rerank`, `/v2/rerank`, `/rerank`, `/v1/score`, `/score`) are served
 from the same handler.
 

@@ -2,8 +2,8 @@
 `/v1/rerank`, vLLM's `/v2/rerank` and `/v1/score`), computed by what the model's workers serve, as vLLM
 scores:
 - a cross-encoder (a one-label classification model; its card's `rerank` entry says how it reads a
-  pair): each pair is one wire request (task "classify"), its score the model's sigmoid output, routed
-  like any request, so one request's pairs spread over the workers;
+  pair): each pair is one pooling input (task "classify"), its score the model's sigmoid output; a
+  request's pairs go to the workers in a few batches (`llm/pooling_batch.py`), one or more per worker;
 - an embedding model: the cosine similarity of the two texts' embeddings (each distinct text embedded
   once)."""
 

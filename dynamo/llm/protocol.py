@@ -125,8 +125,11 @@ class PreprocessedRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     disaggregated_params: dict[str, Any] | None = None
     # Set on a request sent to a prefill worker (the backend's transfer marker).
     prefill_only: bool = False
-    # "embed": a pooling request (one input); the answer is one output carrying `embedding`.
+    # "embed" / "classify": a pooling request (one input); the answer is one output carrying `embedding`.
     task: str | None = None
+    # A pooling request carrying several inputs (`llm/pooling_batch.py`): `token_ids` are theirs one after
+    # another, each this long; the answer is one output per input, its `index` naming it.
+    pooling_lengths: list[int] | None = None
     extra_args: dict[str, Any] | None = None
     # The LoRA adapter to apply (the model name is the adapter's); None: the base model.
     lora_name: str | None = None
@@ -179,6 +182,7 @@ class LLMEngineOutput(msgspec.Struct, omit_defaults=True, kw_only=True, gc=False
     top_logprobs: list[list[tuple[int, float]]] | None = None
     disaggregated_params: dict[str, Any] | None = None
     embedding: list[float] | None = None
+    index: int | None = None  # the input of a pooling batch that `embedding` belongs to
     error: str | None = None
     # With a `stop` finish: the engine's matched stop condition (a stop token id, or a stop string it
     # matched itself); None for EOS, as vLLM reports it.

@@ -19,15 +19,15 @@ from dynamo.llm.rerank_pairs import RERANK_KEY
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
 from dynamo.llm.kv_events.engine_decoder import EngineEventDecoder
 from dynamo.llm.kv_events.protocol import LoadMetrics
+from dynamo.llm.pooling_batch import POOLING_BATCH_KEY
 from dynamo.runtime.wire import ErrorCode
 from dynamo.vllm import disagg
 from dynamo.vllm.args import DynamoVllmArgs
 from dynamo.vllm.engine import apply_dynamo_defaults, engine_facts, kv_event_endpoints, start_engine
 from dynamo.vllm.events import EngineStats, stat_logger_factory
 from dynamo.vllm.forward_pass import fpm_stat_logger_factory
-from dynamo.vllm.handler import (
-    cross_encoder_format, error_code, pooling_model_types, stream_outputs, stream_pooling, to_sampling_params,
-)
+from dynamo.vllm.handler import error_code, stream_outputs, to_sampling_params
+from dynamo.vllm.pooling import cross_encoder_format, pooling_model_types, stream_pooling
 from dynamo.worker.adapter import EngineContext, EngineInfo, EngineMetrics, Gauges
 from dynamo.worker.kv_relay import ZmqKvEventSource
 from dynamo.worker.media_loader import ImageLoader
@@ -93,7 +93,9 @@ class VllmAdapter:
                     f"{facts.max_num_seqs}, context {facts.max_model_len}")
 
     async def _pooling_types(self, runtime_data: dict) -> list[str]:
-        """A pooling engine's card types; a cross-encoder's pair format goes in `runtime_data`."""
+        """A pooling engine's card types; a cross-encoder's pair format goes in `runtime_data`, and that
+        the worker reads pooling inputs in batches."""
+        runtime_data[POOLING_BATCH_KEY] = True
         tasks = await self.engine.get_supported_tasks()
         pairs = cross_encoder_format(self.engine, tasks)
         if pairs is not None:

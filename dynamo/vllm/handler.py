@@ -14,7 +14,6 @@ from typing import Any, AsyncIterator, Callable
 
 from dynamo.llm.kv_events.engine_decoder import SALT_PREFIX
 from dynamo.llm.protocol import FinishReason, LLMEngineOutput, PreprocessedRequest, engine_priority
-from dynamo.llm.rerank_pairs import PairFormat, first_document_token
 from dynamo.runtime.wire import ErrorCode
 from dynamo.worker.role import WorkerRole
 
@@ -168,51 +167,3 @@ async def stream_outputs(engine: Any, request: PreprocessedRequest, params: Any,
             yield out
     finally:
         await stream.aclose()
-
-
-async def stream_pooling(engine: Any, request: PreprocessedRequest, request_id: str) -> AsyncIterator[LLMEngineOutput]:
-    """A pooling request (task "embed" or "classify"): vLLM's `encode` with that task; one output, the
-    vector (a classification's class probabilities, or its logits with `use_activation: false`; a
-    cross-encoder's pair with the segment ids of its tokens, as vLLM's scoring passes them)."""
-    from vllm import PoolingParams
-    from vllm.inputs import TokensPrompt
-
-    extra = request.extra_args or {}
-    kwargs: dict[str, Any] = {}
-    if extra.get("use_activation") is not None:
-        kwargs["use_activation"] = extra["use_activation"]
-    if extra.get("token_type_ids"):
-        kwargs["extra_kwargs"] = {"compressed_token_type_ids": first_document_token(extra["token_type_ids"])}
-    stream = engine.encode(TokensPrompt(prompt_token_ids=request.token_ids), PoolingParams(task=request.task, **kwargs),
-                           request_id)
-    try:
-        async for result in stream:
-            if result.finished:
-                yield LLMEngineOutput(embedding=result.outputs.data.tolist(), finish_reason=FinishReason.STOP)
-    finally:
-        await stream.aclose()
-
-
-def cross_encoder_format(engine: Any, tasks: Any) -> PairFormat | None:
-    """How this engine's model reads a (query, document) pair, when it scores one as vLLM's scoring API
-    does: a classification model with one label; None otherwise (or for a model that composes its own
-    score prompt, which /v1/rerank's pairs would not match)."""
-    config = engine.model_config
-    if "classify" not in tasks or getattr(config.hf_config, "num_labels", 0) != 1:
-        return None
-    from vllm.model_executor.model_loader import get_model_cls
-    from vllm.model_executor.models.interfaces import supports_score_template
-
-    if supports_score_template(get_model_cls(config)):
-        log.warning("%s builds its own score prompt: /v1/rerank is not served by this worker", config.model)
-        return None
-    tokenizer = engine.tokenizer
-    segments = tokenizer is not None and "token_type_ids" in tokenizer(text="a", text_pair="b")
-    return PairFormat(separator=config.use_sep_token, token_type_ids=segments)
-
-
-def pooling_model_types(tasks: Any, cross_encoder: bool = False) -> list[str]:
-    """The card's model types for a pooling engine's supported tasks (embeddings, classification, both;
-    a cross-encoder's relevance scores too)."""
-    types = [kind for task, kind in (("embed", "embedding"), ("classify", "classify")) if task in tasks]
-    return [*types, "pooling", *(["rerank"] if cross_encoder else [])] if types else ["embedding"]

@@ -2,7 +2,7 @@
 (a tiny random-weight LlamaForSequenceClassification with one label, `dynamo.llm.tiny_classifier --labels
 LABEL_0`, built offline): the scores equal vLLM's own offline `LLM.score` for the same query and documents
 (vLLM pairs them its way; the frontend builds the pairs from the card's format), best first, as NVIDIA
-Dynamo's bare array; `top_n`, `return_documents`, Dynamo's refusals and a document over the context. And a
+Dynamo's bare array, one request's pairs sent to the worker as one batch; `top_n`, `return_documents`, Dynamo's refusals and a document over the context. And a
 BERT cross-encoder (`dynamo.llm.tiny_bert`), whose pairs carry segment ids: equal to vLLM's scores too,
 which the same tokens without their segments are not."""
 
@@ -19,7 +19,8 @@ import pytest
 from dynamo.llm.rerank_pairs import PairFormat, pair_tokens, truncate_to_tokens
 from dynamo.llm.tokenizer import Tokenizer
 from tests.vllm.conftest import (
-    BLOCK_SIZE, MAX_MODEL_LEN, MODEL, build_model, reference_result, start_offline, worker_beside_reference,
+    BLOCK_SIZE, MAX_MODEL_LEN, MODEL, VenvProc, build_model, metrics, reference_result, start_offline,
+    worker_beside_reference,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.timeout(1800)]
@@ -43,7 +44,8 @@ def env(vllm_python, reranker, tmp_path_factory):
                                                                 str(BLOCK_SIZE), str(MAX_MODEL_LEN)], log)
 
     with worker_beside_reference(tmp, reranker, vllm_python, ["--classify-worker"], offline) as (cluster, ref):
-        yield {"url": cluster.base_url, "reference": reference_result(ref)}
+        worker = next(p for p in cluster.procs if isinstance(p, VenvProc))
+        yield {"url": cluster.base_url, "reference": reference_result(ref), "worker": worker}
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +80,22 @@ def test_scores_equal_vllm_offline_best_first(env):
         assert set(r) == {"score", "index", "document"} and r["document"] == DOCUMENTS[r["index"]]
         assert np.isclose(r["score"], reference[r["index"]], atol=1e-4), (r, reference)
     assert [r["index"] for r in results] == sorted(range(len(DOCUMENTS)), key=lambda i: -reference[i])
+
+
+def handled(worker) -> float:
+    """The requests the worker's request plane has handled (Dynamo's `dynamo_component_requests_total`)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics(worker).splitlines()
+               if line.startswith("dynamo_component_requests_total"))
+
+
+def test_a_requests_pairs_reach_the_worker_as_one_batch(env):
+    """The card says the worker reads batches: one request's five pairs are one wire request to the one
+    worker (scored as vLLM scores them: the test above); a lone pair is a plain request."""
+    before = handled(env["worker"])
+    assert post(env, "/v1/rerank", {"query": QUERY, "documents": DOCUMENTS}).status_code == 200
+    assert handled(env["worker"]) - before == 1
+    assert post(env, "/v1/rerank", {"query": QUERY, "documents": DOCUMENTS[:1]}).status_code == 200
+    assert handled(env["worker"]) - before == 2
 
 
 def test_top_n_and_without_documents(env):
