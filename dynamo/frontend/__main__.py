@@ -1,4 +1,5 @@
-"""`python -m dynamo.frontend`: the OpenAI-compatible HTTP frontend."""
+"""`python -m dynamo.frontend`: the OpenAI-compatible HTTP frontend (and, with --kserve-grpc-server, the
+KServe v2 gRPC one, `kserve.py`)."""
 
 from __future__ import annotations
 
@@ -117,22 +118,47 @@ async def serve(config: FrontendConfig, stop: asyncio.Event, warnings: Sequence[
     lag = LoopLagMonitor(lambda v: (metrics.loop_lag.observe(v), metrics.loop_lag_max.set(lag.worst)))
     lag.start()
     tls = _tls_options(config)
-    http = EmbeddedHttpServer(app, config.http_host, config.http_port, **tls)
+    # --kserve-grpc-server: gRPC on the frontend's port, the HTTP app beside it (Dynamo's layout)
+    http_port = config.grpc_metrics_port if config.kserve_grpc_server else config.http_port
+    http = EmbeddedHttpServer(app, config.http_host, http_port, **tls)
     await models.start()
     await _wait_for_workers(config, models, stop)
     try:
+        grpc_server = _kserve(config, app)
         await http.start()
     except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", config.http_host, config.http_port, exc)
+        log.error("cannot listen on %s: %s", config.http_host, exc)
         await _close(lag, routing, models, runtime)
         return 1
     scheme = "https" if tls else "http"
     log.info("frontend ready on %s://%s:%d (router %s, discovery %s)", scheme, config.http_host, http.port,
              config.router_mode, runtime.store.backend)
+    if grpc_server is not None:
+        await grpc_server.start()
+        log.info("KServe gRPC frontend ready on %s:%d (TLS %s)", config.http_host, grpc_server.port,
+                 "on" if tls else "off")
     await stop.wait()
-    await _drain(config, app, http)
+    await _drain(config, app, http, grpc_server)
     await _close(lag, routing, models, runtime)
     return 0
+
+
+def _kserve(config: FrontendConfig, app: FrontendApp):
+    """The KServe gRPC server on --http-port (listening, not yet serving), or None without the flag."""
+    if not config.kserve_grpc_server:
+        return None
+    from dynamo.frontend.kserve import KServeServer  # grpcio is loaded only where it is used
+
+    tls = None
+    if config.tls_cert_path:
+        with open(config.tls_key_path or "", "rb") as key, open(config.tls_cert_path, "rb") as cert:
+            tls = (key.read(), cert.read())
+    client_ca = None
+    if config.tls_client_ca_cert_path:
+        with open(config.tls_client_ca_cert_path, "rb") as ca:
+            client_ca = ca.read()
+    return KServeServer(app, config.http_host, config.http_port, int(config.http_body_limit_mb * 2**20), tls,
+                        client_ca)
 
 
 async def _wait_for_workers(config: FrontendConfig, models: ModelManager, stop: asyncio.Event) -> None:
@@ -144,7 +170,7 @@ async def _wait_for_workers(config: FrontendConfig, models: ModelManager, stop: 
                               or stop.is_set(), timeout=float("inf"))
 
 
-async def _drain(config: FrontendConfig, app: FrontendApp, http: EmbeddedHttpServer) -> None:
+async def _drain(config: FrontendConfig, app: FrontendApp, http: EmbeddedHttpServer, grpc_server=None) -> None:
     """Drain like Dynamo: /health 503 (/live 200), new requests 503, admitted streams finish,
     all bounded by DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS."""
     grace = config.http_graceful_shutdown_timeout_secs
@@ -153,6 +179,8 @@ async def _drain(config: FrontendConfig, app: FrontendApp, http: EmbeddedHttpSer
     if not await app.drained(grace):
         log.warning("drain deadline passed with %d request(s) in flight; closing them", app.inflight)
     await http.stop(timeout=1.0)
+    if grpc_server is not None:
+        await grpc_server.stop(1.0)
     await app.close()
 
 

@@ -13,8 +13,6 @@ _NOT_SERVED = "not served by this frontend"
 # flag (first name is Dynamo's; more are its aliases) -> (takes a value, why it has no effect here)
 IGNORED: dict[tuple[str, ...], tuple[bool, str]] = {
     ("--interactive", "-i"): (False, "the text chat REPL is not provided; the HTTP server starts as usual"),
-    ("--kserve-grpc-server",): (False, "the KServe gRPC server is " + _NOT_SERVED),
-    ("--grpc-metrics-port",): (True, "the KServe gRPC server is " + _NOT_SERVED),
     ("--exclude-tools-when-tool-choice-none",): (False, "tool_choice none already leaves tools out of the prompt"),
     ("--dyn-chat-processor",): (True, "templates and tokenization are always this frontend's own"),
     ("--dyn-preprocess-workers",): (True, "big prompts are preprocessed on this frontend's own thread pool"),

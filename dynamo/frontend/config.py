@@ -31,6 +31,10 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, MediaSettings, Dump
     # DYNAMO_PORT is what the Dynamo operator injects for the frontend's port.
     http_port: int = setting(8000, "HTTP listen port", env=("DYN_HTTP_PORT", "DYNAMO_PORT"))
     http_body_limit_mb: float = setting(192.0, "Largest request body in MiB; larger ones get 413")
+    kserve_grpc_server: bool = setting(False, "Serve the KServe v2 gRPC API (Triton's clients) on --http-port, for "
+                                       "models served by completions; the HTTP routes move to --grpc-metrics-port")
+    grpc_metrics_port: int = setting(8788, "With --kserve-grpc-server: the HTTP port (/metrics, /health, OpenAI "
+                                     "routes)")
     http_overload_status_code: int = setting(529, "HTTP status of a request refused for overload")
     http_graceful_shutdown_timeout_secs: float = setting(
         5.0, "Seconds admitted requests may finish after SIGTERM before they are closed")

@@ -1,0 +1,267 @@
+"""The KServe v2 gRPC frontend (`--kserve-grpc-server`, NVIDIA Dynamo's): `GRPCInferenceService` on the
+frontend's `--http-port`, for Triton's and KServe's gRPC clients, serving the models whose workers serve
+completions (`kserve_tensors.py` maps the tensors). The HTTP app then listens on `--grpc-metrics-port`
+(its /metrics, /health and the OpenAI routes), as Dynamo serves its metrics beside the gRPC server.
+
+Every inference goes through the HTTP app's own `/v1/completions` handler, called in process (ASGI, no
+socket): validation, admission and overload, routing, migration, metrics and request logs are the same
+objects as for an HTTP client, and a gRPC call the client cancels is an HTTP client that went away.
+- `ModelInfer`: one answer; `streaming` true is refused, as Dynamo refuses it ("Streaming is not
+  supported for this endpoint").
+- `ModelStreamInfer` (Triton's bidirectional stream): every request on the stream runs at once beside the
+  others; a streaming one answers a response per chunk, another one response; a failed one answers its
+  `error_message` and the stream goes on. Responses carry their request's `id`.
+- `ModelMetadata`, `ModelConfig`, `ModelReady` for a completions model (NOT_FOUND otherwise); `ServerLive`,
+  `ServerReady` (false while the frontend drains), `ServerMetadata`.
+An HTTP refusal becomes its gRPC status: 400 INVALID_ARGUMENT, 404 NOT_FOUND, 429/529 RESOURCE_EXHAUSTED,
+503 UNAVAILABLE, 504 DEADLINE_EXCEEDED, other failures INTERNAL; the message is the OpenAI error's."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from contextlib import aclosing
+from typing import AsyncIterator, Callable
+
+import grpc
+
+from dynamo.frontend import kserve_proto as pb
+from dynamo.frontend.kserve_tensors import KServeError, completion_body, infer_response, model_config, model_metadata
+
+log = logging.getLogger(__name__)
+
+_STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 413: grpc.StatusCode.INVALID_ARGUMENT,
+           404: grpc.StatusCode.NOT_FOUND, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+           529: grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCode.UNAVAILABLE,
+           504: grpc.StatusCode.DEADLINE_EXCEEDED, 499: grpc.StatusCode.CANCELLED}
+
+
+class CallFailed(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _failure(status: int, body: bytes) -> CallFailed:
+    try:
+        message = json.loads(body)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = body.decode(errors="replace") or f"HTTP {status}"
+    return CallFailed(_STATUS.get(status, grpc.StatusCode.INTERNAL), message)
+
+
+async def completion_events(app: Callable, body: dict) -> AsyncIterator[dict]:
+    """`body` through the app's `/v1/completions`, in process: the answer (unary), or each streamed chunk;
+    CallFailed for an HTTP error or an error event. Closing the iterator early is a client going away."""
+    out: asyncio.Queue = asyncio.Queue()
+    gone = asyncio.Event()
+    payload = json.dumps(body).encode()
+    sent = False
+
+    async def receive() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": payload, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        await out.put(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/completions", "raw_path": b"/v1/completions",
+             "query_string": b"", "scheme": "http", "http_version": "1.1", "client": ("grpc", 0),
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]}
+    task = asyncio.ensure_future(app(scope, receive, send))
+    task.add_done_callback(lambda t: out.put_nowait(None))
+    try:
+        async for event in _events(out, body.get("stream", False)):
+            yield event
+    finally:
+        gone.set()
+        if not task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(task), 30)
+            except asyncio.TimeoutError:
+                task.cancel()
+
+
+async def _events(out: asyncio.Queue, stream: bool) -> AsyncIterator[dict]:
+    status, pending = 500, b""
+    while True:
+        message = await out.get()
+        if message is None:
+            break
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            continue
+        pending += message.get("body", b"")
+        if status != 200 or not stream:
+            continue
+        *events, pending = pending.split(b"\n\n")
+        for event in events:
+            data = next((line[6:] for line in event.split(b"\n") if line.startswith(b"data: ")), None)
+            if data is None or data == b"[DONE]":
+                continue
+            chunk = json.loads(data)
+            if "error" in chunk:  # failed after its answer began (a worker lost, past migration)
+                raise _failure(500, data)
+            yield chunk
+    if status != 200:
+        raise _failure(status, pending)
+    if not stream:
+        yield json.loads(pending)
+
+
+class KServeService:
+    """The servicer: `handler()` is its gRPC generic handler."""
+
+    def __init__(self, app) -> None:
+        self.app = app  # FrontendApp: its models, its drain state, and the ASGI callable
+
+    def _completions_model(self, name: str) -> bool:
+        entry = self.app.models.get(name)
+        return entry is not None and "completions" in entry.card.model_type
+
+    def _model(self, name: str) -> None:
+        if not self._completions_model(name):
+            raise CallFailed(grpc.StatusCode.NOT_FOUND, f"Model not found: {name}")
+
+    async def server_live(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    async def server_ready(self, request, context):
+        return pb.ServerReadyResponse(ready=not self.app.draining)
+
+    async def server_metadata(self, request, context):
+        return pb.ServerMetadataResponse(name="dynamo", version=_version(), extensions=[])
+
+    async def model_ready(self, request, context):
+        entry = self.app.models.get(request.name)
+        ready = self._completions_model(request.name) and bool(entry.decode_workers())
+        return pb.ModelReadyResponse(ready=ready)
+
+    async def model_metadata(self, request, context):
+        self._model(request.name)
+        return model_metadata(pb, request.name)
+
+    async def model_config(self, request, context):
+        self._model(request.name)
+        return model_config(pb, request.name)
+
+    async def model_infer(self, request, context):
+        body, stream = completion_body(request)
+        if stream:
+            raise KServeError("Streaming is not supported for this endpoint")
+        async with aclosing(completion_events(self.app, body)) as events:
+            async for answer in events:
+                return infer_response(pb, request, answer.get("model", request.model_name), answer["choices"])
+        raise CallFailed(grpc.StatusCode.INTERNAL, "the completion ended without an answer")
+
+    async def model_stream_infer(self, requests, context):
+        out: asyncio.Queue = asyncio.Queue()
+        tasks: set[asyncio.Task] = set()
+
+        async def run(request) -> None:
+            try:
+                body, _ = completion_body(request)
+                async for event in completion_events(self.app, body):
+                    await out.put(pb.ModelStreamInferResponse(infer_response=infer_response(
+                        pb, request, event.get("model", request.model_name), event.get("choices") or [])))
+            except (KServeError, CallFailed) as exc:
+                await out.put(pb.ModelStreamInferResponse(error_message=str(exc), infer_response=pb.ModelInferResponse(
+                    model_name=request.model_name, id=request.id)))
+
+        async def read() -> None:
+            async for request in requests:
+                task = asyncio.ensure_future(run(request))
+                tasks.add(task)
+                task.add_done_callback(lambda t: (tasks.discard(t), out.put_nowait(t)))
+            await out.put(None)
+
+        reader = asyncio.ensure_future(read())
+        reading = True
+        try:
+            while reading or tasks:
+                item = await out.get()
+                if item is None:
+                    reading = False
+                elif isinstance(item, asyncio.Task):
+                    if not item.cancelled() and item.exception() is not None:
+                        log.error("KServe stream request failed", exc_info=item.exception())
+                else:
+                    yield item
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        methods = {}
+        for name, (req, resp, client_streams, server_streams) in pb.METHODS.items():
+            impl = _with_status(getattr(self, _snake(name)), server_streams)
+            make = grpc.stream_stream_rpc_method_handler if client_streams else grpc.unary_unary_rpc_method_handler
+            methods[name] = make(impl, request_deserializer=pb.classes[req].FromString,
+                                 response_serializer=pb.classes[resp].SerializeToString)
+        return grpc.method_handlers_generic_handler(pb.SERVICE, methods)
+
+
+def _with_status(method, streams: bool):
+    """`method` with our refusals as gRPC statuses."""
+    async def unary(request, context):
+        try:
+            return await method(request, context)
+        except KServeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except CallFailed as exc:
+            await context.abort(exc.code, exc.message)
+
+    async def streaming(requests, context):
+        async for response in method(requests, context):
+            yield response
+    return streaming if streams else unary
+
+
+def _snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dynamo-serve")
+    except PackageNotFoundError:
+        return "0"
+
+
+class KServeServer:
+    """The gRPC server's lifecycle: listen (TLS with the frontend's certificate when it has one), stop."""
+
+    def __init__(self, app, host: str, port: int, max_message_bytes: int,
+                 tls: tuple[bytes, bytes] | None = None, client_ca: bytes | None = None) -> None:
+        """`tls`: (private key, certificate chain), PEM; `client_ca`: mutual TLS, clients must present a
+        certificate this CA signed."""
+        options = [("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.max_send_message_length", max_message_bytes)]
+        self.server = grpc.aio.server(options=options)
+        self.server.add_generic_rpc_handlers((KServeService(app).handler(),))
+        address = f"{host}:{port}"
+        try:
+            if tls is not None:
+                credentials = grpc.ssl_server_credentials([tls], root_certificates=client_ca,
+                                                          require_client_auth=client_ca is not None)
+                self.port = self.server.add_secure_port(address, credentials)
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc's way of saying the port is taken
+            raise OSError(f"cannot listen on {address}: {exc}") from None
+        if not self.port:
+            raise OSError(f"cannot listen on {address}")
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self, grace: float) -> None:
+        await self.server.stop(grace)
