@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from contextlib import aclosing
 from typing import AsyncIterator, Callable
 
@@ -51,9 +52,10 @@ def _failure(status: int, body: bytes) -> CallFailed:
     return CallFailed(_STATUS.get(status, grpc.StatusCode.INTERNAL), message)
 
 
-async def completion_events(app: Callable, body: dict) -> AsyncIterator[dict]:
-    """`body` through the app's `/v1/completions`, in process: the answer (unary), or each streamed chunk;
-    CallFailed for an HTTP error or an error event. Closing the iterator early is a client going away."""
+async def completion_events(app: Callable, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> AsyncIterator[dict]:
+    """`body` (with these request `headers`) through the app's `/v1/completions`, in process: the answer
+    (unary), or each streamed chunk; CallFailed for an HTTP error or an error event. Closing the iterator
+    early is a client going away."""
     out: asyncio.Queue = asyncio.Queue()
     gone = asyncio.Event()
     payload = json.dumps(body).encode()
@@ -72,7 +74,8 @@ async def completion_events(app: Callable, body: dict) -> AsyncIterator[dict]:
 
     scope = {"type": "http", "method": "POST", "path": "/v1/completions", "raw_path": b"/v1/completions",
              "query_string": b"", "scheme": "http", "http_version": "1.1", "client": ("grpc", 0),
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]}
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                         *headers]}
     task = asyncio.ensure_future(app(scope, receive, send))
     task.add_done_callback(lambda t: out.put_nowait(None))
     try:
@@ -85,6 +88,21 @@ async def completion_events(app: Callable, body: dict) -> AsyncIterator[dict]:
                 await asyncio.wait_for(asyncio.shield(task), 30)
             except asyncio.TimeoutError:
                 task.cancel()
+        elif not task.cancelled() and task.exception() is not None:  # already answered as INTERNAL
+            log.error("KServe request failed in the HTTP app", exc_info=task.exception())
+
+
+def request_headers(context, request_id: str) -> list[tuple[bytes, bytes]]:
+    """The call's gRPC metadata as HTTP headers (session ids, `traceparent`, routing hints read them), and its
+    request `id` as `x-dynamo-request-id` where it is a UUID (NVIDIA Dynamo takes it as the request id then)."""
+    headers = [(key.encode(), value.encode()) for key, value in (context.invocation_metadata() or ())
+               if isinstance(value, str) and not key.startswith((":", "grpc-")) and not key.endswith("-bin")
+               and key not in ("content-type", "content-length", "x-dynamo-request-id")]
+    try:
+        headers.append((b"x-dynamo-request-id", str(uuid.UUID(request_id)).encode()))
+    except ValueError:
+        pass
+    return headers
 
 
 async def _events(out: asyncio.Queue, stream: bool) -> AsyncIterator[dict]:
@@ -154,7 +172,7 @@ class KServeService:
         body, stream = completion_body(request)
         if stream:
             raise KServeError("Streaming is not supported for this endpoint")
-        async with aclosing(completion_events(self.app, body)) as events:
+        async with aclosing(completion_events(self.app, body, request_headers(context, request.id))) as events:
             async for answer in events:
                 return infer_response(pb, request, answer.get("model", request.model_name), answer["choices"])
         raise CallFailed(grpc.StatusCode.INTERNAL, "the completion ended without an answer")
@@ -166,7 +184,7 @@ class KServeService:
         async def run(request) -> None:
             try:
                 body, _ = completion_body(request)
-                async for event in completion_events(self.app, body):
+                async for event in completion_events(self.app, body, request_headers(context, request.id)):
                     await out.put(pb.ModelStreamInferResponse(infer_response=infer_response(
                         pb, request, event.get("model", request.model_name), event.get("choices") or [])))
             except (KServeError, CallFailed) as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import time
+import uuid
 
 import numpy as np
 import pytest
@@ -27,7 +28,8 @@ def stack(tmp_path_factory, tiny_model):
         cluster.mocker("--speedup-ratio", "10")
         grpc_port, cluster.http_port = free_port(), free_port()
         cluster.start("dynamo.frontend", ["--http-host", "127.0.0.1", "--http-port", str(grpc_port),
-                                          "--kserve-grpc-server", "--grpc-metrics-port", str(cluster.http_port)])
+                                          "--kserve-grpc-server", "--grpc-metrics-port", str(cluster.http_port)],
+                      env={"DYN_LOGGING_JSONL": "1"})  # its request lines, at INFO
         wait_until(lambda: http_get(cluster.base_url + "/live")[0] == 200, 60, "frontend /live on the metrics port")
         cluster.wait_workers("tiny", 1)
         yield cluster, f"127.0.0.1:{grpc_port}"
@@ -101,6 +103,18 @@ def test_refusals_are_invalid_argument(client, tensors, parameters, says):
     with pytest.raises(InferenceServerException) as err:
         client.infer("tiny", tensors(), parameters=parameters)
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT" and says in err.value.message()
+
+
+def test_a_uuid_id_and_the_calls_metadata_reach_the_request_log(stack, client):
+    """As over HTTP: the call's metadata are the request's headers (here the session id), and an `id` that is
+    a UUID is the request id the frontend's logs carry (NVIDIA Dynamo takes it so)."""
+    cluster, _ = stack
+    rid = str(uuid.uuid4())
+    client.infer("tiny", inputs("find me"), request_id=rid, parameters={"max_tokens": 2},
+                 headers={"x-dynamo-session-id": "grpc-session-7"})
+    frontend = next(p for p in cluster.procs if p.name.startswith("frontend"))
+    wait_until(lambda: any(rid in line and "grpc-session-7" in line for line in frontend.log().splitlines()), 10,
+               "the request's log line")
 
 
 def test_unknown_model_is_not_found(client):
