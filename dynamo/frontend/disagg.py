@@ -63,6 +63,11 @@ class DisaggMetrics:
                                   buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
         self.prefill = Histogram(f"{prefix}_remote_prefill_seconds", "Remote prefill round trip", ("model",),
                                  registry=registry, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        # Dynamo's: a disaggregated model's request served decode-only because its prefill could not run
+        # remotely (its prefill workers gone, failed, busy), not because the policy chose so.
+        self.decode_only = Counter(f"{prefix}_model_decode_only_fallback", "Requests of a disaggregated model "
+                                   "served decode-only because no prefill worker could prefill them", ("model",),
+                                   registry=registry)
 
 
 class PrefillOrchestrator:
@@ -75,6 +80,7 @@ class PrefillOrchestrator:
         self.policy = policy
         self.metrics = metrics
         self.inflight: dict[int, int] = {}
+        self.disaggregated: set[str] = set()  # models that have had prefill workers
 
     def _skip_reason(self, entry, pool: WorkerPool, request: PreprocessedRequest) -> str | None:
         workers = pool.workers
@@ -107,8 +113,12 @@ class PrefillOrchestrator:
         """Transfer parameters for the decode worker, or None to prefill locally."""
         pool = entry.pool(Role.PREFILL)
         reason = self._skip_reason(entry, pool, request)
+        if pool.workers:
+            self.disaggregated.add(entry.name)
         if reason is not None:
             if reason == "no_prefill_workers" and not self.policy.enforce:
+                if entry.name in self.disaggregated:  # its prefill workers are gone: decode-only now
+                    self.metrics.decode_only.labels(entry.name).inc()
                 return None  # plain aggregated serving: nothing to report
             return self._local(entry, reason)
         sub = msgspec.structs.replace(
@@ -157,6 +167,8 @@ class PrefillOrchestrator:
         if self.policy.enforce:
             raise errors.prefill_unavailable(reason)
         self.metrics.local.labels(entry.name, reason).inc()
+        if reason not in ("short_prompt", "cached_prefix"):  # the policy's choice is not a fallback
+            self.metrics.decode_only.labels(entry.name).inc()
         return None
 
     def _observe(self, model: str, params: dict[str, Any], seconds: float) -> None:

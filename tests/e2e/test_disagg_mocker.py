@@ -150,6 +150,8 @@ def test_conditional_disaggregation_prefills_short_prompts_locally(cluster):
         assert worker_requests(cluster.decode) == decode_before + 2
         assert frontend_metric(url, "dynamo_frontend_remote_prefills_total", {"model": MODEL}) == 1
         assert frontend_metric(url, "dynamo_frontend_local_prefills_total", {"model": MODEL}) == 1
+        # the policy chose the decode worker: not a fallback
+        assert frontend_metric(url, "dynamo_frontend_model_decode_only_fallback_total", {"model": MODEL}) == 0
     finally:
         proc.stop()
 
@@ -195,16 +197,23 @@ def test_conditional_disaggregation_counts_only_uncached_tokens(cluster):
 
 
 def test_prefill_worker_death_falls_back_to_local_prefill(tiny_model, tmp_path):
+    """Every request after the prefill worker dies is served decode-only, and counted so in Dynamo's
+    `dynamo_frontend_model_decode_only_fallback_total` (0 while the prefill worker serves)."""
     c = disagg_cluster(tmp_path, tiny_model)
+    fallbacks = {"model": MODEL}
     try:
-        c.prefill.kill()
         client = client_for(c.base_url)
+        assert client.completions.create(model=MODEL, prompt="remote", max_tokens=5).usage.completion_tokens == 5
+        assert frontend_metric(c.base_url, "dynamo_frontend_remote_prefills_total", {"model": MODEL}) == 1
+        assert frontend_metric(c.base_url, "dynamo_frontend_model_decode_only_fallback_total", fallbacks) == 0
+        c.prefill.kill()
         for _ in range(3):  # before and after discovery notices
             assert client.completions.create(model=MODEL, prompt="still works", max_tokens=5).usage.completion_tokens == 5
         wait_until(lambda: c.worker_count(MODEL) == 1, 25, "prefill worker to leave discovery")
         assert client.completions.create(model=MODEL, prompt="still works", max_tokens=5).usage.completion_tokens == 5
         assert frontend_metric(c.base_url, "dynamo_frontend_local_prefills_total", {"model": MODEL}) >= 1
-        assert worker_requests(c.decode) == 4
+        assert worker_requests(c.decode) == 5
+        assert frontend_metric(c.base_url, "dynamo_frontend_model_decode_only_fallback_total", fallbacks) == 4
     finally:
         c.stop()
 
