@@ -49,7 +49,8 @@ def _app(config: FrontendConfig, runtime: DistributedRuntime, metrics: FrontendM
     disagg = DisaggPolicy.from_config(config.enforce_disagg or not config.decode_fallback, config.router_conditional_disagg,
                                       config.router_conditional_disagg_config)
     orchestrator = PrefillOrchestrator(runtime.client, routing, disagg,
-                                       DisaggMetrics(metrics.registry, config.metrics_prefix), deadlines)
+                                       DisaggMetrics(metrics.registry, config.metrics_prefix), deadlines,
+                                       metrics.stages)
     inhibitor = Inhibitor(config.inhibited_duration_secs, metrics.registry, config.metrics_prefix)
     dispatcher = Dispatcher(runtime.client, routing, config.migration_limit, metrics, orchestrator, inhibitor,
                             deadlines, config.migration_max_seq_len)
@@ -110,7 +111,8 @@ async def serve(config: FrontendConfig, stop: asyncio.Event, warnings: Sequence[
     models = ModelManager(runtime.store, config.namespace,
                           on_change=_on_change(routing, metrics, lambda: models.worker_ids()),
                           block_size=config.kv_cache_block_size, namespace_prefix=config.namespace_prefix,
-                          token_cache=token_cache, defaults=ModelDefaults.of(config))
+                          token_cache=token_cache, defaults=ModelDefaults.of(config),
+                          observe_prep=metrics.stages.prep)
     expected = config.model_name or config.model_path
     if config.wait_for_workers_secs and expected:  # its requests wait even before a worker registers it
         models.expected.add(expected)
@@ -123,11 +125,14 @@ async def serve(config: FrontendConfig, stop: asyncio.Event, warnings: Sequence[
     http = EmbeddedHttpServer(app, config.http_host, http_port, **tls)
     await models.start()
     await _wait_for_workers(config, models, stop)
+    port = http_port
     try:
-        grpc_server = _kserve(config, app)
         await http.start()
+        port = config.http_port
+        grpc_server = _kserve(config, app)
     except OSError as exc:
-        log.error("cannot listen on %s: %s", config.http_host, exc)
+        log.error("cannot listen on %s:%d: %s", config.http_host, port, exc)
+        await http.stop(timeout=1.0)
         await _close(lag, routing, models, runtime)
         return 1
     scheme = "https" if tls else "http"

@@ -20,11 +20,12 @@ import time
 from typing import Any
 
 import msgspec
-from prometheus_client import Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from dynamo.frontend import errors
 from dynamo.frontend.dispatch import choose
 from dynamo.frontend.errors import ApiError
+from dynamo.frontend.stage_metrics import PREFILL, StageMetrics
 from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.llm.worker_client import NO_DEADLINES, Deadlines, WorkerClient
 from dynamo.router.policy import Role, RoutingPolicy, WorkerPool, with_dp_rank
@@ -72,13 +73,15 @@ class DisaggMetrics:
 
 class PrefillOrchestrator:
     def __init__(self, client: RequestPlaneClient, routing: RoutingPolicy, policy: DisaggPolicy,
-                 metrics: DisaggMetrics, deadlines: Deadlines = NO_DEADLINES) -> None:
+                 metrics: DisaggMetrics, deadlines: Deadlines = NO_DEADLINES,
+                 stages: StageMetrics | None = None) -> None:
         # The frontend's deadlines apply here too: a prefill worker that hangs past them costs a
         # local prefill (or 503 with --enforce-disagg), not a request that never ends.
         self.workers = WorkerClient(client, deadlines)
         self.routing = routing
         self.policy = policy
         self.metrics = metrics
+        self.stages = stages or StageMetrics("dynamo_frontend", CollectorRegistry())
         self.inflight: dict[int, int] = {}
         self.disaggregated: set[str] = set()  # models that have had prefill workers
 
@@ -125,7 +128,8 @@ class PrefillOrchestrator:
             request, request_id=request.request_id + ":prefill", prefill_only=True,
             stop_conditions=msgspec.structs.replace(request.stop_conditions, max_tokens=1, min_tokens=None))
         try:
-            choice = await choose(self.routing, pool, sub, set())
+            with self.stages.stage("route", PREFILL):
+                choice = await choose(self.routing, pool, sub, set())
         except ApiError:
             return self._local(entry, "prefill_pool_busy")
         worker = choice.worker
@@ -148,7 +152,13 @@ class PrefillOrchestrator:
         return params
 
     async def _run(self, worker, sub: PreprocessedRequest, handle) -> dict[str, Any] | None:
-        call = handle.attach(await self.workers.open(worker.address or "", worker.endpoint.endpoint, sub))
+        sent = self.stages.dispatched(PREFILL)
+        try:
+            call = handle.attach(await self.workers.open(worker.address or "", worker.endpoint.endpoint, sub,
+                                                         sent.first))
+        except BaseException:
+            sent.close()
+            raise
         params = None
         try:
             async for outputs in call:
@@ -159,6 +169,7 @@ class PrefillOrchestrator:
                         params = out.disaggregated_params
             return params
         finally:
+            sent.close()
             handle.stream = None
             call.cancel()
             self.routing.prefill_complete(sub.request_id)

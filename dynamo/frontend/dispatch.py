@@ -22,6 +22,7 @@ import msgspec
 
 from dynamo.frontend import errors
 from dynamo.frontend.errors import ApiError
+from dynamo.frontend.stage_metrics import AGGREGATED, DECODE, Dispatched
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.model_manager import ModelEntry
 from dynamo.frontend.parsers.base import PromptReasoning
@@ -160,7 +161,7 @@ class Dispatcher:
             return
         request = prefilled
         while True:
-            worker, call = await self._open(entry, request, exclude, handle)
+            worker, call, sent = await self._open(entry, request, exclude, handle)
             before = len(progress.generated)
             try:
                 async for outputs in call:
@@ -183,6 +184,7 @@ class Dispatcher:
                 if not _behind(exc):  # a relay that lost what is behind it may take the request again
                     exclude.add(worker.instance_id)
             finally:  # the tokens this worker generated: the router's output length and ITL
+                sent.close()
                 self.policy.free(request.request_id, len(progress.generated) - before)
                 call.cancel()
 
@@ -201,24 +203,34 @@ class Dispatcher:
         return request if params is None else msgspec.structs.replace(request, disaggregated_params=params)
 
     async def _open(self, entry: ModelEntry, request: PreprocessedRequest, exclude: set[int],
-                    handle: RequestHandle) -> tuple[WorkerInfo, WorkerStream]:
+                    handle: RequestHandle) -> tuple[WorkerInfo, WorkerStream, Dispatched]:
         """Select, book and send to a decode worker; one that cannot be reached never got the
-        request, so the next is tried whatever the migration limit."""
+        request, so the next is tried whatever the migration limit. With the stream, its `dispatch`
+        stage (Dynamo's stage metrics), open until the first output."""
         rid = request.request_id
+        stages = self.metrics.stages
+        phase = AGGREGATED if request.disaggregated_params is None else DECODE
         while True:
             pool = entry.pool(Role.DECODE)
             if self.worker_wait is not None and all(w.instance_id in exclude for w in pool.workers):
                 # every worker it could go to is gone (a restart, a scale to zero): wait for a new one
                 entry = await self.worker_wait(entry.name, handle, exclude) or entry
                 pool = entry.pool(Role.DECODE)
-            choice = await choose(self.policy, pool, request, self.inhibitor.exclude(pool, request, exclude))
+            with stages.stage("route", phase):
+                choice = await choose(self.policy, pool, request, self.inhibitor.exclude(pool, request, exclude))
             worker = choice.worker
             handle.worker_id, handle.dp_rank, handle.overlap_blocks = worker.instance_id, choice.dp_rank, \
                 choice.overlap_blocks
+            sent = stages.dispatched(phase)
+
+            def first_output(sent=sent) -> None:
+                sent.first()
+                self.policy.prefill_complete(rid)
             try:
                 call = await self.workers.open(worker.address or "", worker.endpoint.endpoint,
-                                               with_dp_rank(request, choice), lambda: self.policy.prefill_complete(rid))
+                                               with_dp_rank(request, choice), first_output)
             except CannotConnect as exc:
+                sent.close()
                 self.policy.free(rid)
                 exclude.add(worker.instance_id)
                 self.inhibitor.inhibit(worker.instance_id, ErrorCode.CANNOT_CONNECT)
@@ -226,10 +238,11 @@ class Dispatcher:
                 self.metrics.migration(entry.name, "new_request")
                 continue
             except BaseException:  # cancelled while dialling: the booking has no other owner yet
+                sent.close()
                 self.policy.free(rid)
                 raise
             handle.attach(call)
-            return worker, call
+            return worker, call, sent
 
     def _after_failure(self, entry: ModelEntry, request: PreprocessedRequest, iid: int, exc: StreamError,
                        started: bool, handle: RequestHandle, progress: _Progress) -> PreprocessedRequest | None:

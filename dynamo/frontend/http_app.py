@@ -328,7 +328,8 @@ class FrontendApp:
             raise bad_request(f"model {entry.name!r} does not serve {kind}", "model", "unsupported_model")
         images = request_images(entry, req, self.media_policy)
         names = annotations.requested(req.nvext)
-        ids, prompt_events = await self.prompt_ids(entry, req, hints, body_size, names)
+        with self.metrics.stages.stage("preprocess"):
+            ids, prompt_events = await self.prompt_ids(entry, req, hints, body_size, names)
         preqs = wire_requests(entry.pipeline, req, ids, is_chat, hints, *self._trace_ids(trace))
         if images:
             attach_images(entry.pipeline, preqs, ids, images)

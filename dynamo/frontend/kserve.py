@@ -261,8 +261,9 @@ class KServeServer:
                  tls: tuple[bytes, bytes] | None = None, client_ca: bytes | None = None) -> None:
         """`tls`: (private key, certificate chain), PEM; `client_ca`: mutual TLS, clients must present a
         certificate this CA signed."""
+        # no SO_REUSEPORT: a second frontend on a taken port must fail, not share it unseen
         options = [("grpc.max_receive_message_length", max_message_bytes),
-                   ("grpc.max_send_message_length", max_message_bytes)]
+                   ("grpc.max_send_message_length", max_message_bytes), ("grpc.so_reuseport", 0)]
         self.server = grpc.aio.server(options=options)
         self.server.add_generic_rpc_handlers((KServeService(app).handler(),))
         address = f"{host}:{port}"
@@ -274,9 +275,9 @@ class KServeServer:
             else:
                 self.port = self.server.add_insecure_port(address)
         except RuntimeError as exc:  # grpc's way of saying the port is taken
-            raise OSError(f"cannot listen on {address}: {exc}") from None
+            raise OSError(str(exc)) from None
         if not self.port:
-            raise OSError(f"cannot listen on {address}")
+            raise OSError("the port is taken")
 
     async def start(self) -> None:
         await self.server.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 
+from dynamo.frontend.stage_metrics import StageMetrics
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -92,6 +93,7 @@ class FrontendMetrics:
         self.worker_itl = Gauge(f"{p}_worker_last_inter_token_latency_seconds", "Mean inter-token latency of the "
                                 "last request the worker decoded", worker, registry=r)
         self._worker_series: dict[int, set[tuple[str, str, str]]] = {}  # instance id -> its label sets
+        self.stages = StageMetrics(p, r)  # Dynamo's pipeline-stage series (stage_metrics.py)
 
     def watch_token_cache(self, cache) -> None:
         """The tokenizer cache's figures, read at scrape time (tokenizing pays nothing for them)."""

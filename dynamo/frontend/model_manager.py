@@ -79,8 +79,10 @@ class ModelManager:
     def __init__(self, store: KeyValueStore, namespace: str | None,
                  on_change: Callable[[ModelEntry], None] | None = None, block_size: int | None = None,
                  namespace_prefix: str | None = None, token_cache: TokenCache | None = None,
-                 defaults: ModelDefaults | None = None) -> None:
+                 defaults: ModelDefaults | None = None,
+                 observe_prep: Callable[[str, float], None] | None = None) -> None:
         self.store = store
+        self.observe_prep = observe_prep  # each pipeline's template/tokenize timings go here
         self.defaults = defaults or ModelDefaults()  # --tool-call-parser, ... for cards that name none
         self.token_cache = token_cache  # shared by every model's pipeline (DYN_TOKENIZER_CACHE_BYTES)
         self.block_size = block_size  # --kv-cache-block-size: overrides the cards' block size
@@ -159,6 +161,7 @@ class ModelManager:
             except Exception as exc:
                 log.error("cannot load tokenizer/template for model %r: %s", card.display_name, exc)
                 return
+            pipeline.observe = self.observe_prep
             entry = self.models.get(card.display_name)
             if entry is None:
                 entry = ModelEntry(card.display_name, pipeline, card, self.block_size)

@@ -12,6 +12,7 @@ tokenized prompt over the context never becomes a Python list."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -59,6 +60,9 @@ class ModelPipeline:
         model_dir = card_model_dir(card)
         self.name = card.display_name
         self.card = card
+        # The owner's timing hook, (what, seconds) for "template" and "tokenize" (the frontend's stage
+        # metrics); called from whichever thread did the work.
+        self.observe: Callable[[str, float], None] | None = None
         self.tokenizer = Tokenizer.from_dir(model_dir)
         try:
             self.template: ChatTemplate | None = ChatTemplate.from_dir(model_dir, chat_template_file(card, model_dir),
@@ -99,7 +103,10 @@ class ModelPipeline:
 
     def encode_prompt(self, text: str, param: str) -> list[int]:
         """`text`'s token ids; PreprocessError naming `param` when they do not fit the context."""
+        started = time.perf_counter()
         count, ids = self.encoder.encode_capped(text, self.context_length)
+        if self.observe is not None:
+            self.observe("tokenize", time.perf_counter() - started)
         if ids is None:
             raise _too_long(self.context_length, count, param)
         return ids
@@ -131,7 +138,10 @@ class ModelPipeline:
         try:
             kwargs = with_thinking_default(template_kwargs, self.card.default_thinking_mode)
             extra = {k: v for k, v in (kwargs or {}).items() if k not in ("messages", "tools", "add_generation_prompt")}
+            started = time.perf_counter()
             text = self.template.render(messages, add_generation_prompt=generation_prompt, tools=tools, **extra)
+            if self.observe is not None:
+                self.observe("template", time.perf_counter() - started)
         except ChatTemplateError as exc:
             raise PreprocessError(f"chat template failed: {exc}", "messages", "invalid_messages") from None
         self._check_bound(len(text), "messages")

@@ -54,6 +54,32 @@ def test_metrics_use_dynamo_names(cluster):
     assert metric_value(text, "dynamo_frontend_model_max_num_batched_tokens", {"model": MODEL}) == 8192
 
 
+def test_dynamos_stage_metrics(cluster):
+    """Dynamo's pipeline-stage series: each request preprocessed (template and tokenizer timed), routed and
+    dispatched once, its transport round trip observed, and no request left in any stage afterwards."""
+    def scrape() -> str:
+        return http_get(cluster.base_url + "/metrics")[1].decode()
+
+    def count(text: str, name: str, labels: dict | None = None) -> float:
+        return metric_value(text, name, labels) or 0.0
+    series = [("dynamo_frontend_stage_duration_seconds_count", {"stage": "preprocess"}),
+              ("dynamo_frontend_stage_duration_seconds_count", {"stage": "route"}),
+              ("dynamo_frontend_stage_duration_seconds_count", {"stage": "transport_roundtrip"}),
+              ("dynamo_frontend_template_seconds_count", None), ("dynamo_frontend_tokenize_seconds_count", None),
+              ("dynamo_frontend_tokenizer_latency_ms_count", {"operation": "tokenize"})]
+    before = scrape()
+    client = openai.OpenAI(base_url=cluster.base_url + "/v1", api_key="x", max_retries=0)
+    for stream in (False, True):
+        resp = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "stage"}],
+                                              max_tokens=3, stream=stream)
+        list(resp) if stream else None
+    after = scrape()
+    for name, labels in series:
+        assert count(after, name, labels) - count(before, name, labels) == 2, (name, labels)
+    for stage, phase in (("preprocess", ""), ("route", "aggregated"), ("dispatch", "aggregated")):
+        assert metric_value(after, "dynamo_frontend_stage_requests", {"stage": stage, "phase": phase}) == 0
+
+
 def test_namespace_scopes_discovery(cluster):
     # The other namespace's worker is really registered (its card is in the store) ...
     other = cluster.tmp / "kv" / "v1" / "mdc" / "other"

@@ -32,6 +32,7 @@ def stack(tmp_path_factory, tiny_model):
                       env={"DYN_LOGGING_JSONL": "1"})  # its request lines, at INFO
         wait_until(lambda: http_get(cluster.base_url + "/live")[0] == 200, 60, "frontend /live on the metrics port")
         cluster.wait_workers("tiny", 1)
+        cluster.grpc_port = grpc_port  # type: ignore[attr-defined]
         yield cluster, f"127.0.0.1:{grpc_port}"
     finally:
         cluster.stop()
@@ -212,3 +213,13 @@ def _ready(client) -> bool:
         return client.is_model_ready("tiny")
     except InferenceServerException:
         return False
+
+
+def test_a_taken_grpc_port_is_an_exit_that_says_so(stack):
+    """The gRPC port held (by the module's frontend): a second frontend exits 1 naming it, no traceback."""
+    cluster, _ = stack
+    taken = cluster.grpc_port
+    proc = cluster.start("dynamo.frontend", ["--http-host", "127.0.0.1", "--http-port", str(taken),
+                                             "--kserve-grpc-server", "--grpc-metrics-port", str(free_port())])
+    assert proc.popen.wait(60) == 1
+    assert f"cannot listen on 127.0.0.1:{taken}" in proc.log() and "Traceback" not in proc.log()
