@@ -90,7 +90,10 @@ def decode_embeddings(body: bytes) -> EmbeddingRequest:
     return decode_body(decoder, body)
 
 
-async def embed_one(dispatcher, entry, request: PreprocessedRequest) -> list[float]:
+async def wire_vectors(dispatcher, entry, request: PreprocessedRequest) -> list[list[float]]:
+    """The pooled vectors one wire request answers: its input's, or each input's of a batch
+    (`llm/pooling_batch.py`), in order."""
+    vectors: list[list[float] | None] = [None] * len(request.pooling_lengths or [0])
     handle = RequestHandle()
     gen = dispatcher.stream(entry, request, handle)
     try:
@@ -98,25 +101,8 @@ async def embed_one(dispatcher, entry, request: PreprocessedRequest) -> list[flo
             for out in batch:
                 if out.error is not None:
                     raise errors.engine_error(out.error)
-                if out.embedding is not None:
-                    return out.embedding
-    finally:
-        await aclose_quietly(gen)
-    raise errors.no_embedding()
-
-
-async def embed_batch(dispatcher, entry, request: PreprocessedRequest) -> list[list[float]]:
-    """The pooled vectors of a batch's inputs (`llm/pooling_batch.py`), in order."""
-    vectors: list[list[float] | None] = [None] * len(request.pooling_lengths or ())
-    handle = RequestHandle()
-    gen = dispatcher.stream(entry, request, handle)
-    try:
-        async for batch in gen:
-            for out in batch:
-                if out.error is not None:
-                    raise errors.engine_error(out.error)
-                if out.embedding is not None and out.index is not None and 0 <= out.index < len(vectors):
-                    vectors[out.index] = out.embedding
+                if out.embedding is not None and 0 <= (out.index or 0) < len(vectors):
+                    vectors[out.index or 0] = out.embedding
     finally:
         await aclose_quietly(gen)
     if any(v is None for v in vectors):
@@ -130,20 +116,15 @@ async def embed_all(dispatcher, entry, requests: list[PreprocessedRequest]) -> l
     if len(requests) > 1 and entry.card.runtime_config.runtime_data.get(POOLING_BATCH_KEY):
         sizes = batch_sizes([len(r.token_ids) for r in requests], len(entry.decode_workers()))
         starts = [sum(sizes[:k]) for k in range(len(sizes))]
-        calls = [embed_batch(dispatcher, entry, batch_request(requests[a:a + n])) if n > 1
-                 else _one(dispatcher, entry, requests[a]) for a, n in zip(starts, sizes)]
+        calls = [wire_vectors(dispatcher, entry, batch_request(requests[a:a + n])) for a, n in zip(starts, sizes)]
     else:
-        calls = [_one(dispatcher, entry, r) for r in requests]
+        calls = [wire_vectors(dispatcher, entry, r) for r in requests]
     tasks = [asyncio.ensure_future(call) for call in calls]
     try:
         return [vector for part in await asyncio.gather(*tasks) for vector in part]
     finally:
         for task in tasks:
             task.cancel()
-
-
-async def _one(dispatcher, entry, request: PreprocessedRequest) -> list[list[float]]:
-    return [await embed_one(dispatcher, entry, request)]
 
 
 async def embed(dispatcher, entry, req: EmbeddingRequest) -> dict:
