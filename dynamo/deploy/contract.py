@@ -13,9 +13,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from dynamo.deploy.commands import flag_value, parse_command
 from dynamo.deploy.model import EnvVar, Graph, Probe, Service
 
 FRONTEND_PORT = 8000
+KSERVE_HTTP_PORT = 8788  # Dynamo's --grpc-metrics-port default: a KServe frontend's HTTP routes
 K8S_SYSTEM_PORT = 9090
 TERMINATION_GRACE_SECONDS = 60
 FS_GROUP = 1000
@@ -50,6 +52,25 @@ def dynamo_namespace(graph: Graph, k8s_namespace: str | None = None) -> str:
 
 def is_frontend(svc: Service) -> bool:
     return svc.componentType == "frontend"
+
+
+def kserve_http_port(svc: Service) -> int | None:
+    """A frontend run with Dynamo's KServe gRPC server (`--kserve-grpc-server` or DYN_KSERVE_GRPC_SERVER) serves
+    gRPC on its HTTP port and its HTTP routes (/health, /metrics) on `--grpc-metrics-port` (DYN_GRPC_METRICS_PORT,
+    8788): that port, for its probes; None for any other service."""
+    if not is_frontend(svc):
+        return None
+    command, args, _ = command_of(svc)
+    flags = next((inv.args for inv in parse_command(command, args).invocations if inv.module == "dynamo.frontend"), [])
+    env = service_env(svc)
+    on = env.get("DYN_KSERVE_GRPC_SERVER", "").strip().lower() in ("1", "true", "yes", "on")
+    for flag in flags:  # the last of --kserve-grpc-server / --no-kserve-grpc-server wins, as argparse reads them
+        if flag in ("--kserve-grpc-server", "--no-kserve-grpc-server"):
+            on = flag == "--kserve-grpc-server"
+    if not on:
+        return None
+    port = flag_value(flags, ("--grpc-metrics-port",)) or env.get("DYN_GRPC_METRICS_PORT") or "8788"
+    return int(port) if port.isdigit() else KSERVE_HTTP_PORT
 
 
 def has_system_port(svc: Service) -> bool:

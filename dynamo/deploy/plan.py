@@ -108,6 +108,8 @@ class ServicePlan:
         self.mounts = {point: path for pvc, path in opts.volumes.items() for point in local.mount_points(svc, pvc)}
         self.mounts.update(config_maps.mounts(svc, opts.config_maps, os.path.join(opts.state_dir, "configmaps")))
         self.ports: dict[int, tuple[int | None, int | None]] = {}
+        self.kserve = contract.kserve_http_port(svc) is not None  # gRPC on the HTTP port, HTTP on its own
+        self.kserve_ports: dict[int, int] = {}
         self.devices: DeviceLedger | None = None  # this machine's GPUs, shared by all plans; None: leave CUDA env alone
 
     @property
@@ -131,7 +133,8 @@ class ServicePlan:
             self.ports[index] = (http, system)
         return self.ports[index]
 
-    def _argv(self, http: int | None, tmp_dir: str) -> list[str]:
+    def _argv(self, http: int | None, tmp_dir: str, routes: int | None = None) -> list[str]:
+        """The replica's argv; a frontend's `--http-port` is `http`, a KServe frontend's HTTP routes `routes`."""
         line = parse_command(self.command, self.args)
         line.tokens = [local.map_volumes(t, self.mounts) for t in line.tokens]
         for inv in line.invocations:
@@ -141,6 +144,8 @@ class ServicePlan:
                 self._local_model(inv)
             if inv.module == "dynamo.frontend" and http is not None:
                 inv.args = set_flag(inv.args, ("--http-port",), str(http))
+                if self.kserve and routes is not None:
+                    inv.args = set_flag(inv.args, ("--grpc-metrics-port",), str(routes))
             inv.args = _local_kv_events(inv.args) + self.opts.append_args.get(self.name, [])
         return [local.private_tmp(part, tmp_dir) for part in line.render()]
 
@@ -157,6 +162,7 @@ class ServicePlan:
 
     def launch(self, index: int) -> Launch:
         http, system = self._ports(index)
+        routes = self.kserve_ports.setdefault(index, free_port()) if self.kserve and http else http
         tmp_dir = os.path.join(self.opts.pods_dir or os.path.join(self.opts.state_dir, "pods"), f"{self.name}-{index}")
         shutil.rmtree(tmp_dir, ignore_errors=True)  # a restarted container starts with an empty /tmp
         os.makedirs(tmp_dir)
@@ -193,9 +199,9 @@ class ServicePlan:
             env.update(planner_env(self.opts, manifest_env))
         if "dynamo.global_planner" in self.modules:  # it budgets and scales the file's graphs through these
             env["DYN_DEPLOY_CONTROL_URLS"] = json.dumps(self.opts.control_urls)
-        probes = contract.default_probes(self.svc, http or 0, system or 0)
-        return Launch(argv=self._argv(http, tmp_dir), env=env, cwd=local_workdir(self.svc.container.workingDir),
-                      http_port=http, system_port=system,
+        probes = contract.default_probes(self.svc, routes or 0, system or 0)
+        return Launch(argv=self._argv(http, tmp_dir, routes), env=env, cwd=local_workdir(self.svc.container.workingDir),
+                      http_port=routes, system_port=system,
                       probes={k: local.private_tmp_probe(p, tmp_dir) for k, p in probes.items()})
 
     def gpu_slice(self, index: int) -> list[str]:

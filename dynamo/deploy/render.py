@@ -119,12 +119,15 @@ def _container(graph: Graph, name: str, svc: Service, port: int, k8s_ns: str | N
         if value:
             out[key] = list(value) if isinstance(value, list) else value
     ports = [p for p in main.ports or [] if not (isinstance(p, dict) and p.get("name") == port_name)]
-    out.update({"env": _dedupe(env), "envFrom": env_from,
-                "ports": [*ports, {"name": port_name, "containerPort": port, "protocol": "TCP"}]})
+    ports.append({"name": port_name, "containerPort": port, "protocol": "TCP"})
+    http_port = contract.kserve_http_port(svc)  # a KServe gRPC frontend: its HTTP routes on their own port
+    if http_port is not None:
+        ports.append({"name": "metrics", "containerPort": http_port, "protocol": "TCP"})
+    out.update({"env": _dedupe(env), "envFrom": env_from, "ports": ports})
     resources = container_resources(svc)
     if resources:
         out["resources"] = resources
-    for kind, probe in contract.default_probes(svc, http_port=port, system_port=port).items():
+    for kind, probe in contract.default_probes(svc, http_port=http_port or port, system_port=port).items():
         out[f"{kind}Probe"] = probe
     for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
         override = getattr(main, kind)

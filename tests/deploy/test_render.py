@@ -175,3 +175,29 @@ def test_pods_are_scraped_as_operator_managed_ones_unless_the_graph_opts_out():
         if obj["kind"] == "Deployment":
             meta = obj["spec"]["template"]["metadata"]
             assert "nvidia.com/metrics-enabled" not in meta["labels"] and "annotations" not in meta
+
+
+@pytest.mark.parametrize("args, env, port", [
+    (["--http-port", "8000", "--kserve-grpc-server"], [], 8788),
+    (["--kserve-grpc-server", "--grpc-metrics-port=9300"], [], 9300),
+    ([], [{"name": "DYN_KSERVE_GRPC_SERVER", "value": "true"}, {"name": "DYN_GRPC_METRICS_PORT", "value": "9400"}],
+     9400),
+    (["--kserve-grpc-server", "--no-kserve-grpc-server"], [], None),
+])
+def test_a_kserve_frontend_is_probed_where_its_http_routes_are(tmp_path, args, env, port):
+    """Dynamo's --kserve-grpc-server puts gRPC on the frontend's port and the HTTP routes on
+    --grpc-metrics-port: the probes go there, and the container names that port."""
+    doc = yaml.safe_load((REPO / "examples/backends/mocker/deploy/agg.yaml").read_text())
+    main = doc["spec"]["services"]["Frontend"]["extraPodSpec"]["mainContainer"]
+    main["args"] = args
+    main["env"] = env
+    path = tmp_path / "kserve.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    (graph,) = validate_file(path).graphs
+    frontend = by_name(render(graph, "prod"), "Deployment", "mocker-agg-frontend")["spec"]["template"]["spec"]
+    (container,) = frontend["containers"]
+    probed = port or 8000
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": probed}
+    assert f"127.0.0.1:{probed}/health" in container["readinessProbe"]["exec"]["command"][-1]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == ({"http": 8000, "metrics": port} if port else {"http": 8000})

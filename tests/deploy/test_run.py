@@ -165,3 +165,29 @@ def test_grace_then_sigkill_for_a_replica_that_ignores_sigterm(tmp_path):
         assert run.survivors() == [] and not pid_alive(child)
     finally:
         run.stop()
+
+
+def test_a_kserve_frontend_runs_as_written(tmp_path, tiny_model):
+    """A graph whose frontend takes Dynamo's --kserve-grpc-server: `run` gives it the frontend port for gRPC
+    and a port of its own for the HTTP routes, and is ready by those; Triton's client infers through it."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    import yaml
+
+    doc = yaml.safe_load((MOCKER / "agg.yaml").read_text())
+    doc["spec"]["services"]["Frontend"]["extraPodSpec"]["mainContainer"]["args"] += ["--kserve-grpc-server"]
+    manifest = tmp_path / "kserve.yaml"
+    manifest.write_text(yaml.safe_dump(doc))
+    run = DeployRun(manifest, tmp_path, "--model", str(tiny_model))
+    try:
+        run.wait_ready({"Frontend": 1, "MockerWorker": 1})
+        (frontend,) = run.replicas("Frontend")
+        assert frontend["http_port"] != run.port  # the HTTP routes moved off the gRPC port
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{run.port}") as client:
+            wait_until(lambda: client.is_model_ready(MODEL), 60, "the model ready over gRPC")
+            text = grpcclient.InferInput("text_input", [1], "BYTES")
+            text.set_data_from_numpy(np.array([b"hello"], dtype=np.object_))
+            result = client.infer(MODEL, [text], parameters={"max_tokens": 3})
+            assert [x.decode() for x in result.as_numpy("finish_reason")] == ["length"]
+    finally:
+        assert run.stop() == 0
