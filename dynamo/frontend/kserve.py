@@ -144,7 +144,7 @@ class KServeService:
 
     def _model(self, name: str) -> None:
         if not self._completions_model(name):
-            raise CallFailed(grpc.StatusCode.NOT_FOUND, f"Model not found: {name}")
+            raise CallFailed(grpc.StatusCode.NOT_FOUND, f"Model {name!r} not found")
 
     async def server_live(self, request, context):
         return pb.ServerLiveResponse(live=True)
