@@ -185,8 +185,9 @@ class KServeService:
             try:
                 body, _ = completion_body(request)
                 async for event in completion_events(self.app, body, request_headers(context, request.id)):
-                    await out.put(pb.ModelStreamInferResponse(infer_response=infer_response(
-                        pb, request, event.get("model", request.model_name), event.get("choices") or [])))
+                    if event.get("choices"):  # a chunk without choices (an nvext or usage one) has no tensors
+                        await out.put(pb.ModelStreamInferResponse(infer_response=infer_response(
+                            pb, request, event.get("model", request.model_name), event["choices"])))
             except (KServeError, CallFailed) as exc:
                 await out.put(pb.ModelStreamInferResponse(error_message=str(exc), infer_response=pb.ModelInferResponse(
                     model_name=request.model_name, id=request.id)))

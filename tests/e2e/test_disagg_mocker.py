@@ -55,6 +55,8 @@ def client_for(url: str) -> openai.OpenAI:
 def test_requests_are_prefilled_remotely(cluster):
     client = client_for(cluster.base_url)
     before = worker_requests(cluster.prefill), worker_requests(cluster.decode)
+    stages = {stage: frontend_metric(cluster.base_url, "dynamo_frontend_stage_duration_seconds_count",
+                                     {"stage": stage}) for stage in ("route", "transport_roundtrip")}
     for stream in (False, True):
         if stream:
             parts = list(client.completions.create(model=MODEL, prompt="disaggregate me " * 20, max_tokens=12,
@@ -67,6 +69,13 @@ def test_requests_are_prefilled_remotely(cluster):
     assert worker_requests(cluster.decode) == before[1] + 2
     assert frontend_metric(cluster.base_url, "dynamo_frontend_remote_prefills_total", {"model": MODEL}) == 2
     assert frontend_metric(cluster.base_url, "dynamo_frontend_kv_transfer_bytes_total") > 0
+    # Dynamo's stage series name the two phases: each request routed and dispatched once to each pool
+    text = http_get(cluster.base_url + "/metrics")[1].decode()
+    for phase in ("prefill", "decode"):
+        for stage in ("route", "dispatch"):
+            assert metric_value(text, "dynamo_frontend_stage_requests", {"stage": stage, "phase": phase}) == 0
+    for stage, seen in stages.items():  # two requests, each through both pools
+        assert metric_value(text, "dynamo_frontend_stage_duration_seconds_count", {"stage": stage}) == seen + 4
 
 
 def test_the_model_is_ready_with_its_worker_types_per_namespace(cluster):
