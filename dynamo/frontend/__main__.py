@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 from dynamo.frontend.config import FrontendConfig, parse_frontend_args
 from dynamo.frontend.disagg import DisaggMetrics, DisaggPolicy, PrefillOrchestrator
 from dynamo.frontend.dispatch import Dispatcher
+from dynamo.frontend.batch_api import BatchApi
 from dynamo.frontend.responses_store import ResponseStore
 from dynamo.frontend.http_app import FrontendApp
 from dynamo.frontend.messages_run import AnthropicApi
@@ -67,6 +68,11 @@ def _app(config: FrontendConfig, runtime: DistributedRuntime, metrics: FrontendM
                        responses_store=ResponseStore(int(config.responses_store_mb * (1 << 20)))
                        if config.responses_store_mb > 0 else None,
                        wait_for_workers=config.wait_for_workers_secs, media_policy=config.media_policy())
+    if config.batch_store_mb > 0:  # OpenAI's Files and Batch APIs, each request through the app itself
+        batches = BatchApi(app, int(config.batch_store_mb * (1 << 20)), config.batch_concurrency)
+        app.routes.update(batches.routes())
+        app.prefix_routes.extend(batches.prefix_routes())
+        app.on_close.append(batches.close)
     moved_routes(app.routes, runtime.settings)
     return app
 

@@ -99,6 +99,12 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, MediaSettings, Dump
     responses_store_mb: float = setting(
         256, "Memory for stored Responses (`store`, as OpenAI keeps them), so that previous_response_id continues "
         "a conversation and GET/DELETE /v1/responses/{id} work; least recently used go first (0: none stored)")
+    batch_store_mb: float = setting(
+        1024, "Memory for OpenAI's Files and Batch APIs (/v1/files, /v1/batches): batch input files and the output "
+        "files batches write, all together (0: the Batch API is not served)")
+    batch_concurrency: int = setting(
+        16, "Requests of batches in flight at once, all batches together (the rest of the deployment's capacity "
+        "stays with interactive traffic)")
     enable_anthropic_api: bool = setting(False, "Serve Anthropic's Messages API: POST /v1/messages and "
                                          "/v1/messages/count_tokens (Claude Code and other Anthropic clients)")
     enable_streaming_tool_dispatch: bool = setting(False, "Streamed chat: an `event: tool_call_dispatch` for each "

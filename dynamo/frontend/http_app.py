@@ -14,7 +14,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Callable
+from typing import Awaitable, Callable
 
 from prometheus_client import generate_latest
 
@@ -96,6 +96,7 @@ class FrontendApp:
         self.prep_pool = ThreadPoolExecutor(max_workers=PREP_THREADS, thread_name_prefix="dyn-prep")
         self.speculative = SpeculativePrefill(dispatcher, self.prep_pool, metrics.registry, metrics.prefix)
         self.trimmer = HeapTrimmer(self.prep_pool)  # after big bodies
+        self.on_close: list[Callable[[], Awaitable[None]]] = []  # route owners' own tasks (the Batch API's)
         self.routes: dict[tuple[str, str], Callable] = {
             ("POST", "/v1/chat/completions"): self.chat,
             ("POST", "/v1/completions"): self.completions,
@@ -175,6 +176,8 @@ class FrontendApp:
             return False
 
     async def close(self) -> None:
+        for close in self.on_close:
+            await close()
         await self.speculative.close()
         self.prep_pool.shutdown(wait=False, cancel_futures=True)
 

@@ -15,6 +15,7 @@ from dynamo.frontend.anthropic import MessagesRequest
 from dynamo.frontend.embeddings import EmbeddingRequest
 from dynamo.frontend.openai import ChatCompletionRequest, CompletionRequest
 from dynamo.frontend.pooling_api import ClassifyRequest
+from dynamo.frontend.batch_api import BatchCreate
 from dynamo.frontend.rerank import RerankRequest, ScoreRequest, VllmRerankRequest
 from dynamo.frontend.responses import ResponsesRequest
 from dynamo.runtime.asgi import send_json
@@ -39,6 +40,10 @@ ROUTES: dict[tuple[str, str], tuple[str, type | None]] = {
     ("POST", "/score"): ("Relevance scores of text pairs", ScoreRequest),
     ("POST", "/v1/messages"): ("Create a message (Anthropic's Messages API)", MessagesRequest),
     ("POST", "/v1/messages/count_tokens"): ("Count a message request's input tokens", MessagesRequest),
+    ("POST", "/v1/files"): ("Upload a file (multipart/form-data: `file`, `purpose`; a batch's JSONL input)", None),
+    ("GET", "/v1/files"): ("List the stored files", None),
+    ("POST", "/v1/batches"): ("Run a file of requests as a batch (OpenAI's Batch API)", BatchCreate),
+    ("GET", "/v1/batches"): ("List the batches", None),
     ("GET", "/busy_threshold"): ("Every model's busy thresholds", None),
     ("POST", "/busy_threshold"): ("Read or set a model's busy thresholds", BusyThresholdRequest),
     ("GET", "/v1/models"): ("List the served models", None),
@@ -52,6 +57,10 @@ PREFIX_ROUTES: dict[tuple[str, str], tuple[str, str]] = {
     ("GET", "/v1/models/"): ("/v1/models/{model}", "A model; `/v1/models/{model}/ready`: its readiness"),
     ("GET", "/v1/responses/"): ("/v1/responses/{response_id}", "A stored response; `.../input_items`: its input"),
     ("DELETE", "/v1/responses/"): ("/v1/responses/{response_id}", "Delete a stored response"),
+    ("GET", "/v1/files/"): ("/v1/files/{file_id}", "A file; `.../content`: its content"),
+    ("DELETE", "/v1/files/"): ("/v1/files/{file_id}", "Delete a file"),
+    ("GET", "/v1/batches/"): ("/v1/batches/{batch_id}", "A batch: its status, counts and output files"),
+    ("POST", "/v1/batches/"): ("/v1/batches/{batch_id}/cancel", "Cancel a batch (what ran is in its output)"),
 }
 
 

@@ -1,0 +1,166 @@
+"""OpenAI's Files and Batch APIs over the frontend (`--batch-store-mb` > 0): upload a JSONL file of
+requests, run it as a batch against `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings` or
+`/v1/responses`, poll it, download its output. The official clients' `files.create`,
+`batches.create`, `batches.retrieve`, `batches.cancel`, `batches.list` and `files.content` work
+unchanged. Routes: POST/GET /v1/files, GET/DELETE /v1/files/{id}, GET /v1/files/{id}/content,
+POST/GET /v1/batches, GET /v1/batches/{id}, POST /v1/batches/{id}/cancel. The jobs: batch_jobs.py;
+the files: batch_files.py."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any, Callable
+from urllib.parse import parse_qs
+
+import msgspec
+
+from dynamo.frontend.batch_files import MAX_FILE_BYTES, UPLOAD_PURPOSES, FileStore, parse_multipart, store_full
+from dynamo.frontend.batch_jobs import ACTIVE, ENDPOINTS, WINDOW_SECS, Batch, BatchRunner
+from dynamo.frontend.errors import ApiError, bad_request
+from dynamo.runtime.asgi import BodyTooLarge, header, read_body, send_bytes, send_json
+
+FILES, BATCHES = "/v1/files", "/v1/batches"
+MULTIPART_OVERHEAD = 1 << 16  # the form's headers and other fields around the file
+
+
+class BatchCreate(msgspec.Struct, forbid_unknown_fields=False):
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, str] | None = None
+
+
+class BatchApi:
+    def __init__(self, app: Callable, store_bytes: int, concurrency: int) -> None:
+        self.app = app
+        self.files = FileStore(store_bytes)
+        self.runner = BatchRunner(app, self.files, concurrency)
+
+    def routes(self) -> dict[tuple[str, str], Any]:
+        return {("POST", FILES): self.upload, ("GET", FILES): self.list_files,
+                ("POST", BATCHES): self.create, ("GET", BATCHES): self.list_batches}
+
+    def prefix_routes(self) -> list[tuple[str, str, Any]]:
+        return [("GET", FILES + "/", self.file_get), ("DELETE", FILES + "/", self.file_delete),
+                ("GET", BATCHES + "/", self.batch_get), ("POST", BATCHES + "/", self.batch_cancel)]
+
+    async def close(self) -> None:
+        await self.runner.close()
+
+    # -- files -----------------------------------------------------------------------------------
+    async def upload(self, scope, receive, send) -> None:
+        try:
+            body = await read_body(receive, MAX_FILE_BYTES + MULTIPART_OVERHEAD)
+        except BodyTooLarge:
+            raise store_full(MAX_FILE_BYTES + 1, self.files.max_bytes - self.files.bytes) from None
+        # Off the event loop: splitting a 200 MB form copies it.
+        fields = await asyncio.to_thread(parse_multipart, (header(scope, b"content-type") or b"").decode("latin-1"),
+                                         body)
+        purpose = fields.get("purpose", (None, b""))[1].decode("utf-8", "replace").strip()
+        if purpose not in UPLOAD_PURPOSES:
+            raise bad_request(f"`purpose` must be one of {', '.join(UPLOAD_PURPOSES)}", "purpose")
+        if "file" not in fields:
+            raise bad_request("Missing the `file` field of the upload", "file", "missing_required_parameter")
+        filename, data = fields["file"]
+        stored = self.files.add(filename or "upload", purpose, data)
+        await send_json(send, 200, stored.object())
+
+    async def list_files(self, scope, receive, send) -> None:
+        query = _query(scope)
+        order = query.get("order", "desc")
+        files, more = self.files.listed(query.get("purpose"), order, query.get("after"), _limit(query, 10000))
+        await send_json(send, 200, _page([f.object() for f in files], more))
+
+    async def file_get(self, scope, receive, send) -> None:
+        file_id, _, rest = scope["path"][len(FILES) + 1:].partition("/")
+        stored = self.files.get(file_id)
+        if rest == "content":
+            await send_bytes(send, 200, stored.data, [(b"content-type", b"application/octet-stream")])
+        elif rest:
+            raise _no_path(scope["path"])
+        else:
+            await send_json(send, 200, stored.object())
+
+    async def file_delete(self, scope, receive, send) -> None:
+        file_id = scope["path"][len(FILES) + 1:]
+        if any(b.input_file_id == file_id and b.status in ACTIVE for b in self.runner.batches.values()):
+            raise bad_request(f"File {file_id} is the input of a batch still running", "file_id", "file_in_use")
+        self.files.delete(file_id)
+        await send_json(send, 200, {"id": file_id, "object": "file", "deleted": True})
+
+    # -- batches ---------------------------------------------------------------------------------
+    async def create(self, scope, receive, send) -> None:
+        try:
+            req = msgspec.json.decode(await read_body(receive, 1 << 20), type=BatchCreate)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise bad_request(f"Invalid request: {exc}", None, "invalid_type") from None
+        if req.endpoint not in ENDPOINTS:
+            raise bad_request(f"`endpoint` must be one of {', '.join(ENDPOINTS)}", "endpoint")
+        if req.completion_window not in WINDOW_SECS:
+            raise bad_request("`completion_window` must be 24h", "completion_window")
+        if req.metadata is not None and len(req.metadata) > 16:
+            raise bad_request("`metadata` holds at most 16 pairs", "metadata")
+        if self.files.get(req.input_file_id).purpose != "batch":
+            raise bad_request(f"File {req.input_file_id} was not uploaded with purpose `batch`", "input_file_id")
+        batch = Batch("batch_" + uuid.uuid4().hex[:24], req.endpoint, req.input_file_id, req.completion_window,
+                      req.metadata)
+        self.runner.start(batch)
+        await send_json(send, 200, batch.object())
+
+    async def list_batches(self, scope, receive, send) -> None:
+        query = _query(scope)
+        batches = sorted(self.runner.batches.values(), key=lambda b: b.created_at, reverse=True)
+        after = query.get("after")
+        if after is not None:
+            ids = [b.id for b in batches]
+            batches = batches[ids.index(after) + 1:] if after in ids else []
+        limit = _limit(query, 100)
+        await send_json(send, 200, _page([b.object() for b in batches[:limit]], len(batches) > limit))
+
+    async def batch_get(self, scope, receive, send) -> None:
+        batch_id, _, rest = scope["path"][len(BATCHES) + 1:].partition("/")
+        if rest:
+            raise _no_path(scope["path"])
+        await send_json(send, 200, self._batch(batch_id).object())
+
+    async def batch_cancel(self, scope, receive, send) -> None:
+        batch_id, _, rest = scope["path"][len(BATCHES) + 1:].partition("/")
+        if rest != "cancel":
+            raise _no_path(scope["path"])
+        batch = self._batch(batch_id)
+        if batch.status not in ("validating", "in_progress", "cancelling"):
+            raise ApiError(409, f"Cannot cancel a batch with status '{batch.status}'.", "invalid_request_error",
+                           None, "batch_not_cancellable")
+        self.runner.cancel(batch)
+        await send_json(send, 200, batch.object())
+
+    def _batch(self, batch_id: str) -> Batch:
+        batch = self.runner.batches.get(batch_id)
+        if batch is None:
+            raise ApiError(404, f"No batch found with id '{batch_id}'.", "invalid_request_error", "batch_id",
+                           "not_found")
+        return batch
+
+
+def _query(scope: dict) -> dict[str, str]:
+    return {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
+
+
+def _limit(query: dict[str, str], most: int) -> int:
+    try:
+        limit = int(query.get("limit", "20"))
+    except ValueError:
+        raise bad_request("`limit` must be an integer", "limit") from None
+    if not 1 <= limit <= most:
+        raise bad_request(f"`limit` must be between 1 and {most}", "limit")
+    return limit
+
+
+def _page(data: list[dict], more: bool) -> dict:
+    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None, "has_more": more}
+
+
+def _no_path(path: str) -> ApiError:
+    return ApiError(404, f"No route for {path}", "invalid_request_error", None, "not_found")

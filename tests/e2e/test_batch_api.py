@@ -1,0 +1,192 @@
+"""OpenAI's Files and Batch APIs with the official `openai` client against a real frontend and a mocker
+worker: upload a JSONL file, run it as a batch, poll it, download the output and error files (in input
+order, each answer what the endpoint itself answers); a malformed input fails the batch naming its lines;
+a cancelled batch keeps what ran; overload answers are retried instead of failing requests; the store's
+bound is a 413; with --batch-store-mb 0 the routes are not served."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import openai
+import pytest
+
+from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+DONE = ("completed", "failed", "expired", "cancelled")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tiny_model):
+    cluster = Cluster(tmp_path_factory.mktemp("batch"), tiny_model)
+    try:
+        cluster.mocker("--speedup-ratio", "10")
+        # Two frontends on one worker: the main one, and one whose own concurrency limit (1) makes batch
+        # requests (4 at a time) meet 529s, and whose store holds 1 MB.
+        cluster.frontend("--batch-concurrency", "4", "--rejection-frontend-request-concurrency-limit", "1",
+                         "--batch-store-mb", "1")
+        limited = cluster.base_url
+        cluster.frontend("--batch-concurrency", "4")
+        cluster.wait_workers("tiny", 1)
+        yield cluster, limited
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture()
+def client(stack):
+    return openai.OpenAI(base_url=stack[0].base_url + "/v1", api_key="unused", max_retries=0)
+
+
+def chat_line(custom_id: str, content: str, **body) -> dict:
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "tiny", "messages": [{"role": "user", "content": content}], "max_tokens": 4, **body}}
+
+
+def upload(client: openai.OpenAI, lines: list, purpose: str = "batch"):
+    data = "\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines).encode()
+    return client.files.create(file=("requests.jsonl", io.BytesIO(data)), purpose=purpose)
+
+
+def wait_done(client: openai.OpenAI, batch_id: str, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in DONE:
+            return batch
+        time.sleep(0.2)
+    raise AssertionError(f"batch {batch_id} still {batch.status} after {timeout} s")
+
+
+def jsonl(client: openai.OpenAI, file_id: str) -> list[dict]:
+    return [json.loads(line) for line in client.files.content(file_id).text.splitlines()]
+
+
+def test_a_batch_runs_every_request_and_writes_output_and_errors_in_input_order(client):
+    lines = [chat_line(f"req-{i}", f"question {i}") for i in range(12)]
+    lines.insert(5, chat_line("empty", "x") | {"body": {"model": "tiny", "messages": [], "max_tokens": 4}})
+    lines.append(chat_line("streamed", "y", stream=True))
+    source = upload(client, lines)
+    assert source.purpose == "batch" and source.bytes > 0 and source.filename == "requests.jsonl"
+    batch = client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h",
+                                  metadata={"job": "nightly"})
+    assert batch.status in ("validating", "in_progress") and batch.metadata == {"job": "nightly"}
+    batch = wait_done(client, batch.id)
+    assert batch.status == "completed" and batch.completed_at and batch.in_progress_at
+    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (14, 12, 2)
+    assert batch.model == "tiny" and batch.usage.output_tokens == 12 * 4 and batch.usage.input_tokens > 0
+    output = jsonl(client, batch.output_file_id)
+    assert [o["custom_id"] for o in output] == [f"req-{i}" for i in range(12)]
+    for entry in output:
+        assert entry["error"] is None and entry["response"]["status_code"] == 200
+        answer = entry["response"]["body"]
+        assert answer["object"] == "chat.completion" and answer["usage"]["completion_tokens"] == 4
+        assert answer["choices"][0]["message"]["role"] == "assistant"
+    errors = {e["custom_id"]: e["response"] for e in jsonl(client, batch.error_file_id)}
+    assert errors["empty"]["status_code"] == 400 and errors["empty"]["body"]["error"]["param"] == "messages"
+    assert errors["streamed"]["status_code"] == 400 and errors["streamed"]["body"]["error"]["param"] == "stream"
+    assert client.files.retrieve(batch.output_file_id).purpose == "batch_output"
+    assert batch.id in [b.id for b in client.batches.list()]
+
+
+def test_a_completions_batch_without_failures_has_no_error_file(client):
+    lines = [{"custom_id": f"c{i}", "method": "POST", "url": "/v1/completions",
+              "body": {"model": "tiny", "prompt": f"say {i}", "max_tokens": 3}} for i in range(3)]
+    batch = client.batches.create(input_file_id=upload(client, lines).id, endpoint="/v1/completions",
+                                  completion_window="24h")
+    batch = wait_done(client, batch.id)
+    assert batch.status == "completed" and batch.error_file_id is None
+    assert [o["response"]["body"]["object"] for o in jsonl(client, batch.output_file_id)] == ["text_completion"] * 3
+
+
+def test_a_malformed_input_fails_the_batch_naming_each_bad_line(client):
+    good = chat_line("a", "hi")
+    lines = [good, "{not json", chat_line("a", "again"), good | {"custom_id": "b", "url": "/v1/completions"},
+             good | {"custom_id": "c", "method": "GET"}, {"method": "POST", "url": "/v1/chat/completions", "body": {}}]
+    batch = client.batches.create(input_file_id=upload(client, lines).id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    batch = wait_done(client, batch.id)
+    assert batch.status == "failed" and batch.failed_at and batch.output_file_id is None
+    found = {(e.line, e.code) for e in batch.errors.data}
+    assert found == {(2, "invalid_json_line"), (3, "duplicate_custom_id"), (4, "invalid_url"), (5, "invalid_method"),
+                     (6, "missing_required_parameter")}
+
+
+def test_refusals_are_openai_errors(client):
+    lines = [chat_line("a", "hi")]
+    with pytest.raises(openai.NotFoundError):
+        client.batches.create(input_file_id="file-nope", endpoint="/v1/chat/completions", completion_window="24h")
+    source = upload(client, lines)
+    with pytest.raises(openai.BadRequestError, match="endpoint"):
+        client.batches.create(input_file_id=source.id, endpoint="/v1/audio/speech", completion_window="24h")
+    with pytest.raises(openai.BadRequestError, match="completion_window"):
+        client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="1h")
+    other = upload(client, lines, purpose="user_data")
+    with pytest.raises(openai.BadRequestError, match="purpose"):
+        client.batches.create(input_file_id=other.id, endpoint="/v1/chat/completions", completion_window="24h")
+    with pytest.raises(openai.NotFoundError):
+        client.batches.retrieve("batch_nope")
+    with pytest.raises(openai.BadRequestError, match="purpose"):
+        upload(client, lines, purpose="batch_output")  # written by batches, not uploaded
+    client.files.delete(other.id)
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(other.id)
+    base = str(client.base_url).rstrip("/")
+    status, body = http_get(base + "/files?limit=0")
+    assert status == 400 and json.loads(body)["error"]["param"] == "limit"
+    paths = json.loads(http_get(base.removesuffix("/v1") + "/openapi.json")[1])["paths"]
+    assert {"/v1/files", "/v1/files/{file_id}", "/v1/batches", "/v1/batches/{batch_id}/cancel"} <= set(paths)
+
+
+def test_cancel_keeps_what_ran_and_refuses_a_finished_batch(client):
+    lines = [chat_line(f"slow-{i}", "tell me a long story", max_tokens=150, ignore_eos=True) for i in range(40)]
+    source = upload(client, lines)
+    batch = client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    wait_until(lambda: client.batches.retrieve(batch.id).status == "in_progress", 60, "batch in progress")
+    cancelling = client.batches.cancel(batch.id)
+    assert cancelling.status == "cancelling" and cancelling.cancelling_at
+    with pytest.raises(openai.BadRequestError, match="still running"):
+        client.files.delete(source.id)  # the input of a batch that has not ended
+    batch = wait_done(client, batch.id)
+    assert batch.status == "cancelled" and batch.cancelled_at
+    ran = jsonl(client, batch.output_file_id)
+    assert 0 < len(ran) < 40 and batch.request_counts.completed == len(ran)  # the in-flight ones finished
+    assert all(o["response"]["status_code"] == 200 for o in ran)
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.batches.cancel(batch.id)
+    assert refused.value.status_code == 409
+    client.files.delete(source.id)
+
+
+def test_overload_answers_are_retried_not_failed(stack):
+    cluster, limited = stack
+    client = openai.OpenAI(base_url=limited + "/v1", api_key="unused", max_retries=0)
+    lines = [chat_line(f"r{i}", f"q{i}", max_tokens=20, ignore_eos=True) for i in range(12)]
+    batch = client.batches.create(input_file_id=upload(client, lines).id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    batch = wait_done(client, batch.id)
+    assert batch.status == "completed" and batch.request_counts.completed == 12 and batch.error_file_id is None
+    status, body = http_get(limited + "/metrics")
+    assert metric_value(body.decode(), "dynamo_frontend_model_rejection_total", {"reason": "overloaded"}) > 0  # 529s met
+
+
+def test_the_store_bound_is_a_413(stack):
+    client = openai.OpenAI(base_url=stack[1] + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.files.create(file=("big.jsonl", io.BytesIO(b"x" * (2 << 20))), purpose="batch")
+    assert refused.value.status_code == 413 and refused.value.body["code"] == "file_too_large"
+
+
+def test_without_a_store_the_routes_are_not_served(tmp_path, tiny_model):
+    cluster = Cluster(tmp_path, tiny_model)
+    try:
+        cluster.frontend("--batch-store-mb", "0")
+        assert http_get(cluster.base_url + "/v1/batches")[0] == 404
+        status, body = http_get(cluster.base_url + "/openapi.json")
+        assert status == 200 and "/v1/batches" not in json.loads(body)["paths"]
+    finally:
+        cluster.stop()

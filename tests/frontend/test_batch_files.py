@@ -1,0 +1,115 @@
+"""The Batch API's pieces that need no server: multipart uploads, the file store's bound and pages,
+an input file's line checks, a batch's usage, and the runner's expiry (driven through a minimal ASGI
+app: the runner's contract is the ASGI interface the frontend's app serves)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from dynamo.frontend.batch_files import FileStore, parse_multipart
+from dynamo.frontend.batch_jobs import Batch, BatchRunner, parse_lines
+from dynamo.frontend.errors import ApiError
+
+BOUNDARY = "----form7"
+
+
+def form(*parts: tuple[str, str | None, bytes]) -> bytes:
+    out = b""
+    for name, filename, content in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
+    return out + f"--{BOUNDARY}--\r\n".encode()
+
+
+def test_multipart_fields_keep_their_bytes_exactly():
+    content = b'{"a": 1}\r\n{"b": 2}\n--not-a-boundary\n'
+    fields = parse_multipart(f"multipart/form-data; boundary={BOUNDARY}",
+                             form(("purpose", None, b"batch"), ("file", "in.jsonl", content)))
+    assert fields == {"purpose": (None, b"batch"), "file": ("in.jsonl", content)}
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "multipart/form-data"])
+def test_not_a_form_is_a_400(content_type):
+    with pytest.raises(ApiError) as refused:
+        parse_multipart(content_type, b"{}")
+    assert refused.value.status == 400 and refused.value.param == "file"
+
+
+def test_the_store_bound_counts_every_file_and_frees_on_delete():
+    store = FileStore(100)
+    first = store.add("a", "batch", b"x" * 60)
+    with pytest.raises(ApiError) as refused:
+        store.add("b", "batch", b"x" * 41)
+    assert refused.value.status == 413
+    store.delete(first.id)
+    assert store.add("b", "batch", b"x" * 100).object()["bytes"] == 100
+    with pytest.raises(ApiError) as missing:
+        store.get(first.id)
+    assert missing.value.status == 404
+
+
+def test_file_pages_follow_after_and_order():
+    store = FileStore(1 << 20)
+    ids = [store.add(str(i), "batch" if i % 2 == 0 else "user_data", b"x").id for i in range(5)]
+    page, more = store.listed(None, "asc", None, 2)
+    assert [f.id for f in page] == ids[:2] and more
+    page, more = store.listed(None, "asc", ids[1], 10)
+    assert [f.id for f in page] == ids[2:] and not more
+    page, _ = store.listed("batch", "desc", None, 10)
+    assert [f.id for f in page] == [ids[4], ids[2], ids[0]]
+
+
+def line(custom_id: str, url: str = "/v1/completions", **extra) -> bytes:
+    return json.dumps({"custom_id": custom_id, "method": "POST", "url": url, "body": {"prompt": "x"}, **extra}).encode()
+
+
+def test_lines_are_read_and_blank_lines_skipped():
+    lines, errors = parse_lines(b"\n".join([line("a"), b"", line("b"), b"  "]), "/v1/completions")
+    assert errors == [] and [x.custom_id for x in lines] == ["a", "b"]
+
+
+def test_every_bad_line_is_named_with_its_number():
+    data = b"\n".join([line("a"), b"[1, 2]", line("a"), line("c", "/v1/embeddings"), line("d", body="text")])
+    _, errors = parse_lines(data, "/v1/completions")
+    assert [(e["line"], e["code"]) for e in errors] == [(2, "invalid_json_line"), (3, "duplicate_custom_id"),
+                                                        (4, "invalid_url"), (5, "missing_required_parameter")]
+    assert parse_lines(b"\n\n", "/v1/completions")[1][0]["code"] == "empty_file"
+
+
+def test_usage_adds_chat_and_responses_names():
+    batch = Batch("batch_1", "/v1/chat/completions", "file-1", "24h", None)
+    batch.count_usage({"prompt_tokens": 10, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 4}})
+    batch.count_usage({"input_tokens": 5, "output_tokens": 2, "output_tokens_details": {"reasoning_tokens": 1}})
+    batch.count_usage(None)
+    assert batch.object()["usage"] == {"input_tokens": 15, "input_tokens_details": {"cached_tokens": 4},
+                                       "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 1},
+                                       "total_tokens": 20}
+
+
+def test_requests_not_sent_within_the_window_expire():
+    async def app(scope, receive, send):  # answers every request at once
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b'{"usage": {"prompt_tokens": 1}}'})
+
+    async def run() -> tuple[Batch, FileStore]:
+        files = FileStore(1 << 20)
+        source = files.add("in.jsonl", "batch", b"\n".join([line("a"), line("b")]))
+        runner = BatchRunner(app, files, 1)
+        batch = Batch("batch_1", "/v1/completions", source.id, "24h", None)
+        batch.created_at = int(time.time()) - 24 * 3600  # its window already over
+        runner.start(batch)
+        await asyncio.wait_for(asyncio.gather(*runner.tasks.values()), 10)
+        return batch, files
+
+    batch, files = asyncio.run(run())
+    assert batch.status == "expired"
+    assert batch.object()["expired_at"] and batch.object()["request_counts"] == {"total": 2, "completed": 0,
+                                                                                 "failed": 2}
+    expired = [json.loads(x) for x in files.get(batch.error_file_id).data.splitlines()]
+    assert [(e["custom_id"], e["error"]["code"], e["response"]) for e in expired] == [("a", "batch_expired", None),
+                                                                                     ("b", "batch_expired", None)]
