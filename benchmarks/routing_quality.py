@@ -261,7 +261,7 @@ def run_once(stack: str, spec: str, model: Path, plan, args, rate: float | None 
                 "late": _late(workers) if stack == "ours" and args.engine == "mocker" else None,
                 "ttft_mean": statistics.fmean(res.ttft) * 1e3 if res.ttft else float("nan"),
                 "engine_ttft": _engine_ttft(workers) if stack == "ours" and args.engine == "mocker" else None,
-                "frontend_ttft": _frontend_ttft(cluster.base_url)}
+                "frontend_ttft": _frontend_ttft(cluster.base_url), "stages": _frontend_stages(cluster.base_url)}
     finally:
         if args.engine == "vllm":
             frontend.stop()
@@ -320,6 +320,21 @@ def _frontend_ttft(base_url: str) -> float | None:
     total = metric_value(text, "dynamo_frontend_time_to_first_token_seconds_sum", {})
     count = metric_value(text, "dynamo_frontend_time_to_first_token_seconds_count", {})
     return total / count * 1e3 if total is not None and count else None
+
+
+def _frontend_stages(base_url: str) -> tuple[float | None, ...]:
+    """Mean ms of the frontend's pipeline stages (Dynamo's `stage_duration_seconds`; both stacks
+    export it): preprocess, route, and transport_roundtrip (sent to a worker -> its first answer)."""
+    try:
+        text = http_get(base_url + "/metrics")[1].decode()
+    except OSError:
+        return (None, None, None)
+    means = []
+    for stage in ("preprocess", "route", "transport_roundtrip"):
+        total = metric_value(text, "dynamo_frontend_stage_duration_seconds_sum", {"stage": stage})
+        count = metric_value(text, "dynamo_frontend_stage_duration_seconds_count", {"stage": stage})
+        means.append(total / count * 1e3 if total is not None and count else None)
+    return tuple(means)
 
 
 def _ours_only(spec: str) -> bool:
@@ -414,7 +429,8 @@ def main() -> None:
                 ("router", "TTFT p50 ms", "TTFT p99 ms")
                 + ((f"{TRACKED[args.workload][0]} TTFT p50 / p99 ms",) if follow else ())
                 + ("cached fraction", "req/s", "requests per worker", "errors", "CPU ms/request frontend/workers",
-                   "mocker steps late", "TTFT mean ms client/frontend/engine"), rows)
+                   "mocker steps late", "TTFT mean ms client/frontend/engine",
+                   "frontend stages mean ms preprocess/route/transport"), rows)
 
 
 def _rows(runs: dict[tuple[str, str], list[dict]]) -> tuple[list[tuple], bool]:
@@ -432,7 +448,8 @@ def _rows(runs: dict[tuple[str, str], list[dict]]) -> tuple[list[tuple], bool]:
                      " ".join("/".join(f"{v:.1f}" for v in x["cpu"]) for x in results),
                      " ".join("-" if x["late"] is None else f"{x['late']:+.1%}" for x in results),
                      " ".join("/".join("-" if v is None else f"{v:.0f}" for v in
-                                       (x["ttft_mean"], x["frontend_ttft"], x["engine_ttft"])) for x in results)))
+                                       (x["ttft_mean"], x["frontend_ttft"], x["engine_ttft"])) for x in results),
+                     " ".join("/".join("-" if v is None else f"{v:.1f}" for v in x["stages"]) for x in results)))
     return rows, follow
 
 
