@@ -7,6 +7,7 @@ import asyncio
 import logging
 import ssl
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from dynamo.frontend.config import FrontendConfig, parse_frontend_args
@@ -69,7 +70,9 @@ def _app(config: FrontendConfig, runtime: DistributedRuntime, metrics: FrontendM
                        if config.responses_store_mb > 0 else None,
                        wait_for_workers=config.wait_for_workers_secs, media_policy=config.media_policy())
     if config.batch_store_mb > 0:  # OpenAI's Files and Batch APIs, each request through the app itself
-        batches = BatchApi(app, int(config.batch_store_mb * (1 << 20)), config.batch_concurrency)
+        batches = BatchApi(app, int(config.batch_store_mb * (1 << 20)), config.batch_concurrency,
+                           Path(config.batch_dir) if config.batch_dir else None)
+        batches.resume(lambda model: (entry := models.get(model)) is not None and bool(entry.decode_workers()))
         app.routes.update(batches.routes())
         app.prefix_routes.extend(batches.prefix_routes())
         app.on_close.append(batches.close)

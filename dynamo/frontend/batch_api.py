@@ -9,16 +9,22 @@ the files: batch_files.py."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
+from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs
 
 import msgspec
 
 from dynamo.frontend.batch_files import MAX_FILE_BYTES, UPLOAD_PURPOSES, FileStore, parse_multipart, store_full
-from dynamo.frontend.batch_jobs import ACTIVE, ENDPOINTS, WINDOW_SECS, Batch, BatchRunner
+from dynamo.frontend.batch_jobs import ACTIVE, ENDPOINTS, WINDOW_SECS, Batch
+from dynamo.frontend.batch_journal import BatchJournal
+from dynamo.frontend.batch_runner import BatchRunner
 from dynamo.frontend.errors import ApiError, bad_request
 from dynamo.runtime.asgi import BodyTooLarge, header, read_body, send_bytes, send_json
+
+log = logging.getLogger(__name__)
 
 FILES, BATCHES = "/v1/files", "/v1/batches"
 MULTIPART_OVERHEAD = 1 << 16  # the form's headers and other fields around the file
@@ -32,10 +38,22 @@ class BatchCreate(msgspec.Struct, forbid_unknown_fields=False):
 
 
 class BatchApi:
-    def __init__(self, app: Callable, store_bytes: int, concurrency: int) -> None:
+    """The routes over one file store and one runner; `folder` (`--batch-dir`): their journal on disk."""
+
+    def __init__(self, app: Callable, store_bytes: int, concurrency: int, folder: Path | None = None) -> None:
         self.app = app
         self.files = FileStore(store_bytes)
-        self.runner = BatchRunner(app, self.files, concurrency)
+        self.journal = BatchJournal(folder) if folder is not None else None
+        for stored in self.journal.load_files() if self.journal is not None else ():
+            self.files.restore(stored)
+        self.runner = BatchRunner(app, self.files, concurrency, self.journal)
+
+    def resume(self, served: Callable[[str], bool]) -> None:
+        """Batches a restart interrupted run on (their model's workers first found again: `served`)."""
+        running = self.runner.resume(served)
+        if self.files.files or self.runner.batches:
+            log.info("batch journal: %d file(s), %d batch(es) restored, %d running on", len(self.files.files),
+                     len(self.runner.batches), running)
 
     def routes(self) -> dict[tuple[str, str], Any]:
         return {("POST", FILES): self.upload, ("GET", FILES): self.list_files,
@@ -64,6 +82,8 @@ class BatchApi:
             raise bad_request("Missing the `file` field of the upload", "file", "missing_required_parameter")
         filename, data = fields["file"]
         stored = self.files.add(filename or "upload", purpose, data)
+        if self.journal is not None:
+            await asyncio.to_thread(self.journal.save_file, stored)
         await send_json(send, 200, stored.object())
 
     async def list_files(self, scope, receive, send) -> None:
@@ -87,6 +107,8 @@ class BatchApi:
         if any(b.input_file_id == file_id and b.status in ACTIVE for b in self.runner.batches.values()):
             raise bad_request(f"File {file_id} is the input of a batch still running", "file_id", "file_in_use")
         self.files.delete(file_id)
+        if self.journal is not None:
+            self.journal.drop_file(file_id)
         await send_json(send, 200, {"id": file_id, "object": "file", "deleted": True})
 
     # -- batches ---------------------------------------------------------------------------------

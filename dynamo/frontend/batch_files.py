@@ -2,8 +2,9 @@
 uploaded as multipart/form-data) and the output and error files it writes (`batch_output`).
 
 Kept in this frontend's memory up to `--batch-store-mb` in all (an upload past it is a 413, as is a
-file past OpenAI's 200 MB); a restart loses them, as it loses the batches. Replicas do not share
-them: a client that uploads, runs and downloads must reach one replica (affinity at the balancer)."""
+file past OpenAI's 200 MB), and with `--batch-dir` on disk too, read back at start (batch_journal.py);
+without it a restart loses them, as it loses the batches. Replicas do not share them: a client that
+uploads, runs and downloads must reach one replica (affinity at the balancer)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,11 @@ class FileStore:
         self.files[stored.id] = stored
         self.bytes += len(data)
         return stored
+
+    def restore(self, stored: StoredFile) -> None:
+        """A file read back from the journal (counted against the bound, never refused)."""
+        self.files[stored.id] = stored
+        self.bytes += len(stored.data)
 
     def get(self, file_id: str) -> StoredFile:
         stored = self.files.get(file_id)

@@ -102,6 +102,9 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, MediaSettings, Dump
     batch_store_mb: float = setting(
         1024, "Memory for OpenAI's Files and Batch APIs (/v1/files, /v1/batches): batch input files and the output "
         "files batches write, all together (0: the Batch API is not served)")
+    batch_dir: str | None = setting(
+        None, "Folder (a persistent volume) where the Batch API keeps its files and batches: a restart reads them "
+        "back and batches it interrupted run on (default: memory only, a restart loses them)")
     batch_concurrency: int = setting(
         16, "Requests of batches in flight at once, all batches together (the rest of the deployment's capacity "
         "stays with interactive traffic)")

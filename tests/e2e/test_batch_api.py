@@ -2,7 +2,8 @@
 worker: upload a JSONL file, run it as a batch, poll it, download the output and error files (in input
 order, each answer what the endpoint itself answers); a malformed input fails the batch naming its lines;
 a cancelled batch keeps what ran; overload answers are retried instead of failing requests; the store's
-bound is a 413; with --batch-store-mb 0 the routes are not served."""
+bound is a 413; with --batch-store-mb 0 the routes are not served; with --batch-dir a killed frontend's
+successor runs its batch on."""
 
 from __future__ import annotations
 
@@ -188,5 +189,43 @@ def test_without_a_store_the_routes_are_not_served(tmp_path, tiny_model):
         assert http_get(cluster.base_url + "/v1/batches")[0] == 404
         status, body = http_get(cluster.base_url + "/openapi.json")
         assert status == 200 and "/v1/batches" not in json.loads(body)["paths"]
+    finally:
+        cluster.stop()
+
+
+def test_with_a_batch_dir_a_killed_frontend_restarts_its_batches_where_they_were(tmp_path, tiny_model):
+    """--batch-dir: the frontend is SIGKILLed mid-batch; a new one on the same folder serves the files and the
+    ended batch, and runs the interrupted batch on: every request answered once in the output, the answers
+    from before the crash kept (by their ids)."""
+    cluster = Cluster(tmp_path, tiny_model)
+    folder = tmp_path / "batches"
+    try:
+        cluster.mocker("--speedup-ratio", "10")
+        first = cluster.frontend("--batch-dir", str(folder), "--batch-concurrency", "2")
+        cluster.wait_workers("tiny", 1)
+        client = openai.OpenAI(base_url=cluster.base_url + "/v1", api_key="unused", max_retries=0)
+        ended = client.batches.create(input_file_id=upload(client, [chat_line("x", "hi")]).id,
+                                      endpoint="/v1/chat/completions", completion_window="24h")
+        ended = wait_done(client, ended.id)
+        lines = [chat_line(f"r{i}", f"q{i}", max_tokens=60, ignore_eos=True) for i in range(24)]
+        source = upload(client, lines)
+        batch = client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions",
+                                      completion_window="24h")
+        wait_until(lambda: client.batches.retrieve(batch.id).request_counts.completed >= 4, 120, "4 answered")
+        journal = (folder / "batches" / f"{batch.id}.results").read_text().splitlines()
+        before = {e["entry"]["custom_id"]: e["entry"]["id"] for e in map(json.loads, journal)}
+        first.kill()
+        cluster.frontend("--batch-dir", str(folder), "--batch-concurrency", "2")
+        client = openai.OpenAI(base_url=cluster.base_url + "/v1", api_key="unused", max_retries=0)
+        assert client.batches.retrieve(ended.id).status == "completed"
+        assert client.files.content(ended.output_file_id).text.count("\n") == 1
+        assert client.files.retrieve(source.id).bytes == source.bytes
+        batch = wait_done(client, batch.id)
+        assert batch.status == "completed" and (batch.request_counts.total, batch.request_counts.completed) == (24, 24)
+        output = jsonl(client, batch.output_file_id)
+        assert [o["custom_id"] for o in output] == [f"r{i}" for i in range(24)]
+        assert before and all({o["custom_id"]: o["id"] for o in output}[cid] == rid for cid, rid in before.items())
+        assert batch.usage.output_tokens == 24 * 60
+        assert not (folder / "batches" / f"{batch.id}.results").exists()
     finally:
         cluster.stop()

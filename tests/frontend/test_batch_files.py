@@ -11,7 +11,9 @@ import time
 import pytest
 
 from dynamo.frontend.batch_files import FileStore, parse_multipart
-from dynamo.frontend.batch_jobs import Batch, BatchRunner, parse_lines
+from dynamo.frontend.batch_jobs import Batch, parse_lines
+from dynamo.frontend.batch_journal import BatchJournal
+from dynamo.frontend.batch_runner import BatchRunner
 from dynamo.frontend.errors import ApiError
 
 BOUNDARY = "----form7"
@@ -113,3 +115,23 @@ def test_requests_not_sent_within_the_window_expire():
     expired = [json.loads(x) for x in files.get(batch.error_file_id).data.splitlines()]
     assert [(e["custom_id"], e["error"]["code"], e["response"]) for e in expired] == [("a", "batch_expired", None),
                                                                                      ("b", "batch_expired", None)]
+
+
+def test_the_journal_reads_back_files_batches_and_answers_but_not_a_torn_last_line(tmp_path):
+    journal = BatchJournal(tmp_path)
+    stored = FileStore(1 << 20).add("in.jsonl", "batch", b'{"x": 1}\n')
+    journal.save_file(stored)
+    batch = Batch("batch_1", "/v1/completions", stored.id, "24h", {"k": "v"}, status="in_progress", total=3)
+    journal.save_batch(batch)
+    journal.append_result(batch.id, 2, {"custom_id": "c"})
+    journal.close()
+    with open(tmp_path / "batches" / "batch_1.results", "a") as out:
+        out.write('{"index": 0, "entry": {"cus')  # the crash cut this one short: that request runs again
+    again = BatchJournal(tmp_path)
+    [(restored, answered)] = again.load_batches()
+    assert restored == batch and answered == {2: {"custom_id": "c"}}
+    [file] = again.load_files()
+    assert (file.id, file.filename, file.data) == (stored.id, "in.jsonl", b'{"x": 1}\n')
+    again.drop_file(stored.id)
+    again.drop_results(batch.id)
+    assert again.load_files() == [] and again.load_batches() == [(batch, {})]
