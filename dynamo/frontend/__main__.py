@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 from dynamo.frontend.config import FrontendConfig, parse_frontend_args
 from dynamo.frontend.disagg import DisaggMetrics, DisaggPolicy, PrefillOrchestrator
 from dynamo.frontend.dispatch import Dispatcher
-from dynamo.frontend.batch_api import BatchApi
+from dynamo.frontend.batch_api import BatchApi, BatchCollector
 from dynamo.frontend.responses_store import ResponseStore
 from dynamo.frontend.http_app import FrontendApp
 from dynamo.frontend.messages_run import AnthropicApi
@@ -73,6 +73,7 @@ def _app(config: FrontendConfig, runtime: DistributedRuntime, metrics: FrontendM
         batches = BatchApi(app, int(config.batch_store_mb * (1 << 20)), config.batch_concurrency,
                            Path(config.batch_dir) if config.batch_dir else None)
         batches.resume(lambda model: (entry := models.get(model)) is not None and bool(entry.decode_workers()))
+        metrics.registry.register(BatchCollector(config.metrics_prefix, batches))
         app.routes.update(batches.routes())
         app.prefix_routes.extend(batches.prefix_routes())
         app.on_close.append(batches.close)

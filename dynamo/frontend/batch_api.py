@@ -16,9 +16,10 @@ from typing import Any, Callable
 from urllib.parse import parse_qs
 
 import msgspec
+from prometheus_client.core import GaugeMetricFamily
 
 from dynamo.frontend.batch_files import MAX_FILE_BYTES, UPLOAD_PURPOSES, FileStore, parse_multipart, store_full
-from dynamo.frontend.batch_jobs import ACTIVE, ENDPOINTS, WINDOW_SECS, Batch
+from dynamo.frontend.batch_jobs import ACTIVE, ENDPOINTS, STATUSES, WINDOW_SECS, Batch
 from dynamo.frontend.batch_journal import BatchJournal
 from dynamo.frontend.batch_runner import BatchRunner
 from dynamo.frontend.errors import ApiError, bad_request
@@ -186,3 +187,32 @@ def _page(data: list[dict], more: bool) -> dict:
 
 def _no_path(path: str) -> ApiError:
     return ApiError(404, f"No route for {path}", "invalid_request_error", None, "not_found")
+
+
+class BatchCollector:
+    """The Batch API's figures at scrape time: `{prefix}_batches{status}` (batches known, by status),
+    `{prefix}_batch_requests{state}` (the requests of running batches: completed, failed, pending) and
+    `{prefix}_batch_store_bytes` (what the files take of --batch-store-mb)."""
+
+    def __init__(self, prefix: str, api: BatchApi) -> None:
+        self.prefix, self.api = prefix, api
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        batches = list(self.api.runner.batches.values())
+        by_status = GaugeMetricFamily(f"{self.prefix}_batches", "Batch API batches, by status", labels=["status"])
+        for status in STATUSES:
+            by_status.add_metric([status], sum(b.status == status for b in batches))
+        yield by_status
+        running = [b for b in batches if b.status in ACTIVE]
+        requests = GaugeMetricFamily(f"{self.prefix}_batch_requests", "Requests of running batches, by state",
+                                     labels=["state"])
+        done = {"completed": sum(b.completed for b in running), "failed": sum(b.failed for b in running)}
+        done["pending"] = sum(b.total for b in running) - done["completed"] - done["failed"]
+        for state, value in done.items():
+            requests.add_metric([state], value)
+        yield requests
+        yield GaugeMetricFamily(f"{self.prefix}_batch_store_bytes", "Bytes of Batch API files kept",
+                                value=self.api.files.bytes)

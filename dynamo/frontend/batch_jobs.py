@@ -15,6 +15,7 @@ ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/r
 WINDOW_SECS = {"24h": 24 * 3600}
 MAX_LINES = 50_000  # OpenAI's limit per batch
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
+STATUSES = (*ACTIVE, "completed", "failed", "expired", "cancelled")
 USAGE_KEYS = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
 
 

@@ -92,6 +92,9 @@ def test_a_batch_runs_every_request_and_writes_output_and_errors_in_input_order(
     assert errors["streamed"]["status_code"] == 400 and errors["streamed"]["body"]["error"]["param"] == "stream"
     assert client.files.retrieve(batch.output_file_id).purpose == "batch_output"
     assert batch.id in [b.id for b in client.batches.list()]
+    scraped = http_get(str(client.base_url).removesuffix("/v1/") + "/metrics")[1].decode()
+    assert metric_value(scraped, "dynamo_frontend_batches", {"status": "completed"}) >= 1
+    assert metric_value(scraped, "dynamo_frontend_batch_store_bytes") >= source.bytes
 
 
 def test_a_completions_batch_without_failures_has_no_error_file(client):
