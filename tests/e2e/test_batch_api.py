@@ -107,6 +107,18 @@ def test_a_completions_batch_without_failures_has_no_error_file(client):
     assert [o["response"]["body"]["object"] for o in jsonl(client, batch.output_file_id)] == ["text_completion"] * 3
 
 
+def test_a_responses_batch_answers_response_objects(client):
+    lines = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/responses",
+              "body": {"model": "tiny", "input": f"hello {i}", "max_output_tokens": 3, "store": False}}
+             for i in range(2)]
+    batch = client.batches.create(input_file_id=upload(client, lines).id, endpoint="/v1/responses",
+                                  completion_window="24h")
+    batch = wait_done(client, batch.id)
+    answers = [o["response"]["body"] for o in jsonl(client, batch.output_file_id)]
+    assert batch.status == "completed" and [a["object"] for a in answers] == ["response"] * 2
+    assert batch.usage.output_tokens == 6 and batch.usage.input_tokens == sum(a["usage"]["input_tokens"] for a in answers)
+
+
 def test_a_malformed_input_fails_the_batch_naming_each_bad_line(client):
     good = chat_line("a", "hi")
     lines = [good, "{not json", chat_line("a", "again"), good | {"custom_id": "b", "url": "/v1/completions"},
