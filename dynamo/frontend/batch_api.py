@@ -69,6 +69,10 @@ class BatchApi:
 
     # -- files -----------------------------------------------------------------------------------
     async def upload(self, scope, receive, send) -> None:
+        room = min(MAX_FILE_BYTES, self.files.max_bytes - self.files.bytes)
+        declared = header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > room + MULTIPART_OVERHEAD:
+            raise store_full(int(declared), room)  # refused before the body is read into memory
         try:
             body = await read_body(receive, MAX_FILE_BYTES + MULTIPART_OVERHEAD)
         except BodyTooLarge:
