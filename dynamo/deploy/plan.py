@@ -108,7 +108,10 @@ class ServicePlan:
         self.mounts = {point: path for pvc, path in opts.volumes.items() for point in local.mount_points(svc, pvc)}
         self.mounts.update(config_maps.mounts(svc, opts.config_maps, os.path.join(opts.state_dir, "configmaps")))
         self.ports: dict[int, tuple[int | None, int | None]] = {}
-        self.kserve = contract.kserve_http_port(svc) is not None  # gRPC on the HTTP port, HTTP on its own
+        # A KServe frontend's HTTP-routes port in Kubernetes (gRPC takes the HTTP port; `launch` gives the routes a
+        # local port of their own, which the manifest's probes on this port must reach); None: not KServe.
+        self.kserve_port = contract.kserve_http_port(svc)
+        self.kserve = self.kserve_port is not None
         self.kserve_ports: dict[int, int] = {}
         self.devices: DeviceLedger | None = None  # this machine's GPUs, shared by all plans; None: leave CUDA env alone
 
@@ -216,7 +219,10 @@ class ServicePlan:
             self.devices.release((self.graph.metadata.name, self.name, index))
 
     def map_probe_port(self, port: int | str, launch: Launch) -> int | None:
-        """A probe's Kubernetes port (8000 / 9090 / name) as this replica's local port."""
+        """A probe's Kubernetes port (8000 / 9090 / name, or a KServe frontend's HTTP-routes port) as this
+        replica's local port; a KServe frontend's `http_port` is where its HTTP routes listen here."""
+        if self.kserve and str(port) == str(self.kserve_port):
+            return launch.http_port
         if port in (contract.FRONTEND_PORT, "http") or (self.frontend and port == launch.http_port):
             return launch.http_port
         if port in (contract.K8S_SYSTEM_PORT, "system"):

@@ -1,6 +1,7 @@
 """What `run` makes of pod paths on one machine: a private /tmp per replica (command and
 exec probes agree on it), HF-cache-layout model paths resolved in the local cache,
-`--volume` mappings, multi-node services refused, and shell redirects kept intact."""
+`--volume` mappings, multi-node services refused, shell redirects kept intact, and a KServe
+frontend's probes reaching its HTTP routes on their local port."""
 
 from __future__ import annotations
 
@@ -117,3 +118,23 @@ def test_private_tmp_rewrites_pod_paths_only():
     assert private_tmp("tee /tmp/worker.log", "/P") == "tee /P/worker.log"
     assert private_tmp('{"endpoint":"ipc:///tmp/kv"}', "/P") == '{"endpoint":"ipc:///P/kv"}'
     assert private_tmp("cd /tmp && ls /data/tmp/x http://h/tmp/y", "/P") == "cd /P && ls /data/tmp/x http://h/tmp/y"
+
+
+@pytest.mark.parametrize("args, port", [(["--kserve-grpc-server"], 8788),
+                                        (["--kserve-grpc-server", "--grpc-metrics-port", "9300"], "9300")])
+def test_a_kserve_frontends_own_probe_reaches_its_local_http_routes(tmp_path, args, port):
+    """`run` moves a KServe frontend's HTTP routes (Kubernetes' --grpc-metrics-port) to a free local port: a
+    manifest probe naming the Kubernetes port reaches them there, not a port of that number on this machine."""
+    doc = yaml.safe_load((DEPLOY / "mocker/deploy/agg.yaml").read_text())
+    main = doc["spec"]["services"]["Frontend"]["extraPodSpec"]["mainContainer"]
+    main["args"] += args
+    main["readinessProbe"] = {"httpGet": {"path": "/health", "port": port}}
+    path = tmp_path / "kserve.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    frontend = plans_for(path, tmp_path)["Frontend"]
+    launch = frontend.launch(0)
+    routes = launch.argv[launch.argv.index("--grpc-metrics-port") + 1]
+    assert launch.http_port == int(routes) != int(port)
+    probe_port = launch.probes["readiness"]["httpGet"]["port"]
+    assert frontend.map_probe_port(probe_port, launch) == launch.http_port
+    assert frontend.map_probe_port(8000, launch) == launch.http_port  # as for any frontend
