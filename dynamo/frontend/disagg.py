@@ -34,6 +34,17 @@ from dynamo.runtime.wire import ErrorCode
 
 log = logging.getLogger(__name__)
 
+# Why the decode worker prefills a request itself: the `reason` label of `local_prefills` and the
+# detail of the 503 under --enforce-disagg, so these values are part of the metrics' contract.
+NO_PREFILL_WORKERS = "no_prefill_workers"
+SHORT_PROMPT = "short_prompt"
+CACHED_PREFIX = "cached_prefix"
+PREFILL_POOL_BUSY = "prefill_pool_busy"
+PREFILL_FAILED = "prefill_failed"
+NO_TRANSFER_PARAMS = "no_transfer_params"
+# conditional disaggregation's own choices, not fallbacks (they do not count as decode-only)
+POLICY_REASONS = frozenset({SHORT_PROMPT, CACHED_PREFIX})
+
 
 class DisaggPolicy(msgspec.Struct, kw_only=True):
     enforce: bool = False
@@ -88,20 +99,20 @@ class PrefillOrchestrator:
     def _skip_reason(self, entry, pool: WorkerPool, request: PreprocessedRequest) -> str | None:
         workers = pool.workers
         if not workers:
-            return "no_prefill_workers"
+            return NO_PREFILL_WORKERS
         if not self.policy.conditional:
             return None
         threshold = self.policy.eff_isl_threshold
         if len(request.token_ids) < threshold:
-            return "short_prompt"
+            return SHORT_PROMPT
         # Dynamo's effective ISL: the prompt less the prefix already cached on the decode worker
         # the request would go to; that worker prefills only the rest.
         cached = self.routing.cached_tokens(entry.pool(Role.DECODE), request, set())
         if len(request.token_ids) - cached < threshold:
-            return "cached_prefix"
+            return CACHED_PREFIX
         limit = self.policy.max_inflight_prefills_per_worker
         if limit and all(self.inflight.get(w.instance_id, 0) >= limit for w in workers):
-            return "prefill_pool_busy"
+            return PREFILL_POOL_BUSY
         return None
 
     async def query(self, entry, request: PreprocessedRequest) -> int | None:
@@ -119,7 +130,7 @@ class PrefillOrchestrator:
         if pool.workers:
             self.disaggregated.add(entry.name)
         if reason is not None:
-            if reason == "no_prefill_workers" and not self.policy.enforce:
+            if reason == NO_PREFILL_WORKERS and not self.policy.enforce:
                 if entry.name in self.disaggregated:  # its prefill workers are gone: decode-only now
                     self.metrics.decode_only.labels(entry.name).inc()
                 return None  # plain aggregated serving: nothing to report
@@ -131,7 +142,7 @@ class PrefillOrchestrator:
             with self.stages.stage("route", PREFILL):
                 choice = await choose(self.routing, pool, sub, set())
         except ApiError:
-            return self._local(entry, "prefill_pool_busy")
+            return self._local(entry, PREFILL_POOL_BUSY)
         worker = choice.worker
         started = time.monotonic()
         self.inflight[worker.instance_id] = self.inflight.get(worker.instance_id, 0) + 1
@@ -141,12 +152,12 @@ class PrefillOrchestrator:
             if handle.cancelled:
                 raise
             log.warning("prefill on worker %x failed (%s); prefilling on the decode worker", worker.instance_id, exc)
-            return self._local(entry, "prefill_failed")
+            return self._local(entry, PREFILL_FAILED)
         finally:
             self.inflight[worker.instance_id] -= 1
             self.routing.free(sub.request_id)
         if params is None:
-            return self._local(entry, "no_transfer_params")
+            return self._local(entry, NO_TRANSFER_PARAMS)
         self._observe(entry.name, params, time.monotonic() - started)
         handle.prefill_worker_id, handle.prefill_dp_rank = worker.instance_id, choice.dp_rank
         return params
@@ -178,7 +189,7 @@ class PrefillOrchestrator:
         if self.policy.enforce:
             raise errors.prefill_unavailable(reason)
         self.metrics.local.labels(entry.name, reason).inc()
-        if reason not in ("short_prompt", "cached_prefix"):  # the policy's choice is not a fallback
+        if reason not in POLICY_REASONS:  # the policy's choice is not a fallback
             self.metrics.decode_only.labels(entry.name).inc()
         return None
 

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import struct
 import uuid
+from itertools import accumulate
 from typing import Any
 
 import msgspec
@@ -115,7 +116,7 @@ async def embed_all(dispatcher, entry, requests: list[PreprocessedRequest]) -> l
     in a few batches, one or more per worker, where the model's workers read batches; else one by one."""
     if len(requests) > 1 and entry.card.runtime_config.runtime_data.get(POOLING_BATCH_KEY):
         sizes = batch_sizes([len(r.token_ids) for r in requests], len(entry.decode_workers()))
-        starts = [sum(sizes[:k]) for k in range(len(sizes))]
+        starts = accumulate(sizes[:-1], initial=0)  # each batch's first request
         calls = [wire_vectors(dispatcher, entry, batch_request(requests[a:a + n])) for a, n in zip(starts, sizes)]
     else:
         calls = [wire_vectors(dispatcher, entry, r) for r in requests]

@@ -162,11 +162,11 @@ class KServeService:
 
     async def model_metadata(self, request, context):
         self._model(request.name)
-        return model_metadata(pb, request.name)
+        return model_metadata(request.name)
 
     async def model_config(self, request, context):
         self._model(request.name)
-        return model_config(pb, request.name)
+        return model_config(request.name)
 
     async def model_infer(self, request, context):
         body, stream = completion_body(request)
@@ -174,7 +174,7 @@ class KServeService:
             raise KServeError("Streaming is not supported for this endpoint")
         async with aclosing(completion_events(self.app, body, request_headers(context, request.id))) as events:
             async for answer in events:
-                return infer_response(pb, request, answer.get("model", request.model_name), answer["choices"])
+                return infer_response(request, answer.get("model", request.model_name), answer["choices"])
         raise CallFailed(grpc.StatusCode.INTERNAL, "the completion ended without an answer")
 
     async def model_stream_infer(self, requests, context):
@@ -187,7 +187,7 @@ class KServeService:
                 async for event in completion_events(self.app, body, request_headers(context, request.id)):
                     if event.get("choices"):  # a chunk without choices (an nvext or usage one) has no tensors
                         await out.put(pb.ModelStreamInferResponse(infer_response=infer_response(
-                            pb, request, event.get("model", request.model_name), event["choices"])))
+                            request, event.get("model", request.model_name), event["choices"])))
             except (KServeError, CallFailed) as exc:
                 await out.put(pb.ModelStreamInferResponse(error_message=str(exc), infer_response=pb.ModelInferResponse(
                     model_name=request.model_name, id=request.id)))

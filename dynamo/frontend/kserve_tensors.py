@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 
-from dynamo.frontend.kserve_proto import DATA_TYPES
+from dynamo.frontend import kserve_proto as pb
 
 # What a completions model reads and answers (ModelMetadata, ModelConfig).
 INPUTS = (("text_input", "BYTES", [1]), ("streaming", "BOOL", [1]))
@@ -108,14 +108,14 @@ def _type_name(kind: type) -> str:
     return next(field for field, t in _PARAMETER_TYPES.items() if t is kind).removesuffix("_param")
 
 
-def infer_response(messages, request, model: str, choices: list[dict]):
+def infer_response(request, model: str, choices: list[dict]):
     """A `ModelInferResponse` to `request` holding each choice's text and finish reason ("" while it runs):
     in `raw_output_contents` where the request sent its inputs raw (Triton's clients do, and read raw
     answers, as Triton sends them), else in typed contents (as NVIDIA Dynamo answers)."""
     texts = [(c.get("text") or "").encode() for c in choices]
     reasons = [(c.get("finish_reason") or "").encode() for c in choices]
     raw = bool(request.raw_input_contents)
-    response = messages.ModelInferResponse(model_name=model, model_version="1", id=request.id)
+    response = pb.ModelInferResponse(model_name=model, model_version="1", id=request.id)
     for name, values in (("text_output", texts), ("finish_reason", reasons)):
         tensor = response.outputs.add(name=name, datatype="BYTES", shape=[len(values)])
         if raw:
@@ -125,18 +125,18 @@ def infer_response(messages, request, model: str, choices: list[dict]):
     return response
 
 
-def model_metadata(messages, name: str):
-    tensor = messages.TensorMetadata
-    return messages.ModelMetadataResponse(
+def model_metadata(name: str):
+    tensor = pb.TensorMetadata
+    return pb.ModelMetadataResponse(
         name=name, versions=["1"], platform="dynamo",
         inputs=[tensor(name=n, datatype=t, shape=s) for n, t, s in INPUTS],
         outputs=[tensor(name=n, datatype=t, shape=s) for n, t, s in OUTPUTS])
 
 
-def model_config(messages, name: str):
-    kinds = {"BYTES": DATA_TYPES["TYPE_STRING"], "BOOL": DATA_TYPES["TYPE_BOOL"]}
-    inputs = [messages.ModelInput(name=n, data_type=kinds[t], dims=s, optional=n != "text_input")
+def model_config(name: str):
+    kinds = {"BYTES": pb.DATA_TYPES["TYPE_STRING"], "BOOL": pb.DATA_TYPES["TYPE_BOOL"]}
+    inputs = [pb.ModelInput(name=n, data_type=kinds[t], dims=s, optional=n != "text_input")
               for n, t, s in INPUTS]
-    outputs = [messages.ModelOutput(name=n, data_type=kinds[t], dims=s) for n, t, s in OUTPUTS]
-    config = messages.ModelConfig(name=name, platform="dynamo", backend="dynamo", input=inputs, output=outputs)
-    return messages.ModelConfigResponse(config=config)
+    outputs = [pb.ModelOutput(name=n, data_type=kinds[t], dims=s) for n, t, s in OUTPUTS]
+    config = pb.ModelConfig(name=name, platform="dynamo", backend="dynamo", input=inputs, output=outputs)
+    return pb.ModelConfigResponse(config=config)

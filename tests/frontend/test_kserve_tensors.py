@@ -72,19 +72,19 @@ def test_parameters_of_the_wrong_type(params, says):
 def test_answers_mirror_how_the_request_was_sent():
     choices = [{"text": "Paris", "finish_reason": "stop"}, {"text": "", "finish_reason": None}]
     raw = triton.ModelInferResponse.FromString(infer_response(
-        pb, request(TEXT, raw=[struct.pack("<I", 5) + b"hello"]), "m", choices).SerializeToString())
+        request(TEXT, raw=[struct.pack("<I", 5) + b"hello"]), "m", choices).SerializeToString())
     assert [(o.name, list(o.shape)) for o in raw.outputs] == [("text_output", [2]), ("finish_reason", [2])]
     assert raw.raw_output_contents[0] == struct.pack("<I", 5) + b"Paris" + struct.pack("<I", 0)
     assert raw.raw_output_contents[1] == struct.pack("<I", 4) + b"stop" + struct.pack("<I", 0)
-    typed = triton.ModelInferResponse.FromString(infer_response(pb, request(TEXT), "m", choices).SerializeToString())
+    typed = triton.ModelInferResponse.FromString(infer_response(request(TEXT), "m", choices).SerializeToString())
     assert typed.id == "q1" and typed.model_version == "1" and not typed.raw_output_contents
     assert list(typed.outputs[0].contents.bytes_contents) == [b"Paris", b""]
 
 
 def test_metadata_and_config_read_by_tritons_classes():
-    meta = triton.ModelMetadataResponse.FromString(model_metadata(pb, "m").SerializeToString())
+    meta = triton.ModelMetadataResponse.FromString(model_metadata("m").SerializeToString())
     assert [i.name for i in meta.inputs] == ["text_input", "streaming"] and meta.platform == "dynamo"
-    config = triton.ModelConfigResponse.FromString(model_config(pb, "m").SerializeToString()).config
+    config = triton.ModelConfigResponse.FromString(model_config("m").SerializeToString()).config
     assert config.backend == "dynamo" and config.input[0].data_type == triton_config.TYPE_STRING
     assert config.input[1].data_type == triton_config.TYPE_BOOL and config.input[1].optional
     assert list(config.output[0].dims) == [-1]
