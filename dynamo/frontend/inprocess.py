@@ -5,18 +5,25 @@ migration, metrics and request logs are the same objects an HTTP client meets.""
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from typing import Awaitable, Callable, Iterable
 
 INPROCESS_CLIENT = ("batch", 0)
 
 
-async def call_app(app: Callable, path: str, payload: bytes,
-                   headers: list[tuple[bytes, bytes]] = ()) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    """POST `payload` (JSON) to `path` on `app`; its status, body and response headers. Cancelling the
-    call is a client that went away: the app stops the worker's stream as it does for HTTP clients."""
+def post_scope(path: str, payload: bytes, headers: Iterable[tuple[bytes, bytes]] = (),
+               client: tuple[str, int] = INPROCESS_CLIENT) -> dict:
+    """The ASGI scope of a JSON POST of `payload` to `path`, from `client`."""
+    return {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"",
+            "scheme": "http", "http_version": "1.1", "client": client,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                        *headers]}
+
+
+def body_once(payload: bytes) -> tuple[Callable[[], Awaitable[dict]], asyncio.Event]:
+    """An ASGI `receive` that gives `payload` whole, then waits until the event is set (the caller is
+    gone) and says the client disconnected."""
     gone = asyncio.Event()
     sent = False
-    status, body, response_headers = 500, bytearray(), []
 
     async def receive() -> dict:
         nonlocal sent
@@ -26,6 +33,16 @@ async def call_app(app: Callable, path: str, payload: bytes,
         await gone.wait()
         return {"type": "http.disconnect"}
 
+    return receive, gone
+
+
+async def call_app(app: Callable, path: str, payload: bytes,
+                   headers: list[tuple[bytes, bytes]] = ()) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """POST `payload` (JSON) to `path` on `app`; its status, body and response headers. Cancelling the
+    call is a client that went away: the app stops the worker's stream as it does for HTTP clients."""
+    receive, gone = body_once(payload)
+    status, body, response_headers = 500, bytearray(), []
+
     async def send(message: dict) -> None:
         nonlocal status, response_headers
         if message["type"] == "http.response.start":
@@ -33,12 +50,8 @@ async def call_app(app: Callable, path: str, payload: bytes,
         elif message["type"] == "http.response.body":
             body.extend(message.get("body", b""))
 
-    scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"",
-             "scheme": "http", "http_version": "1.1", "client": INPROCESS_CLIENT,
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                         *headers]}
     try:
-        await app(scope, receive, send)
+        await app(post_scope(path, payload, headers), receive, send)
     finally:
         gone.set()
     return status, bytes(body), response_headers

@@ -29,6 +29,7 @@ import grpc
 
 from dynamo.frontend import kserve_proto as pb
 from dynamo.frontend.kserve_tensors import KServeError, completion_body, infer_response, model_config, model_metadata
+from dynamo.frontend.inprocess import body_once, post_scope
 
 log = logging.getLogger(__name__)
 
@@ -57,26 +58,13 @@ async def completion_events(app: Callable, body: dict, headers: list[tuple[bytes
     (unary), or each streamed chunk; CallFailed for an HTTP error or an error event. Closing the iterator
     early is a client going away."""
     out: asyncio.Queue = asyncio.Queue()
-    gone = asyncio.Event()
     payload = json.dumps(body).encode()
-    sent = False
-
-    async def receive() -> dict:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": payload, "more_body": False}
-        await gone.wait()
-        return {"type": "http.disconnect"}
+    receive, gone = body_once(payload)
 
     async def send(message: dict) -> None:
         await out.put(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/v1/completions", "raw_path": b"/v1/completions",
-             "query_string": b"", "scheme": "http", "http_version": "1.1", "client": ("grpc", 0),
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                         *headers]}
-    task = asyncio.ensure_future(app(scope, receive, send))
+    task = asyncio.ensure_future(app(post_scope("/v1/completions", payload, headers, ("grpc", 0)), receive, send))
     task.add_done_callback(lambda t: out.put_nowait(None))
     try:
         async for event in _events(out, body.get("stream", False)):
