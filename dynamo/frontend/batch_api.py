@@ -69,6 +69,7 @@ class BatchApi:
 
     # -- files -----------------------------------------------------------------------------------
     async def upload(self, scope, receive, send) -> None:
+        self.app.refuse_if_draining()
         room = min(MAX_FILE_BYTES, self.files.max_bytes - self.files.bytes)
         declared = header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > room + MULTIPART_OVERHEAD:
@@ -118,6 +119,7 @@ class BatchApi:
 
     # -- batches ---------------------------------------------------------------------------------
     async def create(self, scope, receive, send) -> None:
+        self.app.refuse_if_draining()  # its requests would only meet 503s until this frontend exits
         try:
             req = msgspec.json.decode(await read_body(receive, 1 << 20), type=BatchCreate)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
