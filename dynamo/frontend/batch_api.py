@@ -132,6 +132,9 @@ class BatchApi:
             raise bad_request("`metadata` holds at most 16 pairs", "metadata")
         if self.files.get(req.input_file_id).purpose != "batch":
             raise bad_request(f"File {req.input_file_id} was not uploaded with purpose `batch`", "input_file_id")
+        if not self.runner.make_room():
+            raise ApiError(429, f"{len(self.runner.batches)} batches are running on this frontend: retry when one "
+                           "has ended", "rate_limit_error", None, "too_many_batches")
         batch = Batch("batch_" + uuid.uuid4().hex[:24], req.endpoint, req.input_file_id, req.completion_window,
                       req.metadata)
         self.runner.start(batch)

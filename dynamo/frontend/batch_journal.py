@@ -58,6 +58,10 @@ class BatchJournal:
     def save_batch(self, batch: Batch) -> None:
         _write_atomically(self.batches / f"{batch.id}.json", json.dumps(dataclasses.asdict(batch)).encode())
 
+    def drop_batch(self, batch_id: str) -> None:
+        (self.batches / f"{batch_id}.json").unlink(missing_ok=True)
+        self.drop_results(batch_id)
+
     def append_result(self, batch_id: str, index: int, entry: dict) -> None:
         out = self._results.get(batch_id)
         if out is None:

@@ -23,6 +23,7 @@ from dynamo.frontend.inprocess import call_app
 RETRY_STATUSES = (429, 503, 529)
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 8.0
 RESUME_WAIT_S = 120.0  # a restarted frontend's wait for a resumed batch's model to be served again
+MAX_BATCHES = 10_000  # records kept: past it the oldest ended ones go (their files stay until deleted)
 
 
 class BatchRunner:
@@ -48,6 +49,19 @@ class BatchRunner:
                                                       name=f"batch-{batch.id}")
         self.tasks[batch.id] = task
         task.add_done_callback(lambda _t, bid=batch.id: self.tasks.pop(bid, None))
+
+    def make_room(self) -> bool:
+        """Room for one more batch record: the oldest ended ones forgotten past MAX_BATCHES; False when
+        every kept batch is still running."""
+        excess = len(self.batches) - MAX_BATCHES + 1
+        if excess <= 0:
+            return True
+        ended = sorted((b for b in self.batches.values() if b.status not in ACTIVE), key=lambda b: b.created_at)
+        for batch in ended[:excess]:
+            del self.batches[batch.id]
+            if self.journal is not None:
+                self.journal.drop_batch(batch.id)
+        return len(self.batches) < MAX_BATCHES
 
     def resume(self, served: Callable[[str], bool]) -> int:
         """The journal's batches back: ended ones to read, running ones run on. How many run on."""

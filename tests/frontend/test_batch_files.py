@@ -13,6 +13,7 @@ import pytest
 from dynamo.frontend.batch_files import FileStore, parse_multipart
 from dynamo.frontend.batch_jobs import Batch, parse_lines
 from dynamo.frontend.batch_journal import BatchJournal
+from dynamo.frontend import batch_runner
 from dynamo.frontend.batch_runner import BatchRunner
 from dynamo.frontend.errors import ApiError
 
@@ -135,3 +136,18 @@ def test_the_journal_reads_back_files_batches_and_answers_but_not_a_torn_last_li
     again.drop_file(stored.id)
     again.drop_results(batch.id)
     assert again.load_files() == [] and again.load_batches() == [(batch, {})]
+
+
+def test_past_the_record_bound_the_oldest_ended_batches_go_and_running_ones_stay(monkeypatch, tmp_path):
+    monkeypatch.setattr(batch_runner, "MAX_BATCHES", 3)
+    journal = BatchJournal(tmp_path)
+    runner = BatchRunner(None, FileStore(1), 1, journal)
+    for i, status in enumerate(("completed", "in_progress", "failed")):
+        runner.batches[f"b{i}"] = Batch(f"b{i}", "/v1/completions", "f", "24h", None, created_at=i, status=status)
+        journal.save_batch(runner.batches[f"b{i}"])
+    assert runner.make_room() and sorted(runner.batches) == ["b1", "b2"]
+    assert [b.id for b, _ in journal.load_batches()] == ["b1", "b2"]
+    runner.batches["b3"] = Batch("b3", "/v1/completions", "f", "24h", None, created_at=3, status="validating")
+    assert runner.make_room() and sorted(runner.batches) == ["b1", "b3"]
+    runner.batches["b4"] = Batch("b4", "/v1/completions", "f", "24h", None, created_at=4, status="in_progress")
+    assert not runner.make_room()  # all three running: a 429 for the next
