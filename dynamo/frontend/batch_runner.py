@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from typing import Any, Callable
@@ -19,6 +20,8 @@ from dynamo.frontend.batch_jobs import ACTIVE, Batch, BatchLine, parse_lines
 from dynamo.frontend.batch_journal import BatchJournal
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.inprocess import call_app
+
+log = logging.getLogger(__name__)
 
 RETRY_STATUSES = (429, 503, 529)
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 8.0
@@ -104,9 +107,11 @@ class BatchRunner:
             deadline = time.monotonic() + RESUME_WAIT_S
             while not served(batch.model) and time.monotonic() < deadline and not batch.cancel_requested:
                 await asyncio.sleep(0.5)
+        source = self.files.files.get(batch.input_file_id)
         # Off the event loop: a 200 MB input is seconds of JSON parsing.
-        lines, errors = await asyncio.to_thread(parse_lines, self.files.get(batch.input_file_id).data,
-                                                batch.endpoint)
+        lines, errors = await asyncio.to_thread(parse_lines, source.data, batch.endpoint) if source else ([], [
+            {"code": "missing_input_file", "message": f"The input file {batch.input_file_id} is gone (not restored "
+             "from the journal)", "param": "input_file_id", "line": None}])
         if errors:
             batch.errors = errors
             self._enter(batch, "failed")
@@ -135,7 +140,11 @@ class BatchRunner:
             results[index] = entry
             batch.count(entry)
             if self.journal is not None:
-                self.journal.append_result(batch.id, index, entry)
+                try:
+                    self.journal.append_result(batch.id, index, entry)
+                except OSError as exc:  # a full disk: the answer stays in memory, only a restart would redo it
+                    log.warning("batch %s: answer %d not journaled: %s", batch.id, index, exc)
+
     async def _call(self, batch: Batch, line: BatchLine) -> tuple[int, Any, str]:
         """One request through the app, retried while the deployment answers "busy" and the window lasts."""
         if line.body.get("stream"):
@@ -173,11 +182,11 @@ class BatchRunner:
         except ApiError as exc:  # the store is full: the batch fails, saying why
             batch.errors = [{"code": "output_too_large", "message": exc.message, "param": None, "line": None}]
             self._enter(batch, "failed")
-            return
-        finally:
-            if self.journal is not None:
-                self.journal.drop_results(batch.id)
-        self._enter(batch, "cancelled" if batch.cancel_requested else "expired" if expired else "completed")
+        else:
+            self._enter(batch, "cancelled" if batch.cancel_requested else "expired" if expired else "completed")
+        # Only now, the batch's end written down: a restart while finalizing finds its answers again.
+        if self.journal is not None:
+            self.journal.drop_results(batch.id)
 
     async def _write(self, batch: Batch, kind: str, entries: list[dict]) -> str | None:
         if not entries and kind == "error":

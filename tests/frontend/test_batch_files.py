@@ -151,3 +151,16 @@ def test_past_the_record_bound_the_oldest_ended_batches_go_and_running_ones_stay
     assert runner.make_room() and sorted(runner.batches) == ["b1", "b3"]
     runner.batches["b4"] = Batch("b4", "/v1/completions", "f", "24h", None, created_at=4, status="in_progress")
     assert not runner.make_room()  # all three running: a 429 for the next
+
+
+def test_a_resumed_batch_whose_input_is_gone_fails_saying_so(tmp_path):
+    async def run() -> Batch:
+        runner = BatchRunner(None, FileStore(1 << 20), 1, BatchJournal(tmp_path))
+        batch = Batch("batch_1", "/v1/completions", "file-gone", "24h", None, status="in_progress")
+        runner.start(batch, {}, lambda model: True)
+        await asyncio.wait_for(asyncio.gather(*runner.tasks.values()), 10)
+        return batch
+
+    batch = asyncio.run(run())
+    assert batch.status == "failed" and batch.errors[0]["code"] == "missing_input_file"
+    assert BatchJournal(tmp_path).load_batches()[0][0].status == "failed"  # written down as it ended
