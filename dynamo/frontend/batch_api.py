@@ -18,11 +18,12 @@ from urllib.parse import parse_qs
 import msgspec
 from prometheus_client.core import GaugeMetricFamily
 
-from dynamo.frontend.batch_files import MAX_FILE_BYTES, UPLOAD_PURPOSES, FileStore, parse_multipart, store_full
+from dynamo.frontend.batch_files import (MAX_FILE_BYTES, UPLOAD_PURPOSES, FileStore, page_after, parse_multipart,
+                                         store_full)
 from dynamo.frontend.batch_jobs import ACTIVE, ENDPOINTS, STATUSES, WINDOW_SECS, Batch
 from dynamo.frontend.batch_journal import BatchJournal
 from dynamo.frontend.batch_runner import BatchRunner
-from dynamo.frontend.errors import ApiError, bad_request
+from dynamo.frontend.errors import ApiError, bad_request, no_route
 from dynamo.runtime.asgi import BodyTooLarge, header, read_body, send_bytes, send_json
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class BatchApi:
         try:
             body = await read_body(receive, MAX_FILE_BYTES + MULTIPART_OVERHEAD)
         except BodyTooLarge:
-            raise store_full(MAX_FILE_BYTES + 1, self.files.max_bytes - self.files.bytes) from None
+            raise store_full(MAX_FILE_BYTES + 1, room) from None
         # Off the event loop: splitting a 200 MB form copies it.
         fields = await asyncio.to_thread(parse_multipart, (header(scope, b"content-type") or b"").decode("latin-1"),
                                          body)
@@ -104,7 +105,7 @@ class BatchApi:
         if rest == "content":
             await send_bytes(send, 200, stored.data, [(b"content-type", b"application/octet-stream")])
         elif rest:
-            raise _no_path(scope["path"])
+            raise no_route(scope["path"])
         else:
             await send_json(send, 200, stored.object())
 
@@ -143,23 +144,19 @@ class BatchApi:
     async def list_batches(self, scope, receive, send) -> None:
         query = _query(scope)
         batches = sorted(self.runner.batches.values(), key=lambda b: b.created_at, reverse=True)
-        after = query.get("after")
-        if after is not None:
-            ids = [b.id for b in batches]
-            batches = batches[ids.index(after) + 1:] if after in ids else []
-        limit = _limit(query, 100)
-        await send_json(send, 200, _page([b.object() for b in batches[:limit]], len(batches) > limit))
+        batches, more = page_after(batches, query.get("after"), _limit(query, 100))
+        await send_json(send, 200, _page([b.object() for b in batches], more))
 
     async def batch_get(self, scope, receive, send) -> None:
         batch_id, _, rest = scope["path"][len(BATCHES) + 1:].partition("/")
         if rest:
-            raise _no_path(scope["path"])
+            raise no_route(scope["path"])
         await send_json(send, 200, self._batch(batch_id).object())
 
     async def batch_cancel(self, scope, receive, send) -> None:
         batch_id, _, rest = scope["path"][len(BATCHES) + 1:].partition("/")
         if rest != "cancel":
-            raise _no_path(scope["path"])
+            raise no_route(scope["path"])
         batch = self._batch(batch_id)
         if batch.status not in ("validating", "in_progress", "cancelling"):
             raise ApiError(409, f"Cannot cancel a batch with status '{batch.status}'.", "invalid_request_error",
@@ -192,10 +189,6 @@ def _limit(query: dict[str, str], most: int) -> int:
 def _page(data: list[dict], more: bool) -> dict:
     return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
             "last_id": data[-1]["id"] if data else None, "has_more": more}
-
-
-def _no_path(path: str) -> ApiError:
-    return ApiError(404, f"No route for {path}", "invalid_request_error", None, "not_found")
 
 
 class BatchCollector:

@@ -70,10 +70,16 @@ class FileStore:
         files = [f for f in self.files.values() if purpose is None or f.purpose == purpose]
         if order == "desc":
             files.reverse()
-        if after is not None:
-            ids = [f.id for f in files]
-            files = files[ids.index(after) + 1:] if after in ids else []
-        return files[:limit], len(files) > limit
+        return page_after(files, after, limit)
+
+
+def page_after(items: list, after: str | None, limit: int) -> tuple[list, bool]:
+    """OpenAI's cursor pages: `limit` items after the one whose id is `after` (none past an unknown id),
+    and whether more follow."""
+    if after is not None:
+        ids = [item.id for item in items]
+        items = items[ids.index(after) + 1:] if after in ids else []
+    return items[:limit], len(items) > limit
 
 
 def store_full(size: int, room: int) -> ApiError:
