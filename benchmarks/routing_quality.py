@@ -251,6 +251,7 @@ def run_once(stack: str, spec: str, model: Path, plan, args, rate: float | None 
         if args.trace:
             write_trace(Path(args.trace), f"{stack}-{spec}" + (f"-{rate:g}rps" if rate else ""), res.trace)
         cpu = [(cpu_seconds(p.pid) - c) * 1e3 / max(res.requests, 1) for p, c in zip(procs, cpu)]
+        frontend_ttft, stages = _frontend_means(cluster.base_url)
         served = [_count(w) for w in workers]
         if args.engine == "vllm":
             served = [a - b for a, b in zip(served, before)]
@@ -261,7 +262,7 @@ def run_once(stack: str, spec: str, model: Path, plan, args, rate: float | None 
                 "late": _late(workers) if stack == "ours" and args.engine == "mocker" else None,
                 "ttft_mean": statistics.fmean(res.ttft) * 1e3 if res.ttft else float("nan"),
                 "engine_ttft": _engine_ttft(workers) if stack == "ours" and args.engine == "mocker" else None,
-                "frontend_ttft": _frontend_ttft(cluster.base_url), "stages": _frontend_stages(cluster.base_url)}
+                "frontend_ttft": frontend_ttft, "stages": stages}
     finally:
         if args.engine == "vllm":
             frontend.stop()
@@ -311,30 +312,22 @@ def _engine_ttft(workers) -> float | None:
     return sums[0] / sums[1] * 1e3 if sums and sums[1] else None
 
 
-def _frontend_ttft(base_url: str) -> float | None:
-    """Mean TTFT the frontend itself measured (its Prometheus histogram; both stacks have it), ms."""
+def _frontend_means(base_url: str) -> tuple[float | None, tuple[float | None, ...]]:
+    """From one scrape of the frontend's /metrics (both stacks export these), mean ms of: the TTFT it
+    measured itself, and its pipeline stages (Dynamo's `stage_duration_seconds`): preprocess, route,
+    transport_roundtrip (sent to a worker -> its first answer)."""
     try:
         text = http_get(base_url + "/metrics")[1].decode()
     except OSError:
-        return None
-    total = metric_value(text, "dynamo_frontend_time_to_first_token_seconds_sum", {})
-    count = metric_value(text, "dynamo_frontend_time_to_first_token_seconds_count", {})
-    return total / count * 1e3 if total is not None and count else None
+        return None, (None, None, None)
 
+    def mean_ms(name: str, labels: dict[str, str]) -> float | None:
+        total, count = metric_value(text, name + "_sum", labels), metric_value(text, name + "_count", labels)
+        return total / count * 1e3 if total is not None and count else None
 
-def _frontend_stages(base_url: str) -> tuple[float | None, ...]:
-    """Mean ms of the frontend's pipeline stages (Dynamo's `stage_duration_seconds`; both stacks
-    export it): preprocess, route, and transport_roundtrip (sent to a worker -> its first answer)."""
-    try:
-        text = http_get(base_url + "/metrics")[1].decode()
-    except OSError:
-        return (None, None, None)
-    means = []
-    for stage in ("preprocess", "route", "transport_roundtrip"):
-        total = metric_value(text, "dynamo_frontend_stage_duration_seconds_sum", {"stage": stage})
-        count = metric_value(text, "dynamo_frontend_stage_duration_seconds_count", {"stage": stage})
-        means.append(total / count * 1e3 if total is not None and count else None)
-    return tuple(means)
+    stages = tuple(mean_ms("dynamo_frontend_stage_duration_seconds", {"stage": stage})
+                   for stage in ("preprocess", "route", "transport_roundtrip"))
+    return mean_ms("dynamo_frontend_time_to_first_token_seconds", {}), stages
 
 
 def _ours_only(spec: str) -> bool:
