@@ -18,8 +18,8 @@ from urllib.parse import parse_qs
 import msgspec
 from prometheus_client.core import GaugeMetricFamily
 
-from dynamo.frontend.batch_files import (MAX_FILE_BYTES, UPLOAD_PURPOSES, FileStore, page_after, parse_multipart,
-                                         store_full)
+from dynamo.frontend.batch_files import (MAX_FILE_BYTES, UPLOAD_PURPOSES, FileStore, expiry_secs, page_after,
+                                         parse_multipart, store_full)
 from dynamo.frontend.batch_jobs import ACTIVE, ENDPOINTS, STATUSES, WINDOW_SECS, Batch
 from dynamo.frontend.batch_journal import BatchJournal
 from dynamo.frontend.batch_runner import BatchRunner
@@ -37,6 +37,7 @@ class BatchCreate(msgspec.Struct, forbid_unknown_fields=False):
     endpoint: str
     completion_window: str
     metadata: dict[str, str] | None = None
+    output_expires_after: dict[str, Any] | None = None
 
 
 class BatchApi:
@@ -49,6 +50,9 @@ class BatchApi:
         for stored in self.journal.load_files() if self.journal is not None else ():
             self.files.restore(stored)
         self.runner = BatchRunner(app, self.files, concurrency, self.journal)
+        self.files.in_use = self._input_of_running_batch
+        if self.journal is not None:
+            self.files.on_drop = self.journal.drop_file
 
     def resume(self, served: Callable[[str], bool]) -> None:
         """Batches a restart interrupted run on (their model's workers first found again: `served`)."""
@@ -88,7 +92,9 @@ class BatchApi:
         if "file" not in fields:
             raise bad_request("Missing the `file` field of the upload", "file", "missing_required_parameter")
         filename, data = fields["file"]
-        stored = self.files.add(filename or "upload", purpose, data)
+        lifetime = expiry_secs(_text(fields, "expires_after[anchor]"), _text(fields, "expires_after[seconds]"),
+                               "expires_after")
+        stored = self.files.add(filename or "upload", purpose, data, lifetime)
         if self.journal is not None:
             await asyncio.to_thread(self.journal.save_file, stored)
         await send_json(send, 200, stored.object())
@@ -111,11 +117,10 @@ class BatchApi:
 
     async def file_delete(self, scope, receive, send) -> None:
         file_id = scope["path"][len(FILES) + 1:]
-        if any(b.input_file_id == file_id and b.status in ACTIVE for b in self.runner.batches.values()):
+        self.files.get(file_id)  # an expired one is a 404, as for every route
+        if self._input_of_running_batch(file_id):
             raise bad_request(f"File {file_id} is the input of a batch still running", "file_id", "file_in_use")
         self.files.delete(file_id)
-        if self.journal is not None:
-            self.journal.drop_file(file_id)
         await send_json(send, 200, {"id": file_id, "object": "file", "deleted": True})
 
     # -- batches ---------------------------------------------------------------------------------
@@ -131,13 +136,15 @@ class BatchApi:
             raise bad_request("`completion_window` must be 24h", "completion_window")
         if req.metadata is not None and len(req.metadata) > 16:
             raise bad_request("`metadata` holds at most 16 pairs", "metadata")
+        expires = req.output_expires_after or {}
+        lifetime = expiry_secs(expires.get("anchor"), expires.get("seconds"), "output_expires_after")
         if self.files.get(req.input_file_id).purpose != "batch":
             raise bad_request(f"File {req.input_file_id} was not uploaded with purpose `batch`", "input_file_id")
         if not self.runner.make_room():
             raise ApiError(429, f"{len(self.runner.batches)} batches are running on this frontend: retry when one "
                            "has ended", "rate_limit_error", None, "too_many_batches")
         batch = Batch("batch_" + uuid.uuid4().hex[:24], req.endpoint, req.input_file_id, req.completion_window,
-                      req.metadata)
+                      req.metadata, output_expires_secs=lifetime)
         self.runner.start(batch)
         await send_json(send, 200, batch.object())
 
@@ -164,12 +171,19 @@ class BatchApi:
         self.runner.cancel(batch)
         await send_json(send, 200, batch.object())
 
+    def _input_of_running_batch(self, file_id: str) -> bool:
+        return any(b.input_file_id == file_id and b.status in ACTIVE for b in self.runner.batches.values())
+
     def _batch(self, batch_id: str) -> Batch:
         batch = self.runner.batches.get(batch_id)
         if batch is None:
             raise ApiError(404, f"No batch found with id '{batch_id}'.", "invalid_request_error", "batch_id",
                            "not_found")
         return batch
+
+
+def _text(fields: dict[str, tuple[str | None, bytes]], name: str) -> str | None:
+    return fields[name][1].decode("utf-8", "replace").strip() if name in fields else None
 
 
 def _query(scope: dict) -> dict[str, str]:

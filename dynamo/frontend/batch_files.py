@@ -4,17 +4,26 @@ uploaded as multipart/form-data) and the output and error files it writes (`batc
 Kept in this frontend's memory up to `--batch-store-mb` in all (an upload past it is a 413, as is a
 file past OpenAI's 200 MB), and with `--batch-dir` on disk too, read back at start (batch_journal.py);
 without it a restart loses them, as it loses the batches. Replicas do not share them: a client that
-uploads, runs and downloads must reach one replica (affinity at the balancer)."""
+uploads, runs and downloads must reach one replica (affinity at the balancer).
+
+Files expire as OpenAI's do: an upload's `expires_after` (anchor `created_at`, 1 hour to 30 days),
+by default 30 days for `batch` inputs and never for the other purposes; a batch's outputs by its
+`output_expires_after`, by default 30 days too. An expired file is gone for every route at once and
+its bytes are freed at the next upload, listing or output (no sweeper task), except while it is the
+input of a running batch, which keeps it until the batch ends."""
 
 from __future__ import annotations
 
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Callable
 
 from dynamo.frontend.errors import ApiError, bad_request
 
 MAX_FILE_BYTES = 200 << 20  # OpenAI's limit for a batch input file
+MIN_EXPIRY_SECS, MAX_EXPIRY_SECS = 3600, 30 * 24 * 3600  # OpenAI's bounds on `expires_after.seconds`
+DEFAULT_EXPIRY_SECS = {"batch": MAX_EXPIRY_SECS, "batch_output": MAX_EXPIRY_SECS}  # other purposes: never
 PURPOSES = ("batch", "batch_output", "user_data", "fine-tune", "assistants", "vision", "evals")
 UPLOAD_PURPOSES = tuple(p for p in PURPOSES if p != "batch_output")  # written by batches only
 
@@ -26,28 +35,46 @@ class StoredFile:
     purpose: str
     data: bytes
     created_at: int = field(default_factory=lambda: int(time.time()))
+    expires_at: int | None = None
 
     def object(self) -> dict:
         return {"id": self.id, "object": "file", "bytes": len(self.data), "created_at": self.created_at,
-                "expires_at": None, "filename": self.filename, "purpose": self.purpose, "status": "processed",
-                "status_details": None}
+                "expires_at": self.expires_at, "filename": self.filename, "purpose": self.purpose,
+                "status": "processed", "status_details": None}
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
 
 
 class FileStore:
-    """The files by id, in upload order; `max_bytes` bounds their content in all."""
+    """The files by id, in upload order; `max_bytes` bounds their content in all. `in_use(id)`: a file
+    that must outlive its expiry for now (a running batch's input); `on_drop(id)`: told of every file
+    that goes, deleted or expired (the journal's copy goes with it)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
         self.files: dict[str, StoredFile] = {}
+        self.in_use: Callable[[str], bool] = lambda _file_id: False
+        self.on_drop: Callable[[str], None] = lambda _file_id: None
 
-    def add(self, filename: str, purpose: str, data: bytes) -> StoredFile:
+    def add(self, filename: str, purpose: str, data: bytes, expires_after: int | None = None) -> StoredFile:
+        """Store a file; `expires_after` seconds from now, else its purpose's default."""
+        self.expire()
         if len(data) > MAX_FILE_BYTES or self.bytes + len(data) > self.max_bytes:
             raise store_full(len(data), self.max_bytes - self.bytes)
         stored = StoredFile("file-" + uuid.uuid4().hex[:24], filename, purpose, data)
+        lifetime = expires_after if expires_after is not None else DEFAULT_EXPIRY_SECS.get(purpose)
+        stored.expires_at = None if lifetime is None else stored.created_at + lifetime
         self.files[stored.id] = stored
         self.bytes += len(data)
         return stored
+
+    def expire(self, now: float | None = None) -> None:
+        """Drop every expired file no running batch needs."""
+        now = time.time() if now is None else now
+        for stored in [f for f in self.files.values() if f.expired(now) and not self.in_use(f.id)]:
+            self.delete(stored.id)
 
     def restore(self, stored: StoredFile) -> None:
         """A file read back from the journal (counted against the bound, never refused)."""
@@ -56,17 +83,20 @@ class FileStore:
 
     def get(self, file_id: str) -> StoredFile:
         stored = self.files.get(file_id)
-        if stored is None:
+        if stored is None or (stored.expired(time.time()) and not self.in_use(file_id)):
             raise file_not_found(file_id)
         return stored
 
     def delete(self, file_id: str) -> None:
-        stored = self.get(file_id)
-        del self.files[file_id]
+        stored = self.files.pop(file_id, None)
+        if stored is None:
+            raise file_not_found(file_id)
         self.bytes -= len(stored.data)
+        self.on_drop(file_id)
 
     def listed(self, purpose: str | None, order: str, after: str | None, limit: int) -> tuple[list[StoredFile], bool]:
         """A page of files: `limit` of them after the one named `after`, newest first unless `order` is asc."""
+        self.expire()
         files = [f for f in self.files.values() if purpose is None or f.purpose == purpose]
         if order == "desc":
             files.reverse()
@@ -80,6 +110,22 @@ def page_after(items: list, after: str | None, limit: int) -> tuple[list, bool]:
         ids = [item.id for item in items]
         items = items[ids.index(after) + 1:] if after in ids else []
     return items[:limit], len(items) > limit
+
+
+def expiry_secs(anchor: str | None, seconds: object, param: str) -> int | None:
+    """An `expires_after` policy's lifetime in seconds (None: none given), or a 400 naming `param`."""
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise bad_request(f"`{param}.anchor` must be 'created_at'", f"{param}.anchor")
+    try:
+        value = int(seconds) if isinstance(seconds, (int, str)) and not isinstance(seconds, bool) else None
+    except ValueError:
+        value = None
+    if value is None or not MIN_EXPIRY_SECS <= value <= MAX_EXPIRY_SECS:
+        raise bad_request(f"`{param}.seconds` must be an integer from {MIN_EXPIRY_SECS} (1 hour) to "
+                          f"{MAX_EXPIRY_SECS} (30 days)", f"{param}.seconds")
+    return value
 
 
 def store_full(size: int, room: int) -> ApiError:

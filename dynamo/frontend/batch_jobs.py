@@ -44,6 +44,7 @@ class Batch:
     cancel_requested: bool = False
     model: str | None = None  # the first request's
     usage: dict[str, int] = field(default_factory=lambda: dict.fromkeys(USAGE_KEYS, 0))
+    output_expires_secs: int | None = None  # its output and error files' lifetime (None: their default)
 
     @property
     def expires_at(self) -> int:

@@ -34,7 +34,8 @@ class BatchJournal:
     # -- files -------------------------------------------------------------------------------------
     def save_file(self, stored: StoredFile) -> None:
         _write_atomically(self.files / stored.id, stored.data)
-        meta = {"filename": stored.filename, "purpose": stored.purpose, "created_at": stored.created_at}
+        meta = {"filename": stored.filename, "purpose": stored.purpose, "created_at": stored.created_at,
+                "expires_at": stored.expires_at}
         _write_atomically(self.files / f"{stored.id}.json", json.dumps(meta).encode())
 
     def drop_file(self, file_id: str) -> None:
@@ -49,7 +50,7 @@ class BatchJournal:
             try:
                 meta = json.loads(meta_path.read_bytes())
                 out.append(StoredFile(file_id, meta["filename"], meta["purpose"], (self.files / file_id).read_bytes(),
-                                      meta["created_at"]))
+                                      meta["created_at"], meta.get("expires_at")))
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("batch file %s not restored: %s", file_id, exc)
         return sorted(out, key=lambda f: (f.created_at, f.id))

@@ -192,7 +192,7 @@ class BatchRunner:
         if not entries and kind == "error":
             return None
         data = await asyncio.to_thread(_jsonl, entries)
-        stored = self.files.add(f"batch_{batch.id}_{kind}.jsonl", "batch_output", data)
+        stored = self.files.add(f"batch_{batch.id}_{kind}.jsonl", "batch_output", data, batch.output_expires_secs)
         if self.journal is not None:
             await asyncio.to_thread(self.journal.save_file, stored)
         return stored.id

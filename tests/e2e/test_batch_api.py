@@ -158,6 +158,30 @@ def test_refusals_are_openai_errors(client):
     assert {"/v1/files", "/v1/files/{file_id}", "/v1/batches", "/v1/batches/{batch_id}/cancel"} <= set(paths)
 
 
+def test_files_expire_as_their_policy_says(client):
+    """OpenAI's expiry policies as the official client sends them: an upload's `expires_after` (a form
+    field), a batch's `output_expires_after` for the files it writes; 30 days by default for batch files."""
+    lines = [chat_line("a", "hi")]
+    source = upload(client, lines)
+    assert source.expires_at == source.created_at + 30 * 24 * 3600
+    assert upload(client, lines, purpose="user_data").expires_at is None
+    hour = {"anchor": "created_at", "seconds": 3600}
+    short = client.files.create(file=("r.jsonl", io.BytesIO(b"{}")), purpose="user_data", expires_after=hour)
+    assert short.expires_at == short.created_at + 3600 and client.files.retrieve(short.id).expires_at == short.expires_at
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.files.create(file=("r.jsonl", io.BytesIO(b"{}")), purpose="batch",
+                            expires_after={"anchor": "created_at", "seconds": 60})
+    assert refused.value.body["param"] == "expires_after.seconds"
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h",
+                              output_expires_after={"anchor": "completed_at", "seconds": 3600})
+    assert refused.value.body["param"] == "output_expires_after.anchor"
+    batch = client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h",
+                                  output_expires_after={"anchor": "created_at", "seconds": 7200})
+    output = client.files.retrieve(wait_done(client, batch.id).output_file_id)
+    assert output.purpose == "batch_output" and output.expires_at == output.created_at + 7200
+
+
 def test_cancel_keeps_what_ran_and_refuses_a_finished_batch(client):
     lines = [chat_line(f"slow-{i}", "tell me a long story", max_tokens=150, ignore_eos=True) for i in range(40)]
     source = upload(client, lines)

@@ -1,5 +1,5 @@
-"""The Batch API's pieces that need no server: multipart uploads, the file store's bound and pages,
-an input file's line checks, a batch's usage, and the runner's expiry (driven through a minimal ASGI
+"""The Batch API's pieces that need no server: multipart uploads, the file store's bound, pages and
+expiry, an input file's line checks, a batch's usage, and the runner's expiry (driven through a minimal ASGI
 app: the runner's contract is the ASGI interface the frontend's app serves)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from dynamo.frontend.batch_files import FileStore, parse_multipart
+from dynamo.frontend.batch_files import MAX_EXPIRY_SECS, FileStore, expiry_secs, parse_multipart
 from dynamo.frontend.batch_jobs import Batch, parse_lines
 from dynamo.frontend.batch_journal import BatchJournal
 from dynamo.frontend import batch_runner
@@ -53,6 +53,50 @@ def test_the_store_bound_counts_every_file_and_frees_on_delete():
     with pytest.raises(ApiError) as missing:
         store.get(first.id)
     assert missing.value.status == 404
+
+
+def test_files_expire_by_policy_or_their_purposes_default():
+    store = FileStore(1 << 20)
+    source, data, output = (store.add("in", "batch", b"x"), store.add("d", "user_data", b"x"),
+                            store.add("out", "batch_output", b"x", expires_after=3600))
+    assert source.expires_at == source.created_at + MAX_EXPIRY_SECS  # OpenAI's 30 days for batch inputs
+    assert data.expires_at is None and data.object()["expires_at"] is None  # other purposes: kept until deleted
+    assert output.object()["expires_at"] == output.created_at + 3600
+
+
+def test_an_expired_file_is_gone_everywhere_and_its_bytes_freed_unless_a_running_batch_needs_it():
+    store = FileStore(100)
+    dropped, needed = [], set()
+    store.on_drop, store.in_use = dropped.append, needed.__contains__
+    old, busy = store.add("old", "batch", b"x" * 40, expires_after=3600), store.add("busy", "batch", b"x" * 40)
+    old.expires_at = busy.expires_at = int(time.time()) - 1  # both past their time
+    needed.add(busy.id)
+    with pytest.raises(ApiError) as missing:
+        store.get(old.id)
+    assert missing.value.status == 404 and store.get(busy.id) is busy
+    assert [f.id for f in store.listed(None, "asc", None, 10)[0]] == [busy.id]  # the listing sweeps
+    assert dropped == [old.id] and store.bytes == 40
+    store.add("new", "batch", b"x" * 60)  # fits only because the expired file's bytes were freed
+    needed.clear()
+    store.expire()
+    assert dropped == [old.id, busy.id] and store.bytes == 60
+
+
+@pytest.mark.parametrize("anchor, seconds, param", [
+    ("last_active_at", 3600, "expires_after.anchor"), ("created_at", 3599, "expires_after.seconds"),
+    ("created_at", MAX_EXPIRY_SECS + 1, "expires_after.seconds"), ("created_at", "an hour", "expires_after.seconds"),
+    ("created_at", None, "expires_after.seconds"), (None, 3600, "expires_after.anchor"),
+    ("created_at", True, "expires_after.seconds")])
+def test_a_bad_expiry_policy_is_a_400_naming_its_field(anchor, seconds, param):
+    with pytest.raises(ApiError) as refused:
+        expiry_secs(anchor, seconds, "expires_after")
+    assert refused.value.status == 400 and refused.value.param == param
+
+
+def test_an_expiry_policy_gives_its_seconds_from_a_form_or_json():
+    assert expiry_secs(None, None, "expires_after") is None
+    assert expiry_secs("created_at", "7200", "expires_after") == 7200  # a multipart field is text
+    assert expiry_secs("created_at", MAX_EXPIRY_SECS, "output_expires_after") == MAX_EXPIRY_SECS
 
 
 def test_file_pages_follow_after_and_order():
@@ -122,7 +166,8 @@ def test_the_journal_reads_back_files_batches_and_answers_but_not_a_torn_last_li
     journal = BatchJournal(tmp_path)
     stored = FileStore(1 << 20).add("in.jsonl", "batch", b'{"x": 1}\n')
     journal.save_file(stored)
-    batch = Batch("batch_1", "/v1/completions", stored.id, "24h", {"k": "v"}, status="in_progress", total=3)
+    batch = Batch("batch_1", "/v1/completions", stored.id, "24h", {"k": "v"}, status="in_progress", total=3,
+                  output_expires_secs=7200)
     journal.save_batch(batch)
     journal.append_result(batch.id, 2, {"custom_id": "c"})
     journal.close()
@@ -132,7 +177,8 @@ def test_the_journal_reads_back_files_batches_and_answers_but_not_a_torn_last_li
     [(restored, answered)] = again.load_batches()
     assert restored == batch and answered == {2: {"custom_id": "c"}}
     [file] = again.load_files()
-    assert (file.id, file.filename, file.data) == (stored.id, "in.jsonl", b'{"x": 1}\n')
+    assert (file.id, file.filename, file.data, file.expires_at) == (stored.id, "in.jsonl", b'{"x": 1}\n',
+                                                                    stored.expires_at)
     again.drop_file(stored.id)
     again.drop_results(batch.id)
     assert again.load_files() == [] and again.load_batches() == [(batch, {})]
