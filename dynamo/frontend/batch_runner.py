@@ -4,7 +4,8 @@ files. An answer of 429/503/529 (the frontend's overload and no-worker answers) 
 until the window ends: a batch waits out a busy deployment instead of failing its requests. Every
 other answer is final: 2xx lines go to the output file, the rest to the error file, in input order.
 All batches share `--batch-concurrency` requests in flight, so they leave room for interactive
-traffic. With a journal (`--batch-dir`), a batch a restart interrupted resumes where it was."""
+traffic, and their requests are background work (inprocess.BACKGROUND): the router queue and an
+engine's priority scheduler serve every client's request before them. With a journal (`--batch-dir`), a batch a restart interrupted resumes where it was."""
 
 from __future__ import annotations
 
@@ -156,7 +157,7 @@ class BatchRunner:
         delay = RETRY_FIRST_S
         while True:
             try:
-                status, body, _ = await call_app(self.app, batch.endpoint, payload, headers)
+                status, body, _ = await call_app(self.app, batch.endpoint, payload, headers, background=True)
             except Exception as exc:  # the app crashed on it: an answer like any other 500
                 return 500, _error(f"{type(exc).__name__}: {exc}", None, "internal_error"), request_id
             if status not in RETRY_STATUSES or time.time() + delay >= batch.expires_at or batch.cancel_requested:

@@ -18,7 +18,7 @@ from typing import Awaitable, Callable
 
 from prometheus_client import generate_latest
 
-from dynamo.frontend import annotations, errors, speculative_prefill
+from dynamo.frontend import annotations, errors, inprocess, speculative_prefill
 from dynamo.frontend.model_routes import ModelRoutes, health_report
 from dynamo.frontend.admin import BusyThresholdAdmin
 from dynamo.frontend.openapi import OpenApi
@@ -246,7 +246,7 @@ class FrontendApp:
             req = decode_request(body, kind)  # type: ignore[arg-type]
             del body
             (validate_chat if kind == "chat" else validate_completion)(req)
-            hints = routing_hints(req.nvext, scope["headers"], req.cache_salt)
+            hints = routing_hints(req.nvext, scope["headers"], req.cache_salt, scope.get(inprocess.BACKGROUND, False))
             await self.generate(req, "chat_completions" if kind == "chat" else "completions", size, receive, send,
                                  hints=hints, trace=scope.get(SCOPE_KEY),
                                  speculate=kind == "chat" and speculative_prefill.wanted(req.nvext))

@@ -8,13 +8,16 @@ import asyncio
 from typing import Awaitable, Callable, Iterable
 
 INPROCESS_CLIENT = ("batch", 0)
+# Scope key of a background request (the Batch API's): it routes in the lowest tier (BACKGROUND_TIER).
+# Only an in-process caller can set it: no HTTP client reaches the scope.
+BACKGROUND = "dynamo.background"
 
 
 def post_scope(path: str, payload: bytes, headers: Iterable[tuple[bytes, bytes]] = (),
-               client: tuple[str, int] = INPROCESS_CLIENT) -> dict:
+               client: tuple[str, int] = INPROCESS_CLIENT, background: bool = False) -> dict:
     """The ASGI scope of a JSON POST of `payload` to `path`, from `client`."""
     return {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"",
-            "scheme": "http", "http_version": "1.1", "client": client,
+            "scheme": "http", "http_version": "1.1", "client": client, BACKGROUND: background,
             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
                         *headers]}
 
@@ -36,10 +39,11 @@ def body_once(payload: bytes) -> tuple[Callable[[], Awaitable[dict]], asyncio.Ev
     return receive, gone
 
 
-async def call_app(app: Callable, path: str, payload: bytes,
-                   headers: list[tuple[bytes, bytes]] = ()) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+async def call_app(app: Callable, path: str, payload: bytes, headers: list[tuple[bytes, bytes]] = (),
+                   background: bool = False) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """POST `payload` (JSON) to `path` on `app`; its status, body and response headers. Cancelling the
-    call is a client that went away: the app stops the worker's stream as it does for HTTP clients."""
+    call is a client that went away: the app stops the worker's stream as it does for HTTP clients.
+    `background`: the request yields to every client's (BACKGROUND)."""
     receive, gone = body_once(payload)
     status, body, response_headers = 500, bytearray(), []
 
@@ -51,7 +55,7 @@ async def call_app(app: Callable, path: str, payload: bytes,
             body.extend(message.get("body", b""))
 
     try:
-        await app(post_scope(path, payload, headers), receive, send)
+        await app(post_scope(path, payload, headers, background=background), receive, send)
     finally:
         gone.set()
     return status, bytes(body), response_headers

@@ -30,6 +30,7 @@ from dynamo.frontend.responses_store import (INPUT_ITEMS_SUFFIX, PREFIX, Respons
 from dynamo.frontend.validation import validate_chat
 from dynamo.frontend.output import ChoiceDelta
 from dynamo.frontend.request_log import SCOPE_KEY
+from dynamo.frontend.inprocess import BACKGROUND
 from dynamo.frontend.routing_hints import routing_hints
 from dynamo.frontend.sse import SSE_HEADERS, error_event, named_event
 from dynamo.llm.protocol import FinishReason
@@ -357,7 +358,8 @@ class ResponsesApi:
         req = rreq.to_chat(history)
         validate_chat(req)
         await app.generate(req, "responses", len(body), receive, send, ResponsesRun,
-                            hints=routing_hints(req.nvext, scope["headers"]), trace=scope.get(SCOPE_KEY),
+                            hints=routing_hints(req.nvext, scope["headers"], background=scope.get(BACKGROUND, False)),
+                            trace=scope.get(SCOPE_KEY),
                             speculate=speculative_prefill.wanted(req.nvext), responses_req=rreq, history=history,
                             store=self.store)
 

@@ -17,7 +17,7 @@ import math
 from typing import Any, Iterable
 
 from dynamo.frontend.errors import bad_request
-from dynamo.llm.protocol import RoutingHints
+from dynamo.llm.protocol import BACKGROUND_TIER, RoutingHints
 from dynamo.router.session_affinity import MAX_TTL_SECS
 
 # hint field -> the headers that set it (an x-dynamo- spelling wins over the plain one)
@@ -50,9 +50,11 @@ SESSION_SOURCES = (
 
 
 def routing_hints(nvext: dict[str, Any] | None, headers: Iterable[tuple[bytes, bytes]],
-                  body_cache_salt: Any = None) -> RoutingHints | None:
+                  body_cache_salt: Any = None, background: bool = False) -> RoutingHints | None:
     """The request's routing hints, or None when it gives none. `body_cache_salt`: the request's
-    top-level `cache_salt` (vLLM's spelling), which `nvext.cache_salt` overrides."""
+    top-level `cache_salt` (vLLM's spelling), which `nvext.cache_salt` overrides. `background` (a
+    Batch API request): its tier is BACKGROUND_TIER whatever strict tier it names, so that it yields
+    to every client's request; its soft priority still orders it among background requests."""
     values: dict[str, Any] = {}
     ext = nvext or {}
     for name in NVEXT_IDS:
@@ -76,6 +78,8 @@ def routing_hints(nvext: dict[str, Any] | None, headers: Iterable[tuple[bytes, b
     salt = cache_salt(ext.get("cache_salt"), body_cache_salt, given)
     if salt is not None:
         values["cache_salt"] = salt
+    if background:
+        values["strict_priority"] = BACKGROUND_TIER
     return RoutingHints(**values) if values else None
 
 

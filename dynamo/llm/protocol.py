@@ -95,6 +95,9 @@ class RouterParams(msgspec.Struct, omit_defaults=True, kw_only=True):
 
 # A strict tier outranks any soft priority when the two are folded into an engine's one integer.
 STRICT_TIER = 1 << 20
+# The tier of background work (the Batch API's requests): below every request a client sends, whose
+# strict tiers are >= 0, in the router queue and in an engine's priority scheduler.
+BACKGROUND_TIER = -1
 
 
 def engine_priority(hints: RoutingHints | None, lower_first: bool) -> int:

@@ -9,6 +9,8 @@ first, where the score follows `--router-queue-policy`:
 - `wspt`: (1 + priority) / new prefill tokens (Smith's rule): the least prefill work first;
   lowers the mean TTFT.
 - `lcfs`: priority + arrival time: newest first (for comparisons).
+Clients' strict tiers are >= 0; background work (the Batch API's requests) waits in tier -1, after
+every client's request.
 
 Only the head of the queue retries its selection: it is woken whenever load is released
 (first token, end of a request) or membership changes. Workers' own load reports also free
@@ -68,7 +70,7 @@ class RouterQueue:
             self.rejected += 1
             raise AllWorkersBusy("All workers are busy, please retry later")
         loop = asyncio.get_running_loop()
-        ticket = Ticket((-max(strict_priority, 0), -score, next(self._seq)), loop.time() + self.timeout)
+        ticket = Ticket((-strict_priority, -score, next(self._seq)), loop.time() + self.timeout)
         heapq.heappush(self._heap, ticket)
         self._pending += 1
         self.queued_total += 1

@@ -7,7 +7,7 @@ import pytest
 
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.routing_hints import routing_hints
-from dynamo.llm.protocol import RoutingHints
+from dynamo.llm.protocol import BACKGROUND_TIER, RoutingHints
 
 
 def h(**headers: str) -> list[tuple[bytes, bytes]]:
@@ -25,6 +25,13 @@ def test_nvext_fields():
                                            "latency_sensitivity": 1.2}}, [])
     assert hints == RoutingHints(backend_instance_id=7, prefill_worker_id=9, priority=2.5, strict_priority=1,
                                  osl=100, latency_sensitivity=1.2)
+
+
+def test_background_requests_take_the_lowest_tier_whatever_they_name():
+    assert routing_hints(None, [], background=True) == RoutingHints(strict_priority=BACKGROUND_TIER)
+    hints = routing_hints({"agent_hints": {"priority": 3, "strict_priority": 2}},
+                          h(x_dynamo_request_strict_priority="5"), background=True)
+    assert hints == RoutingHints(priority=3, strict_priority=BACKGROUND_TIER)  # its own order among batches
 
 
 def test_headers_override_the_body_and_dynamo_spellings_win():

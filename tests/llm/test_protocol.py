@@ -3,7 +3,7 @@
 import msgspec
 import pytest
 
-from dynamo.llm.protocol import (STRICT_TIER, FinishReason, LLMEngineOutput, RoutingHints, engine_priority,
+from dynamo.llm.protocol import (BACKGROUND_TIER, STRICT_TIER, FinishReason, LLMEngineOutput, RoutingHints, engine_priority,
                                  output_decoder)
 
 
@@ -18,6 +18,11 @@ def test_strict_tier_outranks_any_soft_priority():
     assert engine_priority(tiered, lower_first=False) == STRICT_TIER - 5
     assert engine_priority(tiered, lower_first=False) > engine_priority(soft, lower_first=False)
     assert engine_priority(tiered, lower_first=True) < engine_priority(soft, lower_first=True)
+
+
+def test_background_work_runs_after_the_engine_default_in_either_convention():
+    batch = RoutingHints(strict_priority=BACKGROUND_TIER, priority=100)
+    assert engine_priority(batch, lower_first=False) < 0 < engine_priority(batch, lower_first=True)
 
 
 def test_no_hints_is_the_engine_default():

@@ -6,15 +6,18 @@
 The admin API (`GET/POST /busy_threshold`, NVIDIA Dynamo's) reads and changes them on the live
 frontend: raised, the request refused a moment ago is served while the worker is still as busy;
 bad values are 400s; a set under round-robin or for an unknown model is a 404; and
-`DYN_DISABLE_FRONTEND_ADMIN_API` leaves the routes out."""
+`DYN_DISABLE_FRONTEND_ADMIN_API` leaves the routes out. The Batch API's requests wait behind clients'."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import threading
+import time
 
 import httpx
+import openai
 import pytest
 
 from tests.fixtures.procs import Cluster, http_get, wait_until
@@ -119,6 +122,35 @@ def test_priorities_reorder_the_router_queue(cluster):
     for thread in threads:
         thread.join(90)
     assert finished == [("tier", 200), ("jump", 200), ("oldest", 200)]
+
+
+def test_batch_requests_wait_behind_a_client_that_came_after_them(cluster):
+    """The Batch API's requests are the router queue's lowest tier: three wait behind the busy worker, a
+    client's request sent after them is served before any of them (each served one keeps the worker busy
+    until it ends, so they run one at a time)."""
+    client = openai.OpenAI(base_url=cluster.base_url + "/v1", api_key="unused", max_retries=0)
+    lines = [{"custom_id": f"b{i}", "method": "POST", "url": "/v1/completions",
+              "body": {"model": MODEL, "prompt": [1100 + 500 * i + j for j in range(16 * 8)], "max_tokens": 40}}
+             for i in range(3)]
+    source = client.files.create(file=("b.jsonl", io.BytesIO("\n".join(map(json.dumps, lines)).encode())),
+                                 purpose="batch")
+    url = cluster.base_url + "/v1/completions"
+    result: dict = {}
+    with _worker_kept_busy(url):
+        batch = client.batches.create(input_file_id=source.id, endpoint="/v1/completions", completion_window="24h")
+        wait_until(lambda: _queue(cluster)["pending"] == 3, 30, "the batch's requests to wait in the router queue")
+        waiter = threading.Thread(target=lambda: result.update(resp=httpx.post(url, timeout=90, json={
+            "model": MODEL, "prompt": [2600 + j for j in range(16 * 8)], "max_tokens": 40})))
+        waiter.start()
+        wait_until(lambda: _queue(cluster)["pending"] == 4, 30, "the client's request to wait too")
+    waiter.join(90)
+    assert result["resp"].status_code == 200, result["resp"].text
+    # First served: the batch has at most one answer (its first, if this thread was slow to look).
+    assert client.batches.retrieve(batch.id).request_counts.completed <= 1
+    deadline = time.monotonic() + 120
+    while client.batches.retrieve(batch.id).status != "completed" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert client.batches.retrieve(batch.id).request_counts.completed == 3
 
 
 def test_malformed_priority_is_a_400(cluster):

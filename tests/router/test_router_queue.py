@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from dynamo.llm.protocol import PreprocessedRequest, RoutingHints
+from dynamo.llm.protocol import BACKGROUND_TIER, PreprocessedRequest, RoutingHints
 from dynamo.router.config import KvRouterConfig
 from dynamo.router.kv_policy import KvPolicy
 from dynamo.router.policy import AllWorkersBusy, WorkerPool
@@ -98,6 +98,17 @@ async def test_fcfs_serves_oldest_first_with_priority_jumps_and_strict_tiers():
                                          req("jump", distinct(20, 300), priority=60.0),
                                          req("tier", distinct(20, 400), strict=1)])
     assert await serve_in_order(policy, waiting, "big") == ["tier", "jump", "a", "b"]
+
+
+async def test_background_work_waits_behind_every_client_request():
+    """The Batch API's tier (BACKGROUND_TIER): even the oldest, with the largest jump, goes last."""
+    policy = busy_policy()
+    p = pool(1)
+    await policy.select(p, req("big", list(range(32))), set())
+    waiting = await queue_up(policy, p, [req("batch", distinct(20, 100), priority=60.0, strict=BACKGROUND_TIER),
+                                         req("batch-2", distinct(20, 200), strict=BACKGROUND_TIER),
+                                         req("client", distinct(20, 300))])
+    assert await serve_in_order(policy, waiting, "big") == ["client", "batch", "batch-2"]
 
 
 async def test_latency_sensitivity_moves_a_request_ahead_in_place_of_its_priority():
