@@ -28,8 +28,9 @@ from dynamo.runtime.settings import RuntimeSettings
 T = TypeVar("T")
 _DEST = "_dynamo_compat"
 _ENV_DEST = "_dynamo_runtime_env"
-# (flag, its environment twin, a switch): runtime settings every component takes as flags.
-RUNTIME_FLAGS = tuple((flag_names(f)[0], env_name(f), f.type in (bool, "bool")) for f in fields(RuntimeSettings)
+# (flag, its environment twin, a switch, its help): runtime settings every component takes as flags.
+RUNTIME_FLAGS = tuple((flag_names(f)[0], env_name(f), f.type in (bool, "bool"), f.metadata.get("help", ""))
+                      for f in fields(RuntimeSettings)
                       if f.name.startswith(("tcp_tls_", "nats_tls_")) or f.name == "health_check_payload")
 
 # (flag names: Dynamo's first, then its aliases) -> (takes a value, why it has no effect here).
@@ -93,17 +94,17 @@ def export_runtime_flags(namespace: argparse.Namespace, environ: dict[str, str] 
 
 
 def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
-    for flag, env, switch in RUNTIME_FLAGS:
+    for flag, env, switch, text in RUNTIME_FLAGS:
         if flag in parser._option_string_actions:
             continue
         if switch:
             parser.add_argument(flag, action=_SetEnv, const="true", nargs=0, dest=_ENV_DEST, env=env,
-                                default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+                                default=argparse.SUPPRESS, help=f"{text} [env {env}]".strip())
             parser.add_argument("--no-" + flag[2:], action=_SetEnv, const="false", nargs=0, dest=_ENV_DEST,
                                 env=env, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         else:
             parser.add_argument(flag, action=_SetEnv, dest=_ENV_DEST, env=env, metavar="VALUE",
-                                default=argparse.SUPPRESS, help=f"[env {env}]")
+                                default=argparse.SUPPRESS, help=f"{text} [env {env}]".strip())
 
 
 class _SetEnv(argparse.Action):

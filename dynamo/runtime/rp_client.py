@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
+import ssl
 from collections import deque
 
 from dynamo.runtime import wire
@@ -249,7 +251,7 @@ class RequestPlaneClient:
                 self.connect_timeout + (self.tls.handshake_timeout if self.tls is not None else 0.0),
             )
         except (OSError, asyncio.TimeoutError) as exc:
-            raise CannotConnect(f"cannot connect to worker at {address}: {exc or 'timed out'}") from None
+            raise CannotConnect(f"cannot connect to worker at {address}: {_reason(exc, self.tls is not None)}") from None
         return conn
 
     def _lost(self, conn: _ClientConnection) -> None:
@@ -266,3 +268,17 @@ class RequestPlaneClient:
             if conn.transport is not None:
                 conn.transport.close()
         self._conns.clear()
+
+
+def _reason(exc: BaseException, tls: bool) -> str:
+    """Why a dial failed, never blank; over TLS, a handshake the worker dropped is most often a worker
+    that serves plaintext (a TLS caller's settings without the worker's)."""
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        text = "timed out"
+    else:
+        text = str(exc) or type(exc).__name__
+    dropped = not isinstance(exc, (ssl.SSLCertVerificationError, ConnectionRefusedError, socket.gaierror))
+    if tls and dropped:
+        text += (" (the TLS handshake did not complete: does the worker serve TLS too? This caller has "
+                 "DYN_TCP_TLS_* settings; a worker without DYN_TCP_TLS_CERT_PATH/KEY_PATH speaks plaintext)")
+    return text

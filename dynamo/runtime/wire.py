@@ -22,6 +22,10 @@ import msgspec
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 32 * 1024 * 1024  # DYN_TCP_MAX_MESSAGE_SIZE default in Dynamo
+# A TLS handshake record starts 0x16 0x03: read as a frame header, a length of 0x1603xxxx.
+TLS_HANDSHAKE_RECORD = 0x1603
+TLS_HELLO_HINT = (" (a TLS handshake: the peer calls over TLS, this port serves plaintext; give this process "
+                  "DYN_TCP_TLS_CERT_PATH and DYN_TCP_TLS_KEY_PATH, or the peer no DYN_TCP_TLS_* settings)")
 
 
 class Request(msgspec.Struct, tag="req", array_like=True, gc=False):
@@ -129,7 +133,8 @@ class FrameReader:
             while size - offset >= 4:
                 (length,) = HEADER.unpack_from(buf, offset)
                 if length > self.max_frame:
-                    raise FrameTooLarge(f"frame of {length} bytes exceeds {self.max_frame}")
+                    raise FrameTooLarge(f"frame of {length} bytes exceeds {self.max_frame}"
+                                        + (TLS_HELLO_HINT if length >> 16 == TLS_HANDSHAKE_RECORD else ""))
                 end = offset + 4 + length
                 if end > size:
                     break

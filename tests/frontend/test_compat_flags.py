@@ -192,6 +192,15 @@ def test_help_and_bad_values_are_answered_by_the_frontends_own_parse_alone(capsy
     assert capsys.readouterr().err.startswith("usage: python -m dynamo.frontend")
 
 
+def test_help_lists_the_transport_security_switches_with_what_they_do(capsys):
+    with pytest.raises(SystemExit):
+        parse_frontend_args(["--help"], {})
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps help text
+    assert "--tcp-tls-insecure Call workers over TLS without verifying them (development only) [env" in out
+    assert "--nats-tls-insecure TLS to NATS without verifying the server" in out
+    assert "--tcp-tls-ca-cert-path VALUE" in out and "--no-tcp-tls-insecure" not in out
+
+
 @pytest.mark.parametrize("argv", [
     ["--max-model-len", "4096"],  # the default processor: Dynamo refuses unknown flags too
     ["--dyn-chat-processor", "vllm", "--not-a-vllm-flag", "1"],

@@ -77,7 +77,7 @@ async def test_mutual_tls_demands_the_callers_certificate(pki):
 async def test_a_tls_caller_cannot_reach_a_plaintext_worker(pki):
     server = await _serve(settings())
     try:
-        with pytest.raises(CannotConnect):
+        with pytest.raises(CannotConnect, match="TLS handshake did not complete: does the worker serve TLS too"):
             await _call(server, settings(ca_cert_path=pki["ca"], handshake_timeout_secs="1"))
     finally:
         await server.close(linger=0)

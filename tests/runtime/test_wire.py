@@ -30,8 +30,15 @@ def test_frames_round_trip_across_arbitrary_splits():
 
 def test_oversized_frame_is_refused():
     reader = wire.FrameReader(max_frame=16)
-    with pytest.raises(wire.FrameTooLarge):
+    with pytest.raises(wire.FrameTooLarge) as refused:
         reader.feed(wire.encode(wire.Data(1, b"x" * 64)))
+    assert "TLS" not in str(refused.value)
+
+
+def test_a_tls_hello_on_a_plaintext_port_is_named_as_such():
+    hello = bytes([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xFC, 0x03, 0x03])  # a ClientHello's first bytes
+    with pytest.raises(wire.FrameTooLarge, match="a TLS handshake: the peer calls over TLS, this port serves"):
+        wire.FrameReader().feed(hello)
 
 
 def test_preprocessed_request_round_trip():
