@@ -24,7 +24,8 @@ async def serve(config: RouterServiceConfig, stop: asyncio.Event, warnings: Sequ
     service = RouterService(runtime, config)
     await runtime.start_system_server()
     await service.start()
-    log.info("KV router for %s ready (block size %d, mode %s)", service.eid.path, config.router_block_size,
+    log.info("KV router for %s ready (block size %s, mode %s)", service.eid.path,
+             config.router_block_size or "from the workers' model cards",
              service.policy.report(service.pool.name).mode)
     await stop.wait()
     # Out of discovery, new requests answered `draining` (callers go to another router), and the streams it

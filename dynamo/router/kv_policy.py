@@ -123,6 +123,8 @@ class KvPolicy:
     # -- membership ----------------------------------------------------------------------
     def on_membership_change(self, pool: WorkerPool) -> None:
         route = self.routes.get(pool.name)
+        if route is not None and route.router.block_size != pool.block_size:
+            self._rebuild(route, pool)  # hashes of another block size match nothing: start over
         if route is None:
             if not pool.workers and pool.role is Role.PREFILL:
                 return  # the prefill pool of an aggregated model: nothing to route, nothing to report
@@ -131,13 +133,7 @@ class KvPolicy:
                 route.router.set_busy_thresholds(self._thresholds[pool.model])
         before = {w.instance_id for w in route.pool.workers}
         current = {w.instance_id: w for w in pool.workers}
-        for iid in before - current.keys():
-            dropped = route.router.remove_worker(iid)
-            for rid in dropped:
-                self._inflight.pop(rid, None)
-            if self.feeds is not None:
-                self.feeds.untrack(iid, route.router)
-            log.info("%s: worker %x left the KV router (%d in-flight bookings dropped)", pool.name, iid, len(dropped))
+        self._remove_workers(route, before - current.keys())
         for iid, worker in current.items():
             if iid not in before:
                 rc = worker.card.runtime_config if worker.card else None
@@ -151,6 +147,26 @@ class KvPolicy:
         self._update_mode(route)
         self._subscribe(route)
         route.queue.wake()
+
+    def _remove_workers(self, route: PoolRoute, gone: set[int]) -> None:
+        for iid in gone:
+            dropped = route.router.remove_worker(iid)
+            for rid in dropped:
+                self._inflight.pop(rid, None)
+            if self.feeds is not None:
+                self.feeds.untrack(iid, route.router)
+            log.info("%s: worker %x left the KV router (%d in-flight bookings dropped)", route.name, iid, len(dropped))
+
+    def _rebuild(self, route: PoolRoute, pool: WorkerPool) -> None:
+        """A new KvRouter for the pool's new block size (a standalone router that took its block size
+        from the first model card): the old one's workers leave it, the new one gets them all."""
+        log.info("%s: KV block size %d -> %d: routing state rebuilt", pool.name, route.router.block_size,
+                 pool.block_size)
+        self._remove_workers(route, {w.instance_id for w in route.pool.workers})
+        route.router = KvRouter(pool.block_size, self.config)
+        if pool.model in self._thresholds:
+            route.router.set_busy_thresholds(self._thresholds[pool.model])
+        route.pool = dataclasses.replace(pool, workers=(), version=-1)
 
     def _subscribe(self, route: PoolRoute) -> None:
         for worker in route.pool.workers:

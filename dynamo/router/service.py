@@ -11,8 +11,10 @@ under `kv-router`, the name earlier releases used, with request-plane endpoints 
 It is the `kv` routing policy (`dynamo.router.kv_policy`) exposed on the request plane: the
 same object the frontend hosts for `--router-mode kv`, given a `WorkerPool` built from
 this endpoint's instances, and the same local inhibition of failed workers
-(`dynamo.router.inhibit`). Like NVIDIA Dynamo's, it takes its block size from
-`--router-block-size`, not model cards.
+(`dynamo.router.inhibit`). Its block size is `--router-block-size` where given (NVIDIA Dynamo's
+flag, default 128 there); else the workers' model cards' (`kv_cache_block_size`, as the frontend
+reads it), so that hashes match the workers' without the flag, 128 until a card is seen. A worker
+whose card disagrees with the rest is named in a warning.
 
 Worker streams run under the same optional deadlines as the frontend's
 (`--first-token-timeout-secs`, `--stream-idle-timeout-secs`): a worker that misses one is
@@ -51,6 +53,7 @@ from dynamo.runtime.wire import ErrorCode
 log = logging.getLogger(__name__)
 
 ROUTER_COMPONENT = "router"
+DEFAULT_BLOCK_SIZE = 128  # NVIDIA Dynamo's --router-block-size default: the block size until a model card says
 EMPTY_WARNING_SECS = 30.0  # a router with no workers this long after start says where workers are instead
 LEGACY_ROUTER_COMPONENT = "kv-router"
 
@@ -70,8 +73,9 @@ class RouterServiceConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
 
     endpoint: str | None = setting(None, "Workers to route to: namespace.component.endpoint (required)",
                                    env=("DYN_ROUTER_ENDPOINT", "DYN_ENDPOINT"))  # Dynamo's name first
-    router_block_size: int = setting(128, "KV block size in tokens (not read from model cards)",
-                                     flag=["--router-block-size", "--block-size"])
+    router_block_size: int | None = setting(
+        None, "KV block size in tokens (default: the workers' model cards'; 128 until one is seen)",
+        flag=["--router-block-size", "--block-size"])
     discovery_backend: str = discovery_backend_setting()
     event_plane: str | None = event_plane_setting()
     # As NVIDIA Dynamo: the router serves in DYN_NAMESPACE (the operator sets it to the graph's) and looks
@@ -95,7 +99,7 @@ class RouterServiceConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
             self.namespace
         if namespace != workers.namespace:
             self.endpoint = f"{namespace}.{workers.component}.{workers.endpoint}"
-        if self.router_block_size < 1:
+        if self.router_block_size is not None and self.router_block_size < 1:
             raise ValueError("--router-block-size must be >= 1")
         if self.wait_for_workers_secs < 0:
             raise ValueError("--wait-for-workers-secs must be >= 0")
@@ -133,11 +137,12 @@ class RouterService:
         self.inhibitor = Inhibitor(config.inhibited_duration_secs, runtime.registry, "dynamo_component")
         self.addresses: dict[int, str] = {}
         self.cards: dict[int, ModelDeploymentCard] = {}
-        self.pool = WorkerPool(self.eid.path, Role.DECODE, 0, config.router_block_size)
+        self.pool = WorkerPool(self.eid.path, Role.DECODE, 0, config.router_block_size or DEFAULT_BLOCK_SIZE)
         self.workers = WorkerClient(runtime.client, config.deadlines())
         self.pool_wait = PoolWait(config.wait_for_workers_secs, runtime.registry,
                                   (self.eid.namespace, self.eid.component, self.eid.endpoint))
         self._tasks: list[asyncio.Task] = []
+        self._warned: set[int] = set()  # workers named for a block size other than the router's
 
     @property
     def router(self) -> KvRouter:
@@ -195,10 +200,20 @@ class RouterService:
     def _publish_pool(self) -> None:
         workers = tuple(WorkerInfo(iid, self.eid, self.cards.get(iid), address)
                         for iid, address in sorted(self.addresses.items()))
-        self.pool = WorkerPool(self.eid.path, Role.DECODE, self.pool.version + 1, self.config.router_block_size,
-                               workers)
+        self.pool = WorkerPool(self.eid.path, Role.DECODE, self.pool.version + 1, self._block_size(), workers)
         self.policy.on_membership_change(self.pool)
         self.pool_wait.membership_changed()
+
+    def _block_size(self) -> int:
+        """--router-block-size, else the oldest worker's card's; a card that disagrees is warned of once."""
+        sizes = {iid: card.kv_cache_block_size for iid, card in sorted(self.cards.items()) if card.kv_cache_block_size}
+        size = self.config.router_block_size or next(iter(sizes.values()), self.pool.block_size)
+        for iid, other in sizes.items():
+            if other != size and iid not in self._warned:
+                self._warned.add(iid)
+                log.warning("worker %x's model card has KV block size %d, this router routes with %d: its cached "
+                            "prefixes will not be found (set --router-block-size to the workers')", iid, other, size)
+        return size
 
     async def _worker_came(self, request: PreprocessedRequest, exclude: set[int], ctx: RequestContext) -> bool:
         """Whether a worker the request may go to joined the pool within the wait (`pool_wait.py`)."""

@@ -44,10 +44,11 @@ def cluster(tiny_model, tmp_path_factory):
             c.frontend("--router-mode", "kv", "--router-replica-sync")
             c.wait_workers(MODEL, 2)
             c.fe.append(c.base_url)
-        # with flags of NVIDIA Dynamo 1.6.1's router that this one accepts without acting on them
+        # with flags of NVIDIA Dynamo 1.6.1's router that this one accepts without acting on them, and no
+        # --router-block-size: it routes with the workers' block size (BLOCK) from their model cards
         c.router_port = free_port()  # type: ignore[attr-defined]  # its system server: /metrics
         c.router = c.start("dynamo.router", ["--endpoint", "dynamo.backend.generate",  # type: ignore[attr-defined]
-                                             "--router-block-size", str(BLOCK), *DYNAMO_ONLY_FLAGS],
+                                             *DYNAMO_ONLY_FLAGS],
                            env={"DYN_SYSTEM_PORT": str(c.router_port)}, name="router")
         c.kv_root = str(c.tmp / "kv")  # type: ignore[attr-defined]
         yield c
@@ -104,7 +105,7 @@ def test_service_answers_best_worker_and_overlap_scores_consistently(cluster):
     wait_until(lambda: max(s.overlap_blocks for s in overlap_scores(cluster, prompt).scores) >= PREFIX_BLOCKS, 30,
                "the service to index the prefix")
     scores = overlap_scores(cluster, prompt)
-    assert scores.block_size == BLOCK and len(scores.scores) == 2
+    assert scores.block_size == BLOCK and len(scores.scores) == 2  # the cards' block size, not 128
     holder = max(scores.scores, key=lambda s: s.overlap_blocks)
     assert holder.overlap_blocks == PREFIX_BLOCKS
     assert sorted(s.overlap_blocks for s in scores.scores)[0] == 0

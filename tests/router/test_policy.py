@@ -4,6 +4,7 @@ report (the router queue: test_router_queue.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 
 import pytest
 
@@ -102,6 +103,20 @@ async def test_kv_policy_books_releases_and_follows_membership():
         await policy.select(pool(2, version=2), req("d", tokens), {2})
     health = policy.health()["router"]
     assert health["models"]["m"]["workers"] == [2] and health["models"]["m"]["mode"] == "kv-events"
+
+
+async def test_a_new_block_size_rebuilds_the_pools_routing_state():
+    """A standalone router starts at 128 and adopts the first model card's block size: the pool keeps its
+    workers, the old bookings go (their hashes match nothing now), and prefixes hash at the new size."""
+    policy = KvPolicy(KvRouterConfig(router_cost_model="dynamo"))
+    start = dataclasses.replace(pool(1, 2), block_size=128)
+    await policy.select(start, req("a", list(range(16))), set())
+    policy.on_membership_change(pool(1, 2, version=2))
+    router = policy.routes["m"].router
+    assert router.block_size == BS and sorted(router.workers()) == [1, 2] and "a" not in policy._inflight
+    assert sum(router.active.requests((w, 0)) for w in (1, 2)) == 0
+    chosen = await policy.select(pool(1, 2, version=2), req("b", list(range(16))), set())
+    assert router.active.active_prefill_tokens((chosen.worker.instance_id, 0)) == 16
 
 
 @pytest.mark.parametrize("max_tokens, osl, answer_blocks", [
