@@ -19,6 +19,9 @@ Workloads (`--workload`; each sets defaults the flags can override):
   router sent elsewhere costs more than the running decode step; caches hold about 60% of it;
 - `mixed`: half `groups` traffic, half unique prompts (nothing to reuse); its table adds the
   shared-prefix requests' TTFT, the half a router can place by cache;
+- `system-prompt`: one chat app: every request starts with the same 2,000-token system prompt, then a
+  user message of 50-2,000 tokens (seeded): the prefix is soon cached on both workers, so what is left
+  to route on is load (the prefill each request brings, the decode each worker runs);
 - `vllm-prefix` with `--engine vllm`: two real `dynamo.vllm` workers (vLLM's CPU build, the
   tiny random-weight Llama, prefix caching and KV events on) behind our frontend, 16 groups
   of 1,500-token prefixes (the model's context is 2,048); needs the vLLM venv

@@ -14,6 +14,9 @@ WORKLOADS = {
     "multi-turn": dict(groups=24, prefix_tokens=800, suffix_tokens=120, concurrency=12, blocks=240, requests=144),
     "agentic": dict(groups=24, prefix_tokens=3000, suffix_tokens=120, concurrency=12, blocks=480, requests=144),
     "mixed": dict(groups=16, prefix_tokens=1150, suffix_tokens=30, concurrency=16, blocks=200, requests=160),
+    # One chat app: every request starts with the same system prompt, then a user message of 50 to
+    # `suffix_tokens` tokens (seeded), so requests differ in the prefill they bring.
+    "system-prompt": dict(groups=1, prefix_tokens=2000, suffix_tokens=2000, concurrency=16, blocks=480, requests=160),
     # Two real vLLM CPU workers (tiny model, context 2,048): shared prefixes as long as it allows.
     "vllm-prefix": dict(groups=16, prefix_tokens=1500, suffix_tokens=40, concurrency=4, blocks=0, requests=64),
 }
@@ -39,7 +42,9 @@ def users(args) -> list[list[list[int]]]:
         if args.workload == "mixed" and rng.random() < 0.5:
             prompts.append(_tokens(rng, rng.randrange(300, 2000)))
         else:
-            prompts.append(prefixes[rng.randrange(args.groups)] + _tokens(rng, args.suffix_tokens))
+            length = rng.randrange(50, args.suffix_tokens + 1) if args.workload == "system-prompt" else \
+                args.suffix_tokens
+            prompts.append(prefixes[rng.randrange(args.groups)] + _tokens(rng, length))
     return [prompts[u::args.concurrency] for u in range(args.concurrency)]
 
 

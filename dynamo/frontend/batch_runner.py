@@ -5,7 +5,8 @@ until the window ends: a batch waits out a busy deployment instead of failing it
 other answer is final: 2xx lines go to the output file, the rest to the error file, in input order.
 All batches share `--batch-concurrency` requests in flight, so they leave room for interactive
 traffic, and their requests are background work (inprocess.BACKGROUND): the router queue and an
-engine's priority scheduler serve every client's request before them. With a journal (`--batch-dir`), a batch a restart interrupted resumes where it was."""
+engine's priority scheduler serve every client's request before them. With a journal
+(`--batch-dir`), a batch a restart interrupted resumes where it was."""
 
 from __future__ import annotations
 
