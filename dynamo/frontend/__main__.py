@@ -14,6 +14,7 @@ from dynamo.frontend.config import FrontendConfig, parse_frontend_args
 from dynamo.frontend.disagg import DisaggMetrics, DisaggPolicy, PrefillOrchestrator
 from dynamo.frontend.dispatch import Dispatcher
 from dynamo.frontend.batch_api import BatchApi, BatchCollector
+from dynamo.frontend.replicas import Replicas
 from dynamo.frontend.responses_store import ResponseStore
 from dynamo.frontend.http_app import FrontendApp
 from dynamo.frontend.messages_run import AnthropicApi
@@ -27,7 +28,7 @@ from dynamo.router.session_affinity import with_session_affinity
 from dynamo.runtime.asgi import EmbeddedHttpServer
 
 from dynamo.runtime.config_dump import write_config_dump
-from dynamo.runtime.distributed import DistributedRuntime
+from dynamo.runtime.distributed import DistributedRuntime, advertise_host
 from dynamo.runtime.logs import RequestEvents
 from dynamo.runtime.loop_monitor import LoopLagMonitor
 from dynamo.runtime.memory import pin_mmap_threshold
@@ -45,7 +46,7 @@ def _on_change(policy: RoutingPolicy, metrics: FrontendMetrics, live_workers: Ca
 
 
 def _app(config: FrontendConfig, runtime: DistributedRuntime, metrics: FrontendMetrics, routing: RoutingPolicy,
-         models: ModelManager) -> FrontendApp:
+         models: ModelManager, replicas: Replicas) -> FrontendApp:
     """The HTTP app over its request path: dispatch (migration, inhibition, deadlines) and disaggregation."""
     deadlines = config.deadlines()
     disagg = DisaggPolicy.from_config(config.enforce_disagg or not config.decode_fallback, config.router_conditional_disagg,
@@ -66,19 +67,35 @@ def _app(config: FrontendConfig, runtime: DistributedRuntime, metrics: FrontendM
                        anthropic=AnthropicApi(config.strip_anthropic_preamble) if config.enable_anthropic_api else None,
                        stream_dispatch=(config.enable_streaming_tool_dispatch,
                                         config.enable_streaming_reasoning_dispatch),
-                       responses_store=ResponseStore(int(config.responses_store_mb * (1 << 20)))
+                       responses_store=_shared(ResponseStore(int(config.responses_store_mb * (1 << 20))), replicas)
                        if config.responses_store_mb > 0 else None,
                        wait_for_workers=config.wait_for_workers_secs, media_policy=config.media_policy())
     if config.batch_store_mb > 0:  # OpenAI's Files and Batch APIs, each request through the app itself
         batches = BatchApi(app, int(config.batch_store_mb * (1 << 20)), config.batch_concurrency,
                            Path(config.batch_dir) if config.batch_dir else None)
+        _shared(batches.files, replicas)
         batches.resume(lambda model: (entry := models.get(model)) is not None and bool(entry.decode_workers()))
         metrics.registry.register(BatchCollector(config.metrics_prefix, batches))
         app.routes.update(batches.routes())
         app.prefix_routes.extend(batches.prefix_routes())
         app.on_close.append(batches.close)
+    app.on_close.append(replicas.close)
     moved_routes(app.routes, runtime.settings)
     return app
+
+
+def _shared(store, replicas: Replicas):
+    """A store whose ids name this replica, and whose misses its peers may hold (replicas.py)."""
+    store.tag, store.peers = replicas.tag, replicas
+    return store
+
+
+def _http_url(config: FrontendConfig, runtime: DistributedRuntime, port: int) -> str:
+    """Where the other replicas reach this one's HTTP port."""
+    host = config.http_host
+    if host in ("0.0.0.0", "::", ""):
+        host = advertise_host(runtime.store.backend, runtime.settings)[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def moved_routes(routes: dict, settings) -> None:
@@ -126,7 +143,8 @@ async def serve(config: FrontendConfig, stop: asyncio.Event, warnings: Sequence[
     expected = config.model_name or config.model_path
     if config.wait_for_workers_secs and expected:  # its requests wait even before a worker registers it
         models.expected.add(expected)
-    app = _app(config, runtime, metrics, routing, models)
+    replicas = Replicas(runtime.store, runtime.namespace, runtime.instance_id)
+    app = _app(config, runtime, metrics, routing, models, replicas)
     lag = LoopLagMonitor(lambda v: (metrics.loop_lag.observe(v), metrics.loop_lag_max.set(lag.worst)))
     lag.start()
     tls = _tls_options(config)
@@ -146,6 +164,8 @@ async def serve(config: FrontendConfig, stop: asyncio.Event, warnings: Sequence[
         await _close(lag, routing, models, runtime)
         return 1
     scheme = "https" if tls else "http"
+    if not tls:  # replicas forward stored-object requests here (an HTTPS one would need their client certificate)
+        await replicas.register(runtime, _http_url(config, runtime, http.port))
     log.info("frontend ready on %s://%s:%d (router %s, discovery %s)", scheme, config.http_host, http.port,
              config.router_mode, runtime.store.backend)
     if grpc_server is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs
@@ -18,11 +17,12 @@ from urllib.parse import parse_qs
 import msgspec
 from prometheus_client.core import GaugeMetricFamily
 
-from dynamo.frontend.batch_files import (MAX_FILE_BYTES, UPLOAD_PURPOSES, FileStore, expiry_secs, page_after,
-                                         parse_multipart, store_full)
+from dynamo.frontend.batch_files import (BATCH_PREFIX, FILE_PREFIX, MAX_FILE_BYTES, UPLOAD_PURPOSES, FileStore,
+                                         expiry_secs, page_after, parse_multipart, store_full)
 from dynamo.frontend.batch_jobs import ACTIVE, ENDPOINTS, STATUSES, WINDOW_SECS, Batch
 from dynamo.frontend.batch_journal import BatchJournal
 from dynamo.frontend.batch_runner import BatchRunner
+from dynamo.frontend.replicas import new_id
 from dynamo.frontend.errors import ApiError, bad_request, no_route
 from dynamo.runtime.asgi import BodyTooLarge, header, read_body, send_bytes, send_json
 
@@ -107,6 +107,8 @@ class BatchApi:
 
     async def file_get(self, scope, receive, send) -> None:
         file_id, _, rest = scope["path"][len(FILES) + 1:].partition("/")
+        if await self._elsewhere(file_id, FILE_PREFIX, scope, send):
+            return
         stored = self.files.get(file_id)
         if rest == "content":
             await send_bytes(send, 200, stored.data, [(b"content-type", b"application/octet-stream")])
@@ -117,6 +119,8 @@ class BatchApi:
 
     async def file_delete(self, scope, receive, send) -> None:
         file_id = scope["path"][len(FILES) + 1:]
+        if await self._elsewhere(file_id, FILE_PREFIX, scope, send):
+            return
         self.files.get(file_id)  # an expired one is a 404, as for every route
         if self._input_of_running_batch(file_id):
             raise bad_request(f"File {file_id} is the input of a batch still running", "file_id", "file_in_use")
@@ -126,10 +130,13 @@ class BatchApi:
     # -- batches ---------------------------------------------------------------------------------
     async def create(self, scope, receive, send) -> None:
         self.app.refuse_if_draining()  # its requests would only meet 503s until this frontend exits
+        body = await read_body(receive, 1 << 20)
         try:
-            req = msgspec.json.decode(await read_body(receive, 1 << 20), type=BatchCreate)
+            req = msgspec.json.decode(body, type=BatchCreate)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise bad_request(f"Invalid request: {exc}", None, "invalid_type") from None
+        if await self._elsewhere(req.input_file_id, FILE_PREFIX, scope, send, body):
+            return  # its input is another replica's: the batch runs there
         if req.endpoint not in ENDPOINTS:
             raise bad_request(f"`endpoint` must be one of {', '.join(ENDPOINTS)}", "endpoint")
         if req.completion_window not in WINDOW_SECS:
@@ -143,7 +150,7 @@ class BatchApi:
         if not self.runner.make_room():
             raise ApiError(429, f"{len(self.runner.batches)} batches are running on this frontend: retry when one "
                            "has ended", "rate_limit_error", None, "too_many_batches")
-        batch = Batch("batch_" + uuid.uuid4().hex[:24], req.endpoint, req.input_file_id, req.completion_window,
+        batch = Batch(new_id(BATCH_PREFIX, self.files.tag), req.endpoint, req.input_file_id, req.completion_window,
                       req.metadata, output_expires_secs=lifetime)
         self.runner.start(batch)
         await send_json(send, 200, batch.object())
@@ -158,18 +165,29 @@ class BatchApi:
         batch_id, _, rest = scope["path"][len(BATCHES) + 1:].partition("/")
         if rest:
             raise no_route(scope["path"])
+        if await self._elsewhere(batch_id, BATCH_PREFIX, scope, send):
+            return
         await send_json(send, 200, self._batch(batch_id).object())
 
     async def batch_cancel(self, scope, receive, send) -> None:
         batch_id, _, rest = scope["path"][len(BATCHES) + 1:].partition("/")
         if rest != "cancel":
             raise no_route(scope["path"])
+        if await self._elsewhere(batch_id, BATCH_PREFIX, scope, send):
+            return
         batch = self._batch(batch_id)
         if batch.status not in ("validating", "in_progress", "cancelling"):
             raise ApiError(409, f"Cannot cancel a batch with status '{batch.status}'.", "invalid_request_error",
                            None, "batch_not_cancellable")
         self.runner.cancel(batch)
         await send_json(send, 200, batch.object())
+
+    async def _elsewhere(self, object_id: str, prefix: str, scope, send, body: bytes = b"") -> bool:
+        """Whether the request went to the replica that made `object_id`, a file or batch not held here."""
+        held = self.files.files if prefix == FILE_PREFIX else self.runner.batches
+        peers = self.files.peers
+        return object_id not in held and peers is not None and await peers.forward(object_id, prefix, scope, body,
+                                                                                     send)
 
     def _input_of_running_batch(self, file_id: str) -> bool:
         return any(b.input_file_id == file_id and b.status in ACTIVE for b in self.runner.batches.values())

@@ -3,8 +3,8 @@ uploaded as multipart/form-data) and the output and error files it writes (`batc
 
 Kept in this frontend's memory up to `--batch-store-mb` in all (an upload past it is a 413, as is a
 file past OpenAI's 200 MB), and with `--batch-dir` on disk too, read back at start (batch_journal.py);
-without it a restart loses them, as it loses the batches. Replicas do not share them: a client that
-uploads, runs and downloads must reach one replica (affinity at the balancer).
+without it a restart loses them, as it loses the batches. Replicas keep their own, and answer for
+each other's: a file or batch id made by another live replica is forwarded there (replicas.py).
 
 Files expire as OpenAI's do: an upload's `expires_after` (anchor `created_at`, 1 hour to 30 days),
 by default 30 days for `batch` inputs and never for the other purposes; a batch's outputs by its
@@ -15,12 +15,13 @@ input of a running batch, which keeps it until the batch ends."""
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
 from dynamo.frontend.errors import ApiError, bad_request
+from dynamo.frontend.replicas import Replicas, new_id
 
+FILE_PREFIX, BATCH_PREFIX = "file-", "batch_"  # of their ids
 MAX_FILE_BYTES = 200 << 20  # OpenAI's limit for a batch input file
 MIN_EXPIRY_SECS, MAX_EXPIRY_SECS = 3600, 30 * 24 * 3600  # OpenAI's bounds on `expires_after.seconds`
 DEFAULT_EXPIRY_SECS = {"batch": MAX_EXPIRY_SECS, "batch_output": MAX_EXPIRY_SECS}  # other purposes: never
@@ -57,13 +58,15 @@ class FileStore:
         self.files: dict[str, StoredFile] = {}
         self.in_use: Callable[[str], bool] = lambda _file_id: False
         self.on_drop: Callable[[str], None] = lambda _file_id: None
+        self.tag = ""  # this replica's, in the ids of the files (and batches) it makes (replicas.py)
+        self.peers: Replicas | None = None  # where a file or batch made by another replica is asked for
 
     def add(self, filename: str, purpose: str, data: bytes, expires_after: int | None = None) -> StoredFile:
         """Store a file; `expires_after` seconds from now, else its purpose's default."""
         self.expire()
         if len(data) > MAX_FILE_BYTES or self.bytes + len(data) > self.max_bytes:
             raise store_full(len(data), self.max_bytes - self.bytes)
-        stored = StoredFile("file-" + uuid.uuid4().hex[:24], filename, purpose, data)
+        stored = StoredFile(new_id(FILE_PREFIX, self.tag), filename, purpose, data)
         lifetime = expires_after if expires_after is not None else DEFAULT_EXPIRY_SECS.get(purpose)
         stored.expires_at = None if lifetime is None else stored.created_at + lifetime
         self.files[stored.id] = stored

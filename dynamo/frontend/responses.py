@@ -25,12 +25,14 @@ from dynamo.frontend.errors import ApiError, bad_request
 from dynamo.frontend.choices import Choice
 from dynamo.frontend.generation import GenerationRun
 from dynamo.frontend.openai import ChatCompletionRequest, ChatMessage, decode_body
-from dynamo.frontend.responses_store import (INPUT_ITEMS_SUFFIX, PREFIX, ResponseStore, StoredResponse, input_items,
-                                             item_list, not_found, previous_conversation)
+from dynamo.frontend.responses_store import (INPUT_ITEMS_SUFFIX, PREFIX, RESPONSE_PREFIX, ResponseStore,
+                                             StoredResponse, forwarded, input_items, item_list, not_found,
+                                             previous_conversation)
 from dynamo.frontend.validation import validate_chat
 from dynamo.frontend.output import ChoiceDelta
 from dynamo.frontend.request_log import SCOPE_KEY
 from dynamo.frontend.inprocess import BACKGROUND
+from dynamo.frontend.replicas import new_id
 from dynamo.frontend.routing_hints import routing_hints
 from dynamo.frontend.sse import SSE_HEADERS, error_event, named_event
 from dynamo.llm.protocol import FinishReason
@@ -158,7 +160,7 @@ class ResponsesRun(GenerationRun):
         self.rreq = responses_req
         self.history = history  # the conversation a previous_response_id continued
         self.store = store if responses_req.store else None
-        self.response_id = "resp_" + uuid.uuid4().hex
+        self.response_id = new_id(RESPONSE_PREFIX, store.tag if store is not None else "")
         self.seq = 0
         self.items: list[dict] = []  # output items, in order
         self.open: dict[str, dict] = {}  # "reasoning" / "message" / call index -> its open item
@@ -354,6 +356,8 @@ class ResponsesApi:
         app.refuse_if_draining()
         body = await app.request_body(scope, receive)
         rreq = decode_responses(body)
+        if await forwarded(self.store, rreq.previous_response_id, scope, body, send):
+            return  # it continues a response another replica made: that one ran it
         history = previous_conversation(self.store, rreq.previous_response_id)
         req = rreq.to_chat(history)
         validate_chat(req)
@@ -366,6 +370,8 @@ class ResponsesApi:
     async def input_tokens(self, app, scope, receive, send) -> None:
         body = await app.request_body(scope, receive)
         rreq = decode_responses(body)
+        if await forwarded(self.store, rreq.previous_response_id, scope, body, send):
+            return
         count = await app.prompt_tokens(rreq.to_chat(previous_conversation(self.store, rreq.previous_response_id)),
                                         len(body))
         await send_json(send, 200, {"object": "response.input_tokens", "input_tokens": count})
@@ -376,6 +382,8 @@ class ResponsesApi:
         response_id = response_id[:-len(INPUT_ITEMS_SUFFIX)] if listing else response_id
         stored = self.store.get(response_id) if self.store is not None else None
         if stored is None:
+            if await forwarded(self.store, response_id, scope, b"", send):
+                return
             raise not_found(response_id)
         if not listing:
             await send_json(send, 200, stored.response)
@@ -386,5 +394,7 @@ class ResponsesApi:
     async def delete(self, scope, receive, send) -> None:
         response_id = scope["path"][len(PREFIX):]
         if self.store is None or not self.store.delete(response_id):
+            if await forwarded(self.store, response_id, scope, b"", send):
+                return
             raise not_found(response_id)
         await send_json(send, 200, {"id": response_id, "object": "response", "deleted": True})

@@ -5,22 +5,26 @@ conversation without resending it, and `GET` / `DELETE /v1/responses/{id}` (and 
 
 Kept in this frontend's memory, encoded, up to `--responses-store-mb` (the least recently used go
 first; 0 stores nothing, and a `previous_response_id` is then refused). Several frontend replicas
-do not share their stores: a client that continues by id must reach the same replica (session
-affinity at the load balancer), or resend its history with `store: false`.
+keep their own stores, and answer for each other's: an id made by another live replica is
+forwarded there (replicas.py).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from dynamo.frontend.errors import ApiError, bad_request
 from dynamo.frontend.openai import ChatMessage
 
+if TYPE_CHECKING:
+    from dynamo.frontend.replicas import Replicas
+
 PREFIX = "/v1/responses/"
+RESPONSE_PREFIX = "resp_"  # of a response's id
 INPUT_ITEMS_SUFFIX = "/input_items"
 
 
@@ -41,6 +45,11 @@ class ResponseStore:
         self.max_bytes = max_bytes
         self.bytes = 0
         self._entries: OrderedDict[str, bytes] = OrderedDict()
+        self.tag = ""  # this replica's, in the ids of the responses it makes (replicas.py)
+        self.peers: Replicas | None = None  # where a response made by another replica is asked for
+
+    def __contains__(self, response_id: str) -> bool:
+        return response_id in self._entries
 
     def put(self, stored: StoredResponse) -> None:
         data = _encoder.encode(stored)
@@ -72,6 +81,12 @@ class ResponseStore:
 
 def not_found(response_id: str) -> ApiError:
     return ApiError(404, f"Response with id '{response_id}' not found.", "invalid_request_error", None, "not_found")
+
+
+async def forwarded(store: ResponseStore | None, response_id: str | None, scope: dict, body: bytes, send) -> bool:
+    """Whether the request went to the replica that made `response_id`, a response not held here."""
+    return (response_id is not None and store is not None and store.peers is not None and response_id not in store
+            and await store.peers.forward(response_id, RESPONSE_PREFIX, scope, body, send))
 
 
 def previous_conversation(store: ResponseStore | None, previous_id: str | None) -> list[ChatMessage]:

@@ -1,0 +1,117 @@
+"""Frontend replicas answering for each other's stored objects: a stored Response (its
+`previous_response_id` continuation, GET/DELETE), a Files API file and a batch live in the memory
+of the replica that made them, and a load balancer sends a client's next call to any replica.
+
+Every id a replica makes carries its tag (12 hex digits of its instance id, after the id's
+prefix: `resp_<tag>...`, `file-<tag>...`, `batch_<tag>...`), and every replica registers its
+HTTP address in discovery under `v1/frontends/<namespace>/<tag>` (under its lease: it leaves
+with the replica). A replica asked for an id it does not hold whose tag names another live
+replica forwards the whole HTTP request there and relays the answer as it comes (streams too);
+the owner runs it as if the client had called it. A forwarded request carries
+`x-dynamo-forwarded-from` and is never forwarded again. An owner that is gone (scaled in,
+restarted without `--batch-dir`) is the 404 it would be on one replica.
+
+Not forwarded: lists (`GET /v1/files`, `GET /v1/batches` list what this replica holds), and a
+replica serving HTTPS does not register (its peers would need its client certificate)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from typing import Any
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+FRONTENDS = "v1/frontends/"
+TAG_DIGITS = 12
+FORWARDED_FROM = b"x-dynamo-forwarded-from"
+# Not relayed: hop-by-hop headers and the ones the relaying side sets itself.
+_SKIP = {b"host", b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"te", b"upgrade",
+         b"proxy-connection", b"trailer"}
+FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_read=None)
+
+
+def tag_of(instance_id: int) -> str:
+    return f"{instance_id & ((1 << 4 * TAG_DIGITS) - 1):0{TAG_DIGITS}x}"
+
+
+def new_id(prefix: str, tag: str) -> str:
+    """A fresh id for an object this replica stores: the prefix, its tag, then randomness."""
+    return prefix + tag + uuid.uuid4().hex[:32 - len(tag)] if tag else prefix + uuid.uuid4().hex
+
+
+def owner_tag(object_id: str, prefix: str) -> str | None:
+    """The tag an id carries after `prefix`, or None for an id of another form."""
+    tag = object_id[len(prefix):len(prefix) + TAG_DIGITS] if object_id.startswith(prefix) else ""
+    return tag if len(tag) == TAG_DIGITS and all(c in "0123456789abcdef" for c in tag) else None
+
+
+class Replicas:
+    """This frontend among its replicas: its tag, its registration, and forwarding to the others."""
+
+    def __init__(self, store, namespace: str, instance_id: int) -> None:
+        self.store = store
+        self.namespace = namespace
+        self.tag = tag_of(instance_id)
+        self._session: aiohttp.ClientSession | None = None
+        self.forwarded = 0
+
+    def key(self, tag: str) -> str:
+        return f"{FRONTENDS}{self.namespace}/{tag}"
+
+    async def register(self, runtime, url: str) -> None:
+        await runtime.register_key(self.key(self.tag), json.dumps({"url": url}).encode())
+        log.info("frontend replica %s registered at %s", self.tag, url)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def forward(self, object_id: str, prefix: str, scope: dict, body: bytes, send) -> bool:
+        """Relay the request to the replica that made `object_id`; False (nothing sent) when it is
+        this one, none, gone, or the request was itself forwarded."""
+        tag = owner_tag(object_id, prefix)
+        if tag is None or tag == self.tag or any(k == FORWARDED_FROM for k, _ in scope["headers"]):
+            return False
+        url = await self._url(tag)
+        return url is not None and await self._relay(url, scope, body, send)
+
+    async def _url(self, tag: str) -> str | None:
+        try:
+            raw = await self.store.get(self.key(tag))
+            return json.loads(raw)["url"] if raw else None
+        except Exception as exc:  # discovery down, a malformed record: as if the owner were gone
+            log.warning("frontend replica %s not found: %s", tag, exc)
+            return None
+
+    async def _relay(self, url: str, scope: dict, body: bytes, send) -> bool:
+        """Relay the request and its answer; False (nothing sent) when the replica cannot be reached (it
+        died and its record has not expired yet). Past the answer's start, a cut is the client's cut."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=FORWARD_TIMEOUT, auto_decompress=False)
+        query = scope.get("query_string", b"")
+        target = url + scope["path"] + ("?" + query.decode("latin-1") if query else "")
+        headers: list[tuple[str, str]] = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
+                                          if k.lower() not in _SKIP]
+        headers.append((FORWARDED_FROM.decode(), self.tag))
+        try:
+            resp = await self._session.request(scope["method"], target, data=body, headers=headers)
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            log.warning("frontend replica at %s unreachable: %s", url, exc)
+            return False
+        async with resp:
+            self.forwarded += 1
+            await send({"type": "http.response.start", "status": resp.status,
+                        "headers": _relayed_headers(resp.raw_headers)})
+            async for chunk in resp.content.iter_any():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return True
+
+
+def _relayed_headers(raw: Any) -> list[tuple[bytes, bytes]]:
+    return [(k.lower(), v) for k, v in raw if k.lower() not in _SKIP]

@@ -1,0 +1,37 @@
+"""Replica tags in the ids a frontend makes (replicas.py): every id names its maker, an id of another
+form names none, and a request already forwarded is never forwarded again (the forwarding itself runs
+end to end in tests/e2e/test_frontend_replicas.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from dynamo.frontend.replicas import FORWARDED_FROM, Replicas, new_id, owner_tag, tag_of
+
+
+def test_ids_carry_their_makers_tag():
+    tag = tag_of(0x1234_5678_9ABC_DEF0)
+    assert tag == "56789abcdef0"
+    made = new_id("resp_", tag)
+    assert made.startswith("resp_" + tag) and len(made) == len("resp_") + 32 and owner_tag(made, "resp_") == tag
+    assert new_id("file-", "") != new_id("file-", "")  # no tag (a store outside a frontend): random only
+
+
+def test_ids_of_other_forms_name_no_owner():
+    assert owner_tag("file-abc", "file-") is None  # too short
+    assert owner_tag("resp_XYZ456789abcdef0123", "resp_") is None  # not hex
+    assert owner_tag("batch_56789abcdef0aa", "resp_") is None  # another prefix
+
+
+class NoStore:
+    async def get(self, key):  # a lookup would mean the request was forwarded
+        raise AssertionError(f"looked up {key}")
+
+
+def test_this_replicas_own_ids_and_forwarded_requests_stay_here():
+    replicas = Replicas(NoStore(), "dynamo", 0xABC)
+    mine, theirs = new_id("resp_", replicas.tag), new_id("resp_", tag_of(0xDEF))
+    scope = {"headers": [], "method": "GET", "path": "/v1/responses/" + mine}
+    assert asyncio.run(replicas.forward(mine, "resp_", scope, b"", None)) is False
+    forwarded = {**scope, "headers": [(FORWARDED_FROM, b"000000000def")]}
+    assert asyncio.run(replicas.forward(theirs, "resp_", forwarded, b"", None)) is False
