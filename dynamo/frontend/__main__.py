@@ -143,7 +143,7 @@ async def serve(config: FrontendConfig, stop: asyncio.Event, warnings: Sequence[
     expected = config.model_name or config.model_path
     if config.wait_for_workers_secs and expected:  # its requests wait even before a worker registers it
         models.expected.add(expected)
-    replicas = Replicas(runtime.store, runtime.namespace, runtime.instance_id)
+    replicas = Replicas(runtime.store, runtime.namespace, runtime.instance_id, metrics.registry, config.metrics_prefix)
     app = _app(config, runtime, metrics, routing, models, replicas)
     lag = LoopLagMonitor(lambda v: (metrics.loop_lag.observe(v), metrics.loop_lag_max.set(lag.worst)))
     lag.start()

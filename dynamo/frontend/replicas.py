@@ -23,6 +23,7 @@ import uuid
 from typing import Any
 
 import aiohttp
+from prometheus_client import CollectorRegistry, Counter
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,15 @@ def owner_tag(object_id: str, prefix: str) -> str | None:
 class Replicas:
     """This frontend among its replicas: its tag, its registration, and forwarding to the others."""
 
-    def __init__(self, store, namespace: str, instance_id: int) -> None:
+    def __init__(self, store, namespace: str, instance_id: int, registry: CollectorRegistry | None = None,
+                 prefix: str = "dynamo_frontend") -> None:
         self.store = store
         self.namespace = namespace
         self.tag = tag_of(instance_id)
         self._session: aiohttp.ClientSession | None = None
-        self.forwarded = 0
+        self.forwarded = Counter(f"{prefix}_replica_forwarded_requests", "Requests forwarded to the frontend "
+                                 "replica that made the stored object they name, by its kind (resp_, file-, batch_)",
+                                 ("kind",), registry=registry)
 
     def key(self, tag: str) -> str:
         return f"{FRONTENDS}{self.namespace}/{tag}"
@@ -78,7 +82,10 @@ class Replicas:
         if tag is None or tag == self.tag or any(k == FORWARDED_FROM for k, _ in scope["headers"]):
             return False
         url = await self._url(tag)
-        return url is not None and await self._relay(url, scope, body, send)
+        if url is None or not await self._relay(url, scope, body, send):
+            return False
+        self.forwarded.labels(prefix).inc()
+        return True
 
     async def _url(self, tag: str) -> str | None:
         try:
@@ -104,7 +111,6 @@ class Replicas:
             log.warning("frontend replica at %s unreachable: %s", url, exc)
             return False
         async with resp:
-            self.forwarded += 1
             await send({"type": "http.response.start", "status": resp.status,
                         "headers": _relayed_headers(resp.raw_headers)})
             async for chunk in resp.content.iter_any():

@@ -13,7 +13,7 @@ import time
 import openai
 import pytest
 
-from tests.fixtures.procs import Cluster, http_get
+from tests.fixtures.procs import Cluster, http_get, metric_value
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -34,7 +34,7 @@ def replicas(tmp_path_factory, tiny_model):
 
 
 def test_a_response_continues_and_reads_through_the_other_replica(replicas):
-    _, (a, b), _ = replicas
+    _, (a, b), urls = replicas
     first = a.responses.create(model="tiny", input="Remember the number 7.", max_output_tokens=8)
     follow = b.responses.create(model="tiny", input="Which number?", previous_response_id=first.id,
                                 max_output_tokens=8)
@@ -49,6 +49,9 @@ def test_a_response_continues_and_reads_through_the_other_replica(replicas):
     assert b.responses.delete(first.id) is None
     with pytest.raises(openai.NotFoundError):
         a.responses.retrieve(first.id)
+    forwarded = metric_value(http_get(urls[1] + "/metrics")[1].decode(), "dynamo_frontend_replica_forwarded_requests_total",
+                             {"kind": "resp_"})
+    assert forwarded >= 5  # continued twice, read, listed, deleted: each through B to A
 
 
 def test_a_file_uploaded_to_one_replica_runs_as_a_batch_through_the_other(replicas):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+from prometheus_client import CollectorRegistry
+
 from dynamo.frontend.replicas import FORWARDED_FROM, Replicas, new_id, owner_tag, tag_of
 
 
@@ -29,7 +31,7 @@ class NoStore:
 
 
 def test_this_replicas_own_ids_and_forwarded_requests_stay_here():
-    replicas = Replicas(NoStore(), "dynamo", 0xABC)
+    replicas = Replicas(NoStore(), "dynamo", 0xABC, CollectorRegistry())
     mine, theirs = new_id("resp_", replicas.tag), new_id("resp_", tag_of(0xDEF))
     scope = {"headers": [], "method": "GET", "path": "/v1/responses/" + mine}
     assert asyncio.run(replicas.forward(mine, "resp_", scope, b"", None)) is False
