@@ -75,14 +75,18 @@ class Replicas:
         if self._session is not None:
             await self._session.close()
 
-    async def forward(self, object_id: str, prefix: str, scope: dict, body: bytes, send) -> bool:
+    async def forward(self, object_id: str, prefix: str, scope: dict, body: bytes, send, receive=None) -> bool:
         """Relay the request to the replica that made `object_id`; False (nothing sent) when it is
-        this one, none, gone, or the request was itself forwarded."""
+        this one, none, gone, or the request was itself forwarded. With `receive`, a client that goes
+        away mid-relay closes the forwarded request too (its maker stops generating)."""
         tag = owner_tag(object_id, prefix)
         if tag is None or tag == self.tag or any(k == FORWARDED_FROM for k, _ in scope["headers"]):
             return False
         url = await self._url(tag)
-        if url is None or not await self._relay(url, scope, body, send):
+        if url is None:
+            return False
+        relay = asyncio.ensure_future(self._relay(url, scope, body, send))
+        if not await (relay if receive is None else _unless_client_leaves(relay, receive)):
             return False
         self.forwarded.labels(prefix).inc()
         return True
@@ -117,6 +121,23 @@ class Replicas:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         return True
+
+
+async def _unless_client_leaves(relay: asyncio.Future, receive) -> bool:
+    """The relay's result, or True (handled: nothing more to send) once the client disconnects, the
+    relay then cancelled."""
+    async def left() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    gone = asyncio.ensure_future(left())
+    try:
+        await asyncio.wait({relay, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (relay, gone):
+            task.cancel()
+        await asyncio.gather(relay, gone, return_exceptions=True)
+    return relay.result() if not relay.cancelled() else True
 
 
 def _relayed_headers(raw: Any) -> list[tuple[bytes, bytes]]:

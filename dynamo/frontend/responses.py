@@ -356,7 +356,7 @@ class ResponsesApi:
         app.refuse_if_draining()
         body = await app.request_body(scope, receive)
         rreq = decode_responses(body)
-        if await forwarded(self.store, rreq.previous_response_id, scope, body, send):
+        if await forwarded(self.store, rreq.previous_response_id, scope, body, send, receive):
             return  # it continues a response another replica made: that one ran it
         history = previous_conversation(self.store, rreq.previous_response_id)
         req = rreq.to_chat(history)
@@ -370,7 +370,7 @@ class ResponsesApi:
     async def input_tokens(self, app, scope, receive, send) -> None:
         body = await app.request_body(scope, receive)
         rreq = decode_responses(body)
-        if await forwarded(self.store, rreq.previous_response_id, scope, body, send):
+        if await forwarded(self.store, rreq.previous_response_id, scope, body, send, receive):
             return
         count = await app.prompt_tokens(rreq.to_chat(previous_conversation(self.store, rreq.previous_response_id)),
                                         len(body))

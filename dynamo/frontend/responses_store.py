@@ -83,10 +83,11 @@ def not_found(response_id: str) -> ApiError:
     return ApiError(404, f"Response with id '{response_id}' not found.", "invalid_request_error", None, "not_found")
 
 
-async def forwarded(store: ResponseStore | None, response_id: str | None, scope: dict, body: bytes, send) -> bool:
+async def forwarded(store: ResponseStore | None, response_id: str | None, scope: dict, body: bytes, send,
+                    receive=None) -> bool:
     """Whether the request went to the replica that made `response_id`, a response not held here."""
     return (response_id is not None and store is not None and store.peers is not None and response_id not in store
-            and await store.peers.forward(response_id, RESPONSE_PREFIX, scope, body, send))
+            and await store.peers.forward(response_id, RESPONSE_PREFIX, scope, body, send, receive))
 
 
 def previous_conversation(store: ResponseStore | None, previous_id: str | None) -> list[ChatMessage]:

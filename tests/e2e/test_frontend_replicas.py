@@ -10,10 +10,11 @@ import io
 import json
 import time
 
+import httpx
 import openai
 import pytest
 
-from tests.fixtures.procs import Cluster, http_get, metric_value
+from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -52,6 +53,22 @@ def test_a_response_continues_and_reads_through_the_other_replica(replicas):
     forwarded = metric_value(http_get(urls[1] + "/metrics")[1].decode(), "dynamo_frontend_replica_forwarded_requests_total",
                              {"kind": "resp_"})
     assert forwarded >= 5  # continued twice, read, listed, deleted: each through B to A
+
+
+def test_a_client_that_leaves_a_forwarded_stream_stops_it_on_the_owner(replicas):
+    _, (a, _), urls = replicas
+    first = a.responses.create(model="tiny", input="Start a long story.", max_output_tokens=8)
+
+    def cut() -> float:
+        return metric_value(http_get(urls[0] + "/metrics")[1].decode(), "dynamo_frontend_disconnected_clients_total") or 0
+
+    before = cut()
+    with httpx.stream("POST", urls[1] + "/v1/responses", timeout=60, json={
+            "model": "tiny", "input": "Go on, at length.", "previous_response_id": first.id, "stream": True,
+            "max_output_tokens": 1500, "nvext": {"ignore_eos": True}}) as resp:
+        assert resp.status_code == 200
+        next(resp.iter_lines())  # the stream runs on the owner (A), relayed by B; then this client goes
+    wait_until(lambda: cut() > before, 30, "the owner to see its client (the relay) go")
 
 
 def test_a_file_uploaded_to_one_replica_runs_as_a_batch_through_the_other(replicas):
