@@ -74,6 +74,7 @@ def _app(config: FrontendConfig, runtime: DistributedRuntime, metrics: FrontendM
         batches = BatchApi(app, int(config.batch_store_mb * (1 << 20)), config.batch_concurrency,
                            Path(config.batch_dir) if config.batch_dir else None)
         _shared(batches.files, replicas)
+        replicas.restored |= batches.restored_tags()
         batches.resume(lambda model: (entry := models.get(model)) is not None and bool(entry.decode_workers()))
         metrics.registry.register(BatchCollector(config.metrics_prefix, batches))
         app.routes.update(batches.routes())

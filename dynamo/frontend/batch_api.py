@@ -22,7 +22,7 @@ from dynamo.frontend.batch_files import (BATCH_PREFIX, FILE_PREFIX, MAX_FILE_BYT
 from dynamo.frontend.batch_jobs import ACTIVE, ENDPOINTS, STATUSES, WINDOW_SECS, Batch
 from dynamo.frontend.batch_journal import BatchJournal
 from dynamo.frontend.batch_runner import BatchRunner
-from dynamo.frontend.replicas import new_id
+from dynamo.frontend.replicas import new_id, owner_tag
 from dynamo.frontend.errors import ApiError, bad_request, no_route
 from dynamo.runtime.asgi import BodyTooLarge, header, read_body, send_bytes, send_json
 
@@ -107,7 +107,7 @@ class BatchApi:
 
     async def file_get(self, scope, receive, send) -> None:
         file_id, _, rest = scope["path"][len(FILES) + 1:].partition("/")
-        if await self._elsewhere(file_id, FILE_PREFIX, scope, send):
+        if await self._elsewhere(file_id, FILE_PREFIX, scope, receive, send):
             return
         stored = self.files.get(file_id)
         if rest == "content":
@@ -119,7 +119,7 @@ class BatchApi:
 
     async def file_delete(self, scope, receive, send) -> None:
         file_id = scope["path"][len(FILES) + 1:]
-        if await self._elsewhere(file_id, FILE_PREFIX, scope, send):
+        if await self._elsewhere(file_id, FILE_PREFIX, scope, receive, send):
             return
         self.files.get(file_id)  # an expired one is a 404, as for every route
         if self._input_of_running_batch(file_id):
@@ -135,7 +135,7 @@ class BatchApi:
             req = msgspec.json.decode(body, type=BatchCreate)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise bad_request(f"Invalid request: {exc}", None, "invalid_type") from None
-        if await self._elsewhere(req.input_file_id, FILE_PREFIX, scope, send, body):
+        if await self._elsewhere(req.input_file_id, FILE_PREFIX, scope, receive, send, body):
             return  # its input is another replica's: the batch runs there
         if req.endpoint not in ENDPOINTS:
             raise bad_request(f"`endpoint` must be one of {', '.join(ENDPOINTS)}", "endpoint")
@@ -165,7 +165,7 @@ class BatchApi:
         batch_id, _, rest = scope["path"][len(BATCHES) + 1:].partition("/")
         if rest:
             raise no_route(scope["path"])
-        if await self._elsewhere(batch_id, BATCH_PREFIX, scope, send):
+        if await self._elsewhere(batch_id, BATCH_PREFIX, scope, receive, send):
             return
         await send_json(send, 200, self._batch(batch_id).object())
 
@@ -173,7 +173,7 @@ class BatchApi:
         batch_id, _, rest = scope["path"][len(BATCHES) + 1:].partition("/")
         if rest != "cancel":
             raise no_route(scope["path"])
-        if await self._elsewhere(batch_id, BATCH_PREFIX, scope, send):
+        if await self._elsewhere(batch_id, BATCH_PREFIX, scope, receive, send):
             return
         batch = self._batch(batch_id)
         if batch.status not in ("validating", "in_progress", "cancelling"):
@@ -182,12 +182,17 @@ class BatchApi:
         self.runner.cancel(batch)
         await send_json(send, 200, batch.object())
 
-    async def _elsewhere(self, object_id: str, prefix: str, scope, send, body: bytes = b"") -> bool:
+    async def _elsewhere(self, object_id: str, prefix: str, scope, receive, send, body: bytes = b"") -> bool:
         """Whether the request went to the replica that made `object_id`, a file or batch not held here."""
         held = self.files.files if prefix == FILE_PREFIX else self.runner.batches
         peers = self.files.peers
         return object_id not in held and peers is not None and await peers.forward(object_id, prefix, scope, body,
-                                                                                     send)
+                                                                                     send, receive)
+
+    def restored_tags(self) -> set[str]:
+        """The replica tags in the ids of the files and batches read back from `--batch-dir`."""
+        return ({owner_tag(f, FILE_PREFIX) for f in self.files.files}
+                | {owner_tag(b, BATCH_PREFIX) for b in self.runner.batches}) - {None}  # type: ignore[return-value]
 
     def _input_of_running_batch(self, file_id: str) -> bool:
         return any(b.input_file_id == file_id and b.status in ACTIVE for b in self.runner.batches.values())

@@ -98,12 +98,15 @@ class FileStore:
         self.on_drop(file_id)
 
     def listed(self, purpose: str | None, order: str, after: str | None, limit: int) -> tuple[list[StoredFile], bool]:
-        """A page of files: `limit` of them after the one named `after`, newest first unless `order` is asc."""
-        self.expire()
+        """A page of files: `limit` of them after the one named `after`, newest first unless `order` is asc.
+        Expired files are left out of the page but keep their place, so a cursor on one that has just
+        expired still pages on."""
         files = [f for f in self.files.values() if purpose is None or f.purpose == purpose]
         if order == "desc":
             files.reverse()
-        return page_after(files, after, limit)
+        page, more = page_after(files, after, limit)
+        now = time.time()
+        return [f for f in page if not f.expired(now) or self.in_use(f.id)], more
 
 
 def page_after(items: list, after: str | None, limit: int) -> tuple[list, bool]:

@@ -39,8 +39,12 @@ class BatchJournal:
         _write_atomically(self.files / f"{stored.id}.json", json.dumps(meta).encode())
 
     def drop_file(self, file_id: str) -> None:
+        """Remove a file's copy; a disk that refuses is logged (a restart would read it back, expired)."""
         for path in (self.files / f"{file_id}.json", self.files / file_id):
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("batch file %s not removed from disk: %s", file_id, exc)
 
     def load_files(self) -> list[StoredFile]:
         """Every stored file, oldest first (one without its content or record is skipped, logged)."""

@@ -8,8 +8,10 @@ HTTP address in discovery under `v1/frontends/<namespace>/<tag>` (under its leas
 with the replica). A replica asked for an id it does not hold whose tag names another live
 replica forwards the whole HTTP request there and relays the answer as it comes (streams too);
 the owner runs it as if the client had called it. A forwarded request carries
-`x-dynamo-forwarded-from` and is never forwarded again. An owner that is gone (scaled in,
-restarted without `--batch-dir`) is the 404 it would be on one replica.
+`x-dynamo-forwarded-from` and is never forwarded again. An owner that is gone (scaled in, killed,
+restarted without `--batch-dir`) is the 404 it would be on one replica; one that is registered but
+cannot be reached is a 503 (retry). A replica restarted on its `--batch-dir` registers the tags of
+what it read back too. A client that leaves closes the forwarded request (the owner stops).
 
 Not forwarded: lists (`GET /v1/files`, `GET /v1/batches` list what this replica holds), and a
 replica serving HTTPS does not register (its peers would need its client certificate)."""
@@ -23,7 +25,10 @@ import uuid
 from typing import Any
 
 import aiohttp
+import yarl
 from prometheus_client import CollectorRegistry, Counter
+
+from dynamo.frontend.errors import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +38,11 @@ FORWARDED_FROM = b"x-dynamo-forwarded-from"
 # Not relayed: hop-by-hop headers and the ones the relaying side sets itself.
 _SKIP = {b"host", b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"te", b"upgrade",
          b"proxy-connection", b"trailer"}
-FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_read=None)
+# No bound on a relay's length (a stream runs as long as it generates; a client that leaves ends it):
+# only reaching the replica is bounded. The pool is unbounded too, so a wait for a pooled connection
+# is never mistaken for a replica that is gone.
+FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=10, sock_read=None)
+ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
 def tag_of(instance_id: int) -> str:
@@ -46,8 +55,11 @@ def new_id(prefix: str, tag: str) -> str:
 
 
 def owner_tag(object_id: str, prefix: str) -> str | None:
-    """The tag an id carries after `prefix`, or None for an id of another form."""
-    tag = object_id[len(prefix):len(prefix) + TAG_DIGITS] if object_id.startswith(prefix) else ""
+    """The tag an id carries after `prefix`, or None for an id of another form (or with characters no id
+    has: nothing but an id is ever put in a forwarded path)."""
+    if not object_id.startswith(prefix) or not ID_CHARS.issuperset(object_id):
+        return None
+    tag = object_id[len(prefix):len(prefix) + TAG_DIGITS]
     return tag if len(tag) == TAG_DIGITS and all(c in "0123456789abcdef" for c in tag) else None
 
 
@@ -60,6 +72,7 @@ class Replicas:
         self.namespace = namespace
         self.tag = tag_of(instance_id)
         self._session: aiohttp.ClientSession | None = None
+        self.restored: set[str] = set()
         self.forwarded = Counter(f"{prefix}_replica_forwarded_requests", "Requests forwarded to the frontend "
                                  "replica that made the stored object they name, by its kind (resp_, file-, batch_)",
                                  ("kind",), registry=registry)
@@ -68,7 +81,10 @@ class Replicas:
         return f"{FRONTENDS}{self.namespace}/{tag}"
 
     async def register(self, runtime, url: str) -> None:
-        await runtime.register_key(self.key(self.tag), json.dumps({"url": url}).encode())
+        """Register this replica's tag, and the tags of objects it restored from disk (`restored`: made
+        by this replica before a restart, under its instance id of then)."""
+        for tag in sorted({self.tag, *self.restored}):
+            await runtime.register_key(self.key(tag), json.dumps({"url": url}).encode())
         log.info("frontend replica %s registered at %s", self.tag, url)
 
     async def close(self) -> None:
@@ -85,6 +101,7 @@ class Replicas:
         url = await self._url(tag)
         if url is None:
             return False
+        log.debug("forwarding %s %s to replica %s", scope["method"], object_id, tag)
         relay = asyncio.ensure_future(self._relay(url, scope, body, send))
         if not await (relay if receive is None else _unless_client_leaves(relay, receive)):
             return False
@@ -100,27 +117,43 @@ class Replicas:
             return None
 
     async def _relay(self, url: str, scope: dict, body: bytes, send) -> bool:
-        """Relay the request and its answer; False (nothing sent) when the replica cannot be reached (it
-        died and its record has not expired yet). Past the answer's start, a cut is the client's cut."""
+        """Relay the request and its answer; False (nothing sent) when the replica refuses connections (it
+        died and its record has not expired yet), a 503 when it cannot be reached otherwise. Past the
+        answer's start, a replica that drops the stream ends the client's where it was."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=FORWARD_TIMEOUT, auto_decompress=False)
+            self._session = aiohttp.ClientSession(timeout=FORWARD_TIMEOUT, auto_decompress=False,
+                                                  connector=aiohttp.TCPConnector(limit=0))
         query = scope.get("query_string", b"")
-        target = url + scope["path"] + ("?" + query.decode("latin-1") if query else "")
+        path = scope.get("raw_path") or scope["path"].encode()
+        target = yarl.URL(url + path.decode("latin-1") + ("?" + query.decode("latin-1") if query else ""),
+                          encoded=True)
         headers: list[tuple[str, str]] = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
                                           if k.lower() not in _SKIP]
         headers.append((FORWARDED_FROM.decode(), self.tag))
         try:
             resp = await self._session.request(scope["method"], target, data=body, headers=headers)
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, ConnectionRefusedError):
+                log.warning("frontend replica at %s is gone: %s", url, exc)
+                return False
+            raise unreachable(url, exc) from None
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            log.warning("frontend replica at %s unreachable: %s", url, exc)
-            return False
+            raise unreachable(url, exc) from None
         async with resp:
             await send({"type": "http.response.start", "status": resp.status,
                         "headers": _relayed_headers(resp.raw_headers)})
-            async for chunk in resp.content.iter_any():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            try:
+                async for chunk in resp.content.iter_any():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                log.warning("frontend replica at %s dropped a relayed answer: %s", url, exc)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         return True
+
+
+def unreachable(url: str, exc: BaseException) -> ApiError:
+    return ApiError(503, f"The frontend replica holding this object ({url}) cannot be reached: "
+                    f"{str(exc) or type(exc).__name__}; retry", "service_unavailable", None, "replica_unreachable")
 
 
 async def _unless_client_leaves(relay: asyncio.Future, receive) -> bool:

@@ -382,7 +382,7 @@ class ResponsesApi:
         response_id = response_id[:-len(INPUT_ITEMS_SUFFIX)] if listing else response_id
         stored = self.store.get(response_id) if self.store is not None else None
         if stored is None:
-            if await forwarded(self.store, response_id, scope, b"", send):
+            if await forwarded(self.store, response_id, scope, b"", send, receive):
                 return
             raise not_found(response_id)
         if not listing:
@@ -394,7 +394,7 @@ class ResponsesApi:
     async def delete(self, scope, receive, send) -> None:
         response_id = scope["path"][len(PREFIX):]
         if self.store is None or not self.store.delete(response_id):
-            if await forwarded(self.store, response_id, scope, b"", send):
+            if await forwarded(self.store, response_id, scope, b"", send, receive):
                 return
             raise not_found(response_id)
         await send_json(send, 200, {"id": response_id, "object": "response", "deleted": True})

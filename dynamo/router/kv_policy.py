@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import time
 import uuid
+from typing import Callable
 
 from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.router.config import KvMode, KvRouterConfig
@@ -174,7 +175,7 @@ class KvPolicy:
             if self.feeds is not None and route.report.mode != KvMode.LOAD_ONLY:
                 resync = bool(worker.card.runtime_config.enable_local_indexer) if worker.card else True
                 self._spawn(self.feeds.track(eid.namespace, eid.component, worker.instance_id, route.router,
-                                             worker.address, resync))
+                                             worker.address, resync, _still_paired(route, worker.instance_id)))
             if self.sync is not None:
                 self._spawn(self.sync.join(eid.namespace, eid.component))
 
@@ -382,3 +383,10 @@ def _worker(route: PoolRoute, selection: Selection) -> WorkerInfo:
     worker = route.pool.get(selection.worker_id)
     assert worker is not None  # the router only knows this pool's workers
     return worker
+
+
+def _still_paired(route: PoolRoute, instance_id: int) -> Callable[[], bool]:
+    """Whether a worker still feeds this route's router: neither gone from the pool nor its router
+    replaced (a block size adopted) since the pairing was asked for."""
+    router = route.router
+    return lambda: route.router is router and any(w.instance_id == instance_id for w in route.pool.workers)

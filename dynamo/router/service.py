@@ -143,6 +143,7 @@ class RouterService:
                                   (self.eid.namespace, self.eid.component, self.eid.endpoint))
         self._tasks: list[asyncio.Task] = []
         self._warned: set[int] = set()  # workers named for a block size other than the router's
+        self._adopted: int | None = None  # the block size taken from the cards (no --router-block-size)
 
     @property
     def router(self) -> KvRouter:
@@ -205,9 +206,14 @@ class RouterService:
         self.pool_wait.membership_changed()
 
     def _block_size(self) -> int:
-        """--router-block-size, else the oldest worker's card's; a card that disagrees is warned of once."""
-        sizes = {iid: card.kv_cache_block_size for iid, card in sorted(self.cards.items()) if card.kv_cache_block_size}
-        size = self.config.router_block_size or next(iter(sizes.values()), self.pool.block_size)
+        """--router-block-size, else the first card's seen (kept while any card stays, so that one worker
+        of another size cannot flip it); a card that disagrees is warned of once."""
+        sizes = {iid: card.kv_cache_block_size for iid, card in self.cards.items() if card.kv_cache_block_size}
+        if not sizes:
+            self._adopted = None
+        elif self._adopted is None:
+            self._adopted = next(iter(sizes.values()))  # the cards in the order they were seen
+        size = self.config.router_block_size or self._adopted or self.pool.block_size
         for iid, other in sizes.items():
             if other != size and iid not in self._warned:
                 self._warned.add(iid)

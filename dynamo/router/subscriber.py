@@ -185,9 +185,13 @@ class KvEventFeeds:
         self._starting: dict[tuple[str, str], asyncio.Task] = {}
 
     async def track(self, namespace: str, component: str, worker_id: int, router: KvRouter,
-                    address: str | None, resync: bool = True) -> None:
-        """Route this worker's events to `router` too; re-sync its state now when it can answer."""
+                    address: str | None, resync: bool = True, wanted: Callable[[], bool] | None = None) -> None:
+        """Route this worker's events to `router` too; re-sync its state now when it can answer.
+        `wanted`: asked once the feed is up, whether the pairing still stands (the worker may have left,
+        or the router been replaced, while the feed started)."""
         feed = await self._feed(namespace, component)
+        if wanted is not None and not wanted():
+            return
         known = feed.workers.get(worker_id)
         if known is not None:
             known.address = address or known.address

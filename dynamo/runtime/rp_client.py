@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import socket
 import ssl
 from collections import deque
 
@@ -277,7 +276,9 @@ def _reason(exc: BaseException, tls: bool) -> str:
         text = "timed out"
     else:
         text = str(exc) or type(exc).__name__
-    dropped = not isinstance(exc, (ssl.SSLCertVerificationError, ConnectionRefusedError, socket.gaierror))
+    # A plaintext worker drops a TLS caller's handshake: a reset, or EOF before the handshake completed.
+    dropped = isinstance(exc, (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, ssl.SSLZeroReturnError,
+                               asyncio.IncompleteReadError))
     if tls and dropped:
         text += (" (the TLS handshake did not complete: does the worker serve TLS too? This caller has "
                  "DYN_TCP_TLS_* settings; a worker without DYN_TCP_TLS_CERT_PATH/KEY_PATH speaks plaintext)")

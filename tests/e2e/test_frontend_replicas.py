@@ -118,3 +118,16 @@ def test_a_replica_killed_before_its_record_expires_is_a_404_not_a_500(replicas)
     killed.kill()  # no goodbye: its discovery record outlives it until the lease expires
     with pytest.raises(openai.NotFoundError):
         a.responses.retrieve(made.id)
+
+
+def test_a_replica_restarted_on_its_batch_dir_answers_for_what_it_made_before(replicas, tmp_path):
+    """--batch-dir: the successor reads back files made under its predecessor's tag, and registers that
+    tag too, so the other replicas still reach them."""
+    cluster, (a, _), _ = replicas
+    folder = str(tmp_path / "batches")
+    first = cluster.frontend("--batch-dir", folder)
+    made = openai.OpenAI(base_url=cluster.base_url + "/v1", api_key="unused", max_retries=0).files.create(
+        file=("in.jsonl", io.BytesIO(b"{}")), purpose="user_data")
+    first.kill()
+    cluster.frontend("--batch-dir", folder)
+    assert a.files.retrieve(made.id).bytes == made.bytes

@@ -74,9 +74,10 @@ def test_an_expired_file_is_gone_everywhere_and_its_bytes_freed_unless_a_running
     with pytest.raises(ApiError) as missing:
         store.get(old.id)
     assert missing.value.status == 404 and store.get(busy.id) is busy
-    assert [f.id for f in store.listed(None, "asc", None, 10)[0]] == [busy.id]  # the listing sweeps
-    assert dropped == [old.id] and store.bytes == 40
-    store.add("new", "batch", b"x" * 60)  # fits only because the expired file's bytes were freed
+    assert [f.id for f in store.listed(None, "asc", None, 10)[0]] == [busy.id]  # listed: not the expired one
+    assert [f.id for f in store.listed(None, "asc", old.id, 10)[0]] == [busy.id]  # its place still pages on
+    new = store.add("new", "batch", b"x" * 60)  # fits only because the expired file's bytes were freed
+    assert dropped == [old.id] and store.bytes == 100 and store.get(new.id) is new
     needed.clear()
     store.expire()
     assert dropped == [old.id, busy.id] and store.bytes == 60

@@ -23,17 +23,30 @@ def test_ids_of_other_forms_name_no_owner():
     assert owner_tag("file-abc", "file-") is None  # too short
     assert owner_tag("resp_XYZ456789abcdef0123", "resp_") is None  # not hex
     assert owner_tag("batch_56789abcdef0aa", "resp_") is None  # another prefix
+    # characters no id has: such a path is never forwarded (it could name another route on the peer)
+    assert owner_tag("file-56789abcdef0x/../../../metrics", "file-") is None
+    assert owner_tag("file-56789abcdef0x%3F", "file-") is None
 
 
-class NoStore:
-    async def get(self, key):  # a lookup would mean the request was forwarded
-        raise AssertionError(f"looked up {key}")
+class Directory:
+    """A discovery store that remembers what it was asked and knows no replica."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def get(self, key):
+        self.asked.append(key)
+        return None
 
 
-def test_this_replicas_own_ids_and_forwarded_requests_stay_here():
-    replicas = Replicas(NoStore(), "dynamo", 0xABC, CollectorRegistry())
+def test_only_another_replicas_ids_are_looked_up_and_never_for_a_forwarded_request():
+    directory = Directory()
+    replicas = Replicas(directory, "dynamo", 0xABC, CollectorRegistry())
     mine, theirs = new_id("resp_", replicas.tag), new_id("resp_", tag_of(0xDEF))
     scope = {"headers": [], "method": "GET", "path": "/v1/responses/" + mine}
     assert asyncio.run(replicas.forward(mine, "resp_", scope, b"", None)) is False
     forwarded = {**scope, "headers": [(FORWARDED_FROM, b"000000000def")]}
     assert asyncio.run(replicas.forward(theirs, "resp_", forwarded, b"", None)) is False
+    assert directory.asked == []
+    assert asyncio.run(replicas.forward(theirs, "resp_", scope, b"", None)) is False  # no such replica: a 404
+    assert directory.asked == ["v1/frontends/dynamo/000000000def"]
