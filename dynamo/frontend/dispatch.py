@@ -165,6 +165,7 @@ class Dispatcher:
             before = len(progress.generated)
             try:
                 async for outputs in call:
+                    self.policy.output(request.request_id)  # a step of its worker ended now
                     outputs, spent = _relayed(outputs, before > 0, budget)
                     for out in outputs:
                         progress.generated.extend(out.token_ids)

@@ -98,6 +98,9 @@ class KvRouterConfig:
         "1/(n+1) per block, n the decoding requests holding that block (on an idle worker, those still "
         "prefilling it too): a prefix many requests use (one system prompt for every agent) is worth copying to "
         "an idle worker instead of piling all its traffic on one")
+    router_step_wait: bool = setting(
+        True, "ttft cost: add the rest of each worker's running engine step, timed from the outputs it sends "
+        "(a request waits for the step in progress before its own prefill runs)")
     router_assume_kv_reuse: bool = setting(True, "Count identical blocks across active requests once",
                                            flag=["--router-assume-kv-reuse", "--assume-kv-reuse"])
     router_track_prefill_tokens: bool = setting(True, "Include pending prompt tokens in the load")

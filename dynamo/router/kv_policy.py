@@ -311,6 +311,11 @@ class KvPolicy:
             self._share(route, request_id, "prefill")
             route.queue.wake()
 
+    def output(self, request_id: str) -> None:
+        route = self._inflight.get(request_id)
+        if route is not None:
+            route.router.output(request_id)
+
     def free(self, request_id: str, output_tokens: int = 0) -> None:
         if self.metrics is not None:
             self.metrics.finished(request_id, output_tokens)

@@ -30,6 +30,7 @@ from dynamo.router.selection import RoutingOverhead, Selection
 from dynamo.router.kv_capacity import AnswerPace, blocks_short, finish_time, memory_wait, priced_waits
 from dynamo.router.tier_credit import tiered_overlaps
 from dynamo.llm.kv_events.protocol import LoadMetrics, RouterEvent
+from dynamo.router.step_clock import StepClock
 from dynamo.router.selector import (
     AllWorkersBusy,
     BusyThresholds,
@@ -87,6 +88,7 @@ class KvRouter:
         self.ttft = TtftModel()
         self.pace = AnswerPace()
         self._clock = clock or time.monotonic
+        self.steps = StepClock(self._clock)  # each worker's place in its engine step (step_clock.py)
         self._booked: dict[str, tuple[float, tuple[float, ...]]] = {}  # request -> (booked at, features)
         # request_id -> (isl, local hashes, sequence hashes, lora): hashed once per select/add pair
         self._hashes: OrderedDict[str, tuple[int, list[int], list[int], str | None]] = OrderedDict()
@@ -122,6 +124,12 @@ class KvRouter:
         for key in keys:
             self.active.add_worker(key)
 
+    def output(self, request_id: str) -> None:
+        """The request's worker sent it output now: the end of one of that worker's steps."""
+        key = self.active.worker_of(request_id)
+        if key is not None:
+            self.steps.output(key)
+
     def remove_worker(self, worker_id: int) -> list[str]:
         """Forget a worker; returns the ids of its in-flight requests (now untracked)."""
         self._workers.pop(worker_id, None)
@@ -129,6 +137,7 @@ class KvRouter:
         self._reported = {k: v for k, v in self._reported.items() if k[0] != worker_id}
         self.indexer.remove_worker(worker_id)
         self.approx.remove_worker(worker_id)
+        self.steps.forget_worker(worker_id)
         return self.active.remove_worker(worker_id)
 
     def workers(self) -> dict[int, int]:
@@ -246,6 +255,9 @@ class KvRouter:
             logits = self.ttft.costs(priced, x_of if priced is potentials else self._features(priced),
                                      lambda k: priced[k][1] - active.active_prefill_tokens(k))
             self._price_memory_waits(logits, potentials, x_of)
+            if self.config.router_step_wait:  # the rest of the running step comes before this request's own
+                for key in logits:
+                    logits[key] += self.steps.wait(key)
             return logits
         if self.knobs is None:
             return compute_logits(potentials, self.block_size, weight)

@@ -132,6 +132,9 @@ class RoutingPolicy(Protocol):
         or None when this policy detects no busy workers."""
         ...
     def prefill_complete(self, request_id: str) -> None: ...
+    def output(self, request_id: str) -> None:
+        """The request's worker sent it output now (a step of that worker's engine ended)."""
+        ...
     def free(self, request_id: str, output_tokens: int = 0) -> None:
         """The request's stream on its worker ended; `output_tokens` it generated there, when the
         caller counted them (0: not counted, as for a stream that never started)."""
@@ -231,6 +234,9 @@ class CacheBlindPolicy:
         return None
 
     def prefill_complete(self, request_id: str) -> None:
+        pass
+
+    def output(self, request_id: str) -> None:
         pass
 
     def free(self, request_id: str, output_tokens: int = 0) -> None:

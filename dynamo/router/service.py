@@ -283,6 +283,7 @@ class RouterService:
         try:
             batch = first
             while batch:  # the worker's encoded outputs, relayed unchanged
+                self.policy.output(request.request_id)  # a step of its worker ended now
                 for item in batch:
                     generated += len(_token_count_decoder.decode(item).token_ids)
                     yield item

@@ -320,6 +320,9 @@ class SessionAffinityPolicy:
     def prefill_complete(self, request_id: str) -> None:
         self.inner.prefill_complete(request_id)
 
+    def output(self, request_id: str) -> None:
+        self.inner.output(request_id)
+
     def free(self, request_id: str, output_tokens: int = 0) -> None:
         self.inner.free(request_id, output_tokens)
         ended = self.table.release(request_id)
