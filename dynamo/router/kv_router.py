@@ -257,7 +257,8 @@ class KvRouter:
             self._price_memory_waits(logits, potentials, x_of)
             if self.config.router_step_wait:  # the rest of the running step comes before this request's own
                 for key in logits:
-                    logits[key] += self.steps.wait(key)
+                    if active.requests(key):  # an idle worker starts the request at once
+                        logits[key] += self.steps.wait(key)
             return logits
         if self.knobs is None:
             return compute_logits(potentials, self.block_size, weight)

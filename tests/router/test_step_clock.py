@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 
-from dynamo.llm.protocol import PreprocessedRequest
+from dynamo.llm.protocol import PreprocessedRequest, RoutingHints
 from dynamo.router.config import KvRouterConfig
 from dynamo.router.kv_policy import KvPolicy
+from dynamo.router.kv_router import KvRouter
+from dynamo.router.selection import Selection
 from dynamo.router.step_clock import StepClock
 from tests.router.test_policy import pool
 
@@ -56,6 +58,10 @@ def choose_between_phases(first_ends_at: float, second_ends_at: float) -> int:
     policy.on_membership_change(p)
     router = policy.routes["m"].router
     router.steps = StepClock(clock)
+    for n, worker in enumerate((1, 2)):  # each runs a request: mid-step, not idle
+        busy = PreprocessedRequest(request_id=f"busy{n}", model="m", token_ids=list(range(1000 * n, 1000 * n + 8)),
+                                   routing=RoutingHints(backend_instance_id=worker))
+        asyncio.run(policy.select(p, busy, set()))
     for start in (100.0, 100.03, 100.06):
         for worker, offset in ((1, first_ends_at), (2, second_ends_at)):
             clock.now = start + offset
@@ -70,3 +76,23 @@ def test_of_two_equal_workers_the_one_whose_step_ends_sooner_is_chosen():
     that began a step 3 ms ago is passed by for the one whose step ends in 2 ms, either way round."""
     assert choose_between_phases(0.025, 0.0) == 2
     assert choose_between_phases(0.0, 0.025) == 1
+
+
+def test_an_idle_worker_has_no_step_to_wait_for():
+    """Worker 1's last request ended a step a moment ago: while nothing runs there it starts the next
+    request at once (no wait priced); once a request runs there, the rest of its step is priced."""
+    clock = Clock()
+    router = KvRouter(4, KvRouterConfig(), clock=clock)
+    router.add_worker(1, 1)
+    router.add_worker(2, 1)
+    for start in (100.0, 100.03, 100.06):
+        clock.now = start
+        router.steps.output((1, 0))
+    clock.now = 100.061
+    prompt = list(range(16))
+    idle = router.select(prompt).logits
+    assert abs(idle[(1, 0)] - idle[(2, 0)]) < 1e-9
+    running = list(range(100, 108))
+    router.add_request("running", Selection(1, 0, 0, 2), running)
+    busy = router.select(prompt).logits
+    assert busy[(1, 0)] - busy[(2, 0)] > 0.02  # ~29 ms of step left, more than one request's load
