@@ -9,7 +9,7 @@ each other's: a file or batch id made by another live replica is forwarded there
 Files expire as OpenAI's do: an upload's `expires_after` (anchor `created_at`, 1 hour to 30 days),
 by default 30 days for `batch` inputs and never for the other purposes; a batch's outputs by its
 `output_expires_after`, by default 30 days too. An expired file is gone for every route at once and
-its bytes are freed at the next upload, listing or output (no sweeper task), except while it is the
+its bytes are freed at the next upload or output (no sweeper task), except while it is the
 input of a running batch, which keeps it until the batch ends."""
 
 from __future__ import annotations

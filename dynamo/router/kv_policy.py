@@ -129,9 +129,7 @@ class KvPolicy:
         if route is None:
             if not pool.workers and pool.role is Role.PREFILL:
                 return  # the prefill pool of an aggregated model: nothing to route, nothing to report
-            route = self.routes[pool.name] = PoolRoute(pool, KvRouter(pool.block_size, self.config))
-            if pool.model in self._thresholds:
-                route.router.set_busy_thresholds(self._thresholds[pool.model])
+            route = self.routes[pool.name] = PoolRoute(pool, self._new_router(pool))
         before = {w.instance_id for w in route.pool.workers}
         current = {w.instance_id: w for w in pool.workers}
         self._remove_workers(route, before - current.keys())
@@ -158,15 +156,20 @@ class KvPolicy:
                 self.feeds.untrack(iid, route.router)
             log.info("%s: worker %x left the KV router (%d in-flight bookings dropped)", route.name, iid, len(dropped))
 
+    def _new_router(self, pool: WorkerPool) -> KvRouter:
+        """A KvRouter for the pool, with the busy thresholds set at runtime for its model."""
+        router = KvRouter(pool.block_size, self.config)
+        if pool.model in self._thresholds:
+            router.set_busy_thresholds(self._thresholds[pool.model])
+        return router
+
     def _rebuild(self, route: PoolRoute, pool: WorkerPool) -> None:
         """A new KvRouter for the pool's new block size (a standalone router that took its block size
         from the first model card): the old one's workers leave it, the new one gets them all."""
         log.info("%s: KV block size %d -> %d: routing state rebuilt", pool.name, route.router.block_size,
                  pool.block_size)
         self._remove_workers(route, {w.instance_id for w in route.pool.workers})
-        route.router = KvRouter(pool.block_size, self.config)
-        if pool.model in self._thresholds:
-            route.router.set_busy_thresholds(self._thresholds[pool.model])
+        route.router = self._new_router(pool)
         route.pool = dataclasses.replace(pool, workers=(), version=-1)
 
     def _subscribe(self, route: PoolRoute) -> None:
