@@ -27,7 +27,7 @@ from dynamo.frontend.messages_run import AnthropicApi
 from dynamo.frontend.agent_context import agent_context
 from dynamo.frontend.intake import SHAPE_CHECK_BYTES, early_refusal
 from dynamo.frontend.dispatch import Dispatcher
-from dynamo.frontend.pooling_api import ROUTES as POOLING_ROUTES, PoolingRoute
+from dynamo.frontend.pooling_api import ROUTES as POOLING_ROUTES, BackgroundStreams, PoolingRoute
 from dynamo.frontend.errors import OVERLOADED_STATUS, ApiError, bad_request
 from dynamo.frontend.generation import GenerationRun
 from dynamo.frontend.metrics import FrontendMetrics, RequestOutcome
@@ -44,6 +44,7 @@ from dynamo.frontend.request_log import SCOPE_KEY, TRACED_PATHS, RequestTrace, a
 from dynamo.frontend.media_input import attach_images, request_images
 from dynamo.frontend.preparation import client_prompt_ids, output_spec, prompt_ids_for, wire_requests
 from dynamo.frontend.responses import ResponsesApi
+from dynamo.frontend.replicas import adopt_background
 from dynamo.frontend.responses_store import ResponseStore
 from dynamo.llm.preprocessor import PreprocessError
 from dynamo.runtime.logs import RequestEvents
@@ -120,6 +121,7 @@ class FrontendApp:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return
+        adopt_background(scope)
         route = self.routes.get((scope["method"], scope["path"])) or self._prefix_route(scope)
         trace, error, crash = None, None, None
         try:
@@ -271,7 +273,8 @@ class FrontendApp:
         status = RequestOutcome.ERROR
         self._admit(entry.name)
         try:
-            body = await route.answer(self.dispatcher, entry, req)
+            dispatcher = BackgroundStreams(self.dispatcher) if scope.get(inprocess.BACKGROUND) else self.dispatcher
+            body = await route.answer(dispatcher, entry, req)
             status = RequestOutcome.SUCCESS
         finally:
             self._release(entry.name, route.endpoint, "unary", status)

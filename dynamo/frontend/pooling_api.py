@@ -22,6 +22,7 @@ from dynamo.frontend.embeddings import EmbeddingRequest, decode_embeddings, embe
 from dynamo.frontend.errors import ApiError, bad_request
 from dynamo.frontend.openai import decode_body
 from dynamo.frontend.rerank import decode_rerank, decode_rerank_v2, decode_score, rerank, rerank_v2, score
+from dynamo.llm.protocol import BACKGROUND_TIER, RoutingHints
 
 POOLING_TASKS = ("classify", "embed")
 
@@ -79,6 +80,18 @@ async def pool(dispatcher, entry, req: ClassifyRequest) -> dict:
     data = [{"index": i, "object": "pooling", "data": encode_vector(v, req.encoding_format)}
             for i, v in enumerate(vectors)]
     return _body("pool", entry, data, tokens)
+
+
+class BackgroundStreams:
+    """The dispatcher as a Batch API line's pooling requests use it: every wire request routes in the
+    background tier (BACKGROUND_TIER), below every client's, as the line's chat requests do."""
+
+    def __init__(self, dispatcher) -> None:
+        self._dispatcher = dispatcher
+
+    def stream(self, entry, request, handle):
+        hints = msgspec.structs.replace(request.routing or RoutingHints(), strict_priority=BACKGROUND_TIER)
+        return self._dispatcher.stream(entry, msgspec.structs.replace(request, routing=hints), handle)
 
 
 @dataclass(frozen=True)

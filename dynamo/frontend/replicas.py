@@ -29,20 +29,32 @@ import yarl
 from prometheus_client import CollectorRegistry, Counter
 
 from dynamo.frontend.errors import ApiError
+from dynamo.frontend.inprocess import BACKGROUND
 
 log = logging.getLogger(__name__)
 
 FRONTENDS = "v1/frontends/"
 TAG_DIGITS = 12
 FORWARDED_FROM = b"x-dynamo-forwarded-from"
+# A forwarded request that was background work here (a Batch API line continuing a Response its maker
+# holds) stays background there.
+BACKGROUND_HEADER = b"x-dynamo-background"
 # Not relayed: hop-by-hop headers and the ones the relaying side sets itself.
 _SKIP = {b"host", b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"te", b"upgrade",
-         b"proxy-connection", b"trailer"}
+         b"proxy-connection", b"trailer", BACKGROUND_HEADER}
 # No bound on a relay's length (a stream runs as long as it generates; a client that leaves ends it):
 # only reaching the replica is bounded. The pool is unbounded too, so a wait for a pooled connection
 # is never mistaken for a replica that is gone.
 FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=10, sock_read=None)
 ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def adopt_background(scope: dict) -> None:
+    """Mark a request a peer forwarded as background work (inprocess.BACKGROUND) when the peer ran it
+    as such. Only a forwarded request's header counts; and a client could only lower its own tier."""
+    headers = scope.get("headers", ())
+    if any(k == BACKGROUND_HEADER for k, _ in headers) and any(k == FORWARDED_FROM for k, _ in headers):
+        scope[BACKGROUND] = True
 
 
 def tag_of(instance_id: int) -> str:
@@ -130,6 +142,8 @@ class Replicas:
         headers: list[tuple[str, str]] = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
                                           if k.lower() not in _SKIP]
         headers.append((FORWARDED_FROM.decode(), self.tag))
+        if scope.get(BACKGROUND):
+            headers.append((BACKGROUND_HEADER.decode(), "1"))
         try:
             resp = await self._session.request(scope["method"], target, data=body, headers=headers)
         except aiohttp.ClientConnectorError as exc:
