@@ -31,8 +31,9 @@ from dynamo.llm.kv_events.protocol import LoadMetrics
 from dynamo.runtime.net import free_port
 from dynamo.runtime.wire import ErrorCode
 from dynamo.sglang.args import DynamoSglangArgs, role_of
+from dynamo.sglang.metrics import ENGINE_METRIC_PREFIXES, SglangSeries
 from dynamo.sglang.request import bootstrap_of, sampling_params, to_output
-from dynamo.worker.adapter import EngineContext, EngineInfo, Gauges
+from dynamo.worker.adapter import EngineContext, EngineInfo, EngineMetrics, Gauges
 from dynamo.worker.kv_relay import ZmqKvEventSource
 from dynamo.worker.media_loader import ImageLoader
 from dynamo.worker.role import WorkerRole
@@ -111,10 +112,19 @@ class SglangAdapter:
             served_name=getattr(sa, "served_model_name", None) or model, block_size=page,
             context_length=self.context_length, total_kv_blocks=self.total_blocks or None,
             data_parallel_size=int(getattr(sa, "dp_size", 1) or 1), publishes_kv_events=self.publishes,
-            disaggregated_endpoint=disagg,
+            disaggregated_endpoint=disagg, engine_metrics=self._engine_metrics(sa),
             runtime_data={"disaggregation_transfer_backend": getattr(sa, "disaggregation_transfer_backend", None)}
             if self.role is not WorkerRole.AGG else ({MEDIA_INPUT_KEY: ["image"]} if self.images else {}),
             summary=f"{model}, page size {page}, context {self.context_length}, {self.total_blocks} KV pages")
+
+    @staticmethod
+    def _engine_metrics(sa: Any) -> EngineMetrics | None:
+        """SGLang's `sglang:*` series on the worker's /metrics, with --enable-metrics (read once the
+        engine is up: it sets where its scheduler processes write them)."""
+        if not getattr(sa, "enable_metrics", False):
+            return None
+        series = SglangSeries.of_engine()
+        return EngineMetrics(ENGINE_METRIC_PREFIXES, lambda: series)
 
     def _max_total_tokens(self) -> int:
         info = getattr(self.engine, "scheduler_info", None)  # older SGLang

@@ -24,7 +24,8 @@ def sglang(argv: list[str]):
     sa = standins.SglangServerArgsStandIn(
         model_path=ns.model_path, served_model_name=ns.served_model_name, page_size=int(ns.page_size or 4),
         disaggregation_mode=ns.disaggregation_mode or "null",
-        disaggregation_bootstrap_port=int(ns.disaggregation_bootstrap_port or 8998))
+        disaggregation_bootstrap_port=int(ns.disaggregation_bootstrap_port or 8998),
+        enable_metrics=bool(getattr(ns, "enable_metrics", False)))
     return SglangAdapter(config, sa, engine_factory=standins.SglangEngineStandIn), worker_spec(config, sa)
 
 

@@ -13,7 +13,10 @@ what it was called with so the tests can check the adapter's translation:
   `tokenizer_manager.server_args`, `tokenizer_manager.model_config.context_len`,
   `shutdown()`; and a real ZMQ PUB socket publishing SGLang's KV-event wire format
   (`[topic, seq, msgpack([ts, [["BlockStored", hashes, parent, token_ids, block_size,
-  lora_id, medium]], dp_rank])]`) at the `kv_events_config` endpoint.
+  lora_id, medium]], dp_rank])]`) at the `kv_events_config` endpoint. With `enable_metrics`, as
+  SGLang: PROMETHEUS_MULTIPROC_DIR set to a folder of its own, a scheduler process that writes its
+  series there (`sglang:num_running_reqs`), and the tokenizer manager's series in this process's
+  global registry (`sglang:prompt_tokens_total`, counted per request).
 - `TrtllmApiStandIn`: `LLM(**kwargs)` with `generate_async(token_ids, sampling_params=,
   streaming=True, disaggregated_params=)` returning a result that is async-iterable (each
   item has `.outputs[0].token_ids` cumulative, `.finish_reason`, `.stop_reason`,
@@ -27,6 +30,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 import types
 from typing import Any
@@ -54,6 +62,14 @@ class _Request:
 
 # ---- SGLang ------------------------------------------------------------------------
 
+# What an SGLang scheduler process writes to the multiprocess folder (prometheus_client's own files).
+SGLANG_SCHEDULER_SERIES = """
+from prometheus_client import Gauge
+running = Gauge("sglang:num_running_reqs", "The number of running requests.", ["model_name", "tp_rank"],
+                multiprocess_mode="max")
+running.labels("standin", "0").set(3)
+"""
+
 class SglangEngineStandIn:
     def __init__(self, server_args: Any, context_len: int = 4096) -> None:
         self.server_args = server_args
@@ -73,6 +89,18 @@ class SglangEngineStandIn:
             self._pub = self._ctx.socket(zmq.PUB)
             self._pub.bind(cfg["endpoint"])
         self.shut_down = False
+        self.metrics_dir = self.prompt_tokens = None
+        if getattr(server_args, "enable_metrics", False):
+            self._start_metrics()
+
+    def _start_metrics(self) -> None:
+        from prometheus_client import Counter
+
+        self.metrics_dir = tempfile.mkdtemp(prefix="sglang-standin-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
+        subprocess.run([sys.executable, "-c", SGLANG_SCHEDULER_SERIES], env=dict(os.environ), check=True,
+                       timeout=60)
+        self.prompt_tokens = Counter("sglang:prompt_tokens", "Number of prefill tokens processed.", ["model_name"])
 
     def _abort(self, rid: str = "", abort_all: bool = False) -> None:
         self.aborted.append(rid)
@@ -93,6 +121,8 @@ class SglangEngineStandIn:
         if len(input_ids) >= self.tokenizer_manager.model_config.context_len:
             raise ValueError(f"The input ({len(input_ids)} tokens) is longer than the model's context length")
         req = _Request(input_ids, sp["max_new_tokens"], sp.get("stop_token_ids") or [], sp.get("ignore_eos", False))
+        if self.prompt_tokens is not None:
+            self.prompt_tokens.labels("standin").inc(len(input_ids))
         self.active[rid] = req
         self._publish_stored(input_ids)
         return self._stream(rid, req)
@@ -130,6 +160,8 @@ class SglangEngineStandIn:
         if self._pub is not None:
             self._pub.close(linger=0)
         self._ctx.term()
+        if self.metrics_dir is not None:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
 
 @dataclasses.dataclass
@@ -153,6 +185,7 @@ class SglangServerArgsStandIn:
     enable_priority_scheduling: bool = False
     schedule_low_priority_values_first: bool = False
     enable_multimodal: bool = False
+    enable_metrics: bool = False
 
 
 # ---- TensorRT-LLM ----------------------------------------------------------------------

@@ -18,9 +18,11 @@ pytestmark = pytest.mark.e2e
 
 def worker(cluster: Cluster, engine: str, name: str, *args: str):
     flag = "--model-path"
+    port = free_port()
     proc = cluster.start("tests.worker.standin_worker",
                          [engine, flag, str(cluster.model_dir), "--served-model-name", name, *args],
-                         {"DYN_SYSTEM_PORT": str(free_port())}, name=f"{engine}-{name}-{len(cluster.procs)}")
+                         {"DYN_SYSTEM_PORT": str(port)}, name=f"{engine}-{name}-{len(cluster.procs)}")
+    proc.system_url = f"http://127.0.0.1:{port}"
     return proc
 
 
@@ -28,7 +30,8 @@ def worker(cluster: Cluster, engine: str, name: str, *args: str):
 def cluster(tiny_model, tmp_path_factory):
     c = Cluster(tmp_path_factory.mktemp("standin-workers"), tiny_model, "file")
     try:
-        c.agg = {e: worker(c, e, f"{e}-agg") for e in ("sglang", "trtllm")}
+        c.agg = {"sglang": worker(c, "sglang", "sglang-agg", "--enable-metrics"),
+                 "trtllm": worker(c, "trtllm", "trtllm-agg")}
         bootstrap = str(free_port())
         c.pairs = {"sglang": [worker(c, "sglang", "sglang-pd", "--page-size", "4", "--disaggregation-mode", m,
                                      "--disaggregation-bootstrap-port", bootstrap) for m in ("prefill", "decode")],
@@ -70,3 +73,15 @@ def test_disaggregated_pair_prefills_remotely(cluster, engine):
     assert remote() == before + 1
     prefill = cluster.pairs[engine][0]
     assert re.search(r"Worker dynamo\.prefill\.generate initialized", prefill.log())
+
+
+def test_sglang_series_are_served_on_the_workers_metrics_with_dynamos_labels(cluster):
+    """With --enable-metrics, the scheduler processes' series (SGLang's multiprocess files) and the
+    tokenizer manager's (this process's registry) are on the worker's /metrics, labelled as
+    Dynamo labels engine series; SGLang's own `model_name` label stays SGLang's."""
+    client(cluster).completions.create(model="sglang-agg", prompt=[7] * 12, max_tokens=2)
+    text = http_get(cluster.agg["sglang"].system_url + "/metrics")[1].decode()
+    labels = {"dynamo_namespace": "dynamo", "dynamo_component": "backend", "model_name": "standin"}
+    assert metric_value(text, "sglang:num_running_reqs", {**labels, "tp_rank": "0"}) == 3
+    assert (metric_value(text, "sglang:prompt_tokens_total", labels) or 0) >= 12
+    assert "dynamo_component_kvstats_total_blocks" in text  # Dynamo's own series are still there
