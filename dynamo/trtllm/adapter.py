@@ -25,9 +25,10 @@ from dynamo.llm.protocol import FinishReason, LLMEngineOutput, PreprocessedReque
 from dynamo.runtime.wire import ErrorCode
 from dynamo.trtllm.args import DynamoTrtllmArgs
 from dynamo.trtllm.events import TrtllmKvEventSource, poll_stats
+from dynamo.trtllm.metrics import ENGINE_METRIC_PREFIXES, TrtllmSeries, new_collector, record_finished
 from dynamo.trtllm.request import (disagg_from_wire, disagg_to_wire, finish_reason, load_from_stats,
                                    sampling_kwargs)
-from dynamo.worker.adapter import EngineContext, EngineInfo, Gauges
+from dynamo.worker.adapter import EngineContext, EngineInfo, EngineMetrics, Gauges
 from dynamo.worker.model_files import local_model_dir
 from dynamo.worker.role import WorkerRole
 
@@ -35,12 +36,17 @@ log = logging.getLogger(__name__)
 
 
 def trtllm_api() -> types.SimpleNamespace:
-    """The four names the adapter uses from TensorRT-LLM's public LLM API."""
+    """The names the adapter uses from TensorRT-LLM's public LLM API (MetricsCollector: None where the
+    release has none)."""
     from tensorrt_llm import LLM, SamplingParams
     from tensorrt_llm.llmapi import DisaggregatedParams, KvCacheConfig
 
+    try:
+        from tensorrt_llm.metrics.collector import MetricsCollector
+    except ImportError:
+        MetricsCollector = None
     return types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams, DisaggregatedParams=DisaggregatedParams,
-                                 KvCacheConfig=KvCacheConfig)
+                                 KvCacheConfig=KvCacheConfig, MetricsCollector=MetricsCollector)
 
 
 class TrtllmAdapter:
@@ -56,6 +62,7 @@ class TrtllmAdapter:
         self.active = 0
         self._results: dict[str, Any] = {}
         self._stats_task: asyncio.Task | None = None
+        self.metrics: Any = None  # TensorRT-LLM's MetricsCollector, with --publish-metrics / --publish-kv-events
 
     async def start(self, ctx: EngineContext) -> EngineInfo:
         self.api = self.api or trtllm_api()
@@ -71,8 +78,13 @@ class TrtllmAdapter:
                                                                       name="trtllm-stats")
         block = kwargs["kv_cache_config"]
         block_size = int(getattr(block, "tokens_per_block", None) or self.config.kv_block_size)
+        served = self.config.served_model_name or self.config.model
+        if kwargs.get("return_perf_metrics"):
+            self.metrics = new_collector(self.api, served)
         return EngineInfo(
-            model_dir=model_dir, served_name=self.config.served_model_name or self.config.model,
+            model_dir=model_dir, served_name=served,
+            engine_metrics=EngineMetrics(ENGINE_METRIC_PREFIXES, lambda: TrtllmSeries(self.metrics))
+            if self.metrics is not None else None,
             block_size=block_size, context_length=self.max_seq_len, max_num_seqs=self.config.max_batch_size,
             max_num_batched_tokens=self.config.max_num_tokens, publishes_kv_events=self.config.publish_kv_events,
             summary=f"{self.config.model}, TP {self.config.tensor_parallel_size}, KV block {block_size}, "
@@ -114,6 +126,8 @@ class TrtllmAdapter:
                     if params_out is None:
                         raise RuntimeError("TRT-LLM returned no disaggregated_params for a context_only request")
                     out.disaggregated_params = {**disagg_to_wire(params_out), "transfer": "trtllm"}
+                if out.finish_reason is not None:
+                    record_finished(self.metrics, output)
                 if out.token_ids or out.finish_reason is not None:
                     yield out
                 if out.finish_reason is not None:

@@ -63,8 +63,8 @@ class DynamoTrtllmArgs(EngineWorkerArgs):
     revision: str | None = _t(None, "Hugging Face revision (branch, tag or commit) of the model", "REVISION")
     load_format: str = _t("auto", "Weight loading: auto, or dummy (random weights, for testing)", "LOAD_FORMAT",
                           choices=["auto", "dummy"])
-    publish_metrics: bool = _t(False, "TensorRT-LLM iteration statistics on (the worker's engine gauges)",
-                               "PUBLISH_METRICS")
+    publish_metrics: bool = _t(False, "TensorRT-LLM iteration statistics and its trtllm_* series on (the "
+                               "worker's /metrics)", "PUBLISH_METRICS")
     publish_kv_events: bool = _t(False, "Publish KV events and engine stats (legacy: --publish-events-and-metrics)",
                                  "PUBLISH_KV_EVENTS", flag=["--publish-kv-events", "--publish-events-and-metrics"])
     disaggregation_mode: str = _t("agg", "Worker role: agg (pd, prefill_and_decode), prefill or decode",
@@ -130,6 +130,7 @@ class DynamoTrtllmArgs(EngineWorkerArgs):
             kwargs["kv_cache_config"]["event_buffer_max_size"] = 1024
         if self.publish_kv_events or self.publish_metrics:
             kwargs["enable_iter_perf_stats"] = True
+            kwargs["return_perf_metrics"] = True  # each finished request's metrics_dict: the trtllm_* series
         for key, value in self._yaml().items():  # the YAML's blocks merge one level deep into the flags'
             if isinstance(value, dict) and isinstance(kwargs.get(key), dict):
                 kwargs[key] = {**kwargs[key], **value}

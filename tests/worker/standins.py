@@ -22,7 +22,8 @@ what it was called with so the tests can check the adapter's translation:
   item has `.outputs[0].token_ids` cumulative, `.finish_reason`, `.stop_reason`,
   `.disaggregated_params`) and has `.abort()`; `get_kv_cache_events_async(timeout)` and
   `get_stats_async(timeout)` yielding TRT-LLM's event and stats dicts; `shutdown()`;
-  plus `SamplingParams`, `DisaggregatedParams` and `KvCacheConfig`.
+  plus `SamplingParams`, `DisaggregatedParams` and `KvCacheConfig`; with `return_perf_metrics` a finished
+  output's `metrics_dict`, and `MetricsCollector(labels).log_metrics_dict` (`MetricsCollectorStandIn`).
 """
 
 from __future__ import annotations
@@ -231,7 +232,10 @@ class _TrtResult:
                                                  ctx_request_id=7, opaque_state=b"\x00state\xff")
                 completion = types.SimpleNamespace(token_ids=list(tokens), finish_reason="length" if last else None,
                                                    stop_reason=None, disaggregated_params=params)
-                yield types.SimpleNamespace(outputs=[completion], finished=last)
+                out = types.SimpleNamespace(outputs=[completion], finished=last)
+                if last and self.llm.kwargs.get("return_perf_metrics"):
+                    out.metrics_dict = {"ttft": 0.02, "e2e": 0.05, "finish_reason": "length"}
+                yield out
         finally:
             self.llm.active -= 1
 
@@ -283,7 +287,28 @@ class TrtllmLLMStandIn:
         self.shut_down = True
 
 
+class MetricsCollectorStandIn:
+    """`tensorrt_llm.metrics.collector.MetricsCollector(labels)` as TensorRT-LLM 1.1 has it: bare series
+    names (Dynamo adds `trtllm_`), `log_metrics_dict` per finished request. TensorRT-LLM registers them in
+    the global registry; the stand-in in none, so that a test process can hold several workers' collectors."""
+
+    def __init__(self, labels: dict[str, str]) -> None:
+        from prometheus_client import Counter, Histogram
+
+        self.labels = labels
+        self.counter_request_success = Counter("request_success_total", "Count of successfully processed requests.",
+                                               [*labels, "finished_reason"], registry=None)
+        self.histogram_time_to_first_token = Histogram("time_to_first_token_seconds",
+                                                       "Histogram of time to first token in seconds.", list(labels),
+                                                       buckets=(0.01, 0.05, 0.1), registry=None)
+
+    def log_metrics_dict(self, metrics: dict[str, Any]) -> None:
+        self.counter_request_success.labels(**self.labels, finished_reason=metrics["finish_reason"]).inc()
+        self.histogram_time_to_first_token.labels(**self.labels).observe(metrics["ttft"])
+
+
 def trtllm_api_standin() -> types.SimpleNamespace:
     """Stands in for `dynamo.trtllm.adapter.trtllm_api()` (the real one imports tensorrt_llm)."""
     return types.SimpleNamespace(LLM=TrtllmLLMStandIn, SamplingParams=SamplingParams,
-                                 DisaggregatedParams=DisaggregatedParams, KvCacheConfig=KvCacheConfig)
+                                 DisaggregatedParams=DisaggregatedParams, KvCacheConfig=KvCacheConfig,
+                                 MetricsCollector=MetricsCollectorStandIn)

@@ -31,7 +31,7 @@ def cluster(tiny_model, tmp_path_factory):
     c = Cluster(tmp_path_factory.mktemp("standin-workers"), tiny_model, "file")
     try:
         c.agg = {"sglang": worker(c, "sglang", "sglang-agg", "--enable-metrics"),
-                 "trtllm": worker(c, "trtllm", "trtllm-agg")}
+                 "trtllm": worker(c, "trtllm", "trtllm-agg", "--publish-metrics")}
         bootstrap = str(free_port())
         c.pairs = {"sglang": [worker(c, "sglang", "sglang-pd", "--page-size", "4", "--disaggregation-mode", m,
                                      "--disaggregation-bootstrap-port", bootstrap) for m in ("prefill", "decode")],
@@ -85,3 +85,20 @@ def test_sglang_series_are_served_on_the_workers_metrics_with_dynamos_labels(clu
     assert metric_value(text, "sglang:num_running_reqs", {**labels, "tp_rank": "0"}) == 3
     assert (metric_value(text, "sglang:prompt_tokens_total", labels) or 0) >= 12
     assert "dynamo_component_kvstats_total_blocks" in text  # Dynamo's own series are still there
+
+
+def test_trtllm_series_are_served_on_the_workers_metrics_with_dynamos_labels(cluster):
+    """With --publish-metrics, TensorRT-LLM's MetricsCollector records each finished request's
+    metrics_dict, and its series are on the worker's /metrics named `trtllm_*` (added where the release
+    leaves them bare, as 1.1 does), with Dynamo's labels and TensorRT-LLM's own model_name."""
+    def served() -> float:
+        text = http_get(cluster.agg["trtllm"].system_url + "/metrics")[1].decode()
+        return metric_value(text, "trtllm_request_success_total", {
+            "dynamo_namespace": "dynamo", "model_name": "trtllm-agg", "engine_type": "trtllm",
+            "finished_reason": "length"}) or 0.0
+
+    before = served()
+    client(cluster).completions.create(model="trtllm-agg", prompt=[5] * 8, max_tokens=3)
+    assert served() == before + 1
+    text = http_get(cluster.agg["trtllm"].system_url + "/metrics")[1].decode()
+    assert (metric_value(text, "trtllm_time_to_first_token_seconds_count", {"model_name": "trtllm-agg"}) or 0) >= 1
