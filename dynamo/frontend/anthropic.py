@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 
 from dynamo.frontend.errors import ApiError, bad_request
-from dynamo.frontend.openai import ChatCompletionRequest, ChatMessage, decode_body
+from dynamo.frontend.openai import I64, ChatCompletionRequest, ChatMessage, decode_body
 from dynamo.llm.preprocessor import ContextOverflow
 
 PATH = "/v1/messages"
@@ -48,13 +48,13 @@ _ASSISTANT_BLOCKS = ("text", "tool_use", "thinking", "redacted_thinking")
 class MessagesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     model: str
     messages: list[dict[str, Any]]
-    max_tokens: int | None = None  # required on /v1/messages, absent on count_tokens
+    max_tokens: I64 | None = None  # required on /v1/messages, absent on count_tokens
     system: str | list[dict[str, Any]] | None = None
     stop_sequences: list[str] | None = None
     stream: bool = False
     temperature: float | None = None
     top_p: float | None = None
-    top_k: int | None = None
+    top_k: I64 | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
     thinking: dict[str, Any] | None = None

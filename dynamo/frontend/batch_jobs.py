@@ -134,7 +134,7 @@ def _line_problem(raw: bytes, endpoint: str, seen: set[str]) -> BatchLine | dict
 
     try:
         item = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply to parse
         return problem("invalid_json_line", "This line is not parseable as valid JSON.")
     if not isinstance(item, dict):
         return problem("invalid_json_line", "Each line must be a JSON object.")

@@ -50,7 +50,7 @@ class BatchRunner:
         model has workers again (or RESUME_WAIT_S passed), so that a restart does not answer it 404s."""
         self.batches[batch.id] = batch
         self._save(batch)
-        task = asyncio.get_running_loop().create_task(self._run(batch, answered or {}, served),
+        task = asyncio.get_running_loop().create_task(self._guarded(batch, answered or {}, served),
                                                       name=f"batch-{batch.id}")
         self.tasks[batch.id] = task
         task.add_done_callback(lambda _t, bid=batch.id: self.tasks.pop(bid, None))
@@ -103,6 +103,17 @@ class BatchRunner:
     def _enter(self, batch: Batch, status: str) -> None:
         batch.enter(status)
         self._save(batch)
+
+    async def _guarded(self, batch: Batch, answered: dict[int, dict], served: Callable[[str], bool] | None) -> None:
+        """Run the batch; a failure of the runner itself fails the batch (it never stays active)."""
+        try:
+            await self._run(batch, answered, served)
+        except Exception as exc:
+            log.exception("batch %s failed", batch.id)
+            batch.errors = [{"code": "internal_error", "message": f"The batch could not be run: {exc!r}",
+                             "param": None, "line": None}]
+            if batch.status in ACTIVE:
+                self._enter(batch, "failed")
 
     async def _run(self, batch: Batch, answered: dict[int, dict], served: Callable[[str], bool] | None) -> None:
         if served is not None and batch.model is not None:

@@ -46,6 +46,11 @@ def bad_request(message: str, param: str | None = None, code: str = "invalid_val
     return ApiError(400, message, "invalid_request_error", param, code)
 
 
+def nested_too_deeply() -> ApiError:
+    """A body whose JSON nests deeper than a parser recurses (thousands of `[`): refused, not a 500."""
+    return bad_request("Malformed JSON body: nested too deeply", None, "invalid_json")
+
+
 def bad_prompt(exc: PreprocessError, param: str | None = None) -> ApiError:
     """The 400 for a prompt that cannot be built (`param`: overrides the field it names)."""
     error = bad_request(exc.message, param or exc.param, exc.code)

@@ -130,7 +130,12 @@ class FrontendApp:
             if scope["method"] == "POST" and scope["path"] in TRACED_PATHS:
                 trace, send = start_trace(self.request_events, scope, send)
                 adopt_client_id(trace, scope)
-            await route(scope, receive, send)
+            try:
+                await route(scope, receive, send)
+            except RecursionError:  # a body nested deeper than a parser recurses (any route's): the client's
+                raise errors.nested_too_deeply() from None
+            except OverflowError:  # an integer the request plane cannot carry (over 64 bits) in a free-form field
+                raise bad_request("An integer in the request is out of range (at most 64 bits)") from None
         except ApiError as exc:
             error = exc
             # The traceback's frames hold the request body (up to the body limit) in a cycle that

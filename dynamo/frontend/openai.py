@@ -9,14 +9,18 @@ refused with a 400 rather than silently dropped.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
-from dynamo.frontend.errors import bad_request
+from dynamo.frontend.errors import bad_request, nested_too_deeply
 from dynamo.llm.protocol import (
     GuidedDecodingOptions, OutputOptions, PreprocessedRequest, RouterParams, SamplingOptions, StopConditions,
 )
+
+
+# An integer the wire can carry (msgpack: 64 bits): larger is a 400 naming the field, not a 500 at encoding.
+I64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
 
 class StreamOptions(msgspec.Struct, omit_defaults=True):
@@ -37,18 +41,18 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
     model: str
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = None
+    max_tokens: I64 | None = None
     temperature: float | None = None
     top_p: float | None = None
-    top_k: int | None = None
+    top_k: I64 | None = None
     min_p: float | None = None
-    n: int | None = None
-    seed: int | None = None
-    stop: str | list[str | int] | None = None  # strings, and token ids (Dynamo's: integers in `stop`)
+    n: I64 | None = None
+    seed: I64 | None = None
+    stop: str | list[str | I64] | None = None  # strings, and token ids (Dynamo's: integers in `stop`)
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
-    min_tokens: int | None = None
+    min_tokens: I64 | None = None
     ignore_eos: bool = False
     logprobs: Any = None
     user: str | None = None
@@ -128,8 +132,8 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 class ChatCompletionRequest(_Common, kw_only=True, omit_defaults=True):
     messages: list[ChatMessage]
-    max_completion_tokens: int | None = None
-    top_logprobs: int | None = None
+    max_completion_tokens: I64 | None = None
+    top_logprobs: I64 | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
@@ -213,7 +217,7 @@ class CompletionRequest(_Common, kw_only=True, omit_defaults=True):
     # str | list[str] | list[int] | list[list[int]]; msgspec cannot type that union, checked below.
     prompt: str | list[Any]
     echo: bool = False
-    best_of: int | None = None
+    best_of: I64 | None = None
     suffix: str | None = None
 
     def prompt_input(self) -> str | list:
@@ -234,9 +238,12 @@ def decode_request(body: bytes, kind: Literal["chat", "completion"]):
         param = text.split("at `$.", 1)[1].rstrip("`") if "at `$." in text else None
         if param is None and "missing required field" in text:
             param = text.split("`")[1] if "`" in text else None
-        raise bad_request(f"Invalid request: {text}", param, "invalid_type") from None
+        code = "invalid_value" if " <= " in text or " >= " in text else "invalid_type"  # a bound, or a type
+        raise bad_request(f"Invalid request: {text}", param, code) from None
     except msgspec.DecodeError as exc:
         raise bad_request(f"Malformed JSON body: {exc}", None, "invalid_json") from None
+    except RecursionError:
+        raise nested_too_deeply() from None
 
 
 def decode_body(decoder: msgspec.json.Decoder, body: bytes) -> Any:
@@ -247,6 +254,8 @@ def decode_body(decoder: msgspec.json.Decoder, body: bytes) -> Any:
         raise bad_request(f"Invalid request: {exc}", None, "invalid_type") from None
     except msgspec.DecodeError as exc:
         raise bad_request(f"Malformed JSON body: {exc}", None, "invalid_json") from None
+    except RecursionError:
+        raise nested_too_deeply() from None
 
 
 def stop_list(stop: str | list[str | int] | None) -> list[str]:

@@ -24,7 +24,7 @@ from dynamo.frontend import speculative_prefill
 from dynamo.frontend.errors import ApiError, bad_request
 from dynamo.frontend.choices import Choice
 from dynamo.frontend.generation import GenerationRun
-from dynamo.frontend.openai import ChatCompletionRequest, ChatMessage, decode_body
+from dynamo.frontend.openai import I64, ChatCompletionRequest, ChatMessage, decode_body
 from dynamo.frontend.responses_store import (INPUT_ITEMS_SUFFIX, PREFIX, RESPONSE_PREFIX, ResponseStore,
                                              StoredResponse, forwarded, input_items, item_list, not_found,
                                              previous_conversation)
@@ -45,7 +45,7 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     model: str
     input: str | list[dict[str, Any]]
     instructions: str | None = None
-    max_output_tokens: int | None = None
+    max_output_tokens: I64 | None = None
     temperature: float | None = None
     top_p: float | None = None
     stream: bool = False
@@ -53,7 +53,7 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
     text: dict[str, Any] | None = None
-    seed: int | None = None
+    seed: I64 | None = None
     user: str | None = None
     metadata: dict[str, Any] | None = None
     nvext: dict[str, Any] | None = None  # Dynamo's extension, as on chat: routing and agent hints

@@ -121,15 +121,17 @@ def test_a_responses_batch_answers_response_objects(client):
 
 def test_a_malformed_input_fails_the_batch_naming_each_bad_line(client):
     good = chat_line("a", "hi")
+    nested = '{"custom_id": "d", "method": "POST", "url": "/v1/chat/completions", "body": ' + "[" * 3000 + "]" * 3000 + "}"
     lines = [good, "{not json", chat_line("a", "again"), good | {"custom_id": "b", "url": "/v1/completions"},
-             good | {"custom_id": "c", "method": "GET"}, {"method": "POST", "url": "/v1/chat/completions", "body": {}}]
+             good | {"custom_id": "c", "method": "GET"}, {"method": "POST", "url": "/v1/chat/completions", "body": {}},
+             nested]
     batch = client.batches.create(input_file_id=upload(client, lines).id, endpoint="/v1/chat/completions",
                                   completion_window="24h")
     batch = wait_done(client, batch.id)
     assert batch.status == "failed" and batch.failed_at and batch.output_file_id is None
     found = {(e.line, e.code) for e in batch.errors.data}
     assert found == {(2, "invalid_json_line"), (3, "duplicate_custom_id"), (4, "invalid_url"), (5, "invalid_method"),
-                     (6, "missing_required_parameter")}
+                     (6, "missing_required_parameter"), (7, "invalid_json_line")}  # 7: nested too deeply to parse
 
 
 def test_refusals_are_openai_errors(client):

@@ -189,3 +189,29 @@ def test_an_anthropic_client_without_the_flag_is_told_which_flag_serves_it(http)
     body = resp.json()
     assert resp.status_code == 404 and body["type"] == "error" and body["error"]["type"] == "not_found_error"
     assert "--enable-anthropic-api" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings"])
+def test_json_nested_too_deeply_is_a_400(http, path):
+    """Thousands of nested brackets (a 4 KB body) exceed any JSON parser's recursion: the client's error."""
+    body = (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "prompt": "hi", "input": "hi", '
+            b'"nested": ' + b"[" * 2000 + b"]" * 2000 + b"}")
+    resp = http.post(path, content=body, headers={"content-type": "application/json"})
+    assert assert_error(resp, 400)["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize("field", ["seed", "top_k", "min_tokens", "max_tokens"])
+def test_integers_beyond_64_bits_are_a_400_naming_the_field(http, field):
+    resp = http.post("/v1/chat/completions", json=chat(**{field: 10**20}))
+    assert assert_error(resp, 400, field)["code"] == "invalid_value"
+    resp = http.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2, field: -(10**20)})
+    assert_error(resp, 400, field)
+
+
+def test_integers_beyond_64_bits_elsewhere_are_a_400(http):
+    assert_error(http.post("/v1/chat/completions", json=chat(stop=["x", 10**20])), 400, "stop[1]")
+    assert_error(http.post("/v1/responses", json={"model": MODEL, "input": "hi", "seed": 10**20}), 400)
+    for nvext in ({"backend_instance_id": 10**20}, {"agent_hints": {"osl": 10**20}}):
+        resp = http.post("/v1/chat/completions", json=chat(nvext=nvext))
+        assert 400 <= resp.status_code < 500, resp.text
+    assert http.post("/v1/chat/completions", json=chat()).status_code == 200  # and it still serves
