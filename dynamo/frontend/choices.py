@@ -32,6 +32,10 @@ class Choice:
     def done(self) -> bool:
         return self.finish is not None
 
+    def logprob_entries(self) -> int:
+        """How many logprob entries the answer holds (each token's, and its top alternatives)."""
+        return sum(1 + len(top or ()) for _, _, top in self.logprobs)
+
 
 def collect(choice: Choice, d: ChoiceDelta) -> None:
     """Add a delta to what the choice produced (a unary answer is assembled from them)."""

@@ -10,6 +10,7 @@ before any output (no worker, overload, bad prompt) get a real HTTP error instea
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any
 
@@ -24,10 +25,16 @@ from dynamo.frontend.speculative_prefill import chat_answer_history
 from dynamo.frontend.stream_dispatch import StreamDispatch
 from dynamo.frontend.sse import (
     DONE, SSE_HEADERS, ChatChunks, CompletionChunks, chat_body, chat_logprobs, completion_body, completion_logprobs,
-    error_event, tool_call_entries, usage_dict,
+    error_event, piecewise_choice, tool_call_entries, usage_dict,
 )
 from dynamo.llm.protocol import FinishReason
 from dynamo.runtime.asgi import send_bytes
+
+# A unary answer with more logprob entries than this (n x tokens x (1 + top_logprobs): 16 x 1,800 x 21 is
+# ~40 MB of JSON, seconds of work) is built off the event loop, so that other requests' streams go on.
+LARGE_ANSWER_ENTRIES = 20_000
+# A streamed batch whose chunk is larger than this lets other requests run before the next one.
+YIELD_AFTER_BYTES = 64 * 1024
 
 
 class GenerationRun:
@@ -68,8 +75,8 @@ class GenerationRun:
         self.echo = self._echo_text(req, preqs[0].token_ids, decode)
         if req.return_tokens_as_token_ids:  # logprob tokens by id: text a client can map back exactly
             self._token_text = lambda token_id: f"token_id:{token_id}"
-        else:
-            self._token_text = lambda token_id: decode([token_id], skip_special_tokens=False)
+        else:  # memoized: top logprobs name the same few thousand tokens over and over
+            self._token_text = functools.cache(lambda token_id: decode([token_id], skip_special_tokens=False))
 
     @staticmethod
     def _echo_text(req, prompt_ids: list[int], decode) -> str:
@@ -319,6 +326,8 @@ class GenerationRun:
                     body += self._finish_bytes(choice)
                 if body:
                     await send({"type": "http.response.body", "body": body, "more_body": True})
+                    if len(body) > YIELD_AFTER_BYTES:  # a big batch (many tokens, logprobs): others' turn
+                        await asyncio.sleep(0)
             body = b"".join(self._finish_bytes(c) for c in self.choices if not c.done)
             if self.req.stream_options is not None and self.req.stream_options.include_usage:
                 body += self.chunks.usage(self._usage())
@@ -338,6 +347,8 @@ class GenerationRun:
             choice = self.choices[i]
             if not choice.done:
                 self._collect(choice, self._absorb(choice, outputs))
+            if self.want_logprobs or len(outputs) > 64:  # a heavy batch: others' turn before the next one
+                await asyncio.sleep(0)
         if self.cancelled and not all(c.done for c in self.choices):
             return False
         for choice in self.choices:
@@ -347,10 +358,18 @@ class GenerationRun:
     async def _unary(self, merged, first, send) -> None:
         if not await self._collect_answers(merged, first):
             return
+        large = self.want_logprobs and sum(c.logprob_entries() for c in self.choices) > LARGE_ANSWER_ENTRIES
+        await send_bytes(send, 200, await asyncio.to_thread(self._unary_body, True) if large else
+                         self._unary_body(False))
+
+    def _unary_body(self, piecewise: bool) -> bytes:
+        """The unary answer's JSON; `piecewise` (a large one, built in a thread): each choice encoded a slice
+        of its logprobs at a time, so that no one encoder call holds the interpreter for long."""
         build = chat_body if self.is_chat else completion_body
         entries = [self._chat_choice(c) if self.is_chat else self._completion_choice(c) for c in self.choices]
-        await send_bytes(send, 200, build(self.request_id, self.model, self.created, entries, self._usage(),
-                                          self.response_nvext()))
+        if piecewise:
+            entries = [piecewise_choice(e) for e in entries]
+        return build(self.request_id, self.model, self.created, entries, self._usage(), self.response_nvext())
 
     def answer(self) -> dict:
         """The first choice's assistant message, as the response carried it (with `keep_answer`)."""

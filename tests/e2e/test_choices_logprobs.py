@@ -10,6 +10,7 @@ import re
 import openai
 import pytest
 
+from dynamo.frontend.generation import LARGE_ANSWER_ENTRIES
 from tests.fixtures.procs import mocker_cluster
 
 pytestmark = pytest.mark.e2e
@@ -77,6 +78,25 @@ def _check_token_logprobs(items, top_k):
         assert lps == sorted(lps, reverse=True) and len({t.token for t in item.top_logprobs}) == top_k
         if top_k:
             assert item.top_logprobs[0].token == item.token and item.top_logprobs[0].logprob == item.logprob
+
+
+def test_a_large_unary_answer_built_off_the_loop_is_the_streamed_answer(client):
+    """n x tokens x (1 + top_logprobs) over generation.LARGE_ANSWER_ENTRIES: the unary body is built in a
+    thread and encoded piecewise; it says what the same request streamed says."""
+    ask = dict(model=MODEL, messages=MESSAGES, n=4, max_tokens=300, seed=3, temperature=0.9, logprobs=True,
+               top_logprobs=20, extra_body={"ignore_eos": True})
+    unary = client.chat.completions.create(**ask)
+    assert 4 * 300 * 21 > LARGE_ANSWER_ENTRIES
+    streamed: dict[int, list] = {}
+    for chunk in client.chat.completions.create(**ask, stream=True):
+        for ch in chunk.choices:
+            if ch.logprobs:
+                streamed.setdefault(ch.index, []).extend(ch.logprobs.content)
+    for choice in unary.choices:
+        items = choice.logprobs.content
+        assert len(items) == 300 and "".join(i.token for i in items) == choice.message.content
+        _check_token_logprobs(items[:5], 20)
+        assert [(i.token, i.logprob) for i in items] == [(i.token, i.logprob) for i in streamed[choice.index]]
 
 
 def test_chat_logprobs_unary_and_streamed(client):
