@@ -141,6 +141,10 @@ class ChatCompletionRequest(_Common, kw_only=True, omit_defaults=True):
     chat_template_kwargs: dict[str, Any] | None = None
     chat_template_args: dict[str, Any] | None = None  # Dynamo's name for them (chat_template_kwargs wins)
     reasoning_effort: str | None = None  # a template variable (gpt-oss's sets its reasoning level)
+    # vLLM's assistant prefill: without the generation prompt the rendered chat ends with the last message;
+    # continuing the final message also cuts its end-of-turn, so the answer carries on from its text.
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
     # Not served, refused when set: legacy function calling (use `tools`), audio out, web search.
     functions: Any = None
     function_call: Any = None
@@ -158,6 +162,11 @@ class ChatCompletionRequest(_Common, kw_only=True, omit_defaults=True):
             return kwargs
         return {"enable_thinking": self.reasoning_effort != "none", **(kwargs or {}),
                 "reasoning_effort": self.reasoning_effort}
+
+    def generation_prompt(self) -> bool:
+        """Whether the rendered chat opens the assistant's turn: `add_generation_prompt`, which
+        `chat_template_kwargs` overrides (as vLLM merges them)."""
+        return bool((self.template_kwargs() or {}).get("add_generation_prompt", self.add_generation_prompt))
 
     def guided_decoding(self, tool_parser: str | None = None) -> GuidedDecodingOptions | None:
         fmt = self.response_format or {}

@@ -58,7 +58,8 @@ def prompt_ids(pipeline, req) -> list[int]:
 
 def chat_text(pipeline, req: ChatCompletionRequest) -> str:
     """The chat rendered through the model's template: what its prompt tokenizes from."""
-    return pipeline.chat_prompt_text(req.message_dicts(), req.template_tools(), req.template_kwargs())
+    return pipeline.chat_prompt_text(req.message_dicts(), req.template_tools(), req.template_kwargs(),
+                                     req.generation_prompt(), req.continue_final_message)
 
 
 # Bodies up to this size are templated and tokenized inline (well under a millisecond); bigger

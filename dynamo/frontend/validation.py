@@ -9,6 +9,7 @@ from typing import Any
 
 from dynamo.frontend.errors import bad_request
 from dynamo.frontend.openai import ChatCompletionRequest, CompletionRequest, stop_list, stop_token_ids
+from dynamo.llm.preprocessor import final_message_text
 
 MAX_N = 128
 MAX_TOP_LOGPROBS = 20
@@ -56,6 +57,11 @@ def validate_common(req: ChatCompletionRequest | CompletionRequest) -> None:
                           "nvext.greed_sampling" if greed else "temperature")
     if req.min_tokens is not None and req.min_tokens < 0:
         raise bad_request("`min_tokens` must be >= 0", "min_tokens")
+    if req.min_tokens is not None and req.requested_max_tokens() is not None and \
+            req.min_tokens > req.requested_max_tokens():
+        raise bad_request("`min_tokens` must be at most the maximum number of tokens to generate", "min_tokens")
+    if req.stream_options is not None and not req.stream:
+        raise bad_request("`stream_options` is only allowed when `stream` is true", "stream_options")
     if req.logit_bias:
         raise bad_request("`logit_bias` is not supported: the engines here are not given token biases",
                           "logit_bias", "unsupported_parameter")
@@ -95,7 +101,7 @@ def validate_chat(req: ChatCompletionRequest) -> None:
         raise bad_request("`messages` must contain at least one message", "messages")
     if req.max_completion_tokens is not None and req.max_completion_tokens < 1:
         raise bad_request("`max_completion_tokens` must be at least 1", "max_completion_tokens")
-    if req.logprobs not in (None, True, False):
+    if req.logprobs is not None and not isinstance(req.logprobs, bool):
         raise bad_request("`logprobs` must be a boolean for chat completions", "logprobs", "invalid_type")
     if req.top_logprobs is not None:
         if not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
@@ -107,6 +113,20 @@ def validate_chat(req: ChatCompletionRequest) -> None:
     _validate_content(req)
     validate_tools(req)
     validate_response_format(req.response_format)
+    _validate_prefill(req)
+
+
+def _validate_prefill(req: ChatCompletionRequest) -> None:
+    """vLLM's rules for an assistant prefill: it continues a final message that has text, and an answer
+    that continues the final message opens no new turn."""
+    if not req.continue_final_message:
+        return
+    if req.generation_prompt():
+        raise bad_request("`continue_final_message` and `add_generation_prompt` cannot both be true",
+                          "continue_final_message")
+    if not final_message_text(req.messages[-1].content).strip():
+        raise bad_request("`continue_final_message` needs a final message with text to continue",
+                          "continue_final_message")
 
 
 def _validate_content(req: ChatCompletionRequest) -> None:

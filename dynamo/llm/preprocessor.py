@@ -127,8 +127,11 @@ class ModelPipeline:
                                   "messages")
 
     def chat_prompt_text(self, messages: list[dict], tools: list | None = None,
-                         template_kwargs: dict[str, Any] | None = None, generation_prompt: bool = True) -> str:
-        """The chat rendered through the model's template (checked against the context by its length)."""
+                         template_kwargs: dict[str, Any] | None = None, generation_prompt: bool = True,
+                         continue_final: bool = False) -> str:
+        """The chat rendered through the model's template (checked against the context by its length);
+        `continue_final`: cut after the final message's text (its end-of-turn dropped), as Hugging Face's
+        `continue_final_message` does, so that the answer carries on from it."""
         if self.template is None:
             raise PreprocessError(f"model {self.name!r} has no chat template; use /v1/completions", "messages",
                                   "no_chat_template")
@@ -144,6 +147,8 @@ class ModelPipeline:
                 self.observe("template", time.perf_counter() - started)
         except ChatTemplateError as exc:
             raise PreprocessError(f"chat template failed: {exc}", "messages", "invalid_messages") from None
+        if continue_final:
+            text = _cut_after_final(text, messages[-1].get("content"))
         self._check_bound(len(text), "messages")
         return text
 
@@ -245,3 +250,22 @@ class TextAssembler:
             self.stopped = True
             return visible
         return visible + self.stop.flush()
+
+
+def final_message_text(content: Any) -> str:
+    """The text a continued final message ends with: its string, or its last text part's."""
+    if isinstance(content, str):
+        return content
+    for part in reversed(content or []):
+        if isinstance(part, dict) and isinstance(part.get("text"), str):
+            return part["text"]
+    return ""
+
+
+def _cut_after_final(rendered: str, content: Any) -> str:
+    final = final_message_text(content).strip()  # templates may trim a message's ends
+    at = rendered.rfind(final) if final else -1
+    if at < 0:
+        raise PreprocessError("`continue_final_message`: the chat template does not render the final message's "
+                              "text as given, so it cannot be continued", "continue_final_message")
+    return rendered[:at + len(final)]

@@ -215,3 +215,39 @@ def test_integers_beyond_64_bits_elsewhere_are_a_400(http):
         resp = http.post("/v1/chat/completions", json=chat(nvext=nvext))
         assert 400 <= resp.status_code < 500, resp.text
     assert http.post("/v1/chat/completions", json=chat()).status_code == 200  # and it still serves
+
+
+def _formatted_prompt(http, **fields) -> str:
+    body = chat(stream=True, nvext={"annotations": ["formatted_prompt"]}, max_tokens=2, **fields)
+    with http.stream("POST", "/v1/chat/completions", json=body) as resp:
+        assert resp.status_code == 200, resp.read()
+        lines = list(resp.iter_lines())
+    return json.loads(lines[lines.index("event: formatted_prompt") + 1][2:])
+
+
+def test_an_assistant_prefill_is_continued_not_closed(http):
+    """vLLM's continue_final_message: the prompt ends with the final message's text (no end of turn, no new
+    assistant turn); without a generation prompt it ends with the last message's own end of turn."""
+    prefill = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sure, "}]}
+    plain = _formatted_prompt(http, **prefill)
+    continued = _formatted_prompt(http, **prefill, continue_final_message=True, add_generation_prompt=False)
+    assert continued.endswith("Sure,") and plain.startswith(continued) and len(plain) > len(continued) + 10
+    closed = _formatted_prompt(http, **prefill, add_generation_prompt=False)
+    assert plain.startswith(closed) and continued in closed and closed != plain
+    assert _formatted_prompt(http, **prefill, chat_template_kwargs={"add_generation_prompt": False}) == closed
+
+
+def test_an_impossible_prefill_and_contradictory_limits_are_400s(http):
+    prefill = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sure"}]
+    resp = http.post("/v1/chat/completions", json=chat(messages=prefill, continue_final_message=True))
+    assert_error(resp, 400, "continue_final_message")  # add_generation_prompt is true by default
+    empty = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]
+    resp = http.post("/v1/chat/completions", json=chat(messages=empty, continue_final_message=True,
+                                                       add_generation_prompt=False))
+    assert_error(resp, 400, "continue_final_message")
+    assert_error(http.post("/v1/chat/completions", json=chat(min_tokens=10, max_tokens=3)), 400, "min_tokens")
+    resp = http.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2,
+                                              "stream_options": {"include_usage": True}})
+    assert_error(resp, 400, "stream_options")
+    for logprobs in (0, 1):
+        assert_error(http.post("/v1/chat/completions", json=chat(logprobs=logprobs)), 400, "logprobs")
