@@ -4,11 +4,10 @@ its reasoning and tool calls, or the completion's text."""
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable
 
 from dynamo.frontend.dispatch import RequestHandle
-from dynamo.frontend.output import ChoiceDelta, OutputStage
+from dynamo.frontend.output import ChoiceDelta, OutputStage, is_json
 from dynamo.frontend.parsers.base import accumulate_call
 
 
@@ -51,7 +50,7 @@ def chat_choice(choice: Choice, reasoning_field: str, logprobs: Callable[[list],
     content = "".join(choice.content)
     reason = choice.stage.finish_reason(choice.finish)
     calls = [choice.calls[k] for k in sorted(choice.calls)]
-    if calls and not all(_is_json(c["function"]["arguments"]) for c in calls):
+    if calls and not all(is_json(c["function"]["arguments"]) for c in calls):
         # A call whose arguments never became JSON is no call: answer with the text.
         content, calls = choice.stage.tool_input_text(), []
         reason = "stop" if reason == "tool_calls" else reason
@@ -63,11 +62,3 @@ def chat_choice(choice: Choice, reasoning_field: str, logprobs: Callable[[list],
         message["tool_calls"] = calls
     lp = logprobs(choice.logprobs) if logprobs is not None else None
     return {"index": choice.index, "message": message, "logprobs": lp, "finish_reason": reason}
-
-
-def _is_json(text: str) -> bool:
-    try:
-        json.loads(text)
-    except ValueError:
-        return False
-    return True

@@ -175,14 +175,14 @@ class ChatCompletionRequest(_Common, kw_only=True, omit_defaults=True):
         if fmt.get("type") == "json_schema":
             return GuidedDecodingOptions(json=(fmt.get("json_schema") or {}).get("schema") or {"type": "object"})
         guided = super().guided_decoding(tool_parser)
-        if guided is None and tool_parser is None:
+        if guided is None:
             guided = self._tool_guidance()
         return guided
 
     def _tool_guidance(self) -> GuidedDecodingOptions | None:
-        """With no format parser on the worker, `required` / a named function is enforced
-        the way vLLM does: the engine must emit the arguments (named) or a JSON list of
-        `{"name", "parameters"}` calls (required)."""
+        """`required` / a named function is enforced the way vLLM and NVIDIA Dynamo do, with or without a
+        format parser on the worker: the engine must emit the arguments (named) or a JSON list of
+        `{"name", "parameters"}` calls (required); the output stage reads that JSON (ForcedChoiceParser)."""
         mode = self.tool_choice_mode()
         functions = [t["function"] for t in self.tools or []]
         if mode == "named":

@@ -11,6 +11,7 @@ layer only frames what this stage returns.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from dynamo.frontend.parsers import ToolCallDelta, make_reasoning_parser, make_tool_parser
@@ -73,14 +74,51 @@ class NamedArguments:
         return "", []
 
 
+class ForcedChoiceParser:
+    """`tool_choice` required or named on a worker with a format parser: the engine was asked for the
+    calls as bare JSON (structured output, as vLLM and NVIDIA Dynamo ask), but an engine that ignores
+    the grammar still writes the model's own markers. Decided once, by the first non-blank character
+    of the answer: `{` or `[` is the JSON (`forced`), anything else the model's format (`native`)."""
+
+    def __init__(self, forced: ToolParser, native: ToolParser) -> None:
+        self._forced, self._native = forced, native
+        self.needs_special_tokens = native.needs_special_tokens
+        self._chosen: ToolParser | None = None
+        self._held = ""
+
+    @property
+    def calls(self) -> int:
+        return self._chosen.calls if self._chosen is not None else 0
+
+    def feed(self, text: str) -> tuple[str, list[ToolCallDelta]]:
+        if self._chosen is None:
+            self._held += text
+            start = self._held.lstrip()
+            if not start:
+                return "", []
+            self._chosen = self._forced if start[0] in "{[" else self._native
+            text, self._held = (start if self._chosen is self._forced else self._held), ""
+        return self._chosen.feed(text)
+
+    def finish(self) -> tuple[str, list[ToolCallDelta]]:
+        if self._chosen is None:  # nothing but blanks: the model's format says what they are
+            self._chosen = self._native
+            content, calls = self._native.feed(self._held) if self._held else ("", [])
+            more, rest = self._native.finish()
+            return content + more, calls + rest
+        return self._chosen.finish()
+
+
 class CallFilter:
     """Keeps the calls the request allows (`tool_choice` named, `parallel_tool_calls`
-    false) and renumbers them 0.. so clients see consecutive indexes."""
+    false) and renumbers them 0.. so clients see consecutive indexes; remembers each kept
+    call's arguments, to tell whether they became JSON."""
 
     def __init__(self, named: str | None, single: bool) -> None:
         self._named = named
         self._single = single
         self._map: dict[int, int | None] = {}
+        self._arguments: dict[int, list[str]] = {}
 
     def __call__(self, deltas: list[ToolCallDelta]) -> list[ToolCallDelta]:
         out = []
@@ -92,8 +130,13 @@ class CallFilter:
             new = self._map[d.index]
             if new is not None:
                 d.index = new
+                self._arguments.setdefault(new, []).append(d.arguments or "")
                 out.append(d)
         return out
+
+    def all_json(self) -> bool:
+        """Every kept call's arguments are JSON (a call cut short by a stop or the token limit is not)."""
+        return all(is_json("".join(parts)) for parts in self._arguments.values())
 
     @property
     def kept(self) -> int:
@@ -119,13 +162,15 @@ class OutputStage:
     def _tool_parser(spec: OutputSpec) -> ToolParser | None:
         if spec.tool_mode == "none":
             return None
-        if spec.tool_parser:
-            return make_tool_parser(spec.tool_parser, spec.tools)
+        forced: ToolParser | None = None
         if spec.tool_mode == "named":
-            return NamedArguments(spec.named_tool or "")
-        if spec.tool_mode == "required":
-            return JsonListParser(spec.tools)
-        return make_tool_parser("default", spec.tools)  # Dynamo's fallback for `auto`
+            forced = NamedArguments(spec.named_tool or "")
+        elif spec.tool_mode == "required":
+            forced = JsonListParser(spec.tools)
+        if not spec.tool_parser:
+            return forced or make_tool_parser("default", spec.tools)  # Dynamo's fallback for `auto`
+        native = make_tool_parser(spec.tool_parser, spec.tools)
+        return ForcedChoiceParser(forced, native) if forced is not None else native
 
     @property
     def completion_tokens(self) -> int:
@@ -176,7 +221,17 @@ class OutputStage:
         return "".join(self._tool_input)
 
     def finish_reason(self, raw: str | None) -> str:
+        """A finished answer's reason: `tool_calls` when it made calls whose arguments are all JSON (streamed
+        and unary alike; a call cut short is no call)."""
         reason = openai_finish_reason(raw) or "stop"
-        if self.filter.kept and reason == "stop":
+        if self.filter.kept and reason == "stop" and self.filter.all_json():
             return "tool_calls"
         return reason
+
+
+def is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True

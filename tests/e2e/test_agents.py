@@ -82,6 +82,10 @@ SCRIPTS = {
                     '<parameter name="city">Paris</parameter>\n</invoke>\n</minimax:tool_call>'),
     "case:no-think": "Hello there!",
     "case:malformed": "<tool_call>{not json}</tool_call> sorry",
+    # What an engine following the grammar writes for tool_choice named / required (bare JSON).
+    "case:guided-named": ' {"zone": "Europe/Paris"}',
+    "case:guided-required": '[{"name": "get_weather", "parameters": {"city": "Paris"}}]',
+    "case:cut-call": '<tool_call>\n{"name": "get_weather", "arguments": {"city": ',
     "case:plain": "Just text, no tools.",
     "case:long-args": ('<tool_call>{"name": "get_weather", "arguments": {"city": "' + "Llanfairpwllgwyngyll " * 12
                        + '"}}</tool_call>'),
@@ -242,6 +246,33 @@ def test_tool_choice_none_named_and_parallel(client):
     _, _, calls, finishes, _ = accumulate(ask(client, "hermes", "case:hermes", tools=TOOLS, stream=True,
                                               parallel_tool_calls=False))
     assert list(calls) == [0] and calls[0]["name"] == "get_weather" and finishes == ["tool_calls"]
+
+
+def test_required_and_named_are_the_json_a_grammar_bound_engine_writes(client):
+    """tool_choice required / named on a worker with a format parser (hermes): the engine is asked for bare
+    JSON, as vLLM and NVIDIA Dynamo ask, and that JSON is the call, unary and streamed; a model's own markers
+    (an engine without grammars) are still read (test_tool_choice_none_named_and_parallel)."""
+    named = ask(client, "hermes", "case:guided-named", tools=TOOLS,
+                tool_choice={"type": "function", "function": {"name": "get_time"}}).choices[0]
+    assert [c.function.name for c in named.message.tool_calls] == ["get_time"]
+    assert json.loads(named.message.tool_calls[0].function.arguments) == {"zone": "Europe/Paris"}
+    assert named.finish_reason == "tool_calls" and not named.message.content
+    required = ask(client, "hermes", "case:guided-required", tools=TOOLS, tool_choice="required").choices[0]
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in required.message.tool_calls] == [
+        ("get_weather", {"city": "Paris"})]
+    content, _, calls, finishes, _ = accumulate(ask(client, "hermes", "case:guided-required", tools=TOOLS,
+                                                    tool_choice="required", stream=True))
+    assert not content and calls[0]["name"] == "get_weather" and finishes == ["tool_calls"]
+
+
+def test_a_call_cut_short_is_no_call_streamed_or_not(client):
+    """Arguments that never became JSON: unary answers the text; a stream (whose pieces already went out)
+    says `stop`, not `tool_calls`, as the unary answer does."""
+    unary = ask(client, "hermes", "case:cut-call", tools=TOOLS).choices[0]
+    assert unary.finish_reason == "stop" and unary.message.tool_calls is None
+    assert unary.message.content.startswith("<tool_call>")
+    _, _, _, finishes, _ = accumulate(ask(client, "hermes", "case:cut-call", tools=TOOLS, stream=True))
+    assert finishes == ["stop"]
 
 
 def test_tools_without_tool_choice_mean_auto(client):
