@@ -102,6 +102,8 @@ class BatchApi:
     async def list_files(self, scope, receive, send) -> None:
         query = _query(scope)
         order = query.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise bad_request("`order` must be asc or desc", "order")
         files, more = self.files.listed(query.get("purpose"), order, query.get("after"), _limit(query, 10000))
         await send_json(send, 200, _page([f.object() for f in files], more))
 

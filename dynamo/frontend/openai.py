@@ -239,7 +239,11 @@ completion_decoder = msgspec.json.Decoder(CompletionRequest)
 
 def decode_request(body: bytes, kind: Literal["chat", "completion"]):
     """Parse and type-check a request body; errors name the offending field."""
-    decoder = chat_decoder if kind == "chat" else completion_decoder
+    return decode_body(chat_decoder if kind == "chat" else completion_decoder, body)
+
+
+def decode_body(decoder: msgspec.json.Decoder, body: bytes) -> Any:
+    """Parse and type-check a body with `decoder`; a 400 naming the offending field."""
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
@@ -249,18 +253,6 @@ def decode_request(body: bytes, kind: Literal["chat", "completion"]):
             param = text.split("`")[1] if "`" in text else None
         code = "invalid_value" if " <= " in text or " >= " in text else "invalid_type"  # a bound, or a type
         raise bad_request(f"Invalid request: {text}", param, code) from None
-    except msgspec.DecodeError as exc:
-        raise bad_request(f"Malformed JSON body: {exc}", None, "invalid_json") from None
-    except RecursionError:
-        raise nested_too_deeply() from None
-
-
-def decode_body(decoder: msgspec.json.Decoder, body: bytes) -> Any:
-    """Parse and type-check a body whose errors keep `param` null (/v1/embeddings, /v1/responses)."""
-    try:
-        return decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise bad_request(f"Invalid request: {exc}", None, "invalid_type") from None
     except msgspec.DecodeError as exc:
         raise bad_request(f"Malformed JSON body: {exc}", None, "invalid_json") from None
     except RecursionError:

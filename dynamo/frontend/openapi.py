@@ -17,7 +17,7 @@ from dynamo.frontend.openai import ChatCompletionRequest, CompletionRequest
 from dynamo.frontend.pooling_api import ClassifyRequest
 from dynamo.frontend.batch_api import BatchCreate
 from dynamo.frontend.rerank import RerankRequest, ScoreRequest, VllmRerankRequest
-from dynamo.frontend.responses import ResponsesRequest
+from dynamo.frontend.responses_request import ResponsesRequest
 from dynamo.runtime.asgi import send_json
 
 PATH = "/openapi.json"

@@ -156,6 +156,8 @@ def test_refusals_are_openai_errors(client):
     base = str(client.base_url).rstrip("/")
     status, body = http_get(base + "/files?limit=0")
     assert status == 400 and json.loads(body)["error"]["param"] == "limit"
+    status, body = http_get(base + "/files?order=sideways")
+    assert status == 400 and json.loads(body)["error"]["param"] == "order"
     paths = json.loads(http_get(base.removesuffix("/v1") + "/openapi.json")[1])["paths"]
     assert {"/v1/files", "/v1/files/{file_id}", "/v1/batches", "/v1/batches/{batch_id}/cancel"} <= set(paths)
 

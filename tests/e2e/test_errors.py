@@ -251,3 +251,14 @@ def test_an_impossible_prefill_and_contradictory_limits_are_400s(http):
     assert_error(resp, 400, "stream_options")
     for logprobs in (0, 1):
         assert_error(http.post("/v1/chat/completions", json=chat(logprobs=logprobs)), 400, "logprobs")
+
+
+def test_responses_refusals_name_the_responses_fields(http):
+    """A Responses request runs as a chat request; its refusals still name its own fields."""
+    over = {"model": MODEL, "input": "hi", "max_output_tokens": 10**6}
+    assert_error(http.post("/v1/responses", json=over), 400, "max_output_tokens")
+    assert_error(http.post("/v1/responses", json={"model": MODEL, "input": "word " * 5000}), 400, "input")
+    assert_error(http.post("/v1/responses", json={"model": MODEL, "input": "hi", "temperature": "hot"}), 400,
+                 "temperature")
+    resp = http.post("/v1/responses", json={"model": MODEL, "input": "hi", "tools": [{"type": "web_search"}]})
+    assert_error(resp, 400, "tools[0].type")  # a hosted tool nobody here runs: refused, not ignored

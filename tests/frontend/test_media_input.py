@@ -9,7 +9,7 @@ import pytest
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.media_input import chat_images
 from dynamo.frontend.openai import decode_request
-from dynamo.frontend.responses import input_messages
+from dynamo.frontend.responses_request import input_messages
 from dynamo.frontend.validation import validate_chat
 
 

@@ -12,7 +12,7 @@ from dynamo.frontend.errors import ApiError
 from dynamo.frontend.openai import decode_request
 from dynamo.frontend.validation import validate_chat, validate_completion
 from dynamo.frontend.preparation import chat_text
-from dynamo.frontend.responses import decode_responses
+from dynamo.frontend.responses_request import decode_responses
 from dynamo.llm.model_card import build_card
 from dynamo.llm.preprocessor import ModelPipeline
 from dynamo.llm.token_cache import TokenCache

@@ -10,7 +10,7 @@ import pytest
 
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.openai import decode_request
-from dynamo.frontend.responses import decode_responses, input_messages
+from dynamo.frontend.responses_request import decode_responses, input_messages
 from dynamo.frontend.speculative_prefill import chat_answer_history, next_turn_messages, wanted, warmup_request
 from dynamo.llm.protocol import RoutingHints
 

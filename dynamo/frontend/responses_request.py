@@ -1,0 +1,145 @@
+"""The Responses API request (`POST /v1/responses`, `/v1/responses/input_tokens`): its type, its
+conversion to the chat request it runs as (input items, instructions, a previous response's
+conversation, function tools, text format), and the Responses field names its refusals carry."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import Any, Iterator
+
+import msgspec
+
+from dynamo.frontend.errors import ApiError, bad_request
+from dynamo.frontend.openai import I64, ChatCompletionRequest, ChatMessage, decode_body
+
+
+# Chat's field names in the refusals of a request that came as a Responses one: the client's own names.
+OWN_NAMES = {"messages": "input", "max_tokens": "max_output_tokens", "max_completion_tokens": "max_output_tokens",
+             "response_format": "text.format", "reasoning_effort": "reasoning.effort"}
+
+
+@contextlib.contextmanager
+def own_names() -> Iterator[None]:
+    """Refusals raised inside name the Responses request's fields, not the chat request's it became."""
+    try:
+        yield
+    except ApiError as exc:
+        head = re.split(r"[.\[]", exc.param or "", maxsplit=1)[0]
+        if head in OWN_NAMES:
+            exc.param = OWN_NAMES[head]
+        raise
+
+
+class ResponsesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    model: str
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    max_output_tokens: I64 | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stream: bool = False
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    text: dict[str, Any] | None = None
+    seed: I64 | None = None
+    user: str | None = None
+    metadata: dict[str, Any] | None = None
+    nvext: dict[str, Any] | None = None  # Dynamo's extension, as on chat: routing and agent hints
+    reasoning: dict[str, Any] | None = None  # `effort` becomes chat's reasoning_effort; `summary` is not made
+    store: bool = True  # keep the response, so that a later previous_response_id continues it
+    previous_response_id: str | None = None
+    # Conversation objects are not kept: this would change the answer, so it is refused.
+    conversation: Any = None
+    background: bool = False
+
+    def to_chat(self, history: list[ChatMessage] | None = None) -> ChatCompletionRequest:
+        """The equivalent chat request, after `history` (the conversation a previous_response_id
+        continues); the Responses request owns this conversion."""
+        if self.conversation is not None:
+            raise bad_request("`conversation` is not supported: send the full input, or a previous_response_id",
+                              "conversation", "unsupported_parameter")
+        if self.background:
+            raise bad_request("`background` is not supported", "background", "unsupported_parameter")
+        if self.max_output_tokens is not None and self.max_output_tokens < 1:
+            raise bad_request("`max_output_tokens` must be at least 1", "max_output_tokens")
+        # As in OpenAI's API, a previous response's instructions are not carried over: only this request's.
+        messages = [ChatMessage(role="system", content=self.instructions)] if self.instructions else []
+        messages += (history or []) + input_messages(self.input)
+        if not messages:
+            raise bad_request("`input` must not be empty", "input")
+        for i, tool in enumerate(self.tools or []):
+            if tool.get("type") != "function":  # a hosted tool the client expects to be run: none is here
+                raise bad_request(f"tool type {tool.get('type')!r} is not served: only `function` tools",
+                                  f"tools[{i}].type", "unsupported_parameter")
+        tools = [{"type": "function", "function": {k: v for k, v in t.items() if k != "type"}}
+                 for t in self.tools or []]
+        choice = self.tool_choice if tools or self.tool_choice != "auto" else None  # built-in tools only
+        if isinstance(choice, dict) and choice.get("type") == "function" and "name" in choice:
+            choice = {"type": "function", "function": {"name": choice["name"]}}
+        fmt = (self.text or {}).get("format")
+        response_format = None
+        if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+            response_format = {"type": "json_schema", "json_schema": {"name": fmt.get("name", "output"),
+                                                                      "schema": fmt.get("schema") or {}}}
+        elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
+            response_format = {"type": "json_object"}
+        return ChatCompletionRequest(model=self.model, messages=messages, stream=self.stream,
+                                     max_tokens=self.max_output_tokens, temperature=self.temperature,
+                                     top_p=self.top_p, seed=self.seed, tools=tools or None, tool_choice=choice,
+                                     parallel_tool_calls=self.parallel_tool_calls, response_format=response_format,
+                                     reasoning_effort=(self.reasoning or {}).get("effort"), nvext=self.nvext)
+
+
+def input_messages(items: str | list[dict[str, Any]]) -> list[ChatMessage]:
+    if isinstance(items, str):
+        return [ChatMessage(role="user", content=items)]
+    out: list[ChatMessage] = []
+    for i, item in enumerate(items):
+        kind = item.get("type", "message")
+        if kind == "message":
+            out.append(ChatMessage(role=item.get("role", "user"), content=_text(item.get("content"), i)))
+        elif kind == "function_call":
+            call = {"id": item.get("call_id"), "type": "function",
+                    "function": {"name": item.get("name"), "arguments": item.get("arguments", "{}")}}
+            if out and out[-1].role == "assistant" and out[-1].tool_calls is not None:
+                out[-1].tool_calls.append(call)
+            else:
+                out.append(ChatMessage(role="assistant", content=None, tool_calls=[call]))
+        elif kind == "function_call_output":
+            out.append(ChatMessage(role="tool", content=str(item.get("output", "")), tool_call_id=item.get("call_id")))
+        elif kind != "reasoning":
+            raise bad_request(f"unsupported input item type {kind!r}", f"input[{i}].type")
+    return out
+
+
+def _text(content: Any, i: int) -> str | list[dict[str, Any]]:
+    """A message's content: its text parts joined, or, with `input_image` parts, chat parts in order
+    (the images as `image_url` parts: the chat path judges them and the model's reading of them)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise bad_request("message content must be a string or a list of text parts", f"input[{i}].content")
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        if not isinstance(part, dict):
+            raise bad_request("content parts must be objects", f"input[{i}].content")
+        if part.get("type") == "input_image":
+            image = {"url": part.get("image_url"), **({"detail": part["detail"]} if part.get("detail") else {})}
+            parts.append({"type": "image_url", "image_url": image})
+        elif part.get("type") in ("input_text", "output_text", "text"):
+            parts.append({"type": "text", "text": part.get("text", "")})
+        else:
+            raise bad_request(f"unsupported content part {part.get('type')!r}: text and images only",
+                              f"input[{i}].content")
+    if any(p["type"] == "image_url" for p in parts):
+        return parts
+    return "".join(p["text"] for p in parts)
+
+
+decoder = msgspec.json.Decoder(ResponsesRequest)
+
+
+def decode_responses(body: bytes) -> ResponsesRequest:
+    return decode_body(decoder, body)
