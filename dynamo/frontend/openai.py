@@ -53,6 +53,7 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
     min_tokens: I64 | None = None
+    include_stop_str_in_output: bool = False  # vLLM's: the stop string that ended the answer is in it
     ignore_eos: bool = False
     logprobs: Any = None
     user: str | None = None

@@ -38,6 +38,7 @@ class OutputSpec:
     """What a request asks of the output stage (same for all its choices)."""
 
     stops: list[str]
+    include_stop: bool = False  # vLLM's include_stop_str_in_output: the matched stop string is shown
     tool_parser: str | None = None
     reasoning_parser: str | None = None
     tools: list[dict] | None = None
@@ -152,7 +153,8 @@ class OutputStage:
         self.filter = CallFilter(spec.named_tool if spec.tool_mode == "named" else None,
                                  not spec.parallel_tool_calls)
         specials = any(getattr(p, "needs_special_tokens", False) for p in (self.reasoning, self.tools) if p)
-        self.assembler = pipeline.assembler(spec.stops, skip_special_tokens=not specials)
+        self.assembler = pipeline.assembler(spec.stops, skip_special_tokens=not specials,
+                                            include_stop=spec.include_stop)
         # Shown special tokens must not include the end-of-sequence marker itself.
         self._hide = frozenset(pipeline.eos_token_ids) if specials else frozenset()
         self.stopped = False

@@ -172,11 +172,11 @@ def output_spec(entry, req, is_chat: bool, prompt_ids: list[int] | None = None) 
     stops = stop_list(req.stop)
     if not is_chat:  # no reasoning parser on a completion: the judgement is the budget's alone
         budget = req.thinking_budget()[1] is not None
-        return OutputSpec(stops, prompt_reasoning=prompt_reasoning(entry, prompt_ids) if budget else
-                          PromptReasoning.UNKNOWN)
+        return OutputSpec(stops, req.include_stop_str_in_output,
+                          prompt_reasoning=prompt_reasoning(entry, prompt_ids) if budget else PromptReasoning.UNKNOWN)
     where = prompt_reasoning(entry, prompt_ids)
     rc = entry.card.runtime_config
-    return OutputSpec(stops, tool_parser=rc.tool_call_parser, reasoning_parser=rc.reasoning_parser, tools=req.tools,
+    return OutputSpec(stops, req.include_stop_str_in_output, tool_parser=rc.tool_call_parser, reasoning_parser=rc.reasoning_parser, tools=req.tools,
                       tool_mode=req.tool_choice_mode(), named_tool=req.named_tool(),
                       parallel_tool_calls=req.parallel_tool_calls is not False, prompt_reasoning=where)
 

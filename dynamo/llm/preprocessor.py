@@ -197,8 +197,9 @@ class ModelPipeline:
                 "max_tokens", "context_length_exceeded", ContextOverflow(prompt_len, self.context_length, requested))
         return requested
 
-    def assembler(self, stops: list[str] | None, skip_special_tokens: bool = True) -> "TextAssembler":
-        return TextAssembler(self.tokenizer, stops or [], skip_special_tokens)
+    def assembler(self, stops: list[str] | None, skip_special_tokens: bool = True,
+                  include_stop: bool = False) -> "TextAssembler":
+        return TextAssembler(self.tokenizer, stops or [], skip_special_tokens, include_stop)
 
 
 def _too_long(context_length: int, prompt_len: int, param: str) -> PreprocessError:
@@ -223,9 +224,10 @@ class TextAssembler:
 
     __slots__ = ("detok", "stop", "stopped", "completion_tokens")
 
-    def __init__(self, tokenizer: Tokenizer, stops: list[str], skip_special_tokens: bool = True) -> None:
+    def __init__(self, tokenizer: Tokenizer, stops: list[str], skip_special_tokens: bool = True,
+                 include_stop: bool = False) -> None:
         self.detok = IncrementalDetokenizer(tokenizer, skip_special_tokens=skip_special_tokens)
-        self.stop = StopMatcher(stops) if stops else None
+        self.stop = StopMatcher(stops, include_stop) if stops else None
         self.stopped = False
         self.completion_tokens = 0
 

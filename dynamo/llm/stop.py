@@ -9,10 +9,12 @@ from __future__ import annotations
 
 
 class StopMatcher:
-    __slots__ = ("stops", "matched", "_held", "_max_hold", "_prefixes", "_stopped", "feed")
+    __slots__ = ("stops", "matched", "include", "_held", "_max_hold", "_prefixes", "_stopped", "feed")
 
-    def __init__(self, stops: list[str] | None):
+    def __init__(self, stops: list[str] | None, include: bool = False):
+        """`include`: the stop string that ends the text is shown (vLLM's include_stop_str_in_output)."""
         self.stops = [s for s in dict.fromkeys(stops or ()) if s]
+        self.include = include
         self.matched: str | None = None  # the stop string that ended the stream, if any
         self._held = ""
         self._stopped = False
@@ -42,7 +44,7 @@ class StopMatcher:
         if hit is not None:
             self._stopped = True
             self._held = ""
-            return buf[:hit], True
+            return buf[:hit + len(self.matched or "") if self.include else hit], True
         keep = self._holdable_suffix(buf)
         self._held = buf[len(buf) - keep:] if keep else ""
         return (buf[:len(buf) - keep] if keep else buf), False

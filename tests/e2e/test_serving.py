@@ -109,6 +109,9 @@ def test_stop_string_is_hidden_and_ends_generation(client):
             assert resp.choices[0].finish_reason == "stop"
         assert got == expected
         assert stop not in got
+    shown = client.completions.create(model=MODEL, prompt="The stop test", max_tokens=40, seed=5, stop=[stop],
+                                      extra_body={"include_stop_str_in_output": True})
+    assert shown.choices[0].text == expected + stop and shown.choices[0].finish_reason == "stop"
 
 
 def test_max_tokens_default_fills_context(client):

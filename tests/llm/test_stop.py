@@ -77,3 +77,9 @@ def test_empty_stop_list_passthrough():
         assert not m
         assert m.feed("anything STOP") == ("anything STOP", False)
         assert m.flush() == ""
+
+
+def test_the_stop_string_is_shown_when_asked_for_and_nothing_after_it():
+    """vLLM's include_stop_str_in_output: the matched stop ends the text, whole, across chunks too."""
+    assert StopMatcher(["STOP"], include=True).feed("hello STOP world") == ("hello STOP", True)
+    assert run(StopMatcher(["<end>", "<e"], include=True), ["abc <", "e", "nd> after"]) == ("abc <e", True)
