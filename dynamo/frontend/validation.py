@@ -133,6 +133,9 @@ def _validate_content(req: ChatCompletionRequest) -> None:
     """Text parts, and `image_url` parts whose model reads images (`media_input.py` judges that and the
     URLs): audio and files reach no worker here, and a model that answered without them would answer wrongly."""
     for i, message in enumerate(req.messages):
+        if message.content is None and message.role in ("user", "system", "developer"):
+            # OpenAI's rule: only an assistant message (its tool calls) or a tool result may leave it out
+            raise bad_request(f"a {message.role} message needs `content`", f"messages[{i}].content")
         if not isinstance(message.content, list):
             continue
         for j, part in enumerate(message.content):

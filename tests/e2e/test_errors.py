@@ -262,3 +262,12 @@ def test_responses_refusals_name_the_responses_fields(http):
                  "temperature")
     resp = http.post("/v1/responses", json={"model": MODEL, "input": "hi", "tools": [{"type": "web_search"}]})
     assert_error(resp, 400, "tools[0].type")  # a hosted tool nobody here runs: refused, not ignored
+
+
+def test_a_user_message_without_content_is_a_400(http):
+    resp = http.post("/v1/chat/completions", json=chat(messages=[{"role": "user"}]))
+    assert_error(resp, 400, "messages[0].content")
+    tool_turn = [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [{
+        "id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"}]
+    assert http.post("/v1/chat/completions", json=chat(messages=tool_turn)).status_code == 200
