@@ -12,13 +12,15 @@ Each engine (worker, dp_rank) yields one load value from its latest FPM:
 Scale up when any engine crosses the up threshold; scale down when every engine is
 under the down threshold, unless spreading the busiest engine's load over one replica
 fewer would cross the up threshold again (anti-flap).
+
+Before any of it (every target, `sla` too) the FPMs must cover the pool: `fpm_coverage_gap`.
 """
 
 from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 from dynamo.llm.forward_pass import ForwardPassMetrics
 from dynamo.planner.config import PlannerConfig
@@ -86,6 +88,29 @@ def load_value(kind: str, fpm: ForwardPassMetrics, limits: EngineLimits, absolut
     if kind == "agg":
         kv += q.sum_prefill_tokens
     return kv / limits.max_kv_tokens
+
+
+WORKER_COUNT_MISMATCH = "worker_count_mismatch"  # Dynamo's load-decision reason (its metric state)
+
+
+def fpm_coverage_gap(engines: Iterable[tuple[int, int]], replicas: int) -> str | None:
+    """Why one pool's FPMs cannot speak for the pool, else None (Dynamo 1.6.1
+    `_reconcile_fpm_worker_count`). `engines`: the (instance id, dp rank) of each engine whose FPM
+    counts now; `replicas`: the pool's ready replicas. Distinct workers must equal the replicas, and
+    every worker must report the same number of dp ranks. A replica just started that has not
+    reported yet, or a removed one still reporting, would otherwise let one engine's load decide
+    for the whole pool. No FPM at all is not a gap here: the decision holds for want of data."""
+    ranks: dict[int, set[int]] = {}
+    for worker, dp in engines:
+        ranks.setdefault(worker, set()).add(dp)
+    if not ranks:
+        return None
+    if len(ranks) != replicas:
+        return f"{replicas} ready replica(s), FPMs from {len(ranks)} worker(s)"
+    if len({len(dps) for dps in ranks.values()}) > 1:
+        shown = ", ".join(f"{w:x}: {sorted(dps)}" for w, dps in sorted(ranks.items()))
+        return f"workers report different dp ranks ({shown})"
+    return None
 
 
 def reactive_decision(cfg: PlannerConfig, role: str, engines: list[tuple[ForwardPassMetrics, EngineLimits]],

@@ -43,6 +43,9 @@ class PlannerMetrics:
         self.queued_prefill = gauge("engine_queued_prefill_tokens", "Queued prefill tokens, all engines")
         self.queued_decode = gauge("engine_queued_decode_kv_tokens", "Scheduled+queued decode KV tokens, all engines")
         self.load_decision = gauge("load_scaling_decision", "Last load-loop change per pool (+n/0/-n)", ("role",))
+        self.load_skipped = Counter(f"{P}_load_decisions_skipped", "Load decisions skipped, by pool and reason "
+                                    "(worker_count_mismatch: FPMs do not cover the ready replicas)",
+                                    ("role", "reason"), registry=r)
         self.throughput_decision = gauge("throughput_scaling_decision", "Last throughput-loop change per pool",
                                          ("role",))
         self.gpu_hours = Counter(f"{P}_gpu_hours", "GPU hours held by the scaled pools", registry=r)

@@ -151,9 +151,16 @@ class FpmCollector:
             st.decode_len.add(s.sum_decode_kv_tokens / s.num_decode_requests)
 
     def fresh(self, role: str) -> list[tuple[ForwardPassMetrics, EngineLimits]]:
+        return [(e.latest, e.limits) for e in self._fresh(role).values()]
+
+    def reporting(self, role: str) -> list[tuple[int, int]]:
+        """(instance id, dp rank) of each engine whose FPM counts now: what `fresh` decides on."""
+        return list(self._fresh(role))
+
+    def _fresh(self, role: str) -> dict[tuple[int, int], Engine]:
         horizon = time.monotonic() - self.cfg.fpm_stale_seconds
-        return [(e.latest, e.limits) for e in self.engines.values()
-                if e.role == role and e.latest is not None and e.seen_at >= horizon]
+        return {k: e for k, e in self.engines.items()
+                if e.role == role and e.latest is not None and e.seen_at >= horizon}
 
     def model_name(self) -> str | None:
         seen = next((e.model for e in self.cards.values()), None)

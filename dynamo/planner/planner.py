@@ -10,7 +10,10 @@ Guards, where Dynamo 1.6.1's users got hurt:
 - a scale-up whose replicas are not ready within `replica_ready_timeout_seconds` is
   given up (the pool is set back to its ready count) instead of blocking forever, and
   scale-down stays possible while replicas are pending;
-- the max GPU budget is never exceeded, whatever the loops ask for.
+- the max GPU budget is never exceeded, whatever the loops ask for;
+- as Dynamo, a load tick decides only on FPMs that cover the pool: when the engines reporting
+  differ from the ready replicas (a new replica not reporting yet), the pool holds
+  (`worker_count_mismatch`), and in disagg mode so does the other pool.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dynamo.planner.bootstrap import seed_profile, startup_profile
 from dynamo.planner.budget import fit_budget, gpus
 from dynamo.planner.config import PlannerConfig
 from dynamo.planner.connectors.base import Connector, PoolState
-from dynamo.planner.load_scaling import Decision, reactive_decision
+from dynamo.planner.load_scaling import WORKER_COUNT_MISMATCH, Decision, fpm_coverage_gap, reactive_decision
 from dynamo.planner.metrics import PlannerMetrics
 from dynamo.planner.observe import FpmCollector
 from dynamo.planner.predictors import make_predictor
@@ -114,8 +117,9 @@ class Planner:
         self._seed_once()
         state = await self._state()
         waiting = await self._waiting() if any(state[r].desired == 0 for r in self.cfg.roles) else None
-        decisions = [self._from_zero(role, state[role], waiting) or self._load_decision(role, state[role])
-                     for role in self.cfg.roles]
+        gaps = self._coverage_gaps(state)
+        decisions = [self._from_zero(role, state[role], waiting) or self._skipped(role, state[role], gaps)
+                     or self._load_decision(role, state[role]) for role in self.cfg.roles]
         await self._apply("load", decisions, state)
 
     async def throughput_tick(self) -> None:
@@ -152,6 +156,29 @@ class Planner:
             return None
         target = min(max(1, self.cfg.min_for(role)), self.cfg.max_for(role))
         return Decision(role, 0, target, f"scale from zero: {waiting:g} request(s) waiting for a worker")
+
+    def _coverage_gaps(self, state: dict[str, PoolState]) -> dict[str, str]:
+        """{role: why its FPMs do not cover its ready replicas}, for the pools where they do not."""
+        gaps = {}
+        for role in self.cfg.roles:
+            gap = fpm_coverage_gap(self.collector.reporting(role), state[role].ready)
+            if gap is not None:
+                gaps[role] = gap
+                log.warning("planner: worker count mismatch for %s: %s; load decision skipped", role, gap)
+        return gaps
+
+    def _skipped(self, role: str, pool: PoolState, gaps: dict[str, str]) -> Decision | None:
+        """A hold when the load tick must not decide for `role`: its FPMs do not cover its replicas, or (disagg,
+        as Dynamo's joint decision) the other pool's do not."""
+        if role in gaps:
+            why = f"{role}: {gaps[role]}"
+        elif self.cfg.mode == "disagg" and gaps:
+            other = next(iter(gaps))
+            why = f"{other}: {gaps[other]} (disagg: both pools hold)"
+        else:
+            return None
+        self.metrics.load_skipped.labels(role, WORKER_COUNT_MISMATCH).inc()
+        return Decision(role, pool.desired, pool.desired, f"{WORKER_COUNT_MISMATCH}: {why}; load decision skipped")
 
     def _load_decision(self, role: str, pool: PoolState) -> Decision:
         engines = self.collector.fresh(role)

@@ -3,7 +3,8 @@ disaggregated mocker graph of `examples/backends/mocker/deploy/disagg_planner.ya
 written for Kubernetes: no `environment`, no control URL). `run` injects its control endpoint; the
 planner maps `kubernetes` to its local connector, finds the prefill/decode pools by subComponentType,
 scales up under a burst and back down after it, with a trickle running throughout. Zero requests
-may fail."""
+may fail, and no scale-up may be decided on FPMs from fewer engines than the pool has replicas (the
+audit's decode 2 -> 3 on one engine's FPM while the new replica had not reported)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 from tests.deploy.helpers import DeployRun
 from tests.fixtures.procs import REPO, http_get, metric_value, wait_until
+from tests.planner.helpers import scale_ups_on_partial_fpms
 from tests.planner.test_e2e_local import MODEL, Load
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -61,6 +63,7 @@ def test_planner_component_scales_its_graph_under_deploy_run(tmp_path: Path, tin
             assert f"planner decision [load] {role} 1 -> 2 (applied)" in text, text[-4000:]
             assert re.search(rf"scale {POOLS[role]} to 2 replica\(s\)", text)
         assert "planner decision [load]" in text and re.search(r" 2 -> 1 \(applied\)", text)
+        assert scale_ups_on_partial_fpms(text) == []
         (planner,) = run.replicas("Planner")
         assert planner["restarts"] == 0 and planner["state"] == "ready"
     finally:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.deploy.helpers import DeployRun, chat
 from tests.fixtures.procs import REPO, Proc, free_port, http_get, metric_value, wait_until
-from tests.planner.helpers import deploy_kv_dir
+from tests.planner.helpers import deploy_kv_dir, scale_ups_on_partial_fpms
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 MODEL = "tiny-llama"
@@ -94,6 +94,7 @@ def test_planner_scales_local_graph_up_and_down_without_failures(tmp_path: Path,
         log = planner.log_path.read_text()
         assert "planner decision [load] decode 1 -> 2 (applied)" in log, log[-3000:]
         assert f"decode {up_to} -> {up_to - 1} (applied)" in log
+        assert scale_ups_on_partial_fpms(log) == []  # each scale-up saw every replica's FPM
         _, body = http_get(f"http://127.0.0.1:{metrics_port}/metrics")
         assert metric_value(body.decode(), "dynamo_planner_num_decode_replicas") == 1.0
         assert (metric_value(body.decode(), "dynamo_planner_fpm_messages_total") or 0) > 10

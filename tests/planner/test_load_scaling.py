@@ -1,5 +1,6 @@
 """Targets `throughput`, `latency` and `load`: Dynamo 1.6.1's thresholds on worked examples
-(reference §1.4), the anti-flap guard, min/max endpoints and scale to zero."""
+(reference §1.4), the anti-flap guard, min/max endpoints and scale to zero; the FPM coverage a
+load decision needs (Dynamo's `_reconcile_fpm_worker_count`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 
 from dynamo.llm.forward_pass import ForwardPassMetrics, QueuedRequests, ScheduledRequests
 from dynamo.planner.config import PlannerConfig
-from dynamo.planner.load_scaling import EngineLimits, load_value, reactive_decision
+from dynamo.planner.load_scaling import EngineLimits, fpm_coverage_gap, load_value, reactive_decision
 
 LIM = EngineLimits(context_length=8192, max_kv_tokens=10_000, max_num_batched_tokens=2048, max_num_seqs=64)
 
@@ -103,6 +104,27 @@ def test_scale_to_zero_only_when_idle():
 def test_no_reports_hold():
     d = decide(cfg(mode="disagg"), "decode", [], 2)
     assert d.target == 2 and "no engine reports" in d.reason
+
+
+def test_fpms_from_fewer_workers_than_replicas_do_not_cover_the_pool():
+    # the audit's case: a second replica is ready, only the first has reported
+    assert fpm_coverage_gap([(0xA, 0)], 2) == "2 ready replica(s), FPMs from 1 worker(s)"
+    assert fpm_coverage_gap([(0xA, 0), (0xB, 0)], 2) is None
+    # a removed worker's FPM still counted: more workers than replicas
+    assert fpm_coverage_gap([(0xA, 0), (0xB, 0), (0xC, 0)], 2) == "2 ready replica(s), FPMs from 3 worker(s)"
+    assert fpm_coverage_gap([(0xA, 0)], 0) is not None
+
+
+def test_fpm_coverage_counts_workers_not_dp_ranks_and_wants_the_same_ranks_from_each():
+    both = [(0xA, 0), (0xA, 1), (0xB, 0), (0xB, 1)]
+    assert fpm_coverage_gap(both, 2) is None  # 4 engines, 2 workers of dp 2
+    assert fpm_coverage_gap(both, 4) == "4 ready replica(s), FPMs from 2 worker(s)"
+    gap = fpm_coverage_gap([(0xA, 0), (0xA, 1), (0xB, 0)], 2)  # B's rank 1 has not reported
+    assert gap is not None and "different dp ranks" in gap and "b: [0]" in gap
+
+
+def test_no_fpm_at_all_is_not_a_coverage_gap():
+    assert fpm_coverage_gap([], 2) is None  # the decision holds for want of data instead
 
 
 def test_load_target_requires_its_thresholds():
