@@ -12,8 +12,8 @@ What vLLM reports, and how each field is filled:
   per-request lengths; the variances are left 0);
 - queued prefill: waiting requests, tokens estimated with the running average prompt
   length of finished requests.
-vLLM reports nothing while idle, so a record showing no running or waiting request is
-followed by the all-zero heartbeat (which the relay repeats). `record` runs on the engine's output task; the FPM is handed to the relay on the loop
+vLLM reports nothing while idle, so the engine's start and a record showing no running or waiting
+request are followed by the all-zero heartbeat (which the relay repeats). `record` runs on the engine's output task; the FPM is handed to the relay on the loop
 that created the logger (thread-safe).
 """
 
@@ -90,6 +90,8 @@ def fpm_stat_logger_factory(push: Callable[[ForwardPassMetrics], None], worker_i
                 loop.call_soon_threadsafe(push, self.deriver.heartbeat())
 
         def log_engine_initialized(self) -> None:
-            pass
+            # An idle engine from the start: the planner counts the engines reporting FPMs against the
+            # replicas, and a replica that stayed silent until its first request would hold its pool.
+            loop.call_soon_threadsafe(push, self.deriver.heartbeat())
 
     return ForwardPassStatLogger
