@@ -1,11 +1,15 @@
-"""The Dynamo operator's contract with a service's pods, shared by `run` and `render`:
-the environment it injects and the probes it defaults to.
+"""The Dynamo operator's contract with a service's pods, shared by `run`, `render` and `validate`:
+the command it runs when the manifest gives none, the environment it injects, the ports a pod
+serves on and the probes it defaults to.
 
-Injected env: `DYN_NAMESPACE` = `{k8s namespace}-{DGD name}`, `DYN_PARENT_DGD_K8S_NAME`,
-`DYN_DISCOVERY_BACKEND`, `DYN_SYSTEM_ENABLED` + `DYN_SYSTEM_PORT` (9090) for workers,
-`DYNAMO_PORT` (the frontend's HTTP port), `POD_NAME` / `POD_NAMESPACE` (downward API).
-Probes: frontend liveness GET `/health` on the HTTP port and readiness "`/health` says
-healthy"; workers liveness `/live`, readiness `/health`, startup `/live` on the system port.
+Default command: `python3 -m dynamo.frontend` / `python3 -m dynamo.planner`, the manifest's `args`
+(if any) after it. Injected env: `DYN_NAMESPACE` = `{k8s namespace}-{DGD name}`,
+`DYN_PARENT_DGD_K8S_NAME`, `DYN_DISCOVERY_BACKEND`, `DYN_SYSTEM_ENABLED` + `DYN_SYSTEM_PORT` for
+workers, `DYNAMO_PORT` + `DYN_HTTP_PORT` (the frontend's HTTP port), `POD_NAME` / `POD_NAMESPACE`
+(downward API). Ports: 8000 / 9090 unless the manifest moves them (`--http-port`, `DYN_HTTP_PORT`,
+`DYN_SYSTEM_PORT`). Probes: frontend liveness GET `/health` on the HTTP port and readiness
+"`/health` says healthy"; workers liveness `/live`, readiness `/health`, startup `/live` on the
+system port.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from dynamo.deploy import expansion
 from dynamo.deploy.commands import flag_value, parse_command
 from dynamo.deploy.model import EnvVar, Graph, Probe, Service
 
@@ -37,12 +42,26 @@ DEFAULT_COMMANDS = {"frontend": ["python3", "-m", "dynamo.frontend"], "planner":
 
 
 def command_of(svc: Service) -> tuple[list[str] | None, list[str] | None, bool]:
-    """(command, args, defaulted) the main container runs; both None: nothing to run."""
+    """(command, args, defaulted) the main container runs; both None: nothing to run. A frontend or
+    planner without a `command` runs the operator's default with the manifest's `args` after it (as a
+    container's args follow its image's entrypoint), so `args: [--http-port, "8787"]` alone is enough."""
     main = svc.container
-    if main.command or main.args:
-        return main.command, main.args, False
     default = DEFAULT_COMMANDS.get(svc.componentType or "")
-    return (list(default), None, True) if default else (None, None, False)
+    if main.command or not default:
+        return main.command, main.args, False
+    return list(default), main.args, True
+
+
+def expanded_command(svc: Service, env: dict[str, str]) -> tuple[list[str] | None, list[str] | None]:
+    """The command and args after Kubernetes' `$(VAR)` expansion against `env` (see `expansion`)."""
+    command, args, _ = command_of(svc)
+    return expansion.expand_all(command, env), expansion.expand_all(args, env)
+
+
+def env_entries(svc: Service, graph: Graph | None = None) -> list[EnvVar]:
+    """The env list the manifest gives the main container, in the order the kubelet reads it: the graph's
+    `spec.envs` (when `graph` is given), the service's `envs`, the container's own."""
+    return [*((graph.spec.envs or []) if graph else []), *(svc.envs or []), *(svc.container.env or [])]
 
 
 def dynamo_namespace(graph: Graph, k8s_namespace: str | None = None) -> str:
@@ -101,7 +120,33 @@ def env_list(envs: list[EnvVar] | None) -> dict[str, str]:
 def service_env(svc: Service, graph: Graph | None = None) -> dict[str, str]:
     """The plain-value env the manifest gives the service's main container: the graph's `spec.envs` (when
     `graph` is given), the service's `envs`, then the container's own (a later one wins)."""
-    return env_list([*((graph.spec.envs or []) if graph else []), *(svc.envs or []), *(svc.container.env or [])])
+    return env_list(env_entries(svc, graph))
+
+
+def http_port(svc: Service, graph: Graph | None = None) -> int:
+    """The port a frontend serves HTTP on in its pod, in its own config's order: `--http-port`, else
+    DYN_HTTP_PORT, else DYNAMO_PORT from the manifest's env, else 8000 (a value not known here: 8000)."""
+    env = expansion.expand_env(env_entries(svc, graph), {})
+    command, args = expanded_command(svc, env)
+    flags = next((inv.args for inv in parse_command(command, args).invocations if inv.module == "dynamo.frontend"), [])
+    value = flag_value(flags, ("--http-port",)) or env.get("DYN_HTTP_PORT") or env.get("DYNAMO_PORT")
+    return _port(value, FRONTEND_PORT)
+
+
+def system_port(svc: Service, graph: Graph | None = None) -> int:
+    """The port a worker's system server (health, metrics) listens on in its pod: the manifest's
+    DYN_SYSTEM_PORT, else the operator's 9090."""
+    return _port(expansion.expand_env(env_entries(svc, graph), {}).get("DYN_SYSTEM_PORT"), K8S_SYSTEM_PORT)
+
+
+def pod_port(svc: Service, graph: Graph | None = None) -> int:
+    """The port a pod's Service, probes and scrape annotation use: a frontend's HTTP port, else its system port."""
+    return http_port(svc, graph) if is_frontend(svc) else system_port(svc, graph)
+
+
+def _port(value: str | None, default: int) -> int:
+    value = (value or "").strip()
+    return int(value) if value.isdigit() and 0 < int(value) < 65536 else default
 
 
 def _http(path: str, port: int | str) -> dict[str, Any]:

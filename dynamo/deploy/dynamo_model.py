@@ -172,7 +172,8 @@ class AdapterReconciler:
 
 def add_sidecars(objects: list[dict[str, Any]], graph: Graph, models: list[DynamoModel], system_port: int,
                  k8s_name) -> None:
-    """Add a loader sidecar for each adapter to the Deployments of its matching services."""
+    """Add a loader sidecar for each adapter to the Deployments of its matching services; it reaches the
+    worker on the pod's `system` port (`system_port` where the pod names none)."""
     by_name = {obj["metadata"]["name"]: obj for obj in objects if obj.get("kind") == "Deployment"}
     for dm in (m for m in models if m.is_adapter):
         for service in matching_services(graph, dm):
@@ -181,10 +182,13 @@ def add_sidecars(objects: list[dict[str, Any]], graph: Graph, models: list[Dynam
                 continue
             pod = deployment["spec"]["template"]["spec"]
             image = pod["containers"][0].get("image")
+            # the worker's system port as rendered (the manifest may move it with DYN_SYSTEM_PORT)
+            port = next((p["containerPort"] for p in pod["containers"][0].get("ports", [])
+                         if isinstance(p, dict) and p.get("name") == "system"), system_port)
             pod["containers"].append({
                 "name": f"lora-{k8s_name(dm.spec.modelName)}"[:63], "image": image,
                 "command": ["python3", "-m", "dynamo.deploy.dynamo_model"],
-                "args": ["--port", str(system_port), "--name", dm.spec.modelName,
+                "args": ["--port", str(port), "--name", dm.spec.modelName,
                          "--uri", dm.spec.source.uri],  # type: ignore[union-attr]
                 "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}},
             })

@@ -118,17 +118,12 @@ def check_args(module: str, args: list[str]) -> FlagCheck:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
                 sub.error = _raise  # type: ignore[method-assign]
-    # A shell list (`"${frontend_args[@]}"`, `$*`) expands to any number of words, flags included:
-    # what it holds is the script's, unknown here.
-    lists = [a for a in args if _SHELL_LIST.fullmatch(a)]
-    spread = [f"{module}: the arguments {a} expands to (a shell list) are not checked" for a in lists]
-    # Values filled in by the shell or by Kubernetes (`$(VAR)`) are unknown here: use a
-    # neutral stand-in that passes int, float and str flags.
-    concrete = ["0" if "$" in a and not a.startswith("-") else a for a in args if a not in lists]
-    concrete, prepared = _prepare(module, concrete)
     compat = _compat_flags(module)
     if compat is not None:
         compat.add_to(parser)
+    concrete, spread = _without_unknown_values(parser, args)
+    spread = [f"{module}: {text}" for text in spread]
+    concrete, prepared = _prepare(module, concrete)
     try:
         namespace, unknown = parser.parse_known_args(concrete)
         ignored = compat.check(namespace, _raise) if compat is not None else []
@@ -139,6 +134,51 @@ def check_args(module: str, args: list[str]) -> FlagCheck:
     errors = [f"{module}: unknown flag {a}" if a.startswith("-") else f"{module}: unexpected argument {a!r}"
               for a in unknown] + [f"{module}: {p}" for p in _content_problems(module, args)]
     return FlagCheck(errors, spread + [f"{module}: {text}" for text in prepared + ignored])
+
+
+def _without_unknown_values(parser: argparse.ArgumentParser, args: list[str]) -> tuple[list[str], list[str]]:
+    """`args` ready to parse when some words are filled in where the program runs (`$VAR`, `${VAR}`, a
+    Kubernetes `$(VAR)` whose value is not known here), and what is not checked because of them. Such a
+    word as a flag's value becomes a stand-in that flag accepts (the value is not type-checked); in a
+    flag's place it may hold any number of words, flags included (`$EXTRA_ARGS`), so it is left out and
+    named in a warning, as a shell list (`"${args[@]}"`, `$*`) is."""
+    out, notes = [], []
+    for i, arg in enumerate(args):
+        if "$" not in arg:
+            out.append(arg)
+        elif arg.startswith("-") and "=" in arg:  # --flag=$VALUE
+            flag = arg.split("=", 1)[0]
+            action = parser._option_string_actions.get(flag)
+            out.append(f"{flag}={_stand_in(action)}" if action is not None else arg)
+        elif not _SHELL_LIST.fullmatch(arg) and i > 0 and _takes_value(parser, args[i - 1]):
+            out.append(_stand_in(parser._option_string_actions[args[i - 1]]))
+        elif arg.startswith("-"):
+            out.append(arg)  # a flag's name is never filled in; an unknown one is reported as such
+        else:
+            kind = "a shell list" if _SHELL_LIST.fullmatch(arg) else "its value is not known here"
+            shown = "$(...)" if arg == "$" else arg  # a shell script's `$(...)` reaches us cut at the `(`
+            notes.append(f"the arguments {shown} expands to ({kind}) are not checked")
+    return out, notes
+
+
+def _takes_value(parser: argparse.ArgumentParser, word: str) -> bool:
+    action = parser._option_string_actions.get(word)
+    return action is not None and action.nargs != 0
+
+
+def _stand_in(action: argparse.Action | None) -> str:
+    """A value `action` accepts, standing in for one not known here (never shown: it always parses)."""
+    choices = list(action.choices) if action is not None and action.choices else []
+    convert = action.type if action is not None and callable(action.type) else str
+    candidates = [str(getattr(c, "value", c)) for c in choices[:1]] + [str(c) for c in choices[:1]]
+    for candidate in [*candidates, "0", "1", "x", "{}", "[]"]:
+        try:
+            value = convert(candidate)
+        except Exception:  # any conversion error: try the next candidate
+            continue
+        if not choices or value in choices:
+            return candidate
+    return candidates[0] if candidates else "0"
 
 
 def _prepare(module: str, args: list[str]) -> tuple[list[str], list[str]]:

@@ -1,6 +1,8 @@
 """What `run` starts for each service replica: argv, environment, working dir, ports and
 probes, derived from the manifest plus what the operator would inject, adapted to one
-machine (free ports instead of 9090/8000, a private file discovery dir, local paths)."""
+machine (free ports instead of 9090/8000, a private file discovery dir, local paths).
+`$(VAR)` references in env values, command and args are expanded as the kubelet expands
+them (`expansion`), with the values this replica gets."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from dynamo.deploy import config_maps, contract, local
+from dynamo.deploy import config_maps, contract, expansion, local
 from dynamo.deploy.commands import MODEL_FLAGS, CommandLine, flag_value, parse_command, set_flag, swap_model
 from dynamo.deploy.devices import DeviceLedger, detect_gpus
 from dynamo.deploy.model import Graph, Service
@@ -104,7 +106,12 @@ class ServicePlan:
         self.gpus = svc.gpus()
         self.discovery = discovery
         self.command, self.args, _ = contract.command_of(svc)
-        self.line: CommandLine = parse_command(self.command, self.args)
+        self.env_entries = contract.env_entries(svc, graph)
+        # An envFrom Secret's keys come from this shell here (as its values do), so `$(HF_TOKEN)` resolves.
+        self.env_from = dict(opts.environ) if svc.envFromSecret or svc.container.envFrom else {}
+        self.line: CommandLine = self._command(expansion.expand_env(self.env_entries, self.env_from))
+        # The ports the manifest's own probes name in Kubernetes (8000 / 9090 unless it moves them).
+        self.k8s_http, self.k8s_system = contract.http_port(svc, graph), contract.system_port(svc, graph)
         self.mounts = {point: path for pvc, path in opts.volumes.items() for point in local.mount_points(svc, pvc)}
         self.mounts.update(config_maps.mounts(svc, opts.config_maps, os.path.join(opts.state_dir, "configmaps")))
         self.ports: dict[int, tuple[int | None, int | None]] = {}
@@ -119,9 +126,13 @@ class ServicePlan:
     def modules(self) -> list[str]:
         return self.line.modules
 
+    def _command(self, env: dict[str, str]) -> CommandLine:
+        """The container's command line after Kubernetes' `$(VAR)` expansion against `env`."""
+        return parse_command(*contract.expanded_command(self.svc, {**self.env_from, **env}))
+
     def check_model(self) -> None:
         """Fail before starting anything when a worker's model cannot be found here."""
-        for inv in parse_command(self.command, self.args).invocations:
+        for inv in self._command(expansion.expand_env(self.env_entries, self.env_from)).invocations:
             if inv.module in MODEL_MODULES:
                 inv.args = [local.map_volumes(a, self.mounts) for a in inv.args]
                 try:
@@ -136,9 +147,10 @@ class ServicePlan:
             self.ports[index] = (http, system)
         return self.ports[index]
 
-    def _argv(self, http: int | None, tmp_dir: str, routes: int | None = None) -> list[str]:
-        """The replica's argv; a frontend's `--http-port` is `http`, a KServe frontend's HTTP routes `routes`."""
-        line = parse_command(self.command, self.args)
+    def _argv(self, env: dict[str, str], http: int | None, tmp_dir: str, routes: int | None = None) -> list[str]:
+        """The replica's argv, `$(VAR)` expanded against its container `env`; a frontend's `--http-port` is
+        `http`, a KServe frontend's HTTP routes `routes`."""
+        line = self._command(env)
         line.tokens = [local.map_volumes(t, self.mounts) for t in line.tokens]
         for inv in line.invocations:
             inv.args = [local.map_volumes(a, self.mounts) for a in inv.args]
@@ -170,24 +182,18 @@ class ServicePlan:
         shutil.rmtree(tmp_dir, ignore_errors=True)  # a restarted container starts with an empty /tmp
         os.makedirs(tmp_dir)
         env = dict(self.opts.environ)
-        manifest_env = {**contract.env_list(self.graph.spec.envs), **contract.env_list(self.svc.envs),
-                        **contract.env_list(self.svc.container.env)}
+        pinned = self._pod_env(index, http, system)
+        # The manifest's entries for what `run` pins (local ports, discovery) would be overridden below:
+        # left out, so a `$(DYN_SYSTEM_PORT)` expands to the port the replica really has.
+        manifest_env = expansion.expand_env([e for e in self.env_entries if e.name not in pinned],
+                                            {**self.env_from, **pinned})
         for key, value in manifest_env.items():
             value = local.private_tmp(local.map_volumes(value, self.mounts), tmp_dir)
             if key in local.HF_ENV and value.startswith("/") and not os.path.exists(value):
                 continue  # a cache on a PVC this machine lacks: use the local HF cache instead
             env[key] = value
-        injected = contract.injected_env(self.graph, self.svc, k8s_namespace=self.opts.namespace,
-                                         discovery=self.discovery["DYN_DISCOVERY_BACKEND"],
-                                         system_port=system or contract.K8S_SYSTEM_PORT,
-                                         http_port=http or contract.FRONTEND_PORT)
-        user_ns = env.get("DYN_NAMESPACE") if "DYN_NAMESPACE" in contract.env_list(self.svc.envs) else None
-        env.update(injected)
-        env.update(self.discovery)
-        if user_ns:
-            env["DYN_NAMESPACE"] = user_ns
-        env["POD_NAME"] = contract.k8s_name(self.graph.metadata.name, self.name, str(index))
-        env["POD_NAMESPACE"] = self.opts.namespace or self.graph.metadata.namespace or "default"
+        env.update(pinned)
+        container_env = {**manifest_env, **pinned}  # what the kubelet expands command and args against
         env["PYTHONUNBUFFERED"] = "1"
         env["TMPDIR"] = tmp_dir
         # `python3` in shell commands and exec probes is this interpreter, as in the image.
@@ -203,9 +209,23 @@ class ServicePlan:
         if "dynamo.global_planner" in self.modules:  # it budgets and scales the file's graphs through these
             env["DYN_DEPLOY_CONTROL_URLS"] = json.dumps(self.opts.control_urls)
         probes = contract.default_probes(self.svc, routes or 0, system or 0)
-        return Launch(argv=self._argv(http, tmp_dir, routes), env=env, cwd=local_workdir(self.svc.container.workingDir),
-                      http_port=routes, system_port=system,
+        return Launch(argv=self._argv(container_env, http, tmp_dir, routes), env=env,
+                      cwd=local_workdir(self.svc.container.workingDir), http_port=routes, system_port=system,
                       probes={k: local.private_tmp_probe(p, tmp_dir) for k, p in probes.items()})
+
+    def _pod_env(self, index: int, http: int | None, system: int | None) -> dict[str, str]:
+        """What the operator and Kubernetes set in the replica's container, with this machine's values (local
+        ports, discovery); a `DYN_NAMESPACE` among the service's `envs` is the manifest's to set."""
+        pinned = contract.injected_env(self.graph, self.svc, k8s_namespace=self.opts.namespace,
+                                       discovery=self.discovery["DYN_DISCOVERY_BACKEND"],
+                                       system_port=system or contract.K8S_SYSTEM_PORT,
+                                       http_port=http or contract.FRONTEND_PORT)
+        pinned.update(self.discovery)
+        if "DYN_NAMESPACE" in contract.env_list(self.svc.envs):
+            del pinned["DYN_NAMESPACE"]
+        pinned["POD_NAME"] = contract.k8s_name(self.graph.metadata.name, self.name, str(index))
+        pinned["POD_NAMESPACE"] = self.opts.namespace or self.graph.metadata.namespace or "default"
+        return pinned
 
     def gpu_slice(self, index: int) -> list[str]:
         """`resources.limits.gpu` devices for replica `index` (shared only when every device is taken)."""
@@ -225,7 +245,9 @@ class ServicePlan:
             return launch.http_port
         if port in (contract.FRONTEND_PORT, "http") or (self.frontend and port == launch.http_port):
             return launch.http_port
-        if port in (contract.K8S_SYSTEM_PORT, "system"):
+        if self.frontend and str(port) == str(self.k8s_http):  # the manifest moved its HTTP port
+            return launch.http_port
+        if port in (contract.K8S_SYSTEM_PORT, "system") or (launch.system_port and str(port) == str(self.k8s_system)):
             return launch.system_port
         return int(port) if isinstance(port, int) or str(port).isdigit() else None
 

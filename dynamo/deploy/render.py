@@ -93,7 +93,9 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
 def _container(graph: Graph, name: str, svc: Service, port: int, k8s_ns: str | None,
                discovery: str = "etcd") -> dict[str, Any]:
     main = svc.container
-    injected = contract.injected_env(graph, svc, k8s_namespace=k8s_ns, discovery=discovery)
+    # `port` is the pod's: the frontend's HTTP port or a worker's system port, as the manifest sets it.
+    injected = contract.injected_env(graph, svc, k8s_namespace=k8s_ns, discovery=discovery,
+                                     system_port=port, http_port=port)
     shared = {"DYN_NAMESPACE", "DYN_PARENT_DGD_K8S_NAME", "DYN_DISCOVERY_BACKEND"}  # in the ConfigMap
     env = [{"name": k, "value": v} for k, v in injected.items() if k not in shared]
     if svc.dynamoNamespace:
@@ -107,6 +109,9 @@ def _container(graph: Graph, name: str, svc: Service, port: int, k8s_ns: str | N
     if svc.componentType == "planner":  # no DGD here: it scales the graph's Deployments
         env.append({"name": planner_scaling.SELECTOR_ENV,
                     "value": planner_scaling.selector(contract.k8s_name(graph.metadata.name))})
+    # Kubernetes expands `$(VAR)` in env entries, never in a ConfigMap's values: a graph-wide value that
+    # refers to another variable is an entry of its own, as the operator's merged env list has it.
+    env += _env_entries([e for e in graph.spec.envs or [] if "$(" in (e.value or "")])
     env += _env_entries(svc.envs) + _env_entries(main.env)
     env_from: list[dict[str, Any]] = [{"configMapRef": {"name": contract.k8s_name(graph.metadata.name, "env")}}]
     if svc.envFromSecret:
@@ -202,7 +207,7 @@ def service_objects(graph: Graph, name: str, svc: Service, k8s_ns: str | None,
                     known_secrets: list[tuple[str, str]] = (), warnings: list[str] | None = None,
                     discovery: str = "etcd") -> list[dict[str, Any]]:
     obj_name = contract.k8s_name(graph.metadata.name, name)
-    port = contract.FRONTEND_PORT if contract.is_frontend(svc) else contract.K8S_SYSTEM_PORT
+    port = contract.pod_port(svc, graph)  # the manifest's own HTTP / system port, else 8000 / 9090
     selector = {"nvidia.com/dynamo-graph-deployment-name": contract.k8s_name(graph.metadata.name),
                 "nvidia.com/dynamo-component": contract.k8s_name(name)}
     labels = {**(svc.labels or {}), **selector, "nvidia.com/dynamo-component-type": svc.componentType or "worker",

@@ -1,5 +1,8 @@
 """`python -m dynamo.deploy validate FILE...`: schema, image and command-line checks of
-DGD manifests. Every finding names its path; command-line findings name the service."""
+DGD manifests. Every finding names its path; command-line findings name the service.
+Command lines are checked as the container runs them: the operator's default command before
+`args` where it gives one, and Kubernetes' `$(VAR)` references expanded wherever the manifest
+fixes the value (see `expansion`)."""
 
 from __future__ import annotations
 
@@ -11,8 +14,8 @@ from typing import Any
 import msgspec
 import yaml
 
-from dynamo.deploy import autoscalers, config_maps, model, scale_to_zero, templates, v1beta1
-from dynamo.deploy.commands import flag_value, parse_command, probe_files
+from dynamo.deploy import autoscalers, config_maps, contract, expansion, model, scale_to_zero, templates, v1beta1
+from dynamo.deploy.commands import CommandLine, flag_value, parse_command, probe_files
 from dynamo.deploy.contract import command_of, exec_probes
 from dynamo.deploy.parsers import check_args
 from dynamo.deploy.schema_walk import join_path
@@ -53,7 +56,31 @@ EPP_UNSUPPORTED = ("is an EPP (the Gateway API Inference Extension's endpoint pi
                    "deploy this manifest with the Dynamo operator")
 
 
-def check_services(services: dict[str, model.Service], report: Report, paths: Paths) -> None:
+def known_env(svc: model.Service, graph: model.Graph | None = None) -> dict[str, str]:
+    """The container env values fixed by the manifest, for `$(VAR)` expansion: the operator's ports, then
+    the env list (`valueFrom` entries, Secrets and the pod's downward-API values are known only in the pod)."""
+    port = str(contract.pod_port(svc, graph))
+    injected = ({"DYNAMO_PORT": port, "DYN_HTTP_PORT": port} if contract.is_frontend(svc)
+                else {"DYN_SYSTEM_ENABLED": "true", "DYN_SYSTEM_PORT": port} if contract.has_system_port(svc) else {})
+    return {**injected, **expansion.expand_env(contract.env_entries(svc, graph), injected)}
+
+
+def undefined_references(svc: model.Service, line: CommandLine, graph: model.Graph | None) -> list[str]:
+    """`$(NAME)` words of an exec-form command line that nothing in the container's env defines: Kubernetes
+    passes them as written. (A shell script's `$(...)` is the shell's command substitution; an envFrom
+    source may define any name.)"""
+    if line.shell or svc.envFromSecret or svc.container.envFrom:
+        return []
+    defined = {e.name for e in contract.env_entries(svc, graph)} | {"POD_NAME", "POD_NAMESPACE", "POD_IP", "POD_UID"}
+    defined |= {"DYN_NAMESPACE", "DYN_PARENT_DGD_K8S_NAME", "DYN_DISCOVERY_BACKEND", "ETCD_ENDPOINTS"}
+    defined |= set(known_env(svc, graph))
+    command, args, _ = command_of(svc)  # as written: a `$$(NAME)` escape is no reference
+    refs = dict.fromkeys(r for word in [*(command or []), *(args or [])] for r in expansion.unresolved(word))
+    return [r for r in refs if r[2:-1] not in defined]
+
+
+def check_services(services: dict[str, model.Service], report: Report, paths: Paths,
+                   graph: model.Graph | None = None) -> None:
     for name, svc in services.items():
         where, main_path = paths[name]
         if svc.componentType == "epp":
@@ -62,8 +89,7 @@ def check_services(services: dict[str, model.Service], report: Report, paths: Pa
         container = svc.container
         if not container.image:
             report.errors.append(f"{main_path}.image: required (service {name} has no image)")
-        command, args, _ = command_of(svc)
-        line = parse_command(command, args)
+        line = parse_command(*contract.expanded_command(svc, known_env(svc, graph)))
         if svc.componentType is None and not any(inv.module in UNTYPED_SERVICES for inv in line.invocations):
             report.warnings.append(f"{where}: no component type; treated as a worker")
         if svc.multinode and svc.multinode.nodeCount > 1:
@@ -76,6 +102,9 @@ def check_services(services: dict[str, model.Service], report: Report, paths: Pa
             continue
         if not line.invocations:
             report.warnings.append(f"{where}: command runs no `python -m dynamo.*` module; not checked")
+        for ref in undefined_references(svc, line, graph):
+            report.warnings.append(f"{main_path}.args: service {name}: {ref} is not defined in the container's env; "
+                                   "Kubernetes passes it as written")
         for inv in line.invocations:
             result = check_args(inv.module, inv.args)
             report.errors += [f"{main_path}.args: service {name}: {e}" for e in result.errors]
@@ -113,7 +142,7 @@ def validate_document(doc: Any, report: Report, index: int) -> None:
         paths = {n: (f"spec.services.{n}", f"spec.services.{n}.extraPodSpec.mainContainer")
                  for n in graph.spec.services}
     report.graphs.append(graph)
-    check_services(graph.spec.services, report, paths)
+    check_services(graph.spec.services, report, paths, graph)
 
 
 def readable_services(doc: Any, bad: set[str], beta: bool) -> tuple[dict[str, model.Service], Paths]:
