@@ -3,7 +3,8 @@
     GET  /status                       -> {"graph", "services": {name: replicas},
                                            "components": {name: {componentType, subComponentType}}, "replicas": [...],
                                            "autoscalers": [{autoscaler, service, metrics, decided, ...}]}
-    POST /scale {"service": S, "replicas": N}  -> 200 with the new status; 404 unknown service
+    POST /scale {"service": S, "replicas": N}  -> 200 with the new status; 404 unknown service;
+                                          400 a bad body or N outside 0..MAX_REPLICAS (64)
     GET  /prometheus/targets           -> Prometheus HTTP service discovery (`http_sd_configs`): every
                                           running replica's metrics port, labelled as Dynamo's PodMonitors
                                           label pods (namespace, dynamo_namespace, service, pod, ...)
@@ -22,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from dynamo.deploy.supervisor import Supervisor
+from dynamo.deploy.supervisor import MAX_REPLICAS, Supervisor
 from dynamo.runtime.asgi import EmbeddedHttpServer, read_body, send_json
 
 
@@ -112,6 +113,10 @@ def scale_main(url: str, assignment: str | None) -> int:
         if not sep or not value.strip().isdigit():
             print("expected SERVICE=REPLICAS", file=sys.stderr)
             return 2
+        if int(value) > MAX_REPLICAS:  # the endpoint refuses it too; say so without a round trip
+            print(f"error: {service}: replicas {int(value)} is more than run's limit of {MAX_REPLICAS} per service",
+                  file=sys.stderr)
+            return 2
         body = json.dumps({"service": service, "replicas": int(value)}).encode()
         req = urllib.request.Request(url + "/scale", data=body, method="POST",
                                      headers={"content-type": "application/json"})
@@ -119,8 +124,16 @@ def scale_main(url: str, assignment: str | None) -> int:
             print(json.dumps(json.load(resp)["services"]))
         return 0
     except urllib.error.HTTPError as exc:
-        print(f"error {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
+        print(f"error {exc.code}: {_error_text(exc.read())}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"cannot reach {url}: {exc}", file=sys.stderr)
         return 1
+
+
+def _error_text(body: bytes) -> str:
+    """The endpoint's {"error": ...} as its message alone; any other body as it came."""
+    try:
+        return str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        return body.decode(errors="replace")

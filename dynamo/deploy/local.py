@@ -9,6 +9,9 @@
 - Hugging Face cache paths: a model given in HF's cache layout
   (`<HF_HOME>/hub/models--ORG--NAME/snapshots/REV`, the layout a `modelCache` PVC holds)
   resolves in this machine's HF cache (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub).
+- Hugging Face ids (`Qwen/Qwen3-0.6B`, what the profiler's DGDs name): looked up in the same caches as
+  the workers do; one not cached is fetched once (config and tokenizer files, as Dynamo's mocker
+  prefetches them), so a model that cannot be had stops `run` before any replica crash-loops on it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from dynamo.deploy.model import Service
+from dynamo.worker.hub_cache import cached_snapshot, is_repo_id
+from dynamo.worker.model_files import local_model_dir
 
 log = logging.getLogger("dynamo.deploy")
 
@@ -108,8 +113,35 @@ def resolve_hf_snapshot(path: str, environ: dict[str, str]) -> str:
                       "or pass --model DIR")
 
 
+def resolve_hub_id(model_id: str, environ: dict[str, str]) -> str:
+    """A worker's Hugging Face id as it can load here. Cached in the workers' own cache (the first of
+    `hf_hubs`): the id, unchanged, so an engine that needs weights still fetches missing ones itself.
+    Cached in another of this machine's caches only: that snapshot directory (the worker would not look
+    there). Not cached: its config and tokenizer are fetched into the workers' cache now, once for every
+    replica; LookupError (before anything starts) when that fails: offline, unknown or gated."""
+    hubs = hf_hubs(environ)
+    for i, hub in enumerate(hubs):
+        snapshot = cached_snapshot(model_id, cache_dir=hub)
+        if snapshot:
+            return model_id if i == 0 else snapshot
+    try:
+        local_model_dir(model_id)  # this process's default cache: the workers' (same environment)
+    except Exception as exc:  # huggingface_hub's errors differ by cause; each ends the same way here
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LookupError(f"model {model_id} is not in this machine's Hugging Face cache "
+                          f"({', '.join(map(str, hubs))}) and cannot be downloaded ({reason}); run "
+                          f"`huggingface-cli download {model_id}` or pass --model DIR") from None
+    log.info("model %s: fetched its config and tokenizer into the Hugging Face cache", model_id)
+    return model_id
+
+
 def local_model(value: str, environ: dict[str, str]) -> str:
-    """A worker's model argument as it can load here (unchanged unless HF-cache-layout)."""
-    if os.path.exists(value) or not is_hf_snapshot(value):
+    """A worker's model argument as it can load here: an existing path unchanged, an HF-cache-layout path
+    or a Hugging Face id resolved in this machine's caches (LookupError: not to be had here)."""
+    if os.path.exists(value):
         return value
-    return resolve_hf_snapshot(value, environ)
+    if is_hf_snapshot(value):
+        return resolve_hf_snapshot(value, environ)
+    if is_repo_id(value):
+        return resolve_hub_id(value, environ)
+    return value

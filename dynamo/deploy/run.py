@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -23,10 +24,11 @@ from dynamo.deploy.dynamo_model import AdapterReconciler, load_models
 from dynamo.deploy.model import Graph
 from dynamo.deploy.parsers import module_available
 from dynamo.deploy.plan import RunOptions, build_plans, parse_append_args, parse_overrides, parse_volumes
-from dynamo.deploy.supervisor import Supervisor
+from dynamo.deploy.supervisor import MAX_REPLICAS, Supervisor, check_replicas
 from dynamo.deploy.validate import load_documents, validate_file
 from dynamo.runtime.net import free_port
 from dynamo.runtime.process import configure_logging
+from dynamo.worker.hub_cache import is_repo_id
 
 log = logging.getLogger("dynamo.deploy")
 
@@ -88,7 +90,7 @@ class GraphRun:
         placer = asyncio.create_task(self.adapters.run(stop))
         drivers = [asyncio.create_task(local_autoscalers.drive(
             s, lambda svc=s.service: self.sup.plans[svc].replicas,
-            lambda n, svc=s.service: self.sup.scale(svc, n), stop)) for s in self.scalers]
+            lambda n, svc=s.service: self._autoscale(svc, n), stop)) for s in self.scalers]
         try:
             await self.sup.run(stop)
         finally:
@@ -98,6 +100,12 @@ class GraphRun:
             if printer:
                 await printer
             await self.control.stop()
+
+    def _autoscale(self, service: str, replicas: int) -> None:
+        """An HPA's or ScaledObject's decision, held to run's replica limit (its maxReplicas may be higher)."""
+        if replicas > MAX_REPLICAS:
+            log.warning("%s: autoscaler wants %d replicas; run's limit is %d", service, replicas, MAX_REPLICAS)
+        self.sup.scale(service, min(replicas, MAX_REPLICAS))
 
 
 def _for_graph(given: dict, graph: Graph, used: set[str]) -> dict:
@@ -137,6 +145,8 @@ def build_runs(args: argparse.Namespace, graphs: list[Graph], state_dir: str, po
                           prometheus_endpoint=getattr(args, "prometheus_endpoint", None), config_maps=maps)
         port_taken |= has_frontend
         plans = build_plans(graph, opts, set_here, ledger=ledger)
+        for svc_name, plan in plans.items():  # the manifest's or --set's count, held to what scale accepts
+            check_replicas(f"{name}/{svc_name}" if several else svc_name, plan.replicas)
         sup = Supervisor(plans, log_dir=args.log_dir, grace=args.grace, label=name if several else "")
         control = ControlServer(sup, name, args.control_port if not runs else 0)
         adapters = AdapterReconciler(sup, graph, load_models(documents, graph))
@@ -175,11 +185,40 @@ def _attach_autoscalers(runs: list[GraphRun], documents: list, graphs: list[Grap
             run.control.autoscalers = run.scalers
 
 
+def port_in_use(port: int, host: str = "0.0.0.0") -> bool:
+    """Whether something listens on `port`: binding the wildcard address fails for a listener on any
+    address. SO_REUSEADDR so that connections of a process that just exited (TIME_WAIT) do not count."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def owned_ports_taken(args: argparse.Namespace, runs: list[GraphRun]) -> list[str]:
+    """The fixed ports `run` serves on that another process holds. Checked before anything starts: a
+    frontend that cannot bind would exit and be restarted forever, a control endpoint would not start."""
+    owned = []
+    if any(contract.is_frontend(svc) for run in runs for svc in run.graph.spec.services.values()):
+        owned.append(("--frontend-port", args.frontend_port))
+    if args.control_port:
+        owned.append(("--control-port", args.control_port))
+    return [f"{flag} {port} is in use by another process; pick a free port or stop what holds it"
+            for flag, port in owned if port_in_use(port)]
+
+
 async def serve(args: argparse.Namespace, graphs: list[Graph], state_dir: str, pods_dir: str) -> int:
     try:
         runs = build_runs(args, graphs, state_dir, pods_dir)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    taken = owned_ports_taken(args, runs)
+    if taken:
+        for line in taken:
+            print(f"error: {line}", file=sys.stderr)
         return 2
     missing = sorted({m for run in runs for p in run.sup.plans.values() for m in p.modules if not module_available(m)})
     if missing:
@@ -213,11 +252,28 @@ async def serve(args: argparse.Namespace, graphs: list[Graph], state_dir: str, p
     return 0
 
 
+def local_model_arg(model: str) -> str:
+    """--model as every worker can load it: an existing path made absolute (replicas run in other
+    working directories, so a relative one would name nothing there), a Hugging Face id resolved as a
+    manifest's is (local.local_model). ValueError / LookupError say why not."""
+    if os.path.exists(model):
+        return os.path.abspath(model)
+    if is_repo_id(model):
+        try:
+            return local.local_model(model, dict(os.environ))
+        except LookupError as exc:
+            raise LookupError(f"--model {model}: no such path; as a Hugging Face id: {exc.args[0]}") from None
+    raise ValueError(f"--model {model}: no such path")
+
+
 def main(args: argparse.Namespace) -> int:
     configure_logging()
-    if args.model and not os.path.exists(args.model):
-        print(f"error: --model {args.model}: no such path", file=sys.stderr)
-        return 2
+    if args.model:
+        try:
+            args.model = local_model_arg(args.model)
+        except (ValueError, LookupError) as exc:
+            print(f"error: {exc.args[0]}", file=sys.stderr)
+            return 2
     graphs = load_graphs(args.file)
     state_dir = tempfile.mkdtemp(prefix=f"dynamo-run-{graphs[0].metadata.name}-")
     pods_dir = tempfile.mkdtemp(prefix="dyn-pods-")  # short: engines put unix sockets in TMPDIR

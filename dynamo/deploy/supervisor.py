@@ -26,6 +26,19 @@ log = logging.getLogger("dynamo.deploy")
 
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 30.0  # a replica that ran this long restarts without backoff
+# Replicas per service on this one machine. Every replica is a process (a Python engine: ~0.1-1 GB and a
+# core while it starts); past this a request is a typo or a runaway autoscaler, and accepting it would
+# fork processes until the machine gives out. A cluster deployment has no such bound (render).
+MAX_REPLICAS = 64
+
+
+def check_replicas(service: str, replicas: int) -> None:
+    """ValueError unless 0 <= replicas <= MAX_REPLICAS (the control endpoint's 400, run's exit 2)."""
+    if replicas < 0:
+        raise ValueError(f"{service}: replicas must be >= 0, got {replicas}")
+    if replicas > MAX_REPLICAS:
+        raise ValueError(f"{service}: replicas {replicas} is more than run's limit of {MAX_REPLICAS} per service "
+                         "on one machine (render the graph for a cluster)")
 
 
 def _die_with_parent() -> None:  # runs in the child before exec
@@ -93,6 +106,7 @@ class Supervisor:
         self.stopping = False
         self.version = 0  # bumped on every state change (the status table watches it)
         self._scale_requested = asyncio.Event()
+        self._stop: asyncio.Event | None = None  # run()'s: a scale-up in progress checks it between starts
         self.guard = GroupGuard(grace)  # stops the replicas' groups if this process dies unannounced
 
     def tag(self, rep: "Replica") -> str:
@@ -106,8 +120,7 @@ class Supervisor:
     def scale(self, service: str, replicas: int) -> None:
         if service not in self.plans:
             raise KeyError(f"no service {service!r}")
-        if replicas < 0:
-            raise ValueError("replicas must be >= 0")
+        check_replicas(service, replicas)
         self.plans[service].replicas = replicas
         log.info("scale %s to %d replica(s)", service, replicas)
         self._scale_requested.set()
@@ -115,14 +128,24 @@ class Supervisor:
     def status(self) -> list[dict[str, Any]]:
         return [r.info() for _, r in sorted(self.replicas.items())]
 
+    def halted(self) -> bool:
+        return self.stopping or (self._stop is not None and self._stop.is_set())
+
     async def reconcile(self) -> None:
+        """Bring every service to its target. The target is read again before each start, and the loop
+        yields after each, so a newer scale request or a stop (SIGTERM, Ctrl-C) ends a scale-up at the
+        next replica instead of after all of them; the run loop then reconciles again (retiring extras)."""
         for name, plan in self.plans.items():
-            mine = sorted(i for (svc, i) in self.replicas if svc == name)
-            for index in [i for i in mine if i >= plan.replicas]:
-                await self._retire(self.replicas[(name, index)])
-            for index in range(plan.replicas):
+            if self.halted():
+                return
+            extra = [rep for (svc, i), rep in self.replicas.items() if svc == name and i >= plan.replicas]
+            await asyncio.gather(*(self._retire(rep) for rep in extra))  # together: each may wait its grace
+            index = 0
+            while index < plan.replicas and not self.halted():
                 if (name, index) not in self.replicas:
                     await self._start(Replica(name, index, plan.launch(index)))
+                    await asyncio.sleep(0)  # let the control endpoint and the signal handlers run
+                index += 1
 
     # ----- one replica ----------------------------------------------------------------
 
@@ -181,7 +204,7 @@ class Supervisor:
     async def _restart_due(self) -> None:
         now = time.monotonic()
         for rep in list(self.replicas.values()):
-            if rep.state == "backoff" and now >= rep.restart_at and not self.stopping:
+            if rep.state == "backoff" and now >= rep.restart_at and not self.halted():
                 plan = self.plans[rep.service]
                 if rep.index >= plan.replicas:
                     self.replicas.pop((rep.service, rep.index), None)
@@ -260,6 +283,7 @@ class Supervisor:
     # ----- whole graph ----------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         self.guard.start()
         try:
             await self.reconcile()

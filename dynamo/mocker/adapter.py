@@ -17,7 +17,7 @@ from dynamo.llm.media import image_urls_of
 from dynamo.llm.model_card import MEDIA_INPUT_KEY
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
 from dynamo.llm.tokenizer import Tokenizer
-from dynamo.mocker.args import MockerArgs
+from dynamo.mocker.args import MockerArgs, read_model_config, resolve_model_dir
 from dynamo.mocker.engine import MockEngine
 from dynamo.mocker.replay import Replay
 from dynamo.mocker.tokens import fragment_ids
@@ -41,10 +41,10 @@ class MockerAdapter:
         self.images: ImageLoader | None = None  # --enable-multimodal: fetched and decoded, then not looked at
 
     async def start(self, ctx: EngineContext) -> EngineInfo:
-        if not self.args.model_path or not os.path.isdir(self.args.model_path):
-            raise ValueError(f"--model-path must be a model directory (got {self.args.model_path!r})")
-        args = self.args = self.args.resolved()
-        tokenizer = Tokenizer.from_dir(args.model_path)
+        # A directory, or a Hugging Face id found in the local cache (or fetched): the served name stays the id.
+        model_dir = await asyncio.to_thread(resolve_model_dir, self.args.model_path)
+        args = self.args = self.args.resolved(read_model_config(model_dir))
+        tokenizer = Tokenizer.from_dir(model_dir)
         replay = Replay.from_file(args.replay_file, tokenizer) if args.replay_file else None
         self.engine = MockEngine(args, vocab_size=tokenizer.vocab_size, context_length=args.context_length,
                                  eos_token_ids=tokenizer.eos_token_ids,
@@ -61,7 +61,7 @@ class MockerAdapter:
         if args.enable_multimodal:
             self.images = ImageLoader(args.media_policy())
         return EngineInfo(
-            model_dir=args.model_path, served_name=args.model_name or args.model_path, block_size=args.block_size,
+            model_dir=model_dir, served_name=args.model_name or args.model_path, block_size=args.block_size,
             context_length=args.context_length, total_kv_blocks=args.num_gpu_blocks_override,
             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
             publishes_kv_events=args.enable_prefix_caching,

@@ -20,6 +20,8 @@ from dynamo.runtime.config import setting
 from dynamo.runtime.config_dump import DumpConfigTo
 from dynamo.runtime.settings import discovery_backend_setting, event_plane_setting
 from dynamo.worker.engine_args import ModelCardArgs
+from dynamo.worker.hub_cache import cached_snapshot, is_repo_id
+from dynamo.worker.model_files import local_model_dir
 from dynamo.worker.role import WorkerRole
 
 log = logging.getLogger(__name__)
@@ -138,6 +140,33 @@ class MockerArgs(ModelCardArgs, MediaSettings, DumpConfigTo):
             log.warning("no max_position_embeddings in config.json; context length %d", FALLBACK_CONTEXT_LENGTH)
             context = FALLBACK_CONTEXT_LENGTH
         return dataclasses.replace(self, kv_bytes_per_token=kv_bytes, context_length=context)
+
+
+def resolve_model_dir(model_path: str | None) -> str:
+    """The directory the mocker reads its tokenizer and config.json from.
+
+    NVIDIA Dynamo's mocker takes "a model directory or a HuggingFace model ID" (its profiler's DGDs
+    name ids): an id resolves in the local HF cache first, with no network (a machine without one
+    still serves what it has cached), else its config and tokenizer files are fetched once, as
+    Dynamo's mocker prefetches them. ValueError says what to do when neither works."""
+    if not model_path:
+        raise ValueError("--model-path is required (a model directory or a Hugging Face model id)")
+    if os.path.isdir(model_path):
+        return model_path
+    if os.path.exists(model_path) or not is_repo_id(model_path):
+        raise ValueError(f"--model-path {model_path}: neither a model directory nor a Hugging Face model id")
+    cached = cached_snapshot(model_path)
+    if cached:
+        return cached
+    try:
+        return local_model_dir(model_path)  # config and tokenizer files only, never weights
+    except Exception as exc:  # offline, unknown or gated repo: whatever huggingface_hub raised, one clear line
+        from huggingface_hub import constants
+
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"--model-path {model_path}: not in this machine's Hugging Face cache "
+                         f"({constants.HF_HUB_CACHE}) and not downloadable ({reason}); run "
+                         f"`huggingface-cli download {model_path}` or pass a model directory") from None
 
 
 def read_model_config(model_path: str | None) -> dict[str, Any]:

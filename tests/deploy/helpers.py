@@ -35,15 +35,19 @@ def chat(port: int, model: str, text: str, max_tokens: int = 4, timeout: float =
 
 class DeployRun:
     def __init__(self, manifest: str | Path, tmp: Path, *args: str, python: str = sys.executable,
-                 env: dict | None = None, control_port: int | None = None) -> None:
+                 env: dict | None = None, control_port: int | None = None, cwd: Path | None = None) -> None:
         self.port = free_port()
         self.control_port = control_port or free_port()
         self.log_path = tmp / f"run-{Path(manifest).stem}.log"
         self._log = open(self.log_path, "wb")
         argv = [python, "-m", "dynamo.deploy", "run", str(manifest), "--frontend-port", str(self.port),
                 "--control-port", str(self.control_port), "--grace", "10", *args]
-        self.popen = subprocess.Popen(argv, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
-                                      env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        # `cwd`: where the user runs it from (relative paths in its arguments are relative to it); this
+        # checkout stays importable from there
+        where = {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)} \
+            if cwd else {}
+        self.popen = subprocess.Popen(argv, cwd=cwd or REPO, stdout=self._log, stderr=subprocess.STDOUT,
+                                      env={**os.environ, "PYTHONUNBUFFERED": "1", **where, **(env or {})},
                                       start_new_session=True)
         self.seen_pids: set[int] = set()
 

@@ -13,10 +13,12 @@ from dynamo.deploy.validate import validate_file
 from tests.fixtures.procs import REPO
 
 EXAMPLE = REPO / "examples/global_router/hierarchical_mocker.yaml"
+# The file names a Hugging Face id that no test machine caches (and `run` refuses a model it cannot get).
+TINY = str(REPO / "tests/fixtures/tiny-model")
 
 
 def args(**given) -> argparse.Namespace:
-    base = dict(file=str(EXAMPLE), overrides=[], append_args=[], volumes=[], model=None, namespace="demo",
+    base = dict(file=str(EXAMPLE), overrides=[], append_args=[], volumes=[], model=TINY, namespace="demo",
                 frontend_port=8123, prometheus_endpoint=None, log_dir=None, grace=1.0, control_port=0)
     return argparse.Namespace(**{**base, **given})
 

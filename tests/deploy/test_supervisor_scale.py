@@ -1,0 +1,145 @@
+"""Scaling a running graph: a scale-up gives way to a newer scale request or a stop between starts (it
+does not run to the end first), and a request beyond run's replica limit is refused by the supervisor
+and the control endpoint (400). The replicas are real processes (`sleep`), supervised in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from dynamo.deploy.control import ControlServer
+from dynamo.deploy.plan import RunOptions, build_plans
+from dynamo.deploy.supervisor import MAX_REPLICAS, Supervisor
+from dynamo.deploy.validate import validate_file
+from tests.deploy.helpers import group_members, pid_alive
+
+pytestmark = pytest.mark.timeout(120)
+
+SLEEPERS = """apiVersion: nvidia.com/v1alpha1
+kind: DynamoGraphDeployment
+metadata:
+  name: sleepers
+spec:
+  services:
+    Worker:
+      componentType: worker
+      replicas: 1
+      extraPodSpec:
+        mainContainer:
+          image: local
+          command: ["sleep", "600"]
+"""
+
+
+def write_sleepers(tmp_path: Path) -> Path:
+    path = tmp_path / "sleepers.yaml"
+    path.write_text(SLEEPERS)
+    return path
+
+
+def supervisor(tmp_path: Path) -> Supervisor:
+    (graph,) = validate_file(write_sleepers(tmp_path)).graphs
+    opts = RunOptions(state_dir=str(tmp_path / "state"), pods_dir=str(tmp_path / "pods"))
+    return Supervisor(build_plans(graph, opts, {}, devices=[]), out=open("/dev/null", "w"), grace=2.0)
+
+
+async def watch_pids(sup: Supervisor, seen: set[int], done: asyncio.Event) -> None:
+    """Every replica process the supervisor starts (it yields after each start, so none is missed)."""
+    while not done.is_set():
+        seen |= {rep.pid for rep in sup.replicas.values() if rep.pid}
+        await asyncio.sleep(0)
+
+
+async def until(predicate, timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "timed out"
+        await asyncio.sleep(0.005)
+
+
+def assert_all_gone(pids: set[int]) -> None:
+    alive = [p for p in pids if pid_alive(p)] + group_members(pids)
+    assert alive == [], f"replica processes left running: {alive}"
+
+
+@pytest.mark.e2e
+async def test_a_newer_scale_request_ends_a_scale_up_between_starts(tmp_path):
+    sup, stop, done, seen = supervisor(tmp_path), asyncio.Event(), asyncio.Event(), set()
+    runner = asyncio.create_task(sup.run(stop))
+    watcher = asyncio.create_task(watch_pids(sup, seen, done))
+    try:
+        await until(lambda: len(seen) == 1)
+        sup.scale("Worker", MAX_REPLICAS)
+        await until(lambda: len(seen) >= 3)
+        sup.scale("Worker", 0)  # before the scale-up is through
+        await until(lambda: not sup.replicas)
+        assert len(seen) < MAX_REPLICAS // 2, f"the scale-up went on after the scale to 0: {len(seen)} started"
+        assert_all_gone(seen)
+    finally:
+        stop.set()
+        await runner
+        done.set()
+        await watcher
+    assert_all_gone(seen)
+
+
+@pytest.mark.e2e
+async def test_stop_ends_a_scale_up_promptly_and_reaps_every_replica(tmp_path):
+    sup, stop, done, seen = supervisor(tmp_path), asyncio.Event(), asyncio.Event(), set()
+    runner = asyncio.create_task(sup.run(stop))
+    watcher = asyncio.create_task(watch_pids(sup, seen, done))
+    try:
+        await until(lambda: len(seen) == 1)
+        sup.scale("Worker", MAX_REPLICAS)
+        await until(lambda: len(seen) >= 3)
+        stop.set()  # what SIGTERM / Ctrl-C does in `run`
+        began = time.monotonic()
+        await asyncio.wait_for(runner, 15)
+        assert time.monotonic() - began < 10
+        assert len(seen) < MAX_REPLICAS // 2, f"the scale-up went on after stop: {len(seen)} started"
+    finally:
+        stop.set()
+        await runner
+        done.set()
+        await watcher
+    assert_all_gone(seen)
+
+
+def test_the_supervisor_refuses_replicas_beyond_its_limit(tmp_path):
+    sup = supervisor(tmp_path)
+    for bad in (MAX_REPLICAS + 1, 100000, -1):
+        with pytest.raises(ValueError, match="Worker: replicas"):
+            sup.scale("Worker", bad)
+    assert sup.plans["Worker"].replicas == 1
+    sup.scale("Worker", MAX_REPLICAS)  # the limit itself is accepted (nothing runs: no reconcile here)
+    assert sup.plans["Worker"].replicas == MAX_REPLICAS
+
+
+async def test_the_control_endpoint_answers_400_beyond_the_limit(tmp_path):
+    sup = supervisor(tmp_path)
+    control = ControlServer(sup, "sleepers")
+    port = await control.start()
+    try:
+        status, body = await asyncio.to_thread(post_scale, port, {"service": "Worker", "replicas": 100000})
+        assert status == 400 and f"limit of {MAX_REPLICAS}" in body["error"], body
+        assert sup.plans["Worker"].replicas == 1
+        status, body = await asyncio.to_thread(post_scale, port, {"service": "Worker", "replicas": 2})
+        assert status == 200 and body["services"] == {"Worker": 2}
+    finally:
+        await control.stop()
+
+
+def post_scale(port: int, payload: dict) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/scale", data=json.dumps(payload).encode(), method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
