@@ -125,7 +125,7 @@ def resolve_hub_id(model_id: str, environ: dict[str, str]) -> str:
         if snapshot:
             return model_id if i == 0 else snapshot
     try:
-        local_model_dir(model_id)  # this process's default cache: the workers' (same environment)
+        local_model_dir(model_id, cache_dir=str(hubs[0]) if hubs else None)  # into the workers' own cache
     except Exception as exc:  # huggingface_hub's errors differ by cause; each ends the same way here
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LookupError(f"model {model_id} is not in this machine's Hugging Face cache "

@@ -54,6 +54,10 @@ def chat_choice(choice: Choice, reasoning_field: str, logprobs: Callable[[list],
         # A call whose arguments never became JSON is no call: answer with the text.
         content, calls = choice.stage.tool_input_text(), []
         reason = "stop" if reason == "tool_calls" else reason
+    if not calls and not content and choice.stage.filter.dropped:
+        # Only calls the request did not allow (another function than the named one): the model's text, not
+        # an empty answer.
+        content = choice.stage.tool_input_text()
     message: dict[str, Any] = {"role": "assistant", "content": content if content or not calls else None}
     reasoning = "".join(choice.reasoning)
     if reasoning:

@@ -11,11 +11,14 @@ request-plane error codes (`dynamo.runtime.wire.ErrorCode`) to HTTP.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from dynamo.llm.preprocessor import ContextOverflow, PreprocessError
 from dynamo.runtime.rp_client import StreamError, StreamTimeout
 from dynamo.runtime.wire import ErrorCode
+
+log = logging.getLogger(__name__)
 
 ALL_BUSY_MESSAGE = "Service temporarily unavailable: all workers are busy, please retry later"
 # Not an IANA status but the de-facto "overloaded, back off" one (`--http-overload-status-code`
@@ -49,6 +52,16 @@ def bad_request(message: str, param: str | None = None, code: str = "invalid_val
 def nested_too_deeply() -> ApiError:
     """A body whose JSON nests deeper than a parser recurses (thousands of `[`): refused, not a 500."""
     return bad_request("Malformed JSON body: nested too deeply", None, "invalid_json")
+
+
+def beyond_limits(exc: RecursionError | OverflowError, path: str) -> ApiError:
+    """A request that raised past every route's own checks: nested deeper than a parser recurses, or an
+    integer the request plane cannot carry (over 64 bits, in a free-form field). The client's error; logged
+    with its traceback, in case it was ours."""
+    log.warning("request to %s refused: %r", path, exc, exc_info=exc)
+    if isinstance(exc, RecursionError):
+        return nested_too_deeply()
+    return bad_request("An integer in the request is out of range (at most 64 bits)")
 
 
 def bad_prompt(exc: PreprocessError, param: str | None = None) -> ApiError:

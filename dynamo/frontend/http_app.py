@@ -132,10 +132,8 @@ class FrontendApp:
                 adopt_client_id(trace, scope)
             try:
                 await route(scope, receive, send)
-            except RecursionError:  # a body nested deeper than a parser recurses (any route's): the client's
-                raise errors.nested_too_deeply() from None
-            except OverflowError:  # an integer the request plane cannot carry (over 64 bits) in a free-form field
-                raise bad_request("An integer in the request is out of range (at most 64 bits)") from None
+            except (RecursionError, OverflowError) as exc:  # what a body beyond any parser's or wire's limits raises
+                raise errors.beyond_limits(exc, scope["path"]) from None
         except ApiError as exc:
             error = exc
             # The traceback's frames hold the request body (up to the body limit) in a cycle that
@@ -256,7 +254,9 @@ class FrontendApp:
             hints = routing_hints(req.nvext, scope["headers"], req.cache_salt, scope.get(inprocess.BACKGROUND, False))
             await self.generate(req, "chat_completions" if kind == "chat" else "completions", size, receive, send,
                                  hints=hints, trace=scope.get(SCOPE_KEY),
-                                 speculate=kind == "chat" and speculative_prefill.wanted(req.nvext))
+                                 # a continued prefill's next turn does not start with this answer as its own message
+                                 speculate=kind == "chat" and speculative_prefill.wanted(req.nvext)
+                                 and not req.continue_final_message)
         finally:
             if size >= TRIM_AFTER_BYTES:
                 self.trimmer.schedule()

@@ -98,7 +98,7 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
         return 0 if self.logprobs is True else int(self.logprobs)
 
     def to_request(self, token_ids: list[int], request_id: str, model: str, max_tokens: int,
-                   eos_token_ids: list[int], tool_parser: str | None = None) -> PreprocessedRequest:
+                   eos_token_ids: list[int], tool_json: bool = True) -> PreprocessedRequest:
         """The wire request for the worker; the request owns this conversion."""
         return PreprocessedRequest(
             request_id=request_id, model=model, token_ids=token_ids,
@@ -110,7 +110,7 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
                 n=None, temperature=0.0 if self.greedy() else self.temperature, top_p=self.top_p,
                 top_k=1 if self.greedy() else self.top_k, min_p=self.min_p,
                 seed=self.seed, presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
-                repetition_penalty=self.repetition_penalty, guided_decoding=self.guided_decoding(tool_parser)),
+                repetition_penalty=self.repetition_penalty, guided_decoding=self.guided_decoding(tool_json)),
             output_options=OutputOptions(logprobs=self.top_logprobs_wanted()),
             eos_token_ids=eos_token_ids,
             router=self.router_params(),
@@ -121,7 +121,7 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
         given = (self.nvext or {}).get("router")
         return RouterParams(**given) if given else None
 
-    def guided_decoding(self, tool_parser: str | None = None) -> GuidedDecodingOptions | None:
+    def guided_decoding(self, tool_json: bool = True) -> GuidedDecodingOptions | None:
         """The structured-output constraint for the engine, from the guided_* extras."""
         ext = self.nvext or {}
         get = lambda name: getattr(self, name) if getattr(self, name) is not None else ext.get(name)  # noqa: E731
@@ -169,21 +169,22 @@ class ChatCompletionRequest(_Common, kw_only=True, omit_defaults=True):
         `chat_template_kwargs` overrides (as vLLM merges them)."""
         return bool((self.template_kwargs() or {}).get("add_generation_prompt", self.add_generation_prompt))
 
-    def guided_decoding(self, tool_parser: str | None = None) -> GuidedDecodingOptions | None:
+    def guided_decoding(self, tool_json: bool = True) -> GuidedDecodingOptions | None:
+        """`tool_json`: tool_choice required / named asks for the calls as JSON (`forced_tool_json`)."""
         fmt = self.response_format or {}
         if fmt.get("type") == "json_object":
             return GuidedDecodingOptions(json_object=True)
         if fmt.get("type") == "json_schema":
             return GuidedDecodingOptions(json=(fmt.get("json_schema") or {}).get("schema") or {"type": "object"})
-        guided = super().guided_decoding(tool_parser)
-        if guided is None:
+        guided = super().guided_decoding(tool_json)
+        if guided is None and tool_json:
             guided = self._tool_guidance()
         return guided
 
     def _tool_guidance(self) -> GuidedDecodingOptions | None:
-        """`required` / a named function is enforced the way vLLM and NVIDIA Dynamo do, with or without a
-        format parser on the worker: the engine must emit the arguments (named) or a JSON list of
-        `{"name", "parameters"}` calls (required); the output stage reads that JSON (ForcedChoiceParser)."""
+        """`required` / a named function is enforced the way vLLM and NVIDIA Dynamo do: the engine must emit the
+        arguments (named) or a JSON list of `{"name", "parameters"}` calls (required), which the output stage
+        reads (NamedArguments, JsonListParser)."""
         mode = self.tool_choice_mode()
         functions = [t["function"] for t in self.tools or []]
         if mode == "named":

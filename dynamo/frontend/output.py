@@ -45,6 +45,9 @@ class OutputSpec:
     tool_mode: str = "none"  # none | auto | required | named
     named_tool: str | None = None
     parallel_tool_calls: bool = True
+    # tool_choice required / named: the engine was held to the calls as JSON (`forced_tool_json`), so the
+    # answer is read as that JSON, not in the model's own format.
+    tool_json: bool = False
     # Where the rendered prompt leaves the reasoning (preparation.py judges it once per request).
     prompt_reasoning: PromptReasoning = PromptReasoning.UNKNOWN
 
@@ -73,41 +76,6 @@ class NamedArguments:
 
     def finish(self) -> tuple[str, list[ToolCallDelta]]:
         return "", []
-
-
-class ForcedChoiceParser:
-    """`tool_choice` required or named on a worker with a format parser: the engine was asked for the
-    calls as bare JSON (structured output, as vLLM and NVIDIA Dynamo ask), but an engine that ignores
-    the grammar still writes the model's own markers. Decided once, by the first non-blank character
-    of the answer: `{` or `[` is the JSON (`forced`), anything else the model's format (`native`)."""
-
-    def __init__(self, forced: ToolParser, native: ToolParser) -> None:
-        self._forced, self._native = forced, native
-        self.needs_special_tokens = native.needs_special_tokens
-        self._chosen: ToolParser | None = None
-        self._held = ""
-
-    @property
-    def calls(self) -> int:
-        return self._chosen.calls if self._chosen is not None else 0
-
-    def feed(self, text: str) -> tuple[str, list[ToolCallDelta]]:
-        if self._chosen is None:
-            self._held += text
-            start = self._held.lstrip()
-            if not start:
-                return "", []
-            self._chosen = self._forced if start[0] in "{[" else self._native
-            text, self._held = (start if self._chosen is self._forced else self._held), ""
-        return self._chosen.feed(text)
-
-    def finish(self) -> tuple[str, list[ToolCallDelta]]:
-        if self._chosen is None:  # nothing but blanks: the model's format says what they are
-            self._chosen = self._native
-            content, calls = self._native.feed(self._held) if self._held else ("", [])
-            more, rest = self._native.finish()
-            return content + more, calls + rest
-        return self._chosen.finish()
 
 
 class CallFilter:
@@ -143,6 +111,11 @@ class CallFilter:
     def kept(self) -> int:
         return sum(1 for v in self._map.values() if v is not None)
 
+    @property
+    def dropped(self) -> bool:
+        """Calls the request did not allow were left out (another function than the named one)."""
+        return any(v is None for v in self._map.values())
+
 
 class OutputStage:
     def __init__(self, pipeline: ModelPipeline, spec: OutputSpec) -> None:
@@ -169,10 +142,11 @@ class OutputStage:
             forced = NamedArguments(spec.named_tool or "")
         elif spec.tool_mode == "required":
             forced = JsonListParser(spec.tools)
-        if not spec.tool_parser:
-            return forced or make_tool_parser("default", spec.tools)  # Dynamo's fallback for `auto`
-        native = make_tool_parser(spec.tool_parser, spec.tools)
-        return ForcedChoiceParser(forced, native) if forced is not None else native
+        if forced is not None and (spec.tool_json or not spec.tool_parser):
+            return forced
+        if spec.tool_parser:  # the model's own format: `named` keeps that function's calls (CallFilter)
+            return make_tool_parser(spec.tool_parser, spec.tools)
+        return make_tool_parser("default", spec.tools)  # Dynamo's fallback for `auto`
 
     @property
     def completion_tokens(self) -> int:

@@ -15,6 +15,7 @@ from dynamo.frontend.openai import ChatCompletionRequest, stop_list, stop_token_
 from dynamo.frontend.output import OutputSpec
 from dynamo.frontend.parsers import make_reasoning_parser
 from dynamo.frontend.parsers.base import PromptReasoning
+from dynamo.llm.model_card import STRUCTURED_OUTPUT_KEY
 from dynamo.llm.preprocessor import PreprocessError
 from dynamo.llm.protocol import RoutingHints
 
@@ -142,16 +143,16 @@ def wire_requests(pipeline, req, ids: list[int], is_chat: bool, hints: RoutingHi
     if any(t >= vocab for t in stop_token_ids(req.stop)):
         raise bad_request(f"stop token ids must be in [0, {vocab})", "stop")
     request_id = ("chatcmpl-" if is_chat else "cmpl-") + (request_id or uuid.uuid4().hex)
-    parser = pipeline.card.runtime_config.tool_call_parser
+    tool_json = forced_tool_json(pipeline.card)
     n = req.choices()
     if n == 1:
-        out = [req.to_request(ids, request_id, pipeline.name, max_tokens, pipeline.eos_token_ids, parser)]
+        out = [req.to_request(ids, request_id, pipeline.name, max_tokens, pipeline.eos_token_ids, tool_json)]
     else:
         base = req.seed if req.seed is not None else random.getrandbits(31)
         out = []
         for i in range(n):
             preq = req.to_request(list(ids), f"{request_id}-{i}", pipeline.name, max_tokens,
-                                  pipeline.eos_token_ids, parser)
+                                  pipeline.eos_token_ids, tool_json)
             preq.sampling_options.seed = base + i
             out.append(preq)
     for preq in out:  # a LoRA adapter's model: the worker applies it, its KV blocks hash in its namespace
@@ -178,7 +179,20 @@ def output_spec(entry, req, is_chat: bool, prompt_ids: list[int] | None = None) 
     rc = entry.card.runtime_config
     return OutputSpec(stops, req.include_stop_str_in_output, tool_parser=rc.tool_call_parser, reasoning_parser=rc.reasoning_parser, tools=req.tools,
                       tool_mode=req.tool_choice_mode(), named_tool=req.named_tool(),
-                      parallel_tool_calls=req.parallel_tool_calls is not False, prompt_reasoning=where)
+                      parallel_tool_calls=req.parallel_tool_calls is not False, prompt_reasoning=where,
+                      tool_json=forced_tool_json(entry.card))
+
+
+def forced_tool_json(card) -> bool:
+    """Whether tool_choice required / named asks the engine for the calls as JSON (as vLLM and NVIDIA Dynamo
+    do): always for a model without a tool-call format; for one with a format, only where the engine holds
+    its output to the grammar (STRUCTURED_OUTPUT_KEY; an engine that ignores it writes the model's own
+    format, which its parser reads) and the model does not reason first (a grammar from the first token
+    would leave no room for its reasoning)."""
+    rc = card.runtime_config
+    if not rc.tool_call_parser:
+        return True
+    return bool(rc.runtime_data.get(STRUCTURED_OUTPUT_KEY)) and not rc.reasoning_parser
 
 
 def prompt_reasoning(entry, prompt_ids: list[int] | None) -> PromptReasoning:

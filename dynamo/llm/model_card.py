@@ -64,6 +64,10 @@ DEFAULT_THINKING_MODE_KEY = "default_thinking_mode"
 # The media a worker's engine reads with a prompt ("image"), in its card's `runtime_data` under this key:
 # the frontend sends images only to a model whose workers say they read them.
 MEDIA_INPUT_KEY = "media_input"
+# True in a card's `runtime_data` where the worker's engine holds its output to `guided_decoding` (vLLM's
+# structured outputs): the frontend then asks it for tool_choice required / named calls as JSON even when
+# the model has a tool-call format parser (`frontend/preparation.forced_tool_json`).
+STRUCTURED_OUTPUT_KEY = "structured_output"
 
 
 class CheckedFile(msgspec.Struct):

@@ -14,7 +14,7 @@ from typing import AsyncIterator
 from prometheus_client import Histogram
 
 from dynamo.llm.media import image_urls_of
-from dynamo.llm.model_card import MEDIA_INPUT_KEY
+from dynamo.llm.model_card import MEDIA_INPUT_KEY, STRUCTURED_OUTPUT_KEY
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
 from dynamo.llm.tokenizer import Tokenizer
 from dynamo.mocker.args import MockerArgs, read_model_config, resolve_model_dir
@@ -66,7 +66,8 @@ class MockerAdapter:
             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
             publishes_kv_events=args.enable_prefix_caching,
             max_loras=args.max_loras if args.enable_lora else None,
-            runtime_data={MEDIA_INPUT_KEY: ["image"]} if args.enable_multimodal else {},
+            runtime_data={**({MEDIA_INPUT_KEY: ["image"]} if args.enable_multimodal else {}),
+                          **({STRUCTURED_OUTPUT_KEY: True} if args.structured_output else {})},
             summary=f"{args.num_gpu_blocks_override} KV blocks of {args.block_size} tokens, "
                     f"speedup {args.speedup_ratio:g}")
 

@@ -86,6 +86,9 @@ class MockerArgs(ModelCardArgs, MediaSettings, DumpConfigTo):
         "mocker .npz): step timings follow the measured TTFT/ITL instead of the polynomial model")
     replay_file: str | None = setting(None, "Testing: JSON object {prompt substring: output text}; a request whose "
                                             "decoded prompt contains a key gets that text's tokens, then EOS")
+    structured_output: bool = setting(False, "Testing: say in the card that this engine holds its output to "
+                                             "guided decoding, as vLLM does (the mocker does not: a --replay-file "
+                                             "answer stands for what such an engine writes)")
 
     def validate(self) -> None:
         self.check_card_args()

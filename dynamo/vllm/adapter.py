@@ -14,7 +14,7 @@ import logging
 from typing import Any, AsyncIterator
 
 from dynamo.llm.media import image_urls_of
-from dynamo.llm.model_card import MEDIA_INPUT_KEY
+from dynamo.llm.model_card import MEDIA_INPUT_KEY, STRUCTURED_OUTPUT_KEY
 from dynamo.llm.rerank_pairs import RERANK_KEY
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
 from dynamo.llm.kv_events.engine_decoder import EngineEventDecoder
@@ -80,6 +80,7 @@ class VllmAdapter:
         self.stats.total_slots, self.stats.total_blocks = facts.max_num_seqs, facts.num_blocks
         self.params_hook = disagg.params_hook(xfer, self.engine, self.mode)
         runtime_data = self._media_input(facts)
+        runtime_data[STRUCTURED_OUTPUT_KEY] = True  # guided_decoding becomes vLLM's structured_outputs (handler.py)
         pooling = await self._pooling_types(runtime_data) if facts.pooling else None
         return EngineInfo(
             model_dir=facts.model_dir, served_name=facts.served_name, block_size=facts.block_size,

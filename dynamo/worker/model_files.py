@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 
 
-def local_model_dir(model: str, tokenizer: str | None = None, revision: str | None = None) -> str:
+def local_model_dir(model: str, tokenizer: str | None = None, revision: str | None = None,
+                    cache_dir: str | None = None) -> str:
     """A local path is used as is; an HF id resolves to its cached snapshot (only the small
-    files are fetched if something is missing)."""
+    files are fetched if something is missing), in `cache_dir` (None: this process's HF cache)."""
     for candidate in (tokenizer, model):
         if candidate and os.path.isdir(candidate) and os.path.isfile(os.path.join(candidate, "tokenizer.json")):
             return candidate
@@ -16,5 +17,5 @@ def local_model_dir(model: str, tokenizer: str | None = None, revision: str | No
         return model
     from huggingface_hub import snapshot_download
 
-    return snapshot_download(tokenizer or model, revision=revision,
+    return snapshot_download(tokenizer or model, revision=revision, cache_dir=cache_dir,
                              allow_patterns=["*.json", "*.jinja", "tokenizer*", "*.model"])

@@ -72,7 +72,9 @@ WORKERS = {  # model name -> (tool parser, reasoning parser)
     "r1": (None, "deepseek_r1"),
     "minimax-think": ("minimax_m2", "minimax_m2"),
     "r1-no-think": (None, "deepseek_r1"),
+    "hermes-grammar": ("hermes", None),  # its card says the engine holds output to grammars, as vLLM's does
 }
+GRAMMAR_BOUND = {"hermes-grammar"}
 SCRIPTS = {
     **{f"case:{name}": text for name, text in CALLS.items()},
     "case:think-then-call": ("<think>\nThe user wants Paris weather.\n</think>\n\n<tool_call>\n"
@@ -103,6 +105,7 @@ def cluster(tiny_model, tmp_path_factory):
             args = ["--speedup-ratio", "1" if name == "qwen3" else "0", "--replay-file", str(replay)]
             args += ["--dyn-tool-call-parser", tool] if tool else []
             args += ["--dyn-reasoning-parser", reasoning] if reasoning else []
+            args += ["--structured-output"] if name in GRAMMAR_BOUND else []
             if name in TEMPLATED:
                 (tmp / f"{name}.jinja").write_text(TEMPLATED[name])
                 args += ["--custom-jinja-template", str(tmp / f"{name}.jinja")]
@@ -249,20 +252,26 @@ def test_tool_choice_none_named_and_parallel(client):
 
 
 def test_required_and_named_are_the_json_a_grammar_bound_engine_writes(client):
-    """tool_choice required / named on a worker with a format parser (hermes): the engine is asked for bare
-    JSON, as vLLM and NVIDIA Dynamo ask, and that JSON is the call, unary and streamed; a model's own markers
-    (an engine without grammars) are still read (test_tool_choice_none_named_and_parallel)."""
-    named = ask(client, "hermes", "case:guided-named", tools=TOOLS,
+    """tool_choice required / named on a worker with a format parser (hermes) whose engine holds output to
+    grammars (vLLM's; the card says so): the engine is asked for bare JSON, as vLLM and NVIDIA Dynamo ask, and
+    that JSON is the call, unary and streamed. On an engine that ignores grammars the model's own format is
+    read (test_tool_choice_none_named_and_parallel), and a named choice the model did not call answers its
+    text, not nothing."""
+    named = ask(client, "hermes-grammar", "case:guided-named", tools=TOOLS,
                 tool_choice={"type": "function", "function": {"name": "get_time"}}).choices[0]
     assert [c.function.name for c in named.message.tool_calls] == ["get_time"]
     assert json.loads(named.message.tool_calls[0].function.arguments) == {"zone": "Europe/Paris"}
     assert named.finish_reason == "tool_calls" and not named.message.content
-    required = ask(client, "hermes", "case:guided-required", tools=TOOLS, tool_choice="required").choices[0]
+    required = ask(client, "hermes-grammar", "case:guided-required", tools=TOOLS,
+                   tool_choice="required").choices[0]
     assert [(c.function.name, json.loads(c.function.arguments)) for c in required.message.tool_calls] == [
         ("get_weather", {"city": "Paris"})]
-    content, _, calls, finishes, _ = accumulate(ask(client, "hermes", "case:guided-required", tools=TOOLS,
+    content, _, calls, finishes, _ = accumulate(ask(client, "hermes-grammar", "case:guided-required", tools=TOOLS,
                                                     tool_choice="required", stream=True))
     assert not content and calls[0]["name"] == "get_weather" and finishes == ["tool_calls"]
+    other = ask(client, "hermes", "case:long-args", tools=TOOLS,
+                tool_choice={"type": "function", "function": {"name": "get_time"}}).choices[0]
+    assert other.message.tool_calls is None and other.message.content.startswith("<tool_call>")
 
 
 def test_a_call_cut_short_is_no_call_streamed_or_not(client):

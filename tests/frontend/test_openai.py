@@ -210,7 +210,7 @@ def test_unserved_fields_left_empty_or_at_their_defaults_are_accepted():
     assert refused(validate_completion, completion(logit_bias={"1": 5})).param == "logit_bias"
 
 
-def test_required_and_named_tool_choices_ask_the_engine_for_json_with_or_without_a_format_parser():
+def test_required_and_named_tool_choices_ask_the_engine_for_json():
     """As vLLM and NVIDIA Dynamo do: the grammar holds the engine to the call (named: its arguments;
     required: a list of {name, parameters}); `auto` and `none` ask nothing."""
     params = {"type": "object", "properties": {"zone": {"type": "string"}}}
@@ -218,11 +218,13 @@ def test_required_and_named_tool_choices_ask_the_engine_for_json_with_or_without
              {"type": "function", "function": {"name": "get_weather"}}]
     named = chat(tools=tools, tool_choice={"type": "function", "function": {"name": "get_time"}})
     required = chat(tools=tools, tool_choice="required")
-    for parser in (None, "hermes"):
-        assert named.guided_decoding(parser).json == params
-        schema = required.guided_decoding(parser).json
-        assert schema["type"] == "array" and schema["minItems"] == 1 and len(schema["items"]["anyOf"]) == 2
-        assert chat(tools=tools).guided_decoding(parser) is None
-        assert chat(tools=tools, tool_choice="none").guided_decoding(parser) is None
+    assert named.guided_decoding(True).json == params
+    schema = required.guided_decoding(True).json
+    assert schema["type"] == "array" and schema["minItems"] == 1 and len(schema["items"]["anyOf"]) == 2
+    for tool_json in (True, False):
+        assert chat(tools=tools).guided_decoding(tool_json) is None
+        assert chat(tools=tools, tool_choice="none").guided_decoding(tool_json) is None
+    # a format parser on an engine that ignores grammars (preparation.forced_tool_json): nothing asked
+    assert named.guided_decoding(False) is None and required.guided_decoding(False) is None
     formatted = chat(tools=tools, tool_choice="required", response_format={"type": "json_object"})
-    assert formatted.guided_decoding("hermes").json_object  # the client's own format wins
+    assert formatted.guided_decoding(False).json_object  # the client's own format is asked for anyway
