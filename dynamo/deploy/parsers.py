@@ -152,6 +152,10 @@ def _without_unknown_values(parser: argparse.ArgumentParser, args: list[str]) ->
             out.append(f"{flag}={_stand_in(action)}" if action is not None else arg)
         elif not _SHELL_LIST.fullmatch(arg) and i > 0 and _takes_value(parser, args[i - 1]):
             out.append(_stand_in(parser._option_string_actions[args[i - 1]]))
+        elif not _SHELL_LIST.fullmatch(arg) and i > 0 and _unknown_flag(parser, args[i - 1]):
+            if "." in args[i - 1]:  # a namespaced engine flag (`--trtllm.tokenizer`, checked later): its value
+                out.append("0")
+            # else the flag itself is reported as unknown: its value adds nothing
         elif arg.startswith("-"):
             out.append(arg)  # a flag's name is never filled in; an unknown one is reported as such
         else:
@@ -159,6 +163,10 @@ def _without_unknown_values(parser: argparse.ArgumentParser, args: list[str]) ->
             shown = "$(...)" if arg == "$" else arg  # a shell script's `$(...)` reaches us cut at the `(`
             notes.append(f"the arguments {shown} expands to ({kind}) are not checked")
     return out, notes
+
+
+def _unknown_flag(parser: argparse.ArgumentParser, word: str) -> bool:
+    return word.startswith("--") and "=" not in word and word not in parser._option_string_actions
 
 
 def _takes_value(parser: argparse.ArgumentParser, word: str) -> bool:

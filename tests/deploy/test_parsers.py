@@ -51,3 +51,11 @@ def test_validate_accepts_an_unknown_kubernetes_reference_holding_flags(tmp_path
     report = check(mocker_graph(worker=exec_form), tmp_path)
     assert report.ok, report.errors
     assert any("$(MY_ARGS)" in w for w in report.warnings), report.warnings
+
+
+def test_a_filled_in_value_after_an_engine_namespaced_flag_is_its_value():
+    """`--trtllm.tokenizer $(MODEL_PATH)`: the parser learns `--trtllm.*` flags later, so the filled-in word
+    is the flag's value there (no 'requires a value'); after an unknown flag it adds no second error."""
+    assert check_args("dynamo.trtllm", ["--model-path", "/m", "--trtllm.tokenizer", "$(MODEL_PATH)"]).errors == []
+    assert check_args("dynamo.mocker", ["--model-path", "/m", "--no-such", "$(X)"]).errors == [
+        "dynamo.mocker: unknown flag --no-such"]

@@ -116,6 +116,8 @@ def test_a_manifest_passing_them_validates(tmp_path):
     doc = yaml.safe_load((REPO / "examples/backends/trtllm/deploy/agg.yaml").read_text())
     worker = next(s for s in doc["spec"]["services"].values()
                   if "dynamo.trtllm" in s["extraPodSpec"]["mainContainer"]["command"])
+    # the recipe's own env names the model directory its args refer to
+    worker["extraPodSpec"]["mainContainer"].setdefault("env", []).append({"name": "MODEL_PATH", "value": "/models/glm"})
     worker["extraPodSpec"]["mainContainer"]["args"] += [
         "--trtllm.custom_tokenizer", "glm_moe_dsa", "--trtllm.tokenizer", "$(MODEL_PATH)",
         "--trtllm.kv_cache_config.free_gpu_memory_fraction=0.8"]
