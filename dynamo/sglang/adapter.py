@@ -24,7 +24,7 @@ import signal
 from typing import Any, AsyncIterator, Callable
 
 from dynamo.llm.media import image_urls_of
-from dynamo.llm.model_card import MEDIA_INPUT_KEY
+from dynamo.llm.model_card import MEDIA_INPUT_KEY, STRUCTURED_OUTPUT_KEY
 from dynamo.llm.protocol import FinishReason, LLMEngineOutput, PreprocessedRequest, engine_priority
 from dynamo.llm.kv_events.engine_decoder import EngineEventDecoder
 from dynamo.llm.kv_events.protocol import LoadMetrics
@@ -113,8 +113,10 @@ class SglangAdapter:
             context_length=self.context_length, total_kv_blocks=self.total_blocks or None,
             data_parallel_size=int(getattr(sa, "dp_size", 1) or 1), publishes_kv_events=self.publishes,
             disaggregated_endpoint=disagg, engine_metrics=self._engine_metrics(sa),
-            runtime_data={"disaggregation_transfer_backend": getattr(sa, "disaggregation_transfer_backend", None)}
-            if self.role is not WorkerRole.AGG else ({MEDIA_INPUT_KEY: ["image"]} if self.images else {}),
+            runtime_data={**({"disaggregation_transfer_backend": getattr(sa, "disaggregation_transfer_backend", None)}
+                             if self.role is not WorkerRole.AGG else ({MEDIA_INPUT_KEY: ["image"]} if self.images else {})),
+                          # SGLang holds output to json_schema / regex / ebnf unless its grammar backend is off
+                          STRUCTURED_OUTPUT_KEY: getattr(sa, "grammar_backend", None) != "none"},
             summary=f"{model}, page size {page}, context {self.context_length}, {self.total_blocks} KV pages")
 
     @staticmethod

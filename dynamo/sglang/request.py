@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from dynamo.llm.protocol import FinishReason, LLMEngineOutput, PreprocessedRequest
+from dynamo.llm.structured_output import sglang_params
 
 # Our sampling option -> SGLang sampling-params key.
 SAMPLING_KEYS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
@@ -41,6 +42,7 @@ def sampling_params(request: PreprocessedRequest, context_length: int, prefill_o
         params["stop_token_ids"] = stop_ids
     params["ignore_eos"] = sc.ignore_eos
     params["skip_special_tokens"] = request.output_options.skip_special_tokens
+    params.update(sglang_params(so.guided_decoding))  # structured output (SGLang's grammar backend)
     return params
 
 

@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator
 
 from dynamo.llm.kv_events.engine_decoder import SALT_PREFIX
 from dynamo.llm.kv_events.protocol import LoadMetrics
-from dynamo.llm.model_card import context_length_of
+from dynamo.llm.model_card import STRUCTURED_OUTPUT_KEY, context_length_of
 from dynamo.llm.protocol import FinishReason, LLMEngineOutput, PreprocessedRequest
 from dynamo.runtime.wire import ErrorCode
 from dynamo.trtllm.args import DynamoTrtllmArgs
@@ -39,14 +39,15 @@ def trtllm_api() -> types.SimpleNamespace:
     """The names the adapter uses from TensorRT-LLM's public LLM API (MetricsCollector: None where the
     release has none)."""
     from tensorrt_llm import LLM, SamplingParams
-    from tensorrt_llm.llmapi import DisaggregatedParams, KvCacheConfig
+    from tensorrt_llm.llmapi import DisaggregatedParams, GuidedDecodingParams, KvCacheConfig
 
     try:
         from tensorrt_llm.metrics.collector import MetricsCollector
     except ImportError:
         MetricsCollector = None
     return types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams, DisaggregatedParams=DisaggregatedParams,
-                                 KvCacheConfig=KvCacheConfig, MetricsCollector=MetricsCollector)
+                                 KvCacheConfig=KvCacheConfig, GuidedDecodingParams=GuidedDecodingParams,
+                                 MetricsCollector=MetricsCollector)
 
 
 class TrtllmAdapter:
@@ -87,12 +88,13 @@ class TrtllmAdapter:
             if self.metrics is not None else None,
             block_size=block_size, context_length=self.max_seq_len, max_num_seqs=self.config.max_batch_size,
             max_num_batched_tokens=self.config.max_num_tokens, publishes_kv_events=self.config.publish_kv_events,
+            runtime_data={STRUCTURED_OUTPUT_KEY: bool(self.config.guided_decoding_backend)},
             summary=f"{self.config.model}, TP {self.config.tensor_parallel_size}, KV block {block_size}, "
                     f"max_seq_len {self.max_seq_len}")
 
     def generate(self, request: PreprocessedRequest, request_id: str) -> AsyncIterator[LLMEngineOutput]:
         prefill = self.role is WorkerRole.PREFILL or request.prefill_only
-        params = self.api.SamplingParams(**sampling_kwargs(request, self.max_seq_len, prefill))
+        params = self.api.SamplingParams(**self._sampling(request, prefill))
         disagg = None
         if prefill:
             disagg = self.api.DisaggregatedParams(request_type="context_only")
@@ -100,6 +102,18 @@ class TrtllmAdapter:
             disagg = self.api.DisaggregatedParams(**disagg_from_wire(request.disaggregated_params,
                                                                      "generation_only"))
         return self._stream(request, request_id, params, disagg, prefill)
+
+    def _sampling(self, request: PreprocessedRequest, prefill: bool) -> dict[str, Any]:
+        """SamplingParams arguments; structured output only with a grammar backend (TensorRT-LLM has none
+        by default and would ignore the constraint): refused otherwise, never silently unconstrained."""
+        kwargs = sampling_kwargs(request, self.max_seq_len, prefill)
+        guided = kwargs.pop("guided_decoding", None)
+        if guided and not prefill:
+            if not self.config.guided_decoding_backend:
+                raise ValueError("structured output (response_format, guided_*, tool_choice required / named) "
+                                 "needs this TensorRT-LLM worker started with --guided-decoding-backend")
+            kwargs["guided_decoding"] = self.api.GuidedDecodingParams(**guided)
+        return kwargs
 
     async def _stream(self, request: PreprocessedRequest, request_id: str, params: Any, disagg: Any,
                       prefill: bool) -> AsyncIterator[LLMEngineOutput]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from dynamo.llm.protocol import FinishReason, PreprocessedRequest
 from dynamo.llm.kv_events.protocol import LoadMetrics
+from dynamo.llm.structured_output import trtllm_fields
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty",
                  "repetition_penalty")
@@ -45,6 +46,9 @@ def sampling_kwargs(request: PreprocessedRequest, max_seq_len: int, prefill_only
     kwargs["detokenize"] = False
     if request.output_options.logprobs is not None:
         kwargs["logprobs"] = request.output_options.logprobs
+    guided = trtllm_fields(so.guided_decoding)
+    if guided:  # the adapter makes TensorRT-LLM's GuidedDecodingParams of these fields
+        kwargs["guided_decoding"] = guided
     return kwargs
 
 

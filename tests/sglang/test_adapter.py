@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import pytest
 from PIL import Image
 
 from dynamo.llm.media import wire_media
-from dynamo.llm.protocol import STRICT_TIER, PreprocessedRequest, RoutingHints, StopConditions
+from dynamo.llm.protocol import (STRICT_TIER, GuidedDecodingOptions, PreprocessedRequest, RoutingHints,
+                                  SamplingOptions, StopConditions)
 from dynamo.sglang.adapter import SglangAdapter
 from dynamo.sglang.args import DynamoSglangArgs
 from tests.worker import standins
@@ -87,3 +89,15 @@ async def test_without_the_flag_or_when_disaggregated_images_are_refused():
         with pytest.raises(ValueError, match="reads no images"):
             [o async for o in subject.generate(_image_request("https://example.com/a.png"), "r0")]
         assert not subject.engine.calls
+
+
+@pytest.mark.asyncio
+async def test_structured_output_reaches_sglangs_sampling_params():
+    """response_format / guided_* / tool_choice required: SGLang's json_schema, regex or ebnf, never dropped."""
+    subject = adapter()
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    req = PreprocessedRequest(request_id="g", model="m", token_ids=[5, 6, 7],
+                              stop_conditions=StopConditions(max_tokens=1, ignore_eos=True),
+                              sampling_options=SamplingOptions(guided_decoding=GuidedDecodingOptions(json=schema)))
+    assert [out async for out in subject.generate(req, "g")][-1].finish_reason is not None
+    assert json.loads(subject.engine.calls[-1]["sampling_params"]["json_schema"]) == schema

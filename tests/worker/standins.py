@@ -187,6 +187,7 @@ class SglangServerArgsStandIn:
     schedule_low_priority_values_first: bool = False
     enable_multimodal: bool = False
     enable_metrics: bool = False
+    grammar_backend: str = "xgrammar"
 
 
 # ---- TensorRT-LLM ----------------------------------------------------------------------
@@ -209,6 +210,15 @@ class SamplingParams:
 class KvCacheConfig:
     def __init__(self, **kwargs: Any) -> None:
         self.__dict__.update(kwargs)
+
+
+class GuidedDecodingParams:
+    """TensorRT-LLM's structured-output constraint: `json`, `json_object`, `regex`, `grammar` (one of)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        unknown = set(kwargs) - {"json", "json_object", "regex", "grammar", "structural_tag"}
+        assert not unknown, f"not a GuidedDecodingParams field: {unknown}"
+        self.kwargs = kwargs
 
 
 class _TrtResult:
@@ -311,4 +321,4 @@ def trtllm_api_standin() -> types.SimpleNamespace:
     """Stands in for `dynamo.trtllm.adapter.trtllm_api()` (the real one imports tensorrt_llm)."""
     return types.SimpleNamespace(LLM=TrtllmLLMStandIn, SamplingParams=SamplingParams,
                                  DisaggregatedParams=DisaggregatedParams, KvCacheConfig=KvCacheConfig,
-                                 MetricsCollector=MetricsCollectorStandIn)
+                                 GuidedDecodingParams=GuidedDecodingParams, MetricsCollector=MetricsCollectorStandIn)

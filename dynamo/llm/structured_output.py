@@ -1,0 +1,51 @@
+"""Our `guided_decoding` (`protocol.GuidedDecodingOptions`, Dynamo's structured output) in the forms the
+engines without vLLM's one-to-one fields take: SGLang's sampling params (`json_schema` as a string,
+`regex`, `ebnf`) and TensorRT-LLM's `GuidedDecodingParams` fields (`json`, `json_object`, `regex`,
+`grammar`). Neither has `choice`: it becomes an EBNF grammar of its alternatives (xgrammar's syntax, which
+both engines' default grammar backend reads)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from dynamo.llm.protocol import GuidedDecodingOptions
+
+ANY_OBJECT = {"type": "object"}
+
+
+def choice_grammar(choices: list[str]) -> str:
+    """An EBNF grammar whose language is exactly `choices` (each a double-quoted literal)."""
+    return "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
+
+
+def sglang_params(guided: GuidedDecodingOptions | None) -> dict[str, Any]:
+    """SGLang sampling params for the constraint ({} when none)."""
+    if guided is None:
+        return {}
+    if guided.json is not None or guided.json_object:
+        return {"json_schema": json.dumps(guided.json if guided.json is not None else ANY_OBJECT)}
+    if guided.regex:
+        return {"regex": guided.regex}
+    if guided.choice:
+        return {"ebnf": choice_grammar(guided.choice)}
+    if guided.grammar:
+        return {"ebnf": guided.grammar}
+    return {}
+
+
+def trtllm_fields(guided: GuidedDecodingOptions | None) -> dict[str, Any]:
+    """TensorRT-LLM `GuidedDecodingParams` fields for the constraint ({} when none)."""
+    if guided is None:
+        return {}
+    if guided.json is not None:
+        return {"json": guided.json}
+    if guided.json_object:
+        return {"json_object": True}
+    if guided.regex:
+        return {"regex": guided.regex}
+    if guided.choice:
+        return {"grammar": choice_grammar(guided.choice)}
+    if guided.grammar:
+        return {"grammar": guided.grammar}
+    return {}

@@ -1,0 +1,31 @@
+"""Our guided_decoding in SGLang's and TensorRT-LLM's forms (llm/structured_output.py)."""
+
+from __future__ import annotations
+
+import json
+
+from dynamo.llm.protocol import GuidedDecodingOptions as G
+from dynamo.llm.structured_output import choice_grammar, sglang_params, trtllm_fields
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}}
+
+
+def test_each_constraint_in_sglangs_sampling_params():
+    assert json.loads(sglang_params(G(json=SCHEMA))["json_schema"]) == SCHEMA
+    assert json.loads(sglang_params(G(json_object=True))["json_schema"]) == {"type": "object"}
+    assert sglang_params(G(regex="[0-9]+")) == {"regex": "[0-9]+"}
+    assert sglang_params(G(grammar='root ::= "x"')) == {"ebnf": 'root ::= "x"'}
+    assert sglang_params(G(choice=["yes", "no"])) == {"ebnf": 'root ::= "yes" | "no"'}
+    assert sglang_params(None) == {} and sglang_params(G()) == {}
+
+
+def test_each_constraint_in_trtllms_guided_decoding_fields():
+    assert trtllm_fields(G(json=SCHEMA)) == {"json": SCHEMA}
+    assert trtllm_fields(G(json_object=True)) == {"json_object": True}
+    assert trtllm_fields(G(regex="a+")) == {"regex": "a+"}
+    assert trtllm_fields(G(choice=["a b", 'say "hi"'])) == {"grammar": 'root ::= "a b" | "say \\"hi\\""'}
+    assert trtllm_fields(None) == {} and trtllm_fields(G()) == {}
+
+
+def test_a_choice_grammar_keeps_non_ascii_text_as_written():
+    assert choice_grammar(["café", "日本"]) == 'root ::= "café" | "日本"'
