@@ -5,9 +5,11 @@ and the control endpoint (400). The replicas are real processes (`sleep`), super
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from pathlib import Path
+from typing import AsyncIterator
 
 import pytest
 
@@ -66,46 +68,46 @@ def assert_all_gone(pids: set[int]) -> None:
     assert alive == [], f"replica processes left running: {alive}"
 
 
-@pytest.mark.e2e
-async def test_a_newer_scale_request_ends_a_scale_up_between_starts(tmp_path):
-    sup, stop, done, seen = supervisor(tmp_path), asyncio.Event(), asyncio.Event(), set()
+@contextlib.asynccontextmanager
+async def running(sup: Supervisor) -> AsyncIterator[tuple[asyncio.Task, asyncio.Event, set[int]]]:
+    """The supervisor running, with every replica process it starts recorded; stopped and awaited after."""
+    stop, done, seen = asyncio.Event(), asyncio.Event(), set()
     runner = asyncio.create_task(sup.run(stop))
     watcher = asyncio.create_task(watch_pids(sup, seen, done))
     try:
         await until(lambda: len(seen) == 1)
+        yield runner, stop, seen
+    finally:
+        stop.set()
+        await runner
+        done.set()
+        await watcher
+
+
+@pytest.mark.e2e
+async def test_a_newer_scale_request_ends_a_scale_up_between_starts(tmp_path):
+    sup = supervisor(tmp_path)
+    async with running(sup) as (_, _, seen):
         sup.scale("Worker", MAX_REPLICAS)
         await until(lambda: len(seen) >= 3)
         sup.scale("Worker", 0)  # before the scale-up is through
         await until(lambda: not sup.replicas)
         assert len(seen) < MAX_REPLICAS // 2, f"the scale-up went on after the scale to 0: {len(seen)} started"
         assert_all_gone(seen)
-    finally:
-        stop.set()
-        await runner
-        done.set()
-        await watcher
     assert_all_gone(seen)
 
 
 @pytest.mark.e2e
 async def test_stop_ends_a_scale_up_promptly_and_reaps_every_replica(tmp_path):
-    sup, stop, done, seen = supervisor(tmp_path), asyncio.Event(), asyncio.Event(), set()
-    runner = asyncio.create_task(sup.run(stop))
-    watcher = asyncio.create_task(watch_pids(sup, seen, done))
-    try:
-        await until(lambda: len(seen) == 1)
+    sup = supervisor(tmp_path)
+    async with running(sup) as (runner, stop, seen):
         sup.scale("Worker", MAX_REPLICAS)
         await until(lambda: len(seen) >= 3)
         stop.set()  # what SIGTERM / Ctrl-C does in `run`
         began = time.monotonic()
-        await asyncio.wait_for(runner, 15)
+        await asyncio.wait_for(asyncio.shield(runner), 15)
         assert time.monotonic() - began < 10
         assert len(seen) < MAX_REPLICAS // 2, f"the scale-up went on after stop: {len(seen)} started"
-    finally:
-        stop.set()
-        await runner
-        done.set()
-        await watcher
     assert_all_gone(seen)
 
 
