@@ -359,8 +359,9 @@ class GenerationRun:
         if not await self._collect_answers(merged, first):
             return
         large = self.want_logprobs and sum(c.logprob_entries() for c in self.choices) > LARGE_ANSWER_ENTRIES
-        await send_bytes(send, 200, await asyncio.to_thread(self._unary_body, True) if large else
-                         self._unary_body(False))
+        body = await asyncio.get_running_loop().run_in_executor(self.app.answer_pool, self._unary_body, True) \
+            if large else self._unary_body(False)
+        await send_bytes(send, 200, body)
 
     def _unary_body(self, piecewise: bool) -> bytes:
         """The unary answer's JSON; `piecewise` (a large one, built in a thread): each choice encoded a slice

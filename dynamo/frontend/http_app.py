@@ -97,6 +97,9 @@ class FrontendApp:
         self.prep_pool = ThreadPoolExecutor(max_workers=PREP_THREADS, thread_name_prefix="dyn-prep")
         self.speculative = SpeculativePrefill(dispatcher, self.prep_pool, metrics.registry, metrics.prefix)
         self.trimmer = HeapTrimmer(self.prep_pool)  # after big bodies
+        # Huge unary answers (logprobs of many tokens and choices) are built here, one at a time: seconds of
+        # work that must wait neither for nor in front of tokenizing, nor take every thread of the default pool.
+        self.answer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dyn-answer")
         self.on_close: list[Callable[[], Awaitable[None]]] = []  # route owners' own tasks (the Batch API's)
         self.routes: dict[tuple[str, str], Callable] = {
             ("POST", "/v1/chat/completions"): self.chat,
@@ -185,6 +188,7 @@ class FrontendApp:
             await close()
         await self.speculative.close()
         self.prep_pool.shutdown(wait=False, cancel_futures=True)
+        self.answer_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- simple routes ---------------------------------------------------------------------------
     async def live(self, scope, receive, send) -> None:
