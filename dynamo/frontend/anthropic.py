@@ -181,9 +181,16 @@ def _user_messages(blocks: list[dict[str, Any]], where: str) -> list[ChatMessage
     return out
 
 
+def _source(block: dict[str, Any], where: str) -> dict[str, Any]:
+    source = block.get("source") or {}
+    if not isinstance(source, dict):
+        raise bad_request(f"{where}: a block's `source` must be an object", f"{where}.source", "invalid_type")
+    return source
+
+
 def _image_url(block: dict[str, Any], where: str) -> str:
     """An image block's source as a URL: `base64` data as a data: URL, a `url` source as it is."""
-    source = block.get("source") or {}
+    source = _source(block, where)
     if source.get("type") == "base64" and isinstance(source.get("data"), str):
         return f"data:{source.get('media_type') or 'image/png'};base64,{source['data']}"
     if source.get("type") == "url" and isinstance(source.get("url"), str):
@@ -222,7 +229,7 @@ def _result_text(content: Any, where: str) -> str:
 
 
 def _document_text(block: dict[str, Any], where: str) -> str:
-    source = block.get("source") or {}
+    source = _source(block, where)
     if source.get("type") == "text" and isinstance(source.get("data"), str):
         return source["data"]
     raise bad_request(f"{where}: only plain-text documents (source.type `text`) can be read here", f"{where}.source")

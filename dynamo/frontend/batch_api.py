@@ -23,13 +23,15 @@ from dynamo.frontend.batch_jobs import ACTIVE, ENDPOINTS, STATUSES, WINDOW_SECS,
 from dynamo.frontend.batch_journal import BatchJournal
 from dynamo.frontend.batch_runner import BatchRunner
 from dynamo.frontend.replicas import new_id, owner_tag
-from dynamo.frontend.errors import ApiError, bad_request, no_route
+from dynamo.frontend.errors import ApiError, bad_request, body_too_large, no_route
+from dynamo.frontend.openai import decode_body
 from dynamo.runtime.asgi import BodyTooLarge, header, read_body, send_bytes, send_json
 
 log = logging.getLogger(__name__)
 
 FILES, BATCHES = "/v1/files", "/v1/batches"
 MULTIPART_OVERHEAD = 1 << 16  # the form's headers and other fields around the file
+CREATE_LIMIT = 1 << 20  # a batches.create body: ids, endpoint, window, metadata
 
 
 class BatchCreate(msgspec.Struct, forbid_unknown_fields=False):
@@ -38,6 +40,9 @@ class BatchCreate(msgspec.Struct, forbid_unknown_fields=False):
     completion_window: str
     metadata: dict[str, str] | None = None
     output_expires_after: dict[str, Any] | None = None
+
+
+_create_decoder = msgspec.json.Decoder(BatchCreate)
 
 
 class BatchApi:
@@ -132,11 +137,11 @@ class BatchApi:
     # -- batches ---------------------------------------------------------------------------------
     async def create(self, scope, receive, send) -> None:
         self.app.refuse_if_draining()  # its requests would only meet 503s until this frontend exits
-        body = await read_body(receive, 1 << 20)
         try:
-            req = msgspec.json.decode(body, type=BatchCreate)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise bad_request(f"Invalid request: {exc}", None, "invalid_type") from None
+            body = await read_body(receive, CREATE_LIMIT)
+        except BodyTooLarge:
+            raise body_too_large(CREATE_LIMIT) from None
+        req = decode_body(_create_decoder, body)
         if await self._elsewhere(req.input_file_id, FILE_PREFIX, scope, receive, send, body):
             return  # its input is another replica's: the batch runs there
         if req.endpoint not in ENDPOINTS:

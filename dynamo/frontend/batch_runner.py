@@ -26,6 +26,7 @@ from dynamo.frontend.inprocess import call_app
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = (429, 503, 529)
+PARSE_OFF_LOOP_BYTES = 1 << 20  # answers larger than this are parsed in a thread
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 8.0
 RESUME_WAIT_S = 120.0  # a restarted frontend's wait for a resumed batch's model to be served again
 MAX_BATCHES = 10_000  # records kept: past it the oldest ended ones go (their files stay until deleted)
@@ -41,6 +42,7 @@ class BatchRunner:
         self.journal = journal
         self.concurrency = max(concurrency, 1)
         self.slots = asyncio.Semaphore(self.concurrency)
+        self._journal_writes = asyncio.Lock()
         self.batches: dict[str, Batch] = {}
         self.tasks: dict[str, asyncio.Task] = {}
 
@@ -153,8 +155,9 @@ class BatchRunner:
             results[index] = entry
             batch.count(entry)
             if self.journal is not None:
-                try:
-                    self.journal.append_result(batch.id, index, entry)
+                try:  # off the loop (an answer may be megabytes of JSON), one write at a time (one file handle)
+                    async with self._journal_writes:
+                        await asyncio.to_thread(self.journal.append_result, batch.id, index, entry)
                 except OSError as exc:  # a full disk: the answer stays in memory, only a restart would redo it
                     log.warning("batch %s: answer %d not journaled: %s", batch.id, index, exc)
 
@@ -173,7 +176,9 @@ class BatchRunner:
             except Exception as exc:  # the app crashed on it: an answer like any other 500
                 return 500, _error(f"{type(exc).__name__}: {exc}", None, "internal_error"), request_id
             if status not in RETRY_STATUSES or time.time() + delay >= batch.expires_at or batch.cancel_requested:
-                return status, _json_or_text(body), request_id
+                parsed = await asyncio.to_thread(_json_or_text, body) if len(body) > PARSE_OFF_LOOP_BYTES \
+                    else _json_or_text(body)  # a 40 MB embeddings answer is a second of parsing
+                return status, parsed, request_id
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
 

@@ -69,6 +69,17 @@ class EmbeddingRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
         return out
 
 
+TOKENIZE_OFF_LOOP_CHARS = 64 * 1024  # above this much text, prompts are tokenized in a thread
+
+
+async def wire_inputs(req: "EmbeddingRequest", pipeline, request_id: str) -> list[PreprocessedRequest]:
+    """`req.to_requests`: its inputs tokenized, in a thread when they carry much text (2,048 inputs of 8 KB
+    are seconds of tokenizing that would hold every other stream)."""
+    if sum(len(item) for item in req.inputs() if isinstance(item, str)) > TOKENIZE_OFF_LOOP_CHARS:
+        return await asyncio.to_thread(req.to_requests, pipeline, request_id)
+    return req.to_requests(pipeline, request_id)
+
+
 def pooling_prompt(pipeline, item: str | list[int], param: str) -> list[int]:
     """One pooling input's token ids (text or ids), PreprocessError naming `param` when they do not fit the
     context with the one position the engine's pooling step takes."""
@@ -129,7 +140,7 @@ async def embed_all(dispatcher, entry, requests: list[PreprocessedRequest]) -> l
 
 
 async def embed(dispatcher, entry, req: EmbeddingRequest) -> dict:
-    requests = req.to_requests(entry.pipeline, "embd-" + uuid.uuid4().hex)
+    requests = await wire_inputs(req, entry.pipeline, "embd-" + uuid.uuid4().hex)
     vectors = await embed_all(dispatcher, entry, requests)
     tokens = sum(len(r.token_ids) for r in requests)
     data = [{"object": "embedding", "index": i, "embedding": encode_vector(v, req.encoding_format)}

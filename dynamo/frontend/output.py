@@ -11,8 +11,9 @@ layer only frames what this stage returns.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
+
+import msgspec
 
 from dynamo.frontend.parsers import ToolCallDelta, make_reasoning_parser, make_tool_parser
 from dynamo.frontend.parsers.base import PromptReasoning, ToolParser, new_call_id
@@ -206,8 +207,9 @@ class OutputStage:
 
 
 def is_json(text: str) -> bool:
+    """Strict JSON, as clients and the Anthropic route decode arguments (msgspec): no NaN, Infinity, 1e999."""
     try:
-        json.loads(text)
-    except ValueError:
+        msgspec.json.decode(text)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return False
     return True

@@ -18,7 +18,8 @@ from typing import Any, Awaitable, Callable
 
 import msgspec
 
-from dynamo.frontend.embeddings import EmbeddingRequest, decode_embeddings, embed, embed_all, encode_vector
+from dynamo.frontend.embeddings import (EmbeddingRequest, decode_embeddings, embed, embed_all, encode_vector,
+                                        wire_inputs)
 from dynamo.frontend.errors import ApiError, bad_request
 from dynamo.frontend.openai import decode_body
 from dynamo.frontend.rerank import decode_rerank, decode_rerank_v2, decode_score, rerank, rerank_v2, score
@@ -48,7 +49,7 @@ def decode_classify(body: bytes) -> ClassifyRequest:
 
 async def pooled_vectors(dispatcher, entry, req: ClassifyRequest, task: str) -> tuple[list[list[float]], int]:
     """One vector per input (the worker's pooled output for `task`) and the prompt tokens they took."""
-    requests = req.to_requests(entry.pipeline, uuid.uuid4().hex)
+    requests = await wire_inputs(req, entry.pipeline, uuid.uuid4().hex)
     for wire in requests:
         wire.task = task
         if req.use_activation is not None:

@@ -99,19 +99,29 @@ def input_messages(items: str | list[dict[str, Any]]) -> list[ChatMessage]:
     for i, item in enumerate(items):
         kind = item.get("type", "message")
         if kind == "message":
-            out.append(ChatMessage(role=item.get("role", "user"), content=_text(item.get("content"), i)))
+            out.append(ChatMessage(role=_string(item, "role", i, "user"), content=_text(item.get("content"), i)))
         elif kind == "function_call":
-            call = {"id": item.get("call_id"), "type": "function",
-                    "function": {"name": item.get("name"), "arguments": item.get("arguments", "{}")}}
+            call = {"id": _string(item, "call_id", i), "type": "function",
+                    "function": {"name": _string(item, "name", i), "arguments": _string(item, "arguments", i, "{}")}}
             if out and out[-1].role == "assistant" and out[-1].tool_calls is not None:
                 out[-1].tool_calls.append(call)
             else:
                 out.append(ChatMessage(role="assistant", content=None, tool_calls=[call]))
         elif kind == "function_call_output":
-            out.append(ChatMessage(role="tool", content=str(item.get("output", "")), tool_call_id=item.get("call_id")))
+            out.append(ChatMessage(role="tool", content=str(item.get("output", "")),
+                                   tool_call_id=_string(item, "call_id", i)))
         elif kind != "reasoning":
             raise bad_request(f"unsupported input item type {kind!r}", f"input[{i}].type")
     return out
+
+
+def _string(item: dict[str, Any], key: str, i: int, default: str | None = None) -> str:
+    """An input item's string field (`default` when absent); a 400 naming it when it is anything else (the
+    conversation is stored, and read back typed)."""
+    value = item.get(key, default)
+    if not isinstance(value, str):
+        raise bad_request(f"`{key}` of an input item must be a string", f"input[{i}].{key}", "invalid_type")
+    return value
 
 
 def _text(content: Any, i: int) -> str | list[dict[str, Any]]:
@@ -122,9 +132,11 @@ def _text(content: Any, i: int) -> str | list[dict[str, Any]]:
     if not isinstance(content, list):
         raise bad_request("message content must be a string or a list of text parts", f"input[{i}].content")
     parts: list[dict[str, Any]] = []
-    for part in content:
+    for j, part in enumerate(content):
         if not isinstance(part, dict):
             raise bad_request("content parts must be objects", f"input[{i}].content")
+        if part.get("type") != "input_image" and not isinstance(part.get("text", ""), str):
+            raise bad_request("a text part's `text` must be a string", f"input[{i}].content[{j}].text", "invalid_type")
         if part.get("type") == "input_image":
             image = {"url": part.get("image_url"), **({"detail": part["detail"]} if part.get("detail") else {})}
             parts.append({"type": "image_url", "image_url": image})

@@ -11,6 +11,7 @@ forwarded there (replicas.py).
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,8 @@ import msgspec
 
 from dynamo.frontend.errors import ApiError, bad_request
 from dynamo.frontend.openai import ChatMessage
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from dynamo.frontend.replicas import Replicas
@@ -67,7 +70,12 @@ class ResponseStore:
         if data is None:
             return None
         self._entries.move_to_end(response_id)
-        return _decoder.decode(data)
+        try:
+            return _decoder.decode(data)
+        except msgspec.ValidationError:  # stored by an older rule that let it in: gone, not a 500 on every read
+            log.warning("stored response %s cannot be read back; dropped", response_id)
+            self.delete(response_id)
+            return None
 
     def delete(self, response_id: str) -> bool:
         data = self._entries.pop(response_id, None)

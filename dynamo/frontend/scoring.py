@@ -15,12 +15,11 @@ import uuid
 
 import msgspec
 
-from dynamo.frontend.embeddings import embed_all, pooling_prompt, pooling_request
+from dynamo.frontend.embeddings import TOKENIZE_OFF_LOOP_CHARS, embed_all, pooling_prompt, pooling_request
 from dynamo.frontend.errors import bad_prompt, bad_request
 from dynamo.llm.preprocessor import PreprocessError
 from dynamo.llm.rerank_pairs import PairFormat, truncate_to_tokens
 
-TOKENIZE_OFF_LOOP_CHARS = 64 * 1024  # above this much text, prompts are tokenized in a thread
 
 
 class Pair(msgspec.Struct, frozen=True):

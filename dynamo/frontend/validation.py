@@ -217,6 +217,10 @@ def validate_tools(req: ChatCompletionRequest) -> None:
                 or not isinstance(fn.get("name"), str) or not fn["name"]:
             raise bad_request("each tool must be {\"type\": \"function\", \"function\": {\"name\": ...}}",
                               f"tools[{i}]", "invalid_type")
+        params = fn.get("parameters")
+        if params is not None and (not isinstance(params, dict) or not isinstance(params.get("properties", {}), dict)):
+            raise bad_request("a function's `parameters` must be a JSON Schema object (its `properties` an object)",
+                              f"tools[{i}].function.parameters", "invalid_type")
         names.append(fn["name"])
     choice = req.tool_choice
     # OpenAI: no `tool_choice` means "auto" when tools are given (`tool_choice_mode`), "none" without;

@@ -120,8 +120,9 @@ class ChatTemplate:
             return cls(jinja_file.read_text(encoding="utf-8"), specials)
         return cls(_select_template(cfg.get("chat_template"), path), specials)
 
-    def render(self, messages, *, add_generation_prompt: bool = True, tools: list | None = None,
+    def render(self, messages, /, *, add_generation_prompt: bool = True, tools: list | None = None,
                **template_kwargs) -> str:
+        """`template_kwargs`: any names the client chose (`self`, `messages` included: positional-only above)."""
         try:
             # Caller kwargs may override the special tokens but never the core variables.
             return self._template.render(

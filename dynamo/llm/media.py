@@ -82,7 +82,10 @@ def check_reference(url: Any, policy: MediaPolicy) -> str:
         raise MediaError(f"image URL scheme {scheme or '(none)'!r} is not allowed: use https:// or a data: URL")
     if scheme == "http" and not policy.allow_internal:
         raise MediaError("http:// image URLs are not allowed (DYN_MM_ALLOW_INTERNAL=1 allows them): use https://")
-    host = (urlsplit(url).hostname or "").lower()
+    try:
+        host = (urlsplit(url).hostname or "").lower()
+    except ValueError as exc:  # "Invalid IPv6 URL", a netloc that fails NFKC checks
+        raise MediaError(f"malformed image URL: {exc}") from None
     if not host:
         raise MediaError("the image URL has no host")
     if not policy.allow_internal:

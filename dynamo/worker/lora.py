@@ -133,7 +133,7 @@ class LoraManager:
             payload = json.loads(await read_body(receive, MAX_BODY))
         except BodyTooLarge:
             return 413, error("request body too large")
-        except (ValueError, ConnectionError):
+        except (ValueError, RecursionError, ConnectionError):  # RecursionError: nested too deeply
             return 400, error("request body must be a JSON object")
         name = payload.get("lora_name") if isinstance(payload, dict) else None
         source = payload.get("source") if isinstance(payload, dict) else None

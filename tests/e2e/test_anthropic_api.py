@@ -145,6 +145,10 @@ def test_errors_take_anthropics_shape(cluster, client):
         {"role": "user", "content": [{"type": "tool_use", "id": "x", "name": "f", "input": {}}]}]})
     assert bad_block.status_code == 400 and bad_block.json()["error"]["param"] == "messages[0].content[0].type"
     assert httpx.post(url, content=b"{not json", timeout=30).json()["error"]["type"] == "invalid_request_error"
+    for block in ({"type": "image", "source": "x"}, {"type": "document", "source": [1]}):
+        odd = httpx.post(url, timeout=30, json={"model": MODEL, "max_tokens": 5, "messages": [
+            {"role": "user", "content": [block]}]})  # was a 500 (`.get` on a string)
+        assert odd.status_code == 400 and odd.json()["error"]["param"] == "messages[0].content[0].source", odd.text
 
 
 def test_a_prompt_over_the_context_gets_anthropics_message_and_claude_codes_retry_fits(client):

@@ -271,3 +271,22 @@ def test_a_user_message_without_content_is_a_400(http):
         "id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "ok"}]
     assert http.post("/v1/chat/completions", json=chat(messages=tool_turn)).status_code == 200
+
+
+def test_odd_shapes_a_validator_missed_are_400s_not_500s(http):
+    """What a static hunt for 500s found (each was a 500): a Responses item's non-string call_id (it also
+    broke every later read of the stored response) or text, a non-object tool schema, a batch create body
+    over its limit; and a template variable named `self` is just a variable."""
+    call = [{"type": "function_call", "call_id": 7, "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": 7, "output": "x"}, {"role": "user", "content": "hi"}]
+    assert_error(http.post("/v1/responses", json={"model": MODEL, "input": call}), 400, "input[0].call_id")
+    text = [{"role": "user", "content": [{"type": "input_text", "text": None}]}]
+    assert_error(http.post("/v1/responses", json={"model": MODEL, "input": text}), 400, "input[0].content[0].text")
+    tools = [{"type": "function", "function": {"name": "f", "parameters": "oops"}}]
+    assert_error(http.post("/v1/chat/completions", json=chat(tools=tools)), 400, "tools[0].function.parameters")
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"properties": [1]}}}]
+    assert_error(http.post("/v1/chat/completions", json=chat(tools=tools)), 400, "tools[0].function.parameters")
+    big = {"input_file_id": "file-x", "endpoint": "/v1/chat/completions", "completion_window": "24h",
+           "metadata": {"k": "x" * (1 << 20)}}
+    assert http.post("/v1/batches", json=big).status_code == 413
+    assert http.post("/v1/chat/completions", json=chat(chat_template_kwargs={"self": 1})).status_code == 200

@@ -31,6 +31,7 @@ def test_references_the_strict_policy_allows(url):
     ("https://metadata.google.internal/x", "internal"), ("https://svc.localhost/x", "internal"),
     ("https:///nohost", "no host"), ("data:text/plain;base64,QQ==", "image in base64"),
     ("data:image/png,rawbytes", "image in base64"), ("data:image/png;base64", "image in base64"),
+    ("https://[::1/a.png", "malformed"), ("https://[zz]/a.png", "malformed"),
 ])
 def test_references_the_strict_policy_refuses(url, says):
     with pytest.raises(MediaError, match=says) as info:

@@ -91,6 +91,11 @@ def test_bad_loads_fail_clearly_and_leave_nothing(cluster, payload, status):
     assert "x" not in _models(cluster.base_url)
 
 
+def test_a_body_nested_too_deeply_is_a_400(cluster):
+    resp = httpx.post(_loras_url(cluster.workers[1]), content=b"[" * 30000, timeout=30)
+    assert resp.status_code == 400 and resp.json()["status"] == "error"
+
+
 def test_adapter_requests_land_only_on_its_worker_in_both_router_modes(cluster):
     a, b = cluster.workers
     assert _load(a, "ada", cluster.adapter.as_uri()).status_code == 200

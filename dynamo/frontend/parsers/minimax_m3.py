@@ -194,7 +194,8 @@ def branches(schema) -> list[dict]:
         return []
     out = [schema]
     for key in ("anyOf", "oneOf"):
-        for alternative in schema.get(key) or []:
+        alternatives = schema.get(key)
+        for alternative in alternatives if isinstance(alternatives, list) else []:
             out.extend(branches(alternative))
     return out
 
@@ -216,7 +217,8 @@ def kinds(schema) -> list[str]:
 def member_schema(schema, key: str) -> dict | None:
     every = branches(schema)
     for branch in every:
-        found = (branch.get("properties") or {}).get(key)
+        props = branch.get("properties")
+        found = props.get(key) if isinstance(props, dict) else None  # a client's schema: any shape
         if isinstance(found, dict):
             return found
     return next((b["additionalProperties"] for b in every if isinstance(b.get("additionalProperties"), dict)),
