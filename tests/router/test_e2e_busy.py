@@ -198,9 +198,10 @@ def test_a_threshold_raised_live_serves_what_it_refused(cluster):
 @pytest.mark.parametrize("body, status, param", [
     ({"model": MODEL, "active_decode_blocks_threshold": 1.5}, 400, "active_decode_blocks_threshold"),
     ({"model": MODEL, "active_prefill_tokens_threshold": -1}, 400, "active_prefill_tokens_threshold"),
-    ({"model": MODEL, "active_prefill_tokens_threshold": 2.5}, 400, None),  # not a token count
-    ({"model": MODEL, "active_prefill_tokens_threshold_frac": "half"}, 400, None),
-    ({"active_decode_blocks_threshold": 0.5}, 400, None),  # which model?
+    ({"model": MODEL, "active_prefill_tokens_threshold": 2.5}, 400,
+     "active_prefill_tokens_threshold"),  # not a token count
+    ({"model": MODEL, "active_prefill_tokens_threshold_frac": "half"}, 400, "active_prefill_tokens_threshold_frac"),
+    ({"active_decode_blocks_threshold": 0.5}, 400, "model"),  # which model?
     ({"model": "", "active_decode_blocks_threshold": 0.5}, 400, "model"),
     ({"model": "nope", "active_decode_blocks_threshold": 0.5}, 404, "model"),
     (b"{not json", 400, None),
