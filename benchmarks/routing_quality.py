@@ -203,7 +203,7 @@ def _vllm_cluster(tmp: Path, args):
     cluster = VllmCluster(tmp, args.vllm_model, python)
     cores = os.cpu_count() or 1  # vLLM pins each engine's OpenMP threads: one core each, not both on core 0
     workers = [cluster.vllm_worker("--enable-prefix-caching", env={"VLLM_CPU_OMP_THREADS_BIND": str(i % cores)},
-                                   wait=False) for i in range(2)]
+                                   wait=False) for i in range(args.workers)]
     from tests.vllm.conftest import wait_healthy
     for worker in workers:
         wait_healthy(worker, timeout=600)
@@ -231,13 +231,14 @@ def run_once(stack: str, spec: str, model: Path, plan, args, rate: float | None 
         if args.engine == "mocker":
             workers = [cluster.mocker("--speedup-ratio", args.speedup, "--num-gpu-blocks-override",
                                       str(args.blocks), "--block-size", str(args.block_size),
-                                      *args.mocker_args.split()) for _ in range(2)]
+                                      *args.mocker_args.split()) for _ in range(args.workers)]
         frontend = cluster.frontend("--router-mode", mode, *extra.split())
         if stack == "anchor":  # its /health does not name models: wait for the listing, then both workers warm
             wait_until(lambda: cluster.models() == ["tiny"], 120, "model listed")
+            wait_until(lambda: len(_worker_ids(cluster.base_url)) >= args.workers, 120, "every worker listed")
             time.sleep(3)
         else:
-            cluster.wait_workers("tiny", 2, timeout=120)
+            cluster.wait_workers("tiny", args.workers, timeout=120)
         procs = [frontend, *workers]
         pins = None
         if pinned:
@@ -379,6 +380,9 @@ def main() -> None:
                         "shared prefix): passive unless a mode turns affinity on, e.g. "
                         '"round-robin:--router-session-affinity-ttl-secs 300"')
     parser.add_argument("--block-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2,
+                        help="engine workers (2 by default: with 2, round-robin sends a conversation's next turn to "
+                        "its cache half the time by chance; production pools are larger)")
     parser.add_argument("--mocker-args", default="",
                         help='more flags for every mocker, both stacks: "--num-host-blocks 4000" (a host KV tier)')
     parser.add_argument("--speedup", default="1")
@@ -419,8 +423,9 @@ def main() -> None:
                 + ("open loop (Poisson arrivals at the rate in each row)" if args.rates else
                    f"{args.concurrency} users" + (f" (think time U(0, {args.think_ms:.0f}) ms)" if args.think_ms else ""))
                 + ", "
-                + (f"2 vLLM CPU workers ({args.vllm_preset} model, block size {args.block_size})" if args.engine == "vllm" else
-                   f"2 mockers x {args.blocks} blocks of {args.block_size} (speedup {args.speedup})")
+                + (f"{args.workers} vLLM CPU workers ({args.vllm_preset} model, block size {args.block_size})"
+                   if args.engine == "vllm" else
+                   f"{args.workers} mockers x {args.blocks} blocks of {args.block_size} (speedup {args.speedup})")
                 + "; median [min-max] over rounds",
                 ("router", "TTFT p50 ms", "TTFT p99 ms")
                 + ((f"{TRACKED[args.workload][0]} TTFT p50 / p99 ms",) if follow else ())
