@@ -27,12 +27,24 @@ from dynamo.runtime import records
 from dynamo.runtime.asgi import BodyTooLarge, read_body, send_json
 from dynamo.runtime.distributed import DistributedRuntime
 from dynamo.runtime.records import EndpointId
-from dynamo.worker.lora_source import LoraSourceError, resolve_source
+from dynamo.worker.lora_source import LoraSourceError, fetch_timeout, resolve_source
 
 log = logging.getLogger("dynamo.worker.lora")
 
 ROUTE = "/v1/loras"
 MAX_BODY = 64 * 1024
+
+
+async def _resolve_within_deadline(uri: str):
+    """The adapter's local directory; a fetch past `DYN_LORA_FETCH_TIMEOUT_SECS` is a 504 (the thread
+    cannot be stopped: it finishes into the cache, where the next load finds it)."""
+    deadline = fetch_timeout()
+    future = asyncio.get_running_loop().run_in_executor(None, resolve_source, uri)
+    try:
+        return await asyncio.wait_for(future, deadline if deadline > 0 else None)
+    except asyncio.TimeoutError:
+        raise LoraSourceError(f"fetching {uri} took longer than {deadline:g} s (DYN_LORA_FETCH_TIMEOUT_SECS); "
+                              "it goes on in the background: load it again later", 504) from None
 
 
 def lora_id_of(name: str) -> int:
@@ -83,7 +95,7 @@ class LoraManager:
             key = self.card_key(name)
             await self.runtime.register_key(key, self.card(name, lora_id, loading=True))
             try:
-                path = await asyncio.get_running_loop().run_in_executor(None, resolve_source, uri)
+                path = await _resolve_within_deadline(uri)
                 await self.adapter.load_lora(name, str(path), lora_id)
             except Exception as exc:
                 await self.runtime.unregister_key(key)

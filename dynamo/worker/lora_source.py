@@ -4,12 +4,17 @@ local cache (`DYN_LORA_PATH`, default `~/.cache/dynamo_loras`) remote ones land 
 A source resolves to a local directory holding `adapter_config.json` (plus the weights).
 A remote source already in the cache is used as it is (no network); one that is not is
 fetched, and a fetch that cannot happen here fails with a `LoraSourceError` saying why.
+A fetch lands in a staging directory that is renamed into the cache only once complete, so
+a fetch cut short (a deadline, a crash) never leaves a half adapter that later loads would
+take as cached.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -23,6 +28,9 @@ ADAPTER_CONFIG = "adapter_config.json"
 class LoraSettings:
     lora_path: str = setting("~/.cache/dynamo_loras", "Local cache directory for LoRA adapters from remote sources",
                              env="DYN_LORA_PATH")
+    lora_fetch_timeout_secs: float = setting(
+        600.0, "Deadline for fetching a remote LoRA adapter into the cache; a load past it answers 504 (the "
+        "fetch finishes in the background and a later load finds it cached)", env="DYN_LORA_FETCH_TIMEOUT_SECS")
 
 
 class LoraSourceError(Exception):
@@ -33,8 +41,16 @@ class LoraSourceError(Exception):
         self.status = status
 
 
+def _settings() -> LoraSettings:
+    return from_namespace(LoraSettings, argparse.Namespace())
+
+
 def cache_dir() -> Path:
-    return Path(os.path.expanduser(from_namespace(LoraSettings, argparse.Namespace()).lora_path))
+    return Path(os.path.expanduser(_settings().lora_path))
+
+
+def fetch_timeout() -> float:
+    return _settings().lora_fetch_timeout_secs
 
 
 def _cache_slot(uri: str) -> Path:
@@ -75,9 +91,26 @@ def _fetch_hf(repo: str, slot: Path, uri: str) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise LoraSourceError(f"cannot fetch {uri}: huggingface_hub is not installed", 502) from None
+    staging = slot.with_name(f".{slot.name}.partial-{uuid.uuid4().hex[:12]}")
     try:
-        snapshot_download(repo_id=repo, revision=revision or None, local_dir=str(slot))
+        snapshot_download(repo_id=repo, revision=revision or None, local_dir=str(staging))
+        _check_adapter_dir(staging, uri)
+        _publish(staging, slot)
+    except LoraSourceError:
+        raise
     except Exception as exc:  # offline, unknown repo, no access: all say the same to the caller
         raise LoraSourceError(f"cannot fetch {uri} from the Hugging Face Hub: {type(exc).__name__}: {exc}",
                               502) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return _check_adapter_dir(slot, uri)
+
+
+def _publish(staging: Path, slot: Path) -> None:
+    """Move a complete fetch into the cache; a concurrent fetch that got there first wins."""
+    slot.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        staging.rename(slot)
+    except OSError:
+        if not (slot / ADAPTER_CONFIG).is_file():
+            raise

@@ -3,9 +3,14 @@ s3://, and clear errors (with the HTTP status the load answers) for what cannot 
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+from pathlib import Path
+
 import pytest
 
-from dynamo.worker.lora import lora_id_of
+from dynamo.worker.lora import _resolve_within_deadline, lora_id_of
 from dynamo.worker.lora_source import LoraSourceError, resolve_source
 
 
@@ -59,3 +64,64 @@ def test_lora_ids_are_stable_positive_and_distinct():
     ids = {lora_id_of(f"adapter-{i}") for i in range(1000)}
     assert len(ids) == 1000 and all(0 < i < 2**31 for i in ids)
     assert lora_id_of("x") == lora_id_of("x")
+
+
+
+def _hub_stand_in(monkeypatch, fetch):
+    """huggingface_hub's documented `snapshot_download(repo_id, revision, local_dir)`, standing in
+    for the Hub this machine cannot reach."""
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fetch)
+
+
+def test_a_fetch_cut_short_leaves_nothing_that_looks_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("DYN_LORA_PATH", str(tmp_path / "cache"))
+
+    def half_fetch(repo_id, revision, local_dir):
+        adapter_dir(Path(local_dir))  # the config lands first, then the weights fail
+        raise ConnectionError("connection reset during adapter_model.safetensors")
+
+    _hub_stand_in(monkeypatch, half_fetch)
+    with pytest.raises(LoraSourceError, match="connection reset") as err:
+        resolve_source("hf://org/adapter")
+    assert err.value.status == 502
+    assert list((tmp_path / "cache" / "hf" / "org").iterdir()) == []  # no adapter, no staging left behind
+
+
+def test_a_complete_fetch_is_cached_for_the_next_load(tmp_path, monkeypatch):
+    monkeypatch.setenv("DYN_LORA_PATH", str(tmp_path / "cache"))
+    calls = []
+
+    def fetch(repo_id, revision, local_dir):
+        calls.append((repo_id, revision))
+        adapter_dir(Path(local_dir))
+
+    _hub_stand_in(monkeypatch, fetch)
+    slot = tmp_path / "cache" / "hf" / "org" / "adapter@v2"
+    assert resolve_source("hf://org/adapter@v2") == slot and (slot / "adapter_config.json").is_file()
+    assert resolve_source("hf://org/adapter@v2") == slot and calls == [("org/adapter", "v2")]
+
+
+def test_a_fetch_past_its_deadline_is_a_504_and_lands_later(tmp_path, monkeypatch):
+    monkeypatch.setenv("DYN_LORA_PATH", str(tmp_path / "cache"))
+    monkeypatch.setenv("DYN_LORA_FETCH_TIMEOUT_SECS", "0.2")
+    release = threading.Event()
+
+    def slow_fetch(repo_id, revision, local_dir):
+        assert release.wait(30)
+        adapter_dir(Path(local_dir))
+
+    _hub_stand_in(monkeypatch, slow_fetch)
+    loop = asyncio.new_event_loop()  # not asyncio.run: it would wait for the fetch thread at exit
+    try:
+        with pytest.raises(LoraSourceError, match="DYN_LORA_FETCH_TIMEOUT_SECS") as err:
+            loop.run_until_complete(_resolve_within_deadline("hf://org/slow"))
+    finally:
+        release.set()
+        loop.close()
+    assert err.value.status == 504
+    slot = tmp_path / "cache" / "hf" / "org" / "slow"
+    deadline = time.monotonic() + 30
+    while not (slot / "adapter_config.json").is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert resolve_source("hf://org/slow") == slot
