@@ -140,9 +140,11 @@ class PrefillOrchestrator:
             stop_conditions=msgspec.structs.replace(request.stop_conditions, max_tokens=1, min_tokens=None))
         try:
             with self.stages.stage("route", PREFILL):
-                choice = await choose(self.routing, pool, sub, set())
+                choice = await handle.routed(choose(self.routing, pool, sub, set()))
         except ApiError:
             return self._local(entry, PREFILL_POOL_BUSY)
+        if choice is None:
+            return None  # the client left while the prefill waited to be routed
         worker = choice.worker
         started = time.monotonic()
         self.inflight[worker.instance_id] = self.inflight.get(worker.instance_id, 0) + 1

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine
 
 import msgspec
 
@@ -68,12 +68,15 @@ def _unknown_pin(pool: WorkerPool, request: PreprocessedRequest, exclude: set[in
 class RequestHandle:
     """Lets the HTTP layer cancel whatever worker stream the request is on now."""
 
-    __slots__ = ("stream", "cancelled", "worker_id", "dp_rank", "overlap_blocks", "prefill_worker_id",
+    __slots__ = ("stream", "cancelled", "routing", "worker_id", "dp_rank", "overlap_blocks", "prefill_worker_id",
                  "prefill_dp_rank", "prefill_started")
 
     def __init__(self) -> None:
         self.stream: WorkerStream | None = None
         self.cancelled = False
+        # The task while it waits for the routing policy (the router queue): a client that leaves
+        # then gives its place up at once, not at the queue's deadline.
+        self.routing: asyncio.Task | None = None
         # Who serves the request (nvext.extra_fields "worker_id"): the decode worker now, its cached
         # blocks as the router saw them, and a prefill worker when one prefilled it.
         self.worker_id: int | None = None
@@ -98,6 +101,26 @@ class RequestHandle:
         """The client went away: stop the worker and end quietly."""
         self.cancelled = True
         self.stop_worker()
+        if self.routing is not None:
+            self.routing.cancel()
+            self.routing = None
+
+    async def routed(self, choosing: Coroutine[Any, Any, Choice]) -> Choice | None:
+        """The routing policy's choice, or None once the client has left: cancel() interrupts a wait
+        in the router queue (its place given up as the wait unwinds) instead of leaving the place
+        taken until a worker frees up or the queue's deadline passes."""
+        if self.cancelled:
+            choosing.close()
+            return None
+        task = self.routing = asyncio.current_task()
+        try:
+            return await choosing
+        except asyncio.CancelledError:
+            if not self.cancelled or task is None or task.uncancel() > 0:
+                raise  # cancelled from elsewhere too (a shutdown): not ours to swallow
+            return None
+        finally:
+            self.routing = None
 
     def attach(self, stream: WorkerStream) -> WorkerStream:
         """Make `stream` the one cancel() reaches; a cancel that came first applies at once."""
@@ -161,7 +184,10 @@ class Dispatcher:
             return
         request = prefilled
         while True:
-            worker, call, sent = await self._open(entry, request, exclude, handle)
+            opened = await self._open(entry, request, exclude, handle)
+            if opened is None:
+                return  # the client left while the request waited to be routed
+            worker, call, sent = opened
             before = len(progress.generated)
             try:
                 async for outputs in call:
@@ -204,10 +230,11 @@ class Dispatcher:
         return request if params is None else msgspec.structs.replace(request, disaggregated_params=params)
 
     async def _open(self, entry: ModelEntry, request: PreprocessedRequest, exclude: set[int],
-                    handle: RequestHandle) -> tuple[WorkerInfo, WorkerStream, Dispatched]:
+                    handle: RequestHandle) -> tuple[WorkerInfo, WorkerStream, Dispatched] | None:
         """Select, book and send to a decode worker; one that cannot be reached never got the
         request, so the next is tried whatever the migration limit. With the stream, its `dispatch`
-        stage (Dynamo's stage metrics), open until the first output."""
+        stage (Dynamo's stage metrics), open until the first output. None when the client left
+        while the request waited to be routed."""
         rid = request.request_id
         stages = self.metrics.stages
         phase = AGGREGATED if request.disaggregated_params is None else DECODE
@@ -218,7 +245,10 @@ class Dispatcher:
                 entry = await self.worker_wait(entry.name, handle, exclude) or entry
                 pool = entry.pool(Role.DECODE)
             with stages.stage("route", phase):
-                choice = await choose(self.policy, pool, request, self.inhibitor.exclude(pool, request, exclude))
+                choice = await handle.routed(
+                    choose(self.policy, pool, request, self.inhibitor.exclude(pool, request, exclude)))
+            if choice is None:
+                return None
             worker = choice.worker
             handle.worker_id, handle.dp_rank, handle.overlap_blocks = worker.instance_id, choice.dp_rank, \
                 choice.overlap_blocks

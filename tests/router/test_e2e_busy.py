@@ -10,6 +10,7 @@ bad values are 400s; a set under round-robin or for an unknown model is a 404; a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -20,7 +21,8 @@ import httpx
 import openai
 import pytest
 
-from tests.fixtures.procs import Cluster, http_get, wait_until
+from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
+from tests.router.e2e_helpers import worker_requests
 
 pytestmark = pytest.mark.e2e
 
@@ -94,6 +96,46 @@ def test_all_workers_busy_waits_in_the_router_queue(cluster):
     assert result["resp"].json()["choices"][0]["text"] is not None
     stats = _queue(cluster)
     assert stats["pending"] == 0 and stats["queued_total"] >= 1 and stats["timed_out"] == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_clients_that_leave_the_router_queue_give_their_places_up(cluster, stream):
+    """Three clients give up while queued: their places are free at once (not at the queue's 60 s
+    deadline, nor when the worker frees up), and none of them is sent to the worker afterwards."""
+    url = cluster.base_url + "/v1/completions"
+    worker = cluster.procs[0]  # the one mocker
+    wait_until(lambda: _inflight(worker) == 0, 30, "the worker to finish earlier tests' streams")
+    before = worker_requests(worker)
+    with _worker_kept_busy(url):
+        clients = [httpx.AsyncClient(timeout=90) for _ in range(3)]
+
+        async def leave_while_queued() -> None:
+            calls = [asyncio.ensure_future(c.post(url, json={"model": MODEL, "prompt": f"gone {i}", "max_tokens": 2,
+                                                             "stream": stream}))
+                     for i, c in enumerate(clients)]
+            deadline = time.monotonic() + 30
+            while _queue(cluster)["pending"] < 3 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert _queue(cluster)["pending"] == 3
+            for call in calls:
+                call.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
+            for c in clients:
+                await c.aclose()
+
+        asyncio.run(leave_while_queued())
+        wait_until(lambda: _queue(cluster)["pending"] == 0, 5, "the abandoned places to be given up")
+        assert _inflight(worker) == 1  # given up while the worker is still busy, not once it freed up
+    served = httpx.post(url, json={"model": MODEL, "prompt": "after", "max_tokens": 2}, timeout=90)
+    assert served.status_code == 200, served.text
+    time.sleep(0.5)  # an abandoned request sent late would land now
+    wait_until(lambda: _inflight(worker) == 0, 30, "the busy stream to end")
+    assert worker_requests(worker) - before == 2  # the busy stream and "after": none of the three
+
+
+def _inflight(worker) -> float:
+    text = http_get(f"http://127.0.0.1:{worker.system_port}/metrics")[1].decode()
+    return metric_value(text, "dynamo_component_inflight_requests", {"dynamo_endpoint": "generate"}) or 0.0
 
 
 def test_priorities_reorder_the_router_queue(cluster):
