@@ -278,7 +278,8 @@ class KvPolicy:
             eid = worker.endpoint
             self.sync.publish(eid.namespace, eid.component, self.sync.event(
                 route.name, rid, "add", worker_id=selection.worker_id, dp_rank=selection.dp_rank, seq_hashes=seq,
-                isl=len(request.token_ids), overlap_blocks=selection.overlap_blocks))
+                isl=len(request.token_ids), overlap_blocks=selection.overlap_blocks,
+                expected_output_tokens=expected_output(request) or 0))
         return Choice(worker, selection.dp_rank, selection.overlap_blocks)
 
     def cached_tokens(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> int:

@@ -360,7 +360,7 @@ class KvRouter:
         self._hashes.pop(request_id, None)
         key = (selection.worker_id, selection.dp_rank)
         self.active.add_request(key, request_id, seq, isl, selection.overlap_blocks,
-                                self._output_blocks(isl, max_tokens), selection.prefill_tokens, max_tokens)
+                                self.output_blocks_for(isl, max_tokens), selection.prefill_tokens, max_tokens)
         if selection.features is not None:
             self._booked[request_id] = (self._clock(), selection.features)
         if self.mode == KvMode.APPROXIMATE:
@@ -371,7 +371,7 @@ class KvRouter:
         stats["overlap_blocks"] += selection.overlap_blocks
         return seq
 
-    def _output_blocks(self, isl: int, max_tokens: int | None) -> int:
+    def output_blocks_for(self, isl: int, max_tokens: int | None) -> int:
         """Blocks the answer will newly fill: the partial last prompt block absorbs the first tokens."""
         cfg = self.config
         if not cfg.router_track_output_blocks or not max_tokens:

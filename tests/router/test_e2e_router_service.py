@@ -8,6 +8,7 @@ import asyncio
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import msgspec
 import pytest
 
@@ -284,3 +285,30 @@ def test_a_router_pointed_at_the_wrong_component_says_where_the_workers_are(tiny
         assert "not dynamo.prefill.generate: check --endpoint" in answer()
     finally:
         c.stop()
+
+
+def test_a_crashed_replicas_load_is_freed_on_the_others(cluster):
+    """A third replica books two long streams and is killed (SIGKILL: no frees sent). The surviving
+    replica stops counting that load once the dead one has been silent for replica_sync.SILENT_AFTER,
+    instead of keeping it booked for good."""
+    fe2 = cluster.fe[1]
+    wait_until(lambda: _active_blocks(fe2) == 0, 60, "earlier tests' load to end")
+    doomed = cluster.frontend("--router-mode", "kv", "--router-replica-sync")
+    cluster.wait_workers(MODEL, 2)
+    url = cluster.base_url
+    applied = health(fe2)["router"]["replica_events_applied"]
+
+    def heard_from_the_new_replica() -> bool:  # its first events go out before fe2 subscribes to it
+        complete(url, tokens(69, BLOCK))
+        return health(fe2)["router"]["replica_events_applied"] > applied
+    wait_until(heard_from_the_new_replica, 30, "fe2 to hear the new replica", interval=0.5)
+    pool = ThreadPoolExecutor(2)
+    try:
+        for i in range(2):
+            pool.submit(lambda i=i: httpx.post(url + "/v1/completions", timeout=60, json={
+                "model": MODEL, "prompt": tokens(70 + i, 10 * BLOCK), "max_tokens": 400}))
+        wait_until(lambda: _active_blocks(fe2) >= 20, 20, "the doomed replica's bookings to reach fe2")
+        doomed.kill()
+        wait_until(lambda: _active_blocks(fe2) == 0, 40, "the dead replica's bookings to be freed on fe2")
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
