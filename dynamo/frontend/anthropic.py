@@ -5,8 +5,8 @@ as on `/v1/chat/completions`; `/v1/messages/count_tokens` counts that prompt; an
 Anthropic's shape, `{"type": "error", "error": {"type", "message"}}` (plus our `param` and `code`).
 
 Conversion:
-- `system` (a string or text blocks) becomes the system message. With `--strip-anthropic-preamble`
-  the `x-anthropic-billing-header:` line Claude Code puts first is dropped: it changes with every
+- `system` (a string or text blocks) becomes the system message. With `--strip-anthropic-preamble` (the
+  default) the `x-anthropic-billing-header:` line Claude Code puts first is dropped: it changes with every
   request and would make every prompt's first block new, so nothing would be reused from the cache.
 - user blocks: `text` and plain-text `document`s become the user message; each `tool_result`
   becomes a tool message for its `tool_use_id`. Assistant blocks: `text`, `tool_use` (a tool call

@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 
 from dynamo.llm.media import MediaSettings
 from dynamo.llm.worker_client import StreamDeadlineSettings
-from dynamo.router.config import ROUTER_MODES, KvRouterConfig
+from dynamo.router.config import ROUTER_MODES, Bound, KvRouterConfig, check_bounds, check_finite
 from dynamo.router.session_affinity import MAX_TTL_SECS
 from dynamo.frontend.compat_flags import FRONTEND_FLAGS
 from dynamo.frontend.model_defaults import check_model_defaults
@@ -124,12 +124,15 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, MediaSettings, Dump
                                                  "deepseek_r1, openai_gptoss, ...)", env=False)
     chat_template: str | None = setting(None, "Chat template (a Jinja file, or the template itself) for models whose "
                                               "workers set no --custom-jinja-template", env=False)
-    strip_anthropic_preamble: bool = setting(False, "Drop Claude Code's x-anthropic-billing-header line from "
+    # On by default, as in NVIDIA Dynamo 1.6.1: the line is billing metadata, not instructions for the model.
+    strip_anthropic_preamble: bool = setting(True, "Drop Claude Code's x-anthropic-billing-header line from "
                                              "/v1/messages system prompts: it changes per request and defeats "
-                                             "prefix caching")
+                                             "prefix caching (--no-strip-anthropic-preamble keeps it)")
 
     def validate(self) -> None:
         super().validate()
+        check_finite(self)  # every float setting, those of the parts it embeds (media, deadlines) too
+        check_bounds(self, FRONTEND_BOUNDS)
         if self.load_aware:
             self.router_mode = "kv"  # Dynamo's preset is KV routing without cache credit
         if bool(self.tls_cert_path) != bool(self.tls_key_path):
@@ -160,6 +163,10 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, MediaSettings, Dump
             raise ValueError("--wait-for-workers-secs must be >= 0")
         if self.http_graceful_shutdown_timeout_secs < 0:
             raise ValueError("--http-graceful-shutdown-timeout-secs must be >= 0")
+
+
+# The frontend's own numeric settings with a range NVIDIA Dynamo enforces too (the router's: ROUTER_BOUNDS).
+FRONTEND_BOUNDS = {"router_min_initial_workers": Bound()}
 
 
 def parse_frontend_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None

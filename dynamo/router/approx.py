@@ -96,6 +96,10 @@ class ApproxIndexer:
                 del table[key]
 
     def tree_sizes(self) -> dict[WorkerKey, int]:
+        """Blocks believed held per rank, as /health and the indexed-blocks metric report them. Expiry
+        is otherwise lazy (on the next request), and an idle router must not report blocks whose TTL
+        has run out; expiring here costs what the next request would have paid anyway."""
+        self._expire(self._clock())
         return self.tree.tree_sizes()
 
     def _expire(self, now: float) -> None:

@@ -7,14 +7,83 @@ dataclass and add its flags with `dynamo.runtime.config.add_arguments(parser, Kv
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import math
 from dataclasses import dataclass
+from typing import Any, Mapping
 
-from dynamo.runtime.config import setting
+from dynamo.runtime.config import env_names, flag_names, setting
 
 
 # `--router-mode` values, Dynamo's names; each is a policy in router/policy.py's registry.
 ROUTER_MODES = ("round-robin", "random", "power-of-two", "kv", "direct", "least-loaded", "device-aware-weighted")
+
+
+# What NVIDIA Dynamo's nullable_float / nullable_int read as unset: a manifest may pass
+# `--active-decode-blocks-threshold None` (its help says so) or template `DYN_...: "None"`.
+UNSET_TEXTS = ("", "None")
+
+
+class NullableFloat(float):
+    """The type of a float setting that may be unset. The generated CLI (runtime/config.py) converts a
+    flag's or `DYN_*` variable's text by calling the field's type, so this type is where Dynamo's
+    spellings of unset (`UNSET_TEXTS`) become None; any other text parses as a plain float."""
+
+    def __new__(cls, raw: str | float) -> float | None:  # type: ignore[misc]
+        return None if raw in UNSET_TEXTS else float(raw)
+
+
+class NullableInt(int):
+    """`NullableFloat` for an integer setting."""
+
+    def __new__(cls, raw: str | int) -> int | None:  # type: ignore[misc]
+        return None if raw in UNSET_TEXTS else int(raw)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The values a numeric setting may take: finite, from `low` (itself excluded when `open_low`)
+    up to `high`. NaN compares false with everything, so a plain `value < low` would let it through."""
+
+    low: float = 0.0
+    high: float = math.inf
+    open_low: bool = False
+
+    def admits(self, value: float) -> bool:
+        above = value > self.low if self.open_low else value >= self.low
+        return math.isfinite(value) and above and value <= self.high
+
+    def describe(self, value: float) -> str:
+        if self.high != math.inf:
+            return f"> {self.low:g} and <= {self.high:g}" if self.open_low else \
+                f"between {self.low:g} and {self.high:g}"
+        low = f"{'>' if self.open_low else '>='} {self.low:g}"
+        return low if isinstance(value, int) else f"finite and {low}"
+
+
+def setting_name(config: Any, name: str) -> str:
+    """How a user sets field `name`: its first flag and its variable (a value may come from either)."""
+    field = next(f for f in dataclasses.fields(config) if f.name == name)
+    spellings = flag_names(field)[:1] + env_names(field)[:1]
+    return " / ".join(spellings) or name
+
+
+def check_bounds(config: Any, bounds: Mapping[str, Bound]) -> None:
+    """ValueError naming the first setting of `bounds` outside its range; unset (None) ones pass."""
+    for name, bound in bounds.items():
+        value = getattr(config, name)
+        if value is not None and not bound.admits(value):
+            raise ValueError(f"{setting_name(config, name)} must be {bound.describe(value)} (got {value!r})")
+
+
+def check_finite(config: Any) -> None:
+    """ValueError naming the first float setting of `config` that is NaN or infinite: `float()` parses
+    'nan' and 'inf', and no setting means anything by them (unset is how a limit is turned off)."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{setting_name(config, field.name)} must be a finite number (got {value!r})")
 
 
 class KvMode(enum.StrEnum):
@@ -104,23 +173,24 @@ class KvRouterConfig:
     router_assume_kv_reuse: bool = setting(True, "Count identical blocks across active requests once",
                                            flag=["--router-assume-kv-reuse", "--assume-kv-reuse"])
     router_track_prefill_tokens: bool = setting(True, "Include pending prompt tokens in the load")
-    active_decode_blocks_threshold: float | None = setting(
-        None, "Worker busy when active blocks / total KV blocks exceeds this (0..1; unset = off)"
+    # Nullable* types: 'None' (or nothing) on the flag or its variable means unset, as in Dynamo.
+    active_decode_blocks_threshold: NullableFloat | None = setting(
+        None, "Worker busy when active blocks / total KV blocks exceeds this (0..1; unset or 'None' = off)"
     )
-    active_prefill_tokens_threshold: int | None = setting(
-        None, "Worker busy when active prefill tokens exceed this (unset = off)"
+    active_prefill_tokens_threshold: NullableInt | None = setting(
+        None, "Worker busy when active prefill tokens exceed this (unset or 'None' = off)"
     )
-    active_prefill_tokens_threshold_frac: float | None = setting(
-        None, "Worker busy when active prefill tokens exceed frac x max_num_batched_tokens (unset = off)"
+    active_prefill_tokens_threshold_frac: NullableFloat | None = setting(
+        None, "Worker busy when active prefill tokens exceed frac x max_num_batched_tokens (unset or 'None' = off)"
     )
     router_queue_max_requests: int = setting(
         1024, "When every worker is busy, hold up to this many requests in the router queue instead of "
         "answering 503 at once (0: no queue)")
     router_queue_timeout_secs: float = setting(
         10.0, "Longest a request waits in the router queue before it is answered 503")
-    router_queue_threshold: float | None = setting(
+    router_queue_threshold: NullableFloat | None = setting(
         None, "Queue requests in the router while every worker's active prefill tokens exceed this fraction "
-        "of its max_num_batched_tokens (workers above it are left out of routing; unset = off; a worker "
+        "of its max_num_batched_tokens (workers above it are left out of routing; unset or 'None' = off; a worker "
         "whose max_num_batched_tokens is unknown never counts as saturated)")
     router_queue_policy: str = setting(
         "fcfs", "Order of the router queue: 'fcfs' (oldest first, nvext.agent_hints.priority jumps the line by "
@@ -136,37 +206,9 @@ class KvRouterConfig:
             self.router_kv_overlap_score_credit = 0.0
             self.use_kv_events = self.router_assume_kv_reuse = False
             self.router_track_active_blocks = self.router_track_prefill_tokens = True
-        for name in ("router_kv_overlap_score_credit", "router_kv_overlap_score_credit_decay",
-                     "router_prefill_load_scale", "router_decode_active_request_weight"):
-            value = getattr(self, name)
-            if not 0 <= value < float("inf"):
-                raise ValueError(f"--{name.replace('_', '-')} must be finite and >= 0")
-        if self.overlap_score_weight < 0:
-            raise ValueError("--kv-overlap-score-weight must be >= 0")
-        for name in ("router_host_cache_hit_weight", "router_disk_cache_hit_weight"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be between 0 and 1")
-        if self.router_temperature < 0:
-            raise ValueError("--router-temperature must be >= 0")
-        if self.router_queue_max_requests < 0 or self.router_queue_timeout_secs < 0:
-            raise ValueError("--router-queue-max-requests and --router-queue-timeout-secs must be >= 0")
+        check_bounds(self, ROUTER_BOUNDS)
         if self.router_queue_threshold is not None and self.router_queue_max_requests == 0:
             raise ValueError("--router-queue-threshold queues requests: it needs --router-queue-max-requests > 0")
-        if self.inhibited_duration_secs < 0:
-            raise ValueError("--inhibited-duration-secs must be >= 0")
-        if self.router_output_blocks_horizon < 0:
-            raise ValueError("--router-output-blocks-horizon must be >= 0")
-        if self.router_ttl_secs <= 0:
-            raise ValueError("--router-ttl-secs must be > 0")
-        if self.router_max_tree_size < 1:
-            raise ValueError("--router-max-tree-size must be >= 1")
-        if not 0 < self.router_prune_target_ratio <= 1:
-            raise ValueError("--router-prune-target-ratio must be in (0, 1]")
-        for name in ("active_decode_blocks_threshold", "active_prefill_tokens_threshold",
-                     "active_prefill_tokens_threshold_frac", "router_queue_threshold"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
 
     @property
     def mode(self) -> KvMode:
@@ -174,6 +216,32 @@ class KvRouterConfig:
         if self.overlap_score_weight == 0 or self.router_kv_overlap_score_credit == 0:
             return KvMode.LOAD_ONLY
         return KvMode.KV_EVENTS if self.use_kv_events else KvMode.APPROXIMATE
+
+
+_AT_LEAST_0 = Bound()
+_FRACTION = Bound(0.0, 1.0)
+# Every numeric router setting and the values it may take (a test keeps this complete); unset ones pass.
+ROUTER_BOUNDS: dict[str, Bound] = {
+    "overlap_score_weight": _AT_LEAST_0,
+    "router_kv_overlap_score_credit": _AT_LEAST_0,
+    "router_kv_overlap_score_credit_decay": _AT_LEAST_0,
+    "router_prefill_load_scale": _AT_LEAST_0,
+    "router_host_cache_hit_weight": _FRACTION,
+    "router_disk_cache_hit_weight": _FRACTION,
+    "router_decode_active_request_weight": _AT_LEAST_0,
+    "router_temperature": _AT_LEAST_0,
+    "router_ttl_secs": Bound(open_low=True),
+    "router_max_tree_size": Bound(1),
+    "router_prune_target_ratio": Bound(0.0, 1.0, open_low=True),
+    "router_output_blocks_horizon": _AT_LEAST_0,
+    "active_decode_blocks_threshold": _FRACTION,  # Dynamo refuses a fraction outside [0, 1] too
+    "active_prefill_tokens_threshold": _AT_LEAST_0,
+    "active_prefill_tokens_threshold_frac": _AT_LEAST_0,
+    "router_queue_max_requests": _AT_LEAST_0,
+    "router_queue_timeout_secs": _AT_LEAST_0,
+    "router_queue_threshold": _AT_LEAST_0,
+    "inhibited_duration_secs": _AT_LEAST_0,
+}
 
 
 @dataclass

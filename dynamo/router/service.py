@@ -6,7 +6,8 @@ Dynamo 1.6's does (a global router reaches a pool's router at `<pool namespace>.
 under `kv-router`, the name earlier releases used, with request-plane endpoints (msgpack payloads):
 - `generate`: a `PreprocessedRequest`; routes it, books its load, forwards it to the
   chosen worker and streams the worker's outputs back unchanged;
-- `best_worker_id`: a `RouteQuery` -> `BestWorker` (nothing booked);
+- `best_worker_id`: a `RouteQuery` -> `BestWorker` (nothing booked); or, in NVIDIA Dynamo 1.6.1's
+  form, the bare token-id list -> the bare worker id;
 - `get_overlap_scores`: a `RouteQuery` -> `OverlapScores` (cached prefix blocks per worker).
 It is the `kv` routing policy (`dynamo.router.kv_policy`) exposed on the request plane: the
 same object the frontend hosts for `--router-mode kv`, given a `WorkerPool` built from
@@ -35,7 +36,7 @@ from dynamo.llm.kv_events.hashing import MediaSalt
 from dynamo.llm.model_card import ModelDeploymentCard, card_decoder
 from dynamo.llm.protocol import PreprocessedRequest, request_decoder
 from dynamo.llm.worker_client import StreamDeadlineSettings, WorkerClient, WorkerStream
-from dynamo.router.config import KvRouterConfig
+from dynamo.router.config import KvRouterConfig, check_finite
 from dynamo.router.inhibit import Inhibitor, reason_for
 from dynamo.router.kv_policy import KvPolicy
 from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers
@@ -91,6 +92,7 @@ class RouterServiceConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
 
     def validate(self) -> None:
         super().validate()
+        check_finite(self)  # the settings beside the router's (deadlines, the wait for workers)
         if not self.endpoint:
             raise ValueError("--endpoint ns.component.endpoint is required")
         workers = records.parse_endpoint(self.endpoint)
@@ -112,6 +114,12 @@ class RouteQuery(msgspec.Struct, kw_only=True, omit_defaults=True):
     cache_salt: str | None = None  # the prompt's KV namespace (nvext.cache_salt)
     media_salt: MediaSalt | None = None  # where its images start and which they are (PreprocessedRequest's)
     router_config_override: dict[str, float] | None = None
+
+
+# What `best_worker_id` takes: our query, or what NVIDIA Dynamo's standalone router takes (its handler's
+# one request argument is the prompt's token ids, and it answers with the worker id alone). A list
+# decodes from a msgpack array and the struct from a map, so the payload says which form it is.
+BestWorkerQuery = RouteQuery | list[int]
 
 
 class BestWorker(msgspec.Struct, kw_only=True):
@@ -163,7 +171,7 @@ class RouterService:
         # bytes unchanged (fields this version does not know included) instead of re-encoding.
         for component in (ROUTER_COMPONENT, LEGACY_ROUTER_COMPONENT):
             for name, handler, request_type in (("generate", self.generate, None),
-                                                ("best_worker_id", self.best_worker_id, RouteQuery),
+                                                ("best_worker_id", self.best_worker_id, BestWorkerQuery),
                                                 ("get_overlap_scores", self.get_overlap_scores, RouteQuery)):
                 await self.runtime.serve_endpoint(records.EndpointId(self.config.namespace or self.eid.namespace,
                                                                      component, name),
@@ -255,7 +263,12 @@ class RouterService:
             log.warning("no workers at %s after %g s%s", self.eid.path, after, await self.elsewhere())
 
     # -- endpoints -----------------------------------------------------------------------
-    async def best_worker_id(self, query: RouteQuery, ctx: RequestContext) -> AsyncIterator[bytes]:
+    async def best_worker_id(self, query: BestWorkerQuery, ctx: RequestContext) -> AsyncIterator[bytes]:
+        """The worker `select` would pick now, nothing booked: a `BestWorker` for a `RouteQuery`, the
+        bare worker id for Dynamo's bare token ids (its answer has no rank or overlap)."""
+        dynamo_form = isinstance(query, list)
+        if dynamo_form:
+            query = RouteQuery(token_ids=query)
         try:
             sel = self.router.select(query.token_ids, lora_name=query.lora_name,
                                      override=query.router_config_override, cache_salt=query.cache_salt,
@@ -263,6 +276,9 @@ class RouterService:
         except (NoWorkers, AllWorkersBusy) as exc:
             code = ErrorCode.BUSY if isinstance(exc, AllWorkersBusy) else ErrorCode.NO_WORKERS
             raise HandlerError(str(exc), code) from None
+        if dynamo_form:
+            yield encoder.encode(sel.worker_id)
+            return
         yield encoder.encode(BestWorker(worker_id=sel.worker_id, dp_rank=sel.dp_rank,
                                         overlap_blocks=sel.overlap_blocks))
 
