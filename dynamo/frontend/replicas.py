@@ -46,6 +46,9 @@ _SKIP = {b"host", b"connection", b"keep-alive", b"transfer-encoding", b"content-
 # only reaching the replica is bounded. The pool is unbounded too, so a wait for a pooled connection
 # is never mistaken for a replica that is gone.
 FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=10, sock_read=None)
+# A replica that hangs (stopped, deadlocked) still accepts connections, so nothing above ends a relay to
+# it: its discovery record does, since the lease behind it lapses (ETCD_LEASE_TTL). Checked this often.
+OWNER_CHECK_SECS = 2.0
 ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
@@ -114,11 +117,45 @@ class Replicas:
         if url is None:
             return False
         log.debug("forwarding %s %s to replica %s", scope["method"], object_id, tag)
-        relay = asyncio.ensure_future(self._relay(url, scope, body, send))
-        if not await (relay if receive is None else _unless_client_leaves(relay, receive)):
-            return False
+        started: list[bool] = []
+
+        async def relayed(message: dict) -> None:
+            started.append(True)
+            await send(message)
+        relay = asyncio.ensure_future(self._relay(url, scope, body, relayed))
+        owner_gone = asyncio.ensure_future(self._until_unregistered(tag))
+        client_gone = asyncio.ensure_future(_client_left(receive)) if receive is not None else None
+        try:
+            await asyncio.wait({t for t in (relay, owner_gone, client_gone) if t is not None},
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (relay, owner_gone, client_gone):
+                if task is not None and not task.done():
+                    task.cancel()
+            await asyncio.gather(*(t for t in (relay, owner_gone, client_gone) if t is not None),
+                                 return_exceptions=True)
+        if relay.done() and not relay.cancelled():
+            if not relay.result():  # raises the relay's ApiError (a 503)
+                return False
+        elif owner_gone.done() and not owner_gone.cancelled():
+            # Hung (its lease lapsed while it held the request) or dead: a clear 503, not a wait that
+            # lasts as long as the client's patience; an answer already begun ends where it was.
+            if not started:
+                raise unreachable(url, ConnectionError("it stopped renewing its registration (hung or dead)"))
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         self.forwarded.labels(prefix).inc()
         return True
+
+    async def _until_unregistered(self, tag: str) -> None:
+        """Return once the replica's discovery record is gone (its lease expired: it died or hangs);
+        discovery itself being unreachable is no sign either way, so the wait goes on."""
+        while True:
+            await asyncio.sleep(OWNER_CHECK_SECS)
+            try:
+                if await self.store.get(self.key(tag)) is None:
+                    return
+            except Exception:  # discovery down: keep relaying, as routing does
+                continue
 
     async def _url(self, tag: str) -> str | None:
         try:
@@ -170,21 +207,10 @@ def unreachable(url: str, exc: BaseException) -> ApiError:
                     f"{str(exc) or type(exc).__name__}; retry", "service_unavailable", None, "replica_unreachable")
 
 
-async def _unless_client_leaves(relay: asyncio.Future, receive) -> bool:
-    """The relay's result, or True (handled: nothing more to send) once the client disconnects, the
-    relay then cancelled."""
-    async def left() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-
-    gone = asyncio.ensure_future(left())
-    try:
-        await asyncio.wait({relay, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (relay, gone):
-            task.cancel()
-        await asyncio.gather(relay, gone, return_exceptions=True)
-    return relay.result() if not relay.cancelled() else True
+async def _client_left(receive) -> None:
+    """Return once the client has disconnected (the request's body was read: what comes is the end)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _relayed_headers(raw: Any) -> list[tuple[bytes, bytes]]:

@@ -131,3 +131,24 @@ def test_a_replica_restarted_on_its_batch_dir_answers_for_what_it_made_before(re
     first.kill()
     cluster.frontend("--batch-dir", folder)
     assert a.files.retrieve(made.id).bytes == made.bytes
+
+
+def test_a_request_forwarded_to_a_hung_replica_is_a_503_once_its_lease_lapses(replicas):
+    """A replica that hangs (SIGSTOP) still accepts the relay's connection, and nothing answers: once its
+    discovery lease lapses (here 2 s) the forwarded request is a 503 naming the replica, not a wait that
+    lasts as long as the client's patience; the replica that relayed it stays healthy."""
+    cluster, (a, _), urls = replicas
+    hung = cluster.frontend(env={"ETCD_LEASE_TTL": "2"})
+    made = openai.OpenAI(base_url=cluster.base_url + "/v1", api_key="unused", max_retries=0).responses.create(
+        model="tiny", input="hi", max_output_tokens=4)
+    hung.freeze()
+    try:
+        started = time.monotonic()
+        resp = httpx.get(urls[0] + f"/v1/responses/{made.id}", timeout=60)
+        assert resp.status_code == 503, resp.text
+        assert resp.json()["error"]["code"] == "replica_unreachable"
+        assert time.monotonic() - started < 45
+        assert http_get(urls[0] + "/health")[0] == 200
+    finally:
+        hung.thaw()
+        hung.kill()
