@@ -51,10 +51,10 @@ def _app(config: FrontendConfig, runtime: DistributedRuntime, metrics: FrontendM
     deadlines = config.deadlines()
     disagg = DisaggPolicy.from_config(config.enforce_disagg or not config.decode_fallback, config.router_conditional_disagg,
                                       config.router_conditional_disagg_config)
+    inhibitor = Inhibitor(config.inhibited_duration_secs, metrics.registry, config.metrics_prefix)
     orchestrator = PrefillOrchestrator(runtime.client, routing, disagg,
                                        DisaggMetrics(metrics.registry, config.metrics_prefix), deadlines,
-                                       metrics.stages)
-    inhibitor = Inhibitor(config.inhibited_duration_secs, metrics.registry, config.metrics_prefix)
+                                       metrics.stages, inhibitor)
     dispatcher = Dispatcher(runtime.client, routing, config.migration_limit, metrics, orchestrator, inhibitor,
                             deadlines, config.migration_max_seq_len)
     app = FrontendApp(models, dispatcher, metrics, body_limit=int(config.http_body_limit_mb * 1024 * 1024),

@@ -7,7 +7,9 @@ parameters it returns (`disaggregated_params`, backend-specific: vLLM's
 decode worker, which pulls the KV cache and streams the answer. The client sees one
 ordinary stream.
 
-Fallbacks: no prefill worker, a failed prefill, or (conditional disaggregation) a short
+A prefill worker that cannot be reached, is draining, drops the stream or misses a deadline is
+inhibited and the request's prefill goes to another prefill worker (each tried once).
+Fallbacks: no prefill worker, a failed prefill (an engine error, or every prefill worker failed), or (conditional disaggregation) a short
 uncached prompt (the prompt less the prefix cached on the decode worker the routing
 policy would pick) or a saturated prefill pool all mean the decode worker prefills locally,
 unless `--enforce-disagg`, which answers 503 instead.
@@ -28,6 +30,7 @@ from dynamo.frontend.errors import ApiError
 from dynamo.frontend.stage_metrics import PREFILL, StageMetrics
 from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.llm.worker_client import NO_DEADLINES, Deadlines, WorkerClient
+from dynamo.router.inhibit import Inhibitor, reason_for
 from dynamo.router.policy import Role, RoutingPolicy, WorkerPool, with_dp_rank
 from dynamo.runtime.rp_client import RequestPlaneClient, StreamError
 from dynamo.runtime.wire import ErrorCode
@@ -82,10 +85,14 @@ class DisaggMetrics:
                                    registry=registry)
 
 
+# `_prefill_on`'s answer when the request should be prefilled on another prefill worker.
+_ANOTHER_WORKER = object()
+
+
 class PrefillOrchestrator:
     def __init__(self, client: RequestPlaneClient, routing: RoutingPolicy, policy: DisaggPolicy,
                  metrics: DisaggMetrics, deadlines: Deadlines = NO_DEADLINES,
-                 stages: StageMetrics | None = None) -> None:
+                 stages: StageMetrics | None = None, inhibitor: Inhibitor | None = None) -> None:
         # The frontend's deadlines apply here too: a prefill worker that hangs past them costs a
         # local prefill (or 503 with --enforce-disagg), not a request that never ends.
         self.workers = WorkerClient(client, deadlines)
@@ -93,6 +100,8 @@ class PrefillOrchestrator:
         self.policy = policy
         self.metrics = metrics
         self.stages = stages or StageMetrics("dynamo_frontend", CollectorRegistry())
+        # The frontend's: a prefill worker that failed is left out of routing for a while, as a decode one is.
+        self.inhibitor = inhibitor or Inhibitor(0)
         self.inflight: dict[int, int] = {}
         self.disaggregated: set[str] = set()  # models that have had prefill workers
 
@@ -138,13 +147,25 @@ class PrefillOrchestrator:
         sub = msgspec.structs.replace(
             request, request_id=request.request_id + ":prefill", prefill_only=True,
             stop_conditions=msgspec.structs.replace(request.stop_conditions, max_tokens=1, min_tokens=None))
-        try:
-            with self.stages.stage("route", PREFILL):
-                choice = await handle.routed(choose(self.routing, pool, sub, set()))
-        except ApiError:
-            return self._local(entry, PREFILL_POOL_BUSY)
-        if choice is None:
-            return None  # the client left while the prefill waited to be routed
+        exclude: set[int] = set()  # prefill workers that failed this request: never tried twice
+        while True:
+            try:
+                with self.stages.stage("route", PREFILL):
+                    choice = await handle.routed(
+                        choose(self.routing, pool, sub, self.inhibitor.exclude(pool, sub, exclude)))
+            except ApiError:  # every prefill worker busy, or all of them failed this request
+                return self._local(entry, PREFILL_FAILED if exclude else PREFILL_POOL_BUSY)
+            if choice is None:
+                return None  # the client left while the prefill waited to be routed
+            outcome = await self._prefill_on(entry, choice, sub, handle)
+            if outcome is not _ANOTHER_WORKER:
+                return outcome
+            exclude.add(choice.worker.instance_id)
+
+    async def _prefill_on(self, entry, choice, sub: PreprocessedRequest, handle):
+        """The transfer parameters from this prefill worker; `_ANOTHER_WORKER` when it failed in a way
+        that says nothing about the request (unreachable, draining, gone mid-prefill, hung: it is
+        inhibited, as the dispatcher does with decode workers); else the local fallback's answer."""
         worker = choice.worker
         started = time.monotonic()
         self.inflight[worker.instance_id] = self.inflight.get(worker.instance_id, 0) + 1
@@ -153,7 +174,13 @@ class PrefillOrchestrator:
         except StreamError as exc:
             if handle.cancelled:
                 raise
-            log.warning("prefill on worker %x failed (%s); prefilling on the decode worker", worker.instance_id, exc)
+            reason = reason_for(exc)
+            if reason is not None:
+                self.inhibitor.inhibit(worker.instance_id, reason)
+                log.warning("prefill worker %x failed (%s); trying another prefill worker", worker.instance_id, exc)
+                return _ANOTHER_WORKER
+            log.warning("prefill on worker %x failed (%s); %s", worker.instance_id, exc,
+                        "answering 503 (--enforce-disagg)" if self.policy.enforce else "prefilling on the decode worker")
             return self._local(entry, PREFILL_FAILED)
         finally:
             self.inflight[worker.instance_id] -= 1

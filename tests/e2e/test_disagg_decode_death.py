@@ -5,6 +5,9 @@ tests/vllm/test_migration.py for the aggregated case)."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
 import pytest
 
 from tests.fixtures.load import Load
@@ -43,3 +46,25 @@ def test_decode_worker_death_migrates_its_streams(tiny_model, tmp_path):
             load.finish()
         cluster.stop()
     assert load.failures == [], load.failures[:5]
+
+
+def test_a_dead_prefill_worker_sends_prefills_to_the_other_one(tiny_model, tmp_path):
+    """One of two prefill workers is killed (its registration outlives it for the lease's TTL): under
+    --enforce-disagg every request is still prefilled remotely, on the other one, not answered 503;
+    the dead one is inhibited, so later requests do not each rediscover it."""
+    cluster = Cluster(tmp_path, tiny_model, "file")
+    try:
+        prefills = [cluster.mocker("--speedup-ratio", "20", "--disaggregation-mode", "prefill") for _ in range(2)]
+        cluster.mocker("--speedup-ratio", "20", "--is-decode-worker")
+        cluster.frontend("--router-mode", "round-robin", "--enforce-disagg")
+        cluster.wait_workers(MODEL, 3)
+        prefills[0].kill()
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda i: httpx.post(cluster.base_url + "/v1/completions", timeout=60, json={
+                "model": MODEL, "prompt": f"request {i} after the prefill worker died", "max_tokens": 4}), range(8)))
+        assert [a.status_code for a in answers] == [200] * 8, [a.text for a in answers if a.status_code != 200]
+        text = http_get(cluster.base_url + "/metrics")[1].decode()
+        assert metric_value(text, "dynamo_frontend_remote_prefills_total", {"model": MODEL}) == 8
+        assert (metric_value(text, "dynamo_frontend_worker_inhibitions_total") or 0) >= 1
+    finally:
+        cluster.stop()
