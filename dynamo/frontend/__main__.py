@@ -206,6 +206,10 @@ async def _wait_for_workers(config: FrontendConfig, models: ModelManager, stop: 
                               or stop.is_set(), timeout=float("inf"))
 
 
+# After the grace, how long requests ended by the shutdown get to send their error before the server stops.
+SHUTDOWN_FLUSH_SECS = 1.0
+
+
 async def _drain(config: FrontendConfig, app: FrontendApp, http: EmbeddedHttpServer, grpc_server=None) -> None:
     """Drain like Dynamo: /health 503 (/live 200), new requests 503, admitted streams finish,
     all bounded by DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS."""
@@ -213,7 +217,9 @@ async def _drain(config: FrontendConfig, app: FrontendApp, http: EmbeddedHttpSer
     app.begin_drain()
     log.info("draining %d request(s) in flight (at most %.0f s)", app.inflight, grace)
     if not await app.drained(grace):
-        log.warning("drain deadline passed with %d request(s) in flight; closing them", app.inflight)
+        log.warning("drain deadline passed with %d request(s) in flight; ending them", app.inflight)
+        app.dispatcher.shut_down()  # each ends with a shutting_down error, not as a lost worker
+        await app.drained(SHUTDOWN_FLUSH_SECS)
     await http.stop(timeout=1.0)
     if grpc_server is not None:
         await grpc_server.stop(1.0)

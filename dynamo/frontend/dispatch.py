@@ -171,6 +171,18 @@ class Dispatcher:
         # (worker_wait.WorkerWait.for_request): (model, handle, workers it may not go to) -> the model's
         # entry once another worker serves it, or None at the deadline
         self.worker_wait: Callable[[str, RequestHandle, set[int]], Awaitable[ModelEntry | None]] | None = None
+        # The requests under way (their runners add and remove them), so that a shutdown past its grace
+        # can end them as what they are, `shutting_down`, not as workers that failed.
+        self.live: set[RequestHandle] = set()
+        self.closing = False
+
+    def shut_down(self) -> None:
+        """The frontend is exiting with requests still under way: stop their workers; each request ends
+        with a `shutting_down` error (an SSE error event once streaming), and nothing is migrated and no
+        worker inhibited, since nothing failed."""
+        self.closing = True
+        for handle in list(self.live):
+            handle.stop_worker()
 
     async def stream(self, entry: ModelEntry, request: PreprocessedRequest, handle: RequestHandle,
                      prompt: PromptReasoning = PromptReasoning.UNKNOWN) -> AsyncIterator[list[LLMEngineOutput]]:
@@ -279,6 +291,8 @@ class Dispatcher:
                        started: bool, handle: RequestHandle, progress: _Progress) -> PreprocessedRequest | None:
         """After a failed stream: the request to send to another worker, None to end quietly,
         or the client's error (raised)."""
+        if self.closing and not handle.cancelled:
+            raise errors.shutting_down() from None
         if isinstance(exc, (Disconnected, StreamTimeout)):
             return self._migrate(entry, request, iid, exc, handle, progress)
         if handle.cancelled or exc.code == ErrorCode.CANCELLED:

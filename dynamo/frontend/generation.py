@@ -98,6 +98,8 @@ class GenerationRun:
         merged = self._merged(gens)
         watcher = asyncio.ensure_future(receive())
         watcher.add_done_callback(self._on_receive)
+        handles = [c.handle for c in self.choices]
+        app.dispatcher.live.update(handles)
         try:
             try:
                 first = await merged.__anext__()
@@ -117,6 +119,7 @@ class GenerationRun:
                 await self._unary(merged, first, send)
             return RequestOutcome.CANCELLED if self.cancelled else RequestOutcome.SUCCESS
         finally:
+            app.dispatcher.live.difference_update(handles)
             watcher.remove_done_callback(self._on_receive)
             watcher.cancel()
             await aclose_quietly(merged)

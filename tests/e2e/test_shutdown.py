@@ -57,26 +57,45 @@ def test_frontend_drains_admitted_streams_and_refuses_new_ones(cluster):
 
 
 def test_frontend_drain_is_bounded(cluster):
-    cluster.mocker("--speedup-ratio", "0.5")
-    frontend = cluster.frontend(env={"DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS": "1"})
-    cluster.wait_workers(MODEL, 1)
+    """A stream far longer than the frontend's drain is ended at its deadline as what happened, a
+    `shutting_down` error event: not a worker failure, so it is not migrated (the idle second worker
+    gets nothing) and no worker is inhibited."""
+    workers = [cluster.mocker("--speedup-ratio", "0.5") for _ in range(2)]
+    frontend = cluster.frontend("--router-mode", "round-robin", "--migration-limit", "3",
+                                env={"DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS": "1"})
+    cluster.wait_workers(MODEL, 2)
+    events: list[dict] = []
     done = threading.Event()
 
     def stream() -> None:
         try:
-            stream_completion(cluster.base_url, 1500)
-        except (httpx.HTTPError, AssertionError):
-            pass  # cut off at the drain deadline: expected
+            with httpx.stream("POST", cluster.base_url + "/v1/completions", timeout=60, json={
+                    "model": MODEL, "prompt": "a long story", "max_tokens": 1500, "stream": True,
+                    "nvext": {"ignore_eos": True}}) as resp:
+                for line in resp.iter_lines():
+                    if line.startswith("data: {"):
+                        events.append(json.loads(line[6:]))
+        except httpx.HTTPError:
+            pass
         done.set()
 
     thread = threading.Thread(target=stream, daemon=True)
     thread.start()
-    wait_until(lambda: "draining" not in frontend.log() and _inflight(cluster) == 1, 60, "stream admitted")
+    wait_until(lambda: len(events) >= 2, 60, "the stream under way")
     frontend.popen.send_signal(signal.SIGTERM)
     frontend.popen.wait(30)  # 1 s drain + teardown, far less than the 1500-token stream
     assert frontend.popen.returncode == 0, frontend.log()
     assert done.wait(30)
     assert "drain deadline passed with 1 request(s) in flight" in frontend.log()
+    assert events[-1].get("error", {}).get("code") == "shutting_down", events[-1]
+    assert "migrating" not in frontend.log() and "inhibited" not in frontend.log()
+    assert sorted(_served(w) for w in workers) == [0, 1]  # the stream's worker only: nothing moved
+
+
+def _served(worker) -> float:
+    text = http_get(f"http://127.0.0.1:{worker.system_port}/metrics")[1].decode()
+    started = metric_value(text, "dynamo_component_inflight_requests", {"dynamo_endpoint": "generate"}) or 0.0
+    return started + (metric_value(text, "dynamo_component_requests_total", {"dynamo_endpoint": "generate"}) or 0.0)
 
 
 def _inflight(cluster) -> float:
