@@ -37,11 +37,13 @@ from dynamo.runtime.process import run_main
 log = logging.getLogger("dynamo.frontend")
 
 
-def _on_change(policy: RoutingPolicy, metrics: FrontendMetrics, live_workers: Callable[[], set[int]]):
+def _on_change(policy: RoutingPolicy, metrics: FrontendMetrics, live_workers: Callable[[], set[int]],
+               listed: Callable[[], None]):
     def update(entry) -> None:
         for role in Role:
             policy.on_membership_change(entry.pool(role))
         metrics.keep_workers(live_workers())
+        listed()
     return update
 
 
@@ -137,7 +139,8 @@ async def serve(config: FrontendConfig, stop: asyncio.Event, warnings: Sequence[
     if token_cache is not None:
         metrics.watch_token_cache(token_cache)
     models = ModelManager(runtime.store, config.namespace,
-                          on_change=_on_change(routing, metrics, lambda: models.worker_ids()),
+                          on_change=_on_change(routing, metrics, lambda: models.worker_ids(),
+                                               lambda: runtime.client.listed(models.worker_addresses())),
                           block_size=config.kv_cache_block_size, namespace_prefix=config.namespace_prefix,
                           token_cache=token_cache, defaults=ModelDefaults.of(config),
                           observe_prep=metrics.stages.prep)

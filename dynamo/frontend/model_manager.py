@@ -220,6 +220,10 @@ class ModelManager:
         """Every worker serving some model now."""
         return {iid for entry in self.models.values() for iid in entry.workers}
 
+    def worker_addresses(self) -> set[str]:
+        """The request-plane address of every worker serving some model now."""
+        return {w.address for entry in self.models.values() for w in entry.workers.values() if w.address}
+
     def listed(self) -> list[ModelEntry]:
         return [entry for entry in self.models.values() if entry.decode_workers()]
 

@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import ssl
+import time
 from collections import deque
 
 from dynamo.runtime import wire
 from dynamo.runtime.settings import RuntimeSettings
 from dynamo.runtime.tls import ClientTls
 from dynamo.runtime.wire import ErrorCode
+
+log = logging.getLogger(__name__)
 
 
 class StreamError(Exception):
@@ -140,8 +144,10 @@ class _ClientConnection(wire.FramedProtocol):
         self._on_lost = on_lost
         self._ids = itertools.count(1)
         self.going_away = False  # the worker sent GoAway: no new streams here
+        self.last_frame = time.monotonic()  # when the worker last sent anything (see RequestPlaneClient.listed)
 
     def on_frames(self, frames: list) -> None:
+        self.last_frame = time.monotonic()
         streams = self.streams
         for frame in frames:
             if type(frame) is wire.GoAway:
@@ -201,6 +207,14 @@ def _connect_timeout() -> float:
     return RuntimeSettings.from_env().tcp_connect_timeout
 
 
+# A worker that left discovery without saying GoAway (its lease lapsed: dead, or hung, which still ACKs TCP
+# keep-alives) and has sent nothing on its connection for this long has its streams cut, so callers migrate
+# them instead of waiting on it for good; a live worker whose lease merely lapsed keeps streaming, so its
+# connection is never that silent unless it runs a prefill this long.
+DEPARTED_SILENT_SECS = 10.0
+WATCH_INTERVAL_SECS = 1.0
+
+
 class RequestPlaneClient:
     """Connection pool keyed by worker address ("host:port")."""
 
@@ -209,6 +223,28 @@ class RequestPlaneClient:
         self.tls = tls  # None: plaintext
         self._conns: dict[str, _ClientConnection] = {}
         self._connecting: dict[str, asyncio.Future] = {}
+        self._listed: set[str] | None = None  # None: the caller does not tell (no departed-worker watch)
+        self._watch: asyncio.Task | None = None
+
+    def listed(self, addresses: set[str]) -> None:
+        """The worker addresses discovery lists now. A connection to one no longer listed is watched: once
+        silent for DEPARTED_SILENT_SECS with streams open (and no GoAway), it is cut and each stream on it
+        fails as `Disconnected`."""
+        self._listed = set(addresses)
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().create_task(self._cut_silent_departed(), name="rp-departed")
+
+    async def _cut_silent_departed(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_SECS)
+            listed, now = self._listed or set(), time.monotonic()
+            for conn in list(self._conns.values()):
+                if (conn.address in listed or conn.going_away or not conn.streams or conn.transport is None
+                        or now - conn.last_frame < DEPARTED_SILENT_SECS):
+                    continue
+                log.warning("worker at %s left discovery and has sent nothing for %.0f s: cutting its %d stream(s)",
+                            conn.address, now - conn.last_frame, len(conn.streams))
+                conn.transport.abort()  # connection_lost fails every stream on it as Disconnected
 
     async def open_stream(
         self, address: str, endpoint: str, payload: bytes, headers: dict[str, str] | None = None
@@ -263,6 +299,9 @@ class RequestPlaneClient:
             conn.transport.close()
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
         for conn in list(self._conns.values()):
             if conn.transport is not None:
                 conn.transport.close()

@@ -91,3 +91,41 @@ def test_without_migration_a_frozen_worker_is_a_504_not_a_hang(cluster):
         assert resp.status_code == 504, resp.text
         error = resp.json()["error"]
         assert error["code"] == "worker_timeout" and "first-output deadline" in error["message"]
+
+
+def test_without_deadlines_a_hung_worker_that_left_discovery_loses_its_streams_to_another(tiny_model, tmp_path):
+    """No deadlines set (the default): a worker frozen mid-stream still ACKs TCP keep-alives, so only
+    its discovery lease lapsing (2 s here) says it is gone; its streams, silent since, are then cut and
+    migrate to the other worker, whole, instead of waiting on it for good."""
+    c = Cluster(tmp_path, tiny_model, "file")
+    workers = []
+    try:
+        workers = [c.mocker("--speedup-ratio", "1", env={"ETCD_LEASE_TTL": "2"}) for _ in range(2)]
+        c.frontend("--router-mode", "round-robin", "--migration-limit", "2")
+        c.wait_workers(MODEL, 2)
+        body = {"model": MODEL, "prompt": "a story", "max_tokens": 400, "ignore_eos": True, "stream": True}
+        counts: list[int] = [0, 0]
+
+        def stream(i: int) -> tuple[int, str | None]:
+            with httpx.stream("POST", c.base_url + "/v1/completions", json=body, timeout=120) as resp:
+                finish = None
+                for line in resp.iter_lines():
+                    if line.startswith("data: {"):
+                        choice = json.loads(line[6:])["choices"][0]
+                        counts[i] += 1
+                        finish = choice.get("finish_reason") or finish
+                return counts[i], finish
+
+        with ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(stream, i) for i in range(2)]  # round-robin: one on each worker
+            wait_until(lambda: min(counts) >= 5, 60, "both streams under way")
+            workers[0].freeze()
+            results = [f.result(timeout=150) for f in futures]
+        assert all(finish == "length" for _, finish in results), results
+        text = http_get(c.base_url + "/metrics")[1].decode()
+        assert (metric_value(text, "dynamo_frontend_model_migration_total",
+                             {"migration_type": "ongoing_request"}) or 0) >= 1
+    finally:
+        for worker in workers:
+            worker.thaw()
+        c.stop()
