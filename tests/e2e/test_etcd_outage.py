@@ -68,6 +68,49 @@ def test_etcd_outage_with_data_loss(tiny_model, tmp_path):
     assert load.failures == [], load.failures
 
 
+def test_etcd_back_empty_drops_no_live_worker(tiny_model, tmp_path):
+    """etcd killed, its data dir wiped, restarted: the frontend's watches re-list before the
+    worker has re-put its keys (it is frozen until then: the race lost for sure), yet the
+    worker never leaves the router and no request fails (before: 503 no_workers)."""
+    etcd = EtcdServer(str(tmp_path))
+    url = etcd.start()
+    cluster = Cluster(tmp_path / "run", tiny_model, "etcd", {"ETCD_ENDPOINTS": url})
+    (tmp_path / "run").mkdir()
+    load = None
+    try:
+        worker = cluster.mocker("--speedup-ratio", "20")
+        frontend = cluster.frontend("--router-mode", "kv")
+        cluster.wait_workers(MODEL, 1)
+        load = Load(cluster.base_url, clients=2, max_tokens=2, pause=0.1)
+        load.start()
+        load.progress(5, "load running")
+        worker.freeze()
+        try:
+            etcd.proc.kill()  # SIGKILL, then back on the same ports with nothing
+            etcd.proc.wait(10)
+            time.sleep(3)
+            etcd.start(wipe=True)
+            wait_until(lambda: any(s in frontend.log_path.read_text() for s in ("re-listed", *FLAPPED)), 60,
+                       "the frontend re-listed")
+        finally:
+            worker.thaw()
+        wait_until(lambda: "re-registering" in worker.log_path.read_text(), 60, "the worker re-registered")
+        time.sleep(12)  # past the frontend's hold (its 10 s lease TTL): nothing left to report deleted
+        load.progress(5, "load continues after etcd returns")
+        assert cluster.worker_count(MODEL) == 1 and MODEL in cluster.models()
+    finally:
+        if load is not None:
+            load.finish()
+        cluster.stop()
+        etcd.stop()
+    log = frontend.log_path.read_text()
+    assert not [s for s in FLAPPED if s in log], log[-3000:]
+    assert load.failures == [], load.failures
+
+
+FLAPPED = ("left the KV router", "no workers left")
+
+
 class EtcdCluster:
     """Three etcd members on loopback ports; any one can be killed and restarted."""
 

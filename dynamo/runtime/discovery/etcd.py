@@ -20,8 +20,11 @@ leased key it wrote. NVIDIA Dynamo never recovers from lease loss; this does.
 
 Watch: range at a revision, then watch from revision + 1 (no gap). If the stream breaks
 (etcd restart, compaction), it re-lists and emits the difference from what it had
-reported, then watches again. Watch streams carry no read deadline (they are quiet when
-nothing changes); a dead peer is noticed through the keep-alive loop and TCP.
+reported, then watches again; a key missing from such a re-list is reported deleted only
+if its owner has not re-put it within one TTL (see `resync`), so an etcd that returns with
+its data lost does not make live workers vanish. Watch streams carry no read deadline
+(they are quiet when nothing changes); a dead peer is noticed through the keep-alive loop
+and TCP.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ from dynamo.runtime.discovery.base import (
     DiscoveryUnavailable,
     KeyValueStore,
     WatchEvent,
-    diff_events,
     wait_closed_or,
 )
 from dynamo.runtime.discovery.etcd_gateway import (
@@ -52,6 +54,7 @@ from dynamo.runtime.discovery.etcd_gateway import (
     token_refused,
     unb64,
 )
+from dynamo.runtime.discovery.resync import ResyncView
 from dynamo.runtime.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,9 @@ log = logging.getLogger(__name__)
 LEASE_NOT_FOUND = 5  # grpc NOT_FOUND, as returned for an unknown lease
 RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 4.0
+OUTAGE_PROBE_S = 1.0  # keep-alive interval while etcd is unreachable (capped at ttl/3)
+WATCH_BUFFER = 256  # stream events read ahead of a slow watch consumer
+_STREAM_END = object()
 
 
 class EtcdStore(KeyValueStore):
@@ -152,7 +158,9 @@ class EtcdStore(KeyValueStore):
     async def _keep_alive(self) -> None:
         outage = False
         while True:
-            await asyncio.sleep(self.ttl / 3)
+            # Probe often during an outage: when etcd returns without our lease (data lost), the
+            # sooner we re-put our keys, the sooner watchers stop holding their deletes.
+            await asyncio.sleep(min(self.ttl / 3, OUTAGE_PROBE_S) if outage else self.ttl / 3)
             try:
                 reply = await self._gw.call("/v3/lease/keepalive", {"ID": str(self._lease_id)})
                 if outage:
@@ -227,17 +235,18 @@ class EtcdStore(KeyValueStore):
     async def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]:  # type: ignore[override]
         self._check_open()
         closed = self._closed_signal()
-        known: dict[str, bytes] = {}
+        loop = asyncio.get_running_loop()
+        # Deletes found by a re-list wait one TTL (our own; owners use the same default): the
+        # time an owner takes to notice a lease lost with etcd's data and re-put its keys.
+        view = ResyncView(grace=self.ttl)
         failures = 0
         while not self._closed:
             try:
                 snapshot, revision = await self._range_prefix(prefix)
                 failures = 0
-                for event in diff_events(known, snapshot):
+                for event in self._resync(prefix, view, snapshot, loop.time()):
                     yield event
-                known = snapshot
-                async for event in self._watch_from(prefix, revision + 1):
-                    _apply(known, event)
+                async for event in self._follow(prefix, revision + 1, view, closed):
                     yield event
             except (EtcdError, EtcdUnavailable, OSError, asyncio.TimeoutError) as exc:
                 if self._closed:
@@ -250,6 +259,53 @@ class EtcdStore(KeyValueStore):
             if stopped:
                 return
 
+    def _resync(self, prefix: str, view: ResyncView, snapshot: dict[str, bytes], now: float) -> list[WatchEvent]:
+        events = view.resync(snapshot, now)
+        if view.held:
+            log.info("etcd watch on %r re-listed: %d key(s) missing (etcd restarted empty?); each is reported "
+                     "deleted only if its owner has not re-put it within %.0f s", prefix, len(view.held), view.grace)
+        return events
+
+    async def _follow(self, prefix: str, revision: int, view: ResyncView,
+                      closed: asyncio.Event) -> AsyncIterator[WatchEvent]:
+        """One watch stream's events, and held deletes as they fall due, until the stream
+        ends (returns) or breaks (raises). Held deletes are only reported while a stream is
+        live: during an outage nobody can re-put, so nothing is concluded from absence."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue(maxsize=WATCH_BUFFER)
+        pump = self._spawn(self._pump(prefix, revision, queue), "watch-stream")
+        try:
+            while True:
+                stopped, item = await wait_closed_or(closed, _next_item(queue, view.next_deadline(), loop))
+                if stopped:
+                    return
+                due = view.due(loop.time())
+                if due:
+                    log.info("etcd watch on %r: %d key(s) not re-put within %.0f s; reported deleted", prefix,
+                             len(due), view.grace)
+                for event in due:
+                    yield event
+                if item is _STREAM_END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                if item is not None and (event := view.apply(item)) is not None:
+                    yield event
+        finally:
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
+
+    async def _pump(self, prefix: str, revision: int, queue: asyncio.Queue) -> None:
+        """Reads one watch stream into `queue`, so that waiting on it can have a deadline
+        (a held delete falling due) without cancelling the stream."""
+        try:
+            async for event in self._watch_from(prefix, revision):
+                await queue.put(event)
+            end: object = _STREAM_END
+        except Exception as exc:
+            end = exc
+        await queue.put(end)
+
     async def _watch_from(self, prefix: str, revision: int) -> AsyncIterator[WatchEvent]:
         """Events of one watch stream; returns when etcd cancels it (e.g. compaction)."""
         request = {
@@ -260,6 +316,8 @@ class EtcdStore(KeyValueStore):
         try:
             async for message in self._gw.stream("/v3/watch", {"create_request": request}):
                 result = message.get("result", {})
+                if result.get("created"):
+                    _check_history(result, revision)
                 for raw in result.get("events") or []:
                     yield _to_event(raw)
                 if result.get("canceled"):
@@ -280,6 +338,14 @@ def _credentials(settings: RuntimeSettings) -> tuple[str, str] | None:
     return (user, password) if user and password else None
 
 
+def _check_history(created: dict, revision: int) -> None:
+    """A watch opened from a revision etcd has not reached means etcd lost its data between
+    our range and this watch: it would miss every change until its revision caught up."""
+    current = int(created.get("header", {}).get("revision", revision - 1))
+    if current < revision - 1:
+        raise EtcdUnavailable(f"etcd is at revision {current}, before the {revision - 1} we listed: data lost")
+
+
 def _to_event(raw: dict) -> WatchEvent:
     kv = raw.get("kv", {})
     key = unb64(kv.get("key", "")).decode()
@@ -288,8 +354,10 @@ def _to_event(raw: dict) -> WatchEvent:
     return WatchEvent("put", key, unb64(kv.get("value", "")))
 
 
-def _apply(known: dict[str, bytes], event: WatchEvent) -> None:
-    if event.kind == "put":
-        known[event.key] = event.value or b""
-    else:
-        known.pop(event.key, None)
+async def _next_item(queue: asyncio.Queue, deadline: float | None, loop: asyncio.AbstractEventLoop) -> object:
+    """The next stream item, or None when `deadline` (the next held delete) comes first."""
+    timeout = None if deadline is None else max(0.0, deadline - loop.time())
+    try:
+        return await asyncio.wait_for(queue.get(), timeout)
+    except asyncio.TimeoutError:
+        return None
