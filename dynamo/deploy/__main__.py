@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("scale", help="change a service's replicas in a running `run`")
     s.add_argument("control", help="control URL printed by `run` (http://127.0.0.1:PORT)")
-    s.add_argument("assignment", nargs="?", help="SERVICE=REPLICAS; omit to print the status")
+    s.add_argument("assignments", nargs="*", metavar="SERVICE=REPLICAS",
+                   help="replicas per service; several are applied one after another (one request each); "
+                        "none prints the status")
     return ap
 
 
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return render_main(args)
     from dynamo.deploy.control import scale_main
 
-    return scale_main(args.control, args.assignment)
+    return scale_main(args.control, args.assignments)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@
                                           running replica's metrics port, labelled as Dynamo's PodMonitors
                                           label pods (namespace, dynamo_namespace, service, pod, ...)
 
-`python -m dynamo.deploy scale URL SERVICE=N` is its client; the planner's local
-connector can call the same route.
+`python -m dynamo.deploy scale URL SERVICE=N [SERVICE=N ...]` is its client (several assignments: one
+request each, in order); the planner's local connector can call the same route.
 """
 
 from __future__ import annotations
@@ -102,33 +102,68 @@ class ControlServer:
         await self.http.stop()
 
 
-def scale_main(url: str, assignment: str | None) -> int:
+def parse_assignments(assignments: list[str]) -> list[tuple[str, int]]:
+    """`SERVICE=REPLICAS` each, in order; ValueError names the first bad one (then nothing is sent)."""
+    out: list[tuple[str, int]] = []
+    for text in assignments:
+        service, sep, value = text.partition("=")
+        if not sep or not service or not value.strip().isdigit():
+            raise ValueError(f"{text!r}: expected SERVICE=REPLICAS")
+        if int(value) > MAX_REPLICAS:  # the endpoint refuses it too; say so without a round trip
+            raise ValueError(f"{service}: replicas {int(value)} is more than run's limit of {MAX_REPLICAS} per "
+                             "service")
+        if service in (s for s, _ in out):
+            raise ValueError(f"{service} is assigned twice")
+        out.append((service, int(value)))
+    return out
+
+
+def _post_scale(url: str, service: str, replicas: int) -> dict[str, Any]:
+    body = json.dumps({"service": service, "replicas": replicas}).encode()
+    req = urllib.request.Request(url + "/scale", data=body, method="POST", headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.load(resp)
+
+
+def scale_main(url: str, assignments: list[str] | str | None) -> int:
+    """`dynamo.deploy scale URL [SERVICE=N ...]`: no assignment prints the status; several are checked
+    first, then applied one after another (the endpoint takes one service per request), each said on
+    stderr; stdout is the services' replicas after the last. A failure stops there and says which were
+    applied and which not (exit 1)."""
     url = url.rstrip("/")
+    wanted = [assignments] if isinstance(assignments, str) else list(assignments or [])
     try:
-        if assignment is None:
+        todo = parse_assignments(wanted)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    done: list[str] = []
+    try:
+        if not todo:
             with urllib.request.urlopen(url + "/status", timeout=10) as resp:
                 print(json.dumps(json.load(resp), indent=2))
             return 0
-        service, sep, value = assignment.partition("=")
-        if not sep or not value.strip().isdigit():
-            print("expected SERVICE=REPLICAS", file=sys.stderr)
-            return 2
-        if int(value) > MAX_REPLICAS:  # the endpoint refuses it too; say so without a round trip
-            print(f"error: {service}: replicas {int(value)} is more than run's limit of {MAX_REPLICAS} per service",
-                  file=sys.stderr)
-            return 2
-        body = json.dumps({"service": service, "replicas": int(value)}).encode()
-        req = urllib.request.Request(url + "/scale", data=body, method="POST",
-                                     headers={"content-type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            print(json.dumps(json.load(resp)["services"]))
+        for service, replicas in todo:
+            status = _post_scale(url, service, replicas)
+            done.append(f"{service}={replicas}")
+            if len(todo) > 1:
+                print(f"scaled {service} to {replicas}", file=sys.stderr)
+        print(json.dumps(status["services"]))
         return 0
     except urllib.error.HTTPError as exc:
-        print(f"error {exc.code}: {_error_text(exc.read())}", file=sys.stderr)
+        print(f"error {exc.code}: {_error_text(exc.read())}{_progress(todo, done)}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"cannot reach {url}: {exc}", file=sys.stderr)
+        print(f"cannot reach {url}: {exc}{_progress(todo, done)}", file=sys.stderr)
         return 1
+
+
+def _progress(todo: list[tuple[str, int]], done: list[str]) -> str:
+    """Where a run of several assignments stopped (nothing for a single one)."""
+    if len(todo) < 2:
+        return ""
+    rest = [f"{s}={n}" for s, n in todo[len(done):]]
+    return f" ({rest[0]} failed; applied: {', '.join(done) or 'none'}; not attempted: {', '.join(rest[1:]) or 'none'})"
 
 
 def _error_text(body: bytes) -> str:

@@ -18,7 +18,7 @@ import copy
 import shlex
 from typing import Any
 
-from dynamo.deploy import contract
+from dynamo.deploy import contract, scrape
 from dynamo.deploy.commands import flag_value, parse_command, set_flag
 from dynamo.deploy.model import Service
 
@@ -69,6 +69,27 @@ def _sglang(leader: dict[str, Any], worker: dict[str, Any], nodes: int) -> None:
         _edit_engine(container, "dynamo.sglang", dist)
 
 
+def _not_serving_metrics(template: dict[str, Any]) -> None:
+    """A non-leader pod: no system port (only the leader runs the Dynamo worker that serves it), so no
+    probes on it, no port advertised, and nothing asking a Prometheus to scrape it (the PodMonitor's
+    label, the `prometheus.io/*` annotations): a scrape there is a target that is always down."""
+    container = template["spec"]["containers"][0]
+    for probe in _PROBES:
+        container.pop(probe, None)
+    ports = [p for p in container.get("ports") or [] if not (isinstance(p, dict) and p.get("name") == "system")]
+    if ports:
+        container["ports"] = ports
+    else:
+        container.pop("ports", None)
+    meta = template.setdefault("metadata", {})
+    (meta.get("labels") or {}).pop(scrape.METRICS_LABEL, None)
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if not k.startswith("prometheus.io/")}
+    if annotations:
+        meta["annotations"] = annotations
+    else:
+        meta.pop("annotations", None)
+
+
 def lws_object(meta: dict[str, Any], svc: Service, pod_template: dict[str, Any],
                warnings: list[str], name: str) -> dict[str, Any]:
     """The LeaderWorkerSet for one multi-node service, from its single-pod template."""
@@ -83,8 +104,7 @@ def lws_object(meta: dict[str, Any], svc: Service, pod_template: dict[str, Any],
     else:
         engine = ", ".join(modules) or "this command"
         warnings.append(f"{name}: no multi-node wiring known for {engine}; every pod runs the command as written")
-    for probe in _PROBES:  # only the leader serves the system port
-        worker.pop(probe, None)
+    _not_serving_metrics(worker_tpl)
     return {
         "apiVersion": LWS_API, "kind": "LeaderWorkerSet", "metadata": meta,
         "spec": {"replicas": svc.replica_count, "startupPolicy": "LeaderCreated",

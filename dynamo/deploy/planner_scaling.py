@@ -2,7 +2,9 @@
 patches a DGD, which a graph rendered to plain objects does not have, so the rendered planner is told
 to scale the graph's Deployments instead (`$DYN_PLANNER_DEPLOYMENT_SELECTOR`, read by
 `dynamo.planner.connectors.kube_deployments`), each Deployment says which DGD service it is (an
-annotation), and the planner's service account may read and scale them (a Role and its binding).
+annotation), and the planner's service account may read and scale them (a Role and its binding; told the
+graph's scaled objects, `scale_targets`, only those: `resourceNames`, the multi-node pools' LeaderWorkerSets
+included).
 Also which services a graph's planner scales (`scaled_services`), for `validate` to tell when an
 autoscaler of the file would fight it, and which it may take to zero replicas (`zero_capable`)."""
 
@@ -13,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from dynamo.deploy import config_maps, contract
+from dynamo.deploy import config_maps, contract, multinode
 from dynamo.deploy.commands import flag_value, parse_command
 from dynamo.deploy.model import Graph, Service
 from dynamo.planner.config import PlannerConfig, convert
@@ -24,10 +26,40 @@ from dynamo.planner.connectors.kube_deployments import GRAPH_LABEL, NAME_ANNOTAT
 
 SELECTOR_ENV = "DYN_PLANNER_DEPLOYMENT_SELECTOR"
 CONFIG_ENV = "DYN_PLANNER_CONFIG"  # the planner's `--config`, given as env
+# Any Deployment of the namespace: what `rbac_objects` grants when it is not told the graph's scaled objects.
 RULES = [
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch", "update"]},
 ]
+SCALE_VERBS = ["get", "patch", "update"]
+LWS_GROUP = multinode.LWS_API.split("/")[0]
+
+
+def scale_targets(graph: Graph, maps: dict[str, dict[str, bytes]] | None = None) -> tuple[list[str], list[str]]:
+    """The rendered objects the graph's planners scale, by name: (Deployments, LeaderWorkerSets of the
+    multi-node pools)."""
+    deployments, groups = [], []
+    for service in sorted(scaled_services(graph, maps)):
+        name = contract.k8s_name(graph.metadata.name, service)
+        (groups if multinode.node_count(graph.spec.services[service]) > 1 else deployments).append(name)
+    return deployments, groups
+
+
+def scale_rules(deployments: list[str], groups: list[str]) -> list[dict[str, Any]]:
+    """Least privilege for a planner that scales these objects: finding them by label needs `list` (a list
+    cannot be limited to names); reading and scaling them is limited to them."""
+    rules: list[dict[str, Any]] = [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list", "watch"]}]
+    if deployments:
+        rules += [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get"], "resourceNames": deployments},
+                  {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": SCALE_VERBS,
+                   "resourceNames": deployments}]
+    if groups:
+        rules += [{"apiGroups": [LWS_GROUP], "resources": ["leaderworkersets"], "verbs": ["list", "watch"]},
+                  {"apiGroups": [LWS_GROUP], "resources": ["leaderworkersets"], "verbs": ["get"],
+                   "resourceNames": groups},
+                  {"apiGroups": [LWS_GROUP], "resources": ["leaderworkersets/scale"], "verbs": SCALE_VERBS,
+                   "resourceNames": groups}]
+    return rules
 
 
 def selector(graph_k8s_name: str) -> str:
@@ -38,10 +70,12 @@ def account_name(graph_k8s_name: str) -> str:
     return f"{graph_k8s_name}-planner"
 
 
-def rbac_objects(graph_k8s_name: str, namespace: str | None, labels: dict[str, str],
-                 accounts: list[str]) -> list[dict[str, Any]]:
+def rbac_objects(graph_k8s_name: str, namespace: str | None, labels: dict[str, str], accounts: list[str],
+                 targets: tuple[list[str], list[str]] | None = None) -> list[dict[str, Any]]:
     """The Role that reads and scales the graph's Deployments, bound to the planner pods' service
-    accounts; the planner's own account where a planner pod uses it (none named, no discovery account)."""
+    accounts; the planner's own account where a planner pod uses it (none named, no discovery account).
+    `targets` (`scale_targets`): only those objects may be read and scaled (else any Deployment). The
+    accounts should be the planner's alone: every pod running as one of them may scale the graph."""
     name = account_name(graph_k8s_name)
     meta = {"name": name, "labels": labels, **({"namespace": namespace} if namespace else {})}
     subjects = [{"kind": "ServiceAccount", "name": account, **({"namespace": namespace} if namespace else {})}
@@ -50,7 +84,8 @@ def rbac_objects(graph_k8s_name: str, namespace: str | None, labels: dict[str, s
     if name in accounts:
         objects.append({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(meta)})
     return objects + [
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": dict(meta), "rules": RULES},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": dict(meta),
+         "rules": RULES if targets is None else scale_rules(*targets)},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": dict(meta),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name}, "subjects": subjects},
     ]

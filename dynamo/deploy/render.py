@@ -182,10 +182,10 @@ def _pod_spec(graph: Graph, name: str, svc: Service, port: int, k8s_ns: str | No
         "containers": [_container(graph, name, svc, port, k8s_ns, discovery),
                        *((pod.containers if pod else None) or [])],
     }
-    if discovery == "kubernetes":  # allowed to read EndpointSlices and write its DynamoWorkerMetadata
-        spec["serviceAccountName"] = kube_discovery.account_name(contract.k8s_name(graph.metadata.name))
-    elif svc.componentType == "planner":  # allowed to read and scale the graph's Deployments
+    if svc.componentType == "planner":  # its own account: only it may scale the graph (and it discovers too)
         spec["serviceAccountName"] = planner_scaling.account_name(contract.k8s_name(graph.metadata.name))
+    elif discovery == "kubernetes":  # allowed to read EndpointSlices and write its DynamoWorkerMetadata
+        spec["serviceAccountName"] = kube_discovery.account_name(contract.k8s_name(graph.metadata.name))
     volumes = list((pod.volumes if pod else None) or [])
     if not (svc.sharedMemory and svc.sharedMemory.disabled):
         size = (svc.sharedMemory.size if svc.sharedMemory else None) or contract.SHARED_MEMORY
@@ -303,7 +303,8 @@ def render(graph: Graph, k8s_namespace: str | None = None, etcd_endpoints: str =
         objects += service_objects(graph, name, svc, k8s_ns, known_secrets, warnings, discovery)
     objects += _planner_rbac(objects, graph, k8s_ns, labels, warnings)
     if discovery == "kubernetes":
-        return objects + _kubernetes_discovery(graph, k8s_ns, labels, include_crd, warnings)
+        planners = [o["metadata"]["name"] for o in objects if o["kind"] == "ServiceAccount"]
+        return objects + _kubernetes_discovery(graph, k8s_ns, labels, include_crd, warnings, planners)
     if include_etcd:
         objects += etcd_objects(k8s_ns)
     elif etcd_endpoints == DEFAULT_ETCD:
@@ -324,7 +325,8 @@ def _planner_rbac(objects: list[dict[str, Any]], graph: Graph, k8s_ns: str | Non
         warnings.append(f"the planner scales Deployments here; the multinode groups {', '.join(groups)} "
                         "(LeaderWorkerSets) keep their replicas")
     accounts = [o["spec"]["template"]["spec"].get("serviceAccountName", "default") for o in planners]
-    return planner_scaling.rbac_objects(contract.k8s_name(graph.metadata.name), k8s_ns, labels, accounts)
+    return planner_scaling.rbac_objects(contract.k8s_name(graph.metadata.name), k8s_ns, labels, accounts,
+                                        planner_scaling.scale_targets(graph))
 
 
 def _discovery_of(graph: Graph, warnings: list[str]) -> str:
@@ -337,10 +339,11 @@ def _discovery_of(graph: Graph, warnings: list[str]) -> str:
 
 
 def _kubernetes_discovery(graph: Graph, k8s_ns: str | None, labels: dict[str, str], include_crd: bool,
-                          warnings: list[str]) -> list[dict[str, Any]]:
-    """The service account, Role and RoleBinding discovery needs, and the CRD when asked for."""
+                          warnings: list[str], planners: list[str] = ()) -> list[dict[str, Any]]:
+    """The service account, Role and RoleBinding discovery needs (bound to the planner's own account
+    too), and the CRD when asked for."""
     own = [p.serviceAccountName for s in graph.spec.services.values()
-           if (p := s.extraPodSpec) is not None and p.serviceAccountName]
+           if (p := s.extraPodSpec) is not None and p.serviceAccountName] + list(planners)
     objects = kube_discovery.rbac_objects(contract.k8s_name(graph.metadata.name), k8s_ns, labels, own)
     if include_crd:
         objects.append(kube_discovery.crd_object())

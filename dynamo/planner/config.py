@@ -7,7 +7,8 @@ profiler writes: every field, nulls, nested sections) goes through `dynamo_schem
 `--dump-config-to` every component takes); the environment twins Dynamo reads (`DYN_NAMESPACE`,
 `PROMETHEUS_ENDPOINT`, `PROMETHEUS_TOKEN[_FILE]`, `PROMETHEUS_SSL_VERIFY`, `PROMETHEUS_CA_BUNDLE`,
 `PROMETHEUS_EXTRA_QUERY_PARAMS`, `DYN_PLANNER_PROMETHEUS_REQUEST_TIMEOUT_SECONDS`,
-`PLANNER_PROMETHEUS_PORT`) come through `PlannerArgs`.
+`PLANNER_PROMETHEUS_PORT`) come through `PlannerArgs`, with one of ours: `DYN_PLANNER_PROFILE_RESULTS_DIR`,
+the profile data as this process sees it (how a profiler DGD's mount reaches a planner under `run`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from urllib.parse import parse_qsl, urlsplit
 import msgspec
 import yaml
 
-from dynamo.planner import dynamo_schema
+from dynamo.planner import dynamo_schema, validation
 from dynamo.runtime.config import REDACTED, setting
 from dynamo.runtime.config_dump import DumpConfigTo
 
@@ -70,6 +71,12 @@ class PlannerArgs(DumpConfigTo):
     prometheus_request_timeout_seconds: float | None = setting(
         None, "Connect and read-inactivity timeout of each Prometheus request (default 10)",
         env="DYN_PLANNER_PROMETHEUS_REQUEST_TIMEOUT_SECONDS", flag=False)
+    # Ours: where this process sees the profile data. The profiler's DGD sets it to the ConfigMap's mount
+    # beside the config's `profile_results_dir`; `dynamo.deploy run` maps env paths to its local copies
+    # of the mounts (never a path inside the `--config` JSON), so under `run` this one is the readable one.
+    profile_results_dir: str | None = setting(
+        None, "Profile data directory as this process sees it (fills profile_results_dir; under `dynamo.deploy "
+        "run`, where it is the mapped mount, replaces it)", env="DYN_PLANNER_PROFILE_RESULTS_DIR", flag=False)
 
 
 class Scheduling(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -198,50 +205,15 @@ class PlannerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             self.enable_load_scaling = True if self.enable_load_scaling is None else self.enable_load_scaling
             if self.enable_throughput_scaling is None:
                 self.enable_throughput_scaling = True
-        if self.scheduling.scale_interval_seconds is None:
-            self.scheduling.scale_interval_seconds = float(math.gcd(
-                int(self.load_adjustment_interval_seconds * 1000),
-                int(self.throughput_adjustment_interval_seconds * 1000))) / 1000 or 1.0
+        if self.scheduling.scale_interval_seconds is None:  # Dynamo: the gcd of the intervals of the loops on
+            loops = [self.load_adjustment_interval_seconds]
+            if self.enable_throughput_scaling:
+                loops.append(self.throughput_adjustment_interval_seconds)
+            self.scheduling.scale_interval_seconds = float(math.gcd(*(int(v * 1000) for v in loops))) / 1000 or 1.0
         self.validate()
 
     def validate(self) -> None:
-        if self.load_adjustment_interval_seconds <= 0 or self.throughput_adjustment_interval_seconds <= 0:
-            raise ValueError("adjustment intervals must be > 0")
-        if (self.enable_load_scaling and self.enable_throughput_scaling
-                and self.load_adjustment_interval_seconds >= self.throughput_adjustment_interval_seconds):
-            raise ValueError("load_adjustment_interval_seconds must be shorter than "
-                             "throughput_adjustment_interval_seconds when both loops run")
-        root = math.isqrt(self.fpm_sample_bucket_size)
-        if root * root != self.fpm_sample_bucket_size:
-            raise ValueError("fpm_sample_bucket_size must be a perfect square")
-        if not 0 <= self.load_scaling_down_sensitivity <= 100:
-            raise ValueError("load_scaling_down_sensitivity must be within 0..100")
-        if min(self.min_endpoint, self.min_for("prefill"), self.min_for("decode")) < 0:
-            raise ValueError("min endpoints must be >= 0")
-        if self.max_gpu_budget >= 0 and 0 <= self.max_gpu_budget < self.min_gpu_budget:
-            raise ValueError("min_gpu_budget exceeds max_gpu_budget")
-        if self.optimization_target == "load":
-            self._validate_load_thresholds()
-        if self.environment == "virtual" and not self.model_name:
-            raise ValueError("model_name is required for environment 'virtual'")
-        if self.environment == "global-planner" and not self.global_planner_namespace:
-            raise ValueError("environment 'global-planner' needs global_planner_namespace (where the GlobalPlanner "
-                             "serves)")
-        if self.load_scaling_step < 1 or self.max_throughput_scaling_replicas < 1:
-            raise ValueError("scaling steps must be >= 1")
-        if not self.metric_pulling_prometheus_request_timeout_seconds > 0:
-            raise ValueError("metric_pulling_prometheus_request_timeout_seconds must be > 0")
-
-    def _validate_load_thresholds(self) -> None:
-        p_up, p_down = self.prefill_scale_up_queue_tokens, self.prefill_scale_down_queue_tokens
-        d_up, d_down = self.decode_scale_up_kv_rate, self.decode_scale_down_kv_rate
-        if None in (p_up, p_down, d_up, d_down):
-            raise ValueError("optimization_target 'load' needs prefill_scale_{up,down}_queue_tokens "
-                             "and decode_scale_{up,down}_kv_rate")
-        if not (0 <= d_down < d_up <= 100):
-            raise ValueError("decode_scale_{up,down}_kv_rate must be within 0..100 with up > down")
-        if not p_up > p_down >= 0:
-            raise ValueError("prefill_scale_up_queue_tokens must exceed prefill_scale_down_queue_tokens")
+        validation.validate(self)
 
     def min_for(self, role: str) -> int:
         value = self.prefill_min_endpoint if role == "prefill" else self.decode_min_endpoint
@@ -304,6 +276,8 @@ def _with_env(raw: dict, args: PlannerArgs) -> dict:
     if args.control_url:
         raw = under_deploy_run(raw, args)
     raw.setdefault("prometheus_endpoint", args.prometheus_endpoint or None)
+    if args.profile_results_dir:
+        raw.setdefault("profile_results_dir", args.profile_results_dir)
     if args.namespace:
         raw.setdefault("namespace", args.namespace)
     for name in ("dgd_name", "kube_namespace", "kubeconfig", "kube_deployment_selector"):
@@ -341,8 +315,9 @@ def cluster_internal(url: str | None) -> bool:
 def under_deploy_run(raw: dict, args: PlannerArgs) -> dict:
     """The operator contract, locally: a planner started by `python -m dynamo.deploy run` scales the local
     graph, whatever its config says for a cluster. `kubernetes` (the default) maps to `local` with the
-    injected control URL; Prometheus is what `run` was given, never a cluster-internal address. Each mapping
-    is logged once."""
+    injected control URL; Prometheus is what `run` was given, never a cluster-internal address; the profile
+    data is read where `run` put its copy of the mount (`DYN_PLANNER_PROFILE_RESULTS_DIR`, mapped by `run`).
+    Each mapping is logged once."""
     raw = dict(raw)
     env = raw.get("environment", "kubernetes")
     if env == "kubernetes":
@@ -358,4 +333,9 @@ def under_deploy_run(raw: dict, args: PlannerArgs) -> dict:
                  prom, local_prom or "none")
         prom = None
     raw["prometheus_endpoint"] = prom or local_prom or None
+    local_profile = args.profile_results_dir
+    if local_profile and raw.get("profile_results_dir") not in (None, local_profile):
+        log.info("planner: profile_results_dir %s is the pod's mount; under `dynamo.deploy run` reading its local "
+                 "copy %s", raw["profile_results_dir"], local_profile)
+        raw["profile_results_dir"] = local_profile
     return raw

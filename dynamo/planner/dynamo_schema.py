@@ -114,6 +114,53 @@ NO_EFFECT: dict[str, Callable[[Any], bool]] = {
 }
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _power_problem(raw: dict[str, Any]) -> str | None:
+    if not raw.get("enable_power_awareness"):
+        return None
+    if raw.get("total_gpu_power_limit") is None:
+        return "total_gpu_power_limit is required when enable_power_awareness=True"
+    if raw.get("environment", "kubernetes") != "kubernetes":
+        return "enable_power_awareness=True requires environment='kubernetes'"
+    if raw.get("mode", "disagg") == "agg":
+        return "enable_power_awareness=True is not supported with mode='agg'"
+    return None
+
+
+def _ais_problem(raw: dict[str, Any]) -> str | None:
+    spec = raw.get("ais_perf_model")
+    if not isinstance(spec, dict):
+        return None
+    mode = raw.get("mode", "disagg")
+    needed = {"disagg": ("prefill", "decode"), "prefill": ("prefill",), "decode": ("decode",),
+              "agg": ("aggregated",)}.get(mode, ())
+    missing = [r for r in needed if r not in (spec.get("roles") or {})]
+    return f"ais_perf_model.roles.{missing[0]} is required for mode={mode!r}" if missing else None
+
+
+def no_effect_problems(raw: dict[str, Any]) -> list[str]:
+    """What Dynamo 1.6.1 refuses in the fields that have no effect here (they are dropped, but a config
+    Dynamo's planner would not start with is not one to accept either)."""
+    problems = []
+    port = raw.get("control_api_port", 0)
+    if not (_number(port) and float(port).is_integer() and 0 <= port <= 65535):
+        problems.append(f"control_api_port must be an integer within 0..65535, got {port!r}")
+    limit = raw.get("total_gpu_power_limit")
+    if limit is not None and not (_number(limit) and limit >= 1):
+        problems.append(f"total_gpu_power_limit must be >= 1, got {limit!r}")
+    hours = raw.get("report_interval_hours")
+    if hours is not None and not (_number(hours) and 0 < hours < float("inf")):
+        problems.append("report_interval_hours must be a positive finite number or None")
+    tick = (raw.get("scheduling") or {}).get("tick_max_duration_seconds") if isinstance(raw.get("scheduling"),
+                                                                                         dict) else None
+    if tick is not None and not (_number(tick) and tick > 0):
+        problems.append("scheduling.tick_max_duration_seconds must be > 0")
+    return problems + [p for p in (_power_problem(raw), _ais_problem(raw)) if p]
+
+
 def unknown_keys(raw: dict[str, Any], ours: Collection[str]) -> list[str]:
     """Keys in neither Dynamo's schema nor ours (nested sections as dotted paths, list entries as `[i]`)."""
     found = [k for k in raw if k not in FIELDS and k not in ALIASES and k not in ours]
@@ -145,6 +192,9 @@ def to_ours(raw: dict[str, Any], ours: Collection[str]) -> tuple[dict[str, Any],
     if unknown:
         raise ValueError(", ".join(f"unknown field `{k}`" for k in unknown)
                          + " (in neither Dynamo 1.6.1's PlannerConfig nor this planner's)")
+    problems = no_effect_problems(raw)
+    if problems:
+        raise ValueError("; ".join(problems))
     out: dict[str, Any] = {}
     for key, value in raw.items():
         name = ALIASES.get(key, key)

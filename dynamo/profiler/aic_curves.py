@@ -61,6 +61,22 @@ def planner_wants_curves(req: Request, mode: str) -> bool:
     return cfg.optimization_target == "sla" and cfg.pre_deployment_sweeping_mode != "none"
 
 
+def wants_curves(req: Request, mode: str) -> bool:
+    """Whether the DGD has a reader of profile data: a planner that seeds from it, or mockers, which replay
+    it (else they would run their built-in timing model, not the estimates the SLA was judged by)."""
+    return req.spec.mocker or planner_wants_curves(req, mode)
+
+
+def without_curves(req: Request, mode: str) -> str:
+    """What the DGD's readers of profile data do when there is none, for the notes."""
+    parts = []
+    if planner_wants_curves(req, mode):
+        parts.append("the planner's perf models start from live forward-pass metrics")
+    if req.spec.mocker:
+        parts.append("the mockers run their built-in timing model, not the estimates the SLA was judged by")
+    return "; ".join(parts)
+
+
 def prefill_curve(est: Estimator, w: WorkerChoice, isls: list[int]) -> PrefillProfile:
     xs, ttfts, thpts = [], [], []
     for isl in isls:
@@ -114,18 +130,18 @@ def estimate_profile(est: Estimator, choice: Choice, sweep: SweepOptions) -> Pro
 
 def rapid_profile(req: Request, choice: Choice, sweep: SweepOptions,
                   est: Estimator | None = None) -> Profile | None:
-    """The planner's profile data for an AIConfigurator pick, or None when AIConfigurator cannot
-    estimate it (said in the notes: the planner then learns from live forward-pass metrics alone)."""
+    """The profile data (for the planner, the mockers) of an AIConfigurator pick, or None when AIConfigurator
+    cannot estimate it (said in the notes, with what its readers do instead)."""
     try:
         profile = aic_profile(req.spec.model, req.spec.hardware.gpuSku or "h200_sxm", aic_backend(req), choice, sweep,
                               est)
     except Exception as exc:  # AIConfigurator's errors have no common type; the DGD stands without curves
         log.warning("rapid curves: %s: %s", type(exc).__name__, exc)
-        choice.notes.append(f"no planner profile data: AIConfigurator could not estimate the picked engines "
-                            f"({exc}); the planner's perf models start from live forward-pass metrics")
+        choice.notes.append(f"no profile data: AIConfigurator could not estimate the picked engines ({exc}); "
+                            f"{without_curves(req, choice.mode)}")
         return None
     engines = ", ".join(f"{w.role} TP{w.tp}" for w in choice.workers)
-    choice.notes.append(f"planner profile data: AIConfigurator estimates, not measurements ({engines}: "
+    choice.notes.append(f"profile data: AIConfigurator estimates, not measurements ({engines}: "
                         f"{len(profile.prefill.isl)} prefill points up to ISL {max(profile.prefill.isl):.0f}, "
                         f"{len(profile.decode.itl_ms)} decode points, KV capacity {profile.decode.max_kv_tokens} "
                         "tokens)")

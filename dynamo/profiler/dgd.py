@@ -18,7 +18,11 @@ IMAGE = "dynamo-serve-cuda:0.1.0"
 DGD_API = "nvidia.com/v1alpha1"
 PREFIX = {"vllm": "Vllm", "sglang": "Sglang", "trtllm": "Trtllm", "mocker": "Mocker"}
 MAX_NAME = 45  # Dynamo: len(dgd name) + len(component) must stay within this
-KV_TRANSFER = '{"kv_connector":"NixlConnector","kv_role":"kv_both"}'
+VLLM_KV_TRANSFER = '{"kv_connector":"NixlConnector","kv_role":"kv_both"}'
+# Where pods see the profile-data ConfigMap, as in Dynamo ({workspace}/profiling_results): a fixed path, so
+# the manifest says nothing of the machine that profiled; `dynamo.deploy run` maps it to its local copy.
+PROFILE_MOUNT = "/workspace/profiling_results"
+PROFILE_DIR_ENV = "DYN_PLANNER_PROFILE_RESULTS_DIR"  # the planner's view of it, which `run` maps too
 
 
 @dataclass
@@ -67,19 +71,27 @@ def _service_name(backend: str, role: str) -> str:
     return f"{PREFIX[backend]}{'Worker' if role == 'agg' else role.capitalize() + 'Worker'}"
 
 
-def _worker_args(req: Request, backend: str, w: WorkerChoice, model: str, profile_dir: str | None) -> list[str]:
-    if backend == "mocker":
-        args = ["--model-path", model, "--model-name", req.spec.model, "--disaggregation-mode", w.role,
-                "--speedup-ratio", "1.0"]
-        if w.max_num_seqs:
-            args += ["--max-num-seqs", str(w.max_num_seqs)]
-        if w.max_num_batched_tokens:
-            args += ["--max-num-batched-tokens", str(w.max_num_batched_tokens)]
-        return args + (["--planner-profile-data", profile_dir] if profile_dir else [])
-    args = ["--model", model]
-    if model != req.spec.model:
-        args += ["--served-model-name", req.spec.model]
-    args += ["--tensor-parallel-size", str(w.tp)]
+def _mocker_args(req: Request, w: WorkerChoice, model: str, profiled: bool) -> list[str]:
+    args = ["--model-path", model, "--model-name", req.spec.model, "--disaggregation-mode", w.role,
+            "--speedup-ratio", "1.0"]
+    if w.max_num_seqs:
+        args += ["--max-num-seqs", str(w.max_num_seqs)]
+    if w.max_num_batched_tokens:
+        args += ["--max-num-batched-tokens", str(w.max_num_batched_tokens)]
+    # the mocker replays the profiled (or AIConfigurator-estimated) timings the profiler judged the SLA by
+    return args + (["--planner-profile-data", PROFILE_MOUNT] if profiled else [])
+
+
+def _served_name(req: Request, model: str) -> list[str]:
+    return ["--served-model-name", req.spec.model] if model != req.spec.model else []
+
+
+def _trust_remote_code(req: Request) -> bool:
+    return bool(req.spec.overrides and req.spec.overrides.trustRemoteCode)
+
+
+def _vllm_args(req: Request, w: WorkerChoice, model: str) -> list[str]:
+    args = ["--model", model, *_served_name(req, model), "--tensor-parallel-size", str(w.tp)]
     if w.pp > 1:
         args += ["--pipeline-parallel-size", str(w.pp)]
     if w.dp > 1:
@@ -89,10 +101,58 @@ def _worker_args(req: Request, backend: str, w: WorkerChoice, model: str, profil
     if w.max_num_batched_tokens:
         args += ["--max-num-batched-tokens", str(w.max_num_batched_tokens)]
     if w.role != "agg":
-        args += ["--disaggregation-mode", w.role, "--kv-transfer-config", KV_TRANSFER]
-    if req.spec.overrides and req.spec.overrides.trustRemoteCode:
-        args.append("--trust-remote-code")
-    return args
+        args += ["--disaggregation-mode", w.role, "--kv-transfer-config", VLLM_KV_TRANSFER]
+    return args + (["--trust-remote-code"] if _trust_remote_code(req) else [])
+
+
+def _sglang_args(req: Request, w: WorkerChoice, model: str) -> list[str]:
+    """SGLang's own ServerArgs, as Dynamo's sglang templates and AIConfigurator's generator write them.
+    Attention data parallelism is SGLang's `--dp-size` inside a `--tp` that spans the engine's GPUs."""
+    args = ["--model-path", model, *_served_name(req, model), "--tp", str(w.tp * w.dp)]
+    if w.pp > 1:
+        args += ["--pipeline-parallel-size", str(w.pp)]
+    if w.dp > 1:
+        args += ["--dp-size", str(w.dp), "--enable-dp-attention"]
+    if w.moe_ep and w.moe_ep > 1:
+        args += ["--ep-size", str(w.moe_ep)]
+    if w.max_num_seqs:
+        args += ["--max-running-requests", str(w.max_num_seqs)]
+    if w.max_num_batched_tokens:
+        args += ["--chunked-prefill-size", str(w.max_num_batched_tokens)]
+    if w.role != "agg":
+        args += ["--disaggregation-mode", w.role, "--disaggregation-transfer-backend", "nixl"]
+    return args + (["--trust-remote-code"] if _trust_remote_code(req) else [])
+
+
+def _trtllm_args(req: Request, w: WorkerChoice, model: str) -> list[str]:
+    """Dynamo's TRT-LLM worker flags (it owns the engine config), as AIConfigurator's generator writes
+    them; what has no flag goes as `--trtllm.<key>` (Dynamo's profiler does the same)."""
+    args = ["--model-path", model, *_served_name(req, model), "--tensor-parallel-size", str(w.tp * w.dp)]
+    if w.pp > 1:
+        args += ["--pipeline-parallel-size", str(w.pp)]
+    if w.dp > 1:
+        args.append("--enable-attention-dp")
+    if w.moe_ep and w.moe_ep > 1:
+        args += ["--expert-parallel-size", str(w.moe_ep)]
+    if w.max_num_seqs:
+        args += ["--max-batch-size", str(w.max_num_seqs)]
+    if w.max_num_batched_tokens:
+        args += ["--max-num-tokens", str(w.max_num_batched_tokens)]
+    if w.role != "agg":  # the KV moves through TRT-LLM's cache transceiver, which a context server needs
+        args += ["--disaggregation-mode", w.role, "--trtllm.cache_transceiver_config.backend", "DEFAULT"]
+    if w.role == "prefill":  # to run context-only (TRT-LLM's disaggregated serving guide)
+        args += ["--trtllm.disable_overlap_scheduler", "true"]
+    return args + (["--trtllm.trust_remote_code", "true"] if _trust_remote_code(req) else [])
+
+
+_ENGINE_ARGS = {"vllm": _vllm_args, "sglang": _sglang_args, "trtllm": _trtllm_args}
+
+
+def _worker_args(req: Request, backend: str, w: WorkerChoice, model: str, profiled: bool) -> list[str]:
+    """The worker's command line in its engine's own flags (each engine's parser refuses the others')."""
+    if backend == "mocker":
+        return _mocker_args(req, w, model, profiled)
+    return _ENGINE_ARGS[backend](req, w, model)
 
 
 def _container(image: str, module: str, args: list[str]) -> dict[str, Any]:
@@ -118,39 +178,50 @@ def profile_configmap(name: str, profile_dir: Path) -> dict[str, Any]:
             "data": data}
 
 
-def build_dgd(req: Request, choice: Choice, image: str = IMAGE, profile_dir: Path | None = None,
-              configmap: str | None = None) -> dict[str, Any]:
-    """The DGD for `choice`. With the mocker feature, mocker workers replay `profile_dir`
-    (mounted from `configmap` on Kubernetes, read in place by `dynamo.deploy run`)."""
-    name = dgd_name(req)
-    backend = dgd_backend(req)
-    model, mounts = _model_location(req)
+def _mount_profile(pod: dict[str, Any], configmap: str) -> None:
+    """Mount the profile-data ConfigMap at PROFILE_MOUNT in the pod's main container."""
+    pod["volumes"] = [{"name": "profile-data", "configMap": {"name": configmap}}]
+    pod["mainContainer"]["volumeMounts"] = [{"name": "profile-data", "mountPath": PROFILE_MOUNT}]
+
+
+def _frontend(req: Request, image: str) -> dict[str, Any]:
     frontend: dict[str, Any] = {"componentType": "frontend", "replicas": 1,
                                 "extraPodSpec": {"mainContainer": _container(image, "dynamo.frontend",
                                                                              ["--http-port", "8000"])}}
     if req.spec.kv_router:
         frontend["envs"] = [{"name": "DYN_ROUTER_MODE", "value": "kv"}]
-    services: dict[str, Any] = {"Frontend": frontend}
-    pdir = str(profile_dir.resolve()) if profile_dir is not None and backend == "mocker" else None
+    return frontend
+
+
+def _worker(req: Request, backend: str, w: WorkerChoice, image: str, configmap: str | None) -> dict[str, Any]:
+    model, mounts = _model_location(req)
+    replay = backend == "mocker" and configmap is not None
+    svc: dict[str, Any] = {"componentType": "worker", "replicas": w.replicas,
+                           "extraPodSpec": {"mainContainer": _container(
+                               image, f"dynamo.{backend}", _worker_args(req, backend, w, model, replay))}}
+    if w.role != "agg":
+        svc["subComponentType"] = w.role
+    if backend != "mocker":
+        svc["resources"] = {"limits": {"gpu": str(w.gpus)}}
+        svc["envFromSecret"] = "hf-token-secret"
+    if mounts:
+        svc["volumeMounts"] = mounts
+    if replay:
+        _mount_profile(svc["extraPodSpec"], configmap)
+    return svc
+
+
+def build_dgd(req: Request, choice: Choice, image: str = IMAGE, configmap: str | None = None) -> dict[str, Any]:
+    """The DGD for `choice`. `configmap` names the profile-data ConfigMap (beside the DGD in the same file):
+    mocker workers replay it and the planner seeds its perf models from it, both reading it at
+    PROFILE_MOUNT."""
+    name = dgd_name(req)
+    backend = dgd_backend(req)
+    services: dict[str, Any] = {"Frontend": _frontend(req, image)}
     for w in choice.workers:
-        svc: dict[str, Any] = {"componentType": "worker", "replicas": w.replicas,
-                               "extraPodSpec": {"mainContainer": _container(
-                                   image, f"dynamo.{'mocker' if backend == 'mocker' else backend}",
-                                   _worker_args(req, backend, w, model, pdir))}}
-        if w.role != "agg":
-            svc["subComponentType"] = w.role
-        if backend != "mocker":
-            svc["resources"] = {"limits": {"gpu": str(w.gpus)}}
-            svc["envFromSecret"] = "hf-token-secret"
-        if mounts:
-            svc["volumeMounts"] = mounts
-        if pdir and configmap:
-            pod = svc["extraPodSpec"]
-            pod["volumes"] = [{"name": "profile-data", "configMap": {"name": configmap}}]
-            pod["mainContainer"]["volumeMounts"] = [{"name": "profile-data", "mountPath": pdir}]
-        services[_service_name(backend, w.role)] = svc
+        services[_service_name(backend, w.role)] = _worker(req, backend, w, image, configmap)
     if req.spec.planner:
-        services["Planner"] = planner_service(req, backend, image, profile_dir, configmap, choice.mode)
+        services["Planner"] = planner_service(req, backend, image, configmap, choice.mode)
     longest = max(len(s) for s in services)
     if len(name) + longest > MAX_NAME:
         raise ValueError(f"DGD name {name!r} is too long: with component {longest} characters it exceeds {MAX_NAME} "
@@ -163,13 +234,15 @@ def build_dgd(req: Request, choice: Choice, image: str = IMAGE, profile_dir: Pat
         dgd["metadata"]["namespace"] = req.metadata.namespace
     if backend != "mocker":
         dgd["spec"]["backendFramework"] = backend
+    _, mounts = _model_location(req)
     if mounts:
         dgd["spec"]["pvcs"] = [{"name": mounts[0]["name"], "create": False}]
     override = req.spec.overrides.dgd if req.spec.overrides else None
     return apply_override(dgd, override) if override else dgd
 
 
-def planner_config(req: Request, backend: str, profile_dir: Path | None, mode: str = "disagg") -> dict[str, Any]:
+def planner_config(req: Request, backend: str, profile_results_dir: str | None,
+                   mode: str = "disagg") -> dict[str, Any]:
     """The request's PlannerConfig passed through, with the SLA it states, the profile to read, and
     `mode: agg` for an aggregated graph (the planner's default, disagg, would look for prefill and
     decode pools it does not have)."""
@@ -180,21 +253,19 @@ def planner_config(req: Request, backend: str, profile_dir: Path | None, mode: s
         value = getattr(req.spec.sla, key)  # unless its own config says otherwise
         if value is not None and key not in config and f"{key}_ms" not in config:
             config[f"{key}_ms"] = float(value)
-    if profile_dir is not None:
-        config["profile_results_dir"] = str(profile_dir.resolve())
+    if profile_results_dir is not None:
+        config["profile_results_dir"] = profile_results_dir
     return config
 
 
-def planner_service(req: Request, backend: str, image: str, profile_dir: Path | None,
-                    configmap: str | None, mode: str) -> dict[str, Any]:
-    """The SLA planner, pointed at the profile (a ConfigMap mount on Kubernetes)."""
-    config = planner_config(req, backend, profile_dir, mode)
-    svc: dict[str, Any] = {"componentType": "planner", "replicas": 1, "extraPodSpec": {}}
-    if profile_dir is not None:
-        if configmap:
-            svc["extraPodSpec"]["volumes"] = [{"name": "profile-data", "configMap": {"name": configmap}}]
+def planner_service(req: Request, backend: str, image: str, configmap: str | None, mode: str) -> dict[str, Any]:
+    """The SLA planner, pointed at the profile-data ConfigMap's mount. The same path also goes in its
+    env, which `dynamo.deploy run` maps to the local copy of the ConfigMap as it maps every mount path
+    (a path inside the `--config` JSON it leaves alone)."""
+    config = planner_config(req, backend, PROFILE_MOUNT if configmap else None, mode)
     container = _container(image, "dynamo.planner", ["--config", json.dumps(config, sort_keys=True)])
-    if profile_dir is not None and configmap:
-        container["volumeMounts"] = [{"name": "profile-data", "mountPath": config["profile_results_dir"]}]
-    svc["extraPodSpec"]["mainContainer"] = container
+    svc: dict[str, Any] = {"componentType": "planner", "replicas": 1, "extraPodSpec": {"mainContainer": container}}
+    if configmap:
+        _mount_profile(svc["extraPodSpec"], configmap)
+        svc["envs"] = [{"name": PROFILE_DIR_ENV, "value": PROFILE_MOUNT}]
     return svc

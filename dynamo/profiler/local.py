@@ -1,9 +1,14 @@
 """A DGD deployed on this machine through `python -m dynamo.deploy run` (the same code a user
-runs), owned by the profiler: started, waited for, measured against, and always torn down."""
+runs), owned by the profiler: started, waited for, measured against, and always torn down: by the
+profiler on the way out (a signal cancels it, `stop` runs), and by the kernel when the profiler dies
+without a way out (SIGKILL, a crash): `run` is started with PR_SET_PDEATHSIG, and stops its replicas on
+the SIGTERM that brings."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -20,6 +25,19 @@ from dynamo.runtime.net import free_port
 
 READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 40.0
+PR_SET_PDEATHSIG = 1
+# Loaded here, not in the forked child: between fork and exec only a plain call is safe.
+_LIBC = ctypes.CDLL("libc.so.6", use_errno=True) if sys.platform == "linux" else None
+
+
+def _stop_with(parent: int):
+    """preexec_fn: SIGTERM this child when `parent` dies (it may already have, between fork and here)."""
+    def arm() -> None:
+        with contextlib.suppress(Exception):
+            _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+    return arm
 
 
 def _get(url: str, timeout: float = 5.0) -> Any:
@@ -32,8 +50,9 @@ class LocalDeployment:
 
     def __init__(self, dgd: dict[str, Any], work: Path, model_dir: str | None, served_model: str,
                  append_args: dict[str, list[str]] | None = None, ready_timeout: float = READY_TIMEOUT_S,
-                 python: str | None = None) -> None:
+                 python: str | None = None, beside: list[dict[str, Any]] | None = None) -> None:
         self.dgd, self.work, self.model_dir, self.served_model = dgd, work, model_dir, served_model
+        self.beside = beside or []  # documents of the same file (the profile-data ConfigMap the DGD mounts)
         self.append_args = append_args or {}
         self.ready_timeout = ready_timeout
         self.python = python or sys.executable  # the engines' environment (e.g. a vLLM venv)
@@ -63,10 +82,12 @@ class LocalDeployment:
     async def __aenter__(self) -> "LocalDeployment":
         self.work.mkdir(parents=True, exist_ok=True)
         manifest = self.work / "dgd.yaml"
-        manifest.write_text(yaml.safe_dump(self.dgd, sort_keys=False))
+        manifest.write_text(yaml.safe_dump_all([*self.beside, self.dgd], sort_keys=False))
         self._log = open(self.work / "deploy-run.log", "wb")
+        # Its own session, so a terminal's Ctrl-C reaches the profiler, which stops it in order.
         self.proc = subprocess.Popen(self.command(manifest), stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+                                     preexec_fn=_stop_with(os.getpid()) if _LIBC is not None else None)
         try:
             await self.wait_ready()
         except BaseException:

@@ -4,18 +4,19 @@ and `python -m dynamo.deploy run|render DGDR.yaml`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, TypeVar
 
 import yaml
 
 from dynamo.llm.perf_data import Profile, write_profile
 from dynamo.profiler import dgdr
-from dynamo.profiler.aic_curves import planner_wants_curves, rapid_profile
+from dynamo.profiler.aic_curves import rapid_profile, wants_curves, without_curves
 from dynamo.profiler.dgd import Choice, build_dgd, dgd_backend, planner_config, profile_configmap
 from dynamo.profiler.plots import plot_decode, plot_prefill
 from dynamo.profiler.rapid import rapid
@@ -24,6 +25,7 @@ from dynamo.profiler.thorough import SweepOptions, local_deployment, measure_can
 
 log = logging.getLogger("dynamo.profiler")
 FINAL = "final_config.yaml"
+T = TypeVar("T")
 
 
 @dataclass
@@ -100,15 +102,16 @@ def write_curves(req: dgdr.Request, choice: Choice, profile: Profile, out: Path,
 
 
 async def rapid_search(req: dgdr.Request, opts: Options, status: Status) -> tuple[Choice, Profile | None]:
-    """AIConfigurator's pick, and for a planner that reads profile data its estimated curves."""
+    """AIConfigurator's pick, and its estimated curves where the DGD reads profile data (a planner that seeds
+    from it, mockers that replay it: their TTFT/ITL then follow the estimates the SLA was judged by)."""
     choice = await asyncio.to_thread(rapid, req, opts.output_dir / "rapid", opts.model_dir)
-    if not planner_wants_curves(req, choice.mode):
+    if not wants_curves(req, choice.mode):
         return choice, None
     if choice.source != "aiconfigurator":
-        choice.notes.append("no planner profile data: AIConfigurator does not cover this model/SKU; the planner's "
-                            "perf models start from live forward-pass metrics")
+        choice.notes.append("no profile data: AIConfigurator does not cover this model/SKU; "
+                            + without_curves(req, choice.mode))
         return choice, None
-    status.set(profiling="BuildingCurves", message="estimating the planner's profile data with AIConfigurator")
+    status.set(profiling="BuildingCurves", message="estimating the profile data with AIConfigurator")
     profile = await asyncio.to_thread(rapid_profile, req, choice, opts.sweep)
     if profile is not None:
         engines = {w.role: w.tp for w in choice.workers}
@@ -125,7 +128,7 @@ def write_final(req: dgdr.Request, choice: Choice, profile: Profile | None, out:
         cm = profile_configmap(req.metadata.name, out)
         docs.append(cm)
         configmap = cm["metadata"]["name"]
-    docs.append(build_dgd(req, choice, profile_dir=out if profile is not None else None, configmap=configmap))
+    docs.append(build_dgd(req, choice, configmap=configmap))
     path = out / FINAL
     path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     from dynamo.deploy.validate import validate_file
@@ -170,14 +173,16 @@ async def profile_request(req: dgdr.Request, opts: Options, status: Status) -> t
 
 
 async def deploy(req: dgdr.Request, final: Path, opts: Options, status: Status) -> int:
-    docs = [d for d in yaml.safe_load_all(final.read_text()) if d and d.get("kind") == "DynamoGraphDeployment"]
+    docs = [d for d in yaml.safe_load_all(final.read_text()) if d]
+    graphs = [d for d in docs if d.get("kind") == "DynamoGraphDeployment"]
     status.set("Deploying", message=f"dynamo.deploy run {final}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     opts.sweep.model_dir = opts.model_dir
-    dep = local_deployment(docs[0], opts.output_dir / "deployment", req, opts.sweep)
+    dep = local_deployment(graphs[0], opts.output_dir / "deployment", req, opts.sweep,
+                           beside=[d for d in docs if d is not graphs[0]])
     dep.port = opts.frontend_port
     try:
         async with dep:
@@ -188,6 +193,37 @@ async def deploy(req: dgdr.Request, final: Path, opts: Options, status: Status) 
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
     return 0
+
+
+async def until_signal(work: Awaitable[T]) -> tuple[T | None, int | None]:
+    """(`work`'s result, None), or (None, the signal) when SIGINT or SIGTERM cancelled it. Cancelling
+    unwinds every `async with` deployment in it (each stops its `dynamo.deploy run`), where the default
+    SIGTERM would end this process at once and leave a candidate running. Only the first signal cancels:
+    a second must not interrupt the stopping."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    received: list[int] = []
+
+    def cancel(signum: int) -> None:
+        if not received:
+            received.append(signum)
+            log.warning("%s: stopping (the candidate deployment, if any, is being torn down)",
+                        signal.Signals(signum).name)
+            task.cancel()
+    installed = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            loop.add_signal_handler(signum, cancel, signum)
+            installed.append(signum)
+    try:
+        return await task, None
+    except asyncio.CancelledError:
+        if received:
+            return None, received[0]
+        raise
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
 
 
 def planner_problems(req: dgdr.Request) -> list[str]:
@@ -204,7 +240,8 @@ def planner_problems(req: dgdr.Request) -> list[str]:
 
 async def run(req: dgdr.Request, opts: Options) -> int:
     """Profile (or reuse), then apply when asked. Exit codes: 0 ok, 1 failed, 2 refused, 3 SLA not met (only with
-    `refuse_unmet_sla`; by default, as in Dynamo, the best configuration found goes ahead, said in the status)."""
+    `refuse_unmet_sla`; by default, as in Dynamo, the best configuration found goes ahead, said in the status),
+    128 + N stopped by signal N (SIGINT, SIGTERM) while profiling, any candidate deployment torn down first."""
     problems = planner_problems(req)
     if problems:  # refused at admission, as a webhook would: nothing profiled, no status written
         log.error("invalid %s: spec.features.planner: %s", dgdr.KIND, "; ".join(problems))
@@ -215,11 +252,15 @@ async def run(req: dgdr.Request, opts: Options) -> int:
         status.set("Pending", message=f"dry run: valid request; would run {req.spec.searchStrategy} profiling")
         return 0
     try:
-        final, choice = await profile_request(req, opts, status)
+        outcome, signum = await until_signal(profile_request(req, opts, status))
     except Exception as exc:
         log.debug("profiling failed", exc_info=True)
         status.fail(f"{type(exc).__name__}: {exc}")
         return 1
+    if signum is not None:  # the candidate deployment (if any) was stopped on the way out
+        status.fail(f"stopped by {signal.Signals(signum).name} while profiling")
+        return 128 + signum
+    final, choice = outcome
     met = status.data.get("slaMet")
     if met is False and opts.refuse_unmet_sla:
         status.set(message=f"SLA cannot be met; not deploying {final} (see notes; --refuse-unmet-sla is set)")

@@ -110,22 +110,38 @@ async def sweep_decode(dep: LocalDeployment, req: Request, opts: SweepOptions, g
 
 
 def local_deployment(dgd: dict[str, Any], work: Path, req: Request, opts: SweepOptions,
-                     append: dict[str, list[str]] | None = None) -> LocalDeployment:
+                     append: dict[str, list[str]] | None = None,
+                     beside: list[dict[str, Any]] | None = None) -> LocalDeployment:
     """`dgd` deployed here with the machine-specific extras (engine flags, env such as CPU binding)
-    added to a local copy only: the DGD handed to the user stays clean."""
+    added to a local copy only: the DGD handed to the user stays clean. `beside`: the file's other
+    documents (the ConfigMaps the DGD mounts, which `run` serves at their mount paths)."""
     dgd = copy.deepcopy(dgd)
     for svc, env in opts.service_env.items():
         if svc in dgd["spec"]["services"]:
             dgd["spec"]["services"][svc].setdefault("envs", []).extend({"name": k, "value": v} for k, v in env.items())
     return LocalDeployment(dgd, work, opts.model_dir, req.spec.model, opts.append_args if append is None else append,
-                           opts.ready_timeout, opts.deploy_python)
+                           opts.ready_timeout, opts.deploy_python, beside)
+
+
+def candidate_dgd(req: Request, tp: int) -> dict[str, Any]:
+    """One prefill and one decode engine at TP `tp`, fixed: the graph as the request would have it (its
+    overrides apply) but without a Planner, which would rescale the engines being measured, and with one
+    replica per worker whatever an override says. The final DGD keeps the Planner."""
+    pair = Choice("disagg", [WorkerChoice("prefill", tp), WorkerChoice("decode", tp)], "measured")
+    dgd = build_dgd(req, pair)  # the Planner is built, then dropped: an override may name it
+    services = dgd["spec"]["services"]
+    for name in [n for n, s in services.items() if s.get("componentType") == "planner"]:
+        del services[name]
+    for svc in services.values():
+        if svc.get("componentType") == "worker":
+            svc["replicas"] = 1
+    dgd["metadata"]["name"] = f"{dgd['metadata']['name'][:30]}-tp{tp}"
+    return dgd
 
 
 async def measure_candidate(req: Request, tp: int, opts: SweepOptions, work: Path,
                             phase: Callable[[str], None]) -> Measured:
-    pair = Choice("disagg", [WorkerChoice("prefill", tp), WorkerChoice("decode", tp)], "measured")
-    dgd = build_dgd(req, pair)
-    dgd["metadata"]["name"] = f"{dgd['metadata']['name'][:30]}-tp{tp}"
+    dgd = candidate_dgd(req, tp)
     append = {k: list(v) for k, v in opts.append_args.items()}
     if req.spec.mocker:
         for svc in ("MockerPrefillWorker", "MockerDecodeWorker"):

@@ -153,7 +153,8 @@ def test_render_lets_the_planner_read_and_scale_the_graph():
     for o in objects:
         by_kind.setdefault(o["kind"], []).append(o)
     role = next(o for o in by_kind["Role"] if o["metadata"]["name"] == "mocker-disagg-planner-planner")
-    assert {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch", "update"]} in role["rules"]
+    # scaling (limited to the graph's pools where render names them: `planner_scaling.scale_targets`)
+    assert any(r["resources"] == ["deployments/scale"] and "patch" in r["verbs"] for r in role["rules"])
     binding = next(o for o in by_kind["RoleBinding"] if o["roleRef"]["name"] == role["metadata"]["name"])
     planner = next(o for o in by_kind["Deployment"] if o["metadata"]["name"].endswith("-planner"))
     account = planner["spec"]["template"]["spec"]["serviceAccountName"]

@@ -44,7 +44,7 @@ def test_planner_component_scales_its_graph_under_deploy_run(tmp_path: Path, tin
             return {role: services[svc] for role, svc in POOLS.items()}
 
         trickle = Load(run.port, 1, 8, prompt_words=20)
-        burst = Load(run.port, 10, 60)
+        burst = Load(run.port, 12, 100)  # ~67% of a decode mocker's KV: well over the 40% up threshold
         wait_until(lambda: max(desired().values()) >= 2, 150, "the planner scales a pool up under load", interval=1)
         scaled = {role: n for role, n in desired().items() if n >= 2}
         run.wait_ready({POOLS[role]: n for role, n in desired().items()}, timeout=120)

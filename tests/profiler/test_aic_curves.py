@@ -115,7 +115,7 @@ def test_an_estimate_that_fails_leaves_no_curves_and_says_so():
 
     choice = disagg()
     assert rapid_profile(request({"optimization_target": "sla"}), choice, SWEEP, Broken()) is None
-    assert any("no planner profile data" in n and "live forward-pass metrics" in n for n in choice.notes)
+    assert any("no profile data" in n and "live forward-pass metrics" in n for n in choice.notes)
     ok = disagg()
     assert rapid_profile(request({"optimization_target": "sla"}), ok, SWEEP, Linear()) is not None
     assert any("AIConfigurator estimates, not measurements" in n for n in ok.notes)
@@ -140,7 +140,7 @@ def test_rapid_search_says_when_its_planner_gets_no_curves(tmp_path, monkeypatch
     status = Status(tmp_path, "r", "d")
     req = request({"optimization_target": "sla"})
     assert asyncio.run(pipeline.rapid_search(req, opts, status)) == (fit, None)
-    assert any("no planner profile data" in n for n in fit.notes)
+    assert any("no profile data" in n for n in fit.notes)
     fit.notes.clear()
     monkeypatch.setattr(pipeline, "rapid", lambda req, work, model_dir: disagg())
     choice, profile = asyncio.run(pipeline.rapid_search(request({"optimization_target": "throughput"}), opts, status))

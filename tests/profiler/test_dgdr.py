@@ -157,15 +157,16 @@ def test_planner_feature_adds_the_planner_pointed_at_the_profile(tmp_path):
 
     req = request(backend="vllm", features={"planner": {"optimization_target": "sla", "ttft": 500}})
     dgd = build_dgd(req, Choice("disagg", [WorkerChoice("prefill", 1), WorkerChoice("decode", 1)], "measured"),
-                    profile_dir=tmp_path, configmap="planner-profile-data-1234")
+                    configmap="planner-profile-data-1234")
     planner = dgd["spec"]["services"]["Planner"]
     assert planner["componentType"] == "planner"
     container = planner["extraPodSpec"]["mainContainer"]
     assert container["command"] == ["python3", "-m", "dynamo.planner"]
     config = json.loads(container["args"][1])
+    # the pod's path of the profile data, as Dynamo mounts it: nothing of the machine that profiled
     assert config == {"backend": "vllm", "optimization_target": "sla", "ttft": 500,
-                      "profile_results_dir": str(tmp_path.resolve())}
-    assert container["volumeMounts"][0]["mountPath"] == str(tmp_path.resolve())
+                      "profile_results_dir": "/workspace/profiling_results"}
+    assert container["volumeMounts"][0]["mountPath"] == "/workspace/profiling_results"
     write_and_validate(tmp_path, dgd)
     # the SLA the user stated is the planner's, except where the planner config sets its own
     stated = request(backend="vllm", sla={"ttft": 300, "itl": 20}, features={"planner": {"ttft": 500}})

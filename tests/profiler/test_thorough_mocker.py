@@ -117,7 +117,7 @@ def test_thorough_mocker_dgdr_profiles_deploys_and_serves_within_sla(profiled):
     services = docs[1]["spec"]["services"]
     assert set(services) == {"Frontend", "MockerPrefillWorker", "MockerDecodeWorker", "Planner"}
     args = services["MockerDecodeWorker"]["extraPodSpec"]["mainContainer"]["args"]
-    assert args[args.index("--planner-profile-data") + 1] == str(out.resolve())
+    assert args[args.index("--planner-profile-data") + 1] == "/workspace/profiling_results"  # the pod's, fixed
     assert load_profile(out).decode is not None
 
     # The Planner runs in the deployed graph with no hand wiring: local connector through `run`'s control
