@@ -7,8 +7,9 @@ parameters it returns (`disaggregated_params`, backend-specific: vLLM's
 decode worker, which pulls the KV cache and streams the answer. The client sees one
 ordinary stream.
 
-A prefill worker that cannot be reached, is draining, drops the stream or misses a deadline is
-inhibited and the request's prefill goes to another prefill worker (each tried once).
+A prefill worker that cannot be reached, is draining or drops the stream is inhibited and the
+request's prefill goes to another prefill worker (each tried once); one that misses a deadline
+is inhibited, and the request falls back as below (the prompt may be what is slow).
 Fallbacks: no prefill worker, a failed prefill (an engine error, or every prefill worker failed), or (conditional disaggregation) a short
 uncached prompt (the prompt less the prefix cached on the decode worker the routing
 policy would pick) or a saturated prefill pool all mean the decode worker prefills locally,
@@ -32,7 +33,7 @@ from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.llm.worker_client import NO_DEADLINES, Deadlines, WorkerClient
 from dynamo.router.inhibit import Inhibitor, reason_for
 from dynamo.router.policy import Role, RoutingPolicy, WorkerPool, with_dp_rank
-from dynamo.runtime.rp_client import RequestPlaneClient, StreamError
+from dynamo.runtime.rp_client import RequestPlaneClient, StreamError, StreamTimeout
 from dynamo.runtime.wire import ErrorCode
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ class PrefillOrchestrator:
             stop_conditions=msgspec.structs.replace(request.stop_conditions, max_tokens=1, min_tokens=None))
         exclude: set[int] = set()  # prefill workers that failed this request: never tried twice
         while True:
+            pool = entry.pool(Role.PREFILL)  # now: an older snapshot would undo membership changes since
             try:
                 with self.stages.stage("route", PREFILL):
                     choice = await handle.routed(
@@ -172,13 +174,17 @@ class PrefillOrchestrator:
         try:
             params = await self._run(worker, with_dp_rank(sub, choice), handle)
         except StreamError as exc:
-            if handle.cancelled:
+            if handle.cancelled or handle.shut:
                 raise
             reason = reason_for(exc)
-            if reason is not None:
+            # A missed deadline may be the prompt, not the worker: a long prefill would miss it on every
+            # prefill worker in turn (each one inhibited for everyone), so it is not retried elsewhere.
+            if reason is not None and not isinstance(exc, StreamTimeout):
                 self.inhibitor.inhibit(worker.instance_id, reason)
                 log.warning("prefill worker %x failed (%s); trying another prefill worker", worker.instance_id, exc)
                 return _ANOTHER_WORKER
+            if reason is not None:  # a hung prefill worker is left out for a while all the same
+                self.inhibitor.inhibit(worker.instance_id, reason)
             log.warning("prefill on worker %x failed (%s); %s", worker.instance_id, exc,
                         "answering 503 (--enforce-disagg)" if self.policy.enforce else "prefilling on the decode worker")
             return self._local(entry, PREFILL_FAILED)

@@ -68,12 +68,13 @@ def _unknown_pin(pool: WorkerPool, request: PreprocessedRequest, exclude: set[in
 class RequestHandle:
     """Lets the HTTP layer cancel whatever worker stream the request is on now."""
 
-    __slots__ = ("stream", "cancelled", "routing", "worker_id", "dp_rank", "overlap_blocks", "prefill_worker_id",
+    __slots__ = ("stream", "cancelled", "shut", "routing", "worker_id", "dp_rank", "overlap_blocks", "prefill_worker_id",
                  "prefill_dp_rank", "prefill_started")
 
     def __init__(self) -> None:
         self.stream: WorkerStream | None = None
         self.cancelled = False
+        self.shut = False  # the frontend is exiting past its grace: end as `shutting_down`
         # The task while it waits for the routing policy (the router queue): a client that leaves
         # then gives its place up at once, not at the queue's deadline.
         self.routing: asyncio.Task | None = None
@@ -116,8 +117,10 @@ class RequestHandle:
         try:
             return await choosing
         except asyncio.CancelledError:
-            if not self.cancelled or task is None or task.uncancel() > 0:
-                raise  # cancelled from elsewhere too (a shutdown): not ours to swallow
+            if not (self.cancelled or self.shut) or task is None or task.uncancel() > 0:
+                raise  # cancelled from elsewhere too (the task's owner): not ours to swallow
+            if self.shut and not self.cancelled:
+                raise errors.shutting_down() from None
             return None
         finally:
             self.routing = None
@@ -130,6 +133,14 @@ class RequestHandle:
         if self.cancelled:
             stream.cancel()
         return stream
+
+    def shut_down(self) -> None:
+        """The frontend is exiting past its grace: end the request as `shutting_down`, wherever it is."""
+        self.shut = True
+        self.stop_worker()
+        if self.routing is not None:
+            self.routing.cancel()
+            self.routing = None
 
     def stop_worker(self) -> None:
         """We have what we need (e.g. a stop string matched): let the worker stop generating."""
@@ -182,7 +193,7 @@ class Dispatcher:
         worker inhibited, since nothing failed."""
         self.closing = True
         for handle in list(self.live):
-            handle.stop_worker()
+            handle.shut_down()
 
     async def stream(self, entry: ModelEntry, request: PreprocessedRequest, handle: RequestHandle,
                      prompt: PromptReasoning = PromptReasoning.UNKNOWN) -> AsyncIterator[list[LLMEngineOutput]]:
@@ -236,6 +247,8 @@ class Dispatcher:
         try:
             params = await self.prefill.prefill(entry, request, handle)
         except StreamError:
+            if handle.shut and not handle.cancelled:
+                raise errors.shutting_down() from None
             return None  # cancelled by the client during prefill
         if handle.cancelled:
             return None
@@ -251,6 +264,8 @@ class Dispatcher:
         stages = self.metrics.stages
         phase = AGGREGATED if request.disaggregated_params is None else DECODE
         while True:
+            if self.closing:  # nothing new starts once the frontend is past its grace
+                raise errors.shutting_down()
             pool = entry.pool(Role.DECODE)
             if self.worker_wait is not None and all(w.instance_id in exclude for w in pool.workers):
                 # every worker it could go to is gone (a restart, a scale to zero): wait for a new one

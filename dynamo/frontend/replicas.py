@@ -49,6 +49,7 @@ FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=1
 # A replica that hangs (stopped, deadlocked) still accepts connections, so nothing above ends a relay to
 # it: its discovery record does, since the lease behind it lapses (ETCD_LEASE_TTL). Checked this often.
 OWNER_CHECK_SECS = 2.0
+OWNER_GONE_SECS = 10.0
 ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
@@ -117,10 +118,12 @@ class Replicas:
         if url is None:
             return False
         log.debug("forwarding %s %s to replica %s", scope["method"], object_id, tag)
-        started: list[bool] = []
+        started: list[bool] = []  # [is it an event stream] once the answer has begun
 
         async def relayed(message: dict) -> None:
-            started.append(True)
+            if not started:
+                started.append(any(k.lower() == b"content-type" and v.startswith(b"text/event-stream")
+                                   for k, v in message.get("headers", ())))
             await send(message)
         relay = asyncio.ensure_future(self._relay(url, scope, body, relayed))
         owner_gone = asyncio.ensure_future(self._until_unregistered(tag))
@@ -139,23 +142,31 @@ class Replicas:
                 return False
         elif owner_gone.done() and not owner_gone.cancelled():
             # Hung (its lease lapsed while it held the request) or dead: a clear 503, not a wait that
-            # lasts as long as the client's patience; an answer already begun ends where it was.
+            # lasts as long as the client's patience; a stream already begun ends with that error event.
+            error = unreachable(url, ConnectionError("it stopped renewing its registration (hung or dead)"))
             if not started:
-                raise unreachable(url, ConnectionError("it stopped renewing its registration (hung or dead)"))
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                raise error
+            # (a blank line first closes an event the relay may have cut mid-way)
+            tail = b"\n\ndata: " + json.dumps(error.body()).encode() + b"\n\n" if started[0] else b""
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
         self.forwarded.labels(prefix).inc()
         return True
 
     async def _until_unregistered(self, tag: str) -> None:
-        """Return once the replica's discovery record is gone (its lease expired: it died or hangs);
-        discovery itself being unreachable is no sign either way, so the wait goes on."""
+        """Return once the replica's discovery record has been gone for OWNER_GONE_SECS (its lease expired:
+        it died or hangs; a record missing for a moment, as when etcd returns empty and owners re-put, is
+        not that); discovery itself being unreachable is no sign either way, so the wait goes on."""
+        loop = asyncio.get_running_loop()
+        missing_since = None
         while True:
             await asyncio.sleep(OWNER_CHECK_SECS)
             try:
-                if await self.store.get(self.key(tag)) is None:
-                    return
+                present = await self.store.get(self.key(tag)) is not None
             except Exception:  # discovery down: keep relaying, as routing does
                 continue
+            missing_since = None if present else (missing_since or loop.time())
+            if missing_since is not None and loop.time() - missing_since >= OWNER_GONE_SECS:
+                return
 
     async def _url(self, tag: str) -> str | None:
         try:

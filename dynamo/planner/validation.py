@@ -13,8 +13,10 @@ if TYPE_CHECKING:
 
 
 def _divides(tick: float, interval: float) -> bool:
-    """`interval` is a whole number of `tick`s (to the millisecond: both are seconds)."""
-    return round(interval * 1000) % round(tick * 1000) == 0
+    """`interval` is a whole number of `tick`s (to the millisecond: both are seconds); a tick under a
+    millisecond divides nothing (a ValueError for its caller, not a ZeroDivisionError)."""
+    ms = round(tick * 1000)
+    return ms > 0 and round(interval * 1000) % ms == 0
 
 
 def validate(cfg: PlannerConfig) -> None:

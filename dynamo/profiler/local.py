@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import ctypes.util
 import json
 import os
 import signal
@@ -27,7 +28,17 @@ READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 40.0
 PR_SET_PDEATHSIG = 1
 # Loaded here, not in the forked child: between fork and exec only a plain call is safe.
-_LIBC = ctypes.CDLL("libc.so.6", use_errno=True) if sys.platform == "linux" else None
+def _libc():
+    """The C library for prctl on Linux (glibc or musl); None elsewhere or when it cannot be loaded."""
+    if sys.platform != "linux":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
 
 
 def _stop_with(parent: int):

@@ -95,9 +95,13 @@ class ReplicaSync:
             self.apply(event)
 
     def apply(self, event: ActiveSequenceEvent) -> None:
-        self._heard[event.router_id] = time.monotonic()
+        # Only replicas that say they are alive can be missed: an older version never does (a rolling
+        # upgrade), so its bookings wait for REMOTE_TTL instead of being freed while they run.
         if event.kind == "alive":
+            self._heard[event.router_id] = time.monotonic()
             return
+        if event.router_id in self._heard:
+            self._heard[event.router_id] = time.monotonic()
         router = self.router_for(event.model)
         if router is None:
             return

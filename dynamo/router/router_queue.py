@@ -42,6 +42,15 @@ class Ticket:
     gone: bool = field(default=False, compare=False)
 
 
+def _raise_if_cancelled() -> None:
+    """Python 3.11's wait_for can swallow a cancel that lands as its wait ends (a timeout or a wake-up
+    at the same moment): the task is still asked to stop (`cancelling()`), so stop it here, or a client
+    that left would keep its place and its request would be routed."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class RouterQueue:
     def __init__(self, config: KvRouterConfig) -> None:
         self.max_waiting = config.router_queue_max_requests
@@ -90,10 +99,12 @@ class RouterQueue:
             ticket.waker = loop.create_future()
             try:
                 await asyncio.wait_for(ticket.waker, min(remaining, RECHECK))
-                return
+                woken = True
             except asyncio.TimeoutError:
-                if self._head() is ticket:
-                    return  # recheck: a load report may have freed a worker
+                woken = False
+            _raise_if_cancelled()
+            if woken or self._head() is ticket:
+                return  # woken, or a recheck: a load report may have freed a worker
 
     def leave(self, ticket: Ticket) -> None:
         """The request stops waiting (served, timed out or cancelled); idempotent."""

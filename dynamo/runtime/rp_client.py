@@ -224,6 +224,7 @@ class RequestPlaneClient:
         self._conns: dict[str, _ClientConnection] = {}
         self._connecting: dict[str, asyncio.Future] = {}
         self._listed: set[str] | None = None  # None: the caller does not tell (no departed-worker watch)
+        self._unlisted_since: dict[str, float] = {}  # address -> when the watch first saw it unlisted
         self._watch: asyncio.Task | None = None
 
     def listed(self, addresses: set[str]) -> None:
@@ -237,14 +238,27 @@ class RequestPlaneClient:
     async def _cut_silent_departed(self) -> None:
         while True:
             await asyncio.sleep(WATCH_INTERVAL_SECS)
-            listed, now = self._listed or set(), time.monotonic()
-            for conn in list(self._conns.values()):
-                if (conn.address in listed or conn.going_away or not conn.streams or conn.transport is None
-                        or now - conn.last_frame < DEPARTED_SILENT_SECS):
-                    continue
+            for conn in self._departed_and_silent(time.monotonic()):
                 log.warning("worker at %s left discovery and has sent nothing for %.0f s: cutting its %d stream(s)",
-                            conn.address, now - conn.last_frame, len(conn.streams))
+                            conn.address, time.monotonic() - conn.last_frame, len(conn.streams))
                 conn.transport.abort()  # connection_lost fails every stream on it as Disconnected
+
+    def _departed_and_silent(self, now: float) -> list[_ClientConnection]:
+        """Connections to workers unlisted for the whole window and silent through it: a lease that lapsed
+        and was re-put at once, or a prefill worker quiet during a long prefill, is neither."""
+        if self._listed is None:
+            return []
+        listed = self._listed
+        for address in [a for a in self._unlisted_since if a in listed or a not in self._conns]:
+            del self._unlisted_since[address]
+        out = []
+        for conn in list(self._conns.values()):
+            if conn.address in listed or conn.going_away or not conn.streams or conn.transport is None:
+                continue
+            since = self._unlisted_since.setdefault(conn.address, now)
+            if now - since >= DEPARTED_SILENT_SECS and now - conn.last_frame >= DEPARTED_SILENT_SECS:
+                out.append(conn)
+        return out
 
     async def open_stream(
         self, address: str, endpoint: str, payload: bytes, headers: dict[str, str] | None = None

@@ -15,8 +15,10 @@ Response bodies follow NVIDIA Dynamo's: `{"status": "success"|"error", "message"
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import threading
 from typing import Any
 
 import msgspec
@@ -35,16 +37,46 @@ ROUTE = "/v1/loras"
 MAX_BODY = 64 * 1024
 
 
+# One fetch per source at a time: a client retrying after a 504 joins the fetch still under way instead of
+# starting another download beside it.
+_FETCHES: dict[str, asyncio.Future] = {}
+
+
 async def _resolve_within_deadline(uri: str):
-    """The adapter's local directory; a fetch past `DYN_LORA_FETCH_TIMEOUT_SECS` is a 504 (the thread
-    cannot be stopped: it finishes into the cache, where the next load finds it)."""
+    """The adapter's local directory; a fetch past `DYN_LORA_FETCH_TIMEOUT_SECS` is a 504 (the fetch goes
+    on, in a daemon thread that does not hold the worker's exit, into the cache where the next load finds it)."""
     deadline = fetch_timeout()
-    future = asyncio.get_running_loop().run_in_executor(None, resolve_source, uri)
+    fetch = _FETCHES.get(uri)
+    if fetch is None or fetch.get_loop() is not asyncio.get_running_loop():
+        fetch = _FETCHES[uri] = _in_daemon_thread(resolve_source, uri)
+        fetch.add_done_callback(lambda f: (_FETCHES.pop(uri, None), f.cancelled() or f.exception()))
     try:
-        return await asyncio.wait_for(future, deadline if deadline > 0 else None)
+        return await asyncio.wait_for(asyncio.shield(fetch), deadline if deadline > 0 else None)
     except asyncio.TimeoutError:
         raise LoraSourceError(f"fetching {uri} took longer than {deadline:g} s (DYN_LORA_FETCH_TIMEOUT_SECS); "
                               "it goes on in the background: load it again later", 504) from None
+
+
+def _in_daemon_thread(fn, *args) -> asyncio.Future:
+    """`fn(*args)` in a daemon thread, as a future of this loop (the default executor's threads would hold
+    the process's exit until a download ends)."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(result, exc) -> None:
+        if not future.done():
+            future.set_exception(exc) if exc is not None else future.set_result(result)
+
+    def run() -> None:
+        try:
+            outcome = (fn(*args), None)
+        except BaseException as exc:  # handed to the awaiting side
+            outcome = (None, exc)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=run, name="lora-fetch", daemon=True).start()
+    return future
 
 
 def lora_id_of(name: str) -> int:

@@ -107,10 +107,16 @@ def _fetch_hf(repo: str, slot: Path, uri: str) -> Path:
 
 
 def _publish(staging: Path, slot: Path) -> None:
-    """Move a complete fetch into the cache; a concurrent fetch that got there first wins."""
+    """Move a complete fetch into the cache; a concurrent fetch that got there first wins, and a slot
+    left incomplete by an older version (no adapter_config.json) is moved aside and replaced."""
     slot.parent.mkdir(parents=True, exist_ok=True)
     try:
         staging.rename(slot)
+        return
     except OSError:
-        if not (slot / ADAPTER_CONFIG).is_file():
-            raise
+        if (slot / ADAPTER_CONFIG).is_file():
+            return
+    stale = slot.with_name(f".{slot.name}.stale-{uuid.uuid4().hex[:12]}")
+    slot.rename(stale)
+    shutil.rmtree(stale, ignore_errors=True)
+    staging.rename(slot)

@@ -51,6 +51,8 @@ def test_the_expected_length_survives_the_wire():
 def test_a_silent_replicas_bookings_are_freed_and_a_live_ones_kept(monkeypatch):
     router = _router()
     sync = _sync(router)
+    for replica in ("crashed", "alive"):
+        sync.apply(ActiveSequenceEvent(router_id=replica, model="", request_id="", kind="alive"))
     sync.apply(_add("dead-1", "crashed"))
     sync.apply(_add("dead-2", "crashed"))
     sync.apply(_add("live-1", "alive"))
@@ -87,3 +89,13 @@ def test_the_heartbeat_is_owned_and_cancelled_at_close():
         await sync.close()
         assert beat.cancelled()
     asyncio.run(run())
+
+
+def test_a_replica_that_never_says_it_is_alive_keeps_its_bookings(monkeypatch):
+    """An older version sends no heartbeats (a rolling upgrade): its running requests stay booked (until
+    REMOTE_TTL) instead of being freed as if it had died."""
+    router = _router()
+    sync = _sync(router)
+    sync.apply(_add("old-1", "old-version"))
+    monkeypatch.setattr(replica_sync, "SILENT_AFTER", 0.0)
+    assert sync.forget_silent() == 0 and router.active.booking("old-1") is not None

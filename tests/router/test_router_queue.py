@@ -178,3 +178,21 @@ async def test_queue_threshold_holds_requests_while_every_worker_is_saturated():
 def test_queue_threshold_needs_the_queue():
     with pytest.raises(ValueError, match="router-queue-max-requests"):
         KvRouterConfig(router_queue_threshold=0.5, router_queue_max_requests=0).validate()
+
+
+def test_a_cancel_the_wait_swallowed_still_ends_the_wait():
+    """Python 3.11's wait_for can swallow a cancel that lands as its wait times out: the task is still
+    asked to stop (cancelling() > 0), so the wait ends with CancelledError instead of going on."""
+    async def run() -> None:
+        queue = RouterQueue(KvRouterConfig(router_queue_timeout_secs=2))  # without the check: busy at 2 s
+        ticket = queue.enter()
+        asyncio.current_task().cancel()
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            pass  # swallowed, as wait_for may do: cancelling() stays 1
+        with pytest.raises(asyncio.CancelledError):
+            await queue.wait(ticket)  # in this task: wait_for would run it in another
+        queue.leave(ticket)
+        assert queue.pending == 0
+    asyncio.run(run())

@@ -125,3 +125,37 @@ def test_a_fetch_past_its_deadline_is_a_504_and_lands_later(tmp_path, monkeypatc
     while not (slot / "adapter_config.json").is_file() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert resolve_source("hf://org/slow") == slot
+
+
+def test_a_retry_joins_the_fetch_under_way_instead_of_starting_another(tmp_path, monkeypatch):
+    monkeypatch.setenv("DYN_LORA_PATH", str(tmp_path / "cache"))
+    monkeypatch.setenv("DYN_LORA_FETCH_TIMEOUT_SECS", "0.2")
+    release, calls = threading.Event(), []
+
+    def slow_fetch(repo_id, revision, local_dir):
+        calls.append(repo_id)
+        assert release.wait(30)
+        adapter_dir(Path(local_dir))
+
+    _hub_stand_in(monkeypatch, slow_fetch)
+
+    async def load_twice_then_wait() -> Path:
+        for _ in range(2):  # the first load times out (504); its retry times out on the same fetch
+            with pytest.raises(LoraSourceError):
+                await _resolve_within_deadline("hf://org/shared")
+        release.set()
+        monkeypatch.setenv("DYN_LORA_FETCH_TIMEOUT_SECS", "30")
+        return await _resolve_within_deadline("hf://org/shared")
+
+    assert asyncio.run(load_twice_then_wait()) == tmp_path / "cache" / "hf" / "org" / "shared"
+    assert calls == ["org/shared"]
+
+
+def test_a_slot_left_incomplete_by_an_older_version_is_replaced(tmp_path, monkeypatch):
+    monkeypatch.setenv("DYN_LORA_PATH", str(tmp_path / "cache"))
+    slot = tmp_path / "cache" / "hf" / "org" / "adapter"
+    slot.mkdir(parents=True)
+    (slot / "adapter_model.safetensors").write_text("half")  # weights without the config: unusable
+    _hub_stand_in(monkeypatch, lambda repo_id, revision, local_dir: adapter_dir(Path(local_dir)))
+    assert resolve_source("hf://org/adapter") == slot and (slot / "adapter_config.json").is_file()
+    assert not (slot / "adapter_model.safetensors").exists()

@@ -30,14 +30,19 @@ class ResyncView:
     def resync(self, snapshot: dict[str, bytes], now: float) -> list[WatchEvent]:
         """Puts for keys new or changed in `snapshot`; keys missing from it are held, not deleted.
 
-        A key already held gets a fresh deadline: its owner needs the store up for `grace`
-        seconds to re-put it, and the store may have gone away again since the last re-list.
+        A key whose deadline passed while the store was away gets a fresh one: its owner needs the
+        store up for `grace` seconds to re-put it. One whose deadline is still ahead keeps it.
         """
         events = [WatchEvent("put", k, v) for k, v in sorted(snapshot.items()) if self.known.get(k) != v]
         for key in snapshot:
             self._held.pop(key, None)
         for key in self.known.keys() - snapshot.keys():
-            self._held[key] = now + self.grace
+            # A held key keeps its deadline while it is still ahead (a watch that keeps breaking must not
+            # postpone a dead owner's delete for good); one that passed while the store was away gets a
+            # fresh grace, since its owner could not re-put meanwhile.
+            deadline = self._held.get(key)
+            if deadline is None or deadline <= now:
+                self._held[key] = now + self.grace
         self.known.update(snapshot)
         return events
 

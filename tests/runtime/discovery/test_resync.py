@@ -69,3 +69,12 @@ def test_live_puts_of_keys_not_held_are_always_reported():
     view = listed({"a": b"1"})
     assert view.apply(WatchEvent("put", "a", b"1")) == WatchEvent("put", "a", b"1")
     assert view.apply(WatchEvent("put", "c", b"3")) == WatchEvent("put", "c", b"3")
+
+
+def test_a_watch_that_keeps_breaking_cannot_postpone_a_delete():
+    view = ResyncView(grace=10.0)
+    view.resync({"w": b"1"}, 0.0)
+    for now in (1.0, 4.0, 7.0, 10.0):  # a re-list every 3 s, each finding the key still missing
+        view.resync({}, now)
+    assert view.due(10.9) == []
+    assert [e.key for e in view.due(11.0)] == ["w"]  # one grace after it was first missing
