@@ -362,6 +362,7 @@ class KvPolicy:
         body = {"router_mode": "kv", "replica_sync": self.sync is not None, "models": models, "queue": queue}
         if self.sync is not None:
             body["replica_events_applied"] = self.sync.applied
+            body["replica_peers_alive"] = self.sync.peers_alive
         return {"router": body}
 
 

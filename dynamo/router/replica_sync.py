@@ -76,12 +76,17 @@ class ReplicaSync:
 
     async def _heartbeat(self) -> None:
         alive = _encode(self.event("", "", "alive"))
-        while True:
-            await asyncio.sleep(HEARTBEAT_SECS)
+        while True:  # at once on joining, then every HEARTBEAT_SECS
             for namespace, component in self._joined:
                 self.topic.publish(namespace, component, alive)
             self.forget_silent()
             self._expire()
+            await asyncio.sleep(HEARTBEAT_SECS)
+
+    @property
+    def peers_alive(self) -> int:
+        """Other replicas heard saying they are alive (and not since forgotten as silent)."""
+        return len(self._heard)
 
     def publish(self, namespace: str, component: str, event: ActiveSequenceEvent) -> None:
         self.topic.publish(namespace, component, _encode(event))
