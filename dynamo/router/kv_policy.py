@@ -7,9 +7,10 @@ pool snapshots it is given, fed by the workers' KV events and load metrics
 (`dynamo.router.replica_sync`). Load is booked at `select`, its prefill released at the
 first token, everything released at `free`.
 
-The mode in effect is computed here and only here (`mode_report`) and stated, never
-silently degraded: when no worker of a pool publishes KV events, its router runs in
-approximate mode and says so in a WARNING, in `/health` and in the router-mode metric.
+The mode in effect (`dynamo.router.mode_report`) is stated, never silently degraded: when
+no worker of a pool publishes KV events, or none of them is heard on this process's event
+plane, its router runs in approximate mode and says so in a WARNING, in `/health` and in the
+router-mode metric.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.router.config import KvMode, KvRouterConfig
 from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers, Selection
 from dynamo.router.metrics import RouterMetrics
+from dynamo.router.mode_report import ModeReport, mode_report
 from dynamo.router.policy import Choice, PolicyHost, Role, WorkerInfo, WorkerPool, candidates, register
 from dynamo.router.replica_sync import ReplicaSync
 from dynamo.router.router_queue import RouterQueue
@@ -32,34 +34,6 @@ from dynamo.router.selector import BusyThresholds
 from dynamo.router.subscriber import KvEventFeeds
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModeReport:
-    mode: KvMode
-    reason: str
-    degraded: bool  # less than configured: worth a WARNING
-
-
-def mode_report(configured: KvMode, workers: tuple[WorkerInfo, ...], event_plane_down: bool = False) -> ModeReport:
-    """The routing mode in effect for a pool and why, from the configured KvRouterConfig.mode,
-    which of its workers publish KV events and whether the event plane is reachable."""
-    total = len(workers)
-    publishing = sum(1 for w in workers if w.publishes_kv_events)
-    if configured == KvMode.LOAD_ONLY:
-        return ModeReport(KvMode.LOAD_ONLY, "no cache credit (--kv-overlap-score-weight 0, "
-                          "--router-kv-overlap-score-credit 0 or --load-aware): load balancing only", False)
-    if configured == KvMode.APPROXIMATE:
-        return ModeReport(KvMode.APPROXIMATE, "--no-router-kv-events: caches predicted from routing decisions", False)
-    if total and publishing == 0:
-        return ModeReport(KvMode.APPROXIMATE, f"none of the {total} worker(s) publishes KV events (prefix caching "
-                          "off?): caches predicted from routing decisions", True)
-    if event_plane_down:
-        return ModeReport(KvMode.APPROXIMATE, "event plane unreachable: caches predicted from routing decisions",
-                          True)
-    if publishing < total:
-        return ModeReport(KvMode.KV_EVENTS, f"only {publishing} of {total} workers publish KV events", True)
-    return ModeReport(KvMode.KV_EVENTS, f"all {total} worker(s) publish KV events", False)
 
 
 class PoolRoute:
@@ -189,8 +163,10 @@ class KvPolicy:
     def _update_mode(self, route: PoolRoute) -> None:
         if not route.pool.workers and self.config.mode == KvMode.KV_EVENTS:
             return  # keep what we had until workers come back
-        down = self.feeds is not None and bool(self.feeds.links_down)
-        report = mode_report(self.config.mode, route.pool.workers, down)
+        feeds = self.feeds
+        down = feeds is not None and bool(feeds.links_down)
+        report = mode_report(self.config.mode, route.pool.workers, down, feeds.silent if feeds else (),
+                             feeds.plane if feeds else "the event plane")
         router = route.router
         use_events = report.mode == KvMode.KV_EVENTS
         if self.config.mode == KvMode.KV_EVENTS and router.config.use_kv_events != use_events:
@@ -269,6 +245,8 @@ class KvPolicy:
         seq = router.add_request(rid, selection, request.token_ids, lora, expected_output(request), salt, media)
         self._inflight[rid] = route
         worker = _worker(route, selection)
+        if self.feeds is not None and worker.publishes_kv_events:
+            self.feeds.note_routed(selection.worker_id)  # it should be heard on the event plane from now on
         if self.metrics is not None:
             self.metrics.decision.labels(route.name).observe(time.perf_counter() - started)
             self.metrics.overlap.labels(route.name).observe(selection.overlap_blocks)

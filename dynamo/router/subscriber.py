@@ -10,12 +10,19 @@ router; when an indexer reports an event-id gap or an unknown parent (events wer
   tracked worker is re-synced at once, so a router that starts late sees existing caches.
 Workers that do not serve the endpoint stay flagged; the gap counts stay visible in the
 `dynamo_component_kv_cache_events_applied{status="gap"}` metric.
+
+A worker that was routed requests yet has sent nothing at all (no KV event, no load metrics:
+our workers publish the latter every 0.5 s) for `SILENT_AFTER` seconds is `silent`: it
+publishes on another event plane, or not at all. The feeds say so once in a WARNING and
+through `on_link_change`, so the routers stop trusting an index that cannot fill; the first
+message from it clears the flag and re-syncs its state.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from typing import Callable
 
@@ -34,6 +41,8 @@ log = logging.getLogger(__name__)
 
 RESYNC_TIMEOUT = 5.0
 RESYNC_MIN_INTERVAL = 0.5  # seconds between two re-syncs of one worker
+SILENT_AFTER = 10.0  # seconds tracked and routed to, with nothing received, before a worker is silent
+SILENCE_CHECK_INTERVAL = 2.0
 
 
 class _Worker:
@@ -41,7 +50,7 @@ class _Worker:
     LoRA adapters is in one pool per model; each pool's router indexes all its blocks, the
     adapters' hashed in their own namespaces)."""
 
-    __slots__ = ("routers", "address", "resync", "resyncing", "last_resync")
+    __slots__ = ("routers", "address", "resync", "resyncing", "last_resync", "tracked_at", "routed_at", "heard")
 
     def __init__(self, router: KvRouter, address: str | None, resync: bool) -> None:
         self.routers = [router]
@@ -49,6 +58,14 @@ class _Worker:
         self.resync = resync  # the worker serves worker_kv_indexer_query
         self.resyncing = False
         self.last_resync = 0.0
+        self.tracked_at = time.monotonic()
+        self.routed_at: float | None = None  # first request routed to it since it was tracked
+        self.heard = False  # any KV event or load metrics received from it
+
+    def silent(self, now: float) -> bool:
+        """Routed to, yet nothing received from it, for SILENT_AFTER seconds."""
+        return (not self.heard and self.routed_at is not None
+                and now - max(self.tracked_at, self.routed_at) >= SILENT_AFTER)
 
 
 class ComponentFeed:
@@ -83,8 +100,7 @@ class ComponentFeed:
                 self.schedule_resync(worker_id)
         else:
             self.feeds.links_down.add(key)
-        if self.feeds.on_link_change is not None:
-            self.feeds.on_link_change()
+        self.feeds.link_changed()
 
     async def _consume_events(self, sub: EventSubscriber) -> None:
         async for _publisher, payload in sub:
@@ -99,6 +115,8 @@ class ComponentFeed:
                 if worker is None:
                     self.feeds.counts["unknown_worker"] += 1
                     continue
+                if not worker.heard:
+                    self.heard(event.worker_id, worker)
                 statuses = [router.apply_event(event) for router in worker.routers]
                 if "gap" in statuses or "parent_not_found" in statuses:
                     self.schedule_resync(event.worker_id)
@@ -111,8 +129,20 @@ class ComponentFeed:
                 continue
             worker = self.workers.get(metrics.worker_id)
             if worker is not None:
+                if not worker.heard:
+                    self.heard(metrics.worker_id, worker)
                 for router in worker.routers:
                     router.update_metrics(metrics)
+
+    def heard(self, worker_id: int, worker: _Worker) -> None:
+        """The first message from a worker: if it was flagged silent, it no longer is."""
+        worker.heard = True
+        if worker_id in self.feeds.silent:
+            log.info("worker %x is heard on %s after all: its KV events are indexed again", worker_id,
+                     self.feeds.plane)
+            self.feeds.silent.discard(worker_id)
+            self.schedule_resync(worker_id)  # what it cached before is not in the index
+            self.feeds.link_changed()
 
     def schedule_resync(self, worker_id: int) -> None:
         worker = self.workers.get(worker_id)
@@ -180,9 +210,46 @@ class KvEventFeeds:
         self.kind = kind
         self.counts: Counter[str] = Counter()
         self.links_down: set[tuple[str, str]] = set()  # feeds whose event plane is unreachable now
+        self.silent: set[int] = set()  # workers routed to that never sent anything (see the module doc)
         self.on_link_change: Callable[[], None] | None = None
         self._feeds: dict[tuple[str, str], ComponentFeed] = {}
         self._starting: dict[tuple[str, str], asyncio.Task] = {}
+        self._watch: asyncio.Task | None = None
+
+    @property
+    def plane(self) -> str:
+        """The event plane this process subscribes over (zmq, nats)."""
+        try:
+            return resolve_kind(self.kind, self.store.backend)
+        except ValueError:
+            return str(self.kind)
+
+    def link_changed(self) -> None:
+        if self.on_link_change is not None:
+            self.on_link_change()
+
+    def note_routed(self, worker_id: int) -> None:
+        """A request was routed to the worker: from now on it is expected to be heard."""
+        for feed in self._feeds.values():
+            worker = feed.workers.get(worker_id)
+            if worker is not None and worker.routed_at is None:
+                worker.routed_at = time.monotonic()
+
+    async def _watch_silence(self) -> None:
+        while True:
+            await asyncio.sleep(SILENCE_CHECK_INTERVAL)
+            self.check_silence(time.monotonic())
+
+    def check_silence(self, now: float) -> None:
+        found = [(wid, feed) for feed in self._feeds.values() for wid, w in feed.workers.items()
+                 if wid not in self.silent and w.silent(now)]
+        for wid, feed in found:
+            self.silent.add(wid)
+            log.warning("worker %x (%s/%s) was routed requests but has sent no KV events or load metrics over %s "
+                        "in %.0f s: is it on another event plane (--event-plane / DYN_EVENT_PLANE must match on "
+                        "the frontend and the workers) or not publishing? Its cache cannot be indexed from events", wid, feed.namespace, feed.component, self.plane, SILENT_AFTER)
+        if found:
+            self.link_changed()
 
     async def track(self, namespace: str, component: str, worker_id: int, router: KvRouter,
                     address: str | None, resync: bool = True, wanted: Callable[[], bool] | None = None) -> None:
@@ -212,6 +279,7 @@ class KvEventFeeds:
             worker.routers = [r for r in worker.routers if router is not None and r is not router]
             if not worker.routers:
                 del feed.workers[worker_id]
+                self.silent.discard(worker_id)
 
     async def _feed(self, namespace: str, component: str) -> ComponentFeed:
         key = (namespace, component)
@@ -231,9 +299,14 @@ class KvEventFeeds:
         finally:
             self._starting.pop(key, None)
         self._feeds[key] = feed
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().create_task(self._watch_silence(), name="kv-feed-silence")
         return feed
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
         for feed in self._feeds.values():
             await feed.close()
         self._feeds.clear()
