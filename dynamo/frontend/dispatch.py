@@ -101,10 +101,7 @@ class RequestHandle:
     def cancel(self) -> None:
         """The client went away: stop the worker and end quietly."""
         self.cancelled = True
-        self.stop_worker()
-        if self.routing is not None:
-            self.routing.cancel()
-            self.routing = None
+        self._interrupt()
 
     async def routed(self, choosing: Coroutine[Any, Any, Choice]) -> Choice | None:
         """The routing policy's choice, or None once the client has left: cancel() interrupts a wait
@@ -137,6 +134,10 @@ class RequestHandle:
     def shut_down(self) -> None:
         """The frontend is exiting past its grace: end the request as `shutting_down`, wherever it is."""
         self.shut = True
+        self._interrupt()
+
+    def _interrupt(self) -> None:
+        """Stop the worker stream, or the wait for a routing decision, the request is in now."""
         self.stop_worker()
         if self.routing is not None:
             self.routing.cancel()

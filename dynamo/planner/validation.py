@@ -105,16 +105,15 @@ def _load_thresholds(cfg: PlannerConfig) -> None:
     """Target `load`: the thresholds of the pools the mode scales (Dynamo: prefill ones for disagg and
     prefill, decode ones for disagg, decode and agg), each up above its down."""
     if cfg.mode in ("disagg", "prefill"):
-        p_up, p_down = cfg.prefill_scale_up_queue_tokens, cfg.prefill_scale_down_queue_tokens
-        if p_up is None or p_down is None:
-            raise ValueError("optimization_target 'load' needs prefill_scale_{up,down}_queue_tokens for "
-                             "prefill scaling")
-        if not p_up > p_down:
-            raise ValueError("prefill_scale_{up,down}_queue_tokens: up > down needed")
+        _up_above_down(cfg.prefill_scale_up_queue_tokens, cfg.prefill_scale_down_queue_tokens,
+                       "prefill_scale_{up,down}_queue_tokens", "prefill")
     if cfg.mode in ("disagg", "decode", "agg"):
-        d_up, d_down = cfg.decode_scale_up_kv_rate, cfg.decode_scale_down_kv_rate
-        if d_up is None or d_down is None:
-            raise ValueError("optimization_target 'load' needs decode_scale_{up,down}_kv_rate for decode "
-                             "scaling")
-        if not d_up > d_down:
-            raise ValueError("decode_scale_{up,down}_kv_rate: up > down needed")
+        _up_above_down(cfg.decode_scale_up_kv_rate, cfg.decode_scale_down_kv_rate,
+                       "decode_scale_{up,down}_kv_rate", "decode")
+
+
+def _up_above_down(up: float | None, down: float | None, names: str, pool: str) -> None:
+    if up is None or down is None:
+        raise ValueError(f"optimization_target 'load' needs {names} for {pool} scaling")
+    if not up > down:
+        raise ValueError(f"{names}: up > down needed")
