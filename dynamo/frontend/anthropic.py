@@ -9,9 +9,10 @@ Conversion:
   default) the `x-anthropic-billing-header:` line Claude Code puts first is dropped: it changes with every
   request and would make every prompt's first block new, so nothing would be reused from the cache.
 - user blocks: `text` and plain-text `document`s become the user message; each `tool_result`
-  becomes a tool message for its `tool_use_id`. Assistant blocks: `text`, `tool_use` (a tool call
-  with the input as its JSON arguments), `thinking` (the message's reasoning; `redacted_thinking`
-  is dropped: there is nothing to show the model). An `image` (base64 or URL source) becomes an
+  becomes a tool message for its `tool_use_id` (one with `is_error` says so, "Error: ..." as Anthropic's
+  own examples write it: chat templates have no place for the flag). Assistant blocks: `text`,
+  `tool_use` (a tool call with the input as its JSON arguments), `thinking` (the message's reasoning;
+  `redacted_thinking` is dropped: there is nothing to show the model). An `image` (base64 or URL source) becomes an
   `image_url` part where it stands, judged as on the chat path (a model that reads no images answers
   400); in a `tool_result`, which carries text only, an `[image]` note stands in.
 - `tools` (`name`, `description`, `input_schema`) become functions; `tool_choice` `auto`, `any`
@@ -21,6 +22,8 @@ Conversion:
   the reasoning budget where the frontend enforces it (models whose reasoning parser uses tags, any
   engine: `thinking_budget`); elsewhere it is dropped, since engines that cannot enforce one would
   refuse the request and Claude Code sends one with any request.
+- A last message of the assistant's, with text, is a prefill: the answer continues it (chat's
+  `continue_final_message`, no new turn opened) and, as Anthropic's, holds only the continuation.
 - `stop_sequences`, `temperature`, `top_p`, `top_k`, `max_tokens` map one to one; `nvext` passes on.
 """
 
@@ -83,14 +86,23 @@ class MessagesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
         if isinstance(self.thinking, dict) and self.thinking.get("type") in ("enabled", "disabled"):
             kwargs = {"enable_thinking": self.thinking["type"] == "enabled"}
         user = (self.metadata or {}).get("user_id")
+        prefill = bool(messages) and _is_prefill(messages[-1])
         return ChatCompletionRequest(model=self.model, messages=messages, stream=self.stream and not counting,
                                      max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
                                      top_k=self.top_k, stop=self.stop_sequences or None, tools=tools,
                                      tool_choice=choice, parallel_tool_calls=parallel, chat_template_kwargs=kwargs,
-                                     user=user if isinstance(user, str) else None, nvext=self.nvext)
+                                     user=user if isinstance(user, str) else None, nvext=self.nvext,
+                                     add_generation_prompt=not prefill, continue_final_message=prefill)
 
 
 decoder = msgspec.json.Decoder(MessagesRequest)
+
+
+def _is_prefill(last: ChatMessage) -> bool:
+    """The conversation ends with the assistant's own start of an answer: text to continue (one ending in
+    tool calls waits for their results instead)."""
+    return (last.role == "assistant" and not last.tool_calls and isinstance(last.content, str)
+            and bool(last.content.strip()))
 
 
 def decode_messages(body: bytes) -> MessagesRequest:
@@ -167,6 +179,8 @@ def _user_messages(blocks: list[dict[str, Any]], where: str) -> list[ChatMessage
         kind = block["type"]
         if kind == "tool_result":
             text = _result_text(block.get("content"), f"{where}.content[{j}].content")
+            if block.get("is_error") is True and not text.lower().startswith("error"):
+                text = f"Error: {text}" if text else "Error"
             out.append(ChatMessage(role="tool", content=text, tool_call_id=block.get("tool_use_id")))
         elif kind == "image":
             parts.append({"type": "image_url", "image_url": {"url": _image_url(block, f"{where}.content[{j}]")}})

@@ -1,9 +1,11 @@
 """One choice of a generation (`n` of them per request): its state while it streams (`Choice`) and,
 for a unary answer (and the answer a next turn repeats), what it adds up to: the chat message with
-its reasoning and tool calls, or the completion's text."""
+its reasoning and tool calls, or the completion's text. `HeldCalls` is the rule a stream framed as
+items (Anthropic's, Responses') follows for its calls, to end as its unary answer would."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from dynamo.frontend.dispatch import RequestHandle
@@ -66,3 +68,43 @@ def chat_choice(choice: Choice, reasoning_field: str, logprobs: Callable[[list],
         message["tool_calls"] = calls
     lp = logprobs(choice.logprobs) if logprobs is not None else None
     return {"index": choice.index, "message": message, "logprobs": lp, "finish_reason": reason}
+
+
+@dataclass
+class HeldCalls:
+    """A stream's tool calls held back until the answer is complete, for APIs whose calls are items a
+    client runs as soon as one is done (Anthropic's tool_use blocks, Responses' function_call items): a
+    call whose arguments never became what `runnable` accepts must not go out as one. From the first call
+    on, every delta is held (a delta with a call whole: its text may follow the call); at the end, what
+    was held goes out as the unary answer has it: if every call is runnable, its reasoning, text and calls
+    (in that order, as the unary answer's blocks and items), else the text the model wrote."""
+
+    runnable: Callable[[str], bool]
+    shown: str = ""  # the text sent before the first call
+    held: list[ChoiceDelta] | None = None
+
+    def take(self, d: ChoiceDelta) -> ChoiceDelta | None:
+        """The delta to send now, or None: held."""
+        if self.held is None and not d.tool_calls:
+            self.shown += d.content
+            return d
+        if self.held is None:
+            self.held = []
+        self.held.append(d)
+        return None
+
+    def release(self, stage: OutputStage) -> tuple[list[ChoiceDelta], bool]:
+        """(what to send, whether it carries calls) once the answer is complete."""
+        if self.held is None:
+            return [], False
+        calls: dict[int, dict] = {}
+        for d in self.held:
+            for call in d.tool_calls:
+                accumulate_call(calls, call)
+        reasoning = "".join(d.reasoning for d in self.held)
+        if all(self.runnable(c["function"]["arguments"]) for c in calls.values()):
+            pieces = [c for d in self.held for c in d.tool_calls]
+            return [ChoiceDelta("".join(d.content for d in self.held), reasoning, pieces)], bool(calls)
+        written = stage.tool_input_text()  # what the unary answer shows; the stream sent its start
+        rest = written[len(self.shown):] if written.startswith(self.shown) else "".join(d.content for d in self.held)
+        return [ChoiceDelta(rest, reasoning)], False

@@ -7,11 +7,16 @@ Anthropic's event stream:
 
 Blocks come in the order the model produced them: `thinking` (the parsed reasoning; `thinking_delta`s,
 then an empty `signature_delta`: there is no signature to give), `text` (`text_delta`), and one
-`tool_use` block per tool call (`input_json_delta`s of its arguments). `stop_reason` is `tool_use`
-when the answer calls tools, `max_tokens` when it ran out, `stop_sequence` (naming it) when one of
-the request's stop sequences ended it, else `end_turn`. Usage follows Anthropic's accounting: the
-prompt tokens served from the KV cache are `cache_read_input_tokens`, the rest `input_tokens`.
-An error after the stream started is an `error` event.
+`tool_use` block per tool call (`input_json_delta`s of its arguments). A tool call is only one the
+client can run: its arguments a complete JSON object (Anthropic's `input` is always one). An answer
+with a call that is not (cut off by `max_tokens`, not JSON, `null`, a list) is answered as the text
+the model wrote, as chat answers a call that never became JSON. A stream cannot take back what it
+sent, so from its first call on it holds everything back until the answer is complete, and then
+sends the rest as the unary answer has it (thinking, text, tool_use blocks; or that text). `stop_reason` is
+`max_tokens` when the answer ran out, `tool_use` when it calls tools, `stop_sequence` (naming it)
+when one of the request's stop sequences ended it, else `end_turn`. Usage follows Anthropic's
+accounting: the prompt tokens served from the KV cache are `cache_read_input_tokens`, the rest
+`input_tokens`. An error after the stream started is an `error` event.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import msgspec
 
 from dynamo.frontend.anthropic import COUNT_TOKENS_PATH, PATH, MessagesRequest, decode_messages, error_body
 from dynamo.frontend.errors import ApiError
-from dynamo.frontend.choices import Choice
+from dynamo.frontend.choices import Choice, HeldCalls
 from dynamo.frontend.generation import GenerationRun
 from dynamo.frontend.validation import validate_chat
 from dynamo.frontend.output import ChoiceDelta
@@ -46,7 +51,8 @@ class MessagesRun(GenerationRun):
         self.message_id = "msg_" + uuid.uuid4().hex
         self.block = -1  # index of the block open in the stream, -1 before the first
         self.open: Any = None  # "thinking", "text" or a tool call's index: what the open block holds
-        self.called = False  # the stream carried a tool call
+        self.called = False  # the stream sent tool_use blocks
+        self.hold = HeldCalls(lambda arguments: tool_input(arguments) is not None)
 
     # -- the Message ---------------------------------------------------------------------------
     def _message(self, content: list[dict], stop_reason: str | None, stop_sequence: str | None) -> dict:
@@ -61,11 +67,11 @@ class MessagesRun(GenerationRun):
                 "cache_read_input_tokens": cached, "output_tokens": self.completion_tokens}
 
     def _stop(self, choice: Choice, calls: bool) -> tuple[str, str | None]:
-        """(stop_reason, stop_sequence) of the finished answer."""
-        if calls:
-            return "tool_use", None
+        """(stop_reason, stop_sequence) of the finished answer: the limit first, as chat's finish_reason."""
         if choice.finish == FinishReason.LENGTH:
             return "max_tokens", None
+        if calls:
+            return "tool_use", None
         matched = choice.stage.matched_stop or choice.stop_reason
         if isinstance(matched, str) and matched in (self.mreq.stop_sequences or ()):
             return "stop_sequence", matched
@@ -76,18 +82,8 @@ class MessagesRun(GenerationRun):
             return
         choice = self.choices[0]
         message = self._chat_choice(choice)["message"]  # the chat answer, its calls checked as JSON
-        content: list[dict] = []
-        reasoning = message.get(self.reasoning_field)
-        if reasoning:
-            content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
-        calls = message.get("tool_calls") or []
-        if message.get("content") or not calls:
-            content.append({"type": "text", "text": message.get("content") or ""})
-        for call in calls:
-            content.append({"type": "tool_use", "id": call["id"] or "toolu_" + uuid.uuid4().hex,
-                            "name": call["function"]["name"],
-                            "input": msgspec.json.decode(call["function"]["arguments"] or "{}")})
-        await send_bytes(send, 200, _json(self._message(content, *self._stop(choice, bool(calls)))))
+        content, calls = answer_blocks(message, self.reasoning_field, choice.stage.tool_input_text())
+        await send_bytes(send, 200, _json(self._message(content, *self._stop(choice, calls))))
 
     # -- streaming -----------------------------------------------------------------------------
     @staticmethod
@@ -123,7 +119,6 @@ class MessagesRun(GenerationRun):
                 out += self._start_block("text", {"type": "text", "text": ""})
             out += self._delta({"type": "text_delta", "text": d.content})
         for call in d.tool_calls:
-            self.called = True
             if self.open != ("call", call.index):
                 block = {"type": "tool_use", "id": call.id or "toolu_" + uuid.uuid4().hex, "name": call.name or "",
                          "input": {}}
@@ -132,18 +127,27 @@ class MessagesRun(GenerationRun):
                 out += self._delta({"type": "input_json_delta", "partial_json": call.arguments})
         return out
 
+    def _sent_or_held(self, d: ChoiceDelta) -> bytes:
+        sent = self.hold.take(d)
+        return self._delta_events(sent) if sent is not None else b""
+
+    def _release(self, choice: Choice) -> bytes:
+        deltas, self.called = self.hold.release(choice.stage)
+        return b"".join(self._delta_events(d) for d in deltas)
+
     async def _stream(self, merged, first, send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         choice, started = self.choices[0], False
         try:
             async for _, outputs in self._batches(merged, first):
-                body = b"" if choice.done else self._delta_events(self._absorb(choice, outputs))
+                body = b"" if choice.done else self._sent_or_held(self._absorb(choice, outputs))
                 if not started:  # after the first batch: its usage knows the cached prompt tokens
                     started = True
                     body = self._opening() + body
                 if body:
                     await send({"type": "http.response.body", "body": body, "more_body": True})
-            body = (b"" if started else self._opening()) + self._delta_events(choice.stage.finish())
+            body = (b"" if started else self._opening()) + self._sent_or_held(choice.stage.finish())
+            body += self._release(choice)
             if self.block < 0:
                 body += self._start_block("text", {"type": "text", "text": ""})
             body += self._close_block()
@@ -162,6 +166,35 @@ class MessagesRun(GenerationRun):
         start = self._message([], None, None)
         start["usage"]["output_tokens"] = 0
         return self._event("message_start", message=start) + self._event("ping")
+
+
+def answer_blocks(message: dict, reasoning_field: str, written: str) -> tuple[list[dict], bool]:
+    """(content blocks, whether they call tools) of a chat answer `message`; `written`: the text the model
+    wrote, the answer when a call's arguments are JSON but no object (no call either)."""
+    content: list[dict] = []
+    reasoning = message.get(reasoning_field)
+    if reasoning:
+        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
+    calls = message.get("tool_calls") or []
+    inputs = [tool_input(call["function"]["arguments"]) for call in calls]
+    text = message.get("content")
+    if any(i is None for i in inputs):
+        text, calls = written, []
+    if text or not calls:
+        content.append({"type": "text", "text": text or ""})
+    for call, input_ in zip(calls, inputs):
+        content.append({"type": "tool_use", "id": call["id"] or "toolu_" + uuid.uuid4().hex,
+                        "name": call["function"]["name"], "input": input_})
+    return content, bool(calls)
+
+
+def tool_input(arguments: str) -> dict | None:
+    """A call's arguments as a tool_use block's `input`; None when they are no JSON object (no call)."""
+    try:
+        value = msgspec.json.decode(arguments)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 class AnthropicApi:

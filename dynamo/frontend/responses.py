@@ -9,7 +9,12 @@ event sequence:
 
 Function calls stream as `response.function_call_arguments.delta` inside their own
 output item; reasoning as `response.reasoning_text.delta` in a reasoning item.
-Stopping at `max_output_tokens` gives `status: "incomplete"`.
+A function call is one whose arguments became JSON, as on chat: one that did not
+(cut off, malformed) is answered as the text the model wrote; a stream holds its
+calls back until the answer is complete to end the same way (`HeldCalls`).
+Stopping at `max_output_tokens` gives `status: "incomplete"`, and the item it cut
+(the last; a call's arguments, JSON, are whole) is `incomplete` too. An error after
+the stream started is an `error` event and `response.failed`.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import msgspec
 
 from dynamo.frontend import speculative_prefill
 from dynamo.frontend.errors import ApiError
-from dynamo.frontend.choices import Choice
+from dynamo.frontend.choices import Choice, HeldCalls
 from dynamo.frontend.generation import GenerationRun
 from dynamo.frontend.openai import ChatMessage
 from dynamo.frontend.responses_request import ResponsesRequest, decode_responses, input_messages, own_names
@@ -30,16 +35,18 @@ from dynamo.frontend.responses_store import (INPUT_ITEMS_SUFFIX, PREFIX, RESPONS
                                              StoredResponse, forwarded, input_items, item_list, not_found,
                                              previous_conversation)
 from dynamo.frontend.validation import validate_chat
-from dynamo.frontend.output import ChoiceDelta
+from dynamo.frontend.output import ChoiceDelta, is_json
 from dynamo.frontend.request_log import SCOPE_KEY
 from dynamo.frontend.inprocess import BACKGROUND
 from dynamo.frontend.replicas import new_id
 from dynamo.frontend.routing_hints import routing_hints
-from dynamo.frontend.sse import SSE_HEADERS, error_event, named_event
+from dynamo.frontend.sse import SSE_HEADERS, named_event
 from dynamo.llm.protocol import FinishReason
 from dynamo.runtime.asgi import send_bytes, send_json
 
 _json = msgspec.json.encode
+# The Response's `error.code` (a fixed set in OpenAI's API) for an HTTP status; anything else is server_error.
+_FAILED_CODES = {400: "invalid_prompt", 429: "rate_limit_exceeded"}
 
 
 class ResponsesRun(GenerationRun):
@@ -55,6 +62,7 @@ class ResponsesRun(GenerationRun):
         self.seq = 0
         self.items: list[dict] = []  # output items, in order
         self.open: dict[str, dict] = {}  # "reasoning" / "message" / call index -> its open item
+        self.hold = HeldCalls(is_json)
 
     # -- the Response object -------------------------------------------------------------------
     def _response(self, status: str, items: list[dict], usage: dict | None) -> dict:
@@ -99,18 +107,11 @@ class ResponsesRun(GenerationRun):
         if not await self._collect_answers(merged, first):
             return
         choice = self.choices[0]
-        items: list[dict] = []
-        reasoning = "".join(choice.reasoning)
-        if reasoning:
-            items.append(_reasoning_item(reasoning))
-        content = "".join(choice.content)
-        if content or not choice.calls:
-            items.append(_message_item(content, self._status(choice)))
-        for k in sorted(choice.calls):
-            call = choice.calls[k]
-            items.append(_call_item(call["id"], call["function"]["name"], call["function"]["arguments"]))
+        status = self._status(choice)
+        # The chat answer: a call whose arguments are not JSON is its text.
+        items = answer_items(self._chat_choice(choice)["message"], self.reasoning_field, status == "incomplete")
         self.items = items
-        body = self._body(self._response(self._status(choice), items, self._usage()))
+        body = self._body(self._response(status, items, self._usage()))
         self._save(body)
         await send_bytes(send, 200, _json(body))
 
@@ -130,7 +131,8 @@ class ResponsesRun(GenerationRun):
                                content_index=0, part={"type": "output_text", "text": "", "annotations": []})
         return out
 
-    def _close_item(self, key: str) -> bytes:
+    def _close_item(self, key: str, cut: bool = False) -> bytes:
+        """The item's closing events; `cut`: the token limit ended it."""
         item = self.open.pop(key)
         idx, out = item["_index"], b""
         if item["type"] == "message":
@@ -146,6 +148,8 @@ class ResponsesRun(GenerationRun):
             out += self._event("response.reasoning_text.done", item_id=item["id"], output_index=idx,
                                content_index=0, text=item["content"][0]["text"])
         item["status"] = "completed"
+        if cut:
+            _cut(item)
         return out + self._event("response.output_item.done", output_index=idx, item=_public(item))
 
     def _delta_events(self, d: ChoiceDelta) -> bytes:
@@ -188,15 +192,17 @@ class ResponsesRun(GenerationRun):
             async for _, outputs in self._batches(merged, first):
                 if choice.done:
                     continue
-                body = self._delta_events(self._absorb(choice, outputs))
+                body = self._sent(self._absorb(choice, outputs))
                 if body:
                     await send({"type": "http.response.body", "body": body, "more_body": True})
-            body = self._delta_events(choice.stage.finish())
+            body = self._sent(choice.stage.finish())
+            body += b"".join(self._delta_events(d) for d in self.hold.release(choice.stage)[0])
             if not self.items:
                 body += self._add_item("message", _message_item("", "in_progress"))
-            for key in list(self.open):
-                body += self._close_item(key)
             status = self._status(choice)
+            last = self.items[-1]  # always open: only reasoning closes early, when an item follows it
+            for key in list(self.open):
+                body += self._close_item(key, cut=status == "incomplete" and self.open[key] is last)
             final = self._body(self._response(status, [_public(i) for i in self.items], self._usage()))
             self._save(final)
             body += self._event(f"response.{status}", response=final)
@@ -204,7 +210,44 @@ class ResponsesRun(GenerationRun):
         except ApiError as exc:
             if self.cancelled:
                 return
-            await send({"type": "http.response.body", "body": error_event(exc.body()), "more_body": False})
+            await send({"type": "http.response.body", "body": self._failure(exc), "more_body": False})
+
+    def _sent(self, d: ChoiceDelta) -> bytes:
+        """The delta's events, or none while the answer's calls are held back."""
+        sent = self.hold.take(d)
+        return self._delta_events(sent) if sent is not None else b""
+
+    def _failure(self, exc: ApiError) -> bytes:
+        """An error after the stream started, as the Responses API streams one: an `error` event, then
+        `response.failed` with the response so far and its error."""
+        out = self._event("error", code=exc.code, message=exc.message, param=exc.param)
+        failed = self._body(self._response("failed", [_public(i) for i in self.items], self._usage()))
+        failed["error"] = {"code": _FAILED_CODES.get(exc.status, "server_error"), "message": exc.message,
+                           "param": exc.param, "type": exc.type}
+        return out + self._event("response.failed", response=failed)
+
+
+def answer_items(message: dict, reasoning_field: str, incomplete: bool) -> list[dict]:
+    """The output items of a chat answer `message`; `incomplete`: the token limit ended it."""
+    items: list[dict] = []
+    reasoning = message.get(reasoning_field)
+    if reasoning:
+        items.append(_reasoning_item(reasoning))
+    calls = message.get("tool_calls") or []
+    if message.get("content") or not calls:
+        items.append(_message_item(message.get("content") or ""))
+    for call in calls:
+        items.append(_call_item(call["id"], call["function"]["name"], call["function"]["arguments"]))
+    if incomplete:
+        _cut(items[-1])
+    return items
+
+
+def _cut(item: dict) -> None:
+    """The token limit ended the answer in this item: `incomplete`, unless it is a call (whose arguments,
+    JSON by then, are whole)."""
+    if item["type"] != "function_call":
+        item["status"] = "incomplete"
 
 
 def _public(item: dict) -> dict:

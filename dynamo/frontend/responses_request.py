@@ -99,7 +99,8 @@ def input_messages(items: str | list[dict[str, Any]]) -> list[ChatMessage]:
     for i, item in enumerate(items):
         kind = item.get("type", "message")
         if kind == "message":
-            out.append(ChatMessage(role=_string(item, "role", i, "user"), content=_text(item.get("content"), i)))
+            out.append(ChatMessage(role=_string(item, "role", i, "user"),
+                                   content=_text(item.get("content"), f"input[{i}].content")))
         elif kind == "function_call":
             call = {"id": _string(item, "call_id", i), "type": "function",
                     "function": {"name": _string(item, "name", i), "arguments": _string(item, "arguments", i, "{}")}}
@@ -108,7 +109,7 @@ def input_messages(items: str | list[dict[str, Any]]) -> list[ChatMessage]:
             else:
                 out.append(ChatMessage(role="assistant", content=None, tool_calls=[call]))
         elif kind == "function_call_output":
-            out.append(ChatMessage(role="tool", content=str(item.get("output", "")),
+            out.append(ChatMessage(role="tool", content=_text(item.get("output", ""), f"input[{i}].output"),
                                    tool_call_id=_string(item, "call_id", i)))
         elif kind != "reasoning":
             raise bad_request(f"unsupported input item type {kind!r}", f"input[{i}].type")
@@ -124,30 +125,38 @@ def _string(item: dict[str, Any], key: str, i: int, default: str | None = None) 
     return value
 
 
-def _text(content: Any, i: int) -> str | list[dict[str, Any]]:
-    """A message's content: its text parts joined, or, with `input_image` parts, chat parts in order
-    (the images as `image_url` parts: the chat path judges them and the model's reading of them)."""
+def _text(content: Any, where: str) -> str | list[dict[str, Any]]:
+    """A message's content or a function call's output (`where` names it): its text parts joined, or, with
+    `input_image` parts, chat parts in order (the images as `image_url` parts: the chat path judges them and
+    the model's reading of them). A refusal replayed from an earlier answer is that answer's text."""
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise bad_request("message content must be a string or a list of text parts", f"input[{i}].content")
+        raise bad_request("content must be a string or a list of text and image parts", where, "invalid_type")
     parts: list[dict[str, Any]] = []
     for j, part in enumerate(content):
         if not isinstance(part, dict):
-            raise bad_request("content parts must be objects", f"input[{i}].content")
-        if part.get("type") != "input_image" and not isinstance(part.get("text", ""), str):
-            raise bad_request("a text part's `text` must be a string", f"input[{i}].content[{j}].text", "invalid_type")
-        if part.get("type") == "input_image":
+            raise bad_request("content parts must be objects", where)
+        kind = part.get("type")
+        if kind == "input_image":
             image = {"url": part.get("image_url"), **({"detail": part["detail"]} if part.get("detail") else {})}
             parts.append({"type": "image_url", "image_url": image})
-        elif part.get("type") in ("input_text", "output_text", "text"):
-            parts.append({"type": "text", "text": part.get("text", "")})
+        elif kind in _TEXT_PARTS:
+            text = part.get(_TEXT_PARTS[kind], "")
+            if not isinstance(text, str):
+                raise bad_request(f"a {kind} part's `{_TEXT_PARTS[kind]}` must be a string",
+                                  f"{where}[{j}].{_TEXT_PARTS[kind]}", "invalid_type")
+            parts.append({"type": "text", "text": text})
         else:
-            raise bad_request(f"unsupported content part {part.get('type')!r}: text and images only",
-                              f"input[{i}].content")
+            raise bad_request(f"unsupported content part {kind!r}: text and images only (files are not read here)",
+                              f"{where}[{j}].type", "unsupported_content")
     if any(p["type"] == "image_url" for p in parts):
         return parts
     return "".join(p["text"] for p in parts)
+
+
+# The text-bearing content parts, and the field their text is in.
+_TEXT_PARTS = {"input_text": "text", "output_text": "text", "text": "text", "refusal": "refusal"}
 
 
 decoder = msgspec.json.Decoder(ResponsesRequest)

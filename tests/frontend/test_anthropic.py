@@ -9,6 +9,7 @@ import pytest
 
 from dynamo.frontend.anthropic import decode_messages, error_body, overflow_message, strip_billing_preamble
 from dynamo.frontend.errors import ApiError, bad_prompt, model_not_found
+from dynamo.frontend.validation import validate_chat
 from dynamo.llm.preprocessor import ContextOverflow, PreprocessError
 
 
@@ -35,6 +36,35 @@ def test_a_conversation_of_blocks_becomes_chat_messages():
     assert assistant.tool_calls == [{"id": "t1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}]
     assert (req.messages[3].tool_call_id, req.messages[3].content) == ("t1", "42")
     assert req.messages[4].content == "Thanks"
+
+
+def test_a_last_assistant_message_is_a_prefill_the_answer_continues():
+    """Anthropic's prefill: the reply carries on from the assistant's text (no turn closed, none opened)."""
+    for content in ("PREFILL", [{"type": "text", "text": "PREFILL"}]):
+        req = chat({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": content}]})
+        assert (req.continue_final_message, req.generation_prompt()) == (True, False)
+        assert req.messages[-1].content == "PREFILL"
+    validate_chat(req)  # the chat path's own rules for a prefill hold
+    plain = chat({"messages": [{"role": "user", "content": "hi"}]})
+    assert (plain.continue_final_message, plain.generation_prompt()) == (False, True)
+    # Nothing to continue: tool calls wait for their results; blank text opens a new turn as before.
+    call = {"type": "tool_use", "id": "t1", "name": "f", "input": {}}
+    for content in ([{"type": "text", "text": "Calling."}, call], "  "):
+        req = chat({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": content}]})
+        assert (req.continue_final_message, req.generation_prompt()) == (False, True)
+
+
+def test_a_tool_result_marked_as_an_error_says_so():
+    def result(**block):
+        req = chat({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
+                                                                  **block}]}]})
+        return req.messages[0].content
+
+    assert result(content="file not found", is_error=True) == "Error: file not found"
+    assert result(content=[{"type": "text", "text": "exit 1"}], is_error=True) == "Error: exit 1"
+    assert result(content="Error: missing `path`", is_error=True) == "Error: missing `path`"  # not said twice
+    assert result(is_error=True) == "Error"
+    assert result(content="file not found", is_error=False) == "file not found"
 
 
 def test_tools_choices_and_sampling_map_one_to_one():

@@ -38,6 +38,35 @@ def new_call_id() -> str:
     return "call_" + uuid.uuid4().hex[:24]
 
 
+class CallGap:
+    """The whitespace right after a tool call, in a tool parser's plain content. Until text follows it,
+    it may be layout (between calls, or after the last one), dropped then; once text follows, it is that
+    text's (a blank line, a code line's indentation) and is shown with it. Judged on the whole gap, not
+    on each piece fed, so the answer is the same however the model's output was cut into tokens."""
+
+    def __init__(self) -> None:
+        self._after_call = False
+        self._held = ""
+
+    def text(self, text: str) -> str:
+        """Plain content as it comes -> what can be shown now."""
+        if not self._after_call or not text:
+            return text
+        if not text.strip():
+            self._held += text
+            return ""
+        shown, self._held, self._after_call = self._held + text, "", False
+        return shown
+
+    def call(self) -> None:
+        """A call ended: whitespace from here on may be layout."""
+        self._after_call, self._held = True, ""
+
+    def block(self) -> None:
+        """A block opens: the whitespace held before it was layout (as is what is held when the output ends)."""
+        self._held = ""
+
+
 class ToolParser(Protocol):
     # Markers may be special tokens that plain detokenization would drop.
     needs_special_tokens: bool

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 
 from dynamo.frontend.parsers.base import (
-    ToolCallDelta, find_first, new_call_id, partial_suffix, register_tool_parser,
+    CallGap, ToolCallDelta, find_first, new_call_id, partial_suffix, register_tool_parser,
 )
 
 MESSAGE = "<|message|>"
@@ -103,6 +103,7 @@ class HarmonyToolParser:
         self._stream = HarmonyStream()
         self._calls = 0
         self._in_call = False
+        self._gap = CallGap()  # whitespace after a call: layout unless text follows (as marked.py)
 
     @property
     def calls(self) -> int:
@@ -122,12 +123,14 @@ class HarmonyToolParser:
             if kind == "start" and is_call:
                 self._calls += 1
                 self._in_call = True
+                self._gap.block()
                 deltas.append(ToolCallDelta(self._calls - 1, new_call_id(), recipient[len("functions."):], ""))
             elif kind == "end":
+                if self._in_call:
+                    self._gap.call()
                 self._in_call = False
             elif kind == "text" and self._in_call:
                 deltas.append(ToolCallDelta(self._calls - 1, arguments=text))
             elif kind == "text":
-                content.append(text)
-        text = "".join(content)
-        return ("" if self._calls and not text.strip() else text), deltas
+                content.append(self._gap.text(text))
+        return "".join(content), deltas

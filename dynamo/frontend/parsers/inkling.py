@@ -248,12 +248,12 @@ class InklingToolParser(MarkedToolParser):
             self._buf = ""
             shown: list[str] = []
             self._close(shown, deltas)
-            content.append(self._visible(shown))
+            content += shown
             return
         # A message opened only to end sampling: its marker is not shown (nor is a header, if blank).
         header = (self._raw + self._buf)[len(MESSAGE):]
         self._inner, self._raw, self._buf = None, "", ""
-        content.append(header.strip())
+        self._emit_content(content, header.strip())
 
     def finish(self) -> tuple[str, list[ToolCallDelta]]:
         held, self._held = self._held, ""
@@ -261,4 +261,4 @@ class InklingToolParser(MarkedToolParser):
         if isinstance(self._inner, _InklingCall):
             self._inner.cut_off = True  # no end marker: the call may be incomplete, so it stays text
         c, d = super().finish()
-        return self._visible([content, c]), deltas + d
+        return content + c, deltas + d

@@ -6,6 +6,8 @@ arguments), until the end marker (or the end of output, for formats without one)
 A marker split across tokens is held back, never shown. A block that turns out not
 to be a call (nothing parseable in it) is released as plain content, markers
 included, so malformed output degrades to text instead of failing the request.
+Whitespace after a call is layout only while nothing but another block or the end
+follows it (`CallGap`): the content is the same however the output was split.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Callable, Protocol
 
-from dynamo.frontend.parsers.base import ToolCallDelta, find_first, new_call_id, partial_suffix
+from dynamo.frontend.parsers.base import CallGap, ToolCallDelta, find_first, new_call_id, partial_suffix
 from dynamo.frontend.parsers.json_scan import ArgsCursor, ValueScanner, loads_or_none, skip_ws
 
 
@@ -40,6 +42,7 @@ class MarkedToolParser:
         self._raw = ""
         self._calls = 0
         self._seen_text = False
+        self._gap = CallGap()
 
     @property
     def calls(self) -> int:
@@ -58,7 +61,7 @@ class MarkedToolParser:
                     break
             elif not self._call_step(content, deltas):
                 break
-        return self._visible(content), deltas
+        return "".join(content), deltas
 
     def _content_step(self, content: list[str]) -> bool:
         buf = self._buf
@@ -80,8 +83,7 @@ class MarkedToolParser:
         return False
 
     def _emit_content(self, content: list[str], text: str) -> None:
-        if self._calls and not text.strip():
-            return  # whitespace between or after calls is formatting, not an answer
+        text = self._gap.text(text)
         if text:
             content.append(text)
             self._seen_text = self._seen_text or bool(text.strip())
@@ -91,6 +93,7 @@ class MarkedToolParser:
         self._raw = marker
         self._buf = self._buf[rest_at:]
         self._seen_text = True
+        self._gap.block()
 
     def _call_step(self, content: list[str], deltas: list[ToolCallDelta]) -> bool:
         buf, end = self._buf, self.end_marker
@@ -121,24 +124,19 @@ class MarkedToolParser:
         inner = self._inner
         if inner is None or inner.emitted or not getattr(inner, "failed", False):
             return False
-        content.append(self._raw)
-        self._inner, self._raw = None, ""
+        raw, self._inner, self._raw = self._raw, None, ""
+        self._emit_content(content, raw)
         return True
 
     def _close(self, content: list[str], deltas: list[ToolCallDelta]) -> None:
         inner, self._inner = self._inner, None
         deltas.extend(inner.close())
         if inner.emitted == 0:
-            content.append(self._raw)  # not a call after all: show what the model wrote
+            self._emit_content(content, self._raw)  # not a call after all: show what the model wrote
+        else:
+            self._gap.call()
         self._calls += inner.emitted
         self._raw = ""
-
-    def _visible(self, content: list[str]) -> str:
-        text = "".join(content)
-        # Whitespace between or after calls is formatting, not an answer.
-        if self._calls and not text.strip():
-            return ""
-        return text
 
     def finish(self) -> tuple[str, list[ToolCallDelta]]:
         content: list[str] = []
@@ -148,9 +146,9 @@ class MarkedToolParser:
             self._buf = ""
             self._close(content, deltas)
         elif self._buf:
-            content.append(self._buf)
+            self._emit_content(content, self._buf)
             self._buf = ""
-        return self._visible(content), deltas
+        return "".join(content), deltas
 
 
 class JsonCalls:
