@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import json
 import os
 import signal
@@ -27,25 +28,28 @@ from dynamo.runtime.net import free_port
 READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 40.0
 PR_SET_PDEATHSIG = 1
-# Loaded here, not in the forked child: between fork and exec only a plain call is safe.
+@functools.cache
 def _libc():
-    """The C library for prctl on Linux (glibc or musl); None elsewhere or when it cannot be loaded."""
+    """The C library for prctl on Linux (glibc, else whatever `find_library` names: musl); None elsewhere or
+    when it cannot be loaded. Loaded on first use, never at import (find_library may run ldconfig)."""
     if sys.platform != "linux":
         return None
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
-        return None
-
-
-_LIBC = _libc()
+    for name in ("libc.so.6", None):
+        try:
+            return ctypes.CDLL(name or ctypes.util.find_library("c"), use_errno=True)
+        except (OSError, TypeError):
+            continue
+    return None
 
 
 def _stop_with(parent: int):
-    """preexec_fn: SIGTERM this child when `parent` dies (it may already have, between fork and here)."""
+    """preexec_fn: SIGTERM this child when `parent` dies (it may already have, between fork and here).
+    The library is loaded here, in the parent: between fork and exec only a plain call is safe."""
+    libc = _libc()
+
     def arm() -> None:
         with contextlib.suppress(Exception):
-            _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != parent:
             os._exit(1)
     return arm
@@ -98,7 +102,7 @@ class LocalDeployment:
         # Its own session, so a terminal's Ctrl-C reaches the profiler, which stops it in order.
         self.proc = subprocess.Popen(self.command(manifest), stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
-                                     preexec_fn=_stop_with(os.getpid()) if _LIBC is not None else None)
+                                     preexec_fn=_stop_with(os.getpid()) if _libc() is not None else None)
         try:
             await self.wait_ready()
         except BaseException:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import logging
 from concurrent.futures import Executor
 
@@ -17,29 +18,32 @@ log = logging.getLogger(__name__)
 _M_MMAP_THRESHOLD = -3
 
 
+@functools.cache
 def _libc():
-    name = ctypes.util.find_library("c")
-    try:
-        lib = ctypes.CDLL(name) if name else None
-        return lib if lib is not None and hasattr(lib, "malloc_trim") and hasattr(lib, "mallopt") else None
-    except OSError:  # not glibc (musl, macOS): the allocator is left as it is
-        return None
-
-
-_LIBC = _libc()
+    """glibc (malloc_trim, mallopt), loaded on first use: libc.so.6 first, since find_library may run
+    ldconfig; None where it is not glibc (musl, macOS): the allocator is left as it is."""
+    for name in ("libc.so.6", None):
+        try:
+            lib = ctypes.CDLL(name or ctypes.util.find_library("c"))
+        except (OSError, TypeError):
+            continue
+        return lib if hasattr(lib, "malloc_trim") and hasattr(lib, "mallopt") else None
+    return None
 
 
 def trim_heap() -> None:
-    if _LIBC is not None:
-        _LIBC.malloc_trim(ctypes.c_size_t(0))
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(ctypes.c_size_t(0))
 
 
 def pin_mmap_threshold(size: int = 1 << 20) -> None:
     """Blocks of `size` and more always come from mmap and go back to the OS when freed.
     glibc otherwise raises the threshold to the largest block freed (up to 32 MB), after
     which big request bodies land in the heap: growing them copies, freeing them keeps RSS."""
-    if _LIBC is not None:
-        _LIBC.mallopt(ctypes.c_int(_M_MMAP_THRESHOLD), ctypes.c_int(size))
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(ctypes.c_int(_M_MMAP_THRESHOLD), ctypes.c_int(size))
 
 
 class HeapTrimmer:
