@@ -129,6 +129,9 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, MediaSettings, Dump
                                              "/v1/messages system prompts: it changes per request and defeats "
                                              "prefix caching (--no-strip-anthropic-preamble keeps it)")
 
+    def routes_by_kv(self) -> bool:
+        return self.router_mode == "kv" or self.load_aware  # --load-aware implies kv routing (validate)
+
     def validate(self) -> None:
         super().validate()
         check_finite(self)  # every float setting, those of the parts it embeds (media, deadlines) too
@@ -177,7 +180,7 @@ def parse_frontend_args(argv: Sequence[str] | None = None, environ: Mapping[str,
     argv, engine_warning = strip_vllm_engine_args(argv, os.environ if environ is None else environ)
     config, warnings = parse_with_compat(FrontendConfig, FRONTEND_FLAGS, argv, prog="python -m dynamo.frontend",
                                          environ=environ)
-    warnings += engine_warning
+    warnings += engine_warning + config.policy_warnings()
     if config.request_plane != "tcp":
         warnings.append(f"--request-plane {config.request_plane} is accepted for compatibility with NVIDIA Dynamo and "
                         "has no effect: requests and responses always travel over TCP between our frontend and "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from dynamo.router.compat_flags import ROUTER_SERVICE_FLAGS
 from dynamo.router.service import RouterService, RouterServiceConfig
@@ -37,8 +37,17 @@ async def serve(config: RouterServiceConfig, stop: asyncio.Event, warnings: Sequ
     return 0
 
 
+def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+               ) -> tuple[RouterServiceConfig, list[str]]:
+    """(the router's config, a warning per NVIDIA Dynamo flag or `--router-policy-config` entry that has no
+    effect here)."""
+    config, warnings = parse_with_compat(RouterServiceConfig, ROUTER_SERVICE_FLAGS, argv, prog="python -m dynamo.router",
+                                         environ=environ)
+    return config, warnings + config.policy_warnings()
+
+
 def main(argv: list[str] | None = None) -> int:
-    config, warnings = parse_with_compat(RouterServiceConfig, ROUTER_SERVICE_FLAGS, argv, prog="python -m dynamo.router")
+    config, warnings = parse_args(argv)
     write_config_dump(config, "dynamo.router")
     return run_main(lambda stop: serve(config, stop, warnings))
 

@@ -19,7 +19,6 @@ ROUTER_IGNORED: dict[tuple[str, ...], tuple[bool, str]] = {
     ("--serve-indexer",): (False, "the KV indexer is not exposed on the request plane"),
     ("--use-remote-indexer",): (False, "the KV indexer always runs inside this router"),
     ("--enable-session-prefix-index",): (False, "multi-turn sessions are routed by their cached history already"),
-    ("--router-policy-config",): (True, "Dynamo's YAML router policy classes are " + _NOT_HERE),
     ("--router-prefill-policy",): (True, _ROUTER), ("--router-decode-policy",): (True, _ROUTER),
     ("--router-prefill-load-model",): (True, _ROUTER),
     ("--router-predicted-ttl-secs",): (True, "a prompt routed here counts as cached on its worker from the moment it "

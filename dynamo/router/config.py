@@ -197,6 +197,11 @@ class KvRouterConfig:
         "that many seconds: bounds tail TTFT), 'wspt' (least new prefill first, weighted by 1 + priority: "
         "lowers mean TTFT), 'lcfs' (newest first); nvext.agent_hints.strict_priority tiers precede all",
         choices=["fcfs", "wspt", "lcfs"])
+    router_policy_config: str | None = setting(
+        None, "NVIDIA Dynamo's router policy YAML, read once at start: its `router:` settings (Dynamo's names; they "
+        "win over these flags and --load-aware) and its policy profiles, which split each model's router queue "
+        "into classes (own queue order, busy thresholds, per-worker limits; shared by quantum) "
+        "(dynamo/router/policy_config.py)", metavar="FILE")
     inhibited_duration_secs: float = setting(
         5.0, "Seconds a worker that failed (unreachable, stream broken or timed out, draining) is left out of this "
         "process's routing before discovery catches up (0: off)", env="DYN_INHIBITED_DURATION_SECS")
@@ -206,9 +211,46 @@ class KvRouterConfig:
             self.router_kv_overlap_score_credit = 0.0
             self.use_kv_events = self.router_assume_kv_reuse = False
             self.router_track_active_blocks = self.router_track_prefill_tokens = True
+        document = self.policy_document()
+        if document is not None:  # as in Dynamo: the YAML's settings win over the flags and the preset
+            for name, value in document.router.items():
+                setattr(self, name, value)
         check_bounds(self, ROUTER_BOUNDS)
-        if self.router_queue_threshold is not None and self.router_queue_max_requests == 0:
-            raise ValueError("--router-queue-threshold queues requests: it needs --router-queue-max-requests > 0")
+        if self.router_queue_max_requests == 0 and (self.router_queue_threshold is not None or _queues(document)):
+            what = "--router-queue-threshold" if self.router_queue_threshold is not None else \
+                "--router-policy-config's busy thresholds"
+            raise ValueError(f"{what} queue requests: it needs --router-queue-max-requests > 0")
+
+    def routes_by_kv(self) -> bool:
+        """Whether this process routes with the KV router (whose queue the policy profiles shape)."""
+        return True
+
+    def policy_warnings(self) -> list[str]:
+        """What `--router-policy-config` holds that has no effect here, for the start-up log."""
+        document = self.policy_document()
+        if document is None:
+            return []
+        flags = [f for f, given in (("--router-queue-threshold", self.router_queue_threshold is not None),
+                                    ("--router-queue-policy", self.router_queue_policy != "fcfs")) if given]
+        replaced = "every model" if document.root is not None else ", ".join(sorted(document.models))
+        if flags and replaced:  # as in Dynamo, a profile replaces the flags' one queue class
+            verb = "applies" if len(flags) == 1 else "apply"
+            return [*document.warnings, f"{' and '.join(flags)} {verb} to no model with a policy profile in "
+                    f"--router-policy-config {document.path} ({replaced}): its classes replace them, as in Dynamo"]
+        return list(document.warnings)
+
+    def policy_document(self):
+        """The `--router-policy-config` document (policy_config.py), read at the first call (`validate`,
+        at start) and kept: a later call, or a re-validation, never reads the file again."""
+        path = self.router_policy_config
+        if not path:
+            return None
+        cached = self.__dict__.get("_policy_document")
+        if cached is None or cached.path != path:
+            from dynamo.router.policy_config import load_policy_config  # it reads this module's bounds
+
+            cached = self.__dict__["_policy_document"] = load_policy_config(path, profiles=self.routes_by_kv())
+        return cached
 
     @property
     def mode(self) -> KvMode:
@@ -216,6 +258,12 @@ class KvRouterConfig:
         if self.overlap_score_weight == 0 or self.router_kv_overlap_score_credit == 0:
             return KvMode.LOAD_ONLY
         return KvMode.KV_EVENTS if self.use_kv_events else KvMode.APPROXIMATE
+
+
+def _queues(document) -> bool:
+    """Whether a policy document gives some class a busy threshold of its own (so requests may queue)."""
+    profiles = [] if document is None else [document.root, *document.models.values()]
+    return any(c.queueing for p in profiles if p is not None for c in p.classes)
 
 
 _AT_LEAST_0 = Bound()

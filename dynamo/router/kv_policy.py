@@ -30,6 +30,7 @@ from dynamo.router.mode_report import ModeReport, mode_report
 from dynamo.router.policy import Choice, PolicyHost, Role, WorkerInfo, WorkerPool, candidates, register
 from dynamo.router.replica_sync import ReplicaSync
 from dynamo.router.router_queue import RouterQueue
+from dynamo.router.policy_profile import PolicyProfile
 from dynamo.router.selector import BusyThresholds
 from dynamo.router.subscriber import KvEventFeeds
 
@@ -39,10 +40,10 @@ log = logging.getLogger(__name__)
 class PoolRoute:
     """The KvRouter of one pool and the snapshot it was last reconciled with."""
 
-    def __init__(self, pool: WorkerPool, router: KvRouter) -> None:
+    def __init__(self, pool: WorkerPool, router: KvRouter, profile: PolicyProfile) -> None:
         self.name = pool.name
         self.router = router
-        self.queue = RouterQueue(router.config)  # per pool: one model's busy workers never hold up another's
+        self.queue = RouterQueue(router.config, profile)  # per pool: one model's busy workers never hold up another's
         self.pool = dataclasses.replace(pool, workers=(), version=-1)
         self.report = ModeReport(router.mode, "configured", False)
 
@@ -53,6 +54,7 @@ class KvPolicy:
 
     def __init__(self, config: KvRouterConfig) -> None:
         self.config = config
+        self.policy_document = config.policy_document()  # --router-policy-config, read at start
         self.routes: dict[str, PoolRoute] = {}
         self._inflight: dict[str, PoolRoute] = {}
         self.feeds: KvEventFeeds | None = None
@@ -103,7 +105,10 @@ class KvPolicy:
         if route is None:
             if not pool.workers and pool.role is Role.PREFILL:
                 return  # the prefill pool of an aggregated model: nothing to route, nothing to report
-            route = self.routes[pool.name] = PoolRoute(pool, self._new_router(pool))
+            route = self.routes[pool.name] = PoolRoute(pool, self._new_router(pool), self._profile(pool.model))
+            if route.queue.profile.source != "flags":
+                log.info("%s: router queue classes of --router-policy-config's %s profile: %s", pool.name,
+                         route.queue.profile.source, ", ".join(c.name for c in route.queue.profile.classes))
         before = {w.instance_id for w in route.pool.workers}
         current = {w.instance_id: w for w in pool.workers}
         self._remove_workers(route, before - current.keys())
@@ -130,9 +135,18 @@ class KvPolicy:
                 self.feeds.untrack(iid, route.router)
             log.info("%s: worker %x left the KV router (%d in-flight bookings dropped)", route.name, iid, len(dropped))
 
+    def _profile(self, model: str) -> PolicyProfile:
+        """The model's router-queue classes: its --router-policy-config profile, else the flags' one class."""
+        c, document = self.config, self.policy_document
+        flags = (c.router_queue_threshold, c.router_queue_policy)
+        return document.profile_for(model, *flags) if document else PolicyProfile.synthetic(*flags)
+
     def _new_router(self, pool: WorkerPool) -> KvRouter:
-        """A KvRouter for the pool, with the busy thresholds set at runtime for its model."""
+        """A KvRouter for the pool, with its default queue class's thresholds and the busy thresholds set at
+        runtime for its model."""
         router = KvRouter(pool.block_size, self.config)
+        default = self._profile(pool.model).default_class
+        router.set_queue_class(default.prefill_busy_threshold, default.prefill_busy_threshold_frac)
         if pool.model in self._thresholds:
             router.set_busy_thresholds(self._thresholds[pool.model])
         return router
@@ -188,34 +202,50 @@ class KvPolicy:
         route = self._route(pool)
         if route is None:
             raise NoWorkers(pool.model)
+        klass = new_tokens = limits = None
+        if route.queue.profile.thresholds_vary:  # its class decides where it may go: classified at arrival
+            new_tokens = self._new_tokens(route, request, exclude)
+            klass = route.queue.profile.class_index(None, new_tokens)
+            limits = route.queue.class_thresholds(klass, route.router.busy_thresholds)
         ticket = None
         try:
             while True:
                 try:
-                    return self._select_now(route, request, exclude)
+                    choice = self._select_now(route, request, exclude, limits)
+                    if ticket is not None:
+                        route.queue.leave(ticket, served=True)
+                    return choice
                 except AllWorkersBusy:
                     if ticket is None:
-                        ticket = self._enter_queue(route, request, exclude)
+                        ticket = self._enter_queue(route, request, exclude, klass, new_tokens)
+                    else:  # its class cannot place it now: the next class's head tries
+                        route.queue.passed_over(ticket)
                     await route.queue.wait(ticket)  # AllWorkersBusy past the deadline
         finally:
             if ticket is not None:  # served, timed out or cancelled: the next waiter's turn
                 route.queue.leave(ticket)
                 route.queue.wake()
 
-    def _enter_queue(self, route: PoolRoute, request: PreprocessedRequest, exclude: set[int]):
+    def _enter_queue(self, route: PoolRoute, request: PreprocessedRequest, exclude: set[int], klass: int | None,
+                     new_tokens: int | None):
         hints = request.routing
         # Dynamo's queue hint is latency_sensitivity (seconds ahead); without it, priority jumps the line.
         jump = None if hints is None else (hints.latency_sensitivity if hints.latency_sensitivity is not None
                                            else hints.priority)
-        priority = jump or 0.0
-        new_tokens = 1
-        if route.queue.policy == "wspt":
-            allowed = [w.instance_id for w in candidates(route.pool, request, exclude)]
-            new_tokens = route.router.new_prefill_tokens(request.token_ids, allowed, route.pool.lora_name,
-                                                         request.request_id, cache_salt_of(request),
-                                                         request.media_salt)
-        return route.queue.enter(route.queue.score(priority, new_tokens),
-                                 (hints.strict_priority or 0) if hints else 0)
+        queue = route.queue
+        if new_tokens is None and queue.profile.needs_uncached:
+            new_tokens = self._new_tokens(route, request, exclude)
+        prompt = len(request.token_ids)
+        new = prompt if new_tokens is None else new_tokens
+        klass = queue.profile.class_index(None, new) if klass is None else klass
+        return queue.enter(queue.score(jump or 0.0, new, klass), (hints.strict_priority or 0) if hints else 0, klass,
+                           new, prompt, len(route.pool.workers))
+
+    def _new_tokens(self, route: PoolRoute, request: PreprocessedRequest, exclude: set[int]) -> int:
+        """Prompt tokens left to prefill on the allowed worker that caches most of it (Dynamo's uncached ISL)."""
+        allowed = [w.instance_id for w in candidates(route.pool, request, exclude)]
+        return route.router.new_prefill_tokens(request.token_ids, allowed, route.pool.lora_name, request.request_id,
+                                               cache_salt_of(request), request.media_salt)
 
     async def query(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
         route, selection = self._peek(pool, request, exclude)
@@ -231,7 +261,8 @@ class KvPolicy:
         return route, route.router.select(request.token_ids, allowed=allowed, lora_name=route.pool.lora_name,
                                           cache_salt=cache_salt_of(request), media=request.media_salt)
 
-    def _select_now(self, route: PoolRoute, request: PreprocessedRequest, exclude: set[int]) -> Choice:
+    def _select_now(self, route: PoolRoute, request: PreprocessedRequest, exclude: set[int],
+                    limits: BusyThresholds | None = None) -> Choice:
         allowed = _allowed(route, request, exclude)
         started = time.perf_counter()
         router = route.router
@@ -239,7 +270,7 @@ class KvPolicy:
         lora, salt = route.pool.lora_name, cache_salt_of(request)
         media = request.media_salt
         selection = router.select(request.token_ids, request_id=rid, allowed=allowed, lora_name=lora, cache_salt=salt,
-                                  media=media)
+                                  media=media, thresholds=limits)
         if rid in self._inflight:  # a retry that was not freed: never double-book
             self.free(rid)
         seq = router.add_request(rid, selection, request.token_ids, lora, expected_output(request), salt, media)
@@ -334,8 +365,8 @@ class KvPolicy:
                 "cost_model": stats["cost_model"], "ttft_coefficients": stats["ttft_coefficients"],
                 "ttft_observations": stats["ttft_observations"], "queue": route.queue.stats(),
             }
-        queue = {"policy": self.config.router_queue_policy}
-        for name in ("pending", "queued_total", "timed_out", "rejected_full"):
+        queue = {"policy": self._profile("").default_class.queue_policy}  # models without a profile of their own
+        for name in ("pending", "queued_total", "timed_out", "rejected_full", "rejected_class_limit"):
             queue[name] = sum(m["queue"][name] for m in models.values())
         body = {"router_mode": "kv", "replica_sync": self.sync is not None, "models": models, "queue": queue}
         if self.sync is not None:

@@ -10,7 +10,6 @@ request is sent.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import random
@@ -81,6 +80,7 @@ class KvRouter:
         self.selector = Selector(rng)
         knobs = DynamoCostKnobs.of(cfg)
         self.knobs = None if knobs.default else knobs  # decided once, not per request: the config is fixed
+        self.queue_class: tuple[int | None, float | None] = (None, cfg.router_queue_threshold)  # set_queue_class
         self.set_busy_thresholds(BusyThresholds.of(cfg))
         self._workers: dict[int, list[WorkerKey]] = {}
         self._capacity: dict[int, WorkerCapacity] = {}
@@ -107,11 +107,14 @@ class KvRouter:
     def set_busy_thresholds(self, thresholds: BusyThresholds) -> None:
         """The operator's busy thresholds from now on (the flags at start, `POST /busy_threshold` later)."""
         self.busy_thresholds = thresholds
-        # Dynamo's --router-queue-threshold is a prefill busy fraction whose overflow waits in the
-        # router queue: with ours always queueing busy requests, the stricter of the two applies.
-        fracs = [f for f in (thresholds.active_prefill_tokens_frac, self.config.router_queue_threshold)
-                 if f is not None]
-        self.thresholds = dataclasses.replace(thresholds, active_prefill_tokens_frac=min(fracs) if fracs else None)
+        # Dynamo's --router-queue-threshold (or its policy class's thresholds) is a prefill busy level whose
+        # overflow waits in the router queue: with ours always queueing busy requests, the stricter applies.
+        self.thresholds = thresholds.with_prefill(*self.queue_class)
+
+    def set_queue_class(self, prefill_tokens: int | None, prefill_frac: float | None) -> None:
+        """The prefill thresholds of the pool's default router-queue class (its policy profile's)."""
+        self.queue_class = (prefill_tokens, prefill_frac)
+        self.set_busy_thresholds(self.busy_thresholds)
 
     # -- membership and inputs -----------------------------------------------------------
     def add_worker(
@@ -212,8 +215,10 @@ class KvRouter:
         override: RouterConfigOverride | Mapping[str, Any] | None = None,
         cache_salt: str | None = None,
         media: MediaSalt | None = None,
+        thresholds: BusyThresholds | None = None,
     ) -> Selection:
-        """Best (worker, dp_rank) for this prompt; books nothing."""
+        """Best (worker, dp_rank) for this prompt; books nothing. `thresholds`: busy thresholds of the
+        request's router-queue class, in place of the pool's."""
         start = time.perf_counter()
         weight, temperature = self._effective(override)
         candidates = self._candidates(allowed)
@@ -226,8 +231,9 @@ class KvRouter:
         credit = self.config.router_inflight_prefix_credit
         potentials = self.active.potential_blocks_and_tokens(seq, isl, self._with_lower_tiers(overlaps, local),
                                                              candidates, credit)
-        if self.thresholds.enabled:
-            candidates = [k for k in candidates if not self._busy(k)]
+        limits = self.thresholds if thresholds is None else thresholds
+        if limits.enabled:
+            candidates = [k for k in candidates if not self._busy(k, limits)]
             if not candidates:
                 self._stats["busy_rejections"] += 1
                 raise AllWorkersBusy("All workers are busy, please retry later")
@@ -339,7 +345,7 @@ class KvRouter:
         keys = self._workers.get(worker_id, ())
         return bool(keys) and self.thresholds.enabled and all(self._busy(k) for k in keys)
 
-    def _busy(self, key: WorkerKey) -> bool:
+    def _busy(self, key: WorkerKey, thresholds: BusyThresholds | None = None) -> bool:
         capacity = self._capacity.get(key[0])
         blocks = self.active.active_blocks(key)
         reported = self._reported.get(key)
@@ -347,7 +353,7 @@ class KvRouter:
             # Reports lag by up to a publish interval; our own bookings are immediate.
             blocks = max(blocks, reported.kv_active_blocks)
         size = WorkerCapacity(self._total_kv_blocks(key), capacity.max_num_batched_tokens if capacity else None)
-        return is_busy(blocks, self.active.active_prefill_tokens(key), size, self.thresholds)
+        return is_busy(blocks, self.active.active_prefill_tokens(key), size, thresholds or self.thresholds)
 
     # -- lifecycle -----------------------------------------------------------------------
     def add_request(

@@ -16,30 +16,25 @@ Only the head of the queue retries its selection: it is woken whenever load is r
 (first token, end of a request) or membership changes. Workers' own load reports also free
 capacity (they lag our bookings), so the head retries at least every `RECHECK` seconds.
 A newcomer that finds a worker with room is served at once, as in Dynamo.
+
+With a `--router-policy-config` profile the queue is split into its classes, each with its own
+policy and limits, served by weighted deficit round robin (class_queue.py); the head is the
+waiter that ring serves next.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import time
-from dataclasses import dataclass, field
 
+from dynamo.router.class_queue import ClassQueues, Ticket
 from dynamo.router.config import KvRouterConfig
-from dynamo.router.selector import AllWorkersBusy
+from dynamo.router.policy_profile import PolicyProfile
+from dynamo.router.selector import AllWorkersBusy, BusyThresholds
 
 RECHECK = 0.1
-
-
-@dataclass(order=True)
-class Ticket:
-    """A request's place in the queue; `order` sorts the head first."""
-
-    order: tuple[int, float, int]
-    deadline: float = field(compare=False)
-    waker: asyncio.Future | None = field(default=None, compare=False)
-    gone: bool = field(default=False, compare=False)
+__all__ = ["RouterQueue", "Ticket", "RECHECK"]
 
 
 def _raise_if_cancelled() -> None:
@@ -52,35 +47,55 @@ def _raise_if_cancelled() -> None:
 
 
 class RouterQueue:
-    def __init__(self, config: KvRouterConfig) -> None:
+    def __init__(self, config: KvRouterConfig, profile: PolicyProfile | None = None) -> None:
         self.max_waiting = config.router_queue_max_requests
         self.timeout = config.router_queue_timeout_secs
-        self.policy = config.router_queue_policy
-        self._heap: list[Ticket] = []
+        self.profile = profile or PolicyProfile.synthetic(config.router_queue_threshold, config.router_queue_policy)
+        self.classes = ClassQueues(self.profile.classes, RECHECK)
         self._seq = itertools.count()
         self._started = time.monotonic()
         self._pending = 0
         self.queued_total = 0
         self.timed_out = 0
         self.rejected = 0
+        self.rejected_limit = 0
         self._closed = False
 
-    def score(self, priority: float = 0.0, new_tokens: int = 1) -> float:
-        """The policy's score of a request arriving now (higher: served sooner)."""
+    @property
+    def policy(self) -> str:
+        """The queue policy of the default class (the only one without a policy profile)."""
+        return self.profile.default_class.queue_policy
+
+    def score(self, priority: float = 0.0, new_tokens: int = 1, klass: int | None = None) -> float:
+        """The score of a request arriving now by its class's policy (higher: served sooner)."""
+        policy = self.policy if klass is None else self.profile.classes[klass].queue_policy
         jump = max(priority, 0.0)
-        if self.policy == "wspt":
+        if policy == "wspt":
             return (1.0 + jump) / max(new_tokens, 1)
         arrival = time.monotonic() - self._started
-        return jump + arrival if self.policy == "lcfs" else jump - arrival
+        return jump + arrival if policy == "lcfs" else jump - arrival
 
-    def enter(self, score: float = 0.0, strict_priority: int = 0) -> Ticket:
-        """A request starts waiting; AllWorkersBusy at once when the queue is off, closed or full."""
+    def class_thresholds(self, klass: int, busy: BusyThresholds) -> BusyThresholds:
+        """The operator's busy thresholds `busy` with class `klass`'s prefill thresholds."""
+        c = self.profile.classes[klass]
+        return busy.with_prefill(c.prefill_busy_threshold, c.prefill_busy_threshold_frac)
+
+    def enter(self, score: float = 0.0, strict_priority: int = 0, klass: int | None = None, new_tokens: int = 1,
+              prompt_tokens: int = 0, workers: int = 1) -> Ticket:
+        """A request of class `klass` (default: the profile's default) starts waiting; AllWorkersBusy at
+        once when the queue is off, closed or full, or its class is at one of its limits."""
+        klass = self.profile.class_index(None, 0) if klass is None else klass
         if self._closed or self.max_waiting <= 0 or self._pending >= self.max_waiting:
             self.rejected += 1
             raise AllWorkersBusy("All workers are busy, please retry later")
+        limit = self.classes.limit_reached(klass, workers)
+        if limit is not None:
+            self.rejected_limit += 1
+            raise AllWorkersBusy(f"All workers are busy, please retry later ({limit})")
         loop = asyncio.get_running_loop()
-        ticket = Ticket((-strict_priority, -score, next(self._seq)), loop.time() + self.timeout)
-        heapq.heappush(self._heap, ticket)
+        ticket = Ticket((-strict_priority, -score, next(self._seq)), loop.time() + self.timeout, klass,
+                        max(new_tokens, 1), prompt_tokens, max(prompt_tokens - new_tokens, 0))
+        self.classes.push(ticket)
         self._pending += 1
         self.queued_total += 1
         return ticket
@@ -99,33 +114,46 @@ class RouterQueue:
             ticket.waker = loop.create_future()
             try:
                 await asyncio.wait_for(ticket.waker, min(remaining, RECHECK))
-                woken = True
             except asyncio.TimeoutError:
-                woken = False
+                pass
             _raise_if_cancelled()
-            if woken or self._head() is ticket:
-                return  # woken, or a recheck: a load report may have freed a worker
+            # Woken, or a recheck (a load report may have freed a worker): the head retries. Still the head: a
+            # release of load since it was woken may have put another class's head first again.
+            if self._head() is ticket:
+                return
 
-    def leave(self, ticket: Ticket) -> None:
+    def leave(self, ticket: Ticket, served: bool = False) -> None:
         """The request stops waiting (served, timed out or cancelled); idempotent."""
         if not ticket.gone:
+            if served:
+                self.classes.served(ticket)
             ticket.gone = True
+            self.classes.remove(ticket)
             self._pending -= 1
 
     def _head(self) -> Ticket | None:
-        while self._heap and self._heap[0].gone:
-            heapq.heappop(self._heap)
-        return self._heap[0] if self._heap else None
+        return self.classes.head()
 
     def wake(self) -> None:
         """Load was released: the head retries (once served, it wakes the next)."""
+        self.classes.reopen()
+        self._wake_head()
+
+    def passed_over(self, ticket: Ticket) -> None:
+        """`ticket`'s retry found every worker busy by its class's thresholds: its class waits a recheck
+        interval (or a release of load) while the next class's head tries."""
+        if len(self.profile.classes) > 1:  # one class: its head simply retries at the next recheck
+            self.classes.pass_over(ticket.klass)
+            self._wake_head()
+
+    def _wake_head(self) -> None:
         head = self._head()
         if head is not None and head.waker is not None and not head.waker.done():
             head.waker.set_result(None)
 
     def close(self) -> None:
         self._closed = True
-        for ticket in self._heap:
+        for ticket in self.classes.waiting():
             if ticket.waker is not None and not ticket.waker.done():
                 ticket.waker.set_result(None)
 
@@ -135,4 +163,5 @@ class RouterQueue:
 
     def stats(self) -> dict:
         return {"pending": self.pending, "queued_total": self.queued_total, "timed_out": self.timed_out,
-                "rejected_full": self.rejected, "policy": self.policy}
+                "rejected_full": self.rejected, "rejected_class_limit": self.rejected_limit, "policy": self.policy,
+                "profile": self.profile.source, "classes": self.classes.stats()}

@@ -66,6 +66,13 @@ class BusyThresholds:
                               pick(update.active_prefill_tokens, self.active_prefill_tokens),
                               pick(update.active_prefill_tokens_frac, self.active_prefill_tokens_frac))
 
+    def with_prefill(self, tokens: int | None, frac: float | None) -> BusyThresholds:
+        """These thresholds with a router-queue class's prefill thresholds (`--router-queue-threshold`, or a
+        `--router-policy-config` class's): the stricter of each applies, as a worker over either is busy."""
+        stricter = lambda a, b: b if a is None else a if b is None else min(a, b)  # noqa: E731
+        return BusyThresholds(self.active_decode_blocks, stricter(self.active_prefill_tokens, tokens),
+                              stricter(self.active_prefill_tokens_frac, frac))
+
     def problem(self) -> tuple[str, str] | None:
         """(field, what is wrong) for a value no worker load could be measured against; None if all are sound."""
         decode, tokens, frac = self.active_decode_blocks, self.active_prefill_tokens, self.active_prefill_tokens_frac

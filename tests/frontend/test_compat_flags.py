@@ -77,6 +77,14 @@ def test_flags_without_effect_are_accepted_with_a_warning_each():
     assert any(w.startswith("--trust-remote-code") and "no model code is run" in w for w in warnings)
 
 
+def test_router_policy_config_is_a_setting_here(tmp_path):
+    """Once accepted and ignored; now read (router/policy_config.py): no warning, and it takes effect."""
+    path = tmp_path / "policy.yaml"
+    path.write_text("router:\n  host_cache_hit_weight: 0.5\n")
+    config, warnings = parse_frontend_args(["--router-mode", "kv", "--router-policy-config", str(path)], environ={})
+    assert (config.router_policy_config, config.router_host_cache_hit_weight, warnings) == (str(path), 0.5, [])
+
+
 def test_flags_of_newer_dynamo_recipes():
     """Frontend flags that NVIDIA's own recipes pass (after 1.6.1): its JetStream router state, which
     this router does not keep, and the decode-fallback switch, which is our --enforce-disagg inverted."""

@@ -71,6 +71,12 @@ def test_router_and_other_engine_flags_are_accepted_with_a_warning_each():
     assert any(w.startswith("--router-mode") and "does not route" in w for w in warnings)
 
 
+def test_router_policy_config_stays_ignored_by_the_worker():
+    """The frontend and `python -m dynamo.router` read it; a worker only accepts it, with a warning."""
+    _, warnings = parse_mocker_args(["--model-path", "m", "--router-policy-config", "/etc/policy.yaml"], environ={})
+    assert len(warnings) == 1 and warnings[0].startswith("--router-policy-config") and "has no effect" in warnings[0]
+
+
 @pytest.mark.parametrize("workers", ["2", "16"])
 def test_more_than_one_worker_per_process_is_refused(workers, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -91,3 +91,11 @@ def test_the_endpoint_comes_from_dynamos_variable_too():
     config, _ = parse_with_compat(RouterServiceConfig, ROUTER_SERVICE_FLAGS, [], prog="python -m dynamo.router",
                                   environ={"DYN_ROUTER_ENDPOINT": "team.prefill.generate"})
     assert config.endpoint == "team.prefill.generate"
+
+
+def test_router_policy_config_is_a_setting_here(tmp_path):
+    """Once accepted and ignored; now read (router/policy_config.py): no warning, and it takes effect."""
+    path = tmp_path / "policy.yaml"
+    path.write_text("router:\n  router_ttl_secs: 7\n")
+    config, warnings = parse("--router-policy-config", str(path), "--no-router-kv-events")
+    assert (config.router_policy_config, config.router_ttl_secs, warnings) == (str(path), 7.0, [])

@@ -89,6 +89,12 @@ def test_flags_without_effect_are_accepted_with_their_reason():
     assert "fpm-trace" not in text  # turning off what is not done here anyway says nothing
 
 
+def test_router_policy_config_stays_ignored_by_the_worker():
+    """The frontend and `python -m dynamo.router` read it; a worker only accepts it, with a warning."""
+    _, _, warnings = vllm_split(["--model", "m", "--router-policy-config", "/etc/policy.yaml"], use_vllm=False)
+    assert any(w.startswith("--router-policy-config is accepted") and "has no effect" in w for w in warnings)
+
+
 @pytest.mark.parametrize("argv, reason", [
     (["--headless"], "multi-node"),
     (["--connector", "nixl"], "--kv-transfer-config"),
