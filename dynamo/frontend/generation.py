@@ -69,6 +69,8 @@ class GenerationRun:
                          if is_chat and req.stream and (tools or reasoning) else None)
         self.block_size = entry.card.kv_cache_block_size
         self.first_token_at: float | None = None
+        self.error: ApiError | None = None  # what ended the stream after its 200: sent as an error event
+        self._decoding = False  # a batch with tokens came: the next ones have an inter-token latency
         self._observe_itl = app.metrics.itl.labels(self.model).observe
         self._count_output = app.metrics.output_tokens.labels(self.model).inc
         decode = self.pipeline.tokenizer.decode
@@ -117,7 +119,8 @@ class GenerationRun:
                 await self._stream(merged, first, send)
             else:
                 await self._unary(merged, first, send)
-            return RequestOutcome.CANCELLED if self.cancelled else RequestOutcome.SUCCESS
+            return (RequestOutcome.CANCELLED if self.cancelled else
+                    RequestOutcome.SUCCESS if self.error is None else RequestOutcome.ERROR)
         finally:
             app.dispatcher.live.difference_update(handles)
             watcher.remove_done_callback(self._on_receive)
@@ -200,7 +203,8 @@ class GenerationRun:
             if out.prompt_tokens is not None:
                 self.engine_prompt_tokens = max(self.engine_prompt_tokens or 0, out.prompt_tokens)
             if out.error is not None:
-                raise errors.engine_error(out.error)
+                self.error = errors.engine_error(out.error)
+                raise self.error
             d = stage.add(out, self.want_logprobs)
             total.content += d.content
             total.reasoning += d.reasoning
@@ -216,12 +220,17 @@ class GenerationRun:
         return total
 
     def _observe_gap(self, count: int) -> None:
+        """Dynamo's ITL: the gap since the last batch, once per token of this one; the first batch's tokens have
+        none (their time is the TTFT): 15 observations for 16 tokens streamed one at a time."""
+        if not count:
+            return
         now = time.monotonic()
-        if count:
+        if self._decoding:
             gap = (now - self.last_time) / count
             for _ in range(count):
                 self._observe_itl(gap)
-            self._count_output(count)
+        self._decoding = True
+        self._count_output(count)
         self.last_time = now
 
     @property
@@ -253,14 +262,20 @@ class GenerationRun:
         return out
 
     async def _batches(self, merged, first):
+        """The batches, until every choice is done; an error ending them (a worker lost, the frontend shutting
+        down) is the run's, whichever framing turns it into an error event."""
         if first is not None:
             yield first
         if all(c.done for c in self.choices):
             return
-        async for item in merged:
-            yield item
-            if all(c.done for c in self.choices):
-                return
+        try:
+            async for item in merged:
+                yield item
+                if all(c.done for c in self.choices):
+                    return
+        except ApiError as exc:
+            self.error = exc
+            raise
 
     # -- streaming -----------------------------------------------------------------------------
     def _delta_bytes(self, choice: Choice, d: ChoiceDelta) -> bytes:
@@ -340,6 +355,7 @@ class GenerationRun:
         except ApiError as exc:
             if self.cancelled:
                 return
+            self.error = exc
             await send({"type": "http.response.body", "body": error_event(exc.body()) + DONE, "more_body": False})
 
     # -- unary ---------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from dynamo.frontend.dispatch import Dispatcher
 from dynamo.frontend.pooling_api import ROUTES as POOLING_ROUTES, BackgroundStreams, PoolingRoute
 from dynamo.frontend.errors import OVERLOADED_STATUS, ApiError, bad_request
 from dynamo.frontend.generation import GenerationRun
-from dynamo.frontend.metrics import FrontendMetrics, RequestOutcome
+from dynamo.frontend.metrics import FrontendMetrics, RequestOutcome, RequestTally, error_type_of
 from dynamo.frontend.model_manager import ModelManager
 from dynamo.frontend.routing_hints import routing_hints
 from dynamo.frontend.speculative_prefill import SpeculativePrefill
@@ -40,7 +40,8 @@ from dynamo.frontend.openai import ChatCompletionRequest, decode_request
 from dynamo.frontend.validation import validate_chat, validate_completion
 from dynamo.frontend.worker_wait import WorkerWait
 from dynamo.frontend.demand import Arrival, Demand
-from dynamo.frontend.request_log import SCOPE_KEY, TRACED_PATHS, RequestTrace, adopt_client_id, start_trace
+from dynamo.frontend.request_log import (SCOPE_KEY, TRACED_PATHS, RequestTrace, adopt_client_id, echo_request_id,
+                                         start_trace)
 from dynamo.frontend.media_input import attach_images, request_images
 from dynamo.frontend.preparation import client_prompt_ids, output_spec, prompt_ids_for, wire_requests
 from dynamo.frontend.responses import ResponsesApi
@@ -125,8 +126,8 @@ class FrontendApp:
         if scope["type"] != "http":
             return
         adopt_background(scope)
-        route = self.routes.get((scope["method"], scope["path"])) or self._prefix_route(scope)
-        trace, error, crash = None, None, None
+        route = self._route(scope)
+        trace, error, crash, send = None, None, None, echo_request_id(scope, send)
         try:
             if route is None:
                 raise self._no_route(scope)
@@ -142,11 +143,12 @@ class FrontendApp:
             # The traceback's frames hold the request body (up to the body limit) in a cycle that
             # only a full GC would free: drop them now.
             exc.__traceback__ = None
+            # Anthropic's clients read their own error shape
+            body = error_body(exc) if scope["path"].startswith(ANTHROPIC_PATH) else exc.body()
             if exc.status == 413:
                 # The rest of the body is unread: close instead of reading and discarding it.
-                await send_bytes(send, 413, json_encode(exc.body()), CLOSE_HEADERS)
-            else:  # Anthropic's clients read their own error shape
-                body = error_body(exc) if scope["path"].startswith(ANTHROPIC_PATH) else exc.body()
+                await send_bytes(send, 413, json_encode(body), CLOSE_HEADERS)
+            else:
                 await send_json(send, exc.status, body)
         except ConnectionError:
             pass
@@ -156,6 +158,14 @@ class FrontendApp:
         finally:
             if trace is not None:
                 trace.completed(error, crash)
+                if error is not None and not trace.tallied:  # refused before it was counted (not JSON, too big)
+                    self.metrics.failed(error_type_of(error.status), error.code)
+
+    def _route(self, scope: dict) -> Callable | None:
+        found = self.routes.get((scope["method"], scope["path"])) or self._prefix_route(scope)
+        if found is None and scope["method"] == "HEAD":  # a GET route's headers (the server drops the body)
+            found = self.routes.get(("GET", scope["path"]))
+        return found
 
     def _prefix_route(self, scope: dict) -> Callable | None:
         return next((handler for method, prefix, handler in self.prefix_routes
@@ -254,41 +264,44 @@ class FrontendApp:
                 await asyncio.sleep(0)
             req = decode_request(body, kind)  # type: ignore[arg-type]
             del body
-            (validate_chat if kind == "chat" else validate_completion)(req)
-            hints = routing_hints(req.nvext, scope["headers"], req.cache_salt, scope.get(inprocess.BACKGROUND, False))
             await self.generate(req, "chat_completions" if kind == "chat" else "completions", size, receive, send,
-                                 hints=hints, trace=scope.get(SCOPE_KEY),
-                                 # a continued prefill's next turn does not start with this answer as its own message
-                                 speculate=kind == "chat" and speculative_prefill.wanted(req.nvext)
-                                 and not req.continue_final_message)
+                                trace=scope.get(SCOPE_KEY), prepare=partial(self._prepare, req, kind, scope))
         finally:
             if size >= TRIM_AFTER_BYTES:
                 self.trimmer.schedule()
+
+    @staticmethod
+    def _prepare(req, kind: str, scope: dict) -> tuple[RoutingHints, bool]:
+        """A chat or completion request's own checks, its routing hints and whether its next turn is prefilled."""
+        (validate_chat if kind == "chat" else validate_completion)(req)
+        hints = routing_hints(req.nvext, scope["headers"], req.cache_salt, scope.get(inprocess.BACKGROUND, False))
+        # a continued prefill's next turn does not start with this answer as its own message
+        return hints, kind == "chat" and speculative_prefill.wanted(req.nvext) and not req.continue_final_message
 
     async def pooled(self, route: PoolingRoute, scope, receive, send) -> None:
         """/v1/embeddings, /v1/classify, /v1/pooling, /v1/rerank: one unary answer from the model's pooling
         workers."""
         self.refuse_if_draining()
         req = route.decode(await self.request_body(scope, receive))
-        req.validate()
         trace = scope.get(SCOPE_KEY)
-        if trace is not None:
-            trace.received(req.model, route.endpoint, "unary")
-        entry = await self.served_entry(req.model, receive)
-        if not route.served_by(entry.card.model_type):
-            raise route.not_served(req.model)
-        self._refuse_if_overloaded(entry.name)
-        started = time.monotonic()
-        status = RequestOutcome.ERROR
-        self._admit(entry.name)
-        try:
-            dispatcher = BackgroundStreams(self.dispatcher) if scope.get(inprocess.BACKGROUND) else self.dispatcher
-            body = await route.answer(dispatcher, entry, req)
-            status = RequestOutcome.SUCCESS
-        finally:
-            self._release(entry.name, route.endpoint, "unary", status)
-            self.metrics.duration.labels(entry.name).observe(time.monotonic() - started)
-        await send_json(send, 200, body)
+        with self._tally(req.model, route.endpoint, "unary", trace) as tally:
+            req.validate()
+            if trace is not None:
+                trace.received(req.model, route.endpoint, "unary")
+            entry = await self.served_entry(req.model, receive)
+            if not route.served_by(entry.card.model_type):
+                raise route.not_served(req.model)
+            self._refuse_if_overloaded(entry.name)
+            started = time.monotonic()
+            self._admit(entry.name)
+            try:
+                dispatcher = BackgroundStreams(self.dispatcher) if scope.get(inprocess.BACKGROUND) else self.dispatcher
+                body = await route.answer(dispatcher, entry, req)
+            finally:
+                self._release(entry.name)
+                self.metrics.duration.labels(entry.name).observe(time.monotonic() - started)
+            await send_json(send, 200, body)
+            tally.ended(RequestOutcome.SUCCESS)
 
     def entry_for(self, name: str):
         entry = self.models.get(name)
@@ -319,16 +332,29 @@ class FrontendApp:
 
     async def generate(self, req, endpoint: str, body_size: int, receive, send, run_cls=GenerationRun,
                        hints: RoutingHints | None = None, trace: RequestTrace | None = None, speculate: bool = False,
-                       **run_kw) -> None:
-        arrival = self.demand.arrived(req.model, endpoint, "stream" if req.stream else "unary")
+                       prepare: Callable[[], tuple[RoutingHints, bool]] | None = None, **run_kw) -> None:
+        """Serve a decoded request, counted once in the request metrics however it ends. `prepare`: the
+        route's own checks, made once it counts (a request they refuse is one), giving `hints`, `speculate`."""
+        request_type = "stream" if req.stream else "unary"
+        arrival = self.demand.arrived(req.model, endpoint, request_type)  # counts a known model's start
         try:
-            await self._generate(req, endpoint, body_size, receive, send, run_cls, hints, trace, speculate, arrival,
-                                 **run_kw)
+            with self._tally(req.model, endpoint, request_type, trace, count_started=False) as tally:
+                if prepare is not None:
+                    hints, speculate = prepare()
+                tally.ended(*await self._generate(req, endpoint, body_size, receive, send, run_cls, hints, trace,
+                                                  speculate, arrival, **run_kw))
         finally:
             arrival.close()
 
+    def _tally(self, model: str, endpoint: str, request_type: str, trace: RequestTrace | None,
+               count_started: bool = True) -> RequestTally:
+        if trace is not None:
+            trace.tallied = True
+        return self.metrics.tally(model, endpoint, request_type, self.models.knows(model), count_started)
+
     async def _generate(self, req, endpoint: str, body_size: int, receive, send, run_cls, hints: RoutingHints | None,
-                        trace: RequestTrace | None, speculate: bool, arrival: Arrival, **run_kw) -> None:
+                        trace: RequestTrace | None, speculate: bool, arrival: Arrival,
+                        **run_kw) -> tuple[RequestOutcome, ApiError | None]:
         started = time.monotonic()
         request_type = "stream" if req.stream else "unary"
         agent = agent_context(req.nvext)
@@ -356,7 +382,7 @@ class FrontendApp:
             await annotations.answer_routing_query(self.dispatcher, entry, preqs[0], is_chat, req.stream, send)
             if trace is not None:
                 trace.outcome = RequestOutcome.SUCCESS
-            return
+            return RequestOutcome.SUCCESS, None
         self._admit(entry.name)
         status = RequestOutcome.ERROR
         try:
@@ -372,11 +398,14 @@ class FrontendApp:
             if speculate and status == RequestOutcome.SUCCESS:
                 self.speculative.start(entry, req, run.answer_history(), hints)
         finally:
-            self._release(entry.name, endpoint, request_type, status)
+            self._release(entry.name)
             if trace is not None:
                 trace.outcome = status
                 if status == RequestOutcome.CANCELLED:
                     trace.cancelled_by_client()
+        if trace is not None:
+            trace.stream_error = run.error
+        return status, run.error
 
     async def prompt_ids(self, entry, req, hints: RoutingHints | None, body_size: int,
                          names: frozenset[str]) -> tuple[list[int], bytes]:
@@ -407,9 +436,8 @@ class FrontendApp:
         self._idle.clear()
         self.metrics.inflight.labels(model).inc()
 
-    def _release(self, model: str, endpoint: str, request_type: str, status: RequestOutcome) -> None:
+    def _release(self, model: str) -> None:
         self.inflight -= 1
         if self.inflight == 0:
             self._idle.set()
         self.metrics.inflight.labels(model).dec()
-        self.metrics.requests.labels(model, endpoint, request_type, status).inc()

@@ -1,26 +1,72 @@
-"""Frontend Prometheus metrics with NVIDIA Dynamo's names (`dynamo_frontend_*`,
-prefix configurable with `--metrics-prefix`)."""
+"""Frontend Prometheus metrics with NVIDIA Dynamo 1.6.1's names, labels and bucket boundaries
+(`dynamo_frontend_*`, prefix configurable with `--metrics-prefix`), and `RequestTally`: one request's
+place in `requests_started_total`, `requests_total` and `failures_total`."""
 
 from __future__ import annotations
 
+import asyncio
 import enum
+from typing import Any
 
 from dynamo.frontend.stage_metrics import StageMetrics
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-_ITL = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1)
+# Dynamo 1.6.1's defaults (log-spaced, 2 significant figures), as its frontend's /metrics shows them.
+DURATION_BUCKETS = (0, 2, 4, 8, 16, 32, 64, 130, 260, 510)
+TTFT_BUCKETS = (0, 0.0022, 0.0047, 0.01, 0.022, 0.047, 0.1, 0.22, 0.47, 1, 2.2, 4.7, 10, 22, 48, 100, 220, 480)
+ITL_BUCKETS = (0, 0.0018, 0.0033, 0.0059, 0.011, 0.02, 0.035, 0.064, 0.12, 0.21, 0.38, 0.69, 1.2, 2.3, 4.1, 7.4, 13,
+               24, 44, 80)
+ISL_BUCKETS = (0, 100, 210, 430, 870, 1800, 3600, 7400, 15000, 31000, 63000, 130000)  # cached tokens too
+OSL_BUCKETS = (0, 100, 210, 430, 880, 1800, 3700, 7600, 16000, 32000)
 _LAG = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
-_TOKENS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
+# Dynamo's `model` label for a model the frontend does not know: a client's made-up names never become series.
+UNKNOWN_MODEL = "unknown_model"
 
 
 class RequestOutcome(enum.StrEnum):
-    """The `status` label of `dynamo_frontend_requests` (Dynamo's values): how a request ended."""
+    """How a request ended, as its "request completed" log line says it (`status`). The metrics say a
+    cancellation as Dynamo does: `status="error"`, `error_type="cancelled"`."""
 
     SUCCESS = "success"
-    ERROR = "error"  # refused after admission, failed in the engine, or no worker could finish it
+    ERROR = "error"  # refused, failed in the engine, or no worker could finish it
     CANCELLED = "cancelled"  # the client went away (or stopped the stream) first
+
+
+class ErrorType(enum.StrEnum):
+    """The `error_type` label of `requests_total` (and of the "request completed" line): Dynamo's values."""
+
+    NONE = ""
+    VALIDATION = "validation"
+    NOT_FOUND = "not_found"
+    OVERLOAD = "overload"
+    UNAVAILABLE = "unavailable"
+    CANCELLED = "cancelled"
+    RESPONSE_TIMEOUT = "response_timeout"
+    INTERNAL = "internal"
+    NOT_IMPLEMENTED = "not_implemented"
+
+
+_ERROR_TYPES = {404: ErrorType.NOT_FOUND, 429: ErrorType.OVERLOAD, 529: ErrorType.OVERLOAD, 499: ErrorType.CANCELLED,
+                501: ErrorType.NOT_IMPLEMENTED, 502: ErrorType.UNAVAILABLE, 503: ErrorType.UNAVAILABLE,
+                504: ErrorType.RESPONSE_TIMEOUT}
+# `failures_total{class, reason}`. Dynamo 1.6.1 was seen to write the first two and a lost worker's; the
+# others follow the vocabulary of its error classes.
+_FAILURES = {ErrorType.VALIDATION: ("InvalidRequest", "request.invalid"),
+             ErrorType.NOT_FOUND: ("NotFound", "request.not_found"),
+             ErrorType.OVERLOAD: ("ResourceExhausted", "capacity.exhausted"),
+             ErrorType.UNAVAILABLE: ("Unavailable", "backend.unavailable"),
+             ErrorType.RESPONSE_TIMEOUT: ("ResponseTimeout", "backend.response_timeout"),
+             ErrorType.NOT_IMPLEMENTED: ("NotImplemented", "runtime.not_implemented"),
+             ErrorType.INTERNAL: ("Internal", "runtime.internal")}
+_FAILURES_BY_CODE = {"worker_disconnected": ("Unavailable", "transport.disconnected"),
+                     "request_too_large": ("PayloadTooLarge", "request.payload_too_large")}
+
+
+def error_type_of(status: int) -> ErrorType:
+    """A refused or failed request's `error_type`, from the HTTP status it was answered with (a 502, a
+    worker lost mid-way, is `unavailable` as in Dynamo; any other 4xx is the client's: `validation`)."""
+    return _ERROR_TYPES.get(status) or (ErrorType.INTERNAL if status >= 500 else ErrorType.VALIDATION)
 
 
 class FrontendMetrics:
@@ -29,8 +75,10 @@ class FrontendMetrics:
         self.prefix = prefix
         r = self.registry
         p = prefix
-        self.requests = Counter(f"{p}_requests", "HTTP requests by outcome",
-                                ("model", "endpoint", "request_type", "status"), registry=r)
+        self.requests = Counter(f"{p}_requests", "Total number of LLM requests processed",
+                                ("model", "endpoint", "request_type", "status", "error_type"), registry=r)
+        self.failures = Counter(f"{p}_failures", "Total number of terminal semantic request failures",
+                                ("class", "reason"), registry=r)
         self.inflight = Gauge(f"{p}_inflight_requests", "Requests being served", ("model",), registry=r)
         # Dynamo's demand metrics (demand.py), what autoscalers scale on; a model scaled to zero shows its
         # held requests here (--wait-for-workers-secs).
@@ -43,19 +91,19 @@ class FrontendMetrics:
         self.ready = Gauge(f"{p}_model_ready", "1 when the frontend can route a request for the model",
                            ("model",), registry=r)
         self.ttft = Histogram(f"{p}_time_to_first_token_seconds", "Time to first token", ("model",),
-                              buckets=_LATENCY, registry=r)
+                              buckets=TTFT_BUCKETS, registry=r)
         self.itl = Histogram(f"{p}_inter_token_latency_seconds", "Inter-token latency", ("model",),
-                             buckets=_ITL, registry=r)
+                             buckets=ITL_BUCKETS, registry=r)
         self.duration = Histogram(f"{p}_request_duration_seconds", "Request duration", ("model",),
-                                  buckets=_LATENCY, registry=r)
-        self.isl = Histogram(f"{p}_input_sequence_tokens", "Prompt tokens", ("model",), buckets=_TOKENS,
+                                  buckets=DURATION_BUCKETS, registry=r)
+        self.isl = Histogram(f"{p}_input_sequence_tokens", "Prompt tokens", ("model",), buckets=ISL_BUCKETS,
                              registry=r)
-        self.osl = Histogram(f"{p}_output_sequence_tokens", "Completion tokens", ("model",), buckets=_TOKENS,
+        self.osl = Histogram(f"{p}_output_sequence_tokens", "Completion tokens", ("model",), buckets=OSL_BUCKETS,
                              registry=r)
         self.cached = Histogram(f"{p}_cached_tokens", "Prompt tokens served from the prefix cache", ("model",),
-                                buckets=_TOKENS, registry=r)
-        self.disconnects = Counter(f"{p}_disconnected_clients", "Clients that went away mid-request",
-                                   registry=r)
+                                buckets=ISL_BUCKETS, registry=r)
+        # A gauge, as Dynamo has it, though only ever raised: clients that went away mid-request since start.
+        self.disconnects = Gauge(f"{p}_disconnected_clients", "Number of disconnected clients", registry=r)
         self.output_tokens = Counter(f"{p}_output_tokens", "Completion tokens sent, counted as they are sent",
                                      ("model",), registry=r)
         self.cancellations = Counter(f"{p}_model_cancellation", "Requests cancelled",
@@ -106,8 +154,8 @@ class FrontendMetrics:
         is registered, before any request to it."""
         for endpoint in ("chat_completions", "completions"):
             for request_type in ("stream", "unary"):
-                for status in RequestOutcome:
-                    self.requests.labels(model, endpoint, request_type, status)
+                for error_type in _SERIES_AT_ZERO:
+                    self.requests.labels(model, endpoint, request_type, _status(error_type), error_type)
         for hist in (self.ttft, self.itl, self.duration, self.isl, self.osl):
             hist.labels(model)
         self.output_tokens.labels(model)
@@ -117,6 +165,21 @@ class FrontendMetrics:
         for endpoint in ("chat_completions", "completions"):
             for request_type in ("stream", "unary"):
                 self.started.labels(model, endpoint, request_type)
+
+    def tally(self, model: str, endpoint: str, request_type: str, known: bool = True,
+              count_started: bool = True) -> "RequestTally":
+        """A request's tally, under `model` or, for a model the frontend does not know, `unknown_model`.
+        `count_started` False: the caller counted it in `requests_started_total` already (demand.Arrival
+        does for a known model)."""
+        return RequestTally(self, model if known else UNKNOWN_MODEL, endpoint, request_type,
+                            count_started or not known)
+
+    def failed(self, error_type: ErrorType, code: str | None = None) -> None:
+        """One failure in `failures_total` (cancellations are not failures); also for a request refused
+        before it had a tally (a body that is not JSON, one over the size limit)."""
+        failure = _FAILURES_BY_CODE.get(code or "") or _FAILURES.get(error_type)
+        if failure is not None:
+            self.failures.labels(*failure).inc()
 
     def migration(self, model: str, kind: str) -> None:
         self.migrations.labels(model, kind).inc()
@@ -149,6 +212,61 @@ class FrontendMetrics:
                         gauge.remove(*labels)
                     except KeyError:
                         pass
+
+
+# The `requests_total` series each served model has from the start (model_series), besides success.
+_SERIES_AT_ZERO = (ErrorType.NONE, ErrorType.VALIDATION, ErrorType.OVERLOAD, ErrorType.UNAVAILABLE,
+                   ErrorType.CANCELLED, ErrorType.RESPONSE_TIMEOUT, ErrorType.INTERNAL)
+
+
+def _status(error_type: ErrorType) -> str:
+    return RequestOutcome.SUCCESS if error_type is ErrorType.NONE else RequestOutcome.ERROR
+
+
+class RequestTally:
+    """One request in `requests_started_total` (from its creation, once its model, endpoint and request type
+    are known) and in `requests_total` (once, at `close`), as Dynamo's request guard counts them: an error
+    of type `internal` unless the handler reported how it ended first. A failure (neither a success nor a
+    cancellation) is also one in `failures_total`."""
+
+    __slots__ = ("metrics", "labels", "error_type", "code", "closed")
+
+    def __init__(self, metrics: FrontendMetrics, model: str, endpoint: str, request_type: str,
+                 count_started: bool = True) -> None:
+        self.metrics, self.labels = metrics, (model, endpoint, request_type)
+        self.error_type, self.code, self.closed = ErrorType.INTERNAL, None, False
+        if count_started:
+            metrics.started.labels(*self.labels).inc()
+
+    def ended(self, outcome: RequestOutcome, error: Any = None) -> None:
+        """How it ended; for an error, the HTTP error (`status`, `code`: an `errors.ApiError`) it was answered
+        with, or, for a stream that had sent its 200, ended with as its error event; none: `internal`."""
+        if outcome == RequestOutcome.SUCCESS:
+            self.error_type = ErrorType.NONE
+        elif outcome == RequestOutcome.CANCELLED:
+            self.error_type = ErrorType.CANCELLED
+        elif error is not None:
+            self.error_type, self.code = error_type_of(error.status), error.code
+
+    def __enter__(self) -> "RequestTally":
+        return self
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> None:
+        """Counts it, also when the block raised: an HTTP error as what it says, a cancelled task as a
+        cancellation, anything else as `internal`."""
+        if isinstance(exc, asyncio.CancelledError):
+            self.ended(RequestOutcome.CANCELLED)
+        elif isinstance(getattr(exc, "status", None), int):
+            self.ended(RequestOutcome.ERROR, exc)
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.metrics.requests.labels(*self.labels, _status(self.error_type), self.error_type).inc()
+        if self.error_type not in (ErrorType.NONE, ErrorType.CANCELLED):
+            self.metrics.failed(self.error_type, self.code)
 
 
 class _TokenCacheCollector:

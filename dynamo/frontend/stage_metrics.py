@@ -37,7 +37,7 @@ class StageMetrics:
         self.template = Histogram(f"{p}_template_seconds", "Template application time in preprocessor (seconds)",
                                   buckets=TEMPLATE_BUCKETS, registry=r)
         self.tokenize = Histogram(f"{p}_tokenize_seconds", "Tokenization time in preprocessor (seconds)",
-                                  buckets=TEMPLATE_BUCKETS, registry=r)
+                                  buckets=TOKENIZE_BUCKETS, registry=r)
         self.tokenizer_ms = Histogram(f"{p}_tokenizer_latency_ms", "Tokenizer latency in milliseconds",
                                       ("operation",), buckets=TOKENIZER_MS_BUCKETS, registry=r)
         for stage, phase in (("preprocess", ""), ("route", AGGREGATED), ("dispatch", AGGREGATED)):

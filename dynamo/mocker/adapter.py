@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from typing import AsyncIterator
 
 from prometheus_client import Histogram
@@ -21,6 +22,7 @@ from dynamo.mocker.args import MockerArgs, read_model_config, resolve_model_dir
 from dynamo.mocker.engine import MockEngine
 from dynamo.mocker.replay import Replay
 from dynamo.mocker.tokens import fragment_ids
+from dynamo.mocker.vllm_metrics import VllmMetrics
 from dynamo.llm.kv_events.protocol import LoadMetrics
 from dynamo.runtime.wire import ErrorCode
 from dynamo.worker.adapter import EngineContext, EngineInfo, Gauges
@@ -39,6 +41,7 @@ class MockerAdapter:
         self._started = False
         self.loras: dict[str, int] = {}  # simulated adapters: name -> lora id
         self.images: ImageLoader | None = None  # --enable-multimodal: fetched and decoded, then not looked at
+        self.vllm: VllmMetrics | None = None  # Dynamo's mocker's `vllm:*` series
 
     async def start(self, ctx: EngineContext) -> EngineInfo:
         # A directory, or a Hugging Face id found in the local cache (or fetched): the served name stays the id.
@@ -53,7 +56,9 @@ class MockerAdapter:
         self.engine.publish_forward_passes(ctx.emit_forward_pass, ctx.worker_label)
         ttft = Histogram("dynamo_mocker_time_to_first_token_seconds", "Engine-side TTFT: arrival to first token",
                          registry=ctx.registry, buckets=TTFT_BUCKETS)
-        self.engine.scheduler.on_first_token = ttft.observe
+        vllm = self.vllm = VllmMetrics(ctx.registry, self.engine, args.model_name or args.model_path,
+                                       self.engine.dp_rank)
+        self.engine.scheduler.on_first_token = lambda seconds: (ttft.observe(seconds), vllm.ttft.observe(seconds))
         if args.startup_time:
             await asyncio.sleep(args.startup_time)
         await self.engine.start()
@@ -78,13 +83,21 @@ class MockerAdapter:
             if self.images is None:
                 raise ValueError("this worker reads no images (the mocker reads them with --enable-multimodal)")
             await self.images.load(image_urls_of(request.multi_modal_data))
-        first = True
+        first, started = True, time.monotonic()
+        last = None  # when the last tokens came (vllm:inter_token_latency_seconds: the gaps after the first)
         async for out in self.engine.generate(request):
             if first and out.error is not None and not out.token_ids and self.engine.running:
                 # Admission refusal (empty prompt, prompt beyond the context): the request's fault,
                 # reported like every other engine's validation error.
                 raise ValueError(out.error)
             first = False
+            if out.token_ids:
+                now = time.monotonic()
+                if last is not None:
+                    self.vllm.tokens(len(out.token_ids), now - last)
+                last = now
+            if out.finish_reason is not None:  # the caller may close the stream as soon as it has this one
+                self.vllm.e2e.observe(time.monotonic() - started)
             yield out
 
     async def load_lora(self, name: str, path: str, lora_id: int) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import AsyncIterator, Callable
+import time
+from typing import AsyncIterator, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 from dynamo.runtime import records
 from dynamo.runtime.discovery.base import KeyValueStore, WatchEvent
@@ -43,31 +45,41 @@ def advertise_host(backend: str | None, settings: RuntimeSettings | None = None)
 
 
 class ComponentMetrics:
-    """`dynamo_component_*` metrics of the endpoints this process serves."""
+    """`dynamo_component_*` metrics of the endpoints this process serves, with Dynamo 1.6.1's names, labels
+    (`worker_id`: the instance id in hex, on every series) and buckets; each endpoint's series exist at 0 from
+    the moment it serves. `requests_total` counts every request, `cancellation_total` those the caller
+    stopped, `errors_total{error_type}` those that failed, by the error code they were answered with."""
 
-    LABELS = ("dynamo_namespace", "dynamo_component", "dynamo_endpoint")
+    LABELS = ("dynamo_namespace", "dynamo_component", "dynamo_endpoint", "worker_id")
+    DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter("dynamo_component_requests", "Requests handled", self.LABELS + ("status",),
-                                registry=registry)
-        self.inflight = Gauge("dynamo_component_inflight_requests", "Requests in flight", self.LABELS,
-                              registry=registry)
-        self.duration = Histogram("dynamo_component_request_duration_seconds", "Request duration", self.LABELS,
-                                  registry=registry,
-                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
-        self.request_bytes = Counter("dynamo_component_request_bytes", "Request payload bytes received", self.LABELS,
-                                     registry=registry)
-        self.response_bytes = Counter("dynamo_component_response_bytes", "Response payload bytes sent", self.LABELS,
-                                      registry=registry)
-        self.errors = Counter("dynamo_component_errors", "Requests that ended in an error, by its code",
-                              self.LABELS + ("error_type",), registry=registry)
-        self.uptime = Gauge("dynamo_component_uptime_seconds", "Process uptime", registry=registry)
-        self.uptime.set_function(_uptime())
-        self._labels: dict[str, tuple[str, str, str]] = {}
+    def __init__(self, registry: CollectorRegistry, worker_id: Callable[[], int] | None = None) -> None:
+        self.worker_id = worker_id or (lambda: 0)
+        self.requests = Counter("dynamo_component_requests", "Total number of requests processed by work handler",
+                                self.LABELS, registry=registry)
+        self.cancellations = Counter("dynamo_component_cancellation", "Total number of requests cancelled by work "
+                                     "handler", self.LABELS, registry=registry)
+        self.inflight = Gauge("dynamo_component_inflight_requests", "Number of requests currently being processed "
+                              "by work handler", self.LABELS, registry=registry)
+        self.duration = Histogram("dynamo_component_request_duration_seconds", "Time spent processing requests by "
+                                  "work handler", self.LABELS, registry=registry, buckets=self.DURATION_BUCKETS)
+        self.request_bytes = Counter("dynamo_component_request_bytes", "Total number of bytes received in requests "
+                                     "by work handler", self.LABELS, registry=registry)
+        self.response_bytes = Counter("dynamo_component_response_bytes", "Total number of bytes sent in responses "
+                                      "by work handler", self.LABELS, registry=registry)
+        self.errors = Counter("dynamo_component_errors", "Total number of errors in work handler processing, by "
+                              "its error code", self.LABELS + ("error_type",), registry=registry)
+        registry.register(_Uptime(self.worker_label))
+        self._labels: dict[str, tuple[str, str, str, str]] = {}
+
+    def worker_label(self) -> str:
+        return format(self.worker_id(), "x")
 
     def bind(self, eid: EndpointId) -> None:
-        self._labels[eid.endpoint] = (eid.namespace, eid.component, eid.endpoint)
-        self.inflight.labels(*self._labels[eid.endpoint]).set(0)
+        labels = self._labels[eid.endpoint] = (eid.namespace, eid.component, eid.endpoint, self.worker_label())
+        for series in (self.requests, self.cancellations, self.inflight, self.duration, self.request_bytes,
+                       self.response_bytes):
+            series.labels(*labels)
 
     def start(self, endpoint: str) -> None:
         labels = self._labels.get(endpoint)
@@ -76,22 +88,35 @@ class ComponentMetrics:
 
     def end(self, endpoint: str, status: str, seconds: float, received: int = 0, sent: int = 0,
             error: str | None = None) -> None:
+        """One request done; `status`: "success", "error" or "cancelled"."""
         labels = self._labels.get(endpoint)
         if labels:
             self.inflight.labels(*labels).dec()
-            self.requests.labels(*labels, status).inc()
+            self.requests.labels(*labels).inc()
             self.duration.labels(*labels).observe(seconds)
             self.request_bytes.labels(*labels).inc(received)
             self.response_bytes.labels(*labels).inc(sent)
+            if status == "cancelled":
+                self.cancellations.labels(*labels).inc()
             if error is not None:
                 self.errors.labels(*labels, error).inc()
 
 
-def _uptime() -> Callable[[], float]:
-    import time
+class _Uptime:
+    """`dynamo_component_uptime_seconds{worker_id}`, read at scrape time (the id is the lease's, known once
+    the discovery store has started)."""
 
-    started = time.monotonic()
-    return lambda: time.monotonic() - started
+    def __init__(self, worker_label: Callable[[], str]) -> None:
+        self.worker_label, self.started = worker_label, time.monotonic()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("dynamo_component_uptime_seconds", "Total uptime of the DistributedRuntime in "
+                                   "seconds", labels=("worker_id",))
+        try:
+            family.add_metric((self.worker_label(),), time.monotonic() - self.started)
+        except RuntimeError:  # the store has not started: no id yet
+            pass
+        yield family
 
 
 class DistributedRuntime:
@@ -101,7 +126,7 @@ class DistributedRuntime:
         self.namespace = namespace
         self.settings = settings or RuntimeSettings.from_env()
         self.registry = CollectorRegistry()
-        self.metrics = ComponentMetrics(self.registry)
+        self.metrics = ComponentMetrics(self.registry, lambda: self.store.lease_id)
         self.health = HealthState(self.settings.required_endpoints(),
                                   self.settings.system_starting_health_status == "ready")
         self.server: RequestPlaneServer | None = None
@@ -126,6 +151,10 @@ class DistributedRuntime:
         return records.parse_endpoint(text, self.namespace)
 
     async def start_system_server(self, extra_metrics: Callable[[], bytes] | None = None) -> int | None:
+        if self.settings.system_enabled is not None:  # Dynamo's words: manifests that set it keep working
+            log.warning("DYN_SYSTEM_ENABLED is deprecated. System metrics server is now controlled solely by "
+                        "DYN_SYSTEM_PORT. Set DYN_SYSTEM_PORT to a positive value to enable the server, or set to "
+                        "-1 to disable (default).")
         port = self.settings.system_server_port()
         if port is None:
             return None

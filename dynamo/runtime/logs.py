@@ -8,9 +8,9 @@ record's structured fields as top-level keys.
 
 `RequestEvents` writes the request-trace lines both the frontend and the workers emit ("request
 received", "request completed", ...) with Dynamo's field names (`request_id`, `trace_id`,
-`model`, `endpoint`, `request_type`, `status`, `elapsed_ms`, `error_type`, `error_detail`). With
-JSON lines they are INFO (WARN, ERROR for cancelled and failed requests), as in Dynamo; in text
-logs they are DEBUG, so a default text log does not grow three lines per request.
+`model`, `endpoint`, `request_type`, `status`, `elapsed_ms`, `error_type`, `error_detail`). They are
+INFO (WARN, ERROR for failed requests) in text and JSON lines alike, as Dynamo 1.6.1 writes them: a
+default log has its lines per request; `DYN_LOG=info,dynamo.request=warn` leaves them out.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class RequestEvents:
 
     def enabled(self, level: int = logging.INFO) -> bool:
         """Whether an event at `level` would be written (check before building its fields)."""
-        return self.log.isEnabledFor(level if self.jsonl else logging.DEBUG)
+        return self.log.isEnabledFor(level)
 
     def emit(self, level: int, message: str, **fields: Any) -> None:
         """Write one event; its `file`/`line` are those of whoever called the caller of `emit`
@@ -83,5 +83,5 @@ class RequestEvents:
         if self.jsonl:
             self.log.log(level, message, extra={FIELDS: fields}, stacklevel=3)
         else:
-            self.log.debug("%s %s", message, " ".join(f"{k}={v}" for k, v in fields.items() if v is not None),
-                           stacklevel=3)
+            self.log.log(level, "%s %s", message, " ".join(f"{k}={v}" for k, v in fields.items() if v is not None),
+                         stacklevel=3)

@@ -15,28 +15,64 @@ from dynamo.runtime.settings import RuntimeSettings
 
 _LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
            "warning": logging.WARNING, "error": logging.ERROR, "off": logging.CRITICAL + 10}
+# Dynamo's Rust targets, as the Python loggers that write the same lines here: a directive for the target
+# (or, the longest that matches, one of its parents) sets these loggers' level. Another `dynamo_*` crate
+# maps to `dynamo.<rest>` (dynamo_mocker -> dynamo.mocker); a Python logger name is taken as it is.
+_TARGETS = {
+    "dynamo_llm::http::service::metrics": ("dynamo.request",),  # "request received" / "request completed"
+    "dynamo_llm::http::service::service_v2": ("dynamo.request",),  # "http response sent"
+    "dynamo_llm::http": ("dynamo.request", "dynamo.frontend"),
+    "dynamo_llm::kv_router": ("dynamo.router",),
+    "dynamo_llm::preprocessor": ("dynamo.llm",),
+    "dynamo_llm::mocker": ("dynamo.mocker",),
+    "dynamo_llm": ("dynamo.frontend", "dynamo.llm", "dynamo.router", "dynamo.request"),
+    "dynamo_runtime": ("dynamo.runtime",),
+    "dynamo_kv_router": ("dynamo.router",),
+}
+
+
+def log_directives(spec: str, default: str = "info") -> tuple[int, dict[str, int]]:
+    """`DYN_LOG` in Dynamo's (tracing's EnvFilter) syntax: a bare level is the default for every logger,
+    `target=level` the level of that target and its children (`warn,dynamo=debug`: this project's loggers
+    at debug, third-party ones at warn). (the default level, {Python logger: level})."""
+    level, loggers = _LEVELS.get(default, logging.INFO), {}
+    for part in spec.split(","):
+        target, _, name = part.strip().lower().rpartition("=")
+        if name not in _LEVELS:
+            continue
+        if not target:
+            level = _LEVELS[name]
+            continue
+        for logger in _loggers_of(target):
+            loggers[logger] = _LEVELS[name]
+    return level, loggers
+
+
+def _loggers_of(target: str) -> tuple[str, ...]:
+    if "::" not in target and not target.startswith("dynamo_"):
+        return (target,)  # a Python logger (dynamo, dynamo.frontend, uvicorn)
+    for prefix in sorted(_TARGETS, key=len, reverse=True):
+        if target == prefix or target.startswith(prefix + "::"):
+            return _TARGETS[prefix]
+    crate = target.split("::", 1)[0]
+    return (f"dynamo.{crate.removeprefix('dynamo_')}",)
 
 
 def log_level_from_env(default: str = "info", settings: RuntimeSettings | None = None) -> int:
-    """`DYN_LOG` uses RUST_LOG syntax (`info`, `dynamo=debug,warn`): take the bare level if any.
+    """The default level of `DYN_LOG` (see `log_directives`).
 
     Reading the settings here, first thing in every entry point, also makes a malformed
     runtime variable stop the process at start-up with its name, not later mid-serve."""
     spec = (settings or RuntimeSettings.from_env()).log
-    spec = default if spec is None else spec
-    level = default
-    for part in spec.split(","):
-        part = part.strip().lower()
-        if part and "=" not in part:
-            level = part
-        elif part.startswith("dynamo=") or part.startswith("dynamo::"):
-            level = part.split("=", 1)[-1]
-    return _LEVELS.get(level, logging.INFO)
+    return log_directives(default if spec is None else spec, default)[0]
 
 
 def configure_logging() -> None:
     settings = RuntimeSettings.from_env()
-    logging.basicConfig(level=log_level_from_env(settings=settings), handlers=[log_handler(settings.logging_jsonl)])
+    level, loggers = log_directives(settings.log or "info")
+    logging.basicConfig(level=level, handlers=[log_handler(settings.logging_jsonl)])
+    for name, target_level in loggers.items():
+        logging.getLogger(name).setLevel(target_level)
 
 
 def _loop_factory():

@@ -25,7 +25,6 @@ from typing import Any, Mapping
 from dynamo.runtime.config import env_names, from_namespace, setting
 
 DEFAULT_NATS_SERVER = "nats://localhost:4222"
-DEFAULT_SYSTEM_PORT = 8081  # what DYN_SYSTEM_ENABLED=true alone listens on
 DISCOVERY_BACKENDS = ("file", "etcd", "mem", "kubernetes")
 DEFAULT_ETCD_ENDPOINTS = "http://localhost:2379"
 EVENT_PLANES = ("zmq", "nats")
@@ -138,9 +137,9 @@ class RuntimeSettings:
                                                             "certificates against (makes TLS mutual)",
                                                       flag="--tcp-tls-client-ca-cert-path")
     # system server, logging, shutdown
-    system_enabled: bool | None = setting(None, "Run the system server (alone: on port 8081; false: never)",
-                                          flag=False)
-    system_port: int | None = setting(None, "System server port (enables it)", flag=False)
+    system_enabled: bool | None = setting(None, "Deprecated, as in Dynamo 1.6.1: ignored with a warning "
+                                          "(DYN_SYSTEM_PORT alone runs the system server)", flag=False)
+    system_port: int | None = setting(None, "System server port (enables it; 0: any free port, -1: off)", flag=False)
     system_host: str = setting("0.0.0.0", "System server bind host", flag=False)
     log: str | None = setting(None, "Log level in RUST_LOG syntax (info, dynamo=debug,warn)", flag=False)
     logging_jsonl: bool = setting(False, "Write logs as JSON lines (time, level, target, message, fields) "
@@ -218,13 +217,11 @@ class RuntimeSettings:
         return self.nats_server or DEFAULT_NATS_SERVER
 
     def system_server_port(self) -> int | None:
-        """DYN_SYSTEM_PORT enables the server; DYN_SYSTEM_ENABLED=true alone uses 8081;
-        DYN_SYSTEM_ENABLED=false wins over a port."""
-        if self.system_enabled is False:
+        """DYN_SYSTEM_PORT alone decides, as in Dynamo 1.6.1 (a manifest's DYN_SYSTEM_ENABLED=false beside a port
+        still gets the server its probes and scrapes expect): a port runs it, none or a negative one does not."""
+        if self.system_port is None or self.system_port < 0:
             return None
-        if self.system_port is not None:
-            return self.system_port
-        return DEFAULT_SYSTEM_PORT if self.system_enabled else None
+        return self.system_port
 
 
 _ENV_NAMES = tuple(name for f in fields(RuntimeSettings) for name in env_names(f))

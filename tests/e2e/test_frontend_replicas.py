@@ -60,7 +60,7 @@ def test_a_client_that_leaves_a_forwarded_stream_stops_it_on_the_owner(replicas)
     first = a.responses.create(model="tiny", input="Start a long story.", max_output_tokens=8)
 
     def cut() -> float:
-        return metric_value(http_get(urls[0] + "/metrics")[1].decode(), "dynamo_frontend_disconnected_clients_total") or 0
+        return metric_value(http_get(urls[0] + "/metrics")[1].decode(), "dynamo_frontend_disconnected_clients") or 0
 
     before = cut()
     with httpx.stream("POST", urls[1] + "/v1/responses", timeout=60, json={

@@ -173,7 +173,7 @@ def test_a_stream_the_client_cancels_stops_its_requests(stack, client):
     def metric(name: str, **labels) -> float:
         text = http_get(cluster.base_url + "/metrics")[1].decode()
         return metric_value(text, name, {"model": "tiny", **labels}) or 0.0
-    cancelled = metric("dynamo_frontend_requests_total", endpoint="completions", status="cancelled")
+    cancelled = metric("dynamo_frontend_requests_total", endpoint="completions", error_type="cancelled")
     client.start_stream(callback=lambda result, error: results.put((result, error)))
     client.async_stream_infer("tiny", inputs("a long story", stream=True), request_id="long",
                               parameters={"max_tokens": 2000, "ignore_eos": True})
@@ -181,7 +181,7 @@ def test_a_stream_the_client_cancels_stops_its_requests(stack, client):
     assert error is None and texts(result, "finish_reason") == [""], error and error.message()
     client.stop_stream(cancel_requests=True)
     wait_until(lambda: metric("dynamo_frontend_inflight_requests") == 0, 30, "the cancelled request to end")
-    assert metric("dynamo_frontend_requests_total", endpoint="completions", status="cancelled") == cancelled + 1
+    assert metric("dynamo_frontend_requests_total", endpoint="completions", error_type="cancelled") == cancelled + 1
 
 
 def test_tls_with_a_client_certificate(stack, tmp_path):

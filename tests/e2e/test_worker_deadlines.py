@@ -49,8 +49,11 @@ def complete(base_url: str, stream: bool = False) -> httpx.Response:
 
 def worker_generate_requests(worker, status: str) -> float:
     text = http_get(f"http://127.0.0.1:{worker.system_port}/metrics")[1].decode()
-    return metric_value(text, "dynamo_component_requests_total", {"dynamo_endpoint": "generate",
-                                                                   "status": status}) or 0.0
+    generate = {"dynamo_endpoint": "generate"}
+    assert status == "success"  # neither cancelled nor failed
+    return ((metric_value(text, "dynamo_component_requests_total", generate) or 0.0)
+            - (metric_value(text, "dynamo_component_cancellation_total", generate) or 0.0)
+            - (metric_value(text, "dynamo_component_errors_total", generate) or 0.0))
 
 
 def test_a_frozen_worker_times_out_and_the_request_completes_on_another(cluster):

@@ -79,7 +79,7 @@ def test_client_disconnect_frees_the_request_in_the_worker(cluster):
     wait_until(lambda: inflight() == 0, 15, "worker in-flight count back to 0")
     text = http_get(metrics_url)[1].decode()
     assert metric_value(text, "dynamo_mocker_running_requests") == 0
-    assert metric_value(text, "dynamo_component_requests_total", {"status": "cancelled"}) == 1
+    assert metric_value(text, "dynamo_component_cancellation_total", {"dynamo_endpoint": "generate"}) == 1
 
 
 def test_worker_health_and_graceful_shutdown(cluster):

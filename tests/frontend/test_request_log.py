@@ -1,14 +1,15 @@
-"""Request identity in the frontend (request_log.py): the client's x-dynamo-request-id, W3C
-traceparent, and the wire ids built from them."""
+"""Request identity in the frontend (request_log.py): the client's x-dynamo-request-id and x-request-id,
+W3C traceparent, and the wire ids built from them."""
 
 from __future__ import annotations
 
+import io
+import logging
 import uuid
 
 import pytest
 
-from dynamo.frontend.errors import ApiError
-from dynamo.frontend.request_log import adopt_client_id, error_type, start_trace, trace_id_of
+from dynamo.frontend.request_log import adopt_client_id, echo_request_id, start_trace, trace_id_of
 from dynamo.runtime.logs import RequestEvents
 
 RID = "0b6c7e5a-3f0e-4c8e-9a51-2d9c1f1a7e42"
@@ -22,9 +23,19 @@ async def _send(message: dict) -> None:
     return None
 
 
-def traced(s: dict):
-    trace, _ = start_trace(RequestEvents(jsonl=False), s, _send)
+def traced(s: dict, events: RequestEvents | None = None):
+    trace, _ = start_trace(events or RequestEvents(jsonl=False), s, _send)
     return trace
+
+
+def text_events() -> tuple[RequestEvents, io.StringIO]:
+    stream = io.StringIO()
+    logger = logging.getLogger("test.request_log")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger.handlers[:], logger.propagate = [handler], False
+    logger.setLevel(logging.INFO)
+    return RequestEvents(jsonl=False, logger=logger), stream
 
 
 def test_the_clients_request_id_is_taken_written_canonically():
@@ -44,12 +55,28 @@ def test_without_a_header_the_request_gets_a_fresh_uuid():
 
 
 @pytest.mark.parametrize("bad", ["NOT-A-VALID-UUID", "", "1234"])
-def test_a_request_id_that_is_not_a_uuid_is_a_400(bad):
-    s = scope(x_dynamo_request_id=bad)
-    trace = traced(s)
-    with pytest.raises(ApiError) as exc:
-        adopt_client_id(trace, s)
-    assert exc.value.status == 400 and "must be a valid UUID" in exc.value.message
+def test_a_request_id_that_is_not_a_uuid_is_ignored_with_a_warning_as_in_dynamo(bad):
+    s = scope(x_dynamo_request_id=bad, x_request_id="client-7")
+    events, stream = text_events()
+    trace = traced(s, events)
+    made = trace.request_id
+    adopt_client_id(trace, s)
+    assert trace.request_id == made and not trace.client_id  # the request goes on under its own id
+    assert stream.getvalue() == (f"WARNING x-dynamo-request-id header must be a valid UUID, got: {bad} "
+                                 f"request_id={made} trace_id={trace.trace_id} x_request_id=client-7\n")
+
+
+async def test_the_clients_x_request_id_is_echoed_on_the_response():
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+    echoing = echo_request_id(scope(x_request_id="abc-1"), send)
+    await echoing({"type": "http.response.start", "status": 404, "headers": [(b"content-type", b"text/plain")]})
+    await echoing({"type": "http.response.body", "body": b"x"})
+    assert sent[0]["headers"] == [(b"content-type", b"text/plain"), (b"x-request-id", b"abc-1")]
+    assert sent[1] == {"type": "http.response.body", "body": b"x"}
+    assert echo_request_id(scope(), send) is send  # none sent: nothing added, nothing wrapped
 
 
 def test_a_clients_id_sent_twice_gives_distinct_wire_ids_that_contain_it():
@@ -72,7 +99,11 @@ def test_an_invalid_traceparent_gets_a_fresh_trace_id(parent):
     assert len(made) == 32 and int(made, 16) and made not in parent
 
 
-@pytest.mark.parametrize("status, kind", [(404, "not_found"), (400, "invalid_request"), (529, "overloaded"),
-                                          (504, "timeout"), (502, "internal")])
-def test_error_types_by_status(status, kind):
-    assert error_type(status) == kind
+def test_every_request_line_carries_the_clients_x_request_id():
+    events, stream = text_events()
+    trace = traced(scope(x_request_id="mine"), events)
+    trace.received("m", "completions", "unary")
+    trace.completed()
+    lines = stream.getvalue().splitlines()
+    assert [line.split(" request_id")[0] for line in lines] == ["INFO request received", "INFO request completed"]
+    assert all("x_request_id=mine" in line for line in lines)

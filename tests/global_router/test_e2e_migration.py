@@ -56,8 +56,7 @@ def cluster(tiny_model, tmp_path_factory):
 
 def cancelled(worker) -> float:
     text = http_get(f"http://127.0.0.1:{worker.system_port}/metrics")[1].decode()
-    return metric_value(text, "dynamo_component_requests_total",
-                        {"dynamo_endpoint": "generate", "status": "cancelled"}) or 0.0
+    return metric_value(text, "dynamo_component_cancellation_total", {"dynamo_endpoint": "generate"}) or 0.0
 
 
 def test_a_client_going_away_cancels_the_pool_workers_generation(cluster):

@@ -247,7 +247,7 @@ async def _cancel_before_first_output(cluster, router_url: str, worker) -> None:
     client, store, stream = RequestPlaneClient(), None, None
     try:
         store, address = await _service_address(cluster, "generate")
-        await asyncio.to_thread(wait_until, lambda: "worker_id=" in metrics(router_url), 60,
+        await asyncio.to_thread(wait_until, lambda: "_worker_active_decode_blocks{" in metrics(router_url), 60,
                                 "the service to see the worker")
         stream = await client.open_stream(address, "generate", request_encoder.encode(request))
         await asyncio.to_thread(wait_until, lambda: booked() > 0 and worker_metric(
@@ -255,9 +255,9 @@ async def _cancel_before_first_output(cluster, router_url: str, worker) -> None:
         stream.cancel()
         await asyncio.to_thread(wait_until, lambda: booked() == 0, 30, "the service to free its booking")
         await asyncio.to_thread(wait_until, lambda: worker_metric(
-            "dynamo_component_requests_total", {"dynamo_endpoint": "generate", "status": "cancelled"}) == 1, 30,
+            "dynamo_component_cancellation_total", {"dynamo_endpoint": "generate"}) == 1, 30,
             "the worker to see the cancel")
-        assert worker_metric("dynamo_component_requests_total", {"dynamo_endpoint": "generate", "status": "success"}) == 0
+        assert worker_metric("dynamo_component_requests_total", {"dynamo_endpoint": "generate"}) == 1  # that one
     finally:
         await client.close()
         if store is not None:

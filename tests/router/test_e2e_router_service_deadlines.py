@@ -42,7 +42,7 @@ def cluster(tiny_model, tmp_path_factory):
             "--first-token-timeout-secs", str(FIRST_TOKEN_SECS), "--dump-config-to", str(c.dump)],
             env={"DYN_SYSTEM_PORT": str(port), "DYN_STREAM_IDLE_TIMEOUT_SECS": str(IDLE_SECS)}, name="router")
         c.router_url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
-        wait_until(lambda: "worker_id=" in router_metrics(c), 60, "the service to see the worker")
+        wait_until(lambda: "_worker_active_decode_blocks{" in router_metrics(c), 60, "the service to see the worker")
         yield c
     finally:
         c.worker.thaw()
@@ -63,8 +63,13 @@ def worker_metric(cluster, name: str, labels: dict | None = None) -> float:
 
 
 def generate_requests(cluster, status: str) -> float:
-    return worker_metric(cluster, "dynamo_component_requests_total", {"dynamo_endpoint": "generate",
-                                                                      "status": status})
+    """The worker's generate requests that ended as `status` ("success": neither cancelled nor failed)."""
+    generate = {"dynamo_endpoint": "generate"}
+    cancelled = worker_metric(cluster, "dynamo_component_cancellation_total", generate)
+    if status == "cancelled":
+        return cancelled
+    return (worker_metric(cluster, "dynamo_component_requests_total", generate) - cancelled
+            - worker_metric(cluster, "dynamo_component_errors_total", generate))
 
 
 def request(max_tokens: int, seed: int) -> bytes:

@@ -63,15 +63,16 @@ def test_request_events_are_info_in_json_lines():
     assert (last["level"], last["status"]) == ("ERROR", "error")
 
 
-@pytest.mark.parametrize("level, written", [(logging.INFO, False), (logging.DEBUG, True)])
-def test_request_events_are_debug_in_text_logs(level, written):
-    """A default (info) text log does not grow a line per request event; debug shows them, fields inline."""
+@pytest.mark.parametrize("level, written", [(logging.INFO, True), (logging.WARNING, False)])
+def test_request_events_are_info_in_text_logs_too(level, written):
+    """As Dynamo 1.6.1 writes them: a default (info) text log has the request lines, fields inline; a
+    logger set above INFO leaves them out."""
     logger, stream = capture(jsonl=False, level=level)
     events = RequestEvents(jsonl=False, logger=logger)
-    assert events.enabled(logging.ERROR) is written
-    events.emit(logging.ERROR, "request completed", request_id="r1", error_type=None, status="error")
+    assert events.enabled(logging.INFO) is written
+    events.emit(logging.INFO, "request received", request_id="r1", session_id=None, model="m")
     text = stream.getvalue()
-    assert (text == "DEBUG request completed request_id=r1 status=error\n") if written else text == ""
+    assert (text == "INFO request received request_id=r1 model=m\n") if written else text == ""
 
 
 @pytest.mark.parametrize("raw, value", [("1", True), ("true", True), ("0", False), ("", False)])

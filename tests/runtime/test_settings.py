@@ -16,7 +16,7 @@ from dynamo.runtime.config import build_parser, parse_config
 from dynamo.runtime.discovery.file_layout import default_root
 from dynamo.runtime.distributed import advertise_host
 from dynamo.runtime.event_plane.base import resolve_kind
-from dynamo.runtime.process import log_level_from_env
+from dynamo.runtime.process import log_directives, log_level_from_env
 from dynamo.runtime.settings import RuntimeSettings
 
 # (variable, field, default, a value as text, that value parsed)
@@ -78,12 +78,39 @@ def test_only_variables_dynamo_takes_as_flags_get_one():
 @pytest.mark.parametrize("environ, port", [
     ({}, None),
     ({"DYN_SYSTEM_PORT": "9090"}, 9090),
-    ({"DYN_SYSTEM_ENABLED": "true"}, 8081),
+    ({"DYN_SYSTEM_PORT": "0"}, 0),  # any free port
+    ({"DYN_SYSTEM_PORT": "-1"}, None),  # Dynamo's "off"
+    # Dynamo 1.6.1: DYN_SYSTEM_ENABLED is deprecated, the port alone decides (false beside a port still serves)
+    ({"DYN_SYSTEM_ENABLED": "true"}, None),
     ({"DYN_SYSTEM_ENABLED": "true", "DYN_SYSTEM_PORT": "9090"}, 9090),
-    ({"DYN_SYSTEM_ENABLED": "false", "DYN_SYSTEM_PORT": "9090"}, None),
+    ({"DYN_SYSTEM_ENABLED": "false", "DYN_SYSTEM_PORT": "9090"}, 9090),
 ])
 def test_system_server_port(environ, port):
     assert RuntimeSettings.from_env(environ).system_server_port() == port
+
+
+@pytest.mark.parametrize("spec, default, loggers", [
+    ("warn", logging.WARNING, {}),
+    ("warn,dynamo_llm::http::service::metrics=info", logging.WARNING, {"dynamo.request": logging.INFO}),
+    ("dynamo=debug,warn", logging.WARNING, {"dynamo": logging.DEBUG}),  # order does not matter
+    ("warn,dynamo=debug", logging.WARNING, {"dynamo": logging.DEBUG}),  # third-party loggers stay at warn
+    ("dynamo_runtime=debug", logging.INFO, {"dynamo.runtime": logging.DEBUG}),
+    ("info,dynamo_llm::kv_router::scheduler=trace", logging.INFO, {"dynamo.router": logging.DEBUG}),
+    ("error,dynamo_mocker=debug,dynamo.frontend=warn,uvicorn=off", logging.ERROR,
+     {"dynamo.mocker": logging.DEBUG, "dynamo.frontend": logging.WARNING, "uvicorn": logging.CRITICAL + 10}),
+    ("chatty,dynamo=loud", logging.INFO, {}),  # not levels: ignored
+])
+def test_dyn_log_directives_as_dynamos_env_filter(spec, default, loggers):
+    assert log_directives(spec) == (default, loggers)
+
+
+def test_a_target_directive_sets_its_children_and_leaves_other_loggers_at_the_default():
+    level, loggers = log_directives("warn,dynamo=debug")
+    root = logging.Manager(logging.RootLogger(level))  # a logger tree of its own, as configure_logging sets one up
+    for name, target_level in loggers.items():
+        root.getLogger(name).setLevel(target_level)
+    assert root.getLogger("dynamo.frontend.http_app").getEffectiveLevel() == logging.DEBUG
+    assert root.getLogger("httpx").getEffectiveLevel() == logging.WARNING
 
 
 def test_read_at_call_time_parsed_once(monkeypatch):
@@ -107,7 +134,7 @@ def test_consumers_use_the_settings_they_are_given():
     assert s({}).nats_url() == "nats://localhost:4222"
     assert default_root(s({"DYN_FILE_KV": "/srv/kv"})) == "/srv/kv"
     assert default_root(s({})) == os.path.join(tempfile.gettempdir(), "dynamo_store_kv")
-    assert log_level_from_env(settings=s({"DYN_LOG": "warn,dynamo=debug"})) == logging.DEBUG
+    assert log_level_from_env(settings=s({"DYN_LOG": "warn,dynamo=debug"})) == logging.WARNING  # the default
     assert log_level_from_env(settings=s({"DYN_LOG": "warn"})) == logging.WARNING
     assert log_level_from_env("error", settings=s({})) == logging.ERROR
 

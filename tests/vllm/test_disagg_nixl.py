@@ -10,7 +10,7 @@ import pytest
 
 from tests.fixtures.procs import wait_until
 from tests.vllm.conftest import MODEL, VllmCluster
-from tests.vllm.disagg_helpers import PROMPTS, MAX_TOKENS, check_token_exact, instances, start_pair, worker_metric
+from tests.vllm.disagg_helpers import PROMPTS, MAX_TOKENS, check_token_exact, instances, served, start_pair
 
 # Engine start-ups in the module fixture count against the first test: minutes on a busy 2-core box.
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -31,7 +31,7 @@ def test_nixl_token_exact_with_vllm_aggregated(env):
 
 
 def test_prefill_worker_killed_falls_back_to_aggregated_decode(env):
-    served = worker_metric(env["decode"], "dynamo_component_requests_total", {"status": "success"})
+    before = served(env["decode"])
     env["prefill"].kill()
     client = openai.OpenAI(base_url=env["url"] + "/v1", api_key="x", max_retries=0, timeout=120)
     for _ in range(2):  # before and after discovery notices
@@ -40,4 +40,4 @@ def test_prefill_worker_killed_falls_back_to_aggregated_decode(env):
     wait_until(lambda: instances(env["url"], MODEL) == 1, 30, "prefill worker to leave discovery")
     resp = client.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=MAX_TOKENS, temperature=0)
     assert resp.choices[0].text == env["tokenizer"].decode(env["reference"][0])
-    assert worker_metric(env["decode"], "dynamo_component_requests_total", {"status": "success"}) == served + 3
+    assert served(env["decode"]) == before + 3
