@@ -81,11 +81,9 @@ async def wire_inputs(req: "EmbeddingRequest", pipeline, request_id: str) -> lis
 
 
 def pooling_prompt(pipeline, item: str | list[int], param: str) -> list[int]:
-    """One pooling input's token ids (text or ids), PreprocessError naming `param` when they do not fit the
-    context with the one position the engine's pooling step takes."""
-    ids = pipeline.completion_prompt_ids(item, param)
-    pipeline.max_tokens_for(ids, 1, param)
-    return ids
+    """One pooling input's token ids (text or ids), PreprocessError naming `param` when they are empty or do
+    not fit the context (a pooled input may fill all of it, as vLLM allows: nothing is generated after it)."""
+    return pipeline.pooling_prompt_ids(item, param)
 
 
 def pooling_request(model: str, request_id: str, ids: list[int], task: str,

@@ -8,7 +8,9 @@ the frontend's output stage (`dynamo.frontend.output`) stacks the parsers on top
 Prompt building is synchronous and may take long on a big input; the frontend runs it off
 the event loop for big bodies. A prompt that cannot fit the model's context is refused from
 a length bound (`PromptBound`) before templating and again before tokenization, and a
-tokenized prompt over the context never becomes a Python list."""
+tokenized prompt over the context never becomes a Python list. A prompt to generate from needs
+room for one output token (at most context - 1 tokens); a pooling input (embeddings,
+classification, a cross-encoder's pair) may fill the whole context, as vLLM's pooling runner takes."""
 
 from __future__ import annotations
 
@@ -92,23 +94,27 @@ class ModelPipeline:
             return None
 
     # -- prompts ---------------------------------------------------------------------------
-    def _check_bound(self, n_chars: int, param: str) -> None:
+    def max_prompt_tokens(self, pooling: bool = False) -> int:
+        """The longest prompt this model takes: the whole context for pooling, one less to generate."""
+        return self.context_length if pooling else self.context_length - 1
+
+    def _check_bound(self, n_chars: int, param: str, pooling: bool = False) -> None:
         """Refuse from the text's length alone when it surely needs more tokens than fit."""
         at_least = self.bound.min_tokens(n_chars)
-        if at_least >= self.context_length:
+        if at_least > self.max_prompt_tokens(pooling):
             raise PreprocessError(
                 f"This model's maximum context length is {self.context_length} tokens. However, your prompt is "
-                f"at least {at_least} tokens long ({n_chars} characters), leaving no room for output.",
+                f"at least {at_least} tokens long ({n_chars} characters){_NO_ROOM[pooling]}.",
                 param, "context_length_exceeded", ContextOverflow(at_least, self.context_length))
 
-    def encode_prompt(self, text: str, param: str) -> list[int]:
+    def encode_prompt(self, text: str, param: str, pooling: bool = False) -> list[int]:
         """`text`'s token ids; PreprocessError naming `param` when they do not fit the context."""
         started = time.perf_counter()
-        count, ids = self.encoder.encode_capped(text, self.context_length)
+        count, ids = self.encoder.encode_capped(text, self.max_prompt_tokens(pooling) + 1)
         if self.observe is not None:
             self.observe("tokenize", time.perf_counter() - started)
         if ids is None:
-            raise _too_long(self.context_length, count, param)
+            raise _too_long(self.context_length, count, param, pooling)
         return ids
 
     def encode_cost(self, text: str) -> EncodeCost:
@@ -152,31 +158,40 @@ class ModelPipeline:
         self._check_bound(len(text), "messages")
         return text
 
-    def completion_prompt_ids(self, prompt: str | list, param: str = "prompt") -> list[int]:
+    def completion_prompt_ids(self, prompt: str | list, param: str = "prompt", pooling: bool = False) -> list[int]:
+        """A text or token-id prompt's ids; `pooling`: an input that may fill the whole context."""
         if prompt and isinstance(prompt, list) and isinstance(prompt[0], str):
             prompt = prompt[0]
         if isinstance(prompt, str):
-            self._check_bound(len(prompt), param)
-            return self.encode_prompt(prompt, param)
+            self._check_bound(len(prompt), param, pooling)
+            return self.encode_prompt(prompt, param, pooling)
         ids = prompt[0] if prompt and isinstance(prompt[0], list) else prompt
-        if len(ids) >= self.context_length:
-            raise _too_long(self.context_length, len(ids), param)
+        if len(ids) > self.max_prompt_tokens(pooling):
+            raise _too_long(self.context_length, len(ids), param, pooling)
         vocab = self.tokenizer.vocab_size
         # One C-level pass per check instead of a Python loop per token (long prompts).
         if ids and (not all(issubclass(t, int) for t in set(map(type, ids))) or min(ids) < 0 or max(ids) >= vocab):
             raise PreprocessError(f"token ids in `{param}` must be in [0, {vocab})", param)
         return list(ids)
 
+    def pooling_prompt_ids(self, prompt: str | list[int], param: str) -> list[int]:
+        """One pooling input's ids (embeddings, classification): up to the whole context, never empty."""
+        ids = self.completion_prompt_ids(prompt, param, pooling=True)
+        if not ids:
+            raise PreprocessError("the prompt is empty after tokenization", param)
+        return ids
+
     # -- the budget ------------------------------------------------------------------------
     def pair_prompts(self, pairs: list[tuple[str, str]], fmt: PairFormat, params: list[str]) -> list[PairTokens]:
         """Each (query, document) pair's prompt for a cross-encoder (`rerank_pairs`); PreprocessError naming
-        the pair's `params[i]` when it cannot fit the context (first by its length, before tokenizing)."""
+        the pair's `params[i]` when it cannot fit the context (first by its length, before tokenizing). A
+        pair is pooled: it may fill the whole context."""
         for (query, document), param in zip(pairs, params):
-            self._check_bound(len(query) + len(document), param)
+            self._check_bound(len(query) + len(document), param, pooling=True)
         prompts = pair_tokens(self.tokenizer, pairs, fmt)
         for prompt, param in zip(prompts, params):
-            if len(prompt.ids) >= self.context_length:
-                raise _too_long(self.context_length, len(prompt.ids), param)
+            if len(prompt.ids) > self.context_length:
+                raise _too_long(self.context_length, len(prompt.ids), param, pooling=True)
         return prompts
 
     def max_tokens_for(self, token_ids: list[int], requested: int | None, param: str) -> int:
@@ -202,10 +217,14 @@ class ModelPipeline:
         return TextAssembler(self.tokenizer, stops or [], skip_special_tokens, include_stop)
 
 
-def _too_long(context_length: int, prompt_len: int, param: str) -> PreprocessError:
+# How a refusal ends: a prompt to generate from must leave room for output; a pooling input need not.
+_NO_ROOM = {False: ", leaving no room for output", True: ""}
+
+
+def _too_long(context_length: int, prompt_len: int, param: str, pooling: bool = False) -> PreprocessError:
     return PreprocessError(
         f"This model's maximum context length is {context_length} tokens. However, your prompt is "
-        f"{prompt_len} tokens long, leaving no room for output.", param, "context_length_exceeded",
+        f"{prompt_len} tokens long{_NO_ROOM[pooling]}.", param, "context_length_exceeded",
         ContextOverflow(prompt_len, context_length))
 
 

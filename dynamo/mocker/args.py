@@ -19,7 +19,7 @@ from dynamo.llm.media import MediaSettings
 from dynamo.runtime.config import setting
 from dynamo.runtime.config_dump import DumpConfigTo
 from dynamo.runtime.settings import discovery_backend_setting, event_plane_setting
-from dynamo.worker.engine_args import ModelCardArgs
+from dynamo.worker.engine_args import ModelCardArgs, check_endpoint, endpoint_setting, migration_limit_setting
 from dynamo.worker.hub_cache import cached_snapshot, is_repo_id
 from dynamo.worker.model_files import local_model_dir
 from dynamo.worker.role import WorkerRole
@@ -38,9 +38,7 @@ class MockerArgs(ModelCardArgs, MediaSettings, DumpConfigTo):
 
     model_path: str | None = setting(None, "Model directory or HF id (tokenizer and config.json source)")
     model_name: str | None = setting(None, "Served model name (default: derived from --model-path)")
-    endpoint: str | None = setting(
-        None, "Endpoint dyn://namespace.component.endpoint (default: backend.generate, prefill: prefill.generate)"
-    )
+    endpoint: str | None = endpoint_setting()
     num_gpu_blocks_override: int = setting(16384, "KV cache capacity in blocks")
     block_size: int = setting(64, "Tokens per KV block")
     max_num_seqs: int = setting(256, "Maximum running sequences per step")
@@ -80,7 +78,7 @@ class MockerArgs(ModelCardArgs, MediaSettings, DumpConfigTo):
     namespace: str = setting("dynamo", "Dynamo namespace", env="DYN_NAMESPACE")
     discovery_backend: str = discovery_backend_setting()
     event_plane: str | None = event_plane_setting()
-    migration_limit: int = setting(0, "Times a request may migrate to another worker on failure")
+    migration_limit: int = migration_limit_setting()
     planner_profile_data: str | None = setting(
         None, "Profiler results (dir with selected_*_interpolation/raw_data.npz or *_raw_data.json, or a "
         "mocker .npz): step timings follow the measured TTFT/ITL instead of the polynomial model")
@@ -92,6 +90,7 @@ class MockerArgs(ModelCardArgs, MediaSettings, DumpConfigTo):
 
     def validate(self) -> None:
         self.check_card_args()
+        check_endpoint(self.endpoint)
         self.media_policy()  # ValueError for a limit that is not positive
         positive = ("num_gpu_blocks_override", "block_size", "max_num_seqs", "max_num_batched_tokens")
         for name in positive:

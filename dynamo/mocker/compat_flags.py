@@ -12,6 +12,7 @@ from typing import Mapping, Sequence
 
 from dynamo.mocker.args import MockerArgs
 from dynamo.runtime.compat_args import CompatFlags, parse_with_compat
+from dynamo.worker.engine_args import migration_limit_warnings
 
 _ROUTER = "a router setting: the mocker does not route (give it to the frontend or `python -m dynamo.router`)"
 _ENGINE = "only vLLM-style scheduling is simulated here"
@@ -75,7 +76,8 @@ def parse_mocker_args(argv: Sequence[str] | None = None, environ: Mapping[str, s
     """(the mocker's args, a warning per Dynamo flag accepted without effect); exits 2 on a bad one."""
     args, warnings = parse_with_compat(MockerArgs, MOCKER_FLAGS, argv, prog="python -m dynamo.mocker",
                                        environ=environ, vet=_one_worker)
-    return args, [w for w in warnings if not w.startswith("--num-workers ")]  # 1 is what runs
+    kept = [w for w in warnings if not w.startswith("--num-workers ")]  # 1 is what runs
+    return args, kept + migration_limit_warnings(args.migration_limit)
 
 
 def _one_worker(given: dict, error) -> None:

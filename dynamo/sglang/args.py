@@ -25,8 +25,8 @@ from typing import Any, Sequence
 from dynamo.runtime.compat_args import compat_removed, export_runtime_flags
 from dynamo.runtime.config import add_arguments, from_namespace, setting
 from dynamo.llm.media import MediaSettings
-from dynamo.worker.engine_args import (EngineWorkerArgs, check_limits_and_types, endpoint_types_setting,
-                                       parse_endpoint_types)
+from dynamo.worker.engine_args import (EngineWorkerArgs, check_endpoint, check_limits_and_types, endpoint_types_setting,
+                                       migration_limit_setting, migration_limit_warnings, parse_endpoint_types)
 from dynamo.worker.compat_flags import MM_TEXT, SGLANG_FLAGS
 from dynamo.worker.flag_table import add_static_flags, classify, write_table
 from dynamo.worker.role import WorkerRole
@@ -39,7 +39,7 @@ SERVER_SECRET_FIELDS = ("api_key", "admin_api_key", "ssl_keyfile_password")
 class DynamoSglangArgs(EngineWorkerArgs, MediaSettings):
     """SGLang engine worker: serves a model with SGLang's in-process Engine behind a Dynamo frontend."""
 
-    migration_limit: int = setting(0, "Times a request may migrate to another worker (stored in the model card)")
+    migration_limit: int = migration_limit_setting()
     engine_request_limit: int = setting(0, "Requests in flight beyond which new ones are refused as overloaded "
                                            "(0: no limit)")
     endpoint_types: str = endpoint_types_setting()
@@ -52,6 +52,7 @@ class DynamoSglangArgs(EngineWorkerArgs, MediaSettings):
 
     def validate(self) -> None:
         self.check_card_args()
+        check_endpoint(self.endpoint)
         check_limits_and_types(self.migration_limit, self.engine_request_limit, self.endpoint_types)
         self.media_policy()  # ValueError for a limit that is not positive
 
@@ -148,7 +149,7 @@ def parse_split(argv: Sequence[str] | None = None, use_sglang: bool | None = Non
         config.validate()
     except ValueError as exc:
         parser.error(str(exc))
-    return config, engine_ns, warnings, parser
+    return config, engine_ns, warnings + migration_limit_warnings(config.migration_limit), parser
 
 
 def regenerate_flags(path: str) -> None:

@@ -28,7 +28,8 @@ from dynamo.trtllm.dynamic_flags import (
     split_dynamic_flags,
 )
 from dynamo.worker.compat_flags import TRTLLM_FLAGS
-from dynamo.worker.engine_args import EngineWorkerArgs, endpoint_types_setting, parse_endpoint_types
+from dynamo.worker.engine_args import (EngineWorkerArgs, check_endpoint, endpoint_types_setting, migration_limit_setting,
+                                       migration_limit_warnings, parse_endpoint_types)
 from dynamo.worker.role import MODE_CHOICES, WorkerRole
 
 DEFAULT_MODEL = "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
@@ -73,12 +74,13 @@ class DynamoTrtllmArgs(EngineWorkerArgs):
                        choices=["text", "multimodal"])
     guided_decoding_backend: str | None = _t(None, "Guided decoding backend (xgrammar, llguidance)",
                                              "GUIDED_DECODING_BACKEND", choices=["xgrammar", "llguidance"])
-    migration_limit: int = setting(0, "Times a request may migrate to another worker (stored in the model card)")
+    migration_limit: int = migration_limit_setting()
     engine_request_limit: int = setting(0, "Requests in flight beyond which new ones are refused (0: no limit)")
     endpoint_types: str = endpoint_types_setting()
 
     def validate(self) -> None:
         self.check_card_args()
+        check_endpoint(self.endpoint)
         for name in ("tensor_parallel_size", "pipeline_parallel_size", "max_batch_size", "max_num_tokens",
                      "max_beam_width", "kv_block_size"):
             if getattr(self, name) <= 0:
@@ -172,4 +174,4 @@ def parse_worker_args(argv=None) -> tuple[DynamoTrtllmArgs, list[str]]:
         config.override_engine_args = merged_override_json(config.override_engine_args, overrides)
     except DynamicFlagError as exc:
         build_parser().error(str(exc))
-    return config, warnings
+    return config, warnings + migration_limit_warnings(config.migration_limit)

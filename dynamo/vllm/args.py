@@ -21,8 +21,8 @@ from typing import Any, Sequence
 from dynamo.runtime.compat_args import compat_removed, export_runtime_flags
 from dynamo.llm.media import MediaSettings
 from dynamo.runtime.config import add_arguments, from_namespace, setting
-from dynamo.worker.engine_args import (EngineWorkerArgs, check_limits_and_types, endpoint_types_setting,
-                                       parse_endpoint_types)
+from dynamo.worker.engine_args import (EngineWorkerArgs, check_endpoint, check_limits_and_types, endpoint_types_setting,
+                                       migration_limit_setting, migration_limit_warnings, parse_endpoint_types)
 from dynamo.worker.compat_flags import VLLM_FLAGS
 from dynamo.worker.flag_table import add_static_flags
 from dynamo.worker.role import WorkerRole
@@ -49,7 +49,7 @@ class DynamoVllmArgs(EngineWorkerArgs, MediaSettings):
                                                "NixlConnector), tcp (Dynamo's TCP fallback) or auto (nixl when it "
                                                "works, else tcp); ignored with --kv-transfer-config",
                                        env="DYN_KV_TRANSFER_BACKEND", choices=["nixl", "tcp", "auto"])
-    migration_limit: int = setting(0, "Times a request may migrate to another worker (stored in the model card)")
+    migration_limit: int = migration_limit_setting()
     engine_request_limit: int = setting(0, "Requests in flight beyond which new ones are refused as overloaded "
                                            "(0: no limit)")
     endpoint_types: str = endpoint_types_setting()
@@ -64,6 +64,7 @@ class DynamoVllmArgs(EngineWorkerArgs, MediaSettings):
 
     def validate(self) -> None:
         self.check_card_args()
+        check_endpoint(self.endpoint)
         self.mode  # noqa: B018  (raises ValueError on conflicting role flags)
         check_limits_and_types(self.migration_limit, self.engine_request_limit, self.endpoint_types)
         self.media_policy()  # ValueError for a limit that is not positive
@@ -171,7 +172,7 @@ def parse_split(argv: Sequence[str] | None = None, use_vllm: bool | None = None
         config.validate()
     except ValueError as exc:
         parser.error(str(exc))
-    return config, engine_ns, warnings
+    return config, engine_ns, warnings + migration_limit_warnings(config.migration_limit)
 
 
 def regenerate_flags(path: str) -> None:

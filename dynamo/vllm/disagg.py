@@ -4,7 +4,9 @@ configuration each role needs, and the transfer metrics on the worker's /metrics
 `--kv-transfer-backend nixl|tcp|auto` picks vLLM's NixlConnector (UCX; `kv_buffer_device`
 "cpu" on vLLM's CPU platform) or our `DynamoTcpConnector` (`dynamo.kv_transfer`); `auto`
 takes NIXL when it imports and can create a UCX agent, TCP otherwise, and says so. A
-user's `--kv-transfer-config` is kept as given. Prefill workers are `kv_producer`, decode
+user's `--kv-transfer-config` is kept as given, except that a `DynamoTcpConnector` in it gets
+what the connector cannot work out for itself and did not say (module path, the advertised host
+and a free port its pulls are served on). Prefill workers are `kv_producer`, decode
 workers `kv_consumer` with `kv_load_failure_policy: recompute` (a failed pull prefills
 locally instead of failing the request) and prefix caching off unless asked for (a local
 cache hit would hide whether the KV really crossed).
@@ -62,8 +64,8 @@ def configure(engine_args: Any, mode: WorkerRole, backend: str, discovery_backen
         return None
     if user is not None:
         name = user.kv_connector or ""
-        if name == TCP_CONNECTOR and not user.kv_connector_module_path:
-            user.kv_connector_module_path = TCP_MODULE
+        if name == TCP_CONNECTOR:
+            _fill_user_tcp_config(user, discovery_backend)
         return DisaggSetup(CONNECTOR_TRANSPORT.get(name, name), name, "from --kv-transfer-config")
     if mode == WorkerRole.DECODE and engine_args.enable_prefix_caching is None:
         engine_args.enable_prefix_caching = False
@@ -98,9 +100,27 @@ def _nixl_config(mode: WorkerRole, host: str) -> Any:
 def _tcp_config(mode: WorkerRole, bind: str, host: str) -> Any:
     from vllm.config import KVTransferConfig
 
-    extra = {"host": host, "bind_host": bind, "port": free_port(bind if bind != "0.0.0.0" else "127.0.0.1")}
+    extra = {"host": host, "bind_host": bind, "port": _free_port_on(bind)}
     return KVTransferConfig(kv_connector=TCP_CONNECTOR, kv_connector_module_path=TCP_MODULE, kv_role=_role(mode),
                             kv_load_failure_policy="recompute", kv_connector_extra_config=extra)
+
+
+def _free_port_on(bind: str) -> int:
+    return free_port(bind if bind != "0.0.0.0" else "127.0.0.1")
+
+
+def _fill_user_tcp_config(user: Any, discovery_backend: str) -> None:
+    """A `DynamoTcpConnector` named in --kv-transfer-config gets what `--kv-transfer-backend tcp` gives it
+    (module path, pull endpoint), keeping whatever the user set: without a port it would serve pulls on
+    a port no decode worker is told of, and advertise port 0."""
+    if not user.kv_connector_module_path:
+        user.kv_connector_module_path = TCP_MODULE
+    extra = user.kv_connector_extra_config
+    bind, host = advertise_host(discovery_backend)
+    extra.setdefault("host", host)
+    extra.setdefault("bind_host", bind)
+    if not extra.get("port"):
+        extra["port"] = _free_port_on(str(extra["bind_host"]))
 
 
 def kv_bytes_per_block(vllm_config: Any) -> int:

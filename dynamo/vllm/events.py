@@ -49,7 +49,9 @@ class EngineStats:
     def update(self, scheduler_stats: Any) -> None:
         self.records += 1
         self.running = scheduler_stats.num_running_reqs
-        self.waiting = scheduler_stats.num_waiting_reqs
+        # vLLM 0.32 counts waiting requests it deferred (e.g. for remote KV) apart; its own
+        # vllm:num_requests_waiting is the sum, and so is the router's queue depth here.
+        self.waiting = scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs
         self.kv_usage = scheduler_stats.kv_cache_usage
         cache = scheduler_stats.prefix_cache_stats
         if cache is not None:

@@ -17,6 +17,10 @@ handlers treat both alike:
 
 Layouts must match on both sides (same model, dtype, block size, TP 1). Extra config:
 `host` (advertised), `port`, `bind_host`, `cap_bytes`, `ttl_s`, `pull_wait_s`, `pull_timeout_s`.
+`dynamo.vllm` fills in host and port (`disagg.py`). Without a port there is no pull endpoint:
+a producer then hands over nothing (no params, so the frontend counts a prefill without transfer
+parameters) and says so, and a consumer given params without one recomputes the prompt with a
+warning and a failed transfer in its stats, never quietly.
 """
 
 from __future__ import annotations
@@ -96,6 +100,9 @@ class DynamoTcpConnector(KVConnectorBase_V1):
         self.host = str(extra.get("host", "127.0.0.1"))
         self.port = int(extra.get("port", 0))
         self.producer = cfg.kv_role in ("kv_producer", "kv_both")
+        if self.producer and not self.port:
+            log.warning("DynamoTcpConnector: no port in kv_connector_extra_config, so no KV pull endpoint: this "
+                        "worker's prefills hand over no KV (decode workers prefill again)")
         if role == KVConnectorRole.SCHEDULER:
             self.sched = _SchedulerSide(self, kv_cache_config)
         else:
@@ -141,9 +148,8 @@ class DynamoTcpConnector(KVConnectorBase_V1):
         return self.worker.results()
 
     def get_kv_connector_stats(self) -> KVConnectorStats | None:
-        if self._role == KVConnectorRole.SCHEDULER:
-            return None
-        return self.worker.take_stats()
+        side = self.sched if self._role == KVConnectorRole.SCHEDULER else self.worker
+        return side.take_stats()
 
     @classmethod
     def build_kv_connector_stats(cls, data: dict[str, Any] | None = None) -> KVConnectorStats | None:
@@ -162,14 +168,32 @@ class _SchedulerSide:
         self.to_send: dict[str, list[int]] = {}
         self.to_recv: dict[str, RecvSpec] = {}
         self.awaiting_send: set[str] = set()
+        self.stats = TcpConnectorStats()  # pulls refused here, before any worker-side attempt
+        self.warned_no_endpoint = False
 
     def matched_tokens(self, request: "Request", num_computed: int) -> tuple[int, bool]:
         params = request.kv_transfer_params
-        if not params or not params.get("do_remote_prefill") or not params.get("remote_port"):
+        if not params or not params.get("do_remote_prefill"):
+            return 0, False
+        if not params.get("remote_port") or not params.get("remote_host"):
+            self._no_pull_endpoint(request.request_id, params)
             return 0, False
         remote = min(int(params.get("remote_num_tokens") or 0), request.num_prompt_tokens)
         count = remote - num_computed
         return (count, True) if count > 0 else (0, False)
+
+    def _no_pull_endpoint(self, rid: str, params: dict[str, Any]) -> None:
+        """Params that name no endpoint to pull from: recomputed here, said and counted as a failed transfer."""
+        params["do_remote_prefill"] = False  # once: vLLM asks again while the request waits
+        log.warning("KV of %s not pulled: the prefill worker gave no pull endpoint (remote_host %r, remote_port "
+                    "%r); vLLM recomputes the prompt", rid, params.get("remote_host"), params.get("remote_port"))
+        self.stats.data["num_failed_transfers"].append(1)
+
+    def take_stats(self) -> KVConnectorStats | None:
+        if self.stats.is_empty():
+            return None
+        stats, self.stats = self.stats, TcpConnectorStats()
+        return stats
 
     def after_alloc(self, request: "Request", blocks: "KVCacheBlocks", num_external: int) -> None:
         params = request.kv_transfer_params
@@ -192,6 +216,12 @@ class _SchedulerSide:
         if request.status not in (RequestStatus.FINISHED_LENGTH_CAPPED, RequestStatus.FINISHED_STOPPED):
             return False, None  # aborted: nothing to hand over
         if not block_ids:
+            return False, None
+        if not self.conn.port:  # nothing could pull them: free the blocks, advertise nothing
+            if not self.warned_no_endpoint:
+                self.warned_no_endpoint = True
+                log.warning("KV of %s (and of later prefills) not handed over: no pull endpoint (no port)",
+                            request.request_id)
             return False, None
         self.to_send[request.request_id] = list(block_ids)
         self.awaiting_send.add(request.request_id)
@@ -232,7 +262,7 @@ class _WorkerSide:
         self.kv = dict(sorted(kv_caches.items()))
         shape = next(iter(self.kv.values())).shape
         self.block_dim = next(d for d in range(len(shape)) if shape[d] == num_blocks)
-        if self.conn.producer:
+        if self.conn.producer and self.conn.port:  # no port: no endpoint anyone is told of (see __init__)
             self.sender = KvSender(str(self.extra.get("bind_host", self.conn.host)), self.conn.port,
                                    cap_bytes=int(self.extra.get("cap_bytes", 1 << 30)),
                                    ttl_s=float(self.extra.get("ttl_s", 60.0)), tls=self.server_tls).start()

@@ -39,6 +39,18 @@ def test_static_parser_accepts_a_dynamo_manifest_without_vllm():
     assert not hasattr(engine, "namespace")  # Dynamo's settings do not leak into vLLM's namespace
 
 
+def test_vllms_reasoning_parser_is_the_engines_and_dynamos_is_the_cards(monkeypatch):
+    """As in NVIDIA Dynamo: `--dyn-reasoning-parser` / DYN_REASONING_PARSER for the frontend, vLLM's own
+    `--reasoning-parser` (any name vLLM knows, e.g. ernie45) for the engine, neither implying the other."""
+    config, engine = parse(["--model", "m", "--reasoning-parser", "ernie45"])
+    assert engine.reasoning_parser == "ernie45" and config.reasoning_parser is None
+    config, engine = parse(["--model", "m", "--dyn-reasoning-parser", "qwen3", "--reasoning-parser", "deepseek_r1"])
+    assert (config.reasoning_parser, engine.reasoning_parser) == ("qwen3", "deepseek_r1")
+    assert not hasattr(engine, "dyn_reasoning_parser")
+    monkeypatch.setenv("DYN_REASONING_PARSER", "qwen3")
+    assert parse(["--model", "m"])[0].reasoning_parser == "qwen3"
+
+
 def test_unknown_flags_are_rejected():
     with pytest.raises(SystemExit):
         parse(["--model", "m", "--not-a-vllm-flag", "1"])
@@ -87,9 +99,9 @@ def test_engine_stats_to_load_metrics():
     # Stand-ins for vLLM's `SchedulerStats` / `PrefixCacheStats` (the fields EngineStats reads);
     # the real ones feed it in tests/vllm/test_serving.py (KV blocks and load on /metrics).
     cache = SimpleNamespace(queries=100, hits=25)
-    stats.update(SimpleNamespace(num_running_reqs=3, num_waiting_reqs=1, kv_cache_usage=0.25,
-                                 prefix_cache_stats=cache))
+    stats.update(SimpleNamespace(num_running_reqs=3, num_waiting_reqs=1, num_skipped_waiting_reqs=2,
+                                 kv_cache_usage=0.25, prefix_cache_stats=cache))
     m = stats.load_metrics(worker_id=7)
     assert (m.request_active_slots, m.request_total_slots, m.kv_active_blocks, m.kv_total_blocks,
-            m.num_requests_waiting) == (3, 128, 250, 1000, 1)
+            m.num_requests_waiting) == (3, 128, 250, 1000, 3)  # deferred requests wait too
     assert m.gpu_prefix_cache_hit_rate == 0.25

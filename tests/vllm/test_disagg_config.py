@@ -24,13 +24,29 @@ def test_agg_worker_without_user_config_is_left_alone():
     assert args.kv_transfer_config is None and args.enable_prefix_caching is None
 
 
-def test_user_tcp_connector_config_gets_its_module_path():
-    # Stand-in for vLLM's `KVTransferConfig` (the two fields `configure` reads and fills); a
-    # real one is built from --kv-transfer-config by the workers of tests/vllm/test_disagg_tcp.py.
-    user = SimpleNamespace(kv_connector="DynamoTcpConnector", kv_connector_module_path=None)
+def user_config(**extra):
+    # Stand-in for vLLM's `KVTransferConfig` (the fields `configure` reads and fills); the real one, from
+    # --kv-transfer-config, in tests/vllm/test_vllm_objects.py and the workers of tests/vllm/test_disagg_tcp.py.
+    return SimpleNamespace(kv_connector="DynamoTcpConnector", kv_role="kv_both", kv_connector_module_path=None,
+                           kv_connector_extra_config=dict(extra))
+
+
+def test_user_tcp_connector_config_gets_what_the_tcp_backend_gives():
+    """Module path and a pull endpoint (the advertised host, a free port), as `--kv-transfer-backend tcp`:
+    without a port the prefill side would advertise port 0 and hand over nothing."""
+    user = user_config()
     setup = disagg.configure(SimpleNamespace(kv_transfer_config=user), "decode", "nixl", "file")
     assert setup.transport == "tcp" and setup.reason == "from --kv-transfer-config"
     assert user.kv_connector_module_path == "dynamo.vllm.tcp_connector"
+    extra = user.kv_connector_extra_config
+    assert (extra["host"], extra["bind_host"]) == ("127.0.0.1", "127.0.0.1") and extra["port"] > 0
+
+
+def test_what_the_user_set_in_the_tcp_connector_config_is_kept():
+    user = user_config(host="10.0.0.7", port=29123, ttl_s=5)
+    disagg.configure(SimpleNamespace(kv_transfer_config=user), "prefill", "auto", "file")
+    assert user.kv_connector_extra_config == {"host": "10.0.0.7", "bind_host": "127.0.0.1", "port": 29123,
+                                              "ttl_s": 5}
 
 
 def test_annotate_adds_transport_and_bytes_and_counts_them():
