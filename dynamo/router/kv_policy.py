@@ -202,15 +202,16 @@ class KvPolicy:
         route = self._route(pool)
         if route is None:
             raise NoWorkers(pool.model)
-        klass = new_tokens = limits = None
+        klass = new_tokens = None
         if route.queue.profile.thresholds_vary:  # its class decides where it may go: classified at arrival
             new_tokens = self._new_tokens(route, request, exclude)
             klass = route.queue.profile.class_index(None, new_tokens)
-            limits = route.queue.class_thresholds(klass, route.router.busy_thresholds)
         ticket = None
         try:
             while True:
-                try:
+                try:  # the class's thresholds over the model's as they are now (POST /busy_threshold moves them)
+                    limits = None if klass is None else \
+                        route.queue.class_thresholds(klass, route.router.busy_thresholds)
                     choice = self._select_now(route, request, exclude, limits)
                     if ticket is not None:
                         route.queue.leave(ticket, served=True)
@@ -222,9 +223,9 @@ class KvPolicy:
                         route.queue.passed_over(ticket)
                     await route.queue.wait(ticket)  # AllWorkersBusy past the deadline
         finally:
-            if ticket is not None:  # served, timed out or cancelled: the next waiter's turn
+            if ticket is not None:  # served, timed out or cancelled: the next waiter's turn (no load was released)
                 route.queue.leave(ticket)
-                route.queue.wake()
+                route.queue.wake_next()
 
     def _enter_queue(self, route: PoolRoute, request: PreprocessedRequest, exclude: set[int], klass: int | None,
                      new_tokens: int | None):

@@ -47,7 +47,9 @@ def mode_report(configured: KvMode, workers: tuple[WorkerInfo, ...], event_plane
         return ModeReport(KvMode.APPROXIMATE, f"{quiet} of {len(publishing)} worker(s) publishing KV events: "
                           f"{hint}: caches predicted from routing decisions", True)
     if len(publishing) < total:
-        return ModeReport(KvMode.KV_EVENTS, f"only {len(publishing)} of {total} workers publish KV events", True)
+        also = f"; {quiet} of them: {hint}" if quiet else ""
+        return ModeReport(KvMode.KV_EVENTS, f"only {len(publishing)} of {total} workers publish KV events{also}",
+                          True)
     if quiet:
         return ModeReport(KvMode.KV_EVENTS, f"{quiet} of {total} workers: {hint}", True)
     return ModeReport(KvMode.KV_EVENTS, f"all {total} worker(s) publish KV events", False)

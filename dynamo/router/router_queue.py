@@ -139,6 +139,11 @@ class RouterQueue:
         self.classes.reopen()
         self._wake_head()
 
+    def wake_next(self) -> None:
+        """A waiter left (served, timed out, cancelled): the next head retries, but a class passed over
+        stays so until load is released (`wake`): serving a waiter added load, it freed none."""
+        self._wake_head()
+
     def passed_over(self, ticket: Ticket) -> None:
         """`ticket`'s retry found every worker busy by its class's thresholds: its class waits a recheck
         interval (or a release of load) while the next class's head tries."""

@@ -34,8 +34,9 @@ _TARGETS = {
 def log_directives(spec: str, default: str = "info") -> tuple[int, dict[str, int]]:
     """`DYN_LOG` in Dynamo's (tracing's EnvFilter) syntax: a bare level is the default for every logger,
     `target=level` the level of that target and its children (`warn,dynamo=debug`: this project's loggers
-    at debug, third-party ones at warn). (the default level, {Python logger: level})."""
-    level, loggers = _LEVELS.get(default, logging.INFO), {}
+    at debug, third-party ones at warn). As in EnvFilter, the most specific directive for a logger wins
+    whatever their order (several Rust targets map to one logger). (the default level, {Python logger: level})."""
+    level, chosen = _LEVELS.get(default, logging.INFO), {}
     for part in spec.split(","):
         target, _, name = part.strip().lower().rpartition("=")
         if name not in _LEVELS:
@@ -44,8 +45,9 @@ def log_directives(spec: str, default: str = "info") -> tuple[int, dict[str, int
             level = _LEVELS[name]
             continue
         for logger in _loggers_of(target):
-            loggers[logger] = _LEVELS[name]
-    return level, loggers
+            if len(target) >= chosen.get(logger, (-1, 0))[0]:  # longer target: more specific
+                chosen[logger] = (len(target), _LEVELS[name])
+    return level, {logger: lvl for logger, (_, lvl) in chosen.items()}
 
 
 def _loggers_of(target: str) -> tuple[str, ...]:

@@ -122,3 +122,18 @@ async def test_waiting_classes_are_served_by_deficit_round_robin(kv_policy):
     classes = {c["name"]: c["pending"] for c in policy.routes["m"].queue.stats()["classes"]}
     assert classes == {"short": 3, "long": 2}
     assert await serve_in_order(policy, waiting, "big") == ["S1", "S2", "S3", "L1", "L2"]
+
+
+async def test_a_queued_request_is_judged_by_the_thresholds_in_force_now(kv_policy):
+    """An operator relaxing the model's thresholds at runtime (POST /busy_threshold) places requests already
+    waiting at once, not only newcomers: a waiter's class limits are recomputed at each retry."""
+    from dynamo.router.selector import BusyThresholds
+    policy = kv_policy(two_classes("quantum: 1, prefill_busy_threshold: 1000", "quantum: 1, prefill_busy_threshold: 500"),
+                       active_prefill_tokens_threshold=10)
+    p = pool(1)
+    await policy.select(p, req("big", distinct(32, 500)), set())
+    long = asyncio.ensure_future(policy.select(p, req("long", distinct(24, 100)), set()))
+    await asyncio.sleep(0.05)
+    assert not long.done()  # 32 tokens await prefill: over the model's 10
+    policy.set_busy_thresholds("m", BusyThresholds(active_prefill_tokens=1000))
+    await asyncio.wait_for(long, 1)  # now within the long class's 500

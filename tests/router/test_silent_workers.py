@@ -72,3 +72,9 @@ def test_mode_when_workers_are_silent():
     assert not mode_report(KvMode.KV_EVENTS, workers + non_publisher, silent={3}).reason.startswith("1 of")
     assert mode_report(KvMode.KV_EVENTS, (WorkerInfo(7, EID, None, "127.0.0.1:1"),), silent={7}).mode \
         == "approximate"
+
+
+def test_silent_publishers_are_named_beside_workers_that_do_not_publish():
+    workers = pool(1, 2).workers + pool(3, publishes=False).workers
+    report = mode_report(KvMode.KV_EVENTS, workers, silent={1}, plane="zmq")
+    assert report.reason.startswith("only 2 of 3 workers publish KV events; 1 of them") and "zmq" in report.reason

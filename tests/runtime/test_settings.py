@@ -217,3 +217,11 @@ def test_dynamos_etcd_startup_wait_is_read_too():
     assert RuntimeSettings.from_env({"ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS": "30"}).etcd_connect_timeout_secs == 30.0
     assert RuntimeSettings.from_env({"DYN_ETCD_CONNECT_TIMEOUT_SECS": "5",
                                      "ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS": "30"}).etcd_connect_timeout_secs == 5.0
+
+
+def test_the_most_specific_dyn_log_directive_wins_whatever_the_order():
+    """Two Rust targets map to the request lines' logger: the longer one decides, in either order."""
+    for spec in ("info,dynamo_llm::http::service::metrics=warn,dynamo_llm=debug",
+                 "info,dynamo_llm=debug,dynamo_llm::http::service::metrics=warn"):
+        _, loggers = log_directives(spec)
+        assert loggers["dynamo.request"] == logging.WARNING and loggers["dynamo.frontend"] == logging.DEBUG, spec
