@@ -31,6 +31,7 @@ from dynamo.router.policy import Choice, PolicyHost, Role, WorkerInfo, WorkerPoo
 from dynamo.router.replica_sync import ReplicaSync
 from dynamo.router.router_queue import RouterQueue
 from dynamo.router.policy_profile import PolicyProfile
+from dynamo.router.request_hints import cache_salt_of, expected_output
 from dynamo.router.selector import BusyThresholds
 from dynamo.router.subscriber import KvEventFeeds
 
@@ -374,21 +375,6 @@ class KvPolicy:
             body["replica_events_applied"] = self.sync.applied
             body["replica_peers_alive"] = self.sync.peers_alive
         return {"router": body}
-
-
-def expected_output(request: PreprocessedRequest) -> int | None:
-    """Tokens the answer is expected to fill, for output-block tracking: the client's estimate
-    (`nvext.agent_hints.osl`) within `max_tokens`, else `max_tokens`."""
-    cap = request.stop_conditions.max_tokens
-    osl = request.routing.osl if request.routing is not None else None
-    if osl is None:
-        return cap
-    return osl if cap is None else min(osl, cap)
-
-
-def cache_salt_of(request: PreprocessedRequest) -> str | None:
-    """The request's KV namespace (`nvext.cache_salt`): its blocks match only blocks cached under it."""
-    return request.routing.cache_salt if request.routing is not None else None
 
 
 def _allowed(route: PoolRoute, request: PreprocessedRequest, exclude: set[int]) -> list[int]:
