@@ -224,7 +224,7 @@ def poll_until(read, want, timeout: float) -> list:
 
 
 def cancelled(worker) -> float:
-    return metric_value(metrics(worker), "dynamo_component_requests_total", {"status": "cancelled"}) or 0
+    return metric_value(metrics(worker), "dynamo_component_cancellation_total") or 0
 
 
 def unfinished(worker) -> float:
