@@ -5,7 +5,7 @@ items (Anthropic's, Responses') follows for its calls, to end as its unary answe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from dynamo.frontend.dispatch import RequestHandle
@@ -80,13 +80,13 @@ class HeldCalls:
     (in that order, as the unary answer's blocks and items), else the text the model wrote."""
 
     runnable: Callable[[str], bool]
-    shown: str = ""  # the text sent before the first call
+    shown: list[str] = field(default_factory=list)  # the text sent before the first call (joined at release)
     held: list[ChoiceDelta] | None = None
 
     def take(self, d: ChoiceDelta) -> ChoiceDelta | None:
         """The delta to send now, or None: held."""
         if self.held is None and not d.tool_calls:
-            self.shown += d.content
+            self.shown.append(d.content)
             return d
         if self.held is None:
             self.held = []
@@ -106,5 +106,6 @@ class HeldCalls:
             pieces = [c for d in self.held for c in d.tool_calls]
             return [ChoiceDelta("".join(d.content for d in self.held), reasoning, pieces)], bool(calls)
         written = stage.tool_input_text()  # what the unary answer shows; the stream sent its start
-        rest = written[len(self.shown):] if written.startswith(self.shown) else "".join(d.content for d in self.held)
+        shown = "".join(self.shown)
+        rest = written[len(shown):] if written.startswith(shown) else "".join(d.content for d in self.held)
         return [ChoiceDelta(rest, reasoning)], False

@@ -150,8 +150,8 @@ class FrontendApp:
                 await send_bytes(send, 413, json_encode(body), CLOSE_HEADERS)
             else:
                 await send_json(send, exc.status, body)
-        except ConnectionError:
-            pass
+        except ConnectionError as exc:  # the client left: its last line says cancelled
+            crash = exc
         except BaseException as exc:
             crash = exc
             raise
@@ -271,12 +271,12 @@ class FrontendApp:
                 self.trimmer.schedule()
 
     @staticmethod
-    def _prepare(req, kind: str, scope: dict) -> tuple[RoutingHints, bool]:
-        """A chat or completion request's own checks, its routing hints and whether its next turn is prefilled."""
+    def _prepare(req, kind: str, scope: dict) -> tuple[object, RoutingHints, bool]:
+        """A chat or completion request's own checks; it, its routing hints and whether its next turn is prefilled."""
         (validate_chat if kind == "chat" else validate_completion)(req)
         hints = routing_hints(req.nvext, scope["headers"], req.cache_salt, scope.get(inprocess.BACKGROUND, False))
         # a continued prefill's next turn does not start with this answer as its own message
-        return hints, kind == "chat" and speculative_prefill.wanted(req.nvext) and not req.continue_final_message
+        return req, hints, kind == "chat" and speculative_prefill.wanted(req.nvext) and not req.continue_final_message
 
     async def pooled(self, route: PoolingRoute, scope, receive, send) -> None:
         """/v1/embeddings, /v1/classify, /v1/pooling, /v1/rerank: one unary answer from the model's pooling
@@ -332,15 +332,15 @@ class FrontendApp:
 
     async def generate(self, req, endpoint: str, body_size: int, receive, send, run_cls=GenerationRun,
                        hints: RoutingHints | None = None, trace: RequestTrace | None = None, speculate: bool = False,
-                       prepare: Callable[[], tuple[RoutingHints, bool]] | None = None, **run_kw) -> None:
-        """Serve a decoded request, counted once in the request metrics however it ends. `prepare`: the
-        route's own checks, made once it counts (a request they refuse is one), giving `hints`, `speculate`."""
+                       prepare: Callable[[], tuple] | None = None, **run_kw) -> None:
+        """Serve a decoded request, counted once in the request metrics however it ends. `prepare`: the route's
+        conversion and checks, made once it counts (a refusal is one), giving the request run, `hints`, `speculate`."""
         request_type = "stream" if req.stream else "unary"
         arrival = self.demand.arrived(req.model, endpoint, request_type)  # counts a known model's start
         try:
             with self._tally(req.model, endpoint, request_type, trace, count_started=False) as tally:
                 if prepare is not None:
-                    hints, speculate = prepare()
+                    req, hints, speculate = prepare()
                 tally.ended(*await self._generate(req, endpoint, body_size, receive, send, run_cls, hints, trace,
                                                   speculate, arrival, **run_kw))
         finally:

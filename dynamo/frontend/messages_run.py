@@ -210,15 +210,19 @@ class AnthropicApi:
         app.refuse_if_draining()
         body = await app.request_body(scope, receive)
         mreq = decode_messages(body)
+        await app.generate(mreq, "messages", len(body), receive, send, MessagesRun, trace=scope.get(SCOPE_KEY),
+                           prepare=partial(self._prepare, app, mreq, scope), messages_req=mreq)
+
+    def _prepare(self, app, mreq: MessagesRequest, scope: dict):
+        """The chat request a Messages one runs as, checked inside its count in the request metrics (a
+        refusal here is one), with its routing hints; no next turn is prefilled."""
         req = mreq.to_chat(self.strip_preamble)
         validate_chat(req)
         budget = mreq.thinking_budget()
         entry = app.models.get(req.model) or app.models.retired.get(req.model)  # no waiting here: generate waits
         if budget is not None and entry is not None and entry.think_markers is not None:
             req.nvext = {"max_thinking_tokens": budget, **(req.nvext or {})}  # the client's nvext wins
-        await app.generate(req, "messages", len(body), receive, send, MessagesRun,
-                            hints=routing_hints(req.nvext, scope["headers"]), trace=scope.get(SCOPE_KEY),
-                            messages_req=mreq)
+        return req, routing_hints(req.nvext, scope["headers"]), False
 
     async def count_tokens(self, app, scope, receive, send) -> None:
         """The prompt's token count as the model will see it: template, tools and all."""

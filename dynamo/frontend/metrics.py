@@ -252,12 +252,15 @@ class RequestTally:
         return self
 
     def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> None:
-        """Counts it, also when the block raised: an HTTP error as what it says, a cancelled task as a
-        cancellation, anything else as `internal`."""
-        if isinstance(exc, asyncio.CancelledError):
+        """Counts it, also when the block raised: an HTTP error as what it says, a cancelled task or a client
+        that left (ConnectionError: it hung up while its request waited) as a cancellation, a body beyond the
+        parsers' limits as the 400 `errors.beyond_limits` answers it with, anything else as `internal`."""
+        if isinstance(exc, (asyncio.CancelledError, ConnectionError)):
             self.ended(RequestOutcome.CANCELLED)
         elif isinstance(getattr(exc, "status", None), int):
             self.ended(RequestOutcome.ERROR, exc)
+        elif isinstance(exc, (RecursionError, OverflowError)):
+            self.error_type = ErrorType.VALIDATION
         self.close()
 
     def close(self) -> None:

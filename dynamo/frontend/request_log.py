@@ -119,10 +119,13 @@ class RequestTrace:
         return f"{self.request_id}.{uuid.uuid4().hex[:8]}" if self.client_id else self.request_id
 
     def completed(self, error: ApiError | None = None, crash: BaseException | None = None) -> None:
-        """The last line: the outcome the handler reported, else what the error or status says."""
+        """The last line: the outcome the handler reported, else what the error or status says (`crash`: a
+        cancelled task, or the ConnectionError of a client that left, is a cancellation)."""
         if not self.received_logged or not self.events.enabled(logging.ERROR):
             return  # refused before it was a request (a bad body or route): "http response sent" says it
-        if isinstance(crash, asyncio.CancelledError):
+        if isinstance(crash, ConnectionError) and self.outcome != RequestOutcome.CANCELLED:
+            self.cancelled_by_client()  # it hung up before its run began (waiting for a worker)
+        if isinstance(crash, (asyncio.CancelledError, ConnectionError)):
             self.outcome, crash = RequestOutcome.CANCELLED, None
         error = error or self.stream_error
         outcome = self.outcome or (RequestOutcome.SUCCESS if error is None and crash is None else RequestOutcome.ERROR)

@@ -29,7 +29,7 @@ from dynamo.frontend import speculative_prefill
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.choices import Choice, HeldCalls
 from dynamo.frontend.generation import GenerationRun
-from dynamo.frontend.openai import ChatMessage
+from dynamo.frontend.openai import ChatCompletionRequest, ChatMessage
 from dynamo.frontend.responses_request import ResponsesRequest, decode_responses, input_messages, own_names
 from dynamo.frontend.responses_store import (INPUT_ITEMS_SUFFIX, PREFIX, RESPONSE_PREFIX, ResponseStore,
                                              StoredResponse, forwarded, input_items, item_list, not_found,
@@ -41,7 +41,7 @@ from dynamo.frontend.inprocess import BACKGROUND
 from dynamo.frontend.replicas import new_id
 from dynamo.frontend.routing_hints import routing_hints
 from dynamo.frontend.sse import SSE_HEADERS, named_event
-from dynamo.llm.protocol import FinishReason
+from dynamo.llm.protocol import FinishReason, RoutingHints
 from dynamo.runtime.asgi import send_bytes, send_json
 
 _json = msgspec.json.encode
@@ -269,6 +269,15 @@ def _call_item(call_id: str, name: str, arguments: str, status: str = "completed
             "arguments": arguments, "status": status}
 
 
+def _prepare(rreq: ResponsesRequest, history, scope: dict) -> tuple[ChatCompletionRequest, RoutingHints, bool]:
+    """The chat request a Responses one runs as, checked (inside its count in the request metrics: a
+    refusal here is one), its routing hints and whether its next turn is prefilled."""
+    req = rreq.to_chat(history)
+    validate_chat(req)
+    hints = routing_hints(req.nvext, scope["headers"], background=scope.get(BACKGROUND, False))
+    return req, hints, speculative_prefill.wanted(req.nvext)
+
+
 class ResponsesApi:
     """The Responses routes a frontend serves, over its own request path: `POST /v1/responses`;
     `POST /v1/responses/input_tokens` (the prompt's token count as the model will see it, template
@@ -293,13 +302,9 @@ class ResponsesApi:
         if await forwarded(self.store, rreq.previous_response_id, scope, body, send, receive):
             return  # it continues a response another replica made: that one ran it
         history = previous_conversation(self.store, rreq.previous_response_id)
-        req = rreq.to_chat(history)
         with own_names():  # refusals before the answer starts (bad fields, a prompt over the context)
-            validate_chat(req)
-            await app.generate(req, "responses", len(body), receive, send, ResponsesRun,
-                               hints=routing_hints(req.nvext, scope["headers"],
-                                                   background=scope.get(BACKGROUND, False)),
-                               trace=scope.get(SCOPE_KEY), speculate=speculative_prefill.wanted(req.nvext),
+            await app.generate(rreq, "responses", len(body), receive, send, ResponsesRun,
+                               trace=scope.get(SCOPE_KEY), prepare=partial(_prepare, rreq, history, scope),
                                responses_req=rreq, history=history, store=self.store)
 
     async def input_tokens(self, app, scope, receive, send) -> None:

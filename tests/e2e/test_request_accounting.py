@@ -28,7 +28,7 @@ def cluster(tiny_model, tmp_path_factory):
     c = Cluster(tmp_path_factory.mktemp("accounting"), tiny_model, "file")
     try:
         c.worker = c.mocker("--speedup-ratio", "1", env={"DYN_SYSTEM_ENABLED": "false"})
-        c.fe = c.frontend("--router-mode", "round-robin")
+        c.fe = c.frontend("--router-mode", "round-robin", "--enable-anthropic-api")
         c.wait_workers(MODEL, 1)
         yield c
     finally:
@@ -86,6 +86,56 @@ def test_every_refused_request_counts_once_with_dynamos_error_type(cluster):
     assert failures(after, "NotFound", "request.not_found") == failures(before, "NotFound", "request.not_found") + 1
     for model in (MODEL, "unknown_model"):
         assert started(after, model=model) == requests(after, model=model) > 0, model
+
+
+def test_refusals_of_responses_and_messages_requests_count_as_validation_errors(cluster):
+    """Their conversion to a chat request and its checks refuse inside the count, as chat's checks do."""
+    before = scrape(cluster.base_url)
+    bad_item = httpx.post(cluster.base_url + "/v1/responses", json={"model": MODEL, "input": [{"type": "bogus"}]},
+                          timeout=30)
+    assert bad_item.status_code == 400, bad_item.text
+    no_max_tokens = httpx.post(cluster.base_url + "/v1/messages", timeout=30,
+                               json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    assert no_max_tokens.status_code == 400, no_max_tokens.text
+    after = settled(cluster)
+    for endpoint in ("responses", "messages"):
+        labels = {"model": MODEL, "endpoint": endpoint, "request_type": "unary", "error_type": "validation"}
+        assert requests(after, status="error", **labels) == requests(before, **labels) + 1, endpoint
+        assert started(after, model=MODEL, endpoint=endpoint) == requests(after, model=MODEL, endpoint=endpoint)
+    assert failures(after, "InvalidRequest", "request.invalid") == failures(before, "InvalidRequest",
+                                                                            "request.invalid") + 2
+
+
+def test_a_client_that_leaves_while_its_request_waits_for_a_worker_is_cancelled(cluster):
+    """--wait-for-workers-secs holds a request for a model with no worker; its client hanging up meanwhile is
+    Dynamo's client disconnect (error_type cancelled, no failure), and its last log line says cancelled."""
+    port = free_port()
+    fe = cluster.start("dynamo.frontend", ["--http-host", "127.0.0.1", "--http-port", str(port), "--router-mode",
+                                           "round-robin", "--wait-for-workers-secs", "60", "--model-name", "ghost"],
+                       name="waiting-frontend")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: "ghost" in http_get(url + "/v1/models")[1].decode(), 60, "the frontend to expect ghost")
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/v1/completions", json={"model": "ghost", "prompt": "x", "max_tokens": 2},
+                       headers={"x-request-id": "acct-left-1"}, timeout=httpx.Timeout(30, read=1.5))
+        wait_until(lambda: requests(scrape(url), model="ghost", error_type="cancelled") == 1, 15,
+                   "the abandoned request to be counted")
+        text = scrape(url)
+        unary = {"model": "ghost", "endpoint": "completions", "request_type": "unary"}
+        assert requests(text, status="error", error_type="cancelled", **unary) == 1
+        assert requests(text, error_type="internal", **unary) == 0
+        assert failures(text, "Internal", "runtime.internal") == 0
+        assert started(text, model="ghost") == requests(text, model="ghost") == 1
+        def lines() -> list[str]:
+            return [line for line in fe.log_path.read_text().splitlines() if "x_request_id=acct-left-1" in line]
+        wait_until(lambda: any("request completed" in line for line in lines()), 15, "its last line")
+        lines = lines()
+        assert any("request cancelled by client" in line for line in lines), lines
+        completed = [line for line in lines if "request completed" in line]
+        assert len(completed) == 1 and "status=cancelled" in completed[0], lines
+    finally:
+        fe.stop()
 
 
 def test_a_stream_its_worker_dies_under_is_an_error_and_so_is_a_model_without_workers(cluster):

@@ -86,6 +86,31 @@ def test_a_cancellation_is_an_error_of_type_cancelled_and_no_failure():
     assert metric_value(text, "dynamo_frontend_failures_total") is None
 
 
+def test_a_client_that_left_inside_the_tally_is_a_cancellation_and_no_failure():
+    """A client that hangs up while its request waits for a worker: a ConnectionError out of the tally."""
+    metrics = FrontendMetrics()
+    with pytest.raises(ConnectionError):
+        with metrics.tally("m", "completions", "unary"):
+            raise ConnectionError("client disconnected while waiting for a worker")
+    text = text_of(metrics)
+    assert metric_value(text, "dynamo_frontend_requests_total", {"status": "error", "error_type": "cancelled"}) == 1
+    assert not metric_value(text, "dynamo_frontend_requests_total", {"error_type": "internal"})
+    assert metric_value(text, "dynamo_frontend_failures_total") is None
+
+
+@pytest.mark.parametrize("exc", [RecursionError("too deep"), OverflowError("int too big")])
+def test_a_body_beyond_the_parsers_limits_counts_as_the_400_it_is_answered_with(exc):
+    metrics = FrontendMetrics()
+    with pytest.raises(type(exc)):
+        with metrics.tally("m", "chat_completions", "unary"):
+            raise exc
+    text = text_of(metrics)
+    assert metric_value(text, "dynamo_frontend_requests_total", {"status": "error", "error_type": "validation"}) == 1
+    assert not metric_value(text, "dynamo_frontend_requests_total", {"error_type": "internal"})
+    assert metric_value(text, "dynamo_frontend_failures_total",
+                        {"class": "InvalidRequest", "reason": "request.invalid"}) == 1
+
+
 def test_an_unknown_model_counts_as_dynamos_unknown_model_and_an_unreported_end_as_internal():
     metrics = FrontendMetrics()
     metrics.tally("made-up", "completions", "unary", known=False, count_started=False).close()

@@ -107,3 +107,15 @@ def test_every_request_line_carries_the_clients_x_request_id():
     lines = stream.getvalue().splitlines()
     assert [line.split(" request_id")[0] for line in lines] == ["INFO request received", "INFO request completed"]
     assert all("x_request_id=mine" in line for line in lines)
+
+
+def test_a_client_that_left_before_its_run_began_is_logged_as_cancelled():
+    """The ConnectionError of a client that hung up while its request waited for a worker."""
+    events, stream = text_events()
+    trace = traced(scope(), events)
+    trace.received("m", "completions", "unary")
+    trace.completed(None, ConnectionError("client disconnected while waiting for a worker"))
+    lines = stream.getvalue().splitlines()
+    assert [line.split(" request_id")[0] for line in lines] == \
+        ["INFO request received", "WARNING request cancelled by client", "INFO request completed"]
+    assert "status=cancelled" in lines[-1] and "error_type=cancelled" in lines[-1]
