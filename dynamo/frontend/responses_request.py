@@ -78,6 +78,11 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
         choice = self.tool_choice if tools or self.tool_choice != "auto" else None  # built-in tools only
         if isinstance(choice, dict) and choice.get("type") == "function" and "name" in choice:
             choice = {"type": "function", "function": {"name": choice["name"]}}
+        elif isinstance(choice, dict) and choice.get("type") == "allowed_tools":  # chat's nests mode and tools
+            listed = choice.get("tools")
+            listed = [{"type": t.get("type"), "function": {"name": t.get("name")}} if isinstance(t, dict) else t
+                      for t in listed] if isinstance(listed, list) else listed
+            choice = {"type": "allowed_tools", "allowed_tools": {"mode": choice.get("mode"), "tools": listed}}
         fmt = (self.text or {}).get("format")
         response_format = None
         if isinstance(fmt, dict) and fmt.get("type") == "json_schema":

@@ -231,6 +231,9 @@ def validate_tools(req: ChatCompletionRequest) -> None:
         raise bad_request("`tool_choice` is only allowed when `tools` are given", "tool_choice")
     if choice in ("auto", "required"):
         return
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        apply_allowed_tools(req, names)
+        return
     if isinstance(choice, dict):
         name = (choice.get("function") or {}).get("name") if isinstance(choice.get("function"), dict) else None
         if choice.get("type", "function") != "function" or not isinstance(name, str):
@@ -239,7 +242,34 @@ def validate_tools(req: ChatCompletionRequest) -> None:
         if name not in names:
             raise bad_request(f"`tool_choice` names function {name!r}, which is not in `tools`", "tool_choice")
         return
-    raise bad_request("`tool_choice` must be \"none\", \"auto\", \"required\" or a named function", "tool_choice")
+    raise bad_request("`tool_choice` must be \"none\", \"auto\", \"required\", a named function or allowed_tools",
+                      "tool_choice")
+
+
+def apply_allowed_tools(req: ChatCompletionRequest, names: list[str]) -> None:
+    """OpenAI's `{"type": "allowed_tools", "allowed_tools": {"mode", "tools"}}`: the model may call only the
+    functions listed (`required`: one of them). Served as the listed subset of `tools` with `tool_choice`
+    set to the mode, so the prompt, the output parser and a forced-JSON schema all see only those."""
+    spec = req.tool_choice.get("allowed_tools")
+    listed = spec.get("tools") if isinstance(spec, dict) else None
+    if not isinstance(spec, dict) or spec.get("mode") not in ("auto", "required") or not isinstance(listed, list) \
+            or not listed:
+        raise bad_request("`tool_choice.allowed_tools` must be {\"mode\": \"auto\" or \"required\", \"tools\": "
+                          "[{\"type\": \"function\", \"function\": {\"name\": ...}}, ...]}",
+                          "tool_choice.allowed_tools", "invalid_type")
+    allowed = set()
+    for i, tool in enumerate(listed):
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        name = fn.get("name") if isinstance(fn, dict) else None
+        param = f"tool_choice.allowed_tools.tools[{i}]"
+        if not isinstance(name, str) or tool.get("type", "function") != "function":
+            raise bad_request("each allowed tool must be {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                              param, "invalid_type")
+        if name not in names:
+            raise bad_request(f"`tool_choice.allowed_tools` names function {name!r}, which is not in `tools`", param)
+        allowed.add(name)
+    req.tools = [t for t in req.tools or [] if t["function"]["name"] in allowed]
+    req.tool_choice = spec["mode"]
 
 
 def _refuse_unserved(req: ChatCompletionRequest) -> None:

@@ -228,3 +228,26 @@ def test_required_and_named_tool_choices_ask_the_engine_for_json():
     assert named.guided_decoding(False) is None and required.guided_decoding(False) is None
     formatted = chat(tools=tools, tool_choice="required", response_format={"type": "json_object"})
     assert formatted.guided_decoding(False).json_object  # the client's own format is asked for anyway
+
+
+def test_allowed_tools_keep_only_the_listed_functions():
+    """OpenAI's tool_choice `allowed_tools`: the model may call only the listed functions (`required`: one of
+    them); served as that subset of `tools` with the mode as tool_choice, on chat and the Responses API."""
+    tools = [{"type": "function", "function": {"name": n}} for n in ("get_time", "get_weather", "search")]
+    choice = {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [
+        {"type": "function", "function": {"name": "get_time"}}, {"type": "function", "function": {"name": "search"}}]}}
+    req = chat(tools=tools, tool_choice=choice)
+    validate_chat(req)
+    assert [t["function"]["name"] for t in req.tools] == ["get_time", "search"] and req.tool_choice == "required"
+    assert len(req.guided_decoding(True).json["items"]["anyOf"]) == 2
+    unknown = {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [
+        {"type": "function", "function": {"name": "nope"}}]}}
+    assert refused(validate_chat, chat(tools=tools, tool_choice=unknown)).param == "tool_choice.allowed_tools.tools[0]"
+    bad_mode = {"type": "allowed_tools", "allowed_tools": {"mode": "none", "tools": []}}
+    assert refused(validate_chat, chat(tools=tools, tool_choice=bad_mode)).param == "tool_choice.allowed_tools"
+    responses = decode_responses(json.dumps({
+        "model": "m", "input": "hi", "tools": [{"type": "function", "name": n} for n in ("a", "b")],
+        "tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "b"}]}}).encode())
+    converted = responses.to_chat()
+    validate_chat(converted)
+    assert [t["function"]["name"] for t in converted.tools] == ["b"] and converted.tool_choice == "auto"
