@@ -30,6 +30,7 @@ from dynamo.frontend.errors import ApiError
 from dynamo.frontend.choices import Choice, HeldCalls
 from dynamo.frontend.generation import GenerationRun
 from dynamo.frontend.openai import ChatCompletionRequest, ChatMessage
+from dynamo.frontend.responses_truncation import fitting_drop
 from dynamo.frontend.responses_request import ResponsesRequest, decode_responses, input_messages, own_names
 from dynamo.frontend.responses_store import (INPUT_ITEMS_SUFFIX, PREFIX, RESPONSE_PREFIX, ResponseStore,
                                              StoredResponse, forwarded, input_items, item_list, not_found,
@@ -77,6 +78,7 @@ class ResponsesRun(GenerationRun):
                 "tool_choice": self.rreq.tool_choice or "auto", "tools": self.rreq.tools or [],
                 "metadata": self.rreq.metadata or {}, "text": {"format": {"type": "text"}},
                 "previous_response_id": self.rreq.previous_response_id, "store": self.store is not None,
+                "truncation": self.rreq.truncation or "disabled",
                 "usage": usage, "_finish": choice.finish}
 
     def _usage(self) -> dict:
@@ -269,10 +271,12 @@ def _call_item(call_id: str, name: str, arguments: str, status: str = "completed
             "arguments": arguments, "status": status}
 
 
-def _prepare(rreq: ResponsesRequest, history, scope: dict) -> tuple[ChatCompletionRequest, RoutingHints, bool]:
-    """The chat request a Responses one runs as, checked (inside its count in the request metrics: a
-    refusal here is one), its routing hints and whether its next turn is prefilled."""
-    req = rreq.to_chat(history)
+def _prepare(rreq: ResponsesRequest, history, drop: int, scope: dict) -> tuple[ChatCompletionRequest, RoutingHints,
+                                                                                bool]:
+    """The chat request a Responses one runs as (less the `drop` messages its truncation leaves out), checked
+    (inside its count in the request metrics: a refusal here is one), its routing hints and whether its next
+    turn is prefilled."""
+    req = rreq.to_chat(history, drop)
     validate_chat(req)
     hints = routing_hints(req.nvext, scope["headers"], background=scope.get(BACKGROUND, False))
     return req, hints, speculative_prefill.wanted(req.nvext)
@@ -302,9 +306,10 @@ class ResponsesApi:
         if await forwarded(self.store, rreq.previous_response_id, scope, body, send, receive):
             return  # it continues a response another replica made: that one ran it
         history = previous_conversation(self.store, rreq.previous_response_id)
+        drop = await fitting_drop(app, rreq, history, len(body))
         with own_names():  # refusals before the answer starts (bad fields, a prompt over the context)
             await app.generate(rreq, "responses", len(body), receive, send, ResponsesRun,
-                               trace=scope.get(SCOPE_KEY), prepare=partial(_prepare, rreq, history, scope),
+                               trace=scope.get(SCOPE_KEY), prepare=partial(_prepare, rreq, history, drop, scope),
                                responses_req=rreq, history=history, store=self.store)
 
     async def input_tokens(self, app, scope, receive, send) -> None:
@@ -312,8 +317,10 @@ class ResponsesApi:
         rreq = decode_responses(body)
         if await forwarded(self.store, rreq.previous_response_id, scope, body, send, receive):
             return
-        count = await app.prompt_tokens(rreq.to_chat(previous_conversation(self.store, rreq.previous_response_id)),
-                                        len(body))
+        history = previous_conversation(self.store, rreq.previous_response_id)
+        drop = await fitting_drop(app, rreq, history, len(body))
+        with own_names():
+            count = await app.prompt_tokens(rreq.to_chat(history, drop), len(body))
         await send_json(send, 200, {"object": "response.input_tokens", "input_tokens": count})
 
     async def retrieve(self, scope, receive, send) -> None:

@@ -53,10 +53,13 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     # Conversation objects are not kept: this would change the answer, so it is refused.
     conversation: Any = None
     background: bool = False
+    # "auto": a conversation over the context drops its oldest turns (`responses_truncation`) instead of a 400
+    truncation: str | None = None
 
-    def to_chat(self, history: list[ChatMessage] | None = None) -> ChatCompletionRequest:
+    def to_chat(self, history: list[ChatMessage] | None = None, drop: int = 0) -> ChatCompletionRequest:
         """The equivalent chat request, after `history` (the conversation a previous_response_id
-        continues); the Responses request owns this conversion."""
+        continues), less the conversation's first `drop` messages (its system and developer ones kept:
+        what `truncation: auto` leaves out); the Responses request owns this conversion."""
         if self.conversation is not None:
             raise bad_request("`conversation` is not supported: send the full input, or a previous_response_id",
                               "conversation", "unsupported_parameter")
@@ -64,9 +67,11 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
             raise bad_request("`background` is not supported", "background", "unsupported_parameter")
         if self.max_output_tokens is not None and self.max_output_tokens < 1:
             raise bad_request("`max_output_tokens` must be at least 1", "max_output_tokens")
+        if self.truncation not in (None, "auto", "disabled"):
+            raise bad_request("`truncation` must be 'auto' or 'disabled'", "truncation", "invalid_value")
         # As in OpenAI's API, a previous response's instructions are not carried over: only this request's.
         messages = [ChatMessage(role="system", content=self.instructions)] if self.instructions else []
-        messages += (history or []) + input_messages(self.input)
+        messages += shortened(self.conversation_messages(history), drop)
         if not messages:
             raise bad_request("`input` must not be empty", "input")
         for i, tool in enumerate(self.tools or []):
@@ -95,6 +100,22 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
                                      top_p=self.top_p, seed=self.seed, tools=tools or None, tool_choice=choice,
                                      parallel_tool_calls=self.parallel_tool_calls, response_format=response_format,
                                      reasoning_effort=(self.reasoning or {}).get("effort"), nvext=self.nvext)
+
+
+    def conversation_messages(self, history: list[ChatMessage] | None = None) -> list[ChatMessage]:
+        """The conversation as chat messages: `history`, then this request's input (no instructions)."""
+        return (history or []) + input_messages(self.input)
+
+
+# Roles `truncation: auto` never drops: they set the rules of the conversation, not a turn of it.
+KEPT_ROLES = ("system", "developer")
+
+
+def shortened(conversation: list[ChatMessage], drop: int) -> list[ChatMessage]:
+    """`conversation` without its first `drop` messages, except the system and developer ones among them."""
+    if drop <= 0:
+        return conversation
+    return [m for m in conversation[:drop] if m.role in KEPT_ROLES] + conversation[drop:]
 
 
 def input_messages(items: str | list[dict[str, Any]]) -> list[ChatMessage]:

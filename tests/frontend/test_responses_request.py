@@ -3,10 +3,12 @@ output given as content parts, an earlier answer's refusal replayed, and the 400
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from dynamo.frontend.errors import ApiError
-from dynamo.frontend.responses_request import input_messages
+from dynamo.frontend.responses_request import decode_responses, input_messages
 
 IMAGE = "data:image/png;base64,iVBORw0KGgo="
 
@@ -51,3 +53,20 @@ def test_a_refusal_replayed_from_an_earlier_answer_is_its_text():
     assert [(m.role, m.content) for m in messages] == [("user", "Do something bad."),
                                                        ("assistant", "I can't help with that."),
                                                        ("user", "Then something good.")]
+
+
+def test_truncation_drops_leading_turns_but_keeps_system_and_developer_messages():
+    rreq = decode_responses(json.dumps({
+        "model": "m", "instructions": "be brief", "truncation": "auto",
+        "input": [{"role": "developer", "content": "rules"}, {"role": "user", "content": "q1"},
+                  {"role": "assistant", "content": "a1"}, {"role": "user", "content": "q2"}]}).encode())
+    kept = rreq.to_chat(None, 3).messages
+    assert [(m.role, m.content) for m in kept] == [("system", "be brief"), ("developer", "rules"), ("user", "q2")]
+    assert [m.role for m in rreq.to_chat(None, 0).messages] == ["system", "developer", "user", "assistant", "user"]
+
+
+def test_an_unknown_truncation_mode_is_refused_naming_it():
+    rreq = decode_responses(json.dumps({"model": "m", "input": "hi", "truncation": "middle"}).encode())
+    with pytest.raises(ApiError) as err:
+        rreq.to_chat()
+    assert err.value.param == "truncation"
