@@ -8,7 +8,8 @@ Conversion:
 - `system` (a string or text blocks) becomes the system message. With `--strip-anthropic-preamble` (the
   default) the `x-anthropic-billing-header:` line Claude Code puts first is dropped: it changes with every
   request and would make every prompt's first block new, so nothing would be reused from the cache.
-- user blocks: `text` and plain-text `document`s become the user message; each `tool_result`
+- user blocks: `text`, text `document`s (a `text` or `content` source, titled) and `search_result`s
+  (title, source, text) become the user message, and read as text inside a `tool_result` too; each `tool_result`
   becomes a tool message for its `tool_use_id` (one with `is_error` says so, "Error: ..." as Anthropic's
   own examples write it: chat templates have no place for the flag). Assistant blocks: `text`,
   `tool_use` (a tool call with the input as its JSON arguments), `thinking` (the message's reasoning;
@@ -17,7 +18,9 @@ Conversion:
   400); in a `tool_result`, which carries text only, an `[image]` note stands in.
 - `tools` (`name`, `description`, `input_schema`) become functions; `tool_choice` `auto`, `any`
   (required), `tool` (named), `none`; `disable_parallel_tool_use` turns parallel calls off.
-  Anthropic's server tools (a `type` such as `web_search_...`) cannot run here: a 400 says so.
+  Anthropic-defined client tools (`bash_...`, `text_editor_...`) are functions with the schemas their
+  applications execute (`anthropic_tools`); Anthropic's server tools (`web_search_...`) and computer use
+  cannot run here: a 400 says so.
 - `thinking.type` `enabled`/`disabled` sets the template's `enable_thinking`. `budget_tokens` becomes
   the reasoning budget where the frontend enforces it (models whose reasoning parser uses tags, any
   engine: `thinking_budget`); elsewhere it is dropped, since engines that cannot enforce one would
@@ -34,6 +37,7 @@ from typing import Any
 
 import msgspec
 
+from dynamo.frontend.anthropic_tools import client_tool_function
 from dynamo.frontend.errors import ApiError, bad_request
 from dynamo.frontend.openai import I64, ChatCompletionRequest, ChatMessage, decode_body
 from dynamo.llm.preprocessor import ContextOverflow
@@ -44,7 +48,7 @@ _BILLING_LINE = re.compile(r"^x-anthropic-billing-header:[^\n]*\n?", re.MULTILIN
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
                 503: "overloaded_error", 529: "overloaded_error"}
-_USER_BLOCKS = ("text", "tool_result", "document", "image")
+_USER_BLOCKS = ("text", "tool_result", "document", "image", "search_result")
 _ASSISTANT_BLOCKS = ("text", "tool_use", "thinking", "redacted_thinking")
 
 
@@ -184,8 +188,8 @@ def _user_messages(blocks: list[dict[str, Any]], where: str) -> list[ChatMessage
             out.append(ChatMessage(role="tool", content=text, tool_call_id=block.get("tool_use_id")))
         elif kind == "image":
             parts.append({"type": "image_url", "image_url": {"url": _image_url(block, f"{where}.content[{j}]")}})
-        elif kind == "document":
-            parts.append({"type": "text", "text": _document_text(block, f"{where}.content[{j}]")})
+        elif kind in _TEXT_SOURCES:
+            parts.append({"type": "text", "text": _TEXT_SOURCES[kind](block, f"{where}.content[{j}]")})
         else:
             parts.append({"type": "text", "text": _block_text(block, f"{where}.content", j)})
     if any(part["type"] == "image_url" for part in parts):
@@ -234,8 +238,11 @@ def _result_text(content: Any, where: str) -> str:
     if isinstance(content, list):
         texts = []
         for j, block in enumerate(content):
-            if isinstance(block, dict) and block.get("type") == "image":
+            kind = block.get("type") if isinstance(block, dict) else None
+            if kind == "image":
                 texts.append("[image]")  # a tool message carries text only
+            elif kind in _TEXT_SOURCES:
+                texts.append(_TEXT_SOURCES[kind](block, f"{where}[{j}]"))
             else:
                 texts.append(_block_text(block, where, j))
         return "\n".join(texts)
@@ -243,20 +250,45 @@ def _result_text(content: Any, where: str) -> str:
 
 
 def _document_text(block: dict[str, Any], where: str) -> str:
+    """A document's text (its title first, when it has one): a `text` source's data, a `content` source's
+    text blocks; a 400 for the others (PDFs, files), which are not read here."""
     source = _source(block, where)
     if source.get("type") == "text" and isinstance(source.get("data"), str):
-        return source["data"]
-    raise bad_request(f"{where}: only plain-text documents (source.type `text`) can be read here", f"{where}.source")
+        text = source["data"]
+    elif source.get("type") == "content" and isinstance(source.get("content"), (str, list)):
+        content = source["content"]
+        text = content if isinstance(content, str) else "\n".join(
+            _block_text(b, f"{where}.source.content", k) for k, b in enumerate(content))
+    else:
+        raise bad_request(f"{where}: only text documents (source.type `text` or `content`) can be read here",
+                          f"{where}.source")
+    title = block.get("title")
+    return f"{title}\n{text}" if isinstance(title, str) and title else text
+
+
+def _search_result_text(block: dict[str, Any], where: str) -> str:
+    """A search result (a RAG tool's answer, Anthropic's `search_result` block) as the model reads it: its
+    title and source, then its text blocks."""
+    content = block.get("content")
+    if not isinstance(content, list):
+        raise bad_request(f"{where}: a search result's `content` must be a list of text blocks", f"{where}.content")
+    head = [v for v in (block.get("title"), block.get("source")) if isinstance(v, str) and v]
+    return "\n".join(head + [_block_text(b, f"{where}.content", k) for k, b in enumerate(content)])
+
+
+# User and tool-result blocks read as text, and how.
+_TEXT_SOURCES = {"document": _document_text, "search_result": _search_result_text}
 
 
 def _tools(tools: list[dict[str, Any]] | None, choice: dict[str, Any] | None):
     """(chat tools, chat tool_choice, parallel_tool_calls) of Anthropic's tools and tool_choice."""
     functions = []
     for i, tool in enumerate(tools or []):
-        if not isinstance(tool, dict) or tool.get("type") not in (None, "custom") or not tool.get("name"):
-            kind = tool.get("type") if isinstance(tool, dict) else None
-            raise bad_request(f"tools[{i}]: only client tools (name, input_schema) can be used here, not {kind!r}",
-                              f"tools[{i}]")
+        if isinstance(tool, dict) and tool.get("type") not in (None, "custom"):
+            functions.append(client_tool_function(tool, i))
+            continue
+        if not isinstance(tool, dict) or not tool.get("name"):
+            raise bad_request(f"tools[{i}]: a client tool needs a `name` (and an `input_schema`)", f"tools[{i}]")
         functions.append({"type": "function", "function": {
             "name": tool["name"], "description": tool.get("description", ""),
             "parameters": tool.get("input_schema") or {"type": "object", "properties": {}}}})

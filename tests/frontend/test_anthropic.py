@@ -100,8 +100,14 @@ def test_claude_codes_billing_line_is_stripped_only_when_asked():
      "messages[0].content[0].type"),
     ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "file", "file_id": "f1"}}]}]},
      "messages[0].content[0].source"),  # an uploaded file cannot be fetched here: refused, not dropped
-    ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "bash_20250124", "name": "bash"}]},
-     "tools[0]"),
+    ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "web_search_20250305", "name": "web_search"}]},
+     "tools[0].type"),  # Anthropic's servers run it: nothing here can
+    ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "computer_20250124", "name": "computer",
+                                                                  "display_width_px": 1024}]}, "tools[0].type"),
+    ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"input_schema": {}}]}, "tools[0]"),
+    ({"messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "base64", "data": "JVBE",
+                                                                                 "media_type": "application/pdf"}}]}]},
+     "messages[0].content[0].source"),
     ({"messages": [{"role": "user", "content": "hi"}], "tool_choice": {"type": "sometimes"}}, "tool_choice.type"),
     ({"messages": [{"role": "user", "content": "hi"}], "system": [{"type": "image"}]}, "system[0]"),
 ])
@@ -158,3 +164,36 @@ def test_an_overflow_keeps_its_numbers_from_the_preprocessor_to_the_anthropic_bo
     assert body["message"].startswith("input length and `max_tokens` exceed context limit: 1900 + 500 > 2048")
     assert body["type"] == "invalid_request_error" and body["code"] == "context_length_exceeded"
     assert body["param"] == "max_tokens"
+
+
+def test_anthropic_defined_client_tools_are_functions_with_the_schemas_their_applications_run():
+    req = chat({"messages": [{"role": "user", "content": "fix the bug"}],
+                "tools": [{"type": "bash_20250124", "name": "bash"},
+                          {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool", "max_characters": 9},
+                          {"type": "text_editor_20250124", "name": "str_replace_editor"},
+                          {"name": "lint", "input_schema": {"type": "object", "properties": {}}}],
+                "tool_choice": {"type": "tool", "name": "str_replace_based_edit_tool"}})
+    functions = {t["function"]["name"]: t["function"] for t in req.tools}
+    assert list(functions) == ["bash", "str_replace_based_edit_tool", "str_replace_editor", "lint"]
+    assert set(functions["bash"]["parameters"]["properties"]) == {"command", "restart"}
+    editor = functions["str_replace_based_edit_tool"]["parameters"]
+    assert editor["required"] == ["command", "path"]
+    assert editor["properties"]["command"]["enum"] == ["view", "create", "str_replace", "insert"]
+    assert {"old_str", "new_str", "file_text", "insert_line", "view_range"} <= set(editor["properties"])
+    assert "undo_edit" in functions["str_replace_editor"]["parameters"]["properties"]["command"]["enum"]
+    assert req.tool_choice == {"type": "function", "function": {"name": "str_replace_based_edit_tool"}}
+    validate_chat(req)
+
+
+def test_search_results_and_documents_are_read_as_text_also_inside_tool_results():
+    result = {"type": "search_result", "source": "https://docs.example/rivers", "title": "Rivers",
+              "content": [{"type": "text", "text": "The Loire is long."}], "citations": {"enabled": True}}
+    document = {"type": "document", "title": "Notes", "source": {"type": "content", "content": [
+        {"type": "text", "text": "first"}, {"type": "text", "text": "second"}]}}
+    req = chat({"messages": [
+        {"role": "user", "content": [result, {"type": "text", "text": "Which river?"}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "search", "input": {"q": "x"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [result, document]}]}]})
+    assert req.messages[0].content == "Rivers\nhttps://docs.example/rivers\nThe Loire is long.\nWhich river?"
+    assert req.messages[2].role == "tool"
+    assert req.messages[2].content == "Rivers\nhttps://docs.example/rivers\nThe Loire is long.\nNotes\nfirst\nsecond"
