@@ -217,12 +217,13 @@ async def _drain(config: FrontendConfig, app: FrontendApp, http: EmbeddedHttpSer
     """Drain like Dynamo: /health 503 (/live 200), new requests 503, admitted streams finish,
     all bounded by DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS."""
     grace = config.http_graceful_shutdown_timeout_secs
-    app.begin_drain()
-    log.info("draining %d request(s) in flight (at most %.0f s)", app.inflight, grace)
-    if not await app.drained(grace):
-        log.warning("drain deadline passed with %d request(s) in flight; ending them", app.inflight)
+    admission = app.admission
+    admission.begin_drain()
+    log.info("draining %d request(s) in flight (at most %.0f s)", admission.inflight, grace)
+    if not await admission.drained(grace):
+        log.warning("drain deadline passed with %d request(s) in flight; ending them", admission.inflight)
         app.dispatcher.shut_down()  # each ends with a shutting_down error, not as a lost worker
-        await app.drained(SHUTDOWN_FLUSH_SECS)
+        await admission.drained(SHUTDOWN_FLUSH_SECS)
     await http.stop(timeout=1.0)
     if grpc_server is not None:
         await grpc_server.stop(1.0)

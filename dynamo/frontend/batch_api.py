@@ -79,7 +79,7 @@ class BatchApi:
 
     # -- files -----------------------------------------------------------------------------------
     async def upload(self, scope, receive, send) -> None:
-        self.app.refuse_if_draining()
+        self.app.admission.refuse_if_draining()
         room = min(MAX_FILE_BYTES, self.files.max_bytes - self.files.bytes)
         declared = header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > room + MULTIPART_OVERHEAD:
@@ -136,7 +136,7 @@ class BatchApi:
 
     # -- batches ---------------------------------------------------------------------------------
     async def create(self, scope, receive, send) -> None:
-        self.app.refuse_if_draining()  # its requests would only meet 503s until this frontend exits
+        self.app.admission.refuse_if_draining()  # its requests would only meet 503s until this frontend exits
         try:
             body = await read_body(receive, CREATE_LIMIT)
         except BodyTooLarge:

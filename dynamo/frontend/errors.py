@@ -54,11 +54,20 @@ def nested_too_deeply() -> ApiError:
     return bad_request("Malformed JSON body: nested too deeply", None, "invalid_json")
 
 
+# What a request raises past every route's own checks: nested deeper than a parser recurses, or an
+# integer the request plane cannot carry (over 64 bits, in a free-form field). The client's error.
+BEYOND_LIMITS = (RecursionError, OverflowError)
+
+
 def beyond_limits(exc: RecursionError | OverflowError, path: str) -> ApiError:
-    """A request that raised past every route's own checks: nested deeper than a parser recurses, or an
-    integer the request plane cannot carry (over 64 bits, in a free-form field). The client's error; logged
-    with its traceback, in case it was ours."""
+    """The answer to a request that raised one of `BEYOND_LIMITS`; logged with its traceback, in case it was
+    ours."""
     log.warning("request to %s refused: %r", path, exc, exc_info=exc)
+    return limits_refusal(exc)
+
+
+def limits_refusal(exc: RecursionError | OverflowError) -> ApiError:
+    """`beyond_limits`' answer, unlogged: what the request metrics count such a request as."""
     if isinstance(exc, RecursionError):
         return nested_too_deeply()
     return bad_request("An integer in the request is out of range (at most 64 bits)")

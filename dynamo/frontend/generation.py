@@ -1,6 +1,7 @@
 """One generation request from its first worker call to its last byte: fans `n`
-choices out to the workers, runs each choice's token stream through its output stage
-(`output.py`) and frames the result as SSE chunks or one JSON body (`sse.py`).
+choices out to the workers (read back as one stream: `fan_in.py`), runs each choice's token
+stream through its output stage (`output.py`) and frames the result as SSE chunks or one JSON
+body (`sse.py`); its latency and size metrics are `run_timing.py`'s.
 
 The response status is decided after the first batch of tokens arrives, so failures
 before any output (no worker, overload, bad prompt) get a real HTTP error instead of a
@@ -14,13 +15,14 @@ import functools
 import time
 from typing import Any
 
-from dynamo.frontend import annotations, errors, response_ext
+from dynamo.frontend import annotations, errors, fan_in, response_ext
 from dynamo.frontend.choices import Choice, chat_choice, collect
 from dynamo.frontend.dispatch import aclose_quietly
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.metrics import RequestOutcome
 from dynamo.frontend.openai import ChatMessage
 from dynamo.frontend.output import ChoiceDelta, OutputSpec, OutputStage
+from dynamo.frontend.run_timing import RunTiming
 from dynamo.frontend.speculative_prefill import chat_answer_history
 from dynamo.frontend.stream_dispatch import StreamDispatch
 from dynamo.frontend.sse import (
@@ -46,7 +48,7 @@ class GenerationRun:
         self.req = req
         self.preqs = preqs
         self.request_id = preqs[0].request_id.rsplit("-", 1)[0] if len(preqs) > 1 else preqs[0].request_id
-        self.started = started
+        self.timing = RunTiming(app.metrics, self.model, started)
         self.created = int(time.time())
         self.is_chat = is_chat
         self.chunks = (ChatChunks if is_chat else CompletionChunks)(self.request_id, self.model, self.created)
@@ -57,7 +59,6 @@ class GenerationRun:
         self.keep_answer = False  # a stream also collects its answer (a unary one always does): speculative prefill
         self.cached_tokens = 0
         self.engine_prompt_tokens: int | None = None  # the engine's count, where it differs (images expanded)
-        self.last_time = started
         self.extra_fields = response_ext.requested(req.nvext)
         self.annotations = annotations.requested(req.nvext)
         self.public_id = self.request_id  # the id the client and the logs know it by (the host may set it)
@@ -68,11 +69,7 @@ class GenerationRun:
         self.dispatch = (StreamDispatch(tools, reasoning, reasoning_field)
                          if is_chat and req.stream and (tools or reasoning) else None)
         self.block_size = entry.card.kv_cache_block_size
-        self.first_token_at: float | None = None
         self.error: ApiError | None = None  # what ended the stream after its 200: sent as an error event
-        self._decoding = False  # a batch with tokens came: the next ones have an inter-token latency
-        self._observe_itl = app.metrics.itl.labels(self.model).observe
-        self._count_output = app.metrics.output_tokens.labels(self.model).inc
         decode = self.pipeline.tokenizer.decode
         self.echo = self._echo_text(req, preqs[0].token_ids, decode)
         if req.return_tokens_as_token_ids:  # logprob tokens by id: text a client can map back exactly
@@ -97,7 +94,7 @@ class GenerationRun:
         app = self.app
         gens = [app.dispatcher.stream(entry, p, c.handle, self.prompt_reasoning)
                 for p, c in zip(self.preqs, self.choices)]
-        merged = self._merged(gens)
+        merged = fan_in.merged(gens)
         watcher = asyncio.ensure_future(receive())
         watcher.add_done_callback(self._on_receive)
         handles = [c.handle for c in self.choices]
@@ -109,12 +106,9 @@ class GenerationRun:
                 first = None
             if self.cancelled:
                 return RequestOutcome.CANCELLED
-            self.first_token_at = self.last_time = time.monotonic()
+            self.timing.first_response(self.choices[0].handle, len(self.preqs[0].token_ids))
             if self.on_first_response is not None:
                 self.on_first_response()
-            app.metrics.ttft.labels(self.model).observe(self.first_token_at - self.started)
-            app.metrics.first_token_on(self.choices[0].handle, self.first_token_at - self.started,
-                                       len(self.preqs[0].token_ids))
             if self.req.stream:
                 await self._stream(merged, first, send)
             else:
@@ -128,7 +122,8 @@ class GenerationRun:
             await aclose_quietly(merged)
             for gen in gens:
                 await aclose_quietly(gen)
-            self._observe_end()
+            self.timing.ended(self.choices[0].handle, self.choices[0].stage.completion_tokens,
+                              len(self.preqs[0].token_ids), self.completion_tokens, self.cached_tokens)
 
     @property
     def cancelled(self) -> bool:
@@ -144,49 +139,6 @@ class GenerationRun:
                                                   "stream" if self.req.stream else "unary").inc()
             for choice in self.choices:
                 choice.handle.cancel()
-
-    def _observe_end(self) -> None:
-        m, now = self.app.metrics, time.monotonic()
-        m.duration.labels(self.model).observe(now - self.started)
-        tokens = self.choices[0].stage.completion_tokens
-        if self.first_token_at is not None and tokens > 1:  # Dynamo's mean ITL: (end - first) / (tokens - 1)
-            m.decoded_on(self.choices[0].handle, (now - self.first_token_at) / (tokens - 1))
-        m.isl.labels(self.model).observe(len(self.preqs[0].token_ids))
-        m.osl.labels(self.model).observe(self.completion_tokens)
-        m.cached.labels(self.model).observe(self.cached_tokens)
-
-    async def _merged(self, gens):
-        """(choice index, batch) from every choice's worker stream, in arrival order."""
-        if len(gens) == 1:
-            async for batch in gens[0]:
-                yield 0, batch
-            return
-        queue: asyncio.Queue = asyncio.Queue()
-
-        async def pump(i: int, gen) -> None:
-            try:
-                async for batch in gen:
-                    queue.put_nowait((i, batch, None))
-            except Exception as exc:  # surfaces in the consumer, which owns the response
-                queue.put_nowait((i, None, exc))
-                return
-            queue.put_nowait((i, None, None))
-
-        tasks = [asyncio.create_task(pump(i, g), name=f"choice-{i}") for i, g in enumerate(gens)]
-        try:
-            remaining = len(tasks)
-            while remaining:
-                i, batch, exc = await queue.get()
-                if exc is not None:
-                    raise exc
-                if batch is None:
-                    remaining -= 1
-                    continue
-                yield i, batch
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- token batches -------------------------------------------------------------------------
     @property
@@ -216,22 +168,8 @@ class GenerationRun:
                 break
             if out.finish_reason is not None:
                 choice.finish, choice.stop_reason = out.finish_reason, out.stop_reason
-        self._observe_gap(sum(len(out.token_ids) for out in outputs))
+        self.timing.batch(sum(len(out.token_ids) for out in outputs))
         return total
-
-    def _observe_gap(self, count: int) -> None:
-        """Dynamo's ITL: the gap since the last batch, once per token of this one; the first batch's tokens have
-        none (their time is the TTFT): 15 observations for 16 tokens streamed one at a time."""
-        if not count:
-            return
-        now = time.monotonic()
-        if self._decoding:
-            gap = (now - self.last_time) / count
-            for _ in range(count):
-                self._observe_itl(gap)
-        self._decoding = True
-        self._count_output(count)
-        self.last_time = now
 
     @property
     def prompt_tokens(self) -> int:
@@ -253,11 +191,11 @@ class GenerationRun:
             choice = self.choices[0]
             out["stop_reason"] = choice.stage.matched_stop or choice.stop_reason
         if "timing" in self.extra_fields:
-            now = time.monotonic()
-            first = None if self.first_token_at is None else self.first_token_at - self.started
+            now, started, first_at = time.monotonic(), self.timing.started, self.timing.first_token_at
+            first = None if first_at is None else first_at - started
             hit = handle.overlap_blocks
-            began = None if handle.prefill_started is None else handle.prefill_started - self.started
-            out["timing"] = response_ext.timing(time.time() - (now - self.started), first, now - self.started, hit,
+            began = None if handle.prefill_started is None else handle.prefill_started - started
+            out["timing"] = response_ext.timing(time.time() - (now - started), first, now - started, hit,
                                                 len(self.preqs[0].token_ids), self.block_size, began)
         return out
 

@@ -3,8 +3,9 @@ per-token path). Routes: POST /v1/chat/completions, /v1/completions, /v1/respons
 /v1/embeddings, /v1/classify, /v1/pooling, /v1/rerank, /v2/rerank, /v1/score (and /v1/messages under
 --enable-anthropic-api); GET /v1/models, /v1/models/{id}[/ready], /health, /live, /metrics, /openapi.json.
 
-Requests are read, decoded, validated and converted here; the generation itself (fan-out,
-output stage, framing) is `generation.GenerationRun`.
+Requests are read, decoded, validated and converted here; which of them get in (drain, concurrency
+limit, a model's workers) is `admission.Admission`; the generation itself (fan-out, output stage,
+framing) is `generation.GenerationRun`.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from typing import Awaitable, Callable
 from prometheus_client import generate_latest
 
 from dynamo.frontend import annotations, errors, inprocess, speculative_prefill
+from dynamo.frontend.admission import Admission
 from dynamo.frontend.model_routes import ModelRoutes, health_report
 from dynamo.frontend.admin import BusyThresholdAdmin
 from dynamo.frontend.openapi import OpenApi
 from dynamo.frontend.anthropic import PATH as ANTHROPIC_PATH, error_body
 from dynamo.frontend.messages_run import AnthropicApi
 from dynamo.frontend.agent_context import agent_context
-from dynamo.frontend.intake import SHAPE_CHECK_BYTES, early_refusal
+from dynamo.frontend.intake import SHAPE_CHECK_BYTES, early_refusal, read_limited
 from dynamo.frontend.dispatch import Dispatcher
 from dynamo.frontend.pooling_api import ROUTES as POOLING_ROUTES, BackgroundStreams, PoolingRoute
 from dynamo.frontend.errors import OVERLOADED_STATUS, ApiError, bad_request
@@ -38,7 +40,6 @@ from dynamo.llm.media import MediaPolicy
 from dynamo.llm.protocol import RoutingHints
 from dynamo.frontend.openai import ChatCompletionRequest, decode_request
 from dynamo.frontend.validation import validate_chat, validate_completion
-from dynamo.frontend.worker_wait import WorkerWait
 from dynamo.frontend.demand import Arrival, Demand
 from dynamo.frontend.request_log import (SCOPE_KEY, TRACED_PATHS, RequestTrace, adopt_client_id, echo_request_id,
                                          start_trace)
@@ -50,16 +51,7 @@ from dynamo.frontend.responses_store import ResponseStore
 from dynamo.llm.preprocessor import PreprocessError
 from dynamo.runtime.logs import RequestEvents
 from dynamo.runtime.memory import HeapTrimmer
-from dynamo.runtime.asgi import (
-    JSON_HEADERS,
-    TEXT_HEADERS,
-    BodyTooLarge,
-    header,
-    json_encode,
-    read_body,
-    send_bytes,
-    send_json,
-)
+from dynamo.runtime.asgi import JSON_HEADERS, TEXT_HEADERS, json_encode, send_bytes, send_json
 
 log = logging.getLogger(__name__)
 
@@ -80,21 +72,15 @@ class FrontendApp:
         self.dispatcher = dispatcher
         self.metrics = metrics
         self.body_limit = body_limit
-        self.concurrency_limit = concurrency_limit
-        self.overload_status = overload_status
         self.health_extra = health_extra
         self.reasoning_field = reasoning_field
         self.media_policy = media_policy or MediaPolicy()  # which image references requests may carry (DYN_MM_*)
         self.stream_dispatch = stream_dispatch  # (tool calls, reasoning): Dynamo's early-dispatch events
         self.request_events = request_events or RequestEvents(jsonl=False)
-        self.inflight = 0
-        self.worker_wait = WorkerWait(models, metrics, wait_for_workers)
+        self.admission = Admission(models, metrics, concurrency_limit, overload_status, wait_for_workers)
         self.demand = Demand(models, metrics)
-        if self.worker_wait.enabled:  # a migrating request waits for its model's next worker too
-            dispatcher.worker_wait = self.worker_wait.for_request
-        self.draining = False
-        self._idle = asyncio.Event()
-        self._idle.set()
+        if self.admission.worker_wait.enabled:  # a migrating request waits for its model's next worker too
+            dispatcher.worker_wait = self.admission.worker_wait.for_request
         self.prep_pool = ThreadPoolExecutor(max_workers=PREP_THREADS, thread_name_prefix="dyn-prep")
         self.speculative = SpeculativePrefill(dispatcher, self.prep_pool, metrics.registry, metrics.prefix)
         self.trimmer = HeapTrimmer(self.prep_pool)  # after big bodies
@@ -136,7 +122,7 @@ class FrontendApp:
                 adopt_client_id(trace, scope)
             try:
                 await route(scope, receive, send)
-            except (RecursionError, OverflowError) as exc:  # what a body beyond any parser's or wire's limits raises
+            except errors.BEYOND_LIMITS as exc:  # what a body beyond any parser's or wire's limits raises
                 raise errors.beyond_limits(exc, scope["path"]) from None
         except ApiError as exc:
             error = exc
@@ -180,19 +166,7 @@ class FrontendApp:
             error.message += ": Anthropic's Messages API is served with --enable-anthropic-api"
         return error
 
-    # -- shutdown ------------------------------------------------------------------------------
-    def begin_drain(self) -> None:
-        """From now on /health says 503 and new generation requests get 503; admitted ones run on."""
-        self.draining = True
-
-    async def drained(self, timeout: float) -> bool:
-        """Wait (bounded) until no generation request is in flight."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
-
+    # -- shutdown (the drain: `admission`) ------------------------------------------------------
     async def close(self) -> None:
         for close in self.on_close:
             await close()
@@ -206,7 +180,7 @@ class FrontendApp:
 
     async def health(self, scope, receive, send) -> None:
         body = health_report(self.models.listed(), self.health_extra() if self.health_extra is not None else {})
-        if self.draining:
+        if self.admission.draining:
             body.update(status="draining", message="shutting down: not accepting new requests")
             await send_json(send, 503, body)
             return
@@ -219,25 +193,7 @@ class FrontendApp:
 
     # -- generation ---------------------------------------------------------------------------
     async def request_body(self, scope, receive) -> bytes | bytearray:
-        length = header(scope, b"content-length")
-        if length is not None:
-            try:
-                declared = int(length)
-            except ValueError:
-                raise bad_request("invalid Content-Length header", None, "invalid_header") from None
-            if declared > self.body_limit:
-                raise self._too_large(declared)
-        try:
-            return await read_body(receive, self.body_limit)
-        except BodyTooLarge:
-            raise self._too_large(None) from None
-
-    def _too_large(self, size: int | None) -> ApiError:
-        return errors.body_too_large(self.body_limit, size)
-
-    def refuse_if_draining(self) -> None:
-        if self.draining:
-            raise errors.shutting_down()
+        return await read_limited(scope, receive, self.body_limit)
 
     async def _refuse_early(self, body, kind: str) -> None:
         refusal = await early_refusal(body, kind, self._pipeline_of)
@@ -255,7 +211,7 @@ class FrontendApp:
         await self._handle(scope, receive, send, "completion")
 
     async def _handle(self, scope, receive, send, kind: str) -> None:
-        self.refuse_if_draining()
+        self.admission.refuse_if_draining()
         body = await self.request_body(scope, receive)
         size = len(body)
         try:
@@ -281,54 +237,27 @@ class FrontendApp:
     async def pooled(self, route: PoolingRoute, scope, receive, send) -> None:
         """/v1/embeddings, /v1/classify, /v1/pooling, /v1/rerank: one unary answer from the model's pooling
         workers."""
-        self.refuse_if_draining()
+        self.admission.refuse_if_draining()
         req = route.decode(await self.request_body(scope, receive))
         trace = scope.get(SCOPE_KEY)
         with self._tally(req.model, route.endpoint, "unary", trace) as tally:
             req.validate()
             if trace is not None:
                 trace.received(req.model, route.endpoint, "unary")
-            entry = await self.served_entry(req.model, receive)
+            entry = await self.admission.served_entry(req.model, receive)
             if not route.served_by(entry.card.model_type):
                 raise route.not_served(req.model)
-            self._refuse_if_overloaded(entry.name)
+            self.admission.refuse_if_overloaded(entry.name)
             started = time.monotonic()
-            self._admit(entry.name)
+            self.admission.admit(entry.name)
             try:
                 dispatcher = BackgroundStreams(self.dispatcher) if scope.get(inprocess.BACKGROUND) else self.dispatcher
                 body = await route.answer(dispatcher, entry, req)
             finally:
-                self._release(entry.name)
+                self.admission.release(entry.name)
                 self.metrics.duration.labels(entry.name).observe(time.monotonic() - started)
             await send_json(send, 200, body)
             tally.ended(RequestOutcome.SUCCESS)
-
-    def entry_for(self, name: str):
-        entry = self.models.get(name)
-        if entry is None and name not in self.models.retired:
-            raise errors.model_not_found(name)
-        if entry is None or not entry.decode_workers():
-            raise self._rejected(name, errors.no_workers(name))
-        return entry
-
-    async def served_entry(self, name: str, receive: Callable):
-        """`name`'s entry once some worker serves it: at once, or after waiting for one where the
-        model's workers are all gone and --wait-for-workers-secs holds its requests."""
-        if self.worker_wait.would_wait(name):
-            self._refuse_if_overloaded(name)
-            if not await self.worker_wait.until_served(name, receive, lambda: self.draining):
-                self.refuse_if_draining()
-                raise self._rejected(name, errors.no_workers(name, self.worker_wait.wait_secs))
-        return self.entry_for(name)
-
-    def _refuse_if_overloaded(self, model: str) -> None:
-        if self.concurrency_limit and self.inflight + self.worker_wait.waiting >= self.concurrency_limit:
-            raise self._rejected(model, errors.too_many_requests(self.overload_status))
-
-    def _rejected(self, model: str, error: ApiError) -> ApiError:
-        """`error`, counted in the rejection metric under its code (`no_workers`, `overloaded`)."""
-        self.metrics.rejections.labels(model, error.code).inc()
-        return error
 
     async def generate(self, req, endpoint: str, body_size: int, receive, send, run_cls=GenerationRun,
                        hints: RoutingHints | None = None, trace: RequestTrace | None = None, speculate: bool = False,
@@ -361,8 +290,9 @@ class FrontendApp:
         if trace is not None:
             trace.received(req.model, endpoint, request_type, hints.session_id if hints else None,
                            hints.parent_session_id if hints else None, agent)
-        entry = await self.served_entry(req.model, receive)
-        self._refuse_if_overloaded(entry.name)
+        admission = self.admission
+        entry = await admission.served_entry(req.model, receive)
+        admission.refuse_if_overloaded(entry.name)
         is_chat = isinstance(req, ChatCompletionRequest)
         kind = "chat" if is_chat else "completions"
         if kind not in entry.card.model_type:
@@ -376,14 +306,14 @@ class FrontendApp:
             attach_images(entry.pipeline, preqs, ids, images)
             speculate = False  # a next turn's prefill would go without the images
             await asyncio.sleep(0)  # hashing them was one pass over their data, encoding them is the next
-        self._refuse_if_overloaded(entry.name)
-        self.refuse_if_draining()
+        admission.refuse_if_overloaded(entry.name)
+        admission.refuse_if_draining()
         if annotations.QUERY_INSTANCE_ID in names:
             await annotations.answer_routing_query(self.dispatcher, entry, preqs[0], is_chat, req.stream, send)
             if trace is not None:
                 trace.outcome = RequestOutcome.SUCCESS
             return RequestOutcome.SUCCESS, None
-        self._admit(entry.name)
+        admission.admit(entry.name)
         status = RequestOutcome.ERROR
         try:
             run = run_cls(self, entry, req, preqs, is_chat, started, output_spec(entry, req, is_chat, ids),
@@ -398,7 +328,7 @@ class FrontendApp:
             if speculate and status == RequestOutcome.SUCCESS:
                 self.speculative.start(entry, req, run.answer_history(), hints)
         finally:
-            self._release(entry.name)
+            admission.release(entry.name)
             if trace is not None:
                 trace.outcome = status
                 if status == RequestOutcome.CANCELLED:
@@ -423,21 +353,11 @@ class FrontendApp:
         Responses and Anthropic token-count routes."""
         validate_chat(req)
         # a model scaled to zero still has its tokenizer: counting needs no worker
-        entry = (self.models.retired.get(req.model) if self.worker_wait.enabled else None) or self.entry_for(req.model)
+        entry = ((self.models.retired.get(req.model) if self.admission.worker_wait.enabled else None)
+                 or self.admission.entry_for(req.model))
         ids, _ = await self.prompt_ids(entry, req, None, body_size, frozenset())
         return len(ids)
 
     @staticmethod
     def _trace_ids(trace: RequestTrace | None) -> tuple[str | None, str | None]:
         return (trace.wire_id(), trace.trace_id) if trace is not None else (None, None)
-
-    def _admit(self, model: str) -> None:
-        self.inflight += 1
-        self._idle.clear()
-        self.metrics.inflight.labels(model).inc()
-
-    def _release(self, model: str) -> None:
-        self.inflight -= 1
-        if self.inflight == 0:
-            self._idle.set()
-        self.metrics.inflight.labels(model).dec()

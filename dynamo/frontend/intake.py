@@ -1,5 +1,6 @@
-"""Request intake for big bodies (read by `runtime.asgi.read_body` without a second
-full-size copy): refusing a prompt that cannot fit the model's context from the body's shape alone.
+"""Request intake: a request's body, read under the frontend's body limit (`read_limited`, by
+`runtime.asgi.read_body` without a second full-size copy; a 413 past it), and for big bodies,
+refusing a prompt that cannot fit the model's context from the body's shape alone.
 
 Decoding a 40 MB JSON body into Python strings holds the event loop (and the GIL) for
 a few hundred milliseconds on a loaded 2-core machine. A body over `SHAPE_CHECK_BYTES`
@@ -15,8 +16,10 @@ from typing import Callable
 
 import msgspec
 
+from dynamo.frontend import errors
 from dynamo.frontend.errors import ApiError, bad_request
 from dynamo.llm.preprocessor import ContextOverflow
+from dynamo.runtime.asgi import BodyTooLarge, header, read_body
 
 SHAPE_CHECK_BYTES = 1 << 20
 # An escape (`\n`, `\u00e9`, half a surrogate pair) is at most 6 bytes for at least 1 byte of text.
@@ -80,6 +83,22 @@ async def _backslashes_up_to(body: bytes | bytearray, cap: int) -> int:
             break
         await asyncio.sleep(0)
     return count
+
+
+async def read_limited(scope: dict, receive: Callable, limit: int) -> bytes | bytearray:
+    """The request's body; a 413 for one over `limit` bytes (declared so, or found so while read)."""
+    length = header(scope, b"content-length")
+    if length is not None:
+        try:
+            declared = int(length)
+        except ValueError:
+            raise bad_request("invalid Content-Length header", None, "invalid_header") from None
+        if declared > limit:
+            raise errors.body_too_large(limit, declared)
+    try:
+        return await read_body(receive, limit)
+    except BodyTooLarge:
+        raise errors.body_too_large(limit) from None
 
 
 async def early_refusal(body: bytes | bytearray, kind: str,

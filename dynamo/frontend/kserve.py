@@ -138,7 +138,7 @@ class KServeService:
         return pb.ServerLiveResponse(live=True)
 
     async def server_ready(self, request, context):
-        return pb.ServerReadyResponse(ready=not self.app.draining)
+        return pb.ServerReadyResponse(ready=not self.app.admission.draining)
 
     async def server_metadata(self, request, context):
         return pb.ServerMetadataResponse(name="dynamo", version=_version(), extensions=[])

@@ -207,7 +207,7 @@ class AnthropicApi:
         return {("POST", PATH): partial(self.messages, app), ("POST", COUNT_TOKENS_PATH): partial(self.count_tokens, app)}
 
     async def messages(self, app, scope, receive, send) -> None:
-        app.refuse_if_draining()
+        app.admission.refuse_if_draining()
         body = await app.request_body(scope, receive)
         mreq = decode_messages(body)
         await app.generate(mreq, "messages", len(body), receive, send, MessagesRun, trace=scope.get(SCOPE_KEY),

@@ -8,6 +8,7 @@ import asyncio
 import enum
 from typing import Any
 
+from dynamo.frontend.errors import BEYOND_LIMITS, limits_refusal
 from dynamo.frontend.stage_metrics import StageMetrics
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -254,13 +255,13 @@ class RequestTally:
     def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> None:
         """Counts it, also when the block raised: an HTTP error as what it says, a cancelled task or a client
         that left (ConnectionError: it hung up while its request waited) as a cancellation, a body beyond the
-        parsers' limits as the 400 `errors.beyond_limits` answers it with, anything else as `internal`."""
+        parsers' limits as the error `errors.beyond_limits` answers it with, anything else as `internal`."""
         if isinstance(exc, (asyncio.CancelledError, ConnectionError)):
             self.ended(RequestOutcome.CANCELLED)
         elif isinstance(getattr(exc, "status", None), int):
             self.ended(RequestOutcome.ERROR, exc)
-        elif isinstance(exc, (RecursionError, OverflowError)):
-            self.error_type = ErrorType.VALIDATION
+        elif isinstance(exc, BEYOND_LIMITS):
+            self.ended(RequestOutcome.ERROR, limits_refusal(exc))
         self.close()
 
     def close(self) -> None:

@@ -300,7 +300,7 @@ class ResponsesApi:
         return [("GET", PREFIX, self.retrieve), ("DELETE", PREFIX, self.delete)]
 
     async def create(self, app, scope, receive, send) -> None:
-        app.refuse_if_draining()
+        app.admission.refuse_if_draining()
         body = await app.request_body(scope, receive)
         rreq = decode_responses(body)
         if await forwarded(self.store, rreq.previous_response_id, scope, body, send, receive):

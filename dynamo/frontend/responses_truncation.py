@@ -22,10 +22,11 @@ async def fitting_drop(app, rreq: ResponsesRequest, history: list[ChatMessage], 
     prompt, and its `max_output_tokens` when given, fit the model's context: 0 when `truncation` is not
     "auto", when everything fits, when no cut fits, or when the request is refused for another reason
     (which the request path then answers with, inside its accounting)."""
-    if rreq.truncation != "auto":
-        return 0
+    entry = app.models.get(rreq.model)
+    if rreq.truncation != "auto" or entry is None or not entry.decode_workers():
+        return 0  # a model without workers: refused (and counted) once, on the request path
     try:
-        context = app.entry_for(rreq.model).pipeline.context_length
+        context = entry.pipeline.context_length
         if await _fits(app, rreq, history, 0, context, body_size):
             return 0
         conversation = rreq.conversation_messages(history)

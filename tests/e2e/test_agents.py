@@ -12,8 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.fixtures.procs import Cluster
-from tests.fixtures.tools_model import TEMPLATE, tools_model
+from tests.fixtures.tools_model import TEMPLATE, replaying_workers
 
 pytestmark = pytest.mark.e2e
 
@@ -97,25 +96,23 @@ SCRIPTS = {
 @pytest.fixture(scope="module")
 def cluster(tiny_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("agents")
-    model, replay = tools_model(tmp, tiny_model, SCRIPTS)
-    c = Cluster(tmp, model)
-    try:
-        for name, (tool, reasoning) in WORKERS.items():
-            # One worker runs at (simulated) real speed, so its tokens arrive one by one.
-            args = ["--speedup-ratio", "1" if name == "qwen3" else "0", "--replay-file", str(replay)]
-            args += ["--dyn-tool-call-parser", tool] if tool else []
-            args += ["--dyn-reasoning-parser", reasoning] if reasoning else []
-            args += ["--structured-output"] if name in GRAMMAR_BOUND else []
-            if name in TEMPLATED:
-                (tmp / f"{name}.jinja").write_text(TEMPLATED[name])
-                args += ["--custom-jinja-template", str(tmp / f"{name}.jinja")]
-            c.mocker(*args, model_name=name, system_port=False)
-        c.frontend("--enable-anthropic-api")
-        for name in WORKERS:
-            c.wait_workers(name, 1, timeout=120)
+    with replaying_workers(tmp, tiny_model, SCRIPTS, {name: worker_flags(tmp, name) for name in WORKERS},
+                           "--enable-anthropic-api") as c:
         yield c
-    finally:
-        c.stop()
+
+
+def worker_flags(tmp, name: str) -> list[str]:
+    """`name`'s worker: its parsers, its template; one runs at (simulated) real speed, so its tokens arrive
+    one by one."""
+    tool, reasoning = WORKERS[name]
+    args = ["--speedup-ratio", "1" if name == "qwen3" else "0"]
+    args += ["--dyn-tool-call-parser", tool] if tool else []
+    args += ["--dyn-reasoning-parser", reasoning] if reasoning else []
+    args += ["--structured-output"] if name in GRAMMAR_BOUND else []
+    if name in TEMPLATED:
+        (tmp / f"{name}.jinja").write_text(TEMPLATED[name])
+        args += ["--custom-jinja-template", str(tmp / f"{name}.jinja")]
+    return args
 
 
 @pytest.fixture()

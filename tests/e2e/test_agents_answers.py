@@ -15,8 +15,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.fixtures.procs import Cluster
-from tests.fixtures.tools_model import tools_model
+from tests.fixtures.tools_model import replaying_workers
 
 pytestmark = pytest.mark.e2e
 
@@ -49,19 +48,12 @@ CHAT_TOOLS = [{"type": "function", "function": {"name": t["name"], "parameters":
 
 @pytest.fixture(scope="module")
 def cluster(tiny_model, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("answers")
-    model, replay = tools_model(tmp, tiny_model, SCRIPTS)
-    c = Cluster(tmp, model)
-    try:
-        c.mocker("--speedup-ratio", "0", "--replay-file", str(replay), "--dyn-tool-call-parser", "hermes",
-                 "--dyn-reasoning-parser", "qwen3", model_name=MODEL, system_port=False)
+    flags = ["--speedup-ratio", "0", "--dyn-tool-call-parser", "hermes", "--dyn-reasoning-parser", "qwen3"]
+    with replaying_workers(tmp_path_factory.mktemp("answers"), tiny_model, SCRIPTS, {MODEL: flags},
+                           "--enable-anthropic-api") as c:
         c.victim = c.mocker("--speedup-ratio", "0.5", model_name=VICTIM, system_port=False)  # type: ignore[attr-defined]
-        c.frontend("--enable-anthropic-api")
-        c.wait_workers(MODEL, 1, timeout=120)
         c.wait_workers(VICTIM, 1, timeout=120)
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture()

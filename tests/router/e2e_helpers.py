@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import random
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 import httpx
 
-from tests.fixtures.procs import http_get, metric_value, wait_until
+from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
 
 MODEL = "tiny"
 BLOCK = 16
@@ -52,3 +55,19 @@ def wait_indexed(base_url: str, min_blocks: int, model: str = MODEL, timeout: fl
     """Until the router has indexed at least `min_blocks` blocks on some worker."""
     wait_until(lambda: max(route_info(base_url, model).get("indexed_blocks", {}).values() or [0]) >= min_blocks,
                timeout, f"{min_blocks} indexed blocks")
+
+
+@contextmanager
+def nats_kv_cluster(tmp: Path, model_dir: Path, etcd: str, nats: str, *frontend_args: str,
+                    frontend_env: dict | None = None) -> Iterator[Cluster]:
+    """Two small-KV mockers publishing KV events over NATS (etcd discovery) behind a KV-routing frontend
+    started with `frontend_args` and `frontend_env` (e.g. another DYN_EVENT_PLANE); stopped on exit.
+    The mockers are `cluster.workers`."""
+    c = Cluster(tmp, model_dir, "etcd", {"ETCD_ENDPOINTS": etcd, "NATS_SERVER": nats, "DYN_EVENT_PLANE": "nats"})
+    try:
+        c.workers = [c.mocker(*SMALL_KV) for _ in range(2)]  # type: ignore[attr-defined]
+        c.frontend("--router-mode", "kv", *frontend_args, env=frontend_env)
+        c.wait_workers(MODEL, 2)
+        yield c
+    finally:
+        c.stop()

@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.fixtures.procs import Cluster, wait_until
+from tests.fixtures.procs import wait_until
 from tests.fixtures.servers import etcd_server, nats_server  # noqa: F401 - fixtures
-from tests.router.e2e_helpers import BLOCK, MODEL, SMALL_KV, complete, route_info, tokens, worker_requests
+from tests.router.e2e_helpers import BLOCK, complete, nats_kv_cluster, route_info, tokens, worker_requests
 
 pytestmark = pytest.mark.e2e
 
@@ -19,15 +19,9 @@ PREFIX_BLOCKS = 8
 
 @pytest.fixture(scope="module")
 def cluster(tiny_model, tmp_path_factory, etcd_server, nats_server):
-    env = {"ETCD_ENDPOINTS": etcd_server, "NATS_SERVER": nats_server, "DYN_EVENT_PLANE": "nats"}
-    c = Cluster(tmp_path_factory.mktemp("plane-mismatch"), tiny_model, "etcd", env)
-    try:
-        c.workers = [c.mocker(*SMALL_KV) for _ in range(2)]  # type: ignore[attr-defined]
-        c.frontend("--router-mode", "kv", env={"DYN_EVENT_PLANE": "zmq"})
-        c.wait_workers(MODEL, 2)
+    with nats_kv_cluster(tmp_path_factory.mktemp("plane-mismatch"), tiny_model, etcd_server, nats_server,
+                         frontend_env={"DYN_EVENT_PLANE": "zmq"}) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def test_workers_on_another_event_plane_are_reported_and_routed_by_prediction(cluster):

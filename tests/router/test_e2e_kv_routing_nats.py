@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fixtures.procs import Cluster, metric_value, wait_until
+from tests.fixtures.procs import metric_value, wait_until
 from tests.fixtures.servers import etcd_server, nats_server  # noqa: F401 - fixtures
 from tests.router.e2e_helpers import (
     BLOCK,
-    MODEL,
-    SMALL_KV,
     cached_tokens,
     complete,
     metrics,
+    nats_kv_cluster,
     route_info,
     tokens,
     wait_indexed,
@@ -27,15 +26,8 @@ PREFIX_BLOCKS = 8
 
 @pytest.fixture(scope="module")
 def cluster(tiny_model, tmp_path_factory, etcd_server, nats_server):
-    env = {"ETCD_ENDPOINTS": etcd_server, "NATS_SERVER": nats_server, "DYN_EVENT_PLANE": "nats"}
-    c = Cluster(tmp_path_factory.mktemp("kv-nats"), tiny_model, "etcd", env)
-    try:
-        c.workers = [c.mocker(*SMALL_KV) for _ in range(2)]  # type: ignore[attr-defined]
-        c.frontend("--router-mode", "kv")
-        c.wait_workers(MODEL, 2)
+    with nats_kv_cluster(tmp_path_factory.mktemp("kv-nats"), tiny_model, etcd_server, nats_server) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def test_kv_events_over_nats_route_shared_prefixes_to_their_holder(cluster):
