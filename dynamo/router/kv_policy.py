@@ -24,7 +24,7 @@ from typing import Callable
 
 from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.router.config import KvMode, KvRouterConfig
-from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers, Selection
+from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers, PrefixMatch, Selection
 from dynamo.router.metrics import RouterMetrics
 from dynamo.router.mode_report import ModeReport, mode_report
 from dynamo.router.policy import Choice, PolicyHost, Role, WorkerInfo, WorkerPool, candidates, register
@@ -122,7 +122,7 @@ class KvPolicy:
         route.pool = pool
         if self.metrics is not None:
             for endpoint in {w.endpoint for w in pool.workers}:
-                self.metrics.endpoint_series(endpoint)
+                self.metrics.series.endpoint_series(endpoint)
         self._update_mode(route)
         self._subscribe(route)
         route.queue.wake()
@@ -203,51 +203,53 @@ class KvPolicy:
         route = self._route(pool)
         if route is None:
             raise NoWorkers(pool.model)
-        klass = new_tokens = None
-        if route.queue.profile.thresholds_vary:  # its class decides where it may go: classified at arrival
-            new_tokens = self._new_tokens(route, request, exclude)
-            klass = route.queue.profile.class_index(None, new_tokens)
+        profile, klass, new_tokens, match = route.queue.profile, None, None, None
+        if profile.thresholds_vary or profile.needs_uncached:  # the queue reads the lookup the selection uses
+            match = route.router.match_prefix(request.token_ids, request.request_id, route.pool.lora_name,
+                                              cache_salt_of(request), request.media_salt)
+        if profile.thresholds_vary:  # its class decides where it may go: classified at arrival
+            new_tokens = self._new_tokens(route, request, exclude, match)
+            klass = profile.class_index(None, new_tokens)
         ticket = None
         try:
             while True:
                 try:  # the class's thresholds over the model's as they are now (POST /busy_threshold moves them)
                     limits = None if klass is None else \
                         route.queue.class_thresholds(klass, route.router.busy_thresholds)
-                    choice = self._select_now(route, request, exclude, limits)
+                    choice = self._select_now(route, request, exclude, limits, match)
                     if ticket is not None:
                         route.queue.leave(ticket, served=True)
                     return choice
                 except AllWorkersBusy:
                     if ticket is None:
-                        ticket = self._enter_queue(route, request, exclude, klass, new_tokens)
+                        ticket = self._enter_queue(route, request, exclude, klass, new_tokens, match)
                     else:  # its class cannot place it now: the next class's head tries
                         route.queue.passed_over(ticket)
                     await route.queue.wait(ticket)  # AllWorkersBusy past the deadline
+                    match = None  # caches and membership moved on while it waited: the next try looks again
         finally:
             if ticket is not None:  # served, timed out or cancelled: the next waiter's turn (no load was released)
                 route.queue.leave(ticket)
                 route.queue.wake_next()
 
     def _enter_queue(self, route: PoolRoute, request: PreprocessedRequest, exclude: set[int], klass: int | None,
-                     new_tokens: int | None):
+                     new_tokens: int | None, match: PrefixMatch | None):
         hints = request.routing
         # Dynamo's queue hint is latency_sensitivity (seconds ahead); without it, priority jumps the line.
         jump = None if hints is None else (hints.latency_sensitivity if hints.latency_sensitivity is not None
                                            else hints.priority)
         queue = route.queue
         if new_tokens is None and queue.profile.needs_uncached:
-            new_tokens = self._new_tokens(route, request, exclude)
+            new_tokens = self._new_tokens(route, request, exclude, match)
         prompt = len(request.token_ids)
         new = prompt if new_tokens is None else new_tokens
         klass = queue.profile.class_index(None, new) if klass is None else klass
         return queue.enter(queue.score(jump or 0.0, new, klass), (hints.strict_priority or 0) if hints else 0, klass,
                            new, prompt, len(route.pool.workers))
 
-    def _new_tokens(self, route: PoolRoute, request: PreprocessedRequest, exclude: set[int]) -> int:
+    def _new_tokens(self, route: PoolRoute, request: PreprocessedRequest, exclude: set[int], match: PrefixMatch) -> int:
         """Prompt tokens left to prefill on the allowed worker that caches most of it (Dynamo's uncached ISL)."""
-        allowed = [w.instance_id for w in candidates(route.pool, request, exclude)]
-        return route.router.new_prefill_tokens(request.token_ids, allowed, route.pool.lora_name, request.request_id,
-                                               cache_salt_of(request), request.media_salt)
+        return route.router.new_prefill_tokens(match, [w.instance_id for w in candidates(route.pool, request, exclude)])
 
     async def query(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
         route, selection = self._peek(pool, request, exclude)
@@ -264,15 +266,15 @@ class KvPolicy:
                                           cache_salt=cache_salt_of(request), media=request.media_salt)
 
     def _select_now(self, route: PoolRoute, request: PreprocessedRequest, exclude: set[int],
-                    limits: BusyThresholds | None = None) -> Choice:
+                    limits: BusyThresholds | None = None, match: PrefixMatch | None = None) -> Choice:
         allowed = _allowed(route, request, exclude)
-        started = time.perf_counter()
+        started = time.perf_counter() if match is None else match.started
         router = route.router
         rid = request.request_id
         lora, salt = route.pool.lora_name, cache_salt_of(request)
         media = request.media_salt
         selection = router.select(request.token_ids, request_id=rid, allowed=allowed, lora_name=lora, cache_salt=salt,
-                                  media=media, thresholds=limits)
+                                  media=media, thresholds=limits, match=match)
         if rid in self._inflight:  # a retry that was not freed: never double-book
             self.free(rid)
         seq = router.add_request(rid, selection, request.token_ids, lora, expected_output(request), salt, media)
@@ -281,10 +283,7 @@ class KvPolicy:
         if self.feeds is not None and worker.publishes_kv_events:
             self.feeds.note_routed(selection.worker_id)  # it should be heard on the event plane from now on
         if self.metrics is not None:
-            self.metrics.decision.labels(route.name).observe(time.perf_counter() - started)
-            self.metrics.overlap.labels(route.name).observe(selection.overlap_blocks)
-            self.metrics.routed(rid, worker.endpoint, selection.overlap_blocks, selection.required_blocks,
-                                len(request.token_ids), selection.overhead)
+            self.metrics.booked(route.pool, worker.endpoint, request, selection, started)
         if self.sync is not None:
             eid = worker.endpoint
             self.sync.publish(eid.namespace, eid.component, self.sync.event(
@@ -320,7 +319,7 @@ class KvPolicy:
 
     def prefill_complete(self, request_id: str) -> None:
         if self.metrics is not None:
-            self.metrics.first_token(request_id)
+            self.metrics.series.first_token(request_id)
         route = self._inflight.get(request_id)
         if route is not None and route.router.mark_prefill_complete(request_id):
             self._share(route, request_id, "prefill")
@@ -333,7 +332,7 @@ class KvPolicy:
 
     def free(self, request_id: str, output_tokens: int = 0) -> None:
         if self.metrics is not None:
-            self.metrics.finished(request_id, output_tokens)
+            self.metrics.series.finished(request_id, output_tokens)
         route = self._inflight.pop(request_id, None)
         if route is not None and route.router.free(request_id):
             self._share(route, request_id, "free")

@@ -20,8 +20,7 @@ import random
 
 from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.router.config import KvRouterConfig
-from dynamo.router.policy import (CacheBlindPolicy, Choice, NoWorkers, WorkerInfo, WorkerPool, candidates,
-                                  pinned_worker, register)
+from dynamo.router.policy import CacheBlindPolicy, WorkerInfo, WorkerPool, pinned_worker, register
 from dynamo.router.selector import WorkerHintRequired
 
 log = logging.getLogger(__name__)
@@ -39,13 +38,13 @@ class _InFlight:
     def load(self, worker: WorkerInfo) -> int:
         return self.counts.get(worker.instance_id, 0)
 
-    def book(self, request_id: str, worker: WorkerInfo) -> Choice:
+    def book(self, request_id: str, worker: WorkerInfo) -> WorkerInfo:
         self.free(request_id)
         iid = worker.instance_id
         self.counts[iid] = self.counts.get(iid, 0) + 1
         self.booked[request_id] = iid
         self.last_used[iid] = next(self._clock)
-        return Choice(worker)
+        return worker
 
     def free(self, request_id: str) -> None:
         iid = self.booked.pop(request_id, None)
@@ -59,34 +58,23 @@ class _InFlight:
 
 class _Booking(CacheBlindPolicy):
     """What the load-aware policies share: bookings and their health report. A departed worker's
-    bookings end with their streams (free), so membership changes need nothing. Each policy says
-    which worker it would pick (`_pick`); `select` books it, `query` only names it."""
+    bookings end with their streams (free), so membership changes need only the router series.
+    Each policy says which worker it would pick (`_pick`); `select` books it, `query` only names it."""
 
     name = "booking"
 
     def __init__(self, config: KvRouterConfig | None = None) -> None:
         self.inflight = _InFlight()
 
-    async def select(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
+    def _book(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> WorkerInfo:
         return self.inflight.book(request.request_id, self._pick(pool, request, exclude))
 
-    async def query(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
-        return Choice(self._pick(pool, request, exclude))
-
-    def _pick(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> WorkerInfo:
-        raise NotImplementedError
-
     def free(self, request_id: str, output_tokens: int = 0) -> None:
+        super().free(request_id, output_tokens)
         self.inflight.free(request_id)
 
     def health(self) -> dict:
         return {"router": {"router_mode": self.name, "inflight": dict(self.inflight.counts)}}
-
-    def _candidates(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> list[WorkerInfo]:
-        workers = candidates(pool, request, exclude)
-        if not workers:
-            raise NoWorkers(pool.model)
-        return workers
 
 
 @register("least-loaded")

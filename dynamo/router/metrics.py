@@ -1,81 +1,40 @@
 """Prometheus metrics of KV routers, shared by the frontend and the `dynamo.router`
-service. Per-request figures (decision time, overlap) are observed on the hot path;
-everything that is state (mode, hit rate, per-worker load, events applied) is read from
-the routers at scrape time by a collector, so routing pays nothing for it.
+service. Per-request figures (decision time, overlap, Dynamo's router series through
+`request_metrics`) are observed on the hot path; everything that is state (mode, hit rate,
+per-worker load, events applied) is read from the routers at scrape time by a collector, so
+routing pays nothing for it.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Iterable
 
-import time
-
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.router.config import KvMode
 from dynamo.router.kv_router import KvRouter
-from dynamo.router.selection import RoutingOverhead
+from dynamo.router.policy import Role, WorkerPool
+from dynamo.router.request_metrics import RouterRequestMetrics, phase
+from dynamo.router.selection import Selection
 
 _DECISION = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 _BLOCKS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)
-_HIT_RATE = tuple(round(0.05 * i, 2) for i in range(21))  # Dynamo's linear buckets, 0 to 1 by 0.05
-_ISL = (50, 100, 250, 500, 1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000)
-
-
-def _log_buckets(low: float, high: float, count: int) -> tuple[float, ...]:
-    """`count` bounds from `low` to `high`, evenly spaced in log (Dynamo's `generate_log_buckets`)."""
-    return tuple(round(low * (high / low) ** (i / (count - 1)), 6) for i in range(count))
-
-
-_TTFT = _log_buckets(0.001, 480.0, 18)  # Dynamo's router buckets, as the four below
-_ITL = _log_buckets(0.001, 2.0, 13)
-_OSL = _log_buckets(50.0, 32000.0, 10)
-_HASHING_MS = tuple(0.001 * 2**i for i in range(15))  # CPU-bound phases
-_PHASE_MS = tuple(round(0.01 * 3**i, 2) for i in range(17))  # lookup, scheduling, total
-# (name, help, buckets) of Dynamo's per-decision overhead histograms, in RoutingOverhead's order.
-_OVERHEAD = (
-    ("block_hashing", "Time spent computing block hashes in milliseconds", _HASHING_MS),
-    ("seq_hashing", "Time spent computing sequence hashes in milliseconds", _HASHING_MS),
-    ("indexer_find_matches", "Time spent in indexer find_matches in milliseconds", _PHASE_MS),
-    ("scheduling", "Time spent in scheduler worker selection in milliseconds", _PHASE_MS),
-    ("total", "Total routing overhead per request in milliseconds", _PHASE_MS),
-)
-# Dynamo's router request metrics keep the `dynamo_component_` prefix whatever --metrics-prefix says,
-# labelled by the endpoint routed to and the router's own instance id.
-_ENDPOINT_LABELS = ("dynamo_namespace", "dynamo_component", "dynamo_endpoint", "router_id")
 
 
 class RouterMetrics:
-    """The router's metric families on one registry (the process's one routing policy owns them);
-    each source's `rows()` yields (model, KvRouter, mode in effect, queued requests, worker type) at
-    scrape time."""
+    """The KV router's metric families on one registry (the process's one routing policy owns them),
+    beside Dynamo's router series (`series`); each source's `rows()` yields (model, KvRouter, mode in
+    effect, queued requests, worker type) at scrape time."""
 
     def __init__(self, registry: CollectorRegistry, prefix: str, router_id: int = 0) -> None:
         self.decision = Histogram(f"{prefix}_router_decision_seconds", "Time to pick a worker (hash, match, cost)",
                                   ("model",), buckets=_DECISION, registry=registry)
         self.overlap = Histogram(f"{prefix}_router_overlap_blocks", "Cached prefix blocks on the chosen worker",
                                  ("model",), buckets=_BLOCKS, registry=registry)
-        self.requests = Counter("dynamo_component_router_requests", "Requests the router routed",
-                                _ENDPOINT_LABELS, registry=registry)
-        self.kv_hit_rate = Histogram("dynamo_component_router_kv_hit_rate", "Predicted KV cache hit rate at "
-                                     "routing time (0.0-1.0)", _ENDPOINT_LABELS, buckets=_HIT_RATE,
-                                     registry=registry)
-        self.isl = Histogram("dynamo_component_router_input_sequence_tokens", "Input sequence length in tokens "
-                             "observed at the router", _ENDPOINT_LABELS, buckets=_ISL, registry=registry)
-        self.ttft = Histogram("dynamo_component_router_time_to_first_token_seconds", "Time to first token observed "
-                              "at the router", _ENDPOINT_LABELS, buckets=_TTFT, registry=registry)
-        self.itl = Histogram("dynamo_component_router_inter_token_latency_seconds", "Average inter-token latency "
-                             "observed at the router", _ENDPOINT_LABELS, buckets=_ITL, registry=registry)
-        self.osl = Histogram("dynamo_component_router_output_sequence_tokens", "Output sequence length in tokens "
-                             "observed at the router", _ENDPOINT_LABELS, buckets=_OSL, registry=registry)
-        self.router_id = str(router_id)
-        # One series each, labelled by this router as Dynamo labels them.
-        self._overhead = tuple(
-            Histogram(f"dynamo_router_overhead_{name}_ms", text, ("router_id",), buckets=buckets,
-                      registry=registry).labels(self.router_id)
-            for name, text, buckets in _OVERHEAD)
-        self._streams: dict[str, _Stream] = {}
+        self.series = RouterRequestMetrics(registry, router_id)
         self.collector = _RouterCollector(prefix)
         registry.register(self.collector)
 
@@ -87,60 +46,17 @@ class RouterMetrics:
         metrics.collector.sources.append((rows, counts or dict))
         return metrics
 
-    def endpoint_series(self, endpoint) -> None:
-        """Create `endpoint`'s router request series at 0 before any request: Prometheus' increase()
-        cannot count a series' first sample, so series born by a burst of requests would hide that
-        burst from the SLA planner."""
-        labels = self._labels(endpoint)
-        for family in (self.requests, self.kv_hit_rate, self.isl, self.ttft, self.itl, self.osl):
-            family.labels(*labels)
-
-    def _labels(self, endpoint) -> tuple[str, str, str, str]:
-        return endpoint.namespace, endpoint.component, endpoint.endpoint, self.router_id
-
-    def routed(self, request_id: str, endpoint, overlap_blocks: int, prompt_blocks: int, prompt_tokens: int,
-               overhead: RoutingOverhead | None = None) -> None:
-        """A request booked on a worker of `endpoint` (an EndpointId): the share of its prompt's blocks
-        the router found cached there (what the SLA planner reads as the KV hit rate), and what the
-        decision cost."""
-        labels = self._labels(endpoint)
-        self._streams[request_id] = _Stream(labels, time.monotonic())
-        self.requests.labels(*labels).inc()
-        self.isl.labels(*labels).observe(prompt_tokens)
-        if prompt_blocks:
-            self.kv_hit_rate.labels(*labels).observe(min(overlap_blocks / prompt_blocks, 1.0))
-        if overhead is not None:
-            for histogram, seconds in zip(self._overhead, overhead):
-                histogram.observe(seconds * 1000.0)
-
-    def first_token(self, request_id: str) -> None:
-        """The request's first token reached the router: its TTFT from the booking."""
-        stream = self._streams.get(request_id)
-        if stream is not None and stream.first_token_at is None:
-            stream.first_token_at = time.monotonic()
-            self.ttft.labels(*stream.labels).observe(stream.first_token_at - stream.booked_at)
-
-    def finished(self, request_id: str, output_tokens: int = 0) -> None:
-        """The request's stream on its worker ended (or never started): its output length, and its
-        mean inter-token latency after the first token, when the caller counted its tokens."""
-        stream = self._streams.pop(request_id, None)
-        if stream is None or stream.first_token_at is None or output_tokens < 1:
-            return
-        self.osl.labels(*stream.labels).observe(output_tokens)
-        if output_tokens > 1:
-            itl = (time.monotonic() - stream.first_token_at) / (output_tokens - 1)
-            self.itl.labels(*stream.labels).observe(itl)
-
-
-class _Stream:
-    """A routed request between its booking and its end, as the router's metrics follow it."""
-
-    __slots__ = ("labels", "booked_at", "first_token_at")
-
-    def __init__(self, labels: tuple[str, str, str, str], booked_at: float) -> None:
-        self.labels = labels
-        self.booked_at = booked_at
-        self.first_token_at: float | None = None
+    def booked(self, pool: WorkerPool, endpoint, request: PreprocessedRequest, selection: Selection,
+               started: float) -> None:
+        """A KV selection booked on a worker of `endpoint` (`started`: when its decision began,
+        time.perf_counter)."""
+        self.decision.labels(pool.name).observe(time.perf_counter() - started)
+        self.overlap.labels(pool.name).observe(selection.overlap_blocks)
+        prefill = pool.role is Role.PREFILL
+        lost = selection.best_overlap_blocks - selection.overlap_blocks if prefill else None
+        self.series.routed(request.request_id, endpoint, pool.model, phase(prefill, request), len(request.token_ids),
+                           cached=(selection.overlap_blocks, selection.required_blocks), overhead=selection.overhead,
+                           blocks_lost=lost)
 
 
 class _RouterCollector:

@@ -25,6 +25,7 @@ import msgspec
 from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.llm.protocol import PreprocessedRequest, RoutingHints
 from dynamo.router.config import KvRouterConfig
+from dynamo.router.request_metrics import RouterRequestMetrics, phase
 from dynamo.router.selector import AllWorkersBusy, BusyThresholds, NoWorkers
 from dynamo.runtime.records import EndpointId
 
@@ -204,22 +205,44 @@ def with_dp_rank(request: PreprocessedRequest, choice: Choice) -> PreprocessedRe
 
 
 class CacheBlindPolicy:
-    """Policies that know of no cache: nothing to attach, watch or close. As they are, they book
-    nothing (round-robin, random); the load-based ones (load_policies.py) override free/health."""
+    """Policies that know of no cache: nothing to watch or close. Each says which worker it would
+    pick (`_pick`); `select` books it (`_book`: as they are, they book nothing, as round-robin and
+    random) and counts it in Dynamo's router series, `query` only names it. The load-based ones
+    (load_policies.py) book and free in-flight requests."""
 
     name = "stateless"
+    series: RouterRequestMetrics | None = None  # Dynamo's router series, once attached to a host
 
     async def attach(self, host: PolicyHost) -> None:
-        pass
+        self.series = RouterRequestMetrics(host.registry, host.instance_id)
 
     def on_membership_change(self, pool: WorkerPool) -> None:
-        pass
+        if self.series is not None:
+            for endpoint in {w.endpoint for w in pool.workers}:
+                self.series.endpoint_series(endpoint)
+
+    async def select(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
+        worker = self._book(pool, request, exclude)
+        if self.series is not None:
+            prefill = pool.role is Role.PREFILL
+            self.series.routed(request.request_id, worker.endpoint, pool.model, phase(prefill, request),
+                               len(request.token_ids))
+        return Choice(worker)
 
     async def query(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
-        # These policies never queue: selecting and freeing at once leaves them as they were.
-        choice = await self.select(pool, request, exclude)
-        self.free(request.request_id)
-        return choice
+        return Choice(self._pick(pool, request, exclude))
+
+    def _pick(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> WorkerInfo:
+        raise NotImplementedError
+
+    def _book(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> WorkerInfo:
+        return self._pick(pool, request, exclude)
+
+    def _candidates(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> list[WorkerInfo]:
+        workers = candidates(pool, request, exclude)
+        if not workers:
+            raise NoWorkers(pool.model)
+        return workers
 
     def cached_tokens(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> int:
         return 0  # load-blind: knows of no cache
@@ -234,13 +257,15 @@ class CacheBlindPolicy:
         return None
 
     def prefill_complete(self, request_id: str) -> None:
-        pass
+        if self.series is not None:
+            self.series.first_token(request_id)
 
     def output(self, request_id: str) -> None:
         pass
 
     def free(self, request_id: str, output_tokens: int = 0) -> None:
-        pass
+        if self.series is not None:
+            self.series.finished(request_id, output_tokens)
 
     def health(self) -> dict:
         return {"router": {"router_mode": self.name}}
@@ -256,17 +281,15 @@ class RoundRobinPolicy(CacheBlindPolicy):
     def __init__(self, config: KvRouterConfig | None = None) -> None:
         self._turn = 0
 
-    async def select(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
-        choice = await self.query(pool, request, exclude)
-        self._turn += 1
-        return choice
-
-    async def query(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
+    def _pick(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> WorkerInfo:
         """The worker whose turn it is; the turn passes only when `select` books it."""
-        workers = sorted(candidates(pool, request, exclude), key=lambda w: w.instance_id)
-        if not workers:
-            raise NoWorkers(pool.model)
-        return Choice(workers[self._turn % len(workers)])
+        workers = sorted(self._candidates(pool, request, exclude), key=lambda w: w.instance_id)
+        return workers[self._turn % len(workers)]
+
+    def _book(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> WorkerInfo:
+        worker = self._pick(pool, request, exclude)
+        self._turn += 1
+        return worker
 
 
 @register("random")
@@ -276,8 +299,5 @@ class RandomPolicy(CacheBlindPolicy):
     def __init__(self, config: KvRouterConfig | None = None, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
 
-    async def select(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
-        workers = candidates(pool, request, exclude)
-        if not workers:
-            raise NoWorkers(pool.model)
-        return Choice(self._rng.choice(workers))
+    def _pick(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> WorkerInfo:
+        return self._rng.choice(self._candidates(pool, request, exclude))

@@ -30,3 +30,4 @@ class Selection:
     features: tuple[float, ...] | None = None  # the ttft model's view of the chosen worker
     prefill_tokens: int | None = None  # its own new prefill there, when in-flight prefixes were credited
     overhead: RoutingOverhead | None = None
+    best_overlap_blocks: int = 0  # the most device-cached blocks any eligible candidate held

@@ -79,7 +79,7 @@ def test_first_token_teaches_the_model():
         now[0] += 0.25
         assert r.mark_prefill_complete(f"r{i}")
         r.free(f"r{i}")
-    assert r.ttft.observations == 16 and r.ttft.coef != list(PRIOR)
+    assert r.costs.ttft.observations == 16 and r.costs.ttft.coef != list(PRIOR)
     assert r.stats()["cost_model"] == "ttft"
 
 

@@ -75,7 +75,7 @@ def test_health_and_metrics_say_kv_events_mode(cluster):
     # Its own traffic (no reliance on earlier tests): a prefix, indexed, then hit once.
     prefix = tokens(11, PREFIX_BLOCKS * BLOCK)
     indexed = sum(route_info(cluster.base_url).get("indexed_blocks", {}).values())
-    generate = {"dynamo_namespace": "dynamo", "dynamo_endpoint": "generate"}  # what the SLA planner reads
+    generate = {"dynamo_namespace": "dynamo", "dynamo_component": "backend"}  # what the SLA planner reads
     hits_before = metric_value(metrics(cluster.base_url), "dynamo_component_router_kv_hit_rate_sum", generate) or 0.0
     routed_before = metric_value(metrics(cluster.base_url), "dynamo_component_router_requests_total", generate) or 0.0
     ttfts_before = metric_value(metrics(cluster.base_url), "dynamo_component_router_time_to_first_token_seconds_count",

@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from tests.fixtures.procs import Cluster, free_port, http_get, wait_until
-from tests.router.e2e_helpers import MODEL, complete, tokens, worker_requests
+from tests.fixtures.procs import metric_value
+from tests.router.e2e_helpers import MODEL, complete, metrics, tokens, worker_requests
 
 pytestmark = pytest.mark.e2e
 
@@ -67,3 +68,37 @@ def test_a_load_blind_mode_times_the_request_but_claims_no_kv_hit_rate(cluster):
     body = httpx.post(cluster.base_url + "/v1/completions", timeout=60, json={
         "model": MODEL, "prompt": tokens(8, 20), "max_tokens": 2, "nvext": {"extra_fields": ["timing"]}}).json()
     assert body["nvext"]["timing"]["ttft_ms"] > 0 and "kv_hit_rate" not in body["nvext"]["timing"], body
+
+
+def test_a_load_blind_mode_reports_dynamos_router_series(cluster):
+    """As Dynamo 1.6.1's frontend under round-robin: the router series of the component routed to exist
+    before a request and count it (its input length by model and phase, TTFT, output length, mean ITL);
+    what only KV routing measures (predicted hit rate, decision phases) stays at 0."""
+    backend = {"dynamo_namespace": "dynamo", "dynamo_component": "backend"}
+    isl = {**backend, "model": MODEL, "phase": "aggregated"}
+    names = {"dynamo_component_router_requests_total": backend, "dynamo_component_router_requests_started_total":
+             backend, "dynamo_component_router_time_to_first_token_seconds_count": backend,
+             "dynamo_component_router_output_sequence_tokens_sum": backend,
+             "dynamo_component_router_inter_token_latency_seconds_count": backend,
+             "dynamo_component_router_input_sequence_tokens_sum": isl}
+
+    def read() -> dict[str, float | None]:
+        text = metrics(cluster.base_url)
+        return {name: metric_value(text, name, labels) for name, labels in names.items()}
+
+    before = read()
+    assert all(before[n] is not None for n in names if "input_sequence" not in n), before
+    body = complete(cluster.base_url, tokens(9, 20), max_tokens=5)
+    generated = body["usage"]["completion_tokens"]
+    wait_until(lambda: read()["dynamo_component_router_output_sequence_tokens_sum"] ==
+               before["dynamo_component_router_output_sequence_tokens_sum"] + generated, 10, "the stream's end counted")
+    after = read()
+    delta = {n: after[n] - (before[n] or 0.0) for n in names}
+    assert delta == {"dynamo_component_router_requests_total": 1.0, "dynamo_component_router_requests_started_total":
+                     1.0, "dynamo_component_router_time_to_first_token_seconds_count": 1.0,
+                     "dynamo_component_router_output_sequence_tokens_sum": float(generated),
+                     "dynamo_component_router_inter_token_latency_seconds_count": 1.0,
+                     "dynamo_component_router_input_sequence_tokens_sum": 20.0}, delta
+    text = metrics(cluster.base_url)
+    assert metric_value(text, "dynamo_component_router_kv_hit_rate_count", backend) == 0.0
+    assert metric_value(text, "dynamo_router_overhead_total_ms_count") == 0.0

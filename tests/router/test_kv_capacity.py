@@ -109,14 +109,14 @@ def test_the_wait_follows_the_pace_answers_actually_take():
     for i in range(3):  # these answers took 3 s for 32 tokens: the next end is further away than the prior says
         now[0] = 3.0
         r.free(f"run{i}")
-    assert r.pace.seconds_per_token == pytest.approx(3.0 / 32)
+    assert r.costs.pace.seconds_per_token == pytest.approx(3.0 / 32)
     for i in range(3):
         prompt = list(range(50_000 * (i + 1), 50_000 * (i + 1) + 2000))
         r.add_request(f"next{i}", r.select(prompt, request_id=f"next{i}", allowed=[2]), prompt, max_tokens=32)
         r.mark_prefill_complete(f"next{i}")
     now[0] = 5.0  # 2 s into answers that take 3 s: the holder is still 1 s from freeing blocks
     assert r.select(DOC + [1, 2, 3, 4]).worker_id == 1
-    r.pace.seconds_per_token = None  # at the prior's ~33 ms a token, those answers would be over by now
+    r.costs.pace.seconds_per_token = None  # at the prior's ~33 ms a token, those answers would be over by now
     assert r.select(DOC + [1, 2, 3, 4]).worker_id == 2
 
 

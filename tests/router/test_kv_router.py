@@ -180,7 +180,7 @@ def test_config_flags_env_and_aliases():
 
 
 def test_prompt_hashed_once_per_select_add_pair(monkeypatch):
-    import dynamo.router.kv_router as kv
+    import dynamo.router.prefix_match as kv
 
     calls = []
     real = kv.block_hashes
@@ -228,3 +228,21 @@ def test_a_selection_times_its_phases_and_hashes_a_prompt_once_per_request():
     again = r.select(PROMPT * 64, request_id="a").overhead  # the booking's second look reuses the hashes
     assert again is not None and (again.block_hashing, again.seq_hashing) == (0.0, 0.0)
     assert again.total > 0
+
+
+def test_a_selection_given_its_prefix_match_reuses_that_lookup():
+    """`match_prefix` is one decision's lookup: the uncached prompt per allowed set comes from it, and a
+    selection handed it chooses as one that looks the prompt up itself, reporting that lookup's phases."""
+    r = make()
+    r.add_worker(1)
+    r.add_worker(2)
+    assert store_prompt(r, 1, PROMPT[:16]) == "ok"  # 4 of the prompt's 8 blocks on worker 1
+    match = r.match_prefix(PROMPT, "a")
+    assert match.overlaps == {(1, 0): 4}
+    assert (r.new_prefill_tokens(match), r.new_prefill_tokens(match, [2])) == (16, 32)
+    given = r.select(PROMPT, request_id="a", match=match)
+    looked_up = r.select(PROMPT, request_id="b")
+    assert (given.worker_id, given.overlap_blocks) == (looked_up.worker_id, looked_up.overlap_blocks) == (1, 4)
+    assert given.logits == looked_up.logits
+    assert given.overhead.find_matches == match.lookup_seconds
+    assert given.overhead.block_hashing == match.hashed.seconds[0] > 0  # hashed once, for the match

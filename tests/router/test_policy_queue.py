@@ -11,7 +11,8 @@ import textwrap
 
 import pytest
 
-from dynamo.router.config import KvRouterConfig
+from dynamo.router.config import KvMode, KvRouterConfig
+from dynamo.router.indexer import KvIndexer
 from dynamo.router.kv_policy import KvPolicy
 from dynamo.router.policy import AllWorkersBusy, WorkerPool
 from tests.router.test_policy import pool
@@ -137,3 +138,52 @@ async def test_a_queued_request_is_judged_by_the_thresholds_in_force_now(kv_poli
     assert not long.done()  # 32 tokens await prefill: over the model's 10
     policy.set_busy_thresholds("m", BusyThresholds(active_prefill_tokens=1000))
     await asyncio.wait_for(long, 1)  # now within the long class's 500
+
+
+class CountingIndexer(KvIndexer):
+    """The real indexer, counting its prefix lookups."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lookups = 0
+
+    def find_matches(self, local_hashes, early_exit: bool = False):
+        self.lookups += 1
+        return super().find_matches(local_hashes, early_exit)
+
+
+def counted(policy: KvPolicy, p: WorkerPool) -> CountingIndexer:
+    policy.on_membership_change(p)
+    router = policy.routes["m"].router
+    assert router.mode == KvMode.KV_EVENTS
+    router.indexer = CountingIndexer()
+    return router.indexer
+
+
+async def test_classifying_a_request_and_selecting_its_worker_share_one_prefix_lookup(kv_policy):
+    """Classes with their own thresholds classify a request by its uncached prompt before placing it:
+    the selection reuses that lookup instead of scoring the prefix again."""
+    policy = kv_policy(two_classes("quantum: 1, prefill_busy_threshold: 1000", "quantum: 1, prefill_busy_threshold: 10"))
+    p = pool(1, 2)
+    indexer = counted(policy, p)
+    assert policy.routes["m"].queue.profile.thresholds_vary
+    await policy.select(p, req("a", distinct(24, 100)), set())
+    assert indexer.lookups == 1
+    policy.free("a")
+
+
+async def test_a_waiting_request_looks_its_prefix_up_once_per_try(kv_policy):
+    """wspt orders waiters by uncached prompt: the first try's lookup prices its place in the queue too;
+    once it has waited, the caches may have moved on, so its next try looks again (once)."""
+    policy = kv_policy(ROOT)  # one class (wspt, prefill busy over 10 tokens)
+    p = pool(1)
+    indexer = counted(policy, p)
+    assert policy.routes["m"].queue.profile.needs_uncached and not policy.routes["m"].queue.profile.thresholds_vary
+    await policy.select(p, req("big", distinct(32, 500)), set())
+    assert indexer.lookups == 1
+    waiting = asyncio.ensure_future(policy.select(p, req("next", distinct(8, 100)), set()))
+    await asyncio.sleep(0.05)
+    assert not waiting.done() and indexer.lookups == 2  # busy: queued, priced by its own lookup
+    policy.prefill_complete("big")
+    await asyncio.wait_for(waiting, 5)
+    assert indexer.lookups == 3

@@ -57,7 +57,7 @@ def choose_between_phases(first_ends_at: float, second_ends_at: float) -> int:
     p = pool(1, 2)
     policy.on_membership_change(p)
     router = policy.routes["m"].router
-    router.steps = StepClock(clock)
+    router.costs.steps = StepClock(clock)
     for n, worker in enumerate((1, 2)):  # each runs a request: mid-step, not idle
         busy = PreprocessedRequest(request_id=f"busy{n}", model="m", token_ids=list(range(1000 * n, 1000 * n + 8)),
                                    routing=RoutingHints(backend_instance_id=worker))
@@ -65,7 +65,7 @@ def choose_between_phases(first_ends_at: float, second_ends_at: float) -> int:
     for start in (100.0, 100.03, 100.06):
         for worker, offset in ((1, first_ends_at), (2, second_ends_at)):
             clock.now = start + offset
-            router.steps.output((worker, 0))
+            router.costs.steps.output((worker, 0))
     clock.now = 100.088
     request = PreprocessedRequest(request_id="r", model="m", token_ids=list(range(16)))
     return asyncio.run(policy.select(p, request, set())).worker.instance_id
@@ -87,7 +87,7 @@ def test_an_idle_worker_has_no_step_to_wait_for():
     router.add_worker(2, 1)
     for start in (100.0, 100.03, 100.06):
         clock.now = start
-        router.steps.output((1, 0))
+        router.costs.steps.output((1, 0))
     clock.now = 100.061
     prompt = list(range(16))
     idle = router.select(prompt).logits
