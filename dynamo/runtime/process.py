@@ -10,6 +10,8 @@ import os
 import signal
 from typing import Awaitable, Callable
 
+import prometheus_client
+
 from dynamo.runtime.logs import log_handler
 from dynamo.runtime.settings import RuntimeSettings
 
@@ -89,6 +91,9 @@ def _loop_factory():
 def run_main(main: Callable[[asyncio.Event], Awaitable[int | None]]) -> int:
     """Run `main(stop_event)` on uvloop; SIGTERM/SIGINT set the event (twice: exit now)."""
     configure_logging()
+    # /metrics as Dynamo's exporter writes it: no per-series `_created` samples (prometheus_client adds one
+    # to every counter and histogram, doubling what a dashboard built on Dynamo's series lists).
+    prometheus_client.disable_created_metrics()
 
     async def runner() -> int | None:
         stop = asyncio.Event()

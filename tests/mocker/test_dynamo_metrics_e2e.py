@@ -53,6 +53,9 @@ def test_kv_cache_gauges_follow_the_simulated_cache(tiny_model, tmp_path):
         endpoint = {"dynamo_namespace": "dynamo", "dynamo_component": "backend", "dynamo_endpoint": "generate"}
         assert gauge("request_bytes_total", endpoint) > 4 * BLOCK_SIZE  # the token ids travelled
         assert gauge("response_bytes_total", endpoint) > 0
+        # Dynamo's exposition: no prometheus_client `_created` sample beside any counter or histogram
+        for exposition in (http_get(url)[1].decode(), http_get(cluster.base_url + "/metrics")[1].decode()):
+            assert "_total" in exposition and "_created" not in exposition
 
         # A long request holds blocks while it runs, and gives them back when it is cancelled.
         body = {"model": "tiny", "prompt": prompt(6 * BLOCK_SIZE, 2), "max_tokens": 1500, "ignore_eos": True,
