@@ -4,7 +4,8 @@ mocker workers replaying chosen text (`--replay-file`, one token per step). A ca
 streamed as unary, on Anthropic's Messages and OpenAI's Responses; text after a call keeps its whitespace;
 Anthropic's prefill is continued; Responses takes a function call's output as content parts; a Responses
 stream that fails mid-way says so in its own events; a body over the limit on /v1/messages is refused in
-Anthropic's shape."""
+Anthropic's shape; Anthropic-defined client tools (text editor, bash) are called under their names, and a
+search result inside a tool result reaches the model as text."""
 
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ SCRIPTS = {
     "ZZPREFILL": " and so it goes on.",
     "<tool_response>sunny, 21C</tool_response>": "It is sunny in Paris, 21C.",
     "case:plain": "Just text, no tools.",
+    "case:edit": '<tool_call>{"name": "str_replace_based_edit_tool", "arguments": '
+                 '{"command": "str_replace", "path": "/repo/app.py", "old_str": "a", "new_str": "b"}}</tool_call>',
+    "The Loire is long.": "The Loire, then.",
 }
 TOOLS = [{"name": "Write", "input_schema": {"type": "object", "properties": {
              "file_path": {"type": "string"}, "content": {"type": "string"}}}},
@@ -107,6 +111,36 @@ def test_a_whole_call_is_still_a_tool_use_block(claude, stream):
     [(kind, name, input_)] = blocks(msg)
     assert (kind, name, input_["file_path"]) == ("tool_use", "Write", "/tmp/app.py")
     assert input_["content"] == json.loads(f'"{CODE}"') * 4
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_defined_client_tools_are_called_as_their_applications_expect(claude, stream):
+    """Declared by type and name alone (no input_schema), as applications built for Claude declare them: the
+    model sees them with the schemas the applications execute, and its call comes back under the tool's name."""
+    tools = [{"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"},
+             {"type": "bash_20250124", "name": "bash"}]
+    kw = dict(model=MODEL, max_tokens=400, tools=tools, messages=[{"role": "user", "content": "case:edit"}])
+    if stream:
+        with claude.messages.stream(**kw) as s:
+            msg = s.get_final_message()
+    else:
+        msg = claude.messages.create(**kw)
+    assert blocks(msg) == [("tool_use", "str_replace_based_edit_tool",
+                            {"command": "str_replace", "path": "/repo/app.py", "old_str": "a", "new_str": "b"})]
+    assert msg.stop_reason == "tool_use"
+    with_schemas = claude.messages.count_tokens(model=MODEL, tools=tools, messages=kw["messages"]).input_tokens
+    bare = claude.messages.count_tokens(model=MODEL, messages=kw["messages"]).input_tokens
+    assert with_schemas > bare + 100  # the schemas (commands, paths, strings) are in the prompt
+
+
+def test_a_search_result_in_a_tool_result_reaches_the_model_as_text(claude):
+    result = {"type": "search_result", "source": "https://docs.example/rivers", "title": "Rivers",
+              "content": [{"type": "text", "text": "The Loire is long."}]}
+    msg = claude.messages.create(model=MODEL, max_tokens=100, tools=TOOLS, messages=[
+        {"role": "user", "content": "Which river is long?"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "get_time", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [result]}]}])
+    assert blocks(msg) == [("text", "The Loire, then.")]
 
 
 def test_text_after_a_call_keeps_its_line_breaks(claude, client):
