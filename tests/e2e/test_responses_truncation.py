@@ -8,7 +8,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.fixtures.procs import Cluster
+from tests.fixtures.procs import mocker_cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -17,14 +17,8 @@ CONTEXT = 400
 
 @pytest.fixture(scope="module")
 def cluster(tiny_model, tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("truncation"), tiny_model, "file")
-    try:
-        c.mocker("--context-length", str(CONTEXT))
-        c.frontend()
-        c.wait_workers("tiny", 1)
+    with mocker_cluster(tmp_path_factory.mktemp("truncation"), tiny_model, "--context-length", str(CONTEXT)) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def _turns(n: int) -> list[dict]:
