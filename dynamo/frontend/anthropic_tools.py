@@ -16,7 +16,7 @@ from typing import Any
 from dynamo.frontend.errors import bad_request
 
 _VERSION = re.compile(r"^(bash|text_editor)_(\d{8})$")
-# text_editor versions from this date on have no `undo_edit` (and are named str_replace_based_edit_tool)
+# text_editor versions from this date on have no `undo_edit`, take `insert_text` (named str_replace_based_edit_tool)
 _EDITOR_WITHOUT_UNDO = "20250429"
 
 _BASH = {
@@ -28,19 +28,27 @@ _BASH = {
 }
 
 
-def _editor(with_undo: bool) -> dict[str, Any]:
-    commands = ["view", "create", "str_replace", "insert"] + (["undo_edit"] if with_undo else [])
+def _editor(older: bool) -> dict[str, Any]:
+    """The text editor's schema: the older versions (`str_replace_editor`) also undo, and take the text an
+    `insert` adds in `new_str`; the newer ones (`str_replace_based_edit_tool`) in `insert_text`, as Claude
+    writes their calls (and applications built on them read them)."""
+    commands = ["view", "create", "str_replace", "insert"] + (["undo_edit"] if older else [])
+    inserted = "new_str" if older else "insert_text"
+    texts = ({"new_str": {"type": "string", "description": "`str_replace`: the replacement; `insert`: the text."}}
+             if older else
+             {"new_str": {"type": "string", "description": "`str_replace`: the replacement."},
+              "insert_text": {"type": "string", "description": "`insert`: the text to insert."}})
     return {
         "description": "View, create and edit text files. `view` shows a file with line numbers (or lists a "
                        "directory); `create` writes a new file; `str_replace` replaces one exact, unique "
-                       "occurrence of `old_str` with `new_str`; `insert` puts `new_str` after line `insert_line` "
-                       "(0: at the top)" + ("; `undo_edit` reverts the last edit of a file." if with_undo else "."),
+                       f"occurrence of `old_str` with `new_str`; `insert` puts `{inserted}` after line `insert_line` "
+                       "(0: at the top)" + ("; `undo_edit` reverts the last edit of a file." if older else "."),
         "parameters": {"type": "object", "required": ["command", "path"], "properties": {
             "command": {"type": "string", "enum": commands},
             "path": {"type": "string", "description": "Absolute path of the file or directory."},
             "file_text": {"type": "string", "description": "`create`: the new file's content."},
             "old_str": {"type": "string", "description": "`str_replace`: the exact text to replace."},
-            "new_str": {"type": "string", "description": "`str_replace`: the replacement; `insert`: the text."},
+            **texts,
             "insert_line": {"type": "integer", "description": "`insert`: the line after which to insert."},
             "view_range": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2,
                            "description": "`view`: first and last line, 1-based; -1 as last reads to the end."}}},

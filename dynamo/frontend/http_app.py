@@ -48,6 +48,7 @@ from dynamo.frontend.preparation import client_prompt_ids, output_spec, prompt_i
 from dynamo.frontend.responses import ResponsesApi
 from dynamo.frontend.replicas import adopt_background
 from dynamo.frontend.responses_store import ResponseStore
+from dynamo.frontend.responses_truncation import ConversationFit
 from dynamo.llm.preprocessor import PreprocessError
 from dynamo.runtime.logs import RequestEvents
 from dynamo.runtime.memory import HeapTrimmer
@@ -261,9 +262,11 @@ class FrontendApp:
 
     async def generate(self, req, endpoint: str, body_size: int, receive, send, run_cls=GenerationRun,
                        hints: RoutingHints | None = None, trace: RequestTrace | None = None, speculate: bool = False,
-                       prepare: Callable[[], tuple] | None = None, **run_kw) -> None:
+                       prepare: Callable[[], tuple] | None = None, fit: ConversationFit | None = None,
+                       **run_kw) -> None:
         """Serve a decoded request, counted once in the request metrics however it ends. `prepare`: the route's
-        conversion and checks, made once it counts (a refusal is one), giving the request run, `hints`, `speculate`."""
+        conversion and checks, made once it counts (a refusal is one), giving the request run, `hints`, `speculate`;
+        `fit`: what shortens a chat over the context (Responses' `truncation: auto`)."""
         request_type = "stream" if req.stream else "unary"
         arrival = self.demand.arrived(req.model, endpoint, request_type)  # counts a known model's start
         try:
@@ -271,7 +274,7 @@ class FrontendApp:
                 if prepare is not None:
                     req, hints, speculate = prepare()
                 tally.ended(*await self._generate(req, endpoint, body_size, receive, send, run_cls, hints, trace,
-                                                  speculate, arrival, **run_kw))
+                                                  speculate, arrival, fit, **run_kw))
         finally:
             arrival.close()
 
@@ -282,7 +285,7 @@ class FrontendApp:
         return self.metrics.tally(model, endpoint, request_type, self.models.knows(model), count_started)
 
     async def _generate(self, req, endpoint: str, body_size: int, receive, send, run_cls, hints: RoutingHints | None,
-                        trace: RequestTrace | None, speculate: bool, arrival: Arrival,
+                        trace: RequestTrace | None, speculate: bool, arrival: Arrival, fit: ConversationFit | None,
                         **run_kw) -> tuple[RequestOutcome, ApiError | None]:
         started = time.monotonic()
         request_type = "stream" if req.stream else "unary"
@@ -300,7 +303,12 @@ class FrontendApp:
         images = request_images(entry, req, self.media_policy)
         names = annotations.requested(req.nvext)
         with self.metrics.stages.stage("preprocess"):
-            ids, prompt_events = await self.prompt_ids(entry, req, hints, body_size, names)
+            if fit is None:
+                ids, prompt_events = await self.prompt_ids(entry, req, hints, body_size, names)
+            else:  # a chat over the context is shortened to fit: what runs is the chat it answers
+                req, (ids, prompt_events) = await fit(lambda r: self.prompt_ids(entry, r, hints, body_size, names),
+                                                      entry.pipeline.context_length, req)
+                images = request_images(entry, req, self.media_policy)
         preqs = wire_requests(entry.pipeline, req, ids, is_chat, hints, *self._trace_ids(trace))
         if images:
             attach_images(entry.pipeline, preqs, ids, images)
@@ -348,14 +356,21 @@ class FrontendApp:
         except PreprocessError as exc:
             raise errors.bad_prompt(exc) from None
 
-    async def prompt_tokens(self, req: ChatCompletionRequest, body_size: int) -> int:
-        """The chat's prompt length as its model will see it (template and tools included): the
-        Responses and Anthropic token-count routes."""
+    async def prompt_tokens(self, req: ChatCompletionRequest, body_size: int,
+                            fit: ConversationFit | None = None) -> int:
+        """The chat's prompt length as its model will see it (template and tools included; shortened by `fit`
+        where it would be): the Responses and Anthropic token-count routes."""
         validate_chat(req)
         # a model scaled to zero still has its tokenizer: counting needs no worker
         entry = ((self.models.retired.get(req.model) if self.admission.worker_wait.enabled else None)
                  or self.admission.entry_for(req.model))
-        ids, _ = await self.prompt_ids(entry, req, None, body_size, frozenset())
+        def tokenize(chat: ChatCompletionRequest):
+            return self.prompt_ids(entry, chat, None, body_size, frozenset())
+
+        if fit is not None:
+            _, (ids, _) = await fit(tokenize, entry.pipeline.context_length, req)
+        else:
+            ids, _ = await tokenize(req)
         return len(ids)
 
     @staticmethod

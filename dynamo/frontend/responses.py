@@ -30,7 +30,7 @@ from dynamo.frontend.errors import ApiError
 from dynamo.frontend.choices import Choice, HeldCalls
 from dynamo.frontend.generation import GenerationRun
 from dynamo.frontend.openai import ChatCompletionRequest, ChatMessage
-from dynamo.frontend.responses_truncation import fitting_drop
+from dynamo.frontend.responses_truncation import ConversationFit
 from dynamo.frontend.responses_request import ResponsesRequest, decode_responses, input_messages, own_names
 from dynamo.frontend.responses_store import (INPUT_ITEMS_SUFFIX, PREFIX, RESPONSE_PREFIX, ResponseStore,
                                              StoredResponse, forwarded, input_items, item_list, not_found,
@@ -54,10 +54,11 @@ class ResponsesRun(GenerationRun):
     """A chat generation framed as a Response (one choice)."""
 
     def __init__(self, *args, responses_req: ResponsesRequest, history: list[ChatMessage],
-                 store: ResponseStore | None, **kw) -> None:
+                 store: ResponseStore | None, truncated: ConversationFit | None = None, **kw) -> None:
         super().__init__(*args, **kw)
         self.rreq = responses_req
         self.history = history  # the conversation a previous_response_id continued
+        self.truncated = truncated  # the conversation as it ran, where `truncation: auto` shortened it
         self.store = store if responses_req.store else None
         self.response_id = new_id(RESPONSE_PREFIX, store.tag if store is not None else "")
         self.seq = 0
@@ -102,7 +103,10 @@ class ResponsesRun(GenerationRun):
     def _save(self, response: dict) -> None:
         """Keep a finished response and its conversation, for a later previous_response_id."""
         if self.store is not None:
-            conversation = self.history + input_messages(self.rreq.input) + self.answer_history()
+            conversation = self.history + input_messages(self.rreq.input)
+            if self.truncated is not None and self.truncated.messages is not None:  # the next turn goes on from it
+                conversation = self.truncated.messages[1 if self.rreq.instructions else 0:]
+            conversation = conversation + self.answer_history()
             self.store.put(StoredResponse(response, conversation, input_items(self.rreq.input)))
 
     async def _unary(self, merged, first, send) -> None:
@@ -271,15 +275,18 @@ def _call_item(call_id: str, name: str, arguments: str, status: str = "completed
             "arguments": arguments, "status": status}
 
 
-def _prepare(rreq: ResponsesRequest, history, drop: int, scope: dict) -> tuple[ChatCompletionRequest, RoutingHints,
-                                                                                bool]:
-    """The chat request a Responses one runs as (less the `drop` messages its truncation leaves out), checked
-    (inside its count in the request metrics: a refusal here is one), its routing hints and whether its next
-    turn is prefilled."""
-    req = rreq.to_chat(history, drop)
+def _prepare(rreq: ResponsesRequest, history, scope: dict) -> tuple[ChatCompletionRequest, RoutingHints, bool]:
+    """The chat request a Responses one runs as, checked (inside its count in the request metrics: a
+    refusal here is one), its routing hints and whether its next turn is prefilled."""
+    req = rreq.to_chat(history)
     validate_chat(req)
     hints = routing_hints(req.nvext, scope["headers"], background=scope.get(BACKGROUND, False))
     return req, hints, speculative_prefill.wanted(req.nvext)
+
+
+def _fit(rreq: ResponsesRequest) -> ConversationFit | None:
+    """What shortens the request's conversation to the context, where it asks for that."""
+    return ConversationFit() if rreq.truncation == "auto" else None
 
 
 class ResponsesApi:
@@ -306,10 +313,11 @@ class ResponsesApi:
         if await forwarded(self.store, rreq.previous_response_id, scope, body, send, receive):
             return  # it continues a response another replica made: that one ran it
         history = previous_conversation(self.store, rreq.previous_response_id)
-        drop = await fitting_drop(app, rreq, history, len(body))
+        fit = _fit(rreq)
         with own_names():  # refusals before the answer starts (bad fields, a prompt over the context)
             await app.generate(rreq, "responses", len(body), receive, send, ResponsesRun,
-                               trace=scope.get(SCOPE_KEY), prepare=partial(_prepare, rreq, history, drop, scope),
+                               trace=scope.get(SCOPE_KEY), prepare=partial(_prepare, rreq, history, scope), fit=fit,
+                               truncated=fit,
                                responses_req=rreq, history=history, store=self.store)
 
     async def input_tokens(self, app, scope, receive, send) -> None:
@@ -318,9 +326,8 @@ class ResponsesApi:
         if await forwarded(self.store, rreq.previous_response_id, scope, body, send, receive):
             return
         history = previous_conversation(self.store, rreq.previous_response_id)
-        drop = await fitting_drop(app, rreq, history, len(body))
         with own_names():
-            count = await app.prompt_tokens(rreq.to_chat(history, drop), len(body))
+            count = await app.prompt_tokens(rreq.to_chat(history), len(body), _fit(rreq))
         await send_json(send, 200, {"object": "response.input_tokens", "input_tokens": count})
 
     async def retrieve(self, scope, receive, send) -> None:

@@ -53,13 +53,12 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     # Conversation objects are not kept: this would change the answer, so it is refused.
     conversation: Any = None
     background: bool = False
-    # "auto": a conversation over the context drops its oldest turns (`responses_truncation`) instead of a 400
+    # "auto": a conversation over the context loses its oldest turns (`responses_truncation`), not a 400
     truncation: str | None = None
 
-    def to_chat(self, history: list[ChatMessage] | None = None, drop: int = 0) -> ChatCompletionRequest:
+    def to_chat(self, history: list[ChatMessage] | None = None) -> ChatCompletionRequest:
         """The equivalent chat request, after `history` (the conversation a previous_response_id
-        continues), less the conversation's first `drop` messages (its system and developer ones kept:
-        what `truncation: auto` leaves out); the Responses request owns this conversion."""
+        continues); the Responses request owns this conversion."""
         if self.conversation is not None:
             raise bad_request("`conversation` is not supported: send the full input, or a previous_response_id",
                               "conversation", "unsupported_parameter")
@@ -71,7 +70,7 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
             raise bad_request("`truncation` must be 'auto' or 'disabled'", "truncation", "invalid_value")
         # As in OpenAI's API, a previous response's instructions are not carried over: only this request's.
         messages = [ChatMessage(role="system", content=self.instructions)] if self.instructions else []
-        messages += shortened(self.conversation_messages(history), drop)
+        messages += (history or []) + input_messages(self.input)
         if not messages:
             raise bad_request("`input` must not be empty", "input")
         for i, tool in enumerate(self.tools or []):
@@ -100,22 +99,6 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
                                      top_p=self.top_p, seed=self.seed, tools=tools or None, tool_choice=choice,
                                      parallel_tool_calls=self.parallel_tool_calls, response_format=response_format,
                                      reasoning_effort=(self.reasoning or {}).get("effort"), nvext=self.nvext)
-
-
-    def conversation_messages(self, history: list[ChatMessage] | None = None) -> list[ChatMessage]:
-        """The conversation as chat messages: `history`, then this request's input (no instructions)."""
-        return (history or []) + input_messages(self.input)
-
-
-# Roles `truncation: auto` never drops: they set the rules of the conversation, not a turn of it.
-KEPT_ROLES = ("system", "developer")
-
-
-def shortened(conversation: list[ChatMessage], drop: int) -> list[ChatMessage]:
-    """`conversation` without its first `drop` messages, except the system and developer ones among them."""
-    if drop <= 0:
-        return conversation
-    return [m for m in conversation[:drop] if m.role in KEPT_ROLES] + conversation[drop:]
 
 
 def input_messages(items: str | list[dict[str, Any]]) -> list[ChatMessage]:

@@ -180,7 +180,9 @@ def test_anthropic_defined_client_tools_are_functions_with_the_schemas_their_app
     assert editor["required"] == ["command", "path"]
     assert editor["properties"]["command"]["enum"] == ["view", "create", "str_replace", "insert"]
     assert {"old_str", "new_str", "file_text", "insert_line", "view_range"} <= set(editor["properties"])
-    assert "undo_edit" in functions["str_replace_editor"]["parameters"]["properties"]["command"]["enum"]
+    assert "insert_text" in editor["properties"]  # what Claude's calls of this version carry an insert's text in
+    older = functions["str_replace_editor"]["parameters"]["properties"]
+    assert "undo_edit" in older["command"]["enum"] and "insert_text" not in older
     assert req.tool_choice == {"type": "function", "function": {"name": "str_replace_based_edit_tool"}}
     validate_chat(req)
 

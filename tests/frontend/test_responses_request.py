@@ -55,16 +55,6 @@ def test_a_refusal_replayed_from_an_earlier_answer_is_its_text():
                                                        ("user", "Then something good.")]
 
 
-def test_truncation_drops_leading_turns_but_keeps_system_and_developer_messages():
-    rreq = decode_responses(json.dumps({
-        "model": "m", "instructions": "be brief", "truncation": "auto",
-        "input": [{"role": "developer", "content": "rules"}, {"role": "user", "content": "q1"},
-                  {"role": "assistant", "content": "a1"}, {"role": "user", "content": "q2"}]}).encode())
-    kept = rreq.to_chat(None, 3).messages
-    assert [(m.role, m.content) for m in kept] == [("system", "be brief"), ("developer", "rules"), ("user", "q2")]
-    assert [m.role for m in rreq.to_chat(None, 0).messages] == ["system", "developer", "user", "assistant", "user"]
-
-
 def test_an_unknown_truncation_mode_is_refused_naming_it():
     rreq = decode_responses(json.dumps({"model": "m", "input": "hi", "truncation": "middle"}).encode())
     with pytest.raises(ApiError) as err:
