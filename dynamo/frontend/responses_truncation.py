@@ -41,10 +41,11 @@ def cuts(messages: list[ChatMessage]) -> list[int]:
     """Where a cut may fall (before user messages, and before assistant messages that follow tool
     results), in order, leaving out those that would drop nothing but kept messages."""
     out = []
+    droppable = False  # whether a message before c is one a cut would drop
     for c in range(1, len(messages)):
+        droppable = droppable or messages[c - 1].role not in KEPT_ROLES
         role = messages[c].role
-        if (role == "user" or (role == "assistant" and messages[c - 1].role == "tool")) and \
-                any(m.role not in KEPT_ROLES for m in messages[:c]):
+        if droppable and (role == "user" or (role == "assistant" and messages[c - 1].role == "tool")):
             out.append(c)
     return out
 

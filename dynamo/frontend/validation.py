@@ -70,11 +70,14 @@ def validate_common(req: ChatCompletionRequest | CompletionRequest) -> None:
         raise bad_request("at most 16 stop sequences are supported", "stop")
     if any(not s for s in stops):
         raise bad_request("stop sequences must be non-empty strings", "stop")
+    if any(len(s) > MAX_STOP_CHARS for s in stops):  # matching one is linear in its length, per request
+        raise bad_request(f"stop sequences must be at most {MAX_STOP_CHARS} characters", "stop")
     if any(i < 0 for i in ids):
         raise bad_request("stop token ids must be >= 0", "stop")
 
 
 ROUTER_PARAMS = ("ttft_target", "itl_target")
+MAX_STOP_CHARS = 4096
 
 
 def check_router_params(given: Any) -> None:

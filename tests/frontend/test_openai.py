@@ -68,7 +68,7 @@ def test_decode_errors_name_the_field(body, param, code):
 @pytest.mark.parametrize("field,value", [
     ("max_tokens", 0), ("temperature", -0.1), ("temperature", 2.5), ("top_p", 0.0), ("top_p", 1.5),
     ("min_p", 1.5), ("presence_penalty", 3), ("frequency_penalty", -3), ("repetition_penalty", 0),
-    ("top_k", -2), ("n", 0), ("min_tokens", -1), ("logprobs", -1), ("stop", [""]), ("stop", ["x"] * 17),
+    ("top_k", -2), ("n", 0), ("min_tokens", -1), ("logprobs", -1), ("stop", [""]), ("stop", ["x"] * 17), ("stop", ["x" * 4097]),
     ("model", ""),
 ])
 def test_common_range_checks(field, value):

@@ -83,3 +83,42 @@ def test_the_stop_string_is_shown_when_asked_for_and_nothing_after_it():
     """vLLM's include_stop_str_in_output: the matched stop ends the text, whole, across chunks too."""
     assert StopMatcher(["STOP"], include=True).feed("hello STOP world") == ("hello STOP", True)
     assert run(StopMatcher(["<end>", "<e"], include=True), ["abc <", "e", "nd> after"]) == ("abc <e", True)
+
+
+def _oracle(stops, chunks):
+    """The whole text up to the earliest stop found once a chunk completes one, else the whole text."""
+    seen = ""
+    for c in chunks:
+        seen += c
+        starts = [i for i in (seen.find(s) for s in stops) if i != -1]
+        if starts:
+            return seen[:min(starts)], True
+    return seen, False
+
+
+def test_long_stop_strings_match_as_short_ones_do_whatever_the_chunking():
+    import random
+    rng = random.Random(7)
+    for _ in range(300):
+        text = "".join(rng.choice("ab") for _ in range(rng.randint(50, 400)))
+        start = rng.randint(0, len(text) - 1)
+        long = text[start:start + rng.randint(65, 140)] + rng.choice(["", "a", "b"])
+        stops = [long, "".join(rng.choice("ab") for _ in range(rng.randint(66, 90)))]
+        if rng.random() < 0.5:
+            stops.append("".join(rng.choice("ab") for _ in range(rng.randint(3, 9))))  # a short one beside
+        cuts = sorted(rng.sample(range(1, len(text)), rng.randint(1, min(40, len(text) - 1))))
+        chunks = [text[i:j] for i, j in zip([0] + cuts, cuts + [len(text)])]
+        m = StopMatcher(stops)
+        out, hit = run(m, chunks)
+        if not hit:
+            out += m.flush()
+        assert (out, hit) == _oracle(stops, chunks), (stops, chunks)
+
+
+def test_a_huge_stop_string_costs_linear_work_not_quadratic_memory():
+    stop = "x" * 1_000_000
+    m = StopMatcher([stop, "END"])
+    assert not m._prefixes - {"E", "EN"}  # the long one keeps no prefix set
+    for _ in range(100):
+        assert m.feed("x" * 10) == ("", False)  # held: it could still become the stop
+    assert m.feed("y END") == ("x" * 1000 + "y ", True) and m.matched == "END"

@@ -17,13 +17,15 @@ re-put, so the instance id never changes with this backend.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 from dynamo.runtime.discovery.base import (
     DEFAULT_TTL,
+    DiscoveryUnavailable,
     KeyValueStore,
     WatchEvent,
     diff_events,
@@ -67,9 +69,10 @@ class FileStore(KeyValueStore):
     async def start(self) -> None:
         if self._started:
             return
-        os.makedirs(os.path.join(self.root, LEASE_DIR), exist_ok=True)
         self._lease_id = new_lease_id()
-        self._write_heartbeat()
+        with self._writable():
+            os.makedirs(os.path.join(self.root, LEASE_DIR), exist_ok=True)
+            self._write_heartbeat()
         self._started = True
         self._spawn(self._keep_alive(), "keepalive")
 
@@ -156,8 +159,18 @@ class FileStore(KeyValueStore):
 
     async def put(self, key: str, value: bytes, *, leased: bool = True) -> None:
         self._check_open()
-        write_atomic(key_path(self.root, key), self._encode(value, leased))
+        with self._writable():
+            write_atomic(key_path(self.root, key), self._encode(value, leased))
         self._remember(key, bytes(value), leased)
+
+    @contextlib.contextmanager
+    def _writable(self) -> Iterator[None]:
+        """A store that cannot be written (a full disk, no permission) is discovery unavailable, said in one line."""
+        try:
+            yield
+        except OSError as exc:
+            raise DiscoveryUnavailable(f"discovery: the file store {self.root} cannot be written "
+                                       f"({exc.strerror or exc}): free space or fix DYN_FILE_KV") from None
 
     async def delete(self, key: str) -> None:
         self._check_open()

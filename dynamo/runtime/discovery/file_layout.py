@@ -12,6 +12,7 @@ Under the root:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -50,9 +51,14 @@ def write_atomic(path: str, data: bytes) -> None:
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a removed directory: leave no temp file behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def read_entry(path: str) -> tuple[int, bytes] | None:
