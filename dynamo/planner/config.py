@@ -271,20 +271,24 @@ def _convert(raw: object, args: PlannerArgs | None) -> tuple[PlannerConfig, list
         raise ValueError(str(exc)) from None
 
 
+def _fill(raw: dict, key: str, value: object) -> None:
+    """`value` where the config leaves `key` unset: absent or null (null in a field of Dynamo's that is not
+    Optional was refused before; in ours, and in Dynamo's Optional fields, it means the default)."""
+    if raw.get(key) is None and value is not None:
+        raw[key] = value
+
+
 def _with_env(raw: dict, args: PlannerArgs) -> dict:
     """Fields the config leaves unset, from the process's flags and environment (Dynamo's variables)."""
     if args.control_url:
-        raw = under_deploy_run(raw, args)
-    raw.setdefault("prometheus_endpoint", args.prometheus_endpoint or None)
-    if args.profile_results_dir:
-        raw.setdefault("profile_results_dir", args.profile_results_dir)
-    if args.namespace:
-        raw.setdefault("namespace", args.namespace)
+        raw = under_deploy_run(raw, args)  # which settles prometheus_endpoint (never a cluster address)
+    else:
+        _fill(raw, "prometheus_endpoint", args.prometheus_endpoint or None)
+    _fill(raw, "profile_results_dir", args.profile_results_dir or None)
+    _fill(raw, "namespace", args.namespace or None)
     for name in ("dgd_name", "kube_namespace", "kubeconfig", "kube_deployment_selector"):
-        if getattr(args, name):
-            raw.setdefault(name, getattr(args, name))
-    if args.prometheus_port:
-        raw.setdefault("metric_reporting_prometheus_port", args.prometheus_port)
+        _fill(raw, name, getattr(args, name) or None)
+    _fill(raw, "metric_reporting_prometheus_port", args.prometheus_port or None)
     prom = {"token": args.prometheus_token, "token_file": args.prometheus_token_file,
             "ca_bundle": args.prometheus_ca_bundle,
             "request_timeout_seconds": args.prometheus_request_timeout_seconds}
@@ -293,8 +297,7 @@ def _with_env(raw: dict, args: PlannerArgs) -> dict:
     if args.prometheus_extra_query_params:  # as Dynamo: a URL query string, malformed text refused
         prom["extra_query_params"] = dict(parse_qsl(args.prometheus_extra_query_params, strict_parsing=True))
     for key, value in prom.items():
-        if value is not None:
-            raw.setdefault(f"metric_pulling_prometheus_{key}", value)
+        _fill(raw, f"metric_pulling_prometheus_{key}", value)
     return raw
 
 

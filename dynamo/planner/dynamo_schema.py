@@ -5,7 +5,8 @@ module owns the boundary between that schema and `dynamo.planner.config.PlannerC
 
 - a key in neither schema (a typo) is refused by name;
 - Dynamo's aliases fold into their field (the field itself wins when both are given, as in Dynamo);
-- null in a field Dynamo declares Optional means "the default";
+- null in a field Dynamo declares Optional means "the default"; null in any other of its fields is refused,
+  as Dynamo's pydantic refuses it (`"namespace": null` would otherwise hide `$DYN_NAMESPACE`);
 - Dynamo's fields this planner does not implement are accepted and dropped; those set to something
   (not null / false / 0 / empty) are named, for one warning at start.
 
@@ -70,6 +71,10 @@ NULLABLE = frozenset((
     "metric_pulling_prometheus_token metric_pulling_prometheus_token_file model_name pre_deployment_sweeping_mode "
     "prefill_engine_num_gpu prefill_min_endpoint prefill_scale_down_queue_tokens prefill_scale_up_queue_tokens "
     "report_filename report_interval_hours total_gpu_power_limit").split())
+
+# Where a field Dynamo requires takes its value from when the key is left out (said when null is refused).
+FROM_ENV = {"namespace": "$DYN_NAMESPACE, else dynamo", "metric_pulling_prometheus_endpoint": "$PROMETHEUS_ENDPOINT",
+            "metric_reporting_prometheus_port": "$PLANNER_PROMETHEUS_PORT"}
 
 # Dynamo's validation aliases, and its name for our `prometheus_endpoint`.
 ALIASES = {"ttft": "ttft_ms", "itl": "itl_ms",
@@ -182,6 +187,13 @@ def _unknown_in(value: Any, schema: Any, path: str) -> list[str]:
     return found
 
 
+def null_problems(raw: dict[str, Any]) -> list[str]:
+    """Dynamo's fields (and aliases) given null where Dynamo's type has no None: its pydantic refuses them."""
+    return [f"`{key}` is null, which Dynamo 1.6.1's PlannerConfig refuses (not an Optional field); leave it out "
+            f"for its default ({FROM_ENV.get(ALIASES.get(key, key), FROM_ENV.get(key, 'the default'))})"
+            for key, value in raw.items() if value is None and (key in FIELDS or key in ALIASES) and key not in NULLABLE]
+
+
 def to_ours(raw: dict[str, Any], ours: Collection[str]) -> tuple[dict[str, Any], list[str]]:
     """`raw` (Dynamo's keys, ours, or both) as our keys, and the names of Dynamo's fields that asked for
     something this planner does not do. Raises ValueError naming any key in neither schema."""
@@ -192,7 +204,7 @@ def to_ours(raw: dict[str, Any], ours: Collection[str]) -> tuple[dict[str, Any],
     if unknown:
         raise ValueError(", ".join(f"unknown field `{k}`" for k in unknown)
                          + " (in neither Dynamo 1.6.1's PlannerConfig nor this planner's)")
-    problems = no_effect_problems(raw)
+    problems = null_problems(raw) + no_effect_problems(raw)
     if problems:
         raise ValueError("; ".join(problems))
     out: dict[str, Any] = {}

@@ -168,6 +168,16 @@ class FpmCollector:
             self._last_model = seen
         return self.cfg.model_name or seen or self._last_model
 
+    async def namespaces_elsewhere(self) -> list[str]:
+        """The other namespaces where worker cards are (what a planner reading the wrong one is told)."""
+        found = set()
+        for key in await self.store.get_prefix(MDC) if self.store is not None else ():
+            try:
+                found.add(split_key(MDC, key)[0].namespace)
+            except ValueError:
+                continue
+        return sorted(found - {self.cfg.namespace})
+
     def add_synthetic(self, role: str, x: tuple[float, ...], wall_s: float) -> None:
         """Seed a perf model (profile data) before any live FPM arrives."""
         model = self.models.get(role)

@@ -13,7 +13,9 @@ Guards, where Dynamo 1.6.1's users got hurt:
 - the max GPU budget is never exceeded, whatever the loops ask for;
 - as Dynamo, a load tick decides only on FPMs that cover the pool: when the engines reporting
   differ from the ready replicas (a new replica not reporting yet), the pool holds
-  (`worker_count_mismatch`), and in disagg mode so does the other pool.
+  (`worker_count_mismatch`), and in disagg mode so does the other pool;
+- pools with ready replicas that publish nothing in the planner's namespace for a minute are
+  warned about, with the namespaces their cards are in (`watch.py`), instead of a silent hold.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from dynamo.planner.load_scaling import WORKER_COUNT_MISMATCH, Decision, fpm_cov
 from dynamo.planner.metrics import PlannerMetrics
 from dynamo.planner.observe import FpmCollector
 from dynamo.planner.predictors import make_predictor
+from dynamo.planner.watch import SilentPools
 from dynamo.planner.prometheus import (PrometheusClient, TrafficObservation, observe, router_waiting_query,
                                        waiting_query)
 from dynamo.profiler.interpolation import Profile
@@ -57,6 +60,7 @@ class Planner:
         self._seeded: set[str] = set()  # roles whose perf model took the profile's points
         self._last_gpu_tick = time.monotonic()
         self._failing: dict[str, str] = {}  # loop -> its last failure, until a tick succeeds
+        self.silent = SilentPools(cfg.namespace)
 
     # ---- loop ----------------------------------------------------------------------
 
@@ -285,7 +289,14 @@ class Planner:
             else:
                 self.pending_since.setdefault(role, now)
         await self._give_up_stuck(state, now)
+        await self._watch_pools(state)
         return state
+
+    async def _watch_pools(self, state: dict[str, PoolState]) -> None:
+        ready = {role: state[role].ready for role in self.cfg.roles if role in state}
+        silent = self.silent.due(ready, {role: len(self.collector.reporting(role)) for role in ready})
+        if silent:
+            self.silent.warn(silent, ready, len(self.collector.cards), await self.collector.namespaces_elsewhere())
 
     async def _give_up_stuck(self, state: dict[str, PoolState], now: float) -> None:
         limit = self.cfg.replica_ready_timeout_seconds

@@ -1,5 +1,8 @@
 """`python -m dynamo.profiler --config DGDR.yaml [--output-dir DIR] [--dry-run]`: profile a
-DynamoGraphDeploymentRequest into `final_config.yaml` (and deploy it when `autoApply`)."""
+DynamoGraphDeploymentRequest into `final_config.yaml` and `profiler_status.yaml`. Like Dynamo's profiler
+it deploys nothing, whatever `autoApply` says (there the operator applies the DGD): the status says how
+to run it (`python -m dynamo.deploy run final_config.yaml`, or `dynamo.deploy run DGDR.yaml`, which
+profiles and runs in one step)."""
 
 from __future__ import annotations
 
@@ -25,15 +28,14 @@ class ProfilerArgs(DumpConfigTo):
     config: str | None = setting(None, "DGDR (v1beta1) YAML/JSON file, or its bare spec", env=False)
     output_dir: str = setting("profiling_results", "Where results, plots and final_config.yaml go", env=False)
     dry_run: bool = setting(False, "Validate the request and stop", env=False)
-    model: str | None = setting(None, "Local model dir (tokenizer/config) replacing the hub id when deploying "
-                                "here", env=False)
-    apply: bool | None = setting(None, "Deploy the result here (default: the request's autoApply)", env=False)
+    model: str | None = setting(None, "Local model dir (tokenizer/config) replacing the hub id in thorough "
+                                "candidates and the sweep's context (the profile then describes that model)",
+                                env=False)
     accept_unmet_sla: bool = setting(True, "Deploy the best configuration found when the SLA cannot be met (the "
                                            "default, as in Dynamo; kept for scripts that pass it)", env=False)
     refuse_unmet_sla: bool = setting(False, "Stop with exit 3 instead when the SLA cannot be met (nothing deployed; "
                                             "final_config.yaml and the notes are still written)",
                                      env="DYN_PROFILER_REFUSE_UNMET_SLA")
-    frontend_port: int = setting(8000, "HTTP port of the deployed frontend (autoApply)", env=False)
     prefill_interpolation_granularity: int = setting(16, "ISL points of the prefill sweep",
                                                      env="DYN_PROFILER_PREFILL_INTERPOLATION_GRANULARITY")
     decode_interpolation_granularity: int = setting(6, "Context lengths of the decode sweep",
@@ -67,8 +69,8 @@ def options(args: ProfilerArgs) -> Options:
                          append_args={k: str(v).split() for k, v in args.append_args.items()},
                          service_env={k: {n: str(v) for n, v in e.items()} for k, e in args.service_env.items()},
                          ready_timeout=args.deployment_timeout, deploy_python=args.deploy_python)
-    return Options(output_dir=Path(args.output_dir), model_dir=args.model, dry_run=args.dry_run, apply=args.apply,
-                   refuse_unmet_sla=args.refuse_unmet_sla, sweep=sweep, frontend_port=args.frontend_port)
+    return Options(output_dir=Path(args.output_dir), model_dir=args.model, dry_run=args.dry_run,
+                   refuse_unmet_sla=args.refuse_unmet_sla, sweep=sweep)
 
 
 def with_request_settings(args: ProfilerArgs, req: dgdr.Request) -> ProfilerArgs:

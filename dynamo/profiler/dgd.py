@@ -1,6 +1,7 @@
-"""From a chosen configuration to our DynamoGraphDeployment (`nvidia.com/v1alpha1`): our image,
-our CLIs and our component layout (Frontend + `<Backend>Worker` or `<Backend>Prefill/DecodeWorker`),
-plus the mocker variant and the profile-data ConfigMap. `dynamo.deploy validate` checks the result."""
+"""From a chosen configuration to our DynamoGraphDeployment (`nvidia.com/v1alpha1`): the request's
+image (else ours), our CLIs and our component layout (Frontend + `<Backend>Worker` or
+`<Backend>Prefill/DecodeWorker`), plus the mocker variant and the profile-data ConfigMap.
+`dynamo.deploy validate` checks the result."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from dynamo.profiler.dgdr import Request
 from dynamo.profiler.overrides import apply_override
 
 IMAGE = "dynamo-serve-cuda:0.1.0"
+# Dynamo's published image names, which its profiler derives the DGD's images from (`profile_common.py`)
+DYNAMO_RUNTIME = {"vllm": "vllm-runtime", "sglang": "sglang-runtime", "trtllm": "tensorrtllm-runtime"}
+DYNAMO_PLANNER = "dynamo-planner"
 DGD_API = "nvidia.com/v1alpha1"
 PREFIX = {"vllm": "Vllm", "sglang": "Sglang", "trtllm": "Trtllm", "mocker": "Mocker"}
 MAX_NAME = 45  # Dynamo: len(dgd name) + len(component) must stay within this
@@ -170,6 +174,29 @@ def _model_location(req: Request) -> tuple[str, list[dict[str, Any]] | None]:
     return req.spec.model, None
 
 
+def _split_image(ref: str) -> tuple[str, str, str]:
+    """(registry path with its slash, name, `:tag` and/or `@digest`) of an image reference."""
+    head, _, last = ref.rpartition("/")
+    name, at, digest = last.partition("@")
+    name, colon, tag = name.partition(":")
+    return (head + "/" if head else ""), name, (colon + tag) + (at + digest)
+
+
+def images(req: Request, backend: str) -> tuple[str, str]:
+    """(the graph's image, the planner's): the request's `spec.image` where given, else ours. One of
+    Dynamo's images (`.../dynamo-planner:1.6.1`, `.../vllm-runtime:1.6.1`, ...) is read as Dynamo's
+    profiler reads it: the profiling image, from which the backend's runtime image (a mocker graph: the
+    image itself) and the planner's are derived, same registry and tag. Any other image (ours) runs
+    every component as given."""
+    if not req.spec.image:
+        return IMAGE, IMAGE
+    path, name, tag = _split_image(req.spec.image)
+    if name not in (*DYNAMO_RUNTIME.values(), DYNAMO_PLANNER):
+        return req.spec.image, req.spec.image
+    graph = req.spec.image if backend == "mocker" else f"{path}{DYNAMO_RUNTIME[backend]}{tag}"
+    return graph, f"{path}{DYNAMO_PLANNER}{tag}"
+
+
 def profile_configmap(name: str, profile_dir: Path) -> dict[str, Any]:
     data = {js: (profile_dir / js).read_text() for js in (PREFILL_JSON, DECODE_JSON) if (profile_dir / js).is_file()}
     digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
@@ -211,17 +238,18 @@ def _worker(req: Request, backend: str, w: WorkerChoice, image: str, configmap: 
     return svc
 
 
-def build_dgd(req: Request, choice: Choice, image: str = IMAGE, configmap: str | None = None) -> dict[str, Any]:
+def build_dgd(req: Request, choice: Choice, configmap: str | None = None) -> dict[str, Any]:
     """The DGD for `choice`. `configmap` names the profile-data ConfigMap (beside the DGD in the same file):
     mocker workers replay it and the planner seeds its perf models from it, both reading it at
     PROFILE_MOUNT."""
     name = dgd_name(req)
     backend = dgd_backend(req)
+    image, planner_image = images(req, backend)
     services: dict[str, Any] = {"Frontend": _frontend(req, image)}
     for w in choice.workers:
         services[_service_name(backend, w.role)] = _worker(req, backend, w, image, configmap)
     if req.spec.planner:
-        services["Planner"] = planner_service(req, backend, image, configmap, choice.mode)
+        services["Planner"] = planner_service(req, backend, planner_image, configmap, choice.mode)
     longest = max(len(s) for s in services)
     if len(name) + longest > MAX_NAME:
         raise ValueError(f"DGD name {name!r} is too long: with component {longest} characters it exceeds {MAX_NAME} "

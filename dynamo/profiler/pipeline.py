@@ -1,5 +1,6 @@
 """DGDR → profile → DGD → (autoApply) deployment: the one flow behind `python -m dynamo.profiler`
-and `python -m dynamo.deploy run|render DGDR.yaml`."""
+(which stops at the DGD, as Dynamo's) and `python -m dynamo.deploy run|render DGDR.yaml` (which run it
+here when autoApply, `apply.py`, or render it)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import shlex
 import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, TypeVar
@@ -17,11 +20,12 @@ import yaml
 from dynamo.llm.perf_data import Profile, write_profile
 from dynamo.profiler import dgdr
 from dynamo.profiler.aic_curves import rapid_profile, wants_curves, without_curves
+from dynamo.profiler.apply import deploy, not_deployed, run_flags
 from dynamo.profiler.dgd import Choice, build_dgd, dgd_backend, planner_config, profile_configmap
 from dynamo.profiler.plots import plot_decode, plot_prefill
 from dynamo.profiler.rapid import rapid
 from dynamo.profiler.status import Status
-from dynamo.profiler.thorough import SweepOptions, local_deployment, measure_candidate, select
+from dynamo.profiler.thorough import SweepOptions, measure_candidate, select
 
 log = logging.getLogger("dynamo.profiler")
 FINAL = "final_config.yaml"
@@ -33,10 +37,12 @@ class Options:
     output_dir: Path = Path("profiling_results")
     model_dir: str | None = None
     dry_run: bool = False
-    apply: bool | None = None  # None: the request's autoApply
+    caller: str = "profiler"  # `python -m dynamo.profiler`; `run` (deploys when autoApply) or `render` DGDR.yaml
     refuse_unmet_sla: bool = False  # stop (exit 3) instead of deploying the best config found
     sweep: SweepOptions = field(default_factory=SweepOptions)
     frontend_port: int = 8000
+    control_port: int = 0  # of the deployment (0: a free one)
+    run_flags: list[str] = field(default_factory=list)  # the deployment's other `dynamo.deploy run` flags
 
 
 def load_request(path: str | Path, notes: list[str] | None = None) -> dgdr.Request:
@@ -146,14 +152,49 @@ def summary(choice: Choice) -> str:
     return f"{choice.mode} ({choice.source}): {workers}; {choice.total_gpus} GPU(s); {sla}; {figures}"
 
 
+def model_source(req: dgdr.Request, model_dir: str | None) -> str:
+    """What the profile was made with: the local model given (`--model`, made absolute), else the request's."""
+    if model_dir and Path(model_dir).exists():
+        return str(Path(model_dir).resolve())
+    return model_dir or req.spec.model
+
+
+def reusable(prev: dict[str, Any] | None, source: str, final: Path) -> bool:
+    """A finished profile of the same spec (the claim checked that) made with the same model: a profile made
+    on a local stand-in (`run DGDR.yaml --model DIR`) is not the cluster's (`render DGDR.yaml`). A failed
+    deployment leaves its profile reusable."""
+    done = prev is not None and (prev.get("phase") in ("Ready", "Deploying", "Deployed")
+                                 or (prev.get("phase") == "Failed" and prev.get("profilingPhase") == "Done"))
+    return done and final.is_file() and prev.get("modelSource") == source
+
+
+def context_note(req: dgdr.Request, model_dir: str | None) -> str | None:
+    """A stand-in model whose context is under the workload's ISL+OSL: the profile cannot cover the workload."""
+    ctx = model_config(model_dir).get("max_position_embeddings")
+    need = req.spec.workload.isl + req.spec.workload.osl
+    if not ctx or int(ctx) >= need:
+        return None
+    return (f"the local model {model_dir} has a context of {int(ctx)} tokens, under the workload's ISL+OSL ({need}): "
+            f"the profile is limited to it and describes that model, not {req.spec.model}; profile without --model "
+            "(or with the real model) for the deployment the request is for")
+
+
 async def profile_request(req: dgdr.Request, opts: Options, status: Status) -> tuple[Path, Choice | None]:
     prev = status.claim()
     final = opts.output_dir / FINAL
-    if prev and prev.get("phase") in ("Ready", "Deploying", "Deployed") and final.is_file():
-        status.data.update({k: prev[k] for k in ("choice", "slaMet", "dgdName") if k in prev})
-        status.set("Ready", message=f"reusing {final} (same spec, already profiled)")
+    source = model_source(req, opts.model_dir)
+    if reusable(prev, source, final):
+        status.data.update({k: prev[k] for k in ("choice", "slaMet", "dgdName", "notes", "outputs") if k in prev})
+        status.set("Ready", "Done", message=f"reusing {final} (same spec and model, already profiled)",
+                   modelSource=source, error=None)
         return final, None
-    status.set("Profiling", "Initializing", message=f"{req.spec.searchStrategy} search for {req.spec.model}")
+    if prev and prev.get("modelSource") not in (None, source) and final.is_file():
+        log.warning("%s was profiled with %s; profiling again with %s", final, prev["modelSource"], source)
+    status.set("Profiling", "Initializing", message=f"{req.spec.searchStrategy} search for {req.spec.model}",
+               modelSource=source)
+    small = context_note(req, opts.model_dir)
+    if small:
+        log.warning("%s", small)
     opts.sweep.model_dir = opts.model_dir
     opts.sweep.max_context = min(opts.sweep.max_context, max_context(req, opts.model_dir))
     opts.sweep.vocab_size = model_config(opts.model_dir).get("vocab_size")
@@ -161,6 +202,7 @@ async def profile_request(req: dgdr.Request, opts: Options, status: Status) -> t
         choice, profile = await rapid_search(req, opts, status)
     else:
         choice, profile = await thorough(req, opts, status)
+    choice.notes += [small] if small else []
     for note in choice.notes:
         log.warning("%s", note) if choice.sla_met is not True else log.info("%s", note)
     status.set(profiling="GeneratingDGD", message=summary(choice))
@@ -170,29 +212,6 @@ async def profile_request(req: dgdr.Request, opts: Options, status: Status) -> t
                choice={"mode": choice.mode, "source": choice.source, "expected": choice.expected,
                        "workers": [w.__dict__ for w in choice.workers]})
     return path, choice
-
-
-async def deploy(req: dgdr.Request, final: Path, opts: Options, status: Status) -> int:
-    docs = [d for d in yaml.safe_load_all(final.read_text()) if d]
-    graphs = [d for d in docs if d.get("kind") == "DynamoGraphDeployment"]
-    status.set("Deploying", message=f"dynamo.deploy run {final}")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    opts.sweep.model_dir = opts.model_dir
-    dep = local_deployment(graphs[0], opts.output_dir / "deployment", req, opts.sweep,
-                           beside=[d for d in docs if d is not graphs[0]])
-    dep.port = opts.frontend_port
-    try:
-        async with dep:
-            status.set("Deployed", message=f"serving {req.spec.model} at {dep.url} (Ctrl-C stops)",
-                       endpoint=dep.url)
-            await stop.wait()
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-    return 0
 
 
 async def until_signal(work: Awaitable[T]) -> tuple[T | None, int | None]:
@@ -239,7 +258,8 @@ def planner_problems(req: dgdr.Request) -> list[str]:
 
 
 async def run(req: dgdr.Request, opts: Options) -> int:
-    """Profile (or reuse), then apply when asked. Exit codes: 0 ok, 1 failed, 2 refused, 3 SLA not met (only with
+    """Profile (or reuse), then deploy under `dynamo.deploy run DGDR.yaml` when autoApply (never for
+    `python -m dynamo.profiler`). Exit codes: 0 ok, 1 failed, 2 refused, 3 SLA not met (only with
     `refuse_unmet_sla`; by default, as in Dynamo, the best configuration found goes ahead, said in the status),
     128 + N stopped by signal N (SIGINT, SIGTERM) while profiling, any candidate deployment torn down first."""
     problems = planner_problems(req)
@@ -268,9 +288,16 @@ async def run(req: dgdr.Request, opts: Options) -> int:
     if met is False:  # as Dynamo: said (status, notes, log) and deployed, the best that was found
         log.warning("the SLA cannot be met (notes in the status); %s is the best configuration found and is used "
                     "as is (--refuse-unmet-sla stops here instead)", final)
-    if opts.apply if opts.apply is not None else req.spec.autoApply:
-        return await deploy(req, final, opts, status)
-    status.set(message=f"DGD ready: {final} (not applied; `python -m dynamo.deploy run {final}` deploys it)")
+    if opts.caller == "run" and req.spec.autoApply:
+        try:
+            return await deploy(req, final, opts, status)
+        except Exception as exc:  # deploy records what it expects; anything else is still a failed request
+            log.debug("deploying failed", exc_info=True)
+            status.fail(f"deploying {final} failed: {type(exc).__name__}: {exc}")
+            return 1
+    if opts.run_flags:
+        log.warning("autoApply is false: nothing deployed, so %s did not apply", shlex.join(opts.run_flags))
+    status.set(message=not_deployed(req, final, opts.run_flags, opts.caller))
     return 0
 
 
@@ -284,16 +311,17 @@ def is_request(path: str | Path) -> bool:
 
 
 def deploy_main(cmd: str, args: Any) -> int:
-    """`dynamo.deploy run|render DGDR.yaml`: profile (or reuse the result in
-    `profiling_results/<name>`), then run it when autoApply, or render its DGD."""
+    """`dynamo.deploy run|render DGDR.yaml`: profile (or reuse the result in `profiling_results/<name>`), then
+    run it when autoApply, with every flag `run` was given (`apply.py`), or render its DGD."""
     from dynamo.runtime.process import configure_logging
 
     configure_logging()
     logging.getLogger("dynamo.profiler").setLevel(logging.INFO)
     try:
         req = load_request(args.file)
+        flags = run_flags(args) if cmd == "run" else []
     except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=__import__("sys").stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     from dynamo.profiler.__main__ import ProfilerArgs, options, with_request_settings
     from dynamo.runtime.config import parse_config
@@ -302,8 +330,10 @@ def deploy_main(cmd: str, args: Any) -> int:
     opts = options(with_request_settings(settings, req))
     opts.output_dir = Path("profiling_results") / req.metadata.name
     opts.model_dir = getattr(args, "model", None)
-    opts.apply = False if cmd == "render" else None
+    opts.caller = cmd
     opts.frontend_port = getattr(args, "frontend_port", 8000)
+    opts.control_port = getattr(args, "control_port", 0) or 0
+    opts.run_flags = flags
     rc = asyncio.run(run(req, opts))
     if rc != 0 or cmd != "render":
         return rc

@@ -134,6 +134,7 @@ def choice_from_rows(req: Request, results: dict[str, list[dict[str, str]]]) -> 
                          **_moe(row, "(d)"))
         workers = [p, d]
     unit = sum(w.gpus * w.replicas for w in workers)
+    as_picked = [w.replicas for w in workers]
     if req.spec.planner:  # autoscale: one worker per pool, the planner scales
         for w in workers:
             w.replicas = 1
@@ -141,9 +142,7 @@ def choice_from_rows(req: Request, results: dict[str, list[dict[str, str]]]) -> 
         for w in workers:
             w.replicas *= budget // unit
     s_ttft, s_itl = req.spec.sla.targets
-    expected = {"ttft_ms": _f(row, "ttft"), "itl_ms": _f(row, "tpot"), "request_latency_ms": _f(row, "request_latency"),
-                "thpt_per_gpu": _f(row, "tokens/s/gpu"), "tokens_per_s_per_user": _f(row, "tokens/s/user"),
-                "request_rate": _f(row, "request_rate"), "concurrency": _f(row, "concurrency")}
+    expected, scaled = deployed_figures(row, workers, as_picked)
     if req.spec.sla.e2eLatency is not None:
         met = expected["request_latency_ms"] <= req.spec.sla.e2eLatency
     else:
@@ -152,10 +151,39 @@ def choice_from_rows(req: Request, results: dict[str, list[dict[str, str]]]) -> 
     others = {m: round(_f(rows[0], "tokens/s/gpu"), 1) for m, rows in results.items()}
     why = " (the planner scales prefill and decode apart)" if ranked is not results else ""
     choice.notes.append(f"AIConfigurator tokens/s/GPU by mode: {json.dumps(others)}; picked {mode}{why}")
+    if scaled:
+        choice.notes.append(scaled)
     if choice.total_gpus > budget:
         choice.notes.append(f"needs {choice.total_gpus} GPUs for the stated load, over the budget of {budget}")
         choice.sla_met = False
     return choice
+
+
+def _shape(workers: list[WorkerChoice], replicas: list[int]) -> str:
+    return "+".join(f"{n}x{w.role} TP{w.tp}" for w, n in zip(workers, replicas))
+
+
+def deployed_figures(row: dict[str, str], workers: list[WorkerChoice],
+                     as_picked: list[int]) -> tuple[dict[str, float], str | None]:
+    """The expected figures of the deployment generated, and a note when they differ from AIConfigurator's.
+    Its row describes the workers it picked (`as_picked`, e.g. 3 prefill + 5 decode on 8 GPUs); the DGD may
+    have fewer (the planner's one per pool) or more (the budget filled). Latencies and per-user rates hold;
+    the request rate scales with the scarcest pool, the concurrency with the decode (or agg) pool, the
+    throughput per GPU follows."""
+    rate_k = min(w.replicas / n for w, n in zip(workers, as_picked))
+    conc_k = workers[-1].replicas / as_picked[-1]  # decode (disagg), or the one agg pool
+    picked_gpus = sum(w.gpus * n for w, n in zip(workers, as_picked))
+    gpus = sum(w.gpus * w.replicas for w in workers)
+    tokens = _f(row, "tokens/s") or _f(row, "tokens/s/gpu") * picked_gpus
+    expected = {"ttft_ms": _f(row, "ttft"), "itl_ms": _f(row, "tpot"), "request_latency_ms": _f(row, "request_latency"),
+                "thpt_per_gpu": tokens * rate_k / gpus, "tokens_per_s_per_user": _f(row, "tokens/s/user"),
+                "request_rate": _f(row, "request_rate") * rate_k, "concurrency": _f(row, "concurrency") * conc_k}
+    if rate_k == 1 and conc_k == 1:
+        return expected, None
+    return expected, (f"expected figures are this DGD's ({_shape(workers, [w.replicas for w in workers])}, {gpus} "
+                      f"GPU(s)); AIConfigurator's are for its pick {_shape(workers, as_picked)} on {picked_gpus} "
+                      f"GPU(s): request_rate {_f(row, 'request_rate'):.4g}, concurrency {_f(row, 'concurrency'):.4g}, "
+                      f"thpt_per_gpu {_f(row, 'tokens/s/gpu'):.4g}")
 
 
 # ---- memory-fit fallback ------------------------------------------------------------------

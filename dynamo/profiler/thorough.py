@@ -111,16 +111,17 @@ async def sweep_decode(dep: LocalDeployment, req: Request, opts: SweepOptions, g
 
 def local_deployment(dgd: dict[str, Any], work: Path, req: Request, opts: SweepOptions,
                      append: dict[str, list[str]] | None = None,
-                     beside: list[dict[str, Any]] | None = None) -> LocalDeployment:
+                     beside: list[dict[str, Any]] | None = None, **run: Any) -> LocalDeployment:
     """`dgd` deployed here with the machine-specific extras (engine flags, env such as CPU binding)
     added to a local copy only: the DGD handed to the user stays clean. `beside`: the file's other
-    documents (the ConfigMaps the DGD mounts, which `run` serves at their mount paths)."""
+    documents (the ConfigMaps the DGD mounts, which `run` serves at their mount paths); `run`: the
+    LocalDeployment's `run_flags`, `control_port`, `console`."""
     dgd = copy.deepcopy(dgd)
     for svc, env in opts.service_env.items():
         if svc in dgd["spec"]["services"]:
             dgd["spec"]["services"][svc].setdefault("envs", []).extend({"name": k, "value": v} for k, v in env.items())
     return LocalDeployment(dgd, work, opts.model_dir, req.spec.model, opts.append_args if append is None else append,
-                           opts.ready_timeout, opts.deploy_python, beside)
+                           opts.ready_timeout, opts.deploy_python, beside, **run)
 
 
 def candidate_dgd(req: Request, tp: int) -> dict[str, Any]:

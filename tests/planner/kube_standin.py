@@ -43,6 +43,7 @@ class KubeStandIn:
         self.dgds = {d["metadata"]["name"]: d for d in ((self.dgd,) if dgd is not None else ()) + tuple(others)}
         self.deployments = {d["metadata"]["name"]: copy.deepcopy(d) for d in deployments}
         for d in self.deployments.values():
+            d["spec"].setdefault("replicas", 1)  # the API server's default (a rendered planner-scaled Deployment)
             d["status"] = {"replicas": d["spec"]["replicas"], "readyReplicas": d["spec"]["replicas"]}
         self.versions = versions
         self.adapters = set(adapters)  # names of existing DGDSAs

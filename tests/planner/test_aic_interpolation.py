@@ -100,7 +100,7 @@ async def test_profile_files_win_over_the_spec_and_reactive_targets_estimate_not
     unknown = dump(system="no_such_gpu")  # estimating it would warn
     profile, source = await startup_profile(convert({**unknown, "profile_results_dir": str(tmp_path)}))
     assert source == str(tmp_path) and profile.prefill == linear_profile().prefill
-    reactive = {**unknown, "optimization_target": "throughput", "profile_results_dir": None}
+    reactive = {**{k: v for k, v in unknown.items() if k != "profile_results_dir"}, "optimization_target": "throughput"}
     assert await startup_profile(convert(reactive)) is None
     assert warnings_of(caplog) == []
 

@@ -1,0 +1,77 @@
+"""A planner that reads another namespace than its workers publish in says so, instead of holding on "no
+engine reports yet" forever (the audit's `"namespace": null` made it read `dynamo` while the graph's workers
+were in `$DYN_NAMESPACE`). A real Planner, FpmCollector and virtual connector over an in-memory discovery
+store; worker cards are published as workers publish them, and FPMs handed to the collector as its event-plane
+consumer hands them."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from dynamo.llm.forward_pass import ForwardPassMetrics
+from dynamo.planner.config import PlannerConfig
+from dynamo.planner.connectors.base import make_connector
+from dynamo.planner.observe import FpmCollector
+from dynamo.planner.planner import Planner
+from dynamo.runtime.discovery.mem import MemStore
+from tests.planner.test_aic_interpolation import publish_workers
+
+
+def warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "nothing seen" in r.getMessage()]
+
+
+async def test_pools_publishing_elsewhere_are_named_then_their_recovery(caplog):
+    caplog.set_level(logging.INFO, "dynamo.planner")
+    cfg = PlannerConfig(environment="virtual", model_name="Qwen/Qwen3-0.6B", optimization_target="latency")
+    assert cfg.namespace == "dynamo"  # what a config's null namespace used to become, whatever $DYN_NAMESPACE said
+    store = MemStore(name=f"silent-{uuid.uuid4().hex}")
+    await store.start()
+    conn, collector = make_connector(cfg, store=store), FpmCollector(store, cfg)
+    planner = Planner(cfg, conn, collector)
+    planner.silent.after = planner.silent.every = 0.0  # a minute, and ten, in a running planner
+    try:
+        await conn.start()
+        await publish_workers(store, "team-a-graph")
+        await planner.load_tick()
+        [said] = warnings(caplog)
+        assert said.startswith("planner: nothing seen in namespace 'dynamo' for ")
+        assert "no worker card there while the prefill (1 ready), decode (1 ready) pool(s) have ready replicas" in said
+        assert "worker cards are in namespace(s) 'team-a-graph': set the planner's `namespace`" in said
+        assert all(d.target == d.current and "no engine reports yet" in d.reason for d in planner.decisions)
+
+        await publish_workers(store, "dynamo")  # cards here now, their FPMs not yet
+        await planner.load_tick()
+        assert "2 worker card(s) there but no forward-pass metrics from the prefill (1 ready), decode (1 ready)" \
+            in warnings(caplog)[-1]
+
+        for instance_id in (1, 2):  # each engine's first FPM, as the event-plane consumer hands it over
+            collector.observe(instance_id, ForwardPassMetrics(worker_id=str(instance_id), wall_time=0.01))
+        caplog.clear()
+        await planner.load_tick()
+        assert warnings(caplog) == []
+        assert "planner: the pools publish in namespace 'dynamo' now" in caplog.text
+    finally:
+        await collector.close()
+        await conn.close()
+        await store.close()
+
+
+async def test_a_pool_at_zero_replicas_is_not_silent(caplog):
+    caplog.set_level(logging.INFO, "dynamo.planner")
+    cfg = PlannerConfig(environment="virtual", model_name="m", optimization_target="latency", min_endpoint=0)
+    store = MemStore(name=f"silent-{uuid.uuid4().hex}")
+    await store.start()
+    conn, collector = make_connector(cfg, store=store), FpmCollector(store, cfg)
+    planner = Planner(cfg, conn, collector)
+    planner.silent.after = 0.0
+    try:
+        await conn.start()
+        await conn.scale({"prefill": 0, "decode": 0})
+        await planner.load_tick()
+        assert warnings(caplog) == []
+    finally:
+        await collector.close()
+        await conn.close()
+        await store.close()
