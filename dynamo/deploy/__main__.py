@@ -36,7 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how often the file's HorizontalPodAutoscalers are evaluated (Kubernetes' "
                         "--horizontal-pod-autoscaler-sync-period; a KEDA ScaledObject polls at its pollingInterval)")
     r.add_argument("--log-dir", default=None, help="also write each replica's output to DIR/<replica>.log")
-    r.add_argument("--grace", type=float, default=15.0, help="seconds between SIGTERM and SIGKILL on shutdown")
+    r.add_argument("--engine", choices=["mocker"], default=None,
+                   help="run the graph's vLLM / SGLang / TRT-LLM workers on the mocker (same model and served name; "
+                        "engine-only flags left out, with a warning): a GPU manifest on a machine without the engine")
+    r.add_argument("--grace", type=float, default=15.0,
+                   help="seconds between SIGTERM and SIGKILL when the whole run stops (a scaled-down or unhealthy "
+                        "replica gets its pod's terminationGracePeriodSeconds, 60 unless the manifest sets it)")
     r.add_argument("--no-status", action="store_true", help="do not print the status table")
 
     k = sub.add_parser("render", help="print plain Kubernetes objects (Deployments, Services, ConfigMaps)")

@@ -4,7 +4,7 @@ names a DynamoGraphDeploymentScalingAdapter (DGDSA). This module owns the bounda
 autoscaler and the graph service it scales:
 
 - which service a target is: the Dynamo operator gives every DGD service an adapter named
-  `{dgd}-{service lowercased}` (`contract.k8s_name`), unless `scalingAdapter.disable: true`;
+  `{dgd}-{service lowercased}` (`names.k8s_name`), unless `scalingAdapter.disable: true`;
 - `validate`: a target no graph of the file has (an error naming the adapters there are), two autoscalers
   on one service, an autoscaler on a service the graph's planner scales (warnings: they would fight), and
   the deprecated v1alpha1 `autoscaling` field (ignored, as by the operator);
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dynamo.deploy import contract, model, multinode, planner_scaling
+from dynamo.deploy import model, multinode, names, planner_scaling
 
 HPA_KIND = "HorizontalPodAutoscaler"
 KEDA_KIND = "ScaledObject"
@@ -113,7 +113,7 @@ def not_opted_in(docs: list[Any]) -> set[str]:
     for doc in docs:
         if isinstance(doc, dict) and doc.get("kind", model.KIND) == model.KIND:
             beta = isinstance((doc.get("spec") or {}).get("components"), list)
-            out |= {contract.k8s_name(graph, name) for graph, name, raw in _raw_services([doc])
+            out |= {names.k8s_name(graph, name) for graph, name, raw in _raw_services([doc])
                     if not _adapter_opted_in(raw, beta) and not _adapter_disabled(raw)}
     return out
 
@@ -123,7 +123,7 @@ def adapters(docs: list[Any]) -> tuple[dict[str, ServiceKey], dict[str, ServiceK
     present: dict[str, ServiceKey] = {}
     disabled: dict[str, ServiceKey] = {}
     for graph, name, raw in _raw_services(docs):
-        (disabled if _adapter_disabled(raw) else present)[contract.k8s_name(graph, name)] = (graph, name)
+        (disabled if _adapter_disabled(raw) else present)[names.k8s_name(graph, name)] = (graph, name)
     return present, disabled
 
 
@@ -133,7 +133,7 @@ def _targets(graphs: list[model.Graph]) -> dict[tuple[str, str], ServiceKey]:
     out: dict[tuple[str, str], ServiceKey] = {}
     for graph in graphs:
         for name, svc in graph.spec.services.items():
-            obj_name, key = contract.k8s_name(graph.metadata.name, name), (graph.metadata.name, name)
+            obj_name, key = names.k8s_name(graph.metadata.name, name), (graph.metadata.name, name)
             if not (svc.scalingAdapter and svc.scalingAdapter.disable):
                 out[(ADAPTER_KIND, obj_name)] = key
             out[(rendered_ref(svc)[1], obj_name)] = key
@@ -202,7 +202,7 @@ def deprecated_fields(doc: Any) -> list[str]:
     graph = str((doc.get("metadata") or {}).get("name") or "") if isinstance(doc, dict) else ""
     return [f"spec.services.{name}.autoscaling: deprecated and ignored (as by Dynamo's operator); autoscale the "
             f"service with a {HPA_KIND} or KEDA {KEDA_KIND} whose scaleTargetRef is {ADAPTER_KIND} "
-            f"{contract.k8s_name(graph, str(name))}"
+            f"{names.k8s_name(graph, str(name))}"
             for name, svc in (services.items() if isinstance(services, dict) else ())
             if isinstance(svc, dict) and svc.get("autoscaling") is not None]
 

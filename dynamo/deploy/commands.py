@@ -51,6 +51,7 @@ class CommandLine:
         tokens = list(self.tokens)
         for inv in sorted(self.invocations, key=lambda i: i.start, reverse=True):
             tokens[inv.start:inv.end] = inv.args
+            tokens[inv.start - 1] = inv.module  # `-m MODULE` just before the args (a worker run as another one)
             if inv.interpreter:
                 tokens[inv.python_index] = inv.interpreter
         if not self.shell:
@@ -217,13 +218,26 @@ MODEL_FLAGS = {
 }
 
 
+def model_of(inv: Invocation) -> str | None:
+    """The model a worker invocation names (its model flag's value), if any."""
+    flags = MODEL_FLAGS.get(inv.module)
+    return flag_value(inv.args, flags[0]) if flags else None
+
+
+def keep_served_name(inv: Invocation, original: str | None) -> None:
+    """`inv`'s model no longer reads `original` (a local path took its place): serve it under the name the
+    manifest implies, `original`, unless the manifest names the served model itself."""
+    flags = MODEL_FLAGS.get(inv.module)
+    if flags is None or not original or model_of(inv) == original or flag_value(inv.args, flags[1]) is not None:
+        return
+    inv.args = [*inv.args, flags[1][0], original]
+
+
 def swap_model(inv: Invocation, path: str) -> None:
     """Point a worker at a local model dir, keeping the served name the manifest implies."""
     flags = MODEL_FLAGS.get(inv.module)
     if flags is None:
         return
-    model_flags, name_flags = flags
-    original = flag_value(inv.args, model_flags)
-    if flag_value(inv.args, name_flags) is None and original and original != path:
-        inv.args = [*inv.args, name_flags[0], original]
-    inv.args = set_flag(inv.args, model_flags, path)
+    original = model_of(inv)
+    inv.args = set_flag(inv.args, flags[0], path)
+    keep_served_name(inv, original)

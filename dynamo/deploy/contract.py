@@ -3,10 +3,10 @@ the command it runs when the manifest gives none, the environment it injects, th
 serves on and the probes it defaults to.
 
 Default command: `python3 -m dynamo.frontend` / `python3 -m dynamo.planner`, the manifest's `args`
-(if any) after it. Injected env: `DYN_NAMESPACE` = `{k8s namespace}-{DGD name}`,
-`DYN_PARENT_DGD_K8S_NAME`, `DYN_DISCOVERY_BACKEND`, `DYN_SYSTEM_ENABLED` + `DYN_SYSTEM_PORT` for
-workers, `DYNAMO_PORT` + `DYN_HTTP_PORT` (the frontend's HTTP port), `POD_NAME` / `POD_NAMESPACE`
-(downward API). Ports: 8000 / 9090 unless the manifest moves them (`--http-port`, `DYN_HTTP_PORT`,
+(if any) after it. Injected env: `DYN_NAMESPACE` = `{k8s namespace}-{DGD name}`, `DYN_COMPONENT`
+(the component type), `DYN_PARENT_DGD_K8S_NAME`, `DYN_PARENT_DGD_K8S_NAMESPACE`, `DYN_DISCOVERY_BACKEND`,
+`DYN_SYSTEM_PORT` (+ `DYN_HEALTH_CHECK_ENABLED` on workers), `DYNAMO_PORT` + `DYN_HTTP_PORT` (the
+frontend's HTTP port), `POD_NAME` / `POD_NAMESPACE` (downward API). Ports: 8000 / 9090 unless the manifest moves them (`--http-port`, `DYN_HTTP_PORT`,
 `DYN_SYSTEM_PORT`). Probes: frontend liveness GET `/health` on the HTTP port and readiness
 "`/health` says healthy"; workers liveness `/live`, readiness `/health`, startup `/live` on the
 system port.
@@ -14,7 +14,6 @@ system port.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from dynamo.deploy import expansion
@@ -65,8 +64,7 @@ def env_entries(svc: Service, graph: Graph | None = None) -> list[EnvVar]:
 
 
 def dynamo_namespace(graph: Graph, k8s_namespace: str | None = None) -> str:
-    ns = k8s_namespace or graph.metadata.namespace or "default"
-    return f"{ns}-{graph.metadata.name}"
+    return f"{k8s_namespace_of(graph, k8s_namespace)}-{graph.metadata.name}"
 
 
 def is_frontend(svc: Service) -> bool:
@@ -96,19 +94,28 @@ def has_system_port(svc: Service) -> bool:
     return svc.componentType in ("worker", "planner", "main", None) and not is_frontend(svc)
 
 
+def k8s_namespace_of(graph: Graph, k8s_namespace: str | None = None) -> str:
+    return k8s_namespace or graph.metadata.namespace or "default"
+
+
 def injected_env(graph: Graph, svc: Service, *, k8s_namespace: str | None, discovery: str,
                  system_port: int = K8S_SYSTEM_PORT, http_port: int = FRONTEND_PORT) -> dict[str, str]:
+    """The operator's env for the service's main container (ops reference §5.4), `run`'s and `render`'s alike.
+    `DYN_SYSTEM_ENABLED` is left out: Dynamo 1.6.1 ignores it (the port alone decides) and warns when it is set."""
     env = {
         "DYN_NAMESPACE": svc.dynamoNamespace or dynamo_namespace(graph, k8s_namespace),
+        "DYN_COMPONENT": svc.componentType or "worker",
         "DYN_PARENT_DGD_K8S_NAME": graph.metadata.name,
+        "DYN_PARENT_DGD_K8S_NAMESPACE": k8s_namespace_of(graph, k8s_namespace),
         "DYN_DISCOVERY_BACKEND": discovery,
     }
     if is_frontend(svc):
         env["DYNAMO_PORT"] = str(http_port)
         env["DYN_HTTP_PORT"] = str(http_port)
     if has_system_port(svc):
-        env["DYN_SYSTEM_ENABLED"] = "true"
         env["DYN_SYSTEM_PORT"] = str(system_port)
+    if svc.componentType in ("worker", None):  # the operator's canary health checks (runtime 1.5 on)
+        env["DYN_HEALTH_CHECK_ENABLED"] = "true"
     return env
 
 
@@ -202,8 +209,3 @@ def probe_dict(probe: Probe) -> dict[str, Any]:
 
     return msgspec.to_builtins(probe)
 
-
-def k8s_name(*parts: str) -> str:
-    """A DNS-1123 name from the given parts (lowercase, dashes, at most 63 chars)."""
-    name = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
-    return name[:63].rstrip("-") or "x"

@@ -12,7 +12,12 @@ closes when `run` exits, however it exits; the guard then SIGTERMs every group s
 SIGKILLs what is left after a grace period, and exits. After a clean shutdown the list is
 empty and it exits at once.
 
-    python -m dynamo.deploy.group_guard [--grace SECONDS]
+`run`'s temporary directories (`--remove DIR`: its state dir, the pods' private `/tmp`s) would
+outlive a `run` that cannot clean up after itself: unless `run` said it leaves in order (a `.`
+line before it closes the pipe, then it removes them itself), the guard removes them once the
+groups are gone.
+
+    python -m dynamo.deploy.group_guard [--grace SECONDS] [--remove DIR ...]
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,13 +36,15 @@ from pathlib import Path
 class GroupGuard:
     """`run`'s end of the guard: start it, tell it which groups to stop, close it."""
 
-    def __init__(self, grace: float) -> None:
+    def __init__(self, grace: float, leftovers: tuple[str, ...] = ()) -> None:
         self.grace = grace
+        self.leftovers = leftovers  # directories to remove if `run` dies
         self._proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self._proc = subprocess.Popen([sys.executable, "-m", "dynamo.deploy.group_guard", "--grace", str(self.grace)],
-                                      stdin=subprocess.PIPE, start_new_session=True, text=True)
+        removes = [arg for path in self.leftovers for arg in ("--remove", path)]
+        self._proc = subprocess.Popen([sys.executable, "-m", "dynamo.deploy.group_guard", "--grace", str(self.grace),
+                                       *removes], stdin=subprocess.PIPE, start_new_session=True, text=True)
 
     def add(self, pgid: int) -> None:
         self._send(f"+{pgid}")
@@ -55,6 +63,7 @@ class GroupGuard:
         """Closing the pipe is what `run`'s death does too; with no group listed it exits at once."""
         if self._proc is None:
             return
+        self._send(".")  # an orderly exit: `run` removes its directories itself
         with contextlib.suppress(OSError):
             self._proc.stdin.close()  # type: ignore[union-attr]
         try:
@@ -102,15 +111,22 @@ def stop_groups(groups: set[int], grace: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dynamo.deploy.group_guard", description=__doc__.splitlines()[0])
     parser.add_argument("--grace", type=float, default=15.0, help="seconds between SIGTERM and SIGKILL")
+    parser.add_argument("--remove", action="append", default=[], metavar="DIR",
+                        help="a directory to remove unless `run` leaves in order (repeatable)")
     args = parser.parse_args(argv)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # only the pipe's end may end the guard
     groups: set[int] = set()
+    orderly = False
     for line in sys.stdin:  # until `run` closes the pipe or dies
         line = line.strip()
         if line[:1] in ("+", "-") and line[1:].isdigit():
             (groups.add if line[0] == "+" else groups.discard)(int(line[1:]))
+        orderly = line == "."
     stop_groups(groups, args.grace)
+    if not orderly:
+        for path in args.remove:
+            shutil.rmtree(path, ignore_errors=True)
     return 0
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from dynamo.deploy import config_maps, contract, expansion, local
-from dynamo.deploy.commands import MODEL_FLAGS, CommandLine, flag_value, parse_command, set_flag, swap_model
+from dynamo.deploy import config_maps, contract, engines, expansion, local, names
+from dynamo.deploy.commands import (MODEL_FLAGS, CommandLine, Invocation, flag_value, keep_served_name, model_of,
+                                    parse_command, set_flag, swap_model)
 from dynamo.deploy.devices import DeviceLedger, detect_gpus
 from dynamo.deploy.model import Graph, Service
 from dynamo.runtime.net import free_port
@@ -30,6 +31,9 @@ WORKER_MODULES = ("dynamo.mocker", "dynamo.vllm", "dynamo.sglang", "dynamo.trtll
 # (which builds its model cards from the model's files).
 MODEL_MODULES = (*WORKER_MODULES, "dynamo.global_router")
 _ZMQ_PORT = re.compile(r"^(tcp://[^:]+):(\d+)$")
+# The operator's entries `run` sets to this machine's values (a manifest's own are left out for them).
+_RUN_OWNED = frozenset({"DYN_NAMESPACE", "DYN_PARENT_DGD_K8S_NAME", "DYN_DISCOVERY_BACKEND", "DYN_SYSTEM_PORT",
+                        "DYNAMO_PORT", "DYN_HTTP_PORT"})
 
 
 @dataclass
@@ -58,6 +62,7 @@ class RunOptions:
     prometheus_endpoint: str | None = None  # --prometheus-endpoint; None: $PROMETHEUS_ENDPOINT, else none
     config_maps: dict[str, dict[str, bytes]] = field(default_factory=dict)  # the file's ConfigMaps: name -> files
     control_urls: dict[str, str] = field(default_factory=dict)  # every graph of the file -> its control endpoint
+    engine: str | None = None  # --engine: "mocker" runs the engine workers (vLLM, SGLang, TRT-LLM) on the mocker
 
 
 def local_workdir(path: str | None) -> str:
@@ -109,7 +114,7 @@ class ServicePlan:
         self.env_entries = contract.env_entries(svc, graph)
         # An envFrom Secret's keys come from this shell here (as its values do), so `$(HF_TOKEN)` resolves.
         self.env_from = dict(opts.environ) if svc.envFromSecret or svc.container.envFrom else {}
-        self.line: CommandLine = self._command(expansion.expand_env(self.env_entries, self.env_from))
+        self.line: CommandLine = self._command(expansion.expand_env(self.env_entries, self.env_from), warn=True)
         # The ports the manifest's own probes name in Kubernetes (8000 / 9090 unless it moves them).
         self.k8s_http, self.k8s_system = contract.http_port(svc, graph), contract.system_port(svc, graph)
         self.mounts = {point: path for pvc, path in opts.volumes.items() for point in local.mount_points(svc, pvc)}
@@ -121,20 +126,30 @@ class ServicePlan:
         self.kserve = self.kserve_port is not None
         self.kserve_ports: dict[int, int] = {}
         self.devices: DeviceLedger | None = None  # this machine's GPUs, shared by all plans; None: leave CUDA env alone
+        self.http_port = opts.frontend_port  # a frontend's first replica's (`build_plans` moves a second frontend's)
 
     @property
     def modules(self) -> list[str]:
         return self.line.modules
 
-    def _command(self, env: dict[str, str]) -> CommandLine:
-        """The container's command line after Kubernetes' `$(VAR)` expansion against `env`."""
-        return parse_command(*contract.expanded_command(self.svc, {**self.env_from, **env}))
+    def _command(self, env: dict[str, str], warn: bool = False) -> CommandLine:
+        """The container's command line after Kubernetes' `$(VAR)` expansion against `env`; with `--engine
+        mocker`, its engine workers are the mocker's (`warn`: say which flags that leaves out)."""
+        line = parse_command(*contract.expanded_command(self.svc, {**self.env_from, **env}))
+        for inv in line.invocations:
+            if self.opts.engine == "mocker" and inv.module in engines.ENGINE_PACKAGES:
+                module = inv.module
+                dropped = engines.as_mocker(inv)
+                if warn:
+                    log.warning("service %s: %s runs as dynamo.mocker (--engine mocker)%s", self.name, module,
+                                f"; engine flags left out: {' '.join(dropped)}" if dropped else "")
+        return line
 
     def check_model(self) -> None:
         """Fail before starting anything when a worker's model cannot be found here."""
         for inv in self._command(expansion.expand_env(self.env_entries, self.env_from)).invocations:
             if inv.module in MODEL_MODULES:
-                inv.args = [local.map_volumes(a, self.mounts) for a in inv.args]
+                self._map_volumes(inv)
                 try:
                     self._local_model(inv)
                 except LookupError as exc:
@@ -142,7 +157,7 @@ class ServicePlan:
 
     def _ports(self, index: int) -> tuple[int | None, int | None]:
         if index not in self.ports:  # stable across restarts of the same replica
-            http = (self.opts.frontend_port if index == 0 else free_port()) if self.frontend else None
+            http = (self.http_port if index == 0 else free_port()) if self.frontend else None
             system = free_port() if contract.has_system_port(self.svc) else None
             self.ports[index] = (http, system)
         return self.ports[index]
@@ -153,7 +168,7 @@ class ServicePlan:
         line = self._command(env)
         line.tokens = [local.map_volumes(t, self.mounts) for t in line.tokens]
         for inv in line.invocations:
-            inv.args = [local.map_volumes(a, self.mounts) for a in inv.args]
+            self._map_volumes(inv)
             inv.interpreter = sys.executable  # `python3` in the image is this venv's python here
             if inv.module in MODEL_MODULES:
                 self._local_model(inv)
@@ -163,6 +178,13 @@ class ServicePlan:
                     inv.args = set_flag(inv.args, ("--grpc-metrics-port",), str(routes))
             inv.args = _local_kv_events(inv.args) + self.opts.append_args.get(self.name, [])
         return [local.private_tmp(part, tmp_dir) for part in line.render()]
+
+    def _map_volumes(self, inv: Invocation) -> None:
+        """`--volume` mount points in `inv`'s args as their local directories; a worker's model read from one keeps
+        the served name the manifest implies (the path it had in the pod)."""
+        original = model_of(inv)
+        inv.args = [local.map_volumes(a, self.mounts) for a in inv.args]
+        keep_served_name(inv, original)
 
     def _local_model(self, inv) -> None:
         """--model wins; else a model in HF's cache layout resolves in this machine's cache."""
@@ -182,18 +204,19 @@ class ServicePlan:
         shutil.rmtree(tmp_dir, ignore_errors=True)  # a restarted container starts with an empty /tmp
         os.makedirs(tmp_dir)
         env = dict(self.opts.environ)
-        pinned = self._pod_env(index, http, system)
+        defaults, pinned = self._pod_env(index, http, system)
+        env.update(defaults)  # the operator's other entries: the manifest's own env overrides them, as there
         # The manifest's entries for what `run` pins (local ports, discovery) would be overridden below:
         # left out, so a `$(DYN_SYSTEM_PORT)` expands to the port the replica really has.
         manifest_env = expansion.expand_env([e for e in self.env_entries if e.name not in pinned],
-                                            {**self.env_from, **pinned})
+                                            {**self.env_from, **defaults, **pinned})
         for key, value in manifest_env.items():
             value = local.private_tmp(local.map_volumes(value, self.mounts), tmp_dir)
             if key in local.HF_ENV and value.startswith("/") and not os.path.exists(value):
                 continue  # a cache on a PVC this machine lacks: use the local HF cache instead
             env[key] = value
         env.update(pinned)
-        container_env = {**manifest_env, **pinned}  # what the kubelet expands command and args against
+        container_env = {**defaults, **manifest_env, **pinned}  # what the kubelet expands command and args against
         env["PYTHONUNBUFFERED"] = "1"
         env["TMPDIR"] = tmp_dir
         # `python3` in shell commands and exec probes is this interpreter, as in the image.
@@ -213,19 +236,21 @@ class ServicePlan:
                       cwd=local_workdir(self.svc.container.workingDir), http_port=routes, system_port=system,
                       probes={k: local.private_tmp_probe(p, tmp_dir) for k, p in probes.items()})
 
-    def _pod_env(self, index: int, http: int | None, system: int | None) -> dict[str, str]:
-        """What the operator and Kubernetes set in the replica's container, with this machine's values (local
-        ports, discovery); a `DYN_NAMESPACE` among the service's `envs` is the manifest's to set."""
-        pinned = contract.injected_env(self.graph, self.svc, k8s_namespace=self.opts.namespace,
-                                       discovery=self.discovery["DYN_DISCOVERY_BACKEND"],
-                                       system_port=system or contract.K8S_SYSTEM_PORT,
-                                       http_port=http or contract.FRONTEND_PORT)
+    def _pod_env(self, index: int, http: int | None, system: int | None) -> tuple[dict[str, str], dict[str, str]]:
+        """What the operator and Kubernetes set in the replica's container: (defaults the manifest's env may
+        override, as in the operator's merge; what `run` pins to this machine's values: local ports, discovery,
+        the pod's identity). A `DYN_NAMESPACE` among the service's `envs` is the manifest's to set."""
+        injected = contract.injected_env(self.graph, self.svc, k8s_namespace=self.opts.namespace,
+                                         discovery=self.discovery["DYN_DISCOVERY_BACKEND"],
+                                         system_port=system or contract.K8S_SYSTEM_PORT,
+                                         http_port=http or contract.FRONTEND_PORT)
+        pinned = {k: v for k, v in injected.items() if k in _RUN_OWNED}
         pinned.update(self.discovery)
         if "DYN_NAMESPACE" in contract.env_list(self.svc.envs):
             del pinned["DYN_NAMESPACE"]
-        pinned["POD_NAME"] = contract.k8s_name(self.graph.metadata.name, self.name, str(index))
-        pinned["POD_NAMESPACE"] = self.opts.namespace or self.graph.metadata.namespace or "default"
-        return pinned
+        pinned["POD_NAME"] = names.k8s_name(self.graph.metadata.name, self.name, str(index))
+        pinned["POD_NAMESPACE"] = contract.k8s_namespace_of(self.graph, self.opts.namespace)
+        return {k: v for k, v in injected.items() if k not in _RUN_OWNED}, pinned
 
     def gpu_slice(self, index: int) -> list[str]:
         """`resources.limits.gpu` devices for replica `index` (shared only when every device is taken)."""
@@ -286,7 +311,9 @@ def build_plans(graph: Graph, opts: RunOptions, overrides: dict[str, int],
         for absent in config_maps.missing(svc, opts.config_maps):
             log.warning("service %s mounts ConfigMap %r, which this file does not define: its mount point is not "
                         "provided here (put the ConfigMap in the file beside the graph)", name, absent)
+    engines.check_engines(graph.spec.services, opts.engine)  # before the model lookup: a worker without its engine
     plans = {name: ServicePlan(graph, name, svc, opts, discovery) for name, svc in graph.spec.services.items()}
+    _second_frontends(plans)
     known = {pvc for plan in plans.values() for pvc in opts.volumes if local.mount_points(plan.svc, pvc)}
     unknown = sorted(set(opts.volumes) - known)
     if unknown:
@@ -308,6 +335,16 @@ def build_plans(graph: Graph, opts: RunOptions, overrides: dict[str, int],
         for index in range(plan.replicas):  # the graph's own replicas are dealt devices in service order
             plan.gpu_slice(index)
     return plans
+
+
+def _second_frontends(plans: dict[str, ServicePlan]) -> None:
+    """The graph's first frontend serves on --frontend-port; any other frontend service on a port of its own
+    (in a cluster each has its own pod and Service), said here and shown in the status table."""
+    frontends = [plan for plan in plans.values() if plan.frontend]
+    for plan in frontends[1:]:
+        plan.http_port = free_port()
+        log.warning("service %s is a second frontend: it serves on port %d (--frontend-port %d is %s's)", plan.name,
+                    plan.http_port, frontends[0].http_port, frontends[0].name)
 
 
 def parse_append_args(items: list[str]) -> dict[str, list[str]]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from dynamo.deploy import config_maps, contract, multinode
+from dynamo.deploy import config_maps, contract, multinode, names
 from dynamo.deploy.commands import flag_value, parse_command
 from dynamo.deploy.model import Graph, Service
 from dynamo.planner.config import PlannerConfig, convert
@@ -40,7 +40,7 @@ def scale_targets(graph: Graph, maps: dict[str, dict[str, bytes]] | None = None)
     multi-node pools)."""
     deployments, groups = [], []
     for service in sorted(scaled_services(graph, maps)):
-        name = contract.k8s_name(graph.metadata.name, service)
+        name = names.k8s_name(graph.metadata.name, service)
         (groups if multinode.node_count(graph.spec.services[service]) > 1 else deployments).append(name)
     return deployments, groups
 

@@ -14,7 +14,7 @@ import msgspec
 from dynamo.deploy import contract
 from dynamo.deploy.commands import MODEL_FLAGS, flag_value, parse_command
 from dynamo.deploy.model import GPU_RESOURCE, EnvVar, Graph, Quantities, Service
-from dynamo.deploy import ingress, kube_discovery, multinode, planner_scaling, scrape
+from dynamo.deploy import ingress, kube_discovery, multinode, names, planner_scaling, scrape
 from dynamo.deploy.pull_secrets import pull_secrets
 
 ETCD_IMAGE = "quay.io/coreos/etcd:v3.5.21"
@@ -24,6 +24,8 @@ _POD_PASSTHROUGH = ("initContainers", "nodeSelector", "tolerations", "affinity",
                     "serviceAccountName", "priorityClassName", "runtimeClassName", "schedulerName", "hostNetwork",
                     "hostIPC", "dnsPolicy", "shareProcessNamespace", "topologySpreadConstraints", "resourceClaims")
 _CONTAINER_PASSTHROUGH = ("securityContext", "imagePullPolicy", "lifecycle", "stdin", "tty")
+# The operator's env entries that are the same in every pod of the graph: in its ConfigMap, not each container.
+GRAPH_ENV = ("DYN_NAMESPACE", "DYN_PARENT_DGD_K8S_NAME", "DYN_PARENT_DGD_K8S_NAMESPACE", "DYN_DISCOVERY_BACKEND")
 
 
 def _meta(name: str, namespace: str | None, labels: dict[str, str]) -> dict[str, Any]:
@@ -96,24 +98,21 @@ def _container(graph: Graph, name: str, svc: Service, port: int, k8s_ns: str | N
     # `port` is the pod's: the frontend's HTTP port or a worker's system port, as the manifest sets it.
     injected = contract.injected_env(graph, svc, k8s_namespace=k8s_ns, discovery=discovery,
                                      system_port=port, http_port=port)
-    shared = {"DYN_NAMESPACE", "DYN_PARENT_DGD_K8S_NAME", "DYN_DISCOVERY_BACKEND"}  # in the ConfigMap
-    env = [{"name": k, "value": v} for k, v in injected.items() if k not in shared]
+    env = [{"name": k, "value": v} for k, v in injected.items() if k not in GRAPH_ENV]
     if svc.dynamoNamespace:
         env.append({"name": "DYN_NAMESPACE", "value": svc.dynamoNamespace})
     env += [_field_env("POD_NAME", "metadata.name"), _field_env("POD_NAMESPACE", "metadata.namespace"),
             _field_env("POD_IP", "status.podIP")]
     if discovery == "kubernetes":  # the owner of the pod's DynamoWorkerMetadata
         env.append(_field_env("POD_UID", "metadata.uid"))
-    if svc.componentType in ("worker", None):  # as Dynamo's operator: canary health checks on in every worker pod
-        env.append({"name": "DYN_HEALTH_CHECK_ENABLED", "value": "true"})
     if svc.componentType == "planner":  # no DGD here: it scales the graph's Deployments
         env.append({"name": planner_scaling.SELECTOR_ENV,
-                    "value": planner_scaling.selector(contract.k8s_name(graph.metadata.name))})
+                    "value": planner_scaling.selector(names.k8s_name(graph.metadata.name))})
     # Kubernetes expands `$(VAR)` in env entries, never in a ConfigMap's values: a graph-wide value that
     # refers to another variable is an entry of its own, as the operator's merged env list has it.
     env += _env_entries([e for e in graph.spec.envs or [] if "$(" in (e.value or "")])
     env += _env_entries(svc.envs) + _env_entries(main.env)
-    env_from: list[dict[str, Any]] = [{"configMapRef": {"name": contract.k8s_name(graph.metadata.name, "env")}}]
+    env_from: list[dict[str, Any]] = [{"configMapRef": {"name": names.k8s_name(graph.metadata.name, "env")}}]
     if svc.envFromSecret:
         env_from.append({"secretRef": {"name": svc.envFromSecret}})
     env_from += list(main.envFrom or [])
@@ -183,9 +182,9 @@ def _pod_spec(graph: Graph, name: str, svc: Service, port: int, k8s_ns: str | No
                        *((pod.containers if pod else None) or [])],
     }
     if svc.componentType == "planner":  # its own account: only it may scale the graph (and it discovers too)
-        spec["serviceAccountName"] = planner_scaling.account_name(contract.k8s_name(graph.metadata.name))
+        spec["serviceAccountName"] = planner_scaling.account_name(names.k8s_name(graph.metadata.name))
     elif discovery == "kubernetes":  # allowed to read EndpointSlices and write its DynamoWorkerMetadata
-        spec["serviceAccountName"] = kube_discovery.account_name(contract.k8s_name(graph.metadata.name))
+        spec["serviceAccountName"] = kube_discovery.account_name(names.k8s_name(graph.metadata.name))
     volumes = list((pod.volumes if pod else None) or [])
     if not (svc.sharedMemory and svc.sharedMemory.disabled):
         size = (svc.sharedMemory.size if svc.sharedMemory else None) or contract.SHARED_MEMORY
@@ -206,12 +205,13 @@ def _pod_spec(graph: Graph, name: str, svc: Service, port: int, k8s_ns: str | No
 def service_objects(graph: Graph, name: str, svc: Service, k8s_ns: str | None,
                     known_secrets: list[tuple[str, str]] = (), warnings: list[str] | None = None,
                     discovery: str = "etcd") -> list[dict[str, Any]]:
-    obj_name = contract.k8s_name(graph.metadata.name, name)
+    obj_name = names.k8s_name(graph.metadata.name, name)
     port = contract.pod_port(svc, graph)  # the manifest's own HTTP / system port, else 8000 / 9090
-    selector = {"nvidia.com/dynamo-graph-deployment-name": contract.k8s_name(graph.metadata.name),
-                "nvidia.com/dynamo-component": contract.k8s_name(name)}
+    selector = {"nvidia.com/dynamo-graph-deployment-name": names.k8s_name(graph.metadata.name),
+                "nvidia.com/dynamo-component": names.k8s_name(name)}
+    dyn_ns = svc.dynamoNamespace or contract.dynamo_namespace(graph, k8s_ns)
     labels = {**(svc.labels or {}), **selector, "nvidia.com/dynamo-component-type": svc.componentType or "worker",
-              "app.kubernetes.io/name": obj_name}
+              "nvidia.com/dynamo-namespace": names.label_value(dyn_ns), "app.kubernetes.io/name": obj_name}
     if svc.subComponentType:
         labels["nvidia.com/dynamo-sub-component-type"] = svc.subComponentType
     pod_meta = svc.extraPodMetadata
@@ -275,21 +275,23 @@ def etcd_objects(k8s_ns: str | None) -> list[dict[str, Any]]:
 def render(graph: Graph, k8s_namespace: str | None = None, etcd_endpoints: str = DEFAULT_ETCD,
            include_etcd: bool = False, known_secrets: list[tuple[str, str]] = (),
            warnings: list[str] | None = None, discovery: str | None = None,
-           include_crd: bool = False) -> list[dict[str, Any]]:
+           include_crd: bool = False, maps: dict[str, dict[str, bytes]] | None = None) -> list[dict[str, Any]]:
     """The graph as plain Kubernetes objects; `warnings` collects what could not be rendered.
-    `discovery` (etcd, kubernetes) defaults to the DGD's discovery annotation, else etcd."""
+    `discovery` (etcd, kubernetes) defaults to the DGD's discovery annotation, else etcd; `maps`: the file's
+    ConfigMaps (a planner's config may be in one)."""
     warnings = warnings if warnings is not None else []
     k8s_ns = k8s_namespace or graph.metadata.namespace
     discovery = discovery or _discovery_of(graph, warnings)
     first = next(iter(graph.spec.services.values()))
     shared = contract.injected_env(graph, first, k8s_namespace=k8s_ns, discovery=discovery)
-    data = {k: shared[k] for k in ("DYN_NAMESPACE", "DYN_PARENT_DGD_K8S_NAME", "DYN_DISCOVERY_BACKEND")}
+    data = {k: shared[k] for k in GRAPH_ENV}
+    data["DYN_NAMESPACE"] = contract.dynamo_namespace(graph, k8s_ns)  # a service's dynamoNamespace is its own entry
     if discovery == "etcd":
         data["ETCD_ENDPOINTS"] = etcd_endpoints
     data.update(contract.env_list(graph.spec.envs))
-    labels = {"nvidia.com/dynamo-graph-deployment-name": contract.k8s_name(graph.metadata.name)}
+    labels = {"nvidia.com/dynamo-graph-deployment-name": names.k8s_name(graph.metadata.name)}
     objects: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "ConfigMap",
-                                      "metadata": _meta(contract.k8s_name(graph.metadata.name, "env"), k8s_ns, labels),
+                                      "metadata": _meta(names.k8s_name(graph.metadata.name, "env"), k8s_ns, labels),
                                       "data": data}]
     for pvc in graph.spec.pvcs or []:
         if pvc.create:
@@ -301,7 +303,7 @@ def render(graph: Graph, k8s_namespace: str | None = None, etcd_endpoints: str =
                             "metadata": _meta(pvc.name, k8s_ns, labels), "spec": spec})
     for name, svc in graph.spec.services.items():
         objects += service_objects(graph, name, svc, k8s_ns, known_secrets, warnings, discovery)
-    objects += _planner_rbac(objects, graph, k8s_ns, labels, warnings)
+    objects += _planner_rbac(objects, graph, k8s_ns, labels, warnings, maps)
     if discovery == "kubernetes":
         planners = [o["metadata"]["name"] for o in objects if o["kind"] == "ServiceAccount"]
         return objects + _kubernetes_discovery(graph, k8s_ns, labels, include_crd, warnings, planners)
@@ -314,8 +316,10 @@ def render(graph: Graph, k8s_namespace: str | None = None, etcd_endpoints: str =
 
 
 def _planner_rbac(objects: list[dict[str, Any]], graph: Graph, k8s_ns: str | None, labels: dict[str, str],
-                  warnings: list[str]) -> list[dict[str, Any]]:
-    """Leave a rendered planner able to scale the graph (see `planner_scaling`)."""
+                  warnings: list[str], maps: dict[str, dict[str, bytes]] | None = None) -> list[dict[str, Any]]:
+    """Leave a rendered planner able to scale the graph (see `planner_scaling`), and the replicas of the
+    Deployments it scales to it: they carry no `spec.replicas`, as those an HPA manages (set, every
+    `kubectl apply` would reset the planner's count; a new Deployment starts at 1)."""
     planners = [o for o in objects if o["kind"] == "Deployment"
                 and o["metadata"]["labels"].get("nvidia.com/dynamo-component-type") == "planner"]
     if not planners:
@@ -325,8 +329,11 @@ def _planner_rbac(objects: list[dict[str, Any]], graph: Graph, k8s_ns: str | Non
         warnings.append(f"the planner scales Deployments here; the multinode groups {', '.join(groups)} "
                         "(LeaderWorkerSets) keep their replicas")
     accounts = [o["spec"]["template"]["spec"].get("serviceAccountName", "default") for o in planners]
-    return planner_scaling.rbac_objects(contract.k8s_name(graph.metadata.name), k8s_ns, labels, accounts,
-                                        planner_scaling.scale_targets(graph))
+    targets = planner_scaling.scale_targets(graph, maps)
+    for obj in objects:
+        if obj["kind"] == "Deployment" and obj["metadata"]["name"] in targets[0]:
+            obj["spec"].pop("replicas", None)
+    return planner_scaling.rbac_objects(names.k8s_name(graph.metadata.name), k8s_ns, labels, accounts, targets)
 
 
 def _discovery_of(graph: Graph, warnings: list[str]) -> str:
@@ -344,7 +351,7 @@ def _kubernetes_discovery(graph: Graph, k8s_ns: str | None, labels: dict[str, st
     too), and the CRD when asked for."""
     own = [p.serviceAccountName for s in graph.spec.services.values()
            if (p := s.extraPodSpec) is not None and p.serviceAccountName] + list(planners)
-    objects = kube_discovery.rbac_objects(contract.k8s_name(graph.metadata.name), k8s_ns, labels, own)
+    objects = kube_discovery.rbac_objects(names.k8s_name(graph.metadata.name), k8s_ns, labels, own)
     if include_crd:
         objects.append(kube_discovery.crd_object())
     else:

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from dynamo.deploy import autoscalers, contract
+from dynamo.deploy import autoscalers, config_maps, contract, names
 from dynamo.deploy.dynamo_model import KIND as DYNAMO_MODEL_KIND
 from dynamo.deploy.dynamo_model import add_sidecars, load_models
 from dynamo.deploy.model import Graph
@@ -53,14 +53,15 @@ def render_graphs(graphs: list[Graph], docs: list[Any], args: argparse.Namespace
                   ) -> list[dict[str, Any]]:
     """Every graph's objects; shared ones (etcd, the discovery CRD) once."""
     objects = passthrough_objects(docs, args.namespace)
+    maps = config_maps.collect(docs)  # a planner's config may be in one: which Deployments it scales
     for graph in graphs:
         models = load_models(docs, graph) if len(graphs) == 1 else []
         if len(graphs) > 1 and any(isinstance(d, dict) and d.get("kind") == DYNAMO_MODEL_KIND for d in docs):
             raise ValueError(f"{DYNAMO_MODEL_KIND} documents with several graphs in one file: render each graph "
                              "with its models from a file of its own")
         rendered = render(graph, args.namespace, args.etcd_endpoints, args.include_etcd, known, warnings,
-                          args.discovery, args.include_crd)
-        add_sidecars(rendered, graph, models, contract.K8S_SYSTEM_PORT, contract.k8s_name)  # DynamoModel adapters
+                          args.discovery, args.include_crd, maps)
+        add_sidecars(rendered, graph, models, contract.K8S_SYSTEM_PORT, names.k8s_name)  # DynamoModel adapters
         objects += rendered
     objects = _once(objects)
     autoscalers.retarget(objects, warnings)  # no operator here, hence no scaling adapters to target

@@ -142,12 +142,14 @@ def build_runs(args: argparse.Namespace, graphs: list[Graph], state_dir: str, po
                           volumes={pvc: d for pvc, d in volumes.items()
                                    if any(local.mount_points(svc, pvc) for svc in graph.spec.services.values())},
                           pods_dir=os.path.join(pods_dir, name) if several else pods_dir,
-                          prometheus_endpoint=getattr(args, "prometheus_endpoint", None), config_maps=maps)
+                          prometheus_endpoint=getattr(args, "prometheus_endpoint", None), config_maps=maps,
+                          engine=getattr(args, "engine", None))
         port_taken |= has_frontend
         plans = build_plans(graph, opts, set_here, ledger=ledger)
         for svc_name, plan in plans.items():  # the manifest's or --set's count, held to what scale accepts
             check_replicas(f"{name}/{svc_name}" if several else svc_name, plan.replicas)
-        sup = Supervisor(plans, log_dir=args.log_dir, grace=args.grace, label=name if several else "")
+        sup = Supervisor(plans, log_dir=args.log_dir, grace=args.grace, label=name if several else "",
+                         leftovers=(state_dir, pods_dir))
         control = ControlServer(sup, name, args.control_port if not runs else 0)
         adapters = AdapterReconciler(sup, graph, load_models(documents, graph))
         control.models = adapters.status

@@ -1,9 +1,13 @@
 """Supervised replicas: each one is a child process in its own process group, with
-prefixed output, probe-driven state, restart with exponential backoff when it exits, and
-a shutdown that signals whole process groups and reaps every child (no orphans).
+prefixed output, the kubelet's probes (`probes.py`), restart with exponential backoff when it exits
+or fails its liveness probe, and a shutdown that signals whole process groups and reaps every child
+(no orphans).
 
-States: starting -> live (liveness/startup probe answers) -> ready (readiness probe);
-exited -> backoff -> starting; stopping -> stopped.
+States: starting -> live (the startup probe, else liveness, passed) -> ready (readiness probe);
+unhealthy (liveness failing; at failureThreshold it is killed, SIGKILL after the pod's grace, and
+restarted); exited -> backoff -> starting; stopping -> stopped. A replica retired by a scale-down gets
+the pod's terminationGracePeriodSeconds (the manifest's, else the operator's 60) to drain, without
+holding up the rest of the graph.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from dynamo.deploy import probes
+from dynamo.deploy.contract import TERMINATION_GRACE_SECONDS
 from dynamo.deploy.group_guard import GroupGuard, signal_group
 from dynamo.deploy.plan import Launch, ServicePlan
 
@@ -59,6 +65,9 @@ class Replica:
     exit_code: int | None = None
     restart_at: float = 0.0
     stopping: bool = False
+    live: bool = False  # the startup probe (else liveness) has passed
+    ready: bool = False
+    unhealthy: bool = False  # failing its liveness probe
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     @property
@@ -76,27 +85,9 @@ class Replica:
                 "uptime_s": round(time.monotonic() - self.started, 1) if self.proc and self.started else 0.0}
 
 
-async def http_get(port: int, path: str, timeout: float = 3.0) -> tuple[int, bytes]:
-    """Minimal GET to 127.0.0.1 (probes need no client library)."""
-    async def fetch() -> tuple[int, bytes]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
-            await writer.drain()
-            data = await reader.read()
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-        head, _, body = data.partition(b"\r\n\r\n")
-        return int(head.split(b" ", 2)[1]), body
-
-    return await asyncio.wait_for(fetch(), timeout)
-
-
 class Supervisor:
     def __init__(self, plans: dict[str, ServicePlan], out: IO[str] | None = None, log_dir: str | None = None,
-                 grace: float = 15.0, label: str = "") -> None:
+                 grace: float = 15.0, label: str = "", leftovers: tuple[str, ...] = ()) -> None:
         self.plans = plans
         self.label = label  # the graph's name when a file runs several (its replicas' lines and logs carry it)
         self.out = out or sys.stdout
@@ -107,7 +98,9 @@ class Supervisor:
         self.version = 0  # bumped on every state change (the status table watches it)
         self._scale_requested = asyncio.Event()
         self._stop: asyncio.Event | None = None  # run()'s: a scale-up in progress checks it between starts
-        self.guard = GroupGuard(grace)  # stops the replicas' groups if this process dies unannounced
+        self._retiring: set[asyncio.Task] = set()  # scaled-down replicas draining within their pod's grace
+        # Stops the replicas' groups, and removes `leftovers` (run's temporary dirs), if this process dies unannounced.
+        self.guard = GroupGuard(grace, leftovers)
 
     def tag(self, rep: "Replica") -> str:
         return f"{self.label}/{rep.name}" if self.label else rep.name
@@ -138,11 +131,14 @@ class Supervisor:
         for name, plan in self.plans.items():
             if self.halted():
                 return
-            extra = [rep for (svc, i), rep in self.replicas.items() if svc == name and i >= plan.replicas]
-            await asyncio.gather(*(self._retire(rep) for rep in extra))  # together: each may wait its grace
+            for rep in [r for (svc, i), r in self.replicas.items() if svc == name and i >= plan.replicas]:
+                if not rep.stopping:  # drains in the background: a pod's grace holds up nothing else
+                    task = asyncio.create_task(self._retire(rep))
+                    self._retiring.add(task)
+                    task.add_done_callback(self._retiring.discard)
             index = 0
             while index < plan.replicas and not self.halted():
-                if (name, index) not in self.replicas:
+                if (name, index) not in self.replicas:  # a slot still draining is taken again once it is free
                     await self._start(Replica(name, index, plan.launch(index)))
                     await asyncio.sleep(0)  # let the control endpoint and the signal handlers run
                 index += 1
@@ -214,63 +210,119 @@ class Supervisor:
                                     failures=rep.failures)
                 await self._start(restarted)
 
-    async def _probe(self, rep: Replica, proc: asyncio.subprocess.Process) -> None:
-        plan = self.plans[rep.service]
-        probes = rep.launch.probes
-        while proc.returncode is None and not rep.stopping:
-            live = await self._check(plan, rep, probes.get("startup") or probes.get("liveness"))
-            ready = live and await self._check(plan, rep, probes.get("readiness"))
-            state = "ready" if ready else "live" if live else "starting"
-            if proc.returncode is None and not rep.stopping and state != rep.state:
-                rep.state = state
-                self._touch()
-            await asyncio.sleep(1.0)
+    # ----- the kubelet's probes --------------------------------------------------------
 
-    async def _check(self, plan: ServicePlan, rep: Replica, probe: dict[str, Any] | None) -> bool:
-        if not probe:
-            return True  # no probe: running counts
-        try:
-            if "httpGet" in probe:
-                port = plan.map_probe_port(probe["httpGet"].get("port", 80), rep.launch)
-                status, _ = await http_get(port or 0, probe["httpGet"].get("path", "/"))
-                return 200 <= status < 400
-            if "exec" in probe:
-                command = _local_exec(probe["exec"]["command"], rep)
-                child = await asyncio.create_subprocess_exec(*command, env=rep.launch.env, cwd=rep.launch.cwd,
-                                                             stdout=asyncio.subprocess.DEVNULL,
-                                                             stderr=asyncio.subprocess.DEVNULL)
-                try:
-                    return await asyncio.wait_for(child.wait(), 10) == 0
-                except asyncio.TimeoutError:
-                    child.kill()
-                    await child.wait()
-                    return False
-            if "tcpSocket" in probe:
-                port = plan.map_probe_port(probe["tcpSocket"].get("port", 0), rep.launch)
-                _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port or 0), 3)
-                writer.close()
-                return True
-        except (OSError, asyncio.TimeoutError, ValueError, IndexError):
-            return False
-        return True
+    async def _probe(self, rep: Replica, proc: asyncio.subprocess.Process) -> None:
+        """The startup probe (else liveness) until it first passes, then liveness and readiness side by side,
+        as the kubelet runs them (`probes.py` counts the results)."""
+        if not await self._until_passed(rep, proc, "startup" if "startup" in rep.launch.probes else "liveness"):
+            return
+        rep.live = True
+        self._show(rep)
+        await asyncio.gather(self._liveness(rep, proc), self._readiness(rep, proc))
+
+    async def _until_passed(self, rep: Replica, proc: asyncio.subprocess.Process, kind: str) -> bool:
+        """Check the `kind` probe every second until it passes; False when the process ends first, or when
+        failureThreshold counted failures get it killed (a startup probe that never passes restarts it too)."""
+        probe = rep.launch.probes.get(kind)
+        counter = probes.Counter(probes.Timing.of(probe or {}), rep.started)
+        while self._running(rep, proc):
+            if await self._check(rep, probe):
+                return self._running(rep, proc)
+            if counter.failed(time.monotonic()):
+                await self._kill_unhealthy(rep, proc, kind, counter)
+                return False
+            await asyncio.sleep(probes.EAGER)
+        return False
+
+    async def _liveness(self, rep: Replica, proc: asyncio.subprocess.Process) -> None:
+        probe = rep.launch.probes.get("liveness")
+        if probe is None:
+            return
+        timing = probes.Timing.of(probe)
+        counter = probes.Counter(timing, rep.started)
+        delay = max(timing.period, rep.started + timing.initial_delay - time.monotonic())
+        while True:
+            await asyncio.sleep(delay)
+            ok = self._running(rep, proc) and await self._check(rep, probe)
+            if not self._running(rep, proc):
+                return
+            if ok:
+                counter.passed()
+            elif counter.failed(time.monotonic()):
+                await self._kill_unhealthy(rep, proc, "liveness", counter)
+                return
+            rep.unhealthy = counter.failures > 0
+            self._show(rep)
+            delay = timing.period
+
+    async def _readiness(self, rep: Replica, proc: asyncio.subprocess.Process) -> None:
+        """Ready once the probe passes (checked every second until then); unready after failureThreshold
+        counted failures in a row. No readiness probe: ready once live."""
+        probe = rep.launch.probes.get("readiness")
+        timing = probes.Timing.of(probe or {})
+        counter = probes.Counter(timing, rep.started)
+        while self._running(rep, proc):
+            ok = await self._check(rep, probe)
+            if not self._running(rep, proc):
+                return
+            if ok and counter.passed():
+                rep.ready = True
+            elif not ok and counter.failed(time.monotonic()):
+                rep.ready = False
+            self._show(rep)
+            if probe is None:
+                return
+            await asyncio.sleep(timing.period if rep.ready else probes.EAGER)
+
+    async def _check(self, rep: Replica, probe: dict[str, Any] | None) -> bool:
+        plan = self.plans[rep.service]
+        return await probes.check(probe, lambda port: plan.map_probe_port(port, rep.launch), rep.launch.env,
+                                  rep.launch.cwd)
+
+    async def _kill_unhealthy(self, rep: Replica, proc: asyncio.subprocess.Process, kind: str,
+                              counter: probes.Counter) -> None:
+        """What the kubelet does to a container failing its liveness (or startup) probe: SIGTERM, SIGKILL after
+        the probe's terminationGracePeriodSeconds, else the pod's; `_watch` then restarts it with backoff."""
+        rep.unhealthy = True
+        self._show(rep)
+        grace = counter.timing.grace if counter.timing.grace is not None else self.pod_grace(rep.service)
+        self._print(f"[{self.tag(rep)}] {kind} probe failed {counter.failures} time(s) in a row: killing it to "
+                    f"restart it (SIGTERM, SIGKILL after {grace:g}s)")
+        await _terminate(proc, grace)
+
+    @staticmethod
+    def _running(rep: Replica, proc: asyncio.subprocess.Process) -> bool:
+        return proc.returncode is None and not rep.stopping
+
+    def _show(self, rep: Replica) -> None:
+        state = "unhealthy" if rep.unhealthy else "ready" if rep.ready else "live" if rep.live else "starting"
+        if rep.proc is not None and self._running(rep, rep.proc) and state != rep.state:
+            rep.state = state
+            self._touch()
+
+    # ----- retirement -----------------------------------------------------------------
 
     async def _retire(self, rep: Replica) -> None:
+        """A replica scaled down: SIGTERM, SIGKILL after its pod's grace (its drain's bound, as the kubelet's)."""
         rep.stopping = True
         rep.state = "stopping"
         self._touch()
         if rep.proc is not None and rep.proc.returncode is None:
-            await _terminate(rep.proc, self._retire_grace(rep.service))
+            await _terminate(rep.proc, self.pod_grace(rep.service))
         await self._drain_tasks(rep)
-        self.replicas.pop((rep.service, rep.index), None)
-        self.plans[rep.service].release(rep.index)
+        if self.replicas.get((rep.service, rep.index)) is rep:
+            self.replicas.pop((rep.service, rep.index))
+            self.plans[rep.service].release(rep.index)
         self._touch()
+        self._scale_requested.set()  # its slot is free: a newer target may want it again
 
-    def _retire_grace(self, service: str) -> float:
-        """SIGTERM to SIGKILL for a replica scaled down: the service's own terminationGracePeriodSeconds when
-        its manifest sets one (the kubelet's bound: a worker drains its streams within it), else --grace."""
+    def pod_grace(self, service: str) -> float:
+        """The pod's terminationGracePeriodSeconds: the manifest's, else the operator's 60. (`--grace` bounds
+        the whole run's shutdown instead.)"""
         pod = self.plans[service].svc.extraPodSpec
         given = pod.terminationGracePeriodSeconds if pod is not None else None
-        return float(given) if given is not None else self.grace
+        return float(given) if given is not None else float(TERMINATION_GRACE_SECONDS)
 
     async def _drain_tasks(self, rep: Replica) -> None:
         for task in rep.tasks:
@@ -305,6 +357,7 @@ class Supervisor:
             rep.stopping = True
             rep.state = "stopping"
         await asyncio.gather(*(_terminate(r.proc, self.grace) for r in reps if r.proc is not None))
+        await asyncio.gather(*list(self._retiring), return_exceptions=True)  # their processes are gone now
         for rep in reps:
             await self._drain_tasks(rep)
             rep.state = "stopped"
@@ -315,12 +368,6 @@ class Supervisor:
             self.out.flush()
         except (OSError, ValueError):
             pass
-
-
-def _local_exec(command: list[str], rep: Replica) -> list[str]:
-    if command and command[0] in ("python3", "python"):
-        return [sys.executable, *command[1:]]
-    return list(command)
 
 
 async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:

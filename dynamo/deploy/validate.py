@@ -14,7 +14,8 @@ from typing import Any
 import msgspec
 import yaml
 
-from dynamo.deploy import autoscalers, config_maps, contract, expansion, model, scale_to_zero, templates, v1beta1
+from dynamo.deploy import (autoscalers, config_maps, contract, expansion, model, names, scale_to_zero, templates,
+                           v1beta1)
 from dynamo.deploy.commands import CommandLine, flag_value, parse_command, probe_files
 from dynamo.deploy.contract import command_of, exec_probes
 from dynamo.deploy.parsers import check_args
@@ -61,7 +62,7 @@ def known_env(svc: model.Service, graph: model.Graph | None = None) -> dict[str,
     the env list (`valueFrom` entries, Secrets and the pod's downward-API values are known only in the pod)."""
     port = str(contract.pod_port(svc, graph))
     injected = ({"DYNAMO_PORT": port, "DYN_HTTP_PORT": port} if contract.is_frontend(svc)
-                else {"DYN_SYSTEM_ENABLED": "true", "DYN_SYSTEM_PORT": port} if contract.has_system_port(svc) else {})
+                else {"DYN_SYSTEM_PORT": port} if contract.has_system_port(svc) else {})
     return {**injected, **expansion.expand_env(contract.env_entries(svc, graph), injected)}
 
 
@@ -72,7 +73,8 @@ def undefined_references(svc: model.Service, line: CommandLine, graph: model.Gra
     if line.shell or svc.envFromSecret or svc.container.envFrom:
         return []
     defined = {e.name for e in contract.env_entries(svc, graph)} | {"POD_NAME", "POD_NAMESPACE", "POD_IP", "POD_UID"}
-    defined |= {"DYN_NAMESPACE", "DYN_PARENT_DGD_K8S_NAME", "DYN_DISCOVERY_BACKEND", "ETCD_ENDPOINTS"}
+    defined |= {"DYN_NAMESPACE", "DYN_COMPONENT", "DYN_PARENT_DGD_K8S_NAME", "DYN_PARENT_DGD_K8S_NAMESPACE",
+                "DYN_DISCOVERY_BACKEND", "DYN_HEALTH_CHECK_ENABLED", "ETCD_ENDPOINTS"}
     defined |= set(known_env(svc, graph))
     command, args, _ = command_of(svc)  # as written: a `$$(NAME)` escape is no reference
     refs = dict.fromkeys(r for word in [*(command or []), *(args or [])] for r in expansion.unresolved(word))
@@ -124,7 +126,8 @@ def validate_document(doc: Any, report: Report, index: int) -> None:
     patch = bool(problems) and templates.looks_like_patch(doc)
     if patch:
         report.errors.append(f"{prefix}{templates.PATCH_HINT}")
-    report.errors += [f"{prefix}{path}: {message}" for path, message in problems]
+    report.errors += [f"{prefix}{path}: {message}" for path, message in problems] + \
+        [f"{prefix}{problem}" for problem in name_problems(doc)]
     ignored = v1beta1.dropped_fields(doc) if beta else model.ignored_fields(doc) + autoscalers.deprecated_fields(doc)
     report.warnings += [f"{prefix}{w}" for w in ignored + templates.findings(doc)]
     if problems:
@@ -207,7 +210,33 @@ def validate_file(path: str | Path) -> Report:
         validate_document(doc, report, index if len(docs) > 1 else 0)
     check_mounted_plans(docs, report)
     check_autoscalers(docs, report)
+    report.errors += name_collisions(report.graphs)
     return report
+
+
+def name_problems(doc: Any) -> list[str]:
+    """The DGD's own name as the API server checks it (a DNS-1123 subdomain); a missing one is a schema error."""
+    meta = doc.get("metadata") if isinstance(doc, dict) else None
+    name = meta.get("name") if isinstance(meta, dict) else None
+    problem = names.subdomain_problem(name) if isinstance(name, str) else None
+    return [f"metadata.name: {name!r} {problem}; Kubernetes refuses the {model.KIND}"] if problem else []
+
+
+def name_collisions(graphs: list[model.Graph]) -> list[str]:
+    """Services whose Kubernetes objects (`{dgd}-{service}` Deployment, Service and pods, and the component label
+    that selects the pods) would have one name: one would replace, or select the pods of, the other."""
+    objects, labels = [], []
+    for graph in graphs:
+        where = f"{graph.metadata.namespace or ''}/"
+        for service in graph.spec.services:
+            owner = f"graph {graph.metadata.name}, service {service}"
+            objects.append((owner, where + names.k8s_name(graph.metadata.name, service)))
+            labels.append((owner, f"{where}{graph.metadata.name}/{names.k8s_name(service)}"))
+    found: dict[tuple[str, ...], str] = {}
+    for name, owners in names.collisions(objects + labels):
+        found.setdefault(tuple(owners), name.split("/")[-1])  # the object's name, where both collide
+    return [f"{' and '.join(owners)} would have one Kubernetes name, {name!r} (names are lowercased, other "
+            "characters become '-', long ones are cut and hashed): rename one of them" for owners, name in found.items()]
 
 
 def check_autoscalers(docs: list[Any], report: Report) -> None:

@@ -138,3 +138,52 @@ def test_a_kserve_frontends_own_probe_reaches_its_local_http_routes(tmp_path, ar
     probe_port = launch.probes["readiness"]["httpGet"]["port"]
     assert frontend.map_probe_port(probe_port, launch) == launch.http_port
     assert frontend.map_probe_port(8000, launch) == launch.http_port  # as for any frontend
+
+
+def test_a_volume_mapped_model_keeps_the_served_name_it_has_in_the_pod(tmp_path, tiny_model):
+    """`--volume` moves the worker's model path to a local directory; the mocker serves a model by its path
+    unless `--model-name` says otherwise, so the pod's path is kept as the served name."""
+    doc = yaml.safe_load(MODEL_CACHE.read_text())
+    main = doc["spec"]["components"][1]["podTemplate"]["spec"]["containers"][0]
+    del main["args"][2:4]  # no --model-name: the pod serves the model under its path
+    path = tmp_path / "no-name.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    cache = tmp_path / "pvc"
+    (cache / "hub" / SNAPSHOT).parent.mkdir(parents=True)
+    (cache / "hub" / SNAPSHOT).symlink_to(tiny_model)
+    argv = plans_for(path, tmp_path, {"HOME": str(tmp_path)}, volumes={"model-cache": str(cache)})["MockerWorker"] \
+        .launch(0).argv
+    assert model_arg(argv) == str(cache / "hub" / SNAPSHOT)
+    assert argv[argv.index("--model-name") + 1] == f"/opt/model-cache/hub/{SNAPSHOT}"
+
+
+def test_a_second_frontend_gets_a_port_of_its_own(tmp_path):
+    """--frontend-port is the graph's first frontend's; a second frontend service (its own pod and Service in
+    a cluster) listens on another port here rather than fail to bind the same one."""
+    doc = yaml.safe_load((DEPLOY / "mocker/deploy/agg.yaml").read_text())
+    doc["spec"]["services"]["AdminFrontend"] = doc["spec"]["services"]["Frontend"]
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))  # the manifest's order: Frontend comes first
+    plans = plans_for(path, tmp_path, frontend_port=28123)
+    first, second = plans["Frontend"].launch(0), plans["AdminFrontend"].launch(0)
+    assert first.http_port == 28123 and second.http_port not in (None, 28123)
+    assert second.argv[second.argv.index("--http-port") + 1] == str(second.http_port)
+    assert second.env["DYNAMO_PORT"] == str(second.http_port)
+
+
+def test_the_operators_env_reaches_each_replica_and_the_manifest_may_override_it(tmp_path):
+    """As the operator injects it (ops reference §5.4): the component type, the DGD's Kubernetes namespace,
+    canaries on in workers; no DYN_SYSTEM_ENABLED (Dynamo 1.6.1 warns that it is deprecated). The manifest's
+    own value of an injected variable wins, as in the operator's merge."""
+    doc = yaml.safe_load((DEPLOY / "mocker/deploy/agg.yaml").read_text())
+    path = tmp_path / "agg.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    plans = plans_for(path, tmp_path, namespace="team")
+    worker, frontend = plans["MockerWorker"].launch(0).env, plans["Frontend"].launch(0).env
+    assert (worker["DYN_COMPONENT"], frontend["DYN_COMPONENT"]) == ("worker", "frontend")
+    assert worker["DYN_PARENT_DGD_K8S_NAMESPACE"] == frontend["DYN_PARENT_DGD_K8S_NAMESPACE"] == "team"
+    assert worker["DYN_HEALTH_CHECK_ENABLED"] == "true" and "DYN_HEALTH_CHECK_ENABLED" not in frontend
+    assert "DYN_SYSTEM_ENABLED" not in worker
+    doc["spec"]["services"]["MockerWorker"]["envs"] = [{"name": "DYN_HEALTH_CHECK_ENABLED", "value": "false"}]
+    path.write_text(yaml.safe_dump(doc))
+    assert plans_for(path, tmp_path)["MockerWorker"].launch(0).env["DYN_HEALTH_CHECK_ENABLED"] == "false"

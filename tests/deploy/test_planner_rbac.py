@@ -1,7 +1,8 @@
 """Least privilege for a rendered planner (`planner_scaling`): told the graph's scaled objects, the Role
 lets it read and scale only those (`resourceNames`), the multi-node pools' LeaderWorkerSets included
 (`leaderworkersets/scale`), and finding them by label is the only namespace-wide right (`list`). The
-audit's Role scaled any Deployment of the namespace."""
+audit's Role scaled any Deployment of the namespace. The Deployments it scales carry no `spec.replicas`
+(the planner's to set), as those an HPA manages."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import yaml
 
 from dynamo.deploy import planner_scaling
+from dynamo.deploy.render import render
 from dynamo.deploy.validate import validate_file
 
 
@@ -65,3 +67,19 @@ def test_a_planner_that_scales_one_pool_may_scale_only_that_one(tmp_path):
     advisory = graph(tmp_path, {"backend": "mocker", "optimization_target": "latency", "advisory": True})
     assert planner_scaling.scale_rules(*planner_scaling.scale_targets(advisory)) == [
         {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list", "watch"]}]
+
+
+def test_render_leaves_the_replicas_of_the_planners_pools_to_it(tmp_path):
+    """Set in the rendered Deployment, the DGD's replicas would reset the planner's count on every `kubectl
+    apply` (as an HPA's): the pools it scales have none; the other services, and the pools of an advisory
+    planner (it scales nothing), keep the DGD's."""
+    def replicas(config: dict) -> dict:
+        return {o["metadata"]["name"]: o["spec"].get("replicas") for o in render(graph(tmp_path, config), "team")
+                if o["kind"] in ("Deployment", "LeaderWorkerSet")}
+
+    scaled = replicas({"backend": "mocker", "mode": "disagg", "optimization_target": "latency"})
+    assert scaled["g-mockerdecodeworker"] is None
+    assert scaled["g-frontend"] == scaled["g-planner"] == 1
+    assert scaled["g-mockerprefillworker"] == 1  # a LeaderWorkerSet: the planner scales Deployments here
+    advisory = replicas({"backend": "mocker", "optimization_target": "latency", "advisory": True})
+    assert advisory["g-mockerdecodeworker"] == 1

@@ -40,6 +40,7 @@ def test_env_probes_and_resources_follow_the_operator():
     assert config["DYN_NAMESPACE"] == "prod-vllm-v1-disagg-router"
     assert config["DYN_PARENT_DGD_K8S_NAME"] == "vllm-v1-disagg-router"
     assert config["DYN_DISCOVERY_BACKEND"] == "etcd"
+    assert config["DYN_PARENT_DGD_K8S_NAMESPACE"] == "prod"  # the operator's (ops reference §5.4)
     worker = by_name(objects, "Deployment", "vllm-v1-disagg-router-vllmprefillworker")
     assert worker["spec"]["replicas"] == 2
     pod = worker["spec"]["template"]["spec"]
@@ -47,8 +48,11 @@ def test_env_probes_and_resources_follow_the_operator():
     assert pod["terminationGracePeriodSeconds"] == 60
     (main,) = pod["containers"]
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in main["env"]}
-    assert env["DYN_SYSTEM_PORT"] == "9090" and env["DYN_SYSTEM_ENABLED"] == "true"
+    assert env["DYN_SYSTEM_PORT"] == "9090" and env["DYN_COMPONENT"] == "worker"
+    assert "DYN_SYSTEM_ENABLED" not in env  # deprecated in Dynamo 1.6.1: ignored, and warned about on every start
     assert env["DYN_HEALTH_CHECK_ENABLED"] == "true"  # the operator turns canaries on in worker pods
+    for labels in (worker["metadata"]["labels"], worker["spec"]["template"]["metadata"]["labels"]):
+        assert labels["nvidia.com/dynamo-namespace"] == "prod-vllm-v1-disagg-router"
     assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert {"secretRef": {"name": "hf-token-secret"}} in main["envFrom"]
     assert main["resources"]["limits"]["nvidia.com/gpu"] == "1"
@@ -61,6 +65,7 @@ def test_env_probes_and_resources_follow_the_operator():
     assert "127.0.0.1:8000/health" in fmain["readinessProbe"]["exec"]["command"][-1]
     assert {"name": "DYN_ROUTER_MODE", "value": "kv"} in fmain["env"]
     assert "DYN_HEALTH_CHECK_ENABLED" not in {e["name"] for e in fmain["env"]}
+    assert {"name": "DYN_COMPONENT", "value": "frontend"} in fmain["env"]
     service = by_name(objects, "Service", "vllm-v1-disagg-router-frontend")
     assert service["spec"]["ports"][0]["port"] == 8000
 

@@ -48,10 +48,11 @@ def test_a_service_no_graph_has_is_refused(tmp_path, given):
         runs_for(tmp_path, **given)
 
 
-def test_a_scaled_down_replica_gets_its_services_termination_grace(tmp_path):
-    """A replica the supervisor retires (a scale-down) is SIGKILLed after its service's
-    terminationGracePeriodSeconds when the manifest sets one, as the kubelet would, else after --grace."""
+def test_a_scaled_down_replica_gets_its_pods_termination_grace_not_grace(tmp_path):
+    """A replica the supervisor retires (a scale-down) or kills (liveness) is SIGKILLed after its pod's
+    terminationGracePeriodSeconds, as the kubelet would: the manifest's, else the operator's 60; `--grace`
+    (1 s here) bounds only the whole run's shutdown."""
     sup = runs_for(tmp_path)["gr-decode"].sup
-    assert sup._retire_grace("MockerDecode") == 1.0
+    assert sup.grace == 1.0 and sup.pod_grace("MockerDecode") == 60.0
     sup.plans["MockerDecode"].svc.extraPodSpec.terminationGracePeriodSeconds = 45
-    assert sup._retire_grace("MockerDecode") == 45.0
+    assert sup.pod_grace("MockerDecode") == 45.0

@@ -1,13 +1,16 @@
 """`run` killed outright (SIGKILL: no shutdown code runs) still takes its replicas with it:
 each child is started with PR_SET_PDEATHSIG, so the kernel sends it SIGTERM when `run` dies
-(dynamo/deploy/README.md, "Ctrl-C / SIGTERM")."""
+(dynamo/deploy/README.md, "Ctrl-C / SIGTERM"), and its guard removes the temporary directories
+`run` would have removed (its state dir, the pods' private /tmp)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -47,11 +50,16 @@ def test_replicas_exit_when_run_is_sigkilled(tmp_path, tiny_model):
         assert len(replicas) == 3 and replicas <= started, (replicas, started)
         started |= replicas
 
+        state, pods = re.search(r"; state (\S+); pods' /tmp (\S+)/<replica>", run.log()).groups()
+        assert Path(state, "control.json").is_file() and Path(pods, "MockerWorker-1").is_dir()
+
         os.kill(run.popen.pid, signal.SIGKILL)
         run.popen.wait(30)
         assert run.popen.returncode == -signal.SIGKILL
         left = still_running(started, 30)
         assert left == [], f"still running 30 s after `run` was SIGKILLed: {left}\n{run.log()}"
+        wait_until(lambda: not Path(state).exists() and not Path(pods).exists(), 30,
+                   "the guard to remove run's state and pods directories")
     finally:
         for pid in still_running(started, 0):  # nothing outlives a failed test
             with contextlib.suppress(OSError):

@@ -1,12 +1,16 @@
 """Scaling a running graph: a scale-up gives way to a newer scale request or a stop between starts (it
-does not run to the end first), and a request beyond run's replica limit is refused by the supervisor
-and the control endpoint (400). The replicas are real processes (`sleep`), supervised in this process."""
+does not run to the end first), a scaled-down replica gets its pod's termination grace to drain (not
+`--grace`) without holding up the rest, and a request beyond run's replica limit is refused by the
+supervisor and the control endpoint (400). The replicas are real processes (`sleep`, or a Python that
+ignores SIGTERM), supervised in this process."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import time
 from pathlib import Path
 from typing import AsyncIterator
@@ -37,16 +41,21 @@ spec:
 """
 
 
-def write_sleepers(tmp_path: Path) -> Path:
+# Draining forever: SIGTERM is ignored, so only the SIGKILL at the end of a grace period stops it.
+STUBBORN = SLEEPERS.replace('command: ["sleep", "600"]', """command: ["python3", "-c"]
+          args: ["import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"]""")
+
+
+def write_sleepers(tmp_path: Path, text: str = SLEEPERS) -> Path:
     path = tmp_path / "sleepers.yaml"
-    path.write_text(SLEEPERS)
+    path.write_text(text)
     return path
 
 
-def supervisor(tmp_path: Path) -> Supervisor:
-    (graph,) = validate_file(write_sleepers(tmp_path)).graphs
+def supervisor(tmp_path: Path, text: str = SLEEPERS, grace: float = 2.0) -> Supervisor:
+    (graph,) = validate_file(write_sleepers(tmp_path, text)).graphs
     opts = RunOptions(state_dir=str(tmp_path / "state"), pods_dir=str(tmp_path / "pods"))
-    return Supervisor(build_plans(graph, opts, {}, devices=[]), out=open("/dev/null", "w"), grace=2.0)
+    return Supervisor(build_plans(graph, opts, {}, devices=[]), out=open("/dev/null", "w"), grace=grace)
 
 
 async def watch_pids(sup: Supervisor, seen: set[int], done: asyncio.Event) -> None:
@@ -108,6 +117,45 @@ async def test_stop_ends_a_scale_up_promptly_and_reaps_every_replica(tmp_path):
         await asyncio.wait_for(asyncio.shield(runner), 15)
         assert time.monotonic() - began < 10
         assert len(seen) < MAX_REPLICAS // 2, f"the scale-up went on after stop: {len(seen)} started"
+    assert_all_gone(seen)
+
+
+@pytest.mark.e2e
+async def test_a_scaled_down_replica_drains_for_its_pods_grace_not_runs(tmp_path):
+    """`--grace` is 1 s here; the pod's terminationGracePeriodSeconds is the operator's 60 (the manifest sets
+    none). A retired replica that is still draining (it ignores SIGTERM) is not killed after 1 s, the graph
+    keeps working meanwhile (the other replica is restarted when it dies), and a stop still ends it within
+    --grace."""
+    sup = supervisor(tmp_path, STUBBORN, grace=1.0)
+    sup.plans["Worker"].replicas = 2
+    async with running(sup) as (runner, stop, seen):
+        await until(lambda: len(seen) == 2)
+        retired, kept = sup.replicas[("Worker", 1)], sup.replicas[("Worker", 0)]
+        sup.scale("Worker", 1)
+        await asyncio.sleep(4)  # well past --grace
+        assert retired.state == "stopping" and pid_alive(retired.pid), "retired after --grace, not the pod's 60 s"
+        os.kill(kept.pid, signal.SIGKILL)  # the run loop is not held up by the drain: the kept one comes back
+        await until(lambda: sup.replicas[("Worker", 0)].restarts == 1 and sup.replicas[("Worker", 0)].pid)
+        stop.set()
+        began = time.monotonic()
+        await asyncio.wait_for(asyncio.shield(runner), 30)
+        assert time.monotonic() - began < 15, "the stop waited for the drain instead of --grace"
+    assert_all_gone(seen)
+
+
+@pytest.mark.e2e
+async def test_a_scaled_down_replica_is_killed_after_the_manifests_grace(tmp_path):
+    text = STUBBORN.replace("      extraPodSpec:\n", "      extraPodSpec:\n        terminationGracePeriodSeconds: 3\n")
+    sup = supervisor(tmp_path, text, grace=30.0)
+    sup.plans["Worker"].replicas = 2
+    async with running(sup) as (_, _, seen):
+        await until(lambda: len(seen) == 2)
+        retired = sup.replicas[("Worker", 1)]
+        began = time.monotonic()
+        sup.scale("Worker", 1)
+        await until(lambda: ("Worker", 1) not in sup.replicas, 30)
+        took = time.monotonic() - began
+        assert 2.5 <= took < 20 and not pid_alive(retired.pid), took
     assert_all_gone(seen)
 
 
