@@ -29,6 +29,7 @@ from dynamo.runtime.asgi import EmbeddedHttpServer
 
 from dynamo.runtime.config_dump import write_config_dump
 from dynamo.runtime.distributed import DistributedRuntime, advertise_host
+from dynamo.runtime.http_limits import HttpGuardCollector
 from dynamo.runtime.logs import RequestEvents
 from dynamo.runtime.loop_monitor import LoopLagMonitor
 from dynamo.runtime.memory import pin_mmap_threshold
@@ -82,6 +83,7 @@ def _app(config: FrontendConfig, runtime: DistributedRuntime, metrics: FrontendM
         app.routes.update(batches.routes())
         app.prefix_routes.extend(batches.prefix_routes())
         app.on_close.append(batches.close)
+    app.stream_backlog_mb = config.http_stream_backlog_limit_mb
     app.on_close.append(replicas.close)
     moved_routes(app.routes, runtime.settings)
     return app
@@ -154,7 +156,8 @@ async def serve(config: FrontendConfig, stop: asyncio.Event, warnings: Sequence[
     tls = _tls_options(config)
     # --kserve-grpc-server: gRPC on the frontend's port, the HTTP app beside it (Dynamo's layout)
     http_port = config.grpc_metrics_port if config.kserve_grpc_server else config.http_port
-    http = EmbeddedHttpServer(app, config.http_host, http_port, **tls)
+    http = EmbeddedHttpServer(app, config.http_host, http_port, limits=config.http_limits(), **tls)
+    metrics.registry.register(HttpGuardCollector(config.metrics_prefix, http.guard))
     await models.start()
     await _wait_for_workers(config, models, stop)
     port = http_port

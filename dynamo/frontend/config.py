@@ -15,22 +15,28 @@ from dynamo.llm.media import MediaSettings
 from dynamo.llm.worker_client import StreamDeadlineSettings
 from dynamo.router.config import ROUTER_MODES, Bound, KvRouterConfig, check_bounds, check_finite
 from dynamo.router.session_affinity import MAX_TTL_SECS
+from dynamo.frontend.client_backlog import STREAM_BACKLOG_MB
 from dynamo.frontend.compat_flags import FRONTEND_FLAGS
 from dynamo.frontend.model_defaults import check_model_defaults
 from dynamo.runtime.compat_args import compat_parser, parse_with_compat
 from dynamo.runtime.config import setting
 from dynamo.runtime.config_dump import DumpConfigTo
+from dynamo.runtime.http_limits import HttpLimitSettings
 from dynamo.runtime.settings import discovery_backend_setting, event_plane_setting
 
 
 @dataclass
-class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, MediaSettings, DumpConfigTo):
+class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, MediaSettings, HttpLimitSettings, DumpConfigTo):
     """OpenAI-compatible HTTP frontend: discovers workers, tokenizes, routes, detokenizes."""
 
     http_host: str = setting("0.0.0.0", "HTTP listen address")
     # DYNAMO_PORT is what the Dynamo operator injects for the frontend's port.
     http_port: int = setting(8000, "HTTP listen port", env=("DYN_HTTP_PORT", "DYNAMO_PORT"))
     http_body_limit_mb: float = setting(192.0, "Largest request body in MiB; larger ones get 413")
+    http_stream_backlog_limit_mb: float = setting(
+        STREAM_BACKLOG_MB, "Worker output in MiB (as the workers send it) one request may hold undelivered while "
+        "its client does not keep up reading the response; past it the request is cancelled at its workers and "
+        "its stream ends with an error event")
     kserve_grpc_server: bool = setting(False, "Serve the KServe v2 gRPC API (Triton's clients) on --http-port, for "
                                        "models served by completions; the HTTP routes move to --grpc-metrics-port")
     grpc_metrics_port: int = setting(8788, "With --kserve-grpc-server: the HTTP port (/metrics, /health, OpenAI "
@@ -154,6 +160,9 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, MediaSettings, Dump
             raise ValueError("--kv-cache-block-size must be positive")
         if self.http_body_limit_mb <= 0:
             raise ValueError("--http-body-limit-mb must be positive")
+        if self.http_stream_backlog_limit_mb <= 0:
+            raise ValueError("--http-stream-backlog-limit-mb must be positive")
+        self.check_http_limits()  # the connection limits (HttpLimitSettings)
         if not 100 <= self.http_overload_status_code <= 599:
             raise ValueError("--http-overload-status-code must be an HTTP status (100-599)")
         ttl = self.router_session_affinity_ttl_secs

@@ -1,7 +1,9 @@
 """One generation request from its first worker call to its last byte: fans `n`
 choices out to the workers (read back as one stream: `fan_in.py`), runs each choice's token
 stream through its output stage (`output.py`) and frames the result as SSE chunks or one JSON
-body (`sse.py`); its latency and size metrics are `run_timing.py`'s.
+body (`sse.py`; a large one encoded and sent in pieces, `unary_body.py`); its latency and size metrics
+are `run_timing.py`'s. What its worker streams hold undelivered for a client that does not keep up is
+bounded (`client_backlog.py`): past the bound the request is cancelled at its workers.
 
 The response status is decided after the first batch of tokens arrives, so failures
 before any output (no worker, overload, bad prompt) get a real HTTP error instead of a
@@ -15,10 +17,11 @@ import functools
 import time
 from typing import Any
 
-from dynamo.frontend import annotations, errors, fan_in, response_ext
+from dynamo.frontend import annotations, client_backlog, errors, fan_in, response_ext, unary_body
 from dynamo.frontend.choices import Choice, chat_choice, collect
 from dynamo.frontend.dispatch import aclose_quietly
 from dynamo.frontend.errors import ApiError
+from dynamo.frontend.logprob_json import ChatLogprobs
 from dynamo.frontend.metrics import RequestOutcome
 from dynamo.frontend.openai import ChatMessage
 from dynamo.frontend.output import ChoiceDelta, OutputSpec, OutputStage
@@ -26,14 +29,16 @@ from dynamo.frontend.run_timing import RunTiming
 from dynamo.frontend.speculative_prefill import chat_answer_history
 from dynamo.frontend.stream_dispatch import StreamDispatch
 from dynamo.frontend.sse import (
-    DONE, SSE_HEADERS, ChatChunks, CompletionChunks, chat_body, chat_logprobs, completion_body, completion_logprobs,
-    error_event, piecewise_choice, tool_call_entries, usage_dict,
+    DONE, SSE_HEADERS, ChatChunks, CompletionChunks, chat_body, completion_body, completion_logprobs,
+    error_event, tool_call_entries, usage_dict,
 )
 from dynamo.llm.protocol import FinishReason
+from dynamo.runtime import rp_backlog
+from dynamo.runtime.rp_backlog import Backlog
 from dynamo.runtime.asgi import send_bytes
 
 # A unary answer with more logprob entries than this (n x tokens x (1 + top_logprobs): 16 x 1,800 x 21 is
-# ~40 MB of JSON, seconds of work) is built off the event loop, so that other requests' streams go on.
+# ~40 MB of JSON) is encoded and sent a piece at a time, so that other requests' streams go on meanwhile.
 LARGE_ANSWER_ENTRIES = 20_000
 # A streamed batch whose chunk is larger than this lets other requests run before the next one.
 YIELD_AFTER_BYTES = 64 * 1024
@@ -76,6 +81,8 @@ class GenerationRun:
             self._token_text = lambda token_id: f"token_id:{token_id}"
         else:  # memoized: top logprobs name the same few thousand tokens over and over
             self._token_text = functools.cache(lambda token_id: decode([token_id], skip_special_tokens=False))
+        self._chat_logprobs = ChatLogprobs(self._token_text)
+        self.backlog = Backlog(client_backlog.limit_of(app))  # what its worker streams may hold for a slow client
 
     @staticmethod
     def _echo_text(req, prompt_ids: list[int], decode) -> str:
@@ -91,6 +98,11 @@ class GenerationRun:
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def execute(self, entry, receive, send, request_type: str) -> RequestOutcome:
+        self.backlog.on_trip = client_backlog.on_cut(self.app, self.public_id, self.model, self.endpoint, request_type)
+        with rp_backlog.counting(self.backlog):  # the worker streams it opens, migrations' too
+            return await self._execute(entry, receive, client_backlog.watched(send, self.backlog))
+
+    async def _execute(self, entry, receive, send) -> RequestOutcome:
         app = self.app
         gens = [app.dispatcher.stream(entry, p, c.handle, self.prompt_reasoning)
                 for p, c in zip(self.preqs, self.choices)]
@@ -113,7 +125,7 @@ class GenerationRun:
                 await self._stream(merged, first, send)
             else:
                 await self._unary(merged, first, send)
-            return (RequestOutcome.CANCELLED if self.cancelled else
+            return (RequestOutcome.CANCELLED if self.cancelled or self.backlog.tripped else
                     RequestOutcome.SUCCESS if self.error is None else RequestOutcome.ERROR)
         finally:
             app.dispatcher.live.difference_update(handles)
@@ -135,8 +147,9 @@ class GenerationRun:
         exc = task.exception()
         if exc is not None or task.result().get("type") == "http.disconnect":
             self.app.metrics.disconnects.inc()
-            self.app.metrics.cancellations.labels(self.model, self.endpoint,
-                                                  "stream" if self.req.stream else "unary").inc()
+            if not self.backlog.tripped:  # cut for its backlog: already counted then
+                self.app.metrics.cancellations.labels(self.model, self.endpoint,
+                                                      "stream" if self.req.stream else "unary").inc()
             for choice in self.choices:
                 choice.handle.cancel()
 
@@ -201,7 +214,7 @@ class GenerationRun:
 
     async def _batches(self, merged, first):
         """The batches, until every choice is done; an error ending them (a worker lost, the frontend shutting
-        down) is the run's, whichever framing turns it into an error event."""
+        down, a client too far behind) is the run's, whichever framing turns it into an error event."""
         if first is not None:
             yield first
         if all(c.done for c in self.choices):
@@ -211,9 +224,14 @@ class GenerationRun:
                 yield item
                 if all(c.done for c in self.choices):
                     return
+            if self.backlog.tripped:  # its worker streams were cut: they end as if cancelled
+                raise client_backlog.fell_behind(self.backlog)
         except ApiError as exc:
-            self.error = exc
-            raise
+            if not self.backlog.tripped:
+                self.error = exc
+                raise
+            self.error = client_backlog.fell_behind(self.backlog)
+            raise self.error from None
 
     # -- streaming -----------------------------------------------------------------------------
     def _delta_bytes(self, choice: Choice, d: ChoiceDelta) -> bytes:
@@ -248,7 +266,7 @@ class GenerationRun:
             delta[self.reasoning_field] = d.reasoning
         if d.tool_calls:
             delta["tool_calls"] = tool_call_entries(d.tool_calls)
-        lp = chat_logprobs(d.logprobs, self._token_text) if d.logprobs else None
+        lp = self._chat_logprobs(d.logprobs) if d.logprobs else None
         return self.chunks.delta(choice.index, delta, lp)
 
     def _finish_bytes(self, choice: Choice) -> bytes:
@@ -315,23 +333,37 @@ class GenerationRun:
     async def _unary(self, merged, first, send) -> None:
         if not await self._collect_answers(merged, first):
             return
-        large = self.want_logprobs and sum(c.logprob_entries() for c in self.choices) > LARGE_ANSWER_ENTRIES
-        body = await asyncio.get_running_loop().run_in_executor(self.app.answer_pool, self._unary_body, True) \
-            if large else self._unary_body(False)
-        await send_bytes(send, 200, body)
+        entries = sum(c.logprob_entries() for c in self.choices) if self.want_logprobs else 0
+        if entries <= LARGE_ANSWER_ENTRIES:
+            await send_bytes(send, 200, self._unary_body())
+            return
+        per_token = entries // max(1, sum(len(c.logprobs) for c in self.choices))
+        await unary_body.send_body(send, self._unary_pieces(max(1, per_token)), lambda: self.cancelled)
+        unary_body.give_back_later(self.app.trimmer)  # hundreds of MB for the largest
 
-    def _unary_body(self, piecewise: bool) -> bytes:
-        """The unary answer's JSON; `piecewise` (a large one, built in a thread): each choice encoded a slice
-        of its logprobs at a time, so that no one encoder call holds the interpreter for long."""
+    def _unary_body(self) -> bytes:
         build = chat_body if self.is_chat else completion_body
         entries = [self._chat_choice(c) if self.is_chat else self._completion_choice(c) for c in self.choices]
-        if piecewise:
-            entries = [piecewise_choice(e) for e in entries]
         return build(self.request_id, self.model, self.created, entries, self._usage(), self.response_nvext())
+
+    def _unary_pieces(self, per_token: int):
+        """The unary answer's JSON in pieces, each choice's logprobs a slice at a time (`unary_body.py`)."""
+        envelope = {"id": self.request_id, "object": "chat.completion" if self.is_chat else "text_completion",
+                    "created": self.created, "model": self.model}
+        tail = {"usage": self._usage()}
+        if (nvext := self.response_nvext()) is not None:
+            tail["nvext"] = nvext
+        if self.is_chat:
+            choices = (unary_body.chat_choice((chat_choice(c, self.reasoning_field, None), c.logprobs),
+                                              self._chat_logprobs, per_token) for c in self.choices)
+        else:
+            choices = (unary_body.completion_choice((self._completion_fields(c, None), c.logprobs),
+                                                    self._token_text, per_token) for c in self.choices)
+        return unary_body.body(envelope, choices, tail)
 
     def answer(self) -> dict:
         """The first choice's assistant message, as the response carried it (with `keep_answer`)."""
-        return self._chat_choice(self.choices[0])["message"]
+        return chat_choice(self.choices[0], self.reasoning_field, None)["message"]
 
     def answer_history(self) -> list[ChatMessage]:
         """The answer as the client's next turn will repeat it in its messages (with `keep_answer`)."""
@@ -340,10 +372,12 @@ class GenerationRun:
     _collect = staticmethod(collect)
 
     def _chat_choice(self, choice: Choice) -> dict:
-        logprobs = (lambda lps: chat_logprobs(lps, self._token_text)) if self.want_logprobs else None
-        return chat_choice(choice, self.reasoning_field, logprobs)
+        return chat_choice(choice, self.reasoning_field, self._chat_logprobs if self.want_logprobs else None)
 
     def _completion_choice(self, choice: Choice) -> dict:
         lp = completion_logprobs(choice.logprobs, self._token_text, 0) if self.want_logprobs else None
-        return {"index": choice.index, "text": self.echo + "".join(choice.content), "logprobs": lp,
+        return self._completion_fields(choice, lp)
+
+    def _completion_fields(self, choice: Choice, logprobs: dict | None) -> dict:
+        return {"index": choice.index, "text": self.echo + "".join(choice.content), "logprobs": logprobs,
                 "finish_reason": choice.stage.finish_reason(choice.finish)}

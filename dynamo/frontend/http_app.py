@@ -31,6 +31,7 @@ from dynamo.frontend.intake import SHAPE_CHECK_BYTES, early_refusal, read_limite
 from dynamo.frontend.dispatch import Dispatcher
 from dynamo.frontend.pooling_api import ROUTES as POOLING_ROUTES, BackgroundStreams, PoolingRoute
 from dynamo.frontend.errors import OVERLOADED_STATUS, ApiError, bad_request
+from dynamo.frontend.client_backlog import STREAM_BACKLOG_MB
 from dynamo.frontend.generation import GenerationRun
 from dynamo.frontend.metrics import FrontendMetrics, RequestOutcome, RequestTally, error_type_of
 from dynamo.frontend.model_manager import ModelManager
@@ -73,6 +74,7 @@ class FrontendApp:
         self.dispatcher = dispatcher
         self.metrics = metrics
         self.body_limit = body_limit
+        self.stream_backlog_mb = STREAM_BACKLOG_MB  # --http-stream-backlog-limit-mb (client_backlog.py)
         self.health_extra = health_extra
         self.reasoning_field = reasoning_field
         self.media_policy = media_policy or MediaPolicy()  # which image references requests may carry (DYN_MM_*)
@@ -85,9 +87,6 @@ class FrontendApp:
         self.prep_pool = ThreadPoolExecutor(max_workers=PREP_THREADS, thread_name_prefix="dyn-prep")
         self.speculative = SpeculativePrefill(dispatcher, self.prep_pool, metrics.registry, metrics.prefix)
         self.trimmer = HeapTrimmer(self.prep_pool)  # after big bodies
-        # Huge unary answers (logprobs of many tokens and choices) are built here, one at a time: seconds of
-        # work that must wait neither for nor in front of tokenizing, nor take every thread of the default pool.
-        self.answer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dyn-answer")
         self.on_close: list[Callable[[], Awaitable[None]]] = []  # route owners' own tasks (the Batch API's)
         self.routes: dict[tuple[str, str], Callable] = {
             ("POST", "/v1/chat/completions"): self.chat,
@@ -173,7 +172,6 @@ class FrontendApp:
             await close()
         await self.speculative.close()
         self.prep_pool.shutdown(wait=False, cancel_futures=True)
-        self.answer_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- simple routes ---------------------------------------------------------------------------
     async def live(self, scope, receive, send) -> None:

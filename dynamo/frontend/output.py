@@ -28,7 +28,7 @@ class ChoiceDelta:
     content: str = ""
     reasoning: str = ""
     tool_calls: list[ToolCallDelta] = field(default_factory=list)
-    logprobs: list[tuple[int, float, list[tuple[int, float]] | None]] = field(default_factory=list)
+    logprobs: list[tuple[int, float, tuple[tuple[int, float], ...]]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.content or self.reasoning or self.tool_calls or self.logprobs)
@@ -170,7 +170,11 @@ class OutputStage:
         self.stopped = self.assembler.stopped
         delta = self._parse(text, final=False)
         if want_logprobs and out.log_probs:
-            tops = out.top_logprobs or [None] * len(out.token_ids)
+            # Each position's alternatives as a tuple of (id, logprob) tuples: nothing in an entry then holds a
+            # list, so the garbage collector stops tracking it. A unary answer keeps every entry until it is
+            # sent (n 128 x 2,000 tokens: 256,000 of them), and as lists they made each full collection walk
+            # them all, holding the process for most of a second.
+            tops = [tuple(top) for top in out.top_logprobs] if out.top_logprobs else [()] * len(out.token_ids)
             delta.logprobs = list(zip(out.token_ids, out.log_probs, tops))
         return delta
 

@@ -142,21 +142,6 @@ def _body(kind: str, request_id: str, model: str, created: int, choices: list[di
     return _json(body)
 
 
-def piecewise_choice(choice: dict, per: int = 2000) -> msgspec.Raw:
-    """A choice's JSON with each long list in its `logprobs` encoded `per` entries at a time: every encoder
-    call (which holds the interpreter until it returns) stays short, so other threads run between them."""
-    logprobs = choice.get("logprobs")
-    if isinstance(logprobs, dict):
-        choice = {**choice, "logprobs": {key: _raw_list(value, per) if isinstance(value, list) and len(value) > per
-                                         else value for key, value in logprobs.items()}}
-    return msgspec.Raw(_json(choice))
-
-
-def _raw_list(items: list, per: int) -> msgspec.Raw:
-    parts = [_json(items[start:start + per])[1:-1] for start in range(0, len(items), per)]
-    return msgspec.Raw(b"[" + b",".join(parts) + b"]")
-
-
 def tool_call_entries(deltas) -> list[dict]:
     """Streamed tool-call deltas as OpenAI `delta.tool_calls` entries, adjacent pieces of
     one call merged (the first piece of a call carries id, type and name)."""

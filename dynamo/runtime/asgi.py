@@ -1,15 +1,21 @@
-"""Minimal ASGI helpers shared by the frontend and the worker system server. The
-hot paths avoid framework layers (see shared/reference/python-http-streaming.md)."""
+"""Minimal ASGI helpers shared by the frontend and the worker system server, and the embedded
+uvicorn server they run on. The hot paths avoid framework layers (see
+shared/reference/python-http-streaming.md); every connection is served under `HttpLimits`
+(deadlines, head size, connection cap: http_limits.py, enforced by http_protocol.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from typing import Any, Awaitable, Callable
 
 import msgspec
 import uvicorn
+
+from dynamo.runtime.http_limits import HttpGuard, HttpLimits
+from dynamo.runtime.http_protocol import GuardedHttpToolsProtocol
 
 json_encode = msgspec.json.Encoder().encode
 
@@ -76,9 +82,12 @@ class BindError(OSError):
 
 
 class EmbeddedHttpServer:
-    """Runs an ASGI app on uvicorn inside the current event loop, owned as a task."""
+    """Runs an ASGI app on uvicorn inside the current event loop, owned as a task. `limits` (default:
+    `HttpLimits()`) bound what a connection may cost; `guard` tallies what they refused."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], host: str, port: int, **options: Any) -> None:
+    def __init__(self, app: Callable[..., Awaitable[None]], host: str, port: int, limits: HttpLimits | None = None,
+                 **options: Any) -> None:
+        self.guard = HttpGuard(limits or HttpLimits())
         config = uvicorn.Config(
             app,
             host=host,
@@ -94,10 +103,11 @@ class EmbeddedHttpServer:
             log_config=None,
             log_level=options.pop("log_level", "warning"),
             loop="none",
-            http="httptools",
+            http=functools.partial(GuardedHttpToolsProtocol, guard=self.guard),  # type: ignore[arg-type]
             **options,
         )
         self.server = _EmbeddedServer(config)
+        self.guard.connections = self.server.server_state.connections
         self.task: asyncio.Task | None = None
 
     async def _serve(self) -> None:

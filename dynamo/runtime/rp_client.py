@@ -7,7 +7,9 @@ task exists per token. A stream that ends without `End`/`Error` (or that
 the worker cut at shutdown) raises `Disconnected`, which callers use to migrate
 requests; `CannotConnect` means the request never reached the worker; `StreamTimeout`
 means nothing arrived within the deadline a caller gave `next_batch()`. After a
-worker's `GoAway` its connection takes no new streams and is closed once idle.
+worker's `GoAway` its connection takes no new streams and is closed once idle. What a stream holds
+undelivered counts against the caller's `Backlog` (`rp_backlog.py`), if it set one: a caller too far
+behind has its streams cancelled at their workers, each ending with `FellBehind`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import ssl
 import time
 from collections import deque
 
-from dynamo.runtime import wire
+from dynamo.runtime import rp_backlog, wire
+from dynamo.runtime.rp_backlog import Backlog
 from dynamo.runtime.settings import RuntimeSettings
 from dynamo.runtime.tls import ClientTls
 from dynamo.runtime.wire import ErrorCode
@@ -57,18 +60,36 @@ class StreamTimeout(StreamError):
         super().__init__(message, ErrorCode.TIMEOUT)
 
 
+class FellBehind(StreamError):
+    """The caller's backlog passed its limit (`rp_backlog.Backlog`): the stream was cancelled at its worker
+    and what it held dropped. Code `cancelled`: nothing failed that a migration or a retry would fix."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ErrorCode.CANCELLED)
+
+
+# The most `next_batch()` hands over at once (one item, if a single item is larger): a caller decodes a
+# batch in one go, and a stream that waited long (thousands of outputs with 20 top logprobs each) would
+# hold the event loop for hundreds of milliseconds; decoded, 64 KiB of such outputs are ~1 MB of objects.
+BATCH_BYTES = 64 * 1024
+
+
 class ResponseStream:
-    """Items of one response; `next_batch()` hands over everything that has arrived."""
+    """Items of one response; `next_batch()` hands over what has arrived (up to `BATCH_BYTES`)."""
 
-    __slots__ = ("_conn", "sid", "_items", "_waiter", "done", "_error")
+    __slots__ = ("_conn", "sid", "_items", "_waiter", "done", "_error", "_backlog", "_held")
 
-    def __init__(self, conn: "_ClientConnection", sid: int) -> None:
+    def __init__(self, conn: "_ClientConnection", sid: int, backlog: Backlog | None = None) -> None:
         self._conn = conn
         self.sid = sid
         self._items: deque[bytes] = deque()
         self._waiter: asyncio.Future | None = None
         self.done = False
         self._error: StreamError | None = None
+        self._backlog = backlog  # None: what it holds is not bounded
+        self._held = 0  # bytes of `_items`
+        if backlog is not None:
+            backlog.join(self)
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -77,12 +98,34 @@ class ResponseStream:
 
     def _push(self, payload: bytes) -> None:
         self._items.append(payload)
+        self._held += len(payload)
+        if self._backlog is not None:
+            self._backlog.grew(len(payload))  # may cut this stream (and its siblings) at once
         self._wake()
+
+    def _taken(self, size: int) -> None:
+        """`size` bytes of items went to the caller; a stream that ended and has nothing left leaves the backlog."""
+        self._held -= size
+        if self._backlog is not None:
+            self._backlog.taken(size)
+            if self.done and not self._items:
+                self._leave()
+
+    def _leave(self) -> None:
+        backlog, self._backlog = self._backlog, None
+        if backlog is not None:
+            backlog.leave(self, self._held)
+
+    def _fell_behind(self, message: str) -> None:
+        """Cut by the caller's backlog (`Backlog`)."""
+        self.cancel(FellBehind(message))
 
     def _finish(self, error: StreamError | None = None) -> None:
         if not self.done:
             self.done = True
             self._error = error
+            if not self._items:
+                self._leave()
             self._wake()
 
     async def _wait(self, timeout: float | None) -> bool:
@@ -112,12 +155,21 @@ class ResponseStream:
         return True
 
     async def next_batch(self, timeout: float | None = None) -> list[bytes]:
-        """All items received so far (waiting for at least one); [] at the normal end.
-        `timeout`: seconds to wait for one before `StreamTimeout` (None: no deadline)."""
+        """The items received so far, oldest first, up to `BATCH_BYTES` (waiting for at least one); [] at
+        the normal end. `timeout`: seconds to wait for one before `StreamTimeout` (None: no deadline)."""
         if not await self._wait(timeout):
             return []
-        items = list(self._items)
-        self._items.clear()
+        queued = self._items
+        if self._held <= BATCH_BYTES:
+            items, size = list(queued), self._held
+            queued.clear()
+        else:
+            items = [queued.popleft()]
+            size = len(items[0])
+            while queued and size + len(queued[0]) <= BATCH_BYTES:
+                items.append(queued.popleft())
+                size += len(items[-1])
+        self._taken(size)
         return items
 
     def __aiter__(self) -> "ResponseStream":
@@ -126,12 +178,18 @@ class ResponseStream:
     async def __anext__(self) -> bytes:
         if not await self._wait(None):
             raise StopAsyncIteration
-        return self._items.popleft()
+        item = self._items.popleft()
+        self._taken(len(item))
+        return item
 
-    def cancel(self) -> None:
-        """Tell the worker to stop (the handler sees CancelledError); idempotent."""
+    def cancel(self, error: StreamError | None = None) -> None:
+        """Tell the worker to stop (the handler sees CancelledError) and drop what arrived unread: the caller
+        is done with the stream, which ends with `error` (a plain "cancelled" one by default); idempotent."""
+        self._items.clear()
+        self._leave()
+        self._held = 0
         if not self.done:
-            self._finish(StreamError("cancelled", ErrorCode.CANCELLED))
+            self._finish(error or StreamError("cancelled", ErrorCode.CANCELLED))
             self._conn.forget(self.sid)
             self._conn.send(wire.Cancel(self.sid))
 
@@ -184,7 +242,7 @@ class _ClientConnection(wire.FramedProtocol):
         if self.closed:
             raise CannotConnect(f"connection to {self.address} is closed")
         sid = next(self._ids)
-        stream = ResponseStream(self, sid)
+        stream = ResponseStream(self, sid, rp_backlog.current())
         self.streams[sid] = stream
         self.send_now(wire.Request(sid, endpoint, payload, headers))
         return stream
