@@ -24,6 +24,7 @@ from typing import Any, Literal, Union
 import msgspec
 
 from dynamo.deploy.model import Base, Graph, Metadata
+from dynamo.deploy.probes import local_request
 
 log = logging.getLogger("dynamo.deploy.models")
 
@@ -84,19 +85,8 @@ def matching_services(graph: Graph, dm: DynamoModel) -> list[str]:
 async def http_json(port: int, method: str, path: str, body: Any = None, timeout: float = 120.0) -> tuple[int, Any]:
     """One JSON request to 127.0.0.1:`port` (no client library needed in the image)."""
     async def call() -> tuple[int, Any]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
         data = json.dumps(body).encode() if body is not None else b""
-        try:
-            writer.write(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: "
-                         f"application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
-            await writer.drain()
-            raw = await reader.read()
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-        head, _, payload = raw.partition(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
+        status, payload = await local_request(port, method, path, data, "application/json")
         try:
             return status, json.loads(payload or b"null")
         except ValueError:

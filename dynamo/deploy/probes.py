@@ -74,22 +74,28 @@ class Counter:
 PortMap = Callable[[Any], "int | None"]  # a probe's port (number or name) -> this replica's local port
 
 
-async def http_get(port: int, path: str, timeout: float = 3.0) -> tuple[int, bytes]:
-    """Minimal GET to 127.0.0.1 (probes need no client library)."""
-    async def fetch() -> tuple[int, bytes]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
-            await writer.drain()
-            data = await reader.read()
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-        head, _, body = data.partition(b"\r\n\r\n")
-        return int(head.split(b" ", 2)[1]), body
+async def local_request(port: int, method: str, path: str, data: bytes = b"",
+                        content_type: str | None = None) -> tuple[int, bytes]:
+    """One HTTP/1.1 request to 127.0.0.1:`port`, its status and body (probes and adapters need no client library
+    in the image)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body_head = f"Content-Type: {content_type}\r\nContent-Length: {len(data)}\r\n" if content_type else ""
+    try:
+        writer.write(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{body_head}\r\n".encode()
+                     + data)
+        await writer.drain()
+        raw = await reader.read()
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
 
-    return await asyncio.wait_for(fetch(), timeout)
+
+async def http_get(port: int, path: str, timeout: float = 3.0) -> tuple[int, bytes]:
+    """Minimal GET to 127.0.0.1, bounded by `timeout`."""
+    return await asyncio.wait_for(local_request(port, "GET", path), timeout)
 
 
 async def check(probe: dict[str, Any] | None, port_of: PortMap, env: dict[str, str], cwd: str) -> bool:
