@@ -129,6 +129,11 @@ async def _exec(command: list[str], env: dict[str, str], cwd: str, timeout: floa
         child.kill()
         await child.wait()
         return False
+    except BaseException:  # the probe itself cancelled (a shutdown, a retirement): its child goes with it
+        if child.returncode is None:
+            child.kill()
+            await asyncio.shield(child.wait())
+        raise
 
 
 def local_command(command: list[str]) -> list[str]:

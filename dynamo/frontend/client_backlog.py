@@ -46,6 +46,7 @@ def watched(send: Callable, backlog: Backlog) -> Callable:
     output can arrive."""
     async def send_watched(message: dict) -> None:
         backlog.waiting_since = time.monotonic()
+        backlog.sends += 1
         try:
             await send(message)
         finally:

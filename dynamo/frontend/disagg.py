@@ -33,7 +33,7 @@ from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.llm.worker_client import NO_DEADLINES, Deadlines, WorkerClient
 from dynamo.router.inhibit import Inhibitor, reason_for
 from dynamo.router.policy import Role, RoutingPolicy, WorkerPool, with_dp_rank
-from dynamo.runtime.rp_client import RequestPlaneClient, StreamError, StreamTimeout
+from dynamo.runtime.rp_client import FellBehind, RequestPlaneClient, StreamError, StreamTimeout
 from dynamo.runtime.wire import ErrorCode
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ class PrefillOrchestrator:
         try:
             params = await self._run(worker, with_dp_rank(sub, choice), handle)
         except StreamError as exc:
-            if handle.cancelled or handle.shut:
+            if handle.cancelled or handle.shut or isinstance(exc, FellBehind):  # the client left or fell behind
                 raise
             reason = reason_for(exc)
             # A missed deadline may be the prompt, not the worker: a long prefill would miss it on every

@@ -117,8 +117,12 @@ class ResponseStream:
             backlog.leave(self, self._held)
 
     def _fell_behind(self, message: str) -> None:
-        """Cut by the caller's backlog (`Backlog`)."""
-        self.cancel(FellBehind(message))
+        """Cut by the caller's backlog (`Backlog`); a stream that had ended still ends so, not as a whole answer
+        (what it held unread is dropped)."""
+        error = FellBehind(message)
+        if self.done and self._error is None:
+            self._error = error
+        self.cancel(error)
 
     def _finish(self, error: StreamError | None = None) -> None:
         if not self.done:
@@ -241,8 +245,11 @@ class _ClientConnection(wire.FramedProtocol):
     def open(self, endpoint: str, payload: bytes, headers: dict[str, str] | None) -> ResponseStream:
         if self.closed:
             raise CannotConnect(f"connection to {self.address} is closed")
+        backlog = rp_backlog.current()
+        if backlog is not None and backlog.tripped:  # a choice routed after its request was cut starts nothing
+            raise FellBehind("the caller fell too far behind reading its response: no new stream")
         sid = next(self._ids)
-        stream = ResponseStream(self, sid, rp_backlog.current())
+        stream = ResponseStream(self, sid, backlog)
         self.streams[sid] = stream
         self.send_now(wire.Request(sid, endpoint, payload, headers))
         return stream

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from dynamo.runtime import rp_backlog
-from dynamo.runtime.rp_backlog import HARD_FACTOR, STALL_GRACE, Backlog
+from dynamo.runtime.rp_backlog import CONFIRM_SECS, HARD_FACTOR, HARD_STALL, STALL_GRACE, Backlog
 from dynamo.runtime.rp_client import BATCH_BYTES, FellBehind, RequestPlaneClient
 from dynamo.runtime.rp_server import RequestPlaneServer
 from dynamo.runtime.wire import ErrorCode
@@ -98,9 +98,9 @@ async def test_a_client_waited_on_only_briefly_is_cut_at_the_hard_bound(plane):
     backlog = Backlog(32 * ITEM)
     with rp_backlog.counting(backlog):
         stream = await client.open_stream(server.address, "endless", b"t")
-    backlog.waiting_since = time.monotonic()  # waiting, but only just: within the grace
-    await _until(lambda: backlog.tripped or backlog.held > HARD_FACTOR * backlog.limit + 16 * ITEM, "a trip")
-    assert backlog.tripped and backlog.peak > HARD_FACTOR * backlog.limit
+    backlog.waiting_since = time.monotonic() - HARD_STALL  # waiting, but well within the grace
+    await _until(lambda: backlog.tripped, "a trip")
+    assert backlog.peak > HARD_FACTOR * backlog.limit
     await _until(lambda: cancelled == [b"t"], "the worker's handler to be cancelled")
     with pytest.raises(FellBehind):
         await stream.next_batch(timeout=GENEROUS)
@@ -123,3 +123,30 @@ async def test_a_batch_is_at_most_batch_bytes_and_cancel_drops_the_rest(plane):
     assert backlog.held == (count - BATCH_BYTES // ITEM) * ITEM
     partial.cancel()
     assert backlog.held == 0 and await partial.next_batch() == []
+
+
+async def test_a_pause_of_the_frontends_own_loop_is_not_taken_for_a_stalled_client():
+    backlog = Backlog(10)
+    backlog.waiting_since = time.monotonic() - 3 * STALL_GRACE  # as the first items after a long pause see it
+    backlog.grew(100)
+    backlog.sends += 1  # the send, woken by the same pause's end, finished and the next began
+    backlog.waiting_since = time.monotonic()
+    await asyncio.sleep(4 * CONFIRM_SECS)
+    assert not backlog.tripped
+    backlog.waiting_since = time.monotonic() - 3 * STALL_GRACE  # a send that stays stuck is confirmed
+    backlog.grew(1)
+    await asyncio.sleep(4 * CONFIRM_SECS)
+    assert backlog.tripped
+
+
+async def test_a_request_once_cut_opens_no_new_stream(plane):
+    server, client, _ = plane
+    backlog = Backlog(32 * ITEM)
+    with rp_backlog.counting(backlog):
+        stream = await client.open_stream(server.address, "endless", b"t")
+    backlog.waiting_since = time.monotonic() - STALL_GRACE
+    await _until(lambda: backlog.tripped, "a trip")
+    with rp_backlog.counting(backlog), pytest.raises(FellBehind):  # a choice routed late starts nothing
+        await client.open_stream(server.address, "endless", b"u")
+    with pytest.raises(FellBehind):
+        await stream.next_batch(timeout=GENEROUS)
