@@ -163,12 +163,13 @@ class LocalDeployment:
         return sum(s.get("replicas", 1) for s in services.values() if s.get("componentType") == "worker")
 
     def _ready(self) -> bool:
-        status = _get(f"http://127.0.0.1:{self.control_port}/status")
-        if not status["replicas"] or any(r["state"] != "ready" for r in status["replicas"]):
+        # a replica being retired (scaled down: it drains, then goes) is no longer part of what must be up
+        replicas = [r for r in _get(f"http://127.0.0.1:{self.control_port}/status")["replicas"]
+                    if r["state"] != "stopping"]
+        if not replicas or any(r["state"] != "ready" for r in replicas):
             return False
         health = _get(self.url + "/health")
-        seen = sum(1 for i in health.get("instances", []) if i.get("model") == self.served_model)
-        return seen >= 1 and all(r["state"] == "ready" for r in status["replicas"])
+        return any(i.get("model") == self.served_model for i in health.get("instances", []))
 
     async def wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout

@@ -90,6 +90,8 @@ def test_every_run_flag_reaches_the_deployment_of_the_profiled_dgd(tmp_path, tin
         assert "dynamo.deploy: running flags-dgd" in console and "SERVICE" in console and "RESTARTS" in console
         assert "speedup 10" in console  # --append-args
         assert "no Prometheus configured" not in console
+        # the profiler says so once it has seen every replica ready and the model served (a loaded machine: later)
+        wait_until(lambda: status(tmp_path, "flags").get("phase") == "Deployed", 120, "the status to say Deployed")
         st = status(tmp_path, "flags")
         assert (st["phase"], st["status"], st["control"]) == ("Deployed", "success", run.control)
     finally:
