@@ -363,7 +363,11 @@ class GenerationRun:
 
     def answer(self) -> dict:
         """The first choice's assistant message, as the response carried it (with `keep_answer`)."""
-        return chat_choice(self.choices[0], self.reasoning_field, None)["message"]
+        return self._chat_message(self.choices[0])
+
+    def _chat_message(self, choice: Choice) -> dict:
+        """A choice's assistant message (its calls checked as JSON), without rendering its logprobs."""
+        return chat_choice(choice, self.reasoning_field, None)["message"]
 
     def answer_history(self) -> list[ChatMessage]:
         """The answer as the client's next turn will repeat it in its messages (with `keep_answer`)."""

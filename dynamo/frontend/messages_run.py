@@ -81,7 +81,7 @@ class MessagesRun(GenerationRun):
         if not await self._collect_answers(merged, first):
             return
         choice = self.choices[0]
-        message = self._chat_choice(choice)["message"]  # the chat answer, its calls checked as JSON
+        message = self._chat_message(choice)  # the chat answer, its calls checked as JSON
         content, calls = answer_blocks(message, self.reasoning_field, choice.stage.tool_input_text())
         await send_bytes(send, 200, _json(self._message(content, *self._stop(choice, calls))))
 

@@ -115,7 +115,7 @@ class ResponsesRun(GenerationRun):
         choice = self.choices[0]
         status = self._status(choice)
         # The chat answer: a call whose arguments are not JSON is its text.
-        items = answer_items(self._chat_choice(choice)["message"], self.reasoning_field, status == "incomplete")
+        items = answer_items(self._chat_message(choice), self.reasoning_field, status == "incomplete")
         self.items = items
         body = self._body(self._response(status, items, self._usage()))
         self._save(body)
