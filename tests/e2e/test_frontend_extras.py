@@ -34,8 +34,14 @@ def cluster(tiny_model, tmp_path_factory):
 def test_metrics_use_dynamo_names(cluster):
     client = openai.OpenAI(base_url=cluster.base_url + "/v1", api_key="x", max_retries=0)
     client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=5)
-    list(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=5,
-                                        stream=True))
+    # Dynamo's ITL is observed for the batches after the first: a fast worker's short stream can reach a loaded
+    # frontend as one batch (none observed), so stream until one comes in two (a missing ITL still fails below)
+    for _ in range(20):
+        list(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                            max_tokens=32, stream=True))
+        text = http_get(cluster.base_url + "/metrics")[1].decode()
+        if metric_value(text, "dynamo_frontend_inter_token_latency_seconds_count", {"model": MODEL}):
+            break
     status, body = http_get(cluster.base_url + "/metrics")
     text = body.decode()
     assert status == 200
