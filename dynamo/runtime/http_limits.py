@@ -6,7 +6,9 @@ variables), the tally of connections refused for breaking one (`HttpGuard`, show
 Why each limit exists (the frontend's audit): clients that trickle header lines or body bytes
 held their connections forever, until 20,000 of them used every file descriptor of the process;
 a 200 MB header value took the parser 50 s of quadratic appends while every other request
-waited. `http_protocol.py` enforces the limits on the socket."""
+waited; a client that stopped reading and never hung up held its connection, what was buffered for
+it and its request's memory for as long as it stayed. `http_protocol.py` enforces the limits on the
+socket (the write deadline with `write_deadline.py`)."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from dynamo.runtime.config import setting
 
 # Reasons a connection is answered (or closed) by the guard instead of the app; the metric's labels.
 REFUSALS = ("connection_limit", "header_timeout", "body_timeout", "head_too_large", "url_too_long",
-            "too_many_headers")
+            "too_many_headers", "write_timeout")
 
 
 @dataclass(frozen=True)
@@ -29,13 +31,16 @@ class HttpLimits:
     """The limits in effect on one HTTP server. Defaults follow nginx/Apache practice: 64 KiB
     of request head, 100 header fields (Envoy, Tomcat), 30 s for a request's headers, and a
     body that must keep arriving (nothing for `body_timeout` s, or less than `body_min_rate`
-    bytes/s on average after a first `body_timeout` s of grace, Apache's mod_reqtimeout)."""
+    bytes/s on average after a first `body_timeout` s of grace, Apache's mod_reqtimeout), and a
+    client that must keep taking what is sent to it: nothing at all for `write_timeout` s while
+    bytes wait for it and its connection is dropped (nginx's `send_timeout`, 60 s; 0: never)."""
 
     header_timeout: float = 30.0
     body_timeout: float = 30.0
     body_min_rate: float = 500.0  # bytes/s; 0: no floor on the rate, only on the gaps
     head_bytes: int = 64 << 10
     header_count: int = 100
+    write_timeout: float = 60.0
     connections: int | None = None  # None: half of the process's open-file limit
 
     def connection_cap(self) -> int:
@@ -65,6 +70,11 @@ class HttpLimitSettings:
         64, "Largest request head (request line and headers) in KiB; a larger one gets 431 (414 when most of it "
             "is the URL) and the connection is closed")
     http_header_count_limit: int = setting(100, "Most header fields a request may have; more get 431")
+    http_write_timeout_secs: float = setting(
+        60.0, "Seconds a client may take nothing of a response waiting to be written to it (it stopped reading "
+              "and did not hang up); past it the connection is dropped and its request ends as for a client that "
+              "hung up. A client that takes some bytes within each such span is never cut, however slowly it reads "
+              "(0: no deadline)")
     http_connection_limit: int | None = setting(
         None, "Most open HTTP connections; a new one beyond it is answered 503 and closed, the open ones are "
               "untouched (default: half the process's open-file limit)")
@@ -72,7 +82,8 @@ class HttpLimitSettings:
     def http_limits(self) -> HttpLimits:
         return HttpLimits(header_timeout=self.http_header_timeout_secs, body_timeout=self.http_body_timeout_secs,
                           body_min_rate=self.http_body_min_bytes_per_sec, head_bytes=self.http_header_limit_kb << 10,
-                          header_count=self.http_header_count_limit, connections=self.http_connection_limit)
+                          header_count=self.http_header_count_limit, write_timeout=self.http_write_timeout_secs,
+                          connections=self.http_connection_limit)
 
     def check_http_limits(self) -> None:
         """ValueError for a limit that would refuse every request (or none, for a negative rate)."""
@@ -80,8 +91,9 @@ class HttpLimitSettings:
                      "http_header_count_limit"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
-        if self.http_body_min_bytes_per_sec < 0:
-            raise ValueError("--http-body-min-bytes-per-sec must be >= 0")
+        for name in ("http_body_min_bytes_per_sec", "http_write_timeout_secs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
         if self.http_connection_limit is not None and self.http_connection_limit < 1:
             raise ValueError("--http-connection-limit must be >= 1")
 

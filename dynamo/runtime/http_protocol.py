@@ -8,10 +8,13 @@ the socket, before a request reaches the app (limits and refusal answers: `http_
 - A head must be complete within the header deadline, a body must keep arriving (the gap and
   rate deadlines): 408 and close. Time the app spends not reading (reading paused because
   the app's buffer is full, a `100-continue` not yet sent) is not the client's.
+- A client that takes nothing of what waits to be written to it for the write deadline has its
+  connection aborted: the app's `send` returns as for a client that hung up (`write_deadline.py`).
 
 The streaming path is untouched: nothing here runs per response chunk. Per connection there is
 one timer (its first head's deadline); per request, a flag test per received chunk, and a timer
-only for a head or body that spans reads.
+only for a head or body that spans reads; per response, a look at the write buffer's size; a
+write watch only once the transport pauses writing (the client is behind).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from dynamo.runtime.http_limits import HttpGuard, error_response
+from dynamo.runtime.write_deadline import WriteWatch
 
 # How long an answered connection waits for its client to read the answer and close before it is
 # dropped, and how many may wait at once (beyond that, they are closed at once).
@@ -51,6 +55,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._lingering = False
         self._body_start = self._last_data = 0.0
         self._body_bytes = 0
+        self._writes: WriteWatch | None = None  # the write deadline, while something waits for the client
 
     # -- connection ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -67,6 +72,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel()
+        self._stop_write_watch()
         if self._lingering:
             self._lingering = False
             self.guard.lingering -= 1
@@ -150,8 +156,54 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def handle_websocket_upgrade(self) -> None:
         self._cancel()  # the connection is the WebSocket protocol's from here
+        self._stop_write_watch()
         self._in_head = self._in_body = False
         super().handle_websocket_upgrade()
+
+    # -- writes ----------------------------------------------------------------------------------
+    def pause_writing(self) -> None:
+        if self.flow is None:  # refused at connect: `_linger` bounds it
+            return
+        super().pause_writing()
+        if self._writes is None:
+            self._watch_writes()
+
+    def resume_writing(self) -> None:
+        if self.flow is None:
+            return
+        super().resume_writing()
+        if self._writes is not None:
+            self._writes.resumes += 1  # the client took enough to unpause us: progress, at no cost
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # An answer that ends with bytes still buffered (the kernel's send queue full) keeps its
+        # connection open until they are written, however long that takes, even once closed.
+        if self._writes is None and self.transport.get_write_buffer_size():
+            self._watch_writes()
+
+    def _watch_writes(self) -> None:
+        if self.limits.write_timeout and not self._lost():
+            self._writes = WriteWatch(self.loop, self.transport, self._write_paused, self.limits.write_timeout,
+                                      self._write_stalled, self._stop_write_watch)
+
+    def _write_paused(self) -> bool:
+        return self.flow is not None and self.flow.write_paused
+
+    def _write_stalled(self) -> None:
+        self._writes = None
+        self.guard.refused["write_timeout"] += 1
+        # No answer can reach a client that reads nothing: drop its buffered bytes. connection_lost follows,
+        # ending the app's pending send and telling its receive the client is gone.
+        self.transport.abort()
+
+    def _stop_write_watch(self) -> None:
+        if self._writes is not None:
+            self._writes.stop()
+            self._writes = None
+
+    def _lost(self) -> bool:
+        return self.parser is None  # uvicorn's connection_lost drops the parser
 
     # -- deadlines -------------------------------------------------------------------------------
     def _head_expired(self) -> None:
