@@ -27,6 +27,9 @@ Conversion:
   refuse the request and Claude Code sends one with any request.
 - A last message of the assistant's, with text, is a prefill: the answer continues it (chat's
   `continue_final_message`, no new turn opened) and, as Anthropic's, holds only the continuation.
+- `output_config.format` (or the structured-outputs beta's `output_format`), `{"type": "json_schema",
+  "schema"}`, is chat's `response_format` json_schema: the engine is held to the schema and the text block
+  is the JSON (`client.messages.parse` reads it). With an assistant prefill it is a 400, as Anthropic's.
 - `stop_sequences`, `temperature`, `top_p`, `top_k`, `max_tokens` map one to one; `nvext` passes on.
 """
 
@@ -67,6 +70,8 @@ class MessagesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     thinking: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
     nvext: dict[str, Any] | None = None  # Dynamo's extension, as on chat: routing and agent hints
+    output_config: dict[str, Any] | None = None  # its `format`: structured output (`effort` is not read)
+    output_format: dict[str, Any] | None = None  # the structured-outputs beta's name for output_config.format
 
     def thinking_budget(self) -> int | None:
         """`thinking.budget_tokens` when thinking is on and the budget is a count."""
@@ -91,8 +96,10 @@ class MessagesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
             kwargs = {"enable_thinking": self.thinking["type"] == "enabled"}
         user = (self.metadata or {}).get("user_id")
         prefill = bool(messages) and _is_prefill(messages[-1])
+        response_format = _response_format(self.output_config, self.output_format, prefill)
         return ChatCompletionRequest(model=self.model, messages=messages, stream=self.stream and not counting,
-                                     max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
+                                     response_format=response_format, max_tokens=self.max_tokens,
+                                     temperature=self.temperature, top_p=self.top_p,
                                      top_k=self.top_k, stop=self.stop_sequences or None, tools=tools,
                                      tool_choice=choice, parallel_tool_calls=parallel, chat_template_kwargs=kwargs,
                                      user=user if isinstance(user, str) else None, nvext=self.nvext,
@@ -100,6 +107,29 @@ class MessagesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 decoder = msgspec.json.Decoder(MessagesRequest)
+
+
+def _response_format(config: dict[str, Any] | None, beta: dict[str, Any] | None,
+                     prefill: bool) -> dict[str, Any] | None:
+    """Chat's `response_format` for Anthropic's structured output (`output_config.format`, or the beta's
+    `output_format`: `{"type": "json_schema", "schema"}`), so the engine is held to the schema as a chat
+    request's json_schema holds it, and the text block is the JSON."""
+    fmt, where = (config or {}).get("format"), "output_config.format"
+    if beta is not None:
+        if fmt is not None:
+            raise bad_request("`output_format` and `output_config.format` cannot both be given: use "
+                              "output_config.format", "output_format")
+        fmt, where = beta, "output_format"
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        raise bad_request(f"`{where}.type` must be json_schema", f"{where}.type")
+    if not isinstance(fmt.get("schema"), dict):
+        raise bad_request(f"`{where}.schema` must be a JSON Schema object", f"{where}.schema", "invalid_type")
+    if prefill:  # the schema binds the whole answer, and a prefill already wrote its start (Anthropic refuses it)
+        raise bad_request(f"`{where}` cannot be combined with an assistant prefill (a last assistant message)",
+                          where, "unsupported_parameter")
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt["schema"], "strict": True}}
 
 
 def _is_prefill(last: ChatMessage) -> bool:

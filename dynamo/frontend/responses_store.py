@@ -1,7 +1,9 @@
 """Stored Responses (`store`, true unless the request says false, as in OpenAI's API): each response
 with the conversation it ended, so that a later request's `previous_response_id` continues that
 conversation without resending it, and `GET` / `DELETE /v1/responses/{id}` (and `GET
-/v1/responses/{id}/input_items`) read and remove it.
+/v1/responses/{id}/input_items`) read and remove it. The items stored (each response's output and
+its input, listed as OpenAI lists them: typed, with ids and statuses) can be named again in a later
+input by `item_reference`.
 
 Kept in this frontend's memory, encoded, up to `--responses-store-mb` (the least recently used go
 first; 0 stores nothing, and a `previous_response_id` is then refused). Several frontend replicas
@@ -50,6 +52,9 @@ class ResponseStore:
         self._entries: OrderedDict[str, bytes] = OrderedDict()
         self.tag = ""  # this replica's, in the ids of the responses it makes (replicas.py)
         self.peers: Replicas | None = None  # where a response made by another replica is asked for
+        # The stored items by id (an `item_reference` names one), and each response's item ids, to forget them.
+        self._item_owner: dict[str, str] = {}
+        self._items_of: dict[str, list[str]] = {}
 
     def __contains__(self, response_id: str) -> bool:
         return response_id in self._entries
@@ -58,12 +63,15 @@ class ResponseStore:
         data = _encoder.encode(stored)
         if len(data) > self.max_bytes:
             return  # larger than the whole store: kept nowhere rather than emptying it
-        self.delete(stored.response["id"])
-        self._entries[stored.response["id"]] = data
+        response_id = stored.response["id"]
+        self.delete(response_id)
+        self._entries[response_id] = data
         self.bytes += len(data)
+        ids = [i["id"] for i in [*stored.response.get("output", ()), *stored.input_items] if isinstance(i.get("id"), str)]
+        self._items_of[response_id] = ids
+        self._item_owner.update(dict.fromkeys(ids, response_id))
         while self.bytes > self.max_bytes:
-            _, dropped = self._entries.popitem(last=False)
-            self.bytes -= len(dropped)
+            self.delete(next(iter(self._entries)))
 
     def get(self, response_id: str) -> StoredResponse | None:
         data = self._entries.get(response_id)
@@ -81,7 +89,17 @@ class ResponseStore:
         data = self._entries.pop(response_id, None)
         if data is not None:
             self.bytes -= len(data)
+        for item_id in self._items_of.pop(response_id, ()):
+            if self._item_owner.get(item_id) == response_id:  # a later response that holds it too keeps it
+                del self._item_owner[item_id]
         return data is not None
+
+    def item(self, item_id: str) -> dict[str, Any] | None:
+        """The stored item `item_id` (of a response's output or input), as listed."""
+        owner = self._item_owner.get(item_id)
+        stored = self.get(owner) if owner is not None else None
+        items = [*stored.response.get("output", ()), *stored.input_items] if stored is not None else []
+        return next((item for item in items if item.get("id") == item_id), None)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -113,12 +131,68 @@ def previous_conversation(store: ResponseStore | None, previous_id: str | None) 
 
 
 def input_items(value: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A request's input as items with ids (a string input is one user message)."""
-    items = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": value}]}] \
-        if isinstance(value, str) else [dict(item) for item in value]
-    for item in items:
-        item.setdefault("id", "msg_" + uuid.uuid4().hex)
-    return items
+    """A request's input as OpenAI lists it (`GET .../input_items`): every item typed, with an id and a
+    status, a message's text as parts (`input_text`; an assistant's `output_text`); a string input is one
+    user message. Clients send the short forms (the Agents SDK's `{"role", "content"}`), and SDKs read the
+    listing by its `type`."""
+    items = [{"role": "user", "content": value}] if isinstance(value, str) else value
+    return [_listed(item) for item in items]
+
+
+# An item's id prefix by its type, for the items sent without one.
+_ID_PREFIXES = {"message": "msg_", "function_call": "fc_", "function_call_output": "fco_", "reasoning": "rs_"}
+
+
+def _listed(item: dict[str, Any]) -> dict[str, Any]:
+    item = {"type": "message", **item}
+    kind = item["type"]
+    if not isinstance(item.get("id"), str) or not item["id"]:
+        item["id"] = _ID_PREFIXES.get(kind, "item_") + uuid.uuid4().hex
+    if kind == "reasoning":
+        item.setdefault("summary", [])
+    elif kind in _ID_PREFIXES:
+        item.setdefault("status", "completed")
+    if kind == "message":
+        item["content"] = _message_parts(item.get("content"), item.get("role"))
+    return item
+
+
+def _message_parts(content: Any, role: Any) -> list[dict[str, Any]]:
+    """A message's content as typed parts: its text as the role's text parts, images and refusals as sent."""
+    kind = "output_text" if role == "assistant" else "input_text"
+    parts = [{"type": kind, "text": content}] if isinstance(content, str) else list(content or [])
+    out = []
+    for part in parts:
+        if isinstance(part, dict) and part.get("type") in ("text", "input_text", "output_text"):
+            part = {**part, "type": kind}
+            if kind == "output_text":
+                part.setdefault("annotations", [])
+        out.append(part)
+    return out
+
+
+def resolved_input(store: ResponseStore | None, value: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """The input with each `item_reference` (`{"type": "item_reference", "id"}`, or `{"id"}` alone) replaced
+    by the stored item it names; a 400 naming the reference when none is stored here."""
+    if isinstance(value, str) or not any(_is_reference(item) for item in value):
+        return value
+    out = []
+    for i, item in enumerate(value):
+        if not _is_reference(item):
+            out.append(item)
+            continue
+        ref = item.get("id")
+        found = store.item(ref) if store is not None and isinstance(ref, str) else None
+        if found is None:
+            hint = "" if store is not None else ": this frontend runs with --responses-store-mb 0 and stores none"
+            raise bad_request(f"Item with id {ref!r} not found{hint}.", f"input[{i}].id")
+        out.append(found)
+    return out
+
+
+def _is_reference(item: Any) -> bool:
+    return isinstance(item, dict) and (item.get("type") == "item_reference" or ("type" not in item and
+                                                                                 item.keys() == {"id"}))
 
 
 def item_list(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -50,19 +50,22 @@ def _make_env() -> ImmutableSandboxedEnvironment:
 IMAGE_PARTS = ("image_url", "image")
 
 
-def _flatten_content(content: list) -> str | list[dict]:
+def _flatten_content(content: list, role: Any = None) -> str | list[dict]:
     """Text parts joined into one string (what every template renders); a message with images keeps
     its parts, each image as `{"type": "image"}`, where vision models' templates write their placeholder."""
     if any(isinstance(part, dict) and part.get("type") in IMAGE_PARTS for part in content):
-        return [{"type": "image"} if part.get("type") in IMAGE_PARTS else {"type": "text", "text": _part_text(part)}
+        return [{"type": "image"} if part.get("type") in IMAGE_PARTS else {"type": "text", "text": _part_text(part, role)}
                 for part in content if isinstance(part, dict)]
-    return "\n".join(_part_text(part) for part in content)
+    return "\n".join(_part_text(part, role) for part in content)
 
 
-def _part_text(part: Any) -> str:
+def _part_text(part: Any, role: Any = None) -> str:
     if isinstance(part, str):
         return part
     kind = part.get("type") if isinstance(part, dict) else None
+    if kind == "refusal" and role == "assistant":
+        # OpenAI lets an assistant's earlier refusal come back as a part: what it said, as text.
+        return part.get("refusal") or ""
     if kind != "text":
         raise ChatTemplateError(f"unsupported message content part type {kind!r}: this model takes text only")
     return part.get("text") or ""
@@ -75,7 +78,7 @@ def _normalize_messages(messages) -> list[dict]:
         if not isinstance(m, dict):
             raise ChatTemplateError(f"each message must be an object, got {type(m).__name__}")
         if isinstance(m.get("content"), list):
-            m = {**m, "content": _flatten_content(m["content"])}
+            m = {**m, "content": _flatten_content(m["content"], m.get("role"))}
         out.append(m)
     return out
 

@@ -1,7 +1,8 @@
 """Anthropic's Messages API (`--enable-anthropic-api`), end to end with the official `anthropic`
 client, as Claude Code talks to a frontend: a mocker replaying chosen text (`--replay-file`) behind
 a frontend that also strips Claude Code's billing line (`--strip-anthropic-preamble`). The worker
-parses Hermes tool calls and Qwen3 reasoning, so thinking, text and tool_use blocks all occur."""
+parses Hermes tool calls and Qwen3 reasoning, so thinking, text and tool_use blocks all occur; structured
+output (`client.messages.parse`) is held to, or refused, as chat's json_schema is."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import re
 
 import anthropic
 import httpx
+import pydantic
 import pytest
 
 from tests.fixtures.tools_model import replaying_cluster
@@ -25,6 +27,7 @@ SCRIPTS = {
                              '{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'),
     # The second turn: present only if the tool result reached the prompt.
     "<tool_response>sunny, 21C</tool_response>": "It is sunny in Paris, 21C.",
+    "case:json": '{"city": "Paris"}',  # what an engine held to the schema writes
 }
 SYSTEM = "You are a careful assistant who answers about the weather. " * 20  # several KV blocks
 HEADER = "x-anthropic-billing-header: cc_version=2.1.80; cc_entrypoint=cli; cch={};"
@@ -169,3 +172,26 @@ def test_a_prompt_over_the_context_gets_anthropics_message_and_claude_codes_retr
         ask(client, "lorem ipsum dolor " * 2000)
     parsed = re.fullmatch(r"prompt is too long: (\d+) tokens > (\d+) maximum", too_long.value.body["error"]["message"])
     assert parsed and int(parsed[1]) > int(parsed[2]) == limit, too_long.value.body
+
+
+class City(pydantic.BaseModel):
+    city: str
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_structured_output_is_the_json_text_the_sdk_parses(cluster, client, stream):
+    """`client.messages.parse(output_format=...)` sends `output_config.format`: chat's json_schema, so the
+    answer is the JSON text; a format that cannot be held to is a 400 naming it, not silently ignored."""
+    kw = dict(model=MODEL, max_tokens=200, output_format=City, messages=[{"role": "user", "content": "case:json"}])
+    if stream:
+        with client.messages.stream(**kw) as s:
+            msg = s.get_final_message()
+    else:
+        msg = client.messages.parse(**kw)
+    assert msg.parsed_output == City(city="Paris") and msg.stop_reason == "end_turn"
+    url = cluster.base_url + "/v1/messages"
+    for extra, param in (({"output_config": {"format": {"type": "json_object"}}}, "output_config.format.type"),
+                         ({"output_format": {"type": "json_schema"}}, "output_format.schema")):
+        bad = httpx.post(url, timeout=30, json={"model": MODEL, "max_tokens": 5, **extra,
+                                                "messages": [{"role": "user", "content": "case:json"}]})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == param, bad.text

@@ -199,3 +199,42 @@ def test_search_results_and_documents_are_read_as_text_also_inside_tool_results(
     assert req.messages[0].content == "Rivers\nhttps://docs.example/rivers\nThe Loire is long.\nWhich river?"
     assert req.messages[2].role == "tool"
     assert req.messages[2].content == "Rivers\nhttps://docs.example/rivers\nThe Loire is long.\nNotes\nfirst\nsecond"
+
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+          "additionalProperties": False}
+
+
+@pytest.mark.parametrize("field", [{"output_config": {"format": {"type": "json_schema", "schema": SCHEMA}}},
+                                   {"output_format": {"type": "json_schema", "schema": SCHEMA}}])
+def test_structured_output_holds_the_engine_to_the_schema_as_chats_json_schema(field):
+    """`output_config.format` (what `client.messages.parse` sends) and the beta's `output_format` are chat's
+    response_format json_schema: the worker gets the schema as its guided decoding."""
+    req = chat({"messages": [{"role": "user", "content": "weather?"}], **field})
+    assert req.response_format["type"] == "json_schema" and req.response_format["json_schema"]["schema"] == SCHEMA
+    validate_chat(req)
+    wire = req.to_request([1, 2, 3], "r", "m", 100, [5])
+    assert wire.sampling_options.guided_decoding.json == SCHEMA
+    assert chat({"messages": [{"role": "user", "content": "hi"}], "output_config": {"effort": "low"}}) \
+        .response_format is None
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"output_config": {"format": {"type": "json_object"}}}, "output_config.format.type"),
+    ({"output_config": {"format": {"type": "json_schema"}}}, "output_config.format.schema"),
+    ({"output_format": {"type": "json_schema", "schema": []}}, "output_format.schema"),
+    ({"output_format": {"type": "json_schema", "schema": SCHEMA},
+      "output_config": {"format": {"type": "json_schema", "schema": SCHEMA}}}, "output_format"),
+])
+def test_a_structured_output_that_cannot_be_held_to_is_a_400_naming_it(extra, param):
+    with pytest.raises(ApiError) as err:
+        chat({"messages": [{"role": "user", "content": "hi"}], **extra})
+    assert (err.value.status, err.value.param) == (400, param)
+
+
+def test_structured_output_with_a_prefill_is_a_400():
+    """The schema binds the whole answer, and a prefill has already written its start."""
+    with pytest.raises(ApiError) as err:
+        chat({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": '{"ci'}],
+              "output_config": {"format": {"type": "json_schema", "schema": SCHEMA}}})
+    assert (err.value.status, err.value.param) == (400, "output_config.format")

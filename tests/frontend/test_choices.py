@@ -1,7 +1,7 @@
 """A stream whose calls are items a client runs (Anthropic's tool_use blocks, Responses' function_call items)
 ends as its unary answer does (`choices.HeldCalls`): real token ids from the tiny tokenizer, one at a time,
 through the output stage; the unary side is the chat answer (`chat_choice`) framed as Anthropic's blocks
-(`messages_run.answer_blocks`) or Responses' items (`responses.answer_items`)."""
+(`messages_run.answer_blocks`) or Responses' items (`responses_events.answer_items`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from dynamo.frontend.choices import Choice, HeldCalls, chat_choice, collect
 from dynamo.frontend.messages_run import answer_blocks, tool_input
 from dynamo.frontend.output import OutputSpec, OutputStage, is_json
-from dynamo.frontend.responses import answer_items
+from dynamo.frontend.responses_events import answer_items
 from dynamo.llm.model_card import build_card
 from dynamo.llm.preprocessor import ModelPipeline
 from dynamo.llm.protocol import LLMEngineOutput

@@ -1,15 +1,18 @@
 """The stored Responses (frontend/responses_store.py): bounded by encoded bytes, least recently used
 out first, a response too big for the whole store kept nowhere, and the 400s a previous_response_id
-gets when nothing is stored for it."""
+gets when nothing is stored for it; input items listed as OpenAI lists them, and an `item_reference`
+resolved to the stored item it names."""
 
 from __future__ import annotations
 
 import msgspec
+import openai.types.responses as sdk
 import pytest
 
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.openai import ChatMessage
-from dynamo.frontend.responses_store import ResponseStore, StoredResponse, input_items, previous_conversation
+from dynamo.frontend.responses_store import (ResponseStore, StoredResponse, input_items, previous_conversation,
+                                             resolved_input)
 
 
 def stored(rid: str, words: int = 10) -> StoredResponse:
@@ -56,3 +59,59 @@ def test_input_items_get_ids_and_a_string_is_one_user_message():
     assert item["role"] == "user" and item["content"][0]["text"] == "hello" and item["id"].startswith("msg_")
     given = input_items([{"type": "function_call_output", "call_id": "c", "output": "x", "id": "fco_1"}])
     assert given[0]["id"] == "fco_1"
+
+
+def test_input_items_are_listed_as_openai_lists_them():
+    """The short forms clients send (the Agents SDK's `{"role", "content"}`) come back typed, with ids and
+    statuses, text as parts: what the SDK's own item types require."""
+    listed = input_items([
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "be brief"}]},
+        {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c", "output": "42"},
+        {"type": "reasoning", "content": [{"type": "reasoning_text", "text": "hmm"}]}])
+    kinds = [sdk.ResponseInputMessageItem, sdk.ResponseOutputMessage, sdk.ResponseInputMessageItem,
+             sdk.ResponseFunctionToolCallItem, sdk.ResponseFunctionToolCallOutputItem, sdk.ResponseReasoningItem]
+    for item, kind in zip(listed, kinds, strict=True):
+        kind.model_validate(item)
+    assert listed[0]["content"] == [{"type": "input_text", "text": "hi"}] and listed[0]["type"] == "message"
+    assert listed[1]["content"] == [{"type": "output_text", "text": "hello", "annotations": []}]
+    assert [i["id"][:3] for i in listed] == ["msg", "msg", "msg", "fc_", "fco", "rs_"]
+    assert all(i["status"] == "completed" for i in listed[:5])
+
+
+def with_items(rid: str) -> StoredResponse:
+    output = [{"type": "message", "id": f"msg_out_{rid}", "status": "completed", "role": "assistant",
+               "content": [{"type": "output_text", "text": f"answer {rid}", "annotations": []}]}]
+    return StoredResponse({"id": rid, "object": "response", "output": output}, [],
+                          input_items([{"role": "user", "content": f"question {rid}", "id": f"msg_in_{rid}"}]))
+
+
+def test_an_item_reference_is_the_stored_item_it_names():
+    store = ResponseStore(max_bytes=1 << 20)
+    store.put(with_items("r1"))
+    resolved = resolved_input(store, [{"type": "item_reference", "id": "msg_in_r1"}, {"id": "msg_out_r1"},
+                                      {"role": "user", "content": "next"}])
+    assert [i.get("content") for i in resolved] == [[{"type": "input_text", "text": "question r1"}],
+                                                    [{"type": "output_text", "text": "answer r1", "annotations": []}],
+                                                    "next"]
+    assert resolved_input(store, "plain") == "plain"
+    with pytest.raises(ApiError) as err:
+        resolved_input(store, [{"role": "user", "content": "x"}, {"type": "item_reference", "id": "msg_nope"}])
+    assert (err.value.status, err.value.param) == (400, "input[1].id")
+    with pytest.raises(ApiError) as err:
+        resolved_input(None, [{"type": "item_reference", "id": "msg_in_r1"}])
+    assert (err.value.status, err.value.param) == (400, "input[0].id")
+
+
+def test_an_items_reference_goes_with_its_response():
+    size = len(msgspec.json.encode(with_items("r1")))
+    store = ResponseStore(max_bytes=2 * size)
+    store.put(with_items("r1"))
+    assert store.item("msg_out_r1") is not None
+    store.delete("r1")
+    assert store.item("msg_out_r1") is None and store.item("msg_in_r1") is None
+    for rid in ("r2", "r3", "r4"):  # r2 is evicted
+        store.put(with_items(rid))
+    assert store.item("msg_in_r2") is None and store.item("msg_in_r4")["id"] == "msg_in_r4"

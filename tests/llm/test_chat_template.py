@@ -49,6 +49,17 @@ def test_non_text_part_rejected(tmpl):
         tmpl.render(msgs)
 
 
+def test_an_assistants_refusal_part_is_what_it_said(tmpl):
+    """OpenAI lets a client replay an assistant's refusal as a `refusal` part: the model reads it as that
+    message's text; only an assistant refuses, so another role's refusal part is still refused."""
+    msgs = [{"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't help with that."}]}]
+    assert tmpl.render(msgs, add_generation_prompt=False).endswith(
+        "<|im_start|>assistant\nI can't help with that.<|im_end|>\n")
+    with pytest.raises(ChatTemplateError, match="refusal"):
+        tmpl.render([{"role": "user", "content": [{"type": "refusal", "refusal": "no"}]}])
+
+
 VISION_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}:{% if m['content'] is string %}{{ m['content'] }}"
                    "{% else %}{% for p in m['content'] %}{% if p['type'] == 'image' %}<image>{% else %}{{ p['text'] }}"
                    "{% endif %}{% endfor %}{% endif %}|{% endfor %}")
