@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from dynamo.frontend import tool_guidance
 from dynamo.frontend.errors import bad_request, nested_too_deeply
 from dynamo.llm.protocol import (
     GuidedDecodingOptions, OutputOptions, PreprocessedRequest, RouterParams, SamplingOptions, StopConditions,
@@ -98,8 +99,10 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
         return 0 if self.logprobs is True else int(self.logprobs)
 
     def to_request(self, token_ids: list[int], request_id: str, model: str, max_tokens: int,
-                   eos_token_ids: list[int], tool_json: bool = True) -> PreprocessedRequest:
-        """The wire request for the worker; the request owns this conversion."""
+                   eos_token_ids: list[int], tool_json: bool = True,
+                   tool_format: str | None = None) -> PreprocessedRequest:
+        """The wire request for the worker; the request owns this conversion (`tool_json`, `tool_format`: see
+        `ChatCompletionRequest.guided_decoding`)."""
         return PreprocessedRequest(
             request_id=request_id, model=model, token_ids=token_ids,
             stop_conditions=StopConditions(max_tokens=max_tokens, stop=stop_list(self.stop) or None,
@@ -110,7 +113,8 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
                 n=None, temperature=0.0 if self.greedy() else self.temperature, top_p=self.top_p,
                 top_k=1 if self.greedy() else self.top_k, min_p=self.min_p,
                 seed=self.seed, presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
-                repetition_penalty=self.repetition_penalty, guided_decoding=self.guided_decoding(tool_json)),
+                repetition_penalty=self.repetition_penalty,
+                guided_decoding=self.guided_decoding(tool_json, tool_format)),
             output_options=OutputOptions(logprobs=self.top_logprobs_wanted()),
             eos_token_ids=eos_token_ids,
             router=self.router_params(),
@@ -121,7 +125,7 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
         given = (self.nvext or {}).get("router")
         return RouterParams(**given) if given else None
 
-    def guided_decoding(self, tool_json: bool = True) -> GuidedDecodingOptions | None:
+    def guided_decoding(self, tool_json: bool = True, tool_format: str | None = None) -> GuidedDecodingOptions | None:
         """The structured-output constraint for the engine, from the guided_* extras."""
         ext = self.nvext or {}
         get = lambda name: getattr(self, name) if getattr(self, name) is not None else ext.get(name)  # noqa: E731
@@ -169,33 +173,46 @@ class ChatCompletionRequest(_Common, kw_only=True, omit_defaults=True):
         `chat_template_kwargs` overrides (as vLLM merges them)."""
         return bool((self.template_kwargs() or {}).get("add_generation_prompt", self.add_generation_prompt))
 
-    def guided_decoding(self, tool_json: bool = True) -> GuidedDecodingOptions | None:
-        """`tool_json`: tool_choice required / named asks for the calls as JSON (`forced_tool_json`)."""
+    def guided_decoding(self, tool_json: bool = True, tool_format: str | None = None) -> GuidedDecodingOptions | None:
+        """`tool_json`: tool_choice required / named asks for the calls as JSON (`forced_tool_json`);
+        `tool_format`: the model's tool-call parser. A response_format constrains the final answer only
+        (OpenAI's rule): never a turn that must call a tool, and with tool_choice auto only in a constraint
+        that also admits the calls (`tool_guidance`)."""
+        mode = self.tool_choice_mode()
+        explicit = super().guided_decoding(tool_json)  # the guided_* extras: the client's own constraint
+        if mode in ("required", "named"):
+            return explicit or (self._tool_guidance() if tool_json else None)
+        answer = self._answer_schema()
+        if answer is None:
+            return explicit
+        if mode == "auto":
+            functions = [t["function"] for t in self.tools or []]
+            parallel = self.parallel_tool_calls is not False
+            tag = tool_guidance.answer_or_calls(functions, answer, tool_format, parallel)
+            return GuidedDecodingOptions(structural_tag=tag) if tag is not None else None
+        if (self.response_format or {}).get("type") == "json_object":
+            return GuidedDecodingOptions(json_object=True)
+        return GuidedDecodingOptions(json=answer)
+
+    def _answer_schema(self) -> dict | None:
+        """The JSON schema response_format holds the answer to (any object for json_object), or None."""
         fmt = self.response_format or {}
         if fmt.get("type") == "json_object":
-            return GuidedDecodingOptions(json_object=True)
+            return dict(tool_guidance.ANY_OBJECT)
         if fmt.get("type") == "json_schema":
-            return GuidedDecodingOptions(json=(fmt.get("json_schema") or {}).get("schema") or {"type": "object"})
-        guided = super().guided_decoding(tool_json)
-        if guided is None and tool_json:
-            guided = self._tool_guidance()
-        return guided
+            return (fmt.get("json_schema") or {}).get("schema") or dict(tool_guidance.ANY_OBJECT)
+        return None
 
-    def _tool_guidance(self) -> GuidedDecodingOptions | None:
+    def _tool_guidance(self) -> GuidedDecodingOptions:
         """`required` / a named function is enforced the way vLLM and NVIDIA Dynamo do: the engine must emit the
         arguments (named) or a JSON list of `{"name", "parameters"}` calls (required), which the output stage
         reads (NamedArguments, JsonListParser)."""
-        mode = self.tool_choice_mode()
         functions = [t["function"] for t in self.tools or []]
-        if mode == "named":
+        if self.tool_choice_mode() == "named":
             fn = next(f for f in functions if f["name"] == self.named_tool())
-            return GuidedDecodingOptions(json=fn.get("parameters") or {"type": "object"})
-        if mode == "required":
-            items = [{"type": "object", "properties": {"name": {"enum": [f["name"]]},
-                                                         "parameters": f.get("parameters") or {"type": "object"}},
-                      "required": ["name", "parameters"]} for f in functions]
-            return GuidedDecodingOptions(json={"type": "array", "minItems": 1, "items": {"anyOf": items}})
-        return None
+            return GuidedDecodingOptions(json=tool_guidance.named_schema(fn))
+        parallel = self.parallel_tool_calls is not False
+        return GuidedDecodingOptions(json=tool_guidance.required_schema(functions, parallel))
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

@@ -12,6 +12,7 @@ layer only frames what this stage returns.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import msgspec
 
@@ -89,13 +90,16 @@ class CallFilter:
         self._single = single
         self._map: dict[int, int | None] = {}
         self._arguments: dict[int, list[str]] = {}
+        self.refused = False  # a call of another function than the named one was left out
 
     def __call__(self, deltas: list[ToolCallDelta]) -> list[ToolCallDelta]:
         out = []
         for d in deltas:
             if d.index not in self._map:
                 kept = sum(1 for v in self._map.values() if v is not None)
-                ok = (self._named is None or d.name == self._named) and not (self._single and kept)
+                named_ok = self._named is None or d.name == self._named
+                self.refused = self.refused or not named_ok
+                ok = named_ok and not (self._single and kept)
                 self._map[d.index] = kept if ok else None
             new = self._map[d.index]
             if new is not None:
@@ -118,6 +122,34 @@ class CallFilter:
         return any(v is None for v in self._map.values())
 
 
+class RefusedCall:
+    """`tool_choice` named a function and the model called another (an engine that held it to no grammar):
+    the answer is the text the model wrote, that call's block included, streamed and unary alike (a stream
+    that dropped the call would otherwise end empty). From the first such call on, content is held; a call
+    of the named function after it lets the held text go (that call stands, the other stays out, as
+    CallFilter has it); the end with none shows all the model wrote from where the stream had got to."""
+
+    def __init__(self) -> None:
+        self._shown: list[str] = []
+        self._held: list[str] | None = None
+
+    def take(self, text: str, calls: CallFilter, final: bool, written: Callable[[], str]) -> str:
+        """The content to show now of `text` (the tool parser's content for this batch)."""
+        if self._held is None and not (calls.refused and not calls.kept):
+            self._shown.append(text)
+            return text
+        if self._held is None:
+            self._held = []
+        self._held.append(text)
+        if calls.kept:
+            held, self._held = "".join(self._held), None
+            return held
+        if not final:
+            return ""
+        shown, everything = "".join(self._shown), written()
+        return everything[len(shown):] if everything.startswith(shown) else "".join(self._held)
+
+
 class OutputStage:
     def __init__(self, pipeline: ModelPipeline, spec: OutputSpec) -> None:
         self.reasoning = make_reasoning_parser(spec.reasoning_parser) if spec.reasoning_parser else None
@@ -126,6 +158,9 @@ class OutputStage:
         self.tools = self._tool_parser(spec)
         self.filter = CallFilter(spec.named_tool if spec.tool_mode == "named" else None,
                                  not spec.parallel_tool_calls)
+        # Only the model's own format can name another function (NamedArguments is the named call itself).
+        self._refused = RefusedCall() if spec.tool_mode == "named" and not isinstance(self.tools, NamedArguments) \
+            else None
         specials = any(getattr(p, "needs_special_tokens", False) for p in (self.reasoning, self.tools) if p)
         self.assembler = pipeline.assembler(spec.stops, skip_special_tokens=not specials,
                                             include_stop=spec.include_stop)
@@ -196,6 +231,8 @@ class OutputStage:
                 c, more = self.tools.finish()
                 text, calls = text + c, calls + more
             calls = self.filter(calls)
+            if self._refused is not None:
+                text = self._refused.take(text, self.filter, final, self.tool_input_text)
         return ChoiceDelta(text, reasoning, calls)
 
     def tool_input_text(self) -> str:

@@ -143,16 +143,17 @@ def wire_requests(pipeline, req, ids: list[int], is_chat: bool, hints: RoutingHi
     if any(t >= vocab for t in stop_token_ids(req.stop)):
         raise bad_request(f"stop token ids must be in [0, {vocab})", "stop")
     request_id = ("chatcmpl-" if is_chat else "cmpl-") + (request_id or uuid.uuid4().hex)
-    tool_json = forced_tool_json(pipeline.card)
+    tool_json, tool_format = forced_tool_json(pipeline.card), pipeline.card.runtime_config.tool_call_parser
     n = req.choices()
     if n == 1:
-        out = [req.to_request(ids, request_id, pipeline.name, max_tokens, pipeline.eos_token_ids, tool_json)]
+        out = [req.to_request(ids, request_id, pipeline.name, max_tokens, pipeline.eos_token_ids, tool_json,
+                              tool_format)]
     else:
         base = req.seed if req.seed is not None else random.getrandbits(31)
         out = []
         for i in range(n):
             preq = req.to_request(list(ids), f"{request_id}-{i}", pipeline.name, max_tokens,
-                                  pipeline.eos_token_ids, tool_json)
+                                  pipeline.eos_token_ids, tool_json, tool_format)
             preq.sampling_options.seed = base + i
             out.append(preq)
     for preq in out:  # a LoRA adapter's model: the worker applies it, its KV blocks hash in its namespace

@@ -35,6 +35,9 @@ class GuidedDecodingOptions(msgspec.Struct, omit_defaults=True, kw_only=True):
     choice: list[str] | None = None
     grammar: str | None = None
     backend: str | None = None
+    # xgrammar's structural tag (`{"type": "structural_tag", "format": ...}`, Dynamo's field): what tool_choice
+    # auto with a response_format asks for, the answer in its schema or the calls (`frontend/tool_guidance.py`).
+    structural_tag: Any = None
 
 
 class SamplingOptions(msgspec.Struct, omit_defaults=True, kw_only=True):

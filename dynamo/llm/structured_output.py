@@ -1,7 +1,7 @@
 """Our `guided_decoding` (`protocol.GuidedDecodingOptions`, Dynamo's structured output) in the forms the
 engines without vLLM's one-to-one fields take: SGLang's sampling params (`json_schema` as a string,
-`regex`, `ebnf`) and TensorRT-LLM's `GuidedDecodingParams` fields (`json`, `json_object`, `regex`,
-`grammar`). Neither has `choice`: it becomes an EBNF grammar of its alternatives (xgrammar's syntax, which
+`regex`, `ebnf`, `structural_tag`) and TensorRT-LLM's `GuidedDecodingParams` fields (`json`, `json_object`,
+`regex`, `grammar`). Neither has `choice`: it becomes an EBNF grammar of its alternatives (xgrammar's syntax, which
 both engines' default grammar backend reads)."""
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ def sglang_params(guided: GuidedDecodingOptions | None) -> dict[str, Any]:
         return {"ebnf": choice_grammar(guided.choice)}
     if guided.grammar:
         return {"ebnf": guided.grammar}
+    if guided.structural_tag is not None:  # its xgrammar backend reads the structural tag format as vLLM does
+        return {"structural_tag": json.dumps(guided.structural_tag)}
     return {}
 
 
@@ -48,4 +50,8 @@ def trtllm_fields(guided: GuidedDecodingOptions | None) -> dict[str, Any]:
         return {"grammar": choice_grammar(guided.choice)}
     if guided.grammar:
         return {"grammar": guided.grammar}
+    # A structural tag (tool_choice auto with a response_format) is left out: TensorRT-LLM documents xgrammar's
+    # legacy form (`structures` and `triggers`), which cannot say "this answer or those calls" (not tried here:
+    # no TensorRT-LLM on these machines). Nothing enforced is what the frontend does for a format no grammar
+    # can say: calls stay possible, the answer is not held to the schema.
     return {}

@@ -9,6 +9,7 @@ request and turns each `RequestOutput` into an `LLMEngineOutput`.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, AsyncIterator, Callable
 
@@ -80,6 +81,8 @@ def structured_outputs(guided: Any) -> Any:
         kwargs["choice"] = guided.choice
     elif guided.grammar:
         kwargs["grammar"] = guided.grammar
+    elif guided.structural_tag is not None:
+        kwargs["structural_tag"] = json.dumps(guided.structural_tag)  # vLLM takes it as JSON text
     return StructuredOutputsParams(**kwargs)
 
 

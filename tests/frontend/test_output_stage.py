@@ -69,3 +69,17 @@ def test_named_without_a_format_parser_takes_the_whole_output(pipeline):
     spec = OutputSpec([], tool_mode="named", named_tool="get_weather")
     _, _, calls, reason = run(pipeline, spec, '{"city": "Paris"}')
     assert calls == {0: {"name": "get_weather", "arguments": '{"city": "Paris"}'}} and reason == "tool_calls"
+
+
+def test_a_named_choice_the_model_answered_with_another_function_is_its_text(pipeline):
+    """No grammar held the model to the named function: the call it made instead is no call, and the answer
+    is the text it wrote, that call's block included, in the stream's order (not dropped, not empty)."""
+    named = OutputSpec([], tool_parser="hermes", tool_mode="named", named_tool="get_time")
+    other = 'Checking.<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call> Done.'
+    content, _, calls, reason = run(pipeline, named, other)
+    assert (content, calls, reason) == (other, {}, "stop")
+    # The named call after it stands; the other one stays out, the text between them is shown.
+    then = other + '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>'
+    content, _, calls, reason = run(pipeline, named, then)
+    assert content == "Checking. Done." and [c["name"] for c in calls.values()] == ["get_time"]
+    assert reason == "tool_calls"

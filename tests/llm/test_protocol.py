@@ -62,3 +62,18 @@ def test_an_unknown_finish_reason_still_decodes_but_is_no_member():
     assert out.finish_reason == "tool_budget"
     with pytest.raises(ValueError):
         FinishReason(out.finish_reason)
+
+
+def test_a_structural_tag_travels_to_the_worker_as_dynamos_field():
+    """tool_choice auto with tools and a response_format (frontend/tool_guidance.py): the constraint reaches the
+    worker whole, under NVIDIA Dynamo's `guided_decoding.structural_tag`."""
+    from dynamo.llm.protocol import (GuidedDecodingOptions, PreprocessedRequest, SamplingOptions, request_decoder,
+                                     request_encoder)
+
+    tag = {"type": "structural_tag", "format": {"type": "or", "elements": [
+        {"type": "json_schema", "json_schema": {"type": "object"}}, {"type": "const_string", "value": "<tool_call>"}]}}
+    sent = PreprocessedRequest(request_id="r", model="m", token_ids=[1], sampling_options=SamplingOptions(
+        guided_decoding=GuidedDecodingOptions(structural_tag=tag)))
+    wire = request_encoder.encode(sent)
+    assert msgspec.msgpack.decode(wire)["sampling_options"]["guided_decoding"] == {"structural_tag": tag}
+    assert request_decoder.decode(wire).sampling_options.guided_decoding.structural_tag == tag

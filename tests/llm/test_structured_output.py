@@ -29,3 +29,12 @@ def test_each_constraint_in_trtllms_guided_decoding_fields():
 
 def test_a_choice_grammar_keeps_non_ascii_text_as_written():
     assert choice_grammar(["café", "日本"]) == 'root ::= "café" | "日本"'
+
+
+def test_a_structural_tag_in_sglangs_form_and_left_out_of_trtllms():
+    """tool_choice auto with a response_format (frontend/tool_guidance.py): SGLang's xgrammar backend takes the
+    structural tag as JSON text; TensorRT-LLM's documented form cannot say it, so nothing is enforced there."""
+    tag = {"type": "structural_tag", "format": {"type": "or", "elements": [
+        {"type": "json_schema", "json_schema": SCHEMA}, {"type": "const_string", "value": "<tool_call>"}]}}
+    assert json.loads(sglang_params(G(structural_tag=tag))["structural_tag"]) == tag
+    assert trtllm_fields(G(structural_tag=tag)) == {}

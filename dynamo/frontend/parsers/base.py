@@ -67,6 +67,20 @@ class CallGap:
         self._held = ""
 
 
+@dataclass(frozen=True)
+class CallLayout:
+    """How a format writes its calls as JSON, for a grammar that must leave the model room to write them
+    (the engine's structural tag, `frontend/tool_guidance.py`): a block is `start`, calls, `end`; each call
+    is `{"name": NAME, "<args_key>": ARGS}`. A `listed` block holds a JSON list of calls (one block);
+    otherwise each block holds one call and blocks follow one another, `between` apart."""
+
+    start: str
+    end: str
+    args_key: str = "arguments"
+    listed: bool = False
+    between: str = "\n"
+
+
 class ToolParser(Protocol):
     # Markers may be special tokens that plain detokenization would drop.
     needs_special_tokens: bool

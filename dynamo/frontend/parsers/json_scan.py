@@ -94,6 +94,11 @@ class ValueScanner:
         self._esc = False
         self._kind = ""
 
+    @property
+    def in_string(self) -> bool:
+        """The text scanned so far ends inside one of the value's JSON strings (a marker there is its text)."""
+        return self._in_str and self.end is None
+
     def scan(self, text: str) -> int | None:
         if self.end is not None:
             return self.end
@@ -176,3 +181,7 @@ class ArgsCursor:
 
     def end(self, buf: str) -> int | None:
         return self._scan.scan(buf)
+
+    @property
+    def in_string(self) -> bool:
+        return not self.done and self._scan.in_string

@@ -15,13 +15,16 @@ from __future__ import annotations
 import re
 from typing import Callable, Protocol
 
-from dynamo.frontend.parsers.base import CallGap, ToolCallDelta, find_first, new_call_id, partial_suffix
+from dynamo.frontend.parsers.base import CallGap, CallLayout, ToolCallDelta, find_first, new_call_id, partial_suffix
 from dynamo.frontend.parsers.json_scan import ArgsCursor, ValueScanner, loads_or_none, skip_ws
 
 
 class Inner(Protocol):
     emitted: int  # calls started (names sent)
     failed: bool  # the text cannot be a call of this format
+    # Optional (False when absent): the text fed so far ends inside a JSON string, where the block's end
+    # marker is a value's text. Inners whose body is JSON say so; the shell then reads on past it.
+    in_string: bool
 
     def feed(self, text: str) -> list[ToolCallDelta]: ...
 
@@ -34,6 +37,8 @@ class MarkedToolParser:
     # Output that begins (after whitespace) with one of these opens a block with no marker.
     bare_starts: tuple[str, ...] = ()
     needs_special_tokens = False
+    # How the format's calls are written, where a grammar can say it (JSON calls between fixed markers).
+    call_layout: CallLayout | None = None
 
     def __init__(self, tools: list[dict] | None = None) -> None:
         self.tools = tools or []
@@ -108,8 +113,14 @@ class MarkedToolParser:
             self._buf = buf[len(buf) - keep:]
             return self._abandoned(content)
         self._pass(buf[:j], deltas)
-        self._raw += end
         self._buf = buf[j + len(end):]
+        if getattr(self._inner, "in_string", False):
+            # Inside a JSON string (an argument's `print('</tool_call>')`) the marker is the argument's
+            # text, not the block's end. The inner scanner already knows, from the text it was fed.
+            self._pass(end, deltas)
+            self._abandoned(content)
+            return True
+        self._raw += end
         self._close(content, deltas)
         return True
 
@@ -172,6 +183,10 @@ class JsonCalls:
 
     def _index(self) -> int:
         return self._first + self.emitted - 1
+
+    @property
+    def in_string(self) -> bool:
+        return self._obj is not None and not self.failed and self._obj_scan.in_string
 
     def feed(self, text: str) -> list[ToolCallDelta]:
         self._buf += text
@@ -264,6 +279,10 @@ class HeaderCalls:
         self._buf = ""
         self._pos = 0
         self._args: ArgsCursor | None = None
+
+    @property
+    def in_string(self) -> bool:
+        return self._args is not None and self._args.in_string
 
     def feed(self, text: str) -> list[ToolCallDelta]:
         self._buf += text

@@ -24,17 +24,19 @@ from __future__ import annotations
 
 import re
 
-from dynamo.frontend.parsers.base import register_tool_parser
+from dynamo.frontend.parsers.base import CallLayout, register_tool_parser
 from dynamo.frontend.parsers.marked import HeaderCalls, Inner, JsonCalls, MarkedToolParser
 
 
 def _json_block(names: tuple[str, ...], start: str, end: str | None, specials: bool = True) -> type:
-    """A format whose block (between `start` and `end`) is JSON call objects, or a list of them."""
+    """A format whose block (between `start` and `end`) is JSON call objects, or a list of them (what a
+    grammar asks for: `call_layout`)."""
 
     class Parser(MarkedToolParser):
         start_markers = (start,)
         end_marker = end
         needs_special_tokens = specials
+        call_layout = CallLayout(start, end or "", listed=True)
 
         def make_inner(self, marker: str, first_index: int) -> Inner:
             return JsonCalls(first_index)
@@ -52,6 +54,7 @@ _json_block(("phi4",), "functools", None, specials=False)
 class HermesParser(MarkedToolParser):
     start_markers = ("<tool_call>",)
     end_marker = "</tool_call>"
+    call_layout = CallLayout("<tool_call>\n", "\n</tool_call>")  # as Qwen's template shows its calls
 
     def make_inner(self, marker: str, first_index: int) -> Inner:
         return JsonCalls(first_index)
@@ -62,6 +65,8 @@ class Llama3JsonParser(MarkedToolParser):
     start_markers = ("<|python_tag|>",)
     bare_starts = ("{",)
     needs_special_tokens = True
+    # Meta's JSON tool calling: bare objects (`<|python_tag|>` is its built-in tools' marker).
+    call_layout = CallLayout("", "", args_key="parameters", between="; ")
 
     def make_inner(self, marker: str, first_index: int) -> Inner:
         return JsonCalls(first_index)
@@ -81,6 +86,10 @@ class _MistralInner:
     @property
     def emitted(self) -> int:
         return self._inner.emitted if self._inner is not None else 0
+
+    @property
+    def in_string(self) -> bool:
+        return self._inner is not None and self._inner.in_string
 
     def feed(self, text: str):
         if self._inner is None:
@@ -113,6 +122,7 @@ class DefaultParser(MarkedToolParser):
 
     start_markers = ("<TOOLCALL>", "<|python_tag|>")
     needs_special_tokens = True
+    call_layout = CallLayout("<TOOLCALL>", "</TOOLCALL>", listed=True)
 
     def __init__(self, tools=None) -> None:
         super().__init__(tools)
