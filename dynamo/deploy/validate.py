@@ -248,25 +248,49 @@ def check_autoscalers(docs: list[Any], report: Report) -> None:
 
 
 def check_mounted_plans(docs: list[Any], report: Report) -> None:
-    """A global router's plan read from a ConfigMap of the same file is checked as the router will read it
-    (a broken plan would otherwise be a crash-looping pod)."""
-    from dynamo.global_router.pools import PoolConfigError, parse_plan
-
+    """A global router's plan, or a planner's config (how Dynamo's profiler delivers it), read from a ConfigMap
+    of the same file is checked as its program will read it (a broken one would otherwise be a crash-looping
+    pod)."""
     maps = config_maps.collect(docs)
     for graph in report.graphs:
         for name, svc in graph.spec.services.items():
             for inv in parse_command(*command_of(svc)[:2]).invocations:
-                path = flag_value(inv.args, ("--config",)) if inv.module == "dynamo.global_router" else None
+                read = _MOUNTED_CONFIGS.get(inv.module)
+                path = flag_value(inv.args, ("--config",)) if read else None
                 found = config_maps.content(svc, maps, path) if path else None
                 if found is None:
                     continue
-                where = f"graph {graph.metadata.name}, service {name}: global router plan {path}"
-                try:
-                    plan = parse_plan(json.loads(found))
-                except (ValueError, PoolConfigError) as exc:  # JSONDecodeError is a ValueError
-                    report.errors.append(f"{where}: {exc}")
-                    continue
-                report.warnings += [f"{where}: {w}" for w in plan.warnings]
+                where = f"graph {graph.metadata.name}, service {name}: {read[0]} {path}"
+                errors, warnings = read[1](found, path)
+                report.errors += [f"{where}: {e}" for e in errors]
+                report.warnings += [f"{where}: {w}" for w in warnings]
+
+
+def _router_plan(found: bytes, path: str) -> tuple[list[str], list[str]]:
+    from dynamo.global_router.pools import PoolConfigError, parse_plan
+
+    try:
+        plan = parse_plan(json.loads(found))
+    except (ValueError, PoolConfigError) as exc:  # JSONDecodeError is a ValueError
+        return [str(exc)], []
+    return [], list(plan.warnings)
+
+
+def _planner_config(found: bytes, path: str) -> tuple[list[str], list[str]]:
+    """What the planner would refuse at start, read as its loader reads a file (JSON, or YAML by extension)."""
+    from dynamo.planner.config import convert
+    from dynamo.planner.connectors.base import connector_problem
+
+    try:
+        raw = yaml.safe_load(found) if path.endswith((".yaml", ".yml")) else json.loads(found)
+        problem = connector_problem(convert(raw).environment)
+    except (ValueError, yaml.YAMLError) as exc:  # JSONDecodeError is a ValueError
+        problem = str(exc)
+    return ([f"the planner refuses this config at start: {problem}"] if problem else []), []
+
+
+_MOUNTED_CONFIGS = {"dynamo.global_router": ("global router plan", _router_plan),
+                    "dynamo.planner": ("planner config", _planner_config)}
 
 
 def validate_any(path: str) -> Report:

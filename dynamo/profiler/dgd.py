@@ -1,7 +1,13 @@
-"""From a chosen configuration to our DynamoGraphDeployment (`nvidia.com/v1alpha1`): the request's
-image (else ours), our CLIs and our component layout (Frontend + `<Backend>Worker` or
-`<Backend>Prefill/DecodeWorker`), plus the mocker variant and the profile-data ConfigMap.
-`dynamo.deploy validate` checks the result."""
+"""From a chosen configuration to what the profiler hands back, as NVIDIA Dynamo 1.6.1's profiler writes it:
+`final_config.yaml` is `[ConfigMap..., DGD]`, the DynamoGraphDeployment `nvidia.com/v1beta1`
+(`spec.components[]` of `{name, type, replicas, podTemplate}`, the Dynamo process in the pod template's
+container named `main`). This module owns the graph's layout (Frontend + `<Backend>Worker` or
+`<Backend>Prefill/DecodeWorker`, + Planner), its images, and the ConfigMaps beside it: the planner's config
+(`planner-config-XXXX`, key `planner_config.json`, mounted at PLANNER_CONFIG_MOUNT) and the profile data
+(`planner-profile-data-XXXXXXXX`, mounted at PROFILE_MOUNT in the Planner and in mocker workers). Their names
+end in a digest of what they hold (Dynamo's are random), so profiling the same request again writes the same
+file. Engine flags: `engine_args.py`; `spec.overrides.dgd`: `overrides.py`; `dynamo.deploy validate` checks
+the result."""
 
 from __future__ import annotations
 
@@ -13,20 +19,26 @@ from typing import Any
 
 from dynamo.llm.perf_data import DECODE_JSON, PREFILL_JSON
 from dynamo.profiler.dgdr import Request
+from dynamo.profiler.engine_args import worker_args
 from dynamo.profiler.overrides import apply_override
 
 IMAGE = "dynamo-serve-cuda:0.1.0"
 # Dynamo's published image names, which its profiler derives the DGD's images from (`profile_common.py`)
 DYNAMO_RUNTIME = {"vllm": "vllm-runtime", "sglang": "sglang-runtime", "trtllm": "tensorrtllm-runtime"}
 DYNAMO_PLANNER = "dynamo-planner"
-DGD_API = "nvidia.com/v1alpha1"
+DGD_API = "nvidia.com/v1beta1"
+MAIN = "main"  # the container the operator injects into (v1beta1)
 PREFIX = {"vllm": "Vllm", "sglang": "Sglang", "trtllm": "Trtllm", "mocker": "Mocker"}
+WORKER_TYPES = ("worker", "prefill", "decode")
 MAX_NAME = 45  # Dynamo: len(dgd name) + len(component) must stay within this
-VLLM_KV_TRANSFER = '{"kv_connector":"NixlConnector","kv_role":"kv_both"}'
-# Where pods see the profile-data ConfigMap, as in Dynamo ({workspace}/profiling_results): a fixed path, so
-# the manifest says nothing of the machine that profiled; `dynamo.deploy run` maps it to its local copy.
-PROFILE_MOUNT = "/workspace/profiling_results"
+HF_TOKEN_SECRET = "hf-token-secret"
+WORKSPACE = "/workspace"
+# Where pods see the ConfigMaps, as in Dynamo ({workspace}/...): fixed paths, so the manifest says nothing of the
+# machine that profiled; `dynamo.deploy run` maps them to its local copies (in args and env, not inside files).
+PROFILE_MOUNT = f"{WORKSPACE}/profiling_results"
 PROFILE_DIR_ENV = "DYN_PLANNER_PROFILE_RESULTS_DIR"  # the planner's view of it, which `run` maps too
+PLANNER_CONFIG_MOUNT = f"{WORKSPACE}/planner_config"
+PLANNER_CONFIG_KEY = "planner_config.json"
 
 
 @dataclass
@@ -71,106 +83,57 @@ def dgd_name(req: Request) -> str:
     return override or f"{req.metadata.name}-dgd"
 
 
-def _service_name(backend: str, role: str) -> str:
+def _worker_name(backend: str, role: str) -> str:
     return f"{PREFIX[backend]}{'Worker' if role == 'agg' else role.capitalize() + 'Worker'}"
 
 
-def _mocker_args(req: Request, w: WorkerChoice, model: str, profiled: bool) -> list[str]:
-    args = ["--model-path", model, "--model-name", req.spec.model, "--disaggregation-mode", w.role,
-            "--speedup-ratio", "1.0"]
-    if w.max_num_seqs:
-        args += ["--max-num-seqs", str(w.max_num_seqs)]
-    if w.max_num_batched_tokens:
-        args += ["--max-num-batched-tokens", str(w.max_num_batched_tokens)]
-    # the mocker replays the profiled (or AIConfigurator-estimated) timings the profiler judged the SLA by
-    return args + (["--planner-profile-data", PROFILE_MOUNT] if profiled else [])
+# ----- the v1beta1 component shape ---------------------------------------------------------------------
+
+def components(dgd: dict[str, Any]) -> list[dict[str, Any]]:
+    return dgd["spec"]["components"]
 
 
-def _served_name(req: Request, model: str) -> list[str]:
-    return ["--served-model-name", req.spec.model] if model != req.spec.model else []
+def component(dgd: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return next((c for c in components(dgd) if c.get("name") == name), None)
 
 
-def _trust_remote_code(req: Request) -> bool:
-    return bool(req.spec.overrides and req.spec.overrides.trustRemoteCode)
+def main_container(comp: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in comp["podTemplate"]["spec"]["containers"] if c.get("name") == MAIN)
 
 
-def _vllm_args(req: Request, w: WorkerChoice, model: str) -> list[str]:
-    args = ["--model", model, *_served_name(req, model), "--tensor-parallel-size", str(w.tp)]
-    if w.pp > 1:
-        args += ["--pipeline-parallel-size", str(w.pp)]
-    if w.dp > 1:
-        args += ["--data-parallel-size", str(w.dp)]
-    if w.max_num_seqs:
-        args += ["--max-num-seqs", str(w.max_num_seqs)]
-    if w.max_num_batched_tokens:
-        args += ["--max-num-batched-tokens", str(w.max_num_batched_tokens)]
-    if w.role != "agg":
-        args += ["--disaggregation-mode", w.role, "--kv-transfer-config", VLLM_KV_TRANSFER]
-    return args + (["--trust-remote-code"] if _trust_remote_code(req) else [])
+def _component(name: str, kind: str, replicas: int, image: str, module: str, args: list[str]) -> dict[str, Any]:
+    main = {"name": MAIN, "image": image, "workingDir": WORKSPACE, "command": ["python3", "-m", module],
+            "args": args}
+    return {"name": name, "type": kind, "replicas": replicas, "podTemplate": {"spec": {"containers": [main]}}}
 
 
-def _sglang_args(req: Request, w: WorkerChoice, model: str) -> list[str]:
-    """SGLang's own ServerArgs, as Dynamo's sglang templates and AIConfigurator's generator write them.
-    Attention data parallelism is SGLang's `--dp-size` inside a `--tp` that spans the engine's GPUs."""
-    args = ["--model-path", model, *_served_name(req, model), "--tp", str(w.tp * w.dp)]
-    if w.pp > 1:
-        args += ["--pipeline-parallel-size", str(w.pp)]
-    if w.dp > 1:
-        args += ["--dp-size", str(w.dp), "--enable-dp-attention"]
-    if w.moe_ep and w.moe_ep > 1:
-        args += ["--ep-size", str(w.moe_ep)]
-    if w.max_num_seqs:
-        args += ["--max-running-requests", str(w.max_num_seqs)]
-    if w.max_num_batched_tokens:
-        args += ["--chunked-prefill-size", str(w.max_num_batched_tokens)]
-    if w.role != "agg":
-        args += ["--disaggregation-mode", w.role, "--disaggregation-transfer-backend", "nixl"]
-    return args + (["--trust-remote-code"] if _trust_remote_code(req) else [])
+def _mount(comp: dict[str, Any], volume: dict[str, Any], path: str, read_only: bool = False) -> None:
+    """`volume` (a pod volume) seen at `path` by the component's main container."""
+    comp["podTemplate"]["spec"].setdefault("volumes", []).append(volume)
+    mount = {"name": volume["name"], "mountPath": path, **({"readOnly": True} if read_only else {})}
+    main_container(comp).setdefault("volumeMounts", []).append(mount)
 
 
-def _trtllm_args(req: Request, w: WorkerChoice, model: str) -> list[str]:
-    """Dynamo's TRT-LLM worker flags (it owns the engine config), as AIConfigurator's generator writes
-    them; what has no flag goes as `--trtllm.<key>` (Dynamo's profiler does the same)."""
-    args = ["--model-path", model, *_served_name(req, model), "--tensor-parallel-size", str(w.tp * w.dp)]
-    if w.pp > 1:
-        args += ["--pipeline-parallel-size", str(w.pp)]
-    if w.dp > 1:
-        args.append("--enable-attention-dp")
-    if w.moe_ep and w.moe_ep > 1:
-        args += ["--expert-parallel-size", str(w.moe_ep)]
-    if w.max_num_seqs:
-        args += ["--max-batch-size", str(w.max_num_seqs)]
-    if w.max_num_batched_tokens:
-        args += ["--max-num-tokens", str(w.max_num_batched_tokens)]
-    if w.role != "agg":  # the KV moves through TRT-LLM's cache transceiver, which a context server needs
-        args += ["--disaggregation-mode", w.role, "--trtllm.cache_transceiver_config.backend", "DEFAULT"]
-    if w.role == "prefill":  # to run context-only (TRT-LLM's disaggregated serving guide)
-        args += ["--trtllm.disable_overlap_scheduler", "true"]
-    return args + (["--trtllm.trust_remote_code", "true"] if _trust_remote_code(req) else [])
+def _mount_configmap(comp: dict[str, Any], name: str, path: str) -> None:
+    """As Dynamo mounts its ConfigMaps: a volume named after the ConfigMap, read-only."""
+    _mount(comp, {"name": name, "configMap": {"name": name}}, path, read_only=True)
 
 
-_ENGINE_ARGS = {"vllm": _vllm_args, "sglang": _sglang_args, "trtllm": _trtllm_args}
+def _env(comp: dict[str, Any], name: str, value: str) -> None:
+    main_container(comp).setdefault("env", []).append({"name": name, "value": value})
 
 
-def _worker_args(req: Request, backend: str, w: WorkerChoice, model: str, profiled: bool) -> list[str]:
-    """The worker's command line in its engine's own flags (each engine's parser refuses the others')."""
-    if backend == "mocker":
-        return _mocker_args(req, w, model, profiled)
-    return _ENGINE_ARGS[backend](req, w, model)
+# ----- images and the model's location ---------------------------------------------------------------
 
-
-def _container(image: str, module: str, args: list[str]) -> dict[str, Any]:
-    return {"image": image, "workingDir": "/workspace", "command": ["python3", "-m", module], "args": args}
-
-
-def _model_location(req: Request) -> tuple[str, list[dict[str, Any]] | None]:
+def _model_location(req: Request) -> tuple[str, tuple[str, str] | None]:
+    """(the model as the workers name it, (PVC, its mount path) when it comes from the model cache)."""
     cache = req.spec.modelCache
     if cache and cache.pvcName:
-        mount = [{"name": cache.pvcName, "mountPoint": cache.pvcMountPath}]
+        pvc = (cache.pvcName, cache.pvcMountPath)
         if cache.pvcModelPath and cache.pvcModelPath.startswith("/"):  # already a path in the container
-            return cache.pvcModelPath, mount  # (joining it to the mount path doubled it: Dynamo #8469)
+            return cache.pvcModelPath, pvc  # (joining it to the mount path doubled it: Dynamo #8469)
         sub = (cache.pvcModelPath or req.spec.model).strip("/")
-        return f"{cache.pvcMountPath.rstrip('/')}/{sub}", mount
+        return f"{cache.pvcMountPath.rstrip('/')}/{sub}", pvc
     return req.spec.model, None
 
 
@@ -197,76 +160,21 @@ def images(req: Request, backend: str) -> tuple[str, str]:
     return graph, f"{path}{DYNAMO_PLANNER}{tag}"
 
 
-def profile_configmap(name: str, profile_dir: Path) -> dict[str, Any]:
+# ----- the ConfigMaps --------------------------------------------------------------------------------
+
+def _configmap(req: Request, name: str, data: dict[str, str]) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name}
+    if req.metadata.namespace:  # where the DGD that mounts it goes
+        metadata["namespace"] = req.metadata.namespace
+    metadata["labels"] = {"dgdr.nvidia.com/name": req.metadata.name}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
+
+
+def profile_configmap(req: Request, profile_dir: Path) -> dict[str, Any]:
+    """`planner-profile-data-<digest>`: the interpolation data's JSON twins, one key each."""
     data = {js: (profile_dir / js).read_text() for js in (PREFILL_JSON, DECODE_JSON) if (profile_dir / js).is_file()}
     digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"planner-profile-data-{digest}",
-                                                                  "labels": {"dgdr.nvidia.com/name": name}},
-            "data": data}
-
-
-def _mount_profile(pod: dict[str, Any], configmap: str) -> None:
-    """Mount the profile-data ConfigMap at PROFILE_MOUNT in the pod's main container."""
-    pod["volumes"] = [{"name": "profile-data", "configMap": {"name": configmap}}]
-    pod["mainContainer"]["volumeMounts"] = [{"name": "profile-data", "mountPath": PROFILE_MOUNT}]
-
-
-def _frontend(req: Request, image: str) -> dict[str, Any]:
-    frontend: dict[str, Any] = {"componentType": "frontend", "replicas": 1,
-                                "extraPodSpec": {"mainContainer": _container(image, "dynamo.frontend",
-                                                                             ["--http-port", "8000"])}}
-    if req.spec.kv_router:
-        frontend["envs"] = [{"name": "DYN_ROUTER_MODE", "value": "kv"}]
-    return frontend
-
-
-def _worker(req: Request, backend: str, w: WorkerChoice, image: str, configmap: str | None) -> dict[str, Any]:
-    model, mounts = _model_location(req)
-    replay = backend == "mocker" and configmap is not None
-    svc: dict[str, Any] = {"componentType": "worker", "replicas": w.replicas,
-                           "extraPodSpec": {"mainContainer": _container(
-                               image, f"dynamo.{backend}", _worker_args(req, backend, w, model, replay))}}
-    if w.role != "agg":
-        svc["subComponentType"] = w.role
-    if backend != "mocker":
-        svc["resources"] = {"limits": {"gpu": str(w.gpus)}}
-        svc["envFromSecret"] = "hf-token-secret"
-    if mounts:
-        svc["volumeMounts"] = mounts
-    if replay:
-        _mount_profile(svc["extraPodSpec"], configmap)
-    return svc
-
-
-def build_dgd(req: Request, choice: Choice, configmap: str | None = None) -> dict[str, Any]:
-    """The DGD for `choice`. `configmap` names the profile-data ConfigMap (beside the DGD in the same file):
-    mocker workers replay it and the planner seeds its perf models from it, both reading it at
-    PROFILE_MOUNT."""
-    name = dgd_name(req)
-    backend = dgd_backend(req)
-    image, planner_image = images(req, backend)
-    services: dict[str, Any] = {"Frontend": _frontend(req, image)}
-    for w in choice.workers:
-        services[_service_name(backend, w.role)] = _worker(req, backend, w, image, configmap)
-    if req.spec.planner:
-        services["Planner"] = planner_service(req, backend, planner_image, configmap, choice.mode)
-    longest = max(len(s) for s in services)
-    if len(name) + longest > MAX_NAME:
-        raise ValueError(f"DGD name {name!r} is too long: with component {longest} characters it exceeds {MAX_NAME} "
-                         "(set metadata.name shorter or overrides.dgd.metadata.name)")
-    labels = {"dgdr.nvidia.com/name": req.metadata.name, "dgdr.nvidia.com/namespace": req.metadata.namespace or
-              "default"}
-    dgd: dict[str, Any] = {"apiVersion": DGD_API, "kind": "DynamoGraphDeployment",
-                           "metadata": {"name": name, "labels": labels}, "spec": {"services": services}}
-    if req.metadata.namespace:
-        dgd["metadata"]["namespace"] = req.metadata.namespace
-    if backend != "mocker":
-        dgd["spec"]["backendFramework"] = backend
-    _, mounts = _model_location(req)
-    if mounts:
-        dgd["spec"]["pvcs"] = [{"name": mounts[0]["name"], "create": False}]
-    override = req.spec.overrides.dgd if req.spec.overrides else None
-    return apply_override(dgd, override) if override else dgd
+    return _configmap(req, f"planner-profile-data-{digest}", data)
 
 
 def planner_config(req: Request, backend: str, profile_results_dir: str | None,
@@ -286,14 +194,86 @@ def planner_config(req: Request, backend: str, profile_results_dir: str | None,
     return config
 
 
-def planner_service(req: Request, backend: str, image: str, configmap: str | None, mode: str) -> dict[str, Any]:
-    """The SLA planner, pointed at the profile-data ConfigMap's mount. The same path also goes in its
-    env, which `dynamo.deploy run` maps to the local copy of the ConfigMap as it maps every mount path
-    (a path inside the `--config` JSON it leaves alone)."""
-    config = planner_config(req, backend, PROFILE_MOUNT if configmap else None, mode)
-    container = _container(image, "dynamo.planner", ["--config", json.dumps(config, sort_keys=True)])
-    svc: dict[str, Any] = {"componentType": "planner", "replicas": 1, "extraPodSpec": {"mainContainer": container}}
-    if configmap:
-        _mount_profile(svc["extraPodSpec"], configmap)
-        svc["envs"] = [{"name": PROFILE_DIR_ENV, "value": PROFILE_MOUNT}]
-    return svc
+def planner_configmap(req: Request, mode: str, profile_cm: str | None) -> dict[str, Any]:
+    """`planner-config-XXXX` (Dynamo's shape: 4 hex characters, here of a digest of the request's name and
+    the config, so reruns are byte-identical and two requests' configs do not share a name)."""
+    config = planner_config(req, dgd_backend(req), PROFILE_MOUNT if profile_cm else None, mode)
+    text = json.dumps(config, sort_keys=True)
+    digest = hashlib.sha256(f"{req.metadata.name}\n{text}".encode()).hexdigest()[:4]
+    return _configmap(req, f"planner-config-{digest}", {PLANNER_CONFIG_KEY: text})
+
+
+# ----- the components --------------------------------------------------------------------------------
+
+def _frontend(req: Request, image: str) -> dict[str, Any]:
+    frontend = _component("Frontend", "frontend", 1, image, "dynamo.frontend", ["--http-port", "8000"])
+    if req.spec.kv_router:  # as Dynamo: the env twin, so a `--router-mode` an override adds still wins
+        _env(frontend, "DYN_ROUTER_MODE", "kv")
+    return frontend
+
+
+def _worker(req: Request, backend: str, w: WorkerChoice, image: str, profile_cm: str | None) -> dict[str, Any]:
+    model, pvc = _model_location(req)
+    replay = backend == "mocker" and profile_cm is not None
+    args = worker_args(req, backend, w, model, PROFILE_MOUNT if replay else None)
+    kind = "worker" if w.role == "agg" else w.role
+    worker = _component(_worker_name(backend, w.role), kind, w.replicas, image, f"dynamo.{backend}", args)
+    if backend != "mocker":
+        main = main_container(worker)
+        main["envFrom"] = [{"secretRef": {"name": HF_TOKEN_SECRET}}]
+        main["resources"] = {"limits": {"nvidia.com/gpu": str(w.gpus)}}
+    if pvc:
+        _mount(worker, {"name": pvc[0], "persistentVolumeClaim": {"claimName": pvc[0]}}, pvc[1])
+    if replay:
+        _mount_configmap(worker, profile_cm, PROFILE_MOUNT)
+    return worker
+
+
+def _planner(req: Request, image: str, mode: str, profile_cm: str | None) -> dict[str, Any]:
+    """The Planner reads its config from the planner-config ConfigMap's mount, and its profile from the
+    profile-data one. That path is in its env too: the config file's `profile_results_dir` is the pod's
+    path, which `dynamo.deploy run` cannot map inside a file, but does map in env."""
+    config_cm = planner_configmap(req, mode, profile_cm)["metadata"]["name"]
+    args = ["--config", f"{PLANNER_CONFIG_MOUNT}/{PLANNER_CONFIG_KEY}"]
+    planner = _component("Planner", "planner", 1, image, "dynamo.planner", args)
+    _mount_configmap(planner, config_cm, PLANNER_CONFIG_MOUNT)
+    if profile_cm:
+        _mount_configmap(planner, profile_cm, PROFILE_MOUNT)
+        _env(planner, PROFILE_DIR_ENV, PROFILE_MOUNT)
+    return planner
+
+
+def build_dgd(req: Request, choice: Choice, configmap: str | None = None) -> dict[str, Any]:
+    """The DGD for `choice`, overrides applied. `configmap` names the profile-data ConfigMap (beside the DGD
+    in the same file): mocker workers replay it and the planner seeds its perf models from it, both reading
+    it at PROFILE_MOUNT. The Planner mounts `planner_configmap(...)`, which `final_documents` puts beside it."""
+    name = dgd_name(req)
+    backend = dgd_backend(req)
+    image, planner_image = images(req, backend)
+    comps = [_frontend(req, image)] + [_worker(req, backend, w, image, configmap) for w in choice.workers]
+    if req.spec.planner:
+        comps.append(_planner(req, planner_image, choice.mode, configmap))
+    longest = max(len(c["name"]) for c in comps)
+    if len(name) + longest > MAX_NAME:
+        raise ValueError(f"DGD name {name!r} is too long: with component {longest} characters it exceeds {MAX_NAME} "
+                         "(set metadata.name shorter or overrides.dgd.metadata.name)")
+    labels = {"dgdr.nvidia.com/name": req.metadata.name, "dgdr.nvidia.com/namespace": req.metadata.namespace or
+              "default"}
+    metadata: dict[str, Any] = {"name": name}
+    if req.metadata.namespace:
+        metadata["namespace"] = req.metadata.namespace
+    metadata["labels"] = labels
+    spec: dict[str, Any] = {"backendFramework": backend} if backend != "mocker" else {}
+    dgd = {"apiVersion": DGD_API, "kind": "DynamoGraphDeployment", "metadata": metadata,
+           "spec": {**spec, "components": comps}}
+    override = req.spec.overrides.dgd if req.spec.overrides else None
+    return apply_override(dgd, override) if override else dgd
+
+
+def final_documents(req: Request, choice: Choice, profile_cm: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """`final_config.yaml`'s documents in Dynamo's order: the ConfigMaps (planner config, profile data), then
+    the DGD that mounts them."""
+    profile_name = profile_cm["metadata"]["name"] if profile_cm else None
+    docs = [planner_configmap(req, choice.mode, profile_name)] if req.spec.planner else []
+    docs += [profile_cm] if profile_cm else []
+    return docs + [build_dgd(req, choice, configmap=profile_name)]

@@ -89,7 +89,7 @@ class LocalDeployment:
         `work/logs`, a short grace); `control_port` 0 picks a free one; `console`: `run`'s output is also
         written to this process's stdout."""
         self.dgd, self.work, self.model_dir, self.served_model = dgd, work, model_dir, served_model
-        self.beside = beside or []  # documents of the same file (the profile-data ConfigMap the DGD mounts)
+        self.beside = beside or []  # documents of the same file (the ConfigMaps the DGD mounts)
         self.append_args = append_args or {}
         self.ready_timeout = ready_timeout
         self.python = python or sys.executable  # the engines' environment (e.g. a vLLM venv)
@@ -157,10 +157,6 @@ class LocalDeployment:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-    def _workers(self) -> int:
-        services = self.dgd["spec"]["services"]
-        return sum(s.get("replicas", 1) for s in services.values() if s.get("componentType") == "worker")
 
     def _ready(self) -> bool:
         # a replica being retired (scaled down: it drains, then goes) is no longer part of what must be up

@@ -1,16 +1,17 @@
 """`spec.overrides.dgd`: a partial DynamoGraphDeployment merged over the one the profiler generates
-(v1alpha1-shaped here), as Dynamo's profiler merges it.
+(`nvidia.com/v1beta1`), as Dynamo's profiler merges it.
 
-- A v1alpha1 override merges maps, and a worker's argument list is appended to the generated one
-  (Dynamo's legacy behaviour: `args: [--max-model-len, "8192"]` adds a flag, it does not replace the
-  model path and the role).
-- A v1beta1 override (`spec.components`, what Dynamo's guides now write) is read in the v1alpha1 shape
-  first (`podTemplate`'s `main` container → `extraPodSpec.mainContainer`, `type` → componentType); its
-  lists replace, as a structural merge does.
-- In both, lists of named items (env vars, containers, volumes) merge by name, so overriding one
-  variable keeps the others.
+- A v1beta1 override (`spec.components`, what Dynamo's guides now write) merges structurally: maps merge,
+  lists of named items merge by name (components, containers such as `main`, env vars, volumes), every
+  other list replaces (a `main` container's `args: [...]` is the whole argument list).
+- A v1alpha1 override (`spec.services`; one with neither apiVersion nor kind is read as v1alpha1, as Dynamo
+  reads it) is converted to v1beta1 first, as the operator converts between its served versions
+  (`dgd_v1alpha1.py`), and keeps Dynamo's legacy behaviour: a worker's argument list is appended to the
+  generated one (`args: [--max-model-len, "8192"]` adds a flag, it does not replace the model path and the
+  role), and `componentType: worker` leaves a prefill or decode worker's role alone.
 - A component is matched by name (any case), else by its role (`decode`, `prefill`, `frontend`,
   `planner`, `worker`); one the generated DGD does not have is an error, as in Dynamo.
+- `apiVersion` and `kind` only say how to read the override: the output stays v1beta1.
 """
 
 from __future__ import annotations
@@ -18,17 +19,20 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from dynamo.profiler.dgd_v1alpha1 import as_v1beta1
+
 V1BETA1 = "nvidia.com/v1beta1"
 _ROLES = ("prefill", "decode", "frontend", "planner")
+_WORKER_TYPES = ("worker", "prefill", "decode")
 
 
 def apply_override(dgd: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     structural = over.get("apiVersion") == V1BETA1 or "components" in (over.get("spec") or {})
-    if structural:
-        over = as_v1alpha1(over)
+    if not structural:
+        over = as_v1beta1(over)
     over = _matched(dgd, over)
     if not structural:
-        over = _with_appended_args(dgd, over)
+        over = _legacy_semantics(dgd, over)
     return merge(dgd, over)
 
 
@@ -63,77 +67,55 @@ def _merge_named(old: list[dict], new: list[dict]) -> list[dict]:
     return out
 
 
-def as_v1alpha1(over: dict[str, Any]) -> dict[str, Any]:
-    """A v1beta1 partial DGD in the v1alpha1 shape (only what it sets)."""
-    spec = dict(over.get("spec") or {})
-    services = {}
-    for comp in spec.pop("components", None) or []:
-        if not isinstance(comp, dict) or not comp.get("name"):
-            raise ValueError("spec.overrides.dgd.spec.components: every component needs a name")
-        services[comp["name"]] = _service(comp)
-    out_spec: dict[str, Any] = {"services": services} if services else {}
-    if spec.get("env"):
-        out_spec["envs"] = spec.pop("env")
-    out_spec.update(spec)
-    return {**{k: v for k, v in over.items() if k != "spec"}, "spec": out_spec}
-
-
-def _service(comp: dict[str, Any]) -> dict[str, Any]:
-    svc = {k: v for k, v in comp.items() if k not in ("name", "type", "podTemplate", "sharedMemorySize")}
-    if comp.get("type") in ("prefill", "decode"):
-        svc["componentType"], svc["subComponentType"] = "worker", comp["type"]
-    elif comp.get("type"):
-        svc["componentType"] = comp["type"]
-    if comp.get("sharedMemorySize") is not None:
-        size = str(comp["sharedMemorySize"])
-        svc["sharedMemory"] = {"disabled": True} if size == "0" else {"size": size}
-    template = comp.get("podTemplate") or {}
-    pod = dict(template.get("spec") or {})
-    containers = pod.pop("containers", None) or []
-    main = next((c for c in containers if c.get("name") == "main"), None)
-    if main is not None:
-        pod["mainContainer"] = {k: v for k, v in main.items() if k != "name"}
-    sidecars = [c for c in containers if c is not main]
-    if sidecars:
-        pod["containers"] = sidecars
-    if pod:
-        svc["extraPodSpec"] = pod
-    if template.get("metadata"):
-        svc["extraPodMetadata"] = template["metadata"]
-    return svc
-
-
-def _role(name: str, svc: dict[str, Any]) -> str:
-    kind = svc.get("subComponentType") or svc.get("componentType") or ""
-    lowered = name.lower()
+def _role(comp: dict[str, Any]) -> str:
+    kind = comp.get("type") or ""
+    lowered = str(comp.get("name", "")).lower()
     return next((r for r in _ROLES if r == kind or r in lowered), "worker")
 
 
+def _components(doc: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    comps = (doc.get("spec") or {}).get("components") or []
+    if not isinstance(comps, list) or not all(isinstance(c, dict) and c.get("name") for c in comps):
+        raise ValueError(f"{where}.spec.components: a list of components, each with a name")
+    return comps
+
+
 def _matched(dgd: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """The override with each component under the generated service's name."""
-    generated = dgd["spec"]["services"]
-    wanted = (over.get("spec") or {}).get("services") or {}
-    renamed = {}
-    for name, svc in wanted.items():
-        target = next((g for g in generated if g.lower() == name.lower()), None)
+    """The override with each component under the generated component's name."""
+    generated = _components(dgd, "the generated DGD")
+    wanted = _components(over, "spec.overrides.dgd")
+    if not wanted:
+        return over
+    renamed = []
+    for comp in wanted:
+        name = comp["name"]
+        target = next((g for g in generated if g["name"].lower() == name.lower()), None)
         if target is None:
-            role = _role(name, svc)
-            found = [g for g in generated if _role(g, generated[g]) == role]
+            found = [g for g in generated if _role(g) == _role(comp)]
             target = found[0] if len(found) == 1 else None
         if target is None:
             raise ValueError(f"spec.overrides.dgd: component {name!r} is not in the generated DGD "
-                             f"(it has {', '.join(generated)}); an override can only change those")
-        renamed[target] = svc
-    if not wanted:
-        return over
-    return {**over, "spec": {**over["spec"], "services": renamed}}
+                             f"(it has {', '.join(g['name'] for g in generated)}); an override can only change those")
+        renamed.append({**comp, "name": target["name"]})
+    return {**over, "spec": {**over["spec"], "components": renamed}}
 
 
-def _with_appended_args(dgd: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def _main(comp: dict[str, Any]) -> dict[str, Any] | None:
+    containers = ((comp.get("podTemplate") or {}).get("spec") or {}).get("containers") or []
+    return next((c for c in containers if isinstance(c, dict) and c.get("name") == "main"), None)
+
+
+def _legacy_semantics(dgd: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """A v1alpha1 override's meaning kept on the v1beta1 graph: worker args appended, and a bare
+    `componentType: worker` (no subComponentType) not taken for a change of a prefill/decode role."""
     over = copy.deepcopy(over)
-    for name, svc in ((over.get("spec") or {}).get("services") or {}).items():
-        base = dgd["spec"]["services"][name]
-        args = ((svc.get("extraPodSpec") or {}).get("mainContainer") or {}).get("args")
-        if base.get("componentType") == "worker" and isinstance(args, list):
-            svc["extraPodSpec"]["mainContainer"]["args"] = base["extraPodSpec"]["mainContainer"]["args"] + args
+    base = {c["name"]: c for c in _components(dgd, "the generated DGD")}
+    for comp in (over.get("spec") or {}).get("components") or []:
+        generated = base[comp["name"]]
+        if comp.get("type") == "worker" and generated.get("type") in ("prefill", "decode"):
+            del comp["type"]
+        main, generated_main = _main(comp), _main(generated)
+        if (generated.get("type") in _WORKER_TYPES and main is not None and generated_main is not None
+                and isinstance(main.get("args"), list)):
+            main["args"] = list(generated_main.get("args") or []) + main["args"]
     return over

@@ -21,7 +21,8 @@ from dynamo.llm.perf_data import Profile, write_profile
 from dynamo.profiler import dgdr
 from dynamo.profiler.aic_curves import rapid_profile, wants_curves, without_curves
 from dynamo.profiler.apply import deploy, not_deployed, run_flags
-from dynamo.profiler.dgd import Choice, build_dgd, dgd_backend, planner_config, profile_configmap
+from dynamo.profiler.dgd import (DGD_API, Choice, dgd_backend, dgd_name, final_documents, planner_config,
+                                 profile_configmap)
 from dynamo.profiler.plots import plot_decode, plot_prefill
 from dynamo.profiler.rapid import rapid
 from dynamo.profiler.status import Status
@@ -128,13 +129,9 @@ async def rapid_search(req: dgdr.Request, opts: Options, status: Status) -> tupl
 
 
 def write_final(req: dgdr.Request, choice: Choice, profile: Profile | None, out: Path) -> Path:
-    docs: list[dict[str, Any]] = []
-    configmap = None
-    if profile is not None and (req.spec.mocker or req.spec.planner):
-        cm = profile_configmap(req.metadata.name, out)
-        docs.append(cm)
-        configmap = cm["metadata"]["name"]
-    docs.append(build_dgd(req, choice, configmap=configmap))
+    """`final_config.yaml`: [ConfigMaps..., the v1beta1 DGD], checked as `dynamo.deploy validate` checks it."""
+    profile_cm = profile_configmap(req, out) if profile is not None and (req.spec.mocker or req.spec.planner) else None
+    docs = final_documents(req, choice, profile_cm)
     path = out / FINAL
     path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     from dynamo.deploy.validate import validate_file
@@ -162,10 +159,21 @@ def model_source(req: dgdr.Request, model_dir: str | None) -> str:
 def reusable(prev: dict[str, Any] | None, source: str, final: Path) -> bool:
     """A finished profile of the same spec (the claim checked that) made with the same model: a profile made
     on a local stand-in (`run DGDR.yaml --model DIR`) is not the cluster's (`render DGDR.yaml`). A failed
-    deployment leaves its profile reusable."""
+    deployment leaves its profile reusable. A DGD written before this profiler wrote v1beta1 is not."""
     done = prev is not None and (prev.get("phase") in ("Ready", "Deploying", "Deployed")
                                  or (prev.get("phase") == "Failed" and prev.get("profilingPhase") == "Done"))
-    return done and final.is_file() and prev.get("modelSource") == source
+    return done and prev.get("modelSource") == source and written_as_now(final)
+
+
+def written_as_now(final: Path) -> bool:
+    """Whether `final` holds a DGD in the version this profiler writes (an earlier one wrote v1alpha1, with the
+    planner's config inline: profiled again, so a reused result looks as a new one does)."""
+    try:
+        docs = list(yaml.safe_load_all(final.read_text()))
+    except (OSError, yaml.YAMLError):
+        return False
+    return any(isinstance(d, dict) and d.get("kind") == "DynamoGraphDeployment" and d.get("apiVersion") == DGD_API
+               for d in docs)
 
 
 def context_note(req: dgdr.Request, model_dir: str | None) -> str | None:
@@ -190,6 +198,8 @@ async def profile_request(req: dgdr.Request, opts: Options, status: Status) -> t
         return final, None
     if prev and prev.get("modelSource") not in (None, source) and final.is_file():
         log.warning("%s was profiled with %s; profiling again with %s", final, prev["modelSource"], source)
+    elif prev and final.is_file() and not written_as_now(final):
+        log.warning("%s is an earlier profiler's (its DGD is not %s); profiling again", final, DGD_API)
     status.set("Profiling", "Initializing", message=f"{req.spec.searchStrategy} search for {req.spec.model}",
                modelSource=source)
     small = context_note(req, opts.model_dir)
@@ -208,7 +218,7 @@ async def profile_request(req: dgdr.Request, opts: Options, status: Status) -> t
     status.set(profiling="GeneratingDGD", message=summary(choice))
     path = write_final(req, choice, profile, opts.output_dir)
     status.set("Ready", "Done", message=summary(choice), slaMet=choice.sla_met, notes=choice.notes,
-               dgdName=build_dgd(req, choice)["metadata"]["name"], outputs={"final_config": FINAL},
+               dgdName=dgd_name(req), outputs={"final_config": FINAL},
                choice={"mode": choice.mode, "source": choice.source, "expected": choice.expected,
                        "workers": [w.__dict__ for w in choice.workers]})
     return path, choice

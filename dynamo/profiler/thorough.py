@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from dynamo.llm.perf_data import DecodeProfile, PrefillProfile, Profile, write_profile
 from dynamo.profiler.client import measure
-from dynamo.profiler.dgd import Choice, WorkerChoice, build_dgd
+from dynamo.profiler.dgd import WORKER_TYPES, Choice, WorkerChoice, build_dgd, component, components, main_container
 from dynamo.profiler.dgdr import Request
 from dynamo.profiler.interpolation import decode_isls, prefill_isls
 from dynamo.profiler.local import LocalDeployment
@@ -57,8 +57,7 @@ def _kv_capacity(dgd: dict[str, Any], logs: Path) -> int:
         found = KV_LOG.findall(path.read_text(errors="replace"))
         if found:
             return int(found[-1].replace(",", ""))
-    args = next(s for n, s in dgd["spec"]["services"].items() if n.endswith("DecodeWorker"))
-    argv = args["extraPodSpec"]["mainContainer"]["args"]
+    argv = main_container(next(c for c in components(dgd) if c["name"].endswith("DecodeWorker")))["args"]
 
     def flag(name: str, default: int) -> int:
         return int(argv[argv.index(name) + 1]) if name in argv else default
@@ -117,9 +116,10 @@ def local_deployment(dgd: dict[str, Any], work: Path, req: Request, opts: SweepO
     documents (the ConfigMaps the DGD mounts, which `run` serves at their mount paths); `run`: the
     LocalDeployment's `run_flags`, `control_port`, `console`."""
     dgd = copy.deepcopy(dgd)
-    for svc, env in opts.service_env.items():
-        if svc in dgd["spec"]["services"]:
-            dgd["spec"]["services"][svc].setdefault("envs", []).extend({"name": k, "value": v} for k, v in env.items())
+    for name, env in opts.service_env.items():
+        comp = component(dgd, name)
+        if comp is not None:
+            main_container(comp).setdefault("env", []).extend({"name": k, "value": v} for k, v in env.items())
     return LocalDeployment(dgd, work, opts.model_dir, req.spec.model, opts.append_args if append is None else append,
                            opts.ready_timeout, opts.deploy_python, beside, **run)
 
@@ -130,12 +130,11 @@ def candidate_dgd(req: Request, tp: int) -> dict[str, Any]:
     replica per worker whatever an override says. The final DGD keeps the Planner."""
     pair = Choice("disagg", [WorkerChoice("prefill", tp), WorkerChoice("decode", tp)], "measured")
     dgd = build_dgd(req, pair)  # the Planner is built, then dropped: an override may name it
-    services = dgd["spec"]["services"]
-    for name in [n for n, s in services.items() if s.get("componentType") == "planner"]:
-        del services[name]
-    for svc in services.values():
-        if svc.get("componentType") == "worker":
-            svc["replicas"] = 1
+    comps = components(dgd)
+    comps[:] = [c for c in comps if c.get("type") != "planner"]
+    for comp in comps:
+        if comp.get("type") in WORKER_TYPES:
+            comp["replicas"] = 1
     dgd["metadata"]["name"] = f"{dgd['metadata']['name'][:30]}-tp{tp}"
     return dgd
 

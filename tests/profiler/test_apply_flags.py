@@ -9,6 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+import yaml
+
 from dynamo.deploy.__main__ import build_parser
 from dynamo.profiler import dgdr
 from dynamo.profiler.apply import OWN, _run_parser, not_deployed, run_flags
@@ -82,7 +84,8 @@ def test_the_profiler_never_deploys_and_says_how_to():
 
 def test_a_profile_is_reused_for_the_same_model_only(tmp_path):
     final = tmp_path / "final_config.yaml"
-    final.write_text("x")
+    dgd = {"apiVersion": "nvidia.com/v1beta1", "kind": "DynamoGraphDeployment", "metadata": {"name": "d"}}
+    final.write_text(yaml.safe_dump_all([{"kind": "ConfigMap"}, dgd]))
     local = str(tmp_path.resolve())
     assert model_source(request(), str(tmp_path)) == local and model_source(request(), None) == "Qwen/Qwen3-0.6B"
     done = {"phase": "Ready", "profilingPhase": "Done", "modelSource": local}
@@ -92,6 +95,8 @@ def test_a_profile_is_reused_for_the_same_model_only(tmp_path):
     assert reusable({**done, "phase": "Failed"}, local, final)  # the deployment failed, the profile stands
     assert not reusable({**done, "phase": "Failed", "profilingPhase": "SweepingDecode"}, local, final)
     assert not reusable(done, local, tmp_path / "gone.yaml")
+    final.write_text(yaml.safe_dump({**dgd, "apiVersion": "nvidia.com/v1alpha1"}))  # an earlier profiler's output
+    assert not reusable(done, local, final)
 
 
 def test_a_stand_in_model_shorter_than_the_workload_is_said(tmp_path):

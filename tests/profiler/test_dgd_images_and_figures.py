@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 
 from dynamo.profiler import dgdr
-from dynamo.profiler.dgd import IMAGE, Choice, WorkerChoice, build_dgd
+from dynamo.profiler.dgd import IMAGE, Choice, WorkerChoice, build_dgd, final_documents
 from dynamo.profiler.rapid import choice_from_rows
+from tests.profiler.helpers import comps, main
 from tests.profiler.test_dgdr import write_and_validate
 
 PLANNER = {"optimization_target": "sla"}
@@ -25,7 +26,7 @@ def request(**spec) -> dgdr.Request:
 
 
 def images_of(dgd: dict) -> dict[str, str]:
-    return {name: svc["extraPodSpec"]["mainContainer"]["image"] for name, svc in dgd["spec"]["services"].items()}
+    return {name: main(comp)["image"] for name, comp in comps(dgd).items()}
 
 
 DISAGG = Choice("disagg", [WorkerChoice("prefill"), WorkerChoice("decode")], "aiconfigurator")
@@ -47,7 +48,7 @@ def test_the_requests_image_runs_the_graph(tmp_path, image, mocker, want, planne
     got = images_of(dgd)
     assert got.pop("Planner") == planner
     assert set(got.values()) == {want}, got
-    write_and_validate(tmp_path, dgd)
+    write_and_validate(tmp_path, final_documents(request(**spec), DISAGG))
 
 
 def test_expected_figures_describe_the_planners_one_per_pool_graph():

@@ -4,16 +4,19 @@ SLA, and the spec freeze once profiling has started."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
 from dynamo.deploy.validate import validate_file
 from dynamo.llm.perf_data import DecodeProfile, PrefillProfile, Profile
 from dynamo.profiler import dgdr
-from dynamo.profiler.dgd import Choice, WorkerChoice, build_dgd
+from dynamo.profiler.dgd import Choice, WorkerChoice, build_dgd, final_documents
 from dynamo.profiler.rapid import choice_from_rows, memory_fit
 from dynamo.profiler.status import SpecChanged, Status
 from dynamo.profiler.thorough import Measured, concurrency_points, select
+from tests.profiler.helpers import comps, flag, main, planner_config
 
 
 def request(**spec) -> dgdr.Request:
@@ -46,9 +49,10 @@ def test_bad_requests_name_the_field(spec, message):
         dgdr.parse({"metadata": {"name": "x"}, "spec": {"model": "m", **spec}})
 
 
-def write_and_validate(tmp_path, dgd) -> None:
+def write_and_validate(tmp_path, docs) -> None:
+    """A DGD, or final_config.yaml's documents, as one file that `dynamo.deploy validate` passes."""
     path = tmp_path / "dgd.yaml"
-    path.write_text(yaml.safe_dump(dgd))
+    path.write_text(yaml.safe_dump_all(docs if isinstance(docs, list) else [docs]))
     report = validate_file(path)
     assert report.ok, report.lines()
 
@@ -60,14 +64,20 @@ def test_generated_disagg_vllm_dgd_validates_with_our_layout(tmp_path):
                                WorkerChoice("decode", 4, max_num_seqs=120)], "aiconfigurator")
     dgd = build_dgd(req, choice)
     write_and_validate(tmp_path, dgd)
-    svcs = dgd["spec"]["services"]
-    assert set(svcs) == {"Frontend", "VllmPrefillWorker", "VllmDecodeWorker"}
-    assert svcs["Frontend"]["envs"] == [{"name": "DYN_ROUTER_MODE", "value": "kv"}]
+    assert (dgd["apiVersion"], dgd["spec"]["backendFramework"]) == ("nvidia.com/v1beta1", "vllm")
+    svcs = comps(dgd)
+    assert list(svcs) == ["Frontend", "VllmPrefillWorker", "VllmDecodeWorker"]
+    assert [c["type"] for c in svcs.values()] == ["frontend", "prefill", "decode"]
+    assert main(svcs["Frontend"])["env"] == [{"name": "DYN_ROUTER_MODE", "value": "kv"}]
     pre = svcs["VllmPrefillWorker"]
-    args = pre["extraPodSpec"]["mainContainer"]["args"]
+    args = main(pre)["args"]
     assert args[:2] == ["--model", "/opt/model-cache/qwen3-32b"] and "--served-model-name" in args
-    assert args[args.index("--tensor-parallel-size") + 1] == "2" and args[args.index("--disaggregation-mode") + 1] == "prefill"
-    assert pre["resources"]["limits"]["gpu"] == "2" and pre["replicas"] == 2 and pre["subComponentType"] == "prefill"
+    assert flag(args, "--tensor-parallel-size") == "2" and flag(args, "--disaggregation-mode") == "prefill"
+    assert main(pre)["resources"] == {"limits": {"nvidia.com/gpu": "2"}} and pre["replicas"] == 2
+    assert main(pre)["envFrom"] == [{"secretRef": {"name": "hf-token-secret"}}]
+    # the model cache: an existing PVC, mounted where the model path points
+    assert pre["podTemplate"]["spec"]["volumes"] == [{"name": "models", "persistentVolumeClaim": {"claimName": "models"}}]
+    assert main(pre)["volumeMounts"] == [{"name": "models", "mountPath": "/opt/model-cache"}]
     assert dgd["metadata"]["name"] == "r1-dgd" and dgd["metadata"]["labels"]["dgdr.nvidia.com/name"] == "r1"
 
 
@@ -75,8 +85,8 @@ def test_overrides_dgd_merges_and_names(tmp_path):
     req = request(overrides={"dgd": {"apiVersion": "nvidia.com/v1alpha1", "metadata": {"name": "prod"},
                                      "spec": {"services": {"Frontend": {"replicas": 2}}}}})
     dgd = build_dgd(req, Choice("agg", [WorkerChoice("agg", 1)], "memory-fit"))
-    assert dgd["metadata"]["name"] == "prod" and dgd["spec"]["services"]["Frontend"]["replicas"] == 2
-    assert dgd["spec"]["services"]["Frontend"]["componentType"] == "frontend"
+    assert dgd["metadata"]["name"] == "prod" and comps(dgd)["Frontend"]["replicas"] == 2
+    assert comps(dgd)["Frontend"]["type"] == "frontend" and dgd["apiVersion"] == "nvidia.com/v1beta1"
     write_and_validate(tmp_path, dgd)
     long = dgdr.parse({"metadata": {"name": "x" * 40}, "spec": {"model": "m"}})
     with pytest.raises(ValueError, match="too long"):
@@ -153,31 +163,34 @@ def test_spec_is_immutable_once_profiling_starts(tmp_path):
 
 
 def test_planner_feature_adds_the_planner_pointed_at_the_profile(tmp_path):
-    import json
-
     req = request(backend="vllm", features={"planner": {"optimization_target": "sla", "ttft": 500}})
-    dgd = build_dgd(req, Choice("disagg", [WorkerChoice("prefill", 1), WorkerChoice("decode", 1)], "measured"),
-                    configmap="planner-profile-data-1234")
-    planner = dgd["spec"]["services"]["Planner"]
-    assert planner["componentType"] == "planner"
-    container = planner["extraPodSpec"]["mainContainer"]
+    profile = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "planner-profile-data-12345678"},
+               "data": {"prefill_raw_data.json": "{}"}}
+    docs = final_documents(req, Choice("disagg", [WorkerChoice("prefill", 1), WorkerChoice("decode", 1)], "measured"),
+                           profile)
+    # Dynamo's order: the planner's config, the profile data, then the DGD that mounts both
+    assert [d["kind"] for d in docs] == ["ConfigMap", "ConfigMap", "DynamoGraphDeployment"] and docs[1] == profile
+    assert re.fullmatch(r"planner-config-[0-9a-f]{4}", docs[0]["metadata"]["name"])  # Dynamo's shape
+    assert list(docs[0]["data"]) == ["planner_config.json"]
+    planner = comps(docs[-1])["Planner"]
+    assert (planner["type"], planner["replicas"]) == ("planner", 1)
+    container = main(planner)
     assert container["command"] == ["python3", "-m", "dynamo.planner"]
-    config = json.loads(container["args"][1])
+    assert container["args"] == ["--config", "/workspace/planner_config/planner_config.json"]
     # the pod's path of the profile data, as Dynamo mounts it: nothing of the machine that profiled
-    assert config == {"backend": "vllm", "optimization_target": "sla", "ttft": 500,
-                      "profile_results_dir": "/workspace/profiling_results"}
-    assert container["volumeMounts"][0]["mountPath"] == "/workspace/profiling_results"
-    write_and_validate(tmp_path, dgd)
+    assert planner_config(docs) == {"backend": "vllm", "optimization_target": "sla", "ttft": 500,
+                                    "profile_results_dir": "/workspace/profiling_results"}
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/workspace/planner_config",
+                                                                   "/workspace/profiling_results"}
+    write_and_validate(tmp_path, docs)
     # the SLA the user stated is the planner's, except where the planner config sets its own
     stated = request(backend="vllm", sla={"ttft": 300, "itl": 20}, features={"planner": {"ttft": 500}})
-    dgd = build_dgd(stated, Choice("disagg", [WorkerChoice("prefill", 1), WorkerChoice("decode", 1)], "measured"))
-    config = json.loads(dgd["spec"]["services"]["Planner"]["extraPodSpec"]["mainContainer"]["args"][1])
+    config = planner_config(final_documents(stated, Choice("disagg", [WorkerChoice("prefill", 1),
+                                                                      WorkerChoice("decode", 1)], "measured")))
     assert (config["ttft"], config["itl_ms"]) == (500, 20.0) and "ttft_ms" not in config
 
 
 def test_with_the_planner_the_pick_is_disaggregated_and_an_agg_graph_gets_an_agg_planner(tmp_path):
-    import json
-
     # Dynamo's autoscale picking: with the planner on, the disaggregated experiment even where agg
     # has more tokens/s/GPU, since the planner scales prefill and decode apart.
     faster_agg = {**AGG_ROW, "tokens/s/gpu": "900"}
@@ -187,10 +200,8 @@ def test_with_the_planner_the_pick_is_disaggregated_and_an_agg_graph_gets_an_agg
     # The memory-fit fallback is aggregated: its planner must scale that one pool, not look for
     # prefill and decode pools the graph does not have (the planner's default mode, disagg).
     choice = memory_fit(planner, None, "AIConfigurator does not cover this model")
-    dgd = build_dgd(planner, choice)
-    config = json.loads(dgd["spec"]["services"]["Planner"]["extraPodSpec"]["mainContainer"]["args"][1])
-    assert config["mode"] == "agg"
-    write_and_validate(tmp_path, dgd)
+    docs = final_documents(planner, choice)
+    assert planner_config(docs)["mode"] == "agg"
+    write_and_validate(tmp_path, docs)
     stated = request(backend="vllm", features={"planner": {"mode": "decode"}})
-    dgd = build_dgd(stated, memory_fit(stated, None, "x"))
-    assert '"mode": "decode"' in dgd["spec"]["services"]["Planner"]["extraPodSpec"]["mainContainer"]["args"][1]
+    assert planner_config(final_documents(stated, memory_fit(stated, None, "x")))["mode"] == "decode"

@@ -3,12 +3,14 @@ memory-fit for the tiny model, in about a second): every `run` flag reaches the 
 and its output is the console's (the audit's run dropped them: `scale` could not find its control port, the
 planner got no Prometheus); a deployment that cannot start is a failed request (status failed, exit 1, no
 traceback) whose profile is kept; `python -m dynamo.profiler` deploys nothing whatever autoApply says; a profile
-made on a local stand-in model is not reused for the request's own model."""
+made on a local stand-in model is not reused for the request's own model; `dynamo.deploy run final_config.yaml`
+starts the Planner on its config and profile as the file delivers them, in ConfigMaps mounted into its pod."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -20,6 +22,8 @@ import yaml
 
 from tests.deploy.helpers import DeployRun
 from tests.fixtures.procs import REPO, free_port, http_get, wait_until
+from tests.profiler.test_profile_data_mount import AGG, by_name, rapid_mocker
+from tests.profiler.test_profile_data_mount import request as mocker_request
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -144,3 +148,31 @@ def test_a_stand_in_profile_is_not_the_requests_and_a_short_context_is_said(tmp_
     assert cluster.returncode == 0, cluster.stderr[-3000:]
     assert f"was profiled with {tiny_model.resolve()}; profiling again with tiny-llama" in cluster.stderr
     assert status(tmp_path, "standin")["modelSource"] == "tiny-llama"
+
+
+def test_run_final_config_starts_the_planner_on_its_mounted_config_and_profile(tmp_path, monkeypatch, tiny_model):
+    """The Planner's `--config` names the file at the planner-config ConfigMap's mount: `run` serves it from its
+    local copy of the ConfigMap, and the planner takes its target and mode from it and seeds its perf models
+    from the profile-data ConfigMap's copy (the config's own `profile_results_dir` is the pod's path)."""
+    planner = {"optimization_target": "sla", "advisory": True, "load_adjustment_interval_seconds": 1}
+    final, _ = rapid_mocker(tmp_path, monkeypatch, mocker_request(planner), AGG)
+    written = by_name(list(yaml.safe_load_all(final.read_text())), "planner-config-")["data"]["planner_config.json"]
+    run = DeployRun(final, tmp_path, "--model", str(tiny_model))
+    try:
+        run.wait_ready({"Frontend": 1, "MockerWorker": 1, "Planner": 1}, timeout=150)
+        (replica,) = run.replicas("Planner")
+        argv = Path(f"/proc/{replica['pid']}/cmdline").read_bytes().decode().split("\0")
+        config = argv[argv.index("--config") + 1]
+        assert Path(config).name == "planner_config.json" and not config.startswith("/workspace/"), argv
+        assert Path(config).read_text() == written  # the ConfigMap's key, as the pod would see it
+        seeded = re.compile(r"perf models seeded with [1-9]\d* profile points from (\S+)")
+        wait_until(lambda: seeded.search(run.log_path.read_text(errors="replace")), 90,
+                   "the planner seeds its perf models from the profile-data ConfigMap")
+        log = run.log_path.read_text(errors="replace")
+        assert "planner: sla target, agg mode, environment local" in log and "(advisory" in log  # from the file
+        source = seeded.search(log).group(1)
+        assert not source.startswith("/workspace/") and (Path(source) / "prefill_raw_data.json").is_file()
+    finally:
+        assert run.stop() == 0
+    assert run.survivors() == []
+

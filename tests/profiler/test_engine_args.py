@@ -13,6 +13,7 @@ from dynamo.deploy.validate import validate_file
 from dynamo.profiler import dgdr
 from dynamo.profiler.dgd import Choice, WorkerChoice, build_dgd
 from dynamo.profiler.rapid import choice_from_rows
+from tests.profiler.helpers import comps, flag, main
 from tests.profiler.test_dgdr import AGG_ROW, DISAGG_ROW
 
 VLLM_ONLY = ("--max-num-seqs", "--max-num-batched-tokens", "--kv-transfer-config", "--model")
@@ -25,12 +26,8 @@ def request(backend: str, **spec) -> dgdr.Request:
 
 
 def workers(dgd: dict) -> dict[str, list[str]]:
-    return {name: svc["extraPodSpec"]["mainContainer"]["args"] for name, svc in dgd["spec"]["services"].items()
-            if svc["componentType"] == "worker"}
-
-
-def flag(args: list[str], name: str) -> str:
-    return args[args.index(name) + 1]
+    return {name: main(comp)["args"] for name, comp in comps(dgd).items() if comp["type"] in ("worker", "prefill",
+                                                                                               "decode")}
 
 
 def validates(tmp_path, dgd: dict) -> None:
@@ -89,7 +86,7 @@ def test_attention_dp_expert_parallel_token_budget_and_remote_code(tmp_path, bac
     validates(tmp_path, dgd)
     name = next(n for n in workers(dgd) if "Decode" in n)
     args = workers(dgd)[name]
-    assert dgd["spec"]["services"][name]["resources"]["limits"]["gpu"] == "4"
+    assert main(comps(dgd)[name])["resources"]["limits"]["nvidia.com/gpu"] == "4"
     if backend == "sglang":
         assert (flag(args, "--tp"), flag(args, "--dp-size"), flag(args, "--ep-size")) == ("4", "2", "4")
         assert "--enable-dp-attention" in args and flag(args, "--chunked-prefill-size") == "4096"

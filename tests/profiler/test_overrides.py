@@ -1,7 +1,7 @@
-"""`spec.overrides.dgd` merged over the generated DGD as Dynamo's profiler merges it: v1alpha1 worker
-args appended, v1beta1 components read in our shape, named lists merged by name, components matched
-by name or role, an unknown one refused; and requests as users save them (exported from a cluster,
-a deprecated SKU spelling, a container-absolute model path)."""
+"""`spec.overrides.dgd` merged over the generated v1beta1 DGD as Dynamo's profiler merges it: a v1alpha1
+override converted to v1beta1 with its worker args appended, a v1beta1 one merged structurally, named lists
+merged by name, components matched by name or role, an unknown one refused; and requests as users save them
+(exported from a cluster, a deprecated SKU spelling, a container-absolute model path)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import yaml
 from dynamo.deploy.validate import validate_file
 from dynamo.profiler import dgdr
 from dynamo.profiler.dgd import Choice, WorkerChoice, build_dgd
+from tests.profiler.helpers import comps, main, pod
 
 DISAGG = Choice("disagg", [WorkerChoice("prefill", 1), WorkerChoice("decode", 1)], "measured")
 
@@ -20,30 +21,56 @@ def request(**spec) -> dgdr.Request:
 
 
 def services(req: dgdr.Request, choice: Choice = DISAGG) -> dict:
-    return build_dgd(req, choice)["spec"]["services"]
+    return comps(build_dgd(req, choice))
 
 
-def main(svc: dict) -> dict:
-    return svc["extraPodSpec"]["mainContainer"]
+def validates(tmp_path, dgd: dict) -> None:
+    path = tmp_path / "dgd.yaml"
+    path.write_text(yaml.safe_dump(dgd))
+    report = validate_file(path)
+    assert report.ok, report.lines()
 
 
 def test_a_v1alpha1_override_appends_worker_args_and_merges_env_by_name(tmp_path):
     over = {"apiVersion": "nvidia.com/v1alpha1", "spec": {"services": {
-        "VllmDecodeWorker": {"extraPodSpec": {"mainContainer": {"args": ["--max-model-len", "8192"]}}},
+        "VllmDecodeWorker": {"componentType": "worker", "extraPodSpec": {"mainContainer": {
+            "args": ["--max-model-len", "8192"]}}},
         "Frontend": {"envs": [{"name": "DYN_LOG", "value": "debug"}]}}}}
     req = request(overrides={"dgd": over}, features={"kvRouter": {"enabled": True}})
-    svcs = services(req)
+    dgd = build_dgd(req, DISAGG)
+    svcs = comps(dgd)
     generated = main(services(request())["VllmDecodeWorker"])["args"]
-    args = main(svcs["VllmDecodeWorker"])["args"]
-    assert args == generated + ["--max-model-len", "8192"]  # the model path and the role kept
+    assert dgd["apiVersion"] == "nvidia.com/v1beta1"  # the override's version says how to read it, not the output's
+    assert main(svcs["VllmDecodeWorker"])["args"] == generated + ["--max-model-len", "8192"]  # model and role kept
+    assert svcs["VllmDecodeWorker"]["type"] == "decode"  # `componentType: worker` is no change of role
     assert main(svcs["VllmPrefillWorker"])["args"] == main(services(request())["VllmPrefillWorker"])["args"]
-    assert {e["name"] for e in svcs["Frontend"]["envs"]} == {"DYN_ROUTER_MODE", "DYN_LOG"}  # kvRouter's kept
-    path = tmp_path / "dgd.yaml"
-    path.write_text(yaml.safe_dump(build_dgd(req, DISAGG)))
-    assert validate_file(path).ok
+    assert {e["name"] for e in main(svcs["Frontend"])["env"]} == {"DYN_ROUTER_MODE", "DYN_LOG"}  # kvRouter's kept
+    validates(tmp_path, dgd)
 
 
-def test_a_v1beta1_override_is_read_in_our_shape_and_matched_by_role():
+def test_a_v1alpha1_override_of_pod_fields_lands_where_v1beta1_keeps_them(tmp_path):
+    over = {"spec": {"envs": [{"name": "G", "value": "1"}], "services": {"decode": {  # no apiVersion: v1alpha1
+        "replicas": 2, "envFromSecret": "my-token", "sharedMemory": {"size": "8Gi"},
+        "resources": {"limits": {"gpu": "2", "cpu": "8"}}, "extraPodMetadata": {"labels": {"pool": "d"}},
+        "volumeMounts": [{"name": "scratch", "mountPoint": "/scratch"}],
+        "extraPodSpec": {"nodeSelector": {"gpu": "h200"}}}}}}
+    dgd = build_dgd(request(overrides={"dgd": over}), DISAGG)
+    decode = comps(dgd)["VllmDecodeWorker"]
+    assert dgd["spec"]["env"] == [{"name": "G", "value": "1"}]
+    assert (decode["replicas"], decode["sharedMemorySize"]) == (2, "8Gi")
+    assert main(decode)["envFrom"] == [{"secretRef": {"name": "my-token"}}]
+    assert main(decode)["resources"]["limits"] == {"nvidia.com/gpu": "2", "cpu": "8"}
+    assert decode["podTemplate"]["metadata"] == {"labels": {"pool": "d"}}
+    assert pod(decode)["nodeSelector"] == {"gpu": "h200"}
+    assert {"name": "scratch", "persistentVolumeClaim": {"claimName": "scratch"}} in pod(decode)["volumes"]
+    assert {"name": "scratch", "mountPath": "/scratch"} in main(decode)["volumeMounts"]
+    validates(tmp_path, dgd)
+    with pytest.raises(ValueError, match="services.decode.ingress: has no nvidia.com/v1beta1 form"):
+        build_dgd(request(overrides={"dgd": {"spec": {"services": {"decode": {"ingress": {"enabled": True}}}}}}),
+                  DISAGG)
+
+
+def test_a_v1beta1_override_merges_structurally_and_is_matched_by_role():
     over = {"apiVersion": "nvidia.com/v1beta1", "kind": "DynamoGraphDeployment",
             "metadata": {"name": "prod", "labels": {"tier": "gold"}},
             "spec": {"components": [
@@ -54,16 +81,17 @@ def test_a_v1beta1_override_is_read_in_our_shape_and_matched_by_role():
                                                           "env": [{"name": "VLLM_LOGGING_LEVEL", "value": "DEBUG"}]}]}}},
                 {"name": "frontend", "replicas": 2}]}}
     dgd = build_dgd(request(overrides={"dgd": over}), DISAGG)
-    svcs = dgd["spec"]["services"]
-    decode = svcs["VllmDecodeWorker"]
+    decode = comps(dgd)["VllmDecodeWorker"]
     assert (dgd["metadata"]["name"], dgd["metadata"]["labels"]["tier"]) == ("prod", "gold")
-    assert decode["replicas"] == 3 and decode["sharedMemory"] == {"size": "16Gi"}
-    assert decode["extraPodSpec"]["nodeSelector"] == {"gpu": "h200"}
-    assert decode["extraPodMetadata"]["labels"] == {"pool": "d"}
+    assert decode["replicas"] == 3 and decode["sharedMemorySize"] == "16Gi"
+    assert pod(decode)["nodeSelector"] == {"gpu": "h200"}
+    assert decode["podTemplate"]["metadata"]["labels"] == {"pool": "d"}
     assert main(decode)["args"] == ["--only", "these"]  # a structural merge replaces a list
     assert main(decode)["env"] == [{"name": "VLLM_LOGGING_LEVEL", "value": "DEBUG"}]
     assert main(decode)["image"] and main(decode)["command"]  # the rest of the generated container stays
-    assert svcs["Frontend"]["replicas"] == 2 and "components" not in dgd["spec"]
+    assert main(decode)["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
+    assert comps(dgd)["Frontend"]["replicas"] == 2 and list(comps(dgd)) == ["Frontend", "VllmPrefillWorker",
+                                                                            "VllmDecodeWorker"]
 
 
 @pytest.mark.parametrize("over", [

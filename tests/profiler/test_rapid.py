@@ -22,6 +22,7 @@ from dynamo.planner.load_scaling import EngineLimits
 from dynamo.planner.perf_model import decode_model, prefill_model
 from dynamo.planner.sla import decode_capacity_rps, prefill_capacity_rps
 from tests.fixtures.procs import REPO
+from tests.profiler.helpers import comps, flag, graph, main, planner_config, pod
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -50,19 +51,19 @@ def test_rapid_qwen3_32b_on_h200_validates_and_renders(tmp_path):
     report = validate_file(out / "final_config.yaml")
     assert report.ok, report.lines()
     dgd = yaml.safe_load((out / "final_config.yaml").read_text())
-    services = dgd["spec"]["services"]
+    assert dgd["apiVersion"] == "nvidia.com/v1beta1"
     workers = {w["role"]: w for w in status["choice"]["workers"]}
     gpus = 0
-    for name, svc in services.items():
-        if svc["componentType"] != "worker":
+    for name, comp in comps(dgd).items():
+        if comp["type"] not in ("worker", "prefill", "decode"):
             continue
-        role = svc.get("subComponentType", "agg")
+        role = "agg" if comp["type"] == "worker" else comp["type"]
         assert name == {"agg": "VllmWorker", "prefill": "VllmPrefillWorker", "decode": "VllmDecodeWorker"}[role]
-        args = svc["extraPodSpec"]["mainContainer"]["args"]
-        assert svc["extraPodSpec"]["mainContainer"]["image"] == "dynamo-serve-cuda:0.1.0"
-        assert args[args.index("--tensor-parallel-size") + 1] == str(workers[role]["tp"])
-        assert svc["resources"]["limits"]["gpu"] == str(workers[role]["tp"])
-        gpus += int(svc["resources"]["limits"]["gpu"]) * svc["replicas"]
+        args = main(comp)["args"]
+        assert main(comp)["image"] == "dynamo-serve-cuda:0.1.0"
+        assert flag(args, "--tensor-parallel-size") == str(workers[role]["tp"])
+        assert main(comp)["resources"]["limits"]["nvidia.com/gpu"] == str(workers[role]["tp"])
+        gpus += int(main(comp)["resources"]["limits"]["nvidia.com/gpu"]) * comp["replicas"]
     assert 0 < gpus <= 8
     rendered = [d for d in yaml.safe_load_all(proc.stdout) if d]
     kinds = {d["kind"] for d in rendered}
@@ -118,15 +119,13 @@ def test_rapid_with_an_sla_planner_ships_aic_estimated_profile_data_the_planner_
     assert any("AIConfigurator estimates, not measurements" in n for n in status["notes"]), status["notes"]
     assert validate_file(tmp_path / "out/final_config.yaml").ok
     docs = list(yaml.safe_load_all((tmp_path / "out/final_config.yaml").read_text()))
-    cm = next(d for d in docs if d["kind"] == "ConfigMap")
-    assert cm["metadata"]["name"].startswith("planner-profile-data-")
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("planner-profile-"))
     assert set(cm["data"]) == {PREFILL_JSON, DECODE_JSON}
-    planner = next(d for d in docs if d["kind"] == "DynamoGraphDeployment")["spec"]["services"]["Planner"]
-    pod = planner["extraPodSpec"]
-    args = pod["mainContainer"]["args"]
-    cfg = json.loads(args[args.index("--config") + 1])
-    assert pod["volumes"] == [{"name": "profile-data", "configMap": {"name": cm["metadata"]["name"]}}]
-    assert pod["mainContainer"]["volumeMounts"] == [{"name": "profile-data", "mountPath": cfg["profile_results_dir"]}]
+    planner = comps(graph(docs))["Planner"]
+    cfg = planner_config(docs)  # from the planner-config ConfigMap mounted where its --config points
+    assert {"name": cm["metadata"]["name"], "configMap": {"name": cm["metadata"]["name"]}} in pod(planner)["volumes"]
+    assert {"name": cm["metadata"]["name"], "mountPath": cfg["profile_results_dir"],
+            "readOnly": True} in main(planner)["volumeMounts"]
 
     prefill, decode = json.loads(cm["data"][PREFILL_JSON]), json.loads(cm["data"][DECODE_JSON])
     ttft = [t for _, t in sorted(zip(prefill["prefill_isl"], prefill["prefill_ttft"]))]

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from dynamo.deploy.validate import validate_file
+from tests.profiler.helpers import comps, main
 from tests.profiler.test_rapid import run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -30,9 +31,9 @@ def test_rapid_sglang_and_trtllm_dgds_validate(tmp_path, backend, planner):
     report = validate_file(final)
     assert report.ok, report.lines()
     dgd = next(d for d in yaml.safe_load_all(final.read_text()) if d["kind"] == "DynamoGraphDeployment")
-    workers = {name: svc for name, svc in dgd["spec"]["services"].items() if svc["componentType"] == "worker"}
-    roles = sorted(svc.get("subComponentType", "agg") for svc in workers.values())
-    assert roles == (["decode", "prefill"] if planner else ["agg"])
-    for svc in workers.values():
-        args = svc["extraPodSpec"]["mainContainer"]["args"]
+    workers = {name: c for name, c in comps(dgd).items() if c["type"] in ("worker", "prefill", "decode")}
+    roles = sorted(c["type"] for c in workers.values())
+    assert roles == (["decode", "prefill"] if planner else ["worker"])
+    for comp in workers.values():
+        args = main(comp)["args"]
         assert "--max-num-seqs" not in args and BATCH_FLAG[backend] in args, args

@@ -10,6 +10,7 @@ from dynamo.deploy.validate import validate_file
 from dynamo.profiler import dgdr
 from dynamo.profiler.dgd import Choice, WorkerChoice, build_dgd
 from dynamo.profiler.thorough import candidate_dgd
+from tests.profiler.helpers import comps, main
 
 PLANNER = {"mode": "disagg", "optimization_target": "latency", "load_adjustment_interval_seconds": 2}
 
@@ -25,9 +26,9 @@ def test_a_candidate_runs_without_the_planner_at_one_engine_per_role(tmp_path):
     over = {"spec": {"services": {"decode": {"replicas": 3}, "planner": {"envs": [{"name": "X", "value": "1"}]}}}}
     req = request(overrides={"dgd": over})
     dgd = candidate_dgd(req, 2)
-    services = dgd["spec"]["services"]
-    assert set(services) == {"Frontend", "MockerPrefillWorker", "MockerDecodeWorker"}
-    assert all(s["componentType"] != "planner" for s in services.values())
+    services = comps(dgd)
+    assert list(services) == ["Frontend", "MockerPrefillWorker", "MockerDecodeWorker"]
+    assert all(s["type"] != "planner" for s in services.values())
     assert [services[n]["replicas"] for n in ("MockerPrefillWorker", "MockerDecodeWorker")] == [1, 1]
     assert dgd["metadata"]["name"].endswith("-tp2")
     path = tmp_path / "candidate.yaml"
@@ -36,5 +37,6 @@ def test_a_candidate_runs_without_the_planner_at_one_engine_per_role(tmp_path):
 
     # the DGD handed back for the same request keeps its Planner
     final = build_dgd(req, Choice("disagg", [WorkerChoice("prefill", 2), WorkerChoice("decode", 2)], "measured"))
-    assert final["spec"]["services"]["Planner"]["componentType"] == "planner"
-    assert final["spec"]["services"]["MockerDecodeWorker"]["replicas"] == 3
+    assert comps(final)["Planner"]["type"] == "planner"
+    assert {"name": "X", "value": "1"} in main(comps(final)["Planner"])["env"]
+    assert comps(final)["MockerDecodeWorker"]["replicas"] == 3

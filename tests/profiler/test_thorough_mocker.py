@@ -24,6 +24,7 @@ from dynamo.deploy.validate import validate_file
 from dynamo.llm.perf_data import load_profile
 from dynamo.profiler.client import measure
 from tests.fixtures.procs import REPO, free_port, wait_until
+from tests.profiler.helpers import comps, flag, graph, main, planner_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 SLA_TTFT, SLA_ITL, ISL, OSL, CONCURRENCY = 800.0, 60.0, 200, 32, 4
@@ -113,17 +114,18 @@ def test_thorough_mocker_dgdr_profiles_deploys_and_serves_within_sla(profiled):
     report = validate_file(out / "final_config.yaml")
     assert report.ok, report.lines()
     docs = list(yaml.safe_load_all((out / "final_config.yaml").read_text()))
-    assert docs[0]["kind"] == "ConfigMap" and set(docs[0]["data"]) == {"prefill_raw_data.json", "decode_raw_data.json"}
-    services = docs[1]["spec"]["services"]
-    assert set(services) == {"Frontend", "MockerPrefillWorker", "MockerDecodeWorker", "Planner"}
-    args = services["MockerDecodeWorker"]["extraPodSpec"]["mainContainer"]["args"]
-    assert args[args.index("--planner-profile-data") + 1] == "/workspace/profiling_results"  # the pod's, fixed
+    assert [d["kind"] for d in docs] == ["ConfigMap", "ConfigMap", "DynamoGraphDeployment"]  # Dynamo's order
+    assert set(docs[1]["data"]) == {"prefill_raw_data.json", "decode_raw_data.json"}
+    services = comps(graph(docs))
+    assert list(services) == ["Frontend", "MockerPrefillWorker", "MockerDecodeWorker", "Planner"]
+    args = main(services["MockerDecodeWorker"])["args"]
+    assert flag(args, "--planner-profile-data") == "/workspace/profiling_results"  # the pod's, fixed
     assert load_profile(out).decode is not None
 
     # The Planner runs in the deployed graph with no hand wiring: local connector through `run`'s control
     # endpoint, pools by subComponentType, perf models seeded from the profile, no Prometheus (said once).
     run_log = lambda: (out / "deployment/deploy-run.log").read_text(errors="replace")  # noqa: E731
-    planner_cfg = json.loads(services["Planner"]["extraPodSpec"]["mainContainer"]["args"][1])
+    planner_cfg = planner_config(docs)  # the planner-config ConfigMap's planner_config.json
     assert (planner_cfg["ttft_ms"], planner_cfg["itl_ms"]) == (SLA_TTFT, SLA_ITL)  # the DGDR's stated SLA
     wait_until(lambda: "perf models seeded" in run_log() and f"ms vs {SLA_ITL:.0f} ms" in run_log(), 90,
                "the planner seeds its perf models from the profile and judges the DGDR's ITL SLA")
