@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from dynamo.frontend.dispatch import RequestHandle
 from dynamo.frontend.output import ChoiceDelta, OutputStage, is_json
-from dynamo.frontend.parsers.base import accumulate_call
+from dynamo.frontend.parsers.base import ToolCallDelta, accumulate_call
 
 
 class Choice:
@@ -70,21 +70,32 @@ def chat_choice(choice: Choice, reasoning_field: str, logprobs: Callable[[list],
     return {"index": choice.index, "message": message, "logprobs": lp, "finish_reason": reason}
 
 
+def text_first(contents: list[str], reasonings: list[str]) -> bool:
+    """Whether an answer's text began before its reasoning (a preamble, then thinking), from its deltas'
+    text and reasoning in order (one delta with both: reasoning first, as a stream sends it). Its items come
+    in that order, unary or streamed."""
+    return next((not r for c, r in zip(contents, reasonings) if c or r), False)
+
+
 @dataclass
 class HeldCalls:
     """A stream's tool calls held back until the answer is complete, for APIs whose calls are items a
     client runs as soon as one is done (Anthropic's tool_use blocks, Responses' function_call items): a
     call whose arguments never became what `runnable` accepts must not go out as one. From the first call
     on, every delta is held (a delta with a call whole: its text may follow the call); at the end, what
-    was held goes out as the unary answer has it: if every call is runnable, its reasoning, text and calls
-    (in that order, as the unary answer's blocks and items), else the text the model wrote."""
+    was held goes out as the unary answer has it: if every call is runnable, its reasoning and text (in the
+    order the answer began with: `text_first`), then each call whole, in index order; else the text the
+    model wrote. So each block or item opens once."""
 
     runnable: Callable[[str], bool]
     shown: list[str] = field(default_factory=list)  # the text sent before the first call (joined at release)
     held: list[ChoiceDelta] | None = None
+    text_first: bool | None = None  # whether the text began before the reasoning (None: neither came yet)
 
     def take(self, d: ChoiceDelta) -> ChoiceDelta | None:
         """The delta to send now, or None: held."""
+        if self.text_first is None and (d.content or d.reasoning):
+            self.text_first = not d.reasoning
         if self.held is None and not d.tool_calls:
             self.shown.append(d.content)
             return d
@@ -103,9 +114,18 @@ class HeldCalls:
                 accumulate_call(calls, call)
         reasoning = "".join(d.reasoning for d in self.held)
         if all(self.runnable(c["function"]["arguments"]) for c in calls.values()):
-            pieces = [c for d in self.held for c in d.tool_calls]
-            return [ChoiceDelta("".join(d.content for d in self.held), reasoning, pieces)], bool(calls)
+            # One piece per call: pieces of calls that interleaved (0, 1, 0) would open call 0 twice.
+            whole = [ToolCallDelta(i, c["id"], c["function"]["name"], c["function"]["arguments"])
+                     for i, c in sorted(calls.items())]
+            text = "".join(d.content for d in self.held)
+            return self._in_order(text, reasoning) + [ChoiceDelta(tool_calls=whole)], bool(calls)
         written = stage.tool_input_text()  # what the unary answer shows; the stream sent its start
         shown = "".join(self.shown)
         rest = written[len(shown):] if written.startswith(shown) else "".join(d.content for d in self.held)
-        return [ChoiceDelta(rest, reasoning)], False
+        return self._in_order(rest, reasoning), False
+
+    def _in_order(self, text: str, reasoning: str) -> list[ChoiceDelta]:
+        """The held text and reasoning in the order the answer began with: text first when it began with text
+        (that continues the text shown), so neither opens a second block or item."""
+        pair = [ChoiceDelta(text), ChoiceDelta("", reasoning)]
+        return [d for d in (pair if self.text_first else pair[::-1]) if d]

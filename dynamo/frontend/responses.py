@@ -25,7 +25,7 @@ import msgspec
 
 from dynamo.frontend import speculative_prefill
 from dynamo.frontend.errors import ApiError
-from dynamo.frontend.choices import Choice, HeldCalls
+from dynamo.frontend.choices import Choice, HeldCalls, text_first
 from dynamo.frontend.generation import GenerationRun
 from dynamo.frontend.openai import ChatCompletionRequest, ChatMessage
 from dynamo.frontend.responses_events import OutputEvents, answer_items
@@ -117,7 +117,8 @@ class ResponsesRun(GenerationRun):
         choice = self.choices[0]
         status = self._status(choice)
         # The chat answer: a call whose arguments are not JSON is its text.
-        items = answer_items(self._chat_message(choice), self.reasoning_field, status == "incomplete")
+        items = answer_items(self._chat_message(choice), self.reasoning_field, status == "incomplete",
+                             text_first(choice.content, choice.reasoning))
         self.events.items = items
         body = self._body(self._response(status, items, self._usage()))
         self._save(body)
@@ -166,9 +167,13 @@ class ResponsesRun(GenerationRun):
         return out + self.events.event("response.failed", response=failed)
 
 
-def _prepare(rreq: ResponsesRequest, history, scope: dict) -> tuple[ChatCompletionRequest, RoutingHints, bool]:
+def _prepare(rreq: ResponsesRequest, store: ResponseStore | None, history: list[ChatMessage],
+             scope: dict) -> tuple[ChatCompletionRequest, RoutingHints, bool]:
     """The chat request a Responses one runs as, checked (inside its count in the request metrics: a
-    refusal here is one), its routing hints and whether its next turn is prefilled."""
+    refusal here is one, an unknown `item_reference` or `previous_response_id` too), its routing hints and
+    whether its next turn is prefilled. `history` is filled with the conversation it continues (the run's)."""
+    rreq.input = resolved_input(store, rreq.input)
+    history[:] = previous_conversation(store, rreq.previous_response_id)
     req = rreq.to_chat(history)
     validate_chat(req)
     hints = routing_hints(req.nvext, scope["headers"], background=scope.get(BACKGROUND, False))
@@ -203,14 +208,12 @@ class ResponsesApi:
         rreq = decode_responses(body)
         if await forwarded(self.store, rreq.previous_response_id, scope, body, send, receive):
             return  # it continues a response another replica made: that one ran it
-        rreq.input = resolved_input(self.store, rreq.input)
-        history = previous_conversation(self.store, rreq.previous_response_id)
+        history: list[ChatMessage] = []  # filled by _prepare
         fit = _fit(rreq)
         with own_names():  # refusals before the answer starts (bad fields, a prompt over the context)
             await app.generate(rreq, "responses", len(body), receive, send, ResponsesRun,
-                               trace=scope.get(SCOPE_KEY), prepare=partial(_prepare, rreq, history, scope), fit=fit,
-                               truncated=fit,
-                               responses_req=rreq, history=history, store=self.store)
+                               trace=scope.get(SCOPE_KEY), prepare=partial(_prepare, rreq, self.store, history, scope),
+                               fit=fit, truncated=fit, responses_req=rreq, history=history, store=self.store)
 
     async def input_tokens(self, app, scope, receive, send) -> None:
         body = await app.request_body(scope, receive)

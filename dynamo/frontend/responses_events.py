@@ -16,7 +16,6 @@ function's `name`, as the Responses schema requires.
 from __future__ import annotations
 
 import uuid
-from functools import partial
 from typing import Callable
 
 from dynamo.frontend.output import ChoiceDelta
@@ -30,7 +29,7 @@ class OutputEvents:
         self.seq = 0
         self.items: list[dict] = []  # output items, in order; `_index` is each one's output_index
         self.open: dict | None = None  # the item the last delta went to, until another opens
-        self.key: str | None = None  # what the open item holds: "reasoning", "message" or "call<index>"
+        self.key: str | int | None = None  # what the open item holds: "reasoning", "message" or a call's index
 
     def event(self, kind: str, **fields) -> bytes:
         payload = {"type": kind, "sequence_number": self.seq, **fields}
@@ -51,8 +50,7 @@ class OutputEvents:
             out += self.event("response.output_text.delta", item_id=item["id"], output_index=item["_index"],
                               content_index=0, delta=d.content, logprobs=[])
         for call in d.tool_calls:
-            new_call = partial(_call_item, call.id or "", call.name or "")
-            item, out = self._item(f"call{call.index}", new_call, out)
+            item, out = self._item(call.index, _call_item, out, call.id or "", call.name or "")
             item["arguments"] += call.arguments
             if call.arguments:
                 out += self.event("response.function_call_arguments.delta", item_id=item["id"],
@@ -69,13 +67,13 @@ class OutputEvents:
         """The items as the Response lists them."""
         return [public(item) for item in self.items]
 
-    def _item(self, key: str, new: Callable[[str, str], dict], out: bytes) -> tuple[dict, bytes]:
+    def _item(self, key: str | int, new: Callable[..., dict], out: bytes, *fields: str) -> tuple[dict, bytes]:
         """The open item for `key`, and `out` with its events: the one open, or, once that one is closed, a
-        new one (`new(text, status)`)."""
+        new one (`new(*fields, text, status)`)."""
         if self.key == key and self.open is not None:
             return self.open, out
         out += self.close()
-        item = new("", "in_progress")
+        item = new(*fields, "", "in_progress")
         item["_index"] = len(self.items)
         self.items.append(item)
         self.open, self.key = item, key
@@ -109,15 +107,17 @@ class OutputEvents:
         return out + self.event("response.output_item.done", output_index=idx, item=public(item))
 
 
-def answer_items(message: dict, reasoning_field: str, incomplete: bool) -> list[dict]:
-    """The output items of a chat answer `message`; `incomplete`: the token limit ended it."""
+def answer_items(message: dict, reasoning_field: str, incomplete: bool, text_first: bool = False) -> list[dict]:
+    """The output items of a chat answer `message`: its reasoning, text and calls (`text_first`: its text
+    began before its reasoning, and comes first, as a stream sends it; `choices.text_first`); `incomplete`:
+    the token limit ended it."""
     items: list[dict] = []
     reasoning = message.get(reasoning_field)
     if reasoning:
         items.append(_reasoning_item(reasoning))
     calls = message.get("tool_calls") or []
     if message.get("content") or not calls:
-        items.append(_message_item(message.get("content") or ""))
+        items.insert(0 if text_first else len(items), _message_item(message.get("content") or ""))
     for call in calls:
         items.append(_call_item(call["id"], call["function"]["name"], call["function"]["arguments"]))
     if incomplete:

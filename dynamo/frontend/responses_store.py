@@ -8,7 +8,9 @@ input by `item_reference`.
 Kept in this frontend's memory, encoded, up to `--responses-store-mb` (the least recently used go
 first; 0 stores nothing, and a `previous_response_id` is then refused). Several frontend replicas
 keep their own stores, and answer for each other's: an id made by another live replica is
-forwarded there (replicas.py).
+forwarded there (replicas.py). Not an item's: item ids carry no replica's tag (a client's own ids
+neither), so an `item_reference` is resolved where the request runs (the replica its
+`previous_response_id` names, else the one it reached).
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ class ResponseStore:
         self._entries: OrderedDict[str, bytes] = OrderedDict()
         self.tag = ""  # this replica's, in the ids of the responses it makes (replicas.py)
         self.peers: Replicas | None = None  # where a response made by another replica is asked for
-        # The stored items by id (an `item_reference` names one), and each response's item ids, to forget them.
-        self._item_owner: dict[str, str] = {}
+        # The stored items by id (an `item_reference` names one): the responses holding each, oldest first (a
+        # client re-sends earlier items with their ids, so one item is in several), and each response's ids.
+        self._owners: dict[str, list[str]] = {}
         self._items_of: dict[str, list[str]] = {}
 
     def __contains__(self, response_id: str) -> bool:
@@ -61,15 +64,17 @@ class ResponseStore:
 
     def put(self, stored: StoredResponse) -> None:
         data = _encoder.encode(stored)
-        if len(data) > self.max_bytes:
+        ids = _item_ids(stored)
+        size = len(data) + _index_bytes(ids)
+        if size > self.max_bytes:
             return  # larger than the whole store: kept nowhere rather than emptying it
         response_id = stored.response["id"]
         self.delete(response_id)
         self._entries[response_id] = data
-        self.bytes += len(data)
-        ids = [i["id"] for i in [*stored.response.get("output", ()), *stored.input_items] if isinstance(i.get("id"), str)]
+        self.bytes += size
         self._items_of[response_id] = ids
-        self._item_owner.update(dict.fromkeys(ids, response_id))
+        for item_id in ids:
+            self._owners.setdefault(item_id, []).append(response_id)
         while self.bytes > self.max_bytes:
             self.delete(next(iter(self._entries)))
 
@@ -87,22 +92,52 @@ class ResponseStore:
 
     def delete(self, response_id: str) -> bool:
         data = self._entries.pop(response_id, None)
+        ids = self._items_of.pop(response_id, [])
         if data is not None:
-            self.bytes -= len(data)
-        for item_id in self._items_of.pop(response_id, ()):
-            if self._item_owner.get(item_id) == response_id:  # a later response that holds it too keeps it
-                del self._item_owner[item_id]
+            self.bytes -= len(data) + _index_bytes(ids)
+        for item_id in ids:  # the item stays stored while another response holds it
+            owners = self._owners[item_id]
+            owners.remove(response_id)
+            if not owners:
+                del self._owners[item_id]
         return data is not None
 
+    def items(self, item_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The stored items among `item_ids` (of responses' outputs or inputs), as listed, by id; each
+        response holding some read once (an item several hold: the newest's)."""
+        wanted: dict[str, set[str]] = {}
+        for item_id in item_ids:
+            owners = self._owners.get(item_id)
+            if owners:
+                wanted.setdefault(owners[-1], set()).add(item_id)
+        found: dict[str, dict[str, Any]] = {}
+        for owner, ids in wanted.items():
+            stored = self.get(owner)
+            for item in [*stored.response.get("output", ()), *stored.input_items] if stored is not None else ():
+                if item.get("id") in ids:
+                    found.setdefault(item["id"], item)
+        return found
+
     def item(self, item_id: str) -> dict[str, Any] | None:
-        """The stored item `item_id` (of a response's output or input), as listed."""
-        owner = self._item_owner.get(item_id)
-        stored = self.get(owner) if owner is not None else None
-        items = [*stored.response.get("output", ()), *stored.input_items] if stored is not None else []
-        return next((item for item in items if item.get("id") == item_id), None)
+        """The stored item `item_id`, or None."""
+        return self.items([item_id]).get(item_id)
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+# What the item index keeps per item id of a response besides the id's characters (the string object, its
+# slots in the index's dict and lists), counted in the store's bytes: a response of many small items costs that.
+_INDEX_BYTES = 150
+
+
+def _item_ids(stored: StoredResponse) -> list[str]:
+    items = [*stored.response.get("output", ()), *stored.input_items]
+    return list(dict.fromkeys(i["id"] for i in items if isinstance(i.get("id"), str)))
+
+
+def _index_bytes(ids: list[str]) -> int:
+    return sum(len(i) for i in ids) + _INDEX_BYTES * len(ids)
 
 
 def not_found(response_id: str) -> ApiError:
@@ -122,7 +157,8 @@ def previous_conversation(store: ResponseStore | None, previous_id: str | None) 
         return []
     if store is None:
         raise bad_request("`previous_response_id` needs stored responses: this frontend runs with "
-                          "--responses-store-mb 0; send the full input", "previous_response_id", "unsupported_parameter")
+                          "--responses-store-mb 0; send the full input", "previous_response_id",
+                          "unsupported_parameter")
     stored = store.get(previous_id)
     if stored is None:
         raise bad_request(f"Previous response with id '{previous_id}' not found.", "previous_response_id",
@@ -153,6 +189,7 @@ def _listed(item: dict[str, Any]) -> dict[str, Any]:
     elif kind in _ID_PREFIXES:
         item.setdefault("status", "completed")
     if kind == "message":
+        item.setdefault("role", "user")  # as the input reads it
         item["content"] = _message_parts(item.get("content"), item.get("role"))
     return item
 
@@ -176,17 +213,18 @@ def resolved_input(store: ResponseStore | None, value: str | list[dict[str, Any]
     by the stored item it names; a 400 naming the reference when none is stored here."""
     if isinstance(value, str) or not any(_is_reference(item) for item in value):
         return value
+    refs = [item.get("id") for item in value if _is_reference(item)]
+    found = store.items([r for r in refs if isinstance(r, str)]) if store is not None else {}
     out = []
     for i, item in enumerate(value):
         if not _is_reference(item):
             out.append(item)
             continue
         ref = item.get("id")
-        found = store.item(ref) if store is not None and isinstance(ref, str) else None
-        if found is None:
+        if not isinstance(ref, str) or ref not in found:
             hint = "" if store is not None else ": this frontend runs with --responses-store-mb 0 and stores none"
             raise bad_request(f"Item with id {ref!r} not found{hint}.", f"input[{i}].id")
-        out.append(found)
+        out.append(found[ref])
     return out
 
 

@@ -149,6 +149,9 @@ def _validate_content(req: ChatCompletionRequest) -> None:
                 raise bad_request(f"content part type {kind!r} is not supported: models served here take text and, "
                                   f"where their workers read them, images (parts: {', '.join(CONTENT_PARTS)}, "
                                   f"{IMAGE_PART})", f"messages[{i}].content[{j}].type", "unsupported_content")
+            elif not isinstance(part.get(kind, ""), str):  # a text part's `text`, a refusal part's `refusal`
+                raise bad_request(f"a {kind} part's `{kind}` must be a string", f"messages[{i}].content[{j}].{kind}",
+                                  "invalid_type")
 
 
 def image_part_url(part: dict, where: str) -> str:

@@ -54,8 +54,8 @@ def _flatten_content(content: list, role: Any = None) -> str | list[dict]:
     """Text parts joined into one string (what every template renders); a message with images keeps
     its parts, each image as `{"type": "image"}`, where vision models' templates write their placeholder."""
     if any(isinstance(part, dict) and part.get("type") in IMAGE_PARTS for part in content):
-        return [{"type": "image"} if part.get("type") in IMAGE_PARTS else {"type": "text", "text": _part_text(part, role)}
-                for part in content if isinstance(part, dict)]
+        return [{"type": "image"} if part.get("type") in IMAGE_PARTS
+                else {"type": "text", "text": _part_text(part, role)} for part in content if isinstance(part, dict)]
     return "\n".join(_part_text(part, role) for part in content)
 
 
@@ -150,4 +150,5 @@ def _select_template(value, path: Path) -> str:
         if isinstance(named.get("default"), str):
             return named["default"]
         raise ChatTemplateError(f"{path}: chat_template list has no 'default' entry (has {sorted(map(str, named))})")
-    raise ChatTemplateError(f"{path}: no chat template (no chat_template.jinja, no tokenizer_config.json chat_template)")
+    raise ChatTemplateError(f"{path}: no chat template (no chat_template.jinja, "
+                            "no tokenizer_config.json chat_template)")

@@ -3,7 +3,7 @@ replaying chosen text (Hermes tool calls, Qwen3 reasoning). Every event of a str
 validate as the SDK's pydantic classes (text events' `logprobs`, a call's `name` on its `done`, usage's
 `cache_write_tokens`); items stream one at a time, each closed before the next opens; `text.format` is
 echoed as asked; stored input items are listed typed, as OpenAI lists them, and an `item_reference` to a
-stored item is that item."""
+stored item is that item (still once a later response that re-sent it is deleted)."""
 
 from __future__ import annotations
 
@@ -123,6 +123,11 @@ def test_an_item_reference_is_the_stored_item_it_names(client):
     assert [(i.type, i.role, i.content[0].text) for i in items[:2]] == [("message", "user", "case:first"),
                                                                           ("message", "assistant",
                                                                            "FIRST-ANSWER-MARKER")]
+    # `follow` holds those items too (its input): deleting it leaves them to `first`, which still stores them.
+    client.responses.delete(follow.id)
+    again = client.responses.create(model=MODEL, input=[{"type": "item_reference", "id": first.output[0].id},
+                                                         {"role": "user", "content": "and then?"}])
+    assert again.output_text == "The referenced answer was read."
     with pytest.raises(openai.BadRequestError) as info:
         client.responses.create(model=MODEL, input=[{"role": "user", "content": "hi"},
                                                     {"type": "item_reference", "id": "msg_unknown"}])

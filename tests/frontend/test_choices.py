@@ -43,7 +43,9 @@ def stream(pipeline, text: str, runnable) -> tuple[str, str, list[tuple[str, dic
     deltas = [stage.add(LLMEngineOutput(token_ids=[t])) for t in pipeline.tokenizer.encode(text)]
     sent = [d for d in (hold.take(d) for d in deltas + [stage.finish()]) if d is not None]
     released, _ = hold.release(stage)
-    assert len(released) <= 1  # what was held goes out as one answer: reasoning, text, calls, as unary
+    # What was held goes out as the unary answer has it: reasoning and text, then each call in one piece.
+    pieces = [c.index for d in released for c in d.tool_calls]
+    assert pieces == sorted(set(pieces)) and all(not d.tool_calls for d in released[:-1])
     calls: dict[int, dict] = {}
     for d in sent + released:
         for c in d.tool_calls:

@@ -5,10 +5,13 @@ resolved to the stored item it names."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import msgspec
 import openai.types.responses as sdk
 import pytest
 
+from dynamo.frontend import responses_store
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.openai import ChatMessage
 from dynamo.frontend.responses_store import (ResponseStore, StoredResponse, input_items, previous_conversation,
@@ -20,8 +23,15 @@ def stored(rid: str, words: int = 10) -> StoredResponse:
                           input_items("hi"))
 
 
+def cost(response: StoredResponse) -> int:
+    """What `response` takes of a store's bytes (its encoding and its items' index)."""
+    store = ResponseStore(max_bytes=1 << 20)
+    store.put(response)
+    return store.bytes
+
+
 def test_the_least_recently_used_go_first_past_the_byte_budget():
-    size = len(msgspec.json.encode(stored("a")))
+    size = cost(stored("a"))
     store = ResponseStore(max_bytes=3 * size)
     for rid in "abc":
         store.put(stored(rid))
@@ -106,7 +116,7 @@ def test_an_item_reference_is_the_stored_item_it_names():
 
 
 def test_an_items_reference_goes_with_its_response():
-    size = len(msgspec.json.encode(with_items("r1")))
+    size = cost(with_items("r1"))
     store = ResponseStore(max_bytes=2 * size)
     store.put(with_items("r1"))
     assert store.item("msg_out_r1") is not None
@@ -115,3 +125,52 @@ def test_an_items_reference_goes_with_its_response():
     for rid in ("r2", "r3", "r4"):  # r2 is evicted
         store.put(with_items(rid))
     assert store.item("msg_in_r2") is None and store.item("msg_in_r4")["id"] == "msg_in_r4"
+
+
+def test_an_item_a_later_response_re_sent_stays_while_any_response_holds_it():
+    """Clients (the Agents SDK) send earlier output items back with their ids: the later response holds the
+    item too, and deleting or evicting it leaves the item to the earlier one."""
+    store = ResponseStore(max_bytes=1 << 20)
+    store.put(with_items("a"))
+    again = with_items("b")
+    again.input_items = input_items([{"type": "message", "id": "msg_out_a", "role": "assistant",
+                                      "content": [{"type": "output_text", "text": "answer a"}]}])
+    store.put(again)
+    assert store.delete("b") and store.get("a") is not None
+    assert store.item("msg_out_a")["content"][0]["text"] == "answer a"
+    assert resolved_input(store, [{"type": "item_reference", "id": "msg_out_a"}])[0]["id"] == "msg_out_a"
+    store.put(again)
+    store.delete("a")  # the other way round: b still holds it
+    assert store.item("msg_out_a") is not None and store.item("msg_in_a") is None
+    store.delete("b")
+    assert store.item("msg_out_a") is None and store.bytes == 0
+
+
+def test_the_item_index_is_counted_in_the_stores_bytes():
+    store = ResponseStore(max_bytes=1 << 20)
+    response = with_items("r1")
+    store.put(response)
+    assert store.bytes > len(msgspec.json.encode(response))
+    store.delete("r1")
+    assert store.bytes == 0
+
+
+def test_references_to_one_response_read_it_once(monkeypatch):
+    """Each stored response an input's references name is decoded once, however many of its items they name."""
+    store = ResponseStore(max_bytes=1 << 20)
+    store.put(with_items("r1"))
+    store.put(with_items("r2"))
+    decoded = []
+    real = responses_store._decoder
+    monkeypatch.setattr(responses_store, "_decoder", SimpleNamespace(decode=lambda data: decoded.append(data)
+                                                                      or real.decode(data)))
+    resolved = resolved_input(store, [{"type": "item_reference", "id": "msg_in_r1"}, {"id": "msg_out_r1"},
+                                      {"id": "msg_in_r2"}, {"type": "item_reference", "id": "msg_out_r2"}])
+    assert [i["id"] for i in resolved] == ["msg_in_r1", "msg_out_r1", "msg_in_r2", "msg_out_r2"]
+    assert len(decoded) == 2
+
+
+def test_a_message_sent_without_a_role_is_listed_as_the_users():
+    (item,) = input_items([{"type": "message", "content": "hi"}])
+    assert item["role"] == "user"
+    sdk.ResponseInputMessageItem.model_validate(item)

@@ -1,3 +1,7 @@
+"""The chat template (dynamo/llm/chat_template.py): a model's Jinja template rendered in a sandbox, message
+content parts flattened to the text templates read (images kept as placeholders for vision templates, an
+assistant's refusal as its text), and a template's failure a ChatTemplateError."""
+
 import json
 
 import pytest

@@ -2,8 +2,9 @@
 against `EmbeddedHttpServer`, on asyncio's loop and on uvloop (the frontend's), plain and TLS: a client
 that stops reading and never hangs up has its connection dropped once it has taken nothing for the
 deadline, the app's `send` released as for a client that hung up, while others are served; a client
-that reads slowly but steadily is never cut; an answer that ends with bytes nobody takes does not hold
-its connection; 0 turns the deadline off. Plus the stall clock's logic and the settings."""
+that reads slowly but steadily is never cut (without TCP_INFO too); an answer that ends with bytes nobody
+takes does not hold its connection; 0 turns the deadline off (no watch starts). Plus the stall clock's
+logic and the settings."""
 
 from __future__ import annotations
 
@@ -74,16 +75,23 @@ async def serving(limits: HttpLimits, tls: dict | None = None) -> tuple[Embedded
     return server, app
 
 
-def client(server: EmbeddedHttpServer, target: bytes, tls: ssl.SSLContext | None = None) -> socket.socket:
-    """A blocking client with a 4 KiB receive window that has sent its request and read nothing yet."""
+def connected(server: EmbeddedHttpServer, tls: ssl.SSLContext | None = None) -> socket.socket:
+    """A blocking client with a 4 KiB receive window, connected."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.settimeout(GENEROUS)
     sock.connect(("127.0.0.1", server.port))
-    if tls is not None:
-        sock = tls.wrap_socket(sock, server_hostname="127.0.0.1")
+    return tls.wrap_socket(sock, server_hostname="127.0.0.1") if tls is not None else sock
+
+
+def ask(sock: socket.socket, target: bytes) -> socket.socket:
     sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target)
     return sock
+
+
+def client(server: EmbeddedHttpServer, target: bytes, tls: ssl.SSLContext | None = None) -> socket.socket:
+    """A client that has sent its request and read nothing yet."""
+    return ask(connected(server, tls), target)
 
 
 def read_to_the_end(sock: socket.socket) -> tuple[int, bool]:
@@ -176,6 +184,11 @@ def test_an_answer_nobody_reads_does_not_hold_its_connection(loop):
 
 
 # -- clients that read -----------------------------------------------------------------------------
+# The slow reader's deadline: its reads are a thread of this process, behind the server's loop for the GIL,
+# so a loaded 2-core box can pause them for a second or more; this is several such pauses long.
+SLOW_READER_DEADLINE = 3.0
+
+
 def read_slowly_then_all(sock: socket.socket, seconds: float) -> tuple[int, bool]:
     """4 KiB every 0.1 s for `seconds`, then the rest of the stream at once."""
     end = time.monotonic() + seconds
@@ -185,11 +198,21 @@ def read_slowly_then_all(sock: socket.socket, seconds: float) -> tuple[int, bool
     return read_to_the_end_of_a_stream(sock)
 
 
-async def slow_reader() -> None:
-    server, app = await serving(HttpLimits(write_timeout=1.5))
+async def slow_reader(small_send_buffer: bool = False) -> None:
+    """`small_send_buffer`: the server sends from a small kernel buffer, writable again as soon as a little of it
+    drained, as BSD's and macOS's are (their low-water mark); Linux's, autotuned to MiBs, is writable only once
+    a third of it drained, which at this pace takes longer than the deadline: off Linux, without TCP_INFO,
+    what left the transport's buffer is the progress, and it comes at the reader's pace there."""
+    server, app = await serving(HttpLimits(write_timeout=SLOW_READER_DEADLINE))
     try:
-        sock = await in_thread(client, server, b"/stream?%d" % (4 << 20))
-        read, complete = await in_thread(read_slowly_then_all, sock, 5.0)  # over three deadlines
+        sock = await in_thread(connected, server)
+        if small_send_buffer:
+            await wait_for(lambda: server.guard.connections)
+            (conn,) = server.guard.connections
+            conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        await in_thread(ask, sock, b"/stream?%d" % (4 << 20))
+        # past the latest a client that took nothing would be cut (1.25 deadlines), by a second and more
+        read, complete = await in_thread(read_slowly_then_all, sock, 5.0)
         sock.close()
         assert complete and app.ended == ["complete"]
         assert server.guard.refused["write_timeout"] == 0
@@ -202,11 +225,18 @@ def test_a_client_that_reads_slowly_but_steadily_is_not_cut(loop):
     run(loop, slow_reader)
 
 
+def test_without_tcp_info_a_client_that_reads_slowly_is_not_cut_either(monkeypatch):
+    monkeypatch.setattr(write_deadline, "_TCP_INFO", None)  # as off Linux, and a send buffer as there
+    run("uvloop", lambda: slow_reader(small_send_buffer=True))
+
+
 async def no_deadline() -> None:
     server, app = await serving(HttpLimits(write_timeout=0))
     try:
         sock = await in_thread(client, server, b"/stream?%d" % (4 << 20))
-        await asyncio.sleep(1.5)  # stalled, with no deadline to end it
+        # Stalled: its transport paused, where a deadline (any other value) starts its watch; 0 starts none.
+        await wait_for(lambda: any(c._write_paused() for c in server.guard.connections))
+        assert [c._writes for c in server.guard.connections] == [None]
         read, complete = await in_thread(read_to_the_end_of_a_stream, sock)
         sock.close()
         assert complete and app.ended == ["complete"]
