@@ -99,10 +99,10 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
         return 0 if self.logprobs is True else int(self.logprobs)
 
     def to_request(self, token_ids: list[int], request_id: str, model: str, max_tokens: int,
-                   eos_token_ids: list[int], tool_json: bool = True,
-                   tool_format: str | None = None) -> PreprocessedRequest:
-        """The wire request for the worker; the request owns this conversion (`tool_json`, `tool_format`: see
-        `ChatCompletionRequest.guided_decoding`)."""
+                   eos_token_ids: list[int], tool_json: bool = True, tool_format: str | None = None,
+                   reasoning: tool_guidance.ReasoningStart | None = None) -> PreprocessedRequest:
+        """The wire request for the worker; the request owns this conversion (`tool_json`, `tool_format`,
+        `reasoning`: see `ChatCompletionRequest.guided_decoding`)."""
         return PreprocessedRequest(
             request_id=request_id, model=model, token_ids=token_ids,
             stop_conditions=StopConditions(max_tokens=max_tokens, stop=stop_list(self.stop) or None,
@@ -114,7 +114,7 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
                 top_k=1 if self.greedy() else self.top_k, min_p=self.min_p,
                 seed=self.seed, presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
                 repetition_penalty=self.repetition_penalty,
-                guided_decoding=self.guided_decoding(tool_json, tool_format)),
+                guided_decoding=self.guided_decoding(tool_json, tool_format, reasoning)),
             output_options=OutputOptions(logprobs=self.top_logprobs_wanted()),
             eos_token_ids=eos_token_ids,
             router=self.router_params(),
@@ -125,7 +125,8 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
         given = (self.nvext or {}).get("router")
         return RouterParams(**given) if given else None
 
-    def guided_decoding(self, tool_json: bool = True, tool_format: str | None = None) -> GuidedDecodingOptions | None:
+    def guided_decoding(self, tool_json: bool = True, tool_format: str | None = None,
+                        reasoning: tool_guidance.ReasoningStart | None = None) -> GuidedDecodingOptions | None:
         """The structured-output constraint for the engine, from the guided_* extras."""
         ext = self.nvext or {}
         get = lambda name: getattr(self, name) if getattr(self, name) is not None else ext.get(name)  # noqa: E731
@@ -173,11 +174,13 @@ class ChatCompletionRequest(_Common, kw_only=True, omit_defaults=True):
         `chat_template_kwargs` overrides (as vLLM merges them)."""
         return bool((self.template_kwargs() or {}).get("add_generation_prompt", self.add_generation_prompt))
 
-    def guided_decoding(self, tool_json: bool = True, tool_format: str | None = None) -> GuidedDecodingOptions | None:
+    def guided_decoding(self, tool_json: bool = True, tool_format: str | None = None,
+                        reasoning: tool_guidance.ReasoningStart | None = None) -> GuidedDecodingOptions | None:
         """`tool_json`: tool_choice required / named asks for the calls as JSON (`forced_tool_json`);
-        `tool_format`: the model's tool-call parser. A response_format constrains the final answer only
-        (OpenAI's rule): never a turn that must call a tool, and with tool_choice auto only in a constraint
-        that also admits the calls (`tool_guidance`)."""
+        `tool_format`: the model's tool-call parser; `reasoning`: its reasoning parser, where it has one. A
+        response_format constrains the final answer only (OpenAI's rule): never a turn that must call a tool,
+        and with tool_choice auto only in a constraint that also admits the calls, after the reasoning
+        (`tool_guidance`)."""
         mode = self.tool_choice_mode()
         explicit = super().guided_decoding(tool_json)  # the guided_* extras: the client's own constraint
         if mode in ("required", "named"):
@@ -188,7 +191,7 @@ class ChatCompletionRequest(_Common, kw_only=True, omit_defaults=True):
         if mode == "auto":
             functions = [t["function"] for t in self.tools or []]
             parallel = self.parallel_tool_calls is not False
-            tag = tool_guidance.answer_or_calls(functions, answer, tool_format, parallel)
+            tag = tool_guidance.answer_or_calls(functions, answer, tool_format, parallel, reasoning)
             return GuidedDecodingOptions(structural_tag=tag) if tag is not None else None
         if (self.response_format or {}).get("type") == "json_object":
             return GuidedDecodingOptions(json_object=True)

@@ -15,6 +15,7 @@ from dynamo.frontend.openai import ChatCompletionRequest, stop_list, stop_token_
 from dynamo.frontend.output import OutputSpec
 from dynamo.frontend.parsers import make_reasoning_parser
 from dynamo.frontend.parsers.base import PromptReasoning
+from dynamo.frontend.tool_guidance import ReasoningStart
 from dynamo.llm.model_card import STRUCTURED_OUTPUT_KEY
 from dynamo.llm.preprocessor import PreprocessError
 from dynamo.llm.protocol import RoutingHints
@@ -144,16 +145,19 @@ def wire_requests(pipeline, req, ids: list[int], is_chat: bool, hints: RoutingHi
         raise bad_request(f"stop token ids must be in [0, {vocab})", "stop")
     request_id = ("chatcmpl-" if is_chat else "cmpl-") + (request_id or uuid.uuid4().hex)
     tool_json, tool_format = forced_tool_json(pipeline.card), pipeline.card.runtime_config.tool_call_parser
+    # only a structural tag (tools and a response_format) needs it: the prompt's tail is decoded for nothing else
+    needs_reasoning = is_chat and getattr(req, "tools", None) and getattr(req, "response_format", None)
+    reasoning = reasoning_start(pipeline, ids) if needs_reasoning else None
     n = req.choices()
     if n == 1:
         out = [req.to_request(ids, request_id, pipeline.name, max_tokens, pipeline.eos_token_ids, tool_json,
-                              tool_format)]
+                              tool_format, reasoning)]
     else:
         base = req.seed if req.seed is not None else random.getrandbits(31)
         out = []
         for i in range(n):
             preq = req.to_request(list(ids), f"{request_id}-{i}", pipeline.name, max_tokens,
-                                  pipeline.eos_token_ids, tool_json, tool_format)
+                                  pipeline.eos_token_ids, tool_json, tool_format, reasoning)
             preq.sampling_options.seed = base + i
             out.append(preq)
     for preq in out:  # a LoRA adapter's model: the worker applies it, its KV blocks hash in its namespace
@@ -199,8 +203,18 @@ def forced_tool_json(card) -> bool:
 def prompt_reasoning(entry, prompt_ids: list[int] | None) -> PromptReasoning:
     """Where the end of the prompt, where a template may have opened (or closed) the reasoning for
     the model, leaves it, as the model's reasoning parser reads the text there."""
-    name = entry.card.runtime_config.reasoning_parser
+    return _judged(entry.card.runtime_config.reasoning_parser, entry.pipeline, prompt_ids)
+
+
+def reasoning_start(pipeline, prompt_ids: list[int]) -> ReasoningStart | None:
+    """The card's reasoning parser and where the prompt leaves the reasoning, for a constraint that must
+    leave the model room to reason first (`tool_guidance.thinking`); None for a model that does not."""
+    name = pipeline.card.runtime_config.reasoning_parser
+    return ReasoningStart(name, _judged(name, pipeline, prompt_ids)) if name else None
+
+
+def _judged(name: str | None, pipeline, prompt_ids: list[int] | None) -> PromptReasoning:
     if not name or not prompt_ids:
         return PromptReasoning.UNKNOWN
-    tail = entry.pipeline.tokenizer.decode(prompt_ids[-PROMPT_TAIL_TOKENS:], skip_special_tokens=False)
+    tail = pipeline.tokenizer.decode(prompt_ids[-PROMPT_TAIL_TOKENS:], skip_special_tokens=False)
     return make_reasoning_parser(name).judge_prompt(tail)

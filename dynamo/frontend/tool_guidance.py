@@ -7,24 +7,39 @@ that hold their output to it (vLLM's structured outputs):
   parameters sit inside the list's schema (`tool_defs.py`), `maxItems: 1` when parallel_tool_calls is false;
 - tool_choice auto with a `response_format`: the format constrains only the final answer (OpenAI's
   rule), so the engine gets xgrammar's structural tag admitting either that answer or the calls in the
-  model's own format (`CallLayout`, from its tool-call parser). A format no grammar here can say
-  (`tool_call_layout` None) gets no constraint at all: calls stay possible, the answer is not held to
-  the schema, and the log says so once per format.
+  model's own format (`CallLayout`, from its tool-call parser). A model that reasons first (a reasoning
+  parser on its card) gets room for its reasoning in front, free text up to the parser's end tag
+  (`thinking`), opened by its start tag or already open where the prompt opened it (the parser's own
+  reading of the prompt's end, `ReasoningStart`), none where the prompt closed it (thinking switched
+  off). Optional, so an engine that keeps the reasoning out of the grammar itself (vLLM or SGLang given
+  their own reasoning parser) can apply it from the answer on. A tool-call format or reasoning parser no
+  grammar here can say (`tool_call_layout` None; reasoning not between fixed tags) gets no constraint at
+  all: calls stay possible, the answer is not held to the schema, and the log says so once per name.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
-from dynamo.frontend.parsers import CallLayout, tool_call_layout
+from dynamo.frontend.parsers import CallLayout, make_reasoning_parser, tool_call_layout
+from dynamo.frontend.parsers.base import PromptReasoning
 from dynamo.frontend.tool_defs import hoist_defs
 
 log = logging.getLogger(__name__)
 
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
 _warned: set[str] = set()
+# What may follow the reasoning's end before the answer or the calls (Qwen3 writes `</think>\n\n`).
+_LAYOUT: dict[str, Any] = {"type": "regex", "pattern": "[ \\t\\r\\n]*"}
+
+
+class ReasoningStart(NamedTuple):
+    """The model's reasoning parser (the card's) and where the request's prompt leaves its reasoning."""
+
+    parser: str
+    prompt: PromptReasoning = PromptReasoning.UNKNOWN
 
 
 def parameters_schema(function: dict) -> dict:
@@ -39,9 +54,7 @@ def named_schema(function: dict) -> dict:
 
 def required_schema(functions: list[dict], parallel: bool) -> dict:
     """tool_choice required: a list of one or more calls, `[{"name": .., "parameters": {..}}, ..]`."""
-    located = [(f["name"], parameters_schema(f), f"/items/anyOf/{i}/properties/parameters")
-               for i, f in enumerate(functions)]
-    params, defs = hoist_defs(located)
+    params, defs = hoist_defs([(f["name"], parameters_schema(f)) for f in functions])
     items = [{"type": "object", "properties": {"name": {"type": "string", "enum": [f["name"]]}, "parameters": p},
               "required": ["name", "parameters"]} for f, p in zip(functions, params)]
     schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"type": "object", "anyOf": items}}
@@ -52,22 +65,55 @@ def required_schema(functions: list[dict], parallel: bool) -> dict:
     return schema
 
 
-def answer_or_calls(functions: list[dict], answer: dict, tool_format: str | None, parallel: bool) -> dict | None:
+def answer_or_calls(functions: list[dict], answer: dict, tool_format: str | None, parallel: bool,
+                    reasoning: ReasoningStart | None = None) -> dict | None:
     """tool_choice auto with a response_format: a structural tag admitting the answer in `answer` (a JSON
     schema) or one or more calls as `tool_format`'s parser reads them (None: the output stage's fallback,
-    Dynamo's `default`). None where that format cannot be said as a grammar (logged once per format)."""
+    Dynamo's `default`), after the model's reasoning where it reasons first (`reasoning`). None where the
+    format or the reasoning cannot be said as a grammar (logged once per name)."""
     name = tool_format or "default"
     layout = tool_call_layout(name)
     if layout is None:
-        if name not in _warned:
-            _warned.add(name)
-            log.warning("tool-call format %r cannot be written as a grammar: with tools and a response_format, "
-                        "the engine is held to neither (calls stay possible; the answer is not held to the "
-                        "schema)", name)
+        return _unsaid(f"tool-call format {name!r}")
+    body = {"type": "or", "elements": [{"type": "json_schema", "json_schema": answer},
+                                       _calls_format(functions, layout, parallel)]}
+    if reasoning is not None:
+        try:
+            before = thinking(reasoning)
+        except ValueError:
+            return _unsaid(f"reasoning parser {reasoning.parser!r}")
+        if before is not None:
+            body = {"type": "sequence", "elements": [before, body]}
+    return {"type": "structural_tag", "format": body}
+
+
+def thinking(reasoning: ReasoningStart) -> dict | None:
+    """Optional reasoning in front of the answer, as the parser reads it: free text up to one of its end
+    tags (then layout whitespace), opened by one of its start tags, or already open where the prompt
+    opened it (or the parser's model always starts inside); None where the prompt closed it. ValueError
+    where the parser's reasoning is not text between fixed tags (Harmony's channels, MiniMax's kept
+    reasoning)."""
+    parser = make_reasoning_parser(reasoning.parser)
+    starts, ends = getattr(parser, "starts", None), getattr(parser, "ends", None)
+    if not starts or not ends or parser.budget_tags is None:
+        raise ValueError(reasoning.parser)
+    if reasoning.prompt is PromptReasoning.CLOSED:
         return None
-    calls = _calls_format(functions, layout, parallel)
-    return {"type": "structural_tag",
-            "format": {"type": "or", "elements": [{"type": "json_schema", "json_schema": answer}, calls]}}
+    inside = reasoning.prompt is PromptReasoning.OPENED or (
+        reasoning.prompt is PromptReasoning.UNKNOWN and parser.budget_tags.starts_inside)
+    # Inside, the text up to the end tag is reasoning even where the model writes an opening tag again.
+    tags = [{"type": "tag", "begin": begin, "content": {"type": "any_text"}, "end": list(ends)}
+            for begin in ([""] if inside else starts)]
+    section = [tags[0] if len(tags) == 1 else {"type": "or", "elements": tags}, _LAYOUT]
+    return {"type": "optional", "content": {"type": "sequence", "elements": section}}
+
+
+def _unsaid(what: str) -> None:
+    if what not in _warned:
+        _warned.add(what)
+        log.warning("%s cannot be written as a grammar: with tools and a response_format, the engine is held "
+                    "to neither (calls stay possible; the answer is not held to the schema)", what)
+    return None
 
 
 def _calls_format(functions: list[dict], layout: CallLayout, parallel: bool) -> dict:

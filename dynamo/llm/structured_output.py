@@ -19,6 +19,12 @@ def choice_grammar(choices: list[str]) -> str:
     return "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
 
 
+def structural_tag_text(tag: Any) -> str:
+    """A structural tag as the JSON text vLLM and SGLang take: Dynamo's wire carries it as an object or as
+    that text already (NVIDIA Dynamo 1.6.1 takes both), which is passed on as it is, not encoded twice."""
+    return tag if isinstance(tag, str) else json.dumps(tag)
+
+
 def sglang_params(guided: GuidedDecodingOptions | None) -> dict[str, Any]:
     """SGLang sampling params for the constraint ({} when none)."""
     if guided is None:
@@ -32,7 +38,7 @@ def sglang_params(guided: GuidedDecodingOptions | None) -> dict[str, Any]:
     if guided.grammar:
         return {"ebnf": guided.grammar}
     if guided.structural_tag is not None:  # its xgrammar backend reads the structural tag format as vLLM does
-        return {"structural_tag": json.dumps(guided.structural_tag)}
+        return {"structural_tag": structural_tag_text(guided.structural_tag)}
     return {}
 
 

@@ -9,12 +9,12 @@ request and turns each `RequestOutput` into an `LLMEngineOutput`.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, AsyncIterator, Callable
 
 from dynamo.llm.kv_events.engine_decoder import SALT_PREFIX
 from dynamo.llm.protocol import FinishReason, LLMEngineOutput, PreprocessedRequest, engine_priority
+from dynamo.llm.structured_output import structural_tag_text
 from dynamo.runtime.wire import ErrorCode
 from dynamo.worker.role import WorkerRole
 
@@ -82,7 +82,7 @@ def structured_outputs(guided: Any) -> Any:
     elif guided.grammar:
         kwargs["grammar"] = guided.grammar
     elif guided.structural_tag is not None:
-        kwargs["structural_tag"] = json.dumps(guided.structural_tag)  # vLLM takes it as JSON text
+        kwargs["structural_tag"] = structural_tag_text(guided.structural_tag)  # vLLM takes it as JSON text
     return StructuredOutputsParams(**kwargs)
 
 

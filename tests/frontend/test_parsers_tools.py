@@ -159,6 +159,18 @@ def test_plain_text_passes_through_and_near_markers_are_released():
         assert (content, calls) == (text, []), name
 
 
+@pytest.mark.parametrize("text", ['{"name": "Bob", "age": 30}', '{"age": 30, "name": "Bob"}',
+                                  '{"name": "Bob", "parameters": {"age": 30}}'])
+def test_a_llama3_json_answer_naming_no_offered_tool_is_the_answer(text):
+    """llama3_json's calls are bare objects, so an answer in JSON (a response_format's, which the engine
+    admits beside the calls) whose "name" is no offered tool is text, not a call of "Bob"."""
+    for step in (None, 1):
+        assert run("llama3_json", text, step) == (text, [])
+    # Only the object that opens the output is judged: a call's followers are as the model wrote them.
+    calls = run("llama3_json", '{"name": "get_weather", "parameters": {}}; {"name": "get_time", "parameters": {}}', 1)
+    assert calls[0] == "" and [c["name"] for c in calls[1]] == ["get_weather", "get_time"]
+
+
 @pytest.mark.parametrize("name,text", [
     ("hermes", "<tool_call>not json at all</tool_call> after"),
     ("hermes", '<tool_call>{"arguments": {}}</tool_call>'),

@@ -1,6 +1,7 @@
 """Tools' parameter schemas inside tool_choice required's list of calls (frontend/tool_defs.py): every
-`$ref` resolves from the schema's root (what xgrammar and vLLM resolve refs from), each tool's arguments
-are checked against its own definitions, and the client's schemas are left as they were."""
+`$ref` resolves from the schema's root (what xgrammar and vLLM resolve refs from) without going through a
+list's index (which xgrammar cannot follow, though jsonschema does), each tool's arguments are checked
+against its own definitions, and the client's schemas are left as they were."""
 
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ def assert_every_ref_resolves(schema: dict) -> None:
         schema, default_specification=DRAFT202012)).resolver(base_uri="urn:calls")
     for ref in refs(schema):
         resolver.lookup(ref)  # raises Unresolvable
+        # xgrammar 0.2.8: "Cannot find field 0 in #/items/anyOf/0/properties/parameters".
+        assert not any(part.isdigit() for part in ref.split("/")), ref
 
 
 def valid(schema: dict, calls: list) -> bool:
@@ -84,6 +87,41 @@ def test_definitions_and_refs_to_a_tools_own_root_resolve_where_it_now_sits():
     assert valid(schema, [{"name": "tree", "parameters": tree}])
     assert not valid(schema, [{"name": "tree", "parameters": {**tree, "kids": [{"leaf": {"v": "x"}}]}}])
     assert not valid(schema, [{"name": "tree", "parameters": {**tree, "twin": {"v": "x"}}}])
+
+
+def test_a_tool_with_refs_into_its_own_schema_moves_under_its_name_in_the_roots_defs():
+    schema = required(("tree", TREE), ("ship", SHIP))
+    tree, ship = (item["properties"]["parameters"] for item in schema["items"]["anyOf"])
+    assert tree == {"$ref": "#/$defs/tree"} and ship["properties"]["to"] == {"$ref": "#/$defs/Address"}
+    assert schema["$defs"]["tree"]["properties"]["kids"]["items"] == {"$ref": "#/$defs/tree"}
+    assert schema["$defs"]["tree"]["properties"]["twin"] == {"$ref": "#/$defs/tree/properties/leaf"}
+
+
+def test_a_moved_schema_takes_a_fresh_name_and_keeps_every_other_tools_definitions():
+    # The tool "Leaf" defines a Leaf of its own; "odd/na~me" needs escaping; "other" defines what "Leaf"'s
+    # schema took (renamed, as any clash is).
+    other = {"$defs": {"Leaf_2": {"type": "string"}}, "type": "object", "properties": {
+        "x": {"$ref": "#/$defs/Leaf_2"}}, "required": ["x"]}
+    schema = required(("Leaf", TREE), ("odd/na~me", TREE), ("other", other))
+    assert_every_ref_resolves(schema)
+    assert sorted(schema["$defs"]) == ["Leaf", "Leaf_2", "odd/na~me", "other.Leaf_2"]
+    assert schema["items"]["anyOf"][1]["properties"]["parameters"] == {"$ref": "#/$defs/odd~1na~0me"}
+    tree = {"leaf": {"v": 1}, "kids": [{"leaf": {"v": 2}, "twin": {"v": 3}}]}
+    assert valid(schema, [{"name": "Leaf", "parameters": tree}, {"name": "odd/na~me", "parameters": tree},
+                          {"name": "other", "parameters": {"x": "s"}}])
+    assert not valid(schema, [{"name": "other", "parameters": {"x": {"v": 1}}}])
+    assert not valid(schema, [{"name": "odd/na~me", "parameters": {"leaf": {"v": "x"}}}])
+
+
+@pytest.mark.parametrize("ref", ["#/$defs/Address", "#/definitions/Address", "#/$defs"])
+def test_a_ref_to_a_definition_the_tool_lacks_is_a_400_naming_the_tool(ref):
+    """Left as written it would resolve to another tool's `Address` (bill's) without a word."""
+    lacking = {"type": "object", "properties": {"to": {"$ref": ref}}}
+    with pytest.raises(ApiError) as info:
+        required(("bill", BILL), ("ship", lacking))
+    error = info.value.body()["error"]
+    assert info.value.status == 400 and error["param"] == "tools[1].function.parameters"
+    assert error["message"].startswith(f"tools[1]: `$ref` {ref!r}")
 
 
 def test_the_clients_schemas_are_not_changed_and_one_call_only_when_not_parallel():

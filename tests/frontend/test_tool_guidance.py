@@ -1,18 +1,26 @@
 """What tools plus a response_format ask of the engine (frontend/tool_guidance.py): with tool_choice auto the
 format holds only the final answer, so the engine gets a structural tag admitting that answer or the calls
-in the model's own format (what its parser reads back as those calls); a turn that must call a tool is
-never held to the answer's schema; a format no grammar here can say gets nothing, said once in the log."""
+in the model's own format (what its parser reads back as those calls), after room for the reasoning of a
+model that reasons first; a turn that must call a tool is never held to the answer's schema; a format or
+reasoning no grammar here can say gets nothing, said once in the log."""
 
 from __future__ import annotations
 
 import json
 import logging
 
+import msgspec
 import pytest
 
 from dynamo.frontend import tool_guidance
+from dynamo.frontend.model_manager import ModelEntry
 from dynamo.frontend.openai import decode_request
 from dynamo.frontend.parsers import make_tool_parser
+from dynamo.frontend.parsers.base import PromptReasoning
+from dynamo.frontend.preparation import wire_requests
+from dynamo.frontend.tool_guidance import ReasoningStart
+from dynamo.llm.model_card import build_card
+from dynamo.llm.preprocessor import ModelPipeline
 
 ANSWER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 PARAMS = {"$defs": {"Zone": {"type": "string"}}, "type": "object", "properties": {"zone": {"$ref": "#/$defs/Zone"}}}
@@ -74,7 +82,7 @@ def test_a_turn_that_must_call_a_tool_is_not_held_to_the_answers_schema():
 
 
 def test_a_format_no_grammar_can_say_gets_no_constraint_and_says_so_once(caplog):
-    tool_guidance._warned.discard("pythonic")
+    tool_guidance._warned.discard("tool-call format 'pythonic'")
     with caplog.at_level(logging.WARNING, logger="dynamo.frontend.tool_guidance"):
         assert chat().guided_decoding(True, "pythonic") is None
         assert chat().guided_decoding(True, "pythonic") is None
@@ -82,3 +90,62 @@ def test_a_format_no_grammar_can_say_gets_no_constraint_and_says_so_once(caplog)
         "tool-call format 'pythonic' cannot be written as a grammar: with tools and a response_format, the engine "
         "is held to neither (calls stay possible; the answer is not held to the schema)") == 1
 
+
+
+LAYOUT = {"type": "regex", "pattern": "[ \\t\\r\\n]*"}
+
+
+def think(*begins: str, ends=("</think>",)) -> dict:
+    tags = [{"type": "tag", "begin": b, "content": {"type": "any_text"}, "end": list(ends)} for b in begins]
+    first = tags[0] if len(tags) == 1 else {"type": "or", "elements": tags}
+    return {"type": "optional", "content": {"type": "sequence", "elements": [first, LAYOUT]}}
+
+
+@pytest.mark.parametrize("parser,prompt,section", [
+    ("qwen3", PromptReasoning.UNKNOWN, think("<think>")),
+    # The template opened it (Qwen3 thinking-2507, GLM-4.7): the output starts inside, opening tag or not.
+    ("qwen3", PromptReasoning.OPENED, think("")),
+    ("deepseek_r1", PromptReasoning.UNKNOWN, think("")),  # a model that always starts inside
+    ("mistral", PromptReasoning.UNKNOWN, think("", ends=("[/THINK]", "</think>"))),
+    ("granite", PromptReasoning.UNKNOWN, think("Here is my thought process:", "Here's my thought process:",
+                                               ends=("Here is my response:", "Here's my response:"))),
+    ("qwen3", PromptReasoning.CLOSED, None),  # thinking switched off: the answer or the calls at once
+    ("deepseek_r1", PromptReasoning.CLOSED, None),
+])
+def test_a_model_that_reasons_first_gets_room_for_its_reasoning_before_the_answer_or_the_calls(
+        parser, prompt, section):
+    plain = chat().guided_decoding(True, "hermes").structural_tag
+    tag = chat().guided_decoding(True, "hermes", ReasoningStart(parser, prompt)).structural_tag
+    if section is None:
+        assert tag == plain
+    else:
+        assert tag == {"type": "structural_tag", "format": {"type": "sequence",
+                                                            "elements": [section, plain["format"]]}}
+
+
+def test_reasoning_no_grammar_can_say_gets_no_constraint_and_says_so_once(caplog):
+    for name in ("gpt_oss", "minimax_append_think"):
+        tool_guidance._warned.discard(f"reasoning parser {name!r}")
+    with caplog.at_level(logging.WARNING, logger="dynamo.frontend.tool_guidance"):
+        for name in ("gpt_oss", "minimax_append_think", "gpt_oss"):
+            assert chat().guided_decoding(True, "hermes", ReasoningStart(name)) is None
+    assert [r.getMessage().split(" cannot")[0] for r in caplog.records] == [
+        "reasoning parser 'gpt_oss'", "reasoning parser 'minimax_append_think'"]
+
+
+@pytest.mark.parametrize("prompt_end,begin", [("", "<think>"), ("<think>\n", ""), ("<think>\n\n</think>\n\n", None)])
+def test_the_wire_request_carries_the_cards_reasoning_where_the_prompt_left_it(tiny_model, prompt_end, begin):
+    """Qwen3 (hermes calls, qwen3 reasoning): the card's reasoning parser reaches the structural tag, with
+    the prompt's end judged as the output stage judges it."""
+    card = build_card(tiny_model, name="tiny", block_size=16)
+    card.runtime_config.reasoning_parser, card.runtime_config.tool_call_parser = "qwen3", "hermes"
+    entry = ModelEntry("tiny", ModelPipeline(card), card)
+    req = decode_request(msgspec.json.encode({"model": "tiny", "messages": [{"role": "user", "content": "x"}],
+                                              "tools": TOOLS, "response_format": FORMAT}), "chat")
+    prompt = entry.pipeline.tokenizer.encode("<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n" + prompt_end)
+    (wire,) = wire_requests(entry.pipeline, req, prompt, True)
+    fmt = wire.sampling_options.guided_decoding.structural_tag["format"]
+    if begin is None:
+        assert fmt["type"] == "or"
+    else:
+        assert fmt["type"] == "sequence" and fmt["elements"][0] == think(begin)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from dynamo.llm.protocol import GuidedDecodingOptions as G
-from dynamo.llm.structured_output import choice_grammar, sglang_params, trtllm_fields
+from dynamo.llm.structured_output import choice_grammar, sglang_params, structural_tag_text, trtllm_fields
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}}
 
@@ -38,3 +38,13 @@ def test_a_structural_tag_in_sglangs_form_and_left_out_of_trtllms():
         {"type": "json_schema", "json_schema": SCHEMA}, {"type": "const_string", "value": "<tool_call>"}]}}
     assert json.loads(sglang_params(G(structural_tag=tag))["structural_tag"]) == tag
     assert trtllm_fields(G(structural_tag=tag)) == {}
+
+
+def test_a_structural_tag_given_as_json_text_is_passed_on_as_it_is():
+    """NVIDIA Dynamo's wire carries the tag as an object or as JSON text (1.6.1's serialize_structural_tag
+    takes both): text is what the engines take already, never encoded a second time (vLLM's handler uses
+    the same `structural_tag_text`)."""
+    tag = {"type": "structural_tag", "format": {"type": "const_string", "value": "hi"}}
+    text = json.dumps(tag)
+    assert structural_tag_text(tag) == text and structural_tag_text(text) == text
+    assert sglang_params(G(structural_tag=text)) == {"structural_tag": text}

@@ -1,9 +1,10 @@
 """The constraints the frontend asks for with tools (frontend/tool_guidance.py) against the xgrammar and
 vLLM of the vLLM venv, without an engine (seconds): tool_choice required over tools whose parameters use
-`$defs` compiles and holds each call to its own tool's definitions; tool_choice auto with a
-response_format compiles (through `dynamo.vllm.handler.structured_outputs` and vLLM's own check) into a
-grammar that admits the answer in its schema or the calls in each tool-call format, and nothing else; and
-vLLM's offline engine held to it (tiny random model) writes calls as well as answers."""
+`$defs`, or refs into their own schema (a recursive tree), compiles and holds each call to its own tool's
+schema; tool_choice auto with a response_format compiles (through `dynamo.vllm.handler.structured_outputs`
+and vLLM's own check, the tag given as an object or as JSON text) into a grammar that admits the answer in
+its schema or the calls in each tool-call format, after the reasoning of a model that reasons first, and
+nothing else; and vLLM's offline engine held to it (tiny random model) writes calls as well as answers."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from transformers import AutoTokenizer
 from vllm.sampling_params import SamplingParams
 from vllm.v1.structured_output.backend_xgrammar import validate_xgrammar_grammar
 from dynamo.frontend.openai import decode_request
+from dynamo.frontend.parsers.base import PromptReasoning
+from dynamo.frontend.tool_guidance import ReasoningStart
 from dynamo.llm.protocol import GuidedDecodingOptions
 from dynamo.vllm.handler import structured_outputs
 
@@ -40,15 +43,23 @@ def admits(compiled, text):
     m = xgr.GrammarMatcher(compiled)
     return m.accept_string(text) and m.accept_token(info.stop_token_ids[0])
 
+def auto(fmt, reasoning=None, as_text=False):
+    guided = chat(tool_choice="auto", response_format=case["format"]).guided_decoding(True, fmt or None, reasoning)
+    if as_text:  # Dynamo's wire may carry the tag as JSON text: passed on as it is
+        guided = GuidedDecodingOptions(structural_tag=json.dumps(guided.structural_tag))
+    params = structured_outputs(guided)
+    validate_xgrammar_grammar(SamplingParams(structured_outputs=params))  # vLLM's own check of a request
+    return compiler.compile_structural_tag(params.structural_tag)
+
 out = {}
 required = compiler.compile_json_schema(json.dumps(chat(tool_choice="required").guided_decoding(True).json))
 out["required"] = [admits(required, t) for t in case["required"]]
+named = chat(tool_choice={"type": "function", "function": {"name": "tree"}}).guided_decoding(True).json
+out["named"] = [admits(compiler.compile_json_schema(json.dumps(named)), t) for t in case["named"]]
 for fmt, texts in case["auto"].items():
-    guided = chat(tool_choice="auto", response_format=case["format"]).guided_decoding(True, fmt or None)
-    params = structured_outputs(guided)
-    validate_xgrammar_grammar(SamplingParams(structured_outputs=params))  # vLLM's own check of a request
-    compiled = compiler.compile_structural_tag(params.structural_tag)
-    out[fmt] = [admits(compiled, t) for t in texts]
+    out[fmt] = [admits(auto(fmt, as_text=fmt == "hermes"), t) for t in texts]
+out["reasoning"] = {f"{p}/{w}": [admits(auto("hermes", ReasoningStart(p, PromptReasoning(w))), t) for t in texts]
+                    for p, w, texts in case["reasoning"]}
 print(json.dumps(out))
 """
 
@@ -59,16 +70,23 @@ TOOLS = [{"type": "function", "function": {"name": "ship", "parameters": {
              "required": ["to"]}}},
          {"type": "function", "function": {"name": "bill", "parameters": {
              "$defs": {"Address": ZIP}, "type": "object", "properties": {"to": {"$ref": "#/$defs/Address"}},
-             "required": ["to"]}}}]
+             "required": ["to"]}}},
+         # Recursive, draft-07: refs to its own root and to a sibling property (no `$defs` to point into).
+         {"type": "function", "function": {"name": "tree", "parameters": {
+             "definitions": {"Leaf": ZIP}, "type": "object", "properties": {
+                 "leaf": {"$ref": "#/definitions/Leaf"}, "kids": {"type": "array", "items": {"$ref": "#"}},
+                 "twin": {"$ref": "#/properties/leaf"}}, "required": ["leaf"]}}}]
 FORMAT = {"type": "json_schema", "json_schema": {"name": "R", "schema": {
     "type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}}}
 SHIP = '{"name": "ship", "arguments": {"to": {"city": "Oslo"}}}'
 BILL = '{"name": "bill", "arguments": {"to": {"zip": 1}}}'
 WRONG = '{"name": "ship", "arguments": {"to": {"zip": 1}}}'  # bill's Address under ship's name
+TREE = '{"name": "tree", "arguments": {"leaf": {"zip": 1}, "kids": [{"leaf": {"zip": 2}, "twin": {"zip": 3}}]}}'
+BAD_TREE = '{"name": "tree", "arguments": {"leaf": {"zip": 1}, "kids": [{"leaf": {"city": "Oslo"}}]}}'
 # Per format: the answer, two calls as the model writes them, text that is neither, a call against its schema.
 AUTO = {
-    "hermes": [f"<tool_call>\n{SHIP}\n</tool_call>\n<tool_call>\n{BILL}\n</tool_call>",
-               f"<tool_call>\n{WRONG}\n</tool_call>"],
+    "hermes": [f"<tool_call>\n{SHIP}\n</tool_call>\n<tool_call>\n{BILL}\n</tool_call>\n<tool_call>\n{TREE}\n</tool_call>",
+               f"<tool_call>\n{BAD_TREE}\n</tool_call>"],
     "nemotron_deci": [f"<TOOLCALL>[{SHIP}, {BILL}]</TOOLCALL>", f"<TOOLCALL>[{WRONG}]</TOOLCALL>"],
     "jamba": [f"<tool_calls>[{SHIP}, {BILL}]</tool_calls>", f"<tool_calls>[{WRONG}]</tool_calls>"],
     "phi4": [f"functools[{SHIP}, {BILL}]", f"functools[{WRONG}]"],
@@ -77,12 +95,30 @@ AUTO = {
 }
 
 
+ANSWER, CALL = '{"answer": "sunny"}', f"<tool_call>\n{SHIP}\n</tool_call>"
+# Per reasoning parser and where the prompt left the reasoning: texts, then whether each is admitted.
+REASONING = [
+    ("qwen3", "unknown", [f"<think>\nSunny? {{ <tool_call>\n</think>\n\n{ANSWER}", f"<think>Check.</think>\n\n{CALL}",
+                          ANSWER, CALL, "<think>Hm.</think>\n\nIt is sunny.", "Hm.</think>" + ANSWER, "It is sunny."],
+     [True, True, True, True, False, False, False]),
+    ("qwen3", "opened", ["Check.</think>\n\n" + CALL, f"Hm.</think>{ANSWER}", ANSWER, "Hm.</think>It is sunny."],
+     [True, True, True, False]),
+    ("deepseek_r1", "unknown", ["Check.</think>\n\n" + CALL, "<think>Hm.</think>" + ANSWER, "Hm.</think>Sunny."],
+     [True, True, False]),
+    ("qwen3", "closed", [ANSWER, CALL, "<think>Hm.</think>" + ANSWER], [True, True, False]),
+]
+
+
 def test_tool_constraints_compile_and_admit_exactly_the_calls_or_the_answer(vllm_python, tmp_path):
-    listed = [t.replace('"arguments"', '"parameters"') for t in (f"[{SHIP}, {BILL}]", f"[{WRONG}]")]
-    auto = {fmt: ['{"answer": "sunny"}', calls, wrong, "It is sunny."] for fmt, (calls, wrong) in AUTO.items()}
-    case = {"tools": TOOLS, "format": FORMAT, "required": listed, "auto": auto}
+    listed = [t.replace('"arguments"', '"parameters"') for t in (f"[{SHIP}, {BILL}]", f"[{WRONG}]", f"[{TREE}]",
+                                                                  f"[{BAD_TREE}]")]
+    auto = {fmt: [ANSWER, calls, wrong, "It is sunny."] for fmt, (calls, wrong) in AUTO.items()}
+    reasoning = [[parser, where, texts] for parser, where, texts, _ in REASONING]
+    named = [json.dumps(json.loads(t)["arguments"]) for t in (TREE, BAD_TREE)]  # the tree's own root: as written
+    case = {"tools": TOOLS, "format": FORMAT, "required": listed, "named": named, "auto": auto, "reasoning": reasoning}
     got = run(vllm_python, CHECK, tmp_path, {"CASE": json.dumps(case)})
-    assert got.pop("required") == [True, False]
+    assert got.pop("required") == [True, False, True, False] and got.pop("named") == [True, False]
+    assert got.pop("reasoning") == {f"{parser}/{where}": expected for parser, where, _, expected in REASONING}
     assert got == {fmt: [True, True, False, False] for fmt in AUTO}
 
 

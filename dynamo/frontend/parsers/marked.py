@@ -166,12 +166,15 @@ class JsonCalls:
     """Inner stream for JSON call objects `{"name": ..., "arguments"|"parameters": ...}`,
     one or several (in a `[...]` list, or separated by `,` or `;`). With the name first
     (every documented format), the name is sent as soon as it is complete and the
-    arguments stream raw; otherwise the call is sent whole when its object closes."""
+    arguments stream raw; otherwise the call is sent whole when its object closes. `offered`: where a
+    block with no marker may be an answer rather than calls (llama3_json's bare objects), its first
+    object is a call only when it names one of these tools (an answer `{"name": "Bob", ..}` is text)."""
 
     _HEAD = re.compile(r'\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*(,\s*"(?:arguments|parameters)"\s*:)?')
 
-    def __init__(self, first_index: int) -> None:
+    def __init__(self, first_index: int, offered: frozenset[str] | None = None) -> None:
         self.emitted = 0
+        self._offered = offered
         self._first = first_index
         self._buf = ""
         self._pos = 0  # where the current (or next) object starts
@@ -214,10 +217,12 @@ class JsonCalls:
             m = self._HEAD.match(buf, obj)
             if m and not self._named:
                 name = loads_or_none('"' + m.group(1) + '"')
-                if isinstance(name, str) and name:
+                if isinstance(name, str) and name and not self._refused(name):
                     self.emitted += 1
                     self._named = True
                     out.append(ToolCallDelta(self._index(), new_call_id(), name, ""))
+            if self.failed:
+                return False
             if m and self._named and m.group(2):
                 self._args = ArgsCursor(m.end())
         if self._args is not None:
@@ -245,11 +250,18 @@ class JsonCalls:
             out.append(ToolCallDelta(self._index(), arguments=args_text))
             return
         name = value.get("name")
-        if not isinstance(name, str) or not name:
+        if not isinstance(name, str) or not name or self._refused(name):
             self.failed = True
             return
         self.emitted += 1
         out.append(ToolCallDelta(self._index(), new_call_id(), name, args_text))
+
+    def _refused(self, name: str) -> bool:
+        """A first object naming no offered tool: not a call (`failed`: the block is released as text)."""
+        if self._offered is None or self.emitted or name in self._offered:
+            return False
+        self.failed = True
+        return True
 
     def close(self) -> list[ToolCallDelta]:
         if self._obj is not None and not self._named:

@@ -69,7 +69,10 @@ class Llama3JsonParser(MarkedToolParser):
     call_layout = CallLayout("", "", args_key="parameters", between="; ")
 
     def make_inner(self, marker: str, first_index: int) -> Inner:
-        return JsonCalls(first_index)
+        # A bare object may be the answer itself (a response_format's JSON, admitted beside the calls):
+        # it opens calls only when it names an offered tool.
+        offered = frozenset(t.get("function", {}).get("name") for t in self.tools) if self.tools else None
+        return JsonCalls(first_index, offered if not marker else None)
 
 
 _MISTRAL_HEADER = re.compile(r"\s*(?:\[TOOL_CALLS\])?\s*([A-Za-z0-9_.\-]+)\[ARGS\]")
