@@ -29,7 +29,7 @@ import msgspec
 
 from dynamo.frontend.anthropic import COUNT_TOKENS_PATH, PATH, MessagesRequest, decode_messages, error_body
 from dynamo.frontend.errors import ApiError
-from dynamo.frontend.choices import Choice, HeldCalls
+from dynamo.frontend.choices import Choice, HeldCalls, text_first
 from dynamo.frontend.generation import GenerationRun
 from dynamo.frontend.validation import validate_chat
 from dynamo.frontend.output import ChoiceDelta
@@ -82,7 +82,8 @@ class MessagesRun(GenerationRun):
             return
         choice = self.choices[0]
         message = self._chat_message(choice)  # the chat answer, its calls checked as JSON
-        content, calls = answer_blocks(message, self.reasoning_field, choice.stage.tool_input_text())
+        content, calls = answer_blocks(message, self.reasoning_field, choice.stage.tool_input_text(),
+                                       text_first(choice.content, choice.reasoning))
         await send_bytes(send, 200, _json(self._message(content, *self._stop(choice, calls))))
 
     # -- streaming -----------------------------------------------------------------------------
@@ -168,9 +169,11 @@ class MessagesRun(GenerationRun):
         return self._event("message_start", message=start) + self._event("ping")
 
 
-def answer_blocks(message: dict, reasoning_field: str, written: str) -> tuple[list[dict], bool]:
+def answer_blocks(message: dict, reasoning_field: str, written: str,
+                  text_first: bool = False) -> tuple[list[dict], bool]:
     """(content blocks, whether they call tools) of a chat answer `message`; `written`: the text the model
-    wrote, the answer when a call's arguments are JSON but no object (no call either)."""
+    wrote, the answer when a call's arguments are JSON but no object (no call either); `text_first`: its
+    text began before its reasoning and comes first, as the stream sends it (`choices.text_first`)."""
     content: list[dict] = []
     reasoning = message.get(reasoning_field)
     if reasoning:
@@ -181,7 +184,7 @@ def answer_blocks(message: dict, reasoning_field: str, written: str) -> tuple[li
     if any(i is None for i in inputs):
         text, calls = written, []
     if text or not calls:
-        content.append({"type": "text", "text": text or ""})
+        content.insert(0 if text_first else len(content), {"type": "text", "text": text or ""})
     for call, input_ in zip(calls, inputs):
         content.append({"type": "tool_use", "id": call["id"] or "toolu_" + uuid.uuid4().hex,
                         "name": call["function"]["name"], "input": input_})

@@ -105,3 +105,11 @@ def test_the_item_the_limit_cut_is_incomplete(pipeline):
 def test_tool_input_is_an_object_or_nothing():
     assert tool_input('{"a": 1}') == {"a": 1}
     assert [tool_input(a) for a in ("null", "[1, 2]", '"x"', '{"a": ', "", "{'a': 1}")] == [None] * 6
+
+
+@pytest.mark.parametrize("text_first", [False, True])
+def test_an_anthropic_answer_orders_its_text_and_thinking_as_its_stream_began(text_first):
+    message = {"role": "assistant", "content": "Let me think.", "reasoning_content": "hmm"}
+    blocks, calls = answer_blocks(message, "reasoning_content", "", text_first)
+    order = [b["type"] for b in blocks]
+    assert order == (["text", "thinking"] if text_first else ["thinking", "text"]) and not calls
