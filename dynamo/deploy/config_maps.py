@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 from dynamo.deploy.model import Service
 
@@ -77,16 +77,34 @@ def mounts(svc: Service, maps: dict[str, dict[str, bytes]], root: str) -> dict[s
     return out
 
 
-def content(svc: Service, maps: dict[str, dict[str, bytes]], path: str) -> bytes | None:
-    """What `svc`'s pod reads at `path` when a ConfigMap of the file serves it; None otherwise."""
-    for mount, _, _, files in _mounted(svc, maps):
+class Served(NamedTuple):
+    """A path of a pod under a mount of one of the file's ConfigMaps: which, where, the file it names there,
+    and that file's content (None: the ConfigMap, as mounted, has no such key: the pod finds no file)."""
+
+    configmap: str
+    mount_path: str
+    key: str
+    content: bytes | None
+
+
+def served(svc: Service, maps: dict[str, dict[str, bytes]], path: str) -> Served | None:
+    """How `svc`'s pod sees `path` when it is under a mount of a ConfigMap of the file; None when it is not."""
+    for mount, _, name, files in _mounted(svc, maps):
         point = mount["mountPath"].rstrip("/")
         sub = mount.get("subPath")
         if sub and path == point:
-            return files.get(sub)
+            return Served(name, mount["mountPath"], sub, files.get(sub))
         if not sub and path.startswith(point + "/"):
-            return files.get(path[len(point) + 1:])
+            key = path[len(point) + 1:]
+            return Served(name, mount["mountPath"], key, files.get(key))
     return None
+
+
+def content(svc: Service, maps: dict[str, dict[str, bytes]], path: str) -> bytes | None:
+    """What `svc`'s pod reads at `path` when a ConfigMap of the file serves it; None otherwise (`served` tells
+    a path under no such mount from a key the ConfigMap lacks)."""
+    found = served(svc, maps, path)
+    return found.content if found else None
 
 
 def missing(svc: Service, maps: dict[str, dict[str, bytes]]) -> list[str]:

@@ -257,11 +257,16 @@ def check_mounted_plans(docs: list[Any], report: Report) -> None:
             for inv in parse_command(*command_of(svc)[:2]).invocations:
                 read = _MOUNTED_CONFIGS.get(inv.module)
                 path = flag_value(inv.args, ("--config",)) if read else None
-                found = config_maps.content(svc, maps, path) if path else None
-                if found is None:
+                found = config_maps.served(svc, maps, path) if path else None
+                if found is None:  # not under a mount of the file's ConfigMaps: read where it runs
                     continue
                 where = f"graph {graph.metadata.name}, service {name}: {read[0]} {path}"
-                errors, warnings = read[1](found, path)
+                if found.content is None:
+                    report.errors.append(f"{where}: ConfigMap {found.configmap} (mounted at {found.mount_path}) has "
+                                         f"no key {found.key!r}, so the pod finds no file there and the program "
+                                         "stops at start")
+                    continue
+                errors, warnings = read[1](found.content, path)
                 report.errors += [f"{where}: {e}" for e in errors]
                 report.warnings += [f"{where}: {w}" for w in warnings]
 

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from dynamo.profiler import dgdr
+from dynamo.profiler.dgd import dgd_name
 from dynamo.profiler.status import Status
 from dynamo.profiler.thorough import local_deployment
 
@@ -99,8 +100,10 @@ async def deploy(req: dgdr.Request, final: Path, opts: Any, status: Status) -> i
             rc = await dep.serve_until(stop)
         finally:
             await dep.stop()
-        return 0 if rc is None else _failed(status, f"dynamo.deploy run {final} exited on its own ({rc})",
-                                            dep.log_tail(), rc or 1)
+        if rc is None:
+            _stopped(req, status, signals)
+            return 0
+        return _failed(status, f"dynamo.deploy run {final} exited on its own ({rc})", dep.log_tail(), rc or 1)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
@@ -118,6 +121,15 @@ async def _started(dep: Any, stop: asyncio.Event) -> bool:
     starting.cancel()  # start() stops `run` on its way out
     await asyncio.gather(starting, return_exceptions=True)
     return False
+
+
+def _stopped(req: dgdr.Request, status: Status, signals: list[int]) -> None:
+    """The deployment is gone: said as Dynamo's operator says it when the DGD a request deployed is deleted
+    (phase Failed; the request stays, the profile with it, and the same command deploys it again)."""
+    by = f" by {signal.Signals(signals[0]).name}" if signals else ""
+    status.set("Failed", message=f"DGD {status.data.get('dgdName') or dgd_name(req)} was stopped{by}: the deployment "
+               "is gone; `python -m dynamo.deploy run` with the same request deploys it again (the profile is reused)",
+               error=None, endpoint=None, control=None)
 
 
 def _failed(status: Status, what: str, detail: str, rc: int = 1) -> int:

@@ -2,12 +2,12 @@
 `final_config.yaml` is `[ConfigMap..., DGD]`, the DynamoGraphDeployment `nvidia.com/v1beta1`
 (`spec.components[]` of `{name, type, replicas, podTemplate}`, the Dynamo process in the pod template's
 container named `main`). This module owns the graph's layout (Frontend + `<Backend>Worker` or
-`<Backend>Prefill/DecodeWorker`, + Planner), its images, and the ConfigMaps beside it: the planner's config
-(`planner-config-XXXX`, key `planner_config.json`, mounted at PLANNER_CONFIG_MOUNT) and the profile data
-(`planner-profile-data-XXXXXXXX`, mounted at PROFILE_MOUNT in the Planner and in mocker workers). Their names
-end in a digest of what they hold (Dynamo's are random), so profiling the same request again writes the same
-file. Engine flags: `engine_args.py`; `spec.overrides.dgd`: `overrides.py`; `dynamo.deploy validate` checks
-the result."""
+`<Backend>Prefill/DecodeWorker`, + Planner), its images, and the ConfigMaps beside it, in the DGD's namespace:
+the planner's config (`planner-config-XXXX`, key `planner_config.json`, mounted at PLANNER_CONFIG_MOUNT) and the
+profile data (`planner-profile-data-XXXX`, mounted at PROFILE_MOUNT in the Planner and in mocker workers). Their
+names end in 4 hex characters as Dynamo's do, of a digest of the request's name and what they hold (Dynamo's are
+random), so profiling the same request again writes the same file. Engine flags: `engine_args.py`;
+`spec.overrides.dgd`: `overrides.py`; `dynamo.deploy validate` checks the result."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dynamo.deploy.model import API_VERSION_V1BETA1 as DGD_API
+from dynamo.deploy.model import GPU_RESOURCE
 from dynamo.llm.perf_data import DECODE_JSON, PREFILL_JSON
+from dynamo.profiler.dgd_v1alpha1 import MAIN
 from dynamo.profiler.dgdr import Request
 from dynamo.profiler.engine_args import worker_args
 from dynamo.profiler.overrides import apply_override
@@ -26,10 +29,7 @@ IMAGE = "dynamo-serve-cuda:0.1.0"
 # Dynamo's published image names, which its profiler derives the DGD's images from (`profile_common.py`)
 DYNAMO_RUNTIME = {"vllm": "vllm-runtime", "sglang": "sglang-runtime", "trtllm": "tensorrtllm-runtime"}
 DYNAMO_PLANNER = "dynamo-planner"
-DGD_API = "nvidia.com/v1beta1"
-MAIN = "main"  # the container the operator injects into (v1beta1)
 PREFIX = {"vllm": "Vllm", "sglang": "Sglang", "trtllm": "Trtllm", "mocker": "Mocker"}
-WORKER_TYPES = ("worker", "prefill", "decode")
 MAX_NAME = 45  # Dynamo: len(dgd name) + len(component) must stay within this
 HF_TOKEN_SECRET = "hf-token-secret"
 WORKSPACE = "/workspace"
@@ -162,29 +162,41 @@ def images(req: Request, backend: str) -> tuple[str, str]:
 
 # ----- the ConfigMaps --------------------------------------------------------------------------------
 
-def _configmap(req: Request, name: str, data: dict[str, str]) -> dict[str, Any]:
-    metadata: dict[str, Any] = {"name": name}
-    if req.metadata.namespace:  # where the DGD that mounts it goes
-        metadata["namespace"] = req.metadata.namespace
-    metadata["labels"] = {"dgdr.nvidia.com/name": req.metadata.name}
+def _configmap(req: Request, prefix: str, data: dict[str, str]) -> dict[str, Any]:
+    """`<prefix>-XXXX`, as Dynamo names its ConfigMaps (4 hex characters; here of a digest of the request's
+    name and the data: a rerun is byte-identical, and two requests' identical data do not share one). Its
+    namespace is the DGD's, given by `final_documents`."""
+    text = json.dumps(data, sort_keys=True)
+    digest = hashlib.sha256(f"{req.metadata.name}\n{text}".encode()).hexdigest()[:4]
+    metadata = {"name": f"{prefix}-{digest}", "labels": {"dgdr.nvidia.com/name": req.metadata.name}}
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
 
 
+def _in_namespace(doc: dict[str, Any], namespace: str | None) -> dict[str, Any]:
+    """`doc` placed in `namespace` (none: wherever it is applied), beside the DGD that mounts it."""
+    meta = {k: v for k, v in doc["metadata"].items() if k != "namespace"}
+    placed = {"name": meta.pop("name"), **({"namespace": namespace} if namespace else {}), **meta}
+    return {**doc, "metadata": placed}
+
+
 def profile_configmap(req: Request, profile_dir: Path) -> dict[str, Any]:
-    """`planner-profile-data-<digest>`: the interpolation data's JSON twins, one key each."""
+    """`planner-profile-data-XXXX`: the interpolation data's JSON twins, one key each."""
     data = {js: (profile_dir / js).read_text() for js in (PREFILL_JSON, DECODE_JSON) if (profile_dir / js).is_file()}
-    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
-    return _configmap(req, f"planner-profile-data-{digest}", data)
+    return _configmap(req, "planner-profile-data", data)
 
 
-def planner_config(req: Request, backend: str, profile_results_dir: str | None,
-                   mode: str = "disagg") -> dict[str, Any]:
-    """The request's PlannerConfig passed through, with the SLA it states, the profile to read, and
-    `mode: agg` for an aggregated graph (the planner's default, disagg, would look for prefill and
-    decode pools it does not have)."""
+def planner_config(req: Request, backend: str, profile_results_dir: str | None, mode: str = "disagg",
+                   workers: list[WorkerChoice] | None = None) -> dict[str, Any]:
+    """The request's PlannerConfig passed through, with what Dynamo's profiler adds where it sets none: the
+    model, the GPUs of each chosen engine (`workers`; the GPU budget counts them), the SLA it states, the
+    profile to read, and `mode: agg` for an aggregated graph (the planner's default, disagg, would look for
+    prefill and decode pools it does not have)."""
     config = {"backend": backend, **(req.spec.features.planner or {})}
     if mode == "agg":
         config.setdefault("mode", "agg")
+    config.setdefault("model_name", req.spec.model)  # the served name, which the workers register
+    for w in workers or []:  # an agg engine is the planner's one pool, which it calls decode
+        config.setdefault(f"{'prefill' if w.role == 'prefill' else 'decode'}_engine_num_gpu", w.gpus)
     for key in ("ttft", "itl"):  # as Dynamo: the SLA the user stated (not the defaults) is the planner's,
         value = getattr(req.spec.sla, key)  # unless its own config says otherwise
         if value is not None and key not in config and f"{key}_ms" not in config:
@@ -194,19 +206,27 @@ def planner_config(req: Request, backend: str, profile_results_dir: str | None,
     return config
 
 
-def planner_configmap(req: Request, mode: str, profile_cm: str | None) -> dict[str, Any]:
-    """`planner-config-XXXX` (Dynamo's shape: 4 hex characters, here of a digest of the request's name and
-    the config, so reruns are byte-identical and two requests' configs do not share a name)."""
-    config = planner_config(req, dgd_backend(req), PROFILE_MOUNT if profile_cm else None, mode)
-    text = json.dumps(config, sort_keys=True)
-    digest = hashlib.sha256(f"{req.metadata.name}\n{text}".encode()).hexdigest()[:4]
-    return _configmap(req, f"planner-config-{digest}", {PLANNER_CONFIG_KEY: text})
+def planner_configmap(req: Request, choice: Choice, profile_cm: str | None) -> dict[str, Any]:
+    """`planner-config-XXXX`: the planner's config for `choice`, key PLANNER_CONFIG_KEY."""
+    config = planner_config(req, dgd_backend(req), PROFILE_MOUNT if profile_cm else None, choice.mode, choice.workers)
+    return _configmap(req, "planner-config", {PLANNER_CONFIG_KEY: json.dumps(config, sort_keys=True)})
+
+
+def scaled_pools(config: dict[str, Any]) -> tuple[str, ...]:
+    """The pools (`prefill`, `decode`: an aggregated worker is the planner's decode pool) a planner with `config`
+    scales, as its `roles` say; none when it is advisory (Dynamo then opts none into the scaling adapter)."""
+    from dynamo.planner.config import PlannerConfig
+
+    if config.get("advisory"):
+        return ()
+    return PlannerConfig(mode=config.get("mode", "disagg")).roles
 
 
 # ----- the components --------------------------------------------------------------------------------
 
 def _frontend(req: Request, image: str) -> dict[str, Any]:
     frontend = _component("Frontend", "frontend", 1, image, "dynamo.frontend", ["--http-port", "8000"])
+    main_container(frontend)["envFrom"] = [{"secretRef": {"name": HF_TOKEN_SECRET}}]  # as in Dynamo's templates
     if req.spec.kv_router:  # as Dynamo: the env twin, so a `--router-mode` an override adds still wins
         _env(frontend, "DYN_ROUTER_MODE", "kv")
     return frontend
@@ -218,10 +238,9 @@ def _worker(req: Request, backend: str, w: WorkerChoice, image: str, profile_cm:
     args = worker_args(req, backend, w, model, PROFILE_MOUNT if replay else None)
     kind = "worker" if w.role == "agg" else w.role
     worker = _component(_worker_name(backend, w.role), kind, w.replicas, image, f"dynamo.{backend}", args)
+    main_container(worker)["envFrom"] = [{"secretRef": {"name": HF_TOKEN_SECRET}}]  # mockers too, as Dynamo's
     if backend != "mocker":
-        main = main_container(worker)
-        main["envFrom"] = [{"secretRef": {"name": HF_TOKEN_SECRET}}]
-        main["resources"] = {"limits": {"nvidia.com/gpu": str(w.gpus)}}
+        main_container(worker)["resources"] = {"limits": {GPU_RESOURCE: str(w.gpus)}}
     if pvc:
         _mount(worker, {"name": pvc[0], "persistentVolumeClaim": {"claimName": pvc[0]}}, pvc[1])
     if replay:
@@ -229,11 +248,11 @@ def _worker(req: Request, backend: str, w: WorkerChoice, image: str, profile_cm:
     return worker
 
 
-def _planner(req: Request, image: str, mode: str, profile_cm: str | None) -> dict[str, Any]:
+def _planner(req: Request, image: str, choice: Choice, profile_cm: str | None) -> dict[str, Any]:
     """The Planner reads its config from the planner-config ConfigMap's mount, and its profile from the
     profile-data one. That path is in its env too: the config file's `profile_results_dir` is the pod's
     path, which `dynamo.deploy run` cannot map inside a file, but does map in env."""
-    config_cm = planner_configmap(req, mode, profile_cm)["metadata"]["name"]
+    config_cm = planner_configmap(req, choice, profile_cm)["metadata"]["name"]
     args = ["--config", f"{PLANNER_CONFIG_MOUNT}/{PLANNER_CONFIG_KEY}"]
     planner = _component("Planner", "planner", 1, image, "dynamo.planner", args)
     _mount_configmap(planner, config_cm, PLANNER_CONFIG_MOUNT)
@@ -250,9 +269,15 @@ def build_dgd(req: Request, choice: Choice, configmap: str | None = None) -> dic
     name = dgd_name(req)
     backend = dgd_backend(req)
     image, planner_image = images(req, backend)
-    comps = [_frontend(req, image)] + [_worker(req, backend, w, image, configmap) for w in choice.workers]
+    workers = [_worker(req, backend, w, image, configmap) for w in choice.workers]
+    comps = [_frontend(req, image)] + workers
     if req.spec.planner:
-        comps.append(_planner(req, planner_image, choice.mode, configmap))
+        comps.append(_planner(req, planner_image, choice, configmap))
+        # Dynamo: the pools the planner scales opt into the scaling adapter (DGDSA), which then owns their replicas
+        scaled = scaled_pools(planner_config(req, backend, None, choice.mode))
+        for w, comp in zip(choice.workers, workers):
+            if ("prefill" if w.role == "prefill" else "decode") in scaled:
+                comp["scalingAdapter"] = {"enabled": True}
     longest = max(len(c["name"]) for c in comps)
     if len(name) + longest > MAX_NAME:
         raise ValueError(f"DGD name {name!r} is too long: with component {longest} characters it exceeds {MAX_NAME} "
@@ -272,8 +297,10 @@ def build_dgd(req: Request, choice: Choice, configmap: str | None = None) -> dic
 
 def final_documents(req: Request, choice: Choice, profile_cm: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """`final_config.yaml`'s documents in Dynamo's order: the ConfigMaps (planner config, profile data), then
-    the DGD that mounts them."""
+    the DGD that mounts them. The ConfigMaps go where the DGD goes (an override may move it: a pod waits for a
+    ConfigMap of its own namespace)."""
     profile_name = profile_cm["metadata"]["name"] if profile_cm else None
-    docs = [planner_configmap(req, choice.mode, profile_name)] if req.spec.planner else []
+    dgd = build_dgd(req, choice, configmap=profile_name)
+    docs = [planner_configmap(req, choice, profile_name)] if req.spec.planner else []
     docs += [profile_cm] if profile_cm else []
-    return docs + [build_dgd(req, choice, configmap=profile_name)]
+    return [_in_namespace(d, dgd["metadata"].get("namespace")) for d in docs] + [dgd]

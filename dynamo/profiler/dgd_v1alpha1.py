@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-V1BETA1 = "nvidia.com/v1beta1"
-GPU = "nvidia.com/gpu"
+from dynamo.deploy.model import API_VERSION_V1BETA1, GPU_RESOURCE
+from dynamo.deploy.v1beta1 import MAIN_CONTAINER as MAIN  # the container the operator injects into
+
+WORKER_TYPES = ("worker", "prefill", "decode")  # v1beta1 component types of the workers
 # Service fields of v1alpha1 that v1beta1 components carry under the same name.
 SAME = ("replicas", "multinode", "globalDynamoNamespace", "modelRef", "eppConfig", "topologyConstraint")
 NO_V1BETA1 = ("dynamoNamespace", "ingress", "autoscaling", "gpuMemoryService", "failover", "checkpoint",
@@ -36,7 +38,7 @@ def as_v1beta1(doc: dict[str, Any], where: str = "spec.overrides.dgd") -> dict[s
         out["env"] = spec.pop("envs")
     _check_pvcs(spec.pop("pvcs", None), f"{where}.spec.pvcs")
     out.update(spec)
-    return {**{k: v for k, v in doc.items() if k != "spec"}, "apiVersion": V1BETA1, "spec": out}
+    return {**{k: v for k, v in doc.items() if k != "spec"}, "apiVersion": API_VERSION_V1BETA1, "spec": out}
 
 
 def _check_pvcs(pvcs: Any, where: str) -> None:
@@ -81,7 +83,8 @@ def _pod_template(svc: dict[str, Any], comp: dict[str, Any], where: str) -> dict
     _into_main(svc, main, where)
     for mount in svc.get("volumeMounts") or []:
         _pvc_mount(mount, main, pod, comp, f"{where}.volumeMounts")
-    containers = ([{"name": "main", **main}] if main else []) + sidecars
+    main = {"name": MAIN, **{k: v for k, v in main.items() if k != "name"}}  # whatever v1alpha1 called it
+    containers = ([main] if len(main) > 1 else []) + sidecars
     if containers:
         pod["containers"] = containers
     meta = {**(svc.get("extraPodMetadata") or {})}
@@ -116,7 +119,7 @@ def _resources(res: Any, native: Any, where: str) -> dict[str, Any]:
         if q.get("gpuType"):
             raise ValueError(f"{where}.{key}.gpuType: has no nvidia.com/v1beta1 form (select the nodes with "
                              "podTemplate.spec.nodeSelector)")
-        values = {("nvidia.com/gpu" if k == "gpu" else k): str(v) for k, v in q.items()
+        values = {(GPU_RESOURCE if k == "gpu" else k): str(v) for k, v in q.items()
                   if k not in ("custom", "gpuType") and v not in (None, "")}
         values.update({k: str(v) for k, v in (q.get("custom") or {}).items()})
         if values:

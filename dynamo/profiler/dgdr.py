@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from dynamo.profiler import dgdr_v1alpha1
+from dynamo.profiler import dgdr_v1alpha1, overrides
 
 log = logging.getLogger("dynamo.profiler")
 
@@ -149,6 +149,8 @@ def _problems(req: Request) -> list[str]:
         value = getattr(sla, name)
         if value is not None and value <= 0:
             out.append(f"spec.sla.{name}: must be > 0 ms (got {value})")
+    if s.overrides is not None and s.overrides.dgd is not None:
+        out += overrides.problems(s.overrides.dgd)
     if s.searchStrategy == "thorough" and s.backend == "auto" and not s.mocker:
         out.append("spec.backend: thorough profiling needs a concrete backend (vllm, sglang or trtllm), not auto")
     return out

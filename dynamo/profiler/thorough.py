@@ -16,7 +16,8 @@ from typing import Any, Callable
 
 from dynamo.llm.perf_data import DecodeProfile, PrefillProfile, Profile, write_profile
 from dynamo.profiler.client import measure
-from dynamo.profiler.dgd import WORKER_TYPES, Choice, WorkerChoice, build_dgd, component, components, main_container
+from dynamo.profiler.dgd import Choice, WorkerChoice, build_dgd, component, components, main_container
+from dynamo.profiler.dgd_v1alpha1 import WORKER_TYPES
 from dynamo.profiler.dgdr import Request
 from dynamo.profiler.interpolation import decode_isls, prefill_isls
 from dynamo.profiler.local import LocalDeployment
@@ -135,6 +136,7 @@ def candidate_dgd(req: Request, tp: int) -> dict[str, Any]:
     for comp in comps:
         if comp.get("type") in WORKER_TYPES:
             comp["replicas"] = 1
+            comp.pop("scalingAdapter", None)  # no planner scales it
     dgd["metadata"]["name"] = f"{dgd['metadata']['name'][:30]}-tp{tp}"
     return dgd
 

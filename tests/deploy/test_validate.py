@@ -182,3 +182,26 @@ def test_a_planner_config_read_where_it_runs_is_not_judged_here(tmp_path):
     path = tmp_path / "planner.yaml"
     path.write_text(yaml.safe_dump(doc))
     assert validate_file(path).ok
+
+
+@pytest.mark.parametrize("items, subpath", [(None, None), ([{"key": "other.json", "path": "other.json"}], None),
+                                            (None, "planner.json")], ids=["whole", "items", "subPath"])
+def test_a_config_path_under_a_configmap_mount_that_the_configmap_lacks_is_an_error(tmp_path, items, subpath):
+    # The pod would see no file at --config: the planner stops at start (a crash-looping pod).
+    doc = yaml.safe_load(PLANNER_EXAMPLE.read_text())
+    planner = svc(doc, "Planner")
+    mount = "/workspace/planner_config" + (f"/{subpath}" if subpath else "")
+    main_container(doc, "Planner")["args"] = ["--config", "/workspace/planner_config/planner.json"]
+    source = {"name": "planner-config-ab12", **({"items": items} if items else {})}
+    planner["extraPodSpec"]["volumes"] = [{"name": "cfg", "configMap": source}]
+    main_container(doc, "Planner")["volumeMounts"] = [{"name": "cfg", "mountPath": mount,
+                                                       **({"subPath": subpath} if subpath else {})}]
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "planner-config-ab12"},
+                  "data": {"planner_config.json": "{}", "other.json": "{}"}}
+    path = tmp_path / "planner.yaml"
+    path.write_text(yaml.safe_dump_all([config_map, doc]))
+    errors = validate_file(path).errors
+    assert len(errors) == 1 and errors[0].startswith(
+        "graph mocker-disagg-planner, service Planner: planner config /workspace/planner_config/planner.json: ConfigMap "
+        "planner-config-ab12 (mounted at /workspace/planner_config"), errors
+    assert "has no key" in errors[0] and "the pod finds no file there" in errors[0], errors

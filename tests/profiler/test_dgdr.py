@@ -82,8 +82,8 @@ def test_generated_disagg_vllm_dgd_validates_with_our_layout(tmp_path):
 
 
 def test_overrides_dgd_merges_and_names(tmp_path):
-    req = request(overrides={"dgd": {"apiVersion": "nvidia.com/v1alpha1", "metadata": {"name": "prod"},
-                                     "spec": {"services": {"Frontend": {"replicas": 2}}}}})
+    req = request(overrides={"dgd": {"apiVersion": "nvidia.com/v1alpha1", "kind": "DynamoGraphDeployment",
+                                     "metadata": {"name": "prod"}, "spec": {"services": {"Frontend": {"replicas": 2}}}}})
     dgd = build_dgd(req, Choice("agg", [WorkerChoice("agg", 1)], "memory-fit"))
     assert dgd["metadata"]["name"] == "prod" and comps(dgd)["Frontend"]["replicas"] == 2
     assert comps(dgd)["Frontend"]["type"] == "frontend" and dgd["apiVersion"] == "nvidia.com/v1beta1"
@@ -179,7 +179,9 @@ def test_planner_feature_adds_the_planner_pointed_at_the_profile(tmp_path):
     assert container["args"] == ["--config", "/workspace/planner_config/planner_config.json"]
     # the pod's path of the profile data, as Dynamo mounts it: nothing of the machine that profiled
     assert planner_config(docs) == {"backend": "vllm", "optimization_target": "sla", "ttft": 500,
-                                    "profile_results_dir": "/workspace/profiling_results"}
+                                    "profile_results_dir": "/workspace/profiling_results",
+                                    "model_name": "Qwen/Qwen3-32B", "prefill_engine_num_gpu": 1,
+                                    "decode_engine_num_gpu": 1}
     assert {m["mountPath"] for m in container["volumeMounts"]} == {"/workspace/planner_config",
                                                                    "/workspace/profiling_results"}
     write_and_validate(tmp_path, docs)

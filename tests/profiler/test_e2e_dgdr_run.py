@@ -4,7 +4,8 @@ and its output is the console's (the audit's run dropped them: `scale` could not
 planner got no Prometheus); a deployment that cannot start is a failed request (status failed, exit 1, no
 traceback) whose profile is kept; `python -m dynamo.profiler` deploys nothing whatever autoApply says; a profile
 made on a local stand-in model is not reused for the request's own model; `dynamo.deploy run final_config.yaml`
-starts the Planner on its config and profile as the file delivers them, in ConfigMaps mounted into its pod."""
+starts the Planner on its config and profile as the file delivers them, in ConfigMaps mounted into its pod; a
+deployment stopped with Ctrl-C leaves a status that says it is gone."""
 
 from __future__ import annotations
 
@@ -102,6 +103,10 @@ def test_every_run_flag_reaches_the_deployment_of_the_profiled_dgd(tmp_path, tin
         assert run.stop() == 0
         prom.stop()
     assert run.survivors() == []
+    # Ctrl-C took the deployment down: said as Dynamo's operator says a deleted DGD, the profile kept for a rerun
+    st = status(tmp_path, "flags")
+    assert (st["phase"], st["status"], st["profilingPhase"], st["control"]) == ("Failed", "failed", "Done", None)
+    assert st["message"].startswith("DGD flags-dgd was stopped by SIGINT: the deployment is gone"), st["message"]
 
 
 def test_a_deployment_that_cannot_start_is_a_failed_request_and_its_profile_is_kept(tmp_path):

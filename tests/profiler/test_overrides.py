@@ -32,7 +32,7 @@ def validates(tmp_path, dgd: dict) -> None:
 
 
 def test_a_v1alpha1_override_appends_worker_args_and_merges_env_by_name(tmp_path):
-    over = {"apiVersion": "nvidia.com/v1alpha1", "spec": {"services": {
+    over = {"apiVersion": "nvidia.com/v1alpha1", "kind": "DynamoGraphDeployment", "spec": {"services": {
         "VllmDecodeWorker": {"componentType": "worker", "extraPodSpec": {"mainContainer": {
             "args": ["--max-model-len", "8192"]}}},
         "Frontend": {"envs": [{"name": "DYN_LOG", "value": "debug"}]}}}}
@@ -95,8 +95,10 @@ def test_a_v1beta1_override_merges_structurally_and_is_matched_by_role():
 
 
 @pytest.mark.parametrize("over", [
-    {"apiVersion": "nvidia.com/v1alpha1", "spec": {"services": {"Encoder": {"replicas": 1}}}},
-    {"apiVersion": "nvidia.com/v1beta1", "spec": {"components": [{"name": "Encoder", "replicas": 1}]}},
+    {"apiVersion": "nvidia.com/v1alpha1", "kind": "DynamoGraphDeployment",
+     "spec": {"services": {"Encoder": {"replicas": 1}}}},
+    {"apiVersion": "nvidia.com/v1beta1", "kind": "DynamoGraphDeployment",
+     "spec": {"components": [{"name": "Encoder", "replicas": 1}]}},
 ])
 def test_an_override_of_a_component_the_graph_lacks_is_refused(over):
     with pytest.raises(ValueError, match="'Encoder' is not in the generated DGD"):
@@ -123,3 +125,43 @@ def test_a_container_absolute_model_path_is_not_joined_to_the_mount():
     relative = request(modelCache={**cache, "pvcModelPath": "qwen3"})
     for req in (absolute, relative):
         assert main(services(req)["VllmDecodeWorker"])["args"][1] == "/opt/model-cache/qwen3"
+
+
+def test_a_v1alpha1_envfrom_adds_to_the_generated_token_secret_unless_it_names_its_own(tmp_path):
+    # v1alpha1 kept the token in `envFromSecret`, apart from the container's envFrom: an override's envFrom
+    # was an addition. Naming its own envFromSecret replaces the token.
+    config = {"configMapRef": {"name": "engine-env"}}
+    added = {"spec": {"services": {"decode": {"extraPodSpec": {"mainContainer": {"envFrom": [config]}}}}}}
+    decode = services(request(overrides={"dgd": added}))["VllmDecodeWorker"]
+    assert main(decode)["envFrom"] == [{"secretRef": {"name": "hf-token-secret"}}, config]
+    own = {"spec": {"services": {"decode": {"envFromSecret": "my-token",
+                                            "extraPodSpec": {"mainContainer": {"envFrom": [config]}}}}}}
+    decode = services(request(overrides={"dgd": own}))["VllmDecodeWorker"]
+    assert main(decode)["envFrom"] == [{"secretRef": {"name": "my-token"}}, config]
+    structural = {"apiVersion": "nvidia.com/v1beta1", "kind": "DynamoGraphDeployment", "spec": {"components": [
+        {"name": "decode", "podTemplate": {"spec": {"containers": [{"name": "main", "envFrom": [config]}]}}}]}}
+    decode = services(request(overrides={"dgd": structural}))["VllmDecodeWorker"]
+    assert main(decode)["envFrom"] == [config]  # v1beta1: a list replaces
+
+
+@pytest.mark.parametrize("over", [{"apiVersion": "nvidia.com/v1beta1"}, {"kind": "DynamoGraphDeployment"}])
+def test_an_override_with_apiversion_or_kind_alone_is_refused_at_admission(over):
+    with pytest.raises(ValueError, match="spec.overrides.dgd: give both apiVersion and kind, or neither"):
+        request(overrides={"dgd": {**over, "metadata": {"name": "prod"}}})
+    with pytest.raises(ValueError, match="spec.overrides.dgd.kind: must be DynamoGraphDeployment"):
+        request(overrides={"dgd": {"apiVersion": "nvidia.com/v1beta1", "kind": "Deployment"}})
+    with pytest.raises(ValueError, match="spec.overrides.dgd.apiVersion: must be nvidia.com/v1alpha1 or"):
+        request(overrides={"dgd": {"apiVersion": "nvidia.com/v2", "kind": "DynamoGraphDeployment"}})
+
+
+@pytest.mark.parametrize("backend, name, target", [
+    ("sglang", "decode", "SglangWorker"),  # Dynamo's SGLang agg graph names its one worker `decode`
+    ("vllm", "worker", "VllmWorker"),  # and vLLM's `worker`
+    ("trtllm", "TRTLLMWorker", "TrtllmWorker"),
+])
+def test_an_override_written_for_dynamos_agg_graph_finds_our_worker(backend, name, target):
+    agg = Choice("agg", [WorkerChoice("agg", 1)], "memory-fit")
+    over = {"apiVersion": "nvidia.com/v1beta1", "kind": "DynamoGraphDeployment",
+            "spec": {"components": [{"name": name, "replicas": 3}]}}
+    dgd = build_dgd(request(backend=backend, overrides={"dgd": over}), agg)
+    assert comps(dgd)[target]["replicas"] == 3 and len(comps(dgd)) == 2

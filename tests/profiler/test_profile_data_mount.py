@@ -87,7 +87,8 @@ def test_the_planners_config_is_a_configmap_mounted_where_its_config_flag_points
             "readOnly": True} in main(planner)["volumeMounts"]
     config = planner_config(docs)  # read through the mount, as the pod reads it
     assert config == {"backend": "mocker", "mode": "agg", "optimization_target": "sla", "ttft_ms": 200.0,
-                      "itl_ms": 10.0, "profile_results_dir": PROFILE_MOUNT}
+                      "itl_ms": 10.0, "profile_results_dir": PROFILE_MOUNT, "model_name": "Qwen/Qwen3-0.6B",
+                      "decode_engine_num_gpu": 1}
     assert load_config(json.dumps(config)).profile_results_dir == PROFILE_MOUNT  # the planner's own reading
     again, _ = rapid_mocker(tmp_path / "again", monkeypatch, request(PLANNER), AGG)
     assert again.read_text() == final.read_text()  # digests, not random suffixes: a rerun is byte-identical

@@ -30,6 +30,7 @@ def test_a_candidate_runs_without_the_planner_at_one_engine_per_role(tmp_path):
     assert list(services) == ["Frontend", "MockerPrefillWorker", "MockerDecodeWorker"]
     assert all(s["type"] != "planner" for s in services.values())
     assert [services[n]["replicas"] for n in ("MockerPrefillWorker", "MockerDecodeWorker")] == [1, 1]
+    assert all("scalingAdapter" not in s for s in services.values())  # no planner scales a candidate
     assert dgd["metadata"]["name"].endswith("-tp2")
     path = tmp_path / "candidate.yaml"
     path.write_text(yaml.safe_dump(dgd))
@@ -40,3 +41,4 @@ def test_a_candidate_runs_without_the_planner_at_one_engine_per_role(tmp_path):
     assert comps(final)["Planner"]["type"] == "planner"
     assert {"name": "X", "value": "1"} in main(comps(final)["Planner"])["env"]
     assert comps(final)["MockerDecodeWorker"]["replicas"] == 3
+    assert comps(final)["MockerDecodeWorker"]["scalingAdapter"] == {"enabled": True}
