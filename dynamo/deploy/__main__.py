@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "nvidia.com/dynamo-discovery-backend annotation, else etcd")
     k.add_argument("--include-crd", action="store_true",
                    help="with kubernetes discovery, also render the DynamoWorkerMetadata CRD (cluster-scoped)")
+    k.add_argument("--pod-monitors", action="store_true",
+                   help="also render prometheus-operator PodMonitors (monitoring.coreos.com/v1) for the frontends, "
+                        "workers and planner, as Dynamo's operator creates them; off by default: a cluster without "
+                        "the prometheus-operator CRDs rejects them (and `kubectl apply` of the file fails)")
     k.add_argument("--pull-secret", dest="pull_secrets", action="append", default=[], metavar="NAME=REGISTRY",
                    help="a docker-config Secret in the namespace, for image-pull-secret discovery (repeatable)")
     k.add_argument("--pull-secrets-from", action="append", default=[], metavar="FILE",

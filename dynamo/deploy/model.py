@@ -248,11 +248,24 @@ class Pvc(Base):
     volumeAccessMode: Union[str, None] = None
 
 
+class RestartStrategy(Base):
+    type: Union[Literal["Sequential", "Parallel"], None] = None
+    order: Union[list[str], None] = None
+
+
+class Restart(Base):
+    """`spec.restart`: changing `id` restarts the graph's pods (`render`: the operator's restart annotation)."""
+    id: str
+    strategy: Union[RestartStrategy, None] = None
+
+
 class Spec(Base):
     services: dict[str, Service]
     envs: Union[list[EnvVar], None] = None
     pvcs: Union[list[Pvc], None] = None
     backendFramework: Union[Literal["sglang", "vllm", "trtllm"], None] = None
+    restart: Union[Restart, None] = None
+    topologyConstraint: Union[dict[str, Any], None] = None
 
 
 class Metadata(Base):
@@ -304,6 +317,8 @@ def ignored_fields(raw: Any) -> list[str]:
     for name, svc in (services.items() if isinstance(services, dict) else ()):
         out += [f"spec.services.{name}.{key}: {IGNORED}"
                 for key in IGNORED_SERVICE_FIELDS if isinstance(svc, dict) and svc.get(key) is not None]
+    if isinstance(spec, dict) and spec.get("topologyConstraint") is not None:
+        out.append(f"spec.topologyConstraint: {IGNORED}")
     return out
 
 

@@ -1,6 +1,7 @@
 """A DGD as plain Kubernetes objects for clusters
-without the Dynamo operator: one ConfigMap with the graph-wide env, and per service a
-Deployment and a Service, carrying the env and probes the operator would give its pods.
+without the Dynamo operator: one ConfigMap with the discovery env every pod shares (its checksum on each
+pod template), and per service a Deployment and a Service, carrying the env (the graph's `envs` merged
+in), probes and rollout strategy the operator would give its pods (`rollout.py`).
 Discovery is etcd (`--etcd-endpoints`; `--include-etcd` adds a single-node etcd), or Kubernetes-native
 (`--discovery kubernetes`, or the DGD's `nvidia.com/dynamo-discovery-backend: kubernetes`; see
 kube_discovery.py)."""
@@ -14,7 +15,7 @@ import msgspec
 from dynamo.deploy import contract
 from dynamo.deploy.commands import MODEL_FLAGS, flag_value, parse_command
 from dynamo.deploy.model import GPU_RESOURCE, EnvVar, Graph, Quantities, Service
-from dynamo.deploy import ingress, kube_discovery, multinode, names, planner_scaling, scrape
+from dynamo.deploy import ingress, kube_discovery, multinode, names, planner_scaling, rollout, scrape
 from dynamo.deploy.pull_secrets import pull_secrets
 
 ETCD_IMAGE = "quay.io/coreos/etcd:v3.5.21"
@@ -24,7 +25,7 @@ _POD_PASSTHROUGH = ("initContainers", "nodeSelector", "tolerations", "affinity",
                     "serviceAccountName", "priorityClassName", "runtimeClassName", "schedulerName", "hostNetwork",
                     "hostIPC", "dnsPolicy", "shareProcessNamespace", "topologySpreadConstraints", "resourceClaims")
 _CONTAINER_PASSTHROUGH = ("securityContext", "imagePullPolicy", "lifecycle", "stdin", "tty")
-# The operator's env entries that are the same in every pod of the graph: in its ConfigMap, not each container.
+# The operator's discovery env entries, the same in every pod of the graph: in its ConfigMap, not each container.
 GRAPH_ENV = ("DYN_NAMESPACE", "DYN_PARENT_DGD_K8S_NAME", "DYN_PARENT_DGD_K8S_NAMESPACE", "DYN_DISCOVERY_BACKEND")
 
 
@@ -108,10 +109,9 @@ def _container(graph: Graph, name: str, svc: Service, port: int, k8s_ns: str | N
     if svc.componentType == "planner":  # no DGD here: it scales the graph's Deployments
         env.append({"name": planner_scaling.SELECTOR_ENV,
                     "value": planner_scaling.selector(names.k8s_name(graph.metadata.name))})
-    # Kubernetes expands `$(VAR)` in env entries, never in a ConfigMap's values: a graph-wide value that
-    # refers to another variable is an entry of its own, as the operator's merged env list has it.
-    env += _env_entries([e for e in graph.spec.envs or [] if "$(" in (e.value or "")])
-    env += _env_entries(svc.envs) + _env_entries(main.env)
+    # The graph's `envs` merged into the component's env, as the operator does (a service's entry of the same
+    # name wins): an edit changes every pod template, so `kubectl apply` rolls them all.
+    env += _env_entries(graph.spec.envs) + _env_entries(svc.envs) + _env_entries(main.env)
     env_from: list[dict[str, Any]] = [{"configMapRef": {"name": names.k8s_name(graph.metadata.name, "env")}}]
     if svc.envFromSecret:
         env_from.append({"secretRef": {"name": svc.envFromSecret}})
@@ -204,7 +204,10 @@ def _pod_spec(graph: Graph, name: str, svc: Service, port: int, k8s_ns: str | No
 
 def service_objects(graph: Graph, name: str, svc: Service, k8s_ns: str | None,
                     known_secrets: list[tuple[str, str]] = (), warnings: list[str] | None = None,
-                    discovery: str = "etcd") -> list[dict[str, Any]]:
+                    discovery: str = "etcd", graph_annotations: dict[str, str] | None = None
+                    ) -> list[dict[str, Any]]:
+    """The service's Deployment (or LeaderWorkerSet), Service and ingress objects; `graph_annotations`
+    go on its pod template (the restart id, the ConfigMap's checksum: `rollout.pod_annotations`)."""
     obj_name = names.k8s_name(graph.metadata.name, name)
     port = contract.pod_port(svc, graph)  # the manifest's own HTTP / system port, else 8000 / 9090
     selector = {"nvidia.com/dynamo-graph-deployment-name": names.k8s_name(graph.metadata.name),
@@ -218,7 +221,7 @@ def service_objects(graph: Graph, name: str, svc: Service, k8s_ns: str | None,
     template_meta: dict[str, Any] = {"labels": {**labels, **scrape.pod_labels(graph),
                                                 **((pod_meta.labels if pod_meta else None) or {})}}
     annotations = {**scrape.pod_annotations(graph, port), **(svc.annotations or {}),
-                   **((pod_meta.annotations if pod_meta else None) or {})}
+                   **((pod_meta.annotations if pod_meta else None) or {}), **(graph_annotations or {})}
     if annotations:
         template_meta["annotations"] = annotations
     deployment = {
@@ -229,6 +232,9 @@ def service_objects(graph: Graph, name: str, svc: Service, k8s_ns: str | None,
                               "spec": _pod_spec(graph, name, svc, port, k8s_ns, list(known_secrets),
                                                 discovery)}},
     }
+    strategy = rollout.strategy(svc, graph)  # the operator's deployment-strategy annotations
+    if strategy is not None:
+        deployment["spec"]["strategy"] = strategy
     _warn_claims(name, svc, warnings)
     port_name = "http" if contract.is_frontend(svc) else "system"
     service_labels = {**labels, **(kube_discovery.DISCOVERY_LABELS if discovery == "kubernetes" else {})}
@@ -288,7 +294,6 @@ def render(graph: Graph, k8s_namespace: str | None = None, etcd_endpoints: str =
     data["DYN_NAMESPACE"] = contract.dynamo_namespace(graph, k8s_ns)  # a service's dynamoNamespace is its own entry
     if discovery == "etcd":
         data["ETCD_ENDPOINTS"] = etcd_endpoints
-    data.update(contract.env_list(graph.spec.envs))
     labels = {"nvidia.com/dynamo-graph-deployment-name": names.k8s_name(graph.metadata.name)}
     objects: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "ConfigMap",
                                       "metadata": _meta(names.k8s_name(graph.metadata.name, "env"), k8s_ns, labels),
@@ -302,7 +307,8 @@ def render(graph: Graph, k8s_namespace: str | None = None, etcd_endpoints: str =
             objects.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                             "metadata": _meta(pvc.name, k8s_ns, labels), "spec": spec})
     for name, svc in graph.spec.services.items():
-        objects += service_objects(graph, name, svc, k8s_ns, known_secrets, warnings, discovery)
+        objects += service_objects(graph, name, svc, k8s_ns, known_secrets, warnings, discovery,
+                                   rollout.pod_annotations(graph, data))
     objects += _planner_rbac(objects, graph, k8s_ns, labels, warnings, maps)
     if discovery == "kubernetes":
         planners = [o["metadata"]["name"] for o in objects if o["kind"] == "ServiceAccount"]

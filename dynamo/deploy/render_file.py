@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from dynamo.deploy import autoscalers, config_maps, contract, names
+from dynamo.deploy import autoscalers, config_maps, contract, monitors, names
 from dynamo.deploy.dynamo_model import KIND as DYNAMO_MODEL_KIND
 from dynamo.deploy.dynamo_model import add_sidecars, load_models
 from dynamo.deploy.model import Graph
@@ -62,6 +62,8 @@ def render_graphs(graphs: list[Graph], docs: list[Any], args: argparse.Namespace
         rendered = render(graph, args.namespace, args.etcd_endpoints, args.include_etcd, known, warnings,
                           args.discovery, args.include_crd, maps)
         add_sidecars(rendered, graph, models, contract.K8S_SYSTEM_PORT, names.k8s_name)  # DynamoModel adapters
+        if getattr(args, "pod_monitors", False):  # a CRD's objects: only when asked for
+            rendered += monitors.pod_monitors(graph, args.namespace or graph.metadata.namespace, warnings)
         objects += rendered
     objects = _once(objects)
     autoscalers.retarget(objects, warnings)  # no operator here, hence no scaling adapters to target

@@ -27,6 +27,7 @@ from dynamo.deploy.model import (
     Metadata,
     Multinode,
     PodMetadata,
+    Restart,
     Service,
     _check_count,
     _check_kind,
@@ -109,7 +110,7 @@ class Spec(Base):
     annotations: Union[dict[str, str], None] = None
     labels: Union[dict[str, str], None] = None
     priorityClassName: Union[str, None] = None
-    restart: Union[dict[str, Any], None] = None
+    restart: Union[Restart, None] = None
     topologyConstraint: Union[dict[str, Any], None] = None
     experimental: Union[dict[str, Any], None] = None
     providerOverride: Union[dict[str, Any], None] = None
@@ -217,7 +218,7 @@ def dropped_fields(raw: Any) -> list[str]:
     for i, comp in enumerate(comps if isinstance(comps, list) else []):
         if isinstance(comp, dict):
             out += _dropped_component(i, comp)
-    for key in ("restart", "topologyConstraint", "experimental", "providerOverride"):
+    for key in ("topologyConstraint", "experimental", "providerOverride"):  # `restart`: rendered (rollout.py)
         if spec.get(key) is not None:
             out.append(f"spec.{key}: {IGNORED}")
     return out
@@ -254,6 +255,10 @@ def convert(raw: dict[str, Any]) -> Graph:
         spec["envs"] = msgspec.to_builtins(doc.spec.env)
     if doc.spec.backendFramework:
         spec["backendFramework"] = doc.spec.backendFramework
+    for key in ("restart", "topologyConstraint"):
+        value = getattr(doc.spec, key)
+        if value is not None:
+            spec[key] = msgspec.to_builtins(value)
     metadata = msgspec.to_builtins(doc.metadata)
     if doc.spec.annotations:  # graph-wide annotations apply to every component
         metadata["annotations"] = {**doc.spec.annotations, **metadata.get("annotations", {})}

@@ -14,8 +14,8 @@ from typing import Any
 import msgspec
 import yaml
 
-from dynamo.deploy import (autoscalers, config_maps, contract, expansion, model, names, scale_to_zero, templates,
-                           v1beta1)
+from dynamo.deploy import (autoscalers, config_maps, contract, expansion, model, names, rollout, scale_to_zero,
+                           templates, v1beta1)
 from dynamo.deploy.commands import CommandLine, flag_value, parse_command, probe_files
 from dynamo.deploy.contract import command_of, exec_probes
 from dynamo.deploy.parsers import check_args
@@ -28,6 +28,7 @@ class Report:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     graphs: list[model.Graph] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # informational: never fail `--strict`
 
     @property
     def ok(self) -> bool:
@@ -35,7 +36,8 @@ class Report:
 
     def lines(self) -> list[str]:
         return ([f"{self.source}: error: {e}" for e in self.errors]
-                + [f"{self.source}: warning: {w}" for w in self.warnings])
+                + [f"{self.source}: warning: {w}" for w in self.warnings]
+                + [f"{self.source}: note: {n}" for n in self.notes])
 
 
 def load_documents(path: str | Path) -> list[Any]:
@@ -146,6 +148,20 @@ def validate_document(doc: Any, report: Report, index: int) -> None:
                  for n in graph.spec.services}
     report.graphs.append(graph)
     check_services(graph.spec.services, report, paths, graph)
+    check_rollout(graph, report, paths, beta, prefix)
+
+
+def check_rollout(graph: model.Graph, report: Report, paths: Paths, beta: bool, prefix: str = "") -> None:
+    """The rollout annotations of each service and the graph's `spec.restart` (see `rollout`)."""
+    for name, svc in graph.spec.services.items():
+        errors, warnings = rollout.check_service(name, paths[name][0], svc, graph, beta)
+        report.errors += [f"{prefix}{e}" for e in errors]
+        report.warnings += [f"{prefix}{w}" for w in warnings]
+    report.errors += [f"{prefix}{e}" for e in rollout.check_graph(graph, beta) + rollout.check_restart(graph, beta)]
+    report.warnings += [f"{prefix}{w}" for w in rollout.restart_warnings(graph)]
+    if graph.spec.restart is not None:
+        report.notes.append(f"{prefix}spec.restart: `run` ignores it (on one machine a restart is a stop and a "
+                            f"start); `render` stamps its id on every pod template ({rollout.RESTART_ANNOTATION})")
 
 
 def readable_services(doc: Any, bad: set[str], beta: bool) -> tuple[dict[str, model.Service], Paths]:

@@ -179,7 +179,8 @@ def test_pods_are_scraped_as_operator_managed_ones_unless_the_graph_opts_out():
     for obj in render(graph):
         if obj["kind"] == "Deployment":
             meta = obj["spec"]["template"]["metadata"]
-            assert "nvidia.com/metrics-enabled" not in meta["labels"] and "annotations" not in meta
+            assert "nvidia.com/metrics-enabled" not in meta["labels"]
+            assert not any(k.startswith("prometheus.io/") for k in meta.get("annotations", {}))
 
 
 @pytest.mark.parametrize("args, env, port", [
