@@ -178,7 +178,8 @@ class FrontendApp:
         await send_json(send, 200, {"status": "live", "message": "Service is live"})
 
     async def health(self, scope, receive, send) -> None:
-        body = health_report(self.models.listed(), self.health_extra() if self.health_extra is not None else {})
+        held = self.models.held() if self.admission.worker_wait.enabled else []
+        body = health_report(self.models.listed(), self.health_extra() if self.health_extra is not None else {}, held)
         if self.admission.draining:
             body.update(status="draining", message="shutting down: not accepting new requests")
             await send_json(send, 503, body)

@@ -235,6 +235,12 @@ class ModelManager:
         # every known model, also one whose last worker is leaving (instance gone, card not yet)
         return list(self.models.values()) + list(self.retired.values())
 
+    def held(self) -> list[str]:
+        """The models a request still reaches by waiting (--wait-for-workers-secs) that have no worker now:
+        those whose workers are gone and those expected that none registered yet."""
+        names = {e.name for e in self.catalog() if not e.decode_workers()} | set(self.awaited())
+        return sorted(names)
+
     def knows(self, name: str) -> bool:
         """Whether `name` is a model of this frontend, served now or not: it has (had) workers or is expected."""
         return name in self.models or name in self.retired or name in self.expected

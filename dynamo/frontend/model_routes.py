@@ -85,18 +85,27 @@ class ModelRoutes:
             await send_json(send, 200, model_object(entry))
 
 
-def health_report(listed: list, extra: dict[str, Any]) -> dict[str, Any]:
+def health_report(listed: list, extra: dict[str, Any], held: list[str] | None = None) -> dict[str, Any]:
     """The frontend's `/health` body (Dynamo's shape): the models with serving workers, their endpoints
-    and instances, plus the routing's own report (`extra`)."""
+    and instances, plus the routing's own report (`extra`). `held`: the models without a worker whose
+    requests wait for one (--wait-for-workers-secs): such a frontend serves (it holds the requests an
+    autoscaler scales up from), so it reports healthy; a Kubernetes readiness probe that took it out of
+    its Service at zero workers would keep the demand from ever arriving."""
     instances = [
         {"namespace": w.endpoint.namespace, "component": w.endpoint.component, "endpoint": w.endpoint.endpoint,
          "instance_id": w.instance_id, "transport": {"tcp": w.address}, "model": entry.name,
          "worker_type": w.card.worker_type}
         for entry in listed for w in entry.serving()
     ]
+    if listed:
+        status, message = "healthy", f"{len(listed)} model(s) with serving workers"
+    elif held:
+        status, message = "healthy", f"no worker yet; requests for {', '.join(held)} wait for one"
+    else:
+        status, message = "unhealthy", "no model has a worker"
     return {
-        "status": "healthy" if listed else "unhealthy",
-        "message": f"{len(listed)} model(s) with serving workers" if listed else "no model has a worker",
+        "status": status,
+        "message": message,
         "endpoints": sorted({str(w.endpoint) for entry in listed for w in entry.serving()}),
         "instances": instances,
         **extra,

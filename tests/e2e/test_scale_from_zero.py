@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 
 import httpx
 import pytest
 
+from dynamo.deploy import contract
 from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -47,6 +50,14 @@ def scale_to_zero(cluster) -> None:
                "both frontends to see no worker")
 
 
+def frontend_probe_passes(url: str) -> bool:
+    """The frontend readiness probe `render` writes (the operator's: /health says healthy), run as the
+    kubelet runs it."""
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    script = contract.FRONTEND_READY_SCRIPT.format(port=port, path="/health")
+    return subprocess.run([sys.executable, "-c", script], timeout=30).returncode == 0
+
+
 def _instances(url: str) -> int:
     return len(json.loads(http_get(url + "/health")[1]).get("instances", []))
 
@@ -54,6 +65,9 @@ def _instances(url: str) -> int:
 def test_a_request_waits_for_a_worker_and_is_answered_once_one_comes(cluster):
     scale_to_zero(cluster)
     assert cluster.models() == [MODEL]  # still listed: clients that check /v1/models carry on
+    health = json.loads(http_get(cluster.base_url + "/health")[1])
+    assert health["status"] == "healthy" and MODEL in health["message"] and health["instances"] == [], health
+    assert frontend_probe_passes(cluster.base_url)  # still in its Service, or no request could ever wait here
     status, body = http_get(cluster.base_url + f"/v1/models/{MODEL}/ready")
     assert status == 503 and json.loads(body)["ready"] is False
     counted = httpx.post(cluster.base_url + "/v1/responses/input_tokens", json={"model": MODEL, "input": "hi"},
