@@ -6,8 +6,20 @@ that hold their output to it (vLLM's structured outputs):
   for it, every tool's `$defs` moved to the schema's root so that its `$ref`s still resolve once its
   parameters sit inside the list's schema (`tool_defs.py`), `maxItems: 1` when parallel_tool_calls is false;
 - tool_choice auto with a `response_format`: the format constrains only the final answer (OpenAI's
-  rule), so the engine gets xgrammar's structural tag admitting either that answer or the calls in the
-  model's own format (`CallLayout`, from its tool-call parser). A model that reasons first (a reasoning
+  rule), so the engine gets xgrammar's structural tag (its `format` form) admitting either that answer or
+  the calls in the model's own format (`CallLayout`, from its tool-call parser): JSON calls between fixed
+  markers (hermes/qwen25/qwen3, llama3_json, nemotron_deci, jamba, phi4, default); calls headed by their
+  name, one tag per tool (deepseek_v3, deepseek_v3_1, kimi_k2/k25 with the model's own call count, mistral
+  in both its forms); and tagged parameters in xgrammar's XML styles, each still held to its tool's schema
+  (qwen3_coder/nemotron_nano `qwen_xml`, glm45/glm47 `glm_xml`, deepseek_v3_2/v4 `deepseek_xml`,
+  minimax_m2 `minimax_xml`). Left without a layout: pythonic (Python literals) and gemma4 (Gemma's own
+  object notation), which no xgrammar format reads; harmony (gpt-oss) and inkling, where the answer itself
+  is a message (`<|channel|>final<|message|>`..., `<|content_text|>`...) beside an analysis or thinking
+  message, and a message's end (`<|call|>`, `<|return|>`) is the engine's stop token, which vLLM hands
+  xgrammar as a stop token rather than text: a shape "answer or calls" does not have, and one not checked
+  here without those models' tokenizers; minimax_m3, whose `minimax_m3_xml` style (xgrammar 0.2.8)
+  refuses a parameters schema that allows additional properties, so the engine would refuse such a request
+  rather than leave it unconstrained. A model that reasons first (a reasoning
   parser on its card) gets room for its reasoning in front, free text up to the parser's end tag
   (`thinking`), opened by its start tag or already open where the prompt opened it (the parser's own
   reading of the prompt's end, `ReasoningStart`), none where the prompt closed it (thinking switched
@@ -117,16 +129,52 @@ def _unsaid(what: str) -> None:
 
 
 def _calls_format(functions: list[dict], layout: CallLayout, parallel: bool) -> dict:
-    """One or more calls (one only when `parallel` is false), each a tag per function so that its
-    arguments follow that function's own schema (each its own root: its `$defs` resolve as written)."""
+    """One or more calls (one only when `parallel` is false) as `layout` writes them, each a tag per function
+    so that its arguments follow that function's own schema (each its own root: its `$defs` resolve as
+    written); or as the layout's alternative."""
+    calls = _headed_calls(functions, layout, parallel) if layout.head is not None else \
+        _json_calls(functions, layout, parallel)
+    if layout.alternative is None:
+        return calls
+    return {"type": "or", "elements": [calls, _calls_format(functions, layout.alternative, parallel)]}
+
+
+def _json_calls(functions: list[dict], layout: CallLayout, parallel: bool) -> dict:
+    """Calls as JSON objects `{"name": .., "<args_key>": ..}`: in one listed block, or a block each."""
     outer = ("", "") if layout.listed else (layout.start, layout.end)
     tags = [{"type": "tag",
              "begin": outer[0] + '{"name": ' + json.dumps(f["name"], ensure_ascii=False)
              + f', "{layout.args_key}": ',
-             "content": {"type": "json_schema", "json_schema": parameters_schema(f)},
-             "end": "}" + outer[1]} for f in functions]
-    calls = {"type": "tags_with_separator", "tags": tags, "separator": ", " if layout.listed else layout.between,
-             "at_least_one": True, "stop_after_first": not parallel}
+             "content": _arguments(f, layout), "end": "}" + outer[1]} for f in functions]
+    calls = _separated(tags, ", " if layout.listed else layout.between, parallel)
     if not layout.listed:
         return calls
     return {"type": "tag", "begin": layout.start + "[", "content": calls, "end": "]" + layout.end}
+
+
+def _headed_calls(functions: list[dict], layout: CallLayout, parallel: bool) -> dict:
+    """Calls named by their head (`{name}` in it the function's, `{index}` any number), in one block."""
+    tags = []
+    for f in functions:
+        begin, counted, rest = layout.head.replace("{name}", f["name"]).partition("{index}")
+        content = _arguments(f, layout)
+        if counted:  # the model's own count of its calls (Kimi's ids), then the rest of the head
+            content = {"type": "sequence", "elements": [{"type": "regex", "pattern": "[0-9]+"}]
+                       + ([{"type": "const_string", "value": rest}] if rest else []) + [content]}
+        tags.append({"type": "tag", "begin": begin, "content": content, "end": layout.tail})
+    calls = _separated(tags, layout.between, parallel)
+    if not layout.start and not layout.end:
+        return calls
+    return {"type": "tag", "begin": layout.start, "content": calls, "end": layout.end}
+
+
+def _arguments(function: dict, layout: CallLayout) -> dict:
+    args = {"type": "json_schema", "json_schema": parameters_schema(function)}
+    if layout.style != "json":  # one tag per parameter (xgrammar's XML styles), typed by the same schema
+        args["style"] = layout.style
+    return args
+
+
+def _separated(tags: list[dict], separator: str, parallel: bool) -> dict:
+    return {"type": "tags_with_separator", "tags": tags, "separator": separator, "at_least_one": True,
+            "stop_after_first": not parallel}

@@ -7,11 +7,13 @@ both engines' default grammar backend reads)."""
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from dynamo.llm.protocol import GuidedDecodingOptions
 
 ANY_OBJECT = {"type": "object"}
+log = logging.getLogger(__name__)
 
 
 def choice_grammar(choices: list[str]) -> str:
@@ -38,8 +40,33 @@ def sglang_params(guided: GuidedDecodingOptions | None) -> dict[str, Any]:
     if guided.grammar:
         return {"ebnf": guided.grammar}
     if guided.structural_tag is not None:  # its xgrammar backend reads the structural tag format as vLLM does
+        if _tagged_parameters(guided.structural_tag):
+            _skip_once("a structural tag with XML-style tool parameters (xgrammar's json_schema `style`, not "
+                       "verified with SGLang's pinned xgrammar, which could read them as JSON) is not sent to SGLang")
+            return {}
         return {"structural_tag": structural_tag_text(guided.structural_tag)}
     return {}
+
+
+def _tagged_parameters(tag: Any) -> bool:
+    """Whether a structural tag asks for tool parameters written as tags (a json_schema format's `style` other
+    than "json"): an xgrammar that predates `style` would ignore it and force JSON arguments into an XML call."""
+    if isinstance(tag, dict):
+        if tag.get("type") == "json_schema" and tag.get("style", "json") != "json":
+            return True
+        return any(_tagged_parameters(v) for v in tag.values())
+    if isinstance(tag, list):
+        return any(_tagged_parameters(v) for v in tag)
+    return False
+
+
+_skipped: set[str] = set()
+
+
+def _skip_once(message: str) -> None:
+    if message not in _skipped:
+        _skipped.add(message)
+        log.warning(message)
 
 
 def trtllm_fields(guided: GuidedDecodingOptions | None) -> dict[str, Any]:

@@ -28,6 +28,36 @@ TOOLS = [{"type": "function", "function": {"name": "get_time", "parameters": PAR
          {"type": "function", "function": {"name": "get_weather"}}]
 FORMAT = {"type": "json_schema", "json_schema": {"name": "R", "strict": True, "schema": ANSWER}}
 LAID_OUT = ["hermes", "qwen25", "nemotron_deci", "jamba", "phi4", "llama3_json", "default", None]
+CALLED = [("get_time", {"zone": "CET"}), ("get_weather", {})]
+# Formats that name each call in text: the model's own text for CALLED (as its chat template, or DeepSeek's
+# encoding script, writes calls). tests/vllm/test_tool_grammars.py checks that the format's tag admits it.
+_DSML = ('<｜DSML｜function_calls>\n<｜DSML｜invoke name="get_time">\n<｜DSML｜parameter name="zone" string="true">'
+         'CET</｜DSML｜parameter>\n</｜DSML｜invoke>\n<｜DSML｜invoke name="get_weather">\n</｜DSML｜invoke>\n'
+         '</｜DSML｜function_calls>')
+HEADED = {
+    "deepseek_v3": ("<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_time\n```json\n{\"zone\": \"CET\"}"
+                    "\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{}\n```"
+                    "<｜tool▁call▁end｜><｜tool▁calls▁end｜>"),
+    "deepseek_v3_1": ("<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_time<｜tool▁sep｜>{\"zone\": \"CET\"}<｜tool▁call▁end｜>"
+                      "<｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{}<｜tool▁call▁end｜><｜tool▁calls▁end｜>"),
+    "kimi_k2": ('<|tool_calls_section_begin|><|tool_call_begin|>functions.get_time:0<|tool_call_argument_begin|>'
+                '{"zone": "CET"}<|tool_call_end|><|tool_call_begin|>functions.get_weather:1'
+                '<|tool_call_argument_begin|>{}<|tool_call_end|><|tool_calls_section_end|>'),
+    "mistral": '[TOOL_CALLS]get_time[ARGS]{"zone": "CET"}[TOOL_CALLS]get_weather[ARGS]{}',
+    "qwen3_coder": ("<tool_call>\n<function=get_time>\n<parameter=zone>\nCET\n</parameter>\n</function>\n</tool_call>\n"
+                    "<tool_call>\n<function=get_weather>\n</function>\n</tool_call>"),
+    "glm45": ("<tool_call>get_time\n<arg_key>zone</arg_key>\n<arg_value>CET</arg_value>\n</tool_call>\n"
+              "<tool_call>get_weather\n</tool_call>"),
+    "glm47": ("<tool_call>get_time<arg_key>zone</arg_key><arg_value>CET</arg_value></tool_call>"
+              "<tool_call>get_weather</tool_call>"),
+    "minimax_m2": ('<minimax:tool_call>\n<invoke name="get_time">\n<parameter name="zone">CET</parameter>\n</invoke>\n'
+                   '<invoke name="get_weather">\n</invoke>\n</minimax:tool_call>'),
+    "deepseek_v3_2": _DSML,
+    "deepseek_v4": _DSML.replace("function_calls", "tool_calls"),
+}
+HEADED["mistral_list"] = ('[TOOL_CALLS][{"name": "get_time", "arguments": {"zone": "CET"}}, '
+                          '{"name": "get_weather", "arguments": {}}]')  # Mistral's older tokenizers' form
+HEADED["nemotron_nano"] = HEADED["qwen3_coder"]
 
 
 def chat(**over):
@@ -51,14 +81,61 @@ def test_auto_with_a_response_format_admits_the_answer_or_the_calls_the_parser_r
     assert guided.json is None and tag["type"] == "structural_tag" and tag["format"]["type"] == "or"
     answer, calls = tag["format"]["elements"]
     assert answer == {"type": "json_schema", "json_schema": ANSWER}
-    parser = make_tool_parser(tool_format or "default", TOOLS)
-    content, deltas = parser.feed(written(calls, [(0, {"zone": "CET"}), (1, {})]))
+    assert read(tool_format or "default", written(calls, [(0, {"zone": "CET"}), (1, {})])) == ("", CALLED)
+
+
+def read(tool_format: str, text: str) -> tuple[str, list[tuple[str, dict]]]:
+    """What our parser makes of `text`: its plain content and the calls (name, arguments)."""
+    parser = make_tool_parser(tool_format, TOOLS)
+    content, deltas = parser.feed(text)
     more, rest = parser.finish()
     got: dict[int, list[str]] = {}
     for d in deltas + rest:
         got.setdefault(d.index, [d.name, ""])[1] += d.arguments
-    assert content + more == ""
-    assert [(n, json.loads(a)) for n, a in got.values()] == [("get_time", {"zone": "CET"}), ("get_weather", {})]
+    return content + more, [(n, json.loads(a)) for n, a in got.values()]
+
+
+def tag_strings(fmt: dict) -> list[str]:
+    """The fixed strings of a structural tag's calls branch, in order (`{index}`'s number left out)."""
+    if fmt["type"] == "or":
+        return [s for e in fmt["elements"] for s in tag_strings(e)]
+    if fmt["type"] == "tags_with_separator":
+        return [s for t in fmt["tags"] for s in tag_strings(t)]
+    if fmt["type"] == "sequence":
+        return [e["value"] for e in fmt["elements"] if e["type"] == "const_string"]
+    if fmt["type"] == "tag":
+        return [fmt["begin"], *tag_strings(fmt["content"]), fmt["end"]]
+    return []
+
+
+@pytest.mark.parametrize("tool_format", sorted(HEADED))
+def test_a_format_naming_its_calls_in_text_gets_a_tag_of_its_own_strings_that_the_parser_reads_back(tool_format):
+    text = HEADED[tool_format]
+    fmt = tool_format.replace("_list", "")
+    assert read(fmt, text) == ("", CALLED)
+    tag = chat().guided_decoding(True, fmt).structural_tag
+    answer, calls = tag["format"]["elements"]
+    assert answer == {"type": "json_schema", "json_schema": ANSWER}
+    calls = calls["elements"][tool_format == "mistral_list"] if fmt == "mistral" else calls
+    assert all(s in text for s in tag_strings(calls)), [s for s in tag_strings(calls) if s not in text]
+
+
+def test_deepseeks_tag_heads_each_call_with_its_name_and_kimis_leaves_the_model_its_call_count():
+    calls = chat().guided_decoding(True, "deepseek_v3").structural_tag["format"]["elements"][1]
+    per_call = [{"type": "tag", "begin": f"<｜tool▁call▁begin｜>function<｜tool▁sep｜>{name}\n```json\n",
+                 "content": {"type": "json_schema", "json_schema": schema}, "end": "\n```<｜tool▁call▁end｜>"}
+                for name, schema in (("get_time", PARAMS), ("get_weather", {"type": "object", "properties": {}}))]
+    assert calls == {"type": "tag", "begin": "<｜tool▁calls▁begin｜>", "end": "<｜tool▁calls▁end｜>", "content": {
+        "type": "tags_with_separator", "tags": per_call, "separator": "\n", "at_least_one": True,
+        "stop_after_first": False}}
+    kimi = chat(parallel_tool_calls=False).guided_decoding(True, "kimi_k2").structural_tag["format"]["elements"][1]
+    first = kimi["content"]["tags"][0]
+    assert kimi["content"]["stop_after_first"] and first["begin"] == "<|tool_call_begin|>functions.get_time:"
+    assert first["content"] == {"type": "sequence", "elements": [
+        {"type": "regex", "pattern": "[0-9]+"}, {"type": "const_string", "value": "<|tool_call_argument_begin|>"},
+        {"type": "json_schema", "json_schema": PARAMS}]}
+    qwen = chat().guided_decoding(True, "qwen3_coder").structural_tag["format"]["elements"][1]
+    assert qwen["tags"][0]["content"] == {"type": "json_schema", "json_schema": PARAMS, "style": "qwen_xml"}
 
 
 def test_each_call_is_held_to_its_own_tools_schema_and_one_call_when_not_parallel():
@@ -81,14 +158,15 @@ def test_a_turn_that_must_call_a_tool_is_not_held_to_the_answers_schema():
     assert chat(tool_choice="none").guided_decoding(True, "hermes").json == ANSWER
 
 
-def test_a_format_no_grammar_can_say_gets_no_constraint_and_says_so_once(caplog):
-    tool_guidance._warned.discard("tool-call format 'pythonic'")
+@pytest.mark.parametrize("tool_format", ["pythonic", "harmony", "gemma4", "inkling", "minimax_m3"])
+def test_a_format_no_grammar_can_say_gets_no_constraint_and_says_so_once(caplog, tool_format):
+    tool_guidance._warned.discard(f"tool-call format {tool_format!r}")
     with caplog.at_level(logging.WARNING, logger="dynamo.frontend.tool_guidance"):
-        assert chat().guided_decoding(True, "pythonic") is None
-        assert chat().guided_decoding(True, "pythonic") is None
+        assert chat().guided_decoding(True, tool_format) is None
+        assert chat().guided_decoding(True, tool_format) is None
     assert [r.getMessage() for r in caplog.records].count(
-        "tool-call format 'pythonic' cannot be written as a grammar: with tools and a response_format, the engine "
-        "is held to neither (calls stay possible; the answer is not held to the schema)") == 1
+        f"tool-call format {tool_format!r} cannot be written as a grammar: with tools and a response_format, the "
+        "engine is held to neither (calls stay possible; the answer is not held to the schema)") == 1
 
 
 

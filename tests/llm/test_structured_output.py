@@ -48,3 +48,14 @@ def test_a_structural_tag_given_as_json_text_is_passed_on_as_it_is():
     text = json.dumps(tag)
     assert structural_tag_text(tag) == text and structural_tag_text(text) == text
     assert sglang_params(G(structural_tag=text)) == {"structural_tag": text}
+
+
+def test_sglang_is_not_sent_tagged_parameters_its_xgrammar_may_read_as_json():
+    xml_call = {"type": "tag", "begin": "<function=f>", "end": "</function>",
+                "content": {"type": "json_schema", "json_schema": {"type": "object"}, "style": "qwen_xml"}}
+    tag = {"type": "structural_tag", "format": {"type": "or", "elements": [{"type": "json_schema", "json_schema": {}},
+                                                                           xml_call]}}
+    assert sglang_params(G(structural_tag=tag)) == {}
+    json_call = {**xml_call, "content": {"type": "json_schema", "json_schema": {"type": "object"}}}
+    plain = {"type": "structural_tag", "format": json_call}
+    assert json.loads(sglang_params(G(structural_tag=plain))["structural_tag"]) == plain

@@ -3,8 +3,10 @@ vLLM of the vLLM venv, without an engine (seconds): tool_choice required over to
 `$defs`, or refs into their own schema (a recursive tree), compiles and holds each call to its own tool's
 schema; tool_choice auto with a response_format compiles (through `dynamo.vllm.handler.structured_outputs`
 and vLLM's own check, the tag given as an object or as JSON text) into a grammar that admits the answer in
-its schema or the calls in each tool-call format, after the reasoning of a model that reasons first, and
-nothing else; and vLLM's offline engine held to it (tiny random model) writes calls as well as answers."""
+its schema or the calls in each tool-call format (JSON calls, calls headed by their name, parameters in
+xgrammar's XML styles: the model's own text, which our parser reads back), after the reasoning of a model
+that reasons first, and nothing else; and vLLM's offline engine held to it (tiny random model) writes calls
+as well as answers."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import json
 import pytest
 
 from dynamo.frontend.parsers import make_tool_parser
+from tests.frontend import test_tool_guidance as guidance
 from tests.vllm.conftest import BLOCK_SIZE, MAX_MODEL_LEN, reference_result, start_offline
 from tests.vllm.test_vllm_objects import run
 
@@ -35,16 +38,17 @@ info = xgr.TokenizerInfo.from_huggingface(tok)
 compiler = xgr.GrammarCompiler(info)
 case = json.loads(os.environ["CASE"])
 
-def chat(**over):
-    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": case["tools"], **over}
+def chat(tools=None, **over):
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": tools or case["tools"], **over}
     return decode_request(json.dumps(body).encode(), "chat")
 
 def admits(compiled, text):
     m = xgr.GrammarMatcher(compiled)
     return m.accept_string(text) and m.accept_token(info.stop_token_ids[0])
 
-def auto(fmt, reasoning=None, as_text=False):
-    guided = chat(tool_choice="auto", response_format=case["format"]).guided_decoding(True, fmt or None, reasoning)
+def auto(fmt, reasoning=None, as_text=False, tools=None, response_format=None):
+    guided = chat(tools, tool_choice="auto", response_format=response_format or case["format"]).guided_decoding(
+        True, fmt or None, reasoning)
     if as_text:  # Dynamo's wire may carry the tag as JSON text: passed on as it is
         guided = GuidedDecodingOptions(structural_tag=json.dumps(guided.structural_tag))
     params = structured_outputs(guided)
@@ -60,6 +64,11 @@ for fmt, texts in case["auto"].items():
     out[fmt] = [admits(auto(fmt, as_text=fmt == "hermes"), t) for t in texts]
 out["reasoning"] = {f"{p}/{w}": [admits(auto("hermes", ReasoningStart(p, PromptReasoning(w))), t) for t in texts]
                     for p, w, texts in case["reasoning"]}
+if "headed" in case:  # other tools and answer: per format (`mistral_list`: Mistral's other form), its texts
+    headed, out["headed"] = case["headed"], {}
+    for fmt, texts in headed["texts"].items():
+        compiled = auto(fmt.replace("_list", ""), tools=headed["tools"], response_format=headed["format"])
+        out["headed"][fmt] = [admits(compiled, t) for t in texts]
 print(json.dumps(out))
 """
 
@@ -120,6 +129,24 @@ def test_tool_constraints_compile_and_admit_exactly_the_calls_or_the_answer(vllm
     assert got.pop("required") == [True, False, True, False] and got.pop("named") == [True, False]
     assert got.pop("reasoning") == {f"{parser}/{where}": expected for parser, where, _, expected in REASONING}
     assert got == {fmt: [True, True, False, False] for fmt in AUTO}
+
+
+def headed_texts(good: str) -> list[str]:
+    """The model's own calls (tests/frontend/test_tool_guidance.py's, which our parser reads back), a call to a
+    function not offered, a call against its tool's schema (an argument it does not have), the answer, text."""
+    return [good, good.replace("get_weather", "get_tide"), good.replace("zone", "zones"), '{"city": "Oslo"}',
+            "It is sunny."]
+
+
+def test_formats_naming_calls_in_text_admit_the_models_own_calls_or_the_answer(vllm_python, tmp_path):
+    """DeepSeek, Kimi, Mistral (both forms) and the tagged-parameter formats (Qwen3-Coder, GLM, MiniMax M2,
+    DSML): the tag admits the model's text that our parser reads back as the calls, and holds it to the
+    offered names and their schemas (parameters in xgrammar's XML styles included)."""
+    texts = {fmt: headed_texts(good) for fmt, good in guidance.HEADED.items()}
+    case = {"tools": TOOLS, "format": FORMAT, "required": [], "named": [], "auto": {}, "reasoning": [],
+            "headed": {"tools": guidance.TOOLS, "format": guidance.FORMAT, "texts": texts}}
+    got = run(vllm_python, CHECK, tmp_path, {"CASE": json.dumps(case)})["headed"]
+    assert got == {fmt: [True, False, False, True, False] for fmt in guidance.HEADED}
 
 
 def test_a_vllm_engine_held_to_it_can_call_a_tool_or_answer_in_the_schema(vllm_python, vllm_model, tmp_path):

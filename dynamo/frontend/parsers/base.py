@@ -69,16 +69,27 @@ class CallGap:
 
 @dataclass(frozen=True)
 class CallLayout:
-    """How a format writes its calls as JSON, for a grammar that must leave the model room to write them
-    (the engine's structural tag, `frontend/tool_guidance.py`): a block is `start`, calls, `end`; each call
-    is `{"name": NAME, "<args_key>": ARGS}`. A `listed` block holds a JSON list of calls (one block);
-    otherwise each block holds one call and blocks follow one another, `between` apart."""
+    """How a format writes its calls, for a grammar that must leave the model room to write them (the
+    engine's structural tag, `frontend/tool_guidance.py`). By default a block is `start`, calls, `end`, each
+    call `{"name": NAME, "<args_key>": ARGS}`: a `listed` block holds a JSON list of calls (one block);
+    otherwise each block holds one call and blocks follow one another, `between` apart.
+
+    A format that names each call in text rather than in a JSON object has a `head`: one block holds its
+    calls, `between` apart, each `head` ARGS `tail`, where `{name}` in the head stands for the function's
+    name and `{index}` for a number the model counts its calls with (Kimi's `functions.NAME:0`). `style`
+    says how ARGS are written, in xgrammar's words for a JSON schema's `style` ("json", or one parameter per
+    tag: "qwen_xml", "glm_xml", "deepseek_xml", "minimax_xml"). `alternative`: another way the same parser
+    reads calls (Mistral's JSON list beside its `name[ARGS]` calls), admitted as well."""
 
     start: str
     end: str
     args_key: str = "arguments"
     listed: bool = False
     between: str = "\n"
+    head: str | None = None
+    tail: str = ""
+    style: str = "json"
+    alternative: CallLayout | None = None
 
 
 class ToolParser(Protocol):

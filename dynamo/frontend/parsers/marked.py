@@ -37,7 +37,7 @@ class MarkedToolParser:
     # Output that begins (after whitespace) with one of these opens a block with no marker.
     bare_starts: tuple[str, ...] = ()
     needs_special_tokens = False
-    # How the format's calls are written, where a grammar can say it (JSON calls between fixed markers).
+    # How the format's calls are written, where a grammar can say it (`CallLayout`; None: it cannot).
     call_layout: CallLayout | None = None
 
     def __init__(self, tools: list[dict] | None = None) -> None:

@@ -22,7 +22,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from dynamo.frontend.parsers.base import ToolCallDelta, new_call_id, register_tool_parser
+from dynamo.frontend.parsers.base import CallLayout, ToolCallDelta, new_call_id, register_tool_parser
 from dynamo.frontend.parsers.json_scan import loads_or_none
 from dynamo.frontend.parsers.marked import MarkedToolParser
 
@@ -142,13 +142,19 @@ DSML = TagFormat(re.compile(r'<｜DSML｜invoke name="([^"]+)"\s*>'), "</｜DSML
                  "</｜DSML｜parameter>", "<｜DSML｜parameter")
 
 
-def _tagged(names: tuple[str, ...], start: str, end: str, fmt: TagFormat, specials: bool) -> type:
-    """A format whose block (between `start` and `end`) holds `fmt`'s functions."""
+def _dsml(block: str) -> CallLayout:
+    return CallLayout(f"<｜DSML｜{block}>\n", f"</｜DSML｜{block}>", head='<｜DSML｜invoke name="{name}">\n',
+                      tail="</｜DSML｜invoke>\n", between="", style="deepseek_xml")
+
+
+def _tagged(names: tuple[str, ...], start: str, end: str, fmt: TagFormat, specials: bool, layout: CallLayout) -> type:
+    """A format whose block (between `start` and `end`) holds `fmt`'s functions, written as `layout` says."""
 
     class Parser(MarkedToolParser):
         start_markers = (start,)
         end_marker = end
         needs_special_tokens = specials
+        call_layout = layout
 
         def make_inner(self, marker: str, first_index: int):
             return TaggedCalls(first_index, fmt, schema_types(self.tools))
@@ -157,10 +163,18 @@ def _tagged(names: tuple[str, ...], start: str, end: str, fmt: TagFormat, specia
     return register_tool_parser(*names)(Parser)
 
 
-_tagged(("qwen3_coder", "nemotron_nano"), "<tool_call>", "</tool_call>", QWEN3_CODER, specials=False)
-_tagged(("minimax_m2",), "<minimax:tool_call>", "</minimax:tool_call>", MINIMAX_M2, specials=True)
-_tagged(("deepseek_v3_2",), "<｜DSML｜function_calls>", "</｜DSML｜function_calls>", DSML, specials=True)
-_tagged(("deepseek_v4",), "<｜DSML｜tool_calls>", "</｜DSML｜tool_calls>", DSML, specials=True)
+# Layouts as the models' chat templates (DeepSeek's encoding scripts) write calls; parameters in xgrammar's
+# XML styles, typed by each tool's schema as `typed_value` reads them back.
+_tagged(("qwen3_coder", "nemotron_nano"), "<tool_call>", "</tool_call>", QWEN3_CODER, specials=False,
+        layout=CallLayout("", "", head="<tool_call>\n<function={name}>\n", tail="</function>\n</tool_call>",
+                          style="qwen_xml"))
+_tagged(("minimax_m2",), "<minimax:tool_call>", "</minimax:tool_call>", MINIMAX_M2, specials=True,
+        layout=CallLayout("<minimax:tool_call>\n", "</minimax:tool_call>", head='<invoke name="{name}">\n',
+                          tail="</invoke>\n", between="", style="minimax_xml"))
+_tagged(("deepseek_v3_2",), "<｜DSML｜function_calls>", "</｜DSML｜function_calls>", DSML, specials=True,
+        layout=_dsml("function_calls"))
+_tagged(("deepseek_v4",), "<｜DSML｜tool_calls>", "</｜DSML｜tool_calls>", DSML, specials=True,
+        layout=_dsml("tool_calls"))
 
 
 _GLM_NAME = re.compile(r"\s*([^<\s][^<\n]*?)\s*(?=<arg_key>|\n)")
@@ -202,11 +216,21 @@ class _GlmCall(TaggedCalls):
         return super().close()
 
 
-@register_tool_parser("glm45", "glm47")
+@register_tool_parser("glm45")
 class GlmParser(MarkedToolParser):
     start_markers = ("<tool_call>",)
     end_marker = "</tool_call>"
     needs_special_tokens = True
+    # GLM-4.5 writes a newline after the name and after each tag (`glm_xml` admits that whitespace), and
+    # between calls; GLM-4.7 none (`Glm47Parser`).
+    call_layout = CallLayout("", "", head="<tool_call>{name}", tail="</tool_call>", style="glm_xml")
 
     def make_inner(self, marker: str, first_index: int):
         return _GlmCall(first_index, schema_types(self.tools))
+
+
+@register_tool_parser("glm47")
+class Glm47Parser(GlmParser):
+    """GLM-4.7: GLM-4.5's parser; only the layout a grammar asks for differs (no newline between calls)."""
+
+    call_layout = CallLayout("", "", head="<tool_call>{name}", tail="</tool_call>", between="", style="glm_xml")

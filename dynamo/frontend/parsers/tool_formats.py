@@ -113,6 +113,9 @@ class _MistralInner:
 class MistralParser(MarkedToolParser):
     start_markers = ("[TOOL_CALLS]",)
     needs_special_tokens = True
+    # Which form a model writes depends on its tokenizer's version, which the parser's name does not say: both.
+    call_layout = CallLayout("", "", head="[TOOL_CALLS]{name}[ARGS]", between="",
+                             alternative=CallLayout("[TOOL_CALLS]", "", listed=True))
 
     def make_inner(self, marker: str, first_index: int) -> Inner:
         return _MistralInner(first_index)
@@ -156,6 +159,10 @@ class _DeepSeekCalls(MarkedToolParser):
 @register_tool_parser("deepseek_v3")
 class DeepSeekV3Parser(_DeepSeekCalls):
     header, trailer = _DS_HEADER, _DS_TRAILER
+    # As DeepSeek V3's chat template writes its calls (a newline before each call after the first).
+    call_layout = CallLayout("<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>",
+                             head="<｜tool▁call▁begin｜>function<｜tool▁sep｜>{name}\n```json\n",
+                             tail="\n```<｜tool▁call▁end｜>")
 
 
 class JsonListParser(MarkedToolParser):
@@ -175,6 +182,8 @@ _DS31_TRAILER = re.compile(r"\s*<｜tool▁call▁end｜>")
 @register_tool_parser("deepseek_v3_1")
 class DeepSeekV31Parser(_DeepSeekCalls):
     header, trailer = _DS31_HEADER, _DS31_TRAILER
+    call_layout = CallLayout("<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>",
+                             head="<｜tool▁call▁begin｜>{name}<｜tool▁sep｜>", tail="<｜tool▁call▁end｜>", between="")
 
 
 _KIMI_HEADER = re.compile(r"<\|tool_call_begin\|>\s*([\w.\-]+:\d+)\s*<\|tool_call_argument_begin\|>\s*")
@@ -194,6 +203,11 @@ def _kimi_call(function_id: str) -> tuple[str, str]:
 class KimiK2Parser(MarkedToolParser):
     start_markers = tuple(_KIMI_SECTIONS)
     needs_special_tokens = True
+    # The ids the model counts (`functions.NAME:N`) are its own: any number (the chat template's spelling of
+    # the section's markers; the parser reads the singular `tool_call_section` too).
+    call_layout = CallLayout("<|tool_calls_section_begin|>", "<|tool_calls_section_end|>",
+                             head="<|tool_call_begin|>functions.{name}:{index}<|tool_call_argument_begin|>",
+                             tail="<|tool_call_end|>", between="")
 
     def make_inner(self, marker: str, first_index: int) -> Inner:
         self.end_marker = _KIMI_SECTIONS[marker]
