@@ -16,13 +16,22 @@ GRAPH_LABEL = "nvidia.com/dynamo-graph-deployment-name"
 TYPE_LABEL = "nvidia.com/dynamo-component-type"
 
 
-def _types(graph: Graph) -> dict[str, str]:
-    """{component type label value: the port name its pods serve /metrics on}, in the graph's order."""
-    out: dict[str, str] = {}
+def _types(graph: Graph) -> dict[str, list[str]]:
+    """{component type label value: the port names its pods serve /metrics on}, in the graph's order. A KServe
+    gRPC frontend serves gRPC on `http` and its HTTP routes on the port `render` names `metrics`."""
+    out: dict[str, list[str]] = {}
     for svc in graph.spec.services.values():
-        kind = svc.componentType or "worker"
-        out.setdefault(kind, "http" if contract.is_frontend(svc) else "system")
+        ports = out.setdefault(svc.componentType or "worker", [])
+        port = _metrics_port(svc)
+        if port not in ports:
+            ports.append(port)
     return out
+
+
+def _metrics_port(svc) -> str:
+    if not contract.is_frontend(svc):
+        return "system"
+    return "metrics" if contract.kserve_http_port(svc) is not None else "http"
 
 
 def pod_monitors(graph: Graph, k8s_ns: str | None, warnings: list[str] | None = None) -> list[dict[str, Any]]:
@@ -33,7 +42,8 @@ def pod_monitors(graph: Graph, k8s_ns: str | None, warnings: list[str] | None = 
         return []
     dgd = names.k8s_name(graph.metadata.name)
     out = []
-    for kind, port in _types(graph).items():
+    types = _types(graph)
+    for kind, ports in types.items():
         meta: dict[str, Any] = {"name": names.k8s_name(graph.metadata.name, kind, "metrics"),
                                 "labels": {GRAPH_LABEL: dgd}}
         if k8s_ns:
@@ -41,8 +51,8 @@ def pod_monitors(graph: Graph, k8s_ns: str | None, warnings: list[str] | None = 
         selector = {scrape.METRICS_LABEL: "true", TYPE_LABEL: kind, GRAPH_LABEL: dgd}
         out.append({"apiVersion": API_VERSION, "kind": "PodMonitor", "metadata": meta,
                     "spec": {"selector": {"matchLabels": selector},
-                             "podMetricsEndpoints": [{"port": port, "path": "/metrics"}]}})
-    if warnings is not None and "planner" in _types(graph):
+                             "podMetricsEndpoints": [{"port": port, "path": "/metrics"} for port in ports]}})
+    if warnings is not None and "planner" in types:
         warnings.append(f"{graph.metadata.name}: the planner's PodMonitor scrapes its system port; its "
                         "dynamo_planner_* metrics are on --metric-reporting-prometheus-port, which is not declared")
     return out

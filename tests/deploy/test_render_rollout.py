@@ -216,6 +216,16 @@ def test_pod_monitors_select_the_labels_render_sets(tmp_path, capsys):
     assert not any(o["kind"] == "PodMonitor" for o in plain)  # off by default: a CRD the cluster may lack
 
 
+def test_a_kserve_frontend_is_scraped_on_its_metrics_port(tmp_path, capsys):
+    """--kserve-grpc-server puts gRPC on the `http` port: a scrape there would fail; /metrics is on `metrics`."""
+    doc = copy.deepcopy(agg_doc())
+    doc["spec"]["services"]["Frontend"]["extraPodSpec"]["mainContainer"]["args"] = ["--kserve-grpc-server"]
+    objects, _ = render_cli(capsys, write(tmp_path, doc), "--pod-monitors")
+    (monitor,) = [o for o in objects if o["kind"] == "PodMonitor"
+                  and o["spec"]["selector"]["matchLabels"]["nvidia.com/dynamo-component-type"] == "frontend"]
+    assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics"}]
+
+
 def test_no_pod_monitors_for_a_graph_that_opts_out_of_metrics(tmp_path, capsys):
     doc = copy.deepcopy(agg_doc())
     doc["metadata"]["annotations"] = {"nvidia.com/enable-metrics": "false"}
