@@ -27,7 +27,8 @@ TERMINATION_GRACE_SECONDS = 60
 FS_GROUP = 1000
 SHARED_MEMORY = "8Gi"
 
-# Readiness of a frontend: /health answers and reports a model with workers. Python rather
+# Readiness of a frontend: /health answers "healthy" (a model with workers, or one whose requests it holds
+# for a worker under --wait-for-workers-secs). Python rather
 # than curl|jq so it works in our image.
 FRONTEND_READY_SCRIPT = (
     "import json,sys,urllib.request as u; "

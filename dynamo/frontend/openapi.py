@@ -47,7 +47,7 @@ ROUTES: dict[tuple[str, str], tuple[str, type | None]] = {
     ("GET", "/busy_threshold"): ("Every model's busy thresholds", None),
     ("POST", "/busy_threshold"): ("Read or set a model's busy thresholds", BusyThresholdRequest),
     ("GET", "/v1/models"): ("List the served models", None),
-    ("GET", "/health"): ("Health: 200 when some model can be served", None),
+    ("GET", "/health"): ("Health: 200 while serving (status healthy: a model has workers, or its requests wait for one), 503 draining", None),
     ("GET", "/live"): ("Liveness", None),
     ("GET", "/metrics"): ("Prometheus metrics", None),
     ("GET", PATH): ("This document", None),

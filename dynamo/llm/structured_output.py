@@ -6,6 +6,7 @@ both engines' default grammar backend reads)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from typing import Any
@@ -40,17 +41,31 @@ def sglang_params(guided: GuidedDecodingOptions | None) -> dict[str, Any]:
     if guided.grammar:
         return {"ebnf": guided.grammar}
     if guided.structural_tag is not None:  # its xgrammar backend reads the structural tag format as vLLM does
-        if _tagged_parameters(guided.structural_tag):
-            _skip_once("a structural tag with XML-style tool parameters (xgrammar's json_schema `style`, not "
-                       "verified with SGLang's pinned xgrammar, which could read them as JSON) is not sent to SGLang")
-            return {}
-        return {"structural_tag": structural_tag_text(guided.structural_tag)}
+        text = engine_structural_tag(guided.structural_tag)
+        return {"structural_tag": text} if text is not None else {}
     return {}
 
 
+def engine_structural_tag(tag: Any) -> str | None:
+    """The structural tag as the JSON text vLLM and SGLang take; None (send no constraint, logged once) when
+    it asks for tool parameters written as tags (xgrammar's json_schema `style`) and the xgrammar installed
+    beside the engine predates `style`: an older one would either refuse it (a 400 for a request otherwise
+    served unconstrained) or ignore it and force JSON arguments into an XML call our parser cannot read."""
+    parsed = tag
+    if isinstance(tag, str):
+        try:
+            parsed = json.loads(tag)
+        except ValueError:
+            return tag  # not ours to judge: the engine answers it
+    if _tagged_parameters(parsed) and not xgrammar_reads_styles():
+        _skip_once("the installed xgrammar has no json_schema `style` (tool parameters written as tags, xgrammar "
+                   ">= 0.2.8 checked): such structural tags are not sent; those requests run unconstrained")
+        return None
+    return structural_tag_text(tag)
+
+
 def _tagged_parameters(tag: Any) -> bool:
-    """Whether a structural tag asks for tool parameters written as tags (a json_schema format's `style` other
-    than "json"): an xgrammar that predates `style` would ignore it and force JSON arguments into an XML call."""
+    """Whether a structural tag asks for a json_schema format in a `style` other than "json"."""
     if isinstance(tag, dict):
         if tag.get("type") == "json_schema" and tag.get("style", "json") != "json":
             return True
@@ -58,6 +73,16 @@ def _tagged_parameters(tag: Any) -> bool:
     if isinstance(tag, list):
         return any(_tagged_parameters(v) for v in tag)
     return False
+
+
+@functools.cache
+def xgrammar_reads_styles() -> bool:
+    """Whether this process's xgrammar (the engine's grammar backend) knows a json_schema format's `style`."""
+    try:
+        from xgrammar.structural_tag import JSONSchemaFormat
+    except Exception:  # no xgrammar here, or one without the structural tag's format form
+        return False
+    return "style" in getattr(JSONSchemaFormat, "model_fields", {})
 
 
 _skipped: set[str] = set()

@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator, Callable
 
 from dynamo.llm.kv_events.engine_decoder import SALT_PREFIX
 from dynamo.llm.protocol import FinishReason, LLMEngineOutput, PreprocessedRequest, engine_priority
-from dynamo.llm.structured_output import structural_tag_text
+from dynamo.llm.structured_output import engine_structural_tag
 from dynamo.runtime.wire import ErrorCode
 from dynamo.worker.role import WorkerRole
 
@@ -67,7 +67,7 @@ def to_sampling_params(request: PreprocessedRequest, max_model_len: int, mode: W
 
 
 def structured_outputs(guided: Any) -> Any:
-    """Our `guided_decoding` as vLLM's structured-output constraint."""
+    """Our `guided_decoding` as vLLM's structured-output constraint (None: none is sent)."""
     from vllm.sampling_params import StructuredOutputsParams
 
     kwargs: dict[str, Any] = {}
@@ -82,7 +82,10 @@ def structured_outputs(guided: Any) -> Any:
     elif guided.grammar:
         kwargs["grammar"] = guided.grammar
     elif guided.structural_tag is not None:
-        kwargs["structural_tag"] = structural_tag_text(guided.structural_tag)  # vLLM takes it as JSON text
+        text = engine_structural_tag(guided.structural_tag)  # vLLM takes it as JSON text
+        if text is None:
+            return None
+        kwargs["structural_tag"] = text
     return StructuredOutputsParams(**kwargs)
 
 

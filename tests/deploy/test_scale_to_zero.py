@@ -94,3 +94,26 @@ def test_a_planner_that_can_take_its_pools_to_zero_is_named(tmp_path):
 
 def test_the_autoscaling_example_holds_its_requests():
     assert zero_warnings(str(EXAMPLE)) == []
+
+
+def unnamed_warnings(path: str) -> list[str]:
+    return [w for w in validate_file(path).warnings if "names no model" in w]
+
+
+def test_a_holding_frontend_that_names_no_model_is_a_warning(tmp_path):
+    """Started (or restarted) at zero workers, it has seen no model: 404s, unhealthy, out of its Service."""
+    found = unnamed_warnings(write(tmp_path, agg(["--wait-for-workers-secs", "120"]), keda()))
+    assert len(found) == 1 and found[0].startswith("graph mocker-agg, service Frontend:"), found
+    assert "--model-name" in found[0]
+
+
+@pytest.mark.parametrize("doc", [agg(["--wait-for-workers-secs", "120", "--model-name", "Qwen/Qwen3-0.6B"]),
+                                 agg(["--wait-for-workers-secs=30", "--model-path=/models/q"]),
+                                 agg(["--wait-for-workers-secs", "60"], frontend_env={"DYN_MODEL_NAME": "q"})],
+                         ids=["name", "path=", "env"])
+def test_a_holding_frontend_that_names_its_model_is_not(tmp_path, doc):
+    assert unnamed_warnings(write(tmp_path, doc, keda())) == []
+
+
+def test_nothing_is_said_of_a_model_name_where_nothing_can_reach_zero(tmp_path):
+    assert unnamed_warnings(write(tmp_path, agg(["--wait-for-workers-secs", "120"]), keda(minReplicaCount=1))) == []

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from dynamo.llm.protocol import GuidedDecodingOptions as G
+from dynamo.llm import structured_output
 from dynamo.llm.structured_output import choice_grammar, sglang_params, structural_tag_text, trtllm_fields
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}}
@@ -50,12 +53,24 @@ def test_a_structural_tag_given_as_json_text_is_passed_on_as_it_is():
     assert sglang_params(G(structural_tag=text)) == {"structural_tag": text}
 
 
-def test_sglang_is_not_sent_tagged_parameters_its_xgrammar_may_read_as_json():
-    xml_call = {"type": "tag", "begin": "<function=f>", "end": "</function>",
-                "content": {"type": "json_schema", "json_schema": {"type": "object"}, "style": "qwen_xml"}}
-    tag = {"type": "structural_tag", "format": {"type": "or", "elements": [{"type": "json_schema", "json_schema": {}},
-                                                                           xml_call]}}
+XML_CALL = {"type": "tag", "begin": "<function=f>", "end": "</function>",
+            "content": {"type": "json_schema", "json_schema": {"type": "object"}, "style": "qwen_xml"}}
+XML_TAG = {"type": "structural_tag", "format": {"type": "or", "elements": [{"type": "json_schema", "json_schema": {}},
+                                                                         XML_CALL]}}
+
+
+@pytest.mark.parametrize("as_text", [False, True])  # Dynamo's wire carries a tag as an object or as its text
+def test_tagged_parameters_are_not_sent_to_an_xgrammar_without_styles(monkeypatch, as_text):
+    monkeypatch.setattr(structured_output, "xgrammar_reads_styles", lambda: False)
+    tag = json.dumps(XML_TAG) if as_text else XML_TAG
     assert sglang_params(G(structural_tag=tag)) == {}
-    json_call = {**xml_call, "content": {"type": "json_schema", "json_schema": {"type": "object"}}}
-    plain = {"type": "structural_tag", "format": json_call}
+    assert structured_output.engine_structural_tag(tag) is None
+    json_call = {**XML_CALL, "content": {"type": "json_schema", "json_schema": {"type": "object"}}}
+    plain = {"type": "structural_tag", "format": json_call}  # JSON arguments: every xgrammar with the form reads it
     assert json.loads(sglang_params(G(structural_tag=plain))["structural_tag"]) == plain
+
+
+def test_tagged_parameters_are_sent_to_an_xgrammar_with_styles(monkeypatch):
+    monkeypatch.setattr(structured_output, "xgrammar_reads_styles", lambda: True)
+    assert json.loads(sglang_params(G(structural_tag=XML_TAG))["structural_tag"]) == XML_TAG
+    assert structured_output.engine_structural_tag("not json") == "not json"  # the engine's to answer
