@@ -115,7 +115,9 @@ def injected_env(graph: Graph, svc: Service, *, k8s_namespace: str | None, disco
         env["DYN_HTTP_PORT"] = str(http_port)
     if has_system_port(svc):
         env["DYN_SYSTEM_PORT"] = str(system_port)
-    if svc.componentType in ("worker", None):  # the operator's canary health checks (runtime 1.5 on)
+    # Canary health checks on, unless the manifest says: what the operator's v1beta1 code does (older operators
+    # wrote "false"), and what catches an engine that hangs.
+    if svc.componentType in ("worker", None):
         env["DYN_HEALTH_CHECK_ENABLED"] = "true"
     return env
 
