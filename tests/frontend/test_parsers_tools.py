@@ -136,6 +136,17 @@ def test_documented_format(name, step):
     assert len({c["id"] for c in calls}) == len(calls)
 
 
+@pytest.mark.parametrize("step", [None, 1])
+@pytest.mark.parametrize("name", sorted(set(CASES) - {"harmony"}))  # harmony: whitespace outside its messages
+def test_whitespace_opening_the_output_is_layout_before_a_call_and_kept_before_text(name, step):
+    """DeepSeek V3.2/V4 write `\n\n` before their calls, GLM-4.5 `\n`: ahead of a call it is layout, never
+    shown (so never streamed as a content delta of its own); ahead of text it is that text's."""
+    text, want_content, want_calls = CASES[name]
+    content, calls = run(name, "\n\n" + text, step)
+    assert content == ("\n\n" + want_content if want_content else "")
+    assert [(c["name"], json.loads(c["arguments"])) for c in calls] == want_calls
+
+
 def test_arguments_stream_before_the_call_closes():
     parser = make_tool_parser("hermes")
     _, first = parser.feed('<tool_call>{"name": "get_weather", "arguments": {"city": "Pa')
@@ -178,6 +189,8 @@ def test_a_llama3_json_answer_naming_no_offered_tool_is_the_answer(text):
     ("pythonic", "[1, 2, 3] are numbers"),
     ("mistral", "[TOOL_CALLS]!!"),
     ("glm45", "<tool_call>  </tool_call> after"),
+    ("glm45", "\n<tool_call>  </tool_call> after"),  # the whitespace ahead of a block that is no call is kept
+    ("hermes", "\n\n<tool_call>not json at all</tool_call> after"),
     ("nemotron_deci", "<TOOLCALL>no json</TOOLCALL>"),
 ])
 def test_malformed_output_degrades_to_content(name, text):

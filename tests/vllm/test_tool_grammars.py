@@ -4,8 +4,10 @@ vLLM of the vLLM venv, without an engine (seconds): tool_choice required over to
 schema; tool_choice auto with a response_format compiles (through `dynamo.vllm.handler.structured_outputs`
 and vLLM's own check, the tag given as an object or as JSON text) into a grammar that admits the answer in
 its schema or the calls in each tool-call format (JSON calls, calls headed by their name, parameters in
-xgrammar's XML styles: the model's own text, which our parser reads back), after the reasoning of a model
-that reasons first, and nothing else; and vLLM's offline engine held to it (tiny random model) writes calls
+xgrammar's XML styles, typed by each tool's schema: the model's own text, which our parser reads back), after
+the reasoning of a model that reasons first and a little layout whitespace, and nothing else, matched as
+text and as the tokens of a tokenizer that holds the formats' markers as special tokens (one token each, as
+the models' own tokenizers have them); and vLLM's offline engine held to it (tiny random model) writes calls
 as well as answers."""
 
 from __future__ import annotations
@@ -33,18 +35,23 @@ from dynamo.frontend.tool_guidance import ReasoningStart
 from dynamo.llm.protocol import GuidedDecodingOptions
 from dynamo.vllm.handler import structured_outputs
 
+case = json.loads(os.environ["CASE"])
 tok = AutoTokenizer.from_pretrained("tests/fixtures/tiny-model")
+tok.add_special_tokens({"additional_special_tokens": case["markers"]})
 info = xgr.TokenizerInfo.from_huggingface(tok)
 compiler = xgr.GrammarCompiler(info)
-case = json.loads(os.environ["CASE"])
 
 def chat(tools=None, **over):
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": tools or case["tools"], **over}
     return decode_request(json.dumps(body).encode(), "chat")
 
-def admits(compiled, text):
+def admits(compiled, text):  # `text` whole, as text and as its tokens (a marker one token); a string if they differ
     m = xgr.GrammarMatcher(compiled)
-    return m.accept_string(text) and m.accept_token(info.stop_token_ids[0])
+    as_text = m.accept_string(text) and m.accept_token(info.stop_token_ids[0])
+    m = xgr.GrammarMatcher(compiled)
+    ids = tok.encode(text, add_special_tokens=False) + info.stop_token_ids[:1]
+    as_tokens = all(m.accept_token(i) for i in ids)
+    return as_text if as_text == as_tokens else f"as text {as_text}, as tokens {as_tokens}"
 
 def auto(fmt, reasoning=None, as_text=False, tools=None, response_format=None):
     guided = chat(tools, tool_choice="auto", response_format=response_format or case["format"]).guided_decoding(
@@ -55,7 +62,7 @@ def auto(fmt, reasoning=None, as_text=False, tools=None, response_format=None):
     validate_xgrammar_grammar(SamplingParams(structured_outputs=params))  # vLLM's own check of a request
     return compiler.compile_structural_tag(params.structural_tag)
 
-out = {}
+out = {"markers": [m for m in case["markers"] if len(tok.encode(m, add_special_tokens=False)) != 1]}
 required = compiler.compile_json_schema(json.dumps(chat(tool_choice="required").guided_decoding(True).json))
 out["required"] = [admits(required, t) for t in case["required"]]
 named = chat(tool_choice={"type": "function", "function": {"name": "tree"}}).guided_decoding(True).json
@@ -64,11 +71,12 @@ for fmt, texts in case["auto"].items():
     out[fmt] = [admits(auto(fmt, as_text=fmt == "hermes"), t) for t in texts]
 out["reasoning"] = {f"{p}/{w}": [admits(auto("hermes", ReasoningStart(p, PromptReasoning(w))), t) for t in texts]
                     for p, w, texts in case["reasoning"]}
-if "headed" in case:  # other tools and answer: per format (`mistral_list`: Mistral's other form), its texts
-    headed, out["headed"] = case["headed"], {}
+out["headed"] = []
+for headed in case.get("headed", []):  # other tools and answer: per format (`mistral_list`: Mistral's other form)
+    out["headed"].append({})
     for fmt, texts in headed["texts"].items():
         compiled = auto(fmt.replace("_list", ""), tools=headed["tools"], response_format=headed["format"])
-        out["headed"][fmt] = [admits(compiled, t) for t in texts]
+        out["headed"][-1][fmt] = [admits(compiled, t) for t in texts]
 print(json.dumps(out))
 """
 
@@ -114,8 +122,16 @@ REASONING = [
      [True, True, True, False]),
     ("deepseek_r1", "unknown", ["Check.</think>\n\n" + CALL, "<think>Hm.</think>" + ANSWER, "Hm.</think>Sunny."],
      [True, True, False]),
-    ("qwen3", "closed", [ANSWER, CALL, "<think>Hm.</think>" + ANSWER], [True, True, False]),
+    # Layout ahead of the answer or the calls: a few characters, never a model's whole output.
+    ("qwen3", "closed", [ANSWER, CALL, "<think>Hm.</think>" + ANSWER, "\n\n" + CALL, " \n" + ANSWER,
+                         "\n" * 9 + ANSWER], [True, True, False, True, True, False]),
 ]
+# Each format's markers, special tokens of the models' tokenizers (added to the tiny one: one token each).
+MARKERS = ["<tool_call>", "</tool_call>", "<think>", "</think>", "<TOOLCALL>", "</TOOLCALL>", "<|python_tag|>",
+           "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>", "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁sep｜>",
+           "<|tool_calls_section_begin|>", "<|tool_calls_section_end|>", "<|tool_call_begin|>",
+           "<|tool_call_argument_begin|>", "<|tool_call_end|>", "[TOOL_CALLS]", "[ARGS]", "<minimax:tool_call>",
+           "</minimax:tool_call>", "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>", "｜DSML｜"]
 
 
 def test_tool_constraints_compile_and_admit_exactly_the_calls_or_the_answer(vllm_python, tmp_path):
@@ -124,8 +140,10 @@ def test_tool_constraints_compile_and_admit_exactly_the_calls_or_the_answer(vllm
     auto = {fmt: [ANSWER, calls, wrong, "It is sunny."] for fmt, (calls, wrong) in AUTO.items()}
     reasoning = [[parser, where, texts] for parser, where, texts, _ in REASONING]
     named = [json.dumps(json.loads(t)["arguments"]) for t in (TREE, BAD_TREE)]  # the tree's own root: as written
-    case = {"tools": TOOLS, "format": FORMAT, "required": listed, "named": named, "auto": auto, "reasoning": reasoning}
+    case = {"tools": TOOLS, "format": FORMAT, "required": listed, "named": named, "auto": auto, "reasoning": reasoning,
+            "markers": MARKERS}
     got = run(vllm_python, CHECK, tmp_path, {"CASE": json.dumps(case)})
+    assert got.pop("markers") == [] and got.pop("headed") == []  # each marker one token
     assert got.pop("required") == [True, False, True, False] and got.pop("named") == [True, False]
     assert got.pop("reasoning") == {f"{parser}/{where}": expected for parser, where, _, expected in REASONING}
     assert got == {fmt: [True, True, False, False] for fmt in AUTO}
@@ -141,12 +159,24 @@ def headed_texts(good: str) -> list[str]:
 def test_formats_naming_calls_in_text_admit_the_models_own_calls_or_the_answer(vllm_python, tmp_path):
     """DeepSeek, Kimi, Mistral (both forms) and the tagged-parameter formats (Qwen3-Coder, GLM, MiniMax M2,
     DSML): the tag admits the model's text that our parser reads back as the calls, and holds it to the
-    offered names and their schemas (parameters in xgrammar's XML styles included)."""
+    offered names and their schemas (parameters in xgrammar's XML styles included: each value of the kind its
+    schema says, as tests/frontend/test_tool_guidance.py's parser reads it back), after the layout the models
+    write ahead of their calls (DeepSeek V3.2/V4 `\n\n`, GLM-4.5 `\n`, Mistral's `[TOOL_CALLS] [`)."""
+    answer = '{"city": "Oslo"}'
     texts = {fmt: headed_texts(good) for fmt, good in guidance.HEADED.items()}
+    # Text where the schema says integer, a JSON string where Optional[int]: not what the schema admits.
+    wrong = [[(k, "three" if k == "count" else v, s) for k, v, s in guidance.TYPED_VALUES],
+             [(k, '"5"' if k == "limit" else v, s) for k, v, s in guidance.TYPED_VALUES]]
+    typed = {fmt: [guidance.tagged_call(fmt, values) for values in [guidance.TYPED_VALUES, *wrong]] + [answer]
+             for fmt in guidance.TAGGED}
+    spaced = {fmt: [text, "\n" + answer, "\n" * 9 + text] for fmt, text in guidance.SPACED.items()}  # 9: too many
+    groups = [(guidance.TOOLS, texts), (guidance.PLAN_TOOLS, typed), (guidance.TOOLS, spaced)]
     case = {"tools": TOOLS, "format": FORMAT, "required": [], "named": [], "auto": {}, "reasoning": [],
-            "headed": {"tools": guidance.TOOLS, "format": guidance.FORMAT, "texts": texts}}
+            "markers": MARKERS,
+            "headed": [{"tools": tools, "format": guidance.FORMAT, "texts": t} for tools, t in groups]}
     got = run(vllm_python, CHECK, tmp_path, {"CASE": json.dumps(case)})["headed"]
-    assert got == {fmt: [True, False, False, True, False] for fmt in guidance.HEADED}
+    assert got == [{fmt: [True, False, False, True, False] for fmt in texts},
+                   {fmt: [True, False, False, True] for fmt in typed}, {fmt: [True, True, False] for fmt in spaced}]
 
 
 def test_a_vllm_engine_held_to_it_can_call_a_tool_or_answer_in_the_schema(vllm_python, vllm_model, tmp_path):
@@ -170,8 +200,8 @@ def test_a_vllm_engine_held_to_it_can_call_a_tool_or_answer_in_the_schema(vllm_p
         if names:
             calls += 1
             assert set(names) == {"get_weather"} and not (content + more).strip(), text
-        else:
-            assert text.startswith("{"), text
+        else:  # after a few characters of layout, at most
+            assert text.lstrip().startswith("{") and len(text) - len(text.lstrip()) <= 8, text
             if finish == "stop":
                 assert isinstance(json.loads(text)["ok"], bool), text
     assert calls > 0

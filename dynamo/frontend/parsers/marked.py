@@ -7,7 +7,10 @@ A marker split across tokens is held back, never shown. A block that turns out n
 to be a call (nothing parseable in it) is released as plain content, markers
 included, so malformed output degrades to text instead of failing the request.
 Whitespace after a call is layout only while nothing but another block or the end
-follows it (`CallGap`): the content is the same however the output was split.
+follows it (`CallGap`); so is whitespace that opens the output, when a call's block is
+what follows it (DeepSeek V3.2 writes `\n\n` before its calls, GLM-4.5 `\n`): held,
+never streamed as a content delta of its own. The content is the same however the
+output was split.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class MarkedToolParser:
         self._raw = ""
         self._calls = 0
         self._seen_text = False
+        self._lead = ""  # whitespace opening the output, held until text or a block follows it
+        self._before = ""  # that whitespace, where a block followed it: shown with the block if it is no call
         self._gap = CallGap()
 
     @property
@@ -89,6 +94,11 @@ class MarkedToolParser:
 
     def _emit_content(self, content: list[str], text: str) -> None:
         text = self._gap.text(text)
+        if not self._seen_text:
+            if not text.strip():
+                self._lead += text
+                return
+            text, self._lead = self._lead + text, ""
         if text:
             content.append(text)
             self._seen_text = self._seen_text or bool(text.strip())
@@ -96,6 +106,7 @@ class MarkedToolParser:
     def _open(self, marker: str, rest_at: int) -> None:
         self._inner = self.make_inner(marker, self._calls)
         self._raw = marker
+        self._before, self._lead = self._lead, ""
         self._buf = self._buf[rest_at:]
         self._seen_text = True
         self._gap.block()
@@ -135,7 +146,8 @@ class MarkedToolParser:
         inner = self._inner
         if inner is None or inner.emitted or not getattr(inner, "failed", False):
             return False
-        raw, self._inner, self._raw = self._raw, None, ""
+        raw, self._inner, self._raw = self._before + self._raw, None, ""
+        self._before = ""
         self._emit_content(content, raw)
         return True
 
@@ -143,11 +155,11 @@ class MarkedToolParser:
         inner, self._inner = self._inner, None
         deltas.extend(inner.close())
         if inner.emitted == 0:
-            self._emit_content(content, self._raw)  # not a call after all: show what the model wrote
+            self._emit_content(content, self._before + self._raw)  # not a call after all: show what the model wrote
         else:
             self._gap.call()
         self._calls += inner.emitted
-        self._raw = ""
+        self._raw = self._before = ""
 
     def finish(self) -> tuple[str, list[ToolCallDelta]]:
         content: list[str] = []
@@ -159,6 +171,9 @@ class MarkedToolParser:
         elif self._buf:
             self._emit_content(content, self._buf)
             self._buf = ""
+        if self._lead:  # output that is only whitespace: the answer as written
+            content.append(self._lead)
+            self._lead = ""
         return "".join(content), deltas
 
 

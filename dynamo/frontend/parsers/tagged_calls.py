@@ -1,7 +1,10 @@
 """Tool-call formats whose arguments are tagged parameters, not JSON: each parameter is sent as a
-JSON member once its closing tag arrives, typed by the tool's JSON schema (a parameter the schema
-calls a string stays a string; numbers, booleans, arrays and objects are decoded; a value that
-does not decode stays text). The name is sent as soon as it is complete.
+JSON member once its closing tag arrives, typed by the tool's JSON schema as xgrammar's XML styles
+write it (what a structural tag holds the model to): a string, or a `const`/`enum` of strings, is the
+value's raw text; every other kind (numbers, booleans, null, arrays, objects; `anyOf`, a list of types,
+a `$ref` resolved in the parameters' own schema) is JSON, decoded (`typed_value`), and a parameter whose
+schema says nothing is text or a JSON array or object. A value that does not decode, and a parameter the
+schema lacks, stay text. The name is sent as soon as it is complete.
 
 - qwen3_coder (Qwen3-Coder, Qwen3.5; also nemotron_nano, Nemotron 3 Nano):
   `<tool_call><function=NAME><parameter=KEY>VALUE</parameter>...</function></tool_call>`
@@ -23,27 +26,105 @@ import re
 from dataclasses import dataclass
 
 from dynamo.frontend.parsers.base import CallLayout, ToolCallDelta, new_call_id, register_tool_parser
-from dynamo.frontend.parsers.json_scan import loads_or_none
+from dynamo.frontend.parsers.json_scan import strict_loads
 from dynamo.frontend.parsers.marked import MarkedToolParser
 
 
-def schema_types(tools: list[dict] | None) -> dict[str, dict[str, str]]:
-    """{function name: {parameter: JSON-schema type}} from the request's tools."""
-    types: dict[str, dict[str, str]] = {}
+# The JSON types a parameter's value may take: a value read as text where the only one is a string.
+TEXT = frozenset(("string",))
+# A parameter whose schema says nothing: xgrammar's XML styles write raw text, or a JSON array or object.
+_UNSAID = frozenset(("string", "array", "object"))
+
+
+def parameter_types(tools: list[dict] | None) -> dict[str, dict[str, frozenset[str]]]:
+    """{function name: {parameter: the JSON types its value may take}} from the request's tools (a
+    parameter not listed here is read as text)."""
+    types: dict[str, dict[str, frozenset[str]]] = {}
     for tool in tools or []:
         fn = tool.get("function") or {}
-        props = ((fn.get("parameters") or {}).get("properties") or {})
-        types[fn.get("name", "")] = {k: (v or {}).get("type", "string") if isinstance(v, dict) else "string"
-                                     for k, v in props.items()}
+        params = fn.get("parameters")
+        props = params.get("properties") if isinstance(params, dict) else None
+        if isinstance(props, dict):
+            types[fn.get("name", "")] = {k: value_types(v, params) or _UNSAID for k, v in props.items()}
     return types
 
 
-def typed_value(raw: str, kind: str | None, as_string: bool | None = None):
-    """A parameter's value: text when the schema (or the format's own flag) says string, else decoded."""
-    if as_string or (as_string is None and (kind or "string") == "string"):
+def value_types(schema, root: dict, refs: frozenset[str] = frozenset()) -> frozenset[str] | None:
+    """The JSON types `schema` admits, its keywords read in xgrammar's order (`$ref`, `const`, `enum`,
+    `anyOf`/`oneOf`, `allOf`, `type`, then `properties` or `items`); None where it says nothing.
+    `$ref`s resolve in `root`, the tool's parameters (where a tool's `$defs` are)."""
+    if not isinstance(schema, dict):
+        return None
+    ref = schema.get("$ref")
+    if isinstance(ref, str):  # a ref met again along its own chain says nothing more
+        return None if ref in refs else value_types(_pointer(root, ref), root, refs | {ref})
+    if "const" in schema:
+        return frozenset((_json_type(schema["const"]),))
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return frozenset(map(_json_type, schema["enum"]))
+    for key in ("anyOf", "oneOf"):
+        if isinstance(schema.get(key), list):
+            each = [value_types(s, root, refs) for s in schema[key]]
+            return None if not each or None in each else frozenset().union(*each)
+    if isinstance(schema.get("allOf"), list):  # what every part admits (a part that says nothing admits all)
+        each = [t for t in (value_types(s, root, refs) for s in schema["allOf"]) if t is not None]
+        return (frozenset.intersection(*each) or None) if each else None
+    declared = schema.get("type")
+    if isinstance(declared, str):
+        declared = [declared]
+    if isinstance(declared, list):
+        return frozenset(t for t in declared if isinstance(t, str)) or None
+    if any(k in schema for k in ("properties", "additionalProperties", "unevaluatedProperties")):
+        return frozenset(("object",))
+    if any(k in schema for k in ("items", "prefixItems", "unevaluatedItems")):
+        return frozenset(("array",))
+    return None
+
+
+def _pointer(root: dict, ref: str):
+    """The schema a local `$ref` (`#`, `#/$defs/Name`, `#/properties/x`) points at in `root`; None if none."""
+    if not ref.startswith("#"):
+        return None
+    node = root
+    for part in ref[1:].split("/")[1:]:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def _json_type(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    return {float: "number", str: "string", list: "array", dict: "object"}.get(type(value), "string")
+
+
+def typed_value(raw: str, types: frozenset[str], as_string: bool | None = None):
+    """A parameter's value: its text where the format's own flag says string (DSML's `string="true"`), or
+    where it has no flag and `types` are a string alone. Else the JSON it holds (null included; text where
+    it holds none), with no flag kept as text where that JSON is a string (xgrammar writes no string as
+    JSON here: a quoted value is text, quotes and all) or where the schema allows a string but not that
+    JSON's type (the grammar took it as text: `5` for an `anyOf` of a string and an array)."""
+    if as_string or (as_string is None and types == TEXT):
         return raw
-    decoded = loads_or_none(raw.strip())
-    return decoded if decoded is not None else raw
+    try:
+        value = strict_loads(raw.strip())
+        json.dumps(value, allow_nan=False)  # 1e999 decodes to infinity, which JSON cannot carry on
+    except (ValueError, RecursionError):
+        return raw
+    if as_string is False:
+        return value
+    kind = _json_type(value)
+    fits = kind in types or (kind == "integer" and "number" in types)
+    return raw if kind == "string" or ("string" in types and not fits) else value
 
 
 @dataclass(frozen=True)
@@ -58,7 +139,7 @@ class TagFormat:
 class TaggedCalls:
     """Inner stream for formats of `TagFormat`: any number of functions per block."""
 
-    def __init__(self, first_index: int, fmt: TagFormat, types: dict[str, dict[str, str]]) -> None:
+    def __init__(self, first_index: int, fmt: TagFormat, types: dict[str, dict[str, frozenset[str]]]) -> None:
         self.emitted = 0
         self.failed = False
         self._first = first_index
@@ -114,7 +195,7 @@ class TaggedCalls:
             self._pos = m.end()
 
     def _member(self, key: str, raw: str, as_string: bool | None) -> str:
-        value = typed_value(raw, self._types.get(self._name or "", {}).get(key), as_string)
+        value = typed_value(raw, self._types.get(self._name or "", {}).get(key, TEXT), as_string)
         sep = "{" if self._params == 0 else ", "
         self._params += 1
         return sep + json.dumps(key, ensure_ascii=False) + ": " + json.dumps(value, ensure_ascii=False)
@@ -157,7 +238,7 @@ def _tagged(names: tuple[str, ...], start: str, end: str, fmt: TagFormat, specia
         call_layout = layout
 
         def make_inner(self, marker: str, first_index: int):
-            return TaggedCalls(first_index, fmt, schema_types(self.tools))
+            return TaggedCalls(first_index, fmt, parameter_types(self.tools))
 
     Parser.__name__ = Parser.__qualname__ = "".join(n.title() for n in names[0].split("_")) + "Parser"
     return register_tool_parser(*names)(Parser)
@@ -187,7 +268,7 @@ class _GlmCall(TaggedCalls):
     """One call per `<tool_call>` block: its name is the block's first line (or what precedes the
     first `<arg_key>`), and the block's end closes it."""
 
-    def __init__(self, first_index: int, types: dict[str, dict[str, str]]) -> None:
+    def __init__(self, first_index: int, types: dict[str, dict[str, frozenset[str]]]) -> None:
         super().__init__(first_index, _GLM_PARAM, types)
 
     def feed(self, text: str) -> list[ToolCallDelta]:
@@ -226,7 +307,7 @@ class GlmParser(MarkedToolParser):
     call_layout = CallLayout("", "", head="<tool_call>{name}", tail="</tool_call>", style="glm_xml")
 
     def make_inner(self, marker: str, first_index: int):
-        return _GlmCall(first_index, schema_types(self.tools))
+        return _GlmCall(first_index, parameter_types(self.tools))
 
 
 @register_tool_parser("glm47")

@@ -4,8 +4,8 @@ family's documented output:
 - hermes (Hermes, Qwen2.5/Qwen3): `<tool_call>{"name": .., "arguments": ..}</tool_call>`, repeated
 - llama3_json (Llama 3.1/3.2 JSON): `<|python_tag|>{"name": .., "parameters": ..}` or a bare
   JSON object opening the output; several separated by `;`
-- mistral: `[TOOL_CALLS][{"name": .., "arguments": ..}, ...]` or, with newer tokenizers,
-  `[TOOL_CALLS]name[ARGS]{..}` repeated
+- mistral: `[TOOL_CALLS][{"name": .., "arguments": ..}, ...]` (`[TOOL_CALLS] [` with SentencePiece
+  tokenizers) or, with newer tokenizers, `[TOOL_CALLS]name[ARGS]{..}` repeated
 - default (Dynamo's default): `<TOOLCALL>[{..}, ..]</TOOLCALL>` or `<|python_tag|>{..}`
 - deepseek_v3: `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>name
   ```json {..} ```<｜tool▁call▁end｜>...<｜tool▁calls▁end｜>`
@@ -113,7 +113,8 @@ class _MistralInner:
 class MistralParser(MarkedToolParser):
     start_markers = ("[TOOL_CALLS]",)
     needs_special_tokens = True
-    # Which form a model writes depends on its tokenizer's version, which the parser's name does not say: both.
+    # Which form a model writes depends on its tokenizer's version, which the parser's name does not say: both
+    # (the list also after a space, `[TOOL_CALLS] [`, as the template writes it for SentencePiece tokenizers).
     call_layout = CallLayout("", "", head="[TOOL_CALLS]{name}[ARGS]", between="",
                              alternative=CallLayout("[TOOL_CALLS]", "", listed=True))
 
