@@ -33,7 +33,7 @@ from dynamo.runtime.http_limits import HttpGuardCollector
 from dynamo.runtime.logs import RequestEvents
 from dynamo.runtime.loop_monitor import LoopLagMonitor
 from dynamo.runtime.memory import pin_mmap_threshold
-from dynamo.runtime.process import run_main
+from dynamo.runtime.process import Stop, run_main
 
 log = logging.getLogger("dynamo.frontend")
 
@@ -126,7 +126,7 @@ def _tls_options(config: FrontendConfig) -> dict:
     return tls
 
 
-async def serve(config: FrontendConfig, stop: asyncio.Event, warnings: Sequence[str] = ()) -> int:
+async def serve(config: FrontendConfig, stop: Stop, warnings: Sequence[str] = ()) -> int:
     for text in warnings:  # the Dynamo flags accepted without effect, now that logging is set up
         log.warning("%s", text)
     pin_mmap_threshold()
@@ -159,7 +159,7 @@ async def serve(config: FrontendConfig, stop: asyncio.Event, warnings: Sequence[
     http = EmbeddedHttpServer(app, config.http_host, http_port, limits=config.http_limits(), **tls)
     metrics.registry.register(HttpGuardCollector(config.metrics_prefix, http.guard))
     await models.start()
-    await _wait_for_workers(config, models, stop)
+    starting = _initial_workers(config, app, models)
     port = http_port
     try:
         await http.start()
@@ -168,7 +168,7 @@ async def serve(config: FrontendConfig, stop: asyncio.Event, warnings: Sequence[
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.http_host, port, exc)
         await http.stop(timeout=1.0)
-        await _close(lag, routing, models, runtime)
+        await _close(lag, routing, models, runtime, starting)
         return 1
     scheme = "https" if tls else "http"
     if not tls:  # replicas forward stored-object requests here (an HTTPS one would need their client certificate)
@@ -179,9 +179,10 @@ async def serve(config: FrontendConfig, stop: asyncio.Event, warnings: Sequence[
         await grpc_server.start()
         log.info("KServe gRPC frontend ready on %s:%d (TLS %s)", config.http_host, grpc_server.port,
                  "on" if tls else "off")
+    stop.takes_second = True  # a second signal ends the streams the drain lets finish (_drain)
     await stop.wait()
-    await _drain(config, app, http, grpc_server)
-    await _close(lag, routing, models, runtime)
+    await _drain(config, app, http, grpc_server, stop, runtime.settings.runtime_graceful_shutdown_timeout_secs)
+    await _close(lag, routing, models, runtime, starting)
     return 0
 
 
@@ -203,38 +204,72 @@ def _kserve(config: FrontendConfig, app: FrontendApp):
                         client_ca)
 
 
-async def _wait_for_workers(config: FrontendConfig, models: ModelManager, stop: asyncio.Event) -> None:
-    """`--router-min-initial-workers`: serve only once that many workers are up (or on stop)."""
+def _initial_workers(config: FrontendConfig, app: FrontendApp, models: ModelManager) -> asyncio.Task | None:
+    """`--router-min-initial-workers N`: HTTP serves from the start (/live 200, /health says what it waits
+    for: Kubernetes' liveness probe must not restart a frontend whose engines take long to load), generation
+    requests get 503 until N workers are up (admission.InitialWorkers); this task logs when they are."""
     want = config.router_min_initial_workers
-    if want:
-        log.info("waiting for %d worker(s)", want)
-        await models.wait_for(lambda: sum(len(e.decode_workers()) for e in models.models.values()) >= want
-                              or stop.is_set(), timeout=float("inf"))
+    if not want:
+        return None
+    initial = app.admission.await_initial_workers(want)
+    log.info("waiting for %d worker(s) before serving requests (/live and /health answer meanwhile)", want)
+    return asyncio.create_task(models.wait_for(initial.check, timeout=float("inf")))
 
 
-# After the grace, how long requests ended by the shutdown get to send their error before the server stops.
+# Once the requests in flight are ended (a second signal, or the drain's bound), how long they get to send
+# their `shutting_down` error before the server stops.
 SHUTDOWN_FLUSH_SECS = 1.0
 
 
-async def _drain(config: FrontendConfig, app: FrontendApp, http: EmbeddedHttpServer, grpc_server=None) -> None:
-    """Drain like Dynamo: /health 503 (/live 200), new requests 503, admitted streams finish,
-    all bounded by DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS."""
-    grace = config.http_graceful_shutdown_timeout_secs
+async def _drain(config: FrontendConfig, app: FrontendApp, http: EmbeddedHttpServer, grpc_server, stop: Stop,
+                 bound: float) -> None:
+    """Drain as NVIDIA Dynamo 1.6.1 does: at once /health 503 (/live 200) and new requests 503; after
+    DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS the listening sockets close (a new connection is refused, so the
+    load balancer moves on) while admitted streams run on to their end, and the process exits after the last.
+    Kubernetes' SIGKILL at terminationGracePeriodSeconds is what normally bounds that; without one, `bound`
+    (DYN_RUNTIME_GRACEFUL_SHUTDOWN_TIMEOUT_SECS, counted from the signal) does. A second signal (`stop.now`)
+    or that bound ends them with a `shutting_down` error."""
+    window = config.http_graceful_shutdown_timeout_secs
+    bound = max(window, bound)
     admission = app.admission
     admission.begin_drain()
-    log.info("draining %d request(s) in flight (at most %.0f s)", admission.inflight, grace)
-    if not await admission.drained(grace):
-        log.warning("drain deadline passed with %d request(s) in flight; ending them", admission.inflight)
+    log.info("draining %d request(s) in flight: new requests refused", admission.inflight)
+    drained = await admission.drained(window, unless=stop.now)
+    grpc_stop = None
+    if not drained and not stop.now.is_set():
+        log.warning("Timed out waiting for inflight inference requests to drain: %d request(s) in flight run on to "
+                    "their end (at most %.0f s more; a second SIGTERM ends them now); no longer accepting "
+                    "connections", admission.inflight, bound - window)
+        http.stop_listening()
+        if grpc_server is not None:  # stops taking RPCs; the admitted ones run on, within the same bound
+            grpc_stop = asyncio.create_task(grpc_server.stop(bound - window + SHUTDOWN_FLUSH_SECS))
+        drained = await admission.drained(bound - window, unless=stop.now)
+    if not drained:
+        why = "second signal" if stop.now.is_set() else f"drain bound ({bound:.0f} s) passed"
+        log.warning("%s: ending %d request(s) in flight", why, admission.inflight)
         app.dispatcher.shut_down()  # each ends with a shutting_down error, not as a lost worker
         await admission.drained(SHUTDOWN_FLUSH_SECS)
     await http.stop(timeout=1.0)
-    if grpc_server is not None:
-        await grpc_server.stop(1.0)
+    await _stop_grpc(grpc_server, grpc_stop)
     await app.close()
 
 
+async def _stop_grpc(grpc_server, stopping: asyncio.Task | None) -> None:
+    if grpc_server is None:
+        return
+    if stopping is None:
+        await grpc_server.stop(1.0)
+        return
+    try:
+        await asyncio.wait_for(stopping, SHUTDOWN_FLUSH_SECS + 1.0)
+    except asyncio.TimeoutError:
+        log.warning("the KServe gRPC server did not stop in time")
+
+
 async def _close(lag: LoopLagMonitor, routing: RoutingPolicy, models: ModelManager,
-                 runtime: DistributedRuntime) -> None:
+                 runtime: DistributedRuntime, starting: asyncio.Task | None = None) -> None:
+    if starting is not None:
+        starting.cancel()
     await lag.stop()
     await routing.close()
     await models.stop()

@@ -2,7 +2,8 @@
 its in-flight count (which a drain waits on), the concurrency limit (the config's
 `rejection_frontend_request_concurrency_limit`, counting requests held for a worker too) and the model
 entry a request goes to, once some worker serves it (`--wait-for-workers-secs` holds it until then:
-`worker_wait.py`).
+`worker_wait.py`), and, under `--router-min-initial-workers`, whether the frontend has seen its initial
+workers yet (`InitialWorkers`).
 
 Each refusal is the HTTP error `errors.py` writes for it; one for want of capacity (`no_workers`,
 `overloaded`) also counts in `dynamo_frontend_model_rejection_total` under its code.
@@ -11,6 +12,7 @@ Each refusal is the HTTP error `errors.py` writes for it; one for want of capaci
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Callable
 
 from dynamo.frontend import errors
@@ -18,6 +20,39 @@ from dynamo.frontend.errors import OVERLOADED_STATUS, ApiError
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.model_manager import ModelManager
 from dynamo.frontend.worker_wait import WorkerWait
+
+log = logging.getLogger("dynamo.frontend")
+
+# What a request refused while the frontend waits for its initial workers is told to wait before retrying: an
+# engine that loads for minutes comes no sooner for clients asking every few milliseconds.
+STARTING_RETRY_AFTER_SECS = 5
+
+
+class InitialWorkers:
+    """`--router-min-initial-workers N`: the frontend serves once N workers have been up at the same time
+    (a deployment's engines all loaded, so the first requests are not all routed to the first one to load).
+    Until then /health says so and generation requests get 503 `no_workers` with a Retry-After; once met, it
+    stays met (workers that leave later are a scale-down or a restart, not a start-up)."""
+
+    def __init__(self, want: int, count: Callable[[], int]) -> None:
+        self.want = want
+        self.count = count  # workers up now
+        self.met = want <= 0
+
+    def check(self) -> bool:
+        if not self.met and self.count() >= self.want:
+            self.met = True
+            log.info("%d initial worker(s) up: serving", self.want)
+        return self.met
+
+    def waiting_message(self) -> str:
+        return (f"waiting for {self.want} initial worker(s) (--router-min-initial-workers); "
+                f"{self.count()} up so far")
+
+    def refusal(self) -> ApiError:
+        error = errors.workers_unavailable(f"The frontend is {self.waiting_message()}; retry later")
+        error.retry_after = STARTING_RETRY_AFTER_SECS
+        return error
 
 
 class Admission:
@@ -28,6 +63,7 @@ class Admission:
         self.concurrency_limit = concurrency_limit
         self.overload_status = overload_status
         self.worker_wait = WorkerWait(models, metrics, wait_for_workers)
+        self.initial = InitialWorkers(0, lambda: 0)  # met: `await_initial_workers` sets a count to wait for
         self.inflight = 0
         self.draining = False
         self._idle = asyncio.Event()
@@ -38,17 +74,33 @@ class Admission:
         """From now on /health says 503 and new generation requests get 503; admitted ones run on."""
         self.draining = True
 
-    async def drained(self, timeout: float) -> bool:
-        """Wait (bounded) until no generation request is in flight."""
+    async def drained(self, timeout: float, unless: asyncio.Event | None = None) -> bool:
+        """Wait (bounded) until no generation request is in flight; where `unless` is given, stop waiting
+        as soon as it is set. Whether none is in flight."""
+        waits = [asyncio.ensure_future(self._idle.wait())]
+        if unless is not None:
+            waits.append(asyncio.ensure_future(unless.wait()))
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        return self._idle.is_set()
 
     def refuse_if_draining(self) -> None:
         if self.draining:
             raise errors.shutting_down()
+
+    # -- start-up --------------------------------------------------------------------------------
+    def await_initial_workers(self, want: int) -> InitialWorkers:
+        """Serve generation requests only once `want` workers are up (`--router-min-initial-workers`)."""
+        self.initial = InitialWorkers(want, lambda: sum(len(e.decode_workers()) for e in self.models.models.values()))
+        return self.initial
+
+    def refuse_if_starting(self) -> None:
+        """Not counted as a rejection: its model label would be whatever name a client sent, known or not."""
+        if not self.initial.check():
+            raise self.initial.refusal()
 
     # -- capacity ------------------------------------------------------------------------------
     def refuse_if_overloaded(self, model: str) -> None:
@@ -83,7 +135,9 @@ class Admission:
 
     async def served_entry(self, name: str, receive: Callable):
         """`name`'s entry once some worker serves it: at once, or after waiting for one where the
-        model's workers are all gone and --wait-for-workers-secs holds its requests."""
+        model's workers are all gone and --wait-for-workers-secs holds its requests. Before the initial
+        workers (--router-min-initial-workers) are up: a 503 at once."""
+        self.refuse_if_starting()
         if self.worker_wait.would_wait(name):
             self.refuse_if_overloaded(name)
             if not await self.worker_wait.until_served(name, receive, lambda: self.draining):

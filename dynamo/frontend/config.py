@@ -43,7 +43,10 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, MediaSettings, Http
                                      "routes)")
     http_overload_status_code: int = setting(529, "HTTP status of a request refused for overload")
     http_graceful_shutdown_timeout_secs: float = setting(
-        5.0, "Seconds admitted requests may finish after SIGTERM before they are closed")
+        5.0, "Seconds after SIGTERM the frontend keeps its port open (new requests 503) waiting for admitted "
+        "requests; then it stops listening and those still running go on to their end, as in NVIDIA Dynamo "
+        "(bounded by DYN_RUNTIME_GRACEFUL_SHUTDOWN_TIMEOUT_SECS from the signal, Kubernetes' SIGKILL, or a second "
+        "signal, which ends them with a shutting_down error)")
     tls_cert_path: str | None = setting(None, "TLS certificate (PEM); needs --tls-key-path")
     tls_key_path: str | None = setting(None, "TLS private key (PEM); needs --tls-cert-path")
     tls_client_ca_cert_path: str | None = setting(None, "Require clients to present a certificate signed by this CA "
@@ -79,7 +82,8 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, MediaSettings, Http
     model_path: str | None = setting(None, "Accepted for compatibility (models come from discovery); stands for "
                                            "--model-name when that is not given")
     metrics_prefix: str = setting("dynamo_frontend", "Prefix of the frontend's metric names")
-    router_min_initial_workers: int = setting(0, "Wait for this many workers before serving")
+    router_min_initial_workers: int = setting(0, "Serve generation requests once this many workers are up (503 "
+                                                 "with Retry-After before; /live and /health answer from the start)")
     wait_for_workers_secs: float = setting(
         0.0, "A request for a model whose workers are all gone (scaled to zero, restarting) waits up to this "
         "long for one instead of a 503 at once; the model stays listed meanwhile and held requests count in "

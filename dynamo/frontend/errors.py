@@ -39,6 +39,7 @@ class ApiError(Exception):
         self.code = code
         # A prompt over the context: the numbers, for APIs whose clients parse their own message.
         self.overflow: ContextOverflow | None = None
+        self.retry_after: int | None = None  # seconds, sent as Retry-After where the client should come back
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

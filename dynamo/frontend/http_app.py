@@ -62,6 +62,13 @@ TRIM_AFTER_BYTES = 1 << 20
 CLOSE_HEADERS = [*JSON_HEADERS, (b"connection", b"close")]
 
 
+def _error_headers(error: ApiError) -> list:
+    """An error's response headers: JSON, and Retry-After where the error says when to come back."""
+    if error.retry_after is None:
+        return JSON_HEADERS
+    return [*JSON_HEADERS, (b"retry-after", str(error.retry_after).encode())]
+
+
 class FrontendApp:
     def __init__(self, models: ModelManager, dispatcher: Dispatcher, metrics: FrontendMetrics, *,
                  body_limit: int, concurrency_limit: int = 0, overload_status: int = OVERLOADED_STATUS,
@@ -135,7 +142,7 @@ class FrontendApp:
                 # The rest of the body is unread: close instead of reading and discarding it.
                 await send_bytes(send, 413, json_encode(body), CLOSE_HEADERS)
             else:
-                await send_json(send, exc.status, body)
+                await send_bytes(send, exc.status, json_encode(body), _error_headers(exc))
         except ConnectionError as exc:  # the client left: its last line says cancelled
             crash = exc
         except BaseException as exc:
@@ -184,6 +191,8 @@ class FrontendApp:
             body.update(status="draining", message="shutting down: not accepting new requests")
             await send_json(send, 503, body)
             return
+        if not self.admission.initial.check():  # --router-min-initial-workers: not serving yet
+            body.update(status="unhealthy", message=self.admission.initial.waiting_message())
         # 200 either way: Kubernetes liveness must not restart a frontend whose workers are down.
         await send_json(send, 200, body)
 

@@ -15,9 +15,9 @@ from dynamo.worker.harness import WorkerSpec, serve_worker
 
 
 def worker_spec(args: MockerArgs) -> WorkerSpec:
-    return WorkerSpec(namespace=args.namespace, endpoint=args.endpoint, discovery_backend=args.discovery_backend,
-                      role=args.mode, migration_limit=args.migration_limit, event_plane=args.event_plane,
-                      card_args=args)
+    return WorkerSpec(namespace=args.worker_namespace, endpoint=args.endpoint,
+                      discovery_backend=args.discovery_backend, role=args.mode,
+                      migration_limit=args.migration_limit, event_plane=args.event_plane, card_args=args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,8 @@ from dynamo.llm.media import MediaSettings
 from dynamo.runtime.config import setting
 from dynamo.runtime.config_dump import DumpConfigTo
 from dynamo.runtime.settings import discovery_backend_setting, event_plane_setting
-from dynamo.worker.engine_args import ModelCardArgs, check_endpoint, endpoint_setting, migration_limit_setting
+from dynamo.worker.engine_args import (ModelCardArgs, check_endpoint, endpoint_setting, migration_limit_setting,
+                                      namespace_worker_suffix_setting, worker_namespace)
 from dynamo.worker.hub_cache import cached_snapshot, is_repo_id
 from dynamo.worker.model_files import local_model_dir
 from dynamo.worker.role import WorkerRole
@@ -76,6 +77,7 @@ class MockerArgs(ModelCardArgs, MediaSettings, DumpConfigTo):
     max_lora_rank: int = setting(16, "Largest LoRA rank accepted (vLLM's --max-lora-rank)")
     lora_load_time: float = setting(0.0, "Simulated seconds a LoRA adapter takes to load")
     namespace: str = setting("dynamo", "Dynamo namespace", env="DYN_NAMESPACE")
+    namespace_worker_suffix: str | None = namespace_worker_suffix_setting()
     discovery_backend: str = discovery_backend_setting()
     event_plane: str | None = event_plane_setting()
     migration_limit: int = migration_limit_setting()
@@ -126,8 +128,13 @@ class MockerArgs(ModelCardArgs, MediaSettings, DumpConfigTo):
         """Effective role: the legacy booleans win over the default `agg`."""
         return WorkerRole.parse(self.disaggregation_mode, self.is_prefill_worker, self.is_decode_worker)
 
+    @property
+    def worker_namespace(self) -> str:
+        """Where the worker registers when no --endpoint says otherwise (DYN_NAMESPACE_WORKER_SUFFIX applied)."""
+        return worker_namespace(self.namespace, self.namespace_worker_suffix)
+
     def default_endpoint(self) -> str:
-        return self.endpoint or f"dyn://{self.namespace}.{self.mode.default_component}.generate"
+        return self.endpoint or f"dyn://{self.worker_namespace}.{self.mode.default_component}.generate"
 
     def resolved(self, model_config: dict[str, Any] | None = None) -> "MockerArgs":
         """Copy with `kv_bytes_per_token` / `context_length` filled from `model_config`

@@ -131,6 +131,12 @@ class EmbeddedHttpServer:
                 raise TimeoutError("HTTP server did not start in time")
             await asyncio.sleep(0.01)
 
+    def stop_listening(self) -> None:
+        """Close the listening sockets (a new connection is refused); open connections, and the streams on
+        them, go on until `stop`."""
+        for server in self.server.servers:
+            server.close()
+
     @property
     def port(self) -> int:
         for server in self.server.servers:

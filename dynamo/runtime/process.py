@@ -1,6 +1,6 @@
 """Process plumbing shared by every `python -m dynamo.*` entry point: logging from
 `DYN_LOG` (text, or JSON lines with `DYN_LOGGING_JSONL`), uvloop, and a stop event set by
-SIGTERM/SIGINT for graceful shutdown."""
+SIGTERM/SIGINT for graceful shutdown (`Stop`)."""
 
 from __future__ import annotations
 
@@ -88,24 +88,47 @@ def _loop_factory():
         return asyncio.new_event_loop
 
 
-def run_main(main: Callable[[asyncio.Event], Awaitable[int | None]]) -> int:
-    """Run `main(stop_event)` on uvloop; SIGTERM/SIGINT set the event (twice: exit now)."""
+# After a second signal taken by the program (`Stop.takes_second`), how long it has to end what it was finishing
+# and exit before the process exits regardless.
+SECOND_SIGNAL_EXIT_SECS = 10.0
+
+
+class Stop(asyncio.Event):
+    """Set by the first SIGTERM/SIGINT: shut down gracefully. A second signal (an impatient operator, Ctrl-C
+    twice) exits the process at once, unless the program set `takes_second`: then it sets `now` and the
+    program ends the work its drain was letting finish, exiting within SECOND_SIGNAL_EXIT_SECS (a third
+    signal, or that deadline, exits at once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = asyncio.Event()
+        self.takes_second = False
+
+
+def run_main(main: Callable[[Stop], Awaitable[int | None]]) -> int:
+    """Run `main(stop_event)` on uvloop; SIGTERM/SIGINT set the event (twice: `Stop`)."""
     configure_logging()
     # /metrics as Dynamo's exporter writes it: no per-series `_created` samples (prometheus_client adds one
     # to every counter and histogram, doubling what a dashboard built on Dynamo's series lists).
     prometheus_client.disable_created_metrics()
 
     async def runner() -> int | None:
-        stop = asyncio.Event()
+        stop = Stop()
         loop = asyncio.get_running_loop()
         hits = {"n": 0}
 
         def on_signal(signum: int) -> None:
             hits["n"] += 1
-            if hits["n"] > 1:
+            name = signal.Signals(signum).name
+            if hits["n"] == 1:
+                logging.getLogger("dynamo").info("received %s: shutting down", name)
+                stop.set()
+            elif hits["n"] == 2 and stop.takes_second:
+                logging.getLogger("dynamo").warning("received %s again: ending the requests in flight now", name)
+                stop.now.set()
+                loop.call_later(SECOND_SIGNAL_EXIT_SECS, os._exit, 128 + signum)
+            else:
                 os._exit(128 + signum)
-            logging.getLogger("dynamo").info("received %s: shutting down", signal.Signals(signum).name)
-            stop.set()
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)

@@ -172,8 +172,9 @@ class RuntimeSettings:
         5.0, "Seconds after SIGTERM before a worker's drain deadline starts counting (Dynamo's grace period)",
         flag=False)
     runtime_graceful_shutdown_timeout_secs: float = setting(
-        900.0, "Seconds a worker's (or router's) in-flight requests may then run to completion before they are "
-               "aborted (Dynamo's drain timeout; Kubernetes' terminationGracePeriodSeconds still bounds it)",
+        900.0, "Seconds a worker's, router's or frontend's in-flight requests may run to completion while it "
+               "shuts down before they are aborted (Dynamo's drain timeout; Kubernetes' "
+               "terminationGracePeriodSeconds still bounds it)",
         flag=False)
 
     @classmethod

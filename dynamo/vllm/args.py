@@ -86,7 +86,7 @@ class DynamoVllmArgs(EngineWorkerArgs, MediaSettings):
         return parse_endpoint_types(self.endpoint_types)
 
     def default_endpoint(self) -> str:
-        return self.endpoint or f"dyn://{self.namespace}.{self.mode.default_component}.generate"
+        return self.endpoint or f"dyn://{self.worker_namespace}.{self.mode.default_component}.generate"
 
 
 def vllm_available() -> bool:

@@ -1,10 +1,23 @@
 """Canary health checks (NVIDIA Dynamo's, `DYN_HEALTH_CHECK_ENABLED`; its operator turns them on in every pod):
-a worker whose endpoint has been idle for `DYN_CANARY_WAIT_TIME` s (10) sends its own engine a one-token request
-and waits up to `DYN_HEALTH_CHECK_REQUEST_TIMEOUT` s (3) for it. A canary that fails or times out marks the
-endpoint `notready`, so `/health` answers 503 and the pod's readiness probe takes it out of its Service (and,
-with Kubernetes discovery, out of routing) while the engine is hung; the next canary that succeeds marks it
-ready again. Only an idle engine is probed: a busy one is answering requests, and a canary queued behind
-them could time out while the engine is healthy.
+a worker whose engine has streamed nothing for `DYN_CANARY_WAIT_TIME` s (10) sends it a one-token request and waits
+up to `DYN_HEALTH_CHECK_REQUEST_TIMEOUT` s (3) for it. A canary that fails or times out marks the endpoint
+`notready`, so `/health` answers 503 and the pod's readiness probe takes it out of its Service (and, with
+Kubernetes discovery, out of routing) while the engine is hung; the next canary that succeeds, or the next output
+the engine streams, marks it ready again (as Dynamo, whose canary timer is reset by every response chunk).
+
+When it is probed:
+- idle (nothing in flight) for the wait time: as Dynamo, a quiet engine is checked now and then;
+- busy, but no output at all for the wait time since it last streamed or went busy (requests in flight, none
+  progressing: a hung engine, e.g. its EngineCore stopped). Arriving requests do not count as progress: a hung
+  engine keeps receiving them. A busy engine that streams output is never probed, so a canary queued behind a
+  healthy batch cannot time out and mark it unhealthy. Probes of a stalled engine repeat every wait time; the
+  canary is not refused by `--engine-request-limit`.
+
+After LEAVE_AFTER_FAILURES failed canaries in a row the endpoint also leaves discovery (its instance and model
+card records, `DiscoveryMembership`), so routers stop sending it requests, and it rejoins with the same records
+when it is ready again. That is what Kubernetes discovery does through the pod's readiness (records are seen
+only while the pod is ready), so there it is left to Kubernetes; with etcd or file discovery NVIDIA Dynamo keeps
+a hung worker listed and routed to, which is the gap this closes.
 
 The request is `DYN_HEALTH_CHECK_PAYLOAD` (or `--health-check-payload`): a JSON object in the shape of the
 worker's request (`token_ids`, `stop_conditions`, `sampling_options`), or `@path` to a file holding one;
@@ -25,12 +38,15 @@ import msgspec
 from prometheus_client import CollectorRegistry, Counter
 
 from dynamo.llm.protocol import PreprocessedRequest, SamplingOptions, StopConditions
+from dynamo.runtime.discovery.base import KeyValueStore
 from dynamo.runtime.rp_server import RequestContext
 from dynamo.runtime.settings import RuntimeSettings
 from dynamo.runtime.system_server import HealthState
 from dynamo.worker.requests import RequestHandler
 
 log = logging.getLogger("dynamo.worker.canary")
+
+LEAVE_AFTER_FAILURES = 2  # one failure turns /health 503; a second in a row takes the endpoint out of discovery
 
 
 def payload(settings: RuntimeSettings, model: str, model_dir: str | None) -> PreprocessedRequest:
@@ -71,24 +87,89 @@ def _bos(model_dir: str | None) -> int:
     return found if isinstance(found, int) else 1  # Dynamo's fallback
 
 
+class DiscoveryMembership:
+    """An endpoint's discovery records, taken out while the canary finds its engine hung and put back, as they
+    were, once it is ready again. Store errors are logged and retried at the next change, never raised."""
+
+    def __init__(self, store: KeyValueStore, keys: list[str]) -> None:
+        self.store, self.keys = store, keys
+        self.held: dict[str, bytes] | None = None  # the records taken out; None: listed
+
+    async def leave(self) -> None:
+        if self.held is not None:
+            return
+        self.held = {}
+        try:
+            for key in self.keys:
+                value = await self.store.get(key)
+                if value is not None:
+                    await self.store.delete(key)
+                    self.held[key] = value
+        except Exception as exc:  # etcd unreachable: what was taken out comes back with the rest
+            log.warning("leaving discovery: %s", exc)
+        log.warning("engine hung: %d discovery record(s) withdrawn until it is ready again", len(self.held))
+
+    async def rejoin(self) -> None:
+        if self.held is None:
+            return
+        try:
+            for key, value in list(self.held.items()):
+                await self.store.put(key, value)
+                del self.held[key]
+        except Exception as exc:
+            log.warning("rejoining discovery (retried at the next check): %s", exc)
+            return
+        self.held = None
+        log.info("engine ready again: back in discovery")
+
+
 class Canary:
-    """Probes one idle endpoint's engine; the one writer of that endpoint's health while it runs."""
+    """Probes one endpoint's engine when it is idle or stalled; the one writer of that endpoint's health while it
+    runs."""
 
     def __init__(self, handler: RequestHandler, health: HealthState, endpoint: str, request: PreprocessedRequest,
-                 wait: float, timeout: float, registry: CollectorRegistry) -> None:
+                 wait: float, timeout: float, registry: CollectorRegistry,
+                 membership: DiscoveryMembership | None = None) -> None:
         self.handler, self.health, self.endpoint, self.request = handler, health, endpoint, request
+        self.membership = membership  # None: discovery follows /health by itself (Kubernetes)
         self.wait, self.timeout = wait, timeout
         self.failures = 0
+        self.probed_at = time.monotonic()  # when the last canary ended
+        self.failed_at = 0.0  # when the last failed canary ended
         self._ids = itertools.count(1)
-        self._checks = Counter("dynamo_component_canary_health_checks", "Canary requests sent to this idle worker's "
-                               "engine, by result", ["result"], registry=registry)
+        self._checks = Counter("dynamo_component_canary_health_checks", "Canary requests sent to this worker's "
+                               "idle or stalled engine, by result", ["result"], registry=registry)
 
     async def run(self) -> None:
         while True:
             await asyncio.sleep(min(1.0, self.wait / 2))
-            if self.handler.inflight or time.monotonic() - self.handler.last_activity < self.wait:
-                continue
-            self._record(await self.probe())
+            now = time.monotonic()
+            if self.failures and self.handler.last_output > self.failed_at:
+                self._ready("the engine streamed output")
+            elif self.due(now):
+                if self.handler.inflight:  # said once per outage: a stalled engine is probed every wait time
+                    log.log(logging.DEBUG if self.failures else logging.WARNING, "%s: no engine output for %.1fs "
+                            "with %d request(s) in flight; sending a canary", self.endpoint,
+                            self.handler.stalled_for(now), self.handler.inflight)
+                self._record(await self.probe())
+                self.probed_at = time.monotonic()
+            await self._follow_health()
+
+    async def _follow_health(self) -> None:
+        """Discovery follows the canary: out after LEAVE_AFTER_FAILURES failures in a row, back once ready."""
+        if self.membership is None:
+            return
+        if self.failures >= LEAVE_AFTER_FAILURES:
+            await self.membership.leave()
+        elif not self.failures:
+            await self.membership.rejoin()
+
+    def due(self, now: float) -> bool:
+        """Idle for the wait time, or busy without any output for the wait time (and not probed within it)."""
+        handler = self.handler
+        if handler.inflight:
+            return handler.stalled_for(now) >= self.wait and now - self.probed_at >= self.wait
+        return now - handler.last_activity >= self.wait
 
     async def probe(self) -> str | None:
         """None when the engine answered in time, else why not."""
@@ -96,7 +177,7 @@ class Canary:
         ctx = RequestContext(0, "health_check", None)
         try:
             async with asyncio.timeout(self.timeout):
-                async for out in self.handler.generate(request, ctx):
+                async for out in self.handler.generate(request, ctx, probe=True):
                     if out.error is not None:
                         return f"engine error: {out.error}"
                     if out.finish_reason is not None or out.token_ids:
@@ -108,16 +189,20 @@ class Canary:
             return f"{type(exc).__name__}: {exc}"
 
     def _record(self, failure: str | None) -> None:
-        was_ready = self.health.endpoints.get(self.endpoint) == "ready"
         self._checks.labels("ok" if failure is None else "failed").inc()
         if failure is None:
-            if not was_ready:
-                log.info("canary health check of %s passed: ready again", self.endpoint)
-            self.health.endpoints[self.endpoint] = "ready"
-            self.failures = 0
+            self._ready("canary health check passed")
             return
+        was_ready = self.health.endpoints.get(self.endpoint) == "ready"
         self.failures += 1
+        self.failed_at = time.monotonic()
         self.health.endpoints[self.endpoint] = "notready"
         level = logging.WARNING if was_ready or self.failures == 1 else logging.DEBUG
-        log.log(level, "canary health check of %s failed (%s): /health answers 503 until one passes",
-                self.endpoint, failure)
+        log.log(level, "canary health check of %s failed (%s): /health answers 503 until one passes or the engine "
+                "streams output", self.endpoint, failure)
+
+    def _ready(self, why: str) -> None:
+        if self.health.endpoints.get(self.endpoint) != "ready":
+            log.info("%s: %s; ready again", self.endpoint, why)
+        self.health.endpoints[self.endpoint] = "ready"
+        self.failures = 0

@@ -1,7 +1,8 @@
 """Settings, checks and derived values the workers' args classes (`dynamo.vllm`, `dynamo.sglang`,
 `dynamo.trtllm`, `dynamo.mocker`) share: how the frontend presents the model (`ModelCardArgs`:
 output parsers, a custom chat template, the default thinking mode, all carried in the model card),
-the `--endpoint`, `--endpoint-types` and `--migration-limit` settings and the request-limit bounds."""
+the namespace a worker registers in (DYN_NAMESPACE_WORKER_SUFFIX), the `--endpoint`, `--endpoint-types` and
+`--migration-limit` settings and the request-limit bounds."""
 
 from __future__ import annotations
 
@@ -18,6 +19,19 @@ from dynamo.runtime.records import parse_endpoint
 from dynamo.runtime.settings import discovery_backend_setting, event_plane_setting
 
 ENDPOINT_TYPES = ("chat", "completions")
+
+
+def namespace_worker_suffix_setting() -> Any:
+    """DYN_NAMESPACE_WORKER_SUFFIX of every worker (env only, as in NVIDIA Dynamo; see `worker_namespace`)."""
+    return setting(None, "Register in '{namespace}-{suffix}' (several sets of workers for one model; a router "
+                         "given the same suffix looks for them there); no effect on an explicit --endpoint",
+                   env="DYN_NAMESPACE_WORKER_SUFFIX", flag=False)
+
+
+def worker_namespace(namespace: str, suffix: str | None) -> str:
+    """The namespace a worker registers in: NVIDIA Dynamo's `get_worker_namespace`
+    (dynamo/common/utils/namespace.py), '{namespace}-{suffix}' when the suffix is set and not empty."""
+    return f"{namespace}-{suffix}" if suffix else namespace
 
 
 def endpoint_setting() -> Any:
@@ -110,9 +124,15 @@ class EngineWorkerArgs(ModelCardArgs, DumpConfigTo):
     `dynamo.sglang`, after `--dump-config-to`; their subclasses add the rest after these)."""
 
     namespace: str = setting("dynamo", "Dynamo namespace", env="DYN_NAMESPACE")
+    namespace_worker_suffix: str | None = namespace_worker_suffix_setting()
     endpoint: str | None = endpoint_setting()
     discovery_backend: str = discovery_backend_setting()
     event_plane: str | None = event_plane_setting()
+
+    @property
+    def worker_namespace(self) -> str:
+        """Where the worker registers when no --endpoint says otherwise (`worker_namespace`)."""
+        return worker_namespace(self.namespace, self.namespace_worker_suffix)
 
 
 def endpoint_types_setting() -> Any:

@@ -37,6 +37,7 @@ from dynamo.llm.kv_events.protocol import LoadMetrics
 from dynamo.llm.kv_events.local_state import KV_QUERY_ENDPOINT
 from dynamo.runtime.distributed import DistributedRuntime, advertise_host
 from dynamo.runtime.logs import RequestEvents
+from dynamo.runtime import records
 from dynamo.runtime.records import EndpointId
 from dynamo.runtime.system_server import RelabeledFamilies
 from dynamo.runtime.loop_monitor import LoopLagMonitor
@@ -57,7 +58,7 @@ ENGINE_POLL_SECONDS = 1.0
 class WorkerSpec:
     """The harness's view of a worker's config (each engine's args build one)."""
 
-    namespace: str
+    namespace: str  # where it registers: DYN_NAMESPACE with DYN_NAMESPACE_WORKER_SUFFIX appended (`worker_namespace`)
     endpoint: str | None  # dyn://ns.component.endpoint; None: the role's default
     discovery_backend: str | None
     role: WorkerRole
@@ -72,13 +73,13 @@ class WorkerSpec:
 
     @classmethod
     def of(cls, config: Any, role: WorkerRole) -> WorkerSpec:
-        """The spec of an engine's args (namespace, endpoint, discovery_backend, event_plane,
+        """The spec of an engine's args (worker_namespace, endpoint, discovery_backend, event_plane,
         migration_limit, model_types, engine_request_limit, the model card's settings) in the role the
         engine resolved."""
-        return cls(namespace=config.namespace, endpoint=config.endpoint, discovery_backend=config.discovery_backend,
-                   role=role, event_plane=config.event_plane, migration_limit=config.migration_limit,
-                   model_types=tuple(config.model_types), request_limit=config.engine_request_limit,
-                   card_args=config)
+        return cls(namespace=config.worker_namespace, endpoint=config.endpoint,
+                   discovery_backend=config.discovery_backend, role=role, event_plane=config.event_plane,
+                   migration_limit=config.migration_limit, model_types=tuple(config.model_types),
+                   request_limit=config.engine_request_limit, card_args=config)
 
 
 def model_card(adapter: EngineAdapter, spec: WorkerSpec, info: EngineInfo) -> ModelDeploymentCard:
@@ -163,10 +164,19 @@ class Worker:
             request = canary.payload(replace(settings, health_check_payload=None), info.served_name,
                                      info.model_dir)
         probe = canary.Canary(self.handler, self.runtime.health, str(self.eid), request, settings.canary_wait_time,
-                              settings.health_check_request_timeout, self.runtime.registry)
+                              settings.health_check_request_timeout, self.runtime.registry, self._membership())
         self._canary = asyncio.get_running_loop().create_task(probe.run())
-        log.info("canary health checks on: after %gs idle, %gs to answer", settings.canary_wait_time,
-                 settings.health_check_request_timeout)
+        log.info("canary health checks on: after %gs without engine output (idle or stalled), %gs to answer",
+                 settings.canary_wait_time, settings.health_check_request_timeout)
+
+    def _membership(self) -> canary.DiscoveryMembership | None:
+        """The generate endpoint's records for the canary to withdraw while the engine is hung; None with Kubernetes
+        discovery, where the pod's readiness (its /health) already decides whether its records are seen."""
+        store, eid, instance = self.runtime.store, self.eid, self.runtime.instance_id
+        if store.backend == "kubernetes":
+            return None
+        keys = [records.instance_key(eid, instance), records.mdc_key(eid, instance)]
+        return canary.DiscoveryMembership(store, keys)
 
     async def _publish_kv_events(self) -> None:
         rt, eid = self.runtime, self.eid

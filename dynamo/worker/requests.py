@@ -29,16 +29,27 @@ class RequestHandler:
         self.adapter = adapter
         self.request_limit = request_limit
         self.inflight = 0
-        self.last_activity = time.monotonic()  # a request's start or end: the canary probes only an idle engine
+        now = time.monotonic()
+        self.last_activity = now  # a request's start or end: when the endpoint went idle, for the canary
+        # Engine progress, for the canary's stall check: the last output the engine streamed (an error is
+        # not progress) and when the endpoint last went from idle to busy. A request's arrival is not
+        # progress: new requests keep arriving at a hung engine.
+        self.last_output = now
+        self.busy_since = now
         self._ids = itertools.count()
         self.events = events or RequestEvents(jsonl=False)
 
-    async def generate(self, request: PreprocessedRequest, ctx: RequestContext) -> AsyncIterator[LLMEngineOutput]:
-        if self.request_limit and self.inflight >= self.request_limit:
+    async def generate(self, request: PreprocessedRequest, ctx: RequestContext, *,
+                       probe: bool = False) -> AsyncIterator[LLMEngineOutput]:
+        """The endpoint's handler; `probe`: the worker's own canary, never refused by the request limit (a hung
+        engine holding the limit's worth of requests must still be probed)."""
+        if not probe and self.request_limit and self.inflight >= self.request_limit:
             raise HandlerError(f"Server overloaded: {self.inflight} requests in flight "
                                f"(--engine-request-limit {self.request_limit})", ErrorCode.OVERLOADED)
         # Unique per attempt: a migrated request reuses its id on another (or this) worker.
         request_id = f"{request.request_id}-{next(self._ids)}"
+        if not self.inflight:
+            self.busy_since = time.monotonic()
         self.inflight += 1
         self.last_activity = time.monotonic()
         finished = False
@@ -49,6 +60,8 @@ class RequestHandler:
             # a typed error and gives its in-flight slot back, as one that refuses it while streaming does.
             stream = self.adapter.generate(request, request_id)
             async for out in stream:
+                if out.error is None:
+                    self.last_output = time.monotonic()
                 if trace is not None:
                     trace.tokens += len(out.token_ids)
                 finished = out.finish_reason is not None
@@ -70,6 +83,10 @@ class RequestHandler:
                 await asyncio.shield(self._abort(request_id))
             if stream is not None:
                 await stream.aclose()
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds the engine has streamed nothing while requests were in flight (0 while idle)."""
+        return now - max(self.last_output, self.busy_since) if self.inflight else 0.0
 
     def handler_error(self, exc: Exception) -> Exception:
         """Engine exception -> typed HandlerError; unknown ones stay as they are (-> internal)."""

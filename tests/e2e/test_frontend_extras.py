@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import ssl
 import subprocess
 
@@ -181,24 +180,6 @@ def test_a_process_that_cannot_listen_exits_and_says_why_in_one_line(cluster):
                            env={"DYN_SYSTEM_PORT": str(taken)})
     assert worker.popen.wait(60) == 3
     assert f"cannot bind 0.0.0.0:{taken}" in worker.log() and "Traceback" not in worker.log()
-
-
-def test_min_initial_workers_holds_the_port_until_enough_workers_serve(cluster):
-    """--router-min-initial-workers 2: one worker serves the namespace, so nothing listens; a second
-    one arrives and the frontend opens."""
-    port = free_port()
-    cluster.start("dynamo.frontend", ["--http-host", "127.0.0.1", "--http-port", str(port), "--namespace", "dynamo",
-                                      "--router-min-initial-workers", "2"])
-    wait_until(lambda: "waiting for 2 worker(s)" in cluster.procs[-1].log(), 60, "the frontend to wait")
-    assert not listening(port)
-    cluster.mocker("--speedup-ratio", "100")
-    wait_until(lambda: listening(port), 60, "the frontend to open with two workers")
-    assert http_get(f"http://127.0.0.1:{port}/live")[0] == 200
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.mark.parametrize("path, says", [("/v1/classify", "serves no classify"), ("/v1/pooling", "serves no pooling"),

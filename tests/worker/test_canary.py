@@ -43,3 +43,69 @@ def test_a_failed_canary_takes_the_endpoint_out_until_one_passes():
     assert canary.failures == 2
     canary._record(None)
     assert health.ready() and canary.failures == 0
+
+
+class _Handler:
+    """The handler's clocks, set by hand (`RequestHandler`'s fields of the same names)."""
+
+    def __init__(self, inflight: int, last_activity: float, last_output: float, busy_since: float) -> None:
+        self.inflight, self.last_activity, self.last_output, self.busy_since = \
+            inflight, last_activity, last_output, busy_since
+
+    def stalled_for(self, now: float) -> float:
+        return now - max(self.last_output, self.busy_since) if self.inflight else 0.0
+
+
+def _canary(handler: _Handler, probed_at: float = 0.0) -> Canary:
+    canary = Canary(handler, HealthState(), "dyn://ns.backend.generate", None, 10, 3,  # type: ignore[arg-type]
+                    CollectorRegistry())
+    canary.probed_at = probed_at
+    return canary
+
+
+def test_an_idle_engine_is_probed_after_the_wait_time():
+    assert not _canary(_Handler(0, last_activity=100, last_output=95, busy_since=90)).due(109)
+    assert _canary(_Handler(0, last_activity=100, last_output=95, busy_since=90)).due(110)
+
+
+def test_a_busy_engine_that_streams_is_never_probed():
+    busy = _Handler(3, last_activity=999, last_output=999, busy_since=0)  # busy for 1000 s, output a moment ago
+    assert not _canary(busy).due(1000)
+
+
+def test_a_busy_engine_without_output_for_the_wait_time_is_probed_though_requests_keep_arriving():
+    stalled = _Handler(2, last_activity=119, last_output=100, busy_since=50)  # a request arrived at 119
+    assert not _canary(stalled).due(109)
+    assert _canary(stalled).due(110)
+    assert not _canary(stalled, probed_at=105).due(110)  # probed 5 s ago: again at 115
+    assert _canary(stalled, probed_at=105).due(115)
+    # went busy at 130 after an idle spell: its first output may take up to the wait time
+    fresh = _Handler(1, last_activity=130, last_output=100, busy_since=130)
+    assert not _canary(fresh).due(139) and _canary(fresh).due(140)
+
+
+async def test_a_hung_endpoint_leaves_discovery_after_repeated_failures_and_rejoins_as_it_was():
+    from dynamo.runtime.discovery.mem import MemStore
+    from dynamo.worker.canary import LEAVE_AFTER_FAILURES, DiscoveryMembership
+
+    store = MemStore(name="canary-membership")
+    await store.start()
+    try:
+        records = {"v1/instances/ns/backend/generate/1": b"instance", "v1/mdc/ns/backend/generate/1": b"card"}
+        for key, value in records.items():
+            await store.put(key, value)
+        canary = _canary(_Handler(0, 0, 0, 0))
+        canary.membership = DiscoveryMembership(store, [*records, "v1/mdc/ns/backend/generate/absent"])
+        for _ in range(LEAVE_AFTER_FAILURES - 1):
+            canary._record("no answer within 3 s")
+            await canary._follow_health()
+        assert await store.get_prefix("v1/") == records, "one failure: /health 503, still listed"
+        canary._record("no answer within 3 s")
+        await canary._follow_health()
+        await canary._follow_health()  # idempotent while out
+        assert await store.get_prefix("v1/") == {}
+        canary._ready("the engine streamed output")
+        await canary._follow_health()
+        assert await store.get_prefix("v1/") == records and canary.membership.held is None
+    finally:
+        await store.close()

@@ -1,11 +1,18 @@
 """Canary health checks (Dynamo's DYN_HEALTH_CHECK_ENABLED): a real mocker worker idle for DYN_CANARY_WAIT_TIME
 sends its engine a one-token request; answered in time, /health stays 200 and the canaries are counted; an
 engine too slow to answer within DYN_HEALTH_CHECK_REQUEST_TIMEOUT (a mocker slowed 10,000 times: a hung engine
-to the canary) turns /health 503 and says why in the log. Without the setting no canary is sent."""
+to the canary) turns /health 503 and says why in the log. Without the setting no canary is sent.
+
+With requests in flight: an engine stalled mid-step (a mocker whose profiled prefill of a long prompt takes
+STALL_S, while its one-token canary takes 5 ms) is probed once it has streamed nothing for the wait time, turns
+/health 503, leaves discovery after a second failure (the frontend stops listing it), and is ready and listed
+again once the step ends; a busy engine streaming long answers is never probed."""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 
@@ -14,6 +21,8 @@ from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
 pytestmark = pytest.mark.e2e
 
 CANARY = {"DYN_HEALTH_CHECK_ENABLED": "true", "DYN_CANARY_WAIT_TIME": "1", "DYN_HEALTH_CHECK_REQUEST_TIMEOUT": "1"}
+QUICK_STOP = {"DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "0", "DYN_RUNTIME_GRACEFUL_SHUTDOWN_TIMEOUT_SECS": "1"}
+STALL_S = 15.0  # the stalled engine's one prefill step; /health must be 503 inside it and 200 after it
 
 
 def health(worker) -> int:
@@ -41,5 +50,86 @@ def test_canaries_keep_a_healthy_worker_ready_and_take_a_hung_one_out(tiny_model
         assert canaries(hung, "failed") >= 1
         assert "canary health check of dyn://dynamo.backend.generate failed (no answer within 1 s)" in hung.log()
         assert health(plain) == 200 and canaries(plain, "ok") == 0  # off unless enabled, as in Dynamo
+    finally:
+        c.stop()
+
+
+def stalling_profile(tmp_path) -> str:
+    """Prefill 5 ms up to 50 tokens (the canary), STALL_S from 200 tokens on (a long prompt: one step that
+    does not return, to the canary, for STALL_S)."""
+    path = tmp_path / "stall.json"
+    isl, ttft = [1, 50, 200, 100000], [5.0, 5.0, STALL_S * 1e3, STALL_S * 1e3]
+    path.write_text(json.dumps({"prefill_isl": isl, "prefill_ttft": ttft,
+                                "prefill_thpt_per_gpu": [i / (t / 1e3) for i, t in zip(isl, ttft)]}))
+    return str(path)
+
+
+def stream_in_background(c: Cluster, model: str, prompt: str, max_tokens: int) -> dict:
+    """One streamed completion in a thread; the dict fills with when its chunks came and any error."""
+    seen: dict = {"chunks": [], "error": None}
+
+    def run() -> None:
+        try:
+            for _ in c.openai_client(timeout=90).completions.create(model=model, prompt=prompt, max_tokens=max_tokens,
+                                                                    stream=True, extra_body={"ignore_eos": True}):
+                seen["chunks"].append(time.monotonic())
+        except Exception as exc:  # reported by the test's assertions
+            seen["error"] = exc
+
+    seen["thread"] = threading.Thread(target=run, daemon=True)
+    seen["thread"].start()
+    return seen
+
+
+def test_a_stalled_engine_with_requests_in_flight_turns_unhealthy_and_a_streaming_one_never(tiny_model, tmp_path):
+    c = Cluster(tmp_path, tiny_model, "file")
+    try:
+        stalled = c.mocker("--planner-profile-data", stalling_profile(tmp_path), model_name="stalled",
+                           env={**CANARY, **QUICK_STOP})
+        busy = c.mocker("--speedup-ratio", "0.3", model_name="busy", env={**CANARY, **QUICK_STOP})  # ~20 ms/token
+        c.frontend()
+        c.wait_workers("stalled", 1)
+        c.wait_workers("busy", 1)
+        wait_until(lambda: canaries(stalled, "ok") >= 1 and canaries(busy, "ok") >= 1, 60, "idle canaries answered")
+        assert health(stalled) == 200
+
+        long_answer = stream_in_background(c, "busy", "hi", 1900)  # ~40 s of tokens: it outlives the stall
+        wait_until(lambda: long_answer["chunks"], 30, "the busy worker to stream")
+        busy_ok, busy_answers = canaries(busy, "ok"), []
+
+        def busy_asked() -> bool:  # the busy worker's /health, asked at each check of the stalled one
+            busy_answers.append(health(busy))
+            return True
+
+        stuck = stream_in_background(c, "stalled", "hello " * 300, 4)
+        began = time.monotonic()
+        wait_until(lambda: busy_asked() and health(stalled) == 503, STALL_S - 3,
+                   "the stalled worker's /health to turn 503")
+        assert not stuck["chunks"] and time.monotonic() - began < STALL_S, "503 came from the stall"
+        assert "no engine output for" in stalled.log() and canaries(stalled, "failed") >= 1
+
+        wait_until(lambda: busy_asked() and c.worker_count("stalled") == 0, STALL_S,
+                   "the hung worker to leave discovery")
+        assert time.monotonic() - began < STALL_S, "it left while the engine was stalled"
+        assert c.worker_count("busy") == 1
+
+        # Back once the step ends: the engine streams (or, had the frontend cut the silent stream, a canary passes).
+        wait_until(lambda: busy_asked() and health(stalled) == 200 and c.worker_count("stalled") == 1, STALL_S + 30,
+                   "the stalled worker ready and listed again")
+        assert "back in discovery" in stalled.log()
+        stuck["thread"].join(30)
+
+        # All along the busy worker streamed, and /health said 200 each time it was asked.
+        assert long_answer["thread"].is_alive(), "the long answer outlived the stall"
+        while long_answer["thread"].is_alive() and time.monotonic() - began < STALL_S + 20:
+            busy_asked()
+            time.sleep(0.2)
+        assert len(busy_answers) > 50 and set(busy_answers) == {200}, busy_answers
+        assert canaries(busy, "failed") == 0
+        times = [t for t in long_answer["chunks"] if t >= began]
+        assert times[-1] - times[0] > STALL_S, "the busy worker streamed through the whole test"
+        if max(b - a for a, b in zip(times, times[1:])) < 1.0:  # no gap as long as the canary's wait
+            assert canaries(busy, "ok") <= busy_ok + (0 if long_answer["thread"].is_alive() else 2), \
+                "a streaming engine is not probed"
     finally:
         c.stop()
