@@ -1,10 +1,27 @@
-"""`python -m dynamo.deploy {validate,run,render,scale}`: one DGD manifest, checked, run on
+"""`python -m dynamo.deploy {validate,run,render,scale,apply}`: one DGD manifest, checked, run on
 this machine as supervised processes, or rendered to plain Kubernetes objects."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+
+def _number(kind: type, least: float, strict: bool):
+    """An argparse type: a `kind` number above `least` (strict) or at least `least`; anything else is a usage
+    error (exit 2) rather than a value quietly replaced by a default."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < least or (strict and value == least):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {least:g}, got {text}")
+        return value
+    return parse
+
+
+POSITIVE, NON_NEGATIVE, COUNT = _number(float, 0, True), _number(float, 0, False), _number(int, 0, False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how often the file's HorizontalPodAutoscalers are evaluated (Kubernetes' "
                         "--horizontal-pod-autoscaler-sync-period; a KEDA ScaledObject polls at its pollingInterval)")
     r.add_argument("--log-dir", default=None, help="also write each replica's output to DIR/<replica>.log")
+    r.add_argument("--log-max-mb", type=NON_NEGATIVE, default=100.0, metavar="MB",
+                   help="rotate a replica's --log-dir file once it passes MB (to .1, older ones shifted up; 0: never)")
+    r.add_argument("--log-backups", type=COUNT, default=3, metavar="N",
+                   help="rotated files kept per replica (.1 .. .N; the oldest beyond N is deleted)")
     r.add_argument("--engine", choices=["mocker"], default=None,
                    help="run the graph's vLLM / SGLang / TRT-LLM workers on the mocker (same model and served name; "
                         "engine-only flags left out, with a warning): a GPU manifest on a machine without the engine")
@@ -43,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between SIGTERM and SIGKILL when the whole run stops (a scaled-down or unhealthy "
                         "replica gets its pod's terminationGracePeriodSeconds, 60 unless the manifest sets it)")
     r.add_argument("--no-status", action="store_true", help="do not print the status table")
+    r.add_argument("--progress-deadline", type=POSITIVE, default=600.0, metavar="SECS",
+                   help="an apply's rollout that makes no progress this long stalls, the old replicas serving "
+                        "(the Deployment's progressDeadlineSeconds)")
 
     k = sub.add_parser("render", help="print plain Kubernetes objects (Deployments, Services, ConfigMaps)")
     k.add_argument("file")
@@ -68,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("assignments", nargs="*", metavar="SERVICE=REPLICAS",
                    help="replicas per service; several are applied one after another (one request each); "
                         "none prints the status")
+    a = sub.add_parser("apply", help="roll a changed manifest out to a running `run` (as kubectl apply of a DGD)")
+    a.add_argument("control", help="control URL printed by `run` (http://127.0.0.1:PORT)")
+    a.add_argument("file", help="the manifest, in the format `run` takes (its --set / --append-args apply again)")
+    a.add_argument("--no-wait", action="store_true", help="return once the change is accepted")
+    a.add_argument("--timeout", type=float, default=900.0, metavar="SECS",
+                   help="how long to wait for every rollout to complete (exit 1 after it)")
+    a.add_argument("--progress-deadline", type=POSITIVE, default=None, metavar="SECS",
+                   help="a rollout making no progress this long stalls (default: run's --progress-deadline, 600)")
     return ap
 
 
@@ -90,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         from dynamo.deploy.render_file import main as render_main
 
         return render_main(args)
+    if args.cmd == "apply":
+        from dynamo.deploy.control import apply_main
+
+        return apply_main(args.control, args.file, not args.no_wait, args.timeout, args.progress_deadline)
     from dynamo.deploy.control import scale_main
 
     return scale_main(args.control, args.assignments)

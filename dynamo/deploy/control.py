@@ -5,24 +5,31 @@
                                            "autoscalers": [{autoscaler, service, metrics, decided, ...}]}
     POST /scale {"service": S, "replicas": N}  -> 200 with the new status; 404 unknown service;
                                           400 a bad body or N outside 0..MAX_REPLICAS (64)
+    POST /apply {"manifest": YAML, "deadline_s": S?} -> 200 {"applied": what each service gets, "status"};
+                                          409 a change that cannot be made in place (names the field);
+                                          400 a manifest that does not validate or build (`local_rollout.py`);
+                                          503 the run is stopping
     GET  /prometheus/targets           -> Prometheus HTTP service discovery (`http_sd_configs`): every
                                           running replica's metrics port, labelled as Dynamo's PodMonitors
                                           label pods (namespace, dynamo_namespace, service, pod, ...)
 
 `python -m dynamo.deploy scale URL SERVICE=N [SERVICE=N ...]` is its client (several assignments: one
-request each, in order); the planner's local connector can call the same route.
+request each, in order); the planner's local connector can call the same route. `python -m dynamo.deploy
+apply URL FILE` posts a manifest and waits for its rollout (GET /status's "rollout").
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import msgspec
 
+from dynamo.deploy.local_rollout import ApplyRequest, Halted, Refused
 from dynamo.deploy.supervisor import MAX_REPLICAS, Supervisor
 from dynamo.runtime.asgi import EmbeddedHttpServer, read_body, send_json
 
@@ -39,6 +46,8 @@ class ControlServer:
         self.http = EmbeddedHttpServer(self.app, "127.0.0.1", port)
         self.models: Any = None  # DynamoModel TOTAL/READY rows (dynamo_model.AdapterReconciler.status)
         self.autoscalers: Any = None  # the file's HPAs / ScaledObjects evaluated here: their last evaluation
+        self.applier: Callable[[ApplyRequest], Awaitable[dict[str, Any]]] | None = None  # run's: plans, diff, roll
+        self.rollouts: Callable[[], dict[str, Any]] | None = None  # local_rollout.Applier.status
 
     def snapshot(self) -> dict[str, Any]:
         snap = {"graph": self.graph_name,
@@ -53,6 +62,8 @@ class ControlServer:
             snap["models"] = self.models()
         if self.autoscalers:
             snap["autoscalers"] = [scaler.status() for scaler in self.autoscalers]
+        if self.rollouts is not None:
+            snap["rollout"] = self.rollouts()
         return snap
 
     def scrape_targets(self) -> list[dict[str, Any]]:
@@ -91,8 +102,28 @@ class ControlServer:
                 await send_json(send, 400, {"error": str(exc)})
                 return
             await send_json(send, 200, self.snapshot())
+        elif route == ("POST", "/apply"):
+            await self._apply(receive, send)
         else:
             await send_json(send, 404, {"error": f"no route {scope['method']} {scope['path']}"})
+
+    async def _apply(self, receive, send) -> None:
+        if self.applier is None:
+            await send_json(send, 404, {"error": "this run takes no apply"})
+            return
+        try:
+            req = msgspec.json.decode(await read_body(receive, 4 << 20), type=ApplyRequest)
+            applied = await self.applier(req)
+        except Refused as exc:
+            await send_json(send, 409, {"error": str(exc), "field": exc.field})
+            return
+        except Halted as exc:
+            await send_json(send, 503, {"error": str(exc)})
+            return
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError, LookupError) as exc:
+            await send_json(send, 400, {"error": str(exc.args[0]) if exc.args else str(exc)})
+            return
+        await send_json(send, 200, {"applied": applied, "status": self.snapshot()})
 
     async def start(self) -> int:
         await self.http.start()
@@ -172,3 +203,64 @@ def _error_text(body: bytes) -> str:
         return str(json.loads(body)["error"])
     except (ValueError, KeyError, TypeError):
         return body.decode(errors="replace")
+
+
+def apply_main(url: str, path: str, wait: bool = True, timeout: float = 900.0, deadline: float | None = None) -> int:
+    """`dynamo.deploy apply URL FILE`: post FILE, print what each service gets (stderr), then, unless
+    `wait` is off, wait until each service this apply touched (replaced, added or scaled) is complete (exit 0),
+    one of its rollouts stalled (exit 1) or `timeout` passes (exit 1); stdout is the final rollout status.
+    Another service's state (an unrelated crash loop, an earlier stall) is not this apply's to judge."""
+    url = url.rstrip("/")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            body = {"manifest": fh.read(), **({"deadline_s": deadline} if deadline is not None else {})}
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    req = urllib.request.Request(url + "/apply", data=json.dumps(body).encode(), method="POST",
+                                 headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            answer = json.load(resp)
+        applied = answer["applied"]
+        print(json.dumps(applied), file=sys.stderr)
+        end = time.monotonic() + timeout
+        rollout = answer["status"].get("rollout", {})
+        while wait and _waiting(applied, rollout) and time.monotonic() < end:
+            time.sleep(1.0)
+            with urllib.request.urlopen(url + "/status", timeout=10) as resp:
+                rollout = json.load(resp).get("rollout", {})
+    except urllib.error.HTTPError as exc:
+        print(f"error {exc.code}: {_error_text(exc.read())}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(rollout, indent=2))
+    stalled = [n for n in _touched(applied) if _state(applied, rollout, n) == "stalled"]
+    if stalled:
+        print(f"rollout stalled: {', '.join(stalled)}", file=sys.stderr)
+        return 1
+    if wait and _waiting(applied, rollout):
+        print(f"rollout not complete after {timeout:g}s", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _touched(applied: dict[str, Any]) -> list[str]:
+    return sorted({*applied.get("replaced", {}), *applied.get("added", []), *applied.get("scaled", {})})
+
+
+def _state(applied: dict[str, Any], rollout: dict[str, Any], service: str) -> str:
+    """The service's state as far as this apply goes: `done` once a later apply took it over or removed it; a
+    stall counts only when it is this apply's rollout's."""
+    info = rollout.get("services", {}).get(service)
+    if info is None or info["generation"] > applied["generation"]:
+        return "done"
+    if info["state"] == "stalled" and info["generation"] != applied["generation"]:
+        return "scaling"  # an earlier apply's stall: this apply's count is not reached yet
+    return info["state"]
+
+
+def _waiting(applied: dict[str, Any], rollout: dict[str, Any]) -> bool:
+    return any(_state(applied, rollout, n) not in ("complete", "stalled", "done") for n in _touched(applied))

@@ -38,5 +38,10 @@ class DeviceLedger:
             self.held[slot] = [self.devices[i] for i in order[:min(count, len(self.devices))]]
         return self.held[slot]
 
+    def free(self) -> int:
+        """How many devices no slot holds."""
+        taken = {d for held in self.held.values() for d in held}
+        return sum(d not in taken for d in self.devices)
+
     def release(self, slot: Slot) -> None:
         self.held.pop(slot, None)

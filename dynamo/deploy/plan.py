@@ -127,6 +127,7 @@ class ServicePlan:
         self.kserve_ports: dict[int, int] = {}
         self.devices: DeviceLedger | None = None  # this machine's GPUs, shared by all plans; None: leave CUDA env alone
         self.http_port = opts.frontend_port  # a frontend's first replica's (`build_plans` moves a second frontend's)
+        self.generation = 1  # the apply that made it (1: the file `run` started with); its replicas say it
 
     @property
     def modules(self) -> list[str]:
@@ -302,9 +303,11 @@ def refuse_multinode(name: str, svc: Service) -> None:
 
 
 def build_plans(graph: Graph, opts: RunOptions, overrides: dict[str, int],
-                devices: list[str] | None = None, ledger: DeviceLedger | None = None) -> dict[str, ServicePlan]:
+                devices: list[str] | None = None, ledger: DeviceLedger | None = None,
+                claim: bool = True) -> dict[str, ServicePlan]:
     """One plan per service; `devices` (default: nvidia-smi) are handed out in service order, from `ledger`
-    when given (one machine's GPUs shared by the graphs of a file)."""
+    when given (one machine's GPUs shared by the graphs of a file). `claim` off (an apply's plans, which may
+    be refused, and are built off the event loop): nothing is claimed now, each replica claims at its launch."""
     discovery = discovery_env(graph, opts)
     for name, svc in graph.spec.services.items():
         refuse_multinode(name, svc)
@@ -332,7 +335,7 @@ def build_plans(graph: Graph, opts: RunOptions, overrides: dict[str, int],
         ledger = DeviceLedger(devices) if devices else None
     for plan in plans.values():
         plan.devices = ledger
-        for index in range(plan.replicas):  # the graph's own replicas are dealt devices in service order
+        for index in range(plan.replicas if claim else 0):  # the graph's own replicas are dealt devices in service order
             plan.gpu_slice(index)
     return plans
 

@@ -1,11 +1,13 @@
 """`python -m dynamo.deploy run FILE`: the graph of a DGD manifest as supervised local
-processes, with a live status table and a control endpoint for scaling."""
+processes, with a live status table and a control endpoint for scaling and applying a changed
+manifest (`local_rollout.py` rolls it out)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -21,6 +23,8 @@ from dynamo.deploy import autoscalers, config_maps, contract, local, local_autos
 from dynamo.deploy.control import ControlServer
 from dynamo.deploy.devices import DeviceLedger, detect_gpus
 from dynamo.deploy.dynamo_model import AdapterReconciler, load_models
+from dynamo.deploy.local_rollout import PROGRESS_DEADLINE, ApplyRequest, Applier, Halted, Refused
+from dynamo.deploy.log_files import LogRotation
 from dynamo.deploy.model import Graph
 from dynamo.deploy.parsers import module_available
 from dynamo.deploy.plan import RunOptions, build_plans, parse_append_args, parse_overrides, parse_volumes
@@ -83,13 +87,54 @@ class GraphRun:
     adapters: AdapterReconciler
     title: str = ""
     scalers: list[local_autoscalers.LocalAutoscaler] = field(default_factory=list)  # the file's HPAs / KEDA
+    overrides: dict[str, int] = field(default_factory=dict)  # its --set counts (applied again by an apply)
+    ledger: DeviceLedger | None = None
+    applier: Applier | None = None
+    applying: asyncio.Lock = field(default_factory=asyncio.Lock)  # one apply at a time, in the order posted
+
+    async def apply(self, req: ApplyRequest) -> dict:
+        """POST /apply: the manifest's graph of this name, expanded into plans as at startup (with this run's
+        --set / --append-args / --model / --volume), then diffed and rolled out by the Applier. The expansion
+        runs off the event loop (it reads files, may look a model up): probes and streams go on meanwhile. It
+        touches no shared state there: it claims no devices (each replica claims at its launch, on the loop)
+        and ConfigMaps are written to new content-named directories (`config_maps.mounts`)."""
+        async with self.applying:
+            if self.sup.halted():
+                raise Halted("the run is stopping")
+            graph, plans, namespace = await asyncio.to_thread(self._plans_of, req)
+            assert self.applier is not None
+            applied = self.applier.apply(graph, plans, self.autoscaled(), namespace, req.deadline_s)
+            self.graph = graph
+            return applied
+
+    def _plans_of(self, req: ApplyRequest) -> tuple[Graph, dict, str]:
+        graph, documents = manifest_graph(req.manifest, self.opts.state_dir, self.graph.metadata.name)
+        present = set(graph.spec.services)
+        opts = dataclasses.replace(self.opts, config_maps=config_maps.collect(documents),
+                                   append_args={k: v for k, v in self.opts.append_args.items() if k in present})
+        plans = build_plans(graph, opts, {k: v for k, v in self.overrides.items() if k in present},
+                            devices=[], ledger=self.ledger, claim=False)
+        for name, plan in plans.items():
+            check_replicas(name, plan.replicas)
+        missing = sorted({m for p in plans.values() for m in p.modules if not module_available(m)})
+        if missing:
+            raise ValueError(f"this image does not provide {', '.join(missing)}")
+        return graph, plans, opts.namespace
+
+    def autoscaled(self) -> set[str]:
+        """The services whose replicas something else owns here: an HPA / ScaledObject of the file, or the
+        graph's planner (it scales the worker pools; the operator hands it the replicas field)."""
+        owned = {s.service for s in self.scalers}
+        if any(plan.planner for plan in self.sup.plans.values()):
+            owned |= {name for name, plan in self.sup.plans.items() if plan.svc.componentType == "worker"}
+        return owned
 
     async def serve(self, stop: asyncio.Event, show_status: bool) -> None:
         printer = asyncio.create_task(print_status(self.sup, stop, adapters=self.adapters, title=self.title)) \
             if show_status else None
         placer = asyncio.create_task(self.adapters.run(stop))
         drivers = [asyncio.create_task(local_autoscalers.drive(
-            s, lambda svc=s.service: self.sup.plans[svc].replicas,
+            s, lambda svc=s.service: self._replicas(svc),
             lambda n, svc=s.service: self._autoscale(svc, n), stop)) for s in self.scalers]
         try:
             await self.sup.run(stop)
@@ -101,11 +146,40 @@ class GraphRun:
                 await printer
             await self.control.stop()
 
+    def _replicas(self, service: str) -> int:
+        plan = self.sup.plans.get(service)
+        return plan.replicas if plan is not None else 0
+
     def _autoscale(self, service: str, replicas: int) -> None:
         """An HPA's or ScaledObject's decision, held to run's replica limit (its maxReplicas may be higher)."""
+        if service not in self.sup.plans:
+            return  # an apply removed the service: its autoscaler has nothing left to scale
         if replicas > MAX_REPLICAS:
             log.warning("%s: autoscaler wants %d replicas; run's limit is %d", service, replicas, MAX_REPLICAS)
         self.sup.scale(service, min(replicas, MAX_REPLICAS))
+
+
+def manifest_graph(text: str, state_dir: str, name: str) -> tuple[Graph, list]:
+    """The graph named `name` of a posted manifest, validated as `run` validates its file, and the file's
+    documents (its ConfigMaps); ValueError for a manifest with errors, Refused without that graph."""
+    fd, path = tempfile.mkstemp(prefix="apply-", suffix=".yaml", dir=state_dir or None)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        report = validate_file(path)
+        if report.errors:
+            raise ValueError("the manifest does not validate: " + "; ".join(report.errors[:5]))
+        documents = load_documents(path)
+    finally:
+        os.remove(path)
+    graphs = report.graphs
+    found = [g for g in graphs if g.metadata.name == name]
+    if found:
+        return found[0], documents
+    if len(graphs) == 1:
+        raise Refused("metadata.name", f"this run's graph is {name!r}, the manifest's {graphs[0].metadata.name!r}; "
+                      "a new name is a new graph (stop this run and run the file)")
+    raise Refused("metadata.name", f"the manifest has no graph named {name!r}")
 
 
 def _for_graph(given: dict, graph: Graph, used: set[str]) -> dict:
@@ -149,11 +223,14 @@ def build_runs(args: argparse.Namespace, graphs: list[Graph], state_dir: str, po
         for svc_name, plan in plans.items():  # the manifest's or --set's count, held to what scale accepts
             check_replicas(f"{name}/{svc_name}" if several else svc_name, plan.replicas)
         sup = Supervisor(plans, log_dir=args.log_dir, grace=args.grace, label=name if several else "",
-                         leftovers=(state_dir, pods_dir))
+                         leftovers=(state_dir, pods_dir), log_rotation=log_rotation(args))
         control = ControlServer(sup, name, args.control_port if not runs else 0)
         adapters = AdapterReconciler(sup, graph, load_models(documents, graph))
         control.models = adapters.status
-        runs.append(GraphRun(graph, opts, sup, control, adapters, title=name if several else ""))
+        run = GraphRun(graph, opts, sup, control, adapters, title=name if several else "", overrides=set_here,
+                       ledger=ledger, applier=Applier(sup, graph, getattr(args, "progress_deadline", None) or PROGRESS_DEADLINE))
+        control.applier, control.rollouts = run.apply, run.applier.status
+        runs.append(run)
     _attach_autoscalers(runs, documents, graphs, args)
     unknown = sorted(set(overrides) - used) or sorted(set(appended) - used)
     if unknown:
@@ -162,6 +239,17 @@ def build_runs(args: argparse.Namespace, graphs: list[Graph], state_dir: str, po
     if unmounted:
         raise ValueError(f"--volume: no service mounts a volume named {unmounted[0]!r}")
     return runs
+
+
+def log_rotation(args: argparse.Namespace) -> LogRotation:
+    """--log-max-mb / --log-backups (absent when `run` is driven by another entry point: the defaults)."""
+    default = LogRotation()
+    max_mb = getattr(args, "log_max_mb", None)
+    backups = getattr(args, "log_backups", None)
+    if (max_mb is not None and max_mb < 0) or (backups is not None and backups < 0):
+        raise ValueError("--log-max-mb and --log-backups must be >= 0")
+    return LogRotation(max_bytes=default.max_bytes if max_mb is None else int(max_mb * 1024 * 1024),
+                       backups=default.backups if backups is None else backups)
 
 
 def _attach_autoscalers(runs: list[GraphRun], documents: list, graphs: list[Graph], args: argparse.Namespace) -> None:

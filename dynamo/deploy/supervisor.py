@@ -8,6 +8,12 @@ unhealthy (liveness failing; at failureThreshold it is killed, SIGKILL after the
 restarted); exited -> backoff -> starting; stopping -> stopped. A replica retired by a scale-down gets
 the pod's terminationGracePeriodSeconds (the manifest's, else the operator's 60) to drain, without
 holding up the rest of the graph.
+
+Each replica belongs to the plan it was started from (restarts use it, so an old replica mid-rollout
+comes back as it was); a service is brought to its count of replicas, retiring the highest-numbered and
+starting at the lowest free numbers, unless a rollout (`local_rollout.py`) holds it. A frontend, or a GPU
+service with no device free, starts no replica while one of its replicas drains (`deferred`); a replica
+retired while its process is being spawned is stopped once the spawn ends (never left running untracked).
 """
 
 from __future__ import annotations
@@ -15,18 +21,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import itertools
 import logging
 import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import IO, Any
 
-from dynamo.deploy import probes
 from dynamo.deploy.contract import TERMINATION_GRACE_SECONDS
 from dynamo.deploy.group_guard import GroupGuard, signal_group
-from dynamo.deploy.plan import Launch, ServicePlan
+from dynamo.deploy.log_files import LogRotation, RotatingLog
+from dynamo.deploy.plan import ServicePlan
+from dynamo.deploy.replica import Replica
+from dynamo.deploy.replica_probes import ReplicaProbes
+from dynamo.deploy.replica_probes import terminate as _terminate
 
 log = logging.getLogger("dynamo.deploy")
 
@@ -52,46 +61,14 @@ def _die_with_parent() -> None:  # runs in the child before exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-@dataclass
-class Replica:
-    service: str
-    index: int
-    launch: Launch
-    proc: asyncio.subprocess.Process | None = None
-    state: str = "starting"
-    restarts: int = 0
-    failures: int = 0  # consecutive short runs, for backoff
-    started: float = 0.0
-    exit_code: int | None = None
-    restart_at: float = 0.0
-    stopping: bool = False
-    live: bool = False  # the startup probe (else liveness) has passed
-    ready: bool = False
-    unhealthy: bool = False  # failing its liveness probe
-    tasks: list[asyncio.Task] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return f"{self.service}-{self.index}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def info(self) -> dict[str, Any]:
-        return {"service": self.service, "replica": self.index, "pid": self.pid, "state": self.state,
-                "http_port": self.launch.http_port, "system_port": self.launch.system_port,
-                "restarts": self.restarts, "exit_code": self.exit_code,
-                "uptime_s": round(time.monotonic() - self.started, 1) if self.proc and self.started else 0.0}
-
-
 class Supervisor:
     def __init__(self, plans: dict[str, ServicePlan], out: IO[str] | None = None, log_dir: str | None = None,
-                 grace: float = 15.0, label: str = "", leftovers: tuple[str, ...] = ()) -> None:
+                 grace: float = 15.0, label: str = "", leftovers: tuple[str, ...] = (),
+                 log_rotation: LogRotation | None = None) -> None:
         self.plans = plans
         self.label = label  # the graph's name when a file runs several (its replicas' lines and logs carry it)
         self.out = out or sys.stdout
-        self.log_dir = log_dir
+        self.log_dir, self.log_rotation = log_dir, log_rotation or LogRotation()
         self.grace = grace
         self.replicas: dict[tuple[str, int], Replica] = {}
         self.stopping = False
@@ -99,8 +76,11 @@ class Supervisor:
         self._scale_requested = asyncio.Event()
         self._stop: asyncio.Event | None = None  # run()'s: a scale-up in progress checks it between starts
         self._retiring: set[asyncio.Task] = set()  # scaled-down replicas draining within their pod's grace
+        self.held: dict[str, object] = {}  # service -> the rollout that owns its replicas (reconcile leaves them)
+        self.owned: set[asyncio.Task] = set()  # work that starts replicas (rollouts): cancelled before shutdown
         # Stops the replicas' groups, and removes `leftovers` (run's temporary dirs), if this process dies unannounced.
         self.guard = GroupGuard(grace, leftovers)
+        self.probes = ReplicaProbes(self)
 
     def tag(self, rep: "Replica") -> str:
         return f"{self.label}/{rep.name}" if self.label else rep.name
@@ -116,6 +96,10 @@ class Supervisor:
         check_replicas(service, replicas)
         self.plans[service].replicas = replicas
         log.info("scale %s to %d replica(s)", service, replicas)
+        self.nudge()
+
+    def nudge(self) -> None:
+        """Reconcile at the run loop's next turn."""
         self._scale_requested.set()
 
     def status(self) -> list[dict[str, Any]]:
@@ -128,25 +112,77 @@ class Supervisor:
         """Bring every service to its target. The target is read again before each start, and the loop
         yields after each, so a newer scale request or a stop (SIGTERM, Ctrl-C) ends a scale-up at the
         next replica instead of after all of them; the run loop then reconciles again (retiring extras)."""
-        for name, plan in self.plans.items():
+        for name, plan in list(self.plans.items()):
             if self.halted():
                 return
-            for rep in [r for (svc, i), r in self.replicas.items() if svc == name and i >= plan.replicas]:
-                if not rep.stopping:  # drains in the background: a pod's grace holds up nothing else
-                    task = asyncio.create_task(self._retire(rep))
-                    self._retiring.add(task)
-                    task.add_done_callback(self._retiring.discard)
-            index = 0
-            while index < plan.replicas and not self.halted():
-                if (name, index) not in self.replicas:  # a slot still draining is taken again once it is free
-                    await self._start(Replica(name, index, plan.launch(index)))
-                    await asyncio.sleep(0)  # let the control endpoint and the signal handlers run
-                index += 1
+            if name in self.held:
+                continue
+            for rep in self.excess(name):  # drains in the background: a pod's grace holds up nothing else
+                self.retire(rep)
+            while (len(self.active(name)) < plan.replicas and not self.halted() and name not in self.held
+                   and self.plans.get(name) is plan):
+                if await self.add(plan) is None:
+                    break  # deferred (a retirement's nudge comes back) or halted
+                await asyncio.sleep(0)  # let the control endpoint and the signal handlers run
+
+    def active(self, service: str) -> list[Replica]:
+        """The service's replicas not being retired, by number."""
+        return [r for (svc, _), r in sorted(self.replicas.items()) if svc == service and not r.stopping]
+
+    def excess(self, service: str) -> list[Replica]:
+        plan = self.plans.get(service)
+        return self.active(service)[plan.replicas if plan else 0:]
+
+    async def add(self, plan: ServicePlan) -> Replica | None:
+        """Start one replica of `plan` at the lowest free number (a slot still draining is not free); None when
+        halted or deferred (`deferred`): the retirement's nudge, or the rollout's next turn, tries again."""
+        if self.halted() or self.deferred(plan):
+            return None
+        index = next(i for i in itertools.count() if (plan.name, i) not in self.replicas)
+        rep = Replica(plan.name, index, plan.launch(index), plan=plan, generation=plan.generation)
+        await self._start(rep)
+        return rep
+
+    def deferred(self, plan: ServicePlan) -> bool:
+        """Whether a new replica of `plan` waits for one of its service's draining replicas to go. It would take
+        the next free number, and a number carries things: only number 0 of a frontend listens on
+        --frontend-port, and a GPU replica beside a drainer would share a device that is still busy (a slot keeps
+        its devices across restarts). So a frontend waits for its drainers, and a GPU service too unless its GPUs
+        are free. (A Pod has no number: the cluster has neither problem.)"""
+        if not any(r.stopping for (svc, _), r in self.replicas.items() if svc == plan.name):
+            return False
+        if plan.frontend:
+            return True
+        return bool(plan.gpus and plan.devices is not None and plan.devices.free() < plan.gpus)
+
+    def hold(self, service: str, owner: object, task: asyncio.Task | None = None) -> None:
+        """`owner` (a rollout) owns the service's replicas: reconcile leaves them; `task` is cancelled before
+        shutdown (nothing may start a replica once it has begun)."""
+        self.held[service] = owner
+        if task is not None:
+            self.owned.add(task)
+            task.add_done_callback(self.owned.discard)
+
+    def release(self, service: str, owner: object) -> None:
+        """`owner` lets go of the service (if it still holds it): reconcile brings it to its count again."""
+        if self.held.get(service) is owner:
+            del self.held[service]
+            self.nudge()
+
+    def retire(self, rep: Replica) -> None:
+        """Drain `rep` in the background, within its pod's grace."""
+        if rep.stopping:
+            return
+        rep.stopping = True
+        task = asyncio.create_task(self._retire(rep))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     # ----- one replica ----------------------------------------------------------------
 
     async def _start(self, rep: Replica) -> None:
-        self.replicas[(rep.service, rep.index)] = rep
+        key = (rep.service, rep.index)
+        self.replicas[key] = rep
         rep.state, rep.exit_code, rep.started = "starting", None, time.monotonic()
         try:
             rep.proc = await asyncio.create_subprocess_exec(
@@ -158,20 +194,36 @@ class Supervisor:
             rep.state, rep.exit_code = "exited", 127
             self._schedule_restart(rep)
             return
+        except asyncio.CancelledError:  # asyncio kills a process it spawned but could not hand over
+            if self.replicas.get(key) is rep:
+                self.replicas.pop(key)
+            raise
+        finally:
+            rep.spawned.set()
         self.guard.add(rep.proc.pid)  # its own session: the pid is the group id
+        if rep.stopping or self.stopping:  # retired or shut down while it was being spawned: stop it now
+            await self._stop_unstarted(rep, rep.proc)
+            return
         rep.tasks = [asyncio.create_task(self._pump(rep, rep.proc)), asyncio.create_task(self._watch(rep, rep.proc)),
-                     asyncio.create_task(self._probe(rep, rep.proc))]
+                     asyncio.create_task(self.probes.run(rep, rep.proc))]
+        self._touch()
+
+    async def _stop_unstarted(self, rep: Replica, proc: asyncio.subprocess.Process) -> None:
+        """A process whose replica was retired mid-spawn: it has done nothing worth a drain."""
+        await _terminate(proc, self.grace)
+        self.guard.remove(proc.pid)
+        rep.exit_code, rep.state = proc.returncode, "stopped"
         self._touch()
 
     async def _pump(self, rep: Replica, proc: asyncio.subprocess.Process) -> None:
-        sink = open(os.path.join(self.log_dir, f"{self.tag(rep).replace('/', '-')}.log"), "ab") if self.log_dir else None
+        sink = RotatingLog(os.path.join(self.log_dir, f"{self.tag(rep).replace('/', '-')}.log"),
+                           self.log_rotation) if self.log_dir else None
         try:
             assert proc.stdout is not None
             async for line in proc.stdout:
                 self._print(f"[{self.tag(rep)}] {line.decode(errors='replace').rstrip()}")
                 if sink:
                     sink.write(line)
-                    sink.flush()
         finally:
             if sink:
                 sink.close()
@@ -200,106 +252,14 @@ class Supervisor:
     async def _restart_due(self) -> None:
         now = time.monotonic()
         for rep in list(self.replicas.values()):
-            if rep.state == "backoff" and now >= rep.restart_at and not self.halted():
-                plan = self.plans[rep.service]
-                if rep.index >= plan.replicas:
-                    self.replicas.pop((rep.service, rep.index), None)
-                    plan.release(rep.index)
+            if rep.state == "backoff" and now >= rep.restart_at and not rep.stopping and not self.halted():
+                if rep.service not in self.held and rep in self.excess(rep.service):
+                    self.retire(rep)  # scaled down (or removed) meanwhile
                     continue
-                restarted = Replica(rep.service, rep.index, plan.launch(rep.index), restarts=rep.restarts + 1,
-                                    failures=rep.failures)
+                plan = rep.plan or self.plans[rep.service]
+                restarted = Replica(rep.service, rep.index, plan.launch(rep.index), plan=plan,
+                                    restarts=rep.restarts + 1, failures=rep.failures, generation=rep.generation)
                 await self._start(restarted)
-
-    # ----- the kubelet's probes --------------------------------------------------------
-
-    async def _probe(self, rep: Replica, proc: asyncio.subprocess.Process) -> None:
-        """The startup probe (else liveness) until it first passes, then liveness and readiness side by side,
-        as the kubelet runs them (`probes.py` counts the results)."""
-        if not await self._until_passed(rep, proc, "startup" if "startup" in rep.launch.probes else "liveness"):
-            return
-        rep.live = True
-        self._show(rep)
-        await asyncio.gather(self._liveness(rep, proc), self._readiness(rep, proc))
-
-    async def _until_passed(self, rep: Replica, proc: asyncio.subprocess.Process, kind: str) -> bool:
-        """Check the `kind` probe every second until it passes; False when the process ends first, or when
-        failureThreshold counted failures get it killed (a startup probe that never passes restarts it too)."""
-        probe = rep.launch.probes.get(kind)
-        counter = probes.Counter(probes.Timing.of(probe or {}), rep.started)
-        while self._running(rep, proc):
-            if await self._check(rep, probe):
-                return self._running(rep, proc)
-            if counter.failed(time.monotonic()):
-                await self._kill_unhealthy(rep, proc, kind, counter)
-                return False
-            await asyncio.sleep(probes.EAGER)
-        return False
-
-    async def _liveness(self, rep: Replica, proc: asyncio.subprocess.Process) -> None:
-        probe = rep.launch.probes.get("liveness")
-        if probe is None:
-            return
-        timing = probes.Timing.of(probe)
-        counter = probes.Counter(timing, rep.started)
-        delay = max(timing.period, rep.started + timing.initial_delay - time.monotonic())
-        while True:
-            await asyncio.sleep(delay)
-            ok = self._running(rep, proc) and await self._check(rep, probe)
-            if not self._running(rep, proc):
-                return
-            if ok:
-                counter.passed()
-            elif counter.failed(time.monotonic()):
-                await self._kill_unhealthy(rep, proc, "liveness", counter)
-                return
-            rep.unhealthy = counter.failures > 0
-            self._show(rep)
-            delay = timing.period
-
-    async def _readiness(self, rep: Replica, proc: asyncio.subprocess.Process) -> None:
-        """Ready once the probe passes (checked every second until then); unready after failureThreshold
-        counted failures in a row. No readiness probe: ready once live."""
-        probe = rep.launch.probes.get("readiness")
-        timing = probes.Timing.of(probe or {})
-        counter = probes.Counter(timing, rep.started)
-        while self._running(rep, proc):
-            ok = await self._check(rep, probe)
-            if not self._running(rep, proc):
-                return
-            if ok and counter.passed():
-                rep.ready = True
-            elif not ok and counter.failed(time.monotonic()):
-                rep.ready = False
-            self._show(rep)
-            if probe is None:
-                return
-            await asyncio.sleep(timing.period if rep.ready else probes.EAGER)
-
-    async def _check(self, rep: Replica, probe: dict[str, Any] | None) -> bool:
-        plan = self.plans[rep.service]
-        return await probes.check(probe, lambda port: plan.map_probe_port(port, rep.launch), rep.launch.env,
-                                  rep.launch.cwd)
-
-    async def _kill_unhealthy(self, rep: Replica, proc: asyncio.subprocess.Process, kind: str,
-                              counter: probes.Counter) -> None:
-        """What the kubelet does to a container failing its liveness (or startup) probe: SIGTERM, SIGKILL after
-        the probe's terminationGracePeriodSeconds, else the pod's; `_watch` then restarts it with backoff."""
-        rep.unhealthy = True
-        self._show(rep)
-        grace = counter.timing.grace if counter.timing.grace is not None else self.pod_grace(rep.service)
-        self._print(f"[{self.tag(rep)}] {kind} probe failed {counter.failures} time(s) in a row: killing it to "
-                    f"restart it (SIGTERM, SIGKILL after {grace:g}s)")
-        await _terminate(proc, grace)
-
-    @staticmethod
-    def _running(rep: Replica, proc: asyncio.subprocess.Process) -> bool:
-        return proc.returncode is None and not rep.stopping
-
-    def _show(self, rep: Replica) -> None:
-        state = "unhealthy" if rep.unhealthy else "ready" if rep.ready else "live" if rep.live else "starting"
-        if rep.proc is not None and self._running(rep, rep.proc) and state != rep.state:
-            rep.state = state
-            self._touch()
 
     # ----- retirement -----------------------------------------------------------------
 
@@ -308,19 +268,21 @@ class Supervisor:
         rep.stopping = True
         rep.state = "stopping"
         self._touch()
+        with contextlib.suppress(asyncio.TimeoutError):  # `_start` sets it in a finally: the bound is a backstop
+            await asyncio.wait_for(rep.spawned.wait(), 60)
         if rep.proc is not None and rep.proc.returncode is None:
-            await _terminate(rep.proc, self.pod_grace(rep.service))
+            await _terminate(rep.proc, self.pod_grace(rep.service, rep.plan))
         await self._drain_tasks(rep)
         if self.replicas.get((rep.service, rep.index)) is rep:
             self.replicas.pop((rep.service, rep.index))
-            self.plans[rep.service].release(rep.index)
+            (rep.plan or self.plans[rep.service]).release(rep.index)
         self._touch()
-        self._scale_requested.set()  # its slot is free: a newer target may want it again
+        self.nudge()  # its slot is free: a newer target may want it again
 
-    def pod_grace(self, service: str) -> float:
+    def pod_grace(self, service: str, plan: ServicePlan | None = None) -> float:
         """The pod's terminationGracePeriodSeconds: the manifest's, else the operator's 60. (`--grace` bounds
         the whole run's shutdown instead.)"""
-        pod = self.plans[service].svc.extraPodSpec
+        pod = (plan or self.plans[service]).svc.extraPodSpec
         given = pod.terminationGracePeriodSeconds if pod is not None else None
         return float(given) if given is not None else float(TERMINATION_GRACE_SECONDS)
 
@@ -347,6 +309,9 @@ class Supervisor:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.25)
         finally:
+            for task in list(self.owned):  # nothing may start a replica once shutdown has begun
+                task.cancel()
+            await asyncio.gather(*self.owned, return_exceptions=True)
             await self.shutdown()
             await asyncio.to_thread(self.guard.close)
 
@@ -368,14 +333,3 @@ class Supervisor:
             self.out.flush()
         except (OSError, ValueError):
             pass
-
-
-async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
-    """SIGTERM the process group, SIGKILL it after `grace`, and reap the leader."""
-    signal_group(proc.pid, signal.SIGTERM)
-    try:
-        await asyncio.wait_for(proc.wait(), grace)
-    except asyncio.TimeoutError:
-        log.warning("pid %d did not stop within %.0fs: killing its process group", proc.pid, grace)
-    signal_group(proc.pid, signal.SIGKILL)
-    await proc.wait()
