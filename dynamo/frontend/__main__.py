@@ -181,7 +181,8 @@ async def serve(config: FrontendConfig, stop: Stop, warnings: Sequence[str] = ()
                  "on" if tls else "off")
     stop.takes_second = True  # a second signal ends the streams the drain lets finish (_drain)
     await stop.wait()
-    await _drain(config, app, http, grpc_server, stop, runtime.settings.runtime_graceful_shutdown_timeout_secs)
+    await _drain(config, app, http, grpc_server, stop, runtime.settings.runtime_graceful_shutdown_timeout_secs,
+                 replicas)
     await _close(lag, routing, models, runtime, starting)
     return 0
 
@@ -222,7 +223,7 @@ SHUTDOWN_FLUSH_SECS = 1.0
 
 
 async def _drain(config: FrontendConfig, app: FrontendApp, http: EmbeddedHttpServer, grpc_server, stop: Stop,
-                 bound: float) -> None:
+                 bound: float, replicas: Replicas) -> None:
     """Drain as NVIDIA Dynamo 1.6.1 does: at once /health 503 (/live 200) and new requests 503; after
     DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS the listening sockets close (a new connection is refused, so the
     load balancer moves on) while admitted streams run on to their end, and the process exits after the last.
@@ -241,6 +242,7 @@ async def _drain(config: FrontendConfig, app: FrontendApp, http: EmbeddedHttpSer
                     "their end (at most %.0f s more; a second SIGTERM ends them now); no longer accepting "
                     "connections", admission.inflight, bound - window)
         http.stop_listening()
+        await replicas.leave()  # its peers stop forwarding stored-object requests to the closed port
         if grpc_server is not None:  # stops taking RPCs; the admitted ones run on, within the same bound
             grpc_stop = asyncio.create_task(grpc_server.stop(bound - window + SHUTDOWN_FLUSH_SECS))
         drained = await admission.drained(bound - window, unless=stop.now)
@@ -262,8 +264,9 @@ async def _stop_grpc(grpc_server, stopping: asyncio.Task | None) -> None:
         return
     try:
         await asyncio.wait_for(stopping, SHUTDOWN_FLUSH_SECS + 1.0)
-    except asyncio.TimeoutError:
-        log.warning("the KServe gRPC server did not stop in time")
+    except asyncio.TimeoutError:  # wait_for cancelled the graceful stop, which leaves its calls open: end them
+        log.warning("the KServe gRPC server did not stop in time; ending its calls")
+        await grpc_server.stop(0)
 
 
 async def _close(lag: LoopLagMonitor, routing: RoutingPolicy, models: ModelManager,

@@ -31,7 +31,8 @@ STARTING_RETRY_AFTER_SECS = 5
 class InitialWorkers:
     """`--router-min-initial-workers N`: the frontend serves once N workers have been up at the same time
     (a deployment's engines all loaded, so the first requests are not all routed to the first one to load).
-    Until then /health says so and generation requests get 503 `no_workers` with a Retry-After; once met, it
+    Until then /health says so and generation requests get 503 `no_workers` with a Retry-After (with
+    --wait-for-workers-secs they wait for it instead, as for any worker); once met, it
     stays met (workers that leave later are a scale-down or a restart, not a start-up)."""
 
     def __init__(self, want: int, count: Callable[[], int]) -> None:
@@ -94,12 +95,20 @@ class Admission:
     # -- start-up --------------------------------------------------------------------------------
     def await_initial_workers(self, want: int) -> InitialWorkers:
         """Serve generation requests only once `want` workers are up (`--router-min-initial-workers`)."""
-        self.initial = InitialWorkers(want, lambda: sum(len(e.decode_workers()) for e in self.models.models.values()))
+        self.initial = InitialWorkers(want, lambda: workers_up(self.models))
         return self.initial
 
-    def refuse_if_starting(self) -> None:
-        """Not counted as a rejection: its model label would be whatever name a client sent, known or not."""
-        if not self.initial.check():
+    async def until_started(self, name: str, receive: Callable) -> None:
+        """Past the initial-workers gate: at once, or, with --wait-for-workers-secs, once the gate opens within
+        that wait (a frontend told to hold requests for workers holds them for its initial ones too). A refusal
+        is not counted as a rejection: its model label would be whatever name a client sent, known or not."""
+        if self.initial.check():
+            return
+        if not self.worker_wait.enabled:
+            raise self.initial.refusal()
+        self.refuse_if_overloaded(name)
+        if not await self.worker_wait.until(self.initial.check, receive, lambda: self.draining):
+            self.refuse_if_draining()
             raise self.initial.refusal()
 
     # -- capacity ------------------------------------------------------------------------------
@@ -136,11 +145,18 @@ class Admission:
     async def served_entry(self, name: str, receive: Callable):
         """`name`'s entry once some worker serves it: at once, or after waiting for one where the
         model's workers are all gone and --wait-for-workers-secs holds its requests. Before the initial
-        workers (--router-min-initial-workers) are up: a 503 at once."""
-        self.refuse_if_starting()
+        workers (--router-min-initial-workers) are up: a 503 at once, or, where --wait-for-workers-secs
+        holds requests, after waiting (as long) for them."""
+        await self.until_started(name, receive)
         if self.worker_wait.would_wait(name):
             self.refuse_if_overloaded(name)
             if not await self.worker_wait.until_served(name, receive, lambda: self.draining):
                 self.refuse_if_draining()
                 raise self.rejected(name, errors.no_workers(name, self.worker_wait.wait_secs))
         return self.entry_for(name)
+
+
+def workers_up(models: ModelManager) -> int:
+    """Distinct worker instances serving some model end to end: a worker with a LoRA adapter lists two model
+    entries, one instance."""
+    return len({(str(w.endpoint), w.instance_id) for entry in models.models.values() for w in entry.decode_workers()})

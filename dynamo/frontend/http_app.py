@@ -103,7 +103,8 @@ class FrontendApp:
             ("GET", "/live"): self.live,
             ("GET", "/metrics"): self.prometheus,
         }
-        responses, model_api = ResponsesApi(responses_store), ModelRoutes(models)
+        responses = ResponsesApi(responses_store)
+        model_api = ModelRoutes(models, lambda: self.admission.initial.check())  # ready once past the gate
         self.routes.update(responses.routes(self))
         self.routes.update(model_api.routes())
         # (method, path prefix) -> handler, for paths that carry an id
@@ -192,7 +193,13 @@ class FrontendApp:
             await send_json(send, 503, body)
             return
         if not self.admission.initial.check():  # --router-min-initial-workers: not serving yet
-            body.update(status="unhealthy", message=self.admission.initial.waiting_message())
+            # Requests held for workers (--wait-for-workers-secs) are held for these too: health_report's word
+            # stands there (healthy for held models); otherwise they are refused, so not healthy.
+            waiting = self.admission.initial.waiting_message()
+            if self.admission.worker_wait.enabled:
+                body["message"] = f"{body['message']}; {waiting}"
+            else:
+                body.update(status="unhealthy", message=waiting)
         # 200 either way: Kubernetes liveness must not restart a frontend whose workers are down.
         await send_json(send, 200, body)
 

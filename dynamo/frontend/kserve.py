@@ -138,14 +138,16 @@ class KServeService:
         return pb.ServerLiveResponse(live=True)
 
     async def server_ready(self, request, context):
-        return pb.ServerReadyResponse(ready=not self.app.admission.draining)
+        admission = self.app.admission  # not ready while draining or before --router-min-initial-workers
+        return pb.ServerReadyResponse(ready=not admission.draining and admission.initial.check())
 
     async def server_metadata(self, request, context):
         return pb.ServerMetadataResponse(name="dynamo", version=_version(), extensions=[])
 
     async def model_ready(self, request, context):
         entry = self.app.models.get(request.name)
-        ready = self._completions_model(request.name) and bool(entry.decode_workers())
+        ready = self._completions_model(request.name) and bool(entry.decode_workers()) and \
+            self.app.admission.initial.check()
         return pb.ModelReadyResponse(ready=ready)
 
     async def model_metadata(self, request, context):

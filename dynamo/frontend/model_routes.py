@@ -49,8 +49,9 @@ def readiness(entry) -> dict[str, Any]:
 class ModelRoutes:
     """The model routes a frontend serves, over its model manager."""
 
-    def __init__(self, models) -> None:
+    def __init__(self, models, started: Callable[[], bool] = lambda: True) -> None:
         self.models = models
+        self.started = started  # past --router-min-initial-workers: a model is ready only once requests go through
 
     def routes(self) -> dict[tuple[str, str], Callable]:
         return {("GET", "/v1/models"): self.list_models}
@@ -80,6 +81,7 @@ class ModelRoutes:
             raise errors.model_not_found(name)
         if ready:
             report = readiness(entry)
+            report["ready"] = report["ready"] and self.started()
             await send_json(send, 200 if report["ready"] else 503, report)
         else:
             await send_json(send, 200, model_object(entry))

@@ -89,6 +89,8 @@ class Replicas:
         self.tag = tag_of(instance_id)
         self._session: aiohttp.ClientSession | None = None
         self.restored: set[str] = set()
+        self._registered: list[str] = []  # the keys `register` put, for `leave`
+        self._runtime = None
         self.forwarded = Counter(f"{prefix}_replica_forwarded_requests", "Requests forwarded to the frontend "
                                  "replica that made the stored object they name, by its kind (resp_, file-, batch_)",
                                  ("kind",), registry=registry)
@@ -99,9 +101,21 @@ class Replicas:
     async def register(self, runtime, url: str) -> None:
         """Register this replica's tag, and the tags of objects it restored from disk (`restored`: made
         by this replica before a restart, under its instance id of then)."""
+        self._runtime = runtime
         for tag in sorted({self.tag, *self.restored}):
             await runtime.register_key(self.key(tag), json.dumps({"url": url}).encode())
+            self._registered.append(self.key(tag))
         log.info("frontend replica %s registered at %s", self.tag, url)
+
+    async def leave(self) -> None:
+        """Out of v1/frontends/ once this replica stops listening (a drain's streams run on): its peers answer
+        for its stored objects as for a replica that is gone, instead of forwarding to a closed port."""
+        while self._registered:
+            key = self._registered.pop()
+            try:
+                await self._runtime.unregister_key(key)
+            except Exception as exc:  # best effort: the lease expiry removes it anyway
+                log.debug("unregister %s: %s", key, exc)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -60,9 +60,13 @@ class WorkerWait:
     async def until_served(self, name: str, receive: Callable, stop: Callable[[], bool]) -> bool:
         """Hold the request until `name` has a worker (True), or its time is up or `stop()` (a drain)
         turns true (False). ConnectionError when the client leaves first."""
+        return await self.until(lambda: self.models.has_workers(name), receive, stop)
+
+    async def until(self, ready: Callable[[], bool], receive: Callable, stop: Callable[[], bool]) -> bool:
+        """Hold the request until `ready()` (True: a discovery change made it so), or its time is up or `stop()`
+        turns true (False). ConnectionError when the client leaves first."""
         self.waiting += 1  # in dynamo_frontend_queued_requests meanwhile (no first response yet: demand.py)
-        served = asyncio.ensure_future(self.models.wait_for(
-            lambda: self.models.has_workers(name) or stop(), self.wait_secs))
+        served = asyncio.ensure_future(self.models.wait_for(lambda: ready() or stop(), self.wait_secs))
         client = asyncio.ensure_future(receive())  # the body is read: the next message is a disconnect
         try:
             await asyncio.wait((served, client), return_when=asyncio.FIRST_COMPLETED)
@@ -71,7 +75,7 @@ class WorkerWait:
                     client.exception()  # retrieved: a failed receive means the client is gone too
                 self.metrics.disconnects.inc()
                 raise ConnectionError("client disconnected while waiting for a worker")
-            return self.models.has_workers(name)
+            return ready()
         finally:
             for task in (served, client):
                 task.cancel()

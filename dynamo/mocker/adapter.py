@@ -69,7 +69,7 @@ class MockerAdapter:
             model_dir=model_dir, served_name=args.model_name or args.model_path, block_size=args.block_size,
             context_length=args.context_length, total_kv_blocks=args.num_gpu_blocks_override,
             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-            publishes_kv_events=args.enable_prefix_caching,
+            publishes_kv_events=args.enable_prefix_caching, reports_steps=True,  # publish_forward_passes above
             max_loras=args.max_loras if args.enable_lora else None,
             runtime_data={**({MEDIA_INPUT_KEY: ["image"]} if args.enable_multimodal else {}),
                           **({STRUCTURED_OUTPUT_KEY: True} if args.structured_output else {})},

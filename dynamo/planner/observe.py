@@ -71,24 +71,26 @@ class FpmCollector:
         self._last_model: str | None = None  # the model the cards last named (kept at zero replicas)
         self.models: dict[str, PerfModel] = {}
         self.stats = {role: WorkloadStats() for role in ("prefill", "decode")}
-        self._subs: dict[str, object] = {}
+        self._subs: dict[tuple[str, str], object] = {}  # (namespace, component) -> FPM subscriber
         self._tasks: list[asyncio.Task] = []
 
     async def refresh(self) -> None:
         """Re-read the worker cards; subscribe to components seen for the first time."""
-        cards = await self.store.get_prefix(f"{MDC}{self.cfg.namespace}/")
+        cards = await self.store.get_prefix(f"{MDC}{self.cfg.namespace}")  # and its suffixed namespaces
         seen: dict[int, Engine] = {}
         for key, raw in cards.items():
             try:
                 eid, iid = split_key(MDC, key)
-                card = card_decoder.decode(raw)
+                card = card_decoder.decode(raw) if in_namespace(eid.namespace, self.cfg.namespace) else None
             except Exception as exc:
                 log.debug("unreadable card %s: %s", key, exc)
                 continue
+            if card is None:  # another namespace that only starts alike ("dynamo2")
+                continue
             role = "prefill" if card.worker_type == WorkerType.PREFILL else "decode"
             seen[iid] = Engine(role, eid.component, limits_of(card), card.display_name)
-            if eid.component not in self._subs:
-                await self._subscribe(eid.component)
+            if (eid.namespace, eid.component) not in self._subs:
+                await self._subscribe(eid.namespace, eid.component)
         self.cards = seen
         for key in [k for k in self.engines if k[0] not in seen]:
             del self.engines[key]  # left discovery (scaled down, or died)
@@ -108,11 +110,11 @@ class FpmCollector:
         else:
             self.models["decode"] = decode_model(lim.max_num_seqs, lim.max_kv_tokens, **kw)
 
-    async def _subscribe(self, component: str) -> None:
-        sub = await create_subscriber(None, self.store, self.cfg.namespace, component, FPM_TOPIC)
-        self._subs[component] = sub
+    async def _subscribe(self, namespace: str, component: str) -> None:
+        sub = await create_subscriber(None, self.store, namespace, component, FPM_TOPIC)
+        self._subs[(namespace, component)] = sub
         self._tasks.append(asyncio.get_running_loop().create_task(self._consume(sub), name=f"fpm-{component}"))
-        log.info("planner: following forward-pass metrics of %s.%s", self.cfg.namespace, component)
+        log.info("planner: following forward-pass metrics of %s.%s", namespace, component)
 
     async def _consume(self, sub) -> None:
         async for instance_id, payload in sub:
@@ -176,7 +178,7 @@ class FpmCollector:
                 found.add(split_key(MDC, key)[0].namespace)
             except ValueError:
                 continue
-        return sorted(found - {self.cfg.namespace})
+        return sorted(ns for ns in found if not in_namespace(ns, self.cfg.namespace))
 
     def add_synthetic(self, role: str, x: tuple[float, ...], wall_s: float) -> None:
         """Seed a perf model (profile data) before any live FPM arrives."""
@@ -190,3 +192,9 @@ class FpmCollector:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for sub in self._subs.values():
             await sub.close()
+
+
+def in_namespace(worker_namespace: str, namespace: str) -> bool:
+    """The planner's namespace, or it with DYN_NAMESPACE_WORKER_SUFFIX appended ("{namespace}-{suffix}"), where
+    Dynamo's workers register when the suffix is set."""
+    return worker_namespace == namespace or worker_namespace.startswith(f"{namespace}-")

@@ -98,8 +98,10 @@ class PrometheusClient:
 
 def namespace_match(namespace: str, unlabelled: bool = False) -> str:
     """The `dynamo_namespace` matcher: the label as Dynamo sanitizes it ("-" -> "_") or as written (this
-    project's routers), and with `unlabelled` also series that have none (a plain scrape)."""
-    alternatives = [_quote(namespace.replace("-", "_")), _quote(namespace)] + ([""] if unlabelled else [])
+    project's routers), with or without the workers' DYN_NAMESPACE_WORKER_SUFFIX ("{namespace}-{suffix}"), and
+    with `unlabelled` also series that have none (a plain scrape)."""
+    sanitized, written = re.escape(namespace.replace("-", "_")), re.escape(namespace)
+    alternatives = [_quote(f"{sanitized}(_.+)?"), _quote(f"{written}(-.+)?")] + ([""] if unlabelled else [])
     return f'dynamo_namespace=~"{"|".join(alternatives)}"'
 
 

@@ -86,7 +86,7 @@ class VllmAdapter:
             model_dir=facts.model_dir, served_name=facts.served_name, block_size=facts.block_size,
             context_length=facts.max_model_len, total_kv_blocks=facts.num_blocks, max_num_seqs=facts.max_num_seqs,
             max_num_batched_tokens=facts.max_num_batched_tokens, data_parallel_size=facts.data_parallel_size,
-            publishes_kv_events=self.publishes,
+            publishes_kv_events=self.publishes, reports_steps=True,  # the FPM stat logger: one record per step
             max_loras=self.engine_args.max_loras if getattr(self.engine_args, "enable_lora", False) else None,
             model_types=pooling,
             engine_metrics=EngineMetrics(ENGINE_METRIC_PREFIXES, vllm_registry), runtime_data=runtime_data,

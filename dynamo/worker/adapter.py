@@ -72,6 +72,9 @@ class EngineInfo:
     max_num_batched_tokens: int | None = None
     data_parallel_size: int = 1
     publishes_kv_events: bool = False
+    # The engine calls EngineContext.emit_forward_pass once per scheduler step (the mocker, vLLM's stat logger):
+    # the canary then also probes a busy engine that has stopped stepping; without it, idle engines only.
+    reports_steps: bool = False
     # Disaggregation: where decode workers reach this prefill worker (SGLang bootstrap).
     disaggregated_endpoint: dict[str, Any] | None = None
     runtime_data: dict[str, Any] = field(default_factory=dict)

@@ -1,17 +1,23 @@
 """Canary health checks (NVIDIA Dynamo's, `DYN_HEALTH_CHECK_ENABLED`; its operator turns them on in every pod):
-a worker whose engine has streamed nothing for `DYN_CANARY_WAIT_TIME` s (10) sends it a one-token request and waits
-up to `DYN_HEALTH_CHECK_REQUEST_TIMEOUT` s (3) for it. A canary that fails or times out marks the endpoint
+a worker whose engine has made no progress for `DYN_CANARY_WAIT_TIME` s (10) sends it a one-token request and
+waits up to `DYN_HEALTH_CHECK_REQUEST_TIMEOUT` s (3) for it. A canary that fails or times out marks the endpoint
 `notready`, so `/health` answers 503 and the pod's readiness probe takes it out of its Service (and, with
-Kubernetes discovery, out of routing) while the engine is hung; the next canary that succeeds, or the next output
-the engine streams, marks it ready again (as Dynamo, whose canary timer is reset by every response chunk).
+Kubernetes discovery, out of routing) while the engine is hung; the next canary that succeeds, or the next
+progress the engine makes, marks it ready again (as Dynamo, whose canary timer is reset by every response chunk).
+
+Progress is streamed output, and, from an engine that reports its steps (`EngineInfo.reports_steps`: the mocker,
+vLLM's forward-pass stat logger), each forward pass or KV event: a long chunked prefill runs many steps without
+output, and the canary would wait behind it.
 
 When it is probed:
 - idle (nothing in flight) for the wait time: as Dynamo, a quiet engine is checked now and then;
-- busy, but no output at all for the wait time since it last streamed or went busy (requests in flight, none
-  progressing: a hung engine, e.g. its EngineCore stopped). Arriving requests do not count as progress: a hung
-  engine keeps receiving them. A busy engine that streams output is never probed, so a canary queued behind a
-  healthy batch cannot time out and mark it unhealthy. Probes of a stalled engine repeat every wait time; the
-  canary is not refused by `--engine-request-limit`.
+- busy, but no progress at all for the wait time since it last progressed or went busy (requests in flight,
+  none moving: a hung engine, e.g. its EngineCore stopped), only for an engine that reports its steps; one that
+  does not (SGLang, TRT-LLM here) is probed idle only, as Dynamo's canaries, since its output alone cannot tell
+  a long prefill from a hang. Arriving requests do not count as progress: a hung engine keeps receiving them. A
+  busy engine that progresses is never probed, so a canary queued behind a healthy batch cannot time out and
+  mark it unhealthy. Probes of a stalled engine repeat every wait time; the canary is not refused by
+  `--engine-request-limit`.
 
 After LEAVE_AFTER_FAILURES failed canaries in a row the endpoint also leaves discovery (its instance and model
 card records, `DiscoveryMembership`), so routers stop sending it requests, and it rejoins with the same records
@@ -89,38 +95,51 @@ def _bos(model_dir: str | None) -> int:
 
 class DiscoveryMembership:
     """An endpoint's discovery records, taken out while the canary finds its engine hung and put back, as they
-    were, once it is ready again. Store errors are logged and retried at the next change, never raised."""
+    were, once it is ready again. Store errors are logged (once per outage) and retried at the next check, never
+    raised: only records actually deleted are held, and a leave cut short is finished by the next one."""
 
     def __init__(self, store: KeyValueStore, keys: list[str]) -> None:
         self.store, self.keys = store, keys
-        self.held: dict[str, bytes] | None = None  # the records taken out; None: listed
+        self.held: dict[str, bytes] = {}  # the records taken out
+        self.out = False  # every record is out (held, or absent from the store)
+        self.errors = 0  # store errors in a row
 
     async def leave(self) -> None:
-        if self.held is not None:
+        if self.out:
             return
-        self.held = {}
         try:
             for key in self.keys:
-                value = await self.store.get(key)
-                if value is not None:
-                    await self.store.delete(key)
-                    self.held[key] = value
-        except Exception as exc:  # etcd unreachable: what was taken out comes back with the rest
-            log.warning("leaving discovery: %s", exc)
+                if key not in self.held:
+                    await self._take(key)
+        except Exception as exc:  # etcd unreachable: the next check takes out the rest
+            self._store_error("leaving", exc)
+            return
+        self.out, self.errors = True, 0
         log.warning("engine hung: %d discovery record(s) withdrawn until it is ready again", len(self.held))
 
+    async def _take(self, key: str) -> None:
+        value = await self.store.get(key)
+        if value is not None:
+            await self.store.delete(key)
+            self.held[key] = value
+
     async def rejoin(self) -> None:
-        if self.held is None:
+        if not self.out and not self.held:
             return
         try:
             for key, value in list(self.held.items()):
                 await self.store.put(key, value)
                 del self.held[key]
         except Exception as exc:
-            log.warning("rejoining discovery (retried at the next check): %s", exc)
+            self._store_error("rejoining", exc)
             return
-        self.held = None
+        self.out, self.errors = False, 0
         log.info("engine ready again: back in discovery")
+
+    def _store_error(self, doing: str, exc: Exception) -> None:
+        self.errors += 1
+        log.log(logging.WARNING if self.errors == 1 else logging.DEBUG,
+                "%s discovery (retried at each check; said once): %s", doing, exc)
 
 
 class Canary:
@@ -129,9 +148,10 @@ class Canary:
 
     def __init__(self, handler: RequestHandler, health: HealthState, endpoint: str, request: PreprocessedRequest,
                  wait: float, timeout: float, registry: CollectorRegistry,
-                 membership: DiscoveryMembership | None = None) -> None:
+                 membership: DiscoveryMembership | None = None, busy_probes: bool = True) -> None:
         self.handler, self.health, self.endpoint, self.request = handler, health, endpoint, request
         self.membership = membership  # None: discovery follows /health by itself (Kubernetes)
+        self.busy_probes = busy_probes  # False: the engine reports no steps, so it is probed idle only
         self.wait, self.timeout = wait, timeout
         self.failures = 0
         self.probed_at = time.monotonic()  # when the last canary ended
@@ -144,11 +164,11 @@ class Canary:
         while True:
             await asyncio.sleep(min(1.0, self.wait / 2))
             now = time.monotonic()
-            if self.failures and self.handler.last_output > self.failed_at:
-                self._ready("the engine streamed output")
+            if self.failures and self.handler.last_progress > self.failed_at:
+                self._ready("the engine made progress")
             elif self.due(now):
                 if self.handler.inflight:  # said once per outage: a stalled engine is probed every wait time
-                    log.log(logging.DEBUG if self.failures else logging.WARNING, "%s: no engine output for %.1fs "
+                    log.log(logging.DEBUG if self.failures else logging.WARNING, "%s: no engine progress for %.1fs "
                             "with %d request(s) in flight; sending a canary", self.endpoint,
                             self.handler.stalled_for(now), self.handler.inflight)
                 self._record(await self.probe())
@@ -165,10 +185,11 @@ class Canary:
             await self.membership.rejoin()
 
     def due(self, now: float) -> bool:
-        """Idle for the wait time, or busy without any output for the wait time (and not probed within it)."""
+        """Idle for the wait time, or busy without any progress for the wait time (and not probed within it),
+        where the engine reports its steps."""
         handler = self.handler
         if handler.inflight:
-            return handler.stalled_for(now) >= self.wait and now - self.probed_at >= self.wait
+            return self.busy_probes and handler.stalled_for(now) >= self.wait and now - self.probed_at >= self.wait
         return now - handler.last_activity >= self.wait
 
     async def probe(self) -> str | None:
@@ -199,7 +220,7 @@ class Canary:
         self.health.endpoints[self.endpoint] = "notready"
         level = logging.WARNING if was_ready or self.failures == 1 else logging.DEBUG
         log.log(level, "canary health check of %s failed (%s): /health answers 503 until one passes or the engine "
-                "streams output", self.endpoint, failure)
+                "makes progress", self.endpoint, failure)
 
     def _ready(self, why: str) -> None:
         if self.health.endpoints.get(self.endpoint) != "ready":

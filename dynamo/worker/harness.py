@@ -124,8 +124,9 @@ class Worker:
         fpm = await start_fpm_relay(rt, self.eid.namespace, self.eid.component)  # forward-pass metrics
         self._closers.append(fpm.close)
         ctx = EngineContext(role=self.spec.role, instance_id=rt.instance_id, registry=rt.registry,
-                            emit_kv_event=self.kv.push, advertise_host=advertise_host(rt.store.backend, rt.settings)[1],
-                            emit_forward_pass=fpm.push)
+                            emit_kv_event=self._progressing(self.kv.push),
+                            advertise_host=advertise_host(rt.store.backend, rt.settings)[1],
+                            emit_forward_pass=self._progressing(fpm.push))
         self.started = True  # adapter.stop() must also clean up a half-started engine
         began = time.monotonic()
         info = await adapter.start(ctx)
@@ -150,6 +151,16 @@ class Worker:
                  self.eid.endpoint, rt.instance_id)
         self._start_canary(info)
 
+    def _progressing(self, sink: Callable[..., None]) -> Callable[..., None]:
+        """`sink`, each call also engine progress for the canary: a forward pass (one engine step) or a KV event
+        moves the engine on as output does, so a long chunked prefill that streams nothing is not a stall."""
+        progress = self.handler.progress
+
+        def emit(*args: Any, **kwargs: Any) -> None:
+            progress()
+            sink(*args, **kwargs)
+        return emit
+
     def _start_canary(self, info: EngineInfo) -> None:
         """Dynamo's canary health checks (`canary.py`), when DYN_HEALTH_CHECK_ENABLED; not on a prefill worker (a
         canary's KV would wait for a transfer nobody pulls) nor an embedding-only one."""
@@ -164,10 +175,12 @@ class Worker:
             request = canary.payload(replace(settings, health_check_payload=None), info.served_name,
                                      info.model_dir)
         probe = canary.Canary(self.handler, self.runtime.health, str(self.eid), request, settings.canary_wait_time,
-                              settings.health_check_request_timeout, self.runtime.registry, self._membership())
+                              settings.health_check_request_timeout, self.runtime.registry, self._membership(),
+                              busy_probes=info.reports_steps)
         self._canary = asyncio.get_running_loop().create_task(probe.run())
-        log.info("canary health checks on: after %gs without engine output (idle or stalled), %gs to answer",
-                 settings.canary_wait_time, settings.health_check_request_timeout)
+        log.info("canary health checks on: after %gs without engine progress (%s), %gs to answer",
+                 settings.canary_wait_time, "idle or stalled" if info.reports_steps else
+                 "idle only: the engine reports no steps", settings.health_check_request_timeout)
 
     def _membership(self) -> canary.DiscoveryMembership | None:
         """The generate endpoint's records for the canary to withdraw while the engine is hung; None with Kubernetes
@@ -225,8 +238,7 @@ class Worker:
             await first_of(stop, dead)
         finally:
             watcher.cancel()
-            if self._canary is not None:  # the drain (or death) owns the endpoint's health from here
-                self._canary.cancel()
+            await self._stop_canary()
         if dead.is_set():
             log.error("%s engine died; leaving discovery and exiting", self.adapter.name)
             self.runtime.health.engine_ok = False
@@ -234,6 +246,13 @@ class Worker:
             return 1
         await self.drain()
         return 0
+
+    async def _stop_canary(self) -> None:
+        """The drain (or death) owns the endpoint's health and records from here: the canary is stopped before
+        they change, so a rejoin it had under way cannot put the records back after the unregister."""
+        if self._canary is not None:
+            self._canary.cancel()
+            await asyncio.gather(self._canary, return_exceptions=True)
 
     async def _watch_engine(self, dead: asyncio.Event) -> None:
         while not self.adapter.errored():

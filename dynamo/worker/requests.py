@@ -32,9 +32,10 @@ class RequestHandler:
         now = time.monotonic()
         self.last_activity = now  # a request's start or end: when the endpoint went idle, for the canary
         # Engine progress, for the canary's stall check: the last output the engine streamed (an error is
-        # not progress) and when the endpoint last went from idle to busy. A request's arrival is not
-        # progress: new requests keep arriving at a hung engine.
-        self.last_output = now
+        # not progress) or the last step it reported (`progress()`: a forward pass or a KV event, so a long
+        # chunked prefill that streams nothing still counts), and when the endpoint last went from idle to
+        # busy. A request's arrival is not progress: new requests keep arriving at a hung engine.
+        self.last_progress = now
         self.busy_since = now
         self._ids = itertools.count()
         self.events = events or RequestEvents(jsonl=False)
@@ -61,7 +62,7 @@ class RequestHandler:
             stream = self.adapter.generate(request, request_id)
             async for out in stream:
                 if out.error is None:
-                    self.last_output = time.monotonic()
+                    self.progress()
                 if trace is not None:
                     trace.tokens += len(out.token_ids)
                 finished = out.finish_reason is not None
@@ -84,9 +85,13 @@ class RequestHandler:
             if stream is not None:
                 await stream.aclose()
 
+    def progress(self) -> None:
+        """The engine moved: it streamed output, ran a step or stored/removed KV blocks."""
+        self.last_progress = time.monotonic()
+
     def stalled_for(self, now: float) -> float:
-        """Seconds the engine has streamed nothing while requests were in flight (0 while idle)."""
-        return now - max(self.last_output, self.busy_since) if self.inflight else 0.0
+        """Seconds the engine has made no progress while requests were in flight (0 while idle)."""
+        return now - max(self.last_progress, self.busy_since) if self.inflight else 0.0
 
     def handler_error(self, exc: Exception) -> Exception:
         """Engine exception -> typed HandlerError; unknown ones stay as they are (-> internal)."""

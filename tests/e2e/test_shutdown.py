@@ -13,6 +13,7 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -63,7 +64,8 @@ def test_frontend_drains_admitted_streams_and_refuses_new_ones(cluster):
 def test_frontend_lets_admitted_streams_outlive_its_http_window(cluster):
     """The window is 1 s, the stream ~12 s: past the window the port stops accepting connections (the load
     balancer moves on), a connection already open still gets 503 for a new request and /health 503, /live
-    200, and the stream runs to its end, whole; the frontend exits 0 after it (Dynamo 1.6.1's behaviour)."""
+    200, and the stream runs to its end, whole; the frontend exits 0 after it (Dynamo 1.6.1's behaviour). It
+    leaves v1/frontends/ as it stops listening: its peers must not forward stored-object requests to it."""
     cluster.mocker("--speedup-ratio", "0.5")
     frontend = cluster.frontend(env={"DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS": "1"})
     cluster.wait_workers(MODEL, 1)
@@ -71,6 +73,7 @@ def test_frontend_lets_admitted_streams_outlive_its_http_window(cluster):
     seen: dict = {}
     with httpx.Client(base_url=url, timeout=30) as kept:  # a keep-alive connection opened before the signal
         assert kept.get("/live").status_code == 200
+        assert _replica_records(cluster), "the frontend registered as a replica"
 
         def on_chunk(count: int) -> None:
             if count == 5 and not seen:
@@ -80,6 +83,7 @@ def test_frontend_lets_admitted_streams_outlive_its_http_window(cluster):
                     assert time.monotonic() < deadline, "the frontend still listens past its window"
                     seen["live"] = kept.get("/live").status_code
                     time.sleep(0.1)
+                wait_until(lambda: not _replica_records(cluster), 10, "the frontend to leave v1/frontends/")
                 late = kept.post("/v1/completions", json={"model": MODEL, "prompt": "late", "max_tokens": 2})
                 seen["late"] = (late.status_code, late.json()["error"]["code"])
                 health = kept.get("/health")
@@ -92,6 +96,11 @@ def test_frontend_lets_admitted_streams_outlive_its_http_window(cluster):
     assert frontend.popen.wait(60) == 0, frontend.log()
     assert "Timed out waiting for inflight inference requests to drain: 1 request(s)" in frontend.log()
     assert "ending 1 request(s)" not in frontend.log()
+
+
+def _replica_records(cluster) -> list:
+    """The v1/frontends/ records in the cluster's file discovery."""
+    return [p for p in Path(cluster.env["DYN_FILE_KV"]).rglob("*") if p.is_file() and "frontends" in p.parts]
 
 
 def _accepts_connections(port: int) -> bool:

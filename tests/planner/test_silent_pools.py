@@ -75,3 +75,37 @@ async def test_a_pool_at_zero_replicas_is_not_silent(caplog):
         await collector.close()
         await conn.close()
         await store.close()
+
+
+async def test_workers_in_the_suffixed_namespace_are_the_planners():
+    """DYN_NAMESPACE_WORKER_SUFFIX: workers register in "{namespace}-{suffix}"; a namespace that only starts
+    alike is another graph's."""
+    cfg = PlannerConfig(environment="virtual", model_name="Qwen/Qwen3-0.6B", optimization_target="latency")
+    store = MemStore(name=f"suffixed-{uuid.uuid4().hex}")
+    await store.start()
+    collector = FpmCollector(store, cfg)
+    try:
+        await publish_workers(store, "dynamo2")
+        await collector.refresh()
+        assert collector.cards == {} and await collector.namespaces_elsewhere() == ["dynamo2"]
+        await publish_workers(store, "dynamo-ab12")
+        await collector.refresh()
+        assert sorted(e.role for e in collector.cards.values()) == ["decode", "prefill"]
+        assert {ns for ns, _ in collector._subs} == {"dynamo-ab12"}, "FPMs followed where the workers publish"
+        assert await collector.namespaces_elsewhere() == ["dynamo2"]
+    finally:
+        await collector.close()
+        await store.close()
+
+
+def test_prometheus_selectors_take_the_suffixed_namespace_as_dynamo_labels_it():
+    import re
+
+    from dynamo.planner.prometheus import namespace_match
+
+    matcher = namespace_match("team-a", unlabelled=True)
+    pattern = re.fullmatch(r'dynamo_namespace=~"(.*)"', matcher).group(1).replace("\\\\", "\\")
+    for label in ("team_a", "team-a", "team_a_ab12", "team-a-ab12", ""):
+        assert re.fullmatch(pattern, label), (label, matcher)
+    for label in ("team_a2", "team-ab", "other"):
+        assert not re.fullmatch(pattern, label), (label, matcher)

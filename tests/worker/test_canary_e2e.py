@@ -3,10 +3,13 @@ sends its engine a one-token request; answered in time, /health stays 200 and th
 engine too slow to answer within DYN_HEALTH_CHECK_REQUEST_TIMEOUT (a mocker slowed 10,000 times: a hung engine
 to the canary) turns /health 503 and says why in the log. Without the setting no canary is sent.
 
-With requests in flight: an engine stalled mid-step (a mocker whose profiled prefill of a long prompt takes
-STALL_S, while its one-token canary takes 5 ms) is probed once it has streamed nothing for the wait time, turns
-/health 503, leaves discovery after a second failure (the frontend stops listing it), and is ready and listed
-again once the step ends; a busy engine streaming long answers is never probed."""
+With requests in flight, progress is what counts: each engine step (the mocker reports one forward pass per step,
+as vLLM's stat logger does), KV event or output. An engine whose step does not return (a mocker whose profiled
+prefill of a long prompt is ONE step of STALL_S, while its one-token canary takes 5 ms: the stand-in for a hung
+EngineCore) is probed once it has made no progress for the wait time, turns /health 503, leaves discovery after a
+second failure (the frontend stops listing it), and is ready and listed again once the step ends; a busy engine
+streaming long answers is never probed; nor is one running a long chunked prefill (many short steps, no output
+for several wait times), which stays ready and listed."""
 
 from __future__ import annotations
 
@@ -22,7 +25,10 @@ pytestmark = pytest.mark.e2e
 
 CANARY = {"DYN_HEALTH_CHECK_ENABLED": "true", "DYN_CANARY_WAIT_TIME": "1", "DYN_HEALTH_CHECK_REQUEST_TIMEOUT": "1"}
 QUICK_STOP = {"DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "0", "DYN_RUNTIME_GRACEFUL_SHUTDOWN_TIMEOUT_SECS": "1"}
+BUSY_CANARY = {**CANARY, "DYN_HEALTH_CHECK_REQUEST_TIMEOUT": "3"}  # a busy engine's canary queues behind its batch
 STALL_S = 15.0  # the stalled engine's one prefill step; /health must be 503 inside it and 200 after it
+PREFILL_STEP_S = 0.25  # each step of the long chunked prefill: well inside the canary's 1 s wait
+PREFILL_CHUNK = 32  # --max-num-batched-tokens: a prompt of ~800 tokens takes ~25 steps, ~6 s without output
 
 
 def health(worker) -> int:
@@ -54,14 +60,18 @@ def test_canaries_keep_a_healthy_worker_ready_and_take_a_hung_one_out(tiny_model
         c.stop()
 
 
+def prefill_profile(tmp_path, name: str, isl: list[int], ttft_ms: list[float]) -> str:
+    """A --planner-profile-data file: a prefill step of n new tokens takes ttft_ms interpolated at n."""
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"prefill_isl": isl, "prefill_ttft": ttft_ms,
+                                "prefill_thpt_per_gpu": [i / (t / 1e3) for i, t in zip(isl, ttft_ms)]}))
+    return str(path)
+
+
 def stalling_profile(tmp_path) -> str:
     """Prefill 5 ms up to 50 tokens (the canary), STALL_S from 200 tokens on (a long prompt: one step that
-    does not return, to the canary, for STALL_S)."""
-    path = tmp_path / "stall.json"
-    isl, ttft = [1, 50, 200, 100000], [5.0, 5.0, STALL_S * 1e3, STALL_S * 1e3]
-    path.write_text(json.dumps({"prefill_isl": isl, "prefill_ttft": ttft,
-                                "prefill_thpt_per_gpu": [i / (t / 1e3) for i, t in zip(isl, ttft)]}))
-    return str(path)
+    does not return for STALL_S; to the canary, an engine hung mid-step)."""
+    return prefill_profile(tmp_path, "stall", [1, 50, 200, 100000], [5.0, 5.0, STALL_S * 1e3, STALL_S * 1e3])
 
 
 def stream_in_background(c: Cluster, model: str, prompt: str, max_tokens: int) -> dict:
@@ -86,7 +96,7 @@ def test_a_stalled_engine_with_requests_in_flight_turns_unhealthy_and_a_streamin
     try:
         stalled = c.mocker("--planner-profile-data", stalling_profile(tmp_path), model_name="stalled",
                            env={**CANARY, **QUICK_STOP})
-        busy = c.mocker("--speedup-ratio", "0.3", model_name="busy", env={**CANARY, **QUICK_STOP})  # ~20 ms/token
+        busy = c.mocker("--speedup-ratio", "0.3", model_name="busy", env={**BUSY_CANARY, **QUICK_STOP})  # ~20 ms/token
         c.frontend()
         c.wait_workers("stalled", 1)
         c.wait_workers("busy", 1)
@@ -95,7 +105,7 @@ def test_a_stalled_engine_with_requests_in_flight_turns_unhealthy_and_a_streamin
 
         long_answer = stream_in_background(c, "busy", "hi", 1900)  # ~40 s of tokens: it outlives the stall
         wait_until(lambda: long_answer["chunks"], 30, "the busy worker to stream")
-        busy_ok, busy_answers = canaries(busy, "ok"), []
+        busy_answers: list[int] = []
 
         def busy_asked() -> bool:  # the busy worker's /health, asked at each check of the stalled one
             busy_answers.append(health(busy))
@@ -106,14 +116,16 @@ def test_a_stalled_engine_with_requests_in_flight_turns_unhealthy_and_a_streamin
         wait_until(lambda: busy_asked() and health(stalled) == 503, STALL_S - 3,
                    "the stalled worker's /health to turn 503")
         assert not stuck["chunks"] and time.monotonic() - began < STALL_S, "503 came from the stall"
-        assert "no engine output for" in stalled.log() and canaries(stalled, "failed") >= 1
+        assert "no engine progress for" in stalled.log() and canaries(stalled, "failed") >= 1
 
         wait_until(lambda: busy_asked() and c.worker_count("stalled") == 0, STALL_S,
                    "the hung worker to leave discovery")
         assert time.monotonic() - began < STALL_S, "it left while the engine was stalled"
         assert c.worker_count("busy") == 1
+        # The busy worker has streamed for seconds now: an idle canary sent as its answer began has ended.
+        busy_probes = canaries(busy, "ok") + canaries(busy, "failed")
 
-        # Back once the step ends: the engine streams (or, had the frontend cut the silent stream, a canary passes).
+        # Back once the step ends: the engine steps (or, had the frontend cut the silent stream, a canary passes).
         wait_until(lambda: busy_asked() and health(stalled) == 200 and c.worker_count("stalled") == 1, STALL_S + 30,
                    "the stalled worker ready and listed again")
         assert "back in discovery" in stalled.log()
@@ -124,12 +136,43 @@ def test_a_stalled_engine_with_requests_in_flight_turns_unhealthy_and_a_streamin
         while long_answer["thread"].is_alive() and time.monotonic() - began < STALL_S + 20:
             busy_asked()
             time.sleep(0.2)
+        # Read while its answer still streams (no idle canary can be due then): a streaming engine is not probed.
+        probed = canaries(busy, "ok") + canaries(busy, "failed")
+        assert long_answer["thread"].is_alive(), "the long answer still streaming"
+        assert probed == busy_probes, "a busy engine that makes progress is never probed"
         assert len(busy_answers) > 50 and set(busy_answers) == {200}, busy_answers
-        assert canaries(busy, "failed") == 0
         times = [t for t in long_answer["chunks"] if t >= began]
         assert times[-1] - times[0] > STALL_S, "the busy worker streamed through the whole test"
-        if max(b - a for a, b in zip(times, times[1:])) < 1.0:  # no gap as long as the canary's wait
-            assert canaries(busy, "ok") <= busy_ok + (0 if long_answer["thread"].is_alive() else 2), \
-                "a streaming engine is not probed"
+    finally:
+        c.stop()
+
+
+def test_a_long_chunked_prefill_that_streams_nothing_keeps_its_worker_ready_and_listed(tiny_model, tmp_path):
+    """A healthy engine prefilling a long prompt in many short steps streams nothing for several canary wait
+    times: its steps are progress, so it is not probed, /health stays 200 and it stays in discovery."""
+    c = Cluster(tmp_path, tiny_model, "file")
+    try:
+        step_ms = PREFILL_STEP_S * 1e3
+        profile = prefill_profile(tmp_path, "chunked", [1, 100000], [step_ms, step_ms])  # every step PREFILL_STEP_S
+        worker = c.mocker("--planner-profile-data", profile, "--max-num-batched-tokens", str(PREFILL_CHUNK),
+                          model_name="prefill", env={**CANARY, **QUICK_STOP})
+        c.frontend()
+        c.wait_workers("prefill", 1)
+        wait_until(lambda: canaries(worker, "ok") >= 1, 60, "an idle canary answered")
+        probes = canaries(worker, "ok") + canaries(worker, "failed")
+
+        answer = stream_in_background(c, "prefill", "hello " * 270, 2)  # ~810 tokens
+        began, answers, listed = time.monotonic(), [], []
+        while not answer["chunks"] and answer["thread"].is_alive() and time.monotonic() - began < 60:
+            answers.append(health(worker))
+            listed.append(c.worker_count("prefill"))
+            time.sleep(0.2)
+        silent = (answer["chunks"][0] if answer["chunks"] else time.monotonic()) - began
+        assert answer["error"] is None and answer["chunks"], answer
+        assert silent > 4 * float(CANARY["DYN_CANARY_WAIT_TIME"]), f"the prefill streamed nothing for {silent:.1f}s"
+        assert set(answers) == {200} and set(listed) == {1}, (answers, listed)
+        assert canaries(worker, "ok") + canaries(worker, "failed") == probes, "not probed while it prefilled"
+        assert "no engine progress" not in worker.log() and "withdrawn" not in worker.log()
+        answer["thread"].join(30)
     finally:
         c.stop()
