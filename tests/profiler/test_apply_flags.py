@@ -42,7 +42,18 @@ def _some_value(action: argparse.Action) -> list[str]:
         return [flag]
     if action.choices:
         return [flag, next(str(c) for c in action.choices if c != action.default)]
-    return [flag, "7" if action.type in (int, float) else "Svc=x"]
+    return [flag, "7" if action.type in (int, float) or _takes_numbers(action) else "Svc=x"]
+
+
+def _takes_numbers(action: argparse.Action) -> bool:
+    """A flag typed by a checking parser (`run`'s positive / non-negative numbers) that takes "7"."""
+    if action.type is None or action.type is str:
+        return False
+    try:
+        action.type("7")
+    except (argparse.ArgumentTypeError, ValueError, TypeError):
+        return False
+    return True
 
 
 def test_no_flag_of_run_is_left_behind():
