@@ -8,6 +8,11 @@ requests that have not produced their first token.
 
 Lifecycle: `add_request` (when the request is sent) -> `mark_prefill_completed` (first
 token) -> `free` (finished or cancelled; idempotent).
+
+A worker that leaves (out of discovery: a failed health canary, a drain) keeps serving the
+requests it has, so their bookings are set aside with it, not dropped: they end as those requests
+are freed, and come back as its load if it rejoins first (else a rejoined worker would look idle
+while still busy with them).
 """
 
 from __future__ import annotations
@@ -70,22 +75,31 @@ class ActiveSequences:
         self.track_active_blocks = track_active_blocks
         self.track_prefill_tokens = track_prefill_tokens
         self._workers: dict[WorkerKey, _WorkerLoad] = {}
+        self._departed: dict[WorkerKey, _WorkerLoad] = {}  # loads of workers that left, until their requests end
         self._requests: dict[str, _Request] = {}
         self._sharers: dict[int, int] = {}  # seq_hash -> decoding requests holding it, on any worker
         self._holders: dict[int, int] = {}  # seq_hash -> active requests holding it (prefilling too), on any worker
 
     # -- workers -------------------------------------------------------------------------
     def add_worker(self, key: WorkerKey) -> None:
-        self._workers.setdefault(key, _WorkerLoad())
+        if key not in self._workers:
+            load = self._departed.pop(key, None)
+            self._workers[key] = _WorkerLoad() if load is None else load
 
     def remove_worker(self, worker_id: int) -> list[str]:
-        """Forget a worker and its requests; returns the dropped request ids."""
-        dropped = [rid for rid, req in self._requests.items() if req.key[0] == worker_id]
-        for rid in dropped:
-            self._unshare(self._requests.pop(rid))
+        """Take a worker out of the candidates; returns the ids of its requests still running, whose
+        bookings stay (set aside) until they are freed or the worker rejoins."""
+        running: list[str] = []
         for key in [k for k in self._workers if k[0] == worker_id]:
-            del self._workers[key]
-        return dropped
+            load = self._workers.pop(key)
+            if load.members:
+                self._departed[key] = load
+                running.extend(load.members)
+        return running
+
+    def _load_of(self, key: WorkerKey) -> _WorkerLoad | None:
+        load = self._workers.get(key)
+        return self._departed.get(key) if load is None else load
 
     def workers(self) -> list[WorkerKey]:
         return list(self._workers)
@@ -106,7 +120,9 @@ class ActiveSequences:
         `answer_tokens`: its answer's expected length, when known (it predicts when it ends)."""
         if request_id in self._requests:
             raise ValueError(f"request {request_id!r} is already active")
-        load = self._workers.setdefault(key, _WorkerLoad())
+        load = self._load_of(key)
+        if load is None:  # a worker not (yet) added: a peer router's booking can arrive first
+            load = self._workers[key] = _WorkerLoad()
         tokens = self.prefill_tokens_for(isl, overlap_blocks) if prefill_tokens is None else prefill_tokens
         private = 0
         if not self.track_active_blocks:
@@ -135,7 +151,7 @@ class ActiveSequences:
                 sharers[seq_hash] = sharers.get(seq_hash, 0) + 1
         if req.prefill_tokens == 0:
             return False
-        load = self._workers.get(req.key)
+        load = self._load_of(req.key)
         if load is not None:
             load.prefill_tokens -= req.prefill_tokens
         req.prefill_tokens = 0
@@ -147,13 +163,15 @@ class ActiveSequences:
         if req is None:
             return False
         self._unshare(req)
-        load = self._workers.get(req.key)
+        load = self._load_of(req.key)
         if load is None:
             return True
         _release(load.block_refs, req.seq_hashes)
         load.members.pop(request_id, None)
         load.private_blocks -= req.private_blocks
         load.prefill_tokens -= req.prefill_tokens
+        if not load.members and self._departed.get(req.key) is load:
+            del self._departed[req.key]  # the last request of a worker that left
         return True
 
     def _unshare(self, req: _Request) -> None:

@@ -129,12 +129,11 @@ class KvPolicy:
 
     def _remove_workers(self, route: PoolRoute, gone: set[int]) -> None:
         for iid in gone:
-            dropped = route.router.remove_worker(iid)
-            for rid in dropped:
-                self._inflight.pop(rid, None)
+            running = route.router.remove_worker(iid)
             if self.feeds is not None:
                 self.feeds.untrack(iid, route.router)
-            log.info("%s: worker %x left the KV router (%d in-flight bookings dropped)", route.name, iid, len(dropped))
+            log.info("%s: worker %x left the KV router (%d requests still running there stay booked until they end)",
+                     route.name, iid, len(running))
 
     def _profile(self, model: str) -> PolicyProfile:
         """The model's router-queue classes: its --router-policy-config profile, else the flags' one class."""
@@ -158,6 +157,8 @@ class KvPolicy:
         log.info("%s: KV block size %d -> %d: routing state rebuilt", pool.name, route.router.block_size,
                  pool.block_size)
         self._remove_workers(route, {w.instance_id for w in route.pool.workers})
+        for rid in [rid for rid, r in self._inflight.items() if r is route]:
+            del self._inflight[rid]  # booked in the old router: nothing of them is in the new one
         route.router = self._new_router(pool)
         route.pool = dataclasses.replace(pool, workers=(), version=-1)
 

@@ -110,11 +110,12 @@ class KvRouter:
     def output(self, request_id: str) -> None:
         """The request's worker sent it output now: the end of one of that worker's steps."""
         key = self.active.worker_of(request_id)
-        if key is not None:
+        if key is not None and key[0] in self._workers:  # not a worker that left: its clock is forgotten
             self.costs.steps.output(key)
 
     def remove_worker(self, worker_id: int) -> list[str]:
-        """Forget a worker; returns the ids of its in-flight requests (now untracked)."""
+        """Forget a worker's cache and step clock; returns the ids of its requests still running, whose
+        bookings stay until they are freed (or count again if it rejoins first)."""
         self._workers.pop(worker_id, None)
         self._capacity.pop(worker_id, None)
         self._reported = {k: v for k, v in self._reported.items() if k[0] != worker_id}

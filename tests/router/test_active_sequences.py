@@ -83,15 +83,41 @@ def test_tracking_switches():
     assert act.active_blocks(W) == 0 and act.active_prefill_tokens(W) == 0
 
 
-def test_remove_worker_drops_its_requests():
+def test_remove_worker_sets_its_running_requests_aside():
     act = ActiveSequences(block_size=4)
     act.add_request((1, 0), "a", [1], isl=4, overlap_blocks=0)
     act.add_request((1, 1), "b", [1], isl=4, overlap_blocks=0)
     act.add_request((2, 0), "c", [1], isl=4, overlap_blocks=0)
     assert sorted(act.remove_worker(1)) == ["a", "b"]
     assert act.workers() == [(2, 0)]
-    assert act.free("a") is False
     assert act.loads() == {(2, 0): {"active_blocks": 1, "active_prefill_tokens": 4, "requests": 1}}
+    assert act.free("a") is True  # still running on the worker that left: its booking ends with it
+    assert act.free("a") is False
+    assert len(act) == 2
+
+
+def test_a_worker_that_rejoins_keeps_the_load_of_requests_still_running():
+    act = ActiveSequences(block_size=4)
+    act.add_worker((1, 0))
+    act.add_request((1, 0), "a", [1, 2], isl=8, overlap_blocks=0)
+    act.add_request((1, 0), "b", [3], isl=4, overlap_blocks=0)
+    act.remove_worker(1)
+    act.mark_prefill_completed("a")  # its first token, while out of discovery
+    act.free("b")
+    act.add_worker((1, 0))  # back (a canary passed again): still busy with "a"
+    assert act.loads() == {(1, 0): {"active_blocks": 2, "active_prefill_tokens": 0, "requests": 1}}
+    act.free("a")
+    assert act.loads() == {(1, 0): {"active_blocks": 0, "active_prefill_tokens": 0, "requests": 0}}
+
+
+def test_a_worker_that_left_is_forgotten_once_its_requests_end():
+    act = ActiveSequences(block_size=4)
+    act.add_request((1, 0), "a", [1], isl=4, overlap_blocks=0)
+    act.remove_worker(1)
+    act.free("a")
+    assert act.remove_worker(1) == [] and act._departed == {}
+    act.add_worker((1, 0))  # a rejoin after that starts idle
+    assert act.loads() == {(1, 0): {"active_blocks": 0, "active_prefill_tokens": 0, "requests": 0}}
 
 
 def test_sharers_count_decoding_requests_on_every_worker():
@@ -106,5 +132,7 @@ def test_sharers_count_decoding_requests_on_every_worker():
     assert (seqs.sharers(10), seqs.sharers(12), seqs.sharers(99)) == (2, 1, 1)
     seqs.free("a")
     assert (seqs.sharers(10), seqs.sharers(12)) == (1, 0) == (seqs.holders(10), seqs.holders(12))
-    seqs.remove_worker(2)
+    seqs.remove_worker(2)  # "b" still runs there: its blocks stay shared until it ends
+    assert seqs.sharers(10) == 1 and seqs.sharers(99) == 1
+    seqs.free("b")
     assert seqs.sharers(10) == 0 and seqs.sharers(99) == 0 and seqs.holders(10) == 0

@@ -94,10 +94,16 @@ async def test_kv_policy_books_releases_and_follows_membership():
     policy.free("a")
     policy.free("a")  # idempotent
     assert router.active.requests(key) == 0
-    # a new snapshot without worker 1 drops it (and its bookings); selection follows the snapshot
+    # a new snapshot without worker 1 drops it as a candidate; "b", still running there, stays booked
+    # until it ends, and counts again if worker 1 rejoins first
     await policy.select(p, req("b", tokens, pinned=1), set())
     policy.on_membership_change(pool(2, version=2))
-    assert sorted(router.workers()) == [2] and "b" not in policy._inflight
+    assert sorted(router.workers()) == [2] and "b" in policy._inflight
+    policy.on_membership_change(pool(1, 2, version=3))
+    assert router.active.requests((1, 0)) == 1
+    policy.on_membership_change(pool(2, version=4))
+    policy.free("b")
+    assert "b" not in policy._inflight and router.active.requests((1, 0)) == 0
     assert (await policy.select(pool(2, version=2), req("c", tokens), set())).worker.instance_id == 2
     with pytest.raises(NoWorkers):
         await policy.select(pool(2, version=2), req("d", tokens), {2})
