@@ -181,12 +181,18 @@ def scale_main(url: str, assignments: list[str] | str | None) -> int:
                 print(f"scaled {service} to {replicas}", file=sys.stderr)
         print(json.dumps(status["services"]))
         return 0
-    except urllib.error.HTTPError as exc:
-        print(f"error {exc.code}: {_error_text(exc.read())}{_progress(todo, done)}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"cannot reach {url}: {exc}{_progress(todo, done)}", file=sys.stderr)
-        return 1
+    except OSError as exc:  # urllib's HTTPError too
+        return _request_failed(url, exc, _progress(todo, done))
+
+
+def _request_failed(url: str, exc: OSError, progress: str = "") -> int:
+    """Say on stderr why a request to the control endpoint failed (exit 1): the endpoint's own refusal (its
+    HTTP status and message), or that it could not be reached at all; `progress` is appended to either."""
+    if isinstance(exc, urllib.error.HTTPError):
+        print(f"error {exc.code}: {_error_text(exc.read())}{progress}", file=sys.stderr)
+    else:
+        print(f"cannot reach {url}: {exc}{progress}", file=sys.stderr)
+    return 1
 
 
 def _progress(todo: list[tuple[str, int]], done: list[str]) -> str:
@@ -230,12 +236,8 @@ def apply_main(url: str, path: str, wait: bool = True, timeout: float = 900.0, d
             time.sleep(1.0)
             with urllib.request.urlopen(url + "/status", timeout=10) as resp:
                 rollout = json.load(resp).get("rollout", {})
-    except urllib.error.HTTPError as exc:
-        print(f"error {exc.code}: {_error_text(exc.read())}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"cannot reach {url}: {exc}", file=sys.stderr)
-        return 1
+    except OSError as exc:  # urllib's HTTPError too
+        return _request_failed(url, exc)
     print(json.dumps(rollout, indent=2))
     stalled = [n for n in _touched(applied) if _state(applied, rollout, n) == "stalled"]
     if stalled:

@@ -28,7 +28,8 @@ MODEL_ENV = ("DYN_MODEL_NAME", "DYN_MODEL_PATH")
 def warnings(docs: list[Any], graphs: list[Graph], maps: dict[str, dict[str, bytes]]) -> list[str]:
     """One warning per service that can reach zero replicas when no frontend or router of the file waits;
     when one waits, one per holding frontend that names no model (it cannot hold a model it never saw)."""
-    holders = [(graph, svc) for graph in graphs for svc in graph.spec.services.values() if _holds(graph, svc)]
+    holders = [(graph, name, svc) for graph in graphs for name, svc in graph.spec.services.items()
+               if _holds(graph, svc)]
     to_zero = _to_zero(docs, graphs, maps)
     if holders:
         return _unnamed(holders) if to_zero else []
@@ -41,25 +42,21 @@ def warnings(docs: list[Any], graphs: list[Graph], maps: dict[str, dict[str, byt
     return out
 
 
-def _unnamed(holders: list[tuple[Graph, Service]]) -> list[str]:
+def _unnamed(holders: list[tuple[Graph, str, Service]]) -> list[str]:
     """A holding frontend started (or restarted: a node drain, an OOM kill, a rollout) while its workers are at
     zero has seen no model: without --model-name it answers 404 at once and its /health says unhealthy, so
     Kubernetes takes it out of its Service and no demand ever reaches it."""
     out = []
-    for graph, svc in holders:
+    for graph, name, svc in holders:
         env = contract.service_env(svc, graph)
         for inv in parse_command(*contract.command_of(svc)[:2]).invocations:
             if inv.module == "dynamo.frontend" and not (flag_value(inv.args, MODEL_FLAGS) or
-                                                        any(env.get(name) for name in MODEL_ENV)):
-                out.append(f"graph {graph.metadata.name}, service {svc_name(graph, svc)}: it holds requests while "
+                                                        any(env.get(var) for var in MODEL_ENV)):
+                out.append(f"graph {graph.metadata.name}, service {name}: it holds requests while "
                            "workers are at zero, but names no model: started or restarted at zero it knows none, "
                            "answers 404 and reports unhealthy (out of its Service), so nothing scales the "
                            "workers back; give it --model-name (DYN_MODEL_NAME)")
     return out
-
-
-def svc_name(graph: Graph, svc: Service) -> str:
-    return next(name for name, other in graph.spec.services.items() if other is svc)
 
 
 def _to_zero(docs: list[Any], graphs: list[Graph], maps: dict[str, dict[str, bytes]]) -> dict[tuple[str, str], str]:

@@ -3,6 +3,7 @@ read per-replica metrics, scale, stop, and check that no replica process survive
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -12,8 +13,12 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.fixtures.procs import REPO, free_port, http_get, metric_value, wait_until
+
+if TYPE_CHECKING:
+    from dynamo.deploy.supervisor import Supervisor
 
 
 def pid_alive(pid: int) -> bool:
@@ -146,6 +151,17 @@ def group_members(pgids: set[int]) -> list[int]:
         if fields[0] != "Z" and int(fields[2]) in pgids:
             found.append(int(entry))
     return found
+
+
+async def stop_and_assert_reaped(sup: Supervisor, stop: asyncio.Event, runner: asyncio.Task, seen: set[int],
+                                 timeout: float) -> None:
+    """Stop a supervisor running in this process and await its run; then neither a replica process it started
+    (those in `seen` and those it has now) nor a member of their process groups may still be running."""
+    pids = seen | {r.pid for r in sup.replicas.values() if r.pid}  # read before the shutdown retires them
+    stop.set()
+    await asyncio.wait_for(runner, timeout)
+    alive = [p for p in pids if pid_alive(p)] + group_members(pids)
+    assert alive == [], f"replica processes left running: {alive}"
 
 
 def names_in(text: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""Small DGD manifests built in tests: a frontend and one mocker worker, edited per test."""
+"""Small DGD manifests built in tests: a frontend and one mocker worker, edited per test; a graph of one service
+running a given command."""
 
 from __future__ import annotations
 
@@ -29,6 +30,19 @@ def mocker_graph(frontend: dict[str, Any] | None = None, worker: dict[str, Any] 
         spec["envs"] = graph_envs
     return {"apiVersion": "nvidia.com/v1alpha1", "kind": "DynamoGraphDeployment",
             "metadata": {"name": "compat"}, "spec": spec}
+
+
+def one_service_graph(name: str, command: list[str], args: list[str] | None = None, *,
+                      pod: dict[str, Any] | None = None, **service: Any) -> dict[str, Any]:
+    """A v1alpha1 DGD `name` whose one service, `Worker` (one replica), runs `command` with `args` from image
+    `local`; `service` fields are set on the service, `pod` on its extraPodSpec."""
+    container: dict[str, Any] = {"image": "local", "command": command}
+    if args is not None:
+        container["args"] = args
+    worker: dict[str, Any] = {"componentType": "worker", "replicas": 1,
+                              "extraPodSpec": {**(pod or {}), "mainContainer": container}}
+    return {"apiVersion": "nvidia.com/v1alpha1", "kind": "DynamoGraphDeployment", "metadata": {"name": name},
+            "spec": {"services": {"Worker": {**worker, **service}}}}
 
 
 def check(doc: dict[str, Any], tmp_path: Path) -> Report:

@@ -18,7 +18,7 @@ from dynamo.deploy.local_rollout import Applier, Strategy, fingerprint, refusal,
 from dynamo.deploy.plan import RunOptions, build_plans
 from dynamo.deploy.supervisor import Supervisor
 from dynamo.deploy.validate import validate_file
-from tests.deploy.helpers import group_members, pid_alive
+from tests.deploy.helpers import stop_and_assert_reaped
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -138,11 +138,7 @@ async def running(tmp_path: Path, doc: dict):
         await until(lambda: len([r for r in sup.replicas.values() if r.state == "ready"]) == plans["Worker"].replicas)
         yield sup, Applier(sup, graph), seen
     finally:
-        seen |= {r.pid for r in sup.replicas.values() if r.pid}
-        stop.set()
-        await asyncio.wait_for(runner, 30)
-        alive = [p for p in seen if pid_alive(p)] + group_members(seen)
-        assert alive == [], f"replica processes left running: {alive}"
+        await stop_and_assert_reaped(sup, stop, runner, seen, timeout=30)
 
 
 def argv_of(sup: Supervisor) -> dict[int, list[str]]:

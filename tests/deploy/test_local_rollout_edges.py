@@ -25,7 +25,7 @@ from dynamo.deploy.local_rollout import Applier, Halted, Rollout, Strategy, fing
 from dynamo.deploy.plan import RunOptions, build_plans
 from dynamo.deploy.supervisor import Supervisor
 from dynamo.deploy.validate import load_documents, validate_file
-from tests.deploy.helpers import group_members, pid_alive
+from tests.deploy.helpers import stop_and_assert_reaped
 from tests.deploy.test_local_rollout import plans_of, sleepers, until
 
 pytestmark = pytest.mark.timeout(120)
@@ -59,11 +59,7 @@ async def supervised(plans):
     try:
         yield sup, seen
     finally:
-        seen |= {r.pid for r in sup.replicas.values() if r.pid}
-        stop.set()
-        await asyncio.wait_for(runner, 60)
-        alive = [p for p in seen if pid_alive(p)] + group_members(seen)
-        assert alive == [], f"replica processes left running: {alive}"
+        await stop_and_assert_reaped(sup, stop, runner, seen, timeout=60)
 
 
 # ----- 1: retired mid-spawn ----------------------------------------------------------------------

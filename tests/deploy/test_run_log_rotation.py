@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dynamo.deploy.__main__ import build_parser
 from dynamo.deploy.log_files import LogRotation, RotatingLog
@@ -17,24 +18,12 @@ from dynamo.deploy.plan import RunOptions, build_plans
 from dynamo.deploy.run import log_rotation
 from dynamo.deploy.supervisor import Supervisor
 from dynamo.deploy.validate import validate_file
+from tests.deploy.manifests import one_service_graph
 
 pytestmark = pytest.mark.timeout(120)
 LINES = 3000
-CHATTY = f"""apiVersion: nvidia.com/v1alpha1
-kind: DynamoGraphDeployment
-metadata:
-  name: chatty
-spec:
-  services:
-    Worker:
-      componentType: worker
-      replicas: 1
-      extraPodSpec:
-        mainContainer:
-          image: local
-          command: ["python3", "-c"]
-          args: ["import time\\nfor i in range({LINES}): print(f'line {{i:06d}} ' + 'x' * 40)\\ntime.sleep(600)"]
-"""
+CHATTY = one_service_graph("chatty", ["python3", "-c"], args=[
+    f"import time\nfor i in range({LINES}): print(f'line {{i:06d}} ' + 'x' * 40)\ntime.sleep(600)"])
 
 
 def numbers(path: Path) -> list[int]:
@@ -101,7 +90,7 @@ def test_a_log_that_cannot_be_rotated_or_written_never_stops_the_output(tmp_path
 @pytest.mark.e2e
 async def test_a_chatty_replicas_log_rotates(tmp_path):
     manifest = tmp_path / "chatty.yaml"
-    manifest.write_text(CHATTY)
+    manifest.write_text(yaml.safe_dump(CHATTY))
     (graph,) = validate_file(manifest).graphs
     opts = RunOptions(state_dir=str(tmp_path / "state"), pods_dir=str(tmp_path / "pods"))
     logs = tmp_path / "logs"

@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.deploy.helpers import DeployRun, group_members, pid_alive
+from tests.deploy.manifests import one_service_graph
 from tests.fixtures.procs import REPO, wait_until
 
 MOCKER = REPO / "examples/backends/mocker/deploy"
@@ -67,21 +69,8 @@ def test_replicas_exit_when_run_is_sigkilled(tmp_path, tiny_model):
         run.stop()
 
 
-PIPELINE = """apiVersion: nvidia.com/v1alpha1
-kind: DynamoGraphDeployment
-metadata:
-  name: pipeline
-spec:
-  services:
-    Worker:
-      componentType: worker
-      replicas: 1
-      extraPodSpec:
-        mainContainer:
-          image: local
-          command: ["/bin/sh", "-c"]
-          args: ["python3 -c 'import time; time.sleep(600)' 2>&1 | tee /tmp/worker.log"]
-"""
+PIPELINE = one_service_graph("pipeline", ["/bin/sh", "-c"],
+                             args=["python3 -c 'import time; time.sleep(600)' 2>&1 | tee /tmp/worker.log"])
 
 
 def test_a_shell_pipeline_replica_goes_too(tmp_path):
@@ -89,7 +78,7 @@ def test_a_shell_pipeline_replica_goes_too(tmp_path):
     reaches only the shell; the engine and `tee` (its process group) are stopped by the guard
     that `run` leaves behind (dynamo/deploy/group_guard.py)."""
     manifest = tmp_path / "pipeline.yaml"
-    manifest.write_text(PIPELINE)
+    manifest.write_text(yaml.safe_dump(PIPELINE))
     run = DeployRun(manifest, tmp_path)
     group: set[int] = set()
     try:

@@ -16,44 +16,34 @@ from pathlib import Path
 from typing import AsyncIterator
 
 import pytest
+import yaml
 
 from dynamo.deploy.control import ControlServer
 from dynamo.deploy.plan import RunOptions, build_plans
 from dynamo.deploy.supervisor import MAX_REPLICAS, Supervisor
 from dynamo.deploy.validate import validate_file
 from tests.deploy.helpers import group_members, pid_alive
+from tests.deploy.manifests import one_service_graph
 
 pytestmark = pytest.mark.timeout(120)
 
-SLEEPERS = """apiVersion: nvidia.com/v1alpha1
-kind: DynamoGraphDeployment
-metadata:
-  name: sleepers
-spec:
-  services:
-    Worker:
-      componentType: worker
-      replicas: 1
-      extraPodSpec:
-        mainContainer:
-          image: local
-          command: ["sleep", "600"]
-"""
+SLEEPERS = one_service_graph("sleepers", ["sleep", "600"])
 
 
-# Draining forever: SIGTERM is ignored, so only the SIGKILL at the end of a grace period stops it.
-STUBBORN = SLEEPERS.replace('command: ["sleep", "600"]', """command: ["python3", "-c"]
-          args: ["import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"]""")
+def stubborn(**pod) -> dict:
+    """Draining forever: SIGTERM is ignored, so only the SIGKILL at the end of a grace period stops it."""
+    return one_service_graph("sleepers", ["python3", "-c"], pod=pod, args=[
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
 
 
-def write_sleepers(tmp_path: Path, text: str = SLEEPERS) -> Path:
+def write_sleepers(tmp_path: Path, doc: dict = SLEEPERS) -> Path:
     path = tmp_path / "sleepers.yaml"
-    path.write_text(text)
+    path.write_text(yaml.safe_dump(doc))
     return path
 
 
-def supervisor(tmp_path: Path, text: str = SLEEPERS, grace: float = 2.0) -> Supervisor:
-    (graph,) = validate_file(write_sleepers(tmp_path, text)).graphs
+def supervisor(tmp_path: Path, doc: dict = SLEEPERS, grace: float = 2.0) -> Supervisor:
+    (graph,) = validate_file(write_sleepers(tmp_path, doc)).graphs
     opts = RunOptions(state_dir=str(tmp_path / "state"), pods_dir=str(tmp_path / "pods"))
     return Supervisor(build_plans(graph, opts, {}, devices=[]), out=open("/dev/null", "w"), grace=grace)
 
@@ -126,7 +116,7 @@ async def test_a_scaled_down_replica_drains_for_its_pods_grace_not_runs(tmp_path
     none). A retired replica that is still draining (it ignores SIGTERM) is not killed after 1 s, the graph
     keeps working meanwhile (the other replica is restarted when it dies), and a stop still ends it within
     --grace."""
-    sup = supervisor(tmp_path, STUBBORN, grace=1.0)
+    sup = supervisor(tmp_path, stubborn(), grace=1.0)
     sup.plans["Worker"].replicas = 2
     async with running(sup) as (runner, stop, seen):
         await until(lambda: len(seen) == 2)
@@ -145,8 +135,7 @@ async def test_a_scaled_down_replica_drains_for_its_pods_grace_not_runs(tmp_path
 
 @pytest.mark.e2e
 async def test_a_scaled_down_replica_is_killed_after_the_manifests_grace(tmp_path):
-    text = STUBBORN.replace("      extraPodSpec:\n", "      extraPodSpec:\n        terminationGracePeriodSeconds: 3\n")
-    sup = supervisor(tmp_path, text, grace=30.0)
+    sup = supervisor(tmp_path, stubborn(terminationGracePeriodSeconds=3), grace=30.0)
     sup.plans["Worker"].replicas = 2
     async with running(sup) as (_, _, seen):
         await until(lambda: len(seen) == 2)
