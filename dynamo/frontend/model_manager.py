@@ -2,7 +2,9 @@
 and serving instances under `v1/instances/`. A model is listed only while at least
 one worker has both its card and a live endpoint instance (so it is routable the
 moment it appears: NVIDIA Dynamo lists models before they are routable). A model whose workers are
-all gone is retired: 503 rather than 404, and under --wait-for-workers-secs still listed."""
+all gone is retired: 503 rather than 404, and under --wait-for-workers-secs still listed. Workers that
+registered another card of a served model (a rolling update that changed it) are held apart, and
+serve once they outnumber the others (`model_generations.py`)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import logging
 import time
 from typing import Callable
 
+from dynamo.frontend.model_generations import answering, generations, successor
 from dynamo.frontend.thinking_budget import ThinkMarkers, think_markers
 from dynamo.llm.model_card import ModelDeploymentCard, WorkerType, card_decoder
 from dynamo.frontend.model_defaults import ModelDefaults
@@ -44,6 +47,12 @@ class ModelEntry:
         """The model's reasoning tags as token ids: a reasoning budget the frontend can enforce."""
         parser = self.card.runtime_config.reasoning_parser
         return think_markers(parser, self.pipeline.tokenizer) if parser else None
+
+    def adopt(self, card: ModelDeploymentCard, pipeline: ModelPipeline, block_size: int | None) -> None:
+        """Follow another card of this model (`model_generations.py`): its tokenizer, template, block size."""
+        self.card, self.pipeline = card, pipeline
+        self.block_size = block_size or card.kv_cache_block_size
+        self.__dict__.pop("think_markers", None)  # the cached property, of the old tokenizer
 
     def serving(self, worker_type: WorkerType | None = None) -> list[WorkerInfo]:
         return [w for w in self.workers.values() if w.address is not None
@@ -97,8 +106,10 @@ class ModelManager:
         self.expected: set[str] = set()  # --model-name under --wait-for-workers-secs: known before any worker
         # (endpoint, instance) -> discovery key -> card (the base model's, then one per LoRA adapter)
         self._cards: dict[tuple[EndpointId, int], dict[str, ModelDeploymentCard]] = {}
+        self._pipelines: dict[str, ModelPipeline] = {}  # card checksum -> its loaded tokenizer and template
         self._instances: dict[tuple[EndpointId, int], InstanceRecord] = {}
         self._tasks: list[asyncio.Task] = []
+        self._taken: set[str] = set()  # discovery keys whose events are handled (`caught_up`)
         self._on_change = on_change
         self._changed = asyncio.Event()
 
@@ -122,15 +133,8 @@ class ModelManager:
         while True:
             try:
                 async for event in self.store.watch_prefix(prefix):
-                    try:
-                        eid, iid = records.split_key(bucket, event.key)
-                    except ValueError:
-                        continue
-                    if self.namespace_prefix and not eid.namespace.startswith(self.namespace_prefix):
-                        continue
-                    result = apply(event, eid, iid)
-                    if asyncio.iscoroutine(result):
-                        await result
+                    await self._take(bucket, event, apply)
+                    self._taken.add(event.key)
                     self._changed.set()
                 return
             except asyncio.CancelledError:
@@ -139,6 +143,27 @@ class ModelManager:
                 log.warning("watch %s failed (%s); retrying", prefix, exc)
                 await asyncio.sleep(1.0)
 
+    async def _take(self, bucket: str, event: WatchEvent,
+                    apply: Callable[[WatchEvent, EndpointId, int], object]) -> None:
+        try:
+            eid, iid = records.split_key(bucket, event.key)
+        except ValueError:
+            return
+        if self.namespace_prefix and not eid.namespace.startswith(self.namespace_prefix):
+            return
+        result = apply(event, eid, iid)
+        if asyncio.iscoroutine(result):
+            await result
+
+    async def caught_up(self, timeout: float) -> bool:
+        """Wait (bounded) until the model cards and instances discovery holds now are taken in (a card's
+        tokenizer loaded, or refused as broken): a frontend starting beside others (a rollout's new replica on
+        their shared socket) then serves what they serve from its first request. Whether it did in time."""
+        wanted: set[str] = set()
+        for bucket in (records.MDC, records.INSTANCES):
+            wanted |= set(await self.store.get_prefix(records.namespace_prefix(bucket, self.namespace)))
+        return await self.wait_for(lambda: wanted <= self._taken, timeout)
+
     async def _on_card(self, event: WatchEvent, eid: EndpointId, iid: int) -> None:
         # A worker's base card sits at `.../{iid}`, each LoRA adapter's at `.../{iid}/{adapter}`.
         key, cards = event.key, self._cards.setdefault((eid, iid), {})
@@ -146,6 +171,7 @@ class ModelManager:
             card = cards.pop(key, None)
             if card is not None:
                 self._drop_worker(card.display_name, iid, retire=card.lora_name is None)
+                self._prune_pipelines()
             return
         try:
             card = self.defaults.apply(card_decoder.decode(event.value or b""))
@@ -155,23 +181,18 @@ class ModelManager:
         cards[key] = card
         entry = self.models.get(card.display_name)
         if entry is None:
-            try:
-                pipeline = await asyncio.get_running_loop().run_in_executor(
-                    None, ModelPipeline, card, self.token_cache, self.defaults.template_for(card))
-            except Exception as exc:
-                log.error("cannot load tokenizer/template for model %r: %s", card.display_name, exc)
+            pipeline = await self._pipeline_of(card)
+            if pipeline is None:
                 return
-            pipeline.observe = self.observe_prep
-            entry = self.models.get(card.display_name)
+            entry = self.models.get(card.display_name)  # another card's may have made it meanwhile
             if entry is None:
                 entry = ModelEntry(card.display_name, pipeline, card, self.block_size)
                 self.models[card.display_name] = entry
                 self.retired.pop(card.display_name, None)
                 log.info("model %r discovered (context %d, block size %d)", card.display_name,
                          card.context_length, card.kv_cache_block_size)
-        elif card.mdcsum and entry.card.mdcsum and card.mdcsum != entry.card.mdcsum:
-            log.error("worker %x serves %r with a different model card (checksum %s != %s); not routing to it",
-                      iid, card.display_name, card.mdcsum, entry.card.mdcsum)
+        if card.mdcsum and entry.card.mdcsum and card.mdcsum != entry.card.mdcsum:
+            await self._hold_apart(entry, card, iid)
             return
         record = self._instances.get((eid, iid))
         entry.workers[iid] = WorkerInfo(iid, eid, card, routable_address(card, record))
@@ -201,12 +222,62 @@ class ModelManager:
         if entry is None:
             return
         entry.workers.pop(iid, None)
+        self._follow_majority(name)  # the last of the card it followed gone: another card's workers serve
         self._bump(entry)
         if not entry.workers:
             del self.models[name]
             if retire:  # an unloaded LoRA adapter is gone (404), not waiting for workers (503)
                 self.retired[name] = entry
             log.info("model %r has no workers left; no longer listed", name)
+
+    # -- a model's workers with more than one card (model_generations.py) -----------------------
+    async def _pipeline_of(self, card: ModelDeploymentCard) -> ModelPipeline | None:
+        """The card's tokenizer and template, loaded once per card checksum; None if they cannot load."""
+        pipeline = self._pipelines.get(card.mdcsum) if card.mdcsum else None
+        if pipeline is not None:
+            return pipeline
+        try:
+            pipeline = await asyncio.get_running_loop().run_in_executor(
+                None, ModelPipeline, card, self.token_cache, self.defaults.template_for(card))
+        except Exception as exc:
+            log.error("cannot load tokenizer/template for model %r: %s", card.display_name, exc)
+            return None
+        pipeline.observe = self.observe_prep
+        if card.mdcsum:
+            self._pipelines[card.mdcsum] = pipeline
+        return pipeline
+
+    async def _hold_apart(self, entry: ModelEntry, card: ModelDeploymentCard, iid: int) -> None:
+        if card.mdcsum not in self._pipelines:
+            log.warning("worker %x serves %r with another model card (checksum %s, served: %s): held apart; its "
+                        "card's workers serve once they outnumber the others", iid, card.display_name, card.mdcsum,
+                        entry.card.mdcsum)
+        if await self._pipeline_of(card) is not None:
+            self._follow_majority(card.display_name)
+
+    def _follow_majority(self, name: str) -> None:
+        """Serve `name` by the card most of its answering workers registered, if that is not the one now."""
+        entry = self.models.get(name)
+        if entry is None:
+            return
+        gens = generations(self._cards, name)
+        mdcsum = successor(entry.card.mdcsum, gens, self._pipelines)
+        if mdcsum is None:
+            return
+        old, members = entry.card.mdcsum, gens[mdcsum]
+        card = next(c for _, _, c in members if c.worker_type != WorkerType.PREFILL)
+        entry.adopt(card, self._pipelines[mdcsum], self.block_size)
+        entry.workers = {iid: WorkerInfo(iid, eid, c, routable_address(c, self._instances.get((eid, iid))))
+                         for eid, iid, c in members}
+        self._bump(entry)
+        log.warning("model %r now served by the workers of model card %s (%d answering; %d left with card %s)",
+                    name, mdcsum, answering(members), answering(gens.get(old, ())), old)
+
+    def _prune_pipelines(self) -> None:
+        """Drop the tokenizers of cards no worker has any more."""
+        live = {c.mdcsum for by_key in self._cards.values() for c in by_key.values()}
+        for mdcsum in [m for m in self._pipelines if m not in live]:
+            del self._pipelines[mdcsum]
 
     def _bump(self, entry: ModelEntry) -> None:
         entry.version += 1

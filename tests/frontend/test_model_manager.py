@@ -1,6 +1,7 @@
 """ModelManager over the embedded in-process discovery store (`mem`, a real KeyValueStore):
 a model is listed only while some worker has both its card and a live instance, whatever
-order the two keys arrive in; a worker with another card checksum is not routed to; a model
+order the two keys arrive in; a worker with another card checksum is not routed to until its card's
+workers outnumber the served card's (then they serve instead); a model
 that lost all its workers is retired (503, not 404) until one comes back."""
 
 from __future__ import annotations
@@ -82,6 +83,51 @@ async def test_a_worker_with_another_card_checksum_is_not_routed_to(disco):
     await disco.instance(2)
     await asyncio.sleep(0.5)
     assert [w.instance_id for w in disco.manager.get("tiny").decode_workers()] == [1]
+
+
+def served(disco) -> tuple[int, list[int]]:
+    entry = disco.manager.get("tiny")
+    return entry.block_size, sorted(w.instance_id for w in entry.decode_workers())
+
+
+async def test_another_cards_workers_serve_once_they_outnumber_the_served_ones(disco):
+    """A rolling update that changed the card (here the block size): the old card's workers serve until the new
+    card's outnumber them; the two are never mixed; the pipeline and block size follow the card served."""
+    await disco.card(1)
+    await disco.instance(1)
+    await disco.settle(lambda: disco.listed() == ["tiny"], "first worker")
+    await disco.card(2, block_size=32)
+    await disco.instance(2)
+    await asyncio.sleep(0.5)
+    assert served(disco) == (16, [1])  # a tie keeps the card served now
+    await disco.card(3, block_size=32)
+    await disco.instance(3)
+    await disco.settle(lambda: served(disco) == (32, [2, 3]), "the new card's workers serve")
+    assert disco.manager.get("tiny").pool(Role.DECODE).block_size == 32
+
+
+async def test_the_last_worker_of_the_served_card_leaving_hands_the_model_to_another_card(disco):
+    await disco.card(1)
+    await disco.instance(1)
+    await disco.settle(lambda: disco.listed() == ["tiny"], "first worker")
+    await disco.card(2, block_size=32)
+    await disco.instance(2)
+    await asyncio.sleep(0.5)
+    await disco.store.delete(records.instance_key(EID, 1))
+    await disco.store.delete(records.mdc_key(EID, 1))
+    await disco.settle(lambda: served(disco) == (32, [2]), "the other card's worker serves")
+    assert disco.listed() == ["tiny"] and "tiny" not in disco.manager.retired
+
+
+async def test_prefill_workers_alone_of_another_card_do_not_take_the_model(disco):
+    await disco.card(1)
+    await disco.instance(1)
+    await disco.settle(lambda: disco.listed() == ["tiny"], "first worker")
+    for iid in (7, 8):
+        await disco.card(iid, PREFILL_EID, block_size=32, worker_type=WorkerType.PREFILL)
+        await disco.instance(iid, PREFILL_EID)
+    await asyncio.sleep(0.5)
+    assert served(disco) == (16, [1]) and disco.manager.get("tiny").prefill_workers() == []
 
 
 async def test_losing_every_worker_retires_the_model_until_one_returns(disco):
