@@ -202,7 +202,7 @@ def _kserve(config: FrontendConfig, app: FrontendApp):
         with open(config.tls_client_ca_cert_path, "rb") as ca:
             client_ca = ca.read()
     return KServeServer(app, config.http_host, config.http_port, int(config.http_body_limit_mb * 2**20), tls,
-                        client_ca)
+                        client_ca, write_timeout=config.http_write_timeout_secs)
 
 
 def _initial_workers(config: FrontendConfig, app: FrontendApp, models: ModelManager) -> asyncio.Task | None:

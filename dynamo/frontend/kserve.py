@@ -14,7 +14,11 @@ objects as for an HTTP client, and a gRPC call the client cancels is an HTTP cli
 - `ModelMetadata`, `ModelConfig`, `ModelReady` for a completions model (NOT_FOUND otherwise); `ServerLive`,
   `ServerReady` (false while the frontend drains), `ServerMetadata`.
 An HTTP refusal becomes its gRPC status: 400 INVALID_ARGUMENT, 404 NOT_FOUND, 429/529 RESOURCE_EXHAUSTED,
-503 UNAVAILABLE, 504 DEADLINE_EXCEEDED, other failures INTERNAL; the message is the OpenAI error's."""
+503 UNAVAILABLE, 504 DEADLINE_EXCEEDED, other failures INTERNAL; the message is the OpenAI error's.
+A stream's client that takes none of its responses for `--http-write-timeout-secs` (it stopped reading and
+did not hang up: HTTP/2 flow control parks the write) has the stream cut, as an HTTP client's connection is
+(`dynamo/runtime/write_deadline.py`): its requests end as for a client gone, instead of holding their
+responses and the call forever."""
 
 from __future__ import annotations
 
@@ -123,8 +127,9 @@ async def _events(out: asyncio.Queue, stream: bool) -> AsyncIterator[dict]:
 class KServeService:
     """The servicer: `handler()` is its gRPC generic handler."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, write_timeout: float = 0.0) -> None:
         self.app = app  # FrontendApp: its models, its drain state, and the ASGI callable
+        self.write_timeout = write_timeout  # 0: none
 
     def _completions_model(self, name: str) -> bool:
         entry = self.app.models.get(name)
@@ -209,15 +214,15 @@ class KServeService:
     def handler(self) -> grpc.GenericRpcHandler:
         methods = {}
         for name, (req, resp, client_streams, server_streams) in pb.METHODS.items():
-            impl = _with_status(getattr(self, _snake(name)), server_streams)
+            impl = _with_status(getattr(self, _snake(name)), server_streams, self.write_timeout)
             make = grpc.stream_stream_rpc_method_handler if client_streams else grpc.unary_unary_rpc_method_handler
             methods[name] = make(impl, request_deserializer=pb.classes[req].FromString,
                                  response_serializer=pb.classes[resp].SerializeToString)
         return grpc.method_handlers_generic_handler(pb.SERVICE, methods)
 
 
-def _with_status(method, streams: bool):
-    """`method` with our refusals as gRPC statuses."""
+def _with_status(method, streams: bool, write_timeout: float = 0.0):
+    """`method` with our refusals as gRPC statuses; a streaming one's responses written with the deadline."""
     async def unary(request, context):
         try:
             return await method(request, context)
@@ -227,9 +232,36 @@ def _with_status(method, streams: bool):
             await context.abort(exc.code, exc.message)
 
     async def streaming(requests, context):
-        async for response in method(requests, context):
-            yield response
+        async with aclosing(method(requests, context)) as responses:
+            async for response in responses:
+                if not await _written(context, response, write_timeout):
+                    log.warning("KServe stream: the client took nothing for %g s; stream cut", write_timeout)
+                    await responses.aclose()  # its requests end now, as for a client gone
+                    await _cut(context, write_timeout)
     return streaming if streams else unary
+
+
+async def _cut(context, timeout: float) -> None:
+    """End a stalled call with DEADLINE_EXCEEDED. The status queues behind the responses flow control holds,
+    so the wait for it is bounded: past it the handler ends as cancelled, and the call goes when its client
+    reads or hangs up (nothing of it runs meanwhile)."""
+    try:
+        await asyncio.wait_for(context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                             f"the client took no response for {timeout:g} s"), timeout)
+    except asyncio.TimeoutError:
+        raise asyncio.CancelledError from None
+
+
+async def _written(context, response, timeout: float) -> bool:
+    """Write `response` to the call; False if flow control held it back for `timeout` s (0: wait on)."""
+    if timeout <= 0:
+        await context.write(response)
+        return True
+    try:
+        await asyncio.wait_for(context.write(response), timeout)
+    except asyncio.TimeoutError:
+        return False
+    return True
 
 
 def _snake(name: str) -> str:
@@ -249,14 +281,15 @@ class KServeServer:
     """The gRPC server's lifecycle: listen (TLS with the frontend's certificate when it has one), stop."""
 
     def __init__(self, app, host: str, port: int, max_message_bytes: int,
-                 tls: tuple[bytes, bytes] | None = None, client_ca: bytes | None = None) -> None:
+                 tls: tuple[bytes, bytes] | None = None, client_ca: bytes | None = None,
+                 write_timeout: float = 0.0) -> None:
         """`tls`: (private key, certificate chain), PEM; `client_ca`: mutual TLS, clients must present a
-        certificate this CA signed."""
+        certificate this CA signed; `write_timeout`: a stream's deadline for its client to take a response."""
         # no SO_REUSEPORT: a second frontend on a taken port must fail, not share it unseen
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes), ("grpc.so_reuseport", 0)]
         self.server = grpc.aio.server(options=options)
-        self.server.add_generic_rpc_handlers((KServeService(app).handler(),))
+        self.server.add_generic_rpc_handlers((KServeService(app, write_timeout).handler(),))
         address = f"{host}:{port}"
         try:
             if tls is not None:
