@@ -292,7 +292,22 @@ def build_dgd(req: Request, choice: Choice, configmap: str | None = None) -> dic
     dgd = {"apiVersion": DGD_API, "kind": "DynamoGraphDeployment", "metadata": metadata,
            "spec": {**spec, "components": comps}}
     override = req.spec.overrides.dgd if req.spec.overrides else None
-    return apply_override(dgd, override) if override else dgd
+    dgd = apply_override(dgd, override) if override else dgd
+    if req.spec.planner:  # after the override, which names the aggregated worker as generated (Dynamo's order too)
+        _agg_worker_as_decode(dgd, planner_config(req, backend, None, choice.mode))
+    return dgd
+
+
+def _agg_worker_as_decode(dgd: dict[str, Any], config: dict[str, Any]) -> None:
+    """As Dynamo's profiler: a planner that scales an aggregated graph (`mode: agg`, not advisory) has one pool,
+    which it calls decode, so the graph's one aggregated worker is typed `decode` for the planner to find it by
+    type, as it finds a disaggregated graph's pools. Only the type changes: the engine still serves whole
+    requests (no disaggregation flag), and stays opted into the scaling adapter."""
+    if config.get("mode", "disagg") != "agg" or "decode" not in scaled_pools(config):
+        return
+    untyped = [c for c in components(dgd) if c.get("type") == "worker"]
+    if len(untyped) == 1:
+        untyped[0]["type"] = "decode"
 
 
 def final_documents(req: Request, choice: Choice, profile_cm: dict[str, Any] | None = None) -> list[dict[str, Any]]:

@@ -20,9 +20,9 @@ write watch only once the transport pauses writing (the client is behind).
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Callable
 
-import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from dynamo.runtime.http_limits import HttpGuard, error_response
@@ -35,13 +35,21 @@ MAX_LINGERING = 256
 
 
 class _HeadRefused(Exception):
-    """Raised in a parser callback to stop the parse; `_feed` then answers with `_refusal`."""
+    """Raised in a parser callback to stop the parse; `send_400_response` then answers with `_refusal`."""
+
+
+# Where uvicorn's "Invalid HTTP request received." goes for a parse we stopped ourselves: nowhere.
+_SILENT = logging.Logger(__name__ + ".refused")
+_SILENT.disabled = True
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """One HTTP connection under its server's `HttpGuard`."""
 
     def __init__(self, *args: Any, guard: HttpGuard, **kwargs: Any) -> None:
+        # Before uvicorn's __init__: the `logger` property reads them.
+        self._refusal: tuple[int, str, str, str] | None = None  # (status, reason, message, code)
+        self._refused = False  # answered by the guard: later data is discarded
         super().__init__(*args, **kwargs)
         self.guard = guard
         self.limits = guard.limits
@@ -50,8 +58,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_body = False
         self._head_bytes = 0
         self._heads = 0  # heads completed on this connection
-        self._refusal: tuple[int, str, str, str] | None = None  # (status, reason, message, code)
-        self._refused = False  # answered by the guard: later data is discarded
         self._lingering = False
         self._body_start = self._last_data = 0.0
         self._body_bytes = 0
@@ -90,7 +96,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         elif self._in_body:
             self._last_data = self.loop.time()
             self._body_bytes += len(data)
-        self._feed(data)
+        super().data_received(data)
         # A deadline only for a head or body that spans reads: most requests come whole in one.
         if self._timer is None and not self._refused:
             if self._in_body:
@@ -98,30 +104,34 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             elif self._in_head and self._head_bytes:
                 self._arm(self.limits.header_timeout, self._head_expired)
 
-    def _feed(self, data: bytes) -> None:
-        """uvicorn's own `data_received`, but a parse we stopped (`_HeadRefused`) gets our answer
-        and no "Invalid HTTP request" warning."""
-        self._unset_keepalive_if_required()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            if self._refusal is not None:
-                self._refuse_head(*self._refusal)
-                return
-            self.logger.warning("Invalid HTTP request received.")
-            self.send_400_response("Invalid HTTP request received.")
-        except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
+    # -- uvicorn's parse-error path, for a parse we stopped --------------------------------------
+    # A parser callback that refuses the head raises `_HeadRefused`; httptools reports it as a parse
+    # error, on which uvicorn's `data_received` warns on `self.logger` and calls `send_400_response`.
+    # While such a refusal is pending, the warning goes to a silent logger and the 400 becomes our
+    # answer; a genuinely invalid request keeps uvicorn's warning and 400.
+    @property
+    def logger(self) -> logging.Logger:
+        return _SILENT if self._refusal_pending() else self._logger
+
+    @logger.setter
+    def logger(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def send_400_response(self, msg: str) -> None:
+        if self._refusal_pending():
+            self._refuse_head(*self._refusal)
+            return
+        super().send_400_response(msg)
+
+    def _refusal_pending(self) -> bool:
+        return self._refusal is not None and not self._refused
 
     def _overflowing_head(self, data: bytes, room: int) -> None:
         """`data` would take the head past its limit: only what fits is parsed; the rest is parsed
         only if that completed the head, otherwise the request is refused."""
         heads = self._heads
         self._head_bytes += room
-        self._feed(data[:room])
+        super().data_received(data[:room])
         if self._refused or self.transport.is_closing():
             return
         if self._heads == heads:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import resource
 import time
 
@@ -150,15 +151,36 @@ async def test_a_long_url_gets_414(serve):
     assert server.guard.refused["url_too_long"] == 1
 
 
-async def test_too_many_header_fields_get_431(serve):
+async def test_too_many_header_fields_get_431_and_no_invalid_request_warning(serve, caplog):
     server, _ = await serve(header_count=10)
 
     def head(count: int) -> bytes:
         return b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(count)) + b"\r\n"
 
     assert (await get(server, head(10)))[0] == 200
-    status, _, body = await get(server, head(11))
+    with caplog.at_level(logging.WARNING, logger="uvicorn.error"):
+        status, _, body = await get(server, head(11))
     assert (status, error_code(body)) == (431, "too_many_headers")
+    assert server.guard.refused["too_many_headers"] == 1
+    assert not [r for r in caplog.records if "Invalid HTTP request" in r.getMessage()]
+
+
+async def test_an_oversized_head_logs_no_invalid_request_warning(serve, caplog):
+    server, _ = await serve()
+    with caplog.at_level(logging.WARNING, logger="uvicorn.error"):
+        status, _, _ = await get(server, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n")
+    assert status == 431
+    assert not [r for r in caplog.records if "Invalid HTTP request" in r.getMessage()]
+
+
+async def test_an_invalid_request_gets_uvicorns_400_and_warning(serve, caplog):
+    server, _ = await serve()
+    with caplog.at_level(logging.WARNING, logger="uvicorn.error"):
+        status, _, body = await get(server, b"NOT HTTP AT ALL\r\n\r\n")
+    assert (status, body) == (400, b"Invalid HTTP request received.")
+    assert [r for r in caplog.records if r.getMessage() == "Invalid HTTP request received."]
+    assert sum(server.guard.refused.values()) == 0  # not one of ours
+    assert (await get(server))[0] == 200  # and the server carries on
 
 
 # -- request bodies --------------------------------------------------------------------------------
