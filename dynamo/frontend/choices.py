@@ -104,8 +104,11 @@ class HeldCalls:
         self.held.append(d)
         return None
 
-    def release(self, stage: OutputStage) -> tuple[list[ChoiceDelta], bool]:
-        """(what to send, whether it carries calls) once the answer is complete."""
+    def release(self, stage: OutputStage, written_logprobs: Callable[[str], list] | None = None,
+                ) -> tuple[list[ChoiceDelta], bool]:
+        """(what to send, whether it carries calls) once the answer is complete; `written_logprobs` gives the
+        logprob entries of the held text a call that never became JSON is answered with (None: the held
+        deltas' own)."""
         if self.held is None:
             return [], False
         calls: dict[int, dict] = {}
@@ -113,19 +116,22 @@ class HeldCalls:
             for call in d.tool_calls:
                 accumulate_call(calls, call)
         reasoning = "".join(d.reasoning for d in self.held)
+        logprobs = [entry for d in self.held for entry in d.logprobs]  # the held deltas' (their text's, for Responses)
         if all(self.runnable(c["function"]["arguments"]) for c in calls.values()):
             # One piece per call: pieces of calls that interleaved (0, 1, 0) would open call 0 twice.
             whole = [ToolCallDelta(i, c["id"], c["function"]["name"], c["function"]["arguments"])
                      for i, c in sorted(calls.items())]
             text = "".join(d.content for d in self.held)
-            return self._in_order(text, reasoning) + [ChoiceDelta(tool_calls=whole)], bool(calls)
+            return self._in_order(text, reasoning, logprobs) + [ChoiceDelta(tool_calls=whole)], bool(calls)
         written = stage.tool_input_text()  # what the unary answer shows; the stream sent its start
         shown = "".join(self.shown)
         rest = written[len(shown):] if written.startswith(shown) else "".join(d.content for d in self.held)
-        return self._in_order(rest, reasoning), False
+        if written_logprobs is not None:
+            logprobs = written_logprobs(rest)
+        return self._in_order(rest, reasoning, logprobs), False
 
-    def _in_order(self, text: str, reasoning: str) -> list[ChoiceDelta]:
+    def _in_order(self, text: str, reasoning: str, logprobs: list) -> list[ChoiceDelta]:
         """The held text and reasoning in the order the answer began with: text first when it began with text
         (that continues the text shown), so neither opens a second block or item."""
-        pair = [ChoiceDelta(text), ChoiceDelta("", reasoning)]
+        pair = [ChoiceDelta(text, logprobs=logprobs if text else []), ChoiceDelta("", reasoning)]
         return [d for d in (pair if self.text_first else pair[::-1]) if d]

@@ -189,8 +189,16 @@ class GenerationRun:
         """The prompt's length for usage: the engine's count where it sent one (images expanded), else ours."""
         return self.engine_prompt_tokens or len(self.preqs[0].token_ids)
 
+    @property
+    def reasoning_tokens(self) -> int:
+        """The completion tokens the reasoning parser routed into reasoning, every choice's."""
+        return sum(c.stage.reasoning_tokens for c in self.choices)
+
     def _usage(self) -> dict:
-        return usage_dict(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
+        usage = usage_dict(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
+        if self.is_chat:  # as OpenAI's chat usage has it (Responses' names it output_tokens_details)
+            usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
+        return usage
 
     def response_nvext(self) -> dict | None:
         """The response's `nvext`, with the fields the request's `nvext.extra_fields` asked for."""

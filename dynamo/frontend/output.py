@@ -19,6 +19,7 @@ import msgspec
 from dynamo.frontend.parsers import ToolCallDelta, make_reasoning_parser, make_tool_parser
 from dynamo.frontend.parsers.base import PromptReasoning, ToolParser, new_call_id
 from dynamo.frontend.parsers.tool_formats import JsonListParser
+from dynamo.frontend.reasoning_tokens import ReasoningTokens
 from dynamo.frontend.sse import openai_finish_reason
 from dynamo.llm.preprocessor import ModelPipeline
 from dynamo.llm.protocol import LLMEngineOutput
@@ -168,6 +169,11 @@ class OutputStage:
         self._hide = frozenset(pipeline.eos_token_ids) if specials else frozenset()
         self.stopped = False
         self._tool_input: list[str] = []  # what the tool parser saw, for the unary fallback
+        # usage's reasoning_tokens: what the reasoning parser made of each output's tokens
+        self.reasoning_count = ReasoningTokens() if self.reasoning is not None else None
+        # Each output's delta passes through it, where set (only when logprobs were asked for): what keeps
+        # only some of its logprob entries (Responses: its text's), judged before outputs are folded together.
+        self.logprob_route: Callable[[ChoiceDelta], ChoiceDelta] | None = None
 
     @staticmethod
     def _tool_parser(spec: OutputSpec) -> ToolParser | None:
@@ -203,7 +209,7 @@ class OutputStage:
         self.assembler.completion_tokens += len(out.token_ids) - len(ids)
         text = self.assembler.add(ids) if ids else ""
         self.stopped = self.assembler.stopped
-        delta = self._parse(text, final=False)
+        delta = self._parse(text, False, len(out.token_ids))
         if want_logprobs and out.log_probs:
             # Each position's alternatives as a tuple of (id, logprob) tuples: nothing in an entry then holds a
             # list, so the garbage collector stops tracking it. A unary answer keeps every entry until it is
@@ -211,18 +217,29 @@ class OutputStage:
             # them all, holding the process for most of a second.
             tops = [tuple(top) for top in out.top_logprobs] if out.top_logprobs else [()] * len(out.token_ids)
             delta.logprobs = list(zip(out.token_ids, out.log_probs, tops))
-        return delta
+        return delta if self.logprob_route is None else self.logprob_route(delta)
 
     def finish(self) -> ChoiceDelta:
-        return self._parse(self.assembler.finish(), final=True)
+        delta = self._parse(self.assembler.finish(), True, 0)
+        if self.reasoning_count is not None:
+            self.reasoning_count.finish()
+        return delta if self.logprob_route is None else self.logprob_route(delta)
 
-    def _parse(self, text: str, final: bool) -> ChoiceDelta:
+    @property
+    def reasoning_tokens(self) -> int:
+        """The generated tokens the reasoning parser made reasoning of (usage's `reasoning_tokens`; 0 with no
+        reasoning parser)."""
+        return self.reasoning_count.count if self.reasoning_count is not None else 0
+
+    def _parse(self, text: str, final: bool, tokens: int) -> ChoiceDelta:
+        """The delta `text` makes (`tokens` of the engine's made it), through the reasoning and tool parsers."""
         reasoning = ""
         if self.reasoning is not None:
             reasoning, text = self.reasoning.feed(text) if text else ("", "")
             if final:
                 r, c = self.reasoning.finish()
                 reasoning, text = reasoning + r, text + c
+            self.reasoning_count.add(tokens, len(reasoning), len(text))
         calls: list[ToolCallDelta] = []
         if self.tools is not None:
             self._tool_input.append(text)

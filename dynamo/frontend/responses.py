@@ -14,6 +14,9 @@ calls back until the answer is complete to end the same way (`HeldCalls`).
 Stopping at `max_output_tokens` gives `status: "incomplete"`, and the item it cut
 (the last; a call's arguments, JSON, are whole) is `incomplete` too. An error after
 the stream started is an `error` event and `response.failed`.
+Asked for (`include: ["message.output_text.logprobs"]`, `top_logprobs`), the text carries its tokens'
+logprobs, unary and streamed (`responses_logprobs`); usage's `reasoning_tokens` are the tokens the
+reasoning parser made reasoning of (`reasoning_tokens`), as chat's usage counts them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from dynamo.frontend.choices import Choice, HeldCalls, text_first
 from dynamo.frontend.generation import GenerationRun
 from dynamo.frontend.openai import ChatCompletionRequest, ChatMessage
 from dynamo.frontend.responses_events import OutputEvents, answer_items
+from dynamo.frontend.responses_logprobs import TextLogprobs
 from dynamo.frontend.responses_truncation import ConversationFit
 from dynamo.frontend.responses_request import ResponsesRequest, decode_responses, input_messages, own_names
 from dynamo.frontend.responses_store import (INPUT_ITEMS_SUFFIX, PREFIX, RESPONSE_PREFIX, ResponseStore,
@@ -60,8 +64,16 @@ class ResponsesRun(GenerationRun):
         self.truncated = truncated  # the conversation as it ran, where `truncation: auto` shortened it
         self.store = store if responses_req.store else None
         self.response_id = new_id(RESPONSE_PREFIX, store.tag if store is not None else "")
-        self.events = OutputEvents()  # the output items, and a stream's events
+        # The output items, and a stream's events; their text's logprobs where the request asked for them.
+        self.events = OutputEvents(self._chat_logprobs.content if self.want_logprobs else None)
+        self.text_logprobs: TextLogprobs | None = None  # which entries are the text's, where logprobs were asked
+        if self.want_logprobs:
+            stage = self.choices[0].stage
+            decode = partial(self.pipeline.tokenizer.decode, skip_special_tokens=False)
+            self.text_logprobs = TextLogprobs(decode, calls=stage.tools is not None)
+            stage.logprob_route = self.text_logprobs.take
         self.hold = HeldCalls(is_json)
+        self._sent_entries = 0  # the logprob entries the text sent before calls were held carried
 
     # -- the Response object -------------------------------------------------------------------
     def _response(self, status: str, items: list[dict], usage: dict | None) -> dict:
@@ -76,13 +88,14 @@ class ResponsesRun(GenerationRun):
                 "tool_choice": self.rreq.tool_choice or "auto", "tools": self.rreq.tools or [],
                 "metadata": self.rreq.metadata or {}, "text": self._text(),
                 "previous_response_id": self.rreq.previous_response_id, "store": self.store is not None,
-                "truncation": self.rreq.truncation or "disabled",
+                "truncation": self.rreq.truncation or "disabled", "top_logprobs": self.rreq.top_logprobs or 0,
                 "usage": usage, "_finish": choice.finish}
 
     def _usage(self) -> dict:
         u = super()._usage()
         return {"input_tokens": u["prompt_tokens"], "output_tokens": u["completion_tokens"],
-                "total_tokens": u["total_tokens"], "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": u["total_tokens"],
+                "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
                 # Nothing is written to a cache a client pays for: KV blocks are reused, never billed.
                 "input_tokens_details": {"cached_tokens": self.cached_tokens, "cache_write_tokens": 0}}
 
@@ -111,14 +124,25 @@ class ResponsesRun(GenerationRun):
             conversation = conversation + self.answer_history()
             self.store.put(StoredResponse(response, conversation, input_items(self.rreq.input)))
 
+    def _text_logprobs(self, choice: Choice, text: str) -> list | None:
+        """The unary answer's text's logprobs (None: not asked for); where the text is not what the stage
+        made of it (a call that never became JSON, answered as what the model wrote), that text's."""
+        if self.text_logprobs is None:
+            return None
+        entries = choice.logprobs
+        if text != "".join(choice.content) and self.text_logprobs.written is not None:
+            entries = self.text_logprobs.written_as(text)
+        return self._chat_logprobs.content(entries)
+
     async def _unary(self, merged, first, send) -> None:
         if not await self._collect_answers(merged, first):
             return
         choice = self.choices[0]
         status = self._status(choice)
-        # The chat answer: a call whose arguments are not JSON is its text.
-        items = answer_items(self._chat_message(choice), self.reasoning_field, status == "incomplete",
-                             text_first(choice.content, choice.reasoning))
+        message = self._chat_message(choice)  # a call whose arguments are not JSON is its text
+        logprobs = self._text_logprobs(choice, message.get("content") or "")
+        items = answer_items(message, self.reasoning_field, status == "incomplete",
+                             text_first(choice.content, choice.reasoning), logprobs)
         self.events.items = items
         body = self._body(self._response(status, items, self._usage()))
         self._save(body)
@@ -140,7 +164,7 @@ class ResponsesRun(GenerationRun):
                 if body:
                     await send({"type": "http.response.body", "body": body, "more_body": True})
             body = self._sent(choice.stage.finish())
-            body += b"".join(self.events.delta(d) for d in self.hold.release(choice.stage)[0])
+            body += self._released(choice)
             status = self._status(choice)
             body += self.events.finish(incomplete=status == "incomplete")
             final = self._body(self._response(status, self.events.output(), self._usage()))
@@ -155,7 +179,21 @@ class ResponsesRun(GenerationRun):
     def _sent(self, d: ChoiceDelta) -> bytes:
         """The delta's events, or none while the answer's calls are held back."""
         sent = self.hold.take(d)
-        return self.events.delta(sent) if sent is not None else b""
+        if sent is None:
+            return b""
+        self._sent_entries += len(sent.logprobs)
+        return self.events.delta(sent)
+
+    def _released(self, choice: Choice) -> bytes:
+        """The events of what was held back, once the answer is complete."""
+        route = self.text_logprobs
+        written = self._written_as if route is not None and route.written is not None else None
+        return b"".join(self.events.delta(d) for d in self.hold.release(choice.stage, written)[0])
+
+    def _written_as(self, text: str) -> list:
+        """The logprob entries of the held `text` a call that never became JSON is answered with (what the
+        model wrote after the text sent before the calls were held)."""
+        return self.text_logprobs.written_as(text, self._sent_entries)
 
     def _failure(self, exc: ApiError) -> bytes:
         """An error after the stream started, as the Responses API streams one: an `error` event, then

@@ -9,8 +9,8 @@ sees each item whole, in order:
     response.output_text.done | response.function_call_arguments.done | response.reasoning_text.done,
     [response.content_part.done], response.output_item.done
 
-Text events carry `logprobs` (`[]`: token logprobs are not offered on this API), a call's `done` its
-function's `name`, as the Responses schema requires.
+Text events carry `logprobs` (the text's token logprobs where the request asked for them, else `[]`:
+`responses_logprobs`), a call's `done` its function's `name`, as the Responses schema requires.
 """
 
 from __future__ import annotations
@@ -18,14 +18,20 @@ from __future__ import annotations
 import uuid
 from typing import Callable
 
+from dynamo.frontend.logprob_json import Entry, TokenLogprob
 from dynamo.frontend.output import ChoiceDelta
+from dynamo.frontend.responses_logprobs import event_logprobs
 from dynamo.frontend.sse import named_event
+
+Render = Callable[[list[Entry]], list[TokenLogprob]]  # logprob entries as an output_text part's `logprobs`
+_NONE: list = []  # a text event's `logprobs` when it has none (shared: only ever encoded, never changed)
 
 
 class OutputEvents:
     """A stream's output items and the events that open, fill and close them; at most one is open."""
 
-    def __init__(self) -> None:
+    def __init__(self, logprobs: Render | None = None) -> None:
+        self.logprobs = logprobs  # renders a delta's text logprobs (None: not asked for)
         self.seq = 0
         self.items: list[dict] = []  # output items, in order; `_index` is each one's output_index
         self.open: dict | None = None  # the item the last delta went to, until another opens
@@ -46,9 +52,15 @@ class OutputEvents:
                               content_index=0, delta=d.reasoning)
         if d.content:
             item, out = self._item("message", _message_item, out)
-            item["content"][0]["text"] += d.content
+            part = item["content"][0]
+            part["text"] += d.content
+            logprobs = _NONE
+            if self.logprobs is not None and d.logprobs:
+                parts = self.logprobs(d.logprobs)
+                part["logprobs"] += parts
+                logprobs = event_logprobs(parts)
             out += self.event("response.output_text.delta", item_id=item["id"], output_index=item["_index"],
-                              content_index=0, delta=d.content, logprobs=[])
+                              content_index=0, delta=d.content, logprobs=logprobs)
         for call in d.tool_calls:
             item, out = self._item(call.index, _call_item, out, call.id or "", call.name or "")
             item["arguments"] += call.arguments
@@ -92,7 +104,7 @@ class OutputEvents:
         if item["type"] == "message":
             part = item["content"][0]
             out += self.event("response.output_text.done", item_id=item["id"], output_index=idx, content_index=0,
-                              text=part["text"], logprobs=[])
+                              text=part["text"], logprobs=event_logprobs(part["logprobs"]) if part["logprobs"] else _NONE)
             out += self.event("response.content_part.done", item_id=item["id"], output_index=idx, content_index=0,
                               part=part)
         elif item["type"] == "function_call":
@@ -107,17 +119,20 @@ class OutputEvents:
         return out + self.event("response.output_item.done", output_index=idx, item=public(item))
 
 
-def answer_items(message: dict, reasoning_field: str, incomplete: bool, text_first: bool = False) -> list[dict]:
+def answer_items(message: dict, reasoning_field: str, incomplete: bool, text_first: bool = False,
+                 logprobs: list[TokenLogprob] | None = None) -> list[dict]:
     """The output items of a chat answer `message`: its reasoning, text and calls (`text_first`: its text
     began before its reasoning, and comes first, as a stream sends it; `choices.text_first`); `incomplete`:
-    the token limit ended it."""
+    the token limit ended it; `logprobs`: its text's, where they were asked for."""
     items: list[dict] = []
     reasoning = message.get(reasoning_field)
     if reasoning:
         items.append(_reasoning_item(reasoning))
     calls = message.get("tool_calls") or []
     if message.get("content") or not calls:
-        items.insert(0 if text_first else len(items), _message_item(message.get("content") or ""))
+        text = _message_item(message.get("content") or "")
+        text["content"][0]["logprobs"] = logprobs or []
+        items.insert(0 if text_first else len(items), text)
     for call in calls:
         items.append(_call_item(call["id"], call["function"]["name"], call["function"]["arguments"]))
     if incomplete:

@@ -12,6 +12,17 @@ import msgspec
 
 from dynamo.frontend.errors import ApiError, bad_request
 from dynamo.frontend.openai import I64, ChatCompletionRequest, ChatMessage, decode_body
+from dynamo.frontend.validation import MAX_TOP_LOGPROBS
+
+# The `include` value that asks for the output text's token logprobs.
+TEXT_LOGPROBS = "message.output_text.logprobs"
+# Every `include` value OpenAI's API takes (the openai SDK's ResponseIncludable); the others name data of
+# tools not served here: accepted, with nothing to add. Any other value is refused, as OpenAI refuses it.
+INCLUDABLE = ("file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
+              "message.input_image.image_url", "computer_call_output.output.image_url",
+              "code_interpreter_call.outputs", "reasoning.encrypted_content", TEXT_LOGPROBS)
+# JSON types as OpenAI's refusals name them.
+_JSON_TYPES = {str: "a string", float: "a decimal number", list: "an array", dict: "an object", bool: "a boolean"}
 
 
 # Chat's field names in the refusals of a request that came as a Responses one: the client's own names.
@@ -55,6 +66,15 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     background: bool = False
     # "auto": a conversation over the context loses its oldest turns (`responses_truncation`), not a 400
     truncation: str | None = None
+    # What else the output carries (INCLUDABLE): TEXT_LOGPROBS gives each output_text its tokens' logprobs.
+    include: list[str] | None = None
+    top_logprobs: Any = None  # alternatives per token with TEXT_LOGPROBS; checked as OpenAI does (0..20)
+
+    @property
+    def wants_logprobs(self) -> bool:
+        """Whether the output text's token logprobs were asked for (`include`): then, and only then, the
+        engine is asked for them, `top_logprobs` alternatives each."""
+        return TEXT_LOGPROBS in (self.include or ())
 
     def to_chat(self, history: list[ChatMessage] | None = None) -> ChatCompletionRequest:
         """The equivalent chat request, after `history` (the conversation a previous_response_id
@@ -68,6 +88,8 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
             raise bad_request("`max_output_tokens` must be at least 1", "max_output_tokens")
         if self.truncation not in (None, "auto", "disabled"):
             raise bad_request("`truncation` must be 'auto' or 'disabled'", "truncation", "invalid_value")
+        _check_include(self.include)
+        _check_top_logprobs(self.top_logprobs)
         # As in OpenAI's API, a previous response's instructions are not carried over: only this request's.
         messages = [ChatMessage(role="system", content=self.instructions)] if self.instructions else []
         messages += (history or []) + input_messages(self.input)
@@ -98,7 +120,33 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
                                      max_tokens=self.max_output_tokens, temperature=self.temperature,
                                      top_p=self.top_p, seed=self.seed, tools=tools or None, tool_choice=choice,
                                      parallel_tool_calls=self.parallel_tool_calls, response_format=response_format,
-                                     reasoning_effort=(self.reasoning or {}).get("effort"), nvext=self.nvext)
+                                     reasoning_effort=(self.reasoning or {}).get("effort"), nvext=self.nvext,
+                                     logprobs=True if self.wants_logprobs else None,
+                                     top_logprobs=self.top_logprobs if self.wants_logprobs else None)
+
+
+def _check_include(values: list[str] | None) -> None:
+    """`include` as OpenAI checks it: each value one it knows."""
+    for value in values or ():
+        if value not in INCLUDABLE:
+            supported = ", ".join(f"'{v}'" for v in INCLUDABLE[:-1]) + f", and '{INCLUDABLE[-1]}'"
+            raise bad_request(f"Invalid value: '{value}'. Supported values are: {supported}.", "include",
+                              "invalid_value")
+
+
+def _check_top_logprobs(value: Any) -> None:
+    """`top_logprobs` as OpenAI checks it: an integer in [0, 20], refused in its words otherwise."""
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise bad_request(f"Invalid type for 'top_logprobs': expected an integer, but got "
+                          f"{_JSON_TYPES.get(type(value), 'null')} instead.", "top_logprobs", "invalid_type")
+    if value < 0:
+        raise bad_request(f"Invalid 'top_logprobs': integer below minimum value. Expected a value >= 0, but got "
+                          f"{value} instead.", "top_logprobs", "integer_below_min_value")
+    if value > MAX_TOP_LOGPROBS:
+        raise bad_request(f"Invalid 'top_logprobs': integer above maximum value. Expected a value <= "
+                          f"{MAX_TOP_LOGPROBS}, but got {value} instead.", "top_logprobs", "integer_above_max_value")
 
 
 def input_messages(items: str | list[dict[str, Any]]) -> list[ChatMessage]:

@@ -43,7 +43,7 @@ def test_every_event_is_the_sdks_type_and_items_come_one_at_a_time(case):
     assert [e["item"]["type"] for e in events if e["type"] == "response.output_item.added"] == EXPECTED[case]
     for event in events:
         if event["type"] in ("response.output_text.delta", "response.output_text.done"):
-            assert event["logprobs"] == []  # OpenAI sends them always; token logprobs are not offered here
+            assert event["logprobs"] == []  # OpenAI sends them always: empty unless asked for
     for item in framing.output():
         assert item["status"] == "completed"
         check_output_item(item)
