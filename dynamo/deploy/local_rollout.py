@@ -6,8 +6,9 @@ Per service: the same spec is left alone (its replica count applied as `/scale` 
 autoscaler or the graph's planner owns the count); a changed spec is replaced as its Deployment strategy
 says (`rollout.py`'s annotations): RollingUpdate starts replicas of the new plan up to maxSurge above the
 count and retires old ones as new ones become ready, keeping maxUnavailable at most unready; Recreate
-retires them all, then starts the new ones. A frontend listens on the one fixed --frontend-port that a
-second copy cannot bind: it is recreated. A rollout that makes no progress within its deadline (the
+retires them all, then starts the new ones. A frontend's replicas share its service's listening socket, which
+`run` holds (`listeners.py`), so it surges like the rest; one that binds its fixed port itself (a KServe gRPC
+frontend, a frontend run through a shell) is recreated: a second copy could not bind it. A rollout that makes no progress within its deadline (the
 Deployment's progressDeadlineSeconds) stalls: the new replicas that are not ready are retired and the old
 ones keep serving (and with none of the new plan ready, the service's plan is the old one again: a deliberate
 difference, a Deployment only reports ProgressDeadlineExceeded and keeps trying). What the whole graph shares (its name, namespace, discovery) cannot change in place."""
@@ -54,7 +55,7 @@ class Rollout:
     def strategy(self) -> Strategy:
         """Resolved against the target as it is now, as the controller resolves maxSurge / maxUnavailable at
         every sync: a /scale, an autoscaler or the planner may change the target mid-rollout."""
-        return strategy_for(self.plan, self.plan.replicas)
+        return strategy_for(self.plan, self.plan.replicas, self.previous)
 
     def info(self) -> dict[str, Any]:
         took = (self.finished or time.monotonic()) - self.started
@@ -229,12 +230,13 @@ class Applier:
             left = self._most_run(name, running)
             if ro is not None and ro.state == "stalled" and left is not None:
                 # a stalled rollout left replicas of the old plan beside the new one: the same spec again rolls on
-                return Change("replaced", running, replicas, left, strategy_for(running, replicas))
+                return Change("replaced", running, replicas, left, strategy_for(running, replicas, left))
             return Change("scaled" if replicas != running.replicas else "unchanged", running, replicas)
-        strat = strategy_for(new, replicas)
+        previous = self._most_run(name, new) or running
+        strat = strategy_for(new, replicas, previous)
         if strat.note:
             notes.append(strat.note)
-        return Change("replaced", new, replicas, self._most_run(name, new) or running, strat)
+        return Change("replaced", new, replicas, previous, strat)
 
     def _most_run(self, name: str, besides: ServicePlan) -> ServicePlan | None:
         """The plan most of the service's replicas run, other than `besides` (None: none does). After a

@@ -43,9 +43,12 @@ class Launch:
     argv: list[str]
     env: dict[str, str]
     cwd: str
-    http_port: int | None = None
+    http_port: int | None = None  # this replica's own (probes, metrics); a frontend's port unless `shared_port`
     system_port: int | None = None
     probes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # A frontend that inherits its service's listening socket (`listeners.py`): that socket's port and address.
+    shared_port: int | None = None
+    listen_host: str = "0.0.0.0"
 
 
 @dataclass
@@ -127,6 +130,10 @@ class ServicePlan:
         self.kserve_ports: dict[int, int] = {}
         self.devices: DeviceLedger | None = None  # this machine's GPUs, shared by all plans; None: leave CUDA env alone
         self.http_port = opts.frontend_port  # a frontend's first replica's (`build_plans` moves a second frontend's)
+        # A frontend whose every replica serves on the service's socket, which `run` binds and hands down
+        # (`listeners.py`): `python -m dynamo.frontend` run directly (the pid `run` starts is the frontend's, as
+        # LISTEN_PID says), HTTP on its port (KServe's gRPC server binds its own). It rolls out by surging.
+        self.handoff = self.frontend and not self.kserve and _runs_frontend_itself(self.line)
         self.generation = 1  # the apply that made it (1: the file `run` started with); its replicas say it
 
     @property
@@ -158,7 +165,7 @@ class ServicePlan:
 
     def _ports(self, index: int) -> tuple[int | None, int | None]:
         if index not in self.ports:  # stable across restarts of the same replica
-            http = (self.http_port if index == 0 else free_port()) if self.frontend else None
+            http = (self.http_port if index == 0 and not self.handoff else free_port()) if self.frontend else None
             system = free_port() if contract.has_system_port(self.svc) else None
             self.ports[index] = (http, system)
         return self.ports[index]
@@ -205,7 +212,8 @@ class ServicePlan:
         shutil.rmtree(tmp_dir, ignore_errors=True)  # a restarted container starts with an empty /tmp
         os.makedirs(tmp_dir)
         env = dict(self.opts.environ)
-        defaults, pinned = self._pod_env(index, http, system)
+        served = self.http_port if self.handoff else http  # where clients reach it: its --http-port, DYNAMO_PORT
+        defaults, pinned = self._pod_env(index, served, system)
         env.update(defaults)  # the operator's other entries: the manifest's own env overrides them, as there
         # The manifest's entries for what `run` pins (local ports, discovery) would be overridden below:
         # left out, so a `$(DYN_SYSTEM_PORT)` expands to the port the replica really has.
@@ -233,9 +241,15 @@ class ServicePlan:
         if "dynamo.global_planner" in self.modules:  # it budgets and scales the file's graphs through these
             env["DYN_DEPLOY_CONTROL_URLS"] = json.dumps(self.opts.control_urls)
         probes = contract.default_probes(self.svc, routes or 0, system or 0)
-        return Launch(argv=self._argv(container_env, http, tmp_dir, routes), env=env,
+        return Launch(argv=self._argv(container_env, served, tmp_dir, routes), env=env,
                       cwd=local_workdir(self.svc.container.workingDir), http_port=routes, system_port=system,
-                      probes={k: local.private_tmp_probe(p, tmp_dir) for k, p in probes.items()})
+                      probes={k: local.private_tmp_probe(p, tmp_dir) for k, p in probes.items()},
+                      shared_port=self.http_port if self.handoff else None,
+                      listen_host=self._listen_host(container_env) if self.handoff else "0.0.0.0")
+
+    def _listen_host(self, env: dict[str, str]) -> str:
+        """The address the frontend would listen on: its --http-host, else DYN_HTTP_HOST, else all."""
+        return flag_value(self.line.invocations[0].args, ("--http-host",)) or env.get("DYN_HTTP_HOST") or "0.0.0.0"
 
     def _pod_env(self, index: int, http: int | None, system: int | None) -> tuple[dict[str, str], dict[str, str]]:
         """What the operator and Kubernetes set in the replica's container: (defaults the manifest's env may
@@ -276,6 +290,12 @@ class ServicePlan:
         if port in (contract.K8S_SYSTEM_PORT, "system") or (launch.system_port and str(port) == str(self.k8s_system)):
             return launch.system_port
         return int(port) if isinstance(port, int) or str(port).isdigit() else None
+
+
+def _runs_frontend_itself(line: CommandLine) -> bool:
+    """Whether the command is `python -m dynamo.frontend ...` itself (exec form), not a shell around it."""
+    return (not line.shell and len(line.invocations) == 1 and line.invocations[0].module == "dynamo.frontend"
+            and line.invocations[0].python_index == 0)
 
 
 def planner_env(opts: RunOptions, manifest_env: dict[str, str]) -> dict[str, str]:

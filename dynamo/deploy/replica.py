@@ -46,5 +46,6 @@ class Replica:
     def info(self) -> dict[str, Any]:
         return {"service": self.service, "replica": self.index, "pid": self.pid, "state": self.state,
                 "http_port": self.launch.http_port, "system_port": self.launch.system_port,
+                "listen_port": self.launch.shared_port,  # a frontend's service socket, shared by its replicas
                 "restarts": self.restarts, "exit_code": self.exit_code, "generation": self.generation,
                 "uptime_s": round(time.monotonic() - self.started, 1) if self.proc and self.started else 0.0}

@@ -52,8 +52,11 @@ def scaled_value(value: int | str | None, replicas: int, default: str, round_up:
     return int(value)
 
 
-def strategy_for(plan: ServicePlan, replicas: int) -> Strategy:
-    if plan.frontend:
+def strategy_for(plan: ServicePlan, replicas: int, previous: ServicePlan | None = None) -> Strategy:
+    """`plan`'s strategy against `replicas`, rolling out over replicas of `previous`. A frontend surges only
+    where old and new replicas alike serve on the socket `run` holds for the service (`listeners.py`); one that
+    binds its fixed port itself, or replaces one that does, cannot have a second copy beside the first."""
+    if plan.frontend and not (plan.handoff and (previous is None or previous.handoff)):
         return Strategy("Recreate", note=f"{plan.name} listens on a fixed port a second copy cannot bind: "
                                          "recreated (stopped, then started), not surged")
     given = rollout.strategy(plan.svc, plan.graph) or {"type": "RollingUpdate"}

@@ -55,12 +55,18 @@ def status_table(sup: Supervisor, title: str = "") -> str:
     rows = [("SERVICE", "REPLICA", "PID", "STATE", "HTTP", "SYSTEM", "RESTARTS", "UPTIME")]
     for info in sup.status():
         rows.append((info["service"], str(info["replica"]), str(info["pid"] or "-"), info["state"],
-                     str(info["http_port"] or "-"), str(info["system_port"] or "-"), str(info["restarts"]),
+                     _http_cell(info), str(info["system_port"] or "-"), str(info["restarts"]),
                      f"{info['uptime_s']:.0f}s"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     rule = "-" * len(lines[0])
     return "\n".join([f"{title} {rule[len(title) + 1:]}" if title else rule, *lines, rule])
+
+
+def _http_cell(info: dict) -> str:
+    """A replica's HTTP port; a frontend on its service's shared socket: that port, then its own in brackets."""
+    own = str(info["http_port"] or "-")
+    return f"{info['listen_port']} ({own})" if info.get("listen_port") else own
 
 
 async def print_status(sup: Supervisor, stop: asyncio.Event, every: float = 30.0,

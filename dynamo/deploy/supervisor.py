@@ -11,9 +11,11 @@ holding up the rest of the graph.
 
 Each replica belongs to the plan it was started from (restarts use it, so an old replica mid-rollout
 comes back as it was); a service is brought to its count of replicas, retiring the highest-numbered and
-starting at the lowest free numbers, unless a rollout (`local_rollout.py`) holds it. A frontend, or a GPU
-service with no device free, starts no replica while one of its replicas drains (`deferred`); a replica
-retired while its process is being spawned is stopped once the spawn ends (never left running untracked).
+starting at the lowest free numbers, unless a rollout (`local_rollout.py`) holds it. A frontend that binds its
+port itself, or a GPU service with no device free, starts no replica while one of its replicas drains
+(`deferred`); a replica retired while its process is being spawned is stopped once the spawn ends (never left
+running untracked). A frontend service's listening socket is bound here, once, and inherited by each of its
+replicas (`listeners.py`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import IO, Any
 
 from dynamo.deploy.contract import TERMINATION_GRACE_SECONDS
 from dynamo.deploy.group_guard import GroupGuard, signal_group
+from dynamo.deploy.listeners import Listeners, Spawn
 from dynamo.deploy.log_files import LogRotation, RotatingLog
 from dynamo.deploy.plan import ServicePlan
 from dynamo.deploy.replica import Replica
@@ -81,6 +84,7 @@ class Supervisor:
         # Stops the replicas' groups, and removes `leftovers` (run's temporary dirs), if this process dies unannounced.
         self.guard = GroupGuard(grace, leftovers)
         self.probes = ReplicaProbes(self)
+        self.listeners = Listeners()  # the frontend services' sockets, held for the run's life
 
     def tag(self, rep: "Replica") -> str:
         return f"{self.label}/{rep.name}" if self.label else rep.name
@@ -145,13 +149,14 @@ class Supervisor:
 
     def deferred(self, plan: ServicePlan) -> bool:
         """Whether a new replica of `plan` waits for one of its service's draining replicas to go. It would take
-        the next free number, and a number carries things: only number 0 of a frontend listens on
-        --frontend-port, and a GPU replica beside a drainer would share a device that is still busy (a slot keeps
-        its devices across restarts). So a frontend waits for its drainers, and a GPU service too unless its GPUs
-        are free. (A Pod has no number: the cluster has neither problem.)"""
+        the next free number, and a number carries things: only number 0 of a frontend that binds its port itself
+        listens on --frontend-port, and a GPU replica beside a drainer would share a device that is still busy (a
+        slot keeps its devices across restarts). So such a frontend waits for its drainers, and a GPU service too
+        unless its GPUs are free; a frontend inheriting its service's socket does not (every replica serves on
+        it). (A Pod has no number: the cluster has neither problem.)"""
         if not any(r.stopping for (svc, _), r in self.replicas.items() if svc == plan.name):
             return False
-        if plan.frontend:
+        if plan.frontend and not plan.handoff:
             return True
         return bool(plan.gpus and plan.devices is not None and plan.devices.free() < plan.gpus)
 
@@ -184,11 +189,13 @@ class Supervisor:
         key = (rep.service, rep.index)
         self.replicas[key] = rep
         rep.state, rep.exit_code, rep.started = "starting", None, time.monotonic()
+        spawn: Spawn | None = None
         try:
+            spawn = self.listeners.spawn(rep.service, rep.launch)  # a frontend's sockets: bound before it starts
             rep.proc = await asyncio.create_subprocess_exec(
-                *rep.launch.argv, env=rep.launch.env, cwd=rep.launch.cwd, stdin=asyncio.subprocess.DEVNULL,
+                *spawn.argv, env=spawn.env, cwd=rep.launch.cwd, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                pass_fds=spawn.pass_fds, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         except OSError as exc:
             self._print(f"[{self.tag(rep)}] cannot start {rep.launch.argv[0]}: {exc}")
             rep.state, rep.exit_code = "exited", 127
@@ -199,6 +206,8 @@ class Supervisor:
                 self.replicas.pop(key)
             raise
         finally:
+            if spawn is not None:
+                spawn.close()  # its own socket is the child's now
             rep.spawned.set()
         self.guard.add(rep.proc.pid)  # its own session: the pid is the group id
         if rep.stopping or self.stopping:  # retired or shut down while it was being spawned: stop it now
@@ -326,6 +335,7 @@ class Supervisor:
         for rep in reps:
             await self._drain_tasks(rep)
             rep.state = "stopped"
+        self.listeners.close()  # no replica is left to serve on them
 
     def _print(self, text: str) -> None:
         try:

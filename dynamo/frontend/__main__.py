@@ -1,5 +1,7 @@
 """`python -m dynamo.frontend`: the OpenAI-compatible HTTP frontend (and, with --kserve-grpc-server, the
-KServe v2 gRPC one, `kserve.py`)."""
+KServe v2 gRPC one, `kserve.py`). Its HTTP port is bound here, or inherited (LISTEN_FDS, `runtime/listen_fds.py`:
+`python -m dynamo.deploy run` hands every replica of a frontend service the socket the service owns), which
+changes what SIGTERM does (`_drain` / `_hand_off`)."""
 
 from __future__ import annotations
 
@@ -25,11 +27,12 @@ from dynamo.llm.token_cache import TokenCache
 from dynamo.router.inhibit import Inhibitor
 from dynamo.router.policy import PolicyHost, Role, RoutingPolicy, create_policy
 from dynamo.router.session_affinity import with_session_affinity
-from dynamo.runtime.asgi import EmbeddedHttpServer
+from dynamo.runtime.asgi import BindError, EmbeddedHttpServer
 
 from dynamo.runtime.config_dump import write_config_dump
 from dynamo.runtime.distributed import DistributedRuntime, advertise_host
 from dynamo.runtime.http_limits import HttpGuardCollector
+from dynamo.runtime.listen_fds import Inherited, inherited_sockets
 from dynamo.runtime.logs import RequestEvents
 from dynamo.runtime.loop_monitor import LoopLagMonitor
 from dynamo.runtime.memory import pin_mmap_threshold
@@ -130,6 +133,7 @@ async def serve(config: FrontendConfig, stop: Stop, warnings: Sequence[str] = ()
     for text in warnings:  # the Dynamo flags accepted without effect, now that logging is set up
         log.warning("%s", text)
     pin_mmap_threshold()
+    inherited = _inherited(config)  # before anything registers: a wrong LISTEN_FDS stops it with one line
     runtime = await DistributedRuntime.create(config.discovery_backend, config.namespace or "dynamo")
     metrics = FrontendMetrics(config.metrics_prefix)
     # one policy for decode and prefill pools
@@ -156,9 +160,12 @@ async def serve(config: FrontendConfig, stop: Stop, warnings: Sequence[str] = ()
     tls = _tls_options(config)
     # --kserve-grpc-server: gRPC on the frontend's port, the HTTP app beside it (Dynamo's layout)
     http_port = config.grpc_metrics_port if config.kserve_grpc_server else config.http_port
-    http = EmbeddedHttpServer(app, config.http_host, http_port, limits=config.http_limits(), **tls)
+    http = EmbeddedHttpServer(app, config.http_host, http_port, limits=config.http_limits(),
+                              sockets=[s.sock for s in inherited], **tls)
     metrics.registry.register(HttpGuardCollector(config.metrics_prefix, http.guard))
     await models.start()
+    if inherited:
+        await _catch_up(models)
     starting = _initial_workers(config, app, models)
     port = http_port
     try:
@@ -172,19 +179,54 @@ async def serve(config: FrontendConfig, stop: Stop, warnings: Sequence[str] = ()
         return 1
     scheme = "https" if tls else "http"
     if not tls:  # replicas forward stored-object requests here (an HTTPS one would need their client certificate)
-        await replicas.register(runtime, _http_url(config, runtime, http.port))
-    log.info("frontend ready on %s://%s:%d (router %s, discovery %s)", scheme, config.http_host, http.port,
-             config.router_mode, runtime.store.backend)
+        own = next((s.port for s in inherited if s.name == "replica"), http.port)  # a shared socket reaches any
+        await replicas.register(runtime, _http_url(config, runtime, own))
+    where = ", ".join(f"{s.name} {s.sock.getsockname()[0]}:{s.port}" for s in inherited)
+    log.info("frontend ready on %s://%s:%d%s (router %s, discovery %s)", scheme, config.http_host, http.port,
+             f" (inherited sockets: {where})" if where else "", config.router_mode, runtime.store.backend)
     if grpc_server is not None:
         await grpc_server.start()
         log.info("KServe gRPC frontend ready on %s:%d (TLS %s)", config.http_host, grpc_server.port,
                  "on" if tls else "off")
     stop.takes_second = True  # a second signal ends the streams the drain lets finish (_drain)
     await stop.wait()
-    await _drain(config, app, http, grpc_server, stop, runtime.settings.runtime_graceful_shutdown_timeout_secs,
-                 replicas)
+    if inherited:
+        await _hand_off(app, http, stop, runtime.settings.runtime_graceful_shutdown_timeout_secs, replicas)
+    else:
+        await _drain(config, app, http, grpc_server, stop, runtime.settings.runtime_graceful_shutdown_timeout_secs,
+                     replicas)
     await _close(lag, routing, models, runtime, starting)
     return 0
+
+
+def _inherited(config: FrontendConfig) -> list[Inherited]:
+    """The listening sockets handed down for the HTTP port (LISTEN_FDS: `run` hands one to every replica of a
+    frontend service), served instead of binding it. A KServe frontend's --http-port is its gRPC server's, which
+    cannot take one: they are closed unused there, said once. BindError (one line, exit 3): LISTEN_FDS names
+    descriptors that are not listening sockets."""
+    try:
+        found = inherited_sockets(config.listen_fds, config.listen_pid, config.listen_fdnames)
+    except (ValueError, OSError) as exc:
+        raise BindError(f"LISTEN_FDS={config.listen_fds}: {exc}") from None
+    if found and config.kserve_grpc_server:
+        log.warning("LISTEN_FDS: %d inherited socket(s) left unused: a KServe gRPC frontend binds its ports itself",
+                    len(found))
+        for inherited in found:
+            inherited.sock.close()
+        return []
+    return found
+
+
+# How long a frontend on an inherited socket waits for the models discovery already holds before it serves.
+CATCH_UP_SECS = 30.0
+
+
+async def _catch_up(models: ModelManager) -> None:
+    """On a socket other replicas share, accepting is serving their clients: take in the models and workers
+    discovery holds first (a rollout's new replica must not answer "model does not exist" for what the old one
+    serves). Nothing there (a graph's first start): no wait."""
+    if not await models.caught_up(CATCH_UP_SECS):
+        log.warning("the models discovery holds were not all loaded within %.0f s: serving anyway", CATCH_UP_SECS)
 
 
 def _kserve(config: FrontendConfig, app: FrontendApp):
@@ -246,14 +288,41 @@ async def _drain(config: FrontendConfig, app: FrontendApp, http: EmbeddedHttpSer
         if grpc_server is not None:  # stops taking RPCs; the admitted ones run on, within the same bound
             grpc_stop = asyncio.create_task(grpc_server.stop(bound - window + SHUTDOWN_FLUSH_SECS))
         drained = await admission.drained(bound - window, unless=stop.now)
-    if not drained:
-        why = "second signal" if stop.now.is_set() else f"drain bound ({bound:.0f} s) passed"
-        log.warning("%s: ending %d request(s) in flight", why, admission.inflight)
-        app.dispatcher.shut_down()  # each ends with a shutting_down error, not as a lost worker
-        await admission.drained(SHUTDOWN_FLUSH_SECS)
+    await _end_unfinished(app, stop, drained, bound)
     await http.stop(timeout=1.0)
     await _stop_grpc(grpc_server, grpc_stop)
     await app.close()
+
+
+async def _hand_off(app: FrontendApp, http: EmbeddedHttpServer, stop: Stop, bound: float, replicas: Replicas) -> None:
+    """SIGTERM on inherited sockets: the replicas sharing them (the one replacing this one among them) take new
+    connections from the same kernel queue, so unlike `_drain` there is no window to wait out (no load balancer's
+    endpoint list has to catch up, and a 503 would only fail a request another replica serves). At once: stop
+    accepting, and close idle keep-alive connections, so that their clients reconnect through the shared socket
+    (one with a response under way closes after it). Admitted streams run on to their end, within `bound`
+    (DYN_RUNTIME_GRACEFUL_SHUTDOWN_TIMEOUT_SECS from the signal; Kubernetes' or run's SIGKILL; a second signal)."""
+    admission = app.admission
+    http.stop_listening()
+    http.close_idle_connections()
+    log.info("handing off: no longer accepting on the inherited socket(s); %d request(s) in flight run on to "
+             "their end", admission.inflight)
+    await replicas.leave()  # its peers stop forwarding stored-object requests to it
+    drained = await admission.drained(bound, unless=stop.now)
+    await _end_unfinished(app, stop, drained, bound)
+    await http.stop(timeout=1.0)
+    await app.close()
+
+
+async def _end_unfinished(app: FrontendApp, stop: Stop, drained: bool, bound: float) -> None:
+    """Requests still in flight once the drain's bound passed or a second signal came end with a shutting_down
+    error (not as a lost worker), with a moment to send it."""
+    if drained:
+        return
+    admission = app.admission
+    why = "second signal" if stop.now.is_set() else f"drain bound ({bound:.0f} s) passed"
+    log.warning("%s: ending %d request(s) in flight", why, admission.inflight)
+    app.dispatcher.shut_down()
+    await admission.drained(SHUTDOWN_FLUSH_SECS)
 
 
 async def _stop_grpc(grpc_server, stopping: asyncio.Task | None) -> None:

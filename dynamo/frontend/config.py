@@ -47,6 +47,18 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, MediaSettings, Http
         "requests; then it stops listening and those still running go on to their end, as in NVIDIA Dynamo "
         "(bounded by DYN_RUNTIME_GRACEFUL_SHUTDOWN_TIMEOUT_SECS from the signal, Kubernetes' SIGKILL, or a second "
         "signal, which ends them with a shutting_down error)")
+    # systemd's socket activation (sd_listen_fds(3)), env-only as systemd sets it: `python -m dynamo.deploy run`
+    # hands every replica of a frontend service the one listening socket the service owns, so that a rollout
+    # can start the new replica on it before the old one goes (runtime/listen_fds.py).
+    listen_fds: int | None = setting(None, "Listening sockets inherited at file descriptors 3.. (systemd's "
+                                     "socket activation): HTTP is served on them instead of binding --http-port, "
+                                     "and SIGTERM stops accepting at once (no 503 window: whoever shares the "
+                                     "sockets takes the new connections)", env="LISTEN_FDS", flag=False)
+    listen_pid: int | None = setting(None, "The pid the LISTEN_FDS sockets are meant for (another process ignores "
+                                     "them)", env="LISTEN_PID", flag=False)
+    listen_fdnames: str | None = setting(None, "Names of the LISTEN_FDS sockets, colon-separated; other replicas "
+                                         "reach this one at the socket named `replica`, else the first",
+                                         env="LISTEN_FDNAMES", flag=False)
     tls_cert_path: str | None = setting(None, "TLS certificate (PEM); needs --tls-key-path")
     tls_key_path: str | None = setting(None, "TLS private key (PEM); needs --tls-cert-path")
     tls_client_ca_cert_path: str | None = setting(None, "Require clients to present a certificate signed by this CA "

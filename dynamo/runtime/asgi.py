@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import socket
 from typing import Any, Awaitable, Callable
 
 import msgspec
@@ -83,10 +84,12 @@ class BindError(OSError):
 
 class EmbeddedHttpServer:
     """Runs an ASGI app on uvicorn inside the current event loop, owned as a task. `limits` (default:
-    `HttpLimits()`) bound what a connection may cost; `guard` tallies what they refused."""
+    `HttpLimits()`) bound what a connection may cost; `guard` tallies what they refused. `sockets`: listening
+    sockets to serve on instead of binding host:port (inherited ones, `listen_fds.py`)."""
 
     def __init__(self, app: Callable[..., Awaitable[None]], host: str, port: int, limits: HttpLimits | None = None,
-                 **options: Any) -> None:
+                 sockets: list[socket.socket] | None = None, **options: Any) -> None:
+        self.sockets = sockets or None
         self.guard = HttpGuard(limits or HttpLimits())
         config = uvicorn.Config(
             app,
@@ -112,7 +115,7 @@ class EmbeddedHttpServer:
 
     async def _serve(self) -> None:
         try:
-            await self.server.serve()
+            await self.server.serve(sockets=self.sockets)
         except SystemExit:
             # uvicorn logs a bind error, then exits the process (code 3, a traceback from the loop): here
             # it is the owner's error to report and act on, raised before the task's loop can see it.
@@ -132,10 +135,16 @@ class EmbeddedHttpServer:
             await asyncio.sleep(0.01)
 
     def stop_listening(self) -> None:
-        """Close the listening sockets (a new connection is refused); open connections, and the streams on
-        them, go on until `stop`."""
+        """Close the listening sockets (a new connection is refused, or, on an inherited socket, taken by another
+        process holding it); open connections, and the streams on them, go on until `stop`."""
         for server in self.server.servers:
             server.close()
+
+    def close_idle_connections(self) -> None:
+        """Close the keep-alive connections waiting for their next request (their clients open a new one,
+        elsewhere); one with a response under way closes once it is sent."""
+        for connection in list(self.server.server_state.connections):
+            connection.shutdown()
 
     @property
     def port(self) -> int:

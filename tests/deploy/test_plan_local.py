@@ -12,6 +12,7 @@ import yaml
 
 from dynamo.deploy.commands import parse_command
 from dynamo.deploy.plan import RunOptions, build_plans
+from dynamo.deploy.rollout_steps import Strategy, strategy_for
 from dynamo.deploy.validate import validate_file
 from tests.fixtures.procs import REPO
 
@@ -166,9 +167,29 @@ def test_a_second_frontend_gets_a_port_of_its_own(tmp_path):
     path.write_text(yaml.safe_dump(doc, sort_keys=False))  # the manifest's order: Frontend comes first
     plans = plans_for(path, tmp_path, frontend_port=28123)
     first, second = plans["Frontend"].launch(0), plans["AdminFrontend"].launch(0)
-    assert first.http_port == 28123 and second.http_port not in (None, 28123)
-    assert second.argv[second.argv.index("--http-port") + 1] == str(second.http_port)
-    assert second.env["DYNAMO_PORT"] == str(second.http_port)
+    assert first.shared_port == 28123 and second.shared_port not in (None, 28123)
+    assert second.argv[second.argv.index("--http-port") + 1] == str(second.shared_port)
+    assert second.env["DYNAMO_PORT"] == str(second.shared_port)
+    # each replica also has a port of its own (its probes, its metrics), whatever its number
+    assert len({first.http_port, second.http_port, 28123, second.shared_port}) == 4
+    assert plans["Frontend"].launch(1).shared_port == 28123
+
+
+def test_a_frontend_run_through_a_shell_or_kserve_binds_its_port_itself(tmp_path):
+    """Only `python -m dynamo.frontend` run directly inherits its service's socket: LISTEN_PID names the pid `run`
+    starts, which a shell's child is not; a KServe frontend's port is its gRPC server's, which binds it itself."""
+    doc = yaml.safe_load((DEPLOY / "mocker/deploy/agg.yaml").read_text())
+    main = doc["spec"]["services"]["Frontend"]["extraPodSpec"]["mainContainer"]
+    main.update(command=["sh", "-c", "python3 -m dynamo.frontend 2>&1 | tee /tmp/frontend.log"], args=[])
+    path = tmp_path / "shell.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    plan = plans_for(path, tmp_path, frontend_port=28124)["Frontend"]
+    assert not plan.handoff and plan.launch(0).shared_port is None and plan.launch(0).http_port == 28124
+    # such a frontend cannot have a second copy beside the first: recreated, as is one replacing it
+    handoff = plans_for(DEPLOY / "mocker/deploy/agg.yaml", tmp_path, frontend_port=28124)["Frontend"]
+    assert handoff.handoff
+    assert strategy_for(handoff, 1) == Strategy("RollingUpdate", 1, 0)
+    assert strategy_for(plan, 1).kind == strategy_for(handoff, 1, previous=plan).kind == "Recreate"
 
 
 def test_the_operators_env_reaches_each_replica_and_the_manifest_may_override_it(tmp_path):
