@@ -121,7 +121,7 @@ class ActiveSequences:
         if request_id in self._requests:
             raise ValueError(f"request {request_id!r} is already active")
         load = self._load_of(key)
-        if load is None:  # a worker not (yet) added: a peer router's booking can arrive first
+        if load is None:  # a worker the pool has not added (the pool is the caller's to keep)
             load = self._workers[key] = _WorkerLoad()
         tokens = self.prefill_tokens_for(isl, overlap_blocks) if prefill_tokens is None else prefill_tokens
         private = 0

@@ -34,6 +34,7 @@ from dynamo.router.policy_profile import PolicyProfile
 from dynamo.router.request_hints import cache_salt_of, expected_output
 from dynamo.router.selector import BusyThresholds
 from dynamo.router.subscriber import KvEventFeeds
+from dynamo.runtime.records import EndpointId
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class KvPolicy:
         self.policy_document = config.policy_document()  # --router-policy-config, read at start
         self.routes: dict[str, PoolRoute] = {}
         self._inflight: dict[str, PoolRoute] = {}
+        self._synced: dict[str, EndpointId] = {}  # request -> the endpoint its booking was shared on (replica sync)
         self.feeds: KvEventFeeds | None = None
         self.sync: ReplicaSync | None = None
         self.metrics: RouterMetrics | None = None
@@ -159,6 +161,7 @@ class KvPolicy:
         self._remove_workers(route, {w.instance_id for w in route.pool.workers})
         for rid in [rid for rid, r in self._inflight.items() if r is route]:
             del self._inflight[rid]  # booked in the old router: nothing of them is in the new one
+            self._synced.pop(rid, None)
         route.router = self._new_router(pool)
         route.pool = dataclasses.replace(pool, workers=(), version=-1)
 
@@ -286,7 +289,7 @@ class KvPolicy:
         if self.metrics is not None:
             self.metrics.booked(route.pool, worker.endpoint, request, selection, started)
         if self.sync is not None:
-            eid = worker.endpoint
+            eid = self._synced[rid] = worker.endpoint
             self.sync.publish(eid.namespace, eid.component, self.sync.event(
                 route.name, rid, "add", worker_id=selection.worker_id, dp_rank=selection.dp_rank, seq_hashes=seq,
                 isl=len(request.token_ids), overlap_blocks=selection.overlap_blocks,
@@ -338,12 +341,14 @@ class KvPolicy:
         if route is not None and route.router.free(request_id):
             self._share(route, request_id, "free")
             route.queue.wake()
+        self._synced.pop(request_id, None)
 
     def _share(self, route: PoolRoute, request_id: str, kind: str) -> None:
-        if self.sync is None or not route.pool.workers:
-            return
-        eid = route.pool.workers[0].endpoint
-        self.sync.publish(eid.namespace, eid.component, self.sync.event(route.name, request_id, kind))
+        # To the endpoint the request was booked on: its pool may be empty now (its worker left, its
+        # booking kept until this free), and the peers kept their copies too.
+        eid = self._synced.get(request_id)
+        if self.sync is not None and eid is not None:
+            self.sync.publish(eid.namespace, eid.component, self.sync.event(route.name, request_id, kind))
 
     # -- observability -------------------------------------------------------------------
     def _rows(self):

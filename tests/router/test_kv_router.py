@@ -246,3 +246,14 @@ def test_a_selection_given_its_prefix_match_reuses_that_lookup():
     assert given.logits == looked_up.logits
     assert given.overhead.find_matches == match.lookup_seconds
     assert given.overhead.block_hashing == match.hashed.seconds[0] > 0  # hashed once, for the match
+
+
+def test_output_of_a_worker_that_left_does_not_restart_its_step_clock():
+    r = make()
+    r.add_worker(1)
+    r.add_request("a", r.select(PROMPT, request_id="a"), PROMPT)
+    r.output("a")
+    assert (1, 0) in r.costs.steps._last
+    r.remove_worker(1)  # its clock is forgotten; "a" still runs there
+    r.output("a")
+    assert (1, 0) not in r.costs.steps._last

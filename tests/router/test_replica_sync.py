@@ -99,3 +99,48 @@ def test_a_replica_that_never_says_it_is_alive_keeps_its_bookings(monkeypatch):
     sync.apply(_add("old-1", "old-version"))
     monkeypatch.setattr(replica_sync, "SILENT_AFTER", 0.0)
     assert sync.forget_silent() == 0 and router.active.booking("old-1") is not None
+
+
+class _Wire(ReplicaSync):
+    """A replica whose events go into a list (encoded as on the event plane) instead of onto the event plane."""
+
+    def __init__(self, router_id: str, router_for) -> None:
+        super().__init__(None, None, router_id, 7, router_for)
+        self.sent: list[bytes] = []
+
+    def publish(self, namespace: str, component: str, event: ActiveSequenceEvent) -> None:
+        self.sent.append(_encode(event))
+
+    def deliver_to(self, peer: ReplicaSync) -> None:
+        for payload in self.sent:
+            peer._receive(payload)
+        self.sent.clear()
+
+
+def test_a_free_after_the_pool_emptied_still_reaches_the_peers():
+    """A worker leaves (a failed canary) while a request runs on it, the request ends, the worker rejoins: the
+    peers must have dropped the booking too, or the rejoined worker looks busy to them for good."""
+    from dynamo.router.kv_policy import KvPolicy
+    from tests.router.test_policy import pool, req
+
+    async def run() -> None:
+        ours, theirs = KvPolicy(KvRouterConfig()), KvPolicy(KvRouterConfig())
+        ours.sync, theirs.sync = _Wire("A", ours._router_for), _Wire("B", theirs._router_for)
+
+        def membership(*workers: int, version: int) -> None:
+            for policy in (ours, theirs):
+                policy.on_membership_change(pool(*workers, version=version))
+
+        membership(1, version=1)
+        await ours.select(pool(1, version=1), req("r", list(range(16))), set())
+        ours.sync.deliver_to(theirs.sync)
+        assert theirs.routes["m"].router.active.requests((1, 0)) == 1
+        membership(version=2)  # the worker leaves both replicas' pools
+        ours.free("r")
+        ours.sync.deliver_to(theirs.sync)
+        membership(1, version=3)  # and comes back
+        assert theirs.routes["m"].router.active.requests((1, 0)) == 0
+        assert ours._synced == {}
+        for policy in (ours, theirs):
+            await policy.close()
+    asyncio.run(run())
