@@ -201,6 +201,7 @@ class Dispatcher:
         """Yields batches of engine outputs (everything that arrived together). `prompt`: where the
         request's prompt leaves the reasoning, where its reasoning budget starts counting."""
         request, budget = budget_for(request, entry.think_markers, prompt)
+        card = entry.card.mdcsum  # the card its tokens were made for: only its workers may take it
         progress = _Progress(request)  # the prompt as the client sent it, for a migration
         exclude: set[int] = set()
         prefilled = await self._prefilled(entry, request, handle)
@@ -208,7 +209,7 @@ class Dispatcher:
             return
         request = prefilled
         while True:
-            opened = await self._open(entry, request, exclude, handle)
+            opened = await self._open(entry, request, exclude, handle, card)
             if opened is None:
                 return  # the client left while the request waited to be routed
             worker, call, sent = opened
@@ -256,7 +257,7 @@ class Dispatcher:
         return request if params is None else msgspec.structs.replace(request, disaggregated_params=params)
 
     async def _open(self, entry: ModelEntry, request: PreprocessedRequest, exclude: set[int],
-                    handle: RequestHandle) -> tuple[WorkerInfo, WorkerStream, Dispatched] | None:
+                    handle: RequestHandle, card: str = "") -> tuple[WorkerInfo, WorkerStream, Dispatched] | None:
         """Select, book and send to a decode worker; one that cannot be reached never got the
         request, so the next is tried whatever the migration limit. With the stream, its `dispatch`
         stage (Dynamo's stage metrics), open until the first output. None when the client left
@@ -278,6 +279,9 @@ class Dispatcher:
             if choice is None:
                 return None
             worker = choice.worker
+            if card and worker.card.mdcsum and worker.card.mdcsum != card:  # a rolling update switched the card
+                self.policy.free(rid)
+                raise errors.model_card_changed(entry.name)
             handle.worker_id, handle.dp_rank, handle.overlap_blocks = worker.instance_id, choice.dp_rank, \
                 choice.overlap_blocks
             sent = stages.dispatched(phase)

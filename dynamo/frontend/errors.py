@@ -132,6 +132,15 @@ def too_many_requests(status: int = OVERLOADED_STATUS) -> ApiError:
     return overloaded("Too many requests in flight; retry later", status)
 
 
+def model_card_changed(model: str) -> ApiError:
+    """A rolling update switched the model's card (tokenizer, block size) while this request was prepared for the
+    old one: it would reach workers its tokens were not made for. Retried, it is prepared for the new card."""
+    err = ApiError(503, f"The workers of model {model!r} changed to another model card while this request was "
+                        "prepared; retry", "service_unavailable", None, "model_card_changed")
+    err.retry_after = 1
+    return err
+
+
 def shutting_down() -> ApiError:
     return ApiError(503, "The server is shutting down; retry on another instance", "service_unavailable", None,
                     "shutting_down")

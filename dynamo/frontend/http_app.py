@@ -310,6 +310,7 @@ class FrontendApp:
                            hints.parent_session_id if hints else None, agent)
         admission = self.admission
         entry = await admission.served_entry(req.model, receive)
+        card = entry.card  # the card this request is prepared for (a rolling update may switch it: model_generations)
         admission.refuse_if_overloaded(entry.name)
         is_chat = isinstance(req, ChatCompletionRequest)
         kind = "chat" if is_chat else "completions"
@@ -331,6 +332,8 @@ class FrontendApp:
             await asyncio.sleep(0)  # hashing them was one pass over their data, encoding them is the next
         admission.refuse_if_overloaded(entry.name)
         admission.refuse_if_draining()
+        if entry.card is not card:
+            raise errors.model_card_changed(entry.name)
         if annotations.QUERY_INSTANCE_ID in names:
             await annotations.answer_routing_query(self.dispatcher, entry, preqs[0], is_chat, req.stream, send)
             if trace is not None:

@@ -15,10 +15,11 @@ objects as for an HTTP client, and a gRPC call the client cancels is an HTTP cli
   `ServerReady` (false while the frontend drains), `ServerMetadata`.
 An HTTP refusal becomes its gRPC status: 400 INVALID_ARGUMENT, 404 NOT_FOUND, 429/529 RESOURCE_EXHAUSTED,
 503 UNAVAILABLE, 504 DEADLINE_EXCEEDED, other failures INTERNAL; the message is the OpenAI error's.
-A stream's client that takes none of its responses for `--http-write-timeout-secs` (it stopped reading and
-did not hang up: HTTP/2 flow control parks the write) has the stream cut, as an HTTP client's connection is
-(`dynamo/runtime/write_deadline.py`): its requests end as for a client gone, instead of holding their
-responses and the call forever."""
+A stream's client that takes no response for `--http-write-timeout-secs` (it stopped reading and did not
+hang up: HTTP/2 flow control parks the write) has the stream cut, like an HTTP client's connection
+(`dynamo/runtime/write_deadline.py`, which counts acknowledged bytes; here one response must get through
+within the timeout): its requests end as for a client gone, instead of running on for nobody with their
+responses queued here. A peer that vanished is found by HTTP/2 keepalive pings."""
 
 from __future__ import annotations
 
@@ -248,7 +249,9 @@ async def _cut(context, timeout: float) -> None:
     try:
         await asyncio.wait_for(context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
                                              f"the client took no response for {timeout:g} s"), timeout)
-    except asyncio.TimeoutError:
+    except grpc.aio.AbortError:
+        raise  # the status was sent: the call ends with it
+    except Exception:  # timed out, or the core refused the status (the cancelled write was the call's first)
         raise asyncio.CancelledError from None
 
 
@@ -287,7 +290,9 @@ class KServeServer:
         certificate this CA signed; `write_timeout`: a stream's deadline for its client to take a response."""
         # no SO_REUSEPORT: a second frontend on a taken port must fail, not share it unseen
         options = [("grpc.max_receive_message_length", max_message_bytes),
-                   ("grpc.max_send_message_length", max_message_bytes), ("grpc.so_reuseport", 0)]
+                   ("grpc.max_send_message_length", max_message_bytes), ("grpc.so_reuseport", 0),
+                   # a client that vanished (no FIN) is found by its unanswered pings, its calls then end
+                   ("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000)]
         self.server = grpc.aio.server(options=options)
         self.server.add_generic_rpc_handlers((KServeService(app, write_timeout).handler(),))
         address = f"{host}:{port}"

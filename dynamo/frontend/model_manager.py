@@ -107,6 +107,7 @@ class ModelManager:
         # (endpoint, instance) -> discovery key -> card (the base model's, then one per LoRA adapter)
         self._cards: dict[tuple[EndpointId, int], dict[str, ModelDeploymentCard]] = {}
         self._pipelines: dict[str, ModelPipeline] = {}  # card checksum -> its loaded tokenizer and template
+        self._loading: dict[str, asyncio.Task] = {}  # card checksum -> the load of a held-apart card's tokenizer
         self._instances: dict[tuple[EndpointId, int], InstanceRecord] = {}
         self._tasks: list[asyncio.Task] = []
         self._taken: set[str] = set()  # discovery keys whose events are handled (`caught_up`)
@@ -119,14 +120,16 @@ class ModelManager:
         self._tasks.append(loop.create_task(self._watch(records.INSTANCES, self._on_instance)))
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = self._tasks + list(self._loading.values())
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             try:
                 await task
             except BaseException:
                 pass
         self._tasks.clear()
+        self._loading.clear()
 
     async def _watch(self, bucket: str, apply: Callable[[WatchEvent, EndpointId, int], object]) -> None:
         prefix = records.namespace_prefix(bucket, self.namespace)
@@ -134,7 +137,10 @@ class ModelManager:
             try:
                 async for event in self.store.watch_prefix(prefix):
                     await self._take(bucket, event, apply)
-                    self._taken.add(event.key)
+                    if event.kind == "delete":
+                        self._taken.discard(event.key)  # bounded by the keys discovery holds
+                    else:
+                        self._taken.add(event.key)
                     self._changed.set()
                 return
             except asyncio.CancelledError:
@@ -159,10 +165,20 @@ class ModelManager:
         """Wait (bounded) until the model cards and instances discovery holds now are taken in (a card's
         tokenizer loaded, or refused as broken): a frontend starting beside others (a rollout's new replica on
         their shared socket) then serves what they serve from its first request. Whether it did in time."""
-        wanted: set[str] = set()
-        for bucket in (records.MDC, records.INSTANCES):
-            wanted |= set(await self.store.get_prefix(records.namespace_prefix(bucket, self.namespace)))
-        return await self.wait_for(lambda: wanted <= self._taken, timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:  # what discovery holds is read again each time: a key gone meanwhile is not waited for
+            self._changed.clear()
+            present: set[str] = set()
+            for bucket in (records.MDC, records.INSTANCES):
+                present |= set(await self.store.get_prefix(records.namespace_prefix(bucket, self.namespace)))
+            remaining = deadline - loop.time()
+            if present <= self._taken or remaining <= 0:
+                return present <= self._taken
+            try:
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
+            except asyncio.TimeoutError:
+                pass
 
     async def _on_card(self, event: WatchEvent, eid: EndpointId, iid: int) -> None:
         # A worker's base card sits at `.../{iid}`, each LoRA adapter's at `.../{iid}/{adapter}`.
@@ -180,6 +196,13 @@ class ModelManager:
             return
         cards[key] = card
         entry = self.models.get(card.display_name)
+        if entry is not None and card.mdcsum and entry.card.mdcsum and card.mdcsum != entry.card.mdcsum:
+            if iid in entry.workers:  # it served the other card: its card changed in place
+                self._drop_worker(card.display_name, iid)
+                entry = self.models.get(card.display_name)  # none left: this card starts the model again
+            if entry is not None:
+                self._hold_apart(entry, card, iid)
+                return
         if entry is None:
             pipeline = await self._pipeline_of(card)
             if pipeline is None:
@@ -192,7 +215,7 @@ class ModelManager:
                 log.info("model %r discovered (context %d, block size %d)", card.display_name,
                          card.context_length, card.kv_cache_block_size)
         if card.mdcsum and entry.card.mdcsum and card.mdcsum != entry.card.mdcsum:
-            await self._hold_apart(entry, card, iid)
+            self._hold_apart(entry, card, iid)  # another card's entry made while this one's tokenizer loaded
             return
         record = self._instances.get((eid, iid))
         entry.workers[iid] = WorkerInfo(iid, eid, card, routable_address(card, record))
@@ -216,6 +239,7 @@ class ModelManager:
                 old = entry.workers[iid]  # a new object: pool snapshots already handed out stay as they were
                 entry.workers[iid] = WorkerInfo(iid, old.endpoint, old.card, routable_address(old.card, record))
                 self._bump(entry)
+            self._follow_majority(card.display_name)  # a worker of another card came (or went)
 
     def _drop_worker(self, name: str, iid: int, retire: bool = True) -> None:
         entry = self.models.get(name)
@@ -247,13 +271,25 @@ class ModelManager:
             self._pipelines[card.mdcsum] = pipeline
         return pipeline
 
-    async def _hold_apart(self, entry: ModelEntry, card: ModelDeploymentCard, iid: int) -> None:
-        if card.mdcsum not in self._pipelines:
-            log.warning("worker %x serves %r with another model card (checksum %s, served: %s): held apart; its "
-                        "card's workers serve once they outnumber the others", iid, card.display_name, card.mdcsum,
-                        entry.card.mdcsum)
+    def _hold_apart(self, entry: ModelEntry, card: ModelDeploymentCard, iid: int) -> None:
+        """Keep a worker of another card out of the entry; its tokenizer loads in the background (a slow load
+        must not hold up discovery's other events), then the majority is looked at again."""
+        if card.mdcsum in self._pipelines:
+            self._follow_majority(card.display_name)
+            return
+        if card.mdcsum in self._loading:
+            return
+        log.warning("worker %x serves %r with another model card (checksum %s, served: %s): held apart; its "
+                    "card's workers serve once they outnumber the others", iid, card.display_name, card.mdcsum,
+                    entry.card.mdcsum)
+        task = asyncio.get_running_loop().create_task(self._load_then_follow(card))
+        self._loading[card.mdcsum] = task
+        task.add_done_callback(lambda _: self._loading.pop(card.mdcsum, None))
+
+    async def _load_then_follow(self, card: ModelDeploymentCard) -> None:
         if await self._pipeline_of(card) is not None:
             self._follow_majority(card.display_name)
+            self._changed.set()
 
     def _follow_majority(self, name: str) -> None:
         """Serve `name` by the card most of its answering workers registered, if that is not the one now."""
@@ -261,7 +297,7 @@ class ModelManager:
         if entry is None:
             return
         gens = generations(self._cards, name)
-        mdcsum = successor(entry.card.mdcsum, gens, self._pipelines)
+        mdcsum = successor(entry.card.mdcsum, gens, self._pipelines, self._instances)
         if mdcsum is None:
             return
         old, members = entry.card.mdcsum, gens[mdcsum]
@@ -271,7 +307,8 @@ class ModelManager:
                          for eid, iid, c in members}
         self._bump(entry)
         log.warning("model %r now served by the workers of model card %s (%d answering; %d left with card %s)",
-                    name, mdcsum, answering(members), answering(gens.get(old, ())), old)
+                    name, mdcsum, answering(members, self._instances), answering(gens.get(old, ()), self._instances),
+                    old)
 
     def _prune_pipelines(self) -> None:
         """Drop the tokenizers of cards no worker has any more."""
@@ -287,13 +324,18 @@ class ModelManager:
     def get(self, name: str) -> ModelEntry | None:
         return self.models.get(name)
 
+    def _registered(self) -> list[tuple[EndpointId, int]]:
+        """Workers with a card and an instance, served or held apart (another card of a served model)."""
+        return [key for key, cards in self._cards.items() if cards and key in self._instances]
+
     def worker_ids(self) -> set[int]:
-        """Every worker serving some model now."""
-        return {iid for entry in self.models.values() for iid in entry.workers}
+        """Every worker serving some model now, or registered beside one (a rolling update's other card)."""
+        return {iid for entry in self.models.values() for iid in entry.workers} | {iid for _, iid in self._registered()}
 
     def worker_addresses(self) -> set[str]:
-        """The request-plane address of every worker serving some model now."""
-        return {w.address for entry in self.models.values() for w in entry.workers.values() if w.address}
+        """The request-plane address of every worker serving some model now, or registered beside one."""
+        return {w.address for entry in self.models.values() for w in entry.workers.values() if w.address} | \
+            {self._instances[key].address for key in self._registered() if self._instances[key].address}
 
     def listed(self) -> list[ModelEntry]:
         return [entry for entry in self.models.values() if entry.decode_workers()]

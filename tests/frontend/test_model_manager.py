@@ -126,8 +126,49 @@ async def test_prefill_workers_alone_of_another_card_do_not_take_the_model(disco
     for iid in (7, 8):
         await disco.card(iid, PREFILL_EID, block_size=32, worker_type=WorkerType.PREFILL)
         await disco.instance(iid, PREFILL_EID)
+    await disco.card(4)  # a later event must still land: the card watch did not fail on the prefill ones
+    await disco.instance(4)
+    await disco.settle(lambda: served(disco) == (16, [1, 4]), "the served card's second worker")
+    assert disco.manager.get("tiny").prefill_workers() == [] and disco.manager.worker_ids() >= {1, 4, 7, 8}
+
+
+async def test_a_disaggregated_model_moves_only_to_a_card_with_prefill_workers(disco):
+    await disco.card(1)
+    await disco.instance(1)
+    await disco.card(7, PREFILL_EID, worker_type=WorkerType.PREFILL)
+    await disco.instance(7, PREFILL_EID)
+    await disco.settle(lambda: disco.listed() == ["tiny"], "served, disaggregated")
+    for iid in (2, 3):
+        await disco.card(iid, block_size=32)
+        await disco.instance(iid)
     await asyncio.sleep(0.5)
-    assert served(disco) == (16, [1]) and disco.manager.get("tiny").prefill_workers() == []
+    assert served(disco) == (16, [1])  # a majority of decode workers but no prefill worker of theirs
+    await disco.card(8, PREFILL_EID, block_size=32, worker_type=WorkerType.PREFILL)
+    await disco.instance(8, PREFILL_EID)
+    await disco.settle(lambda: served(disco) == (32, [2, 3]), "the new card, prefill and decode, serves")
+    assert [w.instance_id for w in disco.manager.get("tiny").prefill_workers()] == [8]
+
+
+async def test_workers_of_another_card_without_an_instance_do_not_count(disco):
+    await disco.card(1)
+    await disco.instance(1)
+    await disco.settle(lambda: disco.listed() == ["tiny"], "first worker")
+    for iid in (2, 3):
+        await disco.card(iid, block_size=32)  # registered cards, no serving instance yet
+    await asyncio.sleep(0.5)
+    assert served(disco) == (16, [1])
+    for iid in (2, 3):
+        await disco.instance(iid)
+    await disco.settle(lambda: served(disco) == (32, [2, 3]), "they serve once their instances are there")
+
+
+async def test_a_worker_whose_card_changes_in_place_serves_by_its_new_card(disco):
+    await disco.card(1)
+    await disco.instance(1)
+    await disco.settle(lambda: disco.listed() == ["tiny"], "first worker")
+    await disco.card(1, block_size=32)  # the same worker re-registers another card
+    await disco.settle(lambda: served(disco) == (32, [1]), "served by its new card")
+    assert disco.listed() == ["tiny"]
 
 
 async def test_losing_every_worker_retires_the_model_until_one_returns(disco):
