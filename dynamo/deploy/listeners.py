@@ -8,7 +8,13 @@ scale-up, a rollout's new one) inherits it with a socket of its own, by systemd'
 and an old one that stops accepting leaves its next connections to the others: the frontend can surge like any
 service. Between replicas (a crash restart) connections wait in the queue instead of being refused. The socket
 of its own (`launch.http_port`, stable across restarts) is where the probes, a Prometheus and the other
-replicas reach that very replica; `run` binds it at each start and keeps no copy of it.
+replicas reach that very replica; `run` binds it at the replica's first start and keeps it until the replica
+is retired, so that no other process takes the port while the replica is between restarts.
+
+A socket is keyed by what it listens on (service, address, port: an apply that moves the frontend's address
+binds a new one; `rollout_steps.strategy_for` recreates such a frontend, so the old socket is released first),
+and released once no replica `run` holds needs it (`keep`): a removed service's port, or one scaled to 0,
+refuses connections again instead of queueing them for nobody; a scale-up binds it again.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import os
 import socket
 import sys
 from dataclasses import dataclass
+from typing import Iterable
 
 from dynamo.deploy.plan import Launch
 
@@ -27,17 +34,11 @@ NAMES = "http:replica"  # the service's socket, then the replica's own (LISTEN_F
 
 @dataclass
 class Spawn:
-    """How one replica is started with its sockets: argv through the wrapper, env, the fds it inherits; `close`
-    `own` in this process once it has started (the replica holds it)."""
+    """How one replica is started with its sockets: argv through the wrapper, env, the fds it inherits."""
 
     argv: list[str]
     env: dict[str, str]
-    pass_fds: tuple[int, ...]
-    own: socket.socket | None = None
-
-    def close(self) -> None:
-        if self.own is not None:
-            self.own.close()
+    pass_fds: tuple[int, ...]  # held by `Listeners` (this process keeps its copies until `keep` drops them)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -54,33 +55,56 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+Key = tuple  # (service, host, port) of a service's socket; (service, index, host, port) of a replica's own
+
+
+def shared_key(service: str, launch: Launch) -> Key:
+    return (service, launch.listen_host, launch.shared_port)
+
+
+def own_key(service: str, index: int, launch: Launch) -> Key:
+    return (service, index, launch.listen_host, launch.http_port)
+
+
 class Listeners:
-    """The frontend services' sockets of one supervisor: bound once per service, closed when the run ends."""
+    """The frontend services' sockets of one supervisor, and their replicas' own: bound when first needed, kept
+    while a replica needs them (`keep`), closed when the run ends."""
 
     def __init__(self) -> None:
-        self.shared: dict[str, socket.socket] = {}
+        self.held: dict[Key, socket.socket] = {}
 
-    def spawn(self, service: str, launch: Launch) -> Spawn:
+    def spawn(self, service: str, index: int, launch: Launch) -> Spawn:
         """What starts `launch`: as it is, or, for a frontend given its service's socket (`launch.shared_port`),
         through the wrapper with that socket and one of its own. OSError: a port cannot be bound."""
         if launch.shared_port is None or launch.http_port is None:
             # A frontend of the service that binds its port itself (an apply switched it to a shell command or
             # KServe, recreating it: the old replicas are gone): the port is its to bind now.
-            self.release(service)
+            self._drop(lambda key: key[0] == service)
             return Spawn(launch.argv, launch.env, ())
-        sock = self.shared.get(service)
-        if sock is None:
-            sock = self.shared[service] = bind(launch.listen_host, launch.shared_port)
-        own = bind(launch.listen_host, launch.http_port)
-        fds = (sock.fileno(), own.fileno())
+        shared = self._socket(shared_key(service, launch))
+        own = self._socket(own_key(service, index, launch))
+        fds = (shared.fileno(), own.fileno())
         argv = [sys.executable, "-I", "-S", WRAPPER, *map(str, fds), "--", *launch.argv]
-        return Spawn(argv, {**launch.env, "LISTEN_FDNAMES": NAMES}, fds, own)
+        return Spawn(argv, {**launch.env, "LISTEN_FDNAMES": NAMES}, fds)
 
-    def release(self, service: str) -> None:
-        sock = self.shared.pop(service, None)
-        if sock is not None:
-            sock.close()
+    def _socket(self, key: Key) -> socket.socket:
+        sock = self.held.get(key)
+        if sock is None:
+            sock = self.held[key] = bind(key[-2], key[-1])
+        return sock
+
+    def keep(self, replicas: Iterable[tuple[str, int, Launch]]) -> None:
+        """Release every socket none of `replicas` (service, index, launch: those `run` still holds, running,
+        in backoff or draining) listens on."""
+        wanted: set[Key] = set()
+        for service, index, launch in replicas:
+            if launch.shared_port is not None and launch.http_port is not None:
+                wanted |= {shared_key(service, launch), own_key(service, index, launch)}
+        self._drop(lambda key: key not in wanted)
+
+    def _drop(self, which) -> None:
+        for key in [k for k in self.held if which(k)]:
+            self.held.pop(key).close()
 
     def close(self) -> None:
-        for service in list(self.shared):
-            self.release(service)
+        self._drop(lambda key: True)

@@ -21,6 +21,7 @@ from dynamo.deploy import config_maps, contract, engines, expansion, local, name
 from dynamo.deploy.commands import (MODEL_FLAGS, CommandLine, Invocation, flag_value, keep_served_name, model_of,
                                     parse_command, set_flag, swap_model)
 from dynamo.deploy.devices import DeviceLedger, detect_gpus
+from dynamo.deploy.frontend_socket import LISTEN_ENV, FrontendAddress, frontend_args, inherits_socket, runs_frontend_itself
 from dynamo.deploy.model import Graph, Service
 from dynamo.runtime.net import free_port
 
@@ -133,7 +134,9 @@ class ServicePlan:
         # A frontend whose every replica serves on the service's socket, which `run` binds and hands down
         # (`listeners.py`): `python -m dynamo.frontend` run directly (the pid `run` starts is the frontend's, as
         # LISTEN_PID says), HTTP on its port (KServe's gRPC server binds its own). It rolls out by surging.
-        self.handoff = self.frontend and not self.kserve and _runs_frontend_itself(self.line)
+        # Decided again per replica from its final argv and env (`frontend_socket.inherits_socket`).
+        self.handoff = (self.frontend and not self.kserve and runs_frontend_itself(self.line)
+                        and "--kserve-grpc-server" not in opts.append_args.get(name, []))
         self.generation = 1  # the apply that made it (1: the file `run` started with); its replicas say it
 
     @property
@@ -211,7 +214,7 @@ class ServicePlan:
         tmp_dir = os.path.join(self.opts.pods_dir or os.path.join(self.opts.state_dir, "pods"), f"{self.name}-{index}")
         shutil.rmtree(tmp_dir, ignore_errors=True)  # a restarted container starts with an empty /tmp
         os.makedirs(tmp_dir)
-        env = dict(self.opts.environ)
+        env = {k: v for k, v in self.opts.environ.items() if k not in LISTEN_ENV}
         served = self.http_port if self.handoff else http  # where clients reach it: its --http-port, DYNAMO_PORT
         defaults, pinned = self._pod_env(index, served, system)
         env.update(defaults)  # the operator's other entries: the manifest's own env overrides them, as there
@@ -241,15 +244,19 @@ class ServicePlan:
         if "dynamo.global_planner" in self.modules:  # it budgets and scales the file's graphs through these
             env["DYN_DEPLOY_CONTROL_URLS"] = json.dumps(self.opts.control_urls)
         probes = contract.default_probes(self.svc, routes or 0, system or 0)
-        return Launch(argv=self._argv(container_env, served, tmp_dir, routes), env=env,
+        argv = self._argv(container_env, served, tmp_dir, routes)
+        shared = self._shared_address(argv, env)
+        return Launch(argv=argv, env=env,
                       cwd=local_workdir(self.svc.container.workingDir), http_port=routes, system_port=system,
                       probes={k: local.private_tmp_probe(p, tmp_dir) for k, p in probes.items()},
-                      shared_port=self.http_port if self.handoff else None,
-                      listen_host=self._listen_host(container_env) if self.handoff else "0.0.0.0")
+                      shared_port=shared.port if shared else None,
+                      listen_host=shared.host if shared else "0.0.0.0")
 
-    def _listen_host(self, env: dict[str, str]) -> str:
-        """The address the frontend would listen on: its --http-host, else DYN_HTTP_HOST, else all."""
-        return flag_value(self.line.invocations[0].args, ("--http-host",)) or env.get("DYN_HTTP_HOST") or "0.0.0.0"
+    def _shared_address(self, argv: list[str], env: dict[str, str]) -> FrontendAddress | None:
+        """The address of the socket `run` hands this replica: the one the frontend, started with exactly `argv`
+        and `env`, would listen on itself; None: it binds its own."""
+        args = frontend_args(argv) if self.handoff else None
+        return inherits_socket(args, env) if args is not None else None
 
     def _pod_env(self, index: int, http: int | None, system: int | None) -> tuple[dict[str, str], dict[str, str]]:
         """What the operator and Kubernetes set in the replica's container: (defaults the manifest's env may
@@ -290,12 +297,6 @@ class ServicePlan:
         if port in (contract.K8S_SYSTEM_PORT, "system") or (launch.system_port and str(port) == str(self.k8s_system)):
             return launch.system_port
         return int(port) if isinstance(port, int) or str(port).isdigit() else None
-
-
-def _runs_frontend_itself(line: CommandLine) -> bool:
-    """Whether the command is `python -m dynamo.frontend ...` itself (exec form), not a shell around it."""
-    return (not line.shell and len(line.invocations) == 1 and line.invocations[0].module == "dynamo.frontend"
-            and line.invocations[0].python_index == 0)
 
 
 def planner_env(opts: RunOptions, manifest_env: dict[str, str]) -> dict[str, str]:

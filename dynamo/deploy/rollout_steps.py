@@ -11,6 +11,7 @@ from typing import Annotated
 import msgspec
 
 from dynamo.deploy import config_maps, contract, rollout
+from dynamo.deploy.frontend_socket import planned_address
 from dynamo.deploy.model import Graph
 from dynamo.deploy.plan import ServicePlan
 
@@ -55,10 +56,15 @@ def scaled_value(value: int | str | None, replicas: int, default: str, round_up:
 def strategy_for(plan: ServicePlan, replicas: int, previous: ServicePlan | None = None) -> Strategy:
     """`plan`'s strategy against `replicas`, rolling out over replicas of `previous`. A frontend surges only
     where old and new replicas alike serve on the socket `run` holds for the service (`listeners.py`); one that
-    binds its fixed port itself, or replaces one that does, cannot have a second copy beside the first."""
+    binds its fixed port itself, or replaces one that does, cannot have a second copy beside the first; one whose
+    socket moves (another --http-host) cannot bind the new one while the old replicas hold the old."""
     if plan.frontend and not (plan.handoff and (previous is None or previous.handoff)):
         return Strategy("Recreate", note=f"{plan.name} listens on a fixed port a second copy cannot bind: "
                                          "recreated (stopped, then started), not surged")
+    if plan.frontend and previous is not None and planned_address(plan) != planned_address(previous):
+        moved = planned_address(plan)
+        return Strategy("Recreate", note=f"{plan.name} moves its socket to {moved.host if moved else '?'}, which "
+                                         "the old one's may overlap: recreated (stopped, then started), not surged")
     given = rollout.strategy(plan.svc, plan.graph) or {"type": "RollingUpdate"}
     if given["type"] == "Recreate":
         return Strategy("Recreate")

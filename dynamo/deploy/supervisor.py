@@ -33,7 +33,7 @@ from typing import IO, Any
 
 from dynamo.deploy.contract import TERMINATION_GRACE_SECONDS
 from dynamo.deploy.group_guard import GroupGuard, signal_group
-from dynamo.deploy.listeners import Listeners, Spawn
+from dynamo.deploy.listeners import Listeners
 from dynamo.deploy.log_files import LogRotation, RotatingLog
 from dynamo.deploy.plan import ServicePlan
 from dynamo.deploy.replica import Replica
@@ -189,9 +189,8 @@ class Supervisor:
         key = (rep.service, rep.index)
         self.replicas[key] = rep
         rep.state, rep.exit_code, rep.started = "starting", None, time.monotonic()
-        spawn: Spawn | None = None
         try:
-            spawn = self.listeners.spawn(rep.service, rep.launch)  # a frontend's sockets: bound before it starts
+            spawn = self.listeners.spawn(rep.service, rep.index, rep.launch)  # a frontend's sockets: bound first
             rep.proc = await asyncio.create_subprocess_exec(
                 *spawn.argv, env=spawn.env, cwd=rep.launch.cwd, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
@@ -206,8 +205,6 @@ class Supervisor:
                 self.replicas.pop(key)
             raise
         finally:
-            if spawn is not None:
-                spawn.close()  # its own socket is the child's now
             rep.spawned.set()
         self.guard.add(rep.proc.pid)  # its own session: the pid is the group id
         if rep.stopping or self.stopping:  # retired or shut down while it was being spawned: stop it now
@@ -285,6 +282,8 @@ class Supervisor:
         if self.replicas.get((rep.service, rep.index)) is rep:
             self.replicas.pop((rep.service, rep.index))
             (rep.plan or self.plans[rep.service]).release(rep.index)
+            # a frontend's sockets no replica needs any more (scaled to 0, removed, replaced): closed, refusing
+            self.listeners.keep((r.service, r.index, r.launch) for r in self.replicas.values())
         self._touch()
         self.nudge()  # its slot is free: a newer target may want it again
 

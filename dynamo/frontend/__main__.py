@@ -141,18 +141,7 @@ async def serve(config: FrontendConfig, stop: Stop, warnings: Sequence[str] = ()
                                     config.router_session_affinity_ttl_secs, config.router_session_affinity_mode)
     await routing.attach(PolicyHost(runtime.store, runtime.client, runtime.instance_id, metrics.registry,
                                     config.metrics_prefix, config.event_plane))
-    token_cache = TokenCache(config.tokenizer_cache_bytes) if config.tokenizer_cache_bytes else None
-    if token_cache is not None:
-        metrics.watch_token_cache(token_cache)
-    models = ModelManager(runtime.store, config.namespace,
-                          on_change=_on_change(routing, metrics, lambda: models.worker_ids(),
-                                               lambda: runtime.client.listed(models.worker_addresses())),
-                          block_size=config.kv_cache_block_size, namespace_prefix=config.namespace_prefix,
-                          token_cache=token_cache, defaults=ModelDefaults.of(config),
-                          observe_prep=metrics.stages.prep)
-    expected = config.model_name or config.model_path
-    if config.wait_for_workers_secs and expected:  # its requests wait even before a worker registers it
-        models.expected.add(expected)
+    models = _models(config, runtime, metrics, routing)
     replicas = Replicas(runtime.store, runtime.namespace, runtime.instance_id, metrics.registry, config.metrics_prefix)
     app = _app(config, runtime, metrics, routing, models, replicas)
     lag = LoopLagMonitor(lambda v: (metrics.loop_lag.observe(v), metrics.loop_lag_max.set(lag.worst)))
@@ -197,6 +186,24 @@ async def serve(config: FrontendConfig, stop: Stop, warnings: Sequence[str] = ()
                      replicas)
     await _close(lag, routing, models, runtime, starting)
     return 0
+
+
+def _models(config: FrontendConfig, runtime: DistributedRuntime, metrics: FrontendMetrics,
+            routing: RoutingPolicy) -> ModelManager:
+    """The models discovery announces, each with its workers (membership changes reach the routing policy)."""
+    token_cache = TokenCache(config.tokenizer_cache_bytes) if config.tokenizer_cache_bytes else None
+    if token_cache is not None:
+        metrics.watch_token_cache(token_cache)
+    models = ModelManager(runtime.store, config.namespace,
+                          on_change=_on_change(routing, metrics, lambda: models.worker_ids(),
+                                               lambda: runtime.client.listed(models.worker_addresses())),
+                          block_size=config.kv_cache_block_size, namespace_prefix=config.namespace_prefix,
+                          token_cache=token_cache, defaults=ModelDefaults.of(config),
+                          observe_prep=metrics.stages.prep)
+    expected = config.model_name or config.model_path
+    if config.wait_for_workers_secs and expected:  # its requests wait even before a worker registers it
+        models.expected.add(expected)
+    return models
 
 
 def _inherited(config: FrontendConfig) -> list[Inherited]:
@@ -298,17 +305,24 @@ async def _hand_off(app: FrontendApp, http: EmbeddedHttpServer, stop: Stop, boun
     """SIGTERM on inherited sockets: the replicas sharing them (the one replacing this one among them) take new
     connections from the same kernel queue, so unlike `_drain` there is no window to wait out (no load balancer's
     endpoint list has to catch up, and a 503 would only fail a request another replica serves). At once: stop
-    accepting, and close idle keep-alive connections, so that their clients reconnect through the shared socket
-    (one with a response under way closes after it). Admitted streams run on to their end, within `bound`
-    (DYN_RUNTIME_GRACEFUL_SHUTDOWN_TIMEOUT_SECS from the signal; Kubernetes' or run's SIGKILL; a second signal)."""
+    accepting, and retire the open connections (`EmbeddedHttpServer.retire_connections`): each closes after its
+    next answer (`Connection: close`), or, idle, once quiet for a moment, so that their clients reconnect through
+    the shared socket without a request already sent being dropped. Admitted streams run on to their end, and the
+    connections close, within `bound` (DYN_RUNTIME_GRACEFUL_SHUTDOWN_TIMEOUT_SECS from the signal; Kubernetes'
+    or run's SIGKILL; a second signal)."""
     admission = app.admission
+    loop = asyncio.get_running_loop()
+    end = loop.time() + bound
     http.stop_listening()
-    http.close_idle_connections()
+    http.retire_connections()
     log.info("handing off: no longer accepting on the inherited socket(s); %d request(s) in flight run on to "
              "their end", admission.inflight)
     await replicas.leave()  # its peers stop forwarding stored-object requests to it
     drained = await admission.drained(bound, unless=stop.now)
     await _end_unfinished(app, stop, drained, bound)
+    if not await http.connections_closed(max(0.0, end - loop.time()), unless=stop.now):
+        log.warning("handing off: %d connection(s) still open at the drain's bound: closed",
+                    len(http.guard.connections))
     await http.stop(timeout=1.0)
     await app.close()
 

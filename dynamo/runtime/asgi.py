@@ -20,6 +20,9 @@ from dynamo.runtime.http_protocol import GuardedHttpToolsProtocol
 
 json_encode = msgspec.json.Encoder().encode
 
+# How often a retiring server looks for connections to close, and whether the last has (`retire_connections`).
+RETIRE_SWEEP_SECS = 0.1
+
 JSON_HEADERS = [(b"content-type", b"application/json")]
 TEXT_HEADERS = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
 
@@ -112,6 +115,7 @@ class EmbeddedHttpServer:
         self.server = _EmbeddedServer(config)
         self.guard.connections = self.server.server_state.connections
         self.task: asyncio.Task | None = None
+        self._sweeper: asyncio.Task | None = None
 
     async def _serve(self) -> None:
         try:
@@ -140,11 +144,34 @@ class EmbeddedHttpServer:
         for server in self.server.servers:
             server.close()
 
-    def close_idle_connections(self) -> None:
-        """Close the keep-alive connections waiting for their next request (their clients open a new one,
-        elsewhere); one with a response under way closes once it is sent."""
+    def retire_connections(self) -> None:
+        """Hand the clients to the other processes sharing the listening socket (after `stop_listening`): every
+        connection closes after its next answer (`Connection: close`), and one with none under way once it has
+        been quiet long enough (`GuardedHttpToolsProtocol.retire`), so that no request its client already sent,
+        or is about to send on a fresh connection, is dropped. `connections_closed` waits for the last."""
+        self.guard.retiring = True
         for connection in list(self.server.server_state.connections):
-            connection.shutdown()
+            connection.retire()
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        loop, connections = asyncio.get_running_loop(), self.server.server_state.connections
+        while True:
+            now = loop.time()
+            for connection in list(connections):
+                connection.close_if_idle(now)
+            await asyncio.sleep(RETIRE_SWEEP_SECS)
+
+    async def connections_closed(self, timeout: float, unless: asyncio.Event | None = None) -> bool:
+        """Wait (at most `timeout`, or until `unless` is set) for the open connections to close; True if they did."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while self.server.server_state.connections:
+            if loop.time() >= end or (unless is not None and unless.is_set()):
+                return False
+            await asyncio.sleep(RETIRE_SWEEP_SECS)
+        return True
 
     @property
     def port(self) -> int:
@@ -154,6 +181,9 @@ class EmbeddedHttpServer:
         return self.server.config.port
 
     async def stop(self, timeout: float = 5.0) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self.task is None:
             return
         self.server.should_exit = True

@@ -108,6 +108,8 @@ class HttpGuard:
     lingering: int = 0
     # The server's open connections (uvicorn's set); the EmbeddedHttpServer hands it over.
     connections: set = field(default_factory=set)
+    # Handing off (`EmbeddedHttpServer.retire_connections`): a connection made from now on retires at once.
+    retiring: bool = False
 
     def __post_init__(self) -> None:
         self.cap = self.limits.connection_cap()

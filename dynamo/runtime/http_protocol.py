@@ -33,6 +33,13 @@ from dynamo.runtime.write_deadline import WriteWatch
 LINGER_SECS = 2.0
 MAX_LINGERING = 256
 
+# On a hand-off (`retire`): a connection quiet for this long since its last answer is closed (its client is not
+# mid-way through sending the next request: sending one that instant is the race every HTTP server has), and
+# one that has not yet sent its first request counts as busy for this long after it was made (Go's StateNew
+# rule: a client that just connected is about to send). Every other connection closes after its next answer.
+RETIRE_IDLE_SECS = 1.5
+RETIRE_NEW_SECS = 3.0
+
 
 class _HeadRefused(Exception):
     """Raised in a parser callback to stop the parse; `send_400_response` then answers with `_refusal`."""
@@ -62,6 +69,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_start = self._last_data = 0.0
         self._body_bytes = 0
         self._writes: WriteWatch | None = None  # the write deadline, while something waits for the client
+        self._active = self.loop.time()  # when data last came in or an answer was last sent (`retire`)
+        self._retiring = False
 
     # -- connection ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -74,7 +83,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._linger()
             return
         super().connection_made(transport)
+        self._active = self.loop.time()
         self._arm(self.limits.header_timeout, self._head_expired)  # a connection that never sends is closed too
+        if self.guard.retiring:  # accepted just before the server stopped listening
+            self.retire()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel()
@@ -87,6 +99,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # the client's rest, read and dropped while it reads our answer
+        self._active = self.loop.time()
         if self._in_head:
             room = self.limits.head_bytes - self._head_bytes
             if len(data) > room:
@@ -157,6 +170,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_start = self._last_data = self.loop.time()
         self._body_bytes = 0
         super().on_headers_complete()
+        if self._retiring and self.cycle is not None:
+            self.cycle.keep_alive = False  # answered with `Connection: close`
 
     def on_message_complete(self) -> None:
         self._cancel()
@@ -186,6 +201,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._writes.resumes += 1  # the client took enough to unpause us: progress, at no cost
 
     def on_response_complete(self) -> None:
+        self._active = self.loop.time()
         super().on_response_complete()
         # An answer that ends with bytes still buffered (the kernel's send queue full) keeps its
         # connection open until they are written, however long that takes, even once closed.
@@ -214,6 +230,29 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _lost(self) -> bool:
         return self.parser is None  # uvicorn's connection_lost drops the parser
+
+    # -- hand-off ------------------------------------------------------------------------------------
+    def retire(self) -> None:
+        """This server hands its clients to others (the replicas sharing its listening socket): the connection
+        ends after its next answer (`Connection: close`: its client reconnects, through the shared socket), or
+        earlier, idle, by `close_if_idle`. Unlike uvicorn's `shutdown`, a request already sent (in the socket
+        buffer, half-read) or about to be (a connection just made) is never dropped by it."""
+        self._retiring = True
+        if self._busy():
+            self.cycle.keep_alive = False
+
+    def close_if_idle(self, now: float) -> bool:
+        """Close a retiring connection that has no request under way and has been quiet long enough
+        (`RETIRE_IDLE_SECS`; `RETIRE_NEW_SECS` for one that has not sent its first request); True once closed
+        or closing."""
+        if self.transport.is_closing():
+            return True
+        if self._refused or self._busy() or self.pipeline or self._head_bytes or self._in_body:
+            return False  # an answer under way, a request arriving, or a refusal that closes itself
+        if now - self._active < (RETIRE_IDLE_SECS if self._heads else RETIRE_NEW_SECS):
+            return False
+        self.transport.close()
+        return True
 
     # -- deadlines -------------------------------------------------------------------------------
     def _head_expired(self) -> None:

@@ -5,7 +5,8 @@ the values come from the component's typed config (env-only settings, as systemd
 
 As sd_listen_fds does, the sockets are taken only when LISTEN_PID is this process's pid (a child that
 inherits the environment, a shell's pipeline, must not take them) and they are made close-on-exec (this
-process's own children do not inherit them). `python -m dynamo.deploy run` hands a frontend replica its
+process's own children do not inherit them); once taken, the variables are unset (sd_listen_fds(1)), so no
+child reads them as its own. `python -m dynamo.deploy run` hands a frontend replica its
 service's listening socket, and one of its own, this way (`dynamo/deploy/listeners.py`)."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import socket
 from dataclasses import dataclass
 
 SD_LISTEN_FDS_START = 3
+ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 
 
 @dataclass(frozen=True)
@@ -41,4 +43,6 @@ def inherited_sockets(count: int | None, pid: int | None, names: str | None) -> 
         if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
             raise ValueError(f"LISTEN_FDS: file descriptor {fd} is not a listening stream socket")
         found.append(Inherited(labels[i] if i < len(labels) and labels[i] else "unknown", sock))
+    for name in ENV:
+        os.environ.pop(name, None)
     return found

@@ -192,6 +192,39 @@ def test_a_frontend_run_through_a_shell_or_kserve_binds_its_port_itself(tmp_path
     assert strategy_for(plan, 1).kind == strategy_for(handoff, 1, previous=plan).kind == "Recreate"
 
 
+def test_the_shared_socket_listens_where_the_frontend_would_from_its_final_argv_and_env(tmp_path):
+    """The socket `run` binds for a frontend is the one the frontend would bind, read as it reads its config
+    (a flag beats DYN_HTTP_HOST, which beats 0.0.0.0) from what it is really started with: --append-args and this
+    shell's env included. `run`'s own LISTEN_* variables are not a replica's."""
+    agg = DEPLOY / "mocker/deploy/agg.yaml"
+    shell = {"PATH": "/usr/bin", "DYN_HTTP_HOST": "127.0.0.1", "LISTEN_FDS": "2", "LISTEN_PID": "1"}
+    launch = plans_for(agg, tmp_path, environ=shell, frontend_port=28125)["Frontend"].launch(0)
+    assert (launch.listen_host, launch.shared_port) == ("127.0.0.1", 28125)
+    assert not {"LISTEN_FDS", "LISTEN_PID"} & set(launch.env)
+    appended = plans_for(agg, tmp_path, environ=shell, frontend_port=28125,
+                         append_args={"Frontend": ["--http-host", "127.0.0.2"]})["Frontend"].launch(0)
+    assert (appended.listen_host, appended.shared_port) == ("127.0.0.2", 28125)
+    assert plans_for(agg, tmp_path, frontend_port=28125)["Frontend"].launch(0).listen_host == "0.0.0.0"
+    # a KServe frontend only by --append-args binds its port itself: no socket for it
+    kserve = plans_for(agg, tmp_path, frontend_port=28125, append_args={"Frontend": ["--kserve-grpc-server"]})
+    assert not kserve["Frontend"].handoff and kserve["Frontend"].launch(0).shared_port is None
+
+
+def test_an_apply_that_moves_the_frontends_socket_recreates_it(tmp_path):
+    """The old replicas' socket (0.0.0.0:port) and the new one's (127.0.0.1:port) overlap: the new one cannot be
+    bound beside it, so the frontend is stopped first, then started on its new address."""
+    agg = DEPLOY / "mocker/deploy/agg.yaml"
+    old = plans_for(agg, tmp_path, frontend_port=28126)["Frontend"]
+    doc = yaml.safe_load(agg.read_text())
+    doc["spec"]["services"]["Frontend"].setdefault("envs", []).append({"name": "DYN_HTTP_HOST", "value": "127.0.0.1"})
+    path = tmp_path / "moved.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    new = plans_for(path, tmp_path, frontend_port=28126)["Frontend"]
+    assert new.launch(0).listen_host == "127.0.0.1"
+    assert strategy_for(new, 1, previous=old).kind == "Recreate"
+    assert strategy_for(old, 1, previous=old) == Strategy("RollingUpdate", 1, 0)
+
+
 def test_the_operators_env_reaches_each_replica_and_the_manifest_may_override_it(tmp_path):
     """As the operator injects it (ops reference §5.4): the component type, the DGD's Kubernetes namespace,
     canaries on in workers; no DYN_SYSTEM_ENABLED (Dynamo 1.6.1 warns that it is deprecated). The manifest's

@@ -222,3 +222,23 @@ def test_a_changed_frontend_and_workers_roll_together_with_no_failed_request(run
     assert {r["generation"] for r in run.replicas("Frontend")} == {state["generation"]}
     assert client.failed == [] and client.ok > 0, client.failed[:5]
     print(f"\nfrontend and workers rolled together: {took:.1f}s, {client.ok} requests, none failed")
+
+
+def test_a_frontend_changed_to_a_shell_command_is_recreated_on_its_port(run):
+    """A frontend run through `sh -c` binds its port itself (LISTEN_PID names the pid `run` starts, which the
+    shell's child is not): it cannot surge beside the old one, so it is recreated, and `run` releases the
+    service's socket once the old replica is gone, for the new one to bind."""
+    frontend = pids(run, "Frontend")
+    doc = base()
+    doc["spec"]["services"]["Frontend"]["extraPodSpec"]["mainContainer"].update(
+        command=["sh", "-c", "python3 -m dynamo.frontend 2>&1 | cat"], args=[])
+    status, body = post_apply(run, doc)
+    assert status == 200 and body["applied"]["replaced"].get("Frontend") == "Recreate", body
+    assert any("fixed port" in note for note in body["applied"]["notes"]), body
+    state = rollout_done(run)["services"]["Frontend"]
+    assert state["state"] == "complete" and state["rollout"]["strategy"] == "Recreate", state
+    assert pids(run, "Frontend").isdisjoint(frontend)
+    (rep,) = run.replicas("Frontend")
+    assert rep["listen_port"] is None, rep  # its own port, bound by itself
+    wait_until(lambda: chat(run.port, MODEL, "recreated", max_tokens=2, timeout=10)["usage"]["completion_tokens"] >= 1,
+               60, "the recreated frontend answering on the port")

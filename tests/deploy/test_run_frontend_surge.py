@@ -85,10 +85,10 @@ class Traffic(threading.Thread):
         self.halt.set()
         self.join(90)
 
-    def longest_gap(self, since: float, until: float) -> float:
-        """The longest time in [since, until] without a request completing."""
+    def longest_gap(self, since: float, until: float) -> tuple[float, float]:
+        """The longest time in [since, until] without a request completing, and when it began (from `since`)."""
         ends = [since, *sorted(t for t in self.done if since <= t <= until), until]
-        return max(b - a for a, b in zip(ends, ends[1:]))
+        return max((b - a, a - since) for a, b in zip(ends, ends[1:]))
 
 
 @pytest.fixture(scope="module")
@@ -132,10 +132,10 @@ def test_a_changed_frontend_surges_with_no_failed_request_and_no_gap(run):
         == (1, 0), state
     sent = len(traffic.done) + len(traffic.failed)
     assert traffic.failed == [] and traffic.done, traffic.failed[:5]
-    gap = traffic.longest_gap(began, ended)
-    assert gap < 3, f"no request completed for {gap:.1f}s during the rollout"
+    gap, at = traffic.longest_gap(began, ended)
+    assert gap < 3, f"no request completed for {gap:.1f}s during the rollout (from {at:.1f}s after the apply)"
     print(f"\nfrontend surge: {sent} requests, {len(traffic.failed)} failed, longest time without an answer "
-          f"{gap:.2f}s, apply to old frontend gone {ended - began:.1f}s")
+          f"{gap:.2f}s ({at:.1f}s after the apply), apply to old frontend gone {ended - began:.1f}s")
 
 
 def test_a_request_sent_while_the_frontend_restarts_waits_for_it_on_the_socket(run):
@@ -159,6 +159,31 @@ def test_a_request_sent_while_the_frontend_restarts_waits_for_it_on_the_socket(r
     (new,) = run.replicas("Frontend")
     assert new["pid"] != old["pid"] and new["restarts"] == old["restarts"] + 1 and new["listen_port"] == run.port
     print(f"\nfrontend crash: a request sent while it restarted was answered after {time.monotonic() - began:.1f}s")
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:"):
+            found.add(target)
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads /proc")
+def test_only_the_frontend_inherits_its_services_sockets(run):
+    """`run` hands the service's socket (fd 3) and the replica's own (fd 4) to the frontend alone: a worker
+    holding a copy would keep the port listening (and its queue filling) after every frontend is gone."""
+    (frontend,) = run.replicas("Frontend")
+    shared, own = (os.readlink(f"/proc/{frontend['pid']}/fd/{fd}") for fd in (3, 4))
+    assert shared.startswith("socket:") and own.startswith("socket:"), (shared, own)
+    workers = run.replicas("MockerWorker")
+    assert workers
+    for worker in workers:
+        assert not {shared, own} & _socket_inodes(worker["pid"]), worker
 
 
 # ----- one frontend on an inherited socket, SIGTERMed -------------------------------------------------------
@@ -215,6 +240,53 @@ def _length(response: bytes) -> int:
     return 0
 
 
+def _answer(conn: socket.socket) -> bytes:
+    """Everything the server sends on `conn` until it closes it (a reset reads as the bytes so far)."""
+    conn.settimeout(10)
+    data = b""
+    try:
+        while chunk := conn.recv(4096):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def test_a_request_sent_on_a_fresh_or_just_answered_connection_during_the_hand_off_is_answered(tiny_model, tmp_path):
+    """The hand-off closes only connections quiet for a while: a connection just made (its request not yet sent)
+    and one whose answer just came (its next request a moment away) are served once more, with `Connection:
+    close`, not dropped as uvicorn's shutdown drops every connection with no request under way."""
+    cluster = Cluster(tmp_path, tiny_model, "file")
+    shared = bind("127.0.0.1", 0)
+    procs: list[subprocess.Popen] = []
+    try:
+        old, _ = start_frontend(cluster, shared, "old", procs)
+        port = shared.getsockname()[1]
+        fresh = socket.create_connection(("127.0.0.1", port), timeout=10)
+        recent = idle_keep_alive(port)
+        time.sleep(0.2)  # both accepted by the only replica
+        old.send_signal(signal.SIGTERM)
+        wait_until(lambda: "handing off" in (cluster.tmp / "old.log").read_text(), 10, "the hand-off", interval=0.02)
+        for conn in (fresh, recent):
+            conn.sendall(b"GET /live HTTP/1.1\r\nhost: x\r\n\r\n")
+        answers = [_answer(conn) for conn in (fresh, recent)]
+        for answer in answers:
+            assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer.lower(), answers
+        assert old.wait(30) == 0
+    finally:
+        for proc in procs:
+            reap(proc)
+        shared.close()
+        cluster.stop()
+
+
+def _requests_served(url: str) -> float:
+    """The frontend's `requests_total`, all models and outcomes, from its own port's /metrics."""
+    text = http_get(url + "/metrics")[1].decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("dynamo_frontend_requests_total{"))
+
+
 def test_a_frontend_on_an_inherited_socket_stops_accepting_at_once_and_finishes_its_stream(tiny_model, tmp_path):
     cluster = Cluster(tmp_path, tiny_model, "file")
     shared = bind("127.0.0.1", 0)
@@ -234,6 +306,7 @@ def test_a_frontend_on_an_inherited_socket_stops_accepting_at_once_and_finishes_
                 return
             _, new_url = start_frontend(cluster, shared, "new", procs)
             wait_until(lambda: MODEL in http_get(new_url + "/v1/models")[1].decode(), 60, "the worker at the new one")
+            before = _requests_served(new_url)
             old.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
             idle.settimeout(10)
@@ -244,12 +317,13 @@ def test_a_frontend_on_an_inherited_socket_stops_accepting_at_once_and_finishes_
                                                                        "max_tokens": 2}).status_code
                                 for i in range(10)]
                 seen["health"] = client.get("/health").status_code
+            seen["served by the new one"] = _requests_served(new_url) - before  # not the old one still accepting
 
         # ~12 s of tokens: the new frontend starts and the old one is signalled while it runs
         finish, usage = stream_completion(url, 600, on_chunk, model=MODEL, timeout=180)
         assert finish == ["length"] and usage["completion_tokens"] == 600  # the admitted stream ran on, whole
         assert seen["idle"][0] == b"" and seen["idle"][1] < 5, seen
-        assert seen["late"] == [200] * 10 and seen["health"] == 200, seen
+        assert seen["late"] == [200] * 10 and seen["health"] == 200 and seen["served by the new one"] == 10, seen
         assert old.wait(30) == 0
         log = (cluster.tmp / "old.log").read_text()
         assert "no longer accepting on the inherited socket(s); 1 request(s) in flight" in log, log[-3000:]

@@ -19,7 +19,8 @@ from tests.fixtures.procs import REPO
 REPORT = ("import json, os; from dynamo.runtime.listen_fds import inherited_sockets as f; "
           "env = os.environ.get; found = f(int(env('LISTEN_FDS') or 0), int(env('LISTEN_PID') or 0), "
           "env('LISTEN_FDNAMES')); "
-          "print(json.dumps([[s.name, s.port, s.sock.fileno(), s.sock.get_inheritable()] for s in found]))")
+          "print(json.dumps([[s.name, s.port, s.sock.fileno(), s.sock.get_inheritable()] for s in found]"
+          " + [sorted(k for k in os.environ if k.startswith('LISTEN_'))]))")
 
 
 def test_sockets_not_meant_for_this_process_are_not_taken():
@@ -43,10 +44,13 @@ def test_the_wrapper_hands_the_sockets_to_the_program_it_execs_in_order():
     try:
         # the second one first: whatever their numbers here, they arrive at 3 and 4 in the order given
         found = _through_wrapper([second, first], sys.executable, "-c", REPORT)
-        assert found == [["http", second.getsockname()[1], 3, False], ["replica", first.getsockname()[1], 4, False]]
+        # taken, the variables are unset (sd_listen_fds(1)): a child of the program does not read them as its own
+        assert found == [["http", second.getsockname()[1], 3, False], ["replica", first.getsockname()[1], 4, False],
+                         []]
         # a shell's child is not the pid LISTEN_PID names: it takes none, as sd_listen_fds(3) (`; true`: a shell
         # execs a lone command itself)
-        assert _through_wrapper([first], "sh", "-c", f'"{sys.executable}" -c "$0"; true', REPORT) == []
+        assert _through_wrapper([first], "sh", "-c", f'"{sys.executable}" -c "$0"; true', REPORT) == [
+            ["LISTEN_FDNAMES", "LISTEN_FDS", "LISTEN_PID"]]
     finally:
         first.close()
         second.close()
