@@ -76,13 +76,18 @@ async def test_listed_once_card_and_instance_are_both_there(disco, card_first):
 
 
 async def test_a_worker_with_another_card_checksum_is_not_routed_to(disco):
-    await disco.card(1)
-    await disco.instance(1)
-    await disco.settle(lambda: disco.listed() == ["tiny"], "first worker")
+    await first_worker(disco)
     await disco.card(2, block_size=32)  # same name, other block size: another card
     await disco.instance(2)
     await asyncio.sleep(0.5)
     assert [w.instance_id for w in disco.manager.get("tiny").decode_workers()] == [1]
+
+
+async def first_worker(disco) -> None:
+    """Worker 1 serves "tiny" by a block-16 card."""
+    await disco.card(1)
+    await disco.instance(1)
+    await disco.settle(lambda: disco.listed() == ["tiny"], "first worker")
 
 
 def served(disco) -> tuple[int, list[int]]:
@@ -93,9 +98,7 @@ def served(disco) -> tuple[int, list[int]]:
 async def test_another_cards_workers_serve_once_they_outnumber_the_served_ones(disco):
     """A rolling update that changed the card (here the block size): the old card's workers serve until the new
     card's outnumber them; the two are never mixed; the pipeline and block size follow the card served."""
-    await disco.card(1)
-    await disco.instance(1)
-    await disco.settle(lambda: disco.listed() == ["tiny"], "first worker")
+    await first_worker(disco)
     await disco.card(2, block_size=32)
     await disco.instance(2)
     await asyncio.sleep(0.5)
@@ -107,9 +110,7 @@ async def test_another_cards_workers_serve_once_they_outnumber_the_served_ones(d
 
 
 async def test_the_last_worker_of_the_served_card_leaving_hands_the_model_to_another_card(disco):
-    await disco.card(1)
-    await disco.instance(1)
-    await disco.settle(lambda: disco.listed() == ["tiny"], "first worker")
+    await first_worker(disco)
     await disco.card(2, block_size=32)
     await disco.instance(2)
     await asyncio.sleep(0.5)
@@ -120,9 +121,7 @@ async def test_the_last_worker_of_the_served_card_leaving_hands_the_model_to_ano
 
 
 async def test_prefill_workers_alone_of_another_card_do_not_take_the_model(disco):
-    await disco.card(1)
-    await disco.instance(1)
-    await disco.settle(lambda: disco.listed() == ["tiny"], "first worker")
+    await first_worker(disco)
     for iid in (7, 8):
         await disco.card(iid, PREFILL_EID, block_size=32, worker_type=WorkerType.PREFILL)
         await disco.instance(iid, PREFILL_EID)
@@ -150,9 +149,7 @@ async def test_a_disaggregated_model_moves_only_to_a_card_with_prefill_workers(d
 
 
 async def test_workers_of_another_card_without_an_instance_do_not_count(disco):
-    await disco.card(1)
-    await disco.instance(1)
-    await disco.settle(lambda: disco.listed() == ["tiny"], "first worker")
+    await first_worker(disco)
     for iid in (2, 3):
         await disco.card(iid, block_size=32)  # registered cards, no serving instance yet
     await asyncio.sleep(0.5)
@@ -163,9 +160,7 @@ async def test_workers_of_another_card_without_an_instance_do_not_count(disco):
 
 
 async def test_a_worker_whose_card_changes_in_place_serves_by_its_new_card(disco):
-    await disco.card(1)
-    await disco.instance(1)
-    await disco.settle(lambda: disco.listed() == ["tiny"], "first worker")
+    await first_worker(disco)
     await disco.card(1, block_size=32)  # the same worker re-registers another card
     await disco.settle(lambda: served(disco) == (32, [1]), "served by its new card")
     assert disco.listed() == ["tiny"]
