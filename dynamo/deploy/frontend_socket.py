@@ -15,6 +15,7 @@ from dynamo.deploy.commands import CommandLine
 
 if TYPE_CHECKING:
     from dynamo.deploy.plan import ServicePlan
+    from dynamo.frontend.config import FrontendConfig
 
 # The socket-activation variables (`runtime/listen_fds.py`): `run`'s own, if it was started with some, are not
 # its replicas' (`listen_exec.py` sets a replica's).
@@ -41,11 +42,9 @@ def frontend_args(argv: Sequence[str]) -> list[str] | None:
     return None
 
 
-def inherits_socket(args: Sequence[str], env: Mapping[str, str]) -> FrontendAddress | None:
-    """Where the frontend started with `args` and `env` listens, when it would serve HTTP on a socket `run`
-    hands it; None when it binds its port itself (`--kserve-grpc-server`, from the manifest, `--append-args` or
-    `DYN_KSERVE_GRPC_SERVER`: the gRPC server takes --http-port) or when its command line does not parse (the
-    frontend says what is wrong with it)."""
+def frontend_config(args: Sequence[str], env: Mapping[str, str]) -> "FrontendConfig | None":
+    """The config of the frontend started with `args` and `env`, as it parses them; None when its command line
+    does not parse (the frontend says what is wrong with it)."""
     from dynamo.frontend.config import parse_frontend_args  # the frontend's own parse; loaded only for frontends
 
     try:
@@ -53,20 +52,23 @@ def inherits_socket(args: Sequence[str], env: Mapping[str, str]) -> FrontendAddr
             config, _ = parse_frontend_args(list(args), env)
     except (SystemExit, ValueError):
         return None
-    if config.kserve_grpc_server:
+    return config
+
+
+def inherits_socket(args: Sequence[str], env: Mapping[str, str]) -> FrontendAddress | None:
+    """Where the frontend started with `args` and `env` listens, when it would serve HTTP on a socket `run`
+    hands it; None when it binds its port itself (`--kserve-grpc-server`, from the manifest, `--append-args` or
+    `DYN_KSERVE_GRPC_SERVER`: the gRPC server takes --http-port) or when its command line does not parse."""
+    config = frontend_config(args, env)
+    if config is None or config.kserve_grpc_server:
         return None
     return FrontendAddress(config.http_host, config.http_port)
 
 
 def planned_address(plan: "ServicePlan") -> FrontendAddress | None:
-    """The address `plan`'s replicas' shared socket takes, read from the manifest's args, `--append-args`, the
-    manifest's env and this shell (what `ServicePlan.launch` gives each replica, less its per-replica values); None
-    for a frontend that binds its own. An apply that changes it recreates the frontend (`strategy_for`)."""
-    if not plan.handoff:
-        return None
-    from dynamo.deploy import expansion
-
-    env = {**plan.opts.environ, **expansion.expand_env(plan.env_entries, plan.env_from)}
-    args = [*plan.line.invocations[0].args, *plan.opts.append_args.get(plan.name, [])]
-    address = inherits_socket(args, {k: v for k, v in env.items() if k not in LISTEN_ENV})
+    """The address `plan`'s replicas' shared socket takes (`ServicePlan.listen`, parsed from what `launch` gives
+    each replica, less its per-replica values, with the service's port); None for a frontend that binds its own
+    port, which can have no second copy beside the first. An apply that changes it recreates the frontend
+    (`strategy_for`)."""
+    address = plan.listen if plan.handoff else None
     return address and FrontendAddress(address.host, plan.http_port)

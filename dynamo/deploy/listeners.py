@@ -7,9 +7,11 @@ scale-up, a rollout's new one) inherits it with a socket of its own, by systemd'
 (`listen_exec.py`). The replicas share the one kernel listen queue, so a new replica serves beside the old one
 and an old one that stops accepting leaves its next connections to the others: the frontend can surge like any
 service. Between replicas (a crash restart) connections wait in the queue instead of being refused. The socket
-of its own (`launch.http_port`, stable across restarts) is where the probes, a Prometheus and the other
-replicas reach that very replica; `run` binds it at the replica's first start and keeps it until the replica
-is retired, so that no other process takes the port while the replica is between restarts.
+of its own (`launch.http_port`) is where the probes, a Prometheus and the other replicas reach that very
+replica, so it must refuse connections while no process serves it (`frontend/replicas.py` reads a refusal as
+"that replica is gone"): `run` closes its copy when the replica's process exits or its retirement begins
+(`release_own`) and binds the same port again at the restart; should another process have taken the port
+meanwhile, that is `OwnPortTaken` and the supervisor gives the replica a fresh port.
 
 A socket is keyed by what it listens on (service, address, port: an apply that moves the frontend's address
 binds a new one; `rollout_steps.strategy_for` recreates such a frontend, so the old socket is released first),
@@ -19,6 +21,7 @@ refuses connections again instead of queueing them for nobody; a scale-up binds 
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import sys
@@ -55,6 +58,10 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class OwnPortTaken(OSError):
+    """A replica's own port, free when it was picked, is held by another process now: pick another."""
+
+
 Key = tuple  # (service, host, port) of a service's socket; (service, index, host, port) of a replica's own
 
 
@@ -68,7 +75,8 @@ def own_key(service: str, index: int, launch: Launch) -> Key:
 
 class Listeners:
     """The frontend services' sockets of one supervisor, and their replicas' own: bound when first needed, kept
-    while a replica needs them (`keep`), closed when the run ends."""
+    while a replica needs them (`keep`; a replica's own only while its process runs, `release_own`), closed when
+    the run ends."""
 
     def __init__(self) -> None:
         self.held: dict[Key, socket.socket] = {}
@@ -82,7 +90,12 @@ class Listeners:
             self._drop(lambda key: key[0] == service)
             return Spawn(launch.argv, launch.env, ())
         shared = self._socket(shared_key(service, launch))
-        own = self._socket(own_key(service, index, launch))
+        try:
+            own = self._socket(own_key(service, index, launch))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise OwnPortTaken(exc.errno, str(exc)) from None
+            raise
         fds = (shared.fileno(), own.fileno())
         argv = [sys.executable, "-I", "-S", WRAPPER, *map(str, fds), "--", *launch.argv]
         return Spawn(argv, {**launch.env, "LISTEN_FDNAMES": NAMES}, fds)
@@ -92,6 +105,12 @@ class Listeners:
         if sock is None:
             sock = self.held[key] = bind(key[-2], key[-1])
         return sock
+
+    def release_own(self, service: str, index: int) -> None:
+        """Close `run`'s copy of replica `index`'s own socket (its process exited, or it is being retired): with no
+        process left holding it the port refuses connections, as a stopped replica's should. The service's socket
+        is kept."""
+        self._drop(lambda key: len(key) == 4 and key[0] == service and key[1] == index)
 
     def keep(self, replicas: Iterable[tuple[str, int, Launch]]) -> None:
         """Release every socket none of `replicas` (service, index, launch: those `run` still holds, running,

@@ -21,7 +21,8 @@ from dynamo.deploy import config_maps, contract, engines, expansion, local, name
 from dynamo.deploy.commands import (MODEL_FLAGS, CommandLine, Invocation, flag_value, keep_served_name, model_of,
                                     parse_command, set_flag, swap_model)
 from dynamo.deploy.devices import DeviceLedger, detect_gpus
-from dynamo.deploy.frontend_socket import LISTEN_ENV, FrontendAddress, frontend_args, inherits_socket, runs_frontend_itself
+from dynamo.deploy.frontend_socket import (LISTEN_ENV, FrontendAddress, frontend_args, frontend_config, inherits_socket,
+                                           runs_frontend_itself)
 from dynamo.deploy.model import Graph, Service
 from dynamo.runtime.net import free_port
 
@@ -134,10 +135,31 @@ class ServicePlan:
         # A frontend whose every replica serves on the service's socket, which `run` binds and hands down
         # (`listeners.py`): `python -m dynamo.frontend` run directly (the pid `run` starts is the frontend's, as
         # LISTEN_PID says), HTTP on its port (KServe's gRPC server binds its own). It rolls out by surging.
-        # Decided again per replica from its final argv and env (`frontend_socket.inherits_socket`).
-        self.handoff = (self.frontend and not self.kserve and runs_frontend_itself(self.line)
-                        and "--kserve-grpc-server" not in opts.append_args.get(name, []))
+        # Read as the frontend reads its config from what each replica gets (`frontend_env_args`): the manifest's
+        # args, --append-args, the operator's env, the manifest's, this shell's; each replica's launch reads the
+        # same again with its own values (`frontend_socket.inherits_socket`).
+        self.listen: FrontendAddress | None = None  # where its socket listens (the port: `http_port`)
+        self.handoff = False
+        if self.frontend and runs_frontend_itself(self.line):
+            config = frontend_config(*self.frontend_env_args())
+            if config is not None:
+                if config.kserve_grpc_server and not self.kserve:  # KServe by --append-args or this shell's env
+                    self.kserve_port, self.kserve = config.grpc_metrics_port, True
+                elif not config.kserve_grpc_server and self.kserve:  # turned off by --append-args
+                    self.kserve_port, self.kserve = None, False
+                if not config.kserve_grpc_server:
+                    self.listen = FrontendAddress(config.http_host, config.http_port)
+                    self.handoff = True
         self.generation = 1  # the apply that made it (1: the file `run` started with); its replicas say it
+
+    def frontend_env_args(self) -> tuple[list[str], dict[str, str]]:
+        """A frontend's own args and environment as `launch` gives them (less each replica's values)."""
+        defaults, pinned = self._pod_env(0, self.http_port, None)
+        manifest_env = expansion.expand_env([e for e in self.env_entries if e.name not in pinned],
+                                            {**self.env_from, **defaults, **pinned})
+        env = {**self.opts.environ, **defaults, **manifest_env, **pinned}
+        args = [*self.line.invocations[0].args, *self.opts.append_args.get(self.name, [])]
+        return args, {k: v for k, v in env.items() if k not in LISTEN_ENV}
 
     @property
     def modules(self) -> list[str]:
@@ -172,6 +194,13 @@ class ServicePlan:
             system = free_port() if contract.has_system_port(self.svc) else None
             self.ports[index] = (http, system)
         return self.ports[index]
+
+    def move_own_port(self, index: int) -> Launch:
+        """Replica `index`'s launch on a fresh port of its own (a frontend on its service's socket whose own port
+        another process took while it was down); restarts keep the new one."""
+        _, system = self._ports(index)
+        self.ports[index] = (free_port(), system)
+        return self.launch(index)
 
     def _argv(self, env: dict[str, str], http: int | None, tmp_dir: str, routes: int | None = None) -> list[str]:
         """The replica's argv, `$(VAR)` expanded against its container `env`; a frontend's `--http-port` is

@@ -58,7 +58,8 @@ def strategy_for(plan: ServicePlan, replicas: int, previous: ServicePlan | None 
     where old and new replicas alike serve on the socket `run` holds for the service (`listeners.py`); one that
     binds its fixed port itself, or replaces one that does, cannot have a second copy beside the first; one whose
     socket moves (another --http-host) cannot bind the new one while the old replicas hold the old."""
-    if plan.frontend and not (plan.handoff and (previous is None or previous.handoff)):
+    if plan.frontend and (planned_address(plan) is None
+                          or (previous is not None and planned_address(previous) is None)):
         return Strategy("Recreate", note=f"{plan.name} listens on a fixed port a second copy cannot bind: "
                                          "recreated (stopped, then started), not surged")
     if plan.frontend and previous is not None and planned_address(plan) != planned_address(previous):

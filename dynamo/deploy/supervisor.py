@@ -32,8 +32,9 @@ import time
 from typing import IO, Any
 
 from dynamo.deploy.contract import TERMINATION_GRACE_SECONDS
+from dynamo.deploy.frontend_socket import planned_address
 from dynamo.deploy.group_guard import GroupGuard, signal_group
-from dynamo.deploy.listeners import Listeners
+from dynamo.deploy.listeners import Listeners, OwnPortTaken, Spawn
 from dynamo.deploy.log_files import LogRotation, RotatingLog
 from dynamo.deploy.plan import ServicePlan
 from dynamo.deploy.replica import Replica
@@ -156,7 +157,7 @@ class Supervisor:
         it). (A Pod has no number: the cluster has neither problem.)"""
         if not any(r.stopping for (svc, _), r in self.replicas.items() if svc == plan.name):
             return False
-        if plan.frontend and not plan.handoff:
+        if plan.frontend and planned_address(plan) is None:  # binds its port itself
             return True
         return bool(plan.gpus and plan.devices is not None and plan.devices.free() < plan.gpus)
 
@@ -190,12 +191,13 @@ class Supervisor:
         self.replicas[key] = rep
         rep.state, rep.exit_code, rep.started = "starting", None, time.monotonic()
         try:
-            spawn = self.listeners.spawn(rep.service, rep.index, rep.launch)  # a frontend's sockets: bound first
+            spawn = self._spawn(rep)  # a frontend's sockets: bound first
             rep.proc = await asyncio.create_subprocess_exec(
                 *spawn.argv, env=spawn.env, cwd=rep.launch.cwd, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
                 pass_fds=spawn.pass_fds, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         except OSError as exc:
+            self.listeners.release_own(rep.service, rep.index)
             self._print(f"[{self.tag(rep)}] cannot start {rep.launch.argv[0]}: {exc}")
             rep.state, rep.exit_code = "exited", 127
             self._schedule_restart(rep)
@@ -214,10 +216,24 @@ class Supervisor:
                      asyncio.create_task(self.probes.run(rep, rep.proc))]
         self._touch()
 
+    def _spawn(self, rep: Replica) -> Spawn:
+        """How `rep` is started (`Listeners.spawn`); a frontend whose own port another process took while it was
+        down gets a fresh one (its probes, status and registry follow its new launch)."""
+        try:
+            return self.listeners.spawn(rep.service, rep.index, rep.launch)
+        except OwnPortTaken:
+            plan = rep.plan or self.plans[rep.service]
+            was = rep.launch.http_port
+            rep.launch = plan.move_own_port(rep.index)
+            self._print(f"[{self.tag(rep)}] port {was} is taken by another process: its own port is "
+                        f"{rep.launch.http_port} now")
+            return self.listeners.spawn(rep.service, rep.index, rep.launch)
+
     async def _stop_unstarted(self, rep: Replica, proc: asyncio.subprocess.Process) -> None:
         """A process whose replica was retired mid-spawn: it has done nothing worth a drain."""
         await _terminate(proc, self.grace)
         self.guard.remove(proc.pid)
+        self.listeners.release_own(rep.service, rep.index)
         rep.exit_code, rep.state = proc.returncode, "stopped"
         self._touch()
 
@@ -239,6 +255,7 @@ class Supervisor:
         rep.exit_code = code
         signal_group(proc.pid, signal.SIGKILL)  # leftovers of a crashed shell pipeline
         self.guard.remove(proc.pid)
+        self.listeners.release_own(rep.service, rep.index)  # no process serves its own port: it refuses now
         if rep.stopping or self.stopping:
             rep.state = "stopped"
         else:
@@ -276,6 +293,8 @@ class Supervisor:
         self._touch()
         with contextlib.suppress(asyncio.TimeoutError):  # `_start` sets it in a finally: the bound is a backstop
             await asyncio.wait_for(rep.spawned.wait(), 60)
+        # Its process (spawned by now, if at all) holds the only copy of its own port left: it refuses once gone.
+        self.listeners.release_own(rep.service, rep.index)
         if rep.proc is not None and rep.proc.returncode is None:
             await _terminate(rep.proc, self.pod_grace(rep.service, rep.plan))
         await self._drain_tasks(rep)

@@ -73,6 +73,18 @@ def header(scope: dict, name: bytes) -> bytes | None:
     return None
 
 
+def _each(connection: object, action: str, *args: Any) -> None:
+    """`action` on one of the server's connections, if it is one of ours (`GuardedHttpToolsProtocol`; anything
+    else uvicorn may have put there is left to its own close); an error in one connection is logged, never
+    raised: the hand-off and the sweep go on with the others."""
+    if not isinstance(connection, GuardedHttpToolsProtocol):
+        return
+    try:
+        getattr(connection, action)(*args)
+    except Exception:
+        logging.getLogger(__name__).exception("retiring a connection: %s failed", action)
+
+
 class _EmbeddedServer(uvicorn.Server):
     """uvicorn server that leaves signal handling to its owning process."""
 
@@ -110,6 +122,9 @@ class EmbeddedHttpServer:
             log_level=options.pop("log_level", "warning"),
             loop="none",
             http=functools.partial(GuardedHttpToolsProtocol, guard=self.guard),  # type: ignore[arg-type]
+            # No WebSocket upgrades (nothing here serves one): with `websockets` or `wsproto` installed, uvicorn's
+            # "auto" would put an unguarded protocol among the connections a hand-off retires.
+            ws=options.pop("ws", "none"),
             **options,
         )
         self.server = _EmbeddedServer(config)
@@ -151,7 +166,7 @@ class EmbeddedHttpServer:
         or is about to send on a fresh connection, is dropped. `connections_closed` waits for the last."""
         self.guard.retiring = True
         for connection in list(self.server.server_state.connections):
-            connection.retire()
+            _each(connection, "retire")
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
@@ -160,7 +175,7 @@ class EmbeddedHttpServer:
         while True:
             now = loop.time()
             for connection in list(connections):
-                connection.close_if_idle(now)
+                _each(connection, "close_if_idle", now)
             await asyncio.sleep(RETIRE_SWEEP_SECS)
 
     async def connections_closed(self, timeout: float, unless: asyncio.Event | None = None) -> bool:

@@ -71,6 +71,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._writes: WriteWatch | None = None  # the write deadline, while something waits for the client
         self._active = self.loop.time()  # when data last came in or an answer was last sent (`retire`)
         self._retiring = False
+        self._newest_keep_alive = True  # the newest cycle's own keep-alive, before a hand-off turned it off
 
     # -- connection ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -169,8 +170,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._heads += 1
         self._body_start = self._last_data = self.loop.time()
         self._body_bytes = 0
+        previous = self.cycle
         super().on_headers_complete()
         if self._retiring and self.cycle is not None:
+            if previous is not None and previous is not self.cycle and not previous.response_started:
+                # a request pipelined behind it: the earlier one keeps the connection open for it (closing
+                # after the earlier answer would drop it); only the newest is answered with `Connection: close`
+                previous.keep_alive = self._newest_keep_alive
+            self._newest_keep_alive = self.cycle.keep_alive
             self.cycle.keep_alive = False  # answered with `Connection: close`
 
     def on_message_complete(self) -> None:
@@ -238,7 +245,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         earlier, idle, by `close_if_idle`. Unlike uvicorn's `shutdown`, a request already sent (in the socket
         buffer, half-read) or about to be (a connection just made) is never dropped by it."""
         self._retiring = True
-        if self._busy():
+        if self._busy():  # the newest request (any pipelined before it are answered first, and kept open for it)
+            self._newest_keep_alive = self.cycle.keep_alive
             self.cycle.keep_alive = False
 
     def close_if_idle(self, now: float) -> bool:

@@ -241,3 +241,32 @@ def test_the_operators_env_reaches_each_replica_and_the_manifest_may_override_it
     doc["spec"]["services"]["MockerWorker"]["envs"] = [{"name": "DYN_HEALTH_CHECK_ENABLED", "value": "false"}]
     path.write_text(yaml.safe_dump(doc))
     assert plans_for(path, tmp_path)["MockerWorker"].launch(0).env["DYN_HEALTH_CHECK_ENABLED"] == "false"
+
+
+def test_a_frontend_made_kserve_by_this_shell_binds_its_own_port_and_is_recreated(tmp_path):
+    """Whether a frontend takes its service's socket is read as the frontend reads its config, from everything its
+    replicas get: DYN_KSERVE_GRPC_SERVER in `run`'s shell makes it KServe (its gRPC server binds the fixed port),
+    so the plan does not hand it a socket, its probes reach its HTTP routes' port, and it is never surged (two
+    copies would race for the port) nor started beside a draining replica."""
+    from dynamo.deploy.replica import Replica
+    from dynamo.deploy.supervisor import Supervisor
+
+    agg = DEPLOY / "mocker/deploy/agg.yaml"
+    plan = plans_for(agg, tmp_path, environ={"PATH": "/usr/bin", "DYN_KSERVE_GRPC_SERVER": "1"},
+                     frontend_port=28127)["Frontend"]
+    assert not plan.handoff and plan.kserve
+    launch = plan.launch(0)
+    assert launch.shared_port is None and launch.http_port not in (None, 28127)
+    assert launch.argv[launch.argv.index("--http-port") + 1] == "28127"
+    surging = plans_for(agg, tmp_path, frontend_port=28127)["Frontend"]
+    assert surging.handoff and strategy_for(surging, 1).kind == "RollingUpdate"
+    assert strategy_for(plan, 1).kind == "Recreate"
+    assert strategy_for(surging, 1, previous=plan).kind == strategy_for(plan, 1, previous=surging).kind == "Recreate"
+    sup = Supervisor({"Frontend": plan}, out=open("/dev/null", "w"))
+    sup.replicas["Frontend", 0] = Replica("Frontend", 0, launch, plan=plan, stopping=True)
+    assert sup.deferred(plan)
+    # a plan whose socket address cannot be read binds its own port too, whatever else it says
+    surging.listen = None
+    assert strategy_for(surging, 1).kind == "Recreate"
+    sup.plans["Frontend"] = surging
+    assert sup.deferred(surging)

@@ -267,6 +267,57 @@ async def test_keep_alive_and_pipelined_requests_are_served(serve):
     writer.close()
 
 
+async def test_a_hand_off_and_its_sweep_outlive_a_foreign_or_failing_connection(serve, caplog):
+    """A connection object that is not our guarded protocol (a WebSocket one, were uvicorn given one) is skipped,
+    and an error from one connection is logged: the other connections are still retired and closed."""
+    server, _ = await serve()
+    assert server.server.config.ws == "none"  # uvicorn adds no WebSocket protocol objects of its own
+    connections = server.server.server_state.connections
+    failing_reader, failing_writer = await connect(server)
+    failing_writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read_answer(failing_reader))[0] == 200
+    (failing,) = connections
+
+    def boom(*_):
+        raise RuntimeError("boom")
+
+    failing.close_if_idle = boom
+    reader, writer = await connect(server)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read_answer(reader))[0] == 200
+    foreign = object()
+    connections.add(foreign)
+    try:
+        with caplog.at_level(logging.ERROR, logger="dynamo.runtime.asgi"):
+            server.stop_listening()
+            server.retire_connections()  # no AttributeError out of the hand-off
+            assert await closed(reader)  # the sweep went on past the foreign and the failing connection
+        assert "close_if_idle failed" in caplog.text
+        assert server._sweeper is not None and not server._sweeper.done()
+    finally:
+        connections.discard(foreign)
+        del failing.close_if_idle
+        writer.close()
+        failing_writer.close()
+
+
+async def test_requests_pipelined_after_a_hand_off_are_all_answered_the_last_with_close(serve):
+    """Two GETs in one write to a retiring connection: both are answered, and only the last says
+    `Connection: close` (closing after the first would drop the second, which the client already sent)."""
+    server, _ = await serve()
+    reader, writer = await connect(server)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read_answer(reader))[0] == 200  # the connection exists, idle
+    server.stop_listening()
+    server.retire_connections()
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+    first, second = await read_answer(reader), await read_answer(reader)
+    assert (first[0], second[0]) == (200, 200)
+    assert first[1].get("connection") != "close" and second[1].get("connection") == "close"
+    assert await closed(reader)
+    writer.close()
+
+
 async def wait_for(predicate, timeout: float = GENEROUS) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
