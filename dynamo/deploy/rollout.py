@@ -67,12 +67,16 @@ def checksum(data: dict[str, str]) -> str:
 
 
 def restart_warnings(graph: Graph) -> list[str]:
+    """The operator restarts `Sequential`ly unless told `Parallel` (its CRD's default; with no `order`, the
+    services in alphabetical order, as its GetRestartOrder): plain Deployments cannot wait for one another."""
     restart = graph.spec.restart
-    kind = restart.strategy.type if restart is not None and restart.strategy is not None else None
+    if restart is None:
+        return []
+    kind = (restart.strategy.type if restart.strategy is not None else None) or "Sequential"
     if kind != "Sequential":
         return []
-    return ["spec.restart.strategy: Sequential is rendered as a parallel restart (every Deployment rolls when "
-            "the id changes; plain Deployments cannot wait for one another)"]
+    return ["spec.restart.strategy: Sequential (the operator's default) is rendered as a parallel restart (every "
+            "Deployment rolls when the id changes; plain Deployments cannot wait for one another)"]
 
 
 # ----- validate ----------------------------------------------------------------------------------

@@ -163,11 +163,13 @@ def test_v1alpha1_restart_is_accepted_with_a_note_and_sequential_warns(tmp_path)
     report = validate_file(write(tmp_path, restart_doc(
         {"id": "r1", "strategy": {"type": "Sequential", "order": ["Frontend", "MockerWorker"]}})))
     assert report.ok, report.errors
-    assert any("Sequential is rendered as a parallel restart" in w for w in report.warnings)
+    assert any("is rendered as a parallel restart" in w for w in report.warnings)
     assert any("spec.restart: `run` ignores it" in n for n in report.notes)
     assert any(": note: spec.restart" in line for line in report.lines())
     parallel = validate_file(write(tmp_path, restart_doc({"id": "r1", "strategy": {"type": "Parallel"}})))
     assert parallel.ok and not parallel.warnings
+    default = validate_file(write(tmp_path, restart_doc({"id": "r1"})))  # the operator's default: Sequential
+    assert any("Sequential (the operator's default) is rendered as a parallel restart" in w for w in default.warnings)
 
 
 def test_restart_order_names_services_and_its_type_is_checked(tmp_path):
