@@ -50,7 +50,8 @@ def test_keda_scales_the_worker_to_zero_and_back_for_a_held_request(tmp_path, ti
         run.wait_workers(MODEL, 1)  # the frontend knows the model before its worker goes away
         status, body = http_get(run.control + "/prometheus/targets")
         targets = {t["labels"]["service"]: t for t in json.loads(body)}
-        assert status == 200 and targets["Frontend"]["targets"] == [f"127.0.0.1:{run.port}"]
+        (frontend,) = run.replicas("Frontend")  # scraped on its own port (the service's is shared by its replicas)
+        assert status == 200 and targets["Frontend"]["targets"] == [f"127.0.0.1:{frontend['http_port']}"]
         assert targets["Frontend"]["labels"]["dynamo_graph_deployment"] == "mocker-autoscaling"
         wait_until(lambda: replicas(run, "MockerWorker") == 0, 60, "the idle worker scaled to zero")
         run.wait_ready({"MockerWorker": 0})
