@@ -12,20 +12,60 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from dynamo.deploy.commands import CommandLine
+from dynamo.runtime.listen_fds import ENV as LISTEN_ENV
 
 if TYPE_CHECKING:
     from dynamo.deploy.plan import ServicePlan
     from dynamo.frontend.config import FrontendConfig
 
-# The socket-activation variables (`runtime/listen_fds.py`): `run`'s own, if it was started with some, are not
-# its replicas' (`listen_exec.py` sets a replica's).
-LISTEN_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+__all__ = ["LISTEN_ENV", "FrontendAddress", "FrontendSocket", "frontend_args", "frontend_config", "inherits_socket",
+           "planned_address", "runs_frontend_itself", "shared_address", "socket_of"]
+# LISTEN_ENV, the socket-activation variables (`runtime/listen_fds.py`): `run`'s own, if it was started with
+# some, are not its replicas' (`listen_exec.py` sets a replica's).
 
 
 @dataclass(frozen=True)
 class FrontendAddress:
     host: str
     port: int
+
+
+@dataclass(frozen=True)
+class FrontendSocket:
+    """How a frontend service's replicas listen: `listen`, the address of the socket `run` binds and hands every
+    replica (None: each binds its own port); `kserve_port`, a KServe frontend's HTTP-routes port (None: not
+    KServe), as the manifest, `--append-args` or this shell's env make it."""
+
+    listen: FrontendAddress | None
+    kserve_port: int | None
+
+    @property
+    def handoff(self) -> bool:
+        return self.listen is not None
+
+
+def socket_of(line: CommandLine, kserve_port: int | None, args: Sequence[str],
+              env: Mapping[str, str]) -> FrontendSocket:
+    """A frontend service's socket, decided from its command `line` (the manifest's KServe HTTP-routes port
+    `kserve_port`) and its own `args` and `env` as each replica gets them (less per-replica values): only
+    `python -m dynamo.frontend` run directly takes a socket (the pid `run` starts is the frontend's, as
+    LISTEN_PID says), and only for HTTP (KServe's gRPC server binds its own port, so it is recreated on a
+    change). A command line that does not parse keeps the manifest's view (the frontend says what is wrong)."""
+    if not runs_frontend_itself(line):
+        return FrontendSocket(None, kserve_port)
+    config = frontend_config(args, env)
+    if config is None:
+        return FrontendSocket(None, kserve_port)
+    if config.kserve_grpc_server:  # KServe by the manifest, --append-args or this shell's env
+        return FrontendSocket(None, kserve_port if kserve_port is not None else config.grpc_metrics_port)
+    return FrontendSocket(FrontendAddress(config.http_host, config.http_port), None)
+
+
+def shared_address(handoff: bool, argv: Sequence[str], env: Mapping[str, str]) -> FrontendAddress | None:
+    """The address of the socket `run` hands a replica started with exactly `argv` and `env`: the one the
+    frontend would listen on itself; None: it binds its own."""
+    args = frontend_args(argv) if handoff else None
+    return inherits_socket(args, env) if args is not None else None
 
 
 def runs_frontend_itself(line: CommandLine) -> bool:

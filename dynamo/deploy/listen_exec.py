@@ -13,6 +13,7 @@ import fcntl
 import os
 import sys
 
+# `runtime/listen_fds.py`'s constant, repeated: this script runs isolated (-I -S) and imports nothing of ours.
 SD_LISTEN_FDS_START = 3
 
 

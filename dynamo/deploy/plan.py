@@ -21,8 +21,7 @@ from dynamo.deploy import config_maps, contract, engines, expansion, local, name
 from dynamo.deploy.commands import (MODEL_FLAGS, CommandLine, Invocation, flag_value, keep_served_name, model_of,
                                     parse_command, set_flag, swap_model)
 from dynamo.deploy.devices import DeviceLedger, detect_gpus
-from dynamo.deploy.frontend_socket import (LISTEN_ENV, FrontendAddress, frontend_args, frontend_config, inherits_socket,
-                                           runs_frontend_itself)
+from dynamo.deploy.frontend_socket import LISTEN_ENV, FrontendAddress, runs_frontend_itself, shared_address, socket_of
 from dynamo.deploy.model import Graph, Service
 from dynamo.runtime.net import free_port
 
@@ -133,23 +132,14 @@ class ServicePlan:
         self.devices: DeviceLedger | None = None  # this machine's GPUs, shared by all plans; None: leave CUDA env alone
         self.http_port = opts.frontend_port  # a frontend's first replica's (`build_plans` moves a second frontend's)
         # A frontend whose every replica serves on the service's socket, which `run` binds and hands down
-        # (`listeners.py`): `python -m dynamo.frontend` run directly (the pid `run` starts is the frontend's, as
-        # LISTEN_PID says), HTTP on its port (KServe's gRPC server binds its own). It rolls out by surging.
-        # Read as the frontend reads its config from what each replica gets (`frontend_env_args`): the manifest's
-        # args, --append-args, the operator's env, the manifest's, this shell's; each replica's launch reads the
-        # same again with its own values (`frontend_socket.inherits_socket`).
+        # (`listeners.py`), rolls out by surging. Read as the frontend reads its config from what each replica
+        # gets (`frontend_env_args`); each replica's launch reads the same again with its own values.
         self.listen: FrontendAddress | None = None  # where its socket listens (the port: `http_port`)
         self.handoff = False
-        if self.frontend and runs_frontend_itself(self.line):
-            config = frontend_config(*self.frontend_env_args())
-            if config is not None:
-                if config.kserve_grpc_server and not self.kserve:  # KServe by --append-args or this shell's env
-                    self.kserve_port, self.kserve = config.grpc_metrics_port, True
-                elif not config.kserve_grpc_server and self.kserve:  # turned off by --append-args
-                    self.kserve_port, self.kserve = None, False
-                if not config.kserve_grpc_server:
-                    self.listen = FrontendAddress(config.http_host, config.http_port)
-                    self.handoff = True
+        if self.frontend and runs_frontend_itself(self.line):  # else its args are not the frontend's own
+            sock = socket_of(self.line, self.kserve_port, *self.frontend_env_args())
+            self.listen, self.handoff = sock.listen, sock.handoff
+            self.kserve_port, self.kserve = sock.kserve_port, sock.kserve_port is not None
         self.generation = 1  # the apply that made it (1: the file `run` started with); its replicas say it
 
     def frontend_env_args(self) -> tuple[list[str], dict[str, str]]:
@@ -274,18 +264,12 @@ class ServicePlan:
             env["DYN_DEPLOY_CONTROL_URLS"] = json.dumps(self.opts.control_urls)
         probes = contract.default_probes(self.svc, routes or 0, system or 0)
         argv = self._argv(container_env, served, tmp_dir, routes)
-        shared = self._shared_address(argv, env)
+        shared = shared_address(self.handoff, argv, env)
         return Launch(argv=argv, env=env,
                       cwd=local_workdir(self.svc.container.workingDir), http_port=routes, system_port=system,
                       probes={k: local.private_tmp_probe(p, tmp_dir) for k, p in probes.items()},
                       shared_port=shared.port if shared else None,
                       listen_host=shared.host if shared else "0.0.0.0")
-
-    def _shared_address(self, argv: list[str], env: dict[str, str]) -> FrontendAddress | None:
-        """The address of the socket `run` hands this replica: the one the frontend, started with exactly `argv`
-        and `env`, would listen on itself; None: it binds its own."""
-        args = frontend_args(argv) if self.handoff else None
-        return inherits_socket(args, env) if args is not None else None
 
     def _pod_env(self, index: int, http: int | None, system: int | None) -> tuple[dict[str, str], dict[str, str]]:
         """What the operator and Kubernetes set in the replica's container: (defaults the manifest's env may

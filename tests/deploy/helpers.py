@@ -13,7 +13,9 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
+
+import yaml
 
 from tests.fixtures.procs import REPO, free_port, http_get, metric_value, wait_until
 
@@ -36,6 +38,23 @@ def chat(port: int, model: str, text: str, max_tokens: int = 4, timeout: float =
                                  headers={"content-type": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.load(resp)
+
+
+def started_run(tmp: Path, doc: dict, model_dir: Path, ready: dict[str, int], model: str,
+                *args: str) -> Iterator["DeployRun"]:
+    """A module fixture's body: `run` of the graph `doc` (written to `tmp`) on `model_dir`, ready with `ready`
+    replicas and `ready`'s worker count serving `model`; stopped at teardown, no replica process left over."""
+    path = tmp / "graph.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    deploy = DeployRun(path, tmp, "--model", str(model_dir), "--no-status", *args)
+    deploy.manifest_dir = tmp
+    try:
+        deploy.wait_ready(ready, timeout=120)
+        deploy.wait_workers(model, sum(n for name, n in ready.items() if name != "Frontend"))
+        yield deploy
+    finally:
+        deploy.stop()
+        assert deploy.survivors() == []
 
 
 class DeployRun:

@@ -20,7 +20,7 @@ import urllib.request
 import pytest
 import yaml
 
-from tests.deploy.helpers import DeployRun, chat
+from tests.deploy.helpers import DeployRun, chat, started_run
 from tests.deploy.manifests import mocker_graph
 from tests.fixtures.procs import REPO, wait_until
 
@@ -86,18 +86,8 @@ class Client(threading.Thread):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_model):
-    tmp = tmp_path_factory.mktemp("apply")
-    path = tmp / "graph.yaml"
-    path.write_text(yaml.safe_dump(base()))
-    deploy = DeployRun(path, tmp, "--model", str(tiny_model), "--no-status")
-    deploy.manifest_dir = tmp
-    try:
-        deploy.wait_ready({"Frontend": 1, "MockerWorker": 2}, timeout=120)
-        deploy.wait_workers(MODEL, 2)
-        yield deploy
-    finally:
-        deploy.stop()
-        assert deploy.survivors() == []
+    yield from started_run(tmp_path_factory.mktemp("apply"), base(), tiny_model, {"Frontend": 1, "MockerWorker": 2},
+                           MODEL)
 
 
 def test_an_unchanged_reapply_restarts_nothing(run):

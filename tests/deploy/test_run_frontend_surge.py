@@ -20,14 +20,13 @@ import time
 
 import httpx
 import pytest
-import yaml
 
 from dynamo.deploy.listeners import WRAPPER, bind
-from tests.deploy.helpers import DeployRun
+from tests.deploy.helpers import started_run
 from tests.deploy.manifests import mocker_graph
 from tests.deploy.test_run_apply import post_apply, rollout_done
 from tests.fixtures.load import stream_completion
-from tests.fixtures.procs import Cluster, http_get, wait_until
+from tests.fixtures.procs import Cluster, http_get, reap, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 MODEL = "tiny-llama"
@@ -93,17 +92,8 @@ class Traffic(threading.Thread):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_model):
-    tmp = tmp_path_factory.mktemp("surge")
-    path = tmp / "graph.yaml"
-    path.write_text(yaml.safe_dump(graph()))
-    deploy = DeployRun(path, tmp, "--model", str(tiny_model), "--no-status")
-    try:
-        deploy.wait_ready({"Frontend": 1, "MockerWorker": 1}, timeout=120)
-        deploy.wait_workers(MODEL, 1)
-        yield deploy
-    finally:
-        deploy.stop()
-        assert deploy.survivors() == []
+    yield from started_run(tmp_path_factory.mktemp("surge"), graph(), tiny_model, {"Frontend": 1, "MockerWorker": 1},
+                           MODEL)
 
 
 def test_a_changed_frontend_surges_with_no_failed_request_and_no_gap(run):
@@ -207,16 +197,6 @@ def start_frontend(cluster: Cluster, shared: socket.socket, name: str, procs: li
     wait_until(lambda: proc.poll() is not None or http_get(url + "/live")[0] == 200, 60, f"{name} /live")
     assert proc.poll() is None, (cluster.tmp / f"{name}.log").read_text()
     return proc, url
-
-
-def reap(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 def idle_keep_alive(port: int) -> socket.socket:

@@ -23,7 +23,7 @@ import yaml
 from dynamo.deploy.validate import validate_file
 from dynamo.llm.perf_data import load_profile
 from dynamo.profiler.client import measure
-from tests.fixtures.procs import REPO, free_port, wait_until
+from tests.fixtures.procs import REPO, free_port, reap, wait_until
 from tests.profiler.helpers import comps, flag, graph, main, planner_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
@@ -82,13 +82,7 @@ def profiled(tmp_path, tiny_model):
         wait_until(deployed, 300, "DGDR phase Deployed", interval=0.5)
         yield out, port, proc, text
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        reap(proc, signal.SIGINT, 60)
         log.close()
 
 
