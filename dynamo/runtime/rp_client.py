@@ -23,49 +23,14 @@ from collections import deque
 
 from dynamo.runtime import rp_backlog, wire
 from dynamo.runtime.rp_backlog import Backlog
+from dynamo.runtime.rp_errors import CannotConnect, Disconnected, FellBehind, StreamError, StreamTimeout, stream_error
 from dynamo.runtime.settings import RuntimeSettings
 from dynamo.runtime.tls import ClientTls
 from dynamo.runtime.wire import ErrorCode
 
+__all__ = ["CannotConnect", "Disconnected", "FellBehind", "RequestPlaneClient", "ResponseStream", "StreamError",
+           "StreamTimeout"]
 log = logging.getLogger(__name__)
-
-
-class StreamError(Exception):
-    """A failed stream. `code` is usually an ErrorCode; a peer's unknown code stays a plain str."""
-
-    def __init__(self, message: str, code: str = ErrorCode.INTERNAL) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class Disconnected(StreamError):
-    """The stream broke mid-way: migrate. `downstream`: the peer is a relay that lost the stream behind
-    it (code `lost_downstream`), so the peer itself stays a fine choice for the migrated request."""
-
-    def __init__(self, message: str = "stream ended without its end-of-stream marker", downstream: bool = False) -> None:
-        super().__init__(message, ErrorCode.DISCONNECTED)
-        self.downstream = downstream
-
-
-class CannotConnect(StreamError):
-    def __init__(self, message: str) -> None:
-        super().__init__(message, ErrorCode.CANNOT_CONNECT)
-
-
-class StreamTimeout(StreamError):
-    """Nothing arrived within the caller's deadline. The stream stays open: the caller decides
-    whether to wait again or `cancel()` it (a hung worker keeps running until told)."""
-
-    def __init__(self, message: str = "no response within the deadline") -> None:
-        super().__init__(message, ErrorCode.TIMEOUT)
-
-
-class FellBehind(StreamError):
-    """The caller's backlog passed its limit (`rp_backlog.Backlog`): the stream was cancelled at its worker
-    and what it held dropped. Code `cancelled`: nothing failed that a migration or a retry would fix."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, ErrorCode.CANCELLED)
 
 
 # The most `next_batch()` hands over at once (one item, if a single item is larger): a caller decodes a
@@ -226,7 +191,7 @@ class _ClientConnection(wire.FramedProtocol):
                 stream._finish()
             elif kind is wire.Error:
                 del streams[frame.sid]
-                stream._finish(_stream_error(frame))
+                stream._finish(stream_error(frame))
         if self.going_away and not streams:
             self.close_idle()
 
@@ -258,14 +223,6 @@ class _ClientConnection(wire.FramedProtocol):
         self.streams.pop(sid, None)
         if self.going_away and not self.streams:
             self.close_idle()
-
-
-def _stream_error(frame: wire.Error) -> StreamError:
-    if frame.code == ErrorCode.DISCONNECTED:  # the worker cut the stream at shutdown: migrate it
-        return Disconnected(frame.message)
-    if frame.code == ErrorCode.LOST_DOWNSTREAM:  # a relay lost the stream behind it: migrate, through it
-        return Disconnected(frame.message, downstream=True)
-    return StreamError(frame.message, frame.code)
 
 
 def _connect_timeout() -> float:
