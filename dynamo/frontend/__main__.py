@@ -199,7 +199,8 @@ def _models(config: FrontendConfig, runtime: DistributedRuntime, metrics: Fronte
                                                lambda: runtime.client.listed(models.worker_addresses())),
                           block_size=config.kv_cache_block_size, namespace_prefix=config.namespace_prefix,
                           token_cache=token_cache, defaults=ModelDefaults.of(config),
-                          observe_prep=metrics.stages.prep)
+                          observe_prep=metrics.stages.prep, card_settle=config.model_card_settle_secs,
+                          on_card_switch=lambda name: metrics.card_switches.labels(name).inc())
     expected = config.model_name or config.model_path
     if config.wait_for_workers_secs and expected:  # its requests wait even before a worker registers it
         models.expected.add(expected)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from dynamo.frontend.dispatch import RequestHandle
+from dynamo.frontend.request_handle import RequestHandle
 from dynamo.frontend.output import ChoiceDelta, OutputStage, is_json
 from dynamo.frontend.parsers.base import ToolCallDelta, accumulate_call
 
@@ -135,3 +135,15 @@ class HeldCalls:
         (that continues the text shown), so neither opens a second block or item."""
         pair = [ChoiceDelta(text, logprobs=logprobs if text else []), ChoiceDelta("", reasoning)]
         return [d for d in (pair if self.text_first else pair[::-1]) if d]
+
+
+def echo_text(req, prompt_ids: list[int], decode) -> str:
+    """Completions `echo`: the prompt as the client sent it, before the completion."""
+    if not getattr(req, "echo", False):
+        return ""
+    prompt = req.prompt
+    if isinstance(prompt, str):
+        return prompt
+    if prompt and isinstance(prompt[0], str):
+        return prompt[0]
+    return decode(prompt_ids, skip_special_tokens=False)

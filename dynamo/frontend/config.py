@@ -18,6 +18,7 @@ from dynamo.router.session_affinity import MAX_TTL_SECS
 from dynamo.frontend.client_backlog import STREAM_BACKLOG_MB
 from dynamo.frontend.compat_flags import FRONTEND_FLAGS
 from dynamo.frontend.model_defaults import check_model_defaults
+from dynamo.frontend.model_generations import CARD_SETTLE_SECS
 from dynamo.runtime.compat_args import compat_parser, parse_with_compat
 from dynamo.runtime.config import setting
 from dynamo.runtime.config_dump import DumpConfigTo
@@ -88,6 +89,11 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, MediaSettings, Http
     migration_limit: int = setting(0, "Times a request may move to another worker when its worker fails")
     migration_max_seq_len: int | None = setting(None, "Do not migrate a request past this many prompt + generated "
                                                       "tokens (its client gets the error instead)")
+    model_card_settle_secs: float = setting(
+        CARD_SETTLE_SECS, "A rolling update's other model card takes a model over only once its workers have "
+        "outnumbered the served card's for this long, and not within this long of the last switch (a crash-looping "
+        "generation does not flip the card, and the KV router's index, back and forth; a switch back to the card "
+        "just left waits twice as long each time, up to 60 s); at once when no worker of the served card can answer")
     model_name: str | None = setting(None, "Models come from discovery; with --wait-for-workers-secs this one is "
                                            "known before any worker registers it: listed, its requests wait (a "
                                            "frontend that starts while its workers are scaled to zero)")
@@ -191,6 +197,8 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, MediaSettings, Http
             raise ValueError("--wait-for-workers-secs must be >= 0")
         if self.http_graceful_shutdown_timeout_secs < 0:
             raise ValueError("--http-graceful-shutdown-timeout-secs must be >= 0")
+        if not self.model_card_settle_secs >= 0:  # NaN too
+            raise ValueError("--model-card-settle-secs must be >= 0")
 
 
 # The frontend's own numeric settings with a range NVIDIA Dynamo enforces too (the router's: ROUTER_BOUNDS).

@@ -133,8 +133,10 @@ class PrefillOrchestrator:
             return None
         return (await choose(self.routing, pool, request, set(), book=False)).worker.instance_id
 
-    async def prefill(self, entry, request: PreprocessedRequest, handle) -> dict[str, Any] | None:
-        """Transfer parameters for the decode worker, or None to prefill locally."""
+    async def prefill(self, entry, request: PreprocessedRequest, handle, card: str) -> dict[str, Any] | None:
+        """Transfer parameters for the decode worker, or None to prefill locally. `card`: the checksum of the card
+        the request was prepared for: a prefill pool of another card (a switch while the request waited to be
+        routed) raises CardChanged, as the decode side does (`dispatch.py`)."""
         pool = entry.pool(Role.PREFILL)
         reason = self._skip_reason(entry, pool, request)
         if pool.workers:
@@ -159,6 +161,9 @@ class PrefillOrchestrator:
                 return self._local(entry, PREFILL_FAILED if exclude else PREFILL_POOL_BUSY)
             if choice is None:
                 return None  # the client left while the prefill waited to be routed
+            if card and choice.worker.card.mdcsum and choice.worker.card.mdcsum != card:  # switched meanwhile
+                self.routing.free(sub.request_id)
+                raise errors.CardChanged(entry.name)
             outcome = await self._prefill_on(entry, choice, sub, handle)
             if outcome is not _ANOTHER_WORKER:
                 return outcome

@@ -9,14 +9,18 @@ be reached, or that refuses the request because it is draining, is skipped befor
 anything was generated: the request goes to another worker whatever the migration limit.
 Each such failure also inhibits the worker (`dynamo.router.inhibit`) so the requests that follow
 skip it until discovery catches up.
+
+It owns the model-card check: a request goes only to workers of the card it was prepared for (its tokens, block
+size); one whose model switched its card since is refused with `CardChanged` (a 503 `model_card_changed`) before
+any worker, prefill or decode, gets it or any routing state is booked for it, and prepared again by
+`preparation.prepared_again` while nothing of its answer was sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine
+from typing import AsyncIterator, Awaitable, Callable
 
 import msgspec
 
@@ -24,8 +28,9 @@ from dynamo.frontend import errors
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.stage_metrics import AGGREGATED, DECODE, Dispatched
 from dynamo.frontend.metrics import FrontendMetrics
-from dynamo.frontend.model_manager import ModelEntry
+from dynamo.frontend.model_entry import ModelEntry
 from dynamo.frontend.parsers.base import PromptReasoning
+from dynamo.frontend.request_handle import RequestHandle
 from dynamo.frontend.thinking_budget import ThinkingBudget, budget_for
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest, RoutingHints
 from dynamo.llm.worker_client import NO_DEADLINES, Deadlines, WorkerClient, WorkerStream
@@ -37,6 +42,12 @@ from dynamo.runtime.rp_client import CannotConnect, Disconnected, RequestPlaneCl
 from dynamo.runtime.wire import ErrorCode
 
 log = logging.getLogger(__name__)
+
+
+def refuse_other_card(entry: ModelEntry, card: str) -> None:
+    """CardChanged when `entry` is served by another card than the one a request was prepared for."""
+    if card and entry.card.mdcsum and entry.card.mdcsum != card:
+        raise errors.CardChanged(entry.name)
 
 
 async def choose(policy: RoutingPolicy, pool: WorkerPool, request: PreprocessedRequest,
@@ -63,90 +74,6 @@ def _unknown_pin(pool: WorkerPool, request: PreprocessedRequest, exclude: set[in
     if pin is None or exclude or pool.get(pin[1]) is not None:
         return None
     return errors.worker_not_found(*pin, pool.name)
-
-
-class RequestHandle:
-    """Lets the HTTP layer cancel whatever worker stream the request is on now."""
-
-    __slots__ = ("stream", "cancelled", "shut", "routing", "worker_id", "dp_rank", "overlap_blocks", "prefill_worker_id",
-                 "prefill_dp_rank", "prefill_started")
-
-    def __init__(self) -> None:
-        self.stream: WorkerStream | None = None
-        self.cancelled = False
-        self.shut = False  # the frontend is exiting past its grace: end as `shutting_down`
-        # The task while it waits for the routing policy (the router queue): a client that leaves
-        # then gives its place up at once, not at the queue's deadline.
-        self.routing: asyncio.Task | None = None
-        # Who serves the request (nvext.extra_fields "worker_id"): the decode worker now, its cached
-        # blocks as the router saw them, and a prefill worker when one prefilled it.
-        self.worker_id: int | None = None
-        self.dp_rank = 0
-        self.overlap_blocks: int | None = None  # None: the routing policy does not look at caches
-        self.prefill_worker_id: int | None = None
-        self.prefill_dp_rank = 0
-        # When the first worker stream opened (a prefill worker's, else the decode worker's), on the
-        # monotonic clock: where the request's prefill began (nvext timing), whatever migrated later.
-        self.prefill_started: float | None = None
-
-    def prefilled_by(self) -> tuple[int, int, str] | None:
-        """(instance id, dp rank, worker type) of the worker that prefilled the request: a prefill
-        worker's when one did, else the decode worker's; None before any worker was chosen."""
-        if self.prefill_worker_id is not None:
-            return self.prefill_worker_id, self.prefill_dp_rank, "prefill"
-        if self.worker_id is not None:
-            return self.worker_id, self.dp_rank, "decode"
-        return None
-
-    def cancel(self) -> None:
-        """The client went away: stop the worker and end quietly."""
-        self.cancelled = True
-        self._interrupt()
-
-    async def routed(self, choosing: Coroutine[Any, Any, Choice]) -> Choice | None:
-        """The routing policy's choice, or None once the client has left: cancel() interrupts a wait
-        in the router queue (its place given up as the wait unwinds) instead of leaving the place
-        taken until a worker frees up or the queue's deadline passes."""
-        if self.cancelled:
-            choosing.close()
-            return None
-        task = self.routing = asyncio.current_task()
-        try:
-            return await choosing
-        except asyncio.CancelledError:
-            if not (self.cancelled or self.shut) or task is None or task.uncancel() > 0:
-                raise  # cancelled from elsewhere too (the task's owner): not ours to swallow
-            if self.shut and not self.cancelled:
-                raise errors.shutting_down() from None
-            return None
-        finally:
-            self.routing = None
-
-    def attach(self, stream: WorkerStream) -> WorkerStream:
-        """Make `stream` the one cancel() reaches; a cancel that came first applies at once."""
-        self.stream = stream
-        if self.prefill_started is None:
-            self.prefill_started = time.monotonic()
-        if self.cancelled:
-            stream.cancel()
-        return stream
-
-    def shut_down(self) -> None:
-        """The frontend is exiting past its grace: end the request as `shutting_down`, wherever it is."""
-        self.shut = True
-        self._interrupt()
-
-    def _interrupt(self) -> None:
-        """Stop the worker stream, or the wait for a routing decision, the request is in now."""
-        self.stop_worker()
-        if self.routing is not None:
-            self.routing.cancel()
-            self.routing = None
-
-    def stop_worker(self) -> None:
-        """We have what we need (e.g. a stop string matched): let the worker stop generating."""
-        if self.stream is not None:
-            self.stream.cancel()
 
 
 class _Progress:
@@ -196,15 +123,16 @@ class Dispatcher:
         for handle in list(self.live):
             handle.shut_down()
 
-    async def stream(self, entry: ModelEntry, request: PreprocessedRequest, handle: RequestHandle,
+    async def stream(self, entry: ModelEntry, request: PreprocessedRequest, handle: RequestHandle, card: str,
                      prompt: PromptReasoning = PromptReasoning.UNKNOWN) -> AsyncIterator[list[LLMEngineOutput]]:
-        """Yields batches of engine outputs (everything that arrived together). `prompt`: where the
-        request's prompt leaves the reasoning, where its reasoning budget starts counting."""
+        """Yields batches of engine outputs (everything that arrived together). `card`: the checksum of the
+        card the request was prepared for (taken with the pipeline that made its tokens); only that card's
+        workers may take it. `prompt`: where the request's prompt leaves the reasoning, where its reasoning
+        budget starts counting."""
         request, budget = budget_for(request, entry.think_markers, prompt)
-        card = entry.card.mdcsum  # the card its tokens were made for: only its workers may take it
         progress = _Progress(request)  # the prompt as the client sent it, for a migration
         exclude: set[int] = set()
-        prefilled = await self._prefilled(entry, request, handle)
+        prefilled = await self._prefilled(entry, request, handle, card)
         if prefilled is None:
             return
         request = prefilled
@@ -240,14 +168,15 @@ class Dispatcher:
                 self.policy.free(request.request_id, len(progress.generated) - before)
                 call.cancel()
 
-    async def _prefilled(self, entry: ModelEntry, request: PreprocessedRequest,
-                         handle: RequestHandle) -> PreprocessedRequest | None:
+    async def _prefilled(self, entry: ModelEntry, request: PreprocessedRequest, handle: RequestHandle,
+                         card: str) -> PreprocessedRequest | None:
         """The request with a prefill worker's transfer parameters (disaggregated serving), as
         it was when the decode worker prefills itself; None when the client went away meanwhile."""
         if self.prefill is None or request.disaggregated_params is not None:
             return request
+        refuse_other_card(entry, card)  # no prefill spent on what `_open` refuses
         try:
-            params = await self.prefill.prefill(entry, request, handle)
+            params = await self.prefill.prefill(entry, request, handle, card)
         except StreamError:
             if handle.shut and not handle.cancelled:
                 raise errors.shutting_down() from None
@@ -257,7 +186,7 @@ class Dispatcher:
         return request if params is None else msgspec.structs.replace(request, disaggregated_params=params)
 
     async def _open(self, entry: ModelEntry, request: PreprocessedRequest, exclude: set[int],
-                    handle: RequestHandle, card: str = "") -> tuple[WorkerInfo, WorkerStream, Dispatched] | None:
+                    handle: RequestHandle, card: str) -> tuple[WorkerInfo, WorkerStream, Dispatched] | None:
         """Select, book and send to a decode worker; one that cannot be reached never got the
         request, so the next is tried whatever the migration limit. With the stream, its `dispatch`
         stage (Dynamo's stage metrics), open until the first output. None when the client left
@@ -268,10 +197,12 @@ class Dispatcher:
         while True:
             if self.closing:  # nothing new starts once the frontend is past its grace
                 raise errors.shutting_down()
+            refuse_other_card(entry, card)  # before `choose` books load or binds a session for it
             pool = entry.pool(Role.DECODE)
             if self.worker_wait is not None and all(w.instance_id in exclude for w in pool.workers):
                 # every worker it could go to is gone (a restart, a scale to zero): wait for a new one
                 entry = await self.worker_wait(entry.name, handle, exclude) or entry
+                refuse_other_card(entry, card)  # the worker that came may serve another card
                 pool = entry.pool(Role.DECODE)
             with stages.stage("route", phase):
                 choice = await handle.routed(
@@ -279,9 +210,9 @@ class Dispatcher:
             if choice is None:
                 return None
             worker = choice.worker
-            if card and worker.card.mdcsum and worker.card.mdcsum != card:  # a rolling update switched the card
-                self.policy.free(rid)
-                raise errors.model_card_changed(entry.name)
+            if card and worker.card.mdcsum and worker.card.mdcsum != card:  # a pool snapshot queued before a switch
+                self.policy.free(rid)  # preparation.prepared_again prepares it again, if nothing was sent yet
+                raise errors.CardChanged(entry.name)
             handle.worker_id, handle.dp_rank, handle.overlap_blocks = worker.instance_id, choice.dp_rank, \
                 choice.overlap_blocks
             sent = stages.dispatched(phase)

@@ -17,7 +17,8 @@ from typing import Any
 import msgspec
 
 from dynamo.frontend import errors
-from dynamo.frontend.dispatch import RequestHandle, aclose_quietly
+from dynamo.frontend.dispatch import aclose_quietly
+from dynamo.frontend.request_handle import RequestHandle
 from dynamo.frontend.errors import bad_prompt, bad_request
 from dynamo.frontend.openai import decode_body
 from dynamo.llm.pooling_batch import POOLING_BATCH_KEY, batch_request, batch_sizes

@@ -132,13 +132,16 @@ def too_many_requests(status: int = OVERLOADED_STATUS) -> ApiError:
     return overloaded("Too many requests in flight; retry later", status)
 
 
-def model_card_changed(model: str) -> ApiError:
-    """A rolling update switched the model's card (tokenizer, block size) while this request was prepared for the
-    old one: it would reach workers its tokens were not made for. Retried, it is prepared for the new card."""
-    err = ApiError(503, f"The workers of model {model!r} changed to another model card while this request was "
-                        "prepared; retry", "service_unavailable", None, "model_card_changed")
-    err.retry_after = 1
-    return err
+class CardChanged(ApiError):
+    """A rolling update switched the model's card (tokenizer, block size) after this request was prepared for the
+    one served then: it would reach workers its tokens were not made for (model_generations.py). `unsent`: nothing
+    of its answer has gone to the client yet, so the frontend may prepare it again for the card served now."""
+
+    def __init__(self, model: str, unsent: bool = False) -> None:
+        super().__init__(503, f"The workers of model {model!r} changed to another model card while this request was "
+                              "prepared; retry", "service_unavailable", None, "model_card_changed")
+        self.retry_after = 1
+        self.unsent = unsent
 
 
 def shutting_down() -> ApiError:

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from dynamo.frontend import annotations, client_backlog, errors, fan_in, response_ext, unary_body
-from dynamo.frontend.choices import Choice, chat_choice, collect
+from dynamo.frontend.choices import Choice, chat_choice, collect, echo_text
 from dynamo.frontend.dispatch import aclose_quietly
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.logprob_json import ChatLogprobs
@@ -46,7 +46,10 @@ YIELD_AFTER_BYTES = 64 * 1024
 
 class GenerationRun:
     def __init__(self, app, entry, req, preqs: list, is_chat: bool, started: float, spec: OutputSpec,
-                 reasoning_field: str = "reasoning_content") -> None:
+                 reasoning_field: str = "reasoning_content", *, may_retry: bool = False) -> None:
+        """`entry`: what the request was prepared by (`preparation.Served`: a card and its pipeline, taken together;
+        only that card's workers take it). `may_retry`: a CardChanged before its first response is prepared and
+        run again (`preparation.prepared_again`), so this run's end is not the request's (no metrics)."""
         self.app = app
         self.model = entry.name
         self.pipeline = entry.pipeline
@@ -70,13 +73,16 @@ class GenerationRun:
         self.endpoint = "chat_completions" if is_chat else "completions"  # the metrics' label (the host sets it)
         self.prompt_events = b""  # `formatted_prompt` / `token_ids` annotations, when asked for (the host sets them)
         self.on_first_response = None  # the host's: the request leaves dynamo_frontend_queued_requests
+        self.card = entry.card.mdcsum  # the card it was prepared for: only its workers take it (Dispatcher)
+        self.may_retry = may_retry
+        self.superseded = False  # ended by a card switch before anything was sent, and prepared again
         tools, reasoning = app.stream_dispatch
         self.dispatch = (StreamDispatch(tools, reasoning, reasoning_field)
                          if is_chat and req.stream and (tools or reasoning) else None)
         self.block_size = entry.card.kv_cache_block_size
         self.error: ApiError | None = None  # what ended the stream after its 200: sent as an error event
         decode = self.pipeline.tokenizer.decode
-        self.echo = self._echo_text(req, preqs[0].token_ids, decode)
+        self.echo = echo_text(req, preqs[0].token_ids, decode)
         if req.return_tokens_as_token_ids:  # logprob tokens by id: text a client can map back exactly
             self._token_text = lambda token_id: f"token_id:{token_id}"
         else:  # memoized: top logprobs name the same few thousand tokens over and over
@@ -84,27 +90,25 @@ class GenerationRun:
         self._chat_logprobs = ChatLogprobs(self._token_text)
         self.backlog = Backlog(client_backlog.limit_of(app))  # what its worker streams may hold for a slow client
 
-    @staticmethod
-    def _echo_text(req, prompt_ids: list[int], decode) -> str:
-        """Completions `echo`: the prompt as the client sent it, before the completion."""
-        if not getattr(req, "echo", False):
-            return ""
-        prompt = req.prompt
-        if isinstance(prompt, str):
-            return prompt
-        if prompt and isinstance(prompt[0], str):
-            return prompt[0]
-        return decode(prompt_ids, skip_special_tokens=False)
+    @classmethod
+    def for_card(cls, req, entry, **run_kw):
+        """The request as it runs on the card `entry` is served by now, made again each time it is prepared (a
+        run class whose request depends on the card, as Messages' thinking budget does, overrides it)."""
+        return req
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def execute(self, entry, receive, send, request_type: str) -> RequestOutcome:
+        """The run's outcome, on `entry` (the model as served now). A CardChanged before its first response is
+        `unsent` while its client is still there, since nothing goes to the client before it (a stream's headers
+        are sent after it; a unary answer at its end): it may be prepared again. Once it had one, the stream's
+        error event or the unary 503 stands, as the worker may have generated."""
         self.backlog.on_trip = client_backlog.on_cut(self.app, self.public_id, self.model, self.endpoint, request_type)
         with rp_backlog.counting(self.backlog):  # the worker streams it opens, migrations' too
             return await self._execute(entry, receive, client_backlog.watched(send, self.backlog))
 
     async def _execute(self, entry, receive, send) -> RequestOutcome:
         app = self.app
-        gens = [app.dispatcher.stream(entry, p, c.handle, self.prompt_reasoning)
+        gens = [app.dispatcher.stream(entry, p, c.handle, self.card, self.prompt_reasoning)
                 for p, c in zip(self.preqs, self.choices)]
         merged = fan_in.merged(gens)
         watcher = asyncio.ensure_future(receive())
@@ -116,6 +120,11 @@ class GenerationRun:
                 first = await merged.__anext__()
             except StopAsyncIteration:
                 first = None
+            except errors.CardChanged as exc:  # before anything was sent: prepared again, unless its client left
+                if self.cancelled or _left(watcher):
+                    return RequestOutcome.CANCELLED
+                exc.unsent, self.superseded = True, self.may_retry  # its retry is the request's one run (metrics)
+                raise
             if self.cancelled:
                 return RequestOutcome.CANCELLED
             self.timing.first_response(self.choices[0].handle, len(self.preqs[0].token_ids))
@@ -134,8 +143,9 @@ class GenerationRun:
             await aclose_quietly(merged)
             for gen in gens:
                 await aclose_quietly(gen)
-            self.timing.ended(self.choices[0].handle, self.choices[0].stage.completion_tokens,
-                              len(self.preqs[0].token_ids), self.completion_tokens, self.cached_tokens)
+            if not self.superseded:
+                self.timing.ended(self.choices[0].handle, self.choices[0].stage.completion_tokens,
+                                  len(self.preqs[0].token_ids), self.completion_tokens, self.cached_tokens)
 
     @property
     def cancelled(self) -> bool:
@@ -199,26 +209,6 @@ class GenerationRun:
         if self.is_chat:  # as OpenAI's chat usage has it (Responses' names it output_tokens_details)
             usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
         return usage
-
-    def response_nvext(self) -> dict | None:
-        """The response's `nvext`, with the fields the request's `nvext.extra_fields` asked for."""
-        if not self.extra_fields:
-            return None
-        out: dict = {}
-        handle = self.choices[0].handle
-        if "worker_id" in self.extra_fields and (ids := response_ext.worker_ids(handle)) is not None:
-            out["worker_id"] = ids
-        if "stop_reason" in self.extra_fields and len(self.choices) == 1:  # Dynamo: single-choice only
-            choice = self.choices[0]
-            out["stop_reason"] = choice.stage.matched_stop or choice.stop_reason
-        if "timing" in self.extra_fields:
-            now, started, first_at = time.monotonic(), self.timing.started, self.timing.first_token_at
-            first = None if first_at is None else first_at - started
-            hit = handle.overlap_blocks
-            began = None if handle.prefill_started is None else handle.prefill_started - started
-            out["timing"] = response_ext.timing(time.time() - (now - started), first, now - started, hit,
-                                                len(self.preqs[0].token_ids), self.block_size, began)
-        return out
 
     async def _batches(self, merged, first):
         """The batches, until every choice is done; an error ending them (a worker lost, the frontend shutting
@@ -313,7 +303,7 @@ class GenerationRun:
             body = b"".join(self._finish_bytes(c) for c in self.choices if not c.done)
             if self.req.stream_options is not None and self.req.stream_options.include_usage:
                 body += self.chunks.usage(self._usage())
-            if (nvext := self.response_nvext()) is not None:
+            if (nvext := response_ext.of_run(self)) is not None:
                 body += self.chunks.extension(nvext)
             await send({"type": "http.response.body", "body": body + DONE, "more_body": False})
         except ApiError as exc:
@@ -352,14 +342,14 @@ class GenerationRun:
     def _unary_body(self) -> bytes:
         build = chat_body if self.is_chat else completion_body
         entries = [self._chat_choice(c) if self.is_chat else self._completion_choice(c) for c in self.choices]
-        return build(self.request_id, self.model, self.created, entries, self._usage(), self.response_nvext())
+        return build(self.request_id, self.model, self.created, entries, self._usage(), response_ext.of_run(self))
 
     def _unary_pieces(self, per_token: int):
         """The unary answer's JSON in pieces, each choice's logprobs a slice at a time (`unary_body.py`)."""
         envelope = {"id": self.request_id, "object": "chat.completion" if self.is_chat else "text_completion",
                     "created": self.created, "model": self.model}
         tail = {"usage": self._usage()}
-        if (nvext := self.response_nvext()) is not None:
+        if (nvext := response_ext.of_run(self)) is not None:
             tail["nvext"] = nvext
         if self.is_chat:
             choices = (unary_body.chat_choice((chat_choice(c, self.reasoning_field, None), c.logprobs),
@@ -393,3 +383,11 @@ class GenerationRun:
     def _completion_fields(self, choice: Choice, logprobs: dict | None) -> dict:
         return {"index": choice.index, "text": self.echo + "".join(choice.content), "logprobs": logprobs,
                 "finish_reason": choice.stage.finish_reason(choice.finish)}
+
+
+def _left(watcher: asyncio.Future) -> bool:
+    """Whether the client's receive watcher has seen it leave (its callback, which cancels the run, may not have
+    run yet)."""
+    if not watcher.done() or watcher.cancelled():
+        return False
+    return watcher.exception() is not None or watcher.result().get("type") == "http.disconnect"

@@ -3,9 +3,10 @@ per-token path). Routes: POST /v1/chat/completions, /v1/completions, /v1/respons
 /v1/embeddings, /v1/classify, /v1/pooling, /v1/rerank, /v2/rerank, /v1/score (and /v1/messages under
 --enable-anthropic-api); GET /v1/models, /v1/models/{id}[/ready], /health, /live, /metrics, /openapi.json.
 
-Requests are read, decoded, validated and converted here; which of them get in (drain, concurrency
-limit, a model's workers) is `admission.Admission`; the generation itself (fan-out, output stage,
-framing) is `generation.GenerationRun`.
+Requests are read, decoded, validated and converted here, and counted in the request metrics; which of
+them get in (drain, concurrency limit, a model's workers) is `admission.Admission`; a generation request's
+preparation for its model's card and its run is `request_path.RequestPath`; the generation itself (fan-out,
+output stage, framing) is `generation.GenerationRun`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Awaitable, Callable
 
 from prometheus_client import generate_latest
 
-from dynamo.frontend import annotations, errors, inprocess, speculative_prefill
+from dynamo.frontend import errors, inprocess, speculative_prefill
 from dynamo.frontend.admission import Admission
 from dynamo.frontend.model_routes import ModelRoutes, health_report
 from dynamo.frontend.admin import BusyThresholdAdmin
@@ -29,8 +30,8 @@ from dynamo.frontend.messages_run import AnthropicApi
 from dynamo.frontend.agent_context import agent_context
 from dynamo.frontend.intake import SHAPE_CHECK_BYTES, early_refusal, read_limited
 from dynamo.frontend.dispatch import Dispatcher
-from dynamo.frontend.pooling_api import ROUTES as POOLING_ROUTES, BackgroundStreams, PoolingRoute
-from dynamo.frontend.errors import OVERLOADED_STATUS, ApiError, bad_request
+from dynamo.frontend.pooling_api import ROUTES as POOLING_ROUTES, PooledStreams, PoolingRoute
+from dynamo.frontend.errors import OVERLOADED_STATUS, ApiError
 from dynamo.frontend.client_backlog import STREAM_BACKLOG_MB
 from dynamo.frontend.generation import GenerationRun
 from dynamo.frontend.metrics import FrontendMetrics, RequestOutcome, RequestTally, error_type_of
@@ -41,16 +42,14 @@ from dynamo.llm.media import MediaPolicy
 from dynamo.llm.protocol import RoutingHints
 from dynamo.frontend.openai import ChatCompletionRequest, decode_request
 from dynamo.frontend.validation import validate_chat, validate_completion
-from dynamo.frontend.demand import Arrival, Demand
+from dynamo.frontend.demand import Demand
 from dynamo.frontend.request_log import (SCOPE_KEY, TRACED_PATHS, RequestTrace, adopt_client_id, echo_request_id,
                                          start_trace)
-from dynamo.frontend.media_input import attach_images, request_images
-from dynamo.frontend.preparation import client_prompt_ids, output_spec, prompt_ids_for, wire_requests
+from dynamo.frontend.request_path import RequestPath, RunInputs, prompt_ids
 from dynamo.frontend.responses import ResponsesApi
 from dynamo.frontend.replicas import adopt_background
 from dynamo.frontend.responses_store import ResponseStore
 from dynamo.frontend.responses_truncation import ConversationFit
-from dynamo.llm.preprocessor import PreprocessError
 from dynamo.runtime.logs import RequestEvents
 from dynamo.runtime.memory import HeapTrimmer
 from dynamo.runtime.asgi import JSON_HEADERS, TEXT_HEADERS, json_encode, send_bytes, send_json
@@ -92,6 +91,7 @@ class FrontendApp:
         if self.admission.worker_wait.enabled:  # a migrating request waits for its model's next worker too
             dispatcher.worker_wait = self.admission.worker_wait.for_request
         self.prep_pool = ThreadPoolExecutor(max_workers=PREP_THREADS, thread_name_prefix="dyn-prep")
+        self.path = RequestPath(self)  # a generation request's preparation and run
         self.speculative = SpeculativePrefill(dispatcher, self.prep_pool, metrics.registry, metrics.prefix)
         self.trimmer = HeapTrimmer(self.prep_pool)  # after big bodies
         self.on_close: list[Callable[[], Awaitable[None]]] = []  # route owners' own tasks (the Batch API's)
@@ -187,7 +187,8 @@ class FrontendApp:
 
     async def health(self, scope, receive, send) -> None:
         held = self.models.held() if self.admission.worker_wait.enabled else []
-        body = health_report(self.models.listed(), self.health_extra() if self.health_extra is not None else {}, held)
+        body = health_report(self.models.listed(), self.health_extra() if self.health_extra is not None else {}, held,
+                             self.models.cards())
         if self.admission.draining:
             body.update(status="draining", message="shutting down: not accepting new requests")
             await send_json(send, 503, body)
@@ -261,14 +262,15 @@ class FrontendApp:
             if trace is not None:
                 trace.received(req.model, route.endpoint, "unary")
             entry = await self.admission.served_entry(req.model, receive)
+            card = entry.card.mdcsum  # its inputs are tokenized by this card's pipeline: only its workers take them
             if not route.served_by(entry.card.model_type):
                 raise route.not_served(req.model)
             self.admission.refuse_if_overloaded(entry.name)
             started = time.monotonic()
             self.admission.admit(entry.name)
             try:
-                dispatcher = BackgroundStreams(self.dispatcher) if scope.get(inprocess.BACKGROUND) else self.dispatcher
-                body = await route.answer(dispatcher, entry, req)
+                streams = PooledStreams(self.dispatcher, card, bool(scope.get(inprocess.BACKGROUND)))
+                body = await route.answer(streams, entry, req)
             finally:
                 self.admission.release(entry.name)
                 self.metrics.duration.labels(entry.name).observe(time.monotonic() - started)
@@ -288,8 +290,12 @@ class FrontendApp:
             with self._tally(req.model, endpoint, request_type, trace, count_started=False) as tally:
                 if prepare is not None:
                     req, hints, speculate = prepare()
-                tally.ended(*await self._generate(req, endpoint, body_size, receive, send, run_cls, hints, trace,
-                                                  speculate, arrival, fit, **run_kw))
+                if trace is not None:
+                    trace.received(req.model, endpoint, request_type, hints.session_id if hints else None,
+                                   hints.parent_session_id if hints else None, agent_context(req.nvext))
+                inputs = RunInputs(req, endpoint, body_size, receive, send, run_cls, hints, trace, speculate, arrival,
+                                   fit, time.monotonic(), run_kw)
+                tally.ended(*await self.path.serve(inputs))
         finally:
             arrival.close()
 
@@ -298,81 +304,6 @@ class FrontendApp:
         if trace is not None:
             trace.tallied = True
         return self.metrics.tally(model, endpoint, request_type, self.models.knows(model), count_started)
-
-    async def _generate(self, req, endpoint: str, body_size: int, receive, send, run_cls, hints: RoutingHints | None,
-                        trace: RequestTrace | None, speculate: bool, arrival: Arrival, fit: ConversationFit | None,
-                        **run_kw) -> tuple[RequestOutcome, ApiError | None]:
-        started = time.monotonic()
-        request_type = "stream" if req.stream else "unary"
-        agent = agent_context(req.nvext)
-        if trace is not None:
-            trace.received(req.model, endpoint, request_type, hints.session_id if hints else None,
-                           hints.parent_session_id if hints else None, agent)
-        admission = self.admission
-        entry = await admission.served_entry(req.model, receive)
-        card = entry.card  # the card this request is prepared for (a rolling update may switch it: model_generations)
-        admission.refuse_if_overloaded(entry.name)
-        is_chat = isinstance(req, ChatCompletionRequest)
-        kind = "chat" if is_chat else "completions"
-        if kind not in entry.card.model_type:
-            raise bad_request(f"model {entry.name!r} does not serve {kind}", "model", "unsupported_model")
-        images = request_images(entry, req, self.media_policy)
-        names = annotations.requested(req.nvext)
-        with self.metrics.stages.stage("preprocess"):
-            if fit is None:
-                ids, prompt_events = await self.prompt_ids(entry, req, hints, body_size, names)
-            else:  # a chat over the context is shortened to fit: what runs is the chat it answers
-                req, (ids, prompt_events) = await fit(lambda r: self.prompt_ids(entry, r, hints, body_size, names),
-                                                      entry.pipeline.context_length, req)
-                images = request_images(entry, req, self.media_policy)
-        preqs = wire_requests(entry.pipeline, req, ids, is_chat, hints, *self._trace_ids(trace))
-        if images:
-            attach_images(entry.pipeline, preqs, ids, images)
-            speculate = False  # a next turn's prefill would go without the images
-            await asyncio.sleep(0)  # hashing them was one pass over their data, encoding them is the next
-        admission.refuse_if_overloaded(entry.name)
-        admission.refuse_if_draining()
-        if entry.card is not card:
-            raise errors.model_card_changed(entry.name)
-        if annotations.QUERY_INSTANCE_ID in names:
-            await annotations.answer_routing_query(self.dispatcher, entry, preqs[0], is_chat, req.stream, send)
-            if trace is not None:
-                trace.outcome = RequestOutcome.SUCCESS
-            return RequestOutcome.SUCCESS, None
-        admission.admit(entry.name)
-        status = RequestOutcome.ERROR
-        try:
-            run = run_cls(self, entry, req, preqs, is_chat, started, output_spec(entry, req, is_chat, ids),
-                          self.reasoning_field, **run_kw)
-            run.keep_answer = speculate
-            run.endpoint = endpoint
-            run.on_first_response = arrival.first_response
-            if trace is not None:
-                run.public_id = trace.request_id
-            run.prompt_events = prompt_events
-            status = await run.execute(entry, receive, send, request_type)
-            if speculate and status == RequestOutcome.SUCCESS:
-                self.speculative.start(entry, req, run.answer_history(), hints)
-        finally:
-            admission.release(entry.name)
-            if trace is not None:
-                trace.outcome = status
-                if status == RequestOutcome.CANCELLED:
-                    trace.cancelled_by_client()
-        if trace is not None:
-            trace.stream_error = run.error
-        return status, run.error
-
-    async def prompt_ids(self, entry, req, hints: RoutingHints | None, body_size: int,
-                         names: frozenset[str]) -> tuple[list[int], bytes]:
-        """The prompt's token ids (the gateway's `token_data`, else templated and tokenized here), and
-        the `formatted_prompt` / `token_ids` annotation events a stream opens with; a 400 for a bad prompt."""
-        try:
-            given = client_prompt_ids(entry.pipeline, req, hints)
-            ids = given or await prompt_ids_for(entry.pipeline, req, body_size, self.prep_pool)
-            return ids, annotations.prompt_events(names, entry.pipeline, req, ids, tokenized_here=given is None)
-        except PreprocessError as exc:
-            raise errors.bad_prompt(exc) from None
 
     async def prompt_tokens(self, req: ChatCompletionRequest, body_size: int,
                             fit: ConversationFit | None = None) -> int:
@@ -383,14 +314,10 @@ class FrontendApp:
         entry = ((self.models.retired.get(req.model) if self.admission.worker_wait.enabled else None)
                  or self.admission.entry_for(req.model))
         def tokenize(chat: ChatCompletionRequest):
-            return self.prompt_ids(entry, chat, None, body_size, frozenset())
+            return prompt_ids(entry.pipeline, chat, None, body_size, frozenset(), self.prep_pool)
 
         if fit is not None:
             _, (ids, _) = await fit(tokenize, entry.pipeline.context_length, req)
         else:
             ids, _ = await tokenize(req)
         return len(ids)
-
-    @staticmethod
-    def _trace_ids(trace: RequestTrace | None) -> tuple[str | None, str | None]:
-        return (trace.wire_id(), trace.trace_id) if trace is not None else (None, None)

@@ -54,6 +54,15 @@ class MessagesRun(GenerationRun):
         self.called = False  # the stream sent tool_use blocks
         self.hold = HeldCalls(lambda arguments: tool_input(arguments) is not None)
 
+    @classmethod
+    def for_card(cls, req, entry, *, messages_req: MessagesRequest, **kw):
+        """The Message's thinking budget, where the card served now can enforce one (it names a reasoning parser
+        whose tags the tokenizer has): decided each time the request is prepared, for the card it is prepared for."""
+        budget = messages_req.thinking_budget()
+        if budget is None or entry.think_markers is None:
+            return req
+        return msgspec.structs.replace(req, nvext={"max_thinking_tokens": budget, **(req.nvext or {})})
+
     # -- the Message ---------------------------------------------------------------------------
     def _message(self, content: list[dict], stop_reason: str | None, stop_sequence: str | None) -> dict:
         return {"id": self.message_id, "type": "message", "role": "assistant", "model": self.model,
@@ -220,11 +229,7 @@ class AnthropicApi:
         """The chat request a Messages one runs as, checked inside its count in the request metrics (a
         refusal here is one), with its routing hints; no next turn is prefilled."""
         req = mreq.to_chat(self.strip_preamble)
-        validate_chat(req)
-        budget = mreq.thinking_budget()
-        entry = app.models.get(req.model) or app.models.retired.get(req.model)  # no waiting here: generate waits
-        if budget is not None and entry is not None and entry.think_markers is not None:
-            req.nvext = {"max_thinking_tokens": budget, **(req.nvext or {})}  # the client's nvext wins
+        validate_chat(req)  # its thinking budget depends on the card: `MessagesRun.for_card`
         return req, routing_hints(req.nvext, scope["headers"]), False
 
     async def count_tokens(self, app, scope, receive, send) -> None:

@@ -116,6 +116,12 @@ class FrontendMetrics:
                                           registry=r)
         self.thinking_budgets = Counter(f"{p}_model_thinking_budget_reached", "Requests whose reasoning reached "
                                         "its budget: closed by the frontend, then answered", ("model",), registry=r)
+        # A rolling update that changed a model's card (model_generations.py): how often the card served switched,
+        # and how many requests prepared for the card left were prepared again for the new one.
+        self.card_switches = Counter(f"{p}_model_card_switches", "Times a model's served card switched to another "
+                                     "card (a rolling update)", ("model",), registry=r)
+        self.card_reprepared = Counter(f"{p}_model_card_reprepared", "Requests prepared again because their model's "
+                                       "card switched before they were dispatched", ("model",), registry=r)
         self.rejections = Counter(f"{p}_model_rejection", "Requests refused (overload, no workers)",
                                   ("model", "reason"), registry=r)
         self.workers = Gauge(f"{p}_model_workers", "Serving workers per model", ("model",), registry=r)

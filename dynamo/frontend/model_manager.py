@@ -4,23 +4,22 @@ one worker has both its card and a live endpoint instance (so it is routable the
 moment it appears: NVIDIA Dynamo lists models before they are routable). A model whose workers are
 all gone is retired: 503 rather than 404, and under --wait-for-workers-secs still listed. Workers that
 registered another card of a served model (a rolling update that changed it) are held apart, and
-serve once they outnumber the others (`model_generations.py`)."""
+serve once they have outnumbered the others for a settle time (`model_generations.py`)."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import time
 from typing import Callable
 
-from dynamo.frontend.model_generations import answering, generations, successor
-from dynamo.frontend.thinking_budget import ThinkMarkers, think_markers
+from dynamo.frontend.model_entry import ModelEntry, routable_address
+from dynamo.frontend.model_generations import (CARD_SETTLE_SECS, CardSwitch, Member, answering, generations,
+                                               held_apart, successor)
 from dynamo.llm.model_card import ModelDeploymentCard, WorkerType, card_decoder
 from dynamo.frontend.model_defaults import ModelDefaults
 from dynamo.llm.preprocessor import ModelPipeline
 from dynamo.llm.token_cache import TokenCache
-from dynamo.router.policy import Role, WorkerInfo, WorkerPool
+from dynamo.router.policy import WorkerInfo
 from dynamo.runtime import records
 from dynamo.runtime.discovery.base import KeyValueStore, WatchEvent
 from dynamo.runtime.records import EndpointId, InstanceRecord
@@ -28,69 +27,17 @@ from dynamo.runtime.records import EndpointId, InstanceRecord
 log = logging.getLogger(__name__)
 
 
-class ModelEntry:
-    """One served model name: its pipeline and its workers, by worker type."""
-
-    def __init__(self, name: str, pipeline: ModelPipeline, card: ModelDeploymentCard,
-                 block_size: int | None = None) -> None:
-        self.name = name
-        self.pipeline = pipeline
-        self.card = card
-        self.created = int(time.time())
-        self.workers: dict[int, WorkerInfo] = {}
-        self.version = 0  # bumped whenever the worker set changes (routers rebuild views)
-        self.block_size = block_size or card.kv_cache_block_size
-        self._pools: dict[Role, WorkerPool] = {}
-
-    @functools.cached_property
-    def think_markers(self) -> ThinkMarkers | None:
-        """The model's reasoning tags as token ids: a reasoning budget the frontend can enforce."""
-        parser = self.card.runtime_config.reasoning_parser
-        return think_markers(parser, self.pipeline.tokenizer) if parser else None
-
-    def adopt(self, card: ModelDeploymentCard, pipeline: ModelPipeline, block_size: int | None) -> None:
-        """Follow another card of this model (`model_generations.py`): its tokenizer, template, block size."""
-        self.card, self.pipeline = card, pipeline
-        self.block_size = block_size or card.kv_cache_block_size
-        self.__dict__.pop("think_markers", None)  # the cached property, of the old tokenizer
-
-    def serving(self, worker_type: WorkerType | None = None) -> list[WorkerInfo]:
-        return [w for w in self.workers.values() if w.address is not None
-                and (worker_type is None or w.card.worker_type == worker_type)]
-
-    def decode_workers(self) -> list[WorkerInfo]:
-        """Workers that can answer a request end to end (aggregated or decode)."""
-        return [w for w in self.workers.values() if w.address is not None and w.card.worker_type != WorkerType.PREFILL]
-
-    def prefill_workers(self) -> list[WorkerInfo]:
-        return self.serving(WorkerType.PREFILL)
-
-    def pool(self, role: Role) -> WorkerPool:
-        """The routable workers in `role`, as a snapshot routing policies share (one per version)."""
-        pool = self._pools.get(role)
-        if pool is None or pool.version != self.version:
-            workers = self.prefill_workers() if role is Role.PREFILL else self.decode_workers()
-            pool = self._pools[role] = WorkerPool(self.name, role, self.version, self.block_size,
-                                                  tuple(sorted(workers, key=lambda w: w.instance_id)),
-                                                  lora_name=self.card.lora_name)
-        return pool
-
-
-def routable_address(card: ModelDeploymentCard, record: InstanceRecord | None) -> str | None:
-    """Where to send the card's requests; None while the worker is not serving it (a LoRA adapter
-    still loading counts as not serving: requests for it get 503)."""
-    if record is None or (card.user_data or {}).get("lora_loading"):
-        return None
-    return record.address
-
-
 class ModelManager:
     def __init__(self, store: KeyValueStore, namespace: str | None,
                  on_change: Callable[[ModelEntry], None] | None = None, block_size: int | None = None,
                  namespace_prefix: str | None = None, token_cache: TokenCache | None = None,
                  defaults: ModelDefaults | None = None,
-                 observe_prep: Callable[[str, float], None] | None = None) -> None:
+                 observe_prep: Callable[[str, float], None] | None = None, card_settle: float = CARD_SETTLE_SECS,
+                 on_card_switch: Callable[[str], None] | None = None) -> None:
         self.store = store
+        self.on_card_switch = on_card_switch  # a model's served card switched (dynamo_frontend_model_card_switches)
+        self.card_settle = card_settle  # --model-card-settle-secs (model_generations.CardSwitch; 0: at once)
+        self._switches: dict[str, CardSwitch] = {}  # model -> its card switch's damping and look-again timer
         self.observe_prep = observe_prep  # each pipeline's template/tokenize timings go here
         self.defaults = defaults or ModelDefaults()  # --tool-call-parser, ... for cards that name none
         self.token_cache = token_cache  # shared by every model's pipeline (DYN_TOKENIZER_CACHE_BYTES)
@@ -120,6 +67,9 @@ class ModelManager:
         self._tasks.append(loop.create_task(self._watch(records.INSTANCES, self._on_instance)))
 
     async def stop(self) -> None:
+        for switch in self._switches.values():
+            switch.cancel()
+        self._switches.clear()
         tasks = self._tasks + list(self._loading.values())
         for task in tasks:
             task.cancel()
@@ -239,7 +189,7 @@ class ModelManager:
                 old = entry.workers[iid]  # a new object: pool snapshots already handed out stay as they were
                 entry.workers[iid] = WorkerInfo(iid, old.endpoint, old.card, routable_address(old.card, record))
                 self._bump(entry)
-            self._follow_majority(card.display_name)  # a worker of another card came (or went)
+            self._follow_majority(card.display_name)  # a worker of another card came (or went), or revives it
 
     def _drop_worker(self, name: str, iid: int, retire: bool = True) -> None:
         entry = self.models.get(name)
@@ -250,6 +200,8 @@ class ModelManager:
         self._bump(entry)
         if not entry.workers:
             del self.models[name]
+            if (switch := self._switches.pop(name, None)) is not None:
+                switch.cancel()
             if retire:  # an unloaded LoRA adapter is gone (404), not waiting for workers (503)
                 self.retired[name] = entry
             log.info("model %r has no workers left; no longer listed", name)
@@ -292,23 +244,57 @@ class ModelManager:
             self._changed.set()
 
     def _follow_majority(self, name: str) -> None:
-        """Serve `name` by the card most of its answering workers registered, if that is not the one now."""
+        """Serve `name` by the card most of its answering workers registered, if that is not the one now, once
+        that majority has settled (`CardSwitch`; at once when the served card has no answering worker left)."""
         entry = self.models.get(name)
-        if entry is None:
-            return
         gens = generations(self._cards, name)
-        mdcsum = successor(entry.card.mdcsum, gens, self._pipelines, self._instances)
+        if entry is None:
+            self._revive(name, gens)
+            return
+        served_answers = answering(gens.get(entry.card.mdcsum, ()), self._instances) > 0
+        switch = self._switches.get(name)
+        if switch is None:
+            switch = self._switches[name] = CardSwitch(self.card_settle)
+        mdcsum, wait = switch.decide(entry.card.mdcsum, successor(entry.card.mdcsum, gens, self._pipelines,
+                                                                  self._instances), served_answers)
+        if wait is None:
+            switch.cancel()  # switched, or no card ahead any more: nothing to look again at
+        else:  # look again once the card ahead of the served one has held for its settle time
+            switch.arm(wait, lambda: self._follow_majority(name))
         if mdcsum is None:
             return
         old, members = entry.card.mdcsum, gens[mdcsum]
-        card = next(c for _, _, c in members if c.worker_type != WorkerType.PREFILL)
-        entry.adopt(card, self._pipelines[mdcsum], self.block_size)
-        entry.workers = {iid: WorkerInfo(iid, eid, c, routable_address(c, self._instances.get((eid, iid))))
-                         for eid, iid, c in members}
+        entry.adopt(_answering_card(members), self._pipelines[mdcsum], self.block_size)
+        entry.workers = self._workers_of(members)
         self._bump(entry)
+        self._changed.set()
+        if self.on_card_switch is not None:
+            self.on_card_switch(name)
         log.warning("model %r now served by the workers of model card %s (%d answering; %d left with card %s)",
                     name, mdcsum, answering(members, self._instances), answering(gens.get(old, ()), self._instances),
                     old)
+
+    def _revive(self, name: str, gens: dict[str, list[Member]]) -> None:
+        """`name` has no entry (its served card's workers all went) while workers of another card it held apart
+        remained: once that card's tokenizer is loaded and a worker of it answers, it serves the model (the card
+        with the most answering workers), instead of leaving the model dark."""
+        ready = [(answering(members, self._instances), mdcsum) for mdcsum, members in sorted(gens.items())
+                 if mdcsum in self._pipelines]
+        count, mdcsum = max(ready, default=(0, ""))
+        if count == 0:
+            return
+        members = gens[mdcsum]
+        entry = ModelEntry(name, self._pipelines[mdcsum], _answering_card(members), self.block_size)
+        entry.workers = self._workers_of(members)
+        self.models[name] = entry
+        self.retired.pop(name, None)
+        self._bump(entry)
+        self._changed.set()
+        log.warning("model %r served again, by the workers of model card %s (%d answering)", name, mdcsum, count)
+
+    def _workers_of(self, members: list[Member]) -> dict[int, WorkerInfo]:
+        return {iid: WorkerInfo(iid, eid, c, routable_address(c, self._instances.get((eid, iid))))
+                for eid, iid, c in members}
 
     def _prune_pipelines(self) -> None:
         """Drop the tokenizers of cards no worker has any more."""
@@ -323,6 +309,19 @@ class ModelManager:
 
     def get(self, name: str) -> ModelEntry | None:
         return self.models.get(name)
+
+    def cards(self) -> dict[str, dict]:
+        """Every known model's card served (None when it has no entry: retired) and the cards held apart beside it
+        (a rolling update in progress, or one stuck), for /health."""
+        names = set(self.models) | set(self.retired) | {c.display_name for by in self._cards.values()
+                                                         for c in by.values()}
+        out = {}
+        for name in sorted(names):
+            entry = self.models.get(name)
+            served = entry.card.mdcsum if entry is not None else None
+            out[name] = {"served": served, "held_apart": held_apart(generations(self._cards, name), served or "",
+                                                                    self._pipelines, self._instances)}
+        return out
 
     def _registered(self) -> list[tuple[EndpointId, int]]:
         """Workers with a card and an instance, served or held apart (another card of a served model)."""
@@ -381,3 +380,8 @@ class ModelManager:
             except asyncio.TimeoutError:
                 return predicate()
         return True
+
+
+def _answering_card(members: list[Member]) -> ModelDeploymentCard:
+    """The card of a generation's first worker that answers requests (not a prefill worker): the one it serves by."""
+    return next(c for _, _, c in members if c.worker_type != WorkerType.PREFILL)

@@ -87,12 +87,14 @@ class ModelRoutes:
             await send_json(send, 200, model_object(entry))
 
 
-def health_report(listed: list, extra: dict[str, Any], held: list[str] | None = None) -> dict[str, Any]:
+def health_report(listed: list, extra: dict[str, Any], held: list[str] | None = None,
+                  cards: dict[str, dict] | None = None) -> dict[str, Any]:
     """The frontend's `/health` body (Dynamo's shape): the models with serving workers, their endpoints
     and instances, plus the routing's own report (`extra`). `held`: the models without a worker whose
     requests wait for one (--wait-for-workers-secs): such a frontend serves (it holds the requests an
     autoscaler scales up from), so it reports healthy; a Kubernetes readiness probe that took it out of
-    its Service at zero workers would keep the demand from ever arriving."""
+    its Service at zero workers would keep the demand from ever arriving. `cards`: `model_cards`, per known model (listed
+    or not, retired included: a stuck rollout shows), the card served and those held apart (`ModelManager.cards`)."""
     instances = [
         {"namespace": w.endpoint.namespace, "component": w.endpoint.component, "endpoint": w.endpoint.endpoint,
          "instance_id": w.instance_id, "transport": {"tcp": w.address}, "model": entry.name,
@@ -110,5 +112,6 @@ def health_report(listed: list, extra: dict[str, Any], held: list[str] | None = 
         "message": message,
         "endpoints": sorted({str(w.endpoint) for entry in listed for w in entry.serving()}),
         "instances": instances,
+        **({"model_cards": cards} if cards is not None else {}),
         **extra,
     }

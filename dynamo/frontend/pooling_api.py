@@ -65,8 +65,8 @@ def _body(prefix: str, entry, data: list[dict], tokens: int) -> dict:
 async def classify(dispatcher, entry, req: ClassifyRequest) -> dict:
     if req.task is not None:
         raise bad_request("`task` is a /v1/pooling parameter", "task", "unsupported_parameter")
+    labels = entry.pipeline.labels  # the pipeline its inputs are tokenized by (read before any wait)
     vectors, tokens = await pooled_vectors(dispatcher, entry, req, "classify")
-    labels = entry.pipeline.labels
     data = [{"index": i, "label": labels.get(max(range(len(v)), key=v.__getitem__)) if v else None, "probs": v,
              "num_classes": len(v)} for i, v in enumerate(vectors)]
     return _body("classify", entry, data, tokens)
@@ -83,16 +83,21 @@ async def pool(dispatcher, entry, req: ClassifyRequest) -> dict:
     return _body("pool", entry, data, tokens)
 
 
-class BackgroundStreams:
-    """The dispatcher as a Batch API line's pooling requests use it: every wire request routes in the
-    background tier (BACKGROUND_TIER), below every client's, as the line's chat requests do."""
+class PooledStreams:
+    """The dispatcher as one pooling request's wire requests use it: pinned to the card its inputs were tokenized
+    for, taken with the pipeline before tokenizing (only that card's workers take them: a switch meanwhile is a 503
+    `model_card_changed`, never another tokenizer's ids on the new card's workers), and for a Batch API line's
+    (`background`), routed in the background tier (BACKGROUND_TIER), below every client's, as the line's chat
+    requests are."""
 
-    def __init__(self, dispatcher) -> None:
-        self._dispatcher = dispatcher
+    def __init__(self, dispatcher, card: str, background: bool = False) -> None:
+        self._dispatcher, self.card, self.background = dispatcher, card, background
 
     def stream(self, entry, request, handle):
-        hints = msgspec.structs.replace(request.routing or RoutingHints(), strict_priority=BACKGROUND_TIER)
-        return self._dispatcher.stream(entry, msgspec.structs.replace(request, routing=hints), handle)
+        if self.background:
+            hints = msgspec.structs.replace(request.routing or RoutingHints(), strict_priority=BACKGROUND_TIER)
+            request = msgspec.structs.replace(request, routing=hints)
+        return self._dispatcher.stream(entry, request, handle, self.card)
 
 
 @dataclass(frozen=True)

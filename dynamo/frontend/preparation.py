@@ -1,24 +1,68 @@
 """From a validated OpenAI request to what the workers get: the prompt's token ids (template and
 tokenizer, or the client's ids), one wire request per choice carrying the request's trace ids
 and routing hints, and the output stage's spec from the worker's card, with the request's one judgement
-of where its prompt leaves the reasoning (for the output stage's parser and the reasoning budget alike)."""
+of where its prompt leaves the reasoning (for the output stage's parser and the reasoning budget alike). A request
+prepared for a model card that a rolling update replaced before anything of its answer was sent is prepared
+again, once, for the card served now (`prepared_again`)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import uuid
 from concurrent.futures import Executor
+from typing import Any, Awaitable, Callable, NamedTuple, TypeVar
 
-from dynamo.frontend.errors import bad_prompt, bad_request
+from dynamo.frontend.errors import CardChanged, bad_prompt, bad_request
 from dynamo.frontend.openai import ChatCompletionRequest, stop_list, stop_token_ids
 from dynamo.frontend.output import OutputSpec
 from dynamo.frontend.parsers import make_reasoning_parser
 from dynamo.frontend.parsers.base import PromptReasoning
 from dynamo.frontend.tool_guidance import ReasoningStart
-from dynamo.llm.model_card import STRUCTURED_OUTPUT_KEY
+from dynamo.llm.model_card import STRUCTURED_OUTPUT_KEY, ModelDeploymentCard
 from dynamo.llm.preprocessor import PreprocessError
 from dynamo.llm.protocol import RoutingHints
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Served(NamedTuple):
+    """What a request is prepared by, taken at once from its model's entry (`of`): the card and the pipeline
+    (tokenizer, template, eos ids, max_tokens) of that card. Its tokens, wire requests and output stage all come
+    from these, and only this card's workers take it (`Dispatcher.stream`'s `card`), whatever the entry follows
+    by then: a switch there and back inside one preparation still runs it on one card throughout."""
+
+    name: str
+    card: ModelDeploymentCard
+    pipeline: Any
+
+    @classmethod
+    def of(cls, entry) -> "Served":
+        return cls(entry.name, entry.card, entry.pipeline)
+
+
+async def prepared_again(model: str, attempt: Callable[[int], Awaitable[T]], request_id: str | None = None,
+                         again: Callable[[], None] | None = None) -> T:
+    """Prepare and run the request (`attempt(0)`); prepared and run once more (`attempt(1)`) when the served card
+    switched between its preparation and its dispatch before anything was sent (a CardChanged marked `unsent`;
+    `again` is told). A second switch meanwhile, or one once its answer has begun, is the client's retryable 503."""
+    try:
+        return await attempt(0)
+    except CardChanged as exc:
+        if not exc.unsent:
+            raise
+    log.info("model %r changed its card while request %s was prepared; preparing it again", model, request_id)
+    if again is not None:
+        again()
+    return await attempt(1)
+
+
+def attempt_id(request_id: str | None, attempt: int) -> str | None:
+    """The wire id of a request's `attempt`-th preparation: the first keeps the request's, a second is told apart
+    (`.r1`), so workers and traces never see one id for two different token sequences."""
+    return request_id if request_id is None or attempt == 0 else f"{request_id}.r{attempt}"
 
 
 def is_token_prompt(req) -> bool:

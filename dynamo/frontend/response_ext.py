@@ -22,6 +22,7 @@ does not produce (Dynamo adds more over time) are ignored, as Dynamo ignores nam
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 from dynamo.frontend.errors import bad_request
@@ -66,4 +67,26 @@ def timing(received_epoch: float, ttft: float | None, total: float, hit_blocks: 
     blocks = math.ceil(isl / block_size) if block_size > 0 else 0
     if hit_blocks is not None and blocks:
         out["kv_hit_rate"] = min(hit_blocks / blocks, 1.0)
+    return out
+
+
+def of_run(run) -> dict | None:
+    """A generation run's `nvext` (`generation.GenerationRun`), with the fields its request's `nvext.extra_fields`
+    asked for."""
+    if not run.extra_fields:
+        return None
+    out: dict = {}
+    handle = run.choices[0].handle
+    if "worker_id" in run.extra_fields and (ids := worker_ids(handle)) is not None:
+        out["worker_id"] = ids
+    if "stop_reason" in run.extra_fields and len(run.choices) == 1:  # Dynamo: single-choice only
+        choice = run.choices[0]
+        out["stop_reason"] = choice.stage.matched_stop or choice.stop_reason
+    if "timing" in run.extra_fields:
+        now, started, first_at = time.monotonic(), run.timing.started, run.timing.first_token_at
+        first = None if first_at is None else first_at - started
+        hit = handle.overlap_blocks
+        began = None if handle.prefill_started is None else handle.prefill_started - started
+        out["timing"] = timing(time.time() - (now - started), first, now - started, hit, len(run.preqs[0].token_ids),
+                               run.block_size, began)
     return out

@@ -71,6 +71,7 @@ class ConversationFit:
 
     async def __call__(self, tokenize: Callable[[ChatCompletionRequest], Awaitable[Ids]], context: int,
                        req: ChatCompletionRequest) -> tuple[ChatCompletionRequest, Ids]:
+        self.messages = None  # a request prepared again (its card switched) is fitted afresh: no earlier cut stands
         whole = await _tried(tokenize, req)
         if isinstance(whole, tuple) and _fits(whole[0], req, context, 0):
             return req, whole

@@ -65,11 +65,14 @@ class Scored(msgspec.Struct, frozen=True):
 
 
 async def score_pairs(dispatcher, entry, pairs: list[Pair], limits: Limits = NO_LIMITS) -> Scored:
-    limits.check(entry.pipeline.context_length)
-    if "rerank" in entry.card.model_type:  # a cross-encoder; a card that says no more reads pairs by default
-        fmt = PairFormat.from_card(entry.card.runtime_config.runtime_data) or PairFormat()
-        return await _cross_scores(dispatcher, entry, pairs, fmt, limits)
-    return await _cosine_scores(dispatcher, entry, pairs, limits)
+    """`dispatcher`: pinned to the card served when the request came (`pooling_api.PooledStreams`); the pairs are
+    tokenized by that card's pipeline, taken here before any wait, whatever the entry follows by then."""
+    pipeline, card = entry.pipeline, entry.card
+    limits.check(pipeline.context_length)
+    if "rerank" in card.model_type:  # a cross-encoder; a card that says no more reads pairs by default
+        fmt = PairFormat.from_card(card.runtime_config.runtime_data) or PairFormat()
+        return await _cross_scores(dispatcher, entry, pipeline, pairs, fmt, limits)
+    return await _cosine_scores(dispatcher, entry, pipeline, pairs, limits)
 
 
 async def _tokenized(pairs: list[Pair], tokenize):
@@ -87,8 +90,8 @@ def _pair_prompts(pipeline, pairs: list[Pair], fmt: PairFormat, limits: Limits):
     return pipeline.pair_prompts([(p.query, p.document) for p in pairs], fmt, [p.param for p in pairs])
 
 
-async def _cross_scores(dispatcher, entry, pairs: list[Pair], fmt: PairFormat, limits: Limits) -> Scored:
-    prompts = await _tokenized(pairs, lambda: _pair_prompts(entry.pipeline, pairs, fmt, limits))
+async def _cross_scores(dispatcher, entry, pipeline, pairs: list[Pair], fmt: PairFormat, limits: Limits) -> Scored:
+    prompts = await _tokenized(pairs, lambda: _pair_prompts(pipeline, pairs, fmt, limits))
     rid = "score-" + uuid.uuid4().hex
     requests = [pooling_request(entry.name, f"{rid}-{i}", p.ids, "classify",
                                 {"token_type_ids": p.type_ids} if p.type_ids else None)
@@ -107,8 +110,8 @@ def _text_prompts(pipeline, pairs: list[Pair], limits: Limits) -> tuple[list[Pai
     return pairs, out
 
 
-async def _cosine_scores(dispatcher, entry, pairs: list[Pair], limits: Limits) -> Scored:
-    pairs, prompts = await _tokenized(pairs, lambda: _text_prompts(entry.pipeline, pairs, limits))
+async def _cosine_scores(dispatcher, entry, pipeline, pairs: list[Pair], limits: Limits) -> Scored:
+    pairs, prompts = await _tokenized(pairs, lambda: _text_prompts(pipeline, pairs, limits))
     rid = "score-" + uuid.uuid4().hex
     requests = [pooling_request(entry.name, f"{rid}-{i}", ids, "embed") for i, ids in enumerate(prompts.values())]
     vectors = dict(zip(prompts, await embed_all(dispatcher, entry, requests)))

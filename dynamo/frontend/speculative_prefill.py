@@ -23,7 +23,8 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from dynamo.frontend.dispatch import RequestHandle, aclose_quietly
+from dynamo.frontend.dispatch import aclose_quietly
+from dynamo.frontend.request_handle import RequestHandle
 from dynamo.frontend.errors import bad_request
 from dynamo.frontend.openai import ChatMessage, message_dict
 from dynamo.llm.preprocessor import PreprocessError
@@ -73,21 +74,25 @@ class SpeculativePrefill:
         """Warm the next turn of `req`, whose answer the next turn repeats as the messages `answer`."""
         if hints is not None and hints.session_final:
             return  # the session is over: there is no next turn to warm
-        task = asyncio.get_running_loop().create_task(self._warm(entry, req, answer, hints),
-                                                      name="speculative-prefill")
+        # the card served now and its pipeline, taken together: the prefix is tokenized by that pipeline on the
+        # prep pool, and only that card's workers take it (a switch meanwhile: `failed`, nothing sent)
+        task = asyncio.get_running_loop().create_task(self._warm(entry, (entry.card.mdcsum, entry.pipeline), req,
+                                                                 answer, hints), name="speculative-prefill")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _warm(self, entry, req, answer: list[ChatMessage], hints: RoutingHints | None) -> None:
+    async def _warm(self, entry, served: tuple[str, Any], req, answer: list[ChatMessage],
+                    hints: RoutingHints | None) -> None:
         outcome = "done"
+        card, pipeline = served
         try:
             async with asyncio.timeout(WARMUP_TIMEOUT_SECS):
-                ids = await asyncio.get_running_loop().run_in_executor(self.prep_pool, self._prefix_ids, entry, req,
+                ids = await asyncio.get_running_loop().run_in_executor(self.prep_pool, self._prefix_ids, pipeline, req,
                                                                        answer)
                 if ids is None:
                     outcome = "skipped"
                     return
-                await self._send(entry, warmup_request(entry.pipeline, ids, hints))
+                await self._send(entry, card, warmup_request(pipeline, ids, hints))
         except TimeoutError:
             outcome = "timed_out"
             log.warning("speculative prefill for %s took over %.0f s: abandoned", entry.name, WARMUP_TIMEOUT_SECS)
@@ -98,20 +103,20 @@ class SpeculativePrefill:
             self.outcomes.labels(entry.name, outcome).inc()
 
     @staticmethod
-    def _prefix_ids(entry, req, answer: list[ChatMessage]) -> list[int] | None:
+    def _prefix_ids(pipeline, req, answer: list[ChatMessage]) -> list[int] | None:
         try:
-            return entry.pipeline.chat_prompt_ids(next_turn_messages(req, answer),
+            return pipeline.chat_prompt_ids(next_turn_messages(req, answer),
                                                   req.template_tools(), req.template_kwargs(),
                                                   generation_prompt=False)
         except PreprocessError as exc:  # e.g. the history with the answer no longer fits the context
             log.debug("speculative prefill skipped: %s", exc.message)
             return None
 
-    async def _send(self, entry, request: PreprocessedRequest) -> None:
+    async def _send(self, entry, card: str, request: PreprocessedRequest) -> None:
         """Drain the one-token answer, so the router's booking runs its whole course; a timeout or
         cancel stops the worker."""
         handle = RequestHandle()
-        gen = self.dispatcher.stream(entry, request, handle)
+        gen = self.dispatcher.stream(entry, request, handle, card)
         finished = False
         try:
             async for _ in gen:

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from dynamo.frontend.disagg import DisaggMetrics, DisaggPolicy, PrefillOrchestrator
-from dynamo.frontend.model_manager import ModelEntry
+from dynamo.frontend.model_entry import ModelEntry
 from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.router.policy import Role, RoundRobinPolicy, WorkerInfo

@@ -8,10 +8,11 @@ import asyncio
 
 import pytest
 
-from dynamo.frontend.dispatch import Dispatcher, RequestHandle
-from dynamo.frontend.errors import ApiError
+from dynamo.frontend.dispatch import Dispatcher
+from dynamo.frontend.request_handle import RequestHandle
+from dynamo.frontend.errors import ApiError, CardChanged
 from dynamo.frontend.metrics import FrontendMetrics
-from dynamo.frontend.model_manager import ModelEntry
+from dynamo.frontend.model_entry import ModelEntry
 from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.llm.protocol import PreprocessedRequest, StopConditions
 from dynamo.llm.worker_client import Deadlines
@@ -43,7 +44,7 @@ async def test_a_request_of_the_old_card_is_not_sent_to_a_new_cards_worker():
                                 Deadlines(idle=0.5))
         request = PreprocessedRequest(request_id="r1", model="m", token_ids=[1, 2, 3],
                                       stop_conditions=StopConditions(max_tokens=3))
-        stream = dispatcher.stream(entry, request, RequestHandle())
+        stream = dispatcher.stream(entry, request, RequestHandle(), "old")
         assert [out.token_ids for out in await asyncio.wait_for(anext(stream), 30)] == [[100]]
         entry.adopt(new, None, None)  # type: ignore[arg-type]  # the rollout's switch, mid-stream
         entry.workers = {2: WorkerInfo(2, EID, new, other.address)}
@@ -55,4 +56,32 @@ async def test_a_request_of_the_old_card_is_not_sent_to_a_new_cards_worker():
     finally:
         await client.close()
         for worker in (stalled, other):
+            await worker.server.close(linger=0.1)
+
+
+async def test_the_card_a_request_was_prepared_for_is_refused_before_any_routing_is_booked():
+    """The card is taken when the request is prepared and carried to the stream: a switch between its preparation
+    and its stream's start (its tokenization on the prep pool) is refused before the routing policy chooses, so
+    nothing is booked for it (here: the round robin's turn does not move: the next request goes to the first
+    worker, as it would have without the refused one)."""
+    client = RequestPlaneClient()
+    workers = {2: ScriptedWorker(count=2), 3: ScriptedWorker(count=2)}
+    for worker in workers.values():
+        await worker.server.start()
+    try:
+        new = card("new")
+        entry = ModelEntry("m", None, new)  # type: ignore[arg-type]  # already switched to the new card
+        entry.workers = {iid: WorkerInfo(iid, EID, new, w.address) for iid, w in workers.items()}
+        dispatcher = Dispatcher(client, RoundRobinPolicy(), 0, FrontendMetrics())
+        request = PreprocessedRequest(request_id="r2", model="m", token_ids=[1, 2, 3],
+                                      stop_conditions=StopConditions(max_tokens=2))
+        with pytest.raises(CardChanged) as refused:
+            await asyncio.wait_for(anext(dispatcher.stream(entry, request, RequestHandle(), "old")), 30)
+        assert refused.value.code == "model_card_changed" and not refused.value.unsent  # the run decides that
+        outputs = [out async for batch in dispatcher.stream(entry, request, RequestHandle(), "new") for out in batch]
+        assert [o.token_ids for o in outputs] == [[100], [101]]
+        assert (len(workers[2].requests), len(workers[3].requests)) == (1, 0)
+    finally:
+        await client.close()
+        for worker in workers.values():
             await worker.server.close(linger=0.1)

@@ -10,10 +10,11 @@ import asyncio
 import pytest
 
 from dynamo.frontend.config import FrontendConfig
-from dynamo.frontend.dispatch import Dispatcher, RequestHandle
+from dynamo.frontend.dispatch import Dispatcher
+from dynamo.frontend.request_handle import RequestHandle
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.metrics import FrontendMetrics
-from dynamo.frontend.model_manager import ModelEntry
+from dynamo.frontend.model_entry import ModelEntry
 from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.llm.protocol import PreprocessedRequest, StopConditions
 from dynamo.llm.worker_client import Deadlines
@@ -61,7 +62,7 @@ def request(max_tokens: int = 3) -> PreprocessedRequest:
 
 
 async def collect(dispatcher: Dispatcher, entry: ModelEntry) -> list[list[int]]:
-    gen = dispatcher.stream(entry, request(), RequestHandle())
+    gen = dispatcher.stream(entry, request(), RequestHandle(), entry.card.mdcsum)
     return [out.token_ids async for batch in gen for out in batch]
 
 
@@ -102,7 +103,7 @@ async def test_without_migration_a_silent_worker_is_a_504_before_any_output(depl
 async def test_without_migration_an_idle_worker_ends_the_stream_with_the_error(deploy):
     dispatcher, entry, (stalled,) = await deploy({"count": 1, "hang": True}, migration_limit=0,
                                                  deadlines=Deadlines(idle=0.3))
-    gen = dispatcher.stream(entry, request(), RequestHandle())
+    gen = dispatcher.stream(entry, request(), RequestHandle(), entry.card.mdcsum)
     first = await asyncio.wait_for(gen.__anext__(), GENEROUS)  # the output before the stall still arrives
     assert [out.token_ids for out in first] == [[100]]
     with pytest.raises(ApiError) as err:

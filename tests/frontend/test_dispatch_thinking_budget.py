@@ -9,9 +9,10 @@ import asyncio
 
 import pytest
 
-from dynamo.frontend.dispatch import Dispatcher, RequestHandle
+from dynamo.frontend.dispatch import Dispatcher
+from dynamo.frontend.request_handle import RequestHandle
 from dynamo.frontend.metrics import FrontendMetrics
-from dynamo.frontend.model_manager import ModelEntry
+from dynamo.frontend.model_entry import ModelEntry
 from dynamo.frontend.thinking_budget import ThinkMarkers
 from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.llm.protocol import PreprocessedRequest, StopConditions
@@ -53,7 +54,7 @@ async def test_the_answer_goes_on_where_the_reasoning_is_cached_and_migrates_unp
                                   stop_conditions=StopConditions(max_tokens=20, max_thinking_tokens=1))
 
     async def collect() -> list[int]:
-        return [t async for batch in dispatcher.stream(entry, request, RequestHandle()) for out in batch
+        return [t async for batch in dispatcher.stream(entry, request, RequestHandle(), entry.card.mdcsum) for out in batch
                 for t in out.token_ids]
 
     tokens = await asyncio.wait_for(collect(), GENEROUS)

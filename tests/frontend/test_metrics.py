@@ -130,7 +130,7 @@ def test_disconnected_clients_is_a_gauge_as_in_dynamo():
 
 
 def test_per_worker_gauges_follow_the_prefilling_and_decoding_workers_and_leave_with_them():
-    from dynamo.frontend.dispatch import RequestHandle
+    from dynamo.frontend.request_handle import RequestHandle
 
     metrics = FrontendMetrics()
     aggregated, disaggregated = RequestHandle(), RequestHandle()

@@ -53,7 +53,7 @@ async def disco(request):
     name = f"mm-{request.node.name}"
     store = MemStore(name=name)
     await store.start()
-    manager = ModelManager(store, "dynamo")
+    manager = ModelManager(store, "dynamo", card_settle=0)  # a majority switches at once
     await manager.start()
     try:
         yield Discovery(store, manager)

@@ -3,7 +3,7 @@ entries: ready where a worker can answer end to end, per namespace; prefill work
 
 from __future__ import annotations
 
-from dynamo.frontend.model_manager import ModelEntry
+from dynamo.frontend.model_entry import ModelEntry
 from dynamo.frontend.model_routes import model_object, readiness
 from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.router.policy import WorkerInfo

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from dynamo.frontend.dispatch import RequestHandle
+from dynamo.frontend.request_handle import RequestHandle
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.response_ext import requested, timing, worker_ids
 

@@ -80,3 +80,32 @@ def test_no_cut_that_fits_is_the_refusal_it_would_have_been():
     # room for the answer: a prompt that fits alone but leaves none is passed on as it is, to be refused there
     out, n, _, fit = fitted([m("user", 95)], max_tokens=10)
     assert n == 95 and fit.messages is None
+
+
+class Limited(Counting):
+    """`Counting` for a model whose context is `context` (another card's: a rolling update changed it)."""
+
+    def __init__(self, context: int) -> None:
+        super().__init__()
+        self.context = context
+
+    async def __call__(self, req: ChatCompletionRequest):
+        n = sum(len(msg.content or "") for msg in req.messages)
+        if n >= self.context:
+            error = bad_request("too long", "messages", "context_length_exceeded")
+            error.overflow = ContextOverflow(n, self.context)
+            raise error
+        return [0] * n, b""
+
+
+def test_a_request_prepared_again_is_fitted_afresh():
+    """Prepared for a card with a small context it was cut; prepared again (its card switched to one with room for
+    it all) it runs whole, and what the next turn goes on from is the whole conversation, not the earlier cut."""
+    fit = ConversationFit()
+    req = ChatCompletionRequest(model="m", messages=[m("system", 10), m("user", 40), m("assistant", 40),
+                                                     m("user", 30)])
+    cut, _ = asyncio.run(fit(Limited(CONTEXT), CONTEXT, req))
+    assert len(cut.messages) < len(req.messages) and fit.messages == cut.messages
+    whole, (ids, _) = asyncio.run(fit(Limited(10 * CONTEXT), 10 * CONTEXT, req))
+    assert whole.messages == req.messages and len(ids) == 120
+    assert fit.messages is None

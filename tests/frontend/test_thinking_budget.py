@@ -9,7 +9,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from dynamo.frontend.model_manager import ModelEntry
+from dynamo.frontend.model_entry import ModelEntry
 from dynamo.frontend.openai import decode_request
 from dynamo.frontend.output import OutputStage
 from dynamo.frontend.parsers.base import PromptReasoning

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from dynamo.frontend import tool_guidance
-from dynamo.frontend.model_manager import ModelEntry
+from dynamo.frontend.model_entry import ModelEntry
 from dynamo.frontend.openai import decode_request
 from dynamo.frontend.parsers import make_tool_parser
 from dynamo.frontend.parsers.base import PromptReasoning

@@ -1,0 +1,85 @@
+"""Disaggregated serving and a rolling update's card switch: a request prepared for one card reaches no prefill
+worker of another. Refused before its prefill is routed when the model already switched (`Dispatcher._prefilled`),
+and after the prefill pool was read again following a routing wait (`PrefillOrchestrator.prefill`): a retryable
+503 `model_card_changed` (CardChanged) either way, over real request-plane workers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from dynamo.frontend.disagg import DisaggMetrics, DisaggPolicy, PrefillOrchestrator
+from dynamo.frontend.dispatch import Dispatcher
+from dynamo.frontend.errors import CardChanged
+from dynamo.frontend.metrics import FrontendMetrics
+from dynamo.frontend.model_entry import ModelEntry
+from dynamo.frontend.request_handle import RequestHandle
+from dynamo.llm.model_card import ModelDeploymentCard, WorkerType
+from dynamo.llm.protocol import PreprocessedRequest, StopConditions
+from dynamo.router.policy import RoundRobinPolicy, WorkerInfo
+from dynamo.runtime.records import EndpointId
+from dynamo.runtime.rp_client import RequestPlaneClient
+from tests.fixtures.scripted_worker import ScriptedWorker
+
+DECODE, PREFILL = EndpointId("dynamo", "backend", "generate"), EndpointId("dynamo", "prefill", "generate")
+
+
+def card(mdcsum: str, worker_type: WorkerType = WorkerType.DECODE) -> ModelDeploymentCard:
+    c = ModelDeploymentCard(display_name="m", slug="m", model_path="m", context_length=4096, kv_cache_block_size=16,
+                            worker_type=worker_type)
+    c.mdcsum = mdcsum
+    return c
+
+
+def new_card_model(decode: ScriptedWorker, prefill: ScriptedWorker) -> ModelEntry:
+    """The model as served once the rollout switched it: the new card's decode and prefill worker."""
+    entry = ModelEntry("m", None, card("new"))  # type: ignore[arg-type]  # no pipeline: nothing to tokenize
+    entry.workers = {1: WorkerInfo(1, DECODE, card("new"), decode.address),
+                     2: WorkerInfo(2, PREFILL, card("new", WorkerType.PREFILL), prefill.address)}
+    return entry
+
+
+def request() -> PreprocessedRequest:
+    return PreprocessedRequest(request_id="r", model="m", token_ids=list(range(64)),
+                               stop_conditions=StopConditions(max_tokens=2))
+
+
+@pytest.fixture
+async def workers():
+    client = RequestPlaneClient()
+    decode, prefill = ScriptedWorker(count=2), ScriptedWorker(count=1)
+    for worker in (decode, prefill):
+        await worker.server.start()
+    try:
+        yield client, decode, prefill
+    finally:
+        await client.close()
+        for worker in (decode, prefill):
+            await worker.server.close(linger=0.1)
+
+
+def orchestrator(client: RequestPlaneClient) -> PrefillOrchestrator:
+    return PrefillOrchestrator(client, RoundRobinPolicy(), DisaggPolicy(), DisaggMetrics(CollectorRegistry(), "t"))
+
+
+async def test_a_request_of_the_old_card_is_refused_before_its_prefill(workers):
+    client, decode, prefill = workers
+    entry = new_card_model(decode, prefill)
+    dispatcher = Dispatcher(client, RoundRobinPolicy(), 0, FrontendMetrics(), orchestrator(client))
+    with pytest.raises(CardChanged):
+        await asyncio.wait_for(anext(dispatcher.stream(entry, request(), RequestHandle(), "old")), 30)
+    assert prefill.requests == [] and decode.requests == []
+
+
+async def test_a_prefill_pool_of_another_card_after_a_routing_wait_is_refused(workers):
+    """What `prefill` routes over is read again after each wait in the router's queue: by then the model may be
+    served by the new card's prefill workers, which the request's tokens were not made for."""
+    client, decode, prefill = workers
+    entry = new_card_model(decode, prefill)
+    with pytest.raises(CardChanged):
+        await asyncio.wait_for(orchestrator(client).prefill(entry, request(), RequestHandle(), "old"), 30)
+    assert prefill.requests == []
+    params = await asyncio.wait_for(orchestrator(client).prefill(entry, request(), RequestHandle(), "new"), 30)
+    assert len(prefill.requests) == 1 and params is None  # its own card's prefill worker takes it
