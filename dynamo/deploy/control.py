@@ -15,7 +15,8 @@
 
 `python -m dynamo.deploy scale URL SERVICE=N [SERVICE=N ...]` is its client (several assignments: one
 request each, in order); the planner's local connector can call the same route. `python -m dynamo.deploy
-apply URL FILE` posts a manifest and waits for its rollout (GET /status's "rollout").
+apply URL FILE` posts a manifest and waits for its rollout (GET /status's "rollout"), and for the restart a new
+`spec.restart.id` starts (its "restart": `local_restart.py`).
 """
 
 from __future__ import annotations
@@ -214,7 +215,9 @@ def _error_text(body: bytes) -> str:
 def apply_main(url: str, path: str, wait: bool = True, timeout: float = 900.0, deadline: float | None = None) -> int:
     """`dynamo.deploy apply URL FILE`: post FILE, print what each service gets (stderr), then, unless
     `wait` is off, wait until each service this apply touched (replaced, added or scaled) is complete (exit 0),
-    one of its rollouts stalled (exit 1) or `timeout` passes (exit 1); stdout is the final rollout status.
+    one of its rollouts stalled (exit 1) or `timeout` passes (exit 1), and until the restart it started (a new
+    `spec.restart.id`) is Completed (exit 0), Failed (exit 1) or taken over by a later apply; stdout is the final
+    rollout status.
     Another service's state (an unrelated crash loop, an earlier stall) is not this apply's to judge."""
     url = url.rstrip("/")
     try:
@@ -239,14 +242,27 @@ def apply_main(url: str, path: str, wait: bool = True, timeout: float = 900.0, d
     except OSError as exc:  # urllib's HTTPError too
         return _request_failed(url, exc)
     print(json.dumps(rollout, indent=2))
+    code, why = _verdict(applied, rollout, wait, timeout)
+    if why:
+        print(why, file=sys.stderr)
+    return code
+
+
+def _verdict(applied: dict[str, Any], rollout: dict[str, Any], wait: bool, timeout: float) -> tuple[int, str]:
+    """apply's exit code and what it says on stderr, from the final rollout status: 1 when one of its own
+    rollouts stalled, its restart failed, or (waiting) it is not over; a restart superseded by the workers'
+    rolling update is said, not a failure (that update is among the rollouts waited for)."""
     stalled = [n for n in _touched(applied) if _state(applied, rollout, n) == "stalled"]
     if stalled:
-        print(f"rollout stalled: {', '.join(stalled)}", file=sys.stderr)
-        return 1
+        return 1, f"rollout stalled: {', '.join(stalled)}"
+    phase = _restart_phase(applied, rollout)
+    if phase == "Failed":
+        return 1, rollout["restart"].get("message", "restart failed")
     if wait and _waiting(applied, rollout):
-        print(f"rollout not complete after {timeout:g}s", file=sys.stderr)
-        return 1
-    return 0
+        return 1, f"rollout not complete after {timeout:g}s"
+    if phase == "Superseded":
+        return 0, f"restart {rollout['restart']['observedID']}: {rollout['restart'].get('message', 'superseded')}"
+    return 0, ""
 
 
 def _touched(applied: dict[str, Any]) -> list[str]:
@@ -264,5 +280,15 @@ def _state(applied: dict[str, Any], rollout: dict[str, Any], service: str) -> st
     return info["state"]
 
 
+def _restart_phase(applied: dict[str, Any], rollout: dict[str, Any]) -> str | None:
+    """The phase of the restart this apply started (`spec.restart`: a sequence waits for each service in turn);
+    None when it started none, or a later apply took the restart over."""
+    now = rollout.get("restart")
+    if "restart" not in applied or now is None or now.get("generation") != applied["generation"]:
+        return None
+    return now["phase"]
+
+
 def _waiting(applied: dict[str, Any], rollout: dict[str, Any]) -> bool:
-    return any(_state(applied, rollout, n) not in ("complete", "stalled", "done") for n in _touched(applied))
+    return (any(_state(applied, rollout, n) not in ("complete", "stalled", "done") for n in _touched(applied))
+            or _restart_phase(applied, rollout) == "Restarting")

@@ -11,7 +11,11 @@ retires them all, then starts the new ones. A frontend's replicas share its serv
 frontend, a frontend run through a shell) is recreated: a second copy could not bind it. A rollout that makes no progress within its deadline (the
 Deployment's progressDeadlineSeconds) stalls: the new replicas that are not ready are retired and the old
 ones keep serving (and with none of the new plan ready, the service's plan is the old one again: a deliberate
-difference, a Deployment only reports ProgressDeadlineExceeded and keeps trying). What the whole graph shares (its name, namespace, discovery) cannot change in place."""
+difference, a Deployment only reports ProgressDeadlineExceeded and keeps trying). What the whole graph shares (its name, namespace, discovery) cannot change in place.
+
+A new `spec.restart.id` is not a changed spec: `local_restart.py` decides which services it restarts and when
+(Sequential: one service's rollout after another, in the operator's order; Parallel: all at once), and each
+restart is a rollout of its own, as above."""
 
 from __future__ import annotations
 
@@ -22,14 +26,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from dynamo.deploy import local_restart
+from dynamo.deploy.local_restart import RESTARTING, Restarts
 from dynamo.deploy.model import Graph
 from dynamo.deploy.plan import ServicePlan
 from dynamo.deploy.replica import Replica
-from dynamo.deploy.rollout_steps import (ApplyRequest, Halted, Refused, Strategy, fingerprint, refusal, scaled_value,
-                                         step, strategy_for)
+from dynamo.deploy.rollout_steps import (ApplyRequest, Change, Halted, Refused, Strategy, fingerprint, refusal,
+                                         scaled_value, step, strategy_for)
 from dynamo.deploy.supervisor import Supervisor
 
-__all__ = ["ApplyRequest", "Applier", "Halted", "Refused", "Rollout", "Strategy", "fingerprint", "refusal",
+__all__ = ["ApplyRequest", "Applier", "Change", "Halted", "Refused", "Rollout", "Strategy", "fingerprint", "refusal",
            "scaled_value", "step", "strategy_for"]
 
 log = logging.getLogger("dynamo.deploy")
@@ -45,6 +51,7 @@ class Rollout:
     previous: ServicePlan | None  # what most of the old replicas run (the stall falls back to it)
     generation: int
     deadline: float
+    respec: bool = False  # for a changed pod template (not a restart): the operator's rolling update, for a worker
     state: str = "progressing"  # progressing | complete | stalled | superseded (by a later apply) | cancelled
     message: str = ""
     started: float = field(default_factory=time.monotonic)
@@ -163,25 +170,16 @@ def _stall(sup: Supervisor, ro: Rollout, new: list[Replica]) -> None:
 
 # ----- the graph's applies -----------------------------------------------------------------------
 
-@dataclass
-class Change:
-    """What an apply does to one service, decided before anything is changed."""
-
-    kind: str  # added | unchanged | scaled | replaced
-    plan: ServicePlan  # the service's plan once applied
-    replicas: int
-    previous: ServicePlan | None = None  # replaced: what most of its replicas run now
-    strategy: Strategy | None = None
-
-
 class Applier:
     """The applies of one graph: its generation, the diff of each against the running plans, the
-    rollouts it starts (a later apply supersedes a rollout of a service it changes again)."""
+    rollouts it starts (a later apply supersedes a rollout of a service it changes again); its `spec.restart`
+    is `restarts`' (`local_restart.py`), which rolls services through `_roll`."""
 
     def __init__(self, sup: Supervisor, graph: Graph, deadline: float = PROGRESS_DEADLINE) -> None:
         self.sup, self.graph, self.deadline = sup, graph, deadline
         self.generation = 1
         self.rollouts: dict[str, Rollout] = {}
+        self.restarts = Restarts(sup, self.rollouts, self._roll, self._most_run, local_restart.restart_id(graph))
 
     def apply(self, graph: Graph, plans: dict[str, ServicePlan], autoscaled: set[str],
               k8s_namespace: str | None, deadline: float | None = None) -> dict[str, Any]:
@@ -197,6 +195,7 @@ class Applier:
         notes: list[str] = []
         changes = {name: self._decide(name, new, name in autoscaled, notes) for name, new in plans.items()}
         removed = [n for n in sup.plans if n not in plans]
+        mode, reworked = self.restarts.prepare(graph, changes, removed, plans)
         # ----- from here on, nothing raises
         self.generation += 1
         self.graph = graph
@@ -208,6 +207,9 @@ class Applier:
             self._act(name, change, deadline or self.deadline, done)
         sup.plans.clear()
         sup.plans.update({name: change.plan for name, change in changes.items()})
+        restart = self.restarts.start(mode, graph, reworked, self.generation, deadline or self.deadline)
+        if restart is not None:
+            done["restart"] = restart
         sup.nudge()
         for note in notes:
             log.warning("apply generation %d: %s", self.generation, note)
@@ -230,13 +232,13 @@ class Applier:
             left = self._most_run(name, running)
             if ro is not None and ro.state == "stalled" and left is not None:
                 # a stalled rollout left replicas of the old plan beside the new one: the same spec again rolls on
-                return Change("replaced", running, replicas, left, strategy_for(running, replicas, left))
+                return Change("replaced", running, replicas, left, strategy_for(running, replicas, left), ro.respec)
             return Change("scaled" if replicas != running.replicas else "unchanged", running, replicas)
         previous = self._most_run(name, new) or running
         strat = strategy_for(new, replicas, previous)
         if strat.note:
             notes.append(strat.note)
-        return Change("replaced", new, replicas, previous, strat)
+        return Change("replaced", new, replicas, previous, strat, respec=True)
 
     def _most_run(self, name: str, besides: ServicePlan) -> ServicePlan | None:
         """The plan most of the service's replicas run, other than `besides` (None: none does). After a
@@ -263,15 +265,22 @@ class Applier:
             if ro is not None and ro.state == "stalled":
                 ro.state = "superseded"  # the spec applied again is what runs: the stall is over
             return
+        change.plan.http_port = self.sup.plans[name].http_port  # a second frontend keeps the port it serves on
+        ro = self._roll(name, change.plan, change.previous, self.generation, deadline, change.respec)
+        done["replaced"][name] = change.strategy.kind if change.strategy else ro.strategy.kind
+
+    def _roll(self, name: str, plan: ServicePlan, previous: ServicePlan | None, generation: int,
+              deadline: float, respec: bool = False) -> Rollout:
+        """Replace the service's replicas with `plan`'s, superseding a rollout of it in progress."""
+        ro = self.rollouts.get(name)
         if ro is not None and ro.task is not None and not ro.task.done():
             ro.state = "superseded"
             ro.task.cancel()
-        change.plan.http_port = self.sup.plans[name].http_port  # a second frontend keeps the port it serves on
-        ro = Rollout(name, change.plan, change.previous, self.generation, deadline)
+        ro = Rollout(name, plan, previous, generation, deadline, respec)
         ro.task = asyncio.create_task(roll(self.sup, ro))
         self.sup.hold(name, ro, ro.task)
         self.rollouts[name] = ro
-        done["replaced"][name] = change.strategy.kind if change.strategy else ro.strategy.kind
+        return ro
 
     def _remove(self, name: str) -> None:
         ro = self.rollouts.pop(name, None)
@@ -284,7 +293,9 @@ class Applier:
 
     def status(self) -> dict[str, Any]:
         """Per service: generation, target, updated (replicas of its current plan), ready among them, and the
-        rollout's state: progressing, stalled, scaling (count not reached yet) or complete."""
+        rollout's state: progressing, stalled, scaling (count not reached yet) or complete; the graph's
+        `restart` (the operator's status.restart: observedID, phase, inProgress; `local_restart.py`). `done`:
+        nothing progressing or scaling, and no restart under way."""
         out = {}
         for name, plan in self.sup.plans.items():
             ro = self.rollouts.get(name)
@@ -296,5 +307,8 @@ class Applier:
             out[name] = {"generation": ro.generation if ro else plan.generation, "replicas": plan.replicas,
                          "updated": len(updated), "ready": ready, "old": len(reps) - len(updated), "state": state,
                          **({"rollout": ro.info()} if ro is not None else {})}
+        restart = self.restarts.status
         return {"generation": self.generation, "services": out,
-                "done": all(s["state"] in ("complete", "stalled") for s in out.values())}
+                "done": all(s["state"] in ("complete", "stalled") for s in out.values())
+                and (restart is None or restart.phase != RESTARTING),
+                **({"restart": restart.info()} if restart is not None else {})}

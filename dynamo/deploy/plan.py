@@ -141,6 +141,7 @@ class ServicePlan:
             self.listen, self.handoff = sock.listen, sock.handoff
             self.kserve_port, self.kserve = sock.kserve_port, sock.kserve_port is not None
         self.generation = 1  # the apply that made it (1: the file `run` started with); its replicas say it
+        self.restart_id: str | None = None  # the `spec.restart` id its pods carry (`local_restart.py` sets it)
 
     def frontend_env_args(self) -> tuple[list[str], dict[str, str]]:
         """A frontend's own args and environment as `launch` gives them (less each replica's values)."""

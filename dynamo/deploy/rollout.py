@@ -68,7 +68,8 @@ def checksum(data: dict[str, str]) -> str:
 
 def restart_warnings(graph: Graph) -> list[str]:
     """The operator restarts `Sequential`ly unless told `Parallel` (its CRD's default; with no `order`, the
-    services in alphabetical order, as its GetRestartOrder): plain Deployments cannot wait for one another."""
+    services in alphabetical order, as its GetRestartOrder): plain Deployments cannot wait for one another.
+    (`run`'s apply can, and does: `local_restart.py`.)"""
     restart = graph.spec.restart
     if restart is None:
         return []
@@ -131,9 +132,22 @@ def check_graph(graph: Graph, beta: bool) -> list[str]:
 
 
 def check_restart(graph: Graph, beta: bool) -> list[str]:
-    """`spec.restart.strategy.order` names the graph's services (components)."""
+    """`spec.restart.strategy.order`, as the operator's webhook checks it (validateRestartStrategyOrder): none
+    with `Parallel`; else, when given, every service (component) of the graph exactly once."""
     restart = graph.spec.restart
-    order = (restart.strategy.order if restart is not None and restart.strategy is not None else None) or []
-    noun = "component" if beta else "service"
-    return [f"spec.restart.strategy.order[{i}]: {name!r} is not a {noun} of the graph"
-            for i, name in enumerate(order) if name not in graph.spec.services]
+    strategy = restart.strategy if restart is not None else None
+    order = (strategy.order if strategy is not None else None) or []
+    if not order:
+        return []
+    path, noun = "spec.restart.strategy.order", "component" if beta else "service"
+    if strategy is not None and strategy.type == "Parallel":
+        return [f"{path}: not allowed with strategy Parallel (every {noun} restarts at once)"]
+    errors = [f"{path}[{i}]: {name!r} is not a {noun} of the graph"
+              for i, name in enumerate(order) if name not in graph.spec.services]
+    twice = sorted({name for name in order if order.count(name) > 1})
+    if twice:
+        errors.append(f"{path}: {', '.join(twice)} listed more than once (each {noun} exactly once)")
+    missing = [name for name in graph.spec.services if name not in order]
+    if missing:
+        errors.append(f"{path}: {', '.join(missing)} not listed (it lists every {noun} of the graph, or is left out)")
+    return errors

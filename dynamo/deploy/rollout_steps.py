@@ -1,6 +1,7 @@
 """The pure half of an apply (`local_rollout.py` drives the replicas): a service's Deployment strategy resolved
-against a replica count, one step of the Deployment controller, the fingerprint that tells a changed pod template
-from a new count, and the graph-wide changes that cannot be made in place."""
+against a replica count, one step of the Deployment controller, what an apply does to a service (`Change`), the
+fingerprint that tells a changed pod template from a new count (the restart id aside: `local_restart.py`), and
+the graph-wide changes that cannot be made in place."""
 
 from __future__ import annotations
 
@@ -41,6 +42,18 @@ class Strategy:
     max_surge: int = 0
     max_unavailable: int = 0
     note: str = ""
+
+
+@dataclass
+class Change:
+    """What an apply does to one service, decided before anything is changed."""
+
+    kind: str  # added | unchanged | scaled | replaced
+    plan: ServicePlan  # the service's plan once applied
+    replicas: int
+    previous: ServicePlan | None = None  # replaced: what most of its replicas run now
+    strategy: Strategy | None = None
+    respec: bool = False  # replaced for a changed pod template (not a restart); a stall rolled on keeps its own
 
 
 def scaled_value(value: int | str | None, replicas: int, default: str, round_up: bool) -> int:
@@ -92,12 +105,14 @@ def step(target: int, strat: Strategy, old: int, old_ready: int, new: int, new_r
 
 def fingerprint(plan: ServicePlan) -> bytes:
     """What a pod template holds of a service: its spec without the replica count, the graph's env, the
-    restart id and the checksum of the ConfigMaps it mounts, the flags `--append-args` adds."""
+    checksum of the ConfigMaps it mounts, the flags `--append-args` adds. Not the restart id: which id a
+    service's pods carry, and when a new one reaches them, is `local_restart.py`'s (a Sequential restart
+    stamps it on one service at a time)."""
     svc = msgspec.structs.replace(plan.svc, replicas=None)
     # Only what its mounts show: a ConfigMap of the file that it does not mount changes nothing of its pods.
     maps = sorted((mount["mountPath"], name, rollout.checksum({k: v.hex() for k, v in files.items()}))
                   for mount, _, name, files in config_maps.mounted(plan.svc, plan.opts.config_maps))
-    return msgspec.json.encode([svc, plan.graph.spec.envs, rollout.pod_annotations(plan.graph, None), maps,
+    return msgspec.json.encode([svc, plan.graph.spec.envs, maps,
                                 plan.opts.append_args.get(plan.name, []), plan.opts.engine, plan.opts.model])
 
 

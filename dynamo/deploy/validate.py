@@ -160,8 +160,9 @@ def check_rollout(graph: model.Graph, report: Report, paths: Paths, beta: bool, 
     report.errors += [f"{prefix}{e}" for e in rollout.check_graph(graph, beta) + rollout.check_restart(graph, beta)]
     report.warnings += [f"{prefix}{w}" for w in rollout.restart_warnings(graph)]
     if graph.spec.restart is not None:
-        report.notes.append(f"{prefix}spec.restart: `run` ignores it (on one machine a restart is a stop and a "
-                            f"start); `render` stamps its id on every pod template ({rollout.RESTART_ANNOTATION})")
+        report.notes.append(f"{prefix}spec.restart: a new id restarts the services as its strategy says, under "
+                            "`run`'s apply as under the operator; `render` stamps the id on every pod template "
+                            f"({rollout.RESTART_ANNOTATION})")
 
 
 def readable_services(doc: Any, bad: set[str], beta: bool) -> tuple[dict[str, model.Service], Paths]:

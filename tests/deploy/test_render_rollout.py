@@ -164,7 +164,7 @@ def test_v1alpha1_restart_is_accepted_with_a_note_and_sequential_warns(tmp_path)
         {"id": "r1", "strategy": {"type": "Sequential", "order": ["Frontend", "MockerWorker"]}})))
     assert report.ok, report.errors
     assert any("is rendered as a parallel restart" in w for w in report.warnings)
-    assert any("spec.restart: `run` ignores it" in n for n in report.notes)
+    assert any("spec.restart: a new id restarts the services" in n for n in report.notes)
     assert any(": note: spec.restart" in line for line in report.lines())
     parallel = validate_file(write(tmp_path, restart_doc({"id": "r1", "strategy": {"type": "Parallel"}})))
     assert parallel.ok and not parallel.warnings
@@ -177,6 +177,21 @@ def test_restart_order_names_services_and_its_type_is_checked(tmp_path):
     assert "spec.restart.strategy.order[1]: 'Nope' is not a service of the graph" in report.errors
     report = validate_file(write(tmp_path, restart_doc({"id": "r1", "strategy": {"type": "Rolling"}})))
     assert any(e.startswith("spec.restart.strategy.type") for e in report.errors), report.errors
+
+
+def test_restart_order_lists_every_service_once_and_never_with_parallel(tmp_path):
+    """As the operator's webhook (validateRestartStrategyOrder): every service exactly once, no order with
+    Parallel; an order left out is fine with either."""
+    def errors(strategy: dict) -> list[str]:
+        return validate_file(write(tmp_path, restart_doc({"id": "r1", "strategy": strategy}))).errors
+    assert errors({"order": ["Frontend"]}) == [
+        "spec.restart.strategy.order: MockerWorker not listed (it lists every service of the graph, or is left out)"]
+    assert errors({"order": ["Frontend", "MockerWorker", "Frontend"]}) == [
+        "spec.restart.strategy.order: Frontend listed more than once (each service exactly once)"]
+    assert errors({"type": "Parallel", "order": ["Frontend", "MockerWorker"]}) == [
+        "spec.restart.strategy.order: not allowed with strategy Parallel (every service restarts at once)"]
+    assert errors({"type": "Sequential", "order": ["MockerWorker", "Frontend"]}) == []
+    assert errors({"type": "Parallel"}) == errors({"type": "Sequential"}) == []
 
 
 def test_v1beta1_restart_is_rendered_not_dropped(tmp_path):
