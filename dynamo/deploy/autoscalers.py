@@ -5,7 +5,9 @@ autoscaler and the graph service it scales:
 
 - which service a target is: the Dynamo operator gives every DGD service an adapter named
   `{dgd}-{service lowercased}` (`names.k8s_name`), unless `scalingAdapter.disable: true`;
-- `validate`: a target no graph of the file has (an error naming the adapters there are), two autoscalers
+- `validate`: a target no graph of the file has (an error naming the adapters there are), an autoscaler of a
+  graph's service that cannot be read (a required field missing, a value of the wrong kind: an error, as the
+  API server refuses it; `run` then meets none, at startup or in an apply), two autoscalers
   on one service, an autoscaler on a service the graph's planner scales (warnings: they would fight), and
   the deprecated v1alpha1 `autoscaling` field (ignored, as by the operator);
 - `render`: no operator, so no adapters: a DGDSA target is pointed at the service's rendered Deployment
@@ -19,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dynamo.deploy import model, multinode, names, planner_scaling
+from dynamo.deploy import local_autoscalers, model, multinode, names, planner_scaling
 
 HPA_KIND = "HorizontalPodAutoscaler"
 KEDA_KIND = "ScaledObject"
@@ -157,7 +159,7 @@ def check(docs: list[Any], graphs: list[model.Graph], maps: dict[str, dict[str, 
           ) -> tuple[list[str], list[str]]:
     """(errors, warnings) about the file's autoscalers; `graphs` are the file's clean graphs."""
     present, disabled = adapters(docs)
-    errors = [e for s in find(docs) if (e := _unknown_adapter(s, present, disabled))]
+    errors = [e for s in find(docs) if (e := _unknown_adapter(s, present, disabled))] + unreadable(docs, graphs)
     unopted = not_opted_in(docs)
     warnings = [f"document {s.document}: {TARGET_PATH}.name: {s.label} targets {ADAPTER_KIND} {s.target_name}, "
                 "which Dynamo's operator (1.2 on) creates only when the service opts in: scalingAdapter: {enabled: "
@@ -175,6 +177,21 @@ def check(docs: list[Any], graphs: list[model.Graph], maps: dict[str, dict[str, 
                             "fight over its replicas (one autoscaler per service: leave this one to the planner, "
                             "or take it out of the planner's pools)")
     return errors, warnings
+
+
+def unreadable(docs: list[Any], graphs: list[model.Graph]) -> list[str]:
+    """The autoscalers of the graphs' services that `run` could not read (`local_autoscalers.build`), as errors."""
+    by_name = {graph.metadata.name: graph for graph in graphs}
+    errors = []
+    for (graph, service), scalers in managed(docs, graphs).items():
+        requests = local_autoscalers.service_requests(by_name[graph].spec.services[service])
+        for scaler in scalers:
+            try:
+                local_autoscalers.build(docs[scaler.document], service, list, requests, None,
+                                        local_autoscalers.HPA_SYNC_PERIOD, [])
+            except ValueError as exc:
+                errors.append(f"document {scaler.document}: {exc}")
+    return errors
 
 
 def _names(scalers: list[Autoscaler]) -> str:

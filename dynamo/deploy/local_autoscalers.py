@@ -13,7 +13,8 @@ Evaluated:
 - HPA `Resource` / `ContainerResource` metrics (cpu, memory: `Utilization` of the container's requests,
   or `AverageValue`), read from the replicas' processes every `--hpa-sync-period` s, with `behavior`.
 Anything else (HPA External, Pods and Object metrics need a metrics adapter's rules, which the file does
-not carry; KEDA's other scalers) is not evaluated: `notes` says so once, at start.
+not carry; KEDA's other scalers) is not evaluated: `notes` says so, at start and in an apply's response
+(`graph_autoscalers.py` holds a graph's set and what an apply changes of it).
 """
 
 from __future__ import annotations
@@ -209,17 +210,28 @@ def service_requests(svc: Any) -> dict[str, float]:
 
 def build(doc: dict[str, Any], service: str, sessions: Callable[[], list[int]], requests: dict[str, float],
           prometheus_url: str | None, sync_period: float, notes: list[str]) -> LocalAutoscaler | None:
-    """The evaluable autoscaler of an HPA or ScaledObject document (None, with `notes`, when nothing of it is)."""
+    """The evaluable autoscaler of an HPA or ScaledObject document (None, with `notes`, when nothing of it is).
+    ValueError, naming the document, for one that cannot be read (a field missing, a value of the wrong kind):
+    `validate` refuses such a file (`autoscalers.check`), so `run` meets none, at startup or in an apply."""
     try:
         return _build(doc, service, sessions, requests, prometheus_url, sync_period, notes)
-    except (KeyError, TypeError, ValueError) as exc:  # a field missing or of the wrong kind: say which, run on
-        notes.append(f"{doc.get('kind')} {(doc.get('metadata') or {}).get('name')}: not evaluated under run "
-                     f"(cannot read {exc})")
-        return None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        name = f"{doc.get('kind')} {(doc.get('metadata') or {}).get('name')}"
+        raise ValueError(f"{name}: cannot read {_what(exc)}") from None
+
+
+def _what(exc: Exception) -> str:
+    """What a document's read failed on, for its error."""
+    if isinstance(exc, KeyError):
+        return f"{exc} (a required field is missing)"
+    if isinstance(exc, (AttributeError, TypeError, IndexError)):
+        return f"a field of the wrong kind ({exc})"
+    return str(exc)
 
 
 def _build(doc: dict[str, Any], service: str, sessions: Callable[[], list[int]], requests: dict[str, float],
            prometheus_url: str | None, sync_period: float, notes: list[str]) -> LocalAutoscaler | None:
+    _check_shape(doc)
     if doc.get("kind") == "ScaledObject":
         scaler = scaled_object(doc, service, sessions, requests, prometheus_url, notes)
         for client in scaler.clients if scaler else []:
@@ -232,10 +244,26 @@ def _build(doc: dict[str, Any], service: str, sessions: Callable[[], list[int]],
     return hpa(doc, service, sessions, requests, sync_period, notes)
 
 
+def _check_shape(doc: dict[str, Any]) -> None:
+    """The lists and mappings the evaluators walk, as the API server's schema types them (TypeError names the
+    field): a wrong kind there would otherwise surface as an obscure attribute error."""
+    spec = doc.get("spec")
+    if not isinstance(spec, dict):
+        raise TypeError("spec: not a mapping")
+    field_ = "triggers" if doc.get("kind") == "ScaledObject" else "metrics"
+    items = spec.get(field_)
+    if items is not None and (not isinstance(items, list) or not all(isinstance(i, dict) for i in items)):
+        raise TypeError(f"spec.{field_}: not a list of mappings")
+    for index, item in enumerate(items or []):
+        for key, value in item.items():
+            if key in ("metadata", "resource", "containerResource") and not isinstance(value, dict):
+                raise TypeError(f"spec.{field_}[{index}].{key}: not a mapping")
+
+
 async def drive(scaler: LocalAutoscaler, replicas: Callable[[], int], scale: Callable[[int], None],
                 stop: asyncio.Event, clock: Callable[[], float] = time.monotonic) -> None:
     """Evaluate `scaler` every interval until `stop`, scaling its service when it says so."""
-    scaler.started = clock()
+    scaler.started = scaler.started or clock()  # an edited autoscaler keeps its predecessor's (graph_autoscalers)
     said: set[str] = set()
     try:
         while not stop.is_set():

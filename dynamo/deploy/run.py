@@ -19,10 +19,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from dynamo.deploy import autoscalers, config_maps, contract, local, local_autoscalers
+from dynamo.deploy import config_maps, contract, graph_autoscalers, local, local_autoscalers
 from dynamo.deploy.control import ControlServer
 from dynamo.deploy.devices import DeviceLedger, detect_gpus
-from dynamo.deploy.dynamo_model import AdapterReconciler, load_models
+from dynamo.deploy.dynamo_model import AdapterReconciler, DynamoModel, load_models
 from dynamo.deploy.local_rollout import PROGRESS_DEADLINE, ApplyRequest, Applier, Halted, Refused
 from dynamo.deploy.log_files import LogRotation
 from dynamo.deploy.model import Graph
@@ -92,7 +92,7 @@ class GraphRun:
     control: ControlServer
     adapters: AdapterReconciler
     title: str = ""
-    scalers: list[local_autoscalers.LocalAutoscaler] = field(default_factory=list)  # the file's HPAs / KEDA
+    autoscaling: graph_autoscalers.GraphAutoscalers | None = None  # the file's HPAs / ScaledObjects on it
     overrides: dict[str, int] = field(default_factory=dict)  # its --set counts (applied again by an apply)
     ledger: DeviceLedger | None = None
     applier: Applier | None = None
@@ -100,21 +100,36 @@ class GraphRun:
 
     async def apply(self, req: ApplyRequest) -> dict:
         """POST /apply: the manifest's graph of this name, expanded into plans as at startup (with this run's
-        --set / --append-args / --model / --volume), then diffed and rolled out by the Applier. The expansion
-        runs off the event loop (it reads files, may look a model up): probes and streams go on meanwhile. It
-        touches no shared state there: it claims no devices (each replica claims at its launch, on the loop)
-        and ConfigMaps are written to new content-named directories (`config_maps.mounts`)."""
+        --set / --append-args / --model / --volume), then diffed and rolled out by the Applier; the file's
+        HPAs / ScaledObjects and DynamoModels for this graph replace the running ones (`graph_autoscalers`,
+        `AdapterReconciler.replace`). The expansion runs off the event loop (it reads files, may look a model
+        up): probes and streams go on meanwhile. It touches no shared state there: it claims no devices (each
+        replica claims at its launch, on the loop) and ConfigMaps are written to new content-named directories
+        (`config_maps.mounts`). Everything that can refuse the apply does so before anything changes."""
         async with self.applying:
             if self.sup.halted():
                 raise Halted("the run is stopping")
-            graph, plans, namespace = await asyncio.to_thread(self._plans_of, req)
-            assert self.applier is not None
-            applied = self.applier.apply(graph, plans, self.autoscaled(), namespace, req.deadline_s)
+            graph, plans, namespace, documents, models = await asyncio.to_thread(self._plans_of, req)
+            assert self.applier is not None and self.autoscaling is not None
+            scaling = self.autoscaling.prepare(documents, graph)  # validated: builds (ValueError: a 400)
+            # the new set decides whose count the manifest's replicas may set, so it comes before the diff
+            applied = self.applier.apply(graph, plans, self.autoscaled(scaling.owned), namespace, req.deadline_s)
             self.graph = graph
+            newly = set(scaling.held) - set(self.autoscaling.held)
+            stopped = self.autoscaling.commit(scaling)
+            free = set(plans) - self.autoscaled(scaling.owned)  # a planner's workers are still its own
+            scaling.released = [s for s in scaling.released if s in free]
+            applied["notes"] += scaling.notes + self.autoscaling.ownership_notes(
+                scaling, newly & (set(plans) - self.autoscaled(scaling.services)), self._replicas)
+            applied["autoscalers"] = self.autoscaling.summary(scaling)
+            applied["models"] = self.adapters.replace(graph, models)
+            await asyncio.gather(*stopped, return_exceptions=True)  # their drivers are gone when this answers
             return applied
 
-    def _plans_of(self, req: ApplyRequest) -> tuple[Graph, dict, str]:
-        graph, documents = manifest_graph(req.manifest, self.opts.state_dir, self.graph.metadata.name)
+    def _plans_of(self, req: ApplyRequest) -> tuple[Graph, dict, str, list, list[DynamoModel]]:
+        graph, documents, graphs = manifest_graph(req.manifest, self.opts.state_dir, self.graph.metadata.name)
+        # the file's other graphs are other runs' (their DynamoModels theirs); ValueError: refused, as at startup
+        models = load_models(documents, graph, graphs)
         present = set(graph.spec.services)
         opts = dataclasses.replace(self.opts, config_maps=config_maps.collect(documents),
                                    append_args={k: v for k, v in self.opts.append_args.items() if k in present})
@@ -125,12 +140,18 @@ class GraphRun:
         missing = sorted({m for p in plans.values() for m in p.modules if not module_available(m)})
         if missing:
             raise ValueError(f"this image does not provide {', '.join(missing)}")
-        return graph, plans, opts.namespace
+        return graph, plans, opts.namespace, documents, models
 
-    def autoscaled(self) -> set[str]:
-        """The services whose replicas something else owns here: an HPA / ScaledObject of the file, or the
-        graph's planner (it scales the worker pools; the operator hands it the replicas field)."""
-        owned = {s.service for s in self.scalers}
+    @property
+    def scalers(self) -> list[local_autoscalers.LocalAutoscaler]:
+        """The HPAs / ScaledObjects evaluated on this graph now."""
+        return list(self.autoscaling or ())
+
+    def autoscaled(self, scaled: set[str] | None = None) -> set[str]:
+        """The services whose replicas something else owns here: an HPA / ScaledObject of the file (`scaled`:
+        an apply's new set; else the running one), or the graph's planner (it scales the worker pools; the
+        operator hands it the replicas field)."""
+        owned = set({s.service for s in self.scalers} if scaled is None else scaled)
         if any(plan.planner for plan in self.sup.plans.values()):
             owned |= {name for name, plan in self.sup.plans.items() if plan.svc.componentType == "worker"}
         return owned
@@ -139,14 +160,15 @@ class GraphRun:
         printer = asyncio.create_task(print_status(self.sup, stop, adapters=self.adapters, title=self.title)) \
             if show_status else None
         placer = asyncio.create_task(self.adapters.run(stop))
-        drivers = [asyncio.create_task(local_autoscalers.drive(
-            s, lambda svc=s.service: self._replicas(svc),
-            lambda n, svc=s.service: self._autoscale(svc, n), stop)) for s in self.scalers]
+        if self.autoscaling is not None:  # an apply's new autoscalers are driven the same way
+            self.autoscaling.start(lambda s: local_autoscalers.drive(
+                s, lambda: self._replicas(s.service), lambda n: self._autoscale(s.service, n), stop))
         try:
             await self.sup.run(stop)
         finally:
             stop.set()  # one graph stopping stops the file's others
-            await asyncio.gather(*drivers)
+            if self.autoscaling is not None:
+                await self.autoscaling.close()
             await placer
             if printer:
                 await printer
@@ -165,9 +187,10 @@ class GraphRun:
         self.sup.scale(service, min(replicas, MAX_REPLICAS))
 
 
-def manifest_graph(text: str, state_dir: str, name: str) -> tuple[Graph, list]:
-    """The graph named `name` of a posted manifest, validated as `run` validates its file, and the file's
-    documents (its ConfigMaps); ValueError for a manifest with errors, Refused without that graph."""
+def manifest_graph(text: str, state_dir: str, name: str) -> tuple[Graph, list, list[Graph]]:
+    """The graph named `name` of a posted manifest, validated as `run` validates its file, the file's
+    documents (its ConfigMaps) and all its graphs; ValueError for a manifest with errors, Refused without
+    that graph."""
     fd, path = tempfile.mkstemp(prefix="apply-", suffix=".yaml", dir=state_dir or None)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -181,7 +204,7 @@ def manifest_graph(text: str, state_dir: str, name: str) -> tuple[Graph, list]:
     graphs = report.graphs
     found = [g for g in graphs if g.metadata.name == name]
     if found:
-        return found[0], documents
+        return found[0], documents, graphs
     if len(graphs) == 1:
         raise Refused("metadata.name", f"this run's graph is {name!r}, the manifest's {graphs[0].metadata.name!r}; "
                       "a new name is a new graph (stop this run and run the file)")
@@ -208,8 +231,7 @@ def build_runs(args: argparse.Namespace, graphs: list[Graph], state_dir: str, po
     overrides, appended = parse_overrides(args.overrides), parse_append_args(args.append_args)
     volumes = parse_volumes(args.volumes)
     several = len(graphs) > 1
-    found = detect_gpus()
-    ledger = DeviceLedger(found) if found else None  # one machine's GPUs, dealt across every graph of the file
+    ledger = DeviceLedger(found) if (found := detect_gpus()) else None  # one machine's GPUs, for every graph
     used: set[str] = set()
     port_taken = False
     runs = []
@@ -230,14 +252,7 @@ def build_runs(args: argparse.Namespace, graphs: list[Graph], state_dir: str, po
             check_replicas(f"{name}/{svc_name}" if several else svc_name, plan.replicas)
         sup = Supervisor(plans, log_dir=args.log_dir, grace=args.grace, label=name if several else "",
                          leftovers=(state_dir, pods_dir), log_rotation=log_rotation(args))
-        control = ControlServer(sup, name, args.control_port if not runs else 0)
-        adapters = AdapterReconciler(sup, graph, load_models(documents, graph))
-        control.models = adapters.status
-        run = GraphRun(graph, opts, sup, control, adapters, title=name if several else "", overrides=set_here,
-                       ledger=ledger, applier=Applier(sup, graph, getattr(args, "progress_deadline", None) or PROGRESS_DEADLINE))
-        control.applier, control.rollouts = run.apply, run.applier.status
-        runs.append(run)
-    _attach_autoscalers(runs, documents, graphs, args)
+        runs.append(_graph_run(args, graph, graphs, documents, opts, sup, set_here, ledger, first=not runs))
     unknown = sorted(set(overrides) - used) or sorted(set(appended) - used)
     if unknown:
         raise ValueError(f"--set/--append-args: no service {unknown[0]!r} in {args.file}")
@@ -245,6 +260,22 @@ def build_runs(args: argparse.Namespace, graphs: list[Graph], state_dir: str, po
     if unmounted:
         raise ValueError(f"--volume: no service mounts a volume named {unmounted[0]!r}")
     return runs
+
+
+def _graph_run(args: argparse.Namespace, graph: Graph, graphs: list[Graph], documents: list, opts: RunOptions,
+               sup: Supervisor, overrides: dict[str, int], ledger: DeviceLedger | None, first: bool) -> GraphRun:
+    """One graph's run: its control endpoint (the first graph's on --control-port), DynamoModels (those of the
+    file's other graphs are theirs), Applier and autoscalers."""
+    several = len(graphs) > 1
+    control = ControlServer(sup, graph.metadata.name, args.control_port if first else 0)
+    adapters = AdapterReconciler(sup, graph, load_models(documents, graph, graphs))
+    control.models = adapters.status
+    run = GraphRun(graph, opts, sup, control, adapters, title=graph.metadata.name if several else "",
+                   overrides=overrides, ledger=ledger,
+                   applier=Applier(sup, graph, getattr(args, "progress_deadline", None) or PROGRESS_DEADLINE))
+    control.applier, control.rollouts = run.apply, run.applier.status
+    run.autoscaling = control.autoscalers = graph_autoscalers.at_startup(sup, documents, graph, args)
+    return run
 
 
 def log_rotation(args: argparse.Namespace) -> LogRotation:
@@ -256,29 +287,6 @@ def log_rotation(args: argparse.Namespace) -> LogRotation:
         raise ValueError("--log-max-mb and --log-backups must be >= 0")
     return LogRotation(max_bytes=default.max_bytes if max_mb is None else int(max_mb * 1024 * 1024),
                        backups=default.backups if backups is None else backups)
-
-
-def _attach_autoscalers(runs: list[GraphRun], documents: list, graphs: list[Graph], args: argparse.Namespace) -> None:
-    """The file's HPAs and ScaledObjects, evaluated here on the services they scale (local_autoscalers.py);
-    what cannot be evaluated is said once, like the file's other things `run` cannot honour."""
-    by_graph = {run.graph.metadata.name: run for run in runs}
-    prometheus = getattr(args, "prometheus_endpoint", None) or os.environ.get("PROMETHEUS_ENDPOINT") or None
-    for (graph, service), found in autoscalers.managed(documents, graphs).items():
-        run, notes = by_graph[graph], []
-        if len(found) > 1:
-            notes.append(f"{graph}/{service}: only {found[0].label} of its {len(found)} autoscalers is evaluated")
-        sup = run.sup
-        scaler = local_autoscalers.build(
-            documents[found[0].document], service,
-            lambda sup=sup, svc=service: [r.pid for (s, _), r in sup.replicas.items() if s == svc and r.pid],
-            local_autoscalers.service_requests(sup.plans[service].svc), prometheus,
-            getattr(args, "hpa_sync_period", local_autoscalers.HPA_SYNC_PERIOD), notes)
-        for note in notes:
-            log.warning("%s", note)
-        if scaler is not None:
-            log.info("%s scales %s/%s here (every %g s)", scaler.label, graph, service, scaler.interval)
-            run.scalers.append(scaler)
-            run.control.autoscalers = run.scalers
 
 
 def port_in_use(port: int, host: str = "0.0.0.0") -> bool:

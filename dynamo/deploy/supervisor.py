@@ -90,8 +90,11 @@ class Supervisor:
     def tag(self, rep: "Replica") -> str:
         return f"{self.label}/{rep.name}" if self.label else rep.name
 
-    def _touch(self) -> None:
+    def touch(self) -> None:
+        """Say the status changed (the status table reprints): also for what others show in it (adapters)."""
         self.version += 1
+
+    _touch = touch  # the name replica_probes.py calls it by
 
     # ----- desired state --------------------------------------------------------------
 
@@ -214,7 +217,7 @@ class Supervisor:
             return
         rep.tasks = [asyncio.create_task(self._pump(rep, rep.proc)), asyncio.create_task(self._watch(rep, rep.proc)),
                      asyncio.create_task(self.probes.run(rep, rep.proc))]
-        self._touch()
+        self.touch()
 
     def _spawn(self, rep: Replica) -> Spawn:
         """How `rep` is started (`Listeners.spawn`); a frontend whose own port another process took while it was
@@ -235,7 +238,7 @@ class Supervisor:
         self.guard.remove(proc.pid)
         self.listeners.release_own(rep.service, rep.index)
         rep.exit_code, rep.state = proc.returncode, "stopped"
-        self._touch()
+        self.touch()
 
     async def _pump(self, rep: Replica, proc: asyncio.subprocess.Process) -> None:
         sink = RotatingLog(os.path.join(self.log_dir, f"{self.tag(rep).replace('/', '-')}.log"),
@@ -262,7 +265,7 @@ class Supervisor:
             rep.state = "exited"
             self._print(f"[{self.tag(rep)}] exited with code {code}")
             self._schedule_restart(rep)
-        self._touch()
+        self.touch()
 
     def _schedule_restart(self, rep: Replica) -> None:
         ran = time.monotonic() - rep.started
@@ -290,7 +293,7 @@ class Supervisor:
         """A replica scaled down: SIGTERM, SIGKILL after its pod's grace (its drain's bound, as the kubelet's)."""
         rep.stopping = True
         rep.state = "stopping"
-        self._touch()
+        self.touch()
         with contextlib.suppress(asyncio.TimeoutError):  # `_start` sets it in a finally: the bound is a backstop
             await asyncio.wait_for(rep.spawned.wait(), 60)
         # Its process (spawned by now, if at all) holds the only copy of its own port left: it refuses once gone.
@@ -303,7 +306,7 @@ class Supervisor:
             (rep.plan or self.plans[rep.service]).release(rep.index)
             # a frontend's sockets no replica needs any more (scaled to 0, removed, replaced): closed, refusing
             self.listeners.keep((r.service, r.index, r.launch) for r in self.replicas.values())
-        self._touch()
+        self.touch()
         self.nudge()  # its slot is free: a newer target may want it again
 
     def pod_grace(self, service: str, plan: ServicePlan | None = None) -> float:

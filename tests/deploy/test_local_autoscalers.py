@@ -102,15 +102,18 @@ def test_the_prometheus_endpoint_given_to_run_replaces_a_cluster_address():
     assert scaled_object(keda_doc(), "w", list, {}, None, []).clients[0].url == "http://prom.monitoring.svc:9090"
 
 
-def test_a_malformed_autoscaler_is_said_and_left_out():
+def test_a_malformed_autoscaler_is_an_error_naming_it():
+    """`validate` reports it (autoscalers.unreadable), so neither `run`'s start nor an apply meets one."""
     from dynamo.deploy.local_autoscalers import build
 
     broken = keda_doc()
     del broken["spec"]["triggers"][0]["metadata"]["threshold"]
-    notes: list[str] = []
-    assert build(broken, "w", list, {}, None, 15.0, notes) is None
-    assert notes == ["ScaledObject so: not evaluated under run (cannot read 'threshold')"]
+    with pytest.raises(ValueError, match=r"^ScaledObject so: cannot read 'threshold' \(a required field is missing\)$"):
+        build(broken, "w", list, {}, None, 15.0, [])
     no_max = {"kind": "HorizontalPodAutoscaler", "metadata": {"name": "h"}, "spec": {"metrics": [
         {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "AverageValue", "averageValue": "500m"}}}]}}
-    notes = []
-    assert build(no_max, "w", list, {}, None, 15.0, notes) is None and "cannot read 'maxReplicas'" in notes[0]
+    with pytest.raises(ValueError, match="HorizontalPodAutoscaler h: cannot read 'maxReplicas'"):
+        build(no_max, "w", list, {}, None, 15.0, [])
+    no_max["spec"]["metrics"][0]["resource"] = "cpu"
+    with pytest.raises(ValueError, match=r"spec.metrics\[0\].resource: not a mapping"):
+        build(no_max, "w", list, {}, None, 15.0, [])
