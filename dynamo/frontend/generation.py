@@ -25,6 +25,7 @@ from dynamo.frontend.logprob_json import ChatLogprobs
 from dynamo.frontend.metrics import RequestOutcome
 from dynamo.frontend.openai import ChatMessage
 from dynamo.frontend.output import ChoiceDelta, OutputSpec, OutputStage
+from dynamo.frontend.preparation import first_attempt_id
 from dynamo.frontend.run_timing import RunTiming
 from dynamo.frontend.speculative_prefill import chat_answer_history
 from dynamo.frontend.stream_dispatch import StreamDispatch
@@ -55,7 +56,8 @@ class GenerationRun:
         self.pipeline = entry.pipeline
         self.req = req
         self.preqs = preqs
-        self.request_id = preqs[0].request_id.rsplit("-", 1)[0] if len(preqs) > 1 else preqs[0].request_id
+        wire_id = preqs[0].request_id.rsplit("-", 1)[0] if len(preqs) > 1 else preqs[0].request_id
+        self.request_id = first_attempt_id(wire_id)  # a second attempt's answer keeps the request's id
         self.timing = RunTiming(app.metrics, self.model, started)
         self.created = int(time.time())
         self.is_chat = is_chat
@@ -121,6 +123,7 @@ class GenerationRun:
             except StopAsyncIteration:
                 first = None
             except errors.CardChanged as exc:  # before anything was sent: prepared again, unless its client left
+                await asyncio.sleep(0)  # one turn for the watcher: with n=1 the refusal came without a yield
                 if self.cancelled or _left(watcher):
                     return RequestOutcome.CANCELLED
                 exc.unsent, self.superseded = True, self.may_retry  # its retry is the request's one run (metrics)

@@ -65,6 +65,12 @@ def attempt_id(request_id: str | None, attempt: int) -> str | None:
     return request_id if request_id is None or attempt == 0 else f"{request_id}.r{attempt}"
 
 
+def first_attempt_id(wire_id: str) -> str:
+    """`attempt_id`'s inverse: the id of the request's first attempt, which its client and logs know it by."""
+    head, sep, number = wire_id.rpartition(".r")
+    return head if sep and number.isdigit() else wire_id
+
+
 def is_token_prompt(req) -> bool:
     """A completion given token ids: nothing to template or tokenize, only C-level checks that take
     about a millisecond for 5,000 tokens, so it runs inline; a hop through the prep pool would add

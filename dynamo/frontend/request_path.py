@@ -68,7 +68,9 @@ class RequestPath:
     async def serve(self, inputs: RunInputs) -> Outcome:
         """Prepare and run the request, again once where its card switched before it was dispatched."""
         model, trace = inputs.req.model, inputs.trace
-        again = self.app.metrics.card_reprepared.labels(model).inc
+        def again() -> None:  # labelled only when it happens: a served model's name, never any name a client sends
+            self.app.metrics.card_reprepared.labels(model).inc()
+
         return await prepared_again(model, partial(self._attempt, inputs),
                                     trace.request_id if trace is not None else None, again)
 

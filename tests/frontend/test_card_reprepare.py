@@ -171,6 +171,8 @@ async def test_a_request_prepared_for_the_old_card_is_prepared_again_and_answere
         assert sent.token_ids == pipeline.encode_prompt(chat_text(pipeline, req), "messages")
         assert sent.token_ids != rollout.old_pipeline.encode_prompt(chat_text(rollout.old_pipeline, req), "messages")
         assert sent.request_id.endswith(".r1")
+        first = text.split(b"\n\n")[0].removeprefix(b"data: ") if stream else text
+        assert json.loads(first)["id"].endswith(sent.request_id.removesuffix(".r1")), first  # the request's id
         for histogram in ("request_duration_seconds", "input_sequence_tokens", "output_sequence_tokens"):
             assert rollout.sample(f"dynamo_frontend_{histogram}_count") == 1, histogram
         assert rollout.sample("dynamo_frontend_model_card_reprepared_total") == 1
@@ -189,12 +191,14 @@ async def test_every_choice_of_an_n_request_is_prepared_again(tmp_path, request)
         assert rollout.sample("dynamo_frontend_request_duration_seconds_count") == 1
 
 
-async def test_a_client_that_left_during_the_first_attempt_is_not_answered_on_the_new_card(tmp_path, request):
+@pytest.mark.parametrize("n", [1, 2])
+async def test_a_client_that_left_during_the_first_attempt_is_not_answered_on_the_new_card(tmp_path, request, n):
     """It left while its request was prepared for the old card: the card's switch ends it as cancelled, not
-    prepared again and run for nobody (n=2: its choices' streams see the departure before the refusal)."""
+    prepared again and run for nobody (n=1: the refusal comes without a yield to the loop, before the client's
+    watcher has run once; n=2: its choices' streams see the departure first)."""
     async with Rollout(f"reprepare-{request.node.name}", tmp_path) as rollout:
         leave = asyncio.Event()
-        answer = asyncio.ensure_future(post(rollout.app, chat(False, n=2), leave))
+        answer = asyncio.ensure_future(post(rollout.app, chat(False, n=n), leave))
         await rollout.switched_while_prepared(answer)
         leave.set()
         rollout.pool.gate.set()
@@ -242,3 +246,15 @@ async def test_a_pooling_request_tokenized_for_the_old_card_reaches_no_worker_of
             threads.shutdown(wait=False)
         assert (status, json.loads(text)["error"]["code"]) == (503, "model_card_changed")
         assert rollout.sent() == [] and rollout.old_worker.requests == []
+
+
+async def test_a_request_for_an_unknown_model_adds_no_metric_series(tmp_path, request):
+    """The re-preparation counter is labelled only when a re-preparation happens: any name a client sends must not
+    grow the frontend's metrics."""
+    async with Rollout(f"reprepare-{request.node.name}", tmp_path) as rollout:
+        body = json.dumps({"model": "no-such-model", "max_tokens": 2,
+                           "messages": [{"role": "user", "content": "hi"}]}).encode()
+        status, _ = await asyncio.wait_for(post(rollout.app, body), 60)
+        assert status == 404
+        names = {s.labels.get("model") for m in rollout.metrics.registry.collect() for s in m.samples}
+        assert "no-such-model" not in names
