@@ -67,9 +67,6 @@ class ModelManager:
         self._tasks.append(loop.create_task(self._watch(records.INSTANCES, self._on_instance)))
 
     async def stop(self) -> None:
-        for switch in self._switches.values():
-            switch.cancel()
-        self._switches.clear()
         tasks = self._tasks + list(self._loading.values())
         for task in tasks:
             task.cancel()
@@ -78,6 +75,9 @@ class ModelManager:
                 await task
             except BaseException:
                 pass
+        for switch in self._switches.values():  # after the watches: no event can arm a timer again
+            switch.cancel()
+        self._switches.clear()
         self._tasks.clear()
         self._loading.clear()
 
@@ -290,6 +290,8 @@ class ModelManager:
         self.retired.pop(name, None)
         self._bump(entry)
         self._changed.set()
+        if self.on_card_switch is not None:  # the model's card switched, with a gap: counted as a switch
+            self.on_card_switch(name)
         log.warning("model %r served again, by the workers of model card %s (%d answering)", name, mdcsum, count)
 
     def _workers_of(self, members: list[Member]) -> dict[int, WorkerInfo]:
