@@ -14,6 +14,9 @@ Fallbacks: no prefill worker, a failed prefill (an engine error, or every prefil
 uncached prompt (the prompt less the prefix cached on the decode worker the routing
 policy would pick) or a saturated prefill pool all mean the decode worker prefills locally,
 unless `--enforce-disagg`, which answers 503 instead.
+
+Where a model's workers span several namespaces (`worker_sets.py`), a request is prefilled only by a prefill worker
+of its own set (the decode worker's): a set without prefill workers is as a model without them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from dynamo.frontend import errors
 from dynamo.frontend.dispatch import choose
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.stage_metrics import PREFILL, StageMetrics
+from dynamo.frontend.worker_sets import Placement, SetRouting
 from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.llm.worker_client import NO_DEADLINES, Deadlines, WorkerClient
 from dynamo.router.inhibit import Inhibitor, reason_for
@@ -105,9 +109,13 @@ class PrefillOrchestrator:
         self.inhibitor = inhibitor or Inhibitor(0)
         self.inflight: dict[int, int] = {}
         self.disaggregated: set[str] = set()  # models that have had prefill workers
+        self.sets = SetRouting()  # the dispatcher's, once it is given one (one request's set for both pools)
 
-    def _skip_reason(self, entry, pool: WorkerPool, request: PreprocessedRequest) -> str | None:
-        workers = pool.workers
+    def _skip_reason(self, entry, pool: WorkerPool, request: PreprocessedRequest,
+                     placement: Placement | None = None) -> str | None:
+        placement = placement or Placement()
+        limit = self.sets.limit(entry, placement, pool, request, set())
+        workers = [w for w in pool.workers if w.instance_id not in limit] if limit else pool.workers
         if not workers:
             return NO_PREFILL_WORKERS
         if not self.policy.conditional:
@@ -117,7 +125,8 @@ class PrefillOrchestrator:
             return SHORT_PROMPT
         # Dynamo's effective ISL: the prompt less the prefix already cached on the decode worker
         # the request would go to; that worker prefills only the rest.
-        cached = self.routing.cached_tokens(entry.pool(Role.DECODE), request, set())
+        decode = entry.pool(Role.DECODE)
+        cached = self.routing.cached_tokens(decode, request, self.sets.limit(entry, placement, decode, request, set()))
         if len(request.token_ids) - cached < threshold:
             return CACHED_PREFIX
         limit = self.policy.max_inflight_prefills_per_worker
@@ -125,20 +134,25 @@ class PrefillOrchestrator:
             return PREFILL_POOL_BUSY
         return None
 
-    async def query(self, entry, request: PreprocessedRequest) -> int | None:
+    async def query(self, entry, request: PreprocessedRequest, placement: Placement | None = None) -> int | None:
         """The prefill worker `prefill` would send this request to now, booked nowhere; None when
         the decode worker would prefill it (see `_skip_reason`)."""
+        placement = placement or Placement()
         pool = entry.pool(Role.PREFILL)
-        if self._skip_reason(entry, pool, request) is not None:
+        if self._skip_reason(entry, pool, request, placement) is not None:
             return None
-        return (await choose(self.routing, pool, request, set(), book=False)).worker.instance_id
+        limit = self.sets.limit(entry, placement, pool, request, set())
+        return (await choose(self.routing, pool, request, limit, book=False)).worker.instance_id
 
-    async def prefill(self, entry, request: PreprocessedRequest, handle, card: str) -> dict[str, Any] | None:
+    async def prefill(self, entry, request: PreprocessedRequest, handle, card: str,
+                      placement: Placement | None = None) -> dict[str, Any] | None:
         """Transfer parameters for the decode worker, or None to prefill locally. `card`: the checksum of the card
         the request was prepared for: a prefill pool of another card (a switch while the request waited to be
-        routed) raises CardChanged, as the decode side does (`dispatch.py`)."""
+        routed) raises CardChanged, as the decode side does (`dispatch.py`). `placement`: the request's worker
+        set; only its prefill workers may take it."""
+        placement = placement or Placement()
         pool = entry.pool(Role.PREFILL)
-        reason = self._skip_reason(entry, pool, request)
+        reason = self._skip_reason(entry, pool, request, placement)
         if pool.workers:
             self.disaggregated.add(entry.name)
         if reason is not None:
@@ -153,10 +167,11 @@ class PrefillOrchestrator:
         exclude: set[int] = set()  # prefill workers that failed this request: never tried twice
         while True:
             pool = entry.pool(Role.PREFILL)  # now: an older snapshot would undo membership changes since
+            limit = self.sets.limit(entry, placement, pool, sub, exclude)  # never another set's prefill worker
             try:
                 with self.stages.stage("route", PREFILL):
                     choice = await handle.routed(
-                        choose(self.routing, pool, sub, self.inhibitor.exclude(pool, sub, exclude)))
+                        choose(self.routing, pool, sub, self.inhibitor.exclude(pool, sub, limit)))
             except ApiError:  # every prefill worker busy, or all of them failed this request
                 return self._local(entry, PREFILL_FAILED if exclude else PREFILL_POOL_BUSY)
             if choice is None:

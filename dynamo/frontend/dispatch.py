@@ -14,12 +14,17 @@ It owns the model-card check: a request goes only to workers of the card it was 
 size); one whose model switched its card since is refused with `CardChanged` (a 503 `model_card_changed`) before
 any worker, prefill or decode, gets it or any routing state is booked for it, and prepared again by
 `preparation.prepared_again` while nothing of its answer was sent.
+
+Where a model's workers span several namespaces (a managed rolling update), each request runs in one worker set
+(`worker_sets.py`), chosen before its prefill: its prefill and decode workers come from that set, and a retry
+stays there while the set has a decode worker left; one moved to another set is prefilled again there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from typing import AsyncIterator, Awaitable, Callable
 
 import msgspec
@@ -32,6 +37,7 @@ from dynamo.frontend.model_entry import ModelEntry
 from dynamo.frontend.parsers.base import PromptReasoning
 from dynamo.frontend.request_handle import RequestHandle
 from dynamo.frontend.thinking_budget import ThinkingBudget, budget_for
+from dynamo.frontend.worker_sets import Placement, SetRouting
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest, RoutingHints
 from dynamo.llm.worker_client import NO_DEADLINES, Deadlines, WorkerClient, WorkerStream
 from dynamo.router.inhibit import Inhibitor
@@ -96,7 +102,8 @@ class _Progress:
 class Dispatcher:
     def __init__(self, client: RequestPlaneClient, policy: RoutingPolicy, migration_limit: int,
                  metrics: FrontendMetrics, prefill=None, inhibitor: Inhibitor | None = None,
-                 deadlines: Deadlines = NO_DEADLINES, migration_max_seq_len: int | None = None) -> None:
+                 deadlines: Deadlines = NO_DEADLINES, migration_max_seq_len: int | None = None,
+                 rng: random.Random | None = None) -> None:
         self.workers = WorkerClient(client, deadlines)
         self.policy = policy
         self.migration_limit = migration_limit
@@ -105,6 +112,10 @@ class Dispatcher:
         self.migration_max_seq_len = migration_max_seq_len
         self.metrics = metrics
         self.prefill = prefill  # PrefillOrchestrator: disaggregated serving when prefill workers exist
+        # Each request's worker set where a model spans several namespaces; its prefill keeps to it too.
+        self.sets = SetRouting(rng, metrics.worker_set_requests)
+        if prefill is not None:
+            prefill.sets = self.sets
         self.inhibitor = inhibitor or Inhibitor(0)
         # --wait-for-workers-secs: a request that lost its model's last worker waits for the next one
         # (worker_wait.WorkerWait.for_request): (model, handle, workers it may not go to) -> the model's
@@ -132,15 +143,16 @@ class Dispatcher:
         request, budget = budget_for(request, entry.think_markers, prompt)
         progress = _Progress(request)  # the prompt as the client sent it, for a migration
         exclude: set[int] = set()
-        prefilled = await self._prefilled(entry, request, handle, card)
+        placement = self.sets.place(entry, request, self.policy)  # once, before its prefill
+        prefilled = await self._prefilled(entry, request, handle, card, placement)
         if prefilled is None:
             return
         request = prefilled
         while True:
-            opened = await self._open(entry, request, exclude, handle, card)
+            opened = await self._open(entry, request, exclude, handle, card, placement)
             if opened is None:
                 return  # the client left while the request waited to be routed
-            worker, call, sent = opened
+            worker, call, sent, request = opened
             before = len(progress.generated)
             try:
                 async for outputs in call:
@@ -169,31 +181,32 @@ class Dispatcher:
                 call.cancel()
 
     async def _prefilled(self, entry: ModelEntry, request: PreprocessedRequest, handle: RequestHandle,
-                         card: str) -> PreprocessedRequest | None:
-        """The request with a prefill worker's transfer parameters (disaggregated serving), as
-        it was when the decode worker prefills itself; None when the client went away meanwhile."""
+                         card: str, placement: Placement) -> PreprocessedRequest | None:
+        """The request with a prefill worker's transfer parameters (disaggregated serving; a prefill worker of
+        the request's set), as it was when the decode worker prefills itself; None when the client went away."""
         if self.prefill is None or request.disaggregated_params is not None:
             return request
         refuse_other_card(entry, card)  # no prefill spent on what `_open` refuses
         try:
-            params = await self.prefill.prefill(entry, request, handle, card)
+            params = await self.prefill.prefill(entry, request, handle, card, placement)
         except StreamError:
             if handle.shut and not handle.cancelled:
                 raise errors.shutting_down() from None
             return None  # cancelled by the client during prefill
         if handle.cancelled:
             return None
-        return request if params is None else msgspec.structs.replace(request, disaggregated_params=params)
+        if params is None:
+            return request
+        placement.prefilled_in = placement.namespace
+        return msgspec.structs.replace(request, disaggregated_params=params)
 
-    async def _open(self, entry: ModelEntry, request: PreprocessedRequest, exclude: set[int],
-                    handle: RequestHandle, card: str) -> tuple[WorkerInfo, WorkerStream, Dispatched] | None:
-        """Select, book and send to a decode worker; one that cannot be reached never got the
-        request, so the next is tried whatever the migration limit. With the stream, its `dispatch`
-        stage (Dynamo's stage metrics), open until the first output. None when the client left
-        while the request waited to be routed."""
-        rid = request.request_id
-        stages = self.metrics.stages
-        phase = AGGREGATED if request.disaggregated_params is None else DECODE
+    async def _open(self, entry: ModelEntry, request: PreprocessedRequest, exclude: set[int], handle: RequestHandle,
+                    card: str, placement: Placement) -> tuple[WorkerInfo, WorkerStream, Dispatched,
+                                                              PreprocessedRequest] | None:
+        """Select, book and send to a decode worker of the request's set; one that cannot be reached never got
+        the request, so the next is tried whatever the migration limit. With the stream, its `dispatch` stage
+        (Dynamo's stage metrics), open until the first output, and the request as sent (prefilled again where
+        its set had no decode worker left and it moved). None when the client left while it waited."""
         while True:
             if self.closing:  # nothing new starts once the frontend is past its grace
                 raise errors.shutting_down()
@@ -204,39 +217,55 @@ class Dispatcher:
                 entry = await self.worker_wait(entry.name, handle, exclude) or entry
                 refuse_other_card(entry, card)  # the worker that came may serve another card
                 pool = entry.pool(Role.DECODE)
-            with stages.stage("route", phase):
-                choice = await handle.routed(
-                    choose(self.policy, pool, request, self.inhibitor.exclude(pool, request, exclude)))
+            limit = self.sets.limit(entry, placement, pool, request, exclude)
+            if request.disaggregated_params is not None and placement.prefilled_in not in (None, placement.namespace):
+                # moved to another set: the old set's transfer parameters are no good there
+                request = await self._prefilled(entry, msgspec.structs.replace(request, disaggregated_params=None),
+                                                handle, card, placement)
+                if request is None:
+                    return None
+                continue
+            phase = AGGREGATED if request.disaggregated_params is None else DECODE
+            with self.metrics.stages.stage("route", phase):
+                choice = await handle.routed(choose(self.policy, pool, request,
+                                                    self.inhibitor.exclude(pool, request, limit)))
             if choice is None:
                 return None
-            worker = choice.worker
-            if card and worker.card.mdcsum and worker.card.mdcsum != card:  # a pool snapshot queued before a switch
-                self.policy.free(rid)  # preparation.prepared_again prepares it again, if nothing was sent yet
-                raise errors.CardChanged(entry.name)
-            handle.worker_id, handle.dp_rank, handle.overlap_blocks = worker.instance_id, choice.dp_rank, \
-                choice.overlap_blocks
-            sent = stages.dispatched(phase)
+            opened = await self._dial(entry, request, choice, exclude, handle, card, phase)
+            if opened is not None:
+                return choice.worker, *opened, request
 
-            def first_output(sent=sent) -> None:
-                sent.first()
-                self.policy.prefill_complete(rid)
-            try:
-                call = await self.workers.open(worker.address or "", worker.endpoint.endpoint,
-                                               with_dp_rank(request, choice), first_output)
-            except CannotConnect as exc:
-                sent.close()
-                self.policy.free(rid)
-                exclude.add(worker.instance_id)
-                self.inhibitor.inhibit(worker.instance_id, ErrorCode.CANNOT_CONNECT)
-                log.warning("worker %x unreachable (%s); trying another", worker.instance_id, exc)
-                self.metrics.migration(entry.name, "new_request")
-                continue
-            except BaseException:  # cancelled while dialling: the booking has no other owner yet
-                sent.close()
-                self.policy.free(rid)
-                raise
-            handle.attach(call)
-            return worker, call, sent
+    async def _dial(self, entry: ModelEntry, request: PreprocessedRequest, choice: Choice, exclude: set[int],
+                    handle: RequestHandle, card: str, phase: str) -> tuple[WorkerStream, Dispatched] | None:
+        """Send the request to the chosen worker; None when it cannot be reached (left out: try another)."""
+        rid, worker = request.request_id, choice.worker
+        if card and worker.card.mdcsum and worker.card.mdcsum != card:  # a pool snapshot queued before a switch
+            self.policy.free(rid)  # preparation.prepared_again prepares it again, if nothing was sent yet
+            raise errors.CardChanged(entry.name)
+        handle.worker_id, handle.dp_rank, handle.overlap_blocks = worker.instance_id, choice.dp_rank, \
+            choice.overlap_blocks
+        sent = self.metrics.stages.dispatched(phase)
+
+        def first_output(sent=sent) -> None:
+            sent.first()
+            self.policy.prefill_complete(rid)
+        try:
+            call = await self.workers.open(worker.address or "", worker.endpoint.endpoint,
+                                           with_dp_rank(request, choice), first_output)
+        except CannotConnect as exc:
+            sent.close()
+            self.policy.free(rid)
+            exclude.add(worker.instance_id)
+            self.inhibitor.inhibit(worker.instance_id, ErrorCode.CANNOT_CONNECT)
+            log.warning("worker %x unreachable (%s); trying another", worker.instance_id, exc)
+            self.metrics.migration(entry.name, "new_request")
+            return None
+        except BaseException:  # cancelled while dialling: the booking has no other owner yet
+            sent.close()
+            self.policy.free(rid)
+            raise
+        handle.attach(call)
+        return call, sent
 
     def _after_failure(self, entry: ModelEntry, request: PreprocessedRequest, iid: int, exc: StreamError,
                        started: bool, handle: RequestHandle, progress: _Progress) -> PreprocessedRequest | None:

@@ -122,6 +122,10 @@ class FrontendMetrics:
                                      "card (a rolling update)", ("model",), registry=r)
         self.card_reprepared = Counter(f"{p}_model_card_reprepared", "Requests prepared again because their model's "
                                        "card switched before they were dispatched", ("model",), registry=r)
+        # A rolling update that started new workers in a new namespace beside the old ones (worker_sets.py): the
+        # requests each set got while the model had several. Series of sets that are gone are removed.
+        self.worker_set_requests = Counter(f"{p}_worker_set_requests", "Requests routed to each worker set (namespace) "
+                                           "of a model whose workers span several", ("model", "namespace"), registry=r)
         self.rejections = Counter(f"{p}_model_rejection", "Requests refused (overload, no workers)",
                                   ("model", "reason"), registry=r)
         self.workers = Gauge(f"{p}_model_workers", "Serving workers per model", ("model",), registry=r)

@@ -1,6 +1,6 @@
 """One served model name as the request path sees it (`ModelEntry`): the card and pipeline it is served by now,
-its workers by type, and the pool snapshots routing policies share. `ModelManager` owns every entry's state
-(discovery feeds it); the request path reads it."""
+its workers by type, the pool snapshots routing policies share, and those workers by namespace (`worker_sets`).
+`ModelManager` owns every entry's state (discovery feeds it); the request path reads it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import functools
 import time
 
 from dynamo.frontend.thinking_budget import ThinkMarkers, think_markers
+from dynamo.frontend.worker_sets import WorkerSets
 from dynamo.llm.model_card import ModelDeploymentCard, WorkerType
 from dynamo.llm.preprocessor import ModelPipeline
 from dynamo.router.policy import Role, WorkerInfo, WorkerPool
@@ -27,6 +28,7 @@ class ModelEntry:
         self.version = 0  # bumped whenever the worker set changes (routers rebuild views)
         self.block_size = block_size or card.kv_cache_block_size
         self._pools: dict[Role, WorkerPool] = {}
+        self._sets: WorkerSets | None = None
 
     @functools.cached_property
     def think_markers(self) -> ThinkMarkers | None:
@@ -60,6 +62,13 @@ class ModelEntry:
                                                   tuple(sorted(workers, key=lambda w: w.instance_id)),
                                                   lora_name=self.card.lora_name)
         return pool
+
+    def worker_sets(self) -> WorkerSets:
+        """The served workers by namespace (`worker_sets.py`), grouped once per version."""
+        sets = self._sets
+        if sets is None or sets.version != self.version:
+            sets = self._sets = WorkerSets(self.pool(Role.DECODE), self.pool(Role.PREFILL))
+        return sets
 
 
 def routable_address(card: ModelDeploymentCard, record: InstanceRecord | None) -> str | None:

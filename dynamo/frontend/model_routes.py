@@ -94,7 +94,9 @@ def health_report(listed: list, extra: dict[str, Any], held: list[str] | None = 
     requests wait for one (--wait-for-workers-secs): such a frontend serves (it holds the requests an
     autoscaler scales up from), so it reports healthy; a Kubernetes readiness probe that took it out of
     its Service at zero workers would keep the demand from ever arriving. `cards`: `model_cards`, per known model (listed
-    or not, retired included: a stuck rollout shows), the card served and those held apart (`ModelManager.cards`)."""
+    or not, retired included: a stuck rollout shows), the card served and those held apart (`ModelManager.cards`).
+    `worker_sets`: per model whose workers span several namespaces (a managed rolling update), each set with its
+    decode and prefill worker counts (`worker_sets.py`); absent when no model does."""
     instances = [
         {"namespace": w.endpoint.namespace, "component": w.endpoint.component, "endpoint": w.endpoint.endpoint,
          "instance_id": w.instance_id, "transport": {"tcp": w.address}, "model": entry.name,
@@ -113,5 +115,16 @@ def health_report(listed: list, extra: dict[str, Any], held: list[str] | None = 
         "endpoints": sorted({str(w.endpoint) for entry in listed for w in entry.serving()}),
         "instances": instances,
         **({"model_cards": cards} if cards is not None else {}),
+        **({"worker_sets": sets} if (sets := worker_sets(listed)) else {}),
         **extra,
     }
+
+
+def worker_sets(listed: list) -> dict[str, list[dict]]:
+    """The worker sets of each listed model that has more than one."""
+    out = {}
+    for entry in listed:
+        sets = entry.worker_sets()
+        if not sets.single:
+            out[entry.name] = sets.report()
+    return out
