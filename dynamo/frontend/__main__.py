@@ -23,6 +23,7 @@ from dynamo.frontend.messages_run import AnthropicApi
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.model_defaults import ModelDefaults
 from dynamo.frontend.model_manager import ModelManager
+from dynamo.frontend.worker_sets import SetRouting
 from dynamo.llm.token_cache import TokenCache
 from dynamo.router.inhibit import Inhibitor
 from dynamo.router.policy import PolicyHost, Role, RoutingPolicy, create_policy
@@ -42,27 +43,35 @@ log = logging.getLogger("dynamo.frontend")
 
 
 def _on_change(policy: RoutingPolicy, metrics: FrontendMetrics, live_workers: Callable[[], set[int]],
-               listed: Callable[[], None]):
+               listed: Callable[[], None], sets: SetRouting | None = None):
     def update(entry) -> None:
         for role in Role:
             policy.on_membership_change(entry.pool(role))
+        if sets is not None:
+            sets.prune(entry)  # the series of worker sets that are gone (a rollout that finished, a model gone)
         metrics.keep_workers(live_workers())
         listed()
     return update
 
 
+def _set_routing(config: FrontendConfig, metrics: FrontendMetrics, inhibitor: Inhibitor) -> SetRouting:
+    """Each request's worker set (`worker_sets.py`): one for the dispatcher and the prefill orchestrator."""
+    return SetRouting(counter=metrics.worker_set_requests, inhibitor=inhibitor,
+                      enforce_disagg=config.enforce_disagg or not config.decode_fallback)
+
+
 def _app(config: FrontendConfig, runtime: DistributedRuntime, metrics: FrontendMetrics, routing: RoutingPolicy,
-         models: ModelManager, replicas: Replicas) -> FrontendApp:
-    """The HTTP app over its request path: dispatch (migration, inhibition, deadlines) and disaggregation."""
+         models: ModelManager, replicas: Replicas, inhibitor: Inhibitor, sets: SetRouting) -> FrontendApp:
+    """The HTTP app over its request path: dispatch (migration, inhibition, deadlines, worker sets) and
+    disaggregation."""
     deadlines = config.deadlines()
     disagg = DisaggPolicy.from_config(config.enforce_disagg or not config.decode_fallback, config.router_conditional_disagg,
                                       config.router_conditional_disagg_config)
-    inhibitor = Inhibitor(config.inhibited_duration_secs, metrics.registry, config.metrics_prefix)
     orchestrator = PrefillOrchestrator(runtime.client, routing, disagg,
                                        DisaggMetrics(metrics.registry, config.metrics_prefix), deadlines,
-                                       metrics.stages, inhibitor)
+                                       metrics.stages, inhibitor, sets=sets)
     dispatcher = Dispatcher(runtime.client, routing, config.migration_limit, metrics, orchestrator, inhibitor,
-                            deadlines, config.migration_max_seq_len)
+                            deadlines, config.migration_max_seq_len, sets=sets)
     app = FrontendApp(models, dispatcher, metrics, body_limit=int(config.http_body_limit_mb * 1024 * 1024),
                        concurrency_limit=config.rejection_frontend_request_concurrency_limit,
                        overload_status=config.http_overload_status_code,
@@ -141,9 +150,11 @@ async def serve(config: FrontendConfig, stop: Stop, warnings: Sequence[str] = ()
                                     config.router_session_affinity_ttl_secs, config.router_session_affinity_mode)
     await routing.attach(PolicyHost(runtime.store, runtime.client, runtime.instance_id, metrics.registry,
                                     config.metrics_prefix, config.event_plane))
-    models = _models(config, runtime, metrics, routing)
+    inhibitor = Inhibitor(config.inhibited_duration_secs, metrics.registry, config.metrics_prefix)
+    sets = _set_routing(config, metrics, inhibitor)
+    models = _models(config, runtime, metrics, routing, sets)
     replicas = Replicas(runtime.store, runtime.namespace, runtime.instance_id, metrics.registry, config.metrics_prefix)
-    app = _app(config, runtime, metrics, routing, models, replicas)
+    app = _app(config, runtime, metrics, routing, models, replicas, inhibitor, sets)
     lag = LoopLagMonitor(lambda v: (metrics.loop_lag.observe(v), metrics.loop_lag_max.set(lag.worst)))
     lag.start()
     tls = _tls_options(config)
@@ -189,14 +200,14 @@ async def serve(config: FrontendConfig, stop: Stop, warnings: Sequence[str] = ()
 
 
 def _models(config: FrontendConfig, runtime: DistributedRuntime, metrics: FrontendMetrics,
-            routing: RoutingPolicy) -> ModelManager:
+            routing: RoutingPolicy, sets: SetRouting | None = None) -> ModelManager:
     """The models discovery announces, each with its workers (membership changes reach the routing policy)."""
     token_cache = TokenCache(config.tokenizer_cache_bytes) if config.tokenizer_cache_bytes else None
     if token_cache is not None:
         metrics.watch_token_cache(token_cache)
     models = ModelManager(runtime.store, config.namespace,
                           on_change=_on_change(routing, metrics, lambda: models.worker_ids(),
-                                               lambda: runtime.client.listed(models.worker_addresses())),
+                                               lambda: runtime.client.listed(models.worker_addresses()), sets),
                           block_size=config.kv_cache_block_size, namespace_prefix=config.namespace_prefix,
                           token_cache=token_cache, defaults=ModelDefaults.of(config),
                           observe_prep=metrics.stages.prep, card_settle=config.model_card_settle_secs,

@@ -10,7 +10,8 @@ on a comment line:
 - `query_instance_id` (an inference gateway's first step): nothing is generated and nothing booked.
   The answer is the routing decision the frontend would make for this prompt now, and the prompt's
   token ids, for the gateway to send the request on with `nvext.backend_instance_id` (or the
-  `x-worker-instance-id` header) and `nvext.token_data`:
+  `x-worker-instance-id` header) and `nvext.token_data`. Its decode and prefill workers come from one worker set
+  (`worker_sets.py`) and are of the card its prompt was tokenized for (else CardChanged: it is prepared again):
   - streamed, Dynamo's events: `worker_instance_id` (the decode worker's instance id, a decimal
     string) and `token_data`; with prefill workers, then a chunk with no choices whose `nvext`
     holds `worker_id: {prefill_worker_id, decode_worker_id}` and `token_ids`, the shape Dynamo's
@@ -33,7 +34,7 @@ from typing import Any
 
 import msgspec
 
-from dynamo.frontend.dispatch import choose
+from dynamo.frontend.dispatch import choose, refuse_worker_card
 from dynamo.frontend.errors import bad_request
 from dynamo.frontend.openai import ChatCompletionRequest
 from dynamo.frontend.preparation import chat_text
@@ -81,6 +82,20 @@ def prompt_events(names: frozenset[str], pipeline, req, ids: list[int], tokenize
     return out
 
 
+async def routed_workers(dispatcher, entry, request, card: str) -> tuple[int, int | None]:
+    """The decode and prefill worker (None: the decode worker prefills) the request would go to now, both of one
+    worker set (`worker_sets.py`, as `Dispatcher.stream` places it) and both of the card it was prepared for (a
+    policy's query may await: the pools read may be of a card served since). The placement is not counted in the
+    set metric: the gateway's request that follows, pinned to the decode worker, is."""
+    placement = dispatcher.sets.place(entry, request, dispatcher.policy, count=False)
+    pool = entry.pool(Role.DECODE)
+    limit = dispatcher.sets.limit(entry, placement, pool, request, set(), probe=True)
+    decode = (await choose(dispatcher.policy, pool, request, limit, book=False)).worker
+    refuse_worker_card(entry, decode, card)
+    prefill = None if dispatcher.prefill is None else await dispatcher.prefill.query(entry, request, placement, card)
+    return decode.instance_id, prefill
+
+
 def routing_answer(decode_worker: int, token_ids: list[int]) -> bytes:
     """The events that answer a streamed `query_instance_id`, Dynamo's aggregated shape."""
     return event("worker_instance_id", str(decode_worker)) + event("token_data", token_ids)
@@ -94,11 +109,11 @@ def routing_nvext(decode_worker: int, prefill_worker: int | None, token_ids: lis
     return {"worker_id": workers, "token_ids": token_ids}
 
 
-async def answer_routing_query(dispatcher, entry, request, is_chat: bool, stream: bool, send) -> None:
+async def answer_routing_query(dispatcher, entry, request, card: str, is_chat: bool, stream: bool, send) -> None:
     """`query_instance_id`: the workers this request would go to now; nothing is booked or
-    generated. Routing failures (no worker, all busy) are the usual HTTP errors."""
-    decode = (await choose(dispatcher.policy, entry.pool(Role.DECODE), request, set(), book=False)).worker.instance_id
-    prefill = None if dispatcher.prefill is None else await dispatcher.prefill.query(entry, request)
+    generated. Routing failures (no worker, all busy) are the usual HTTP errors; a worker of another card than
+    `card` (the one the request was prepared for) is CardChanged."""
+    decode, prefill = await routed_workers(dispatcher, entry, request, card)
     ids = list(request.token_ids)
     nvext = routing_nvext(decode, prefill, ids)
     rid, created = request.request_id, int(time.time())

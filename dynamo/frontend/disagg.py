@@ -29,10 +29,10 @@ import msgspec
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from dynamo.frontend import errors
-from dynamo.frontend.dispatch import choose
+from dynamo.frontend.dispatch import choose, refuse_worker_card
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.stage_metrics import PREFILL, StageMetrics
-from dynamo.frontend.worker_sets import Placement, SetRouting
+from dynamo.frontend.worker_sets import STRAY_RETRIES, Placement, SetRouting
 from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.llm.worker_client import NO_DEADLINES, Deadlines, WorkerClient
 from dynamo.router.inhibit import Inhibitor, reason_for
@@ -97,7 +97,8 @@ _ANOTHER_WORKER = object()
 class PrefillOrchestrator:
     def __init__(self, client: RequestPlaneClient, routing: RoutingPolicy, policy: DisaggPolicy,
                  metrics: DisaggMetrics, deadlines: Deadlines = NO_DEADLINES,
-                 stages: StageMetrics | None = None, inhibitor: Inhibitor | None = None) -> None:
+                 stages: StageMetrics | None = None, inhibitor: Inhibitor | None = None,
+                 sets: SetRouting | None = None) -> None:
         # The frontend's deadlines apply here too: a prefill worker that hangs past them costs a
         # local prefill (or 503 with --enforce-disagg), not a request that never ends.
         self.workers = WorkerClient(client, deadlines)
@@ -109,12 +110,12 @@ class PrefillOrchestrator:
         self.inhibitor = inhibitor or Inhibitor(0)
         self.inflight: dict[int, int] = {}
         self.disaggregated: set[str] = set()  # models that have had prefill workers
-        self.sets = SetRouting()  # the dispatcher's, once it is given one (one request's set for both pools)
+        self.sets = sets or SetRouting(inhibitor=self.inhibitor)  # the dispatcher's too (`__main__`)
 
     def _skip_reason(self, entry, pool: WorkerPool, request: PreprocessedRequest,
                      placement: Placement | None = None) -> str | None:
         placement = placement or Placement()
-        limit = self.sets.limit(entry, placement, pool, request, set())
+        limit = self.sets.limit(entry, placement, pool, request, set(), probe=True)
         workers = [w for w in pool.workers if w.instance_id not in limit] if limit else pool.workers
         if not workers:
             return NO_PREFILL_WORKERS
@@ -126,7 +127,8 @@ class PrefillOrchestrator:
         # Dynamo's effective ISL: the prompt less the prefix already cached on the decode worker
         # the request would go to; that worker prefills only the rest.
         decode = entry.pool(Role.DECODE)
-        cached = self.routing.cached_tokens(decode, request, self.sets.limit(entry, placement, decode, request, set()))
+        cached = self.routing.cached_tokens(decode, request,
+                                            self.sets.limit(entry, placement, decode, request, set(), probe=True))
         if len(request.token_ids) - cached < threshold:
             return CACHED_PREFIX
         limit = self.policy.max_inflight_prefills_per_worker
@@ -134,15 +136,19 @@ class PrefillOrchestrator:
             return PREFILL_POOL_BUSY
         return None
 
-    async def query(self, entry, request: PreprocessedRequest, placement: Placement | None = None) -> int | None:
-        """The prefill worker `prefill` would send this request to now, booked nowhere; None when
-        the decode worker would prefill it (see `_skip_reason`)."""
+    async def query(self, entry, request: PreprocessedRequest, placement: Placement | None = None,
+                    card: str = "") -> int | None:
+        """The prefill worker `prefill` would send this request to now (of its set, `placement`), booked nowhere;
+        None when the decode worker would prefill it (see `_skip_reason`). CardChanged when that worker is of
+        another card than `card`, the one the request was prepared for."""
         placement = placement or Placement()
         pool = entry.pool(Role.PREFILL)
         if self._skip_reason(entry, pool, request, placement) is not None:
             return None
-        limit = self.sets.limit(entry, placement, pool, request, set())
-        return (await choose(self.routing, pool, request, limit, book=False)).worker.instance_id
+        limit = self.sets.limit(entry, placement, pool, request, set(), probe=True)
+        worker = (await choose(self.routing, pool, request, limit, book=False)).worker
+        refuse_worker_card(entry, worker, card)
+        return worker.instance_id
 
     async def prefill(self, entry, request: PreprocessedRequest, handle, card: str,
                       placement: Placement | None = None) -> dict[str, Any] | None:
@@ -176,6 +182,11 @@ class PrefillOrchestrator:
                 return self._local(entry, PREFILL_FAILED if exclude else PREFILL_POOL_BUSY)
             if choice is None:
                 return None  # the client left while the prefill waited to be routed
+            if self.sets.stray(placement, pool, sub, choice.worker):
+                self.routing.free(sub.request_id)  # queued while a prefill worker joined another set: route again
+                if placement.strays > STRAY_RETRIES:
+                    return self._local(entry, NO_PREFILL_WORKERS)
+                continue
             if card and choice.worker.card.mdcsum and choice.worker.card.mdcsum != card:  # switched meanwhile
                 self.routing.free(sub.request_id)
                 raise errors.CardChanged(entry.name)

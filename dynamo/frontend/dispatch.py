@@ -37,7 +37,7 @@ from dynamo.frontend.model_entry import ModelEntry
 from dynamo.frontend.parsers.base import PromptReasoning
 from dynamo.frontend.request_handle import RequestHandle
 from dynamo.frontend.thinking_budget import ThinkingBudget, budget_for
-from dynamo.frontend.worker_sets import Placement, SetRouting
+from dynamo.frontend.worker_sets import STRAY_RETRIES, Placement, SetRouting
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest, RoutingHints
 from dynamo.llm.worker_client import NO_DEADLINES, Deadlines, WorkerClient, WorkerStream
 from dynamo.router.inhibit import Inhibitor
@@ -50,9 +50,16 @@ from dynamo.runtime.wire import ErrorCode
 log = logging.getLogger(__name__)
 
 
-def refuse_other_card(entry: ModelEntry, card: str) -> None:
-    """CardChanged when `entry` is served by another card than the one a request was prepared for."""
+def refuse_other_card(entry: ModelEntry, card: str, unsent: bool = False) -> None:
+    """CardChanged when `entry` is served by another card than the one a request was prepared for (`unsent`: the
+    caller knows nothing of its answer was sent; else the run decides)."""
     if card and entry.card.mdcsum and entry.card.mdcsum != card:
+        raise errors.CardChanged(entry.name, unsent)
+
+
+def refuse_worker_card(entry: ModelEntry, worker: WorkerInfo, card: str) -> None:
+    """CardChanged when a routed `worker` is of another card than the request's (a pool read before a switch)."""
+    if card and worker.card.mdcsum and worker.card.mdcsum != card:
         raise errors.CardChanged(entry.name)
 
 
@@ -103,7 +110,7 @@ class Dispatcher:
     def __init__(self, client: RequestPlaneClient, policy: RoutingPolicy, migration_limit: int,
                  metrics: FrontendMetrics, prefill=None, inhibitor: Inhibitor | None = None,
                  deadlines: Deadlines = NO_DEADLINES, migration_max_seq_len: int | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, sets: SetRouting | None = None) -> None:
         self.workers = WorkerClient(client, deadlines)
         self.policy = policy
         self.migration_limit = migration_limit
@@ -112,11 +119,10 @@ class Dispatcher:
         self.migration_max_seq_len = migration_max_seq_len
         self.metrics = metrics
         self.prefill = prefill  # PrefillOrchestrator: disaggregated serving when prefill workers exist
-        # Each request's worker set where a model spans several namespaces; its prefill keeps to it too.
-        self.sets = SetRouting(rng, metrics.worker_set_requests)
-        if prefill is not None:
-            prefill.sets = self.sets
         self.inhibitor = inhibitor or Inhibitor(0)
+        # Each request's worker set where a model spans several namespaces: `__main__` gives this and the prefill
+        # orchestrator the same one (a request's prefill keeps to its set too); a test's own otherwise (`rng`).
+        self.sets = sets or SetRouting(rng, metrics.worker_set_requests, self.inhibitor)
         # --wait-for-workers-secs: a request that lost its model's last worker waits for the next one
         # (worker_wait.WorkerWait.for_request): (model, handle, workers it may not go to) -> the model's
         # entry once another worker serves it, or None at the deadline
@@ -136,20 +142,16 @@ class Dispatcher:
 
     async def stream(self, entry: ModelEntry, request: PreprocessedRequest, handle: RequestHandle, card: str,
                      prompt: PromptReasoning = PromptReasoning.UNKNOWN) -> AsyncIterator[list[LLMEngineOutput]]:
-        """Yields batches of engine outputs (everything that arrived together). `card`: the checksum of the
-        card the request was prepared for (taken with the pipeline that made its tokens); only that card's
-        workers may take it. `prompt`: where the request's prompt leaves the reasoning, where its reasoning
-        budget starts counting."""
+        """Yields batches of engine outputs (everything that arrived together). `card`: the checksum of the card the
+        request was prepared for (taken with the pipeline that made its tokens); only that card's workers may take
+        it. `prompt`: where the request's prompt leaves the reasoning, where its reasoning budget starts counting."""
         request, budget = budget_for(request, entry.think_markers, prompt)
         progress = _Progress(request)  # the prompt as the client sent it, for a migration
         exclude: set[int] = set()
         placement = self.sets.place(entry, request, self.policy)  # once, before its prefill
-        prefilled = await self._prefilled(entry, request, handle, card, placement)
-        if prefilled is None:
-            return
-        request = prefilled
-        while True:
-            opened = await self._open(entry, request, exclude, handle, card, placement)
+        going_on = await self._prefilled(entry, request, handle, card, placement)  # None: the client went away
+        while going_on is not None:  # the request for its next worker
+            opened = await self._open(entry, going_on, exclude, handle, card, placement)
             if opened is None:
                 return  # the client left while the request waited to be routed
             worker, call, sent, request = opened
@@ -165,16 +167,10 @@ class Dispatcher:
                         break
                 else:
                     return
-                request = self._past_budget(entry, request, worker, handle, progress)
-                if request is None:
-                    return
+                going_on = self._past_budget(entry, request, worker, handle, progress)
             except StreamError as exc:
-                retry = self._after_failure(entry, request, worker.instance_id, exc, call.started, handle, progress)
-                if retry is None:
-                    return
-                request = retry
-                if not _behind(exc):  # a relay that lost what is behind it may take the request again
-                    exclude.add(worker.instance_id)
+                going_on = self._after_failure(entry, request, worker.instance_id, exc, call.started, handle,
+                                               progress, exclude)
             finally:  # the tokens this worker generated: the router's output length and ITL
                 sent.close()
                 self.policy.free(request.request_id, len(progress.generated) - before)
@@ -231,6 +227,11 @@ class Dispatcher:
                                                     self.inhibitor.exclude(pool, request, limit)))
             if choice is None:
                 return None
+            if self.sets.stray(placement, pool, request, choice.worker):
+                self.policy.free(request.request_id)  # queued while a worker joined another set: route again
+                if placement.strays > STRAY_RETRIES:
+                    raise errors.no_workers(entry.name)
+                continue
             opened = await self._dial(entry, request, choice, exclude, handle, card, phase)
             if opened is not None:
                 return choice.worker, *opened, request
@@ -268,13 +269,17 @@ class Dispatcher:
         return call, sent
 
     def _after_failure(self, entry: ModelEntry, request: PreprocessedRequest, iid: int, exc: StreamError,
-                       started: bool, handle: RequestHandle, progress: _Progress) -> PreprocessedRequest | None:
-        """After a failed stream: the request to send to another worker, None to end quietly,
-        or the client's error (raised)."""
+                       started: bool, handle: RequestHandle, progress: _Progress,
+                       exclude: set[int]) -> PreprocessedRequest | None:
+        """After a failed stream: the request to send to another worker (the failed one added to `exclude`), None
+        to end quietly, or the client's error (raised)."""
         if self.closing and not handle.cancelled:
             raise errors.shutting_down() from None
         if isinstance(exc, (Disconnected, StreamTimeout)):
-            return self._migrate(entry, request, iid, exc, handle, progress)
+            retry = self._migrate(entry, request, iid, exc, handle, progress)
+            if retry is not None and not _behind(exc):  # a relay that lost what is behind it may take it again
+                exclude.add(iid)
+            return retry
         if handle.cancelled or exc.code == ErrorCode.CANCELLED:
             return None
         if exc.code == ErrorCode.DRAINING and not started:
@@ -282,6 +287,7 @@ class Dispatcher:
             self.inhibitor.inhibit(iid, ErrorCode.DRAINING)
             log.info("worker %x is draining; sending request %s elsewhere", iid, request.request_id)
             self.metrics.migration(entry.name, "new_request")
+            exclude.add(iid)
             return request
         raise errors.from_stream_error(exc) from None
 

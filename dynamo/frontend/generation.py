@@ -83,14 +83,18 @@ class GenerationRun:
                          if is_chat and req.stream and (tools or reasoning) else None)
         self.block_size = entry.card.kv_cache_block_size
         self.error: ApiError | None = None  # what ended the stream after its 200: sent as an error event
+        self._text_of_tokens(req, preqs[0].token_ids)
+        self.backlog = Backlog(client_backlog.limit_of(app))  # what its worker streams may hold for a slow client
+
+    def _text_of_tokens(self, req, prompt_ids: list[int]) -> None:
+        """How its answer spells tokens: the echoed prompt, and each logprob token's text."""
         decode = self.pipeline.tokenizer.decode
-        self.echo = echo_text(req, preqs[0].token_ids, decode)
+        self.echo = echo_text(req, prompt_ids, decode)
         if req.return_tokens_as_token_ids:  # logprob tokens by id: text a client can map back exactly
             self._token_text = lambda token_id: f"token_id:{token_id}"
         else:  # memoized: top logprobs name the same few thousand tokens over and over
             self._token_text = functools.cache(lambda token_id: decode([token_id], skip_special_tokens=False))
         self._chat_logprobs = ChatLogprobs(self._token_text)
-        self.backlog = Backlog(client_backlog.limit_of(app))  # what its worker streams may hold for a slow client
 
     @classmethod
     def for_card(cls, req, entry, **run_kw):
@@ -100,10 +104,10 @@ class GenerationRun:
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def execute(self, entry, receive, send, request_type: str) -> RequestOutcome:
-        """The run's outcome, on `entry` (the model as served now). A CardChanged before its first response is
-        `unsent` while its client is still there, since nothing goes to the client before it (a stream's headers
-        are sent after it; a unary answer at its end): it may be prepared again. Once it had one, the stream's
-        error event or the unary 503 stands, as the worker may have generated."""
+        """The run's outcome, on `entry` (the model as served now). A CardChanged while nothing was sent to the
+        client (before a stream's first response, whose headers follow it; before a unary answer's body, which
+        follows its last batch) is `unsent` while its client is still there: it may be prepared again. Once a
+        stream had its first response, its error event stands, as the worker may have generated."""
         self.backlog.on_trip = client_backlog.on_cut(self.app, self.public_id, self.model, self.endpoint, request_type)
         with rp_backlog.counting(self.backlog):  # the worker streams it opens, migrations' too
             return await self._execute(entry, receive, client_backlog.watched(send, self.backlog))
@@ -119,26 +123,9 @@ class GenerationRun:
         app.dispatcher.live.update(handles)
         try:
             try:
-                first = await merged.__anext__()
-            except StopAsyncIteration:
-                first = None
-            except errors.CardChanged as exc:  # before anything was sent: prepared again, unless its client left
-                await asyncio.sleep(0)  # one turn for the watcher: with n=1 the refusal came without a yield
-                if self.cancelled or _left(watcher):
-                    return RequestOutcome.CANCELLED
-                exc.unsent, self.superseded = True, self.may_retry  # its retry is the request's one run (metrics)
-                raise
-            if self.cancelled:
-                return RequestOutcome.CANCELLED
-            self.timing.first_response(self.choices[0].handle, len(self.preqs[0].token_ids))
-            if self.on_first_response is not None:
-                self.on_first_response()
-            if self.req.stream:
-                await self._stream(merged, first, send)
-            else:
-                await self._unary(merged, first, send)
-            return (RequestOutcome.CANCELLED if self.cancelled or self.backlog.tripped else
-                    RequestOutcome.SUCCESS if self.error is None else RequestOutcome.ERROR)
+                return await self._respond(merged, send)
+            except errors.CardChanged as exc:  # nothing was sent yet: `_respond` says why
+                return await self._superseded(exc, watcher)
         finally:
             app.dispatcher.live.difference_update(handles)
             watcher.remove_done_callback(self._on_receive)
@@ -149,6 +136,35 @@ class GenerationRun:
             if not self.superseded:
                 self.timing.ended(self.choices[0].handle, self.choices[0].stage.completion_tokens,
                                   len(self.preqs[0].token_ids), self.completion_tokens, self.cached_tokens)
+
+    async def _respond(self, merged, send) -> RequestOutcome:
+        """The response, from the first batch on. A CardChanged leaves it only while nothing was sent: before the
+        first batch (a stream's headers follow it), or at any point of a unary answer (its body is sent after the
+        last batch; with n>1 one choice may be refused after another's output). A stream's later one ends it with
+        an error event (`_stream`)."""
+        try:
+            first = await merged.__anext__()
+        except StopAsyncIteration:
+            first = None
+        if self.cancelled:
+            return RequestOutcome.CANCELLED
+        self.timing.first_response(self.choices[0].handle, len(self.preqs[0].token_ids))
+        if self.on_first_response is not None:
+            self.on_first_response()
+        if self.req.stream:
+            await self._stream(merged, first, send)
+        else:
+            await self._unary(merged, first, send)
+        return (RequestOutcome.CANCELLED if self.cancelled or self.backlog.tripped else
+                RequestOutcome.SUCCESS if self.error is None else RequestOutcome.ERROR)
+
+    async def _superseded(self, exc: errors.CardChanged, watcher: asyncio.Future) -> RequestOutcome:
+        """A CardChanged before anything was sent: raised `unsent` (prepared again), unless its client left."""
+        await asyncio.sleep(0)  # one turn for the watcher: with n=1 the refusal came without a yield
+        if self.cancelled or _left(watcher):
+            return RequestOutcome.CANCELLED
+        exc.unsent, self.superseded = True, self.may_retry  # its retry is the request's one run (metrics)
+        raise exc
 
     @property
     def cancelled(self) -> bool:

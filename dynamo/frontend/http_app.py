@@ -45,7 +45,7 @@ from dynamo.frontend.validation import validate_chat, validate_completion
 from dynamo.frontend.demand import Demand
 from dynamo.frontend.request_log import (SCOPE_KEY, TRACED_PATHS, RequestTrace, adopt_client_id, echo_request_id,
                                          start_trace)
-from dynamo.frontend.request_path import RequestPath, RunInputs, prompt_ids
+from dynamo.frontend.request_path import RequestPath, RunInputs, tokenized_prompt
 from dynamo.frontend.responses import ResponsesApi
 from dynamo.frontend.replicas import adopt_background
 from dynamo.frontend.responses_store import ResponseStore
@@ -314,7 +314,7 @@ class FrontendApp:
         entry = ((self.models.retired.get(req.model) if self.admission.worker_wait.enabled else None)
                  or self.admission.entry_for(req.model))
         def tokenize(chat: ChatCompletionRequest):
-            return prompt_ids(entry.pipeline, chat, None, body_size, frozenset(), self.prep_pool)
+            return tokenized_prompt(entry.pipeline, chat, None, body_size, frozenset(), self.prep_pool)
 
         if fit is not None:
             _, (ids, _) = await fit(tokenize, entry.pipeline.context_length, req)

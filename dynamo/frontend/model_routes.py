@@ -1,7 +1,7 @@
-"""What the frontend says about the served models (`ModelRoutes`, and the `/health` report): their OpenAI model objects (`GET
-/v1/models`, and `GET /v1/models/{id}`, OpenAI's retrieve) and Dynamo's readiness report (`GET /v1/models/{id}/ready`):
-per namespace, the worker types present and how many workers of each serve it. A model is ready
-where some worker can answer a request end to end (aggregated or decode); prefill workers alone
+"""What the frontend says about the served models (`ModelRoutes`, and the `/health` report): their OpenAI model
+objects (`GET /v1/models`, and `GET /v1/models/{id}`, OpenAI's retrieve) and Dynamo's readiness report
+(`GET /v1/models/{id}/ready`): per namespace, the worker types present and how many workers of each serve it.
+A model is ready where some worker can answer a request end to end (aggregated or decode); prefill workers alone
 cannot, so `decode` is then the missing type. Ids may contain `/` (`Qwen/Qwen3-0.6B`).
 """
 
@@ -93,8 +93,9 @@ def health_report(listed: list, extra: dict[str, Any], held: list[str] | None = 
     and instances, plus the routing's own report (`extra`). `held`: the models without a worker whose
     requests wait for one (--wait-for-workers-secs): such a frontend serves (it holds the requests an
     autoscaler scales up from), so it reports healthy; a Kubernetes readiness probe that took it out of
-    its Service at zero workers would keep the demand from ever arriving. `cards`: `model_cards`, per known model (listed
-    or not, retired included: a stuck rollout shows), the card served and those held apart (`ModelManager.cards`).
+    its Service at zero workers would keep the demand from ever arriving. `cards`: `model_cards`, per known model
+    (listed or not, retired included: a stuck rollout shows), the card served and those held apart
+    (`ModelManager.cards`).
     `worker_sets`: per model whose workers span several namespaces (a managed rolling update), each set with its
     decode and prefill worker counts (`worker_sets.py`); absent when no model does."""
     instances = [

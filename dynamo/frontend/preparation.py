@@ -12,7 +12,7 @@ import logging
 import random
 import uuid
 from concurrent.futures import Executor
-from typing import Any, Awaitable, Callable, NamedTuple, TypeVar
+from typing import Awaitable, Callable, NamedTuple, TypeVar
 
 from dynamo.frontend.errors import CardChanged, bad_prompt, bad_request
 from dynamo.frontend.openai import ChatCompletionRequest, stop_list, stop_token_ids
@@ -21,7 +21,7 @@ from dynamo.frontend.parsers import make_reasoning_parser
 from dynamo.frontend.parsers.base import PromptReasoning
 from dynamo.frontend.tool_guidance import ReasoningStart
 from dynamo.llm.model_card import STRUCTURED_OUTPUT_KEY, ModelDeploymentCard
-from dynamo.llm.preprocessor import PreprocessError
+from dynamo.llm.preprocessor import ModelPipeline, PreprocessError
 from dynamo.llm.protocol import RoutingHints
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class Served(NamedTuple):
 
     name: str
     card: ModelDeploymentCard
-    pipeline: Any
+    pipeline: ModelPipeline
 
     @classmethod
     def of(cls, entry) -> "Served":
@@ -232,7 +232,8 @@ def output_spec(entry, req, is_chat: bool, prompt_ids: list[int] | None = None) 
                           prompt_reasoning=prompt_reasoning(entry, prompt_ids) if budget else PromptReasoning.UNKNOWN)
     where = prompt_reasoning(entry, prompt_ids)
     rc = entry.card.runtime_config
-    return OutputSpec(stops, req.include_stop_str_in_output, tool_parser=rc.tool_call_parser, reasoning_parser=rc.reasoning_parser, tools=req.tools,
+    return OutputSpec(stops, req.include_stop_str_in_output, tool_parser=rc.tool_call_parser,
+                      reasoning_parser=rc.reasoning_parser, tools=req.tools,
                       tool_mode=req.tool_choice_mode(), named_tool=req.named_tool(),
                       parallel_tool_calls=req.parallel_tool_calls is not False, prompt_reasoning=where,
                       tool_json=forced_tool_json(entry.card))

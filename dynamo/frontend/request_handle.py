@@ -16,8 +16,8 @@ from dynamo.router.policy import Choice
 class RequestHandle:
     """Lets the HTTP layer cancel whatever worker stream the request is on now."""
 
-    __slots__ = ("stream", "cancelled", "shut", "routing", "worker_id", "dp_rank", "overlap_blocks", "prefill_worker_id",
-                 "prefill_dp_rank", "prefill_started")
+    __slots__ = ("stream", "cancelled", "shut", "routing", "worker_id", "dp_rank", "overlap_blocks",
+                 "prefill_worker_id", "prefill_dp_rank", "prefill_started")
 
     def __init__(self) -> None:
         self.stream: WorkerStream | None = None

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from dynamo.frontend import annotations, errors
 from dynamo.frontend.demand import Arrival
+from dynamo.frontend.dispatch import refuse_other_card
 from dynamo.frontend.errors import ApiError, bad_request
 from dynamo.frontend.media_input import attach_images, request_images
 from dynamo.frontend.metrics import RequestOutcome
@@ -62,6 +63,11 @@ class Prepared:
 
 
 class RequestPath:
+    """A generation request's way from its decoded body to its outcome, on the app's admission, dispatcher and prep
+    pool: each attempt takes the card its model is served by (`Served`), prepares the request for it, admits and runs
+    it (or answers its routing query); `serve` makes a second attempt where the card switched before anything was
+    sent."""
+
     def __init__(self, app) -> None:
         self.app = app
 
@@ -98,7 +104,7 @@ class RequestPath:
         names = annotations.requested(req.nvext)
         with app.metrics.stages.stage("preprocess"):
             def tokenize(r):
-                return prompt_ids(pipeline, r, inputs.hints, inputs.body_size, names, app.prep_pool)
+                return tokenized_prompt(pipeline, r, inputs.hints, inputs.body_size, names, app.prep_pool)
 
             if inputs.fit is None:
                 ids, prompt_events = await tokenize(req)
@@ -141,18 +147,23 @@ class RequestPath:
         return status, run.error
 
     async def _routing_query(self, entry, p: Prepared, inputs: RunInputs) -> Outcome:
-        """`query_instance_id`: no stream is opened, so no Dispatcher checks its card: checked here."""
-        if entry.card.mdcsum != p.served.card.mdcsum:
-            raise errors.CardChanged(entry.name, unsent=True)  # prepared again (`prepared_again`)
-        await annotations.answer_routing_query(self.app.dispatcher, entry, p.preqs[0], p.is_chat, p.req.stream,
-                                               inputs.send)
+        """`query_instance_id`: no stream is opened, so no Dispatcher checks its card: checked here, before routing
+        and on the workers routed to. Nothing is sent before its answer: a switch prepares it again."""
+        card = p.served.card.mdcsum
+        refuse_other_card(entry, card, unsent=True)
+        try:
+            await annotations.answer_routing_query(self.app.dispatcher, entry, p.preqs[0], card, p.is_chat,
+                                                   p.req.stream, inputs.send)
+        except errors.CardChanged as exc:
+            exc.unsent = True  # prepared again (`prepared_again`)
+            raise
         if inputs.trace is not None:
             inputs.trace.outcome = RequestOutcome.SUCCESS
         return RequestOutcome.SUCCESS, None
 
 
-async def prompt_ids(pipeline, req, hints: RoutingHints | None, body_size: int, names: frozenset[str],
-                     pool) -> tuple[list[int], bytes]:
+async def tokenized_prompt(pipeline, req, hints: RoutingHints | None, body_size: int, names: frozenset[str],
+                           pool) -> tuple[list[int], bytes]:
     """The prompt's token ids (the gateway's `token_data`, else templated and tokenized here, on `pool` where it is
     not cheap), and the `formatted_prompt` / `token_ids` annotation events a stream opens with; a 400 for a bad
     prompt."""

@@ -1,11 +1,11 @@
 """Speculative next-turn prefill (`nvext.agent_hints.speculative_prefill: true`, as NVIDIA Dynamo
-1.6.1 serves it on chat; here also on `/v1/responses`): once a turn has answered, its messages plus that answer are how the client's
-next turn will begin. Rendered without a generation prompt, tokenized and sent as a one-token
-request, that prefix warms the KV cache of the worker the router picks for it (the session's, or
-the one holding the history) while the user reads or the agent's tool runs, so the next turn
-prefills only what is new. It pays where the engine's cache does not already hold the answer as
-the next prompt spells it: reasoning stripped from the history by the template, or an answer whose
-text tokenizes differently than it was generated.
+1.6.1 serves it on chat; here also on `/v1/responses`): once a turn has answered, its messages plus
+that answer are how the client's next turn will begin. Rendered without a generation prompt,
+tokenized and sent as a one-token request, that prefix warms the KV cache of the worker the router
+picks for it (the session's, or the one holding the history) while the user reads or the agent's
+tool runs, so the next turn prefills only what is new. It pays where the engine's cache does not
+already hold the answer as the next prompt spells it: reasoning stripped from the history by the
+template, or an answer whose text tokenizes differently than it was generated.
 
 The warmup carries the answer's text and tool calls (Dynamo's carries the text only; an agent's
 turn often ends in tool calls, which its next prompt repeats), and the turn's session and LoRA
@@ -25,7 +25,7 @@ from prometheus_client import Counter
 
 from dynamo.frontend.dispatch import aclose_quietly
 from dynamo.frontend.request_handle import RequestHandle
-from dynamo.frontend.errors import bad_request
+from dynamo.frontend.errors import CardChanged, bad_request
 from dynamo.frontend.openai import ChatMessage, message_dict
 from dynamo.llm.preprocessor import PreprocessError
 from dynamo.llm.protocol import PreprocessedRequest, RoutingHints, StopConditions
@@ -66,8 +66,9 @@ class SpeculativePrefill:
         self.dispatcher = dispatcher
         self.prep_pool = prep_pool
         self.outcomes = Counter(f"{prefix}_speculative_prefills", "Speculative next-turn prefills by outcome "
-                                "(done, failed, timed_out, skipped: the prefix could not be rendered)",
-                                ("model", "outcome"), registry=registry)
+                                "(done, failed, timed_out, skipped: the prefix could not be rendered, card_changed: "
+                                "the model's card switched before it was sent)", ("model", "outcome"),
+                                registry=registry)
         self._tasks: set[asyncio.Task] = set()
 
     def start(self, entry, req, answer: list[ChatMessage], hints: RoutingHints | None) -> None:
@@ -75,7 +76,7 @@ class SpeculativePrefill:
         if hints is not None and hints.session_final:
             return  # the session is over: there is no next turn to warm
         # the card served now and its pipeline, taken together: the prefix is tokenized by that pipeline on the
-        # prep pool, and only that card's workers take it (a switch meanwhile: `failed`, nothing sent)
+        # prep pool, and only that card's workers take it (a switch meanwhile: `card_changed`, nothing sent)
         task = asyncio.get_running_loop().create_task(self._warm(entry, (entry.card.mdcsum, entry.pipeline), req,
                                                                  answer, hints), name="speculative-prefill")
         self._tasks.add(task)
@@ -96,6 +97,9 @@ class SpeculativePrefill:
         except TimeoutError:
             outcome = "timed_out"
             log.warning("speculative prefill for %s took over %.0f s: abandoned", entry.name, WARMUP_TIMEOUT_SECS)
+        except CardChanged:  # a rolling update's switch: the next turn is prepared for the new card anyway
+            outcome = "card_changed"
+            log.info("speculative prefill for %s dropped: its model's card switched", entry.name)
         except Exception as exc:  # best effort: the client already has its answer
             outcome = "failed"
             log.info("speculative prefill for %s failed: %s", entry.name, exc)

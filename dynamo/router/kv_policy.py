@@ -307,6 +307,9 @@ class KvPolicy:
         route = self.routes.get(pool.name)
         return route is not None and route.router.worker_busy(instance_id)
 
+    def bound_worker(self, pool: WorkerPool, session_id: str) -> int | None:
+        return None  # binds no sessions (session_affinity.py does, around any policy)
+
     def busy_thresholds(self, model: str) -> BusyThresholds:
         thresholds = self._thresholds.get(model)
         return BusyThresholds.of(self.config) if thresholds is None else thresholds

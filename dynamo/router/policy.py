@@ -132,6 +132,10 @@ class RoutingPolicy(Protocol):
         """Apply the thresholds `update` sets (not None) to the model's pools at runtime; the result,
         or None when this policy detects no busy workers."""
         ...
+    def bound_worker(self, pool: WorkerPool, session_id: str) -> int | None:
+        """The worker of `pool` the session is bound to now (session affinity); None when it is bound to none
+        there, or this policy binds no sessions."""
+        ...
     def prefill_complete(self, request_id: str) -> None: ...
     def output(self, request_id: str) -> None:
         """The request's worker sent it output now (a step of that worker's engine ended)."""
@@ -255,6 +259,9 @@ class CacheBlindPolicy:
 
     def set_busy_thresholds(self, model: str, update: BusyThresholds) -> BusyThresholds | None:
         return None
+
+    def bound_worker(self, pool: WorkerPool, session_id: str) -> int | None:
+        return None  # binds no sessions (session_affinity.py does, around any policy)
 
     def prefill_complete(self, request_id: str) -> None:
         if self.series is not None:

@@ -311,6 +311,11 @@ class SessionAffinityPolicy:
     def busy(self, pool: WorkerPool, instance_id: int) -> bool:
         return self.inner.busy(pool, instance_id)
 
+    def bound_worker(self, pool: WorkerPool, session_id: str) -> int | None:
+        """The worker of `pool` the session is bound to now; None when unbound, expired or its worker left."""
+        binding = self.table.lookup((pool.name, session_id))
+        return binding.worker if binding is not None and pool.get(binding.worker) is not None else None
+
     def busy_thresholds(self, model: str) -> BusyThresholds | None:
         return self.inner.busy_thresholds(model)
 

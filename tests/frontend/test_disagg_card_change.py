@@ -1,7 +1,8 @@
 """Disaggregated serving and a rolling update's card switch: a request prepared for one card reaches no prefill
 worker of another. Refused before its prefill is routed when the model already switched (`Dispatcher._prefilled`),
-and after the prefill pool was read again following a routing wait (`PrefillOrchestrator.prefill`): a retryable
-503 `model_card_changed` (CardChanged) either way, over real request-plane workers."""
+and by `PrefillOrchestrator.prefill` itself once it routed to a prefill worker of another card (the check a request
+that waited in the router's queue meets): a retryable 503 `model_card_changed` (CardChanged) either way, over real
+request-plane workers."""
 
 from __future__ import annotations
 
@@ -73,9 +74,11 @@ async def test_a_request_of_the_old_card_is_refused_before_its_prefill(workers):
     assert prefill.requests == [] and decode.requests == []
 
 
-async def test_a_prefill_pool_of_another_card_after_a_routing_wait_is_refused(workers):
-    """What `prefill` routes over is read again after each wait in the router's queue: by then the model may be
-    served by the new card's prefill workers, which the request's tokens were not made for."""
+async def test_a_prefill_worker_of_another_card_is_refused_after_routing(workers):
+    """`prefill` checks the card of the prefill worker it routed to: one that waited in the router's queue may be
+    routed over the new card's prefill workers, which its tokens were not made for. Here nothing waits: the model
+    already switched when `prefill` is called (`Dispatcher._prefilled`'s check skipped), so the routed worker is the
+    new card's at once."""
     client, decode, prefill = workers
     entry = new_card_model(decode, prefill)
     with pytest.raises(CardChanged):

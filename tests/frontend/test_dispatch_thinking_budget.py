@@ -70,3 +70,15 @@ async def test_the_answer_goes_on_where_the_reasoning_is_cached_and_migrates_unp
     reached = dispatcher.metrics.registry.get_sample_value("dynamo_frontend_model_thinking_budget_reached_total",
                                                            {"model": "m"})
     assert reached == 1
+
+
+async def test_a_budget_spent_at_the_last_token_ends_the_stream_there(cluster):
+    """The reasoning budget runs out on the request's last allowed token: nothing is left to go on with, the stream
+    ends with the tag (its worker's booking freed under the request's id), no continuation is sent."""
+    dispatcher, entry, (first, second) = cluster
+    request = PreprocessedRequest(request_id="r2", model="m", token_ids=PROMPT,
+                                  stop_conditions=StopConditions(max_tokens=2, max_thinking_tokens=1))
+    tokens = [t async for batch in dispatcher.stream(entry, request, RequestHandle(), entry.card.mdcsum)
+              for out in batch for t in out.token_ids]
+    assert tokens == [100, CLOSE]
+    assert len(first.requests) == 1 and second.requests == []

@@ -14,15 +14,19 @@ from prometheus_client import CollectorRegistry
 
 from dynamo.frontend.disagg import DisaggMetrics, DisaggPolicy, PrefillOrchestrator
 from dynamo.frontend.dispatch import Dispatcher
+from dynamo.frontend.errors import ApiError
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.model_entry import ModelEntry
 from dynamo.frontend.model_routes import health_report
 from dynamo.frontend.request_handle import RequestHandle
+from dynamo.frontend.worker_sets import STRAY_RETRIES, SetRouting
 from dynamo.llm.model_card import ModelDeploymentCard, WorkerType
-from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest, StopConditions
-from dynamo.router.policy import RoundRobinPolicy, WorkerInfo
+from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest, RoutingHints, StopConditions
+from dynamo.router.inhibit import Inhibitor
+from dynamo.router.policy import Choice, RoundRobinPolicy, Role, WorkerInfo
 from dynamo.runtime.records import EndpointId
 from dynamo.runtime.rp_client import RequestPlaneClient
+from dynamo.runtime.wire import ErrorCode
 from tests.fixtures.procs import free_port
 from tests.fixtures.scripted_worker import ScriptedWorker
 
@@ -75,15 +79,21 @@ async def plane():
             await worker.server.close(linger=0.1)
 
 
-def dispatcher(client: RequestPlaneClient, metrics: FrontendMetrics | None = None) -> Dispatcher:
-    prefill = PrefillOrchestrator(client, RoundRobinPolicy(), DisaggPolicy(), DisaggMetrics(CollectorRegistry(), "t"))
-    return Dispatcher(client, RoundRobinPolicy(), 3, metrics or FrontendMetrics(), prefill, rng=random.Random(42))
+def dispatcher(client: RequestPlaneClient, metrics: FrontendMetrics | None = None, policy=None,
+               inhibitor: Inhibitor | None = None, disagg: DisaggPolicy | None = None) -> Dispatcher:
+    """As `__main__` builds them: one SetRouting (with the frontend's inhibitor) for both."""
+    metrics = metrics or FrontendMetrics()
+    inhibitor = inhibitor or Inhibitor(0)
+    sets = SetRouting(random.Random(42), metrics.worker_set_requests, inhibitor)
+    prefill = PrefillOrchestrator(client, RoundRobinPolicy(), disagg or DisaggPolicy(),
+                                  DisaggMetrics(CollectorRegistry(), "t"), inhibitor=inhibitor, sets=sets)
+    return Dispatcher(client, policy or RoundRobinPolicy(), 3, metrics, prefill, inhibitor, sets=sets)
 
 
-async def run(d: Dispatcher, entry: ModelEntry, rid: str) -> RequestHandle:
+async def run(d: Dispatcher, entry: ModelEntry, rid: str, hints: RoutingHints | None = None) -> RequestHandle:
     handle = RequestHandle()
     request = PreprocessedRequest(request_id=rid, model="m", token_ids=list(range(64)),
-                                  stop_conditions=StopConditions(max_tokens=2))
+                                  stop_conditions=StopConditions(max_tokens=2), routing=hints)
 
     async def drain():
         return [out async for batch in d.stream(entry, request, handle, "same") for out in batch]
@@ -123,6 +133,8 @@ async def test_each_requests_prefill_and_decode_workers_share_a_namespace(plane)
 
 
 async def test_a_set_without_prefill_workers_prefills_on_its_decode_worker(plane):
+    """While set a has both roles, set b (decode workers only so far) is drawn into by no request; one that is
+    in set b all the same (pinned to its worker) prefills there, never on set a's prefill worker."""
     client, start = plane
     old_decode, old_prefill, new_decode = await start("a", False), await start("a", True), await start("b", False)
     entry = ModelEntry("m", None, card(WorkerType.DECODE))  # type: ignore[arg-type]
@@ -130,7 +142,10 @@ async def test_a_set_without_prefill_workers_prefills_on_its_decode_worker(plane
     d = dispatcher(client)
     for i in range(20):
         await run(d, entry, f"r{i}")
-    assert new_decode.requests and old_decode.requests
+    assert not new_decode.requests and len(old_decode.requests) == 20
+    for i in range(5):
+        await run(d, entry, f"p{i}", RoutingHints(backend_instance_id=3))
+    assert len(new_decode.requests) == 5
     assert all(r.disaggregated_params is None for r in new_decode.requests)  # prefilled locally in set b
     assert all(r.disaggregated_params["namespace"] == "a" for r in old_decode.requests)
     assert len(old_prefill.requests) == len(old_decode.requests)  # only set a's requests reached its prefill
@@ -170,3 +185,79 @@ async def test_a_retry_stays_in_its_set_while_the_set_has_a_decode_worker(plane)
     assert a_prefill.requests and b_prefill.requests
     assert len(a_decode.requests) == len(a_prefill.requests) and len(b_decode.requests) == len(b_prefill.requests)
     assert all(ns == origin for ns, origin in served([a_decode, b_decode]))
+
+
+async def test_a_draining_set_gets_no_new_requests(plane):
+    """The old set's decode worker answered `draining` (inhibited): every request is placed in the new set and
+    prefilled and decoded there; before, the inhibitor failed open over the old worker once the new set was
+    excluded."""
+    client, start = plane
+    workers = [await start(ns, prefill) for ns in ("old", "new") for prefill in (False, True)]
+    entry = ModelEntry("m", None, card(WorkerType.DECODE))  # type: ignore[arg-type]
+    entry.workers = {iid: info(iid, w) for iid, w in enumerate(workers, 1)}
+    inhibitor = Inhibitor(60.0)
+    inhibitor.inhibit(1, ErrorCode.DRAINING)  # the old set's only decode worker
+    d = dispatcher(client, inhibitor=inhibitor)
+    for i in range(10):
+        await run(d, entry, f"r{i}")
+    old_decode, old_prefill, new_decode, new_prefill = workers
+    assert not old_decode.requests and not old_prefill.requests
+    assert len(new_decode.requests) == 10 and len(new_prefill.requests) == 10
+
+
+async def test_with_enforce_disagg_a_set_without_prefill_workers_gets_no_requests(plane):
+    """The new set's decode workers came up before its prefill workers: no request is drawn into it (a 503 each
+    under --enforce-disagg)."""
+    client, start = plane
+    a_decode, a_prefill, b_decode = await start("a", False), await start("a", True), await start("b", False)
+    entry = ModelEntry("m", None, card(WorkerType.DECODE))  # type: ignore[arg-type]
+    entry.workers = {1: info(1, a_decode), 2: info(2, a_prefill), 3: info(3, b_decode)}
+    d = dispatcher(client, disagg=DisaggPolicy(enforce=True))
+    for i in range(10):
+        await run(d, entry, f"r{i}")
+    assert len(a_decode.requests) == 10 and not b_decode.requests
+
+
+class Leaky(RoundRobinPolicy):
+    """Gives the first `leaks` decode requests a worker they may not go to, as the KV router's queue gives a
+    queued request a worker that joined another set while it waited."""
+
+    def __init__(self, leaks: int) -> None:
+        super().__init__()
+        self.leaks, self.freed = leaks, []
+
+    async def select(self, pool, request, exclude):
+        outside = [w for w in pool.workers if w.instance_id in exclude]
+        if pool.role is Role.DECODE and self.leaks and outside:
+            self.leaks -= 1
+            return Choice(outside[0])
+        return await super().select(pool, request, exclude)
+
+    def free(self, request_id: str, output_tokens: int = 0) -> None:
+        self.freed.append(request_id)
+        super().free(request_id, output_tokens)
+
+
+async def test_a_worker_of_another_set_given_after_a_wait_is_freed_and_routed_again(plane):
+    client, start = plane
+    workers = [await start(ns, prefill) for ns in ("a", "b") for prefill in (False, True)]
+    entry = ModelEntry("m", None, card(WorkerType.DECODE))  # type: ignore[arg-type]
+    entry.workers = {iid: info(iid, w) for iid, w in enumerate(workers, 1)}
+    policy = Leaky(1)
+    d = dispatcher(client, policy=policy)
+    handle = await run(d, entry, "r0")
+    assert entry.workers[handle.worker_id].endpoint.namespace == entry.workers[handle.prefill_worker_id].endpoint.namespace
+    assert policy.leaks == 0 and policy.freed.count("r0") == 2  # the stray booking, then the request's own
+    assert all(ns == origin for ns, origin in served([workers[0], workers[2]]))
+
+
+async def test_a_request_given_other_sets_workers_again_and_again_finds_no_worker(plane):
+    client, start = plane
+    workers = [await start(ns, False) for ns in ("a", "b")]
+    entry = ModelEntry("m", None, card(WorkerType.DECODE))  # type: ignore[arg-type]
+    entry.workers = {iid: info(iid, w) for iid, w in enumerate(workers, 1)}
+    d = dispatcher(client, policy=Leaky(100))
+    with pytest.raises(ApiError) as raised:
+        await run(d, entry, "r0")
+    assert raised.value.status == 503 and d.policy.freed.count("r0") == STRAY_RETRIES + 1
+    assert not any(w.requests for w in workers)

@@ -1,18 +1,27 @@
 """The speculative prefill's pure parts: which requests ask for it, the conversation the next turn
 will send (the answer's text and tool calls, not its reasoning), and the warmup request (one token,
-routed by the turn's session, never by its worker pin or priority)."""
+routed by the turn's session, never by its worker pin or priority); and a warmup refused for its card."""
 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from dynamo.frontend.dispatch import Dispatcher
 from dynamo.frontend.errors import ApiError
+from dynamo.frontend.metrics import FrontendMetrics
+from dynamo.frontend.model_entry import ModelEntry
 from dynamo.frontend.openai import decode_request
 from dynamo.frontend.responses_request import decode_responses, input_messages
-from dynamo.frontend.speculative_prefill import chat_answer_history, next_turn_messages, wanted, warmup_request
+from dynamo.frontend.speculative_prefill import (SpeculativePrefill, chat_answer_history, next_turn_messages, wanted,
+                                                 warmup_request)
+from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.llm.protocol import RoutingHints
+from dynamo.router.policy import RoundRobinPolicy
+from dynamo.runtime.rp_client import RequestPlaneClient
 
 
 class Card:
@@ -89,3 +98,29 @@ def test_the_warmup_is_one_token_routed_by_the_session_alone():
     # In the turn's KV namespace: warmed anywhere else, the next turn would not find it.
     assert warmup_request(Pipeline(), [1], RoutingHints(backend_instance_id=7, cache_salt="t")).routing == \
         RoutingHints(cache_salt="t")
+
+
+class TemplatePipeline(Pipeline):
+    """Renders any chat to the same few ids (the warmup's prefix)."""
+
+    def chat_prompt_ids(self, messages, tools, kwargs, generation_prompt: bool) -> list[int]:
+        return [1, 2, 3]
+
+
+async def test_a_warmup_whose_card_switched_is_counted_as_card_changed():
+    """Taken for the old card at `start`, sent once the model is served by another: refused before any worker
+    (the Dispatcher's card check), counted apart from the warmups that failed."""
+    new = ModelDeploymentCard(display_name="m", slug="m", model_path="m", context_length=4096, kv_cache_block_size=16)
+    new.mdcsum = "new"
+    entry = ModelEntry("m", TemplatePipeline(), new)  # type: ignore[arg-type]
+    client, pool, registry = RequestPlaneClient(), ThreadPoolExecutor(1), CollectorRegistry()
+    try:
+        warmups = SpeculativePrefill(Dispatcher(client, RoundRobinPolicy(), 0, FrontendMetrics()), pool, registry, "t")
+        req = chat_request([{"role": "user", "content": "hi"}])
+        await warmups._warm(entry, ("old", TemplatePipeline()), req, chat_answer_history({"content": "yes"}), None)
+    finally:
+        await client.close()
+        pool.shutdown()
+    outcomes = {s.labels["outcome"]: s.value for m in registry.collect() for s in m.samples
+                if s.name == "t_speculative_prefills_total"}
+    assert outcomes == {"card_changed": 1.0}

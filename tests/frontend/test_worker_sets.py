@@ -5,7 +5,6 @@ and nothing restricted."""
 from __future__ import annotations
 
 import random
-import timeit
 from collections import Counter
 
 from prometheus_client import CollectorRegistry
@@ -68,7 +67,7 @@ def test_a_set_is_drawn_in_proportion_to_its_decode_workers():
     assert abs(draws["old"] / 10_000 - 0.7) < 0.03
 
 
-def test_one_namespace_restricts_nothing_and_costs_next_to_nothing():
+def test_one_namespace_restricts_nothing():
     entry = model({"only": (4, 2)})
     routing = SetRouting(random.Random(0))
     placement = routing.place(entry, request())
@@ -76,10 +75,6 @@ def test_one_namespace_restricts_nothing_and_costs_next_to_nothing():
     exclude: set[int] = set()
     pool = entry.pool(Role.DECODE)
     assert routing.limit(entry, placement, pool, request(), exclude) is exclude  # the same set, not a copy
-    req = request()
-    per_request = min(timeit.repeat(lambda: routing.limit(entry, routing.place(entry, req), pool, req, exclude),
-                                    number=10_000, repeat=3)) / 10_000
-    assert per_request < 50e-6, per_request  # a version check and an attribute or two (about 1 µs)
 
 
 def test_a_requests_routing_is_kept_in_its_set_in_both_pools():
