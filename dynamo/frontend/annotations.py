@@ -40,6 +40,7 @@ from dynamo.frontend.openai import ChatCompletionRequest
 from dynamo.frontend.preparation import chat_text
 from dynamo.frontend.sse import (DONE, SSE_HEADERS, ChatChunks, CompletionChunks, chat_body, completion_body,
                                  usage_dict)
+from dynamo.frontend.worker_sets import Placement
 from dynamo.router.policy import Role
 from dynamo.runtime.asgi import send_bytes
 
@@ -92,6 +93,8 @@ async def routed_workers(dispatcher, entry, request, card: str) -> tuple[int, in
     limit = dispatcher.sets.limit(entry, placement, pool, request, set(), probe=True)
     decode = (await choose(dispatcher.policy, pool, request, limit, book=False)).worker
     refuse_worker_card(entry, decode, card)
+    if placement.namespace is not None:  # the decode worker's set, where a probe let it go to another
+        placement = Placement(decode.endpoint.namespace)
     prefill = None if dispatcher.prefill is None else await dispatcher.prefill.query(entry, request, placement, card)
     return decode.instance_id, prefill
 

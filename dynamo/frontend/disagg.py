@@ -192,6 +192,9 @@ class PrefillOrchestrator:
                 raise errors.CardChanged(entry.name)
             outcome = await self._prefill_on(entry, choice, sub, handle)
             if outcome is not _ANOTHER_WORKER:
+                if outcome is not None:  # its parameters are for this worker's set: the decode keeps to it
+                    placement.prefilled_in = choice.worker.endpoint.namespace
+                    placement.namespace = placement.namespace or placement.prefilled_in
                 return outcome
             exclude.add(choice.worker.instance_id)
 

@@ -193,8 +193,7 @@ class Dispatcher:
             return None
         if params is None:
             return request
-        placement.prefilled_in = placement.namespace
-        return msgspec.structs.replace(request, disaggregated_params=params)
+        return msgspec.structs.replace(request, disaggregated_params=params)  # `placement` says where (prefill)
 
     async def _open(self, entry: ModelEntry, request: PreprocessedRequest, exclude: set[int], handle: RequestHandle,
                     card: str, placement: Placement) -> tuple[WorkerInfo, WorkerStream, Dispatched,

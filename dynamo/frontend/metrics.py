@@ -125,8 +125,8 @@ class FrontendMetrics:
         # timings, and, for a unary n>1 request refused after another choice's output, that output's TTFT and ITL.
         self.card_reprepared = Counter(f"{p}_model_card_reprepared", "Requests prepared again because their model's "
                                        "card switched before anything of their answer was sent (counted once in the "
-                                       "request metrics; the first attempt's stage timings, and any TTFT/ITL of its "
-                                       "output, are observed as well)", ("model",), registry=r)
+                                       "request metrics; the first attempt's stage timings, and any TTFT/ITL and output "
+                                       "tokens of its output, are observed as well)", ("model",), registry=r)
         # A rolling update that started new workers in a new namespace beside the old ones (worker_sets.py): the
         # requests each set got while the model had several. Series of sets that are gone are removed.
         self.worker_set_requests = Counter(f"{p}_worker_set_requests", "Requests routed to each worker set (namespace) "

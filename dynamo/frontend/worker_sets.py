@@ -197,6 +197,7 @@ class SetRouting:
         again, while `placement.strays` <= STRAY_RETRIES; past that the request finds no worker."""
         if placement.namespace is None or worker.endpoint.namespace == placement.namespace or \
                 pinned_worker(pool, request) is not None:
+            placement.strays = 0  # routed: each routing (prefill, decode, a migration's) has its own retries
             return False
         placement.strays += 1
         log.info("request %s was given worker %x of worker set %s, not of its own (%s); routing it again",

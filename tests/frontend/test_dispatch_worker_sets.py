@@ -261,3 +261,28 @@ async def test_a_request_given_other_sets_workers_again_and_again_finds_no_worke
         await run(d, entry, "r0")
     assert raised.value.status == 503 and d.policy.freed.count("r0") == STRAY_RETRIES + 1
     assert not any(w.requests for w in workers)
+
+
+async def test_a_rollout_that_starts_between_a_prefill_and_its_decode_keeps_the_decode_in_the_prefills_set(plane):
+    """The model had one set when the request was placed; a second set's workers came while it was prefilled: its
+    decode worker is of the set its transfer parameters are for, never of the new one."""
+    client, start = plane
+    a_decode, a_prefill = await start("a", False), await start("a", True)
+    b_decode, b_prefill = await start("b", False), await start("b", True)
+    entry = ModelEntry("m", None, card(WorkerType.DECODE))
+    entry.workers = {1: info(1, a_decode), 2: info(2, a_prefill)}
+    d = dispatcher(client)
+    prefill = d.prefill.prefill
+
+    async def prefill_then_roll_out(*args, **kwargs):
+        params = await prefill(*args, **kwargs)
+        if 0 not in entry.workers:  # set b comes up while the first request is prefilled in set a
+            entry.workers = {**entry.workers, 0: info(0, b_decode), 4: info(4, b_prefill)}
+            entry.version += 1
+        return params
+
+    d.prefill.prefill = prefill_then_roll_out  # the orchestrator's own code runs; only the moment is chosen
+    for i in range(6):
+        await run(d, entry, f"r{i}")
+    pairs = served([a_decode, b_decode])
+    assert pairs and all(ns == origin for ns, origin in pairs), pairs
