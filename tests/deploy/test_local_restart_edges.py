@@ -15,9 +15,8 @@ import pytest
 
 from dynamo.deploy.local_restart import (CANCELLED, COMPLETED, FAILED, RESTARTING, SUPERSEDED, RestartStatus,
                                          SequentialRestart, parallel_progress, walk)
-from dynamo.deploy.local_rollout import Applier, fingerprint
+from dynamo.deploy.local_rollout import fingerprint
 from dynamo.deploy.supervisor import Supervisor
-from tests.deploy.helpers import stop_and_assert_reaped
 from tests.deploy.test_local_restart import PROBE, pids, running, trio
 from tests.deploy.test_local_rollout import plans_of, until
 
@@ -188,21 +187,12 @@ async def test_a_crash_of_the_sequence_fails_the_restart(tmp_path):
 @pytest.mark.e2e
 async def test_stopping_the_run_mid_sequence_cancels_it_and_starts_nothing_more(tmp_path):
     slow = {"A": {**PROBE, "initialDelaySeconds": 4}}
-    graph, plans = plans_of(trio("1", ready=slow), tmp_path, "start")
-    sup = Supervisor(plans, out=open("/dev/null", "w"), grace=2.0)
-    stop = asyncio.Event()
-    runner = asyncio.create_task(sup.run(stop))
-    seen: set[int] = set()
-    try:
-        await until(lambda: sum(r.state == "ready" for r in sup.replicas.values()) == 3)
-        applier = Applier(sup, graph)
+    async with running(tmp_path, trio("1", ready=slow)) as (sup, applier, seen):  # stopped on leaving it
         graph, plans = plans_of(trio("2", ready=slow), tmp_path, "two")
         applier.apply(graph, plans, set(), None, deadline=30)
         task = applier.restarts.sequence.task
         await until(lambda: len(sup.active("A")) == 2)  # A is restarting, B and C wait their turn
         seen |= {p for ps in pids(sup).values() for p in ps if p}
-    finally:
-        await stop_and_assert_reaped(sup, stop, runner, seen, timeout=30)
     await asyncio.sleep(0.1)
     assert task.cancelled() and task not in sup.owned
     restart = applier.status()["restart"]

@@ -36,8 +36,9 @@ def base() -> dict:
     return doc
 
 
-def post_apply(run: DeployRun, doc: dict, **extra) -> tuple[int, dict]:
-    body = json.dumps({"manifest": yaml.safe_dump(doc), **extra}).encode()
+def post_apply(run: DeployRun, *docs: dict, **extra) -> tuple[int, dict]:
+    """POST /apply of a manifest of `docs` (the graph, and any HPAs, DynamoModels ... beside it)."""
+    body = json.dumps({"manifest": yaml.safe_dump_all(docs), **extra}).encode()
     req = urllib.request.Request(run.control + "/apply", data=body, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 import yaml
@@ -20,6 +18,7 @@ import yaml
 from dynamo.llm.tiny_lora import build_tiny_lora
 from tests.deploy.helpers import DeployRun
 from tests.deploy.manifests import mocker_graph
+from tests.deploy.test_run_apply import post_apply
 from tests.fixtures.procs import http_get, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -47,16 +46,6 @@ def hpa(**spec) -> dict:
 def dynamo_model(uri: str, base: str = MODEL) -> dict:
     return {"apiVersion": "nvidia.com/v1alpha1", "kind": "DynamoModel", "metadata": {"name": ADAPTER},
             "spec": {"modelName": ADAPTER, "baseModelName": base, "modelType": "lora", "source": {"uri": uri}}}
-
-
-def post_apply(run: DeployRun, *docs: dict) -> tuple[int, dict]:
-    body = json.dumps({"manifest": yaml.safe_dump_all(docs)}).encode()
-    req = urllib.request.Request(run.control + "/apply", data=body, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.load(resp)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
 
 
 def workers(run: DeployRun) -> int:
