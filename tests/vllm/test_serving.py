@@ -24,7 +24,7 @@ from dynamo.runtime.rp_client import RequestPlaneClient, StreamError
 from tests.fixtures.procs import http_get, metric_value, wait_until
 from tests.vllm.conftest import (BLOCK_SIZE, MAX_MODEL_LEN, MODEL, VllmCluster, direct_generate, engine_processes,
                                  freeze_engine, ids, metrics, offline_reference, reference_result,
-                                 step_frozen_engines, thaw_engine, wait_healthy)
+                                 thaw_engine, wait_healthy)
 
 # Engine start-ups in the module fixture count against the first test: minutes on a busy 2-core box.
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -243,12 +243,12 @@ def check_dropped_while_frozen(worker, before: float) -> None:
 
 
 def admitted_while_frozen(worker, client: asyncio.Future) -> None:
-    """A request was sent to `worker` with its engine frozen: step the engine until vLLM tracks
-    the request, so it is in flight for real and, the engine frozen again, can neither advance
-    nor finish. Slices stay at 1 ms: admission needs little of the engine, and what a slice
-    adds is bounded."""
-    step_frozen_engines([worker], lambda: unfinished(worker) == 1 or client.done(), lambda: int(unfinished(worker)),
-                        max_slice=0.001)
+    """A request was sent to `worker` with its engine frozen: wait, the engine still frozen,
+    until vLLM tracks it. Admission runs in the worker's own process (vLLM's output processor
+    counts the request before it is handed to the engine core), so the request is in flight for
+    real and can neither advance nor finish. Never thawing the engine meanwhile matters: a thawed
+    slice that a loaded box overruns ran the whole 2,008-token request (CI saw it)."""
+    wait_until(lambda: unfinished(worker) == 1 or client.done(), 60, "vLLM to track the request")
     assert unfinished(worker) == 1, client.done() and (client.exception() or client.result())
 
 
@@ -286,10 +286,11 @@ def test_client_disconnect_through_the_frontend_frees_the_engine(env):
 
     async def disconnect_in_flight() -> None:
         async with httpx.AsyncClient(base_url=env["cluster"].base_url, timeout=300) as http:
-            async def read_stream() -> None:
+            async def read_stream() -> str:
+                """What the frontend sent, should it end the stream (it must not: the engine is frozen)."""
                 async with http.stream("POST", "/v1/completions", json=body) as resp:
-                    async for _ in resp.aiter_lines():
-                        pass
+                    lines = [line async for line in resp.aiter_lines()]
+                    return f"HTTP {resp.status_code}: {lines[:3]}"
 
             freeze_engine(worker)
             reader = asyncio.ensure_future(read_stream())
