@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from contextlib import asynccontextmanager
 
 import pytest
 
@@ -16,26 +15,9 @@ from dynamo.frontend.model_manager import ModelManager
 from dynamo.frontend.model_routes import health_report
 from dynamo.llm.model_card import RuntimeConfig
 from dynamo.runtime import records
-from dynamo.runtime.discovery import mem
-from dynamo.runtime.discovery.mem import MemStore
-from tests.frontend.test_model_manager import EID, Discovery, disco  # noqa: F401  (a fixture)
+from tests.frontend.test_model_manager import EID, Discovery, disco, settling  # noqa: F401  (a fixture)
 
 SETTLE = 1.5
-
-
-@asynccontextmanager
-async def settling(name: str, settle: float, **kw):
-    """A manager over its own embedded store whose card switches settle for `settle` seconds."""
-    store = MemStore(name=name)
-    await store.start()
-    manager = ModelManager(store, "dynamo", card_settle=settle, **kw)
-    await manager.start()
-    try:
-        yield Discovery(store, manager)
-    finally:
-        await manager.stop()
-        await store.close()
-        mem.reset(name)
 
 
 async def worker(disco: Discovery, iid: int, **kw) -> None:

@@ -17,34 +17,20 @@ from dynamo.frontend.errors import CardChanged
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.model_entry import ModelEntry
 from dynamo.frontend.request_handle import RequestHandle
-from dynamo.llm.model_card import ModelDeploymentCard, WorkerType
-from dynamo.llm.protocol import PreprocessedRequest, StopConditions
+from dynamo.llm.model_card import WorkerType
 from dynamo.router.policy import RoundRobinPolicy, WorkerInfo
 from dynamo.runtime.records import EndpointId
 from dynamo.runtime.rp_client import RequestPlaneClient
 from tests.fixtures.scripted_worker import ScriptedWorker
+from tests.frontend.helpers_cards import card, model, request
 
 DECODE, PREFILL = EndpointId("dynamo", "backend", "generate"), EndpointId("dynamo", "prefill", "generate")
 
 
-def card(mdcsum: str, worker_type: WorkerType = WorkerType.DECODE) -> ModelDeploymentCard:
-    c = ModelDeploymentCard(display_name="m", slug="m", model_path="m", context_length=4096, kv_cache_block_size=16,
-                            worker_type=worker_type)
-    c.mdcsum = mdcsum
-    return c
-
-
 def new_card_model(decode: ScriptedWorker, prefill: ScriptedWorker) -> ModelEntry:
     """The model as served once the rollout switched it: the new card's decode and prefill worker."""
-    entry = ModelEntry("m", None, card("new"))  # type: ignore[arg-type]  # no pipeline: nothing to tokenize
-    entry.workers = {1: WorkerInfo(1, DECODE, card("new"), decode.address),
-                     2: WorkerInfo(2, PREFILL, card("new", WorkerType.PREFILL), prefill.address)}
-    return entry
-
-
-def request() -> PreprocessedRequest:
-    return PreprocessedRequest(request_id="r", model="m", token_ids=list(range(64)),
-                               stop_conditions=StopConditions(max_tokens=2))
+    return model(WorkerInfo(1, DECODE, card("new"), decode.address),
+                 WorkerInfo(2, PREFILL, card("new", WorkerType.PREFILL), prefill.address), served="new")
 
 
 @pytest.fixture

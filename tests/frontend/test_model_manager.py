@@ -7,6 +7,7 @@ that lost all its workers is retired (503, not 404) until one comes back."""
 from __future__ import annotations
 
 import asyncio
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import msgspec
@@ -48,12 +49,12 @@ class Discovery:
         return [entry.name for entry in self.manager.listed()]
 
 
-@pytest.fixture
-async def disco(request):
-    name = f"mm-{request.node.name}"
+@asynccontextmanager
+async def settling(name: str, settle: float, **kw):
+    """A manager over its own embedded store whose card switches settle for `settle` seconds."""
     store = MemStore(name=name)
     await store.start()
-    manager = ModelManager(store, "dynamo", card_settle=0)  # a majority switches at once
+    manager = ModelManager(store, "dynamo", card_settle=settle, **kw)
     await manager.start()
     try:
         yield Discovery(store, manager)
@@ -61,6 +62,12 @@ async def disco(request):
         await manager.stop()
         await store.close()
         mem.reset(name)
+
+
+@pytest.fixture
+async def disco(request):
+    async with settling(f"mm-{request.node.name}", 0) as discovery:  # a majority switches at once
+        yield discovery
 
 
 @pytest.mark.parametrize("card_first", [True, False])

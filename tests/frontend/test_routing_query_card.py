@@ -17,35 +17,17 @@ from dynamo.frontend.dispatch import Dispatcher
 from dynamo.frontend.errors import CardChanged
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.model_entry import ModelEntry
-from dynamo.llm.model_card import ModelDeploymentCard, WorkerType
-from dynamo.llm.protocol import PreprocessedRequest, StopConditions
+from dynamo.llm.model_card import WorkerType
 from dynamo.router.policy import RandomPolicy, WorkerInfo
 from dynamo.runtime.records import EndpointId
 from dynamo.runtime.rp_client import RequestPlaneClient
-
-
-def card(mdcsum: str, worker_type: WorkerType = WorkerType.DECODE) -> ModelDeploymentCard:
-    c = ModelDeploymentCard(display_name="m", slug="m", model_path="m", context_length=4096, kv_cache_block_size=16,
-                            worker_type=worker_type)
-    c.mdcsum = mdcsum
-    return c
+from tests.frontend.helpers_cards import card, model, request
 
 
 def worker(iid: int, namespace: str, mdcsum: str, prefill: bool = False) -> WorkerInfo:
     eid = EndpointId(namespace, "prefill" if prefill else "backend", "generate")
     kind = WorkerType.PREFILL if prefill else WorkerType.DECODE
     return WorkerInfo(iid, eid, card(mdcsum, kind), f"tcp://127.0.0.1:{9000 + iid}")  # never dialled: a query
-
-
-def model(*workers: WorkerInfo, served: str = "old") -> ModelEntry:
-    entry = ModelEntry("m", None, card(served))  # type: ignore[arg-type]  # no pipeline: nothing to tokenize
-    entry.workers = {w.instance_id: w for w in workers}
-    return entry
-
-
-def request() -> PreprocessedRequest:
-    return PreprocessedRequest(request_id="q", model="m", token_ids=list(range(64)),
-                               stop_conditions=StopConditions(max_tokens=2))
 
 
 @pytest.fixture

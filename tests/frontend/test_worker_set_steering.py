@@ -10,9 +10,6 @@ import logging
 import random
 from collections import Counter
 
-from prometheus_client import CollectorRegistry
-from prometheus_client import Counter as PromCounter
-
 from dynamo.frontend.worker_sets import Placement, SetRouting
 from dynamo.llm.protocol import RoutingHints
 from dynamo.router.inhibit import Inhibitor
@@ -20,7 +17,7 @@ from dynamo.router.policy import RoundRobinPolicy, Role, WorkerInfo
 from dynamo.router.session_affinity import SessionAffinityPolicy
 from dynamo.runtime.records import EndpointId
 from dynamo.runtime.wire import ErrorCode
-from tests.frontend.test_worker_sets import card, model, ns_of, request
+from tests.frontend.test_worker_sets import card, counting, model, ns_of, request
 
 
 def decode_of(entry, namespace: str) -> set[int]:
@@ -132,44 +129,36 @@ def test_a_request_whose_set_is_gone_moves_to_the_set_left():
 
 
 def test_a_probe_moves_nothing_and_counts_nothing():
-    registry = CollectorRegistry()
-    counter = PromCounter("t_worker_set_requests", "", ("model", "namespace"), registry=registry)
+    routing, count = counting(0)
     entry = model({"a": (1, 1), "b": (1, 1)})
-    routing = SetRouting(random.Random(0), counter)
     placement, pool = routing.place(entry, request()), entry.pool(Role.DECODE)
     home = placement.namespace
     limit = routing.limit(entry, placement, pool, request(), decode_of(entry, home), probe=True)
     assert placement.namespace == home and allowed(entry, pool, limit) == {"a", "b"} - {home}
     routing.limit(entry, placement, pool, request(), decode_of(entry, home))
     assert placement.namespace != home  # moved for real, but counted once, where it was placed
-    total = sum(registry.get_sample_value("t_worker_set_requests_total", {"model": "m", "namespace": ns}) or 0
-                for ns in ("a", "b"))
-    assert total == 1
+    assert sum(count(ns) or 0 for ns in ("a", "b")) == 1
     routing.place(entry, request(), count=False)
-    assert sum(registry.get_sample_value("t_worker_set_requests_total", {"model": "m", "namespace": ns}) or 0
-               for ns in ("a", "b")) == 1
+    assert sum(count(ns) or 0 for ns in ("a", "b")) == 1
 
 
 def test_a_finished_rollout_removes_the_series():
-    registry = CollectorRegistry()
-    counter = PromCounter("t_worker_set_requests", "", ("model", "namespace"), registry=registry)
-    routing = SetRouting(random.Random(3), counter)
+    routing, count = counting(3)
     entry = model({"a": (1, 0), "b": (1, 0)})
     for _ in range(20):
         routing.place(entry, request())
-    value = lambda ns: registry.get_sample_value("t_worker_set_requests_total", {"model": "m", "namespace": ns})  # noqa: E731
-    assert value("a") and value("b")
+    assert count("a") and count("b")
     entry.workers = {i: w for i, w in entry.workers.items() if w.endpoint.namespace == "b"}
     entry.version += 1
     routing.prune(entry)  # the membership-change hook: back to one set, no series left
-    assert value("a") is None and value("b") is None
+    assert count("a") is None and count("b") is None
     # a model whose last worker left goes too
     other = model({"a": (1, 0), "b": (1, 0)})
     routing.place(other, request())
     other.workers = {}
     other.version += 1
     routing.prune(other)
-    assert value("a") is None and value("b") is None and not routing._counted
+    assert count("a") is None and count("b") is None and not routing._counted
 
 
 def test_a_session_stays_in_its_bound_workers_set():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as PromCounter
@@ -43,6 +44,16 @@ def ns_of(entry: ModelEntry, iid: int) -> str:
 def request(hints: RoutingHints | None = None) -> PreprocessedRequest:
     return PreprocessedRequest(request_id="r", model="m", token_ids=[1, 2, 3], stop_conditions=StopConditions(),
                                routing=hints)
+
+
+def counting(seed: int) -> tuple[SetRouting, Callable[[str], float | None]]:
+    """A set routing that counts its requests per set, and a set's count of model "m" (None: no series)."""
+    registry = CollectorRegistry()
+    counter = PromCounter("t_worker_set_requests", "", ("model", "namespace"), registry=registry)
+
+    def count(namespace: str) -> float | None:
+        return registry.get_sample_value("t_worker_set_requests_total", {"model": "m", "namespace": namespace})
+    return SetRouting(random.Random(seed), counter), count
 
 
 def test_workers_are_grouped_by_namespace_once_per_version():
@@ -121,17 +132,14 @@ def test_a_pinned_worker_decides_the_set_and_is_not_restricted():
 
 
 def test_requests_are_counted_per_set_and_a_gone_sets_series_is_removed():
-    registry = CollectorRegistry()
-    counter = PromCounter("t_worker_set_requests", "", ("model", "namespace"), registry=registry)
-    routing = SetRouting(random.Random(3), counter)
+    routing, count = counting(3)
     entry = model({"a": (1, 0), "b": (1, 0)})
     for _ in range(40):
         routing.place(entry, request())
-    a = registry.get_sample_value("t_worker_set_requests_total", {"model": "m", "namespace": "a"})
-    b = registry.get_sample_value("t_worker_set_requests_total", {"model": "m", "namespace": "b"})
+    a, b = count("a"), count("b")
     assert a and b and a + b == 40
     entry.workers = {i: w for i, w in entry.workers.items() if w.endpoint.namespace == "b"}
     entry.workers[9] = WorkerInfo(9, EndpointId("c", "backend", "generate"), card(), "h:9")
     entry.version += 1
     routing.place(entry, request())
-    assert registry.get_sample_value("t_worker_set_requests_total", {"model": "m", "namespace": "a"}) is None
+    assert count("a") is None
