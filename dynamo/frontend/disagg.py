@@ -32,7 +32,7 @@ from dynamo.frontend import errors
 from dynamo.frontend.dispatch import choose, refuse_worker_card
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.stage_metrics import PREFILL, StageMetrics
-from dynamo.frontend.worker_sets import STRAY_RETRIES, Placement, SetRouting
+from dynamo.frontend.worker_sets import Placement, Reroute, SetRouting
 from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.llm.worker_client import NO_DEADLINES, Deadlines, WorkerClient
 from dynamo.router.inhibit import Inhibitor, reason_for
@@ -114,13 +114,24 @@ class PrefillOrchestrator:
 
     def _skip_reason(self, entry, pool: WorkerPool, request: PreprocessedRequest,
                      placement: Placement | None = None) -> str | None:
-        placement = placement or Placement()
+        """Why the decode worker prefills this request itself, or None when a prefill worker should."""
+        return self._skip(entry, pool, request, placement or Placement())[0]
+
+    def _skip(self, entry, pool: WorkerPool, request: PreprocessedRequest,
+              placement: Placement) -> tuple[str | None, set[int]]:
+        """`_skip_reason`'s answer, with the prefill workers the request's set may not use (a probe: `query`
+        routes by it too)."""
         limit = self.sets.limit(entry, placement, pool, request, set(), probe=True)
         workers = [w for w in pool.workers if w.instance_id not in limit] if limit else pool.workers
         if not workers:
-            return NO_PREFILL_WORKERS
+            return NO_PREFILL_WORKERS, limit
         if not self.policy.conditional:
-            return None
+            return None, limit
+        return self._conditional_skip(entry, workers, request, placement), limit
+
+    def _conditional_skip(self, entry, workers: list, request: PreprocessedRequest,
+                          placement: Placement) -> str | None:
+        """Conditional disaggregation's reason to prefill on the decode worker, among `workers` (the set's)."""
         threshold = self.policy.eff_isl_threshold
         if len(request.token_ids) < threshold:
             return SHORT_PROMPT
@@ -131,8 +142,8 @@ class PrefillOrchestrator:
                                             self.sets.limit(entry, placement, decode, request, set(), probe=True))
         if len(request.token_ids) - cached < threshold:
             return CACHED_PREFIX
-        limit = self.policy.max_inflight_prefills_per_worker
-        if limit and all(self.inflight.get(w.instance_id, 0) >= limit for w in workers):
+        busy_at = self.policy.max_inflight_prefills_per_worker
+        if busy_at and all(self.inflight.get(w.instance_id, 0) >= busy_at for w in workers):
             return PREFILL_POOL_BUSY
         return None
 
@@ -143,9 +154,9 @@ class PrefillOrchestrator:
         another card than `card`, the one the request was prepared for."""
         placement = placement or Placement()
         pool = entry.pool(Role.PREFILL)
-        if self._skip_reason(entry, pool, request, placement) is not None:
+        reason, limit = self._skip(entry, pool, request, placement)
+        if reason is not None:
             return None
-        limit = self.sets.limit(entry, placement, pool, request, set(), probe=True)
         worker = (await choose(self.routing, pool, request, limit, book=False)).worker
         refuse_worker_card(entry, worker, card)
         return worker.instance_id
@@ -182,14 +193,16 @@ class PrefillOrchestrator:
                 return self._local(entry, PREFILL_FAILED if exclude else PREFILL_POOL_BUSY)
             if choice is None:
                 return None  # the client left while the prefill waited to be routed
-            if self.sets.stray(placement, pool, sub, choice.worker):
-                self.routing.free(sub.request_id)  # queued while a prefill worker joined another set: route again
-                if placement.strays > STRAY_RETRIES:
-                    return self._local(entry, NO_PREFILL_WORKERS)
+            reroute = self.sets.reroute(placement, pool, sub, choice.worker, self.routing.free)
+            if reroute is Reroute.GIVE_UP:
+                return self._local(entry, NO_PREFILL_WORKERS)
+            if reroute is Reroute.AGAIN:
                 continue
-            if card and choice.worker.card.mdcsum and choice.worker.card.mdcsum != card:  # switched meanwhile
+            try:
+                refuse_worker_card(entry, choice.worker, card)  # the model switched its card meanwhile
+            except errors.CardChanged:
                 self.routing.free(sub.request_id)
-                raise errors.CardChanged(entry.name)
+                raise
             outcome = await self._prefill_on(entry, choice, sub, handle)
             if outcome is not _ANOTHER_WORKER:
                 if outcome is not None:  # its parameters are for this worker's set: the decode keeps to it

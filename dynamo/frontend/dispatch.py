@@ -37,7 +37,7 @@ from dynamo.frontend.model_entry import ModelEntry
 from dynamo.frontend.parsers.base import PromptReasoning
 from dynamo.frontend.request_handle import RequestHandle
 from dynamo.frontend.thinking_budget import ThinkingBudget, budget_for
-from dynamo.frontend.worker_sets import STRAY_RETRIES, Placement, SetRouting
+from dynamo.frontend.worker_sets import Placement, Reroute, SetRouting
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest, RoutingHints
 from dynamo.llm.worker_client import NO_DEADLINES, Deadlines, WorkerClient, WorkerStream
 from dynamo.router.inhibit import Inhibitor
@@ -226,10 +226,10 @@ class Dispatcher:
                                                     self.inhibitor.exclude(pool, request, limit)))
             if choice is None:
                 return None
-            if self.sets.stray(placement, pool, request, choice.worker):
-                self.policy.free(request.request_id)  # queued while a worker joined another set: route again
-                if placement.strays > STRAY_RETRIES:
-                    raise errors.no_workers(entry.name)
+            reroute = self.sets.reroute(placement, pool, request, choice.worker, self.policy.free)
+            if reroute is Reroute.GIVE_UP:
+                raise errors.no_workers(entry.name)
+            if reroute is Reroute.AGAIN:
                 continue
             opened = await self._dial(entry, request, choice, exclude, handle, card, phase)
             if opened is not None:
@@ -239,9 +239,11 @@ class Dispatcher:
                     handle: RequestHandle, card: str, phase: str) -> tuple[WorkerStream, Dispatched] | None:
         """Send the request to the chosen worker; None when it cannot be reached (left out: try another)."""
         rid, worker = request.request_id, choice.worker
-        if card and worker.card.mdcsum and worker.card.mdcsum != card:  # a pool snapshot queued before a switch
+        try:
+            refuse_worker_card(entry, worker, card)  # a pool snapshot queued before a switch
+        except errors.CardChanged:
             self.policy.free(rid)  # preparation.prepared_again prepares it again, if nothing was sent yet
-            raise errors.CardChanged(entry.name)
+            raise
         handle.worker_id, handle.dp_rank, handle.overlap_blocks = worker.instance_id, choice.dp_rank, \
             choice.overlap_blocks
         sent = self.metrics.stages.dispatched(phase)

@@ -261,18 +261,8 @@ class ModelManager:
             switch.cancel()  # switched, or no card ahead any more: nothing to look again at
         else:  # look again once the card ahead of the served one has held for its settle time
             switch.arm(wait, lambda: self._follow_majority(name))
-        if mdcsum is None:
-            return
-        old, members = entry.card.mdcsum, gens[mdcsum]
-        entry.adopt(_answering_card(members), self._pipelines[mdcsum], self.block_size)
-        entry.workers = self._workers_of(members)
-        self._bump(entry)
-        self._changed.set()
-        if self.on_card_switch is not None:
-            self.on_card_switch(name)
-        log.warning("model %r now served by the workers of model card %s (%d answering; %d left with card %s)",
-                    name, mdcsum, answering(members, self._instances), answering(gens.get(old, ()), self._instances),
-                    old)
+        if mdcsum is not None:
+            self._serve_card(name, mdcsum, gens, entry)
 
     def _revive(self, name: str, gens: dict[str, list[Member]]) -> None:
         """`name` has no entry (its served card's workers all went) while workers of another card it held apart
@@ -281,18 +271,31 @@ class ModelManager:
         ready = [(answering(members, self._instances), mdcsum) for mdcsum, members in sorted(gens.items())
                  if mdcsum in self._pipelines]
         count, mdcsum = max(ready, default=(0, ""))
-        if count == 0:
-            return
-        members = gens[mdcsum]
-        entry = ModelEntry(name, self._pipelines[mdcsum], _answering_card(members), self.block_size)
+        if count > 0:  # the card switched, with a gap: counted as a switch
+            self._serve_card(name, mdcsum, gens)
+
+    def _serve_card(self, name: str, mdcsum: str, gens: dict[str, list[Member]],
+                    entry: ModelEntry | None = None) -> None:
+        """Serve `name` by the workers of card `mdcsum` (its tokenizer loaded): `entry` follows that card, or (None:
+        the model had no entry left) a new entry is listed. A card switch either way (`on_card_switch`)."""
+        members, old = gens[mdcsum], entry.card.mdcsum if entry is not None else None
+        card, pipeline = _answering_card(members), self._pipelines[mdcsum]
+        if entry is None:
+            entry = self.models[name] = ModelEntry(name, pipeline, card, self.block_size)
+            self.retired.pop(name, None)
+        else:
+            entry.adopt(card, pipeline, self.block_size)
         entry.workers = self._workers_of(members)
-        self.models[name] = entry
-        self.retired.pop(name, None)
         self._bump(entry)
         self._changed.set()
-        if self.on_card_switch is not None:  # the model's card switched, with a gap: counted as a switch
+        if self.on_card_switch is not None:
             self.on_card_switch(name)
-        log.warning("model %r served again, by the workers of model card %s (%d answering)", name, mdcsum, count)
+        count = answering(members, self._instances)
+        if old is None:
+            log.warning("model %r served again, by the workers of model card %s (%d answering)", name, mdcsum, count)
+        else:
+            log.warning("model %r now served by the workers of model card %s (%d answering; %d left with card %s)",
+                        name, mdcsum, count, answering(gens.get(old, ()), self._instances), old)
 
     def _workers_of(self, members: list[Member]) -> dict[int, WorkerInfo]:
         return {iid: WorkerInfo(iid, eid, c, routable_address(c, self._instances.get((eid, iid))))

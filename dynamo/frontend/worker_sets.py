@@ -21,7 +21,7 @@ nothing is chosen and `limit` returns the request's own `exclude` as it is.
 Known limitation: the routing policy keeps one router state and one queue per pool, not per set. `exclude` is
 read when a request is routed; one that waits in the KV router's queue (only with busy thresholds, or
 --router-queue-threshold) may be given a worker that joined another set meanwhile: callers check the choice
-(`SetRouting.stray`), free it and route again, a few times at most. And a set-A request at the head of the queue
+(`SetRouting.reroute`), free it and route again, a few times at most. And a set-A request at the head of the queue
 holds back set-B requests behind it while A's workers are busy (head-of-line blocking across sets). The real fix
 is Dynamo's: one `WorkerPool` per set, each with its own router state and queue (Dynamo's WorkerSet owns its
 router).
@@ -30,10 +30,11 @@ router).
 from __future__ import annotations
 
 import bisect
+import enum
 import itertools
 import logging
 import random
-from typing import Collection
+from typing import Callable, Collection
 
 from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.router.policy import Role, WorkerInfo, WorkerPool, pinned_worker
@@ -43,6 +44,13 @@ log = logging.getLogger(__name__)
 # How many times a request's choice may land outside its set (a worker that joined another set while the request
 # waited in the router's queue) before it is answered as finding no worker.
 STRAY_RETRIES = 3
+
+
+class Reroute(enum.Enum):
+    """`SetRouting.reroute`'s word on a routed choice: what the caller does with it."""
+    KEEP = "keep"  # in the request's set: go on with it
+    AGAIN = "again"  # outside it, its booking freed: route the request again
+    GIVE_UP = "give_up"  # outside it once too often (past STRAY_RETRIES), freed: the caller's no-worker answer
 
 
 class WorkerSets:
@@ -193,8 +201,8 @@ class SetRouting:
 
     def stray(self, placement: Placement, pool: WorkerPool, request: PreprocessedRequest, worker: WorkerInfo) -> bool:
         """The policy chose a worker outside the request's set (one that joined another set while the request
-        waited in the router's queue; counted in `placement.strays`): the caller frees the booking and routes
-        again, while `placement.strays` <= STRAY_RETRIES; past that the request finds no worker."""
+        waited in the router's queue; counted in `placement.strays`). Callers use `reroute`, which bounds the
+        retries."""
         if placement.namespace is None or worker.endpoint.namespace == placement.namespace or \
                 pinned_worker(pool, request) is not None:
             placement.strays = 0  # routed: each routing (prefill, decode, a migration's) has its own retries
@@ -203,6 +211,16 @@ class SetRouting:
         log.info("request %s was given worker %x of worker set %s, not of its own (%s); routing it again",
                  request.request_id, worker.instance_id, worker.endpoint.namespace, placement.namespace)
         return True
+
+    def reroute(self, placement: Placement, pool: WorkerPool, request: PreprocessedRequest, worker: WorkerInfo,
+                free: Callable[[str], object]) -> Reroute:
+        """`stray`, with the bound on its retries: a stray choice's booking is freed (`free`, the routing policy's)
+        and the request routed again, up to STRAY_RETRIES times; what happens past that is the caller's (the
+        dispatcher answers 503, the prefill orchestrator prefills on the decode worker)."""
+        if not self.stray(placement, pool, request, worker):
+            return Reroute.KEEP
+        free(request.request_id)  # queued while the worker joined another set: its booking is not the request's
+        return Reroute.GIVE_UP if placement.strays > STRAY_RETRIES else Reroute.AGAIN
 
     def prune(self, entry) -> None:
         """The model's membership changed (`__main__`'s hook): remove the series of its sets that are gone (all
