@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from dynamo.frontend.request_handle import RequestHandle
-from dynamo.frontend.output import ChoiceDelta, OutputStage, is_json
+from dynamo.frontend.output import ChoiceDelta, OutputStage
 from dynamo.frontend.parsers.base import ToolCallDelta, accumulate_call
 
 
@@ -47,13 +47,18 @@ def collect(choice: Choice, d: ChoiceDelta) -> None:
         accumulate_call(choice.calls, call)
 
 
-def chat_choice(choice: Choice, reasoning_field: str, logprobs: Callable[[list], Any] | None) -> dict:
-    """The choice as a chat completion's `choices[i]`; `logprobs` renders its logprobs (None: not asked for)."""
+def chat_choice(choice: Choice, reasoning_field: str, logprobs: Callable[[list], Any] | None,
+                runnable: Callable[[str], bool] | None = None) -> dict:
+    """The choice as a chat completion's `choices[i]`; `logprobs` renders its logprobs (None: not asked for).
+    Its calls are the ones a chat stream sent, whose deltas go out as they are parsed: one whose arguments
+    never became JSON (cut by the token limit or a stop string, or malformed) is still that call, as OpenAI
+    and vLLM answer a forced call cut short, and `finish_reason` says `tool_calls` only when every call's
+    arguments are JSON. `runnable`: for a framing whose stream holds its calls until the answer is complete
+    (`HeldCalls`), the rule a call must meet; an answer with one that does not is the text the model wrote."""
     content = "".join(choice.content)
     reason = choice.stage.finish_reason(choice.finish)
     calls = [choice.calls[k] for k in sorted(choice.calls)]
-    if calls and not all(is_json(c["function"]["arguments"]) for c in calls):
-        # A call whose arguments never became JSON is no call: answer with the text.
+    if runnable is not None and calls and not all(runnable(c["function"]["arguments"]) for c in calls):
         content, calls = choice.stage.tool_input_text(), []
         reason = "stop" if reason == "tool_calls" else reason
     if not calls and not content and choice.stage.filter.dropped:

@@ -57,7 +57,9 @@ class OutputSpec:
 
 class NamedArguments:
     """`tool_choice` naming a function with no format parser: the engine was asked for
-    that function's arguments (structured output), so the whole output is the call."""
+    that function's arguments (structured output), so the whole output is the call, JSON or
+    not (an engine that held it to no grammar, or `max_tokens` cutting it short), streamed
+    and unary alike, as vLLM answers a named tool choice."""
 
     needs_special_tokens = False
 
@@ -257,7 +259,7 @@ class OutputStage:
 
     def finish_reason(self, raw: str | None) -> str:
         """A finished answer's reason: `tool_calls` when it made calls whose arguments are all JSON (streamed
-        and unary alike; a call cut short is no call)."""
+        and unary alike; with a call cut short, the reason it was cut: `length`, or `stop`)."""
         reason = openai_finish_reason(raw) or "stop"
         if self.filter.kept and reason == "stop" and self.filter.all_json():
             return "tool_calls"

@@ -28,7 +28,7 @@ import msgspec
 
 from dynamo.frontend import speculative_prefill
 from dynamo.frontend.errors import ApiError
-from dynamo.frontend.choices import Choice, HeldCalls, text_first
+from dynamo.frontend.choices import Choice, HeldCalls, chat_choice, text_first
 from dynamo.frontend.generation import GenerationRun
 from dynamo.frontend.openai import ChatCompletionRequest, ChatMessage
 from dynamo.frontend.responses_events import OutputEvents, answer_items
@@ -139,7 +139,7 @@ class ResponsesRun(GenerationRun):
             return
         choice = self.choices[0]
         status = self._status(choice)
-        message = self._chat_message(choice)  # a call whose arguments are not JSON is its text
+        message = chat_choice(choice, self.reasoning_field, None, self.hold.runnable)["message"]  # its stream's rule
         logprobs = self._text_logprobs(choice, message.get("content") or "")
         items = answer_items(message, self.reasoning_field, status == "incomplete",
                              text_first(choice.content, choice.reasoning), logprobs)

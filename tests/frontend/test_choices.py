@@ -54,12 +54,13 @@ def stream(pipeline, text: str, runnable) -> tuple[str, str, list[tuple[str, dic
     return reasoning, "".join(d.content for d in sent + released), [(n, json.loads(a)) for n, a in calls.values()]
 
 
-def unary(pipeline, text: str) -> tuple[Choice, dict]:
+def unary(pipeline, text: str, runnable=None) -> tuple[Choice, dict]:
+    """The chat answer the run frames; `runnable`: the rule its calls are held to (Responses': `is_json`)."""
     choice = Choice(0, OutputStage(pipeline, SPEC))
     for t in pipeline.tokenizer.encode(text):
         collect(choice, choice.stage.add(LLMEngineOutput(token_ids=[t])))
     collect(choice, choice.stage.finish())
-    return choice, chat_choice(choice, "reasoning_content", None)["message"]
+    return choice, chat_choice(choice, "reasoning_content", None, runnable)["message"]
 
 
 @pytest.mark.parametrize("name", sorted(OUTPUTS))
@@ -81,7 +82,7 @@ def test_an_anthropic_stream_ends_as_the_unary_message(pipeline, name):
 
 @pytest.mark.parametrize("name", sorted(OUTPUTS))
 def test_a_responses_stream_ends_as_the_unary_response(pipeline, name):
-    _, message = unary(pipeline, OUTPUTS[name])
+    _, message = unary(pipeline, OUTPUTS[name], is_json)
     items = answer_items(message, "reasoning_content", False)
     want_text = "".join(i["content"][0]["text"] for i in items if i["type"] == "message")
     want_calls = [(i["name"], json.loads(i["arguments"])) for i in items if i["type"] == "function_call"]
@@ -92,7 +93,7 @@ def test_a_responses_stream_ends_as_the_unary_response(pipeline, name):
 
 
 def test_the_item_the_limit_cut_is_incomplete(pipeline):
-    _, message = unary(pipeline, OUTPUTS["cut"])
+    _, message = unary(pipeline, OUTPUTS["cut"], is_json)
     items = answer_items(message, "reasoning_content", True)
     assert [(i["type"], i["status"]) for i in items] == [("message", "incomplete")]
     assert items[0]["content"][0]["text"] == "Writing it." + WRITE[:60]

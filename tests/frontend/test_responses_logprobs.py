@@ -144,7 +144,7 @@ def test_a_call_that_never_became_json_is_answered_with_its_written_tokens_entri
         collect(choice, d)
         if (sent := hold.take(d)) is not None:
             shown.append(sent)
-    answer = chat_choice(choice, "reasoning_content", None)["message"]["content"]
+    answer = chat_choice(choice, "reasoning_content", None, is_json)["message"]["content"]  # Responses' rule
     assert answer == CUT_CALL and token_text(pipeline, [ChoiceDelta(logprobs=route.written_as(answer))]) == CUT_CALL
     start = sum(len(d.logprobs) for d in shown)
     rest = hold.release(stage, lambda text: route.written_as(text, start))[0]
