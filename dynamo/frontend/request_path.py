@@ -2,7 +2,8 @@
 one) to its run: prepared for the card its model is served by, that card and its pipeline taken once (`Served`:
 the prompt's tokens, the wire requests and the output stage all come from them, and only that card's workers take
 it), admitted, and run (`generation.GenerationRun`); prepared and run once more when a rolling update switched the
-card before anything was sent (`preparation.prepared_again`). `FrontendApp.generate` counts the request in the
+card before anything was sent (`preparation.prepared_again`). A completion of several prompts is prepared prompt by
+prompt and run as one (`prompt_batch.py`). `FrontendApp.generate` counts the request in the
 request metrics around it; which requests get in at all is `admission.Admission`'s."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable
 
-from dynamo.frontend import annotations, errors
+from dynamo.frontend import annotations, errors, prompt_batch
 from dynamo.frontend.demand import Arrival
 from dynamo.frontend.dispatch import refuse_other_card
 from dynamo.frontend.errors import ApiError, bad_request
@@ -60,6 +61,7 @@ class Prepared:
     prompt_events: bytes
     names: frozenset[str]  # the annotations it asked for
     speculate: bool
+    batch: prompt_batch.PromptBatch | None = None  # a completion of several prompts: `preqs` are all of theirs
 
 
 class RequestPath:
@@ -100,6 +102,8 @@ class RequestPath:
         kind = "chat" if is_chat else "completions"
         if kind not in served.card.model_type:
             raise bad_request(f"model {served.name!r} does not serve {kind}", "model", "unsupported_model")
+        if not is_chat and prompt_batch.is_batched(req):
+            return await self._prepared_batch(inputs, served, req, attempt)
         images = request_images(served, req, app.media_policy)
         names = annotations.requested(req.nvext)
         with app.metrics.stages.stage("preprocess"):
@@ -119,15 +123,30 @@ class RequestPath:
             await asyncio.sleep(0)  # hashing them was one pass over their data, encoding them is the next
         return Prepared(served, req, is_chat, ids, preqs, prompt_events, names, speculate)
 
+    async def _prepared_batch(self, inputs: RunInputs, served: Served, req, attempt: int) -> Prepared:
+        """A completion of several prompts: each prompt prepared as its own request (`prompt_batch.py`)."""
+        app = self.app
+
+        def tokenize(sub, size: int):
+            return tokenized_prompt(served.pipeline, sub, inputs.hints, size, frozenset(), app.prep_pool)
+
+        with app.metrics.stages.stage("preprocess"):
+            batch = await prompt_batch.prepare(served.pipeline, req, inputs.hints, tokenize,
+                                               *_trace_ids(inputs.trace, attempt))
+        return Prepared(served, req, False, batch.ids[0], batch.preqs, b"", annotations.requested(req.nvext), False,
+                        batch)
+
     async def _run(self, inputs: RunInputs, entry, p: Prepared, attempt: int) -> Outcome:
         """Admit the prepared request and run it on `entry` (the model as served now; only its card's workers)."""
         app, trace = self.app, inputs.trace
         app.admission.admit(entry.name)
         status = RequestOutcome.ERROR
         try:
-            run = inputs.run_cls(app, p.served, p.req, p.preqs, p.is_chat, inputs.started,
-                                 output_spec(p.served, p.req, p.is_chat, p.ids), app.reasoning_field,
-                                 may_retry=attempt == 0, **inputs.run_kw)
+            run_cls, run_kw = ((inputs.run_cls, inputs.run_kw) if p.batch is None else
+                               (prompt_batch.BatchedCompletionRun, {"batch": p.batch}))
+            run = run_cls(app, p.served, p.req, p.preqs, p.is_chat, inputs.started,
+                          output_spec(p.served, p.req, p.is_chat, p.ids), app.reasoning_field,
+                          may_retry=attempt == 0, **run_kw)
             run.keep_answer, run.endpoint = p.speculate, inputs.endpoint
             run.on_first_response = inputs.arrival.first_response
             if trace is not None:

@@ -181,12 +181,22 @@ def validate_completion(req: CompletionRequest) -> None:
     if isinstance(prompt, list):
         if not prompt:
             raise bad_request("`prompt` must not be empty", "prompt")
+        if len(prompt) > 1 and isinstance(prompt[0], (str, list)):  # a one-element list is one prompt
+            _check_batch(prompt, req.choices())
         if not _is_prompt_list(prompt):
             raise bad_request("`prompt` must be a string, a list of strings, a list of token ids or a list of "
                               "token-id lists", "prompt", "invalid_type")
-        if isinstance(prompt[0], (str, list)) and len(prompt) != 1:
-            raise bad_request("batched prompts are not supported: send one prompt per request", "prompt",
-                              "unsupported_value")
+
+
+def _check_batch(prompts: list[Any], n: int) -> None:
+    """Batched prompts (`prompt_batch.py`): each one a prompt of its own, and `n` choices of each, at most
+    MAX_N choices in all (NVIDIA Dynamo's rule)."""
+    empty = next((i for i, p in enumerate(prompts) if not p and isinstance(p, (str, list))), None)
+    if empty is not None:
+        raise bad_request(f"`prompt[{empty}]` must not be empty", "prompt")
+    if len(prompts) * n > MAX_N:
+        raise bad_request(f"{len(prompts)} prompts with n={n} ask for {len(prompts) * n} choices; at most {MAX_N} "
+                          "are served in one request", "prompt")
 
 
 def _is_int(value: Any) -> bool:

@@ -122,8 +122,10 @@ def test_what_the_models_here_cannot_honour_is_refused_not_dropped(http):
     assert http.post("/v1/chat/completions", json=chat(messages=text_parts)).status_code == 200
 
 
-def test_batched_prompts_refused(http):
-    resp = http.post("/v1/completions", json={"model": MODEL, "prompt": ["a", "b"], "max_tokens": 2})
+def test_a_batch_with_an_empty_prompt_or_too_many_choices_is_refused(http):
+    resp = http.post("/v1/completions", json={"model": MODEL, "prompt": ["a", ""], "max_tokens": 2})
+    assert_error(resp, 400, "prompt")
+    resp = http.post("/v1/completions", json={"model": MODEL, "prompt": ["a"] * 129, "max_tokens": 2})
     assert_error(resp, 400, "prompt")
 
 

@@ -123,9 +123,9 @@ def test_tool_choice_defaults_like_openai():
 @pytest.mark.parametrize("over,code", [
     ({"echo": True, "logprobs": 1}, "unsupported_parameter"), ({"best_of": 2}, "unsupported_value"),
     ({"suffix": "x"}, "unsupported_parameter"), ({"prompt": []}, "invalid_value"),
-    ({"prompt": [1, "a"]}, "invalid_type"), ({"prompt": [[1], []]}, "invalid_type"),
-    ({"prompt": [True, False]}, "invalid_type"), ({"prompt": ["a", "b"]}, "unsupported_value"),
-    ({"prompt": [[1], [2]]}, "unsupported_value"),
+    ({"prompt": [1, "a"]}, "invalid_type"), ({"prompt": [[1], []]}, "invalid_value"),
+    ({"prompt": [True, False]}, "invalid_type"), ({"prompt": ["a", [2]]}, "invalid_type"),
+    ({"prompt": [[1], [2]] * 65}, "invalid_value"),  # batched prompts: at most 128 choices in all
 ])
 def test_completion_specific_checks(over, code):
     err = refused(validate_completion, completion(**over))

@@ -1,0 +1,147 @@
+"""A batched completion run through a real FrontendApp and real request-plane workers (in process, scripted): each
+prompt's requests reach the workers with that prompt's own tokens, under the flat wire ids of one response; one
+prompt's worker failing fails the whole response, as a failed choice of `n > 1` does (a 5xx before any output, an
+error event once streaming); a client that leaves stops every prompt's worker stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import msgspec
+import pytest
+
+from dynamo.frontend.dispatch import Dispatcher
+from dynamo.frontend.http_app import FrontendApp
+from dynamo.frontend.metrics import FrontendMetrics
+from dynamo.frontend.model_manager import ModelManager
+from dynamo.llm.model_card import build_card, card_record
+from dynamo.llm.protocol import LLMEngineOutput
+from dynamo.router.policy import RoundRobinPolicy
+from dynamo.runtime import records
+from dynamo.runtime.discovery import mem
+from dynamo.runtime.discovery.mem import MemStore
+from dynamo.runtime.records import EndpointId, InstanceRecord
+from dynamo.runtime.rp_client import RequestPlaneClient
+from tests.fixtures.scripted_worker import ScriptedWorker
+from tests.frontend.test_card_reprepare import post
+from tests.frontend.test_model_manager import MODEL_DIR
+
+EID = EndpointId("dynamo", "backend", "generate")
+WAIT = 30.0
+FAILING = [13, 13, 13]  # the prompt the failing worker refuses
+
+
+class FailingWorker(ScriptedWorker):
+    """A scripted worker that reports a cache hit of all but a prompt's last token, and whose handler fails on the
+    FAILING prompt (after a first token, so a stream is under way)."""
+
+    cancels = 0  # streams of this worker its caller cancelled
+
+    async def generate(self, request, ctx):
+        if request.token_ids != FAILING:
+            try:
+                async for out in super().generate(request, ctx):
+                    out.cached_tokens = len(request.token_ids) - 1  # all but its last token: a cache hit per prompt
+                    yield out
+            except asyncio.CancelledError:
+                self.cancels += 1
+                raise
+            return
+        self.requests.append(request)
+        yield LLMEngineOutput(token_ids=[100])
+        await asyncio.sleep(0.05)
+        raise RuntimeError("the engine died")
+
+
+class Served:
+    """Model "tiny" on two scripted workers (round robin) behind a FrontendApp."""
+
+    def __init__(self, name: str, **worker_kw) -> None:
+        self.name = name
+        self.store = MemStore(name=name)
+        self.workers = [FailingWorker(**worker_kw) for _ in range(2)]
+        self.client = RequestPlaneClient()
+        self.manager = ModelManager(self.store, "dynamo", card_settle=0)
+        self.app = FrontendApp(self.manager, Dispatcher(self.client, RoundRobinPolicy(), 0, FrontendMetrics()),
+                               FrontendMetrics(), body_limit=1 << 20, admin_api=False)
+
+    async def __aenter__(self) -> "Served":
+        await self.store.start()
+        await self.manager.start()
+        card = build_card(MODEL_DIR, name="tiny", context_length=4096, block_size=16)
+        for iid, worker in enumerate(self.workers, 1):
+            await worker.server.start()
+            await self.store.put(records.mdc_key(EID, iid), card_record(card, EID.namespace, EID.component,
+                                                                        EID.endpoint, iid))
+            record = InstanceRecord(namespace=EID.namespace, component=EID.component, endpoint=EID.endpoint,
+                                    instance_id=iid, transport={"tcp": worker.address})
+            await self.store.put(records.instance_key(EID, iid), msgspec.json.encode(record))
+        entry = lambda: self.manager.get("tiny")  # noqa: E731
+        assert await self.manager.wait_for(lambda: entry() is not None and len(entry().workers) == 2, WAIT)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.app.close()
+        await self.manager.stop()
+        await self.client.close()
+        for worker in self.workers:
+            await worker.server.close(linger=0.1)
+        await self.store.close()
+        mem.reset(self.name)
+
+    def sent(self) -> list:
+        return sorted((r for w in self.workers for r in w.requests), key=lambda r: r.request_id)
+
+
+def body(prompt, **extra) -> bytes:
+    return json.dumps({"model": "tiny", "prompt": prompt, "max_tokens": 3, **extra}).encode()
+
+
+async def test_each_prompt_reaches_a_worker_with_its_own_tokens(request):
+    async with Served(f"batch-{request.node.name}") as served:
+        status, text = await asyncio.wait_for(post(served.app, body([[11, 12], [21, 22, 23]], n=2, temperature=1),
+                                                    path="/v1/completions"), WAIT)
+        assert status == 200, text
+        answer = json.loads(text)
+        assert [c["index"] for c in answer["choices"]] == [0, 1, 2, 3]
+        usage = answer["usage"]
+        assert (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]) == (5, 12, 17)
+        assert usage["prompt_tokens_details"] == {"cached_tokens": 1 + 2}  # each prompt's once, whatever its n
+        sent = served.sent()
+        assert [r.token_ids for r in sent] == [[11, 12], [11, 12], [21, 22, 23], [21, 22, 23]]
+        assert [r.request_id for r in sent] == [f"{answer['id']}-{k}" for k in range(4)]
+        assert all(w.requests for w in served.workers)  # routed one by one: round robin spread them
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_one_prompts_worker_failing_fails_the_response(request, stream):
+    async with Served(f"batch-{request.node.name}", count=50, gap=0.01) as served:
+        status, text = await asyncio.wait_for(post(served.app, body([[11, 12], FAILING], max_tokens=50,
+                                                                    stream=stream), path="/v1/completions"), WAIT)
+        if stream:
+            assert status == 200 and b'"error"' in text and text.rstrip().endswith(b"data: [DONE]"), text
+            assert b'"finish_reason":"length"' not in text  # the other prompt's answer was cut short too
+        else:
+            assert status >= 500 and b'"choices"' not in text, text
+
+
+async def test_a_client_that_leaves_stops_every_prompt(request):
+    async with Served(f"batch-{request.node.name}", count=1000, gap=0.02) as served:
+        leave = asyncio.Event()
+        answer = asyncio.ensure_future(post(served.app, body([[11], [21], [31]], stream=True, max_tokens=2000),
+                                            leave, path="/v1/completions"))
+        await asyncio.wait_for(_all_started(served, 3), WAIT)
+        leave.set()
+        await asyncio.wait_for(answer, WAIT)
+        await asyncio.wait_for(_cancelled(served, 3), WAIT)  # every prompt's worker stream, long before its end
+
+
+async def _all_started(served: Served, count: int) -> None:
+    while len(served.sent()) < count:
+        await asyncio.sleep(0.01)
+
+
+async def _cancelled(served: Served, count: int) -> None:
+    while sum(w.cancels for w in served.workers) < count:
+        await asyncio.sleep(0.01)
