@@ -9,7 +9,7 @@ refused with a 400 rather than silently dropped.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -24,13 +24,26 @@ from dynamo.llm.protocol import (
 I64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
 
+# The roles a chat message may have (OpenAI's, and NVIDIA Dynamo's message enum): any other is a 400 at decoding,
+# never text put into the prompt as a turn of its own.
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
+# A boolean option sent as `null` means its default, as in OpenAI's API (clients that build bodies from optional
+# values send it): such fields are typed `bool | None` for the decoder and set to their default right after.
 class StreamOptions(msgspec.Struct, omit_defaults=True):
-    include_usage: bool = False
-    continuous_usage_stats: bool = False
+    include_usage: bool | None = False
+    continuous_usage_stats: bool | None = False
+
+    def __post_init__(self) -> None:
+        if self.include_usage is None:
+            self.include_usage = False
+        if self.continuous_usage_stats is None:
+            self.continuous_usage_stats = False
 
 
 class ChatMessage(msgspec.Struct, omit_defaults=True):
-    role: str
+    role: Role
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
@@ -40,7 +53,7 @@ class ChatMessage(msgspec.Struct, omit_defaults=True):
 
 class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
     model: str
-    stream: bool = False
+    stream: bool | None = False  # null: the default (`__post_init__`), as for every `bool | None = <bool>` here
     stream_options: StreamOptions | None = None
     max_tokens: I64 | None = None
     temperature: float | None = None
@@ -54,13 +67,13 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
     min_tokens: I64 | None = None
-    include_stop_str_in_output: bool = False  # vLLM's: the stop string that ended the answer is in it
-    ignore_eos: bool = False
+    include_stop_str_in_output: bool | None = False  # vLLM's: the stop string that ended the answer is in it
+    ignore_eos: bool | None = False
     logprobs: Any = None
     user: str | None = None
     nvext: dict[str, Any] | None = None
     cache_salt: Any = None  # vLLM's KV namespace field (nvext.cache_salt wins); checked with the routing hints
-    return_tokens_as_token_ids: bool = False  # logprob tokens as "token_id:<id>" (Dynamo's and vLLM's option)
+    return_tokens_as_token_ids: bool | None = False  # logprob tokens as "token_id:<id>" (Dynamo's and vLLM's option)
     # vLLM-style structured-output extras (also accepted inside `nvext`).
     guided_json: Any = None
     guided_regex: str | None = None
@@ -73,6 +86,21 @@ class _Common(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     # Which request field holds the prompt (named in prompt errors).
     prompt_param = "prompt"
+    # The boolean options whose `null` means the default: (field, default), set right after decoding.
+    NULL_IS_DEFAULT: ClassVar[tuple[tuple[str, bool], ...]] = (
+        ("stream", False), ("include_stop_str_in_output", False), ("ignore_eos", False),
+        ("return_tokens_as_token_ids", False))
+
+    def __post_init__(self) -> None:
+        # Decoded per request: without a null this is a few identity checks (the loop costs ~0.2 us more).
+        if (self.stream is None or self.include_stop_str_in_output is None or self.ignore_eos is None
+                or self.return_tokens_as_token_ids is None):
+            self._nulls_to_defaults()
+
+    def _nulls_to_defaults(self) -> None:
+        for name, default in self.NULL_IS_DEFAULT:
+            if getattr(self, name) is None:
+                setattr(self, name, default)
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
@@ -149,8 +177,8 @@ class ChatCompletionRequest(_Common, kw_only=True, omit_defaults=True):
     reasoning_effort: str | None = None  # a template variable (gpt-oss's sets its reasoning level)
     # vLLM's assistant prefill: without the generation prompt the rendered chat ends with the last message;
     # continuing the final message also cuts its end-of-turn, so the answer carries on from its text.
-    add_generation_prompt: bool = True
-    continue_final_message: bool = False
+    add_generation_prompt: bool | None = True
+    continue_final_message: bool | None = False
     # Not served, refused when set: legacy function calling (use `tools`), audio out, web search.
     functions: Any = None
     function_call: Any = None
@@ -159,6 +187,13 @@ class ChatCompletionRequest(_Common, kw_only=True, omit_defaults=True):
     web_search_options: Any = None
 
     prompt_param = "messages"
+    NULL_IS_DEFAULT = _Common.NULL_IS_DEFAULT + (("add_generation_prompt", True), ("continue_final_message", False))
+
+    def __post_init__(self) -> None:  # _Common's checks written out: the chat decode is the hottest
+        if (self.stream is None or self.include_stop_str_in_output is None or self.ignore_eos is None
+                or self.return_tokens_as_token_ids is None or self.add_generation_prompt is None
+                or self.continue_final_message is None):
+            self._nulls_to_defaults()
 
     def template_kwargs(self) -> dict[str, Any] | None:
         """The template's extra variables, as vLLM sets them: `chat_template_kwargs`, `reasoning_effort`
@@ -247,9 +282,17 @@ class ChatCompletionRequest(_Common, kw_only=True, omit_defaults=True):
 class CompletionRequest(_Common, kw_only=True, omit_defaults=True):
     # str | list[str] | list[int] | list[list[int]]; msgspec cannot type that union, checked below.
     prompt: str | list[Any]
-    echo: bool = False
+    echo: bool | None = False
     best_of: I64 | None = None
     suffix: str | None = None
+
+    NULL_IS_DEFAULT = _Common.NULL_IS_DEFAULT + (("echo", False),)
+
+    def __post_init__(self) -> None:
+        if self.echo is None:
+            self._nulls_to_defaults()
+        else:
+            super().__post_init__()
 
     def prompt_input(self) -> str | list:
         return self.prompt
@@ -273,7 +316,8 @@ def decode_body(decoder: msgspec.json.Decoder, body: bytes) -> Any:
         param = text.split("at `$.", 1)[1].rstrip("`") if "at `$." in text else None
         if param is None and "missing required field" in text:
             param = text.split("`")[1] if "`" in text else None
-        code = "invalid_value" if " <= " in text or " >= " in text else "invalid_type"  # a bound, or a type
+        # a bound or a value outside the field's set (a message's role), else a type
+        code = "invalid_value" if " <= " in text or " >= " in text or "Invalid enum value" in text else "invalid_type"
         raise bad_request(f"Invalid request: {text}", param, code) from None
     except msgspec.DecodeError as exc:
         raise bad_request(f"Malformed JSON body: {exc}", None, "invalid_json") from None

@@ -86,12 +86,14 @@ class RequestHandle:
 
     def _interrupt(self) -> None:
         """Stop the worker stream, or the wait for a routing decision, the request is in now."""
-        self.stop_worker()
+        if self.stream is not None:
+            self.stream.cancel()  # the client left or the frontend is exiting: a cancellation to the worker
         if self.routing is not None:
             self.routing.cancel()
             self.routing = None
 
     def stop_worker(self) -> None:
-        """We have what we need (e.g. a stop string matched): let the worker stop generating."""
+        """We have what we need (a stop string matched): let the worker stop generating, which it does not count
+        as a cancellation (the request-plane's graceful stop)."""
         if self.stream is not None:
-            self.stream.cancel()
+            self.stream.stop()

@@ -21,6 +21,8 @@ TEXT_LOGPROBS = "message.output_text.logprobs"
 INCLUDABLE = ("file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
               "message.input_image.image_url", "computer_call_output.output.image_url",
               "code_interpreter_call.outputs", "reasoning.encrypted_content", TEXT_LOGPROBS)
+# The roles a message input item may have (OpenAI's): tool results come as function_call_output items.
+MESSAGE_ROLES = ("user", "assistant", "system", "developer")
 # JSON types as OpenAI's refusals name them.
 _JSON_TYPES = {str: "a string", float: "a decimal number", list: "an array", dict: "an object", bool: "a boolean"}
 
@@ -49,7 +51,7 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     max_output_tokens: I64 | None = None
     temperature: float | None = None
     top_p: float | None = None
-    stream: bool = False
+    stream: bool | None = False  # null: the default (`__post_init__`), as for every `bool | None = <bool>` here
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
@@ -59,16 +61,24 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     metadata: dict[str, Any] | None = None
     nvext: dict[str, Any] | None = None  # Dynamo's extension, as on chat: routing and agent hints
     reasoning: dict[str, Any] | None = None  # `effort` becomes chat's reasoning_effort; `summary` is not made
-    store: bool = True  # keep the response, so that a later previous_response_id continues it
+    store: bool | None = True  # keep the response, so that a later previous_response_id continues it
     previous_response_id: str | None = None
     # Conversation objects are not kept: this would change the answer, so it is refused.
     conversation: Any = None
-    background: bool = False
+    background: bool | None = False
     # "auto": a conversation over the context loses its oldest turns (`responses_truncation`), not a 400
     truncation: str | None = None
     # What else the output carries (INCLUDABLE): TEXT_LOGPROBS gives each output_text its tokens' logprobs.
     include: list[str] | None = None
     top_logprobs: Any = None  # alternatives per token with TEXT_LOGPROBS; checked as OpenAI does (0..20)
+
+    def __post_init__(self) -> None:
+        if self.stream is None:
+            self.stream = False
+        if self.store is None:
+            self.store = True
+        if self.background is None:
+            self.background = False
 
     @property
     def wants_logprobs(self) -> bool:
@@ -156,7 +166,7 @@ def input_messages(items: str | list[dict[str, Any]]) -> list[ChatMessage]:
     for i, item in enumerate(items):
         kind = item.get("type", "message")
         if kind == "message":
-            out.append(ChatMessage(role=_string(item, "role", i, "user"),
+            out.append(ChatMessage(role=_role(item, i),
                                    content=_text(item.get("content"), f"input[{i}].content")))
         elif kind == "function_call":
             call = {"id": _string(item, "call_id", i), "type": "function",
@@ -171,6 +181,17 @@ def input_messages(items: str | list[dict[str, Any]]) -> list[ChatMessage]:
         elif kind != "reasoning":
             raise bad_request(f"unsupported input item type {kind!r}", f"input[{i}].type")
     return out
+
+
+def _role(item: dict[str, Any], i: int) -> str:
+    """A message item's role (`user` when absent): one of the Responses API's, else a 400 naming it (as
+    OpenAI's; never put into the prompt as a turn of its own)."""
+    role = _string(item, "role", i, "user")
+    if role not in MESSAGE_ROLES:
+        supported = ", ".join(f"'{r}'" for r in MESSAGE_ROLES[:-1]) + f", and '{MESSAGE_ROLES[-1]}'"
+        raise bad_request(f"Invalid value: '{role}'. Supported values are: {supported}.", f"input[{i}].role",
+                          "invalid_value")
+    return role
 
 
 def _string(item: dict[str, Any], key: str, i: int, default: str | None = None) -> str:

@@ -118,6 +118,11 @@ class WorkerStream:
         """Tell the worker to stop (its handler sees CancelledError); a no-op once ended."""
         self._stream.cancel()
 
+    def stop(self) -> None:
+        """cancel() for a caller that has what it needs (a stop string matched): the worker stops the same way
+        but does not count the request as cancelled (Dynamo's `stop_generating`)."""
+        self._stream.stop()
+
     async def __aenter__(self) -> "WorkerStream":
         return self
 

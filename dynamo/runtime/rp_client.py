@@ -151,16 +151,23 @@ class ResponseStream:
         self._taken(len(item))
         return item
 
-    def cancel(self, error: StreamError | None = None) -> None:
+    def cancel(self, error: StreamError | None = None, *, stop: bool = False) -> None:
         """Tell the worker to stop (the handler sees CancelledError) and drop what arrived unread: the caller
-        is done with the stream, which ends with `error` (a plain "cancelled" one by default); idempotent."""
+        is done with the stream, which ends with `error` (a plain "cancelled" one by default); idempotent.
+        `stop`: the caller has what it needs (see `stop()`)."""
         self._items.clear()
         self._leave()
         self._held = 0
         if not self.done:
             self._finish(error or StreamError("cancelled", ErrorCode.CANCELLED))
             self._conn.forget(self.sid)
-            self._conn.send(wire.Cancel(self.sid))
+            self._conn.send(wire.Cancel(self.sid, stop))
+
+    def stop(self) -> None:
+        """cancel() for a caller that has what it needs (a stop string matched): the worker stops generating
+        the same way but does not count the request as cancelled (Dynamo's `stop_generating`; cancel() is its
+        `kill`)."""
+        self.cancel(stop=True)
 
 
 class _ClientConnection(wire.FramedProtocol):

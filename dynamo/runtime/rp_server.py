@@ -4,7 +4,9 @@ its items back as `Data` frames closed by `End` or `Error`.
 
 A `Cancel` frame or a dropped connection cancels the request's task, which raises
 CancelledError inside the handler: that is how a client disconnect reaches the
-engine. Frames produced in one event-loop iteration are written with one syscall.
+engine. A `Cancel` with `stop` set (the caller has what it needs: a stop string matched) ends it
+the same way, but its status is `stopped`, not `cancelled` (`RequestContext.is_killed`).
+Frames produced in one event-loop iteration are written with one syscall.
 
 Once draining (`stop_accepting`), each connection gets a `GoAway`, and a request
 arriving on one (sent before its caller saw the GoAway or the worker leaving
@@ -46,16 +48,32 @@ class HandlerError(Exception):
 class RequestContext:
     """Per-request state visible to handlers."""
 
-    __slots__ = ("sid", "endpoint", "headers", "_stopped")
+    __slots__ = ("sid", "endpoint", "headers", "_stopped", "_killed")
 
     def __init__(self, sid: int, endpoint: str, headers: dict[str, str] | None) -> None:
         self.sid = sid
         self.endpoint = endpoint
         self.headers = headers or {}
         self._stopped = False
+        self._killed = False
 
     def is_stopped(self) -> bool:
+        """The caller ended the stream, either way (Dynamo's `is_stopped`)."""
         return self._stopped
+
+    def is_killed(self) -> bool:
+        """The caller ended the stream because it no longer wants the answer (its client left, a deadline
+        passed, a dropped connection), not because it has what it needs (a stop string matched)."""
+        return self._killed
+
+    def status(self) -> str:
+        """How a stream the caller ended is counted: `stopped` (it had what it needed) or `cancelled`."""
+        return "stopped" if self._stopped and not self._killed else "cancelled"
+
+    def _stop(self, graceful: bool) -> None:
+        # The first word counts: a connection dropped after a graceful stop does not make it a kill.
+        if not self._stopped:
+            self._stopped, self._killed = True, not graceful
 
 
 Handler = Callable[[Any, RequestContext], AsyncIterator[Any]]
@@ -80,7 +98,7 @@ class _Connection(wire.FramedProtocol):
             if type(frame) is wire.Request:
                 self._start(frame)
             elif type(frame) is wire.Cancel:
-                self._cancel(frame.sid)
+                self._cancel(frame.sid, frame.stop)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -111,10 +129,10 @@ class _Connection(wire.FramedProtocol):
                                                                 len(frame.payload)))
         self.tasks[frame.sid] = (task, ctx)
 
-    def _cancel(self, sid: int) -> None:
+    def _cancel(self, sid: int, graceful: bool = False) -> None:
         entry = self.tasks.get(sid)
         if entry is not None:
-            entry[1]._stopped = True
+            entry[1]._stop(graceful)
             entry[0].cancel()
 
     async def _run(self, handler: Handler, request: Any, endpoint: str, ctx: RequestContext,
@@ -138,7 +156,7 @@ class _Connection(wire.FramedProtocol):
             if not self.closed and not ctx._stopped:
                 self.send(wire.End(sid))
         except asyncio.CancelledError:
-            status = "cancelled"
+            status = ctx.status()
         except HandlerError as exc:
             status, error = "error", str(exc.code)
             self.send(wire.Error(sid, str(exc), exc.code))

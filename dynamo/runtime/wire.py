@@ -36,7 +36,13 @@ class Request(msgspec.Struct, tag="req", array_like=True, gc=False):
 
 
 class Cancel(msgspec.Struct, tag="cancel", array_like=True, gc=False):
+    """Caller -> worker: end this stream. `stop`: the caller has what it needs (a stop string matched; Dynamo's
+    `stop_generating`), not a `kill` (the client left, a deadline passed): the worker ends it the same way but
+    does not count it as cancelled. A trailing field, so both directions stay compatible: an older worker
+    ignores it (and counts a cancellation), and a frame without it reads as a kill."""
+
     sid: int
+    stop: bool = False
 
 
 class Data(msgspec.Struct, tag="data", array_like=True, gc=False):

@@ -1,6 +1,7 @@
 """The worker's `generate` endpoint, written once for every engine: admission
 (`--engine-request-limit`), a unique engine request id per attempt, error mapping to
-request-plane codes, and the abort of a request whose stream ends unfinished.
+request-plane codes, the abort of a request whose stream ends unfinished, and its
+"request received" / "request completed" log lines.
 
 The request arrives already decoded: the endpoint is served with
 `request_type=PreprocessedRequest`, so a malformed payload is a `bad_request` before it
@@ -69,7 +70,11 @@ class RequestHandler:
                 yield out
                 if finished:
                     break
-        except (HandlerError, asyncio.CancelledError):
+        except HandlerError as exc:  # the adapter's own typed refusal: an error, not a cancellation
+            if trace is not None:
+                trace.error = exc
+            raise
+        except asyncio.CancelledError:
             raise
         except Exception as exc:
             if trace is not None:
@@ -79,7 +84,7 @@ class RequestHandler:
             self.inflight -= 1
             self.last_activity = time.monotonic()
             if trace is not None:
-                trace.completed(finished)
+                trace.completed(finished, ctx)
             if not finished:  # client went away (CancelledError / GeneratorExit) or an error
                 await asyncio.shield(self._abort(request_id))
             if stream is not None:
@@ -109,7 +114,9 @@ class RequestHandler:
 
 class WorkerTrace:
     """A request's "request received" / "request completed" lines in the worker's log, under the
-    frontend's `request_id` (the wire request's) and `trace_id`."""
+    frontend's `request_id` (the wire request's) and `trace_id`. Its status: `success`, `error` (an
+    ERROR line), `cancelled` (the caller no longer wanted it: its client left, a deadline passed) or
+    `stopped` (the caller had what it needed: a stop string matched); neither of the last two is an error."""
 
     __slots__ = ("events", "ids", "started", "tokens", "error")
 
@@ -121,10 +128,17 @@ class WorkerTrace:
                     prompt_tokens=len(request.token_ids), prefill_only=request.prefill_only or None,
                     **({"session_id": session} if session else {}))  # an agent session's id, when it has one
 
-    def completed(self, finished: bool) -> None:
-        status = "success" if finished else ("error" if self.error is not None else "cancelled")
+    def completed(self, finished: bool, ctx: RequestContext | None = None) -> None:
+        """`ctx`: how the caller ended a stream that did not finish (None: as a cancellation)."""
+        if finished:
+            status = "success"
+        elif self.error is not None:
+            status = "error"
+        else:
+            status = ctx.status() if ctx is not None else "cancelled"
         fields = {**self.ids, "status": status, "elapsed_ms": round((time.monotonic() - self.started) * 1e3, 3),
                   "output_tokens": self.tokens}
         if self.error is not None:
-            fields.update(error_type="engine_error", error_detail=f"{type(self.error).__name__}: {self.error}")
-        self.events.emit(logging.INFO if finished else logging.ERROR, "request completed", **fields)
+            fields.update(error_type=str(self.error.code) if isinstance(self.error, HandlerError) else "engine_error",
+                          error_detail=f"{type(self.error).__name__}: {self.error}")
+        self.events.emit(logging.ERROR if status == "error" else logging.INFO, "request completed", **fields)
