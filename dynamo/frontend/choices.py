@@ -5,6 +5,7 @@ items (Anthropic's, Responses') follows for its calls, to end as its unary answe
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -50,11 +51,14 @@ def collect(choice: Choice, d: ChoiceDelta) -> None:
 def chat_choice(choice: Choice, reasoning_field: str, logprobs: Callable[[list], Any] | None,
                 runnable: Callable[[str], bool] | None = None) -> dict:
     """The choice as a chat completion's `choices[i]`; `logprobs` renders its logprobs (None: not asked for).
-    Its calls are the ones a chat stream sent, whose deltas go out as they are parsed: one whose arguments
-    never became JSON (cut by the token limit or a stop string, or malformed) is still that call, as OpenAI
-    and vLLM answer a forced call cut short, and `finish_reason` says `tool_calls` only when every call's
-    arguments are JSON. `runnable`: for a framing whose stream holds its calls until the answer is complete
-    (`HeldCalls`), the rule a call must meet; an answer with one that does not is the text the model wrote."""
+    Its calls are the ones the chat stream sent, whose deltas go out as they are parsed and cannot be taken
+    back: a call whose arguments never became JSON (cut by the token limit or a stop string, or malformed) is
+    still that call, and `finish_reason` says `tool_calls` only when every call's arguments are JSON. For a
+    forced call (tool_choice named or required) that is vLLM's answer too; for a call in the model's own format
+    vLLM's non-streaming extraction answers the text instead, and ours answers unary as its stream did: a
+    deliberate choice, so that a request gets one answer either way. `runnable`: for a framing whose stream
+    holds its calls until the answer is complete (`HeldCalls`), the rule a call must meet; an answer with one
+    that does not is the text the model wrote."""
     content = "".join(choice.content)
     reason = choice.stage.finish_reason(choice.finish)
     calls = [choice.calls[k] for k in sorted(choice.calls)]
@@ -152,3 +156,11 @@ def echo_text(req, prompt_ids: list[int], decode) -> str:
     if prompt and isinstance(prompt[0], str):
         return prompt[0]
     return decode(prompt_ids, skip_special_tokens=False)
+
+
+def token_text(req, decode) -> Callable[[int], str]:
+    """How an answer spells a logprob token: by id with `return_tokens_as_token_ids` (text a client can map back
+    exactly), else its text, memoized (top logprobs name the same few thousand tokens over and over)."""
+    if req.return_tokens_as_token_ids:
+        return lambda token_id: f"token_id:{token_id}"
+    return functools.cache(lambda token_id: decode([token_id], skip_special_tokens=False))

@@ -13,12 +13,11 @@ before any output (no worker, overload, bad prompt) get a real HTTP error instea
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from typing import Any
 
 from dynamo.frontend import annotations, client_backlog, errors, fan_in, response_ext, unary_body
-from dynamo.frontend.choices import Choice, chat_choice, collect, echo_text
+from dynamo.frontend.choices import Choice, chat_choice, collect, echo_text, token_text
 from dynamo.frontend.dispatch import aclose_quietly
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.logprob_json import ChatLogprobs
@@ -83,18 +82,14 @@ class GenerationRun:
                          if is_chat and req.stream and (tools or reasoning) else None)
         self.block_size = entry.card.kv_cache_block_size
         self.error: ApiError | None = None  # what ended the stream after its 200: sent as an error event
-        self._text_of_tokens(req, preqs[0].token_ids)
+        self.echo = self._echo(req)
+        self._token_text = token_text(req, self.pipeline.tokenizer.decode)  # how logprob tokens are spelled
+        self._chat_logprobs = ChatLogprobs(self._token_text)
         self.backlog = Backlog(client_backlog.limit_of(app))  # what its worker streams may hold for a slow client
 
-    def _text_of_tokens(self, req, prompt_ids: list[int]) -> None:
-        """How its answer spells tokens: the echoed prompt, and each logprob token's text."""
-        decode = self.pipeline.tokenizer.decode
-        self.echo = echo_text(req, prompt_ids, decode)
-        if req.return_tokens_as_token_ids:  # logprob tokens by id: text a client can map back exactly
-            self._token_text = lambda token_id: f"token_id:{token_id}"
-        else:  # memoized: top logprobs name the same few thousand tokens over and over
-            self._token_text = functools.cache(lambda token_id: decode([token_id], skip_special_tokens=False))
-        self._chat_logprobs = ChatLogprobs(self._token_text)
+    def _echo(self, req) -> str:
+        """Completions `echo`: the prompt's text, before each choice's (a batch's choices echo their own prompts)."""
+        return echo_text(req, self.preqs[0].token_ids, self.pipeline.tokenizer.decode)
 
     @classmethod
     def for_card(cls, req, entry, **run_kw):
@@ -135,7 +130,7 @@ class GenerationRun:
                 await aclose_quietly(gen)
             if not self.superseded:
                 self.timing.ended(self.choices[0].handle, self.choices[0].stage.completion_tokens,
-                                  len(self.preqs[0].token_ids), self.completion_tokens, self.cached_tokens)
+                                  self.input_tokens, self.completion_tokens, self.cached_tokens)
 
     async def _respond(self, merged, send) -> RequestOutcome:
         """The response, from the first batch on. A CardChanged leaves it only while nothing was sent: before the
@@ -214,9 +209,14 @@ class GenerationRun:
         return total
 
     @property
+    def input_tokens(self) -> int:
+        """The prompt's length as we tokenized it (the ISL metric; a batch's, every prompt's)."""
+        return len(self.preqs[0].token_ids)
+
+    @property
     def prompt_tokens(self) -> int:
         """The prompt's length for usage: the engine's count where it sent one (images expanded), else ours."""
-        return self.engine_prompt_tokens or len(self.preqs[0].token_ids)
+        return self.engine_prompt_tokens or self.input_tokens
 
     @property
     def reasoning_tokens(self) -> int:
@@ -383,7 +383,7 @@ class GenerationRun:
         return self._chat_message(self.choices[0])
 
     def _chat_message(self, choice: Choice) -> dict:
-        """A choice's assistant message (its calls checked as JSON), without rendering its logprobs."""
+        """A choice's assistant message, its calls as the chat stream sent them (its logprobs not rendered)."""
         return chat_choice(choice, self.reasoning_field, None)["message"]
 
     def answer_history(self) -> list[ChatMessage]:

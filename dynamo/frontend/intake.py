@@ -1,6 +1,7 @@
 """Request intake: a request's body, read under the frontend's body limit (`read_limited`, by
 `runtime.asgi.read_body` without a second full-size copy; a 413 past it), and for big bodies,
-refusing a prompt that cannot fit the model's context from the body's shape alone.
+refusing a prompt that cannot fit the model's context from the body's shape alone (each prompt of a batched
+completion judged as one).
 
 Decoding a 40 MB JSON body into Python strings holds the event loop (and the GIL) for
 a few hundred milliseconds on a loaded 2-core machine. A body over `SHAPE_CHECK_BYTES`
@@ -41,6 +42,7 @@ class _Part(msgspec.Struct):
 
 
 _parts_decoder = msgspec.json.Decoder(list[_Part])
+_raw_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 
 
 class _ChatShape(msgspec.Struct):
@@ -115,26 +117,45 @@ async def early_refusal(body: bytes | bytearray, kind: str,
                 if message.role == "user":
                     await asyncio.sleep(0)  # each pass over megabytes (an image's data) is its own stall
                     raw += _content_bytes(message.content)
-            param = "messages"
+            prompts, param = [raw], "messages"
         else:
             shape = msgspec.json.decode(body, type=_CompletionShape)
-            raw = _string_bytes(shape.prompt)
-            param = "prompt"
+            prompts, param = _prompt_bytes(shape.prompt), "prompt"
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
     pipeline = lookup(shape.model)
-    if pipeline is None or pipeline.bound.min_tokens_from_bytes(raw) < pipeline.context_length:
+    if pipeline is None or not prompts or pipeline.bound.min_tokens_from_bytes(max(prompts)) < pipeline.context_length:
         return None
     # Every backslash in the body may start an escape that shrinks the text; count them
-    # (without copying the body) only as far as it takes to know the bound still holds.
+    # (without copying the body) only as far as it takes to know the bound still holds for the longest prompt.
     context = pipeline.context_length
-    allowed = (raw - pipeline.bound.bytes_for_tokens(context)) // _ESCAPE_SHRINK
-    utf8 = max(0, raw - _ESCAPE_SHRINK * await _backslashes_up_to(body, allowed))
-    at_least = pipeline.bound.min_tokens_from_bytes(utf8)
-    if at_least < context:
-        return None
+    allowed = (max(prompts) - pipeline.bound.bytes_for_tokens(context)) // _ESCAPE_SHRINK
+    escapes = await _backslashes_up_to(body, allowed)
+    for i, raw in enumerate(prompts):  # each prompt of a batch judged as a single prompt is: the first over is named
+        utf8 = max(0, raw - _ESCAPE_SHRINK * escapes)
+        at_least = pipeline.bound.min_tokens_from_bytes(utf8)
+        if at_least >= context:
+            return _over_context(context, at_least, utf8, param, f"prompt[{i}]: " if len(prompts) > 1 else "")
+    return None
+
+
+def _prompt_bytes(raw: msgspec.Raw) -> list[int]:
+    """A completion prompt's text bytes as raw JSON: a string's, or each string's of a list of strings (batched
+    prompts); [] for token ids."""
+    view = memoryview(raw)
+    if len(view) < 2 or view[0] != 0x5B:  # not "[": a string, or nothing to judge
+        return [_string_bytes(raw)]
+    if bytes(view[1:64]).lstrip()[:1] != b'"':  # token ids: nothing to judge (and no Raw per id)
+        return []
+    try:
+        return [_string_bytes(item) for item in _raw_list_decoder.decode(raw)]
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return []
+
+
+def _over_context(context: int, at_least: int, utf8: int, param: str, prefix: str) -> ApiError:
     error = bad_request(
-        f"This model's maximum context length is {context} tokens. However, your prompt is at least "
+        f"{prefix}This model's maximum context length is {context} tokens. However, your prompt is at least "
         f"{at_least} tokens long ({utf8} bytes of text or more), leaving no room for output.", param,
         "context_length_exceeded")
     error.overflow = ContextOverflow(at_least, context)

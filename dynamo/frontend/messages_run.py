@@ -90,7 +90,8 @@ class MessagesRun(GenerationRun):
         if not await self._collect_answers(merged, first):
             return
         choice = self.choices[0]
-        message = self._chat_message(choice)  # the chat answer, its calls checked as JSON
+        # the chat answer, its calls as the chat stream sent them: `answer_blocks` applies Anthropic's rule to them
+        message = self._chat_message(choice)
         content, calls = answer_blocks(message, self.reasoning_field, choice.stage.tool_input_text(),
                                        text_first(choice.content, choice.reasoning))
         await send_bytes(send, 200, _json(self._message(content, *self._stop(choice, calls))))

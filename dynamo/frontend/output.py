@@ -59,7 +59,8 @@ class NamedArguments:
     """`tool_choice` naming a function with no format parser: the engine was asked for
     that function's arguments (structured output), so the whole output is the call, JSON or
     not (an engine that held it to no grammar, or `max_tokens` cutting it short), streamed
-    and unary alike, as vLLM answers a named tool choice."""
+    and unary alike, as vLLM answers a named tool choice (a call in the model's own format
+    cut short: `choices.chat_choice`)."""
 
     needs_special_tokens = False
 

@@ -17,6 +17,7 @@ from dynamo.frontend import annotations, errors, prompt_batch
 from dynamo.frontend.demand import Arrival
 from dynamo.frontend.dispatch import refuse_other_card
 from dynamo.frontend.errors import ApiError, bad_request
+from dynamo.frontend.generation import GenerationRun
 from dynamo.frontend.media_input import attach_images, request_images
 from dynamo.frontend.metrics import RequestOutcome
 from dynamo.frontend.openai import ChatCompletionRequest
@@ -124,14 +125,14 @@ class RequestPath:
         return Prepared(served, req, is_chat, ids, preqs, prompt_events, names, speculate)
 
     async def _prepared_batch(self, inputs: RunInputs, served: Served, req, attempt: int) -> Prepared:
-        """A completion of several prompts: each prompt prepared as its own request (`prompt_batch.py`)."""
+        """A completion of several prompts: each prompt prepared as its own request, run as one
+        (`prompt_batch.BatchedCompletionRun`, which `_run` takes for a batch: a route's own run class is refused
+        here, never lost)."""
+        if inputs.run_cls is not GenerationRun or inputs.run_kw:
+            raise TypeError(f"batched prompts run as BatchedCompletionRun, not {inputs.run_cls.__name__}")
         app = self.app
-
-        def tokenize(sub, size: int):
-            return tokenized_prompt(served.pipeline, sub, inputs.hints, size, frozenset(), app.prep_pool)
-
         with app.metrics.stages.stage("preprocess"):
-            batch = await prompt_batch.prepare(served.pipeline, req, inputs.hints, tokenize,
+            batch = await prompt_batch.prepare(served.pipeline, req, inputs.hints, app.prep_pool,
                                                *_trace_ids(inputs.trace, attempt))
         return Prepared(served, req, False, batch.ids[0], batch.preqs, b"", annotations.requested(req.nvext), False,
                         batch)

@@ -56,6 +56,21 @@ def test_huge_completion_prompt_is_refused(pipeline):
     assert refusal(body, "completion", pipeline).status == 400
 
 
+def test_each_prompt_of_a_batch_is_judged_as_one_and_the_first_over_named(pipeline):
+    """Batched prompts: refused early when one of them surely cannot fit, as it would alone (the 400 names it);
+    many prompts that each fit are left to the full path, however big together."""
+    big, fits = "y" * (3 * SHAPE_CHECK_BYTES), "z" * 4000
+    err = refusal(json.dumps({"model": "tiny", "prompt": [fits, big, big]}).encode(), "completion", pipeline)
+    assert err is not None and (err.status, err.param, err.code) == (400, "prompt", "context_length_exceeded")
+    assert err.message.startswith("prompt[1]: ") and err.overflow is not None
+    one = refusal(json.dumps({"model": "tiny", "prompt": [big]}).encode(), "completion", pipeline)
+    assert one is not None and not one.message.startswith("prompt[")  # a one-element list is the prompt it holds
+    many = json.dumps({"model": "tiny", "prompt": [fits] * (2 * SHAPE_CHECK_BYTES // len(fits))}).encode()
+    assert len(many) > SHAPE_CHECK_BYTES and refusal(many, "completion", pipeline) is None
+    ids = json.dumps({"model": "tiny", "prompt": [[1] * SHAPE_CHECK_BYTES, [2]]}).encode()
+    assert refusal(ids, "completion", pipeline) is None  # token ids: the full path counts them
+
+
 def test_escapes_do_not_count_as_text(pipeline):
     # 6 bytes of JSON per character: the raw size is over the bound, the text is not.
     messages = [{"role": "assistant", "content": "z" * SHAPE_CHECK_BYTES}, {"role": "user", "content": "\x01" * 60_000}]

@@ -1,7 +1,8 @@
 """A batched completion run through a real FrontendApp and real request-plane workers (in process, scripted): each
 prompt's requests reach the workers with that prompt's own tokens, under the flat wire ids of one response; one
 prompt's worker failing fails the whole response, as a failed choice of `n > 1` does (a 5xx before any output, an
-error event once streaming); a client that leaves stops every prompt's worker stream."""
+error event once streaming); a client that leaves stops every prompt's worker stream; a migrated choice goes on from
+its own prompt; a card switch while the batch is tokenized prepares every prompt again under the retry's wire ids."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.model_manager import ModelManager
 from dynamo.llm.model_card import build_card, card_record
 from dynamo.llm.protocol import LLMEngineOutput
+from dynamo.llm.worker_client import NO_DEADLINES, Deadlines
+from dynamo.router.inhibit import Inhibitor
 from dynamo.router.policy import RoundRobinPolicy
 from dynamo.runtime import records
 from dynamo.runtime.discovery import mem
@@ -24,21 +27,26 @@ from dynamo.runtime.discovery.mem import MemStore
 from dynamo.runtime.records import EndpointId, InstanceRecord
 from dynamo.runtime.rp_client import RequestPlaneClient
 from tests.fixtures.scripted_worker import ScriptedWorker
-from tests.frontend.test_card_reprepare import post
+from tests.frontend.test_card_reprepare import Rollout, post
 from tests.frontend.test_model_manager import MODEL_DIR
 
 EID = EndpointId("dynamo", "backend", "generate")
 WAIT = 30.0
 FAILING = [13, 13, 13]  # the prompt the failing worker refuses
+STALLING = [14, 14]  # the prompt on which a worker goes silent
 
 
 class FailingWorker(ScriptedWorker):
-    """A scripted worker that reports a cache hit of all but a prompt's last token, and whose handler fails on the
-    FAILING prompt (after a first token, so a stream is under way)."""
+    """A scripted worker that reports a cache hit of all but a prompt's last token, whose handler fails on the
+    FAILING prompt and goes silent on the STALLING one (after a first token, so a stream is under way)."""
 
     cancels = 0  # streams of this worker its caller cancelled
 
     async def generate(self, request, ctx):
+        if request.token_ids == STALLING:
+            self.requests.append(request)
+            yield LLMEngineOutput(token_ids=[100])
+            await asyncio.Event().wait()
         if request.token_ids != FAILING:
             try:
                 async for out in super().generate(request, ctx):
@@ -57,14 +65,15 @@ class FailingWorker(ScriptedWorker):
 class Served:
     """Model "tiny" on two scripted workers (round robin) behind a FrontendApp."""
 
-    def __init__(self, name: str, **worker_kw) -> None:
+    def __init__(self, name: str, migration_limit: int = 0, deadlines: Deadlines = NO_DEADLINES, **worker_kw) -> None:
         self.name = name
         self.store = MemStore(name=name)
         self.workers = [FailingWorker(**worker_kw) for _ in range(2)]
         self.client = RequestPlaneClient()
         self.manager = ModelManager(self.store, "dynamo", card_settle=0)
-        self.app = FrontendApp(self.manager, Dispatcher(self.client, RoundRobinPolicy(), 0, FrontendMetrics()),
-                               FrontendMetrics(), body_limit=1 << 20, admin_api=False)
+        dispatcher = Dispatcher(self.client, RoundRobinPolicy(), migration_limit, FrontendMetrics(), None,
+                                Inhibitor(60), deadlines)
+        self.app = FrontendApp(self.manager, dispatcher, FrontendMetrics(), body_limit=1 << 20, admin_api=False)
 
     async def __aenter__(self) -> "Served":
         await self.store.start()
@@ -112,6 +121,23 @@ async def test_each_prompt_reaches_a_worker_with_its_own_tokens(request):
         assert [r.token_ids for r in sent] == [[11, 12], [11, 12], [21, 22, 23], [21, 22, 23]]
         assert [r.request_id for r in sent] == [f"{answer['id']}-{k}" for k in range(4)]
         assert all(w.requests for w in served.workers)  # routed one by one: round robin spread them
+        metric = served.app.metrics.registry.get_sample_value
+        assert metric("dynamo_frontend_input_sequence_tokens_sum", {"model": "tiny"}) == 5  # every prompt's, once
+        assert metric("dynamo_frontend_cached_tokens_sum", {"model": "tiny"}) == 3
+
+
+async def test_a_migrated_choice_goes_on_from_its_own_prompt(request):
+    """A prompt's worker going silent mid-stream: its choice moves to the other worker with its own prompt's
+    tokens and what it generated, under its own wire id."""
+    async with Served(f"batch-{request.node.name}", migration_limit=1, deadlines=Deadlines(idle=0.5)) as served:
+        status, text = await asyncio.wait_for(post(served.app, body([[11, 12], STALLING, [21]]),
+                                                   path="/v1/completions"), WAIT)
+        assert status == 200, text
+        answer = json.loads(text)
+        assert [c["finish_reason"] for c in answer["choices"]] == ["length"] * 3
+        moved = [r for r in served.sent() if r.token_ids[:len(STALLING)] == STALLING]
+        assert sorted(r.token_ids for r in moved) == [STALLING, STALLING + [100]]
+        assert {r.request_id for r in moved} == {f"{answer['id']}-1"}
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -124,6 +150,24 @@ async def test_one_prompts_worker_failing_fails_the_response(request, stream):
             assert b'"finish_reason":"length"' not in text  # the other prompt's answer was cut short too
         else:
             assert status >= 500 and b'"choices"' not in text, text
+
+
+async def test_a_batch_prepared_for_the_old_card_is_prepared_again(tmp_path, request):
+    """A card switch while the batch is tokenized (on the prep pool: its text is too big for the loop): every
+    prompt is prepared again for the new card, under the retry's wire ids, and answered under the request's id."""
+    async with Rollout(f"batch-{request.node.name}", tmp_path) as rollout:
+        prompts = [f"prompt {i}: " + "hello world " * 1000 for i in range(2)]
+        answer = asyncio.ensure_future(post(rollout.app, body(prompts, max_tokens=2), path="/v1/completions"))
+        await rollout.switched_while_prepared(answer)
+        rollout.pool.gate.set()
+        status, text = await asyncio.wait_for(answer, 60)
+        assert status == 200, text
+        rid = json.loads(text)["id"]
+        sent = sorted(rollout.sent(), key=lambda r: r.request_id)
+        assert [r.request_id for r in sent] == [f"{rid}.r1-0", f"{rid}.r1-1"] and rollout.old_worker.requests == []
+        assert [r.token_ids for r in sent] == [rollout.entry.pipeline.completion_prompt_ids(p) for p in prompts]
+        assert rollout.sample("dynamo_frontend_model_card_reprepared_total") == 1
+        assert rollout.sample("dynamo_frontend_request_duration_seconds_count") == 1
 
 
 async def test_a_client_that_leaves_stops_every_prompt(request):
