@@ -23,6 +23,7 @@ on a comment line:
   prompt as sent), and its token ids. Each value is a JSON string on the comment line, the ids as
   the text of a JSON array inside it, as Dynamo writes them. They are sent only for a text prompt;
   `token_ids` not when the prompt came as `nvext.token_data` (the gateway that sent it has them).
+  With batched prompts (`prompt_batch.py`) these two and `query_instance_id` are a 400: they name one prompt.
 
 Names this version does not know are ignored, as Dynamo ignores them. A unary answer has no events.
 """

@@ -163,7 +163,8 @@ class Dispatcher:
                     for out in outputs:
                         progress.generated.extend(out.token_ids)
                     yield outputs
-                    if spent:
+                    if spent:  # a deliberate end, as a stop string's: the worker counts no cancellation
+                        call.stop()
                         break
                 else:
                     return

@@ -50,6 +50,14 @@ def bad_request(message: str, param: str | None = None, code: str = "invalid_val
     return ApiError(400, message, "invalid_request_error", param, code)
 
 
+def not_one_of(value: str, supported: tuple[str, ...], param: str) -> ApiError:
+    """A value outside a field's set (a message's role), in OpenAI's words; the value cut to 40 characters, since
+    a client can send one of any size."""
+    shown = value if len(value) <= 40 else value[:40] + "…"
+    listed = ", ".join(f"'{v}'" for v in supported[:-1]) + f", and '{supported[-1]}'"
+    return bad_request(f"Invalid value: '{shown}'. Supported values are: {listed}.", param, "invalid_value")
+
+
 def nested_too_deeply() -> ApiError:
     """A body whose JSON nests deeper than a parser recurses (thousands of `[`): refused, not a 500."""
     return bad_request("Malformed JSON body: nested too deeply", None, "invalid_json")

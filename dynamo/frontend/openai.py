@@ -9,12 +9,13 @@ refused with a 400 rather than silently dropped.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+import re
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import msgspec
 
 from dynamo.frontend import tool_guidance
-from dynamo.frontend.errors import bad_request, nested_too_deeply
+from dynamo.frontend.errors import bad_request, nested_too_deeply, not_one_of
 from dynamo.llm.protocol import (
     GuidedDecodingOptions, OutputOptions, PreprocessedRequest, RouterParams, SamplingOptions, StopConditions,
 )
@@ -27,6 +28,8 @@ I64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 # The roles a chat message may have (OpenAI's, and NVIDIA Dynamo's message enum): any other is a 400 at decoding,
 # never text put into the prompt as a turn of its own.
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+ROLES: tuple[str, ...] = get_args(Role)
+_MESSAGE_ROLE = re.compile(r"messages\[\d+\]\.role")
 
 
 # A boolean option sent as `null` means its default, as in OpenAI's API (clients that build bodies from optional
@@ -313,7 +316,11 @@ def decode_body(decoder: msgspec.json.Decoder, body: bytes) -> Any:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
         text = str(exc)
-        param = text.split("at `$.", 1)[1].rstrip("`") if "at `$." in text else None
+        # The path is the last "at `$." (a value quoted before it may hold that text too).
+        what, _, where = text.rpartition(" - at `$.")
+        param = where.removesuffix("`") if what else None
+        if param is not None and what.startswith("Invalid enum value '") and _MESSAGE_ROLE.fullmatch(param):
+            raise not_one_of(what[len("Invalid enum value '"):-1], ROLES, param) from None
         if param is None and "missing required field" in text:
             param = text.split("`")[1] if "`" in text else None
         # a bound or a value outside the field's set (a message's role), else a type

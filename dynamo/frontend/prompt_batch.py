@@ -85,9 +85,12 @@ def _refuse_unbatchable(req) -> None:
     where its prompt leaves the reasoning), cannot stand for several: refused, never applied to one."""
     if (req.nvext or {}).get("token_data") is not None:
         raise bad_request(f"{TOKEN_DATA} cannot be given with batched prompts", TOKEN_DATA, "unsupported_value")
-    if annotations.QUERY_INSTANCE_ID in annotations.requested(req.nvext):
-        raise bad_request(f"the {annotations.QUERY_INSTANCE_ID} annotation cannot be given with batched prompts",
-                          "nvext.annotations", "unsupported_value")
+    # The routing query, and the one prompt as the model got it (its text and ids: which prompt's?).
+    asked = annotations.requested(req.nvext)
+    for name in (annotations.QUERY_INSTANCE_ID, annotations.FORMATTED_PROMPT, annotations.TOKEN_IDS):
+        if name in asked:
+            raise bad_request(f"the {name} annotation cannot be given with batched prompts", annotations.PARAM,
+                              "unsupported_value")
     field, budget = req.thinking_budget()
     if budget is not None:
         raise bad_request(f"`{field}` cannot be given with batched prompts: send one prompt per request", field,

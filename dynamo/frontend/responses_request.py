@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import msgspec
 
-from dynamo.frontend.errors import ApiError, bad_request
+from dynamo.frontend.errors import ApiError, bad_request, not_one_of
 from dynamo.frontend.openai import I64, ChatCompletionRequest, ChatMessage, decode_body
 from dynamo.frontend.validation import MAX_TOP_LOGPROBS
 
@@ -188,9 +188,7 @@ def _role(item: dict[str, Any], i: int) -> str:
     OpenAI's; never put into the prompt as a turn of its own)."""
     role = _string(item, "role", i, "user")
     if role not in MESSAGE_ROLES:
-        supported = ", ".join(f"'{r}'" for r in MESSAGE_ROLES[:-1]) + f", and '{MESSAGE_ROLES[-1]}'"
-        raise bad_request(f"Invalid value: '{role}'. Supported values are: {supported}.", f"input[{i}].role",
-                          "invalid_value")
+        raise not_one_of(role, MESSAGE_ROLES, f"input[{i}].role")
     return role
 
 

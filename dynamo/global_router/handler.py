@@ -151,7 +151,7 @@ class GlobalRouter:
                 log.warning("%s pool %d (%s) failed before any output: %s", role, index, ns, exc)
                 continue
             self.routed.labels(role, ns).inc()
-            async for item in _relay(call, first, ns):
+            async for item in _relay(call, first, ns, ctx):
                 yield item
             return
         assert failure is not None
@@ -180,8 +180,9 @@ class GlobalRouter:
         raise AssertionError("unreachable")
 
 
-async def _relay(call: WorkerStream, first: list[bytes], ns: str) -> AsyncIterator[bytes]:
-    """The pool router's outputs, unchanged; a stream broken after output is the caller's to migrate."""
+async def _relay(call: WorkerStream, first: list[bytes], ns: str, ctx: RequestContext) -> AsyncIterator[bytes]:
+    """The pool router's outputs, unchanged; a stream broken after output is the caller's to migrate, and one
+    the caller stopped gracefully (a stop string matched) is stopped the same way downstream."""
     try:
         batch = first
         while batch:
@@ -194,4 +195,4 @@ async def _relay(call: WorkerStream, first: list[bytes], ns: str) -> AsyncIterat
         code = ErrorCode.LOST_DOWNSTREAM if isinstance(exc, Disconnected) else exc.code
         raise HandlerError(f"pool {ns}: {exc}", code) from None
     finally:
-        call.cancel()
+        call.end_as(ctx)

@@ -27,6 +27,7 @@ from typing import Callable
 from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest, output_decoder, request_encoder
 from dynamo.runtime.config import setting
 from dynamo.runtime.rp_client import RequestPlaneClient, ResponseStream, StreamTimeout
+from dynamo.runtime.rp_server import RequestContext
 
 _decode = output_decoder.decode
 
@@ -122,6 +123,15 @@ class WorkerStream:
         """cancel() for a caller that has what it needs (a stop string matched): the worker stops the same way
         but does not count the request as cancelled (Dynamo's `stop_generating`)."""
         self._stream.stop()
+
+    def end_as(self, ctx: RequestContext) -> None:
+        """For a relay (the router service, the global router): end this stream the way its own caller ended the
+        relay's, a graceful stop passed on as a stop (or the worker counts a cancellation), a kill, an error or
+        the normal end as cancel()."""
+        if ctx.is_stopped() and not ctx.is_killed():
+            self.stop()
+        else:
+            self.cancel()
 
     async def __aenter__(self) -> "WorkerStream":
         return self

@@ -309,7 +309,7 @@ class RouterService:
             raise _caller_error(worker_id, request.request_id, exc) from None
         finally:
             self.policy.free(request.request_id, generated)
-            call.cancel()
+            call.end_as(ctx)  # a caller's graceful stop stays one on the worker
 
     async def _open(self, request: PreprocessedRequest, payload: bytes,
                     ctx: RequestContext) -> tuple[WorkerStream, int, list[bytes]]:

@@ -48,7 +48,8 @@ class ComponentMetrics:
     """`dynamo_component_*` metrics of the endpoints this process serves, with Dynamo 1.6.1's names, labels
     (`worker_id`: the instance id in hex, on every series) and buckets; each endpoint's series exist at 0 from
     the moment it serves. `requests_total` counts every request, `cancellation_total` those the caller
-    cancelled (not one it stopped because it had what it needed: a stop string matched), `errors_total{error_type}` those that failed, by the error code they were answered with."""
+    cancelled (not one it stopped because it had what it needed: a stop string matched), `errors_total{error_type}`
+    those that failed, by the error code they were answered with."""
 
     LABELS = ("dynamo_namespace", "dynamo_component", "dynamo_endpoint", "worker_id")
     DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)

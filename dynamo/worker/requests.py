@@ -72,14 +72,15 @@ class RequestHandler:
                     break
         except HandlerError as exc:  # the adapter's own typed refusal: an error, not a cancellation
             if trace is not None:
-                trace.error = exc
+                trace.failed(exc, exc)
             raise
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            err = self.handler_error(exc)  # mapped once: the log line says the type errors_total counts
             if trace is not None:
-                trace.error = exc
-            raise self.handler_error(exc) from None
+                trace.failed(err, exc)
+            raise err from None
         finally:
             self.inflight -= 1
             self.last_activity = time.monotonic()
@@ -121,12 +122,19 @@ class WorkerTrace:
     __slots__ = ("events", "ids", "started", "tokens", "error")
 
     def __init__(self, events: RequestEvents, request: PreprocessedRequest) -> None:
-        self.events, self.started, self.tokens, self.error = events, time.monotonic(), 0, None
+        self.events, self.started, self.tokens = events, time.monotonic(), 0
+        self.error: dict[str, str] | None = None  # the failure's error_type and error_detail
         self.ids = {"request_id": request.request_id, "trace_id": request.trace_id}
         session = request.routing.session_id if request.routing is not None else None
         events.emit(logging.INFO, "request received", **self.ids, model=request.model,
                     prompt_tokens=len(request.token_ids), prefill_only=request.prefill_only or None,
                     **({"session_id": session} if session else {}))  # an agent session's id, when it has one
+
+    def failed(self, err: Exception, exc: Exception) -> None:
+        """The request failed with `err` (what the caller is answered, `exc` mapped): the error type is the one
+        the server's errors_total counts it under (an unmapped exception is `internal`), the detail `exc`'s own."""
+        code = err.code if isinstance(err, HandlerError) else ErrorCode.INTERNAL
+        self.error = {"error_type": str(code), "error_detail": f"{type(exc).__name__}: {exc}"}
 
     def completed(self, finished: bool, ctx: RequestContext | None = None) -> None:
         """`ctx`: how the caller ended a stream that did not finish (None: as a cancellation)."""
@@ -139,6 +147,5 @@ class WorkerTrace:
         fields = {**self.ids, "status": status, "elapsed_ms": round((time.monotonic() - self.started) * 1e3, 3),
                   "output_tokens": self.tokens}
         if self.error is not None:
-            fields.update(error_type=str(self.error.code) if isinstance(self.error, HandlerError) else "engine_error",
-                          error_detail=f"{type(self.error).__name__}: {self.error}")
+            fields.update(self.error)
         self.events.emit(logging.ERROR if status == "error" else logging.INFO, "request completed", **fields)

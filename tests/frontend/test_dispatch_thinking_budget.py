@@ -54,8 +54,8 @@ async def test_the_answer_goes_on_where_the_reasoning_is_cached_and_migrates_unp
                                   stop_conditions=StopConditions(max_tokens=20, max_thinking_tokens=1))
 
     async def collect() -> list[int]:
-        return [t async for batch in dispatcher.stream(entry, request, RequestHandle(), entry.card.mdcsum) for out in batch
-                for t in out.token_ids]
+        return [t async for batch in dispatcher.stream(entry, request, RequestHandle(), entry.card.mdcsum)
+                for out in batch for t in out.token_ids]
 
     tokens = await asyncio.wait_for(collect(), GENEROUS)
     # One reasoning token, the tag; the continuation's three (then it hangs: migrated); the last worker's one.
@@ -82,3 +82,19 @@ async def test_a_budget_spent_at_the_last_token_ends_the_stream_there(cluster):
               for out in batch for t in out.token_ids]
     assert tokens == [100, CLOSE]
     assert len(first.requests) == 1 and second.requests == []
+
+
+async def test_the_worker_cut_at_the_budget_is_stopped_not_cancelled(cluster):
+    """Ending a stream at the reasoning budget is the frontend's choice, as a stop string's is: the worker ends it as
+    `stopped` (no cancellation counted); the continuation that hung past the idle deadline is still a cancellation."""
+    dispatcher, entry, (first, _) = cluster
+    statuses: list[str] = []
+    first.server.on_request_end = lambda endpoint, status, *_: statuses.append(status)
+    request = PreprocessedRequest(request_id="r3", model="m", token_ids=PROMPT,
+                                  stop_conditions=StopConditions(max_tokens=20, max_thinking_tokens=1))
+    [_ async for _ in dispatcher.stream(entry, request, RequestHandle(), entry.card.mdcsum)]
+    for _ in range(100):
+        if len(statuses) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert statuses == ["stopped", "cancelled"]

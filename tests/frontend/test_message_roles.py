@@ -16,6 +16,7 @@ from dynamo.frontend.openai import ChatMessage, Role, decode_request
 from dynamo.frontend.responses_request import MESSAGE_ROLES, decode_responses
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+SUPPORTED = "Supported values are: 'system', 'developer', 'user', 'assistant', 'tool', and 'function'."
 
 
 def chat(messages: list[dict]):
@@ -38,7 +39,24 @@ def test_any_other_role_is_a_400_naming_the_message(role):
         chat([{"role": "user", "content": "hi"}, {"role": role, "content": "hi"}])
     err = info.value
     assert (err.status, err.param, err.code) == (400, "messages[1].role", "invalid_value")
-    assert "Invalid enum value" in err.message and "messages[1].role" in err.message
+    assert err.message.startswith("Invalid value: '") and err.message.endswith(SUPPORTED)  # OpenAI's words
+
+
+def test_the_refusal_quotes_a_long_role_cut_short():
+    """A client can send a role of any size: the refusal shows its first 40 characters, not all of it."""
+    with pytest.raises(ApiError) as info:
+        chat([{"role": "w" * 100_000, "content": "hi"}])
+    assert info.value.message == f"Invalid value: '{'w' * 40}…'. {SUPPORTED}"
+    assert info.value.param == "messages[0].role"
+
+
+@pytest.mark.parametrize("role", ["a at `$.model`", "a - at `$.model`"])
+def test_a_role_holding_the_path_marker_keeps_the_param_whole(role):
+    """The path is found at the end of msgspec's text: a value quoted before it holding "at `$." does not cut it."""
+    with pytest.raises(ApiError) as info:
+        chat([{"role": "user", "content": "hi"}, {"role": role, "content": "hi"}])
+    assert (info.value.param, info.value.code) == ("messages[1].role", "invalid_value")
+    assert info.value.message == f"Invalid value: '{role}'. {SUPPORTED}"
 
 
 def test_a_role_that_is_not_a_string_is_a_400_too():
@@ -63,6 +81,12 @@ def test_a_responses_message_item_of_another_role_is_a_400(role):
         req.to_chat()
     assert (info.value.status, info.value.param, info.value.code) == (400, "input[1].role", "invalid_value")
     assert f"'{role}'" in info.value.message
+
+
+def test_a_long_responses_role_is_cut_short_too():
+    with pytest.raises(ApiError) as info:
+        responses([{"type": "message", "role": "w" * 1000, "content": "hi"}]).to_chat()
+    assert info.value.message.startswith(f"Invalid value: '{'w' * 40}…'. Supported values are: 'user', ")
 
 
 def test_every_conversion_to_chat_makes_messages_of_chats_roles_only():

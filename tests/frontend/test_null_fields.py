@@ -5,13 +5,15 @@ openai client leaves None fields out."""
 from __future__ import annotations
 
 import json
+import typing
 
 import msgspec
 import pytest
 
 from dynamo.frontend.errors import ApiError
-from dynamo.frontend.openai import ChatCompletionRequest, decode_request
-from dynamo.frontend.responses_request import decode_responses
+from dynamo.frontend import openai, responses_request
+from dynamo.frontend.openai import ChatCompletionRequest, CompletionRequest, StreamOptions, _Common, decode_request
+from dynamo.frontend.responses_request import ResponsesRequest, decode_responses
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 COMPLETION = {"model": "m", "prompt": "hi"}
@@ -68,3 +70,30 @@ def test_responses_null_is_the_default(name, default):
     req = decode_responses(json.dumps(body).encode())
     assert getattr(req, name) is default
     assert req.to_chat().stream is False
+
+
+# The least body each request struct with such fields decodes from; a struct of these modules that gains one and is
+# not listed here fails `test_every_null_boolean_field_is_walked`.
+LEAST_BODIES = {StreamOptions: {}, _Common: {"model": "m"}, ChatCompletionRequest: CHAT,
+                CompletionRequest: COMPLETION, ResponsesRequest: {"model": "m", "input": "hi"}}
+
+
+def null_default_fields(cls: type) -> list[tuple[str, bool]]:
+    """(name, default) of each `bool | None` field of `cls` whose default is a bool: what a null must turn into."""
+    return [(f.name, f.default) for f in msgspec.structs.fields(cls)
+            if set(typing.get_args(f.type)) == {bool, type(None)} and isinstance(f.default, bool)]
+
+
+def test_every_null_boolean_field_is_walked():
+    structs = {c for module in (openai, responses_request) for c in vars(module).values()
+               if isinstance(c, type) and issubclass(c, msgspec.Struct) and c.__module__ == module.__name__}
+    assert {c for c in structs if null_default_fields(c)} == set(LEAST_BODIES)
+
+
+@pytest.mark.parametrize(("cls", "name", "default"), [(cls, name, default) for cls in LEAST_BODIES
+                                                      for name, default in null_default_fields(cls)])
+def test_each_boolean_field_null_alone_decodes_to_its_default(cls, name, default):
+    """Each such field null on its own (the others left out): the struct's null checks and its NULL_IS_DEFAULT list,
+    written out apart, both have to name it, or it stays None."""
+    decoded = msgspec.json.decode(json.dumps({**LEAST_BODIES[cls], name: None}), type=cls)
+    assert getattr(decoded, name) is default

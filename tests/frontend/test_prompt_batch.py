@@ -167,6 +167,8 @@ async def test_the_first_bad_prompt_ends_the_preparation_of_the_rest(pipeline):
 @pytest.mark.parametrize("fields, param", [
     ({"nvext": {"token_data": [1, 2]}}, "nvext.token_data"),
     ({"nvext": {"annotations": ["query_instance_id"]}}, "nvext.annotations"),
+    ({"nvext": {"annotations": ["request_id", "formatted_prompt"]}}, "nvext.annotations"),  # one prompt's text
+    ({"nvext": {"annotations": ["token_ids"]}}, "nvext.annotations"),  # and its ids
     ({"nvext": {"max_thinking_tokens": 8}}, "nvext.max_thinking_tokens"),  # judged by one prompt's end
     ({"thinking_token_budget": 8}, "thinking_token_budget")])
 async def test_what_names_one_prompts_tokens_or_worker_is_refused_for_a_batch(pipeline, fields, param):

@@ -27,7 +27,8 @@ LABELS = {"dynamo_namespace": "ns", "dynamo_component": "backend", "dynamo_endpo
 
 
 class Endless:
-    """An engine that streams a token every few milliseconds until aborted; `fail`: it refuses mid-stream."""
+    """An engine that streams a token every few milliseconds until aborted; models `fail`, `invalid` and `crash`:
+    it refuses mid-stream (a HandlerError, a ValueError, another exception)."""
 
     def __init__(self) -> None:
         self.aborted: list[str] = []
@@ -37,6 +38,10 @@ class Endless:
             yield LLMEngineOutput(token_ids=[i])
             if request.model == "fail":
                 raise HandlerError("bad parameter", ErrorCode.BAD_REQUEST)
+            if request.model == "invalid":  # an engine's own validation error: the harness maps it to bad_request
+                raise ValueError("top_k out of range")
+            if request.model == "crash":
+                raise RuntimeError("engine crashed")
             await asyncio.sleep(0.005)
 
     async def abort(self, request_id: str) -> None:
@@ -110,3 +115,16 @@ async def test_a_request_that_failed_is_the_error_line():
     assert (done["level"], done["status"], done["error_type"]) == ("ERROR", "error", "bad_request")
     assert metric_value(text, "dynamo_component_cancellation_total", LABELS) == 0
     assert metric_value(text, "dynamo_component_errors_total", {**LABELS, "error_type": "bad_request"}) == 1
+
+
+@pytest.mark.parametrize(("model", "error_type", "detail"), [
+    ("invalid", "bad_request", "ValueError: top_k out of range"),
+    ("crash", "internal", "RuntimeError: engine crashed"),
+])
+async def test_an_engine_exception_is_logged_as_the_error_type_it_is_counted_under(model, error_type, detail):
+    """The log line's error_type is the one errors_total counts (the exception mapped once), its detail the engine's
+    own exception."""
+    done, text, _ = await ended("read", model=model)
+    assert (done["level"], done["status"], done["error_type"], done["error_detail"]) == ("ERROR", "error",
+                                                                                        error_type, detail)
+    assert metric_value(text, "dynamo_component_errors_total", {**LABELS, "error_type": error_type}) == 1
