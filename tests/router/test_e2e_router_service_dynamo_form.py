@@ -74,7 +74,7 @@ def test_bare_token_ids_get_the_bare_id_of_the_worker_our_query_names(cluster):
     outputs = [output_decoder.decode(p) for p in call(cluster, "generate", request_encoder.encode(request))]
     assert sum(len(o.token_ids) for o in outputs) == 2
     prompt = prefix + tokens(43, 40)
-    wait_until(lambda: max(s.overlap_blocks for s in overlap_scores(cluster, prompt).scores) >= PREFIX_BLOCKS, 30,
+    wait_until(lambda: max(s.overlap_blocks for s in overlap_scores(cluster, prompt).scores) >= PREFIX_BLOCKS, 90,
                "the router to index the prefix")
     holder = max(overlap_scores(cluster, prompt).scores, key=lambda s: s.overlap_blocks).worker_id
 
