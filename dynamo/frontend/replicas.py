@@ -209,7 +209,8 @@ class Replicas:
         try:
             resp = await self._session.request(scope["method"], target, data=body, headers=headers)
         except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, ConnectionRefusedError):
+            # Refused, or reset as it connected (its listening socket closed under the connection): it is gone.
+            if isinstance(exc.os_error, (ConnectionRefusedError, ConnectionResetError)):
                 log.warning("frontend replica at %s is gone: %s", url, exc)
                 return False
             raise unreachable(url, exc) from None

@@ -116,6 +116,7 @@ def test_a_replica_killed_before_its_record_expires_is_a_404_not_a_500(replicas)
     made = openai.OpenAI(base_url=cluster.base_url + "/v1", api_key="unused", max_retries=0).responses.create(
         model="tiny", input="hi", max_output_tokens=4)
     killed.kill()  # no goodbye: its discovery record outlives it until the lease expires
+    killed.popen.wait(30)  # dead, its sockets closed (a connection to it while it died was reset, not refused)
     with pytest.raises(openai.NotFoundError):
         a.responses.retrieve(made.id)
 
