@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 
 import msgspec
@@ -108,4 +109,7 @@ def test_the_relay_ends_the_workers_stream_as_its_caller_ended_it(cluster, relay
     line = worker_end(cluster, rid)
     assert line["output_tokens"] < 500  # the caller ended it, through the relay
     assert (line["level"], line["status"]) == ("INFO", status)
+    # The server counts a cancellation as the stream's task ends, just after the handler's last line.
+    wait_until(lambda: worker_cancellations(cluster) >= before + counted, 30, "the worker's count")
+    time.sleep(0.5)  # a count that would come (a stop taken for a kill) has come by now
     assert worker_cancellations(cluster) == before + counted
