@@ -16,7 +16,7 @@ import pytest
 
 from dynamo.llm.protocol import PreprocessedRequest, StopConditions, request_encoder
 from dynamo.runtime.discovery.base import make_store
-from dynamo.runtime.rp_client import RequestPlaneClient
+from dynamo.runtime.rp_client import RequestPlaneClient, StreamError
 from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
 from tests.router.e2e_helpers import BLOCK
 
@@ -76,8 +76,15 @@ async def _end_after_first_output(cluster, eid: tuple[str, str, str], how: str, 
     address = await _address(cluster, eid)
     client = RequestPlaneClient()
     try:
-        stream = await client.open_stream(address, eid[2], request_encoder.encode(request))
-        await stream.__anext__()
+        for _ in range(300):  # the relay may not have discovered the pool's worker yet (a loaded box: CI saw it)
+            stream = await client.open_stream(address, eid[2], request_encoder.encode(request))
+            try:
+                await stream.__anext__()
+                break
+            except StreamError as exc:
+                if "no workers" not in str(exc):
+                    raise
+                await asyncio.sleep(0.2)
         stream.stop() if how == "stop" else stream.cancel()
         await asyncio.sleep(0.2)  # the Cancel frame on its way before the connection closes
     finally:
