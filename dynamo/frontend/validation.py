@@ -139,6 +139,10 @@ def _validate_content(req: ChatCompletionRequest) -> None:
         if message.content is None and message.role in ("user", "system", "developer"):
             # OpenAI's rule: only an assistant message (its tool calls) or a tool result may leave it out
             raise bad_request(f"a {message.role} message needs `content`", f"messages[{i}].content")
+        if message.role == "tool" and message.tool_call_id is None:
+            # OpenAI's and Dynamo's rule: a tool result names the call it answers (templates render it so)
+            raise bad_request("a tool message needs `tool_call_id`: the id of the call it answers",
+                              f"messages[{i}].tool_call_id", "missing_required_parameter")
         if not isinstance(message.content, list):
             continue
         for j, part in enumerate(message.content):

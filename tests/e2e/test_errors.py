@@ -266,13 +266,17 @@ def test_responses_refusals_name_the_responses_fields(http):
     assert_error(resp, 400, "tools[0].type")  # a hosted tool nobody here runs: refused, not ignored
 
 
-def test_a_user_message_without_content_is_a_400(http):
+def test_a_user_message_without_content_or_a_tool_result_without_its_call_is_a_400(http):
     resp = http.post("/v1/chat/completions", json=chat(messages=[{"role": "user"}]))
     assert_error(resp, 400, "messages[0].content")
     tool_turn = [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [{
         "id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "ok"}]
     assert http.post("/v1/chat/completions", json=chat(messages=tool_turn)).status_code == 200
+    unanswered = [*tool_turn[:2], {"role": "tool", "content": "ok"}]  # the result of which call?
+    resp = http.post("/v1/chat/completions", json=chat(messages=unanswered))
+    assert_error(resp, 400, "messages[2].tool_call_id")
+    assert resp.json()["error"]["code"] == "missing_required_parameter"
 
 
 def test_odd_shapes_a_validator_missed_are_400s_not_500s(http):

@@ -11,7 +11,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.fixtures.procs import Cluster, wait_until
+from tests.fixtures.procs import mocker_cluster, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -22,14 +22,9 @@ HI = [{"role": "user", "content": "hi"}]
 @pytest.fixture(scope="module")
 def cluster(tiny_model, tmp_path_factory):
     # Real-time mocker: a long answer is still streaming when its stop string matches.
-    c = Cluster(tmp_path_factory.mktemp("nulls"), tiny_model, "file", {"DYN_LOGGING_JSONL": "1"})
-    try:
-        c.worker = c.mocker("--speedup-ratio", "1")
-        c.fe = c.frontend()
-        c.wait_workers(MODEL, 1)
+    with mocker_cluster(tmp_path_factory.mktemp("nulls"), tiny_model, "--speedup-ratio", "1",
+                        extra_env={"DYN_LOGGING_JSONL": "1"}) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def post(c, path: str, body: dict, **headers: str) -> httpx.Response:

@@ -12,7 +12,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
+from tests.fixtures.procs import http_get, metric_value, mocker_cluster, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -23,14 +23,9 @@ TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 @pytest.fixture(scope="module")
 def cluster(tiny_model, tmp_path_factory):
     # Real-time mocker: a long answer is still streaming when the client hangs up.
-    c = Cluster(tmp_path_factory.mktemp("tracing"), tiny_model, "file", {"DYN_LOGGING_JSONL": "1"})
-    try:
-        c.worker = c.mocker("--speedup-ratio", "1")
-        c.fe = c.frontend()
-        c.wait_workers(MODEL, 1)
+    with mocker_cluster(tmp_path_factory.mktemp("tracing"), tiny_model, "--speedup-ratio", "1",
+                        extra_env={"DYN_LOGGING_JSONL": "1"}) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def entries(proc) -> list[dict]:

@@ -12,26 +12,19 @@ import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import msgspec
 import pytest
 
 from dynamo.frontend.dispatch import Dispatcher
 from dynamo.frontend.http_app import FrontendApp
 from dynamo.frontend.metrics import FrontendMetrics
-from dynamo.frontend.model_manager import ModelManager
 from dynamo.frontend.openai import decode_request
 from dynamo.frontend.preparation import chat_text
-from dynamo.llm.model_card import build_card, card_record
+from dynamo.llm.model_card import build_card
 from dynamo.router.policy import RoundRobinPolicy
-from dynamo.runtime import records
-from dynamo.runtime.discovery import mem
-from dynamo.runtime.discovery.mem import MemStore
-from dynamo.runtime.records import EndpointId, InstanceRecord
-from dynamo.runtime.rp_client import RequestPlaneClient
 from tests.fixtures.scripted_worker import ScriptedWorker
+from tests.frontend.helpers_inprocess import InProcessFrontend
 from tests.frontend.test_model_manager import MODEL_DIR
 
-EID = EndpointId("dynamo", "backend", "generate")
 WAIT = 30.0
 
 
@@ -59,18 +52,16 @@ class HeldPool(ThreadPoolExecutor):
             await asyncio.sleep(0.01)
 
 
-class Rollout:
+class Rollout(InProcessFrontend):
     """A model served by one block-16 worker and one block-32 worker (a tie: the old card stays), and a FrontendApp
     whose prep pool holds the jobs; `switch` brings the new card's second worker: its majority takes over at once."""
 
     def __init__(self, name: str, tmp_path, **card_kw) -> None:
-        self.name, self.card_kw = name, card_kw
+        self.old_worker, self.new_workers = ScriptedWorker(count=2), [ScriptedWorker(count=2) for _ in range(2)]
+        super().__init__(name, [self.old_worker, *self.new_workers])
+        self.card_kw = card_kw
         self.template = tmp_path / "new.jinja"
         self.template.write_text("NEW CARD {% for m in messages %}{{ m['content'] }}{% endfor %}")
-        self.store = MemStore(name=name)
-        self.old_worker, self.new_workers = ScriptedWorker(count=2), [ScriptedWorker(count=2) for _ in range(2)]
-        self.client = RequestPlaneClient()
-        self.manager = ModelManager(self.store, "dynamo", card_settle=0)  # the majority switches at once
         self.metrics = FrontendMetrics()
         self.app = FrontendApp(self.manager, Dispatcher(self.client, RoundRobinPolicy(), 0, FrontendMetrics()),
                                self.metrics, body_limit=64 << 20, admin_api=False)
@@ -78,10 +69,7 @@ class Rollout:
         self.pool = self.app.prep_pool = HeldPool()
 
     async def __aenter__(self) -> "Rollout":
-        await self.store.start()
-        for worker in self.workers:
-            await worker.server.start()
-        await self.manager.start()
+        await self.start()
         await self.register(1, self.old_worker, block_size=16)
         await self.register(2, self.new_workers[0], block_size=32, chat_template=self.template)
         held = lambda: [(c["workers"], c["ready"]) for c in self.manager.cards()["tiny"]["held_apart"]]  # noqa: E731
@@ -90,27 +78,13 @@ class Rollout:
         self.old_pipeline = self.entry.pipeline
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def close(self) -> None:
         self.pool.gate.set()
-        await self.app.close()
-        await self.manager.stop()
-        await self.client.close()
-        for worker in self.workers:
-            await worker.server.close(linger=0.1)
-        await self.store.close()
-        mem.reset(self.name)
+        await super().close()
 
-    @property
-    def workers(self) -> list[ScriptedWorker]:
-        return [self.old_worker, *self.new_workers]
-
-    async def register(self, iid: int, worker: ScriptedWorker, **card_kw) -> None:
+    async def register(self, iid: int, worker: ScriptedWorker, **card_kw) -> None:  # type: ignore[override]
         card = build_card(MODEL_DIR, name="tiny", context_length=1 << 20, **card_kw, **self.card_kw)
-        await self.store.put(records.mdc_key(EID, iid), card_record(card, EID.namespace, EID.component,
-                                                                    EID.endpoint, iid))
-        record = InstanceRecord(namespace=EID.namespace, component=EID.component, endpoint=EID.endpoint,
-                                instance_id=iid, transport={"tcp": worker.address})
-        await self.store.put(records.instance_key(EID, iid), msgspec.json.encode(record))
+        await super().register(iid, worker, card)
 
     async def switched_while_prepared(self, request: asyncio.Future) -> None:
         """Once `request` waits on the pool, prepared for the old card, the new card's majority takes over."""

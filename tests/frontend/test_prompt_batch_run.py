@@ -9,28 +9,21 @@ from __future__ import annotations
 import asyncio
 import json
 
-import msgspec
 import pytest
 
 from dynamo.frontend.dispatch import Dispatcher
 from dynamo.frontend.http_app import FrontendApp
 from dynamo.frontend.metrics import FrontendMetrics
-from dynamo.frontend.model_manager import ModelManager
-from dynamo.llm.model_card import build_card, card_record
+from dynamo.llm.model_card import build_card
 from dynamo.llm.protocol import LLMEngineOutput
 from dynamo.llm.worker_client import NO_DEADLINES, Deadlines
 from dynamo.router.inhibit import Inhibitor
 from dynamo.router.policy import RoundRobinPolicy
-from dynamo.runtime import records
-from dynamo.runtime.discovery import mem
-from dynamo.runtime.discovery.mem import MemStore
-from dynamo.runtime.records import EndpointId, InstanceRecord
-from dynamo.runtime.rp_client import RequestPlaneClient
 from tests.fixtures.scripted_worker import ScriptedWorker
+from tests.frontend.helpers_inprocess import InProcessFrontend
 from tests.frontend.test_card_reprepare import Rollout, post
 from tests.frontend.test_model_manager import MODEL_DIR
 
-EID = EndpointId("dynamo", "backend", "generate")
 WAIT = 30.0
 FAILING = [13, 13, 13]  # the prompt the failing worker refuses
 STALLING = [14, 14]  # the prompt on which a worker goes silent
@@ -62,42 +55,23 @@ class FailingWorker(ScriptedWorker):
         raise RuntimeError("the engine died")
 
 
-class Served:
+class Served(InProcessFrontend):
     """Model "tiny" on two scripted workers (round robin) behind a FrontendApp."""
 
     def __init__(self, name: str, migration_limit: int = 0, deadlines: Deadlines = NO_DEADLINES, **worker_kw) -> None:
-        self.name = name
-        self.store = MemStore(name=name)
-        self.workers = [FailingWorker(**worker_kw) for _ in range(2)]
-        self.client = RequestPlaneClient()
-        self.manager = ModelManager(self.store, "dynamo", card_settle=0)
+        super().__init__(name, [FailingWorker(**worker_kw) for _ in range(2)])
         dispatcher = Dispatcher(self.client, RoundRobinPolicy(), migration_limit, FrontendMetrics(), None,
                                 Inhibitor(60), deadlines)
         self.app = FrontendApp(self.manager, dispatcher, FrontendMetrics(), body_limit=1 << 20, admin_api=False)
 
     async def __aenter__(self) -> "Served":
-        await self.store.start()
-        await self.manager.start()
+        await self.start()
         card = build_card(MODEL_DIR, name="tiny", context_length=4096, block_size=16)
         for iid, worker in enumerate(self.workers, 1):
-            await worker.server.start()
-            await self.store.put(records.mdc_key(EID, iid), card_record(card, EID.namespace, EID.component,
-                                                                        EID.endpoint, iid))
-            record = InstanceRecord(namespace=EID.namespace, component=EID.component, endpoint=EID.endpoint,
-                                    instance_id=iid, transport={"tcp": worker.address})
-            await self.store.put(records.instance_key(EID, iid), msgspec.json.encode(record))
+            await self.register(iid, worker, card)
         entry = lambda: self.manager.get("tiny")  # noqa: E731
         assert await self.manager.wait_for(lambda: entry() is not None and len(entry().workers) == 2, WAIT)
         return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.app.close()
-        await self.manager.stop()
-        await self.client.close()
-        for worker in self.workers:
-            await worker.server.close(linger=0.1)
-        await self.store.close()
-        mem.reset(self.name)
 
     def sent(self) -> list:
         return sorted((r for w in self.workers for r in w.requests), key=lambda r: r.request_id)
