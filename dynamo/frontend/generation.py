@@ -1,7 +1,7 @@
 """One generation request from its first worker call to its last byte: fans `n`
 choices out to the workers (read back as one stream: `fan_in.py`), runs each choice's token
 stream through its output stage (`output.py`) and frames the result as SSE chunks or one JSON
-body (`sse.py`; a large one encoded and sent in pieces, `unary_body.py`); its latency and size metrics
+body (`sse.py`; a unary one by `unary_answer.py`); its latency and size metrics
 are `run_timing.py`'s. What its worker streams hold undelivered for a client that does not keep up is
 bounded (`client_backlog.py`): past the bound the request is cancelled at its workers.
 
@@ -16,35 +16,30 @@ import asyncio
 import time
 from typing import Any
 
-from dynamo.frontend import annotations, client_backlog, errors, fan_in, response_ext, unary_body
-from dynamo.frontend.choices import Choice, chat_choice, collect, echo_text, token_text
+from dynamo.frontend import annotations, client_backlog, errors, fan_in, response_ext
+from dynamo.frontend.choices import Choice, collect, echo_text, token_text
 from dynamo.frontend.dispatch import aclose_quietly
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.logprob_json import ChatLogprobs
 from dynamo.frontend.metrics import RequestOutcome
-from dynamo.frontend.openai import ChatMessage
 from dynamo.frontend.output import ChoiceDelta, OutputSpec, OutputStage
 from dynamo.frontend.preparation import first_attempt_id
 from dynamo.frontend.run_timing import RunTiming
-from dynamo.frontend.speculative_prefill import chat_answer_history
 from dynamo.frontend.stream_dispatch import StreamDispatch
+from dynamo.frontend.unary_answer import UnaryAnswer
 from dynamo.frontend.sse import (
-    DONE, SSE_HEADERS, ChatChunks, CompletionChunks, chat_body, completion_body, completion_logprobs,
+    DONE, SSE_HEADERS, ChatChunks, CompletionChunks, completion_logprobs,
     error_event, tool_call_entries, usage_dict,
 )
 from dynamo.llm.protocol import FinishReason
 from dynamo.runtime import rp_backlog
 from dynamo.runtime.rp_backlog import Backlog
-from dynamo.runtime.asgi import send_bytes
 
-# A unary answer with more logprob entries than this (n x tokens x (1 + top_logprobs): 16 x 1,800 x 21 is
-# ~40 MB of JSON) is encoded and sent a piece at a time, so that other requests' streams go on meanwhile.
-LARGE_ANSWER_ENTRIES = 20_000
 # A streamed batch whose chunk is larger than this lets other requests run before the next one.
 YIELD_AFTER_BYTES = 64 * 1024
 
 
-class GenerationRun:
+class GenerationRun(UnaryAnswer):
     def __init__(self, app, entry, req, preqs: list, is_chat: bool, started: float, spec: OutputSpec,
                  reasoning_field: str = "reasoning_content", *, may_retry: bool = False) -> None:
         """`entry`: what the request was prepared by (`preparation.Served`: a card and its pipeline, taken together;
@@ -347,61 +342,7 @@ class GenerationRun:
             self._collect(choice, choice.stage.finish())
         return True
 
-    async def _unary(self, merged, first, send) -> None:
-        if not await self._collect_answers(merged, first):
-            return
-        entries = sum(c.logprob_entries() for c in self.choices) if self.want_logprobs else 0
-        if entries <= LARGE_ANSWER_ENTRIES:
-            await send_bytes(send, 200, self._unary_body())
-            return
-        per_token = entries // max(1, sum(len(c.logprobs) for c in self.choices))
-        await unary_body.send_body(send, self._unary_pieces(max(1, per_token)), lambda: self.cancelled)
-        unary_body.give_back_later(self.app.trimmer)  # hundreds of MB for the largest
-
-    def _unary_body(self) -> bytes:
-        build = chat_body if self.is_chat else completion_body
-        entries = [self._chat_choice(c) if self.is_chat else self._completion_choice(c) for c in self.choices]
-        return build(self.request_id, self.model, self.created, entries, self._usage(), response_ext.of_run(self))
-
-    def _unary_pieces(self, per_token: int):
-        """The unary answer's JSON in pieces, each choice's logprobs a slice at a time (`unary_body.py`)."""
-        envelope = {"id": self.request_id, "object": "chat.completion" if self.is_chat else "text_completion",
-                    "created": self.created, "model": self.model}
-        tail = {"usage": self._usage()}
-        if (nvext := response_ext.of_run(self)) is not None:
-            tail["nvext"] = nvext
-        if self.is_chat:
-            choices = (unary_body.chat_choice((chat_choice(c, self.reasoning_field, None), c.logprobs),
-                                              self._chat_logprobs, per_token) for c in self.choices)
-        else:
-            choices = (unary_body.completion_choice((self._completion_fields(c, None), c.logprobs),
-                                                    self._token_text, per_token) for c in self.choices)
-        return unary_body.body(envelope, choices, tail)
-
-    def answer(self) -> dict:
-        """The first choice's assistant message, as the response carried it (with `keep_answer`)."""
-        return self._chat_message(self.choices[0])
-
-    def _chat_message(self, choice: Choice) -> dict:
-        """A choice's assistant message, its calls as the chat stream sent them (its logprobs not rendered)."""
-        return chat_choice(choice, self.reasoning_field, None)["message"]
-
-    def answer_history(self) -> list[ChatMessage]:
-        """The answer as the client's next turn will repeat it in its messages (with `keep_answer`)."""
-        return chat_answer_history(self.answer())
-
     _collect = staticmethod(collect)
-
-    def _chat_choice(self, choice: Choice) -> dict:
-        return chat_choice(choice, self.reasoning_field, self._chat_logprobs if self.want_logprobs else None)
-
-    def _completion_choice(self, choice: Choice) -> dict:
-        lp = completion_logprobs(choice.logprobs, self._token_text, 0) if self.want_logprobs else None
-        return self._completion_fields(choice, lp)
-
-    def _completion_fields(self, choice: Choice, logprobs: dict | None) -> dict:
-        return {"index": choice.index, "text": self.echo + "".join(choice.content), "logprobs": logprobs,
-                "finish_reason": choice.stage.finish_reason(choice.finish)}
 
 
 def _left(watcher: asyncio.Future) -> bool:

@@ -10,7 +10,7 @@ import re
 import openai
 import pytest
 
-from dynamo.frontend.generation import LARGE_ANSWER_ENTRIES
+from dynamo.frontend.unary_answer import LARGE_ANSWER_ENTRIES
 from tests.fixtures.procs import mocker_cluster
 
 pytestmark = pytest.mark.e2e
@@ -81,7 +81,7 @@ def _check_token_logprobs(items, top_k):
 
 
 def test_a_large_unary_answer_built_off_the_loop_is_the_streamed_answer(client):
-    """n x tokens x (1 + top_logprobs) over generation.LARGE_ANSWER_ENTRIES: the unary body is built in a
+    """n x tokens x (1 + top_logprobs) over unary_answer.LARGE_ANSWER_ENTRIES: the unary body is built in a
     thread and encoded piecewise; it says what the same request streamed says."""
     ask = dict(model=MODEL, messages=MESSAGES, n=4, max_tokens=300, seed=3, temperature=0.9, logprobs=True,
                top_logprobs=20, extra_body={"ignore_eos": True})

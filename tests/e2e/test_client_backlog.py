@@ -15,7 +15,7 @@ import time
 import pytest
 
 from dynamo.frontend.client_backlog import STREAM_BACKLOG_MB
-from dynamo.frontend.generation import LARGE_ANSWER_ENTRIES
+from dynamo.frontend.unary_answer import LARGE_ANSWER_ENTRIES
 from tests.fixtures.procs import http_get, metric_value, mocker_cluster, wait_until
 
 pytestmark = pytest.mark.e2e

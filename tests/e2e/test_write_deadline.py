@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from dynamo.frontend.generation import LARGE_ANSWER_ENTRIES
+from dynamo.frontend.unary_answer import LARGE_ANSWER_ENTRIES
 from tests.fixtures.procs import Cluster, http_get, metric_value, wait_until
 
 pytestmark = pytest.mark.e2e
