@@ -17,7 +17,7 @@ from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.router.config import KvMode
 from dynamo.router.kv_router import KvRouter
 from dynamo.router.policy import Role, WorkerPool
-from dynamo.router.request_metrics import RouterRequestMetrics, phase
+from dynamo.router.request_metrics import ROUTER_SERIES, RouterRequestMetrics, phase
 from dynamo.router.selection import Selection
 
 _DECISION = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
@@ -118,4 +118,6 @@ class _RouterCollector:
         extra = self._counts()
         for status in ("ok", "failed"):
             resyncs.add_metric((status,), extra.get(f"resync_{status}", 0))
-        yield from (mode, hit, routed, blocks, prefill, tree, queued, events, resyncs)
+        yield from (mode, blocks, prefill, tree, queued, events, resyncs)
+        if f"{p}_router" != ROUTER_SERIES:  # `dynamo.router`'s prefix: Dynamo's own series of these names serve
+            yield from (hit, routed)

@@ -42,7 +42,7 @@ _OVERHEAD = (
     ("shared_cache_query", "Time spent querying the shared KV cache in milliseconds", _PHASE_MS),
 )
 _LABELS = ("dynamo_namespace", "dynamo_component", "router_id", "worker_id")
-_C = "dynamo_component_router"
+ROUTER_SERIES = _C = "dynamo_component_router"  # Dynamo's router series are named from here
 
 
 def phase(prefill_pool: bool, request) -> str:

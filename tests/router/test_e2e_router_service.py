@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import msgspec
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from dynamo.llm.protocol import PreprocessedRequest, StopConditions, output_decoder, request_encoder
 from dynamo.router.service import OverlapScores, BestWorker, RouteQuery
@@ -142,6 +143,16 @@ def test_service_generate_routes_and_streams(cluster):
     assert outputs[0].cached_tokens >= PREFIX_BLOCKS * BLOCK
     # The service counts what it relays: the router's output length, as Dynamo's standalone router reports it.
     assert metric_value(metrics(f"http://127.0.0.1:{cluster.router_port}"), osl) == osl_before + 5
+    assert_one_family_per_name(metrics(f"http://127.0.0.1:{cluster.router_port}"))
+
+
+def assert_one_family_per_name(text: str) -> None:
+    """What Prometheus needs to take a scrape at all (promtool's "second HELP line for metric name"): a name
+    is described once; its series all follow its one description."""
+    described = [line.split()[2] for line in text.splitlines() if line.startswith("# HELP ")]
+    twice = sorted({name for name in described if described.count(name) > 1})
+    assert twice == [], twice
+    assert list(text_string_to_metric_families(text))  # and it parses
 
 
 def _active_blocks(base_url: str) -> float:
