@@ -298,3 +298,15 @@ class RouterConfigOverride:
 
     overlap_score_weight: float | None = None
     router_temperature: float | None = None
+
+
+def override_error(override: Mapping[str, Any] | None) -> str | None:
+    """Why a request's `router_config_override` cannot be applied (a key no override has, a value outside its
+    setting's range: NaN, negative, infinite), or None."""
+    known = [f.name for f in dataclasses.fields(RouterConfigOverride)]
+    for key, value in (override or {}).items():
+        if key not in known:
+            return f"router_config_override: unknown key {key!r} (keys: {', '.join(known)})"
+        if value is not None and not ROUTER_BOUNDS[key].admits(value):
+            return f"router_config_override.{key} must be {ROUTER_BOUNDS[key].describe(value)} (got {value!r})"
+    return None

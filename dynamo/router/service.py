@@ -36,13 +36,13 @@ from dynamo.llm.kv_events.hashing import MediaSalt
 from dynamo.llm.model_card import ModelDeploymentCard, card_decoder
 from dynamo.llm.protocol import PreprocessedRequest, request_decoder
 from dynamo.llm.worker_client import StreamDeadlineSettings, WorkerClient, WorkerStream
-from dynamo.router.config import KvRouterConfig, check_finite
+from dynamo.router.config import KvRouterConfig, check_finite, override_error
 from dynamo.router.inhibit import Inhibitor, reason_for
 from dynamo.router.kv_policy import KvPolicy
 from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers
 from dynamo.router.pool_wait import PoolWait
 from dynamo.router.selector import WorkerHintRequired
-from dynamo.router.policy import PolicyHost, Role, WorkerInfo, WorkerPool, candidates
+from dynamo.router.policy import PolicyHost, Role, WorkerInfo, WorkerPool, candidates, pinned_worker
 from dynamo.runtime import records
 from dynamo.runtime.config import setting
 from dynamo.runtime.settings import discovery_backend_setting, event_plane_setting
@@ -269,6 +269,8 @@ class RouterService:
         dynamo_form = isinstance(query, list)
         if dynamo_form:
             query = RouteQuery(token_ids=query)
+        if (bad := override_error(query.router_config_override)) is not None:
+            raise HandlerError(bad, ErrorCode.BAD_REQUEST)
         try:
             sel = self.router.select(query.token_ids, lora_name=query.lora_name,
                                      override=query.router_config_override, cache_salt=query.cache_salt,
@@ -325,6 +327,10 @@ class RouterService:
             except AllWorkersBusy as exc:
                 raise HandlerError(f"Service temporarily unavailable: {exc}", ErrorCode.BUSY) from None
             except NoWorkers as exc:
+                if (pin := pinned_worker(self.pool, request)) is not None and not exclude and \
+                        self.pool.get(pin[1]) is None:  # the caller named a worker this pool lacks: its error
+                    raise HandlerError(f"No worker with instance id {pin[1]} ({pin[1]:x}) serves "
+                                       f"{self.eid.path} (routing hint {pin[0]})", ErrorCode.BAD_REQUEST) from None
                 if await self._worker_came(request, exclude, ctx):
                     continue
                 raise HandlerError(f"no workers available for {exc}{await self.elsewhere()}",

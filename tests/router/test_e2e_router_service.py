@@ -13,7 +13,9 @@ import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dynamo.llm.protocol import PreprocessedRequest, StopConditions, output_decoder, request_encoder
+from dynamo.llm.protocol import (
+    PreprocessedRequest, RoutingHints, StopConditions, output_decoder, request_encoder,
+)
 from dynamo.router.service import OverlapScores, BestWorker, RouteQuery
 from dynamo.runtime.discovery.base import make_store
 from dynamo.runtime.rp_client import RequestPlaneClient
@@ -323,3 +325,34 @@ def test_a_crashed_replicas_load_is_freed_on_the_others(cluster):
         wait_until(lambda: _active_blocks(fe2) == 0, 40, "the dead replica's bookings to be freed on fe2")
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _error(cluster, endpoint: str, payload: bytes) -> str:
+    with pytest.raises(Exception) as caught:  # the service's typed error, raised by the request-plane client
+        call(cluster, endpoint, payload)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize(("override", "said"), [
+    ({"overlap_score_weight": float("nan")}, "router_config_override.overlap_score_weight must be finite and >= 0"),
+    ({"router_temperature": -5.0}, "router_config_override.router_temperature must be finite and >= 0"),
+    ({"overlap_score_wieght": 1.0}, "unknown key 'overlap_score_wieght' (keys: overlap_score_weight, "
+                                    "router_temperature)"),
+])
+def test_a_bad_router_config_override_is_the_callers_error_named(cluster, override, said):
+    query = RouteQuery(token_ids=tokens(31, 40), router_config_override=override)
+    assert said in _error(cluster, "best_worker_id", msgspec.msgpack.encode(query))
+    good = RouteQuery(token_ids=tokens(31, 40), router_config_override={"router_temperature": 0.5})
+    (raw,) = call(cluster, "best_worker_id", msgspec.msgpack.encode(good))  # a good one still answers
+    workers = {s.worker_id for s in overlap_scores(cluster, tokens(31, 40)).scores}
+    assert msgspec.msgpack.decode(raw, type=BestWorker).worker_id in workers
+
+
+@pytest.mark.parametrize("hint", ["backend_instance_id", "decode_worker_id"])
+def test_a_request_pinned_to_a_worker_the_pool_lacks_is_the_callers_error_named(cluster, hint):
+    request = PreprocessedRequest(request_id=uuid.uuid4().hex, model=MODEL, token_ids=tokens(32, 20),
+                                  stop_conditions=StopConditions(max_tokens=2),
+                                  routing=RoutingHints(**{hint: 0xDEADBEEF}))
+    said = _error(cluster, "generate", request_encoder.encode(request))
+    assert f"No worker with instance id {0xDEADBEEF} (deadbeef) serves dynamo.backend.generate (routing hint {hint})" \
+        in said and "check --endpoint" not in said
