@@ -28,15 +28,23 @@ import json
 import logging
 import uuid
 from contextlib import aclosing
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, NamedTuple
 
 import grpc
+import msgspec
+from google.protobuf.message import DecodeError
 
 from dynamo.frontend import kserve_proto as pb
 from dynamo.frontend.kserve_tensors import KServeError, completion_body, infer_response, model_config, model_metadata
 from dynamo.frontend.inprocess import body_once, post_scope
 
 log = logging.getLogger(__name__)
+
+_INFER_REQUEST = pb.classes["ModelInferRequest"]
+# A prompt longer than this is written into its JSON payload a slice of this many characters at a time.
+JSON_SLICE_CHARS = 1 << 20
+# The model versions served: the one this frontend lists ("1"), or none named.
+VERSIONS = ("", "1")
 
 _STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 413: grpc.StatusCode.INVALID_ARGUMENT,
            404: grpc.StatusCode.NOT_FOUND, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -58,12 +66,12 @@ def _failure(status: int, body: bytes) -> CallFailed:
     return CallFailed(_STATUS.get(status, grpc.StatusCode.INTERNAL), message)
 
 
-async def completion_events(app: Callable, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> AsyncIterator[dict]:
-    """`body` (with these request `headers`) through the app's `/v1/completions`, in process: the answer
-    (unary), or each streamed chunk; CallFailed for an HTTP error or an error event. Closing the iterator
-    early is a client going away."""
+async def completion_events(app: Callable, payload: bytes, stream: bool,
+                            headers: list[tuple[bytes, bytes]] = ()) -> AsyncIterator[dict]:
+    """A `/v1/completions` body `payload` (with these request `headers`) through the app, in process: the
+    answer (unary), or each streamed chunk; CallFailed for an HTTP error or an error event. Closing the
+    iterator early is a client going away."""
     out: asyncio.Queue = asyncio.Queue()
-    payload = json.dumps(body).encode()
     receive, gone = body_once(payload)
 
     async def send(message: dict) -> None:
@@ -72,7 +80,7 @@ async def completion_events(app: Callable, body: dict, headers: list[tuple[bytes
     task = asyncio.ensure_future(app(post_scope("/v1/completions", payload, headers, ("grpc", 0)), receive, send))
     task.add_done_callback(lambda t: out.put_nowait(None))
     try:
-        async for event in _events(out, body.get("stream", False)):
+        async for event in _events(out, stream):
             yield event
     finally:
         gone.set()
@@ -125,6 +133,40 @@ async def _events(out: asyncio.Queue, stream: bool) -> AsyncIterator[dict]:
         yield json.loads(pending)
 
 
+class Prepared(NamedTuple):
+    """An inference request as read off the wire: the request, its `/v1/completions` payload and stream flag,
+    or why it is refused (`error`: then no payload)."""
+
+    request: Any
+    payload: bytes = b""
+    stream: bool = False
+    error: KServeError | None = None
+
+
+async def prepared(raw: bytes) -> Prepared:
+    """`raw` (a serialized ModelInferRequest) parsed and mapped to its completion payload; a huge prompt is
+    written into the JSON a slice at a time, other requests running in between (`json.dumps` of a 100 MB prompt
+    holds the loop for half a second; a thread would not help, one C call holds the GIL throughout)."""
+    try:
+        request = _INFER_REQUEST.FromString(raw)
+    except DecodeError:
+        return Prepared(_INFER_REQUEST(), error=KServeError("malformed ModelInferRequest"))
+    try:
+        body, stream = completion_body(request)
+    except KServeError as exc:
+        return Prepared(request, error=exc)
+    prompt = body["prompt"]
+    if len(prompt) <= JSON_SLICE_CHARS:
+        return Prepared(request, json.dumps(body).encode(), stream)
+    rest = json.dumps({k: v for k, v in body.items() if k != "prompt"}).encode()
+    parts = [rest[:-1], b', "prompt": "']
+    for start in range(0, len(prompt), JSON_SLICE_CHARS):
+        await asyncio.sleep(0)
+        parts.append(msgspec.json.encode(prompt[start:start + JSON_SLICE_CHARS])[1:-1])
+    parts.append(b'"}')
+    return Prepared(request, b"".join(parts), stream)
+
+
 class KServeService:
     """The servicer: `handler()` is its gRPC generic handler."""
 
@@ -136,9 +178,12 @@ class KServeService:
         entry = self.app.models.get(name)
         return entry is not None and "completions" in entry.card.model_type
 
-    def _model(self, name: str) -> None:
+    def _model(self, name: str, version: str = "") -> None:
         if not self._completions_model(name):
             raise CallFailed(grpc.StatusCode.NOT_FOUND, f"Model {name!r} not found")
+        if version not in VERSIONS:  # Triton's answer for a version it does not serve
+            raise CallFailed(grpc.StatusCode.NOT_FOUND, f"Request for unknown model: {name!r} version {version} "
+                             f"is not found (versions: {', '.join(v for v in VERSIONS if v)})")
 
     async def server_live(self, request, context):
         return pb.ServerLiveResponse(live=True)
@@ -152,35 +197,49 @@ class KServeService:
 
     async def model_ready(self, request, context):
         entry = self.app.models.get(request.name)
-        ready = self._completions_model(request.name) and bool(entry.decode_workers()) and \
-            self.app.admission.initial.check()
+        ready = self._completions_model(request.name) and request.version in VERSIONS and \
+            bool(entry.decode_workers()) and self.app.admission.initial.check()
         return pb.ModelReadyResponse(ready=ready)
 
     async def model_metadata(self, request, context):
-        self._model(request.name)
+        self._model(request.name, request.version)
         return model_metadata(request.name)
 
     async def model_config(self, request, context):
-        self._model(request.name)
+        self._model(request.name, request.version)
         return model_config(request.name)
 
-    async def model_infer(self, request, context):
-        body, stream = completion_body(request)
+    async def model_infer(self, raw: bytes, context):
+        request, payload, stream, error = await prepared(raw)
+        if error is not None:
+            raise error
         if stream:
             raise KServeError("Streaming is not supported for this endpoint")
-        async with aclosing(completion_events(self.app, body, request_headers(context, request.id))) as events:
+        self._version(request)
+        headers = request_headers(context, request.id)
+        async with aclosing(completion_events(self.app, payload, False, headers)) as events:
             async for answer in events:
                 return infer_response(request, answer.get("model", request.model_name), answer["choices"])
         raise CallFailed(grpc.StatusCode.INTERNAL, "the completion ended without an answer")
+
+    def _version(self, request) -> None:
+        """A request for a version this frontend does not serve, of a model it serves: NOT_FOUND (an unknown
+        model is the completions handler's 404, with its wording)."""
+        if request.model_version not in VERSIONS and self._completions_model(request.model_name):
+            self._model(request.model_name, request.model_version)
 
     async def model_stream_infer(self, requests, context):
         out: asyncio.Queue = asyncio.Queue()
         tasks: set[asyncio.Task] = set()
 
-        async def run(request) -> None:
+        async def run(raw: bytes) -> None:
+            request, payload, stream, error = await prepared(raw)
             try:
-                body, _ = completion_body(request)
-                async for event in completion_events(self.app, body, request_headers(context, request.id)):
+                if error is not None:
+                    raise error
+                self._version(request)
+                headers = request_headers(context, request.id)
+                async for event in completion_events(self.app, payload, stream, headers):
                     if event.get("choices"):  # a chunk without choices (an nvext or usage one) has no tensors
                         await out.put(pb.ModelStreamInferResponse(infer_response=infer_response(
                             request, event.get("model", request.model_name), event["choices"])))
@@ -189,8 +248,8 @@ class KServeService:
                     model_name=request.model_name, id=request.id)))
 
         async def read() -> None:
-            async for request in requests:
-                task = asyncio.ensure_future(run(request))
+            async for raw in requests:
+                task = asyncio.ensure_future(run(raw))
                 tasks.add(task)
                 task.add_done_callback(lambda t: (tasks.discard(t), out.put_nowait(t)))
             await out.put(None)
@@ -217,8 +276,9 @@ class KServeService:
         for name, (req, resp, client_streams, server_streams) in pb.METHODS.items():
             impl = _with_status(getattr(self, _snake(name)), server_streams, self.write_timeout)
             make = grpc.stream_stream_rpc_method_handler if client_streams else grpc.unary_unary_rpc_method_handler
-            methods[name] = make(impl, request_deserializer=pb.classes[req].FromString,
-                                 response_serializer=pb.classes[resp].SerializeToString)
+            # an inference request's bytes are parsed by `prepared`
+            parse = None if req == "ModelInferRequest" else pb.classes[req].FromString
+            methods[name] = make(impl, request_deserializer=parse, response_serializer=pb.classes[resp].SerializeToString)
         return grpc.method_handlers_generic_handler(pb.SERVICE, methods)
 
 

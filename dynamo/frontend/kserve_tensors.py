@@ -37,6 +37,7 @@ def completion_body(request) -> tuple[dict, bool]:
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise KServeError("`raw_input_contents` must be used for all inputs")
+    _check_tensors(request, bool(raw))
     text, stream = None, False
     for index, tensor in enumerate(request.inputs):
         if tensor.name == "text_input":
@@ -49,6 +50,21 @@ def completion_body(request) -> tuple[dict, bool]:
         raise KServeError("Missing required input: 'text_input'")
     body = {"model": request.model_name, "prompt": text, "stream": stream, **sampling_fields(request.parameters)}
     return body, stream
+
+
+def _check_tensors(request, raw: bool) -> None:
+    """Triton's rules that Dynamo's mapping leaves unchecked: each input once, its values in one place (typed
+    contents or raw, not both), only outputs this model answers."""
+    names = [tensor.name for tensor in request.inputs]
+    if (twice := next((n for n in names if names.count(n) > 1), None)) is not None:
+        raise KServeError(f"input '{twice}' is given more than once")
+    if raw and any(tensor.HasField("contents") for tensor in request.inputs):
+        raise KServeError("input contents must not be given in both `contents` and `raw_input_contents`")
+    answered = [name for name, _, _ in OUTPUTS]
+    for output in request.outputs:
+        if output.name not in answered:
+            raise KServeError(f"unexpected inference output '{output.name}' for model '{request.model_name}' "
+                              f"(outputs: {', '.join(answered)})")
 
 
 def _text_input(tensor, raw: bytes | None) -> str:
@@ -77,13 +93,13 @@ def _stream_input(tensor, raw: bytes | None) -> bool:
     if tensor.datatype != "BOOL":
         raise KServeError(f"Expected '{tensor.name}' to be of type BOOL, got {tensor.datatype!r}")
     if list(tensor.shape) != [1]:
-        raise KServeError(f"Expected 'stream' to have shape [1], got {list(tensor.shape)}")
+        raise KServeError(f"Expected '{tensor.name}' to have shape [1], got {list(tensor.shape)}")
     if raw is None:
         if len(tensor.contents.bool_contents) != 1:
-            raise KServeError("'stream' must contain exactly one element")
+            raise KServeError(f"'{tensor.name}' must contain exactly one element")
         return bool(tensor.contents.bool_contents[0])
     if not raw:
-        raise KServeError("'stream' raw input must contain at least one byte")
+        raise KServeError(f"'{tensor.name}' raw input must contain at least one byte")
     return raw[0] != 0
 
 

@@ -10,6 +10,7 @@ import queue
 import time
 import uuid
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -99,6 +100,9 @@ def test_infer_answers_what_completions_answers(stack, client):
     (lambda: inputs("hi"), {"max_tokens": "many"}, "parameter 'max_tokens' must be a int64"),
     (lambda: inputs("hi"), {"max_tokens": 0}, "max_tokens"),
     (lambda: inputs("word " * 5000), {"max_tokens": 4}, "context"),
+    # over JSON_SLICE_CHARS: written into its payload a slice at a time, refused all the same
+    (lambda: inputs("word " * 400_000), {"max_tokens": 4}, "context"),
+    (lambda: [*inputs("hi"), *inputs("there")], {}, "input 'text_input' is given more than once"),
 ])
 def test_refusals_are_invalid_argument(client, tensors, parameters, says):
     with pytest.raises(InferenceServerException) as err:
@@ -122,6 +126,38 @@ def test_unknown_model_is_not_found(client):
     with pytest.raises(InferenceServerException) as err:
         client.infer("no-such-model", inputs("hi"))
     assert err.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_a_version_the_model_lacks_is_not_found_and_not_ready(client):
+    """Triton's reading of `model_version`: the versions listed ("1"), or none named; another is not found."""
+    assert client.is_model_ready("tiny", "1") and not client.is_model_ready("tiny", "2")
+    assert texts(client.infer("tiny", inputs("hi"), model_version="1", parameters={"max_tokens": 2}))
+    for call in (lambda: client.infer("tiny", inputs("hi"), model_version="2"),
+                 lambda: client.get_model_metadata("tiny", "2"), lambda: client.get_model_config("tiny", "2")):
+        with pytest.raises(InferenceServerException) as err:
+            call()
+        assert err.value.status() == "StatusCode.NOT_FOUND" and "'tiny' version 2 is not found" in err.value.message()
+
+
+def test_an_output_the_model_does_not_answer_is_refused(client):
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("tiny", inputs("hi"), outputs=[grpcclient.InferRequestedOutput("logits")])
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "unexpected inference output 'logits' for model 'tiny'" in err.value.message()
+    answered = client.infer("tiny", inputs("hi"), outputs=[grpcclient.InferRequestedOutput("text_output")],
+                            parameters={"max_tokens": 2})
+    assert texts(answered)
+
+
+def test_bytes_that_are_no_infer_request_are_invalid_argument(stack):
+    channel = grpc.insecure_channel(stack[1])
+    try:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as err:
+            infer(b"\xff\xff\xff", timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "malformed" in err.value.details()
+    finally:
+        channel.close()
 
 
 def test_stream_runs_requests_side_by_side(client):

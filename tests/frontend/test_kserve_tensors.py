@@ -1,6 +1,8 @@
 """KServe v2 tensors <-> completions, and our messages on the wire against Triton's own generated classes
 (`tritonclient.grpc.service_pb2`, `model_config_pb2`): what one side writes the other reads."""
 
+import asyncio
+import json
 import struct
 
 import pytest
@@ -8,6 +10,7 @@ import tritonclient.grpc.model_config_pb2 as triton_config
 import tritonclient.grpc.service_pb2 as triton
 
 from dynamo.frontend import kserve_proto as pb
+from dynamo.frontend.kserve import JSON_SLICE_CHARS, prepared
 from dynamo.frontend.kserve_tensors import KServeError, completion_body, infer_response, model_config, model_metadata
 
 
@@ -97,3 +100,32 @@ def test_every_method_is_tritons():
         method = service.methods_by_name[name]
         assert (method.input_type.name, method.output_type.name) == (req, resp)
         assert (method.client_streaming, method.server_streaming) == (client_streams, server_streams)
+
+
+def test_triton_rules_dynamos_mapping_leaves_unchecked():
+    with pytest.raises(KServeError, match="input 'text_input' is given more than once"):
+        completion_body(request(TEXT, TEXT))
+    mixed = request(TEXT)  # typed contents and raw at once
+    mixed.raw_input_contents.append(struct.pack("<I", 5) + b"hello")
+    with pytest.raises(KServeError, match="both `contents` and `raw_input_contents`"):
+        completion_body(mixed)
+    asked = request(TEXT)
+    asked.outputs.add(name="logits")
+    with pytest.raises(KServeError, match="unexpected inference output 'logits' for model 'm'"):
+        completion_body(asked)
+    with pytest.raises(KServeError, match="'streaming' must contain exactly one element"):
+        completion_body(request(TEXT, ("streaming", "BOOL", [1], [])))  # the tensor as the client named it
+
+
+@pytest.mark.parametrize("size", [10, JSON_SLICE_CHARS * 2 + 7])
+def test_the_payload_of_a_prompt_short_or_written_in_slices_is_its_json(size):
+    text = ('é"\\\n😀 ' * size)[:size]  # escapes, and characters of 2 and 4 UTF-8 bytes across slice edges
+    req = request(("text_input", "BYTES", [1], [text.encode()]), max_tokens=3, temperature=0.5)
+    prepared_ = asyncio.run(prepared(req.SerializeToString()))
+    assert prepared_.error is None and not prepared_.stream
+    assert json.loads(prepared_.payload) == {"model": "m", "prompt": text, "stream": False, "max_tokens": 3,
+                                             "temperature": 0.5}
+
+
+def test_bytes_that_are_no_infer_request_are_refused():
+    assert "malformed" in str(asyncio.run(prepared(b"\xff\xff\xff")).error)
