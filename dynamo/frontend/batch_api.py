@@ -148,8 +148,7 @@ class BatchApi:
             raise bad_request(f"`endpoint` must be one of {', '.join(ENDPOINTS)}", "endpoint")
         if req.completion_window not in WINDOW_SECS:
             raise bad_request("`completion_window` must be 24h", "completion_window")
-        if req.metadata is not None and len(req.metadata) > 16:
-            raise bad_request("`metadata` holds at most 16 pairs", "metadata")
+        _check_metadata(req.metadata)
         expires = req.output_expires_after or {}
         lifetime = expiry_secs(expires.get("anchor"), expires.get("seconds"), "output_expires_after")
         if self.files.get(req.input_file_id).purpose != "batch":
@@ -262,3 +261,17 @@ class BatchCollector:
         yield requests
         yield GaugeMetricFamily(f"{self.prefix}_batch_store_bytes", "Bytes of Batch API files kept",
                                 value=self.api.files.bytes)
+
+
+def _check_metadata(metadata: dict[str, str] | None) -> None:
+    """OpenAI's bounds on a batch's `metadata`: 16 pairs, keys of 64 characters, values of 512."""
+    if metadata is None:
+        return
+    if len(metadata) > 16:
+        raise bad_request("`metadata` holds at most 16 pairs", "metadata")
+    for key, value in metadata.items():
+        if len(key) > 64:
+            raise bad_request(f"`metadata` keys are at most 64 characters ({key[:16]!r}... has {len(key)})",
+                              "metadata")
+        if len(value) > 512:
+            raise bad_request(f"`metadata[{key!r}]` is at most 512 characters (it has {len(value)})", "metadata")

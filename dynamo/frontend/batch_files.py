@@ -168,6 +168,9 @@ def parse_multipart(content_type: str, body: bytes | bytearray) -> dict[str, tup
         if name:
             fields[name] = (_param(disposition, "filename"),
                             bytes(content[:-2] if content.endswith(b"\r\n") else content))
+    else:  # an empty or cut-off body: say so, rather than name a field it never got to
+        raise bad_request("Malformed multipart/form-data body: it ends before its closing boundary", "file",
+                          "invalid_multipart")
     return fields
 
 

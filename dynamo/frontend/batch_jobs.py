@@ -6,10 +6,12 @@ batch_runner.py."""
 
 from __future__ import annotations
 
-import json
+import codecs
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
 WINDOW_SECS = {"24h": 24 * 3600}
@@ -21,8 +23,35 @@ USAGE_KEYS = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_token
 
 @dataclass
 class BatchLine:
+    """One request of a batch: its `body` as the input file's JSON bytes (sent on as they are: no re-encoding of a
+    prompt of megabytes), and the two body fields the runner reads."""
+
     custom_id: str
-    body: dict[str, Any]
+    body: bytes
+    model: Any = None
+    stream: Any = None
+
+
+_NULL = msgspec.Raw(b"null")
+
+
+class _LineShape(msgspec.Struct):
+    """A line as read: its body left as raw JSON (no Python string of its prompt is built)."""
+
+    custom_id: Any = None
+    method: Any = None
+    url: Any = None
+    body: msgspec.Raw = _NULL
+
+
+class _BodyShape(msgspec.Struct):
+    model: Any = None
+    stream: Any = None
+
+
+_line_decoder = msgspec.json.Decoder(_LineShape)
+_body_decoder = msgspec.json.Decoder(_BodyShape)
+_UTF8_SLICE = 1 << 20
 
 
 @dataclass
@@ -108,7 +137,7 @@ class Batch:
 def parse_lines(data: bytes, endpoint: str) -> tuple[list[BatchLine], list[dict]]:
     """The input file's requests, or the errors that fail the batch (each with its 1-based `line`)."""
     lines, errors, seen = [], [], set()
-    for number, raw in enumerate(data.split(b"\n"), 1):
+    for number, raw in enumerate(data.removeprefix(codecs.BOM_UTF8).split(b"\n"), 1):
         if not raw.strip():
             continue
         problem = _line_problem(raw, endpoint, seen)
@@ -133,22 +162,34 @@ def _line_problem(raw: bytes, endpoint: str, seen: set[str]) -> BatchLine | dict
         return {"code": code, "message": message, "param": param}
 
     try:
-        item = json.loads(raw)
-    except (ValueError, RecursionError):  # RecursionError: nested too deeply to parse
-        return problem("invalid_json_line", "This line is not parseable as valid JSON.")
-    if not isinstance(item, dict):
+        item = _line_decoder.decode(raw)
+        shape = _body_decoder.decode(item.body) if bytes(memoryview(item.body)[:1]) == b"{" else None
+        _check_utf8(raw)  # msgspec leaves a raw value's strings unchecked
+    except msgspec.ValidationError:  # a line (or body) that is JSON, but not an object: named below
         return problem("invalid_json_line", "Each line must be a JSON object.")
-    custom_id, body = item.get("custom_id"), item.get("body")
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
+        return problem("invalid_json_line", "This line is not parseable as valid JSON.")
+    custom_id, body = item.custom_id, item.body
     if not isinstance(custom_id, str) or not custom_id:
         return problem("missing_required_parameter", "Missing required parameter: 'custom_id'.", "custom_id")
     if custom_id in seen:
         return problem("duplicate_custom_id", f"The custom_id {custom_id!r} is used more than once in this "
                        "batch; each must be unique.", "custom_id")
-    if item.get("method") != "POST":
+    if item.method != "POST":
         return problem("invalid_method", "The method must be POST.", "method")
-    if item.get("url") != endpoint:
-        return problem("invalid_url", f"The url {item.get('url')!r} does not match the batch's endpoint "
+    if item.url != endpoint:
+        return problem("invalid_url", f"The url {item.url!r} does not match the batch's endpoint "
                        f"{endpoint!r}.", "url")
-    if not isinstance(body, dict):
+    if shape is None:
         return problem("missing_required_parameter", "Missing required parameter: 'body' (a JSON object).", "body")
-    return BatchLine(custom_id, body)
+    return BatchLine(custom_id, bytes(body), shape.model, shape.stream)
+
+
+def _check_utf8(raw: bytes) -> None:
+    """UnicodeDecodeError unless `raw` is UTF-8; a slice at a time, so that a line of megabytes checked on a
+    thread lets the event loop run in between (one call over it all would hold the GIL throughout)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(raw)
+    for start in range(0, len(view), _UTF8_SLICE):
+        decoder.decode(view[start:start + _UTF8_SLICE])
+    decoder.decode(b"", final=True)

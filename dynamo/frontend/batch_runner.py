@@ -132,7 +132,7 @@ class BatchRunner:
             self._enter(batch, "failed")
             return
         batch.total = len(lines)
-        model = lines[0].body.get("model") if lines else None
+        model = lines[0].model if lines else None
         batch.model = model if isinstance(model, str) else None
         results: list[dict | None] = [answered.get(i) for i in range(len(lines))]
         batch.recount(results)
@@ -163,10 +163,10 @@ class BatchRunner:
 
     async def _call(self, batch: Batch, line: BatchLine) -> tuple[int, Any, str]:
         """One request through the app, retried while the deployment answers "busy" and the window lasts."""
-        if line.body.get("stream"):
+        if line.stream:
             return 400, _error("Streaming is not supported in a batch: set `stream` to false or leave it out",
                                "stream", "invalid_value"), ""
-        payload = json.dumps(line.body).encode()
+        payload = line.body  # the input file's own JSON
         request_id = uuid.uuid4().hex
         headers = [(b"x-dynamo-request-id", request_id.encode())]
         delay = RETRY_FIRST_S

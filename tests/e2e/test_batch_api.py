@@ -143,6 +143,10 @@ def test_refusals_are_openai_errors(client):
         client.batches.create(input_file_id=source.id, endpoint="/v1/audio/speech", completion_window="24h")
     with pytest.raises(openai.BadRequestError, match="completion_window"):
         client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="1h")
+    for metadata in ({"k" * 65: "v"}, {"k": "v" * 513}):  # OpenAI's bounds: keys of 64 characters, values of 512
+        with pytest.raises(openai.BadRequestError, match="metadata"):
+            client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h",
+                                  metadata=metadata)
     other = upload(client, lines, purpose="user_data")
     with pytest.raises(openai.BadRequestError, match="purpose"):
         client.batches.create(input_file_id=other.id, endpoint="/v1/chat/completions", completion_window="24h")

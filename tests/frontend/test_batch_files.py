@@ -5,6 +5,7 @@ app: the runner's contract is the ASGI interface the frontend's app serves)."""
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import time
 
@@ -40,6 +41,25 @@ def test_not_a_form_is_a_400(content_type):
     with pytest.raises(ApiError) as refused:
         parse_multipart(content_type, b"{}")
     assert refused.value.status == 400 and refused.value.param == "file"
+
+
+@pytest.mark.parametrize("body", [b"", form(("purpose", None, b"batch"))[:-12]])  # empty; cut before its end
+def test_an_empty_or_cut_off_form_is_named_malformed(body):
+    with pytest.raises(ApiError) as refused:
+        parse_multipart(f"multipart/form-data; boundary={BOUNDARY}", body)
+    assert (refused.value.status, refused.value.code) == (400, "invalid_multipart")
+    assert "closing boundary" in refused.value.message
+
+
+def test_a_batch_line_keeps_its_body_as_sent_and_reads_its_model_and_stream():
+    body = '{"model": "tiny", "stream": false, "messages": [{"role": "user", "content": "é \\"q\\" \\u00e9 😀"}]}'
+    line = f'{{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {body}}}'.encode()
+    [parsed], errors = parse_lines(codecs.BOM_UTF8 + line + b"\r\n", "/v1/chat/completions")  # a BOM, CRLF
+    assert errors == [] and parsed.body == body.encode() and (parsed.model, parsed.stream) == ("tiny", False)
+    bad = [line.replace(b"tiny", b"ti\xffny"), line.replace(body.encode(), b'"text"'), b'["a"]']
+    _, errors = parse_lines(b"\n".join(bad), "/v1/chat/completions")
+    assert [(e["line"], e["code"]) for e in errors] == [(1, "invalid_json_line"), (2, "missing_required_parameter"),
+                                                        (3, "invalid_json_line")]
 
 
 def test_the_store_bound_counts_every_file_and_frees_on_delete():
