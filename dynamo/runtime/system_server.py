@@ -13,9 +13,10 @@ from typing import Any, Awaitable, Callable, Iterator
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 
-from dynamo.runtime.asgi import TEXT_HEADERS, EmbeddedHttpServer, send_bytes, send_json
+from dynamo.runtime.asgi import JSON_HEADERS, TEXT_HEADERS, EmbeddedHttpServer, json_encode, send_bytes, send_json
 
 log = logging.getLogger(__name__)
+READS = ("GET", "HEAD")  # what the probe and metrics routes answer (a scraper or a probe only reads)
 
 
 class RelabeledFamilies:
@@ -91,7 +92,11 @@ class SystemServer:
         if scope["type"] != "http":
             return
         path = scope["path"]
-        if path == self.live_path:
+        if path in (self.live_path, self.health_path, "/metrics") and scope.get("method", "GET") not in READS:
+            await send_bytes(send, 405, json_encode({"error": {
+                "message": f"{scope['method']} is not allowed on {path}: use GET or HEAD", "type": "invalid_request_error",
+                "param": None, "code": "method_not_allowed"}}), [*JSON_HEADERS, (b"allow", b"GET, HEAD")])
+        elif path == self.live_path:
             await send_json(send, 200, {"status": "live", "message": "Service is live"})
         elif path == self.health_path:
             body = self.health.body()

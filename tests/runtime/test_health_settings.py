@@ -5,14 +5,17 @@ and `render`'s default probes following a service that moves its paths."""
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 
 from dynamo.deploy.contract import default_probes
 from dynamo.deploy.model import EnvVar
 from dynamo.deploy.validate import validate_file
 from dynamo.runtime.settings import RuntimeSettings
-from dynamo.runtime.system_server import HealthState
+from dynamo.runtime.system_server import HealthState, SystemServer
 from tests.fixtures.procs import REPO, Cluster, http_get, wait_until
 
 
@@ -88,3 +91,23 @@ def test_moved_paths_on_a_real_worker_and_frontend(tiny_model, tmp_path):
         assert all(op["summary"] != path for path, ops in doc["paths"].items() for op in ops.values()), doc["paths"]
     finally:
         c.stop()
+
+
+@pytest.mark.parametrize("method", ["POST", "DELETE"])
+def test_the_probe_and_metrics_routes_only_read(method):
+    """A write to /metrics, /health or /live is a 405 naming the methods, as the frontend answers (Prometheus,
+    kubelet probes and people only read them)."""
+    server = SystemServer(CollectorRegistry(), HealthState(starting_ready=True), "127.0.0.1", 0)
+
+    async def ask(path: str, verb: str) -> tuple[int, dict]:
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+        await server.app({"type": "http", "method": verb, "path": path}, None, send)
+        return sent[0]["status"], dict(sent[0]["headers"])
+
+    for path in ("/metrics", "/health", "/live"):
+        status, headers = asyncio.run(ask(path, method))
+        assert (status, headers[b"allow"]) == (405, b"GET, HEAD")
+        assert asyncio.run(ask(path, "GET"))[0] == 200
