@@ -163,11 +163,11 @@ class BatchRunner:
 
     async def _call(self, batch: Batch, line: BatchLine) -> tuple[int, Any, str]:
         """One request through the app, retried while the deployment answers "busy" and the window lasts."""
+        request_id = uuid.uuid4().hex  # every answer's, a refusal's too (its error line names it as any other)
         if line.stream:
             return 400, _error("Streaming is not supported in a batch: set `stream` to false or leave it out",
-                               "stream", "invalid_value"), ""
+                               "stream", "invalid_value"), request_id
         payload = line.body  # the input file's own JSON
-        request_id = uuid.uuid4().hex
         headers = [(b"x-dynamo-request-id", request_id.encode())]
         delay = RETRY_FIRST_S
         while True:

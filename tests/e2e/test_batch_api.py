@@ -90,6 +90,7 @@ def test_a_batch_runs_every_request_and_writes_output_and_errors_in_input_order(
     errors = {e["custom_id"]: e["response"] for e in jsonl(client, batch.error_file_id)}
     assert errors["empty"]["status_code"] == 400 and errors["empty"]["body"]["error"]["param"] == "messages"
     assert errors["streamed"]["status_code"] == 400 and errors["streamed"]["body"]["error"]["param"] == "stream"
+    assert all(len(e["request_id"]) == 32 for e in errors.values())  # the refused stream's too
     assert client.files.retrieve(batch.output_file_id).purpose == "batch_output"
     assert batch.id in [b.id for b in client.batches.list()]
     scraped = http_get(str(client.base_url).removesuffix("/v1/") + "/metrics")[1].decode()
