@@ -12,8 +12,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from dynamo.profiler import dgdr, dgdr_v1alpha1
-from dynamo.profiler.pipeline import Options, load_request, run
+from dynamo.profiler.pipeline import Options, load_request, run, unreadable
 from dynamo.profiler.thorough import MAX_DECODE_CONCURRENCY, SweepOptions
 from dynamo.runtime.config import parse_config, setting
 from dynamo.runtime.config_dump import DumpConfigTo, write_config_dump
@@ -48,7 +50,8 @@ class ProfilerArgs(DumpConfigTo):
     max_context_length: int = setting(1 << 30, "Cap on swept context (default: the model's)",
                                       env="DYN_PROFILER_MAX_CONTEXT_LENGTH")
     tp_sizes: list = setting([1], "Candidate tensor-parallel sizes (thorough)", env="DYN_PROFILER_TP_SIZES")
-    mocker_speedup_ratio: float = setting(1.0, "Mocker candidates run this much faster; figures are scaled back",
+    mocker_speedup_ratio: float = setting(1.0, "Mocker candidates' decode sweep runs this much faster (scaled back); "
+                                          "prefill TTFT is measured in real time",
                                           env="DYN_PROFILER_MOCKER_SPEEDUP_RATIO")
     append_args: dict = setting({}, 'Extra flags per candidate service, JSON {"Service": "--flag v"}',
                                 env="DYN_PROFILER_APPEND_ARGS")
@@ -93,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         req = load_request(args.config)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # a malformed file is one line, as `dynamo.deploy` says it
+        print(f"error: {unreadable(args.config, exc)}", file=sys.stderr)
         return 2
     args = with_request_settings(args, req)
     write_config_dump(args, "dynamo.profiler")

@@ -57,6 +57,18 @@ def run_flags(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def unapplied(opts: Any) -> list[str]:
+    """The `run` flags a deployment that did not happen (autoApply false) leaves unused, as a command line
+    (`opts`: the pipeline's Options): the ports the user chose (the profiler sets them on the inner `run`
+    itself, so `run_flags` leaves them out), then every other flag."""
+    parser, ports = _run_parser(), []
+    for flag, dest in (("--frontend-port", "frontend_port"), ("--control-port", "control_port")):
+        value = getattr(opts, dest)
+        if value and value != parser.get_default(dest):
+            ports += [flag, str(value)]
+    return ports + list(opts.run_flags)
+
+
 def not_deployed(req: dgdr.Request, final: Path, flags: list[str], caller: str) -> str:
     """What the status says when the DGD is written and nothing is deployed (`caller`: profiler, run or
     render), with the command that runs it."""

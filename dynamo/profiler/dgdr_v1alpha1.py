@@ -174,15 +174,38 @@ def planner_config(old: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     # The pre-1.0 planner was the SLA planner: its predictive throughput loop, the load loop only on request.
     new: dict[str, Any] = {"optimization_target": "sla", "enable_load_scaling": False}
     for key, value in old.items():
-        name = snake(key)
-        name = name[len("planner_"):] if name.startswith("planner_") else name
+        name = _planner_field(key)
         if name in PLANNER_GONE:
             notes.append(f"profilingConfig.config.planner.{key}: the planner has no such setting now; left out")
-        elif name == "disable_throughput_scaling":
-            new["enable_throughput_scaling"] = not value
+        elif name == "enable_throughput_scaling":
+            new[name] = not value
         else:
-            new[PLANNER_RENAMES.get(name, name)] = value
+            new[name] = value
     return new
+
+
+def _planner_field(key: str) -> str:
+    """The PlannerConfig field a pre-1.0 planner key becomes (a key the planner lost: its bare snake_case name)."""
+    name = snake(key)
+    name = name[len("planner_"):] if name.startswith("planner_") else name
+    return "enable_throughput_scaling" if name == "disable_throughput_scaling" else PLANNER_RENAMES.get(name, name)
+
+
+def planner_problem(problem: str, annotations: dict[str, str] | None) -> str:
+    """A problem the planner finds in its config (`unknown field `foo_bar``, `... - at
+    `$.throughput_adjustment_interval_seconds``), where the user wrote it: for a request read from v1alpha1,
+    at the key of `profilingConfig.config.planner` it came from, by that key's name (`fooBar`,
+    `adjustmentInterval`); else at `spec.features.planner`."""
+    text = (annotations or {}).get(CONFIG_ANNOTATION)
+    planner = json.loads(text).get("planner") if text else None
+    if not isinstance(planner, dict):
+        return f"spec.features.planner: {problem}"
+    keys = {_planner_field(key): key for key in planner}
+    for token in re.findall(r"`\$?\.?([A-Za-z_]\w*)[^`]*`", problem):
+        if token in keys:
+            written = re.sub(rf"`(\$\.)?{token}\b", lambda m, key=keys[token]: f"`{m.group(1) or ''}{key}", problem)
+            return f"spec.profilingConfig.config.planner.{keys[token]}: {written}"
+    return f"spec.profilingConfig.config.planner: {problem}"
 
 
 # Keys read above or by `profiler_settings`; anything else in the config is reported as unused.

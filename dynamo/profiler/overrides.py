@@ -10,9 +10,9 @@
   generated one (`args: [--max-model-len, "8192"]` adds a flag, it does not replace the model path and the
   role), and `componentType: worker` leaves a prefill or decode worker's role alone.
 - A component is matched by name (any case), else by the name Dynamo's profiler gives it (`prefill`,
-  `decode`; the aggregated worker: vLLM `worker`, SGLang `decode`, TRT-LLM `TRTLLMWorker`), else by its
-  role (`decode`, `prefill`, `frontend`, `planner`, `worker`); one the generated DGD does not have is an
-  error, as in Dynamo.
+  `decode`; the aggregated worker: vLLM `worker`, SGLang `decode`, TRT-LLM `TRTLLMWorker`), else by the
+  role its name says (`decode`, `prefill`, `frontend`, `planner` in it, or the bare `worker`); one the
+  generated DGD does not have (`NoSuchWorker`) is an error, as in Dynamo, never applied to another.
 - `apiVersion` and `kind` only say how to read the override (both or neither, as Dynamo requires:
   `problems`): the output stays v1beta1.
 """
@@ -114,8 +114,17 @@ def _target(generated: list[dict[str, Any]], comp: dict[str, Any], backend: str 
         found = [g for g in generated if named(g) == name]
         if len(found) == 1:
             return found[0]
-    found = [g for g in generated if _role(g) == _role(comp)]
+    role = _named_role(comp)
+    found = [g for g in generated if role is not None and _role(g) == role]
     return found[0] if len(found) == 1 else None
+
+
+def _named_role(comp: dict[str, Any]) -> str | None:
+    """The role an override's component names: a role word in its name (`VllmDecodeWorker`, `frontend`), or
+    the bare name `worker`. None for any other name (`NoSuchWorker`, `Zzz`): such a component is not taken for
+    the graph's one worker (it would change a component the user never named), and its type alone names none."""
+    lowered = str(comp["name"]).lower()
+    return next((r for r in _ROLES if r in lowered), "worker" if lowered == "worker" else None)
 
 
 def _matched(dgd: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

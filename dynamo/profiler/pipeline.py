@@ -20,12 +20,13 @@ import yaml
 from dynamo.llm.perf_data import Profile, write_profile
 from dynamo.profiler import dgdr
 from dynamo.profiler.aic_curves import rapid_profile, wants_curves, without_curves
-from dynamo.profiler.apply import deploy, not_deployed, run_flags
+from dynamo.profiler.apply import deploy, not_deployed, run_flags, unapplied
 from dynamo.profiler.dgd import (DGD_API, Choice, dgd_backend, dgd_name, final_documents, planner_config,
                                  profile_configmap)
+from dynamo.profiler.dgdr_v1alpha1 import planner_problem
 from dynamo.profiler.plots import plot_decode, plot_prefill
 from dynamo.profiler.rapid import rapid
-from dynamo.profiler.status import Status
+from dynamo.profiler.status import SpecChanged, Status
 from dynamo.profiler.thorough import SweepOptions, measure_candidate, select
 
 log = logging.getLogger("dynamo.profiler")
@@ -55,6 +56,14 @@ def load_request(path: str | Path, notes: list[str] | None = None) -> dgdr.Reque
     return dgdr.parse(reqs[0], notes)
 
 
+def unreadable(path: str | Path, exc: Exception) -> str:
+    """A request file that could not be read or admitted, in one line: a parser's error (its several
+    lines, the mark) joined; our own errors (already naming the field) as they are."""
+    if isinstance(exc, yaml.YAMLError):
+        return f"{path}: cannot read: " + " ".join(str(exc).split())
+    return str(exc)
+
+
 def check_request(path: str | Path) -> tuple[list[str], list[str]]:
     """(errors, warnings) of a DGDR file as admission sees it, for `dynamo.deploy validate`: the
     request's own checks, then what its planner would refuse; notes (a v1alpha1 reading) are warnings."""
@@ -64,7 +73,7 @@ def check_request(path: str | Path) -> tuple[list[str], list[str]]:
     except (OSError, ValueError, yaml.YAMLError) as exc:
         lines = str(exc).splitlines()  # "invalid DynamoGraphDeploymentRequest:" then one problem a line
         return [line.strip() for line in lines[1:]] or lines, notes
-    return [f"spec.features.planner: {p}" for p in planner_problems(req)], notes
+    return planner_problems(req), notes
 
 
 def model_config(model_dir: str | None) -> dict[str, Any]:
@@ -187,8 +196,9 @@ def context_note(req: dgdr.Request, model_dir: str | None) -> str | None:
             "(or with the real model) for the deployment the request is for")
 
 
-async def profile_request(req: dgdr.Request, opts: Options, status: Status) -> tuple[Path, Choice | None]:
-    prev = status.claim()
+async def profile_request(req: dgdr.Request, opts: Options, status: Status,
+                          prev: dict[str, Any] | None) -> tuple[Path, Choice | None]:
+    """`prev`: the output dir's record, as `status.claim()` returned it (the claim is made before this runs)."""
     final = opts.output_dir / FINAL
     source = model_source(req, opts.model_dir)
     if reusable(prev, source, final):
@@ -257,14 +267,16 @@ async def until_signal(work: Awaitable[T]) -> tuple[T | None, int | None]:
 
 def planner_problems(req: dgdr.Request) -> list[str]:
     """What the planner of the generated DGD would refuse at start, known before any profiling
-    (Dynamo passes `features.planner` through unread: its planner crash-loops after the deploy)."""
+    (Dynamo passes `features.planner` through unread: its planner crash-loops after the deploy), each
+    where the request says it (`spec.features.planner`, or a v1alpha1 planner key as written)."""
     if not req.spec.planner:
         return []
     from dynamo.deploy.parsers import check_args
 
     config = planner_config(req, dgd_backend(req), None)
     errors = check_args("dynamo.planner", ["--config", json.dumps(config)]).errors
-    return [e.split("refuses this config at start: ", 1)[-1] for e in errors]
+    return [planner_problem(e.split("refuses this config at start: ", 1)[-1], req.metadata.annotations)
+            for e in errors]
 
 
 async def run(req: dgdr.Request, opts: Options) -> int:
@@ -274,18 +286,22 @@ async def run(req: dgdr.Request, opts: Options) -> int:
     128 + N stopped by signal N (SIGINT, SIGTERM) while profiling, any candidate deployment torn down first."""
     problems = planner_problems(req)
     if problems:  # refused at admission, as a webhook would: nothing profiled, no status written
-        log.error("invalid %s: spec.features.planner: %s", dgdr.KIND, "; ".join(problems))
+        log.error("invalid %s: %s", dgdr.KIND, "; ".join(problems))
         return 2
     status = Status(opts.output_dir, req.metadata.name, dgdr.spec_digest(req))
+    try:
+        prev = status.claim()
+    except SpecChanged as exc:  # refused as a webhook refuses it: the frozen profile and its status stay as they are
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if opts.dry_run:
-        status.claim()
         status.set("Pending", message=f"dry run: valid request; would run {req.spec.searchStrategy} profiling")
         return 0
     try:
-        outcome, signum = await until_signal(profile_request(req, opts, status))
+        outcome, signum = await until_signal(profile_request(req, opts, status, prev))
     except Exception as exc:
         log.debug("profiling failed", exc_info=True)
-        status.fail(f"{type(exc).__name__}: {exc}")
+        status.fail(str(exc) or type(exc).__name__)  # the reason, not the class (a bare one: all there is)
         return 1
     if signum is not None:  # the candidate deployment (if any) was stopped on the way out
         status.fail(f"stopped by {signal.Signals(signum).name} while profiling")
@@ -303,11 +319,18 @@ async def run(req: dgdr.Request, opts: Options) -> int:
             return await deploy(req, final, opts, status)
         except Exception as exc:  # deploy records what it expects; anything else is still a failed request
             log.debug("deploying failed", exc_info=True)
-            status.fail(f"deploying {final} failed: {type(exc).__name__}: {exc}")
+            status.fail(f"deploying {final} failed: {exc or type(exc).__name__}")
             return 1
-    if opts.run_flags:
-        log.warning("autoApply is false: nothing deployed, so %s did not apply", shlex.join(opts.run_flags))
-    status.set(message=not_deployed(req, final, opts.run_flags, opts.caller))
+    return _not_applied(req, final, opts, status)
+
+
+def _not_applied(req: dgdr.Request, final: Path, opts: Options, status: Status) -> int:
+    """Nothing deployed: the status names the command that runs `final`, with every `run` flag that went
+    unused (`run DGDR.yaml` with autoApply false: its ports too), and a warning names those flags."""
+    unused = unapplied(opts) if opts.caller == "run" else opts.run_flags
+    if unused:
+        log.warning("autoApply is false: nothing deployed, so %s did not apply", shlex.join(unused))
+    status.set(message=not_deployed(req, final, unused, opts.caller))
     return 0
 
 
@@ -330,8 +353,8 @@ def deploy_main(cmd: str, args: Any) -> int:
     try:
         req = load_request(args.file)
         flags = run_flags(args) if cmd == "run" else []
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        print(f"error: {unreadable(args.file, exc)}", file=sys.stderr)
         return 2
     from dynamo.profiler.__main__ import ProfilerArgs, options, with_request_settings
     from dynamo.runtime.config import parse_config

@@ -5,6 +5,7 @@ frozen once profiling starts: the same output dir with a different spec is refus
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,4 +62,18 @@ class Status:
         print(f"[dgdr {self.name}] {where}: {self.data['message']}", file=sys.stderr, flush=True)
 
     def fail(self, error: str) -> None:
-        self.set("Failed", message=error.splitlines()[0] if error else "failed", error=error)
+        self.set("Failed", message=headline(error), error=error)
+
+
+def headline(error: str) -> str:
+    """The status message (and console line) of a failure: its first line, completed where it ends on a
+    colon (`dynamo.deploy run exited (2):`, `generated DGD does not validate:`) by the line below that
+    names the cause (the first `error: ...` one, else the last), so the reason is on the console too."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    if not lines:
+        return "failed"
+    first, rest = lines[0], lines[1:]
+    if not first.endswith(":") or not rest:
+        return first
+    cause = next((line for line in rest if re.search(r"(^|: )error: ", line, re.IGNORECASE)), rest[-1])
+    return f"{first} {cause}"

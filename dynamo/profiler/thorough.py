@@ -37,7 +37,7 @@ class SweepOptions:
     concurrency_points: int = 6
     max_concurrency: int = MAX_DECODE_CONCURRENCY
     prefill_requests: int = 3
-    speedup_ratio: float = 1.0  # mocker candidates run this much faster; measurements are scaled back
+    speedup_ratio: float = 1.0  # mocker candidates' decode sweep runs this much faster, scaled back (`candidate_runs`)
     append_args: dict[str, list[str]] = field(default_factory=dict)
     service_env: dict[str, dict[str, str]] = field(default_factory=dict)  # e.g. CPU core binding per engine
     ready_timeout: float = 3600.0  # Dynamo's --deployment-timeout
@@ -82,14 +82,16 @@ async def sweep_prefill(dep: LocalDeployment, req: Request, opts: SweepOptions, 
                               vocab_size=opts.vocab_size, warmup=1)
         if stats.errors or not stats.ttft_ms:
             raise RuntimeError(f"prefill sweep at ISL {isl} failed: {stats.errors[:3]}")
-        ttft = stats.ttft * opts.speedup_ratio
+        ttft = stats.ttft  # measured in real time (`candidate_runs`): nothing to scale back
         isls.append(float(isl)), ttfts.append(ttft), thpts.append(isl / ttft * 1000.0 / gpus)
         log.info("prefill ISL %d: TTFT %.1f ms%s", isl, ttft, _retried(stats))
     return PrefillProfile(isls, ttfts, thpts)
 
 
 async def sweep_decode(dep: LocalDeployment, req: Request, opts: SweepOptions, gpus: int,
-                       max_kv: int) -> DecodeProfile:
+                       max_kv: int, ratio: float = 1.0) -> DecodeProfile:
+    """`ratio`: the speedup the engines run at; ITL and throughput are scaled back by it (a token's step is
+    engine time only: the per-request overhead falls on TTFT, which this sweep does not report)."""
     osl = opts.decode_osl
     xs, ys, zs, ts = [], [], [], []
     for isl in decode_isls(opts.max_context, opts.decode_granularity, osl):
@@ -101,9 +103,9 @@ async def sweep_decode(dep: LocalDeployment, req: Request, opts: SweepOptions, g
                                       vocab_size=opts.vocab_size)
             if stats.errors or not stats.itl_ms:
                 raise RuntimeError(f"decode sweep at ISL {isl}, concurrency {n} failed: {stats.errors[:3]}")
-            itl = stats.itl * opts.speedup_ratio
+            itl = stats.itl * ratio
             xs.append(ctx * n / max_kv), ys.append(ctx), zs.append(itl)
-            ts.append(stats.output_tps / opts.speedup_ratio / gpus)
+            ts.append(stats.output_tps / ratio / gpus)
             log.info("decode ISL %d concurrency %d: ITL %.2f ms, %.0f tok/s/GPU%s", isl, n, itl, ts[-1],
                      _retried(stats))
     return DecodeProfile(xs, ys, zs, ts, max_kv_tokens=max_kv)
@@ -141,19 +143,42 @@ def candidate_dgd(req: Request, tp: int) -> dict[str, Any]:
     return dgd
 
 
-async def measure_candidate(req: Request, tp: int, opts: SweepOptions, work: Path,
-                            phase: Callable[[str], None]) -> Measured:
-    dgd = candidate_dgd(req, tp)
+def candidate_runs(req: Request, opts: SweepOptions) -> list[tuple[tuple[str, ...], float]]:
+    """The candidate's deployments, in order: (the sweeps each runs, its mockers' `--speedup-ratio`). A
+    mocker's ratio divides its simulated engine time only: the time around it on each request (HTTP, the
+    frontend, routing, the disaggregated hand-off; several ms on a loaded host) does not shrink, so a TTFT
+    measured faster and multiplied back would carry that overhead times the ratio. The prefill sweep (a few
+    requests per ISL at concurrency 1: seconds) therefore runs in real time, in a deployment of its own, and
+    only the decode sweep, the long one, runs faster: its ITL is one engine step per token, which that
+    overhead does not touch, and is scaled back. Real engines ignore the ratio."""
+    ratio = opts.speedup_ratio if req.spec.mocker else 1.0
+    if ratio == 1.0:
+        return [(("prefill", "decode"), 1.0)]
+    return [(("prefill",), 1.0), (("decode",), ratio)]
+
+
+def _append(req: Request, opts: SweepOptions, ratio: float) -> dict[str, list[str]]:
     append = {k: list(v) for k, v in opts.append_args.items()}
     if req.spec.mocker:
         for svc in ("MockerPrefillWorker", "MockerDecodeWorker"):
-            append.setdefault(svc, []).extend(["--speedup-ratio", str(opts.speedup_ratio)])
-    async with local_deployment(dgd, work, req, opts, append) as dep:
-        phase("SweepingPrefill")
-        prefill = await sweep_prefill(dep, req, opts, tp)
-        phase("SweepingDecode")
-        decode = await sweep_decode(dep, req, opts, tp, _kv_capacity(dgd, work / "logs"))
-    profile = Profile(prefill, decode)
+            append.setdefault(svc, []).extend(["--speedup-ratio", str(ratio)])
+    return append
+
+
+async def measure_candidate(req: Request, tp: int, opts: SweepOptions, work: Path,
+                            phase: Callable[[str], None]) -> Measured:
+    dgd = candidate_dgd(req, tp)
+    found: dict[str, Any] = {}
+    for sweeps, ratio in candidate_runs(req, opts):
+        where = work if "decode" in sweeps else work / "prefill-realtime"
+        async with local_deployment(dgd, where, req, opts, _append(req, opts, ratio)) as dep:
+            if "prefill" in sweeps:
+                phase("SweepingPrefill")
+                found["prefill"] = await sweep_prefill(dep, req, opts, tp)
+            if "decode" in sweeps:
+                phase("SweepingDecode")
+                found["decode"] = await sweep_decode(dep, req, opts, tp, _kv_capacity(dgd, where / "logs"), ratio)
+    profile = Profile(found["prefill"], found["decode"])
     write_profile(work, profile, configmap_json=False)
     return Measured(tp, profile)
 

@@ -13,7 +13,7 @@ import yaml
 
 from dynamo.profiler import dgdr, dgdr_v1alpha1
 from dynamo.profiler.__main__ import ProfilerArgs, with_request_settings
-from dynamo.profiler.pipeline import Options, load_request, run
+from dynamo.profiler.pipeline import Options, check_request, load_request, run
 from tests.fixtures.procs import REPO
 
 EXAMPLES = REPO / "examples/profiler"
@@ -141,7 +141,8 @@ def test_deploy_validate_checks_a_dgdr_as_admission_does(tmp_path, capsys):
     bad.write_text(yaml.safe_dump(old))
     assert validate_main([str(bad), str(EXAMPLES / "dgdr_mocker.yaml")]) == 1
     out = capsys.readouterr().out
-    assert "dgdr.yaml: error: spec.features.planner: Expected `int`, got `str` - at `$.max_gpu_budget`" in out
+    assert ("dgdr.yaml: error: spec.profilingConfig.config.planner.maxGpuBudget: Expected `int`, got `str` - at "
+            "`$.maxGpuBudget`") in out  # the key as written
     assert "dgdr.yaml: warning: nvidia.com/v1alpha1: profilingConfig.config.sweep.webuiPort: not used here" in out
     assert "dgdr_mocker.yaml: ok" in out
     bad.write_text(yaml.safe_dump({"apiVersion": "nvidia.com/v1beta1", "kind": "DynamoGraphDeploymentRequest",
@@ -164,3 +165,21 @@ def test_the_callers_document_is_not_changed():
     raw = alpha({"profilingConfig": {"config": {"sla": {"isl": 10}}}}, annotations={"team": "a"})
     dgdr.parse(raw)
     assert raw["metadata"]["annotations"] == {"team": "a"}
+
+
+@pytest.mark.parametrize("planner, error", [
+    ({"fooBar": 1}, "spec.profilingConfig.config.planner.fooBar: unknown field `fooBar`"),
+    ({"adjustmentInterval": "abc"},
+     "spec.profilingConfig.config.planner.adjustmentInterval: Expected `float`, got `str` - at `$.adjustmentInterval`"),
+    ({"planner-min-endpoint": "x"}, "spec.profilingConfig.config.planner.planner-min-endpoint: Expected `int`"),
+])
+def test_a_v1alpha1_planner_error_names_the_key_as_the_user_wrote_it(tmp_path, caplog, planner, error):
+    old = yaml.safe_load((EXAMPLES / "dgdr_v1alpha1.yaml").read_text())
+    old["spec"]["profilingConfig"]["config"]["planner"] = planner
+    path = tmp_path / "dgdr.yaml"
+    path.write_text(yaml.safe_dump(old))
+    errors, _ = check_request(path)
+    assert len(errors) == 1 and errors[0].startswith(error), errors
+    with caplog.at_level(logging.ERROR, logger="dynamo.profiler"):
+        assert asyncio.run(run(load_request(path), Options(output_dir=tmp_path / "out"))) == 2
+    assert error in caplog.text

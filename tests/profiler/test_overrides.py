@@ -165,3 +165,24 @@ def test_an_override_written_for_dynamos_agg_graph_finds_our_worker(backend, nam
             "spec": {"components": [{"name": name, "replicas": 3}]}}
     dgd = build_dgd(request(backend=backend, overrides={"dgd": over}), agg)
     assert comps(dgd)[target]["replicas"] == 3 and len(comps(dgd)) == 2
+
+
+@pytest.mark.parametrize("over", [
+    {"spec": {"services": {"NoSuchWorker": {"replicas": 3}}}},  # no apiVersion: v1alpha1
+    {"apiVersion": "nvidia.com/v1alpha1", "kind": "DynamoGraphDeployment",
+     "spec": {"services": {"NoSuchWorker": {"componentType": "worker", "replicas": 3}}}},
+    {"apiVersion": "nvidia.com/v1beta1", "kind": "DynamoGraphDeployment",
+     "spec": {"components": [{"name": "NoSuchWorker", "replicas": 3}]}},
+    {"apiVersion": "nvidia.com/v1beta1", "kind": "DynamoGraphDeployment",
+     "spec": {"components": [{"name": "Zzz", "type": "worker", "replicas": 3}]}},
+])
+@pytest.mark.parametrize("backend", ["vllm", "sglang"])
+def test_an_unknown_component_is_never_applied_to_the_graphs_one_worker(over, backend):
+    # an agg graph has one worker: a name that is not it, nor Dynamo's name for it, nor a role, is an error
+    agg = Choice("agg", [WorkerChoice("agg", 1)], "memory-fit")
+    name = over["spec"].get("components", [{}])[0].get("name") or next(iter(over["spec"]["services"]))
+    with pytest.raises(ValueError, match=f"component '{name}' is not in the generated DGD"):
+        build_dgd(request(backend=backend, overrides={"dgd": over}), agg)
+    ok = {"spec": {"components": [{"name": "worker" if backend == "vllm" else "decode", "replicas": 3}]}}
+    assert comps(build_dgd(request(backend=backend, overrides={"dgd": ok}), agg))[
+        f"{backend.capitalize()}Worker"]["replicas"] == 3  # Dynamo's own name still finds it
