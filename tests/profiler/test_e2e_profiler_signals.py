@@ -82,7 +82,8 @@ def test_a_signal_mid_sweep_stops_the_candidate_deployment(tmp_path, tiny_model,
             return status.exists() and (yaml.safe_load(status.read_text()) or {}).get("profilingPhase") in (
                 "SweepingPrefill", "SweepingDecode")
         wait_until(sweeping, 150, "the candidate deployed and measured", interval=0.3)
-        runs = candidate_runs(out / "candidates" / "tp1" / "dgd.yaml")
+        # the candidate's deployment now: its real-time prefill one (a speedup ratio is set), or its decode one
+        runs = [pid for manifest in (out / "candidates" / "tp1").glob("**/dgd.yaml") for pid in candidate_runs(manifest)]
         assert len(runs) == 1, runs
         started = {runs[0], *descendants(runs[0])}
         assert len(started) >= 4, started  # run, Frontend and two mockers
