@@ -215,7 +215,11 @@ def _user_messages(blocks: list[dict[str, Any]], where: str) -> list[ChatMessage
             text = _result_text(block.get("content"), f"{where}.content[{j}].content")
             if block.get("is_error") is True and not text.lower().startswith("error"):
                 text = f"Error: {text}" if text else "Error"
-            out.append(ChatMessage(role="tool", content=text, tool_call_id=block.get("tool_use_id")))
+            call_id = block.get("tool_use_id")
+            if not isinstance(call_id, str) or not call_id:  # Anthropic's rule: a result names the call it answers
+                raise bad_request(f"`{where}.content[{j}].tool_use_id` is required: the id of the tool_use it "
+                                  "answers", f"{where}.content[{j}].tool_use_id")
+            out.append(ChatMessage(role="tool", content=text, tool_call_id=call_id))
         elif kind == "image":
             parts.append({"type": "image_url", "image_url": {"url": _image_url(block, f"{where}.content[{j}]")}})
         elif kind in _TEXT_SOURCES:

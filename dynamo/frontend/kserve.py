@@ -24,6 +24,7 @@ responses queued here. A peer that vanished is found by HTTP/2 keepalive pings."
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import logging
 import uuid
@@ -35,14 +36,16 @@ import msgspec
 from google.protobuf.message import DecodeError
 
 from dynamo.frontend import kserve_proto as pb
-from dynamo.frontend.kserve_tensors import KServeError, completion_body, infer_response, model_config, model_metadata
+from dynamo.frontend.kserve_tensors import (
+    UTF8_REFUSAL, KServeError, completion_fields, infer_response, model_config, model_metadata, utf8_text,
+)
 from dynamo.frontend.inprocess import body_once, post_scope
 
 log = logging.getLogger(__name__)
 
 _INFER_REQUEST = pb.classes["ModelInferRequest"]
-# A prompt longer than this is written into its JSON payload a slice of this many characters at a time.
-JSON_SLICE_CHARS = 1 << 20
+# A prompt longer than this is decoded and written into its JSON payload a slice of this many bytes at a time.
+JSON_SLICE_BYTES = 1 << 20
 # The model versions served: the one this frontend lists ("1"), or none named.
 VERSIONS = ("", "1")
 
@@ -107,7 +110,7 @@ def request_headers(context, request_id: str) -> list[tuple[bytes, bytes]]:
 
 
 async def _events(out: asyncio.Queue, stream: bool) -> AsyncIterator[dict]:
-    status, pending = 500, b""
+    status, pending = 500, bytearray()  # a large unary answer comes in pieces: appended, not copied each time
     while True:
         message = await out.get()
         if message is None:
@@ -133,7 +136,7 @@ async def _events(out: asyncio.Queue, stream: bool) -> AsyncIterator[dict]:
         yield json.loads(pending)
 
 
-class Prepared(NamedTuple):
+class InferPayload(NamedTuple):
     """An inference request as read off the wire: the request, its `/v1/completions` payload and stream flag,
     or why it is refused (`error`: then no payload)."""
 
@@ -143,28 +146,37 @@ class Prepared(NamedTuple):
     error: KServeError | None = None
 
 
-async def prepared(raw: bytes) -> Prepared:
+async def prepared(raw: bytes) -> InferPayload:
     """`raw` (a serialized ModelInferRequest) parsed and mapped to its completion payload; a huge prompt is
-    written into the JSON a slice at a time, other requests running in between (`json.dumps` of a 100 MB prompt
-    holds the loop for half a second; a thread would not help, one C call holds the GIL throughout)."""
+    decoded and written into the JSON a slice at a time, other requests running in between (`json.dumps` of a
+    100 MB prompt holds the loop for half a second; a thread would not help, one C call holds the GIL)."""
     try:
         request = _INFER_REQUEST.FromString(raw)
     except DecodeError:
-        return Prepared(_INFER_REQUEST(), error=KServeError("malformed ModelInferRequest"))
+        return InferPayload(_INFER_REQUEST(), error=KServeError("malformed ModelInferRequest"))
     try:
-        body, stream = completion_body(request)
+        fields, text, stream = completion_fields(request)
+        if len(text) <= JSON_SLICE_BYTES:
+            return InferPayload(request, json.dumps({**fields, "prompt": utf8_text(text)}).encode(), stream)
+        return InferPayload(request, await _sliced_payload(fields, text), stream)
     except KServeError as exc:
-        return Prepared(request, error=exc)
-    prompt = body["prompt"]
-    if len(prompt) <= JSON_SLICE_CHARS:
-        return Prepared(request, json.dumps(body).encode(), stream)
-    rest = json.dumps({k: v for k, v in body.items() if k != "prompt"}).encode()
-    parts = [rest[:-1], b', "prompt": "']
-    for start in range(0, len(prompt), JSON_SLICE_CHARS):
-        await asyncio.sleep(0)
-        parts.append(msgspec.json.encode(prompt[start:start + JSON_SLICE_CHARS])[1:-1])
+        return InferPayload(request, error=exc)
+
+
+async def _sliced_payload(fields: dict, text: memoryview) -> bytes:
+    """`fields` with `prompt`: the UTF-8 `text`, checked and escaped a slice at a time (a character cut by a
+    slice's edge is held by the incremental decoder until the next)."""
+    head = json.dumps(fields).encode()  # always holds `model` and `stream`: its closing brace goes
+    parts, decoder = [head[:-1], b', "prompt": "'], codecs.getincrementaldecoder("utf-8")()
+    try:
+        for start in range(0, len(text), JSON_SLICE_BYTES):
+            await asyncio.sleep(0)
+            parts.append(msgspec.json.encode(decoder.decode(text[start:start + JSON_SLICE_BYTES]))[1:-1])
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise KServeError(UTF8_REFUSAL) from None
     parts.append(b'"}')
-    return Prepared(request, b"".join(parts), stream)
+    return b"".join(parts)
 
 
 class KServeService:

@@ -11,6 +11,7 @@ read. The refusals are Dynamo's, with its messages (`KServeError`, a gRPC INVALI
 
 from __future__ import annotations
 
+import math
 import struct
 
 from dynamo.frontend import kserve_proto as pb
@@ -20,12 +21,15 @@ INPUTS = (("text_input", "BYTES", [1]), ("streaming", "BOOL", [1]))
 OUTPUTS = (("text_output", "BYTES", [-1]), ("finish_reason", "BYTES", [-1]))
 # request parameters passed on as the completion's fields, with the types they take
 SAMPLING_PARAMETERS = {
-    "max_tokens": int, "min_tokens": int, "n": int, "seed": int, "top_k": int, "logprobs": int,
+    "max_tokens": int, "min_tokens": int, "n": int, "seed": int, "top_k": int,
     "temperature": float, "top_p": float, "min_p": float, "frequency_penalty": float, "presence_penalty": float,
     "repetition_penalty": float, "ignore_eos": bool, "stop": str, "echo": bool,
 }
 _PARAMETER_TYPES = {"bool_param": bool, "int64_param": int, "uint64_param": int, "double_param": float,
                     "string_param": str}
+
+
+UTF8_REFUSAL = "'text_input' must be UTF-8 text"
 
 
 class KServeError(ValueError):
@@ -34,6 +38,20 @@ class KServeError(ValueError):
 
 def completion_body(request) -> tuple[dict, bool]:
     """The `/v1/completions` body of a `ModelInferRequest`, and whether it asked to stream."""
+    fields, text, stream = completion_fields(request)
+    return {**fields, "prompt": utf8_text(text)}, stream
+
+
+def utf8_text(data) -> str:
+    try:
+        return bytes(data).decode()
+    except UnicodeDecodeError:
+        raise KServeError(UTF8_REFUSAL) from None
+
+
+def completion_fields(request) -> tuple[dict, memoryview, bool]:
+    """A `ModelInferRequest`'s completion fields but the prompt, its prompt as the request holds it (UTF-8 bytes,
+    not yet checked: decoding megabytes is the caller's to pace), and whether it asked to stream."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise KServeError("`raw_input_contents` must be used for all inputs")
@@ -48,16 +66,17 @@ def completion_body(request) -> tuple[dict, bool]:
             raise KServeError(f"Invalid input name: {tensor.name}, supported inputs are 'text_input', 'stream'")
     if text is None:
         raise KServeError("Missing required input: 'text_input'")
-    body = {"model": request.model_name, "prompt": text, "stream": stream, **sampling_fields(request.parameters)}
-    return body, stream
+    return {"model": request.model_name, "stream": stream, **sampling_fields(request.parameters)}, text, stream
 
 
 def _check_tensors(request, raw: bool) -> None:
     """Triton's rules that Dynamo's mapping leaves unchecked: each input once, its values in one place (typed
     contents or raw, not both), only outputs this model answers."""
-    names = [tensor.name for tensor in request.inputs]
-    if (twice := next((n for n in names if names.count(n) > 1), None)) is not None:
-        raise KServeError(f"input '{twice}' is given more than once")
+    seen: set[str] = set()
+    for tensor in request.inputs:
+        if tensor.name in seen:
+            raise KServeError(f"input '{tensor.name}' already exists in request")
+        seen.add(tensor.name)
     if raw and any(tensor.HasField("contents") for tensor in request.inputs):
         raise KServeError("input contents must not be given in both `contents` and `raw_input_contents`")
     answered = [name for name, _, _ in OUTPUTS]
@@ -67,7 +86,7 @@ def _check_tensors(request, raw: bool) -> None:
                               f"(outputs: {', '.join(answered)})")
 
 
-def _text_input(tensor, raw: bytes | None) -> str:
+def _text_input(tensor, raw: bytes | None) -> memoryview:
     if tensor.datatype != "BYTES":
         raise KServeError(f"Expected 'text_input' to be of type BYTES for string input, got {tensor.datatype!r}")
     if list(tensor.shape) not in ([1], [1, 1]):
@@ -75,18 +94,14 @@ def _text_input(tensor, raw: bytes | None) -> str:
     if raw is None:
         if len(tensor.contents.bytes_contents) != 1:
             raise KServeError("'text_input' must contain exactly one element")
-        data = tensor.contents.bytes_contents[0]
+        return memoryview(tensor.contents.bytes_contents[0])
     else:
         if len(raw) < 4:
             raise KServeError("'text_input' raw input must be length-prefixed (>= 4 bytes)")
         (length,) = struct.unpack_from("<I", raw)
         if length != len(raw) - 4:
             raise KServeError("'text_input' raw input must hold exactly one length-prefixed element")
-        data = raw[4:]
-    try:
-        return data.decode()
-    except UnicodeDecodeError:
-        raise KServeError("'text_input' must be UTF-8 text") from None
+        return memoryview(raw)[4:]  # no copy of a prompt of megabytes
 
 
 def _stream_input(tensor, raw: bytes | None) -> bool:
@@ -116,6 +131,8 @@ def sampling_fields(parameters) -> dict:
             value = float(value)
         if type(value) is not want:
             raise KServeError(f"parameter '{name}' must be a {_type_name(want)}")
+        if want is float and not math.isfinite(value):
+            raise KServeError(f"parameter '{name}' must be a finite double")
         out[name] = value
     return out
 

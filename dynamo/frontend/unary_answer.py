@@ -17,8 +17,10 @@ LARGE_ANSWER_ENTRIES = 20_000
 
 
 class UnaryAnswer:
-    """What `GenerationRun` answers when the client asked for no stream (a mixin: the run holds the choices, the
-    request's fields and the collecting)."""
+    """What `GenerationRun` answers when the client asked for no stream: a mixin of that one class (its subclasses
+    override `answer`, `answer_history` and `_completion_fields`), reading what the run owns: `choices`,
+    `is_chat`, `request_id`, `model`, `created`, `echo`, `reasoning_field`, `want_logprobs`, `cancelled`,
+    `_chat_logprobs`, `_token_text`, `_usage()`, `_collect_answers()` and `app.trimmer`."""
 
     async def _unary(self, merged, first, send) -> None:
         if not await self._collect_answers(merged, first):

@@ -302,7 +302,8 @@ class RouterConfigOverride:
 
 def override_error(override: Mapping[str, Any] | None) -> str | None:
     """Why a request's `router_config_override` cannot be applied (a key no override has, a value outside its
-    setting's range: NaN, negative, infinite), or None."""
+    setting's range: NaN, negative, infinite), or None. Stricter than Dynamo's serde struct, which drops unknown
+    keys: `RouteQuery` is this project's own query, and a misspelt key doing nothing is worse than a 400."""
     known = [f.name for f in dataclasses.fields(RouterConfigOverride)]
     for key, value in (override or {}).items():
         if key not in known:

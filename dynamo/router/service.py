@@ -327,12 +327,12 @@ class RouterService:
             except AllWorkersBusy as exc:
                 raise HandlerError(f"Service temporarily unavailable: {exc}", ErrorCode.BUSY) from None
             except NoWorkers as exc:
+                if await self._worker_came(request, exclude, ctx):
+                    continue
                 if (pin := pinned_worker(self.pool, request)) is not None and not exclude and \
                         self.pool.get(pin[1]) is None:  # the caller named a worker this pool lacks: its error
                     raise HandlerError(f"No worker with instance id {pin[1]} ({pin[1]:x}) serves "
                                        f"{self.eid.path} (routing hint {pin[0]})", ErrorCode.BAD_REQUEST) from None
-                if await self._worker_came(request, exclude, ctx):
-                    continue
                 raise HandlerError(f"no workers available for {exc}{await self.elsewhere()}",
                                    ErrorCode.NO_WORKERS) from None
             except WorkerHintRequired as exc:

@@ -100,9 +100,9 @@ def test_infer_answers_what_completions_answers(stack, client):
     (lambda: inputs("hi"), {"max_tokens": "many"}, "parameter 'max_tokens' must be a int64"),
     (lambda: inputs("hi"), {"max_tokens": 0}, "max_tokens"),
     (lambda: inputs("word " * 5000), {"max_tokens": 4}, "context"),
-    # over JSON_SLICE_CHARS: written into its payload a slice at a time, refused all the same
+    # over JSON_SLICE_BYTES: written into its payload a slice at a time, refused all the same
     (lambda: inputs("word " * 400_000), {"max_tokens": 4}, "context"),
-    (lambda: [*inputs("hi"), *inputs("there")], {}, "input 'text_input' is given more than once"),
+    (lambda: [*inputs("hi"), *inputs("there")], {}, "input 'text_input' already exists in request"),
 ])
 def test_refusals_are_invalid_argument(client, tensors, parameters, says):
     with pytest.raises(InferenceServerException) as err:

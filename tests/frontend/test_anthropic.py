@@ -110,6 +110,9 @@ def test_claude_codes_billing_line_is_stripped_only_when_asked():
      "messages[0].content[0].source"),
     ({"messages": [{"role": "user", "content": "hi"}], "tool_choice": {"type": "sometimes"}}, "tool_choice.type"),
     ({"messages": [{"role": "user", "content": "hi"}], "system": [{"type": "image"}]}, "system[0]"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"},
+                   {"role": "user", "content": [{"type": "tool_result", "content": "42"}]}]},
+     "messages[2].content[0].tool_use_id"),  # which call does it answer? (its own index, not the chat turn's)
 ])
 def test_what_cannot_be_served_is_a_400_naming_the_field(body, param):
     with pytest.raises(ApiError) as err:

@@ -56,7 +56,7 @@ def test_a_batch_line_keeps_its_body_as_sent_and_reads_its_model_and_stream():
     line = f'{{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {body}}}'.encode()
     [parsed], errors = parse_lines(codecs.BOM_UTF8 + line + b"\r\n", "/v1/chat/completions")  # a BOM, CRLF
     assert errors == [] and parsed.body == body.encode() and (parsed.model, parsed.stream) == ("tiny", False)
-    bad = [line.replace(b"tiny", b"ti\xffny"), line.replace(body.encode(), b'"text"'), b'["a"]']
+    bad = [line.replace("😀".encode(), b"\xff"), line.replace(body.encode(), b'"text"'), b'["a"]']  # \xff: in the prompt
     _, errors = parse_lines(b"\n".join(bad), "/v1/chat/completions")
     assert [(e["line"], e["code"]) for e in errors] == [(1, "invalid_json_line"), (2, "missing_required_parameter"),
                                                         (3, "invalid_json_line")]

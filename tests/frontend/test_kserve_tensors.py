@@ -4,13 +4,14 @@
 import asyncio
 import json
 import struct
+import time
 
 import pytest
 import tritonclient.grpc.model_config_pb2 as triton_config
 import tritonclient.grpc.service_pb2 as triton
 
 from dynamo.frontend import kserve_proto as pb
-from dynamo.frontend.kserve import JSON_SLICE_CHARS, prepared
+from dynamo.frontend.kserve import JSON_SLICE_BYTES, prepared
 from dynamo.frontend.kserve_tensors import KServeError, completion_body, infer_response, model_config, model_metadata
 
 
@@ -103,7 +104,7 @@ def test_every_method_is_tritons():
 
 
 def test_triton_rules_dynamos_mapping_leaves_unchecked():
-    with pytest.raises(KServeError, match="input 'text_input' is given more than once"):
+    with pytest.raises(KServeError, match="input 'text_input' already exists in request"):
         completion_body(request(TEXT, TEXT))
     mixed = request(TEXT)  # typed contents and raw at once
     mixed.raw_input_contents.append(struct.pack("<I", 5) + b"hello")
@@ -117,7 +118,7 @@ def test_triton_rules_dynamos_mapping_leaves_unchecked():
         completion_body(request(TEXT, ("streaming", "BOOL", [1], [])))  # the tensor as the client named it
 
 
-@pytest.mark.parametrize("size", [10, JSON_SLICE_CHARS * 2 + 7])
+@pytest.mark.parametrize("size", [10, JSON_SLICE_BYTES * 2 + 7])
 def test_the_payload_of_a_prompt_short_or_written_in_slices_is_its_json(size):
     text = ('é"\\\n😀 ' * size)[:size]  # escapes, and characters of 2 and 4 UTF-8 bytes across slice edges
     req = request(("text_input", "BYTES", [1], [text.encode()]), max_tokens=3, temperature=0.5)
@@ -129,3 +130,26 @@ def test_the_payload_of_a_prompt_short_or_written_in_slices_is_its_json(size):
 
 def test_bytes_that_are_no_infer_request_are_refused():
     assert "malformed" in str(asyncio.run(prepared(b"\xff\xff\xff")).error)
+
+
+def test_a_big_prompt_that_is_not_utf8_is_refused_as_a_short_one_is():
+    text = b"w" * (JSON_SLICE_BYTES + 5) + b"\xff" + b"w" * 10
+    req = request(("text_input", "BYTES", [1], [text]))
+    assert str(asyncio.run(prepared(req.SerializeToString())).error) == "'text_input' must be UTF-8 text"
+    cut = request(("text_input", "BYTES", [1], ["é".encode() * JSON_SLICE_BYTES + b"\xc3"]))  # ends mid-character
+    assert str(asyncio.run(prepared(cut.SerializeToString())).error) == "'text_input' must be UTF-8 text"
+
+
+def test_a_non_finite_parameter_is_named():
+    with pytest.raises(KServeError, match="parameter 'temperature' must be a finite double"):
+        completion_body(request(TEXT, temperature=float("nan")))
+
+
+def test_many_inputs_are_checked_in_one_pass():
+    """100,000 differently named inputs (a 2 MB request): refused for their names at once, not after a pairwise
+    comparison of every two (minutes holding the event loop)."""
+    req = request(*[(f"in{i}", "BYTES", [1], [b"x"]) for i in range(100_000)])
+    started = time.monotonic()
+    with pytest.raises(KServeError, match="Invalid input name: in0"):
+        completion_body(req)
+    assert time.monotonic() - started < 15
