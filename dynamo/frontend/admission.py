@@ -26,6 +26,9 @@ log = logging.getLogger("dynamo.frontend")
 # What a request refused while the frontend waits for its initial workers is told to wait before retrying: an
 # engine that loads for minutes comes no sooner for clients asking every few milliseconds.
 STARTING_RETRY_AFTER_SECS = 5
+# How long a request waits for the first worker of a model discovery is about to serve (a LoRA adapter whose load
+# returned 200 a moment before this frontend's discovery watch saw it), rather than a 503 or 404 at once.
+FIRST_WORKER_GRACE_SECS = 1.0
 
 
 class InitialWorkers:
@@ -67,6 +70,7 @@ class Admission:
         self.initial = InitialWorkers(0, lambda: 0)  # met: `await_initial_workers` sets a count to wait for
         self.inflight = 0
         self.draining = False
+        self._catch_up: asyncio.Future | None = None  # a look at discovery for names not known yet (shared)
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -153,7 +157,30 @@ class Admission:
             if not await self.worker_wait.until_served(name, receive, lambda: self.draining):
                 self.refuse_if_draining()
                 raise self.rejected(name, errors.no_workers(name, self.worker_wait.wait_secs))
+        if not self.models.has_workers(name):
+            await self._first_worker_grace(name)
         return self.entry_for(name)
+
+    async def _first_worker_grace(self, name: str) -> None:
+        """A model discovery is about to serve: a worker whose card is registered but not yet routable (a LoRA
+        adapter whose load has just returned 200 while this frontend still holds its `lora_loading` card, an
+        instance record not seen yet), or a name this frontend does not know yet that discovery may already
+        hold (a load that finished between two looks at discovery). Its request waits up to
+        FIRST_WORKER_GRACE_SECS for that worker instead of a 503 (or 404) at once; a model whose workers are
+        all gone is not waited for here (--wait-for-workers-secs does that)."""
+        entry = self.models.get(name)
+        if entry is not None:
+            if any(w.address is None for w in entry.workers.values()):
+                await self.models.wait_for(lambda: self.models.has_workers(name), FIRST_WORKER_GRACE_SECS)
+            return
+        if name not in self.models.retired:
+            if self._catch_up is None or self._catch_up.done():  # one look at discovery for all such requests
+                grace = FIRST_WORKER_GRACE_SECS  # bounded as a whole: a store that does not answer (an outage) too
+                self._catch_up = asyncio.ensure_future(asyncio.wait_for(self.models.caught_up(grace), grace))
+            try:
+                await asyncio.shield(self._catch_up)
+            except Exception as exc:  # discovery unreachable: answer from what this frontend knows
+                log.debug("looking at discovery for %r failed: %s", name, exc)
 
 
 def workers_up(models: ModelManager) -> int:

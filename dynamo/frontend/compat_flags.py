@@ -28,8 +28,17 @@ IGNORED: dict[tuple[str, ...], tuple[bool, str]] = {
     # Newer Dynamo (after 1.6.1): sticky session routing plus SGLang streaming-session RPCs.
     ("--enable-agent-controller",): (False, "sticky routing for nvext.session_control is always on here; engine "
                                      "session slots (SGLang streaming sessions) are not opened"),
+    # Removed in NVIDIA Dynamo 1.6.1 itself, which still accepts it (choices token-capacity, none) with a warning.
+    ("--admission-control",): (True, "admission thresholds are set directly here: --active-decode-blocks-threshold, "
+                               "--active-prefill-tokens-threshold and --active-prefill-tokens-threshold-frac"),
     **ROUTER_IGNORED,
 }
+ADMISSION_CONTROL_CHOICES = ("token-capacity", "none")
+# Dynamo 1.6.1 reads the variable only to warn that it is ignored (a compat flag's twin is otherwise not read).
+ADMISSION_CONTROL_ENV = "DYN_ADMISSION_CONTROL"
+ADMISSION_CONTROL_ENV_WARNING = (f"{ADMISSION_CONTROL_ENV} is accepted for compatibility with NVIDIA Dynamo and has no "
+                                 "effect: set DYN_ACTIVE_DECODE_BLOCKS_THRESHOLD, DYN_ACTIVE_PREFILL_TOKENS_THRESHOLD "
+                                 "and DYN_ACTIVE_PREFILL_TOKENS_THRESHOLD_FRAC directly")
 # TLS on the request plane and to NATS (`--tcp-tls-*`, `--nats-tls-*`) are runtime settings every
 # component takes (runtime/compat_args.py), not listed here.
 FRONTEND_FLAGS = CompatFlags(IGNORED)

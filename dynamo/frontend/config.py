@@ -13,10 +13,11 @@ from typing import Mapping, Sequence
 
 from dynamo.llm.media import MediaSettings
 from dynamo.llm.worker_client import StreamDeadlineSettings
-from dynamo.router.config import ROUTER_MODES, Bound, KvRouterConfig, check_bounds, check_finite
+from dynamo.router.config import ROUTER_MODES, Bound, KvRouterConfig, check_bounds, check_finite, setting_name
 from dynamo.router.session_affinity import MAX_TTL_SECS
 from dynamo.frontend.client_backlog import STREAM_BACKLOG_MB
-from dynamo.frontend.compat_flags import FRONTEND_FLAGS
+from dynamo.frontend.compat_flags import (ADMISSION_CONTROL_CHOICES, ADMISSION_CONTROL_ENV,
+                                          ADMISSION_CONTROL_ENV_WARNING, FRONTEND_FLAGS)
 from dynamo.frontend.model_defaults import check_model_defaults
 from dynamo.frontend.model_generations import CARD_SETTLE_SECS
 from dynamo.runtime.compat_args import compat_parser, parse_with_compat
@@ -166,10 +167,8 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, MediaSettings, Http
         check_bounds(self, FRONTEND_BOUNDS)
         if self.load_aware:
             self.router_mode = "kv"  # Dynamo's preset is KV routing without cache credit
-        if bool(self.tls_cert_path) != bool(self.tls_key_path):
-            raise ValueError("--tls-cert-path and --tls-key-path must be given together")
-        if self.tls_client_ca_cert_path and not self.tls_cert_path:
-            raise ValueError("--tls-client-ca-cert-path needs --tls-cert-path and --tls-key-path")
+        check_ports(self)
+        check_tls_files(self)
         if self.responses_store_mb < 0:
             raise ValueError("--responses-store-mb must be >= 0")
         if self.migration_limit < 0:
@@ -201,6 +200,28 @@ class FrontendConfig(KvRouterConfig, StreamDeadlineSettings, MediaSettings, Http
             raise ValueError("--model-card-settle-secs must be >= 0")
 
 
+def check_ports(config: FrontendConfig) -> None:
+    """ValueError for a port no socket can have (a bigger one would wrap around to another port)."""
+    for name in ("http_port", "grpc_metrics_port"):
+        if not 0 <= getattr(config, name) <= 65535:
+            raise ValueError(f"{setting_name(config, name)} must be a TCP port, 0-65535 (got {getattr(config, name)})")
+
+
+def check_tls_files(config: FrontendConfig) -> None:
+    """ValueError for TLS settings that cannot serve: given apart, or a file that is not there (named with its
+    flag, rather than failing later as a listen error)."""
+    if bool(config.tls_cert_path) != bool(config.tls_key_path):
+        raise ValueError("--tls-cert-path and --tls-key-path must be given together")
+    if config.tls_client_ca_cert_path and not config.tls_cert_path:
+        raise ValueError("--tls-client-ca-cert-path needs --tls-cert-path and --tls-key-path")
+    for name in ("tls_cert_path", "tls_key_path", "tls_client_ca_cert_path"):
+        path = getattr(config, name)
+        if path and not os.path.isfile(path):
+            raise ValueError(f"{setting_name(config, name)}: {path}: no such file")
+        if path and not os.access(path, os.R_OK):
+            raise ValueError(f"{setting_name(config, name)}: {path}: not readable")
+
+
 # The frontend's own numeric settings with a range NVIDIA Dynamo enforces too (the router's: ROUTER_BOUNDS).
 FRONTEND_BOUNDS = {"router_min_initial_workers": Bound()}
 
@@ -210,15 +231,26 @@ def parse_frontend_args(argv: Sequence[str] | None = None, environ: Mapping[str,
     """(the frontend's config, a warning per NVIDIA Dynamo flag accepted without effect): Dynamo
     flags this frontend does not act on are accepted or refused as compat_flags.py says."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    argv, engine_warning = strip_vllm_engine_args(argv, os.environ if environ is None else environ)
+    env = os.environ if environ is None else environ
+    argv, engine_warning = strip_vllm_engine_args(argv, env)
     config, warnings = parse_with_compat(FrontendConfig, FRONTEND_FLAGS, argv, prog="python -m dynamo.frontend",
-                                         environ=environ)
+                                         environ=environ, vet=_vet_admission_control)
     warnings += engine_warning + config.policy_warnings()
+    if ADMISSION_CONTROL_ENV in env:
+        warnings.append(ADMISSION_CONTROL_ENV_WARNING)
     if config.request_plane != "tcp":
         warnings.append(f"--request-plane {config.request_plane} is accepted for compatibility with NVIDIA Dynamo and "
                         "has no effect: requests and responses always travel over TCP between our frontend and "
                         "workers")
     return config, warnings
+
+
+def _vet_admission_control(given: dict, error) -> None:
+    """`--admission-control` takes Dynamo 1.6.1's choices only, as there (it is ignored either way)."""
+    value = given.get("--admission-control")
+    if value is not None and value not in ADMISSION_CONTROL_CHOICES:
+        error(f"argument --admission-control: invalid choice: {value!r} (choose from "
+              f"{', '.join(map(repr, ADMISSION_CONTROL_CHOICES))})")
 
 
 CHAT_PROCESSOR_FLAG = "--dyn-chat-processor"

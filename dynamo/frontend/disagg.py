@@ -223,6 +223,8 @@ class PrefillOrchestrator:
         except StreamError as exc:
             if handle.cancelled or handle.shut or isinstance(exc, FellBehind):  # the client left or fell behind
                 raise
+            if exc.code == ErrorCode.LORA_NOT_LOADED:  # an unloaded adapter, not a failing worker: not inhibited
+                return _ANOTHER_WORKER
             reason = reason_for(exc)
             # A missed deadline may be the prompt, not the worker: a long prefill would miss it on every
             # prefill worker in turn (each one inhibited for everyone), so it is not retried elsewhere.

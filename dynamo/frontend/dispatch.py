@@ -5,8 +5,9 @@ worker with the tokens generated so far appended to the prompt (not a structured
 output already: its grammar would restart on the new worker). A worker that misses a
 deadline (`--first-token-timeout-secs`, `--stream-idle-timeout-secs`) counts as such a break:
 its stream is cancelled and the request migrates, or fails with 504. A worker that cannot
-be reached, or that refuses the request because it is draining, is skipped before
-anything was generated: the request goes to another worker whatever the migration limit.
+be reached, or that refuses the request because it is draining or no longer holds the request's LoRA
+adapter, is skipped before anything was generated: the request goes to another worker whatever the
+migration limit (an adapter no worker holds any more is a 404).
 Each such failure also inhibits the worker (`dynamo.router.inhibit`) so the requests that follow
 skip it until discovery catches up.
 
@@ -291,7 +292,23 @@ class Dispatcher:
             self.metrics.migration(entry.name, "new_request")
             exclude.add(iid)
             return request
+        if exc.code == ErrorCode.LORA_NOT_LOADED and not started:
+            return self._adapter_elsewhere(entry, request, iid, exclude)
         raise errors.from_stream_error(exc) from None
+
+    def _adapter_elsewhere(self, entry: ModelEntry, request: PreprocessedRequest, iid: int,
+                           exclude: set[int]) -> PreprocessedRequest:
+        """The worker dropped the request's LoRA adapter before this frontend saw its card go (an unload): not
+        the client's fault, nor the worker's (not inhibited: it serves its other models). The request goes to
+        another worker discovery says holds the adapter; with none left the adapter is gone (404)."""
+        exclude.add(iid)
+        if all(w.instance_id in exclude for w in entry.pool(Role.DECODE).workers):
+            log.info("no worker left holding LoRA adapter %r for request %s", entry.name, request.request_id)
+            raise errors.model_not_found(entry.name)
+        log.info("worker %x no longer holds LoRA adapter %r; sending request %s elsewhere", iid, entry.name,
+                 request.request_id)
+        self.metrics.migration(entry.name, "new_request")
+        return request
 
     def _migrate(self, entry: ModelEntry, request: PreprocessedRequest, iid: int, exc: StreamError,
                  handle: RequestHandle, progress: _Progress) -> PreprocessedRequest | None:

@@ -104,7 +104,8 @@ class FrontendApp:
             ("GET", "/metrics"): self.prometheus,
         }
         responses = ResponsesApi(responses_store)
-        model_api = ModelRoutes(models, lambda: self.admission.initial.check())  # ready once past the gate
+        enforce = dispatcher.prefill is not None and dispatcher.prefill.policy.enforce
+        model_api = ModelRoutes(models, lambda: self.admission.initial.check(), enforce)  # ready once past the gate
         self.routes.update(responses.routes(self))
         self.routes.update(model_api.routes())
         # (method, path prefix) -> handler, for paths that carry an id

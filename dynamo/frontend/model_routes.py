@@ -2,7 +2,8 @@
 objects (`GET /v1/models`, and `GET /v1/models/{id}`, OpenAI's retrieve) and Dynamo's readiness report
 (`GET /v1/models/{id}/ready`): per namespace, the worker types present and how many workers of each serve it.
 A model is ready where some worker can answer a request end to end (aggregated or decode); prefill workers alone
-cannot, so `decode` is then the missing type. Ids may contain `/` (`Qwen/Qwen3-0.6B`).
+cannot, so `decode` is then the missing type; under --enforce-disagg a namespace without a prefill worker misses
+`prefill` (its requests get 503 `prefill_unavailable`). Ids may contain `/` (`Qwen/Qwen3-0.6B`).
 """
 
 from __future__ import annotations
@@ -31,27 +32,34 @@ def awaited_object(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": STARTED, "owned_by": "dynamo"}
 
 
-def readiness(entry) -> dict[str, Any]:
+def readiness(entry, enforce_disagg: bool = False) -> dict[str, Any]:
+    """`enforce_disagg` (--enforce-disagg): a request needs a prefill worker too (else 503
+    `prefill_unavailable`), so a namespace without one is not ready and lists `prefill` as missing."""
     counts: dict[str, dict[str, int]] = {}
     for worker in entry.serving():
         types = counts.setdefault(worker.endpoint.namespace, {})
         kind = str(worker.card.worker_type)
         types[kind] = types.get(kind, 0) + 1
     namespaces = {}
+    prefill = str(WorkerType.PREFILL)
     for namespace, types in sorted(counts.items()):
-        ready = any(kind != WorkerType.PREFILL for kind in types)
-        namespaces[namespace] = {
-            "ready": ready, "worker_types": {k: {"workers": n, "needs": []} for k, n in sorted(types.items())},
-            "present": sorted(types), "missing_worker_types": [] if ready else [str(WorkerType.DECODE)]}
+        missing = [] if any(kind != prefill for kind in types) else [str(WorkerType.DECODE)]
+        if enforce_disagg and prefill not in types:
+            missing.append(prefill)
+        worker_types = {kind: {"workers": n, "needs": [prefill] if enforce_disagg and kind != prefill else []}
+                        for kind, n in sorted(types.items())}
+        namespaces[namespace] = {"ready": not missing, "worker_types": worker_types, "present": sorted(types),
+                                 "missing_worker_types": missing}
     return {"model": entry.name, "ready": any(ns["ready"] for ns in namespaces.values()), "namespaces": namespaces}
 
 
 class ModelRoutes:
     """The model routes a frontend serves, over its model manager."""
 
-    def __init__(self, models, started: Callable[[], bool] = lambda: True) -> None:
+    def __init__(self, models, started: Callable[[], bool] = lambda: True, enforce_disagg: bool = False) -> None:
         self.models = models
         self.started = started  # past --router-min-initial-workers: a model is ready only once requests go through
+        self.enforce_disagg = enforce_disagg  # --enforce-disagg: ready only with a prefill worker too
 
     def routes(self) -> dict[tuple[str, str], Callable]:
         return {("GET", "/v1/models"): self.list_models}
@@ -80,7 +88,7 @@ class ModelRoutes:
         if entry is None or not listed:
             raise errors.model_not_found(name)
         if ready:
-            report = readiness(entry)
+            report = readiness(entry, self.enforce_disagg)
             report["ready"] = report["ready"] and self.started()
             await send_json(send, 200 if report["ready"] else 503, report)
         else:

@@ -25,7 +25,7 @@ from dynamo.mocker.tokens import fragment_ids
 from dynamo.mocker.vllm_metrics import VllmMetrics
 from dynamo.llm.kv_events.protocol import LoadMetrics
 from dynamo.runtime.wire import ErrorCode
-from dynamo.worker.adapter import EngineContext, EngineInfo, Gauges
+from dynamo.worker.adapter import EngineContext, EngineInfo, Gauges, LoraNotLoaded
 from dynamo.worker.media_loader import ImageLoader
 
 
@@ -78,7 +78,7 @@ class MockerAdapter:
 
     async def generate(self, request: PreprocessedRequest, request_id: str) -> AsyncIterator[LLMEngineOutput]:
         if request.lora_name is not None and request.lora_name not in self.loras:
-            raise ValueError(f"LoRA adapter {request.lora_name!r} is not loaded on this worker")
+            raise LoraNotLoaded(request.lora_name)
         if request.multi_modal_data:  # a vision engine fails a request whose image it cannot read: so does this
             if self.images is None:
                 raise ValueError("this worker reads no images (the mocker reads them with --enable-multimodal)")

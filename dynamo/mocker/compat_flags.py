@@ -68,7 +68,11 @@ def _why(name: str) -> str:
     return _ROUTER
 
 
-MOCKER_FLAGS = CompatFlags({(name,): (name not in _BOOL, _why(name)) for name in dict.fromkeys(_NAMES)})
+MOCKER_FLAGS = CompatFlags({
+    **{(name,): (name not in _BOOL, _why(name)) for name in dict.fromkeys(_NAMES)},
+    # Hidden in 1.6.1 (deprecated for --router-prefill-load-scale), with its older spelling as an alias.
+    ("--router-kv-overlap-score-weight", "--kv-overlap-score-weight"): (True, _ROUTER),
+})
 
 
 def parse_mocker_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None

@@ -19,7 +19,7 @@ import json
 import os
 import re
 import typing
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -94,6 +94,16 @@ def _convert(kind: type, raw: str) -> Any:
     return kind(raw)
 
 
+def _converter(kind: type) -> Callable[[str], Any]:
+    """argparse's `type` for a field of `kind`, named after it: argparse's error quotes the name
+    (`invalid float value: 'abc'`)."""
+    def convert(raw: str) -> Any:
+        return _convert(kind, raw)
+
+    convert.__name__ = "JSON" if kind is dict else getattr(kind, "__name__", str(kind))
+    return convert
+
+
 def _default(field: dataclasses.Field) -> Any:
     if field.default is not _MISSING:
         return field.default
@@ -123,7 +133,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         elif kind is list:
             kwargs["nargs"] = "*"
         else:
-            kwargs["type"] = (lambda k: (lambda raw: _convert(k, raw)))(kind)
+            kwargs["type"] = _converter(kind)
             if field.metadata.get("choices"):
                 kwargs["choices"] = field.metadata["choices"]
             if field.metadata.get("metavar"):

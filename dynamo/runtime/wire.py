@@ -68,6 +68,9 @@ class ErrorCode(enum.StrEnum):
     NO_WORKERS = "no_workers"  # the router service: no worker to route to
     # A request a draining worker refused before starting it: safe to send elsewhere.
     DRAINING = "draining"
+    # The request names a LoRA adapter this worker does not hold (unloaded before the caller saw its card go):
+    # the worker is fine and the request too; another worker holding the adapter may take it.
+    LORA_NOT_LOADED = "lora_not_loaded"
     # The stream broke without its end marker, or the worker cut it at shutdown: migrate.
     DISCONNECTED = "disconnected"
     # A relay (the global router) lost the stream behind it mid-way: migrate, through the same relay,

@@ -67,6 +67,10 @@ def role_of(server_args: Any) -> WorkerRole:
     return WorkerRole.parse("agg" if mode == "null" else mode)
 
 
+NOT_INSTALLED = ("SGLang is not installed for {python}: install it (`pip install \"sglang[all]\"`, as SGLang's own "
+                 "guide says) or run this worker with a Python that has it")
+
+
 def sglang_available() -> bool:
     return importlib.util.find_spec("sglang") is not None
 
@@ -76,6 +80,8 @@ def install_triton_stub() -> None:
     if "triton" in sys.modules or importlib.util.find_spec("triton") is not None:
         return
     spec = importlib.util.find_spec("sglang")
+    if spec is None or not spec.submodule_search_locations:
+        return  # no SGLang: its import, not this stub, says so
     path = os.path.join(list(spec.submodule_search_locations)[0], "_platform_stubs.py")
     loader_spec = importlib.util.spec_from_file_location("_sglang_platform_stubs", path)
     stubs = importlib.util.module_from_spec(loader_spec)
@@ -122,7 +128,11 @@ def split_namespace(ns: argparse.Namespace) -> tuple[DynamoSglangArgs, argparse.
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[DynamoSglangArgs, Any, list[str]]:
     """(DynamoSglangArgs, sglang ServerArgs, a warning per NVIDIA Dynamo flag accepted without
-    effect). Needs SGLang."""
+    effect). Needs SGLang: without it `--help` and bad flags are answered from the static table,
+    and a command line that parses exits 2 with one line saying how to install it."""
+    if not sglang_available():
+        parser = parse_split(argv, use_sglang=False)[3]
+        parser.exit(2, f"{parser.prog}: error: {NOT_INSTALLED.format(python=sys.executable)}\n")
     config, engine_ns, warnings, parser = parse_split(argv, use_sglang=True)
     try:
         server_args = import_server_args().from_cli_args(engine_ns)

@@ -28,7 +28,7 @@ from dynamo.vllm.events import EngineStats, stat_logger_factory
 from dynamo.vllm.forward_pass import fpm_stat_logger_factory
 from dynamo.vllm.handler import error_code, stream_outputs, to_sampling_params
 from dynamo.vllm.pooling import cross_encoder_format, pooling_model_types, stream_pooling
-from dynamo.worker.adapter import EngineContext, EngineInfo, EngineMetrics, Gauges
+from dynamo.worker.adapter import EngineContext, EngineInfo, EngineMetrics, Gauges, LoraNotLoaded
 from dynamo.worker.kv_relay import ZmqKvEventSource
 from dynamo.worker.media_loader import ImageLoader
 from dynamo.worker.role import WorkerRole
@@ -125,7 +125,7 @@ class VllmAdapter:
         if request.lora_name is not None:
             lora = self.loras.get(request.lora_name)
             if lora is None:
-                return refused(ValueError(f"LoRA adapter {request.lora_name!r} is not loaded on this worker"))
+                return refused(LoraNotLoaded(request.lora_name))
         if request.task in ("embed", "classify"):
             return stream_pooling(self.engine, request, request_id)
         params = to_sampling_params(request, self.facts.max_model_len, self.mode)

@@ -9,7 +9,8 @@ Request contract: `generate(request, request_id)` streams `LLMEngineOutput` delt
 ids new since the previous item; the last one carries `finish_reason`). The harness calls
 `abort(request_id)` when the stream ends without a finish reason (client gone, drain
 deadline, error), then closes the stream. Errors raised from `generate` are mapped by
-`error_code` (else ValueError/TypeError -> bad_request, anything else -> internal).
+`error_code` (else LoraNotLoaded -> lora_not_loaded, ValueError/TypeError -> bad_request,
+anything else -> internal).
 """
 
 from __future__ import annotations
@@ -126,11 +127,21 @@ class EngineAdapter(Protocol):
         """Shut the engine down (after drain)."""
 
 
+class LoraNotLoaded(ValueError):
+    """A request names a LoRA adapter the worker does not hold: request-plane code `lora_not_loaded`, so its
+    caller sends it to another worker holding the adapter (or says the adapter is gone) instead of blaming the
+    client."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"LoRA adapter {name!r} is not loaded on this worker")
+        self.name = name
+
+
 class LoraEngine(Protocol):
     """Optional: adapters of an engine that serves LoRA (`EngineInfo.max_loras` set).
 
     A request for an adapter carries `PreprocessedRequest.lora_name`; `generate` applies it
-    and refuses (ValueError) one for an adapter it does not hold."""
+    and refuses (`LoraNotLoaded`) one for an adapter it does not hold."""
 
     async def load_lora(self, name: str, path: str, lora_id: int) -> None:
         """Load the adapter in local directory `path` (PEFT layout); raise ValueError if unusable."""

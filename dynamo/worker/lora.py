@@ -79,6 +79,27 @@ def _in_daemon_thread(fn, *args) -> asyncio.Future:
     return future
 
 
+# What an engine says when the adapter itself is unusable: the client's to fix (400), not the server's
+# (500). vLLM's engine core hands its errors back as text, their type lost, so they are matched by message:
+# PEFTHelper.validate_legal and its _validate_features, LoRAModel.from_local_checkpoint, safetensors.
+ADAPTER_FAULTS = ("is greater than max_lora_rank", "Adapter bias is not supported", "vLLM does not support",
+                  "vLLM does not yet support", "vLLM only supports modules_to_save", "LoRA rank `r` must be",
+                  "in `rank_pattern` must be", "Missing required configuration fields", "expected target modules",
+                  "doesn't contain tensors", "is missing weight", "must be consistent with the base model's",
+                  "Error while deserializing header")
+
+
+def load_failure_status(exc: Exception) -> int:
+    """The HTTP status of a failed load: a source's own (404 missing, 502 unreachable, 504 slow), 400 when
+    the adapter is refused (an adapter's `ValueError`, the engines' convention for the request's fault, or an
+    engine's message of `ADAPTER_FAULTS`), else 500: a fault of the worker, logged with its traceback."""
+    if isinstance(exc, LoraSourceError):
+        return exc.status
+    if isinstance(exc, ValueError) or any(text in str(exc) for text in ADAPTER_FAULTS):
+        return 400
+    return 500
+
+
 def lora_id_of(name: str) -> int:
     """Stable positive id (same on every worker), as engines want a nonzero int per adapter."""
     return xxhash.xxh3_64_intdigest(name.encode()) % (2**31 - 2) + 1
@@ -131,9 +152,11 @@ class LoraManager:
                 await self.adapter.load_lora(name, str(path), lora_id)
             except Exception as exc:
                 await self.runtime.unregister_key(key)
-                status = exc.status if isinstance(exc, LoraSourceError) else 500
-                if not isinstance(exc, LoraSourceError):
+                status = load_failure_status(exc)
+                if status >= 500 and not isinstance(exc, LoraSourceError):
                     log.exception("loading LoRA adapter %r failed", name)
+                elif status == 400:
+                    log.warning("LoRA adapter %r refused: %s", name, exc)
                 return status, error(f"failed to load LoRA adapter {name!r}: {exc}")
             self.loaded[name] = (lora_id, uri)
             await self.runtime.register_key(key, self.card(name, lora_id, loading=False))

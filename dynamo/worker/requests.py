@@ -20,7 +20,7 @@ from dynamo.llm.protocol import LLMEngineOutput, PreprocessedRequest
 from dynamo.runtime.logs import RequestEvents
 from dynamo.runtime.rp_server import HandlerError, RequestContext
 from dynamo.runtime.wire import ErrorCode
-from dynamo.worker.adapter import EngineAdapter
+from dynamo.worker.adapter import EngineAdapter, LoraNotLoaded
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,9 @@ class RequestHandler:
     def handler_error(self, exc: Exception) -> Exception:
         """Engine exception -> typed HandlerError; unknown ones stay as they are (-> internal)."""
         code = self.adapter.error_code(exc)
-        if code is None and isinstance(exc, (ValueError, TypeError)):  # validation: bad params, prompt too long
+        if code is None and isinstance(exc, LoraNotLoaded):  # not the client's fault: another worker may hold it
+            code = ErrorCode.LORA_NOT_LOADED
+        elif code is None and isinstance(exc, (ValueError, TypeError)):  # validation: bad params, prompt too long
             code = ErrorCode.BAD_REQUEST
         return HandlerError(str(exc), code) if code else exc
 

@@ -240,6 +240,13 @@ def test_enforced_disaggregation_refuses_without_prefill(tiny_model, tmp_path, f
                           timeout=30)
         assert resp.status_code == 503
         assert resp.json()["error"]["code"] == "prefill_unavailable"
+        # Not ready while its requests get that 503: prefill is the missing worker type.
+        status, body = http_get(c.base_url + f"/v1/models/{MODEL}/ready")
+        report = json.loads(body)
+        assert (status, report["ready"]) == (503, False)
+        (namespace,) = report["namespaces"].values()
+        assert namespace["missing_worker_types"] == ["prefill"]
+        assert namespace["worker_types"] == {"decode": {"workers": 1, "needs": ["prefill"]}}
     finally:
         c.stop()
 

@@ -169,6 +169,27 @@ def test_tls_flags_must_come_together(tmp_path):
     assert "must be given together" in result.stderr
 
 
+@pytest.mark.parametrize("argv,env,said", [
+    (["--http-port", "99999"], {}, "--http-port / DYN_HTTP_PORT must be a TCP port, 0-65535 (got 99999)"),
+    ([], {"DYN_HTTP_PORT": "-5"}, "--http-port / DYN_HTTP_PORT must be a TCP port, 0-65535 (got -5)"),
+    (["--tls-cert-path", "/nonexistent/c", "--tls-key-path", "/nonexistent/k"], {},
+     "--tls-cert-path / DYN_TLS_CERT_PATH: /nonexistent/c: no such file"),
+])
+def test_a_setting_that_cannot_serve_stops_the_start_with_one_line(tmp_path, argv, env, said):
+    """Never served on another port (99999 once wrapped around to 34463), nor "cannot listen on ..." for a
+    missing certificate: exit 2 at once, the last line naming the setting."""
+    import os
+    import sys
+
+    environ = {**{k: v for k, v in os.environ.items() if k != "DYN_HTTP_PORT"}, "DYN_FILE_KV": str(tmp_path / "kv"),
+               **env}
+    result = subprocess.run([sys.executable, "-m", "dynamo.frontend", *argv], capture_output=True, text=True,
+                            timeout=60, env=environ)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith(said)
+    assert "Traceback" not in result.stderr and "ready on" not in result.stderr
+
+
 def test_a_process_that_cannot_listen_exits_and_says_why_in_one_line(cluster):
     """A taken HTTP port: the frontend exits 1, a worker whose system port is taken exits 3 (as
     uvicorn's startup failure does), each with a line naming the address and no traceback."""

@@ -218,3 +218,18 @@ def test_other_unknown_flags_are_still_refused(argv, capsys):
     with pytest.raises(SystemExit):
         parse_frontend_args(argv, {})
     assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_admission_control_is_accepted_and_ignored_as_in_dynamo_161(capsys):
+    """Dynamo 1.6.1 removed admission control but still starts with the flag (a warning), and warns for
+    its variable: a launch command written for it must start here too."""
+    config, warnings = parse_frontend_args(["--admission-control", "token-capacity", "--router-mode", "kv"],
+                                           environ={})
+    assert config.router_mode == "kv" and len(warnings) == 1
+    assert warnings[0].startswith("--admission-control") and "--active-decode-blocks-threshold" in warnings[0]
+    config, warnings = parse_frontend_args([], environ={"DYN_ADMISSION_CONTROL": "token-capacity"})
+    assert config == FrontendConfig() and len(warnings) == 1
+    assert warnings[0].startswith("DYN_ADMISSION_CONTROL") and "DYN_ACTIVE_DECODE_BLOCKS_THRESHOLD" in warnings[0]
+    with pytest.raises(SystemExit) as exc:  # Dynamo's choices: token-capacity, none
+        parse_frontend_args(["--admission-control", "bogus"], environ={})
+    assert exc.value.code == 2 and "--admission-control: invalid choice: 'bogus'" in capsys.readouterr().err

@@ -39,3 +39,19 @@ def test_the_model_object_names_a_loras_base():
     entry.card = ModelDeploymentCard(display_name="m", slug="m", model_path="m", context_length=4096,
                                      kv_cache_block_size=16, lora_name="m", base_model_path="base-model")
     assert model_object(entry)["parent"] == "base-model"
+
+
+def test_enforce_disagg_without_a_prefill_worker_is_not_ready():
+    """--enforce-disagg: requests get 503 prefill_unavailable without a prefill worker, so the model is not ready."""
+    decode_only = entry_with((1, "blue", "decode"))
+    assert readiness(decode_only)["ready"] is True  # the decode worker prefills itself
+    report = readiness(decode_only, enforce_disagg=True)
+    assert report["ready"] is False
+    assert report["namespaces"]["blue"] == {"ready": False, "worker_types": {"decode": {"workers": 1,
+                                                                                        "needs": ["prefill"]}},
+                                            "present": ["decode"], "missing_worker_types": ["prefill"]}
+    both = readiness(entry_with((1, "blue", "decode"), (2, "blue", "prefill"), (3, "green", "decode")), True)
+    assert both["ready"] is True and both["namespaces"]["blue"]["missing_worker_types"] == []
+    assert both["namespaces"]["green"]["missing_worker_types"] == ["prefill"]
+    assert readiness(entry_with((3, "green", "prefill")), True)["namespaces"]["green"]["missing_worker_types"] == \
+        ["decode"]

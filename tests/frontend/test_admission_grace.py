@@ -1,0 +1,106 @@
+"""Admission's short grace for a model discovery is about to serve (admission.FIRST_WORKER_GRACE_SECS): a LoRA
+adapter whose load returned 200 while this frontend still holds its loading card, or a name discovery already
+lists that this frontend has not taken in yet. Its requests wait that long for the worker instead of a 503 or
+404 at once; a model with no worker coming is answered at once, and a store that does not answer does not hold
+a request past the grace."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from dynamo.frontend.admission import FIRST_WORKER_GRACE_SECS, Admission
+from dynamo.frontend.errors import ApiError
+from dynamo.frontend.metrics import FrontendMetrics
+
+
+class _Models:
+    """The model manager as admission sees it: entries with workers (address None: registered, not routable
+    yet), and its discovery look-up (`caught_up`), which `arrives` settles."""
+
+    def __init__(self, store_answers: bool = True) -> None:
+        self.models: dict = {}
+        self.retired: dict = {}
+        self.list_retired = False
+        self.store_answers = store_answers
+        self.looks = 0
+
+    def register(self, name: str, address: str | None) -> None:
+        worker = SimpleNamespace(address=address, instance_id=1, endpoint="dyn://ns.backend.generate")
+        self.models[name] = SimpleNamespace(name=name, workers={1: worker},
+                                            decode_workers=lambda: [worker] if worker.address else [])
+
+    def get(self, name: str):
+        return self.models.get(name)
+
+    def knows(self, name: str) -> bool:
+        return name in self.models
+
+    def has_workers(self, name: str) -> bool:
+        return bool(self.models.get(name) and self.models[name].decode_workers())
+
+    async def wait_for(self, predicate, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def caught_up(self, timeout: float) -> bool:
+        self.looks += 1
+        if not self.store_answers:
+            await asyncio.sleep(3600)
+        return True
+
+
+async def _never_disconnects() -> dict:
+    await asyncio.sleep(3600)
+    return {"type": "http.disconnect"}
+
+
+async def test_a_worker_registered_but_not_routable_yet_is_waited_for():
+    models = _Models()
+    models.register("ada", None)  # the adapter's loading card
+    admission = Admission(models, FrontendMetrics())  # type: ignore[arg-type]
+    request = asyncio.ensure_future(admission.served_entry("ada", _never_disconnects))
+    await asyncio.sleep(0.2)
+    assert not request.done(), "held, not a 503"
+    models.register("ada", "127.0.0.1:1")  # its loaded card, as the next look at discovery sees it
+    assert (await asyncio.wait_for(request, 5)).name == "ada"
+
+
+async def test_the_grace_is_short_and_ends_in_the_503():
+    models = _Models()
+    models.register("ada", None)  # still loading past the grace
+    admission = Admission(models, FrontendMetrics())  # type: ignore[arg-type]
+    began = time.monotonic()
+    with pytest.raises(ApiError) as refused:
+        await admission.served_entry("ada", _never_disconnects)
+    assert (refused.value.status, refused.value.code) == (503, "no_workers")
+    assert FIRST_WORKER_GRACE_SECS <= time.monotonic() - began < FIRST_WORKER_GRACE_SECS + 1
+
+
+async def test_a_model_with_no_worker_coming_is_answered_at_once():
+    models = _Models()
+    models.retired["gone"] = SimpleNamespace(name="gone")  # its workers all left
+    admission = Admission(models, FrontendMetrics())  # type: ignore[arg-type]
+    began = time.monotonic()
+    with pytest.raises(ApiError) as refused:
+        await admission.served_entry("gone", _never_disconnects)
+    assert refused.value.status == 503 and time.monotonic() - began < 0.5
+    assert models.looks == 0
+
+
+@pytest.mark.parametrize("store_answers", [True, False])
+async def test_an_unknown_name_is_looked_up_once_for_all_its_requests_and_bounded(store_answers):
+    models = _Models(store_answers)
+    admission = Admission(models, FrontendMetrics())  # type: ignore[arg-type]
+    began = time.monotonic()
+    answers = await asyncio.gather(*(admission.served_entry("nope", _never_disconnects) for _ in range(5)),
+                                   return_exceptions=True)
+    assert {(a.status, a.code) for a in answers} == {(404, "model_not_found")}
+    assert models.looks == 1 and time.monotonic() - began < FIRST_WORKER_GRACE_SECS + 1
