@@ -2,7 +2,9 @@
 `environment: global-planner` send their decisions there; see `handler.py`) and
 `<DYN_NAMESPACE>.GlobalPlanner.health`, with Dynamo's flags: `--managed-namespaces NS ...` (the planners
 heard; default all), `--environment kubernetes` (the only one), `--no-operation` (log, apply nothing),
-`--max-total-gpus N` (one GPU budget across the managed graphs; -1: none)."""
+`--max-total-gpus N` (one GPU budget across the managed graphs; -1: none). What it cannot start with (a
+negative budget other than -1, no Kubernetes config and no `dynamo.deploy run` graphs) is a one-line error,
+exit 2, before anything is served."""
 
 from __future__ import annotations
 
@@ -51,15 +53,27 @@ def build_parser_for_deploy():
     return build_parser(GlobalPlannerArgs, prog="python -m dynamo.global_planner")
 
 
-async def serve(args: GlobalPlannerArgs, stop: asyncio.Event) -> int:
+def kube_client(args: GlobalPlannerArgs):
+    """The Kubernetes API client the graphs are read and scaled through; ValueError, in one line, when there
+    is no cluster config (in-cluster, or `--kubeconfig` / $KUBECONFIG / ~/.kube/config)."""
+    try:
+        return make_api_client(PlannerConfig(environment="kubernetes", kubeconfig=args.kubeconfig))
+    except ImportError as exc:
+        raise ValueError(f"the Kubernetes client is not installed ({exc}): pip install 'dynamo-serve[planner]'") \
+            from None
+    except Exception as exc:  # the library's ConfigException, or a kubeconfig it cannot read
+        raise ValueError(f"no Kubernetes cluster config ({exc}): run it in a cluster, give --kubeconfig "
+                         "(or $KUBECONFIG), or run it in a graph under `python -m dynamo.deploy run`, which "
+                         "gives it the graphs' control endpoints (DYN_DEPLOY_CONTROL_URLS)") from None
+
+
+async def serve(args: GlobalPlannerArgs, stop: asyncio.Event, api=None) -> int:
     runtime = await DistributedRuntime.create(None, args.namespace)
-    api = None
     if args.control_urls:
         graphs: Graphs | LocalGraphs = LocalGraphs(parse_urls(args.control_urls))
         log.info("GlobalPlanner: under `dynamo.deploy run`; graphs %s scaled through their control endpoints",
                  ", ".join(sorted(graphs.urls)))
     else:
-        api = make_api_client(PlannerConfig(environment="kubernetes", kubeconfig=args.kubeconfig))
         graphs = Graphs(api)
     handler = ScaleHandler(graphs, args.managed_namespaces, args.kube_namespace, args.no_operation, args.max_total_gpus,
                            args.ready_timeout)
@@ -96,8 +110,16 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(exc))
     if not args.namespace:
         parser.error("DYN_NAMESPACE (or --namespace) is required: the GlobalPlanner's endpoints are served there")
+    if args.max_total_gpus < -1:
+        parser.error(f"--max-total-gpus must be >= 0, or -1 for no budget: {args.max_total_gpus}")
     write_config_dump(args, "dynamo.global_planner")
-    return run_main(lambda stop: serve(args, stop))
+    api = None
+    if not args.control_urls:  # at start, so a missing cluster config is one line, not a served-then-crashed task
+        try:
+            api = kube_client(args)
+        except ValueError as exc:
+            parser.error(str(exc))
+    return run_main(lambda stop: serve(args, stop, api))
 
 
 if __name__ == "__main__":

@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--config is required (inline JSON or a .json/.yaml file)")
     try:
         cfg = load_config(args.config, args)
+    except FileNotFoundError as exc:
+        parser.error(f"--config: {exc}")
     except (ValueError, OSError, msgspec.ValidationError) as exc:
         parser.error(f"invalid planner config: {exc}")
     write_config_dump(args, "dynamo.planner", sections={"planner_config": dumpable(cfg)})

@@ -241,7 +241,7 @@ def load_config(text: str, args: PlannerArgs | None = None) -> PlannerConfig:
         with open(text, encoding="utf-8") as fh:
             raw = yaml.safe_load(fh) if text.endswith((".yaml", ".yml")) else json.load(fh)
     else:
-        raw = json.loads(text)
+        raw = _inline_json(text)
     if args is None:
         return convert(raw)
     cfg, ignored = _convert(raw, args)
@@ -251,6 +251,17 @@ def load_config(text: str, args: PlannerArgs | None = None) -> PlannerConfig:
     if bundle is not None and not os.path.isfile(bundle):  # checked where it runs: a pod's mount is not here
         raise ValueError(f"metric_pulling_prometheus_ca_bundle path does not exist or is not a file: {bundle!r}")
     return cfg
+
+
+def _inline_json(text: str) -> object:
+    """`--config` given as JSON. Text that is no JSON and does not open like JSON was meant as a path: say that
+    the file is missing rather than how JSON parsing failed on the path's characters."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        if text.lstrip().startswith(("{", "[")):
+            raise
+        raise FileNotFoundError(f"no such file: {text}") from None
 
 
 def convert(raw: object) -> PlannerConfig:

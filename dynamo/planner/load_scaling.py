@@ -19,7 +19,7 @@ Before any of it (every target, `sla` too) the FPMs must cover the pool: `fpm_co
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from dynamo.llm.forward_pass import ForwardPassMetrics
@@ -42,6 +42,7 @@ class Decision:
     current: int
     target: int
     reason: str
+    estimate: dict[str, float] = field(default_factory=dict)  # target `sla`: worst engine's est TTFT/ITL (ms)
 
     @property
     def change(self) -> int:

@@ -3,7 +3,9 @@ limits, Dynamo's MDC `runtime_config`) and their forward-pass metrics on the eve
 
 `FpmCollector` subscribes to `forward-pass-metrics` on every component that serves a
 worker card in the namespace, keeps each engine's latest FPM, feeds the per-pool perf
-models, and keeps running averages of the workload (ISL, decode batch and length).
+models, and keeps running averages of the workload (ISL, decode batch and length) and, per
+engine, how busy it was with prefill since the last load tick (`WorkWindow`): the load a scale-down
+must fit into one replica fewer, which a snapshot of the queue cannot tell.
 An engine's FPM counts only while the engine is in discovery and its FPM is fresher
 than `fpm_stale_seconds` (relays repeat the last message every second when idle).
 """
@@ -27,6 +29,39 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class WorkWindow:
+    """How busy one engine was with prefill since `opened`: the wall time of its iterations that prefilled, per
+    second. The relay thins FPMs and repeats the last one while idle, so iterations are counted from
+    `counter_id` (repeats add none), each at the mean of the distinct messages sampled."""
+
+    opened: float | None = None  # None until a first FPM gives the baseline counter
+    counter: int = 0
+    iterations: int = 0
+    busy: float = 0.0  # seconds, over the sampled messages
+    samples: int = 0
+
+    def add(self, fpm: ForwardPassMetrics, now: float) -> None:
+        if self.opened is None:
+            self.opened, self.counter = now, fpm.counter_id
+            return
+        if fpm.counter_id <= self.counter:
+            return  # the relay's repeat of a message already counted
+        self.iterations += fpm.counter_id - self.counter
+        self.counter = fpm.counter_id
+        self.busy += fpm.wall_time if fpm.scheduled_requests.sum_prefill_tokens else 0.0
+        self.samples += 1
+
+    def take(self, now: float, min_window: float) -> float | None:
+        """The busy share (engine-seconds per second) since `opened`, then a new window from `now`; None while
+        the window is shorter than `min_window` (an engine just seen: too little to judge a scale-down on)."""
+        if self.opened is None or now - self.opened < min_window or now <= self.opened:
+            return None
+        share = self.busy / self.samples * self.iterations / (now - self.opened) if self.samples else 0.0
+        self.opened, self.iterations, self.busy, self.samples = now, 0, 0.0, 0
+        return share
+
+
+@dataclass
 class Engine:
     role: str
     component: str
@@ -34,6 +69,7 @@ class Engine:
     model: str
     latest: ForwardPassMetrics | None = None
     seen_at: float = 0.0
+    work: WorkWindow = field(default_factory=WorkWindow)
 
 
 class Ewma:
@@ -73,6 +109,7 @@ class FpmCollector:
         self.stats = {role: WorkloadStats() for role in ("prefill", "decode")}
         self._subs: dict[tuple[str, str], object] = {}  # (namespace, component) -> FPM subscriber
         self._tasks: list[asyncio.Task] = []
+        self.clock = time.monotonic  # FPM arrival times and load windows (a simulation replays its own)
 
     async def refresh(self) -> None:
         """Re-read the worker cards; subscribe to components seen for the first time."""
@@ -135,7 +172,8 @@ class FpmCollector:
         engine = self.engines.get(key)
         if engine is None:
             engine = self.engines[key] = Engine(card.role, card.component, card.limits, card.model)
-        engine.latest, engine.seen_at = fpm, time.monotonic()
+        engine.latest, engine.seen_at = fpm, self.clock()
+        engine.work.add(fpm, engine.seen_at)
         model = self.models.get(card.role)
         x = sample("agg" if self.cfg.mode == "agg" else card.role, fpm)
         if model is not None and x is not None:
@@ -155,12 +193,19 @@ class FpmCollector:
     def fresh(self, role: str) -> list[tuple[ForwardPassMetrics, EngineLimits]]:
         return [(e.latest, e.limits) for e in self._fresh(role).values()]
 
+    def prefill_busy(self, role: str) -> float | None:
+        """Engine-seconds per second the pool's engines spent in iterations that prefilled, since the last call
+        (summed, each over its own window); None when some engine has no full window yet. Once per load tick."""
+        now, min_window = self.clock(), self.cfg.load_adjustment_interval_seconds / 2
+        rates = [e.work.take(now, min_window) for e in self._fresh(role).values()]
+        return sum(rates) if rates and None not in rates else None
+
     def reporting(self, role: str) -> list[tuple[int, int]]:
         """(instance id, dp rank) of each engine whose FPM counts now: what `fresh` decides on."""
         return list(self._fresh(role))
 
     def _fresh(self, role: str) -> dict[tuple[int, int], Engine]:
-        horizon = time.monotonic() - self.cfg.fpm_stale_seconds
+        horizon = self.clock() - self.cfg.fpm_stale_seconds
         return {k: e for k, e in self.engines.items()
                 if e.role == role and e.latest is not None and e.seen_at >= horizon}
 

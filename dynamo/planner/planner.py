@@ -14,6 +14,9 @@ Guards, where Dynamo 1.6.1's users got hurt:
 - as Dynamo, a load tick decides only on FPMs that cover the pool: when the engines reporting
   differ from the ready replicas (a new replica not reporting yet), the pool holds
   (`worker_count_mismatch`), and in disagg mode so does the other pool;
+- target `sla` scales down only when the load measured over the pool fits one replica fewer, TTFT and ITL
+  both where the pool serves both (`sla.py`), and only after SLA_DOWN_TICKS load ticks in a row allowed it,
+  so a steady load that needed N replicas does not go back to N-1 (QA: prefill flapped 1 -> 2 -> 1);
 - pools with ready replicas that publish nothing in the planner's namespace for a minute are
   warned about, with the namespaces their cards are in (`watch.py`), instead of a silent hold.
 """
@@ -34,12 +37,15 @@ from dynamo.planner.load_scaling import WORKER_COUNT_MISMATCH, Decision, fpm_cov
 from dynamo.planner.metrics import PlannerMetrics
 from dynamo.planner.observe import FpmCollector
 from dynamo.planner.predictors import make_predictor
-from dynamo.planner.watch import SilentPools
+from dynamo.planner.watch import SilentPools, describe_store
 from dynamo.planner.prometheus import (PrometheusClient, TrafficObservation, observe, router_waiting_query,
                                        waiting_query)
 from dynamo.profiler.interpolation import Profile
 
 log = logging.getLogger("dynamo.planner")
+# Target `sla`: load ticks in a row a scale-down must be allowed on before it is applied. One FPM window of a
+# closed-loop load can dip under the busy limit while the load is steady; undoing the scale-up on it flaps.
+SLA_DOWN_TICKS = 3
 
 
 class Planner:
@@ -60,7 +66,8 @@ class Planner:
         self._seeded: set[str] = set()  # roles whose perf model took the profile's points
         self._last_gpu_tick = time.monotonic()
         self._failing: dict[str, str] = {}  # loop -> its last failure, until a tick succeeds
-        self.silent = SilentPools(cfg.namespace)
+        self.silent = SilentPools(cfg.namespace, store=describe_store(collector.store))
+        self._down_streak: dict[str, int] = {}  # role -> load ticks in a row its sla decision allowed a scale-down
 
     # ---- loop ----------------------------------------------------------------------
 
@@ -187,7 +194,7 @@ class Planner:
     def _load_decision(self, role: str, pool: PoolState) -> Decision:
         engines = self.collector.fresh(role)
         if self.cfg.optimization_target == "sla":
-            d = self._sla_load_decision(role, engines, pool.desired)
+            d = self._steady_down(self._sla_load_decision(role, engines, pool.desired))
         else:
             d = reactive_decision(self.cfg, role, engines, pool.desired)
         floor = self.lower_bound.get(role, 0)
@@ -205,20 +212,35 @@ class Planner:
             return Decision(role, current, current, f"sla {role}: perf model has {have}/"
                             f"{self.cfg.load_min_observations} samples, hold")
         w = self._workload(role)
-        if self.cfg.mode == "agg" or role == "decode":
+        if self.cfg.mode == "agg":
+            d = sla.sla_agg_decision(self.cfg, model, engines, w, current, role)
+        elif role == "decode":
             d = sla.sla_decode_decision(self.cfg, model, engines, w, current, role)
-            if self.cfg.mode == "agg":  # agg: TTFT matters too; either estimate can ask for more
-                p = sla.sla_prefill_decision(self.cfg, model, engines, w, current, role)
-                d = p if p.target > d.target else d
+        else:
+            d = sla.sla_prefill_decision(self.cfg, model, engines, w, current, role)
+        for key, value in d.estimate.items():  # the gauges show what the decision was judged on
+            self.metrics.estimated[key].set(value)
+        return d
+
+    def _steady_down(self, d: Decision) -> Decision:
+        """A scale-down only once it was allowed SLA_DOWN_TICKS load ticks in a row (hysteresis)."""
+        if d.target >= d.current:
+            self._down_streak[d.role] = 0
             return d
-        return sla.sla_prefill_decision(self.cfg, model, engines, w, current, role)
+        n = self._down_streak[d.role] = self._down_streak.get(d.role, 0) + 1
+        if n < SLA_DOWN_TICKS:
+            return Decision(d.role, d.current, d.current, f"{d.reason}; allowed {n} load tick(s) in a row of the "
+                            f"{SLA_DOWN_TICKS} a scale-down needs, hold", d.estimate)
+        self._down_streak[d.role] = 0
+        return d
 
     def _workload(self, role: str) -> sla.Workload:
         st = self.collector.stats[role]
         obs = self.last_obs
         isl = st.isl.value or obs.isl or self.collector.stats["prefill"].isl.value or 0.0
         return sla.Workload(isl=isl, osl=obs.osl or 0.0, kv_hit=obs.kv_hit_rate or 0.0,
-                            num_decode=st.num_decode.value or 0.0, decode_len=st.decode_len.value or 0.0)
+                            num_decode=st.num_decode.value or 0.0, decode_len=st.decode_len.value or 0.0,
+                            prefill_busy=self.collector.prefill_busy(role))
 
     # ---- throughput loop -----------------------------------------------------------
 

@@ -2,7 +2,9 @@
 a Dynamo namespace; a planner that looks in another one (its config's `namespace`, else `$DYN_NAMESPACE`)
 holds on "no engine reports yet" forever while the pools it scales have ready replicas. After `after`
 seconds of that a warning names the namespace it reads, what is missing (cards, or only their metrics) and
-the namespaces where worker cards are found instead; repeated every `every` seconds while it lasts, and
+the namespaces where worker cards are found instead, and the discovery store it read (a graph under
+`python -m dynamo.deploy run` keeps its own file store, which a planner started by hand does not read unless
+given `run`'s DYN_DISCOVERY_BACKEND and DYN_FILE_KV); repeated every `every` seconds while it lasts, and
 the recovery is said once."""
 
 from __future__ import annotations
@@ -16,10 +18,19 @@ WARN_AFTER_S = 60.0
 REPEAT_S = 600.0
 
 
+def describe_store(store) -> str:
+    """Which discovery store a planner reads, as the warning names it."""
+    backend = getattr(store, "backend", None)
+    where = {"file": lambda: f" {store.root} ($DYN_FILE_KV)",
+             "etcd": lambda: f" {', '.join(store.endpoints)}"}.get(backend, lambda: "")()
+    return f"the {backend} discovery store{where}" if backend else "no discovery store"
+
+
 class SilentPools:
     def __init__(self, namespace: str, after: float = WARN_AFTER_S, every: float = REPEAT_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, store: str = "") -> None:
         self.namespace, self.after, self.every, self.clock = namespace, after, every, clock
+        self.store = store  # describe_store()'s text
         self.since: float | None = None  # when the pools went unseen
         self.warned_at: float | None = None
 
@@ -46,9 +57,17 @@ class SilentPools:
             what = f"{cards} worker card(s) there but no forward-pass metrics from the {pools} pool(s)"
         else:
             what = f"no worker card there while the {pools} pool(s) have ready replicas"
-        hint = (f"; worker cards are in namespace(s) {', '.join(repr(n) for n in elsewhere)}: set the planner's "
-                "`namespace` (or $DYN_NAMESPACE) to theirs" if elsewhere and not cards else "")
-        text = (f"planner: nothing seen in namespace {self.namespace!r} for {waited:.0f}s: {what}; every decision "
-                f"holds{hint}")
+        if elsewhere and not cards:
+            hint = (f"; worker cards are in namespace(s) {', '.join(repr(n) for n in elsewhere)}: set the planner's "
+                    "`namespace` (or $DYN_NAMESPACE) to theirs")
+        elif not cards:  # none anywhere in this store: the workers register in another one
+            hint = ("; no worker card in any namespace of this store: the workers register in another one (a graph "
+                    "under `python -m dynamo.deploy run` keeps its own: export DYN_DISCOVERY_BACKEND=file and "
+                    "DYN_FILE_KV=<run's state dir>/kv before starting the planner)")
+        else:
+            hint = ""
+        looked = f" of {self.store}" if self.store else ""
+        text = (f"planner: nothing seen in namespace {self.namespace!r}{looked} for {waited:.0f}s: {what}; every "
+                f"decision holds{hint}")
         log.warning("%s", text)
         return text

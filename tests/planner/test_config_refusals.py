@@ -85,3 +85,17 @@ def test_left_out_or_null_in_our_own_fields_the_environment_decides():
     assert ours.prometheus_endpoint == "http://prom:9090"
     with pytest.raises(ValueError, match="`namespace` is null"):
         load_config(json.dumps({"namespace": None}), env)
+
+
+@pytest.mark.parametrize("name", ["nope.json", "nope.yaml"])
+def test_a_missing_config_file_is_named_not_parsed_as_json(tmp_path, capsys, name):
+    # QA item 9: `--config /tmp/nope.json` said "Expecting value: line 1 column 1 (char 0)"
+    from dynamo.planner.__main__ import main
+    path = tmp_path / name
+    with pytest.raises(SystemExit) as exit_:
+        main(["--config", str(path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: --config: no such file: {path}" in err and "Expecting value" not in err
+    with pytest.raises(json.JSONDecodeError):  # malformed inline JSON is still reported as such
+        load_config('{"ttft_ms": }')

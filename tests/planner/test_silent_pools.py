@@ -36,7 +36,7 @@ async def test_pools_publishing_elsewhere_are_named_then_their_recovery(caplog):
         await publish_workers(store, "team-a-graph")
         await planner.load_tick()
         [said] = warnings(caplog)
-        assert said.startswith("planner: nothing seen in namespace 'dynamo' for ")
+        assert said.startswith("planner: nothing seen in namespace 'dynamo' of the mem discovery store for ")
         assert "no worker card there while the prefill (1 ready), decode (1 ready) pool(s) have ready replicas" in said
         assert "worker cards are in namespace(s) 'team-a-graph': set the planner's `namespace`" in said
         assert all(d.target == d.current and "no engine reports yet" in d.reason for d in planner.decisions)
@@ -52,6 +52,32 @@ async def test_pools_publishing_elsewhere_are_named_then_their_recovery(caplog):
         await planner.load_tick()
         assert warnings(caplog) == []
         assert "planner: the pools publish in namespace 'dynamo' now" in caplog.text
+    finally:
+        await collector.close()
+        await conn.close()
+        await store.close()
+
+
+async def test_no_card_in_the_store_at_all_names_the_store_read_and_runs_own(caplog, tmp_path):
+    """QA item 5: a planner started by hand beside `dynamo.deploy run` read another store than `run`'s private
+    file store; the warning said the cards were "not there" without saying where it had looked."""
+    from dynamo.runtime.discovery.file import FileStore
+    caplog.set_level(logging.INFO, "dynamo.planner")
+    cfg = PlannerConfig(environment="virtual", model_name="m", namespace="default-mocker-disagg",
+                        optimization_target="latency")
+    store = FileStore(root=str(tmp_path / "kv"))
+    await store.start()
+    conn, collector = make_connector(cfg, store=store), FpmCollector(store, cfg)
+    planner = Planner(cfg, conn, collector)
+    planner.silent.after = 0.0
+    try:
+        await conn.start()
+        await planner.load_tick()
+        [said] = warnings(caplog)
+        assert said.startswith(f"planner: nothing seen in namespace 'default-mocker-disagg' of the file discovery "
+                               f"store {tmp_path / 'kv'} ($DYN_FILE_KV) for ")
+        assert "no worker card in any namespace of this store" in said
+        assert "export DYN_DISCOVERY_BACKEND=file and DYN_FILE_KV=<run's state dir>/kv" in said
     finally:
         await collector.close()
         await conn.close()

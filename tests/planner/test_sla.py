@@ -11,7 +11,7 @@ from dynamo.llm.forward_pass import ForwardPassMetrics, QueuedRequests, Schedule
 from dynamo.planner import sla
 from dynamo.planner.config import PlannerConfig
 from dynamo.planner.load_scaling import EngineLimits
-from dynamo.planner.perf_model import chunked_prefill_ms, decode_model, prefill_model, sample
+from dynamo.planner.perf_model import agg_model, chunked_prefill_ms, decode_model, prefill_model, sample
 
 LIM = EngineLimits(context_length=8192, max_kv_tokens=100_000, max_num_batched_tokens=2048, max_num_seqs=256)
 
@@ -92,7 +92,8 @@ def test_prefill_ttft_scales_up_only_when_every_engine_misses(pmodel):
 
 
 def test_prefill_scale_down_is_consolidation_aware(pmodel):
-    w = sla.Workload(isl=1000)  # T_own = 20 ms; SLA 100 ms; sensitivity 0.8 -> queue part must stay < 64 ms
+    # T_own = 20 ms; SLA 100 ms; sensitivity 0.8 -> queue part must stay < 64 ms (no load beyond the queue)
+    w = sla.Workload(isl=1000, prefill_busy=0.0)
     c = cfg(ttft_ms=100)
     light = ForwardPassMetrics(worker_id="a", queued_requests=QueuedRequests(sum_prefill_tokens=2000))
     # 2 -> 1: queue 2000*2 = 4000 -> post = T(5000) = 80 ms; 80 - 20 = 60 < 64 -> down
@@ -134,3 +135,44 @@ def test_replicas_for_demand():
     assert sla.replicas_for(0, 4, 5, c, "decode") == 3  # no traffic: down, -2 per tick, towards min 1
     assert sla.replicas_for(0, 4, 1, c, "decode") == 1
     assert sla.replicas_for(5, math.inf, 1, c, "decode") == 1
+
+
+def test_prefill_scale_down_needs_the_measured_load_to_fit_one_replica_fewer(pmodel):
+    # QA item 1: two engines keeping up show empty queues; when they spend 1.2 engine-seconds per second
+    # prefilling, one engine would be 120% busy, so 2 -> 1 must hold however empty the queues look; 0.3 goes down.
+    c, empty = cfg(ttft_ms=100), ForwardPassMetrics(worker_id="a")
+    steady = sla.sla_prefill_decision(c, pmodel, [(empty, LIM)] * 2, sla.Workload(isl=1000, prefill_busy=1.2), 2)
+    assert steady.target == 2 and "1 replica(s) would be 120% busy with prefill (limit 80%), hold" in steady.reason
+    unknown = sla.sla_prefill_decision(c, pmodel, [(empty, LIM)] * 2, sla.Workload(isl=1000), 2)
+    assert unknown.target == 2 and "not measured" in unknown.reason
+    low = sla.sla_prefill_decision(c, pmodel, [(empty, LIM)] * 2, sla.Workload(isl=1000, prefill_busy=0.3), 2)
+    # at 1: own 20 ms + M/D/1 wait 20 * 0.30 / (2 * 0.70) = 4.3 ms
+    assert low.target == 1 and "at 1: est TTFT 24 ms, 30% busy" in low.reason
+    # under the busy limit, but the queue moved over (T(4000 + 1000) = 80 ms, alone within the margin: 60 < 64)
+    # plus the wait behind an engine 60% busy (20 * 0.6 / 0.8 = 15 ms) is not
+    queued = ForwardPassMetrics(worker_id="a", queued_requests=QueuedRequests(sum_prefill_tokens=2000))
+    assert sla.sla_prefill_decision(c, pmodel, [(queued, LIM)] * 2, sla.Workload(isl=1000, prefill_busy=0.6),
+                                    2).target == 2
+
+
+@pytest.fixture
+def amodel():  # agg: wall ~ prefill tokens + decode batch + decode KV, exactly linear
+    m = agg_model(2048, 100_000)
+    for p in (0, 500, 1000, 2000):
+        for n, kv in ((1, 1000), (16, 20_000), (64, 60_000)):
+            m.add((p, n, kv), prefill_wall(p) + decode_wall(n, kv) - 0.01)
+    return m
+
+
+def test_agg_scale_down_keeps_ttft_as_well_as_itl(amodel):
+    # QA item 1, agg: the ITL check alone let 2 -> 1 through while TTFT had just forced 1 -> 2.
+    c = cfg(mode="agg", ttft_ms=100, itl_ms=50)
+    f = ForwardPassMetrics(worker_id="a", scheduled_requests=ScheduledRequests(num_decode_requests=4,
+                                                                               sum_decode_kv_tokens=4000))
+    busy = sla.sla_agg_decision(c, amodel, [(f, LIM)] * 2, sla.Workload(isl=1000, prefill_busy=1.2), 2)
+    assert busy.target == 2
+    assert "one replica fewer keeps the SLA (at 1: est ITL" in busy.reason  # ITL alone would go down ...
+    assert "busy with prefill" in busy.reason and "agg: a scale-down needs both SLAs kept, hold" in busy.reason
+    assert set(busy.estimate) == {"ttft_ms", "itl_ms"}
+    low = sla.sla_agg_decision(c, amodel, [(f, LIM)] * 2, sla.Workload(isl=1000, prefill_busy=0.15), 2)
+    assert low.target == 1 and "est TTFT" in low.reason and "est ITL" in low.reason
