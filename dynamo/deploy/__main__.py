@@ -15,13 +15,21 @@ def _number(kind: type, least: float, strict: bool):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value < least or (strict and value == least):
+        if value != value or value < least or (strict and value == least):  # NaN too
             raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {least:g}, got {text}")
         return value
     return parse
 
 
 POSITIVE, NON_NEGATIVE, COUNT = _number(float, 0, True), _number(float, 0, False), _number(int, 0, False)
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0 (pick a free one) to 65535; anything else is a usage error naming the flag (exit 2)."""
+    value = COUNT(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a DGD on this machine without Kubernetes")
     r.add_argument("file")
-    r.add_argument("--frontend-port", type=int, default=8000, help="HTTP port of the (first) frontend")
+    r.add_argument("--frontend-port", type=port_number, default=8000, help="HTTP port of the (first) frontend")
     r.add_argument("--model", default=None, help="local model dir replacing every worker's model")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="SVC.replicas=N",
                    help="override a service's replicas (repeatable)")
@@ -44,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--volume", dest="volumes", action="append", default=[], metavar="PVC=DIR",
                    help="serve PVC's mount point from a local directory (repeatable)")
     r.add_argument("--namespace", default=None, help="Kubernetes namespace to emulate (default: manifest's)")
-    r.add_argument("--control-port", type=int, default=0,
+    r.add_argument("--control-port", type=port_number, default=0,
                    help="port of the control endpoint (GET /status, POST /scale); 0 picks a free one")
     r.add_argument("--prometheus-endpoint", default=None, metavar="URL",
                    help="Prometheus that scrapes this graph, handed to planner components as PROMETHEUS_ENDPOINT "
@@ -60,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--engine", choices=["mocker"], default=None,
                    help="run the graph's vLLM / SGLang / TRT-LLM workers on the mocker (same model and served name; "
                         "engine-only flags left out, with a warning): a GPU manifest on a machine without the engine")
-    r.add_argument("--grace", type=float, default=15.0,
+    r.add_argument("--grace", type=NON_NEGATIVE, default=15.0,
                    help="seconds between SIGTERM and SIGKILL when the whole run stops (a scaled-down or unhealthy "
                         "replica gets its pod's terminationGracePeriodSeconds, 60 unless the manifest sets it)")
     r.add_argument("--no-status", action="store_true", help="do not print the status table")

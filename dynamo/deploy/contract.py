@@ -72,6 +72,20 @@ def is_frontend(svc: Service) -> bool:
     return svc.componentType == "frontend"
 
 
+UNTYPED_FRONTEND = ("runs dynamo.frontend but has no componentType: the operator deploys it as a worker (no HTTP "
+                    "port or Service, probed on the system port, which a frontend does not serve, so never ready), "
+                    "and `run` would not give it --frontend-port; set componentType: frontend")
+
+
+def untyped_frontend(svc: Service) -> bool:
+    """A service that runs `dynamo.frontend` without a component type: the operator goes by componentType
+    alone, so to it this is a worker (see UNTYPED_FRONTEND)."""
+    if svc.componentType is not None:
+        return False
+    command, args, _ = command_of(svc)
+    return "dynamo.frontend" in parse_command(command, args).modules
+
+
 def kserve_http_port(svc: Service) -> int | None:
     """A frontend run with Dynamo's KServe gRPC server (`--kserve-grpc-server` or DYN_KSERVE_GRPC_SERVER) serves
     gRPC on its HTTP port and its HTTP routes (/health, /metrics) on `--grpc-metrics-port` (DYN_GRPC_METRICS_PORT,

@@ -222,7 +222,8 @@ def apply_main(url: str, path: str, wait: bool = True, timeout: float = 900.0, d
     url = url.rstrip("/")
     try:
         with open(path, encoding="utf-8") as fh:
-            body = {"manifest": fh.read(), **({"deadline_s": deadline} if deadline is not None else {})}
+            body = {"manifest": fh.read(), "source": path,
+                    **({"deadline_s": deadline} if deadline is not None else {})}
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

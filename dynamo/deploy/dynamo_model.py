@@ -88,6 +88,19 @@ def load_models(docs: list[Any], graph: Graph, graphs: list[Graph] | None = None
     return models
 
 
+def model_errors(docs: list[Any], graphs: list[Graph]) -> list[str]:
+    """What `load_models` refuses for any graph of the file (`validate`'s view of what `run`, `render` and
+    `apply` refuse), each once."""
+    errors: list[str] = []
+    for graph in graphs:
+        try:
+            load_models(docs, graph, graphs)
+        except ValueError as exc:
+            if str(exc) not in errors:
+                errors.append(str(exc))
+    return errors
+
+
 def _names(graphs: list[Graph]) -> str:
     return " or ".join(g.metadata.name for g in graphs)
 

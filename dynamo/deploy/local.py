@@ -11,7 +11,8 @@
   resolves in this machine's HF cache (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub).
 - Hugging Face ids (`Qwen/Qwen3-0.6B`, what the profiler's DGDs name): looked up in the same caches as
   the workers do; one not cached is fetched once (config and tokenizer files, as Dynamo's mocker
-  prefetches them), so a model that cannot be had stops `run` before any replica crash-loops on it.
+  prefetches them), so a model that cannot be had stops `run` before any replica crash-loops on it;
+  so does a model path that does not exist here (`check_exists`).
 """
 
 from __future__ import annotations
@@ -145,3 +146,13 @@ def local_model(value: str, environ: dict[str, str]) -> str:
     if is_repo_id(value):
         return resolve_hub_id(value, environ)
     return value
+
+
+def check_exists(value: str | None) -> None:
+    """LookupError when a worker's model (as `local_model` left it) is neither a path on this machine nor a
+    Hugging Face id: a pod's path (`/opt/models/...`, a PVC's) that nothing maps here. The worker could only
+    crash-loop on it, so `run` stops before anything starts, as for an id it cannot get."""
+    if not value or os.path.exists(os.path.expanduser(value)) or is_repo_id(value):
+        return
+    raise LookupError(f"model {value} does not exist on this machine; pass --model DIR (a local copy of the model), "
+                      "or --volume PVC=DIR when the manifest reads it from a PVC's mount")

@@ -300,7 +300,10 @@ class Applier:
         for name, plan in self.sup.plans.items():
             ro = self.rollouts.get(name)
             reps = self.sup.active(name)
-            updated = [r for r in reps if r.plan is plan]
+            # a stall that fell back runs the old plan again: counted against the applied one, as a Deployment's
+            # updatedReplicas counts the new ReplicaSet's pods (0 here), the old ones as old
+            applied = ro.plan if ro is not None and ro.state == "stalled" else plan
+            updated = [r for r in reps if r.plan is applied]
             ready = sum(r.state == "ready" for r in updated)
             state = ro.state if ro is not None and ro.state in ("progressing", "stalled") else \
                 "complete" if ready >= plan.replicas and len(reps) == plan.replicas else "scaling"

@@ -169,13 +169,16 @@ class ServicePlan:
                                 f"; engine flags left out: {' '.join(dropped)}" if dropped else "")
         return line
 
-    def check_model(self) -> None:
-        """Fail before starting anything when a worker's model cannot be found here."""
+    def check_model(self, paths: bool = False) -> None:
+        """Fail before starting anything when a worker's model cannot be found here (`paths`: a model path
+        too that does not exist on this machine)."""
         for inv in self._command(expansion.expand_env(self.env_entries, self.env_from)).invocations:
             if inv.module in MODEL_MODULES:
                 self._map_volumes(inv)
                 try:
                     self._local_model(inv)
+                    if paths:
+                        local.check_exists(model_of(inv))
                 except LookupError as exc:
                     raise ValueError(f"service {self.name}: {exc.args[0]}") from None
 
@@ -328,7 +331,10 @@ def planner_env(opts: RunOptions, manifest_env: dict[str, str]) -> dict[str, str
 
 
 def refuse_multinode(name: str, svc: Service) -> None:
-    """One replica spanning several nodes cannot run here: say so before starting anything."""
+    """One replica spanning several nodes cannot run here, nor a frontend the operator would deploy as a worker
+    (`contract.untyped_frontend`): say so before starting anything."""
+    if contract.untyped_frontend(svc):
+        raise ValueError(f"service {name} {contract.UNTYPED_FRONTEND}")
     nodes = svc.multinode.nodeCount if svc.multinode else 1
     if nodes > 1:
         engine = ", ".join(parse_command(*contract.command_of(svc)[:2]).modules) or "its engine"
@@ -339,10 +345,11 @@ def refuse_multinode(name: str, svc: Service) -> None:
 
 def build_plans(graph: Graph, opts: RunOptions, overrides: dict[str, int],
                 devices: list[str] | None = None, ledger: DeviceLedger | None = None,
-                claim: bool = True) -> dict[str, ServicePlan]:
+                claim: bool = True, paths: bool = False) -> dict[str, ServicePlan]:
     """One plan per service; `devices` (default: nvidia-smi) are handed out in service order, from `ledger`
     when given (one machine's GPUs shared by the graphs of a file). `claim` off (an apply's plans, which may
-    be refused, and are built off the event loop): nothing is claimed now, each replica claims at its launch."""
+    be refused, and are built off the event loop): nothing is claimed now, each replica claims at its launch.
+    `paths` (what `run` starts): a worker's model path that does not exist here is refused too."""
     discovery = discovery_env(graph, opts)
     for name, svc in graph.spec.services.items():
         refuse_multinode(name, svc)
@@ -357,7 +364,7 @@ def build_plans(graph: Graph, opts: RunOptions, overrides: dict[str, int],
     if unknown:
         raise ValueError(f"--volume: no service mounts a volume named {unknown[0]!r}")
     for plan in plans.values():
-        plan.check_model()
+        plan.check_model(paths)  # `paths`: what `run` starts (a plan alone may name the pod's paths)
     for name, count in overrides.items():
         if name not in plans:
             raise ValueError(f"--set: no service {name!r} (have {', '.join(plans)})")

@@ -22,6 +22,7 @@ DEFAULT_SURGE = DEFAULT_UNAVAILABLE = "25%"  # Kubernetes' RollingUpdate default
 class ApplyRequest(msgspec.Struct, forbid_unknown_fields=True):
     manifest: str  # the file `run` takes, as text
     deadline_s: Annotated[float, msgspec.Meta(gt=0)] | None = None  # progressDeadlineSeconds of its rollouts
+    source: str | None = None  # the file it was read from (`apply FILE`): what its errors name
 
 
 class Refused(ValueError):

@@ -114,6 +114,7 @@ class GraphRun:
             scaling = self.autoscaling.prepare(documents, graph)  # validated: builds (ValueError: a 400)
             # the new set decides whose count the manifest's replicas may set, so it comes before the diff
             applied = self.applier.apply(graph, plans, self.autoscaled(scaling.owned), namespace, req.deadline_s)
+            applied["notes"] += set_notes(graph, self.overrides)
             self.graph = graph
             newly = set(scaling.held) - set(self.autoscaling.held)
             stopped = self.autoscaling.commit(scaling)
@@ -127,14 +128,15 @@ class GraphRun:
             return applied
 
     def _plans_of(self, req: ApplyRequest) -> tuple[Graph, dict, str, list, list[DynamoModel]]:
-        graph, documents, graphs = manifest_graph(req.manifest, self.opts.state_dir, self.graph.metadata.name)
+        graph, documents, graphs = manifest_graph(req.manifest, self.opts.state_dir, self.graph.metadata.name,
+                                                  req.source)
         # the file's other graphs are other runs' (their DynamoModels theirs); ValueError: refused, as at startup
         models = load_models(documents, graph, graphs)
         present = set(graph.spec.services)
         opts = dataclasses.replace(self.opts, config_maps=config_maps.collect(documents),
                                    append_args={k: v for k, v in self.opts.append_args.items() if k in present})
         plans = build_plans(graph, opts, {k: v for k, v in self.overrides.items() if k in present},
-                            devices=[], ledger=self.ledger, claim=False)
+                            devices=[], ledger=self.ledger, claim=False, paths=True)
         for name, plan in plans.items():
             check_replicas(name, plan.replicas)
         missing = sorted({m for p in plans.values() for m in p.modules if not module_available(m)})
@@ -187,17 +189,28 @@ class GraphRun:
         self.sup.scale(service, min(replicas, MAX_REPLICAS))
 
 
-def manifest_graph(text: str, state_dir: str, name: str) -> tuple[Graph, list, list[Graph]]:
+def set_notes(graph: Graph, overrides: dict[str, int]) -> list[str]:
+    """What an apply's replicas lose to run's --set (applied again, as at startup): said, as an autoscaler's are."""
+    notes = [f"{name}: its replicas are run's --set {name}.replicas={count}: {count} kept, not the manifest's "
+             f"{svc.replica_count}" for name, count in overrides.items()
+             if (svc := graph.spec.services.get(name)) is not None and svc.replica_count != count]
+    for note in notes:
+        log.warning("apply: %s", note)
+    return notes
+
+
+def manifest_graph(text: str, state_dir: str, name: str, source: str | None = None) -> tuple[Graph, list, list[Graph]]:
     """The graph named `name` of a posted manifest, validated as `run` validates its file, the file's
-    documents (its ConfigMaps) and all its graphs; ValueError for a manifest with errors, Refused without
-    that graph."""
+    documents (its ConfigMaps) and all its graphs; ValueError for a manifest with errors (naming `source`, the
+    file it was read from, not this temporary copy), Refused without that graph."""
     fd, path = tempfile.mkstemp(prefix="apply-", suffix=".yaml", dir=state_dir or None)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         report = validate_file(path)
         if report.errors:
-            raise ValueError("the manifest does not validate: " + "; ".join(report.errors[:5]))
+            errors = [e.replace(path, source or "the manifest") for e in report.errors[:5]]
+            raise ValueError("the manifest does not validate: " + "; ".join(errors))
         documents = load_documents(path)
     finally:
         os.remove(path)
@@ -247,7 +260,7 @@ def build_runs(args: argparse.Namespace, graphs: list[Graph], state_dir: str, po
                           prometheus_endpoint=getattr(args, "prometheus_endpoint", None), config_maps=maps,
                           engine=getattr(args, "engine", None))
         port_taken |= has_frontend
-        plans = build_plans(graph, opts, set_here, ledger=ledger)
+        plans = build_plans(graph, opts, set_here, ledger=ledger, paths=True)
         for svc_name, plan in plans.items():  # the manifest's or --set's count, held to what scale accepts
             check_replicas(f"{name}/{svc_name}" if several else svc_name, plan.replicas)
         sup = Supervisor(plans, log_dir=args.log_dir, grace=args.grace, label=name if several else "",

@@ -100,7 +100,7 @@ class Supervisor:
 
     def scale(self, service: str, replicas: int) -> None:
         if service not in self.plans:
-            raise KeyError(f"no service {service!r}")
+            raise KeyError(f"no service {service!r} (have {', '.join(self.plans) or 'none'}; names are case-sensitive)")
         check_replicas(service, replicas)
         self.plans[service].replicas = replicas
         log.info("scale %s to %d replica(s)", service, replicas)

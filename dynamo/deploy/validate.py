@@ -6,6 +6,7 @@ fixes the value (see `expansion`)."""
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +15,8 @@ from typing import Any
 import msgspec
 import yaml
 
-from dynamo.deploy import (autoscalers, config_maps, contract, expansion, model, names, rollout, scale_to_zero,
-                           templates, v1beta1)
+from dynamo.deploy import (autoscalers, config_maps, contract, dynamo_model, expansion, model, names, rollout,
+                           scale_to_zero, strict_yaml, templates, v1beta1)
 from dynamo.deploy.commands import CommandLine, flag_value, parse_command, probe_files
 from dynamo.deploy.contract import command_of, exec_probes
 from dynamo.deploy.parsers import check_args
@@ -42,7 +43,7 @@ class Report:
 
 def load_documents(path: str | Path) -> list[Any]:
     with open(path, encoding="utf-8") as fh:
-        return [doc for doc in yaml.safe_load_all(fh) if doc is not None]
+        return strict_yaml.load_all(fh)
 
 
 # Services NVIDIA Dynamo's manifests give no component type (a pool's local router, the global router):
@@ -94,7 +95,9 @@ def check_services(services: dict[str, model.Service], report: Report, paths: Pa
         if not container.image:
             report.errors.append(f"{main_path}.image: required (service {name} has no image)")
         line = parse_command(*contract.expanded_command(svc, known_env(svc, graph)))
-        if svc.componentType is None and not any(inv.module in UNTYPED_SERVICES for inv in line.invocations):
+        if contract.untyped_frontend(svc):
+            report.warnings.append(f"{where}: {contract.UNTYPED_FRONTEND}")
+        elif svc.componentType is None and not any(inv.module in UNTYPED_SERVICES for inv in line.invocations):
             report.warnings.append(f"{where}: no component type; treated as a worker")
         if svc.multinode and svc.multinode.nodeCount > 1:
             report.warnings.append(f"{where}.multinode: {svc.multinode.nodeCount} nodes per replica; `render` emits a "
@@ -222,13 +225,24 @@ def validate_file(path: str | Path) -> Report:
     graphs = [(i, d) for i, d in enumerate(docs)
               if not isinstance(d, dict) or d.get("kind", model.KIND) == model.KIND]
     if not graphs:
-        report.errors.append(f"no {model.KIND} document found")
+        report.errors.append(f"no {model.KIND} document found{_kinds_found(docs)}")
     for index, doc in graphs:
         validate_document(doc, report, index if len(docs) > 1 else 0)
     check_mounted_plans(docs, report)
     check_autoscalers(docs, report)
+    report.errors += dynamo_model.model_errors(docs, report.graphs)
     report.errors += name_collisions(report.graphs)
     return report
+
+
+def _kinds_found(docs: list[Any]) -> str:
+    """The kinds the file has instead, a misspelling of the graph's kind named as one."""
+    kinds = list(dict.fromkeys(d["kind"] for d in docs if isinstance(d, dict) and isinstance(d.get("kind"), str)))
+    if not kinds:
+        return ""
+    close = difflib.get_close_matches(model.KIND, kinds, n=1, cutoff=0.8)
+    hint = f"; is kind {close[0]!r} a misspelling of {model.KIND}?" if close else ""
+    return f" (the file has kind {', '.join(map(repr, kinds))}{hint})"
 
 
 def name_problems(doc: Any) -> list[str]:

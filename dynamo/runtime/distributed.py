@@ -7,6 +7,7 @@ Workers call `serve_endpoint()`; callers use `watch_instances()` + `open_stream(
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
@@ -26,6 +27,9 @@ from dynamo.runtime.system_server import HealthState, SystemServer
 from dynamo.runtime.tls import ClientTls, ServerTls
 
 log = logging.getLogger(__name__)
+# After the unregister, this long with no new request ends the grace period early (above a file store's 0.25 s
+# poll and an etcd watch's delay: the callers have seen the worker leave).
+GRACE_QUIET_SECS = 1.0
 
 
 def advertise_host(backend: str | None, settings: RuntimeSettings | None = None) -> tuple[str, str]:
@@ -228,13 +232,28 @@ class DistributedRuntime:
         return self.store.watch_prefix(prefix)
 
     async def drain(self, limit: float) -> bool:
-        """Leave discovery, refuse new requests (`draining`: the caller goes elsewhere) and wait up to `limit`
-        for the ones in flight; True when none is left."""
+        """Leave discovery, keep serving through the grace period (`serve_through_grace`), then refuse new
+        requests (`draining`: the caller goes elsewhere) and wait for the ones in flight, `limit` in all;
+        True when none is left."""
         await self.unregister()
         if self.server is None:
             return True
+        began = time.monotonic()
+        await self.serve_through_grace(min(self.settings.graceful_shutdown_grace_period_secs, limit))
         await self.server.stop_accepting()
-        return await self.server.drain(limit)
+        return await self.server.drain(max(0.0, limit - (time.monotonic() - began)))
+
+    async def serve_through_grace(self, grace: float) -> None:
+        """Dynamo's grace period (DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS): out of discovery, still taking
+        requests, so those that callers route before they see it leave are served, not refused (a frontend
+        whose model's last worker of a card leaves moves to another card only once it sees it go). It ends
+        early once no request has come for GRACE_QUIET_SECS after the unregister (callers have seen it leave:
+        a deliberate difference, an idle worker need not wait the whole period)."""
+        began = time.monotonic()
+        while self.server is not None and (now := time.monotonic()) - began < grace:
+            if now - max(began, self.server.last_request) >= GRACE_QUIET_SECS:
+                return
+            await asyncio.sleep(0.05)
 
     async def shutdown(self, grace: float = 0.0) -> None:
         """Unregister, let in-flight requests finish within `grace`, then close everything."""

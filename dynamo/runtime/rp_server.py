@@ -116,6 +116,7 @@ class _Connection(wire.FramedProtocol):
             self.send(wire.Error(frame.sid, f"no endpoint {frame.endpoint!r} on this worker", ErrorCode.NOT_FOUND))
             return
         handler, decode = entry
+        self.server.last_request = time.monotonic()
         if decode is None:
             request = frame.payload
         else:  # typed endpoint: decoded once here, a bad payload never reaches the handler
@@ -180,6 +181,7 @@ class RequestPlaneServer:
         self.connections: set[_Connection] = set()
         self._server: asyncio.base_events.Server | None = None
         self.draining = False
+        self.last_request = 0.0  # time.monotonic() of the last request taken (the grace period ends when quiet)
         self.on_request_start: Callable[[str], None] = lambda endpoint: None
         # (endpoint, status, seconds, request bytes, response bytes, the error code when it failed, else None)
         self.on_request_end: Callable[[str, str, float, int, int, str | None], None] = lambda *_: None

@@ -12,9 +12,9 @@
    typed `generate` endpoint; then the log line readiness probes grep:
    `Worker <namespace>.<component>.<endpoint> initialized (instance <hex>)`;
 5. it waits for SIGTERM or engine death. Death: unhealthy, leave discovery, exit 1.
-   SIGTERM: leave discovery, let in-flight requests finish within DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS
-   (default 5) plus DYN_RUNTIME_GRACEFUL_SHUTDOWN_TIMEOUT_SECS (default 900), as in NVIDIA Dynamo, abort
-   the rest, exit 0.
+   SIGTERM: leave discovery, keep serving through DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS (default 5; ended
+   early once no request came for a second), then refuse new requests and let in-flight ones finish within
+   DYN_RUNTIME_GRACEFUL_SHUTDOWN_TIMEOUT_SECS (default 900), as in NVIDIA Dynamo, abort the rest, exit 0.
 """
 
 from __future__ import annotations

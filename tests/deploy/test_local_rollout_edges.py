@@ -230,6 +230,21 @@ async def test_applying_the_old_spec_again_ends_a_stall(tmp_path):
         assert applier.status()["done"]
 
 
+@pytest.mark.e2e
+async def test_a_stall_that_fell_back_counts_the_old_replicas_as_old(tmp_path):
+    graph, plans = plans_of(sleepers(2), tmp_path)
+    async with supervised(plans) as (sup, seen):
+        applier = Applier(sup, graph)
+        await until(lambda: sum(r.state == "ready" for r in sup.replicas.values()) == 2)
+        bad_graph, bad = plans_of(sleepers(2, seconds=601, ready=False), tmp_path, "bad")
+        applier.apply(bad_graph, bad, set(), None, deadline=2)
+        await until(lambda: applier.status()["services"]["Worker"]["state"] == "stalled", 30)
+        seen |= {r.pid for r in sup.replicas.values() if r.pid}
+        worker = applier.status()["services"]["Worker"]
+        assert {k: worker[k] for k in ("generation", "replicas", "updated", "ready", "old")} == \
+            {"generation": 2, "replicas": 2, "updated": 0, "ready": 0, "old": 2}
+
+
 def test_the_cli_judges_only_what_its_apply_touched():
     applied = {"generation": 3, "replaced": {"Worker": "RollingUpdate"}, "added": [], "scaled": {}}
     status = {"services": {"Worker": {"generation": 3, "state": "progressing"},

@@ -43,10 +43,10 @@ def dynamo_model(uri: str) -> dict:
                      "source": {"uri": uri}}}
 
 
-def built(tmp_path, *docs: dict) -> GraphRun:
+def built(tmp_path, *docs: dict, overrides: tuple[str, ...] = ()) -> GraphRun:
     path = tmp_path / "graph.yaml"
     path.write_text(yaml.safe_dump_all(docs))
-    args = argparse.Namespace(file=str(path), overrides=[], append_args=[], volumes=[], model=TINY, namespace="demo",
+    args = argparse.Namespace(file=str(path), overrides=list(overrides), append_args=[], volumes=[], model=TINY, namespace="demo",
                               frontend_port=8123, prometheus_endpoint=None, log_dir=None, grace=1.0, control_port=0,
                               hpa_sync_period=1.0)
     report = validate_file(path)
@@ -101,6 +101,15 @@ async def test_an_hpa_on_the_scaling_adapter_leaves_its_count_to_the_adapter_onc
     assert not any("scaling adapter" in n for n in later["notes"])  # said once, as it was let go
     run.sup.scale("MockerWorker", 1)  # /scale is how it changes
     assert (await run.apply(request(graph())))["scaled"] == {} and run.sup.plans["MockerWorker"].replicas == 1
+
+
+async def test_a_replicas_edit_that_runs_set_overrides_is_said_in_the_notes(tmp_path):
+    run = built(tmp_path, graph(replicas=2), overrides=("MockerWorker.replicas=1",))
+    applied = await run.apply(request(graph(replicas=3)))
+    assert "MockerWorker" in applied["unchanged"] and run.sup.plans["MockerWorker"].replicas == 1
+    assert applied["notes"] == ["MockerWorker: its replicas are run's --set MockerWorker.replicas=1: 1 kept, not the "
+                                "manifest's 3"]
+    assert (await run.apply(request(graph(replicas=1))))["notes"] == []  # the manifest agrees: nothing to say
 
 
 async def test_an_hpa_on_the_deployment_hands_the_count_back_to_the_manifest_once_removed(tmp_path):

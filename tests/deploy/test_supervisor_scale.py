@@ -158,6 +158,18 @@ def test_the_supervisor_refuses_replicas_beyond_its_limit(tmp_path):
     assert sup.plans["Worker"].replicas == MAX_REPLICAS
 
 
+async def test_an_unknown_service_is_a_404_listing_the_graphs_services(tmp_path):
+    sup = supervisor(tmp_path)
+    control = ControlServer(sup, "sleepers")
+    port = await control.start()
+    try:
+        for name in ("Nope", "worker"):  # a case mismatch too
+            status, body = await asyncio.to_thread(post_scale, port, {"service": name, "replicas": 1})
+            assert status == 404 and body["error"] == f"no service {name!r} (have Worker; names are case-sensitive)"
+    finally:
+        await control.stop()
+
+
 async def test_the_control_endpoint_answers_400_beyond_the_limit(tmp_path):
     sup = supervisor(tmp_path)
     control = ControlServer(sup, "sleepers")

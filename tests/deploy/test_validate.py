@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dynamo.deploy.dynamo_model import load_models
 from dynamo.deploy.validate import validate_file
 from tests.fixtures.procs import REPO
 
@@ -205,3 +206,31 @@ def test_a_config_path_under_a_configmap_mount_that_the_configmap_lacks_is_an_er
         "graph mocker-disagg-planner, service Planner: planner config /workspace/planner_config/planner.json: ConfigMap "
         "planner-config-ab12 (mounted at /workspace/planner_config"), errors
     assert "has no key" in errors[0] and "the pod finds no file there" in errors[0], errors
+
+
+def test_a_misspelt_kind_is_named(tmp_path):
+    path = tmp_path / "misspelt.yaml"
+    path.write_text(BASE.read_text().replace("kind: DynamoGraphDeployment\n", "kind: DynamoGraphDeploymnt\n", 1))
+    assert validate_file(path).errors == [
+        "no DynamoGraphDeployment document found (the file has kind 'DynamoGraphDeploymnt'; is kind "
+        "'DynamoGraphDeploymnt' a misspelling of DynamoGraphDeployment?)"]
+
+
+LORA = REPO / "examples/backends/mocker/deploy/agg_lora.yaml"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"baseModelName": "nope"}, "DynamoModel tiny-lora: no service of mocker-agg-lora has modelRef.name 'nope'"),
+    ({"source": {}}, "missing required field `uri`"),
+    ({"source": {"uri": ""}}, "DynamoModel tiny-lora: spec.source.uri is required for modelType lora"),
+])
+def test_a_dynamo_model_that_run_and_render_refuse_is_an_error(tmp_path, spec, message):
+    docs = list(yaml.safe_load_all(LORA.read_text()))
+    docs[1]["spec"].update(spec)
+    path = tmp_path / "lora.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    report = validate_file(path)
+    assert [e for e in report.errors if message in e], report.errors
+    with pytest.raises(ValueError) as refused:  # the one check `run` and `render` make
+        load_models(list(yaml.safe_load_all(path.read_text())), report.graphs[0])
+    assert str(refused.value) in report.errors
