@@ -131,21 +131,23 @@ async def held(port: int) -> set[str]:
     return set((listing or {}).get("loras") or {}) if status == 200 else set()
 
 
-async def ensure_loaded(port: int, name: str, uri: str) -> bool:
+async def ensure_loaded(port: int, name: str, uri: str, quiet: bool = False) -> bool:
     """True once the worker on `port` holds adapter `name` (loading it if needed)."""
-    return name in await held(port) or await load(port, name, uri)
+    return name in await held(port) or await load(port, name, uri, quiet)
 
 
-async def load(port: int, name: str, uri: str) -> bool:
+async def load(port: int, name: str, uri: str, quiet: bool = False) -> bool:
     """True once the worker on `port` holds adapter `name` from `uri` (posting the same source again is a
     no-op). A worker holding it from another source answers 409, loading no second copy: that one is
-    unloaded first, as the operator reloads an edited DynamoModel on every endpoint."""
+    unloaded first, as the operator reloads an edited DynamoModel on every endpoint. A failure is logged
+    unless `quiet` (a caller retrying every few seconds says it once)."""
     body = {"lora_name": name, "source": {"uri": uri}}
     status, answer = await http_json(port, "POST", "/v1/loras", body)
     if status == 409 and await unload(port, name) is None:
         status, answer = await http_json(port, "POST", "/v1/loras", body)
-    if status != 200:
-        log.warning("loading %s on port %d failed (%d): %s", name, port, status, (answer or {}).get("message"))
+    if status != 200 and not quiet:
+        log.warning("loading %s on port %d failed (%d): %s; trying again every %g s", name, port, status,
+                    (answer or {}).get("message"), RECONCILE_SECONDS)
     return status == 200
 
 
@@ -235,12 +237,17 @@ class AdapterReconciler:
             port, pid = rep.launch.system_port, rep.pid
             if rep.state != "ready" or port is None:
                 continue
+            said = (rep.name, pid, name)  # a failing load is said once per replica process, not every round
             try:
                 known = self.sources.get((rep.name, pid), {})
-                if (name in await held(port) and known.get(name) == uri) or await load(port, name, uri):
+                if (name in await held(port) and known.get(name) == uri) or \
+                        await load(port, name, uri, quiet=said in self.warned):
+                    self.warned.discard(said)
                     if rep.pid == pid:  # restarted meanwhile: the new process is placed next round
                         self.sources.setdefault((rep.name, pid), {})[name] = uri
                         holding.add(rep.name)
+                else:
+                    self.warned.add(said)
             except (OSError, asyncio.TimeoutError, ValueError, IndexError) as exc:
                 log.debug("%s: %s", rep.name, exc)
         if not any(m is dm for m in self.models):
@@ -327,9 +334,10 @@ def add_sidecars(objects: list[dict[str, Any]], graph: Graph, models: list[Dynam
 
 
 async def agent(port: int, name: str, uri: str, interval: float) -> None:
+    failing = False  # said once until it loads
     while True:
         try:
-            await ensure_loaded(port, name, uri)
+            failing = not await ensure_loaded(port, name, uri, quiet=failing)
         except (OSError, asyncio.TimeoutError, ValueError, IndexError) as exc:
             log.debug("worker on port %d not reachable yet: %s", port, exc)
         await asyncio.sleep(interval)

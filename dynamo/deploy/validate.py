@@ -99,6 +99,10 @@ def check_services(services: dict[str, model.Service], report: Report, paths: Pa
             report.warnings.append(f"{where}: {contract.UNTYPED_FRONTEND}")
         elif svc.componentType is None and not any(inv.module in UNTYPED_SERVICES for inv in line.invocations):
             report.warnings.append(f"{where}: no component type; treated as a worker")
+        if svc.extraPodSpec is not None and svc.extraPodSpec.containers:
+            names = ", ".join(str(c.get("name", "?")) if isinstance(c, dict) else "?" for c in svc.extraPodSpec.containers)
+            report.warnings.append(f"{where}.extraPodSpec.containers: sidecar container(s) {names} run under Kubernetes "
+                                   "(`render` keeps them); `run` starts the main container's command alone")
         if svc.multinode and svc.multinode.nodeCount > 1:
             report.warnings.append(f"{where}.multinode: {svc.multinode.nodeCount} nodes per replica; `render` emits a "
                                    "LeaderWorkerSet, `run` cannot start it on one machine")

@@ -29,6 +29,7 @@ class Worker:
         self.loaded: dict[str, str] = {}  # name -> source uri
         self.requests: list[tuple[str, str]] = []
         self.delete_failures = 0  # the next N DELETEs answer 500
+        self.load_failures = 0  # the next N POSTs answer 400 (an adapter the worker refuses)
         self.on_load = None  # called as a load is answered (a restart meanwhile)
         self.port = free_port()
         self.http = EmbeddedHttpServer(self.app, "127.0.0.1", self.port)
@@ -43,6 +44,10 @@ class Worker:
             name, uri = body["lora_name"], body["source"]["uri"]
             if self.on_load is not None:
                 self.on_load()
+            if self.load_failures:
+                self.load_failures -= 1
+                await send_json(send, 400, {"status": "error", "message": "rank 32 is above --max-lora-rank 16"})
+                return
             if self.loaded.get(name, uri) != uri:
                 await send_json(send, 409, {"status": "error", "message": f"{name} is loaded from elsewhere"})
                 return
@@ -158,3 +163,17 @@ async def test_an_adapter_name_is_url_encoded(tmp_path, worker):
     reconciler.replace(reconciler.graph, models(tmp_path))
     await reconciler.reconcile_once()
     assert worker.deletes() == [f"{ROUTE}/tiny lora#1"] and worker.loaded == {}  # the server decodes it
+
+
+async def test_a_failing_load_is_retried_every_round_and_said_once(tmp_path, worker, caplog):
+    """(QA saw a refused adapter logged every 2 s per replica, without end.)"""
+    reconciler, _ = setup(tmp_path, worker, lora("a", "file:///a"))
+    worker.load_failures = 3
+    with caplog.at_level(logging.INFO, logger="dynamo.deploy.models"):
+        for _ in range(3):
+            await reconciler.reconcile_once()
+            assert worker.loaded == {}
+        await reconciler.reconcile_once()
+    assert worker.loaded == {"a": "file:///a"}
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("loading a on port" in m and "rank 32 is above" in m for m in said) == 1, said

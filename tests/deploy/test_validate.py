@@ -234,3 +234,14 @@ def test_a_dynamo_model_that_run_and_render_refuse_is_an_error(tmp_path, spec, m
     with pytest.raises(ValueError) as refused:  # the one check `run` and `render` make
         load_models(list(yaml.safe_load_all(path.read_text())), report.graphs[0])
     assert str(refused.value) in report.errors
+
+
+def test_a_sidecar_container_is_said_to_run_only_under_kubernetes(tmp_path):
+    doc = yaml.safe_load(BASE.read_text())
+    svc = next(s for s in doc["spec"]["services"].values() if s.get("componentType") != "frontend")
+    svc.setdefault("extraPodSpec", {})["containers"] = [{"name": "log-shipper", "image": "fluent-bit:3"}]
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    report = validate_file(path)
+    assert report.ok and any("sidecar container(s) log-shipper run under Kubernetes" in w for w in report.warnings), \
+        report.warnings
