@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from dynamo.llm.forward_pass import FPM_TOPIC, ForwardPassMetrics, fpm_decoder
 from dynamo.llm.model_card import WorkerType, card_decoder
@@ -32,32 +33,65 @@ log = logging.getLogger(__name__)
 class WorkWindow:
     """How busy one engine was with prefill since `opened`: the wall time of its iterations that prefilled, per
     second. The relay thins FPMs and repeats the last one while idle, so iterations are counted from
-    `counter_id` (repeats add none), each at the mean of the distinct messages sampled."""
+    `counter_id` (repeats add none), each at the mean of the distinct messages sampled.
+
+    A record right after an idle message has no wall time of its own to count: vLLM without
+    `--enable-logging-iteration-details` times a step from the previous record, so the first one after an idle
+    gap carries the gap (a 50 ms prefill every 3 s would read 100% busy). It counts at the engine's mean
+    prefill step measured before (`step`), or the `estimate` the caller gives (the perf model); with neither the
+    window is unknown. A lower `counter_id` is a restarted engine: a new baseline, nothing counted."""
 
     opened: float | None = None  # None until a first FPM gives the baseline counter
-    counter: int = 0
+    counter: int | None = None  # the last distinct message's; None before the first
     iterations: int = 0
-    busy: float = 0.0  # seconds, over the sampled messages
+    busy: float = 0.0  # seconds, over the sampled messages with a wall time of their own
     samples: int = 0
+    untimed: int = 0  # sampled prefill records right after idle: wall time unknown
+    idle: bool = False  # the last distinct message said the engine was idle
+    step: float | None = None  # the engine's mean prefill step (s), from timed records, kept across windows
+    estimate: float = 0.0  # the caller's estimates of the untimed records' steps (s), summed
+    unestimated: int = 0  # untimed records the caller could not estimate either
 
-    def add(self, fpm: ForwardPassMetrics, now: float) -> None:
+    def add(self, fpm: ForwardPassMetrics, now: float, estimate: Callable[[], float | None] = lambda: None) -> bool:
+        """Count a message; True when it is a new one whose `wall_time` is its step's own (what a perf model
+        may learn from). `estimate()`: the step time of `fpm` by other means, asked for if its own is unknown."""
         if self.opened is None:
-            self.opened, self.counter = now, fpm.counter_id
-            return
-        if fpm.counter_id <= self.counter:
-            return  # the relay's repeat of a message already counted
+            self.opened = now
+        if self.counter is None or fpm.counter_id < self.counter:
+            self.counter, self.idle = fpm.counter_id, fpm.idle  # first message, or the engine restarted
+            return False
+        if fpm.counter_id == self.counter:
+            return False  # the relay's repeat of a message already counted
         self.iterations += fpm.counter_id - self.counter
-        self.counter = fpm.counter_id
-        self.busy += fpm.wall_time if fpm.scheduled_requests.sum_prefill_tokens else 0.0
+        self.counter, after_idle, self.idle = fpm.counter_id, self.idle, fpm.idle
         self.samples += 1
+        if not fpm.scheduled_requests.sum_prefill_tokens:
+            return not after_idle
+        if after_idle:
+            self.untimed += 1
+            guess = estimate() if self.step is None else None
+            self.estimate, self.unestimated = ((self.estimate, self.unestimated + 1) if guess is None
+                                               else (self.estimate + guess, self.unestimated))
+            return False
+        self.busy += fpm.wall_time
+        self.step = fpm.wall_time if self.step is None else self.step + 0.1 * (fpm.wall_time - self.step)
+        return True
 
     def take(self, now: float, min_window: float) -> float | None:
         """The busy share (engine-seconds per second) since `opened`, then a new window from `now`; None while
-        the window is shorter than `min_window` (an engine just seen: too little to judge a scale-down on)."""
+        the window is shorter than `min_window` (an engine just seen: too little to judge a scale-down on), and
+        when it cannot be told: no new message and the last one not idle, or untimed records not estimable."""
         if self.opened is None or now - self.opened < min_window or now <= self.opened:
             return None
-        share = self.busy / self.samples * self.iterations / (now - self.opened) if self.samples else 0.0
+        untimed = self.untimed * self.step if self.step is not None else None if self.unestimated else self.estimate
+        if not self.samples:
+            share = 0.0 if self.idle else None
+        elif untimed is None:
+            share = None
+        else:
+            share = (self.busy + untimed) / self.samples * self.iterations / (now - self.opened)
         self.opened, self.iterations, self.busy, self.samples = now, 0, 0.0, 0
+        self.untimed, self.estimate, self.unestimated = 0, 0.0, 0
         return share
 
 
@@ -173,10 +207,11 @@ class FpmCollector:
         if engine is None:
             engine = self.engines[key] = Engine(card.role, card.component, card.limits, card.model)
         engine.latest, engine.seen_at = fpm, self.clock()
-        engine.work.add(fpm, engine.seen_at)
         model = self.models.get(card.role)
         x = sample("agg" if self.cfg.mode == "agg" else card.role, fpm)
-        if model is not None and x is not None:
+        known = model is not None and x is not None and model.ready
+        timed = engine.work.add(fpm, engine.seen_at, lambda: model.predict(x) if known else None)
+        if model is not None and x is not None and timed:  # a step timed from an idle gap would teach the gap
             model.add(x, fpm.wall_time)
         self._update_stats(card.role, fpm)
 
@@ -195,7 +230,8 @@ class FpmCollector:
 
     def prefill_busy(self, role: str) -> float | None:
         """Engine-seconds per second the pool's engines spent in iterations that prefilled, since the last call
-        (summed, each over its own window); None when some engine has no full window yet. Once per load tick."""
+        (summed, each over its own window); None when some engine has no full window yet or its load cannot be
+        told (`WorkWindow.take`): the pool then holds. Once per load tick."""
         now, min_window = self.clock(), self.cfg.load_adjustment_interval_seconds / 2
         rates = [e.work.take(now, min_window) for e in self._fresh(role).values()]
         return sum(rates) if rates and None not in rates else None

@@ -15,7 +15,8 @@ Guards, where Dynamo 1.6.1's users got hurt:
   differ from the ready replicas (a new replica not reporting yet), the pool holds
   (`worker_count_mismatch`), and in disagg mode so does the other pool;
 - target `sla` scales down only when the load measured over the pool fits one replica fewer, TTFT and ITL
-  both where the pool serves both (`sla.py`), and only after SLA_DOWN_TICKS load ticks in a row allowed it,
+  both where the pool serves both (`sla.py`), and the TTFT side only after SLA_DOWN_TICKS load ticks in a row
+  allowed it (a disagg decode pool goes down as Dynamo's),
   so a steady load that needed N replicas does not go back to N-1 (QA: prefill flapped 1 -> 2 -> 1);
 - pools with ready replicas that publish nothing in the planner's namespace for a minute are
   warned about, with the namespaces their cards are in (`watch.py`), instead of a silent hold.
@@ -43,8 +44,9 @@ from dynamo.planner.prometheus import (PrometheusClient, TrafficObservation, obs
 from dynamo.profiler.interpolation import Profile
 
 log = logging.getLogger("dynamo.planner")
-# Target `sla`: load ticks in a row a scale-down must be allowed on before it is applied. One FPM window of a
-# closed-loop load can dip under the busy limit while the load is steady; undoing the scale-up on it flaps.
+# Target `sla`: load ticks in a row a scale-down judged on the measured prefill load (a prefill pool, an agg pool's
+# TTFT side) must be allowed on before it is applied. One FPM window of a closed-loop load can dip under the busy
+# limit while the load is steady; undoing the scale-up on it flaps. Decode pools go down as Dynamo's (none).
 SLA_DOWN_TICKS = 3
 
 
@@ -194,7 +196,7 @@ class Planner:
     def _load_decision(self, role: str, pool: PoolState) -> Decision:
         engines = self.collector.fresh(role)
         if self.cfg.optimization_target == "sla":
-            d = self._steady_down(self._sla_load_decision(role, engines, pool.desired))
+            d = self._sla_load_decision(role, engines, pool.desired)
         else:
             d = reactive_decision(self.cfg, role, engines, pool.desired)
         floor = self.lower_bound.get(role, 0)
@@ -212,18 +214,19 @@ class Planner:
             return Decision(role, current, current, f"sla {role}: perf model has {have}/"
                             f"{self.cfg.load_min_observations} samples, hold")
         w = self._workload(role)
-        if self.cfg.mode == "agg":
-            d = sla.sla_agg_decision(self.cfg, model, engines, w, current, role)
-        elif role == "decode":
+        if self.cfg.mode == "agg":  # hysteresis on the TTFT side only: the ITL side is Dynamo's
+            d = sla.sla_agg_decision(self.cfg, model, engines, w, current, role, steady=self._steady_down)
+        elif role == "decode":  # Dynamo's decode decision: it never flapped, no hysteresis
             d = sla.sla_decode_decision(self.cfg, model, engines, w, current, role)
         else:
-            d = sla.sla_prefill_decision(self.cfg, model, engines, w, current, role)
+            d = self._steady_down(sla.sla_prefill_decision(self.cfg, model, engines, w, current, role))
         for key, value in d.estimate.items():  # the gauges show what the decision was judged on
             self.metrics.estimated[key].set(value)
         return d
 
     def _steady_down(self, d: Decision) -> Decision:
-        """A scale-down only once it was allowed SLA_DOWN_TICKS load ticks in a row (hysteresis)."""
+        """A scale-down judged on the measured prefill load only once it was allowed SLA_DOWN_TICKS load ticks in
+        a row (hysteresis; the prefill pool's decision, and an agg pool's TTFT side)."""
         if d.target >= d.current:
             self._down_streak[d.role] = 0
             return d

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 from dynamo.llm.forward_pass import ForwardPassMetrics
 from dynamo.planner.config import PlannerConfig
@@ -70,9 +71,10 @@ def prefill_fits_fewer(cfg: PlannerConfig, model: PerfModel, engines: list[tuple
     sla, sens = cfg.ttft_ms, cfg.load_scaling_down_sensitivity / 100.0
     if w.prefill_busy is None:
         return False, "prefill load not measured over a full interval yet"
-    busy = w.prefill_busy / (current - 1)
+    # `prefill_busy` sums every engine, one per (replica, dp rank): spread it over the engines of N-1 replicas
+    busy = w.prefill_busy / (len(engines) / current * (current - 1))
     if busy >= sens:
-        return False, f"{current - 1} replica(s) would be {busy:.0%} busy with prefill (limit {sens:.0%})"
+        return False, f"{current - 1} replica(s) would be {busy:.0%} busy with prefill per engine (limit {sens:.0%})"
     scale, worst = current / (current - 1), 0.0
     for f, lim in engines:
         own = prefill_ttft_ms(model, 0, w, lim.max_num_batched_tokens)
@@ -114,10 +116,12 @@ def sla_decode_decision(cfg: PlannerConfig, model: PerfModel, engines: list[tupl
 
 
 def sla_agg_decision(cfg: PlannerConfig, model: PerfModel, engines: list[tuple[ForwardPassMetrics, EngineLimits]],
-                     w: Workload, current: int, role: str = "decode") -> Decision:
+                     w: Workload, current: int, role: str = "decode",
+                     steady: Callable[[Decision], Decision] = lambda d: d) -> Decision:
     """A pool that serves prefill and decode (agg) answers for both SLAs: up when either estimate asks for it,
-    down only when both the TTFT and the ITL checks allow one replica fewer."""
-    p = sla_prefill_decision(cfg, model, engines, w, current, role)
+    down only when both the TTFT and the ITL checks allow one replica fewer. `steady` passes judgement on the
+    TTFT side's decision first (the planner's scale-down hysteresis)."""
+    p = steady(sla_prefill_decision(cfg, model, engines, w, current, role))
     d = sla_decode_decision(cfg, model, engines, w, current, role)
     both = {**p.estimate, **d.estimate}
     if max(p.target, d.target) > current:

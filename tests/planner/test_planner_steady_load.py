@@ -8,13 +8,15 @@ the relay passes every third message (thinning). The simulation's clock is the c
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
 
 from dynamo.llm.forward_pass import ForwardPassMetrics, QueuedRequests, ScheduledRequests
 from dynamo.planner.config import PlannerConfig
 from dynamo.planner.connectors.virtual import VirtualConnector, VirtualOrchestrator
-from dynamo.planner.load_scaling import EngineLimits
+from dynamo.planner import sla
+from dynamo.planner.load_scaling import Decision, EngineLimits
 from dynamo.planner.observe import Engine, FpmCollector
-from dynamo.planner.planner import Planner
+from dynamo.planner.planner import SLA_DOWN_TICKS, Planner
 from dynamo.runtime.discovery.mem import MemStore
 
 ISL, CHUNK, INTERVAL = 1000, 2048, 5
@@ -134,3 +136,28 @@ async def test_estimate_gauges_show_the_decisions_estimates():
     shown = [float(v) for v in last.reason.split("est TTFT [")[1].split("]")[0].split(",")]
     gauge = planner.metrics.estimated["ttft_ms"]._value.get()  # the worst engine's
     assert gauge > 0 and round(gauge) == max(shown), (gauge, last.reason)
+
+
+async def sla_downs(monkeypatch, mode: str, role: str) -> list[int]:
+    """The targets of 3 load decisions in a row for a pool at 2 whose sla checks all allow 2 -> 1."""
+    cfg = PlannerConfig(environment="virtual", model_name="m", namespace=f"hyst-{uuid.uuid4().hex[:8]}", mode=mode,
+                        optimization_target="sla", enable_throughput_scaling=False)
+    store = MemStore(name=cfg.namespace)
+    await store.start()
+    pool = SimPool(cfg)
+    planner = Planner(cfg, VirtualConnector(cfg, store), pool)
+    pool.models[role] = SimpleNamespace(ready=True, count=100)
+    down = lambda c, m, e, w, current, r="decode": Decision(r, current, current - 1, "fits")  # noqa: E731
+    monkeypatch.setattr(sla, "sla_prefill_decision", down)
+    monkeypatch.setattr(sla, "sla_decode_decision", down)
+    targets = [planner._sla_load_decision(role, [], 2).target for _ in range(3)]
+    await store.close()
+    return targets
+
+
+async def test_scale_down_hysteresis_only_where_the_prefill_load_decides(monkeypatch):
+    # Review: the 3-tick hysteresis held every sla scale-down, the disagg decode pool's too (it never flapped;
+    # Dynamo 1.6.1 has none): decode goes down at once, prefill and an agg pool (its TTFT side) after 3 ticks
+    assert await sla_downs(monkeypatch, "disagg", "decode") == [1, 1, 1]
+    assert await sla_downs(monkeypatch, "disagg", "prefill") == [2] * (SLA_DOWN_TICKS - 1) + [1]
+    assert await sla_downs(monkeypatch, "agg", "decode") == [2] * (SLA_DOWN_TICKS - 1) + [1]

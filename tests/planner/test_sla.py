@@ -142,7 +142,7 @@ def test_prefill_scale_down_needs_the_measured_load_to_fit_one_replica_fewer(pmo
     # prefilling, one engine would be 120% busy, so 2 -> 1 must hold however empty the queues look; 0.3 goes down.
     c, empty = cfg(ttft_ms=100), ForwardPassMetrics(worker_id="a")
     steady = sla.sla_prefill_decision(c, pmodel, [(empty, LIM)] * 2, sla.Workload(isl=1000, prefill_busy=1.2), 2)
-    assert steady.target == 2 and "1 replica(s) would be 120% busy with prefill (limit 80%), hold" in steady.reason
+    assert steady.target == 2 and "1 replica(s) would be 120% busy with prefill per engine (limit 80%), hold" in steady.reason
     unknown = sla.sla_prefill_decision(c, pmodel, [(empty, LIM)] * 2, sla.Workload(isl=1000), 2)
     assert unknown.target == 2 and "not measured" in unknown.reason
     low = sla.sla_prefill_decision(c, pmodel, [(empty, LIM)] * 2, sla.Workload(isl=1000, prefill_busy=0.3), 2)
@@ -153,6 +153,18 @@ def test_prefill_scale_down_needs_the_measured_load_to_fit_one_replica_fewer(pmo
     queued = ForwardPassMetrics(worker_id="a", queued_requests=QueuedRequests(sum_prefill_tokens=2000))
     assert sla.sla_prefill_decision(c, pmodel, [(queued, LIM)] * 2, sla.Workload(isl=1000, prefill_busy=0.6),
                                     2).target == 2
+
+
+def test_prefill_busy_is_spread_over_the_engines_of_one_replica_fewer(pmodel):
+    # Review: 2 replicas x DP 2 at 30% each sum to 1.2 engine-s/s; one replica fewer has 2 engines, 60% each
+    # (not 120%: busy per replica is not busy per engine), so 2 -> 1 goes down, and the M/D/1 wait is an engine's
+    # 60% one: own 20 ms + 20 * 0.6 / (2 * 0.4) = 15 ms.
+    c, empty = cfg(ttft_ms=100), ForwardPassMetrics(worker_id="a")
+    d = sla.sla_prefill_decision(c, pmodel, [(empty, LIM)] * 4, sla.Workload(isl=1000, prefill_busy=1.2), 2)
+    assert d.target == 1 and "at 1: est TTFT 35 ms, 60% busy" in d.reason
+    # 3 replicas x DP 2 at 60% each: 3.6 over 4 engines is 90%, over the limit
+    d = sla.sla_prefill_decision(c, pmodel, [(empty, LIM)] * 6, sla.Workload(isl=1000, prefill_busy=3.6), 3)
+    assert d.target == 3 and "2 replica(s) would be 90% busy with prefill per engine" in d.reason
 
 
 @pytest.fixture
