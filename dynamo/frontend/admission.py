@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from typing import Awaitable, Callable
 
 from dynamo.frontend import errors
 from dynamo.frontend.errors import OVERLOADED_STATUS, ApiError
@@ -70,7 +70,9 @@ class Admission:
         self.initial = InitialWorkers(0, lambda: 0)  # met: `await_initial_workers` sets a count to wait for
         self.inflight = 0
         self.draining = False
-        self._catch_up: asyncio.Future | None = None  # a look at discovery for names not known yet (shared)
+        self._catch_up: asyncio.Task | None = None  # a look at discovery for names not known yet (shared, owned)
+        self._looked_at: float | None = None  # when the last such look ended (loop time)
+        self._drain = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -78,6 +80,8 @@ class Admission:
     def begin_drain(self) -> None:
         """From now on /health says 503 and new generation requests get 503; admitted ones run on."""
         self.draining = True
+        self._drain.set()
+        self.close()
 
     async def drained(self, timeout: float, unless: asyncio.Event | None = None) -> bool:
         """Wait (bounded) until no generation request is in flight; where `unless` is given, stop waiting
@@ -158,10 +162,10 @@ class Admission:
                 self.refuse_if_draining()
                 raise self.rejected(name, errors.no_workers(name, self.worker_wait.wait_secs))
         if not self.models.has_workers(name):
-            await self._first_worker_grace(name)
+            await self._first_worker_grace(name, receive)
         return self.entry_for(name)
 
-    async def _first_worker_grace(self, name: str) -> None:
+    async def _first_worker_grace(self, name: str, receive: Callable) -> None:
         """A model discovery is about to serve: a worker whose card is registered but not yet routable (a LoRA
         adapter whose load has just returned 200 while this frontend still holds its `lora_loading` card, an
         instance record not seen yet), or a name this frontend does not know yet that discovery may already
@@ -171,16 +175,54 @@ class Admission:
         entry = self.models.get(name)
         if entry is not None:
             if any(w.address is None for w in entry.workers.values()):
-                await self.models.wait_for(lambda: self.models.has_workers(name), FIRST_WORKER_GRACE_SECS)
+                await self._hold(name, receive, lambda: self.models.wait_for(
+                    lambda: self.models.has_workers(name) or self.draining, FIRST_WORKER_GRACE_SECS))
             return
-        if name not in self.models.retired:
-            if self._catch_up is None or self._catch_up.done():  # one look at discovery for all such requests
-                grace = FIRST_WORKER_GRACE_SECS  # bounded as a whole: a store that does not answer (an outage) too
-                self._catch_up = asyncio.ensure_future(asyncio.wait_for(self.models.caught_up(grace), grace))
-            try:
-                await asyncio.shield(self._catch_up)
-            except Exception as exc:  # discovery unreachable: answer from what this frontend knows
-                log.debug("looking at discovery for %r failed: %s", name, exc)
+        if name in self.models.retired or self._looked_recently():
+            return  # a look that ended within the grace answers for this name too: a misspelt model is a 404 at once
+        if self._catch_up is None or self._catch_up.done():  # one look at discovery for all such requests
+            self._catch_up = asyncio.ensure_future(self._look_at_discovery())
+        look = self._catch_up
+        await self._hold(name, receive, lambda: asyncio.shield(look))
+
+    def _looked_recently(self) -> bool:
+        return (self._looked_at is not None
+                and asyncio.get_running_loop().time() - self._looked_at < FIRST_WORKER_GRACE_SECS)
+
+    async def _look_at_discovery(self) -> None:
+        """Two reads of the whole namespace: bounded as a whole (a store that does not answer, an outage, too),
+        and done at most once per FIRST_WORKER_GRACE_SECS whatever the names asked for."""
+        try:
+            await asyncio.wait_for(self.models.caught_up(FIRST_WORKER_GRACE_SECS), FIRST_WORKER_GRACE_SECS)
+        except Exception as exc:  # discovery unreachable or slow: answer from what this frontend knows
+            log.debug("looking at discovery for models not known yet failed: %r", exc)
+        self._looked_at = asyncio.get_running_loop().time()
+
+    async def _hold(self, name: str, receive: Callable, waited: Callable[[], Awaitable]) -> None:
+        """Hold a request in the grace as one waiting for a worker: refused when over the concurrency limit,
+        counted meanwhile (`worker_wait.waiting`), ended by a drain (503) or the client leaving."""
+        if self.models.get(name) is not None:
+            self.refuse_if_overloaded(name)
+        elif self.concurrency_limit and self.inflight + self.worker_wait.waiting >= self.concurrency_limit:
+            raise errors.too_many_requests(self.overload_status)  # uncounted: the label would be any name sent
+        self.worker_wait.waiting += 1
+        tasks = [asyncio.ensure_future(waited()), asyncio.ensure_future(self._drain.wait()),
+                 asyncio.ensure_future(receive())]  # the body is read: the next message is a disconnect
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            self.refuse_if_draining()
+            if not tasks[0].done():
+                self.metrics.disconnects.inc()
+                raise ConnectionError("client disconnected while waiting for a worker")
+        finally:
+            for task in tasks:
+                task.cancel()
+            self.worker_wait.waiting -= 1
+
+    def close(self) -> None:
+        """Stop the shared look at discovery (a drain or shutdown): nobody is left to answer from it."""
+        if self._catch_up is not None:
+            self._catch_up.cancel()
 
 
 def workers_up(models: ModelManager) -> int:

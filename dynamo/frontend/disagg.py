@@ -92,6 +92,9 @@ class DisaggMetrics:
 
 # `_prefill_on`'s answer when the request should be prefilled on another prefill worker.
 _ANOTHER_WORKER = object()
+# Its answer when the prefill worker no longer holds the request's LoRA adapter: another is tried the same way, and
+# once every prefill worker said so the adapter is gone (404), not a failed prefill.
+_ADAPTER_GONE = object()
 
 
 class PrefillOrchestrator:
@@ -182,6 +185,7 @@ class PrefillOrchestrator:
             request, request_id=request.request_id + ":prefill", prefill_only=True,
             stop_conditions=msgspec.structs.replace(request.stop_conditions, max_tokens=1, min_tokens=None))
         exclude: set[int] = set()  # prefill workers that failed this request: never tried twice
+        adapter_gone: set[int] = set()  # of them, those that no longer hold its LoRA adapter
         while True:
             pool = entry.pool(Role.PREFILL)  # now: an older snapshot would undo membership changes since
             limit = self.sets.limit(entry, placement, pool, sub, exclude)  # never another set's prefill worker
@@ -190,6 +194,8 @@ class PrefillOrchestrator:
                     choice = await handle.routed(
                         choose(self.routing, pool, sub, self.inhibitor.exclude(pool, sub, limit)))
             except ApiError:  # every prefill worker busy, or all of them failed this request
+                if exclude and exclude <= adapter_gone:  # none holds the adapter any more: gone, not a failure
+                    raise errors.model_not_found(entry.name) from None
                 return self._local(entry, PREFILL_FAILED if exclude else PREFILL_POOL_BUSY)
             if choice is None:
                 return None  # the client left while the prefill waited to be routed
@@ -204,7 +210,9 @@ class PrefillOrchestrator:
                 self.routing.free(sub.request_id)
                 raise
             outcome = await self._prefill_on(entry, choice, sub, handle)
-            if outcome is not _ANOTHER_WORKER:
+            if outcome is _ADAPTER_GONE:
+                adapter_gone.add(choice.worker.instance_id)
+            elif outcome is not _ANOTHER_WORKER:
                 if outcome is not None:  # its parameters are for this worker's set: the decode keeps to it
                     placement.prefilled_in = choice.worker.endpoint.namespace
                     placement.namespace = placement.namespace or placement.prefilled_in
@@ -224,7 +232,7 @@ class PrefillOrchestrator:
             if handle.cancelled or handle.shut or isinstance(exc, FellBehind):  # the client left or fell behind
                 raise
             if exc.code == ErrorCode.LORA_NOT_LOADED:  # an unloaded adapter, not a failing worker: not inhibited
-                return _ANOTHER_WORKER
+                return _ADAPTER_GONE
             reason = reason_for(exc)
             # A missed deadline may be the prompt, not the worker: a long prefill would miss it on every
             # prefill worker in turn (each one inhibited for everyone), so it is not retried elsewhere.

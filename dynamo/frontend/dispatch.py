@@ -294,7 +294,7 @@ class Dispatcher:
             return request
         if exc.code == ErrorCode.LORA_NOT_LOADED and not started:
             return self._adapter_elsewhere(entry, request, iid, exclude)
-        raise errors.from_stream_error(exc) from None
+        raise errors.from_stream_error(exc, entry.name) from None
 
     def _adapter_elsewhere(self, entry: ModelEntry, request: PreprocessedRequest, iid: int,
                            exclude: set[int]) -> PreprocessedRequest:
@@ -305,8 +305,10 @@ class Dispatcher:
         if all(w.instance_id in exclude for w in entry.pool(Role.DECODE).workers):
             log.info("no worker left holding LoRA adapter %r for request %s", entry.name, request.request_id)
             raise errors.model_not_found(entry.name)
-        log.info("worker %x no longer holds LoRA adapter %r; sending request %s elsewhere", iid, entry.name,
-                 request.request_id)
+        log.info("worker %x no longer holds LoRA adapter %r; sending request %s elsewhere (retry: lora_not_loaded, "
+                 "counted as a new_request migration)", iid, entry.name, request.request_id)
+        # Counted under Dynamo's `new_request` migration label (its label set is kept): a dashboard reading these
+        # as lost workers should know that LoRA unloads bounce requests too; the log line above tells them apart.
         self.metrics.migration(entry.name, "new_request")
         return request
 

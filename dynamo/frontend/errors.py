@@ -189,9 +189,14 @@ def no_embedding() -> ApiError:
     return ApiError(500, "the worker returned no embedding", "internal_error", None, "engine_error")
 
 
-def from_stream_error(exc: StreamError) -> ApiError:
-    """A worker's (or router service's) error answer as the client's HTTP error."""
+def from_stream_error(exc: StreamError, model: str | None = None) -> ApiError:
+    """A worker's (or router service's) error answer as the client's HTTP error; `model`, where known, names
+    the model in a 404."""
     code = exc.code
+    if code == ErrorCode.LORA_NOT_LOADED:  # no worker (behind a relay too) holds the LoRA adapter any more
+        return model_not_found(model) if model else ApiError(
+            404, "The requested model (LoRA adapter) is not loaded on any worker.", "invalid_request_error",
+            "model", "model_not_found")
     if code == ErrorCode.OVERLOADED:
         return overloaded(f"Worker overloaded: {exc}")
     if code in (ErrorCode.BAD_REQUEST, ErrorCode.INVALID_REQUEST):

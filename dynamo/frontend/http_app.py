@@ -177,6 +177,7 @@ class FrontendApp:
 
     # -- shutdown (the drain: `admission`) ------------------------------------------------------
     async def close(self) -> None:
+        self.admission.close()
         for close in self.on_close:
             await close()
         await self.speculative.close()

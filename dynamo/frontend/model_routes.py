@@ -34,7 +34,8 @@ def awaited_object(name: str) -> dict[str, Any]:
 
 def readiness(entry, enforce_disagg: bool = False) -> dict[str, Any]:
     """`enforce_disagg` (--enforce-disagg): a request needs a prefill worker too (else 503
-    `prefill_unavailable`), so a namespace without one is not ready and lists `prefill` as missing."""
+    `prefill_unavailable`), so a namespace without one is not ready and lists `prefill` as missing; a decode
+    worker type says it `needs` prefill (an aggregated one never does). Dynamo 1.6.1 ignores --enforce-disagg."""
     counts: dict[str, dict[str, int]] = {}
     for worker in entry.serving():
         types = counts.setdefault(worker.endpoint.namespace, {})
@@ -46,7 +47,8 @@ def readiness(entry, enforce_disagg: bool = False) -> dict[str, Any]:
         missing = [] if any(kind != prefill for kind in types) else [str(WorkerType.DECODE)]
         if enforce_disagg and prefill not in types:
             missing.append(prefill)
-        worker_types = {kind: {"workers": n, "needs": [prefill] if enforce_disagg and kind != prefill else []}
+        needing = str(WorkerType.DECODE)  # an aggregated worker serves alone; only a decode worker needs prefill
+        worker_types = {kind: {"workers": n, "needs": [prefill] if enforce_disagg and kind == needing else []}
                         for kind, n in sorted(types.items())}
         namespaces[namespace] = {"ready": not missing, "worker_types": worker_types, "present": sorted(types),
                                  "missing_worker_types": missing}

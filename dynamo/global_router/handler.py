@@ -7,7 +7,8 @@ back unchanged.
 A pool whose routers cannot be reached, or whose router refuses the request (no workers, all busy),
 before anything was streamed is a failed attempt: with `enable_priority_retry` the request goes on to
 faster pools, else (or when none is left) the caller gets that pool's error code, so the frontend's own
-policy applies (503, migration). Once output has flowed, a broken stream is the caller's to migrate.
+policy applies (503, migration). A pool answering `lora_not_loaded` (none of its workers holds the request's LoRA
+adapter) is not a failed pool: that answer goes back at once (the frontend's 404). Once output has flowed, a broken stream is the caller's to migrate.
 Local routers of a pool are found in discovery and taken in turn; one that cannot be reached is skipped.
 """
 
@@ -146,6 +147,8 @@ class GlobalRouter:
             try:
                 call, first = await self._open(ns, payload)
             except StreamError as exc:
+                if exc.code == ErrorCode.LORA_NOT_LOADED:  # no worker of the pool holds the adapter: the answer,
+                    raise HandlerError(f"{role} pool {ns}: {exc}", exc.code) from None  # not a failing pool
                 failure = exc
                 self.retried.labels(role, ns).inc()
                 log.warning("%s pool %d (%s) failed before any output: %s", role, index, ns, exc)

@@ -16,6 +16,7 @@ import yaml
 
 from dynamo.profiler import dgdr, dgdr_v1alpha1
 from dynamo.profiler.pipeline import Options, load_request, run, unreadable
+from dynamo.profiler.status import SpecChanged
 from dynamo.profiler.thorough import MAX_DECODE_CONCURRENCY, SweepOptions
 from dynamo.runtime.config import parse_config, setting
 from dynamo.runtime.config_dump import DumpConfigTo, write_config_dump
@@ -101,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = with_request_settings(args, req)
     write_config_dump(args, "dynamo.profiler")
-    return asyncio.run(run(req, options(args)))
+    try:
+        return asyncio.run(run(req, options(args)))
+    except SpecChanged as exc:  # the spec changed under a frozen profile: refused, as a webhook refuses it
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

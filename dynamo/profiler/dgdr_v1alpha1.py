@@ -191,13 +191,23 @@ def _planner_field(key: str) -> str:
     return "enable_throughput_scaling" if name == "disable_throughput_scaling" else PLANNER_RENAMES.get(name, name)
 
 
+def _annotated_config(annotations: dict[str, str] | None) -> dict:
+    """The v1alpha1 config the conversion kept in its annotation; {} when absent, not JSON or not an object (a
+    hand-written annotation: the problem is then reported at spec.features.planner)."""
+    text = (annotations or {}).get(CONFIG_ANNOTATION)
+    try:
+        config = json.loads(text) if text else None
+    except ValueError:
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
 def planner_problem(problem: str, annotations: dict[str, str] | None) -> str:
     """A problem the planner finds in its config (`unknown field `foo_bar``, `... - at
     `$.throughput_adjustment_interval_seconds``), where the user wrote it: for a request read from v1alpha1,
     at the key of `profilingConfig.config.planner` it came from, by that key's name (`fooBar`,
     `adjustmentInterval`); else at `spec.features.planner`."""
-    text = (annotations or {}).get(CONFIG_ANNOTATION)
-    planner = json.loads(text).get("planner") if text else None
+    planner = _annotated_config(annotations).get("planner")
     if not isinstance(planner, dict):
         return f"spec.features.planner: {problem}"
     keys = {_planner_field(key): key for key in planner}
@@ -235,10 +245,7 @@ def _note_unused(config: dict[str, Any], notes: list[str]) -> None:
 
 def profiler_settings(annotations: dict[str, str] | None) -> dict[str, Any]:
     """Profiler settings (ProfilerArgs field names) that a v1alpha1 config set, from the kept config."""
-    text = (annotations or {}).get(CONFIG_ANNOTATION)
-    if not text:
-        return {}
-    config = json.loads(text)
+    config = _annotated_config(annotations)
     sweep, hardware, engine = config.get("sweep") or {}, config.get("hardware") or {}, config.get("engine") or {}
     found = {"prefill_interpolation_granularity": _get(sweep, "prefillInterpolationGranularity"),
              "decode_interpolation_granularity": _get(sweep, "decodeInterpolationGranularity"),

@@ -289,11 +289,9 @@ async def run(req: dgdr.Request, opts: Options) -> int:
         log.error("invalid %s: %s", dgdr.KIND, "; ".join(problems))
         return 2
     status = Status(opts.output_dir, req.metadata.name, dgdr.spec_digest(req))
-    try:
-        prev = status.claim()
-    except SpecChanged as exc:  # refused as a webhook refuses it: the frozen profile and its status stay as they are
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # SpecChanged, raised to the CLI (exit 2), is refused as a webhook refuses it: the frozen profile and its
+    # status stay as they are
+    prev = status.claim()
     if opts.dry_run:
         status.set("Pending", message=f"dry run: valid request; would run {req.spec.searchStrategy} profiling")
         return 0
@@ -367,7 +365,11 @@ def deploy_main(cmd: str, args: Any) -> int:
     opts.frontend_port = getattr(args, "frontend_port", 8000)
     opts.control_port = getattr(args, "control_port", 0) or 0
     opts.run_flags = flags
-    rc = asyncio.run(run(req, opts))
+    try:
+        rc = asyncio.run(run(req, opts))
+    except SpecChanged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if rc != 0 or cmd != "render":
         return rc
     from dynamo.deploy.render_file import main as render_main

@@ -317,8 +317,10 @@ class RouterService:
                     ctx: RequestContext) -> tuple[WorkerStream, int, list[bytes]]:
         """A stream on the policy's worker and its first batch; unreachable, draining or
         disconnected workers (nothing generated yet) are skipped for the next choice, and a pool
-        without a worker left is waited on (`pool_wait.py`)."""
+        without a worker left is waited on (`pool_wait.py`). A worker that no longer holds the request's LoRA
+        adapter is skipped too (not inhibited); once none is left the caller gets `lora_not_loaded`."""
         exclude: set[int] = set()
+        adapter_gone = False  # some worker refused the request for want of its LoRA adapter (unloaded)
         rid = request.request_id
         while True:
             try:
@@ -327,6 +329,9 @@ class RouterService:
             except AllWorkersBusy as exc:
                 raise HandlerError(f"Service temporarily unavailable: {exc}", ErrorCode.BUSY) from None
             except NoWorkers as exc:
+                if adapter_gone:  # every worker left refused it for want of its LoRA adapter: the caller's 404
+                    raise HandlerError(f"no worker of {self.eid.path} holds the request's LoRA adapter any more",
+                                       ErrorCode.LORA_NOT_LOADED) from None
                 if await self._worker_came(request, exclude, ctx):
                     continue
                 if (pin := pinned_worker(self.pool, request)) is not None and not exclude and \
@@ -351,6 +356,12 @@ class RouterService:
                     call.cancel()
                 if not isinstance(exc, StreamError):
                     raise
+                if exc.code == ErrorCode.LORA_NOT_LOADED:  # the worker is fine (not inhibited): another may hold it
+                    exclude.add(worker.instance_id)
+                    adapter_gone = True
+                    log.info("worker %x no longer holds the LoRA adapter of request %s; trying another",
+                             worker.instance_id, rid)
+                    continue
                 self.inhibitor.failed(worker.instance_id, exc)
                 # A missed first-output deadline is the caller's answer, not a retry: the deadline
                 # is its budget for a first output (retrying would stretch its wait to a multiple

@@ -104,3 +104,73 @@ async def test_an_unknown_name_is_looked_up_once_for_all_its_requests_and_bounde
                                    return_exceptions=True)
     assert {(a.status, a.code) for a in answers} == {(404, "model_not_found")}
     assert models.looks == 1 and time.monotonic() - began < FIRST_WORKER_GRACE_SECS + 1
+
+
+async def test_a_finished_look_answers_the_next_unknown_names_at_once():
+    """A misspelt model asked for again and again: one look at discovery per grace, not one per request."""
+    models = _Models()
+    admission = Admission(models, FrontendMetrics())  # type: ignore[arg-type]
+    for _ in range(5):
+        with pytest.raises(ApiError):
+            await admission.served_entry("nope", _never_disconnects)
+    assert models.looks == 1
+    await asyncio.sleep(FIRST_WORKER_GRACE_SECS + 0.1)  # the look is stale now: the next request looks again
+    with pytest.raises(ApiError):
+        await admission.served_entry("nope", _never_disconnects)
+    assert models.looks == 2
+
+
+async def test_a_slow_store_holds_one_request_per_grace_not_each():
+    models = _Models(store_answers=False)
+    admission = Admission(models, FrontendMetrics())  # type: ignore[arg-type]
+    with pytest.raises(ApiError):
+        await admission.served_entry("nope", _never_disconnects)  # held the grace: the look timed out
+    began = time.monotonic()
+    with pytest.raises(ApiError) as refused:
+        await admission.served_entry("nope", _never_disconnects)
+    assert refused.value.status == 404 and time.monotonic() - began < 0.2
+
+
+async def test_the_look_is_owned_and_a_drain_ends_it_and_its_waiters():
+    models = _Models(store_answers=False)
+    admission = Admission(models, FrontendMetrics())  # type: ignore[arg-type]
+    request = asyncio.ensure_future(admission.served_entry("nope", _never_disconnects))
+    await asyncio.sleep(0.1)
+    look = admission._catch_up
+    assert look is not None and not look.done()
+    admission.begin_drain()
+    with pytest.raises(ApiError) as refused:
+        await asyncio.wait_for(request, 0.5)
+    assert refused.value.status == 503
+    await asyncio.sleep(0)
+    assert look.cancelled()
+
+
+async def test_requests_in_the_grace_count_as_waiting_and_against_the_limit():
+    models = _Models()
+    models.register("ada", None)
+    admission = Admission(models, FrontendMetrics(), concurrency_limit=1)  # type: ignore[arg-type]
+    first = asyncio.ensure_future(admission.served_entry("ada", _never_disconnects))
+    await asyncio.sleep(0.1)
+    assert admission.worker_wait.waiting == 1
+    with pytest.raises(ApiError) as refused:
+        await admission.served_entry("ada", _never_disconnects)  # the limit counts the one held
+    assert refused.value.status == 529
+    with pytest.raises(ApiError):
+        await first
+    assert admission.worker_wait.waiting == 0
+
+
+async def test_a_client_that_leaves_ends_its_wait():
+    models = _Models()
+    models.register("ada", None)
+    admission = Admission(models, FrontendMetrics())  # type: ignore[arg-type]
+
+    async def leaves() -> dict:
+        await asyncio.sleep(0.05)
+        return {"type": "http.disconnect"}
+
+    began = time.monotonic()
+    with pytest.raises(ConnectionError):
+        await admission.served_entry("ada", leaves)
+    assert time.monotonic() - began < 0.5 and admission.worker_wait.waiting == 0

@@ -94,3 +94,39 @@ async def test_a_prefill_worker_that_dropped_the_adapter_hands_the_prefill_to_a_
         await asyncio.wait_for(prefill.prefill(entry, request(), RequestHandle(), "old"), 30)
     assert len(w["holder_prefill"].requests) == 2 and len(w["dropped_prefill"].requests) >= 1
     assert inhibitor.active() == set()
+
+
+@pytest.mark.parametrize("enforce", [False, True])
+async def test_no_prefill_worker_holding_the_adapter_is_a_404_not_a_failed_prefill(workers, enforce):
+    client, w = workers
+    metrics = DisaggMetrics(CollectorRegistry(), "t")
+    prefill = PrefillOrchestrator(client, RoundRobinPolicy(), DisaggPolicy(enforce=enforce), metrics)
+    entry = model(WorkerInfo(1, DECODE, card("old"), w["holder"].address),
+                  WorkerInfo(3, PREFILL, card("old", WorkerType.PREFILL), w["dropped_prefill"].address))
+    with pytest.raises(ApiError) as gone:
+        await asyncio.wait_for(prefill.prefill(entry, request(), RequestHandle(), "old"), 30)
+    assert (gone.value.status, gone.value.code) == (404, "model_not_found")
+    assert metrics.decode_only.labels(entry.name)._value.get() == 0  # no decode-only fallback counted
+
+
+def test_lora_not_loaded_from_any_path_is_a_404():
+    from dynamo.frontend.errors import from_stream_error
+    from dynamo.runtime.rp_client import StreamError
+
+    exc = StreamError("LoRA adapter 'ada' is not loaded", ErrorCode.LORA_NOT_LOADED)
+    for model_name in ("ada", None):
+        answer = from_stream_error(exc, model_name)
+        assert (answer.status, answer.code) == (404, "model_not_found"), model_name
+    assert "`ada`" in from_stream_error(exc, "ada").message
+
+
+async def test_a_lora_bounce_is_told_apart_from_a_lost_worker_in_the_log(workers, caplog):
+    """Counted under Dynamo's `new_request` migration label (labels unchanged); the log line says why."""
+    client, w = workers
+    entry = model(WorkerInfo(1, DECODE, card("old"), w["dropped"].address),
+                  WorkerInfo(2, DECODE, card("old"), w["holder"].address))
+    dispatcher = Dispatcher(client, RoundRobinPolicy(), 0, FrontendMetrics())
+    with caplog.at_level("INFO", logger="dynamo.frontend"):
+        for _ in range(2):  # round-robin: one of the two goes to the dropped worker first
+            await asyncio.wait_for(_run(dispatcher, entry), 30)
+    assert "retry: lora_not_loaded" in caplog.text

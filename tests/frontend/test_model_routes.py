@@ -55,3 +55,12 @@ def test_enforce_disagg_without_a_prefill_worker_is_not_ready():
     assert both["namespaces"]["green"]["missing_worker_types"] == ["prefill"]
     assert readiness(entry_with((3, "green", "prefill")), True)["namespaces"]["green"]["missing_worker_types"] == \
         ["decode"]
+
+
+def test_enforce_disagg_says_only_decode_workers_need_prefill():
+    """An aggregated worker serves a request alone: under --enforce-disagg it never `needs` prefill (a decode
+    worker does), though its namespace still misses one (its requests get 503 prefill_unavailable)."""
+    report = readiness(entry_with((1, "blue", "aggregated"), (2, "blue", "decode")), enforce_disagg=True)
+    types = report["namespaces"]["blue"]["worker_types"]
+    assert types["aggregated"]["needs"] == [] and types["decode"]["needs"] == ["prefill"]
+    assert report["namespaces"]["blue"]["missing_worker_types"] == ["prefill"]

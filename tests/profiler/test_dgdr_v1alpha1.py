@@ -183,3 +183,19 @@ def test_a_v1alpha1_planner_error_names_the_key_as_the_user_wrote_it(tmp_path, c
     with caplog.at_level(logging.ERROR, logger="dynamo.profiler"):
         assert asyncio.run(run(load_request(path), Options(output_dir=tmp_path / "out"))) == 2
     assert error in caplog.text
+
+
+@pytest.mark.parametrize("annotation", ["not json", "[1, 2]", '"planner"'])
+def test_a_hand_written_config_annotation_that_is_no_json_object_is_no_config(tmp_path, capsys, annotation):
+    """`nvidia.com/dgdr-profiling-config` written by hand (not Dynamo's conversion): read as no config, so a bad
+    planner key is reported at spec.features.planner, never a traceback."""
+    from dynamo.deploy.validate import main as validate_main
+
+    doc = yaml.safe_load((EXAMPLES / "dgdr_mocker.yaml").read_text())
+    doc["metadata"]["annotations"] = {dgdr_v1alpha1.CONFIG_ANNOTATION: annotation}
+    doc["spec"]["features"]["planner"]["plannerMaxGpuBudget"] = 4
+    path = tmp_path / "dgdr.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert validate_main([str(path)]) == 1
+    assert "spec.features.planner" in capsys.readouterr().out
+    assert dgdr_v1alpha1.profiler_settings({dgdr_v1alpha1.CONFIG_ANNOTATION: annotation}) == {}

@@ -40,3 +40,20 @@ def test_a_dry_run_into_a_dir_holding_another_spec_is_one_line_and_exit_2(tmp_pa
                                                               "phase": "Ready", "status": "success"}))
     one_line_error(capsys, ["--config", str(tmp_path / "b.yaml"), "--output-dir", str(out), "--dry-run"],
                    "immutable once profiling starts")
+
+
+def test_a_spec_change_is_said_by_the_cli_not_the_library(tmp_path, capsys):
+    """`run()` raises SpecChanged; `python -m dynamo.profiler` prints it (one line, exit 2)."""
+    import asyncio
+
+    from dynamo.profiler import dgdr
+    from dynamo.profiler.pipeline import Options, run
+    from dynamo.profiler.status import SpecChanged
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "profiler_status.yaml").write_text(yaml.safe_dump({"dgdr": "r1", "specDigest": "0123456789abcdef",
+                                                              "phase": "Ready", "status": "success"}))
+    with pytest.raises(SpecChanged):
+        asyncio.run(run(dgdr.parse(REQUEST), Options(output_dir=out, dry_run=True)))
+    assert capsys.readouterr().err == ""

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import yaml
 
 from dynamo.profiler import dgdr
 from dynamo.profiler.dgd import Choice, WorkerChoice, final_documents
 from dynamo.profiler.pipeline import FINAL, Options, run
-from dynamo.profiler.status import STATUS_FILE, Status
+from dynamo.profiler.status import STATUS_FILE, SpecChanged, Status
 
 AGG = Choice("agg", [WorkerChoice("agg", 1)], "memory-fit")
 
@@ -33,10 +34,12 @@ def test_a_refused_spec_change_leaves_the_profile_and_the_original_request_reuse
     original, changed = request(200), request(250)
     profiled(tmp_path, original)
     before = (tmp_path / STATUS_FILE).read_bytes(), (tmp_path / FINAL).read_bytes()
-    assert asyncio.run(run(changed, Options(output_dir=tmp_path))) == 2
-    assert "immutable once profiling starts" in capsys.readouterr().err
+    with pytest.raises(SpecChanged, match="immutable once profiling starts"):  # the CLI says it (exit 2)
+        asyncio.run(run(changed, Options(output_dir=tmp_path)))
+    assert "immutable" not in capsys.readouterr().err  # library code prints nothing of it
     assert ((tmp_path / STATUS_FILE).read_bytes(), (tmp_path / FINAL).read_bytes()) == before
-    assert asyncio.run(run(changed, Options(output_dir=tmp_path, dry_run=True))) == 2  # a dry run is refused alike
+    with pytest.raises(SpecChanged):  # a dry run is refused alike
+        asyncio.run(run(changed, Options(output_dir=tmp_path, dry_run=True)))
     assert (tmp_path / STATUS_FILE).read_bytes() == before[0]
     capsys.readouterr()
     assert asyncio.run(run(original, Options(output_dir=tmp_path))) == 0
