@@ -85,16 +85,22 @@ class Admission:
 
     async def drained(self, timeout: float, unless: asyncio.Event | None = None) -> bool:
         """Wait (bounded) until no generation request is in flight; where `unless` is given, stop waiting
-        as soon as it is set. Whether none is in flight."""
-        waits = [asyncio.ensure_future(self._idle.wait())]
-        if unless is not None:
-            waits.append(asyncio.ensure_future(unless.wait()))
-        try:
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for wait in waits:
-                wait.cancel()
-        return self._idle.is_set()
+        as soon as it is set. Whether none is in flight. A request admitted between the last one ending and
+        this waiter resuming (a handed-off keep-alive connection delivers one more) is waited for too: the
+        idle moment it cut short was no drain."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while True:
+            waits = [asyncio.ensure_future(self._idle.wait())]
+            if unless is not None:
+                waits.append(asyncio.ensure_future(unless.wait()))
+            try:
+                await asyncio.wait(waits, timeout=max(0.0, end - loop.time()), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+            if self._idle.is_set() or (unless is not None and unless.is_set()) or loop.time() >= end:
+                return self._idle.is_set()
 
     def refuse_if_draining(self) -> None:
         if self.draining:

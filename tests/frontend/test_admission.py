@@ -43,6 +43,22 @@ async def test_drained_waits_for_the_last_request():
     assert await admission.drained(10)
 
 
+async def test_drained_waits_for_a_request_admitted_as_the_last_one_ended():
+    """A handed-off keep-alive connection delivers one more request just as the last one ends: the waiter wakes
+    to find it in flight, and waits for it too (it used to say "not drained" at once, and the request was ended
+    with a 503 as one past the drain's bound)."""
+    admission = _admission()
+    admission.admit("m")
+    loop = asyncio.get_running_loop()
+
+    def last_ends_and_one_more_comes() -> None:
+        admission.release("m")
+        admission.admit("m")  # before the waiter resumes
+        loop.call_later(0.05, admission.release, "m")
+    loop.call_later(0.05, last_ends_and_one_more_comes)
+    assert await admission.drained(10) and admission.inflight == 0
+
+
 @pytest.mark.parametrize("timeout", [10.0, float("inf")])
 async def test_drained_stops_waiting_when_told(timeout):
     admission, now = _admission(), asyncio.Event()
