@@ -15,16 +15,15 @@ import pytest
 from dynamo.frontend.admission import FIRST_WORKER_GRACE_SECS, Admission
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.metrics import FrontendMetrics
+from tests.frontend.test_admission import _Models as _AdmissionModels
 
 
-class _Models:
-    """The model manager as admission sees it: entries with workers (address None: registered, not routable
-    yet), and its discovery look-up (`caught_up`), which `arrives` settles."""
+class _Models(_AdmissionModels):
+    """The model manager as admission sees it (test_admission's stand-in): entries with workers (address None:
+    registered, not routable yet), and its discovery look-up (`caught_up`), which `arrives` settles."""
 
     def __init__(self, store_answers: bool = True) -> None:
-        self.models: dict = {}
-        self.retired: dict = {}
-        self.list_retired = False
+        super().__init__()
         self.store_answers = store_answers
         self.looks = 0
 
@@ -33,22 +32,8 @@ class _Models:
         self.models[name] = SimpleNamespace(name=name, workers={1: worker},
                                             decode_workers=lambda: [worker] if worker.address else [])
 
-    def get(self, name: str):
-        return self.models.get(name)
-
     def knows(self, name: str) -> bool:
         return name in self.models
-
-    def has_workers(self, name: str) -> bool:
-        return bool(self.models.get(name) and self.models[name].decode_workers())
-
-    async def wait_for(self, predicate, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.01)
-        return True
 
     async def caught_up(self, timeout: float) -> bool:
         self.looks += 1
