@@ -15,7 +15,6 @@ Local routers of a pool are found in discovery and taken in turn; one that canno
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from typing import AsyncIterator
 
@@ -56,7 +55,9 @@ class PoolRouters:
     def __init__(self, store, namespaces: set[str]) -> None:
         self.store = store
         self.addresses: dict[str, dict[int, str]] = {ns: {} for ns in namespaces}
-        self._turn = itertools.count()
+        # A turn per namespace: one shared turn passes once per pool a disaggregated request visits
+        # (prefill then decode), so each pool would see every other turn and use one router only.
+        self._turns: dict[str, int] = {}
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -103,7 +104,9 @@ class PoolRouters:
         found = sorted(self.addresses.get(ns, {}).values())
         if not found:
             return []
-        start = next(self._turn) % len(found)
+        turn = self._turns.get(ns, 0)
+        self._turns[ns] = turn + 1
+        start = turn % len(found)
         return found[start:] + found[:start]
 
     async def close(self) -> None:

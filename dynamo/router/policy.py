@@ -286,16 +286,20 @@ class RoundRobinPolicy(CacheBlindPolicy):
     name = "round-robin"
 
     def __init__(self, config: KvRouterConfig | None = None) -> None:
-        self._turn = 0
+        # A turn per pool: one shared turn would pass twice per disaggregated request (its prefill and its
+        # decode) or once per request of each model, so a pool could see only every other turn and send
+        # all its requests to the same worker.
+        self._turns: dict[tuple[str, str | None], int] = {}
 
     def _pick(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> WorkerInfo:
-        """The worker whose turn it is; the turn passes only when `select` books it."""
+        """The worker whose turn it is in this pool; the turn passes only when `select` books it."""
         workers = sorted(self._candidates(pool, request, exclude), key=lambda w: w.instance_id)
-        return workers[self._turn % len(workers)]
+        return workers[self._turns.get((pool.name, pool.lora_name), 0) % len(workers)]
 
     def _book(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> WorkerInfo:
         worker = self._pick(pool, request, exclude)
-        self._turn += 1
+        key = (pool.name, pool.lora_name)
+        self._turns[key] = self._turns.get(key, 0) + 1
         return worker
 
 

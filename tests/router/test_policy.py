@@ -65,6 +65,19 @@ async def test_round_robin_and_random_respect_exclude_and_pin():
         await rnd.select(pool(), req("z", [1]), set())
 
 
+async def test_round_robin_turns_per_pool():
+    """A disaggregated request books its prefill pool then its decode pool, and a frontend serves several
+    models: each pool keeps its own turn (a shared one sent every sequential prefill to the same worker)."""
+    rr = RoundRobinPolicy()
+    prefill, decode, other = pool(1, 2, role=Role.PREFILL), pool(3, 4), dataclasses.replace(pool(5, 6), model="o")
+    picks = []
+    for i in range(4):
+        picks.append((await rr.select(prefill, req(f"p{i}", [1]), set())).worker.instance_id)
+        picks.append((await rr.select(decode, req(f"d{i}", [1]), set())).worker.instance_id)
+        picks.append((await rr.select(other, req(f"o{i}", [1]), set())).worker.instance_id)
+    assert picks == [1, 3, 5, 2, 4, 6] * 2
+
+
 def test_mode_report_is_one_rule_for_every_host():
     assert mode_report(KvMode.KV_EVENTS, pool(1, 2).workers).mode == "kv-events"
     silent = mode_report(KvMode.KV_EVENTS, pool(1, 2, publishes=False).workers)
