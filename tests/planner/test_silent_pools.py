@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from contextlib import asynccontextmanager
 
 from dynamo.llm.forward_pass import ForwardPassMetrics
 from dynamo.planner.config import PlannerConfig
@@ -16,6 +17,21 @@ from dynamo.planner.observe import FpmCollector
 from dynamo.planner.planner import Planner
 from dynamo.runtime.discovery.mem import MemStore
 from tests.planner.test_aic_interpolation import publish_workers
+
+
+@asynccontextmanager
+async def running_planner(cfg: PlannerConfig, store):
+    """A started planner over `store` (a started store, closed on exit) that warns of silence at once."""
+    conn, collector = make_connector(cfg, store=store), FpmCollector(store, cfg)
+    planner = Planner(cfg, conn, collector)
+    planner.silent.after = planner.silent.every = 0.0  # a minute, and ten, in a running planner
+    try:
+        await conn.start()
+        yield planner
+    finally:
+        await collector.close()
+        await conn.close()
+        await store.close()
 
 
 def warnings(caplog) -> list[str]:
@@ -28,11 +44,7 @@ async def test_pools_publishing_elsewhere_are_named_then_their_recovery(caplog):
     assert cfg.namespace == "dynamo"  # what a config's null namespace used to become, whatever $DYN_NAMESPACE said
     store = MemStore(name=f"silent-{uuid.uuid4().hex}")
     await store.start()
-    conn, collector = make_connector(cfg, store=store), FpmCollector(store, cfg)
-    planner = Planner(cfg, conn, collector)
-    planner.silent.after = planner.silent.every = 0.0  # a minute, and ten, in a running planner
-    try:
-        await conn.start()
+    async with running_planner(cfg, store) as planner:
         await publish_workers(store, "team-a-graph")
         await planner.load_tick()
         [said] = warnings(caplog)
@@ -47,15 +59,11 @@ async def test_pools_publishing_elsewhere_are_named_then_their_recovery(caplog):
             in warnings(caplog)[-1]
 
         for instance_id in (1, 2):  # each engine's first FPM, as the event-plane consumer hands it over
-            collector.observe(instance_id, ForwardPassMetrics(worker_id=str(instance_id), wall_time=0.01))
+            planner.collector.observe(instance_id, ForwardPassMetrics(worker_id=str(instance_id), wall_time=0.01))
         caplog.clear()
         await planner.load_tick()
         assert warnings(caplog) == []
         assert "planner: the pools publish in namespace 'dynamo' now" in caplog.text
-    finally:
-        await collector.close()
-        await conn.close()
-        await store.close()
 
 
 async def test_no_card_in_the_store_at_all_names_the_store_read_and_runs_own(caplog, tmp_path):
@@ -67,21 +75,13 @@ async def test_no_card_in_the_store_at_all_names_the_store_read_and_runs_own(cap
                         optimization_target="latency")
     store = FileStore(root=str(tmp_path / "kv"))
     await store.start()
-    conn, collector = make_connector(cfg, store=store), FpmCollector(store, cfg)
-    planner = Planner(cfg, conn, collector)
-    planner.silent.after = 0.0
-    try:
-        await conn.start()
+    async with running_planner(cfg, store) as planner:
         await planner.load_tick()
         [said] = warnings(caplog)
         assert said.startswith(f"planner: nothing seen in namespace 'default-mocker-disagg' of the file discovery "
                                f"store {tmp_path / 'kv'} ($DYN_FILE_KV) for ")
         assert "no worker card in any namespace of this store" in said
         assert "export DYN_DISCOVERY_BACKEND=file and DYN_FILE_KV=<run's state dir>/kv" in said
-    finally:
-        await collector.close()
-        await conn.close()
-        await store.close()
 
 
 async def test_a_pool_at_zero_replicas_is_not_silent(caplog):
@@ -89,18 +89,10 @@ async def test_a_pool_at_zero_replicas_is_not_silent(caplog):
     cfg = PlannerConfig(environment="virtual", model_name="m", optimization_target="latency", min_endpoint=0)
     store = MemStore(name=f"silent-{uuid.uuid4().hex}")
     await store.start()
-    conn, collector = make_connector(cfg, store=store), FpmCollector(store, cfg)
-    planner = Planner(cfg, conn, collector)
-    planner.silent.after = 0.0
-    try:
-        await conn.start()
-        await conn.scale({"prefill": 0, "decode": 0})
+    async with running_planner(cfg, store) as planner:
+        await planner.connector.scale({"prefill": 0, "decode": 0})
         await planner.load_tick()
         assert warnings(caplog) == []
-    finally:
-        await collector.close()
-        await conn.close()
-        await store.close()
 
 
 async def test_workers_in_the_suffixed_namespace_are_the_planners():

@@ -4,34 +4,22 @@ checked as anywhere, then one line says TensorRT-LLM is not installed (exit 2), 
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.fixtures.procs import one_line_refusal, run_module
 
 # Run by the suite's own Python: the main venv, which has no TensorRT-LLM.
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(importlib.util.find_spec("tensorrt_llm") is not None,
                                                   reason="TensorRT-LLM is installed here")]
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dynamo.trtllm", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
-
-
 def test_a_run_without_tensorrt_llm_is_one_line(tmp_path):
-    done = _run("--model-path", str(tmp_path), "--disaggregation-mode", "decode")
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("python -m dynamo.trtllm: error: TensorRT-LLM is not installed")
-    assert "ModuleNotFoundError" not in done.stderr
+    done = run_module("dynamo.trtllm", "--model-path", str(tmp_path), "--disaggregation-mode", "decode")
+    one_line_refusal(done, "python -m dynamo.trtllm: error: TensorRT-LLM is not installed")
 
 
 def test_flags_are_still_checked_first():
-    done = _run("--kv-block-size", "0")
+    done = run_module("dynamo.trtllm", "--kv-block-size", "0")
     assert done.returncode == 2 and "--kv-block-size must be > 0" in done.stderr
     assert "not installed" not in done.stderr
