@@ -13,6 +13,8 @@ from typing import Any
 
 import msgspec
 
+from dynamo.frontend.intake import utf8_slices
+
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
 WINDOW_SECS = {"24h": 24 * 3600}
 MAX_LINES = 50_000  # OpenAI's limit per batch
@@ -51,7 +53,6 @@ class _BodyShape(msgspec.Struct):
 
 _line_decoder = msgspec.json.Decoder(_LineShape)
 _body_decoder = msgspec.json.Decoder(_BodyShape)
-_UTF8_SLICE = 1 << 20
 
 
 @dataclass
@@ -188,8 +189,5 @@ def _line_problem(raw: bytes, endpoint: str, seen: set[str]) -> BatchLine | dict
 def _check_utf8(raw: bytes) -> None:
     """UnicodeDecodeError unless `raw` is UTF-8; a slice at a time, so that a line of megabytes checked on a
     thread lets the event loop run in between (one call over it all would hold the GIL throughout)."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    view = memoryview(raw)
-    for start in range(0, len(view), _UTF8_SLICE):
-        decoder.decode(view[start:start + _UTF8_SLICE])
-    decoder.decode(b"", final=True)
+    for _ in utf8_slices(raw):
+        pass

@@ -13,7 +13,8 @@ size of the prompt, and `PromptBound` turns that into a token count.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+import codecs
+from typing import Callable, Iterator
 
 import msgspec
 
@@ -26,6 +27,7 @@ SHAPE_CHECK_BYTES = 1 << 20
 # An escape (`\n`, `\u00e9`, half a surrogate pair) is at most 6 bytes for at least 1 byte of text.
 _ESCAPE_SHRINK = 5
 _COUNT_SLICE = 1 << 20
+UTF8_SLICE = 1 << 20
 
 
 _NULL = msgspec.Raw(b"null")
@@ -160,3 +162,13 @@ def _over_context(context: int, at_least: int, utf8: int, param: str, prefix: st
         "context_length_exceeded")
     error.overflow = ContextOverflow(at_least, context)
     return error
+
+
+def utf8_slices(data: bytes | memoryview, size: int = UTF8_SLICE) -> Iterator[str]:
+    """`data` decoded as UTF-8 a slice of `size` bytes at a time (a character cut by a slice's edge is held
+    until the next); UnicodeDecodeError where it is not UTF-8. Between slices the caller lets other work run:
+    one decode of a 150 MB body is a single C call that holds the GIL (and an event loop) throughout."""
+    decoder, view = codecs.getincrementaldecoder("utf-8")(), memoryview(data)
+    for start in range(0, len(view), size):
+        yield decoder.decode(view[start:start + size])
+    decoder.decode(b"", final=True)

@@ -24,7 +24,6 @@ responses queued here. A peer that vanished is found by HTTP/2 keepalive pings."
 from __future__ import annotations
 
 import asyncio
-import codecs
 import json
 import logging
 import uuid
@@ -40,6 +39,7 @@ from dynamo.frontend.kserve_tensors import (
     UTF8_REFUSAL, KServeError, completion_fields, infer_response, model_config, model_metadata, utf8_text,
 )
 from dynamo.frontend.inprocess import body_once, post_scope
+from dynamo.frontend.intake import utf8_slices
 
 log = logging.getLogger(__name__)
 
@@ -164,15 +164,13 @@ async def prepared(raw: bytes) -> InferPayload:
 
 
 async def _sliced_payload(fields: dict, text: memoryview) -> bytes:
-    """`fields` with `prompt`: the UTF-8 `text`, checked and escaped a slice at a time (a character cut by a
-    slice's edge is held by the incremental decoder until the next)."""
+    """`fields` with `prompt`: the UTF-8 `text`, checked and escaped a slice at a time."""
     head = json.dumps(fields).encode()  # always holds `model` and `stream`: its closing brace goes
-    parts, decoder = [head[:-1], b', "prompt": "'], codecs.getincrementaldecoder("utf-8")()
+    parts = [head[:-1], b', "prompt": "']
     try:
-        for start in range(0, len(text), JSON_SLICE_BYTES):
+        for piece in utf8_slices(text, JSON_SLICE_BYTES):
+            parts.append(msgspec.json.encode(piece)[1:-1])
             await asyncio.sleep(0)
-            parts.append(msgspec.json.encode(decoder.decode(text[start:start + JSON_SLICE_BYTES]))[1:-1])
-        decoder.decode(b"", final=True)
     except UnicodeDecodeError:
         raise KServeError(UTF8_REFUSAL) from None
     parts.append(b'"}')

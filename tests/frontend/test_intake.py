@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from dynamo.frontend.intake import SHAPE_CHECK_BYTES, early_refusal
+from dynamo.frontend.intake import SHAPE_CHECK_BYTES, early_refusal, utf8_slices
 from dynamo.llm.prompt_bound import PromptBound
 from dynamo.llm.tokenizer import Tokenizer
 from dynamo.runtime.asgi import BodyTooLarge, read_body
@@ -102,3 +102,13 @@ def test_read_body_joins_chunks_and_enforces_the_limit():
     assert bytes(asyncio.run(read_body(receiver([b"ab", b"cd", b""]), 10))) == b"abcd"
     with pytest.raises(BodyTooLarge):
         asyncio.run(read_body(receiver([b"abcdef", b"ghijkl"]), 10))
+
+
+def test_utf8_slices_join_characters_cut_by_a_slice_edge_and_refuse_bad_bytes():
+    text = "aé€😀" * 5
+    for size in (1, 2, 3, 7, 100):
+        assert "".join(utf8_slices(text.encode(), size)) == text
+    with pytest.raises(UnicodeDecodeError):
+        list(utf8_slices(b"ok" * 10 + b"\xff", 4))
+    with pytest.raises(UnicodeDecodeError):  # a character cut by the end of the data
+        list(utf8_slices("é".encode()[:1], 4))
