@@ -23,6 +23,7 @@ from dynamo.deploy.commands import (MODEL_FLAGS, CommandLine, Invocation, flag_v
 from dynamo.deploy.devices import DeviceLedger, detect_gpus
 from dynamo.deploy.frontend_socket import LISTEN_ENV, FrontendAddress, runs_frontend_itself, shared_address, socket_of
 from dynamo.deploy.model import Graph, Service
+from dynamo.deploy.run_options import RunOptions
 from dynamo.runtime.net import free_port
 
 log = logging.getLogger("dynamo.deploy")
@@ -50,23 +51,6 @@ class Launch:
     # A frontend that inherits its service's listening socket (`listeners.py`): that socket's port and address.
     shared_port: int | None = None
     listen_host: str = "0.0.0.0"
-
-
-@dataclass
-class RunOptions:
-    frontend_port: int = 8000
-    model: str | None = None
-    namespace: str | None = None
-    state_dir: str = ""
-    append_args: dict[str, list[str]] = field(default_factory=dict)  # service -> extra flags
-    volumes: dict[str, str] = field(default_factory=dict)  # PVC name -> local directory
-    pods_dir: str = ""  # per-replica private /tmp dirs (default: STATE/pods); short: unix socket paths live there
-    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
-    control_url: str = ""  # the control endpoint, for planner components (set once it listens)
-    prometheus_endpoint: str | None = None  # --prometheus-endpoint; None: $PROMETHEUS_ENDPOINT, else none
-    config_maps: dict[str, dict[str, bytes]] = field(default_factory=dict)  # the file's ConfigMaps: name -> files
-    control_urls: dict[str, str] = field(default_factory=dict)  # every graph of the file -> its control endpoint
-    engine: str | None = None  # --engine: "mocker" runs the engine workers (vLLM, SGLang, TRT-LLM) on the mocker
 
 
 def local_workdir(path: str | None) -> str:
@@ -390,38 +374,3 @@ def _second_frontends(plans: dict[str, ServicePlan]) -> None:
         plan.http_port = free_port()
         log.warning("service %s is a second frontend: it serves on port %d (--frontend-port %d is %s's)", plan.name,
                     plan.http_port, frontends[0].http_port, frontends[0].name)
-
-
-def parse_append_args(items: list[str]) -> dict[str, list[str]]:
-    import shlex
-
-    out: dict[str, list[str]] = {}
-    for item in items:
-        svc, sep, text = item.partition("=")
-        if not sep or not svc:
-            raise ValueError(f"--append-args expects SERVICE=ARGS, got {item!r}")
-        out.setdefault(svc, []).extend(shlex.split(text))
-    return out
-
-
-def parse_volumes(items: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        pvc, sep, path = item.partition("=")
-        if not sep or not pvc or not path:
-            raise ValueError(f"--volume expects PVC=DIR, got {item!r}")
-        if not os.path.isdir(path):
-            raise ValueError(f"--volume {item}: {path} is not a directory")
-        out[pvc] = os.path.abspath(path)
-    return out
-
-
-def parse_overrides(items: list[str]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        svc, dot, attr = key.rpartition(".")
-        if not sep or not dot or attr != "replicas" or not value.strip().isdigit():
-            raise ValueError(f"--set expects SERVICE.replicas=N, got {item!r}")
-        out[svc] = int(value)
-    return out

@@ -27,7 +27,8 @@ from dynamo.deploy.local_rollout import PROGRESS_DEADLINE, ApplyRequest, Applier
 from dynamo.deploy.log_files import LogRotation
 from dynamo.deploy.model import Graph
 from dynamo.deploy.parsers import module_available
-from dynamo.deploy.plan import RunOptions, build_plans, parse_append_args, parse_overrides, parse_volumes
+from dynamo.deploy.plan import build_plans
+from dynamo.deploy.run_options import RunOptions, parse_append_args, parse_overrides, parse_volumes
 from dynamo.deploy.supervisor import MAX_REPLICAS, Supervisor, check_replicas
 from dynamo.deploy.validate import load_documents, validate_file
 from dynamo.runtime.net import free_port
