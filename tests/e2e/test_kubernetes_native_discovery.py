@@ -48,7 +48,7 @@ def cluster(tiny_model, tmp_path_factory):
         c.start("tests.fixtures.kube_api_standin", [str(port)], name="kube-api")
         wait_until(lambda: http_get(api + METADATA)[0] == 200, 60, "the API stand-in")
         c.api = api  # type: ignore[attr-defined]
-        c.worker = c.mocker(model_name=MODEL, env={"POD_NAME": WORKER_POD, "POD_UID": "uid-worker"})  # type: ignore
+        c.worker = c.mocker(model_name=MODEL, env={"POD_NAME": WORKER_POD, "POD_UID": "uid-worker"})
         c.frontend("--router-mode", "kv", env={"POD_NAME": "agg-frontend-0", "POD_UID": "uid-frontend"})
         wait_until(lambda: _send(api + f"{METADATA}/{WORKER_POD}", "GET")[0] == 200, 120, "the worker's metadata")
         yield c

@@ -20,7 +20,8 @@ EID = EndpointId("dynamo", "backend", "generate")
 
 class InProcessFrontend:
     """The store (named `name`), request-plane client and model manager (cards switch at once), and the `workers`;
-    a subclass builds `self.app` on them. `start` starts them; leaving closes all of it."""
+    a subclass builds `self.app` on them and registers its workers in `setup`. Entering starts them and runs
+    `setup`, closing all of it if either fails; leaving closes all of it."""
 
     app: FrontendApp
 
@@ -52,6 +53,18 @@ class InProcessFrontend:
             await worker.server.close(linger=0.1)
         await self.store.close()
         mem.reset(self.name)
+
+    async def setup(self) -> None:
+        """What a subclass does once started (registering its workers, waiting for them)."""
+
+    async def __aenter__(self):
+        try:
+            await self.start()
+            await self.setup()
+        except BaseException:
+            await self.close()
+            raise
+        return self
 
     async def __aexit__(self, *exc) -> None:
         await self.close()

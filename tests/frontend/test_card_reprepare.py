@@ -68,15 +68,13 @@ class Rollout(InProcessFrontend):
         self.app.prep_pool.shutdown()
         self.pool = self.app.prep_pool = HeldPool()
 
-    async def __aenter__(self) -> "Rollout":
-        await self.start()
+    async def setup(self) -> None:
         await self.register(1, self.old_worker, block_size=16)
         await self.register(2, self.new_workers[0], block_size=32, chat_template=self.template)
         held = lambda: [(c["workers"], c["ready"]) for c in self.manager.cards()["tiny"]["held_apart"]]  # noqa: E731
         assert await self.manager.wait_for(lambda: self.manager.listed() and held() == [(1, True)], WAIT)
         self.entry = self.manager.get("tiny")
         self.old_pipeline = self.entry.pipeline
-        return self
 
     async def close(self) -> None:
         self.pool.gate.set()

@@ -64,14 +64,12 @@ class Served(InProcessFrontend):
                                 Inhibitor(60), deadlines)
         self.app = FrontendApp(self.manager, dispatcher, FrontendMetrics(), body_limit=1 << 20, admin_api=False)
 
-    async def __aenter__(self) -> "Served":
-        await self.start()
+    async def setup(self) -> None:
         card = build_card(MODEL_DIR, name="tiny", context_length=4096, block_size=16)
         for iid, worker in enumerate(self.workers, 1):
             await self.register(iid, worker, card)
         entry = lambda: self.manager.get("tiny")  # noqa: E731
         assert await self.manager.wait_for(lambda: entry() is not None and len(entry().workers) == 2, WAIT)
-        return self
 
     def sent(self) -> list:
         return sorted((r for w in self.workers for r in w.requests), key=lambda r: r.request_id)

@@ -34,7 +34,7 @@ def cluster(tiny_model, tmp_path_factory):
     c = Cluster(tmp_path_factory.mktemp("router-deadlines"), tiny_model, "file")
     try:
         # ~0.35 s prefill for a short prompt, ~0.12 s per decode step.
-        c.worker = c.mocker("--speedup-ratio", "0.05", "--block-size", str(BLOCK))  # type: ignore[attr-defined]
+        c.worker = c.mocker("--speedup-ratio", "0.05", "--block-size", str(BLOCK))
         port = free_port()
         c.dump = c.tmp / "router-config.json"  # type: ignore[attr-defined]
         c.router = c.start("dynamo.router", [  # type: ignore[attr-defined]
