@@ -143,10 +143,10 @@ class InferPayload(NamedTuple):
     request: Any
     payload: bytes = b""
     stream: bool = False
-    error: KServeError | None = None
+    error: KServeError | CallFailed | None = None
 
 
-async def prepared(raw: bytes) -> InferPayload:
+async def prepared(raw: bytes, check: Callable[[Any], None] | None = None) -> InferPayload:
     """`raw` (a serialized ModelInferRequest) parsed and mapped to its completion payload; a huge prompt is
     decoded and written into the JSON a slice at a time, other requests running in between (`json.dumps` of a
     100 MB prompt holds the loop for half a second; a thread would not help, one C call holds the GIL)."""
@@ -155,11 +155,13 @@ async def prepared(raw: bytes) -> InferPayload:
     except DecodeError:
         return InferPayload(_INFER_REQUEST(), error=KServeError("malformed ModelInferRequest"))
     try:
+        if check is not None:  # the model and version, before a huge prompt is prepared for nothing
+            check(request)
         fields, text, stream = completion_fields(request)
         if len(text) <= JSON_SLICE_BYTES:
             return InferPayload(request, json.dumps({**fields, "prompt": utf8_text(text)}).encode(), stream)
         return InferPayload(request, await _sliced_payload(fields, text), stream)
-    except KServeError as exc:
+    except (KServeError, CallFailed) as exc:
         return InferPayload(request, error=exc)
 
 
@@ -220,12 +222,11 @@ class KServeService:
         return model_config(request.name)
 
     async def model_infer(self, raw: bytes, context):
-        request, payload, stream, error = await prepared(raw)
+        request, payload, stream, error = await prepared(raw, self._version)
         if error is not None:
             raise error
         if stream:
             raise KServeError("Streaming is not supported for this endpoint")
-        self._version(request)
         headers = request_headers(context, request.id)
         async with aclosing(completion_events(self.app, payload, False, headers)) as events:
             async for answer in events:
@@ -243,11 +244,10 @@ class KServeService:
         tasks: set[asyncio.Task] = set()
 
         async def run(raw: bytes) -> None:
-            request, payload, stream, error = await prepared(raw)
+            request, payload, stream, error = await prepared(raw, self._version)
             try:
                 if error is not None:
                     raise error
-                self._version(request)
                 headers = request_headers(context, request.id)
                 async for event in completion_events(self.app, payload, stream, headers):
                     if event.get("choices"):  # a chunk without choices (an nvext or usage one) has no tensors

@@ -133,6 +133,8 @@ def test_a_version_the_model_lacks_is_not_found_and_not_ready(client):
     assert client.is_model_ready("tiny", "1") and not client.is_model_ready("tiny", "2")
     assert texts(client.infer("tiny", inputs("hi"), model_version="1", parameters={"max_tokens": 2}))
     for call in (lambda: client.infer("tiny", inputs("hi"), model_version="2"),
+                 # the version first, as Triton: a request it would refuse as well is still not found
+                 lambda: client.infer("tiny", inputs("hi", name="prompt"), model_version="2"),
                  lambda: client.get_model_metadata("tiny", "2"), lambda: client.get_model_config("tiny", "2")):
         with pytest.raises(InferenceServerException) as err:
             call()
