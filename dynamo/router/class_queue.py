@@ -39,6 +39,8 @@ class Ticket:
     cached_tokens: int = field(default=0, compare=False)
     waker: asyncio.Future | None = field(default=None, compare=False)
     gone: bool = field(default=False, compare=False)
+    allowed: frozenset[int] = field(default=frozenset(), compare=False)  # the workers it may go to
+    ahead: bool = field(default=False, compare=False)  # woken to try before its turn (router_queue.py)
 
 
 @dataclass

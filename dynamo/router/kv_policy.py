@@ -248,8 +248,9 @@ class KvPolicy:
         prompt = len(request.token_ids)
         new = prompt if new_tokens is None else new_tokens
         klass = queue.profile.class_index(None, new) if klass is None else klass
+        allowed = frozenset(w.instance_id for w in candidates(route.pool, request, exclude))
         return queue.enter(queue.score(jump or 0.0, new, klass), (hints.strict_priority or 0) if hints else 0, klass,
-                           new, prompt, len(route.pool.workers))
+                           new, prompt, len(route.pool.workers), allowed)
 
     def _new_tokens(self, route: PoolRoute, request: PreprocessedRequest, exclude: set[int], match: PrefixMatch) -> int:
         """Prompt tokens left to prefill on the allowed worker that caches most of it (Dynamo's uncached ISL)."""

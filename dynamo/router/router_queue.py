@@ -17,6 +17,13 @@ Only the head of the queue retries its selection: it is woken whenever load is r
 capacity (they lag our bookings), so the head retries at least every `RECHECK` seconds.
 A newcomer that finds a worker with room is served at once, as in Dynamo.
 
+A waiter may be held to some of the pool's workers (pinned by a gateway, a worker set during a
+rolling update, workers it failed on). When the head cannot be placed, the workers it tried are
+known busy until load is released; the first waiter behind it that may go to a worker not known
+busy tries at once instead of waiting for the head (backfill): a request pinned to a busy worker
+no longer holds up requests that another worker with room could serve. Unconstrained waiters never
+jump one another: when the head, which may go anywhere, finds every worker busy, so would they.
+
 With a `--router-policy-config` profile the queue is split into its classes, each with its own
 policy and limits, served by weighted deficit round robin (class_queue.py); the head is the
 waiter that ring serves next.
@@ -60,6 +67,8 @@ class RouterQueue:
         self.rejected = 0
         self.rejected_limit = 0
         self._closed = False
+        self._busy: dict[int, set[int]] = {}  # class -> workers found busy by its thresholds since load was released
+        self._shapes: dict[frozenset[int], int] = {}  # the waiters' allowed-worker sets, counted
 
     @property
     def policy(self) -> str:
@@ -81,9 +90,10 @@ class RouterQueue:
         return busy.with_prefill(c.prefill_busy_threshold, c.prefill_busy_threshold_frac)
 
     def enter(self, score: float = 0.0, strict_priority: int = 0, klass: int | None = None, new_tokens: int = 1,
-              prompt_tokens: int = 0, workers: int = 1) -> Ticket:
-        """A request of class `klass` (default: the profile's default) starts waiting; AllWorkersBusy at
-        once when the queue is off, closed or full, or its class is at one of its limits."""
+              prompt_tokens: int = 0, workers: int = 1, allowed: frozenset[int] = frozenset()) -> Ticket:
+        """A request of class `klass` (default: the profile's default), which found each of the workers
+        `allowed` to it busy, starts waiting; AllWorkersBusy at once when the queue is off, closed or full,
+        or its class is at one of its limits."""
         klass = self.profile.class_index(None, 0) if klass is None else klass
         if self._closed or self.max_waiting <= 0 or self._pending >= self.max_waiting:
             self.rejected += 1
@@ -94,8 +104,10 @@ class RouterQueue:
             raise AllWorkersBusy(f"All workers are busy, please retry later ({limit})")
         loop = asyncio.get_running_loop()
         ticket = Ticket((-strict_priority, -score, next(self._seq)), loop.time() + self.timeout, klass,
-                        max(new_tokens, 1), prompt_tokens, max(prompt_tokens - new_tokens, 0))
+                        max(new_tokens, 1), prompt_tokens, max(prompt_tokens - new_tokens, 0), allowed=allowed)
         self.classes.push(ticket)
+        self._shapes[allowed] = self._shapes.get(allowed, 0) + 1
+        self._busy.setdefault(klass, set()).update(allowed)
         self._pending += 1
         self.queued_total += 1
         return ticket
@@ -119,7 +131,8 @@ class RouterQueue:
             _raise_if_cancelled()
             # Woken, or a recheck (a load report may have freed a worker): the head retries. Still the head: a
             # release of load since it was woken may have put another class's head first again.
-            if self._head() is ticket:
+            if self._head() is ticket or ticket.ahead:
+                ticket.ahead = False
                 return
 
     def leave(self, ticket: Ticket, served: bool = False) -> None:
@@ -130,12 +143,16 @@ class RouterQueue:
             ticket.gone = True
             self.classes.remove(ticket)
             self._pending -= 1
+            left = self._shapes.pop(ticket.allowed) - 1
+            if left:
+                self._shapes[ticket.allowed] = left
 
     def _head(self) -> Ticket | None:
         return self.classes.head()
 
     def wake(self) -> None:
         """Load was released: the head retries (once served, it wakes the next)."""
+        self._busy.clear()
         self.classes.reopen()
         self._wake_head()
 
@@ -145,11 +162,27 @@ class RouterQueue:
         self._wake_head()
 
     def passed_over(self, ticket: Ticket) -> None:
-        """`ticket`'s retry found every worker busy by its class's thresholds: its class waits a recheck
-        interval (or a release of load) while the next class's head tries."""
+        """`ticket`'s retry found every worker allowed to it busy by its class's thresholds: its class waits a
+        recheck interval (or a release of load) while the next class's head tries, and a waiter that may go
+        to a worker not known busy tries before its turn."""
+        self._busy.setdefault(ticket.klass, set()).update(ticket.allowed)
         if len(self.profile.classes) > 1:  # one class: its head simply retries at the next recheck
             self.classes.pass_over(ticket.klass)
             self._wake_head()
+        self._backfill()
+
+    def _backfill(self) -> None:
+        """Wake the first waiter allowed a worker its class has not found busy since load was released."""
+        if not any(shape - self._busy.get(k, set()) for shape in self._shapes for k in self._busy):
+            return  # every waiter's workers are known busy (always so without constrained waiters)
+        for ticket in sorted(self.classes.waiting()):
+            busy = self._busy.get(ticket.klass)
+            if busy is not None and ticket.allowed - busy:
+                if not ticket.ahead:  # else it is about to try: its failure, if it fails, goes on from here
+                    ticket.ahead = True
+                    if ticket.waker is not None and not ticket.waker.done():
+                        ticket.waker.set_result(None)
+                return
 
     def _wake_head(self) -> None:
         head = self._head()

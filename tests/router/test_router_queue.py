@@ -196,3 +196,38 @@ def test_a_cancel_the_wait_swallowed_still_ends_the_wait():
         queue.leave(ticket)
         assert queue.pending == 0
     asyncio.run(run())
+
+
+async def test_a_waiter_pinned_to_a_busy_worker_does_not_hold_up_one_another_worker_can_serve():
+    """Backfill: the head of the queue is pinned to worker 1 (a gateway chose it), which stays busy; worker 2
+    frees. The unpinned waiter behind the head goes to worker 2 at once instead of waiting out the head's
+    deadline; the pinned head still waits for worker 1 and is served when it frees."""
+    policy = busy_policy()
+    p = pool(1, 2)
+    await policy.select(p, req("big1", distinct(32, 0)), {2})  # 32 prefill tokens > 10: worker 1 busy
+    await policy.select(p, req("big2", distinct(32, 100)), {1})  # worker 2 busy
+    pinned = PreprocessedRequest(request_id="pinned", model="m", token_ids=distinct(20, 200),
+                                 routing=RoutingHints(backend_instance_id=1))
+    head, behind = await queue_up(policy, p, [pinned, req("free", distinct(20, 300))])
+    policy.prefill_complete("big2")  # worker 2 has room; worker 1 is still busy
+    assert (await asyncio.wait_for(behind, 2)).worker.instance_id == 2
+    assert not head.done()
+    policy.prefill_complete("big1")
+    assert (await asyncio.wait_for(head, 2)).worker.instance_id == 1
+    assert policy.routes["m"].queue.pending == 0
+
+
+async def test_unconstrained_waiters_keep_their_order():
+    """No backfill among waiters that may all go anywhere: the head finding every worker busy means the others
+    would too, and the release serves them in their order."""
+    policy = busy_policy()
+    p = pool(1, 2)
+    await policy.select(p, req("big1", distinct(32, 0)), {2})
+    await policy.select(p, req("big2", distinct(32, 100)), {1})
+    waiting = await queue_up(policy, p, [req("a", distinct(20, 200)), req("b", distinct(20, 300)),
+                                         req("c", distinct(20, 400))])
+    await asyncio.sleep(0.35)  # several rechecks: none of them lets a later waiter jump the head
+    assert not any(w.done() for w in waiting)
+    policy.prefill_complete("big1")
+    done, _ = await asyncio.wait(waiting, timeout=2, return_when=asyncio.FIRST_COMPLETED)
+    assert done == {waiting[0]}
