@@ -122,6 +122,7 @@ async def serve(args: GlobalRouterArgs, plan: PoolPlan, stop: asyncio.Event) -> 
             log.warning("pools without a local router (<ns>.router.generate) or a worker after %g s: %s; their "
                         "requests fail until they have one", args.pool_ready_timeout_secs, ", ".join(missing))
         model_card = card(args, local_model_dir(args.model_path or args.model_name or ""))  # files read once
+        router.faces = {runtime.instance_id for runtime in runtimes}
         for (role, endpoint, worker_type), runtime in zip(ENDPOINTS[plan.mode], runtimes):
             eid = records.EndpointId(args.namespace, args.component_name, endpoint)
             face = msgspec.structs.replace(model_card, worker_type=worker_type)

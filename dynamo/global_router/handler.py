@@ -22,7 +22,7 @@ import msgspec
 from prometheus_client import Counter
 
 from dynamo.global_router.pools import PoolPlan, PoolSet
-from dynamo.llm.protocol import RouterParams
+from dynamo.llm.protocol import RouterParams, request_decoder, request_encoder
 from dynamo.llm.worker_client import WorkerClient, WorkerStream
 from dynamo.runtime import records
 from dynamo.runtime.rp_client import CannotConnect, Disconnected, StreamError
@@ -34,8 +34,11 @@ log = logging.getLogger("dynamo.global_router")
 LOCAL_ROUTER = ("router", "generate")  # what a pool's `python -m dynamo.router` serves in its namespace
 
 
-class _Priority(msgspec.Struct):
+class _Hints(msgspec.Struct):
     priority: float | None = None
+    backend_instance_id: int | None = None
+    prefill_worker_id: int | None = None
+    decode_worker_id: int | None = None
 
 
 class _Routed(msgspec.Struct):
@@ -43,7 +46,7 @@ class _Routed(msgspec.Struct):
 
     token_ids: list[int] = []
     router: RouterParams | None = None
-    routing: _Priority | None = None
+    routing: _Hints | None = None
 
 
 _routed = msgspec.msgpack.Decoder(_Routed)
@@ -124,13 +127,32 @@ class GlobalRouter:
                               ["type", "pool_namespace"], registry=registry)
         self.retried = Counter("dynamo_global_router_retries", "Pool attempts that failed before any output",
                                ["type", "pool_namespace"], registry=registry)
+        self.faces: set[int] = set()  # the instance ids this router serves under (set once it serves)
 
-    def choose(self, role: str, payload: bytes) -> tuple[PoolSet, int]:
-        """The role's pools and the pool index the plan gives this request."""
+    def choose(self, role: str, payload: bytes) -> tuple[PoolSet, int, bytes]:
+        """The role's pools, the pool index the plan gives this request, and the bytes to send it."""
         try:
             req = _routed.decode(payload)
         except msgspec.DecodeError as exc:
             raise HandlerError(f"malformed request: {exc}", ErrorCode.BAD_REQUEST) from None
+        pools, pool = self._pool(role, req)
+        return pools, pool, self._unpinned(req, payload)
+
+    def _unpinned(self, req: _Routed, payload: bytes) -> bytes:
+        """`payload` without the worker pins that name one of this router's faces, else unchanged. A frontend pins
+        a request to the worker it saw, which is this router (a reasoning budget's continuation, a client's own
+        pin): a pool's router knows only its own workers and refuses that id."""
+        hints = req.routing
+        pins = ("backend_instance_id", "prefill_worker_id", "decode_worker_id")
+        if hints is None or not any(getattr(hints, pin) in self.faces for pin in pins):
+            return payload
+        request = request_decoder.decode(payload)
+        dropped = {pin: None for pin in pins if getattr(hints, pin) in self.faces}
+        routing = msgspec.structs.replace(request.routing, **dropped)
+        return request_encoder.encode(msgspec.structs.replace(request, routing=routing))
+
+    def _pool(self, role: str, req: _Routed) -> tuple[PoolSet, int]:
+        """The role's pools and the pool index the plan gives this request."""
         targets = req.router or RouterParams()
         ttft = targets.ttft_target if targets.ttft_target is not None else self.default_ttft_ms
         itl = targets.itl_target if targets.itl_target is not None else self.default_itl_ms
@@ -143,7 +165,7 @@ class GlobalRouter:
         return pools, pool
 
     async def handle(self, role: str, payload: bytes, ctx: RequestContext) -> AsyncIterator[bytes]:
-        pools, pool = self.choose(role, payload)
+        pools, pool, payload = self.choose(role, payload)
         failure: StreamError | None = None
         for index in pools.retry_order(pool, self.plan.retry):
             ns = pools.namespaces[index]

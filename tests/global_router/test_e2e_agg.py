@@ -117,6 +117,15 @@ def test_malformed_targets_are_the_clients_error(cluster, nvext, param):
     assert resp.json()["error"]["param"] == param
 
 
+def test_a_pin_to_the_global_router_itself_is_served(cluster):
+    """The frontend sees the global router as its one worker, so a pin it (or a client) sets names the global
+    router's face; the pool's router, which knows only its own workers, refused that id with a 400."""
+    face = json.loads(http_get(cluster.base_url + "/health")[1])["instances"][0]["instance_id"]
+    resp = chat(cluster, {"backend_instance_id": face, "router": {"ttft_target": 100}})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["choices"][0]["message"]["content"]
+
+
 def test_a_pool_without_its_router_hands_requests_to_a_faster_pool(cluster):
     """Last in this module: it stops pool 1's router."""
     cluster.pool_routers[1].stop()
@@ -162,3 +171,4 @@ def test_a_pool_that_never_comes_is_named_and_its_requests_get_503(cluster, tiny
         assert other.openai_client() is not None and gr.alive()
     finally:
         other.stop()
+

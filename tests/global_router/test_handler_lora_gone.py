@@ -21,7 +21,7 @@ def test_lora_not_loaded_is_the_answer_not_a_pool_failure():
     plan = SimpleNamespace(retry=True, pools={})
     router = GlobalRouter(plan, None, None, registry)  # type: ignore[arg-type]
     pools = SimpleNamespace(namespaces=["fast", "slow"], retry_order=lambda pool, retry: [1, 0])
-    router.choose = lambda role, payload: (pools, 1)  # type: ignore[method-assign]
+    router.choose = lambda role, payload: (pools, 1, payload)  # type: ignore[method-assign]
     tried = []
 
     async def open_(ns, payload):
