@@ -177,8 +177,8 @@ def planner_config(old: dict[str, Any], notes: list[str]) -> dict[str, Any]:
         name = _planner_field(key)
         if name in PLANNER_GONE:
             notes.append(f"profilingConfig.config.planner.{key}: the planner has no such setting now; left out")
-        elif name == "enable_throughput_scaling":
-            new[name] = not value
+        elif snake(key).removeprefix("planner_") == "disable_throughput_scaling":
+            new[name] = not value  # the old planner's spelling of the opposite
         else:
             new[name] = value
     return new

@@ -317,7 +317,7 @@ async def run(req: dgdr.Request, opts: Options) -> int:
             return await deploy(req, final, opts, status)
         except Exception as exc:  # deploy records what it expects; anything else is still a failed request
             log.debug("deploying failed", exc_info=True)
-            status.fail(f"deploying {final} failed: {exc or type(exc).__name__}")
+            status.fail(f"deploying {final} failed: {str(exc) or type(exc).__name__}")
             return 1
     return _not_applied(req, final, opts, status)
 

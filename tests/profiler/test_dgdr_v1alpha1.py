@@ -88,6 +88,9 @@ def test_pre_1_0_planner_settings_become_planner_config_fields():
     assert config == {"optimization_target": "sla", "enable_load_scaling": False, "min_endpoint": 2,
                       "throughput_adjustment_interval_seconds": 60, "advisory": True, "ttft_ms": 200,
                       "enable_throughput_scaling": False, "load_adjustment_interval_seconds": 5, "max_gpu_budget": 8}
+    for key in ("enableThroughputScaling", "enable_throughput_scaling", "plannerEnableThroughputScaling"):
+        assert dgdr_v1alpha1.planner_config({key: True}, [])["enable_throughput_scaling"] is True, key
+    assert dgdr_v1alpha1.planner_config({"disable-throughput-scaling": False}, [])["enable_throughput_scaling"] is True
     # the pre-1.0 planner's load loop, where it was asked for
     assert dgdr_v1alpha1.planner_config({"enableLoadbasedScaling": True}, [])["enable_load_scaling"] is True
     assert notes == ["profilingConfig.config.planner.noCorrection: the planner has no such setting now; left out"]
