@@ -182,7 +182,8 @@ class AdapterReconciler:
     # the replicas not ready now that a removal must still come back to (a new pid holds none of them)
     sources: dict[tuple[str, int | None], dict[str, str]] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
-    warned: set[tuple[str, int | None, str]] = field(default_factory=set)  # (replica, pid, adapter): unload said
+    # (replica, pid, adapter) for a failing load said, (replica, pid, "unload " + adapter) for a failing unload
+    warned: set[tuple[str, int | None, str]] = field(default_factory=set)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -279,8 +280,9 @@ class AdapterReconciler:
                 self.sources.get((rep.name, pid), {}).pop(name, None)
                 continue
             clean = False  # tried again next round, said once
-            if (rep.name, pid, name) not in self.warned:
-                self.warned.add((rep.name, pid, name))
+            said = (rep.name, pid, f"unload {name}")  # apart from a failing load's (the same adapter may come back)
+            if said not in self.warned:
+                self.warned.add(said)
                 log.warning("%s: unloading adapter %s failed %s; trying again every %g s", rep.name, name, why,
                             RECONCILE_SECONDS)
         return clean

@@ -218,6 +218,8 @@ class Admission:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             self.refuse_if_draining()
             if not tasks[0].done():
+                if tasks[2].done() and not tasks[2].cancelled():
+                    tasks[2].exception()  # retrieved: a failed receive means the client is gone too
                 self.metrics.disconnects.inc()
                 raise ConnectionError("client disconnected while waiting for a worker")
         finally:

@@ -194,8 +194,9 @@ class PrefillOrchestrator:
                     choice = await handle.routed(
                         choose(self.routing, pool, sub, self.inhibitor.exclude(pool, sub, limit)))
             except ApiError:  # every prefill worker busy, or all of them failed this request
-                if exclude and exclude <= adapter_gone:  # none holds the adapter any more: gone, not a failure
-                    raise errors.model_not_found(entry.name) from None
+                if exclude and exclude <= adapter_gone and self.policy.enforce:  # none holds the adapter any
+                    raise errors.model_not_found(entry.name) from None  # more: gone, not a failure
+                # else the decode worker prefills: it answers lora_not_loaded itself if it lacks the adapter too
                 return self._local(entry, PREFILL_FAILED if exclude else PREFILL_POOL_BUSY)
             if choice is None:
                 return None  # the client left while the prefill waited to be routed

@@ -211,6 +211,7 @@ class Planner:
         model = self.collector.models.get(role)
         if model is None or not model.ready:
             have = model.count if model else 0
+            self._down_streak[role] = 0  # "in a row": a tick judged on nothing breaks the streak
             return Decision(role, current, current, f"sla {role}: perf model has {have}/"
                             f"{self.cfg.load_min_observations} samples, hold")
         w = self._workload(role)

@@ -96,17 +96,27 @@ async def test_a_prefill_worker_that_dropped_the_adapter_hands_the_prefill_to_a_
     assert inhibitor.active() == set()
 
 
-@pytest.mark.parametrize("enforce", [False, True])
-async def test_no_prefill_worker_holding_the_adapter_is_a_404_not_a_failed_prefill(workers, enforce):
+async def test_no_prefill_worker_holding_the_adapter_is_a_404_not_a_failed_prefill(workers):
+    """Under --enforce-disagg: the adapter is gone (404), not a prefill failure (503)."""
     client, w = workers
     metrics = DisaggMetrics(CollectorRegistry(), "t")
-    prefill = PrefillOrchestrator(client, RoundRobinPolicy(), DisaggPolicy(enforce=enforce), metrics)
+    prefill = PrefillOrchestrator(client, RoundRobinPolicy(), DisaggPolicy(enforce=True), metrics)
     entry = model(WorkerInfo(1, DECODE, card("old"), w["holder"].address),
                   WorkerInfo(3, PREFILL, card("old", WorkerType.PREFILL), w["dropped_prefill"].address))
     with pytest.raises(ApiError) as gone:
         await asyncio.wait_for(prefill.prefill(entry, request(), RequestHandle(), "old"), 30)
     assert (gone.value.status, gone.value.code) == (404, "model_not_found")
     assert metrics.decode_only.labels(entry.name)._value.get() == 0  # no decode-only fallback counted
+
+
+async def test_without_enforce_the_decode_worker_prefills_when_no_prefill_worker_holds_the_adapter(workers):
+    """The decode worker may still hold the adapter (loaded on decode workers only): it prefills, and answers
+    lora_not_loaded itself (a 404 from the dispatcher) if it does not."""
+    client, w = workers
+    prefill = PrefillOrchestrator(client, RoundRobinPolicy(), DisaggPolicy(), DisaggMetrics(CollectorRegistry(), "t"))
+    entry = model(WorkerInfo(1, DECODE, card("old"), w["holder"].address),
+                  WorkerInfo(3, PREFILL, card("old", WorkerType.PREFILL), w["dropped_prefill"].address))
+    assert await asyncio.wait_for(prefill.prefill(entry, request(), RequestHandle(), "old"), 30) is None
 
 
 def test_lora_not_loaded_from_any_path_is_a_404():
