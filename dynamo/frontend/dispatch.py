@@ -93,7 +93,7 @@ def _unknown_pin(pool: WorkerPool, request: PreprocessedRequest, exclude: set[in
 class _Progress:
     """What a request produced so far, to continue it on another worker (migration)."""
 
-    __slots__ = ("prompt", "max_tokens", "routing", "generated", "migrations")
+    __slots__ = ("prompt", "max_tokens", "routing", "generated", "migrations", "adapter_gone")
 
     def __init__(self, request: PreprocessedRequest) -> None:
         self.prompt = request.token_ids
@@ -101,6 +101,7 @@ class _Progress:
         self.routing = request.routing  # the client's hints, without a pin the frontend added since
         self.generated: list[int] = []
         self.migrations = 0
+        self.adapter_gone: set[int] = set()  # workers that refused it for want of its LoRA adapter
 
     def continued(self, request: PreprocessedRequest) -> PreprocessedRequest:
         request = msgspec.structs.replace(request, routing=self.routing)
@@ -293,16 +294,18 @@ class Dispatcher:
             exclude.add(iid)
             return request
         if exc.code == ErrorCode.LORA_NOT_LOADED and not started:
-            return self._adapter_elsewhere(entry, request, iid, exclude)
+            return self._adapter_elsewhere(entry, request, iid, exclude, progress.adapter_gone)
         raise errors.from_stream_error(exc, entry.name) from None
 
     def _adapter_elsewhere(self, entry: ModelEntry, request: PreprocessedRequest, iid: int,
-                           exclude: set[int]) -> PreprocessedRequest:
+                           exclude: set[int], gone: set[int]) -> PreprocessedRequest:
         """The worker dropped the request's LoRA adapter before this frontend saw its card go (an unload): not
         the client's fault, nor the worker's (not inhibited: it serves its other models). The request goes to
-        another worker discovery says holds the adapter; with none left the adapter is gone (404)."""
+        another worker discovery says holds the adapter; once every worker refused it so, the adapter is gone (404).
+        A worker left out for another reason (unreachable) may still hold it: then the answer is routing's, a 503."""
         exclude.add(iid)
-        if all(w.instance_id in exclude for w in entry.pool(Role.DECODE).workers):
+        gone.add(iid)
+        if all(w.instance_id in gone for w in entry.pool(Role.DECODE).workers):
             log.info("no worker left holding LoRA adapter %r for request %s", entry.name, request.request_id)
             raise errors.model_not_found(entry.name)
         log.info("worker %x no longer holds LoRA adapter %r; sending request %s elsewhere (retry: lora_not_loaded, "

@@ -82,6 +82,23 @@ async def test_no_holder_left_is_a_404_not_a_400(workers):
     assert len(w["dropped"].requests) == 1
 
 
+async def test_an_unreachable_worker_may_still_hold_the_adapter_so_it_is_a_503_not_a_404(workers):
+    """One worker cannot be reached, the other dropped the adapter: the adapter is not known gone (the unreachable
+    one may hold it, and come back), so the client is told to retry (503), not that the model does not exist."""
+    client, w = workers
+    dead = ScriptedWorker(count=1)
+    await dead.server.start()
+    address = dead.address
+    await dead.server.close(linger=0)
+    policy = RoundRobinPolicy()  # one turn for both requests: each worker is tried first once
+    for first in (1, 2):
+        entry = model(WorkerInfo(1, DECODE, card("old"), address), WorkerInfo(2, DECODE, card("old"), w["dropped"].address))
+        dispatcher = Dispatcher(client, policy, 3, FrontendMetrics(), inhibitor=Inhibitor(60))
+        with pytest.raises(ApiError) as refused:
+            await asyncio.wait_for(_run(dispatcher, entry), 30)
+        assert refused.value.status == 503, (first, refused.value.code)
+
+
 async def test_a_prefill_worker_that_dropped_the_adapter_hands_the_prefill_to_a_holder(workers):
     client, w = workers
     inhibitor = Inhibitor(60)
