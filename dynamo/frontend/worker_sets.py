@@ -21,10 +21,10 @@ nothing is chosen and `limit` returns the request's own `exclude` as it is.
 Known limitation: the routing policy keeps one router state and one queue per pool, not per set. `exclude` is
 read when a request is routed; one that waits in the KV router's queue (only with busy thresholds, or
 --router-queue-threshold) may be given a worker that joined another set meanwhile: callers check the choice
-(`SetRouting.reroute`), free it and route again, a few times at most. And a set-A request at the head of the queue
-holds back set-B requests behind it while A's workers are busy (head-of-line blocking across sets). The real fix
-is Dynamo's: one `WorkerPool` per set, each with its own router state and queue (Dynamo's WorkerSet owns its
-router).
+(`SetRouting.reroute`), free it and route again, a few times at most. A set-A request at the head of the queue
+no longer holds back set-B requests behind it while A's workers are busy: the queue lets a waiter allowed a worker
+not found busy go first (router_queue.py's backfill). What is left of the limitation: one router state per pool,
+not per set (Dynamo's WorkerSet owns its router), so a set's KV index is the pool's.
 """
 
 from __future__ import annotations
