@@ -20,14 +20,14 @@ import dataclasses
 import logging
 import time
 import uuid
-from typing import Callable
 
 from dynamo.llm.protocol import PreprocessedRequest
 from dynamo.router.config import KvMode, KvRouterConfig
 from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers, PrefixMatch, Selection
 from dynamo.router.metrics import RouterMetrics
 from dynamo.router.mode_report import ModeReport, mode_report
-from dynamo.router.policy import Choice, PolicyHost, Role, WorkerInfo, WorkerPool, candidates, register
+from dynamo.router.policy import Choice, PolicyHost, Role, WorkerPool, candidates, register
+from dynamo.router.pool_route import PoolRoute
 from dynamo.router.replica_sync import ReplicaSync
 from dynamo.router.router_queue import RouterQueue
 from dynamo.router.policy_profile import PolicyProfile
@@ -37,17 +37,6 @@ from dynamo.router.subscriber import KvEventFeeds
 from dynamo.runtime.records import EndpointId
 
 log = logging.getLogger(__name__)
-
-
-class PoolRoute:
-    """The KvRouter of one pool and the snapshot it was last reconciled with."""
-
-    def __init__(self, pool: WorkerPool, router: KvRouter, profile: PolicyProfile) -> None:
-        self.name = pool.name
-        self.router = router
-        self.queue = RouterQueue(router.config, profile)  # per pool: one model's busy workers never hold up another's
-        self.pool = dataclasses.replace(pool, workers=(), version=-1)
-        self.report = ModeReport(router.mode, "configured", False)
 
 
 @register("kv")
@@ -65,6 +54,7 @@ class KvPolicy:
         self.metrics: RouterMetrics | None = None
         self._tasks: set[asyncio.Task] = set()
         self._thresholds: dict[str, BusyThresholds] = {}  # per model, set at runtime (POST /busy_threshold)
+        self._profile_models: dict[str, str] = {}  # pool name -> the model it serves, where pool.model is not one
 
     # -- lifecycle -----------------------------------------------------------------------
     async def attach(self, host: PolicyHost) -> None:
@@ -108,10 +98,9 @@ class KvPolicy:
         if route is None:
             if not pool.workers and pool.role is Role.PREFILL:
                 return  # the prefill pool of an aggregated model: nothing to route, nothing to report
-            route = self.routes[pool.name] = PoolRoute(pool, self._new_router(pool), self._profile(pool.model))
-            if route.queue.profile.source != "flags":
-                log.info("%s: router queue classes of --router-policy-config's %s profile: %s", pool.name,
-                         route.queue.profile.source, ", ".join(c.name for c in route.queue.profile.classes))
+            model = self._model_of(pool)
+            route = self.routes[pool.name] = PoolRoute(pool, self._new_router(pool), self._profile(model), model)
+            self._say_profile(route)
         before = {w.instance_id for w in route.pool.workers}
         current = {w.instance_id: w for w in pool.workers}
         self._remove_workers(route, before - current.keys())
@@ -137,6 +126,46 @@ class KvPolicy:
             log.info("%s: worker %x left the KV router (%d requests still running there stay booked until they end)",
                      route.name, iid, len(running))
 
+    def use_profile_of(self, pool: WorkerPool, model: str | None) -> None:
+        """Route `pool` with `model`'s --router-policy-config profile and busy thresholds (None: its own
+        `pool.model`'s). For a host whose pools are not named by model: the router service's is its endpoint
+        path. A route already made takes them for the requests that arrive from now on."""
+        if model is None:
+            self._profile_models.pop(pool.name, None)
+        else:
+            self._profile_models[pool.name] = model
+        route = self.routes.get(pool.name)
+        if route is not None and route.profile_model != self._model_of(pool):
+            self._reprofile(route, pool)
+
+    def _model_of(self, pool: WorkerPool) -> str:
+        return self._profile_models.get(pool.name, pool.model)
+
+    def _reprofile(self, route: PoolRoute, pool: WorkerPool) -> None:
+        """The route's queue and thresholds become its model's. Requests waiting in the old queue stay
+        there (`select` holds the queue it entered) and retry at its recheck interval."""
+        route.profile_model = model = self._model_of(pool)
+        old, route.queue = route.queue, RouterQueue(route.router.config, self._profile(model))
+        old.wake()  # its waiters try now rather than at the next recheck
+        self._tune(route.router, model)
+        self._say_profile(route)
+
+    def _say_profile(self, route: PoolRoute) -> None:
+        if route.queue.profile.source != "flags":
+            log.info("%s: router queue classes of --router-policy-config's %s profile: %s", route.name,
+                     route.queue.profile.source, ", ".join(c.name for c in route.queue.profile.classes))
+
+    def retire(self, name: str) -> None:
+        """Forget the route of pool `name` (a router service whose workers' role changed routes them under
+        another name): its workers leave it; requests booked there are still freed; requests waiting in its
+        queue find no worker at their next try (NoWorkers), so their host retries with its current pool."""
+        route = self.routes.pop(name, None)
+        self._profile_models.pop(name, None)
+        if route is not None:
+            self._remove_workers(route, {w.instance_id for w in route.pool.workers})
+            route.pool = dataclasses.replace(route.pool, workers=())
+            route.queue.wake()
+
     def _profile(self, model: str) -> PolicyProfile:
         """The model's router-queue classes: its --router-policy-config profile, else the flags' one class."""
         c, document = self.config, self.policy_document
@@ -147,11 +176,14 @@ class KvPolicy:
         """A KvRouter for the pool, with its default queue class's thresholds and the busy thresholds set at
         runtime for its model."""
         router = KvRouter(pool.block_size, self.config)
-        default = self._profile(pool.model).default_class
-        router.set_queue_class(default.prefill_busy_threshold, default.prefill_busy_threshold_frac)
-        if pool.model in self._thresholds:
-            router.set_busy_thresholds(self._thresholds[pool.model])
+        self._tune(router, self._model_of(pool))
         return router
+
+    def _tune(self, router: KvRouter, model: str) -> None:
+        default = self._profile(model).default_class
+        router.set_queue_class(default.prefill_busy_threshold, default.prefill_busy_threshold_frac)
+        if model in self._thresholds:
+            router.set_busy_thresholds(self._thresholds[model])
 
     def _rebuild(self, route: PoolRoute, pool: WorkerPool) -> None:
         """A new KvRouter for the pool's new block size (a standalone router that took its block size
@@ -171,7 +203,7 @@ class KvPolicy:
             if self.feeds is not None and route.report.mode != KvMode.LOAD_ONLY:
                 resync = bool(worker.card.runtime_config.enable_local_indexer) if worker.card else True
                 self._spawn(self.feeds.track(eid.namespace, eid.component, worker.instance_id, route.router,
-                                             worker.address, resync, _still_paired(route, worker.instance_id)))
+                                             worker.address, resync, route.still_paired(worker.instance_id)))
             if self.sync is not None:
                 self._spawn(self.sync.join(eid.namespace, eid.component))
 
@@ -207,9 +239,10 @@ class KvPolicy:
         route = self._route(pool)
         if route is None:
             raise NoWorkers(pool.model)
-        profile, klass, new_tokens, match = route.queue.profile, None, None, None
+        queue = route.queue  # the one it waits in, should its model's profile replace it meanwhile
+        profile, klass, new_tokens, match = queue.profile, None, None, None
         if profile.thresholds_vary or profile.needs_uncached:  # the queue reads the lookup the selection uses
-            match = route.router.match_prefix(request.token_ids, request.request_id, route.pool.lora_name,
+            match = route.router.match_prefix(request.token_ids, request.request_id, route.lora(request),
                                               cache_salt_of(request), request.media_salt)
         if profile.thresholds_vary:  # its class decides where it may go: classified at arrival
             new_tokens = self._new_tokens(route, request, exclude, match)
@@ -219,30 +252,29 @@ class KvPolicy:
             while True:
                 try:  # the class's thresholds over the model's as they are now (POST /busy_threshold moves them)
                     limits = None if klass is None else \
-                        route.queue.class_thresholds(klass, route.router.busy_thresholds)
+                        queue.class_thresholds(klass, route.router.busy_thresholds)
                     choice = self._select_now(route, request, exclude, limits, match)
                     if ticket is not None:
-                        route.queue.leave(ticket, served=True)
+                        queue.leave(ticket, served=True)
                     return choice
                 except AllWorkersBusy:
                     if ticket is None:
-                        ticket = self._enter_queue(route, request, exclude, klass, new_tokens, match)
+                        ticket = self._enter_queue(route, queue, request, exclude, klass, new_tokens, match)
                     else:  # its class cannot place it now: the next class's head tries
-                        route.queue.passed_over(ticket)
-                    await route.queue.wait(ticket)  # AllWorkersBusy past the deadline
+                        queue.passed_over(ticket)
+                    await queue.wait(ticket)  # AllWorkersBusy past the deadline
                     match = None  # caches and membership moved on while it waited: the next try looks again
         finally:
             if ticket is not None:  # served, timed out or cancelled: the next waiter's turn (no load was released)
-                route.queue.leave(ticket)
-                route.queue.wake_next()
+                queue.leave(ticket)
+                queue.wake_next()
 
-    def _enter_queue(self, route: PoolRoute, request: PreprocessedRequest, exclude: set[int], klass: int | None,
-                     new_tokens: int | None, match: PrefixMatch | None):
+    def _enter_queue(self, route: PoolRoute, queue: RouterQueue, request: PreprocessedRequest, exclude: set[int],
+                     klass: int | None, new_tokens: int | None, match: PrefixMatch | None):
         hints = request.routing
         # Dynamo's queue hint is latency_sensitivity (seconds ahead); without it, priority jumps the line.
         jump = None if hints is None else (hints.latency_sensitivity if hints.latency_sensitivity is not None
                                            else hints.priority)
-        queue = route.queue
         if new_tokens is None and queue.profile.needs_uncached:
             new_tokens = self._new_tokens(route, request, exclude, match)
         prompt = len(request.token_ids)
@@ -258,7 +290,7 @@ class KvPolicy:
 
     async def query(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
         route, selection = self._peek(pool, request, exclude)
-        return Choice(_worker(route, selection), selection.dp_rank, selection.overlap_blocks)
+        return Choice(route.worker(selection), selection.dp_rank, selection.overlap_blocks)
 
     def _peek(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> tuple[PoolRoute, Selection]:
         """The router's choice for the request now, booked nowhere and never queued for; raises
@@ -266,17 +298,17 @@ class KvPolicy:
         route = self._route(pool)
         if route is None:
             raise NoWorkers(pool.model)
-        allowed = _allowed(route, request, exclude)
-        return route, route.router.select(request.token_ids, allowed=allowed, lora_name=route.pool.lora_name,
+        allowed = route.allowed(request, exclude)
+        return route, route.router.select(request.token_ids, allowed=allowed, lora_name=route.lora(request),
                                           cache_salt=cache_salt_of(request), media=request.media_salt)
 
     def _select_now(self, route: PoolRoute, request: PreprocessedRequest, exclude: set[int],
                     limits: BusyThresholds | None = None, match: PrefixMatch | None = None) -> Choice:
-        allowed = _allowed(route, request, exclude)
+        allowed = route.allowed(request, exclude)
         started = time.perf_counter() if match is None else match.started
         router = route.router
         rid = request.request_id
-        lora, salt = route.pool.lora_name, cache_salt_of(request)
+        lora, salt = route.lora(request), cache_salt_of(request)
         media = request.media_salt
         selection = router.select(request.token_ids, request_id=rid, allowed=allowed, lora_name=lora, cache_salt=salt,
                                   media=media, thresholds=limits, match=match)
@@ -284,7 +316,7 @@ class KvPolicy:
             self.free(rid)
         seq = router.add_request(rid, selection, request.token_ids, lora, expected_output(request), salt, media)
         self._inflight[rid] = route
-        worker = _worker(route, selection)
+        worker = route.worker(selection)
         if self.feeds is not None and worker.publishes_kv_events:
             self.feeds.note_routed(selection.worker_id)  # it should be heard on the event plane from now on
         if self.metrics is not None:
@@ -320,7 +352,7 @@ class KvPolicy:
         it is next (re)created; requests queued for a busy worker retry at once against them."""
         thresholds = self._thresholds[model] = self.busy_thresholds(model).updated(update)
         for route in self.routes.values():
-            if route.pool.model == model:
+            if route.profile_model == model:
                 route.router.set_busy_thresholds(thresholds)
                 route.queue.wake()
         return thresholds
@@ -356,8 +388,9 @@ class KvPolicy:
 
     # -- observability -------------------------------------------------------------------
     def _rows(self):
-        return [(name, route.router, route.report.mode, route.queue.pending, route.pool.role.value)
-                for name, route in self.routes.items()]
+        """Per route: its model (a prefill pool's too: its role is the worker_type label) and its state."""
+        return [(route.pool.model, route.router, route.report.mode, route.queue.pending, route.pool.role.value)
+                for route in self.routes.values()]
 
     def report(self, name: str) -> ModeReport | None:
         route = self.routes.get(name)
@@ -384,24 +417,3 @@ class KvPolicy:
             body["replica_events_applied"] = self.sync.applied
             body["replica_peers_alive"] = self.sync.peers_alive
         return {"router": body}
-
-
-def _allowed(route: PoolRoute, request: PreprocessedRequest, exclude: set[int]) -> list[int]:
-    """The pool's workers this request may go to; NoWorkers when none."""
-    allowed = [w.instance_id for w in candidates(route.pool, request, exclude)]
-    if not allowed:
-        raise NoWorkers(route.pool.model)
-    return allowed
-
-
-def _worker(route: PoolRoute, selection: Selection) -> WorkerInfo:
-    worker = route.pool.get(selection.worker_id)
-    assert worker is not None  # the router only knows this pool's workers
-    return worker
-
-
-def _still_paired(route: PoolRoute, instance_id: int) -> Callable[[], bool]:
-    """Whether a worker still feeds this route's router: neither gone from the pool nor its router
-    replaced (a block size adopted) since the pairing was asked for."""
-    router = route.router
-    return lambda: route.router is router and any(w.instance_id == instance_id for w in route.pool.workers)

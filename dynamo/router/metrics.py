@@ -27,13 +27,14 @@ _BLOCKS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)
 class RouterMetrics:
     """The KV router's metric families on one registry (the process's one routing policy owns them),
     beside Dynamo's router series (`series`); each source's `rows()` yields (model, KvRouter, mode in
-    effect, queued requests, worker type) at scrape time."""
+    effect, queued requests, worker type) at scrape time. Every family labels a pool by its model and
+    `worker_type` (its role: a model's prefill pool is `worker_type="prefill"`), as Dynamo's series do."""
 
     def __init__(self, registry: CollectorRegistry, prefix: str, router_id: int = 0) -> None:
         self.decision = Histogram(f"{prefix}_router_decision_seconds", "Time to pick a worker (hash, match, cost)",
-                                  ("model",), buckets=_DECISION, registry=registry)
+                                  ("model", "worker_type"), buckets=_DECISION, registry=registry)
         self.overlap = Histogram(f"{prefix}_router_overlap_blocks", "Cached prefix blocks on the chosen worker",
-                                 ("model",), buckets=_BLOCKS, registry=registry)
+                                 ("model", "worker_type"), buckets=_BLOCKS, registry=registry)
         self.series = RouterRequestMetrics(registry, router_id)
         self.collector = _RouterCollector(prefix)
         registry.register(self.collector)
@@ -50,8 +51,8 @@ class RouterMetrics:
                started: float) -> None:
         """A KV selection booked on a worker of `endpoint` (`started`: when its decision began,
         time.perf_counter)."""
-        self.decision.labels(pool.name).observe(time.perf_counter() - started)
-        self.overlap.labels(pool.name).observe(selection.overlap_blocks)
+        self.decision.labels(pool.model, pool.role.value).observe(time.perf_counter() - started)
+        self.overlap.labels(pool.model, pool.role.value).observe(selection.overlap_blocks)
         prefill = pool.role is Role.PREFILL
         lost = selection.best_overlap_blocks - selection.overlap_blocks if prefill else None
         self.series.routed(request.request_id, endpoint, pool.model, phase(prefill, request), len(request.token_ids),
@@ -80,18 +81,18 @@ class _RouterCollector:
 
     def collect(self):
         p = self.prefix
+        # worker_type (decode or prefill) as Dynamo labels its series, beside the model: a model's two pools.
         mode = GaugeMetricFamily(f"{p}_router_mode", "1 for the routing mode in effect per model",
-                                 labels=("model", "mode"))
+                                 labels=("model", "worker_type", "mode"))
         hit = GaugeMetricFamily(f"{p}_router_kv_hit_rate", "Overlap blocks / prompt blocks of routed requests",
-                                labels=("model",))
-        routed = CounterMetricFamily(f"{p}_router_requests", "Requests routed", labels=("model",))
-        # worker_type (decode or prefill) as Dynamo labels these, beside the model.
+                                labels=("model", "worker_type"))
+        routed = CounterMetricFamily(f"{p}_router_requests", "Requests routed", labels=("model", "worker_type"))
         blocks = GaugeMetricFamily(f"{p}_worker_active_decode_blocks", "Active KV blocks booked per worker",
                                    labels=("model", "worker_id", "dp_rank", "worker_type"))
         prefill = GaugeMetricFamily(f"{p}_worker_active_prefill_tokens", "Prompt tokens awaiting prefill per worker",
                                     labels=("model", "worker_id", "dp_rank", "worker_type"))
-        tree = GaugeMetricFamily(f"{p}_router_indexed_blocks", "Blocks indexed per worker", labels=("model", "worker_id",
-                                                                                                   "dp_rank"))
+        tree = GaugeMetricFamily(f"{p}_router_indexed_blocks", "Blocks indexed per worker",
+                                 labels=("model", "worker_id", "dp_rank", "worker_type"))
         queued = GaugeMetricFamily(f"{p}_router_queue_pending_requests", "Requests waiting in the router queue",
                                    labels=("model", "worker_type"))
         events = CounterMetricFamily("dynamo_component_kv_cache_events_applied", "KV events applied by the router",
@@ -100,15 +101,16 @@ class _RouterCollector:
         for model, router, effective, pending, worker_type in self._rows():
             queued.add_metric((model, worker_type), pending)
             for m in KvMode:
-                mode.add_metric((model, m), 1.0 if m == effective else 0.0)
+                mode.add_metric((model, worker_type, m), 1.0 if m == effective else 0.0)
             stats = router._stats
-            hit.add_metric((model,), stats["overlap_blocks"] / stats["prompt_blocks"] if stats["prompt_blocks"] else 0.0)
-            routed.add_metric((model,), stats["requests"])
+            hit.add_metric((model, worker_type),
+                           stats["overlap_blocks"] / stats["prompt_blocks"] if stats["prompt_blocks"] else 0.0)
+            routed.add_metric((model, worker_type), stats["requests"])
             for (w, r), load in router.active.loads().items():
                 blocks.add_metric((model, str(w), str(r), worker_type), load.get("active_blocks", 0))
                 prefill.add_metric((model, str(w), str(r), worker_type), load.get("active_prefill_tokens", 0))
             for (w, r), size in router._tree_sizes().items():
-                tree.add_metric((model, str(w), str(r)), size)
+                tree.add_metric((model, str(w), str(r), worker_type), size)
             for key, n in router.indexer.counts.items():
                 totals[key] = totals.get(key, 0) + n
         for (kind, status), n in sorted(totals.items()):

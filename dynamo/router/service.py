@@ -15,7 +15,10 @@ this endpoint's instances, and the same local inhibition of failed workers
 (`dynamo.router.inhibit`). Its block size is `--router-block-size` where given (NVIDIA Dynamo's
 flag, default 128 there); else the workers' model cards' (`kv_cache_block_size`, as the frontend
 reads it), so that hashes match the workers' without the flag, 128 until a card is seen. A worker
-whose card disagrees with the rest is named in a warning.
+whose card disagrees with the rest is named in a warning. The cards also say what the pool is: prefill
+workers all (a global router sends a pool's prefills here) make a prefill pool, pinned by `prefill_worker_id`
+and counted as prefill in the metrics; else a decode pool. The pool is named by the endpoint, so a
+`--router-policy-config` `models:` profile applies by the one model the cards name (LoRA adapters aside).
 
 Worker streams run under the same optional deadlines as the frontend's
 (`--first-token-timeout-secs`, `--stream-idle-timeout-secs`): a worker that misses one is
@@ -33,7 +36,7 @@ from typing import AsyncIterator, Callable
 import msgspec
 
 from dynamo.llm.kv_events.hashing import MediaSalt
-from dynamo.llm.model_card import ModelDeploymentCard, card_decoder
+from dynamo.llm.model_card import ModelDeploymentCard, WorkerType, card_decoder
 from dynamo.llm.protocol import PreprocessedRequest, request_decoder
 from dynamo.llm.worker_client import StreamDeadlineSettings, WorkerClient, WorkerStream
 from dynamo.router.config import KvRouterConfig, check_finite, override_error
@@ -144,7 +147,8 @@ class RouterService:
         self.policy = KvPolicy(config)
         self.inhibitor = Inhibitor(config.inhibited_duration_secs, runtime.registry, "dynamo_component")
         self.addresses: dict[int, str] = {}
-        self.cards: dict[int, ModelDeploymentCard] = {}
+        self.cards: dict[int, ModelDeploymentCard] = {}  # a worker's model card (not a LoRA adapter's, if seen)
+        self._cards: dict[int, dict[str, ModelDeploymentCard]] = {}  # every card of a worker, by discovery key
         self.pool = WorkerPool(self.eid.path, Role.DECODE, 0, config.router_block_size or DEFAULT_BLOCK_SIZE)
         self.workers = WorkerClient(runtime.client, config.deadlines())
         self.pool_wait = PoolWait(config.wait_for_workers_secs, runtime.registry,
@@ -152,10 +156,17 @@ class RouterService:
         self._tasks: list[asyncio.Task] = []
         self._warned: set[int] = set()  # workers named for a block size other than the router's
         self._adopted: int | None = None  # the block size taken from the cards (no --router-block-size)
+        self._role_said: Role | None = None  # the role last logged, once the cards decided one
+        self._served: str | None = None  # the one model the cards name, kept while no card is seen
+        self._models_warned = False  # several models behind the endpoint: `models:` profiles do not apply
 
     @property
     def router(self) -> KvRouter:
-        return self.policy.routes[self.pool.name].router
+        """The pool's KvRouter; NoWorkers while a prefill pool has had no worker (the policy makes it no route)."""
+        route = self.policy.routes.get(self.pool.name)
+        if route is None:
+            raise NoWorkers(self.eid.path)
+        return route.router
 
     async def start(self) -> None:
         await self.policy.attach(PolicyHost(self.runtime.store, self.runtime.client, self.runtime.instance_id,
@@ -184,34 +195,76 @@ class RouterService:
         await self.policy.close()
 
     # -- workers: discovery -> pool snapshots; the policy does the rest ---------------------
-    async def _watch(self, bucket: str, apply: Callable[[str, int, bytes | None], None]) -> None:
+    async def _watch(self, bucket: str, apply: Callable[[str, str, int, bytes | None], None]) -> None:
         async for event in self.runtime.store.watch_prefix(records.endpoint_prefix(bucket, self.eid)):
             try:
                 _, iid = records.split_key(bucket, event.key)
-                apply(event.kind, iid, event.value)
+                apply(event.kind, event.key, iid, event.value)
             except Exception as exc:  # one malformed record must not stop discovery
                 log.warning("ignoring discovery record %s: %s", event.key, exc)
                 continue
             self._publish_pool()
 
-    def _on_instance(self, kind: str, iid: int, value: bytes | None) -> None:
+    def _on_instance(self, kind: str, key: str, iid: int, value: bytes | None) -> None:
         if kind == "delete":
             self.addresses.pop(iid, None)
         else:
             self.addresses[iid] = records.instance_decoder.decode(value or b"").address
 
-    def _on_card(self, kind: str, iid: int, value: bytes | None) -> None:
+    def _on_card(self, kind: str, key: str, iid: int, value: bytes | None) -> None:
+        """A worker publishes its model's card and one per LoRA adapter it holds (`<key>/<adapter>`): it is
+        routed with its model's; an adapter's stands in only while that one is unseen."""
+        held = self._cards.setdefault(iid, {})
         if kind == "delete":
-            self.cards.pop(iid, None)
+            held.pop(key, None)
         else:
-            self.cards[iid] = card_decoder.decode(value or b"")
+            held[key] = card_decoder.decode(value or b"")
+        if not held:
+            del self._cards[iid]
+            self.cards.pop(iid, None)
+            return
+        self.cards[iid] = min(held.values(), key=lambda card: card.lora_name is not None)
 
     def _publish_pool(self) -> None:
         workers = tuple(WorkerInfo(iid, self.eid, self.cards.get(iid), address)
                         for iid, address in sorted(self.addresses.items()))
-        self.pool = WorkerPool(self.eid.path, Role.DECODE, self.pool.version + 1, self._block_size(), workers)
+        old = self.pool
+        self.pool = WorkerPool(self.eid.path, self._role(), old.version + 1, self._block_size(), workers)
+        if self.pool.name != old.name:  # the workers' role changed: the old role's route goes
+            self.policy.retire(old.name)
+        self.policy.use_profile_of(self.pool, self._model())
         self.policy.on_membership_change(self.pool)
         self.pool_wait.membership_changed()
+
+    def _role(self) -> Role:
+        """PREFILL when every worker with a card is a prefill worker (a global router sends a pool's
+        prefills to its router service), else DECODE; without a card, the role decided so far."""
+        types = {card.worker_type for card in self.cards.values()}
+        if not types:
+            return self.pool.role
+        role = Role.PREFILL if types == {WorkerType.PREFILL} else Role.DECODE
+        if role is not self._role_said:
+            self._role_said = role
+            log.info("%s: the workers' model cards say %s workers: routing them as a %s pool", self.eid.path,
+                     "/".join(sorted(types)), role.value)
+        return role
+
+    def _model(self) -> str | None:
+        """The model the workers serve, whose --router-policy-config `models:` profile applies (the pool is
+        named by the endpoint): the one the cards name, kept while none is seen (a worker restarting); None when
+        they serve several (warned of once)."""
+        models = {card.display_name for card in self.cards.values() if card.lora_name is None}
+        if len(models) <= 1:
+            self._served = next(iter(models), self._served)
+            return self._served
+        self._served = None
+        document = self.policy.policy_document
+        if not self._models_warned and document is not None and document.models:
+            self._models_warned = True
+            log.warning("%s serves several models (%s): --router-policy-config's `models:` profiles do not apply "
+                        "to its router; its root profile (else the flags') does", self.eid.path,
+                        ", ".join(sorted(models)))
+        return None
 
     def _block_size(self) -> int:
         """--router-block-size, else the first card's seen (kept while any card stays, so that one worker
@@ -285,6 +338,9 @@ class RouterService:
                                         overlap_blocks=sel.overlap_blocks))
 
     async def get_overlap_scores(self, query: RouteQuery, ctx: RequestContext) -> AsyncIterator[bytes]:
+        if self.pool.name not in self.policy.routes:  # a prefill pool that has had no worker: nothing cached
+            yield encoder.encode(OverlapScores(block_size=self.pool.block_size, scores=[]))
+            return
         found = self.router.overlap_scores(query.token_ids, query.lora_name, cache_salt=query.cache_salt,
                                            media=query.media_salt)
         keys = [(w, r) for w, dp in self.router.workers().items() for r in range(dp)]

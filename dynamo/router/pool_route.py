@@ -1,0 +1,49 @@
+"""One pool's KV routing state inside the `kv` policy (kv_policy.py): its KvRouter, its router queue, the
+snapshot of the pool it was last reconciled with, the mode in effect, and what a request may use of it."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from dynamo.llm.protocol import PreprocessedRequest
+from dynamo.router.kv_router import KvRouter, NoWorkers, Selection
+from dynamo.router.mode_report import ModeReport
+from dynamo.router.policy import WorkerInfo, WorkerPool, candidates
+from dynamo.router.policy_profile import PolicyProfile
+from dynamo.router.router_queue import RouterQueue
+
+
+class PoolRoute:
+    """The KvRouter of one pool and the snapshot it was last reconciled with."""
+
+    def __init__(self, pool: WorkerPool, router: KvRouter, profile: PolicyProfile, profile_model: str) -> None:
+        self.name = pool.name
+        self.router = router
+        self.profile_model = profile_model  # whose --router-policy-config profile and busy thresholds apply
+        self.queue = RouterQueue(router.config, profile)  # per pool: one model's busy workers never hold up another's
+        self.pool = dataclasses.replace(pool, workers=(), version=-1)
+        self.report = ModeReport(router.mode, "configured", False)
+
+    def allowed(self, request: PreprocessedRequest, exclude: set[int]) -> list[int]:
+        """The pool's workers this request may go to; NoWorkers when none."""
+        allowed = [w.instance_id for w in candidates(self.pool, request, exclude)]
+        if not allowed:
+            raise NoWorkers(self.pool.model)
+        return allowed
+
+    def lora(self, request: PreprocessedRequest) -> str | None:
+        """The LoRA adapter whose KV namespace the request's prompt hashes in: its pool's (the frontend's adapter
+        pools), else the request's own (the router service's one pool holds the base model and its adapters)."""
+        return self.pool.lora_name or request.lora_name
+
+    def worker(self, selection: Selection) -> WorkerInfo:
+        worker = self.pool.get(selection.worker_id)
+        assert worker is not None  # the router only knows this pool's workers
+        return worker
+
+    def still_paired(self, instance_id: int) -> Callable[[], bool]:
+        """Whether a worker still feeds this route's router: neither gone from the pool nor its router
+        replaced (a block size adopted) since the pairing was asked for."""
+        router = self.router
+        return lambda: self.router is router and any(w.instance_id == instance_id for w in self.pool.workers)
