@@ -296,6 +296,11 @@ class RoundRobinPolicy(CacheBlindPolicy):
         workers = sorted(self._candidates(pool, request, exclude), key=lambda w: w.instance_id)
         return workers[self._turns.get((pool.name, pool.lora_name), 0) % len(workers)]
 
+    def on_membership_change(self, pool: WorkerPool) -> None:
+        super().on_membership_change(pool)
+        if not pool.workers:  # a model gone (a LoRA adapter unloaded): its turn goes with it
+            self._turns.pop((pool.name, pool.lora_name), None)
+
     def _book(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> WorkerInfo:
         worker = self._pick(pool, request, exclude)
         key = (pool.name, pool.lora_name)

@@ -225,6 +225,10 @@ class SessionAffinityPolicy:
         gone = self.table.drop_workers(pool.name, self._members[pool.name])
         if gone:
             log.info("%s: %d session binding(s) dropped with their workers", pool.name, gone)
+        if not pool.workers:  # a model gone (a LoRA adapter unloaded): nothing of it to keep
+            del self._members[pool.name]
+            self._components.pop(pool.name, None)
+            return
         for eid in {(w.endpoint.namespace, w.endpoint.component) for w in pool.workers}:
             self._components.setdefault(pool.name, eid)
             self._joinable.add(eid)

@@ -256,3 +256,24 @@ async def test_query_names_what_select_would_choose_and_books_nothing():
     assert (await kv.query(p, req("f", prompt), {holder})).worker.instance_id == 3 - holder
     with pytest.raises(NoWorkers):
         await kv.query(p, req("g", prompt), {1, 2})
+
+
+async def test_a_pool_that_empties_leaves_no_routing_state_behind():
+    """A model gone (a LoRA adapter unloaded: its pool announced empty) takes its routing state with it, or every
+    adapter ever loaded would keep a KV router, a queue and metric rows (kv), a turn (round-robin)."""
+    kv = KvPolicy(KvRouterConfig())
+    adapter = lambda *ids, version: dataclasses.replace(pool(*ids, version=version), model="ada",  # noqa: E731
+                                                        lora_name="ada")
+    kv.on_membership_change(adapter(1, 2, version=1))
+    kv.on_membership_change(pool(1, 2))
+    assert set(kv.routes) == {"ada", "m"}
+    kv.on_membership_change(adapter(version=2))
+    assert set(kv.routes) == {"m"}
+    kv.on_membership_change(adapter(1, version=3))  # the adapter back: routed afresh
+    assert (await kv.select(adapter(1, version=3), req("r", [1, 2, 3, 4]), set())).worker.instance_id == 1
+    kv.on_membership_change(pool(version=4))  # a base model's pool (a router service's) keeps its queue meanwhile
+    assert set(kv.routes) == {"ada", "m"}
+    rr = RoundRobinPolicy()
+    await rr.select(pool(1, 2), req("a", [1]), set())
+    rr.on_membership_change(pool(version=2))
+    assert rr._turns == {}
