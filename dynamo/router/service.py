@@ -35,7 +35,6 @@ from typing import AsyncIterator, Callable
 
 import msgspec
 
-from dynamo.llm.kv_events.hashing import MediaSalt
 from dynamo.llm.model_card import ModelDeploymentCard, WorkerType, card_decoder
 from dynamo.llm.protocol import PreprocessedRequest, request_decoder
 from dynamo.llm.worker_client import StreamDeadlineSettings, WorkerClient, WorkerStream
@@ -44,6 +43,7 @@ from dynamo.router.inhibit import Inhibitor, reason_for
 from dynamo.router.kv_policy import KvPolicy
 from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers
 from dynamo.router.pool_wait import PoolWait
+from dynamo.router.service_protocol import BestWorker, BestWorkerQuery, OverlapScores, RouteQuery, encoder
 from dynamo.router.selector import WorkerHintRequired
 from dynamo.router.policy import PolicyHost, Role, WorkerInfo, WorkerPool, candidates, pinned_worker
 from dynamo.runtime import records
@@ -109,34 +109,6 @@ class RouterServiceConfig(KvRouterConfig, StreamDeadlineSettings, DumpConfigTo):
         if self.wait_for_workers_secs < 0:
             raise ValueError("--wait-for-workers-secs must be >= 0")
         self.check_deadlines()
-
-
-class RouteQuery(msgspec.Struct, kw_only=True, omit_defaults=True):
-    token_ids: list[int]
-    lora_name: str | None = None
-    cache_salt: str | None = None  # the prompt's KV namespace (nvext.cache_salt)
-    media_salt: MediaSalt | None = None  # where its images start and which they are (PreprocessedRequest's)
-    router_config_override: dict[str, float] | None = None
-
-
-# What `best_worker_id` takes: our query, or what NVIDIA Dynamo's standalone router takes (its handler's
-# one request argument is the prompt's token ids, and it answers with the worker id alone). A list
-# decodes from a msgpack array and the struct from a map, so the payload says which form it is.
-BestWorkerQuery = RouteQuery | list[int]
-
-
-class BestWorker(msgspec.Struct, kw_only=True):
-    worker_id: int
-    dp_rank: int
-    overlap_blocks: int
-
-
-class OverlapScores(msgspec.Struct, kw_only=True):
-    block_size: int
-    scores: list[BestWorker]  # every known (worker, dp_rank), 0 when nothing matches
-
-
-encoder = msgspec.msgpack.Encoder()
 
 
 class RouterService:
