@@ -117,8 +117,8 @@ class KvPolicy:
         self._update_mode(route)
         self._subscribe(route)
         route.queue.wake()
-        if not pool.workers and pool.lora_name is not None and not route.queue.pending:
-            self.retire(pool.name)  # an adapter unloaded: or each one ever loaded would keep a router, a queue, rows
+        if not pool.workers and pool.lora_name is not None:  # an adapter unloaded: or each one ever loaded
+            self.retire(pool.name)  # would keep a router, a queue, metric rows (its waiters find no worker)
 
     def _remove_workers(self, route: PoolRoute, gone: set[int]) -> None:
         for iid in gone:

@@ -67,7 +67,9 @@ class RouterQueue:
         self.rejected = 0
         self.rejected_limit = 0
         self._closed = False
-        self._busy: dict[int, set[int]] = {}  # class -> workers found busy by its thresholds since load was released
+        # class -> (when, workers found busy by its thresholds since then): what backfill skips. It holds until load
+        # is released here or RECHECK passes (workers' load reports and peers' frees release load unseen here).
+        self._busy: dict[int, tuple[float, set[int]]] = {}
         self._shapes: dict[frozenset[int], int] = {}  # the waiters' allowed-worker sets, counted
 
     @property
@@ -107,7 +109,7 @@ class RouterQueue:
                         max(new_tokens, 1), prompt_tokens, max(prompt_tokens - new_tokens, 0), allowed=allowed)
         self.classes.push(ticket)
         self._shapes[allowed] = self._shapes.get(allowed, 0) + 1
-        self._busy.setdefault(klass, set()).update(allowed)
+        self._found_busy(klass, allowed)
         self._pending += 1
         self.queued_total += 1
         return ticket
@@ -165,18 +167,26 @@ class RouterQueue:
         """`ticket`'s retry found every worker allowed to it busy by its class's thresholds: its class waits a
         recheck interval (or a release of load) while the next class's head tries, and a waiter that may go
         to a worker not known busy tries before its turn."""
-        self._busy.setdefault(ticket.klass, set()).update(ticket.allowed)
+        self._found_busy(ticket.klass, ticket.allowed)
         if len(self.profile.classes) > 1:  # one class: its head simply retries at the next recheck
             self.classes.pass_over(ticket.klass)
             self._wake_head()
         self._backfill()
 
+    def _found_busy(self, klass: int, workers: frozenset[int]) -> None:
+        now = time.monotonic()
+        since, busy = self._busy.get(klass, (now, set()))
+        if now - since > RECHECK:  # too old to trust: a load report may have freed any of them since
+            since, busy = now, set()
+        self._busy[klass] = (since, busy | workers)
+
     def _backfill(self) -> None:
-        """Wake the first waiter allowed a worker its class has not found busy since load was released."""
-        if not any(shape - self._busy.get(k, set()) for shape in self._shapes for k in self._busy):
+        """Wake the first waiter allowed a worker its class has not found busy lately."""
+        busy_of = {k: busy for k, (_, busy) in self._busy.items()}
+        if not any(shape - busy for shape in self._shapes for busy in busy_of.values()):
             return  # every waiter's workers are known busy (always so without constrained waiters)
         for ticket in sorted(self.classes.waiting()):
-            busy = self._busy.get(ticket.klass)
+            busy = busy_of.get(ticket.klass)
             if busy is not None and ticket.allowed - busy:
                 if not ticket.ahead:  # else it is about to try: its failure, if it fails, goes on from here
                     ticket.ahead = True

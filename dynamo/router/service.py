@@ -346,9 +346,10 @@ class RouterService:
         """A stream on the policy's worker and its first batch; unreachable, draining or
         disconnected workers (nothing generated yet) are skipped for the next choice, and a pool
         without a worker left is waited on (`pool_wait.py`). A worker that no longer holds the request's LoRA
-        adapter is skipped too (not inhibited); once none is left the caller gets `lora_not_loaded`."""
+        adapter is skipped too (not inhibited); once every worker refused it so, the caller gets `lora_not_loaded`
+        (one left out as unreachable may still hold it: then the caller gets `no_workers`)."""
         exclude: set[int] = set()
-        adapter_gone = False  # some worker refused the request for want of its LoRA adapter (unloaded)
+        adapter_gone: set[int] = set()  # workers that refused the request for want of its LoRA adapter (unloaded)
         rid = request.request_id
         while True:
             try:
@@ -357,7 +358,7 @@ class RouterService:
             except AllWorkersBusy as exc:
                 raise HandlerError(f"Service temporarily unavailable: {exc}", ErrorCode.BUSY) from None
             except NoWorkers as exc:
-                if adapter_gone:  # every worker left refused it for want of its LoRA adapter: the caller's 404
+                if adapter_gone and all(w.instance_id in adapter_gone for w in self.pool.workers):  # the caller's 404
                     raise HandlerError(f"no worker of {self.eid.path} holds the request's LoRA adapter any more",
                                        ErrorCode.LORA_NOT_LOADED) from None
                 if await self._worker_came(request, exclude, ctx):
@@ -386,7 +387,7 @@ class RouterService:
                     raise
                 if exc.code == ErrorCode.LORA_NOT_LOADED:  # the worker is fine (not inhibited): another may hold it
                     exclude.add(worker.instance_id)
-                    adapter_gone = True
+                    adapter_gone.add(worker.instance_id)
                     log.info("worker %x no longer holds the LoRA adapter of request %s; trying another",
                              worker.instance_id, rid)
                     continue

@@ -5,13 +5,14 @@ prefill saturation. Driven through the kv policy as the frontend drives it."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
 from dynamo.llm.protocol import BACKGROUND_TIER, PreprocessedRequest, RoutingHints
 from dynamo.router.config import KvRouterConfig
 from dynamo.router.kv_policy import KvPolicy
-from dynamo.router.policy import AllWorkersBusy, WorkerPool
+from dynamo.router.policy import AllWorkersBusy, NoWorkers, WorkerPool
 from dynamo.router.router_queue import RouterQueue
 from tests.router.test_policy import pool
 
@@ -231,3 +232,39 @@ async def test_unconstrained_waiters_keep_their_order():
     policy.prefill_complete("big1")
     done, _ = await asyncio.wait(waiting, timeout=2, return_when=asyncio.FIRST_COMPLETED)
     assert done == {waiting[0]}
+
+
+async def test_backfill_follows_a_worker_freed_by_its_own_load_report():
+    """Worker 2 is freed by its load report (another frontend's requests ended), not by a release of load here:
+    what the queue knew busy is trusted one recheck interval only, so the unpinned waiter still goes ahead of
+    the head pinned to busy worker 1, instead of waiting out the head's deadline."""
+    from dynamo.llm.kv_events.protocol import LoadMetrics
+
+    policy = KvPolicy(KvRouterConfig(router_cost_model="dynamo", active_decode_blocks_threshold=0.9,
+                                     router_queue_timeout_secs=5.0, use_kv_events=False))
+    p = pool(1, 2)
+    policy.on_membership_change(p)
+    router = policy.routes["m"].router
+    for worker in (1, 2):
+        router.update_metrics(LoadMetrics(worker_id=worker, kv_active_blocks=95, kv_total_blocks=100))
+    pinned = PreprocessedRequest(request_id="pinned", model="m", token_ids=distinct(8, 0),
+                                 routing=RoutingHints(backend_instance_id=1))
+    head, behind = await queue_up(policy, p, [pinned, req("free", distinct(8, 100))])
+    router.update_metrics(LoadMetrics(worker_id=2, kv_active_blocks=0, kv_total_blocks=100))
+    assert (await asyncio.wait_for(behind, 2)).worker.instance_id == 2
+    assert not head.done()
+    head.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await head
+
+
+async def test_an_adapter_unloaded_while_requests_wait_for_it_takes_its_route_and_ends_the_wait():
+    policy = busy_policy()
+    adapter = lambda *ids, version=1: dataclasses.replace(pool(*ids, version=version), model="ada",  # noqa: E731
+                                                          lora_name="ada")
+    await policy.select(adapter(1), req("big", distinct(32, 0), model="ada"), set())  # its worker busy
+    [waiting] = await queue_up(policy, adapter(1), [req("next", distinct(20, 100), model="ada")])
+    policy.on_membership_change(adapter(version=2))  # unloaded: its pool announced empty
+    assert "ada" not in policy.routes
+    with pytest.raises(NoWorkers):
+        await asyncio.wait_for(waiting, 2)

@@ -53,7 +53,7 @@ def _service(answers: dict[int, object]) -> RouterService:
     service = RouterService.__new__(RouterService)
     service.policy = _Policy(sorted(answers))
     service.inhibitor = Inhibitor(5.0)
-    service.pool = None
+    service.pool = SimpleNamespace(workers=[SimpleNamespace(instance_id=i) for i in answers], get=lambda i: None)
     service.eid = SimpleNamespace(path="ns.backend.generate", endpoint="generate")
     service.opened = []  # type: ignore[attr-defined]
 
@@ -94,3 +94,14 @@ def test_with_no_worker_holding_it_the_caller_gets_lora_not_loaded():
         asyncio.run(service._open(_request(), b"", None))  # type: ignore[arg-type]
     assert answer.value.code == ErrorCode.LORA_NOT_LOADED
     assert service.inhibitor.active() == set() and service.policy.freed == 2
+
+
+def test_a_worker_left_out_as_unreachable_may_hold_it_so_the_caller_gets_no_workers():
+    """Worker 1 cannot be reached, worker 2 dropped the adapter: the adapter is not known gone (1 may hold it and
+    come back), so the answer is `no_workers` (the caller's 503, retry later), not `lora_not_loaded` (a 404)."""
+    from dynamo.runtime.rp_client import CannotConnect
+
+    service = _service({1: CannotConnect("connection refused"), 2: _gone()})
+    with pytest.raises(HandlerError) as answer:
+        asyncio.run(service._open(_request(), b"", None))  # type: ignore[arg-type]
+    assert answer.value.code == ErrorCode.NO_WORKERS
