@@ -193,7 +193,9 @@ class PrefillOrchestrator:
                 with self.stages.stage("route", PREFILL):
                     choice = await handle.routed(
                         choose(self.routing, pool, sub, self.inhibitor.exclude(pool, sub, limit)))
-            except ApiError:  # every prefill worker busy, or all of them failed this request
+            except ApiError as exc:  # every prefill worker busy, or all of them failed this request
+                if exc.code == "worker_not_found":  # the client pinned a worker that is no prefill worker here
+                    raise
                 if exclude and exclude <= adapter_gone and self.policy.enforce:  # none holds the adapter any
                     raise errors.model_not_found(entry.name) from None  # more: gone, not a failure
                 # else the decode worker prefills: it answers lora_not_loaded itself if it lacks the adapter too
