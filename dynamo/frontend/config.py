@@ -226,6 +226,19 @@ def check_tls_files(config: FrontendConfig) -> None:
 FRONTEND_BOUNDS = {"router_min_initial_workers": Bound()}
 
 
+_KV_ONLY = ("active_decode_blocks_threshold", "active_prefill_tokens_threshold", "active_prefill_tokens_threshold_frac",
+            "router_queue_threshold")
+
+
+def _kv_only_warnings(config: FrontendConfig) -> list[str]:
+    """The busy thresholds and the router queue are the KV router's: given with another --router-mode, said."""
+    given = [setting_name(config, name) for name in _KV_ONLY if getattr(config, name) is not None]
+    if not given or config.routes_by_kv():
+        return []
+    return [f"{', '.join(given)}: only --router-mode kv applies busy thresholds and the router queue; with "
+            f"--router-mode {config.router_mode} they have no effect"]
+
+
 def parse_frontend_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
                         ) -> tuple[FrontendConfig, list[str]]:
     """(the frontend's config, a warning per NVIDIA Dynamo flag accepted without effect): Dynamo
@@ -235,7 +248,7 @@ def parse_frontend_args(argv: Sequence[str] | None = None, environ: Mapping[str,
     argv, engine_warning = strip_vllm_engine_args(argv, env)
     config, warnings = parse_with_compat(FrontendConfig, FRONTEND_FLAGS, argv, prog="python -m dynamo.frontend",
                                          environ=environ, vet=_vet_admission_control)
-    warnings += engine_warning + config.policy_warnings()
+    warnings += engine_warning + config.policy_warnings() + _kv_only_warnings(config)
     if ADMISSION_CONTROL_ENV in env:
         warnings.append(ADMISSION_CONTROL_ENV_WARNING)
     if config.request_plane != "tcp":

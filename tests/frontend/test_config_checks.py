@@ -43,3 +43,14 @@ def test_a_missing_tls_file_is_named_with_its_flag(capsys, tmp_path):
     assert "--tls-client-ca-cert-path" in line and "ca.pem: no such file" in line
     config, _ = parse_frontend_args(["--tls-cert-path", str(cert), "--tls-key-path", str(key)], environ={})
     assert (config.tls_cert_path, config.tls_key_path) == (str(cert), str(key))
+
+
+def test_busy_thresholds_outside_kv_routing_are_said_to_do_nothing():
+    from dynamo.frontend.config import parse_frontend_args
+
+    _, said = parse_frontend_args(["--router-mode", "round-robin", "--active-decode-blocks-threshold", "0.5",
+                                   "--router-queue-threshold", "0.8"], {})
+    assert any(w.startswith("--active-decode-blocks-threshold / DYN_ACTIVE_DECODE_BLOCKS_THRESHOLD, "
+                            "--router-queue-threshold") and "no effect" in w for w in said), said
+    for argv in (["--router-mode", "kv", "--active-decode-blocks-threshold", "0.5"], ["--router-mode", "random"]):
+        assert not any("no effect" in w and "threshold" in w for w in parse_frontend_args(argv, {})[1]), argv
