@@ -148,6 +148,9 @@ class GlobalRouter:
             return payload
         request = request_decoder.decode(payload)
         dropped = {pin: None for pin in pins if getattr(hints, pin) in self.faces}
+        # a data-parallel rank goes with its pin: it was the face's, not a pool worker's
+        dropped.update({"prefill_dp_rank": None} if "prefill_worker_id" in dropped else {})
+        dropped.update({"dp_rank": None} if dropped.keys() & {"backend_instance_id", "decode_worker_id"} else {})
         routing = msgspec.structs.replace(request.routing, **dropped)
         return request_encoder.encode(msgspec.structs.replace(request, routing=routing))
 

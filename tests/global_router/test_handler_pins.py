@@ -32,7 +32,14 @@ def test_a_pin_naming_a_face_is_dropped_and_the_rest_kept():
     request = request_decoder.decode(sent)
     hints = request.routing
     assert (hints.backend_instance_id, hints.prefill_worker_id, hints.decode_worker_id) == (None, None, 42)
-    assert (hints.priority, hints.dp_rank, request.token_ids, request.request_id) == (2.0, 1, [1, 2, 3], "r")
+    assert (hints.priority, request.token_ids, request.request_id) == (2.0, [1, 2, 3], "r")
+    assert hints.dp_rank is None  # the face's rank went with its pin
+
+
+def test_a_rank_stays_with_a_pin_that_stays():
+    _, _, sent = router().choose("agg", payload(prefill_worker_id=FACE, decode_worker_id=42))
+    hints = request_decoder.decode(sent).routing
+    assert (hints.prefill_worker_id, hints.decode_worker_id, hints.dp_rank) == (None, 42, 1)
 
 
 def test_other_requests_go_on_byte_for_byte():
