@@ -96,8 +96,8 @@ class KvPolicy:
         if route is not None and route.router.block_size != pool.block_size:
             self._rebuild(route, pool)  # hashes of another block size match nothing: start over
         if route is None:
-            if not pool.workers and pool.role is Role.PREFILL:
-                return  # the prefill pool of an aggregated model: nothing to route, nothing to report
+            if not pool.workers and (pool.role is Role.PREFILL or pool.lora_name is not None):
+                return  # an aggregated model's prefill pool, an adapter still loading: nothing to route or report
             model = self._model_of(pool)
             route = self.routes[pool.name] = PoolRoute(pool, self._new_router(pool), self._profile(model), model)
             self._say_profile(route)

@@ -289,22 +289,21 @@ class RoundRobinPolicy(CacheBlindPolicy):
         # A turn per pool: one shared turn would pass twice per disaggregated request (its prefill and its
         # decode) or once per request of each model, so a pool could see only every other turn and send
         # all its requests to the same worker.
-        self._turns: dict[tuple[str, str | None], int] = {}
+        self._turns: dict[str, int] = {}  # pool name (an adapter's pool is named by it)
 
     def _pick(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> WorkerInfo:
         """The worker whose turn it is in this pool; the turn passes only when `select` books it."""
         workers = sorted(self._candidates(pool, request, exclude), key=lambda w: w.instance_id)
-        return workers[self._turns.get((pool.name, pool.lora_name), 0) % len(workers)]
+        return workers[self._turns.get(pool.name, 0) % len(workers)]
 
     def on_membership_change(self, pool: WorkerPool) -> None:
         super().on_membership_change(pool)
         if not pool.workers:  # a model gone (a LoRA adapter unloaded): its turn goes with it
-            self._turns.pop((pool.name, pool.lora_name), None)
+            self._turns.pop(pool.name, None)
 
     def _book(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> WorkerInfo:
         worker = self._pick(pool, request, exclude)
-        key = (pool.name, pool.lora_name)
-        self._turns[key] = self._turns.get(key, 0) + 1
+        self._turns[pool.name] = self._turns.get(pool.name, 0) + 1
         return worker
 
 

@@ -19,8 +19,9 @@ A newcomer that finds a worker with room is served at once, as in Dynamo.
 
 A waiter may be held to some of the pool's workers (pinned by a gateway, a worker set during a
 rolling update, workers it failed on). When the head cannot be placed, the workers it tried are
-known busy until load is released; the first waiter behind it that may go to a worker not known
-busy tries at once instead of waiting for the head (backfill): a request pinned to a busy worker
+known busy until load is released here or a recheck interval passes (load reports free workers unseen
+here); the first waiter of its class behind it that may go to a worker not known busy tries at once
+instead of waiting for the head (backfill): a request pinned to a busy worker
 no longer holds up requests that another worker with room could serve. Unconstrained waiters never
 jump one another: when the head, which may go anywhere, finds every worker busy, so would they.
 
@@ -70,7 +71,6 @@ class RouterQueue:
         # class -> (when, workers found busy by its thresholds since then): what backfill skips. It holds until load
         # is released here or RECHECK passes (workers' load reports and peers' frees release load unseen here).
         self._busy: dict[int, tuple[float, set[int]]] = {}
-        self._shapes: dict[frozenset[int], int] = {}  # the waiters' allowed-worker sets, counted
 
     @property
     def policy(self) -> str:
@@ -108,7 +108,6 @@ class RouterQueue:
         ticket = Ticket((-strict_priority, -score, next(self._seq)), loop.time() + self.timeout, klass,
                         max(new_tokens, 1), prompt_tokens, max(prompt_tokens - new_tokens, 0), allowed=allowed)
         self.classes.push(ticket)
-        self._shapes[allowed] = self._shapes.get(allowed, 0) + 1
         self._found_busy(klass, allowed)
         self._pending += 1
         self.queued_total += 1
@@ -145,9 +144,6 @@ class RouterQueue:
             ticket.gone = True
             self.classes.remove(ticket)
             self._pending -= 1
-            left = self._shapes.pop(ticket.allowed) - 1
-            if left:
-                self._shapes[ticket.allowed] = left
 
     def _head(self) -> Ticket | None:
         return self.classes.head()
@@ -171,7 +167,7 @@ class RouterQueue:
         if len(self.profile.classes) > 1:  # one class: its head simply retries at the next recheck
             self.classes.pass_over(ticket.klass)
             self._wake_head()
-        self._backfill()
+        self._backfill(ticket.klass)
 
     def _found_busy(self, klass: int, workers: frozenset[int]) -> None:
         now = time.monotonic()
@@ -180,19 +176,16 @@ class RouterQueue:
             since, busy = now, set()
         self._busy[klass] = (since, busy | workers)
 
-    def _backfill(self) -> None:
-        """Wake the first waiter allowed a worker its class has not found busy lately."""
-        busy_of = {k: busy for k, (_, busy) in self._busy.items()}
-        if not any(shape - busy for shape in self._shapes for busy in busy_of.values()):
-            return  # every waiter's workers are known busy (always so without constrained waiters)
-        for ticket in sorted(self.classes.waiting()):
-            busy = busy_of.get(ticket.klass)
-            if busy is not None and ticket.allowed - busy:
-                if not ticket.ahead:  # else it is about to try: its failure, if it fails, goes on from here
-                    ticket.ahead = True
-                    if ticket.waker is not None and not ticket.waker.done():
-                        ticket.waker.set_result(None)
-                return
+    def _backfill(self, klass: int) -> None:
+        """Wake the first waiter of class `klass` allowed a worker the class has not found busy lately (other
+        classes take their turns by the ring: their scores are not comparable with this class's)."""
+        busy = self._busy[klass][1]
+        ticket = min((t for t in self.classes.waiting() if t.klass == klass and t.allowed - busy),
+                     default=None)  # none: every waiter's workers are known busy (always so when none is held)
+        if ticket is not None and not ticket.ahead:  # else it is about to try: if it fails, it goes on from here
+            ticket.ahead = True
+            if ticket.waker is not None and not ticket.waker.done():
+                ticket.waker.set_result(None)
 
     def _wake_head(self) -> None:
         head = self._head()
