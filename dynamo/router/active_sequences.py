@@ -13,6 +13,11 @@ A worker that leaves (out of discovery: a failed health canary, a drain) keeps s
 requests it has, so their bookings are set aside with it, not dropped: they end as those requests
 are freed, and come back as its load if it rejoins first (else a rejoined worker would look idle
 while still busy with them).
+
+A worker's load lives in a `LoadLedger`, which several ActiveSequences may share: one engine serving
+a base model and its LoRA adapters is in each of their pools, and each pool's router must see the
+load the others booked there. What stays per ActiveSequences is its own requests and the prefix
+sharing among them (`sharers`, `holders`: one model's blocks are no use to another's requests).
 """
 
 from __future__ import annotations
@@ -24,11 +29,12 @@ WorkerKey = tuple[int, int]
 
 
 class _Request:
-    __slots__ = ("key", "seq_hashes", "prefill_tokens", "private_blocks", "decoding", "booked_at", "answer_tokens")
+    __slots__ = ("key", "load", "seq_hashes", "prefill_tokens", "private_blocks", "decoding", "booked_at", "answer_tokens")
 
-    def __init__(self, key: WorkerKey, seq_hashes: Sequence[int], prefill_tokens: int, private_blocks: int,
-                 booked_at: float, answer_tokens: int | None) -> None:
+    def __init__(self, key: WorkerKey, load: _WorkerLoad, seq_hashes: Sequence[int], prefill_tokens: int,
+                 private_blocks: int, booked_at: float, answer_tokens: int | None) -> None:
         self.key = key
+        self.load = load  # the worker's load it is booked in, even once the worker has left
         self.seq_hashes = seq_hashes
         self.prefill_tokens = prefill_tokens
         self.private_blocks = private_blocks
@@ -59,6 +65,39 @@ class _WorkerLoad:
         return len(seq_hashes) - _held_prefix(seq_hashes, self.block_refs)
 
 
+class LoadLedger:
+    """Per (worker, dp_rank), the load booked there, shared by the ActiveSequences of every pool that
+    holds the worker (reference-counted). A load outlives its last holder while requests booked in it
+    run, and is the one a rejoining worker gets back."""
+
+    def __init__(self) -> None:
+        self.loads: dict[WorkerKey, _WorkerLoad] = {}
+        self._holders: dict[WorkerKey, int] = {}
+
+    def hold(self, key: WorkerKey) -> _WorkerLoad:
+        """A pool takes the worker in: its load, as other pools have booked it."""
+        self._holders[key] = self._holders.get(key, 0) + 1
+        return self.loads.setdefault(key, _WorkerLoad())
+
+    def release(self, key: WorkerKey) -> None:
+        """A pool let the worker go; the last to do so forgets it once its requests end."""
+        left = self._holders.get(key, 0) - 1
+        if left > 0:
+            self._holders[key] = left
+        else:
+            self._holders.pop(key, None)
+            self.settle(key)
+
+    def get(self, key: WorkerKey) -> _WorkerLoad | None:
+        return self.loads.get(key)
+
+    def settle(self, key: WorkerKey) -> None:
+        """Forget the worker's load if no pool holds it and no request is booked in it."""
+        load = self.loads.get(key)
+        if load is not None and not load.members and key not in self._holders:
+            del self.loads[key]
+
+
 class ActiveSequences:
     def __init__(
         self,
@@ -68,14 +107,15 @@ class ActiveSequences:
         track_active_blocks: bool = True,
         track_prefill_tokens: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        ledger: LoadLedger | None = None,
     ) -> None:
         self.block_size = block_size
+        self.ledger = LoadLedger() if ledger is None else ledger
         self._clock = clock
         self.assume_kv_reuse = assume_kv_reuse
         self.track_active_blocks = track_active_blocks
         self.track_prefill_tokens = track_prefill_tokens
-        self._workers: dict[WorkerKey, _WorkerLoad] = {}
-        self._departed: dict[WorkerKey, _WorkerLoad] = {}  # loads of workers that left, until their requests end
+        self._workers: dict[WorkerKey, _WorkerLoad] = {}  # this pool's workers: their loads, from the ledger
         self._requests: dict[str, _Request] = {}
         self._sharers: dict[int, int] = {}  # seq_hash -> decoding requests holding it, on any worker
         self._holders: dict[int, int] = {}  # seq_hash -> active requests holding it (prefilling too), on any worker
@@ -83,23 +123,17 @@ class ActiveSequences:
     # -- workers -------------------------------------------------------------------------
     def add_worker(self, key: WorkerKey) -> None:
         if key not in self._workers:
-            load = self._departed.pop(key, None)
-            self._workers[key] = _WorkerLoad() if load is None else load
+            self._workers[key] = self.ledger.hold(key)
 
     def remove_worker(self, worker_id: int) -> list[str]:
-        """Take a worker out of the candidates; returns the ids of its requests still running, whose
-        bookings stay (set aside) until they are freed or the worker rejoins."""
+        """Take a worker out of the candidates; returns the ids of its requests (booked here) still
+        running, whose bookings stay (set aside) until they are freed or the worker rejoins."""
         running: list[str] = []
         for key in [k for k in self._workers if k[0] == worker_id]:
             load = self._workers.pop(key)
-            if load.members:
-                self._departed[key] = load
-                running.extend(load.members)
+            running.extend(rid for rid in load.members if rid in self._requests)
+            self.ledger.release(key)
         return running
-
-    def _load_of(self, key: WorkerKey) -> _WorkerLoad | None:
-        load = self._workers.get(key)
-        return self._departed.get(key) if load is None else load
 
     def workers(self) -> list[WorkerKey]:
         return list(self._workers)
@@ -120,9 +154,10 @@ class ActiveSequences:
         `answer_tokens`: its answer's expected length, when known (it predicts when it ends)."""
         if request_id in self._requests:
             raise ValueError(f"request {request_id!r} is already active")
-        load = self._load_of(key)
+        load = self._workers.get(key) or self.ledger.get(key)  # a worker that left: booked where its load is
         if load is None:  # a worker the pool has not added (the pool is the caller's to keep)
-            load = self._workers[key] = _WorkerLoad()
+            self.add_worker(key)
+            load = self._workers[key]
         tokens = self.prefill_tokens_for(isl, overlap_blocks) if prefill_tokens is None else prefill_tokens
         private = 0
         if not self.track_active_blocks:
@@ -137,7 +172,7 @@ class ActiveSequences:
             holders[seq_hash] = holders.get(seq_hash, 0) + 1
         load.private_blocks += private
         load.prefill_tokens += tokens
-        self._requests[request_id] = load.members[request_id] = _Request(key, seq_hashes, tokens, private,
+        self._requests[request_id] = load.members[request_id] = _Request(key, load, seq_hashes, tokens, private,
                                                                          self._clock(), answer_tokens)
 
     def mark_prefill_completed(self, request_id: str) -> bool:
@@ -151,9 +186,7 @@ class ActiveSequences:
                 sharers[seq_hash] = sharers.get(seq_hash, 0) + 1
         if req.prefill_tokens == 0:
             return False
-        load = self._load_of(req.key)
-        if load is not None:
-            load.prefill_tokens -= req.prefill_tokens
+        req.load.prefill_tokens -= req.prefill_tokens
         req.prefill_tokens = 0
         return True
 
@@ -163,15 +196,13 @@ class ActiveSequences:
         if req is None:
             return False
         self._unshare(req)
-        load = self._load_of(req.key)
-        if load is None:
-            return True
+        load = req.load
         _release(load.block_refs, req.seq_hashes)
         load.members.pop(request_id, None)
         load.private_blocks -= req.private_blocks
         load.prefill_tokens -= req.prefill_tokens
-        if not load.members and self._departed.get(req.key) is load:
-            del self._departed[req.key]  # the last request of a worker that left
+        if not load.members:
+            self.ledger.settle(req.key)  # the last request of a worker that left: forgotten
         return True
 
     def _unshare(self, req: _Request) -> None:

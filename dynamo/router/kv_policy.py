@@ -22,6 +22,7 @@ import time
 import uuid
 
 from dynamo.llm.protocol import PreprocessedRequest
+from dynamo.router.active_sequences import LoadLedger
 from dynamo.router.config import KvMode, KvRouterConfig
 from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers, PrefixMatch, Selection
 from dynamo.router.metrics import RouterMetrics
@@ -47,6 +48,9 @@ class KvPolicy:
         self.config = config
         self.policy_document = config.policy_document()  # --router-policy-config, read at start
         self.routes: dict[str, PoolRoute] = {}
+        # Workers' loads, one ledger for every route: an engine serving a base model and its LoRA adapters is
+        # in each of their pools, and each pool's router must count what the others booked there.
+        self.ledger = LoadLedger()
         self._inflight: dict[str, PoolRoute] = {}
         self._synced: dict[str, EndpointId] = {}  # request -> the endpoint its booking was shared on (replica sync)
         self.feeds: KvEventFeeds | None = None
@@ -177,7 +181,7 @@ class KvPolicy:
     def _new_router(self, pool: WorkerPool) -> KvRouter:
         """A KvRouter for the pool, with its default queue class's thresholds and the busy thresholds set at
         runtime for its model."""
-        router = KvRouter(pool.block_size, self.config)
+        router = KvRouter(pool.block_size, self.config, ledger=self.ledger)
         self._tune(router, self._model_of(pool))
         return router
 
@@ -194,7 +198,8 @@ class KvPolicy:
                  pool.block_size)
         self._remove_workers(route, {w.instance_id for w in route.pool.workers})
         for rid in [rid for rid, r in self._inflight.items() if r is route]:
-            del self._inflight[rid]  # booked in the old router: nothing of them is in the new one
+            route.router.free(rid)  # booked in the old router's blocks: out of the shared ledger, not in the new one
+            del self._inflight[rid]
             self._synced.pop(rid, None)
         route.router = self._new_router(pool)
         route.pool = dataclasses.replace(pool, workers=(), version=-1)
@@ -363,9 +368,12 @@ class KvPolicy:
         if self.metrics is not None:
             self.metrics.series.first_token(request_id)
         route = self._inflight.get(request_id)
-        if route is not None and route.router.mark_prefill_complete(request_id):
+        if route is None:
+            return
+        worker = route.router.active.worker_of(request_id)
+        if route.router.mark_prefill_complete(request_id):
             self._share(route, request_id, "prefill")
-            route.queue.wake()
+            self._wake_queues(route, worker)
 
     def output(self, request_id: str) -> None:
         route = self._inflight.get(request_id)
@@ -376,10 +384,21 @@ class KvPolicy:
         if self.metrics is not None:
             self.metrics.series.finished(request_id, output_tokens)
         route = self._inflight.pop(request_id, None)
-        if route is not None and route.router.free(request_id):
-            self._share(route, request_id, "free")
-            route.queue.wake()
+        if route is not None:
+            worker = route.router.active.worker_of(request_id)
+            if route.router.free(request_id):
+                self._share(route, request_id, "free")
+                self._wake_queues(route, worker)
         self._synced.pop(request_id, None)
+
+    def _wake_queues(self, route: PoolRoute, worker: tuple[int, int] | None) -> None:
+        """Load was released on `worker`: the queues of the route and of every other pool holding it retry."""
+        route.queue.wake()
+        if worker is None:
+            return
+        for other in self.routes.values():
+            if other is not route and other.pool.get(worker[0]) is not None:
+                other.queue.wake()
 
     def _share(self, route: PoolRoute, request_id: str, kind: str) -> None:
         # To the endpoint the request was booked on: its pool may be empty now (its worker left, its
@@ -401,16 +420,7 @@ class KvPolicy:
     def health(self) -> dict:
         models = {}
         for name, route in self.routes.items():
-            stats = route.router.stats()
-            models[name] = {
-                "mode": route.report.mode, "reason": route.report.reason, "block_size": route.router.block_size,
-                "workers": sorted(w.instance_id for w in route.pool.workers),
-                "kv_hit_rate": round(stats["kv_hit_rate"], 4),
-                "workers_needing_resync": stats["workers_needing_resync"],
-                "indexed_blocks": stats["tree_sizes"],
-                "cost_model": stats["cost_model"], "ttft_coefficients": stats["ttft_coefficients"],
-                "ttft_observations": stats["ttft_observations"], "queue": route.queue.stats(),
-            }
+            models[name] = route.health()
         queue = {"policy": self._profile("").default_class.queue_policy}  # models without a profile of their own
         for name in ("pending", "queued_total", "timed_out", "rejected_full", "rejected_class_limit"):
             queue[name] = sum(m["queue"][name] for m in models.values())

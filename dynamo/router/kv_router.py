@@ -20,7 +20,7 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 
 from dynamo.llm.kv_events.hashing import MediaSalt
 from dynamo.llm.kv_events.protocol import LoadMetrics, RouterEvent
-from dynamo.router.active_sequences import ActiveSequences
+from dynamo.router.active_sequences import ActiveSequences, LoadLedger
 from dynamo.router.approx import ApproxIndexer
 from dynamo.router.candidate_costs import CandidateCosts
 from dynamo.router.config import KvMode, KvRouterConfig, RouterConfigOverride
@@ -43,7 +43,10 @@ class KvRouter:
         *,
         rng: random.Random | None = None,
         clock: Callable[[], float] | None = None,
+        ledger: LoadLedger | None = None,
     ) -> None:
+        """`ledger`: the workers' loads, shared with the routers of other pools on the same engines (a
+        base model's and its LoRA adapters'); a router of its own by default."""
         if block_size < 1:
             raise ValueError("block_size must be >= 1")
         self.block_size = block_size
@@ -62,6 +65,7 @@ class KvRouter:
             track_active_blocks=cfg.router_track_active_blocks,
             track_prefill_tokens=cfg.router_track_prefill_tokens,
             clock=clock or time.monotonic,
+            ledger=ledger,
         )
         self.selector = Selector(rng)
         self.queue_class: tuple[int | None, float | None] = (None, cfg.router_queue_threshold)  # set_queue_class

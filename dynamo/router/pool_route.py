@@ -47,3 +47,16 @@ class PoolRoute:
         replaced (a block size adopted) since the pairing was asked for."""
         router = self.router
         return lambda: self.router is router and any(w.instance_id == instance_id for w in self.pool.workers)
+
+    def health(self) -> dict:
+        """The route's part of the policy's `/health`."""
+        stats = self.router.stats()
+        return {
+            "mode": self.report.mode, "reason": self.report.reason, "block_size": self.router.block_size,
+            "workers": sorted(w.instance_id for w in self.pool.workers),
+            "kv_hit_rate": round(stats["kv_hit_rate"], 4),
+            "workers_needing_resync": stats["workers_needing_resync"],
+            "indexed_blocks": stats["tree_sizes"],
+            "cost_model": stats["cost_model"], "ttft_coefficients": stats["ttft_coefficients"],
+            "ttft_observations": stats["ttft_observations"], "queue": self.queue.stats(),
+        }

@@ -115,7 +115,7 @@ def test_a_worker_that_left_is_forgotten_once_its_requests_end():
     act.add_request((1, 0), "a", [1], isl=4, overlap_blocks=0)
     act.remove_worker(1)
     act.free("a")
-    assert act.remove_worker(1) == [] and act._departed == {}
+    assert act.remove_worker(1) == [] and act.ledger.loads == {}
     act.add_worker((1, 0))  # a rejoin after that starts idle
     assert act.loads() == {(1, 0): {"active_blocks": 0, "active_prefill_tokens": 0, "requests": 0}}
 
