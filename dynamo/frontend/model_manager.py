@@ -19,7 +19,7 @@ from dynamo.llm.model_card import ModelDeploymentCard, WorkerType, card_decoder
 from dynamo.frontend.model_defaults import ModelDefaults
 from dynamo.llm.preprocessor import ModelPipeline
 from dynamo.llm.token_cache import TokenCache
-from dynamo.router.policy import WorkerInfo
+from dynamo.router.policy import WorkerInfo, reserved_pool_name
 from dynamo.runtime import records
 from dynamo.runtime.discovery.base import KeyValueStore, WatchEvent
 from dynamo.runtime.records import EndpointId, InstanceRecord
@@ -143,6 +143,11 @@ class ModelManager:
             card = self.defaults.apply(card_decoder.decode(event.value or b""))
         except Exception as exc:
             log.warning("ignoring malformed model card at %s: %s", event.key, exc)
+            return
+        if reserved_pool_name(card.display_name):
+            log.warning("ignoring the model card at %s: its name %r ends in '/prefill', which names the prefill "
+                        "workers of model %r here; serve it under another name", event.key, card.display_name,
+                        card.display_name.rpartition("/")[0])
             return
         cards[key] = card
         entry = self.models.get(card.display_name)

@@ -57,6 +57,14 @@ class WorkerInfo:
         return self.card is None or bool(self.card.runtime_config.publishes_kv_events)
 
 
+PREFILL_POOL_SUFFIX = "/prefill"
+
+
+def reserved_pool_name(model: str) -> bool:
+    """A model named `X/prefill` would share routing state with model X's prefill pool."""
+    return model.endswith(PREFILL_POOL_SUFFIX)
+
+
 @dataclass(frozen=True)
 class WorkerPool:
     """The routable workers of one model in one role, at one membership `version`."""
@@ -74,8 +82,9 @@ class WorkerPool:
 
     @property
     def name(self) -> str:
-        """Routing-state key: the model for decode pools, `model/prefill` for prefill pools."""
-        return self.model if self.role is Role.DECODE else f"{self.model}/prefill"
+        """Routing-state key: the model for decode pools, `model/prefill` for prefill pools (a host
+        refuses models whose own name ends so, `reserved_pool_name`)."""
+        return self.model if self.role is Role.DECODE else self.model + PREFILL_POOL_SUFFIX
 
     def get(self, instance_id: int) -> WorkerInfo | None:
         return self._by_id.get(instance_id)

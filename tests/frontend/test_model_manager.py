@@ -243,3 +243,14 @@ async def test_pool_snapshots_already_handed_out_do_not_change(disco):
     after = entry.pool(Role.DECODE)
     assert [w.instance_id for w in before.workers] == [1] and after.version > before.version
     assert [w.instance_id for w in after.workers] == [1, 2]
+
+
+async def test_a_model_named_like_another_models_prefill_pool_is_refused(disco, caplog):
+    # "tiny/prefill" would share routing state (KV router, queue, turns) with model tiny's prefill workers.
+    await disco.card(3, name="tiny/prefill")
+    await disco.instance(3)
+    await disco.card(8)
+    await disco.instance(8)
+    await disco.settle(lambda: disco.listed() == ["tiny"], "the other model listed")
+    assert disco.manager.get("tiny/prefill") is None
+    assert "ends in '/prefill'" in caplog.text and "serve it under another name" in caplog.text
