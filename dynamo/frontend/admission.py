@@ -70,8 +70,7 @@ class Admission:
         self.initial = InitialWorkers(0, lambda: 0)  # met: `await_initial_workers` sets a count to wait for
         self.inflight = 0
         self.draining = False
-        self._catch_up: asyncio.Task | None = None  # a look at discovery for names not known yet (shared, owned)
-        self._looked_at: float | None = None  # when the last such look ended (loop time)
+        self.unknown = UnknownNames(models)  # looks at discovery for names this frontend does not know yet
         self._drain = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -184,25 +183,9 @@ class Admission:
                 await self._hold(name, receive, lambda: self.models.wait_for(
                     lambda: self.models.has_workers(name) or self.draining, FIRST_WORKER_GRACE_SECS))
             return
-        if name in self.models.retired or self._looked_recently():
-            return  # a look that ended within the grace answers for this name too: a misspelt model is a 404 at once
-        if self._catch_up is None or self._catch_up.done():  # one look at discovery for all such requests
-            self._catch_up = asyncio.ensure_future(self._look_at_discovery())
-        look = self._catch_up
-        await self._hold(name, receive, lambda: asyncio.shield(look))
-
-    def _looked_recently(self) -> bool:
-        return (self._looked_at is not None
-                and asyncio.get_running_loop().time() - self._looked_at < FIRST_WORKER_GRACE_SECS)
-
-    async def _look_at_discovery(self) -> None:
-        """Two reads of the whole namespace: bounded as a whole (a store that does not answer, an outage, too),
-        and done at most once per FIRST_WORKER_GRACE_SECS whatever the names asked for."""
-        try:
-            await asyncio.wait_for(self.models.caught_up(FIRST_WORKER_GRACE_SECS), FIRST_WORKER_GRACE_SECS)
-        except Exception as exc:  # discovery unreachable or slow: answer from what this frontend knows
-            log.debug("looking at discovery for models not known yet failed: %r", exc)
-        self._looked_at = asyncio.get_running_loop().time()
+        if name in self.models.retired or self.unknown.answered(name):
+            return  # looked for within the grace: a misspelt model asked for again is a 404 at once
+        await self._hold(name, receive, lambda: self.unknown.look_for(name))
 
     async def _hold(self, name: str, receive: Callable, waited: Callable[[], Awaitable]) -> None:
         """Hold a request in the grace as one waiting for a worker: refused when over the concurrency limit,
@@ -229,11 +212,68 @@ class Admission:
 
     def close(self) -> None:
         """Stop the shared look at discovery (a drain or shutdown): nobody is left to answer from it."""
-        if self._catch_up is not None:
-            self._catch_up.cancel()
+        self.unknown.close()
 
 
 def workers_up(models: ModelManager) -> int:
     """Distinct worker instances serving some model end to end: a worker with a LoRA adapter lists two model
     entries, one instance."""
     return len({(str(w.endpoint), w.instance_id) for entry in models.models.values() for w in entry.decode_workers()})
+
+
+class UnknownNames:
+    """Looks at discovery for model names this frontend does not know yet. A name is answered by a look begun
+    after it was asked for (one that began before may have read discovery before its worker registered); the
+    requests that arrive meanwhile share the next look, so at most one runs at a time. A name answered within
+    FIRST_WORKER_GRACE_SECS is answered at once: a misspelt model asked for again costs no look."""
+
+    MAX_REMEMBERED = 4096  # names answered recently, kept for the grace: a flood of random names is bounded
+
+    def __init__(self, models: ModelManager) -> None:
+        self.models = models
+        self._look: asyncio.Task | None = None  # the look under way (shared, owned)
+        self._look_began = 0.0
+        self._answered: dict[str, float] = {}  # name -> when a look for it ended (loop time)
+
+    def answered(self, name: str) -> bool:
+        at = self._answered.get(name)
+        return at is not None and asyncio.get_running_loop().time() - at < FIRST_WORKER_GRACE_SECS
+
+    async def look_for(self, name: str) -> None:
+        """Until a look begun after now has ended, or the name is known; bounded by the grace as a whole."""
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        try:
+            await asyncio.wait_for(self._looked_after(name, asked), FIRST_WORKER_GRACE_SECS)
+        except asyncio.TimeoutError:
+            pass  # discovery slow or unreachable: answer from what this frontend knows
+        self._remember(name, loop.time())
+
+    async def _looked_after(self, name: str, asked: float) -> None:
+        while self.models.get(name) is None:
+            if self._look is None or self._look.done():
+                self._look_began = asyncio.get_running_loop().time()
+                self._look = asyncio.ensure_future(self._look_at_discovery())
+            began, look = self._look_began, self._look
+            await asyncio.shield(look)
+            if began >= asked:
+                return
+
+    async def _look_at_discovery(self) -> None:
+        """Two reads of the whole namespace, bounded as a whole (a store that does not answer, an outage)."""
+        try:
+            await asyncio.wait_for(self.models.caught_up(FIRST_WORKER_GRACE_SECS), FIRST_WORKER_GRACE_SECS)
+        except Exception as exc:
+            log.debug("looking at discovery for models not known yet failed: %r", exc)
+
+    def _remember(self, name: str, at: float) -> None:
+        if len(self._answered) >= self.MAX_REMEMBERED:
+            self._answered = {n: t for n, t in self._answered.items() if at - t < FIRST_WORKER_GRACE_SECS}
+            if len(self._answered) >= self.MAX_REMEMBERED:
+                self._answered.clear()
+        self._answered[name] = at
+
+    def close(self) -> None:
+        """Stop the look under way (a drain or shutdown): nobody is left to answer from it."""
+        if self._look is not None:
+            self._look.cancel()
