@@ -199,6 +199,7 @@ class KvPolicy:
         self._remove_workers(route, {w.instance_id for w in route.pool.workers})
         for rid in [rid for rid, r in self._inflight.items() if r is route]:
             route.router.free(rid)  # booked in the old router's blocks: out of the shared ledger, not in the new one
+            self._share(route, rid, "free")  # and out of the replicas' (the request's own end frees nothing now)
             del self._inflight[rid]
             self._synced.pop(rid, None)
         route.router = self._new_router(pool)

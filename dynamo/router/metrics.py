@@ -87,9 +87,11 @@ class _RouterCollector:
         hit = GaugeMetricFamily(f"{p}_router_kv_hit_rate", "Overlap blocks / prompt blocks of routed requests",
                                 labels=("model", "worker_type"))
         routed = CounterMetricFamily(f"{p}_router_requests", "Requests routed", labels=("model", "worker_type"))
-        blocks = GaugeMetricFamily(f"{p}_worker_active_decode_blocks", "Active KV blocks booked per worker",
+        blocks = GaugeMetricFamily(f"{p}_worker_active_decode_blocks", "Active KV blocks booked per worker, by every "
+                                   "model it serves (a base model's and its adapters' rows show the same load)",
                                    labels=("model", "worker_id", "dp_rank", "worker_type"))
-        prefill = GaugeMetricFamily(f"{p}_worker_active_prefill_tokens", "Prompt tokens awaiting prefill per worker",
+        prefill = GaugeMetricFamily(f"{p}_worker_active_prefill_tokens", "Prompt tokens awaiting prefill per worker, by "
+                                    "every model it serves",
                                     labels=("model", "worker_id", "dp_rank", "worker_type"))
         tree = GaugeMetricFamily(f"{p}_router_indexed_blocks", "Blocks indexed per worker",
                                  labels=("model", "worker_id", "dp_rank", "worker_type"))

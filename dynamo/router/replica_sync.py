@@ -25,6 +25,7 @@ from typing import Callable, Literal
 
 import msgspec
 
+from dynamo.router.active_sequences import ActiveSequences
 from dynamo.router.kv_router import KvRouter
 from dynamo.router.peer_topic import PeerTopic
 
@@ -62,7 +63,9 @@ class ReplicaSync:
         self.router_for = router_for
         self.topic = PeerTopic(store, kind, instance_id, TOPIC, self._receive)
         self.applied = 0
-        self._remote: dict[str, tuple[str, str, float]] = {}  # request_id -> (model, router id, booked at)
+        # request_id -> (model, router id, booked at, the ActiveSequences it is booked in: the pool's route may be
+        # replaced meanwhile, an adapter unloaded, a role flip, a block-size rebuild, and its worker's load is shared)
+        self._remote: dict[str, tuple[str, str, float, ActiveSequences]] = {}
         self._heard: dict[str, float] = {}  # router id -> when it was last heard from
         self._beat: asyncio.Task | None = None
         self._joined: list[tuple[str, str]] = []
@@ -107,24 +110,29 @@ class ReplicaSync:
             return
         if event.router_id in self._heard:
             self._heard[event.router_id] = time.monotonic()
+        if event.kind == "add":
+            if not self._book(event):
+                return
+        elif event.request_id not in self._remote:
+            return  # its booking was not taken in here (a worker or pool this replica does not route)
+        elif event.kind == "prefill":
+            self._remote[event.request_id][3].mark_prefill_completed(event.request_id)
+        else:
+            self._free_remote(event.request_id)
+        self.applied += 1
+
+    def _book(self, event: ActiveSequenceEvent) -> bool:
         router = self.router_for(event.model)
         if router is None:
-            return
-        active = router.active
-        if event.kind == "add":
-            key = (event.worker_id, event.dp_rank)
-            if key not in active.workers() or event.request_id in self._remote:
-                return
-            answer = event.expected_output_tokens or None
-            active.add_request(key, event.request_id, event.seq_hashes, event.isl, event.overlap_blocks,
-                               router.output_blocks_for(event.isl, answer), answer_tokens=answer)
-            self._remote[event.request_id] = (event.model, event.router_id, time.monotonic())
-        elif event.kind == "prefill":
-            active.mark_prefill_completed(event.request_id)
-        else:
-            active.free(event.request_id)
-            self._remote.pop(event.request_id, None)
-        self.applied += 1
+            return False
+        active, key = router.active, (event.worker_id, event.dp_rank)
+        if key not in active.workers() or event.request_id in self._remote:
+            return False
+        answer = event.expected_output_tokens or None
+        active.add_request(key, event.request_id, event.seq_hashes, event.isl, event.overlap_blocks,
+                           router.output_blocks_for(event.isl, answer), answer_tokens=answer)
+        self._remote[event.request_id] = (event.model, event.router_id, time.monotonic(), active)
+        return True
 
     def forget_silent(self) -> int:
         """Free every booking of the replicas not heard from for `SILENT_AFTER` s; how many."""
@@ -134,7 +142,7 @@ class ReplicaSync:
             return 0
         for router_id in gone:
             del self._heard[router_id]
-        stale = [rid for rid, (_, router_id, _) in self._remote.items() if router_id in gone]
+        stale = [rid for rid, (_, router_id, _, _) in self._remote.items() if router_id in gone]
         for rid in stale:
             self._free_remote(rid)
         if stale:
@@ -144,14 +152,11 @@ class ReplicaSync:
 
     def _expire(self) -> None:
         deadline = time.monotonic() - REMOTE_TTL
-        for rid in [r for r, (_, _, at) in self._remote.items() if at < deadline]:
+        for rid in [r for r, (_, _, at, _) in self._remote.items() if at < deadline]:
             self._free_remote(rid)
 
     def _free_remote(self, request_id: str) -> None:
-        model, _, _ = self._remote.pop(request_id)
-        owner = self.router_for(model)
-        if owner is not None:
-            owner.active.free(request_id)
+        self._remote.pop(request_id)[3].free(request_id)
 
     async def close(self) -> None:
         if self._beat is not None:

@@ -6,12 +6,16 @@ detection, and a release there wakes every pool's queue."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+
+import pytest
 
 from dynamo.llm.model_card import ModelDeploymentCard, RuntimeConfig
 from dynamo.llm.protocol import PreprocessedRequest, RoutingHints, StopConditions
 from dynamo.router.config import KvRouterConfig
 from dynamo.router.kv_policy import KvPolicy
 from dynamo.router.policy import Role, WorkerInfo, WorkerPool
+from dynamo.router.replica_sync import ActiveSequenceEvent, ReplicaSync
 from dynamo.router.selector import BusyThresholds
 from dynamo.runtime.records import EndpointId
 
@@ -92,3 +96,47 @@ def test_a_release_in_one_pool_wakes_a_request_queued_in_another():
             await asyncio.sleep(0)
         return queued, waiter.done() and waiter.result().worker.instance_id
     assert asyncio.run(run()) == (True, 1)
+
+
+@pytest.mark.parametrize("replaced_by", ["unload", "rebuild"])
+def test_a_peer_replicas_booking_is_freed_after_its_pools_route_was_replaced(replaced_by, monkeypatch):
+    """`--router-replica-sync`: a peer's booking taken into an adapter's route must leave the worker's shared load
+    at the peer's free, at its expiry, after that route was retired (adapter unloaded) or rebuilt (block size)."""
+    pol = policy()
+    sync = ReplicaSync(None, None, "me", 7, pol._router_for)
+    base, adapter = pool("base"), pool("adapterA", "adapterA")
+    pol.on_membership_change(base)
+    pol.on_membership_change(adapter)
+    sync.apply(ActiveSequenceEvent(router_id="peer", model="adapterA", request_id="p", kind="add", worker_id=1,
+                                   seq_hashes=[11, 12, 13, 14], isl=16))
+    booked = pol.routes["base"].router.active.loads()[(1, 0)]["requests"]
+    if replaced_by == "unload":
+        pol.on_membership_change(pool("adapterA", "adapterA", workers=(), version=2))
+    else:
+        pol.on_membership_change(dataclasses.replace(adapter, block_size=8, version=2))
+    sync.apply(ActiveSequenceEvent(router_id="peer", model="adapterA", request_id="p", kind="free"))
+    assert (booked, pol.routes["base"].router.active.loads()[(1, 0)]["requests"], pol.ledger.loads[(1, 0)].members) \
+        == (1, 0, {})
+
+
+def test_a_block_size_rebuild_frees_what_it_drops_here_and_on_the_peers():
+    from tests.router.test_replica_sync import _Wire
+
+    async def run():
+        ours, theirs = policy(), policy()
+        ours.sync, theirs.sync = _Wire("A", ours._router_for), _Wire("B", theirs._router_for)
+        base, adapter = pool("base"), pool("adapterA", "adapterA")
+        for pol in (ours, theirs):
+            pol.on_membership_change(base)
+            pol.on_membership_change(adapter)
+        await ours.select(adapter, request("a0", "adapterA", "adapterA", pin=1), set())
+        ours.sync.deliver_to(theirs.sync)
+        booked = theirs.routes["base"].router.active.requests((1, 0))
+        ours.on_membership_change(dataclasses.replace(adapter, block_size=8, version=2))
+        ours.sync.deliver_to(theirs.sync)
+        ours.free("a0")  # its real end: nothing left to free or tell
+        left = [pol.routes["base"].router.active.requests((1, 0)) for pol in (ours, theirs)]
+        for pol in (ours, theirs):
+            await pol.close()
+        return booked, left
+    assert asyncio.run(run()) == (1, [0, 0])
