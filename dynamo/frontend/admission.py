@@ -29,6 +29,7 @@ STARTING_RETRY_AFTER_SECS = 5
 # How long a request waits for the first worker of a model discovery is about to serve (a LoRA adapter whose load
 # returned 200 a moment before this frontend's discovery watch saw it), rather than a 503 or 404 at once.
 FIRST_WORKER_GRACE_SECS = 1.0
+MIN_LOOK_GAP_SECS = 0.1  # between the starts of two such looks at discovery
 
 
 class InitialWorkers:
@@ -224,15 +225,18 @@ def workers_up(models: ModelManager) -> int:
 class UnknownNames:
     """Looks at discovery for model names this frontend does not know yet. A name is answered by a look begun
     after it was asked for (one that began before may have read discovery before its worker registered); the
-    requests that arrive meanwhile share the next look, so at most one runs at a time. A name answered within
-    FIRST_WORKER_GRACE_SECS is answered at once: a misspelt model asked for again costs no look."""
+    requests that arrive meanwhile share the next look, so at most one runs at a time, and looks start at most
+    every MIN_LOOK_GAP_SECS (random names cannot keep discovery busy). A name answered within
+    FIRST_WORKER_GRACE_SECS is answered at once: a misspelt model asked for again costs no look. So a client that
+    loads an adapter after its name's 404 and asks again within that second gets the 404 again unless this
+    frontend's discovery watch (milliseconds, normally) has seen the adapter by then."""
 
     MAX_REMEMBERED = 4096  # names answered recently, kept for the grace: a flood of random names is bounded
 
     def __init__(self, models: ModelManager) -> None:
         self.models = models
         self._look: asyncio.Task | None = None  # the look under way (shared, owned)
-        self._look_began = 0.0
+        self._look_began = -MIN_LOOK_GAP_SECS
         self._answered: dict[str, float] = {}  # name -> when a look for it ended (loop time)
 
     def answered(self, name: str) -> bool:
@@ -250,9 +254,14 @@ class UnknownNames:
         self._remember(name, loop.time())
 
     async def _looked_after(self, name: str, asked: float) -> None:
+        loop = asyncio.get_running_loop()
         while self.models.get(name) is None:
             if self._look is None or self._look.done():
-                self._look_began = asyncio.get_running_loop().time()
+                gap = self._look_began + MIN_LOOK_GAP_SECS - loop.time()
+                if gap > 0:  # random names sent one after another read discovery at most this often
+                    await asyncio.sleep(gap)
+                    continue
+                self._look_began = loop.time()
                 self._look = asyncio.ensure_future(self._look_at_discovery())
             began, look = self._look_began, self._look
             await asyncio.shield(look)

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from dynamo.frontend.admission import FIRST_WORKER_GRACE_SECS, Admission
+from dynamo.frontend.admission import FIRST_WORKER_GRACE_SECS, MIN_LOOK_GAP_SECS, Admission
 from dynamo.frontend.errors import ApiError
 from dynamo.frontend.metrics import FrontendMetrics
 from tests.frontend.test_admission import _Models as _AdmissionModels
@@ -22,9 +22,10 @@ class _Models(_AdmissionModels):
     """The model manager as admission sees it (test_admission's stand-in): entries with workers (address None:
     registered, not routable yet), and its discovery look-up (`caught_up`), which `arrives` settles."""
 
-    def __init__(self, store_answers: bool = True) -> None:
+    def __init__(self, store_answers: bool = True, read_secs: float = 0.05) -> None:
         super().__init__()
         self.store_answers = store_answers
+        self.read_secs = read_secs
         self.looks = 0
         self.in_discovery: set[str] = set()  # names workers registered that this frontend has not taken in
 
@@ -39,7 +40,7 @@ class _Models(_AdmissionModels):
     async def caught_up(self, timeout: float) -> bool:
         self.looks += 1
         read = set(self.in_discovery)  # the namespace as read at the look's start
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(self.read_secs)
         for name in read:
             self.register(name, "127.0.0.1:1")
         if not self.store_answers:
@@ -179,3 +180,17 @@ async def test_a_name_registered_while_another_names_look_ran_is_looked_for_agai
     assert entry.name == "ada" and models.looks == 2
     with pytest.raises(ApiError):
         await misspelt
+
+
+async def test_random_names_sent_one_after_another_read_discovery_at_most_every_min_gap():
+    models = _Models(read_secs=0.0)
+    admission = Admission(models, FrontendMetrics())  # type: ignore[arg-type]
+
+    async def ask(i: int):
+        await asyncio.sleep(i * 0.01)
+        with pytest.raises(ApiError):
+            await admission.served_entry(f"random-{i}", _never_disconnects)
+    began = time.monotonic()
+    await asyncio.gather(*(ask(i) for i in range(20)))
+    spent = time.monotonic() - began
+    assert models.looks <= spent / MIN_LOOK_GAP_SECS + 1 < 20  # not one per name
