@@ -27,7 +27,7 @@ from dynamo.router.config import KvMode, KvRouterConfig
 from dynamo.router.kv_router import AllWorkersBusy, KvRouter, NoWorkers, PrefixMatch, Selection
 from dynamo.router.metrics import RouterMetrics
 from dynamo.router.mode_report import ModeReport, mode_report
-from dynamo.router.policy import Choice, PolicyHost, Role, WorkerPool, candidates, register
+from dynamo.router.policy import Choice, PolicyHost, Role, WorkerPool, register
 from dynamo.router.pool_route import PoolRoute
 from dynamo.router.replica_sync import ReplicaSync
 from dynamo.router.router_queue import RouterQueue
@@ -38,6 +38,10 @@ from dynamo.router.subscriber import KvEventFeeds
 from dynamo.runtime.records import EndpointId
 
 log = logging.getLogger(__name__)
+
+
+class _QueueReplaced(Exception):
+    """The queue a request waits in is no longer its pool's."""
 
 
 @register("kv")
@@ -148,8 +152,8 @@ class KvPolicy:
         return self._profile_models.get(pool.name, pool.model)
 
     def _reprofile(self, route: PoolRoute, pool: WorkerPool) -> None:
-        """The route's queue and thresholds become its model's. Requests waiting in the old queue stay
-        there (`select` holds the queue it entered) and retry at its recheck interval."""
+        """The route's queue and thresholds become its model's. Requests waiting in the old queue move to the
+        new one as they are woken, one after another (`select`)."""
         route.profile_model = model = self._model_of(pool)
         old, route.queue = route.queue, RouterQueue(route.router.config, self._profile(model))
         old.wake()  # its waiters try now rather than at the next recheck
@@ -244,16 +248,23 @@ class KvPolicy:
 
     # -- per request ---------------------------------------------------------------------
     async def select(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
-        route = self._route(pool)
-        if route is None:
-            raise NoWorkers(pool.model)
-        queue = route.queue  # the one it waits in, should its model's profile replace it meanwhile
+        while True:
+            route = self._route(pool)
+            if route is None:
+                raise NoWorkers(pool.model)
+            try:
+                return await self._select_in(route, route.queue, request, exclude)
+            except _QueueReplaced:
+                continue  # its model's profile replaced the pool's queue while it waited: it waits in the new one
+
+    async def _select_in(self, route: PoolRoute, queue: RouterQueue, request: PreprocessedRequest,
+                         exclude: set[int]) -> Choice:
         profile, klass, new_tokens, match = queue.profile, None, None, None
         if profile.thresholds_vary or profile.needs_uncached:  # the queue reads the lookup the selection uses
             match = route.router.match_prefix(request.token_ids, request.request_id, route.lora(request),
                                               cache_salt_of(request), request.media_salt)
         if profile.thresholds_vary:  # its class decides where it may go: classified at arrival
-            new_tokens = self._new_tokens(route, request, exclude, match)
+            new_tokens = route.new_tokens(request, exclude, match)
             klass = profile.class_index(None, new_tokens)
         ticket = None
         try:
@@ -267,34 +278,17 @@ class KvPolicy:
                     return choice
                 except AllWorkersBusy:
                     if ticket is None:
-                        ticket = self._enter_queue(route, queue, request, exclude, klass, new_tokens, match)
+                        ticket = route.enter_queue(queue, request, exclude, klass, new_tokens, match)
                     else:  # its class cannot place it now: the next class's head tries
                         queue.passed_over(ticket)
                     await queue.wait(ticket)  # AllWorkersBusy past the deadline
+                    if route.queue is not queue:
+                        raise _QueueReplaced from None
                     match = None  # caches and membership moved on while it waited: the next try looks again
         finally:
             if ticket is not None:  # served, timed out or cancelled: the next waiter's turn (no load was released)
                 queue.leave(ticket)
                 queue.wake_next()
-
-    def _enter_queue(self, route: PoolRoute, queue: RouterQueue, request: PreprocessedRequest, exclude: set[int],
-                     klass: int | None, new_tokens: int | None, match: PrefixMatch | None):
-        hints = request.routing
-        # Dynamo's queue hint is latency_sensitivity (seconds ahead); without it, priority jumps the line.
-        jump = None if hints is None else (hints.latency_sensitivity if hints.latency_sensitivity is not None
-                                           else hints.priority)
-        if new_tokens is None and queue.profile.needs_uncached:
-            new_tokens = self._new_tokens(route, request, exclude, match)
-        prompt = len(request.token_ids)
-        new = prompt if new_tokens is None else new_tokens
-        klass = queue.profile.class_index(None, new) if klass is None else klass
-        allowed = frozenset(w.instance_id for w in candidates(route.pool, request, exclude))
-        return queue.enter(queue.score(jump or 0.0, new, klass), (hints.strict_priority or 0) if hints else 0, klass,
-                           new, prompt, len(route.pool.workers), allowed)
-
-    def _new_tokens(self, route: PoolRoute, request: PreprocessedRequest, exclude: set[int], match: PrefixMatch) -> int:
-        """Prompt tokens left to prefill on the allowed worker that caches most of it (Dynamo's uncached ISL)."""
-        return route.router.new_prefill_tokens(match, [w.instance_id for w in candidates(route.pool, request, exclude)])
 
     async def query(self, pool: WorkerPool, request: PreprocessedRequest, exclude: set[int]) -> Choice:
         route, selection = self._peek(pool, request, exclude)

@@ -7,10 +7,11 @@ import dataclasses
 from typing import Callable
 
 from dynamo.llm.protocol import PreprocessedRequest
-from dynamo.router.kv_router import KvRouter, NoWorkers, Selection
+from dynamo.router.kv_router import KvRouter, NoWorkers, PrefixMatch, Selection
 from dynamo.router.mode_report import ModeReport
 from dynamo.router.policy import WorkerInfo, WorkerPool, candidates
 from dynamo.router.policy_profile import PolicyProfile
+from dynamo.router.class_queue import Ticket
 from dynamo.router.router_queue import RouterQueue
 
 
@@ -36,6 +37,26 @@ class PoolRoute:
         """The LoRA adapter whose KV namespace the request's prompt hashes in: its pool's (the frontend's adapter
         pools), else the request's own (the router service's one pool holds the base model and its adapters)."""
         return self.pool.lora_name or request.lora_name
+
+    def enter_queue(self, queue: RouterQueue, request: PreprocessedRequest, exclude: set[int], klass: int | None,
+                    new_tokens: int | None, match: PrefixMatch | None) -> Ticket:
+        """The request waits in `queue` (the route's, when it started waiting), classed and scored by its profile."""
+        hints = request.routing
+        # Dynamo's queue hint is latency_sensitivity (seconds ahead); without it, priority jumps the line.
+        jump = None if hints is None else (hints.latency_sensitivity if hints.latency_sensitivity is not None
+                                           else hints.priority)
+        if new_tokens is None and queue.profile.needs_uncached:
+            new_tokens = self.new_tokens(request, exclude, match)
+        prompt = len(request.token_ids)
+        new = prompt if new_tokens is None else new_tokens
+        klass = queue.profile.class_index(None, new) if klass is None else klass
+        allowed = frozenset(w.instance_id for w in candidates(self.pool, request, exclude))
+        return queue.enter(queue.score(jump or 0.0, new, klass), (hints.strict_priority or 0) if hints else 0, klass,
+                           new, prompt, len(self.pool.workers), allowed)
+
+    def new_tokens(self, request: PreprocessedRequest, exclude: set[int], match: PrefixMatch | None) -> int:
+        """Prompt tokens left to prefill on the allowed worker that caches most of it (Dynamo's uncached ISL)."""
+        return self.router.new_prefill_tokens(match, [w.instance_id for w in candidates(self.pool, request, exclude)])
 
     def worker(self, selection: Selection) -> WorkerInfo:
         worker = self.pool.get(selection.worker_id)

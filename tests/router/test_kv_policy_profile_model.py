@@ -76,6 +76,9 @@ async def test_a_request_waiting_when_the_profile_changes_is_still_served(policy
     assert not waiting.done() and policy.routes[EID.path].queue.pending == 1
     policy.use_profile_of(pool, "llama")  # the host learns its model meanwhile
     assert policy.routes[EID.path].queue.pending == 0  # a new queue for newcomers
+    await asyncio.sleep(0.01)
+    assert policy.routes[EID.path].queue.pending == 1  # it moved into the new queue
     policy.prefill_complete("big")
-    choice = await asyncio.wait_for(waiting, 2)
-    assert choice.worker.instance_id == 1
+    for _ in range(20):  # a few turns of the loop: woken by the release, not by the old queue's 0.1 s recheck
+        await asyncio.sleep(0)
+    assert waiting.done() and waiting.result().worker.instance_id == 1
