@@ -49,6 +49,7 @@ SHORT_PROMPT = "short_prompt"
 CACHED_PREFIX = "cached_prefix"
 PREFILL_POOL_BUSY = "prefill_pool_busy"
 PREFILL_FAILED = "prefill_failed"
+ADAPTER_NOT_ON_PREFILL = "lora_not_loaded"  # no prefill worker holds the request's LoRA adapter (any more)
 NO_TRANSFER_PARAMS = "no_transfer_params"
 # conditional disaggregation's own choices, not fallbacks (they do not count as decode-only)
 POLICY_REASONS = frozenset({SHORT_PROMPT, CACHED_PREFIX})
@@ -196,9 +197,11 @@ class PrefillOrchestrator:
             except ApiError as exc:  # every prefill worker busy, or all of them failed this request
                 if exc.code == "worker_not_found":  # the client pinned a worker that is no prefill worker here
                     raise
-                if exclude and exclude <= adapter_gone and self.policy.enforce:  # none holds the adapter any
-                    raise errors.model_not_found(entry.name) from None  # more: gone, not a failure
-                # else the decode worker prefills: it answers lora_not_loaded itself if it lacks the adapter too
+                if exclude and exclude <= adapter_gone:  # none holds the adapter any more: gone, not a failure
+                    if self.policy.enforce:
+                        raise errors.model_not_found(entry.name) from None
+                    # the decode worker prefills: it answers lora_not_loaded itself if it lacks the adapter too
+                    return self._local(entry, ADAPTER_NOT_ON_PREFILL)
                 return self._local(entry, PREFILL_FAILED if exclude else PREFILL_POOL_BUSY)
             if choice is None:
                 return None  # the client left while the prefill waited to be routed

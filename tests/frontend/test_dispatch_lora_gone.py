@@ -130,10 +130,14 @@ async def test_without_enforce_the_decode_worker_prefills_when_no_prefill_worker
     """The decode worker may still hold the adapter (loaded on decode workers only): it prefills, and answers
     lora_not_loaded itself (a 404 from the dispatcher) if it does not."""
     client, w = workers
-    prefill = PrefillOrchestrator(client, RoundRobinPolicy(), DisaggPolicy(), DisaggMetrics(CollectorRegistry(), "t"))
+    registry = CollectorRegistry()
+    prefill = PrefillOrchestrator(client, RoundRobinPolicy(), DisaggPolicy(), DisaggMetrics(registry, "t"))
     entry = model(WorkerInfo(1, DECODE, card("old"), w["holder"].address),
                   WorkerInfo(3, PREFILL, card("old", WorkerType.PREFILL), w["dropped_prefill"].address))
     assert await asyncio.wait_for(prefill.prefill(entry, request(), RequestHandle(), "old"), 30) is None
+    said = {sample.labels["reason"]: sample.value for family in registry.collect() for sample in family.samples
+            if sample.name == "t_local_prefills_total"}
+    assert said == {"lora_not_loaded": 1.0}  # why the decode worker prefilled: not a failed prefill worker
 
 
 def test_lora_not_loaded_from_any_path_is_a_404():
